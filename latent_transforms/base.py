@@ -1,0 +1,121 @@
+"""The base class every method derives from: validation, per-sample ``p``, generators, labels, stats."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .labels import num_classes_of, to_soft
+from .rng import GeneratorSource
+from .validation import check_images, check_labels
+
+# A decoded sample further than this outside [0, 1] (before clipping) is implausible and is rejected.
+MAX_OVERSHOOT = 0.5
+
+
+class LatentTransform(nn.Module):
+    """Base of every latent-transforms method; the call is ``x2, y2 = t(x, y, model=None)``.
+
+    Args:
+        p: probability that a sample is transformed, drawn per sample; the others pass through bit-identical.
+        generator: ``None`` (private stream seeded from torch's global RNG, different on each DDP rank),
+            an ``int`` seed, or a ``torch.Generator`` on the data's device.
+        num_classes: needed by label-mixing methods when ``y`` holds class indices.
+
+    Shape:
+        x: (B, C, H, W) float in [0, 1]; y: (B,) int64 class indices or (B, K) float soft labels.
+        Returns x2 with x's shape, dtype and device; y2 in y's form, or (B, K) soft labels for methods
+        that mix samples (``mixes_labels = True``).
+
+    Convention:
+        - ``eval()`` mode: the identity (x and y returned unchanged) unless a subclass documents otherwise.
+        - Bad input raises ``ValueError`` (``TypeError`` for a missing ``model``) naming the problem.
+        - A transformed sample that is non-finite or more than 0.5 outside [0, 1] before clipping is
+          replaced by its input (and its label kept); ``t.stats`` counts samples seen, transformed, rejected.
+        - Outputs are clipped to [0, 1].
+
+    Subclasses set ``needs_model``/``mixes_labels`` and implement
+    ``transform(x, y, model, generator) -> (x2, y2)`` on the selected samples only;
+    ``check_inputs(x, model)`` may add checks of their own.
+    """
+
+    needs_model: bool = False
+    mixes_labels: bool = False
+
+    def __init__(self, p: float = 1.0, generator: torch.Generator | int | None = None, num_classes: int | None = None):
+        super().__init__()
+        if not isinstance(p, (int, float)) or not 0.0 <= float(p) <= 1.0:
+            raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
+        if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        self.p = float(p)
+        self.num_classes = num_classes
+        self._rng = GeneratorSource(generator)
+        self._counts: torch.Tensor | None = None
+
+    # -- hooks for subclasses -------------------------------------------------------------------
+    def check_inputs(self, x: torch.Tensor, model: nn.Module | None) -> None:
+        """Extra checks of a subclass (codec shape, device, ...)."""
+
+    def transform(self, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    # -- bookkeeping ------------------------------------------------------------------------------
+    @property
+    def stats(self) -> dict[str, int]:
+        """Running counts: samples ``seen`` in training mode, ``transformed``, ``rejected`` (kept as input)."""
+        seen, transformed, rejected = (0, 0, 0) if self._counts is None else self._counts.tolist()
+        return {"seen": int(seen), "transformed": int(transformed), "rejected": int(rejected)}
+
+    def reset_stats(self) -> None:
+        self._counts = None
+
+    def _count(self, device: torch.device, seen: int, transformed: torch.Tensor, rejected: torch.Tensor) -> None:
+        row = torch.stack([torch.tensor(seen, device=device), transformed, rejected]).to(torch.int64)
+        self._counts = row if self._counts is None else self._counts.to(device) + row
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}" + (f", num_classes={self.num_classes}" if self.num_classes else "")
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        check_images(x)
+        check_labels(y, x.shape[0], self.num_classes)
+        if self.needs_model and model is None:
+            raise TypeError(
+                f"{type(self).__name__} needs the classifier being trained: call t(x, y, model)"
+            )
+        k = num_classes_of(y, self.num_classes)
+        if self.mixes_labels and k is None:
+            raise ValueError(f"{type(self).__name__} mixes labels: pass num_classes=... or (B, K) soft labels")
+        self.check_inputs(x, model)
+        if not self.training:
+            return x, y
+
+        generator = self._rng.get(x.device)
+        batch = x.shape[0]
+        if self.p >= 1.0:
+            index = None
+            xs, ys = x, y
+        else:
+            index = (torch.rand(batch, generator=generator, device=x.device) < self.p).nonzero().flatten()
+            xs, ys = x[index], y[index]
+        y_out = to_soft(y, k) if self.mixes_labels else y
+        if xs.shape[0] == 0:
+            zero = torch.zeros((), dtype=torch.int64, device=x.device)
+            self._count(x.device, batch, zero, zero)
+            return x, y_out
+
+        x2, y2 = self.transform(xs, ys, model, generator)
+        flat = x2.flatten(1)
+        ok = torch.isfinite(flat).all(1) & ((flat - flat.clamp(0, 1)).abs().amax(1) <= MAX_OVERSHOOT)
+        x2 = torch.where(ok.view(-1, 1, 1, 1), x2.clamp(0, 1), xs).to(x.dtype)
+        if self.mixes_labels:
+            y2 = torch.where(ok.view(-1, 1), y2, to_soft(ys, k, y2.dtype))
+        self._count(x.device, batch, ok.sum(), (~ok).sum())
+
+        if index is None:
+            return x2, y2
+        x_out = x.index_copy(0, index, x2)
+        if self.mixes_labels:
+            y_out = y_out.index_copy(0, index, y2.to(y_out.dtype))
+        return x_out, y_out
+

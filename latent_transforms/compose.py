@@ -1,0 +1,102 @@
+"""Chain latent transforms with kornia / torchvision / plain pixel transforms, labels flowing through."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import LatentTransform
+from .validation import check_images, check_labels
+
+
+def _is_kornia_mix(t: object) -> bool:
+    try:
+        from kornia.augmentation._2d.mix.base import MixAugmentationBaseV2
+    except ImportError:  # pragma: no cover - kornia is a dependency
+        return False
+    return isinstance(t, MixAugmentationBaseV2)
+
+
+def _is_torchvision_v2(t: object) -> bool:
+    from torchvision.transforms.v2 import Transform
+
+    return isinstance(t, Transform)
+
+
+class _Callable(nn.Module):
+    """Wraps a plain ``x -> x`` callable so it can live in a ``ModuleList``."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+    def extra_repr(self) -> str:
+        return repr(self.fn)
+
+
+class Compose(nn.Module):
+    """Apply transforms in order: ``x2, y2 = Compose([...])(x, y, model=None)``.
+
+    Each step may be
+    - a :class:`LatentTransform` (gets ``model`` when it needs it);
+    - a torchvision v2 transform (``RandAugment``, ``MixUp``, ``CutMix``, ...): called as ``t(x, y)``;
+      label-mixing ones return ``(B, K)`` soft labels. torchvision samples one set of parameters per call
+      (the whole batch gets the same RandAugment ops);
+    - a kornia augmentation: pixel ones are called as ``t(x)`` and sample per sample; kornia mixes
+      (``RandomMixUpV2``, ``RandomCutMixV2``) take class indices and their ``(B, 3)`` label output is turned
+      into ``(B, K)`` soft labels, so they must come before any step that makes labels soft;
+    - any callable ``x -> x``.
+
+    Labels stay class indices until a step mixes them; from there on they are soft ``(B, K)``.
+    In ``eval()`` mode the whole chain is the identity.
+
+    Args:
+        transforms: the steps.
+        num_classes: needed when class-index labels meet a kornia mix.
+    """
+
+    def __init__(self, transforms: Sequence[Callable], num_classes: int | None = None):
+        super().__init__()
+        steps = []
+        for t in transforms:
+            if not callable(t):
+                raise TypeError(f"Compose steps must be callable, got {type(t).__name__}")
+            steps.append(t if isinstance(t, nn.Module) else _Callable(t))
+        self.steps = nn.ModuleList(steps)
+        self.num_classes = num_classes
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        check_images(x)
+        check_labels(y, x.shape[0], self.num_classes)
+        if not self.training:
+            return x, y
+        for step in self.steps:
+            x, y = self._apply(step, x, y, model)
+        return x, y
+
+    def _apply(self, step: nn.Module, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None):
+        if isinstance(step, LatentTransform):
+            return step(x, y, model)
+        if _is_kornia_mix(step):
+            if y.ndim != 1:
+                raise ValueError(
+                    f"{type(step).__name__} (kornia) takes class-index labels, but an earlier step made them soft; "
+                    f"put it before label-mixing steps or use torchvision.transforms.v2.MixUp/CutMix"
+                )
+            k = self.num_classes
+            if k is None:
+                raise ValueError(f"Compose(..., num_classes=...) is needed to turn {type(step).__name__}'s labels soft")
+            x2, out = step(x, y, data_keys=["input", "class"])
+            a, b, lam = out[:, 0].long(), out[:, 1].long(), out[:, 2:3].float()
+            return x2, (1 - lam) * F.one_hot(a, k).float() + lam * F.one_hot(b, k).float()
+        if _is_torchvision_v2(step):
+            return step(x, y)
+        return step(x), y

@@ -1,0 +1,34 @@
+"""Label forms and label mixing, shared by every method that mixes samples.
+
+Convention (as torchvision v2 MixUp/CutMix): ``(B,)`` int64 class indices or ``(B, K)`` probabilities,
+both accepted by ``F.cross_entropy``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def num_classes_of(y: torch.Tensor, num_classes: int | None) -> int | None:
+    """The number of classes implied by soft labels, else ``num_classes``."""
+    return y.shape[1] if y.ndim == 2 else num_classes
+
+
+def to_soft(y: torch.Tensor, num_classes: int | None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``y: (B,)`` int64 or ``(B, K)`` -> ``(B, K)`` float probabilities."""
+    if y.ndim == 2:
+        return y
+    if num_classes is None:
+        raise ValueError("integer labels must be made soft for mixing, which needs num_classes=...")
+    return F.one_hot(y, num_classes).to(dtype)
+
+
+def mix_labels(y: torch.Tensor, partner: torch.Tensor, lam: torch.Tensor, num_classes: int | None) -> torch.Tensor:
+    """Soft labels ``lam * y + (1 - lam) * y[partner]``.
+
+    y: (B,) or (B, K); partner: (B,) int64 indices into the batch; lam: (B,) weights in [0, 1].
+    Returns (B, K) float.
+    """
+    soft = to_soft(y, num_classes)
+    lam = lam.to(soft.dtype).unsqueeze(1)
+    return lam * soft + (1 - lam) * soft[partner]

@@ -1,0 +1,49 @@
+"""Random number generators for transforms: seedable, per-device, per-rank by default."""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+_RANK_STRIDE = 1_000_003  # a prime, so rank streams do not collide for nearby seeds
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+class GeneratorSource:
+    """Hands out the ``torch.Generator`` a transform draws from, on the data's device.
+
+    ``spec``:
+    - ``None``: a private generator per device, seeded once from torch's global RNG (so
+      ``torch.manual_seed`` makes runs reproducible) plus an offset per distributed rank, so that
+      DDP ranks draw different augmentations by default;
+    - ``int``: a private generator per device seeded with exactly that seed on every rank
+      (the same seed gives the same draws, also across ranks);
+    - ``torch.Generator``: used as given; it must live on the data's device.
+    """
+
+    def __init__(self, spec: torch.Generator | int | None = None):
+        if spec is not None and not isinstance(spec, (int, torch.Generator)):
+            raise TypeError(f"generator must be None, an int seed or a torch.Generator, got {type(spec).__name__}")
+        if isinstance(spec, bool):
+            raise TypeError("generator must be None, an int seed or a torch.Generator, got a bool")
+        self.spec = spec
+        self._per_device: dict[str, torch.Generator] = {}
+
+    def get(self, device: torch.device) -> torch.Generator:
+        if isinstance(self.spec, torch.Generator):
+            if torch.device(self.spec.device).type != device.type:
+                raise ValueError(
+                    f"the generator is on {self.spec.device} but the data is on {device}; "
+                    f"pass torch.Generator(device={str(device)!r}) or an int seed"
+                )
+            return self.spec
+        key = str(device)
+        if key not in self._per_device:
+            if self.spec is None:
+                seed = int(torch.randint(0, 2**62, (1,)).item()) + _rank() * _RANK_STRIDE
+            else:
+                seed = self.spec
+            self._per_device[key] = torch.Generator(device=device).manual_seed(seed)
+        return self._per_device[key]

@@ -1,0 +1,79 @@
+"""Input validation shared by every transform: one place, clear messages, no coercion.
+
+Every check raises ``ValueError`` naming the problem and the offending value or shape.
+"""
+from __future__ import annotations
+
+import torch
+
+IMAGE_RANGE_TOL = 1e-3
+SOFT_LABEL_TOL = 1e-3
+
+
+def check_images(x: torch.Tensor, name: str = "x") -> None:
+    """Check ``x: (B, C, H, W)`` float in [0, 1], finite, non-empty."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 4:
+        raise ValueError(f"{name} must have shape (B, C, H, W), got {x.ndim} dims with shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(
+            f"{name} must be a float tensor with values in [0, 1], got dtype {x.dtype}; "
+            f"convert with x.float() / 255 for uint8 images"
+        )
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)})")
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        bad = (~finite).flatten(1).any(1).nonzero().flatten().tolist()
+        raise ValueError(f"{name} contains NaN or inf (in samples {bad[:8]})")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < -IMAGE_RANGE_TOL or hi > 1 + IMAGE_RANGE_TOL:
+        raise ValueError(
+            f"{name} values must lie in [0, 1], got range [{lo:.4g}, {hi:.4g}]; "
+            f"apply normalisation (mean/std) inside the model, after augmentation"
+        )
+
+
+def check_labels(y: torch.Tensor, batch_size: int, num_classes: int | None = None, name: str = "y") -> None:
+    """Check ``y``: ``(B,)`` int64 class indices in [0, num_classes) or ``(B, K)`` float rows summing to 1."""
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(y).__name__}")
+    if y.ndim not in (1, 2):
+        raise ValueError(
+            f"{name} must be (B,) class indices or (B, K) soft labels, got shape {tuple(y.shape)}"
+        )
+    if y.shape[0] != batch_size:
+        raise ValueError(f"batch sizes differ: x has {batch_size} samples, {name} has {y.shape[0]}")
+    if y.ndim == 1:
+        if y.dtype != torch.int64:
+            raise ValueError(f"{name} class indices must be int64, got dtype {y.dtype}")
+        if y.numel():
+            lo, hi = int(y.min()), int(y.max())
+            if lo < 0:
+                raise ValueError(f"{name} has a negative class index {lo}")
+            if num_classes is not None and hi >= num_classes:
+                raise ValueError(f"{name} has class index {hi}, out of range for num_classes={num_classes}")
+        return
+    if not y.is_floating_point():
+        raise ValueError(f"{name} soft labels (B, K) must be float, got dtype {y.dtype}")
+    if num_classes is not None and y.shape[1] != num_classes:
+        raise ValueError(f"{name} soft labels have {y.shape[1]} classes, expected num_classes={num_classes}")
+    if not bool(torch.isfinite(y).all()):
+        raise ValueError(f"{name} soft labels contain NaN or inf")
+    if float(y.min()) < -SOFT_LABEL_TOL:
+        raise ValueError(f"{name} soft labels have a negative entry {float(y.min()):.4g}")
+    sums = y.sum(1)
+    worst = int((sums - 1).abs().argmax()) if y.shape[0] else 0
+    if y.shape[0] and abs(float(sums[worst]) - 1) > SOFT_LABEL_TOL:
+        raise ValueError(f"{name} soft label rows must sum to 1, row {worst} sums to {float(sums[worst]):.4g}")
+
+
+def check_same_device(x: torch.Tensor, module: torch.nn.Module, what: str) -> None:
+    """Raise if ``module``'s parameters live on another device than ``x`` (we never move data silently)."""
+    p = next(iter(module.parameters()), None) or next(iter(module.buffers()), None)
+    if p is not None and p.device != x.device:
+        raise ValueError(
+            f"{what} is on {p.device} but x is on {x.device}; move it with .to({str(x.device)!r}) "
+            f"(latent-transforms never moves data between devices)"
+        )
