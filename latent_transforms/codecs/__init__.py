@@ -1,0 +1,23 @@
+"""Image codecs: a Glow flow and a convolutional VAE behind one interface (:class:`Codec`)."""
+from __future__ import annotations
+
+from .base import Codec, Latents, exact_math, flatten_latents, unflatten_latents
+from .glow import Glow
+from .vae import ConvVAE
+
+CODECS: dict[str, type[Codec]] = {"glow": Glow, "vae": ConvVAE}
+
+
+def build_codec(config: dict) -> Codec:
+    """An untrained codec from its config (``{"kind": "glow" | "vae", ...}``, as ``codec.config`` returns)."""
+    config = dict(config)
+    kind = config.pop("kind", None)
+    if kind not in CODECS:
+        raise ValueError(f"unknown codec kind {kind!r}; known: {sorted(CODECS)}")
+    try:
+        return CODECS[kind](**config)
+    except TypeError as e:
+        raise ValueError(f"bad config for a {kind} codec: {e}") from None
+
+
+__all__ = ["Codec", "Latents", "Glow", "ConvVAE", "build_codec", "exact_math", "flatten_latents", "unflatten_latents", "CODECS"]

@@ -1,0 +1,133 @@
+"""Multi-scale Glow (Kingma & Dhariwal, 2018) built from normflows blocks, as an image codec."""
+from __future__ import annotations
+
+import math
+
+import normflows as nf
+import torch
+import torch.nn.functional as F
+
+from .base import Codec, Latents
+
+
+class BoundedAffineCoupling(nf.flows.AffineCoupling):
+    """Glow's sigmoid affine coupling with the scale kept in ``[floor, 1]`` in both directions.
+
+    Decoding divides by the scale; normflows' plain sigmoid lets it approach 0, so a perturbed latent
+    can blow up to inf/NaN. With the floor each coupling magnifies by at most ``1 / floor``; the map
+    stays exactly invertible because both directions use the same scale.
+    """
+
+    def __init__(self, param_map: torch.nn.Module, floor: float):
+        super().__init__(param_map, scale=True, scale_map="sigmoid")
+        self.floor = floor
+
+    def _shift_scale(self, z1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        param = self.param_map(z1)
+        return param[:, 0::2], self.floor + (1 - self.floor) * torch.sigmoid(param[:, 1::2] + 2)
+
+    def forward(self, z):  # latent -> image direction
+        z1, z2 = z
+        shift, scale = self._shift_scale(z1)
+        return [z1, z2 / scale + shift], -torch.log(scale).flatten(1).sum(1)
+
+    def inverse(self, z):  # image -> latent direction
+        z1, z2 = z
+        shift, scale = self._shift_scale(z1)
+        return [z1, (z2 - shift) * scale], torch.log(scale).flatten(1).sum(1)
+
+
+def _glow_step(channels: int, hidden: int, floor: float) -> nf.flows.GlowBlock:
+    block = nf.flows.GlowBlock(channels, hidden, split_mode="channel", scale=True, scale_map="sigmoid")
+    coupling_block = block.flows[0]
+    coupling_block.flows[1] = BoundedAffineCoupling(coupling_block.flows[1].param_map, floor)
+    return block
+
+
+class Glow(Codec):
+    """Glow with L levels of K steps each (normflows ``GlowBlock``/``Squeeze``/``Merge``/``MultiscaleFlow``).
+
+    Preprocessing inside: ``x`` in [0, 1] -> ``logit(alpha + (1 - 2 alpha) x)``, undone exactly on decode (the
+    official flow-lp code returns ``0.05 + 0.9 x`` after a round trip; this one returns ``x``). Each level has a
+    learned diagonal Gaussian prior; ``encode`` returns latents standardised by it, coarsest level first.
+
+    Args:
+        image_shape: (C, H, W); H and W divisible by 2**levels.
+        levels, steps, hidden: L, K and the coupling networks' width.
+        alpha: logit margin. scale_floor: lower bound of every coupling scale (numerically safe decoding).
+        num_bins: intensity levels of the data (256 for 8-bit images), for dequantisation and bits/dim.
+    """
+
+    kind = "glow"
+
+    def __init__(self, image_shape=(3, 32, 32), levels: int = 3, steps: int = 8, hidden: int = 128,
+                 alpha: float = 0.05, scale_floor: float = 0.05, num_bins: int = 256):
+        super().__init__(image_shape)
+        c, h, w = self.image_shape
+        if h % 2**levels or w % 2**levels:
+            raise ValueError(f"image height and width must be divisible by 2**levels = {2**levels}, got {h}x{w}")
+        self.levels, self.steps, self.hidden = levels, steps, hidden
+        self.alpha, self.scale_floor, self.num_bins = alpha, scale_floor, num_bins
+        q0, merges, flows = [], [], []
+        for i in range(levels):
+            level = [_glow_step(c * 2 ** (levels + 1 - i), hidden, scale_floor) for _ in range(steps)]
+            flows.append(level + [nf.flows.Squeeze()])
+            if i > 0:
+                merges.append(nf.flows.Merge())
+                shape = (c * 2 ** (levels - i), h // 2 ** (levels - i), w // 2 ** (levels - i))
+            else:
+                shape = (c * 2 ** (levels + 1), h // 2**levels, w // 2**levels)
+            q0.append(nf.distributions.DiagGaussian(shape))
+        self.flow = nf.MultiscaleFlow(q0, flows, merges, class_cond=False)
+
+    @property
+    def config(self) -> dict:
+        return {"kind": self.kind, "image_shape": list(self.image_shape), "levels": self.levels, "steps": self.steps,
+                "hidden": self.hidden, "alpha": self.alpha, "scale_floor": self.scale_floor, "num_bins": self.num_bins}
+
+    @property
+    def latent_shapes(self) -> list[tuple[int, ...]]:
+        return [tuple(q.shape) for q in self.flow.q0]
+
+    def _to_logit(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.alpha + (1 - 2 * self.alpha) * x
+        logdet = (math.log(1 - 2 * self.alpha) - torch.log(s) - torch.log1p(-s)).flatten(1).sum(1)
+        return torch.log(s) - torch.log1p(-s), logdet
+
+    def _encode_with_logdet(self, x: torch.Tensor) -> tuple[Latents, torch.Tensor]:
+        xl, logdet_pre = self._to_logit(x)
+        z, logdet = self.flow.inverse_and_log_det(xl)
+        u = [(zi - q.loc) * torch.exp(-q.log_scale) for zi, q in zip(z, self.flow.q0)]
+        logdet_std = -sum(q.log_scale.sum() for q in self.flow.q0)
+        return u, logdet_pre + logdet + logdet_std
+
+    def _encode(self, x: torch.Tensor) -> Latents:
+        return self._encode_with_logdet(x)[0]
+
+    def _decode(self, z: Latents) -> torch.Tensor:
+        zs = [q.loc + torch.exp(q.log_scale) * ui for ui, q in zip(z, self.flow.q0)]
+        xl, _ = self.flow.forward_and_log_det(zs)
+        return (torch.sigmoid(xl) - self.alpha) / (1 - 2 * self.alpha)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """Log density (nats) of continuous x in [0, 1]: (B,)."""
+        u, logdet = self._encode_with_logdet(x)
+        log_base = sum(-0.5 * (ui**2).flatten(1).sum(1) for ui in u) - 0.5 * self.latent_dim * math.log(2 * math.pi)
+        return log_base + logdet
+
+    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Mean bits/dim of uniformly dequantised x (the usual discrete-data bound)."""
+        levels = torch.round(x * (self.num_bins - 1))
+        x_deq = (levels + torch.rand_like(x)) / self.num_bins
+        bpd = self.bits_per_dim(x_deq).mean()
+        return bpd, {"bits/dim": bpd.detach()}
+
+    def bits_per_dim(self, x_deq: torch.Tensor) -> torch.Tensor:
+        d = math.prod(self.image_shape)
+        return -self.log_prob(x_deq) / (d * math.log(2)) + math.log2(self.num_bins)
+
+    def freeze(self) -> "Glow":
+        for m in self.modules():
+            if isinstance(m, nf.flows.ActNorm):
+                m.data_dep_init_done.fill_(1.0)
+        return super().freeze()
