@@ -47,3 +47,30 @@ class GeneratorSource:
                 seed = self.spec
             self._per_device[key] = torch.Generator(device=device).manual_seed(seed)
         return self._per_device[key]
+
+
+def sample_gamma(shape: float, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """n draws from Gamma(shape, 1) using only ``generator`` (Marsaglia & Tsang, 2000; vectorised rejection)."""
+    boost = shape < 1  # Gamma(a) = Gamma(a + 1) * U^(1/a)
+    a = shape + 1 if boost else shape
+    d = a - 1 / 3
+    c = 1 / (9 * d) ** 0.5
+    out = torch.empty(n, device=device)
+    todo = torch.arange(n, device=device)
+    while todo.numel():
+        m = todo.numel()
+        x = torch.randn(m, generator=generator, device=device)
+        u = torch.rand(m, generator=generator, device=device)
+        v = (1 + c * x) ** 3
+        ok = (v > 0) & (torch.log(u) < 0.5 * x**2 + d - d * v + d * torch.log(v.clamp_min(1e-30)))
+        out[todo[ok]] = (d * v)[ok]
+        todo = todo[~ok]
+    if boost:
+        out = out * torch.rand(n, generator=generator, device=device) ** (1 / shape)
+    return out
+
+
+def sample_beta(alpha: float, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """n draws from Beta(alpha, alpha) using only ``generator``."""
+    g1, g2 = sample_gamma(alpha, n, generator, device), sample_gamma(alpha, n, generator, device)
+    return g1 / (g1 + g2).clamp_min(1e-30)

@@ -71,7 +71,9 @@ def check_labels(y: torch.Tensor, batch_size: int, num_classes: int | None = Non
 
 def check_same_device(x: torch.Tensor, module: torch.nn.Module, what: str) -> None:
     """Raise if ``module``'s parameters live on another device than ``x`` (we never move data silently)."""
-    p = next(iter(module.parameters()), None) or next(iter(module.buffers()), None)
+    p = next(iter(module.parameters()), None)
+    if p is None:
+        p = next(iter(module.buffers()), None)
     if p is not None and p.device != x.device:
         raise ValueError(
             f"{what} is on {p.device} but x is on {x.device}; move it with .to({str(x.device)!r}) "

@@ -1,0 +1,203 @@
+"""Image data sets for training codecs and for the demo: one loader, ``load_images(spec)``.
+
+Specs:
+
+* ``digits``: scikit-learn's bundled 8x8 digits (1,797 images, intensities 0..16, so ``num_bins`` 17), with a
+  fixed stratified 70/30 train/test split (``train_test_split(..., test_size=0.3, random_state=0)``).
+  Needs scikit-learn (``pip install latent-transforms[demo]``).
+* ``cifar10``: torchvision's CIFAR-10, downloaded into ``data_root`` (default ``~/.cache/latent-transforms/data``).
+* ``npz:PATH``: a NumPy archive with ``x`` (N, H, W, C) or (N, H, W) uint8 and optionally ``y`` (N,) integer labels.
+* ``folder:PATH``: a folder of same-sized PNG/JPEG/BMP/WebP images, either flat (no labels) or one subfolder per
+  class as in torchvision's ``ImageFolder`` (labels = index of the subfolder name in sorted order).
+
+For ``npz:`` and ``folder:`` the path *is* the split: ``split`` is ignored (give the test set as its own spec).
+Every loader returns ``x`` (N, C, H, W) float32 in [0, 1], ``y`` (N,) int64 or ``None``, and ``num_bins``
+(the number of intensity levels: 256 for 8-bit images).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["load_images", "low_data_split", "describe_spec", "IMAGE_SUFFIXES"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+SPLITS = ("train", "test")
+
+
+def _default_root() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "latent-transforms" / "data"
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+def load_images(spec: str, split: str = "train", data_root: str | os.PathLike | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """Load images by spec (see the module doc): ``(x (N, C, H, W) float32 in [0, 1], y (N,) int64 | None, num_bins)``."""
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"data spec must be a non-empty str, got {spec!r}")
+    if spec == "digits":
+        _check_split(split)
+        return _digits(split)
+    if spec == "cifar10":
+        _check_split(split)
+        return _cifar10(split, data_root)
+    if spec.startswith("npz:"):
+        return _npz(Path(spec[4:]).expanduser())
+    if spec.startswith("folder:"):
+        return _folder(Path(spec[7:]).expanduser())
+    raise ValueError(f"unknown data spec {spec!r}; use digits, cifar10, npz:PATH or folder:PATH")
+
+
+def describe_spec(spec: str) -> str:
+    """A short name for a data spec (``digits``, ``cifar10``, a file stem or a folder name), e.g. for file names."""
+    if spec.startswith("npz:"):
+        return Path(spec[4:]).stem or "npz"
+    if spec.startswith("folder:"):
+        return Path(spec[7:].rstrip("/\\")).name or "folder"
+    return spec
+
+
+# -- loaders ------------------------------------------------------------------------------------------
+def _digits(split: str) -> tuple[torch.Tensor, torch.Tensor, int]:
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError:
+        raise ImportError(
+            "the 'digits' data set needs scikit-learn: pip install latent-transforms[demo]"
+        ) from None
+    d = load_digits()
+    images, target = d.images, d.target
+    idx_train, idx_test = train_test_split(np.arange(len(target)), test_size=0.3, random_state=0, stratify=target)
+    idx = idx_train if split == "train" else idx_test
+    x = torch.from_numpy(images[idx].astype(np.float32) / 16.0).unsqueeze(1).contiguous()
+    y = torch.from_numpy(target[idx].astype(np.int64))
+    return x, y, 17
+
+
+def _cifar10(split: str, data_root) -> tuple[torch.Tensor, torch.Tensor, int]:
+    from torchvision.datasets import CIFAR10
+
+    root = Path(data_root).expanduser() if data_root is not None else _default_root()
+    ds = CIFAR10(root=str(root), train=split == "train", download=True)
+    x = torch.from_numpy(np.asarray(ds.data)).permute(0, 3, 1, 2).float().div_(255).contiguous()
+    y = torch.as_tensor(ds.targets, dtype=torch.int64)
+    return x, y, 256
+
+
+def _uint8_to_tensor(x: np.ndarray, where: str) -> torch.Tensor:
+    if x.dtype != np.uint8:
+        raise ValueError(f"{where}: images must be uint8 (0..255), got dtype {x.dtype}")
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3) or x.shape[0] == 0 or min(x.shape[1:3]) < 1:
+        raise ValueError(
+            f"{where}: images must be (N, H, W, C) with C 1 or 3, or (N, H, W) grey, N > 0; got shape {x.shape}"
+        )
+    return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float().div_(255).contiguous()
+
+
+def _labels(y: np.ndarray, n: int, where: str) -> torch.Tensor:
+    if y.ndim != 1 or y.shape[0] != n:
+        raise ValueError(f"{where}: labels y must have shape ({n},), got {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{where}: labels y must be integers, got dtype {y.dtype}")
+    if n and y.min() < 0:
+        raise ValueError(f"{where}: labels y must be >= 0, got {int(y.min())}")
+    return torch.from_numpy(y.astype(np.int64))
+
+
+def _npz(path: Path) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    if not path.is_file():
+        raise ValueError(f"npz data file {str(path)!r} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as d:
+            if "x" not in d.files:
+                raise ValueError(f"{path}: no array 'x' (found {sorted(d.files)})")
+            x_np = d["x"]
+            y_np = d["y"] if "y" in d.files else None
+    except ValueError as e:
+        if str(e).startswith(str(path)):
+            raise
+        raise ValueError(f"{path} is not a readable .npz archive of plain arrays ({e})") from None
+    except (OSError, EOFError) as e:  # not a zip file, truncated...
+        raise ValueError(f"{path} is not a readable .npz archive ({e})") from None
+    x = _uint8_to_tensor(x_np, str(path))
+    y = _labels(y_np, x.shape[0], str(path)) if y_np is not None else None
+    return x, y, 256
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _folder(root: Path) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    from PIL import Image
+
+    if not root.is_dir():
+        raise ValueError(f"image folder {str(root)!r} does not exist")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and _image_files(p))
+    top = _image_files(root)
+    if classes and top:
+        raise ValueError(
+            f"{root} mixes images ({top[0].name}, ...) with class subfolders ({classes[0]}, ...); "
+            f"use either a flat folder of images or one subfolder per class"
+        )
+    if classes:
+        files = [(f, i) for i, c in enumerate(classes) for f in _image_files(root / c)]
+    else:
+        files = [(f, -1) for f in top]
+    if not files:
+        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {root} or its subfolders")
+    arrays, size, colour = [], None, False
+    for f, _ in files:
+        try:
+            with Image.open(f) as im:
+                im.load()
+                mode = im.mode
+                if mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+                    raise ValueError(f"{f}: {mode} (16-bit or float) images are not supported; convert to 8-bit")
+                if mode not in ("1", "L", "LA"):
+                    colour = True
+                if size is None:
+                    size = im.size
+                elif im.size != size:
+                    raise ValueError(
+                        f"images in {root} differ in size: {files[0][0].name} is {size[0]}x{size[1]}, "
+                        f"{f.name} is {im.size[0]}x{im.size[1]} (W x H); resize them to one size first"
+                    )
+                arrays.append(im.copy())
+        except ValueError:
+            raise
+        except OSError as e:
+            raise ValueError(f"cannot read image {f} ({e})") from None
+    mode = "RGB" if colour else "L"
+    x_np = np.stack([np.asarray(im.convert(mode), dtype=np.uint8) for im in arrays])
+    x = _uint8_to_tensor(x_np, str(root))
+    y = torch.tensor([c for _, c in files], dtype=torch.int64) if classes else None
+    return x, y, 256
+
+
+# -- splits -------------------------------------------------------------------------------------------
+def low_data_split(y: torch.Tensor | np.ndarray, per_class: int, seed: int = 0) -> torch.Tensor:
+    """Sorted indices of ``per_class`` random samples of every class in ``y`` (a fixed low-data training subset)."""
+    y = torch.as_tensor(np.asarray(y)).long()
+    if y.ndim != 1:
+        raise ValueError(f"y must be (N,) class indices, got shape {tuple(y.shape)}")
+    if per_class < 1:
+        raise ValueError(f"per_class must be >= 1, got {per_class}")
+    g = torch.Generator().manual_seed(seed)
+    picked = []
+    for c in torch.unique(y).tolist():
+        members = (y == c).nonzero().flatten()
+        if len(members) < per_class:
+            raise ValueError(f"class {c} has only {len(members)} samples, fewer than per_class={per_class}")
+        picked.append(members[torch.randperm(len(members), generator=g)[:per_class]])
+    return torch.cat(picked).sort().values

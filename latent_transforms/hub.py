@@ -1,0 +1,414 @@
+"""Pretrained codecs: one ``.safetensors`` file per checkpoint, a registry, and a verified download cache.
+
+A checkpoint holds the codec's ``state_dict()`` as tensors and, in the safetensors metadata,
+``{"config": json.dumps(codec.config), "format": "latent-transforms/1"}``. Files are only ever read with
+safetensors (never ``torch.load``/pickle), so loading one cannot run code.
+
+``load(name)`` resolves a registry name in this order, sha256-verifying every file before use:
+the in-process cache, the user cache dir (``$LATENT_TRANSFORMS_HOME``, default
+``$XDG_CACHE_HOME/latent-transforms`` or ``~/.cache/latent-transforms``), the files shipped in
+``latent_transforms/checkpoints/``, then ``$LATENT_TRANSFORMS_HUB_URL/<file>`` (http, https or file URLs;
+there is no default remote). ``LATENT_TRANSFORMS_OFFLINE=1`` forbids downloads and
+``LATENT_TRANSFORMS_HUB_TIMEOUT`` sets the network timeout in seconds (default 60).
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import re
+import tempfile
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from .codecs import Codec
+
+FORMAT = "latent-transforms/1"
+SHIPPED_DIR = Path(__file__).resolve().parent / "checkpoints"
+URL_SCHEMES = ("http", "https", "file")
+DEFAULT_TIMEOUT = 60.0
+STORAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_CHUNK = 1 << 20
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+_registered: dict[str, dict] = {}  # runtime entries from register(), shadowing the shipped registry
+_loaded: dict[tuple[str, str], "Codec"] = {}  # (name, device) -> frozen codec
+_lock = threading.Lock()  # guards _registered, _loaded and _load_locks
+_load_locks: dict[tuple[str, str], threading.Lock] = {}
+
+
+class HubError(RuntimeError):
+    """A checkpoint could not be found, downloaded or verified."""
+
+
+class UnknownCheckpointError(KeyError):
+    """A name that is neither a registered checkpoint nor an existing file."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+# -- files ----------------------------------------------------------------------------------------
+def cache_dir() -> Path:
+    """The user cache dir: ``$LATENT_TRANSFORMS_HOME``, else ``$XDG_CACHE_HOME/latent-transforms``."""
+    home = os.environ.get("LATENT_TRANSFORMS_HOME")
+    if home:
+        return Path(home).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "latent-transforms"
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_filename(file: object) -> str:
+    """A registry file name must be a plain ``*.safetensors`` name that stays inside the cache dir."""
+    if not isinstance(file, str) or not file:
+        raise ValueError(f"checkpoint file name must be a non-empty str, got {file!r}")
+    separators = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
+    if any(s in file for s in separators) or ".." in file or "\0" in file or file.startswith("."):
+        raise ValueError(
+            f"checkpoint file name {file!r} is not a plain file name (no path separators, '..' or leading '.')"
+        )
+    if not file.endswith(".safetensors"):
+        raise ValueError(f"checkpoint file name {file!r} must end in .safetensors")
+    return file
+
+
+def _remove(path: str | os.PathLike) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+# -- checkpoint format ------------------------------------------------------------------------------
+def save_checkpoint(codec: "Codec", path: str | os.PathLike, dtype: torch.dtype = torch.float32,
+                    extra_metadata: dict | None = None) -> str:
+    """Write ``codec`` to one ``.safetensors`` file atomically; returns its sha256 (hex).
+
+    Float tensors are stored as ``dtype`` (float32, float16 or bfloat16) and cast back to the codec's
+    float32 on load. ``extra_metadata`` adds str -> str entries (other values are stored as JSON).
+    """
+    if dtype not in STORAGE_DTYPES:
+        raise ValueError(f"dtype must be one of {[str(d) for d in STORAGE_DTYPES]}, got {dtype!r}")
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"checkpoint path must end in .safetensors, got {str(path)!r}")
+    metadata = {"config": json.dumps(codec.config, sort_keys=True), "format": FORMAT}
+    for key, value in (extra_metadata or {}).items():
+        if not isinstance(key, str) or key in metadata:
+            raise ValueError(f"extra_metadata keys must be str other than 'config' and 'format', got {key!r}")
+        metadata[key] = value if isinstance(value, str) else json.dumps(value)
+    # clone: independent storages (safetensors refuses shared tensors), on the CPU
+    tensors = {
+        k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).cpu().contiguous().clone()
+        for k, v in codec.state_dict().items()
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        digest = sha256_file(tmp)
+        os.replace(tmp, path)
+    finally:
+        _remove(tmp)
+    return digest
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except SafetensorError as e:
+        raise ValueError(
+            f"{path} is not a safetensors file ({e}); latent-transforms only loads .safetensors checkpoints "
+            f"and never unpickles .pt/.pth files"
+        ) from None
+    return metadata, tensors
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> "Codec":
+    """Build the codec described by a ``.safetensors`` checkpoint, load its weights, freeze it."""
+    from .codecs import build_codec
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint file at {path}")
+    metadata, tensors = _read_safetensors(path)
+    if metadata.get("format") != FORMAT:
+        raise ValueError(
+            f"{path} is not a latent-transforms checkpoint: metadata 'format' is {metadata.get('format')!r}, "
+            f"expected {FORMAT!r}"
+        )
+    try:
+        config = json.loads(metadata["config"])
+    except (KeyError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} has no valid JSON 'config' in its metadata ({e})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: metadata 'config' must be a JSON object, got {type(config).__name__}")
+    codec = build_codec(config)
+    expected = codec.state_dict()
+    missing, unexpected = sorted(expected.keys() - tensors.keys()), sorted(tensors.keys() - expected.keys())
+    if missing or unexpected:
+        raise ValueError(
+            f"{path} does not match the {config.get('kind')} codec built from its config: "
+            f"missing keys {missing}, unexpected keys {unexpected}"
+        )
+    bad = [f"{k}: file {tuple(tensors[k].shape)} vs codec {tuple(v.shape)}"
+           for k, v in expected.items() if tensors[k].shape != v.shape]
+    if bad:
+        raise ValueError(f"{path} has tensors whose shapes do not match the codec: {'; '.join(bad)}")
+    for k, v in expected.items():
+        t = tensors[k]
+        if t.is_floating_point() and v.is_floating_point():
+            tensors[k] = t.to(v.dtype)
+        elif t.dtype != v.dtype:
+            raise ValueError(f"{path}: tensor {k} has dtype {t.dtype}, the codec expects {v.dtype}")
+    codec.load_state_dict(tensors)
+    return codec.to(device).freeze()
+
+
+# -- registry ---------------------------------------------------------------------------------------
+def _check_entry(name: object, entry: object, where: str) -> dict:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{where}: checkpoint names must be non-empty str, got {name!r}")
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where}: entry {name!r} must be a dict, got {type(entry).__name__}")
+    for key in ("file", "sha256", "config"):
+        if key not in entry:
+            raise ValueError(f"{where}: entry {name!r} has no {key!r}")
+    _check_filename(entry["file"])
+    if not isinstance(entry["sha256"], str) or not _SHA256.fullmatch(entry["sha256"]):
+        raise ValueError(f"{where}: entry {name!r} sha256 must be 64 lowercase hex digits, got {entry['sha256']!r}")
+    if not isinstance(entry["config"], dict) or "kind" not in entry["config"]:
+        raise ValueError(f"{where}: entry {name!r} config must be a dict with a 'kind'")
+    size = entry.get("size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+        raise ValueError(f"{where}: entry {name!r} size must be a non-negative int (bytes), got {size!r}")
+    return entry
+
+
+def _shipped_registry() -> dict[str, dict]:
+    path = SHIPPED_DIR / "registry.json"
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("checkpoints"), dict):
+        raise ValueError(f"{path} must hold an object {{\"checkpoints\": {{name: entry, ...}}}}")
+    return {name: _check_entry(name, entry, str(path)) for name, entry in data["checkpoints"].items()}
+
+
+def _registry() -> dict[str, dict]:
+    with _lock:
+        runtime = dict(_registered)
+    return {**_shipped_registry(), **runtime}
+
+
+def register(name: str, *, file: str, sha256: str, config: dict, trained_on: str = "", quality: dict | None = None,
+             notes: str = "", size: int | None = None, overwrite: bool = False) -> None:
+    """Add a checkpoint to this process's registry, so ``load(name)`` / ``fetch(name)`` find it.
+
+    ``file`` is a plain file name looked up in the cache dir, the shipped checkpoints and under
+    ``$LATENT_TRANSFORMS_HUB_URL``; ``sha256`` and ``size`` are what ``save_checkpoint`` returned and the
+    file's size in bytes. An existing name is only replaced with ``overwrite=True``.
+    """
+    entry = {"file": file, "sha256": sha256, "size": size, "config": dict(config), "trained_on": trained_on,
+             "quality": dict(quality or {}), "notes": notes}
+    _check_entry(name, entry, "register()")
+    if not overwrite and name in _registry():
+        raise ValueError(f"checkpoint {name!r} is already registered; pass overwrite=True to replace it")
+    with _lock:
+        _registered[name] = entry
+        for key in [k for k in _loaded if k[0] == name]:
+            del _loaded[key]
+
+
+def _entry(name: str) -> dict:
+    registry = _registry()
+    if name not in registry:
+        known = ", ".join(sorted(registry)) or "none"
+        raise UnknownCheckpointError(
+            f"unknown checkpoint {name!r} (not a registered name nor an existing .safetensors file); "
+            f"known checkpoints: {known}"
+        )
+    return registry[name]
+
+
+def list_checkpoints() -> list[dict]:
+    """Every registered checkpoint: its registry entry plus ``name``, ``cached`` and ``shipped``.
+
+    ``cached``/``shipped``: a file of that name (and of the registered size, when known) is in the
+    cache dir / the package; its sha256 is checked when it is used.
+    """
+    def present(path: Path, size: int | None) -> bool:
+        return path.is_file() and (size is None or path.stat().st_size == size)
+
+    rows = []
+    for name, entry in sorted(_registry().items()):
+        size = entry.get("size")
+        rows.append({"name": name, **entry, "cached": present(cache_dir() / entry["file"], size),
+                     "shipped": present(SHIPPED_DIR / entry["file"], size)})
+    return rows
+
+
+# -- resolution and download ------------------------------------------------------------------------
+def _offline() -> bool:
+    return os.environ.get("LATENT_TRANSFORMS_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _timeout() -> float:
+    raw = os.environ.get("LATENT_TRANSFORMS_HUB_TIMEOUT")
+    if not raw:
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"LATENT_TRANSFORMS_HUB_TIMEOUT must be a positive number of seconds, got {raw!r}")
+    return value
+
+
+def _remote_url(file: str) -> str | None:
+    base = os.environ.get("LATENT_TRANSFORMS_HUB_URL")
+    if not base:
+        return None
+    scheme = urllib.parse.urlsplit(base).scheme.lower()
+    if scheme not in URL_SCHEMES:
+        raise ValueError(
+            f"LATENT_TRANSFORMS_HUB_URL={base!r} has unsupported scheme {scheme!r}; use one of {list(URL_SCHEMES)}"
+        )
+    return base.rstrip("/") + "/" + urllib.parse.quote(file)
+
+
+def _verified(path: Path, sha256: str) -> bool:
+    return path.is_file() and sha256_file(path) == sha256
+
+
+def _download(url: str, dest: Path, sha256: str) -> None:
+    """Stream ``url`` to a unique temp file next to ``dest``, verify length and sha256, then rename into place."""
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    except OSError as e:
+        raise HubError(
+            f"cannot write to the cache dir {dest.parent} ({e.strerror or e}); "
+            f"set LATENT_TRANSFORMS_HOME to a writable directory"
+        ) from None
+    try:
+        with os.fdopen(fd, "wb") as out:
+            try:
+                response = urllib.request.urlopen(url, timeout=_timeout())
+            except urllib.error.HTTPError as e:
+                raise HubError(f"downloading {url} failed: HTTP {e.code} {e.reason}") from None
+            except urllib.error.URLError as e:
+                raise HubError(f"cannot download {url}: {e.reason}") from None
+            except OSError as e:  # e.g. a timeout while reading the status line
+                raise HubError(f"cannot download {url}: {e}") from None
+            with response:
+                length = response.headers.get("Content-Length")
+                expected = int(length) if length and length.isdigit() else None
+                digest, received = hashlib.sha256(), 0
+                with tqdm(total=expected, unit="B", unit_scale=True, desc=dest.name, disable=None) as bar:
+                    try:
+                        while chunk := response.read(_CHUNK):
+                            out.write(chunk)
+                            digest.update(chunk)
+                            received += len(chunk)
+                            bar.update(len(chunk))
+                    except http.client.IncompleteRead as e:
+                        received += len(e.partial)
+                    except OSError as e:
+                        raise HubError(f"downloading {url} failed after {received} bytes: {e}") from None
+        if expected is not None and received != expected:
+            raise HubError(f"download of {dest.name} from {url} is truncated: expected {expected} bytes, got {received}")
+        if digest.hexdigest() != sha256:
+            raise HubError(
+                f"download of {dest.name} from {url} has the wrong sha256: expected {sha256}, got {digest.hexdigest()}"
+            )
+        os.replace(tmp, dest)
+    finally:
+        _remove(tmp)
+
+
+def fetch(name: str) -> Path:
+    """Path of a verified copy of checkpoint ``name`` (cache dir or shipped), downloading it if needed."""
+    entry = _entry(name)
+    file, sha256 = entry["file"], entry["sha256"]
+    cached, shipped = cache_dir() / file, SHIPPED_DIR / file
+    notes = []
+    if cached.is_file():
+        if _verified(cached, sha256):
+            return cached
+        try:
+            _remove(cached)
+        except OSError as e:
+            raise HubError(
+                f"cached {cached} is corrupted (sha256 mismatch) and cannot be deleted ({e.strerror or e}); "
+                f"delete it by hand or set LATENT_TRANSFORMS_HOME to a writable directory"
+            ) from None
+        notes.append(f"deleted corrupted {cached}")
+    if shipped.is_file():
+        if _verified(shipped, sha256):
+            return shipped
+        notes.append(f"shipped {shipped} is corrupted (sha256 mismatch)")
+    looked = f"looked in {cached} and {shipped}" + (f"; {'; '.join(notes)}" if notes else "")
+    if _offline():
+        raise HubError(f"checkpoint {name!r} is not available offline (LATENT_TRANSFORMS_OFFLINE is set); {looked}")
+    url = _remote_url(file)
+    if url is None:
+        raise HubError(
+            f"checkpoint {name!r} not found: {looked}; set LATENT_TRANSFORMS_HUB_URL to a base URL "
+            f"(http://, https:// or file://) that serves {file}"
+        )
+    _download(url, cached, sha256)
+    return cached
+
+
+def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") -> "Codec":
+    """A frozen codec from a checkpoint file path or a registry name (``fetch``-ed, then cached in-process).
+
+    An existing file is read as safetensors whatever its suffix (a pickled ``.pt`` is refused, never run).
+    Loading the same name on the same device again returns the same codec object.
+    """
+    if isinstance(name_or_path, os.PathLike) or Path(name_or_path).is_file():
+        return load_checkpoint(name_or_path, device)
+    name = str(name_or_path)
+    key = (name, str(torch.device(device)))
+    with _lock:
+        if key in _loaded:
+            return _loaded[key]
+        lock = _load_locks.setdefault(key, threading.Lock())
+    with lock:  # one build per (name, device), even when threads race
+        with _lock:
+            if key in _loaded:
+                return _loaded[key]
+        codec = load_checkpoint(fetch(name), device)
+        with _lock:
+            _loaded[key] = codec
+    return codec
+
+
+__all__ = ["FORMAT", "HubError", "UnknownCheckpointError", "cache_dir", "fetch", "list_checkpoints", "load",
+           "load_checkpoint", "register", "save_checkpoint", "sha256_file"]

@@ -1,0 +1,46 @@
+"""Lp-ball geometry for latent perturbations (per sample, over flattened coordinates)."""
+from __future__ import annotations
+
+import torch
+
+NORMS = ("l2", "linf")
+
+
+def check_norm(norm: str | None, allow_none: bool) -> None:
+    if norm in NORMS or (allow_none and norm is None):
+        return
+    allowed = NORMS + ((None,) if allow_none else ())
+    raise ValueError(f"norm must be one of {allowed}, got {norm!r}")
+
+
+def _l2(d: torch.Tensor) -> torch.Tensor:
+    return d.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def project(d: torch.Tensor, eps: float, norm: str | None) -> torch.Tensor:
+    """d: (B, D) -> its projection onto the eps-ball of ``norm`` (None: no projection)."""
+    if norm == "l2":
+        return d / (_l2(d) / eps).clamp_min(1.0) if eps > 0 else torch.zeros_like(d)
+    if norm == "linf":
+        return d.clamp(-eps, eps)
+    return d
+
+
+def ascent_direction(g: torch.Tensor, norm: str) -> torch.Tensor:
+    """Steepest-ascent unit step for a gradient g: (B, D): g / ||g||_2 (l2) or sign(g) (linf)."""
+    return g / _l2(g) if norm == "l2" else g.sign()
+
+
+def random_start(shape: torch.Size, eps: float, norm: str, generator: torch.Generator, device, dtype) -> torch.Tensor:
+    """U(-eps, eps)^D projected onto the ball, as the official LA-adv random start."""
+    d = (torch.rand(shape, generator=generator, device=device, dtype=dtype) * 2 - 1) * eps
+    return project(d, eps, norm)
+
+
+def random_perturbation(shape: torch.Size, eps: float, norm: str | None, generator: torch.Generator, device, dtype) -> torch.Tensor:
+    """Noise of size eps: a uniformly random direction of L2 norm exactly eps (``l2``), N(0, eps^2) clipped
+    to [-eps, eps] (``linf``), or plain N(0, eps^2) per coordinate (None)."""
+    d = torch.randn(shape, generator=generator, device=device, dtype=dtype) * eps
+    if norm == "l2":
+        return d / _l2(d) * eps
+    return project(d, eps, norm)

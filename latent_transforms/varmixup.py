@@ -1,0 +1,72 @@
+"""VarMixup: mixup in a VAE's latent space (Mangla et al., 2020; Pattern Recognition Letters 2021)."""
+from __future__ import annotations
+
+import torch
+
+from .codec_transform import CodecTransform
+from .codecs import Codec, ConvVAE
+from .labels import mix_labels
+from .rng import sample_beta
+
+
+class VarMixup(CodecTransform):
+    """Mix each sample's latent with a random partner's, decode, and mix the labels with the same weight.
+
+    ``lam ~ Beta(alpha, alpha)``; ``x2 = decode(lam * z + (1 - lam) * z[partner])``;
+    ``y2 = lam * y + (1 - lam) * y[partner]`` (soft labels, rows sum to 1).
+
+    The paper's details are not public (no official code); the choices made here, each a parameter:
+    - ``posterior="mean"``: latents are the posterior means (``"sample"`` draws from the posterior);
+    - ``per_sample=True``: one lambda per sample (``False``: one per batch, as mixup-cifar10);
+    - decoded images *replace* the selected samples; use ``p < 1`` to keep a share of clean images
+      (VAE decodes are blurry, so training only on them creates a train/test gap);
+    - partners are drawn among the selected samples (a random permutation).
+
+    Args:
+        codec: hub name, path or Codec (default ``"vae-cifar10"``; any codec works, a flow too).
+        alpha: Beta parameter (1.0, mixup's usual CIFAR default). num_classes: needed for class-index labels.
+        posterior, per_sample, levels, p, generator: see above and :class:`~latent_transforms.LatentTransform`.
+
+    Shape:
+        x: (B, C, H, W) float in [0, 1]; y: (B,) int64 or (B, K). Returns (B, K) soft labels.
+
+    Convention:
+        Identity in ``eval()`` mode (labels returned as given). ``last_params`` holds ``lam`` and ``partner``.
+    """
+
+    mixes_labels = True
+
+    def __init__(self, codec: Codec | str = "vae-cifar10", alpha: float = 1.0, num_classes: int | None = None,
+                 posterior: str = "mean", per_sample: bool = True, levels: list[int] | None = None,
+                 p: float = 1.0, generator: torch.Generator | int | None = None):
+        if not alpha > 0:
+            raise ValueError(f"alpha must be > 0, got {alpha!r}")
+        if posterior not in ("mean", "sample"):
+            raise ValueError(f"posterior must be 'mean' or 'sample', got {posterior!r}")
+        super().__init__(codec, levels=levels, p=p, generator=generator, num_classes=num_classes)
+        if posterior == "sample" and not isinstance(self.codec, ConvVAE):
+            raise ValueError(f"posterior='sample' needs a VAE codec, got a {self.codec.kind} codec")
+        self.alpha, self.posterior, self.per_sample = float(alpha), posterior, per_sample
+        self.last_params: dict[str, torch.Tensor] = {}
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, posterior={self.posterior!r}, per_sample={self.per_sample}, " + super().extra_repr()
+
+    def transform(self, x, y, model, generator):
+        if self.posterior == "sample":
+            with torch.no_grad():
+                z = self.codec.encode(x, sample=True, generator=generator)[0]
+        else:
+            z = self.encode_flat(x)
+        b = z.shape[0]
+        partner = torch.randperm(b, generator=generator, device=z.device)
+        lam = sample_beta(self.alpha, b if self.per_sample else 1, generator, z.device).expand(b)
+        weight = lam.unsqueeze(1).to(z.dtype)
+        mixed = weight * z + (1 - weight) * z[partner]
+        mask = self.level_mask(z.device)
+        if mask is not None:  # mix only the chosen levels, keep the sample's own latent elsewhere
+            mixed = torch.where(mask, mixed, z)
+        self.last_params = {"lam": lam, "partner": partner}
+        with torch.no_grad():
+            x2 = self.decode_flat(mixed)
+        return x2, mix_labels(y, partner, lam, self.num_classes)

@@ -1,0 +1,59 @@
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from latent_transforms.codecs import ConvVAE, Glow
+
+warnings.filterwarnings("ignore", message="torch.lu is deprecated")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def tiny_glow(seed: int = 0, shape=(1, 8, 8)) -> Glow:
+    """A random-init frozen Glow whose ActNorms were initialised on random data."""
+    torch.manual_seed(seed)
+    glow = Glow(shape, levels=2, steps=2, hidden=16, num_bins=17)
+    with torch.no_grad():
+        glow.loss(torch.rand(64, *shape))
+    return glow.freeze()
+
+
+def tiny_vae(seed: int = 0, shape=(1, 8, 8)) -> ConvVAE:
+    torch.manual_seed(seed)
+    return ConvVAE(shape, latent_dim=4, hidden=8).freeze()
+
+
+class TinyNet(nn.Module):
+    """A classifier with BatchNorm (to catch statistic updates) and a final Linear (for ISDA)."""
+
+    def __init__(self, channels=1, num_classes=10):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(channels, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                      nn.AdaptiveAvgPool2d(2), nn.Flatten())
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.features(x))
+
+
+@pytest.fixture
+def glow():
+    return tiny_glow()
+
+
+@pytest.fixture
+def vae():
+    return tiny_vae()
+
+
+@pytest.fixture
+def net():
+    torch.manual_seed(0)
+    return TinyNet()
+
+
+@pytest.fixture
+def batch():
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(12, 1, 8, 8, generator=g), torch.randint(0, 10, (12,), generator=g)

@@ -1,0 +1,90 @@
+"""The contract every transform honours; each method's tests call ``check_transform_contract``."""
+from __future__ import annotations
+
+import copy
+import pickle
+
+import torch
+from torch import nn
+
+from latent_transforms import LatentTransform
+
+
+def model_state(model: nn.Module | None):
+    if model is None:
+        return None
+    return ({k: v.clone() for k, v in model.state_dict().items()},
+            [m.training for m in model.modules()],
+            [None if p.grad is None else p.grad.clone() for p in model.parameters()])
+
+
+def assert_model_unchanged(model: nn.Module | None, before) -> None:
+    if model is None:
+        return
+    after = model_state(model)
+    for k, v in before[0].items():
+        assert torch.equal(v, after[0][k]), f"model state {k} changed"
+    assert before[1] == after[1], "train/eval flags changed"
+    for g0, g1 in zip(before[2], after[2]):
+        assert (g0 is None and g1 is None) or torch.equal(g0, g1), "parameter gradients changed"
+
+
+def check_transform_contract(make, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None = None,
+                             num_classes: int = 10) -> None:
+    """``make(**kwargs) -> LatentTransform``; x, y a valid batch; model if the transform needs one."""
+    t = make(generator=0)
+    assert isinstance(t, LatentTransform)
+    before = model_state(model)
+    x2, y2 = t(x, y, model)
+    assert_model_unchanged(model, before)
+    assert x2.shape == x.shape and x2.dtype == x.dtype and x2.device == x.device
+    assert torch.isfinite(x2).all() and x2.min() >= 0 and x2.max() <= 1
+    if t.mixes_labels:
+        assert y2.shape == (x.shape[0], num_classes)
+        assert torch.allclose(y2.sum(1), torch.ones(x.shape[0]), atol=1e-5) and y2.min() >= 0
+    else:
+        assert torch.equal(y2, y)
+    stats = t.stats
+    assert stats["seen"] == x.shape[0] and stats["transformed"] + stats["rejected"] <= stats["seen"]
+
+    # same seed, same output; a fresh seed gives another draw
+    x3, y3 = make(generator=0)(x, y, model)
+    assert torch.equal(x2, x3) and torch.equal(y2, y3)
+
+    # p=0 is the identity (labels soft for mixing methods, with the same classes)
+    x0, y0 = make(generator=0, p=0.0)(x, y, model)
+    assert torch.equal(x0, x)
+    assert torch.equal(y0.argmax(1), y) if t.mixes_labels else torch.equal(y0, y)
+
+    # unselected samples pass bit-identical
+    tp = make(generator=1, p=0.5)
+    xp, _ = tp(x, y, model)
+    changed = (xp != x).flatten(1).any(1)
+    assert int(changed.sum()) <= tp.stats["transformed"]
+
+    # eval mode is the identity
+    te = make(generator=0).eval()
+    xe, ye = te(x, y, model)
+    assert xe is x and ye is y
+    assert_model_unchanged(model, before)
+
+    # a batch of one works
+    x1, _ = make(generator=0)(x[:1], y[:1], model)
+    assert x1.shape == x[:1].shape
+
+    # float64 input keeps its dtype (a model, if any, would have to accept it: skip then)
+    if model is None:
+        xd, _ = make(generator=0)(x.double(), y)
+        assert xd.dtype == torch.float64
+
+    # needs a model -> TypeError without one
+    if t.needs_model:
+        try:
+            make(generator=0)(x, y)
+        except TypeError as e:
+            assert "model" in str(e)
+        else:
+            raise AssertionError("calling without model did not raise")
+
+    # picklable / deep-copyable like any module
+    pickle.loads(pickle.dumps(copy.deepcopy(t)))

@@ -1,0 +1,215 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from latent_transforms.codecs import flatten_latents
+from latent_transforms.latent_adversarial import LatentAdversarial
+from latent_transforms.latent_noise import LatentNoise
+from latent_transforms.mixup_inference import LatentMixupInference
+from latent_transforms.varmixup import VarMixup
+
+from contract import assert_model_unchanged, check_transform_contract, model_state
+from conftest import TinyNet, tiny_glow
+
+
+# -- the shared contract ------------------------------------------------------------------------------
+def test_latent_noise_contract(glow, batch):
+    check_transform_contract(lambda **kw: LatentNoise(glow, eps=3.0, **kw), *batch)
+
+
+def test_latent_adversarial_contract(glow, batch, net):
+    check_transform_contract(lambda **kw: LatentAdversarial(glow, steps=2, **kw), *batch, model=net)
+
+
+@pytest.mark.parametrize("codec", ["glow", "vae"])
+def test_varmixup_contract(codec, request, batch):
+    c = request.getfixturevalue(codec)
+    check_transform_contract(lambda **kw: VarMixup(c, num_classes=10, **kw), *batch)
+
+
+# -- LatentNoise ---------------------------------------------------------------------------------------
+def test_noise_eps_zero_is_identity_to_round_trip_accuracy(glow, batch):
+    x, y = batch
+    x2, _ = LatentNoise(glow, eps=0.0, generator=0)(x, y)
+    assert (x2 - x).abs().max() <= 1e-4  # not 0.05 + 0.9 x as in the official code
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf", None])
+def test_noise_respects_the_eps_ball(glow, batch, norm):
+    t = LatentNoise(glow, eps=2.5, norm=norm, generator=0)
+    t(*batch)
+    d = t.last_params["delta"]
+    if norm == "l2":
+        assert torch.allclose(d.norm(dim=1), torch.full((d.shape[0],), 2.5), atol=1e-4)
+    elif norm == "linf":
+        assert d.abs().max() <= 2.5 + 1e-6
+    else:
+        assert 2.0 < d.std() < 3.0
+
+
+def test_noise_perturbs_in_the_standardised_latent(glow, batch):
+    """Re-encoding the output recovers z + delta (the flow is invertible, clipping aside)."""
+    x, y = batch
+    t = LatentNoise(glow, eps=0.5, generator=0)
+    x2, _ = t(x, y)
+    with torch.no_grad():
+        z, z2 = flatten_latents(glow.encode(x)), flatten_latents(glow.encode(x2.clamp(0.02, 0.98)))
+    inside = ((x2 > 0.02) & (x2 < 0.98)).flatten(1).all(1)
+    if inside.any():
+        assert torch.allclose((z2 - z)[inside], t.last_params["delta"][inside], atol=1e-2)
+
+
+def test_noise_levels_option_leaves_other_levels_alone(glow, batch):
+    t = LatentNoise(glow, eps=1.0, levels=[1], generator=0)
+    t(*batch)
+    d = t.last_params["delta"]
+    n0 = int(torch.Size(glow.latent_shapes[0]).numel())
+    assert d[:, :n0].abs().max() == 0 and torch.allclose(d[:, n0:].norm(dim=1), torch.ones(d.shape[0]), atol=1e-5)
+    with pytest.raises(ValueError, match="levels"):
+        LatentNoise(glow, levels=[5])
+
+
+def test_noise_huge_eps_stays_finite_and_in_range(batch):
+    x, y = batch
+    for codec in (tiny_glow(1), tiny_glow(2)):
+        x2, _ = LatentNoise(codec, eps=50.0, generator=0)(x, y)
+        assert torch.isfinite(x2).all() and x2.min() >= 0 and x2.max() <= 1
+
+
+# -- LatentAdversarial ---------------------------------------------------------------------------------
+def _trained_net(x, y, steps=150):
+    torch.manual_seed(0)
+    net = TinyNet()
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+    return net
+
+
+def test_adversarial_raises_loss_above_random_noise_of_same_size(glow):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 1, 8, 8, generator=g)
+    y = (x.mean((1, 2, 3)) * 20).long().clamp(0, 9)
+    net = _trained_net(x, y)
+    net.eval()
+    adv = LatentAdversarial(glow, eps=1.0, steps=5, step_size=0.5, target="true", generator=0)
+    noise = LatentNoise(glow, eps=1.0, norm="l2", generator=0)
+    xa, _ = adv(x, y, net)
+    xn, _ = noise(x, y)
+    with torch.no_grad():
+        la, ln = F.cross_entropy(net(xa), y), F.cross_entropy(net(xn), y)
+    assert la > ln * 1.5, (la, ln)
+    assert torch.allclose(adv.last_params["delta"].norm(dim=1), torch.ones(64), atol=1e-4)
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_adversarial_respects_the_eps_ball(glow, batch, net, norm):
+    t = LatentAdversarial(glow, eps=0.3, steps=4, step_size=0.2, norm=norm, generator=0)
+    t(*batch, net)
+    d = t.last_params["delta"]
+    bound = d.norm(dim=1).max() if norm == "l2" else d.abs().max()
+    assert bound <= 0.3 + 1e-5
+
+
+def test_adversarial_eps_zero_is_identity(glow, batch, net):
+    x, y = batch
+    x2, _ = LatentAdversarial(glow, eps=0.0, generator=0)(x, y, net)
+    assert (x2 - x).abs().max() <= 1e-4
+
+
+def test_adversarial_targets_prediction_by_default(glow, batch, net):
+    x, y = batch
+    t = LatentAdversarial(glow, steps=1, generator=0)
+    t(x, y, net)
+    net.eval()
+    with torch.no_grad():
+        assert torch.equal(t.last_params["target"], net(x).argmax(1))
+
+
+def test_adversarial_restores_model_on_error(glow, batch, net):
+    class Boom(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = net
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            if self.calls > 1:
+                raise RuntimeError("boom")
+            return self.inner(x)
+
+    boom = Boom()
+    before = model_state(boom)
+    flags = [p.requires_grad for p in boom.parameters()]
+    with pytest.raises(RuntimeError, match="boom"):
+        LatentAdversarial(glow, generator=0)(*batch, boom)
+    assert_model_unchanged(boom, before)
+    assert flags == [p.requires_grad for p in boom.parameters()]
+
+
+def test_adversarial_keeps_accumulated_gradients(glow, batch, net):
+    x, y = batch
+    F.cross_entropy(net(x), y).backward()
+    grads = [p.grad.clone() for p in net.parameters()]
+    LatentAdversarial(glow, generator=0)(x, y, net)
+    assert all(torch.equal(a, p.grad) for a, p in zip(grads, net.parameters()))
+
+
+# -- VarMixup ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("per_sample", [True, False])
+def test_varmixup_label_weights_equal_latent_weights(vae, batch, per_sample):
+    x, y = batch
+    t = VarMixup(vae, num_classes=10, per_sample=per_sample, generator=0)
+    x2, y2 = t(x, y)
+    lam, partner = t.last_params["lam"], t.last_params["partner"]
+    expected = lam[:, None] * F.one_hot(y, 10) + (1 - lam[:, None]) * F.one_hot(y[partner], 10)
+    assert torch.allclose(y2, expected, atol=1e-6)
+    if not per_sample:
+        assert torch.all(lam == lam[0])
+    with torch.no_grad():
+        z = flatten_latents(vae.encode(x))
+        mixed = lam[:, None] * z + (1 - lam[:, None]) * z[partner]
+        assert torch.allclose(x2, vae.decode([mixed]).clamp(0, 1), atol=1e-6)
+
+
+def test_varmixup_soft_labels_in_soft_labels_out(vae, batch):
+    x, y = batch
+    soft = F.one_hot(y, 10).float() * 0.9 + 0.01
+    x2, y2 = VarMixup(vae, generator=0)(x, soft)
+    assert y2.shape == soft.shape and torch.allclose(y2.sum(1), torch.ones(len(y)))
+
+
+def test_varmixup_needs_num_classes_for_index_labels(vae, batch):
+    with pytest.raises(ValueError, match="num_classes"):
+        VarMixup(vae, generator=0)(*batch)
+
+
+def test_varmixup_posterior_sample_needs_vae(glow):
+    with pytest.raises(ValueError, match="VAE"):
+        VarMixup(glow, posterior="sample")
+
+
+def test_varmixup_beta_lambda_distribution(vae):
+    x = torch.rand(2000, 1, 8, 8)
+    y = torch.zeros(2000, dtype=torch.long)
+    t = VarMixup(vae, alpha=0.4, num_classes=2, generator=0)
+    t(x, y)
+    lam = t.last_params["lam"]
+    assert abs(lam.mean() - 0.5) < 0.03 and abs(lam.var() - 1 / (4 * 1.8)) < 0.02
+
+
+# -- latent mixup inference ----------------------------------------------------------------------------
+def test_mixup_inference_gives_probabilities_and_leaves_model_alone(glow, batch, net):
+    x, _ = batch
+    before = model_state(net)
+    mi = LatentMixupInference(net, glow, references=x, num_mixes=3, generator=0)
+    probs = mi(x)
+    assert probs.shape == (len(x), 10) and torch.allclose(probs.sum(1), torch.ones(len(x)))
+    assert_model_unchanged(net, before)
+    one = LatentMixupInference(net, glow, references=x, lam=1.0, num_mixes=1)(x)
+    net.eval()
+    with torch.no_grad():
+        assert torch.allclose(one, net(x).softmax(1), atol=1e-4)
