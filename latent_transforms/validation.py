@@ -23,6 +23,8 @@ def check_images(x: torch.Tensor, name: str = "x") -> None:
         )
     if x.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)})")
+    if x.numel() == 0:
+        raise ValueError(f"{name} has an empty channel or spatial dimension (shape {tuple(x.shape)})")
     finite = torch.isfinite(x)
     if not bool(finite.all()):
         bad = (~finite).flatten(1).any(1).nonzero().flatten().tolist()

@@ -1,0 +1,126 @@
+"""Property tests of the base class bookkeeping, through a minimal transform and through real ones."""
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from latent_transforms import LatentTransform
+from latent_transforms.labels import mix_labels
+from latent_transforms.rng import GeneratorSource
+
+
+class AddNoise(LatentTransform):
+    """Pixel noise: the smallest transform that exercises the base class."""
+
+    def transform(self, x, y, model, generator):
+        return x + 0.1 * torch.randn(x.shape, generator=generator, dtype=x.dtype), y
+
+
+class Mix(LatentTransform):
+    mixes_labels = True
+
+    def transform(self, x, y, model, generator):
+        partner = torch.randperm(x.shape[0], generator=generator)
+        lam = torch.rand(x.shape[0], generator=generator)
+        w = lam.view(-1, 1, 1, 1).to(x.dtype)
+        return w * x + (1 - w) * x[partner], mix_labels(y, partner, lam, self.num_classes)
+
+
+class Explode(LatentTransform):
+    def transform(self, x, y, model, generator):
+        out = x.clone()
+        out[0] = float("nan")
+        if len(out) > 1:
+            out[1] = 5.0
+        return out, y
+
+
+shapes = st.tuples(st.integers(1, 9), st.integers(1, 3), st.integers(1, 6), st.integers(1, 6))
+
+
+def _batch(shape, soft, seed, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(shape, generator=g).to(dtype)
+    y = torch.randint(0, 5, (shape[0],), generator=g)
+    if soft:
+        y = torch.softmax(torch.randn(shape[0], 5, generator=g), 1)
+    return x, y
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=shapes, soft=st.booleans(), p=st.floats(0, 1), seed=st.integers(0, 1000),
+       dtype=st.sampled_from([torch.float32, torch.float64, torch.float16]), cls=st.sampled_from([AddNoise, Mix]))
+def test_base_properties(shape, soft, p, seed, dtype, cls):
+    x, y = _batch(shape, soft, seed, dtype)
+    t = cls(p=p, generator=seed, num_classes=5)
+    x2, y2 = t(x, y)
+    assert x2.shape == x.shape and x2.dtype == x.dtype and x2.device == x.device
+    assert x2.min() >= 0 and x2.max() <= 1
+    # unselected samples are bit-identical, and there are at most `transformed` changed ones
+    changed = (x2 != x).flatten(1).any(1)
+    assert int(changed.sum()) <= t.stats["transformed"] <= shape[0]
+    if cls is Mix:
+        assert y2.shape == (shape[0], 5) and torch.allclose(y2.sum(1), torch.ones(shape[0], dtype=y2.dtype), atol=1e-5)
+        assert y2.min() >= 0
+        same = ~changed
+        ref = y if soft else torch.nn.functional.one_hot(y, 5).float()
+        assert torch.allclose(y2[same & (t.stats["transformed"] == 0)], ref[same & (t.stats["transformed"] == 0)])
+    else:
+        assert y2 is y
+    # same seed -> same output
+    x3, y3 = cls(p=p, generator=seed, num_classes=5)(x, y)
+    assert torch.equal(x2, x3) and torch.equal(y2, y3)
+    # eval -> identity
+    xe, ye = cls(p=p, generator=seed, num_classes=5).eval()(x, y)
+    assert xe is x and ye is y
+
+
+def test_p_zero_is_identity_and_p_validated():
+    x, y = _batch((4, 1, 3, 3), False, 0)
+    assert torch.equal(AddNoise(p=0.0)(x, y)[0], x)
+    for bad in (-0.1, 1.5, float("nan"), "half"):
+        with pytest.raises(ValueError, match="p must be"):
+            AddNoise(p=bad)
+
+
+def test_explicit_generator_leaves_global_rng_alone():
+    x, y = _batch((4, 1, 3, 3), False, 0)
+    state = torch.get_rng_state()
+    AddNoise(generator=torch.Generator().manual_seed(3))(x, y)
+    AddNoise(generator=3)(x, y)
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_generator_on_wrong_device_is_named():
+    with pytest.raises(ValueError, match="generator is on cpu but the data is on cuda"):
+        GeneratorSource(torch.Generator()).get(torch.device("cuda"))
+    for bad in ("seed", 1.5, True):
+        with pytest.raises(TypeError, match="generator must be"):
+            GeneratorSource(bad)
+
+
+def test_default_generator_follows_torch_manual_seed():
+    x, y = _batch((4, 1, 3, 3), False, 0)
+    torch.manual_seed(5)
+    a = AddNoise()(x, y)[0]
+    torch.manual_seed(5)
+    b = AddNoise()(x, y)[0]
+    assert torch.equal(a, b)
+
+
+def test_non_finite_and_implausible_outputs_are_rejected_and_counted():
+    x, y = _batch((5, 1, 3, 3), False, 0)
+    t = Explode(generator=0)
+    x2, _ = t(x, y)
+    assert torch.equal(x2[:2], x[:2]) and torch.isfinite(x2).all()
+    assert t.stats == {"seen": 5, "transformed": 3, "rejected": 2}
+    t(x, y)
+    assert t.stats["seen"] == 10
+    t.reset_stats()
+    assert t.stats["seen"] == 0
+
+
+def test_mixing_needs_classes():
+    x, y = _batch((4, 1, 3, 3), False, 0)
+    with pytest.raises(ValueError, match="num_classes"):
+        Mix(generator=0)(x, y)

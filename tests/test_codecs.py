@@ -1,0 +1,110 @@
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from latent_transforms.codecs import ConvVAE, Glow, build_codec, flatten_latents, unflatten_latents
+
+from conftest import tiny_glow, tiny_vae
+
+
+@settings(max_examples=25, deadline=None)
+@given(batch=st.integers(1, 9), seed=st.integers(0, 10_000), binary=st.booleans())
+def test_glow_round_trip(batch, seed, binary):
+    glow = GLOW
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, 1, 8, 8, generator=g)
+    if binary:  # the extremes of [0, 1] are the hardest for the logit preprocessing
+        x = (x > 0.5).float()
+    with torch.no_grad():
+        assert (glow.decode(glow.encode(x)) - x).abs().max() <= 1e-3
+
+
+GLOW = tiny_glow()
+
+
+def test_untrained_rgb_glow_round_trip():
+    glow = Glow((3, 16, 16), levels=2, steps=3, hidden=16)  # ActNorm not even initialised
+    x = torch.rand(4, 3, 16, 16)
+    with torch.no_grad():
+        assert (glow.decode(glow.encode(x)) - x).abs().max() <= 1e-3
+
+
+def test_latent_shapes_and_flattening():
+    x = torch.rand(3, 1, 8, 8)
+    z = GLOW.encode(x)
+    assert [tuple(t.shape[1:]) for t in z] == GLOW.latent_shapes and GLOW.latent_dim == 64
+    flat = flatten_latents(z)
+    assert flat.shape == (3, 64)
+    assert all(torch.equal(a, b) for a, b in zip(unflatten_latents(flat, GLOW.latent_shapes), z))
+
+
+def test_log_det_matches_autograd_jacobian():
+    torch.manual_seed(0)
+    glow = Glow((1, 4, 4), levels=1, steps=2, hidden=8).double()
+    with torch.no_grad():
+        glow.loss(torch.rand(32, 1, 4, 4, dtype=torch.float64))
+        for p in glow.parameters():  # leave the zero-initialised couplings so the Jacobian is non-trivial
+            p.add_(0.05 * torch.randn_like(p))
+    x = torch.rand(1, 1, 4, 4, dtype=torch.float64) * 0.8 + 0.1
+    u, logdet = glow._encode_with_logdet(x)
+    f = lambda v: flatten_latents(glow._encode_with_logdet(v.view(1, 1, 4, 4))[0]).flatten()
+    jac = torch.autograd.functional.jacobian(f, x.flatten())
+    assert torch.allclose(logdet[0], torch.linalg.slogdet(jac)[1], atol=1e-8)
+
+
+def test_bits_per_dim_of_uniform_noise_is_about_eight_for_untrained_flow():
+    torch.manual_seed(0)
+    glow = Glow((3, 8, 8), levels=1, steps=1, hidden=8)
+    bpd, metrics = glow.loss(torch.rand(64, 3, 8, 8))
+    assert 6 < float(metrics["bits/dim"]) < 12 and bpd.requires_grad
+
+
+def test_decode_is_bounded_for_huge_latents():
+    z = [50 * torch.randn(8, *s) for s in GLOW.latent_shapes]
+    x = GLOW.decode(z)
+    assert torch.isfinite(x).all() and x.min() >= -0.06 and x.max() <= 1.06
+
+
+def test_frozen_codec_stays_frozen():
+    glow = tiny_glow()
+    state = {k: v.clone() for k, v in glow.state_dict().items()}
+    glow.train()
+    assert not glow.training and not any(p.requires_grad for p in glow.parameters())
+    glow.encode(torch.rand(5, 1, 8, 8))  # ActNorm must not re-initialise or update
+    assert all(torch.equal(v, glow.state_dict()[k]) for k, v in state.items())
+
+
+def test_vae_shapes_mean_and_sample():
+    vae = tiny_vae()
+    x = torch.rand(5, 1, 8, 8)
+    (mu,) = vae.encode(x)
+    assert mu.shape == (5, 4) and vae.decode([mu]).shape == x.shape
+    assert torch.equal(vae.encode(x)[0], mu)  # the mean is deterministic
+    g = torch.Generator().manual_seed(0)
+    s1 = vae.encode(x, sample=True, generator=g)[0]
+    s2 = vae.encode(x, sample=True, generator=torch.Generator().manual_seed(0))[0]
+    assert torch.equal(s1, s2) and not torch.equal(s1, mu)
+    loss, metrics = ConvVAE((3, 32, 32), latent_dim=8, hidden=8).loss(torch.rand(2, 3, 32, 32))
+    assert torch.isfinite(loss) and set(metrics) == {"rec", "kl", "mse"}
+
+
+def test_build_codec_round_trips_config_and_names_errors():
+    for codec in (GLOW, tiny_vae()):
+        assert build_codec(codec.config).config == codec.config
+    with pytest.raises(ValueError, match="unknown codec kind 'gan'"):
+        build_codec({"kind": "gan"})
+    with pytest.raises(ValueError, match="bad config for a glow codec"):
+        build_codec({"kind": "glow", "depth": 3})
+    with pytest.raises(ValueError, match="divisible by 2\\*\\*levels"):
+        Glow((3, 12, 12), levels=3)
+    with pytest.raises(ValueError, match="power-of-two"):
+        ConvVAE((3, 24, 24))
+
+
+def test_codec_device_mismatch_is_named():
+    x = torch.rand(2, 1, 8, 8, device="meta")
+    with pytest.raises(ValueError, match="codec is on cpu but x is on meta"):
+        GLOW.check_images(x)

@@ -1,0 +1,91 @@
+"""Composition with real kornia and torchvision transforms, in either order; labels flow through."""
+import kornia.augmentation as K
+import pytest
+import torch
+import torchvision.transforms.v2 as T
+
+from latent_transforms import Compose
+from latent_transforms.latent_adversarial import LatentAdversarial
+from latent_transforms.latent_noise import LatentNoise
+from latent_transforms.varmixup import VarMixup
+
+from conftest import TinyNet, tiny_glow, tiny_vae
+
+
+@pytest.fixture
+def rgb():
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(6, 3, 16, 16, generator=g), torch.randint(0, 10, (6,), generator=g)
+
+
+@pytest.fixture
+def rgb_glow():
+    return tiny_glow(shape=(3, 16, 16))
+
+
+def _check(x2, y2, x, soft):
+    assert x2.shape == x.shape and x2.dtype == x.dtype and 0 <= x2.min() and x2.max() <= 1
+    if soft:
+        assert y2.shape == (x.shape[0], 10) and torch.allclose(y2.sum(1), torch.ones(x.shape[0]), atol=1e-5)
+    else:
+        assert y2.shape == (x.shape[0],) and y2.dtype == torch.int64
+
+
+def test_randaugment_before_and_after_latent_then_mixup(rgb, rgb_glow):
+    x, y = rgb
+    net = TinyNet(channels=3)
+    for pipeline in (
+        [T.RandAugment(), LatentAdversarial(rgb_glow, steps=1, generator=0), T.MixUp(num_classes=10)],
+        [LatentNoise(rgb_glow, eps=1.0, generator=0), K.auto.RandAugment(n=2, m=10), T.MixUp(num_classes=10)],
+        [K.auto.RandAugment(n=2, m=10), LatentNoise(rgb_glow, eps=1.0, generator=0), T.CutMix(num_classes=10)],
+    ):
+        x2, y2 = Compose(pipeline)(x, y, net)
+        _check(x2, y2, x, soft=True)
+
+
+def test_pixel_only_keeps_index_labels(rgb, rgb_glow):
+    x, y = rgb
+    c = Compose([K.RandomHorizontalFlip(), T.RandomVerticalFlip(), LatentNoise(rgb_glow, eps=1.0, generator=0),
+                 lambda im: im.flip(-1)])
+    x2, y2 = c(x, y)
+    _check(x2, y2, x, soft=False)
+    assert torch.equal(y2, y)
+
+
+def test_kornia_mixup_labels_become_soft(rgb, rgb_glow):
+    x, y = rgb
+    x2, y2 = Compose([K.RandomMixUpV2(), LatentNoise(rgb_glow, eps=0.5, generator=0)], num_classes=10)(x, y)
+    _check(x2, y2, x, soft=True)
+    with pytest.raises(ValueError, match="num_classes"):
+        Compose([K.RandomMixUpV2()])(x, y)
+
+
+def test_kornia_mixup_after_soft_labels_is_refused(rgb):
+    x, y = rgb
+    vae = tiny_vae(shape=(3, 16, 16))
+    c = Compose([VarMixup(vae, num_classes=10, generator=0), K.RandomMixUpV2()], num_classes=10)
+    with pytest.raises(ValueError, match="class-index labels"):
+        c(x, y)
+
+
+def test_varmixup_then_torchvision_mixup_keeps_valid_soft_labels(rgb):
+    x, y = rgb
+    vae = tiny_vae(shape=(3, 16, 16))
+    x2, y2 = Compose([VarMixup(vae, num_classes=10, generator=0), T.MixUp(num_classes=10)])(x, y)
+    _check(x2, y2, x, soft=True)
+
+
+def test_eval_mode_and_model_passing(rgb, rgb_glow):
+    x, y = rgb
+    c = Compose([LatentAdversarial(rgb_glow, steps=1, generator=0)])
+    with pytest.raises(TypeError, match="model"):
+        c(x, y)
+    c.eval()
+    x2, y2 = c(x, y)
+    assert x2 is x and y2 is y
+    assert not c.steps[0].training
+
+
+def test_not_callable_is_refused():
+    with pytest.raises(TypeError, match="callable"):
+        Compose([3])
