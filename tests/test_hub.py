@@ -1,0 +1,461 @@
+"""Checkpoint format, registry and download cache: a local HTTP server, no network."""
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import pickle
+import random
+import stat
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from latent_transforms import hub
+from latent_transforms.cli import main
+from latent_transforms.codecs import build_codec
+
+CONFIG = {"kind": "vae", "image_shape": [1, 8, 8], "latent_dim": 4, "hidden": 8}
+GOOD = random.Random(0).randbytes(3000)  # the same in spawned child processes
+BAD = random.Random(1).randbytes(3000)
+SHA_GOOD = hashlib.sha256(GOOD).hexdigest()
+SLOW_SECONDS = 1.5
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Serves /good, /bad-hash, /truncated, /slow (sleeps before the body), /error (500); 404 otherwise."""
+
+    counts: dict[str, int] = {}
+    files: dict[str, bytes] = {}
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _send(self, body: bytes, length: int | None = None) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body) if length is None else length))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        name = self.path.lstrip("/")
+        self.counts[name] = self.counts.get(name, 0) + 1
+        try:
+            if name == "error.safetensors":
+                self.send_error(500)
+            elif name == "truncated.safetensors":
+                self._send(GOOD[:1000], length=len(GOOD))
+                self.close_connection = True
+            elif name == "slow.safetensors":
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(GOOD)))
+                self.end_headers()
+                self.wfile.flush()
+                time.sleep(SLOW_SECONDS)
+                self.wfile.write(GOOD)
+            elif name in self.files:
+                self._send(self.files[name])
+            else:
+                self.send_error(404)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+@pytest.fixture(scope="module")
+def server():
+    _Handler.files = {"good.safetensors": GOOD, "bad-hash.safetensors": BAD}
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch, server):
+    """Empty cache in tmp_path, the local server as hub URL, an empty runtime registry and codec cache."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(cache))
+    monkeypatch.setenv("LATENT_TRANSFORMS_HUB_URL", server)
+    monkeypatch.setenv("LATENT_TRANSFORMS_HUB_TIMEOUT", "5")
+    monkeypatch.delenv("LATENT_TRANSFORMS_OFFLINE", raising=False)
+    monkeypatch.setattr(hub, "_registered", {})
+    monkeypatch.setattr(hub, "_loaded", {})
+    monkeypatch.setattr(hub, "SHIPPED_DIR", tmp_path / "shipped")
+    _Handler.counts.clear()
+    return cache
+
+
+def _register(name: str, file: str, sha256: str = SHA_GOOD, **kw) -> None:
+    hub.register(name, file=file, sha256=sha256, config=CONFIG, trained_on="test", quality={"mse": 0.01}, **kw)
+
+
+def _leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.endswith(".part")) if directory.exists() else []
+
+
+def _codec(seed: int = 0):
+    torch.manual_seed(seed)
+    return build_codec(CONFIG)
+
+
+def _outputs(codec) -> torch.Tensor:
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return codec.decode(codec.encode(x))
+
+
+# -- checkpoint format ------------------------------------------------------------------------------
+def test_save_load_round_trip_gives_identical_outputs(tmp_path):
+    codec = _codec()
+    path = tmp_path / "vae.safetensors"
+    digest = hub.save_checkpoint(codec, path, extra_metadata={"epochs": 3})
+    assert digest == hub.sha256_file(path)
+    assert _leftovers(tmp_path) == []
+    loaded = hub.load_checkpoint(path)
+    assert loaded.config == codec.config and loaded.frozen and not loaded.training
+    assert not any(p.requires_grad for p in loaded.parameters())
+    assert torch.equal(_outputs(loaded), _outputs(codec.eval()))
+    assert torch.equal(_outputs(hub.load(str(path))), _outputs(loaded))
+
+
+def test_float16_storage_loads_as_float32(tmp_path):
+    codec = _codec()
+    path = tmp_path / "half.safetensors"
+    hub.save_checkpoint(codec, path, dtype=torch.float16)
+    loaded = hub.load_checkpoint(path)
+    for k, v in loaded.state_dict().items():
+        assert v.dtype == torch.float32
+        assert torch.equal(v, codec.state_dict()[k].half().float())
+
+
+def _write_raw(path: Path, tensors: dict, metadata: dict | None) -> Path:
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
+    return path
+
+
+def test_unexpected_and_missing_keys_are_named(tmp_path):
+    sd = dict(_codec().state_dict())
+    meta = {"config": json.dumps(CONFIG), "format": hub.FORMAT}
+    first = next(iter(sd))
+    extra = _write_raw(tmp_path / "extra.safetensors", {**sd, "bogus.weight": torch.zeros(2)}, meta)
+    with pytest.raises(ValueError, match=r"unexpected keys \['bogus.weight'\]"):
+        hub.load_checkpoint(extra)
+    missing = _write_raw(tmp_path / "missing.safetensors", {k: v for k, v in sd.items() if k != first}, meta)
+    with pytest.raises(ValueError, match=rf"missing keys \['{first}'\]"):
+        hub.load_checkpoint(missing)
+
+
+def test_wrong_shape_is_named(tmp_path):
+    sd = dict(_codec().state_dict())
+    first = next(iter(sd))
+    sd[first] = torch.zeros(*sd[first].shape[:-1], sd[first].shape[-1] + 1)
+    path = _write_raw(tmp_path / "shape.safetensors", sd, {"config": json.dumps(CONFIG), "format": hub.FORMAT})
+    with pytest.raises(ValueError, match=rf"{first}: file \(.*\) vs codec"):
+        hub.load_checkpoint(path)
+
+
+def test_missing_format_metadata_is_refused(tmp_path):
+    path = _write_raw(tmp_path / "plain.safetensors", dict(_codec().state_dict()), None)
+    with pytest.raises(ValueError, match="not a latent-transforms checkpoint"):
+        hub.load_checkpoint(path)
+
+
+class _Evil:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_pickle_checkpoint_is_refused_and_not_executed(env, tmp_path):
+    probe = tmp_path / "probe"
+    pickle.loads(pickle.dumps(_Evil(probe))).close()
+    assert probe.exists()  # the payload does run when unpickled
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"state_dict": _Evil(marker)}, evil)
+    raw = tmp_path / "raw.pt"
+    raw.write_bytes(pickle.dumps(_Evil(marker)))
+    for path in (evil, raw):
+        with pytest.raises(ValueError, match="not a safetensors file"):
+            hub.load(str(path))
+        with pytest.raises(ValueError, match="not a safetensors file"):
+            hub.load_checkpoint(path)
+    # a pickle where a registered checkpoint is expected (its sha256 registered too) is refused as well
+    env.mkdir()
+    (env / "evil.safetensors").write_bytes(raw.read_bytes())
+    _register("evil", "evil.safetensors", sha256=hub.sha256_file(raw))
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        hub.load("evil")
+    assert not marker.exists()
+
+
+# -- registry ---------------------------------------------------------------------------------------
+def test_shipped_registry_is_valid():
+    for row in hub.list_checkpoints():
+        assert row["file"].endswith(".safetensors")
+        if row["shipped"]:
+            assert hub.sha256_file(hub.SHIPPED_DIR / row["file"]) == row["sha256"]
+
+
+def test_unknown_name_lists_known_ones(env):
+    _register("digits-a", "good.safetensors")
+    with pytest.raises(KeyError, match="known checkpoints: digits-a") as e:
+        hub.load("no-such-codec")
+    assert "no-such-codec" in str(e.value)
+
+
+@pytest.mark.parametrize("file", ["../escape.safetensors", "sub/x.safetensors", "..\\x.safetensors", "x.pt", ".hidden.safetensors"])
+def test_file_names_that_escape_the_cache_are_refused(env, file):
+    with pytest.raises(ValueError, match="file name"):
+        _register("bad", file)
+
+
+def test_register_refuses_duplicates_and_bad_hashes(env):
+    _register("a", "good.safetensors")
+    with pytest.raises(ValueError, match="already registered"):
+        _register("a", "good.safetensors")
+    _register("a", "good.safetensors", overwrite=True)
+    with pytest.raises(ValueError, match="sha256"):
+        _register("b", "good.safetensors", sha256="abc")
+
+
+def test_list_checkpoints_reports_cached_and_shipped(env, tmp_path):
+    _register("remote", "good.safetensors", size=len(GOOD))
+    shipped_dir = tmp_path / "shipped"
+    shipped_dir.mkdir()
+    (shipped_dir / "shipped.safetensors").write_bytes(GOOD)
+    (shipped_dir / "registry.json").write_text(json.dumps({"checkpoints": {
+        "shipped": {"file": "shipped.safetensors", "sha256": SHA_GOOD, "size": len(GOOD), "config": CONFIG}}}))
+    rows = {r["name"]: r for r in hub.list_checkpoints()}
+    assert (rows["remote"]["cached"], rows["remote"]["shipped"]) == (False, False)
+    assert (rows["shipped"]["cached"], rows["shipped"]["shipped"]) == (False, True)
+    hub.fetch("remote")
+    assert hub.list_checkpoints()[0]["cached"] is True
+    assert hub.fetch("shipped") == shipped_dir / "shipped.safetensors"  # no download needed
+    assert "shipped.safetensors" not in _Handler.counts
+
+
+# -- download cache ---------------------------------------------------------------------------------
+def test_fetch_downloads_verifies_then_uses_the_cache(env):
+    _register("good", "good.safetensors")
+    path = hub.fetch("good")
+    assert path == env / "good.safetensors" and path.read_bytes() == GOOD
+    assert hub.fetch("good") == path
+    assert _Handler.counts["good.safetensors"] == 1
+    assert _leftovers(env) == []
+
+
+def test_wrong_hash_is_refused_and_never_replaces_a_good_copy(env):
+    _register("bad", "bad-hash.safetensors")
+    with pytest.raises(hub.HubError, match=rf"bad-hash.safetensors.*expected {SHA_GOOD}, got {hashlib.sha256(BAD).hexdigest()}"):
+        hub.fetch("bad")
+    assert not (env / "bad-hash.safetensors").exists() and _leftovers(env) == []
+    # a good cached copy is used as is, the (bad) remote is not consulted
+    (env / "bad-hash.safetensors").write_bytes(GOOD)
+    assert hub.fetch("bad").read_bytes() == GOOD
+    assert _Handler.counts["bad-hash.safetensors"] == 1
+
+
+def test_truncated_download_is_refused(env):
+    _register("trunc", "truncated.safetensors")
+    with pytest.raises(hub.HubError, match=rf"truncated.safetensors.*truncated: expected {len(GOOD)} bytes, got 1000"):
+        hub.fetch("trunc")
+    assert list(env.iterdir()) == []
+
+
+@pytest.mark.parametrize("file, status", [("missing.safetensors", 404), ("error.safetensors", 500)])
+def test_http_errors_name_url_and_status(env, server, file, status):
+    _register("x", file)
+    with pytest.raises(hub.HubError, match=rf"{server}/{file} failed: HTTP {status}"):
+        hub.fetch("x")
+    assert list(env.iterdir()) == []
+
+
+def test_slow_server_times_out(env, monkeypatch):
+    monkeypatch.setenv("LATENT_TRANSFORMS_HUB_TIMEOUT", "0.2")
+    _register("slow", "slow.safetensors")
+    start = time.monotonic()
+    with pytest.raises(hub.HubError, match="slow.safetensors.*timed out"):
+        hub.fetch("slow")
+    assert time.monotonic() - start < SLOW_SECONDS
+    assert list(env.iterdir()) == []
+
+
+def test_bad_timeout_setting(env, monkeypatch):
+    monkeypatch.setenv("LATENT_TRANSFORMS_HUB_TIMEOUT", "soon")
+    _register("good", "good.safetensors")
+    with pytest.raises(ValueError, match="LATENT_TRANSFORMS_HUB_TIMEOUT"):
+        hub.fetch("good")
+    assert _leftovers(env) == []
+
+
+def test_file_urls(env, tmp_path, monkeypatch):
+    remote = tmp_path / "remote dir"
+    remote.mkdir()
+    (remote / "good.safetensors").write_bytes(GOOD)
+    monkeypatch.setenv("LATENT_TRANSFORMS_HUB_URL", remote.as_uri())
+    _register("good", "good.safetensors")
+    _register("absent", "absent.safetensors")
+    assert hub.fetch("good").read_bytes() == GOOD
+    with pytest.raises(hub.HubError, match="absent.safetensors"):
+        hub.fetch("absent")
+    assert _leftovers(env) == []
+
+
+def test_unsupported_scheme_is_refused(env, monkeypatch):
+    monkeypatch.setenv("LATENT_TRANSFORMS_HUB_URL", "ftp://example.com/ckpts")
+    _register("good", "good.safetensors")
+    with pytest.raises(ValueError, match="unsupported scheme 'ftp'"):
+        hub.fetch("good")
+
+
+def test_no_url_says_where_it_looked(env, monkeypatch):
+    monkeypatch.delenv("LATENT_TRANSFORMS_HUB_URL")
+    _register("good", "good.safetensors")
+    with pytest.raises(hub.HubError, match=rf"looked in {env / 'good.safetensors'}.*set LATENT_TRANSFORMS_HUB_URL"):
+        hub.fetch("good")
+
+
+def test_offline_forbids_downloads_but_uses_the_cache(env, monkeypatch):
+    _register("good", "good.safetensors")
+    monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
+    with pytest.raises(hub.HubError, match="offline"):
+        hub.fetch("good")
+    assert "good.safetensors" not in _Handler.counts
+    monkeypatch.delenv("LATENT_TRANSFORMS_OFFLINE")
+    hub.fetch("good")
+    monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
+    assert hub.fetch("good").read_bytes() == GOOD
+
+
+def test_corrupted_cache_is_deleted_and_refetched(env, monkeypatch):
+    _register("good", "good.safetensors")
+    path = hub.fetch("good")
+    path.write_bytes(b"garbage")
+    assert hub.fetch("good").read_bytes() == GOOD
+    assert _Handler.counts["good.safetensors"] == 2
+    path.write_bytes(b"garbage")
+    monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
+    with pytest.raises(hub.HubError, match="deleted corrupted"):
+        hub.fetch("good")
+    assert not path.exists()
+
+
+def test_read_only_cache_dir(env):
+    env.mkdir()
+    env.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        if os.access(env, os.W_OK):
+            pytest.skip("running as root: chmod does not make the directory read-only")
+        _register("good", "good.safetensors")
+        with pytest.raises(hub.HubError, match="LATENT_TRANSFORMS_HOME"):
+            hub.fetch("good")
+    finally:
+        env.chmod(stat.S_IRWXU)
+
+
+def test_cache_dir_that_cannot_be_created(env, tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(blocker / "cache"))
+    _register("good", "good.safetensors")
+    with pytest.raises(hub.HubError, match="cannot write to the cache dir.*LATENT_TRANSFORMS_HOME"):
+        hub.fetch("good")
+
+
+def test_concurrent_threads_fetch_one_good_file(env):
+    _register("good", "good.safetensors")
+    barrier = threading.Barrier(4)
+    results, errors = [], []
+
+    def worker():
+        barrier.wait()
+        try:
+            results.append(hub.fetch("good"))
+        except Exception as e:  # collected for the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(set(results)) == 1
+    assert results[0].read_bytes() == GOOD and sorted(p.name for p in env.iterdir()) == ["good.safetensors"]
+
+
+def _fetch_in_child(barrier, results) -> None:
+    hub.register("good", file="good.safetensors", sha256=SHA_GOOD, config=CONFIG, overwrite=True)
+    barrier.wait()
+    try:
+        results.put(str(hub.fetch("good")))
+    except Exception as e:  # reported to the parent's assertion
+        results.put(f"error: {e}")
+
+
+def test_concurrent_processes_fetch_one_good_file(env):
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    # children inherit the environment (cache dir, hub URL)
+    procs = [ctx.Process(target=_fetch_in_child, args=(barrier, results)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    paths = [results.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert len(set(paths)) == 1 and Path(paths[0]).read_bytes() == GOOD
+    assert sorted(p.name for p in env.iterdir()) == ["good.safetensors"]
+
+
+def test_load_by_name_caches_in_process(env, tmp_path):
+    codec = _codec()
+    sha = hub.save_checkpoint(codec, tmp_path / "vae.safetensors")
+    _Handler.files["vae.safetensors"] = (tmp_path / "vae.safetensors").read_bytes()
+    try:
+        _register("vae", "vae.safetensors", sha256=sha)
+        first = hub.load("vae")
+        assert hub.load("vae") is first
+        assert torch.equal(_outputs(first), _outputs(codec.eval()))
+        assert _Handler.counts["vae.safetensors"] == 1
+    finally:
+        del _Handler.files["vae.safetensors"]
+
+
+# -- CLI --------------------------------------------------------------------------------------------
+def test_cli_list_and_fetch(env, capsys):
+    _register("digits-vae", "good.safetensors", size=len(GOOD))
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "digits-vae" in out and "vae" in out and "3.0 KB" in out and "mse=0.01" in out and "remote" in out
+    assert main(["fetch", "digits-vae"]) == 0
+    assert capsys.readouterr().out.strip() == str(env / "good.safetensors")
+    main(["list"])
+    assert "cached" in capsys.readouterr().out
+
+
+def test_cli_errors_are_one_line(env, capsys):
+    _register("digits-vae", "good.safetensors")
+    with pytest.raises(SystemExit) as e:
+        main(["fetch", "nope"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown checkpoint 'nope'" in err and "digits-vae" in err
+    assert "Traceback" not in err
+
+
+def test_cli_list_empty(env, capsys):
+    assert main(["list"]) == 0
+    assert "no checkpoints registered" in capsys.readouterr().out
