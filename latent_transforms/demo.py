@@ -1,0 +1,125 @@
+"""The offline demo: every method on scikit-learn's digits with the shipped digits codecs, on the CPU.
+
+Writes a PNG of what each method does and prints test accuracy with and without each method when a small
+CNN is trained on a low-data split (``per_class`` images of each digit).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from . import hub
+from .data import load_images, low_data_split
+from .evaluation import accuracy, fit_classifier, predict_proba
+from .isda import ISDA
+from .latent_adversarial import LatentAdversarial
+from .latent_noise import LatentNoise
+from .varmixup import VarMixup
+from .visualize import save_rows
+
+# Defaults for the 64-dim digits codecs, chosen on a validation split of the training images (docs/demo.md).
+NOISE_EPS = 3.0
+ADV_EPS, ADV_STEPS, ADV_STEP_SIZE = 1.5, 1, 1.5
+
+
+def digits_cnn(num_classes: int = 10) -> nn.Module:
+    """A small CNN for 1x8x8 digits."""
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes))
+
+
+def make_arms(glow, vae, seed: int) -> dict[str, Callable[[], nn.Module | None]]:
+    """Each arm: a factory of the augmentation used in the training loop (None = baseline)."""
+    return {
+        "baseline": lambda: None,
+        "LatentNoise": lambda: LatentNoise(glow, eps=NOISE_EPS, generator=seed),
+        "LatentAdversarial": lambda: LatentAdversarial(glow, eps=ADV_EPS, steps=ADV_STEPS, step_size=ADV_STEP_SIZE,
+                                                       generator=seed),
+        "VarMixup": lambda: VarMixup(vae, num_classes=10, p=0.5, generator=seed),
+        "ISDA": lambda: ISDA(num_classes=10, lambda0=0.5),
+    }
+
+
+def run_demo(out_dir: str | Path = "latent-transforms-demo", per_class: int = 10, epochs: int = 40,
+             seeds: tuple[int, ...] = (0, 1, 2), arms: list[str] | None = None, progress: bool = True) -> dict:
+    """Run the demo; returns ``{arm: {"accuracy": [...], "seconds": [...]}}`` and writes ``out_dir/demo.png``."""
+    torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
+    out_dir = Path(out_dir)
+    x_train, y_train, _ = load_images("digits", "train")
+    x_test, y_test, _ = load_images("digits", "test")
+    glow, vae = hub.load("glow-digits"), hub.load("vae-digits")
+
+    picture = _picture(glow, vae, x_test[:12], y_test[:12], out_dir / "demo.png")
+    results: dict[str, dict[str, list[float]]] = {}
+    names = arms or list(make_arms(glow, vae, 0))
+    for seed in seeds:
+        idx = low_data_split(y_train, per_class, seed=seed)
+        x, y = x_train[idx], y_train[idx]
+        for name in names:
+            augment = make_arms(glow, vae, seed)[name]()
+            torch.manual_seed(seed)
+            model = digits_cnn()
+            on_epoch = augment.on_epoch if isinstance(augment, ISDA) else None
+            seconds = fit_classifier(model, x, y, augment, epochs=epochs, batch_size=32, lr=0.05, seed=seed,
+                                     on_epoch=on_epoch, desc=f"{name} seed {seed}", progress=progress)
+            acc = accuracy(predict_proba(model, x_test), y_test)
+            results.setdefault(name, {"accuracy": [], "seconds": []})
+            results[name]["accuracy"].append(acc)
+            results[name]["seconds"].append(seconds)
+    print(format_table(results, per_class, epochs, len(x_test)))
+    print(f"\nPicture of the augmentations: {picture.resolve()}")
+    return results
+
+
+def format_table(results: dict, per_class: int, epochs: int, n_test: int) -> str:
+    base = statistics.mean(results["baseline"]["seconds"]) if "baseline" in results else None
+    lines = [f"digits, {per_class} training images per class, {epochs} epochs, test on {n_test} images",
+             "", "| method | test accuracy (mean ± std over seeds) | train time per run | time vs baseline |",
+             "|---|---|---|---|"]
+    for name, r in results.items():
+        acc = r["accuracy"]
+        std = statistics.stdev(acc) if len(acc) > 1 else 0.0
+        sec = statistics.mean(r["seconds"])
+        ratio = f"{sec / base:.1f}x" if base else "-"
+        lines.append(f"| {name} | {100 * statistics.mean(acc):.1f}% ± {100 * std:.1f} | {sec:.1f} s | {ratio} |")
+    return "\n".join(lines)
+
+
+def _picture(glow, vae, x, y, path: Path) -> Path:
+    torch.manual_seed(0)
+    model = digits_cnn()
+    fit_classifier(model, x, y, epochs=5, progress=False)  # a weak classifier to attack, just for the picture
+    rows = {"original": x}
+    for name, t in [("LatentNoise", LatentNoise(glow, eps=NOISE_EPS, generator=0)),
+                    ("LatentAdversarial", LatentAdversarial(glow, eps=ADV_EPS, steps=ADV_STEPS,
+                                                            step_size=ADV_STEP_SIZE, generator=0)),
+                    ("VarMixup", VarMixup(vae, num_classes=10, generator=0))]:
+        rows[name] = t(x, y, model)[0]
+    with torch.no_grad():
+        rows["VAE reconstruction"] = vae.decode(vae.encode(x)).clamp(0, 1)
+    return save_rows(rows, path)
+
+
+def register_cli(subparsers) -> None:
+    p = subparsers.add_parser("demo", help="offline CPU demo on scikit-learn digits: a picture and an accuracy table")
+    p.add_argument("--out", default="latent-transforms-demo", help="folder for demo.png (default: %(default)s)")
+    p.add_argument("--per-class", type=int, default=10, help="training images per digit (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds (default: %(default)s)")
+    p.add_argument("--smoke", action="store_true", help="one seed, 3 epochs: checks the pipeline in seconds")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    start = time.perf_counter()
+    epochs, seeds = (3, 1) if args.smoke else (args.epochs, args.seeds)
+    run_demo(args.out, per_class=args.per_class, epochs=epochs, seeds=tuple(range(seeds)))
+    print(f"Done in {time.perf_counter() - start:.0f} s.")

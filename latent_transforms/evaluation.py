@@ -1,0 +1,85 @@
+"""A small, honest training loop and metrics, shared by the demo, the examples and the benchmarks."""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+Augment = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+def fit_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, augment: Augment | None = None, *,
+                   epochs: int = 30, batch_size: int = 64, lr: float = 0.05, weight_decay: float = 5e-4,
+                   seed: int = 0, pixel_augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                   on_epoch: Callable[[int, int], None] | None = None, autocast_dtype: torch.dtype | None = None,
+                   desc: str = "train", progress: bool = True) -> float:
+    """Train ``model`` on (x, y) with SGD + one-cycle LR; ``augment(x, y, model)`` runs on every batch.
+
+    x: (N, C, H, W) float in [0, 1] on the model's device; y: (N,) int64. ``pixel_augment`` (e.g. a flip/crop)
+    runs before ``augment``; ``on_epoch(epoch, epochs)`` runs at the start of each epoch (ISDA's schedule).
+    ``autocast_dtype`` (e.g. torch.bfloat16 on a GPU) runs the classifier's forward under autocast.
+    Returns the wall time in seconds.
+    """
+    g = torch.Generator().manual_seed(seed)
+    steps_per_epoch = math.ceil(len(x) / batch_size)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.25)
+    start = time.perf_counter()
+    model.train()
+    if augment is not None and isinstance(augment, nn.Module):
+        augment.train()
+    bar = tqdm(range(epochs), desc=desc, leave=False, disable=not progress)
+    for epoch in bar:
+        if on_epoch is not None:
+            on_epoch(epoch, epochs)
+        order = torch.randperm(len(x), generator=g).to(x.device)
+        for i in range(steps_per_epoch):
+            idx = order[i * batch_size:(i + 1) * batch_size]
+            xb, yb = x[idx], y[idx]
+            if pixel_augment is not None:
+                xb = pixel_augment(xb)
+            if augment is not None:
+                xb, yb = augment(xb, yb, model)
+            with torch.autocast(x.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+                loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    if x.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """(N, K) softmax probabilities in eval mode (the model's mode is restored)."""
+    mode = model.training
+    model.eval()
+    try:
+        return torch.cat([model(x[i:i + batch_size]).float().softmax(1) for i in range(0, len(x), batch_size)])
+    finally:
+        model.train(mode)
+
+
+def accuracy(probs: torch.Tensor, y: torch.Tensor) -> float:
+    return float((probs.argmax(1) == y).float().mean())
+
+
+def expected_calibration_error(probs: torch.Tensor, y: torch.Tensor, bins: int = 15) -> float:
+    """ECE with ``bins`` equal-width confidence bins (15 is the usual default)."""
+    conf, pred = probs.max(1)
+    correct = (pred == y).float()
+    edges = torch.linspace(0, 1, bins + 1, device=probs.device)
+    ece = torch.zeros((), device=probs.device)
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (conf > lo) & (conf <= hi)
+        if inside.any():
+            ece += inside.float().mean() * (conf[inside].mean() - correct[inside].mean()).abs()
+    return float(ece)

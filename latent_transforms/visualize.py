@@ -1,0 +1,31 @@
+"""PNG grids with a label per row: originals, then what each method made of them."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+
+def save_rows(rows: dict[str, torch.Tensor], path: str | Path, cell: int = 48, label_width: int = 150) -> Path:
+    """Write a labelled grid: one row per entry, images (N, C, H, W) in [0, 1] upscaled to ``cell`` pixels."""
+    n = max(len(v) for v in rows.values())
+    pad = 2
+    width, height = label_width + n * (cell + pad), len(rows) * (cell + pad)
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, (label, images) in enumerate(rows.items()):
+        top = r * (cell + pad)
+        draw.text((4, top + cell // 2 - 6), label, fill="black")
+        images = images.detach().float().cpu().clamp(0, 1)
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        big = F.interpolate(images, size=(cell, cell), mode="nearest")
+        for i, img in enumerate(big):
+            array = (img.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+            canvas.paste(Image.fromarray(array), (label_width + i * (cell + pad), top))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path
