@@ -108,3 +108,22 @@ def test_codec_device_mismatch_is_named():
     x = torch.rand(2, 1, 8, 8, device="meta")
     with pytest.raises(ValueError, match="codec is on cpu but x is on meta"):
         GLOW.check_images(x)
+
+
+def test_fast_frozen_path_matches_plain_normflows_path():
+    torch.manual_seed(0)
+    plain = Glow((3, 16, 16), levels=2, steps=2, hidden=16)
+    x = torch.rand(8, 3, 16, 16)
+    with torch.no_grad():
+        plain.loss(x)
+        for p in plain.parameters():  # move away from the identity-like init
+            p.add_(0.05 * torch.randn_like(p))
+        fast = Glow(**{k: v for k, v in plain.config.items() if k != "kind"})
+        fast.load_state_dict(plain.state_dict())
+        fast.freeze()
+        assert fast.use_fast_path and not plain.use_fast_path
+        zp, zf = plain.encode(x), fast.encode(x)
+        assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(zp, zf))
+        assert torch.allclose(plain.decode(zp), fast.decode(zp), atol=1e-5)
+        assert (fast.decode(zf) - x).abs().max() <= 1e-3
+    assert set(fast.state_dict()) == set(plain.state_dict())  # folded weights are not saved

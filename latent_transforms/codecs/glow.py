@@ -79,6 +79,7 @@ class Glow(Codec):
                 shape = (c * 2 ** (levels + 1), h // 2**levels, w // 2**levels)
             q0.append(nf.distributions.DiagGaussian(shape))
         self.flow = nf.MultiscaleFlow(q0, flows, merges, class_cond=False)
+        self._folded = False
 
     @property
     def config(self) -> dict:
@@ -102,11 +103,33 @@ class Glow(Codec):
         return u, logdet_pre + logdet + logdet_std
 
     def _encode(self, x: torch.Tensor) -> Latents:
-        return self._encode_with_logdet(x)[0]
+        if not self.use_fast_path:
+            return self._encode_with_logdet(x)[0]
+        h = self._to_logit(x)[0]
+        z: Latents = [None] * self.levels  # type: ignore[list-item]
+        for i in range(self.levels - 1, -1, -1):
+            h = nf.flows.Squeeze().inverse(h)[0]
+            for block in reversed(self.flow.flows[i][:-1]):
+                h = F.conv2d(h, block.enc_weight, block.enc_bias)
+                h = _couple(block, h, decode=False)
+            if i > 0:
+                h, z[i] = h.chunk(2, dim=1)
+            else:
+                z[i] = h
+        return [(zi - q.loc) * torch.exp(-q.log_scale) for zi, q in zip(z, self.flow.q0)]
 
     def _decode(self, z: Latents) -> torch.Tensor:
         zs = [q.loc + torch.exp(q.log_scale) * ui for ui, q in zip(z, self.flow.q0)]
-        xl, _ = self.flow.forward_and_log_det(zs)
+        if not self.use_fast_path:
+            xl, _ = self.flow.forward_and_log_det(zs)
+        else:
+            xl = zs[0]
+            for i in range(self.levels):
+                if i > 0:
+                    xl = torch.cat([xl, zs[i]], dim=1)
+                for block in self.flow.flows[i][:-1]:
+                    xl = F.conv2d(_couple(block, xl, decode=True), block.dec_weight, block.dec_bias)
+                xl = nf.flows.Squeeze()(xl)[0]
         return (torch.sigmoid(xl) - self.alpha) / (1 - 2 * self.alpha)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
@@ -126,8 +149,42 @@ class Glow(Codec):
         d = math.prod(self.image_shape)
         return -self.log_prob(x_deq) / (d * math.log(2)) + math.log2(self.num_bins)
 
+    @property
+    def use_fast_path(self) -> bool:
+        """Frozen Glows run a folded path: per step one coupling and one 1x1 convolution with bias, whose weights
+        (the LU-parametrised mixing, its inverse and the ActNorm affine) are computed once, in float64, at
+        ``freeze()``. It matches the plain normflows path to float32 rounding (tested) and has no host syncs."""
+        return self.frozen and self._folded
+
     def freeze(self) -> "Glow":
         for m in self.modules():
             if isinstance(m, nf.flows.ActNorm):
                 m.data_dep_init_done.fill_(1.0)
-        return super().freeze()
+        super().freeze()
+        with torch.no_grad():
+            for level in self.flow.flows:
+                for block in level[:-1]:
+                    for name, value in zip(("enc_weight", "enc_bias", "dec_weight", "dec_bias"), _fold(block)):
+                        block.register_buffer(name, value.to(self.dtype), persistent=False)
+        self._folded = True
+        return self
+
+
+def _fold(block: nf.flows.GlowBlock) -> tuple[torch.Tensor, ...]:
+    """A Glow step's 1x1 convolution and ActNorm as one affine map per direction (float64, then cast)."""
+    conv, actnorm = block.flows[1], block.flows[2]
+    c = conv.num_channels
+    lower = torch.tril(conv.L.double(), -1) + torch.eye(c, dtype=torch.float64, device=conv.L.device)
+    upper = torch.triu(conv.U.double(), 1) + torch.diag(conv.sign_S.double() * torch.exp(conv.log_S.double()))
+    w = conv.P.double() @ lower @ upper
+    s, t = actnorm.s.double().flatten(), actnorm.t.double().flatten()
+    enc_w = w * torch.exp(-s)[None, :]  # image -> latent: ActNorm inverse, then W
+    dec_w = torch.exp(s)[:, None] * torch.linalg.inv(w)  # latent -> image: W^-1, then ActNorm
+    return enc_w[..., None, None], -(enc_w @ t), dec_w[..., None, None], t
+
+
+def _couple(block: nf.flows.GlowBlock, h: torch.Tensor, decode: bool) -> torch.Tensor:
+    """The affine coupling of a Glow step (channel split), without the log-determinant."""
+    z1, z2 = h.chunk(2, dim=1)
+    shift, scale = block.flows[0].flows[1]._shift_scale(z1)
+    return torch.cat([z1, z2 / scale + shift if decode else (z2 - shift) * scale], dim=1)
