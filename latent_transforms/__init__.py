@@ -1,6 +1,15 @@
 """latent-transforms: semantic data augmentation in the latent space of flows, VAEs and classifiers."""
 from .base import LatentTransform
+from .codecs import Codec, ConvVAE, Glow, build_codec
 from .compose import Compose
+from .isda import ISDA, FeatureCovariance, ISDALoss, isda_logits
+from .latent_adversarial import LatentAdversarial
+from .latent_noise import LatentNoise
+from .mixup_inference import LatentMixupInference
+from .varmixup import VarMixup
 
-__all__ = ["LatentTransform", "Compose"]
+__all__ = [
+    "LatentTransform", "Compose", "LatentNoise", "LatentAdversarial", "VarMixup", "ISDA", "ISDALoss",
+    "FeatureCovariance", "isda_logits", "LatentMixupInference", "Codec", "Glow", "ConvVAE", "build_codec",
+]
 __version__ = "0.1.0"

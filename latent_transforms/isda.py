@@ -1,0 +1,520 @@
+"""ISDA: implicit semantic data augmentation of the classifier's deep features (Wang et al., NeurIPS 2019; TPAMI 2021).
+
+No sample is generated. Every training feature ``a`` (the input of the final linear layer) is thought of as
+augmented along its class's feature covariance, ``a~ ~ N(a, lam * Sigma_y)``, and the network minimises a closed-form
+upper bound of the expected cross-entropy over infinitely many such augmentations. That bound is plain
+cross-entropy on *augmented logits*:
+
+    z~_j = z_j + (lam / 2) (w_j - w_y)^T Sigma_y (w_j - w_y)
+
+where ``z = W a + b`` are the logits, ``w_j`` the rows of the classifier's weight and ``Sigma_y`` the running
+covariance of the features of class ``y``. The correction is 0 for ``j = y``; the bias cancels.
+
+Three pieces, one copy of each piece of math:
+
+- :class:`FeatureCovariance` -- the per-class running mean/covariance (registered buffers), updated exactly as the
+  official estimator (the pooled biased covariance of every feature seen so far);
+- :func:`isda_logits` -- the augmented logits;
+- :class:`ISDA` (a :class:`~latent_transforms.LatentTransform`, the one-line drop-in) and :class:`ISDALoss`
+  (the loss form, for training loops that already have the features) share the estimator, the schedule
+  ``lam = lambda0 * progress`` and :func:`isda_logits`.
+
+Shapes: ``N`` samples, ``C`` classes (``K == C``), ``A`` feature dimension.
+"""
+from __future__ import annotations
+
+import math
+import weakref
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from .base import LatentTransform
+from .modelutils import unwrap
+from .validation import check_images, check_labels, check_same_device
+
+COVARIANCES = ("full", "diagonal")
+
+_HARD_LABELS_ONLY = (
+    "ISDA needs class indices y: (B,) int64, got soft labels of shape {shape}: it augments each feature along the "
+    "covariance of the sample's own class, and a mixed label has no single class. Use ISDA without label-mixing "
+    "steps (MixUp/CutMix/VarMixup), or pass y.argmax(1) if the labels are one-hot"
+)
+
+
+# -- the estimator --------------------------------------------------------------------------------------------------
+class FeatureCovariance(nn.Module):
+    """Per-class running mean and biased covariance of features, merged batch by batch.
+
+    For class ``c`` with ``n`` features seen so far (mean ``mu``, covariance ``Sigma``) and ``m`` in the batch
+    (batch mean ``mu'``, batch covariance ``Sigma'`` divided by ``m``)::
+
+        Sigma <- (n Sigma + m Sigma') / (n + m) + n m (mu - mu')(mu - mu')^T / (n + m)^2
+        mu    <- (n mu + m mu') / (n + m)
+        n     <- n + m
+
+    which is the official ISDA estimator and equals the biased covariance of all features seen so far. Classes
+    absent from a batch keep their statistics bit for bit. The update is vectorised over classes.
+
+    Args:
+        num_classes: K.
+        feature_dim: A. ``None``: sized (and placed, on the features' device) by the first :meth:`update`, or by
+            :meth:`load_state_dict`. Given: allocated now, on the CPU in float32; move it with ``.to(device)``.
+        diagonal: keep only the per-dimension variances, ``cov: (K, A)`` (memory ``O(K A)``; the official
+            ImageNet/segmentation variant) instead of ``(K, A, A)`` (the official CIFAR variant).
+        sync: under ``torch.distributed`` (initialised, world size > 1), gather every rank's batch before the merge
+            so that all ranks hold the statistics one process would compute on the concatenated batch.
+
+    Buffers (in ``state_dict``, moved by ``.to``; ``None`` until sized):
+        mean: (K, A); cov: (K, A, A) or (K, A) if diagonal; count: (K,) int64.
+
+    Convention:
+        The update runs in the buffers' dtype, float32 by default (float64 when lazily sized by float64 features;
+        or call ``.double()``), with autocast off: bf16/fp16 features are upcast. Features are detached.
+        A feature on another device than the buffers raises ``ValueError`` (nothing is moved silently).
+    """
+
+    mean: torch.Tensor | None
+    cov: torch.Tensor | None
+    count: torch.Tensor | None
+
+    def __init__(self, num_classes: int, feature_dim: int | None = None, diagonal: bool = False, sync: bool = True):
+        super().__init__()
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        if feature_dim is not None and (not isinstance(feature_dim, int) or isinstance(feature_dim, bool)
+                                        or feature_dim < 1):
+            raise ValueError(f"feature_dim must be a positive int or None, got {feature_dim!r}")
+        self.num_classes, self.diagonal, self.sync = num_classes, bool(diagonal), bool(sync)
+        self.register_buffer("mean", None)
+        self.register_buffer("cov", None)
+        self.register_buffer("count", None)
+        if feature_dim is not None:
+            self._allocate(feature_dim, torch.device("cpu"), torch.float32)
+
+    @property
+    def feature_dim(self) -> int | None:
+        """A, or ``None`` while not sized yet."""
+        return None if self.mean is None else self.mean.shape[1]
+
+    def _allocate(self, feature_dim: int, device: torch.device, dtype: torch.dtype) -> None:
+        k, a = self.num_classes, feature_dim
+        self.mean = torch.zeros(k, a, device=device, dtype=dtype)
+        self.cov = torch.zeros((k, a) if self.diagonal else (k, a, a), device=device, dtype=dtype)
+        self.count = torch.zeros(k, device=device, dtype=torch.int64)
+
+    def reset(self) -> None:
+        """Forget every feature seen (keeps the size, device and dtype)."""
+        if self.mean is not None:
+            self.mean.zero_()
+            self.cov.zero_()
+            self.count.zero_()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        saved = state_dict.get(prefix + "mean")
+        if self.mean is None and isinstance(saved, torch.Tensor) and saved.ndim == 2:
+            self._allocate(saved.shape[1], saved.device, saved.dtype)  # lazily sized: take the checkpoint's size
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    @torch.no_grad()
+    def update(self, features: torch.Tensor, y: torch.Tensor) -> None:
+        """Merge a batch: ``features: (N, A)`` float, ``y: (N,)`` int64 class indices in ``[0, K)``."""
+        if features.ndim != 2:
+            raise ValueError(f"features must be (N, A), got shape {tuple(features.shape)}")
+        if y.ndim != 1 or y.shape[0] != features.shape[0]:
+            raise ValueError(f"y must be (N,) with N={features.shape[0]} (the features' batch), got {tuple(y.shape)}")
+        if self.mean is not None:
+            if features.shape[1] != self.mean.shape[1]:
+                raise ValueError(f"features have dimension {features.shape[1]}, the statistics {self.mean.shape[1]}")
+            if features.device != self.mean.device:
+                raise ValueError(
+                    f"the class statistics are on {self.mean.device} but the features on {features.device}; "
+                    f"move the ISDA/FeatureCovariance module with .to({str(features.device)!r})"
+                )
+            dtype = self.mean.dtype
+        else:
+            dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
+        with torch.autocast(features.device.type, enabled=False):
+            a, y = features.detach().to(dtype), y.to(features.device)
+            if self.sync and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                a, y = _all_gather_rows(a, y)
+            if self.mean is None:
+                self._allocate(a.shape[1], a.device, dtype)
+            self._merge(a, y)
+
+    def _merge(self, a: torch.Tensor, y: torch.Tensor) -> None:
+        k, dim = self.mean.shape
+        count = torch.bincount(y, minlength=k)[:k]                      # (K,) int64
+        m = count.to(a.dtype)
+        m_safe = m.clamp(min=1).unsqueeze(1)
+        batch_mean = torch.zeros_like(self.mean).index_add_(0, y, a) / m_safe   # (K, A)
+        centred = a - batch_mean[y]                                           # (N, A)
+        if self.diagonal:
+            batch_cov = torch.zeros_like(self.cov).index_add_(0, y, centred * centred) / m_safe     # (K, A)
+        else:
+            # sum over the samples of each class of c c^T, as one matmul: (K A, N) @ (N, A) -> (K, A, A)
+            onehot = F.one_hot(y, k).to(a.dtype)                                                  # (N, K)
+            spread = (onehot.unsqueeze(2) * centred.unsqueeze(1)).reshape(a.shape[0], k * dim)    # (N, K A)
+            batch_cov = (spread.T @ centred).reshape(k, dim, dim) / m_safe.unsqueeze(2)
+        total = self.count.to(a.dtype) + m
+        w = torch.where(total > 0, m / total.clamp(min=1), torch.zeros_like(m))   # m / (n + m); 0 if absent
+        delta = batch_mean - self.mean
+        shape = (k, 1) if self.diagonal else (k, 1, 1)
+        wv = w.view(shape)
+        outer = delta * delta if self.diagonal else delta.unsqueeze(2) * delta.unsqueeze(1)
+        # (n S + m S')/(n+m) + n m d d^T/(n+m)^2  ==  (1-w) S + w S' + w (1-w) d d^T
+        self.cov.mul_(1 - wv).add_(wv * batch_cov + (wv * (1 - wv)) * outer)
+        self.mean.add_(w.unsqueeze(1) * delta)
+        self.count.add_(count)
+
+    def extra_repr(self) -> str:
+        return (f"num_classes={self.num_classes}, feature_dim={self.feature_dim}, diagonal={self.diagonal}, "
+                f"sync={self.sync}")
+
+
+def _all_gather_rows(a: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every rank's rows ``(a, y)`` concatenated in rank order (batch sizes may differ between ranks).
+
+    Gathering the features (world x N x A numbers) costs less communication than all-reducing per-class sums of
+    outer products (K x A x A), and makes every rank run the same merge on the same data.
+    """
+    world = dist.get_world_size()
+    n = torch.tensor([a.shape[0]], device=a.device, dtype=torch.int64)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    sizes = [int(s) for s in sizes]
+    rows = a.new_zeros(max(sizes), a.shape[1] + 1)                 # labels ride along as one more column
+    rows[: a.shape[0], :-1] = a
+    rows[: a.shape[0], -1] = y.to(a.dtype)                         # exact: class indices < 2**24
+    parts = [torch.empty_like(rows) for _ in range(world)]
+    dist.all_gather(parts, rows)
+    out = torch.cat([p[:s] for p, s in zip(parts, sizes)])
+    return out[:, :-1], out[:, -1].round().to(torch.int64)
+
+
+# -- the augmented logits -------------------------------------------------------------------------------------------
+def isda_logits(logits: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, cov: torch.Tensor,
+                lam: float | torch.Tensor) -> torch.Tensor:
+    """ISDA's augmented logits ``z_j + (lam / 2) (w_j - w_y)^T Sigma_y (w_j - w_y)``.
+
+    Args:
+        logits: (N, C) the classifier's logits ``z``.
+        weight: (C, A) the final linear layer's weight; gradients flow to it through the correction.
+        y: (N,) int64 class indices.
+        cov: (C, A, A) per-class covariances, or (C, A) per-class variances (diagonal form). Used as a constant.
+        lam: float >= 0, or (N,) per-sample strengths.
+
+    Returns:
+        (N, C) in ``logits``' dtype; ``logits`` itself when ``lam == 0`` (a Python number).
+
+    The correction is computed with autocast off in the wider of ``weight``'s and ``cov``'s dtypes. It never forms
+    N x C x A x A: with ``C <= N`` it builds the (C, C) table of corrections per class and indexes it with ``y``
+    (memory ~2 C^2 A), otherwise it works per sample (memory N A^2 for ``cov[y]`` plus 2 N C A).
+    """
+    if isinstance(lam, (int, float)) and lam == 0:
+        return logits
+    n, c = logits.shape
+    if weight.ndim != 2 or weight.shape[0] != c:
+        raise ValueError(f"weight must be (C, A) with C={c} (the logits' classes), got {tuple(weight.shape)}")
+    a = weight.shape[1]
+    if cov.shape not in ((c, a, a), (c, a)):
+        raise ValueError(f"cov must be (C, A, A) or (C, A) = {(c, a, a)} or {(c, a)}, got {tuple(cov.shape)}")
+    if y.shape != (n,):
+        raise ValueError(f"y must be (N,) = ({n},) class indices, got shape {tuple(y.shape)}")
+    dtype = torch.promote_types(weight.dtype, cov.dtype)
+    with torch.autocast(logits.device.type, enabled=False):
+        w = weight.to(dtype)
+        sigma = cov.detach().to(dtype)
+        table = c <= n
+        w_own = w if table else w[y]                              # (R, A): R rows, one per class or per sample
+        sigma_own = sigma if table else sigma[y]                  # (R, A, A) or (R, A)
+        dw = w.unsqueeze(0) - w_own.unsqueeze(1)                  # (R, C, A): w_j - w_r
+        if sigma.ndim == 3:
+            s2 = (torch.bmm(dw, sigma_own) * dw).sum(-1)         # (R, C)
+        else:
+            s2 = torch.einsum("rca,ra->rc", dw * dw, sigma_own)
+        if table:
+            s2 = s2[y]                                            # (N, C)
+        lam_t = torch.as_tensor(lam, dtype=dtype, device=logits.device)
+        if lam_t.ndim == 1:
+            lam_t = lam_t.unsqueeze(1)
+        correction = 0.5 * lam_t * s2
+    return logits + correction.to(logits.dtype)
+
+
+# -- what ISDA and ISDALoss share -----------------------------------------------------------------------------------
+class _ISDAState:
+    """The estimator, the strength schedule ``lam = lambda0 * progress`` and the augmentation step."""
+
+    estimator: FeatureCovariance
+
+    def _init_isda(self, num_classes: int, lambda0: float, covariance: str, feature_dim: int | None,
+                   sync_stats: bool) -> None:
+        if not isinstance(lambda0, (int, float)) or isinstance(lambda0, bool) or not (
+                math.isfinite(lambda0) and lambda0 >= 0):
+            raise ValueError(f"lambda0 must be a finite number >= 0, got {lambda0!r}")
+        if covariance not in COVARIANCES:
+            raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}")
+        self.lambda0, self.covariance, self.progress = float(lambda0), covariance, 0.0
+        self.estimator = FeatureCovariance(num_classes, feature_dim, diagonal=covariance == "diagonal",
+                                           sync=sync_stats)
+
+    @property
+    def lam(self) -> float:
+        """The current strength ``lambda0 * progress``."""
+        return self.lambda0 * self.progress
+
+    def set_progress(self, progress: float) -> None:
+        """Set the training progress in [0, 1]: ``lam = lambda0 * progress`` (per-iteration ramps)."""
+        if not isinstance(progress, (int, float)) or isinstance(progress, bool) or not 0.0 <= progress <= 1.0:
+            raise ValueError(f"progress must be a number in [0, 1], got {progress!r}")
+        self.progress = float(progress)
+
+    def set_epoch(self, epoch: int, total_epochs: int) -> None:
+        """The official schedule: ``lam = lambda0 * epoch / total_epochs`` with a 0-based ``epoch``.
+
+        Call it at the start of every epoch. ``lam`` is 0 during the first epoch (epoch 0), as in the official code.
+        """
+        if not isinstance(total_epochs, int) or total_epochs < 1:
+            raise ValueError(f"total_epochs must be a positive int, got {total_epochs!r}")
+        if not isinstance(epoch, int) or not 0 <= epoch <= total_epochs:
+            raise ValueError(f"epoch must be an int in [0, total_epochs={total_epochs}] (0-based), got {epoch!r}")
+        self.set_progress(epoch / total_epochs)
+
+    def augment(self, features: torch.Tensor, logits: torch.Tensor, weight: torch.Tensor, y: torch.Tensor,
+                lam: float | torch.Tensor | None = None) -> torch.Tensor:
+        """Update the statistics with ``features`` (detached) and ``y`` first, then return the augmented logits.
+
+        features: (N, A); logits: (N, C); weight: (C, A); y: (N,) int64; lam: defaults to :attr:`lam`.
+        """
+        self.estimator.update(features, y)
+        return isda_logits(logits, weight, y, self.estimator.cov, self.lam if lam is None else lam)
+
+    def _isda_repr(self) -> str:
+        return (f"num_classes={self.estimator.num_classes}, lambda0={self.lambda0}, covariance={self.covariance!r}, "
+                f"progress={self.progress}")
+
+
+# -- the drop-in transform ------------------------------------------------------------------------------------------
+# layer -> the handle of the ISDA hook armed on it. One pending augmentation per layer: the latest arm wins.
+_ARMED: "weakref.WeakKeyDictionary[nn.Module, torch.utils.hooks.RemovableHandle]" = weakref.WeakKeyDictionary()
+
+
+def _disarm(layer: nn.Module) -> None:
+    handle = _ARMED.pop(layer, None)
+    if handle is not None:
+        handle.remove()
+
+
+class _ArmedHook:
+    """The one-shot forward hook: augments the logits of the next training forward of the layer (picklable)."""
+
+    def __init__(self, owner: "ISDA", name: str, y: torch.Tensor, lam: float | torch.Tensor):
+        self.owner, self.name, self.y, self.lam, self.fired = owner, name, y, lam, False
+
+    def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor):
+        if self.fired or not module.training:
+            return None  # waits for the next training forward
+        self.fired = True
+        _disarm(module)
+        if len(args) != 1 or not isinstance(args[0], torch.Tensor):
+            raise ValueError(f"ISDA expected the layer {self.name!r} to be called with one tensor argument")
+        a = args[0]
+        if a.ndim != 2:
+            raise ValueError(
+                f"ISDA needs (B, A) features at the layer {self.name!r}, got shape {tuple(a.shape)}; "
+                f"it supports a linear classifier on pooled features only (no token or pixel heads)"
+            )
+        if a.shape[0] != self.y.shape[0]:
+            raise ValueError(
+                f"ISDA was armed with {self.y.shape[0]} labels but the layer {self.name!r} saw a batch of "
+                f"{a.shape[0]} features; call isda(x, y, model) right before model(x) on the same batch"
+            )
+        if self.y.device != a.device:
+            raise ValueError(f"y is on {self.y.device} but the features are on {a.device}")
+        return self.owner.augment(a, output, module.weight, self.y, self.lam)
+
+
+class ISDA(_ISDAState, LatentTransform):
+    """Implicit semantic data augmentation as a one-line drop-in: ``x, y = isda(x, y, model)``.
+
+    The call leaves ``x`` and ``y`` unchanged and arms a one-shot forward hook on the model's final linear layer.
+    The next training forward of that layer (your ``model(x)``) then
+
+    1. updates the per-class feature statistics with the layer's input ``a: (B, A)`` (detached) and ``y``, and
+    2. returns the augmented logits ``z_j + (lam/2) (w_j - w_y)^T Sigma_y (w_j - w_y)`` (:func:`isda_logits`),
+
+    so that your plain ``F.cross_entropy(model(x), y)`` is exactly the ISDA loss. Gradients flow to the backbone
+    through the logits and to the layer's weight also through the correction (as in the official code);
+    ``Sigma`` is a constant.
+
+    **The strength starts at 0.** ``lam = lambda0 * progress`` with ``progress = 0`` until you call
+    :meth:`set_epoch` (``isda.set_epoch(epoch, total_epochs)`` at the start of every epoch, 0-based: the official
+    linear ramp, ``lam = 0`` during the first epoch) or :meth:`set_progress` (any ramp in [0, 1]). Without either
+    call, the statistics are collected but the loss stays plain cross-entropy.
+
+    Args:
+        num_classes: C, the classifier's number of outputs (checked against the layer).
+        lambda0: final strength. 0.5 is the official CIFAR default with ``covariance="full"`` ("0.5 or 0.25");
+            7.5 the ImageNet default with ``covariance="diagonal"`` (1 for DenseNets, 5 for ResNet-101).
+        covariance: ``"full"`` (A x A per class, official CIFAR) or ``"diagonal"`` (per-dimension variances,
+            official ImageNet/segmentation; memory ``O(C A)``).
+        layer: dotted name of the final ``nn.Linear`` in the model (e.g. ``"fc"``, ``"head.fc"``). Default: the
+            last ``nn.Linear`` in ``model.modules()`` order (``fc`` of torchvision ResNets, ``head``/``classifier``
+            of timm/torchvision models). Names are looked up in DDP/DataParallel wrappers' ``module`` too.
+        feature_dim: A. Default: sized from the layer on the first training call, on its device.
+        sync_stats: under ``torch.distributed``, gather all ranks' features before each update so every rank holds
+            the statistics of the global batch (the official code keeps per-GPU statistics).
+        p: probability, per sample, that its logits get the correction (default 1: every sample, as the paper).
+            Every sample's features update the statistics.
+        generator: draws the per-sample selection when ``p < 1``.
+
+    Shape:
+        x: (B, C, H, W) float in [0, 1], returned as is. y: (B,) int64, returned as is. The layer must see
+        ``(B, A)`` features for the same ``B``.
+
+    Convention:
+        - Identity in ``eval()`` mode, and no hook is armed when the model is in eval mode: validation forwards
+          are untouched. The call never changes the model's parameters, buffers, modes or gradients.
+        - Needs ``model`` (``TypeError`` without). Class-index labels only: soft labels raise ``ValueError``.
+        - One pending augmentation per layer: a second call before the forward replaces the first. The hook
+          removes itself when it fires; a forward whose batch size differs from ``len(y)`` raises ``ValueError``.
+        - The statistics (``isda.estimator``: buffers, in ``state_dict``, moved by ``.to``) are updated with the
+          batch *before* it is used, as in the official code; they are the pooled covariance of every feature seen.
+        - ``stats['transformed']`` counts the samples armed for the correction.
+        - Not supported: ``nn.DataParallel`` (replicas would see part of the batch; use DDP), heads that are not an
+          ``nn.Linear`` on ``(B, A)`` features, label-mixing steps in the same pipeline.
+    """
+
+    needs_model = True
+
+    def __init__(self, num_classes: int, lambda0: float = 0.5, covariance: str = "full", layer: str | None = None,
+                 feature_dim: int | None = None, sync_stats: bool = True, p: float = 1.0,
+                 generator: torch.Generator | int | None = None):
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        if layer is not None and (not isinstance(layer, str) or not layer):
+            raise ValueError(f"layer must be the dotted name of an nn.Linear in the model, got {layer!r}")
+        super().__init__(p=p, generator=generator, num_classes=num_classes)
+        self._init_isda(num_classes, lambda0, covariance, feature_dim, sync_stats)
+        self.layer = layer
+
+    def extra_repr(self) -> str:
+        return self._isda_repr() + f", layer={self.layer!r}, p={self.p}"
+
+    def find_layer(self, model: nn.Module) -> tuple[str, nn.Linear]:
+        """``(name, layer)``: the final linear classifier of ``model`` that ISDA hooks."""
+        if self.layer is None:
+            found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+            if not found:
+                raise ValueError(
+                    f"ISDA found no nn.Linear in {type(model).__name__}: it augments the input features of the "
+                    f"final linear classifier. Pass layer='name' naming that nn.Linear (a dotted path such as "
+                    f"'head.fc'); convolutional heads are not supported"
+                )
+            name, layer = found[-1]
+        else:
+            name, layer = self.layer, None
+            for m in (model, unwrap(model), getattr(model, "_orig_mod", None)):
+                if m is not None and layer is None:
+                    try:
+                        layer = m.get_submodule(self.layer)
+                    except AttributeError:
+                        pass
+            if layer is None:
+                names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+                raise ValueError(f"{type(model).__name__} has no submodule {self.layer!r}; its nn.Linear layers: {names}")
+            if not isinstance(layer, nn.Linear):
+                raise ValueError(f"layer {self.layer!r} of {type(model).__name__} is a {type(layer).__name__}, "
+                                 f"ISDA needs the final nn.Linear")
+        if layer.out_features != self.num_classes:
+            raise ValueError(
+                f"the layer {name!r} of {type(model).__name__} ({layer.in_features} -> {layer.out_features}) has "
+                f"{layer.out_features} outputs but num_classes={self.num_classes}; pass layer='...' naming the classifier"
+            )
+        dim = self.estimator.feature_dim
+        if dim is not None and layer.in_features != dim:
+            raise ValueError(f"the layer {name!r} takes {layer.in_features} features, the statistics have {dim}")
+        return name, layer
+
+    def disarm(self, model: nn.Module) -> None:
+        """Remove a pending (not yet fired) augmentation from ``model``'s classifier, if any."""
+        _disarm(self.find_layer(model)[1])
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validate, arm the hook when both ISDA and the model train, and return ``(x, y)`` unchanged."""
+        check_images(x)
+        check_labels(y, x.shape[0], self.num_classes)
+        if model is None:
+            raise TypeError(f"{type(self).__name__} needs the classifier being trained: call t(x, y, model)")
+        check_same_device(x, self.estimator, "ISDA's class statistics")
+        if not self.training:
+            return x, y
+        if y.ndim != 1:
+            raise ValueError(_HARD_LABELS_ONLY.format(shape=tuple(y.shape)))
+        batch = x.shape[0]
+        if not model.training:
+            zero = torch.zeros((), dtype=torch.int64, device=x.device)
+            self._count(x.device, batch, zero, zero)
+            return x, y
+        name, layer = self.find_layer(model)
+        lam: float | torch.Tensor = self.lam
+        chosen = torch.tensor(batch, device=x.device)
+        if self.p < 1.0:
+            mask = torch.rand(batch, generator=self._rng.get(x.device), device=x.device) < self.p
+            lam, chosen = lam * mask.float(), mask.sum()
+        _disarm(layer)
+        _ARMED[layer] = layer.register_forward_hook(_ArmedHook(self, name, y, lam))
+        self._count(x.device, batch, chosen, torch.zeros((), dtype=torch.int64, device=x.device))
+        return x, y
+
+
+# -- the loss form --------------------------------------------------------------------------------------------------
+class ISDALoss(_ISDAState, nn.Module):
+    """ISDA as a loss: ``loss = isda_loss(features, fc, y)`` with ``features = backbone(x)`` and ``fc`` the classifier.
+
+    Equals ``F.cross_entropy(model(x), y)`` after ``isda(x, y, model)``: the same estimator
+    (:class:`FeatureCovariance`, updated with the batch first), the same schedule (:meth:`set_epoch`,
+    :meth:`set_progress`; **lam is 0 until you call one of them**) and the same :func:`isda_logits`.
+    For a custom loss use :meth:`augment` (augmented logits) directly.
+
+    Args:
+        num_classes, lambda0, covariance, feature_dim, sync_stats: as :class:`ISDA`.
+
+    Shape:
+        features: (N, A); fc: an ``nn.Linear(A, C)``; y: (N,) int64. Returns the mean cross-entropy (scalar).
+
+    Convention:
+        In ``eval()`` mode: plain cross-entropy of ``fc(features)``, statistics untouched.
+    """
+
+    def __init__(self, num_classes: int, lambda0: float = 0.5, covariance: str = "full",
+                 feature_dim: int | None = None, sync_stats: bool = True):
+        super().__init__()
+        self._init_isda(num_classes, lambda0, covariance, feature_dim, sync_stats)
+
+    @property
+    def num_classes(self) -> int:
+        return self.estimator.num_classes
+
+    def extra_repr(self) -> str:
+        return self._isda_repr()
+
+    def forward(self, features: torch.Tensor, fc: nn.Linear, y: torch.Tensor) -> torch.Tensor:
+        if not isinstance(fc, nn.Linear):
+            raise TypeError(f"fc must be the classifier's nn.Linear, got {type(fc).__name__}")
+        if features.ndim != 2 or features.shape[1] != fc.in_features:
+            raise ValueError(f"features must be (N, {fc.in_features}) for {fc}, got {tuple(features.shape)}")
+        if fc.out_features != self.num_classes:
+            raise ValueError(f"fc has {fc.out_features} outputs but num_classes={self.num_classes}")
+        check_labels(y, features.shape[0], self.num_classes)
+        if y.ndim != 1:
+            raise ValueError(_HARD_LABELS_ONLY.format(shape=tuple(y.shape)))
+        logits = fc(features)
+        if self.training:
+            logits = self.augment(features, logits, fc.weight, y)
+        return F.cross_entropy(logits, y)

@@ -1,0 +1,396 @@
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from latent_transforms.isda import ISDA, FeatureCovariance, ISDALoss, isda_logits
+
+from contract import assert_model_unchanged, check_transform_contract, model_state
+from conftest import TinyNet
+
+
+def features_of(model: TinyNet, x: torch.Tensor) -> torch.Tensor:
+    return model.features(x)
+
+
+def pooled(features: torch.Tensor, y: torch.Tensor, k: int):
+    """Per-class mean and biased covariance of all rows, computed directly (torch.cov, correction=0)."""
+    a = features.shape[1]
+    mean = torch.zeros(k, a, dtype=features.dtype)
+    cov = torch.zeros(k, a, a, dtype=features.dtype)
+    for c in range(k):
+        f = features[y == c]
+        if len(f):
+            mean[c] = f.mean(0)
+            cov[c] = torch.cov(f.T, correction=0).reshape(a, a)
+    return mean, cov, torch.bincount(y, minlength=k)
+
+
+def augmented_by_loops(logits, weight, y, cov, lam):
+    """The formula, one entry at a time."""
+    out = logits.clone()
+    for n in range(logits.shape[0]):
+        s = cov[y[n]] if cov.ndim == 3 else torch.diag(cov[y[n]])
+        for j in range(logits.shape[1]):
+            d = weight[j] - weight[y[n]]
+            out[n, j] = logits[n, j] + 0.5 * lam * (d @ s @ d)
+    return out
+
+
+# -- the shared contract --------------------------------------------------------------------------------------------
+def test_contract(batch, net):
+    check_transform_contract(lambda **kw: ISDA(10, **kw), *batch, model=net)
+
+
+# -- the loss ----------------------------------------------------------------------------------------------------------
+def test_lambda_zero_is_plain_cross_entropy(batch, net):
+    x, y = batch
+    plain = net(x)
+    isda = ISDA(10)  # progress 0 -> lam 0
+    x2, y2 = isda(x, y, net)
+    assert x2 is x and y2 is y
+    out = net(x)
+    assert torch.equal(out, plain)
+    assert torch.equal(F.cross_entropy(out, y), F.cross_entropy(plain, y))
+    assert int(isda.estimator.count.sum()) == len(y)  # the statistics were still collected
+
+
+@pytest.mark.parametrize("covariance", ["full", "diagonal"])
+def test_augmented_logits_match_the_formula(covariance, batch, net):
+    net = net.double()
+    x, y = batch[0].double(), batch[1]
+    isda = ISDA(10, lambda0=0.8, covariance=covariance)
+    isda.set_progress(0.5)
+    with torch.no_grad():
+        feats = features_of(net, x)
+        logits = net.fc(feats)
+    isda(x, y, net)
+    out = net(x)
+    # the estimator was updated with this batch before use: its statistics are this batch's
+    mean, cov, count = pooled(feats, y, 10)
+    est = isda.estimator
+    assert torch.equal(est.count, count)
+    assert torch.allclose(est.mean, mean, atol=1e-12)
+    expect_cov = cov if covariance == "full" else torch.diagonal(cov, dim1=1, dim2=2)
+    assert torch.allclose(est.cov, expect_cov, atol=1e-12)
+    expected = augmented_by_loops(logits, net.fc.weight.detach(), y, expect_cov, 0.4)
+    assert torch.allclose(out, expected, atol=1e-10)
+    assert (out - logits).abs().max() > 1e-3  # the correction is not trivially 0
+    assert torch.equal(out.gather(1, y[:, None]), logits.gather(1, y[:, None]))  # 0 for the true class
+
+
+@pytest.mark.parametrize("covariance", ["full", "diagonal"])
+def test_table_and_per_sample_paths_agree(covariance):
+    g = torch.Generator().manual_seed(1)
+    c, a = 6, 5
+    weight = torch.randn(c, a, generator=g, dtype=torch.float64)
+    m = torch.randn(c, a, a, generator=g, dtype=torch.float64)
+    cov = m @ m.transpose(1, 2) if covariance == "full" else torch.rand(c, a, generator=g, dtype=torch.float64)
+    for n in (3, 9):  # n < C: per sample; n >= C: per-class table
+        logits = torch.randn(n, c, generator=g, dtype=torch.float64)
+        y = torch.randint(0, c, (n,), generator=g)
+        got = isda_logits(logits, weight, y, cov, 0.3)
+        assert torch.allclose(got, augmented_by_loops(logits, weight, y, cov, 0.3), atol=1e-10)
+    lam = torch.tensor([0.0, 0.3, 0.0], dtype=torch.float64)  # per-sample strengths
+    got = isda_logits(logits[:3], weight, y[:3], cov, lam)
+    assert torch.equal(got[0], logits[0]) and torch.equal(got[2], logits[2])
+    assert torch.allclose(got[1], augmented_by_loops(logits[1:2], weight, y[1:2], cov, 0.3)[0], atol=1e-10)
+
+
+def test_isda_logits_rejects_bad_shapes():
+    logits, w, y = torch.zeros(4, 3), torch.zeros(3, 2), torch.zeros(4, dtype=torch.int64)
+    with pytest.raises(ValueError, match="cov must be"):
+        isda_logits(logits, w, y, torch.zeros(3, 5), 1.0)
+    with pytest.raises(ValueError, match="weight must be"):
+        isda_logits(logits, torch.zeros(5, 2), y, torch.zeros(5, 2), 1.0)
+
+
+# -- the estimator -----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("diagonal", [False, True])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_estimator_is_the_pooled_covariance_of_a_stream(diagonal, dtype, tol):
+    g = torch.Generator().manual_seed(0)
+    k, a = 5, 4
+    est = FeatureCovariance(k, diagonal=diagonal)
+    seen_f, seen_y = [], []
+    for step, n in enumerate([7, 1, 12, 3, 20]):
+        y = torch.randint(0, k, (n,), generator=g)
+        if step == 2:
+            y = y % 2  # classes 2..4 absent from this batch
+        f = (torch.randn(n, a, generator=g) * 2 + torch.arange(a) + 3 * y[:, None]).to(dtype)
+        before = {name: b.clone() for name, b in est.named_buffers()}
+        est.update(f, y)
+        if step == 2:
+            for name, b in est.named_buffers():  # absent classes keep their statistics bit for bit
+                assert torch.equal(b[2:], before[name][2:])
+        seen_f.append(f)
+        seen_y.append(y)
+        mean, cov, count = pooled(torch.cat(seen_f).double(), torch.cat(seen_y), k)
+        if diagonal:
+            cov = torch.diagonal(cov, dim1=1, dim2=2)
+        assert est.mean.dtype == dtype and est.cov.shape == cov.shape
+        assert torch.equal(est.count, count)
+        assert torch.allclose(est.mean.double(), mean, atol=tol, rtol=tol)
+        assert torch.allclose(est.cov.double(), cov, atol=tol, rtol=tol)
+
+
+def test_estimator_checks_and_lazy_state_dict():
+    est = FeatureCovariance(3, feature_dim=2)
+    with pytest.raises(ValueError, match="dimension"):
+        est.update(torch.zeros(4, 5), torch.zeros(4, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"\(N,\)"):
+        est.update(torch.zeros(4, 2), torch.zeros(3, dtype=torch.int64))
+    est.update(torch.randn(6, 2), torch.tensor([0, 0, 1, 1, 2, 2]))
+    lazy = FeatureCovariance(3)
+    assert lazy.feature_dim is None and dict(lazy.state_dict()) == {}
+    lazy.load_state_dict(est.state_dict())  # sized from the checkpoint
+    for name, b in est.named_buffers():
+        assert torch.equal(b, getattr(lazy, name))
+    with pytest.raises(RuntimeError, match="cov"):
+        FeatureCovariance(3, diagonal=True).load_state_dict(est.state_dict())
+    lazy.reset()
+    assert int(lazy.count.sum()) == 0 and lazy.feature_dim == 2
+
+
+# -- the hook -----------------------------------------------------------------------------------------------------------
+def test_hook_is_one_shot_and_the_call_leaves_the_model_unchanged(batch, net):
+    x, y = batch
+    isda = ISDA(10, lambda0=1.0)
+    isda.set_progress(1.0)
+    plain = net(x).detach()
+    before = model_state(net)
+    isda(x, y, net)
+    assert_model_unchanged(net, before)
+    assert len(net.fc._forward_hooks) == 1
+    first = net(x)
+    assert not torch.allclose(first, plain)
+    assert len(net.fc._forward_hooks) == 0
+    assert torch.equal(net(x), plain)  # the next forward is plain again
+    assert int(isda.estimator.count.sum()) == len(y)  # and did not update the statistics
+
+
+def test_latest_arm_wins(batch, net):
+    x, y = batch
+    a, b = ISDA(10), ISDA(10)
+    a(x, y, net)
+    b(x, y, net)
+    a(x, y, net)
+    assert len(net.fc._forward_hooks) == 1
+    net(x)
+    assert int(a.estimator.count.sum()) == len(y) and b.estimator.count is None
+
+
+def test_eval_mode_arms_nothing(batch, net):
+    x, y = batch
+    isda = ISDA(10).eval()
+    assert isda(x, y, net) == (x, y)
+    assert len(net.fc._forward_hooks) == 0
+    net.eval()
+    isda.train()(x, y, net)
+    assert len(net.fc._forward_hooks) == 0
+    assert isda.stats == {"seen": len(y), "transformed": 0, "rejected": 0}
+    # soft labels are fine in eval mode (identity)
+    isda.eval()(x, F.one_hot(y, 10).float(), net)
+
+
+def test_hook_waits_for_a_training_forward_and_checks_the_batch(batch, net):
+    x, y = batch
+    isda = ISDA(10)
+    isda(x, y, net)
+    net.eval()
+    net(x[:3])  # an eval forward passes through and leaves it armed
+    assert len(net.fc._forward_hooks) == 1
+    net.train()
+    with pytest.raises(ValueError, match="armed with 12 labels"):
+        net(x[:5])
+    assert len(net.fc._forward_hooks) == 0  # disarmed on error too
+
+
+def test_missing_model_soft_labels_and_bad_models(batch, net):
+    x, y = batch
+    with pytest.raises(TypeError, match="model"):
+        ISDA(10)(x, y)
+    with pytest.raises(ValueError, match="class indices"):
+        ISDA(10)(x, F.one_hot(y, 10).float(), net)
+    conv_only = nn.Sequential(nn.Conv2d(1, 10, 8), nn.Flatten())
+    with pytest.raises(ValueError, match=r"Sequential.*layer="):
+        ISDA(10)(x, y, conv_only)
+    with pytest.raises(ValueError, match="num_classes=5"):
+        ISDA(5)(x, y % 5, net)
+    with pytest.raises(ValueError, match="no submodule 'head'"):
+        ISDA(10, layer="head")(x, y, net)
+    with pytest.raises(ValueError, match="Conv2d"):
+        ISDA(10, layer="features.0")(x, y, net)
+    with pytest.raises(ValueError, match="covariance"):
+        ISDA(10, covariance="low-rank")
+    with pytest.raises(ValueError, match="lambda0"):
+        ISDA(10, lambda0=-1)
+
+
+def test_named_layer_and_ddp_style_wrapper(batch, net):
+    x, y = batch
+
+    class Wrapper(nn.Module):  # the shape of a DDP wrapper: the model lives in .module
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+            self.aux = nn.Linear(3, 3)  # a later Linear that is not the classifier
+
+        def forward(self, x):
+            return self.module(x)
+
+    wrapped = Wrapper(net)
+    with pytest.raises(ValueError, match="'aux'.*3 outputs"):
+        ISDA(10)(x, y, wrapped)
+    isda = ISDA(10, layer="module.fc")
+    assert isda.find_layer(wrapped) == ("module.fc", net.fc)
+    isda(x, y, wrapped)
+    wrapped(x)
+    assert int(isda.estimator.count.sum()) == len(y)
+
+
+def test_schedule():
+    isda = ISDA(10, lambda0=0.5)
+    assert isda.lam == 0.0
+    isda.set_epoch(0, 160)
+    assert isda.lam == 0.0  # the first epoch is plain CE, as in the official code
+    isda.set_epoch(80, 160)
+    assert isda.lam == 0.25
+    isda.set_progress(1.0)
+    assert isda.lam == 0.5
+    with pytest.raises(ValueError):
+        isda.set_progress(1.5)
+    with pytest.raises(ValueError):
+        isda.set_epoch(161, 160)
+
+
+def test_p_selects_which_samples_get_the_correction(batch, net):
+    x, y = batch[0], torch.arange(6).repeat(2)  # every class twice: every selected sample gets a correction
+    plain = net(x).detach()
+    isda = ISDA(10, lambda0=1.0, p=0.5, generator=0)
+    isda.set_progress(1.0)
+    isda(x, y, net)
+    out = net(x).detach()
+    changed = (out != plain).any(1)
+    assert 0 < int(changed.sum()) < len(y)
+    assert isda.stats["transformed"] == int(changed.sum())
+    assert int(isda.estimator.count.sum()) == len(y)  # every sample updates the statistics
+
+
+# -- loss form, gradients, state -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("covariance", ["full", "diagonal"])
+def test_loss_form_equals_hook_form(covariance, batch, net):
+    x, y = batch
+    net2 = copy.deepcopy(net)
+    hook, loss_form = ISDA(10, lambda0=2.0, covariance=covariance), ISDALoss(10, lambda0=2.0, covariance=covariance)
+    for t in (hook, loss_form):
+        t.set_epoch(3, 4)
+    for _ in range(2):  # second step uses statistics of two batches
+        hook(x, y, net)
+        l1 = F.cross_entropy(net(x), y)
+        l2 = loss_form(net2.features(x), net2.fc, y)
+        assert torch.allclose(l1, l2, atol=1e-6)
+        net.zero_grad()
+        net2.zero_grad()
+        l1.backward()
+        l2.backward()
+        for p1, p2 in zip(net.parameters(), net2.parameters()):
+            assert torch.allclose(p1.grad, p2.grad, atol=1e-6)
+        x = x.flip(0)
+    for b1, b2 in zip(hook.estimator.buffers(), loss_form.estimator.buffers()):
+        assert torch.allclose(b1.double(), b2.double(), atol=1e-6)
+    assert torch.equal(loss_form.eval()(net2.features(x), net2.fc, y), F.cross_entropy(net2(x), y))
+
+
+def test_gradient_flows_to_backbone_and_through_the_correction_to_fc(batch, net):
+    x, y = batch
+    isda = ISDA(10, lambda0=5.0)
+    isda.set_progress(1.0)
+    isda(x, y, net)
+    F.cross_entropy(net(x), y).backward()
+    grads = {n: p.grad.clone() for n, p in net.named_parameters()}
+    assert all(g.abs().sum() > 0 for g in grads.values())
+    net.zero_grad()
+    F.cross_entropy(net(x), y).backward()  # plain CE: fc's gradient differs by the correction's share
+    assert not torch.allclose(grads["fc.weight"], net.fc.weight.grad)
+
+
+def test_state_dict_round_trip(batch, net):
+    x, y = batch
+    isda = ISDA(10, covariance="diagonal")
+    isda(x, y, net)
+    net(x)
+    fresh = ISDA(10, covariance="diagonal")  # lazily sized: loads the checkpoint's size
+    fresh.load_state_dict(isda.state_dict())
+    for (n1, b1), (n2, b2) in zip(isda.state_dict().items(), fresh.state_dict().items()):
+        assert n1 == n2 and torch.equal(b1, b2)
+    sized = ISDA(10, covariance="diagonal", feature_dim=32)
+    sized.load_state_dict(isda.state_dict())
+    assert torch.equal(sized.estimator.cov, isda.estimator.cov)
+    with pytest.raises(ValueError, match="takes 32 features, the statistics have 7"):
+        ISDA(10, feature_dim=7)(x, y, net)
+
+
+def test_torchvision_resnet18_auto_detects_fc():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10)
+    isda = ISDA(10, lambda0=0.5)
+    isda.set_progress(1.0)
+    assert isda.find_layer(model) == ("fc", model.fc)
+    x, y = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 1, 3])
+    isda(x, y, model)
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    assert torch.isfinite(loss) and model.conv1.weight.grad is not None
+    assert isda.estimator.mean.shape == (10, 512) and isda.estimator.cov.shape == (10, 512, 512)
+
+
+def test_autocast_bf16_keeps_float32_statistics(batch, net):
+    x, y = batch
+    isda = ISDA(10)
+    isda.set_progress(1.0)
+    isda(x, y, net)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(x)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    assert isda.estimator.cov.dtype == torch.float32
+
+
+# -- training smoke ----------------------------------------------------------------------------------------------------
+def test_training_smoke_on_digits():
+    datasets = pytest.importorskip("sklearn.datasets")
+    digits = datasets.load_digits()
+    x_all = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16
+    y_all = torch.tensor(digits.target, dtype=torch.int64)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    isda = ISDA(10, lambda0=0.5)
+    g = torch.Generator().manual_seed(0)
+    losses = []
+    for step in range(20):
+        isda.set_epoch(step // 5, 4)  # 4 "epochs" of 5 steps: lam ramps 0, 0.125, 0.25, 0.375
+        idx = torch.randint(0, len(y_all), (64,), generator=g)
+        x, y = isda(x_all[idx], y_all[idx], model)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+    assert int(isda.estimator.count.sum()) == 20 * 64
+
+
+def test_inside_compose_as_the_last_step(batch, net):
+    from latent_transforms import Compose
+
+    x, y = batch
+    isda = ISDA(10)
+    x2, y2 = Compose([lambda t: t.flip(-1), isda])(x, y, net)
+    assert torch.equal(x2, x.flip(-1)) and torch.equal(y2, y)
+    net(x2)
+    assert int(isda.estimator.count.sum()) == len(y)

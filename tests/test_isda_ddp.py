@@ -1,0 +1,81 @@
+"""ISDA under torch.distributed: two gloo processes hold the statistics of the global batch."""
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from latent_transforms.isda import ISDA, FeatureCovariance
+
+K, A = 4, 3
+SPLITS = [(5, 2), (1, 6), (4, 4)]  # per step: rank 0's and rank 1's batch sizes (uneven on purpose)
+
+
+def stream():
+    """The global batches, and for each the labels; classes 2, 3 are absent from step 1."""
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for step, (n0, n1) in enumerate(SPLITS):
+        y = torch.randint(0, K, (n0 + n1,), generator=g)
+        if step == 1:
+            y = y % 2
+        f = torch.randn(n0 + n1, A, generator=g, dtype=torch.float64) + y[:, None]
+        out.append((f, y, n0))
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    try:
+        result = {}
+        for diagonal in (False, True):
+            est = FeatureCovariance(K, diagonal=diagonal)
+            for f, y, n0 in stream():
+                part = slice(0, n0) if rank == 0 else slice(n0, None)
+                est.update(f[part], y[part])
+            result[diagonal] = {n: b.clone() for n, b in est.named_buffers()}
+        # the drop-in under DDP: the hook fires inside DDP's forward and gathers there
+        from conftest import TinyNet
+
+        torch.manual_seed(0)
+        model = torch.nn.parallel.DistributedDataParallel(TinyNet())
+        isda = ISDA(10, lambda0=1.0)
+        isda.set_progress(1.0)
+        g = torch.Generator().manual_seed(1)
+        x, y = torch.rand(8, 1, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g)
+        mine = slice(0, 3) if rank == 0 else slice(3, None)
+        isda(x[mine], y[mine], model)
+        F.cross_entropy(model(x[mine]), y[mine]).backward()
+        result["ddp_count"] = isda.estimator.count.clone()
+        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_hold_the_statistics_of_the_concatenated_batch(tmp_path):
+    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for diagonal in (False, True):
+        single = FeatureCovariance(K, diagonal=diagonal, sync=False)
+        for f, y, _ in stream():
+            single.update(f, y)
+        for res in results:
+            got = res[diagonal]
+            assert torch.equal(got["count"], single.count)
+            assert torch.allclose(got["mean"], single.mean, atol=1e-5)
+            assert torch.allclose(got["cov"], single.cov, atol=1e-5)
+    for res in results:
+        assert int(res["ddp_count"].sum()) == 8  # both ranks saw the global batch of 3 + 5
+        assert torch.equal(res["ddp_count"], results[0]["ddp_count"])
