@@ -58,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = subparsers.add_parser("fetch", help="download and verify a checkpoint into the cache; print its path")
     p.add_argument("name", help="registered checkpoint name (see `list`)")
     p.set_defaults(func=_cmd_fetch)
+
+    from . import demo, train  # imported here so that `list` and `fetch` stay quick to start
+
+    train.register_cli(subparsers)
+    demo.register_cli(subparsers)
     return parser
 
 
