@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (hub.HubError, LookupError, ValueError, OSError) as e:
+    except (hub.HubError, LookupError, ValueError, OSError, ImportError, ArithmeticError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:

@@ -13,6 +13,7 @@ there is no default remote). ``LATENT_TRANSFORMS_OFFLINE=1`` forbids downloads a
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
@@ -91,6 +92,14 @@ def _check_filename(file: object) -> str:
     return file
 
 
+def chmod_default(path: str | os.PathLike) -> None:
+    """Give a file from ``mkstemp`` (mode 0600) the usual permissions (0666 minus the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o666 & ~umask)
+
+
 def _remove(path: str | os.PathLike) -> None:
     try:
         os.unlink(path)
@@ -126,6 +135,7 @@ def save_checkpoint(codec: "Codec", path: str | os.PathLike, dtype: torch.dtype 
     try:
         save_file(tensors, tmp, metadata=metadata)
         digest = sha256_file(tmp)
+        chmod_default(tmp)
         os.replace(tmp, path)
     finally:
         _remove(tmp)
@@ -347,6 +357,7 @@ def _download(url: str, dest: Path, sha256: str) -> None:
             raise HubError(
                 f"download of {dest.name} from {url} has the wrong sha256: expected {sha256}, got {digest.hexdigest()}"
             )
+        chmod_default(tmp)
         os.replace(tmp, dest)
     finally:
         _remove(tmp)

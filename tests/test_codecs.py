@@ -127,3 +127,17 @@ def test_fast_frozen_path_matches_plain_normflows_path():
         assert torch.allclose(plain.decode(zp), fast.decode(zp), atol=1e-5)
         assert (fast.decode(zf) - x).abs().max() <= 1e-3
     assert set(fast.state_dict()) == set(plain.state_dict())  # folded weights are not saved
+
+
+@pytest.mark.parametrize("config,match", [
+    ({"kind": "vae", "latent_dim": 0}, "latent_dim must be positive"),
+    ({"kind": "vae", "latent_dim": -1}, "latent_dim must be positive"),
+    ({"kind": "vae", "hidden": 0}, "hidden must be positive"),
+    ({"kind": "vae", "beta": -1.0}, "beta must be >= 0"),
+    ({"kind": "glow", "hidden": 0}, "hidden must be positive"),
+    ({"kind": "glow", "steps": 0}, "steps must be positive"),
+    ({"kind": "glow", "alpha": 0.7}, "alpha must be in"),
+])
+def test_bad_codec_configs_are_named(config, match):
+    with pytest.raises(ValueError, match=match):
+        build_codec(config)

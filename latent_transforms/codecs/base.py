@@ -55,6 +55,13 @@ class Codec(nn.Module):
         self.image_shape = tuple(int(s) for s in image_shape)
         self.frozen = False
 
+    @staticmethod
+    def check_positive(**values: float) -> None:
+        """Raise ValueError naming any config value that is not a positive int (or float where given as one)."""
+        for name, v in values.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise ValueError(f"{name} must be positive, got {v!r}")
+
     # -- to implement ---------------------------------------------------------------------------
     @property
     def config(self) -> dict:

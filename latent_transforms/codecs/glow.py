@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import normflows as nf
 import torch
@@ -38,7 +39,9 @@ class BoundedAffineCoupling(nf.flows.AffineCoupling):
 
 
 def _glow_step(channels: int, hidden: int, floor: float) -> nf.flows.GlowBlock:
-    block = nf.flows.GlowBlock(channels, hidden, split_mode="channel", scale=True, scale_map="sigmoid")
+    with warnings.catch_warnings():  # normflows' LU init calls the deprecated torch.lu
+        warnings.filterwarnings("ignore", message="torch.lu is deprecated")
+        block = nf.flows.GlowBlock(channels, hidden, split_mode="channel", scale=True, scale_map="sigmoid")
     coupling_block = block.flows[0]
     coupling_block.flows[1] = BoundedAffineCoupling(coupling_block.flows[1].param_map, floor)
     return block
@@ -63,6 +66,9 @@ class Glow(Codec):
     def __init__(self, image_shape=(3, 32, 32), levels: int = 3, steps: int = 8, hidden: int = 128,
                  alpha: float = 0.05, scale_floor: float = 0.05, num_bins: int = 256):
         super().__init__(image_shape)
+        self.check_positive(levels=levels, steps=steps, hidden=hidden, num_bins=num_bins - 1)
+        if not (0 < alpha < 0.5 and 0 < scale_floor < 1):
+            raise ValueError(f"alpha must be in (0, 0.5) and scale_floor in (0, 1), got {alpha!r}, {scale_floor!r}")
         c, h, w = self.image_shape
         if h % 2**levels or w % 2**levels:
             raise ValueError(f"image height and width must be divisible by 2**levels = {2**levels}, got {h}x{w}")

@@ -27,6 +27,9 @@ class ConvVAE(Codec):
 
     def __init__(self, image_shape=(3, 32, 32), latent_dim: int = 64, hidden: int = 64, beta: float = 1.0):
         super().__init__(image_shape)
+        self.check_positive(latent_dim=latent_dim, hidden=hidden)
+        if not beta >= 0:
+            raise ValueError(f"beta must be >= 0, got {beta!r}")
         c, h, w = self.image_shape
         if h != w or h < 4 or h & (h - 1):
             raise ValueError(f"ConvVAE needs square images with a power-of-two side >= 4, got {h}x{w}")

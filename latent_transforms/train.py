@@ -1,0 +1,658 @@
+"""Train your own codec (a Glow flow or a ConvVAE) on a tensor of images, resumably, with no pickle anywhere.
+
+``train_codec(kind, x_train, out_dir, ...)`` trains, checkpoints its full training state (model, optimizer, RNG,
+step count) to ``out_dir/<name>.state.safetensors`` every ``checkpoint_every`` steps, on a time budget and at the
+end, resumes from that file when it is there, and finally writes
+
+* ``out_dir/<name>.safetensors``: the codec (``hub.save_checkpoint``; load with ``hub.load(path)``),
+* ``out_dir/<name>.json``: config, training data and settings, steps, wall time, device, test metrics and a
+  ready-made registry entry,
+* ``out_dir/<name>.png``: rows of test originals, their reconstructions and samples.
+
+``eval_codec(codec, x)`` computes the test metrics (bits/dim for flows, MSE/KL for VAEs); ``register_cli``
+adds the ``latent-transforms train`` subcommand.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from . import hub
+from .codecs import Codec, build_codec, exact_math
+from .validation import check_images
+
+__all__ = ["train_codec", "eval_codec", "default_config", "save_training_state", "load_training_state",
+           "register_cli", "STATE_FORMAT"]
+
+STATE_FORMAT = "latent-transforms-train-state/1"
+KINDS = {"flow": "glow", "glow": "glow", "vae": "vae"}
+ACTNORM_INIT_BATCH = 512
+ROUNDTRIP_TOL = 1e-3  # max |decode(encode(x)) - x| a stored flow may have (else fp16 falls back to fp32)
+VAE_FP16_TOL = 1e-2  # max |reconstruction(fp16 copy) - reconstruction(fp32)| for a VAE
+MAX_NONFINITE_IN_A_ROW = 20
+
+
+# -- configs ------------------------------------------------------------------------------------------
+def default_config(kind: str, image_shape: tuple[int, int, int], num_bins: int = 256, **overrides) -> dict:
+    """The codec config ``train_codec`` builds: library defaults, a level count that fits the image, overrides.
+
+    ``kind``: ``"flow"`` (or ``"glow"``) or ``"vae"``. ``overrides`` with value ``None`` are ignored.
+    """
+    codec_kind = _codec_kind(kind)
+    c, h, w = (int(s) for s in image_shape)
+    if codec_kind == "glow":
+        levels = 0
+        while levels < 3 and h % 2 ** (levels + 1) == 0 and w % 2 ** (levels + 1) == 0 and min(h, w) // 2 ** (levels + 1) >= 2:
+            levels += 1
+        config = {"kind": "glow", "image_shape": [c, h, w], "levels": max(levels, 1), "steps": 8, "hidden": 128,
+                  "num_bins": int(num_bins)}
+    else:
+        config = {"kind": "vae", "image_shape": [c, h, w], "latent_dim": 64, "hidden": 64, "beta": 1.0}
+    config.update({k: v for k, v in overrides.items() if v is not None})
+    return build_codec(config).config  # validates and fills in every default
+
+
+def _codec_kind(kind: str) -> str:
+    if kind not in KINDS:
+        raise ValueError(f"kind must be 'flow' or 'vae', got {kind!r}")
+    return KINDS[kind]
+
+
+# -- training state as safetensors ----------------------------------------------------------------------
+def save_training_state(path: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                        info: dict, extra_tensors: dict[str, torch.Tensor] | None = None) -> None:
+    """Write model + optimizer state + ``info`` (JSON-able) to one safetensors file, atomically.
+
+    Tensors go in as ``model/<key>``, ``optim/<param index>/<key>`` and ``extra/<key>``; the optimizer's
+    non-tensor state and ``param_groups`` and ``info`` go in the metadata as JSON. No pickle.
+    """
+    from safetensors.torch import save_file
+
+    def cpu(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().to("cpu", copy=True).contiguous()
+
+    tensors = {f"model/{k}": cpu(v) for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    scalars: dict[str, dict] = {}
+    for idx, state in opt["state"].items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim/{idx}/{key}"] = cpu(value)
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    for key, value in (extra_tensors or {}).items():
+        tensors[f"extra/{key}"] = cpu(value)
+    metadata = {
+        "format": STATE_FORMAT,
+        "info": json.dumps(info),
+        "optim_param_groups": json.dumps(opt["param_groups"]),
+        "optim_scalars": json.dumps(scalars),
+    }
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        hub.chmod_default(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def load_training_state(path: str | os.PathLike) -> tuple[dict, dict, dict, dict]:
+    """Read a file written by ``save_training_state``: ``(model_state, optimizer_state_dict, info, extra_tensors)``."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except SafetensorError as e:
+        raise ValueError(f"{path} is not a safetensors training state ({e})") from None
+    if metadata.get("format") != STATE_FORMAT:
+        raise ValueError(f"{path} is not a training state: metadata 'format' is {metadata.get('format')!r}")
+    model_state, extra, opt_state = {}, {}, {}
+    for key, value in tensors.items():
+        group, _, rest = key.partition("/")
+        if group == "model":
+            model_state[rest] = value
+        elif group == "extra":
+            extra[rest] = value
+        elif group == "optim":
+            idx, _, name = rest.partition("/")
+            opt_state.setdefault(int(idx), {})[name] = value
+    for idx, scalars in json.loads(metadata["optim_scalars"]).items():
+        opt_state.setdefault(int(idx), {}).update(scalars)
+    optim = {"state": opt_state, "param_groups": json.loads(metadata["optim_param_groups"])}
+    return model_state, optim, json.loads(metadata["info"]), extra
+
+
+# -- evaluation --------------------------------------------------------------------------------------------
+@torch.no_grad()
+def eval_codec(codec: Codec, x: torch.Tensor, batch_size: int = 256, seed: int = 0) -> dict:
+    """Test metrics of a codec on images ``x`` (N, C, H, W) in [0, 1] (moved to the codec's device batch by batch).
+
+    Flows: ``bits_per_dim`` (uniform dequantisation noise, one seeded draw per image, averaged over the set) and
+    ``roundtrip_max_err`` (max |decode(encode(x)) - x|). VAEs: ``mse`` (per pixel, decoding the posterior mean),
+    ``kl`` (nats per image), ``rec`` (Bernoulli reconstruction nats per image, one posterior sample) and
+    ``nelbo`` (rec + beta * kl). Other codecs: the means of the metrics their ``loss`` reports.
+    """
+    check_images(x)
+    codec.check_images(x[:1].to(next(codec.parameters()).device))
+    device = next(codec.parameters()).device
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    was_training = codec.training
+    codec.eval()
+    sums: dict[str, float] = {}
+    maxes: dict[str, float] = {}
+    n = x.shape[0]
+    try:
+        for start in range(0, n, batch_size):
+            xb = x[start:start + batch_size].to(device, codec.dtype)
+            b = xb.shape[0]
+            if codec.kind == "glow":
+                noise = torch.rand(xb.shape, generator=gen).to(device, codec.dtype)
+                x_deq = (torch.round(xb * (codec.num_bins - 1)) + noise) / codec.num_bins
+                with exact_math():
+                    bpd = codec.bits_per_dim(x_deq)
+                sums["bits_per_dim"] = sums.get("bits_per_dim", 0.0) + float(bpd.sum())
+                err = (codec.decode(codec.encode(xb)) - xb).abs().max()
+                maxes["roundtrip_max_err"] = max(maxes.get("roundtrip_max_err", 0.0), float(err))
+            elif codec.kind == "vae":
+                mu, logvar = codec.posterior(xb)
+                rec_mean = codec.decode([mu])
+                eps = torch.randn(mu.shape, generator=gen).to(device, mu.dtype)
+                logits = codec.decoder(mu + torch.exp(0.5 * logvar) * eps)
+                rec = torch.nn.functional.binary_cross_entropy_with_logits(logits, xb, reduction="none").flatten(1).sum(1)
+                kl = 0.5 * (mu**2 + logvar.exp() - 1 - logvar).sum(1)
+                mse = (rec_mean - xb).pow(2).flatten(1).mean(1)
+                for key, v in (("mse", mse), ("kl", kl), ("rec", rec), ("nelbo", rec + codec.beta * kl)):
+                    sums[key] = sums.get(key, 0.0) + float(v.sum())
+            else:
+                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                    torch.manual_seed(seed + start)
+                    loss, metrics = codec.loss(xb)
+                for key, v in {"loss": loss, **metrics}.items():
+                    sums[key] = sums.get(key, 0.0) + float(v) * b
+    finally:
+        codec.train(was_training)
+    out = {k: v / n for k, v in sums.items()}
+    out.update(maxes)
+    return out
+
+
+# -- training ------------------------------------------------------------------------------------------------
+def _lr_factor(step: int, warmup: int, progress: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 as ``progress`` goes 0 -> 1."""
+    warm = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+    return warm * 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} asked for, but CUDA is not available; use --device cpu")
+    return device
+
+
+def _fmt_metrics(codec_kind: str, metrics: dict[str, float]) -> dict[str, str]:
+    if codec_kind == "glow":
+        return {"bits/dim": f"{metrics.get('bits/dim', metrics.get('loss', float('nan'))):.3f}"}
+    return {"loss": f"{metrics['loss']:.2f}", "mse": f"{metrics.get('mse', float('nan')):.4f}",
+            "kl": f"{metrics.get('kl', float('nan')):.2f}"}
+
+
+def _upscale(x: torch.Tensor, min_side: int = 32) -> torch.Tensor:
+    factor = max(1, math.ceil(min_side / max(1, min(x.shape[-2:]))))
+    return torch.nn.functional.interpolate(x, scale_factor=factor, mode="nearest") if factor > 1 else x
+
+
+@torch.no_grad()
+def _save_grid(codec: Codec, x: torch.Tensor, path: Path, n: int, temperature: float, seed: int) -> None:
+    from torchvision.utils import save_image
+
+    device = next(codec.parameters()).device
+    orig = x[:n].to(device, codec.dtype)
+    rec = codec.decode(codec.encode(orig)).clamp(0, 1)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    samples = codec.sample(orig.shape[0], temperature=temperature, generator=gen)
+    grid = _upscale(torch.cat([orig, rec, samples]).float().cpu())
+    save_image(grid, str(path), nrow=orig.shape[0], padding=2, pad_value=1.0)
+
+
+def _roundtrip_err(codec: Codec, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        xb = x.to(next(codec.parameters()).device, codec.dtype)
+        return float((codec.decode(codec.encode(xb)) - xb).abs().max())
+
+
+def train_codec(
+    kind: str,
+    x_train: torch.Tensor,
+    out_dir: str | os.PathLike,
+    *,
+    name: str | None = None,
+    num_bins: int = 256,
+    levels: int | None = None,
+    steps: int | None = None,
+    hidden: int | None = None,
+    latent_dim: int | None = None,
+    beta: float | None = None,
+    config: dict | None = None,
+    epochs: float | None = None,
+    max_steps: int | None = None,
+    max_minutes: float | None = None,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    warmup_steps: int = 200,
+    grad_clip: float | None = None,
+    seed: int = 0,
+    flips: bool = False,
+    resume: bool = True,
+    x_test: torch.Tensor | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    fp16: bool = False,
+    checkpoint_every: int = 500,
+    data_description: str | dict | None = None,
+) -> dict:
+    """Train a codec on ``x_train`` (N, C, H, W) float in [0, 1]; checkpoint, resume, and write the final files.
+
+    Args:
+        kind: ``"flow"`` (Glow; Adamax) or ``"vae"`` (ConvVAE; Adam).
+        out_dir: where ``<name>.state.safetensors`` (training state) and the final ``<name>.safetensors``,
+            ``<name>.json`` and ``<name>.png`` go (created if missing).
+        name: file stem; default ``"glow"`` or ``"vae"``.
+        num_bins: intensity levels of the data (17 for sklearn digits, 256 for 8-bit images); flows only.
+        levels, steps, hidden: Glow's L, K and coupling width. latent_dim, hidden, beta: the VAE's.
+            ``config``: further codec config overrides. Defaults: see :func:`default_config`.
+        epochs / max_steps: length of the whole run (over every resumed call); it fixes the LR schedule.
+        max_minutes: with ``epochs``/``max_steps``, this call's time limit (stop cleanly, save, resume later);
+            alone, the length of the whole run in training minutes (the LR schedule follows the time spent).
+        batch_size, lr: the peak learning rate is reached after ``warmup_steps`` (capped at a fifth of the run)
+            of linear warm-up, then decays with a cosine to 0 at the end of the run.
+        grad_clip: max gradient norm (default 50 for flows, none for VAEs).
+        seed: seeds weights, batches, dequantisation noise and flips. flips: random horizontal flips
+            (leave off for digits and text).
+        resume: continue from ``out_dir/<name>.state.safetensors`` if present (same config, batch size and
+            seed required); ``False`` starts afresh and overwrites it.
+        x_test: images for the final metrics and the PNG; default: up to 1,000 training images.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
+        progress: show a tqdm bar and print where the files went and how to load them.
+        fp16: store the final weights as float16 (half the file), kept only if the fp16 copy still
+            round-trips within 1e-3 (flows) or reconstructs within 1e-2 of fp32 (VAEs); else fp32.
+        checkpoint_every: steps between training-state checkpoints.
+        data_description: what the data was, for the JSON (e.g. ``"digits (train split)"``).
+
+    Returns a dict: ``complete`` (False when stopped by ``max_minutes`` before the end of the run; then only the
+    state file was written), ``step``, ``total_steps``, ``epochs_done``, ``wall_time_s`` (this call),
+    ``train_time_s`` (all calls), ``state``, and when complete ``codec`` (the frozen stored codec), ``checkpoint``,
+    ``json``, ``png``, ``sha256``, ``dtype``, ``metrics``.
+    """
+    t_call = time.perf_counter()
+    codec_kind = _codec_kind(kind)
+    check_images(x_train, "x_train")
+    if x_test is not None:
+        check_images(x_test, "x_test")
+        if x_test.shape[1:] != x_train.shape[1:]:
+            raise ValueError(f"x_test images are {tuple(x_test.shape[1:])}, x_train images {tuple(x_train.shape[1:])}")
+    if epochs is not None and max_steps is not None:
+        raise ValueError("give epochs or max_steps, not both")
+    if epochs is None and max_steps is None and max_minutes is None:
+        raise ValueError("give the length of the run: epochs, max_steps or max_minutes")
+    for label, value in (("epochs", epochs), ("max_steps", max_steps), ("max_minutes", max_minutes)):
+        if value is not None and not value > 0:
+            raise ValueError(f"{label} must be > 0, got {value}")
+    if batch_size < 1 or checkpoint_every < 1:
+        raise ValueError(f"batch_size and checkpoint_every must be >= 1, got {batch_size}, {checkpoint_every}")
+    name = name or codec_kind
+    if not name or any(s in name for s in ("/", "\\")) or name.startswith("."):
+        raise ValueError(f"name must be a plain file stem, got {name!r}")
+    dev = _resolve_device(device)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / f"{name}.state.safetensors"
+
+    overrides = {"levels": levels, "steps": steps, "hidden": hidden} if codec_kind == "glow" else \
+        {"latent_dim": latent_dim, "hidden": hidden, "beta": beta}
+    if codec_kind == "glow" and (latent_dim is not None or beta is not None):
+        raise ValueError("latent_dim and beta are VAE settings; a flow's latent has the size of the image")
+    if codec_kind == "vae" and (levels is not None or steps is not None):
+        raise ValueError("levels and steps are flow (Glow) settings")
+    cfg = default_config(codec_kind, tuple(x_train.shape[1:]), num_bins, **{**overrides, **(config or {})})
+
+    n = x_train.shape[0]
+    bs = min(batch_size, n)
+    steps_per_epoch = n // bs  # the last incomplete batch of each epoch is dropped
+    total_steps = max_steps if max_steps is not None else (
+        max(1, round(epochs * steps_per_epoch)) if epochs is not None else None)
+    budget_s = max_minutes * 60 if (total_steps is None) else None  # time-defined run
+    call_limit_s = max_minutes * 60 if (max_minutes is not None and total_steps is not None) else None
+    clip = grad_clip if grad_clip is not None else (50.0 if codec_kind == "glow" else None)
+    say = print if progress else (lambda *a, **k: None)
+
+    info: dict = {}
+    saved = None
+    if resume and state_path.is_file():
+        model_state, optim_state, info, extra = load_training_state(state_path)
+        mismatch = [f"{k}: saved {info.get(k)!r}, now {v!r}" for k, v in
+                    (("config", cfg), ("batch_size", bs), ("seed", seed), ("num_images", n)) if info.get(k) != v]
+        if mismatch:
+            raise ValueError(
+                f"{state_path} is a run with other settings ({'; '.join(mismatch)}); resume with the same settings, "
+                f"or pass resume=False (--no-resume) or another name/out dir to start afresh"
+            )
+        saved = (model_state, optim_state, extra)
+
+    x_dev = x_train.to(dev, torch.float32)
+    fork = torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else [])
+    with fork:
+        torch.manual_seed(seed)
+        codec = build_codec(cfg).to(dev)
+        params = [p for p in codec.parameters() if p.requires_grad]
+        if saved is None:
+            if codec_kind == "glow":  # ActNorm initialises from the first batch it sees: make it a big one
+                g = torch.Generator().manual_seed(seed)
+                init = x_dev[torch.randperm(n, generator=g)[:ACTNORM_INIT_BATCH].to(dev)]
+                with torch.no_grad():
+                    codec.loss(init)
+            info = {"kind": codec_kind, "config": cfg, "batch_size": bs, "seed": seed, "num_images": n,
+                    "step": 0, "train_time_s": 0.0, "nonfinite_steps": 0, "history": [], "calls": 0}
+        optimizer = (torch.optim.Adamax if codec_kind == "glow" else torch.optim.Adam)(params, lr=lr)
+        if saved is not None:
+            model_state, optim_state, extra = saved
+            codec.load_state_dict(model_state)
+            optimizer.load_state_dict(optim_state)
+            torch.set_rng_state(extra["rng_cpu"])
+            if dev.type == "cuda" and "rng_cuda" in extra:
+                torch.cuda.set_rng_state(extra["rng_cuda"], dev)
+            say(f"resuming {state_path} at step {info['step']} ({info['train_time_s'] / 60:.1f} min trained)")
+        info.update({"total_steps": total_steps, "budget_s": budget_s, "lr": lr, "flips": flips,
+                     "grad_clip": clip, "optimizer": "Adamax" if codec_kind == "glow" else "Adam",
+                     "steps_per_epoch": steps_per_epoch})
+        info["calls"] = info.get("calls", 0) + 1
+        warmup = min(warmup_steps, total_steps // 5) if total_steps is not None else warmup_steps
+
+        def checkpoint() -> None:
+            extra = {"rng_cpu": torch.get_rng_state()}
+            if dev.type == "cuda":
+                extra["rng_cuda"] = torch.cuda.get_rng_state(dev)
+            save_training_state(state_path, codec, optimizer, info, extra)
+
+        def finished() -> bool:
+            if total_steps is not None:
+                return info["step"] >= total_steps
+            return info["train_time_s"] >= budget_s
+
+        step = info["step"]
+        stopped_by_time = False
+        codec.train()
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=total_steps, initial=min(step, total_steps or step), unit="step", dynamic_ncols=True,
+                       desc=f"{name} ({codec_kind}, {dev.type})", file=sys.stderr)
+        ema: dict[str, float] = {}
+        log_every = max(1, (total_steps or 5000) // 100)
+        window: dict[str, float] = {}
+        window_n = 0
+        nonfinite_run = 0
+        perm, perm_epoch = None, -1
+        t_last = time.perf_counter()
+        try:
+            while not finished():
+                if call_limit_s is not None and time.perf_counter() - t_call >= call_limit_s:
+                    stopped_by_time = True
+                    break
+                epoch, pos = divmod(step, steps_per_epoch)
+                if epoch != perm_epoch:
+                    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).to(dev)
+                    perm_epoch = epoch
+                xb = x_dev[perm[pos * bs:(pos + 1) * bs]]
+                if flips:
+                    flip = torch.rand(bs, device=dev) < 0.5
+                    xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
+                progress_frac = step / total_steps if total_steps is not None else info["train_time_s"] / budget_s
+                lr_now = lr * _lr_factor(step, warmup, progress_frac)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_now
+                loss, metrics = codec.loss(xb)
+                optimizer.zero_grad(set_to_none=True)
+                if torch.isfinite(loss):
+                    loss.backward()
+                    if clip is not None:
+                        torch.nn.utils.clip_grad_norm_(params, clip)
+                    optimizer.step()
+                    nonfinite_run = 0
+                else:  # skip the update, keep the schedule going
+                    info["nonfinite_steps"] += 1
+                    nonfinite_run += 1
+                    if nonfinite_run >= MAX_NONFINITE_IN_A_ROW:
+                        raise FloatingPointError(
+                            f"{nonfinite_run} non-finite losses in a row at step {step}; lower the learning rate "
+                            f"(lr={lr}) or grad_clip, or check the data"
+                        )
+                step += 1
+                now = time.perf_counter()
+                info["train_time_s"] += now - t_last
+                t_last = now
+                info["step"] = step
+                values = {"loss": float(loss.detach()), **{k: float(v) for k, v in metrics.items()}}
+                if math.isfinite(values["loss"]):
+                    for k, v in values.items():
+                        ema[k] = v if k not in ema else 0.95 * ema[k] + 0.05 * v
+                        window[k] = window.get(k, 0.0) + v
+                    window_n += 1
+                if step % log_every == 0 and window_n:
+                    info["history"].append({"step": step, "lr": lr_now, **{k: v / window_n for k, v in window.items()}})
+                    window, window_n = {}, 0
+                if bar is not None:
+                    bar.update(1)
+                    if step % 5 == 0 or step == 1:
+                        bar.set_postfix(_fmt_metrics(codec_kind, ema) | {"lr": f"{lr_now:.1e}"}, refresh=False)
+                if step % checkpoint_every == 0:
+                    checkpoint()
+                    t_last = time.perf_counter()
+        except KeyboardInterrupt:
+            checkpoint()
+            say(f"\ninterrupted: saved the training state at step {step} to {state_path}; run again to resume")
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        complete = finished()
+        info["complete"] = complete
+        checkpoint()
+
+    result = {"complete": complete, "step": step, "total_steps": total_steps,
+              "epochs_done": step / steps_per_epoch, "train_time_s": info["train_time_s"],
+              "state": str(state_path), "nonfinite_steps": info["nonfinite_steps"]}
+    if not complete:
+        result["wall_time_s"] = time.perf_counter() - t_call
+        say(f"stopped at step {step}/{total_steps} after {max_minutes} min (max_minutes); the training state is in "
+            f"{state_path}: run the same command again to continue")
+        return result
+
+    # -- final files ----------------------------------------------------------------------------------------
+    codec.eval()
+    if x_test is None:
+        x_eval, eval_on = x_train[:1000], f"the first {min(n, 1000)} training images (no test set given)"
+    else:
+        x_eval, eval_on = x_test, f"{x_test.shape[0]} test images"
+    ckpt = out / f"{name}.safetensors"
+    probe = x_eval[:256]
+    dtype, fallback = (torch.float16 if fp16 else torch.float32), None
+    meta = {"name": name, "trained_by": "latent_transforms.train"}
+    sha = hub.save_checkpoint(codec, ckpt, dtype=dtype, extra_metadata=meta)
+    hub.chmod_default(ckpt)
+    stored = hub.load_checkpoint(ckpt, dev)
+    if fp16:
+        if codec_kind == "glow":
+            err = _roundtrip_err(stored, probe)
+            bad = not err <= ROUNDTRIP_TOL
+            why = f"decode(encode(x)) errs by {err:.2e} > {ROUNDTRIP_TOL}"
+        else:
+            with torch.no_grad():
+                p = probe.to(dev)
+                err = float((stored.decode(stored.encode(p)) - codec.decode(codec.encode(p))).abs().max())
+            bad = not err <= VAE_FP16_TOL
+            why = f"its reconstructions differ from fp32 by {err:.2e} > {VAE_FP16_TOL}"
+        if bad:
+            fallback = f"fp16 copy rejected ({why}); stored fp32"
+            say(fallback)
+            dtype = torch.float32
+            sha = hub.save_checkpoint(codec, ckpt, dtype=dtype, extra_metadata=meta)
+            hub.chmod_default(ckpt)
+            stored = hub.load_checkpoint(ckpt, dev)
+    metrics = eval_codec(stored, x_eval, seed=seed)
+    png = out / f"{name}.png"
+    temperature = 0.7 if codec_kind == "glow" else 1.0
+    _save_grid(stored, x_eval, png, n=min(16, x_eval.shape[0]), temperature=temperature, seed=seed)
+
+    if data_description is None:
+        data_description = f"{n} images of shape {tuple(x_train.shape[1:])}"
+    quality = ({"test_bits_per_dim": round(metrics["bits_per_dim"], 4)} if codec_kind == "glow" else
+               {"test_mse": round(metrics["mse"], 5), "test_kl": round(metrics["kl"], 3)})
+    size = ckpt.stat().st_size
+    trained_on = data_description if isinstance(data_description, str) else json.dumps(data_description)
+    report = {
+        "name": name,
+        "file": ckpt.name,
+        "sha256": sha,
+        "size": size,
+        "dtype": str(dtype).replace("torch.", ""),
+        "fp16_fallback": fallback,
+        "config": stored.config,
+        "num_parameters": sum(p.numel() for p in stored.parameters()),
+        "training": {
+            "data": data_description,
+            "num_images": n,
+            "image_shape": list(x_train.shape[1:]),
+            "steps": step,
+            "epochs": round(step / steps_per_epoch, 3),
+            "batch_size": bs,
+            "optimizer": info["optimizer"],
+            "lr": lr,
+            "schedule": f"linear warm-up {warmup} steps, cosine decay to 0 over "
+                        + (f"{total_steps} steps" if total_steps is not None else f"{budget_s / 60:g} min"),
+            "grad_clip": clip,
+            "flips": flips,
+            "seed": seed,
+            "actnorm_init_batch": min(ACTNORM_INIT_BATCH, n) if codec_kind == "glow" else None,
+            "nonfinite_steps": info["nonfinite_steps"],
+            "train_time_s": round(info["train_time_s"], 1),
+            "calls": info["calls"],
+            "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+            "torch": torch.__version__,
+            "history": info["history"],
+        },
+        "metrics": {"evaluated_on": eval_on, **{k: round(v, 6) for k, v in metrics.items()}},
+        "registry_entry": {"file": ckpt.name, "sha256": sha, "size": size, "config": stored.config,
+                           "trained_on": trained_on, "quality": quality, "notes": ""},
+        "load": f'latent_transforms.hub.load("{ckpt}")',
+    }
+    js = out / f"{name}.json"
+    js.write_text(json.dumps(report, indent=2) + "\n")
+    wall = time.perf_counter() - t_call
+    say(f"wrote {ckpt} ({size / 1e6:.2f} MB, {report['dtype']}), {js} and {png}")
+    say("test metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    say(f'load it:      codec = latent_transforms.hub.load("{ckpt}")')
+    say(f"register it:  copy {ckpt.name} into latent_transforms.hub.cache_dir() ({hub.cache_dir()}) or "
+        f"latent_transforms/checkpoints/, then")
+    say(f'              latent_transforms.hub.register("{name}", file="{ckpt.name}", sha256="{sha}", size={size}, '
+        f"config={json.dumps(stored.config)})")
+    result.update({"codec": stored, "checkpoint": str(ckpt), "json": str(js), "png": str(png), "sha256": sha,
+                   "dtype": dtype, "metrics": metrics, "wall_time_s": wall})
+    return result
+
+
+# -- command line -----------------------------------------------------------------------------------------------
+def register_cli(subparsers) -> argparse.ArgumentParser:
+    """Add ``train`` to an argparse subparsers object (``args.func(args)`` runs it); returns its parser."""
+    p = subparsers.add_parser(
+        "train", help="train your own codec (Glow flow or VAE) on images",
+        description="Train a codec; resumable (run the same command again), writes OUT/NAME.{safetensors,json,png}.",
+    )
+    p.add_argument("kind", choices=["flow", "vae"], help="flow: Glow (exact round trip); vae: ConvVAE")
+    p.add_argument("--data", required=True, metavar="SPEC", help="digits | cifar10 | npz:PATH | folder:PATH")
+    p.add_argument("--test-data", metavar="SPEC",
+                   help="test images (default: the test split of digits/cifar10; none for npz:/folder:)")
+    p.add_argument("--data-root", metavar="DIR", help="download dir for cifar10 (default ~/.cache/latent-transforms/data)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--name", help="file stem (default: glow-DATA or vae-DATA)")
+    g = p.add_argument_group("codec")
+    g.add_argument("--levels", type=int, help="flow: number of levels L (default: up to 3, fitting the image)")
+    g.add_argument("--steps", type=int, help="flow: steps per level K (default 8)")
+    g.add_argument("--hidden", type=int, help="coupling width (flow, default 128) or first conv width (vae, default 64)")
+    g.add_argument("--latent-dim", type=int, help="vae: latent size (default 64)")
+    g.add_argument("--beta", type=float, help="vae: KL weight (default 1)")
+    g = p.add_argument_group("training")
+    length = g.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=float, help="length of the whole run in epochs")
+    length.add_argument("--max-steps", type=int, help="length of the whole run in optimizer steps")
+    g.add_argument("--max-minutes", type=float,
+                   help="with --epochs/--max-steps: this call's time limit (then resume); alone: the run's length")
+    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    g.add_argument("--grad-clip", type=float, help="max gradient norm (default 50 for flows, none for VAEs)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--flips", action="store_true", help="random horizontal flips (not for digits or text)")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    g.add_argument("--threads", type=int, help="CPU threads for torch (torch.set_num_threads)")
+    g.add_argument("--checkpoint-every", type=int, default=500, metavar="STEPS")
+    g.add_argument("--no-resume", action="store_true", help="start afresh even if a training state exists")
+    g.add_argument("--fp16", action="store_true", help="store float16 weights if they stay accurate (else fp32)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
+    return p
+
+
+def _cmd_train(args: argparse.Namespace) -> dict:
+    from .data import describe_spec, load_images
+
+    if args.epochs is None and args.max_steps is None and args.max_minutes is None:
+        raise ValueError("give the length of the run: --epochs, --max-steps or --max-minutes")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    x, _, num_bins = load_images(args.data, "train", args.data_root)
+    builtin = args.data in ("digits", "cifar10")
+    test_spec = args.test_data or (args.data if builtin else None)
+    x_test = None
+    if test_spec is not None:
+        x_test, _, test_bins = load_images(test_spec, "test", args.data_root)
+        if test_bins != num_bins:
+            raise ValueError(f"--test-data has {test_bins} intensity levels, --data {num_bins}")
+    codec_kind = KINDS[args.kind]
+    name = args.name or f"{codec_kind}-{describe_spec(args.data)}"
+    split = " (train split)" if builtin else ""
+    description = f"{args.data}{split}: {x.shape[0]} images {tuple(x.shape[1:])}"
+    if test_spec is not None:
+        description += f"; tested on {test_spec}{' (test split)' if test_spec in ('digits', 'cifar10') else ''}"
+    kwargs = dict(levels=args.levels, steps=args.steps, hidden=args.hidden) if codec_kind == "glow" else \
+        dict(latent_dim=args.latent_dim, hidden=args.hidden, beta=args.beta)
+    if codec_kind == "glow" and (args.latent_dim is not None or args.beta is not None):
+        raise ValueError("--latent-dim and --beta are VAE settings")
+    if codec_kind == "vae" and (args.levels is not None or args.steps is not None):
+        raise ValueError("--levels and --steps are flow settings")
+    return train_codec(
+        args.kind, x, args.out, name=name, num_bins=num_bins, **kwargs, epochs=args.epochs, max_steps=args.max_steps,
+        max_minutes=args.max_minutes, batch_size=args.batch_size, lr=args.lr, grad_clip=args.grad_clip,
+        seed=args.seed, flips=args.flips, resume=not args.no_resume, x_test=x_test, device=args.device,
+        progress=not args.quiet, fp16=args.fp16, checkpoint_every=args.checkpoint_every,
+        data_description=description,
+    )

@@ -1,0 +1,147 @@
+"""Every method under torch.distributed: two gloo processes on the CPU, one spawn for all checks.
+
+1. Randomness is per rank by default (``generator=None``) and shared across ranks with an int seed.
+2. A DDP training step with each method (and a Compose) leaves identical, finite parameters on both ranks.
+3. ISDA's class statistics are the same on both ranks after the step.
+
+Each rank writes what it saw to ``tmp_path/rank{r}.pt``; the parent process compares.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from latent_transforms import ISDA, Compose, LatentAdversarial, LatentNoise, VarMixup
+
+B = 8
+METHODS = ("LatentNoise", "LatentAdversarial", "VarMixup", "ISDA", "Compose")
+
+
+def _same_x() -> torch.Tensor:
+    return torch.rand(B, 1, 8, 8, generator=torch.Generator().manual_seed(42))
+
+
+def _rank_batch(rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(rank)
+    return torch.rand(B, 1, 8, 8, generator=g), torch.randint(0, 10, (B,), generator=g)
+
+
+def _flat_params(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()]).clone()
+
+
+def _worker(rank: int, init_method: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=60))
+    torch.set_num_threads(1)
+    try:
+        from conftest import TinyNet, tiny_glow, tiny_vae
+
+        glow, vae = tiny_glow(), tiny_vae()  # identical on both ranks (seeded inside)
+        x = _same_x()
+        y = torch.zeros(B, dtype=torch.int64)
+        out: dict[str, torch.Tensor] = {}
+
+        # 1. per-rank randomness by default, shared with an explicit seed
+        for tag, gen in (("default", None), ("seeded", 123)):
+            torch.manual_seed(0)  # as users do, identically on every rank
+            noise = LatentNoise(glow, eps=1.0, generator=gen)
+            out[f"noise_{tag}"] = noise(x, y)[0]
+            out[f"noise_{tag}_transformed"] = torch.tensor(noise.stats["transformed"])
+            torch.manual_seed(0)
+            mix = VarMixup(vae, num_classes=10, generator=gen)
+            out[f"mix_{tag}_y"] = mix(x, y)[1]
+            out[f"mix_{tag}_lam"] = mix.last_params["lam"].clone()
+            out[f"mix_{tag}_partner"] = mix.last_params["partner"].clone()
+        torch.manual_seed(0)  # the same global seed on the same rank reproduces the default stream
+        out["noise_default_again"] = LatentNoise(glow, eps=1.0)(x, y)[0]
+
+        # 2. one DDP step with every method; rank r trains on its own batch
+        torch.manual_seed(0)
+        model = torch.nn.parallel.DistributedDataParallel(TinyNet())
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        isda = ISDA(num_classes=10)
+        isda.set_epoch(1, 2)
+        compose_isda = ISDA(num_classes=10, lambda0=1.0)
+        compose_isda.set_progress(1.0)
+        transforms = {
+            "LatentNoise": LatentNoise(glow, eps=1.0),
+            "LatentAdversarial": LatentAdversarial(glow, eps=1.0, steps=1, step_size=0.5),
+            "VarMixup": VarMixup(vae, num_classes=10),
+            "ISDA": isda,
+            "Compose": Compose([LatentNoise(glow, eps=1.0), compose_isda]),
+        }
+        xb, yb = _rank_batch(rank)
+        model.train()
+        for name in METHODS:
+            t = transforms[name]
+            opt.zero_grad(set_to_none=True)
+            x2, y2 = t(xb, yb, model)
+            loss = F.cross_entropy(model(x2), y2)
+            loss.backward()
+            out[f"grad_{name}"] = torch.cat([p.grad.flatten() for p in model.parameters()]).clone()
+            opt.step()
+            out[f"loss_{name}"] = loss.detach().clone()
+            out[f"params_{name}"] = _flat_params(model)
+            out[f"x2_{name}"] = x2.detach().clone()
+
+        # 3. ISDA statistics (gathered over both ranks' batches)
+        for tag, est in (("isda", isda.estimator), ("compose_isda", compose_isda.estimator)):
+            for n, buf in est.named_buffers():
+                out[f"{tag}_{n}"] = buf.clone()
+        torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_worker, args=(f"file://{tmp / 'store'}", str(tmp)), nprocs=2, join=True)
+    return [torch.load(tmp / f"rank{r}.pt") for r in range(2)]
+
+
+pytestmark = pytest.mark.slow
+
+
+def test_randomness_is_per_rank_by_default_and_shared_with_a_seed(ranks):
+    r0, r1 = ranks
+    for r in ranks:
+        assert int(r["noise_default_transformed"]) == B and int(r["noise_seeded_transformed"]) == B
+        assert torch.equal(r["noise_default"], r["noise_default_again"])  # torch.manual_seed reproduces a rank
+    # generator=None: a private stream per rank, although both ranks called torch.manual_seed(0)
+    assert not torch.allclose(r0["noise_default"], r1["noise_default"])
+    assert not torch.allclose(r0["mix_default_lam"], r1["mix_default_lam"])
+    assert not torch.equal(r0["mix_default_partner"], r1["mix_default_partner"])
+    # generator=123: the same draws on every rank
+    assert torch.equal(r0["noise_seeded"], r1["noise_seeded"])
+    assert torch.equal(r0["mix_seeded_lam"], r1["mix_seeded_lam"])
+    assert torch.equal(r0["mix_seeded_partner"], r1["mix_seeded_partner"])
+    assert torch.equal(r0["mix_seeded_y"], r1["mix_seeded_y"])
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_ddp_step_keeps_ranks_in_sync(ranks, name):
+    r0, r1 = ranks
+    assert not torch.equal(r0[f"x2_{name}"], r1[f"x2_{name}"])  # the ranks did train on different data
+    assert torch.isfinite(r0[f"loss_{name}"]) and torch.isfinite(r1[f"loss_{name}"])
+    for key in (f"grad_{name}", f"params_{name}"):
+        assert torch.isfinite(r0[key]).all(), key
+        assert torch.equal(r0[key], r1[key]), f"{key} differs between ranks"
+    assert r0[f"grad_{name}"].abs().sum() > 0
+
+
+def test_isda_statistics_are_equal_on_both_ranks(ranks):
+    r0, r1 = ranks
+    for tag in ("isda", "compose_isda"):
+        for buf in ("mean", "cov", "count"):
+            key = f"{tag}_{buf}"
+            assert torch.equal(r0[key], r1[key]), f"{key} differs between ranks"
+        assert int(r0[f"{tag}_count"].sum()) == 2 * B  # both ranks' batches
+        assert torch.isfinite(r0[f"{tag}_cov"]).all()

@@ -1,0 +1,262 @@
+"""Training codecs (latent_transforms.train) and loading image data (latent_transforms.data)."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from latent_transforms import hub, train
+from latent_transforms.data import describe_spec, load_images, low_data_split
+from latent_transforms.train import eval_codec, load_training_state, register_cli, train_codec
+
+pytest.importorskip("sklearn")
+
+FLOW = dict(levels=2, steps=2, hidden=16, num_bins=17)
+VAE = dict(latent_dim=4, hidden=16)
+PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    x, y, bins = load_images("digits", "train")
+    xt, yt, _ = load_images("digits", "test")
+    return x, y, xt, yt, bins
+
+
+def assert_no_pickle(folder):
+    for f in folder.rglob("*"):
+        if f.is_file():
+            assert f.suffix not in PICKLE_SUFFIXES, f
+            assert f.read_bytes()[:1] != b"\x80", f"{f} looks like a pickle"
+
+
+# -- data -----------------------------------------------------------------------------------------------
+def test_digits_split_is_fixed_and_stratified(digits):
+    x, y, xt, yt, bins = digits
+    assert bins == 17
+    assert x.shape == (1257, 1, 8, 8) and xt.shape == (540, 1, 8, 8)
+    assert x.dtype == torch.float32 and y.dtype == torch.int64
+    assert float(x.min()) == 0 and float(x.max()) == 1
+    assert torch.equal(torch.round(x * 16), x * 16)  # 17 levels exactly
+    assert sorted(torch.unique(yt).tolist()) == list(range(10))
+    x2, y2, _ = load_images("digits", "train")
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+    assert x.shape[0] + xt.shape[0] == 1797
+
+
+def test_npz_spec(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (5, 6, 4, 3), dtype=np.uint8)
+    np.savez(tmp_path / "rgb.npz", x=x, y=np.arange(5))
+    xs, ys, bins = load_images(f"npz:{tmp_path / 'rgb.npz'}")
+    assert xs.shape == (5, 3, 6, 4) and bins == 256 and ys.tolist() == [0, 1, 2, 3, 4]
+    assert torch.allclose(xs[2, 1], torch.from_numpy(x[2, :, :, 1]).float() / 255)
+    np.savez(tmp_path / "grey.npz", x=x[..., 0])
+    xs, ys, _ = load_images(f"npz:{tmp_path / 'grey.npz'}", split="test")
+    assert xs.shape == (5, 1, 6, 4) and ys is None
+    assert describe_spec(f"npz:{tmp_path / 'grey.npz'}") == "grey"
+
+    np.savez(tmp_path / "float.npz", x=x.astype(np.float32), y=np.arange(5))
+    with pytest.raises(ValueError, match="uint8"):
+        load_images(f"npz:{tmp_path / 'float.npz'}")
+    np.savez(tmp_path / "shape.npz", x=x[..., :2])
+    with pytest.raises(ValueError, match="shape"):
+        load_images(f"npz:{tmp_path / 'shape.npz'}")
+    np.savez(tmp_path / "labels.npz", x=x, y=np.arange(4))
+    with pytest.raises(ValueError, match="labels"):
+        load_images(f"npz:{tmp_path / 'labels.npz'}")
+    np.savez(tmp_path / "nox.npz", images=x)
+    with pytest.raises(ValueError, match="'x'"):
+        load_images(f"npz:{tmp_path / 'nox.npz'}")
+    with pytest.raises(ValueError, match="does not exist"):
+        load_images(f"npz:{tmp_path / 'missing.npz'}")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="npz"):
+        load_images(f"npz:{tmp_path / 'junk.npz'}")
+
+
+def _png(path, size=(4, 6), mode="L", value=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, value if mode == "L" else (value, 0, 255)).save(path)
+
+
+def test_folder_spec_flat_and_classes(tmp_path):
+    flat = tmp_path / "flat"
+    for i in range(3):
+        _png(flat / f"{i}.png", value=40 * i)
+    x, y, bins = load_images(f"folder:{flat}")
+    assert x.shape == (3, 1, 6, 4) and y is None and bins == 256  # L kept as one channel; (W, H) = (4, 6)
+    assert torch.allclose(x[:, 0, 0, 0], torch.tensor([0, 40, 80]) / 255)
+
+    classes = tmp_path / "classes"
+    _png(classes / "zebra" / "a.png", mode="RGB", value=10)
+    _png(classes / "ant" / "b.png", mode="RGB", value=20)
+    _png(classes / "ant" / "c.jpg", mode="RGB", value=30)
+    x, y, _ = load_images(f"folder:{classes}")
+    assert x.shape == (3, 3, 6, 4) and y.tolist() == [0, 0, 1]  # ant=0, zebra=1 (sorted names)
+
+    _png(flat / "big.png", size=(5, 6))
+    with pytest.raises(ValueError, match="differ in size"):
+        load_images(f"folder:{flat}")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        load_images(f"folder:{tmp_path / 'empty'}")
+    with pytest.raises(ValueError, match="does not exist"):
+        load_images(f"folder:{tmp_path / 'nowhere'}")
+    _png(classes / "top.png", mode="RGB")
+    with pytest.raises(ValueError, match="mixes"):
+        load_images(f"folder:{classes}")
+
+
+def test_unknown_specs():
+    with pytest.raises(ValueError, match="unknown data spec"):
+        load_images("mnist")
+    with pytest.raises(ValueError, match="split"):
+        load_images("digits", split="val")
+
+
+def test_low_data_split():
+    y = torch.tensor([0, 1, 2] * 10)
+    idx = low_data_split(y, 4, seed=1)
+    assert len(idx) == 12 and torch.equal(torch.bincount(y[idx]), torch.tensor([4, 4, 4]))
+    assert torch.equal(idx, low_data_split(y.numpy(), 4, seed=1)) and torch.equal(idx, idx.sort().values)
+    assert not torch.equal(idx, low_data_split(y, 4, seed=2))
+    with pytest.raises(ValueError, match="fewer"):
+        low_data_split(y, 11)
+
+
+# -- training -----------------------------------------------------------------------------------------------
+def test_flow_trains_writes_files_and_loads(tmp_path, digits):
+    x, _, xt, _, _ = digits
+    tiny = x[:64]
+    r = train_codec("flow", tiny, tmp_path, name="f", **FLOW, max_steps=40, batch_size=32, lr=3e-3,
+                    x_test=xt[:32], progress=False)
+    assert r["complete"] and r["step"] == 40
+    hist = [h["bits/dim"] for h in json.loads((tmp_path / "f.json").read_text())["training"]["history"]]
+    assert np.mean(hist[-5:]) < np.mean(hist[:5]) - 0.2, hist
+    assert {p.name for p in tmp_path.iterdir()} == {"f.safetensors", "f.json", "f.png", "f.state.safetensors"}
+    assert_no_pickle(tmp_path)
+
+    codec = hub.load_checkpoint(tmp_path / "f.safetensors")
+    assert codec.frozen and codec.config == r["codec"].config and codec.config["num_bins"] == 17
+    assert float((codec.decode(codec.encode(xt[:32])) - xt[:32]).abs().max()) <= 1e-3
+    report = json.loads((tmp_path / "f.json").read_text())
+    assert report["training"]["steps"] == 40 and report["sha256"] == hub.sha256_file(tmp_path / "f.safetensors")
+    assert report["registry_entry"]["quality"]["test_bits_per_dim"] == pytest.approx(r["metrics"]["bits_per_dim"], abs=1e-3)
+    assert report["metrics"]["bits_per_dim"] == pytest.approx(eval_codec(codec, xt[:32])["bits_per_dim"], abs=1e-4)
+    assert Image.open(tmp_path / "f.png").size[0] > 16 * 32  # 16 images per row, upscaled to 32 px
+
+
+def test_resume_continues_step_count_and_optimizer(tmp_path, digits):
+    x = digits[0][:64]
+    r = train_codec("flow", x, tmp_path, **FLOW, max_steps=3, batch_size=16, progress=False)
+    assert r["step"] == 3
+    _, optim3, info3, _ = load_training_state(tmp_path / "glow.state.safetensors")
+    assert info3["step"] == 3 and all(float(s["step"]) == 3 for s in optim3["state"].values())
+    r = train_codec("flow", x, tmp_path, **FLOW, max_steps=6, batch_size=16, progress=False)
+    model6, optim6, info6, extra = load_training_state(tmp_path / "glow.state.safetensors")
+    assert r["step"] == 6 and info6["step"] == 6 and info6["calls"] == 2 and "rng_cpu" in extra
+    # Adamax's per-parameter step counters went on from 3 (a fresh optimizer would say 3)
+    assert all(float(s["step"]) == 6 for s in optim6["state"].values())
+    assert [h["step"] for h in info6["history"]][-6:] == [1, 2, 3, 4, 5, 6]
+    assert torch.equal(model6["flow.flows.0.0.flows.2.data_dep_init_done"], torch.tensor(1.0))
+    # a finished run is not retrained
+    r = train_codec("flow", x, tmp_path, **FLOW, max_steps=6, batch_size=16, progress=False)
+    assert r["step"] == 6 and load_training_state(tmp_path / "glow.state.safetensors")[2]["calls"] == 3
+    with pytest.raises(ValueError, match="other settings"):
+        train_codec("flow", x, tmp_path, **{**FLOW, "hidden": 8}, max_steps=6, batch_size=16, progress=False)
+    r = train_codec("flow", x, tmp_path, **{**FLOW, "hidden": 8}, max_steps=2, batch_size=16, progress=False,
+                    resume=False)
+    assert r["step"] == 2
+    assert_no_pickle(tmp_path)
+
+
+def test_time_budget_stops_cleanly_then_resumes(tmp_path, digits):
+    x = digits[0][:64]
+    r = train_codec("vae", x, tmp_path, **VAE, max_steps=50, max_minutes=1e-9, progress=False)
+    assert not r["complete"] and r["step"] == 0
+    assert {p.name for p in tmp_path.iterdir()} == {"vae.state.safetensors"}
+    r = train_codec("vae", x, tmp_path, **VAE, max_steps=5, progress=False)
+    assert r["complete"] and r["step"] == 5 and (tmp_path / "vae.safetensors").is_file()
+
+
+def test_vae_trains_fp16_storage(tmp_path, digits):
+    x, _, xt, _, _ = digits
+    r = train_codec("vae", x[:64], tmp_path, **VAE, max_steps=60, batch_size=32, lr=3e-3, x_test=xt[:32],
+                    fp16=True, progress=False)
+    hist = [h["loss"] for h in json.loads((tmp_path / "vae.json").read_text())["training"]["history"]]
+    assert np.mean(hist[-5:]) < np.mean(hist[:5]), hist
+    assert set(r["metrics"]) >= {"mse", "kl", "nelbo"} and 0 < r["metrics"]["mse"] < 0.2
+    with safe_open(str(tmp_path / "vae.safetensors"), "pt") as f:
+        assert f.get_tensor("decoder.0.weight").dtype == torch.float16
+    codec = hub.load_checkpoint(tmp_path / "vae.safetensors")
+    assert codec.dtype == torch.float32 and codec.config["latent_dim"] == 4
+    assert_no_pickle(tmp_path)
+
+
+def test_fp16_flow_falls_back_to_fp32_when_inexact(tmp_path, digits, monkeypatch):
+    monkeypatch.setattr(train, "ROUNDTRIP_TOL", 0.0)  # nothing passes: must store fp32
+    r = train_codec("flow", digits[0][:32], tmp_path, **FLOW, max_steps=2, fp16=True, progress=False)
+    assert r["dtype"] == torch.float32
+    report = json.loads((tmp_path / "glow.json").read_text())
+    assert report["dtype"] == "float32" and "fp16 copy rejected" in report["fp16_fallback"]
+    with safe_open(str(tmp_path / "glow.safetensors"), "pt") as f:
+        assert all(f.get_tensor(k).dtype != torch.float16 for k in f.keys())
+
+
+def test_bad_arguments(tmp_path, digits):
+    x = digits[0][:16]
+    with pytest.raises(ValueError, match="length of the run"):
+        train_codec("flow", x, tmp_path, **FLOW)
+    with pytest.raises(ValueError, match="kind"):
+        train_codec("gan", x, tmp_path, max_steps=1)
+    with pytest.raises(ValueError, match="VAE settings"):
+        train_codec("flow", x, tmp_path, latent_dim=3, max_steps=1)
+    with pytest.raises(ValueError, match="\\[0, 1\\]"):
+        train_codec("vae", x * 255, tmp_path, max_steps=1)
+
+
+# -- command line -------------------------------------------------------------------------------------------
+def _parser():
+    parser = argparse.ArgumentParser(prog="latent-transforms")
+    register_cli(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def test_cli_train_digits_and_npz(tmp_path):
+    args = _parser().parse_args(["train", "flow", "--data", "digits", "--out", str(tmp_path), "--levels", "2",
+                                 "--steps", "2", "--hidden", "16", "--max-steps", "3", "--device", "cpu", "--quiet"])
+    r = args.func(args)
+    assert r["complete"] and (tmp_path / "glow-digits.safetensors").is_file()
+    report = json.loads((tmp_path / "glow-digits.json").read_text())
+    assert report["config"]["num_bins"] == 17 and "digits (train split)" in report["training"]["data"]
+    assert report["metrics"]["evaluated_on"] == "540 test images"
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "toy.npz", x=rng.integers(0, 256, (20, 4, 4), dtype=np.uint8), y=np.zeros(20, dtype=np.int64))
+    args = _parser().parse_args(["train", "vae", "--data", f"npz:{tmp_path / 'toy.npz'}", "--out", str(tmp_path),
+                                 "--latent-dim", "2", "--hidden", "4", "--epochs", "2", "--batch-size", "8",
+                                 "--fp16", "--quiet"])
+    r = args.func(args)
+    assert r["step"] == 4 and (tmp_path / "vae-toy.png").is_file()
+    assert "training images" in json.loads((tmp_path / "vae-toy.json").read_text())["metrics"]["evaluated_on"]
+    assert_no_pickle(tmp_path)
+
+    args = _parser().parse_args(["train", "vae", "--data", "digits", "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="length of the run"):
+        args.func(args)
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["train", "flow", "--data", "digits", "--out", "x", "--epochs", "1", "--max-steps", "2"])
