@@ -79,10 +79,10 @@ class Compose(nn.Module):
         if not self.training:
             return x, y
         for step in self.steps:
-            x, y = self._apply(step, x, y, model)
+            x, y = self._run_step(step, x, y, model)
         return x, y
 
-    def _apply(self, step: nn.Module, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None):
+    def _run_step(self, step: nn.Module, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None):
         if isinstance(step, LatentTransform):
             return step(x, y, model)
         if _is_kornia_mix(step):

@@ -89,3 +89,9 @@ def test_eval_mode_and_model_passing(rgb, rgb_glow):
 def test_not_callable_is_refused():
     with pytest.raises(TypeError, match="callable"):
         Compose([3])
+
+
+def test_compose_moves_and_casts_like_any_module(rgb_glow):
+    c = Compose([LatentNoise(rgb_glow, eps=1.0), T.RandomHorizontalFlip()])
+    assert c.to("cpu") is c and c.double() is c and c.float() is c  # nn.Module._apply is not shadowed
+    assert c.steps[0].codec.dtype == torch.float32

@@ -1,0 +1,621 @@
+#!/usr/bin/env python
+"""CIFAR-10 accuracy benchmark (issue 5): a CIFAR ResNet-18 trained with each augmentation, same seeds, schedule, data.
+
+Arms (``--arms`` picks a subset; all by default):
+
+* ``baseline``: per-sample random crop (pad 4) + horizontal flip on the device. Every other arm adds to it.
+* ``randaugment``: + torchvision v2 ``RandAugment`` (drawn per image). ``mixup``: + torchvision v2 ``MixUp``.
+* ``latent-noise``, ``latent-adversarial`` (Glow), ``varmixup`` (VAE), ``isda`` (the classifier's features).
+* ``randaugment+latent-adversarial`` (``latent_transforms.Compose``), ``isda+latent-noise``.
+
+Reports, per arm: accuracy (mean ± std over seeds), ECE (15 bins), accuracy under CIFAR-10-C-style corruptions made
+on the fly (Gaussian noise, Gaussian blur, contrast, brightness, JPEG; severities 1, 3 and 5 of CIFAR-10-C), and
+training time per epoch. Writes ``OUT/results.md``, ``OUT/results.json`` and ``OUT/reliability.png``, and says
+after the table which of the issue's targets are met, computed from the numbers.
+
+Examples::
+
+    # GPU, the 5k-image subset, 3 seeds (see docs/results.md for the full set-up)
+    python benchmarks/accuracy.py --train npz:.data/cifar10/train-5k.npz --test npz:.data/cifar10/test.npz \\
+        --seeds 0 1 2 --epochs 100 --out runs/accuracy --resume
+    # end to end on the CPU in well under 2 minutes, with tiny random-init codecs
+    python benchmarks/accuracy.py --smoke --out /tmp/acc-smoke
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+warnings.filterwarnings("ignore", message="torch.lu is deprecated")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from models import PerSampleRandAugment, RandomCropFlip, build_classifier, load_codec, tiny_codecs  # noqa: E402
+
+from latent_transforms import Compose  # noqa: E402
+from latent_transforms.base import LatentTransform  # noqa: E402
+from latent_transforms.data import load_images, low_data_split  # noqa: E402
+from latent_transforms.evaluation import accuracy, expected_calibration_error, fit_classifier, predict_proba  # noqa: E402
+from latent_transforms.isda import ISDA  # noqa: E402
+from latent_transforms.latent_adversarial import LatentAdversarial  # noqa: E402
+from latent_transforms.latent_noise import LatentNoise  # noqa: E402
+from latent_transforms.varmixup import VarMixup  # noqa: E402
+
+NUM_CLASSES = 10
+ECE_BINS = 15
+SPLIT_SEED = 0  # the held-out validation images do not depend on the run seed
+FORMAT = "latent-transforms-accuracy/1"
+
+ARMS: dict[str, str] = {  # key -> what the arm trains with (on top of crop+flip)
+    "baseline": "crop + flip",
+    "randaugment": "+ RandAugment (torchvision v2)",
+    "mixup": "+ MixUp (torchvision v2)",
+    "latent-noise": "+ LatentNoise",
+    "latent-adversarial": "+ LatentAdversarial",
+    "varmixup": "+ VarMixup",
+    "isda": "+ ISDA",
+    "randaugment+latent-adversarial": "+ RandAugment, then LatentAdversarial",
+    "isda+latent-noise": "+ LatentNoise, with ISDA",
+}
+CODEC_OF_ARM = {"latent-noise": "glow", "latent-adversarial": "glow", "varmixup": "vae",
+                "randaugment+latent-adversarial": "glow", "isda+latent-noise": "glow"}
+# Arms made of this package's methods only (the RandAugment composition is left out: it contains the comparator).
+LATENT_ARMS = ("latent-noise", "latent-adversarial", "varmixup", "isda", "isda+latent-noise")
+
+# CIFAR-10-C parameters (Hendrycks & Dietterich, ICLR 2019, make_cifar_c.py), severities 1, 3 and 5 of 1..5.
+SEVERITIES = (1, 3, 5)
+CORRUPTIONS: dict[str, tuple[float, ...]] = {
+    "gaussian_noise": (0.04, 0.08, 0.10),  # std of additive noise
+    "gaussian_blur": (0.4, 0.7, 1.0),      # blur sigma in pixels
+    "contrast": (0.75, 0.4, 0.15),         # (x - per-channel mean) * c + mean
+    "brightness": (0.05, 0.15, 0.3),       # HSV value + c
+    "jpeg": (80, 58, 40),                  # JPEG quality
+}
+
+
+# -- data -----------------------------------------------------------------------------------------------
+def stratified_split(y: torch.Tensor, fraction: float, seed: int = SPLIT_SEED) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train_idx, val_idx): ``round(fraction * n_c)`` images of every class c held out, fixed by ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    train, val = [], []
+    for c in torch.unique(y).tolist():
+        members = (y == c).nonzero().flatten()
+        members = members[torch.randperm(len(members), generator=g)]
+        k = int(round(fraction * len(members)))
+        val.append(members[:k])
+        train.append(members[k:])
+    return torch.cat(train).sort().values, torch.cat(val).sort().values
+
+
+def load_data(args) -> dict:
+    """Training, validation and evaluation tensors (CPU), after subsetting and the validation split."""
+    if args.smoke and not args.train.startswith("npz:"):
+        g = torch.Generator().manual_seed(0)
+        x_tr, y_tr = torch.rand(args.smoke_images, 3, 32, 32, generator=g), torch.randint(0, NUM_CLASSES, (args.smoke_images,), generator=g)
+        source_train = f"random ({args.smoke_images} images)"
+    else:
+        x_tr, y_tr, _ = load_images(args.train, "train", args.data_root)
+        source_train = args.train
+    if args.smoke and not args.test.startswith("npz:"):
+        g = torch.Generator().manual_seed(1)
+        n = args.smoke_images // 2
+        x_te, y_te = torch.rand(n, 3, 32, 32, generator=g), torch.randint(0, NUM_CLASSES, (n,), generator=g)
+        source_test = f"random ({n} images)"
+    else:
+        x_te, y_te, _ = load_images(args.test, "test", args.data_root)
+        source_test = args.test
+    for name, (x, y) in {"training": (x_tr, y_tr), "test": (x_te, y_te)}.items():
+        if y is None:
+            raise SystemExit(f"the {name} data has no labels")
+        if tuple(x.shape[1:]) != (3, 32, 32):
+            raise SystemExit(f"the {name} images must be 3x32x32 (CIFAR-10), got {tuple(x.shape[1:])}")
+    if args.smoke:
+        x_tr, y_tr = x_tr[:args.smoke_images], y_tr[:args.smoke_images]
+        x_te, y_te = x_te[:args.smoke_images], y_te[:args.smoke_images]
+    if args.train_size:
+        per_class = args.train_size // NUM_CLASSES
+        idx = low_data_split(y_tr, per_class, seed=SPLIT_SEED)
+        x_tr, y_tr = x_tr[idx], y_tr[idx]
+    tr, va = stratified_split(y_tr, args.val_fraction) if args.val_fraction > 0 else (torch.arange(len(y_tr)), None)
+    if args.eval_on == "val" and va is None:
+        raise SystemExit("--eval-on val needs --val-fraction > 0")
+    data = {"x_train": x_tr[tr], "y_train": y_tr[tr], "source_train": source_train, "source_test": source_test,
+            "n_val": 0 if va is None else len(va)}
+    if args.eval_on == "val":
+        data["x_eval"], data["y_eval"] = x_tr[va], y_tr[va]
+    else:
+        data["x_eval"], data["y_eval"] = x_te, y_te
+    return data
+
+
+# -- corruptions ----------------------------------------------------------------------------------------
+def corrupt(x: torch.Tensor, kind: str, c: float, generator: torch.Generator) -> torch.Tensor:
+    """x: (B, 3, H, W) in [0, 1] -> the CIFAR-10-C-style corruption ``kind`` of strength ``c``, in [0, 1]."""
+    import kornia
+
+    if kind == "gaussian_noise":
+        return (x + c * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)).clamp(0, 1)
+    if kind == "gaussian_blur":  # skimage.filters.gaussian: truncate 4 sigma, 'nearest' borders
+        radius = int(4 * c + 0.5)
+        return kornia.filters.gaussian_blur2d(x, 2 * radius + 1, (c, c), border_type="replicate").clamp(0, 1)
+    if kind == "contrast":
+        mean = x.mean(dim=(2, 3), keepdim=True)
+        return ((x - mean) * c + mean).clamp(0, 1)
+    if kind == "brightness":
+        hsv = kornia.color.rgb_to_hsv(x)
+        hsv = torch.cat([hsv[:, :2], (hsv[:, 2:] + c).clamp(0, 1)], dim=1)
+        return kornia.color.hsv_to_rgb(hsv).clamp(0, 1)
+    if kind == "jpeg":
+        quality = torch.full((x.shape[0],), float(c), device=x.device, dtype=x.dtype)
+        return kornia.enhance.jpeg_codec_differentiable(x, quality).clamp(0, 1)
+    raise ValueError(f"unknown corruption {kind!r}")
+
+
+def corrupted_sets(x: torch.Tensor, chunk: int = 1000) -> dict[str, dict[int, torch.Tensor]]:
+    """Every corruption at every severity of the evaluation images, made once (fixed seed) and kept as uint8
+    (as CIFAR-10-C is stored), so every arm and seed is scored on the very same images."""
+    out: dict[str, dict[int, torch.Tensor]] = {}
+    for i, (kind, levels) in enumerate(CORRUPTIONS.items()):
+        out[kind] = {}
+        for severity, c in zip(SEVERITIES, levels):
+            g = torch.Generator(device=x.device).manual_seed(1000 * i + severity)
+            parts = [(corrupt(x[j:j + chunk], kind, c, g) * 255).to(torch.uint8) for j in range(0, len(x), chunk)]
+            out[kind][severity] = torch.cat(parts)
+    return out
+
+
+# -- arms -----------------------------------------------------------------------------------------------
+def make_augment(arm: str, args, codecs: dict, seed: int, device: torch.device) -> nn.Module | None:
+    """The augmentation of ``arm`` (None for the baseline), freshly built for one run."""
+    k = NUM_CLASSES
+    glow, vae = codecs.get("glow"), codecs.get("vae")
+
+    def randaugment():
+        return PerSampleRandAugment(args.ra_ops, args.ra_magnitude)
+
+    def noise():
+        return LatentNoise(glow, eps=args.noise_eps, p=args.latent_p, generator=seed)
+
+    def adversarial():
+        return LatentAdversarial(glow, eps=args.adv_eps, steps=args.adv_steps, step_size=args.adv_step_size,
+                                 p=args.latent_p, generator=seed)
+
+    def isda():
+        return ISDA(num_classes=k, lambda0=args.isda_lambda0, covariance=args.isda_covariance)
+
+    if arm == "baseline":
+        return None
+    if arm == "randaugment":
+        steps = [randaugment()]
+    elif arm == "mixup":
+        from torchvision.transforms import v2
+
+        steps = [v2.MixUp(alpha=args.mixup_alpha, num_classes=k)]
+    elif arm == "latent-noise":
+        steps = [noise()]
+    elif arm == "latent-adversarial":
+        steps = [adversarial()]
+    elif arm == "varmixup":
+        steps = [VarMixup(vae, alpha=args.varmixup_alpha, num_classes=k, p=args.varmixup_p, generator=seed)]
+    elif arm == "isda":
+        steps = [isda()]
+    elif arm == "randaugment+latent-adversarial":
+        steps = [randaugment(), adversarial()]
+    elif arm == "isda+latent-noise":
+        steps = [noise(), isda()]
+    else:
+        raise ValueError(f"unknown arm {arm!r}")
+    # Steps are already on the device (codecs loaded there; ISDA sizes its statistics on the features' device).
+    # Not Compose(...).to(device): Compose defines its own _apply(step, x, y, model), which shadows
+    # nn.Module._apply, so .to()/.cuda() on a Compose raise TypeError.
+    return Compose(steps, num_classes=k)
+
+
+def epoch_schedule(augment: nn.Module | None):
+    """``on_epoch(epoch, epochs)`` driving every ISDA-like module's per-epoch schedule, or None."""
+    if augment is None:
+        return None
+    hooks = []
+    for m in augment.modules():
+        if callable(getattr(m, "set_epoch", None)):
+            hooks.append(m.set_epoch)
+        elif callable(getattr(m, "on_epoch", None)):
+            hooks.append(m.on_epoch)
+    if not hooks:
+        return None
+
+    def on_epoch(epoch: int, epochs: int) -> None:
+        for h in hooks:
+            h(epoch, epochs)
+    return on_epoch
+
+
+def transform_stats(augment: nn.Module | None) -> dict:
+    if augment is None:
+        return {}
+    return {type(m).__name__: m.stats for m in augment.modules() if isinstance(m, LatentTransform)}
+
+
+# -- one run --------------------------------------------------------------------------------------------
+def reliability_bins(probs: torch.Tensor, y: torch.Tensor, bins: int = ECE_BINS) -> dict[str, list[float]]:
+    """Per confidence bin: count, sum of confidences, number correct (poolable over seeds)."""
+    conf, pred = probs.max(1)
+    idx = (conf * bins).ceil().long().clamp(1, bins) - 1  # (lo, hi] bins, as expected_calibration_error
+    correct = (pred == y).float()
+    count = torch.bincount(idx, minlength=bins).float()
+    conf_sum = torch.zeros(bins, device=probs.device).index_add_(0, idx, conf)
+    correct_sum = torch.zeros(bins, device=probs.device).index_add_(0, idx, correct)
+    return {"count": count.tolist(), "confidence_sum": conf_sum.tolist(), "correct_sum": correct_sum.tolist()}
+
+
+def predict_uint8(model: nn.Module, x8: torch.Tensor, chunk: int = 1000) -> torch.Tensor:
+    return torch.cat([predict_proba(model, x8[i:i + chunk].float().div_(255)) for i in range(0, len(x8), chunk)])
+
+
+def run_one(arm: str, seed: int, args, data: dict, codecs: dict, corrupted: dict, device: torch.device) -> dict:
+    torch.manual_seed(seed)  # model init, RandAugment and MixUp draws
+    model = build_classifier(NUM_CLASSES, args.width, device, args.precision)
+    augment = make_augment(arm, args, codecs, seed, device)
+    seconds = fit_classifier(
+        model, data["x_train"], data["y_train"], augment, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, seed=seed, pixel_augment=RandomCropFlip(seed, device),
+        on_epoch=epoch_schedule(augment), desc=f"{arm} seed {seed}", progress=not args.no_progress)
+    probs = predict_proba(model, data["x_eval"])
+    y = data["y_eval"]
+    corr = {}
+    for kind, by_severity in corrupted.items():
+        corr[kind] = {str(s): accuracy(predict_uint8(model, x8), y) for s, x8 in by_severity.items()}
+    corr_values = [a for d in corr.values() for a in d.values()]
+    return {
+        "accuracy": accuracy(probs, y),
+        "ece": expected_calibration_error(probs, y, bins=ECE_BINS),
+        "corruption_accuracy": statistics.mean(corr_values) if corr_values else None,
+        "corruptions": corr,
+        "seconds": seconds,
+        "seconds_per_epoch": seconds / args.epochs,
+        "reliability": reliability_bins(probs, y),
+        "transform_stats": transform_stats(augment),
+    }
+
+
+# -- summary, verdicts, report ---------------------------------------------------------------------------
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarise(runs: dict) -> dict:
+    summary = {}
+    for arm in ARMS:
+        by_seed = runs.get(arm, {})
+        if not by_seed:
+            continue
+        rs = [by_seed[s] for s in sorted(by_seed, key=int)]
+        acc, acc_std = _mean_std([r["accuracy"] for r in rs])
+        ece, ece_std = _mean_std([r["ece"] for r in rs])
+        corr_vals = [r["corruption_accuracy"] for r in rs if r["corruption_accuracy"] is not None]
+        corr, corr_std = _mean_std(corr_vals) if corr_vals else (None, None)
+        sec, _ = _mean_std([r["seconds_per_epoch"] for r in rs])
+        per_corruption = {}
+        for kind in CORRUPTIONS:
+            vals = [statistics.mean(r["corruptions"][kind].values()) for r in rs if kind in r["corruptions"]]
+            if vals:
+                per_corruption[kind] = statistics.mean(vals)
+        summary[arm] = {"seeds": sorted((int(s) for s in by_seed)), "accuracy_mean": acc, "accuracy_std": acc_std,
+                        "ece_mean": ece, "ece_std": ece_std, "corruption_accuracy_mean": corr,
+                        "corruption_accuracy_std": corr_std, "per_corruption": per_corruption,
+                        "seconds_per_epoch": sec}
+    return summary
+
+
+def _pts(a: float) -> str:
+    return f"{100 * a:.1f}%"
+
+
+def _spread(summary: dict, arms: list[str]) -> str:
+    """The seed-to-seed std of the compared arms: a difference well inside it is noise."""
+    return "std over seeds " + ", ".join(f"{a} {100 * summary[a]['accuracy_std']:.1f}" for a in arms) + \
+        f" (n={min(len(summary[a]['seeds']) for a in arms)})"
+
+
+def verdicts(summary: dict) -> list[dict]:
+    """The issue's three targets, decided from the measured means (never hard-coded)."""
+    out = []
+    base = summary.get("baseline")
+
+    def missing(name: str, text: str, needed: list[str]) -> dict:
+        return {"target": name, "text": text, "status": "NOT EVALUATED",
+                "detail": "needs " + ", ".join(a for a in needed if a not in summary) + " in the results"}
+
+    # 1. best latent arm >= baseline + 3 points, and no worse than RandAugment
+    text1 = "best latent arm >= baseline + 3 points and no worse than RandAugment"
+    latent = [a for a in LATENT_ARMS if a in summary]
+    if base is None or "randaugment" not in summary or not latent:
+        out.append(missing("Target 1", text1, ["baseline", "randaugment"] + ([] if latent else ["a latent arm"])))
+    else:
+        best = max(latent, key=lambda a: summary[a]["accuracy_mean"])
+        b, r, l = base["accuracy_mean"], summary["randaugment"]["accuracy_mean"], summary[best]["accuracy_mean"]
+        met = l >= b + 0.03 and l >= r
+        out.append({"target": "Target 1", "text": text1, "status": "MET" if met else "MISSED", "best_latent_arm": best,
+                    "detail": f"best latent arm {best}: {_pts(l)}; baseline {_pts(b)} ({100 * (l - b):+.1f} points, "
+                              f"needs +3.0); RandAugment {_pts(r)} ({100 * (l - r):+.1f} points, needs >= 0); "
+                              f"{_spread(summary, ['baseline', 'randaugment', best])}"})
+    # 2. VarMixup: lower ECE and higher corruption accuracy than the baseline
+    text2 = "VarMixup has lower ECE and higher corruption accuracy than the baseline"
+    vm = summary.get("varmixup")
+    if base is None or vm is None or base["corruption_accuracy_mean"] is None or vm["corruption_accuracy_mean"] is None:
+        out.append(missing("Target 2", text2, ["baseline", "varmixup"]))
+    else:
+        lower_ece = vm["ece_mean"] < base["ece_mean"]
+        higher_corr = vm["corruption_accuracy_mean"] > base["corruption_accuracy_mean"]
+        out.append({"target": "Target 2", "text": text2, "status": "MET" if lower_ece and higher_corr else "MISSED",
+                    "detail": f"ECE {100 * vm['ece_mean']:.2f} vs baseline {100 * base['ece_mean']:.2f} "
+                              f"({'lower' if lower_ece else 'not lower'}); corruption accuracy "
+                              f"{_pts(vm['corruption_accuracy_mean'])} vs {_pts(base['corruption_accuracy_mean'])} "
+                              f"({'higher' if higher_corr else 'not higher'})"})
+    # 3. ISDA beats the baseline
+    text3 = "ISDA beats the baseline"
+    isda = summary.get("isda")
+    if base is None or isda is None:
+        out.append(missing("Target 3", text3, ["baseline", "isda"]))
+    else:
+        d = isda["accuracy_mean"] - base["accuracy_mean"]
+        out.append({"target": "Target 3", "text": text3, "status": "MET" if d > 0 else "MISSED",
+                    "detail": f"ISDA {_pts(isda['accuracy_mean'])} vs baseline {_pts(base['accuracy_mean'])} "
+                              f"({100 * d:+.1f} points); {_spread(summary, ['baseline', 'isda'])}"})
+    return out
+
+
+def format_report(results: dict) -> str:
+    cfg, summary = results["config"], results["summary"]
+    seeds = sorted({s for v in summary.values() for s in v["seeds"]})
+    held_out = f" ({cfg['n_val']} held out for validation)" if cfg["n_val"] else ""
+    lines = []
+    if cfg["smoke"]:
+        lines += ["**SMOKE RUN**: tiny model, tiny data, 1 epoch, random-init codecs unless given. It checks the "
+                  "pipeline end to end; the numbers mean nothing.", ""]
+    lines += [f"CIFAR ResNet-18 (width {cfg['width']}), {cfg['epochs']} epoch{'s' if cfg['epochs'] != 1 else ''}, batch {cfg['batch_size']}, "
+              f"one-cycle SGD lr {cfg['lr']}, {cfg['precision']} on {cfg['device_name']}; "
+              f"trained on {cfg['n_train']} images of {cfg['source_train']}"
+              f"{held_out}; evaluated on "
+              f"{cfg['n_eval']} {'held-out validation' if cfg['eval_on'] == 'val' else 'test'} images; "
+              f"seeds {', '.join(map(str, seeds))}.", "",
+              "| arm | accuracy (mean ± std) | Δ vs baseline | ECE % (15 bins) | corruption accuracy | s / epoch | "
+              "time vs baseline |",
+              "|---|---|---|---|---|---|---|"]
+    base = summary.get("baseline")
+    for arm, s in summary.items():
+        delta = f"{100 * (s['accuracy_mean'] - base['accuracy_mean']):+.1f}" if base else "-"
+        corr = "-" if s["corruption_accuracy_mean"] is None else \
+            f"{_pts(s['corruption_accuracy_mean'])} ± {100 * s['corruption_accuracy_std']:.1f}"
+        ratio = f"{s['seconds_per_epoch'] / base['seconds_per_epoch']:.1f}x" if base else "-"
+        n = f" (n={len(s['seeds'])})" if len(s["seeds"]) != len(seeds) else ""
+        lines.append(f"| {arm} ({ARMS[arm]}){n} | {_pts(s['accuracy_mean'])} ± {100 * s['accuracy_std']:.1f} | "
+                     f"{delta} | {100 * s['ece_mean']:.2f} ± {100 * s['ece_std']:.2f} | {corr} | "
+                     f"{s['seconds_per_epoch']:.2f} | {ratio} |")
+    if any(s["per_corruption"] for s in summary.values()):
+        lines += ["", "Corruption accuracy, per corruption (mean over severities " + ", ".join(map(str, SEVERITIES))
+                  + " and seeds):", "", "| arm | " + " | ".join(CORRUPTIONS) + " |",
+                  "|---|" + "---|" * len(CORRUPTIONS)]
+        for arm, s in summary.items():
+            lines.append(f"| {arm} | " + " | ".join(_pts(s["per_corruption"][k]) if k in s["per_corruption"] else "-"
+                                                     for k in CORRUPTIONS) + " |")
+    lines += ["", "Targets of the issue (computed from the means above; latent arms: " + ", ".join(LATENT_ARMS) + "):"]
+    if cfg["smoke"]:
+        lines.append("(smoke run: the verdicts below only show that they are computed)")
+    for v in results["targets"]:
+        lines.append(f"- {v['target']} ({v['text']}): {v['status']} -- {v['detail']}")
+    return "\n".join(lines)
+
+
+# -- reliability diagram (PIL) ------------------------------------------------------------------------------
+def draw_reliability(summary_bins: dict[str, dict], eces: dict[str, float], path: Path) -> Path:
+    """One panel per arm: accuracy per confidence bin (bars) against the diagonal, pooled over seeds."""
+    from PIL import Image, ImageDraw
+
+    arms = list(summary_bins)
+    cols = min(3, max(1, len(arms)))
+    rows = math.ceil(len(arms) / cols) if arms else 1
+    pw, ph, m = 260, 270, 36  # panel size, margin
+    canvas = Image.new("RGB", (cols * pw, rows * ph), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, arm in enumerate(arms):
+        ox, oy = (i % cols) * pw, (i // cols) * ph
+        x0, y0, size = ox + m, oy + 28, pw - m - 14
+        b = summary_bins[arm]
+        n = len(b["count"])
+        draw.text((ox + 8, oy + 6), f"{arm}  ECE {100 * eces[arm]:.2f}%", fill="black")
+        draw.rectangle([x0, y0, x0 + size, y0 + size], outline="black")
+        for j in range(n):
+            cnt = b["count"][j]
+            if cnt <= 0:
+                continue
+            acc, conf = b["correct_sum"][j] / cnt, b["confidence_sum"][j] / cnt
+            left, right = x0 + size * j / n, x0 + size * (j + 1) / n
+            top_acc, top_conf = y0 + size * (1 - acc), y0 + size * (1 - conf)
+            draw.rectangle([left, top_acc, right, y0 + size], fill=(70, 110, 200), outline="white")
+            draw.rectangle([left, min(top_acc, top_conf), right, max(top_acc, top_conf)], outline=(220, 60, 60))
+        draw.line([x0, y0 + size, x0 + size, y0], fill=(120, 120, 120), width=1)
+        draw.text((x0, y0 + size + 4), "0", fill="black")
+        draw.text((x0 + size - 30, y0 + size + 4), "conf 1", fill="black")
+        draw.text((ox + 4, y0 - 2), "acc", fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path
+
+
+def pooled_bins(runs: dict) -> dict[str, dict]:
+    out = {}
+    for arm in ARMS:
+        if not runs.get(arm):
+            continue
+        rel = [r["reliability"] for r in runs[arm].values()]
+        out[arm] = {k: [sum(v) for v in zip(*(r[k] for r in rel))] for k in rel[0]}
+    return out
+
+
+# -- driver ---------------------------------------------------------------------------------------------------
+FINGERPRINT_KEYS = ("smoke", "train", "test", "train_size", "val_fraction", "eval_on", "epochs", "batch_size", "lr",
+                    "weight_decay", "width", "precision", "glow", "vae", "noise_eps", "adv_eps", "adv_steps",
+                    "adv_step_size", "latent_p", "varmixup_alpha", "varmixup_p", "isda_lambda0", "isda_covariance",
+                    "ra_ops", "ra_magnitude", "mixup_alpha", "smoke_images")
+
+
+def write_json(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".results.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = p.add_argument_group("data")
+    d.add_argument("--train", default="cifar10", help="cifar10 (torchvision download) or npz:PATH (default: %(default)s)")
+    d.add_argument("--test", default="cifar10", help="cifar10 or npz:PATH (default: %(default)s)")
+    d.add_argument("--data-root", help="download folder for cifar10")
+    d.add_argument("--train-size", type=int, help="class-balanced subset of the training images (before the val split)")
+    d.add_argument("--val-fraction", type=float, default=0.1,
+                   help="fraction of the training images held out, per class, fixed seed (default %(default)s)")
+    d.add_argument("--eval-on", choices=("val", "test"), default="test",
+                   help="score on the held-out validation images (for tuning) or the test set (default %(default)s)")
+    t = p.add_argument_group("training")
+    t.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS), metavar="ARM",
+                   help="subset of: " + " ".join(ARMS))
+    t.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    t.add_argument("--epochs", type=int, default=100)
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--lr", type=float, default=0.1, help="one-cycle peak learning rate (default %(default)s)")
+    t.add_argument("--weight-decay", type=float, default=5e-4)
+    t.add_argument("--width", type=int, default=64, help="ResNet-18 base width (default %(default)s)")
+    t.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    t.add_argument("--precision", choices=("bf16", "fp32"),
+                   help="classifier precision (default: bf16 on CUDA, fp32 otherwise); codecs always run in fp32")
+    c = p.add_argument_group("codecs and method settings")
+    c.add_argument("--glow", help="Glow: hub name or .safetensors path (default glow-cifar10; smoke: tiny random-init)")
+    c.add_argument("--vae", help="VAE: hub name or .safetensors path (default vae-cifar10; smoke: tiny random-init)")
+    c.add_argument("--noise-eps", type=float, default=20.0, help="LatentNoise L2 radius (official CIFAR: 20)")
+    c.add_argument("--adv-eps", type=float, default=1.0, help="LatentAdversarial L2 radius (official CIFAR: 1.0)")
+    c.add_argument("--adv-steps", type=int, default=3, help="LatentAdversarial PGD steps (official CIFAR: 3)")
+    c.add_argument("--adv-step-size", type=float, default=0.5, help="(official CIFAR: 0.5)")
+    c.add_argument("--latent-p", type=float, default=1.0, help="share of samples LatentNoise/Adversarial replace")
+    c.add_argument("--varmixup-alpha", type=float, default=1.0)
+    c.add_argument("--varmixup-p", type=float, default=0.5, help="share of samples VarMixup replaces")
+    c.add_argument("--isda-lambda0", type=float, default=0.5, help="(official CIFAR: 0.5)")
+    c.add_argument("--isda-covariance", choices=("full", "diagonal"), default="full")
+    c.add_argument("--ra-ops", type=int, default=2, help="RandAugment num_ops (default %(default)s)")
+    c.add_argument("--ra-magnitude", type=int, default=9, help="RandAugment magnitude (default %(default)s)")
+    c.add_argument("--mixup-alpha", type=float, default=1.0)
+    o = p.add_argument_group("output")
+    o.add_argument("--out", default="runs/accuracy", help="output folder (default %(default)s)")
+    o.add_argument("--resume", action="store_true",
+                   help="keep the runs already in OUT/results.json (same settings) and only run the missing ones")
+    o.add_argument("--no-corruptions", action="store_true", help="skip the corruption accuracy")
+    o.add_argument("--no-progress", action="store_true")
+    o.add_argument("--smoke", action="store_true",
+                   help="pipeline check on the CPU in < 2 min: 200 random images (or the first 200 of an npz), "
+                        "width 4, 1 epoch, seed 0, batch 32, tiny random-init codecs unless --glow/--vae")
+    o.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's; smoke: 1)")
+    o.add_argument("--smoke-images", type=int, default=200, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.epochs, args.seeds, args.width, args.batch_size = 1, [0], 4, 32
+        args.threads = args.threads or 1  # predictable on a busy shared CPU (more threads thrash there)
+    if args.precision is None:
+        args.precision = "bf16" if args.device.startswith("cuda") else "fp32"
+    if not 0 <= args.val_fraction < 1:
+        p.error("--val-fraction must be in [0, 1)")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True  # the classifier only: codecs turn TF32 off for themselves
+    out = Path(args.out)
+    results_path = out / "results.json"
+
+    data = load_data(args)
+    fingerprint = {k: getattr(args, k) for k in FINGERPRINT_KEYS}
+    runs: dict = {}
+    if args.resume and results_path.is_file():
+        old = json.loads(results_path.read_text())
+        diff = [k for k in FINGERPRINT_KEYS if old.get("fingerprint", {}).get(k) != fingerprint[k]]
+        if diff:
+            raise SystemExit(f"--resume: {results_path} was made with other settings ({', '.join(diff)}); "
+                             f"use another --out or the same settings")
+        runs = old.get("runs", {})
+
+    todo = [(a, s) for a in args.arms for s in args.seeds if str(s) not in runs.get(a, {})]
+    needed = {CODEC_OF_ARM[a] for a, _ in todo if a in CODEC_OF_ARM}
+    codecs, codec_names = {}, {}
+    if needed:
+        tiny = tiny_codecs() if args.smoke else (None, None)
+        for kind, tiny_codec, given in (("glow", tiny[0], args.glow), ("vae", tiny[1], args.vae)):
+            if kind not in needed:
+                continue
+            if given is None and args.smoke:
+                codecs[kind], codec_names[kind] = tiny_codec.to(device), f"tiny random-init {kind} (smoke)"
+                continue
+            name = given or f"{kind}-cifar10"
+            try:
+                codecs[kind] = load_codec(name, device)
+            except Exception as e:  # noqa: BLE001 - say which codec and how to give one
+                raise SystemExit(f"cannot load the {kind} codec {name!r} ({type(e).__name__}: {e}); pass --{kind} "
+                                 f"NAME|PATH, or leave out the arms that need it") from None
+            codec_names[kind] = name
+
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    config = {**fingerprint, "device": str(device), "device_name": device_name, "torch": torch.__version__,
+              "n_train": len(data["y_train"]), "n_val": data["n_val"], "n_eval": len(data["y_eval"]),
+              "source_train": data["source_train"], "source_test": data["source_test"], "codecs": codec_names,
+              "corruptions": {k: dict(zip(map(str, SEVERITIES), v)) for k, v in CORRUPTIONS.items()},
+              "format": FORMAT}
+
+    x_train, y_train = data["x_train"].to(device), data["y_train"].to(device)
+    x_eval, y_eval = data["x_eval"].to(device), data["y_eval"].to(device)
+    data = {**data, "x_train": x_train, "y_train": y_train, "x_eval": x_eval, "y_eval": y_eval}
+    corrupted = {} if args.no_corruptions or not todo else corrupted_sets(x_eval)
+
+    from tqdm.auto import tqdm
+
+    if todo and device.type == "cuda":  # cuDNN autotuning and lazy CUDA init, so the first arm's timing is fair
+        torch.manual_seed(0)
+        n = min(len(x_train), 2 * args.batch_size)
+        fit_classifier(build_classifier(NUM_CLASSES, args.width, device, args.precision), x_train[:n], y_train[:n],
+                       epochs=1, batch_size=args.batch_size, progress=False)
+    for arm, seed in tqdm(todo, desc="runs", disable=args.no_progress):
+        r = run_one(arm, seed, args, data, codecs, corrupted, device)
+        runs.setdefault(arm, {})[str(seed)] = r
+        write_json(results_path, {"format": FORMAT, "fingerprint": fingerprint, "config": config, "runs": runs})
+
+    summary = summarise(runs)
+    results = {"format": FORMAT, "fingerprint": fingerprint, "config": config, "runs": runs, "summary": summary,
+               "targets": verdicts(summary), "wall_seconds": time.perf_counter() - start}
+    write_json(results_path, results)
+    report = format_report(results)
+    (out / "results.md").write_text(report + "\n")
+    png = draw_reliability(pooled_bins(runs), {a: s["ece_mean"] for a, s in summary.items()}, out / "reliability.png")
+    print(report)
+    print(f"\nWrote {results_path}, {out / 'results.md'}, {png} in {time.perf_counter() - start:.0f} s.")
+    return results
+
+
+if __name__ == "__main__":
+    main()

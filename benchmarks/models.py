@@ -1,0 +1,161 @@
+"""What the benchmark scripts share: the CIFAR ResNet-18, the bf16 wrapper, per-sample crop+flip on the device,
+per-sample RandAugment, codec loading (hub name or path, or tiny random-init codecs for smoke runs)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+# -- the classifier -----------------------------------------------------------------------------------
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarResNet18(nn.Module):
+    """ResNet-18 for 32x32 images: 3x3 stride-1 stem, no max-pool, 4 stages of 2 BasicBlocks, global pool, ``fc``.
+
+    Takes x: (B, 3, H, W) float in [0, 1] and standardises it inside (CIFAR-10 mean/std), after any augmentation.
+    ``width`` is the first stage's channel count (64 for the real ResNet-18; smaller for smoke runs).
+    ``channels_last`` converts the input to channels-last memory format (call ``.to(memory_format=...)`` too).
+    The final layer is the ``nn.Linear`` named ``fc`` (what ISDA hooks).
+    """
+
+    def __init__(self, num_classes: int = 10, width: int = 64, channels_last: bool = False,
+                 mean=CIFAR10_MEAN, std=CIFAR10_STD):
+        super().__init__()
+        self.channels_last = channels_last
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        blocks, cin = [], width
+        for i, stride in enumerate((1, 2, 2, 2)):
+            cout = width * 2**i
+            blocks += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
+            cin = cout
+        self.layers = nn.Sequential(*blocks)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) / self.std
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = self.layers(self.stem(x))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class Autocast(nn.Module):
+    """Runs the wrapped classifier under autocast (bf16 on a GPU) and returns float32 logits.
+
+    Wrapping the classifier itself, rather than the training step, keeps the codecs in float32 (a flow is only
+    invertible in fp32) while every classifier call, including those inside LatentAdversarial's attack, is bf16.
+    """
+
+    def __init__(self, net: nn.Module, dtype: torch.dtype | None):
+        super().__init__()
+        self.net, self.dtype = net, dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+            return self.net(x).float()
+
+
+def build_classifier(num_classes: int, width: int, device: torch.device, precision: str) -> nn.Module:
+    """The ResNet-18 on ``device``; on CUDA channels-last; ``precision`` "bf16" wraps it in bf16 autocast."""
+    channels_last = device.type == "cuda"
+    net = CifarResNet18(num_classes, width, channels_last=channels_last).to(device)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    return Autocast(net, torch.bfloat16 if precision == "bf16" else None)
+
+
+# -- pixel augmentations ------------------------------------------------------------------------------
+class RandomCropFlip:
+    """Per-sample random crop (zero padding ``pad``) and horizontal flip, as one gather on the data's device.
+
+    ``x: (B, C, H, W) -> (B, C, H, W)``; draws from its own generator (seeded), so every arm sees the same crops.
+    """
+
+    def __init__(self, seed: int, device: torch.device, pad: int = 4):
+        self.pad = pad
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        p, g, dev = self.pad, self.generator, x.device
+        padded = F.pad(x, (p, p, p, p)).permute(0, 2, 3, 1)                       # (B, H+2p, W+2p, C)
+        oy = torch.randint(0, 2 * p + 1, (b, 1), generator=g, device=dev)
+        ox = torch.randint(0, 2 * p + 1, (b, 1), generator=g, device=dev)
+        rows = oy + torch.arange(h, device=dev)                                  # (B, H)
+        cols = ox + torch.arange(w, device=dev)                                  # (B, W)
+        flip = torch.rand(b, 1, generator=g, device=dev) < 0.5
+        cols = torch.where(flip, cols.flip(1), cols)
+        out = padded[torch.arange(b, device=dev).view(b, 1, 1), rows.unsqueeze(2), cols.unsqueeze(1)]
+        return out.permute(0, 3, 1, 2).contiguous()
+
+
+class PerSampleRandAugment(nn.Module):
+    """torchvision v2 ``RandAugment`` drawn per image (as in a DataLoader), not once per batch.
+
+    A batched call of a torchvision v2 transform applies one set of ops to the whole batch; this loops over the
+    images instead (slower, but the usual semantics). Uses torch's global RNG, like torchvision.
+    """
+
+    def __init__(self, num_ops: int = 2, magnitude: int = 9):
+        super().__init__()
+        from torchvision.transforms import v2
+
+        self.ra = v2.RandAugment(num_ops=num_ops, magnitude=magnitude)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.ra(xi) for xi in x])
+
+
+# -- codecs -------------------------------------------------------------------------------------------
+def tiny_codecs(seed: int = 0, shape=(3, 32, 32)):
+    """Tiny random-init frozen Glow and VAE for smoke runs (ActNorm initialised on random data, then frozen)."""
+    from latent_transforms.codecs import ConvVAE, Glow
+
+    torch.manual_seed(seed)
+    glow = Glow(shape, levels=2, steps=1, hidden=8)
+    with torch.no_grad():
+        glow.loss(torch.rand(32, *shape))
+    vae = ConvVAE(shape, latent_dim=8, hidden=8)
+    return glow.freeze(), vae.freeze()
+
+
+def random_init_codec(kind: str, shape=(3, 32, 32), seed: int = 0):
+    """A random-init frozen codec of the library's default CIFAR size (for timing only; its samples are noise)."""
+    from latent_transforms.codecs import ConvVAE, Glow
+
+    torch.manual_seed(seed)
+    if kind == "glow":
+        codec = Glow(shape, levels=3, steps=8, hidden=128)
+        with torch.no_grad():
+            codec.loss(torch.rand(64, *shape))
+    else:
+        codec = ConvVAE(shape, latent_dim=64, hidden=64)
+    return codec.freeze()
+
+
+def load_codec(name_or_path: str, device: torch.device):
+    """A frozen codec from the hub (registry name) or a ``.safetensors`` path, on ``device``."""
+    from latent_transforms import hub
+
+    return hub.load(name_or_path, device=device)

@@ -1,0 +1,280 @@
+#!/usr/bin/env python
+"""Throughput benchmark (issue 8): every method against torchvision/kornia augmentations and the training step.
+
+One run, one table: LatentNoise, LatentAdversarial (1 PGD step), VarMixup and ISDA; torchvision v2 RandAugment
+(one draw per batch, and per image as the accuracy benchmark uses it) and MixUp; kornia RandAugment; the plain
+naive normflows path of the same Glow (``flow.inverse_and_log_det``, add noise, ``flow.forward_and_log_det``) next
+to the library codec's ``encode``/``decode`` (the folded fast path of a frozen Glow); and a CIFAR ResNet-18 training
+step (bf16 autocast on a GPU, fp32 on the CPU). The JSON also records how far the two Glow paths' outputs differ.
+
+Each row: median over ``--iters`` timed iterations after ``--warmup`` untimed ones, with device synchronisation
+around every iteration; milliseconds per batch, images per second, cost as a multiple of one training step, and
+on CUDA the peak memory allocated above what was allocated before the row (``torch.cuda.max_memory_allocated``).
+Writes ``OUT/throughput.json`` and ``OUT/throughput.md`` and prints the table.
+
+Examples::
+
+    python benchmarks/throughput.py --out runs/throughput                      # GPU, batch 128
+    python benchmarks/throughput.py --device cpu --batch-size 8 --iters 2      # small, on a CPU
+    python benchmarks/throughput.py --smoke --device cpu --out /tmp/tp-smoke   # tiny codecs, seconds
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+warnings.filterwarnings("ignore", message="torch.lu is deprecated")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from models import PerSampleRandAugment, build_classifier, load_codec, random_init_codec, tiny_codecs  # noqa: E402
+
+from latent_transforms.codecs import flatten_latents, unflatten_latents  # noqa: E402
+from latent_transforms.isda import ISDA  # noqa: E402
+from latent_transforms.latent_adversarial import LatentAdversarial  # noqa: E402
+from latent_transforms.latent_noise import LatentNoise  # noqa: E402
+from latent_transforms.varmixup import VarMixup  # noqa: E402
+
+NUM_CLASSES = 10
+FORMAT = "latent-transforms-throughput/1"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(fn: Callable[[], object], device: torch.device, warmup: int, iters: int) -> dict:
+    """Median seconds of ``fn`` over ``iters`` synchronised iterations after ``warmup``; CUDA: peak extra bytes."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(iters):
+        sync(device)
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    peak = torch.cuda.max_memory_allocated(device) - base if device.type == "cuda" else None
+    return {"seconds": statistics.median(times), "all_seconds": times, "peak_extra_bytes": peak}
+
+
+def resolve_codecs(args, device: torch.device) -> tuple[dict, dict]:
+    """Glow and VAE on ``device``: given names/paths, else the hub's CIFAR-10 ones, else random-init (timing only)."""
+    codecs, notes = {}, {}
+    tiny = tiny_codecs() if args.smoke else None
+    for i, kind in enumerate(("glow", "vae")):
+        given = getattr(args, kind)
+        if given is None and tiny is not None:
+            codecs[kind], notes[kind] = tiny[i].to(device), "tiny random-init (smoke)"
+            continue
+        name = given or f"{kind}-cifar10"
+        try:
+            codecs[kind], notes[kind] = load_codec(name, device), name
+        except Exception as e:  # noqa: BLE001
+            if given is not None:
+                raise SystemExit(f"cannot load the {kind} codec {given!r} ({type(e).__name__}: {e})") from None
+            codecs[kind] = random_init_codec(kind).to(device)
+            notes[kind] = (f"random-init, library default CIFAR size ({name!r} not available: "
+                           f"{type(e).__name__}); speed does not depend on the weights")
+    return codecs, notes
+
+
+def normflows_roundtrip(glow, x: torch.Tensor, noise_eps: float, generator: torch.Generator) -> torch.Tensor:
+    """The naive path a normflows user writes, on the same Glow's weights: logit, ``flow.inverse_and_log_det``,
+    standardise, add L2 noise of norm ``noise_eps``, un-standardise, ``flow.forward_and_log_det``, sigmoid.
+    No folding, no checks: what the library's codec is compared with."""
+    from latent_transforms.codecs import exact_math
+
+    a = glow.alpha
+    with torch.no_grad(), exact_math():
+        s = a + (1 - 2 * a) * x
+        z, _ = glow.flow.inverse_and_log_det(torch.log(s) - torch.log1p(-s))
+        u = flatten_latents([(zi - q.loc) * torch.exp(-q.log_scale) for zi, q in zip(z, glow.flow.q0)])
+        if noise_eps:
+            noise = torch.randn(u.shape, generator=generator, device=u.device)
+            u = u + noise_eps * noise / noise.norm(dim=1, keepdim=True)
+        zs = [q.loc + torch.exp(q.log_scale) * ui
+              for ui, q in zip(unflatten_latents(u, glow.latent_shapes), glow.flow.q0)]
+        xl, _ = glow.flow.forward_and_log_det(zs)
+        return (torch.sigmoid(xl) - a) / (1 - 2 * a)
+
+
+def codec_roundtrip(codec, x: torch.Tensor, noise_eps: float, generator: torch.Generator) -> torch.Tensor:
+    """The same through the library's codec API (``encode``/``decode``: the folded fast path of a frozen Glow)."""
+    with torch.no_grad():
+        u = flatten_latents(codec.encode(x))
+        if noise_eps:
+            noise = torch.randn(u.shape, generator=generator, device=u.device)
+            u = u + noise_eps * noise / noise.norm(dim=1, keepdim=True)
+        return codec.decode(unflatten_latents(u, codec.latent_shapes))
+
+
+def build_rows(args, device: torch.device, codecs: dict) -> list[dict]:
+    """Each row: key, method, what is timed, and the function to time (the training step first)."""
+    import kornia
+    from torchvision.transforms import v2
+
+    b = args.batch_size
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.rand(b, 3, 32, 32, generator=g, device=device)
+    y = torch.randint(0, NUM_CLASSES, (b,), generator=g, device=device)
+    torch.manual_seed(0)
+    model = build_classifier(NUM_CLASSES, args.width, device, args.precision)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    glow, vae = codecs["glow"], codecs["vae"]
+    precision = "bf16 autocast" if args.precision == "bf16" else "fp32"
+    glow_path = "folded fast path" if getattr(glow, "use_fast_path", False) else "no fast path"
+
+    def train_step(augment=None):
+        def step():
+            xb, yb = (x, y) if augment is None else augment(x, y, model)
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return step
+
+    def in_train_mode(t):
+        return t.train()
+
+    isda = ISDA(num_classes=NUM_CLASSES, lambda0=0.5, covariance=args.isda_covariance)
+    isda.set_progress(1.0)  # full strength: at progress 0 the correction is skipped and nothing would be timed
+    ra_batch = v2.RandAugment()
+    ra_sample = PerSampleRandAugment()
+    mixup = v2.MixUp(num_classes=NUM_CLASSES)
+    kornia_ra = kornia.augmentation.auto.RandAugment(n=2, m=10)
+    noise = in_train_mode(LatentNoise(glow, eps=args.noise_eps, generator=0))
+    adversarial = in_train_mode(LatentAdversarial(glow, steps=1, generator=0))
+    varmixup = in_train_mode(VarMixup(vae, num_classes=NUM_CLASSES, generator=0))
+
+    rows = [
+        {"key": "train_step", "method": f"ResNet-18 training step ({precision})",
+         "timed": "forward + backward + SGD step", "fn": train_step()},
+        {"key": "tv_randaugment_batch", "method": "torchvision v2 RandAugment, one draw per batch",
+         "timed": "ra(x)", "fn": lambda: ra_batch(x)},
+        {"key": "tv_randaugment_sample", "method": "torchvision v2 RandAugment, per image (accuracy.py)",
+         "timed": "a loop of ra(x[i])", "fn": lambda: ra_sample(x)},
+        {"key": "tv_mixup", "method": "torchvision v2 MixUp", "timed": "mixup(x, y)", "fn": lambda: mixup(x, y)},
+        {"key": "kornia_randaugment", "method": "kornia RandAugment (n=2, m=10)", "timed": "ra(x)",
+         "fn": lambda: kornia_ra(x)},
+        {"key": "glow_normflows", "method": "Glow encode + noise + decode, naive normflows path",
+         "timed": "flow.inverse_and_log_det, L2 noise, flow.forward_and_log_det",
+         "fn": lambda: normflows_roundtrip(glow, x, args.noise_eps, g)},
+        {"key": "glow_codec", "method": f"Glow encode + noise + decode, library codec ({glow_path})",
+         "timed": "codec.encode, L2 noise, codec.decode", "fn": lambda: codec_roundtrip(glow, x, args.noise_eps, g)},
+        {"key": "latent_noise", "method": "LatentNoise", "timed": "t(x, y)", "fn": lambda: noise(x, y)},
+        {"key": "latent_adversarial_1", "method": "LatentAdversarial, 1 PGD step", "timed": "t(x, y, model)",
+         "fn": lambda: adversarial(x, y, model)},
+        {"key": "varmixup", "method": "VarMixup", "timed": "t(x, y)", "fn": lambda: varmixup(x, y)},
+        {"key": "train_step_isda", "method": f"ResNet-18 training step + ISDA ({args.isda_covariance} covariance)",
+         "timed": "the whole step, ISDA armed (compare with the training step)", "fn": train_step(isda)},
+    ]
+    return rows
+
+
+def format_table(result: dict) -> str:
+    cfg = result["config"]
+    lines = []
+    if cfg["smoke"]:
+        lines += ["**SMOKE RUN**: tiny codecs and classifier, 2 iterations; it checks the script, the numbers mean "
+                  "nothing.", ""]
+    lines += [f"Batch {cfg['batch_size']} of 3x32x32 images on {cfg['device_name']}, torch {cfg['torch']}; median of "
+              f"{cfg['iters']} timed iterations after {cfg['warmup']} warm-up; Glow: {cfg['codecs']['glow']}; "
+              f"VAE: {cfg['codecs']['vae']}; classifier: CIFAR ResNet-18 width {cfg['width']}.", "",
+              "| method | what is timed | ms / batch | img/s | × training step | peak extra memory |",
+              "|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        mem = "-" if r["peak_extra_bytes"] is None else f"{r['peak_extra_bytes'] / 2**20:.0f} MiB"
+        lines.append(f"| {r['method']} | {r['timed']} | {1000 * r['seconds']:.2f} | {r['images_per_second']:,.0f} | "
+                     f"{r['vs_train_step']:.3g}x | {mem} |")
+    lines += ["", "× training step: this row's time per batch divided by one plain training step's, so an augmentation "
+              "at 0.5x makes each step about 1.5x as long; the ISDA row is a whole step, its overhead is its value "
+              "minus 1.",
+              f"Glow round trip, naive normflows path vs library codec, no noise: max |difference| "
+              f"{cfg['max_abs_diff_normflows_vs_codec_roundtrip']:.1e}."]
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--iters", type=int, default=20, help="timed iterations per row (median reported)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed iterations per row first")
+    p.add_argument("--width", type=int, default=64, help="ResNet-18 base width")
+    p.add_argument("--precision", choices=("bf16", "fp32"), help="classifier precision (default: bf16 on CUDA)")
+    p.add_argument("--glow", help="hub name or path (default glow-cifar10, else a random-init Glow of default size)")
+    p.add_argument("--vae", help="hub name or path (default vae-cifar10, else a random-init VAE of default size)")
+    p.add_argument("--noise-eps", type=float, default=20.0)
+    p.add_argument("--isda-covariance", choices=("full", "diagonal"), default="full")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's; smoke: 1)")
+    p.add_argument("--out", default="runs/throughput")
+    p.add_argument("--smoke", action="store_true", help="tiny codecs, width 8, batch 8, 2 iterations, 1 warm-up")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.batch_size, args.iters, args.warmup, args.width = 8, 2, 1, 8
+        args.threads = args.threads or 1
+    if args.precision is None:
+        args.precision = "bf16" if args.device.startswith("cuda") else "fp32"
+    if args.iters < 1 or args.warmup < 0 or args.batch_size < 2:
+        p.error("need --iters >= 1, --warmup >= 0, --batch-size >= 2")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True  # classifier only: codecs turn TF32 off for themselves
+    codecs, notes = resolve_codecs(args, device)
+    rows = build_rows(args, device, codecs)
+    probe = torch.rand(min(args.batch_size, 16), 3, 32, 32, generator=torch.Generator().manual_seed(1)).to(device)
+    agreement = float((normflows_roundtrip(codecs["glow"], probe, 0.0, None)
+                       - codec_roundtrip(codecs["glow"], probe, 0.0, None)).abs().max())
+    for r in rows:
+        r.update(measure(r.pop("fn"), device, args.warmup, args.iters))
+        r["images_per_second"] = args.batch_size / r["seconds"]
+        print(f"  {r['method']}: {1000 * r['seconds']:.2f} ms / batch", file=sys.stderr)
+    step = next(r["seconds"] for r in rows if r["key"] == "train_step")
+    for r in rows:
+        r["vs_train_step"] = r["seconds"] / step
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    result = {"format": FORMAT,
+              "config": {"smoke": args.smoke, "device": str(device), "device_name": device_name, "torch": torch.__version__,
+                         "batch_size": args.batch_size, "iters": args.iters, "warmup": args.warmup, "width": args.width,
+                         "precision": args.precision, "noise_eps": args.noise_eps,
+                         "isda_covariance": args.isda_covariance, "codecs": notes,
+                         "glow_fast_path": bool(getattr(codecs["glow"], "use_fast_path", False)),
+                         "max_abs_diff_normflows_vs_codec_roundtrip": agreement},
+              "rows": rows, "wall_seconds": time.perf_counter() - start}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "throughput.json").write_text(json.dumps(result, indent=1))
+    table = format_table(result)
+    (out / "throughput.md").write_text(table + "\n")
+    print(table)
+    print(f"\nWrote {out / 'throughput.json'} and {out / 'throughput.md'} in {time.perf_counter() - start:.0f} s.")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""The benchmark scripts run end to end with ``--smoke`` on the CPU (random data, tiny random-init codecs)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+TIMEOUT_S = 170
+
+ARMS = ["baseline", "randaugment", "mixup", "latent-noise", "latent-adversarial", "varmixup", "isda",
+        "randaugment+latent-adversarial", "isda+latent-noise"]
+THROUGHPUT_ROWS = ["train_step", "tv_randaugment_batch", "tv_randaugment_sample", "tv_mixup", "kornia_randaugment",
+                   "glow_normflows", "glow_codec", "latent_noise", "latent_adversarial_1", "varmixup",
+                   "train_step_isda"]
+
+
+def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LATENT_TRANSFORMS_HOME": str(tmp_path / "hub"), "LATENT_TRANSFORMS_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1"}
+    env.pop("LATENT_TRANSFORMS_HUB_URL", None)
+    proc = subprocess.run([sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=TIMEOUT_S)
+    assert proc.returncode == 0, f"{' '.join(args)} exited with {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+@pytest.mark.slow
+def test_accuracy_smoke(tmp_path):
+    out = tmp_path / "acc"
+    proc = _run([str(BENCHMARKS / "accuracy.py"), "--smoke", "--no-progress", "--out", str(out)], tmp_path)
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["smoke"] is True
+    assert list(results["summary"]) == ARMS
+    for arm in ARMS:
+        s = results["summary"][arm]
+        assert 0.0 <= s["accuracy_mean"] <= 1.0 and 0.0 <= s["ece_mean"] <= 1.0
+        assert 0.0 <= s["corruption_accuracy_mean"] <= 1.0 and s["seconds_per_epoch"] > 0
+        run = results["runs"][arm]["0"]
+        assert set(run["corruptions"]) == {"gaussian_noise", "gaussian_blur", "contrast", "brightness", "jpeg"}
+        assert all(set(v) == {"1", "3", "5"} for v in run["corruptions"].values())
+        assert sum(run["reliability"]["count"]) == results["config"]["n_eval"]
+    # the latent methods really transformed samples
+    assert results["runs"]["latent-noise"]["0"]["transform_stats"]["LatentNoise"]["transformed"] > 0
+    assert results["runs"]["isda+latent-noise"]["0"]["transform_stats"]["ISDA"]["transformed"] > 0
+
+    assert [t["target"] for t in results["targets"]] == ["Target 1", "Target 2", "Target 3"]
+    assert all(t["status"] in ("MET", "MISSED") for t in results["targets"])  # every arm ran, so all are decided
+
+    md = (out / "results.md").read_text()
+    assert "SMOKE RUN" in md
+    for arm in ARMS:
+        assert f"| {arm} (" in md, arm
+    for text in (md, proc.stdout):
+        for n in (1, 2, 3):
+            assert re.search(rf"^- Target {n} \(.*\): (MET|MISSED) -- ", text, re.M), (n, text[-2000:])
+
+    from PIL import Image
+
+    with Image.open(out / "reliability.png") as im:
+        assert im.format == "PNG" and im.size[0] > 100 and im.size[1] > 100
+
+
+@pytest.mark.slow
+def test_throughput_smoke(tmp_path):
+    out = tmp_path / "tp"
+    proc = _run([str(BENCHMARKS / "throughput.py"), "--smoke", "--device", "cpu", "--out", str(out)], tmp_path)
+
+    result = json.loads((out / "throughput.json").read_text())
+    rows = {r["key"]: r for r in result["rows"]}
+    assert set(THROUGHPUT_ROWS) <= set(rows)
+    for r in rows.values():
+        assert r["seconds"] > 0 and r["images_per_second"] > 0 and r["vs_train_step"] > 0
+        assert r["peak_extra_bytes"] is None  # CPU: no peak memory
+    assert rows["train_step"]["vs_train_step"] == 1.0
+    assert result["config"]["max_abs_diff_normflows_vs_codec_roundtrip"] < 1e-3
+
+    md = (out / "throughput.md").read_text()
+    assert md.count("\n| ") >= len(THROUGHPUT_ROWS) + 1
+    for r in rows.values():
+        assert f"| {r['method']} |" in md and f"| {r['method']} |" in proc.stdout
