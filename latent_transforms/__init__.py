@@ -4,12 +4,13 @@ from .codecs import Codec, ConvVAE, Glow, build_codec
 from .compose import Compose
 from .isda import ISDA, FeatureCovariance, ISDALoss, isda_logits
 from .latent_adversarial import LatentAdversarial
+from .latent_cache import LatentCache
 from .latent_noise import LatentNoise
 from .mixup_inference import LatentMixupInference
 from .varmixup import VarMixup
 
 __all__ = [
     "LatentTransform", "Compose", "LatentNoise", "LatentAdversarial", "VarMixup", "ISDA", "ISDALoss",
-    "FeatureCovariance", "isda_logits", "LatentMixupInference", "Codec", "Glow", "ConvVAE", "build_codec",
+    "FeatureCovariance", "isda_logits", "LatentMixupInference", "LatentCache", "Codec", "Glow", "ConvVAE", "build_codec",
 ]
 __version__ = "0.1.0"

@@ -6,7 +6,7 @@ from torch import nn
 
 from .labels import num_classes_of, to_soft
 from .rng import GeneratorSource
-from .validation import check_images, check_labels
+from .validation import check_images, check_index, check_labels
 
 # A decoded sample further than this outside [0, 1] (before clipping) is implausible and is rejected.
 MAX_OVERSHOOT = 0.5
@@ -56,7 +56,9 @@ class LatentTransform(nn.Module):
     def check_inputs(self, x: torch.Tensor, model: nn.Module | None) -> None:
         """Extra checks of a subclass (codec shape, device, ...)."""
 
-    def transform(self, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def transform(self, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None, generator: torch.Generator,
+                  index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Transform the selected samples; ``index`` (their dataset positions) is given when the caller passed one."""
         raise NotImplementedError
 
     # -- bookkeeping ------------------------------------------------------------------------------
@@ -76,9 +78,13 @@ class LatentTransform(nn.Module):
     def extra_repr(self) -> str:
         return f"p={self.p}" + (f", num_classes={self.num_classes}" if self.num_classes else "")
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None = None,
+                index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x2, y2 = t(x, y, model); ``index: (B,)`` int64 dataset positions, for transforms with a latent cache."""
         check_images(x)
         check_labels(y, x.shape[0], self.num_classes)
+        if index is not None:
+            check_index(index, x.shape[0])
         if self.needs_model and model is None:
             raise TypeError(
                 f"{type(self).__name__} needs the classifier being trained: call t(x, y, model)"
@@ -93,18 +99,19 @@ class LatentTransform(nn.Module):
         generator = self._rng.get(x.device)
         batch = x.shape[0]
         if self.p >= 1.0:
-            index = None
-            xs, ys = x, y
+            selected = None
+            xs, ys, idx = x, y, index
         else:
-            index = (torch.rand(batch, generator=generator, device=x.device) < self.p).nonzero().flatten()
-            xs, ys = x[index], y[index]
+            selected = (torch.rand(batch, generator=generator, device=x.device) < self.p).nonzero().flatten()
+            xs, ys = x[selected], y[selected]
+            idx = None if index is None else index[selected]
         y_out = to_soft(y, k) if self.mixes_labels else y
         if xs.shape[0] == 0:
             zero = torch.zeros((), dtype=torch.int64, device=x.device)
             self._count(x.device, batch, zero, zero)
             return x, y_out
 
-        x2, y2 = self.transform(xs, ys, model, generator)
+        x2, y2 = self.transform(xs, ys, model, generator, idx)
         flat = x2.flatten(1)
         ok = torch.isfinite(flat).all(1) & ((flat - flat.clamp(0, 1)).abs().amax(1) <= MAX_OVERSHOOT)
         x2 = torch.where(ok.view(-1, 1, 1, 1), x2.clamp(0, 1), xs).to(x.dtype)
@@ -112,10 +119,10 @@ class LatentTransform(nn.Module):
             y2 = torch.where(ok.view(-1, 1), y2, to_soft(ys, k, y2.dtype))
         self._count(x.device, batch, ok.sum(), (~ok).sum())
 
-        if index is None:
+        if selected is None:
             return x2, y2
-        x_out = x.index_copy(0, index, x2)
+        x_out = x.index_copy(0, selected, x2)
         if self.mixes_labels:
-            y_out = y_out.index_copy(0, index, y2.to(y_out.dtype))
+            y_out = y_out.index_copy(0, selected, y2.to(y_out.dtype))
         return x_out, y_out
 

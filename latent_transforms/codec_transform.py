@@ -5,6 +5,8 @@ import torch
 
 from .base import LatentTransform
 from .codecs import Codec, flatten_latents, unflatten_latents
+from .latent_cache import LatentCache
+from .validation import check_index
 
 
 def resolve_codec(codec: Codec | str) -> Codec:
@@ -23,12 +25,18 @@ class CodecTransform(LatentTransform):
 
     The codec is a submodule (moves with ``.to``), frozen for the transform's use: ``encode``/``decode``
     run in its dtype (fp32, TF32 off) and results are cast back to ``x``'s dtype by the base class.
-    ``levels`` picks which latent levels the method acts on (all by default).
+    ``levels`` picks which latent levels the method acts on (all by default). With ``cache=LatentCache(...)``
+    a call ``t(x, y, model, index=idx)`` looks the latents up instead of encoding (``x`` must then be the
+    cached images, unmodified: put the transform before pixel augmentations).
     """
 
-    def __init__(self, codec: Codec | str, levels: list[int] | None = None, **kwargs):
+    def __init__(self, codec: Codec | str, levels: list[int] | None = None, cache: LatentCache | None = None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.codec = resolve_codec(codec)
+        if cache is not None and cache.codec_config != self.codec.config:
+            raise ValueError("the latent cache was encoded with another codec than this transform's")
+        self.cache = cache
         n = len(self.codec.latent_shapes)
         if levels is not None:
             bad = [i for i in levels if not isinstance(i, int) or not -n <= i < n]
@@ -48,8 +56,16 @@ class CodecTransform(LatentTransform):
                  for i, s in enumerate(self.codec.latent_shapes)]
         return torch.cat(parts)
 
-    def encode_flat(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, C, H, W) -> (B, D) standardised latents, without gradient."""
+    def encode_flat(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, C, H, W) -> (B, D) standardised latents, without gradient (looked up in the cache by index)."""
+        if index is not None:
+            if self.cache is None:
+                raise ValueError(f"index= needs a latent cache: {type(self).__name__}(..., cache=LatentCache(codec, images))")
+            check_index(index, x.shape[0], len(self.cache))
+            if self.cache.latents.device != x.device:
+                raise ValueError(f"the latent cache is on {self.cache.latents.device} but x is on {x.device}; "
+                                 f"move it with .to({str(x.device)!r})")
+            return self.cache(index)
         with torch.no_grad():
             return flatten_latents(self.codec.encode(x))
 

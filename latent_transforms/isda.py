@@ -445,8 +445,11 @@ class ISDA(_ISDAState, LatentTransform):
         """Remove a pending (not yet fired) augmentation from ``model``'s classifier, if any."""
         _disarm(self.find_layer(model)[1])
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Validate, arm the hook when both ISDA and the model train, and return ``(x, y)`` unchanged."""
+    def forward(self, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None = None,
+                index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validate, arm the hook when both ISDA and the model train, and return ``(x, y)`` unchanged.
+
+        ``index`` is accepted for a uniform call and unused (ISDA encodes nothing)."""
         check_images(x)
         check_labels(y, x.shape[0], self.num_classes)
         if model is None:

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from .codec_transform import CodecTransform
+from .latent_cache import LatentCache
 from .codecs import Codec
 from .modelutils import borrowed
 from .perturbation import ascent_direction, check_norm, project, random_start
@@ -23,7 +24,7 @@ class LatentAdversarial(CodecTransform):
             example (L2, eps 1.0, 3 steps of 0.5, random start).
         target: ``"pred"`` attacks the model's own prediction on the clean image (official, avoids label
             leaking); ``"true"`` attacks the given labels (the paper's MNIST notebook).
-        levels, p, generator: see :class:`~latent_transforms.codec_transform.CodecTransform`.
+        levels, cache, p, generator: see :class:`~latent_transforms.codec_transform.CodecTransform`.
 
     Convention:
         Needs ``model``. The model is borrowed unchanged: it runs in eval mode during the attack (the official code
@@ -36,6 +37,7 @@ class LatentAdversarial(CodecTransform):
 
     def __init__(self, codec: Codec | str = "glow-cifar10", eps: float = 1.0, steps: int = 3, step_size: float = 0.5,
                  norm: str = "l2", random_start: bool = True, target: str = "pred", levels: list[int] | None = None,
+                 cache: LatentCache | None = None,
                  p: float = 1.0, generator: torch.Generator | int | None = None):
         check_norm(norm, allow_none=False)
         if target not in ("pred", "true"):
@@ -44,7 +46,7 @@ class LatentAdversarial(CodecTransform):
             raise ValueError(f"eps and step_size must be >= 0, got eps={eps!r}, step_size={step_size!r}")
         if not isinstance(steps, int) or steps < 0:
             raise ValueError(f"steps must be an int >= 0, got {steps!r}")
-        super().__init__(codec, levels=levels, p=p, generator=generator)
+        super().__init__(codec, levels=levels, cache=cache, p=p, generator=generator)
         self.eps, self.steps, self.step_size, self.norm = float(eps), steps, float(step_size), norm
         self.random_start, self.target = random_start, target
         self.last_params: dict[str, torch.Tensor] = {}
@@ -53,8 +55,8 @@ class LatentAdversarial(CodecTransform):
         return (f"eps={self.eps}, steps={self.steps}, step_size={self.step_size}, norm={self.norm!r}, "
                 f"random_start={self.random_start}, target={self.target!r}, " + super().extra_repr())
 
-    def transform(self, x, y, model, generator):
-        z = self.encode_flat(x)
+    def transform(self, x, y, model, generator, index=None):
+        z = self.encode_flat(x, index)
         mask = self.level_mask(z.device)
         with borrowed(model) as net:
             with torch.no_grad():

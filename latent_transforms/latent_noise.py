@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from .codec_transform import CodecTransform
+from .latent_cache import LatentCache
 from .codecs import Codec
 from .perturbation import check_norm, random_perturbation
 
@@ -18,6 +19,7 @@ class LatentNoise(CodecTransform):
             about 0.36 per coordinate); ``"linf"``: N(0, eps^2) clipped to [-eps, eps]; ``None``: N(0, eps^2).
         norm: ``"l2"``, ``"linf"`` or ``None``.
         levels: latent levels to perturb (all jointly by default, as the paper).
+        cache: a :class:`~latent_transforms.LatentCache` of the training images; call with ``index=`` to skip encoding.
         p, generator: see :class:`~latent_transforms.LatentTransform`.
 
     Shape:
@@ -30,19 +32,20 @@ class LatentNoise(CodecTransform):
     """
 
     def __init__(self, codec: Codec | str = "glow-cifar10", eps: float = 20.0, norm: str | None = "l2",
-                 levels: list[int] | None = None, p: float = 1.0, generator: torch.Generator | int | None = None):
+                 levels: list[int] | None = None, cache: LatentCache | None = None, p: float = 1.0,
+                 generator: torch.Generator | int | None = None):
         check_norm(norm, allow_none=True)
         if not eps >= 0:
             raise ValueError(f"eps must be >= 0, got {eps!r}")
-        super().__init__(codec, levels=levels, p=p, generator=generator)
+        super().__init__(codec, levels=levels, cache=cache, p=p, generator=generator)
         self.eps, self.norm = float(eps), norm
         self.last_params: dict[str, torch.Tensor] = {}
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}, norm={self.norm!r}, levels={self.levels}, " + super().extra_repr()
 
-    def transform(self, x, y, model, generator):
-        z = self.encode_flat(x)
+    def transform(self, x, y, model, generator, index=None):
+        z = self.encode_flat(x, index)
         mask = self.level_mask(z.device)
         n = z.shape[1] if mask is None else int(mask.sum())
         noise = random_perturbation(torch.Size((z.shape[0], n)), self.eps, self.norm, generator, z.device, z.dtype)

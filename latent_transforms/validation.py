@@ -81,3 +81,17 @@ def check_same_device(x: torch.Tensor, module: torch.nn.Module, what: str) -> No
             f"{what} is on {p.device} but x is on {x.device}; move it with .to({str(x.device)!r}) "
             f"(latent-transforms never moves data between devices)"
         )
+
+
+def check_index(index: torch.Tensor, batch_size: int, size: int | None = None) -> None:
+    """Check ``index: (B,)`` int64 dataset positions (in ``[0, size)`` when the size is known)."""
+    if not isinstance(index, torch.Tensor) or index.dtype != torch.int64 or index.ndim != 1:
+        raise ValueError(f"index must be a (B,) int64 tensor of dataset positions, got {_describe(index)}")
+    if index.shape[0] != batch_size:
+        raise ValueError(f"batch sizes differ: x has {batch_size} samples, index has {index.shape[0]}")
+    if index.numel() and (int(index.min()) < 0 or (size is not None and int(index.max()) >= size)):
+        raise ValueError(f"index has positions outside [0, {size}): min {int(index.min())}, max {int(index.max())}")
+
+
+def _describe(t: object) -> str:
+    return f"{t.dtype} of shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from .codec_transform import CodecTransform
+from .latent_cache import LatentCache
 from .codecs import Codec, ConvVAE
 from .labels import mix_labels
 from .rng import sample_beta
@@ -26,6 +27,7 @@ class VarMixup(CodecTransform):
         codec: hub name, path or Codec (default ``"vae-cifar10"``; any codec works, a flow too).
         alpha: Beta parameter (1.0, mixup's usual CIFAR default). num_classes: needed for class-index labels.
         posterior, per_sample, levels, p, generator: see above and :class:`~latent_transforms.LatentTransform`.
+        cache: a :class:`~latent_transforms.LatentCache` (posterior means) to look latents up with ``index=``.
 
     Shape:
         x: (B, C, H, W) float in [0, 1]; y: (B,) int64 or (B, K). Returns (B, K) soft labels.
@@ -38,12 +40,13 @@ class VarMixup(CodecTransform):
 
     def __init__(self, codec: Codec | str = "vae-cifar10", alpha: float = 1.0, num_classes: int | None = None,
                  posterior: str = "mean", per_sample: bool = True, levels: list[int] | None = None,
+                 cache: LatentCache | None = None,
                  p: float = 1.0, generator: torch.Generator | int | None = None):
         if not alpha > 0:
             raise ValueError(f"alpha must be > 0, got {alpha!r}")
         if posterior not in ("mean", "sample"):
             raise ValueError(f"posterior must be 'mean' or 'sample', got {posterior!r}")
-        super().__init__(codec, levels=levels, p=p, generator=generator, num_classes=num_classes)
+        super().__init__(codec, levels=levels, cache=cache, p=p, generator=generator, num_classes=num_classes)
         if posterior == "sample" and not isinstance(self.codec, ConvVAE):
             raise ValueError(f"posterior='sample' needs a VAE codec, got a {self.codec.kind} codec")
         self.alpha, self.posterior, self.per_sample = float(alpha), posterior, per_sample
@@ -52,12 +55,12 @@ class VarMixup(CodecTransform):
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, posterior={self.posterior!r}, per_sample={self.per_sample}, " + super().extra_repr()
 
-    def transform(self, x, y, model, generator):
-        if self.posterior == "sample":
+    def transform(self, x, y, model, generator, index=None):
+        if self.posterior == "sample" and index is None:
             with torch.no_grad():
                 z = self.codec.encode(x, sample=True, generator=generator)[0]
         else:
-            z = self.encode_flat(x)
+            z = self.encode_flat(x, index)
         b = z.shape[0]
         partner = torch.randperm(b, generator=generator, device=z.device)
         lam = sample_beta(self.alpha, b if self.per_sample else 1, generator, z.device).expand(b)

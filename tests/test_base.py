@@ -12,14 +12,14 @@ from latent_transforms.rng import GeneratorSource
 class AddNoise(LatentTransform):
     """Pixel noise: the smallest transform that exercises the base class."""
 
-    def transform(self, x, y, model, generator):
+    def transform(self, x, y, model, generator, index=None):
         return x + 0.1 * torch.randn(x.shape, generator=generator, dtype=x.dtype), y
 
 
 class Mix(LatentTransform):
     mixes_labels = True
 
-    def transform(self, x, y, model, generator):
+    def transform(self, x, y, model, generator, index=None):
         partner = torch.randperm(x.shape[0], generator=generator)
         lam = torch.rand(x.shape[0], generator=generator)
         w = lam.view(-1, 1, 1, 1).to(x.dtype)
@@ -27,7 +27,7 @@ class Mix(LatentTransform):
 
 
 class Explode(LatentTransform):
-    def transform(self, x, y, model, generator):
+    def transform(self, x, y, model, generator, index=None):
         out = x.clone()
         out[0] = float("nan")
         if len(out) > 1:
