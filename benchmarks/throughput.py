@@ -41,6 +41,7 @@ from latent_transforms.codecs import flatten_latents, unflatten_latents  # noqa:
 from latent_transforms.isda import ISDA  # noqa: E402
 from latent_transforms.latent_adversarial import LatentAdversarial  # noqa: E402
 from latent_transforms.latent_noise import LatentNoise  # noqa: E402
+from latent_transforms.latent_cache import LatentCache  # noqa: E402
 from latent_transforms.varmixup import VarMixup  # noqa: E402
 
 NUM_CLASSES = 10
@@ -160,6 +161,11 @@ def build_rows(args, device: torch.device, codecs: dict) -> list[dict]:
     noise = in_train_mode(LatentNoise(glow, eps=args.noise_eps, generator=0))
     adversarial = in_train_mode(LatentAdversarial(glow, steps=1, generator=0))
     varmixup = in_train_mode(VarMixup(vae, num_classes=NUM_CLASSES, generator=0))
+    index = torch.arange(b, device=device)
+    noise_cached = in_train_mode(LatentNoise(glow, eps=args.noise_eps, generator=0,
+                                             cache=LatentCache(glow, x, progress=False)))
+    varmixup_cached = in_train_mode(VarMixup(vae, num_classes=NUM_CLASSES, generator=0,
+                                             cache=LatentCache(vae, x, progress=False)))
 
     rows = [
         {"key": "train_step", "method": f"ResNet-18 training step ({precision})",
@@ -180,6 +186,10 @@ def build_rows(args, device: torch.device, codecs: dict) -> list[dict]:
         {"key": "latent_adversarial_1", "method": "LatentAdversarial, 1 PGD step", "timed": "t(x, y, model)",
          "fn": lambda: adversarial(x, y, model)},
         {"key": "varmixup", "method": "VarMixup", "timed": "t(x, y)", "fn": lambda: varmixup(x, y)},
+        {"key": "latent_noise_cached", "method": "LatentNoise with a LatentCache", "timed": "t(x, y, index=i)",
+         "fn": lambda: noise_cached(x, y, index=index)},
+        {"key": "varmixup_cached", "method": "VarMixup with a LatentCache", "timed": "t(x, y, index=i)",
+         "fn": lambda: varmixup_cached(x, y, index=index)},
         {"key": "train_step_isda", "method": f"ResNet-18 training step + ISDA ({args.isda_covariance} covariance)",
          "timed": "the whole step, ISDA armed (compare with the training step)", "fn": train_step(isda)},
     ]

@@ -1,0 +1,77 @@
+"""How large may eps be? A cheap, test-set-free calibration of LatentNoise/LatentAdversarial for a codec.
+
+Holds out a validation split of the *training* images, trains a classifier on the rest (clean), then for each eps
+perturbs the validation images and reports: how many decodes were rejected (non-finite or implausible), the mean
+pixel change, and the clean classifier's accuracy on the perturbed images (does the perturbation keep the class?).
+A useful LatentNoise eps changes images visibly while the class survives; for LatentAdversarial the accuracy drop
+is the point, and the rejection rate must stay near zero.
+
+    python benchmarks/calibrate_eps.py --codec glow-digits --data digits
+    python benchmarks/calibrate_eps.py --codec glow-cifar10 --data npz:../shared/data/cifar10/train-5k.npz --width 16
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from latent_transforms import LatentAdversarial, LatentNoise, hub
+from latent_transforms.data import load_images
+from latent_transforms.demo import digits_cnn
+from latent_transforms.evaluation import accuracy, fit_classifier, predict_proba
+from latent_transforms.visualize import save_rows
+
+from models import CifarResNet18
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--codec", required=True)
+    ap.add_argument("--data", required=True, help="training images (data spec); the validation split comes from them")
+    ap.add_argument("--val-fraction", type=float, default=0.1)
+    ap.add_argument("--noise-eps", type=float, nargs="+", default=[0.5, 1, 2, 3, 5, 10, 20])
+    ap.add_argument("--adv-eps", type=float, nargs="+", default=[0.25, 0.5, 1, 2])
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--width", type=int, default=16, help="ResNet-18 width for RGB data")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default="runs/calibrate-eps")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    codec = hub.load(args.codec)
+    x, y, _ = load_images(args.data, "train")
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(1234))
+    n_val = int(len(x) * args.val_fraction)
+    val, rest = perm[:n_val], perm[n_val:]
+    model = digits_cnn() if x.shape[1:] == (1, 8, 8) else CifarResNet18(width=args.width)
+    fit_classifier(model, x[rest], y[rest], epochs=args.epochs, batch_size=64, lr=0.05, desc="clean classifier")
+    xv, yv = x[val], y[val]
+    clean = accuracy(predict_proba(model, xv), yv)
+    rows, pictures = [], {"original": xv[:10]}
+    settings = [("LatentNoise", e, LatentNoise(codec, eps=e, generator=0)) for e in args.noise_eps]
+    settings += [("LatentAdversarial", e, LatentAdversarial(codec, eps=e, steps=1, step_size=e, generator=0))
+                 for e in args.adv_eps]
+    for method, eps, t in settings:
+        out = torch.cat([t(xv[i:i + 250], yv[i:i + 250], model)[0] for i in range(0, len(xv), 250)])
+        rows.append({"method": method, "eps": eps, "rejected": t.stats["rejected"] / t.stats["seen"],
+                     "mean_abs_change": float((out - xv).abs().mean()),
+                     "accuracy_on_perturbed": accuracy(predict_proba(model, out), yv)})
+        pictures[f"{method} {eps:g}"] = out[:10]
+        print(rows[-1], flush=True)
+    dest = Path(args.out)
+    dest.mkdir(parents=True, exist_ok=True)
+    name = Path(args.codec).stem
+    save_rows(pictures, dest / f"{name}-eps.png")
+    (dest / f"{name}-eps.json").write_text(json.dumps({"clean_val_accuracy": clean, "rows": rows}, indent=2))
+    print(f"\n{args.codec} on {len(xv)} validation images of {args.data} (clean accuracy {100 * clean:.1f}%)\n")
+    print("| method | eps | rejected | mean abs pixel change | clean classifier's accuracy on perturbed |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['method']} | {r['eps']:g} | {100 * r['rejected']:.1f}% | {r['mean_abs_change']:.3f} | "
+              f"{100 * r['accuracy_on_perturbed']:.1f}% |")
+
+
+if __name__ == "__main__":
+    main()
