@@ -23,9 +23,11 @@ from .latent_noise import LatentNoise
 from .varmixup import VarMixup
 from .visualize import save_rows
 
-# Defaults for the 64-dim digits codecs, chosen on a validation split of the training images (docs/demo.md).
-NOISE_EPS = 3.0
-ADV_EPS, ADV_STEPS, ADV_STEP_SIZE = 1.5, 1, 1.5
+# Settings for the 64-dim digits codecs, chosen on a validation split of the training images, never the test set
+# (benchmarks/calibrate_digits.py; docs/calibration.md).
+NOISE_EPS = 1.0
+ADV_EPS, ADV_STEPS, ADV_STEP_SIZE = 0.5, 1, 0.5
+VARMIXUP_P = 0.5
 
 
 def digits_cnn(num_classes: int = 10) -> nn.Module:
@@ -43,7 +45,7 @@ def make_arms(glow, vae, seed: int) -> dict[str, Callable[[], nn.Module | None]]
         "LatentNoise": lambda: LatentNoise(glow, eps=NOISE_EPS, generator=seed),
         "LatentAdversarial": lambda: LatentAdversarial(glow, eps=ADV_EPS, steps=ADV_STEPS, step_size=ADV_STEP_SIZE,
                                                        generator=seed),
-        "VarMixup": lambda: VarMixup(vae, num_classes=10, p=0.5, generator=seed),
+        "VarMixup": lambda: VarMixup(vae, num_classes=10, p=VARMIXUP_P, generator=seed),
         "ISDA": lambda: ISDA(num_classes=10, lambda0=0.5),
     }
 
