@@ -16,7 +16,7 @@ import torch
 
 from latent_transforms import ISDA, LatentAdversarial, LatentNoise, VarMixup, hub
 from latent_transforms.data import load_images, low_data_split
-from latent_transforms.demo import digits_cnn
+from latent_transforms.models import digits_cnn
 from latent_transforms.evaluation import accuracy, fit_classifier, predict_proba
 
 

@@ -17,7 +17,7 @@ import torch
 from latent_transforms import hub
 from latent_transforms.codecs import flatten_latents, unflatten_latents
 from latent_transforms.data import load_images
-from latent_transforms.demo import digits_cnn
+from latent_transforms.models import digits_cnn
 from latent_transforms.evaluation import accuracy, fit_classifier, predict_proba
 from latent_transforms.train import eval_codec
 from latent_transforms.visualize import save_rows

@@ -20,6 +20,7 @@ from .evaluation import accuracy, fit_classifier, predict_proba
 from .isda import ISDA
 from .latent_adversarial import LatentAdversarial
 from .latent_noise import LatentNoise
+from .models import digits_cnn
 from .varmixup import VarMixup
 from .visualize import save_rows
 
@@ -28,14 +29,6 @@ from .visualize import save_rows
 NOISE_EPS = 1.0
 ADV_EPS, ADV_STEPS, ADV_STEP_SIZE = 0.5, 1, 0.5
 VARMIXUP_P = 0.5
-
-
-def digits_cnn(num_classes: int = 10) -> nn.Module:
-    """A small CNN for 1x8x8 digits."""
-    return nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes))
 
 
 def make_arms(glow, vae, seed: int) -> dict[str, Callable[[], nn.Module | None]]:
