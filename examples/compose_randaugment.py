@@ -1,0 +1,116 @@
+"""Latent transforms inside kornia and torchvision v2 pipelines: before and after RandAugment, MixUp at the end.
+
+    python examples/compose_randaugment.py               # CIFAR-10, glow-cifar10, 200 steps per pipeline
+    python examples/compose_randaugment.py --smoke       # synthetic images, a tiny random Glow, 2 steps each (CPU)
+
+``latent_transforms.Compose`` runs every step as ``x, y = step(x, y)``: latent transforms get the model, pixel
+transforms get the images, mixes get the labels. The rules (docs/composition.md):
+
+* order is the list order; labels are class indices until a step mixes them, soft (B, K) from then on;
+* torchvision v2 draws one set of parameters per call (the whole batch gets the same RandAugment ops); kornia
+  draws per sample (kornia's RandAugment picks its ops per batch, then gates and sizes them per sample);
+* kornia's mixes (RandomMixUpV2, RandomCutMixV2) need class indices, so they come before any label-mixing
+  step and need ``Compose(..., num_classes=K)``; torchvision's MixUp/CutMix accept either form;
+* ISDA, if you use it, is the last step (it needs class indices and arms the next forward).
+"""
+from __future__ import annotations
+
+import argparse
+
+import kornia.augmentation as K
+import torch
+import torch.nn.functional as F
+from torchvision.transforms import v2
+
+from common import pick_device, synthetic_images, tiny_glow
+from latent_transforms import Compose, ISDA, LatentAdversarial, LatentNoise, hub
+from latent_transforms.data import load_images
+from latent_transforms.models import CifarResNet18
+
+
+def torchvision_pipeline(glow, num_classes: int) -> Compose:
+    return Compose([
+        v2.RandomCrop(32, padding=4, padding_mode="reflect"),   # one crop for the whole batch (v2: per call)
+        v2.RandomHorizontalFlip(),
+        LatentNoise(glow, p=0.5),                                # latent step BEFORE RandAugment
+        v2.RandAugment(),                                        # same ops for the whole batch
+        LatentAdversarial(glow, steps=1, p=0.5),                 # latent step AFTER RandAugment (needs the model)
+        v2.MixUp(num_classes=num_classes),                       # labels become soft (B, K) here
+    ])
+
+
+def kornia_pipeline(glow, num_classes: int) -> Compose:
+    return Compose([
+        K.RandomCrop((32, 32), padding=4, padding_mode="reflect"),   # per-sample crops
+        K.RandomHorizontalFlip(),
+        LatentNoise(glow, p=0.5),
+        K.auto.RandAugment(n=2, m=10),
+        LatentAdversarial(glow, steps=1, p=0.5),
+        K.RandomMixUpV2(),            # kornia mix: takes class indices, so it comes after no other label mix
+    ], num_classes=num_classes)      # needed to turn kornia's (B, 3) mix output into (B, K) soft labels
+
+
+def isda_pipeline(glow, num_classes: int) -> Compose:
+    isda = ISDA(num_classes, lambda0=0.5)
+    isda.set_progress(1.0)    # full strength for this demo; in training call isda.set_epoch(epoch, epochs)
+    return Compose([
+        v2.RandomCrop(32, padding=4, padding_mode="reflect"),
+        v2.RandomHorizontalFlip(),
+        LatentNoise(glow, p=0.5),
+        v2.RandAugment(),
+        isda,                     # ISDA last: it needs class indices and arms the very next model(x)
+    ])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-root", help="download dir for CIFAR-10")
+    parser.add_argument("--codec", default="glow-cifar10", help="hub name or .safetensors path of a Glow")
+    parser.add_argument("--steps", type=int, default=200, help="training steps per pipeline")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--smoke", action="store_true", help="synthetic data, tiny random Glow, 2 steps each")
+    args = parser.parse_args()
+    width = 64
+    if args.smoke:
+        torch.set_num_threads(min(2, torch.get_num_threads()))
+        args.steps, args.batch_size, width = 2, 16, 8
+    device = pick_device(args.device)
+    torch.manual_seed(0)
+
+    if args.smoke:
+        x_all, y_all = synthetic_images(64)
+    else:
+        x_all, y_all, _ = load_images("cifar10", "train", args.data_root)
+    glow = (tiny_glow() if args.smoke else hub.load(args.codec, device=device)).to(device)
+
+    pipelines = [("torchvision v2", torchvision_pipeline(glow, 10)), ("kornia", kornia_pipeline(glow, 10)),
+                 ("torchvision v2 + ISDA", isda_pipeline(glow, 10))]
+    for name, pipeline in pipelines:
+        print(f"\n== {name}: {' -> '.join(type(step).__name__ for step in pipeline.steps)}")
+        model = CifarResNet18(10, width=width).to(device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        model.train()
+        pipeline.train()
+        for step in range(args.steps):
+            idx = torch.randint(0, len(x_all), (args.batch_size,))
+            x, y = x_all[idx].to(device), y_all[idx].to(device)
+            x, y = pipeline(x, y, model)                    # labels come back (B, 10) soft after a mix
+            loss = F.cross_entropy(model(x), y)             # soft labels are taken as probabilities
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if step == 0 or (step + 1) % 50 == 0 or step + 1 == args.steps:
+                print(f"step {step + 1}: x {tuple(x.shape)} in [{x.min():.2f}, {x.max():.2f}], "
+                      f"y {tuple(y.shape)} {y.dtype}, loss {loss.item():.3f}")
+        for step_module in pipeline.steps:
+            if hasattr(step_module, "stats"):
+                print(f"{type(step_module).__name__}: {step_module.stats}")
+        pipeline.eval()                                     # eval mode: the whole chain is the identity
+        x, y = x_all[:4].to(device), y_all[:4].to(device)
+        x2, y2 = pipeline(x, y, model)
+        assert x2 is x and y2 is y
+
+
+if __name__ == "__main__":
+    main()

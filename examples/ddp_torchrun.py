@@ -1,0 +1,161 @@
+"""Every transform in a DistributedDataParallel training step; per-rank randomness; ISDA statistics shared by ranks.
+
+    torchrun --nproc_per_node=2 examples/ddp_torchrun.py --smoke     # CPU + gloo, tiny random codecs, seconds
+    torchrun --nproc_per_node=8 examples/ddp_torchrun.py             # GPUs + NCCL, CIFAR-10, glow/vae-cifar10
+
+(``python -m torch.distributed.run`` is the same as ``torchrun``.) What it shows:
+
+1. **Per-rank randomness.** With ``generator=None`` (the default) every transform seeds a private stream from
+   torch's global RNG *plus an offset per rank*: even with the same ``torch.manual_seed`` on all ranks, ranks draw
+   different noise, so the global batch is not augmented k times the same way. ``generator=<int>`` gives every
+   rank the same draws (the same seed means the same stream).
+2. **Every transform in a DDP step.** ``LatentNoise``, ``LatentAdversarial`` (attacks the local module: no gradient
+   sync during the attack), ``VarMixup`` (soft labels), ``Compose`` with torchvision, and ``ISDA`` each run in
+   front of the DDP forward, and the DDP backward all-reduces the gradients as usual.
+3. **ISDA statistics are shared.** With ``sync_stats=True`` (the default) each update gathers every rank's
+   features first, so all ranks hold the covariance of the *global* batch (the official code keeps per-GPU
+   statistics). The script checks that the ranks' statistics are identical.
+
+Codecs must be identical on all ranks: ``hub.load`` gives that; the ``--smoke`` codecs are built from a fixed seed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from torchvision.transforms import v2
+
+from common import synthetic_images, tiny_glow, tiny_vae
+from latent_transforms import (Compose, ISDA, LatentAdversarial, LatentMixupInference, LatentNoise, VarMixup,
+                               hub)
+from latent_transforms.data import load_images
+from latent_transforms.models import CifarResNet18
+
+
+def setup() -> tuple[int, int, torch.device]:
+    if "RANK" not in os.environ:  # plain `python ddp_torchrun.py`: a world of one process
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl")
+    else:
+        device = torch.device("cpu")
+        dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def gather(t: torch.Tensor) -> list[torch.Tensor]:
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return parts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-root", help="download dir for CIFAR-10")
+    parser.add_argument("--glow", default="glow-cifar10")
+    parser.add_argument("--vae", default="vae-cifar10")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=64, help="per rank")
+    parser.add_argument("--smoke", action="store_true", help="synthetic data, tiny random codecs, a few steps")
+    args = parser.parse_args()
+    rank, world, device = setup()
+    say = print if rank == 0 else (lambda *a, **k: None)
+    width = 64
+    if args.smoke:
+        torch.set_num_threads(1)
+        args.batch_size, width, args.epochs = 8, 8, 2     # 64 images / 2 ranks / 8 = 4 steps per epoch
+    torch.manual_seed(0)  # the SAME seed on every rank: the transforms still draw differently per rank
+
+    # -- data, codecs, model ---------------------------------------------------------------------------
+    if args.smoke:
+        x_train, y_train = synthetic_images(64)
+        glow, vae = tiny_glow(), tiny_vae()
+    else:
+        if rank == 0:
+            load_images("cifar10", "train", args.data_root)  # download once
+        dist.barrier()
+        x_train, y_train, _ = load_images("cifar10", "train", args.data_root)
+        glow, vae = hub.load(args.glow, device=device), hub.load(args.vae, device=device)
+    glow, vae = glow.to(device), vae.to(device)
+    sampler = DistributedSampler(TensorDataset(x_train, y_train), shuffle=True, seed=0, drop_last=True)
+    loader = DataLoader(TensorDataset(x_train, y_train), batch_size=args.batch_size, sampler=sampler, drop_last=True)
+    model = DDP(CifarResNet18(10, width=width).to(device), device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+
+    # -- 1. per-rank randomness ------------------------------------------------------------------------
+    x0, y0 = x_train[:8].to(device), y_train[:8].to(device)     # the same batch on every rank
+    for label, gen in (("generator=None (default)", None), ("generator=1234", 1234)):
+        t = LatentNoise(glow, eps=5.0, generator=gen)
+        t(x0, y0)
+        deltas = gather(t.last_params["delta"])
+        same = all(torch.equal(deltas[0], d) for d in deltas[1:])
+        say(f"{label}: ranks drew {'the SAME' if same else 'different'} noise "
+            f"(first coordinate per rank: {[round(float(d[0, 0]), 3) for d in deltas]})")
+        if world > 1:
+            assert same == (gen is not None)
+
+    # -- 2. every transform in a DDP training step -----------------------------------------------------
+    isda = ISDA(num_classes=10, lambda0=0.5).to(device)               # sync_stats=True: global statistics
+    transforms = {
+        "LatentNoise": LatentNoise(glow, eps=5.0),
+        "LatentAdversarial": LatentAdversarial(glow, steps=1),
+        "VarMixup": VarMixup(vae, num_classes=10, p=0.5),
+        "Compose": Compose([v2.RandomHorizontalFlip(), LatentNoise(glow, eps=5.0, p=0.5), v2.MixUp(num_classes=10)]),
+        "ISDA": isda,
+    }
+    names = list(transforms)
+    isda_features, step = 0, 0
+    for epoch in range(args.epochs):
+        sampler.set_epoch(epoch)                 # a different shard order each epoch
+        isda.set_epoch(epoch, args.epochs)       # the official ramp: lambda = lambda0 * epoch / epochs
+        model.train()
+        for x, y in loader:
+            name = names[step % len(names)]      # a different transform each step, to show them all
+            x, y = x.to(device), y.to(device)
+            x, y = transforms[name](x, y, model)        # <- the one line, whatever the transform
+            loss = F.cross_entropy(model(x), y)         # DDP forward (ISDA's hook fires inside it)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()                             # DDP all-reduces the gradients
+            optimizer.step()
+            if name == "ISDA":
+                isda_features += len(x) * world
+            say(f"epoch {epoch} step {step}: {name:<17} loss {loss.item():.3f}, labels {tuple(y.shape)}")
+            step += 1
+
+    # -- 3. checks: replicas identical, ISDA statistics identical on every rank and global ------------------
+    params = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert all(torch.equal(params, p) for p in gather(params)), "DDP replicas diverged"
+    counts = gather(isda.estimator.count)
+    covs = gather(isda.estimator.cov)
+    assert all(torch.equal(counts[0], c) for c in counts[1:]), "ISDA counts differ between ranks"
+    assert all(torch.allclose(covs[0], c) for c in covs[1:]), "ISDA covariances differ between ranks"
+    assert int(counts[0].sum()) == isda_features, (int(counts[0].sum()), isda_features)
+    say(f"ISDA statistics identical on all {world} ranks: {int(counts[0].sum())} features "
+        f"(the global batch of every ISDA step), cov {tuple(covs[0].shape)}")
+    for name, t in transforms.items():
+        if hasattr(t, "stats"):  # per-rank counts (Compose has none; its steps do)
+            say(f"{name} stats on rank 0: {t.stats}")
+
+    # -- evaluation: plain model, or latent mixup inference (robust prediction) --------------------------
+    model.eval()
+    mi = LatentMixupInference(model.module, vae, references=x_train[:32].to(device), num_mixes=2)
+    with torch.no_grad():
+        probs = mi(x0)
+    say(f"LatentMixupInference: probabilities {tuple(probs.shape)}, rows sum to {float(probs.sum(1).mean()):.3f}")
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
