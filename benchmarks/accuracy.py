@@ -40,7 +40,7 @@ from torch import nn
 
 warnings.filterwarnings("ignore", message="torch.lu is deprecated")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from models import PerSampleRandAugment, RandomCropFlip, build_classifier, load_codec, tiny_codecs  # noqa: E402
+from models import PerSampleRandAugment, RandomCropFlip, build_classifier, load_codec, setup_device, tiny_codecs  # noqa: E402
 
 from latent_transforms import Compose  # noqa: E402
 from latent_transforms.base import LatentTransform  # noqa: E402
@@ -541,12 +541,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     start = time.perf_counter()
-    device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True  # the classifier only: codecs turn TF32 off for themselves
+    device = setup_device(args.device, args.threads)
     out = Path(args.out)
     results_path = out / "results.json"
 

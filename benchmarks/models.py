@@ -8,6 +8,18 @@ from torch import nn
 
 from latent_transforms.models import CIFAR10_MEAN, CIFAR10_STD, CifarResNet18  # noqa: F401  (re-exported)
 
+def setup_device(name: str, threads: int | None) -> torch.device:
+    """The benchmark device; CPU threads if given; on CUDA cuDNN autotuning and TF32 for the classifier only
+    (codecs turn TF32 off for themselves)."""
+    device = torch.device(name)
+    if threads:
+        torch.set_num_threads(threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+    return device
+
+
 class Autocast(nn.Module):
     """Runs the wrapped classifier under autocast (bf16 on a GPU) and returns float32 logits.
 

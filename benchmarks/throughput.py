@@ -35,7 +35,8 @@ import torch.nn.functional as F
 
 warnings.filterwarnings("ignore", message="torch.lu is deprecated")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from models import PerSampleRandAugment, build_classifier, load_codec, random_init_codec, tiny_codecs  # noqa: E402
+from models import (PerSampleRandAugment, build_classifier, load_codec, random_init_codec,  # noqa: E402
+                    setup_device, tiny_codecs)
 
 from latent_transforms.codecs import flatten_latents, unflatten_latents  # noqa: E402
 from latent_transforms.isda import ISDA  # noqa: E402
@@ -248,12 +249,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     start = time.perf_counter()
-    device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True  # classifier only: codecs turn TF32 off for themselves
+    device = setup_device(args.device, args.threads)
     codecs, notes = resolve_codecs(args, device)
     rows = build_rows(args, device, codecs)
     probe = torch.rand(min(args.batch_size, 16), 3, 32, 32, generator=torch.Generator().manual_seed(1)).to(device)
