@@ -51,3 +51,15 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def example_data(smoke: bool, train: str = "cifar10", test: str | None = "cifar10", data_root=None):
+    """(x_train, y_train, x_test, y_test): 64 + 32 synthetic images with --smoke, else the given data specs
+    (``test=None``: no test set)."""
+    if smoke:
+        return (*synthetic_images(64), *synthetic_images(32, seed=1))
+    from latent_transforms.data import load_images
+
+    x_train, y_train, _ = load_images(train, "train", data_root)
+    x_test, y_test = load_images(test, "test", data_root)[:2] if test else (None, None)
+    return x_train, y_train, x_test, y_test

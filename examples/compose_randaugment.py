@@ -22,9 +22,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from common import pick_device, synthetic_images, tiny_glow
+from common import example_data, pick_device, tiny_glow
 from latent_transforms import Compose, ISDA, LatentAdversarial, LatentNoise, hub
-from latent_transforms.data import load_images
 from latent_transforms.models import CifarResNet18
 
 
@@ -78,10 +77,7 @@ def main() -> None:
     device = pick_device(args.device)
     torch.manual_seed(0)
 
-    if args.smoke:
-        x_all, y_all = synthetic_images(64)
-    else:
-        x_all, y_all, _ = load_images("cifar10", "train", args.data_root)
+    x_all, y_all, _, _ = example_data(args.smoke, test=None, data_root=args.data_root)
     glow = (tiny_glow() if args.smoke else hub.load(args.codec, device=device)).to(device)
 
     pipelines = [("torchvision v2", torchvision_pipeline(glow, 10)), ("kornia", kornia_pipeline(glow, 10)),

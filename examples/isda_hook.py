@@ -23,9 +23,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, TensorDataset
 
-from common import pick_device, synthetic_images
+from common import example_data, pick_device
 from latent_transforms import ISDA
-from latent_transforms.data import load_images
 from latent_transforms.models import CifarResNet18
 
 
@@ -46,12 +45,7 @@ def main() -> None:
     device = pick_device(args.device)
     torch.manual_seed(0)
 
-    if args.smoke:
-        x_train, y_train = synthetic_images(64)
-        x_test, y_test = synthetic_images(32, seed=1)
-    else:
-        x_train, y_train, _ = load_images("cifar10", "train", args.data_root)
-        x_test, y_test, _ = load_images("cifar10", "test", args.data_root)
+    x_train, y_train, x_test, y_test = example_data(args.smoke, data_root=args.data_root)
     loader = DataLoader(TensorDataset(x_train, y_train), batch_size=args.batch_size, shuffle=True, drop_last=True)
 
     # The official CIFAR ResNet recipe: SGD 0.1, Nesterov, wd 1e-4, steps at 50% and 75% of training.

@@ -19,9 +19,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from common import pick_device, synthetic_images, tiny_glow
+from common import example_data, pick_device, tiny_glow
 from latent_transforms import LatentAdversarial, LatentNoise, hub
-from latent_transforms.data import load_images
 from latent_transforms.models import CifarResNet18
 
 
@@ -60,13 +59,8 @@ def main() -> None:
     torch.manual_seed(0)
 
     # -- data --------------------------------------------------------------------------------------------
-    if args.smoke:
-        x_train, y_train = synthetic_images(64)
-        x_test, y_test = synthetic_images(32, seed=1)
-    else:
-        x_train, y_train, _ = load_images(args.train, "train", args.data_root)
-        test_spec = args.test or ("cifar10" if args.train == "cifar10" else None)
-        x_test, y_test = (load_images(test_spec, "test", args.data_root)[:2]) if test_spec else (None, None)
+    test_spec = args.test or ("cifar10" if args.train == "cifar10" else None)
+    x_train, y_train, x_test, y_test = example_data(args.smoke, args.train, test_spec, args.data_root)
     num_classes = int(y_train.max()) + 1
     crop_flip = v2.Compose([v2.RandomCrop(32, padding=4, padding_mode="reflect"), v2.RandomHorizontalFlip()])
     loader = DataLoader(Images(x_train, y_train, crop_flip), batch_size=args.batch_size, shuffle=True, drop_last=True)
