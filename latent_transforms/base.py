@@ -78,6 +78,10 @@ class LatentTransform(nn.Module):
     def extra_repr(self) -> str:
         return f"p={self.p}" + (f", num_classes={self.num_classes}" if self.num_classes else "")
 
+    def __repr__(self) -> str:
+        # one line: the settings, not the submodules (a codec or a cache would print hundreds of lines)
+        return f"{type(self).__name__}({self.extra_repr()})"
+
     def forward(self, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None = None,
                 index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x2, y2 = t(x, y, model); ``index: (B,)`` int64 dataset positions, for transforms with a latent cache."""

@@ -48,6 +48,11 @@ class CodecTransform(LatentTransform):
     def check_inputs(self, x: torch.Tensor, model) -> None:
         self.codec.check_images(x)
 
+    def extra_repr(self) -> str:
+        settings = ", ".join(f"{k}={v}" for k, v in self.codec.config.items() if k not in ("kind", "image_shape"))
+        cache = f", cache=LatentCache({len(self.cache)})" if self.cache is not None else ""
+        return f"codec={type(self.codec).__name__}({settings}){cache}, " + super().extra_repr()
+
     def level_mask(self, device: torch.device) -> torch.Tensor | None:
         """(D,) bool mask of the flattened coordinates in ``levels`` (None = all)."""
         if self.levels is None:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import LatentTransform
-from .validation import check_images, check_labels
+from .validation import check_images, check_index, check_labels
 
 
 def _is_kornia_mix(t: object) -> bool:
@@ -55,6 +55,9 @@ class Compose(nn.Module):
     Labels stay class indices until a step mixes them; from there on they are soft ``(B, K)``.
     In ``eval()`` mode the whole chain is the identity.
 
+    ``index: (B,)`` dataset positions (for a :class:`~latent_transforms.LatentCache`) go to the first step only,
+    which must then be a :class:`LatentTransform`: later steps see images the cache does not hold.
+
     Args:
         transforms: the steps.
         num_classes: needed when class-index labels meet a kornia mix.
@@ -73,18 +76,26 @@ class Compose(nn.Module):
     def __len__(self) -> int:
         return len(self.steps)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None = None,
+                index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         check_images(x)
         check_labels(y, x.shape[0], self.num_classes)
+        if index is not None:
+            check_index(index, x.shape[0])
+            if not self.steps or not isinstance(self.steps[0], LatentTransform):
+                first = type(self.steps[0]).__name__ if self.steps else "nothing"
+                raise ValueError(f"index= goes to the first step, which must be a LatentTransform with a latent "
+                                 f"cache; the first step is {first}")
         if not self.training:
             return x, y
-        for step in self.steps:
-            x, y = self._run_step(step, x, y, model)
+        for i, step in enumerate(self.steps):
+            x, y = self._run_step(step, x, y, model, index if i == 0 else None)
         return x, y
 
-    def _run_step(self, step: nn.Module, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None):
+    def _run_step(self, step: nn.Module, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None,
+                  index: torch.Tensor | None = None):
         if isinstance(step, LatentTransform):
-            return step(x, y, model)
+            return step(x, y, model, index=index)
         if _is_kornia_mix(step):
             if y.ndim != 1:
                 raise ValueError(

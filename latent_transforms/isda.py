@@ -486,7 +486,11 @@ class ISDALoss(_ISDAState, nn.Module):
     For a custom loss use :meth:`augment` (augmented logits) directly.
 
     Args:
-        num_classes, lambda0, covariance, feature_dim, sync_stats: as :class:`ISDA`.
+        num_classes: C, the classifier's number of outputs.
+        lambda0: final strength (0.5: official CIFAR default with full covariance), as :class:`ISDA`.
+        covariance: ``"full"`` or ``"diagonal"``, as :class:`ISDA`.
+        feature_dim: A; default: sized from ``fc`` on the first training call.
+        sync_stats: under ``torch.distributed``, gather all ranks' features before each update, as :class:`ISDA`.
 
     Shape:
         features: (N, A); fc: an ``nn.Linear(A, C)``; y: (N,) int64. Returns the mean cross-entropy (scalar).

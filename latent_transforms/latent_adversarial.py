@@ -20,11 +20,17 @@ class LatentAdversarial(CodecTransform):
 
     Args:
         codec: hub name, path or Codec (default ``"glow-cifar10"``).
-        eps, steps, step_size, norm, random_start: PGD settings; defaults are the official CIFAR-10 README
-            example (L2, eps 1.0, 3 steps of 0.5, random start).
+        eps: radius of the ball in standardised latent units (default 1.0, the official CIFAR-10 README example).
+        steps: PGD steps (default 3); the cost grows linearly with them.
+        step_size: size of each step (default 0.5).
+        norm: ``"l2"`` (default) or ``"linf"``: the ball, the step direction and the random start.
+        random_start: start from a uniformly random point of the ball (default ``True``) instead of 0.
         target: ``"pred"`` attacks the model's own prediction on the clean image (official, avoids label
             leaking); ``"true"`` attacks the given labels (the paper's MNIST notebook).
-        levels, cache, p, generator: see :class:`~latent_transforms.codec_transform.CodecTransform`.
+        levels: latent levels to perturb (all jointly by default).
+        cache: a :class:`~latent_transforms.LatentCache` of the training images; call with ``index=`` to skip encoding.
+        p: probability, per sample, of being transformed (see :class:`~latent_transforms.LatentTransform`).
+        generator: ``None``, an ``int`` seed or a ``torch.Generator`` (see :class:`~latent_transforms.LatentTransform`).
 
     Convention:
         Needs ``model``. The model is borrowed unchanged: it runs in eval mode during the attack (the official code

@@ -20,7 +20,8 @@ class LatentNoise(CodecTransform):
         norm: ``"l2"``, ``"linf"`` or ``None``.
         levels: latent levels to perturb (all jointly by default, as the paper).
         cache: a :class:`~latent_transforms.LatentCache` of the training images; call with ``index=`` to skip encoding.
-        p, generator: see :class:`~latent_transforms.LatentTransform`.
+        p: probability, per sample, of being transformed (see :class:`~latent_transforms.LatentTransform`).
+        generator: ``None``, an ``int`` seed or a ``torch.Generator`` (see :class:`~latent_transforms.LatentTransform`).
 
     Shape:
         x: (B, C, H, W) float in [0, 1] matching the codec; y: (B,) or (B, K), returned as given.

@@ -25,7 +25,8 @@ class LatentMixupInference(nn.Module):
         codec: hub name, path or Codec.
         references: (N, C, H, W) float in [0, 1] clean images to mix with (e.g. a few hundred training images).
         lam: weight of the input (0.6 by default: the input dominates).
-        num_mixes: references per input. generator: seed or torch.Generator for drawing references.
+        num_mixes: references per input.
+        generator: seed or torch.Generator for drawing references.
 
     Shape:
         x: (B, C, H, W) float in [0, 1] -> (B, K) probabilities.

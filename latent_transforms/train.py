@@ -277,16 +277,23 @@ def train_codec(
             ``<name>.json`` and ``<name>.png`` go (created if missing).
         name: file stem; default ``"glow"`` or ``"vae"``.
         num_bins: intensity levels of the data (17 for sklearn digits, 256 for 8-bit images); flows only.
-        levels, steps, hidden: Glow's L, K and coupling width. latent_dim, hidden, beta: the VAE's.
-            ``config``: further codec config overrides. Defaults: see :func:`default_config`.
-        epochs / max_steps: length of the whole run (over every resumed call); it fixes the LR schedule.
+        levels: Glow's L (flows only). Defaults of the codec settings: see :func:`default_config`.
+        steps: Glow's K (flows only).
+        hidden: the coupling networks' width (flows) or the convolution width (VAEs).
+        latent_dim: the VAE's latent size.
+        beta: the VAE's KL weight.
+        config: further codec config overrides.
+        epochs: length of the whole run in epochs (over every resumed call); it fixes the LR schedule.
+        max_steps: length of the whole run in optimizer steps, instead of ``epochs``.
         max_minutes: with ``epochs``/``max_steps``, this call's time limit (stop cleanly, save, resume later);
             alone, the length of the whole run in training minutes (the LR schedule follows the time spent).
-        batch_size, lr: the peak learning rate is reached after ``warmup_steps`` (capped at a fifth of the run)
-            of linear warm-up, then decays with a cosine to 0 at the end of the run.
+        batch_size: training batch size.
+        lr: peak learning rate, reached after ``warmup_steps`` (capped at a fifth of the run) of linear warm-up,
+            then decayed with a cosine to 0 at the end of the run.
+        warmup_steps: linear warm-up length.
         grad_clip: max gradient norm (default 50 for flows, none for VAEs).
-        seed: seeds weights, batches, dequantisation noise and flips. flips: random horizontal flips
-            (leave off for digits and text).
+        seed: seeds weights, batches, dequantisation noise and flips.
+        flips: random horizontal flips (leave off for digits and text).
         resume: continue from ``out_dir/<name>.state.safetensors`` if present (same config, batch size and
             seed required); ``False`` starts afresh and overwrites it.
         x_test: images for the final metrics and the PNG; default: up to 1,000 training images.

@@ -25,9 +25,14 @@ class VarMixup(CodecTransform):
 
     Args:
         codec: hub name, path or Codec (default ``"vae-cifar10"``; any codec works, a flow too).
-        alpha: Beta parameter (1.0, mixup's usual CIFAR default). num_classes: needed for class-index labels.
-        posterior, per_sample, levels, p, generator: see above and :class:`~latent_transforms.LatentTransform`.
+        alpha: Beta parameter (1.0, mixup's usual CIFAR default).
+        posterior: ``"mean"`` (default) or ``"sample"``, see above.
+        per_sample: one lambda per sample (default) or one per batch.
+        levels: latent levels to mix (all by default; the others keep the sample's own latent).
         cache: a :class:`~latent_transforms.LatentCache` (posterior means) to look latents up with ``index=``.
+        p: probability, per sample, of being replaced by a mix (see :class:`~latent_transforms.LatentTransform`).
+        generator: ``None``, an ``int`` seed or a ``torch.Generator`` (see :class:`~latent_transforms.LatentTransform`).
+        num_classes: needed for class-index labels.
 
     Shape:
         x: (B, C, H, W) float in [0, 1]; y: (B,) int64 or (B, K). Returns (B, K) soft labels.

@@ -48,3 +48,33 @@ def test_cache_errors_are_named(data):
         LatentNoise(tiny_vae(), cache=cache)
     with pytest.raises(ValueError, match="trained on images of shape"):
         LatentCache(glow, torch.rand(4, 3, 8, 8), progress=False)
+
+
+def test_compose_forwards_index_to_its_first_step(data):
+    import kornia.augmentation as K
+
+    from latent_transforms import Compose
+
+    images, labels = data
+    glow = tiny_glow()
+    cache = LatentCache(glow, images, progress=False)
+    idx = torch.tensor([5, 9, 14, 30])
+    x, y = images[idx], labels[idx]
+    flip = K.RandomHorizontalFlip(p=1.0)
+    direct = flip(LatentNoise(glow, eps=2.0, generator=0, cache=cache)(x, y, index=idx)[0])
+    composed = Compose([LatentNoise(glow, eps=2.0, generator=0, cache=cache), flip])(x, y, index=idx)[0]
+    assert torch.equal(direct, composed)
+    # the cache holds the images as given: a step after a pixel transform must not look them up
+    with pytest.raises(ValueError, match="first step is RandomHorizontalFlip"):
+        Compose([flip, LatentNoise(glow, cache=cache)])(x, y, index=idx)
+    with pytest.raises(ValueError, match="batch sizes differ"):
+        Compose([LatentNoise(glow, cache=cache)])(x, y, index=idx[:3])
+
+
+def test_repr_is_one_line_with_the_codec_settings(data):
+    images, _ = data
+    glow = tiny_glow()
+    t = LatentNoise(glow, eps=2.0, cache=LatentCache(glow, images, progress=False))
+    assert "\n" not in repr(t)
+    assert repr(t).startswith("LatentNoise(eps=2.0") and "codec=Glow(levels=" in repr(t) and "LatentCache(40)" in repr(t)
+    assert "\n" not in repr(VarMixup(tiny_vae(), num_classes=10)) and "codec=ConvVAE(" in repr(VarMixup(tiny_vae(), num_classes=10))
