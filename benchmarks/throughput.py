@@ -1,26 +1,31 @@
 #!/usr/bin/env python
 """Throughput benchmark (issue 8): every method against torchvision/kornia augmentations and the training step.
 
-One run, one table: LatentNoise, LatentAdversarial (1 PGD step), VarMixup and ISDA; torchvision v2 RandAugment
+One run, one table: LatentNoise, LatentAdversarial (1 and 3 PGD steps), VarMixup and ISDA; torchvision v2 RandAugment
 (one draw per batch, and per image as the accuracy benchmark uses it) and MixUp; kornia RandAugment; the plain
 naive normflows path of the same Glow (``flow.inverse_and_log_det``, add noise, ``flow.forward_and_log_det``) next
-to the library codec's ``encode``/``decode`` (the folded fast path of a frozen Glow); and a CIFAR ResNet-18 training
-step (bf16 autocast on a GPU, fp32 on the CPU). The JSON also records how far the two Glow paths' outputs differ.
+to the library codec's ``encode``/``decode`` (the folded fast path of a frozen Glow); with ``--compile`` (default on
+CUDA) the Glow round trip, LatentNoise and LatentAdversarial again with ``codec.compile_fast_path()``; and a CIFAR
+ResNet-18 training step (bf16 autocast on a GPU, fp32 on the CPU). The JSON also records how far the two Glow paths'
+outputs differ, and the compiled from the eager codec's.
 
 Each row: median over ``--iters`` timed iterations after ``--warmup`` untimed ones, with device synchronisation
-around every iteration; milliseconds per batch, images per second, cost as a multiple of one training step, and
-on CUDA the peak memory allocated above what was allocated before the row (``torch.cuda.max_memory_allocated``).
+around every iteration; milliseconds per batch, images per second, cost as a multiple of one training step, the first
+call's time (for the compiled rows: compiling included), and on CUDA the peak memory allocated above what was
+allocated before the row (``torch.cuda.max_memory_allocated``).
 Writes ``OUT/throughput.json`` and ``OUT/throughput.md`` and prints the table.
 
 Examples::
 
     python benchmarks/throughput.py --out runs/throughput                      # GPU, batch 128
     python benchmarks/throughput.py --device cpu --batch-size 8 --iters 2      # small, on a CPU
+    python benchmarks/throughput.py --device cpu --batch-size 8 --compile      # ... with the compiled rows
     python benchmarks/throughput.py --smoke --device cpu --out /tmp/tp-smoke   # tiny codecs, seconds
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import statistics
@@ -55,10 +60,15 @@ def sync(device: torch.device) -> None:
 
 
 def measure(fn: Callable[[], object], device: torch.device, warmup: int, iters: int) -> dict:
-    """Median seconds of ``fn`` over ``iters`` synchronised iterations after ``warmup``; CUDA: peak extra bytes."""
+    """Median seconds of ``fn`` over ``iters`` synchronised iterations after ``warmup``; the first call's seconds
+    (compile time included); CUDA: peak extra bytes."""
+    warm = []
     for _ in range(warmup):
+        sync(device)
+        t = time.perf_counter()
         fn()
-    sync(device)
+        sync(device)
+        warm.append(time.perf_counter() - t)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         base = torch.cuda.memory_allocated(device)
@@ -71,7 +81,8 @@ def measure(fn: Callable[[], object], device: torch.device, warmup: int, iters: 
         sync(device)
         times.append(time.perf_counter() - t)
     peak = torch.cuda.max_memory_allocated(device) - base if device.type == "cuda" else None
-    return {"seconds": statistics.median(times), "all_seconds": times, "peak_extra_bytes": peak}
+    return {"seconds": statistics.median(times), "all_seconds": times, "first_call_seconds": (warm + times)[0],
+            "peak_extra_bytes": peak}
 
 
 def resolve_codecs(args, device: torch.device) -> tuple[dict, dict]:
@@ -126,7 +137,8 @@ def codec_roundtrip(codec, x: torch.Tensor, noise_eps: float, generator: torch.G
 
 
 def build_rows(args, device: torch.device, codecs: dict) -> list[dict]:
-    """Each row: key, method, what is timed, and the function to time (the training step first)."""
+    """Each row: key, method, what is timed, and the function to time (the training step first; the compiled rows,
+    on a copy of the Glow, come last so their compiling cannot disturb the others)."""
     import kornia
     from torchvision.transforms import v2
 
@@ -161,6 +173,7 @@ def build_rows(args, device: torch.device, codecs: dict) -> list[dict]:
     kornia_ra = kornia.augmentation.auto.RandAugment(n=2, m=10)
     noise = in_train_mode(LatentNoise(glow, eps=args.noise_eps, generator=0))
     adversarial = in_train_mode(LatentAdversarial(glow, steps=1, generator=0))
+    adversarial_3 = in_train_mode(LatentAdversarial(glow, steps=3, generator=0))
     varmixup = in_train_mode(VarMixup(vae, num_classes=NUM_CLASSES, generator=0))
     index = torch.arange(b, device=device)
     noise_cached = in_train_mode(LatentNoise(glow, eps=args.noise_eps, generator=0,
@@ -186,6 +199,8 @@ def build_rows(args, device: torch.device, codecs: dict) -> list[dict]:
         {"key": "latent_noise", "method": "LatentNoise", "timed": "t(x, y)", "fn": lambda: noise(x, y)},
         {"key": "latent_adversarial_1", "method": "LatentAdversarial, 1 PGD step", "timed": "t(x, y, model)",
          "fn": lambda: adversarial(x, y, model)},
+        {"key": "latent_adversarial_3", "method": "LatentAdversarial, 3 PGD steps (official CIFAR)",
+         "timed": "t(x, y, model)", "fn": lambda: adversarial_3(x, y, model)},
         {"key": "varmixup", "method": "VarMixup", "timed": "t(x, y)", "fn": lambda: varmixup(x, y)},
         {"key": "latent_noise_cached", "method": "LatentNoise with a LatentCache", "timed": "t(x, y, index=i)",
          "fn": lambda: noise_cached(x, y, index=index)},
@@ -194,6 +209,20 @@ def build_rows(args, device: torch.device, codecs: dict) -> list[dict]:
         {"key": "train_step_isda", "method": f"ResNet-18 training step + ISDA ({args.isda_covariance} covariance)",
          "timed": "the whole step, ISDA armed (compare with the training step)", "fn": train_step(isda)},
     ]
+    if args.compile:
+        glow_c = codecs["glow_compiled"]
+        noise_c = in_train_mode(LatentNoise(glow_c, eps=args.noise_eps, generator=0))
+        adversarial_c = in_train_mode(LatentAdversarial(glow_c, steps=1, generator=0))
+        rows += [
+            {"key": "glow_codec_compiled",
+             "method": f"Glow encode + noise + decode, library codec, compiled ({glow_path})",
+             "timed": "codec.encode, L2 noise, codec.decode after codec.compile_fast_path()",
+             "fn": lambda: codec_roundtrip(glow_c, x, args.noise_eps, g)},
+            {"key": "latent_noise_compiled", "method": "LatentNoise, compiled codec", "timed": "t(x, y)",
+             "fn": lambda: noise_c(x, y)},
+            {"key": "latent_adversarial_1_compiled", "method": "LatentAdversarial, 1 PGD step, compiled codec",
+             "timed": "t(x, y, model)", "fn": lambda: adversarial_c(x, y, model)},
+        ]
     return rows
 
 
@@ -217,6 +246,12 @@ def format_table(result: dict) -> str:
               "minus 1.",
               f"Glow round trip, naive normflows path vs library codec, no noise: max |difference| "
               f"{cfg['max_abs_diff_normflows_vs_codec_roundtrip']:.1e}."]
+    if cfg["compile"]:
+        firsts = ", ".join(f"{r['method']} {r['first_call_seconds']:.1f} s" for r in result["rows"]
+                           if r["key"].endswith("_compiled"))
+        lines.append(f"Compiled rows (`codec.compile_fast_path()`, a copy of the Glow): first call, compiling "
+                     f"included: {firsts}. Glow round trip, compiled vs eager codec, no noise: max |difference| "
+                     f"{cfg['max_abs_diff_compiled_vs_eager_codec_roundtrip']:.1e}.")
     return "\n".join(lines)
 
 
@@ -234,6 +269,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--isda-covariance", choices=("full", "diagonal"), default="full")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's; smoke: 1)")
     p.add_argument("--out", default="runs/throughput")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction,
+                   help="add rows with codec.compile_fast_path() (default: on CUDA; on a CPU compiling takes minutes)")
     p.add_argument("--smoke", action="store_true", help="tiny codecs, width 8, batch 8, 2 iterations, 1 warm-up")
     args = p.parse_args(argv)
     if args.smoke:
@@ -241,6 +278,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.threads = args.threads or 1
     if args.precision is None:
         args.precision = "bf16" if args.device.startswith("cuda") else "fp32"
+    if args.compile is None:
+        args.compile = args.device.startswith("cuda")
     if args.iters < 1 or args.warmup < 0 or args.batch_size < 2:
         p.error("need --iters >= 1, --warmup >= 0, --batch-size >= 2")
     return args
@@ -251,6 +290,8 @@ def main(argv=None) -> dict:
     start = time.perf_counter()
     device = setup_device(args.device, args.threads)
     codecs, notes = resolve_codecs(args, device)
+    if args.compile:
+        codecs["glow_compiled"] = copy.deepcopy(codecs["glow"]).compile_fast_path()
     rows = build_rows(args, device, codecs)
     probe = torch.rand(min(args.batch_size, 16), 3, 32, 32, generator=torch.Generator().manual_seed(1)).to(device)
     agreement = float((normflows_roundtrip(codecs["glow"], probe, 0.0, None)
@@ -259,6 +300,11 @@ def main(argv=None) -> dict:
         r.update(measure(r.pop("fn"), device, args.warmup, args.iters))
         r["images_per_second"] = args.batch_size / r["seconds"]
         print(f"  {r['method']}: {1000 * r['seconds']:.2f} ms / batch", file=sys.stderr)
+    compiled_agreement = None
+    if args.compile:  # after the rows: the compiled codec has its graphs for this batch size by now
+        x = torch.rand(args.batch_size, 3, 32, 32, generator=torch.Generator().manual_seed(1)).to(device)
+        compiled_agreement = float((codec_roundtrip(codecs["glow_compiled"], x, 0.0, None)
+                                    - codec_roundtrip(codecs["glow"], x, 0.0, None)).abs().max())
     step = next(r["seconds"] for r in rows if r["key"] == "train_step")
     for r in rows:
         r["vs_train_step"] = r["seconds"] / step
@@ -270,7 +316,8 @@ def main(argv=None) -> dict:
                          "precision": args.precision, "noise_eps": args.noise_eps,
                          "isda_covariance": args.isda_covariance, "codecs": notes,
                          "glow_fast_path": bool(getattr(codecs["glow"], "use_fast_path", False)),
-                         "max_abs_diff_normflows_vs_codec_roundtrip": agreement},
+                         "max_abs_diff_normflows_vs_codec_roundtrip": agreement, "compile": args.compile,
+                         "max_abs_diff_compiled_vs_eager_codec_roundtrip": compiled_agreement},
               "rows": rows, "wall_seconds": time.perf_counter() - start}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,21 @@ def tiny_glow(seed: int = 0, shape=(1, 8, 8)) -> Glow:
     return glow.freeze()
 
 
+def trained_like_glow_pair(shape=(1, 8, 8)) -> tuple[Glow, Glow]:
+    """The same non-trivial Glow twice: unfrozen (plain normflows reference path) and frozen (folded fast path).
+
+    Its weights are moved away from the identity-like init, as training does."""
+    torch.manual_seed(0)
+    plain = Glow(shape, levels=2, steps=2, hidden=16)
+    with torch.no_grad():
+        plain.loss(torch.rand(32, *shape))
+        for p in plain.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    fast = Glow(**{k: v for k, v in plain.config.items() if k != "kind"})
+    fast.load_state_dict(plain.state_dict())
+    return plain, fast.freeze()
+
+
 def tiny_vae(seed: int = 0, shape=(1, 8, 8)) -> ConvVAE:
     torch.manual_seed(seed)
     return ConvVAE(shape, latent_dim=4, hidden=8).freeze()

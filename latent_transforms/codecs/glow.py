@@ -56,8 +56,11 @@ class Glow(Codec):
 
     Args:
         image_shape: (C, H, W); H and W divisible by 2**levels.
-        levels, steps, hidden: L, K and the coupling networks' width.
-        alpha: logit margin. scale_floor: lower bound of every coupling scale (numerically safe decoding).
+        levels: L, the number of scales.
+        steps: K, the flow steps per level.
+        hidden: the coupling networks' width.
+        alpha: logit margin.
+        scale_floor: lower bound of every coupling scale (numerically safe decoding).
         num_bins: intensity levels of the data (256 for 8-bit images), for dequantisation and bits/dim.
     """
 
@@ -86,6 +89,8 @@ class Glow(Codec):
             q0.append(nf.distributions.DiagGaussian(shape))
         self.flow = nf.MultiscaleFlow(q0, flows, merges, class_cond=False)
         self._folded = False
+        # new weights loaded into a frozen Glow must not leave the folded fast path on the old ones
+        self.register_load_state_dict_post_hook(lambda module, _: module._fold_weights() if module._folded else None)
 
     @property
     def config(self) -> dict:
@@ -167,13 +172,16 @@ class Glow(Codec):
             if isinstance(m, nf.flows.ActNorm):
                 m.data_dep_init_done.fill_(1.0)
         super().freeze()
+        self._fold_weights()
+        return self
+
+    def _fold_weights(self) -> None:
         with torch.no_grad():
             for level in self.flow.flows:
                 for block in level[:-1]:
                     for name, value in zip(("enc_weight", "enc_bias", "dec_weight", "dec_bias"), _fold(block)):
                         block.register_buffer(name, value.to(self.dtype), persistent=False)
         self._folded = True
-        return self
 
 
 def _fold(block: nf.flows.GlowBlock) -> tuple[torch.Tensor, ...]:
