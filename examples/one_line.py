@@ -75,7 +75,7 @@ def main() -> None:
     if args.method != "none":
         codec = (tiny_glow() if args.smoke else hub.load(args.codec, device=device)).to(device)
     if args.method == "noise":
-        augment = LatentNoise(codec)           # official CIFAR-10 setting: L2 noise of norm 20
+        augment = LatentNoise(codec)           # L2 noise of norm 10 (calibrated; the official CIFAR-10 setting is 20)
     elif args.method == "adversarial":
         augment = LatentAdversarial(codec)     # official CIFAR-10 setting: L2 PGD, eps 1, 3 steps of 0.5
     else:

@@ -86,3 +86,30 @@ def test_throughput_smoke(tmp_path):
     assert md.count("\n| ") >= len(THROUGHPUT_ROWS) + 1
     for r in rows.values():
         assert f"| {r['method']} |" in md and f"| {r['method']} |" in proc.stdout
+
+
+def _fake_results(path: Path, arm: str, seed: int, accuracy: float, **settings) -> Path:
+    config = {"train": "npz:t.npz", "eval_on": "val", "epochs": 12, "batch_size": 128, "lr": 0.1,
+              "weight_decay": 5e-4, "width": 16, "precision": "fp32", "val_fraction": 0.1, "n_train": 4500,
+              "n_eval": 500, "glow": None, "vae": None, "noise_eps": 20.0, "latent_p": 1.0, **settings}
+    path.mkdir(parents=True)
+    run = {"accuracy": accuracy, "seconds_per_epoch": 10.0}
+    (path / "results.json").write_text(json.dumps({"config": config, "runs": {arm: {str(seed): run}}}))
+    return path / "results.json"
+
+
+def test_sweep_report_names_rows_by_their_settings(tmp_path):
+    files = [_fake_results(tmp_path / "b0", "baseline", 0, 0.60), _fake_results(tmp_path / "b1", "baseline", 1, 0.62),
+             _fake_results(tmp_path / "n0", "latent-noise", 0, 0.55, noise_eps=10.0),
+             _fake_results(tmp_path / "n1", "latent-noise", 1, 0.57, noise_eps=10.0)]
+    out = tmp_path / "sweep.md"
+    r = subprocess.run([sys.executable, str(BENCHMARKS / "sweep_report.py"), *map(str, files), "--out", str(out)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "| baseline | 60.0% | 62.0% | 61.0% | +0.0 | 10 |" in r.stdout
+    assert "| latent-noise (noise_eps=10, latent_p=1) | 55.0% | 57.0% | 56.0% | -5.0 | 10 |" in r.stdout
+    assert out.read_text().strip() == r.stdout.strip()
+    other = _fake_results(tmp_path / "e", "baseline", 2, 0.6, epochs=30)
+    r = subprocess.run([sys.executable, str(BENCHMARKS / "sweep_report.py"), str(files[0]), str(other)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "not the same data/schedule" in r.stderr and "epochs" in r.stderr

@@ -89,8 +89,7 @@ class Glow(Codec):
             q0.append(nf.distributions.DiagGaussian(shape))
         self.flow = nf.MultiscaleFlow(q0, flows, merges, class_cond=False)
         self._folded = False
-        # new weights loaded into a frozen Glow must not leave the folded fast path on the old ones
-        self.register_load_state_dict_post_hook(lambda module, _: module._fold_weights() if module._folded else None)
+        self.register_load_state_dict_post_hook(_refold_after_load)
 
     @property
     def config(self) -> dict:
@@ -182,6 +181,12 @@ class Glow(Codec):
                     for name, value in zip(("enc_weight", "enc_bias", "dec_weight", "dec_bias"), _fold(block)):
                         block.register_buffer(name, value.to(self.dtype), persistent=False)
         self._folded = True
+
+
+def _refold_after_load(glow: Glow, incompatible_keys) -> None:
+    """New weights loaded into a frozen Glow must not leave the folded fast path on the old ones."""
+    if glow._folded:
+        glow._fold_weights()
 
 
 def _fold(block: nf.flows.GlowBlock) -> tuple[torch.Tensor, ...]:

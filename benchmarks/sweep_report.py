@@ -1,0 +1,89 @@
+#!/usr/bin/env python
+"""One table from several ``accuracy.py`` output folders: a settings sweep (issue 9's calibration on a val split).
+
+``accuracy.py`` refuses to mix settings in one folder, so a sweep runs one folder per setting (and, to use both
+cores of a small machine, per seed). This script reads every ``results.json`` given, names each row by the method
+settings that differ between folders, and prints accuracy per seed, the mean and the difference from the baseline
+arm's mean::
+
+    python benchmarks/sweep_report.py runs/sweep/*/results.json --out runs/sweep/sweep.md
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+# settings that belong to an arm; the rest (data, schedule, device) must match across folders
+ARM_SETTINGS = {
+    "latent-noise": ["noise_eps", "latent_p"],
+    "latent-adversarial": ["adv_eps", "adv_steps", "adv_step_size", "latent_p"],
+    "varmixup": ["varmixup_alpha", "varmixup_p"],
+    "isda": ["isda_lambda0", "isda_covariance"],
+    "randaugment": ["ra_ops", "ra_magnitude"],
+    "mixup": ["mixup_alpha"],
+    "baseline": [],
+}
+SHARED = ["train", "eval_on", "epochs", "batch_size", "lr", "weight_decay", "width", "precision", "val_fraction",
+          "n_train", "n_eval", "glow", "vae"]
+
+
+def collect(paths: list[Path]) -> tuple[dict, dict]:
+    """-> ({row name: {seed: (accuracy, seconds per epoch)}}, the shared config)."""
+    rows: dict[str, dict[int, tuple[float, float]]] = defaultdict(dict)
+    shared = None
+    for path in paths:
+        result = json.loads(path.read_text())
+        cfg = result["config"]
+        mine = {k: cfg.get(k) for k in SHARED}
+        if shared is None:
+            shared = mine
+        elif mine != shared:
+            diff = {k: (shared[k], mine[k]) for k in SHARED if shared[k] != mine[k]}
+            raise SystemExit(f"{path}: not the same data/schedule as the first folder: {diff}")
+        for arm, seeds in result["runs"].items():
+            settings = ", ".join(f"{k}={cfg[k]:g}" if isinstance(cfg[k], float) else f"{k}={cfg[k]}"
+                                 for k in ARM_SETTINGS.get(arm, []))
+            name = f"{arm} ({settings})" if settings else arm
+            for seed, run in seeds.items():
+                rows[name][int(seed)] = (run["accuracy"], run["seconds_per_epoch"])
+    if shared is None:
+        raise SystemExit("no results.json given")
+    return rows, shared
+
+
+def format_table(rows: dict, shared: dict) -> str:
+    seeds = sorted({s for r in rows.values() for s in r})
+    base = rows.get("baseline")
+    base_mean = statistics.mean(a for a, _ in base.values()) if base else None
+    lines = [f"{shared['eval_on']} accuracy; width-{shared['width']} ResNet-18, {shared['epochs']} epochs, "
+             f"{shared['n_train']} training images, {shared['n_eval']} evaluated, {shared['precision']}.", "",
+             "| setting | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | Δ vs baseline | s / epoch |",
+             "|---|" + "---|" * (len(seeds) + 3)]
+    for name, by_seed in sorted(rows.items(), key=lambda kv: (kv[0] != "baseline", kv[0])):
+        accs = [by_seed[s][0] for s in seeds if s in by_seed]
+        mean = statistics.mean(accs)
+        delta = "-" if base_mean is None else f"{100 * (mean - base_mean):+.1f}"
+        cells = [f"{100 * by_seed[s][0]:.1f}%" if s in by_seed else "-" for s in seeds]
+        epoch_s = statistics.mean(t for _, t in by_seed.values())
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {100 * mean:.1f}% | {delta} | {epoch_s:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> str:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("results", nargs="+", type=Path, help="results.json files of accuracy.py runs")
+    p.add_argument("--out", type=Path, help="also write the table here")
+    args = p.parse_args(argv)
+    table = format_table(*collect(args.results))
+    print(table)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(table + "\n")
+    return table
+
+
+if __name__ == "__main__":
+    main()
