@@ -40,7 +40,8 @@ from torch import nn
 
 warnings.filterwarnings("ignore", message="torch.lu is deprecated")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from models import PerSampleRandAugment, RandomCropFlip, build_classifier, load_codec, setup_device, tiny_codecs  # noqa: E402
+from models import (PerSampleRandAugment, RandomCropFlip, build_classifier, library_default, load_codec,  # noqa: E402
+                    setup_device, tiny_codecs)
 
 from latent_transforms import Compose  # noqa: E402
 from latent_transforms.base import LatentTransform  # noqa: E402
@@ -216,8 +217,6 @@ def make_augment(arm: str, args, codecs: dict, seed: int, device: torch.device) 
     else:
         raise ValueError(f"unknown arm {arm!r}")
     # Steps are already on the device (codecs loaded there; ISDA sizes its statistics on the features' device).
-    # Not Compose(...).to(device): Compose defines its own _apply(step, x, y, model), which shadows
-    # nn.Module._apply, so .to()/.cuda() on a Compose raise TypeError.
     return Compose(steps, num_classes=k)
 
 
@@ -504,10 +503,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     c = p.add_argument_group("codecs and method settings")
     c.add_argument("--glow", help="Glow: hub name or .safetensors path (default glow-cifar10; smoke: tiny random-init)")
     c.add_argument("--vae", help="VAE: hub name or .safetensors path (default vae-cifar10; smoke: tiny random-init)")
-    c.add_argument("--noise-eps", type=float, default=20.0, help="LatentNoise L2 radius (official CIFAR: 20)")
-    c.add_argument("--adv-eps", type=float, default=1.0, help="LatentAdversarial L2 radius (official CIFAR: 1.0)")
-    c.add_argument("--adv-steps", type=int, default=3, help="LatentAdversarial PGD steps (official CIFAR: 3)")
-    c.add_argument("--adv-step-size", type=float, default=0.5, help="(official CIFAR: 0.5)")
+    c.add_argument("--noise-eps", type=float, default=library_default(LatentNoise, "eps"),
+                   help="LatentNoise L2 radius (default: the library's, %(default)s; official CIFAR: 20)")
+    c.add_argument("--adv-eps", type=float, default=library_default(LatentAdversarial, "eps"),
+                   help="LatentAdversarial L2 radius (default: the library's, %(default)s; official CIFAR: 1.0)")
+    c.add_argument("--adv-steps", type=int, default=library_default(LatentAdversarial, "steps"),
+                   help="LatentAdversarial PGD steps (default: the library's, %(default)s; official CIFAR: 3)")
+    c.add_argument("--adv-step-size", type=float, default=library_default(LatentAdversarial, "step_size"),
+                   help="(default: the library's, %(default)s; official CIFAR: 0.5)")
     c.add_argument("--latent-p", type=float, default=1.0, help="share of samples LatentNoise/Adversarial replace")
     c.add_argument("--varmixup-alpha", type=float, default=1.0)
     c.add_argument("--varmixup-p", type=float, default=0.5, help="share of samples VarMixup replaces")

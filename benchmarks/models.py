@@ -2,6 +2,8 @@
 per-sample RandAugment, codec loading (hub name or path, or tiny random-init codecs for smoke runs)."""
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -119,3 +121,8 @@ def load_codec(name_or_path: str, device: torch.device):
     from latent_transforms import hub
 
     return hub.load(name_or_path, device=device)
+
+
+def library_default(cls: type, name: str):
+    """A method's default setting, so that benchmarks measure what users get (calibrated: docs/calibration.md)."""
+    return inspect.signature(cls).parameters[name].default

@@ -77,7 +77,7 @@ def main() -> None:
     if args.method == "noise":
         augment = LatentNoise(codec)           # L2 noise of norm 10 (calibrated; the official CIFAR-10 setting is 20)
     elif args.method == "adversarial":
-        augment = LatentAdversarial(codec)     # official CIFAR-10 setting: L2 PGD, eps 1, 3 steps of 0.5
+        augment = LatentAdversarial(codec)     # L2 PGD, eps 1, one step (calibrated; official: 3 steps of 0.5)
     else:
         augment = None
 
