@@ -175,7 +175,7 @@ def eval_codec(codec: Codec, x: torch.Tensor, batch_size: int = 256, seed: int =
                 eps = torch.randn(mu.shape, generator=gen).to(device, mu.dtype)
                 logits = codec.decoder(mu + torch.exp(0.5 * logvar) * eps)
                 rec = torch.nn.functional.binary_cross_entropy_with_logits(logits, xb, reduction="none").flatten(1).sum(1)
-                kl = 0.5 * (mu**2 + logvar.exp() - 1 - logvar).sum(1)
+                kl = codec.kl_divergence(mu, logvar)
                 mse = (rec_mean - xb).pow(2).flatten(1).mean(1)
                 for key, v in (("mse", mse), ("kl", kl), ("rec", rec), ("nelbo", rec + codec.beta * kl)):
                     sums[key] = sums.get(key, 0.0) + float(v.sum())
@@ -251,6 +251,7 @@ def train_codec(
     hidden: int | None = None,
     latent_dim: int | None = None,
     beta: float | None = None,
+    latent_side: int | None = None,
     config: dict | None = None,
     epochs: float | None = None,
     max_steps: int | None = None,
@@ -280,8 +281,9 @@ def train_codec(
         levels: Glow's L (flows only). Defaults of the codec settings: see :func:`default_config`.
         steps: Glow's K (flows only).
         hidden: the coupling networks' width (flows) or the convolution width (VAEs).
-        latent_dim: the VAE's latent size.
+        latent_dim: the VAE's latent size (channels of a spatial latent).
         beta: the VAE's KL weight.
+        latent_side: the side of the VAE's spatial latent (default: a vector latent).
         config: further codec config overrides.
         epochs: length of the whole run in epochs (over every resumed call); it fixes the LR schedule.
         max_steps: length of the whole run in optimizer steps, instead of ``epochs``.
@@ -334,9 +336,9 @@ def train_codec(
     state_path = out / f"{name}.state.safetensors"
 
     overrides = {"levels": levels, "steps": steps, "hidden": hidden} if codec_kind == "glow" else \
-        {"latent_dim": latent_dim, "hidden": hidden, "beta": beta}
-    if codec_kind == "glow" and (latent_dim is not None or beta is not None):
-        raise ValueError("latent_dim and beta are VAE settings; a flow's latent has the size of the image")
+        {"latent_dim": latent_dim, "hidden": hidden, "beta": beta, "latent_side": latent_side}
+    if codec_kind == "glow" and (latent_dim is not None or beta is not None or latent_side is not None):
+        raise ValueError("latent_dim, beta and latent_side are VAE settings; a flow's latent has the size of the image")
     if codec_kind == "vae" and (levels is not None or steps is not None):
         raise ValueError("levels and steps are flow (Glow) settings")
     cfg = default_config(codec_kind, tuple(x_train.shape[1:]), num_bins, **{**overrides, **(config or {})})
@@ -606,6 +608,7 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--hidden", type=int, help="coupling width (flow, default 128) or first conv width (vae, default 64)")
     g.add_argument("--latent-dim", type=int, help="vae: latent size (default 64)")
     g.add_argument("--beta", type=float, help="vae: KL weight (default 1)")
+    g.add_argument("--latent-side", type=int, help="vae: side of a spatial latent (default: a vector latent)")
     g = p.add_argument_group("training")
     length = g.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=float, help="length of the whole run in epochs")
@@ -651,9 +654,9 @@ def _cmd_train(args: argparse.Namespace) -> dict:
     if test_spec is not None:
         description += f"; tested on {test_spec}{' (test split)' if test_spec in ('digits', 'cifar10') else ''}"
     kwargs = dict(levels=args.levels, steps=args.steps, hidden=args.hidden) if codec_kind == "glow" else \
-        dict(latent_dim=args.latent_dim, hidden=args.hidden, beta=args.beta)
-    if codec_kind == "glow" and (args.latent_dim is not None or args.beta is not None):
-        raise ValueError("--latent-dim and --beta are VAE settings")
+        dict(latent_dim=args.latent_dim, hidden=args.hidden, beta=args.beta, latent_side=args.latent_side)
+    if codec_kind == "glow" and (args.latent_dim is not None or args.beta is not None or args.latent_side is not None):
+        raise ValueError("--latent-dim, --beta and --latent-side are VAE settings")
     if codec_kind == "vae" and (args.levels is not None or args.steps is not None):
         raise ValueError("--levels and --steps are flow settings")
     return train_codec(

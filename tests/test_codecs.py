@@ -91,6 +91,28 @@ def test_vae_shapes_mean_and_sample():
     assert torch.isfinite(loss) and set(metrics) == {"rec", "kl", "mse"}
 
 
+@pytest.mark.parametrize("side", [1, 4, 8])
+def test_vae_spatial_latent(side):
+    vae = ConvVAE((3, 8, 8), latent_dim=3, hidden=8, latent_side=side).freeze()
+    x = torch.rand(5, 3, 8, 8)
+    (mu,) = vae.encode(x)
+    assert vae.latent_shapes == [(3, side, side)] and mu.shape == (5, 3, side, side) and vae.latent_dim == 3 * side**2
+    assert vae.decode([mu]).shape == x.shape
+    assert vae.encode(x, sample=True, generator=torch.Generator().manual_seed(0))[0].shape == mu.shape
+    assert build_codec(vae.config).config == vae.config and vae.config["latent_side"] == side
+    loss, metrics = vae.loss(x)
+    mu, logvar = vae.posterior(x)
+    # the KL is summed over every latent element, per image
+    assert torch.allclose(vae.kl_divergence(mu, logvar), 0.5 * (mu**2 + logvar.exp() - 1 - logvar).sum((1, 2, 3)))
+    assert torch.isfinite(loss) and metrics["kl"] >= 0
+
+
+def test_vae_config_without_latent_side_is_a_vector_vae():
+    """Checkpoints saved before ``latent_side`` existed load as the vector VAE they are."""
+    vae = build_codec({"kind": "vae", "image_shape": [1, 8, 8], "latent_dim": 4, "hidden": 8, "beta": 1.0})
+    assert vae.latent_shapes == [(4,)] and vae.config["latent_side"] is None
+
+
 def test_build_codec_round_trips_config_and_names_errors():
     for codec in (GLOW, tiny_vae()):
         assert build_codec(codec.config).config == codec.config
@@ -127,6 +149,9 @@ def test_fast_frozen_path_matches_plain_normflows_path():
     ({"kind": "vae", "latent_dim": -1}, "latent_dim must be positive"),
     ({"kind": "vae", "hidden": 0}, "hidden must be positive"),
     ({"kind": "vae", "beta": -1.0}, "beta must be >= 0"),
+    ({"kind": "vae", "latent_side": 3}, "latent_side must be None or a power of two <= the image side 32, got 3"),
+    ({"kind": "vae", "latent_side": 64}, "latent_side must be None or a power of two"),
+    ({"kind": "vae", "latent_side": 0}, "latent_side must be None or a power of two"),
     ({"kind": "glow", "hidden": 0}, "hidden must be positive"),
     ({"kind": "glow", "steps": 0}, "steps must be positive"),
     ({"kind": "glow", "alpha": 0.7}, "alpha must be in"),

@@ -207,6 +207,15 @@ def test_vae_trains_fp16_storage(tmp_path, digits):
     assert_no_pickle(tmp_path)
 
 
+def test_vae_with_spatial_latent_trains_and_loads(tmp_path, digits):
+    x, _, xt, _, _ = digits
+    r = train_codec("vae", x[:32], tmp_path, latent_dim=2, hidden=8, latent_side=4, max_steps=3, batch_size=16,
+                    x_test=xt[:16], progress=False)
+    assert r["metrics"]["kl"] >= 0 and r["metrics"]["mse"] < 1
+    codec = hub.load_checkpoint(tmp_path / "vae.safetensors")
+    assert codec.latent_shapes == [(2, 4, 4)] and codec.config["latent_side"] == 4
+
+
 def test_fp16_flow_falls_back_to_fp32_when_inexact(tmp_path, digits, monkeypatch):
     monkeypatch.setattr(train, "ROUNDTRIP_TOL", 0.0)  # nothing passes: must store fp32
     r = train_codec("flow", digits[0][:32], tmp_path, **FLOW, max_steps=2, fp16=True, progress=False)
@@ -225,6 +234,8 @@ def test_bad_arguments(tmp_path, digits):
         train_codec("gan", x, tmp_path, max_steps=1)
     with pytest.raises(ValueError, match="VAE settings"):
         train_codec("flow", x, tmp_path, latent_dim=3, max_steps=1)
+    with pytest.raises(ValueError, match="VAE settings"):
+        train_codec("flow", x, tmp_path, latent_side=2, max_steps=1)
     with pytest.raises(ValueError, match="\\[0, 1\\]"):
         train_codec("vae", x * 255, tmp_path, max_steps=1)
 

@@ -11,7 +11,11 @@ from .base import Codec, Latents
 
 
 class ConvVAE(Codec):
-    """Convolutional VAE: stride-2 convolutions down to 4x4, a Gaussian latent of ``latent_dim``, a mirrored decoder.
+    """Convolutional VAE: stride-2 convolutions, a diagonal Gaussian latent, a mirrored decoder.
+
+    The latent is a vector of ``latent_dim`` (a linear layer from a 4x4 feature map; the default), or, with
+    ``latent_side=s``, a spatial map of shape (latent_dim, s, s) (a convolution from an s x s feature map). A
+    spatial latent keeps far more detail (sharper decodes), and mixing two of them blends their layouts too.
 
     ``encode`` returns the posterior mean (the prior is N(0, I), so latents are already standardised);
     ``encode(x, sample=True, generator=g)`` draws from the posterior instead. The decoder ends in a sigmoid
@@ -19,13 +23,16 @@ class ConvVAE(Codec):
 
     Args:
         image_shape: (C, H, W); H and W equal powers of two, at least 4.
-        latent_dim: size of z. hidden: channels after the first convolution (doubled per down-sampling, at most 4x).
+        latent_dim: size of a vector z, or channels of a spatial z.
+        hidden: channels after the first convolution (doubled per down-sampling, at most 4x).
         beta: weight of the KL term in the training loss.
+        latent_side: ``None`` (a vector latent) or the side s of a spatial latent, a power of two <= H.
     """
 
     kind = "vae"
 
-    def __init__(self, image_shape=(3, 32, 32), latent_dim: int = 64, hidden: int = 64, beta: float = 1.0):
+    def __init__(self, image_shape=(3, 32, 32), latent_dim: int = 64, hidden: int = 64, beta: float = 1.0,
+                 latent_side: int | None = None):
         super().__init__(image_shape)
         self.check_positive(latent_dim=latent_dim, hidden=hidden)
         if not beta >= 0:
@@ -33,14 +40,23 @@ class ConvVAE(Codec):
         c, h, w = self.image_shape
         if h != w or h < 4 or h & (h - 1):
             raise ValueError(f"ConvVAE needs square images with a power-of-two side >= 4, got {h}x{w}")
-        self.latent_dim_, self.hidden, self.beta = latent_dim, hidden, beta
-        downs = int(math.log2(h // 4))
+        if latent_side is not None and (isinstance(latent_side, bool) or not isinstance(latent_side, int)
+                                        or latent_side < 1 or latent_side > h or latent_side & (latent_side - 1)):
+            raise ValueError(f"latent_side must be None or a power of two <= the image side {h}, got {latent_side!r}")
+        self.latent_dim_, self.hidden, self.beta, self.latent_side = latent_dim, hidden, beta, latent_side
+        side = latent_side or 4
+        downs = int(math.log2(h // side))
         widths = [min(hidden * 2**i, hidden * 4) for i in range(downs + 1)]
         enc: list[nn.Module] = [nn.Conv2d(c, widths[0], 3, padding=1), nn.SiLU()]
         for a, b in zip(widths, widths[1:]):
             enc += [nn.Conv2d(a, b, 4, stride=2, padding=1), nn.SiLU()]
-        self.encoder = nn.Sequential(*enc, nn.Flatten(), nn.Linear(widths[-1] * 16, 2 * latent_dim))
-        dec: list[nn.Module] = [nn.Linear(latent_dim, widths[-1] * 16), nn.SiLU(), nn.Unflatten(1, (widths[-1], 4, 4))]
+        if latent_side is None:
+            self.encoder = nn.Sequential(*enc, nn.Flatten(), nn.Linear(widths[-1] * 16, 2 * latent_dim))
+            dec: list[nn.Module] = [nn.Linear(latent_dim, widths[-1] * 16), nn.SiLU(),
+                                    nn.Unflatten(1, (widths[-1], 4, 4))]
+        else:
+            self.encoder = nn.Sequential(*enc, nn.Conv2d(widths[-1], 2 * latent_dim, 3, padding=1))
+            dec = [nn.Conv2d(latent_dim, widths[-1], 3, padding=1), nn.SiLU()]
         for a, b in zip(widths[::-1], widths[::-1][1:]):
             dec += [nn.ConvTranspose2d(a, b, 4, stride=2, padding=1), nn.SiLU()]
         self.decoder = nn.Sequential(*dec, nn.Conv2d(widths[0], c, 3, padding=1))
@@ -48,19 +64,21 @@ class ConvVAE(Codec):
     @property
     def config(self) -> dict:
         return {"kind": self.kind, "image_shape": list(self.image_shape), "latent_dim": self.latent_dim_,
-                "hidden": self.hidden, "beta": self.beta}
+                "hidden": self.hidden, "beta": self.beta, "latent_side": self.latent_side}
 
     @property
     def latent_shapes(self) -> list[tuple[int, ...]]:
-        return [(self.latent_dim_,)]
+        if self.latent_side is None:
+            return [(self.latent_dim_,)]
+        return [(self.latent_dim_, self.latent_side, self.latent_side)]
 
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: (B, C, H, W) -> mean and log-variance, each (B, latent_dim)."""
+        """x: (B, C, H, W) -> mean and log-variance, each of shape (B, *latent_shapes[0])."""
         mu, logvar = self.encoder(x).chunk(2, dim=1)
         return mu, logvar.clamp(-30, 20)
 
     def encode(self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None) -> Latents:
-        """x: (B, C, H, W) in [0, 1] -> [(B, latent_dim)]: the posterior mean, or a posterior sample."""
+        """x: (B, C, H, W) in [0, 1] -> [(B, *latent_shapes[0])]: the posterior mean, or a posterior sample."""
         if not sample:
             return super().encode(x)
         mu, logvar = self.posterior(x.to(self.dtype))
@@ -79,6 +97,11 @@ class ConvVAE(Codec):
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
         logits = self.decoder(z)
         rec = F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1).mean()
-        kl = 0.5 * (mu**2 + logvar.exp() - 1 - logvar).sum(1).mean()
+        kl = self.kl_divergence(mu, logvar).mean()
         mse = F.mse_loss(torch.sigmoid(logits), x)
         return rec + self.beta * kl, {"rec": rec.detach(), "kl": kl.detach(), "mse": mse.detach()}
+
+    @staticmethod
+    def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        """KL(N(mu, exp(logvar)) || N(0, I)) in nats per image: (B, ...) -> (B,)."""
+        return 0.5 * (mu**2 + logvar.exp() - 1 - logvar).flatten(1).sum(1)
