@@ -193,6 +193,35 @@ def eval_codec(codec: Codec, x: torch.Tensor, batch_size: int = 256, seed: int =
 
 
 # -- training ------------------------------------------------------------------------------------------------
+class WeightEMA:
+    """Exponential moving average of a model's floating-point state (parameters and float buffers).
+
+    ``update`` after each optimizer step: ``shadow <- d * shadow + (1 - d) * current`` with
+    ``d = min(decay, (1 + n) / (10 + n))`` after ``n`` earlier updates, so early averages do not cling to the
+    initial weights. ``shadow`` is a state-dict subset: load it with ``model.load_state_dict(..., strict=False)``.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float, shadow: dict[str, torch.Tensor] | None = None,
+                 num_updates: int = 0):
+        if not 0 < decay < 1:
+            raise ValueError(f"the EMA decay must be in (0, 1), got {decay!r}")
+        state = model.state_dict()
+        floats = [k for k, v in state.items() if v.is_floating_point()]
+        if shadow is None:
+            shadow = {k: state[k].detach().clone() for k in floats}
+        elif sorted(shadow) != sorted(floats):
+            raise ValueError("the saved weight average does not match the model's state")
+        self.decay, self.shadow, self.num_updates = decay, shadow, num_updates
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        d = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
+        state = model.state_dict()
+        for k, v in self.shadow.items():
+            v.lerp_(state[k].detach(), 1 - d)
+        self.num_updates += 1
+
+
 def _lr_factor(step: int, warmup: int, progress: float) -> float:
     """Linear warm-up over ``warmup`` steps, then cosine decay to 0 as ``progress`` goes 0 -> 1."""
     warm = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
@@ -260,6 +289,7 @@ def train_codec(
     lr: float = 1e-3,
     warmup_steps: int = 200,
     grad_clip: float | None = None,
+    ema_decay: float | None = None,
     seed: int = 0,
     flips: bool = False,
     resume: bool = True,
@@ -294,6 +324,8 @@ def train_codec(
             then decayed with a cosine to 0 at the end of the run.
         warmup_steps: linear warm-up length.
         grad_clip: max gradient norm (default 50 for flows, none for VAEs).
+        ema_decay: keep an exponential moving average of the weights with this decay (e.g. 0.999) and save
+            and evaluate the averaged weights (:class:`WeightEMA`); default: the last weights.
         seed: seeds weights, batches, dequantisation noise and flips.
         flips: random horizontal flips (leave off for digits and text).
         resume: continue from ``out_dir/<name>.state.safetensors`` if present (same config, batch size and
@@ -358,7 +390,8 @@ def train_codec(
     if resume and state_path.is_file():
         model_state, optim_state, info, extra = load_training_state(state_path)
         mismatch = [f"{k}: saved {info.get(k)!r}, now {v!r}" for k, v in
-                    (("config", cfg), ("batch_size", bs), ("seed", seed), ("num_images", n)) if info.get(k) != v]
+                    (("config", cfg), ("batch_size", bs), ("seed", seed), ("num_images", n), ("ema_decay", ema_decay))
+                    if info.get(k) != v]
         if mismatch:
             raise ValueError(
                 f"{state_path} is a run with other settings ({'; '.join(mismatch)}); resume with the same settings, "
@@ -379,7 +412,7 @@ def train_codec(
                 with torch.no_grad():
                     codec.loss(init)
             info = {"kind": codec_kind, "config": cfg, "batch_size": bs, "seed": seed, "num_images": n,
-                    "step": 0, "train_time_s": 0.0, "nonfinite_steps": 0, "history": [], "calls": 0}
+                    "ema_decay": ema_decay, "step": 0, "train_time_s": 0.0, "nonfinite_steps": 0, "history": [], "calls": 0}
         optimizer = (torch.optim.Adamax if codec_kind == "glow" else torch.optim.Adam)(params, lr=lr)
         if saved is not None:
             model_state, optim_state, extra = saved
@@ -389,6 +422,10 @@ def train_codec(
             if dev.type == "cuda" and "rng_cuda" in extra:
                 torch.cuda.set_rng_state(extra["rng_cuda"], dev)
             say(f"resuming {state_path} at step {info['step']} ({info['train_time_s'] / 60:.1f} min trained)")
+        ema = None
+        if ema_decay is not None:
+            saved_avg = {k[len("ema/"):]: v.to(dev) for k, v in (saved[2] if saved else {}).items() if k.startswith("ema/")}
+            ema = WeightEMA(codec, ema_decay, saved_avg or None, info.get("ema_updates", 0))
         info.update({"total_steps": total_steps, "budget_s": budget_s, "lr": lr, "flips": flips,
                      "grad_clip": clip, "optimizer": "Adamax" if codec_kind == "glow" else "Adam",
                      "steps_per_epoch": steps_per_epoch})
@@ -399,6 +436,9 @@ def train_codec(
             extra = {"rng_cpu": torch.get_rng_state()}
             if dev.type == "cuda":
                 extra["rng_cuda"] = torch.cuda.get_rng_state(dev)
+            if ema is not None:
+                extra.update({f"ema/{k}": v for k, v in ema.shadow.items()})
+                info["ema_updates"] = ema.num_updates
             save_training_state(state_path, codec, optimizer, info, extra)
 
         def finished() -> bool:
@@ -414,7 +454,7 @@ def train_codec(
             from tqdm.auto import tqdm
             bar = tqdm(total=total_steps, initial=min(step, total_steps or step), unit="step", dynamic_ncols=True,
                        desc=f"{name} ({codec_kind}, {dev.type})", file=sys.stderr)
-        ema: dict[str, float] = {}
+        smoothed: dict[str, float] = {}
         log_every = max(1, (total_steps or 5000) // 100)
         window: dict[str, float] = {}
         window_n = 0
@@ -445,6 +485,8 @@ def train_codec(
                     if clip is not None:
                         torch.nn.utils.clip_grad_norm_(params, clip)
                     optimizer.step()
+                    if ema is not None:
+                        ema.update(codec)
                     nonfinite_run = 0
                 else:  # skip the update, keep the schedule going
                     info["nonfinite_steps"] += 1
@@ -462,7 +504,7 @@ def train_codec(
                 values = {"loss": float(loss.detach()), **{k: float(v) for k, v in metrics.items()}}
                 if math.isfinite(values["loss"]):
                     for k, v in values.items():
-                        ema[k] = v if k not in ema else 0.95 * ema[k] + 0.05 * v
+                        smoothed[k] = v if k not in smoothed else 0.95 * smoothed[k] + 0.05 * v
                         window[k] = window.get(k, 0.0) + v
                     window_n += 1
                 if step % log_every == 0 and window_n:
@@ -471,7 +513,7 @@ def train_codec(
                 if bar is not None:
                     bar.update(1)
                     if step % 5 == 0 or step == 1:
-                        bar.set_postfix(_fmt_metrics(codec_kind, ema) | {"lr": f"{lr_now:.1e}"}, refresh=False)
+                        bar.set_postfix(_fmt_metrics(codec_kind, smoothed) | {"lr": f"{lr_now:.1e}"}, refresh=False)
                 if step % checkpoint_every == 0:
                     checkpoint()
                     t_last = time.perf_counter()
@@ -496,6 +538,8 @@ def train_codec(
         return result
 
     # -- final files ----------------------------------------------------------------------------------------
+    if ema is not None:
+        codec.load_state_dict(ema.shadow, strict=False)
     codec.eval()
     if x_test is None:
         x_eval, eval_on = x_train[:1000], f"the first {min(n, 1000)} training images (no test set given)"
@@ -558,6 +602,7 @@ def train_codec(
             "schedule": f"linear warm-up {warmup} steps, cosine decay to 0 over "
                         + (f"{total_steps} steps" if total_steps is not None else f"{budget_s / 60:g} min"),
             "grad_clip": clip,
+            "ema_decay": ema_decay,
             "flips": flips,
             "seed": seed,
             "actnorm_init_batch": min(ACTNORM_INIT_BATCH, n) if codec_kind == "glow" else None,
@@ -618,6 +663,8 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=64)
     g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
     g.add_argument("--grad-clip", type=float, help="max gradient norm (default 50 for flows, none for VAEs)")
+    g.add_argument("--ema", type=float, metavar="DECAY",
+                   help="save an exponential moving average of the weights with this decay, e.g. 0.999")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--flips", action="store_true", help="random horizontal flips (not for digits or text)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
@@ -661,7 +708,7 @@ def _cmd_train(args: argparse.Namespace) -> dict:
         raise ValueError("--levels and --steps are flow settings")
     return train_codec(
         args.kind, x, args.out, name=name, num_bins=num_bins, **kwargs, epochs=args.epochs, max_steps=args.max_steps,
-        max_minutes=args.max_minutes, batch_size=args.batch_size, lr=args.lr, grad_clip=args.grad_clip,
+        max_minutes=args.max_minutes, batch_size=args.batch_size, lr=args.lr, grad_clip=args.grad_clip, ema_decay=args.ema,
         seed=args.seed, flips=args.flips, resume=not args.no_resume, x_test=x_test, device=args.device,
         progress=not args.quiet, fp16=args.fp16, checkpoint_every=args.checkpoint_every,
         data_description=description,

@@ -12,7 +12,7 @@ from safetensors import safe_open
 
 from latent_transforms import hub, train
 from latent_transforms.data import describe_spec, load_images, low_data_split
-from latent_transforms.train import eval_codec, load_training_state, register_cli, train_codec
+from latent_transforms.train import WeightEMA, eval_codec, load_training_state, register_cli, train_codec
 
 pytest.importorskip("sklearn")
 
@@ -184,6 +184,47 @@ def test_resume_continues_step_count_and_optimizer(tmp_path, digits):
     assert_no_pickle(tmp_path)
 
 
+def test_weight_ema_averages_with_warm_up():
+    model = torch.nn.Linear(2, 1)
+    w0 = model.weight.detach().clone()
+    ema = WeightEMA(model, decay=0.99)
+    with torch.no_grad():
+        model.weight += 1.0
+    ema.update(model)  # first update: d = min(0.99, 1/10) = 0.1
+    assert torch.allclose(ema.shadow["weight"], w0 + 0.9)
+    ema.num_updates = 10_000
+    with torch.no_grad():
+        model.weight += 1.0
+    ema.update(model)  # d = 0.99 from then on
+    assert torch.allclose(ema.shadow["weight"], w0 + 0.9 + 0.01 * 1.1)
+    for bad in (0.0, 1.0, -0.5):
+        with pytest.raises(ValueError, match="EMA decay must be in"):
+            WeightEMA(model, bad)
+
+
+def test_ema_weights_are_saved_resumed_and_shipped(tmp_path, digits):
+    x = digits[0][:64]
+    kw = dict(**FLOW, batch_size=16, progress=False)
+    train_codec("flow", x, tmp_path / "plain", **kw, max_steps=3)
+    plain = train_codec("flow", x, tmp_path / "plain", **kw, max_steps=6)  # the same two calls, no average
+    train_codec("flow", x, tmp_path / "ema", **kw, max_steps=3, ema_decay=0.9)
+    with pytest.raises(ValueError, match="ema_decay: saved 0.9, now None"):
+        train_codec("flow", x, tmp_path / "ema", **kw, max_steps=6)
+    r = train_codec("flow", x, tmp_path / "ema", **kw, max_steps=6, ema_decay=0.9)
+    model, _, info, extra = load_training_state(tmp_path / "ema" / "glow.state.safetensors")
+    assert info["ema_updates"] == 6 and info["calls"] == 2
+    # the average does not change training: the raw weights match a run without it ...
+    raw_plain = load_training_state(tmp_path / "plain" / "glow.state.safetensors")[0]
+    assert all(torch.equal(model[k], raw_plain[k]) for k in model)
+    # ... and the shipped checkpoint holds the averaged weights, which differ from the last ones
+    shipped = r["codec"].state_dict()
+    averaged = {k[len("ema/"):]: v for k, v in extra.items() if k.startswith("ema/")}
+    assert averaged and all(torch.allclose(shipped[k], v) for k, v in averaged.items())
+    assert not all(torch.allclose(model[k], v) for k, v in averaged.items())
+    assert json.loads((tmp_path / "ema" / "glow.json").read_text())["training"]["ema_decay"] == 0.9
+    assert r["metrics"]["bits_per_dim"] != plain["metrics"]["bits_per_dim"]
+
+
 def test_time_budget_stops_cleanly_then_resumes(tmp_path, digits):
     x = digits[0][:64]
     r = train_codec("vae", x, tmp_path, **VAE, max_steps=50, max_minutes=1e-9, progress=False)
@@ -259,10 +300,12 @@ def test_cli_train_digits_and_npz(tmp_path):
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "toy.npz", x=rng.integers(0, 256, (20, 4, 4), dtype=np.uint8), y=np.zeros(20, dtype=np.int64))
     args = _parser().parse_args(["train", "vae", "--data", f"npz:{tmp_path / 'toy.npz'}", "--out", str(tmp_path),
-                                 "--latent-dim", "2", "--hidden", "4", "--epochs", "2", "--batch-size", "8",
-                                 "--fp16", "--quiet"])
+                                 "--latent-dim", "2", "--hidden", "4", "--latent-side", "2", "--epochs", "2",
+                                 "--batch-size", "8", "--ema", "0.9", "--fp16", "--quiet"])
     r = args.func(args)
     assert r["step"] == 4 and (tmp_path / "vae-toy.png").is_file()
+    assert r["codec"].latent_shapes == [(2, 2, 2)]
+    assert json.loads((tmp_path / "vae-toy.json").read_text())["training"]["ema_decay"] == 0.9
     assert "training images" in json.loads((tmp_path / "vae-toy.json").read_text())["metrics"]["evaluated_on"]
     assert_no_pickle(tmp_path)
 
