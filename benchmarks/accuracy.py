@@ -41,7 +41,7 @@ from torch import nn
 warnings.filterwarnings("ignore", message="torch.lu is deprecated")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import (PerSampleRandAugment, RandomCropFlip, build_classifier, library_default, load_codec,  # noqa: E402
-                    setup_device, tiny_codecs)
+                    setup_device, tiny_codecs, weights_sha256)
 
 from latent_transforms import Compose  # noqa: E402
 from latent_transforms.base import LatentTransform  # noqa: E402
@@ -523,6 +523,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     o.add_argument("--out", default="runs/accuracy", help="output folder (default %(default)s)")
     o.add_argument("--resume", action="store_true",
                    help="keep the runs already in OUT/results.json (same settings) and only run the missing ones")
+    o.add_argument("--merge", nargs="+", metavar="RESULTS_JSON",
+                   help="train nothing: combine the runs of several results.json files made with the same settings "
+                        "(e.g. one per seed or per machine) into one report in OUT")
     o.add_argument("--no-corruptions", action="store_true", help="skip the corruption accuracy")
     o.add_argument("--no-progress", action="store_true")
     o.add_argument("--smoke", action="store_true",
@@ -541,11 +544,70 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def check_codecs(runs: dict, codec_ids: dict[str, dict], where: str) -> None:
+    """Refuse runs made with another checkpoint than ``codec_ids`` (kind -> {"name", "sha256"}) says."""
+    for arm, by_seed in runs.items():
+        kind = CODEC_OF_ARM.get(arm)
+        if kind is None:
+            continue
+        for seed, r in by_seed.items():
+            used, want = r.get("codec"), codec_ids.get(kind)
+            if used is None or want is None or used["sha256"] != want["sha256"]:
+                was = "an unrecorded checkpoint" if used is None else f"{used['name']} (sha256 {used['sha256'][:12]})"
+                now = "another checkpoint" if want is None else f"{want['name']} (sha256 {want['sha256'][:12]})"
+                raise SystemExit(f"{where}: {arm} seed {seed} was trained with the {kind} {was}, not {now}; "
+                                 f"use another --out, or leave that arm out")
+
+
+def merge_results(paths: list[str]) -> tuple[dict, dict, dict]:
+    """-> (fingerprint, config, runs) of several results.json files with the same settings and checkpoints.
+
+    Runs written before the checkpoints were recorded (no ``codec`` entry) cannot be checked and are taken as they are.
+    """
+    loaded = [json.loads(Path(p).read_text()) for p in paths]
+    fingerprint, config = loaded[0]["fingerprint"], dict(loaded[0]["config"])
+    runs: dict = {}
+    codec_ids: dict[str, dict] = {}
+    for p, res in zip(paths, loaded):
+        diff = [k for k in FINGERPRINT_KEYS if res["fingerprint"].get(k) != fingerprint.get(k)]
+        if diff:
+            raise SystemExit(f"--merge: {p} was made with other settings than {paths[0]} ({', '.join(diff)})")
+        for arm, by_seed in res["runs"].items():
+            for seed, r in by_seed.items():
+                if seed in runs.get(arm, {}):
+                    raise SystemExit(f"--merge: {arm} seed {seed} is in more than one file (again in {p})")
+                if arm in CODEC_OF_ARM and "codec" in r:
+                    codec_ids.setdefault(CODEC_OF_ARM[arm], r["codec"])
+                runs.setdefault(arm, {})[seed] = r
+    check_codecs({a: {s: r for s, r in by_seed.items() if "codec" in r} for a, by_seed in runs.items()},
+                 codec_ids, "--merge")
+    config.update(merged_from=list(paths), codecs=codec_ids,
+                  device_name=" / ".join(sorted({res["config"]["device_name"] for res in loaded})))
+    return fingerprint, config, runs
+
+
+def write_report(out: Path, fingerprint: dict, config: dict, runs: dict, start: float) -> dict:
+    """Summary and verdicts of ``runs``: OUT/results.json, OUT/results.md and OUT/reliability.png; prints the table."""
+    summary = summarise(runs)
+    results = {"format": FORMAT, "fingerprint": fingerprint, "config": config, "runs": runs, "summary": summary,
+               "targets": verdicts(summary), "wall_seconds": time.perf_counter() - start}
+    results_path = out / "results.json"
+    write_json(results_path, results)
+    report = format_report(results)
+    (out / "results.md").write_text(report + "\n")
+    png = draw_reliability(pooled_bins(runs), {a: s["ece_mean"] for a, s in summary.items()}, out / "reliability.png")
+    print(report)
+    print(f"\nWrote {results_path}, {out / 'results.md'}, {png} in {time.perf_counter() - start:.0f} s.")
+    return results
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     start = time.perf_counter()
-    device = setup_device(args.device, args.threads)
     out = Path(args.out)
+    if args.merge:
+        return write_report(out, *merge_results(args.merge), start)
+    device = setup_device(args.device, args.threads)
     results_path = out / "results.json"
 
     data = load_data(args)
@@ -560,7 +622,7 @@ def main(argv=None) -> dict:
         runs = old.get("runs", {})
 
     todo = [(a, s) for a in args.arms for s in args.seeds if str(s) not in runs.get(a, {})]
-    needed = {CODEC_OF_ARM[a] for a, _ in todo if a in CODEC_OF_ARM}
+    needed = {CODEC_OF_ARM[a] for a in {a for a, _ in todo} | set(runs) if a in CODEC_OF_ARM}
     codecs, codec_names = {}, {}
     if needed:
         tiny = tiny_codecs() if args.smoke else (None, None)
@@ -568,7 +630,8 @@ def main(argv=None) -> dict:
             if kind not in needed:
                 continue
             if given is None and args.smoke:
-                codecs[kind], codec_names[kind] = tiny_codec.to(device), f"tiny random-init {kind} (smoke)"
+                codecs[kind], name = tiny_codec.to(device), f"tiny random-init {kind} (smoke)"
+                codec_names[kind] = {"name": name, "sha256": weights_sha256(tiny_codec)}
                 continue
             name = given or f"{kind}-cifar10"
             try:
@@ -576,7 +639,8 @@ def main(argv=None) -> dict:
             except Exception as e:  # noqa: BLE001 - say which codec and how to give one
                 raise SystemExit(f"cannot load the {kind} codec {name!r} ({type(e).__name__}: {e}); pass --{kind} "
                                  f"NAME|PATH, or leave out the arms that need it") from None
-            codec_names[kind] = name
+            codec_names[kind] = {"name": name, "sha256": weights_sha256(codecs[kind])}
+    check_codecs(runs, codec_names, f"--resume: {results_path}")
 
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
@@ -600,19 +664,12 @@ def main(argv=None) -> dict:
                        epochs=1, batch_size=args.batch_size, progress=False)
     for arm, seed in tqdm(todo, desc="runs", disable=args.no_progress):
         r = run_one(arm, seed, args, data, codecs, corrupted, device)
+        if arm in CODEC_OF_ARM:
+            r["codec"] = codec_names[CODEC_OF_ARM[arm]]
         runs.setdefault(arm, {})[str(seed)] = r
         write_json(results_path, {"format": FORMAT, "fingerprint": fingerprint, "config": config, "runs": runs})
 
-    summary = summarise(runs)
-    results = {"format": FORMAT, "fingerprint": fingerprint, "config": config, "runs": runs, "summary": summary,
-               "targets": verdicts(summary), "wall_seconds": time.perf_counter() - start}
-    write_json(results_path, results)
-    report = format_report(results)
-    (out / "results.md").write_text(report + "\n")
-    png = draw_reliability(pooled_bins(runs), {a: s["ece_mean"] for a, s in summary.items()}, out / "reliability.png")
-    print(report)
-    print(f"\nWrote {results_path}, {out / 'results.md'}, {png} in {time.perf_counter() - start:.0f} s.")
-    return results
+    return write_report(out, fingerprint, config, runs, start)
 
 
 if __name__ == "__main__":

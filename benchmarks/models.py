@@ -2,6 +2,7 @@
 per-sample RandAugment, codec loading (hub name or path, or tiny random-init codecs for smoke runs)."""
 from __future__ import annotations
 
+import hashlib
 import inspect
 
 import torch
@@ -121,6 +122,16 @@ def load_codec(name_or_path: str, device: torch.device):
     from latent_transforms import hub
 
     return hub.load(name_or_path, device=device)
+
+
+def weights_sha256(module: nn.Module) -> str:
+    """sha256 of a module's state (names, dtypes, shapes and bytes): identifies the checkpoint a result came from."""
+    h = hashlib.sha256()
+    for key, t in sorted(module.state_dict().items()):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def library_default(cls: type, name: str):

@@ -66,6 +66,49 @@ def test_accuracy_smoke(tmp_path):
 
     with Image.open(out / "reliability.png") as im:
         assert im.format == "PNG" and im.size[0] > 100 and im.size[1] > 100
+    _check_codec_records_and_merge(results, out, tmp_path)
+
+
+def _check_codec_records_and_merge(results: dict, out: Path, tmp_path: Path) -> None:
+    """Every codec arm records the checkpoint it used; --merge recombines split files; mixed checkpoints are refused."""
+    for arm in ARMS:
+        used = results["runs"][arm]["0"].get("codec")
+        if arm in ("baseline", "randaugment", "mixup", "isda"):
+            assert used is None
+        else:
+            assert re.fullmatch(r"[0-9a-f]{64}", used["sha256"]) and "random-init" in used["name"], (arm, used)
+
+    def write(name: str, arms: list[str], **edits) -> str:
+        part = {**results, "runs": {a: results["runs"][a] for a in arms}, **edits}
+        (tmp_path / name).write_text(json.dumps(part))
+        return str(tmp_path / name)
+
+    a, b = write("a.json", ARMS[:4]), write("b.json", ARMS[4:])
+    _run([str(BENCHMARKS / "accuracy.py"), "--merge", a, b, "--out", str(tmp_path / "merged")], tmp_path)
+    merged = json.loads((tmp_path / "merged" / "results.json").read_text())
+    assert merged["summary"] == results["summary"] and merged["targets"] == results["targets"]
+    assert merged["config"]["merged_from"] == [a, b]
+
+    def refused(args: list[str], match: str) -> None:
+        proc = subprocess.run([sys.executable, str(BENCHMARKS / "accuracy.py"), *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=TIMEOUT_S,
+                              env={**os.environ, "LATENT_TRANSFORMS_HOME": str(tmp_path / "hub"),
+                                   "LATENT_TRANSFORMS_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+        assert proc.returncode != 0 and match in proc.stderr, proc.stderr[-2000:]
+
+    dup = write("dup.json", ARMS[3:5])
+    refused(["--merge", a, dup, "--out", str(tmp_path / "m2")], "--merge: latent-noise seed 0 is in more than one file")
+    other = write("other.json", ARMS[4:], fingerprint={**results["fingerprint"], "epochs": 7})
+    refused(["--merge", a, other, "--out", str(tmp_path / "m3")], "made with other settings than")
+    runs = json.loads(json.dumps(results["runs"]))
+    runs["varmixup"]["0"]["codec"]["sha256"] = "0" * 64
+    stale = write("stale.json", ARMS[4:], runs={a: runs[a] for a in ARMS[4:]})
+    seed1 = write("seed1.json", [], runs={"varmixup": {"1": results["runs"]["varmixup"]["0"]}})
+    refused(["--merge", seed1, stale, "--out", str(tmp_path / "m4")], "varmixup seed 0 was trained with the vae")
+    # --resume refuses a folder whose runs used another checkpoint than the one loaded now
+    (out / "results.json").write_text(json.dumps({**results, "runs": {**results["runs"], "varmixup": runs["varmixup"]}}))
+    refused(["--smoke", "--no-progress", "--resume", "--arms", "baseline", "--out", str(out)],
+            "--resume: " + str(out / "results.json") + ": varmixup seed 0 was trained with the vae")
 
 
 @pytest.mark.slow
