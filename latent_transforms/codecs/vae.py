@@ -15,7 +15,8 @@ class ConvVAE(Codec):
 
     The latent is a vector of ``latent_dim`` (a linear layer from a 4x4 feature map; the default), or, with
     ``latent_side=s``, a spatial map of shape (latent_dim, s, s) (a convolution from an s x s feature map). A
-    spatial latent keeps far more detail (sharper decodes), and mixing two of them blends their layouts too.
+    spatial latent keeps more detail (sharper decodes: docs/checkpoints.md), and mixing two of them also blends
+    their layouts.
 
     ``encode`` returns the posterior mean (the prior is N(0, I), so latents are already standardised);
     ``encode(x, sample=True, generator=g)`` draws from the posterior instead. The decoder ends in a sigmoid
