@@ -376,10 +376,11 @@ def fetch(name: str) -> Path:
             _remove(cached)
         except OSError as e:
             raise HubError(
-                f"cached {cached} is corrupted (sha256 mismatch) and cannot be deleted ({e.strerror or e}); "
+                f"cached {cached} does not match the registry (sha256 mismatch: corrupted, or an older version) "
+                f"and cannot be deleted ({e.strerror or e}); "
                 f"delete it by hand or set LATENT_TRANSFORMS_HOME to a writable directory"
             ) from None
-        notes.append(f"deleted corrupted {cached}")
+        notes.append(f"deleted {cached} (sha256 mismatch: corrupted, or an older version)")
     if shipped.is_file():
         if _verified(shipped, sha256):
             return shipped
