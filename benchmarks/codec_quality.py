@@ -1,10 +1,11 @@
 """How good is a codec's latent space? Test bits/dim (flows) or MSE/KL (VAEs), and whether decodes keep class
-identity: a classifier trained on clean images is scored on clean test images and on reconstructions.
-Writes a PNG of originals, reconstructions and latent interpolations.
+identity: one classifier trained on clean images is scored on clean test images, on each codec's reconstructions,
+and on decodes of 50/50 latent mixes of two test images (how often it names one of the two source classes).
+Writes a PNG of originals, reconstructions and latent interpolations per codec.
 
     python benchmarks/codec_quality.py --codec vae-digits --train digits --test digits
-    python benchmarks/codec_quality.py --codec vae-cifar10 --train npz:../shared/data/cifar10/train-5k.npz \
-        --test npz:../shared/data/cifar10/test.npz --width 32 --epochs 15
+    python benchmarks/codec_quality.py --codec vae-cifar10 runs/vae-b003/vae-cifar10.safetensors \
+        --train npz:../shared/data/cifar10/train-5k.npz --test npz:../shared/data/cifar10/test.npz --width 16 --epochs 10
 """
 from __future__ import annotations
 
@@ -41,9 +42,20 @@ def interpolations(codec, a: torch.Tensor, b: torch.Tensor, steps: int = 8) -> d
     return rows
 
 
+@torch.no_grad()
+def mixes_name_a_source(codec, model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
+    """Share of decoded 50/50 latent mixes of x[i] and x[i - 1] that the classifier assigns to y[i] or y[i - 1]."""
+    z = torch.cat([flatten_latents(codec.encode(x[i:i + batch_size])) for i in range(0, len(x), batch_size)])
+    mixed = 0.5 * z + 0.5 * z.roll(1, 0)
+    decoded = torch.cat([codec.decode(unflatten_latents(mixed[i:i + batch_size], codec.latent_shapes)).clamp(0, 1)
+                         for i in range(0, len(x), batch_size)])
+    pred = predict_proba(model, decoded).argmax(1)
+    return float(((pred == y) | (pred == y.roll(1, 0))).float().mean())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--codec", required=True)
+    ap.add_argument("--codec", required=True, nargs="+", help="hub names or .safetensors paths, scored by one classifier")
     ap.add_argument("--train", required=True, help="data spec of the classifier's training images")
     ap.add_argument("--test", required=True)
     ap.add_argument("--epochs", type=int, default=30)
@@ -52,26 +64,34 @@ def main() -> None:
     ap.add_argument("--out", default="runs/codec-quality")
     args = ap.parse_args()
     torch.manual_seed(0)
-    codec = hub.load(args.codec)
     x_train, y_train, _ = load_images(args.train, "train")
     x_test, y_test, _ = load_images(args.test, "test")
     x_test, y_test = x_test[: args.limit_test], y_test[: args.limit_test]
-    quality = {k: round(v, 4) for k, v in eval_codec(codec, x_test).items()}
     model = digits_cnn() if x_train.shape[1:] == (1, 8, 8) else CifarResNet18(width=args.width)
     fit_classifier(model, x_train, y_train, epochs=args.epochs, batch_size=64, lr=0.05, desc="clean classifier")
     clean = accuracy(predict_proba(model, x_test), y_test)
-    recon = reconstruct(codec, x_test)
-    on_recon = accuracy(predict_proba(model, recon), y_test)
-    quality.update(classifier_clean_accuracy=round(clean, 4), classifier_on_reconstructions=round(on_recon, 4))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = Path(args.codec).stem
-    rows = {"original": x_test[:10], "reconstruction": recon[:10], **interpolations(codec, x_test[10:13], x_test[13:16])}
-    save_rows(rows, out / f"{name}-quality.png")
-    (out / f"{name}-quality.json").write_text(json.dumps(quality, indent=2))
-    print(json.dumps({"codec": args.codec, "test_images": len(x_test), **quality}, indent=2))
-    print(f"picture: {out / f'{name}-quality.png'}")
-
+    table = ["| codec | test MSE or bits/dim | classifier on reconstructions | on 50/50 mixes: either class |",
+             "|---|---|---|---|"]
+    for spec in args.codec:
+        codec = hub.load(spec)
+        quality = {k: round(v, 4) for k, v in eval_codec(codec, x_test).items()}
+        recon = reconstruct(codec, x_test)
+        on_recon = accuracy(predict_proba(model, recon), y_test)
+        quality.update(classifier_clean_accuracy=round(clean, 4), classifier_on_reconstructions=round(on_recon, 4),
+                       mixes_name_a_source=round(mixes_name_a_source(codec, model, x_test, y_test), 4))
+        path = Path(spec)  # a file is named with its folder: candidates often share a file name
+        name = f"{path.parent.name}-{path.stem}" if path.is_file() else spec
+        rows = {"original": x_test[:10], "reconstruction": recon[:10],
+                **interpolations(codec, x_test[10:13], x_test[13:16])}
+        save_rows(rows, out / f"{name}-quality.png")
+        (out / f"{name}-quality.json").write_text(json.dumps(quality, indent=2))
+        print(json.dumps({"codec": spec, "test_images": len(x_test), **quality}, indent=2))
+        print(f"picture: {out / f'{name}-quality.png'}")
+        level = f"{quality['mse']:.4f}" if "mse" in quality else f"{quality['bits_per_dim']:.3f} bits/dim"
+        table.append(f"| {spec} | {level} | {100 * on_recon:.1f}% | {100 * quality['mixes_name_a_source']:.1f}% |")
+    print(f"\nclassifier on clean test images: {100 * clean:.1f}% ({len(x_test)} images)\n" + "\n".join(table))
 
 if __name__ == "__main__":
     main()

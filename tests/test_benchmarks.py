@@ -156,3 +156,16 @@ def test_sweep_report_names_rows_by_their_settings(tmp_path):
     r = subprocess.run([sys.executable, str(BENCHMARKS / "sweep_report.py"), str(files[0]), str(other)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "not the same data/schedule" in r.stderr and "epochs" in r.stderr
+
+
+def test_codec_quality_scores_several_codecs_with_one_classifier(tmp_path):
+    out = tmp_path / "cq"
+    proc = _run([str(BENCHMARKS / "codec_quality.py"), "--codec", "vae-digits", "glow-digits", "--train", "digits",
+                 "--test", "digits", "--epochs", "1", "--limit-test", "100", "--out", str(out)], tmp_path)
+    scores = {name: json.loads((out / f"{name}-quality.json").read_text()) for name in ("vae-digits", "glow-digits")}
+    assert scores["vae-digits"]["classifier_clean_accuracy"] == scores["glow-digits"]["classifier_clean_accuracy"]
+    for s in scores.values():
+        assert 0 <= s["classifier_on_reconstructions"] <= 1 and 0 <= s["mixes_name_a_source"] <= 1
+    # an exact round trip keeps every prediction of the classifier
+    assert scores["glow-digits"]["classifier_on_reconstructions"] == scores["glow-digits"]["classifier_clean_accuracy"]
+    assert "| vae-digits | " in proc.stdout and (out / "glow-digits-quality.png").is_file()
