@@ -207,7 +207,8 @@ def make_augment(arm: str, args, codecs: dict, seed: int, device: torch.device) 
     elif arm == "latent-adversarial":
         steps = [adversarial()]
     elif arm == "varmixup":
-        steps = [VarMixup(vae, alpha=args.varmixup_alpha, num_classes=k, p=args.varmixup_p, generator=seed)]
+        steps = [VarMixup(vae, alpha=args.varmixup_alpha, num_classes=k, p=args.varmixup_p,
+                          keep_detail=args.varmixup_keep_detail, generator=seed)]
     elif arm == "isda":
         steps = [isda()]
     elif arm == "randaugment+latent-adversarial":
@@ -466,7 +467,14 @@ def pooled_bins(runs: dict) -> dict[str, dict]:
 FINGERPRINT_KEYS = ("smoke", "train", "test", "train_size", "val_fraction", "eval_on", "epochs", "batch_size", "lr",
                     "weight_decay", "width", "precision", "glow", "vae", "noise_eps", "adv_eps", "adv_steps",
                     "adv_step_size", "latent_p", "varmixup_alpha", "varmixup_p", "isda_lambda0", "isda_covariance",
-                    "ra_ops", "ra_magnitude", "mixup_alpha", "smoke_images")
+                    "ra_ops", "ra_magnitude", "mixup_alpha", "smoke_images", "varmixup_keep_detail")
+# settings added after results files were first written, with the value those older files imply
+FINGERPRINT_DEFAULTS = {"varmixup_keep_detail": False}
+
+
+def setting(fingerprint: dict, key: str):
+    """A fingerprint's value for ``key``, or the value an older file without it implies."""
+    return fingerprint.get(key, FINGERPRINT_DEFAULTS.get(key))
 
 
 def write_json(path: Path, obj: dict) -> None:
@@ -514,6 +522,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     c.add_argument("--latent-p", type=float, default=1.0, help="share of samples LatentNoise/Adversarial replace")
     c.add_argument("--varmixup-alpha", type=float, default=1.0)
     c.add_argument("--varmixup-p", type=float, default=0.5, help="share of samples VarMixup replaces")
+    c.add_argument("--varmixup-keep-detail", action="store_true",
+                   help="VarMixup(keep_detail=True): add back the mixed reconstruction residuals")
     c.add_argument("--isda-lambda0", type=float, default=0.5, help="(official CIFAR: 0.5)")
     c.add_argument("--isda-covariance", choices=("full", "diagonal"), default="full")
     c.add_argument("--ra-ops", type=int, default=2, help="RandAugment num_ops (default %(default)s)")
@@ -559,28 +569,37 @@ def check_codecs(runs: dict, codec_ids: dict[str, dict], where: str) -> None:
                                  f"use another --out, or leave that arm out")
 
 
-def merge_results(paths: list[str]) -> tuple[dict, dict, dict]:
-    """-> (fingerprint, config, runs) of several results.json files with the same settings and checkpoints.
+def common_codecs(runs: dict, where: str) -> dict[str, dict]:
+    """kind -> {"name", "sha256"}: the one checkpoint per kind that every recorded run of ``runs`` used.
 
-    Runs written before the checkpoints were recorded (no ``codec`` entry) cannot be checked and are taken as they are.
+    Refuses runs made with different checkpoints; runs written before the checkpoints were recorded (no ``codec``
+    entry) cannot be checked and are taken as they are.
     """
+    recorded = {a: {s: r for s, r in by_seed.items() if "codec" in r} for a, by_seed in runs.items()}
+    codec_ids: dict[str, dict] = {}
+    for arm, by_seed in recorded.items():
+        for r in by_seed.values():
+            if arm in CODEC_OF_ARM:
+                codec_ids.setdefault(CODEC_OF_ARM[arm], r["codec"])
+    check_codecs(recorded, codec_ids, where)
+    return codec_ids
+
+
+def merge_results(paths: list[str]) -> tuple[dict, dict, dict]:
+    """-> (fingerprint, config, runs) of several results.json files with the same settings and checkpoints."""
     loaded = [json.loads(Path(p).read_text()) for p in paths]
     fingerprint, config = loaded[0]["fingerprint"], dict(loaded[0]["config"])
     runs: dict = {}
-    codec_ids: dict[str, dict] = {}
     for p, res in zip(paths, loaded):
-        diff = [k for k in FINGERPRINT_KEYS if res["fingerprint"].get(k) != fingerprint.get(k)]
+        diff = [k for k in FINGERPRINT_KEYS if setting(res["fingerprint"], k) != setting(fingerprint, k)]
         if diff:
             raise SystemExit(f"--merge: {p} was made with other settings than {paths[0]} ({', '.join(diff)})")
         for arm, by_seed in res["runs"].items():
             for seed, r in by_seed.items():
                 if seed in runs.get(arm, {}):
                     raise SystemExit(f"--merge: {arm} seed {seed} is in more than one file (again in {p})")
-                if arm in CODEC_OF_ARM and "codec" in r:
-                    codec_ids.setdefault(CODEC_OF_ARM[arm], r["codec"])
                 runs.setdefault(arm, {})[seed] = r
-    check_codecs({a: {s: r for s, r in by_seed.items() if "codec" in r} for a, by_seed in runs.items()},
-                 codec_ids, "--merge")
+    codec_ids = common_codecs(runs, "--merge")
     config.update(merged_from=list(paths), codecs=codec_ids,
                   device_name=" / ".join(sorted({res["config"]["device_name"] for res in loaded})))
     return fingerprint, config, runs
@@ -615,7 +634,7 @@ def main(argv=None) -> dict:
     runs: dict = {}
     if args.resume and results_path.is_file():
         old = json.loads(results_path.read_text())
-        diff = [k for k in FINGERPRINT_KEYS if old.get("fingerprint", {}).get(k) != fingerprint[k]]
+        diff = [k for k in FINGERPRINT_KEYS if setting(old.get("fingerprint", {}), k) != fingerprint[k]]
         if diff:
             raise SystemExit(f"--resume: {results_path} was made with other settings ({', '.join(diff)}); "
                              f"use another --out or the same settings")

@@ -4,7 +4,7 @@
 ``accuracy.py`` refuses to mix settings in one folder, so a sweep runs one folder per setting (and, to use both
 cores of a small machine, per seed). This script reads every ``results.json`` given, names each row by the method
 settings that differ between folders, and prints accuracy per seed, the mean and the difference from the baseline
-arm's mean::
+arm's mean. It refuses folders whose latent arms were trained with different checkpoints (their ``codec`` records)::
 
     python benchmarks/sweep_report.py runs/sweep/*/results.json --out runs/sweep/sweep.md
 """
@@ -16,11 +16,13 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from accuracy import common_codecs, setting
+
 # settings that belong to an arm; the rest (data, schedule, device) must match across folders
 ARM_SETTINGS = {
     "latent-noise": ["noise_eps", "latent_p"],
     "latent-adversarial": ["adv_eps", "adv_steps", "adv_step_size", "latent_p"],
-    "varmixup": ["varmixup_alpha", "varmixup_p"],
+    "varmixup": ["varmixup_alpha", "varmixup_p", "varmixup_keep_detail"],
     "isda": ["isda_lambda0", "isda_covariance"],
     "randaugment": ["ra_ops", "ra_magnitude"],
     "mixup": ["mixup_alpha"],
@@ -34,6 +36,7 @@ def collect(paths: list[Path]) -> tuple[dict, dict]:
     """-> ({row name: {seed: (accuracy, seconds per epoch)}}, the shared config)."""
     rows: dict[str, dict[int, tuple[float, float]]] = defaultdict(dict)
     shared = None
+    every_run: dict[str, dict] = {}  # arm -> {"seed (in path)": run}, to check that they share their checkpoints
     for path in paths:
         result = json.loads(path.read_text())
         cfg = result["config"]
@@ -44,13 +47,15 @@ def collect(paths: list[Path]) -> tuple[dict, dict]:
             diff = {k: (shared[k], mine[k]) for k in SHARED if shared[k] != mine[k]}
             raise SystemExit(f"{path}: not the same data/schedule as the first folder: {diff}")
         for arm, seeds in result["runs"].items():
-            settings = ", ".join(f"{k}={cfg[k]:g}" if isinstance(cfg[k], float) else f"{k}={cfg[k]}"
-                                 for k in ARM_SETTINGS.get(arm, []))
+            values = [(k, setting(cfg, k)) for k in ARM_SETTINGS.get(arm, [])]
+            settings = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in values)
             name = f"{arm} ({settings})" if settings else arm
             for seed, run in seeds.items():
                 rows[name][int(seed)] = (run["accuracy"], run["seconds_per_epoch"])
+                every_run.setdefault(arm, {})[f"{seed} (in {path})"] = run
     if shared is None:
         raise SystemExit("no results.json given")
+    common_codecs(every_run, "sweep_report")
     return rows, shared
 
 

@@ -170,13 +170,9 @@ def eval_codec(codec: Codec, x: torch.Tensor, batch_size: int = 256, seed: int =
                 err = (codec.decode(codec.encode(xb)) - xb).abs().max()
                 maxes["roundtrip_max_err"] = max(maxes.get("roundtrip_max_err", 0.0), float(err))
             elif codec.kind == "vae":
-                mu, logvar = codec.posterior(xb)
-                rec_mean = codec.decode([mu])
-                eps = torch.randn(mu.shape, generator=gen).to(device, mu.dtype)
-                logits = codec.decoder(mu + torch.exp(0.5 * logvar) * eps)
-                rec = torch.nn.functional.binary_cross_entropy_with_logits(logits, xb, reduction="none").flatten(1).sum(1)
-                kl = codec.kl_divergence(mu, logvar)
-                mse = (rec_mean - xb).pow(2).flatten(1).mean(1)
+                terms = codec.elbo_terms(xb, generator=gen)
+                rec, kl = terms["rec"], terms["kl"]
+                mse = (codec.decode([terms["mu"]]) - xb).pow(2).flatten(1).mean(1)
                 for key, v in (("mse", mse), ("kl", kl), ("rec", rec), ("nelbo", rec + codec.beta * kl)):
                     sums[key] = sums.get(key, 0.0) + float(v.sum())
             else:
@@ -216,9 +212,10 @@ class WeightEMA:
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
         d = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
+        # a fresh state_dict each step, not aliases kept from __init__: a module may swap a tensor's storage
+        # (ActNorm's data-dependent init assigns .data); one fused lerp over all tensors, as timm's ModelEmaV3
         state = model.state_dict()
-        for k, v in self.shadow.items():
-            v.lerp_(state[k].detach(), 1 - d)
+        torch._foreach_lerp_(list(self.shadow.values()), [state[k] for k in self.shadow], 1 - d)
         self.num_updates += 1
 
 

@@ -21,13 +21,18 @@ class VarMixup(CodecTransform):
     - ``per_sample=True``: one lambda per sample (``False``: one per batch, as mixup-cifar10);
     - decoded images *replace* the selected samples; use ``p < 1`` to keep a share of clean images
       (VAE decodes are blurry, so training only on them creates a train/test gap);
-    - partners are drawn among the selected samples (a random permutation).
+    - partners are drawn among the selected samples (a random permutation);
+    - ``keep_detail=False``: the decode alone is the new image. ``keep_detail=True`` adds back the same mix of
+      the two samples' reconstruction residuals, ``lam * (x - D(z)) + (1 - lam) * (x[partner] - D(z[partner]))``:
+      the high-frequency detail a blurry VAE loses is then mixed as in input mixup, the content in the latent
+      (``lam = 1`` gives back ``x``). An extension of ours, not the paper's; it costs one more decode.
 
     Args:
         codec: hub name, path or Codec (default ``"vae-cifar10"``; any codec works, a flow too).
         alpha: Beta parameter (1.0, mixup's usual CIFAR default).
         posterior: ``"mean"`` (default) or ``"sample"``, see above.
         per_sample: one lambda per sample (default) or one per batch.
+        keep_detail: add back the mixed reconstruction residuals, see above (default False).
         levels: latent levels to mix (all by default; the others keep the sample's own latent).
         cache: a :class:`~latent_transforms.LatentCache` (posterior means) to look latents up with ``index=``.
         p: probability, per sample, of being replaced by a mix (see :class:`~latent_transforms.LatentTransform`).
@@ -44,7 +49,8 @@ class VarMixup(CodecTransform):
     mixes_labels = True
 
     def __init__(self, codec: Codec | str = "vae-cifar10", alpha: float = 1.0, num_classes: int | None = None,
-                 posterior: str = "mean", per_sample: bool = True, levels: list[int] | None = None,
+                 posterior: str = "mean", per_sample: bool = True, keep_detail: bool = False,
+                 levels: list[int] | None = None,
                  cache: LatentCache | None = None,
                  p: float = 1.0, generator: torch.Generator | int | None = None):
         if not alpha > 0:
@@ -55,10 +61,14 @@ class VarMixup(CodecTransform):
         if posterior == "sample" and not isinstance(self.codec, ConvVAE):
             raise ValueError(f"posterior='sample' needs a VAE codec, got a {self.codec.kind} codec")
         self.alpha, self.posterior, self.per_sample = float(alpha), posterior, per_sample
+        if not isinstance(keep_detail, bool):
+            raise TypeError(f"keep_detail must be True or False, got {keep_detail!r}")
+        self.keep_detail = keep_detail
         self.last_params: dict[str, torch.Tensor] = {}
 
     def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, posterior={self.posterior!r}, per_sample={self.per_sample}, " + super().extra_repr()
+        return (f"alpha={self.alpha}, posterior={self.posterior!r}, per_sample={self.per_sample}, "
+                f"keep_detail={self.keep_detail}, " + super().extra_repr())
 
     def transform(self, x, y, model, generator, index=None):
         if self.posterior == "sample" and index is None:
@@ -77,4 +87,8 @@ class VarMixup(CodecTransform):
         self.last_params = {"lam": lam, "partner": partner}
         with torch.no_grad():
             x2 = self.decode_flat(mixed)
+            if self.keep_detail:
+                residual = x - self.decode_flat(z).to(x.dtype)
+                w = weight.to(x.dtype).view(b, *([1] * (x.dim() - 1)))
+                x2 = x2 + w * residual + (1 - w) * residual[partner]
         return x2, mix_labels(y, partner, lam, self.num_classes)

@@ -131,12 +131,12 @@ def test_throughput_smoke(tmp_path):
         assert f"| {r['method']} |" in md and f"| {r['method']} |" in proc.stdout
 
 
-def _fake_results(path: Path, arm: str, seed: int, accuracy: float, **settings) -> Path:
+def _fake_results(path: Path, arm: str, seed: int, accuracy: float, codec: dict | None = None, **settings) -> Path:
     config = {"train": "npz:t.npz", "eval_on": "val", "epochs": 12, "batch_size": 128, "lr": 0.1,
               "weight_decay": 5e-4, "width": 16, "precision": "fp32", "val_fraction": 0.1, "n_train": 4500,
               "n_eval": 500, "glow": None, "vae": None, "noise_eps": 20.0, "latent_p": 1.0, **settings}
     path.mkdir(parents=True)
-    run = {"accuracy": accuracy, "seconds_per_epoch": 10.0}
+    run = {"accuracy": accuracy, "seconds_per_epoch": 10.0, **({"codec": codec} if codec else {})}
     (path / "results.json").write_text(json.dumps({"config": config, "runs": {arm: {str(seed): run}}}))
     return path / "results.json"
 
@@ -156,6 +156,21 @@ def test_sweep_report_names_rows_by_their_settings(tmp_path):
     r = subprocess.run([sys.executable, str(BENCHMARKS / "sweep_report.py"), str(files[0]), str(other)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "not the same data/schedule" in r.stderr and "epochs" in r.stderr
+
+
+def test_sweep_report_refuses_runs_made_with_different_checkpoints(tmp_path):
+    vae = {"varmixup_alpha": 1.0, "varmixup_p": 0.5}
+    old = _fake_results(tmp_path / "v0", "varmixup", 0, 0.5, codec={"name": "vae-cifar10", "sha256": "a" * 64}, **vae)
+    new = _fake_results(tmp_path / "v1", "varmixup", 1, 0.5, codec={"name": "vae-cifar10", "sha256": "b" * 64},
+                        varmixup_keep_detail=True, **vae)
+    same = _fake_results(tmp_path / "v2", "varmixup", 2, 0.5, codec={"name": "vae-cifar10", "sha256": "a" * 64}, **vae)
+    report = [sys.executable, str(BENCHMARKS / "sweep_report.py")]
+    r = subprocess.run([*report, str(old), str(new)], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "varmixup seed 1 (in " in r.stderr and "sha256 aaaaaaaaaaaa" in r.stderr
+    r = subprocess.run([*report, str(old), str(same)], capture_output=True, text=True, timeout=60)
+    # a file written before keep_detail existed is named with the value it implies
+    assert r.returncode == 0 and "varmixup (varmixup_alpha=1, varmixup_p=0.5, varmixup_keep_detail=False) | 50.0% | 50.0% |" \
+        in r.stdout, r.stderr
 
 
 def test_codec_quality_scores_several_codecs_with_one_classifier(tmp_path):

@@ -25,6 +25,7 @@ def test_latent_adversarial_contract(glow, batch, net):
 def test_varmixup_contract(codec, request, batch):
     c = request.getfixturevalue(codec)
     check_transform_contract(lambda **kw: VarMixup(c, num_classes=10, **kw), *batch)
+    check_transform_contract(lambda **kw: VarMixup(c, num_classes=10, keep_detail=True, **kw), *batch)
 
 
 # -- LatentNoise ---------------------------------------------------------------------------------------
@@ -173,6 +174,33 @@ def test_varmixup_label_weights_equal_latent_weights(vae, batch, per_sample):
         z = flatten_latents(vae.encode(x))
         mixed = lam[:, None] * z + (1 - lam[:, None]) * z[partner]
         assert torch.allclose(x2, vae.decode([mixed]).clamp(0, 1), atol=1e-6)
+
+
+def test_varmixup_keep_detail_mixes_the_reconstruction_residuals(vae, batch):
+    x, y = batch
+    t = VarMixup(vae, num_classes=10, keep_detail=True, generator=0)
+    x2, _ = t(x, y)
+    lam, partner = t.last_params["lam"], t.last_params["partner"]
+    with torch.no_grad():
+        z = flatten_latents(vae.encode(x))
+        w = lam[:, None]
+        decoded = vae.decode([w * z + (1 - w) * z[partner]])
+        residual = x - vae.decode([z])
+    w = lam.view(-1, 1, 1, 1)
+    assert torch.allclose(x2, (decoded + w * residual + (1 - w) * residual[partner]).clamp(0, 1), atol=1e-5)
+    plain, _ = VarMixup(vae, num_classes=10, generator=0)(x, y)
+    assert not torch.allclose(x2, plain, atol=1e-3)
+
+
+def test_varmixup_keep_detail_gives_back_a_sample_mixed_with_itself(vae, batch):
+    x, y = batch[0][:1], batch[1][:1]  # one sample: its only partner is itself
+    x2, _ = VarMixup(vae, num_classes=10, keep_detail=True, generator=0)(x, y)
+    assert torch.allclose(x2, x, atol=1e-5)
+
+
+def test_varmixup_keep_detail_must_be_a_bool(vae):
+    with pytest.raises(TypeError, match="keep_detail"):
+        VarMixup(vae, keep_detail="yes")
 
 
 def test_varmixup_soft_labels_in_soft_labels_out(vae, batch):

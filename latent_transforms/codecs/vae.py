@@ -93,14 +93,27 @@ class ConvVAE(Codec):
         return torch.sigmoid(self.decoder(z[0]))
 
     def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Negative ELBO per image (nats): Bernoulli reconstruction + beta * KL."""
-        mu, logvar = self.posterior(x)
-        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-        logits = self.decoder(z)
-        rec = F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1).mean()
-        kl = self.kl_divergence(mu, logvar).mean()
-        mse = F.mse_loss(torch.sigmoid(logits), x)
+        """Negative ELBO per image (nats): Bernoulli reconstruction + beta * KL, averaged over the batch."""
+        terms = self.elbo_terms(x)
+        rec, kl = terms["rec"].mean(), terms["kl"].mean()
+        mse = F.mse_loss(torch.sigmoid(terms["logits"]), x)
         return rec + self.beta * kl, {"rec": rec.detach(), "kl": kl.detach(), "mse": mse.detach()}
+
+    def elbo_terms(self, x: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """The ELBO's parts for x: (B, C, H, W) in [0, 1], with one posterior sample per image.
+
+        Returns ``mu`` (the posterior mean), ``logits`` (the decoder's output for the sample), ``rec`` (B,)
+        (Bernoulli reconstruction nats) and ``kl`` (B,) (nats). ``generator``: a CPU generator for the sample's
+        noise (seeded evaluation); by default the global RNG on x's device.
+        """
+        mu, logvar = self.posterior(x)
+        if generator is None:
+            noise = torch.randn_like(mu)
+        else:
+            noise = torch.randn(mu.shape, generator=generator).to(mu.device, mu.dtype)
+        logits = self.decoder(mu + torch.exp(0.5 * logvar) * noise)
+        rec = F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
+        return {"mu": mu, "logits": logits, "rec": rec, "kl": self.kl_divergence(mu, logvar)}
 
     @staticmethod
     def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
