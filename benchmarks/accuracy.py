@@ -521,9 +521,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="(default: the library's, %(default)s; official CIFAR: 0.5)")
     c.add_argument("--latent-p", type=float, default=1.0, help="share of samples LatentNoise/Adversarial replace")
     c.add_argument("--varmixup-alpha", type=float, default=1.0)
-    c.add_argument("--varmixup-p", type=float, default=0.5, help="share of samples VarMixup replaces")
-    c.add_argument("--varmixup-keep-detail", action="store_true",
-                   help="VarMixup(keep_detail=True): add back the mixed reconstruction residuals")
+    c.add_argument("--varmixup-p", type=float, default=0.25,
+                   help="share of samples VarMixup replaces (default %(default)s, chosen on the val split)")
+    c.add_argument("--varmixup-keep-detail", action=argparse.BooleanOptionalAction, default=True,
+                   help="VarMixup(keep_detail=...): add back the mixed reconstruction residuals (default on, chosen "
+                        "on the val split)")
     c.add_argument("--isda-lambda0", type=float, default=0.5, help="(official CIFAR: 0.5)")
     c.add_argument("--isda-covariance", choices=("full", "diagonal"), default="full")
     c.add_argument("--ra-ops", type=int, default=2, help="RandAugment num_ops (default %(default)s)")

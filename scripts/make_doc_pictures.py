@@ -98,7 +98,9 @@ def pictures(tag: str, glow, vae, x: torch.Tensor, y: torch.Tensor, x_fit: torch
         pixel = lam.view(-1, 1, 1, 1) * x + (1 - lam.view(-1, 1, 1, 1)) * x[partner]
         with torch.no_grad():
             recon = vae.decode(vae.encode(x)).clamp(0, 1)
-        rows = {"x": x, "partner": x[partner], "VarMixup": x_mix, "pixel mixup": pixel, "VAE reconstruction": recon}
+        detail = VarMixup(vae, num_classes=10, keep_detail=True, generator=0)(x, y)[0]  # same partners and weights
+        rows = {"x": x, "partner": x[partner], "VarMixup": x_mix, "keep_detail=True": detail, "pixel mixup": pixel,
+                "VAE reconstruction": recon}
         written.append(save_rows(rows, out / f"varmixup_{tag}.png"))
 
         # Latent mixup inference: an input, its references, and the decoded latent mixes the classifier sees
