@@ -70,6 +70,13 @@ ARMS: dict[str, str] = {  # key -> what the arm trains with (on top of crop+flip
 }
 CODEC_OF_ARM = {"latent-noise": "glow", "latent-adversarial": "glow", "varmixup": "vae",
                 "randaugment+latent-adversarial": "glow", "isda+latent-noise": "glow"}
+_NOISE, _ADV = ["noise_eps", "latent_p"], ["adv_eps", "adv_steps", "adv_step_size", "latent_p"]
+_RA, _ISDA = ["ra_ops", "ra_magnitude"], ["isda_lambda0", "isda_covariance"]
+ARM_SETTINGS: dict[str, list[str]] = {  # the method settings each arm's runs depend on (codecs: CODEC_OF_ARM)
+    "baseline": [], "randaugment": _RA, "mixup": ["mixup_alpha"], "latent-noise": _NOISE, "latent-adversarial": _ADV,
+    "varmixup": ["varmixup_alpha", "varmixup_p", "varmixup_keep_detail"], "isda": _ISDA,
+    "randaugment+latent-adversarial": _RA + _ADV, "isda+latent-noise": _ISDA + _NOISE,
+}
 # Arms made of this package's methods only (the RandAugment composition is left out: it contains the comparator).
 LATENT_ARMS = ("latent-noise", "latent-adversarial", "varmixup", "isda", "isda+latent-noise")
 
@@ -536,8 +543,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     o.add_argument("--resume", action="store_true",
                    help="keep the runs already in OUT/results.json (same settings) and only run the missing ones")
     o.add_argument("--merge", nargs="+", metavar="RESULTS_JSON",
-                   help="train nothing: combine the runs of several results.json files made with the same settings "
-                        "(e.g. one per seed or per machine) into one report in OUT")
+                   help="train nothing: combine the runs of --arms (default all) of several results.json files "
+                        "(e.g. one per seed or per machine) into one report in OUT; data and schedule must match, "
+                        "and each arm's settings and checkpoint among its merged runs")
     o.add_argument("--no-corruptions", action="store_true", help="skip the corruption accuracy")
     o.add_argument("--no-progress", action="store_true")
     o.add_argument("--smoke", action="store_true",
@@ -587,23 +595,46 @@ def common_codecs(runs: dict, where: str) -> dict[str, dict]:
     return codec_ids
 
 
-def merge_results(paths: list[str]) -> tuple[dict, dict, dict]:
-    """-> (fingerprint, config, runs) of several results.json files with the same settings and checkpoints."""
+def arm_setting_keys(arm: str) -> list[str]:
+    """The fingerprint keys an arm's runs depend on: its method settings and its codec."""
+    return ARM_SETTINGS[arm] + ([CODEC_OF_ARM[arm]] if arm in CODEC_OF_ARM else [])
+
+
+def merge_results(paths: list[str], arms: list[str]) -> tuple[dict, dict, dict]:
+    """-> (fingerprint, config, runs): the runs of ``arms`` in several results.json files, one report.
+
+    Data and schedule must match across files; an arm's own settings (and checkpoint) must match among the runs
+    that are merged, so a folder's other arms may have been made with other settings.
+    """
     loaded = [json.loads(Path(p).read_text()) for p in paths]
-    fingerprint, config = loaded[0]["fingerprint"], dict(loaded[0]["config"])
+    arm_keys = {k for a in ARMS for k in arm_setting_keys(a)}
+    shared = [k for k in FINGERPRINT_KEYS if k not in arm_keys]
+    fingerprint = {k: setting(loaded[0]["fingerprint"], k) for k in FINGERPRINT_KEYS}
     runs: dict = {}
+    set_by: dict[str, str] = {}  # arm setting -> the file whose merged runs fixed its value
     for p, res in zip(paths, loaded):
-        diff = [k for k in FINGERPRINT_KEYS if setting(res["fingerprint"], k) != setting(fingerprint, k)]
+        fp = res["fingerprint"]
+        diff = [k for k in shared if setting(fp, k) != fingerprint[k]]
         if diff:
-            raise SystemExit(f"--merge: {p} was made with other settings than {paths[0]} ({', '.join(diff)})")
+            raise SystemExit(f"--merge: {p} was made with other data or schedule than {paths[0]} ({', '.join(diff)})")
         for arm, by_seed in res["runs"].items():
+            if arm not in arms:
+                continue
+            for k in arm_setting_keys(arm):
+                if k in set_by and setting(fp, k) != fingerprint[k]:
+                    raise SystemExit(f"--merge: the {arm} runs of {p} were made with {k}={setting(fp, k)!r}, those "
+                                     f"of {set_by[k]} with {fingerprint[k]!r}; merge one of them (--arms)")
+                set_by.setdefault(k, p)
+                fingerprint[k] = setting(fp, k)
             for seed, r in by_seed.items():
                 if seed in runs.get(arm, {}):
                     raise SystemExit(f"--merge: {arm} seed {seed} is in more than one file (again in {p})")
                 runs.setdefault(arm, {})[seed] = r
+    if not runs:
+        raise SystemExit(f"--merge: none of the files has runs of {', '.join(arms)}")
     codec_ids = common_codecs(runs, "--merge")
-    config.update(merged_from=list(paths), codecs=codec_ids,
-                  device_name=" / ".join(sorted({res["config"]["device_name"] for res in loaded})))
+    config = {**loaded[0]["config"], **fingerprint, "merged_from": list(paths), "codecs": codec_ids,
+              "device_name": " / ".join(sorted({res["config"]["device_name"] for res in loaded}))}
     return fingerprint, config, runs
 
 
@@ -627,7 +658,7 @@ def main(argv=None) -> dict:
     start = time.perf_counter()
     out = Path(args.out)
     if args.merge:
-        return write_report(out, *merge_results(args.merge), start)
+        return write_report(out, *merge_results(args.merge, args.arms), start)
     device = setup_device(args.device, args.threads)
     results_path = out / "results.json"
 

@@ -16,18 +16,9 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from accuracy import common_codecs, setting
+from accuracy import ARM_SETTINGS, common_codecs, setting
 
-# settings that belong to an arm; the rest (data, schedule, device) must match across folders
-ARM_SETTINGS = {
-    "latent-noise": ["noise_eps", "latent_p"],
-    "latent-adversarial": ["adv_eps", "adv_steps", "adv_step_size", "latent_p"],
-    "varmixup": ["varmixup_alpha", "varmixup_p", "varmixup_keep_detail"],
-    "isda": ["isda_lambda0", "isda_covariance"],
-    "randaugment": ["ra_ops", "ra_magnitude"],
-    "mixup": ["mixup_alpha"],
-    "baseline": [],
-}
+# what every folder must share (data, schedule, codecs); the arm settings (accuracy.ARM_SETTINGS) name the rows
 SHARED = ["train", "eval_on", "epochs", "batch_size", "lr", "weight_decay", "width", "precision", "val_fraction",
           "n_train", "n_eval", "glow", "vae"]
 

@@ -99,7 +99,19 @@ def _check_codec_records_and_merge(results: dict, out: Path, tmp_path: Path) -> 
     dup = write("dup.json", ARMS[3:5])
     refused(["--merge", a, dup, "--out", str(tmp_path / "m2")], "--merge: latent-noise seed 0 is in more than one file")
     other = write("other.json", ARMS[4:], fingerprint={**results["fingerprint"], "epochs": 7})
-    refused(["--merge", a, other, "--out", str(tmp_path / "m3")], "made with other settings than")
+    refused(["--merge", a, other, "--out", str(tmp_path / "m3")], "made with other data or schedule than")
+    # an arm's own settings only have to match among its merged runs: an arm re-run with other settings replaces
+    # the old runs when those are left out with --arms
+    redo = write("redo.json", ["varmixup"], fingerprint={**results["fingerprint"], "varmixup_p": 0.75})
+    refused(["--merge", a, b, redo, "--out", str(tmp_path / "m5")], f"the varmixup runs of {redo} were made with "
+            f"varmixup_p=0.75, those of {b} with 0.25")
+    others = [arm for arm in ARMS if arm != "varmixup"]
+    _run([str(BENCHMARKS / "accuracy.py"), "--merge", a, b, "--arms", *others, "--out", str(tmp_path / "m6")], tmp_path)
+    _run([str(BENCHMARKS / "accuracy.py"), "--merge", str(tmp_path / "m6" / "results.json"), redo,
+          "--out", str(tmp_path / "m7")], tmp_path)
+    merged = json.loads((tmp_path / "m7" / "results.json").read_text())
+    assert merged["fingerprint"]["varmixup_p"] == merged["config"]["varmixup_p"] == 0.75
+    assert merged["runs"] == results["runs"] and merged["fingerprint"]["epochs"] == results["fingerprint"]["epochs"]
     runs = json.loads(json.dumps(results["runs"]))
     runs["varmixup"]["0"]["codec"]["sha256"] = "0" * 64
     stale = write("stale.json", ARMS[4:], runs={a: runs[a] for a in ARMS[4:]})
