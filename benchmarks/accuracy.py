@@ -530,9 +530,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     c.add_argument("--varmixup-alpha", type=float, default=1.0)
     c.add_argument("--varmixup-p", type=float, default=0.25,
                    help="share of samples VarMixup replaces (default %(default)s, chosen on the val split)")
-    c.add_argument("--varmixup-keep-detail", action=argparse.BooleanOptionalAction, default=True,
-                   help="VarMixup(keep_detail=...): add back the mixed reconstruction residuals (default on, chosen "
-                        "on the val split)")
+    c.add_argument("--varmixup-keep-detail", action=argparse.BooleanOptionalAction,
+                   default=library_default(VarMixup, "keep_detail"),
+                   help="VarMixup(keep_detail=...): add back the mixed reconstruction residuals (default: the "
+                        "library's, %(default)s)")
     c.add_argument("--isda-lambda0", type=float, default=0.5, help="(official CIFAR: 0.5)")
     c.add_argument("--isda-covariance", choices=("full", "diagonal"), default="full")
     c.add_argument("--ra-ops", type=int, default=2, help="RandAugment num_ops (default %(default)s)")

@@ -26,8 +26,10 @@ def settings(glow, vae, seed):
         yield f"LatentNoise eps={eps}", LatentNoise(glow, eps=eps, generator=seed)
     for eps in (0.5, 1.5, 3.0):
         yield f"LatentAdversarial eps={eps} steps=1", LatentAdversarial(glow, eps=eps, steps=1, step_size=eps, generator=seed)
-    for p in (0.5, 1.0):
-        yield f"VarMixup p={p}", VarMixup(vae, num_classes=10, p=p, generator=seed)
+    for keep_detail in (False, True):
+        for p in (0.25, 0.5, 1.0):
+            yield (f"VarMixup p={p} keep_detail={keep_detail}",
+                   VarMixup(vae, num_classes=10, p=p, keep_detail=keep_detail, generator=seed))
     for lam in (0.1, 0.5, 2.0):
         yield f"ISDA lambda0={lam}", ISDA(num_classes=10, lambda0=lam)
 
