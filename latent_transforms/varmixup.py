@@ -25,9 +25,9 @@ class VarMixup(CodecTransform):
     - ``keep_detail=True`` adds back the same mix of the two samples' reconstruction residuals,
       ``lam * (x - D(z)) + (1 - lam) * (x[partner] - D(z[partner]))``: the detail a blurry VAE loses is mixed as
       in input mixup, the content in the latent (``lam = 1`` gives back ``x``). An extension of ours, on by default
-      because it was worth 3 to 4 points on a CIFAR-10 validation split with the shipped VAE (docs/calibration.md);
-      it costs one more decode, and with an exact codec it changes nothing. ``False``: the decode alone, the
-      paper's mix as far as it is known.
+      because on a CIFAR-10 validation split it was worth 1.7 points with the shipped VAE and 4 with a blurrier one
+      (docs/calibration.md); it costs one more decode, and with an exact codec it changes nothing. ``False``: the
+      decode alone, the paper's mix as far as it is known.
 
     Args:
         codec: hub name, path or Codec (default ``"vae-cifar10"``; any codec works, a flow too).
