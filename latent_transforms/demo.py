@@ -28,7 +28,7 @@ from .visualize import save_rows
 # (benchmarks/calibrate_digits.py; docs/calibration.md).
 NOISE_EPS = 1.0
 ADV_EPS, ADV_STEPS, ADV_STEP_SIZE = 0.5, 1, 0.5
-VARMIXUP_P = 0.5
+VARMIXUP_P = 0.25
 
 
 def make_arms(glow, vae, seed: int) -> dict[str, Callable[[], nn.Module | None]]:

@@ -88,9 +88,11 @@ class VarMixup(CodecTransform):
             mixed = torch.where(mask, mixed, z)
         self.last_params = {"lam": lam, "partner": partner}
         with torch.no_grad():
-            x2 = self.decode_flat(mixed)
-            if self.keep_detail:
-                residual = x - self.decode_flat(z).to(x.dtype)
+            if self.keep_detail:  # one decode call for the mixes and the reconstructions
+                x2, recon = self.decode_flat(torch.cat([mixed, z])).split(b)
+                residual = x - recon.to(x.dtype)
                 w = weight.to(x.dtype).view(b, *([1] * (x.dim() - 1)))
                 x2 = x2 + w * residual + (1 - w) * residual[partner]
+            else:
+                x2 = self.decode_flat(mixed)
         return x2, mix_labels(y, partner, lam, self.num_classes)
