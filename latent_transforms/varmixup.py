@@ -27,8 +27,7 @@ class VarMixup(CodecTransform):
       in input mixup, the content in the latent (``lam = 1`` gives back ``x``). An extension of ours, on by default
       because on a CIFAR-10 validation split it was worth 1.7 points with the shipped VAE and 4 with a blurrier one
       (docs/calibration.md); the reconstructions are decoded in the same call as the mixes (twice the batch), and
-      with an exact codec it changes nothing. ``False``: the
-      decode alone, the paper's mix as far as it is known.
+      with an exact codec it changes nothing. ``False``: the decode alone, the paper's mix as far as it is known.
 
     Args:
         codec: hub name, path or Codec (default ``"vae-cifar10"``; any codec works, a flow too).
