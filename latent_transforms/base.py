@@ -6,7 +6,7 @@ from torch import nn
 
 from .labels import num_classes_of, to_soft
 from .rng import GeneratorSource
-from .validation import check_images, check_index, check_labels
+from .validation import check_batch
 
 # A decoded sample further than this outside [0, 1] (before clipping) is implausible and is rejected.
 MAX_OVERSHOOT = 0.5
@@ -85,10 +85,7 @@ class LatentTransform(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None = None,
                 index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x2, y2 = t(x, y, model); ``index: (B,)`` int64 dataset positions, for transforms with a latent cache."""
-        check_images(x)
-        check_labels(y, x.shape[0], self.num_classes)
-        if index is not None:
-            check_index(index, x.shape[0])
+        check_batch(x, y, self.num_classes, index)
         if self.needs_model and model is None:
             raise TypeError(
                 f"{type(self).__name__} needs the classifier being trained: call t(x, y, model)"

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import LatentTransform
-from .validation import check_images, check_index, check_labels
+from .validation import check_batch
 
 
 def _is_kornia_mix(t: object) -> bool:
@@ -78,14 +78,11 @@ class Compose(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None = None,
                 index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        check_images(x)
-        check_labels(y, x.shape[0], self.num_classes)
-        if index is not None:
-            check_index(index, x.shape[0])
-            if not self.steps or not isinstance(self.steps[0], LatentTransform):
-                first = type(self.steps[0]).__name__ if self.steps else "nothing"
-                raise ValueError(f"index= goes to the first step, which must be a LatentTransform with a latent "
-                                 f"cache; the first step is {first}")
+        check_batch(x, y, self.num_classes, index)
+        if index is not None and not (self.steps and isinstance(self.steps[0], LatentTransform)):
+            first = type(self.steps[0]).__name__ if self.steps else "nothing"
+            raise ValueError(f"index= goes to the first step, which must be a LatentTransform with a latent "
+                             f"cache; the first step is {first}")
         if not self.training:
             return x, y
         for i, step in enumerate(self.steps):

@@ -93,5 +93,14 @@ def check_index(index: torch.Tensor, batch_size: int, size: int | None = None) -
         raise ValueError(f"index has positions outside [0, {size}): min {int(index.min())}, max {int(index.max())}")
 
 
+def check_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int | None = None,
+                index: torch.Tensor | None = None) -> None:
+    """The checks of every ``t(x, y, model, index=...)`` call: images, labels and index agree on the batch."""
+    check_images(x)
+    check_labels(y, x.shape[0], num_classes)
+    if index is not None:
+        check_index(index, x.shape[0])
+
+
 def _describe(t: object) -> str:
     return f"{t.dtype} of shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
