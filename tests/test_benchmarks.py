@@ -58,6 +58,7 @@ def test_accuracy_smoke(tmp_path):
     assert "SMOKE RUN" in md
     for arm in ARMS:
         assert f"| {arm} (" in md, arm
+        assert f"| {arm} | {100 * results['runs'][arm]['0']['accuracy']:.1f}% |" in md, arm  # per-seed table
     for text in (md, proc.stdout):
         for n in (1, 2, 3):
             assert re.search(rf"^- Target {n} \(.*\): (MET|MISSED) -- ", text, re.M), (n, text[-2000:])
