@@ -417,11 +417,11 @@ def format_report(results: dict) -> str:
             lines.append(f"| {arm} | " + " | ".join(_pts(s["per_corruption"][k]) if k in s["per_corruption"] else "-"
                                                      for k in CORRUPTIONS) + " |")
     lines += ["", "Accuracy per seed (a spread here is what the ± above summarises):", "",
-              "| arm | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
+              "| arm | " + " | ".join(f"seed {seed}" for seed in seeds) + " |", "|---|" + "---|" * len(seeds)]
     for arm in summary:
         by_seed = results["runs"][arm]
-        lines.append(f"| {arm} | " + " | ".join(_pts(by_seed[str(s)]["accuracy"]) if str(s) in by_seed else "-"
-                                                 for s in seeds) + " |")
+        lines.append(f"| {arm} | " + " | ".join(_pts(by_seed[str(seed)]["accuracy"]) if str(seed) in by_seed else "-"
+                                                 for seed in seeds) + " |")
     lines += ["", "Targets of the issue (computed from the means above; latent arms: " + ", ".join(LATENT_ARMS) + "):"]
     if cfg["smoke"]:
         lines.append("(smoke run: the verdicts below only show that they are computed)")
