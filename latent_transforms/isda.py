@@ -33,7 +33,7 @@ from torch import nn
 
 from .base import LatentTransform
 from .modelutils import unwrap
-from .validation import check_images, check_labels, check_same_device
+from .validation import check_batch, check_labels, check_same_device
 
 COVARIANCES = ("full", "diagonal")
 
@@ -449,9 +449,8 @@ class ISDA(_ISDAState, LatentTransform):
                 index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Validate, arm the hook when both ISDA and the model train, and return ``(x, y)`` unchanged.
 
-        ``index`` is accepted for a uniform call and unused (ISDA encodes nothing)."""
-        check_images(x)
-        check_labels(y, x.shape[0], self.num_classes)
+        ``index`` is checked like every transform's and unused (ISDA encodes nothing)."""
+        check_batch(x, y, self.num_classes, index)
         if model is None:
             raise TypeError(f"{type(self).__name__} needs the classifier being trained: call t(x, y, model)")
         check_same_device(x, self.estimator, "ISDA's class statistics")
