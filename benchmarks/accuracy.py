@@ -328,57 +328,86 @@ def _pts(a: float) -> str:
     return f"{100 * a:.1f}%"
 
 
-def _spread(summary: dict, arms: list[str]) -> str:
-    """The seed-to-seed std of the compared arms: a difference well inside it is noise."""
-    return "std over seeds " + ", ".join(f"{a} {100 * summary[a]['accuracy_std']:.1f}" for a in arms) + \
-        f" (n={min(len(summary[a]['seeds']) for a in arms)})"
+def _paired(runs: dict, arms: list[str], keys: tuple[str, ...] = ("accuracy",)) -> tuple[list[int], dict]:
+    """-> (seeds, {arm: {key: (mean, std)}}) over the seeds all ``arms`` have, so that arms are compared on the same
+    seeds: with unequal seed sets, a lucky or unlucky seed of one arm would otherwise decide a target."""
+    seeds = sorted(set.intersection(*(set(runs[a]) for a in arms)), key=int)
+    if not seeds or any(runs[a][s][k] is None for a in arms for s in seeds for k in keys):
+        return [], {}
+    return [int(s) for s in seeds], {a: {k: _mean_std([runs[a][s][k] for s in seeds]) for k in keys} for a in arms}
 
 
-def verdicts(summary: dict) -> list[dict]:
-    """The issue's three targets, decided from the measured means (never hard-coded)."""
+def _on_seeds(seeds: list[int], paired: dict) -> str:
+    """The seeds a verdict was computed on and each compared arm's seed-to-seed std of accuracy over them."""
+    spread = ", ".join(f"{a} {100 * m['accuracy'][1]:.1f}" for a, m in paired.items())
+    return f"on seeds {', '.join(map(str, seeds))}; std over those seeds {spread}"
+
+
+def verdicts(runs: dict) -> list[dict]:
+    """The issue's three targets, decided from the measured runs (never hard-coded). Each target compares its arms
+    on the seeds they all have (the means may differ from the table's where an arm lacks a seed)."""
     out = []
-    base = summary.get("baseline")
+    have = [a for a in ARMS if runs.get(a)]
 
-    def missing(name: str, text: str, needed: list[str]) -> dict:
+    def missing(name: str, text: str, needed: list[str], runs_of: str) -> dict:
+        absent = [a for a in needed if a not in have]
         return {"target": name, "text": text, "status": "NOT EVALUATED",
-                "detail": "needs " + ", ".join(a for a in needed if a not in summary) + " in the results"}
+                "detail": f"needs {', '.join(absent)} in the results" if absent else f"no seed with runs of {runs_of}"}
 
     # 1. best latent arm >= baseline + 3 points, and no worse than RandAugment
     text1 = "best latent arm >= baseline + 3 points and no worse than RandAugment"
-    latent = [a for a in LATENT_ARMS if a in summary]
-    if base is None or "randaugment" not in summary or not latent:
-        out.append(missing("Target 1", text1, ["baseline", "randaugment"] + ([] if latent else ["a latent arm"])))
+    latent = [a for a in LATENT_ARMS if a in have]
+    compared = {}  # latent arm -> (seeds, paired means with baseline and RandAugment)
+    if "baseline" in have and "randaugment" in have:
+        for arm in latent:
+            seeds, paired = _paired(runs, ["baseline", "randaugment", arm])
+            if seeds:
+                compared[arm] = (seeds, paired)
+    if not compared:
+        out.append(missing("Target 1", text1, ["baseline", "randaugment"] + ([] if latent else ["a latent arm"]),
+                           "baseline, RandAugment and a latent arm"))
     else:
-        best = max(latent, key=lambda a: summary[a]["accuracy_mean"])
-        b, r, l = base["accuracy_mean"], summary["randaugment"]["accuracy_mean"], summary[best]["accuracy_mean"]
+        def margin(arm: str) -> float:
+            paired = compared[arm][1]
+            return paired[arm]["accuracy"][0] - paired["baseline"]["accuracy"][0]
+
+        best = max(compared, key=margin)
+        seeds, paired = compared[best]
+        b, r, l = (paired[a]["accuracy"][0] for a in ("baseline", "randaugment", best))
         met = l >= b + 0.03 and l >= r
         out.append({"target": "Target 1", "text": text1, "status": "MET" if met else "MISSED", "best_latent_arm": best,
+                    "seeds": seeds,
                     "detail": f"best latent arm {best}: {_pts(l)}; baseline {_pts(b)} ({100 * (l - b):+.1f} points, "
                               f"needs +3.0); RandAugment {_pts(r)} ({100 * (l - r):+.1f} points, needs >= 0); "
-                              f"{_spread(summary, ['baseline', 'randaugment', best])}"})
+                              f"{_on_seeds(seeds, paired)}"})
     # 2. VarMixup: lower ECE and higher corruption accuracy than the baseline
     text2 = "VarMixup has lower ECE and higher corruption accuracy than the baseline"
-    vm = summary.get("varmixup")
-    if base is None or vm is None or base["corruption_accuracy_mean"] is None or vm["corruption_accuracy_mean"] is None:
-        out.append(missing("Target 2", text2, ["baseline", "varmixup"]))
+    needed = ["baseline", "varmixup"]
+    seeds, paired = _paired(runs, needed, ("accuracy", "ece", "corruption_accuracy")) if set(needed) <= set(have) \
+        else ([], {})
+    if not seeds:
+        out.append(missing("Target 2", text2, needed, "both, with corruption accuracy"))
     else:
-        lower_ece = vm["ece_mean"] < base["ece_mean"]
-        higher_corr = vm["corruption_accuracy_mean"] > base["corruption_accuracy_mean"]
+        (e_vm, _), (e_b, _) = paired["varmixup"]["ece"], paired["baseline"]["ece"]
+        (c_vm, _), (c_b, _) = paired["varmixup"]["corruption_accuracy"], paired["baseline"]["corruption_accuracy"]
+        lower_ece, higher_corr = e_vm < e_b, c_vm > c_b
         out.append({"target": "Target 2", "text": text2, "status": "MET" if lower_ece and higher_corr else "MISSED",
-                    "detail": f"ECE {100 * vm['ece_mean']:.2f} vs baseline {100 * base['ece_mean']:.2f} "
+                    "seeds": seeds,
+                    "detail": f"ECE {100 * e_vm:.2f} vs baseline {100 * e_b:.2f} "
                               f"({'lower' if lower_ece else 'not lower'}); corruption accuracy "
-                              f"{_pts(vm['corruption_accuracy_mean'])} vs {_pts(base['corruption_accuracy_mean'])} "
-                              f"({'higher' if higher_corr else 'not higher'})"})
+                              f"{_pts(c_vm)} vs {_pts(c_b)} ({'higher' if higher_corr else 'not higher'}); "
+                              f"on seeds {', '.join(map(str, seeds))}"})
     # 3. ISDA beats the baseline
     text3 = "ISDA beats the baseline"
-    isda = summary.get("isda")
-    if base is None or isda is None:
-        out.append(missing("Target 3", text3, ["baseline", "isda"]))
+    needed = ["baseline", "isda"]
+    seeds, paired = _paired(runs, needed) if set(needed) <= set(have) else ([], {})
+    if not seeds:
+        out.append(missing("Target 3", text3, needed, "both"))
     else:
-        d = isda["accuracy_mean"] - base["accuracy_mean"]
-        out.append({"target": "Target 3", "text": text3, "status": "MET" if d > 0 else "MISSED",
-                    "detail": f"ISDA {_pts(isda['accuracy_mean'])} vs baseline {_pts(base['accuracy_mean'])} "
-                              f"({100 * d:+.1f} points); {_spread(summary, ['baseline', 'isda'])}"})
+        i, b = paired["isda"]["accuracy"][0], paired["baseline"]["accuracy"][0]
+        out.append({"target": "Target 3", "text": text3, "status": "MET" if i > b else "MISSED", "seeds": seeds,
+                    "detail": f"ISDA {_pts(i)} vs baseline {_pts(b)} ({100 * (i - b):+.1f} points); "
+                              f"{_on_seeds(seeds, paired)}"})
     return out
 
 
@@ -422,7 +451,7 @@ def format_report(results: dict) -> str:
         by_seed = results["runs"][arm]
         lines.append(f"| {arm} | " + " | ".join(_pts(by_seed[str(seed)]["accuracy"]) if str(seed) in by_seed else "-"
                                                  for seed in seeds) + " |")
-    lines += ["", "Targets of the issue (computed from the means above; latent arms: " + ", ".join(LATENT_ARMS) + "):"]
+    lines += ["", "Targets of the issue (each compared on the seeds its arms share; latent arms: " + ", ".join(LATENT_ARMS) + "):"]
     if cfg["smoke"]:
         lines.append("(smoke run: the verdicts below only show that they are computed)")
     for v in results["targets"]:
@@ -649,7 +678,7 @@ def write_report(out: Path, fingerprint: dict, config: dict, runs: dict, start: 
     """Summary and verdicts of ``runs``: OUT/results.json, OUT/results.md and OUT/reliability.png; prints the table."""
     summary = summarise(runs)
     results = {"format": FORMAT, "fingerprint": fingerprint, "config": config, "runs": runs, "summary": summary,
-               "targets": verdicts(summary), "wall_seconds": time.perf_counter() - start}
+               "targets": verdicts(runs), "wall_seconds": time.perf_counter() - start}
     results_path = out / "results.json"
     write_json(results_path, results)
     report = format_report(results)

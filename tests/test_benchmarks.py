@@ -197,3 +197,45 @@ def test_codec_quality_scores_several_codecs_with_one_classifier(tmp_path):
     # an exact round trip keeps every prediction of the classifier
     assert scores["glow-digits"]["classifier_on_reconstructions"] == scores["glow-digits"]["classifier_clean_accuracy"]
     assert "| vae-digits | " in proc.stdout and (out / "glow-digits-quality.png").is_file()
+
+
+def _load_accuracy_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("accuracy_benchmark", BENCHMARKS / "accuracy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_accuracy_verdicts_compare_arms_on_the_seeds_they_share():
+    verdicts = _load_accuracy_module().verdicts
+
+    def runs_of(**accuracies: list[float | None]) -> dict:
+        """arm -> per-seed accuracies (None: no run of that seed); ECE and corruption accuracy follow accuracy."""
+        return {arm.replace("_", "-"): {str(seed): {"accuracy": a, "ece": 1 - a, "corruption_accuracy": a - 0.1}
+                                        for seed, a in enumerate(accs) if a is not None}
+                for arm, accs in accuracies.items()}
+
+    # ISDA lacks seed 2, on which the baseline was lucky: on the shared seeds 0 and 1 ISDA is better on both
+    runs = runs_of(baseline=[0.56, 0.56, 0.62], randaugment=[0.55, 0.55, 0.55], isda=[0.57, 0.57, None],
+                   varmixup=[0.55, 0.57, None], latent_adversarial=[0.60, 0.60, 0.64])
+    t1, t2, t3 = verdicts(runs)
+    assert t3["status"] == "MET" and t3["seeds"] == [0, 1], t3
+    assert "ISDA 57.0% vs baseline 56.0% (+1.0 points); on seeds 0, 1" in t3["detail"]
+    assert t2["status"] == "MISSED" and t2["seeds"] == [0, 1]  # VarMixup 56% vs 56%: corruption not higher
+    assert t1["status"] == "MET" and t1["best_latent_arm"] == "latent-adversarial" and t1["seeds"] == [0, 1, 2]
+    assert "baseline 58.0% (+3.3 points, needs +3.0)" in t1["detail"]
+    # the best latent arm is the one with the largest margin over the baseline on its shared seeds, not the
+    # highest mean over seeds the baseline lacks
+    runs = runs_of(baseline=[0.50, 0.60], randaugment=[0.50, 0.50], isda=[0.54, None], latent_noise=[0.52, 0.61])
+    t1, _, _ = verdicts(runs)
+    assert t1["best_latent_arm"] == "isda" and t1["seeds"] == [0] and t1["status"] == "MET", t1
+    # no common seed: not evaluated, and the report says why
+    t1, t2, t3 = verdicts(runs_of(baseline=[0.5, None], randaugment=[0.5, None], isda=[None, 0.6]))
+    assert (t3["status"], t3["detail"]) == ("NOT EVALUATED", "no seed with runs of both")
+    assert (t2["status"], t2["detail"]) == ("NOT EVALUATED", "needs varmixup in the results")
+    assert (t1["status"], t1["detail"]) == ("NOT EVALUATED",
+                                            "no seed with runs of baseline, RandAugment and a latent arm")
+    t1, _, _ = verdicts(runs_of(baseline=[0.5], isda=[0.6]))
+    assert t1["detail"] == "needs randaugment in the results"
