@@ -1,6 +1,7 @@
 """How good is a codec's latent space? Test bits/dim (flows) or MSE/KL (VAEs), and whether decodes keep class
 identity: one classifier trained on clean images is scored on clean test images, on each codec's reconstructions,
-and on decodes of 50/50 latent mixes of two test images (how often it names one of the two source classes).
+on decodes of 50/50 latent mixes of two test images (how often it names one of the two source classes) and, for
+flows, on ``LatentNoise`` outputs at several eps (does the perturbation keep the class?).
 Writes a PNG of originals, reconstructions and latent interpolations per codec.
 
     python benchmarks/codec_quality.py --codec vae-digits --train digits --test digits
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from latent_transforms import hub
+from latent_transforms import LatentNoise, hub
 from latent_transforms.codecs import flatten_latents, unflatten_latents
 from latent_transforms.data import load_images
 from latent_transforms.models import digits_cnn
@@ -53,6 +54,13 @@ def mixes_name_a_source(codec, model, x: torch.Tensor, y: torch.Tensor, batch_si
     return float(((pred == y) | (pred == y.roll(1, 0))).float().mean())
 
 
+@torch.no_grad()
+def noised(codec, x: torch.Tensor, y: torch.Tensor, eps: float, batch_size: int = 500) -> torch.Tensor:
+    """LatentNoise(eps) outputs of every image, seeded."""
+    t = LatentNoise(codec, eps=eps, generator=0)
+    return torch.cat([t(x[i:i + batch_size], y[i:i + batch_size])[0] for i in range(0, len(x), batch_size)])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--codec", required=True, nargs="+", help="hub names or .safetensors paths, scored by one classifier")
@@ -61,6 +69,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--width", type=int, default=32, help="ResNet-18 width for RGB data")
     ap.add_argument("--limit-test", type=int, default=2000, help="test images used (CPU budget)")
+    ap.add_argument("--noise-eps", type=float, nargs="*", default=[5.0, 10.0, 20.0],
+                    help="flows: score the classifier on LatentNoise outputs at these eps (L2, all levels)")
     ap.add_argument("--out", default="runs/codec-quality")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -72,8 +82,9 @@ def main() -> None:
     clean = accuracy(predict_proba(model, x_test), y_test)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    table = ["| codec | test MSE or bits/dim | classifier on reconstructions | on 50/50 mixes: either class |",
-             "|---|---|---|---|"]
+    noise_cols = "".join(f" on LatentNoise eps={eps:g} |" for eps in args.noise_eps)
+    table = ["| codec | test MSE or bits/dim | classifier on reconstructions | on 50/50 mixes: either class |"
+             + noise_cols, "|---|---|---|---|" + "---|" * len(args.noise_eps)]
     for spec in args.codec:
         codec = hub.load(spec)
         quality = {k: round(v, 4) for k, v in eval_codec(codec, x_test).items()}
@@ -81,6 +92,13 @@ def main() -> None:
         on_recon = accuracy(predict_proba(model, recon), y_test)
         quality.update(classifier_clean_accuracy=round(clean, 4), classifier_on_reconstructions=round(on_recon, 4),
                        mixes_name_a_source=round(mixes_name_a_source(codec, model, x_test, y_test), 4))
+        if codec.config["kind"] == "glow":
+            quality["classifier_on_latent_noise"] = {}
+            for eps in args.noise_eps:
+                xn = noised(codec, x_test, y_test, eps)
+                quality["classifier_on_latent_noise"][f"{eps:g}"] = {
+                    "accuracy": round(accuracy(predict_proba(model, xn), y_test), 4),
+                    "mean_abs_change": round(float((xn - x_test).abs().mean()), 4)}
         path = Path(spec)  # a file is named with its folder: candidates often share a file name
         name = f"{path.parent.name}-{path.stem}" if path.is_file() else spec
         rows = {"original": x_test[:10], "reconstruction": recon[:10],
@@ -90,7 +108,10 @@ def main() -> None:
         print(json.dumps({"codec": spec, "test_images": len(x_test), **quality}, indent=2))
         print(f"picture: {out / f'{name}-quality.png'}")
         level = f"{quality['mse']:.4f}" if "mse" in quality else f"{quality['bits_per_dim']:.3f} bits/dim"
-        table.append(f"| {spec} | {level} | {100 * on_recon:.1f}% | {100 * quality['mixes_name_a_source']:.1f}% |")
+        on_noise = quality.get("classifier_on_latent_noise", {})
+        table.append(f"| {spec} | {level} | {100 * on_recon:.1f}% | {100 * quality['mixes_name_a_source']:.1f}% |"
+                     + "".join(f" {100 * on_noise[f'{eps:g}']['accuracy']:.1f}% |" if on_noise else " - |"
+                               for eps in args.noise_eps))
     print(f"\nclassifier on clean test images: {100 * clean:.1f}% ({len(x_test)} images)\n" + "\n".join(table))
 
 if __name__ == "__main__":

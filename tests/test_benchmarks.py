@@ -197,6 +197,13 @@ def test_codec_quality_scores_several_codecs_with_one_classifier(tmp_path):
     # an exact round trip keeps every prediction of the classifier
     assert scores["glow-digits"]["classifier_on_reconstructions"] == scores["glow-digits"]["classifier_clean_accuracy"]
     assert "| vae-digits | " in proc.stdout and (out / "glow-digits-quality.png").is_file()
+    # flows are also scored on LatentNoise outputs, one column per eps; VAEs are not
+    noise = scores["glow-digits"]["classifier_on_latent_noise"]
+    assert list(noise) == ["5", "10", "20"] and all(0 <= v["accuracy"] <= 1 for v in noise.values())
+    assert 0 < noise["5"]["mean_abs_change"] < noise["20"]["mean_abs_change"]
+    assert "classifier_on_latent_noise" not in scores["vae-digits"]
+    assert "| on LatentNoise eps=5 | on LatentNoise eps=10 | on LatentNoise eps=20 |" in proc.stdout
+    assert re.search(r"^\| vae-digits \|.* - \| - \| - \|$", proc.stdout, re.M), proc.stdout
 
 
 def _load_accuracy_module():
