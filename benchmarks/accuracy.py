@@ -337,10 +337,12 @@ def _paired(runs: dict, arms: list[str], keys: tuple[str, ...] = ("accuracy",)) 
     return [int(s) for s in seeds], {a: {k: _mean_std([runs[a][s][k] for s in seeds]) for k in keys} for a in arms}
 
 
-def _on_seeds(seeds: list[int], paired: dict) -> str:
-    """The seeds a verdict was computed on and each compared arm's seed-to-seed std of accuracy over them."""
-    spread = ", ".join(f"{a} {100 * m['accuracy'][1]:.1f}" for a, m in paired.items())
-    return f"on seeds {', '.join(map(str, seeds))}; std over those seeds {spread}"
+def _on_seeds(seeds: list[int], paired: dict | None = None) -> str:
+    """The seeds a verdict was computed on and (``paired``) each compared arm's seed-to-seed std of accuracy."""
+    if len(seeds) == 1:
+        return f"on seed {seeds[0]}"
+    spread = ", ".join(f"{a} {100 * m['accuracy'][1]:.1f}" for a, m in (paired or {}).items())
+    return f"on seeds {', '.join(map(str, seeds))}" + (f"; std over those seeds {spread}" if spread else "")
 
 
 def verdicts(runs: dict) -> list[dict]:
@@ -396,7 +398,7 @@ def verdicts(runs: dict) -> list[dict]:
                     "detail": f"ECE {100 * e_vm:.2f} vs baseline {100 * e_b:.2f} "
                               f"({'lower' if lower_ece else 'not lower'}); corruption accuracy "
                               f"{_pts(c_vm)} vs {_pts(c_b)} ({'higher' if higher_corr else 'not higher'}); "
-                              f"on seeds {', '.join(map(str, seeds))}"})
+                              f"{_on_seeds(seeds)}"})
     # 3. ISDA beats the baseline
     text3 = "ISDA beats the baseline"
     needed = ["baseline", "isda"]

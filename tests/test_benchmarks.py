@@ -231,6 +231,7 @@ def test_accuracy_verdicts_compare_arms_on_the_seeds_they_share():
     assert t3["status"] == "MET" and t3["seeds"] == [0, 1], t3
     assert "ISDA 57.0% vs baseline 56.0% (+1.0 points); on seeds 0, 1" in t3["detail"]
     assert t2["status"] == "MISSED" and t2["seeds"] == [0, 1]  # VarMixup 56% vs 56%: corruption not higher
+    assert t2["detail"].endswith("(not higher); on seeds 0, 1"), t2
     assert t1["status"] == "MET" and t1["best_latent_arm"] == "latent-adversarial" and t1["seeds"] == [0, 1, 2]
     assert "baseline 58.0% (+3.3 points, needs +3.0)" in t1["detail"]
     # the best latent arm is the one with the largest margin over the baseline on its shared seeds, not the
@@ -238,6 +239,7 @@ def test_accuracy_verdicts_compare_arms_on_the_seeds_they_share():
     runs = runs_of(baseline=[0.50, 0.60], randaugment=[0.50, 0.50], isda=[0.54, None], latent_noise=[0.52, 0.61])
     t1, _, _ = verdicts(runs)
     assert t1["best_latent_arm"] == "isda" and t1["seeds"] == [0] and t1["status"] == "MET", t1
+    assert t1["detail"].endswith("; on seed 0"), t1  # one seed: no spread to report
     # no common seed: not evaluated, and the report says why
     t1, t2, t3 = verdicts(runs_of(baseline=[0.5, None], randaugment=[0.5, None], isda=[None, 0.6]))
     assert (t3["status"], t3["detail"]) == ("NOT EVALUATED", "no seed with runs of both")
