@@ -27,9 +27,17 @@ from latent_transforms.visualize import save_rows
 from models import CifarResNet18
 
 
+BATCH = 500  # images per codec call
+
+
+def in_batches(fn, *tensors: torch.Tensor) -> torch.Tensor:
+    """fn applied to aligned slices of ``tensors`` of BATCH rows, results concatenated."""
+    return torch.cat([fn(*(t[i:i + BATCH] for t in tensors)) for i in range(0, len(tensors[0]), BATCH)])
+
+
 @torch.no_grad()
-def reconstruct(codec, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    return torch.cat([codec.decode(codec.encode(x[i:i + batch_size])).clamp(0, 1) for i in range(0, len(x), batch_size)])
+def reconstruct(codec, x: torch.Tensor) -> torch.Tensor:
+    return in_batches(lambda xb: codec.decode(codec.encode(xb)).clamp(0, 1), x)
 
 
 @torch.no_grad()
@@ -44,21 +52,20 @@ def interpolations(codec, a: torch.Tensor, b: torch.Tensor, steps: int = 8) -> d
 
 
 @torch.no_grad()
-def mixes_name_a_source(codec, model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
+def mixes_name_a_source(codec, model, x: torch.Tensor, y: torch.Tensor) -> float:
     """Share of decoded 50/50 latent mixes of x[i] and x[i - 1] that the classifier assigns to y[i] or y[i - 1]."""
-    z = torch.cat([flatten_latents(codec.encode(x[i:i + batch_size])) for i in range(0, len(x), batch_size)])
+    z = in_batches(lambda xb: flatten_latents(codec.encode(xb)), x)
     mixed = 0.5 * z + 0.5 * z.roll(1, 0)
-    decoded = torch.cat([codec.decode(unflatten_latents(mixed[i:i + batch_size], codec.latent_shapes)).clamp(0, 1)
-                         for i in range(0, len(x), batch_size)])
+    decoded = in_batches(lambda zb: codec.decode(unflatten_latents(zb, codec.latent_shapes)).clamp(0, 1), mixed)
     pred = predict_proba(model, decoded).argmax(1)
     return float(((pred == y) | (pred == y.roll(1, 0))).float().mean())
 
 
 @torch.no_grad()
-def noised(codec, x: torch.Tensor, y: torch.Tensor, eps: float, batch_size: int = 500) -> torch.Tensor:
+def noised(codec, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
     """LatentNoise(eps) outputs of every image, seeded."""
     t = LatentNoise(codec, eps=eps, generator=0)
-    return torch.cat([t(x[i:i + batch_size], y[i:i + batch_size])[0] for i in range(0, len(x), batch_size)])
+    return in_batches(lambda xb, yb: t(xb, yb)[0], x, y)
 
 
 def main() -> None:
@@ -92,7 +99,7 @@ def main() -> None:
         on_recon = accuracy(predict_proba(model, recon), y_test)
         quality.update(classifier_clean_accuracy=round(clean, 4), classifier_on_reconstructions=round(on_recon, 4),
                        mixes_name_a_source=round(mixes_name_a_source(codec, model, x_test, y_test), 4))
-        if codec.config["kind"] == "glow":
+        if codec.kind == "glow":
             quality["classifier_on_latent_noise"] = {}
             for eps in args.noise_eps:
                 xn = noised(codec, x_test, y_test, eps)
