@@ -583,6 +583,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="train nothing: combine the runs of --arms (default all) of several results.json files "
                         "(e.g. one per seed or per machine) into one report in OUT; data and schedule must match, "
                         "and each arm's settings and checkpoint among its merged runs")
+    o.add_argument("--time-budget", type=float, metavar="SECONDS",
+                   help="start no run that would end after SECONDS from the start of this call (its time is "
+                        "estimated from the longest finished run of the same arm, else of any arm), then write "
+                        "the report of what is done; with --resume, a later call runs the rest")
     o.add_argument("--no-corruptions", action="store_true", help="skip the corruption accuracy")
     o.add_argument("--no-progress", action="store_true")
     o.add_argument("--smoke", action="store_true",
@@ -675,6 +679,21 @@ def merge_results(paths: list[str], arms: list[str]) -> tuple[dict, dict, dict]:
     return fingerprint, config, runs
 
 
+def runs_to_do(arms: list[str], seeds: list[int], runs: dict) -> list[tuple[str, int]]:
+    """The (arm, seed) runs not in ``runs``, seed by seed: a call cut short leaves every arm with the same seeds."""
+    return [(a, s) for s in seeds for a in arms if str(s) not in runs.get(a, {})]
+
+
+def fits_budget(arm: str, took: dict[str, list[float]], elapsed: float, budget: float) -> bool:
+    """Whether a run of ``arm`` started ``elapsed`` seconds into this call should end within ``budget`` seconds.
+
+    ``took``: wall seconds (training and evaluation) of the runs finished in this call, per arm. A run is assumed to
+    take as long as the longest of its arm, else of any arm; before any run has finished only ``elapsed`` counts.
+    """
+    known = took.get(arm) or [t for ts in took.values() for t in ts]
+    return elapsed + max(known, default=0.0) <= budget
+
+
 def write_report(out: Path, fingerprint: dict, config: dict, runs: dict, start: float) -> dict:
     """Summary and verdicts of ``runs``: OUT/results.json, OUT/results.md and OUT/reliability.png; prints the table."""
     summary = summarise(runs)
@@ -710,7 +729,7 @@ def main(argv=None) -> dict:
                              f"use another --out or the same settings")
         runs = old.get("runs", {})
 
-    todo = [(a, s) for a in args.arms for s in args.seeds if str(s) not in runs.get(a, {})]
+    todo = runs_to_do(args.arms, args.seeds, runs)
     needed = {CODEC_OF_ARM[a] for a in {a for a, _ in todo} | set(runs) if a in CODEC_OF_ARM}
     codecs, codec_names = {}, {}
     if needed:
@@ -751,13 +770,23 @@ def main(argv=None) -> dict:
         n = min(len(x_train), 2 * args.batch_size)
         fit_classifier(build_classifier(NUM_CLASSES, args.width, device, args.precision), x_train[:n], y_train[:n],
                        epochs=1, batch_size=args.batch_size, progress=False)
-    for arm, seed in tqdm(todo, desc="runs", disable=args.no_progress):
+    took: dict[str, list[float]] = {}
+    for i, (arm, seed) in enumerate(tqdm(todo, desc="runs", disable=args.no_progress)):
+        if args.time_budget is not None and not fits_budget(arm, took, time.perf_counter() - start, args.time_budget):
+            left = ", ".join(f"{a} seed {s}" for a, s in todo[i:])
+            print(f"--time-budget {args.time_budget:g} s: stopping before {arm} seed {seed}; not run: {left}")
+            break
+        run_start = time.perf_counter()
         r = run_one(arm, seed, args, data, codecs, corrupted, device)
+        took.setdefault(arm, []).append(time.perf_counter() - run_start)
         if arm in CODEC_OF_ARM:
             r["codec"] = codec_names[CODEC_OF_ARM[arm]]
         runs.setdefault(arm, {})[str(seed)] = r
         write_json(results_path, {"format": FORMAT, "fingerprint": fingerprint, "config": config, "runs": runs})
 
+    if not runs:
+        print(f"No run finished: nothing written to {out}.")
+        return {}
     return write_report(out, fingerprint, config, runs, start)
 
 

@@ -70,6 +70,29 @@ def test_accuracy_smoke(tmp_path):
     _check_codec_records_and_merge(results, out, tmp_path)
 
 
+@pytest.mark.slow
+def test_gpu_session_script_runs_its_steps_and_resumes(tmp_path):
+    """scripts/gpu_session.sh, the one-call GPU plan, with SMOKE=1: throughput, then accuracy within the budget."""
+    out, acc = tmp_path / "out", tmp_path / "acc"
+    env = {**os.environ, "LATENT_TRANSFORMS_HOME": str(tmp_path / "hub"), "LATENT_TRANSFORMS_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1", "SMOKE": "1", "BUDGET": "150", "OUT": str(out), "ACC_DIR": str(acc),
+           "ARMS": "baseline isda", "PYTHON": sys.executable}
+
+    def call() -> str:
+        proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_session.sh")], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=TIMEOUT_S)
+        assert proc.returncode == 0 and "exit" not in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc.stdout
+
+    call()
+    assert "| LatentNoise |" in (out / "throughput" / "throughput.md").read_text()
+    first = json.loads((out / "accuracy" / "results.json").read_text())
+    assert set(first["runs"]) == {"baseline", "isda"} and first["config"]["smoke"]
+    env["SKIP_THROUGHPUT"] = "1"
+    second = call()  # a repeated call resumes: nothing left to train, the same runs reported again
+    assert "Wrote" in second and json.loads((out / "accuracy" / "results.json").read_text())["runs"] == first["runs"]
+
+
 def _check_codec_records_and_merge(results: dict, out: Path, tmp_path: Path) -> None:
     """Every codec arm records the checkpoint it used; --merge recombines split files; mixed checkpoints are refused."""
     for arm in ARMS:
@@ -248,3 +271,18 @@ def test_accuracy_verdicts_compare_arms_on_the_seeds_they_share():
                                             "no seed with runs of baseline, RandAugment and a latent arm")
     t1, _, _ = verdicts(runs_of(baseline=[0.5], isda=[0.6]))
     assert t1["detail"] == "needs randaugment in the results"
+
+
+def test_accuracy_runs_seed_by_seed_within_a_time_budget():
+    acc = _load_accuracy_module()
+    # seed-major: a call cut short leaves every arm with the same seeds; finished runs are skipped
+    done = {"baseline": {"0": {}}, "isda": {"0": {}, "1": {}}}
+    assert acc.runs_to_do(["baseline", "isda", "varmixup"], [0, 1], done) == [
+        ("varmixup", 0), ("baseline", 1), ("varmixup", 1)]
+    # a run is expected to take as long as the longest run of its arm in this call, else of any arm
+    took = {"baseline": [10.0, 12.0], "latent-adversarial": [40.0]}
+    assert acc.fits_budget("baseline", took, elapsed=88.0, budget=100.0)
+    assert not acc.fits_budget("baseline", took, elapsed=88.5, budget=100.0)
+    assert not acc.fits_budget("isda", took, elapsed=61.0, budget=100.0)  # unknown arm: the longest run, 40 s
+    assert acc.fits_budget("isda", {}, elapsed=99.0, budget=100.0)  # nothing finished yet: only the time spent
+    assert not acc.fits_budget("isda", {}, elapsed=100.5, budget=100.0)

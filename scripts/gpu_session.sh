@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The GPU figures still missing, in one device call of at most 10 minutes, most wanted first:
+#   1. the throughput table of issue 8 (benchmarks/throughput.py, batch 256, compiled codecs included);
+#   2. the accuracy table of issue 5 (benchmarks/accuracy.py), seed by seed, for what is left of BUDGET seconds;
+#      --resume keeps earlier calls' runs, so repeated calls complete the table.
+# On the lent machine, from the repository root, with carry [".whl", ".data", "runs"] (see docs/results.md):
+#   bash scripts/gpu_session.sh
+# then copy the returned accuracy/ folder back to runs/accuracy here before the next call.
+# Settings (environment): BUDGET (seconds for the whole script, default 540), ARMS, SEEDS, EPOCHS, SKIP_THROUGHPUT=1,
+# ACC_DIR (the accuracy folder resumed, default runs/accuracy), SMOKE=1 (tiny CPU run of the same steps, used by
+# the tests). Results go to $OUT (default runs/gpu-session): throughput/ and a copy of ACC_DIR as accuracy/.
+set -euo pipefail
+start=$SECONDS
+BUDGET=${BUDGET:-540}
+OUT=${OUT:-runs/gpu-session}
+ACC_DIR=${ACC_DIR:-runs/accuracy}
+ARMS=${ARMS:-baseline latent-adversarial randaugment isda varmixup latent-noise mixup randaugment+latent-adversarial isda+latent-noise}
+SEEDS=${SEEDS:-0 1 2}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT"
+
+if compgen -G ".whl/*.whl" > /dev/null; then  # the GPU image lacks kornia and normflows
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$HOME/site" .whl/*.whl
+    export PYTHONPATH="$HOME/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
+DATA="--train npz:.data/cifar10/train-5k.npz --test npz:.data/cifar10/test.npz"
+[ -f .data/cifar10/train-5k.npz ] || DATA="--train npz:../shared/data/cifar10/train-5k.npz --test npz:../shared/data/cifar10/test.npz"
+if [ "${SMOKE:-0}" = 1 ]; then
+    TP_ARGS="--smoke --device cpu"; ACC_ARGS="--smoke --device cpu"; DATA=""
+else
+    TP_ARGS="--batch-size 256"; ACC_ARGS="--epochs ${EPOCHS:-100}"
+    "$PY" -c "import torch; print(torch.cuda.get_device_name(), 'torch', torch.__version__)"
+fi
+
+if [ "${SKIP_THROUGHPUT:-0}" != 1 ]; then  # on CUDA, --compile (the default there) adds the compiled-codec rows
+    # shellcheck disable=SC2086
+    timeout $((BUDGET / 2)) "$PY" benchmarks/throughput.py $TP_ARGS --out "$OUT/throughput" \
+        || { echo "throughput.py exit $?: again without the compiled rows"
+             timeout $((BUDGET / 4)) "$PY" benchmarks/throughput.py $TP_ARGS --no-compile --out "$OUT/throughput" \
+                 || echo "throughput.py --no-compile exit $?"; }
+fi
+
+left=$((BUDGET - (SECONDS - start)))
+if [ "$left" -ge 30 ]; then  # accuracy.py starts no run it expects to end after $left s; timeout is the backstop
+    # shellcheck disable=SC2086
+    timeout $((left + 60)) "$PY" benchmarks/accuracy.py $DATA $ACC_ARGS --arms $ARMS --seeds $SEEDS --resume \
+        --no-progress --time-budget "$left" --out "$ACC_DIR" || echo "accuracy.py exit $?"
+fi
+if [ -d "$ACC_DIR" ]; then mkdir -p "$OUT/accuracy" && cp -r "$ACC_DIR"/. "$OUT/accuracy/"; fi
+echo "gpu_session.sh: $((SECONDS - start)) s; results in $OUT"
