@@ -1,0 +1,64 @@
+"""The metrics and training loop shared by the demo, the examples and the benchmarks (latent_transforms.evaluation)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from latent_transforms.evaluation import accuracy, expected_calibration_error, fit_classifier, predict_proba
+
+
+def _probs(confidences: list[float], predicted: list[int], k: int = 3) -> torch.Tensor:
+    """Rows whose largest probability is ``confidences[i]`` at class ``predicted[i]``, the rest spread evenly."""
+    rows = []
+    for c, p in zip(confidences, predicted):
+        row = torch.full((k,), (1 - c) / (k - 1))
+        row[p] = c
+        rows.append(row)
+    return torch.stack(rows)
+
+
+def test_ece_by_hand():
+    # bin (0.6, 0.667]: confidences 0.65, 0.65, one right -> gap |0.65 - 0.5| = 0.15, weight 2/4
+    # bin (0.933, 1.0]: confidences 0.95, 0.95, both right -> gap 0.05, weight 2/4
+    probs = _probs([0.65, 0.65, 0.95, 0.95], [0, 1, 2, 2])
+    y = torch.tensor([0, 2, 2, 2])
+    assert accuracy(probs, y) == pytest.approx(0.75)
+    assert expected_calibration_error(probs, y, bins=15) == pytest.approx(0.5 * 0.15 + 0.5 * 0.05, abs=1e-6)
+    # perfectly calibrated within each bin: zero
+    assert expected_calibration_error(_probs([0.5, 0.5], [0, 0]), torch.tensor([0, 1]), bins=10) == pytest.approx(0.0, abs=1e-6)
+    # one bin: |mean confidence - accuracy|
+    assert expected_calibration_error(probs, y, bins=1) == pytest.approx(abs(0.8 - 0.75), abs=1e-6)
+
+
+def test_predict_proba_is_batch_independent_and_restores_the_mode():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout(0.5),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+    model.train()
+    x = torch.rand(300, 3, 8, 8)
+    default = predict_proba(model, x)
+    assert model.training  # eval inside, train mode back after
+    assert default.shape == (300, 5) and torch.allclose(default.sum(1), torch.ones(300))
+    with torch.no_grad():
+        model.eval()
+        whole = model(x).softmax(1)
+    torch.testing.assert_close(default, whole)  # eval mode: no dropout, running BN statistics
+    torch.testing.assert_close(predict_proba(model, x, batch_size=7), whole)
+
+
+def test_fit_classifier_learns_a_separable_problem_and_is_seeded():
+    def run() -> tuple[nn.Module, float]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(12, 2))
+        g = torch.Generator().manual_seed(1)
+        x = torch.rand(128, 3, 2, 2, generator=g)
+        y = (x.mean((1, 2, 3)) > 0.5).long()
+        seconds = fit_classifier(model, x, y, epochs=40, batch_size=32, lr=0.5, progress=False)
+        assert seconds > 0
+        return model, accuracy(predict_proba(model, x), y)
+
+    (m1, acc1), (m2, _) = run(), run()
+    assert acc1 >= 0.9, acc1
+    for a, b in zip(m1.parameters(), m2.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)  # same seeds: the same weights
