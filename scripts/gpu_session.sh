@@ -19,9 +19,11 @@ SEEDS=${SEEDS:-0 1 2}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's latent_transforms, installed or not
+export PYTHONUNBUFFERED=1  # output up to a kill comes back
 if compgen -G ".whl/*.whl" > /dev/null; then  # the GPU image lacks kornia and normflows
     "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$HOME/site" .whl/*.whl
-    export PYTHONPATH="$HOME/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+    export PYTHONPATH="$HOME/site:$PYTHONPATH"
 fi
 DATA="--train npz:.data/cifar10/train-5k.npz --test npz:.data/cifar10/test.npz"
 [ -f .data/cifar10/train-5k.npz ] || DATA="--train npz:../shared/data/cifar10/train-5k.npz --test npz:../shared/data/cifar10/test.npz"

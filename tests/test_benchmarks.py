@@ -76,7 +76,7 @@ def test_gpu_session_script_runs_its_steps_and_resumes(tmp_path):
     out, acc = tmp_path / "out", tmp_path / "acc"
     env = {**os.environ, "LATENT_TRANSFORMS_HOME": str(tmp_path / "hub"), "LATENT_TRANSFORMS_OFFLINE": "1",
            "OMP_NUM_THREADS": "1", "SMOKE": "1", "BUDGET": "150", "OUT": str(out), "ACC_DIR": str(acc),
-           "ARMS": "baseline isda", "PYTHON": sys.executable}
+           "ARMS": "baseline isda", "PYTHON": sys.executable, "HOME": str(tmp_path)}
 
     def call() -> str:
         proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_session.sh")], cwd=ROOT, env=env,
