@@ -564,8 +564,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="(default: the library's, %(default)s; official CIFAR: 0.5)")
     c.add_argument("--latent-p", type=float, default=1.0, help="share of samples LatentNoise/Adversarial replace")
     c.add_argument("--varmixup-alpha", type=float, default=1.0)
-    c.add_argument("--varmixup-p", type=float, default=0.25,
-                   help="share of samples VarMixup replaces (default %(default)s, chosen on the val split)")
+    c.add_argument("--varmixup-p", type=float, default=library_default(VarMixup, "p"),
+                   help="share of samples VarMixup replaces (default: the library's, %(default)s, chosen on the val "
+                        "split)")
     c.add_argument("--varmixup-keep-detail", action=argparse.BooleanOptionalAction,
                    default=library_default(VarMixup, "keep_detail"),
                    help="VarMixup(keep_detail=...): add back the mixed reconstruction residuals (default: the "

@@ -175,6 +175,7 @@ def build_rows(args, device: torch.device, codecs: dict) -> list[dict]:
     adversarial = in_train_mode(LatentAdversarial(glow, steps=1, generator=0))
     adversarial_3 = in_train_mode(LatentAdversarial(glow, steps=3, generator=0))
     varmixup = in_train_mode(VarMixup(vae, num_classes=NUM_CLASSES, generator=0))
+    varmixup_all = in_train_mode(VarMixup(vae, num_classes=NUM_CLASSES, p=1.0, generator=0))
     index = torch.arange(b, device=device)
     noise_cached = in_train_mode(LatentNoise(glow, eps=args.noise_eps, generator=0,
                                              cache=LatentCache(glow, x, progress=False)))
@@ -201,7 +202,10 @@ def build_rows(args, device: torch.device, codecs: dict) -> list[dict]:
          "fn": lambda: adversarial(x, y, model)},
         {"key": "latent_adversarial_3", "method": "LatentAdversarial, 3 PGD steps (official CIFAR)",
          "timed": "t(x, y, model)", "fn": lambda: adversarial_3(x, y, model)},
-        {"key": "varmixup", "method": "VarMixup", "timed": "t(x, y)", "fn": lambda: varmixup(x, y)},
+        {"key": "varmixup", "method": "VarMixup (default p 0.25: a quarter of the batch mixed)", "timed": "t(x, y)",
+         "fn": lambda: varmixup(x, y)},
+        {"key": "varmixup_all", "method": "VarMixup, p=1.0 (every sample mixed, the paper's share)", "timed": "t(x, y)",
+         "fn": lambda: varmixup_all(x, y)},
         {"key": "latent_noise_cached", "method": "LatentNoise with a LatentCache", "timed": "t(x, y, index=i)",
          "fn": lambda: noise_cached(x, y, index=index)},
         {"key": "varmixup_cached", "method": "VarMixup with a LatentCache", "timed": "t(x, y, index=i)",

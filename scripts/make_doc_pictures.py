@@ -92,13 +92,13 @@ def pictures(tag: str, glow, vae, x: torch.Tensor, y: torch.Tensor, x_fit: torch
 
     if vae is not None:
         # VarMixup: the two inputs, the latent mix, and the pixel mix with the same weights
-        t = VarMixup(vae, num_classes=10, keep_detail=False, generator=0)
+        t = VarMixup(vae, num_classes=10, keep_detail=False, p=1.0, generator=0)  # every image mixed
         x_mix, _ = t(x, y)
         partner, lam = t.last_params["partner"], t.last_params["lam"]
         pixel = lam.view(-1, 1, 1, 1) * x + (1 - lam.view(-1, 1, 1, 1)) * x[partner]
         with torch.no_grad():
             recon = vae.decode(vae.encode(x)).clamp(0, 1)
-        detail = VarMixup(vae, num_classes=10, generator=0)(x, y)[0]  # keep_detail=True; same partners and weights
+        detail = VarMixup(vae, num_classes=10, p=1.0, generator=0)(x, y)[0]  # keep_detail=True; same partners and weights
         rows = {"x": x, "partner": x[partner], "decode only": x_mix, "keep_detail (default)": detail,
                 "pixel mixup": pixel,
                 "VAE reconstruction": recon}
@@ -115,7 +115,7 @@ def pictures(tag: str, glow, vae, x: torch.Tensor, y: torch.Tensor, x_fit: torch
         rows = {"original": x,
                 "LatentNoise": LatentNoise(glow, eps=NOISE_EPS, generator=0)(x, y)[0],
                 "LatentAdversarial": LatentAdversarial(glow, generator=0, **adv)(x, y, model)[0],
-                "VarMixup": VarMixup(vae, num_classes=10, generator=0)(x, y)[0],
+                "VarMixup": VarMixup(vae, num_classes=10, p=1.0, generator=0)(x, y)[0],
                 "VAE reconstruction": recon}
         written.append(save_rows(rows, out / "demo.png"))
     return written

@@ -18,7 +18,7 @@ ARMS = ["baseline", "randaugment", "mixup", "latent-noise", "latent-adversarial"
         "randaugment+latent-adversarial", "isda+latent-noise"]
 THROUGHPUT_ROWS = ["train_step", "tv_randaugment_batch", "tv_randaugment_sample", "tv_mixup", "kornia_randaugment",
                    "glow_normflows", "glow_codec", "latent_noise", "latent_adversarial_1", "latent_adversarial_3",
-                   "varmixup", "train_step_isda"]
+                   "varmixup", "varmixup_all", "train_step_isda"]
 
 
 def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:

@@ -163,7 +163,7 @@ def test_adversarial_keeps_accumulated_gradients(glow, batch, net):
 @pytest.mark.parametrize("per_sample", [True, False])
 def test_varmixup_label_weights_equal_latent_weights(vae, batch, per_sample):
     x, y = batch
-    t = VarMixup(vae, num_classes=10, per_sample=per_sample, keep_detail=False, generator=0)
+    t = VarMixup(vae, num_classes=10, per_sample=per_sample, keep_detail=False, p=1.0, generator=0)
     x2, y2 = t(x, y)
     lam, partner = t.last_params["lam"], t.last_params["partner"]
     expected = lam[:, None] * F.one_hot(y, 10) + (1 - lam[:, None]) * F.one_hot(y[partner], 10)
@@ -178,7 +178,7 @@ def test_varmixup_label_weights_equal_latent_weights(vae, batch, per_sample):
 
 def test_varmixup_keep_detail_mixes_the_reconstruction_residuals(vae, batch):
     x, y = batch
-    t = VarMixup(vae, num_classes=10, keep_detail=True, generator=0)
+    t = VarMixup(vae, num_classes=10, keep_detail=True, p=1.0, generator=0)
     x2, _ = t(x, y)
     lam, partner = t.last_params["lam"], t.last_params["partner"]
     with torch.no_grad():
@@ -188,14 +188,25 @@ def test_varmixup_keep_detail_mixes_the_reconstruction_residuals(vae, batch):
         residual = x - vae.decode([z])
     w = lam.view(-1, 1, 1, 1)
     assert torch.allclose(x2, (decoded + w * residual + (1 - w) * residual[partner]).clamp(0, 1), atol=1e-5)
-    plain, _ = VarMixup(vae, num_classes=10, keep_detail=False, generator=0)(x, y)
+    plain, _ = VarMixup(vae, num_classes=10, keep_detail=False, p=1.0, generator=0)(x, y)
     assert not torch.allclose(x2, plain, atol=1e-3)
 
 
 def test_varmixup_keep_detail_gives_back_a_sample_mixed_with_itself(vae, batch):
     x, y = batch[0][:1], batch[1][:1]  # one sample: its only partner is itself
-    x2, _ = VarMixup(vae, num_classes=10, keep_detail=True, generator=0)(x, y)
+    x2, _ = VarMixup(vae, num_classes=10, keep_detail=True, p=1.0, generator=0)(x, y)
     assert torch.allclose(x2, x, atol=1e-5)
+
+
+def test_varmixup_mixes_a_quarter_of_the_batch_by_default(vae):
+    # p=0.25 by default: calibrated with the shipped VAE, where mixing every sample (the paper's p=1) cost 8.7 points
+    x, y = torch.rand(2000, 1, 8, 8), torch.randint(0, 10, (2000,))
+    t = VarMixup(vae, num_classes=10, generator=0)
+    x2, y2 = t(x, y)
+    assert t.p == 0.25 and 0.22 < t.stats["transformed"] / t.stats["seen"] < 0.28, t.stats
+    kept = (x2 == x).flatten(1).all(1)
+    assert torch.equal(y2[kept], F.one_hot(y[kept], 10).float())  # the others pass through, one-hot labels
+    assert 0.70 < kept.float().mean() < 0.80
 
 
 def test_varmixup_keep_detail_must_be_a_bool(vae):
@@ -223,7 +234,7 @@ def test_varmixup_posterior_sample_needs_vae(glow):
 def test_varmixup_beta_lambda_distribution(vae):
     x = torch.rand(2000, 1, 8, 8)
     y = torch.zeros(2000, dtype=torch.long)
-    t = VarMixup(vae, alpha=0.4, num_classes=2, generator=0)
+    t = VarMixup(vae, alpha=0.4, num_classes=2, p=1.0, generator=0)
     t(x, y)
     lam = t.last_params["lam"]
     assert abs(lam.mean() - 0.5) < 0.03 and abs(lam.var() - 1 / (4 * 1.8)) < 0.02
