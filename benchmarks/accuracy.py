@@ -543,7 +543,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     t.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS), metavar="ARM",
                    help="subset of: " + " ".join(ARMS))
     t.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    t.add_argument("--epochs", type=int, default=100)
+    t.add_argument("--epochs", type=int, default=40,
+                   help="(default %(default)s: the short GPU recipe; 40 epochs of one-cycle SGD gave a ResNet-18 78.9%% "
+                        "on the 5k subset in about 22 s per run on an H100, as reported in issue 9)")
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--lr", type=float, default=0.1, help="one-cycle peak learning rate (default %(default)s)")
     t.add_argument("--weight-decay", type=float, default=5e-4)

@@ -6,7 +6,8 @@
 # On the lent machine, from the repository root, with carry [".whl", ".data", "runs"] (see docs/results.md):
 #   bash scripts/gpu_session.sh
 # then copy the returned accuracy/ folder back to runs/accuracy here before the next call.
-# Settings (environment): BUDGET (seconds for the whole script, default 540), ARMS, SEEDS, EPOCHS, SKIP_THROUGHPUT=1,
+# Settings (environment): BUDGET (seconds for the whole script, default 540), ARMS, SEEDS, EPOCHS (default:
+# accuracy.py's, 40), SKIP_THROUGHPUT=1,
 # ACC_DIR (the accuracy folder resumed, default runs/accuracy), SMOKE=1 (tiny CPU run of the same steps, used by
 # the tests). Results go to $OUT (default runs/gpu-session): throughput/ and a copy of ACC_DIR as accuracy/.
 set -euo pipefail
@@ -30,7 +31,7 @@ DATA="--train npz:.data/cifar10/train-5k.npz --test npz:.data/cifar10/test.npz"
 if [ "${SMOKE:-0}" = 1 ]; then
     TP_ARGS="--smoke --device cpu"; ACC_ARGS="--smoke --device cpu"; DATA=""
 else
-    TP_ARGS="--batch-size 256"; ACC_ARGS="--epochs ${EPOCHS:-100}"
+    TP_ARGS="--batch-size 256"; ACC_ARGS="${EPOCHS:+--epochs $EPOCHS}"
     "$PY" -c "import torch; print(torch.cuda.get_device_name(), 'torch', torch.__version__)"
 fi
 
