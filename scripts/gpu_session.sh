@@ -26,12 +26,11 @@ if compgen -G ".whl/*.whl" > /dev/null; then  # the GPU image lacks kornia and n
     "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$HOME/site" .whl/*.whl
     export PYTHONPATH="$HOME/site:$PYTHONPATH"
 fi
-DATA="--train npz:.data/cifar10/train-5k.npz --test npz:.data/cifar10/test.npz"
-[ -f .data/cifar10/train-5k.npz ] || DATA="--train npz:../shared/data/cifar10/train-5k.npz --test npz:../shared/data/cifar10/test.npz"
-if [ "${SMOKE:-0}" = 1 ]; then
-    TP_ARGS="--smoke --device cpu"; ACC_ARGS="--smoke --device cpu"; DATA=""
+if [ "${SMOKE:-0}" = 1 ]; then  # random images
+    TP_ARGS="--smoke --device cpu"; ACC_ARGS="--smoke --device cpu"
 else
-    TP_ARGS="--batch-size 256"; ACC_ARGS="${EPOCHS:+--epochs $EPOCHS}"
+    DATA=.data/cifar10; [ -f $DATA/train-5k.npz ] || DATA=../shared/data/cifar10  # carried, else beside the checkout
+    TP_ARGS="--batch-size 256"; ACC_ARGS="--train npz:$DATA/train-5k.npz --test npz:$DATA/test.npz ${EPOCHS:+--epochs $EPOCHS}"
     "$PY" -c "import torch; print(torch.cuda.get_device_name(), 'torch', torch.__version__)"
 fi
 
@@ -46,7 +45,7 @@ fi
 left=$((BUDGET - (SECONDS - start)))
 if [ "$left" -ge 30 ]; then  # accuracy.py starts no run it expects to end after $left s; timeout is the backstop
     # shellcheck disable=SC2086
-    timeout $((left + 60)) "$PY" benchmarks/accuracy.py $DATA $ACC_ARGS --arms $ARMS --seeds $SEEDS --resume \
+    timeout $((left + 60)) "$PY" benchmarks/accuracy.py $ACC_ARGS --arms $ARMS --seeds $SEEDS --resume \
         --no-progress --time-budget "$left" --out "$ACC_DIR" || echo "accuracy.py exit $?"
 fi
 if [ -d "$ACC_DIR" ]; then mkdir -p "$OUT/accuracy" && cp -r "$ACC_DIR"/. "$OUT/accuracy/"; fi
