@@ -17,7 +17,7 @@ Examples::
 
     # GPU, the 5k-image subset, 3 seeds (see docs/results.md for the full set-up)
     python benchmarks/accuracy.py --train npz:.data/cifar10/train-5k.npz --test npz:.data/cifar10/test.npz \\
-        --seeds 0 1 2 --epochs 100 --out runs/accuracy --resume
+        --seeds 0 1 2 --out runs/accuracy --resume
     # end to end on the CPU in well under 2 minutes, with tiny random-init codecs
     python benchmarks/accuracy.py --smoke --out /tmp/acc-smoke
 """
