@@ -113,7 +113,7 @@ def normflows_roundtrip(glow, x: torch.Tensor, noise_eps: float, generator: torc
     from latent_transforms.codecs import exact_math
 
     a = glow.alpha
-    with torch.no_grad(), exact_math():
+    with torch.no_grad(), exact_math(x.device.type):
         s = a + (1 - 2 * a) * x
         z, _ = glow.flow.inverse_and_log_det(torch.log(s) - torch.log1p(-s))
         u = flatten_latents([(zi - q.loc) * torch.exp(-q.log_scale) for zi, q in zip(z, glow.flow.q0)])

@@ -6,7 +6,7 @@ from torch import nn
 
 from .labels import num_classes_of, to_soft
 from .rng import GeneratorSource
-from .validation import check_batch
+from .validation import check_batch, check_count, check_number
 
 # A decoded sample further than this outside [0, 1] (before clipping) is implausible and is rejected.
 MAX_OVERSHOOT = 0.5
@@ -31,11 +31,11 @@ class LatentTransform(nn.Module):
         - Bad input raises ``ValueError`` (``TypeError`` for a missing ``model``) naming the problem.
         - A transformed sample that is non-finite or more than 0.5 outside [0, 1] before clipping is
           replaced by its input (and its label kept); ``t.stats`` counts samples seen, transformed, rejected.
-        - Outputs are clipped to [0, 1].
+        - Outputs are clipped to [0, 1] and carry no autograd history (training mode).
 
     Subclasses set ``needs_model``/``mixes_labels`` and implement
     ``transform(x, y, model, generator) -> (x2, y2)`` on the selected samples only;
-    ``check_inputs(x, model)`` may add checks of their own.
+    ``check_inputs(x, model, index)`` may add checks of their own (run on every call, also in eval mode).
     """
 
     needs_model: bool = False
@@ -43,18 +43,16 @@ class LatentTransform(nn.Module):
 
     def __init__(self, p: float = 1.0, generator: torch.Generator | int | None = None, num_classes: int | None = None):
         super().__init__()
-        if not isinstance(p, (int, float)) or not 0.0 <= float(p) <= 1.0:
-            raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
-        if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-        self.p = float(p)
+        self.p = check_number("p", p, high=1.0)
+        if num_classes is not None:
+            check_count("num_classes", num_classes, low=1)
         self.num_classes = num_classes
         self._rng = GeneratorSource(generator)
         self._counts: torch.Tensor | None = None
 
     # -- hooks for subclasses -------------------------------------------------------------------
-    def check_inputs(self, x: torch.Tensor, model: nn.Module | None) -> None:
-        """Extra checks of a subclass (codec shape, device, ...)."""
+    def check_inputs(self, x: torch.Tensor, model: nn.Module | None, index: torch.Tensor | None) -> None:
+        """Extra checks of a subclass (codec shape, device, index range, ...)."""
 
     def transform(self, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None, generator: torch.Generator,
                   index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,9 +91,10 @@ class LatentTransform(nn.Module):
         k = num_classes_of(y, self.num_classes)
         if self.mixes_labels and k is None:
             raise ValueError(f"{type(self).__name__} mixes labels: pass num_classes=... or (B, K) soft labels")
-        self.check_inputs(x, model)
+        self.check_inputs(x, model, index)
         if not self.training:
             return x, y
+        x = x.detach()  # the augmentation is data, not part of a graph (also for the samples passed through)
 
         generator = self._rng.get(x.device)
         batch = x.shape[0]

@@ -34,19 +34,28 @@ class CodecTransform(LatentTransform):
                  **kwargs):
         super().__init__(**kwargs)
         self.codec = resolve_codec(codec)
-        if cache is not None and cache.codec_config != self.codec.config:
-            raise ValueError("the latent cache was encoded with another codec than this transform's")
+        if cache is not None and cache.codec_fingerprint != self.codec.fingerprint():
+            raise ValueError("the latent cache was encoded with another codec than this transform's (other config, "
+                             "weights or dtype)")
         self.cache = cache
         n = len(self.codec.latent_shapes)
         if levels is not None:
-            bad = [i for i in levels if not isinstance(i, int) or not -n <= i < n]
+            bad = [i for i in levels if not isinstance(i, int) or isinstance(i, bool) or not -n <= i < n]
             if bad or not levels:
                 raise ValueError(f"levels must be a non-empty list of level indices in [0, {n}), got {levels!r}")
             levels = sorted({i % n for i in levels})
         self.levels = levels
 
-    def check_inputs(self, x: torch.Tensor, model) -> None:
+    def check_inputs(self, x: torch.Tensor, model, index: torch.Tensor | None) -> None:
         self.codec.check_images(x)
+        if index is None:
+            return
+        if self.cache is None:
+            raise ValueError(f"index= needs a latent cache: {type(self).__name__}(..., cache=LatentCache(codec, images))")
+        check_index(index, x.shape[0], len(self.cache))
+        if self.cache.latents.device != x.device:
+            raise ValueError(f"the latent cache is on {self.cache.latents.device} but x is on {x.device}; "
+                             f"move it with .to({str(x.device)!r})")
 
     def extra_repr(self) -> str:
         settings = ", ".join(f"{k}={v}" for k, v in self.codec.config.items() if k not in ("kind", "image_shape"))
@@ -62,14 +71,9 @@ class CodecTransform(LatentTransform):
         return torch.cat(parts)
 
     def encode_flat(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, C, H, W) -> (B, D) standardised latents, without gradient (looked up in the cache by index)."""
+        """x: (B, C, H, W) -> (B, D) standardised latents, without gradient (looked up in the cache by index,
+        which ``check_inputs`` has checked)."""
         if index is not None:
-            if self.cache is None:
-                raise ValueError(f"index= needs a latent cache: {type(self).__name__}(..., cache=LatentCache(codec, images))")
-            check_index(index, x.shape[0], len(self.cache))
-            if self.cache.latents.device != x.device:
-                raise ValueError(f"the latent cache is on {self.cache.latents.device} but x is on {x.device}; "
-                                 f"move it with .to({str(x.device)!r})")
             return self.cache(index)
         with torch.no_grad():
             return flatten_latents(self.codec.encode(x))

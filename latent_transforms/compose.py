@@ -48,8 +48,9 @@ class Compose(nn.Module):
       label-mixing ones return ``(B, K)`` soft labels. torchvision samples one set of parameters per call
       (the whole batch gets the same RandAugment ops);
     - a kornia augmentation: pixel ones are called as ``t(x)`` and sample per sample; kornia mixes
-      (``RandomMixUpV2``, ``RandomCutMixV2``) take class indices and their ``(B, 3)`` label output is turned
-      into ``(B, K)`` soft labels, so they must come before any step that makes labels soft;
+      (``RandomMixUpV2``, ``RandomCutMixV2`` with ``num_mix=1``, either lambda convention) take class indices and
+      their ``(B, 3)`` label output is turned into ``(B, K)`` soft labels, so they must come before any step that
+      makes labels soft;
     - any callable ``x -> x``.
 
     Labels stay class indices until a step mixes them; from there on they are soft ``(B, K)``.
@@ -103,7 +104,14 @@ class Compose(nn.Module):
             if k is None:
                 raise ValueError(f"Compose(..., num_classes=...) is needed to turn {type(step).__name__}'s labels soft")
             x2, out = step(x, y, data_keys=["input", "class"])
+            if out.ndim == 3:  # RandomCutMixV2: (num_mix, B, 3)
+                if out.shape[0] != 1:
+                    raise ValueError(f"{type(step).__name__} with num_mix={out.shape[0]}: overlapping boxes make its "
+                                     f"labels ambiguous; Compose supports num_mix=1")
+                out = out[0]
             a, b, lam = out[:, 0].long(), out[:, 1].long(), out[:, 2:3].float()
+            if getattr(step, "use_correct_lambda", False):  # CutMix's paper convention: lam weighs the sample's own label
+                lam = 1 - lam
             return x2, (1 - lam) * F.one_hot(a, k).float() + lam * F.one_hot(b, k).float()
         if _is_torchvision_v2(step):
             return step(x, y)

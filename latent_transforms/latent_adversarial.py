@@ -9,6 +9,7 @@ from .latent_cache import LatentCache
 from .codecs import Codec
 from .modelutils import borrowed
 from .perturbation import ascent_direction, check_norm, project, random_start
+from .validation import check_count, check_number
 
 
 class LatentAdversarial(CodecTransform):
@@ -50,12 +51,9 @@ class LatentAdversarial(CodecTransform):
         check_norm(norm, allow_none=False)
         if target not in ("pred", "true"):
             raise ValueError(f"target must be 'pred' or 'true', got {target!r}")
-        if not eps >= 0 or not step_size >= 0:
-            raise ValueError(f"eps and step_size must be >= 0, got eps={eps!r}, step_size={step_size!r}")
-        if not isinstance(steps, int) or steps < 0:
-            raise ValueError(f"steps must be an int >= 0, got {steps!r}")
+        eps, step_size, steps = check_number("eps", eps), check_number("step_size", step_size), check_count("steps", steps)
         super().__init__(codec, levels=levels, cache=cache, p=p, generator=generator)
-        self.eps, self.steps, self.step_size, self.norm = float(eps), steps, float(step_size), norm
+        self.eps, self.steps, self.step_size, self.norm = eps, steps, step_size, norm
         self.random_start, self.target = random_start, target
         self.last_params: dict[str, torch.Tensor] = {}
 

@@ -17,7 +17,8 @@ class LatentCache(nn.Module):
     in fp32). The latents belong to the images as given: pass ``index`` only for unmodified images.
 
     Args:
-        codec: the codec the transforms use (frozen). images: (N, C, H, W) float in [0, 1], on any device.
+        codec: the codec the transforms use (frozen; a transform refuses a cache whose codec has another
+            ``fingerprint()``). images: (N, C, H, W) float in [0, 1], on any device.
         batch_size: encoding batch size. device: where the latents live (default: the codec's device).
     """
 
@@ -26,7 +27,7 @@ class LatentCache(nn.Module):
         super().__init__()
         check_images(images, "images")
         codec.check_images(images[:1].to(next(codec.parameters()).device))
-        self.codec_config = codec.config
+        self.codec_fingerprint = codec.fingerprint()
         codec_device = next(codec.parameters()).device
         chunks = []
         with torch.no_grad():

@@ -7,6 +7,7 @@ from .codec_transform import CodecTransform
 from .latent_cache import LatentCache
 from .codecs import Codec
 from .perturbation import check_norm, random_perturbation
+from .validation import check_number
 
 
 class LatentNoise(CodecTransform):
@@ -37,10 +38,9 @@ class LatentNoise(CodecTransform):
                  levels: list[int] | None = None, cache: LatentCache | None = None, p: float = 1.0,
                  generator: torch.Generator | int | None = None):
         check_norm(norm, allow_none=True)
-        if not eps >= 0:
-            raise ValueError(f"eps must be >= 0, got {eps!r}")
+        eps = check_number("eps", eps)
         super().__init__(codec, levels=levels, cache=cache, p=p, generator=generator)
-        self.eps, self.norm = float(eps), norm
+        self.eps, self.norm = eps, norm
         self.last_params: dict[str, torch.Tensor] = {}
 
     def extra_repr(self) -> str:

@@ -8,7 +8,7 @@ from .codec_transform import resolve_codec
 from .codecs import Codec, flatten_latents, unflatten_latents
 from .modelutils import borrowed
 from .rng import GeneratorSource
-from .validation import check_images
+from .validation import check_count, check_images, check_number
 
 
 class LatentMixupInference(nn.Module):
@@ -35,14 +35,11 @@ class LatentMixupInference(nn.Module):
     def __init__(self, model: nn.Module, codec: Codec | str, references: torch.Tensor, lam: float = 0.6,
                  num_mixes: int = 8, generator: torch.Generator | int | None = None):
         super().__init__()
-        if not 0 < lam <= 1:
-            raise ValueError(f"lam must be in (0, 1], got {lam!r}")
-        if not isinstance(num_mixes, int) or num_mixes < 1:
-            raise ValueError(f"num_mixes must be a positive int, got {num_mixes!r}")
+        lam, num_mixes = check_number("lam", lam, high=1.0, low_open=True), check_count("num_mixes", num_mixes, low=1)
         check_images(references, "references")
         self.model, self.codec = model, resolve_codec(codec)
         self.codec.check_images(references)
-        self.lam, self.num_mixes = float(lam), num_mixes
+        self.lam, self.num_mixes = lam, num_mixes
         self._rng = GeneratorSource(generator)
         with torch.no_grad():
             self.register_buffer("reference_latents", flatten_latents(self.codec.encode(references)))

@@ -1,8 +1,11 @@
 """Random number generators for transforms: seedable, per-device, per-rank by default."""
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.distributed as dist
+from torch.utils.data import get_worker_info
 
 _RANK_STRIDE = 1_000_003  # a prime, so rank streams do not collide for nearby seeds
 
@@ -11,15 +14,22 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
+def _process() -> tuple[int, int | None]:
+    """This process and DataLoader worker: a copy of a transform in a new one must not replay its parent's stream."""
+    worker = get_worker_info()
+    return os.getpid(), None if worker is None else worker.id
+
+
 class GeneratorSource:
     """Hands out the ``torch.Generator`` a transform draws from, on the data's device.
 
     ``spec``:
     - ``None``: a private generator per device, seeded once from torch's global RNG (so
       ``torch.manual_seed`` makes runs reproducible) plus an offset per distributed rank, so that
-      DDP ranks draw different augmentations by default;
+      DDP ranks draw different augmentations by default; a copy in another process or DataLoader worker
+      seeds afresh there (DataLoader seeds each worker's global RNG differently, every epoch);
     - ``int``: a private generator per device seeded with exactly that seed on every rank
-      (the same seed gives the same draws, also across ranks);
+      (the same seed gives the same draws, also across ranks and DataLoader workers);
     - ``torch.Generator``: used as given; it must live on the data's device.
     """
 
@@ -30,6 +40,7 @@ class GeneratorSource:
             raise TypeError("generator must be None, an int seed or a torch.Generator, got a bool")
         self.spec = spec
         self._per_device: dict[str, torch.Generator] = {}
+        self._process = _process()
 
     def get(self, device: torch.device) -> torch.Generator:
         if isinstance(self.spec, torch.Generator):
@@ -39,6 +50,8 @@ class GeneratorSource:
                     f"pass torch.Generator(device={str(device)!r}) or an int seed"
                 )
             return self.spec
+        if self.spec is None and self._process != _process():
+            self._per_device, self._process = {}, _process()
         key = str(device)
         if key not in self._per_device:
             if self.spec is None:

@@ -164,7 +164,7 @@ def eval_codec(codec: Codec, x: torch.Tensor, batch_size: int = 256, seed: int =
             if codec.kind == "glow":
                 noise = torch.rand(xb.shape, generator=gen).to(device, codec.dtype)
                 x_deq = (torch.round(xb * (codec.num_bins - 1)) + noise) / codec.num_bins
-                with exact_math():
+                with exact_math(device.type):
                     bpd = codec.bits_per_dim(x_deq)
                 sums["bits_per_dim"] = sums.get("bits_per_dim", 0.0) + float(bpd.sum())
                 err = (codec.decode(codec.encode(xb)) - xb).abs().max()

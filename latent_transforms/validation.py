@@ -4,10 +4,28 @@ Every check raises ``ValueError`` naming the problem and the offending value or 
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 IMAGE_RANGE_TOL = 1e-3
 SOFT_LABEL_TOL = 1e-3
+
+
+def check_number(name: str, value: object, low: float = 0.0, high: float = math.inf, low_open: bool = False) -> float:
+    """A finite real number (not a bool) in ``[low, high]`` (``(low, high]`` if ``low_open``), returned as a float."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < low or (low_open and value == low) or value > high:
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{']' if math.isfinite(high) else ')'}"
+        raise ValueError(f"{name} must be a finite number in {interval}, got {value!r}")
+    return float(value)
+
+
+def check_count(name: str, value: object, low: int = 0) -> int:
+    """An int (not a bool) >= ``low``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return value
 
 
 def check_images(x: torch.Tensor, name: str = "x") -> None:
@@ -51,7 +69,7 @@ def check_labels(y: torch.Tensor, batch_size: int, num_classes: int | None = Non
         if y.dtype != torch.int64:
             raise ValueError(f"{name} class indices must be int64, got dtype {y.dtype}")
         if y.numel():
-            lo, hi = int(y.min()), int(y.max())
+            lo, hi = torch.stack(torch.aminmax(y)).tolist()  # one host sync
             if lo < 0:
                 raise ValueError(f"{name} has a negative class index {lo}")
             if num_classes is not None and hi >= num_classes:

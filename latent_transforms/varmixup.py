@@ -5,9 +5,10 @@ import torch
 
 from .codec_transform import CodecTransform
 from .latent_cache import LatentCache
-from .codecs import Codec, ConvVAE
+from .codecs import Codec, ConvVAE, flatten_latents
 from .labels import mix_labels
 from .rng import sample_beta
+from .validation import check_number
 
 
 class VarMixup(CodecTransform):
@@ -57,14 +58,13 @@ class VarMixup(CodecTransform):
                  levels: list[int] | None = None,
                  cache: LatentCache | None = None,
                  p: float = 0.25, generator: torch.Generator | int | None = None):
-        if not alpha > 0:
-            raise ValueError(f"alpha must be > 0, got {alpha!r}")
+        alpha = check_number("alpha", alpha, low_open=True)
         if posterior not in ("mean", "sample"):
             raise ValueError(f"posterior must be 'mean' or 'sample', got {posterior!r}")
         super().__init__(codec, levels=levels, cache=cache, p=p, generator=generator, num_classes=num_classes)
         if posterior == "sample" and not isinstance(self.codec, ConvVAE):
             raise ValueError(f"posterior='sample' needs a VAE codec, got a {self.codec.kind} codec")
-        self.alpha, self.posterior, self.per_sample = float(alpha), posterior, per_sample
+        self.alpha, self.posterior, self.per_sample = alpha, posterior, per_sample
         if not isinstance(keep_detail, bool):
             raise TypeError(f"keep_detail must be True or False, got {keep_detail!r}")
         self.keep_detail = keep_detail
@@ -77,7 +77,7 @@ class VarMixup(CodecTransform):
     def transform(self, x, y, model, generator, index=None):
         if self.posterior == "sample" and index is None:
             with torch.no_grad():
-                z = self.codec.encode(x, sample=True, generator=generator)[0]
+                z = flatten_latents(self.codec.encode(x, sample=True, generator=generator))
         else:
             z = self.encode_flat(x, index)
         b = z.shape[0]

@@ -68,6 +68,13 @@ def check_transform_contract(make, x: torch.Tensor, y: torch.Tensor, model: nn.M
     assert xe is x and ye is y
     assert_model_unchanged(model, before)
 
+    # new outputs carry no autograd history, even from an x that requires grad (samples passed through too);
+    # a transform that leaves images alone (ISDA) may return x itself
+    for p in (1.0, 0.5):
+        xin = x.clone().requires_grad_(True)
+        xg, _ = make(generator=0, p=p)(xin, y, model)
+        assert xg is xin or (xg.grad_fn is None and not xg.requires_grad)
+
     # a batch of one works
     x1, _ = make(generator=0)(x[:1], y[:1], model)
     assert x1.shape == x[:1].shape

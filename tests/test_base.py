@@ -108,6 +108,28 @@ def test_default_generator_follows_torch_manual_seed():
     assert torch.equal(a, b)
 
 
+class _AugmentInGetitem(torch.utils.data.Dataset):
+    """A transform called inside a DataLoader worker (e.g. a CPU-side pipeline)."""
+
+    def __init__(self, t):
+        self.t = t
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return self.t(torch.full((1, 1, 3, 3), 0.5), torch.zeros(1, dtype=torch.int64))[0][0]
+
+
+def test_default_generator_is_fresh_in_each_dataloader_worker_and_epoch():
+    t = AddNoise()
+    t(*_batch((2, 1, 3, 3), False, 0))  # a call in the main process creates the generator the workers inherit
+    loader = torch.utils.data.DataLoader(_AugmentInGetitem(t), batch_size=1, num_workers=2)
+    first, second = torch.cat(list(loader)), torch.cat(list(loader))
+    assert len({tuple(row.flatten().tolist()) for row in first}) == 4  # items 0 and 1 come from different workers
+    assert not torch.equal(first, second)
+
+
 def test_non_finite_and_implausible_outputs_are_rejected_and_counted():
     x, y = _batch((5, 1, 3, 3), False, 0)
     t = Explode(generator=0)

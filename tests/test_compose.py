@@ -60,6 +60,21 @@ def test_kornia_mixup_labels_become_soft(rgb, rgb_glow):
         Compose([K.RandomMixUpV2()])(x, y)
 
 
+@pytest.mark.parametrize("correct_lambda", [False, True])
+@pytest.mark.filterwarnings("ignore:RandomCutMixV2 currently uses the old")
+def test_kornia_cutmix_soft_labels_are_the_pasted_areas(correct_lambda):
+    """Sample i is the constant image i/7 with class i: its soft label must be the share of each class's pixels."""
+    torch.manual_seed(0)
+    x = (torch.arange(8).float() / 7).view(8, 1, 1, 1).expand(8, 3, 16, 16).contiguous()
+    cutmix = K.RandomCutMixV2(p=1.0, use_correct_lambda=correct_lambda)
+    x2, y2 = Compose([cutmix], num_classes=8)(x, torch.arange(8))
+    shares = torch.nn.functional.one_hot(x2[:, 0].mul(7).round().long().flatten(1), 8).float().mean(1)
+    assert (shares.max(1).values < 1).any()  # some boxes were pasted
+    assert torch.allclose(y2, shares, atol=1e-6)
+    with pytest.raises(ValueError, match="num_mix=2"):
+        Compose([K.RandomCutMixV2(num_mix=2, p=1.0)], num_classes=8)(x, torch.arange(8))
+
+
 def test_kornia_mixup_after_soft_labels_is_refused(rgb):
     x, y = rgb
     vae = tiny_vae(shape=(3, 16, 16))

@@ -46,6 +46,12 @@ def test_cache_errors_are_named(data):
         t(x, y, index=torch.arange(3))
     with pytest.raises(ValueError, match="another codec"):
         LatentNoise(tiny_vae(), cache=cache)
+    with pytest.raises(ValueError, match="another codec"):  # same architecture, other weights
+        LatentNoise(tiny_glow(seed=1), cache=cache)
+    LatentNoise(tiny_glow(), cache=cache)  # another object with the same weights is fine
+    for unlucky in (LatentNoise(glow, cache=cache, p=0.0), LatentNoise(glow, cache=cache).eval()):
+        with pytest.raises(ValueError, match="outside \\[0, 40\\)"):  # whether or not a sample is selected
+            unlucky(x, y, index=torch.tensor([0, 1, 2, 40]))
     with pytest.raises(ValueError, match="trained on images of shape"):
         LatentCache(glow, torch.rand(4, 3, 8, 8), progress=False)
 

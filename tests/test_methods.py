@@ -252,3 +252,28 @@ def test_mixup_inference_gives_probabilities_and_leaves_model_alone(glow, batch,
     net.eval()
     with torch.no_grad():
         assert torch.allclose(one, net(x).softmax(1), atol=1e-4)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda g: LatentNoise(g, eps=float("inf")), "eps must be a finite number"),
+    (lambda g: LatentNoise(g, eps="1"), "eps must be a finite number"),
+    (lambda g: LatentAdversarial(g, step_size=float("nan")), "step_size must be a finite number"),
+    (lambda g: LatentAdversarial(g, steps=True), "steps must be an int"),
+    (lambda g: VarMixup(g, alpha=float("inf")), "alpha must be a finite number in \\(0"),  # hung before
+    (lambda g: VarMixup(g, alpha=0.0), "alpha must be a finite number in \\(0"),
+    (lambda g: LatentNoise(g, p=True), "p must be a finite number in \\[0, 1\\]"),
+    (lambda g: LatentNoise(g, levels=[True]), "levels"),
+])
+def test_bad_settings_are_named(glow, make, match):
+    with pytest.raises(ValueError, match=match):
+        make(glow)
+
+
+def test_varmixup_posterior_sample_with_a_spatial_latent():
+    from latent_transforms.codecs import ConvVAE
+
+    torch.manual_seed(0)
+    vae = ConvVAE((1, 8, 8), latent_dim=4, hidden=8, latent_side=2).freeze()
+    x, y = torch.rand(6, 1, 8, 8), torch.randint(0, 10, (6,))
+    x2, y2 = VarMixup(vae, num_classes=10, posterior="sample", p=1.0, generator=0)(x, y)
+    assert x2.shape == x.shape and y2.shape == (6, 10)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
 from typing import Callable, Iterator
 
@@ -14,12 +16,14 @@ Latents = list[torch.Tensor]  # per-level latents, each (B, *shape); coarsest fi
 
 
 @contextlib.contextmanager
-def exact_math() -> Iterator[None]:
-    """Turn TF32 off for the duration (invertibility: a Glow round trip errs by 1e-2 with TF32 on an H100)."""
+def exact_math(device_type: str) -> Iterator[None]:
+    """Turn TF32 and ``device_type``'s autocast off for the duration (invertibility: a Glow round trip errs by 1e-2
+    with TF32 on an H100, and by 0.06 under a bf16 autocast, which a training loop often wraps the augmentation in)."""
     cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        yield
+        with torch.autocast(device_type, enabled=False):
+            yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
 
@@ -40,8 +44,8 @@ class Codec(nn.Module):
 
     ``encode(x: (B, C, H, W) float in [0, 1]) -> list of (B, *shape)`` latents whose prior is N(0, I),
     so a perturbation of a given size means the same thing at every level; ``decode`` maps back and may
-    leave [0, 1] slightly (callers clip). Both run in the codec's dtype (fp32) with TF32 off and return
-    that dtype. ``loss(x)`` is the training objective (bits/dim for flows, negative ELBO per image for VAEs).
+    leave [0, 1] slightly (callers clip). Both run in the codec's dtype (fp32) with TF32 and autocast off and
+    return that dtype. ``loss(x)`` is the training objective (bits/dim for flows, negative ELBO per image for VAEs).
     A frozen codec (``freeze()``, as every hub checkpoint is) stays in eval mode, has no trainable
     parameters and updates no statistics; ``compile_fast_path()`` optionally runs it through ``torch.compile``.
     """
@@ -86,20 +90,28 @@ class Codec(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
+    def fingerprint(self) -> str:
+        """sha256 of the config and the saved weights: equal for two codecs that encode alike, whatever the objects."""
+        digest = hashlib.sha256(json.dumps(self.config, sort_keys=True).encode())
+        for name, t in sorted(self.state_dict().items()):
+            digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            digest.update(t.detach().reshape(-1).contiguous().view(torch.uint8).cpu().numpy().tobytes())
+        return digest.hexdigest()
+
     @property
     def latent_dim(self) -> int:
         return sum(math.prod(s) for s in self.latent_shapes)
 
     def encode(self, x: torch.Tensor) -> Latents:
         """x: (B, C, H, W) in [0, 1] -> standardised latents (codec dtype)."""
-        with exact_math():
+        with exact_math(x.device.type):
             if self._compiled is not None:
                 return self._compiled[0](self, x.to(self.dtype))
             return self._encode(x.to(self.dtype))
 
     def decode(self, z: Latents) -> torch.Tensor:
         """Standardised latents -> (B, C, H, W), approximately in [0, 1] (codec dtype, not clipped)."""
-        with exact_math():
+        with exact_math(z[0].device.type):
             if self._compiled is not None:
                 return self._compiled[1](self, [t.to(self.dtype) for t in z])
             return self._decode([t.to(self.dtype) for t in z])

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Codec, Latents
+from .base import Codec, Latents, exact_math
 
 
 class ConvVAE(Codec):
@@ -82,7 +82,8 @@ class ConvVAE(Codec):
         """x: (B, C, H, W) in [0, 1] -> [(B, *latent_shapes[0])]: the posterior mean, or a posterior sample."""
         if not sample:
             return super().encode(x)
-        mu, logvar = self.posterior(x.to(self.dtype))
+        with exact_math(x.device.type):
+            mu, logvar = self.posterior(x.to(self.dtype))
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         return [mu + torch.exp(0.5 * logvar) * eps]
 
