@@ -1,6 +1,6 @@
 """ISDA as a drop-in: ``x, y = isda(x, y, model)`` before the forward, then plain cross-entropy.
 
-    python examples/isda_hook.py                 # CIFAR-10, CIFAR ResNet-18, 160 epochs (the official ResNet recipe)
+    python examples/isda_hook.py                 # CIFAR-10, CIFAR ResNet-18, 160 epochs, ISDA's CIFAR optimiser and LR
     python examples/isda_hook.py --smoke         # 64 synthetic images, a narrow ResNet, 2 epochs (CPU, seconds)
 
 ``isda(x, y, model)`` returns x and y unchanged and arms a one-shot hook on the model's final ``nn.Linear``
@@ -48,7 +48,8 @@ def main() -> None:
     x_train, y_train, x_test, y_test = example_data(args.smoke, data_root=args.data_root)
     loader = DataLoader(TensorDataset(x_train, y_train), batch_size=args.batch_size, shuffle=True, drop_last=True)
 
-    # The official CIFAR ResNet recipe: SGD 0.1, Nesterov, wd 1e-4, steps at 50% and 75% of training.
+    # The optimiser and LR schedule of the official ISDA CIFAR recipe (which trains ResNet-32/110, not ResNet-18):
+    # SGD 0.1, Nesterov, wd 1e-4, steps at 50% and 75% of training.
     model = CifarResNet18(10, width=width).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [args.epochs // 2, args.epochs * 3 // 4], gamma=0.1)

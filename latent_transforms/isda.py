@@ -56,7 +56,8 @@ class FeatureCovariance(nn.Module):
         n     <- n + m
 
     which is the official ISDA estimator and equals the biased covariance of all features seen so far. Classes
-    absent from a batch keep their statistics bit for bit. The update is vectorised over classes.
+    absent from a batch keep their statistics bit for bit. The update is vectorised over classes. Non-finite rows
+    (any NaN or inf, e.g. an fp16 overflow step that GradScaler skips) are ignored: they change no statistic.
 
     Args:
         num_classes: K.
@@ -71,9 +72,10 @@ class FeatureCovariance(nn.Module):
         mean: (K, A); cov: (K, A, A) or (K, A) if diagonal; count: (K,) int64.
 
     Convention:
-        The update runs in the buffers' dtype, float32 by default (float64 when lazily sized by float64 features;
-        or call ``.double()``), with autocast off: bf16/fp16 features are upcast. Features are detached.
-        A feature on another device than the buffers raises ``ValueError`` (nothing is moved silently).
+        The buffers are float32 by default (float64 when lazily sized by float64 features; or call ``.double()``).
+        The update runs with autocast off in the wider of their dtype and float32, and writes back in their dtype:
+        bf16/fp16 features are upcast, and ``.half()`` buffers lose precision but never counts. Features are
+        detached. A feature on another device than the buffers raises ``ValueError`` (nothing is moved silently).
     """
 
     mean: torch.Tensor | None
@@ -127,6 +129,7 @@ class FeatureCovariance(nn.Module):
             raise ValueError(f"features must be (N, A), got shape {tuple(features.shape)}")
         if y.ndim != 1 or y.shape[0] != features.shape[0]:
             raise ValueError(f"y must be (N,) with N={features.shape[0]} (the features' batch), got {tuple(y.shape)}")
+        check_labels(y, features.shape[0], self.num_classes)
         if self.mean is not None:
             if features.shape[1] != self.mean.shape[1]:
                 raise ValueError(f"features have dimension {features.shape[1]}, the statistics {self.mean.shape[1]}")
@@ -135,7 +138,7 @@ class FeatureCovariance(nn.Module):
                     f"the class statistics are on {self.mean.device} but the features on {features.device}; "
                     f"move the ISDA/FeatureCovariance module with .to({str(features.device)!r})"
                 )
-            dtype = self.mean.dtype
+            dtype = torch.promote_types(self.mean.dtype, torch.float32)
         else:
             dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
         with torch.autocast(features.device.type, enabled=False):
@@ -147,28 +150,35 @@ class FeatureCovariance(nn.Module):
             self._merge(a, y)
 
     def _merge(self, a: torch.Tensor, y: torch.Tensor) -> None:
+        """Merge ``a: (N, A)`` in the compute dtype with ``y: (N,)``; non-finite rows go to a dummy class ``K``."""
         k, dim = self.mean.shape
-        count = torch.bincount(y, minlength=k)[:k]                      # (K,) int64
-        m = count.to(a.dtype)
-        m_safe = m.clamp(min=1).unsqueeze(1)
-        batch_mean = torch.zeros_like(self.mean).index_add_(0, y, a) / m_safe   # (K, A)
-        centred = a - batch_mean[y]                                           # (N, A)
+        finite = torch.isfinite(a).all(1, keepdim=True)                       # (N, 1); no host sync
+        a = a.masked_fill(~finite, 0)
+        y = torch.where(finite.squeeze(1), y, k)                              # in [0, K]
+        counts = torch.bincount(y, minlength=k + 1)                           # (K + 1,) int64
+        m_safe = counts.to(a.dtype).clamp(min=1).unsqueeze(1)
+        batch_mean = a.new_zeros(k + 1, dim).index_add_(0, y, a) / m_safe     # (K + 1, A); the dummy row is 0
+        centred = a - batch_mean[y]                                           # (N, A); 0 for the dummy rows
         if self.diagonal:
-            batch_cov = torch.zeros_like(self.cov).index_add_(0, y, centred * centred) / m_safe     # (K, A)
+            batch_cov = (a.new_zeros(k + 1, dim).index_add_(0, y, centred * centred) / m_safe)[:k]  # (K, A)
         else:
             # sum over the samples of each class of c c^T, as one matmul: (K A, N) @ (N, A) -> (K, A, A)
-            onehot = F.one_hot(y, k).to(a.dtype)                                                  # (N, K)
+            onehot = F.one_hot(y, k + 1)[:, :k].to(a.dtype)                                        # (N, K)
             spread = (onehot.unsqueeze(2) * centred.unsqueeze(1)).reshape(a.shape[0], k * dim)    # (N, K A)
-            batch_cov = (spread.T @ centred).reshape(k, dim, dim) / m_safe.unsqueeze(2)
-        total = self.count.to(a.dtype) + m
-        w = torch.where(total > 0, m / total.clamp(min=1), torch.zeros_like(m))   # m / (n + m); 0 if absent
-        delta = batch_mean - self.mean
+            batch_cov = (spread.T @ centred).reshape(k, dim, dim).div_(m_safe[:k].unsqueeze(2))
+        count, batch_mean = counts[:k], batch_mean[:k]
+        w = (count.double() / (self.count + count).clamp(min=1).double()).to(a.dtype)  # m / (n + m); 0 if absent
+        mean, cov = self.mean.to(a.dtype), self.cov.to(a.dtype)               # the buffers themselves if >= float32
+        delta = batch_mean - mean
         shape = (k, 1) if self.diagonal else (k, 1, 1)
         wv = w.view(shape)
-        outer = delta * delta if self.diagonal else delta.unsqueeze(2) * delta.unsqueeze(1)
-        # (n S + m S')/(n+m) + n m d d^T/(n+m)^2  ==  (1-w) S + w S' + w (1-w) d d^T
-        self.cov.mul_(1 - wv).add_(wv * batch_cov + (wv * (1 - wv)) * outer)
-        self.mean.add_(w.unsqueeze(1) * delta)
+        coef_delta = (w * (1 - w)).unsqueeze(1) * delta                       # (K, A): w (1-w) d
+        left, right = (coef_delta, delta) if self.diagonal else (coef_delta.unsqueeze(2), delta.unsqueeze(1))
+        # (n S + m S')/(n+m) + n m d d^T/(n+m)^2  ==  (1-w) S + w S' + w (1-w) d d^T, in place (no more K A A)
+        cov.mul_(1 - wv).add_(batch_cov.mul_(wv)).addcmul_(left, right)
+        mean.add_(w.unsqueeze(1) * delta)
+        self.cov.copy_(cov)                                                   # no-op when cov is the buffer
+        self.mean.copy_(mean)
         self.count.add_(count)
 
     def extra_repr(self) -> str:
@@ -187,13 +197,14 @@ def _all_gather_rows(a: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, to
     sizes = [torch.zeros_like(n) for _ in range(world)]
     dist.all_gather(sizes, n)
     sizes = [int(s) for s in sizes]
-    rows = a.new_zeros(max(sizes), a.shape[1] + 1)                 # labels ride along as one more column
-    rows[: a.shape[0], :-1] = a
-    rows[: a.shape[0], -1] = y.to(a.dtype)                         # exact: class indices < 2**24
-    parts = [torch.empty_like(rows) for _ in range(world)]
-    dist.all_gather(parts, rows)
-    out = torch.cat([p[:s] for p, s in zip(parts, sizes)])
-    return out[:, :-1], out[:, -1].round().to(torch.int64)
+    out = []
+    for t in (a, y):                                               # labels stay int64: exact for any K
+        padded = t.new_zeros((max(sizes),) + t.shape[1:])
+        padded[: t.shape[0]] = t
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded)
+        out.append(torch.cat([p[:s] for p, s in zip(parts, sizes)]))
+    return out[0], out[1]
 
 
 # -- the augmented logits -------------------------------------------------------------------------------------------
@@ -204,7 +215,7 @@ def isda_logits(logits: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, cov
     Args:
         logits: (N, C) the classifier's logits ``z``.
         weight: (C, A) the final linear layer's weight; gradients flow to it through the correction.
-        y: (N,) int64 class indices.
+        y: (N,) int64 class indices in ``[0, C)`` (``ValueError`` otherwise).
         cov: (C, A, A) per-class covariances, or (C, A) per-class variances (diagonal form). Used as a constant.
         lam: float >= 0, or (N,) per-sample strengths.
 
@@ -213,7 +224,7 @@ def isda_logits(logits: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, cov
 
     The correction is computed with autocast off in the wider of ``weight``'s and ``cov``'s dtypes. It never forms
     N x C x A x A: with ``C <= N`` it builds the (C, C) table of corrections per class and indexes it with ``y``
-    (memory ~2 C^2 A), otherwise it works per sample (memory N A^2 for ``cov[y]`` plus 2 N C A).
+    (memory ~3 C^2 A), otherwise it works per sample (memory N A^2 for ``cov[y]`` plus 3 N C A).
     """
     if isinstance(lam, (int, float)) and lam == 0:
         return logits
@@ -225,6 +236,7 @@ def isda_logits(logits: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, cov
         raise ValueError(f"cov must be (C, A, A) or (C, A) = {(c, a, a)} or {(c, a)}, got {tuple(cov.shape)}")
     if y.shape != (n,):
         raise ValueError(f"y must be (N,) = ({n},) class indices, got shape {tuple(y.shape)}")
+    check_labels(y, n, c)
     dtype = torch.promote_types(weight.dtype, cov.dtype)
     with torch.autocast(logits.device.type, enabled=False):
         w = weight.to(dtype)

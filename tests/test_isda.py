@@ -107,6 +107,16 @@ def test_isda_logits_rejects_bad_shapes():
         isda_logits(logits, torch.zeros(5, 2), y, torch.zeros(5, 2), 1.0)
 
 
+def test_isda_logits_validates_the_labels():
+    logits, w, cov = torch.zeros(4, 3), torch.zeros(3, 2), torch.zeros(3, 2)
+    with pytest.raises(ValueError, match="negative class index -1"):
+        isda_logits(logits, w, torch.tensor([0, 1, 2, -1]), cov, 1.0)
+    with pytest.raises(ValueError, match="class index 3, out of range for num_classes=3"):
+        isda_logits(logits, w, torch.tensor([0, 1, 2, 3]), cov, 1.0)
+    with pytest.raises(ValueError, match="int64"):
+        isda_logits(logits, w, torch.tensor([0, 1, 2, 2], dtype=torch.int32), cov, 1.0)
+
+
 # -- the estimator -----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("diagonal", [False, True])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
@@ -152,6 +162,60 @@ def test_estimator_checks_and_lazy_state_dict():
         FeatureCovariance(3, diagonal=True).load_state_dict(est.state_dict())
     lazy.reset()
     assert int(lazy.count.sum()) == 0 and lazy.feature_dim == 2
+
+
+@pytest.mark.parametrize("diagonal", [False, True])
+def test_estimator_validates_the_labels(diagonal):
+    est, f = FeatureCovariance(3, diagonal=diagonal), torch.zeros(4, 2)
+    with pytest.raises(ValueError, match="negative class index -1"):
+        est.update(f, torch.tensor([0, 1, 2, -1]))
+    with pytest.raises(ValueError, match="class index 3, out of range for num_classes=3"):
+        est.update(f, torch.tensor([0, 1, 2, 3]))
+    with pytest.raises(ValueError, match="int64"):
+        est.update(f, torch.tensor([0, 1, 2, 2], dtype=torch.int32))
+    assert est.count is None  # nothing was merged
+
+
+@pytest.mark.parametrize("covariance", ["full", "diagonal"])
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_non_finite_rows_are_ignored(covariance, bad):
+    g = torch.Generator().manual_seed(0)
+    k, a = 5, 3
+    fc = nn.Linear(a, k).double()
+    loss = ISDALoss(k, lambda0=1.0, covariance=covariance)
+    loss.set_progress(1.0)
+    finite_only = FeatureCovariance(k, diagonal=covariance == "diagonal")
+    first_f, first_y = torch.randn(10, a, generator=g, dtype=torch.float64), torch.arange(10) % k
+    loss(first_f, fc, first_y)
+    finite_only.update(first_f, first_y)
+    est = loss.estimator
+    before = {name: b.clone() for name, b in est.named_buffers()}
+    f, y = torch.randn(6, a, generator=g, dtype=torch.float64), torch.tensor([0, 0, 0, 1, 1, 0])
+    f[2, 1] = bad  # one class-0 row overflowed (an fp16 step that GradScaler skips)
+    loss(f, fc, y)
+    keep = torch.arange(6) != 2
+    finite_only.update(f[keep], y[keep])
+    for name, b in est.named_buffers():
+        assert torch.equal(b[2:], before[name][2:])  # classes absent from the batch: bit for bit
+        assert torch.allclose(b, getattr(finite_only, name), rtol=1e-12, atol=1e-12)  # class 0: its finite rows
+    assert torch.equal(est.count, finite_only.count)
+    clean_f, clean_y = torch.randn(10, a, generator=g, dtype=torch.float64), torch.arange(10) % k
+    assert torch.isfinite(loss(clean_f, fc, clean_y))
+
+
+@pytest.mark.parametrize("diagonal", [False, True])
+def test_half_buffers_keep_counting_past_the_fp16_range(diagonal):
+    g = torch.Generator().manual_seed(0)
+    half = FeatureCovariance(2, feature_dim=2, diagonal=diagonal).half()
+    exact = FeatureCovariance(2, feature_dim=2, diagonal=diagonal).double()
+    y = torch.zeros(30_000, dtype=torch.int64)
+    for shift in (0.0, 1.0, 4.0):  # 90,000 features of class 0, more than fp16's largest number 65,504
+        f = torch.randn(30_000, 2, generator=g) + shift
+        half.update(f, y)
+        exact.update(f.double(), y)
+    assert half.mean.dtype == half.cov.dtype == torch.float16 and int(half.count[0]) == 90_000
+    assert torch.allclose(half.mean.double(), exact.mean, atol=1e-2)  # the third batch moved the mean to ~5/3
+    assert torch.allclose(half.cov.double(), exact.cov, atol=2e-2)
 
 
 # -- the hook -----------------------------------------------------------------------------------------------------------

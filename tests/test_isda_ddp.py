@@ -12,6 +12,8 @@ from latent_transforms.isda import ISDA, FeatureCovariance
 
 K, A = 4, 3
 SPLITS = [(5, 2), (1, 6), (4, 4)]  # per step: rank 0's and rank 1's batch sizes (uneven on purpose)
+BIG_K = 3000
+BIG_LABELS = ([257, 2049, 2999], [2051, 5])  # per rank; bf16 would round 257, 2049 and 2051 to 256, 2048, 2048
 
 
 def stream():
@@ -45,6 +47,13 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
                 part = slice(0, n0) if rank == 0 else slice(n0, None)
                 est.update(f[part], y[part])
             result[diagonal] = {n: b.clone() for n, b in est.named_buffers()}
+        # bf16 buffers, labels above 256 and a non-finite row on rank 1 (its class 5 must stay empty)
+        big = FeatureCovariance(BIG_K, feature_dim=A, diagonal=True).to(torch.bfloat16)
+        f = torch.ones(len(BIG_LABELS[rank]), A)
+        if rank == 1:
+            f[1, 0] = float("inf")
+        big.update(f, torch.tensor(BIG_LABELS[rank]))
+        result["big_count"] = big.count.clone()
         # the drop-in under DDP: the hook fires inside DDP's forward and gathers there
         from conftest import TinyNet
 
@@ -76,6 +85,8 @@ def test_two_gloo_ranks_hold_the_statistics_of_the_concatenated_batch(tmp_path):
             assert torch.equal(got["count"], single.count)
             assert torch.allclose(got["mean"], single.mean, atol=1e-5)
             assert torch.allclose(got["cov"], single.cov, atol=1e-5)
+    big_count = torch.bincount(torch.tensor(BIG_LABELS[0] + BIG_LABELS[1][:1]), minlength=BIG_K)
     for res in results:
+        assert torch.equal(res["big_count"], big_count)
         assert int(res["ddp_count"].sum()) == 8  # both ranks saw the global batch of 3 + 5
         assert torch.equal(res["ddp_count"], results[0]["ddp_count"])
