@@ -14,6 +14,7 @@ there is no default remote). ``LATENT_TRANSFORMS_OFFLINE=1`` forbids downloads a
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import http.client
 import json
@@ -402,7 +403,8 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") ->
     """A frozen codec from a checkpoint file path or a registry name (``fetch``-ed, then cached in-process).
 
     An existing file is read as safetensors whatever its suffix (a pickled ``.pt`` is refused, never run).
-    Loading the same name on the same device again returns the same codec object.
+    A name is read and verified once per process and device; every call returns its own copy, so moving or
+    casting one codec (``.to``, ``.double()``, a transform's ``.cuda()``) leaves the others alone.
     """
     if isinstance(name_or_path, os.PathLike) or Path(name_or_path).is_file():
         return load_checkpoint(name_or_path, device)
@@ -410,16 +412,16 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") ->
     key = (name, str(torch.device(device)))
     with _lock:
         if key in _loaded:
-            return _loaded[key]
+            return copy.deepcopy(_loaded[key])
         lock = _load_locks.setdefault(key, threading.Lock())
     with lock:  # one build per (name, device), even when threads race
         with _lock:
             if key in _loaded:
-                return _loaded[key]
+                return copy.deepcopy(_loaded[key])
         codec = load_checkpoint(fetch(name), device)
         with _lock:
             _loaded[key] = codec
-    return codec
+    return copy.deepcopy(codec)
 
 
 __all__ = ["FORMAT", "HubError", "UnknownCheckpointError", "cache_dir", "fetch", "list_checkpoints", "load",

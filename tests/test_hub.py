@@ -421,16 +421,18 @@ def test_concurrent_processes_fetch_one_good_file(env):
     assert sorted(p.name for p in env.iterdir()) == ["good.safetensors"]
 
 
-def test_load_by_name_caches_in_process(env, tmp_path):
+def test_load_by_name_reads_once_and_returns_copies(env, tmp_path):
     codec = _codec()
     sha = hub.save_checkpoint(codec, tmp_path / "vae.safetensors")
     _Handler.files["vae.safetensors"] = (tmp_path / "vae.safetensors").read_bytes()
     try:
         _register("vae", "vae.safetensors", sha256=sha)
         first = hub.load("vae")
-        assert hub.load("vae") is first
-        assert torch.equal(_outputs(first), _outputs(codec.eval()))
-        assert _Handler.counts["vae.safetensors"] == 1
+        second = hub.load("vae")
+        assert torch.equal(_outputs(first), _outputs(codec.eval())) and torch.equal(_outputs(second), _outputs(first))
+        assert _Handler.counts["vae.safetensors"] == 1  # downloaded and verified once
+        first.double()  # each load is its own copy: casting (or moving) one leaves the others alone
+        assert second.dtype == torch.float32 and hub.load("vae").dtype == torch.float32
     finally:
         del _Handler.files["vae.safetensors"]
 
