@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import glob
 import hashlib
 import http.client
 import json
+import math
 import os
 import re
 import tempfile
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -93,12 +96,19 @@ def _check_filename(file: object) -> str:
     return file
 
 
-def chmod_default(path: str | os.PathLike) -> None:
-    """Give a file from ``mkstemp`` (mode 0600) the usual permissions (0666 minus the umask)."""
-    umask = os.umask(0)
+def _read_umask() -> int:
+    umask = os.umask(0)  # the only way to read it sets it: done once, at import, before any thread of ours runs
     os.umask(umask)
+    return umask
+
+
+_UMASK = _read_umask()
+
+
+def chmod_default(path: str | os.PathLike) -> None:
+    """Give a file from ``mkstemp`` (mode 0600) the usual permissions (0666 minus the process's umask)."""
     with contextlib.suppress(OSError):
-        os.chmod(path, 0o666 & ~umask)
+        os.chmod(path, 0o666 & ~_UMASK)
 
 
 def _remove(path: str | os.PathLike) -> None:
@@ -131,6 +141,12 @@ def save_checkpoint(codec: "Codec", path: str | os.PathLike, dtype: torch.dtype 
         k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).cpu().contiguous().clone()
         for k, v in codec.state_dict().items()
     }
+    overflow = [k for k, v in codec.state_dict().items()
+                if v.is_floating_point() and bool((torch.isfinite(v.detach().cpu()) & ~torch.isfinite(tensors[k])).any())]
+    if overflow:
+        raise ValueError(f"weights {overflow} do not fit in {dtype} (they would be stored as inf); save as float32")
+    if not path.parent.is_dir():
+        raise ValueError(f"cannot save {path}: the directory {path.parent} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     try:
@@ -190,6 +206,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     for k, v in expected.items():
         t = tensors[k]
         if t.is_floating_point() and v.is_floating_point():
+            if not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{path}: tensor {k} holds NaN or inf weights (a corrupted or diverged checkpoint)")
             tensors[k] = t.to(v.dtype)
         elif t.dtype != v.dtype:
             raise ValueError(f"{path}: tensor {k} has dtype {t.dtype}, the codec expects {v.dtype}")
@@ -296,8 +314,8 @@ def _timeout() -> float:
         value = float(raw)
     except ValueError:
         value = -1.0
-    if not value > 0:
-        raise ValueError(f"LATENT_TRANSFORMS_HUB_TIMEOUT must be a positive number of seconds, got {raw!r}")
+    if not 0 < value < math.inf:
+        raise ValueError(f"LATENT_TRANSFORMS_HUB_TIMEOUT must be a positive, finite number of seconds, got {raw!r}")
     return value
 
 
@@ -317,10 +335,22 @@ def _verified(path: Path, sha256: str) -> bool:
     return path.is_file() and sha256_file(path) == sha256
 
 
-def _download(url: str, dest: Path, sha256: str) -> None:
-    """Stream ``url`` to a unique temp file next to ``dest``, verify length and sha256, then rename into place."""
+def _remove_abandoned_parts(dest: Path) -> None:
+    """Delete temp files of downloads of ``dest`` that a killed process left (untouched for an hour and for twice
+    the read timeout: a live download writes at least once per timeout)."""
+    cutoff = time.time() - max(3600.0, 2 * _timeout())
+    for part in dest.parent.glob(f".{glob.escape(dest.name)}.*.part"):
+        with contextlib.suppress(OSError):
+            if part.stat().st_mtime < cutoff:
+                part.unlink()
+
+
+def _download(url: str, dest: Path, sha256: str, size: int | None = None) -> None:
+    """Stream ``url`` to a unique temp file next to ``dest``, verify length (the ``Content-Length`` header and the
+    registry's ``size``) and sha256, then rename into place."""
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned_parts(dest)
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     except OSError as e:
         raise HubError(
@@ -349,11 +379,14 @@ def _download(url: str, dest: Path, sha256: str) -> None:
                             received += len(chunk)
                             bar.update(len(chunk))
                     except http.client.IncompleteRead as e:
-                        received += len(e.partial)
+                        raise HubError(f"download of {dest.name} from {url} is truncated: the connection closed "
+                                       f"after {received + len(e.partial)} bytes") from None
                     except OSError as e:
                         raise HubError(f"downloading {url} failed after {received} bytes: {e}") from None
-        if expected is not None and received != expected:
-            raise HubError(f"download of {dest.name} from {url} is truncated: expected {expected} bytes, got {received}")
+        for source, want in (("Content-Length", expected), ("the registry's size", size)):
+            if want is not None and received != want:
+                raise HubError(f"download of {dest.name} from {url} is truncated or too long: {source} is {want} "
+                               f"bytes, got {received}")
         if digest.hexdigest() != sha256:
             raise HubError(
                 f"download of {dest.name} from {url} has the wrong sha256: expected {sha256}, got {digest.hexdigest()}"
@@ -373,15 +406,9 @@ def fetch(name: str) -> Path:
     if cached.is_file():
         if _verified(cached, sha256):
             return cached
-        try:
-            _remove(cached)
-        except OSError as e:
-            raise HubError(
-                f"cached {cached} does not match the registry (sha256 mismatch: corrupted, or an older version) "
-                f"and cannot be deleted ({e.strerror or e}); "
-                f"delete it by hand or set LATENT_TRANSFORMS_HOME to a writable directory"
-            ) from None
-        notes.append(f"deleted {cached} (sha256 mismatch: corrupted, or an older version)")
+        # not deleted here: another process may have just put a good copy there; a verified download replaces it
+        notes.append(f"cached {cached} does not match the registry (sha256 mismatch: corrupted, or an older "
+                     f"version)")
     if shipped.is_file():
         if _verified(shipped, sha256):
             return shipped
@@ -395,8 +422,15 @@ def fetch(name: str) -> Path:
             f"checkpoint {name!r} not found: {looked}; set LATENT_TRANSFORMS_HUB_URL to a base URL "
             f"(http://, https:// or file://) that serves {file}"
         )
-    _download(url, cached, sha256)
+    _download(url, cached, sha256, entry.get("size"))
     return cached
+
+
+def _is_file(name_or_path: str) -> bool:
+    try:
+        return Path(name_or_path).is_file()
+    except OSError:  # e.g. a name too long for a path: not a file, so a registry name
+        return False
 
 
 def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") -> "Codec":
@@ -406,7 +440,7 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") ->
     A name is read and verified once per process and device; every call returns its own copy, so moving or
     casting one codec (``.to``, ``.double()``, a transform's ``.cuda()``) leaves the others alone.
     """
-    if isinstance(name_or_path, os.PathLike) or Path(name_or_path).is_file():
+    if isinstance(name_or_path, os.PathLike) or _is_file(name_or_path):
         return load_checkpoint(name_or_path, device)
     name = str(name_or_path)
     key = (name, str(torch.device(device)))
@@ -419,6 +453,11 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") ->
             if key in _loaded:
                 return copy.deepcopy(_loaded[key])
         codec = load_checkpoint(fetch(name), device)
+        registered = _entry(name)["config"]
+        differ = {k: (v, codec.config.get(k)) for k, v in registered.items() if codec.config.get(k) != v}
+        if differ:
+            raise HubError(f"checkpoint {name!r}: the file's config differs from the registry's "
+                           f"(key: (registry, file)): {differ}")
         with _lock:
             _loaded[key] = codec
     return copy.deepcopy(codec)

@@ -145,16 +145,20 @@ def test_fast_frozen_path_matches_plain_normflows_path():
 
 
 @pytest.mark.parametrize("config,match", [
-    ({"kind": "vae", "latent_dim": 0}, "latent_dim must be positive"),
-    ({"kind": "vae", "latent_dim": -1}, "latent_dim must be positive"),
-    ({"kind": "vae", "hidden": 0}, "hidden must be positive"),
+    ({"kind": "vae", "latent_dim": 0}, "latent_dim must be a positive int"),
+    ({"kind": "vae", "latent_dim": -1}, "latent_dim must be a positive int"),
+    ({"kind": "vae", "hidden": 0}, "hidden must be a positive int"),
     ({"kind": "vae", "beta": -1.0}, "beta must be >= 0"),
     ({"kind": "vae", "latent_side": 3}, "latent_side must be None or a power of two <= the image side 32, got 3"),
     ({"kind": "vae", "latent_side": 64}, "latent_side must be None or a power of two"),
     ({"kind": "vae", "latent_side": 0}, "latent_side must be None or a power of two"),
-    ({"kind": "glow", "hidden": 0}, "hidden must be positive"),
-    ({"kind": "glow", "steps": 0}, "steps must be positive"),
+    ({"kind": "glow", "hidden": 0}, "hidden must be a positive int"),
+    ({"kind": "glow", "steps": 0}, "steps must be a positive int"),
     ({"kind": "glow", "alpha": 0.7}, "alpha must be in"),
+    ({"kind": "vae", "hidden": 32.0}, "hidden must be a positive int, got 32.0"),  # not truncated, not torch's error
+    ({"kind": "glow", "num_bins": 17.5}, "num_bins must be a positive int"),
+    ({"kind": "glow", "num_bins": 1}, "num_bins must be >= 2"),
+    ({"kind": "vae", "image_shape": [1.9, 8.7, 8.2]}, "image_shape must be \\(C, H, W\\) positive ints"),
 ])
 def test_bad_codec_configs_are_named(config, match):
     with pytest.raises(ValueError, match=match):

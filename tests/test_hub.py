@@ -29,7 +29,7 @@ SLOW_SECONDS = 1.5
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """Serves /good, /bad-hash, /truncated, /slow (sleeps before the body), /error (500); 404 otherwise."""
+    """Serves /good, /bad-hash, /truncated, /no-length, /slow (sleeps before the body), /error (500); 404 otherwise."""
 
     counts: dict[str, int] = {}
     files: dict[str, bytes] = {}
@@ -51,6 +51,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_error(500)
             elif name == "truncated.safetensors":
                 self._send(GOOD[:1000], length=len(GOOD))
+                self.close_connection = True
+            elif name == "no-length.safetensors":  # a short body without Content-Length (HTTP/1.0: until close)
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(GOOD[:1000])
                 self.close_connection = True
             elif name == "slow.safetensors":
                 self.send_response(200)
@@ -137,6 +142,18 @@ def test_float16_storage_loads_as_float32(tmp_path):
         assert torch.equal(v, codec.state_dict()[k].half().float())
 
 
+def test_weights_that_do_not_fit_float16_are_refused_not_stored_as_inf(tmp_path):
+    codec = _codec()
+    with torch.no_grad():
+        next(iter(codec.parameters())).view(-1)[0] = 1e5  # above float16's largest number, 65504
+    name = next(iter(codec.state_dict()))
+    with pytest.raises(ValueError, match=rf"weights \['{name}'\] do not fit in torch.float16"):
+        hub.save_checkpoint(codec, tmp_path / "half.safetensors", dtype=torch.float16)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="the directory .*no-such-dir does not exist"):
+        hub.save_checkpoint(codec, tmp_path / "no-such-dir" / "x.safetensors")
+
+
 def _write_raw(path: Path, tensors: dict, metadata: dict | None) -> Path:
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
     return path
@@ -152,6 +169,15 @@ def test_unexpected_and_missing_keys_are_named(tmp_path):
     missing = _write_raw(tmp_path / "missing.safetensors", {k: v for k, v in sd.items() if k != first}, meta)
     with pytest.raises(ValueError, match=rf"missing keys \['{first}'\]"):
         hub.load_checkpoint(missing)
+
+
+def test_non_finite_weights_are_refused(tmp_path):
+    sd = dict(_codec().state_dict())
+    first = next(iter(sd))
+    sd[first] = sd[first].clone().fill_(float("nan"))
+    path = _write_raw(tmp_path / "nan.safetensors", sd, {"config": json.dumps(CONFIG), "format": hub.FORMAT})
+    with pytest.raises(ValueError, match=rf"tensor {first} holds NaN or inf weights"):
+        hub.load_checkpoint(path)
 
 
 def test_wrong_shape_is_named(tmp_path):
@@ -214,6 +240,20 @@ def test_unknown_name_lists_known_ones(env):
     with pytest.raises(KeyError, match="known checkpoints: digits-a") as e:
         hub.load("no-such-codec")
     assert "no-such-codec" in str(e.value)
+    with pytest.raises(KeyError, match="unknown checkpoint"):  # too long for a path: still a name
+        hub.load("x" * 300)
+
+
+def test_a_file_whose_config_differs_from_the_registry_is_refused(env, tmp_path):
+    sha = hub.save_checkpoint(_codec(), tmp_path / "vae.safetensors")
+    _Handler.files["vae.safetensors"] = (tmp_path / "vae.safetensors").read_bytes()
+    try:
+        hub.register("mislabelled", file="vae.safetensors", sha256=sha, config={**CONFIG, "latent_dim": 8},
+                     trained_on="test", quality={})
+        with pytest.raises(hub.HubError, match="config differs from the registry's .*'latent_dim': \\(8, 4\\)"):
+            hub.load("mislabelled")
+    finally:
+        del _Handler.files["vae.safetensors"]
 
 
 @pytest.mark.parametrize("file", ["../escape.safetensors", "sub/x.safetensors", "..\\x.safetensors", "x.pt", ".hidden.safetensors"])
@@ -270,9 +310,27 @@ def test_wrong_hash_is_refused_and_never_replaces_a_good_copy(env):
 
 def test_truncated_download_is_refused(env):
     _register("trunc", "truncated.safetensors")
-    with pytest.raises(hub.HubError, match=rf"truncated.safetensors.*truncated: expected {len(GOOD)} bytes, got 1000"):
+    with pytest.raises(hub.HubError, match=rf"truncated.safetensors.*truncated or too long: Content-Length is {len(GOOD)} bytes, got 1000"):
         hub.fetch("trunc")
     assert list(env.iterdir()) == []
+
+
+def test_short_download_without_content_length_is_named_by_the_registry_size(env):
+    _register("short", "no-length.safetensors", size=len(GOOD))
+    with pytest.raises(hub.HubError, match=rf"truncated or too long: the registry's size is {len(GOOD)} bytes, got 1000"):
+        hub.fetch("short")
+    assert list(env.iterdir()) == []
+
+
+def test_parts_abandoned_by_killed_downloads_are_cleaned_up(env):
+    env.mkdir()
+    old, live = env / ".good.safetensors.k1ll3d.part", env / ".good.safetensors.l1v3.part"
+    for part in (old, live):
+        part.write_bytes(b"partial")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))  # untouched for two hours: its writer is gone
+    _register("good", "good.safetensors")
+    assert hub.fetch("good").read_bytes() == GOOD
+    assert not old.exists() and live.exists()  # a recent part may belong to a download in progress
 
 
 @pytest.mark.parametrize("file, status", [("missing.safetensors", 404), ("error.safetensors", 500)])
@@ -294,10 +352,11 @@ def test_slow_server_times_out(env, monkeypatch):
 
 
 def test_bad_timeout_setting(env, monkeypatch):
-    monkeypatch.setenv("LATENT_TRANSFORMS_HUB_TIMEOUT", "soon")
     _register("good", "good.safetensors")
-    with pytest.raises(ValueError, match="LATENT_TRANSFORMS_HUB_TIMEOUT"):
-        hub.fetch("good")
+    for bad in ("soon", "inf", "0"):
+        monkeypatch.setenv("LATENT_TRANSFORMS_HUB_TIMEOUT", bad)
+        with pytest.raises(ValueError, match="LATENT_TRANSFORMS_HUB_TIMEOUT must be a positive, finite number"):
+            hub.fetch("good")
     assert _leftovers(env) == []
 
 
@@ -340,7 +399,7 @@ def test_offline_forbids_downloads_but_uses_the_cache(env, monkeypatch):
     assert hub.fetch("good").read_bytes() == GOOD
 
 
-def test_corrupted_cache_is_deleted_and_refetched(env, monkeypatch):
+def test_corrupted_cache_is_replaced_by_a_verified_download(env, monkeypatch):
     _register("good", "good.safetensors")
     path = hub.fetch("good")
     path.write_bytes(b"garbage")
@@ -348,9 +407,10 @@ def test_corrupted_cache_is_deleted_and_refetched(env, monkeypatch):
     assert _Handler.counts["good.safetensors"] == 2
     path.write_bytes(b"garbage")
     monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
-    with pytest.raises(hub.HubError, match="deleted .* \\(sha256 mismatch: corrupted, or an older version\\)"):
+    with pytest.raises(hub.HubError, match="does not match the registry \\(sha256 mismatch: corrupted, or an older"):
         hub.fetch("good")
-    assert not path.exists()
+    # never deleted by name: another process may have put a good copy there since it was hashed
+    assert path.read_bytes() == b"garbage"
 
 
 

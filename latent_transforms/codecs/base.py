@@ -54,18 +54,19 @@ class Codec(nn.Module):
 
     def __init__(self, image_shape: tuple[int, int, int]):
         super().__init__()
-        if len(image_shape) != 3 or min(image_shape) < 1:
-            raise ValueError(f"image_shape must be (C, H, W), got {image_shape!r}")
-        self.image_shape = tuple(int(s) for s in image_shape)
+        if (len(image_shape) != 3 or any(isinstance(s, bool) or not isinstance(s, int) for s in image_shape)
+                or min(image_shape) < 1):
+            raise ValueError(f"image_shape must be (C, H, W) positive ints, got {image_shape!r}")
+        self.image_shape = tuple(image_shape)
         self.frozen = False
         self._compiled: tuple[Callable, Callable] | None = None  # torch.compile'd (_encode, _decode), unbound
 
     @staticmethod
-    def check_positive(**values: float) -> None:
-        """Raise ValueError naming any config value that is not a positive int (or float where given as one)."""
+    def check_positive(**values: int) -> None:
+        """Raise ValueError naming any config value that is not a positive int."""
         for name, v in values.items():
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-                raise ValueError(f"{name} must be positive, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int) or not v > 0:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
 
     # -- to implement ---------------------------------------------------------------------------
     @property

@@ -69,7 +69,9 @@ class Glow(Codec):
     def __init__(self, image_shape=(3, 32, 32), levels: int = 3, steps: int = 8, hidden: int = 128,
                  alpha: float = 0.05, scale_floor: float = 0.05, num_bins: int = 256):
         super().__init__(image_shape)
-        self.check_positive(levels=levels, steps=steps, hidden=hidden, num_bins=num_bins - 1)
+        self.check_positive(levels=levels, steps=steps, hidden=hidden, num_bins=num_bins)
+        if num_bins < 2:
+            raise ValueError(f"num_bins must be >= 2 (intensity levels of the data), got {num_bins}")
         if not (0 < alpha < 0.5 and 0 < scale_floor < 1):
             raise ValueError(f"alpha must be in (0, 0.5) and scale_floor in (0, 1), got {alpha!r}, {scale_floor!r}")
         c, h, w = self.image_shape
