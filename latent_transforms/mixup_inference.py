@@ -21,7 +21,8 @@ class LatentMixupInference(nn.Module):
     some accuracy and ``num_mixes`` forward passes (+ one decode each).
 
     Args:
-        model: the classifier (borrowed unchanged: eval mode, no gradients).
+        model: the classifier, a submodule as in any wrapper (``.to()`` moves it, ``state_dict()`` holds its
+            weights); each call borrows it unchanged (eval mode, no gradients, its mode restored after).
         codec: hub name, path or Codec.
         references: (N, C, H, W) float in [0, 1] clean images to mix with (e.g. a few hundred training images).
         lam: weight of the input (0.6 by default: the input dominates).
