@@ -29,7 +29,7 @@ import torch
 
 from . import hub
 from .codecs import Codec, build_codec, exact_math
-from .validation import check_images
+from .validation import check_count, check_images, check_number
 
 __all__ = ["train_codec", "eval_codec", "default_config", "save_training_state", "load_training_state",
            "register_cli", "STATE_FORMAT"]
@@ -111,7 +111,10 @@ def save_training_state(path: str | os.PathLike, model: torch.nn.Module, optimiz
 
 
 def load_training_state(path: str | os.PathLike) -> tuple[dict, dict, dict, dict]:
-    """Read a file written by ``save_training_state``: ``(model_state, optimizer_state_dict, info, extra_tensors)``."""
+    """Read a file written by ``save_training_state``: ``(model_state, optimizer_state_dict, info, extra_tensors)``.
+
+    Raises ``ValueError`` naming the file if it is not a complete, well-formed training state.
+    """
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -119,23 +122,42 @@ def load_training_state(path: str | os.PathLike) -> tuple[dict, dict, dict, dict
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except SafetensorError as e:
-        raise ValueError(f"{path} is not a safetensors training state ({e})") from None
+        raise _bad_state(path, f"not a readable safetensors file ({e})") from None
     if metadata.get("format") != STATE_FORMAT:
-        raise ValueError(f"{path} is not a training state: metadata 'format' is {metadata.get('format')!r}")
+        raise _bad_state(path, f"metadata 'format' is {metadata.get('format')!r}, not {STATE_FORMAT!r}")
+    fields = {}
+    for key, kind in (("info", dict), ("optim_param_groups", list), ("optim_scalars", dict)):
+        if key not in metadata:
+            raise _bad_state(path, f"metadata {key!r} is missing")
+        try:
+            fields[key] = json.loads(metadata[key])
+        except json.JSONDecodeError:
+            raise _bad_state(path, f"metadata {key!r} is not JSON") from None
+        if not isinstance(fields[key], kind):
+            raise _bad_state(path, f"metadata {key!r} is a JSON {type(fields[key]).__name__}, not a {kind.__name__}")
     model_state, extra, opt_state = {}, {}, {}
     for key, value in tensors.items():
         group, _, rest = key.partition("/")
-        if group == "model":
+        idx, _, name = rest.partition("/")
+        if group == "model" and rest:
             model_state[rest] = value
-        elif group == "extra":
+        elif group == "extra" and rest:
             extra[rest] = value
-        elif group == "optim":
-            idx, _, name = rest.partition("/")
+        elif group == "optim" and idx.isdecimal() and name:
             opt_state.setdefault(int(idx), {})[name] = value
-    for idx, scalars in json.loads(metadata["optim_scalars"]).items():
+        else:
+            raise _bad_state(path, f"unexpected tensor {key!r}")
+    for idx, scalars in fields["optim_scalars"].items():
+        if not idx.isdecimal() or not isinstance(scalars, dict):
+            raise _bad_state(path, f"metadata 'optim_scalars' has an entry {idx!r}: {scalars!r}")
         opt_state.setdefault(int(idx), {}).update(scalars)
-    optim = {"state": opt_state, "param_groups": json.loads(metadata["optim_param_groups"])}
-    return model_state, optim, json.loads(metadata["info"]), extra
+    optim = {"state": opt_state, "param_groups": fields["optim_param_groups"]}
+    return model_state, optim, fields["info"], extra
+
+
+def _bad_state(path: str | os.PathLike, why: str) -> ValueError:
+    return ValueError(f"{path} is not a valid training state: {why}; delete it, or start afresh with resume=False "
+                      f"(--no-resume) or another name/out dir")
 
 
 # -- evaluation --------------------------------------------------------------------------------------------
@@ -225,12 +247,31 @@ def _lr_factor(step: int, warmup: int, progress: float) -> float:
     return warm * 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
 
 
+def _run_length(length: dict) -> str:
+    return f"{length['total_steps']} steps" if length["total_steps"] is not None else f"{length['budget_s'] / 60:g} min"
+
+
+def _describe_schedule(schedule: list[dict], step: int) -> str:
+    """The LR schedule the run's ``step`` steps followed; one part per run length that trained steps."""
+    ends = [s["from_step"] for s in schedule[1:]] + [step]
+    parts = [(s, end) for s, end in zip(schedule, ends) if end > s["from_step"]]
+    texts = [f"linear warm-up {s['warmup']} steps, cosine decay to 0 over {_run_length(s)}" for s, _ in parts]
+    if len(texts) == 1:
+        return texts[0]
+    return "; ".join(f"steps {s['from_step']}-{end}: {t}" for (s, end), t in zip(parts, texts))
+
+
 def _resolve_device(device: str | torch.device) -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device must be cpu, cuda, cuda:N or auto, got {str(device)!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {str(device)!r} asked for, but CUDA is not available; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {str(device)!r} asked for, but there are {torch.cuda.device_count()} CUDA devices")
     return device
 
 
@@ -325,8 +366,10 @@ def train_codec(
             and evaluate the averaged weights (:class:`WeightEMA`); default: the last weights.
         seed: seeds weights, batches, dequantisation noise and flips.
         flips: random horizontal flips (leave off for digits and text).
-        resume: continue from ``out_dir/<name>.state.safetensors`` if present (same config, batch size and
-            seed required); ``False`` starts afresh and overwrites it.
+        resume: continue from ``out_dir/<name>.state.safetensors`` if present (same config, data size, batch
+            size, seed, ``ema_decay``, ``lr``, ``warmup_steps``, ``grad_clip`` and ``flips`` required; the run's
+            length may change: the LR schedule follows the new length from the current step on, and the JSON's
+            ``schedule`` says which steps followed which length); ``False`` starts afresh and overwrites it.
         x_test: images for the final metrics and the PNG; default: up to 1,000 training images.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
         progress: show a tqdm bar and print where the files went and how to load them.
@@ -351,9 +394,16 @@ def train_codec(
         raise ValueError("give epochs or max_steps, not both")
     if epochs is None and max_steps is None and max_minutes is None:
         raise ValueError("give the length of the run: epochs, max_steps or max_minutes")
-    for label, value in (("epochs", epochs), ("max_steps", max_steps), ("max_minutes", max_minutes)):
-        if value is not None and not value > 0:
-            raise ValueError(f"{label} must be > 0, got {value}")
+    if epochs is not None:
+        check_number("epochs", epochs, low_open=True)
+    if max_steps is not None:
+        check_count("max_steps", max_steps, low=1)
+    if max_minutes is not None:
+        check_number("max_minutes", max_minutes, low_open=True)
+    check_number("lr", lr, low_open=True)
+    check_count("warmup_steps", warmup_steps)
+    if grad_clip is not None:
+        check_number("grad_clip", grad_clip, low_open=True)
     if batch_size < 1 or checkpoint_every < 1:
         raise ValueError(f"batch_size and checkpoint_every must be >= 1, got {batch_size}, {checkpoint_every}")
     name = name or codec_kind
@@ -382,18 +432,24 @@ def train_codec(
     clip = grad_clip if grad_clip is not None else (50.0 if codec_kind == "glow" else None)
     say = print if progress else (lambda *a, **k: None)
 
+    warmup = min(warmup_steps, total_steps // 5) if total_steps is not None else warmup_steps
+    settings = {"config": cfg, "batch_size": bs, "seed": seed, "num_images": n, "ema_decay": ema_decay, "lr": lr,
+                "warmup_steps": warmup_steps, "grad_clip": clip, "flips": flips}
     info: dict = {}
     saved = None
     if resume and state_path.is_file():
         model_state, optim_state, info, extra = load_training_state(state_path)
-        mismatch = [f"{k}: saved {info.get(k)!r}, now {v!r}" for k, v in
-                    (("config", cfg), ("batch_size", bs), ("seed", seed), ("num_images", n), ("ema_decay", ema_decay))
-                    if info.get(k) != v]
+        mismatch = [f"{k}: saved {info[k]!r}, now {v!r}" if k in info else f"{k}: not saved, now {v!r}"
+                    for k, v in settings.items() if info.get(k) != v]
         if mismatch:
             raise ValueError(
                 f"{state_path} is a run with other settings ({'; '.join(mismatch)}); resume with the same settings, "
                 f"or pass resume=False (--no-resume) or another name/out dir to start afresh"
             )
+        missing = [k for k in ("step", "train_time_s", "nonfinite_steps", "history", "calls", "schedule")
+                   if k not in info]
+        if missing:
+            raise _bad_state(state_path, f"its info lacks {', '.join(missing)}")
         saved = (model_state, optim_state, extra)
 
     x_dev = x_train.to(dev, torch.float32)
@@ -408,26 +464,26 @@ def train_codec(
                 init = x_dev[torch.randperm(n, generator=g)[:ACTNORM_INIT_BATCH].to(dev)]
                 with torch.no_grad():
                     codec.loss(init)
-            info = {"kind": codec_kind, "config": cfg, "batch_size": bs, "seed": seed, "num_images": n,
-                    "ema_decay": ema_decay, "step": 0, "train_time_s": 0.0, "nonfinite_steps": 0, "history": [], "calls": 0}
+            info = {"kind": codec_kind, **settings, "optimizer": "Adamax" if codec_kind == "glow" else "Adam",
+                    "steps_per_epoch": steps_per_epoch, "step": 0, "train_time_s": 0.0, "nonfinite_steps": 0,
+                    "history": [], "calls": 0, "schedule": []}
         optimizer = (torch.optim.Adamax if codec_kind == "glow" else torch.optim.Adam)(params, lr=lr)
         if saved is not None:
             model_state, optim_state, extra = saved
-            codec.load_state_dict(model_state)
-            optimizer.load_state_dict(optim_state)
-            torch.set_rng_state(extra["rng_cpu"])
-            if dev.type == "cuda" and "rng_cuda" in extra:
-                torch.cuda.set_rng_state(extra["rng_cuda"], dev)
+            try:
+                codec.load_state_dict(model_state)
+                optimizer.load_state_dict(optim_state)
+                torch.set_rng_state(extra["rng_cpu"])
+                if dev.type == "cuda" and "rng_cuda" in extra:
+                    torch.cuda.set_rng_state(extra["rng_cuda"], dev)
+            except (KeyError, RuntimeError, TypeError, ValueError) as e:
+                raise _bad_state(state_path, f"{type(e).__name__}: {' '.join(str(e).split())}") from None
             say(f"resuming {state_path} at step {info['step']} ({info['train_time_s'] / 60:.1f} min trained)")
         ema = None
         if ema_decay is not None:
             saved_avg = {k[len("ema/"):]: v.to(dev) for k, v in (saved[2] if saved else {}).items() if k.startswith("ema/")}
             ema = WeightEMA(codec, ema_decay, saved_avg or None, info.get("ema_updates", 0))
-        info.update({"total_steps": total_steps, "budget_s": budget_s, "lr": lr, "flips": flips,
-                     "grad_clip": clip, "optimizer": "Adamax" if codec_kind == "glow" else "Adam",
-                     "steps_per_epoch": steps_per_epoch})
-        info["calls"] = info.get("calls", 0) + 1
-        warmup = min(warmup_steps, total_steps // 5) if total_steps is not None else warmup_steps
+        info["calls"] += 1
 
         def checkpoint() -> None:
             extra = {"rng_cpu": torch.get_rng_state()}
@@ -442,6 +498,18 @@ def train_codec(
             if total_steps is not None:
                 return info["step"] >= total_steps
             return info["train_time_s"] >= budget_s
+
+        # the LR schedule follows the run length of each call: record it from the step where it changed
+        length = {"total_steps": total_steps, "budget_s": budget_s, "warmup": warmup}
+        schedule = info["schedule"]
+        if schedule and schedule[-1]["from_step"] == info["step"]:  # no step was trained with that length
+            schedule.pop()
+        if not schedule or {k: schedule[-1][k] for k in length} != length:
+            if schedule:
+                say(f"the run's length changed from {_run_length(schedule[-1])} to {_run_length(length)} at step "
+                    f"{info['step']}: " + ("already reached, nothing to train" if finished() else
+                                           "the learning-rate schedule follows the new length from here"))
+            schedule.append({"from_step": info["step"], **length})
 
         step = info["step"]
         stopped_by_time = False
@@ -491,7 +559,7 @@ def train_codec(
                     if nonfinite_run >= MAX_NONFINITE_IN_A_ROW:
                         raise FloatingPointError(
                             f"{nonfinite_run} non-finite losses in a row at step {step}; lower the learning rate "
-                            f"(lr={lr}) or grad_clip, or check the data"
+                            f"(lr={lr}) or grad_clip and start afresh (--no-resume), or check the data"
                         )
                 step += 1
                 now = time.perf_counter()
@@ -596,8 +664,7 @@ def train_codec(
             "batch_size": bs,
             "optimizer": info["optimizer"],
             "lr": lr,
-            "schedule": f"linear warm-up {warmup} steps, cosine decay to 0 over "
-                        + (f"{total_steps} steps" if total_steps is not None else f"{budget_s / 60:g} min"),
+            "schedule": _describe_schedule(info["schedule"], step),
             "grad_clip": clip,
             "ema_decay": ema_decay,
             "flips": flips,

@@ -92,6 +92,40 @@ def test_train_without_length_is_a_clear_error(tmp_path, capsys):
     assert code == 2 and "--max-steps" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("option, message", [
+    (["--device", "foo"], "device must be cpu, cuda, cuda:N or auto, got 'foo'"),
+    (["--device", "cuda:x"], "device must be cpu, cuda, cuda:N or auto, got 'cuda:x'"),
+    (["--grad-clip", "-1"], "grad_clip must be a finite number in (0, inf), got -1.0"),
+    (["--max-minutes", "inf"], "max_minutes must be a finite number in (0, inf), got inf"),
+])
+def test_train_bad_option_is_a_clear_error(tmp_path, capsys, option, message):
+    pytest.importorskip("sklearn")
+    code, _, err = _exit_code(["train", "flow", "--data", "digits", "--out", str(tmp_path / "o"), "--max-steps", "1",
+                               "--quiet", *option], capsys)
+    assert code == 2 and err == f"{PROG}: error: {message}\n"
+    assert not (tmp_path / "o").exists()
+
+
+def test_train_infinite_epochs_is_a_clear_error(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    code, _, err = _exit_code(["train", "flow", "--data", "digits", "--out", str(tmp_path), "--epochs", "inf"], capsys)
+    assert code == 2 and err == f"{PROG}: error: epochs must be a finite number in (0, inf), got inf\n"
+
+
+def test_train_malformed_state_is_a_clear_error(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    from safetensors.torch import save_file
+
+    from latent_transforms.train import STATE_FORMAT
+
+    state = tmp_path / "glow-digits.state.safetensors"
+    save_file({}, str(state), metadata={"format": STATE_FORMAT, "info": "{}", "optim_param_groups": "[]"})
+    code, _, err = _exit_code(["train", "flow", "--data", "digits", "--out", str(tmp_path), "--max-steps", "1",
+                               "--device", "cpu", "--quiet"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert f"{state} is not a valid training state: metadata 'optim_scalars' is missing" in err and "--no-resume" in err
+
+
 def test_demo_help(capsys):
     code, out, _ = _exit_code(["demo", "--help"], capsys)
     assert code == 0 and "--smoke" in out and "--per-class" in out

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
+from safetensors.torch import save_file
 
 from latent_transforms import hub, train
 from latent_transforms.data import describe_spec, load_images, low_data_split
@@ -279,6 +280,106 @@ def test_bad_arguments(tmp_path, digits):
         train_codec("flow", x, tmp_path, latent_side=2, max_steps=1)
     with pytest.raises(ValueError, match="\\[0, 1\\]"):
         train_codec("vae", x * 255, tmp_path, max_steps=1)
+    for bad in (-1.0, 0, float("inf"), float("nan")):  # -1 flipped every gradient, 0 zeroed them
+        with pytest.raises(ValueError, match="grad_clip must be a finite number in \\(0, inf\\)"):
+            train_codec("flow", x, tmp_path, **FLOW, max_steps=1, grad_clip=bad)
+    with pytest.raises(ValueError, match="epochs must be a finite number"):
+        train_codec("flow", x, tmp_path, **FLOW, epochs=float("inf"))
+    with pytest.raises(ValueError, match="max_minutes must be a finite number"):
+        train_codec("flow", x, tmp_path, **FLOW, max_steps=1, max_minutes=float("inf"))
+    with pytest.raises(ValueError, match="max_steps must be an int >= 1"):
+        train_codec("flow", x, tmp_path, **FLOW, max_steps=1.5)
+    with pytest.raises(ValueError, match="lr must be a finite number"):
+        train_codec("flow", x, tmp_path, **FLOW, max_steps=1, lr=-1e-3)
+    with pytest.raises(ValueError, match="warmup_steps must be an int >= 0"):
+        train_codec("flow", x, tmp_path, **FLOW, max_steps=1, warmup_steps=-1)
+    with pytest.raises(ValueError, match="device must be cpu, cuda, cuda:N or auto, got 'cuda:x'"):
+        train_codec("flow", x, tmp_path, **FLOW, max_steps=1, device="cuda:x")
+    assert not any(tmp_path.iterdir())  # refused before training: no state or checkpoint written
+
+
+def test_device_index_beyond_the_gpus_is_refused(tmp_path, digits, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match="'cuda:1' asked for, but there are 1 CUDA devices"):
+        train_codec("flow", digits[0][:16], tmp_path, **FLOW, max_steps=1, device="cuda:1")
+
+
+def test_resume_refuses_other_training_settings(tmp_path, digits):
+    x = digits[0][:32]
+    kw = dict(**FLOW, max_steps=2, batch_size=16, progress=False)
+    train_codec("flow", x, tmp_path, **kw)
+    for change, saved in ((dict(lr=2e-3), "lr: saved 0.001, now 0.002"), (dict(flips=True), "flips: saved False"),
+                          (dict(grad_clip=5.0), "grad_clip: saved 50.0, now 5.0"),
+                          (dict(warmup_steps=10), "warmup_steps: saved 200, now 10")):
+        with pytest.raises(ValueError, match=f"{saved}.*--no-resume"):
+            train_codec("flow", x, tmp_path, **kw, **change)
+    assert load_training_state(tmp_path / "glow.state.safetensors")[2]["calls"] == 1
+
+
+def test_report_states_the_schedule_each_step_followed(tmp_path, digits):
+    x = digits[0][:64]
+    kw = dict(**FLOW, batch_size=16, progress=False)
+
+    def schedule():
+        return json.loads((tmp_path / "glow.json").read_text())["training"]["schedule"]
+
+    train_codec("flow", x, tmp_path, **kw, max_steps=4, max_minutes=1e-9)  # stops at step 0: 4 steps never used
+    train_codec("flow", x, tmp_path, **kw, max_steps=3)
+    assert schedule() == "linear warm-up 0 steps, cosine decay to 0 over 3 steps"
+    r = train_codec("flow", x, tmp_path, **kw, max_steps=6)  # extended: the cosine follows 6 steps from step 3
+    assert r["step"] == 6
+    extended = ("steps 0-3: linear warm-up 0 steps, cosine decay to 0 over 3 steps; "
+                "steps 3-6: linear warm-up 1 steps, cosine decay to 0 over 6 steps")
+    assert schedule() == extended
+    r = train_codec("flow", x, tmp_path, **kw, max_steps=2)  # shorter than done: nothing trained, same schedule
+    assert r["step"] == 6 and schedule() == extended
+    # a run defined by time, resumed with a step count it has already passed
+    r = train_codec("flow", x, tmp_path / "t", **kw, max_minutes=1e-4)
+    train_codec("flow", x, tmp_path / "t", **kw, max_steps=1)
+    report = json.loads((tmp_path / "t" / "glow.json").read_text())["training"]
+    assert report["steps"] == r["step"]
+    assert report["schedule"] == "linear warm-up 200 steps, cosine decay to 0 over 0.0001 min"
+
+
+def _write_state(path, tensors, **metadata):
+    save_file(tensors, str(path), metadata={"format": train.STATE_FORMAT, **metadata})
+
+
+def test_malformed_training_state_is_a_clear_error(tmp_path, digits):
+    ok = dict(info="{}", optim_param_groups="[]", optim_scalars="{}")
+    t = {"model/w": torch.zeros(2)}
+    cases = {
+        "no optim_scalars": (t, {"info": "{}", "optim_param_groups": "[]"}, "metadata 'optim_scalars' is missing"),
+        "no info": (t, {"optim_param_groups": "[]", "optim_scalars": "{}"}, "metadata 'info' is missing"),
+        "info a list": (t, {**ok, "info": "[]"}, "metadata 'info' is a JSON list, not a dict"),
+        "info not JSON": (t, {**ok, "info": "{"}, "metadata 'info' is not JSON"),
+        "bad optim key": ({"optim/x/exp_avg": torch.zeros(2)}, ok, "unexpected tensor 'optim/x/exp_avg'"),
+        "bad scalars": (t, {**ok, "optim_scalars": '{"x": {"step": 1}}'}, "metadata 'optim_scalars' has an entry"),
+    }
+    for case, (tensors, metadata, why) in cases.items():
+        path = tmp_path / f"{case}.state.safetensors"
+        _write_state(path, tensors, **metadata)
+        with pytest.raises(ValueError, match=f"is not a valid training state: {why}.*--no-resume"):
+            load_training_state(path)
+    # a truncated file (a copy cut short) and a state whose tensors do not fit the model
+    kw = dict(**FLOW, max_steps=2, batch_size=16, progress=False)
+    train_codec("flow", digits[0][:32], tmp_path / "run", **kw)
+    state = tmp_path / "run" / "glow.state.safetensors"
+    data = state.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[:len(data) // 2])
+    with pytest.raises(ValueError, match="is not a valid training state: not a readable safetensors file.*--no-resume"):
+        load_training_state(tmp_path / "cut.safetensors")
+    with safe_open(str(state), "pt") as f:
+        metadata = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys() if k != "extra/rng_cpu"}
+    save_file(tensors, str(state), metadata=metadata)
+    with pytest.raises(ValueError, match="glow.state.safetensors is not a valid training state: KeyError: 'rng_cpu'"):
+        train_codec("flow", digits[0][:32], tmp_path / "run", **kw)
+    del tensors[next(k for k in tensors if k.startswith("model/"))]
+    save_file(tensors, str(state), metadata=metadata)
+    with pytest.raises(ValueError, match="training state: RuntimeError: Error\\(s\\) in loading state_dict"):
+        train_codec("flow", digits[0][:32], tmp_path / "run", **kw)
 
 
 # -- command line -------------------------------------------------------------------------------------------
