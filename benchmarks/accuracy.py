@@ -45,6 +45,7 @@ from models import (PerSampleRandAugment, RandomCropFlip, build_classifier, libr
 
 from latent_transforms import Compose  # noqa: E402
 from latent_transforms.base import LatentTransform  # noqa: E402
+from latent_transforms.codecs import exact_math  # noqa: E402
 from latent_transforms.data import load_images, low_data_split  # noqa: E402
 from latent_transforms.evaluation import accuracy, expected_calibration_error, fit_classifier, predict_proba  # noqa: E402
 from latent_transforms.isda import ISDA  # noqa: E402
@@ -687,14 +688,24 @@ def runs_to_do(arms: list[str], seeds: list[int], runs: dict) -> list[tuple[str,
     return [(a, s) for s in seeds for a in arms if str(s) not in runs.get(a, {})]
 
 
+def run_times(runs: dict, device_name: str) -> dict[str, list[float]]:
+    """Wall seconds of the finished ``runs`` made on ``device_name``, per arm (older files did not record them)."""
+    took = {a: [r["wall_seconds"] for r in rs.values() if r.get("device_name") == device_name and "wall_seconds" in r]
+            for a, rs in runs.items()}
+    return {a: ts for a, ts in took.items() if ts}
+
+
 def fits_budget(arm: str, took: dict[str, list[float]], elapsed: float, budget: float) -> bool:
     """Whether a run of ``arm`` started ``elapsed`` seconds into this call should end within ``budget`` seconds.
 
-    ``took``: wall seconds (training and evaluation) of the runs finished in this call, per arm. A run is assumed to
-    take as long as the longest of its arm, else of any arm; before any run has finished only ``elapsed`` counts.
+    ``took``: wall seconds (training and evaluation) of finished runs on this device (this call's, and with
+    ``--resume`` earlier calls'), per arm. A run is assumed to take as long as the longest of its arm, else twice the
+    longest of any arm (arms differ several-fold: LatentAdversarial took 4x the baseline on the CPU); before any
+    run has finished only ``elapsed`` counts.
     """
-    known = took.get(arm) or [t for ts in took.values() for t in ts]
-    return elapsed + max(known, default=0.0) <= budget
+    if took.get(arm):
+        return elapsed + max(took[arm]) <= budget
+    return elapsed + 2 * max((t for ts in took.values() for t in ts), default=0.0) <= budget
 
 
 def write_report(out: Path, fingerprint: dict, config: dict, runs: dict, start: float) -> dict:
@@ -764,16 +775,21 @@ def main(argv=None) -> dict:
     x_train, y_train = data["x_train"].to(device), data["y_train"].to(device)
     x_eval, y_eval = data["x_eval"].to(device), data["y_eval"].to(device)
     data = {**data, "x_train": x_train, "y_train": y_train, "x_eval": x_eval, "y_eval": y_eval}
-    corrupted = {} if args.no_corruptions or not todo else corrupted_sets(x_eval)
+    with exact_math(device.type):  # no TF32 in kornia's blur and JPEG: the same images in every call
+        corrupted = {} if args.no_corruptions or not todo else corrupted_sets(x_eval)
 
     from tqdm.auto import tqdm
 
-    if todo and device.type == "cuda":  # cuDNN autotuning and lazy CUDA init, so the first arm's timing is fair
-        torch.manual_seed(0)
-        n = min(len(x_train), 2 * args.batch_size)
+    if todo and device.type == "cuda":  # cuDNN autotuning and lazy CUDA init, so the first arm's timing is fair:
+        torch.manual_seed(0)  # full batches and the last, partial one; the codecs at both sizes
+        n = min(len(x_train), 2 * args.batch_size + len(x_train) % args.batch_size)
         fit_classifier(build_classifier(NUM_CLASSES, args.width, device, args.precision), x_train[:n], y_train[:n],
                        epochs=1, batch_size=args.batch_size, progress=False)
-    took: dict[str, list[float]] = {}
+        for codec in codecs.values():
+            for size in {args.batch_size, len(x_train) % args.batch_size} - {0}:
+                with torch.no_grad():
+                    codec.decode(codec.encode(x_train[:size]))
+    took = run_times(runs, device_name)
     for i, (arm, seed) in enumerate(tqdm(todo, desc="runs", disable=args.no_progress)):
         if args.time_budget is not None and not fits_budget(arm, took, time.perf_counter() - start, args.time_budget):
             left = ", ".join(f"{a} seed {s}" for a, s in todo[i:])
@@ -781,7 +797,8 @@ def main(argv=None) -> dict:
             break
         run_start = time.perf_counter()
         r = run_one(arm, seed, args, data, codecs, corrupted, device)
-        took.setdefault(arm, []).append(time.perf_counter() - run_start)
+        r.update(wall_seconds=time.perf_counter() - run_start, device_name=device_name)  # for later --time-budget
+        took.setdefault(arm, []).append(r["wall_seconds"])
         if arm in CODEC_OF_ARM:
             r["codec"] = codec_names[CODEC_OF_ARM[arm]]
         runs.setdefault(arm, {})[str(seed)] = r

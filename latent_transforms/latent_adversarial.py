@@ -39,7 +39,9 @@ class LatentAdversarial(CodecTransform):
         Needs ``model``. The model is borrowed unchanged: it runs in eval mode during the attack (the official code
         lets the attack update BatchNorm statistics), no parameter gradient is computed or left behind, and every
         module's train/eval flag is restored, also on error. A DDP-wrapped model is attacked through its local
-        module. Identity in ``eval()`` mode.
+        module. Identity in ``eval()`` mode. Encode and decode run in fp32 with TF32 off, as every codec call does;
+        the backward pass that gives the step's direction runs under the caller's TF32 and autocast settings
+        (a direction, not an image: the output's invertibility does not depend on it).
     """
 
     needs_model = True

@@ -5,11 +5,12 @@
 #      --resume keeps earlier calls' runs, so repeated calls complete the table.
 # On the lent machine, from the repository root, with carry [".whl", ".data", "runs"] (see docs/results.md):
 #   bash scripts/gpu_session.sh
-# then copy the returned accuracy/ folder back to runs/accuracy here before the next call.
+# then copy the returned accuracy/ folder back to runs/accuracy here before the next call (it travels with "runs").
 # Settings (environment): BUDGET (seconds for the whole script, default 540), ARMS, SEEDS, EPOCHS (default:
 # accuracy.py's, 40), SKIP_THROUGHPUT=1,
 # ACC_DIR (the accuracy folder resumed, default runs/accuracy), SMOKE=1 (tiny CPU run of the same steps, used by
-# the tests). Results go to $OUT (default runs/gpu-session): throughput/ and a copy of ACC_DIR as accuracy/.
+# the tests). Results go to $OUT (default runs/gpu-session): throughput/ and accuracy/, which starts as a copy of
+# ACC_DIR when $OUT has none and is written run by run, so a call killed at its time limit keeps every finished run.
 set -euo pipefail
 start=$SECONDS
 BUDGET=${BUDGET:-540}
@@ -23,8 +24,9 @@ mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's latent_transforms, installed or not
 export PYTHONUNBUFFERED=1  # output up to a kill comes back
 if compgen -G ".whl/*.whl" > /dev/null; then  # the GPU image lacks kornia and normflows
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$HOME/site" .whl/*.whl
-    export PYTHONPATH="$HOME/site:$PYTHONPATH"
+    SITE="${HOME:-/tmp}/site"
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" .whl/*.whl
+    export PYTHONPATH="$SITE:$PYTHONPATH"
 fi
 if [ "${SMOKE:-0}" = 1 ]; then  # random images
     TP_ARGS="--smoke --device cpu"; ACC_ARGS="--smoke --device cpu"
@@ -42,11 +44,13 @@ if [ "${SKIP_THROUGHPUT:-0}" != 1 ]; then  # on CUDA, --compile (the default the
                  || echo "throughput.py --no-compile exit $?"; }
 fi
 
+ACC_OUT="$OUT/accuracy"
+if [ ! -f "$ACC_OUT/results.json" ] && [ -d "$ACC_DIR" ]; then mkdir -p "$ACC_OUT" && cp -r "$ACC_DIR"/. "$ACC_OUT/"; fi
 left=$((BUDGET - (SECONDS - start)))
-if [ "$left" -ge 30 ]; then  # accuracy.py starts no run it expects to end after $left s; timeout is the backstop
+if [ "$left" -ge 45 ]; then  # accuracy.py starts no run it expects to end after its budget (15 s kept for its start-up);
+    # timeout is the backstop, 30 s later, still inside the device's 600 s
     # shellcheck disable=SC2086
-    timeout $((left + 60)) "$PY" benchmarks/accuracy.py $ACC_ARGS --arms $ARMS --seeds $SEEDS --resume \
-        --no-progress --time-budget "$left" --out "$ACC_DIR" || echo "accuracy.py exit $?"
+    timeout $((left + 30)) "$PY" benchmarks/accuracy.py $ACC_ARGS --arms $ARMS --seeds $SEEDS --resume \
+        --no-progress --time-budget "$((left - 15))" --out "$ACC_OUT" || echo "accuracy.py exit $?"
 fi
-if [ -d "$ACC_DIR" ]; then mkdir -p "$OUT/accuracy" && cp -r "$ACC_DIR"/. "$OUT/accuracy/"; fi
 echo "gpu_session.sh: $((SECONDS - start)) s; results in $OUT"
