@@ -11,7 +11,11 @@ _RANK_STRIDE = 1_000_003  # a prime, so rank streams do not collide for nearby s
 
 
 def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    """The distributed rank; before ``init_process_group``, the one torchrun sets in ``RANK`` (else 0)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    rank = os.environ.get("RANK", "0")
+    return int(rank) if rank.isdecimal() else 0
 
 
 def _process() -> tuple[int, int | None]:

@@ -146,3 +146,12 @@ def test_mixing_needs_classes():
     x, y = _batch((4, 1, 3, 3), False, 0)
     with pytest.raises(ValueError, match="num_classes"):
         Mix(generator=0)(x, y)
+
+
+def test_default_generator_offsets_by_torchruns_rank_before_the_process_group_exists(monkeypatch):
+    draws = {}
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        torch.manual_seed(0)
+        draws[rank] = torch.rand(4, generator=GeneratorSource(None).get(torch.device("cpu")))
+    assert not torch.equal(draws["0"], draws["1"])

@@ -45,6 +45,40 @@ def test_predict_proba_is_batch_independent_and_restores_the_mode():
         whole = model(x).softmax(1)
     torch.testing.assert_close(default, whole)  # eval mode: no dropout, running BN statistics
     torch.testing.assert_close(predict_proba(model, x, batch_size=7), whole)
+    model.train()
+    model[1].eval()  # a BatchNorm frozen during fine-tuning stays frozen
+    predict_proba(model, x[:4])
+    assert [m.training for m in model] == [True, False, True, True, True, True, True]
+
+
+@pytest.mark.parametrize("probs,y,match", [
+    (torch.full((3, 2), 0.5), torch.zeros(3, 1, dtype=torch.int64), "must be \\(N,\\) class indices"),
+    (torch.full((3, 2), 0.5), torch.zeros(1, dtype=torch.int64), "batch sizes differ"),
+    (torch.tensor([[2.0, -1.0]]), torch.zeros(1, dtype=torch.int64), "softmax logits first"),  # logits by mistake
+    (torch.tensor([[float("nan"), 1.0]]), torch.zeros(1, dtype=torch.int64), "must be probabilities"),
+    (torch.zeros(0, 2), torch.zeros(0, dtype=torch.int64), "non-empty"),
+    (torch.full((1, 2), 0.5), torch.tensor([2]), "out of range"),
+])
+def test_metrics_refuse_what_is_not_a_prediction(probs, y, match):
+    for metric in (accuracy, expected_calibration_error):
+        with pytest.raises(ValueError, match=match):
+            metric(probs, y)
+
+
+def test_bad_training_and_prediction_settings_are_named():
+    model, x, y = nn.Sequential(nn.Flatten(), nn.Linear(12, 2)), torch.rand(8, 3, 2, 2), torch.zeros(8, dtype=torch.int64)
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+        fit_classifier(model, x, y, batch_size=0, progress=False)
+    with pytest.raises(ValueError, match="epochs must be an int >= 1"):
+        fit_classifier(model, x, y, epochs=0, progress=False)
+    with pytest.raises(ValueError, match="batch sizes differ"):
+        fit_classifier(model, x, y[:4], progress=False)
+    with pytest.raises(ValueError, match="NaN"):
+        fit_classifier(model, x.clone().fill_(float("nan")), y, progress=False)
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+        predict_proba(model, x, batch_size=0)
+    with pytest.raises(ValueError, match="bins must be an int >= 1"):
+        expected_calibration_error(torch.full((1, 2), 0.5), torch.zeros(1, dtype=torch.int64), bins=0)
 
 
 def test_fit_classifier_learns_a_separable_problem_and_is_seeded():
