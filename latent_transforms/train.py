@@ -707,7 +707,7 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument("kind", choices=["flow", "vae"], help="flow: Glow (exact round trip); vae: ConvVAE")
     p.add_argument("--data", required=True, metavar="SPEC", help="digits | cifar10 | npz:PATH | folder:PATH")
     p.add_argument("--test-data", metavar="SPEC",
-                   help="test images (default: the test split of digits/cifar10; none for npz:/folder:)")
+                   help="test images (default: the test split of digits/cifar10, else the first 1,000 training images)")
     p.add_argument("--data-root", metavar="DIR", help="download dir for cifar10 (default ~/.cache/latent-transforms/data)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--name", help="file stem (default: glow-DATA or vae-DATA)")
@@ -736,7 +736,7 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--checkpoint-every", type=int, default=500, metavar="STEPS")
     g.add_argument("--no-resume", action="store_true", help="start afresh even if a training state exists")
     g.add_argument("--fp16", action="store_true", help="store float16 weights if they stay accurate (else fp32)")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--quiet", action="store_true", help="no progress bar and no messages (errors still go to stderr)")
     p.set_defaults(func=_cmd_train)
     return p
 
