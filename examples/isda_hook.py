@@ -46,7 +46,8 @@ def main() -> None:
     torch.manual_seed(0)
 
     x_train, y_train, x_test, y_test = example_data(args.smoke, data_root=args.data_root)
-    loader = DataLoader(TensorDataset(x_train, y_train), batch_size=args.batch_size, shuffle=True, drop_last=True)
+    loader = DataLoader(TensorDataset(x_train, y_train), batch_size=args.batch_size, shuffle=True,
+                        drop_last=len(x_train) >= args.batch_size)   # a set smaller than a batch is one batch
 
     # The optimiser and LR schedule of the official ISDA CIFAR recipe (which trains ResNet-32/110, not ResNet-18):
     # SGD 0.1, Nesterov, wd 1e-4, steps at 50% and 75% of training.

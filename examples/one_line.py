@@ -41,7 +41,8 @@ class Images(Dataset):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--train", default="cifar10", help="cifar10 (default) or npz:PATH")
-    parser.add_argument("--test", help="test images: default the cifar10 test split; npz:PATH; none for npz training")
+    parser.add_argument("--test", help="test images: npz:PATH, cifar10 or none (no test set); default: the cifar10 "
+                                       "test split when training on cifar10, else none")
     parser.add_argument("--data-root", help="download dir for CIFAR-10 (default ~/.cache/latent-transforms/data)")
     parser.add_argument("--codec", default="glow-cifar10", help="hub name or .safetensors path of a Glow")
     parser.add_argument("--method", choices=["noise", "adversarial", "none"], default="noise")
@@ -59,11 +60,14 @@ def main() -> None:
     torch.manual_seed(0)
 
     # -- data --------------------------------------------------------------------------------------------
-    test_spec = args.test or ("cifar10" if args.train == "cifar10" else None)
+    test_spec = None if args.test == "none" else args.test or ("cifar10" if args.train == "cifar10" else None)
     x_train, y_train, x_test, y_test = example_data(args.smoke, args.train, test_spec, args.data_root)
+    if y_train is None:
+        parser.error(f"--train {args.train} has no labels")
     num_classes = int(y_train.max()) + 1
     crop_flip = v2.Compose([v2.RandomCrop(32, padding=4, padding_mode="reflect"), v2.RandomHorizontalFlip()])
-    loader = DataLoader(Images(x_train, y_train, crop_flip), batch_size=args.batch_size, shuffle=True, drop_last=True)
+    loader = DataLoader(Images(x_train, y_train, crop_flip), batch_size=args.batch_size, shuffle=True,
+                        drop_last=len(x_train) >= args.batch_size)   # a set smaller than a batch is one batch
 
     # -- model, optimiser: the CIFAR recipe of the flow paper (SGD, Nesterov, wd 5e-4) ----------------------
     model = CifarResNet18(num_classes, width=args.width).to(device)

@@ -8,7 +8,8 @@ Specs:
 * ``cifar10``: torchvision's CIFAR-10, downloaded into ``data_root`` (default ``~/.cache/latent-transforms/data``).
 * ``npz:PATH``: a NumPy archive with ``x`` (N, H, W, C) or (N, H, W) uint8 and optionally ``y`` (N,) integer labels.
 * ``folder:PATH``: a folder of same-sized PNG/JPEG/BMP/WebP images, either flat (no labels) or one subfolder per
-  class as in torchvision's ``ImageFolder`` (labels = index of the subfolder name in sorted order).
+  class as in torchvision's ``ImageFolder`` (labels = index of the subfolder name in sorted order). Every
+  subfolder is a class and must hold images only; other files are refused; hidden names (``.x``) are skipped.
 
 For ``npz:`` and ``folder:`` the path *is* the split: ``split`` is ignored (give the test set as its own spec).
 Every loader returns ``x`` (N, C, H, W) float32 in [0, 1], ``y`` (N,) int64 or ``None``, and ``num_bins``
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from .validation import check_count
 
 __all__ = ["load_images", "low_data_split", "describe_spec", "IMAGE_SUFFIXES"]
 
@@ -104,21 +107,35 @@ def _uint8_to_tensor(x: np.ndarray, where: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float().div_(255).contiguous()
 
 
+def _as_int64(y: np.ndarray, name: str) -> np.ndarray:
+    """``y`` as int64; refuses non-integer dtypes and values beyond int64 (uint64 would wrap)."""
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{name} must be integers, got dtype {y.dtype}")
+    if y.size and int(y.max()) > np.iinfo(np.int64).max:
+        raise ValueError(f"{name} must fit int64, got {int(y.max())}")
+    return y.astype(np.int64)
+
+
 def _labels(y: np.ndarray, n: int, where: str) -> torch.Tensor:
     if y.ndim != 1 or y.shape[0] != n:
         raise ValueError(f"{where}: labels y must have shape ({n},), got {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"{where}: labels y must be integers, got dtype {y.dtype}")
+    y = _as_int64(y, f"{where}: labels y")
     if n and y.min() < 0:
         raise ValueError(f"{where}: labels y must be >= 0, got {int(y.min())}")
-    return torch.from_numpy(y.astype(np.int64))
+    return torch.from_numpy(y)
 
 
 def _npz(path: Path) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    if path.is_dir():
+        raise ValueError(f"npz data file {str(path)!r} is a directory, not an .npz archive")
     if not path.is_file():
         raise ValueError(f"npz data file {str(path)!r} does not exist")
     try:
-        with np.load(path, allow_pickle=False) as d:
+        d = np.load(path, allow_pickle=False)
+        if isinstance(d, np.ndarray):
+            raise ValueError(f"{path} is a .npy array, not an .npz archive; save the images (and labels) with "
+                             f"np.savez(path, x=x, y=y)")
+        with d:
             if "x" not in d.files:
                 raise ValueError(f"{path}: no array 'x' (found {sorted(d.files)})")
             x_np = d["x"]
@@ -134,28 +151,47 @@ def _npz(path: Path) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     return x, y, 256
 
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+def _entries(folder: Path) -> tuple[list[Path], list[Path]]:
+    """The subfolders and the other entries of ``folder``, sorted, skipping hidden names (``.x``)."""
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    return [p for p in entries if p.is_dir()], [p for p in entries if not p.is_dir()]
+
+
+def _names(paths: list[Path], root: Path) -> str:
+    """Up to 5 paths relative to ``root`` (``a/1.png``), for messages."""
+    names = [p.relative_to(root).as_posix() for p in paths[:5]]
+    return ", ".join(names) + (f", ... ({len(paths)} in all)" if len(paths) > 5 else "")
 
 
 def _folder(root: Path) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     from PIL import Image
 
+    if root.is_file():
+        raise ValueError(f"image folder {str(root)!r} is a file, not a folder")
     if not root.is_dir():
         raise ValueError(f"image folder {str(root)!r} does not exist")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and _image_files(p))
-    top = _image_files(root)
+    classes, top = _entries(root)
     if classes and top:
         raise ValueError(
-            f"{root} mixes images ({top[0].name}, ...) with class subfolders ({classes[0]}, ...); "
+            f"{root} mixes files ({_names(top, root)}) with class subfolders ({_names(classes, root)}); "
             f"use either a flat folder of images or one subfolder per class"
         )
-    if classes:
-        files = [(f, i) for i, c in enumerate(classes) for f in _image_files(root / c)]
-    else:
-        files = [(f, -1) for f in top]
+    files = [(f, -1) for f in top]
+    for i, c in enumerate(classes):
+        subfolders, contents = _entries(c)
+        if subfolders:
+            raise ValueError(f"class folder {c.name} in {root} holds subfolders ({_names(subfolders, root)}); "
+                             f"every subfolder of {root} is a class and must hold images only")
+        if not contents:
+            raise ValueError(f"class folder {c.name} in {root} holds no images; every subfolder of {root} is a "
+                             f"class (remove the empty ones)")
+        files += [(f, i) for f in contents]
     if not files:
-        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {root} or its subfolders")
+        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {root}")
+    others = [f for f, _ in files if f.suffix.lower() not in IMAGE_SUFFIXES]
+    if others:
+        raise ValueError(f"{root} holds files that are not images ({', '.join(IMAGE_SUFFIXES)}): "
+                         f"{_names(others, root)}; remove or convert them")
     arrays, size, colour = [], None, False
     for f, _ in files:
         try:
@@ -170,8 +206,8 @@ def _folder(root: Path) -> tuple[torch.Tensor, torch.Tensor | None, int]:
                     size = im.size
                 elif im.size != size:
                     raise ValueError(
-                        f"images in {root} differ in size: {files[0][0].name} is {size[0]}x{size[1]}, "
-                        f"{f.name} is {im.size[0]}x{im.size[1]} (W x H); resize them to one size first"
+                        f"images in {root} differ in size: {_names([files[0][0]], root)} is {size[0]}x{size[1]}, "
+                        f"{_names([f], root)} is {im.size[0]}x{im.size[1]} (W x H); resize them to one size first"
                     )
                 arrays.append(im.copy())
         except ValueError:
@@ -188,11 +224,16 @@ def _folder(root: Path) -> tuple[torch.Tensor, torch.Tensor | None, int]:
 # -- splits -------------------------------------------------------------------------------------------
 def low_data_split(y: torch.Tensor | np.ndarray, per_class: int, seed: int = 0) -> torch.Tensor:
     """Sorted indices of ``per_class`` random samples of every class in ``y`` (a fixed low-data training subset)."""
-    y = torch.as_tensor(np.asarray(y)).long()
-    if y.ndim != 1:
-        raise ValueError(f"y must be (N,) class indices, got shape {tuple(y.shape)}")
-    if per_class < 1:
-        raise ValueError(f"per_class must be >= 1, got {per_class}")
+    check_count("per_class", per_class, 1)
+    if isinstance(y, torch.Tensor):
+        y = y.detach().cpu()
+        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise ValueError(f"y must be integers, got dtype {y.dtype}")
+        y = y.numpy()
+    y = np.asarray(y)
+    if y.ndim != 1 or y.shape[0] == 0:
+        raise ValueError(f"y must be (N,) class indices with N > 0, got shape {y.shape}")
+    y = torch.from_numpy(_as_int64(y, "y"))
     g = torch.Generator().manual_seed(seed)
     picked = []
     for c in torch.unique(y).tolist():

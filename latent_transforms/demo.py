@@ -21,6 +21,7 @@ from .isda import ISDA
 from .latent_adversarial import LatentAdversarial
 from .latent_noise import LatentNoise
 from .models import digits_cnn
+from .validation import check_count
 from .varmixup import VarMixup
 from .visualize import save_rows
 
@@ -46,18 +47,27 @@ def make_arms(glow, vae, seed: int) -> dict[str, Callable[[], nn.Module | None]]
 def run_demo(out_dir: str | Path = "latent-transforms-demo", per_class: int = 10, epochs: int = 40,
              seeds: tuple[int, ...] = (0, 1, 2), arms: list[str] | None = None, progress: bool = True) -> dict:
     """Run the demo; returns ``{arm: {"accuracy": [...], "seconds": [...]}}`` and writes ``out_dir/demo.png``."""
-    torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
-    out_dir = Path(out_dir)
+    check_count("per_class", per_class, 1)
+    check_count("epochs", epochs, 1)
+    if not seeds:
+        raise ValueError(f"seeds must hold at least one seed, got {seeds!r}")
+    for seed in seeds:
+        check_count("seed", seed)
+    known = list(make_arms(None, None, 0))
+    names = arms or known
+    unknown = [a for a in names if a not in known]
+    if unknown:
+        raise ValueError(f"unknown arms {unknown}; choose from {known}")
     x_train, y_train, _ = load_images("digits", "train")
     x_test, y_test, _ = load_images("digits", "test")
+    splits = {seed: low_data_split(y_train, per_class, seed=seed) for seed in seeds}  # refuses too large per_class
+    torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
     glow, vae = hub.load("glow-digits"), hub.load("vae-digits")
 
-    picture = _picture(glow, vae, x_test[:12], y_test[:12], out_dir / "demo.png")
+    picture = _picture(glow, vae, x_test[:12], y_test[:12], Path(out_dir) / "demo.png")
     results: dict[str, dict[str, list[float]]] = {}
-    names = arms or list(make_arms(glow, vae, 0))
     for seed in seeds:
-        idx = low_data_split(y_train, per_class, seed=seed)
-        x, y = x_train[idx], y_train[idx]
+        x, y = x_train[splits[seed]], y_train[splits[seed]]
         for name in names:
             augment = make_arms(glow, vae, seed)[name]()
             torch.manual_seed(seed)
@@ -107,14 +117,16 @@ def register_cli(subparsers) -> None:
     p = subparsers.add_parser("demo", help="offline CPU demo on scikit-learn digits: a picture and an accuracy table")
     p.add_argument("--out", default="latent-transforms-demo", help="folder for demo.png (default: %(default)s)")
     p.add_argument("--per-class", type=int, default=10, help="training images per digit (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--seeds", type=int, default=3, help="number of seeds (default: %(default)s)")
-    p.add_argument("--smoke", action="store_true", help="one seed, 3 epochs: checks the pipeline in seconds")
+    p.add_argument("--epochs", type=int, default=40, help="training epochs per run (default: %(default)s)")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds, at least 1 (default: %(default)s)")
+    p.add_argument("--smoke", action="store_true",
+                   help="one seed, 3 epochs (overrides --epochs and --seeds): checks the pipeline in seconds")
     p.set_defaults(func=_cmd_demo)
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     epochs, seeds = (3, 1) if args.smoke else (args.epochs, args.seeds)
+    check_count("seeds", seeds, 1)
     run_demo(args.out, per_class=args.per_class, epochs=epochs, seeds=tuple(range(seeds)))
     print(f"Done in {time.perf_counter() - start:.0f} s.")

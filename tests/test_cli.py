@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from latent_transforms import __version__, hub
@@ -85,6 +86,10 @@ def test_train_bad_data_spec_is_a_clear_error(tmp_path, capsys):
     code, _, err = _exit_code(["train", "flow", "--data", f"npz:{tmp_path / 'missing.npz'}", "--out",
                                str(tmp_path / "o"), "--max-steps", "1", "--quiet"], capsys)
     assert code == 2 and "does not exist" in err and "Traceback" not in err
+    np.save(tmp_path / "images.npy", np.zeros((4, 8, 8), dtype=np.uint8))
+    code, _, err = _exit_code(["train", "flow", "--data", f"npz:{tmp_path / 'images.npy'}", "--out",
+                               str(tmp_path / "o"), "--max-steps", "1", "--quiet"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "is a .npy array, not an .npz archive" in err
 
 
 def test_train_without_length_is_a_clear_error(tmp_path, capsys):
@@ -129,6 +134,19 @@ def test_train_malformed_state_is_a_clear_error(tmp_path, capsys):
 def test_demo_help(capsys):
     code, out, _ = _exit_code(["demo", "--help"], capsys)
     assert code == 0 and "--smoke" in out and "--per-class" in out
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--per-class", "0"], "per_class must be an int >= 1, got 0"),
+    (["--per-class", "500"], "fewer than per_class=500"),
+    (["--epochs", "0"], "epochs must be an int >= 1, got 0"),
+    (["--seeds", "0"], "seeds must be an int >= 1, got 0"),
+])
+def test_demo_bad_option_fails_before_any_work(tmp_path, capsys, option, message):
+    pytest.importorskip("sklearn")
+    code, out, err = _exit_code(["demo", "--out", str(tmp_path / "o"), *option], capsys)
+    assert code == 2 and err.count("\n") == 1 and message in err and out == ""
+    assert not (tmp_path / "o").exists()  # no demo.png before the error
 
 
 def test_train_help(capsys):

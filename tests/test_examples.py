@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +36,15 @@ def test_every_example_is_tested():
 def test_example_smoke(script, tmp_path):
     proc = _run([sys.executable, str(EXAMPLES / script), "--smoke"], tmp_path)
     assert proc.stdout.strip()
+
+
+@pytest.mark.slow
+def test_one_line_on_a_set_smaller_than_a_batch_without_test_set(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "tiny.npz", x=rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8), y=np.arange(20) % 2)
+    proc = _run([sys.executable, str(EXAMPLES / "one_line.py"), "--train", "npz:tiny.npz", "--test", "none",
+                 "--method", "none", "--epochs", "1", "--width", "4", "--device", "cpu"], tmp_path)
+    assert "epoch 1/1: loss" in proc.stdout and "test accuracy" not in proc.stdout
 
 
 @pytest.mark.slow

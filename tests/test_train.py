@@ -87,6 +87,14 @@ def test_npz_spec(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="npz"):
         load_images(f"npz:{tmp_path / 'junk.npz'}")
+    np.save(tmp_path / "array.npy", x)
+    with pytest.raises(ValueError, match=r"array.npy is a .npy array, not an .npz archive"):
+        load_images(f"npz:{tmp_path / 'array.npy'}")
+    with pytest.raises(ValueError, match="is a directory"):
+        load_images(f"npz:{tmp_path}")
+    np.savez(tmp_path / "huge.npz", x=x, y=np.array([0, 1, 2, 3, 2**63], dtype=np.uint64))
+    with pytest.raises(ValueError, match="labels y must fit int64, got 9223372036854775808"):
+        load_images(f"npz:{tmp_path / 'huge.npz'}")
 
 
 def _png(path, size=(4, 6), mode="L", value=0):
@@ -122,6 +130,37 @@ def test_folder_spec_flat_and_classes(tmp_path):
         load_images(f"folder:{classes}")
 
 
+def test_folder_spec_every_subfolder_is_a_class(tmp_path):
+    root = tmp_path / "classes"
+    _png(root / "a" / "1.png")
+    (root / "b").mkdir()
+    _png(root / "c" / "1.png")
+    with pytest.raises(ValueError, match="class folder b in .* holds no images"):
+        load_images(f"folder:{root}")
+    (root / "b" / "nested").mkdir()
+    with pytest.raises(ValueError, match=r"class folder b in .* holds subfolders \(b/nested\)"):
+        load_images(f"folder:{root}")
+    (root / "b" / "nested").rmdir()
+    _png(root / "b" / "2.png")
+    (root / "b" / "._2.png").write_bytes(b"macOS metadata")  # hidden files and folders are skipped
+    (root / ".DS_Store").write_bytes(b"")
+    (root / ".cache").mkdir()
+    _, y, _ = load_images(f"folder:{root}")
+    assert y.tolist() == [0, 1, 2]
+
+    (root / "c" / "notes.txt").write_text("notes")
+    (root / "a" / "scan.tif").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"not images .*: a/scan.tif, c/notes.txt"):
+        load_images(f"folder:{root}")
+    (root / "c" / "notes.txt").unlink()
+    (root / "a" / "scan.tif").unlink()
+    _png(root / "c" / "2.png", size=(5, 6))
+    with pytest.raises(ValueError, match="a/1.png is 4x6, c/2.png is 5x6"):
+        load_images(f"folder:{root}")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        load_images(f"folder:{root / 'a' / '1.png'}")
+
+
 def test_unknown_specs():
     with pytest.raises(ValueError, match="unknown data spec"):
         load_images("mnist")
@@ -137,6 +176,15 @@ def test_low_data_split():
     assert not torch.equal(idx, low_data_split(y, 4, seed=2))
     with pytest.raises(ValueError, match="fewer"):
         low_data_split(y, 11)
+    assert torch.equal(idx, low_data_split(y.to(torch.int16), 4, seed=1))
+    for bad, message in [(y.float() + 0.5, "integers"), (torch.tensor([float("nan")]), "integers"),
+                         (y.float().requires_grad_(), "integers"), (y.numpy().astype(np.float64), "integers"),
+                         (torch.tensor([], dtype=torch.int64), "N > 0"), (y.view(3, 10), "N > 0"),
+                         (np.array([0, 2**63], dtype=np.uint64), "fit int64")]:
+        with pytest.raises(ValueError, match=message):
+            low_data_split(bad, 1)
+    with pytest.raises(ValueError, match="per_class must be an int"):
+        low_data_split(y, 2.5)
 
 
 # -- training -----------------------------------------------------------------------------------------------
