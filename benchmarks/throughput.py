@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import statistics
 import sys
@@ -57,6 +58,13 @@ FORMAT = "latent-transforms-throughput/1"
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``: never half a file."""
+    tmp = path.with_name(f".{path.name}.part")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def measure(fn: Callable[[], object], device: torch.device, warmup: int, iters: int) -> dict:
@@ -326,7 +334,7 @@ def main(argv=None) -> dict:
         r["images_per_second"] = args.batch_size / r["seconds"]
         print(f"  {r['method']}: {1000 * r['seconds']:.2f} ms / batch", file=sys.stderr)
         # rows so far, in case the call is killed: the final file replaces this one
-        (out / "throughput.json").write_text(json.dumps({"format": FORMAT, "partial": True, "rows": rows[:i + 1]}))
+        write_atomic(out / "throughput.json", json.dumps({"format": FORMAT, "partial": True, "rows": rows[:i + 1]}))
     compiled_agreement = None
     if args.compile and not any("error" in r for r in rows):  # the compiled codec has its graphs by now
         x = torch.rand(args.batch_size, 3, 32, 32, generator=torch.Generator().manual_seed(1)).to(device)
@@ -347,7 +355,7 @@ def main(argv=None) -> dict:
                          "max_abs_diff_normflows_vs_codec_roundtrip": agreement, "compile": args.compile,
                          "max_abs_diff_compiled_vs_eager_codec_roundtrip": compiled_agreement},
               "rows": rows, "wall_seconds": time.perf_counter() - start}
-    (out / "throughput.json").write_text(json.dumps(result, indent=1))
+    write_atomic(out / "throughput.json", json.dumps(result, indent=1))
     table = format_table(result)
     (out / "throughput.md").write_text(table + "\n")
     print(table)

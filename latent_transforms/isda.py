@@ -123,13 +123,17 @@ class FeatureCovariance(nn.Module):
                                       error_msgs)
 
     @torch.no_grad()
-    def update(self, features: torch.Tensor, y: torch.Tensor) -> None:
-        """Merge a batch: ``features: (N, A)`` float, ``y: (N,)`` int64 class indices in ``[0, K)``."""
+    def update(self, features: torch.Tensor, y: torch.Tensor, check_y: bool = True) -> None:
+        """Merge a batch: ``features: (N, A)`` float, ``y: (N,)`` int64 class indices in ``[0, K)``.
+
+        ``check_y=False`` skips checking ``y``'s values (one host sync), for callers that have checked them.
+        """
         if features.ndim != 2:
             raise ValueError(f"features must be (N, A), got shape {tuple(features.shape)}")
         if y.ndim != 1 or y.shape[0] != features.shape[0]:
             raise ValueError(f"y must be (N,) with N={features.shape[0]} (the features' batch), got {tuple(y.shape)}")
-        check_labels(y, features.shape[0], self.num_classes)
+        if check_y:
+            check_labels(y, features.shape[0], self.num_classes)
         if self.mean is not None:
             if features.shape[1] != self.mean.shape[1]:
                 raise ValueError(f"features have dimension {features.shape[1]}, the statistics {self.mean.shape[1]}")
@@ -209,7 +213,7 @@ def _all_gather_rows(a: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, to
 
 # -- the augmented logits -------------------------------------------------------------------------------------------
 def isda_logits(logits: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, cov: torch.Tensor,
-                lam: float | torch.Tensor) -> torch.Tensor:
+                lam: float | torch.Tensor, check_y: bool = True) -> torch.Tensor:
     """ISDA's augmented logits ``z_j + (lam / 2) (w_j - w_y)^T Sigma_y (w_j - w_y)``.
 
     Args:
@@ -218,6 +222,7 @@ def isda_logits(logits: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, cov
         y: (N,) int64 class indices in ``[0, C)`` (``ValueError`` otherwise).
         cov: (C, A, A) per-class covariances, or (C, A) per-class variances (diagonal form). Used as a constant.
         lam: float >= 0, or (N,) per-sample strengths.
+        check_y: check ``y``'s values (one host sync); ``False`` for callers that have checked them.
 
     Returns:
         (N, C) in ``logits``' dtype; ``logits`` itself when ``lam == 0`` (a Python number).
@@ -236,7 +241,8 @@ def isda_logits(logits: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, cov
         raise ValueError(f"cov must be (C, A, A) or (C, A) = {(c, a, a)} or {(c, a)}, got {tuple(cov.shape)}")
     if y.shape != (n,):
         raise ValueError(f"y must be (N,) = ({n},) class indices, got shape {tuple(y.shape)}")
-    check_labels(y, n, c)
+    if check_y:
+        check_labels(y, n, c)
     dtype = torch.promote_types(weight.dtype, cov.dtype)
     with torch.autocast(logits.device.type, enabled=False):
         w = weight.to(dtype)
@@ -298,13 +304,16 @@ class _ISDAState:
         self.set_progress(epoch / total_epochs)
 
     def augment(self, features: torch.Tensor, logits: torch.Tensor, weight: torch.Tensor, y: torch.Tensor,
-                lam: float | torch.Tensor | None = None) -> torch.Tensor:
+                lam: float | torch.Tensor | None = None, check_y: bool = True) -> torch.Tensor:
         """Update the statistics with ``features`` (detached) and ``y`` first, then return the augmented logits.
 
-        features: (N, A); logits: (N, C); weight: (C, A); y: (N,) int64; lam: defaults to :attr:`lam`.
+        features: (N, A); logits: (N, C); weight: (C, A); y: (N,) int64; lam: defaults to :attr:`lam`;
+        ``check_y=False`` skips checking ``y``'s values (the hook and :class:`ISDALoss` have checked them).
         """
-        self.estimator.update(features, y)
-        return isda_logits(logits, weight, y, self.estimator.cov, self.lam if lam is None else lam)
+        if check_y:
+            check_labels(y, features.shape[0], logits.shape[1])
+        self.estimator.update(features, y, check_y=False)
+        return isda_logits(logits, weight, y, self.estimator.cov, self.lam if lam is None else lam, check_y=False)
 
     def _isda_repr(self) -> str:
         return (f"num_classes={self.estimator.num_classes}, lambda0={self.lambda0}, covariance={self.covariance!r}, "
@@ -348,7 +357,7 @@ class _ArmedHook:
             )
         if self.y.device != a.device:
             raise ValueError(f"y is on {self.y.device} but the features are on {a.device}")
-        return self.owner.augment(a, output, module.weight, self.y, self.lam)
+        return self.owner.augment(a, output, module.weight, self.y, self.lam, check_y=False)  # checked when armed
 
 
 class ISDA(_ISDAState, LatentTransform):
@@ -534,5 +543,5 @@ class ISDALoss(_ISDAState, nn.Module):
             raise ValueError(_HARD_LABELS_ONLY.format(shape=tuple(y.shape)))
         logits = fc(features)
         if self.training:
-            logits = self.augment(features, logits, fc.weight, y)
+            logits = self.augment(features, logits, fc.weight, y, check_y=False)
         return F.cross_entropy(logits, y)

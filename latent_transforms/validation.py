@@ -5,6 +5,7 @@ Every check raises ``ValueError`` naming the problem and the offending value or 
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -12,20 +13,28 @@ IMAGE_RANGE_TOL = 1e-3
 SOFT_LABEL_TOL = 1e-3
 
 
+def _scalar(value: object) -> object:
+    """A 0-d tensor's Python number; anything else as given."""
+    return value.item() if isinstance(value, torch.Tensor) and value.ndim == 0 else value
+
+
 def check_number(name: str, value: object, low: float = 0.0, high: float = math.inf, low_open: bool = False) -> float:
-    """A finite real number (not a bool) in ``[low, high]`` (``(low, high]`` if ``low_open``), returned as a float."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < low or (low_open and value == low) or value > high:
+    """A finite real number (Python, NumPy or a 0-d tensor; not a bool) in ``[low, high]`` (``(low, high]`` if
+    ``low_open``), returned as a float."""
+    v = _scalar(value)
+    ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+    if not ok or v < low or (low_open and v == low) or v > high:
         interval = f"{'(' if low_open else '['}{low:g}, {high:g}{']' if math.isfinite(high) else ')'}"
         raise ValueError(f"{name} must be a finite number in {interval}, got {value!r}")
-    return float(value)
+    return float(v)
 
 
 def check_count(name: str, value: object, low: int = 0) -> int:
-    """An int (not a bool) >= ``low``."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+    """An integer (Python, NumPy or a 0-d tensor; not a bool) >= ``low``, returned as an int."""
+    v = _scalar(value)
+    if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < low:
         raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
+    return int(v)
 
 
 def check_images(x: torch.Tensor, name: str = "x") -> None:
@@ -106,8 +115,10 @@ def check_index(index: torch.Tensor, batch_size: int, size: int | None = None) -
         raise ValueError(f"index must be a (B,) int64 tensor of dataset positions, got {_describe(index)}")
     if index.shape[0] != batch_size:
         raise ValueError(f"batch sizes differ: x has {batch_size} samples, index has {index.shape[0]}")
-    if index.numel() and (int(index.min()) < 0 or (size is not None and int(index.max()) >= size)):
-        raise ValueError(f"index has positions outside [0, {size}): min {int(index.min())}, max {int(index.max())}")
+    if index.numel():
+        lo, hi = torch.stack(torch.aminmax(index)).tolist()  # one host sync
+        if lo < 0 or (size is not None and hi >= size):
+            raise ValueError(f"index has positions outside [0, {size}): min {lo}, max {hi}")
 
 
 def check_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int | None = None,

@@ -9,7 +9,8 @@
 # Settings (environment): BUDGET (seconds for the whole script, default 540), ARMS, SEEDS, EPOCHS (default:
 # accuracy.py's, 40), SKIP_THROUGHPUT=1,
 # ACC_DIR (the accuracy folder resumed, default runs/accuracy), SMOKE=1 (tiny CPU run of the same steps, used by
-# the tests). Results go to $OUT (default runs/gpu-session): throughput/ and accuracy/, which starts as a copy of
+# the tests). Results go to $OUT (default runs/gpu-session): throughput/ (and throughput-nocompile/ if the compiled
+# run timed out: it is run again without the compiled rows), and accuracy/, which starts as a copy of
 # ACC_DIR when $OUT has none and is written run by run, so a call killed at its time limit keeps every finished run.
 set -euo pipefail
 start=$SECONDS
@@ -39,9 +40,9 @@ fi
 if [ "${SKIP_THROUGHPUT:-0}" != 1 ]; then  # on CUDA, --compile (the default there) adds the compiled-codec rows
     # shellcheck disable=SC2086
     timeout $((BUDGET / 2)) "$PY" benchmarks/throughput.py $TP_ARGS --out "$OUT/throughput" \
-        || { echo "throughput.py exit $?: again without the compiled rows"
-             timeout $((BUDGET / 4)) "$PY" benchmarks/throughput.py $TP_ARGS --no-compile --out "$OUT/throughput" \
-                 || echo "throughput.py --no-compile exit $?"; }
+        || { echo "throughput.py exit $?: again without the compiled rows (the first try's rows stay in throughput/)"
+             timeout $((BUDGET / 4)) "$PY" benchmarks/throughput.py $TP_ARGS --no-compile \
+                 --out "$OUT/throughput-nocompile" || echo "throughput.py --no-compile exit $?"; }
 fi
 
 ACC_OUT="$OUT/accuracy"

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from latent_transforms.codecs import ConvVAE, Glow, build_codec, flatten_latents, unflatten_latents
+from latent_transforms.codecs import ConvVAE, Glow, build_codec, exact_math, flatten_latents, unflatten_latents
 
 from conftest import tiny_glow, tiny_vae, trained_like_glow_pair
 
@@ -186,3 +186,5 @@ def test_codecs_run_in_fp32_under_a_bf16_autocast():
                    vae.decode(vae.encode(x))]
     assert all(t.dtype == torch.float32 for t in outputs)
     assert (x2 - x).abs().max() <= 1e-4  # 0.06 when the flow runs in bf16
+    with torch.autocast("cpu", dtype=torch.bfloat16), exact_math():  # no device given: the CPU's and CUDA's
+        assert not torch.is_autocast_enabled("cpu")

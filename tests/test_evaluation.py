@@ -53,7 +53,7 @@ def test_predict_proba_is_batch_independent_and_restores_the_mode():
 
 @pytest.mark.parametrize("probs,y,match", [
     (torch.full((3, 2), 0.5), torch.zeros(3, 1, dtype=torch.int64), "must be \\(N,\\) class indices"),
-    (torch.full((3, 2), 0.5), torch.zeros(1, dtype=torch.int64), "batch sizes differ"),
+    (torch.full((3, 2), 0.5), torch.zeros(1, dtype=torch.int64), r"with N=3 \(the rows of probs\), got shape \(1,\)"),
     (torch.tensor([[2.0, -1.0]]), torch.zeros(1, dtype=torch.int64), "softmax logits first"),  # logits by mistake
     (torch.tensor([[float("nan"), 1.0]]), torch.zeros(1, dtype=torch.int64), "must be probabilities"),
     (torch.zeros(0, 2), torch.zeros(0, dtype=torch.int64), "non-empty"),

@@ -458,3 +458,32 @@ def test_inside_compose_as_the_last_step(batch, net):
     assert torch.equal(x2, x.flip(-1)) and torch.equal(y2, y)
     net(x2)
     assert int(isda.estimator.count.sum()) == len(y)
+
+
+def test_labels_are_checked_once_per_training_step(monkeypatch, batch, net):
+    """Each label check is a host sync: the hook and ISDALoss check y where it enters, not again inside."""
+    import latent_transforms.isda as isda_module
+    from latent_transforms import validation
+
+    calls, real = [], validation.check_labels
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(isda_module, "check_labels", counting)
+    monkeypatch.setattr(validation, "check_labels", counting)  # check_batch's, in ISDA.forward
+    x, y = batch
+    isda = ISDA(10)
+    isda.set_progress(1.0)
+    isda(x, y, net)
+    F.cross_entropy(net(x), y).backward()
+    assert len(calls) == 1
+    calls.clear()
+    loss = ISDALoss(10)
+    loss.set_progress(1.0)
+    loss(net.features(x), net.fc, y)
+    assert len(calls) == 1
+    calls.clear()
+    loss.augment(net.features(x), net(x), net.fc.weight, y)  # the public pieces still check
+    assert len(calls) == 1

@@ -277,3 +277,13 @@ def test_varmixup_posterior_sample_with_a_spatial_latent():
     x, y = torch.rand(6, 1, 8, 8), torch.randint(0, 10, (6,))
     x2, y2 = VarMixup(vae, num_classes=10, posterior="sample", p=1.0, generator=0)(x, y)
     assert x2.shape == x.shape and y2.shape == (6, 10)
+
+
+def test_numpy_and_0d_tensor_settings_are_numbers(glow):
+    import numpy as np
+
+    t = LatentAdversarial(glow, eps=np.float32(0.5), steps=np.int64(2), step_size=torch.tensor(0.25))
+    assert (t.eps, t.steps, t.step_size) == (0.5, 2, 0.25) and type(t.steps) is int
+    assert VarMixup(glow, alpha=np.int64(2)).alpha == 2.0
+    with pytest.raises(ValueError, match="steps must be an int"):
+        LatentAdversarial(glow, steps=np.float64(2.0))

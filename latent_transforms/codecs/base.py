@@ -5,6 +5,7 @@ import contextlib
 import hashlib
 import json
 import math
+import numbers
 from typing import Callable, Iterator
 
 import torch
@@ -16,13 +17,16 @@ Latents = list[torch.Tensor]  # per-level latents, each (B, *shape); coarsest fi
 
 
 @contextlib.contextmanager
-def exact_math(device_type: str) -> Iterator[None]:
-    """Turn TF32 and ``device_type``'s autocast off for the duration (invertibility: a Glow round trip errs by 1e-2
-    with TF32 on an H100, and by 0.06 under a bf16 autocast, which a training loop often wraps the augmentation in)."""
+def exact_math(device_type: str | None = None) -> Iterator[None]:
+    """Turn TF32 and autocast off for the duration (invertibility: a Glow round trip errs by 1e-2 with TF32 on an
+    H100, and by 0.06 under a bf16 autocast, which a training loop often wraps the augmentation in).
+    ``device_type``: the autocast to turn off (``"cuda"``, ``"cpu"``, ...); ``None``: the CPU's and CUDA's."""
     cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        with torch.autocast(device_type, enabled=False):
+        with contextlib.ExitStack() as no_autocast:
+            for kind in [device_type] if device_type else ["cpu", "cuda"]:
+                no_autocast.enter_context(torch.autocast(kind, enabled=False))
             yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
@@ -54,10 +58,10 @@ class Codec(nn.Module):
 
     def __init__(self, image_shape: tuple[int, int, int]):
         super().__init__()
-        if (len(image_shape) != 3 or any(isinstance(s, bool) or not isinstance(s, int) for s in image_shape)
+        if (len(image_shape) != 3 or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) for s in image_shape)
                 or min(image_shape) < 1):
             raise ValueError(f"image_shape must be (C, H, W) positive ints, got {image_shape!r}")
-        self.image_shape = tuple(image_shape)
+        self.image_shape = tuple(int(s) for s in image_shape)
         self.frozen = False
         self._compiled: tuple[Callable, Callable] | None = None  # torch.compile'd (_encode, _decode), unbound
 
@@ -65,7 +69,7 @@ class Codec(nn.Module):
     def check_positive(**values: int) -> None:
         """Raise ValueError naming any config value that is not a positive int."""
         for name, v in values.items():
-            if isinstance(v, bool) or not isinstance(v, int) or not v > 0:
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not v > 0:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
 
     # -- to implement ---------------------------------------------------------------------------
