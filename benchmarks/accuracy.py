@@ -26,11 +26,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -41,7 +39,7 @@ from torch import nn
 warnings.filterwarnings("ignore", message="torch.lu is deprecated")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import (PerSampleRandAugment, RandomCropFlip, build_classifier, library_default, load_codec,  # noqa: E402
-                    setup_device, tiny_codecs, weights_sha256)
+                    setup_device, tiny_codecs, weights_sha256, write_json)
 
 from latent_transforms import Compose  # noqa: E402
 from latent_transforms.base import LatentTransform  # noqa: E402
@@ -519,14 +517,6 @@ FINGERPRINT_DEFAULTS = {"varmixup_keep_detail": False}
 def setting(fingerprint: dict, key: str):
     """A fingerprint's value for ``key``, or the value an older file without it implies."""
     return fingerprint.get(key, FINGERPRINT_DEFAULTS.get(key))
-
-
-def write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".results.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

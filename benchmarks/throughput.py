@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import os
 import platform
 import statistics
 import sys
@@ -42,7 +40,7 @@ import torch.nn.functional as F
 warnings.filterwarnings("ignore", message="torch.lu is deprecated")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import (PerSampleRandAugment, build_classifier, library_default, load_codec, random_init_codec,  # noqa: E402
-                    setup_device, tiny_codecs)
+                    setup_device, tiny_codecs, write_json)
 
 from latent_transforms.codecs import flatten_latents, unflatten_latents  # noqa: E402
 from latent_transforms.isda import ISDA  # noqa: E402
@@ -58,13 +56,6 @@ FORMAT = "latent-transforms-throughput/1"
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``: never half a file."""
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def measure(fn: Callable[[], object], device: torch.device, warmup: int, iters: int) -> dict:
@@ -334,7 +325,7 @@ def main(argv=None) -> dict:
         r["images_per_second"] = args.batch_size / r["seconds"]
         print(f"  {r['method']}: {1000 * r['seconds']:.2f} ms / batch", file=sys.stderr)
         # rows so far, in case the call is killed: the final file replaces this one
-        write_atomic(out / "throughput.json", json.dumps({"format": FORMAT, "partial": True, "rows": rows[:i + 1]}))
+        write_json(out / "throughput.json", {"format": FORMAT, "partial": True, "rows": rows[:i + 1]})
     compiled_agreement = None
     if args.compile and not any("error" in r for r in rows):  # the compiled codec has its graphs by now
         x = torch.rand(args.batch_size, 3, 32, 32, generator=torch.Generator().manual_seed(1)).to(device)
@@ -355,7 +346,7 @@ def main(argv=None) -> dict:
                          "max_abs_diff_normflows_vs_codec_roundtrip": agreement, "compile": args.compile,
                          "max_abs_diff_compiled_vs_eager_codec_roundtrip": compiled_agreement},
               "rows": rows, "wall_seconds": time.perf_counter() - start}
-    write_atomic(out / "throughput.json", json.dumps(result, indent=1))
+    write_json(out / "throughput.json", result)
     table = format_table(result)
     (out / "throughput.md").write_text(table + "\n")
     print(table)
