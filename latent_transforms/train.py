@@ -270,6 +270,9 @@ def _resolve_device(device: str | torch.device) -> torch.device:
         raise ValueError(f"device must be cpu, cuda, cuda:N or auto, got {str(device)!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {str(device)!r} asked for, but CUDA is not available; use --device cpu")
+    backend = getattr(torch, device.type, None)  # torch.mps, torch.xpu, ...
+    if device.type not in ("cpu", "cuda") and not (hasattr(backend, "is_available") and backend.is_available()):
+        raise ValueError(f"device {str(device)!r} asked for, but it is not available here; use --device cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ValueError(f"device {str(device)!r} asked for, but there are {torch.cuda.device_count()} CUDA devices")
     return device
@@ -404,8 +407,8 @@ def train_codec(
     check_count("warmup_steps", warmup_steps)
     if grad_clip is not None:
         check_number("grad_clip", grad_clip, low_open=True)
-    if batch_size < 1 or checkpoint_every < 1:
-        raise ValueError(f"batch_size and checkpoint_every must be >= 1, got {batch_size}, {checkpoint_every}")
+    check_count("batch_size", batch_size, low=1)
+    check_count("checkpoint_every", checkpoint_every, low=1)
     name = name or codec_kind
     if not name or any(s in name for s in ("/", "\\")) or name.startswith("."):
         raise ValueError(f"name must be a plain file stem, got {name!r}")

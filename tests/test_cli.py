@@ -100,6 +100,8 @@ def test_train_without_length_is_a_clear_error(tmp_path, capsys):
 @pytest.mark.parametrize("option, message", [
     (["--device", "foo"], "device must be cpu, cuda, cuda:N or auto, got 'foo'"),
     (["--device", "cuda:x"], "device must be cpu, cuda, cuda:N or auto, got 'cuda:x'"),
+    (["--device", "meta"], "device 'meta' asked for, but it is not available here; use --device cpu"),
+    (["--batch-size", "0"], "batch_size must be an int >= 1, got 0"),
     (["--grad-clip", "-1"], "grad_clip must be a finite number in (0, inf), got -1.0"),
     (["--max-minutes", "inf"], "max_minutes must be a finite number in (0, inf), got inf"),
 ])
