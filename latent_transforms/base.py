@@ -35,7 +35,8 @@ class LatentTransform(nn.Module):
 
     Subclasses set ``needs_model``/``mixes_labels`` and implement
     ``transform(x, y, model, generator) -> (x2, y2)`` on the selected samples only;
-    ``check_inputs(x, model, index)`` may add checks of their own (run on every call, also in eval mode).
+    ``check_inputs(x, model, index)`` may add checks of their own (run on every call, also in eval mode);
+    ``index_size`` bounds ``index=`` (a latent cache's length).
     """
 
     needs_model: bool = False
@@ -58,6 +59,11 @@ class LatentTransform(nn.Module):
                   index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Transform the selected samples; ``index`` (their dataset positions) is given when the caller passed one."""
         raise NotImplementedError
+
+    @property
+    def index_size(self) -> int | None:
+        """How many dataset positions ``index=`` may address (``None``: not bounded by this transform)."""
+        return None
 
     # -- bookkeeping ------------------------------------------------------------------------------
     @property
@@ -83,7 +89,7 @@ class LatentTransform(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None = None,
                 index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x2, y2 = t(x, y, model); ``index: (B,)`` int64 dataset positions, for transforms with a latent cache."""
-        check_batch(x, y, self.num_classes, index)
+        check_batch(x, y, self.num_classes, index, self.index_size)
         if self.needs_model and model is None:
             raise TypeError(
                 f"{type(self).__name__} needs the classifier being trained: call t(x, y, model)"

@@ -6,7 +6,6 @@ import torch
 from .base import LatentTransform
 from .codecs import Codec, flatten_latents, unflatten_latents
 from .latent_cache import LatentCache
-from .validation import check_index
 
 
 def resolve_codec(codec: Codec | str) -> Codec:
@@ -46,13 +45,16 @@ class CodecTransform(LatentTransform):
             levels = sorted({i % n for i in levels})
         self.levels = levels
 
+    @property
+    def index_size(self) -> int | None:
+        return None if self.cache is None else len(self.cache)
+
     def check_inputs(self, x: torch.Tensor, model, index: torch.Tensor | None) -> None:
         self.codec.check_images(x)
         if index is None:
             return
         if self.cache is None:
             raise ValueError(f"index= needs a latent cache: {type(self).__name__}(..., cache=LatentCache(codec, images))")
-        check_index(index, x.shape[0], len(self.cache))
         if self.cache.latents.device != x.device:
             raise ValueError(f"the latent cache is on {self.cache.latents.device} but x is on {x.device}; "
                              f"move it with .to({str(x.device)!r})")
@@ -72,7 +74,7 @@ class CodecTransform(LatentTransform):
 
     def encode_flat(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, C, H, W) -> (B, D) standardised latents, without gradient (looked up in the cache by index,
-        which ``check_inputs`` has checked)."""
+        checked on entry against the cache size)."""
         if index is not None:
             return self.cache(index)
         with torch.no_grad():

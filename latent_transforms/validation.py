@@ -122,12 +122,13 @@ def check_index(index: torch.Tensor, batch_size: int, size: int | None = None) -
 
 
 def check_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int | None = None,
-                index: torch.Tensor | None = None) -> None:
-    """The checks of every ``t(x, y, model, index=...)`` call: images, labels and index agree on the batch."""
+                index: torch.Tensor | None = None, index_size: int | None = None) -> None:
+    """The checks of every ``t(x, y, model, index=...)`` call: images, labels and index agree on the batch
+    (``index`` in ``[0, index_size)`` when the size is known)."""
     check_images(x)
     check_labels(y, x.shape[0], num_classes)
     if index is not None:
-        check_index(index, x.shape[0])
+        check_index(index, x.shape[0], index_size)
 
 
 def _describe(t: object) -> str:
