@@ -163,6 +163,15 @@ def _names(paths: list[Path], root: Path) -> str:
     return ", ".join(names) + (f", ... ({len(paths)} in all)" if len(paths) > 5 else "")
 
 
+def _has_transparency(im) -> bool:
+    """Whether a PIL image has an alpha channel (or palette transparency) that is not fully opaque."""
+    if im.mode in ("P", "PA") and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if "A" not in im.getbands():
+        return False
+    return im.getchannel("A").getextrema()[0] < 255
+
+
 def _folder(root: Path) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     from PIL import Image
 
@@ -202,6 +211,9 @@ def _folder(root: Path) -> tuple[torch.Tensor, torch.Tensor | None, int]:
                     raise ValueError(f"{f}: {mode} (16-bit or float) images are not supported; convert to 8-bit")
                 if mode not in ("1", "L", "LA"):
                     colour = True
+                if _has_transparency(im):
+                    raise ValueError(f"{f}: has transparent pixels, which would be dropped; flatten it onto a "
+                                     f"background first")
                 if size is None:
                     size = im.size
                 elif im.size != size:

@@ -161,6 +161,23 @@ def test_folder_spec_every_subfolder_is_a_class(tmp_path):
         load_images(f"folder:{root / 'a' / '1.png'}")
 
 
+def test_folder_spec_refuses_transparency(tmp_path):
+    root = tmp_path / "alpha"
+    Image.new("RGBA", (4, 6), (10, 20, 30, 255)).save(root.mkdir() or root / "opaque.png")
+    Image.new("LA", (4, 6), (40, 255)).save(root / "grey-opaque.png")
+    x, _, _ = load_images(f"folder:{root}")  # fully opaque alpha: nothing is lost
+    assert x.shape == (2, 3, 6, 4) and round(float(x[1, 2, 0, 0]) * 255) == 30  # sorted: grey-opaque, opaque
+    Image.new("RGBA", (4, 6), (10, 20, 30, 128)).save(root / "half.png")
+    with pytest.raises(ValueError, match="half.png: has transparent pixels"):  # was silently dropped
+        load_images(f"folder:{root}")
+    (root / "half.png").unlink()
+    pal = Image.new("P", (4, 6), 0)
+    pal.info["transparency"] = 0
+    pal.save(root / "palette.png", transparency=0)
+    with pytest.raises(ValueError, match="palette.png: has transparent pixels"):
+        load_images(f"folder:{root}")
+
+
 def test_unknown_specs():
     with pytest.raises(ValueError, match="unknown data spec"):
         load_images("mnist")
