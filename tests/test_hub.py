@@ -522,3 +522,14 @@ def test_cli_errors_are_one_line(env, capsys):
 def test_cli_list_empty(env, capsys):
     assert main(["list"]) == 0
     assert "no checkpoints registered" in capsys.readouterr().out
+
+
+def test_saved_files_get_the_umask_permissions_without_touching_the_umask(tmp_path, monkeypatch):
+    # chmod_default once set the umask to 0 to read it: files other threads created meanwhile came out world-writable
+    def no_umask(mask):
+        raise AssertionError("os.umask called after import")
+
+    monkeypatch.setattr(os, "umask", no_umask)
+    path = tmp_path / "glow.safetensors"
+    hub.save_checkpoint(_codec(), path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~hub._UMASK
