@@ -7,9 +7,20 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from .validation import check_count, check_images
+
 
 def save_rows(rows: dict[str, torch.Tensor], path: str | Path, cell: int = 48, label_width: int = 150) -> Path:
-    """Write a labelled grid: one row per entry, images (N, C, H, W) in [0, 1] upscaled to ``cell`` pixels."""
+    """Write a labelled grid: one row per entry, images (N, C, H, W) in [0, 1], C 1 or 3, upscaled to ``cell``
+    pixels."""
+    if not rows:
+        raise ValueError("rows is empty: give at least one {label: images} entry")
+    for label, images in rows.items():
+        check_images(images, f"rows[{label!r}]")
+        if images.shape[1] not in (1, 3):
+            raise ValueError(f"rows[{label!r}] must have 1 or 3 channels, got shape {tuple(images.shape)}")
+    check_count("cell", cell, 1)
+    check_count("label_width", label_width, 0)
     n = max(len(v) for v in rows.values())
     pad = 2
     width, height = label_width + n * (cell + pad), len(rows) * (cell + pad)

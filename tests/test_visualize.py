@@ -1,0 +1,42 @@
+"""save_rows: the labelled PNG grids of the demo, the examples and the doc pictures."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from latent_transforms.visualize import save_rows
+
+
+def test_grid_layout_and_pixels(tmp_path):
+    grey = torch.zeros(3, 1, 4, 4)
+    grey[1] = 1.0                                    # white second image
+    colour = torch.zeros(2, 3, 4, 4)
+    colour[0, 0] = 1.0                               # red first image
+    path = save_rows({"grey": grey, "colour": colour}, tmp_path / "sub" / "grid.png", cell=8, label_width=20)
+    im = np.asarray(Image.open(path))
+    assert im.shape == (2 * (8 + 2), 20 + 3 * (8 + 2), 3)  # rows x (label + widest row)
+    assert (im[0:8, 30:38] == 255).all()                   # grey row, image 1: white in all channels
+    assert (im[0:8, 20:28] == 0).all()                     # grey row, image 0: black
+    assert (im[10:18, 20:28] == [255, 0, 0]).all()         # colour row, image 0: red, upscaled to the cell
+    assert (im[10:18, 40:48] == 255).all()                 # colour row has 2 images: the third cell stays white
+
+
+@pytest.mark.parametrize("rows, match", [
+    ({}, "rows is empty"),
+    ({"a": torch.rand(2, 3, 4)}, r"rows\['a'\] must have shape \(B, C, H, W\)"),
+    ({"a": torch.full((1, 3, 4, 4), float("nan"))}, r"rows\['a'\] contains NaN"),
+    ({"a": torch.full((1, 3, 4, 4), 2.0)}, r"rows\['a'\].*\[0, 1\]"),
+    ({"a": torch.rand(1, 2, 4, 4)}, r"rows\['a'\] must have 1 or 3 channels"),
+    ({"a": torch.randint(0, 255, (1, 3, 4, 4), dtype=torch.uint8)}, "float"),
+])
+def test_bad_rows_are_named_and_nothing_is_written(tmp_path, rows, match):
+    with pytest.raises(ValueError, match=match):
+        save_rows(rows, tmp_path / "grid.png")
+    assert not (tmp_path / "grid.png").exists()
+
+
+def test_bad_sizes(tmp_path):
+    with pytest.raises(ValueError, match="cell must be an int >= 1"):
+        save_rows({"a": torch.rand(1, 3, 4, 4)}, tmp_path / "g.png", cell=0)
