@@ -43,7 +43,8 @@ def main() -> None:
     parser.add_argument("--train", default="cifar10", help="cifar10 (default) or npz:PATH")
     parser.add_argument("--test", help="test images: npz:PATH, cifar10 or none (no test set); default: the cifar10 "
                                        "test split when training on cifar10, else none")
-    parser.add_argument("--data-root", help="download dir for CIFAR-10 (default ~/.cache/latent-transforms/data)")
+    parser.add_argument("--data-root", help="download dir for CIFAR-10 (default: data/ in the cache dir, "
+                                             "$LATENT_TRANSFORMS_HOME or ~/.cache/latent-transforms)")
     parser.add_argument("--codec", default="glow-cifar10", help="hub name or .safetensors path of a Glow")
     parser.add_argument("--method", choices=["noise", "adversarial", "none"], default="noise")
     parser.add_argument("--epochs", type=int, default=200)

@@ -1,5 +1,6 @@
 """latent-transforms: semantic data augmentation in the latent space of flows, VAEs and classifiers."""
 from .base import LatentTransform
+from .codec_transform import CodecTransform
 from .codecs import Codec, ConvVAE, Glow, build_codec
 from .compose import Compose
 from .isda import ISDA, FeatureCovariance, ISDALoss, isda_logits
@@ -10,7 +11,8 @@ from .mixup_inference import LatentMixupInference
 from .varmixup import VarMixup
 
 __all__ = [
-    "LatentTransform", "Compose", "LatentNoise", "LatentAdversarial", "VarMixup", "ISDA", "ISDALoss",
-    "FeatureCovariance", "isda_logits", "LatentMixupInference", "LatentCache", "Codec", "Glow", "ConvVAE", "build_codec",
+    "LatentTransform", "CodecTransform", "Compose", "LatentNoise", "LatentAdversarial", "VarMixup", "ISDA",
+    "ISDALoss", "FeatureCovariance", "isda_logits", "LatentMixupInference", "LatentCache", "Codec", "Glow", "ConvVAE",
+    "build_codec",
 ]
 __version__ = "0.1.0"

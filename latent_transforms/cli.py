@@ -1,4 +1,5 @@
-"""The ``latent-transforms`` command line: ``list`` and ``fetch`` pretrained codec checkpoints.
+"""The ``latent-transforms`` command line: ``list`` and ``fetch`` codec checkpoints, ``train`` a codec, run the
+``demo``.
 
 Each subcommand is a ``_cmd_*(args)`` function registered in ``build_parser`` with ``set_defaults(func=...)``.
 Errors print one line to stderr and exit with status 2.
@@ -8,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import __version__, hub
+from . import __version__, demo, hub, train
 
 PROG = "latent-transforms"
 
@@ -58,8 +59,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = subparsers.add_parser("fetch", help="download and verify a checkpoint into the cache; print its path")
     p.add_argument("name", help="registered checkpoint name (see `list`)")
     p.set_defaults(func=_cmd_fetch)
-
-    from . import demo, train  # imported here so that `list` and `fetch` stay quick to start
 
     train.register_cli(subparsers)
     demo.register_cli(subparsers)

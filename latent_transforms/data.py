@@ -5,7 +5,8 @@ Specs:
 * ``digits``: scikit-learn's bundled 8x8 digits (1,797 images, intensities 0..16, so ``num_bins`` 17), with a
   fixed stratified 70/30 train/test split (``train_test_split(..., test_size=0.3, random_state=0)``).
   Needs scikit-learn (``pip install latent-transforms[demo]``).
-* ``cifar10``: torchvision's CIFAR-10, downloaded into ``data_root`` (default ``~/.cache/latent-transforms/data``).
+* ``cifar10``: torchvision's CIFAR-10, downloaded into ``data_root`` (default: ``data/`` in
+  :func:`latent_transforms.hub.cache_dir`).
 * ``npz:PATH``: a NumPy archive with ``x`` (N, H, W, C) or (N, H, W) uint8 and optionally ``y`` (N,) integer labels.
 * ``folder:PATH``: a folder of same-sized PNG/JPEG/BMP/WebP images, either flat (no labels) or one subfolder per
   class as in torchvision's ``ImageFolder`` (labels = index of the subfolder name in sorted order). Every
@@ -23,16 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .hub import cache_dir
 from .validation import check_count
 
 __all__ = ["load_images", "low_data_split", "describe_spec", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 SPLITS = ("train", "test")
-
-
-def _default_root() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "latent-transforms" / "data"
 
 
 def _check_split(split: str) -> None:
@@ -88,7 +86,7 @@ def _digits(split: str) -> tuple[torch.Tensor, torch.Tensor, int]:
 def _cifar10(split: str, data_root) -> tuple[torch.Tensor, torch.Tensor, int]:
     from torchvision.datasets import CIFAR10
 
-    root = Path(data_root).expanduser() if data_root is not None else _default_root()
+    root = Path(data_root).expanduser() if data_root is not None else cache_dir() / "data"
     ds = CIFAR10(root=str(root), train=split == "train", download=True)
     x = torch.from_numpy(np.asarray(ds.data)).permute(0, 3, 1, 2).float().div_(255).contiguous()
     y = torch.as_tensor(ds.targets, dtype=torch.int64)

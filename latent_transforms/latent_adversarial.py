@@ -15,7 +15,7 @@ from .validation import check_count, check_number
 class LatentAdversarial(CodecTransform):
     """Projected gradient ascent on the classifier's cross-entropy in the standardised latent, within an eps-ball.
 
-    Per batch: ``z = encode(x)``; ``delta`` starts at 0 or uniformly in the ball (``random_start``); ``steps`` times
+    Per batch: ``z = encode(x)``; ``delta`` starts at 0 or at a random point of the ball (``random_start``); ``steps`` times
     ``delta <- project(delta + step_size * direction(grad CE(model(decode(z + delta)), target)))``; return
     ``decode(z + delta)`` clipped to [0, 1] with the labels unchanged.
 
@@ -27,7 +27,8 @@ class LatentAdversarial(CodecTransform):
             points over crop+flip, mean of 2 seeds, against +1.5 for 3 steps) at about half the cost.
         step_size: size of each step (default 1.0).
         norm: ``"l2"`` (default) or ``"linf"``: the ball, the step direction and the random start.
-        random_start: start from a uniformly random point of the ball (default ``True``) instead of 0.
+        random_start: start (default ``True``) from U(-eps, eps) per coordinate projected onto the ball, as the
+            official code, instead of 0. With ``l2`` in D dimensions that point is (almost always) on the sphere.
         target: ``"pred"`` attacks the model's own prediction on the clean image (official, avoids label
             leaking); ``"true"`` attacks the given labels (the paper's MNIST notebook).
         levels: latent levels to perturb (all jointly by default).

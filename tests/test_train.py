@@ -480,3 +480,19 @@ def test_cli_train_digits_and_npz(tmp_path):
         args.func(args)
     with pytest.raises(SystemExit):
         _parser().parse_args(["train", "flow", "--data", "digits", "--out", "x", "--epochs", "1", "--max-steps", "2"])
+
+
+def test_cifar10_default_root_follows_the_cache_dir(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    roots = []
+
+    class FakeCIFAR10:
+        def __init__(self, root, train, download):
+            roots.append(root)
+            self.data, self.targets = np.zeros((2, 32, 32, 3), np.uint8), [0, 1]
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
+    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(tmp_path / "home"))
+    x, y, _ = load_images("cifar10")
+    assert roots == [str(tmp_path / "home" / "data")] and x.shape == (2, 3, 32, 32)  # was ~/.cache/...: env ignored
