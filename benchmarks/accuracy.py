@@ -38,10 +38,10 @@ from torch import nn
 
 warnings.filterwarnings("ignore", message="torch.lu is deprecated")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from models import (PerSampleRandAugment, RandomCropFlip, build_classifier, library_default, load_codec,  # noqa: E402
+from models import (PerSampleRandAugment, RandomCropFlip, build_classifier, library_default,  # noqa: E402
                     setup_device, tiny_codecs, weights_sha256, write_json)
 
-from latent_transforms import Compose  # noqa: E402
+from latent_transforms import Compose, hub  # noqa: E402
 from latent_transforms.base import LatentTransform  # noqa: E402
 from latent_transforms.codecs import exact_math  # noqa: E402
 from latent_transforms.data import load_images, low_data_split  # noqa: E402
@@ -182,7 +182,7 @@ def corrupted_sets(x: torch.Tensor, chunk: int = 1000) -> dict[str, dict[int, to
 
 
 # -- arms -----------------------------------------------------------------------------------------------
-def make_augment(arm: str, args, codecs: dict, seed: int, device: torch.device) -> nn.Module | None:
+def make_augment(arm: str, args, codecs: dict, seed: int) -> nn.Module | None:
     """The augmentation of ``arm`` (None for the baseline), freshly built for one run."""
     k = NUM_CLASSES
     glow, vae = codecs.get("glow"), codecs.get("vae")
@@ -271,7 +271,7 @@ def predict_uint8(model: nn.Module, x8: torch.Tensor, chunk: int = 1000) -> torc
 def run_one(arm: str, seed: int, args, data: dict, codecs: dict, corrupted: dict, device: torch.device) -> dict:
     torch.manual_seed(seed)  # model init, RandAugment and MixUp draws
     model = build_classifier(NUM_CLASSES, args.width, device, args.precision)
-    augment = make_augment(arm, args, codecs, seed, device)
+    augment = make_augment(arm, args, codecs, seed)
     seconds = fit_classifier(
         model, data["x_train"], data["y_train"], augment, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, seed=seed, pixel_augment=RandomCropFlip(seed, device),
@@ -747,7 +747,7 @@ def main(argv=None) -> dict:
                 continue
             name = given or f"{kind}-cifar10"
             try:
-                codecs[kind] = load_codec(name, device)
+                codecs[kind] = hub.load(name, device=device)
             except Exception as e:  # noqa: BLE001 - say which codec and how to give one
                 raise SystemExit(f"cannot load the {kind} codec {name!r} ({type(e).__name__}: {e}); pass --{kind} "
                                  f"NAME|PATH, or leave out the arms that need it") from None

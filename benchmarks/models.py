@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latent_transforms.models import CIFAR10_MEAN, CIFAR10_STD, CifarResNet18  # noqa: F401  (re-exported)
+from latent_transforms.models import CifarResNet18
 
 def write_json(path: Path, obj: dict) -> None:
     """Write ``obj`` to a temporary file beside ``path``, then rename it over ``path``: a killed script never leaves
@@ -129,13 +129,6 @@ def random_init_codec(kind: str, shape=(3, 32, 32), seed: int = 0):
     else:
         codec = ConvVAE(shape, latent_dim=64, hidden=64)
     return codec.freeze()
-
-
-def load_codec(name_or_path: str, device: torch.device):
-    """A frozen codec from the hub (registry name) or a ``.safetensors`` path, on ``device``."""
-    from latent_transforms import hub
-
-    return hub.load(name_or_path, device=device)
 
 
 def weights_sha256(module: nn.Module) -> str:

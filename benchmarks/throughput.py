@@ -39,9 +39,10 @@ import torch.nn.functional as F
 
 warnings.filterwarnings("ignore", message="torch.lu is deprecated")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from models import (PerSampleRandAugment, build_classifier, library_default, load_codec, random_init_codec,  # noqa: E402
+from models import (PerSampleRandAugment, build_classifier, library_default, random_init_codec,  # noqa: E402
                     setup_device, tiny_codecs, write_json)
 
+from latent_transforms import hub  # noqa: E402
 from latent_transforms.codecs import flatten_latents, unflatten_latents  # noqa: E402
 from latent_transforms.isda import ISDA  # noqa: E402
 from latent_transforms.latent_adversarial import LatentAdversarial  # noqa: E402
@@ -95,7 +96,7 @@ def resolve_codecs(args, device: torch.device) -> tuple[dict, dict]:
             continue
         name = given or f"{kind}-cifar10"
         try:
-            codecs[kind], notes[kind] = load_codec(name, device), name
+            codecs[kind], notes[kind] = hub.load(name, device=device), name
         except Exception as e:  # noqa: BLE001
             if given is not None:
                 raise SystemExit(f"cannot load the {kind} codec {given!r} ({type(e).__name__}: {e})") from None
@@ -161,18 +162,15 @@ def build_rows(args, device: torch.device, codecs: dict) -> list[dict]:
             opt.step()
         return step
 
-    def in_train_mode(t):
-        return t.train()
-
     isda = ISDA(num_classes=NUM_CLASSES, lambda0=0.5, covariance=args.isda_covariance)
     isda.set_progress(1.0)  # full strength: at progress 0 the correction is skipped and nothing would be timed
     ra_batch = v2.RandAugment()
     ra_sample = PerSampleRandAugment()
     mixup = v2.MixUp(num_classes=NUM_CLASSES)
     kornia_ra = kornia.augmentation.auto.RandAugment(n=2, m=10)
-    noise = in_train_mode(LatentNoise(glow, eps=args.noise_eps, generator=0))
-    adversarial = in_train_mode(LatentAdversarial(glow, steps=1, generator=0))
-    adversarial_3 = in_train_mode(LatentAdversarial(glow, steps=3, generator=0))
+    noise = LatentNoise(glow, eps=args.noise_eps, generator=0)
+    adversarial = LatentAdversarial(glow, steps=1, generator=0)
+    adversarial_3 = LatentAdversarial(glow, steps=3, generator=0)
     # p < 1 makes the codec's batch size vary from call to call, and cuDNN autotunes every new size once: reseeding
     # the generator before each call keeps one selection, so the warm-up absorbs the tuning (the steady state)
     vm_gen, vm_cached_gen = torch.Generator(device=device), torch.Generator(device=device)
@@ -180,13 +178,12 @@ def build_rows(args, device: torch.device, codecs: dict) -> list[dict]:
     def reseeded(gen: torch.Generator, fn: Callable[[], object]) -> Callable[[], object]:
         return lambda: (gen.manual_seed(0), fn())
 
-    varmixup = in_train_mode(VarMixup(vae, num_classes=NUM_CLASSES, generator=vm_gen))
-    varmixup_all = in_train_mode(VarMixup(vae, num_classes=NUM_CLASSES, p=1.0, generator=0))
+    varmixup = VarMixup(vae, num_classes=NUM_CLASSES, generator=vm_gen)
+    varmixup_all = VarMixup(vae, num_classes=NUM_CLASSES, p=1.0, generator=0)
     index = torch.arange(b, device=device)
-    noise_cached = in_train_mode(LatentNoise(glow, eps=args.noise_eps, generator=0,
-                                             cache=LatentCache(glow, x, progress=False)))
-    varmixup_cached = in_train_mode(VarMixup(vae, num_classes=NUM_CLASSES, generator=vm_cached_gen,
-                                             cache=LatentCache(vae, x, progress=False)))
+    noise_cached = LatentNoise(glow, eps=args.noise_eps, generator=0, cache=LatentCache(glow, x, progress=False))
+    varmixup_cached = VarMixup(vae, num_classes=NUM_CLASSES, generator=vm_cached_gen,
+                               cache=LatentCache(vae, x, progress=False))
 
     rows = [
         {"key": "train_step", "method": f"ResNet-18 training step ({precision})",
@@ -221,8 +218,8 @@ def build_rows(args, device: torch.device, codecs: dict) -> list[dict]:
     ]
     if args.compile:
         glow_c = codecs["glow_compiled"]
-        noise_c = in_train_mode(LatentNoise(glow_c, eps=args.noise_eps, generator=0))
-        adversarial_c = in_train_mode(LatentAdversarial(glow_c, steps=1, generator=0))
+        noise_c = LatentNoise(glow_c, eps=args.noise_eps, generator=0)
+        adversarial_c = LatentAdversarial(glow_c, steps=1, generator=0)
         rows += [
             {"key": "glow_codec_compiled",
              "method": f"Glow encode + noise + decode, library codec, compiled ({glow_path})",

@@ -515,7 +515,6 @@ def train_codec(
             schedule.append({"from_step": info["step"], **length})
 
         step = info["step"]
-        stopped_by_time = False
         codec.train()
         bar = None
         if progress:
@@ -532,7 +531,6 @@ def train_codec(
         try:
             while not finished():
                 if call_limit_s is not None and time.perf_counter() - t_call >= call_limit_s:
-                    stopped_by_time = True
                     break
                 epoch, pos = divmod(step, steps_per_epoch)
                 if epoch != perm_epoch:
