@@ -45,9 +45,7 @@ class LatentTransform(nn.Module):
     def __init__(self, p: float = 1.0, generator: torch.Generator | int | None = None, num_classes: int | None = None):
         super().__init__()
         self.p = check_number("p", p, high=1.0)
-        if num_classes is not None:
-            check_count("num_classes", num_classes, low=1)
-        self.num_classes = num_classes
+        self.num_classes = None if num_classes is None else check_count("num_classes", num_classes, low=1)
         self._rng = GeneratorSource(generator)
         self._counts: torch.Tensor | None = None
 

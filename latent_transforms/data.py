@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .hub import cache_dir
-from .validation import check_count
+from .validation import check_choice, check_count
 
 __all__ = ["load_images", "low_data_split", "describe_spec", "IMAGE_SUFFIXES"]
 
@@ -34,8 +34,7 @@ SPLITS = ("train", "test")
 
 
 def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    check_choice("split", split, SPLITS)
 
 
 def load_images(spec: str, split: str = "train", data_root: str | os.PathLike | None = None

@@ -23,7 +23,6 @@ Shapes: ``N`` samples, ``C`` classes (``K == C``), ``A`` feature dimension.
 """
 from __future__ import annotations
 
-import math
 import weakref
 
 import torch
@@ -33,7 +32,7 @@ from torch import nn
 
 from .base import LatentTransform
 from .modelutils import unwrap
-from .validation import check_batch, check_labels, check_same_device
+from .validation import check_batch, check_choice, check_count, check_labels, check_number, check_same_device
 
 COVARIANCES = ("full", "diagonal")
 
@@ -84,11 +83,8 @@ class FeatureCovariance(nn.Module):
 
     def __init__(self, num_classes: int, feature_dim: int | None = None, diagonal: bool = False, sync: bool = True):
         super().__init__()
-        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-        if feature_dim is not None and (not isinstance(feature_dim, int) or isinstance(feature_dim, bool)
-                                        or feature_dim < 1):
-            raise ValueError(f"feature_dim must be a positive int or None, got {feature_dim!r}")
+        num_classes = check_count("num_classes", num_classes, low=1)
+        feature_dim = None if feature_dim is None else check_count("feature_dim", feature_dim, low=1)
         self.num_classes, self.diagonal, self.sync = num_classes, bool(diagonal), bool(sync)
         self.register_buffer("mean", None)
         self.register_buffer("cov", None)
@@ -272,12 +268,8 @@ class _ISDAState:
 
     def _init_isda(self, num_classes: int, lambda0: float, covariance: str, feature_dim: int | None,
                    sync_stats: bool) -> None:
-        if not isinstance(lambda0, (int, float)) or isinstance(lambda0, bool) or not (
-                math.isfinite(lambda0) and lambda0 >= 0):
-            raise ValueError(f"lambda0 must be a finite number >= 0, got {lambda0!r}")
-        if covariance not in COVARIANCES:
-            raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}")
-        self.lambda0, self.covariance, self.progress = float(lambda0), covariance, 0.0
+        self.lambda0 = check_number("lambda0", lambda0)
+        self.covariance, self.progress = check_choice("covariance", covariance, COVARIANCES), 0.0
         self.estimator = FeatureCovariance(num_classes, feature_dim, diagonal=covariance == "diagonal",
                                            sync=sync_stats)
 
@@ -288,18 +280,16 @@ class _ISDAState:
 
     def set_progress(self, progress: float) -> None:
         """Set the training progress in [0, 1]: ``lam = lambda0 * progress`` (per-iteration ramps)."""
-        if not isinstance(progress, (int, float)) or isinstance(progress, bool) or not 0.0 <= progress <= 1.0:
-            raise ValueError(f"progress must be a number in [0, 1], got {progress!r}")
-        self.progress = float(progress)
+        self.progress = check_number("progress", progress, high=1.0)
 
     def set_epoch(self, epoch: int, total_epochs: int) -> None:
         """The official schedule: ``lam = lambda0 * epoch / total_epochs`` with a 0-based ``epoch``.
 
         Call it at the start of every epoch. ``lam`` is 0 during the first epoch (epoch 0), as in the official code.
         """
-        if not isinstance(total_epochs, int) or total_epochs < 1:
-            raise ValueError(f"total_epochs must be a positive int, got {total_epochs!r}")
-        if not isinstance(epoch, int) or not 0 <= epoch <= total_epochs:
+        total_epochs = check_count("total_epochs", total_epochs, low=1)
+        epoch = check_count("epoch", epoch)
+        if epoch > total_epochs:
             raise ValueError(f"epoch must be an int in [0, total_epochs={total_epochs}] (0-based), got {epoch!r}")
         self.set_progress(epoch / total_epochs)
 
@@ -416,8 +406,7 @@ class ISDA(_ISDAState, LatentTransform):
     def __init__(self, num_classes: int, lambda0: float = 0.5, covariance: str = "full", layer: str | None = None,
                  feature_dim: int | None = None, sync_stats: bool = True, p: float = 1.0,
                  generator: torch.Generator | int | None = None):
-        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        num_classes = check_count("num_classes", num_classes, low=1)
         if layer is not None and (not isinstance(layer, str) or not layer):
             raise ValueError(f"layer must be the dotted name of an nn.Linear in the model, got {layer!r}")
         super().__init__(p=p, generator=generator, num_classes=num_classes)

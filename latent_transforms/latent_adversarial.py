@@ -9,7 +9,7 @@ from .latent_cache import LatentCache
 from .codecs import Codec
 from .modelutils import borrowed
 from .perturbation import ascent_direction, check_norm, project, random_start
-from .validation import check_count, check_number
+from .validation import check_choice, check_count, check_number
 
 
 class LatentAdversarial(CodecTransform):
@@ -52,8 +52,7 @@ class LatentAdversarial(CodecTransform):
                  cache: LatentCache | None = None,
                  p: float = 1.0, generator: torch.Generator | int | None = None):
         check_norm(norm, allow_none=False)
-        if target not in ("pred", "true"):
-            raise ValueError(f"target must be 'pred' or 'true', got {target!r}")
+        check_choice("target", target, ("pred", "true"))
         eps, step_size, steps = check_number("eps", eps), check_number("step_size", step_size), check_count("steps", steps)
         super().__init__(codec, levels=levels, cache=cache, p=p, generator=generator)
         self.eps, self.steps, self.step_size, self.norm = eps, steps, step_size, norm

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import torch
 
+from .validation import check_choice
+
 NORMS = ("l2", "linf")
 
 
 def check_norm(norm: str | None, allow_none: bool) -> None:
-    if norm in NORMS or (allow_none and norm is None):
-        return
-    allowed = NORMS + ((None,) if allow_none else ())
-    raise ValueError(f"norm must be one of {allowed}, got {norm!r}")
+    check_choice("norm", norm, NORMS + ((None,) if allow_none else ()))
 
 
 def _l2(d: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,13 @@ def check_count(name: str, value: object, low: int = 0) -> int:
     return int(v)
 
 
+def check_choice(name: str, value: object, choices: tuple) -> object:
+    """``value`` if it is one of ``choices``."""
+    if not any(value is c or (type(value) is type(c) and value == c) for c in choices):
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
 def check_images(x: torch.Tensor, name: str = "x") -> None:
     """Check ``x: (B, C, H, W)`` float in [0, 1], finite, non-empty."""
     if not isinstance(x, torch.Tensor):

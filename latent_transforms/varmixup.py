@@ -8,7 +8,7 @@ from .latent_cache import LatentCache
 from .codecs import Codec, ConvVAE, flatten_latents
 from .labels import mix_labels
 from .rng import sample_beta
-from .validation import check_number
+from .validation import check_choice, check_number
 
 
 class VarMixup(CodecTransform):
@@ -59,8 +59,7 @@ class VarMixup(CodecTransform):
                  cache: LatentCache | None = None,
                  p: float = 0.25, generator: torch.Generator | int | None = None):
         alpha = check_number("alpha", alpha, low_open=True)
-        if posterior not in ("mean", "sample"):
-            raise ValueError(f"posterior must be 'mean' or 'sample', got {posterior!r}")
+        check_choice("posterior", posterior, ("mean", "sample"))
         super().__init__(codec, levels=levels, cache=cache, p=p, generator=generator, num_classes=num_classes)
         if posterior == "sample" and not isinstance(self.codec, ConvVAE):
             raise ValueError(f"posterior='sample' needs a VAE codec, got a {self.codec.kind} codec")

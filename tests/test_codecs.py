@@ -146,7 +146,9 @@ def test_fast_frozen_path_matches_plain_normflows_path():
     ({"kind": "vae", "latent_dim": 0}, "latent_dim must be a positive int"),
     ({"kind": "vae", "latent_dim": -1}, "latent_dim must be a positive int"),
     ({"kind": "vae", "hidden": 0}, "hidden must be a positive int"),
-    ({"kind": "vae", "beta": -1.0}, "beta must be >= 0"),
+    ({"kind": "vae", "beta": -1.0}, r"beta must be a finite number in \[0, inf\)"),
+    ({"kind": "vae", "beta": float("inf")}, "beta must be a finite number"),  # was accepted
+    ({"kind": "vae", "beta": True}, "beta must be a finite number"),
     ({"kind": "vae", "latent_side": 3}, "latent_side must be None or a power of two <= the image side 32, got 3"),
     ({"kind": "vae", "latent_side": 64}, "latent_side must be None or a power of two"),
     ({"kind": "vae", "latent_side": 0}, "latent_side must be None or a power of two"),

@@ -1,5 +1,6 @@
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -328,6 +329,24 @@ def test_schedule():
         isda.set_progress(1.5)
     with pytest.raises(ValueError):
         isda.set_epoch(161, 160)
+    with pytest.raises(ValueError, match="epoch must be an int >= 0, got True"):  # a bool was taken as epoch 1
+        isda.set_epoch(True, 3)
+    isda.set_epoch(np.int64(1), np.int64(2))  # NumPy ints work, as everywhere else
+    assert isda.lam == 0.25
+
+
+def test_settings_take_numpy_scalars_like_the_other_methods():
+    # ISDA refused NumPy scalars that VarMixup/LatentNoise take (its own checks instead of validation's)
+    isda = ISDA(np.int64(10), lambda0=np.float32(0.5))
+    assert isda.num_classes == 10 and type(isda.num_classes) is int and isda.lambda0 == 0.5
+    assert FeatureCovariance(np.int64(3), feature_dim=np.int64(4)).feature_dim == 4
+    assert ISDALoss(np.int64(10)).num_classes == 10
+    for bad, match in [(lambda: ISDA(10.0), "num_classes must be an int >= 1"),
+                       (lambda: ISDA(10, lambda0=float("nan")), "lambda0 must be a finite number"),
+                       (lambda: FeatureCovariance(3, feature_dim=0), "feature_dim must be an int >= 1"),
+                       (lambda: ISDA(10, covariance="low-rank"), r"covariance must be one of \('full', 'diagonal'\)")]:
+        with pytest.raises(ValueError, match=match):
+            bad()
 
 
 def test_p_selects_which_samples_get_the_correction(batch, net):

@@ -285,5 +285,11 @@ def test_numpy_and_0d_tensor_settings_are_numbers(glow):
     t = LatentAdversarial(glow, eps=np.float32(0.5), steps=np.int64(2), step_size=torch.tensor(0.25))
     assert (t.eps, t.steps, t.step_size) == (0.5, 2, 0.25) and type(t.steps) is int
     assert VarMixup(glow, alpha=np.int64(2)).alpha == 2.0
+    t = VarMixup(glow, num_classes=np.int64(10))
+    assert t.num_classes == 10 and type(t.num_classes) is int  # was kept as np.int64
+    with pytest.raises(ValueError, match=r"target must be one of \('pred', 'true'\), got 'adv'"):
+        LatentAdversarial(glow, target="adv")
+    with pytest.raises(ValueError, match=r"posterior must be one of \('mean', 'sample'\)"):
+        VarMixup(glow, posterior="mode")
     with pytest.raises(ValueError, match="steps must be an int"):
         LatentAdversarial(glow, steps=np.float64(2.0))

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..validation import check_number
 from .base import Codec, Latents, exact_math
 
 
@@ -36,8 +37,7 @@ class ConvVAE(Codec):
                  latent_side: int | None = None):
         super().__init__(image_shape)
         self.check_positive(latent_dim=latent_dim, hidden=hidden)
-        if not beta >= 0:
-            raise ValueError(f"beta must be >= 0, got {beta!r}")
+        check_number("beta", beta)
         c, h, w = self.image_shape
         if h != w or h < 4 or h & (h - 1):
             raise ValueError(f"ConvVAE needs square images with a power-of-two side >= 4, got {h}x{w}")
