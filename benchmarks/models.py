@@ -1,28 +1,26 @@
 """What the benchmark scripts share: the bf16 wrapper around the library's CIFAR ResNet-18, per-sample crop+flip on the device,
-per-sample RandAugment, codec loading (hub name or path, or tiny random-init codecs for smoke runs), atomic JSON writes."""
+per-sample RandAugment, tiny random-init codecs for smoke runs, atomic JSON writes."""
 from __future__ import annotations
 
 import hashlib
 import inspect
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from latent_transforms import hub
 from latent_transforms.models import CifarResNet18
+
 
 def write_json(path: Path, obj: dict) -> None:
     """Write ``obj`` to a temporary file beside ``path``, then rename it over ``path``: a killed script never leaves
     half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
+    with hub.atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
 
 
 def setup_device(name: str, threads: int | None) -> torch.device:

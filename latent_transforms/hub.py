@@ -28,6 +28,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -118,6 +119,27 @@ def _remove(path: str | os.PathLike) -> None:
         pass
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    """Yield a temporary path beside ``path`` to write to; when the block ends without error it gets the usual
+    permissions and is renamed over ``path``, else it is removed: ``path`` never holds half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    try:
+        yield tmp
+        chmod_default(tmp)
+        os.replace(tmp, path)
+    finally:
+        _remove(tmp)
+
+
+def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """``(metadata, tensors)`` of a safetensors file, on the CPU; raises ``SafetensorError`` if it is not one."""
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        return f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
+
+
 # -- checkpoint format ------------------------------------------------------------------------------
 def save_checkpoint(codec: "Codec", path: str | os.PathLike, dtype: torch.dtype = torch.float32,
                     extra_metadata: dict | None = None) -> str:
@@ -147,29 +169,10 @@ def save_checkpoint(codec: "Codec", path: str | os.PathLike, dtype: torch.dtype 
         raise ValueError(f"weights {overflow} do not fit in {dtype} (they would be stored as inf); save as float32")
     if not path.parent.is_dir():
         raise ValueError(f"cannot save {path}: the directory {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
         digest = sha256_file(tmp)
-        chmod_default(tmp)
-        os.replace(tmp, path)
-    finally:
-        _remove(tmp)
     return digest
-
-
-def _read_safetensors(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except SafetensorError as e:
-        raise ValueError(
-            f"{path} is not a safetensors file ({e}); latent-transforms only loads .safetensors checkpoints "
-            f"and never unpickles .pt/.pth files"
-        ) from None
-    return metadata, tensors
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> "Codec":
@@ -179,7 +182,13 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint file at {path}")
-    metadata, tensors = _read_safetensors(path)
+    try:
+        metadata, tensors = read_safetensors(path)
+    except SafetensorError as e:
+        raise ValueError(
+            f"{path} is not a safetensors file ({e}); latent-transforms only loads .safetensors checkpoints "
+            f"and never unpickles .pt/.pth files"
+        ) from None
     if metadata.get("format") != FORMAT:
         raise ValueError(
             f"{path} is not a latent-transforms checkpoint: metadata 'format' is {metadata.get('format')!r}, "

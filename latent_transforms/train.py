@@ -15,13 +15,11 @@ adds the ``latent-transforms train`` subcommand.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -98,16 +96,8 @@ def save_training_state(path: str | os.PathLike, model: torch.nn.Module, optimiz
         "optim_param_groups": json.dumps(opt["param_groups"]),
         "optim_scalars": json.dumps(scalars),
     }
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
+    with hub.atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
-        hub.chmod_default(tmp)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 def load_training_state(path: str | os.PathLike) -> tuple[dict, dict, dict, dict]:
@@ -115,12 +105,10 @@ def load_training_state(path: str | os.PathLike) -> tuple[dict, dict, dict, dict
 
     Raises ``ValueError`` naming the file if it is not a complete, well-formed training state.
     """
-    from safetensors import SafetensorError, safe_open
+    from safetensors import SafetensorError
 
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        metadata, tensors = hub.read_safetensors(path)
     except SafetensorError as e:
         raise _bad_state(path, f"not a readable safetensors file ({e})") from None
     if metadata.get("format") != STATE_FORMAT:
@@ -616,7 +604,6 @@ def train_codec(
     dtype, fallback = (torch.float16 if fp16 else torch.float32), None
     meta = {"name": name, "trained_by": "latent_transforms.train"}
     sha = hub.save_checkpoint(codec, ckpt, dtype=dtype, extra_metadata=meta)
-    hub.chmod_default(ckpt)
     stored = hub.load_checkpoint(ckpt, dev)
     if fp16:
         if codec_kind == "glow":
@@ -634,7 +621,6 @@ def train_codec(
             say(fallback)
             dtype = torch.float32
             sha = hub.save_checkpoint(codec, ckpt, dtype=dtype, extra_metadata=meta)
-            hub.chmod_default(ckpt)
             stored = hub.load_checkpoint(ckpt, dev)
     metrics = eval_codec(stored, x_eval, seed=seed)
     png = out / f"{name}.png"
