@@ -55,7 +55,10 @@ class LatentTransform(nn.Module):
 
     def transform(self, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None, generator: torch.Generator,
                   index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Transform the selected samples; ``index`` (their dataset positions) is given when the caller passed one."""
+        """Transform the selected samples ``x: (N, C, H, W)`` in [0, 1], ``y: (N,)`` or ``(N, K)``, with ``generator``
+        (on x's device); ``index: (N,)`` (their dataset positions) is given when the caller passed one. Returns
+        ``(x2, y2)`` of the same shapes (``y2`` soft ``(N, K)`` when ``mixes_labels``); ``forward`` clips, rejects
+        and counts."""
         raise NotImplementedError
 
     @property

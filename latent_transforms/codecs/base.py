@@ -75,10 +75,12 @@ class Codec(nn.Module):
     # -- to implement ---------------------------------------------------------------------------
     @property
     def config(self) -> dict:
+        """The constructor arguments (JSON-able, with ``kind``): ``build_codec(codec.config)`` rebuilds the codec."""
         raise NotImplementedError
 
     @property
     def latent_shapes(self) -> list[tuple[int, ...]]:
+        """Per-sample shape of each latent level, as ``encode`` returns them (coarsest first for a Glow)."""
         raise NotImplementedError
 
     def _encode(self, x: torch.Tensor) -> Latents:
@@ -88,11 +90,13 @@ class Codec(nn.Module):
         raise NotImplementedError
 
     def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Training loss of a batch ``x: (B, C, H, W)`` in [0, 1]: ``(scalar, {metric name: scalar})``."""
         raise NotImplementedError
 
     # -- shared ---------------------------------------------------------------------------------
     @property
     def dtype(self) -> torch.dtype:
+        """The parameters' dtype (float32 for the shipped codecs)."""
         return next(self.parameters()).dtype
 
     def fingerprint(self) -> str:
@@ -105,6 +109,7 @@ class Codec(nn.Module):
 
     @property
     def latent_dim(self) -> int:
+        """D, the number of latent coordinates per sample (all levels)."""
         return sum(math.prod(s) for s in self.latent_shapes)
 
     def encode(self, x: torch.Tensor) -> Latents:

@@ -158,6 +158,8 @@ class Glow(Codec):
         return bpd, {"bits/dim": bpd.detach()}
 
     def bits_per_dim(self, x_deq: torch.Tensor) -> torch.Tensor:
+        """Per-sample bits/dim ``(B,)`` of dequantised images ``x_deq: (B, C, H, W)`` in [0, 1) (``num_bins`` levels
+        plus uniform noise of one level), on the discrete data's scale."""
         d = math.prod(self.image_shape)
         return -self.log_prob(x_deq) / (d * math.log(2)) + math.log2(self.num_bins)
 
