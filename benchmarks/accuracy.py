@@ -45,7 +45,8 @@ from latent_transforms import Compose, hub  # noqa: E402
 from latent_transforms.base import LatentTransform  # noqa: E402
 from latent_transforms.codecs import exact_math  # noqa: E402
 from latent_transforms.data import load_images, low_data_split  # noqa: E402
-from latent_transforms.evaluation import accuracy, expected_calibration_error, fit_classifier, predict_proba  # noqa: E402
+from latent_transforms.evaluation import (accuracy, expected_calibration_error, fit_classifier,  # noqa: E402
+                                          predict_proba, reliability_bins)
 from latent_transforms.isda import ISDA  # noqa: E402
 from latent_transforms.latent_adversarial import LatentAdversarial  # noqa: E402
 from latent_transforms.latent_noise import LatentNoise  # noqa: E402
@@ -253,17 +254,6 @@ def transform_stats(augment: nn.Module | None) -> dict:
 
 
 # -- one run --------------------------------------------------------------------------------------------
-def reliability_bins(probs: torch.Tensor, y: torch.Tensor, bins: int = ECE_BINS) -> dict[str, list[float]]:
-    """Per confidence bin: count, sum of confidences, number correct (poolable over seeds)."""
-    conf, pred = probs.max(1)
-    idx = (conf * bins).ceil().long().clamp(1, bins) - 1  # (lo, hi] bins, as expected_calibration_error
-    correct = (pred == y).float()
-    count = torch.bincount(idx, minlength=bins).float()
-    conf_sum = torch.zeros(bins, device=probs.device).index_add_(0, idx, conf)
-    correct_sum = torch.zeros(bins, device=probs.device).index_add_(0, idx, correct)
-    return {"count": count.tolist(), "confidence_sum": conf_sum.tolist(), "correct_sum": correct_sum.tolist()}
-
-
 def predict_uint8(model: nn.Module, x8: torch.Tensor, chunk: int = 1000) -> torch.Tensor:
     return torch.cat([predict_proba(model, x8[i:i + chunk].float().div_(255)) for i in range(0, len(x8), chunk)])
 
@@ -289,7 +279,7 @@ def run_one(arm: str, seed: int, args, data: dict, codecs: dict, corrupted: dict
         "corruptions": corr,
         "seconds": seconds,
         "seconds_per_epoch": seconds / args.epochs,
-        "reliability": reliability_bins(probs, y),
+        "reliability": {k: v.tolist() for k, v in reliability_bins(probs, y, ECE_BINS).items()},
         "transform_stats": transform_stats(augment),
     }
 

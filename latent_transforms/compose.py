@@ -4,10 +4,10 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .base import LatentTransform
+from .labels import to_soft
 from .validation import check_batch
 
 
@@ -112,7 +112,7 @@ class Compose(nn.Module):
             a, b, lam = out[:, 0].long(), out[:, 1].long(), out[:, 2:3].float()
             if getattr(step, "use_correct_lambda", False):  # CutMix's paper convention: lam weighs the sample's own label
                 lam = 1 - lam
-            return x2, (1 - lam) * F.one_hot(a, k).float() + lam * F.one_hot(b, k).float()
+            return x2, (1 - lam) * to_soft(a, k) + lam * to_soft(b, k)
         if _is_torchvision_v2(step):
             return step(x, y)
         return step(x), y

@@ -100,16 +100,24 @@ def accuracy(probs: torch.Tensor, y: torch.Tensor) -> float:
     return float((probs.argmax(1) == y).float().mean())
 
 
-def expected_calibration_error(probs: torch.Tensor, y: torch.Tensor, bins: int = 15) -> float:
-    """ECE with ``bins`` equal-width confidence bins (15 is the usual default): probs (N, K), y (N,) int64."""
+def reliability_bins(probs: torch.Tensor, y: torch.Tensor, bins: int = 15) -> dict[str, torch.Tensor]:
+    """Per equal-width confidence bin ``(lo, hi]``: ``count``, ``confidence_sum`` and ``correct_sum``, each ``(bins,)``
+    float (sums, so that runs can be pooled); probs (N, K), y (N,) int64."""
     _check_predictions(probs, y)
     check_count("bins", bins, low=1)
     conf, pred = probs.max(1)
-    correct = (pred == y).float()
-    edges = torch.linspace(0, 1, bins + 1, device=probs.device)
-    ece = torch.zeros((), device=probs.device)
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        inside = (conf > lo) & (conf <= hi)
-        if inside.any():
-            ece += inside.float().mean() * (conf[inside].mean() - correct[inside].mean()).abs()
-    return float(ece)
+    idx = (conf * bins).ceil().long().clamp(1, bins) - 1
+    sums = torch.zeros(3, bins, dtype=torch.float64, device=probs.device)
+    sums[0].index_add_(0, idx, torch.ones_like(conf, dtype=torch.float64))
+    sums[1].index_add_(0, idx, conf.double())
+    sums[2].index_add_(0, idx, (pred == y).double())
+    return dict(zip(("count", "confidence_sum", "correct_sum"), sums))
+
+
+def expected_calibration_error(probs: torch.Tensor, y: torch.Tensor, bins: int = 15) -> float:
+    """ECE with ``bins`` equal-width confidence bins (15 is the usual default): probs (N, K), y (N,) int64.
+
+    The bins' confidence-accuracy gaps weighted by their share of the samples: ``sum |conf_sum - correct_sum| / N``.
+    """
+    r = reliability_bins(probs, y, bins)
+    return float((r["confidence_sum"] - r["correct_sum"]).abs().sum() / len(probs))

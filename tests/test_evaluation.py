@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from latent_transforms.evaluation import accuracy, expected_calibration_error, fit_classifier, predict_proba
+from latent_transforms.evaluation import (accuracy, expected_calibration_error, fit_classifier, predict_proba,
+                                          reliability_bins)
 
 
 def _probs(confidences: list[float], predicted: list[int], k: int = 3) -> torch.Tensor:
@@ -29,6 +30,11 @@ def test_ece_by_hand():
     assert expected_calibration_error(_probs([0.5, 0.5], [0, 0]), torch.tensor([0, 1]), bins=10) == pytest.approx(0.0, abs=1e-6)
     # one bin: |mean confidence - accuracy|
     assert expected_calibration_error(probs, y, bins=1) == pytest.approx(abs(0.8 - 0.75), abs=1e-6)
+    r = reliability_bins(probs, y, bins=15)
+    assert r["count"][9].item() == 2 and r["count"][14].item() == 2 and r["count"].sum().item() == 4
+    assert r["confidence_sum"][9].item() == pytest.approx(1.3) and r["correct_sum"].tolist()[9::5] == [1.0, 2.0]
+    # a confidence on a bin edge goes to the lower bin, (lo, hi]: 0.6 with 5 bins is in (0.4, 0.6]
+    assert reliability_bins(_probs([0.6], [0]), torch.tensor([0]), bins=5)["count"].tolist() == [0, 0, 1, 0, 0]
 
 
 def test_predict_proba_is_batch_independent_and_restores_the_mode():
