@@ -1,6 +1,7 @@
 """Random number generators for transforms: seedable, per-device, per-rank by default."""
 from __future__ import annotations
 
+import numbers
 import os
 
 import torch
@@ -38,13 +39,24 @@ class GeneratorSource:
     """
 
     def __init__(self, spec: torch.Generator | int | None = None):
-        if spec is not None and not isinstance(spec, (int, torch.Generator)):
+        if isinstance(spec, bool) or not (spec is None or isinstance(spec, (numbers.Integral, torch.Generator))):
             raise TypeError(f"generator must be None, an int seed or a torch.Generator, got {type(spec).__name__}")
-        if isinstance(spec, bool):
-            raise TypeError("generator must be None, an int seed or a torch.Generator, got a bool")
-        self.spec = spec
+        self.spec = int(spec) if isinstance(spec, numbers.Integral) else spec
         self._per_device: dict[str, torch.Generator] = {}
         self._process = _process()
+
+    # A torch.Generator pickles its state as a tensor, which Linux's default "file_descriptor" sharing cannot send to
+    # spawned DataLoader workers ("unable to resize file"); pickled as bytes, a transform travels to any process.
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["spec"] = _to_bytes(self.spec)
+        state["_per_device"] = {key: _to_bytes(g) for key, g in self._per_device.items()}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state["spec"] = _from_bytes(state["spec"])
+        state["_per_device"] = {key: _from_bytes(g) for key, g in state["_per_device"].items()}
+        self.__dict__.update(state)
 
     def get(self, device: torch.device) -> torch.Generator:
         if isinstance(self.spec, torch.Generator):
@@ -64,6 +76,22 @@ class GeneratorSource:
                 seed = self.spec
             self._per_device[key] = torch.Generator(device=device).manual_seed(seed)
         return self._per_device[key]
+
+
+def _to_bytes(g: object) -> object:
+    """A generator as ``("torch.Generator", device, state bytes)``; anything else as it is."""
+    if not isinstance(g, torch.Generator):
+        return g
+    return ("torch.Generator", str(g.device), g.get_state().numpy().tobytes())
+
+
+def _from_bytes(g: object) -> object:
+    if not (isinstance(g, tuple) and g and g[0] == "torch.Generator"):
+        return g
+    _, device, state = g
+    out = torch.Generator(device=device)
+    out.set_state(torch.frombuffer(bytearray(state), dtype=torch.uint8))
+    return out
 
 
 def sample_gamma(shape: float, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:

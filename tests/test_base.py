@@ -1,4 +1,5 @@
 """Property tests of the base class bookkeeping, through a minimal transform and through real ones."""
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -94,9 +95,11 @@ def test_explicit_generator_leaves_global_rng_alone():
 def test_generator_on_wrong_device_is_named():
     with pytest.raises(ValueError, match="generator is on cpu but the data is on cuda"):
         GeneratorSource(torch.Generator()).get(torch.device("cuda"))
-    for bad in ("seed", 1.5, True):
+    for bad in ("seed", 1.5, True, np.float64(3)):
         with pytest.raises(TypeError, match="generator must be"):
             GeneratorSource(bad)
+    x, y = _batch((2, 1, 3, 3), False, 0)  # a NumPy int seed is a seed, as other NumPy settings are numbers
+    assert torch.equal(AddNoise(generator=np.int64(3))(x, y)[0], AddNoise(generator=3)(x, y)[0])
 
 
 def test_default_generator_follows_torch_manual_seed():
@@ -128,6 +131,23 @@ def test_default_generator_is_fresh_in_each_dataloader_worker_and_epoch():
     first, second = torch.cat(list(loader)), torch.cat(list(loader))
     assert len({tuple(row.flatten().tolist()) for row in first}) == 4  # items 0 and 1 come from different workers
     assert not torch.equal(first, second)
+
+
+def test_used_transforms_go_to_spawned_workers():
+    # a torch.Generator (given, or cached by a first call) pickled as a tensor, which Linux's default file_descriptor
+    # sharing could not send to spawned workers ("unable to resize file": the worker died)
+    given, default = AddNoise(generator=torch.Generator().manual_seed(3)), AddNoise()
+    for t in (given, default):
+        t(*_batch((2, 1, 3, 3), False, 0))  # used once in the main process
+    ref = AddNoise(generator=torch.Generator())
+    ref._rng.spec.set_state(given._rng.spec.get_state())
+    for t in (given, default):
+        loader = torch.utils.data.DataLoader(_AugmentInGetitem(t), batch_size=1, num_workers=1,
+                                             multiprocessing_context="spawn")
+        out = torch.cat(list(loader))
+        assert out.shape == (4, 1, 3, 3) and len({tuple(r.flatten().tolist()) for r in out}) == 4
+        if t is given:  # the worker's copy continues the given generator's stream
+            assert torch.equal(out[0], _AugmentInGetitem(ref)[0])
 
 
 def test_non_finite_and_implausible_outputs_are_rejected_and_counted():
