@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .modelutils import borrowed
+from .modelutils import borrowed, logits_of
 from .validation import check_count, check_images, check_labels
 
 Augment = Callable[..., tuple[torch.Tensor, torch.Tensor]]
@@ -76,7 +76,8 @@ def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int | None = No
         batch_size = 128 if x.device.type == "cpu" else 1024
     check_count("batch_size", batch_size, low=1)
     with borrowed(model) as net:
-        return torch.cat([net(x[i:i + batch_size]).float().softmax(1) for i in range(0, len(x), batch_size)])
+        return torch.cat([logits_of(net, x[i:i + batch_size], "predict_proba").float().softmax(1)
+                          for i in range(0, len(x), batch_size)])
 
 
 def _check_predictions(probs: torch.Tensor, y: torch.Tensor) -> None:

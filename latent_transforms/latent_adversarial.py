@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from .codec_transform import CodecTransform
 from .latent_cache import LatentCache
 from .codecs import Codec
-from .modelutils import borrowed
+from .modelutils import borrowed, logits_of
 from .perturbation import ascent_direction, check_norm, project, random_start
 from .validation import check_choice, check_count, check_number
 
@@ -64,11 +64,14 @@ class LatentAdversarial(CodecTransform):
                 f"random_start={self.random_start}, target={self.target!r}, " + super().extra_repr())
 
     def transform(self, x, y, model, generator, index=None):
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError("LatentAdversarial differentiates the classifier, which torch.inference_mode() forbids; "
+                               "call it outside inference_mode (torch.no_grad() is fine) or put it in eval() mode")
         z = self.encode_flat(x, index)
         mask = self.level_mask(z.device)
         with borrowed(model) as net:
             with torch.no_grad():
-                target = net(x).argmax(1) if self.target == "pred" else y
+                target = logits_of(net, x, "LatentAdversarial").argmax(1) if self.target == "pred" else y
             delta = torch.zeros_like(z)
             if self.random_start:
                 delta = random_start(z.shape, self.eps, self.norm, generator, z.device, z.dtype)
@@ -76,7 +79,7 @@ class LatentAdversarial(CodecTransform):
             for _ in range(self.steps):
                 delta.requires_grad_(True)
                 with torch.enable_grad():
-                    logits = net(self.decode_flat(z + delta).to(x.dtype))
+                    logits = logits_of(net, self.decode_flat(z + delta).to(x.dtype), "LatentAdversarial")
                     loss = F.cross_entropy(logits.float(), target)
                     (grad,) = torch.autograd.grad(loss, delta)
                 step = ascent_direction(self._restrict(grad, mask), self.norm)

@@ -6,7 +6,7 @@ from torch import nn
 
 from .codec_transform import resolve_codec
 from .codecs import Codec, flatten_latents, unflatten_latents
-from .modelutils import borrowed
+from .modelutils import borrowed, logits_of
 from .rng import GeneratorSource
 from .validation import check_count, check_images, check_number
 
@@ -57,5 +57,5 @@ class LatentMixupInference(nn.Module):
             for k in range(self.num_mixes):
                 mixed = self.lam * z + (1 - self.lam) * refs[pick[k]]
                 xk = self.codec.decode(unflatten_latents(mixed, self.codec.latent_shapes)).clamp(0, 1).to(x.dtype)
-                probs = probs + net(xk).float().softmax(1)
+                probs = probs + logits_of(net, xk, "LatentMixupInference").float().softmax(1)
         return probs / self.num_mixes

@@ -1,9 +1,11 @@
-"""Borrowing the classifier without changing it: mode, BatchNorm statistics and gradients stay as they were."""
+"""Borrowing the classifier without changing it (mode, BatchNorm statistics and gradients stay as they were), and
+reading its logits."""
 from __future__ import annotations
 
 import contextlib
 from typing import Iterator
 
+import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -35,3 +37,14 @@ def borrowed(model: nn.Module) -> Iterator[nn.Module]:
             m.training = mode
         for p, flag in flags:
             p.requires_grad_(flag)
+
+
+def logits_of(net: nn.Module, x: torch.Tensor, who: str) -> torch.Tensor:
+    """``net(x)``, which must be ``(B, K)`` logits for ``x: (B, ...)``; a tuple, a dict or another shape is refused
+    with the fix (``who`` names the caller in the message)."""
+    out = net(x)
+    if isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[0] == x.shape[0]:
+        return out
+    got = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+    raise ValueError(f"{who} needs model(x) to return (B, K) logits, got {got}; pass a wrapper nn.Module whose "
+                     f"forward returns the logits (for example model(x)[0] or model(x)['logits'])")

@@ -57,6 +57,15 @@ def test_predict_proba_is_batch_independent_and_restores_the_mode():
     assert [m.training for m in model] == [True, False, True, True, True, True, True]
 
 
+def test_predict_proba_names_a_model_that_returns_a_tuple():
+    class WithFeatures(nn.Module):
+        def forward(self, x):
+            return x.flatten(1)[:, :3], x
+
+    with pytest.raises(ValueError, match=r"predict_proba needs model\(x\) to return \(B, K\) logits, got a tuple"):
+        predict_proba(WithFeatures(), torch.rand(4, 3, 2, 2))
+
+
 @pytest.mark.parametrize("probs,y,match", [
     (torch.full((3, 2), 0.5), torch.zeros(3, 1, dtype=torch.int64), "must be \\(N,\\) class indices"),
     (torch.full((3, 2), 0.5), torch.zeros(1, dtype=torch.int64), r"with N=3 \(the rows of probs\), got shape \(1,\)"),

@@ -151,6 +151,37 @@ def test_adversarial_restores_model_on_error(glow, batch, net):
     assert flags == [p.requires_grad for p in boom.parameters()]
 
 
+class _Outputs(torch.nn.Module):
+    """A classifier returning something other than a logits tensor: (logits, features), a dict, (B, 1, K)."""
+
+    def __init__(self, net, form):
+        super().__init__()
+        self.net, self.form = net, form
+
+    def forward(self, x):
+        logits = self.net(x)
+        return {"tuple": (logits, x), "dict": {"logits": logits}, "3d": logits[:, None]}[self.form]
+
+
+@pytest.mark.parametrize("form, got", [("tuple", "a tuple"), ("dict", "a dict"), ("3d", r"a tensor of shape \(12, 1, 10\)")])
+def test_models_that_do_not_return_logits_are_named(glow, batch, net, form, got):
+    # were AttributeErrors from deep inside ('tuple' object has no attribute 'argmax')
+    model = _Outputs(net, form)
+    for target in ("pred", "true"):
+        with pytest.raises(ValueError, match=f"LatentAdversarial needs model\\(x\\) to return \\(B, K\\) logits, got {got}"):
+            LatentAdversarial(glow, target=target, generator=0)(*batch, model)
+    with pytest.raises(ValueError, match=f"LatentMixupInference needs .* got {got}"):
+        LatentMixupInference(model, glow, references=batch[0], num_mixes=1, generator=0)(batch[0])
+
+
+def test_adversarial_under_inference_mode_is_named(glow, batch, net):
+    t = LatentAdversarial(glow, generator=0)
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="differentiates the classifier.*inference_mode"):
+        t(*batch, net)
+    with torch.inference_mode():
+        assert t.eval()(*batch, net)[0] is batch[0]  # the identity in eval mode, also there
+
+
 def test_adversarial_keeps_accumulated_gradients(glow, batch, net):
     x, y = batch
     F.cross_entropy(net(x), y).backward()
