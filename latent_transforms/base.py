@@ -23,8 +23,8 @@ class LatentTransform(nn.Module):
 
     Shape:
         x: (B, C, H, W) float in [0, 1]; y: (B,) int64 class indices or (B, K) float soft labels.
-        Returns x2 with x's shape, dtype and device; y2 in y's form, or (B, K) soft labels for methods
-        that mix samples (``mixes_labels = True``).
+        Returns x2 with x's shape, dtype and device (and channels_last memory format if x has it); y2 in y's
+        form, or (B, K) soft labels for methods that mix samples (``mixes_labels = True``).
 
     Convention:
         - ``eval()`` mode: the identity (x and y returned unchanged) unless a subclass documents otherwise.
@@ -127,9 +127,16 @@ class LatentTransform(nn.Module):
         self._count(x.device, batch, ok.sum(), (~ok).sum())
 
         if selected is None:
-            return x2, y2
+            return _in_layout_of(x, x2), y2
         x_out = x.index_copy(0, selected, x2)
         if self.mixes_labels:
             y_out = y_out.index_copy(0, selected, y2.to(y_out.dtype))
-        return x_out, y_out
+        return _in_layout_of(x, x_out), y_out
+
+
+def _in_layout_of(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out`` in ``x``'s memory format when that is channels_last (a channels_last training loop stays one)."""
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return out.contiguous(memory_format=torch.channels_last)
+    return out
 

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from .base import LatentTransform
+from .isda import ISDA
 from .labels import to_soft
 from .validation import check_batch
 
@@ -23,6 +24,18 @@ def _is_torchvision_v2(t: object) -> bool:
     from torchvision.transforms.v2 import Transform
 
     return isinstance(t, Transform)
+
+
+def _mixes_labels(t: object) -> bool:
+    """Whether a step turns labels soft: a label-mixing LatentTransform, torchvision's MixUp/CutMix, a kornia mix."""
+    from torchvision.transforms.v2 import CutMix, MixUp
+
+    return (isinstance(t, LatentTransform) and t.mixes_labels) or isinstance(t, (MixUp, CutMix)) or _is_kornia_mix(t)
+
+
+def _name(t: nn.Module) -> str:
+    """A step's class name (a plain callable's own name)."""
+    return getattr(t.fn, "__name__", type(t.fn).__name__) if isinstance(t, _Callable) else type(t).__name__
 
 
 class _Callable(nn.Module):
@@ -71,6 +84,11 @@ class Compose(nn.Module):
             if not callable(t):
                 raise TypeError(f"Compose steps must be callable, got {type(t).__name__}")
             steps.append(t if isinstance(t, nn.Module) else _Callable(t))
+        isda = [i for i, t in enumerate(steps) if isinstance(t, ISDA)]
+        mixing = [i for i, t in enumerate(steps) if _mixes_labels(t)]
+        if isda and mixing:
+            raise ValueError(f"ISDA (step {isda[0]}) needs class-index labels and cannot be combined with label-mixing "
+                             f"steps ({', '.join(f'{_name(steps[i])} at step {i}' for i in mixing)})")
         self.steps = nn.ModuleList(steps)
         self.num_classes = num_classes
 
@@ -87,7 +105,13 @@ class Compose(nn.Module):
         if not self.training:
             return x, y
         for i, step in enumerate(self.steps):
-            x, y = self._run_step(step, x, y, model, index if i == 0 else None)
+            try:
+                x, y = self._run_step(step, x, y, model, index if i == 0 else None)
+            except ValueError as e:  # a latent step checks what the previous step made: say which
+                if i == 0 or not isinstance(step, LatentTransform):
+                    raise
+                raise ValueError(f"Compose step {i} ({_name(step)}), on the output of step {i - 1} "
+                                 f"({_name(self.steps[i - 1])}): {e}") from None
         return x, y
 
     def _run_step(self, step: nn.Module, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None,
@@ -97,8 +121,8 @@ class Compose(nn.Module):
         if _is_kornia_mix(step):
             if y.ndim != 1:
                 raise ValueError(
-                    f"{type(step).__name__} (kornia) takes class-index labels, but an earlier step made them soft; "
-                    f"put it before label-mixing steps or use torchvision.transforms.v2.MixUp/CutMix"
+                    f"{type(step).__name__} (kornia) takes class-index labels, got soft (B, K) labels (given, or made "
+                    f"by an earlier label-mixing step); put it first or use torchvision.transforms.v2.MixUp/CutMix"
                 )
             k = self.num_classes
             if k is None:

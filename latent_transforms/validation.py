@@ -64,10 +64,9 @@ def check_images(x: torch.Tensor, name: str = "x") -> None:
         bad = (~torch.isfinite(x)).flatten(1).any(1).nonzero().flatten().tolist()
         raise ValueError(f"{name} contains NaN or inf (in samples {bad[:8]})")
     if lo < -IMAGE_RANGE_TOL or hi > 1 + IMAGE_RANGE_TOL:
-        raise ValueError(
-            f"{name} values must lie in [0, 1], got range [{lo:.4g}, {hi:.4g}]; "
-            f"apply normalisation (mean/std) inside the model, after augmentation"
-        )
+        hint = ("a resampling (bicubic, antialiased) or noise step overshoots: clamp its output with x.clamp(0, 1)"
+                if lo >= -0.1 and hi <= 1.1 else "apply normalisation (mean/std) inside the model, after augmentation")
+        raise ValueError(f"{name} values must lie in [0, 1], got range [{lo:.4g}, {hi:.4g}]; {hint}")
 
 
 def check_labels(y: torch.Tensor, batch_size: int, num_classes: int | None = None, name: str = "y") -> None:

@@ -150,6 +150,17 @@ def test_used_transforms_go_to_spawned_workers():
             assert torch.equal(out[0], _AugmentInGetitem(ref)[0])
 
 
+@pytest.mark.parametrize("make", [lambda p: AddNoise(p=p, generator=0), lambda p: Mix(p=p, generator=0, num_classes=5)])
+@pytest.mark.parametrize("p", [1.0, 0.5])
+def test_channels_last_in_channels_last_out(make, p):
+    x, y = _batch((6, 3, 5, 5), False, 0)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    out, y_out = make(p)(xc, y)
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()  # came back NCHW
+    ref, y_ref = make(p)(x, y)
+    assert torch.equal(out, ref) and torch.equal(y_out, y_ref) and ref.is_contiguous()
+
+
 def test_non_finite_and_implausible_outputs_are_rejected_and_counted():
     x, y = _batch((5, 1, 3, 3), False, 0)
     t = Explode(generator=0)

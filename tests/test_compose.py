@@ -83,6 +83,49 @@ def test_kornia_mixup_after_soft_labels_is_refused(rgb):
         c(x, y)
 
 
+def test_kornia_mixup_of_given_soft_labels_says_so(rgb):
+    x, y = rgb
+    with pytest.raises(ValueError, match=r"RandomMixUpV2 \(kornia\) takes class-index labels, got soft \(B, K\) labels "
+                                         r"\(given, or made by an earlier"):  # said "an earlier step made them soft"
+        Compose([K.RandomMixUpV2()], num_classes=10)(x, torch.nn.functional.one_hot(y, 10).float())
+
+
+@pytest.mark.parametrize("mixer", [lambda: T.MixUp(num_classes=10), lambda: T.CutMix(num_classes=10),
+                                   lambda: K.RandomMixUpV2(),
+                                   lambda: VarMixup(tiny_vae(shape=(3, 16, 16)), num_classes=10)])
+def test_isda_with_a_label_mixing_step_is_refused(mixer):
+    from latent_transforms import ISDA
+
+    m = mixer()
+    for steps in ([ISDA(10), m], [m, ISDA(10)]):  # ISDA then MixUp was accepted: its correction used unmixed labels
+        with pytest.raises(ValueError, match=f"ISDA \\(step {steps.index(m) ^ 1}\\) needs class-index labels .*"
+                                             f"{type(m).__name__} at step {steps.index(m)}"):
+            Compose(steps)
+    Compose([ISDA(10), T.RandomHorizontalFlip()])  # pixel steps are fine
+
+
+def test_a_latent_step_names_the_step_whose_output_it_refuses(rgb, rgb_glow):
+    x, y = rgb
+
+    def overshoot(x):
+        return x * 1.02
+
+    with pytest.raises(ValueError, match=r"Compose step 1 \(LatentNoise\), on the output of step 0 \(overshoot\): x "
+                                         r"values must lie in \[0, 1\].*clamp its output"):
+        Compose([overshoot, LatentNoise(rgb_glow, generator=0)])(x, y)
+    with pytest.raises(ValueError, match=r"^x values must lie in \[0, 1\].*normalisation"):  # the input: as it is
+        Compose([LatentNoise(rgb_glow, generator=0)])((x - 0.5) / 0.25, y)
+
+
+def test_channels_last_stays_channels_last(rgb, rgb_glow):
+    x, y = rgb
+    xc = x.contiguous(memory_format=torch.channels_last)
+    noise = LatentNoise(rgb_glow, generator=0)
+    for t in (noise, Compose([noise, T.RandomHorizontalFlip()])):
+        out, _ = t(xc, y)
+        assert out.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_varmixup_then_torchvision_mixup_keeps_valid_soft_labels(rgb):
     x, y = rgb
     vae = tiny_vae(shape=(3, 16, 16))
