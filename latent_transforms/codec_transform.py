@@ -72,6 +72,11 @@ class CodecTransform(LatentTransform):
                  for i, s in enumerate(self.codec.latent_shapes)]
         return torch.cat(parts)
 
+    def on_levels(self, new: torch.Tensor, old: torch.Tensor | float) -> torch.Tensor:
+        """``new: (B, D)`` on the coordinates of ``levels``, ``old`` (a tensor or 0) elsewhere; ``new`` if all levels."""
+        mask = self.level_mask(new.device)
+        return new if mask is None else torch.where(mask, new, old)
+
     def encode_flat(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, C, H, W) -> (B, D) standardised latents, without gradient (looked up in the cache by index,
         checked on entry against the cache size)."""

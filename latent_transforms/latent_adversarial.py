@@ -68,25 +68,21 @@ class LatentAdversarial(CodecTransform):
             raise RuntimeError("LatentAdversarial differentiates the classifier, which torch.inference_mode() forbids; "
                                "call it outside inference_mode (torch.no_grad() is fine) or put it in eval() mode")
         z = self.encode_flat(x, index)
-        mask = self.level_mask(z.device)
         with borrowed(model) as net:
             with torch.no_grad():
                 target = logits_of(net, x, "LatentAdversarial").argmax(1) if self.target == "pred" else y
             delta = torch.zeros_like(z)
             if self.random_start:
                 delta = random_start(z.shape, self.eps, self.norm, generator, z.device, z.dtype)
-            delta = self._restrict(delta, mask)
+            delta = self.on_levels(delta, 0.0)
             for _ in range(self.steps):
                 delta.requires_grad_(True)
                 with torch.enable_grad():
                     logits = logits_of(net, self.decode_flat(z + delta).to(x.dtype), "LatentAdversarial")
                     loss = F.cross_entropy(logits.float(), target)
                     (grad,) = torch.autograd.grad(loss, delta)
-                step = ascent_direction(self._restrict(grad, mask), self.norm)
-                delta = self._restrict(project(delta.detach() + self.step_size * step, self.eps, self.norm), mask)
+                step = ascent_direction(self.on_levels(grad, 0.0), self.norm)
+                delta = self.on_levels(project(delta.detach() + self.step_size * step, self.eps, self.norm), 0.0)
         self.last_params = {"delta": delta, "target": target}
         with torch.no_grad():
             return self.decode_flat(z + delta), y
-
-    def _restrict(self, d: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        return d if mask is None else d * mask

@@ -26,9 +26,9 @@ class LatentCache(nn.Module):
                  device: torch.device | str | None = None, progress: bool = True):
         super().__init__()
         check_images(images, "images")
-        codec.check_images(images[:1].to(next(codec.parameters()).device))
+        codec_device = codec.device
+        codec.check_images(images[:1].to(codec_device))
         self.codec_fingerprint = codec.fingerprint()
-        codec_device = next(codec.parameters()).device
         chunks = []
         with torch.no_grad():
             for i in tqdm(range(0, len(images), batch_size), desc="encoding", disable=not progress, leave=False):

@@ -159,8 +159,8 @@ def eval_codec(codec: Codec, x: torch.Tensor, batch_size: int = 256, seed: int =
     ``nelbo`` (rec + beta * kl). Other codecs: the means of the metrics their ``loss`` reports.
     """
     check_images(x)
-    codec.check_images(x[:1].to(next(codec.parameters()).device))
-    device = next(codec.parameters()).device
+    device = codec.device
+    codec.check_images(x[:1].to(device))
     gen = torch.Generator(device="cpu").manual_seed(seed)
     was_training = codec.training
     codec.eval()
@@ -282,7 +282,7 @@ def _upscale(x: torch.Tensor, min_side: int = 32) -> torch.Tensor:
 def _save_grid(codec: Codec, x: torch.Tensor, path: Path, n: int, temperature: float, seed: int) -> None:
     from torchvision.utils import save_image
 
-    device = next(codec.parameters()).device
+    device = codec.device
     orig = x[:n].to(device, codec.dtype)
     rec = codec.decode(codec.encode(orig)).clamp(0, 1)
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -293,7 +293,7 @@ def _save_grid(codec: Codec, x: torch.Tensor, path: Path, n: int, temperature: f
 
 def _roundtrip_err(codec: Codec, x: torch.Tensor) -> float:
     with torch.no_grad():
-        xb = x.to(next(codec.parameters()).device, codec.dtype)
+        xb = x.to(codec.device, codec.dtype)
         return float((codec.decode(codec.encode(xb)) - xb).abs().max())
 
 

@@ -83,10 +83,7 @@ class VarMixup(CodecTransform):
         partner = torch.randperm(b, generator=generator, device=z.device)
         lam = sample_beta(self.alpha, b if self.per_sample else 1, generator, z.device).expand(b)
         weight = lam.unsqueeze(1).to(z.dtype)
-        mixed = weight * z + (1 - weight) * z[partner]
-        mask = self.level_mask(z.device)
-        if mask is not None:  # mix only the chosen levels, keep the sample's own latent elsewhere
-            mixed = torch.where(mask, mixed, z)
+        mixed = self.on_levels(weight * z + (1 - weight) * z[partner], z)  # the sample's own latent elsewhere
         self.last_params = {"lam": lam, "partner": partner}
         with torch.no_grad():
             if self.keep_detail:  # one decode call for the mixes and the reconstructions

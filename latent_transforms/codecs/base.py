@@ -99,6 +99,11 @@ class Codec(nn.Module):
         """The parameters' dtype (float32 for the shipped codecs)."""
         return next(self.parameters()).dtype
 
+    @property
+    def device(self) -> torch.device:
+        """Where the parameters are (``.to(...)`` moves them)."""
+        return next(self.parameters()).device
+
     def fingerprint(self) -> str:
         """sha256 of the config and the saved weights: equal for two codecs that encode alike, whatever the objects."""
         digest = hashlib.sha256(json.dumps(self.config, sort_keys=True).encode())
@@ -128,7 +133,7 @@ class Codec(nn.Module):
 
     def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
         """n images decoded from N(0, temperature^2 I) latents, clipped to [0, 1]."""
-        device = next(self.parameters()).device
+        device = self.device
         z = [temperature * torch.randn((n, *s), generator=generator, device=device, dtype=self.dtype) for s in self.latent_shapes]
         return self.decode(z).clamp(0, 1)
 
