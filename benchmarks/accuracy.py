@@ -228,25 +228,6 @@ def make_augment(arm: str, args, codecs: dict, seed: int) -> nn.Module | None:
     return Compose(steps, num_classes=k)
 
 
-def epoch_schedule(augment: nn.Module | None):
-    """``on_epoch(epoch, epochs)`` driving every ISDA-like module's per-epoch schedule, or None."""
-    if augment is None:
-        return None
-    hooks = []
-    for m in augment.modules():
-        if callable(getattr(m, "set_epoch", None)):
-            hooks.append(m.set_epoch)
-        elif callable(getattr(m, "on_epoch", None)):
-            hooks.append(m.on_epoch)
-    if not hooks:
-        return None
-
-    def on_epoch(epoch: int, epochs: int) -> None:
-        for h in hooks:
-            h(epoch, epochs)
-    return on_epoch
-
-
 def transform_stats(augment: nn.Module | None) -> dict:
     if augment is None:
         return {}
@@ -265,7 +246,7 @@ def run_one(arm: str, seed: int, args, data: dict, codecs: dict, corrupted: dict
     seconds = fit_classifier(
         model, data["x_train"], data["y_train"], augment, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, seed=seed, pixel_augment=RandomCropFlip(seed, device),
-        on_epoch=epoch_schedule(augment), desc=f"{arm} seed {seed}", progress=not args.no_progress)
+        desc=f"{arm} seed {seed}", progress=not args.no_progress)
     probs = predict_proba(model, data["x_eval"])
     y = data["y_eval"]
     corr = {}

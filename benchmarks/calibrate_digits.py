@@ -53,9 +53,8 @@ def main() -> None:
         for name, augment in settings(glow, vae, seed):
             torch.manual_seed(seed)
             model = digits_cnn()
-            on_epoch = augment.set_epoch if isinstance(augment, ISDA) else None
             fit_classifier(model, x[idx], y[idx], augment, epochs=args.epochs, batch_size=32, lr=0.05, seed=seed,
-                           on_epoch=on_epoch, progress=False)
+                           progress=False)
             results.setdefault(name, []).append(accuracy(predict_proba(model, x[val]), y[val]))
             print(f"seed {seed} {name}: {100 * results[name][-1]:.1f}%", flush=True)
     out = Path(args.out)

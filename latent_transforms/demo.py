@@ -72,9 +72,8 @@ def run_demo(out_dir: str | Path = "latent-transforms-demo", per_class: int = 10
             augment = make_arms(glow, vae, seed)[name]()
             torch.manual_seed(seed)
             model = digits_cnn()
-            on_epoch = augment.set_epoch if isinstance(augment, ISDA) else None
             seconds = fit_classifier(model, x, y, augment, epochs=epochs, batch_size=32, lr=0.05, seed=seed,
-                                     on_epoch=on_epoch, desc=f"{name} seed {seed}", progress=progress)
+                                     desc=f"{name} seed {seed}", progress=progress)
             acc = accuracy(predict_proba(model, x_test), y_test)
             results.setdefault(name, {"accuracy": [], "seconds": []})
             results[name]["accuracy"].append(acc)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .isda import ISDA
 from .modelutils import borrowed, logits_of
 from .validation import check_count, check_images, check_labels
 
@@ -19,12 +20,13 @@ Augment = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 def fit_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, augment: Augment | None = None, *,
                    epochs: int = 30, batch_size: int = 64, lr: float = 0.05, weight_decay: float = 5e-4,
                    seed: int = 0, pixel_augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                   on_epoch: Callable[[int, int], None] | None = None, autocast_dtype: torch.dtype | None = None,
+                   autocast_dtype: torch.dtype | None = None,
                    desc: str = "train", progress: bool = True) -> float:
     """Train ``model`` on (x, y) with SGD + one-cycle LR; ``augment(x, y, model)`` runs on every batch.
 
     x: (N, C, H, W) float in [0, 1] on the model's device; y: (N,) int64. ``pixel_augment`` (e.g. a flip/crop)
-    runs before ``augment``; ``on_epoch(epoch, epochs)`` runs at the start of each epoch (ISDA's schedule).
+    runs before ``augment``. Every ``ISDA`` in ``augment`` (also inside a ``Compose``) follows the official
+    schedule: ``set_epoch(epoch, epochs)`` at the start of each epoch.
     ``autocast_dtype`` (e.g. torch.bfloat16 on a GPU) runs the classifier's forward under autocast.
     Returns the wall time in seconds.
     """
@@ -40,10 +42,11 @@ def fit_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, augment: 
     model.train()
     if augment is not None and isinstance(augment, nn.Module):
         augment.train()
+    schedules = [m for m in augment.modules() if isinstance(m, ISDA)] if isinstance(augment, nn.Module) else []
     bar = tqdm(range(epochs), desc=desc, leave=False, disable=not progress)
     for epoch in bar:
-        if on_epoch is not None:
-            on_epoch(epoch, epochs)
+        for isda in schedules:
+            isda.set_epoch(epoch, epochs)
         order = torch.randperm(len(x), generator=g).to(x.device)
         for i in range(steps_per_epoch):
             idx = order[i * batch_size:(i + 1) * batch_size]

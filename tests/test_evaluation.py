@@ -111,3 +111,21 @@ def test_fit_classifier_learns_a_separable_problem_and_is_seeded():
     assert acc1 >= 0.9, acc1
     for a, b in zip(m1.parameters(), m2.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)  # same seeds: the same weights
+
+
+def test_fit_classifier_drives_every_isdas_epoch_schedule():
+    from latent_transforms import ISDA, Compose
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    x, y = torch.rand(8, 3, 2, 2), torch.arange(8) % 3
+    seen = []
+
+    class Recording(ISDA):
+        def set_epoch(self, epoch, total_epochs):
+            seen.append((epoch, total_epochs))
+            super().set_epoch(epoch, total_epochs)
+
+    inner = Recording(3)
+    fit_classifier(model, x, y, Compose([inner]), epochs=3, batch_size=4, progress=False)
+    assert seen == [(0, 3), (1, 3), (2, 3)] and inner.lam == 0.5 * 2 / 3  # inside a Compose too
