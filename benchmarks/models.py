@@ -108,9 +108,7 @@ def tiny_codecs(seed: int = 0, shape=(3, 32, 32)):
     from latent_transforms.codecs import ConvVAE, Glow
 
     torch.manual_seed(seed)
-    glow = Glow(shape, levels=2, steps=1, hidden=8)
-    with torch.no_grad():
-        glow.loss(torch.rand(32, *shape))
+    glow = Glow(shape, levels=2, steps=1, hidden=8).init_actnorm(torch.rand(32, *shape))
     vae = ConvVAE(shape, latent_dim=8, hidden=8)
     return glow.freeze(), vae.freeze()
 
@@ -121,9 +119,7 @@ def random_init_codec(kind: str, shape=(3, 32, 32), seed: int = 0):
 
     torch.manual_seed(seed)
     if kind == "glow":
-        codec = Glow(shape, levels=3, steps=8, hidden=128)
-        with torch.no_grad():
-            codec.loss(torch.rand(64, *shape))
+        codec = Glow(shape, levels=3, steps=8, hidden=128).init_actnorm(torch.rand(64, *shape))
     else:
         codec = ConvVAE(shape, latent_dim=64, hidden=64)
     return codec.freeze()

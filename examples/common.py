@@ -23,9 +23,7 @@ def tiny_glow(image_shape=(3, 32, 32), seed: int = 0):
 
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        glow = Glow(image_shape, levels=2, steps=1, hidden=16)
-        with torch.no_grad():
-            glow.loss(torch.rand(32, *image_shape))
+        glow = Glow(image_shape, levels=2, steps=1, hidden=16).init_actnorm(torch.rand(32, *image_shape))
     return glow.freeze()
 
 

@@ -452,9 +452,7 @@ def train_codec(
         if saved is None:
             if codec_kind == "glow":  # ActNorm initialises from the first batch it sees: make it a big one
                 g = torch.Generator().manual_seed(seed)
-                init = x_dev[torch.randperm(n, generator=g)[:ACTNORM_INIT_BATCH].to(dev)]
-                with torch.no_grad():
-                    codec.loss(init)
+                codec.init_actnorm(x_dev[torch.randperm(n, generator=g)[:ACTNORM_INIT_BATCH].to(dev)])
             info = {"kind": codec_kind, **settings, "optimizer": "Adamax" if codec_kind == "glow" else "Adam",
                     "steps_per_epoch": steps_per_epoch, "step": 0, "train_time_s": 0.0, "nonfinite_steps": 0,
                     "history": [], "calls": 0, "schedule": []}

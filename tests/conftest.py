@@ -13,10 +13,7 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 def tiny_glow(seed: int = 0, shape=(1, 8, 8)) -> Glow:
     """A random-init frozen Glow whose ActNorms were initialised on random data."""
     torch.manual_seed(seed)
-    glow = Glow(shape, levels=2, steps=2, hidden=16, num_bins=17)
-    with torch.no_grad():
-        glow.loss(torch.rand(64, *shape))
-    return glow.freeze()
+    return Glow(shape, levels=2, steps=2, hidden=16, num_bins=17).init_actnorm(torch.rand(64, *shape)).freeze()
 
 
 def trained_like_glow_pair(shape=(1, 8, 8)) -> tuple[Glow, Glow]:
@@ -24,9 +21,8 @@ def trained_like_glow_pair(shape=(1, 8, 8)) -> tuple[Glow, Glow]:
 
     Its weights are moved away from the identity-like init, as training does."""
     torch.manual_seed(0)
-    plain = Glow(shape, levels=2, steps=2, hidden=16)
+    plain = Glow(shape, levels=2, steps=2, hidden=16).init_actnorm(torch.rand(32, *shape))
     with torch.no_grad():
-        plain.loss(torch.rand(32, *shape))
         for p in plain.parameters():
             p.add_(0.05 * torch.randn_like(p))
     fast = Glow(**{k: v for k, v in plain.config.items() if k != "kind"})

@@ -150,6 +150,14 @@ class Glow(Codec):
         log_base = sum(-0.5 * (ui**2).flatten(1).sum(1) for ui in u) - 0.5 * self.latent_dim * math.log(2 * math.pi)
         return log_base + logdet
 
+    def init_actnorm(self, x: torch.Tensor) -> "Glow":
+        """Initialise every ActNorm from a batch ``x: (B, C, H, W)`` in [0, 1] (normflows' ActNorm takes its scale and
+        shift from the first batch it sees: make it a representative one) by one forward of ``loss``, without
+        gradient. Returns ``self``; do it before training or, for a random-init codec, before ``freeze()``."""
+        with torch.no_grad():
+            self.loss(x)
+        return self
+
     def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Mean bits/dim of uniformly dequantised x (the usual discrete-data bound)."""
         levels = torch.round(x * (self.num_bins - 1))
