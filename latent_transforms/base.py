@@ -80,6 +80,18 @@ class LatentTransform(nn.Module):
         row = torch.stack([torch.tensor(seen, device=device), transformed, rejected]).to(torch.int64)
         self._counts = row if self._counts is None else self._counts.to(device) + row
 
+    def _count_untouched(self, device: torch.device, seen: int) -> None:
+        zero = torch.zeros((), dtype=torch.int64, device=device)
+        self._count(device, seen, zero, zero)
+
+    def _require_model(self, model: nn.Module | None) -> None:
+        if self.needs_model and model is None:
+            raise TypeError(f"{type(self).__name__} needs the classifier being trained: call t(x, y, model)")
+
+    def _draw_selection(self, batch: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+        """(B,) bool: which samples are transformed, each with probability ``p`` (one draw per sample)."""
+        return torch.rand(batch, generator=generator, device=device) < self.p
+
     def extra_repr(self) -> str:
         return f"p={self.p}" + (f", num_classes={self.num_classes}" if self.num_classes else "")
 
@@ -91,10 +103,7 @@ class LatentTransform(nn.Module):
                 index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x2, y2 = t(x, y, model); ``index: (B,)`` int64 dataset positions, for transforms with a latent cache."""
         check_batch(x, y, self.num_classes, index, self.index_size)
-        if self.needs_model and model is None:
-            raise TypeError(
-                f"{type(self).__name__} needs the classifier being trained: call t(x, y, model)"
-            )
+        self._require_model(model)
         k = num_classes_of(y, self.num_classes)
         if self.mixes_labels and k is None:
             raise ValueError(f"{type(self).__name__} mixes labels: pass num_classes=... or (B, K) soft labels")
@@ -109,13 +118,12 @@ class LatentTransform(nn.Module):
             selected = None
             xs, ys, idx = x, y, index
         else:
-            selected = (torch.rand(batch, generator=generator, device=x.device) < self.p).nonzero().flatten()
+            selected = self._draw_selection(batch, generator, x.device).nonzero().flatten()
             xs, ys = x[selected], y[selected]
             idx = None if index is None else index[selected]
         y_out = to_soft(y, k) if self.mixes_labels else y
         if xs.shape[0] == 0:
-            zero = torch.zeros((), dtype=torch.int64, device=x.device)
-            self._count(x.device, batch, zero, zero)
+            self._count_untouched(x.device, batch)
             return x, y_out
 
         x2, y2 = self.transform(xs, ys, model, generator, idx)

@@ -461,8 +461,7 @@ class ISDA(_ISDAState, LatentTransform):
 
         ``index`` is checked like every transform's and unused (ISDA encodes nothing)."""
         check_batch(x, y, self.num_classes, index)
-        if model is None:
-            raise TypeError(f"{type(self).__name__} needs the classifier being trained: call t(x, y, model)")
+        self._require_model(model)
         check_same_device(x, self.estimator, "ISDA's class statistics")
         if not self.training:
             return x, y
@@ -470,14 +469,13 @@ class ISDA(_ISDAState, LatentTransform):
             raise ValueError(_HARD_LABELS_ONLY.format(shape=tuple(y.shape)))
         batch = x.shape[0]
         if not model.training:
-            zero = torch.zeros((), dtype=torch.int64, device=x.device)
-            self._count(x.device, batch, zero, zero)
+            self._count_untouched(x.device, batch)
             return x, y
         name, layer = self.find_layer(model)
         lam: float | torch.Tensor = self.lam
         chosen = torch.tensor(batch, device=x.device)
         if self.p < 1.0:
-            mask = torch.rand(batch, generator=self._rng.get(x.device), device=x.device) < self.p
+            mask = self._draw_selection(batch, self._rng.get(x.device), x.device)
             lam, chosen = lam * mask.float(), mask.sum()
         _disarm(layer)
         _ARMED[layer] = layer.register_forward_hook(_ArmedHook(self, name, y, lam))
