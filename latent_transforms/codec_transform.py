@@ -4,19 +4,8 @@ from __future__ import annotations
 import torch
 
 from .base import LatentTransform
-from .codecs import Codec, flatten_latents, unflatten_latents
+from .codecs import Codec, flatten_latents, resolve_codec, unflatten_latents
 from .latent_cache import LatentCache
-
-
-def resolve_codec(codec: Codec | str) -> Codec:
-    """A codec object as given, or a hub name / ``.safetensors`` path loaded (frozen) from the hub."""
-    if isinstance(codec, Codec):
-        return codec
-    if isinstance(codec, str):
-        from . import hub
-
-        return hub.load(codec)
-    raise TypeError(f"codec must be a hub name, a .safetensors path or a Codec, got {type(codec).__name__}")
 
 
 class CodecTransform(LatentTransform):

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .codecs import Codec, flatten_latents
-from .validation import check_images
+from .codecs import Codec, flatten_latents, resolve_codec
+from .validation import check_count, check_images
 
 
 class LatentCache(nn.Module):
@@ -17,14 +17,17 @@ class LatentCache(nn.Module):
     in fp32). The latents belong to the images as given: pass ``index`` only for unmodified images.
 
     Args:
-        codec: the codec the transforms use (frozen; a transform refuses a cache whose codec has another
-            ``fingerprint()``). images: (N, C, H, W) float in [0, 1], on any device.
+        codec: the codec the transforms use: a Codec, hub name or ``.safetensors`` path (a transform refuses a cache
+            whose codec has another ``fingerprint()``). images: (N, C, H, W) float in [0, 1], on any device.
         batch_size: encoding batch size. device: where the latents live (default: the codec's device).
+        progress: show a progress bar while encoding.
     """
 
-    def __init__(self, codec: Codec, images: torch.Tensor, batch_size: int = 256,
+    def __init__(self, codec: Codec | str, images: torch.Tensor, batch_size: int = 256,
                  device: torch.device | str | None = None, progress: bool = True):
         super().__init__()
+        codec = resolve_codec(codec)
+        check_count("batch_size", batch_size, low=1)
         check_images(images, "images")
         codec_device = codec.device
         codec.check_images(images[:1].to(codec_device))

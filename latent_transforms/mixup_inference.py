@@ -4,8 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .codec_transform import resolve_codec
-from .codecs import Codec, flatten_latents, unflatten_latents
+from .codecs import Codec, flatten_latents, resolve_codec, unflatten_latents
 from .modelutils import borrowed, logits_of
 from .rng import GeneratorSource
 from .validation import check_count, check_images, check_number

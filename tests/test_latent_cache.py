@@ -54,6 +54,17 @@ def test_cache_errors_are_named(data):
             unlucky(x, y, index=torch.tensor([0, 1, 2, 40]))
     with pytest.raises(ValueError, match="trained on images of shape"):
         LatentCache(glow, torch.rand(4, 3, 8, 8), progress=False)
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1"):  # was range()'s own error
+        LatentCache(glow, images, batch_size=0, progress=False)
+
+
+def test_cache_takes_a_hub_name_like_the_transforms():
+    images = torch.rand(6, 1, 8, 8)
+    cache = LatentCache("glow-digits", images, progress=False)  # was an AttributeError: 'str' has no 'check_images'
+    t = LatentNoise("glow-digits", cache=cache, generator=0)
+    assert torch.allclose(t(images[:2], torch.zeros(2, dtype=torch.int64), index=torch.arange(2))[0],
+                          LatentNoise("glow-digits", generator=0)(images[:2], torch.zeros(2, dtype=torch.int64))[0],
+                          atol=1e-5)
 
 
 def test_compose_forwards_index_to_its_first_step(data):

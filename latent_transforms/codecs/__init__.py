@@ -20,4 +20,16 @@ def build_codec(config: dict) -> Codec:
         raise ValueError(f"bad config for a {kind} codec: {e}") from None
 
 
-__all__ = ["Codec", "Latents", "Glow", "ConvVAE", "build_codec", "exact_math", "flatten_latents", "unflatten_latents", "CODECS"]
+def resolve_codec(codec: Codec | str) -> Codec:
+    """A codec object as given, or a hub name / ``.safetensors`` path loaded (frozen) from the hub."""
+    if isinstance(codec, Codec):
+        return codec
+    if isinstance(codec, str):
+        from .. import hub
+
+        return hub.load(codec)
+    raise TypeError(f"codec must be a hub name, a .safetensors path or a Codec, got {type(codec).__name__}")
+
+
+__all__ = ["Codec", "Latents", "Glow", "ConvVAE", "build_codec", "resolve_codec", "exact_math", "flatten_latents",
+           "unflatten_latents", "CODECS"]
