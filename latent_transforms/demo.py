@@ -97,19 +97,26 @@ def format_table(results: dict, per_class: int, epochs: int, n_test: int) -> str
     return "\n".join(lines)
 
 
-def _picture(glow, vae, x, y, path: Path) -> Path:
-    torch.manual_seed(0)
-    model = digits_cnn()
-    fit_classifier(model, x, y, epochs=5, progress=False)  # a weak classifier to attack, just for the picture
+def picture_rows(glow, vae, x: torch.Tensor, y: torch.Tensor, model: nn.Module) -> dict[str, torch.Tensor]:
+    """The rows of ``demo.png`` (also the docs' overview picture): the originals ``x: (B, 1, 8, 8)``, each method's
+    output with the demo's settings (VarMixup on every image; LatentAdversarial attacks ``model``) and the VAE's
+    reconstructions."""
     rows = {"original": x}
     for name, t in [("LatentNoise", LatentNoise(glow, eps=NOISE_EPS, generator=0)),
                     ("LatentAdversarial", LatentAdversarial(glow, eps=ADV_EPS, steps=ADV_STEPS,
                                                             step_size=ADV_STEP_SIZE, generator=0)),
-                    ("VarMixup", VarMixup(vae, num_classes=10, p=1.0, generator=0))]:  # every image mixed
+                    ("VarMixup", VarMixup(vae, num_classes=10, p=1.0, generator=0))]:
         rows[name] = t(x, y, model)[0]
     with torch.no_grad():
         rows["VAE reconstruction"] = vae.decode(vae.encode(x)).clamp(0, 1)
-    return save_rows(rows, path)
+    return rows
+
+
+def _picture(glow, vae, x, y, path: Path) -> Path:
+    torch.manual_seed(0)
+    model = digits_cnn()
+    fit_classifier(model, x, y, epochs=5, progress=False)  # a weak classifier to attack, just for the picture
+    return save_rows(picture_rows(glow, vae, x, y, model), path)
 
 
 def register_cli(subparsers) -> None:

@@ -26,7 +26,7 @@ from torch import nn
 from latent_transforms import LatentAdversarial, LatentNoise, VarMixup, hub
 from latent_transforms.codecs import flatten_latents, unflatten_latents
 from latent_transforms.data import load_images
-from latent_transforms.demo import ADV_EPS, ADV_STEP_SIZE, ADV_STEPS, NOISE_EPS
+from latent_transforms.demo import ADV_EPS, ADV_STEP_SIZE, ADV_STEPS, NOISE_EPS, picture_rows
 from latent_transforms.evaluation import fit_classifier
 from latent_transforms.models import digits_cnn
 from latent_transforms.visualize import save_rows
@@ -112,12 +112,7 @@ def pictures(tag: str, glow, vae, x: torch.Tensor, y: torch.Tensor, x_fit: torch
         written.append(save_rows(rows, out / f"mixup_inference_{tag}.png"))
 
     if digits and glow is not None and vae is not None:  # the overview picture of the index page and the demo
-        rows = {"original": x,
-                "LatentNoise": LatentNoise(glow, eps=NOISE_EPS, generator=0)(x, y)[0],
-                "LatentAdversarial": LatentAdversarial(glow, generator=0, **adv)(x, y, model)[0],
-                "VarMixup": VarMixup(vae, num_classes=10, p=1.0, generator=0)(x, y)[0],
-                "VAE reconstruction": recon}
-        written.append(save_rows(rows, out / "demo.png"))
+        written.append(save_rows(picture_rows(glow, vae, x, y, model), out / "demo.png"))
     return written
 
 
