@@ -3,7 +3,8 @@ from .base import LatentTransform
 from .codec_transform import CodecTransform
 from .codecs import Codec, ConvVAE, Glow, build_codec
 from .compose import Compose
-from .isda import ISDA, FeatureCovariance, ISDALoss, isda_logits
+from .feature_covariance import FeatureCovariance
+from .isda import ISDA, ISDALoss, isda_logits
 from .latent_adversarial import LatentAdversarial
 from .latent_cache import LatentCache
 from .latent_noise import LatentNoise

@@ -12,8 +12,9 @@ covariance of the features of class ``y``. The correction is 0 for ``j = y``; th
 
 Three pieces, one copy of each piece of math:
 
-- :class:`FeatureCovariance` -- the per-class running mean/covariance (registered buffers), updated exactly as the
-  official estimator (the pooled biased covariance of every feature seen so far);
+- :class:`~latent_transforms.feature_covariance.FeatureCovariance` (its own module) -- the per-class running
+  mean/covariance (registered buffers), updated exactly as the official estimator (the pooled biased covariance of
+  every feature seen so far);
 - :func:`isda_logits` -- the augmented logits;
 - :class:`ISDA` (a :class:`~latent_transforms.LatentTransform`, the one-line drop-in) and :class:`ISDALoss`
   (the loss form, for training loops that already have the features) share the estimator, the schedule
@@ -26,11 +27,11 @@ from __future__ import annotations
 import weakref
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from .base import LatentTransform
+from .feature_covariance import FeatureCovariance
 from .modelutils import unwrap
 from .validation import check_batch, check_choice, check_count, check_labels, check_number, check_same_device
 
@@ -41,170 +42,6 @@ _HARD_LABELS_ONLY = (
     "covariance of the sample's own class, and a mixed label has no single class. Use ISDA without label-mixing "
     "steps (MixUp/CutMix/VarMixup), or pass y.argmax(1) if the labels are one-hot"
 )
-
-
-# -- the estimator --------------------------------------------------------------------------------------------------
-class FeatureCovariance(nn.Module):
-    """Per-class running mean and biased covariance of features, merged batch by batch.
-
-    For class ``c`` with ``n`` features seen so far (mean ``mu``, covariance ``Sigma``) and ``m`` in the batch
-    (batch mean ``mu'``, batch covariance ``Sigma'`` divided by ``m``)::
-
-        Sigma <- (n Sigma + m Sigma') / (n + m) + n m (mu - mu')(mu - mu')^T / (n + m)^2
-        mu    <- (n mu + m mu') / (n + m)
-        n     <- n + m
-
-    which is the official ISDA estimator and equals the biased covariance of all features seen so far. Classes
-    absent from a batch keep their statistics bit for bit. The update is vectorised over classes. Non-finite rows
-    (any NaN or inf, e.g. an fp16 overflow step that GradScaler skips) are ignored: they change no statistic.
-
-    Args:
-        num_classes: K.
-        feature_dim: A. ``None``: sized (and placed, on the features' device) by the first :meth:`update`, or by
-            :meth:`load_state_dict`. Given: allocated now, on the CPU in float32; move it with ``.to(device)``.
-        diagonal: keep only the per-dimension variances, ``cov: (K, A)`` (memory ``O(K A)``; the official
-            ImageNet/segmentation variant) instead of ``(K, A, A)`` (the official CIFAR variant).
-        sync: under ``torch.distributed`` (initialised, world size > 1), gather every rank's batch before the merge
-            so that all ranks hold the statistics one process would compute on the concatenated batch.
-
-    Buffers (in ``state_dict``, moved by ``.to``; ``None`` until sized):
-        mean: (K, A); cov: (K, A, A) or (K, A) if diagonal; count: (K,) int64.
-
-    Convention:
-        The buffers are float32 by default (float64 when lazily sized by float64 features; or call ``.double()``).
-        The update runs with autocast off in the wider of their dtype and float32, and writes back in their dtype:
-        bf16/fp16 features are upcast, and ``.half()`` buffers lose precision but never counts. Features are
-        detached. A feature on another device than the buffers raises ``ValueError`` (nothing is moved silently).
-    """
-
-    mean: torch.Tensor | None
-    cov: torch.Tensor | None
-    count: torch.Tensor | None
-
-    def __init__(self, num_classes: int, feature_dim: int | None = None, diagonal: bool = False, sync: bool = True):
-        super().__init__()
-        num_classes = check_count("num_classes", num_classes, low=1)
-        feature_dim = None if feature_dim is None else check_count("feature_dim", feature_dim, low=1)
-        self.num_classes, self.diagonal, self.sync = num_classes, bool(diagonal), bool(sync)
-        self.register_buffer("mean", None)
-        self.register_buffer("cov", None)
-        self.register_buffer("count", None)
-        if feature_dim is not None:
-            self._allocate(feature_dim, torch.device("cpu"), torch.float32)
-
-    @property
-    def feature_dim(self) -> int | None:
-        """A, or ``None`` while not sized yet."""
-        return None if self.mean is None else self.mean.shape[1]
-
-    def _allocate(self, feature_dim: int, device: torch.device, dtype: torch.dtype) -> None:
-        k, a = self.num_classes, feature_dim
-        self.mean = torch.zeros(k, a, device=device, dtype=dtype)
-        self.cov = torch.zeros((k, a) if self.diagonal else (k, a, a), device=device, dtype=dtype)
-        self.count = torch.zeros(k, device=device, dtype=torch.int64)
-
-    def reset(self) -> None:
-        """Forget every feature seen (keeps the size, device and dtype)."""
-        if self.mean is not None:
-            self.mean.zero_()
-            self.cov.zero_()
-            self.count.zero_()
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        saved = state_dict.get(prefix + "mean")
-        if self.mean is None and isinstance(saved, torch.Tensor) and saved.ndim == 2:
-            self._allocate(saved.shape[1], saved.device, saved.dtype)  # lazily sized: take the checkpoint's size
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
-
-    @torch.no_grad()
-    def update(self, features: torch.Tensor, y: torch.Tensor, check_y: bool = True) -> None:
-        """Merge a batch: ``features: (N, A)`` float, ``y: (N,)`` int64 class indices in ``[0, K)``.
-
-        ``check_y=False`` skips checking ``y``'s values (one host sync), for callers that have checked them.
-        """
-        if features.ndim != 2:
-            raise ValueError(f"features must be (N, A), got shape {tuple(features.shape)}")
-        if y.ndim != 1 or y.shape[0] != features.shape[0]:
-            raise ValueError(f"y must be (N,) with N={features.shape[0]} (the features' batch), got {tuple(y.shape)}")
-        if check_y:
-            check_labels(y, features.shape[0], self.num_classes)
-        if self.mean is not None:
-            if features.shape[1] != self.mean.shape[1]:
-                raise ValueError(f"features have dimension {features.shape[1]}, the statistics {self.mean.shape[1]}")
-            if features.device != self.mean.device:
-                raise ValueError(
-                    f"the class statistics are on {self.mean.device} but the features on {features.device}; "
-                    f"move the ISDA/FeatureCovariance module with .to({str(features.device)!r})"
-                )
-            dtype = torch.promote_types(self.mean.dtype, torch.float32)
-        else:
-            dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
-        with torch.autocast(features.device.type, enabled=False):
-            a, y = features.detach().to(dtype), y.to(features.device)
-            if self.sync and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-                a, y = _all_gather_rows(a, y)
-            if self.mean is None:
-                self._allocate(a.shape[1], a.device, dtype)
-            self._merge(a, y)
-
-    def _merge(self, a: torch.Tensor, y: torch.Tensor) -> None:
-        """Merge ``a: (N, A)`` in the compute dtype with ``y: (N,)``; non-finite rows go to a dummy class ``K``."""
-        k, dim = self.mean.shape
-        finite = torch.isfinite(a).all(1, keepdim=True)                       # (N, 1); no host sync
-        a = a.masked_fill(~finite, 0)
-        y = torch.where(finite.squeeze(1), y, k)                              # in [0, K]
-        counts = torch.bincount(y, minlength=k + 1)                           # (K + 1,) int64
-        m_safe = counts.to(a.dtype).clamp(min=1).unsqueeze(1)
-        batch_mean = a.new_zeros(k + 1, dim).index_add_(0, y, a) / m_safe     # (K + 1, A); the dummy row is 0
-        centred = a - batch_mean[y]                                           # (N, A); 0 for the dummy rows
-        if self.diagonal:
-            batch_cov = (a.new_zeros(k + 1, dim).index_add_(0, y, centred * centred) / m_safe)[:k]  # (K, A)
-        else:
-            # sum over the samples of each class of c c^T, as one matmul: (K A, N) @ (N, A) -> (K, A, A)
-            onehot = F.one_hot(y, k + 1)[:, :k].to(a.dtype)                                        # (N, K)
-            spread = (onehot.unsqueeze(2) * centred.unsqueeze(1)).reshape(a.shape[0], k * dim)    # (N, K A)
-            batch_cov = (spread.T @ centred).reshape(k, dim, dim).div_(m_safe[:k].unsqueeze(2))
-        count, batch_mean = counts[:k], batch_mean[:k]
-        w = (count.double() / (self.count + count).clamp(min=1).double()).to(a.dtype)  # m / (n + m); 0 if absent
-        mean, cov = self.mean.to(a.dtype), self.cov.to(a.dtype)               # the buffers themselves if >= float32
-        delta = batch_mean - mean
-        shape = (k, 1) if self.diagonal else (k, 1, 1)
-        wv = w.view(shape)
-        coef_delta = (w * (1 - w)).unsqueeze(1) * delta                       # (K, A): w (1-w) d
-        left, right = (coef_delta, delta) if self.diagonal else (coef_delta.unsqueeze(2), delta.unsqueeze(1))
-        # (n S + m S')/(n+m) + n m d d^T/(n+m)^2  ==  (1-w) S + w S' + w (1-w) d d^T, in place (no more K A A)
-        cov.mul_(1 - wv).add_(batch_cov.mul_(wv)).addcmul_(left, right)
-        mean.add_(w.unsqueeze(1) * delta)
-        self.cov.copy_(cov)                                                   # no-op when cov is the buffer
-        self.mean.copy_(mean)
-        self.count.add_(count)
-
-    def extra_repr(self) -> str:
-        return (f"num_classes={self.num_classes}, feature_dim={self.feature_dim}, diagonal={self.diagonal}, "
-                f"sync={self.sync}")
-
-
-def _all_gather_rows(a: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every rank's rows ``(a, y)`` concatenated in rank order (batch sizes may differ between ranks).
-
-    Gathering the features (world x N x A numbers) costs less communication than all-reducing per-class sums of
-    outer products (K x A x A), and makes every rank run the same merge on the same data.
-    """
-    world = dist.get_world_size()
-    n = torch.tensor([a.shape[0]], device=a.device, dtype=torch.int64)
-    sizes = [torch.zeros_like(n) for _ in range(world)]
-    dist.all_gather(sizes, n)
-    sizes = [int(s) for s in sizes]
-    out = []
-    for t in (a, y):                                               # labels stay int64: exact for any K
-        padded = t.new_zeros((max(sizes),) + t.shape[1:])
-        padded[: t.shape[0]] = t
-        parts = [torch.empty_like(padded) for _ in range(world)]
-        dist.all_gather(parts, padded)
-        out.append(torch.cat([p[:s] for p, s in zip(parts, sizes)]))
-    return out[0], out[1]
 
 
 # -- the augmented logits -------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latent_transforms.isda import ISDA, FeatureCovariance, ISDALoss, isda_logits
+from latent_transforms.feature_covariance import FeatureCovariance
+from latent_transforms.isda import ISDA, ISDALoss, isda_logits
 
 from contract import assert_model_unchanged, check_transform_contract, model_state
 from conftest import TinyNet
@@ -481,6 +482,7 @@ def test_inside_compose_as_the_last_step(batch, net):
 
 def test_labels_are_checked_once_per_training_step(monkeypatch, batch, net):
     """Each label check is a host sync: the hook and ISDALoss check y where it enters, not again inside."""
+    import latent_transforms.feature_covariance as estimator_module
     import latent_transforms.isda as isda_module
     from latent_transforms import validation
 
@@ -491,6 +493,7 @@ def test_labels_are_checked_once_per_training_step(monkeypatch, batch, net):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(isda_module, "check_labels", counting)
+    monkeypatch.setattr(estimator_module, "check_labels", counting)  # FeatureCovariance.update's
     monkeypatch.setattr(validation, "check_labels", counting)  # check_batch's, in ISDA.forward
     x, y = batch
     isda = ISDA(10)

@@ -8,7 +8,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from latent_transforms.isda import ISDA, FeatureCovariance
+from latent_transforms.feature_covariance import FeatureCovariance
+from latent_transforms.isda import ISDA
 
 K, A = 4, 3
 SPLITS = [(5, 2), (1, 6), (4, 4)]  # per step: rank 0's and rank 1's batch sizes (uneven on purpose)
