@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 
 from latent_transforms import LatentNoise, hub
-from latent_transforms.codecs import flatten_latents, unflatten_latents
 from latent_transforms.data import load_images
 from latent_transforms.models import digits_cnn
 from latent_transforms.evaluation import accuracy, fit_classifier, predict_proba
@@ -37,26 +36,26 @@ def in_batches(fn, *tensors: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def reconstruct(codec, x: torch.Tensor) -> torch.Tensor:
-    return in_batches(lambda xb: codec.decode(codec.encode(xb)).clamp(0, 1), x)
+    return in_batches(codec.reconstruct, x)
 
 
 @torch.no_grad()
 def interpolations(codec, a: torch.Tensor, b: torch.Tensor, steps: int = 8) -> dict[str, torch.Tensor]:
-    za, zb = flatten_latents(codec.encode(a)), flatten_latents(codec.encode(b))
+    za, zb = codec.encode_flat(a), codec.encode_flat(b)
     rows = {}
     for i in range(len(a)):
         ws = torch.linspace(0, 1, steps).unsqueeze(1)
         z = (1 - ws) * za[i] + ws * zb[i]
-        rows[f"interpolation {i + 1}"] = codec.decode(unflatten_latents(z, codec.latent_shapes)).clamp(0, 1)
+        rows[f"interpolation {i + 1}"] = codec.decode_flat(z).clamp(0, 1)
     return rows
 
 
 @torch.no_grad()
 def mixes_name_a_source(codec, model, x: torch.Tensor, y: torch.Tensor) -> float:
     """Share of decoded 50/50 latent mixes of x[i] and x[i - 1] that the classifier assigns to y[i] or y[i - 1]."""
-    z = in_batches(lambda xb: flatten_latents(codec.encode(xb)), x)
+    z = in_batches(codec.encode_flat, x)
     mixed = 0.5 * z + 0.5 * z.roll(1, 0)
-    decoded = in_batches(lambda zb: codec.decode(unflatten_latents(zb, codec.latent_shapes)).clamp(0, 1), mixed)
+    decoded = in_batches(lambda zb: codec.decode_flat(zb).clamp(0, 1), mixed)
     pred = predict_proba(model, decoded).argmax(1)
     return float(((pred == y) | (pred == y.roll(1, 0))).float().mean())
 

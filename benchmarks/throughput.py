@@ -129,11 +129,11 @@ def normflows_roundtrip(glow, x: torch.Tensor, noise_eps: float, generator: torc
 def codec_roundtrip(codec, x: torch.Tensor, noise_eps: float, generator: torch.Generator) -> torch.Tensor:
     """The same through the library's codec API (``encode``/``decode``: the folded fast path of a frozen Glow)."""
     with torch.no_grad():
-        u = flatten_latents(codec.encode(x))
+        u = codec.encode_flat(x)
         if noise_eps:
             noise = torch.randn(u.shape, generator=generator, device=u.device)
             u = u + noise_eps * noise / noise.norm(dim=1, keepdim=True)
-        return codec.decode(unflatten_latents(u, codec.latent_shapes))
+        return codec.decode_flat(u)
 
 
 def build_rows(args, device: torch.device, codecs: dict) -> list[dict]:

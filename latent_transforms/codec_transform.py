@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from .base import LatentTransform
-from .codecs import Codec, flatten_latents, resolve_codec, unflatten_latents
+from .codecs import Codec, resolve_codec
 from .latent_cache import LatentCache
 
 
@@ -72,8 +72,8 @@ class CodecTransform(LatentTransform):
         if index is not None:
             return self.cache(index)
         with torch.no_grad():
-            return flatten_latents(self.codec.encode(x))
+            return self.codec.encode_flat(x)
 
     def decode_flat(self, z: torch.Tensor) -> torch.Tensor:
         """(B, D) -> (B, C, H, W), not clipped (the base clips and rejects implausible samples)."""
-        return self.codec.decode(unflatten_latents(z, self.codec.latent_shapes))
+        return self.codec.decode_flat(z)

@@ -107,8 +107,7 @@ def picture_rows(glow, vae, x: torch.Tensor, y: torch.Tensor, model: nn.Module) 
                                                             step_size=ADV_STEP_SIZE, generator=0)),
                     ("VarMixup", VarMixup(vae, num_classes=10, p=1.0, generator=0))]:
         rows[name] = t(x, y, model)[0]
-    with torch.no_grad():
-        rows["VAE reconstruction"] = vae.decode(vae.encode(x)).clamp(0, 1)
+    rows["VAE reconstruction"] = vae.reconstruct(x)
     return rows
 
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .codecs import Codec, flatten_latents, resolve_codec
+from .codecs import Codec, resolve_codec
 from .validation import check_count, check_images
 
 
@@ -35,7 +35,7 @@ class LatentCache(nn.Module):
         chunks = []
         with torch.no_grad():
             for i in tqdm(range(0, len(images), batch_size), desc="encoding", disable=not progress, leave=False):
-                chunks.append(flatten_latents(codec.encode(images[i:i + batch_size].to(codec_device))).to(device or codec_device))
+                chunks.append(codec.encode_flat(images[i:i + batch_size].to(codec_device)).to(device or codec_device))
         self.register_buffer("latents", torch.cat(chunks))
 
     def __len__(self) -> int:

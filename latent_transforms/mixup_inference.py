@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .codecs import Codec, flatten_latents, resolve_codec, unflatten_latents
+from .codecs import Codec, resolve_codec
 from .modelutils import borrowed, logits_of
 from .rng import GeneratorSource
 from .validation import check_count, check_images, check_number
@@ -42,19 +42,19 @@ class LatentMixupInference(nn.Module):
         self.lam, self.num_mixes = lam, num_mixes
         self._rng = GeneratorSource(generator)
         with torch.no_grad():
-            self.register_buffer("reference_latents", flatten_latents(self.codec.encode(references)))
+            self.register_buffer("reference_latents", self.codec.encode_flat(references))
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_images(x)
         self.codec.check_images(x)
-        z = flatten_latents(self.codec.encode(x))
+        z = self.codec.encode_flat(x)
         refs = self.reference_latents
         pick = torch.randint(0, refs.shape[0], (self.num_mixes, x.shape[0]), generator=self._rng.get(x.device), device=x.device)
         probs = 0
         with borrowed(self.model) as net:
             for k in range(self.num_mixes):
                 mixed = self.lam * z + (1 - self.lam) * refs[pick[k]]
-                xk = self.codec.decode(unflatten_latents(mixed, self.codec.latent_shapes)).clamp(0, 1).to(x.dtype)
+                xk = self.codec.decode_flat(mixed).clamp(0, 1).to(x.dtype)
                 probs = probs + logits_of(net, xk, "LatentMixupInference").float().softmax(1)
         return probs / self.num_mixes

@@ -284,7 +284,7 @@ def _save_grid(codec: Codec, x: torch.Tensor, path: Path, n: int, temperature: f
 
     device = codec.device
     orig = x[:n].to(device, codec.dtype)
-    rec = codec.decode(codec.encode(orig)).clamp(0, 1)
+    rec = codec.reconstruct(orig)
     gen = torch.Generator(device=device).manual_seed(seed)
     samples = codec.sample(orig.shape[0], temperature=temperature, generator=gen)
     grid = _upscale(torch.cat([orig, rec, samples]).float().cpu())

@@ -5,7 +5,7 @@ import torch
 
 from .codec_transform import CodecTransform
 from .latent_cache import LatentCache
-from .codecs import Codec, ConvVAE, flatten_latents
+from .codecs import Codec, ConvVAE
 from .labels import mix_labels
 from .rng import sample_beta
 from .validation import check_choice, check_number
@@ -76,7 +76,7 @@ class VarMixup(CodecTransform):
     def transform(self, x, y, model, generator, index=None):
         if self.posterior == "sample" and index is None:
             with torch.no_grad():
-                z = flatten_latents(self.codec.encode(x, sample=True, generator=generator))
+                z = self.codec.encode_flat(x, sample=True, generator=generator)
         else:
             z = self.encode_flat(x, index)
         b = z.shape[0]

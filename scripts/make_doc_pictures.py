@@ -24,7 +24,6 @@ import torch
 from torch import nn
 
 from latent_transforms import LatentAdversarial, LatentNoise, VarMixup, hub
-from latent_transforms.codecs import flatten_latents, unflatten_latents
 from latent_transforms.data import load_images
 from latent_transforms.demo import ADV_EPS, ADV_STEP_SIZE, ADV_STEPS, NOISE_EPS, picture_rows
 from latent_transforms.evaluation import fit_classifier
@@ -55,9 +54,9 @@ def weak_classifier(x: torch.Tensor, y: torch.Tensor, digits: bool) -> nn.Module
 def decode_mix(codec, a: torch.Tensor, b: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     """decode(lam * encode(a) + (1 - lam) * encode(b)), lam per sample."""
     with torch.no_grad():
-        za, zb = flatten_latents(codec.encode(a)), flatten_latents(codec.encode(b))
+        za, zb = codec.encode_flat(a), codec.encode_flat(b)
         w = lam.view(-1, 1)
-        return codec.decode(unflatten_latents(w * za + (1 - w) * zb, codec.latent_shapes)).clamp(0, 1)
+        return codec.decode_flat(w * za + (1 - w) * zb).clamp(0, 1)
 
 
 def amplified_difference(x2: torch.Tensor, x: torch.Tensor, gain: float = 4.0) -> torch.Tensor:
@@ -96,8 +95,7 @@ def pictures(tag: str, glow, vae, x: torch.Tensor, y: torch.Tensor, x_fit: torch
         x_mix, _ = t(x, y)
         partner, lam = t.last_params["partner"], t.last_params["lam"]
         pixel = lam.view(-1, 1, 1, 1) * x + (1 - lam.view(-1, 1, 1, 1)) * x[partner]
-        with torch.no_grad():
-            recon = vae.decode(vae.encode(x)).clamp(0, 1)
+        recon = vae.reconstruct(x)
         detail = VarMixup(vae, num_classes=10, p=1.0, generator=0)(x, y)[0]  # keep_detail=True; same partners and weights
         rows = {"x": x, "partner": x[partner], "decode only": x_mix, "keep_detail (default)": detail,
                 "pixel mixup": pixel,

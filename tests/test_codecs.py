@@ -188,3 +188,14 @@ def test_codecs_run_in_fp32_under_a_bf16_autocast():
     assert (x2 - x).abs().max() <= 1e-4  # 0.06 when the flow runs in bf16
     with torch.autocast("cpu", dtype=torch.bfloat16), exact_math():  # no device given: the CPU's and CUDA's
         assert not torch.is_autocast_enabled("cpu")
+
+
+def test_flat_latents_and_reconstruct_are_encode_and_decode():
+    x = torch.rand(3, 1, 8, 8).requires_grad_(True)
+    for codec in (tiny_glow(), tiny_vae()):
+        z = codec.encode_flat(x)
+        assert z.shape == (3, codec.latent_dim) and torch.equal(z, flatten_latents(codec.encode(x)))
+        assert torch.equal(codec.decode_flat(z), codec.decode(unflatten_latents(z, codec.latent_shapes)))
+        rec = codec.reconstruct(x)
+        assert not rec.requires_grad and 0 <= rec.min() and rec.max() <= 1
+        assert torch.equal(rec, codec.decode(codec.encode(x)).clamp(0, 1).detach())

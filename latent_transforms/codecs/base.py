@@ -131,6 +131,20 @@ class Codec(nn.Module):
                 return self._compiled[1](self, [t.to(self.dtype) for t in z])
             return self._decode([t.to(self.dtype) for t in z])
 
+    def encode_flat(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        """x: (B, C, H, W) in [0, 1] -> (B, D): ``encode``'s levels flattened and concatenated (keyword arguments go
+        to ``encode``, e.g. a VAE's ``sample=True``)."""
+        return flatten_latents(self.encode(x, **kwargs))
+
+    def decode_flat(self, z: torch.Tensor) -> torch.Tensor:
+        """z: (B, D) -> (B, C, H, W), as ``decode`` (not clipped)."""
+        return self.decode(unflatten_latents(z, self.latent_shapes))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """``decode(encode(x))`` clipped to [0, 1], without gradient: (B, C, H, W) -> (B, C, H, W)."""
+        return self.decode(self.encode(x)).clamp(0, 1)
+
     def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
         """n images decoded from N(0, temperature^2 I) latents, clipped to [0, 1]."""
         device = self.device
