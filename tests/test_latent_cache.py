@@ -95,3 +95,31 @@ def test_repr_is_one_line_with_the_codec_settings(data):
     assert "\n" not in repr(t)
     assert repr(t).startswith("LatentNoise(eps=2.0") and "codec=Glow(levels=" in repr(t) and "LatentCache(40)" in repr(t)
     assert "\n" not in repr(VarMixup(tiny_vae(), num_classes=10)) and "codec=ConvVAE(" in repr(VarMixup(tiny_vae(), num_classes=10))
+
+
+def test_index_looks_the_latents_up_instead_of_encoding_x(data):
+    images, labels = data
+    glow = tiny_glow()
+    cache = LatentCache(glow, images, progress=False)
+    idx = torch.tensor([2, 5, 8, 13])
+    modified = 1 - images[idx]  # not the cached images: the output must follow the cache, not x
+    x2, _ = LatentNoise(glow, eps=0.0, cache=cache, generator=0)(modified, labels[idx], index=idx)
+    assert (x2 - images[idx]).abs().max() < 1e-4
+    assert (x2 - modified).abs().max() > 0.5
+
+
+def test_cache_latents_live_on_the_requested_device(data):
+    images, _ = data
+    cache = LatentCache(tiny_glow(), images[:5], batch_size=2, device="meta", progress=False)
+    assert cache.latents.device.type == "meta" and cache.latents.shape == (5, tiny_glow().latent_dim)
+
+
+@pytest.mark.parametrize("n", [17, 33, 16])
+def test_cache_encodes_every_image_whatever_the_batch_size(data, n):
+    images, _ = data
+    glow = tiny_glow()
+    cache = LatentCache(glow, images[:n], batch_size=16, progress=False)
+    assert len(cache) == n
+    with torch.no_grad():
+        assert torch.allclose(cache.latents[-1], glow.encode_flat(images[n - 1:n])[0], atol=1e-5)
+        assert torch.allclose(cache.latents, glow.encode_flat(images[:n]), atol=1e-5)

@@ -48,18 +48,6 @@ def test_noise_respects_the_eps_ball(glow, batch, norm):
         assert 2.0 < d.std() < 3.0
 
 
-def test_noise_perturbs_in_the_standardised_latent(glow, batch):
-    """Re-encoding the output recovers z + delta (the flow is invertible, clipping aside)."""
-    x, y = batch
-    t = LatentNoise(glow, eps=0.5, generator=0)
-    x2, _ = t(x, y)
-    with torch.no_grad():
-        z, z2 = flatten_latents(glow.encode(x)), flatten_latents(glow.encode(x2.clamp(0.02, 0.98)))
-    inside = ((x2 > 0.02) & (x2 < 0.98)).flatten(1).all(1)
-    if inside.any():
-        assert torch.allclose((z2 - z)[inside], t.last_params["delta"][inside], atol=1e-2)
-
-
 def test_noise_levels_option_leaves_other_levels_alone(glow, batch):
     t = LatentNoise(glow, eps=1.0, levels=[1], generator=0)
     t(*batch)
@@ -324,3 +312,180 @@ def test_numpy_and_0d_tensor_settings_are_numbers(glow):
         VarMixup(glow, posterior="mode")
     with pytest.raises(ValueError, match="steps must be an int"):
         LatentAdversarial(glow, steps=np.float64(2.0))
+
+
+# -- added by the mutation audit -----------------------------------------------------------------------
+def _smooth_batch(n=12, seed=0):
+    """Images in [0.25, 0.75]: the tiny codecs' decodes of small perturbations stay inside [0, 1] (no clipping)."""
+    g = torch.Generator().manual_seed(seed)
+    return 0.25 + 0.5 * torch.rand(n, 1, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def _spy_decode(t):
+    """Record every (B, D) latent t decodes."""
+    seen = []
+    inner = t.decode_flat
+
+    def decode_flat(z):
+        seen.append(z.detach().clone())
+        return inner(z)
+
+    t.decode_flat = decode_flat
+    return seen
+
+
+def test_noise_perturbs_in_the_standardised_latent():
+    """Re-encoding the output recovers z + delta (the flow is invertible; smooth images keep the decodes unclipped)."""
+    x, y = _smooth_batch()
+    glow = tiny_glow()
+    t = LatentNoise(glow, eps=1.0, generator=0)
+    x2, _ = t(x, y)
+    with torch.no_grad():
+        z, z2 = glow.encode_flat(x), glow.encode_flat(x2)
+    inside = ((x2 > 0.02) & (x2 < 0.98)).flatten(1).all(1)
+    assert inside.sum() >= 10  # the check below is not vacuous
+    d = t.last_params["delta"]
+    assert torch.allclose(d.norm(dim=1), torch.ones(len(x)), atol=1e-5)
+    assert torch.allclose((z2 - z)[inside], d[inside], atol=1e-3)
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_adversarial_step_increases_the_loss(glow, net, norm):
+    x, y = _smooth_batch(16)
+    t = LatentAdversarial(glow, eps=0.2 if norm == "l2" else 0.02, steps=1, step_size=1.0, norm=norm,
+                          random_start=False, target="true", generator=0)
+    x2, _ = t(x, y, net)
+    net.eval()
+    with torch.no_grad():
+        clean = F.cross_entropy(net(glow.decode_flat(glow.encode_flat(x))), y, reduction="none")
+        attacked = F.cross_entropy(net(x2), y, reduction="none")
+    assert attacked.mean() > clean.mean() and (attacked > clean).float().mean() > 0.8, (attacked - clean)
+
+
+def test_adversarial_random_start_leaves_unchosen_levels_alone(glow, batch, net):
+    x, y = batch
+    t = LatentAdversarial(glow, eps=1.0, steps=1, step_size=1e-6, norm="l2", levels=[1], generator=0)
+    seen = _spy_decode(t)
+    t(x, y, net)
+    n0 = int(torch.Size(glow.latent_shapes[0]).numel())
+    with torch.no_grad():
+        z = glow.encode_flat(x)
+    for zd in seen:  # every decode (the attack's and the output's) keeps level 0 of z
+        assert torch.equal(zd[:, :n0], z[:, :n0])
+    d = t.last_params["delta"]
+    assert d[:, :n0].abs().max() == 0
+    assert (d[:, n0:].norm(dim=1) > 0.3).all() and (d.norm(dim=1) <= 1.0 + 1e-5).all()
+
+
+def test_adversarial_more_steps_go_further(glow, batch, net):
+    x, y = batch
+    losses, deltas = {}, {}
+    for steps in (1, 3):
+        t = LatentAdversarial(glow, eps=1.0, steps=steps, step_size=0.3, random_start=False, target="true",
+                              generator=0)
+        x2, _ = t(x, y, net)
+        deltas[steps] = t.last_params["delta"]
+        with torch.no_grad():
+            losses[steps] = F.cross_entropy(net.eval()(x2), y)
+        net.train()
+    assert torch.allclose(deltas[1].norm(dim=1), torch.full((len(x),), 0.3), atol=1e-4)
+    assert (deltas[3].norm(dim=1) > 0.6).all()
+    assert losses[3] >= losses[1], losses
+
+
+def test_adversarial_target_true_attacks_the_given_labels(glow, batch, net):
+    x, _ = batch
+    net.eval()
+    with torch.no_grad():
+        pred = net(x).argmax(1)
+    net.train()
+    y = (pred + 1) % 10  # labels the model does not predict
+    t_true = LatentAdversarial(glow, steps=1, target="true", generator=0)
+    t_true(x, y, net)
+    assert torch.equal(t_true.last_params["target"], y)
+    t_pred = LatentAdversarial(glow, steps=1, target="pred", generator=0)
+    t_pred(x, y, net)
+    assert torch.equal(t_pred.last_params["target"], pred)
+
+
+def test_varmixup_levels_keep_the_samples_own_latent_elsewhere(glow, batch):
+    x, y = batch
+    t = VarMixup(glow, num_classes=10, levels=[1], keep_detail=False, p=1.0, generator=0)
+    seen = _spy_decode(t)
+    t(x, y)
+    (mixed,) = seen
+    lam, partner = t.last_params["lam"], t.last_params["partner"]
+    assert not torch.equal(partner, torch.arange(len(x)))
+    n0 = int(torch.Size(glow.latent_shapes[0]).numel())
+    with torch.no_grad():
+        z = glow.encode_flat(x)
+    w = lam[:, None]
+    assert torch.equal(mixed[:, :n0], z[:, :n0])
+    assert torch.allclose(mixed[:, n0:], (w * z + (1 - w) * z[partner])[:, n0:], atol=1e-6)
+
+
+def test_varmixup_posterior_sample_draws_from_the_posterior_with_its_generator(vae, batch):
+    x, y = batch
+    make = lambda posterior: VarMixup(vae, num_classes=10, posterior=posterior, keep_detail=False, p=1.0, generator=0)
+    t = make("sample")
+    seen = _spy_decode(t)
+    a, _ = t(x, y)
+    lam, partner = t.last_params["lam"], t.last_params["partner"]
+    with torch.no_grad():
+        z = vae.encode_flat(x)  # the posterior means
+    w = lam[:, None]
+    assert (seen[0] - (w * z + (1 - w) * z[partner])).abs().max() > 0.1  # not the mix of the means
+    mean, _ = make("mean")(x, y)
+    assert not torch.allclose(a, mean, atol=1e-3)
+    state = torch.get_rng_state()
+    b, _ = make("sample")(x, y)
+    assert torch.equal(a, b)  # the posterior sample comes from the transform's generator ...
+    assert torch.equal(torch.get_rng_state(), state)  # ... not from torch's global RNG
+
+
+def test_levels_are_normalised_and_checked(glow, batch):
+    n = len(glow.latent_shapes)
+    neg, pos = LatentNoise(glow, eps=1.0, levels=[-1], generator=0), LatentNoise(glow, eps=1.0, levels=[n - 1], generator=0)
+    assert neg.levels == pos.levels == [n - 1]
+    assert torch.equal(neg(*batch)[0], pos(*batch)[0])
+    assert torch.equal(neg.last_params["delta"], pos.last_params["delta"])
+    assert LatentNoise(glow, levels=[1, -1, 0]).levels == [0, 1]
+    with pytest.raises(ValueError, match="non-empty"):
+        LatentNoise(glow, levels=[])
+
+
+def test_mixup_inference_uses_num_mixes_references(glow, batch, net):
+    x, _ = batch
+    one = LatentMixupInference(net, glow, references=x, num_mixes=1, generator=0)(x)
+    eight = LatentMixupInference(net, glow, references=x, num_mixes=8, generator=0)(x)
+    assert not torch.allclose(one, eight, atol=1e-4)
+
+
+def test_mixup_inference_draws_with_its_generator(glow, batch, net):
+    x, _ = batch
+    state = torch.get_rng_state()
+    a = LatentMixupInference(net, glow, references=x, num_mixes=4, generator=0)(x)
+    b = LatentMixupInference(net, glow, references=x, num_mixes=4, generator=0)(x)
+    assert torch.equal(a, b)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_mixup_inference_feeds_the_model_images_in_range(glow, batch, net):
+    x, _ = batch
+    decode = glow.decode_flat  # a codec whose decodes overshoot [0, 1] (the tiny ones stay inside)
+    glow.decode_flat = lambda z: 3 * decode(z) - 1
+
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net, self.inputs = net, []
+
+        def forward(self, x):
+            self.inputs.append(x.detach().clone())
+            return self.net(x)
+
+    spy = Spy()
+    LatentMixupInference(spy, glow, references=x, num_mixes=4, generator=0)(x)
+    assert len(spy.inputs) == 4
+    assert all(t.min() >= 0 and t.max() <= 1 for t in spy.inputs)
+    assert any((t == 0).any() or (t == 1).any() for t in spy.inputs)  # the overshoot was there, and clamped

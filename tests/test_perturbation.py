@@ -1,0 +1,45 @@
+import pytest
+import torch
+
+from latent_transforms.perturbation import ascent_direction, project, random_start
+
+
+def test_project_l2_keeps_points_inside_the_ball_and_scales_the_others_onto_the_sphere():
+    d = torch.tensor([[0.3, 0.4, 0.0], [3.0, 0.0, 4.0], [0.0, 0.0, 0.0]])
+    p = project(d, 1.0, "l2")
+    assert torch.equal(p[0], d[0])  # ||d|| = 0.5 < eps: unchanged, not pushed onto the sphere
+    assert torch.equal(p[2], d[2])
+    assert torch.allclose(p[1], d[1] / 5.0) and torch.isclose(p[1].norm(), torch.tensor(1.0))
+    assert torch.equal(project(d, 0.0, "l2"), torch.zeros_like(d))
+
+
+def test_project_linf_clamps_each_coordinate_and_none_is_the_identity():
+    d = torch.tensor([[0.3, -2.0, 5.0, -0.1]])
+    assert torch.equal(project(d, 1.0, "linf"), torch.tensor([[0.3, -1.0, 1.0, -0.1]]))
+    assert torch.equal(project(d, 1.0, None), d)
+
+
+def test_ascent_direction_is_the_steepest_ascent_step():
+    g = torch.tensor([[3.0, -4.0, 0.0], [-0.5, 0.25, 2.0]])
+    assert torch.equal(ascent_direction(g, "linf"), g.sign())
+    assert torch.allclose(ascent_direction(g, "l2"), g / g.norm(dim=1, keepdim=True))
+    # a step along it increases a loss whose gradient is g (here the linear loss <g, d>)
+    w = torch.randn(4, 16, generator=torch.Generator().manual_seed(0))
+    for norm in ("l2", "linf"):
+        step = ascent_direction(w, norm)
+        assert ((w * step).sum(1) > 0).all()
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_random_start_is_symmetric_uniform_inside_the_ball(norm):
+    g = torch.Generator().manual_seed(0)
+    eps = 0.5
+    d = random_start(torch.Size((2000, 8)), eps, norm, g, "cpu", torch.float32)
+    assert d.shape == (2000, 8) and d.dtype == torch.float32
+    assert (d < 0).float().mean() > 0.4 and (d > 0).float().mean() > 0.4  # both signs, about equally often
+    assert d.mean().abs() < 0.02 and d.mean(0).abs().max() < 0.05
+    if norm == "linf":
+        assert d.abs().max() <= eps and d.abs().max() > 0.95 * eps  # U(-eps, eps): fills the cube
+        assert abs(d.var() - eps ** 2 / 3) < 0.01
+    else:
+        assert d.norm(dim=1).max() <= eps + 1e-6
