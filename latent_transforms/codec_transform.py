@@ -61,6 +61,18 @@ class CodecTransform(LatentTransform):
                  for i, s in enumerate(self.codec.latent_shapes)]
         return torch.cat(parts)
 
+    def on_levels_only(self, values: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``values: (B, n)`` for the ``n`` coordinates of ``levels`` placed into a ``(B, D)`` tensor like ``z``, zero
+        elsewhere (``values`` itself when all levels are chosen): draw a perturbation over the chosen coordinates
+        only, so that its size is measured there."""
+        mask = self.level_mask(z.device)
+        return values if mask is None else torch.zeros_like(z).masked_scatter(mask.expand_as(z), values)
+
+    def level_size(self) -> int:
+        """n, the number of latent coordinates in ``levels`` (D if all)."""
+        mask = self.level_mask(torch.device("cpu"))
+        return self.codec.latent_dim if mask is None else int(mask.sum())
+
     def on_levels(self, new: torch.Tensor, old: torch.Tensor | float) -> torch.Tensor:
         """``new: (B, D)`` on the coordinates of ``levels``, ``old`` (a tensor or 0) elsewhere; ``new`` if all levels."""
         mask = self.level_mask(new.device)

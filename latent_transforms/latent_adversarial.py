@@ -28,7 +28,8 @@ class LatentAdversarial(CodecTransform):
         step_size: size of each step (default 1.0).
         norm: ``"l2"`` (default) or ``"linf"``: the ball, the step direction and the random start.
         random_start: start (default ``True``) from U(-eps, eps) per coordinate projected onto the ball, as the
-            official code, instead of 0. With ``l2`` in D dimensions that point is (almost always) on the sphere.
+            official code, instead of 0; over the chosen coordinates when ``levels`` is given. With ``l2`` in D
+            dimensions that point is (almost always) on the sphere.
         target: ``"pred"`` attacks the model's own prediction on the clean image (official, avoids label
             leaking); ``"true"`` attacks the given labels (the paper's MNIST notebook).
         levels: latent levels to perturb (all jointly by default).
@@ -72,9 +73,9 @@ class LatentAdversarial(CodecTransform):
             with torch.no_grad():
                 target = logits_of(net, x, "LatentAdversarial").argmax(1) if self.target == "pred" else y
             delta = torch.zeros_like(z)
-            if self.random_start:
-                delta = random_start(z.shape, self.eps, self.norm, generator, z.device, z.dtype)
-            delta = self.on_levels(delta, 0.0)
+            if self.random_start:  # drawn over the chosen levels' coordinates, as LatentNoise's noise
+                shape = torch.Size((z.shape[0], self.level_size()))
+                delta = self.on_levels_only(random_start(shape, self.eps, self.norm, generator, z.device, z.dtype), z)
             for _ in range(self.steps):
                 delta.requires_grad_(True)
                 with torch.enable_grad():

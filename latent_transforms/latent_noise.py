@@ -48,10 +48,8 @@ class LatentNoise(CodecTransform):
 
     def transform(self, x, y, model, generator, index=None):
         z = self.encode_flat(x, index)
-        mask = self.level_mask(z.device)
-        n = z.shape[1] if mask is None else int(mask.sum())
-        noise = random_perturbation(torch.Size((z.shape[0], n)), self.eps, self.norm, generator, z.device, z.dtype)
-        delta = noise if mask is None else torch.zeros_like(z).masked_scatter(mask.expand_as(z), noise)
+        shape = torch.Size((z.shape[0], self.level_size()))
+        delta = self.on_levels_only(random_perturbation(shape, self.eps, self.norm, generator, z.device, z.dtype), z)
         self.last_params = {"delta": delta}
         with torch.no_grad():
             return self.decode_flat(z + delta), y
