@@ -186,3 +186,75 @@ def test_default_generator_offsets_by_torchruns_rank_before_the_process_group_ex
         torch.manual_seed(0)
         draws[rank] = torch.rand(4, generator=GeneratorSource(None).get(torch.device("cpu")))
     assert not torch.equal(draws["0"], draws["1"])
+
+
+class MixThenExplode(LatentTransform):
+    """Mixes every label half-and-half with the next sample's, and returns NaN for the first selected sample."""
+
+    mixes_labels = True
+
+    def transform(self, x, y, model, generator, index=None):
+        partner = torch.arange(x.shape[0]).roll(1)
+        out = x.clone()
+        out[0] = float("nan")
+        return out, mix_labels(y, partner, torch.full((x.shape[0],), 0.5), self.num_classes)
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_a_rejected_sample_of_a_label_mixing_transform_keeps_its_own_label(soft):
+    x, y = _batch((4, 1, 3, 3), soft, 0)
+    y = torch.tensor([0, 1, 2, 3]) if not soft else y
+    x2, y2 = MixThenExplode(num_classes=5, generator=0)(x, y)
+    own = y if soft else torch.nn.functional.one_hot(y, 5).float()
+    assert torch.equal(x2[0], x[0])  # rejected: the input back ...
+    assert torch.equal(y2[0], own[0])  # ... and its own label, not the half-mixed one
+    assert torch.allclose(y2[1:], 0.5 * own[1:] + 0.5 * own[:-1])  # the others are mixed
+
+
+class Nudge(LatentTransform):
+    """Each sample moves by +0.01 and its label gets a per-sample mark: outputs are identifiable per sample."""
+
+    mixes_labels = True
+
+    def transform(self, x, y, model, generator, index=None):
+        soft = torch.nn.functional.one_hot(y, self.num_classes).float()
+        return x + 0.01, 0.9 * soft + 0.1 / self.num_classes
+
+
+def test_transformed_samples_go_back_to_their_own_rows():
+    g = torch.Generator().manual_seed(0)
+    x = 0.9 * torch.rand(16, 1, 3, 3, generator=g)
+    y = torch.arange(16) % 5
+    t = Nudge(p=0.5, generator=0, num_classes=5)
+    x2, y2 = t(x, y)
+    changed = (x2 != x).flatten(1).any(1)
+    assert 2 <= int(changed.sum()) == t.stats["transformed"] < 16  # several selected, several passed through
+    torch.testing.assert_close(x2[changed], x[changed] + 0.01)  # each transformed sample lands on its own row
+    assert torch.equal(x2[~changed], x[~changed])  # the others are bit-identical
+    one_hot = torch.nn.functional.one_hot(y, 5).float()
+    torch.testing.assert_close(y2[changed], 0.9 * one_hot[changed] + 0.02)
+    assert torch.equal(y2[~changed], one_hot[~changed])
+
+
+def test_sample_beta_below_one_draws_only_from_the_given_generator():
+    from latent_transforms.rng import sample_beta, sample_gamma
+
+    state = torch.get_rng_state()
+    for alpha in (0.4, 0.2):  # alpha < 1: Gamma(alpha) boosted from Gamma(alpha + 1) by a uniform
+        a = sample_beta(alpha, 500, torch.Generator().manual_seed(7), torch.device("cpu"))
+        b = sample_beta(alpha, 500, torch.Generator().manual_seed(7), torch.device("cpu"))
+        assert torch.equal(a, b) and 0 <= a.min() and a.max() <= 1
+        g1 = sample_gamma(alpha, 500, torch.Generator().manual_seed(3), torch.device("cpu"))
+        g2 = sample_gamma(alpha, 500, torch.Generator().manual_seed(3), torch.device("cpu"))
+        assert torch.equal(g1, g2)
+    assert torch.equal(state, torch.get_rng_state())  # torch's global RNG untouched
+
+
+def test_to_soft_keeps_the_dtype_of_soft_labels():
+    from latent_transforms.labels import to_soft
+
+    for dtype in (torch.float64, torch.float16):
+        y = torch.softmax(torch.randn(4, 3, dtype=torch.float64), 1).to(dtype)
+        out = to_soft(y, None)
+        assert out.dtype == dtype and torch.equal(out, y)
+    assert to_soft(torch.tensor([0, 2]), 3, torch.float64).dtype == torch.float64

@@ -199,3 +199,130 @@ def test_flat_latents_and_reconstruct_are_encode_and_decode():
         rec = codec.reconstruct(x)
         assert not rec.requires_grad and 0 <= rec.min() and rec.max() <= 1
         assert torch.equal(rec, codec.decode(codec.encode(x)).clamp(0, 1).detach())
+
+
+def test_shipped_glow_digits_bits_per_dim_matches_its_registry_entry():
+    """Golden value: the shipped flow's test bits/dim as recorded in the registry (eval_codec: seeded dequantisation)."""
+    import json
+
+    from latent_transforms import hub
+    from latent_transforms.data import load_images
+
+    recorded = json.loads((hub.SHIPPED_DIR / "registry.json").read_text())["checkpoints"]["glow-digits"]["quality"]
+    glow = hub.load("glow-digits")
+    x, _, num_bins = load_images("digits", split="test")
+    noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(0))  # as eval_codec draws it (seed 0)
+    x_deq = (torch.round(x * (num_bins - 1)) + noise) / num_bins
+    with torch.no_grad():
+        bpd = glow.bits_per_dim(x_deq).mean().item()
+    assert bpd == pytest.approx(recorded["test_bits_per_dim"], abs=1e-3)
+
+
+def test_log_prob_is_the_base_density_plus_the_jacobian_log_determinant():
+    torch.manual_seed(0)
+    glow = Glow((1, 4, 4), levels=1, steps=2, hidden=8).double()
+    with torch.no_grad():
+        glow.loss(torch.rand(32, 1, 4, 4, dtype=torch.float64))
+        for p in glow.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x = torch.rand(2, 1, 4, 4, dtype=torch.float64) * 0.8 + 0.1
+    for i in range(2):
+        xi = x[i:i + 1]
+        f = lambda v: flatten_latents(glow._encode_with_logdet(v.view(1, 1, 4, 4))[0]).flatten()
+        jac = torch.autograd.functional.jacobian(f, xi.flatten())
+        u = f(xi.flatten())
+        expected = torch.distributions.Normal(0.0, 1.0).log_prob(u).sum() + torch.linalg.slogdet(jac)[1]
+        assert torch.allclose(glow.log_prob(xi)[0], expected, atol=1e-8)
+
+
+def test_glow_loss_dequantises_with_uniform_noise():
+    glow = tiny_glow()
+    x = torch.randint(0, 17, (6, 1, 8, 8)).float() / 16
+    torch.manual_seed(3)
+    a, _ = glow.loss(x)
+    b, _ = glow.loss(x)
+    assert a != b  # a fresh dequantisation draw per call
+    torch.manual_seed(3)
+    expected = glow.bits_per_dim((torch.round(x * 16) + torch.rand_like(x)) / 17).mean()
+    assert torch.allclose(a, expected, atol=1e-6)
+
+
+def test_freezing_a_fresh_glow_marks_its_actnorms_initialised():
+    torch.manual_seed(0)
+    glow = Glow((1, 8, 8), levels=2, steps=2, hidden=8).freeze()  # never run: data-dependent init pending
+    state = {k: v.clone() for k, v in glow.state_dict().items()}
+    x = torch.rand(5, 1, 8, 8)
+    with torch.no_grad():
+        glow.log_prob(x)  # the plain normflows path, whose ActNorm initialises itself on a first batch
+        glow.encode(x)
+        glow.loss(x)
+    assert all(torch.equal(v, glow.state_dict()[k]) for k, v in state.items())
+
+
+def test_vae_posterior_samples_have_the_posterior_std():
+    vae = tiny_vae()
+    with torch.no_grad():
+        vae.encoder[-1].bias[4:] -= 2.0  # log-variance about -2: std exp(-1), clearly not exp(-2) nor 1
+    x = torch.rand(1, 1, 8, 8).expand(6000, 1, 8, 8)
+    mu, logvar = vae.posterior(x[:1])
+    samples = vae.encode(x, sample=True, generator=torch.Generator().manual_seed(0))[0]
+    torch.testing.assert_close(samples.mean(0), mu[0], atol=0.03, rtol=0)
+    torch.testing.assert_close(samples.std(0), torch.exp(0.5 * logvar[0]), atol=0, rtol=0.05)
+    terms = vae.elbo_terms(x, generator=torch.Generator().manual_seed(0))  # the ELBO's sample: the same posterior
+    assert torch.allclose(terms["mu"], mu.expand_as(terms["mu"]))
+
+
+def test_vae_loss_weighs_the_kl_by_beta():
+    x = torch.rand(4, 1, 8, 8)
+    for beta in (0.0, 2.0):
+        vae = tiny_vae()
+        vae.beta = beta
+        with torch.no_grad():
+            vae.encoder[-1].bias[:4] += 1.0  # a posterior mean away from 0: a KL of about 2 nats
+        torch.manual_seed(5)
+        terms = vae.elbo_terms(x)
+        torch.manual_seed(5)
+        loss, metrics = vae.loss(x)
+        assert terms["kl"].mean() > 0.01
+        torch.testing.assert_close(loss, terms["rec"].mean() + beta * terms["kl"].mean())
+        torch.testing.assert_close(metrics["kl"], terms["kl"].mean())
+
+
+@pytest.fixture
+def tf32_on():
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def test_encode_and_decode_run_without_tf32_and_autocast_and_restore_the_flags(tf32_on, monkeypatch):
+    seen = []
+
+    def record():
+        seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+                     torch.is_autocast_enabled("cpu")))
+
+    for codec in (tiny_glow(), tiny_vae()):
+        encode, decode = codec._encode, codec._decode
+        monkeypatch.setattr(codec, "_encode", lambda x: (record(), encode(x))[1])
+        monkeypatch.setattr(codec, "_decode", lambda z: (record(), decode(z))[1])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            codec.decode(codec.encode(torch.rand(2, 1, 8, 8)))
+            assert torch.is_autocast_enabled("cpu")  # back on after the call
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32  # restored
+    assert seen == [(False, False, False)] * 4
+
+
+def test_exact_math_turns_off_the_given_devices_autocast_and_restores_tf32(tf32_on):
+    was = torch.is_autocast_enabled("cuda")
+    torch.set_autocast_enabled("cuda", True)  # a thread-local flag: settable without a GPU
+    try:
+        for device_type in ("cuda", None):
+            with exact_math(device_type):
+                assert not torch.is_autocast_enabled("cuda")
+                assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+            assert torch.is_autocast_enabled("cuda")
+            assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.set_autocast_enabled("cuda", was)

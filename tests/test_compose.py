@@ -153,3 +153,21 @@ def test_compose_moves_and_casts_like_any_module(rgb_glow):
     c = Compose([LatentNoise(rgb_glow, eps=1.0), T.RandomHorizontalFlip()])
     assert c.to("cpu") is c and c.double() is c and c.float() is c  # nn.Module._apply is not shadowed
     assert c.steps[0].codec.dtype == torch.float32
+
+
+def test_index_goes_to_the_first_step_only_later_steps_encode_what_they_get():
+    from latent_transforms import LatentCache
+
+    glow = tiny_glow()
+    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    y, index = torch.arange(6) % 3, torch.arange(6)
+    cache = LatentCache(glow, x, progress=False)
+    lookups = []
+    cache.register_forward_hook(lambda module, args, out: lookups.append(len(args[0])))
+    first = LatentNoise(glow, eps=2.0, cache=cache, generator=0)
+    second = LatentNoise(glow, eps=0.0, cache=cache, generator=1)
+    out, _ = Compose([first, second])(x, y, index=index)
+    assert lookups == [6]  # the first step looked its latents up, the second encoded its input
+    step1, _ = LatentNoise(glow, eps=2.0, cache=cache, generator=0)(x, y, index=index)
+    assert (step1 - x).abs().max() > 0.05
+    torch.testing.assert_close(out, step1, atol=1e-3, rtol=0)  # eps=0 after step 1: step 1's images, re-encoded

@@ -129,3 +129,45 @@ def test_fit_classifier_drives_every_isdas_epoch_schedule():
     inner = Recording(3)
     fit_classifier(model, x, y, Compose([inner]), epochs=3, batch_size=4, progress=False)
     assert seen == [(0, 3), (1, 3), (2, 3)] and inner.lam == 0.5 * 2 / 3  # inside a Compose too
+
+
+def test_confidently_wrong_one_hot_predictions_have_ece_one_in_the_last_bin():
+    probs = torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 0]), 3).float()  # confidence exactly 1.0
+    y = torch.tensor([1, 2, 0, 2])  # every prediction wrong
+    assert expected_calibration_error(probs, y) == pytest.approx(1.0)
+    for bins in (15, 10, 1):
+        assert expected_calibration_error(probs, y, bins=bins) == pytest.approx(1.0)
+        r = reliability_bins(probs, y, bins=bins)
+        assert r["count"].tolist() == [0.0] * (bins - 1) + [4.0]
+        assert r["confidence_sum"][-1].item() == 4.0 and r["correct_sum"].sum().item() == 0.0
+    # the same predictions, all right: perfectly calibrated
+    assert expected_calibration_error(probs, probs.argmax(1)) == pytest.approx(0.0)
+
+
+def test_fit_classifier_runs_the_forward_under_the_given_autocast():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 2))
+    dtypes = []
+    model[1].register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    x, y = torch.rand(8, 3, 2, 2), torch.arange(8) % 2
+    fit_classifier(model, x, y, epochs=1, batch_size=4, autocast_dtype=torch.bfloat16, progress=False)
+    assert dtypes == [torch.bfloat16] * 2
+    dtypes.clear()
+    fit_classifier(model, x, y, epochs=1, batch_size=4, progress=False)
+    assert dtypes == [torch.float32] * 2
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_fit_classifier_puts_the_augmentation_in_training_mode():
+    from latent_transforms import LatentTransform
+
+    class Jitter(LatentTransform):
+        def transform(self, x, y, model, generator, index=None):
+            return x + 0.01 * torch.randn(x.shape, generator=generator), y
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 2))
+    augment = Jitter(generator=0).eval()  # e.g. left in eval mode by an evaluation before
+    x, y = torch.rand(8, 3, 2, 2), torch.arange(8) % 2
+    fit_classifier(model, x, y, augment, epochs=2, batch_size=2, progress=False)
+    assert augment.training and augment.stats["seen"] == 16 and augment.stats["transformed"] == 16

@@ -533,3 +533,50 @@ def test_saved_files_get_the_umask_permissions_without_touching_the_umask(tmp_pa
     path = tmp_path / "glow.safetensors"
     hub.save_checkpoint(_codec(), path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~hub._UMASK
+
+
+def test_register_overwrite_drops_the_loaded_codec_of_that_name(env):
+    env.mkdir()
+    sha_a = hub.save_checkpoint(_codec(0), env / "a.safetensors")
+    sha_b = hub.save_checkpoint(_codec(1), env / "b.safetensors")
+    _register("vae", "a.safetensors", sha256=sha_a)
+    assert torch.equal(_outputs(hub.load("vae")), _outputs(_codec(0).eval()))
+    _register("vae", "b.safetensors", sha256=sha_b, overwrite=True)
+    assert torch.equal(_outputs(hub.load("vae")), _outputs(_codec(1).eval()))  # the new file, not the loaded old one
+
+
+def test_every_load_by_name_is_a_distinct_copy_with_equal_weights(env):
+    env.mkdir()
+    sha = hub.save_checkpoint(_codec(), env / "vae.safetensors")
+    _register("vae", "vae.safetensors", sha256=sha)
+    codecs = [hub.load("vae") for _ in range(3)]
+    assert len({id(c) for c in codecs}) == 3
+    for c in codecs[1:]:
+        assert c.state_dict().keys() == codecs[0].state_dict().keys()
+        assert all(torch.equal(v, c.state_dict()[k]) for k, v in codecs[0].state_dict().items())
+        assert all(a.data_ptr() != b.data_ptr() for a, b in zip(c.parameters(), codecs[0].parameters()))
+    with torch.no_grad():  # changing one in place (or casting, moving it) leaves the later loads alone
+        for c in codecs:
+            for p in c.parameters():
+                p.zero_()
+    assert torch.equal(_outputs(hub.load("vae")), _outputs(_codec().eval()))
+
+
+def test_a_corrupted_shipped_file_is_not_used(env, monkeypatch):
+    shipped = hub.SHIPPED_DIR
+    shipped.mkdir()
+    (shipped / "good.safetensors").write_bytes(GOOD[:-1] + bytes([GOOD[-1] ^ 1]))  # one bit flipped
+    _register("good", "good.safetensors")
+    monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
+    with pytest.raises(hub.HubError, match=r"shipped .*good.safetensors is corrupted \(sha256 mismatch\)"):
+        hub.fetch("good")
+    monkeypatch.delenv("LATENT_TRANSFORMS_OFFLINE")
+    path = hub.fetch("good")  # a verified download instead
+    assert path == env / "good.safetensors" and path.read_bytes() == GOOD
+    assert _Handler.counts["good.safetensors"] == 1
+
+
+def test_downloaded_files_get_the_umask_permissions(env):
+    _register("good", "good.safetensors")
+    path = hub.fetch("good")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~hub._UMASK  # not mkstemp's 0600
