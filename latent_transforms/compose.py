@@ -26,11 +26,23 @@ def _is_torchvision_v2(t: object) -> bool:
     return isinstance(t, Transform)
 
 
+def _parts(t: object) -> list:
+    """A step and, for containers (this Compose, torchvision's Compose/RandomChoice/RandomApply/...), what they hold."""
+    inner = t.steps if isinstance(t, Compose) else getattr(t, "transforms", None) if _is_torchvision_v2(t) else None
+    return [t] + [p for s in (inner or []) for p in _parts(s)]
+
+
 def _mixes_labels(t: object) -> bool:
-    """Whether a step turns labels soft: a label-mixing LatentTransform, torchvision's MixUp/CutMix, a kornia mix."""
+    """Whether a step may turn labels soft: a label-mixing LatentTransform, torchvision's MixUp/CutMix or a kornia
+    mix, also inside a container."""
     from torchvision.transforms.v2 import CutMix, MixUp
 
-    return (isinstance(t, LatentTransform) and t.mixes_labels) or isinstance(t, (MixUp, CutMix)) or _is_kornia_mix(t)
+    return any((isinstance(p, LatentTransform) and p.mixes_labels) or isinstance(p, (MixUp, CutMix)) or _is_kornia_mix(p)
+               for p in _parts(t))
+
+
+def _has_isda(t: object) -> bool:
+    return any(isinstance(p, ISDA) for p in _parts(t))
 
 
 def _name(t: nn.Module) -> str:
@@ -84,7 +96,7 @@ class Compose(nn.Module):
             if not callable(t):
                 raise TypeError(f"Compose steps must be callable, got {type(t).__name__}")
             steps.append(t if isinstance(t, nn.Module) else _Callable(t))
-        isda = [i for i, t in enumerate(steps) if isinstance(t, ISDA)]
+        isda = [i for i, t in enumerate(steps) if _has_isda(t)]
         mixing = [i for i, t in enumerate(steps) if _mixes_labels(t)]
         if isda and mixing:
             raise ValueError(f"ISDA (step {isda[0]}) needs class-index labels and cannot be combined with label-mixing "
@@ -107,11 +119,11 @@ class Compose(nn.Module):
         for i, step in enumerate(self.steps):
             try:
                 x, y = self._run_step(step, x, y, model, index if i == 0 else None)
-            except ValueError as e:  # a latent step checks what the previous step made: say which
-                if i == 0 or not isinstance(step, LatentTransform):
-                    raise
-                raise ValueError(f"Compose step {i} ({_name(step)}), on the output of step {i - 1} "
-                                 f"({_name(self.steps[i - 1])}): {e}") from None
+            except ValueError as e:  # a latent step refused the images the previous step made: say which step
+                if i > 0 and isinstance(step, LatentTransform) and e.args and str(e.args[0]).startswith("x "):
+                    e.args = (f"Compose step {i} ({_name(step)}), on the output of step {i - 1} "
+                              f"({_name(self.steps[i - 1])}): {e.args[0]}",) + e.args[1:]
+                raise
         return x, y
 
     def _run_step(self, step: nn.Module, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None,

@@ -37,7 +37,10 @@ def fit_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, augment: 
     g = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(len(x) / batch_size)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.25)
+    total = epochs * steps_per_epoch
+    # OneCycleLR divides by its warm-up length pct_start * total - 1: keep it > 0 for short runs (a single step: constant)
+    sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=max(0.25, 1.5 / total))
+             if total > 1 else None)
     start = time.perf_counter()
     model.train()
     if augment is not None and isinstance(augment, nn.Module):
@@ -60,7 +63,8 @@ def fit_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, augment: 
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
+            if sched is not None:
+                sched.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
     if x.device.type == "cuda":
         torch.cuda.synchronize()
@@ -111,10 +115,10 @@ def reliability_bins(probs: torch.Tensor, y: torch.Tensor, bins: int = 15) -> di
     check_count("bins", bins, low=1)
     conf, pred = probs.max(1)
     idx = (conf * bins).ceil().long().clamp(1, bins) - 1
-    sums = torch.zeros(3, bins, dtype=torch.float64, device=probs.device)
-    sums[0].index_add_(0, idx, torch.ones_like(conf, dtype=torch.float64))
-    sums[1].index_add_(0, idx, conf.double())
-    sums[2].index_add_(0, idx, (pred == y).double())
+    sums = torch.zeros(3, bins, device=probs.device)  # float32: exact counts up to 2^24 samples, and MPS has no fp64
+    sums[0].index_add_(0, idx, torch.ones_like(conf, dtype=torch.float32))
+    sums[1].index_add_(0, idx, conf.float())
+    sums[2].index_add_(0, idx, (pred == y).float())
     return dict(zip(("count", "confidence_sum", "correct_sum"), sums))
 
 

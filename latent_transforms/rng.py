@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import weakref
 
 import torch
 import torch.distributed as dist
@@ -47,16 +48,12 @@ class GeneratorSource:
 
     # A torch.Generator pickles its state as a tensor, which Linux's default "file_descriptor" sharing cannot send to
     # spawned DataLoader workers ("unable to resize file"); pickled as bytes, a transform travels to any process.
+    # One box per generator: a generator shared by several transforms stays shared in the copy.
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["spec"] = _to_bytes(self.spec)
-        state["_per_device"] = {key: _to_bytes(g) for key, g in self._per_device.items()}
+        state["spec"] = _box(self.spec)
+        state["_per_device"] = {key: _box(g) for key, g in self._per_device.items()}
         return state
-
-    def __setstate__(self, state: dict) -> None:
-        state["spec"] = _from_bytes(state["spec"])
-        state["_per_device"] = {key: _from_bytes(g) for key, g in state["_per_device"].items()}
-        self.__dict__.update(state)
 
     def get(self, device: torch.device) -> torch.Generator:
         if isinstance(self.spec, torch.Generator):
@@ -78,17 +75,31 @@ class GeneratorSource:
         return self._per_device[key]
 
 
-def _to_bytes(g: object) -> object:
-    """A generator as ``("torch.Generator", device, state bytes)``; anything else as it is."""
+class _PicklableGenerator:
+    """Stands in for a ``torch.Generator`` in a pickle or deepcopy: it is rebuilt from its state bytes."""
+
+    def __init__(self, generator: torch.Generator):
+        self.generator = generator
+
+    def __reduce__(self):
+        g = self.generator
+        return _generator_from_bytes, (str(g.device), g.get_state().numpy().tobytes())
+
+
+_BOXES: "weakref.WeakKeyDictionary[torch.Generator, _PicklableGenerator]" = weakref.WeakKeyDictionary()
+
+
+def _box(g: object) -> object:
+    """A generator's one picklable stand-in (anything else as it is)."""
     if not isinstance(g, torch.Generator):
         return g
-    return ("torch.Generator", str(g.device), g.get_state().numpy().tobytes())
+    box = _BOXES.get(g)
+    if box is None:
+        box = _BOXES[g] = _PicklableGenerator(g)
+    return box
 
 
-def _from_bytes(g: object) -> object:
-    if not (isinstance(g, tuple) and g and g[0] == "torch.Generator"):
-        return g
-    _, device, state = g
+def _generator_from_bytes(device: str, state: bytes) -> torch.Generator:
     out = torch.Generator(device=device)
     out.set_state(torch.frombuffer(bytearray(state), dtype=torch.uint8))
     return out

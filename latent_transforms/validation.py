@@ -39,7 +39,8 @@ def check_count(name: str, value: object, low: int = 0) -> int:
 
 def check_choice(name: str, value: object, choices: tuple) -> object:
     """``value`` if it is one of ``choices``."""
-    if not any(value is c or (type(value) is type(c) and value == c) for c in choices):
+    if not any(value is c or (c is not None and isinstance(value, type(c)) and not isinstance(value, bool)
+                              and value == c) for c in choices):
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
     return value
 

@@ -258,3 +258,15 @@ def test_to_soft_keeps_the_dtype_of_soft_labels():
         out = to_soft(y, None)
         assert out.dtype == dtype and torch.equal(out, y)
     assert to_soft(torch.tensor([0, 2]), 3, torch.float64).dtype == torch.float64
+
+
+def test_a_generator_shared_by_two_transforms_stays_shared_in_copies():
+    # each transform pickled its generator's state separately: the copies drew the same numbers (same samples picked)
+    import copy
+    import pickle
+
+    g = torch.Generator().manual_seed(0)
+    a, b = AddNoise(generator=g), AddNoise(generator=g)
+    for a2, b2 in (copy.deepcopy([a, b]), pickle.loads(pickle.dumps([a, b]))):
+        assert a2._rng.spec is b2._rng.spec and a2._rng.spec is not g
+        assert torch.equal(a2._rng.spec.get_state(), g.get_state())

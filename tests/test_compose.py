@@ -171,3 +171,34 @@ def test_index_goes_to_the_first_step_only_later_steps_encode_what_they_get():
     step1, _ = LatentNoise(glow, eps=2.0, cache=cache, generator=0)(x, y, index=index)
     assert (step1 - x).abs().max() > 0.05
     torch.testing.assert_close(out, step1, atol=1e-3, rtol=0)  # eps=0 after step 1: step 1's images, re-encoded
+
+
+def test_isda_inside_containers_with_label_mixing_is_refused():
+    from latent_transforms import ISDA
+
+    with pytest.raises(ValueError, match="ISDA .* needs class-index labels"):  # the usual torchvision recipe
+        Compose([ISDA(10), T.RandomChoice([T.CutMix(num_classes=10), T.MixUp(num_classes=10)])])
+    with pytest.raises(ValueError, match="ISDA .* needs class-index labels"):  # a nested Compose
+        Compose([Compose([ISDA(10)]), T.MixUp(num_classes=10)])
+
+
+def test_errors_that_are_not_about_the_images_keep_their_type_and_message(rgb, rgb_glow):
+    x, y = rgb
+
+    class Refuses(ValueError):
+        pass
+
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            raise Refuses("the model's own error")
+
+    c = Compose([T.RandomHorizontalFlip(), LatentAdversarial(rgb_glow, generator=0)])
+    with pytest.raises(Refuses, match="^the model's own error$"):  # was a plain ValueError blaming the flip
+        c(x, y, Net())
+
+    def overshoot(x):
+        return x * 1.02
+
+    with pytest.raises(ValueError, match="on the output of step 0 \\(overshoot\\)") as info:
+        Compose([overshoot, LatentNoise(rgb_glow, generator=0)])(x, y)
+    assert info.traceback[-1].name == "check_images"  # the original traceback is kept

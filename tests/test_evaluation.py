@@ -171,3 +171,11 @@ def test_fit_classifier_puts_the_augmentation_in_training_mode():
     x, y = torch.rand(8, 3, 2, 2), torch.arange(8) % 2
     fit_classifier(model, x, y, augment, epochs=2, batch_size=2, progress=False)
     assert augment.training and augment.stats["seen"] == 16 and augment.stats["transformed"] == 16
+
+
+@pytest.mark.parametrize("n, batch_size, epochs", [(8, 4, 2), (8, 8, 1), (8, 4, 1), (6, 2, 1)])
+def test_fit_classifier_runs_very_short_schedules(n, batch_size, epochs):
+    # 4 steps in all made torch's OneCycleLR divide by zero (warm-up of 0.25 * 4 - 1 = 0 steps)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    fit_classifier(model, torch.rand(n, 3, 2, 2), torch.arange(n) % 3, epochs=epochs, batch_size=batch_size,
+                   progress=False)

@@ -99,3 +99,15 @@ def test_fuzz_validation_raises_only_documented_errors(arr, labels):
         check_labels(y, x.shape[0], num_classes=5)
     except (ValueError, TypeError) as e:
         assert str(e)
+
+
+def test_check_choice_takes_equal_values_of_the_choices_type():
+    import numpy as np
+
+    from latent_transforms.validation import check_choice
+
+    assert check_choice("norm", np.str_("l2"), ("l2", "linf")) == "l2"  # a str subclass, as the old `in` check took
+    assert check_choice("norm", None, ("l2", None)) is None
+    for bad in ("L2", 1, True, None, b"l2"):
+        with pytest.raises(ValueError, match=r"norm must be one of \('l2', 'linf'\)"):
+            check_choice("norm", bad, ("l2", "linf"))
