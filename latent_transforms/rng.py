@@ -79,10 +79,10 @@ class _PicklableGenerator:
     """Stands in for a ``torch.Generator`` in a pickle or deepcopy: it is rebuilt from its state bytes."""
 
     def __init__(self, generator: torch.Generator):
-        self.generator = generator
+        self.generator = weakref.ref(generator)  # not a strong reference: the box must not keep its key alive
 
     def __reduce__(self):
-        g = self.generator
+        g = self.generator()
         return _generator_from_bytes, (str(g.device), g.get_state().numpy().tobytes())
 
 

@@ -1,4 +1,7 @@
 """Property tests of the base class bookkeeping, through a minimal transform and through real ones."""
+import gc
+import weakref
+
 import numpy as np
 import pytest
 import torch
@@ -270,3 +273,7 @@ def test_a_generator_shared_by_two_transforms_stays_shared_in_copies():
     for a2, b2 in (copy.deepcopy([a, b]), pickle.loads(pickle.dumps([a, b]))):
         assert a2._rng.spec is b2._rng.spec and a2._rng.spec is not g
         assert torch.equal(a2._rng.spec.get_state(), g.get_state())
+    ref = weakref.ref(g)
+    del a, b, g, a2, b2
+    gc.collect()
+    assert ref() is None  # the pickling stand-in does not keep the generator alive
