@@ -33,6 +33,8 @@ class CodecTransform(LatentTransform):
                 raise ValueError(f"levels must be a non-empty list of level indices in [0, {n}), got {levels!r}")
             levels = sorted({i % n for i in levels})
         self.levels = levels
+        sizes = [int(torch.Size(s).numel()) for s in self.codec.latent_shapes]
+        self._level_size = sum(sizes) if levels is None else sum(sizes[i] for i in levels)
 
     @property
     def index_size(self) -> int | None:
@@ -69,9 +71,8 @@ class CodecTransform(LatentTransform):
         return values if mask is None else torch.zeros_like(z).masked_scatter(mask.expand_as(z), values)
 
     def level_size(self) -> int:
-        """n, the number of latent coordinates in ``levels`` (D if all)."""
-        mask = self.level_mask(torch.device("cpu"))
-        return self.codec.latent_dim if mask is None else int(mask.sum())
+        """n, the number of latent coordinates in ``levels`` (D if all); computed once (no mask built per call)."""
+        return self._level_size
 
     def on_levels(self, new: torch.Tensor, old: torch.Tensor | float) -> torch.Tensor:
         """``new: (B, D)`` on the coordinates of ``levels``, ``old`` (a tensor or 0) elsewhere; ``new`` if all levels."""
