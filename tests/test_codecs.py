@@ -268,8 +268,12 @@ def test_vae_posterior_samples_have_the_posterior_std():
     samples = vae.encode(x, sample=True, generator=torch.Generator().manual_seed(0))[0]
     torch.testing.assert_close(samples.mean(0), mu[0], atol=0.03, rtol=0)
     torch.testing.assert_close(samples.std(0), torch.exp(0.5 * logvar[0]), atol=0, rtol=0.05)
+    seen = []
+    vae.decoder.register_forward_pre_hook(lambda module, args: seen.append(args[0]))  # the ELBO's latent sample
     terms = vae.elbo_terms(x, generator=torch.Generator().manual_seed(0))  # the ELBO's sample: the same posterior
     assert torch.allclose(terms["mu"], mu.expand_as(terms["mu"]))
+    torch.testing.assert_close(seen[0].mean(0), mu[0], atol=0.03, rtol=0)
+    torch.testing.assert_close(seen[0].std(0), torch.exp(0.5 * logvar[0]), atol=0, rtol=0.05)
 
 
 def test_vae_loss_weighs_the_kl_by_beta():
