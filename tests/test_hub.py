@@ -497,6 +497,39 @@ def test_load_by_name_reads_once_and_returns_copies(env, tmp_path):
         del _Handler.files["vae.safetensors"]
 
 
+def test_threads_loading_one_name_build_it_once(env, tmp_path, monkeypatch):
+    # the second thread waits on the per-name lock while the first builds, then must take the first's codec
+    codec = _codec()
+    sha = hub.save_checkpoint(codec, tmp_path / "vae.safetensors")
+    _Handler.files["vae.safetensors"] = (tmp_path / "vae.safetensors").read_bytes()
+    load_checkpoint, builds, barrier = hub.load_checkpoint, [], threading.Barrier(2)
+
+    def slow_load_checkpoint(path, device):
+        builds.append(path)
+        time.sleep(0.5)  # long enough for the other thread to pass the first cache check and queue on the lock
+        return load_checkpoint(path, device)
+
+    monkeypatch.setattr(hub, "load_checkpoint", slow_load_checkpoint)
+    results = []
+
+    def worker():
+        barrier.wait()
+        results.append(hub.load("vae"))
+
+    try:
+        _register("vae", "vae.safetensors", sha256=sha)
+        threads = [threading.Thread(target=worker) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        del _Handler.files["vae.safetensors"]
+    assert len(builds) == 1 and len(results) == 2 and results[0] is not results[1]
+    assert torch.equal(_outputs(results[0]), _outputs(codec.eval()))
+    assert torch.equal(_outputs(results[1]), _outputs(results[0]))
+
+
 # -- CLI --------------------------------------------------------------------------------------------
 def test_cli_list_and_fetch(env, capsys):
     _register("digits-vae", "good.safetensors", size=len(GOOD))
