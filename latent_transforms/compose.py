@@ -81,6 +81,8 @@ class Compose(nn.Module):
     Labels stay class indices until a step mixes them; from there on they are soft ``(B, K)``.
     In ``eval()`` mode the whole chain is the identity.
 
+    ``x: (B, C, H, W)``; what the first step takes: float in [0, 1] for a latent transform, also ``uint8`` for a
+    pixel transform (``v2.ToDtype(torch.float32, scale=True)`` before the first latent step converts it).
     ``index: (B,)`` dataset positions (for a :class:`~latent_transforms.LatentCache`) go to the first step only,
     which must then be a :class:`LatentTransform`: later steps see images the cache does not hold.
 
@@ -109,8 +111,9 @@ class Compose(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None = None,
                 index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        check_batch(x, y, self.num_classes, index)
-        if index is not None and not (self.steps and isinstance(self.steps[0], LatentTransform)):
+        first_is_latent = bool(self.steps) and isinstance(self.steps[0], LatentTransform)
+        check_batch(x, y, self.num_classes, index, values=first_is_latent)  # a pixel step may take uint8
+        if index is not None and not first_is_latent:
             first = type(self.steps[0]).__name__ if self.steps else "nothing"
             raise ValueError(f"index= goes to the first step, which must be a LatentTransform with a latent "
                              f"cache; the first step is {first}")
@@ -121,8 +124,10 @@ class Compose(nn.Module):
                 x, y = self._run_step(step, x, y, model, index if i == 0 else None)
             except ValueError as e:  # a latent step refused the images the previous step made: say which step
                 if i > 0 and isinstance(step, LatentTransform) and e.args and str(e.args[0]).startswith("x "):
+                    hint = "" if x.is_floating_point() else \
+                        "; in a Compose, put v2.ToDtype(torch.float32, scale=True) before this step"
                     e.args = (f"Compose step {i} ({_name(step)}), on the output of step {i - 1} "
-                              f"({_name(self.steps[i - 1])}): {e.args[0]}",) + e.args[1:]
+                              f"({_name(self.steps[i - 1])}): {e.args[0]}{hint}",) + e.args[1:]
                 raise
         return x, y
 

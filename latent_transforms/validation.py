@@ -45,21 +45,26 @@ def check_choice(name: str, value: object, choices: tuple) -> object:
     return value
 
 
-def check_images(x: torch.Tensor, name: str = "x") -> None:
-    """Check ``x: (B, C, H, W)`` float in [0, 1], finite, non-empty."""
+def check_image_shape(x: torch.Tensor, name: str = "x") -> None:
+    """Check ``x`` is a non-empty ``(B, C, H, W)`` tensor, of any dtype (what a pixel transform may take)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim != 4:
         raise ValueError(f"{name} must have shape (B, C, H, W), got {x.ndim} dims with shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)})")
+    if x.numel() == 0:
+        raise ValueError(f"{name} has an empty channel or spatial dimension (shape {tuple(x.shape)})")
+
+
+def check_images(x: torch.Tensor, name: str = "x") -> None:
+    """Check ``x: (B, C, H, W)`` float in [0, 1], finite, non-empty."""
+    check_image_shape(x, name)
     if not x.is_floating_point():
         raise ValueError(
             f"{name} must be a float tensor with values in [0, 1], got dtype {x.dtype}; "
             f"convert with x.float() / 255 for uint8 images"
         )
-    if x.shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)})")
-    if x.numel() == 0:
-        raise ValueError(f"{name} has an empty channel or spatial dimension (shape {tuple(x.shape)})")
     lo, hi = torch.stack(torch.aminmax(x.detach())).tolist()  # one host sync; NaN and inf show in the extremes
     if not (math.isfinite(lo) and math.isfinite(hi)):
         bad = (~torch.isfinite(x)).flatten(1).any(1).nonzero().flatten().tolist()
@@ -129,10 +134,11 @@ def check_index(index: torch.Tensor, batch_size: int, size: int | None = None) -
 
 
 def check_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int | None = None,
-                index: torch.Tensor | None = None, index_size: int | None = None) -> None:
+                index: torch.Tensor | None = None, index_size: int | None = None, values: bool = True) -> None:
     """The checks of every ``t(x, y, model, index=...)`` call: images, labels and index agree on the batch
-    (``index`` in ``[0, index_size)`` when the size is known)."""
-    check_images(x)
+    (``index`` in ``[0, index_size)`` when the size is known). ``values=False`` checks only the images' shape,
+    not their dtype and range (for a :class:`~latent_transforms.Compose` whose first step is a pixel transform)."""
+    (check_images if values else check_image_shape)(x)
     check_labels(y, x.shape[0], num_classes)
     if index is not None:
         check_index(index, x.shape[0], index_size)

@@ -117,6 +117,28 @@ def test_a_latent_step_names_the_step_whose_output_it_refuses(rgb, rgb_glow):
         Compose([LatentNoise(rgb_glow, generator=0)])((x - 0.5) / 0.25, y)
 
 
+def test_uint8_images_go_through_pixel_steps_then_to_dtype_into_a_latent_step(rgb, rgb_glow):
+    x, y = rgb
+    x8 = (x * 255).round().to(torch.uint8)
+    to_float = T.ToDtype(torch.float32, scale=True)
+    noise = LatentNoise(rgb_glow, eps=1.0, generator=0)
+    x2, y2 = Compose([T.RandAugment(), T.RandomHorizontalFlip(), to_float, K.RandomVerticalFlip(), noise])(x8, y)
+    _check(x2, y2, x, soft=False)
+    # the same images as converting before the Compose: the uint8 path only moves where the conversion happens
+    ref, _ = LatentNoise(rgb_glow, eps=1.0, generator=0)(to_float(x8), y)
+    out, _ = Compose([to_float, LatentNoise(rgb_glow, eps=1.0, generator=0)])(x8, y)
+    assert torch.equal(out, ref)
+    with pytest.raises(ValueError, match=r"Compose step 1 \(LatentNoise\), on the output of step 0 \(RandAugment\): x "
+                                         r"must be a float tensor.*uint8.*put v2.ToDtype\(torch.float32, scale=True\)"):
+        Compose([T.RandAugment(), noise])(x8, y)
+    with pytest.raises(ValueError, match=r"^x must be a float tensor.*uint8"):  # a latent first step checks values
+        Compose([noise, T.RandAugment()])(x8, y)
+    with pytest.raises(ValueError, match=r"x must have shape \(B, C, H, W\)"):  # the shape is checked either way
+        Compose([T.RandAugment(), to_float, noise])(x8[0], y)
+    with pytest.raises(ValueError, match="batch sizes differ"):
+        Compose([to_float, noise])(x8, y[:3])
+
+
 def test_channels_last_stays_channels_last(rgb, rgb_glow):
     x, y = rgb
     xc = x.contiguous(memory_format=torch.channels_last)
