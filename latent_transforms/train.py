@@ -21,6 +21,7 @@ import os
 import platform
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -297,6 +298,373 @@ def _roundtrip_err(codec: Codec, x: torch.Tensor) -> float:
         return float((codec.decode(codec.encode(xb)) - xb).abs().max())
 
 
+def _check_train_args(x_train: torch.Tensor, x_test: torch.Tensor | None, name: str, *, epochs: float | None,
+                      max_steps: int | None, max_minutes: float | None, lr: float, warmup_steps: int,
+                      grad_clip: float | None, batch_size: int, checkpoint_every: int) -> None:
+    """Raise ``ValueError`` on bad images (N, C, H, W), run lengths, training settings or file stem."""
+    check_images(x_train, "x_train")
+    if x_test is not None:
+        check_images(x_test, "x_test")
+        if x_test.shape[1:] != x_train.shape[1:]:
+            raise ValueError(f"x_test images are {tuple(x_test.shape[1:])}, x_train images {tuple(x_train.shape[1:])}")
+    if epochs is not None and max_steps is not None:
+        raise ValueError("give epochs or max_steps, not both")
+    if epochs is None and max_steps is None and max_minutes is None:
+        raise ValueError("give the length of the run: epochs, max_steps or max_minutes")
+    if epochs is not None:
+        check_number("epochs", epochs, low_open=True)
+    if max_steps is not None:
+        check_count("max_steps", max_steps, low=1)
+    if max_minutes is not None:
+        check_number("max_minutes", max_minutes, low_open=True)
+    check_number("lr", lr, low_open=True)
+    check_count("warmup_steps", warmup_steps)
+    if grad_clip is not None:
+        check_number("grad_clip", grad_clip, low_open=True)
+    check_count("batch_size", batch_size, low=1)
+    check_count("checkpoint_every", checkpoint_every, low=1)
+    if not name or any(s in name for s in ("/", "\\")) or name.startswith("."):
+        raise ValueError(f"name must be a plain file stem, got {name!r}")
+
+
+def _codec_config(codec_kind: str, image_shape: tuple[int, int, int], num_bins: int, config: dict | None, *,
+                  levels: int | None, steps: int | None, hidden: int | None, latent_dim: int | None,
+                  beta: float | None, latent_side: int | None) -> dict:
+    """:func:`default_config` with the settings of ``codec_kind`` (others must be None), then ``config``."""
+    overrides = {"levels": levels, "steps": steps, "hidden": hidden} if codec_kind == "glow" else \
+        {"latent_dim": latent_dim, "hidden": hidden, "beta": beta, "latent_side": latent_side}
+    if codec_kind == "glow" and (latent_dim is not None or beta is not None or latent_side is not None):
+        raise ValueError("latent_dim, beta and latent_side are VAE settings; a flow's latent has the size of the image")
+    if codec_kind == "vae" and (levels is not None or steps is not None):
+        raise ValueError("levels and steps are flow (Glow) settings")
+    return default_config(codec_kind, image_shape, num_bins, **{**overrides, **(config or {})})
+
+
+def _new_info(codec_kind: str, settings: dict, steps_per_epoch: int) -> dict:
+    """The ``info`` (JSON-able, saved with the training state) of a run that starts at step 0."""
+    return {"kind": codec_kind, **settings, "optimizer": "Adamax" if codec_kind == "glow" else "Adam",
+            "steps_per_epoch": steps_per_epoch, "step": 0, "train_time_s": 0.0, "nonfinite_steps": 0,
+            "history": [], "calls": 0, "schedule": []}
+
+
+def _load_resume(state_path: Path, settings: dict) -> tuple[dict, tuple[dict, dict, dict]]:
+    """``(info, (model_state, optimizer_state, extra_tensors))`` of the training state to resume.
+
+    Raises ``ValueError`` if it was saved with other ``settings`` or its ``info`` lacks a field.
+    """
+    model_state, optim_state, info, extra = load_training_state(state_path)
+    mismatch = [f"{k}: saved {info[k]!r}, now {v!r}" if k in info else f"{k}: not saved, now {v!r}"
+                for k, v in settings.items() if info.get(k) != v]
+    if mismatch:
+        raise ValueError(
+            f"{state_path} is a run with other settings ({'; '.join(mismatch)}); resume with the same settings, "
+            f"or pass resume=False (--no-resume) or another name/out dir to start afresh"
+        )
+    missing = [k for k in ("step", "train_time_s", "nonfinite_steps", "history", "calls", "schedule") if k not in info]
+    if missing:
+        raise _bad_state(state_path, f"its info lacks {', '.join(missing)}")
+    return info, (model_state, optim_state, extra)
+
+
+def _build(codec_kind: str, cfg: dict, dev: torch.device, lr: float, seed: int, x: torch.Tensor,
+           saved: tuple | None, state_path: Path) -> tuple[Codec, torch.optim.Optimizer]:
+    """The seeded codec and its optimizer (Adamax for flows, Adam for VAEs), fresh or restored from ``saved``.
+
+    A fresh flow initialises ActNorm from up to ``ACTNORM_INIT_BATCH`` random images of ``x`` (N, C, H, W); a
+    resumed run (``saved``: model state, optimizer state, extra tensors) gets back its weights, optimizer state
+    and RNG state. Call it inside the run's ``torch.random.fork_rng``.
+    """
+    torch.manual_seed(seed)
+    codec = build_codec(cfg).to(dev)
+    params = [p for p in codec.parameters() if p.requires_grad]
+    if saved is None and codec_kind == "glow":  # ActNorm initialises from the first batch it sees: a big one
+        g = torch.Generator().manual_seed(seed)
+        codec.init_actnorm(x[torch.randperm(x.shape[0], generator=g)[:ACTNORM_INIT_BATCH].to(dev)])
+    optimizer = (torch.optim.Adamax if codec_kind == "glow" else torch.optim.Adam)(params, lr=lr)
+    if saved is not None:
+        model_state, optim_state, extra = saved
+        try:
+            codec.load_state_dict(model_state)
+            optimizer.load_state_dict(optim_state)
+            torch.set_rng_state(extra["rng_cpu"])
+            if dev.type == "cuda" and "rng_cuda" in extra:
+                torch.cuda.set_rng_state(extra["rng_cuda"], dev)
+        except (KeyError, RuntimeError, TypeError, ValueError) as e:
+            raise _bad_state(state_path, f"{type(e).__name__}: {' '.join(str(e).split())}") from None
+    return codec, optimizer
+
+
+def _weight_ema(codec: Codec, decay: float, saved: tuple | None, num_updates: int, dev: torch.device) -> WeightEMA:
+    """A :class:`WeightEMA` of ``codec``, continuing the average saved as ``ema/<key>`` extra tensors if any."""
+    extra = saved[2] if saved else {}
+    shadow = {k[len("ema/"):]: v.to(dev) for k, v in extra.items() if k.startswith("ema/")}
+    return WeightEMA(codec, decay, shadow or None, num_updates)
+
+
+@dataclass
+class _TrainingRun:
+    """The training loop of one ``train_codec`` call, with its LR schedule and training-state checkpoints.
+
+    ``info`` (JSON-able) carries the run over calls: settings, step, training time, history and schedule. The
+    run's length is ``total_steps`` optimizer steps or, when that is None, ``budget_s`` seconds of training.
+    """
+
+    codec: Codec
+    optimizer: torch.optim.Optimizer
+    ema: WeightEMA | None
+    info: dict
+    state_path: Path
+    x: torch.Tensor  # (N, C, H, W) float32 training images on ``device``
+    device: torch.device
+    kind: str
+    batch_size: int
+    steps_per_epoch: int
+    seed: int
+    flips: bool
+    lr: float
+    warmup: int
+    grad_clip: float | None
+    total_steps: int | None
+    budget_s: float | None
+    checkpoint_every: int
+    nonfinite_in_a_row: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        self.params = [p for p in self.codec.parameters() if p.requires_grad]
+
+    def checkpoint(self) -> None:
+        """Save codec, optimizer, RNG state, weight average and ``info`` to ``state_path``."""
+        extra = {"rng_cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            extra["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.ema is not None:
+            extra.update({f"ema/{k}": v for k, v in self.ema.shadow.items()})
+            self.info["ema_updates"] = self.ema.num_updates
+        save_training_state(self.state_path, self.codec, self.optimizer, self.info, extra)
+
+    def finished(self) -> bool:
+        """Whether the whole run, over every call, has reached its length."""
+        if self.total_steps is not None:
+            return self.info["step"] >= self.total_steps
+        return self.info["train_time_s"] >= self.budget_s
+
+    def follow_length(self, say) -> None:
+        """Make the LR schedule follow this call's run length: record it in ``info["schedule"]`` from this step."""
+        length = {"total_steps": self.total_steps, "budget_s": self.budget_s, "warmup": self.warmup}
+        schedule, step = self.info["schedule"], self.info["step"]
+        if schedule and schedule[-1]["from_step"] == step:  # no step was trained with that length
+            schedule.pop()
+        if not schedule or {k: schedule[-1][k] for k in length} != length:
+            if schedule:
+                say(f"the run's length changed from {_run_length(schedule[-1])} to {_run_length(length)} at step "
+                    f"{step}: " + ("already reached, nothing to train" if self.finished() else
+                                   "the learning-rate schedule follows the new length from here"))
+            schedule.append({"from_step": step, **length})
+
+    def run(self, started: float, limit_s: float | None, bar_desc: str | None, say) -> bool:
+        """Train to the end of the run, or until ``limit_s`` seconds after ``started`` (``time.perf_counter()``).
+
+        Checkpoints every ``checkpoint_every`` steps, on ``KeyboardInterrupt`` and at the end; shows a tqdm bar
+        titled ``bar_desc`` unless it is None. Returns whether the run is complete.
+        """
+        step = self.info["step"]
+        self.codec.train()
+        bar = None
+        if bar_desc is not None:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=self.total_steps, initial=min(step, self.total_steps or step), unit="step",
+                       dynamic_ncols=True, desc=bar_desc, file=sys.stderr)
+        smoothed: dict[str, float] = {}
+        log_every = max(1, (self.total_steps or 5000) // 100)
+        window: dict[str, float] = {}
+        window_n = 0
+        perm, perm_epoch = None, -1
+        t_last = time.perf_counter()
+        try:
+            while not self.finished():
+                if limit_s is not None and time.perf_counter() - started >= limit_s:
+                    break
+                epoch, pos = divmod(step, self.steps_per_epoch)
+                if epoch != perm_epoch:
+                    perm, perm_epoch = self._epoch_order(epoch), epoch
+                xb = self._batch(perm, pos)
+                progress = step / self.total_steps if self.total_steps is not None else \
+                    self.info["train_time_s"] / self.budget_s
+                lr_now = self.lr * _lr_factor(step, self.warmup, progress)
+                loss, metrics = self._update(xb, lr_now, step)
+                step += 1
+                now = time.perf_counter()
+                self.info["train_time_s"] += now - t_last
+                t_last = now
+                self.info["step"] = step
+                values = {"loss": float(loss.detach()), **{k: float(v) for k, v in metrics.items()}}
+                if math.isfinite(values["loss"]):
+                    for k, v in values.items():
+                        smoothed[k] = v if k not in smoothed else 0.95 * smoothed[k] + 0.05 * v
+                        window[k] = window.get(k, 0.0) + v
+                    window_n += 1
+                if step % log_every == 0 and window_n:
+                    self.info["history"].append({"step": step, "lr": lr_now,
+                                                 **{k: v / window_n for k, v in window.items()}})
+                    window, window_n = {}, 0
+                if bar is not None:
+                    bar.update(1)
+                    if step % 5 == 0 or step == 1:
+                        bar.set_postfix(_fmt_metrics(self.kind, smoothed) | {"lr": f"{lr_now:.1e}"}, refresh=False)
+                if step % self.checkpoint_every == 0:
+                    self.checkpoint()
+                    t_last = time.perf_counter()
+        except KeyboardInterrupt:
+            self.checkpoint()
+            say(f"\ninterrupted: saved the training state at step {step} to {self.state_path}; run again to resume")
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        complete = self.finished()
+        self.info["complete"] = complete
+        self.checkpoint()
+        return complete
+
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        """(N,) the seeded order of the training images in ``epoch``, on ``device``."""
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.x.shape[0], generator=gen).to(self.device)
+
+    def _batch(self, perm: torch.Tensor, pos: int) -> torch.Tensor:
+        """(B, C, H, W) the ``pos``-th batch of the epoch order ``perm``, randomly flipped if ``flips``."""
+        bs = self.batch_size
+        xb = self.x[perm[pos * bs:(pos + 1) * bs]]
+        if self.flips:
+            flip = torch.rand(bs, device=self.device) < 0.5
+            xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
+        return xb
+
+    def _update(self, xb: torch.Tensor, lr_now: float, step: int) -> tuple[torch.Tensor, dict]:
+        """One optimizer step at ``lr_now`` on the loss of ``xb`` (B, C, H, W); returns ``codec.loss(xb)``.
+
+        A non-finite loss skips the update (the schedule goes on); ``MAX_NONFINITE_IN_A_ROW`` of them in a row
+        raise ``FloatingPointError``.
+        """
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_now
+        loss, metrics = self.codec.loss(xb)
+        self.optimizer.zero_grad(set_to_none=True)
+        if torch.isfinite(loss):
+            loss.backward()
+            if self.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+            self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update(self.codec)
+            self.nonfinite_in_a_row = 0
+        else:
+            self.info["nonfinite_steps"] += 1
+            self.nonfinite_in_a_row += 1
+            if self.nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW:
+                raise FloatingPointError(
+                    f"{self.nonfinite_in_a_row} non-finite losses in a row at step {step}; lower the learning rate "
+                    f"(lr={self.lr}) or grad_clip and start afresh (--no-resume), or check the data"
+                )
+        return loss, metrics
+
+
+def _store(codec: Codec, codec_kind: str, ckpt: Path, fp16: bool, probe: torch.Tensor, name: str,
+           dev: torch.device, say) -> tuple[Codec, str, torch.dtype, str | None]:
+    """Save ``codec`` to ``ckpt`` and load it back: as float16 if ``fp16`` and that copy stays accurate on the
+    images ``probe`` (B, C, H, W), else as float32.
+
+    Returns ``(stored codec, sha256, dtype, fallback)``; ``fallback`` says why fp16 was rejected, else None.
+    """
+    dtype, fallback = (torch.float16 if fp16 else torch.float32), None
+    meta = {"name": name, "trained_by": "latent_transforms.train"}
+    sha = hub.save_checkpoint(codec, ckpt, dtype=dtype, extra_metadata=meta)
+    stored = hub.load_checkpoint(ckpt, dev)
+    if fp16:
+        if codec_kind == "glow":
+            err = _roundtrip_err(stored, probe)
+            bad = not err <= ROUNDTRIP_TOL
+            why = f"decode(encode(x)) errs by {err:.2e} > {ROUNDTRIP_TOL}"
+        else:
+            with torch.no_grad():
+                p = probe.to(dev)
+                err = float((stored.decode(stored.encode(p)) - codec.decode(codec.encode(p))).abs().max())
+            bad = not err <= VAE_FP16_TOL
+            why = f"its reconstructions differ from fp32 by {err:.2e} > {VAE_FP16_TOL}"
+        if bad:
+            fallback = f"fp16 copy rejected ({why}); stored fp32"
+            say(fallback)
+            dtype = torch.float32
+            sha = hub.save_checkpoint(codec, ckpt, dtype=dtype, extra_metadata=meta)
+            stored = hub.load_checkpoint(ckpt, dev)
+    return stored, sha, dtype, fallback
+
+
+def _report(run: _TrainingRun, stored: Codec, *, name: str, ckpt: Path, sha: str, dtype: torch.dtype,
+            fallback: str | None, x_train: torch.Tensor, data_description: str | dict | None,
+            ema_decay: float | None, metrics: dict[str, float], eval_on: str) -> dict:
+    """The JSON report of a finished run: file, config, training settings and history, test metrics, and a
+    ready-made registry entry."""
+    n, info, step = x_train.shape[0], run.info, run.info["step"]
+    if data_description is None:
+        data_description = f"{n} images of shape {tuple(x_train.shape[1:])}"
+    quality = ({"test_bits_per_dim": round(metrics["bits_per_dim"], 4)} if run.kind == "glow" else
+               {"test_mse": round(metrics["mse"], 5), "test_kl": round(metrics["kl"], 3)})
+    size = ckpt.stat().st_size
+    trained_on = data_description if isinstance(data_description, str) else json.dumps(data_description)
+    dev = run.device
+    device = torch.cuda.get_device_name(dev) if dev.type == "cuda" else \
+        f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return {
+        "name": name,
+        "file": ckpt.name,
+        "sha256": sha,
+        "size": size,
+        "dtype": str(dtype).replace("torch.", ""),
+        "fp16_fallback": fallback,
+        "config": stored.config,
+        "num_parameters": sum(p.numel() for p in stored.parameters()),
+        "training": {
+            "data": data_description,
+            "num_images": n,
+            "image_shape": list(x_train.shape[1:]),
+            "steps": step,
+            "epochs": round(step / run.steps_per_epoch, 3),
+            "batch_size": run.batch_size,
+            "optimizer": info["optimizer"],
+            "lr": run.lr,
+            "schedule": _describe_schedule(info["schedule"], step),
+            "grad_clip": run.grad_clip,
+            "ema_decay": ema_decay,
+            "flips": run.flips,
+            "seed": run.seed,
+            "actnorm_init_batch": min(ACTNORM_INIT_BATCH, n) if run.kind == "glow" else None,
+            "nonfinite_steps": info["nonfinite_steps"],
+            "train_time_s": round(info["train_time_s"], 1),
+            "calls": info["calls"],
+            "device": device,
+            "torch": torch.__version__,
+            "history": info["history"],
+        },
+        "metrics": {"evaluated_on": eval_on, **{k: round(v, 6) for k, v in metrics.items()}},
+        "registry_entry": {"file": ckpt.name, "sha256": sha, "size": size, "config": stored.config,
+                           "trained_on": trained_on, "quality": quality, "notes": ""},
+        "load": f'latent_transforms.hub.load("{ckpt}")',
+    }
+
+
+def _say_written(say, report: dict, ckpt: Path, js: Path, png: Path, metrics: dict[str, float]) -> None:
+    """Tell where the final files went, the test metrics, and how to load and register the codec."""
+    name, sha, size = report["name"], report["sha256"], report["size"]
+    say(f"wrote {ckpt} ({size / 1e6:.2f} MB, {report['dtype']}), {js} and {png}")
+    say("test metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    say(f'load it:      codec = latent_transforms.hub.load("{ckpt}")')
+    say(f"register it:  copy {ckpt.name} into latent_transforms.hub.cache_dir() ({hub.cache_dir()}) or "
+        f"latent_transforms/checkpoints/, then")
+    say(f'              latent_transforms.hub.register("{name}", file="{ckpt.name}", sha256="{sha}", size={size}, '
+        f"config={json.dumps(report['config'])})")
+
+
 def train_codec(
     kind: str,
     x_train: torch.Tensor,
@@ -376,42 +744,16 @@ def train_codec(
     """
     t_call = time.perf_counter()
     codec_kind = _codec_kind(kind)
-    check_images(x_train, "x_train")
-    if x_test is not None:
-        check_images(x_test, "x_test")
-        if x_test.shape[1:] != x_train.shape[1:]:
-            raise ValueError(f"x_test images are {tuple(x_test.shape[1:])}, x_train images {tuple(x_train.shape[1:])}")
-    if epochs is not None and max_steps is not None:
-        raise ValueError("give epochs or max_steps, not both")
-    if epochs is None and max_steps is None and max_minutes is None:
-        raise ValueError("give the length of the run: epochs, max_steps or max_minutes")
-    if epochs is not None:
-        check_number("epochs", epochs, low_open=True)
-    if max_steps is not None:
-        check_count("max_steps", max_steps, low=1)
-    if max_minutes is not None:
-        check_number("max_minutes", max_minutes, low_open=True)
-    check_number("lr", lr, low_open=True)
-    check_count("warmup_steps", warmup_steps)
-    if grad_clip is not None:
-        check_number("grad_clip", grad_clip, low_open=True)
-    check_count("batch_size", batch_size, low=1)
-    check_count("checkpoint_every", checkpoint_every, low=1)
     name = name or codec_kind
-    if not name or any(s in name for s in ("/", "\\")) or name.startswith("."):
-        raise ValueError(f"name must be a plain file stem, got {name!r}")
+    _check_train_args(x_train, x_test, name, epochs=epochs, max_steps=max_steps, max_minutes=max_minutes, lr=lr,
+                      warmup_steps=warmup_steps, grad_clip=grad_clip, batch_size=batch_size,
+                      checkpoint_every=checkpoint_every)
     dev = _resolve_device(device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / f"{name}.state.safetensors"
-
-    overrides = {"levels": levels, "steps": steps, "hidden": hidden} if codec_kind == "glow" else \
-        {"latent_dim": latent_dim, "hidden": hidden, "beta": beta, "latent_side": latent_side}
-    if codec_kind == "glow" and (latent_dim is not None or beta is not None or latent_side is not None):
-        raise ValueError("latent_dim, beta and latent_side are VAE settings; a flow's latent has the size of the image")
-    if codec_kind == "vae" and (levels is not None or steps is not None):
-        raise ValueError("levels and steps are flow (Glow) settings")
-    cfg = default_config(codec_kind, tuple(x_train.shape[1:]), num_bins, **{**overrides, **(config or {})})
+    cfg = _codec_config(codec_kind, tuple(x_train.shape[1:]), num_bins, config, levels=levels, steps=steps,
+                        hidden=hidden, latent_dim=latent_dim, beta=beta, latent_side=latent_side)
 
     n = x_train.shape[0]
     bs = min(batch_size, n)
@@ -422,164 +764,29 @@ def train_codec(
     call_limit_s = max_minutes * 60 if (max_minutes is not None and total_steps is not None) else None
     clip = grad_clip if grad_clip is not None else (50.0 if codec_kind == "glow" else None)
     say = print if progress else (lambda *a, **k: None)
-
     warmup = min(warmup_steps, total_steps // 5) if total_steps is not None else warmup_steps
     settings = {"config": cfg, "batch_size": bs, "seed": seed, "num_images": n, "ema_decay": ema_decay, "lr": lr,
                 "warmup_steps": warmup_steps, "grad_clip": clip, "flips": flips}
-    info: dict = {}
-    saved = None
     if resume and state_path.is_file():
-        model_state, optim_state, info, extra = load_training_state(state_path)
-        mismatch = [f"{k}: saved {info[k]!r}, now {v!r}" if k in info else f"{k}: not saved, now {v!r}"
-                    for k, v in settings.items() if info.get(k) != v]
-        if mismatch:
-            raise ValueError(
-                f"{state_path} is a run with other settings ({'; '.join(mismatch)}); resume with the same settings, "
-                f"or pass resume=False (--no-resume) or another name/out dir to start afresh"
-            )
-        missing = [k for k in ("step", "train_time_s", "nonfinite_steps", "history", "calls", "schedule")
-                   if k not in info]
-        if missing:
-            raise _bad_state(state_path, f"its info lacks {', '.join(missing)}")
-        saved = (model_state, optim_state, extra)
+        info, saved = _load_resume(state_path, settings)
+    else:
+        info, saved = _new_info(codec_kind, settings, steps_per_epoch), None
 
     x_dev = x_train.to(dev, torch.float32)
-    fork = torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else [])
-    with fork:
-        torch.manual_seed(seed)
-        codec = build_codec(cfg).to(dev)
-        params = [p for p in codec.parameters() if p.requires_grad]
-        if saved is None:
-            if codec_kind == "glow":  # ActNorm initialises from the first batch it sees: make it a big one
-                g = torch.Generator().manual_seed(seed)
-                codec.init_actnorm(x_dev[torch.randperm(n, generator=g)[:ACTNORM_INIT_BATCH].to(dev)])
-            info = {"kind": codec_kind, **settings, "optimizer": "Adamax" if codec_kind == "glow" else "Adam",
-                    "steps_per_epoch": steps_per_epoch, "step": 0, "train_time_s": 0.0, "nonfinite_steps": 0,
-                    "history": [], "calls": 0, "schedule": []}
-        optimizer = (torch.optim.Adamax if codec_kind == "glow" else torch.optim.Adam)(params, lr=lr)
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        codec, optimizer = _build(codec_kind, cfg, dev, lr, seed, x_dev, saved, state_path)
         if saved is not None:
-            model_state, optim_state, extra = saved
-            try:
-                codec.load_state_dict(model_state)
-                optimizer.load_state_dict(optim_state)
-                torch.set_rng_state(extra["rng_cpu"])
-                if dev.type == "cuda" and "rng_cuda" in extra:
-                    torch.cuda.set_rng_state(extra["rng_cuda"], dev)
-            except (KeyError, RuntimeError, TypeError, ValueError) as e:
-                raise _bad_state(state_path, f"{type(e).__name__}: {' '.join(str(e).split())}") from None
             say(f"resuming {state_path} at step {info['step']} ({info['train_time_s'] / 60:.1f} min trained)")
-        ema = None
-        if ema_decay is not None:
-            saved_avg = {k[len("ema/"):]: v.to(dev) for k, v in (saved[2] if saved else {}).items() if k.startswith("ema/")}
-            ema = WeightEMA(codec, ema_decay, saved_avg or None, info.get("ema_updates", 0))
+        ema = _weight_ema(codec, ema_decay, saved, info.get("ema_updates", 0), dev) if ema_decay is not None else None
         info["calls"] += 1
+        run = _TrainingRun(codec, optimizer, ema, info, state_path, x=x_dev, device=dev, kind=codec_kind,
+                           batch_size=bs, steps_per_epoch=steps_per_epoch, seed=seed, flips=flips, lr=lr,
+                           warmup=warmup, grad_clip=clip, total_steps=total_steps, budget_s=budget_s,
+                           checkpoint_every=checkpoint_every)
+        run.follow_length(say)
+        complete = run.run(t_call, call_limit_s, f"{name} ({codec_kind}, {dev.type})" if progress else None, say)
 
-        def checkpoint() -> None:
-            extra = {"rng_cpu": torch.get_rng_state()}
-            if dev.type == "cuda":
-                extra["rng_cuda"] = torch.cuda.get_rng_state(dev)
-            if ema is not None:
-                extra.update({f"ema/{k}": v for k, v in ema.shadow.items()})
-                info["ema_updates"] = ema.num_updates
-            save_training_state(state_path, codec, optimizer, info, extra)
-
-        def finished() -> bool:
-            if total_steps is not None:
-                return info["step"] >= total_steps
-            return info["train_time_s"] >= budget_s
-
-        # the LR schedule follows the run length of each call: record it from the step where it changed
-        length = {"total_steps": total_steps, "budget_s": budget_s, "warmup": warmup}
-        schedule = info["schedule"]
-        if schedule and schedule[-1]["from_step"] == info["step"]:  # no step was trained with that length
-            schedule.pop()
-        if not schedule or {k: schedule[-1][k] for k in length} != length:
-            if schedule:
-                say(f"the run's length changed from {_run_length(schedule[-1])} to {_run_length(length)} at step "
-                    f"{info['step']}: " + ("already reached, nothing to train" if finished() else
-                                           "the learning-rate schedule follows the new length from here"))
-            schedule.append({"from_step": info["step"], **length})
-
-        step = info["step"]
-        codec.train()
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=total_steps, initial=min(step, total_steps or step), unit="step", dynamic_ncols=True,
-                       desc=f"{name} ({codec_kind}, {dev.type})", file=sys.stderr)
-        smoothed: dict[str, float] = {}
-        log_every = max(1, (total_steps or 5000) // 100)
-        window: dict[str, float] = {}
-        window_n = 0
-        nonfinite_run = 0
-        perm, perm_epoch = None, -1
-        t_last = time.perf_counter()
-        try:
-            while not finished():
-                if call_limit_s is not None and time.perf_counter() - t_call >= call_limit_s:
-                    break
-                epoch, pos = divmod(step, steps_per_epoch)
-                if epoch != perm_epoch:
-                    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).to(dev)
-                    perm_epoch = epoch
-                xb = x_dev[perm[pos * bs:(pos + 1) * bs]]
-                if flips:
-                    flip = torch.rand(bs, device=dev) < 0.5
-                    xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
-                progress_frac = step / total_steps if total_steps is not None else info["train_time_s"] / budget_s
-                lr_now = lr * _lr_factor(step, warmup, progress_frac)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr_now
-                loss, metrics = codec.loss(xb)
-                optimizer.zero_grad(set_to_none=True)
-                if torch.isfinite(loss):
-                    loss.backward()
-                    if clip is not None:
-                        torch.nn.utils.clip_grad_norm_(params, clip)
-                    optimizer.step()
-                    if ema is not None:
-                        ema.update(codec)
-                    nonfinite_run = 0
-                else:  # skip the update, keep the schedule going
-                    info["nonfinite_steps"] += 1
-                    nonfinite_run += 1
-                    if nonfinite_run >= MAX_NONFINITE_IN_A_ROW:
-                        raise FloatingPointError(
-                            f"{nonfinite_run} non-finite losses in a row at step {step}; lower the learning rate "
-                            f"(lr={lr}) or grad_clip and start afresh (--no-resume), or check the data"
-                        )
-                step += 1
-                now = time.perf_counter()
-                info["train_time_s"] += now - t_last
-                t_last = now
-                info["step"] = step
-                values = {"loss": float(loss.detach()), **{k: float(v) for k, v in metrics.items()}}
-                if math.isfinite(values["loss"]):
-                    for k, v in values.items():
-                        smoothed[k] = v if k not in smoothed else 0.95 * smoothed[k] + 0.05 * v
-                        window[k] = window.get(k, 0.0) + v
-                    window_n += 1
-                if step % log_every == 0 and window_n:
-                    info["history"].append({"step": step, "lr": lr_now, **{k: v / window_n for k, v in window.items()}})
-                    window, window_n = {}, 0
-                if bar is not None:
-                    bar.update(1)
-                    if step % 5 == 0 or step == 1:
-                        bar.set_postfix(_fmt_metrics(codec_kind, smoothed) | {"lr": f"{lr_now:.1e}"}, refresh=False)
-                if step % checkpoint_every == 0:
-                    checkpoint()
-                    t_last = time.perf_counter()
-        except KeyboardInterrupt:
-            checkpoint()
-            say(f"\ninterrupted: saved the training state at step {step} to {state_path}; run again to resume")
-            raise
-        finally:
-            if bar is not None:
-                bar.close()
-        complete = finished()
-        info["complete"] = complete
-        checkpoint()
-
+    step = info["step"]
     result = {"complete": complete, "step": step, "total_steps": total_steps,
               "epochs_done": step / steps_per_epoch, "train_time_s": info["train_time_s"],
               "state": str(state_path), "nonfinite_steps": info["nonfinite_steps"]}
@@ -597,86 +804,16 @@ def train_codec(
         x_eval, eval_on = x_train[:1000], f"the first {min(n, 1000)} training images (no test set given)"
     else:
         x_eval, eval_on = x_test, f"{x_test.shape[0]} test images"
-    ckpt = out / f"{name}.safetensors"
-    probe = x_eval[:256]
-    dtype, fallback = (torch.float16 if fp16 else torch.float32), None
-    meta = {"name": name, "trained_by": "latent_transforms.train"}
-    sha = hub.save_checkpoint(codec, ckpt, dtype=dtype, extra_metadata=meta)
-    stored = hub.load_checkpoint(ckpt, dev)
-    if fp16:
-        if codec_kind == "glow":
-            err = _roundtrip_err(stored, probe)
-            bad = not err <= ROUNDTRIP_TOL
-            why = f"decode(encode(x)) errs by {err:.2e} > {ROUNDTRIP_TOL}"
-        else:
-            with torch.no_grad():
-                p = probe.to(dev)
-                err = float((stored.decode(stored.encode(p)) - codec.decode(codec.encode(p))).abs().max())
-            bad = not err <= VAE_FP16_TOL
-            why = f"its reconstructions differ from fp32 by {err:.2e} > {VAE_FP16_TOL}"
-        if bad:
-            fallback = f"fp16 copy rejected ({why}); stored fp32"
-            say(fallback)
-            dtype = torch.float32
-            sha = hub.save_checkpoint(codec, ckpt, dtype=dtype, extra_metadata=meta)
-            stored = hub.load_checkpoint(ckpt, dev)
+    ckpt, js, png = (out / f"{name}.{ext}" for ext in ("safetensors", "json", "png"))
+    stored, sha, dtype, fallback = _store(codec, codec_kind, ckpt, fp16, x_eval[:256], name, dev, say)
     metrics = eval_codec(stored, x_eval, seed=seed)
-    png = out / f"{name}.png"
     temperature = 0.7 if codec_kind == "glow" else 1.0
     _save_grid(stored, x_eval, png, n=min(16, x_eval.shape[0]), temperature=temperature, seed=seed)
-
-    if data_description is None:
-        data_description = f"{n} images of shape {tuple(x_train.shape[1:])}"
-    quality = ({"test_bits_per_dim": round(metrics["bits_per_dim"], 4)} if codec_kind == "glow" else
-               {"test_mse": round(metrics["mse"], 5), "test_kl": round(metrics["kl"], 3)})
-    size = ckpt.stat().st_size
-    trained_on = data_description if isinstance(data_description, str) else json.dumps(data_description)
-    report = {
-        "name": name,
-        "file": ckpt.name,
-        "sha256": sha,
-        "size": size,
-        "dtype": str(dtype).replace("torch.", ""),
-        "fp16_fallback": fallback,
-        "config": stored.config,
-        "num_parameters": sum(p.numel() for p in stored.parameters()),
-        "training": {
-            "data": data_description,
-            "num_images": n,
-            "image_shape": list(x_train.shape[1:]),
-            "steps": step,
-            "epochs": round(step / steps_per_epoch, 3),
-            "batch_size": bs,
-            "optimizer": info["optimizer"],
-            "lr": lr,
-            "schedule": _describe_schedule(info["schedule"], step),
-            "grad_clip": clip,
-            "ema_decay": ema_decay,
-            "flips": flips,
-            "seed": seed,
-            "actnorm_init_batch": min(ACTNORM_INIT_BATCH, n) if codec_kind == "glow" else None,
-            "nonfinite_steps": info["nonfinite_steps"],
-            "train_time_s": round(info["train_time_s"], 1),
-            "calls": info["calls"],
-            "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-            "torch": torch.__version__,
-            "history": info["history"],
-        },
-        "metrics": {"evaluated_on": eval_on, **{k: round(v, 6) for k, v in metrics.items()}},
-        "registry_entry": {"file": ckpt.name, "sha256": sha, "size": size, "config": stored.config,
-                           "trained_on": trained_on, "quality": quality, "notes": ""},
-        "load": f'latent_transforms.hub.load("{ckpt}")',
-    }
-    js = out / f"{name}.json"
+    report = _report(run, stored, name=name, ckpt=ckpt, sha=sha, dtype=dtype, fallback=fallback, x_train=x_train,
+                     data_description=data_description, ema_decay=ema_decay, metrics=metrics, eval_on=eval_on)
     js.write_text(json.dumps(report, indent=2) + "\n")
     wall = time.perf_counter() - t_call
-    say(f"wrote {ckpt} ({size / 1e6:.2f} MB, {report['dtype']}), {js} and {png}")
-    say("test metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-    say(f'load it:      codec = latent_transforms.hub.load("{ckpt}")')
-    say(f"register it:  copy {ckpt.name} into latent_transforms.hub.cache_dir() ({hub.cache_dir()}) or "
-        f"latent_transforms/checkpoints/, then")
-    say(f'              latent_transforms.hub.register("{name}", file="{ckpt.name}", sha256="{sha}", size={size}, '
-        f"config={json.dumps(stored.config)})")
+    _say_written(say, report, ckpt, js, png, metrics)
     result.update({"codec": stored, "checkpoint": str(ckpt), "json": str(js), "png": str(png), "sha256": sha,
                    "dtype": dtype, "metrics": metrics, "wall_time_s": wall})
     return result
