@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
@@ -140,6 +140,25 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, str], dict[str,
         return f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
 
 
+def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """Write ``tensors`` (CPU, contiguous, unshared) and ``metadata`` to a safetensors file at ``path``, atomically;
+    returns the file's sha256 (hex).
+
+    The same tensors and metadata give the same bytes (and sha256) in every process: safetensors writes its
+    metadata in a per-process hash order, so the header is rewritten with the metadata keys sorted.
+    """
+    data = safetensors_bytes(tensors, metadata=metadata)
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    head = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    head += b" " * (-len(head) % 8)  # the data stays 8-byte aligned, as safetensors pads it
+    data = len(head).to_bytes(8, "little") + head + data[8 + n:]
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
 # -- checkpoint format ------------------------------------------------------------------------------
 def save_checkpoint(codec: "Codec", path: str | os.PathLike, dtype: torch.dtype = torch.float32,
                     extra_metadata: dict | None = None) -> str:
@@ -169,10 +188,7 @@ def save_checkpoint(codec: "Codec", path: str | os.PathLike, dtype: torch.dtype 
         raise ValueError(f"weights {overflow} do not fit in {dtype} (they would be stored as inf); save as float32")
     if not path.parent.is_dir():
         raise ValueError(f"cannot save {path}: the directory {path.parent} does not exist")
-    with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata=metadata)
-        digest = sha256_file(tmp)
-    return digest
+    return write_safetensors(path, tensors, metadata)
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> "Codec":

@@ -75,8 +75,6 @@ def save_training_state(path: str | os.PathLike, model: torch.nn.Module, optimiz
     Tensors go in as ``model/<key>``, ``optim/<param index>/<key>`` and ``extra/<key>``; the optimizer's
     non-tensor state and ``param_groups`` and ``info`` go in the metadata as JSON. No pickle.
     """
-    from safetensors.torch import save_file
-
     def cpu(t: torch.Tensor) -> torch.Tensor:
         return t.detach().to("cpu", copy=True).contiguous()
 
@@ -97,8 +95,7 @@ def save_training_state(path: str | os.PathLike, model: torch.nn.Module, optimiz
         "optim_param_groups": json.dumps(opt["param_groups"]),
         "optim_scalars": json.dumps(scalars),
     }
-    with hub.atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata=metadata)
+    hub.write_safetensors(path, tensors, metadata)
 
 
 def load_training_state(path: str | os.PathLike) -> tuple[dict, dict, dict, dict]:

@@ -132,6 +132,19 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path):
     assert torch.equal(_outputs(hub.load(str(path))), _outputs(loaded))
 
 
+def test_the_same_weights_give_the_same_file_and_sha256(tmp_path):
+    # safetensors writes its metadata in a per-process hash order: without the sorted header, six metadata keys
+    # (720 orders) came out in different orders from save to save, so retraining gave another registry sha256
+    codec = _codec()
+    meta = {f"key{i}": str(i) for i in range(4)}
+    digests = {hub.save_checkpoint(codec, tmp_path / f"c{i}.safetensors", extra_metadata=meta) for i in range(8)}
+    assert len(digests) == 1
+    assert {hub.sha256_file(tmp_path / f"c{i}.safetensors") for i in range(8)} == digests
+    metadata, tensors = hub.read_safetensors(tmp_path / "c0.safetensors")
+    assert metadata == {**meta, "config": json.dumps(codec.config, sort_keys=True), "format": hub.FORMAT}
+    assert set(tensors) == set(codec.state_dict()) and all(torch.equal(tensors[k], v) for k, v in codec.state_dict().items())
+
+
 def test_float16_storage_loads_as_float32(tmp_path):
     codec = _codec()
     path = tmp_path / "half.safetensors"
