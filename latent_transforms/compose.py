@@ -76,13 +76,15 @@ class Compose(nn.Module):
       (``RandomMixUpV2``, ``RandomCutMixV2`` with ``num_mix=1``, either lambda convention) take class indices and
       their ``(B, 3)`` label output is turned into ``(B, K)`` soft labels, so they must come before any step that
       makes labels soft;
+    - another ``Compose``: called as ``t(x, y, model)``;
     - any callable ``x -> x``.
 
     Labels stay class indices until a step mixes them; from there on they are soft ``(B, K)``.
     In ``eval()`` mode the whole chain is the identity.
 
-    ``x: (B, C, H, W)``; what the first step takes: float in [0, 1] for a latent transform, also ``uint8`` for a
-    pixel transform (``v2.ToDtype(torch.float32, scale=True)`` before the first latent step converts it).
+    ``x: (B, C, H, W)`` float in [0, 1], or ``uint8`` when the first step is a pixel transform
+    (``v2.ToDtype(torch.float32, scale=True)`` before the first latent step converts it; in ``eval()`` mode, where
+    nothing runs, ``uint8`` is refused).
     ``index: (B,)`` dataset positions (for a :class:`~latent_transforms.LatentCache`) go to the first step only,
     which must then be a :class:`LatentTransform`: later steps see images the cache does not hold.
 
@@ -112,12 +114,15 @@ class Compose(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None = None,
                 index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         first_is_latent = bool(self.steps) and isinstance(self.steps[0], LatentTransform)
-        check_batch(x, y, self.num_classes, index, values=first_is_latent)  # a pixel step may take uint8
+        check_batch(x, y, self.num_classes, index, allow_uint8=not first_is_latent)  # a pixel step may take uint8
         if index is not None and not first_is_latent:
             first = type(self.steps[0]).__name__ if self.steps else "nothing"
             raise ValueError(f"index= goes to the first step, which must be a LatentTransform with a latent "
                              f"cache; the first step is {first}")
         if not self.training:
+            if x.dtype == torch.uint8:  # the identity would hand uint8 to a model that expects floats
+                raise ValueError("Compose in eval() mode is the identity and would return these uint8 images "
+                                 "unconverted; convert them (x.float() / 255) before it, or call it in train() mode")
             return x, y
         for i, step in enumerate(self.steps):
             try:
@@ -135,6 +140,8 @@ class Compose(nn.Module):
                   index: torch.Tensor | None = None):
         if isinstance(step, LatentTransform):
             return step(x, y, model, index=index)
+        if isinstance(step, Compose):
+            return step(x, y, model)
         if _is_kornia_mix(step):
             if y.ndim != 1:
                 raise ValueError(

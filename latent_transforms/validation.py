@@ -45,8 +45,8 @@ def check_choice(name: str, value: object, choices: tuple) -> object:
     return value
 
 
-def check_image_shape(x: torch.Tensor, name: str = "x") -> None:
-    """Check ``x`` is a non-empty ``(B, C, H, W)`` tensor, of any dtype (what a pixel transform may take)."""
+def check_images(x: torch.Tensor, name: str = "x", allow_uint8: bool = False) -> None:
+    """Check ``x: (B, C, H, W)`` float in [0, 1], finite, non-empty (or any ``uint8`` if ``allow_uint8``)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim != 4:
@@ -55,15 +55,12 @@ def check_image_shape(x: torch.Tensor, name: str = "x") -> None:
         raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)})")
     if x.numel() == 0:
         raise ValueError(f"{name} has an empty channel or spatial dimension (shape {tuple(x.shape)})")
-
-
-def check_images(x: torch.Tensor, name: str = "x") -> None:
-    """Check ``x: (B, C, H, W)`` float in [0, 1], finite, non-empty."""
-    check_image_shape(x, name)
+    if allow_uint8 and x.dtype == torch.uint8:
+        return
     if not x.is_floating_point():
         raise ValueError(
-            f"{name} must be a float tensor with values in [0, 1], got dtype {x.dtype}; "
-            f"convert with x.float() / 255 for uint8 images"
+            f"{name} must be a float tensor with values in [0, 1]{' or uint8' if allow_uint8 else ''}, got dtype "
+            f"{x.dtype}; convert with x.float() / 255 for uint8 images"
         )
     lo, hi = torch.stack(torch.aminmax(x.detach())).tolist()  # one host sync; NaN and inf show in the extremes
     if not (math.isfinite(lo) and math.isfinite(hi)):
@@ -134,11 +131,11 @@ def check_index(index: torch.Tensor, batch_size: int, size: int | None = None) -
 
 
 def check_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int | None = None,
-                index: torch.Tensor | None = None, index_size: int | None = None, values: bool = True) -> None:
+                index: torch.Tensor | None = None, index_size: int | None = None, allow_uint8: bool = False) -> None:
     """The checks of every ``t(x, y, model, index=...)`` call: images, labels and index agree on the batch
-    (``index`` in ``[0, index_size)`` when the size is known). ``values=False`` checks only the images' shape,
-    not their dtype and range (for a :class:`~latent_transforms.Compose` whose first step is a pixel transform)."""
-    (check_images if values else check_image_shape)(x)
+    (``index`` in ``[0, index_size)`` when the size is known). ``allow_uint8``: ``uint8`` images pass too (for a
+    :class:`~latent_transforms.Compose` whose first step is a pixel transform)."""
+    check_images(x, allow_uint8=allow_uint8)
     check_labels(y, x.shape[0], num_classes)
     if index is not None:
         check_index(index, x.shape[0], index_size)

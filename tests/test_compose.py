@@ -139,6 +139,33 @@ def test_uint8_images_go_through_pixel_steps_then_to_dtype_into_a_latent_step(rg
         Compose([to_float, noise])(x8, y[:3])
 
 
+def test_a_pixel_first_step_still_gets_checked_images(rgb):
+    x, y = rgb
+    flip = T.RandomHorizontalFlip()
+    with pytest.raises(ValueError, match=r"x values must lie in \[0, 1\]"):  # floats: the full check, as ever
+        Compose([flip, T.MixUp(num_classes=10)])((x - 0.5) / 0.25, y)
+    with pytest.raises(ValueError, match="NaN"):
+        Compose([flip])(x.masked_fill(x > 0.9, float("nan")), y)
+    with pytest.raises(ValueError, match=r"float tensor with values in \[0, 1\] or uint8, got dtype torch.int64"):
+        Compose([T.ToDtype(torch.float32, scale=True)])((x * 255).long(), y)
+
+
+def test_eval_mode_refuses_uint8_it_would_return_unconverted(rgb):
+    x, y = rgb
+    c = Compose([T.RandomHorizontalFlip(), T.ToDtype(torch.float32, scale=True)]).eval()
+    with pytest.raises(ValueError, match=r"eval\(\) mode is the identity .* uint8"):
+        c((x * 255).to(torch.uint8), y)
+    assert c(x, y)[0] is x
+
+
+def test_a_nested_compose_runs_with_labels_and_model(rgb, rgb_glow):
+    x, y = rgb
+    net = TinyNet(channels=3)
+    inner = Compose([LatentAdversarial(rgb_glow, steps=1, generator=0), T.MixUp(num_classes=10)])
+    x2, y2 = Compose([T.RandomHorizontalFlip(), inner])(x, y, net)
+    _check(x2, y2, x, soft=True)
+
+
 def test_channels_last_stays_channels_last(rgb, rgb_glow):
     x, y = rgb
     xc = x.contiguous(memory_format=torch.channels_last)
