@@ -426,9 +426,6 @@ class _TrainingRun:
     checkpoint_every: int
     nonfinite_in_a_row: int = field(default=0, init=False)
 
-    def __post_init__(self) -> None:
-        self.params = [p for p in self.codec.parameters() if p.requires_grad]
-
     def checkpoint(self) -> None:
         """Save codec, optimizer, RNG state, weight average and ``info`` to ``state_path``."""
         extra = {"rng_cpu": torch.get_rng_state()}
@@ -550,7 +547,7 @@ class _TrainingRun:
         if torch.isfinite(loss):
             loss.backward()
             if self.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+                torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.grad_clip)
             self.optimizer.step()
             if self.ema is not None:
                 self.ema.update(self.codec)
