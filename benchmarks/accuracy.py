@@ -70,7 +70,8 @@ ARMS: dict[str, str] = {  # key -> what the arm trains with (on top of crop+flip
 }
 CODEC_OF_ARM = {"latent-noise": "glow", "latent-adversarial": "glow", "varmixup": "vae",
                 "randaugment+latent-adversarial": "glow", "isda+latent-noise": "glow"}
-_NOISE, _ADV = ["noise_eps", "latent_p"], ["adv_eps", "adv_steps", "adv_step_size", "latent_p"]
+_NOISE, _ADV = ["noise_eps", "latent_p", "latent_levels"], ["adv_eps", "adv_steps", "adv_step_size", "latent_p",
+                                                            "latent_levels"]
 _RA, _ISDA = ["ra_ops", "ra_magnitude"], ["isda_lambda0", "isda_covariance"]
 ARM_SETTINGS: dict[str, list[str]] = {  # the method settings each arm's runs depend on (codecs: CODEC_OF_ARM)
     "baseline": [], "randaugment": _RA, "mixup": ["mixup_alpha"], "latent-noise": _NOISE, "latent-adversarial": _ADV,
@@ -192,11 +193,11 @@ def make_augment(arm: str, args, codecs: dict, seed: int) -> nn.Module | None:
         return PerSampleRandAugment(args.ra_ops, args.ra_magnitude)
 
     def noise():
-        return LatentNoise(glow, eps=args.noise_eps, p=args.latent_p, generator=seed)
+        return LatentNoise(glow, eps=args.noise_eps, levels=args.latent_levels, p=args.latent_p, generator=seed)
 
     def adversarial():
         return LatentAdversarial(glow, eps=args.adv_eps, steps=args.adv_steps, step_size=args.adv_step_size,
-                                 p=args.latent_p, generator=seed)
+                                 levels=args.latent_levels, p=args.latent_p, generator=seed)
 
     def isda():
         return ISDA(num_classes=k, lambda0=args.isda_lambda0, covariance=args.isda_covariance)
@@ -480,9 +481,9 @@ def pooled_bins(runs: dict) -> dict[str, dict]:
 FINGERPRINT_KEYS = ("smoke", "train", "test", "train_size", "val_fraction", "eval_on", "epochs", "batch_size", "lr",
                     "weight_decay", "width", "precision", "glow", "vae", "noise_eps", "adv_eps", "adv_steps",
                     "adv_step_size", "latent_p", "varmixup_alpha", "varmixup_p", "isda_lambda0", "isda_covariance",
-                    "ra_ops", "ra_magnitude", "mixup_alpha", "smoke_images", "varmixup_keep_detail")
+                    "ra_ops", "ra_magnitude", "mixup_alpha", "smoke_images", "varmixup_keep_detail", "latent_levels")
 # settings added after results files were first written, with the value those older files imply
-FINGERPRINT_DEFAULTS = {"varmixup_keep_detail": False}
+FINGERPRINT_DEFAULTS = {"varmixup_keep_detail": False, "latent_levels": None}
 
 
 def setting(fingerprint: dict, key: str):
@@ -527,6 +528,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     c.add_argument("--adv-step-size", type=float, default=library_default(LatentAdversarial, "step_size"),
                    help="(default: the library's, %(default)s; official CIFAR: 0.5)")
     c.add_argument("--latent-p", type=float, default=1.0, help="share of samples LatentNoise/Adversarial replace")
+    c.add_argument("--latent-levels", type=int, nargs="+", metavar="LEVEL",
+                   help="latent levels LatentNoise/Adversarial perturb, coarsest first (default: all, as the paper)")
     c.add_argument("--varmixup-alpha", type=float, default=1.0)
     c.add_argument("--varmixup-p", type=float, default=library_default(VarMixup, "p"),
                    help="share of samples VarMixup replaces (default: the library's, %(default)s, chosen on the val "

@@ -38,7 +38,7 @@ def collect(paths: list[Path]) -> tuple[dict, dict]:
             diff = {k: (shared[k], mine[k]) for k in SHARED if shared[k] != mine[k]}
             raise SystemExit(f"{path}: not the same data/schedule as the first folder: {diff}")
         for arm, seeds in result["runs"].items():
-            values = [(k, setting(cfg, k)) for k in ARM_SETTINGS.get(arm, [])]
+            values = [(k, v) for k in ARM_SETTINGS.get(arm, []) if (v := setting(cfg, k)) is not None]  # None: default
             settings = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in values)
             name = f"{arm} ({settings})" if settings else arm
             for seed, run in seeds.items():

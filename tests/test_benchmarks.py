@@ -181,13 +181,15 @@ def _fake_results(path: Path, arm: str, seed: int, accuracy: float, codec: dict 
 def test_sweep_report_names_rows_by_their_settings(tmp_path):
     files = [_fake_results(tmp_path / "b0", "baseline", 0, 0.60), _fake_results(tmp_path / "b1", "baseline", 1, 0.62),
              _fake_results(tmp_path / "n0", "latent-noise", 0, 0.55, noise_eps=10.0),
-             _fake_results(tmp_path / "n1", "latent-noise", 1, 0.57, noise_eps=10.0)]
+             _fake_results(tmp_path / "n1", "latent-noise", 1, 0.57, noise_eps=10.0),
+             _fake_results(tmp_path / "l0", "latent-noise", 0, 0.63, noise_eps=10.0, latent_levels=[0])]
     out = tmp_path / "sweep.md"
     r = subprocess.run([sys.executable, str(BENCHMARKS / "sweep_report.py"), *map(str, files), "--out", str(out)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "| baseline | 60.0% | 62.0% | 61.0% | +0.0 | 10 |" in r.stdout
     assert "| latent-noise (noise_eps=10, latent_p=1) | 55.0% | 57.0% | 56.0% | -5.0 | 10 |" in r.stdout
+    assert "| latent-noise (noise_eps=10, latent_p=1, latent_levels=[0]) | 63.0% | - | 63.0% | +2.0 | 10 |" in r.stdout
     assert out.read_text().strip() == r.stdout.strip()
     other = _fake_results(tmp_path / "e", "baseline", 2, 0.6, epochs=30)
     r = subprocess.run([sys.executable, str(BENCHMARKS / "sweep_report.py"), str(files[0]), str(other)],
@@ -318,3 +320,16 @@ def test_accuracy_runs_seed_by_seed_within_a_time_budget():
     assert acc.run_times(earlier, "H200") == {"baseline": [9.0]}
     assert acc.fits_budget("isda", {}, elapsed=99.0, budget=100.0)  # nothing finished yet: only the time spent
     assert not acc.fits_budget("isda", {}, elapsed=100.5, budget=100.0)
+
+
+def test_accuracy_latent_levels_reach_the_latent_arms():
+    from latent_transforms.codecs import Glow
+
+    acc = _load_accuracy_module()
+    codecs = {"glow": Glow((3, 8, 8), levels=2, steps=1, hidden=4).freeze()}
+    for argv, levels in ((["--smoke"], None), (["--smoke", "--latent-levels", "0"], [0])):
+        args = acc.parse_args(argv)
+        for arm in ("latent-noise", "latent-adversarial", "isda+latent-noise", "randaugment+latent-adversarial"):
+            latent = [s for s in acc.make_augment(arm, args, codecs, seed=0).steps if hasattr(s, "levels")]
+            assert [s.levels for s in latent] == [levels], arm
+        assert "latent_levels" in acc.FINGERPRINT_KEYS and "latent_levels" in acc.arm_setting_keys("latent-noise")
