@@ -7,13 +7,14 @@ naive normflows path of the same Glow (``flow.inverse_and_log_det``, add noise, 
 to the library codec's ``encode``/``decode`` (the folded fast path of a frozen Glow); with ``--compile`` (default on
 CUDA) the Glow round trip, LatentNoise and LatentAdversarial again with ``codec.compile_fast_path()``; and a CIFAR
 ResNet-18 training step (bf16 autocast on a GPU, fp32 on the CPU). The JSON also records how far the two Glow paths'
-outputs differ, and the compiled from the eager codec's.
+outputs differ, and the compiled from the eager codec's, on images the flow generates.
 
 Each row: median over ``--iters`` timed iterations after ``--warmup`` untimed ones, with device synchronisation
 around every iteration; milliseconds per batch, images per second, cost as a multiple of one training step, the first
 call's time (for the compiled rows: compiling included), and on CUDA the peak memory allocated above what was
 allocated before the row (``torch.cuda.max_memory_allocated``).
-Writes ``OUT/throughput.json`` and ``OUT/throughput.md`` and prints the table.
+Writes ``OUT/throughput.json`` and ``OUT/throughput.md`` after every row (marked partial until the last, so a run
+killed at a time limit keeps every finished row) and prints the table.
 
 Examples::
 
@@ -296,6 +297,40 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def probe_images(glow, n: int, device: torch.device) -> torch.Tensor:
+    """(n, 3, 32, 32) images the flow itself generates (temperature 0.7): the agreement checks compare two paths on
+    data the flow models; on uniform noise images a trained flow inverts neither path, so a check there says nothing."""
+    return glow.sample(n, temperature=0.7, generator=torch.Generator(device=device).manual_seed(1))
+
+
+def write_report(out: Path, args, device: torch.device, notes: dict, glow, rows: list[dict], agreement: float,
+                 compiled_agreement: float | None, start: float, partial: bool) -> dict:
+    """Writes ``OUT/throughput.{json,md}`` for the rows measured so far (``partial``: more were to come, so a call
+    killed at its time limit keeps a complete report of every finished row). Returns the JSON's content."""
+    done = [r for r in rows if "seconds" in r or "error" in r]
+    step = next(r["seconds"] for r in done if r["key"] == "train_step")
+    for r in done:
+        if "error" not in r:
+            r["vs_train_step"] = r["seconds"] / step
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    result = {"format": FORMAT, "partial": partial,
+              "config": {"smoke": args.smoke, "device": str(device), "device_name": device_name, "torch": torch.__version__,
+                         "batch_size": args.batch_size, "iters": args.iters, "warmup": args.warmup, "width": args.width,
+                         "precision": args.precision, "noise_eps": args.noise_eps,
+                         "isda_covariance": args.isda_covariance, "codecs": notes,
+                         "glow_fast_path": bool(getattr(glow, "use_fast_path", False)),
+                         "max_abs_diff_normflows_vs_codec_roundtrip": agreement, "compile": args.compile,
+                         "max_abs_diff_compiled_vs_eager_codec_roundtrip": compiled_agreement},
+              "rows": done, "wall_seconds": time.perf_counter() - start}
+    write_json(out / "throughput.json", result)
+    table = format_table(result)
+    if partial:
+        table += f"\n\n**Partial**: {len(rows) - len(done)} of {len(rows)} rows not measured yet."
+    (out / "throughput.md").write_text(table + "\n")
+    return result
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     start = time.perf_counter()
@@ -304,12 +339,14 @@ def main(argv=None) -> dict:
     if args.compile:
         codecs["glow_compiled"] = copy.deepcopy(codecs["glow"]).compile_fast_path()
     rows = build_rows(args, device, codecs)
-    probe = torch.rand(min(args.batch_size, 16), 3, 32, 32, generator=torch.Generator().manual_seed(1)).to(device)
+    probe = probe_images(codecs["glow"], min(args.batch_size, 16), device)
     agreement = float((normflows_roundtrip(codecs["glow"], probe, 0.0, None)
                        - codec_roundtrip(codecs["glow"], probe, 0.0, None)).abs().max())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for i, r in enumerate(rows):
+    report = dict(out=out, args=args, device=device, notes=notes, glow=codecs["glow"], rows=rows,
+                  agreement=agreement, start=start)
+    for r in rows:
         fn = r.pop("fn")
         try:
             r.update(measure(fn, device, args.warmup, args.iters))
@@ -318,35 +355,17 @@ def main(argv=None) -> dict:
                 raise
             r["error"] = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
             print(f"  {r['method']}: failed ({r['error']})", file=sys.stderr)
-            continue
-        r["images_per_second"] = args.batch_size / r["seconds"]
-        print(f"  {r['method']}: {1000 * r['seconds']:.2f} ms / batch", file=sys.stderr)
-        # rows so far, in case the call is killed: the final file replaces this one
-        write_json(out / "throughput.json", {"format": FORMAT, "partial": True, "rows": rows[:i + 1]})
+        else:
+            r["images_per_second"] = args.batch_size / r["seconds"]
+            print(f"  {r['method']}: {1000 * r['seconds']:.2f} ms / batch", file=sys.stderr)
+        write_report(**report, compiled_agreement=None, partial=True)
     compiled_agreement = None
-    if args.compile and not any("error" in r for r in rows):  # the compiled codec has its graphs by now
-        x = torch.rand(args.batch_size, 3, 32, 32, generator=torch.Generator().manual_seed(1)).to(device)
+    if args.compile and not any("error" in r for r in rows):  # the compiled codec has its graphs for this batch size
+        x = probe_images(codecs["glow"], args.batch_size, device)
         compiled_agreement = float((codec_roundtrip(codecs["glow_compiled"], x, 0.0, None)
                                     - codec_roundtrip(codecs["glow"], x, 0.0, None)).abs().max())
-    step = next(r["seconds"] for r in rows if r["key"] == "train_step")
-    for r in rows:
-        if "error" not in r:
-            r["vs_train_step"] = r["seconds"] / step
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    result = {"format": FORMAT,
-              "config": {"smoke": args.smoke, "device": str(device), "device_name": device_name, "torch": torch.__version__,
-                         "batch_size": args.batch_size, "iters": args.iters, "warmup": args.warmup, "width": args.width,
-                         "precision": args.precision, "noise_eps": args.noise_eps,
-                         "isda_covariance": args.isda_covariance, "codecs": notes,
-                         "glow_fast_path": bool(getattr(codecs["glow"], "use_fast_path", False)),
-                         "max_abs_diff_normflows_vs_codec_roundtrip": agreement, "compile": args.compile,
-                         "max_abs_diff_compiled_vs_eager_codec_roundtrip": compiled_agreement},
-              "rows": rows, "wall_seconds": time.perf_counter() - start}
-    write_json(out / "throughput.json", result)
-    table = format_table(result)
-    (out / "throughput.md").write_text(table + "\n")
-    print(table)
+    result = write_report(**report, compiled_agreement=compiled_agreement, partial=False)
+    print((out / "throughput.md").read_text().rstrip())
     print(f"\nWrote {out / 'throughput.json'} and {out / 'throughput.md'} in {time.perf_counter() - start:.0f} s.")
     return result
 

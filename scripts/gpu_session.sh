@@ -3,15 +3,17 @@
 #   1. the throughput table of issue 8 (benchmarks/throughput.py, batch 256, compiled codecs included);
 #   2. the accuracy table of issue 5 (benchmarks/accuracy.py), seed by seed, for what is left of BUDGET seconds;
 #      --resume keeps earlier calls' runs, so repeated calls complete the table.
-# On the lent machine, from the repository root, with carry [".whl", ".data", "runs"] (see docs/results.md):
+# On the lent machine, from the repository root, with carry [".whl", ".data", "runs/accuracy"] (see docs/results.md;
+# carry no more of runs/: the carry limit is 64 MiB and the wheels and data take 42 MB of it):
 #   bash scripts/gpu_session.sh
-# then copy the returned accuracy/ folder back to runs/accuracy here before the next call (it travels with "runs").
+# then copy the returned accuracy/ folder back to runs/accuracy here before the next call.
 # Settings (environment): BUDGET (seconds for the whole script, default 540), ARMS, SEEDS, EPOCHS (default:
 # accuracy.py's, 40), SKIP_THROUGHPUT=1,
 # ACC_DIR (the accuracy folder resumed, default runs/accuracy), SMOKE=1 (tiny CPU run of the same steps, used by
-# the tests). Results go to $OUT (default runs/gpu-session): throughput/ (and throughput-nocompile/ if the compiled
-# run timed out: it is run again without the compiled rows), and accuracy/, which starts as a copy of
-# ACC_DIR when $OUT has none and is written run by run, so a call killed at its time limit keeps every finished run.
+# the tests). Results go to $OUT (default runs/gpu-session): throughput/, rewritten after every row (the compiled
+# rows come last, so if compiling runs past its share of the budget the table of the other rows is complete), and
+# accuracy/, which starts as a copy of ACC_DIR when $OUT has none and is written run by run, so a call killed at its
+# time limit keeps every finished run.
 set -euo pipefail
 start=$SECONDS
 BUDGET=${BUDGET:-540}
@@ -40,9 +42,7 @@ fi
 if [ "${SKIP_THROUGHPUT:-0}" != 1 ]; then  # on CUDA, --compile (the default there) adds the compiled-codec rows
     # shellcheck disable=SC2086
     timeout $((BUDGET / 2)) "$PY" benchmarks/throughput.py $TP_ARGS --out "$OUT/throughput" \
-        || { echo "throughput.py exit $?: again without the compiled rows (the first try's rows stay in throughput/)"
-             timeout $((BUDGET / 4)) "$PY" benchmarks/throughput.py $TP_ARGS --no-compile \
-                 --out "$OUT/throughput-nocompile" || echo "throughput.py --no-compile exit $?"; }
+        || echo "throughput.py exit $?: throughput/ holds every row finished (marked partial)"
 fi
 
 ACC_OUT="$OUT/accuracy"
