@@ -1,6 +1,7 @@
 """Chain latent transforms with kornia / torchvision / plain pixel transforms, labels flowing through."""
 from __future__ import annotations
 
+import traceback
 from typing import Callable, Sequence
 
 import torch
@@ -18,6 +19,23 @@ def _is_kornia_mix(t: object) -> bool:
     except ImportError:  # pragma: no cover - kornia is a dependency
         return False
     return isinstance(t, MixAugmentationBaseV2)
+
+
+def _is_kornia(t: object) -> bool:
+    """A kornia augmentation, mix, container or auto policy: they take float images only."""
+    return any(c.__module__.startswith("kornia.augmentation.") for c in type(t).__mro__)
+
+
+def _takes_floats_only(t: object) -> bool:
+    """Whether a step refuses uint8 images (a torchvision v2 transform or a callable may take them)."""
+    return isinstance(t, LatentTransform) or _is_kornia(t)
+
+
+def _in_transform(e: BaseException) -> bool:
+    """Whether ``e`` was raised inside a LatentTransform's ``transform`` (its model's or codec's own error), not by
+    the checks of what it was given."""
+    return any(f.f_code.co_name == "transform" and isinstance(f.f_locals.get("self"), LatentTransform)
+               for f, _ in traceback.walk_tb(e.__traceback__))
 
 
 def _is_torchvision_v2(t: object) -> bool:
@@ -82,9 +100,9 @@ class Compose(nn.Module):
     Labels stay class indices until a step mixes them; from there on they are soft ``(B, K)``.
     In ``eval()`` mode the whole chain is the identity.
 
-    ``x: (B, C, H, W)`` float in [0, 1], or ``uint8`` when the first step is a pixel transform
-    (``v2.ToDtype(torch.float32, scale=True)`` before the first latent step converts it; in ``eval()`` mode, where
-    nothing runs, ``uint8`` is refused).
+    ``x: (B, C, H, W)`` float in [0, 1], or ``uint8`` when the first step is a torchvision v2 transform or a callable
+    (``v2.ToDtype(torch.float32, scale=True)`` before the first latent or kornia step converts it; in ``eval()`` mode,
+    where nothing runs, ``uint8`` is refused).
     ``index: (B,)`` dataset positions (for a :class:`~latent_transforms.LatentCache`) go to the first step only,
     which must then be a :class:`LatentTransform`: later steps see images the cache does not hold.
 
@@ -113,12 +131,11 @@ class Compose(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None = None,
                 index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        first_is_latent = bool(self.steps) and isinstance(self.steps[0], LatentTransform)
-        check_batch(x, y, self.num_classes, index, allow_uint8=not first_is_latent)  # a pixel step may take uint8
-        if index is not None and not first_is_latent:
-            first = type(self.steps[0]).__name__ if self.steps else "nothing"
+        first = self.steps[0] if self.steps else None
+        check_batch(x, y, self.num_classes, index, allow_uint8=not _takes_floats_only(first))  # torchvision takes uint8
+        if index is not None and not isinstance(first, LatentTransform):
             raise ValueError(f"index= goes to the first step, which must be a LatentTransform with a latent "
-                             f"cache; the first step is {first}")
+                             f"cache; the first step is {type(first).__name__ if self.steps else 'nothing'}")
         if not self.training:
             if x.dtype == torch.uint8:  # the identity would hand uint8 to a model that expects floats
                 raise ValueError("Compose in eval() mode is the identity and would return these uint8 images "
@@ -127,9 +144,9 @@ class Compose(nn.Module):
         for i, step in enumerate(self.steps):
             try:
                 x, y = self._run_step(step, x, y, model, index if i == 0 else None)
-            except ValueError as e:  # a latent step refused the images the previous step made: say which step
-                if i > 0 and isinstance(step, LatentTransform) and e.args and str(e.args[0]).startswith("x "):
-                    hint = "" if x.is_floating_point() else \
+            except ValueError as e:  # a step refused what the previous step made: say which step
+                if i > 0 and e.args and not _in_transform(e):  # a latent step's model or codec errors pass untouched
+                    hint = "" if x.is_floating_point() or not _takes_floats_only(step) else \
                         "; in a Compose, put v2.ToDtype(torch.float32, scale=True) before this step"
                     e.args = (f"Compose step {i} ({_name(step)}), on the output of step {i - 1} "
                               f"({_name(self.steps[i - 1])}): {e.args[0]}{hint}",) + e.args[1:]
@@ -142,6 +159,8 @@ class Compose(nn.Module):
             return step(x, y, model, index=index)
         if isinstance(step, Compose):
             return step(x, y, model)
+        if _is_kornia(step) and not x.is_floating_point():  # kornia's own TypeError names neither the step nor the fix
+            raise ValueError(f"x must be a float tensor for a kornia augmentation, got dtype {x.dtype}")
         if _is_kornia_mix(step):
             if y.ndim != 1:
                 raise ValueError(

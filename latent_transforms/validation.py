@@ -134,7 +134,7 @@ def check_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int | None = None
                 index: torch.Tensor | None = None, index_size: int | None = None, allow_uint8: bool = False) -> None:
     """The checks of every ``t(x, y, model, index=...)`` call: images, labels and index agree on the batch
     (``index`` in ``[0, index_size)`` when the size is known). ``allow_uint8``: ``uint8`` images pass too (for a
-    :class:`~latent_transforms.Compose` whose first step is a pixel transform)."""
+    :class:`~latent_transforms.Compose` whose first step is a torchvision v2 transform or a callable)."""
     check_images(x, allow_uint8=allow_uint8)
     check_labels(y, x.shape[0], num_classes)
     if index is not None:

@@ -251,3 +251,39 @@ def test_errors_that_are_not_about_the_images_keep_their_type_and_message(rgb, r
     with pytest.raises(ValueError, match="on the output of step 0 \\(overshoot\\)") as info:
         Compose([overshoot, LatentNoise(rgb_glow, generator=0)])(x, y)
     assert info.traceback[-1].name == "check_images"  # the original traceback is kept
+
+
+def test_uint8_reaching_a_kornia_step_names_the_step_and_the_conversion(rgb, rgb_glow):
+    x, y = rgb
+    x8 = (x * 255).round().to(torch.uint8)
+    for kornia_step in (K.RandomHorizontalFlip(), K.auto.RandAugment(n=2, m=10), K.RandomMixUpV2()):
+        name = type(kornia_step).__name__  # was kornia's own TypeError, naming neither the step nor the fix
+        with pytest.raises(ValueError, match=rf"^Compose step 1 \({name}\), on the output of step 0 "
+                                             r"\(RandomHorizontalFlip\): x must be a float tensor.*uint8.*put "
+                                             r"v2.ToDtype\(torch.float32, scale=True\) before this step$"):
+            Compose([T.RandomHorizontalFlip(), kornia_step], num_classes=10)(x8, y)
+        with pytest.raises(ValueError, match=r"^x must be a float tensor.*uint8"):  # a kornia first step: at entry
+            Compose([kornia_step, LatentNoise(rgb_glow, generator=0)], num_classes=10)(x8, y)
+
+
+def test_every_value_error_on_an_earlier_steps_output_names_the_step(rgb, rgb_glow):
+    x, y = rgb
+    with pytest.raises(ValueError, match=r"^Compose step 1 \(LatentNoise\), on the output of step 0 "
+                                         r"\(RandomResizedCrop\): this glow codec was trained on images of shape "
+                                         r"\(3, 16, 16\) \(C, H, W\), got x of shape \(6, 3, 12, 12\)$") as info:
+        Compose([T.RandomResizedCrop(12), LatentNoise(rgb_glow, generator=0)])(x, y)  # had no step prefix
+    assert type(info.value) is ValueError
+
+    class Refuses(ValueError):
+        pass
+
+    def refuse(x):
+        raise Refuses("too small")
+
+    with pytest.raises(Refuses, match=r"^Compose step 2 \(refuse\), on the output of step 1 \(RandomCrop\): "
+                                      r"too small$"):  # the type and the message kept
+        Compose([T.RandomHorizontalFlip(), T.RandomCrop(8), refuse])(x, y)
+    x8 = (x * 255).round().to(torch.uint8)  # torchvision takes uint8: no ToDtype hint for its own errors
+    with pytest.raises(ValueError, match=r"^Compose step 1 \(RandomCrop\), on the output of step 0 "
+                                         r"\(RandomHorizontalFlip\): [^;]*larger than input image size[^;]*$"):
+        Compose([T.RandomHorizontalFlip(), T.RandomCrop(32)])(x8, y)
