@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.data import get_worker_info
 
 from .labels import num_classes_of, to_soft
 from .rng import GeneratorSource
@@ -28,7 +29,8 @@ class LatentTransform(nn.Module):
 
     Convention:
         - ``eval()`` mode: the identity (x and y returned unchanged) unless a subclass documents otherwise.
-        - Bad input raises ``ValueError`` (``TypeError`` for a missing ``model``) naming the problem.
+        - Bad input raises ``ValueError`` (``TypeError`` for a missing ``model``) naming the problem. Methods that
+          need the model refuse to run in a DataLoader worker (``RuntimeError``): the model there is a stale copy.
         - A transformed sample that is non-finite or more than 0.5 outside [0, 1] before clipping is
           replaced by its input (and its label kept); ``t.stats`` counts samples seen, transformed, rejected.
         - Outputs are clipped to [0, 1] and carry no autograd history (training mode).
@@ -85,8 +87,14 @@ class LatentTransform(nn.Module):
         self._count(device, seen, zero, zero)
 
     def _require_model(self, model: nn.Module | None) -> None:
-        if self.needs_model and model is None:
+        if not self.needs_model:
+            return
+        if model is None:
             raise TypeError(f"{type(self).__name__} needs the classifier being trained: call t(x, y, model)")
+        if get_worker_info() is not None:  # the worker's model is a stale copy, its hooks and gradients go nowhere
+            raise RuntimeError(f"{type(self).__name__} needs the live model being trained, but it was called in a "
+                               f"DataLoader worker, on the worker's copy of the model: call it in the training loop, "
+                               f"on the batch, right before model(x)")
 
     def _draw_selection(self, batch: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
         """(B,) bool: which samples are transformed, each with probability ``p`` (one draw per sample)."""

@@ -24,6 +24,7 @@ Shapes: ``N`` samples, ``C`` classes (``K == C``), ``A`` feature dimension.
 """
 from __future__ import annotations
 
+import warnings
 import weakref
 
 import torch
@@ -148,21 +149,36 @@ class _ISDAState:
 
 
 # -- the drop-in transform ------------------------------------------------------------------------------------------
-# layer -> the handle of the ISDA hook armed on it. One pending augmentation per layer: the latest arm wins.
-_ARMED: "weakref.WeakKeyDictionary[nn.Module, torch.utils.hooks.RemovableHandle]" = weakref.WeakKeyDictionary()
+# layer -> (handle, hook) of the ISDA hook armed on it. One pending augmentation per layer: the latest arm wins.
+_ARMED: "weakref.WeakKeyDictionary[nn.Module, tuple[torch.utils.hooks.RemovableHandle, _ArmedHook]]" = \
+    weakref.WeakKeyDictionary()
 
 
-def _disarm(layer: nn.Module) -> None:
-    handle = _ARMED.pop(layer, None)
+def _disarm(layer: nn.Module) -> "_ArmedHook | None":
+    """Remove the hook pending on ``layer``; returns it (``None`` if there was none)."""
+    handle, hook = _ARMED.pop(layer, (None, None))
     if handle is not None:
         handle.remove()
+    return hook
+
+
+def _never_fired(name: str, model: nn.Module) -> str:
+    """The warning for an armed augmentation that no forward consumed before the next arm."""
+    text = (f"ISDA: the augmentation armed on {name!r} by the previous call was never applied (no training forward "
+            f"of the model ran after it); this call replaces it. Call isda(x, y, model) once per step, right before "
+            f"model(x)")
+    if hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
+        text += (". The model is torch.compile'd: compiled code ignores hooks added after it was compiled while "
+                 "torch._dynamo.config.skip_nnmodule_hook_guards is True (the default); set it to False before "
+                 "compiling, or use ISDALoss")
+    return text
 
 
 class _ArmedHook:
     """The one-shot forward hook: augments the logits of the next training forward of the layer (picklable)."""
 
-    def __init__(self, owner: "ISDA", name: str, y: torch.Tensor, lam: float | torch.Tensor):
-        self.owner, self.name, self.y, self.lam, self.fired = owner, name, y, lam, False
+    def __init__(self, owner: "ISDA", name: str, y: torch.Tensor, lam: float | torch.Tensor, chosen: torch.Tensor):
+        self.owner, self.name, self.y, self.lam, self.chosen, self.fired = owner, name, y, lam, chosen, False
 
     def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor):
         if self.fired or not module.training:
@@ -184,6 +200,7 @@ class _ArmedHook:
             )
         if self.y.device != a.device:
             raise ValueError(f"y is on {self.y.device} but the features are on {a.device}")
+        self.owner._count(a.device, 0, self.chosen, torch.zeros_like(self.chosen))
         return self.owner.augment(a, output, module.weight, self.y, self.lam, check_y=False)  # checked when armed
 
 
@@ -229,11 +246,13 @@ class ISDA(_ISDAState, LatentTransform):
         - Identity in ``eval()`` mode, and no hook is armed when the model is in eval mode: validation forwards
           are untouched. The call never changes the model's parameters, buffers, modes or gradients.
         - Needs ``model`` (``TypeError`` without). Class-index labels only: soft labels raise ``ValueError``.
-        - One pending augmentation per layer: a second call before the forward replaces the first. The hook
-          removes itself when it fires; a forward whose batch size differs from ``len(y)`` raises ``ValueError``.
+        - One pending augmentation per layer: a second call before the forward replaces the first, with a warning
+          (a hook that never fires, for example on a ``torch.compile``d model, shows this way). The hook removes
+          itself when it fires; a forward whose batch size differs from ``len(y)`` raises ``ValueError``.
         - The statistics (``isda.estimator``: buffers, in ``state_dict``, moved by ``.to``) are updated with the
           batch *before* it is used, as in the official code; they are the pooled covariance of every feature seen.
-        - ``stats['transformed']`` counts the samples armed for the correction.
+        - ``stats['seen']`` counts the samples of training-mode calls; ``stats['transformed']`` those whose logits
+          got the correction, counted when the hook fires (so ``transformed`` stays 0 if it never does).
         - Not supported: ``nn.DataParallel`` (replicas would see part of the batch; use DDP), heads that are not an
           ``nn.Linear`` on ``(B, A)`` features, label-mixing steps in the same pipeline.
     """
@@ -304,6 +323,9 @@ class ISDA(_ISDAState, LatentTransform):
             return x, y
         if y.ndim != 1:
             raise ValueError(_HARD_LABELS_ONLY.format(shape=tuple(y.shape)))
+        if isinstance(model, nn.DataParallel):
+            raise ValueError("ISDA does not support nn.DataParallel (its replicas would each see part of the batch "
+                             "that the labels were given for): use DistributedDataParallel")
         batch = x.shape[0]
         if not model.training:
             self._count_untouched(x.device, batch)
@@ -314,9 +336,12 @@ class ISDA(_ISDAState, LatentTransform):
         if self.p < 1.0:
             mask = self._draw_selection(batch, self._rng.get(x.device), x.device)
             lam, chosen = lam * mask.float(), mask.sum()
-        _disarm(layer)
-        _ARMED[layer] = layer.register_forward_hook(_ArmedHook(self, name, y, lam))
-        self._count(x.device, batch, chosen, torch.zeros((), dtype=torch.int64, device=x.device))
+        pending = _disarm(layer)
+        if pending is not None:
+            warnings.warn(_never_fired(name, model), stacklevel=4)  # the line of the call, past nn.Module
+        hook = _ArmedHook(self, name, y, lam, chosen.to(torch.int64))
+        _ARMED[layer] = (layer.register_forward_hook(hook), hook)
+        self._count_untouched(x.device, batch)
         return x, y
 
 

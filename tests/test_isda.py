@@ -42,6 +42,7 @@ def augmented_by_loops(logits, weight, y, cov, lam):
 
 
 # -- the shared contract --------------------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:ISDA. the augmentation armed")  # the contract calls without forwards
 def test_contract(batch, net):
     check_transform_contract(lambda **kw: ISDA(10, **kw), *batch, model=net)
 
@@ -237,15 +238,52 @@ def test_hook_is_one_shot_and_the_call_leaves_the_model_unchanged(batch, net):
     assert int(isda.estimator.count.sum()) == len(y)  # and did not update the statistics
 
 
-def test_latest_arm_wins(batch, net):
+def test_latest_arm_wins_with_a_warning_and_transformed_counts_fired_hooks(batch, net):
     x, y = batch
     a, b = ISDA(10), ISDA(10)
     a(x, y, net)
-    b(x, y, net)
-    a(x, y, net)
+    with pytest.warns(UserWarning, match="'fc' by the previous call was never applied") as caught:
+        b(x, y, net)
+    assert caught[0].filename == __file__  # points at the user's call, not into torch
+    with pytest.warns(UserWarning, match="never applied"):
+        a(x, y, net)
     assert len(net.fc._forward_hooks) == 1
+    assert a.stats == {"seen": 2 * len(y), "transformed": 0, "rejected": 0}  # armed twice, applied never (yet)
     net(x)
     assert int(a.estimator.count.sum()) == len(y) and b.estimator.count is None
+    assert a.stats["transformed"] == len(y) and b.stats == {"seen": len(y), "transformed": 0, "rejected": 0}
+
+
+def test_a_compiled_model_that_skips_the_hook_is_reported(batch, net):
+    """torch.compile (hook guards skipped, torch's default) ignores a hook added after the model was compiled:
+    ISDA then never runs; the next arm says so, and stats show nothing transformed."""
+    x, y = batch
+    compiled = torch.compile(net, backend="eager")
+    compiled(x)  # compiled before ISDA armed anything (a warm-up or an epoch without ISDA)
+    isda = ISDA(10)
+    isda(x, y, compiled)
+    compiled(x)
+    if isda.estimator.count is not None:
+        pytest.skip("this torch version's compiled code runs hooks added later")
+    with pytest.warns(UserWarning, match="skip_nnmodule_hook_guards"):
+        isda(x, y, compiled)
+    assert isda.stats["transformed"] == 0
+    isda.disarm(compiled)
+
+
+def test_model_transforms_refuse_data_loader_workers_and_data_parallel(batch, net):
+    from latent_transforms import LatentAdversarial
+    from latent_transforms.codecs import Glow
+
+    x, y = batch
+    glow = Glow(tuple(x.shape[1:]), levels=1, steps=1, hidden=4).freeze()
+    for t in (ISDA(10), LatentAdversarial(glow)):
+        loader = torch.utils.data.DataLoader(list(zip(x, y)), batch_size=4, num_workers=1,
+                                             collate_fn=lambda items, t=t: t(*map(torch.stack, zip(*items)), net))
+        with pytest.raises(RuntimeError, match="called in a DataLoader worker, on the worker's copy of the model"):
+            next(iter(loader))
+    with pytest.raises(ValueError, match="ISDA does not support nn.DataParallel"):
+        ISDA(10)(x, y, nn.DataParallel(net))
 
 
 def test_eval_mode_arms_nothing(batch, net):
