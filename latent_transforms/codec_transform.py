@@ -28,6 +28,8 @@ class CodecTransform(LatentTransform):
         self.cache = cache
         n = len(self.codec.latent_shapes)
         if levels is not None:
+            if not isinstance(levels, (list, tuple)):
+                raise ValueError(f"levels must be a list of level indices in [0, {n}), such as [0], got {levels!r}")
             bad = [i for i in levels if not isinstance(i, int) or isinstance(i, bool) or not -n <= i < n]
             if bad or not levels:
                 raise ValueError(f"levels must be a non-empty list of level indices in [0, {n}), got {levels!r}")

@@ -81,6 +81,8 @@ class LatentAdversarial(CodecTransform):
                 delta.requires_grad_(True)
                 with torch.enable_grad():
                     logits = logits_of(net, self.decode_flat(z + delta).to(x.dtype), "LatentAdversarial")
+                    if self.target == "true":
+                        _check_labels_fit(target, logits.shape[1])
                     loss = F.cross_entropy(logits.float(), target)
                     (grad,) = torch.autograd.grad(loss, delta)
                 step = ascent_direction(self.on_levels(grad, 0.0), self.norm)
@@ -88,3 +90,13 @@ class LatentAdversarial(CodecTransform):
         self.last_params = {"delta": delta, "target": target}
         with torch.no_grad():
             return self.decode_flat(z + delta), y
+
+
+def _check_labels_fit(y: torch.Tensor, k: int) -> None:
+    """``target="true"`` attacks the labels: they must address the model's ``k`` outputs."""
+    if y.ndim == 2 and y.shape[1] != k:
+        raise ValueError(f"LatentAdversarial(target='true'): soft labels y have {y.shape[1]} columns but the model "
+                         f"has {k} outputs")
+    if y.ndim == 1 and int(y.max()) >= k:
+        raise ValueError(f"LatentAdversarial(target='true'): labels y must be class indices in [0, {k}) for the "
+                         f"model's {k} outputs, got {int(y.max())}")

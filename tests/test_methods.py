@@ -282,6 +282,7 @@ def test_mixup_inference_gives_probabilities_and_leaves_model_alone(glow, batch,
     (lambda g: VarMixup(g, alpha=0.0), "alpha must be a finite number in \\(0"),
     (lambda g: LatentNoise(g, p=True), "p must be a finite number in \\[0, 1\\]"),
     (lambda g: LatentNoise(g, levels=[True]), "levels"),
+    (lambda g: LatentNoise(g, levels=0), "levels must be a list of level indices in .*, such as \\[0\\], got 0"),
 ])
 def test_bad_settings_are_named(glow, make, match):
     with pytest.raises(ValueError, match=match):
@@ -407,6 +408,21 @@ def test_adversarial_target_true_attacks_the_given_labels(glow, batch, net):
     t_pred = LatentAdversarial(glow, steps=1, target="pred", generator=0)
     t_pred(x, y, net)
     assert torch.equal(t_pred.last_params["target"], pred)
+    # labels the model's outputs cannot address are named (were torch's IndexError / RuntimeError)
+    with pytest.raises(ValueError, match=r"class indices in \[0, 10\) for the model's 10 outputs, got 12"):
+        t_true(x, torch.full_like(y, 12), net)
+    with pytest.raises(ValueError, match="soft labels y have 12 columns but the model has 10 outputs"):
+        t_true(x, torch.full((len(y), 12), 1 / 12), net)
+
+
+def test_a_codec_path_may_be_a_pathlib_path(tmp_path, glow):
+    from pathlib import Path
+
+    from latent_transforms import hub
+
+    path = tmp_path / "mine.safetensors"
+    hub.save_checkpoint(glow, path)
+    assert LatentNoise(path).codec.fingerprint() == glow.fingerprint()  # was refused: "got PosixPath"
 
 
 def test_varmixup_levels_keep_the_samples_own_latent_elsewhere(glow, batch):

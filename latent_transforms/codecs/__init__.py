@@ -1,6 +1,8 @@
 """Image codecs: a Glow flow and a convolutional VAE behind one interface (:class:`Codec`)."""
 from __future__ import annotations
 
+import os
+
 from .base import Codec, Latents, exact_math, flatten_latents, unflatten_latents
 from .glow import Glow
 from .vae import ConvVAE
@@ -20,11 +22,11 @@ def build_codec(config: dict) -> Codec:
         raise ValueError(f"bad config for a {kind} codec: {e}") from None
 
 
-def resolve_codec(codec: Codec | str) -> Codec:
+def resolve_codec(codec: Codec | str | os.PathLike) -> Codec:
     """A codec object as given, or a hub name / ``.safetensors`` path loaded (frozen) from the hub."""
     if isinstance(codec, Codec):
         return codec
-    if isinstance(codec, str):
+    if isinstance(codec, (str, os.PathLike)):
         from .. import hub
 
         return hub.load(codec)
