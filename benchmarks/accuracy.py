@@ -24,6 +24,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import platform
@@ -423,6 +424,10 @@ def format_report(results: dict) -> str:
         by_seed = results["runs"][arm]
         lines.append(f"| {arm} | " + " | ".join(_pts(by_seed[str(seed)]["accuracy"]) if str(seed) in by_seed else "-"
                                                  for seed in seeds) + " |")
+    codes = {r.get("code_sha256") for by_seed in results["runs"].values() for r in by_seed.values()}
+    if len(codes) > 1:
+        lines += ["", f"These runs were made by {len(codes)} versions of the benchmark and library code (each run's "
+                      f"code_sha256 in results.json{'; older runs recorded none' if None in codes else ''})."]
     lines += ["", "Targets of the issue (each compared on the seeds its arms share; latent arms: " + ", ".join(LATENT_ARMS) + "):"]
     if cfg["smoke"]:
         lines.append("(smoke run: the verdicts below only show that they are computed)")
@@ -478,12 +483,37 @@ def pooled_bins(runs: dict) -> dict[str, dict]:
 
 
 # -- driver ---------------------------------------------------------------------------------------------------
-FINGERPRINT_KEYS = ("smoke", "train", "test", "train_size", "val_fraction", "eval_on", "epochs", "batch_size", "lr",
+ARG_KEYS = ("smoke", "train", "test", "train_size", "val_fraction", "eval_on", "epochs", "batch_size", "lr",
                     "weight_decay", "width", "precision", "glow", "vae", "noise_eps", "adv_eps", "adv_steps",
                     "adv_step_size", "latent_p", "varmixup_alpha", "varmixup_p", "isda_lambda0", "isda_covariance",
                     "ra_ops", "ra_magnitude", "mixup_alpha", "smoke_images", "varmixup_keep_detail", "latent_levels")
+# besides the flags: the images themselves (hashed after subsetting and the split) and the evaluation protocol
+FINGERPRINT_KEYS = ARG_KEYS + ("data_sha256", "protocol")
 # settings added after results files were first written, with the value those older files imply
-FINGERPRINT_DEFAULTS = {"varmixup_keep_detail": False, "latent_levels": None}
+FINGERPRINT_DEFAULTS = {"varmixup_keep_detail": False, "latent_levels": None}  # data_sha256, protocol: None
+
+
+def protocol() -> dict:
+    """How runs are scored, beyond the flags: runs scored otherwise must not be resumed or merged into one table."""
+    return {"ece_bins": ECE_BINS, "split_seed": SPLIT_SEED, "severities": list(SEVERITIES),
+            "corruptions": {k: list(v) for k, v in CORRUPTIONS.items()}}
+
+
+def data_sha256(data: dict) -> str:
+    """sha256 of the training and evaluation tensors a run sees (after subsetting and the validation split)."""
+    h = hashlib.sha256()
+    for key in ("x_train", "y_train", "x_eval", "y_eval"):
+        h.update(data[key].contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def code_sha256() -> str:
+    """sha256 of this benchmark's and the library's Python sources, recorded with every run."""
+    h = hashlib.sha256()
+    library = Path(hub.__file__).parent
+    for path in sorted(Path(__file__).resolve().parent.glob("*.py")) + sorted(library.rglob("*.py")):
+        h.update(path.read_bytes())
+    return h.hexdigest()
 
 
 def setting(fingerprint: dict, key: str):
@@ -697,7 +727,7 @@ def main(argv=None) -> dict:
     results_path = out / "results.json"
 
     data = load_data(args)
-    fingerprint = {k: getattr(args, k) for k in FINGERPRINT_KEYS}
+    fingerprint = {**{k: getattr(args, k) for k in ARG_KEYS}, "data_sha256": data_sha256(data), "protocol": protocol()}
     runs: dict = {}
     if args.resume and results_path.is_file():
         old = json.loads(results_path.read_text())
@@ -753,7 +783,7 @@ def main(argv=None) -> dict:
             for size in {args.batch_size, len(x_train) % args.batch_size} - {0}:
                 with torch.no_grad():
                     codec.decode(codec.encode(x_train[:size]))
-    took = run_times(runs, device_name)
+    took, code = run_times(runs, device_name), code_sha256()
     for i, (arm, seed) in enumerate(tqdm(todo, desc="runs", disable=args.no_progress)):
         if args.time_budget is not None and not fits_budget(arm, took, time.perf_counter() - start, args.time_budget):
             left = ", ".join(f"{a} seed {s}" for a, s in todo[i:])
@@ -761,7 +791,8 @@ def main(argv=None) -> dict:
             break
         run_start = time.perf_counter()
         r = run_one(arm, seed, args, data, codecs, corrupted, device)
-        r.update(wall_seconds=time.perf_counter() - run_start, device_name=device_name)  # for later --time-budget
+        r.update(wall_seconds=time.perf_counter() - run_start, device_name=device_name,  # for later --time-budget
+                 code_sha256=code)
         took.setdefault(arm, []).append(r["wall_seconds"])
         if arm in CODEC_OF_ARM:
             r["codec"] = codec_names[CODEC_OF_ARM[arm]]

@@ -371,3 +371,42 @@ def test_accuracy_latent_levels_reach_the_latent_arms():
             latent = [s for s in acc.make_augment(arm, args, codecs, seed=0).steps if hasattr(s, "levels")]
             assert [s.levels for s in latent] == [levels], arm
         assert "latent_levels" in acc.FINGERPRINT_KEYS and "latent_levels" in acc.arm_setting_keys("latent-noise")
+
+
+def test_accuracy_resume_refuses_other_data_or_protocol_and_notes_code_versions(tmp_path, monkeypatch):
+    """--resume compares the images (hashed) and the scoring protocol too, not only the flags; every run records
+    the code that made it, and a table mixing code versions says so."""
+    import numpy as np
+
+    monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
+    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(tmp_path / "hub"))
+    acc = _load_accuracy_module()
+    rng = np.random.default_rng(0)
+    data = tmp_path / "train.npz"
+
+    def write_data(shift: int) -> None:
+        x = rng.integers(0, 255, (40, 32, 32, 3), dtype=np.uint8)
+        np.savez(data, x=(x // 2 + shift).astype(np.uint8), y=np.arange(40) % 10)
+
+    write_data(0)
+    argv = ["--smoke", "--no-progress", "--no-corruptions", "--arms", "baseline", "--seeds", "0", "--train",
+            f"npz:{data}", "--test", f"npz:{data}", "--out", str(tmp_path / "acc")]
+    first = acc.main(argv)
+    assert re.fullmatch(r"[0-9a-f]{64}", first["runs"]["baseline"]["0"]["code_sha256"])
+    assert first["fingerprint"]["protocol"]["ece_bins"] == 15
+    write_data(1)  # the same path, other images
+    with pytest.raises(SystemExit, match="other settings \\(data_sha256\\)"):
+        acc.main([*argv, "--resume"])
+    rng = np.random.default_rng(0)
+    write_data(0)  # the original images again
+    monkeypatch.setattr(acc, "ECE_BINS", 5)
+    with pytest.raises(SystemExit, match="other settings \\(protocol\\)"):
+        acc.main([*argv, "--resume"])
+    monkeypatch.setattr(acc, "ECE_BINS", 15)
+    results = json.loads((tmp_path / "acc" / "results.json").read_text())
+    results["runs"]["baseline"]["0"]["code_sha256"] = "0" * 64  # as if made by other code
+    (tmp_path / "acc" / "results.json").write_text(json.dumps(results))
+    again = acc.main([*argv, "--resume", "--arms", "baseline", "isda"])  # --smoke runs seed 0 only
+    assert again["runs"]["baseline"]["0"]["code_sha256"] != again["runs"]["isda"]["0"]["code_sha256"]
+    assert "These runs were made by 2 versions of the benchmark and library code" in \
+        (tmp_path / "acc" / "results.md").read_text()
