@@ -1,4 +1,5 @@
 """latent-transforms: semantic data augmentation in the latent space of flows, VAEs and classifiers."""
+from . import hub  # so that `import latent_transforms` is enough for latent_transforms.hub.load(...)
 from .base import LatentTransform
 from .codec_transform import CodecTransform
 from .codecs import Codec, ConvVAE, Glow, build_codec

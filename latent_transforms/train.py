@@ -652,11 +652,22 @@ def _say_written(say, report: dict, ckpt: Path, js: Path, png: Path, metrics: di
     name, sha, size = report["name"], report["sha256"], report["size"]
     say(f"wrote {ckpt} ({size / 1e6:.2f} MB, {report['dtype']}), {js} and {png}")
     say("test metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-    say(f'load it:      codec = latent_transforms.hub.load("{ckpt}")')
-    say(f"register it:  copy {ckpt.name} into latent_transforms.hub.cache_dir() ({hub.cache_dir()}) or "
-        f"latent_transforms/checkpoints/, then")
-    say(f'              latent_transforms.hub.register("{name}", file="{ckpt.name}", sha256="{sha}", size={size}, '
-        f"config={json.dumps(report['config'])})")
+    say(f"load it:      codec = latent_transforms.hub.load({str(ckpt)!r})")
+    registry = hub._registry()
+    taken = set(registry) | {Path(e["file"]).stem for e in registry.values()}
+    reg_name = name
+    while reg_name in taken:  # e.g. the default glow-digits: a shipped checkpoint's name (and file)
+        reg_name = f"my-{reg_name}"
+    if reg_name == name:
+        say(f"register it:  copy {ckpt.name} into latent_transforms.hub.cache_dir() ({hub.cache_dir()}) or "
+            f"latent_transforms/checkpoints/, then")
+    else:
+        say(f"register it:  {name!r} is taken (a registered checkpoint), so as {reg_name!r}: copy {ckpt.name} as "
+            f"{reg_name}.safetensors into latent_transforms.hub.cache_dir() ({hub.cache_dir()}) or "
+            f"latent_transforms/checkpoints/, then")
+    say(f"              latent_transforms.hub.register({reg_name!r}, file={reg_name + '.safetensors'!r}, "
+        f"sha256={sha!r}, size={size}, config={report['config']!r})")
+    say(f"              codec = latent_transforms.hub.load({reg_name!r})")
 
 
 def train_codec(

@@ -1,8 +1,11 @@
 """The documentation builds with ``mkdocs build --strict`` and every picture it references exists."""
 from __future__ import annotations
 
+import ast
+import builtins
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -12,6 +15,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
+SNIPPET = re.compile(r"```python\n(.*?)```", re.S)
+# What a page's text asks the reader to bring (a batch, a model, a loader ...). Every other name its snippets use
+# must be imported or defined by the page itself, at or before the snippet that uses it: a reader runs them in order.
+READER_CONTEXT = {
+    "quickstart.md": {"loader", "model", "optimizer", "epochs"},
+    "composition.md": {"x", "y", "model", "loader", "epochs", "x_uint8", "train_images", "train_labels", "idx"},
+    "training.md": set(),
+    "reliability.md": set(),
+}
 IMAGE = re.compile(r"!\[[^\]]*\]\(([^)\s]+\.png)[^)]*\)|<img[^>]*\bsrc=\"([^\"]+\.png)\"")
 
 
@@ -67,3 +79,104 @@ def test_mkdocs_build_strict(tmp_path):
     assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
     assert (tmp_path / "site" / "index.html").is_file()
     assert (tmp_path / "site" / "api" / "index.html").is_file()
+
+
+class _UnboundNames(ast.NodeVisitor):
+    """Names read before anything binds them, visiting statements in execution order (enough for doc snippets)."""
+
+    def __init__(self, known: set[str]):
+        self.known, self.missing = set(known), []
+
+    def _bind(self, target: ast.AST) -> None:
+        self.known.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+
+    def _visit_all(self, nodes) -> None:
+        for node in nodes:
+            self.visit(node)
+
+    def visit_Name(self, node: ast.Name) -> None:
+        if isinstance(node.ctx, ast.Load) and node.id not in self.known and not hasattr(builtins, node.id):
+            self.missing.append((node.lineno, node.id))
+        elif not isinstance(node.ctx, ast.Load):
+            self.known.add(node.id)
+
+    def visit_Import(self, node: ast.Import) -> None:
+        self.known.update(a.asname or a.name.split(".")[0] for a in node.names)
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        self.known.update(a.asname or a.name for a in node.names)
+
+    def visit_Assign(self, node: ast.Assign) -> None:
+        self.visit(node.value)
+        for target in node.targets:
+            self._bind(target)
+
+    def visit_For(self, node: ast.For) -> None:
+        self.visit(node.iter)
+        self._bind(node.target)
+        self._visit_all(node.body + node.orelse)
+
+    def visit_With(self, node: ast.With) -> None:
+        for item in node.items:
+            self.visit(item.context_expr)
+            if item.optional_vars is not None:
+                self._bind(item.optional_vars)
+        self._visit_all(node.body)
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
+        self.known.add(node.name)
+        self.known.update(a.arg for a in ast.walk(node.args) if isinstance(a, ast.arg))
+        self._visit_all(node.body)
+
+    def visit_Lambda(self, node: ast.Lambda) -> None:
+        self.known.update(a.arg for a in ast.walk(node.args) if isinstance(a, ast.arg))
+        self.visit(node.body)
+
+    def _comprehension(self, node, *parts) -> None:
+        for gen in node.generators:
+            self.visit(gen.iter)
+            self._bind(gen.target)
+            self._visit_all(gen.ifs)
+        self._visit_all(parts)
+
+    def visit_ListComp(self, node):
+        self._comprehension(node, node.elt)
+
+    visit_SetComp = visit_GeneratorExp = visit_ListComp
+
+    def visit_DictComp(self, node):
+        self._comprehension(node, node.key, node.value)
+
+
+@pytest.mark.parametrize("page", sorted(READER_CONTEXT))
+def test_page_snippets_define_what_they_use(page):
+    text = (DOCS / page).read_text(encoding="utf-8")
+    visitor = _UnboundNames(READER_CONTEXT[page])
+    missing = []
+    for match in SNIPPET.finditer(text):
+        first = text[:match.start()].count("\n") + 2  # the snippet's first line in the page
+        visitor.missing = []
+        visitor.visit(ast.parse(match.group(1)))
+        missing += [f"docs/{page}:{first + line - 1}: {name}" for line, name in visitor.missing]
+    assert not missing, "names used before the page imports or defines them:\n" + "\n".join(missing)
+
+
+def test_training_page_gives_the_users_codec_its_own_name():
+    """A shipped checkpoint's name is refused by hub.register, and a file under its file name loads the shipped one."""
+    from latent_transforms import hub
+    from latent_transforms.data import describe_spec
+    from latent_transforms.train import KINDS
+
+    shipped = set(hub._shipped_registry())
+    text = (DOCS / "training.md").read_text(encoding="utf-8")
+    names = []
+    for command in re.findall(r"^latent-transforms train .*$", text.replace("\\\n", " "), re.M):
+        args = shlex.split(command, comments=True)
+        default = f"{KINDS[args[2]]}-{describe_spec(args[args.index('--data') + 1])}"
+        names.append(args[args.index("--name") + 1] if "--name" in args else default)
+    for code in SNIPPET.findall(text):
+        names += re.findall(r"""\bname=["']([^"']+)["']""", code)
+        names += [Path(ref).stem for ref in re.findall(r"""hub\.(?:load|register)\(["']([^"']+)["']""", code)]
+        names += [Path(ref).stem for ref in re.findall(r"""["']([^"']+)\.(?:safetensors|json)["']""", code)]
+    assert len(names) >= 8, names  # the commands, train_codec(name=...), the paths and hub calls were all found
+    assert not shipped & set(names), f"docs/training.md uses shipped names for the reader's codec: {shipped & set(names)}"

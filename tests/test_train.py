@@ -3,6 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -321,6 +326,44 @@ def test_vae_with_spatial_latent_trains_and_loads(tmp_path, digits):
     assert r["metrics"]["kl"] >= 0 and r["metrics"]["mse"] < 1
     codec = hub.load_checkpoint(tmp_path / "vae.safetensors")
     assert codec.latent_shapes == [(2, 4, 4)] and codec.config["latent_side"] == 4
+
+
+def _run_python(code: str, cwd, **env) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter (nothing of the package imported beforehand, unlike this test process)."""
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+
+
+def test_plain_import_gives_the_hub(tmp_path):
+    proc = _run_python("import latent_transforms; print(latent_transforms.hub.load.__name__)", tmp_path)
+    assert proc.returncode == 0 and proc.stdout.strip() == "load", proc.stderr[-2000:]  # was AttributeError
+
+
+@pytest.mark.parametrize("kind,name", [("flow", "zz-own-flow"), ("flow", "glow-digits"), ("vae", "vae-digits")])
+def test_printed_load_and_register_lines_run_as_printed(tmp_path, digits, capsys, kind, name):
+    x, _, xt, _, _ = digits
+    train_codec(kind, x[:32], tmp_path / "run", name=name, **(FLOW if kind == "flow" else VAE), max_steps=2,
+                batch_size=16, x_test=xt[:16])
+    lines = [line.strip() for line in capsys.readouterr().out.splitlines()]
+    load = next(line for line in lines if line.startswith("load it:")).removeprefix("load it:").strip()
+    i = next(k for k, line in enumerate(lines) if line.startswith("register it:"))
+    register = lines[i + 1]
+    reg_name = re.match(r"""latent_transforms\.hub\.register\(["']([^"']+)["']""", register).group(1)
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(tmp_path / "run" / f"{name}.safetensors", home / f"{reg_name}.safetensors")
+    code = "\n".join([
+        "import torch, latent_transforms",  # what the lines assume, nothing more
+        load, "by_path = codec",
+        register, f"codec = latent_transforms.hub.load({reg_name!r})",
+        "assert codec.config == by_path.config and all(torch.equal(a, b) for a, b in "
+        "zip(codec.state_dict().values(), by_path.state_dict().values())), 'loaded another codec by name'",
+        "print('ok')"])
+    proc = _run_python(code, tmp_path, LATENT_TRANSFORMS_HOME=str(home))
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", f"{code}\n{proc.stderr[-3000:]}"
+    # a shipped name is refused by hub.register and its file would be ignored: the lines use another name
+    assert reg_name not in hub._registry() and (reg_name == name) == (name == "zz-own-flow")
+    assert f"copy {name}.safetensors " + ("into" if reg_name == name else f"as {reg_name}.safetensors into") in lines[i]
 
 
 def test_fp16_flow_falls_back_to_fp32_when_inexact(tmp_path, digits, monkeypatch):
