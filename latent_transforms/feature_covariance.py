@@ -39,7 +39,10 @@ class FeatureCovariance(nn.Module):
     Convention:
         The buffers are float32 by default (float64 when lazily sized by float64 features; or call ``.double()``).
         The update runs with autocast off in the wider of their dtype and float32, and writes back in their dtype:
-        bf16/fp16 features are upcast, and ``.half()`` buffers lose precision but never counts. Features are
+        bf16/fp16 features are upcast, and ``.half()`` buffers lose precision but never counts. The matrix products
+        follow torch's TF32 switch (``torch.backends.cuda.matmul.allow_tf32``; the benchmarks turn it on for the
+        classifier): on a GPU with it on, they round their inputs to TF32 (about 1e-3 relative), which the
+        statistics of an augmentation tolerate; codecs, which must invert exactly, turn it off. Features are
         detached. A feature on another device than the buffers raises ``ValueError`` (nothing is moved silently).
     """
 
