@@ -41,9 +41,8 @@ class FeatureCovariance(nn.Module):
         The update runs with autocast off in the wider of their dtype and float32, and writes back in their dtype:
         bf16/fp16 features are upcast, and ``.half()`` buffers lose precision but never counts. The matrix products
         follow torch's TF32 switch (``torch.backends.cuda.matmul.allow_tf32``; the benchmarks turn it on for the
-        classifier): on a GPU with it on, they round their inputs to TF32 (about 1e-3 relative), which the
-        statistics of an augmentation tolerate; codecs, which must invert exactly, turn it off. Features are
-        detached. A feature on another device than the buffers raises ``ValueError`` (nothing is moved silently).
+        classifier): on a GPU with it on, their inputs are rounded to TF32's 10-bit mantissa (unlike the codecs,
+        which turn it off to invert exactly). Features are detached. A feature on another device than the buffers raises ``ValueError`` (nothing is moved silently).
     """
 
     mean: torch.Tensor | None
