@@ -18,7 +18,10 @@ Every loader returns ``x`` (N, C, H, W) float32 in [0, 1], ``y`` (N,) int64 or `
 """
 from __future__ import annotations
 
+import lzma
 import os
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +89,11 @@ def _cifar10(split: str, data_root) -> tuple[torch.Tensor, torch.Tensor, int]:
     from torchvision.datasets import CIFAR10
 
     root = Path(data_root).expanduser() if data_root is not None else cache_dir() / "data"
-    ds = CIFAR10(root=str(root), train=split == "train", download=True)
+    try:
+        ds = CIFAR10(root=str(root), train=split == "train", download=True)
+    except OSError as e:  # offline (URLError), disk full, ...: torchvision's message names neither the folder nor a way out
+        raise ValueError(f"could not download CIFAR-10 into {root} ({e}); put torchvision's cifar-10-python files "
+                         f"there (or pass another data root), or use npz:PATH or folder:PATH data") from None
     x = torch.from_numpy(np.asarray(ds.data)).permute(0, 3, 1, 2).float().div_(255).contiguous()
     y = torch.as_tensor(ds.targets, dtype=torch.int64)
     return x, y, 256
@@ -141,8 +148,8 @@ def _npz(path: Path) -> tuple[torch.Tensor, torch.Tensor | None, int]:
         if str(e).startswith(str(path)):
             raise
         raise ValueError(f"{path} is not a readable .npz archive of plain arrays ({e})") from None
-    except (OSError, EOFError) as e:  # not a zip file, truncated...
-        raise ValueError(f"{path} is not a readable .npz archive ({e})") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, lzma.LZMAError) as e:  # not a zip file, truncated...
+        raise ValueError(f"{path} is not a readable .npz archive ({type(e).__name__}: {e})") from None
     x = _uint8_to_tensor(x_np, str(path))
     y = _labels(y_np, x.shape[0], str(path)) if y_np is not None else None
     return x, y, 256

@@ -38,7 +38,8 @@ class VarMixup(CodecTransform):
         per_sample: one lambda per sample (default) or one per batch.
         keep_detail: add back the mixed reconstruction residuals, see above (default True).
         levels: latent levels to mix (all by default; the others keep the sample's own latent).
-        cache: a :class:`~latent_transforms.LatentCache` (posterior means) to look latents up with ``index=``.
+        cache: a :class:`~latent_transforms.LatentCache` (posterior means) to look latents up with ``index=``
+            (not with ``posterior="sample"``).
         p: probability, per sample, of being replaced by a mix (default 0.25, see above; 1.0 mixes every sample, as
             in the paper, and suits a VAE whose decodes keep the class; see :class:`~latent_transforms.LatentTransform`).
         generator: ``None``, an ``int`` seed or a ``torch.Generator`` (see :class:`~latent_transforms.LatentTransform`).
@@ -63,6 +64,9 @@ class VarMixup(CodecTransform):
         super().__init__(codec, levels=levels, cache=cache, p=p, generator=generator, num_classes=num_classes)
         if posterior == "sample" and not isinstance(self.codec, ConvVAE):
             raise ValueError(f"posterior='sample' needs a VAE codec, got a {self.codec.kind} codec")
+        if posterior == "sample" and cache is not None:
+            raise ValueError("posterior='sample' draws from the posterior, which a LatentCache (posterior means) "
+                             "does not hold: use posterior='mean' with a cache, or no cache")
         self.alpha, self.posterior, self.per_sample = alpha, posterior, per_sample
         if not isinstance(keep_detail, bool):
             raise TypeError(f"keep_detail must be True or False, got {keep_detail!r}")
@@ -74,7 +78,7 @@ class VarMixup(CodecTransform):
                 f"keep_detail={self.keep_detail}, " + super().extra_repr())
 
     def transform(self, x, y, model, generator, index=None):
-        if self.posterior == "sample" and index is None:
+        if self.posterior == "sample":
             with torch.no_grad():
                 z = self.codec.encode_flat(x, sample=True, generator=generator)
         else:

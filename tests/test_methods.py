@@ -245,6 +245,13 @@ def test_varmixup_needs_num_classes_for_index_labels(vae, batch):
         VarMixup(vae, generator=0)(*batch)
 
 
+def test_varmixup_posterior_sample_refuses_a_cache_of_means(vae, batch):
+    from latent_transforms import LatentCache
+
+    with pytest.raises(ValueError, match="posterior='sample' draws from the posterior, which a LatentCache"):
+        VarMixup(vae, posterior="sample", cache=LatentCache(vae, batch[0]))  # used the cached means silently
+
+
 def test_varmixup_posterior_sample_needs_vae(glow):
     with pytest.raises(ValueError, match="VAE"):
         VarMixup(glow, posterior="sample")
