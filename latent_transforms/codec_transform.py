@@ -22,10 +22,9 @@ class CodecTransform(LatentTransform):
                  **kwargs):
         super().__init__(**kwargs)
         self.codec = resolve_codec(codec)
-        if cache is not None and cache.codec_fingerprint != self.codec.fingerprint():
-            raise ValueError("the latent cache was encoded with another codec than this transform's (other config, "
-                             "weights or dtype)")
         self.cache = cache
+        self._refresh_fingerprint()
+        self.register_load_state_dict_post_hook(_refresh_after_load)
         n = len(self.codec.latent_shapes)
         if levels is not None:
             if not isinstance(levels, (list, tuple)):
@@ -48,9 +47,21 @@ class CodecTransform(LatentTransform):
             return
         if self.cache is None:
             raise ValueError(f"index= needs a latent cache: {type(self).__name__}(..., cache=LatentCache(codec, images))")
+        self._check_cache()  # again: the cache's own load_state_dict may have brought another codec's latents
         if self.cache.latents.device != x.device:
             raise ValueError(f"the latent cache is on {self.cache.latents.device} but x is on {x.device}; "
                              f"move it with .to({str(x.device)!r})")
+
+    def _refresh_fingerprint(self) -> None:
+        """Note the codec's fingerprint (the codec is frozen: computed once, and again after load_state_dict) and
+        check the cache against it."""
+        self._codec_fingerprint = self.codec.fingerprint() if self.cache is not None else None
+        self._check_cache()
+
+    def _check_cache(self) -> None:
+        if self.cache is not None and self.cache.codec_fingerprint != self._codec_fingerprint:
+            raise ValueError("the latent cache was encoded with another codec than this transform's (other config, "
+                             "weights or dtype)")
 
     def extra_repr(self) -> str:
         settings = ", ".join(f"{k}={v}" for k, v in self.codec.config.items() if k not in ("kind", "image_shape"))
@@ -92,3 +103,7 @@ class CodecTransform(LatentTransform):
     def decode_flat(self, z: torch.Tensor) -> torch.Tensor:
         """(B, D) -> (B, C, H, W), not clipped (the base clips and rejects implausible samples)."""
         return self.codec.decode_flat(z)
+
+
+def _refresh_after_load(transform: CodecTransform, incompatible_keys) -> None:
+    transform._refresh_fingerprint()  # a module-level function: transforms stay picklable

@@ -5,8 +5,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import hub
 from .codecs import Codec, resolve_codec
 from .validation import check_count, check_images
+
+FORMAT = "latent-transforms-latent-cache/1"
 
 
 class LatentCache(nn.Module):
@@ -15,6 +18,8 @@ class LatentCache(nn.Module):
     ``cache = LatentCache(codec, images)``; then ``LatentNoise(codec, cache=cache)(x, y, index=idx)`` with ``idx``
     the positions of ``x`` in ``images`` skips the encoder. Memory: N x D floats (50,000 CIFAR-10 images: 0.6 GB
     in fp32). The latents belong to the images as given: pass ``index`` only for unmodified images.
+    ``cache.save(path)`` / ``LatentCache.load(path, codec)`` keep them across runs (safetensors, with the codec's
+    fingerprint, checked on load); ``state_dict`` carries the fingerprint too.
 
     Args:
         codec: the codec the transforms use: a Codec, hub name or ``.safetensors`` path (a transform refuses a cache
@@ -37,6 +42,40 @@ class LatentCache(nn.Module):
             for i in tqdm(range(0, len(images), batch_size), desc="encoding", disable=not progress, leave=False):
                 chunks.append(codec.encode_flat(images[i:i + batch_size].to(codec_device)).to(device or codec_device))
         self.register_buffer("latents", torch.cat(chunks))
+
+    @classmethod
+    def load(cls, path, codec: Codec | str, device: torch.device | str | None = None) -> "LatentCache":
+        """The cache ``save`` wrote to ``path``; ``codec`` must be the one it was encoded with (same fingerprint)."""
+        codec = resolve_codec(codec)
+        try:
+            meta, tensors = hub.read_safetensors(path)
+        except Exception as e:  # noqa: BLE001 - missing, truncated, not safetensors: one message
+            raise ValueError(f"{path} is not a readable latent cache ({type(e).__name__}: {e})") from None
+        if meta.get("format") != FORMAT or set(tensors) != {"latents"}:
+            raise ValueError(f"{path} is not a latent cache written by LatentCache.save")
+        if meta.get("codec_fingerprint") != codec.fingerprint():
+            raise ValueError(f"{path} was encoded with another codec than the one given (fingerprint "
+                             f"{meta.get('codec_fingerprint', '?')[:12]}, the codec's {codec.fingerprint()[:12]})")
+        latents = tensors["latents"]
+        if latents.ndim != 2 or latents.shape[1] != codec.latent_dim:
+            raise ValueError(f"{path}: latents of shape {tuple(latents.shape)} do not fit the codec's "
+                             f"{codec.latent_dim} latent dimensions")
+        cache = cls.__new__(cls)
+        nn.Module.__init__(cache)
+        cache.codec_fingerprint = meta["codec_fingerprint"]
+        cache.register_buffer("latents", latents.to(device or codec.device))
+        return cache
+
+    def save(self, path) -> str:
+        """Write the latents and the codec's fingerprint to a ``.safetensors`` file, atomically; returns its sha256."""
+        return hub.write_safetensors(path, {"latents": self.latents.detach().cpu().contiguous()},
+                                     {"format": FORMAT, "codec_fingerprint": self.codec_fingerprint})
+
+    def get_extra_state(self) -> dict:
+        return {"codec_fingerprint": self.codec_fingerprint}
+
+    def set_extra_state(self, state: dict) -> None:  # a transform then checks it against its own codec
+        self.codec_fingerprint = state["codec_fingerprint"]
 
     def __len__(self) -> int:
         return self.latents.shape[0]

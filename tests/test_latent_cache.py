@@ -123,3 +123,31 @@ def test_cache_encodes_every_image_whatever_the_batch_size(data, n):
     with torch.no_grad():
         assert torch.allclose(cache.latents[-1], glow.encode_flat(images[n - 1:n])[0], atol=1e-5)
         assert torch.allclose(cache.latents, glow.encode_flat(images[:n]), atol=1e-5)
+
+
+def test_cache_saves_loads_and_keeps_its_codec_identity(data, tmp_path):
+    images, labels = data
+    glow, other = tiny_glow(), tiny_glow(seed=1)
+    cache = LatentCache(glow, images, progress=False)
+    path = tmp_path / "cache.safetensors"
+    cache.save(path)
+    loaded = LatentCache.load(path, glow)
+    assert torch.equal(loaded.latents, cache.latents) and loaded.codec_fingerprint == cache.codec_fingerprint
+    x, y, idx = images[:4], labels[:4], torch.arange(4)
+    assert torch.equal(LatentNoise(glow, cache=loaded, generator=0)(x, y, index=idx)[0],
+                       LatentNoise(glow, cache=cache, generator=0)(x, y, index=idx)[0])
+    with pytest.raises(ValueError, match="was encoded with another codec than the one given"):
+        LatentCache.load(path, other)
+    path.with_name("cut.safetensors").write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match="cut.safetensors is not a readable latent cache"):
+        LatentCache.load(path.with_name("cut.safetensors"), glow)
+    # a state_dict carries the codec's fingerprint: another codec's latents loaded into a cache are refused
+    t = LatentNoise(other, cache=LatentCache(other, images, progress=False), generator=0)
+    t.cache.load_state_dict(cache.state_dict())  # was accepted and used silently
+    with pytest.raises(ValueError, match="encoded with another codec than this transform's"):
+        t(x, y, index=idx)
+    with pytest.raises(ValueError, match="encoded with another codec than this transform's"):
+        LatentNoise(other, cache=LatentCache(other, images, progress=False)).load_state_dict(
+            {**t.state_dict(), **{f"cache.{k}": v for k, v in cache.state_dict().items()}})
+    t.load_state_dict(LatentNoise(glow, cache=cache).state_dict())  # codec and cache together: consistent
+    assert torch.equal(t(x, y, index=idx)[0], LatentNoise(glow, cache=cache, generator=0)(x, y, index=idx)[0])
