@@ -1,8 +1,8 @@
 """Train your own codec (a Glow flow or a ConvVAE) on a tensor of images, resumably, with no pickle anywhere.
 
 ``train_codec(kind, x_train, out_dir, ...)`` trains, checkpoints its full training state (model, optimizer, RNG,
-step count) to ``out_dir/<name>.state.safetensors`` every ``checkpoint_every`` steps, on a time budget and at the
-end, resumes from that file when it is there, and finally writes
+step count) to ``out_dir/<name>.state.safetensors`` every ``checkpoint_every`` steps, on a time budget, on
+Ctrl-C or SIGTERM (at a step boundary) and at the end, resumes from that file when it is there, and finally writes
 
 * ``out_dir/<name>.safetensors``: the codec (``hub.save_checkpoint``; load with ``hub.load(path)``),
 * ``out_dir/<name>.json``: config, training data and settings, steps, wall time, device, test metrics and a
@@ -19,7 +19,9 @@ import json
 import math
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -286,7 +288,8 @@ def _save_grid(codec: Codec, x: torch.Tensor, path: Path, n: int, temperature: f
     gen = torch.Generator(device=device).manual_seed(seed)
     samples = codec.sample(orig.shape[0], temperature=temperature, generator=gen)
     grid = _upscale(torch.cat([orig, rec, samples]).float().cpu())
-    save_image(grid, str(path), nrow=orig.shape[0], padding=2, pad_value=1.0)
+    with hub.atomic_path(path) as tmp:
+        save_image(grid, tmp, format="png", nrow=orig.shape[0], padding=2, pad_value=1.0)
 
 
 def _roundtrip_err(codec: Codec, x: torch.Tensor) -> float:
@@ -425,6 +428,7 @@ class _TrainingRun:
     budget_s: float | None
     checkpoint_every: int
     nonfinite_in_a_row: int = field(default=0, init=False)
+    stop_signal: int | None = field(default=None, init=False)  # SIGINT or SIGTERM received while training
 
     def checkpoint(self) -> None:
         """Save codec, optimizer, RNG state, weight average and ``info`` to ``state_path``."""
@@ -458,8 +462,9 @@ class _TrainingRun:
     def run(self, started: float, limit_s: float | None, bar_desc: str | None, say) -> bool:
         """Train to the end of the run, or until ``limit_s`` seconds after ``started`` (``time.perf_counter()``).
 
-        Checkpoints every ``checkpoint_every`` steps, on ``KeyboardInterrupt`` and at the end; shows a tqdm bar
-        titled ``bar_desc`` unless it is None. Returns whether the run is complete.
+        Checkpoints every ``checkpoint_every`` steps and at the end; shows a tqdm bar titled ``bar_desc`` unless it
+        is None. A SIGINT or SIGTERM (see ``_defer_signals``) ends the loop at the next step boundary, like the time
+        limit, and is left in ``stop_signal``. Returns whether the run is complete.
         """
         step = self.info["step"]
         self.codec.train()
@@ -474,9 +479,10 @@ class _TrainingRun:
         window_n = 0
         perm, perm_epoch = None, -1
         t_last = time.perf_counter()
+        replaced = self._defer_signals(say)
         try:
             while not self.finished():
-                if limit_s is not None and time.perf_counter() - started >= limit_s:
+                if self.stop_signal is not None or (limit_s is not None and time.perf_counter() - started >= limit_s):
                     break
                 epoch, pos = divmod(step, self.steps_per_epoch)
                 if epoch != perm_epoch:
@@ -508,17 +514,36 @@ class _TrainingRun:
                 if step % self.checkpoint_every == 0:
                     self.checkpoint()
                     t_last = time.perf_counter()
-        except KeyboardInterrupt:
+            self.info["complete"] = self.finished()
             self.checkpoint()
-            say(f"\ninterrupted: saved the training state at step {step} to {self.state_path}; run again to resume")
-            raise
-        finally:
+        finally:  # a KeyboardInterrupt raised mid-step saves nothing: the state would mix two steps
+            for signum, handler in replaced.items():
+                signal.signal(signum, handler)
             if bar is not None:
                 bar.close()
-        complete = self.finished()
-        self.info["complete"] = complete
-        self.checkpoint()
-        return complete
+        return self.info["complete"]
+
+    def _defer_signals(self, say) -> dict:
+        """In the main thread, make SIGINT and SIGTERM (unless ignored) set ``stop_signal`` for the loop to stop at
+        the next step boundary; the first one puts their handlers back, so that a second one acts at once.
+
+        Returns the handlers replaced (none in another thread: only the main thread gets signals and may set them).
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        replaced = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        replaced = {s: h for s, h in replaced.items() if h not in (signal.SIG_IGN, None)}  # None: set outside Python
+
+        def stop(signum, frame):
+            self.stop_signal = signum
+            for s, handler in replaced.items():
+                signal.signal(s, handler)
+            say(f"\n{signal.Signals(signum).name}: saving the training state after this step "
+                f"(Ctrl-C again to stop at once, losing the steps since the last save)", file=sys.stderr, flush=True)
+
+        for s in replaced:
+            signal.signal(s, stop)
+        return replaced
 
     def _epoch_order(self, epoch: int) -> torch.Tensor:
         """(N,) the seeded order of the training images in ``epoch``, on ``device``."""
@@ -742,8 +767,14 @@ def train_codec(
         checkpoint_every: steps between training-state checkpoints.
         data_description: what the data was, for the JSON (e.g. ``"digits (train split)"``).
 
-    Returns a dict: ``complete`` (False when stopped by ``max_minutes`` before the end of the run; then only the
-    state file was written), ``step``, ``total_steps``, ``epochs_done``, ``wall_time_s`` (this call),
+    Ctrl-C (SIGINT) or SIGTERM while training, in the main thread, stops the run at the end of the current step and
+    saves the training state; then the signal is handled as it would have been without this call: Ctrl-C raises
+    ``KeyboardInterrupt``, SIGTERM ends the process (unless you set handlers of your own; if yours returns, so does
+    this call, not complete). A second one acts at once. Signals outside the training loop act as usual; a JSON
+    never sits beside a checkpoint it does not describe.
+
+    Returns a dict: ``complete`` (False when stopped by ``max_minutes`` or a signal before the end of the run; then
+    only the state file was written), ``step``, ``total_steps``, ``epochs_done``, ``wall_time_s`` (this call),
     ``train_time_s`` (all calls), ``state``, and when complete ``codec`` (the frozen stored codec), ``checkpoint``,
     ``json``, ``png``, ``sha256``, ``dtype``, ``metrics``.
     """
@@ -789,7 +820,8 @@ def train_codec(
                            warmup=warmup, grad_clip=clip, total_steps=total_steps, budget_s=budget_s,
                            checkpoint_every=checkpoint_every)
         run.follow_length(say)
-        complete = run.run(t_call, call_limit_s, f"{name} ({codec_kind}, {dev.type})" if progress else None, say)
+        complete = run.run(t_call, call_limit_s, f"{name} ({codec_kind}, {dev.type})" if progress else None, say) \
+            and run.stop_signal is None
 
     step = info["step"]
     result = {"complete": complete, "step": step, "total_steps": total_steps,
@@ -797,8 +829,13 @@ def train_codec(
               "state": str(state_path), "nonfinite_steps": info["nonfinite_steps"]}
     if not complete:
         result["wall_time_s"] = time.perf_counter() - t_call
-        say(f"stopped at step {step}/{total_steps} after {max_minutes} min (max_minutes); the training state is in "
-            f"{state_path}: run the same command again to continue")
+        of = f"/{total_steps}" if total_steps is not None else ""
+        why = f"by {signal.Signals(run.stop_signal).name}" if run.stop_signal is not None else \
+            f"after {max_minutes} min (max_minutes)"
+        say(f"stopped at step {step}{of} {why}; the training state is in {state_path}: run the same command again to "
+            f"continue", flush=True)
+        if run.stop_signal is not None:  # now handled as it would have been: KeyboardInterrupt, exit, the caller's
+            signal.raise_signal(run.stop_signal)
         return result
 
     # -- final files ----------------------------------------------------------------------------------------
@@ -810,13 +847,16 @@ def train_codec(
     else:
         x_eval, eval_on = x_test, f"{x_test.shape[0]} test images"
     ckpt, js, png = (out / f"{name}.{ext}" for ext in ("safetensors", "json", "png"))
+    for old in (js, png):  # never an old JSON (or picture) beside a new checkpoint; the JSON comes last
+        old.unlink(missing_ok=True)
     stored, sha, dtype, fallback = _store(codec, codec_kind, ckpt, fp16, x_eval[:256], name, dev, say)
     metrics = eval_codec(stored, x_eval, seed=seed)
     temperature = 0.7 if codec_kind == "glow" else 1.0
     _save_grid(stored, x_eval, png, n=min(16, x_eval.shape[0]), temperature=temperature, seed=seed)
     report = _report(run, stored, name=name, ckpt=ckpt, sha=sha, dtype=dtype, fallback=fallback, x_train=x_train,
                      data_description=data_description, ema_decay=ema_decay, metrics=metrics, eval_on=eval_on)
-    js.write_text(json.dumps(report, indent=2) + "\n")
+    with hub.atomic_path(js) as tmp:
+        Path(tmp).write_text(json.dumps(report, indent=2) + "\n")
     wall = time.perf_counter() - t_call
     _say_written(say, report, ckpt, js, png, metrics)
     result.update({"codec": stored, "checkpoint": str(ckpt), "json": str(js), "png": str(png), "sha256": sha,

@@ -6,8 +6,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from latent_transforms import hub, train
+from latent_transforms.cli import main
 from latent_transforms.data import describe_spec, load_images, low_data_split
 from latent_transforms.train import WeightEMA, eval_codec, load_training_state, register_cli, train_codec
 
@@ -305,6 +309,90 @@ def test_time_budget_stops_cleanly_then_resumes(tmp_path, digits):
     assert r["complete"] and r["step"] == 5 and (tmp_path / "vae.safetensors").is_file()
 
 
+def _signal_after_update(monkeypatch, n, *signums):
+    """Make a flow's ``n``-th optimizer update (counted over calls) raise ``signums`` right after it is applied."""
+    step, count = torch.optim.Adamax.step, [0]
+
+    def stepped(self, *args, **kwargs):
+        out = step(self, *args, **kwargs)
+        count[0] += 1
+        if count[0] == n:
+            for signum in signums:
+                signal.raise_signal(signum)
+        return out
+
+    monkeypatch.setattr(torch.optim.Adamax, "step", stepped)
+
+
+def test_ctrl_c_saves_at_a_step_boundary_and_resumes_exactly(tmp_path, digits, monkeypatch):
+    x = digits[0][:64]
+    kw = dict(**FLOW, max_steps=8, batch_size=16, checkpoint_every=1000, progress=False)
+    ref = train_codec("flow", x, tmp_path / "ref", **kw)
+    handler = signal.getsignal(signal.SIGINT)
+    _signal_after_update(monkeypatch, 5, signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        train_codec("flow", x, tmp_path / "int", **kw)
+    assert signal.getsignal(signal.SIGINT) is handler
+    _, optim, info, _ = load_training_state(tmp_path / "int" / "glow.state.safetensors")
+    # the step the signal came in was finished and saved whole (was: step 4 saved with 5 updates applied)
+    assert info["step"] == 5 and all(float(s["step"]) == 5 for s in optim["state"].values())
+    r = train_codec("flow", x, tmp_path / "int", **kw)
+    assert r["complete"] and r["sha256"] == ref["sha256"]
+    # a second Ctrl-C stops at once, saving nothing of the step it came in
+    _signal_after_update(monkeypatch, 3, signal.SIGINT, signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        train_codec("flow", x, tmp_path / "twice", **kw)
+    assert not (tmp_path / "twice" / "glow.state.safetensors").exists()
+    assert signal.getsignal(signal.SIGINT) is handler
+
+
+def test_train_codec_runs_in_a_thread(tmp_path, digits):
+    results = []  # signal handlers can only be set in the main thread: a thread trains without them
+    worker = threading.Thread(target=lambda: results.append(
+        train_codec("flow", digits[0][:32], tmp_path, **FLOW, max_steps=2, batch_size=16, progress=False)))
+    worker.start()
+    worker.join()
+    assert results and results[0]["complete"]
+
+
+def test_interrupted_final_files_leave_no_stale_json(tmp_path, digits, monkeypatch):
+    x = digits[0][:32]
+    kw = dict(**FLOW, batch_size=16, progress=False)
+    train_codec("flow", x, tmp_path, **kw, max_steps=2)
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "eval_codec", ctrl_c)  # Ctrl-C after the new checkpoint, before the new JSON
+    with pytest.raises(KeyboardInterrupt):
+        train_codec("flow", x, tmp_path, **kw, max_steps=4)
+    # was the old JSON (2 steps) beside the new checkpoint: its registry_entry had another sha256
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["glow.safetensors", "glow.state.safetensors"]
+    monkeypatch.undo()
+    train_codec("flow", x, tmp_path, **kw, max_steps=4)  # run again: the final files, without training
+    report = json.loads((tmp_path / "glow.json").read_text())
+    assert report["training"]["steps"] == 4 and report["sha256"] == hub.sha256_file(tmp_path / "glow.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["glow.json", "glow.png", "glow.safetensors",
+                                                          "glow.state.safetensors"]
+
+
+def test_training_page_quotes_the_lines_calls_print(tmp_path, digits, monkeypatch, capsys):
+    text = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text(encoding="utf-8")
+    section = text[text.index("## Resuming and time limits"):text.index("## The output files")]
+    quoted = [" ".join(q.split()) for q in re.findall(r"prints\s+`([^`]+)`", section)]
+    assert len(quoted) >= 3, quoted  # the time limit's, the signal's and the finished run's lines
+    kw = dict(**FLOW, max_steps=3, batch_size=16)
+    train_codec("flow", digits[0][:32], tmp_path, **kw, max_minutes=1e-9)
+    _signal_after_update(monkeypatch, 1, signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        train_codec("flow", digits[0][:32], tmp_path, **kw)
+    train_codec("flow", digits[0][:32], tmp_path, **kw)
+    lines = capsys.readouterr().out.splitlines()
+    for template in quoted:
+        pattern = re.escape(template).replace("N/M", r"\d+/\d+").replace("OUT/NAME", r"\S+").replace(r"\.\.\.", ".*")
+        assert any(re.fullmatch(pattern, line) for line in lines), (template, lines)
+
+
 def test_vae_trains_fp16_storage(tmp_path, digits):
     x, _, xt, _, _ = digits
     r = train_codec("vae", x[:64], tmp_path, **VAE, max_steps=60, batch_size=32, lr=3e-3, x_test=xt[:32],
@@ -523,6 +611,39 @@ def test_cli_train_digits_and_npz(tmp_path):
         args.func(args)
     with pytest.raises(SystemExit):
         _parser().parse_args(["train", "flow", "--data", "digits", "--out", "x", "--epochs", "1", "--max-steps", "2"])
+
+
+def test_cli_saves_on_sigterm_and_ctrl_c_then_resumes_exactly(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(tmp_path / "home"))  # the subprocess's too
+
+    def argv(out):
+        return ["train", "flow", "--data", "digits", "--out", str(tmp_path / out), "--name", "f", "--levels", "1",
+                "--steps", "2", "--hidden", "8", "--max-steps", "6", "--checkpoint-every", "1000", "--device", "cpu"]
+
+    sigterm_after_update_2 = "\n".join([
+        "import signal, torch",
+        "from latent_transforms.cli import main",
+        "step, count = torch.optim.Adamax.step, [0]",
+        "def stepped(self, *args, **kwargs):",
+        "    out = step(self, *args, **kwargs)",
+        "    count[0] += 1",
+        "    if count[0] == 2:",
+        "        signal.raise_signal(signal.SIGTERM)",
+        "    return out",
+        "torch.optim.Adamax.step = stepped",
+        f"main({argv('int')!r})"])
+    proc = _run_python(sigterm_after_update_2, tmp_path)
+    # ended by the SIGTERM (status 143 in a shell), after saving; was: ended at once, nothing saved
+    assert proc.returncode == -signal.SIGTERM, proc.stderr[-2000:]
+    assert "stopped at step 2/6 by SIGTERM" in proc.stdout and "run the same command again" in proc.stdout
+    assert load_training_state(tmp_path / "int" / "f.state.safetensors")[2]["step"] == 2
+    _signal_after_update(monkeypatch, 2, signal.SIGINT)  # Ctrl-C in the run's 4th step
+    with pytest.raises(SystemExit) as e:
+        main(argv("int"))
+    out, err = capsys.readouterr()
+    assert e.value.code == 130 and "stopped at step 4/6 by SIGINT" in out and "interrupted" in err
+    assert main(argv("int")) == 0 and main(argv("ref")) == 0
+    assert hub.sha256_file(tmp_path / "int" / "f.safetensors") == hub.sha256_file(tmp_path / "ref" / "f.safetensors")
 
 
 def test_cifar10_default_root_follows_the_cache_dir(tmp_path, monkeypatch):
