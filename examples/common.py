@@ -1,10 +1,12 @@
-"""Pieces the examples share: the tiny random codecs of ``--smoke`` runs, synthetic data, device choice.
+"""Pieces the examples share: the tiny random codecs of ``--smoke`` runs, synthetic data, the data options
+(``--train``/``--test`` specs), device choice.
 
 Nothing here is part of the library; copy what you need. The classifier of the examples is the library's reference
 CIFAR ResNet-18, ``latent_transforms.models.CifarResNet18`` (it standardises its input itself, after augmentation).
 """
 from __future__ import annotations
 
+import argparse
 import warnings
 
 import torch
@@ -51,13 +53,51 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def example_data(smoke: bool, train: str = "cifar10", test: str | None = "cifar10", data_root=None):
-    """(x_train, y_train, x_test, y_test): 64 + 32 synthetic images with --smoke, else the given data specs
-    (``test=None``: no test set)."""
-    if smoke:
+# -- data: the --train/--test/--data-root options every example takes -----------------------------------------
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    """Add ``--train``, ``--test`` and ``--data-root`` (data specs, see ``latent_transforms.data``) to ``parser``."""
+    parser.add_argument("--train", default="cifar10", help="cifar10 (default) or npz:PATH")
+    parser.add_argument("--test", help="test images: npz:PATH, cifar10 or none (no test set); default: the cifar10 "
+                                       "test split when training on cifar10, else none")
+    parser.add_argument("--data-root", help="download dir for CIFAR-10 (default: data/ in the cache dir, "
+                                             "$LATENT_TRANSFORMS_HOME or ~/.cache/latent-transforms)")
+
+
+def example_data(parser: argparse.ArgumentParser, args: argparse.Namespace):
+    """(x_train, y_train, x_test, y_test) for the options of :func:`add_data_args` (x_test, y_test None: no test set).
+
+    With ``args.smoke``: 64 + 32 synthetic images. Images are (N, C, H, W) float in [0, 1], labels (N,) int64.
+    Data that cannot be loaded (a missing file, images without labels, CIFAR-10 that cannot be downloaded, e.g.
+    offline) ends the script with a one-line message, not a traceback.
+    """
+    if args.smoke:
         return (*synthetic_images(64), *synthetic_images(32, seed=1))
+    test = None if args.test == "none" else args.test or ("cifar10" if args.train == "cifar10" else None)
+    x_train, y_train = _labelled_images(parser, "--train", args.train, "train", args.data_root)
+    x_test, y_test = _labelled_images(parser, "--test", test, "test", args.data_root) if test else (None, None)
+    return x_train, y_train, x_test, y_test
+
+
+def _labelled_images(parser, option: str, spec: str, split: str, data_root):
     from latent_transforms.data import load_images
 
-    x_train, y_train, _ = load_images(train, "train", data_root)
-    x_test, y_test = load_images(test, "test", data_root)[:2] if test else (None, None)
-    return x_train, y_train, x_test, y_test
+    try:
+        x, y, _ = load_images(spec, split, data_root)
+    except ValueError as e:  # the library's message names the file or the CIFAR-10 folder and what went wrong
+        hint = "; here: --train npz:PATH --test npz:PATH (see the docstring) or --data-root DIR"
+        parser.exit(2, f"{parser.prog}: error: {option} {spec}: {e}{hint if spec == 'cifar10' else ''}\n")
+    if y is None:
+        parser.exit(2, f"{parser.prog}: error: {option} {spec}: no labels (an npz archive needs an array y)\n")
+    return x, y
+
+
+def add_width_arg(parser: argparse.ArgumentParser) -> None:
+    """Add ``--width``, the base width of the examples' ResNet-18."""
+    parser.add_argument("--width", type=int, default=64, help="ResNet-18 base width (64: the usual 11 M parameters)")
+
+
+def count_correct(model, x: torch.Tensor, y: torch.Tensor, device, batch_size: int = 500) -> int:
+    """How many of the images ``x`` the model (in eval mode) classifies as ``y``, in batches, without gradients."""
+    with torch.no_grad():
+        return sum(int((model(x[i:i + batch_size].to(device)).argmax(1) == y[i:i + batch_size].to(device)).sum())
+                   for i in range(0, len(x), batch_size))

@@ -1,6 +1,8 @@
 """Latent transforms inside kornia and torchvision v2 pipelines: before and after RandAugment, MixUp at the end.
 
     python examples/compose_randaugment.py               # CIFAR-10, glow-cifar10, 200 steps per pipeline
+    D=../shared/data/cifar10                             # offline, from the repo root: the shared CIFAR-10 npz files
+    python examples/compose_randaugment.py --train npz:$D/train-5k.npz --test npz:$D/test.npz
     python examples/compose_randaugment.py --smoke       # synthetic images, a tiny random Glow, 2 steps each (CPU)
 
 ``latent_transforms.Compose`` runs every step as ``x, y = step(x, y)``: latent transforms get the model, pixel
@@ -22,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from common import example_data, pick_device, tiny_glow
+from common import add_data_args, add_width_arg, count_correct, example_data, pick_device, tiny_glow
 from latent_transforms import Compose, ISDA, LatentAdversarial, LatentNoise, hub
 from latent_transforms.models import CifarResNet18
 
@@ -63,28 +65,30 @@ def isda_pipeline(glow, num_classes: int) -> Compose:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-root", help="download dir for CIFAR-10")
+    add_data_args(parser)                        # --train, --test, --data-root
     parser.add_argument("--codec", default="glow-cifar10", help="hub name or .safetensors path of a Glow")
     parser.add_argument("--steps", type=int, default=200, help="training steps per pipeline")
     parser.add_argument("--batch-size", type=int, default=128)
+    add_width_arg(parser)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--smoke", action="store_true", help="synthetic data, tiny random Glow, 2 steps each")
     args = parser.parse_args()
-    width = 64
     if args.smoke:
         torch.set_num_threads(min(2, torch.get_num_threads()))
-        args.steps, args.batch_size, width = 2, 16, 8
+        args.steps, args.batch_size, args.width = 2, 16, 8
     device = pick_device(args.device)
     torch.manual_seed(0)
 
-    x_all, y_all, _, _ = example_data(args.smoke, test=None, data_root=args.data_root)
+    x_all, y_all, x_test, y_test = example_data(parser, args)
+    num_classes = int(y_all.max()) + 1
     glow = (tiny_glow() if args.smoke else hub.load(args.codec, device=device)).to(device)
 
-    pipelines = [("torchvision v2", torchvision_pipeline(glow, 10)), ("kornia", kornia_pipeline(glow, 10)),
-                 ("torchvision v2 + ISDA", isda_pipeline(glow, 10))]
+    pipelines = [("torchvision v2", torchvision_pipeline(glow, num_classes)),
+                 ("kornia", kornia_pipeline(glow, num_classes)),
+                 ("torchvision v2 + ISDA", isda_pipeline(glow, num_classes))]
     for name, pipeline in pipelines:
         print(f"\n== {name}: {' -> '.join(type(step).__name__ for step in pipeline.steps)}")
-        model = CifarResNet18(10, width=width).to(device)
+        model = CifarResNet18(num_classes, width=args.width).to(device)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
         model.train()
         pipeline.train()
@@ -106,6 +110,10 @@ def main() -> None:
         x, y = x_all[:4].to(device), y_all[:4].to(device)
         x2, y2 = pipeline(x, y, model)
         assert x2 is x and y2 is y
+        if x_test is not None:
+            model.eval()
+            correct = count_correct(model, x_test, y_test, device)
+            print(f"test accuracy: {100 * correct / len(x_test):.2f}% on {len(x_test)} images")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
     torchrun --nproc_per_node=2 examples/ddp_torchrun.py --smoke     # CPU + gloo, tiny random codecs, seconds
     torchrun --nproc_per_node=8 examples/ddp_torchrun.py             # GPUs + NCCL, CIFAR-10, glow/vae-cifar10
+    D=../shared/data/cifar10                                         # offline, from the repo root: the shared npz files
+    torchrun --nproc_per_node=2 examples/ddp_torchrun.py --train npz:$D/train-5k.npz --test npz:$D/test.npz
 
 (``python -m torch.distributed.run`` is the same as ``torchrun``.) What it shows:
 
@@ -31,10 +33,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from torchvision.transforms import v2
 
-from common import synthetic_images, tiny_glow, tiny_vae
+from common import add_data_args, add_width_arg, count_correct, example_data, tiny_glow, tiny_vae
 from latent_transforms import (Compose, ISDA, LatentAdversarial, LatentMixupInference, LatentNoise, VarMixup,
                                hub)
-from latent_transforms.data import load_images
 from latent_transforms.models import CifarResNet18
 
 
@@ -63,35 +64,37 @@ def gather(t: torch.Tensor) -> list[torch.Tensor]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-root", help="download dir for CIFAR-10")
+    add_data_args(parser)                        # --train, --test, --data-root
     parser.add_argument("--glow", default="glow-cifar10")
     parser.add_argument("--vae", default="vae-cifar10")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=64, help="per rank")
+    add_width_arg(parser)
     parser.add_argument("--smoke", action="store_true", help="synthetic data, tiny random codecs, a few steps")
     args = parser.parse_args()
     rank, world, device = setup()
     say = print if rank == 0 else (lambda *a, **k: None)
-    width = 64
     if args.smoke:
         torch.set_num_threads(1)
-        args.batch_size, width, args.epochs = 8, 8, 2     # 64 images / 2 ranks / 8 = 4 steps per epoch
+        args.batch_size, args.width, args.epochs = 8, 8, 2     # 64 images / 2 ranks / 8 = 4 steps per epoch
     torch.manual_seed(0)  # the SAME seed on every rank: the transforms still draw differently per rank
 
     # -- data, codecs, model ---------------------------------------------------------------------------
+    if rank != 0:
+        dist.barrier()                           # rank 0 loads first: it downloads CIFAR-10 if it is not there yet
+    x_train, y_train, x_test, y_test = example_data(parser, args)     # every rank holds all; the sampler shards
+    if rank == 0:
+        dist.barrier()
+    num_classes = int(y_train.max()) + 1
     if args.smoke:
-        x_train, y_train = synthetic_images(64)
         glow, vae = tiny_glow(), tiny_vae()
     else:
-        if rank == 0:
-            load_images("cifar10", "train", args.data_root)  # download once
-        dist.barrier()
-        x_train, y_train, _ = load_images("cifar10", "train", args.data_root)
         glow, vae = hub.load(args.glow, device=device), hub.load(args.vae, device=device)
     glow, vae = glow.to(device), vae.to(device)
     sampler = DistributedSampler(TensorDataset(x_train, y_train), shuffle=True, seed=0, drop_last=True)
     loader = DataLoader(TensorDataset(x_train, y_train), batch_size=args.batch_size, sampler=sampler, drop_last=True)
-    model = DDP(CifarResNet18(10, width=width).to(device), device_ids=[device.index] if device.type == "cuda" else None)
+    model = DDP(CifarResNet18(num_classes, width=args.width).to(device),
+                device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
 
     # -- 1. per-rank randomness ------------------------------------------------------------------------
@@ -107,12 +110,13 @@ def main() -> None:
             assert same == (gen is not None)
 
     # -- 2. every transform in a DDP training step -----------------------------------------------------
-    isda = ISDA(num_classes=10, lambda0=0.5).to(device)               # sync_stats=True: global statistics
+    isda = ISDA(num_classes=num_classes, lambda0=0.5).to(device)      # sync_stats=True: global statistics
     transforms = {
         "LatentNoise": LatentNoise(glow, eps=5.0),
         "LatentAdversarial": LatentAdversarial(glow, steps=1),
-        "VarMixup": VarMixup(vae, num_classes=10, p=0.5),
-        "Compose": Compose([v2.RandomHorizontalFlip(), LatentNoise(glow, eps=5.0, p=0.5), v2.MixUp(num_classes=10)]),
+        "VarMixup": VarMixup(vae, num_classes=num_classes, p=0.5),
+        "Compose": Compose([v2.RandomHorizontalFlip(), LatentNoise(glow, eps=5.0, p=0.5),
+                            v2.MixUp(num_classes=num_classes)]),
         "ISDA": isda,
     }
     names = list(transforms)
@@ -150,6 +154,13 @@ def main() -> None:
 
     # -- evaluation: plain model, or latent mixup inference (robust prediction) --------------------------
     model.eval()
+    if x_test is not None:  # every rank scores its share of the test set; the counts are summed over the ranks
+        mine = slice(rank, None, world)
+        scores = torch.tensor([count_correct(model.module, x_test[mine], y_test[mine], device), len(x_test[mine])],
+                              device=device)
+        dist.all_reduce(scores)
+        say(f"test accuracy: {100 * int(scores[0]) / int(scores[1]):.2f}% on {int(scores[1])} images "
+            f"(a share on each of the {world} ranks)")
     mi = LatentMixupInference(model.module, vae, references=x_train[:32].to(device), num_mixes=2)
     with torch.no_grad():
         probs = mi(x0)

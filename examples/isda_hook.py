@@ -1,6 +1,8 @@
 """ISDA as a drop-in: ``x, y = isda(x, y, model)`` before the forward, then plain cross-entropy.
 
     python examples/isda_hook.py                 # CIFAR-10, CIFAR ResNet-18, 160 epochs, ISDA's CIFAR optimiser and LR
+    D=../shared/data/cifar10                     # offline, from the repo root: the shared CIFAR-10 npz files
+    python examples/isda_hook.py --train npz:$D/train-5k.npz --test npz:$D/test.npz
     python examples/isda_hook.py --smoke         # 64 synthetic images, a narrow ResNet, 2 epochs (CPU, seconds)
 
 ``isda(x, y, model)`` returns x and y unchanged and arms a one-shot hook on the model's final ``nn.Linear``
@@ -23,38 +25,39 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, TensorDataset
 
-from common import example_data, pick_device
+from common import add_data_args, add_width_arg, count_correct, example_data, pick_device
 from latent_transforms import ISDA
 from latent_transforms.models import CifarResNet18
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-root", help="download dir for CIFAR-10")
+    add_data_args(parser)                        # --train, --test, --data-root
     parser.add_argument("--epochs", type=int, default=160)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lambda0", type=float, default=0.5, help="official CIFAR default: 0.5 (or 0.25)")
     parser.add_argument("--covariance", choices=["full", "diagonal"], default="full")
+    add_width_arg(parser)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--smoke", action="store_true", help="synthetic data, narrow ResNet, 2 epochs")
     args = parser.parse_args()
-    width = 64
     if args.smoke:
         torch.set_num_threads(min(2, torch.get_num_threads()))
-        args.epochs, args.batch_size, width = 2, 16, 8
+        args.epochs, args.batch_size, args.width = 2, 16, 8
     device = pick_device(args.device)
     torch.manual_seed(0)
 
-    x_train, y_train, x_test, y_test = example_data(args.smoke, data_root=args.data_root)
+    x_train, y_train, x_test, y_test = example_data(parser, args)
+    num_classes = int(y_train.max()) + 1
     loader = DataLoader(TensorDataset(x_train, y_train), batch_size=args.batch_size, shuffle=True,
                         drop_last=len(x_train) >= args.batch_size)   # a set smaller than a batch is one batch
 
     # The optimiser and LR schedule of the official ISDA CIFAR recipe (which trains ResNet-32/110, not ResNet-18):
     # SGD 0.1, Nesterov, wd 1e-4, steps at 50% and 75% of training.
-    model = CifarResNet18(10, width=width).to(device)
+    model = CifarResNet18(num_classes, width=args.width).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [args.epochs // 2, args.epochs * 3 // 4], gamma=0.1)
-    isda = ISDA(num_classes=10, lambda0=args.lambda0, covariance=args.covariance).to(device)
+    isda = ISDA(num_classes=num_classes, lambda0=args.lambda0, covariance=args.covariance).to(device)
     print(isda)
 
     for epoch in range(args.epochs):
@@ -72,20 +75,19 @@ def main() -> None:
             total, seen = total + loss.item() * len(x), seen + len(x)
         scheduler.step()
 
-        model.eval()                                    # validation: no hook is armed, plain logits
-        with torch.no_grad():
-            correct = sum(int((model(x_test[i:i + 500].to(device)).argmax(1) == y_test[i:i + 500].to(device)).sum())
-                          for i in range(0, len(x_test), 500))
+        accuracy = ""
+        if x_test is not None:
+            model.eval()                                # validation: no hook is armed, plain logits
+            accuracy = f"test accuracy {100 * count_correct(model, x_test, y_test, device) / len(x_test):.1f}%, "
         counts = isda.estimator.count
-        print(f"epoch {epoch + 1}/{args.epochs}: lambda {isda.lam:.3f}, loss {total / seen:.3f}, "
-              f"test accuracy {100 * correct / len(x_test):.1f}%, features seen per class "
-              f"{int(counts.min())}..{int(counts.max())}, {time.perf_counter() - start:.1f} s")
+        print(f"epoch {epoch + 1}/{args.epochs}: lambda {isda.lam:.3f}, loss {total / seen:.3f}, {accuracy}"
+              f"features seen per class {int(counts.min())}..{int(counts.max())}, {time.perf_counter() - start:.1f} s")
 
     # The class statistics are ordinary buffers: checkpoint them (safetensors, no pickle) to resume later.
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "isda.safetensors")
         save_file({k: v.contiguous() for k, v in isda.state_dict().items()}, path)
-        resumed = ISDA(num_classes=10, lambda0=args.lambda0, covariance=args.covariance)
+        resumed = ISDA(num_classes=num_classes, lambda0=args.lambda0, covariance=args.covariance)
         resumed.load_state_dict(load_file(path))
         assert torch.equal(resumed.estimator.cov.to(device), isda.estimator.cov)
         print(f"saved and reloaded the ISDA statistics: cov {tuple(resumed.estimator.cov.shape)}")

@@ -3,6 +3,8 @@
     python examples/one_line.py                        # CIFAR-10 (downloaded by torchvision), glow-cifar10 codec
     python examples/one_line.py --method adversarial   # LatentAdversarial (the paper's LA-adv) instead of LatentNoise
     python examples/one_line.py --train npz:train.npz --test npz:test.npz
+    D=../shared/data/cifar10                           # offline, from the repo root: the shared CIFAR-10 npz files
+    python examples/one_line.py --train npz:$D/train-5k.npz --test npz:$D/test.npz
     python examples/one_line.py --smoke                # 64 synthetic images, a tiny random Glow, 1 epoch (CPU, seconds)
 
 Everything except the line marked ``<- the one line`` is a plain PyTorch loop: a DataLoader with random crop and
@@ -19,7 +21,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from common import example_data, pick_device, tiny_glow
+from common import add_data_args, add_width_arg, count_correct, example_data, pick_device, tiny_glow
 from latent_transforms import LatentAdversarial, LatentNoise, hub
 from latent_transforms.models import CifarResNet18
 
@@ -40,17 +42,13 @@ class Images(Dataset):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--train", default="cifar10", help="cifar10 (default) or npz:PATH")
-    parser.add_argument("--test", help="test images: npz:PATH, cifar10 or none (no test set); default: the cifar10 "
-                                       "test split when training on cifar10, else none")
-    parser.add_argument("--data-root", help="download dir for CIFAR-10 (default: data/ in the cache dir, "
-                                             "$LATENT_TRANSFORMS_HOME or ~/.cache/latent-transforms)")
+    add_data_args(parser)                        # --train, --test, --data-root
     parser.add_argument("--codec", default="glow-cifar10", help="hub name or .safetensors path of a Glow")
     parser.add_argument("--method", choices=["noise", "adversarial", "none"], default="noise")
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.1)
-    parser.add_argument("--width", type=int, default=64, help="ResNet-18 base width (64: the usual 11 M parameters)")
+    add_width_arg(parser)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--smoke", action="store_true", help="synthetic data, tiny random Glow, 1 epoch")
     args = parser.parse_args()
@@ -61,10 +59,7 @@ def main() -> None:
     torch.manual_seed(0)
 
     # -- data --------------------------------------------------------------------------------------------
-    test_spec = None if args.test == "none" else args.test or ("cifar10" if args.train == "cifar10" else None)
-    x_train, y_train, x_test, y_test = example_data(args.smoke, args.train, test_spec, args.data_root)
-    if y_train is None:
-        parser.error(f"--train {args.train} has no labels")
+    x_train, y_train, x_test, y_test = example_data(parser, args)     # (N, 3, 32, 32) in [0, 1], (N,) labels
     num_classes = int(y_train.max()) + 1
     crop_flip = v2.Compose([v2.RandomCrop(32, padding=4, padding_mode="reflect"), v2.RandomHorizontalFlip()])
     loader = DataLoader(Images(x_train, y_train, crop_flip), batch_size=args.batch_size, shuffle=True,
@@ -104,9 +99,7 @@ def main() -> None:
 
     if x_test is not None:
         model.eval()   # eval mode: the augmentation would be the identity here too
-        with torch.no_grad():
-            correct = sum(int((model(x_test[i:i + 500].to(device)).argmax(1) == y_test[i:i + 500].to(device)).sum())
-                          for i in range(0, len(x_test), 500))
+        correct = count_correct(model, x_test, y_test, device)
         print(f"test accuracy: {100 * correct / len(x_test):.2f}% on {len(x_test)} images")
 
 

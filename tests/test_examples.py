@@ -1,6 +1,9 @@
-"""Every example runs end to end with ``--smoke`` on the CPU (synthetic data, tiny random codecs, no downloads)."""
+"""Every example runs end to end on the CPU without downloads: with ``--smoke`` (synthetic data, tiny random codecs)
+and on small ``--train npz:...`` files (the shipped codecs)."""
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import os
 import subprocess
 import sys
@@ -24,6 +27,24 @@ def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     assert proc.returncode == 0, (f"{' '.join(args)} exited with {proc.returncode}\n"
                                   f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
+
+
+def _npz(path: Path, n: int, labels: bool = True, seed: int = 0) -> str:
+    """Write ``n`` random 32x32 RGB uint8 images (labels 0, 1, 0, ...: two classes) to ``path``; its ``npz:`` spec."""
+    rng = np.random.default_rng(seed)
+    arrays = {"x": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)}
+    if labels:
+        arrays["y"] = np.arange(n) % 2
+    np.savez(path, **arrays)
+    return f"npz:{path}"
+
+
+def _common():
+    """examples/common.py as a module (the examples import it as ``common``)."""
+    spec = importlib.util.spec_from_file_location("examples_common", EXAMPLES / "common.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_every_example_is_tested():
@@ -54,3 +75,72 @@ def test_ddp_example_smoke(tmp_path):
     assert "ranks drew different noise" in proc.stdout
     assert "ranks drew the SAME noise" in proc.stdout
     assert "ISDA statistics identical on all 2 ranks" in proc.stdout
+
+
+@pytest.mark.slow
+def test_compose_example_on_npz_data(tmp_path):
+    train, test = _npz(tmp_path / "train.npz", 20), _npz(tmp_path / "test.npz", 6, seed=1)
+    proc = _run([sys.executable, str(EXAMPLES / "compose_randaugment.py"), "--train", train, "--test", test,
+                 "--steps", "1", "--batch-size", "4", "--width", "4", "--device", "cpu"], tmp_path)
+    assert proc.stdout.count("test accuracy: ") == 3 and "on 6 images" in proc.stdout
+    assert "y (4, 2) torch.float32" in proc.stdout     # mixed labels over the npz's two classes
+
+
+@pytest.mark.slow
+def test_isda_example_on_npz_data_without_test_set(tmp_path):
+    proc = _run([sys.executable, str(EXAMPLES / "isda_hook.py"), "--train", _npz(tmp_path / "train.npz", 20),
+                 "--epochs", "1", "--batch-size", "8", "--width", "4", "--device", "cpu"], tmp_path)
+    assert "epoch 1/1: lambda 0.000" in proc.stdout and "test accuracy" not in proc.stdout   # --test: none by default
+    assert "saved and reloaded the ISDA statistics: cov (2, 32, 32)" in proc.stdout
+
+
+@pytest.mark.slow
+def test_ddp_example_on_npz_data_in_one_process(tmp_path):
+    """Without torchrun the script is a world of one (test_ddp_example_smoke runs two ranks)."""
+    train, test = _npz(tmp_path / "train.npz", 20), _npz(tmp_path / "test.npz", 6, seed=1)
+    proc = _run([sys.executable, str(EXAMPLES / "ddp_torchrun.py"), "--train", train, "--test", test,
+                 "--batch-size", "4", "--width", "4"], tmp_path)
+    assert "ISDA statistics identical on all 1 ranks" in proc.stdout
+    assert "test accuracy:" in proc.stdout and "on 6 images" in proc.stdout
+    assert "LatentMixupInference: probabilities (8, 2)" in proc.stdout
+
+
+def _example_data(argv: list[str]):
+    """examples/common.py's example_data for these command-line options."""
+    common = _common()
+    parser = argparse.ArgumentParser(prog="example.py")
+    common.add_data_args(parser)
+    parser.add_argument("--smoke", action="store_true")
+    return common.example_data(parser, parser.parse_args(argv))
+
+
+def test_example_data_reads_npz_specs(tmp_path):
+    train, test = _npz(tmp_path / "train.npz", 5), _npz(tmp_path / "test.npz", 3, seed=1)
+    x_train, y_train, x_test, y_test = _example_data(["--train", train, "--test", test])
+    assert x_train.shape == (5, 3, 32, 32) and y_train.tolist() == [0, 1, 0, 1, 0]
+    assert x_test.shape == (3, 3, 32, 32) and y_test.tolist() == [0, 1, 0]
+    assert _example_data(["--train", train])[2:] == (None, None)      # no test set unless training on cifar10
+
+
+def test_example_data_that_cannot_be_loaded_ends_in_one_line(tmp_path, monkeypatch, capsys):
+    """A one-line message, no traceback: CIFAR-10 that cannot be downloaded (offline), a missing file, no labels."""
+    import urllib.error
+
+    import torchvision.datasets
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    cases = [(["--data-root", str(tmp_path / "cifar")],
+              [f"--train cifar10: could not download CIFAR-10 into {tmp_path / 'cifar'}",
+               "--train npz:PATH --test npz:PATH"]),
+             (["--train", f"npz:{tmp_path / 'missing.npz'}"], ["missing.npz' does not exist"]),
+             (["--train", _npz(tmp_path / "unlabelled.npz", 3, labels=False)], ["no labels"])]
+    for argv, expected in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            _example_data(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2, err
+        assert err.startswith("example.py: error: ") and err.count("\n") == 1, err
+        assert all(e in err for e in expected), err
