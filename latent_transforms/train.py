@@ -15,6 +15,7 @@ adds the ``latent-transforms train`` subcommand.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -340,6 +341,15 @@ def _codec_config(codec_kind: str, image_shape: tuple[int, int, int], num_bins: 
     return default_config(codec_kind, image_shape, num_bins, **{**overrides, **(config or {})})
 
 
+# settings that training states saved before they existed lack: such a state resumes without their check
+SETTINGS_ADDED_LATER = {"data_sha256"}
+
+
+def _sha256_of(x: torch.Tensor) -> str:
+    """sha256 of the training images (float32 bytes): a resumed run must see the same data, not only as many."""
+    return hashlib.sha256(x.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).hexdigest()
+
+
 def _new_info(codec_kind: str, settings: dict, steps_per_epoch: int) -> dict:
     """The ``info`` (JSON-able, saved with the training state) of a run that starts at step 0."""
     return {"kind": codec_kind, **settings, "optimizer": "Adamax" if codec_kind == "glow" else "Adam",
@@ -354,7 +364,7 @@ def _load_resume(state_path: Path, settings: dict) -> tuple[dict, tuple[dict, di
     """
     model_state, optim_state, info, extra = load_training_state(state_path)
     mismatch = [f"{k}: saved {info[k]!r}, now {v!r}" if k in info else f"{k}: not saved, now {v!r}"
-                for k, v in settings.items() if info.get(k) != v]
+                for k, v in settings.items() if info.get(k) != v and (k in info or k not in SETTINGS_ADDED_LATER)]
     if mismatch:
         raise ValueError(
             f"{state_path} is a run with other settings ({'; '.join(mismatch)}); resume with the same settings, "
@@ -802,7 +812,7 @@ def train_codec(
     say = print if progress else (lambda *a, **k: None)
     warmup = min(warmup_steps, total_steps // 5) if total_steps is not None else warmup_steps
     settings = {"config": cfg, "batch_size": bs, "seed": seed, "num_images": n, "ema_decay": ema_decay, "lr": lr,
-                "warmup_steps": warmup_steps, "grad_clip": clip, "flips": flips}
+                "warmup_steps": warmup_steps, "grad_clip": clip, "flips": flips, "data_sha256": _sha256_of(x_train)}
     if resume and state_path.is_file():
         info, saved = _load_resume(state_path, settings)
     else:
