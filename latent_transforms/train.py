@@ -796,6 +796,8 @@ def train_codec(
                       checkpoint_every=checkpoint_every)
     dev = _resolve_device(device)
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"the output folder {str(out)!r} is a file; give a folder (it is created if missing)")
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / f"{name}.state.safetensors"
     cfg = _codec_config(codec_kind, tuple(x_train.shape[1:]), num_bins, config, levels=levels, steps=steps,

@@ -260,6 +260,9 @@ def test_resume_continues_step_count_and_optimizer(tmp_path, digits):
     assert r["step"] == 6 and load_training_state(tmp_path / "glow.state.safetensors")[2]["calls"] == 3
     with pytest.raises(ValueError, match="other settings"):
         train_codec("flow", x, tmp_path, **{**FLOW, "hidden": 8}, max_steps=6, batch_size=16, progress=False)
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ValueError, match="the output folder .*a-file' is a file; give a folder"):  # was Errno 17
+        train_codec("flow", x, tmp_path / "a-file", **FLOW, max_steps=1, batch_size=16, progress=False)
     with pytest.raises(ValueError, match="other settings \\(data_sha256: saved"):  # as many images, other ones
         train_codec("flow", digits[0][64:128], tmp_path, **FLOW, max_steps=8, batch_size=16, progress=False)
     r = train_codec("flow", x, tmp_path, **{**FLOW, "hidden": 8}, max_steps=2, batch_size=16, progress=False,
