@@ -1,5 +1,5 @@
-"""The ``latent-transforms`` command line: ``list`` and ``fetch`` codec checkpoints, ``train`` a codec, run the
-``demo``.
+"""The ``latent-transforms`` command line: ``list`` and ``fetch`` codec checkpoints, ``train`` a codec and
+``register`` it by name, run the ``demo``.
 
 Each subcommand is a ``_cmd_*(args)`` function registered in ``build_parser`` with ``set_defaults(func=...)``.
 Errors print one line to stderr and exit with status 2.
@@ -7,7 +7,10 @@ Errors print one line to stderr and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import sys
+from pathlib import Path
 
 from . import __version__, demo, hub, train
 
@@ -47,6 +50,62 @@ def _cmd_fetch(args: argparse.Namespace) -> None:
     print(hub.fetch(args.name))
 
 
+def _read_run(path: Path) -> dict:
+    """The ``registry_entry`` of a run's JSON (``latent-transforms train`` writes it beside the checkpoint), checked."""
+    try:
+        report = json.loads(path.read_bytes())
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{path} is not a JSON file ({e}); give the NAME.json that `{PROG} train` wrote beside "
+                         f"NAME.safetensors") from None
+    entry = report.get("registry_entry") if isinstance(report, dict) else None
+    if not isinstance(entry, dict):
+        raise ValueError(f"{path} has no 'registry_entry': not a run's JSON written by `{PROG} train`")
+    return {"name": report.get("name"), **hub._check_entry("registry_entry", entry, str(path))}
+
+
+def _cmd_register(args: argparse.Namespace) -> None:
+    run = Path(args.run)
+    entry = _read_run(run)
+    run_name = entry.pop("name")
+    name = args.name or run_name
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{run} has no 'name'; give one with --name")
+    file = f"{name}.safetensors"
+    try:
+        hub._check_filename(file)
+    except ValueError:
+        raise ValueError(f"name {name!r} cannot be a file name (no path separators, '..' or leading '.'); "
+                         f"give another with --name") from None
+    registry = hub._registry()
+    if name in hub._shipped_registry():
+        raise ValueError(f"{name!r} is a shipped checkpoint's name; register yours under another name, e.g. "
+                         f"--name my-{name}")
+    if name in registry and not args.overwrite:
+        raise ValueError(f"checkpoint {name!r} is already registered; pass --overwrite to replace it, or give "
+                         f"another --name")
+    users = sorted(n for n, e in registry.items() if e["file"] == file and n != name)
+    if users:
+        raise ValueError(f"{file} is the file of checkpoint {users[0]!r}; give another --name")
+    source = run.parent / entry["file"]
+    if not source.is_file():
+        raise ValueError(f"no checkpoint file {source} beside {run}")
+    sha = hub.sha256_file(source)
+    if sha != entry["sha256"]:
+        raise ValueError(f"{source} does not match {run}: its sha256 is {sha}, the run's is {entry['sha256']} "
+                         f"(changed after training?); nothing registered")
+    dest = hub.cache_dir() / file
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with hub.atomic_path(dest) as tmp:  # the file appears only once it is registered
+        shutil.copyfile(source, tmp)
+        if hub.sha256_file(tmp) != entry["sha256"]:
+            raise ValueError(f"{source} changed while it was copied; nothing registered")
+        hub.register(name, file=file, sha256=entry["sha256"], size=entry.get("size"), config=entry["config"],
+                     trained_on=entry.get("trained_on") or "", quality=entry.get("quality") or {},
+                     notes=entry.get("notes") or "", overwrite=args.overwrite, persist=True)
+    print(f"registered {name!r} in {hub._user_registry_path()} (checkpoint: {dest})")
+    print(f"load it:  codec = latent_transforms.hub.load({name!r})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; add a subcommand with ``subparsers.add_parser(...).set_defaults(func=...)``."""
     parser = argparse.ArgumentParser(prog=PROG, description="Semantic data augmentation with pretrained codecs.")
@@ -59,6 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = subparsers.add_parser("fetch", help="download and verify a checkpoint into the cache; print its path")
     p.add_argument("name", help="registered checkpoint name (see `list`)")
     p.set_defaults(func=_cmd_fetch)
+
+    p = subparsers.add_parser(
+        "register", help="register a trained codec by name, for every process: `hub.load(NAME)`, `fetch NAME`",
+        description="Copy the checkpoint of a `train` run into the cache dir as NAME.safetensors and add NAME to the "
+                    "user registry (registry.json in the cache dir), so any process can load it by name.")
+    p.add_argument("run", metavar="RUN.json", help="the JSON `train` wrote beside its checkpoint (OUT/NAME.json)")
+    p.add_argument("--name", help="the name to register (default: the run's name)")
+    p.add_argument("--overwrite", action="store_true", help="replace a checkpoint you registered under that name")
+    p.set_defaults(func=_cmd_register)
 
     train.register_cli(subparsers)
     demo.register_cli(subparsers)

@@ -10,6 +10,11 @@ the in-process cache, the user cache dir (``$LATENT_TRANSFORMS_HOME``, default
 ``latent_transforms/checkpoints/``, then ``$LATENT_TRANSFORMS_HUB_URL/<file>`` (http, https or file URLs;
 there is no default remote). ``LATENT_TRANSFORMS_OFFLINE=1`` forbids downloads and
 ``LATENT_TRANSFORMS_HUB_TIMEOUT`` sets the network timeout in seconds (default 60).
+
+The registry of names is, in this order (a later source shadows an earlier one): the shipped
+``latent_transforms/checkpoints/registry.json``, the user registry ``cache_dir() / "registry.json"`` (same format;
+``register(..., persist=True)`` and ``latent-transforms register`` write it; it may not redefine a shipped name),
+then this process's ``register()`` calls.
 """
 from __future__ import annotations
 
@@ -52,6 +57,7 @@ _registered: dict[str, dict] = {}  # runtime entries from register(), shadowing 
 _loaded: dict[tuple[str, str], "Codec"] = {}  # (name, device) -> frozen codec
 _lock = threading.Lock()  # guards _registered, _loaded and _load_locks
 _load_locks: dict[tuple[str, str], threading.Lock] = {}
+_user_registry_write_lock = threading.Lock()  # with a file lock: one read-modify-write of the user registry at a time
 
 
 class HubError(RuntimeError):
@@ -249,7 +255,10 @@ def _check_entry(name: object, entry: object, where: str) -> dict:
     for key in ("file", "sha256", "config"):
         if key not in entry:
             raise ValueError(f"{where}: entry {name!r} has no {key!r}")
-    _check_filename(entry["file"])
+    try:
+        _check_filename(entry["file"])
+    except ValueError as e:
+        raise ValueError(f"{where}: entry {name!r}: {e}") from None
     if not isinstance(entry["sha256"], str) or not _SHA256.fullmatch(entry["sha256"]):
         raise ValueError(f"{where}: entry {name!r} sha256 must be 64 lowercase hex digits, got {entry['sha256']!r}")
     if not isinstance(entry["config"], dict) or "kind" not in entry["config"]:
@@ -260,38 +269,118 @@ def _check_entry(name: object, entry: object, where: str) -> dict:
     return entry
 
 
-def _shipped_registry() -> dict[str, dict]:
-    path = SHIPPED_DIR / "registry.json"
-    if not path.is_file():
-        return {}
+def _read_registry_file(path: Path) -> dict | None:
+    """The object in a registry file, its entries validated (messages name the file); None if there is no file."""
     try:
-        data = json.loads(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON ({e})") from None
     if not isinstance(data, dict) or not isinstance(data.get("checkpoints"), dict):
         raise ValueError(f"{path} must hold an object {{\"checkpoints\": {{name: entry, ...}}}}")
-    return {name: _check_entry(name, entry, str(path)) for name, entry in data["checkpoints"].items()}
+    for name, entry in data["checkpoints"].items():
+        _check_entry(name, entry, str(path))
+    return data
+
+
+def _shipped_registry() -> dict[str, dict]:
+    path = SHIPPED_DIR / "registry.json"
+    if not path.is_file():
+        return {}
+    return dict(_read_registry_file(path)["checkpoints"])
+
+
+def _user_registry_path() -> Path:
+    return cache_dir() / "registry.json"
+
+
+def _user_registry_data(shipped: dict[str, dict]) -> dict:
+    """The user registry file's object (``{"checkpoints": {}}`` if there is none), checked against ``shipped``."""
+    path = _user_registry_path()
+    data = _read_registry_file(path)
+    if data is None:
+        return {"checkpoints": {}}
+    clash = [name for name in data["checkpoints"] if name in shipped]
+    if clash:
+        raise ValueError(f"{path}: {clash[0]!r} is a shipped checkpoint's name, which the user registry may not "
+                         f"redefine; rename that entry (and its file) or remove it")
+    return data
 
 
 def _registry() -> dict[str, dict]:
+    shipped = _shipped_registry()
+    user = _user_registry_data(shipped)["checkpoints"]
     with _lock:
         runtime = dict(_registered)
-    return {**_shipped_registry(), **runtime}
+    return {**shipped, **user, **runtime}
+
+
+@contextlib.contextmanager
+def _user_registry_lock(directory: Path) -> Iterator[None]:
+    """Serialise read-modify-write of the user registry across threads and processes (where ``fcntl`` exists)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: atomic replacement only (a concurrent writer may drop an entry)
+        fcntl = None
+    with _user_registry_write_lock:
+        if fcntl is None:
+            yield
+            return
+        fd = os.open(directory, os.O_RDONLY)  # the cache dir itself is locked: no lock file is left behind
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # released when the descriptor is closed
+            yield
+        finally:
+            os.close(fd)
+
+
+def _persist(name: str, entry: dict, overwrite: bool) -> None:
+    """Add ``entry`` to the user registry file, atomically, keeping the other entries."""
+    path = _user_registry_path()
+    shipped = _shipped_registry()
+    try:
+        text = json.dumps(entry)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"register(): entry {name!r} cannot be stored in {path} as JSON ({e})") from None
+    _user_registry_data(shipped)  # a broken file is reported before the cache dir is touched
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _user_registry_lock(path.parent):
+        data = _user_registry_data(shipped)  # again, under the lock: another process may have just added one
+        if name in data["checkpoints"] and not overwrite:
+            raise ValueError(f"checkpoint {name!r} is already registered in {path}; pass overwrite=True to replace it")
+        data["checkpoints"][name] = json.loads(text)
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def register(name: str, *, file: str, sha256: str, config: dict, trained_on: str = "", quality: dict | None = None,
-             notes: str = "", size: int | None = None, overwrite: bool = False) -> None:
+             notes: str = "", size: int | None = None, overwrite: bool = False, persist: bool = False) -> None:
     """Add a checkpoint to this process's registry, so ``load(name)`` / ``fetch(name)`` find it.
 
     ``file`` is a plain file name looked up in the cache dir, the shipped checkpoints and under
     ``$LATENT_TRANSFORMS_HUB_URL``; ``sha256`` and ``size`` are what ``save_checkpoint`` returned and the
     file's size in bytes. An existing name is only replaced with ``overwrite=True``.
+
+    With ``persist=True`` the entry is also written to the user registry file, ``cache_dir() / "registry.json"``
+    (created if missing, replaced atomically, other entries kept), so every later process finds the name too; a
+    shipped checkpoint's name is refused there even with ``overwrite=True``. The file itself is not copied: put
+    it in ``cache_dir()`` (``latent-transforms register RUN.json`` does both for a trained run).
     """
     entry = {"file": file, "sha256": sha256, "size": size, "config": dict(config), "trained_on": trained_on,
              "quality": dict(quality or {}), "notes": notes}
     _check_entry(name, entry, "register()")
+    if persist and name in _shipped_registry():
+        raise ValueError(f"{_user_registry_path()}: {name!r} is a shipped checkpoint's name, which the user registry "
+                         f"may not redefine; register yours under another name")
     if not overwrite and name in _registry():
         raise ValueError(f"checkpoint {name!r} is already registered; pass overwrite=True to replace it")
+    if persist:
+        _persist(name, entry, overwrite)
     with _lock:
         _registered[name] = entry
         for key in [k for k in _loaded if k[0] == name]:

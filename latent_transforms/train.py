@@ -683,26 +683,32 @@ def _report(run: _TrainingRun, stored: Codec, *, name: str, ckpt: Path, sha: str
 
 
 def _say_written(say, report: dict, ckpt: Path, js: Path, png: Path, metrics: dict[str, float]) -> None:
-    """Tell where the final files went, the test metrics, and how to load and register the codec."""
-    name, sha, size = report["name"], report["sha256"], report["size"]
+    """Tell where the final files went, the test metrics, and how to load the codec and register it by name."""
+    import shlex
+
+    name, size = report["name"], report["size"]
     say(f"wrote {ckpt} ({size / 1e6:.2f} MB, {report['dtype']}), {js} and {png}")
     say("test metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     say(f"load it:      codec = latent_transforms.hub.load({str(ckpt)!r})")
-    registry = hub._registry()
+    try:
+        registry = hub._registry()
+    except (ValueError, OSError):  # a broken user registry: `register` will name it; the run is written all the same
+        registry = hub._shipped_registry()
     taken = set(registry) | {Path(e["file"]).stem for e in registry.values()}
     reg_name = name
     while reg_name in taken:  # e.g. the default glow-digits: a shipped checkpoint's name (and file)
         reg_name = f"my-{reg_name}"
+    command = f"latent-transforms register {shlex.quote(str(js))}"
     if reg_name == name:
-        say(f"register it:  copy {ckpt.name} into latent_transforms.hub.cache_dir() ({hub.cache_dir()}) or "
-            f"latent_transforms/checkpoints/, then")
+        say(f"register it:  {command}")
+        say(f"              then, in any process: codec = latent_transforms.hub.load({reg_name!r})")
     else:
-        say(f"register it:  {name!r} is taken (a registered checkpoint), so as {reg_name!r}: copy {ckpt.name} as "
-            f"{reg_name}.safetensors into latent_transforms.hub.cache_dir() ({hub.cache_dir()}) or "
-            f"latent_transforms/checkpoints/, then")
-    say(f"              latent_transforms.hub.register({reg_name!r}, file={reg_name + '.safetensors'!r}, "
-        f"sha256={sha!r}, size={size}, config={report['config']!r})")
-    say(f"              codec = latent_transforms.hub.load({reg_name!r})")
+        yours = name in registry and name not in hub._shipped_registry() and \
+            all(Path(e["file"]).stem != name for n, e in registry.items() if n != name)
+        or_replace = "; or replace yours: --overwrite instead of --name" if yours else ""
+        say(f"register it:  {command} --name {shlex.quote(reg_name)}")
+        say(f"              ({name!r} is a registered checkpoint's name{or_replace}), then, in any process:")
+        say(f"              codec = latent_transforms.hub.load({reg_name!r})")
 
 
 def train_codec(

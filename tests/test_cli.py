@@ -4,12 +4,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import torch
+
 from latent_transforms import __version__, hub
 from latent_transforms.cli import PROG, main
+from latent_transforms.codecs import build_codec
 
 
 @pytest.fixture(autouse=True)
@@ -61,6 +65,105 @@ def test_fetch_unknown_name_is_one_line_listing_known_names(capsys):
     assert "Traceback" not in err
     for r in hub.list_checkpoints():
         assert r["name"] in err
+
+
+def _run_files(folder: Path, name: str) -> tuple[Path, Path]:
+    """A tiny codec's ``NAME.safetensors`` and the ``NAME.json`` that ``train`` writes beside it (the parts used)."""
+    torch.manual_seed(0)
+    codec = build_codec({"kind": "vae", "image_shape": [1, 8, 8], "latent_dim": 4, "hidden": 8})
+    folder.mkdir(parents=True, exist_ok=True)
+    ckpt = folder / f"{name}.safetensors"
+    sha = hub.save_checkpoint(codec, ckpt)
+    entry = {"file": ckpt.name, "sha256": sha, "size": ckpt.stat().st_size, "config": codec.config,
+             "trained_on": "digits", "quality": {"test_mse": 0.5}, "notes": ""}
+    js = folder / f"{name}.json"
+    js.write_text(json.dumps({"name": name, "file": ckpt.name, "sha256": sha, "registry_entry": entry}))
+    return ckpt, js
+
+
+def _cache_files() -> list[str]:
+    return sorted(p.name for p in hub.cache_dir().iterdir()) if hub.cache_dir().exists() else []
+
+
+def test_register_a_run_then_list_fetch_and_load_it_by_name(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(hub, "_registered", {})
+    monkeypatch.setattr(hub, "_loaded", {})
+    ckpt, js = _run_files(tmp_path / "runs", "zz-run")
+    assert main(["register", str(js)]) == 0
+    out = capsys.readouterr().out
+    assert "'zz-run'" in out and "latent_transforms.hub.load('zz-run')" in out
+    assert _cache_files() == ["registry.json", "zz-run.safetensors"]
+    assert hub.sha256_file(hub.cache_dir() / "zz-run.safetensors") == hub.sha256_file(ckpt)
+    assert main(["register", str(js), "--name", "zz-other"]) == 0  # file name follows the name
+    capsys.readouterr()
+    entries = json.loads((hub.cache_dir() / "registry.json").read_text())["checkpoints"]
+    assert {k: v["file"] for k, v in entries.items()} == {"zz-run": "zz-run.safetensors",
+                                                          "zz-other": "zz-other.safetensors"}
+    monkeypatch.setattr(hub, "_registered", {})  # as in another process: from the user registry file alone
+    assert main(["list"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("zz-run "))
+    assert "vae" in row and "test_mse=0.5" in row and row.endswith("cached")
+    assert main(["fetch", "zz-other"]) == 0
+    assert capsys.readouterr().out.strip() == str(hub.cache_dir() / "zz-other.safetensors")
+    by_name, by_path = hub.load("zz-run"), hub.load(ckpt)
+    assert all(torch.equal(a, b) for a, b in zip(by_name.state_dict().values(), by_path.state_dict().values()))
+    code, _, err = _exit_code(["register", str(js)], capsys)  # taken: only with --overwrite
+    assert code == 2 and err.count("\n") == 1 and "'zz-run' is already registered" in err and "--overwrite" in err
+    assert main(["register", str(js), "--overwrite"]) == 0
+
+
+def test_register_refuses_a_shipped_name_unless_renamed(tmp_path, capsys):
+    shipped = sorted(hub._shipped_registry())
+    if not shipped:
+        pytest.skip("no shipped checkpoints")
+    _, js = _run_files(tmp_path / "runs", shipped[0])
+    for extra in ([], ["--overwrite"]):
+        code, out, err = _exit_code(["register", str(js), *extra], capsys)
+        assert code == 2 and out == "" and err.count("\n") == 1 and "Traceback" not in err
+        assert f"{shipped[0]!r} is a shipped checkpoint's name" in err and f"--name my-{shipped[0]}" in err
+    assert _cache_files() == []  # nothing copied, nothing registered
+    assert main(["register", str(js), "--name", f"my-{shipped[0]}"]) == 0
+    assert f"my-{shipped[0]}.safetensors" in _cache_files()
+
+
+def test_register_refuses_a_checkpoint_that_does_not_match_its_run(tmp_path, capsys):
+    ckpt, js = _run_files(tmp_path / "runs", "zz-run")
+    data = bytearray(ckpt.read_bytes())
+    data[-1] ^= 1  # one bit of a weight flipped after training
+    ckpt.write_bytes(bytes(data))
+    code, out, err = _exit_code(["register", str(js)], capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1 and "Traceback" not in err
+    assert "sha256" in err and str(ckpt) in err
+    assert _cache_files() == []  # nothing half-written in the cache dir
+    ckpt.unlink()
+    code, _, err = _exit_code(["register", str(js)], capsys)
+    assert code == 2 and err.count("\n") == 1 and f"no checkpoint file {ckpt}" in err
+    assert _cache_files() == []
+
+
+def test_register_that_fails_while_writing_the_registry_leaves_no_checkpoint(tmp_path, capsys, monkeypatch):
+    _, js = _run_files(tmp_path / "runs", "zz-run")
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(hub, "_persist", full_disk)
+    code, _, err = _exit_code(["register", str(js)], capsys)
+    assert code == 2 and err == f"{PROG}: error: [Errno 28] No space left on device\n"
+    assert _cache_files() == []  # the copy is only renamed into place once registered: no file, no .part
+    assert "zz-run" not in hub._registry()
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "is not a JSON file"),
+    ('{"name": "x"}', "has no 'registry_entry'"),
+])
+def test_register_refuses_what_train_did_not_write(tmp_path, capsys, content, message):
+    js = tmp_path / "run.json"
+    js.write_text(content)
+    code, _, err = _exit_code(["register", str(js)], capsys)
+    assert code == 2 and err.count("\n") == 1 and message in err and str(js) in err
+    assert _cache_files() == []
 
 
 def test_version(capsys):

@@ -8,6 +8,8 @@ import os
 import pickle
 import random
 import stat
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -282,6 +284,77 @@ def test_register_refuses_duplicates_and_bad_hashes(env):
     _register("a", "good.safetensors", overwrite=True)
     with pytest.raises(ValueError, match="sha256"):
         _register("b", "good.safetensors", sha256="abc")
+
+
+def _python(code: str, cache: Path) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter with ``cache`` as its LATENT_TRANSFORMS_HOME (and no downloads)."""
+    env = {**os.environ, "LATENT_TRANSFORMS_HOME": str(cache), "LATENT_TRANSFORMS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_register_persist_lasts_across_processes(env):
+    env.mkdir()
+    sha = hub.save_checkpoint(_codec(3), env / "zz-mine.safetensors")
+    proc = _python("from latent_transforms import hub\n"
+                   f"hub.register('zz-mine', file='zz-mine.safetensors', sha256={sha!r}, config={CONFIG!r}, "
+                   f"trained_on='test', persist=True)", env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "zz-mine" in json.loads((env / "registry.json").read_text())["checkpoints"]
+    proc = _python("import torch\nfrom latent_transforms import hub\n"
+                   "assert 'zz-mine' in [r['name'] for r in hub.list_checkpoints()]\n"
+                   "a, b = hub.load('zz-mine'), hub.load(hub.cache_dir() / 'zz-mine.safetensors')\n"
+                   "assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))\n"
+                   "print('ok')", env)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+def test_register_persist_keeps_other_entries_and_overwrite_semantics(env, monkeypatch):
+    _register("a", "good.safetensors", persist=True)  # creates the cache dir
+    _register("b", "b.safetensors", sha256="b" * 64, persist=True)
+    _register("runtime-only", "good.safetensors")
+    path = env / "registry.json"
+    assert list(json.loads(path.read_text())["checkpoints"]) == ["a", "b"]
+    monkeypatch.setattr(hub, "_registered", {})  # as in a new process: the file alone
+    assert {"a", "b"} <= set(hub._registry()) and "runtime-only" not in hub._registry()
+    with pytest.raises(ValueError, match="'a' is already registered.*overwrite=True"):
+        _register("a", "good.safetensors", sha256="c" * 64, persist=True)
+    _register("a", "good.safetensors", sha256="c" * 64, persist=True, overwrite=True)
+    entries = json.loads(path.read_text())["checkpoints"]
+    assert entries["a"]["sha256"] == "c" * 64 and entries["b"]["sha256"] == "b" * 64
+    assert _leftovers(env) == []
+
+
+def test_user_registry_may_not_redefine_a_shipped_name(env, tmp_path):
+    hub.SHIPPED_DIR.mkdir()
+    entry = {"file": "shipped.safetensors", "sha256": SHA_GOOD, "size": len(GOOD), "config": CONFIG}
+    (hub.SHIPPED_DIR / "registry.json").write_text(json.dumps({"checkpoints": {"shipped": entry}}))
+    with pytest.raises(ValueError, match=f"{env / 'registry.json'}.*'shipped'.*shipped checkpoint"):
+        _register("shipped", "mine.safetensors", persist=True, overwrite=True)
+    assert not (env / "registry.json").exists()
+    env.mkdir()
+    (env / "registry.json").write_text(json.dumps({"checkpoints": {"shipped": {**entry, "file": "mine.safetensors"}}}))
+    with pytest.raises(ValueError, match=f"{env / 'registry.json'}.*'shipped'.*shipped checkpoint"):
+        hub.list_checkpoints()
+    with pytest.raises(ValueError, match=f"{env / 'registry.json'}"):
+        hub.load("shipped")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{not json", "is not valid JSON"),
+    ('{"checkpoints": []}', "must hold an object"),
+    ('{"checkpoints": {"x": {"file": "x.safetensors", "sha256": "abc", "config": {"kind": "vae"}}}}', "sha256"),
+    ('{"checkpoints": {"x": {"file": "../x.safetensors", "sha256": "%s", "config": {"kind": "vae"}}}}' % SHA_GOOD,
+     "file name"),
+])
+def test_a_corrupt_user_registry_is_named_in_the_error(env, text, message):
+    env.mkdir()
+    path = env / "registry.json"
+    path.write_text(text)
+    for call in (lambda: hub.load("x"), hub.list_checkpoints, lambda: _register("y", "y.safetensors", persist=True)):
+        with pytest.raises(ValueError, match=message) as e:
+            call()
+        assert str(path) in str(e.value)
+    assert path.read_text() == text  # never rewritten over
 
 
 def test_list_checkpoints_reports_cached_and_shipped(env, tmp_path):

@@ -5,7 +5,7 @@ import argparse
 import json
 import os
 import re
-import shutil
+import shlex
 import signal
 import subprocess
 import sys
@@ -439,31 +439,53 @@ def test_plain_import_gives_the_hub(tmp_path):
     assert proc.returncode == 0 and proc.stdout.strip() == "load", proc.stderr[-2000:]  # was AttributeError
 
 
+def _run_command(command: str, cwd, **env) -> subprocess.CompletedProcess:
+    """A printed ``latent-transforms ...`` shell command, run by bash with the installed script first on the PATH (or
+    through ``python -m latent_transforms.cli`` where the script is not installed beside this interpreter)."""
+    script = Path(sys.executable).with_name("latent-transforms")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **env}
+    if script.is_file():
+        env["PATH"] = f"{script.parent}{os.pathsep}{env.get('PATH', '')}"
+        argv = ["bash", "-c", command]
+    else:
+        words = shlex.split(command)
+        assert words[0] == "latent-transforms", command
+        argv = [sys.executable, "-m", "latent_transforms.cli", *words[1:]]
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+
+
 @pytest.mark.parametrize("kind,name", [("flow", "zz-own-flow"), ("flow", "glow-digits"), ("vae", "vae-digits")])
-def test_printed_load_and_register_lines_run_as_printed(tmp_path, digits, capsys, kind, name):
+def test_printed_load_and_register_lines_run_as_printed(tmp_path, digits, capsys, monkeypatch, kind, name):
+    home = tmp_path / "home"  # not created: the register command makes it
+    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(home))
     x, _, xt, _, _ = digits
     train_codec(kind, x[:32], tmp_path / "run", name=name, **(FLOW if kind == "flow" else VAE), max_steps=2,
                 batch_size=16, x_test=xt[:16])
     lines = [line.strip() for line in capsys.readouterr().out.splitlines()]
     load = next(line for line in lines if line.startswith("load it:")).removeprefix("load it:").strip()
     i = next(k for k, line in enumerate(lines) if line.startswith("register it:"))
-    register = lines[i + 1]
-    reg_name = re.match(r"""latent_transforms\.hub\.register\(["']([^"']+)["']""", register).group(1)
-    home = tmp_path / "home"
-    home.mkdir()
-    shutil.copy(tmp_path / "run" / f"{name}.safetensors", home / f"{reg_name}.safetensors")
-    code = "\n".join([
+    command = lines[i].removeprefix("register it:").strip()
+    by_name = next(line[line.index("codec = "):] for line in lines[i + 1:] if "codec = latent_transforms.hub" in line)
+    reg_name = re.fullmatch(r"""codec = latent_transforms\.hub\.load\(["']([^"']+)["']\)""", by_name).group(1)
+    proc = _run_command(command, tmp_path, LATENT_TRANSFORMS_HOME=str(home))  # one fresh process registers it ...
+    assert proc.returncode == 0, f"{command}\n{proc.stderr[-3000:]}"
+    assert sorted(p.name for p in home.iterdir()) == sorted(["registry.json", f"{reg_name}.safetensors"])
+    code = "\n".join([  # ... another loads it by name
         "import torch, latent_transforms",  # what the lines assume, nothing more
         load, "by_path = codec",
-        register, f"codec = latent_transforms.hub.load({reg_name!r})",
+        by_name,
         "assert codec.config == by_path.config and all(torch.equal(a, b) for a, b in "
         "zip(codec.state_dict().values(), by_path.state_dict().values())), 'loaded another codec by name'",
         "print('ok')"])
     proc = _run_python(code, tmp_path, LATENT_TRANSFORMS_HOME=str(home))
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", f"{code}\n{proc.stderr[-3000:]}"
-    # a shipped name is refused by hub.register and its file would be ignored: the lines use another name
-    assert reg_name not in hub._registry() and (reg_name == name) == (name == "zz-own-flow")
-    assert f"copy {name}.safetensors " + ("into" if reg_name == name else f"as {reg_name}.safetensors into") in lines[i]
+    # a shipped name is refused by the register command and its file would be ignored: the lines use another name
+    assert reg_name not in hub._shipped_registry() and (reg_name == name) == (name == "zz-own-flow")
+    words = shlex.split(command)
+    assert words[:3] == ["latent-transforms", "register", str(tmp_path / "run" / f"{name}.json")]
+    assert words[3:] == ([] if reg_name == name else ["--name", reg_name])
+    if reg_name != name:
+        assert f"{name!r} is a registered checkpoint's name" in lines[i + 1]
 
 
 def test_fp16_flow_falls_back_to_fp32_when_inexact(tmp_path, digits, monkeypatch):
