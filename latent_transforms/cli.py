@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = subparsers.add_parser("list", help="list the registered codec checkpoints and where they are available")
     p.set_defaults(func=_cmd_list)
 
-    p = subparsers.add_parser("fetch", help="verify a checkpoint, downloading it into the cache unless it is shipped or cached; print its path")
+    p = subparsers.add_parser("fetch", help="verify a checkpoint, downloading it into the cache unless it is shipped "
+                                            "or cached; print its path")
     p.add_argument("name", help="registered checkpoint name (see `list`)")
     p.set_defaults(func=_cmd_fetch)
 

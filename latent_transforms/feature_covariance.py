@@ -42,7 +42,8 @@ class FeatureCovariance(nn.Module):
         bf16/fp16 features are upcast, and ``.half()`` buffers lose precision but never counts. The matrix products
         follow torch's TF32 switch (``torch.backends.cuda.matmul.allow_tf32``; the benchmarks turn it on for the
         classifier): on a GPU with it on, their inputs are rounded to TF32's 10-bit mantissa (unlike the codecs,
-        which turn it off to invert exactly). Features are detached. A feature on another device than the buffers raises ``ValueError`` (nothing is moved silently).
+        which turn it off to invert exactly). Features are detached. A feature on another device than the buffers
+        raises ``ValueError`` (nothing is moved silently).
     """
 
     mean: torch.Tensor | None
