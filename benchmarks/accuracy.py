@@ -501,10 +501,7 @@ def protocol() -> dict:
 
 def data_sha256(data: dict) -> str:
     """sha256 of the training and evaluation tensors a run sees (after subsetting and the validation split)."""
-    h = hashlib.sha256()
-    for key in ("x_train", "y_train", "x_eval", "y_eval"):
-        h.update(data[key].contiguous().numpy().tobytes())
-    return h.hexdigest()
+    return hub.sha256_tensors(*(data[key] for key in ("x_train", "y_train", "x_eval", "y_eval")))
 
 
 def code_sha256() -> str:

@@ -80,6 +80,14 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "latent-transforms"
 
 
+def sha256_tensors(*tensors: torch.Tensor) -> str:
+    """sha256 (hex) of the tensors' bytes, in order (on the CPU, contiguous): the identity of a data set."""
+    digest = hashlib.sha256()
+    for t in tensors:
+        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """Hex sha256 of a file, read in chunks."""
     digest = hashlib.sha256()

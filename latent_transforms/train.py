@@ -15,7 +15,6 @@ adds the ``latent-transforms train`` subcommand.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -343,11 +342,6 @@ def _codec_config(codec_kind: str, image_shape: tuple[int, int, int], num_bins: 
 
 # settings that training states saved before they existed lack: such a state resumes without their check
 SETTINGS_ADDED_LATER = {"data_sha256"}
-
-
-def _sha256_of(x: torch.Tensor) -> str:
-    """sha256 of the training images (float32 bytes): a resumed run must see the same data, not only as many."""
-    return hashlib.sha256(x.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).hexdigest()
 
 
 def _new_info(codec_kind: str, settings: dict, steps_per_epoch: int) -> dict:
@@ -820,7 +814,8 @@ def train_codec(
     say = print if progress else (lambda *a, **k: None)
     warmup = min(warmup_steps, total_steps // 5) if total_steps is not None else warmup_steps
     settings = {"config": cfg, "batch_size": bs, "seed": seed, "num_images": n, "ema_decay": ema_decay, "lr": lr,
-                "warmup_steps": warmup_steps, "grad_clip": clip, "flips": flips, "data_sha256": _sha256_of(x_train)}
+                "warmup_steps": warmup_steps, "grad_clip": clip, "flips": flips,
+                "data_sha256": hub.sha256_tensors(x_train.to(torch.float32))}  # the same images, not only as many
     if resume and state_path.is_file():
         info, saved = _load_resume(state_path, settings)
     else:
