@@ -185,9 +185,20 @@ def corrupted_sets(x: torch.Tensor, chunk: int = 1000) -> dict[str, dict[int, to
 
 
 # -- arms -----------------------------------------------------------------------------------------------
+def stream_seed(seed: int, stream: str) -> int:
+    """The seed of one random stream of run ``seed``: the batch order, the crops and the transforms each draw from
+    their own generator, and none replays the global one (model init, RandAugment, MixUp); one seed for all would
+    tie, say, an image's flip to whether a transform perturbs it."""
+    return int.from_bytes(hashlib.sha256(f"{stream}:{seed}".encode()).digest()[:8], "little") >> 1
+
+
+SEED_STREAMS = "torch.manual_seed(seed); shuffle, crops, transforms: stream_seed(seed, 'shuffle' / 'crop' / 'augment')"
+
+
 def make_augment(arm: str, args, codecs: dict, seed: int) -> nn.Module | None:
-    """The augmentation of ``arm`` (None for the baseline), freshly built for one run."""
+    """The augmentation of ``arm`` (None for the baseline), freshly built for run ``seed``."""
     k = NUM_CLASSES
+    seed = stream_seed(seed, "augment")
     glow, vae = codecs.get("glow"), codecs.get("vae")
 
     def randaugment():
@@ -247,7 +258,8 @@ def run_one(arm: str, seed: int, args, data: dict, codecs: dict, corrupted: dict
     augment = make_augment(arm, args, codecs, seed)
     seconds = fit_classifier(
         model, data["x_train"], data["y_train"], augment, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, seed=seed, pixel_augment=RandomCropFlip(seed, device),
+        weight_decay=args.weight_decay, seed=stream_seed(seed, "shuffle"),
+        pixel_augment=RandomCropFlip(stream_seed(seed, "crop"), device),
         desc=f"{arm} seed {seed}", progress=not args.no_progress)
     probs = predict_proba(model, data["x_eval"])
     y = data["y_eval"]
@@ -494,8 +506,9 @@ FINGERPRINT_DEFAULTS = {"varmixup_keep_detail": False, "latent_levels": None}  #
 
 
 def protocol() -> dict:
-    """How runs are scored, beyond the flags: runs scored otherwise must not be resumed or merged into one table."""
-    return {"ece_bins": ECE_BINS, "split_seed": SPLIT_SEED, "severities": list(SEVERITIES),
+    """How runs are seeded and scored, beyond the flags: runs made otherwise must not be resumed or merged into one
+    table."""
+    return {"ece_bins": ECE_BINS, "split_seed": SPLIT_SEED, "seed_streams": SEED_STREAMS, "severities": list(SEVERITIES),
             "corruptions": {k: list(v) for k, v in CORRUPTIONS.items()}}
 
 

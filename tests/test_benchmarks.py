@@ -373,6 +373,32 @@ def test_accuracy_latent_levels_reach_the_latent_arms():
         assert "latent_levels" in acc.FINGERPRINT_KEYS and "latent_levels" in acc.arm_setting_keys("latent-noise")
 
 
+def test_accuracy_runs_draw_batch_order_crops_and_transforms_from_separate_streams(monkeypatch):
+    """One seed for the shuffle, the crops and the transforms made them replay the same numbers (an image's flip
+    tied to whether a transform perturbed it); each stream now has its own seed, none the global one."""
+    from latent_transforms.codecs import ConvVAE, Glow
+
+    acc = _load_accuracy_module()
+    codecs = {"glow": Glow((3, 8, 8), levels=2, steps=1, hidden=4).freeze(),
+              "vae": ConvVAE((3, 8, 8), latent_dim=4, hidden=4).freeze()}
+    args = acc.parse_args(["--smoke"])
+    seen = {}
+    monkeypatch.setattr(acc, "RandomCropFlip", lambda seed, device: seen.setdefault("crop", seed))
+    monkeypatch.setattr(acc, "fit_classifier", lambda *a, seed, **k: seen.setdefault("shuffle", seed) and 1.0)
+    monkeypatch.setattr(acc, "predict_proba", lambda model, x: torch.full((len(x), 10), 0.1))
+    data = {"x_train": None, "y_train": None, "x_eval": torch.zeros(4, 3, 8, 8), "y_eval": torch.zeros(4).long()}
+    for seed in (0, 1):
+        seen.clear()
+        acc.run_one("baseline", seed, args, data, codecs, {}, torch.device("cpu"))
+        streams = {"run": seed, "shuffle": seen["shuffle"], "crop": seen["crop"]}
+        for arm in ("latent-noise", "latent-adversarial", "varmixup"):
+            (step,) = acc.make_augment(arm, args, codecs, seed=seed).steps
+            streams[arm] = step._rng.spec
+        assert len({streams["run"], streams["shuffle"], streams["crop"], streams["latent-noise"]}) == 4, streams
+        assert streams["latent-noise"] == streams["latent-adversarial"] == streams["varmixup"], streams
+    assert "seed_streams" in acc.protocol()  # runs seeded the old way are not resumed into a new table
+
+
 def test_accuracy_resume_refuses_other_data_or_protocol_and_notes_code_versions(tmp_path, monkeypatch):
     """--resume compares the images (hashed) and the scoring protocol too, not only the flags; every run records
     the code that made it, and a table mixing code versions says so."""
