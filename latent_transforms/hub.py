@@ -167,10 +167,13 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
     header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
     head = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     head += b" " * (-len(head) % 8)  # the data stays 8-byte aligned, as safetensors pads it
-    data = len(head).to_bytes(8, "little") + head + data[8 + n:]
-    with atomic_path(path) as tmp:
-        Path(tmp).write_bytes(data)
-    return hashlib.sha256(data).hexdigest()
+    h = hashlib.sha256()
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        # the tensor bytes are written and hashed from a view: no second or third copy of a large cache in memory
+        for part in (len(head).to_bytes(8, "little"), head, memoryview(data)[8 + n:]):
+            f.write(part)
+            h.update(part)
+    return h.hexdigest()
 
 
 # -- checkpoint format ------------------------------------------------------------------------------

@@ -147,6 +147,24 @@ def test_the_same_weights_give_the_same_file_and_sha256(tmp_path):
     assert set(tensors) == set(codec.state_dict()) and all(torch.equal(tensors[k], v) for k, v in codec.state_dict().items())
 
 
+def test_writing_a_large_file_holds_one_copy_of_its_bytes(tmp_path):
+    """A 50,000-image latent cache is ~600 MB: the header rewrite concatenated the file anew (three copies at once)."""
+    import tracemalloc
+
+    size = 16 * 2**20
+    tensors = {"latents": torch.arange(size // 4, dtype=torch.float32)}
+    tracemalloc.start()
+    try:
+        digest = hub.write_safetensors(tmp_path / "big.safetensors", tensors, {"b": "2", "a": "1"})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.5 * size, f"peak {peak / size:.2f}x the file"
+    assert digest == hub.sha256_file(tmp_path / "big.safetensors")
+    metadata, back = hub.read_safetensors(tmp_path / "big.safetensors")
+    assert metadata == {"a": "1", "b": "2"} and torch.equal(back["latents"], tensors["latents"])
+
+
 def test_float16_storage_loads_as_float32(tmp_path):
     codec = _codec()
     path = tmp_path / "half.safetensors"
