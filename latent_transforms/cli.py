@@ -1,5 +1,5 @@
 """The ``latent-transforms`` command line: ``list`` and ``fetch`` codec checkpoints, ``train`` a codec and
-``register`` it by name, run the ``demo``.
+``register`` it by name (``unregister`` removes it), run the ``demo``.
 
 Each subcommand is a ``_cmd_*(args)`` function registered in ``build_parser`` with ``set_defaults(func=...)``.
 Errors print one line to stderr and exit with status 2.
@@ -36,14 +36,24 @@ def _cmd_list(args: argparse.Namespace) -> None:
     if not rows:
         print("no checkpoints registered")
         return
-    table = [("NAME", "KIND", "SIZE", "TRAINED ON", "QUALITY", "AVAILABLE")]
+    if args.verbose:
+        for r in rows:
+            where = ", ".join(w for w in ("cached", "shipped") if r[w]) or "remote"
+            print(f"{r['name']}  ({r['config'].get('kind', '?')}, {_size(r.get('size'))}, {where})")
+            for label, value in (("trained on", r.get("trained_on") or "-"), ("quality", _quality(r.get("quality") or {})),
+                                 ("notes", r.get("notes") or "-"), ("file", f"{r['file']}  sha256 {r['sha256']}")):
+                print(f"  {label + ':':<12}{value}")
+        return
+    table = [("NAME", "KIND", "SIZE", "AVAILABLE", "QUALITY")]
     for r in rows:
         where = ", ".join(w for w in ("cached", "shipped") if r[w]) or "remote"
-        table.append((r["name"], str(r["config"].get("kind", "?")), _size(r.get("size")),
-                      r.get("trained_on") or "-", _quality(r.get("quality") or {}), where))
+        quality = r.get("quality") or {}
+        headline = {k: v for k, v in quality.items() if k.startswith("test_")} or dict(list(quality.items())[:2])
+        table.append((r["name"], str(r["config"].get("kind", "?")), _size(r.get("size")), where, _quality(headline)))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    print(f"\n(`{PROG} list -v`: every quality figure, training data, notes and sha256)")
 
 
 def _cmd_fetch(args: argparse.Namespace) -> None:
@@ -106,6 +116,20 @@ def _cmd_register(args: argparse.Namespace) -> None:
     print(f"load it:  codec = latent_transforms.hub.load({name!r})")
 
 
+def _cmd_unregister(args: argparse.Namespace) -> None:
+    entry = hub.unregister(args.name, persist=True)
+    print(f"unregistered {args.name!r} from {hub._user_registry_path()}")
+    copy = hub.cache_dir() / entry["file"]
+    users = sorted(n for n, e in hub._registry().items() if e["file"] == entry["file"])
+    if args.keep_file or not copy.is_file():
+        return
+    if users:
+        print(f"kept {copy}: checkpoint {users[0]!r} uses it too")
+        return
+    copy.unlink()
+    print(f"deleted {copy}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; add a subcommand with ``subparsers.add_parser(...).set_defaults(func=...)``."""
     parser = argparse.ArgumentParser(prog=PROG, description="Semantic data augmentation with pretrained codecs.")
@@ -113,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = subparsers.add_parser("list", help="list the registered codec checkpoints and where they are available")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="every detail of each checkpoint: training data, quality figures, notes, file and sha256")
     p.set_defaults(func=_cmd_list)
 
     p = subparsers.add_parser("fetch", help="verify a checkpoint, downloading it into the cache unless it is shipped "
@@ -128,6 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="the name to register (default: the run's name)")
     p.add_argument("--overwrite", action="store_true", help="replace a checkpoint you registered under that name")
     p.set_defaults(func=_cmd_register)
+
+    p = subparsers.add_parser(
+        "unregister", help="remove a name you registered, and the checkpoint copy `register` put in the cache dir",
+        description="Remove NAME from the user registry (registry.json in the cache dir) and delete NAME's checkpoint "
+                    "file from the cache dir unless --keep-file or another registered name uses it. Shipped "
+                    "checkpoints cannot be removed.")
+    p.add_argument("name", help="a name you registered (see `list`)")
+    p.add_argument("--keep-file", action="store_true", help="leave the checkpoint file in the cache dir")
+    p.set_defaults(func=_cmd_unregister)
 
     train.register_cli(subparsers)
     demo.register_cli(subparsers)

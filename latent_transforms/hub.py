@@ -13,8 +13,9 @@ there is no default remote). ``LATENT_TRANSFORMS_OFFLINE=1`` forbids downloads a
 
 The registry of names is, in this order (a later source shadows an earlier one): the shipped
 ``latent_transforms/checkpoints/registry.json``, the user registry ``cache_dir() / "registry.json"`` (same format;
-``register(..., persist=True)`` and ``latent-transforms register`` write it; it may not redefine a shipped name),
-then this process's ``register()`` calls.
+``register(..., persist=True)`` and ``latent-transforms register`` write it, ``unregister(..., persist=True)`` and
+``latent-transforms unregister`` remove from it; it may not redefine a shipped name), then this process's
+``register()`` calls.
 """
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -323,9 +325,17 @@ def _user_registry_data(shipped: dict[str, dict]) -> dict:
     return data
 
 
-def _registry() -> dict[str, dict]:
+def _registry(broken_user_registry: str = "raise") -> dict[str, dict]:
+    """Every registered name. ``broken_user_registry="warn"``: a user registry file that cannot be used is reported
+    as a warning and its entries left out, instead of raising."""
     shipped = _shipped_registry()
-    user = _user_registry_data(shipped)["checkpoints"]
+    try:
+        user = _user_registry_data(shipped)["checkpoints"]
+    except ValueError as e:
+        if broken_user_registry != "warn":
+            raise
+        warnings.warn(f"{e}; its checkpoints are left out until it is fixed", stacklevel=3)
+        user = {}
     with _lock:
         runtime = dict(_registered)
     return {**shipped, **user, **runtime}
@@ -350,23 +360,36 @@ def _user_registry_lock(directory: Path) -> Iterator[None]:
             os.close(fd)
 
 
-def _persist(name: str, entry: dict, overwrite: bool) -> None:
-    """Add ``entry`` to the user registry file, atomically, keeping the other entries."""
+def _edit_user_registry(edit: Callable[[dict[str, dict]], bool]) -> None:
+    """Apply ``edit`` (returns whether it changed anything) to the user registry file's entries under a lock and
+    replace the file atomically, keeping the other entries (a broken file is reported before anything is touched)."""
     path = _user_registry_path()
     shipped = _shipped_registry()
-    try:
-        text = json.dumps(entry)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"register(): entry {name!r} cannot be stored in {path} as JSON ({e})") from None
-    _user_registry_data(shipped)  # a broken file is reported before the cache dir is touched
+    _user_registry_data(shipped)
     path.parent.mkdir(parents=True, exist_ok=True)
     with _user_registry_lock(path.parent):
-        data = _user_registry_data(shipped)  # again, under the lock: another process may have just added one
-        if name in data["checkpoints"] and not overwrite:
-            raise ValueError(f"checkpoint {name!r} is already registered in {path}; pass overwrite=True to replace it")
-        data["checkpoints"][name] = json.loads(text)
+        data = _user_registry_data(shipped)  # again, under the lock: another process may have just changed it
+        if not edit(data["checkpoints"]):
+            return
         with atomic_path(path) as tmp:
             Path(tmp).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def _persist(name: str, entry: dict, overwrite: bool) -> None:
+    """Add ``entry`` to the user registry file."""
+    path = _user_registry_path()
+    try:
+        entry = json.loads(json.dumps(entry))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"register(): entry {name!r} cannot be stored in {path} as JSON ({e})") from None
+
+    def add(entries: dict[str, dict]) -> bool:
+        if name in entries and not overwrite:
+            raise ValueError(f"checkpoint {name!r} is already registered in {path}; pass overwrite=True to replace it")
+        entries[name] = entry
+        return True
+
+    _edit_user_registry(add)
 
 
 def register(name: str, *, file: str, sha256: str, config: dict, trained_on: str = "", quality: dict | None = None,
@@ -398,7 +421,40 @@ def register(name: str, *, file: str, sha256: str, config: dict, trained_on: str
             del _loaded[key]
 
 
+def unregister(name: str, *, persist: bool = False) -> dict:
+    """Remove ``name`` from this process's registry and, with ``persist=True``, from the user registry file; returns
+    the removed entry. Shipped checkpoints cannot be removed. The checkpoint file is left where it is
+    (``latent-transforms unregister NAME`` also deletes the copy ``register`` put in the cache dir)."""
+    if name in _shipped_registry():
+        raise ValueError(f"{name!r} is a shipped checkpoint; only names you registered can be removed")
+    removed: list[dict] = []
+
+    def remove(entries: dict[str, dict]) -> bool:
+        if name in entries:
+            removed.append(entries.pop(name))
+        return bool(removed)
+
+    if persist and _user_registry_path().is_file():
+        _edit_user_registry(remove)
+    with _lock:
+        if name in _registered:
+            removed.append(_registered.pop(name))
+        for key in [k for k in _loaded if k[0] == name]:
+            del _loaded[key]
+    if not removed:
+        where = "this process's registry" + (" nor the user registry file" if persist else "")
+        hint = "" if persist or name not in _registry() else "; it is in the user registry file: pass persist=True"
+        raise UnknownCheckpointError(f"checkpoint {name!r} is not in {where}{hint}")
+    return removed[0]
+
+
 def _entry(name: str) -> dict:
+    with _lock:
+        if name in _registered:
+            return _registered[name]
+    shipped = _shipped_registry()
+    if name in shipped:  # the user registry may not redefine it: a broken user registry does not block it
+        return shipped[name]
     registry = _registry()
     if name not in registry:
         known = ", ".join(sorted(registry)) or "none"
@@ -413,13 +469,14 @@ def list_checkpoints() -> list[dict]:
     """Every registered checkpoint: its registry entry plus ``name``, ``cached`` and ``shipped``.
 
     ``cached``/``shipped``: a file of that name (and of the registered size, when known) is in the
-    cache dir / the package; its sha256 is checked when it is used.
+    cache dir / the package; its sha256 is checked when it is used. A user registry file that cannot be read is
+    named in a warning and its entries are left out.
     """
     def present(path: Path, size: int | None) -> bool:
         return path.is_file() and (size is None or path.stat().st_size == size)
 
     rows = []
-    for name, entry in sorted(_registry().items()):
+    for name, entry in sorted(_registry(broken_user_registry="warn").items()):
         size = entry.get("size")
         rows.append({"name": name, **entry, "cached": present(cache_dir() / entry["file"], size),
                      "shipped": present(SHIPPED_DIR / entry["file"], size)})

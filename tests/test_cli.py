@@ -39,10 +39,22 @@ def test_list_shows_every_registered_checkpoint(capsys):
         assert out.strip() == "no checkpoints registered"
         return
     lines = out.splitlines()
-    assert lines[0].split() == ["NAME", "KIND", "SIZE", "TRAINED", "ON", "QUALITY", "AVAILABLE"]
-    assert len(lines) == 1 + len(names)
+    assert lines[0].split() == ["NAME", "KIND", "SIZE", "AVAILABLE", "QUALITY"]
+    assert len(lines) == 1 + len(names) + 2 and f"`{PROG} list -v`: every quality figure" in lines[-1]
     for name, line in zip(names, lines[1:]):
         assert line.split()[0] == name
+    assert max(map(len, lines)) <= 100  # it was ~350 columns: training data and every quality figure on one line
+
+
+def test_list_verbose_shows_every_detail(capsys):
+    rows = hub.list_checkpoints()
+    assert main(["list", "-v"]) == 0
+    out = capsys.readouterr().out
+    for r in rows:
+        assert f"{r['name']}  ({r['config']['kind']}, " in out and r["sha256"] in out
+        assert f"  trained on: {r['trained_on']}" in out
+        for key in r.get("quality") or {}:
+            assert f"{key}=" in out
 
 
 def test_list_table_with_a_runtime_entry(capsys, monkeypatch):
@@ -53,8 +65,8 @@ def test_list_table_with_a_runtime_entry(capsys, monkeypatch):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("NAME") and "AVAILABLE" in lines[0]
     row = next(line for line in lines if line.startswith("zz-test-vae"))
-    assert "vae" in row and "2.5 KB" in row and "test_mse=0.5" in row and row.endswith("remote")
-    assert {r["name"] for r in hub.list_checkpoints()} <= {line.split()[0] for line in lines[1:]}
+    assert row.split() == ["zz-test-vae", "vae", "2.5", "KB", "remote", "test_mse=0.5"]
+    assert {r["name"] for r in hub.list_checkpoints()} <= {line.split()[0] for line in lines[1:] if line}
 
 
 def test_fetch_unknown_name_is_one_line_listing_known_names(capsys):
@@ -102,7 +114,7 @@ def test_register_a_run_then_list_fetch_and_load_it_by_name(tmp_path, capsys, mo
     monkeypatch.setattr(hub, "_registered", {})  # as in another process: from the user registry file alone
     assert main(["list"]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("zz-run "))
-    assert "vae" in row and "test_mse=0.5" in row and row.endswith("cached")
+    assert row.split()[1] == "vae" and row.split()[-2:] == ["cached", "test_mse=0.5"]
     assert main(["fetch", "zz-other"]) == 0
     assert capsys.readouterr().out.strip() == str(hub.cache_dir() / "zz-other.safetensors")
     by_name, by_path = hub.load("zz-run"), hub.load(ckpt)
@@ -110,6 +122,29 @@ def test_register_a_run_then_list_fetch_and_load_it_by_name(tmp_path, capsys, mo
     code, _, err = _exit_code(["register", str(js)], capsys)  # taken: only with --overwrite
     assert code == 2 and err.count("\n") == 1 and "'zz-run' is already registered" in err and "--overwrite" in err
     assert main(["register", str(js), "--overwrite"]) == 0
+
+
+def test_unregister_removes_the_name_and_its_cached_copy(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(hub, "_registered", {})
+    monkeypatch.setattr(hub, "_loaded", {})
+    _, js = _run_files(tmp_path / "runs", "zz-run")
+    for name in ("zz-run", "zz-kept"):
+        assert main(["register", str(js), "--name", name]) == 0
+    monkeypatch.setattr(hub, "_registered", {})  # another process
+    assert main(["unregister", "zz-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"unregistered 'zz-run' from {hub.cache_dir() / 'registry.json'}" in out
+    assert f"deleted {hub.cache_dir() / 'zz-run.safetensors'}" in out
+    assert _cache_files() == ["registry.json", "zz-kept.safetensors"]
+    assert main(["unregister", "zz-kept", "--keep-file"]) == 0
+    assert _cache_files() == ["registry.json", "zz-kept.safetensors"]
+    assert json.loads((hub.cache_dir() / "registry.json").read_text())["checkpoints"] == {}
+    code, _, err = _exit_code(["unregister", "zz-kept"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "'zz-kept' is not in this process's registry nor the user" in err
+    shipped = sorted(hub._shipped_registry())
+    if shipped:
+        code, _, err = _exit_code(["unregister", shipped[0]], capsys)
+        assert code == 2 and f"{shipped[0]!r} is a shipped checkpoint" in err
 
 
 def test_register_refuses_a_shipped_name_unless_renamed(tmp_path, capsys):

@@ -350,11 +350,13 @@ def test_user_registry_may_not_redefine_a_shipped_name(env, tmp_path):
         _register("shipped", "mine.safetensors", persist=True, overwrite=True)
     assert not (env / "registry.json").exists()
     env.mkdir()
-    (env / "registry.json").write_text(json.dumps({"checkpoints": {"shipped": {**entry, "file": "mine.safetensors"}}}))
-    with pytest.raises(ValueError, match=f"{env / 'registry.json'}.*'shipped'.*shipped checkpoint"):
-        hub.list_checkpoints()
-    with pytest.raises(ValueError, match=f"{env / 'registry.json'}"):
-        hub.load("shipped")
+    (env / "registry.json").write_text(json.dumps({"checkpoints": {"shipped": {**entry, "file": "mine.safetensors"},
+                                                                   "mine": {**entry, "file": "mine.safetensors"}}}))
+    with pytest.warns(UserWarning, match=f"{env / 'registry.json'}.*'shipped'.*shipped checkpoint.*left out"):
+        assert [r["name"] for r in hub.list_checkpoints()] == ["shipped"]
+    with pytest.raises(ValueError, match=f"{env / 'registry.json'}.*'shipped'"):
+        hub.load("mine")
+    assert hub._entry("shipped")["file"] == "shipped.safetensors"  # the shipped entry, never the file's
 
 
 @pytest.mark.parametrize("text, message", [
@@ -368,11 +370,65 @@ def test_a_corrupt_user_registry_is_named_in_the_error(env, text, message):
     env.mkdir()
     path = env / "registry.json"
     path.write_text(text)
-    for call in (lambda: hub.load("x"), hub.list_checkpoints, lambda: _register("y", "y.safetensors", persist=True)):
+    for call in (lambda: hub.load("x"), lambda: _register("y", "y.safetensors", persist=True),
+                 lambda: hub.unregister("x", persist=True)):
         with pytest.raises(ValueError, match=message) as e:
             call()
         assert str(path) in str(e.value)
+    with pytest.warns(UserWarning, match=message) as w:  # listing still shows the other registries
+        assert hub.list_checkpoints() == []
+    assert str(path) in str(w[0].message)
     assert path.read_text() == text  # never rewritten over
+
+
+def test_a_broken_user_registry_does_not_block_shipped_or_runtime_names(env, tmp_path):
+    # it did: any lookup by name read the user registry first, so one bad edit there broke hub.load("glow-cifar10")
+    hub.SHIPPED_DIR.mkdir()
+    (hub.SHIPPED_DIR / "shipped.safetensors").write_bytes(GOOD)
+    (hub.SHIPPED_DIR / "registry.json").write_text(json.dumps({"checkpoints": {
+        "shipped": {"file": "shipped.safetensors", "sha256": SHA_GOOD, "size": len(GOOD), "config": CONFIG}}}))
+    _register("runtime", "good.safetensors")
+    env.mkdir()
+    (env / "registry.json").write_text("{not json")
+    assert hub.fetch("shipped") == hub.SHIPPED_DIR / "shipped.safetensors"
+    assert hub.fetch("runtime") == env / "good.safetensors"
+    with pytest.raises(ValueError, match="is not valid JSON"):
+        hub.fetch("mine")  # a name only the user registry could hold: the broken file is named
+
+
+def test_unregister_removes_a_name_from_the_process_and_the_user_registry(env, monkeypatch):
+    _register("a", "good.safetensors", persist=True)
+    _register("b", "b.safetensors", sha256="b" * 64, persist=True)
+    _register("runtime-only", "good.safetensors")
+    assert hub.unregister("runtime-only")["file"] == "good.safetensors"
+    assert "runtime-only" not in hub._registry()
+    with pytest.raises(hub.UnknownCheckpointError, match="'runtime-only' is not in this process's registry"):
+        hub.unregister("runtime-only")
+    monkeypatch.setattr(hub, "_registered", {})  # a new process: "a" only in the file
+    with pytest.raises(hub.UnknownCheckpointError, match="'a'.*in the user registry file: pass persist=True"):
+        hub.unregister("a")
+    assert hub.unregister("a", persist=True)["sha256"] == SHA_GOOD
+    assert list(json.loads((env / "registry.json").read_text())["checkpoints"]) == ["b"]
+    assert "a" not in hub._registry() and "b" in hub._registry()
+    with pytest.raises(hub.UnknownCheckpointError, match="nor the user registry file"):
+        hub.unregister("a", persist=True)
+    assert _leftovers(env) == []
+
+
+def test_unregister_refuses_shipped_names_and_drops_the_loaded_codec(env):
+    hub.SHIPPED_DIR.mkdir()
+    (hub.SHIPPED_DIR / "registry.json").write_text(json.dumps({"checkpoints": {
+        "shipped": {"file": "shipped.safetensors", "sha256": SHA_GOOD, "config": CONFIG}}}))
+    with pytest.raises(ValueError, match="'shipped' is a shipped checkpoint"):
+        hub.unregister("shipped", persist=True)
+    env.mkdir()
+    sha = hub.save_checkpoint(_codec(3), env / "mine.safetensors")
+    _register("mine", "mine.safetensors", sha256=sha)
+    hub.load("mine")
+    hub.unregister("mine")
+    assert not any(key[0] == "mine" for key in hub._loaded)
+    with pytest.raises(hub.UnknownCheckpointError, match="unknown checkpoint 'mine'"):
+        hub.load("mine")
 
 
 def test_list_checkpoints_reports_cached_and_shipped(env, tmp_path):
