@@ -44,7 +44,7 @@ class LatentTransform(nn.Module):
     needs_model: bool = False
     mixes_labels: bool = False
 
-    def __init__(self, p: float = 1.0, generator: torch.Generator | int | None = None, num_classes: int | None = None):
+    def __init__(self, *, p: float = 1.0, generator: torch.Generator | int | None = None, num_classes: int | None = None):
         super().__init__()
         self.p = check_number("p", p, high=1.0)
         self.num_classes = None if num_classes is None else check_count("num_classes", num_classes, low=1)

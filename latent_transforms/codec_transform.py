@@ -18,7 +18,7 @@ class CodecTransform(LatentTransform):
     cached images, unmodified: put the transform before pixel augmentations).
     """
 
-    def __init__(self, codec: Codec | str, levels: list[int] | None = None, cache: LatentCache | None = None,
+    def __init__(self, codec: Codec | str, *, levels: list[int] | None = None, cache: LatentCache | None = None,
                  **kwargs):
         super().__init__(**kwargs)
         self.codec = resolve_codec(codec)

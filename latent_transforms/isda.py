@@ -259,7 +259,7 @@ class ISDA(_ISDAState, LatentTransform):
 
     needs_model = True
 
-    def __init__(self, num_classes: int, lambda0: float = 0.5, covariance: str = "full", layer: str | None = None,
+    def __init__(self, num_classes: int, lambda0: float = 0.5, *, covariance: str = "full", layer: str | None = None,
                  feature_dim: int | None = None, sync_stats: bool = True, p: float = 1.0,
                  generator: torch.Generator | int | None = None):
         num_classes = check_count("num_classes", num_classes, low=1)
@@ -368,7 +368,7 @@ class ISDALoss(_ISDAState, nn.Module):
         In ``eval()`` mode: plain cross-entropy of ``fc(features)``, statistics untouched.
     """
 
-    def __init__(self, num_classes: int, lambda0: float = 0.5, covariance: str = "full",
+    def __init__(self, num_classes: int, lambda0: float = 0.5, *, covariance: str = "full",
                  feature_dim: int | None = None, sync_stats: bool = True):
         super().__init__()
         self._init_isda(num_classes, lambda0, covariance, feature_dim, sync_stats)

@@ -49,7 +49,7 @@ class LatentAdversarial(CodecTransform):
 
     needs_model = True
 
-    def __init__(self, codec: Codec | str = "glow-cifar10", eps: float = 1.0, steps: int = 1, step_size: float = 1.0,
+    def __init__(self, codec: Codec | str = "glow-cifar10", eps: float = 1.0, *, steps: int = 1, step_size: float = 1.0,
                  norm: str = "l2", random_start: bool = True, target: str = "pred", levels: list[int] | None = None,
                  cache: LatentCache | None = None,
                  p: float = 1.0, generator: torch.Generator | int | None = None):

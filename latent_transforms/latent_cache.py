@@ -28,7 +28,7 @@ class LatentCache(nn.Module):
         progress: show a progress bar while encoding.
     """
 
-    def __init__(self, codec: Codec | str, images: torch.Tensor, batch_size: int = 256,
+    def __init__(self, codec: Codec | str, images: torch.Tensor, *, batch_size: int = 256,
                  device: torch.device | str | None = None, progress: bool = True):
         super().__init__()
         codec = resolve_codec(codec)

@@ -35,7 +35,7 @@ class LatentNoise(CodecTransform):
         Identity in ``eval()`` mode. ``last_params["delta"]`` holds the last (B_selected, D) perturbation.
     """
 
-    def __init__(self, codec: Codec | str = "glow-cifar10", eps: float = 10.0, norm: str | None = "l2",
+    def __init__(self, codec: Codec | str = "glow-cifar10", eps: float = 10.0, *, norm: str | None = "l2",
                  levels: list[int] | None = None, cache: LatentCache | None = None, p: float = 1.0,
                  generator: torch.Generator | int | None = None):
         check_norm(norm, allow_none=True)

@@ -32,7 +32,7 @@ class LatentMixupInference(nn.Module):
         x: (B, C, H, W) float in [0, 1] -> (B, K) probabilities.
     """
 
-    def __init__(self, model: nn.Module, codec: Codec | str, references: torch.Tensor, lam: float = 0.6,
+    def __init__(self, model: nn.Module, codec: Codec | str, references: torch.Tensor, *, lam: float = 0.6,
                  num_mixes: int = 8, generator: torch.Generator | int | None = None):
         super().__init__()
         lam, num_mixes = check_number("lam", lam, high=1.0, low_open=True), check_count("num_mixes", num_mixes, low=1)

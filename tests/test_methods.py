@@ -1,7 +1,10 @@
+import inspect
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from latent_transforms import ISDA, ISDALoss, LatentCache
 from latent_transforms.codecs import flatten_latents
 from latent_transforms.latent_adversarial import LatentAdversarial
 from latent_transforms.latent_noise import LatentNoise
@@ -513,3 +516,16 @@ def test_mixup_inference_feeds_the_model_images_in_range(glow, batch, net):
     assert len(spy.inputs) == 4
     assert all(t.min() >= 0 and t.max() <= 1 for t in spy.inputs)
     assert any((t == 0).any() or (t == 1).any() for t in spy.inputs)  # the overshoot was there, and clamped
+
+
+@pytest.mark.parametrize("cls, leading", [
+    (LatentNoise, ["codec", "eps"]), (LatentAdversarial, ["codec", "eps"]), (VarMixup, ["codec", "alpha"]),
+    (LatentMixupInference, ["model", "codec", "references"]), (ISDA, ["num_classes", "lambda0"]),
+    (ISDALoss, ["num_classes", "lambda0"]), (LatentCache, ["codec", "images"]),
+])
+def test_options_after_the_leading_arguments_are_keyword_only(cls, leading):
+    # LatentAdversarial(codec, 1.0, 3, 0.5) read as steps and step size; a reordering would silently change meaning
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    assert [p.name for p in params if p.kind is not inspect.Parameter.KEYWORD_ONLY] == leading
+    with pytest.raises(TypeError):
+        LatentNoise(tiny_glow(), 5.0, "l2")
