@@ -18,20 +18,22 @@ from pathlib import Path
 
 from accuracy import ARM_SETTINGS, common_codecs, setting
 
-# what every folder must share (data, schedule, codecs); the arm settings (accuracy.ARM_SETTINGS) name the rows
-SHARED = ["train", "eval_on", "epochs", "batch_size", "lr", "weight_decay", "width", "precision", "val_fraction",
-          "n_train", "n_eval", "glow", "vae"]
+# what every folder must share (data and its sha256, schedule, seeding and scoring protocol, codecs); the arm
+# settings (accuracy.ARM_SETTINGS) name the rows
+SHARED = ["smoke", "train", "test", "eval_on", "epochs", "batch_size", "lr", "weight_decay", "width", "precision",
+          "val_fraction", "n_train", "n_eval", "glow", "vae", "data_sha256", "protocol"]
 
 
 def collect(paths: list[Path]) -> tuple[dict, dict]:
     """-> ({row name: {seed: (accuracy, seconds per epoch)}}, the shared config)."""
     rows: dict[str, dict[int, tuple[float, float]]] = defaultdict(dict)
+    source: dict[tuple[str, int], Path] = {}  # (row, seed) -> the file it came from
     shared = None
     every_run: dict[str, dict] = {}  # arm -> {"seed (in path)": run}, to check that they share their checkpoints
     for path in paths:
         result = json.loads(path.read_text())
         cfg = result["config"]
-        mine = {k: cfg.get(k) for k in SHARED}
+        mine = {k: setting(cfg, k) for k in SHARED}
         if shared is None:
             shared = mine
         elif mine != shared:
@@ -42,6 +44,10 @@ def collect(paths: list[Path]) -> tuple[dict, dict]:
             settings = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in values)
             name = f"{arm} ({settings})" if settings else arm
             for seed, run in seeds.items():
+                if (name, int(seed)) in source:
+                    raise SystemExit(f"{name} seed {seed} is in both {source[name, int(seed)]} and {path}: give each "
+                                     f"run once")
+                source[name, int(seed)] = path
                 rows[name][int(seed)] = (run["accuracy"], run["seconds_per_epoch"])
                 every_run.setdefault(arm, {})[f"{seed} (in {path})"] = run
     if shared is None:
