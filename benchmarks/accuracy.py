@@ -40,7 +40,7 @@ from torch import nn
 warnings.filterwarnings("ignore", message="torch.lu is deprecated")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import (PerSampleRandAugment, RandomCropFlip, build_classifier, library_default,  # noqa: E402
-                    setup_device, tiny_codecs, weights_sha256, write_json)
+                    setup_device, tiny_codecs, write_json)
 
 from latent_transforms import Compose, hub  # noqa: E402
 from latent_transforms.base import LatentTransform  # noqa: E402
@@ -830,7 +830,7 @@ def main(argv=None) -> dict:
                 continue
             if given is None and args.smoke:
                 codecs[kind], name = tiny_codec.to(device), f"tiny random-init {kind} (smoke)"
-                codec_names[kind] = {"name": name, "sha256": weights_sha256(tiny_codec)}
+                codec_names[kind] = {"name": name, "sha256": tiny_codec.fingerprint()}
                 continue
             name = given or f"{kind}-cifar10"
             try:
@@ -838,7 +838,7 @@ def main(argv=None) -> dict:
             except Exception as e:  # noqa: BLE001 - say which codec and how to give one
                 raise SystemExit(f"cannot load the {kind} codec {name!r} ({type(e).__name__}: {e}); pass --{kind} "
                                  f"NAME|PATH, or leave out the arms that need it") from None
-            codec_names[kind] = {"name": name, "sha256": weights_sha256(codecs[kind])}
+            codec_names[kind] = {"name": name, "sha256": codecs[kind].fingerprint()}
     check_codecs(runs, codec_names, f"--resume: {results_path}")
 
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \

@@ -2,7 +2,6 @@
 per-sample RandAugment, tiny random-init codecs for smoke runs, atomic JSON writes."""
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 from pathlib import Path
@@ -123,16 +122,6 @@ def random_init_codec(kind: str, shape=(3, 32, 32), seed: int = 0):
     else:
         codec = ConvVAE(shape, latent_dim=64, hidden=64)
     return codec.freeze()
-
-
-def weights_sha256(module: nn.Module) -> str:
-    """sha256 of a module's state (names, dtypes, shapes and bytes): identifies the checkpoint a result came from."""
-    h = hashlib.sha256()
-    for key, t in sorted(module.state_dict().items()):
-        t = t.detach().to("cpu").contiguous()
-        h.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def library_default(cls: type, name: str):
