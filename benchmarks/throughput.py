@@ -170,6 +170,7 @@ def build_rows(args, device: torch.device, codecs: dict) -> list[dict]:
     mixup = v2.MixUp(num_classes=NUM_CLASSES)
     kornia_ra = kornia.augmentation.auto.RandAugment(n=2, m=10)
     noise = LatentNoise(glow, eps=args.noise_eps, generator=0)
+    adversarial_0 = LatentAdversarial(glow, steps=0, generator=0)  # the fixed cost: encode, random start, decode
     adversarial = LatentAdversarial(glow, steps=1, generator=0)
     adversarial_3 = LatentAdversarial(glow, steps=3, generator=0)
     # p < 1 makes the codec's batch size vary from call to call, and cuDNN autotunes every new size once: reseeding
@@ -202,6 +203,8 @@ def build_rows(args, device: torch.device, codecs: dict) -> list[dict]:
         {"key": "glow_codec", "method": f"Glow encode + noise + decode, library codec ({glow_path})",
          "timed": "codec.encode, L2 noise, codec.decode", "fn": lambda: codec_roundtrip(glow, x, args.noise_eps, g)},
         {"key": "latent_noise", "method": "LatentNoise", "timed": "t(x, y)", "fn": lambda: noise(x, y)},
+        {"key": "latent_adversarial_0", "method": "LatentAdversarial, 0 PGD steps (its fixed cost)",
+         "timed": "t(x, y, model): encode, random start, decode", "fn": lambda: adversarial_0(x, y, model)},
         {"key": "latent_adversarial_1", "method": "LatentAdversarial, 1 PGD step", "timed": "t(x, y, model)",
          "fn": lambda: adversarial(x, y, model)},
         {"key": "latent_adversarial_3", "method": "LatentAdversarial, 3 PGD steps (official CIFAR)",
@@ -236,6 +239,10 @@ def build_rows(args, device: torch.device, codecs: dict) -> list[dict]:
 
 def format_table(result: dict) -> str:
     cfg = result["config"]
+    by_key = {r["key"]: r for r in result["rows"]}
+    isda_mem = None
+    if all(by_key.get(k, {}).get("peak_extra_bytes") is not None for k in ("train_step", "train_step_isda")):
+        isda_mem = by_key["train_step_isda"]["peak_extra_bytes"] - by_key["train_step"]["peak_extra_bytes"]
     lines = []
     if cfg["smoke"]:
         lines += ["**SMOKE RUN**: tiny codecs and classifier, 2 iterations; it checks the script, the numbers mean "
@@ -254,14 +261,24 @@ def format_table(result: dict) -> str:
                      f"{r['vs_train_step']:.3g}x | {mem} |")
     lines += ["", "× training step: this row's time per batch divided by one plain training step's, so an augmentation "
               "at 0.5x makes each step about 1.5x as long; the ISDA row is a whole step, its overhead is its value "
-              "minus 1.",
+              "minus 1, and its memory a whole step's" + (f" (ISDA's own: {isda_mem / 2**20:.0f} MiB more than the "
+                                                          f"plain step's peak)" if isda_mem is not None else "") + ".",
               f"Glow round trip, naive normflows path vs library codec, no noise: max |difference| "
-              f"{cfg['max_abs_diff_normflows_vs_codec_roundtrip']:.1e}."]
+              f"{cfg['max_abs_diff_normflows_vs_codec_roundtrip']:.1e}; max |decode(encode(x)) - x|: library codec "
+              f"{cfg['max_abs_roundtrip_error_codec']:.1e}, normflows path {cfg['max_abs_roundtrip_error_normflows']:.1e}"
+              f" (on images the flow generates)."]
+    steps = {k: by_key[f"latent_adversarial_{k}"]["seconds"] for k in (0, 1, 3)
+             if "seconds" in by_key.get(f"latent_adversarial_{k}", {})}
+    if len(steps) == 3:
+        one, per = steps[1] - steps[0], (steps[3] - steps[1]) / 2
+        lines.append(f"LatentAdversarial cost in PGD steps: fixed {1000 * steps[0]:.2f} ms, first step "
+                     f"{1000 * one:.2f} ms, each of steps 2-3 {1000 * per:.2f} ms (linear when these two agree).")
     if cfg["compile"] and cfg["max_abs_diff_compiled_vs_eager_codec_roundtrip"] is not None:
         firsts = ", ".join(f"{r['method']} {r['first_call_seconds']:.1f} s" for r in result["rows"]
                            if r["key"].endswith("_compiled"))
-        lines.append(f"Compiled rows (`codec.compile_fast_path()`, a copy of the Glow): first call, compiling "
-                     f"included: {firsts}. Glow round trip, compiled vs eager codec, no noise: max |difference| "
+        lines.append(f"Compiled rows (`codec.compile_fast_path()`, one copy of the Glow shared by them): first call, "
+                     f"including the compiling of the graphs the earlier compiled rows had not built: {firsts}. "
+                     f"Glow round trip, compiled vs eager codec, no noise: max |difference| "
                      f"{cfg['max_abs_diff_compiled_vs_eager_codec_roundtrip']:.1e}.")
     return "\n".join(lines)
 
@@ -304,7 +321,8 @@ def probe_images(glow, n: int, device: torch.device) -> torch.Tensor:
 
 
 def write_report(out: Path, args, device: torch.device, notes: dict, glow, rows: list[dict], agreement: float,
-                 compiled_agreement: float | None, start: float, partial: bool) -> dict:
+                 roundtrip_errors: dict[str, float], compiled_agreement: float | None, start: float,
+                 partial: bool) -> dict:
     """Writes ``OUT/throughput.{json,md}`` for the rows measured so far (``partial``: more were to come, so a call
     killed at its time limit keeps a complete report of every finished row). Returns the JSON's content."""
     done = [r for r in rows if "seconds" in r or "error" in r]
@@ -320,7 +338,8 @@ def write_report(out: Path, args, device: torch.device, notes: dict, glow, rows:
                          "precision": args.precision, "noise_eps": args.noise_eps,
                          "isda_covariance": args.isda_covariance, "codecs": notes,
                          "glow_fast_path": bool(getattr(glow, "use_fast_path", False)),
-                         "max_abs_diff_normflows_vs_codec_roundtrip": agreement, "compile": args.compile,
+                         "max_abs_diff_normflows_vs_codec_roundtrip": agreement, **roundtrip_errors,
+                         "compile": args.compile,
                          "max_abs_diff_compiled_vs_eager_codec_roundtrip": compiled_agreement},
               "rows": done, "wall_seconds": time.perf_counter() - start}
     write_json(out / "throughput.json", result)
@@ -340,12 +359,14 @@ def main(argv=None) -> dict:
         codecs["glow_compiled"] = copy.deepcopy(codecs["glow"]).compile_fast_path()
     rows = build_rows(args, device, codecs)
     probe = probe_images(codecs["glow"], min(args.batch_size, 16), device)
-    agreement = float((normflows_roundtrip(codecs["glow"], probe, 0.0, None)
-                       - codec_roundtrip(codecs["glow"], probe, 0.0, None)).abs().max())
+    naive, fast = normflows_roundtrip(codecs["glow"], probe, 0.0, None), codec_roundtrip(codecs["glow"], probe, 0.0, None)
+    agreement = float((naive - fast).abs().max())
+    roundtrip_errors = {"max_abs_roundtrip_error_codec": float((fast - probe).abs().max()),
+                        "max_abs_roundtrip_error_normflows": float((naive - probe).abs().max())}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = dict(out=out, args=args, device=device, notes=notes, glow=codecs["glow"], rows=rows,
-                  agreement=agreement, start=start)
+                  agreement=agreement, roundtrip_errors=roundtrip_errors, start=start)
     for r in rows:
         fn = r.pop("fn")
         try:

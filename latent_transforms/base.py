@@ -7,7 +7,7 @@ from torch.utils.data import get_worker_info
 
 from .labels import num_classes_of, to_soft
 from .rng import GeneratorSource
-from .validation import check_batch, check_count, check_number
+from .validation import check_batch, check_count, check_number, check_same_device
 
 # A decoded sample further than this outside [0, 1] (before clipping) is implausible and is rejected.
 MAX_OVERSHOOT = 0.5
@@ -86,11 +86,15 @@ class LatentTransform(nn.Module):
         zero = torch.zeros((), dtype=torch.int64, device=device)
         self._count(device, seen, zero, zero)
 
-    def _require_model(self, model: nn.Module | None) -> None:
+    def _require_model(self, model: nn.Module | None, x: torch.Tensor) -> None:
         if not self.needs_model:
             return
         if model is None:
             raise TypeError(f"{type(self).__name__} needs the classifier being trained: call t(x, y, model)")
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"{type(self).__name__} needs the classifier being trained, an nn.Module (its modules and "
+                            f"training mode are used), got {type(model).__name__}")
+        check_same_device(x, model, "the model")
         if get_worker_info() is not None:  # the worker's model is a stale copy, its hooks and gradients go nowhere
             raise RuntimeError(f"{type(self).__name__} needs the live model being trained, but it was called in a "
                                f"DataLoader worker, on the worker's copy of the model: call it in the training loop, "
@@ -111,7 +115,7 @@ class LatentTransform(nn.Module):
                 index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x2, y2 = t(x, y, model); ``index: (B,)`` int64 dataset positions, for transforms with a latent cache."""
         check_batch(x, y, self.num_classes, index, self.index_size)
-        self._require_model(model)
+        self._require_model(model, x)
         k = num_classes_of(y, self.num_classes)
         if self.mixes_labels and k is None:
             raise ValueError(f"{type(self).__name__} mixes labels: pass num_classes=... or (B, K) soft labels")

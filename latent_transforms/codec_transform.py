@@ -1,6 +1,8 @@
 """Shared machinery of the methods that work in a codec's latent space: codec resolution, checks, encode/decode."""
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from .base import LatentTransform
@@ -29,10 +31,11 @@ class CodecTransform(LatentTransform):
         if levels is not None:
             if not isinstance(levels, (list, tuple)):
                 raise ValueError(f"levels must be a list of level indices in [0, {n}), such as [0], got {levels!r}")
-            bad = [i for i in levels if not isinstance(i, int) or isinstance(i, bool) or not -n <= i < n]
+            bad = [i for i in levels if not isinstance(i, numbers.Integral) or isinstance(i, bool) or not -n <= i < n]
             if bad or not levels:
-                raise ValueError(f"levels must be a non-empty list of level indices in [0, {n}), got {levels!r}")
-            levels = sorted({i % n for i in levels})
+                raise ValueError(f"levels must be a non-empty list of level indices in [0, {n}) (or from -{n}, "
+                                 f"counted from the finest, as a list index), got {levels!r}")
+            levels = sorted({int(i) % n for i in levels})
         self.levels = levels
         sizes = [int(torch.Size(s).numel()) for s in self.codec.latent_shapes]
         self._level_size = sum(sizes) if levels is None else sum(sizes[i] for i in levels)
@@ -96,7 +99,7 @@ class CodecTransform(LatentTransform):
         """x: (B, C, H, W) -> (B, D) standardised latents, without gradient (looked up in the cache by index,
         checked on entry against the cache size)."""
         if index is not None:
-            return self.cache(index)
+            return self.cache(index, check=False)  # checked on entry
         with torch.no_grad():
             return self.codec.encode_flat(x)
 

@@ -10,7 +10,7 @@ from torch import nn
 from .base import LatentTransform
 from .isda import ISDA
 from .labels import to_soft
-from .validation import check_batch
+from .validation import check_batch, check_count
 
 
 def _is_kornia_mix(t: object) -> bool:
@@ -124,7 +124,7 @@ class Compose(nn.Module):
             raise ValueError(f"ISDA (step {isda[0]}) needs class-index labels and cannot be combined with label-mixing "
                              f"steps ({', '.join(f'{_name(steps[i])} at step {i}' for i in mixing)})")
         self.steps = nn.ModuleList(steps)
-        self.num_classes = num_classes
+        self.num_classes = None if num_classes is None else check_count("num_classes", num_classes, low=1)
 
     def __len__(self) -> int:
         return len(self.steps)

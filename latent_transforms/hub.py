@@ -163,6 +163,8 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
     The same tensors and metadata give the same bytes (and sha256) in every process: safetensors writes its
     metadata in a per-process hash order, so the header is rewritten with the metadata keys sorted.
     """
+    if not Path(path).parent.is_dir():
+        raise ValueError(f"cannot save {path}: the directory {Path(path).parent} does not exist")
     data = safetensors_bytes(tensors, metadata=metadata)
     n = int.from_bytes(data[:8], "little")
     header = json.loads(data[8:8 + n])
@@ -205,8 +207,6 @@ def save_checkpoint(codec: "Codec", path: str | os.PathLike, dtype: torch.dtype 
                 if v.is_floating_point() and bool((torch.isfinite(v.detach().cpu()) & ~torch.isfinite(tensors[k])).any())]
     if overflow:
         raise ValueError(f"weights {overflow} do not fit in {dtype} (they would be stored as inf); save as float32")
-    if not path.parent.is_dir():
-        raise ValueError(f"cannot save {path}: the directory {path.parent} does not exist")
     return write_safetensors(path, tensors, metadata)
 
 
@@ -215,6 +215,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     from .codecs import build_codec
 
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory; give a checkpoint's .safetensors file in it")
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint file at {path}")
     try:
@@ -615,6 +617,14 @@ def _is_file(name_or_path: str) -> bool:
         return False
 
 
+def _is_dir(name_or_path: str) -> bool:
+    """A path to a directory, unless it is also a registered name (a name may match a folder in the cwd)."""
+    try:
+        return Path(name_or_path).is_dir() and name_or_path not in _registry(broken_user_registry="warn")
+    except OSError:
+        return False
+
+
 def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") -> "Codec":
     """A frozen codec from a checkpoint file path or a registry name (``fetch``-ed, then cached in-process).
 
@@ -622,7 +632,7 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") ->
     A name is read and verified once per process and device; every call returns its own copy, so moving or
     casting one codec (``.to``, ``.double()``, a transform's ``.cuda()``) leaves the others alone.
     """
-    if isinstance(name_or_path, os.PathLike) or _is_file(name_or_path):
+    if isinstance(name_or_path, os.PathLike) or _is_file(name_or_path) or _is_dir(name_or_path):
         return load_checkpoint(name_or_path, device)
     name = str(name_or_path)
     key = (name, str(torch.device(device)))

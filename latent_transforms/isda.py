@@ -34,7 +34,8 @@ from torch import nn
 from .base import LatentTransform
 from .feature_covariance import FeatureCovariance
 from .modelutils import unwrap
-from .validation import check_batch, check_choice, check_count, check_labels, check_number, check_same_device
+from .validation import (check_batch, check_bool, check_choice, check_count, check_labels, check_number,
+                         check_same_device, describe)
 
 COVARIANCES = ("full", "diagonal")
 
@@ -56,7 +57,8 @@ def isda_logits(logits: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, cov
         y: (N,) int64 class indices in ``[0, C)`` (``ValueError`` otherwise).
         cov: (C, A, A) per-class covariances, or (C, A) per-class variances (diagonal form). Used as a constant.
         lam: float >= 0, or (N,) per-sample strengths.
-        check_y: check ``y``'s values (one host sync); ``False`` for callers that have checked them.
+        check_y: check ``y``'s values and a per-sample ``lam``'s (one host sync each); ``False`` for callers that
+            have checked them.
 
     Returns:
         (N, C) in ``logits``' dtype; ``logits`` itself when ``lam == 0`` (a Python number).
@@ -65,7 +67,13 @@ def isda_logits(logits: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, cov
     N x C x A x A: with ``C <= N`` it builds the (C, C) table of corrections per class and indexes it with ``y``
     (memory ~3 C^2 A), otherwise it works per sample (memory N A^2 for ``cov[y]`` plus 3 N C A).
     """
-    if isinstance(lam, (int, float)) and lam == 0:
+    if isinstance(lam, torch.Tensor) and lam.ndim == 1:
+        if lam.shape != (len(logits),) or (check_y and not bool(((lam >= 0) & torch.isfinite(lam)).all())):
+            raise ValueError(f"lam must be a float >= 0 or ({len(logits)},) finite strengths >= 0, got "
+                             f"{describe(lam)}")
+    else:
+        lam = check_number("lam", lam)
+    if isinstance(lam, float) and lam == 0:
         return logits
     n, c = logits.shape
     if weight.ndim != 2 or weight.shape[0] != c:
@@ -109,7 +117,7 @@ class _ISDAState:
         self.lambda0 = check_number("lambda0", lambda0)
         self.covariance, self.progress = check_choice("covariance", covariance, COVARIANCES), 0.0
         self.estimator = FeatureCovariance(num_classes, feature_dim, diagonal=covariance == "diagonal",
-                                           sync=sync_stats)
+                                           sync=check_bool("sync_stats", sync_stats))
 
     @property
     def lam(self) -> float:
@@ -317,7 +325,7 @@ class ISDA(_ISDAState, LatentTransform):
 
         ``index`` is checked like every transform's and unused (ISDA encodes nothing)."""
         check_batch(x, y, self.num_classes, index)
-        self._require_model(model)
+        self._require_model(model, x)
         check_same_device(x, self.estimator, "ISDA's class statistics")
         if not self.training:
             return x, y
@@ -383,8 +391,10 @@ class ISDALoss(_ISDAState, nn.Module):
     def forward(self, features: torch.Tensor, fc: nn.Linear, y: torch.Tensor) -> torch.Tensor:
         if not isinstance(fc, nn.Linear):
             raise TypeError(f"fc must be the classifier's nn.Linear, got {type(fc).__name__}")
-        if features.ndim != 2 or features.shape[1] != fc.in_features:
-            raise ValueError(f"features must be (N, {fc.in_features}) for {fc}, got {tuple(features.shape)}")
+        if not isinstance(features, torch.Tensor) or features.ndim != 2 or features.shape[1] != fc.in_features \
+                or not features.is_floating_point() or not len(features):
+            raise ValueError(f"features must be a non-empty (N, {fc.in_features}) float tensor for {fc}, got "
+                             f"{describe(features)}")
         if fc.out_features != self.num_classes:
             raise ValueError(f"fc has {fc.out_features} outputs but num_classes={self.num_classes}")
         check_labels(y, features.shape[0], self.num_classes)

@@ -9,7 +9,7 @@ from .latent_cache import LatentCache
 from .codecs import Codec
 from .modelutils import borrowed, logits_of
 from .perturbation import ascent_direction, check_norm, project, random_start
-from .validation import check_choice, check_count, check_number
+from .validation import check_bool, check_choice, check_count, check_number
 
 
 class LatentAdversarial(CodecTransform):
@@ -58,7 +58,7 @@ class LatentAdversarial(CodecTransform):
         eps, step_size, steps = check_number("eps", eps), check_number("step_size", step_size), check_count("steps", steps)
         super().__init__(codec, levels=levels, cache=cache, p=p, generator=generator)
         self.eps, self.steps, self.step_size, self.norm = eps, steps, step_size, norm
-        self.random_start, self.target = random_start, target
+        self.random_start, self.target = check_bool("random_start", random_start), target
         self.last_params: dict[str, torch.Tensor] = {}
 
     def extra_repr(self) -> str:

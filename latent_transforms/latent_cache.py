@@ -7,7 +7,7 @@ from tqdm.auto import tqdm
 
 from . import hub
 from .codecs import Codec, resolve_codec
-from .validation import check_count, check_images
+from .validation import check_count, check_images, check_index
 
 FORMAT = "latent-transforms-latent-cache/1"
 
@@ -80,6 +80,9 @@ class LatentCache(nn.Module):
     def __len__(self) -> int:
         return self.latents.shape[0]
 
-    def forward(self, index: torch.Tensor) -> torch.Tensor:
-        """index: (B,) int64 positions -> (B, D) latents on the cache's device."""
+    def forward(self, index: torch.Tensor, *, check: bool = True) -> torch.Tensor:
+        """index: (B,) int64 positions in ``[0, len(cache))`` -> (B, D) latents on the cache's device (``check=False``
+        skips the index check, one host sync, for callers that made it)."""
+        if check:
+            check_index(index, None, len(self))
         return self.latents[index.to(self.latents.device)]

@@ -24,6 +24,9 @@ def borrowed(model: nn.Module) -> Iterator[nn.Module]:
     Every module's train/eval flag and every parameter's ``requires_grad`` are restored on exit, also when
     an exception is raised inside. Existing ``.grad`` tensors are never touched.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"the model must be an nn.Module (its modules' modes and parameters are borrowed), got "
+                        f"{type(model).__name__}")
     model = unwrap(model)
     modes = [(m, m.training) for m in model.modules()]
     flags = [(p, p.requires_grad) for p in model.parameters()]

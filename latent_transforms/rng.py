@@ -42,6 +42,9 @@ class GeneratorSource:
     def __init__(self, spec: torch.Generator | int | None = None):
         if isinstance(spec, bool) or not (spec is None or isinstance(spec, (numbers.Integral, torch.Generator))):
             raise TypeError(f"generator must be None, an int seed or a torch.Generator, got {type(spec).__name__}")
+        if isinstance(spec, numbers.Integral) and not -2**63 <= spec < 2**64:
+            raise ValueError(f"a generator seed must be in [-2**63, 2**64) (torch.Generator.manual_seed's range), "
+                             f"got {spec}")
         self.spec = int(spec) if isinstance(spec, numbers.Integral) else spec
         self._per_device: dict[str, torch.Generator] = {}
         self._process = _process()

@@ -45,8 +45,16 @@ def check_choice(name: str, value: object, choices: tuple) -> object:
     return value
 
 
-def check_images(x: torch.Tensor, name: str = "x", allow_uint8: bool = False) -> None:
-    """Check ``x: (B, C, H, W)`` float in [0, 1], finite, non-empty (or any ``uint8`` if ``allow_uint8``)."""
+def check_bool(name: str, value: object) -> bool:
+    """``value`` if it is ``True`` or ``False`` (a string such as ``"no"`` would read as true)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def check_images(x: torch.Tensor, name: str = "x", allow_uint8: bool = False, values: bool = True) -> None:
+    """Check ``x: (B, C, H, W)`` float in [0, 1], finite, non-empty (or any ``uint8`` if ``allow_uint8``);
+    ``values=False`` checks all but the values (no host sync)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim != 4:
@@ -62,6 +70,8 @@ def check_images(x: torch.Tensor, name: str = "x", allow_uint8: bool = False) ->
             f"{name} must be a float tensor with values in [0, 1]{' or uint8' if allow_uint8 else ''}, got dtype "
             f"{x.dtype}; convert with x.float() / 255 for uint8 images"
         )
+    if not values:
+        return
     lo, hi = torch.stack(torch.aminmax(x.detach())).tolist()  # one host sync; NaN and inf show in the extremes
     if not (math.isfinite(lo) and math.isfinite(hi)):
         bad = (~torch.isfinite(x)).flatten(1).any(1).nonzero().flatten().tolist()
@@ -94,15 +104,17 @@ def check_labels(y: torch.Tensor, batch_size: int, num_classes: int | None = Non
         return
     if not y.is_floating_point():
         raise ValueError(f"{name} soft labels (B, K) must be float, got dtype {y.dtype}")
+    if y.shape[1] == 0:
+        raise ValueError(f"{name} soft labels have no classes (shape {tuple(y.shape)})")
     if num_classes is not None and y.shape[1] != num_classes:
         raise ValueError(f"{name} soft labels have {y.shape[1]} classes, expected num_classes={num_classes}")
     if not bool(torch.isfinite(y).all()):
         raise ValueError(f"{name} soft labels contain NaN or inf")
     if float(y.min()) < -SOFT_LABEL_TOL:
         raise ValueError(f"{name} soft labels have a negative entry {float(y.min()):.4g}")
-    sums = y.sum(1)
+    sums = y.float().sum(1)  # bf16 rows are summed exactly enough, and judged by what bf16 can represent
     worst = int((sums - 1).abs().argmax()) if y.shape[0] else 0
-    if y.shape[0] and abs(float(sums[worst]) - 1) > SOFT_LABEL_TOL:
+    if y.shape[0] and abs(float(sums[worst]) - 1) > max(SOFT_LABEL_TOL, torch.finfo(y.dtype).eps):
         raise ValueError(f"{name} soft label rows must sum to 1, row {worst} sums to {float(sums[worst]):.4g}")
 
 
@@ -118,11 +130,11 @@ def check_same_device(x: torch.Tensor, module: torch.nn.Module, what: str) -> No
         )
 
 
-def check_index(index: torch.Tensor, batch_size: int, size: int | None = None) -> None:
-    """Check ``index: (B,)`` int64 dataset positions (in ``[0, size)`` when the size is known)."""
+def check_index(index: torch.Tensor, batch_size: int | None, size: int | None = None) -> None:
+    """Check ``index: (B,)`` int64 dataset positions (``B == batch_size`` and in ``[0, size)`` when given)."""
     if not isinstance(index, torch.Tensor) or index.dtype != torch.int64 or index.ndim != 1:
-        raise ValueError(f"index must be a (B,) int64 tensor of dataset positions, got {_describe(index)}")
-    if index.shape[0] != batch_size:
+        raise ValueError(f"index must be a (B,) int64 tensor of dataset positions, got {describe(index)}")
+    if batch_size is not None and index.shape[0] != batch_size:
         raise ValueError(f"batch sizes differ: x has {batch_size} samples, index has {index.shape[0]}")
     if index.numel():
         lo, hi = torch.stack(torch.aminmax(index)).tolist()  # one host sync
@@ -136,10 +148,19 @@ def check_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int | None = None
     (``index`` in ``[0, index_size)`` when the size is known). ``allow_uint8``: ``uint8`` images pass too (for a
     :class:`~latent_transforms.Compose` whose first step is a torchvision v2 transform or a callable)."""
     check_images(x, allow_uint8=allow_uint8)
+    for name, t in (("y", y), ("index", index)):
+        if isinstance(t, torch.Tensor) and t.device != x.device:
+            raise ValueError(f"{name} is on {t.device} but x is on {x.device}; move it with .to({str(x.device)!r}) "
+                             f"(latent-transforms never moves data between devices)")
     check_labels(y, x.shape[0], num_classes)
     if index is not None:
         check_index(index, x.shape[0], index_size)
 
 
-def _describe(t: object) -> str:
-    return f"{t.dtype} of shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+def describe(t: object) -> str:
+    """What a value is, for a message: a tensor's dtype and shape, a list's items, else the type's name."""
+    if isinstance(t, torch.Tensor):
+        return f"{t.dtype} of shape {tuple(t.shape)}"
+    if isinstance(t, (list, tuple)):
+        return "[" + ", ".join(describe(v) for v in t) + "]"
+    return type(t).__name__

@@ -8,7 +8,7 @@ from .latent_cache import LatentCache
 from .codecs import Codec, ConvVAE
 from .labels import mix_labels
 from .rng import sample_beta
-from .validation import check_choice, check_number
+from .validation import check_bool, check_choice, check_number
 
 
 class VarMixup(CodecTransform):
@@ -67,10 +67,8 @@ class VarMixup(CodecTransform):
         if posterior == "sample" and cache is not None:
             raise ValueError("posterior='sample' draws from the posterior, which a LatentCache (posterior means) "
                              "does not hold: use posterior='mean' with a cache, or no cache")
-        self.alpha, self.posterior, self.per_sample = alpha, posterior, per_sample
-        if not isinstance(keep_detail, bool):
-            raise TypeError(f"keep_detail must be True or False, got {keep_detail!r}")
-        self.keep_detail = keep_detail
+        self.alpha, self.posterior, self.per_sample = alpha, posterior, check_bool("per_sample", per_sample)
+        self.keep_detail = check_bool("keep_detail", keep_detail)
         self.last_params: dict[str, torch.Tensor] = {}
 
     def extra_repr(self) -> str:

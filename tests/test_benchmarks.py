@@ -18,7 +18,8 @@ TIMEOUT_S = 170
 ARMS = ["baseline", "randaugment", "mixup", "latent-noise", "latent-adversarial", "varmixup", "isda",
         "randaugment+latent-adversarial", "isda+latent-noise"]
 THROUGHPUT_ROWS = ["train_step", "tv_randaugment_batch", "tv_randaugment_sample", "tv_mixup", "kornia_randaugment",
-                   "glow_normflows", "glow_codec", "latent_noise", "latent_adversarial_1", "latent_adversarial_3",
+                   "glow_normflows", "glow_codec", "latent_noise", "latent_adversarial_0", "latent_adversarial_1",
+                   "latent_adversarial_3",
                    "varmixup", "varmixup_all", "train_step_isda"]
 
 
@@ -166,11 +167,31 @@ def test_throughput_smoke(tmp_path):
         assert r["peak_extra_bytes"] is None  # CPU: no peak memory
     assert rows["train_step"]["vs_train_step"] == 1.0
     assert result["config"]["max_abs_diff_normflows_vs_codec_roundtrip"] < 1e-3
+    # the round trip itself, not only the two paths' agreement (the issue's bound must hold on the GPU too)
+    assert result["config"]["max_abs_roundtrip_error_codec"] < 1e-3
+    assert result["config"]["max_abs_roundtrip_error_normflows"] < 1e-3
 
     md = (out / "throughput.md").read_text()
     assert md.count("\n| ") >= len(THROUGHPUT_ROWS) + 1
     for r in rows.values():
         assert f"| {r['method']} |" in md and f"| {r['method']} |" in proc.stdout
+    assert re.search(r"LatentAdversarial cost in PGD steps: fixed [\d.]+ ms, first step -?[\d.]+ ms, each of steps 2-3 "
+                     r"-?[\d.]+ ms", md), md[-1500:]
+
+
+def test_throughput_table_reports_isdas_own_memory():
+    """The ISDA row times a whole training step, so its peak is a step's: the table adds ISDA's own share."""
+    tp = _load_benchmark("throughput")
+    row = dict(timed="t", seconds=0.01, images_per_second=1.0, vs_train_step=1.0)
+    result = {"config": {"smoke": False, "batch_size": 256, "device_name": "GPU", "torch": "2", "iters": 1,
+                         "warmup": 1, "codecs": {"glow": "g", "vae": "v"}, "width": 64, "compile": False,
+                         "max_abs_diff_normflows_vs_codec_roundtrip": 1e-6, "max_abs_roundtrip_error_codec": 2e-6,
+                         "max_abs_roundtrip_error_normflows": 3e-6},
+              "rows": [{**row, "key": "train_step", "method": "step", "peak_extra_bytes": 900 * 2**20},
+                       {**row, "key": "train_step_isda", "method": "isda", "peak_extra_bytes": 912 * 2**20}]}
+    md = tp.format_table(result)
+    assert "ISDA's own: 12 MiB more than the plain step's peak" in md
+    assert "max |decode(encode(x)) - x|: library codec 2.0e-06, normflows path 3.0e-06" in md
 
 
 def _fake_results(path: Path, arm: str, seed: int, accuracy: float, codec: dict | None = None, **settings) -> Path:

@@ -41,6 +41,8 @@ BAD_INPUTS = [
     ("soft wrong classes", GOOD_X, torch.full((4, 7), 1 / 7), "expected num_classes=10"),
     ("batch mismatch", GOOD_X, GOOD_Y[:3], "batch sizes differ: x has 4 samples, y has 3"),
     ("not a tensor", GOOD_X.numpy(), GOOD_Y, "torch.Tensor"),
+    ("soft no classes", GOOD_X, torch.zeros(4, 0), "soft labels have no classes"),
+    ("labels on another device", GOOD_X, GOOD_Y.to("meta"), "y is on meta but x is on cpu"),
 ]
 
 GLOW, VAE = tiny_glow(), tiny_vae()
@@ -111,3 +113,121 @@ def test_check_choice_takes_equal_values_of_the_choices_type():
     for bad in ("L2", 1, True, None, b"l2"):
         with pytest.raises(ValueError, match=r"norm must be one of \('l2', 'linf'\)"):
             check_choice("norm", bad, ("l2", "linf"))
+
+
+# -- entry points besides a transform's call (found by an audit that threw bad input at every public function) --
+def test_codec_encode_and_decode_check_what_they_are_given():
+    # uint8 images gave all-NaN latents silently; other shapes failed deep inside normflows or torch
+    x = torch.rand(4, 1, 8, 8)
+    for bad, message in (((x * 255).to(torch.uint8), "float tensor"), (torch.rand(4, 1, 16, 16), "trained on images"),
+                         (x[0], "shape \\(B, C, H, W\\)")):
+        for codec in (GLOW, VAE):
+            with pytest.raises(ValueError, match=message):
+                codec.encode(bad)
+    with pytest.raises(ValueError, match="posterior|float tensor"):
+        VAE.encode((x * 255).to(torch.uint8), sample=True)
+    with pytest.raises(ValueError, match=f"flat latents with D = {GLOW.latent_dim}"):
+        GLOW.decode_flat(torch.randn(4, 100))
+    z = GLOW.encode(x)
+    with pytest.raises(ValueError, match="list of 2 float tensors"):
+        GLOW.decode(z[:1])
+    with pytest.raises(ValueError, match="one batch size"):
+        GLOW.decode([z[0], z[1][:2]])
+    assert (GLOW.decode(z) - x).abs().max() < 1e-4
+
+
+def test_bfloat16_soft_labels_are_judged_by_what_bfloat16_can_hold():
+    # VarMixup's own bf16 output was refused when fed back: "row sums to 0.9961" (bf16 steps are 0.0039 near 1)
+    y = torch.softmax(torch.randn(64, 10, generator=torch.Generator().manual_seed(0)), 1).bfloat16()
+    x2, y2 = VarMixup(tiny_vae(), p=1.0, generator=0)(torch.rand(64, 1, 8, 8), y)
+    VarMixup(tiny_vae(), p=1.0, generator=0)(x2, y2)
+    check_labels(y, 64)
+    with pytest.raises(ValueError, match="sum to 1"):
+        check_labels(torch.full((4, 10), 0.11, dtype=torch.bfloat16), 4)
+
+
+def test_the_model_must_be_a_module_on_the_data_device():
+    import copy
+
+    from latent_transforms import LatentMixupInference
+
+    net, x, y = TinyNet(), GOOD_X, GOOD_Y
+    with pytest.raises(TypeError, match="an nn.Module .*got function"):
+        LatentAdversarial(GLOW)(x, y, lambda t: net(t))
+    with pytest.raises(ValueError, match="the model is on meta but x is on cpu"):
+        LatentAdversarial(GLOW)(x, y, copy.deepcopy(net).to("meta"))
+    with pytest.raises(TypeError, match="model must be the classifier, an nn.Module, got str"):
+        LatentMixupInference("net", GLOW, x)
+    with pytest.raises(ValueError, match="the model is on meta"):
+        LatentMixupInference(copy.deepcopy(net).to("meta"), GLOW, x)(x)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: LatentAdversarial(GLOW, random_start="no"), "random_start must be True or False"),
+    (lambda: VarMixup(VAE, per_sample="no"), "per_sample must be True or False"),
+    (lambda: __import__("latent_transforms").ISDA(10, sync_stats="no"), "sync_stats must be True or False"),
+    (lambda: Compose([], num_classes="10"), "num_classes must be an int >= 1"),
+    (lambda: Compose([], num_classes=0), "num_classes must be an int >= 1"),
+    (lambda: LatentNoise(GLOW, generator=2**70), "seed must be in \\[-2\\*\\*63, 2\\*\\*64\\)"),
+    (lambda: LatentNoise(GLOW, levels=[5]), "from -2, counted from the finest"),
+    (lambda: __import__("latent_transforms.codecs", fromlist=["Glow"]).Glow((1, 8, 8), alpha="0.05"),
+     "alpha must be a finite number"),
+])
+def test_constructor_arguments_are_checked(make, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        make()
+
+
+def test_numpy_level_indices_are_taken_like_ints():
+    assert LatentNoise(GLOW, levels=[np.int64(0), -1]).levels == [0, 1]
+
+
+def test_isda_logits_refuses_a_bad_strength():
+    from latent_transforms.isda import isda_logits
+
+    logits, w, y, cov = torch.randn(4, 3), torch.randn(3, 5), torch.tensor([0, 1, 2, 0]), torch.eye(5).repeat(3, 1, 1)
+    for lam in (-1.0, float("nan"), torch.tensor([0.5, -0.1, 0.5, 0.5]), torch.ones(3)):
+        with pytest.raises(ValueError, match="lam must be"):
+            isda_logits(logits, w, y, cov, lam)
+    assert torch.equal(isda_logits(logits, w, y, cov, 0.0), logits)
+
+
+def test_isda_loss_checks_its_features():
+    from latent_transforms import ISDALoss
+
+    loss, fc, y = ISDALoss(3), torch.nn.Linear(5, 3), torch.tensor([0, 1])
+    for features in (torch.randn(0, 5), torch.randint(0, 3, (2, 5)), [[0.0] * 5] * 2):
+        with pytest.raises(ValueError, match="features must be a non-empty \\(N, 5\\) float tensor"):
+            loss(features, fc, y if len(features) else y[:0])
+
+
+def test_latent_cache_checks_its_index_and_where_it_saves(tmp_path):
+    from latent_transforms import LatentCache
+
+    cache = LatentCache(GLOW, torch.rand(6, 1, 8, 8), progress=False)
+    for index, message in ((torch.tensor([-1]), "outside \\[0, 6\\)"), (torch.tensor([6]), "outside"),
+                           (torch.tensor([0], dtype=torch.int32), "int64")):
+        with pytest.raises(ValueError, match=message):
+            cache(index)
+    with pytest.raises(ValueError, match=f"the directory {tmp_path / 'nowhere'} does not exist"):
+        cache.save(tmp_path / "nowhere" / "c.safetensors")
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_evaluation_helpers_check_their_arguments():
+    from latent_transforms.evaluation import fit_classifier, predict_proba
+
+    with pytest.raises(ValueError, match="non-empty batch"):
+        predict_proba(TinyNet(), GOOD_X[:0])
+    with pytest.raises(TypeError, match="nn.Module"):
+        predict_proba(lambda t: t, GOOD_X)
+    with pytest.raises(ValueError, match="lr must be a finite number"):
+        fit_classifier(TinyNet(), GOOD_X, GOOD_Y, lr=float("nan"), epochs=1, progress=False)
+
+
+def test_loading_a_directory_says_so(tmp_path):
+    from latent_transforms import hub
+
+    for arg in (str(tmp_path), tmp_path):
+        with pytest.raises(IsADirectoryError, match=f"{tmp_path} is a directory"):
+            hub.load(arg)

@@ -11,7 +11,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from ..validation import check_same_device
+from ..validation import check_images, check_same_device, describe
 
 Latents = list[torch.Tensor]  # per-level latents, each (B, *shape); coarsest first for multi-scale flows
 
@@ -118,7 +118,9 @@ class Codec(nn.Module):
         return sum(math.prod(s) for s in self.latent_shapes)
 
     def encode(self, x: torch.Tensor) -> Latents:
-        """x: (B, C, H, W) in [0, 1] -> standardised latents (codec dtype)."""
+        """x: (B, C, H, W) in [0, 1] -> standardised latents (codec dtype). The shape, dtype and device are checked
+        (uint8 images gave NaN latents); the values are not (the transforms check them once per batch)."""
+        self.check_input(x)
         with exact_math(x.device.type):
             if self._compiled is not None:
                 return self._compiled[0](self, x.to(self.dtype))
@@ -126,6 +128,7 @@ class Codec(nn.Module):
 
     def decode(self, z: Latents) -> torch.Tensor:
         """Standardised latents -> (B, C, H, W), approximately in [0, 1] (codec dtype, not clipped)."""
+        self.check_latents(z)
         with exact_math(z[0].device.type):
             if self._compiled is not None:
                 return self._compiled[1](self, [t.to(self.dtype) for t in z])
@@ -138,6 +141,9 @@ class Codec(nn.Module):
 
     def decode_flat(self, z: torch.Tensor) -> torch.Tensor:
         """z: (B, D) -> (B, C, H, W), as ``decode`` (not clipped)."""
+        if not isinstance(z, torch.Tensor) or z.ndim != 2 or z.shape[1] != self.latent_dim:
+            raise ValueError(f"z must be (B, D) flat latents with D = {self.latent_dim} for this {self.kind} codec, "
+                             f"got {describe(z)}")
         return self.decode(unflatten_latents(z, self.latent_shapes))
 
     @torch.no_grad()
@@ -150,6 +156,24 @@ class Codec(nn.Module):
         device = self.device
         z = [temperature * torch.randn((n, *s), generator=generator, device=device, dtype=self.dtype) for s in self.latent_shapes]
         return self.decode(z).clamp(0, 1)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise if x is not a (B, C, H, W) float batch of this codec's image shape on its device (values unchecked)."""
+        check_images(x, values=False)
+        self.check_images(x)
+
+    def check_latents(self, z: Latents) -> None:
+        """Raise if ``z`` is not one float tensor per level, ``(B, *latent_shapes[i])``, on this codec's device."""
+        shapes = [tuple(s) for s in self.latent_shapes]
+        if not isinstance(z, (list, tuple)) or len(z) != len(shapes) or \
+                not all(isinstance(t, torch.Tensor) and t.is_floating_point() for t in z):
+            raise ValueError(f"z must be a list of {len(shapes)} float tensors (B, *shape), shapes {shapes}, for this "
+                             f"{self.kind} codec, got {describe(z)}")
+        got = [tuple(t.shape[1:]) for t in z]
+        if got != shapes or len({t.shape[0] for t in z}) != 1:
+            raise ValueError(f"this {self.kind} codec's latents have per-sample shapes {shapes} and one batch size, "
+                             f"got shapes {[tuple(t.shape) for t in z]}")
+        check_same_device(z[0], self, f"the {self.kind} codec")
 
     def check_images(self, x: torch.Tensor) -> None:
         """Raise if x does not fit this codec (shape or device)."""

@@ -8,6 +8,7 @@ import normflows as nf
 import torch
 import torch.nn.functional as F
 
+from ..validation import check_number
 from .base import Codec, Latents
 
 
@@ -72,6 +73,7 @@ class Glow(Codec):
         self.check_positive(levels=levels, steps=steps, hidden=hidden, num_bins=num_bins)
         if num_bins < 2:
             raise ValueError(f"num_bins must be >= 2 (intensity levels of the data), got {num_bins}")
+        alpha, scale_floor = check_number("alpha", alpha), check_number("scale_floor", scale_floor)  # numbers first
         if not (0 < alpha < 0.5 and 0 < scale_floor < 1):
             raise ValueError(f"alpha must be in (0, 0.5) and scale_floor in (0, 1), got {alpha!r}, {scale_floor!r}")
         c, h, w = self.image_shape

@@ -82,6 +82,7 @@ class ConvVAE(Codec):
         """x: (B, C, H, W) in [0, 1] -> [(B, *latent_shapes[0])]: the posterior mean, or a posterior sample."""
         if not sample:
             return super().encode(x)
+        self.check_input(x)
         with exact_math(x.device.type):
             mu, logvar = self.posterior(x.to(self.dtype))
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
