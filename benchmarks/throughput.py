@@ -170,7 +170,7 @@ def build_rows(args, device: torch.device, codecs: dict) -> list[dict]:
     mixup = v2.MixUp(num_classes=NUM_CLASSES)
     kornia_ra = kornia.augmentation.auto.RandAugment(n=2, m=10)
     noise = LatentNoise(glow, eps=args.noise_eps, generator=0)
-    adversarial_0 = LatentAdversarial(glow, steps=0, generator=0)  # the fixed cost: encode, random start, decode
+    adversarial_0 = LatentAdversarial(glow, steps=0, generator=0)  # the fixed cost of the attack
     adversarial = LatentAdversarial(glow, steps=1, generator=0)
     adversarial_3 = LatentAdversarial(glow, steps=3, generator=0)
     # p < 1 makes the codec's batch size vary from call to call, and cuDNN autotunes every new size once: reseeding
@@ -204,7 +204,8 @@ def build_rows(args, device: torch.device, codecs: dict) -> list[dict]:
          "timed": "codec.encode, L2 noise, codec.decode", "fn": lambda: codec_roundtrip(glow, x, args.noise_eps, g)},
         {"key": "latent_noise", "method": "LatentNoise", "timed": "t(x, y)", "fn": lambda: noise(x, y)},
         {"key": "latent_adversarial_0", "method": "LatentAdversarial, 0 PGD steps (its fixed cost)",
-         "timed": "t(x, y, model): encode, random start, decode", "fn": lambda: adversarial_0(x, y, model)},
+         "timed": "t(x, y, model): encode, the clean forward (target), random start, decode",
+         "fn": lambda: adversarial_0(x, y, model)},
         {"key": "latent_adversarial_1", "method": "LatentAdversarial, 1 PGD step", "timed": "t(x, y, model)",
          "fn": lambda: adversarial(x, y, model)},
         {"key": "latent_adversarial_3", "method": "LatentAdversarial, 3 PGD steps (official CIFAR)",
