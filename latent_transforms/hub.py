@@ -237,7 +237,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         raise ValueError(f"{path} has no valid JSON 'config' in its metadata ({e})") from None
     if not isinstance(config, dict):
         raise ValueError(f"{path}: metadata 'config' must be a JSON object, got {type(config).__name__}")
-    codec = build_codec(config)
+    with torch.random.fork_rng(devices=[]):  # the random init, overwritten below, must not move torch's global RNG
+        codec = build_codec(config)
     expected = codec.state_dict()
     missing, unexpected = sorted(expected.keys() - tensors.keys()), sorted(tensors.keys() - expected.keys())
     if missing or unexpected:

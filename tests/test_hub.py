@@ -236,6 +236,18 @@ class _Evil:
         return (open, (str(self.marker), "w"))
 
 
+def test_loading_a_checkpoint_leaves_the_global_rng_alone(env, tmp_path):
+    # building the codec before its weights are loaded drew its random init from torch's global generator: the
+    # first load of a name (and every load of a path) shifted everything a seeded program drew after it
+    path = tmp_path / "c.safetensors"
+    hub.save_checkpoint(_codec(), path)
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    hub.load(path)
+    assert torch.equal(torch.rand(4), expected)
+
+
 def test_pickle_checkpoint_is_refused_and_not_executed(env, tmp_path):
     probe = tmp_path / "probe"
     pickle.loads(pickle.dumps(_Evil(probe))).close()
