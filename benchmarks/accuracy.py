@@ -785,19 +785,33 @@ def warm_up(args, codecs: dict, x_train: torch.Tensor, y_train: torch.Tensor, de
             arms: set[str]) -> None:
     """cuDNN autotuning and lazy CUDA init before any timed run, so the first arm's s/epoch is fair: the classifier
     on full batches and the last, partial one; the codecs at both sizes; the latent attack's backward through the
-    flow and the classifier. (VarMixup encodes a varying number of images per batch: its first run still tunes.)"""
+    flow and the classifier; VarMixup at every number of selected images a batch is likely to hold (it encodes and
+    decodes only those, and cuDNN tunes each new size once)."""
     torch.manual_seed(0)
     n = min(len(x_train), 2 * args.batch_size + len(x_train) % args.batch_size)
     model = build_classifier(NUM_CLASSES, args.width, device, args.precision)
     fit_classifier(model, x_train[:n], y_train[:n], epochs=1, batch_size=args.batch_size, progress=False)
     attack = [a for a in ("latent-adversarial", "randaugment+latent-adversarial") if a in arms][:1]
     adversarial = make_augment(attack[0], args, codecs, seed=0).steps[-1] if attack else None
-    for size in {args.batch_size, len(x_train) % args.batch_size} - {0}:
+    batches = {args.batch_size, len(x_train) % args.batch_size} - {0}
+    for size in batches:
         for codec in codecs.values():
             with torch.no_grad():
                 codec.decode(codec.encode(x_train[:size]))
         if adversarial is not None:
             adversarial(x_train[:size], y_train[:size], model)
+    if "varmixup" in arms:
+        mix = make_augment("varmixup", args, codecs, seed=0).steps[-1]
+        p, mix.p = mix.p, 1.0  # every image of the slice: one call per count
+        for count in sorted({k for b in batches for k in likely_counts(b, p)}):
+            mix(x_train[:count], y_train[:count])
+
+
+def likely_counts(n: int, p: float, sigmas: float = 4.0) -> range:
+    """The numbers of images, out of ``n`` each selected with probability ``p``, within ``sigmas`` standard deviations
+    of the mean (at least 1): the batch sizes VarMixup's codec sees."""
+    mean, sd = n * p, math.sqrt(n * p * (1 - p))
+    return range(max(1, math.floor(mean - sigmas * sd)), min(n, math.ceil(mean + sigmas * sd)) + 1)
 
 
 def main(argv=None) -> dict:

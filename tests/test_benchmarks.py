@@ -536,6 +536,10 @@ def test_accuracy_gpu_warm_up_runs_every_part_it_tunes(monkeypatch):
 
     monkeypatch.setattr(acc, "make_augment", spy)
     x, y = torch.rand(20, 3, 32, 32), torch.arange(20) % 10
-    acc.warm_up(args, {"glow": glow, "vae": vae}, x, y, torch.device("cpu"), {"latent-adversarial", "isda"})
-    (attack,) = calls
+    acc.warm_up(args, {"glow": glow, "vae": vae}, x, y, torch.device("cpu"), {"latent-adversarial", "varmixup"})
+    attack, mix = calls
     assert type(attack).__name__ == "LatentAdversarial" and attack.stats["seen"] == 8 + 4, attack.stats  # 2 sizes
+    # VarMixup at every likely count of selected images: 1..8 of a batch of 8 and 1..4 of the last 4 at p 0.25
+    counts = sorted(set(acc.likely_counts(8, args.varmixup_p)) | set(acc.likely_counts(4, args.varmixup_p)))
+    assert type(mix).__name__ == "VarMixup" and mix.stats["seen"] == sum(counts) and counts[0] == 1
+    assert list(acc.likely_counts(128, 0.25)) == list(range(12, 53))  # mean 32 +- 4 x 4.9
