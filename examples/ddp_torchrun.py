@@ -77,7 +77,8 @@ def main() -> None:
     if args.smoke:
         torch.set_num_threads(1)
         args.batch_size, args.width, args.epochs = 8, 8, 2     # 64 images / 2 ranks / 8 = 4 steps per epoch
-    torch.manual_seed(0)  # the SAME seed on every rank: the transforms still draw differently per rank
+    torch.manual_seed(0)  # the SAME seed on every rank: the same initial weights; the library's transforms still
+    #                       draw differently per rank (torchvision/kornia steps do not: see the reseed below)
 
     # -- data, codecs, model ---------------------------------------------------------------------------
     if rank != 0:
@@ -96,6 +97,7 @@ def main() -> None:
     model = DDP(CifarResNet18(num_classes, width=args.width).to(device),
                 device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    torch.manual_seed(1 + rank)  # torchvision/kornia steps (the flips and MixUp below) draw from the global RNG
 
     # -- 1. per-rank randomness ------------------------------------------------------------------------
     x0, y0 = x_train[:8].to(device), y_train[:8].to(device)     # the same batch on every rank

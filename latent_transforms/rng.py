@@ -12,12 +12,12 @@ from torch.utils.data import get_worker_info
 _RANK_STRIDE = 1_000_003  # a prime, so rank streams do not collide for nearby seeds
 
 
-def _rank() -> int:
-    """The distributed rank; before ``init_process_group``, the one torchrun sets in ``RANK`` (else 0)."""
+def _rank(default: int = 0) -> int:
+    """The distributed rank; before ``init_process_group``, the one torchrun sets in ``RANK``, else ``default``."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank()
-    rank = os.environ.get("RANK", "0")
-    return int(rank) if rank.isdecimal() else 0
+    rank = os.environ.get("RANK", "")
+    return int(rank) if rank.isdecimal() else default
 
 
 def _process() -> tuple[int, int | None]:
@@ -39,6 +39,8 @@ class GeneratorSource:
     - ``torch.Generator``: used as given; it must live on the data's device.
     """
 
+    _parent_rank = 0  # the rank of the process a copy came from (see __getstate__)
+
     def __init__(self, spec: torch.Generator | int | None = None):
         if isinstance(spec, bool) or not (spec is None or isinstance(spec, (numbers.Integral, torch.Generator))):
             raise TypeError(f"generator must be None, an int seed or a torch.Generator, got {type(spec).__name__}")
@@ -56,6 +58,8 @@ class GeneratorSource:
         state = self.__dict__.copy()
         state["spec"] = _box(self.spec)
         state["_per_device"] = {key: _box(g) for key, g in self._per_device.items()}
+        # a process spawned by this one (a DataLoader worker under mp.spawn) may see no process group and no RANK
+        state["_parent_rank"] = _rank(self._parent_rank)
         return state
 
     def get(self, device: torch.device) -> torch.Generator:
@@ -71,7 +75,7 @@ class GeneratorSource:
         key = str(device)
         if key not in self._per_device:
             if self.spec is None:
-                seed = int(torch.randint(0, 2**62, (1,)).item()) + _rank() * _RANK_STRIDE
+                seed = int(torch.randint(0, 2**62, (1,)).item()) + _rank(self._parent_rank) * _RANK_STRIDE
             else:
                 seed = self.spec
             self._per_device[key] = torch.Generator(device=device).manual_seed(seed)

@@ -191,6 +191,28 @@ def test_default_generator_offsets_by_torchruns_rank_before_the_process_group_ex
     assert not torch.equal(draws["0"], draws["1"])
 
 
+def test_a_copy_in_a_process_without_rank_keeps_the_rank_it_came_from(monkeypatch):
+    # a DataLoader worker started with "spawn" under mp.spawn sees no process group and no RANK: every rank's worker
+    # reseeded as rank 0 and drew the same augmentations (found with 2 gloo ranks)
+    import pickle
+
+    from latent_transforms import rng
+
+    draws = {}
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        blob = pickle.dumps(GeneratorSource(None))  # made and sent by the rank's main process
+        monkeypatch.delenv("RANK")
+        monkeypatch.setattr(rng, "_process", lambda: (-1, 0))  # unpickled in another process (the worker)
+        copy = pickle.loads(blob)
+        monkeypatch.undo()
+        monkeypatch.setattr(rng, "_process", lambda: (-1, 0))
+        torch.manual_seed(0)  # DataLoader seeds the workers of every rank alike when the main seeds are equal
+        draws[rank] = copy.get(torch.device("cpu")).initial_seed()
+        monkeypatch.undo()
+    assert draws["1"] - draws["0"] == rng._RANK_STRIDE
+
+
 class MixThenExplode(LatentTransform):
     """Mixes every label half-and-half with the next sample's, and returns NaN for the first selected sample."""
 
