@@ -7,7 +7,7 @@ from torch.utils.data import get_worker_info
 
 from .labels import num_classes_of, to_soft
 from .rng import GeneratorSource
-from .validation import check_batch, check_count, check_number, check_same_device
+from .validation import check_batch, check_count, check_model, check_number
 
 # A decoded sample further than this outside [0, 1] (before clipping) is implausible and is rejected.
 MAX_OVERSHOOT = 0.5
@@ -91,10 +91,7 @@ class LatentTransform(nn.Module):
             return
         if model is None:
             raise TypeError(f"{type(self).__name__} needs the classifier being trained: call t(x, y, model)")
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"{type(self).__name__} needs the classifier being trained, an nn.Module (its modules and "
-                            f"training mode are used), got {type(model).__name__}")
-        check_same_device(x, model, "the model")
+        check_model(model, x, f"{type(self).__name__}'s model")
         if get_worker_info() is not None:  # the worker's model is a stale copy, its hooks and gradients go nowhere
             raise RuntimeError(f"{type(self).__name__} needs the live model being trained, but it was called in a "
                                f"DataLoader worker, on the worker's copy of the model: call it in the training loop, "

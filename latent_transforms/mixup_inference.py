@@ -7,7 +7,7 @@ from torch import nn
 from .codecs import Codec, resolve_codec
 from .modelutils import borrowed, logits_of
 from .rng import GeneratorSource
-from .validation import check_count, check_images, check_number, check_same_device
+from .validation import check_count, check_images, check_model, check_number
 
 
 class LatentMixupInference(nn.Module):
@@ -36,8 +36,7 @@ class LatentMixupInference(nn.Module):
                  num_mixes: int = 8, generator: torch.Generator | int | None = None):
         super().__init__()
         lam, num_mixes = check_number("lam", lam, high=1.0, low_open=True), check_count("num_mixes", num_mixes, low=1)
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be the classifier, an nn.Module, got {type(model).__name__}")
+        check_model(model)
         check_images(references, "references")
         self.model, self.codec = model, resolve_codec(codec)
         self.codec.check_images(references)
@@ -50,7 +49,7 @@ class LatentMixupInference(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_images(x)
         self.codec.check_images(x)
-        check_same_device(x, self.model, "the model")
+        check_model(self.model, x)
         z = self.codec.encode_flat(x)
         refs = self.reference_latents
         pick = torch.randint(0, refs.shape[0], (self.num_mixes, x.shape[0]), generator=self._rng.get(x.device), device=x.device)

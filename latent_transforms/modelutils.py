@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from .validation import check_model
+
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The local module of a DDP/DataParallel wrapper (an attack needs no gradient sync), else ``model``."""
@@ -24,9 +26,7 @@ def borrowed(model: nn.Module) -> Iterator[nn.Module]:
     Every module's train/eval flag and every parameter's ``requires_grad`` are restored on exit, also when
     an exception is raised inside. Existing ``.grad`` tensors are never touched.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"the model must be an nn.Module (its modules' modes and parameters are borrowed), got "
-                        f"{type(model).__name__}")
+    check_model(model)
     model = unwrap(model)
     modes = [(m, m.training) for m in model.modules()]
     flags = [(p, p.requires_grad) for p in model.parameters()]

@@ -130,6 +130,16 @@ def check_same_device(x: torch.Tensor, module: torch.nn.Module, what: str) -> No
         )
 
 
+def check_model(model: object, x: torch.Tensor | None = None, who: str = "the model") -> None:
+    """Raise unless ``model`` is an ``nn.Module`` (its modules, modes and parameters are used), on ``x``'s device when
+    ``x`` is given."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"{who} must be the classifier, an nn.Module (its modules, modes and parameters are used), "
+                        f"got {type(model).__name__}")
+    if x is not None:
+        check_same_device(x, model, "the model")
+
+
 def check_index(index: torch.Tensor, batch_size: int | None, size: int | None = None) -> None:
     """Check ``index: (B,)`` int64 dataset positions (``B == batch_size`` and in ``[0, size)`` when given)."""
     if not isinstance(index, torch.Tensor) or index.dtype != torch.int64 or index.ndim != 1:
