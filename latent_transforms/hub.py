@@ -328,14 +328,14 @@ def _user_registry_data(shipped: dict[str, dict]) -> dict:
     return data
 
 
-def _registry(broken_user_registry: str = "raise") -> dict[str, dict]:
-    """Every registered name. ``broken_user_registry="warn"``: a user registry file that cannot be used is reported
-    as a warning and its entries left out, instead of raising."""
+def _registry(warn_if_broken: bool = False) -> dict[str, dict]:
+    """Every registered name. ``warn_if_broken``: a user registry file that cannot be used is reported as a warning
+    and its entries left out, instead of raising."""
     shipped = _shipped_registry()
     try:
         user = _user_registry_data(shipped)["checkpoints"]
     except ValueError as e:
-        if broken_user_registry != "warn":
+        if not warn_if_broken:
             raise
         warnings.warn(f"{e}; its checkpoints are left out until it is fixed", stacklevel=3)
         user = {}
@@ -479,7 +479,7 @@ def list_checkpoints() -> list[dict]:
         return path.is_file() and (size is None or path.stat().st_size == size)
 
     rows = []
-    for name, entry in sorted(_registry(broken_user_registry="warn").items()):
+    for name, entry in sorted(_registry(warn_if_broken=True).items()):
         size = entry.get("size")
         rows.append({"name": name, **entry, "cached": present(cache_dir() / entry["file"], size),
                      "shipped": present(SHIPPED_DIR / entry["file"], size)})
@@ -621,7 +621,7 @@ def _is_file(name_or_path: str) -> bool:
 def _is_dir(name_or_path: str) -> bool:
     """A path to a directory, unless it is also a registered name (a name may match a folder in the cwd)."""
     try:
-        return Path(name_or_path).is_dir() and name_or_path not in _registry(broken_user_registry="warn")
+        return Path(name_or_path).is_dir() and name_or_path not in _registry(warn_if_broken=True)
     except OSError:
         return False
 
