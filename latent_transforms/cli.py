@@ -31,6 +31,11 @@ def _quality(q: dict) -> str:
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in q.items()) or "-"
 
 
+def _where(row: dict) -> str:
+    """Where a listed checkpoint is available: cached, shipped, or only remote."""
+    return ", ".join(w for w in ("cached", "shipped") if row[w]) or "remote"
+
+
 def _cmd_list(args: argparse.Namespace) -> None:
     rows = hub.list_checkpoints()
     if not rows:
@@ -38,18 +43,16 @@ def _cmd_list(args: argparse.Namespace) -> None:
         return
     if args.verbose:
         for r in rows:
-            where = ", ".join(w for w in ("cached", "shipped") if r[w]) or "remote"
-            print(f"{r['name']}  ({r['config'].get('kind', '?')}, {_size(r.get('size'))}, {where})")
+            print(f"{r['name']}  ({r['config'].get('kind', '?')}, {_size(r.get('size'))}, {_where(r)})")
             for label, value in (("trained on", r.get("trained_on") or "-"), ("quality", _quality(r.get("quality") or {})),
                                  ("notes", r.get("notes") or "-"), ("file", f"{r['file']}  sha256 {r['sha256']}")):
                 print(f"  {label + ':':<12}{value}")
         return
     table = [("NAME", "KIND", "SIZE", "AVAILABLE", "QUALITY")]
     for r in rows:
-        where = ", ".join(w for w in ("cached", "shipped") if r[w]) or "remote"
         quality = r.get("quality") or {}
         headline = {k: v for k, v in quality.items() if k.startswith("test_")} or dict(list(quality.items())[:2])
-        table.append((r["name"], str(r["config"].get("kind", "?")), _size(r.get("size")), where, _quality(headline)))
+        table.append((r["name"], str(r["config"].get("kind", "?")), _size(r.get("size")), _where(r), _quality(headline)))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())

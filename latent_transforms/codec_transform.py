@@ -8,6 +8,7 @@ import torch
 from .base import LatentTransform
 from .codecs import Codec, resolve_codec
 from .latent_cache import LatentCache
+from .validation import check_device
 
 
 class CodecTransform(LatentTransform):
@@ -51,9 +52,7 @@ class CodecTransform(LatentTransform):
         if self.cache is None:
             raise ValueError(f"index= needs a latent cache: {type(self).__name__}(..., cache=LatentCache(codec, images))")
         self._check_cache()  # again: the cache's own load_state_dict may have brought another codec's latents
-        if self.cache.latents.device != x.device:
-            raise ValueError(f"the latent cache is on {self.cache.latents.device} but x is on {x.device}; "
-                             f"move it with .to({str(x.device)!r})")
+        check_device("the latent cache", self.cache.latents.device, x)
 
     def _refresh_fingerprint(self) -> None:
         """Note the codec's fingerprint (the codec is frozen: computed once, and again after load_state_dict) and

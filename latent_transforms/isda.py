@@ -67,8 +67,8 @@ def isda_logits(logits: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, cov
     N x C x A x A: with ``C <= N`` it builds the (C, C) table of corrections per class and indexes it with ``y``
     (memory ~3 C^2 A), otherwise it works per sample (memory N A^2 for ``cov[y]`` plus 3 N C A).
     """
-    if isinstance(lam, torch.Tensor) and lam.ndim == 1:
-        if lam.shape != (len(logits),) or (check_y and not bool(((lam >= 0) & torch.isfinite(lam)).all())):
+    if isinstance(lam, torch.Tensor):  # values checked only with check_y: reading them is a host sync
+        if lam.shape not in ((), (len(logits),)) or (check_y and not bool(((lam >= 0) & torch.isfinite(lam)).all())):
             raise ValueError(f"lam must be a float >= 0 or ({len(logits)},) finite strengths >= 0, got "
                              f"{describe(lam)}")
     else:

@@ -118,16 +118,20 @@ def check_labels(y: torch.Tensor, batch_size: int, num_classes: int | None = Non
         raise ValueError(f"{name} soft label rows must sum to 1, row {worst} sums to {float(sums[worst]):.4g}")
 
 
+def check_device(what: str, device: torch.device, x: torch.Tensor) -> None:
+    """Raise if ``what`` lives on ``device``, another device than ``x`` (data is never moved silently)."""
+    if device != x.device:
+        raise ValueError(f"{what} is on {device} but x is on {x.device}; move it with .to({str(x.device)!r}) "
+                         f"(latent-transforms never moves data between devices)")
+
+
 def check_same_device(x: torch.Tensor, module: torch.nn.Module, what: str) -> None:
-    """Raise if ``module``'s parameters live on another device than ``x`` (we never move data silently)."""
+    """Raise if ``module``'s parameters (else buffers) live on another device than ``x``."""
     p = next(iter(module.parameters()), None)
     if p is None:
         p = next(iter(module.buffers()), None)
-    if p is not None and p.device != x.device:
-        raise ValueError(
-            f"{what} is on {p.device} but x is on {x.device}; move it with .to({str(x.device)!r}) "
-            f"(latent-transforms never moves data between devices)"
-        )
+    if p is not None:
+        check_device(what, p.device, x)
 
 
 def check_model(model: object, x: torch.Tensor | None = None, who: str = "the model") -> None:
@@ -159,9 +163,8 @@ def check_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int | None = None
     :class:`~latent_transforms.Compose` whose first step is a torchvision v2 transform or a callable)."""
     check_images(x, allow_uint8=allow_uint8)
     for name, t in (("y", y), ("index", index)):
-        if isinstance(t, torch.Tensor) and t.device != x.device:
-            raise ValueError(f"{name} is on {t.device} but x is on {x.device}; move it with .to({str(x.device)!r}) "
-                             f"(latent-transforms never moves data between devices)")
+        if isinstance(t, torch.Tensor):
+            check_device(name, t.device, x)
     check_labels(y, x.shape[0], num_classes)
     if index is not None:
         check_index(index, x.shape[0], index_size)
