@@ -39,6 +39,15 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_interrupts():
+    """Ctrl-C raises KeyboardInterrupt, as in a terminal, also when the suite runs as a shell's background job (which
+    starts with SIGINT ignored: the signal tests then saw nothing happen)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture(scope="module")
 def digits():
     x, y, bins = load_images("digits", "train")
