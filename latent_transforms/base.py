@@ -23,9 +23,10 @@ class LatentTransform(nn.Module):
         num_classes: needed by label-mixing methods when ``y`` holds class indices.
 
     Shape:
-        x: (B, C, H, W) float in [0, 1]; y: (B,) int64 class indices or (B, K) float soft labels.
+        x: (B, C, H, W) float in [0, 1]; y: (B,) int64 class indices or (B, K) float soft labels, or ``None`` for an
+        unlabelled batch (``x2, _ = t(x)``; methods with ``needs_labels`` refuse it).
         Returns x2 with x's shape, dtype and device (and channels_last memory format if x has it); y2 in y's
-        form, or (B, K) soft labels for methods that mix samples (``mixes_labels = True``).
+        form, or (B, K) soft labels for methods that mix samples (``mixes_labels = True``); ``None`` for ``None``.
 
     Convention:
         - ``eval()`` mode: the identity (x and y returned unchanged) unless a subclass documents otherwise.
@@ -35,7 +36,8 @@ class LatentTransform(nn.Module):
           replaced by its input (and its label kept); ``t.stats`` counts samples seen, transformed, rejected.
         - Outputs are clipped to [0, 1] and carry no autograd history (training mode).
 
-    Subclasses set ``needs_model``/``mixes_labels`` and implement
+    Subclasses set ``needs_model``/``mixes_labels`` (``needs_labels`` follows ``mixes_labels`` unless overridden) and
+    implement
     ``transform(x, y, model, generator) -> (x2, y2)`` on the selected samples only;
     ``check_inputs(x, model, index)`` may add checks of their own (run on every call, also in eval mode);
     ``index_size`` bounds ``index=`` (a latent cache's length).
@@ -51,16 +53,21 @@ class LatentTransform(nn.Module):
         self._rng = GeneratorSource(generator)
         self._counts: torch.Tensor | None = None
 
+    @property
+    def needs_labels(self) -> bool:
+        """Whether a call needs ``y`` (a label-mixing method does); the others take ``y=None``."""
+        return self.mixes_labels
+
     # -- hooks for subclasses -------------------------------------------------------------------
     def check_inputs(self, x: torch.Tensor, model: nn.Module | None, index: torch.Tensor | None) -> None:
         """Extra checks of a subclass (codec shape, device, index range, ...)."""
 
-    def transform(self, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None, generator: torch.Generator,
-                  index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Transform the selected samples ``x: (N, C, H, W)`` in [0, 1], ``y: (N,)`` or ``(N, K)``, with ``generator``
-        (on x's device); ``index: (N,)`` (their dataset positions) is given when the caller passed one. Returns
-        ``(x2, y2)`` of the same shapes (``y2`` soft ``(N, K)`` when ``mixes_labels``); ``forward`` clips, rejects
-        and counts."""
+    def transform(self, x: torch.Tensor, y: torch.Tensor | None, model: nn.Module | None, generator: torch.Generator,
+                  index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Transform the selected samples ``x: (N, C, H, W)`` in [0, 1], ``y: (N,)``, ``(N, K)`` or ``None`` (only
+        when not ``needs_labels``), with ``generator`` (on x's device); ``index: (N,)`` (their dataset positions) is
+        given when the caller passed one. Returns ``(x2, y2)`` of the same shapes (``y2`` soft ``(N, K)`` when
+        ``mixes_labels``); ``forward`` clips, rejects and counts."""
         raise NotImplementedError
 
     @property
@@ -86,7 +93,13 @@ class LatentTransform(nn.Module):
         zero = torch.zeros((), dtype=torch.int64, device=device)
         self._count(device, seen, zero, zero)
 
-    def _require_model(self, model: nn.Module | None, x: torch.Tensor) -> None:
+    def _check_call(self, x: torch.Tensor, y: torch.Tensor | None, model: nn.Module | None,
+                    index: torch.Tensor | None) -> None:
+        """The checks of every call: the batch (``check_batch``), labels if needed, the model if needed."""
+        check_batch(x, y, self.num_classes, index, self.index_size)
+        if y is None and self.needs_labels:
+            raise ValueError(f"{type(self).__name__} needs labels: call t(x, y, ...) with y (B,) class indices or "
+                             f"(B, K) soft labels, not y=None")
         if not self.needs_model:
             return
         if model is None:
@@ -108,12 +121,12 @@ class LatentTransform(nn.Module):
         # one line: the settings, not the submodules (a codec or a cache would print hundreds of lines)
         return f"{type(self).__name__}({self.extra_repr()})"
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None = None,
-                index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x2, y2 = t(x, y, model); ``index: (B,)`` int64 dataset positions, for transforms with a latent cache."""
-        check_batch(x, y, self.num_classes, index, self.index_size)
-        self._require_model(model, x)
-        k = num_classes_of(y, self.num_classes)
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, model: nn.Module | None = None,
+                index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x2, y2 = t(x, y, model); ``y=None`` for an unlabelled batch (y2 is then ``None``); ``index: (B,)`` int64
+        dataset positions, for transforms with a latent cache."""
+        self._check_call(x, y, model, index)
+        k = None if y is None else num_classes_of(y, self.num_classes)
         if self.mixes_labels and k is None:
             raise ValueError(f"{type(self).__name__} mixes labels: pass num_classes=... or (B, K) soft labels")
         self.check_inputs(x, model, index)
@@ -128,7 +141,7 @@ class LatentTransform(nn.Module):
             xs, ys, idx = x, y, index
         else:
             selected = self._draw_selection(batch, generator, x.device).nonzero().flatten()
-            xs, ys = x[selected], y[selected]
+            xs, ys = x[selected], None if y is None else y[selected]
             idx = None if index is None else index[selected]
         y_out = to_soft(y, k) if self.mixes_labels else y
         if xs.shape[0] == 0:

@@ -63,6 +63,12 @@ def _has_isda(t: object) -> bool:
     return any(isinstance(p, ISDA) for p in _parts(t))
 
 
+def _needs_labels(t: object) -> bool:
+    """Whether a step cannot run on an unlabelled batch: it mixes labels, or a latent step needs them (ISDA,
+    LatentAdversarial(target="true")), also inside a container."""
+    return _mixes_labels(t) or any(isinstance(p, LatentTransform) and p.needs_labels for p in _parts(t))
+
+
 def _name(t: nn.Module) -> str:
     """A step's class name (a plain callable's own name)."""
     return getattr(t.fn, "__name__", type(t.fn).__name__) if isinstance(t, _Callable) else type(t).__name__
@@ -97,7 +103,8 @@ class Compose(nn.Module):
     - another ``Compose``: called as ``t(x, y, model)``;
     - any callable ``x -> x``.
 
-    Labels stay class indices until a step mixes them; from there on they are soft ``(B, K)``.
+    Labels stay class indices until a step mixes them; from there on they are soft ``(B, K)``. ``y=None`` (an
+    unlabelled batch) goes through as ``None`` when no step needs labels (``x2, _ = Compose([...])(x)``).
     In ``eval()`` mode the whole chain is the identity.
 
     ``x: (B, C, H, W)`` float in [0, 1], or ``uint8`` when the first step is a torchvision v2 transform or a callable
@@ -129,10 +136,14 @@ class Compose(nn.Module):
     def __len__(self) -> int:
         return len(self.steps)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None = None,
-                index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, model: nn.Module | None = None,
+                index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         first = self.steps[0] if self.steps else None
         check_batch(x, y, self.num_classes, index, allow_uint8=not _takes_floats_only(first))  # torchvision takes uint8
+        if y is None:
+            needing = [f"{_name(s)} at step {i}" for i, s in enumerate(self.steps) if _needs_labels(s)]
+            if needing:
+                raise ValueError(f"y=None (an unlabelled batch), but these steps need labels: {', '.join(needing)}")
         if index is not None and not isinstance(first, LatentTransform):
             raise ValueError(f"index= goes to the first step, which must be a LatentTransform with a latent "
                              f"cache; the first step is {type(first).__name__ if self.steps else 'nothing'}")

@@ -34,7 +34,7 @@ from torch import nn
 from .base import LatentTransform
 from .feature_covariance import FeatureCovariance
 from .modelutils import unwrap
-from .validation import (check_batch, check_bool, check_choice, check_count, check_labels, check_number,
+from .validation import (check_bool, check_choice, check_count, check_labels, check_number,
                          check_same_device, describe)
 
 COVARIANCES = ("full", "diagonal")
@@ -315,6 +315,8 @@ class ISDA(_ISDAState, LatentTransform):
             raise ValueError(f"the layer {name!r} takes {layer.in_features} features, the statistics have {dim}")
         return name, layer
 
+    needs_labels = True
+
     def disarm(self, model: nn.Module) -> None:
         """Remove a pending (not yet fired) augmentation from ``model``'s classifier, if any."""
         _disarm(self.find_layer(model)[1])
@@ -324,8 +326,7 @@ class ISDA(_ISDAState, LatentTransform):
         """Validate, arm the hook when both ISDA and the model train, and return ``(x, y)`` unchanged.
 
         ``index`` is checked like every transform's and unused (ISDA encodes nothing)."""
-        check_batch(x, y, self.num_classes, index)
-        self._require_model(model, x)
+        self._check_call(x, y, model, index)
         check_same_device(x, self.estimator, "ISDA's class statistics")
         if not self.training:
             return x, y

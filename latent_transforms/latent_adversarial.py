@@ -32,7 +32,7 @@ class LatentAdversarial(CodecTransform):
             official code, instead of 0; over the chosen coordinates when ``levels`` is given. With ``l2`` in D
             dimensions that point is (almost always) on the sphere.
         target: ``"pred"`` attacks the model's own prediction on the clean image (official, avoids label
-            leaking); ``"true"`` attacks the given labels (the paper's MNIST notebook).
+            leaking; ``y`` may then be ``None``); ``"true"`` attacks the given labels (the paper's MNIST notebook).
         levels: latent levels to perturb (all jointly by default).
         cache: a :class:`~latent_transforms.LatentCache` of the training images; call with ``index=`` to skip encoding.
         p: probability, per sample, of being transformed (see :class:`~latent_transforms.LatentTransform`).
@@ -60,6 +60,11 @@ class LatentAdversarial(CodecTransform):
         self.eps, self.steps, self.step_size, self.norm = eps, steps, step_size, norm
         self.random_start, self.target = check_bool("random_start", random_start), target
         self.last_params: dict[str, torch.Tensor] = {}
+
+    @property
+    def needs_labels(self) -> bool:
+        """``target="true"`` attacks the given labels; ``"pred"`` takes unlabelled batches too."""
+        return self.target == "true"
 
     def extra_repr(self) -> str:
         return (f"eps={self.eps}, steps={self.steps}, step_size={self.step_size}, norm={self.norm!r}, "

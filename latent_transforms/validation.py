@@ -156,16 +156,18 @@ def check_index(index: torch.Tensor, batch_size: int | None, size: int | None = 
             raise ValueError(f"index has positions outside [0, {size}): min {lo}, max {hi}")
 
 
-def check_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int | None = None,
+def check_batch(x: torch.Tensor, y: torch.Tensor | None, num_classes: int | None = None,
                 index: torch.Tensor | None = None, index_size: int | None = None, allow_uint8: bool = False) -> None:
-    """The checks of every ``t(x, y, model, index=...)`` call: images, labels and index agree on the batch
-    (``index`` in ``[0, index_size)`` when the size is known). ``allow_uint8``: ``uint8`` images pass too (for a
-    :class:`~latent_transforms.Compose` whose first step is a torchvision v2 transform or a callable)."""
+    """The checks of every ``t(x, y, model, index=...)`` call: images, labels (``None``: an unlabelled batch) and
+    index agree on the batch (``index`` in ``[0, index_size)`` when the size is known). ``allow_uint8``: ``uint8``
+    images pass too (for a :class:`~latent_transforms.Compose` whose first step is a torchvision v2 transform or a
+    callable)."""
     check_images(x, allow_uint8=allow_uint8)
     for name, t in (("y", y), ("index", index)):
         if isinstance(t, torch.Tensor):
             check_device(name, t.device, x)
-    check_labels(y, x.shape[0], num_classes)
+    if y is not None:
+        check_labels(y, x.shape[0], num_classes)
     if index is not None:
         check_index(index, x.shape[0], index_size)
 

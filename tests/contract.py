@@ -93,5 +93,23 @@ def check_transform_contract(make, x: torch.Tensor, y: torch.Tensor, model: nn.M
         else:
             raise AssertionError("calling without model did not raise")
 
+    # an unlabelled batch: y=None gives the same images and None labels, or, where labels are needed, a clear
+    # error (also in eval mode)
+    for p in (1.0, 0.5):
+        t_none = make(generator=1, p=p)
+        if t.needs_labels:
+            for mode in (t_none.train(), t_none.eval()):
+                try:
+                    mode(x, None, model)
+                except ValueError as e:
+                    assert "needs labels" in str(e) and "y=None" in str(e)
+                else:
+                    raise AssertionError("y=None did not raise for a transform that needs labels")
+        else:
+            t_labelled = make(generator=1, p=p)
+            xl, _ = t_labelled(x, y, model)
+            xn, yn = t_none(x, None, model)
+            assert yn is None and torch.equal(xn, xl) and t_none.stats == t_labelled.stats
+
     # picklable / deep-copyable like any module
     pickle.loads(pickle.dumps(copy.deepcopy(t)))

@@ -287,3 +287,31 @@ def test_every_value_error_on_an_earlier_steps_output_names_the_step(rgb, rgb_gl
     with pytest.raises(ValueError, match=r"^Compose step 1 \(RandomCrop\), on the output of step 0 "
                                          r"\(RandomHorizontalFlip\): [^;]*larger than input image size[^;]*$"):
         Compose([T.RandomHorizontalFlip(), T.RandomCrop(32)])(x8, y)
+
+
+def test_an_unlabelled_batch_goes_through_pixel_and_latent_steps_as_none(rgb, rgb_glow):
+    x, y = rgb
+    net = TinyNet(channels=3)
+
+    def chain():
+        return Compose([T.RandomHorizontalFlip(), LatentAdversarial(rgb_glow, generator=0),
+                        K.RandomVerticalFlip(), Compose([LatentNoise(rgb_glow, eps=1.0, generator=1)])])
+
+    torch.manual_seed(0)  # torchvision and kornia steps draw from the global RNG
+    x_labelled, _ = chain()(x, y, net)
+    torch.manual_seed(0)
+    x2, y2 = chain()(x, model=net)
+    assert y2 is None and torch.equal(x2, x_labelled)
+
+
+@pytest.mark.parametrize("make", [lambda g: T.MixUp(num_classes=10), lambda g: K.RandomMixUpV2(),
+                                  lambda g: VarMixup(tiny_vae(shape=(3, 16, 16)), num_classes=10),
+                                  lambda g: LatentAdversarial(g, target="true"),
+                                  lambda g: T.RandomApply([LatentAdversarial(g, target="true")], p=0.5)])
+def test_an_unlabelled_batch_is_refused_up_front_by_steps_that_need_labels(rgb, rgb_glow, make):
+    x, _ = rgb
+    step = make(rgb_glow)
+    for chain in (Compose([T.RandomHorizontalFlip(), step], num_classes=10),
+                  Compose([T.RandomHorizontalFlip(), step], num_classes=10).eval()):
+        with pytest.raises(ValueError, match=r"y=None .* need labels: \w+ at step 1"):
+            chain(x, None, TinyNet(channels=3))

@@ -22,6 +22,7 @@ def test_latent_noise_contract(glow, batch):
 
 def test_latent_adversarial_contract(glow, batch, net):
     check_transform_contract(lambda **kw: LatentAdversarial(glow, steps=2, **kw), *batch, model=net)
+    check_transform_contract(lambda **kw: LatentAdversarial(glow, target="true", **kw), *batch, model=net)
 
 
 @pytest.mark.parametrize("codec", ["glow", "vae"])
