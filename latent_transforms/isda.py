@@ -266,6 +266,7 @@ class ISDA(_ISDAState, LatentTransform):
     """
 
     needs_model = True
+    needs_labels = True
 
     def __init__(self, num_classes: int, lambda0: float = 0.5, *, covariance: str = "full", layer: str | None = None,
                  feature_dim: int | None = None, sync_stats: bool = True, p: float = 1.0,
@@ -314,8 +315,6 @@ class ISDA(_ISDAState, LatentTransform):
         if dim is not None and layer.in_features != dim:
             raise ValueError(f"the layer {name!r} takes {layer.in_features} features, the statistics have {dim}")
         return name, layer
-
-    needs_labels = True
 
     def disarm(self, model: nn.Module) -> None:
         """Remove a pending (not yet fired) augmentation from ``model``'s classifier, if any."""
