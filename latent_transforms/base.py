@@ -36,8 +36,8 @@ class LatentTransform(nn.Module):
           replaced by its input (and its label kept); ``t.stats`` counts samples seen, transformed, rejected.
         - Outputs are clipped to [0, 1] and carry no autograd history (training mode).
 
-    Subclasses set ``needs_model``/``mixes_labels`` (``needs_labels`` follows ``mixes_labels`` unless overridden) and
-    implement
+    Subclasses set ``needs_model``/``mixes_labels`` (``needs_labels`` follows ``mixes_labels``; override it with a
+    class attribute or a property) and implement
     ``transform(x, y, model, generator) -> (x2, y2)`` on the selected samples only;
     ``check_inputs(x, model, index)`` may add checks of their own (run on every call, also in eval mode);
     ``index_size`` bounds ``index=`` (a latent cache's length).
@@ -45,6 +45,7 @@ class LatentTransform(nn.Module):
 
     needs_model: bool = False
     mixes_labels: bool = False
+    accepted_labels: str = "(B,) int64 class indices or (B, K) soft labels"  # named when y=None is refused
 
     def __init__(self, *, p: float = 1.0, generator: torch.Generator | int | None = None, num_classes: int | None = None):
         super().__init__()
@@ -98,8 +99,9 @@ class LatentTransform(nn.Module):
         """The checks of every call: the batch (``check_batch``), labels if needed, the model if needed."""
         check_batch(x, y, self.num_classes, index, self.index_size)
         if y is None and self.needs_labels:
-            raise ValueError(f"{type(self).__name__} needs labels: call t(x, y, ...) with y (B,) class indices or "
-                             f"(B, K) soft labels, not y=None")
+            forms = ("(B, K) soft labels, or (B,) class indices with num_classes=... given to the constructor"
+                     if self.mixes_labels and self.num_classes is None else self.accepted_labels)
+            raise ValueError(f"{type(self).__name__} needs labels: call t(x, y, ...) with y {forms}, not y=None")
         if not self.needs_model:
             return
         if model is None:

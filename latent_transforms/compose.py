@@ -44,29 +44,46 @@ def _is_torchvision_v2(t: object) -> bool:
     return isinstance(t, Transform)
 
 
+def _is_kornia_container(t: object) -> bool:
+    """kornia's AugmentationSequential, ImageSequential, auto policies, ...: called as ``t(x)`` by Compose."""
+    from kornia.augmentation.container.base import BasicSequentialBase
+
+    return isinstance(t, BasicSequentialBase)
+
+
 def _parts(t: object) -> list:
-    """A step and, for containers (this Compose, torchvision's Compose/RandomChoice/RandomApply/...), what they hold."""
-    inner = t.steps if isinstance(t, Compose) else getattr(t, "transforms", None) if _is_torchvision_v2(t) else None
+    """A step and, for containers (this Compose, torchvision's Compose/RandomChoice/RandomApply/..., kornia's
+    AugmentationSequential/ImageSequential/...), what they hold."""
+    inner = (t.steps if isinstance(t, Compose) else getattr(t, "transforms", None) if _is_torchvision_v2(t)
+             else list(t.children()) if _is_kornia_container(t) else None)
     return [t] + [p for s in (inner or []) for p in _parts(s)]
 
 
-def _mixes_labels(t: object) -> bool:
-    """Whether a step may turn labels soft: a label-mixing LatentTransform, torchvision's MixUp/CutMix or a kornia
-    mix, also inside a container."""
+def _is_label_mix(p: object) -> bool:
+    """A label-mixing LatentTransform, torchvision's MixUp/CutMix or a kornia mix."""
     from torchvision.transforms.v2 import CutMix, MixUp
 
-    return any((isinstance(p, LatentTransform) and p.mixes_labels) or isinstance(p, (MixUp, CutMix)) or _is_kornia_mix(p)
-               for p in _parts(t))
+    return (isinstance(p, LatentTransform) and p.mixes_labels) or isinstance(p, (MixUp, CutMix)) or _is_kornia_mix(p)
+
+
+def _mixes_labels(t: object) -> bool:
+    """Whether a step may turn labels soft: it is, or a container holding, a label mix."""
+    return any(_is_label_mix(p) for p in _parts(t))
 
 
 def _has_isda(t: object) -> bool:
     return any(isinstance(p, ISDA) for p in _parts(t))
 
 
-def _needs_labels(t: object) -> bool:
-    """Whether a step cannot run on an unlabelled batch: it mixes labels, or a latent step needs them (ISDA,
-    LatentAdversarial(target="true")), also inside a container."""
-    return _mixes_labels(t) or any(isinstance(p, LatentTransform) and p.needs_labels for p in _parts(t))
+def _needing_labels(t: object) -> list:
+    """The parts of a step (itself, or what a container holds) that cannot run on an unlabelled batch: label mixes
+    and latent steps that need labels (ISDA, LatentAdversarial(target="true"))."""
+    return [p for p in _parts(t) if _is_label_mix(p) or (isinstance(p, LatentTransform) and p.needs_labels)]
+
+
+def _where(part: object, step: object, i: int) -> str:
+    """``"MixUp at step 2"``, or ``"CutMix in RandomChoice at step 2"`` for a part held by a container."""
+    return f"{_name(part) if part is step else type(part).__name__ + ' in ' + _name(step)} at step {i}"
 
 
 def _name(t: nn.Module) -> str:
@@ -125,6 +142,11 @@ class Compose(nn.Module):
             if not callable(t):
                 raise TypeError(f"Compose steps must be callable, got {type(t).__name__}")
             steps.append(t if isinstance(t, nn.Module) else _Callable(t))
+        for i, t in enumerate(steps):
+            mixes = [p for p in _parts(t)[1:] if _is_kornia_mix(p)] if _is_kornia_container(t) else []
+            if mixes:  # a kornia container is called as t(x): the images would be mixed, the labels not
+                raise ValueError(f"{_where(mixes[0], t, i)}: a kornia mix inside a kornia container would mix the "
+                                 f"images but not the labels; make it a step of this Compose of its own")
         isda = [i for i, t in enumerate(steps) if _has_isda(t)]
         mixing = [i for i, t in enumerate(steps) if _mixes_labels(t)]
         if isda and mixing:
@@ -141,9 +163,9 @@ class Compose(nn.Module):
         first = self.steps[0] if self.steps else None
         check_batch(x, y, self.num_classes, index, allow_uint8=not _takes_floats_only(first))  # torchvision takes uint8
         if y is None:
-            needing = [f"{_name(s)} at step {i}" for i, s in enumerate(self.steps) if _needs_labels(s)]
+            needing = [_where(p, s, i) for i, s in enumerate(self.steps) for p in _needing_labels(s)]
             if needing:
-                raise ValueError(f"y=None (an unlabelled batch), but these steps need labels: {', '.join(needing)}")
+                raise ValueError(f"y=None (an unlabelled batch), but a step needs labels: {', '.join(needing)}")
         if index is not None and not isinstance(first, LatentTransform):
             raise ValueError(f"index= goes to the first step, which must be a LatentTransform with a latent "
                              f"cache; the first step is {type(first).__name__ if self.steps else 'nothing'}")
@@ -191,6 +213,6 @@ class Compose(nn.Module):
             if getattr(step, "use_correct_lambda", False):  # CutMix's paper convention: lam weighs the sample's own label
                 lam = 1 - lam
             return x2, (1 - lam) * to_soft(a, k) + lam * to_soft(b, k)
-        if _is_torchvision_v2(step):
-            return step(x, y)
+        if _is_torchvision_v2(step):  # given only the images, torchvision's v2.Lambda & co never see a None
+            return (step(x), None) if y is None else step(x, y)
         return step(x), y

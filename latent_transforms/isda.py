@@ -267,6 +267,7 @@ class ISDA(_ISDAState, LatentTransform):
 
     needs_model = True
     needs_labels = True
+    accepted_labels = "(B,) int64 class indices"
 
     def __init__(self, num_classes: int, lambda0: float = 0.5, *, covariance: str = "full", layer: str | None = None,
                  feature_dim: int | None = None, sync_stats: bool = True, p: float = 1.0,
@@ -320,9 +321,9 @@ class ISDA(_ISDAState, LatentTransform):
         """Remove a pending (not yet fired) augmentation from ``model``'s classifier, if any."""
         _disarm(self.find_layer(model)[1])
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None = None,
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, model: nn.Module | None = None,
                 index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Validate, arm the hook when both ISDA and the model train, and return ``(x, y)`` unchanged.
+        """Validate (``y=None`` is refused: ISDA needs class indices), arm the hook when both ISDA and the model train, and return ``(x, y)`` unchanged.
 
         ``index`` is checked like every transform's and unused (ISDA encodes nothing)."""
         self._check_call(x, y, model, index)

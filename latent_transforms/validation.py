@@ -166,6 +166,9 @@ def check_batch(x: torch.Tensor, y: torch.Tensor | None, num_classes: int | None
     for name, t in (("y", y), ("index", index)):
         if isinstance(t, torch.Tensor):
             check_device(name, t.device, x)
+    if isinstance(y, torch.nn.Module):  # t(x, model): an unlabelled batch's model given in y's place
+        raise TypeError(f"y must be labels or None, got the model ({type(y).__name__}); for an unlabelled batch call "
+                        f"t(x, model=model)")
     if y is not None:
         check_labels(y, x.shape[0], num_classes)
     if index is not None:

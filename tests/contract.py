@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import copy
 import pickle
+import re
 
+import pytest
 import torch
 from torch import nn
 
@@ -86,12 +88,8 @@ def check_transform_contract(make, x: torch.Tensor, y: torch.Tensor, model: nn.M
 
     # needs a model -> TypeError without one
     if t.needs_model:
-        try:
+        with pytest.raises(TypeError, match="model"):
             make(generator=0)(x, y)
-        except TypeError as e:
-            assert "model" in str(e)
-        else:
-            raise AssertionError("calling without model did not raise")
 
     # an unlabelled batch: y=None gives the same images and None labels, or, where labels are needed, a clear
     # error (also in eval mode)
@@ -99,17 +97,17 @@ def check_transform_contract(make, x: torch.Tensor, y: torch.Tensor, model: nn.M
         t_none = make(generator=1, p=p)
         if t.needs_labels:
             for mode in (t_none.train(), t_none.eval()):
-                try:
-                    mode(x, None, model)
-                except ValueError as e:
-                    assert "needs labels" in str(e) and "y=None" in str(e)
-                else:
-                    raise AssertionError("y=None did not raise for a transform that needs labels")
+                for call in (lambda: mode(x, None, model), lambda: mode(x, model=model)):
+                    with pytest.raises(ValueError, match="needs labels: .*not y=None"):
+                        call()
         else:
             t_labelled = make(generator=1, p=p)
             xl, _ = t_labelled(x, y, model)
-            xn, yn = t_none(x, None, model)
+            xn, yn = t_none(x, model=model)
             assert yn is None and torch.equal(xn, xl) and t_none.stats == t_labelled.stats
+    if model is not None:  # the model given in y's place
+        with pytest.raises(TypeError, match=re.escape("t(x, model=model)")):
+            make(generator=0)(x, model)
 
     # picklable / deep-copyable like any module
     pickle.loads(pickle.dumps(copy.deepcopy(t)))

@@ -293,9 +293,10 @@ def test_an_unlabelled_batch_goes_through_pixel_and_latent_steps_as_none(rgb, rg
     x, y = rgb
     net = TinyNet(channels=3)
 
-    def chain():
-        return Compose([T.RandomHorizontalFlip(), LatentAdversarial(rgb_glow, generator=0),
-                        K.RandomVerticalFlip(), Compose([LatentNoise(rgb_glow, eps=1.0, generator=1)])])
+    def chain():  # v2.Lambda applies its function to every input: it must not be handed the None
+        return Compose([T.RandomHorizontalFlip(), T.Lambda(lambda t: t * 0.5), LatentAdversarial(rgb_glow, generator=0),
+                        K.RandomVerticalFlip(), K.AugmentationSequential(K.RandomHorizontalFlip()),
+                        Compose([LatentNoise(rgb_glow, eps=1.0, generator=1)])])
 
     torch.manual_seed(0)  # torchvision and kornia steps draw from the global RNG
     x_labelled, _ = chain()(x, y, net)
@@ -304,14 +305,25 @@ def test_an_unlabelled_batch_goes_through_pixel_and_latent_steps_as_none(rgb, rg
     assert y2 is None and torch.equal(x2, x_labelled)
 
 
-@pytest.mark.parametrize("make", [lambda g: T.MixUp(num_classes=10), lambda g: K.RandomMixUpV2(),
-                                  lambda g: VarMixup(tiny_vae(shape=(3, 16, 16)), num_classes=10),
-                                  lambda g: LatentAdversarial(g, target="true"),
-                                  lambda g: T.RandomApply([LatentAdversarial(g, target="true")], p=0.5)])
-def test_an_unlabelled_batch_is_refused_up_front_by_steps_that_need_labels(rgb, rgb_glow, make):
+@pytest.mark.parametrize("make, where", [
+    (lambda g: T.MixUp(num_classes=10), "MixUp at step 1"),
+    (lambda g: K.RandomMixUpV2(), "RandomMixUpV2 at step 1"),
+    (lambda g: VarMixup(tiny_vae(shape=(3, 16, 16)), num_classes=10), "VarMixup at step 1"),
+    (lambda g: LatentAdversarial(g, target="true"), "LatentAdversarial at step 1"),
+    (lambda g: T.RandomApply([LatentAdversarial(g, target="true")], p=0.5), "LatentAdversarial in RandomApply at step 1"),
+    (lambda g: T.RandomChoice([T.RandomHorizontalFlip(), T.CutMix(num_classes=10)]), "CutMix in RandomChoice at step 1"),
+])
+def test_an_unlabelled_batch_is_refused_up_front_by_steps_that_need_labels(rgb, rgb_glow, make, where):
     x, _ = rgb
     step = make(rgb_glow)
     for chain in (Compose([T.RandomHorizontalFlip(), step], num_classes=10),
                   Compose([T.RandomHorizontalFlip(), step], num_classes=10).eval()):
-        with pytest.raises(ValueError, match=r"y=None .* need labels: \w+ at step 1"):
+        with pytest.raises(ValueError, match=rf"y=None .* needs labels: {where}$"):
             chain(x, None, TinyNet(channels=3))
+
+
+@pytest.mark.parametrize("container", [K.AugmentationSequential, K.ImageSequential])
+def test_a_kornia_mix_inside_a_kornia_container_is_refused(container):
+    # Compose calls a kornia container as t(x): its mix would have mixed the images and left the labels as they were
+    with pytest.raises(ValueError, match="RandomMixUpV2 in .* at step 0: a kornia mix inside a kornia container"):
+        Compose([container(K.RandomHorizontalFlip(), K.RandomMixUpV2())], num_classes=10)

@@ -47,6 +47,11 @@ def test_contract(batch, net):
     check_transform_contract(lambda **kw: ISDA(10, **kw), *batch, model=net)
 
 
+def test_an_unlabelled_batch_is_told_which_labels_isda_takes(batch, net):
+    with pytest.raises(ValueError, match=r"ISDA needs labels: .* y \(B,\) int64 class indices, not y=None"):
+        ISDA(10)(batch[0], model=net)  # not "or (B, K) soft labels", which ISDA refuses next
+
+
 # -- the loss ----------------------------------------------------------------------------------------------------------
 def test_lambda_zero_is_plain_cross_entropy(batch, net):
     x, y = batch

@@ -32,6 +32,12 @@ def test_varmixup_contract(codec, request, batch):
     check_transform_contract(lambda **kw: VarMixup(c, num_classes=10, keep_detail=False, **kw), *batch)
 
 
+def test_an_unlabelled_batch_is_told_that_class_indices_need_num_classes(vae, batch):
+    with pytest.raises(ValueError, match=r"VarMixup needs labels: .* \(B, K\) soft labels, or \(B,\) class indices with "
+                                         r"num_classes=\.\.\. given to the constructor"):
+        VarMixup(vae)(batch[0])
+
+
 # -- LatentNoise ---------------------------------------------------------------------------------------
 def test_noise_eps_zero_is_identity_to_round_trip_accuracy(glow, batch):
     x, y = batch
