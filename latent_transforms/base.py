@@ -11,6 +11,9 @@ from .validation import check_batch, check_count, check_model, check_number
 
 # A decoded sample further than this outside [0, 1] (before clipping) is implausible and is rejected.
 MAX_OVERSHOOT = 0.5
+# Set on a ValueError raised inside a transform's ``transform`` (its model's or codec's own error, not a check of what
+# it was given): a Compose passes it on without naming the previous step.
+RAISED_IN_TRANSFORM = "_latent_transforms_raised_in_transform"
 
 
 class LatentTransform(nn.Module):
@@ -150,7 +153,11 @@ class LatentTransform(nn.Module):
             self._count_untouched(x.device, batch)
             return x, y_out
 
-        x2, y2 = self.transform(xs, ys, model, generator, idx)
+        try:
+            x2, y2 = self.transform(xs, ys, model, generator, idx)
+        except ValueError as e:
+            setattr(e, RAISED_IN_TRANSFORM, True)
+            raise
         flat = x2.flatten(1)
         ok = torch.isfinite(flat).all(1) & ((flat - flat.clamp(0, 1)).abs().amax(1) <= MAX_OVERSHOOT)
         x2 = torch.where(ok.view(-1, 1, 1, 1), x2.clamp(0, 1), xs).to(x.dtype)

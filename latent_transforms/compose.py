@@ -1,13 +1,12 @@
 """Chain latent transforms with kornia / torchvision / plain pixel transforms, labels flowing through."""
 from __future__ import annotations
 
-import traceback
 from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from .base import LatentTransform
+from .base import RAISED_IN_TRANSFORM, LatentTransform
 from .isda import ISDA
 from .labels import to_soft
 from .validation import check_batch, check_count
@@ -29,13 +28,6 @@ def _is_kornia(t: object) -> bool:
 def _takes_floats_only(t: object) -> bool:
     """Whether a step refuses uint8 images (a torchvision v2 transform or a callable may take them)."""
     return isinstance(t, LatentTransform) or _is_kornia(t)
-
-
-def _in_transform(e: BaseException) -> bool:
-    """Whether ``e`` was raised inside a LatentTransform's ``transform`` (its model's or codec's own error), not by
-    the checks of what it was given."""
-    return any(f.f_code.co_name == "transform" and isinstance(f.f_locals.get("self"), LatentTransform)
-               for f, _ in traceback.walk_tb(e.__traceback__))
 
 
 def _is_torchvision_v2(t: object) -> bool:
@@ -178,7 +170,7 @@ class Compose(nn.Module):
             try:
                 x, y = self._run_step(step, x, y, model, index if i == 0 else None)
             except ValueError as e:  # a step refused what the previous step made: say which step
-                if i > 0 and e.args and not _in_transform(e):  # a latent step's model or codec errors pass untouched
+                if i > 0 and e.args and not getattr(e, RAISED_IN_TRANSFORM, False):  # a model's or codec's own error
                     hint = "" if x.is_floating_point() or not _takes_floats_only(step) else \
                         "; in a Compose, put v2.ToDtype(torch.float32, scale=True) before this step"
                     e.args = (f"Compose step {i} ({_name(step)}), on the output of step {i - 1} "
