@@ -323,7 +323,8 @@ class ISDA(_ISDAState, LatentTransform):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, model: nn.Module | None = None,
                 index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Validate (``y=None`` is refused: ISDA needs class indices), arm the hook when both ISDA and the model train, and return ``(x, y)`` unchanged.
+        """Validate (``y=None`` is refused: ISDA needs class indices), arm the hook when both ISDA and the model
+        train, and return ``(x, y)`` unchanged.
 
         ``index`` is checked like every transform's and unused (ISDA encodes nothing)."""
         self._check_call(x, y, model, index)
