@@ -25,11 +25,13 @@ def _codec(name):
     return hub.load(name)
 
 
+IMAGE_KINDS = {"uniform": lambda shape, g: torch.rand(shape, generator=g),
+               "binary": lambda shape, g: (torch.rand(shape, generator=g) > 0.5).float(),
+               "zeros": lambda shape, g: torch.zeros(shape), "ones": lambda shape, g: torch.ones(shape)}
+
+
 def _images(codec, kind, generator, n=6):
-    shape = (n, *codec.image_shape)
-    return {"uniform": torch.rand(shape, generator=generator),
-            "binary": (torch.rand(shape, generator=generator) > 0.5).float(),
-            "zeros": torch.zeros(shape), "ones": torch.ones(shape)}[kind]
+    return IMAGE_KINDS[kind]((n, *codec.image_shape), generator)
 
 
 def _in_range(x2):
@@ -44,7 +46,7 @@ def test_the_defaults_are_among_the_checked_checkpoints():
 
 @settings(max_examples=24, deadline=None)
 @given(codec=st.sampled_from(FLOWS), eps=st.floats(0, 50), norm=st.sampled_from(["l2", "linf", None]),
-       seed=st.integers(0, 2**31), kind=st.sampled_from(["uniform", "binary", "zeros", "ones"]))
+       seed=st.integers(0, 2**31), kind=st.sampled_from(sorted(IMAGE_KINDS)))
 def test_noise_output_is_always_finite_and_in_range(codec, eps, norm, seed, kind):
     g = torch.Generator().manual_seed(seed)
     x = _images(_codec(codec), kind, g)
@@ -67,7 +69,7 @@ def test_adversarial_output_is_always_finite_and_in_range(codec, eps, steps, see
 
 @settings(max_examples=12, deadline=None)
 @given(codec=st.sampled_from(VAES + FLOWS), alpha=st.floats(0.01, 100), keep_detail=st.booleans(),
-       seed=st.integers(0, 2**31), kind=st.sampled_from(["uniform", "binary", "zeros", "ones"]))
+       seed=st.integers(0, 2**31), kind=st.sampled_from(sorted(IMAGE_KINDS)))
 def test_varmixup_output_is_always_finite_in_range_with_valid_labels(codec, alpha, keep_detail, seed, kind):
     g = torch.Generator().manual_seed(seed)
     x = _images(_codec(codec), kind, g)
