@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -140,6 +142,40 @@ def test_fast_frozen_path_matches_plain_normflows_path():
         assert torch.allclose(plain.decode(zp), fast.decode(zp), atol=1e-5)
         assert (fast.decode(zf) - x).abs().max() <= 1e-3
     assert set(fast.state_dict()) == set(plain.state_dict())  # folded weights are not saved
+
+
+def test_fast_decode_of_perturbed_latents_and_its_gradient_match_float64():
+    """glow-cifar10's fast and plain fp32 decodes of latents moved by L2 noise of norm 20 (the paper's LatentNoise
+    eps), and their gradients, are each compared with a float64 copy of the plain path (not with each other: the
+    plain fp32 path has rounding error of its own). A wrong cached inverse, 1e-3 off in one step, fails."""
+    from latent_transforms import hub
+
+    fast = hub.load("glow-cifar10")
+    plain = build_codec(fast.config).eval()  # same weights, not frozen: the plain normflows path
+    plain.load_state_dict(fast.state_dict())
+    exact = copy.deepcopy(plain).double()
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(4, fast.latent_dim, generator=g)
+    z = 0.7 * torch.randn(4, fast.latent_dim, generator=g) + 20 * noise / noise.norm(dim=1, keepdim=True)
+    weights = torch.randn(4, *fast.image_shape, generator=g, dtype=torch.float64)
+
+    def decode_and_gradient(codec):  # decode_flat(z) and d(sum(weights * decode_flat(z))) / dz, in float64
+        zc = z.to(codec.dtype).requires_grad_(True)
+        out = codec.decode_flat(zc)
+        (grad,) = torch.autograd.grad((out * weights.to(codec.dtype)).sum(), zc)
+        return out.detach().double(), grad.double()
+
+    out64, grad64 = decode_and_gradient(exact)
+
+    def within_fp32_rounding(codec) -> bool:  # fp32 measured: 1e-6 (output), 1e-6 x max |gradient|
+        out, grad = decode_and_gradient(codec)
+        return bool((out - out64).abs().max() <= 1e-4 and (grad - grad64).abs().max() <= 1e-3 * grad64.abs().max())
+
+    assert fast.use_fast_path and within_fp32_rounding(fast) and within_fp32_rounding(plain)
+    broken = copy.deepcopy(fast)
+    with torch.no_grad():
+        broken.flow.flows[0][0].dec_weight.mul_(1.001)
+    assert not within_fp32_rounding(broken)
 
 
 @pytest.mark.parametrize("config,match", [

@@ -1,0 +1,142 @@
+"""benchmarks/throughput.py's measurement and report (issue 8), without timing anything: fake clocks and memory."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_glow
+
+SPEC = importlib.util.spec_from_file_location("throughput_benchmark",
+                                              Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py")
+tp = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(tp)
+
+
+def test_batch_size_defaults_to_the_targets_batch_on_cuda():
+    assert tp.parse_args(["--device", "cuda"]).batch_size == 256
+    assert tp.parse_args(["--device", "cpu"]).batch_size == 8
+    assert tp.parse_args(["--device", "cuda", "--batch-size", "64"]).batch_size == 64
+
+
+def test_compile_mode_turns_the_compiled_rows_on_and_refuses_no_compile():
+    assert tp.parse_args(["--device", "cpu", "--compile-mode", "reduce-overhead"]).compile
+    with pytest.raises(SystemExit):
+        tp.parse_args(["--device", "cpu", "--no-compile", "--compile-mode", "reduce-overhead"])
+
+
+def test_isda_step_alternates_with_the_plain_step(monkeypatch):
+    """Each iteration times both steps, the order alternating; the overhead is the median of the paired ratios."""
+    order = []
+    isda, plain = (lambda: None), (lambda: None)
+    seconds = {isda: 1.1, plain: 1.0}
+    monkeypatch.setattr(tp, "timed", lambda fn, device: order.append("isda" if fn is isda else "plain") or seconds[fn])
+    result = tp.measure(isda, torch.device("cpu"), warmup=1, iters=4, paired=plain)
+    assert order == ["isda", "plain", "plain", "isda"] * 2 + ["isda", "plain"]
+    assert result["seconds"] == 1.1 and result["paired_seconds"] == 1.0
+    assert result["vs_paired"] == pytest.approx(1.1)
+
+
+def test_peak_memory_counts_what_the_warm_up_allocated(monkeypatch):
+    """ISDA's covariances are allocated at its first call, a warm-up call: the row's peak must include them."""
+    memory = {"allocated": 1000, "peak": 1000}
+    first = []
+
+    def fn():  # keeps 100 bytes from its first call on; 50 more while it runs
+        if not first:
+            first.append(True)
+            memory["allocated"] += 100
+        memory["peak"] = max(memory["peak"], memory["allocated"] + 50)
+
+    monkeypatch.setattr(tp, "sync", lambda device: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: memory["allocated"])
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: memory["peak"])
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats",
+                        lambda device=None: memory.update(peak=memory["allocated"]))
+    assert tp.measure(fn, torch.device("cuda"), warmup=2, iters=3)["peak_extra_bytes"] == 150
+
+
+def test_plain_path_copy_is_the_same_glow_off_the_fast_path():
+    glow = tiny_glow(shape=(3, 8, 8))
+    plain = tp.plain_path_copy(glow)
+    x = torch.rand(4, 3, 8, 8)
+    assert glow.use_fast_path and not plain.use_fast_path and not any(p.requires_grad for p in plain.parameters())
+    with torch.no_grad():
+        assert torch.allclose(plain.encode_flat(x), glow.encode_flat(x), atol=1e-5)
+
+
+def _row(key: str, method: str, seconds: float, peak_mib: float | None = None, **extra) -> dict:
+    return {"key": key, "method": method, "timed": "t", "seconds": seconds, "images_per_second": 256 / seconds,
+            "vs_train_step": seconds / 0.010, "peak_extra_bytes": None if peak_mib is None else peak_mib * 2**20,
+            **extra}
+
+
+def _result(device: str, rows: list[dict]) -> dict:
+    return {"config": {"smoke": False, "device": device, "batch_size": 256, "device_name": device, "torch": "2",
+                       "iters": 20, "warmup": 5, "codecs": {"glow": "glow-cifar10", "vae": "vae-cifar10"},
+                       "width": 64, "compile": False, "max_abs_diff_normflows_vs_codec_roundtrip": 1e-6,
+                       "max_abs_roundtrip_error_codec": 2e-6, "max_abs_roundtrip_error_normflows": 3e-6},
+            "rows": rows}
+
+
+ROWS = [_row("train_step", "step", 0.010, 900),
+        _row("glow_normflows", "naive", 0.060, 10),
+        _row("latent_noise", "LatentNoise", 0.004, 10),
+        _row("latent_noise_compiled", "LatentNoise, compiled codec", 0.003, 10),
+        _row("latent_adversarial_1", "LatentAdversarial, 1 PGD step", 0.025, 300),
+        _row("latent_adversarial_1_plain", "plain", 0.040, 3000),  # the reference path: not a target
+        _row("varmixup", "VarMixup", 0.001, 20),
+        _row("latent_noise_cached", "LatentNoise with a LatentCache", 0.002, 100, cache_bytes=256 * 3072 * 4,
+             cifar10_cache_bytes=50_000 * 3072 * 4),
+        _row("train_step_isda", "isda", 0.0108, 912, vs_paired=1.08, paired_seconds=0.010, all_seconds=[0.0108])]
+
+
+def test_targets_are_judged_on_a_cuda_gpu_at_batch_256():
+    md = tp.format_table(_result("cuda", ROWS))
+    assert "| LatentNoise <= 0.5x a training step | 0.3x (LatentNoise, compiled codec) | pass |" in md
+    assert "| LatentNoise >= 10x faster than the naive normflows path | 20x faster (LatentNoise, compiled codec) " \
+           "| pass |" in md
+    assert "| LatentAdversarial, 1 PGD step, <= 2x a training step | 2.5x (LatentAdversarial, 1 PGD step) " \
+           "| fail |" in md
+    assert "| VarMixup (default p) <= 0.15x a training step | 0.1x | pass |" in md
+    assert "| ISDA adds <= 10% to a plain training step | +8.0% (timed side by side) | pass |" in md
+    # the cache row with a full CIFAR-10 cache: 100 MiB + 50,000 x 3,072 x 4 bytes
+    assert "| peak extra memory of every method <= 2 GB (a cache row: with a 50,000-image cache) | 0.72 GB " \
+           "(LatentNoise with a LatentCache) | pass |" in md
+    assert "| 100 MiB; cache 3.0 MiB (50,000 images: 586 MiB) |" in md
+    assert "ISDA adds +8.0% (median of the per-pair ratios)" in md
+    missing = tp.format_table(_result("cuda", [r for r in ROWS if r["key"] != "varmixup"]))
+    assert "| VarMixup (default p) <= 0.15x a training step | - | not measured |" in missing
+
+
+def test_targets_are_not_judged_on_a_cpu():
+    md = tp.format_table(_result("cpu", [{**r, "peak_extra_bytes": None} for r in ROWS]))
+    assert "targets are for a CUDA GPU at batch 256" in md and "| fail |" not in md and "| pass |" not in md
+    assert "| LatentAdversarial, 1 PGD step, <= 2x a training step | 2.5x (LatentAdversarial, 1 PGD step) | n/a |" in md
+    assert "| peak extra memory of every method <= 2 GB (a cache row: with a 50,000-image cache) | - | n/a |" in md
+
+
+@pytest.mark.slow
+def test_smoke_run_has_every_row_and_passes_the_compile_mode(tmp_path, monkeypatch):
+    """The plain-path and cached rows run; the cache rows give their sizes; --compile-mode reaches torch.compile
+    (faked: nothing compiles)."""
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: modes.append(kwargs.get("mode")) or fn)
+    monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
+    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(tmp_path / "hub"))
+    tp.main(["--smoke", "--device", "cpu", "--compile-mode", "reduce-overhead", "--out", str(tmp_path / "tp")])
+    result = json.loads((tmp_path / "tp" / "throughput.json").read_text())
+    rows = {r["key"]: r for r in result["rows"]}
+    assert {"latent_noise_plain", "latent_adversarial_1_plain", "latent_adversarial_1_cached"} <= set(rows)
+    assert modes == ["reduce-overhead"] * 2 and result["config"]["compile_mode"] == "reduce-overhead"
+    glow_dim = 3 * 32 * 32  # a flow keeps every dimension
+    for key in ("latent_noise_cached", "latent_adversarial_1_cached"):
+        assert rows[key]["cache_bytes"] == 8 * glow_dim * 4
+        assert rows[key]["cifar10_cache_bytes"] == 50_000 * glow_dim * 4
+    isda = rows["train_step_isda"]
+    assert isda["vs_train_step"] == isda["vs_paired"] and len(isda["paired_all_seconds"]) == 2
+    md = (tmp_path / "tp" / "throughput.md").read_text()
+    assert "| LatentNoise, compiled codec, mode=reduce-overhead | t(x, y) |" in md and "| n/a |" in md
