@@ -16,7 +16,38 @@ MAX_OVERSHOOT = 0.5
 RAISED_IN_TRANSFORM = "_latent_transforms_raised_in_transform"
 
 
-class LatentTransform(nn.Module):
+def keep_plausible(decoded: torch.Tensor, fallback: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``decoded: (N, C, H, W)`` clipped to [0, 1], each sample that is non-finite or more than ``MAX_OVERSHOOT``
+    outside [0, 1] replaced by its row of ``fallback`` (same shape). Returns ``(images, ok)``, ``ok: (N,)`` bool
+    marking the samples kept."""
+    flat = decoded.flatten(1)
+    ok = torch.isfinite(flat).all(1) & ((flat - flat.clamp(0, 1)).abs().amax(1) <= MAX_OVERSHOOT)
+    return torch.where(ok.view(-1, 1, 1, 1), decoded.clamp(0, 1), fallback), ok
+
+
+class SampleStats:
+    """Running counts of what a module did to its samples, kept on the data's device (no host sync per batch):
+    ``stats`` reads them, ``reset_stats()`` clears them, ``_count(...)`` adds a batch."""
+
+    _counts: torch.Tensor | None = None
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Running counts: samples ``seen`` (by a transform: in training mode), ``transformed``, ``rejected``
+        (replaced by the input)."""
+        seen, transformed, rejected = (0, 0, 0) if self._counts is None else self._counts.tolist()
+        return {"seen": int(seen), "transformed": int(transformed), "rejected": int(rejected)}
+
+    def reset_stats(self) -> None:
+        """Set every count back to 0."""
+        self._counts = None
+
+    def _count(self, device: torch.device, seen: int, transformed: torch.Tensor, rejected: torch.Tensor) -> None:
+        row = torch.stack([torch.tensor(seen, device=device), transformed, rejected]).to(torch.int64)
+        self._counts = row if self._counts is None else self._counts.to(device) + row
+
+
+class LatentTransform(SampleStats, nn.Module):
     """Base of every latent-transforms method; the call is ``x2, y2 = t(x, y, model=None)``.
 
     Args:
@@ -55,7 +86,6 @@ class LatentTransform(nn.Module):
         self.p = check_number("p", p, high=1.0)
         self.num_classes = None if num_classes is None else check_count("num_classes", num_classes, low=1)
         self._rng = GeneratorSource(generator)
-        self._counts: torch.Tensor | None = None
 
     @property
     def needs_labels(self) -> bool:
@@ -80,19 +110,6 @@ class LatentTransform(nn.Module):
         return None
 
     # -- bookkeeping ------------------------------------------------------------------------------
-    @property
-    def stats(self) -> dict[str, int]:
-        """Running counts: samples ``seen`` in training mode, ``transformed``, ``rejected`` (kept as input)."""
-        seen, transformed, rejected = (0, 0, 0) if self._counts is None else self._counts.tolist()
-        return {"seen": int(seen), "transformed": int(transformed), "rejected": int(rejected)}
-
-    def reset_stats(self) -> None:
-        self._counts = None
-
-    def _count(self, device: torch.device, seen: int, transformed: torch.Tensor, rejected: torch.Tensor) -> None:
-        row = torch.stack([torch.tensor(seen, device=device), transformed, rejected]).to(torch.int64)
-        self._counts = row if self._counts is None else self._counts.to(device) + row
-
     def _count_untouched(self, device: torch.device, seen: int) -> None:
         zero = torch.zeros((), dtype=torch.int64, device=device)
         self._count(device, seen, zero, zero)
@@ -158,9 +175,8 @@ class LatentTransform(nn.Module):
         except ValueError as e:
             setattr(e, RAISED_IN_TRANSFORM, True)
             raise
-        flat = x2.flatten(1)
-        ok = torch.isfinite(flat).all(1) & ((flat - flat.clamp(0, 1)).abs().amax(1) <= MAX_OVERSHOOT)
-        x2 = torch.where(ok.view(-1, 1, 1, 1), x2.clamp(0, 1), xs).to(x.dtype)
+        x2, ok = keep_plausible(x2, xs)
+        x2 = x2.to(x.dtype)
         if self.mixes_labels:
             y2 = torch.where(ok.view(-1, 1), y2, to_soft(ys, k, y2.dtype))
         self._count(x.device, batch, ok.sum(), (~ok).sum())

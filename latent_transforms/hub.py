@@ -280,9 +280,23 @@ def _check_entry(name: object, entry: object, where: str) -> dict:
     if not isinstance(entry["config"], dict) or "kind" not in entry["config"]:
         raise ValueError(f"{where}: entry {name!r} config must be a dict with a 'kind'")
     size = entry.get("size")
-    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+    if size is not None and not _is_int_at_least(size, 0):
         raise ValueError(f"{where}: entry {name!r} size must be a non-negative int (bytes), got {size!r}")
+    quality = entry.get("quality") or {}
+    if not isinstance(quality, dict):
+        raise ValueError(f"{where}: entry {name!r} quality must be a dict of figures, got {type(quality).__name__}")
+    device, images = quality.get("train_device"), quality.get("classifier_eval_images")
+    if device is not None and not (isinstance(device, str) and device):
+        raise ValueError(f"{where}: entry {name!r} quality train_device must name the device train_device_minutes "
+                         f"were spent on, such as 'cpu (x86_64, 1 thread)' or 'NVIDIA H100', got {device!r}")
+    if images is not None and not _is_int_at_least(images, 1):
+        raise ValueError(f"{where}: entry {name!r} quality classifier_eval_images must be a positive int (the test "
+                         f"images the classifier figures were measured on), got {images!r}")
     return entry
+
+
+def _is_int_at_least(value: object, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
 def _read_registry_file(path: Path) -> dict | None:
@@ -401,7 +415,10 @@ def register(name: str, *, file: str, sha256: str, config: dict, trained_on: str
 
     ``file`` is a plain file name looked up in the cache dir, the shipped checkpoints and under
     ``$LATENT_TRANSFORMS_HUB_URL``; ``sha256`` and ``size`` are what ``save_checkpoint`` returned and the
-    file's size in bytes. An existing name is only replaced with ``overwrite=True``.
+    file's size in bytes. An existing name is only replaced with ``overwrite=True``. ``quality`` holds the figures
+    shown by ``latent-transforms list``, as in the shipped registry: test metrics (``test_bits_per_dim`` or
+    ``test_mse``/``test_kl``), ``train_device_minutes`` with the ``train_device`` they were spent on, and classifier
+    accuracies with ``classifier_eval_images``, the number of test images they were measured on.
 
     With ``persist=True`` the entry is also written to the user registry file, ``cache_dir() / "registry.json"``
     (created if missing, replaced atomically, other entries kept), so every later process finds the name too; a

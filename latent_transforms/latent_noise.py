@@ -17,9 +17,9 @@ class LatentNoise(CodecTransform):
         codec: hub name, ``.safetensors`` path or :class:`~latent_transforms.codecs.Codec` (default ``"glow-cifar10"``).
         eps: noise size in standardised latent units. ``norm="l2"``: a uniformly random direction of L2 norm exactly
             ``eps`` over the perturbed coordinates; ``"linf"``: N(0, eps^2) clipped to [-eps, eps]; ``None``:
-            N(0, eps^2). The default 10 was chosen on a validation split with ``glow-cifar10`` (both releases), where
-            the official CIFAR-10 setting ``eps=20`` (about 0.36 per coordinate of 3,072) cost 5 to 6 points of
-            accuracy.
+            N(0, eps^2). The default 10 was chosen on a validation split with the first ``glow-cifar10`` and kept
+            for the current one, where the official CIFAR-10 setting ``eps=20`` (about 0.36 per coordinate of 3,072)
+            cost 5 to 6 points of accuracy; no eps measurably helped with either (docs/calibration.md).
         norm: ``"l2"``, ``"linf"`` or ``None``.
         levels: latent levels to perturb (all jointly by default, as the paper).
         cache: a :class:`~latent_transforms.LatentCache` of the training images; call with ``index=`` to skip encoding.
@@ -31,7 +31,8 @@ class LatentNoise(CodecTransform):
 
     Convention:
         ``eps=0`` returns x to the codec's round-trip accuracy (flow: ~1e-6; the official code returns
-        ``0.05 + 0.9 x``). Samples whose decode is non-finite are returned unchanged and counted in ``stats``.
+        ``0.05 + 0.9 x``). Samples whose decode is non-finite or more than 0.5 outside [0, 1] before clipping are
+        returned unchanged and counted in ``stats``.
         Identity in ``eval()`` mode. ``last_params["delta"]`` holds the last (B_selected, D) perturbation.
     """
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .base import SampleStats, keep_plausible
 from .codecs import Codec, resolve_codec
 from .modelutils import borrowed, logits_of
 from .rng import GeneratorSource
 from .validation import check_count, check_images, check_model, check_number
 
 
-class LatentMixupInference(nn.Module):
+class LatentMixupInference(SampleStats, nn.Module):
     """``probs = mean_k softmax(model(decode(lam * z + (1 - lam) * z_ref_k)))`` over ``num_mixes`` references.
 
     Mixup Inference (Pang et al., ICLR 2020) moved to a codec's latent space, as VarMixup suggests for robust
@@ -30,6 +31,12 @@ class LatentMixupInference(nn.Module):
 
     Shape:
         x: (B, C, H, W) float in [0, 1] -> (B, K) probabilities.
+
+    Convention:
+        Predicts in train and eval mode alike. A decoded mix that is non-finite or more than 0.5 outside [0, 1]
+        before clipping is replaced by the input itself (the model sees ``x`` for that mix), as the transforms
+        reject implausible decodes; the others are clipped to [0, 1]. ``stats`` counts decoded mixes, in both
+        modes: ``seen`` (``num_mixes`` per input), ``transformed`` (kept), ``rejected`` (replaced by the input).
     """
 
     def __init__(self, model: nn.Module, codec: Codec | str, references: torch.Tensor, *, lam: float = 0.6,
@@ -57,6 +64,7 @@ class LatentMixupInference(nn.Module):
         with borrowed(self.model) as net:
             for k in range(self.num_mixes):
                 mixed = self.lam * z + (1 - self.lam) * refs[pick[k]]
-                xk = self.codec.decode_flat(mixed).clamp(0, 1).to(x.dtype)
-                probs = probs + logits_of(net, xk, "LatentMixupInference").float().softmax(1)
+                xk, ok = keep_plausible(self.codec.decode_flat(mixed), x)
+                self._count(x.device, x.shape[0], ok.sum(), (~ok).sum())
+                probs = probs + logits_of(net, xk.to(x.dtype), "LatentMixupInference").float().softmax(1)
         return probs / self.num_mixes

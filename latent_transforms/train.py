@@ -409,8 +409,10 @@ def _weight_ema(codec: Codec, decay: float, saved: tuple | None, num_updates: in
 class _TrainingRun:
     """The training loop of one ``train_codec`` call, with its LR schedule and training-state checkpoints.
 
-    ``info`` (JSON-able) carries the run over calls: settings, step, training time, history and schedule. The
-    run's length is ``total_steps`` optimizer steps or, when that is None, ``budget_s`` seconds of training.
+    ``info`` (JSON-able) carries the run over calls: settings, step, training time, history and schedule. A
+    history entry holds the step, ``elapsed_s`` (wall seconds of training so far, summed over calls, as
+    ``train_time_s``), the lr, and the mean loss and metrics since the previous entry. The run's length is
+    ``total_steps`` optimizer steps or, when that is None, ``budget_s`` seconds of training.
     """
 
     codec: Codec
@@ -508,8 +510,8 @@ class _TrainingRun:
                         window[k] = window.get(k, 0.0) + v
                     window_n += 1
                 if step % log_every == 0 and window_n:
-                    self.info["history"].append({"step": step, "lr": lr_now,
-                                                 **{k: v / window_n for k, v in window.items()}})
+                    self.info["history"].append({"step": step, "elapsed_s": round(self.info["train_time_s"], 3),
+                                                 "lr": lr_now, **{k: v / window_n for k, v in window.items()}})
                     window, window_n = {}, 0
                 if bar is not None:
                     bar.update(1)
@@ -631,13 +633,14 @@ def _report(run: _TrainingRun, stored: Codec, *, name: str, ckpt: Path, sha: str
     n, info, step = x_train.shape[0], run.info, run.info["step"]
     if data_description is None:
         data_description = f"{n} images of shape {tuple(x_train.shape[1:])}"
+    dev, threads = run.device, torch.get_num_threads()
+    device = torch.cuda.get_device_name(dev) if dev.type == "cuda" else \
+        f"cpu ({platform.processor() or platform.machine()}, {threads} thread{'s' if threads > 1 else ''})"
     quality = ({"test_bits_per_dim": round(metrics["bits_per_dim"], 4)} if run.kind == "glow" else
                {"test_mse": round(metrics["mse"], 5), "test_kl": round(metrics["kl"], 3)})
+    quality.update(train_device_minutes=round(info["train_time_s"] / 60, 1), train_device=device)
     size = ckpt.stat().st_size
     trained_on = data_description if isinstance(data_description, str) else json.dumps(data_description)
-    dev = run.device
-    device = torch.cuda.get_device_name(dev) if dev.type == "cuda" else \
-        f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     return {
         "name": name,
         "file": ckpt.name,

@@ -10,10 +10,16 @@ warnings.filterwarnings("ignore", message="torch.lu is deprecated")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
-def tiny_glow(seed: int = 0, shape=(1, 8, 8)) -> Glow:
+def tiny_glow(seed: int = 0, shape=(1, 8, 8), levels: int = 2) -> Glow:
     """A random-init frozen Glow whose ActNorms were initialised on random data."""
     torch.manual_seed(seed)
-    return Glow(shape, levels=2, steps=2, hidden=16, num_bins=17).init_actnorm(torch.rand(64, *shape)).freeze()
+    return Glow(shape, levels=levels, steps=2, hidden=16, num_bins=17).init_actnorm(torch.rand(64, *shape)).freeze()
+
+
+def cifar_size_glow(seed: int = 0) -> Glow:
+    """A random-init frozen Glow of CIFAR-10's image shape (3, 32, 32) and glow-cifar10's 3 levels, narrow and
+    shallow like ``tiny_glow``."""
+    return tiny_glow(seed, shape=(3, 32, 32), levels=3)
 
 
 def trained_like_glow_pair(shape=(1, 8, 8)) -> tuple[Glow, Glow]:

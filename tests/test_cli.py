@@ -57,6 +57,19 @@ def test_list_verbose_shows_every_detail(capsys):
             assert f"{key}=" in out
 
 
+def test_list_verbose_says_the_training_device_and_the_classifier_images(capsys):
+    rows = hub.list_checkpoints()
+    assert main(["list", "-v"]) == 0
+    quality_lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  quality:")]
+    assert len(quality_lines) == len(rows)
+    for r, line in zip(rows, quality_lines):
+        if not r["shipped"]:
+            continue
+        q = r["quality"]
+        assert f"train_device_minutes={q['train_device_minutes']:.4g}, train_device={q['train_device']}" in line
+        assert f"classifier_eval_images={q['classifier_eval_images']}" in line
+
+
 def test_list_table_with_a_runtime_entry(capsys, monkeypatch):
     monkeypatch.setattr(hub, "_registered", {})
     hub.register("zz-test-vae", file="zz-test-vae.safetensors", sha256="0" * 64, size=2500,

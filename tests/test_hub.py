@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import pickle
 import random
+import re
 import stat
 import subprocess
 import sys
@@ -280,6 +281,47 @@ def test_shipped_registry_is_valid():
             assert hub.sha256_file(hub.SHIPPED_DIR / row["file"]) == row["sha256"]
 
 
+def test_shipped_sidecars_match_the_registry_and_load_by_name():
+    """Each shipped NAME.json (the training record beside NAME.safetensors) describes the registered file, says to
+    load it by name, and names no absolute path (it said /tmp/study/... and /work/shared/...)."""
+    registry = json.loads((hub.SHIPPED_DIR / "registry.json").read_text())["checkpoints"]
+    sidecars = sorted(p for p in hub.SHIPPED_DIR.glob("*.json") if p.name != "registry.json")
+    assert [p.stem for p in sidecars] == sorted(registry)
+    for path in sidecars:
+        text, entry = path.read_text(), registry[path.stem]
+        record = json.loads(text)
+        assert (hub.SHIPPED_DIR / entry["file"]).stat().st_size == entry["size"]
+        for described in (record, record["registry_entry"]):
+            assert {k: described[k] for k in ("file", "sha256", "size", "config")} == \
+                {k: entry[k] for k in ("file", "sha256", "size", "config")}, path.name
+        assert record["name"] == path.stem and record["load"] == f'latent_transforms.hub.load("{path.stem}")'
+        assert not re.search(r'(?:^|[\s:("])/\w', text), f"{path.name} names an absolute path"
+
+
+def test_shipped_entries_name_the_training_device_and_the_classifier_images():
+    """Device-minutes say on what device (they were CPU-minutes), classifier figures on how many test images (fewer
+    than the test metrics')."""
+    for name, entry in hub._shipped_registry().items():
+        quality = entry["quality"]
+        assert isinstance(quality["train_device"], str) and quality["train_device_minutes"] > 0, name
+        if any(k.startswith("classifier_") for k in quality):
+            assert isinstance(quality["classifier_eval_images"], int), name
+
+
+@pytest.mark.parametrize("quality, message", [
+    ({"train_device": ""}, "train_device must name the device"),
+    ({"train_device": 45.0}, "train_device must name the device"),
+    ({"classifier_eval_images": 0}, "classifier_eval_images must be a positive int"),
+    ({"classifier_eval_images": 2000.0}, "classifier_eval_images must be a positive int"),
+    ({"classifier_eval_images": True}, "classifier_eval_images must be a positive int"),
+])
+def test_register_checks_the_training_device_and_the_classifier_images(env, quality, message):
+    with pytest.raises(ValueError, match=f"'q' quality {message}"):
+        hub.register("q", file="q.safetensors", sha256=SHA_GOOD, config=CONFIG, quality=quality)
+    hub.register("q", file="q.safetensors", sha256=SHA_GOOD, config=CONFIG, quality={
+        "train_device_minutes": 4.0, "train_device": "cpu (x86_64, 1 thread)", "classifier_eval_images": 540})
+
+
 def test_unknown_name_lists_known_ones(env):
     _register("digits-a", "good.safetensors")
     with pytest.raises(KeyError, match="known checkpoints: digits-a") as e:
@@ -377,6 +419,8 @@ def test_user_registry_may_not_redefine_a_shipped_name(env, tmp_path):
     ('{"checkpoints": {"x": {"file": "x.safetensors", "sha256": "abc", "config": {"kind": "vae"}}}}', "sha256"),
     ('{"checkpoints": {"x": {"file": "../x.safetensors", "sha256": "%s", "config": {"kind": "vae"}}}}' % SHA_GOOD,
      "file name"),
+    ('{"checkpoints": {"x": {"file": "x.safetensors", "sha256": "%s", "config": {"kind": "vae"}, "quality": [1]}}}'
+     % SHA_GOOD, "quality must be a dict"),
 ])
 def test_a_corrupt_user_registry_is_named_in_the_error(env, text, message):
     env.mkdir()

@@ -280,6 +280,25 @@ def test_resume_continues_step_count_and_optimizer(tmp_path, digits):
     assert_no_pickle(tmp_path)
 
 
+def test_history_records_training_seconds_summed_over_resumed_calls(tmp_path, digits):
+    x = digits[0][:64]
+    train_codec("flow", x, tmp_path, **FLOW, max_steps=3, batch_size=16, progress=False)
+    first = load_training_state(tmp_path / "glow.state.safetensors")[2]
+    train_codec("flow", x, tmp_path, **FLOW, max_steps=6, batch_size=16, progress=False)
+    info = load_training_state(tmp_path / "glow.state.safetensors")[2]
+    elapsed = [h["elapsed_s"] for h in info["history"]]
+    assert [h["step"] for h in info["history"]] == [1, 2, 3, 4, 5, 6]
+    assert elapsed[:3] == [h["elapsed_s"] for h in first["history"]]
+    assert elapsed[2] == pytest.approx(first["train_time_s"], abs=1e-3)  # the second call goes on from the first
+    assert 0 < elapsed[0] and all(a < b for a, b in zip(elapsed, elapsed[1:]))
+    assert elapsed[-1] == pytest.approx(info["train_time_s"], abs=1e-3)
+    report = json.loads((tmp_path / "glow.json").read_text())
+    assert [h["elapsed_s"] for h in report["training"]["history"]] == elapsed
+    quality = report["registry_entry"]["quality"]
+    assert quality["train_device"] == report["training"]["device"] and quality["train_device"].endswith(", 1 thread)")
+    assert quality["train_device_minutes"] == pytest.approx(report["training"]["train_time_s"] / 60, abs=0.06)
+
+
 def test_weight_ema_averages_with_warm_up():
     model = torch.nn.Linear(2, 1)
     w0 = model.weight.detach().clone()
