@@ -11,7 +11,8 @@ Arms (``--arms`` picks a subset; all by default):
 Reports, per arm: accuracy (mean ± std over seeds), ECE (15 bins), accuracy under CIFAR-10-C-style corruptions made
 on the fly (Gaussian noise, Gaussian blur, contrast, brightness, JPEG; severities 1, 3 and 5 of CIFAR-10-C), and
 training time per epoch. Writes ``OUT/results.md``, ``OUT/results.json`` and ``OUT/reliability.png``, and says
-after the table which of the issue's targets are met, computed from the numbers.
+after the table which of the issue's targets are met, computed from the numbers. The report and the JSON record the UTC
+date, the command line and the git commit of the call (for ``--merge``, also those of the files merged).
 
 Examples::
 
@@ -20,18 +21,27 @@ Examples::
         --seeds 0 1 2 --out runs/accuracy --resume
     # end to end on the CPU in well under 2 minutes, with tiny random-init codecs
     python benchmarks/accuracy.py --smoke --out /tmp/acc-smoke
+    # several processes on one GPU (scripts/gpu_session.sh): shard I of N each, then one report
+    python benchmarks/accuracy.py ... --resume --shard 0/2 --done S0/results.json S1/results.json --out S0 &
+    python benchmarks/accuracy.py ... --resume --shard 1/2 --done S0/results.json S1/results.json --out S1; wait
+    python benchmarks/accuracy.py --merge S0/results.json S1/results.json --out runs/accuracy
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import math
+import os
 import platform
+import shlex
 import statistics
+import subprocess
 import sys
 import time
 import warnings
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -69,6 +79,10 @@ ARMS: dict[str, str] = {  # key -> what the arm trains with (on top of crop+flip
     "randaugment+latent-adversarial": "+ RandAugment, then LatentAdversarial",
     "isda+latent-noise": "+ LatentNoise, with ISDA",
 }
+# Wall time of a run relative to a baseline run (measured on the CPU proxy): the --time-budget estimate for an arm not
+# run yet, and the balance of --shard's split.
+ARM_COST = {"baseline": 1.0, "randaugment": 1.2, "mixup": 1.0, "latent-noise": 1.7, "latent-adversarial": 3.6,
+            "varmixup": 1.2, "isda": 1.0, "randaugment+latent-adversarial": 3.6, "isda+latent-noise": 2.0}
 CODEC_OF_ARM = {"latent-noise": "glow", "latent-adversarial": "glow", "varmixup": "vae",
                 "randaugment+latent-adversarial": "glow", "isda+latent-noise": "glow"}
 _NOISE, _ADV = ["noise_eps", "latent_p", "latent_levels"], ["adv_eps", "adv_steps", "adv_step_size", "latent_p",
@@ -429,6 +443,16 @@ def verdicts(runs: dict) -> list[dict]:
     return out
 
 
+def _provenance(cfg: dict) -> str:
+    """When, how and from which commit the results were made; for a merge, the commit of each file merged."""
+    text = f"Made {cfg['date']} by `{cfg['command']}` at commit {cfg['commit'] or 'not recorded'}"
+    if "merged_from" in cfg:
+        commits = cfg.get("merged_commits") or [None] * len(cfg["merged_from"])  # older merges recorded none
+        text += "; merged from " + ", ".join(f"{path} (commit {commit or 'not recorded'})"
+                                             for path, commit in zip(cfg["merged_from"], commits))
+    return text + "."
+
+
 def format_report(results: dict) -> str:
     cfg, summary = results["config"], results["summary"]
     seeds = sorted({s for v in summary.values() for s in v["seeds"]})
@@ -442,7 +466,7 @@ def format_report(results: dict) -> str:
               f"trained on {cfg['n_train']} images of {cfg['source_train']}"
               f"{held_out}; evaluated on "
               f"{cfg['n_eval']} {'held-out validation' if cfg['eval_on'] == 'val' else 'test'} images; "
-              f"seeds {', '.join(map(str, seeds))}.", "",
+              f"seeds {', '.join(map(str, seeds))}.", "", _provenance(cfg), "",
               "| arm | accuracy (mean ± std) | Δ vs baseline | ECE % (15 bins) | corruption accuracy | s / epoch | "
               "time vs baseline |",
               "|---|---|---|---|---|---|---|"]
@@ -474,6 +498,11 @@ def format_report(results: dict) -> str:
     if len(codes) > 1:
         lines += ["", f"These runs were made by {len(codes)} versions of the benchmark and library code (each run's "
                       f"code_sha256 in results.json{'; older runs recorded none' if None in codes else ''})."]
+    shards = max((r["shard"][1] for by_seed in results["runs"].values() for r in by_seed.values() if r.get("shard")),
+                 default=1)
+    if shards > 1:
+        lines += ["", f"These runs were made in {shards} shards (--shard), which scripts/gpu_session.sh runs at the "
+                      f"same time on one device: s / epoch and time vs baseline include their contention."]
     diverged = [f"{arm} seed {seed} ({r['nonfinite_predictions']} of its predictions)"
                 for arm, by_seed in results["runs"].items() for seed, r in by_seed.items()
                 if r.get("nonfinite_predictions")]
@@ -569,9 +598,41 @@ def code_sha256() -> str:
     return h.hexdigest()
 
 
+def git_commit() -> str | None:
+    """This checkout's commit (``-dirty`` appended when tracked files differ from it); else $GIT_COMMIT, for a copy
+    of the tree without .git (such as the device machine's); else None."""
+    try:
+        proc = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=40", "--exclude=*"],
+                              cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=30)
+        if proc.returncode == 0:
+            return proc.stdout.strip()
+    except (OSError, subprocess.SubprocessError):  # no git, or it hung: the fallback below
+        pass
+    return os.environ.get("GIT_COMMIT") or None
+
+
+def provenance(argv: list[str] | None) -> dict:
+    """When and how this call ran: the UTC date, the command line (``argv``: the arguments of a call from Python) and
+    the git commit."""
+    command = sys.argv if argv is None else [Path(__file__).name, *argv]
+    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"), "command": shlex.join(command),
+            "commit": git_commit()}
+
+
 def setting(fingerprint: dict, key: str):
     """A fingerprint's value for ``key``, or the value an older file without it implies."""
     return fingerprint.get(key, FINGERPRINT_DEFAULTS.get(key))
+
+
+def shard_spec(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> (I, N) with 0 <= I < N."""
+    try:
+        index, count = map(int, text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N, e.g. 0/6, got {text!r}") from None
+    if not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"shard {text}: I must be in 0..N-1")
+    return index, count
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -634,10 +695,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="train nothing: combine the runs of --arms (default all) of several results.json files "
                         "(e.g. one per seed or per machine) into one report in OUT; data and schedule must match, "
                         "and each arm's settings and checkpoint among its merged runs")
+    o.add_argument("--done", nargs="*", default=[], metavar="RESULTS_JSON",
+                   help="runs in these results.json files (same settings) count as finished: neither run nor shared "
+                        "out by --shard (give every shard all shards' files, as they were before the call)")
+    o.add_argument("--shard", type=shard_spec, metavar="I/N",
+                   help="run only shard I (0..N-1) of the runs to do, split into N of about equal expected time "
+                        "(by arm: " + ", ".join(f"{a} {c:g}" for a, c in ARM_COST.items()) + " baseline runs)")
     o.add_argument("--time-budget", type=float, metavar="SECONDS",
                    help="start no run that would end after SECONDS from the start of this call (its time is "
-                        "estimated from the longest finished run of the same arm, else of any arm), then write "
-                        "the report of what is done; with --resume, a later call runs the rest")
+                        "estimated from the longest finished run of the same arm, else from another arm's, scaled by "
+                        "the costs of --shard), then write the report of what is done; with --resume, a later call "
+                        "runs the rest")
     o.add_argument("--no-corruptions", action="store_true", help="skip the corruption accuracy")
     o.add_argument("--no-progress", action="store_true")
     o.add_argument("--smoke", action="store_true",
@@ -726,6 +794,7 @@ def merge_results(paths: list[str], arms: list[str]) -> tuple[dict, dict, dict]:
         raise SystemExit(f"--merge: none of the files has runs of {', '.join(arms)}")
     codec_ids = common_codecs(runs, "--merge")
     config = {**loaded[0]["config"], **fingerprint, "merged_from": list(paths), "codecs": codec_ids,
+              "merged_commits": [res["config"].get("commit") for res in loaded],
               "device_name": " / ".join(sorted({res["config"]["device_name"] for res in loaded}))}
     return fingerprint, config, runs
 
@@ -735,6 +804,33 @@ def runs_to_do(arms: list[str], seeds: list[int], runs: dict) -> list[tuple[str,
     return [(a, s) for s in seeds for a in arms if str(s) not in runs.get(a, {})]
 
 
+def shard_runs(todo: list[tuple[str, int]], index: int, count: int) -> list[tuple[str, int]]:
+    """Shard ``index`` of ``count`` of ``todo`` (seed by seed, as ``runs_to_do`` lists them), in the order it runs them.
+
+    Seed by seed, the costliest runs of a seed first, each run goes to the shard with the least expected work so far
+    (``ARM_COST``; the lowest index on ties): the shards end at about the same time and, cut short, still have made
+    about the same seeds. The split depends on ``todo`` alone, so shards given the same finished runs agree on it.
+    """
+    by_seed = itertools.groupby(todo, key=lambda run: run[1])
+    order = [run for _, runs in by_seed for run in sorted(runs, key=lambda run: -ARM_COST[run[0]])]
+    load, mine = [0.0] * count, []
+    for arm, seed in order:
+        k = min(range(count), key=load.__getitem__)
+        load[k] += ARM_COST[arm]
+        if k == index:
+            mine.append((arm, seed))
+    return mine
+
+
+def all_runs(*runs_dicts: dict) -> dict:
+    """arm -> seed -> run, over several results files' runs."""
+    out: dict = {}
+    for runs in runs_dicts:
+        for arm, by_seed in runs.items():
+            out.setdefault(arm, {}).update(by_seed)
+    return out
+
+
 def run_times(runs: dict, device_name: str) -> dict[str, list[float]]:
     """Wall seconds of the finished ``runs`` made on ``device_name``, per arm (older files did not record them)."""
     took = {a: [r["wall_seconds"] for r in rs.values() if r.get("device_name") == device_name and "wall_seconds" in r]
@@ -742,17 +838,21 @@ def run_times(runs: dict, device_name: str) -> dict[str, list[float]]:
     return {a: ts for a, ts in took.items() if ts}
 
 
-def fits_budget(arm: str, took: dict[str, list[float]], elapsed: float, budget: float) -> bool:
-    """Whether a run of ``arm`` started ``elapsed`` seconds into this call should end within ``budget`` seconds.
+def expected_seconds(arm: str, took: dict[str, list[float]]) -> float:
+    """The wall seconds a run of ``arm`` is expected to take: the longest finished run of its arm, else the longest
+    of any other arm scaled by ``ARM_COST`` (arms differ several-fold); 0 before any run has finished.
 
-    ``took``: wall seconds (training and evaluation) of finished runs on this device (this call's, and with
-    ``--resume`` earlier calls'), per arm. A run is assumed to take as long as the longest of its arm, else twice the
-    longest of any arm (arms differ several-fold: LatentAdversarial took 4x the baseline on the CPU); before any
-    run has finished only ``elapsed`` counts.
+    ``took``: wall seconds (training and evaluation) of finished runs on this device, per arm.
     """
     if took.get(arm):
-        return elapsed + max(took[arm]) <= budget
-    return elapsed + 2 * max((t for ts in took.values() for t in ts), default=0.0) <= budget
+        return max(took[arm])
+    return max((max(ts) * ARM_COST[arm] / ARM_COST[a] for a, ts in took.items() if ts), default=0.0)
+
+
+def fits_budget(arm: str, took: dict[str, list[float]], elapsed: float, budget: float) -> bool:
+    """Whether a run of ``arm`` started ``elapsed`` seconds into this call should end within ``budget`` seconds
+    (``took``: see ``expected_seconds``; this call's runs, and with ``--resume`` or ``--done`` earlier calls')."""
+    return elapsed + expected_seconds(arm, took) <= budget
 
 
 def _not_run(pending: list[tuple[str, int]]) -> str:
@@ -814,12 +914,23 @@ def likely_counts(n: int, p: float, sigmas: float = 4.0) -> range:
     return range(max(1, math.floor(mean - sigmas * sd)), min(n, math.ceil(mean + sigmas * sd)) + 1)
 
 
+def load_runs(path: Path, fingerprint: dict, flag: str, remedy: str) -> dict:
+    """The runs of the results file ``path``; one made with other settings is refused, naming ``flag`` and
+    ``remedy``."""
+    old = json.loads(path.read_text())
+    diff = [k for k in FINGERPRINT_KEYS if setting(old.get("fingerprint", {}), k) != fingerprint[k]]
+    if diff:
+        raise SystemExit(f"{flag}: {path} was made with other settings ({', '.join(diff)}); {remedy}")
+    return old.get("runs", {})
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     start = time.perf_counter()
     out = Path(args.out)
     if args.merge:
-        return write_report(out, *merge_results(args.merge, args.arms), start)
+        fingerprint, config, runs = merge_results(args.merge, args.arms)
+        return write_report(out, fingerprint, {**config, **provenance(argv)}, runs, start)
     device = setup_device(args.device, args.threads)
     results_path = out / "results.json"
 
@@ -827,14 +938,13 @@ def main(argv=None) -> dict:
     fingerprint = {**{k: getattr(args, k) for k in ARG_KEYS}, "data_sha256": data_sha256(data), "protocol": protocol()}
     runs: dict = {}
     if args.resume and results_path.is_file():
-        old = json.loads(results_path.read_text())
-        diff = [k for k in FINGERPRINT_KEYS if setting(old.get("fingerprint", {}), k) != fingerprint[k]]
-        if diff:
-            raise SystemExit(f"--resume: {results_path} was made with other settings ({', '.join(diff)}); "
-                             f"use another --out or the same settings")
-        runs = old.get("runs", {})
+        runs = load_runs(results_path, fingerprint, "--resume", "use another --out or the same settings")
+    finished = all_runs(runs, *(load_runs(Path(p), fingerprint, "--done", "leave it out or use the same settings")
+                                for p in args.done))
 
-    todo = runs_to_do(args.arms, args.seeds, runs)
+    todo = runs_to_do(args.arms, args.seeds, finished)
+    if args.shard:
+        todo = shard_runs(todo, *args.shard)
     needed = {CODEC_OF_ARM[a] for a in {a for a, _ in todo} | set(runs) if a in CODEC_OF_ARM}
     codecs, codec_names = {}, {}
     if needed:
@@ -861,7 +971,7 @@ def main(argv=None) -> dict:
               "n_train": len(data["y_train"]), "n_val": data["n_val"], "n_eval": len(data["y_eval"]),
               "source_train": data["source_train"], "source_test": data["source_test"], "codecs": codec_names,
               "corruptions": {k: dict(zip(map(str, SEVERITIES), v)) for k, v in CORRUPTIONS.items()},
-              "format": FORMAT}
+              "format": FORMAT, **provenance(argv)}
 
     x_train, y_train = data["x_train"].to(device), data["y_train"].to(device)
     x_eval, y_eval = data["x_eval"].to(device), data["y_eval"].to(device)
@@ -873,7 +983,7 @@ def main(argv=None) -> dict:
 
     if todo and device.type == "cuda":
         warm_up(args, codecs, x_train, y_train, device, {a for a, _ in todo})
-    took, code, done = run_times(runs, device_name), code_sha256(), 0
+    took, code, done = run_times(finished, device_name), code_sha256(), 0
     for i, (arm, seed) in enumerate(tqdm(todo, desc="runs", disable=args.no_progress)):
         if args.time_budget is not None and not fits_budget(arm, took, time.perf_counter() - start, args.time_budget):
             print(f"--time-budget {args.time_budget:g} s: stopping before {arm} seed {seed}; not run: "
@@ -882,7 +992,7 @@ def main(argv=None) -> dict:
         run_start = time.perf_counter()
         r = run_one(arm, seed, args, data, codecs, corrupted, device)
         r.update(wall_seconds=time.perf_counter() - run_start, device_name=device_name,  # for later --time-budget
-                 code_sha256=code)
+                 code_sha256=code, shard=args.shard)
         took.setdefault(arm, []).append(r["wall_seconds"])
         if arm in CODEC_OF_ARM:
             r["codec"] = codec_names[CODEC_OF_ARM[arm]]

@@ -1,22 +1,34 @@
 #!/usr/bin/env bash
 # The GPU figures still missing, in one device call of at most 10 minutes, most wanted first:
-#   1. the throughput table of issue 8 (benchmarks/throughput.py, batch 256, compiled codecs included);
-#   2. the accuracy table of issue 5 (benchmarks/accuracy.py), seed by seed, for what is left of BUDGET seconds;
-#      --resume keeps earlier calls' runs, so repeated calls complete the table.
+#   1. the throughput table of issue 8 (benchmarks/throughput.py, batch 256, compiled codecs included), for at most
+#      TP_BUDGET seconds (the eager rows take seconds; the compiled rows come last and are what a cap cuts);
+#   2. the accuracy table of issue 5 (benchmarks/accuracy.py) for the rest of BUDGET: JOBS processes at once on the
+#      one GPU (a ResNet-18 at batch 128 leaves most of it idle), each the shard of the runs still to do that
+#      accuracy.py --shard gives it (balanced by its per-arm costs), each in its own folder with its own
+#      --time-budget; then one report of every shard (--merge).
 # On the lent machine, from the repository root, with carry [".whl", ".data", "runs/accuracy"] (see docs/results.md;
 # carry no more of runs/: the carry limit is 64 MiB and the wheels and data take 42 MB of it):
-#   bash scripts/gpu_session.sh
-# then copy the returned accuracy/ folder back to runs/accuracy here before the next call.
-# Settings (environment): BUDGET (seconds for the whole script, default 540), ARMS, SEEDS, EPOCHS (default:
-# accuracy.py's, 40), SKIP_THROUGHPUT=1,
-# ACC_DIR (the accuracy folder resumed, default runs/accuracy), SMOKE=1 (tiny CPU run of the same steps, used by
-# the tests). Results go to $OUT (default runs/gpu-session): throughput/, rewritten after every row (the compiled
-# rows come last, so if compiling runs past its share of the budget the table of the other rows is complete), and
-# accuracy/, which starts as a copy of ACC_DIR when $OUT has none and is written run by run, so a call killed at its
-# time limit keeps every finished run.
+#   GIT_COMMIT=<this checkout's commit> bash scripts/gpu_session.sh
+# (where the device's copy of the tree has no .git, the results record the commit GIT_COMMIT gives).
+# What comes back (6 files, within the device's 8): throughput/throughput.{json,md}; accuracy/results.{json,md} and
+# accuracy/reliability.png (the report of all shards, this call's and earlier calls'); accuracy/shards.tar (every
+# shard's folder, those carried in included: results.json and log.txt). Before the next call, unpack them here
+# (FILES: the call's files_at):
+#   mkdir -p runs/accuracy && tar -xf FILES/accuracy/shards.tar -C runs/accuracy \
+#       && cp FILES/accuracy/results.* FILES/accuracy/reliability.png runs/accuracy/
+# A next call resumes every shard-*/ folder there: no finished run is run again, whatever JOBS, ARMS or SEEDS it has.
+# (Only shard-*/ folders are resumed: a results.json directly in runs/accuracy is the last merged report.)
+# Settings (environment): BUDGET (seconds for the whole script, default 540: the merge after the shards' backstop
+# still ends inside the device's 600 s), TP_BUDGET (default BUDGET/3), JOBS (accuracy processes at once, default 6;
+# SMOKE: 1), ARMS, SEEDS, EPOCHS (default: accuracy.py's, 40), SKIP_THROUGHPUT=1 (all of BUDGET for accuracy),
+# ACC_DIR (the unpacked folder resumed, default runs/accuracy), SMOKE=1 (tiny CPU run of the same steps, used by the
+# tests). Results go to $OUT (default runs/gpu-session); throughput/ is rewritten after every row, so a call cut
+# short keeps every finished row.
 set -euo pipefail
+shopt -s nullglob
 start=$SECONDS
 BUDGET=${BUDGET:-540}
+TP_BUDGET=${TP_BUDGET:-$((BUDGET / 3))}
 OUT=${OUT:-runs/gpu-session}
 ACC_DIR=${ACC_DIR:-runs/accuracy}
 ARMS=${ARMS:-baseline latent-adversarial randaugment isda varmixup latent-noise mixup randaugment+latent-adversarial isda+latent-noise}
@@ -32,26 +44,47 @@ if compgen -G ".whl/*.whl" > /dev/null; then  # the GPU image lacks kornia and n
     export PYTHONPATH="$SITE:$PYTHONPATH"
 fi
 if [ "${SMOKE:-0}" = 1 ]; then  # random images
-    TP_ARGS="--smoke --device cpu"; ACC_ARGS="--smoke --device cpu"
+    TP_ARGS="--smoke --device cpu"; ACC_ARGS="--smoke --device cpu"; JOBS=${JOBS:-1}
 else
     DATA=.data/cifar10; [ -f $DATA/train-5k.npz ] || DATA=../shared/data/cifar10  # carried, else beside the checkout
     TP_ARGS="--batch-size 256"; ACC_ARGS="--train npz:$DATA/train-5k.npz --test npz:$DATA/test.npz ${EPOCHS:+--epochs $EPOCHS}"
+    JOBS=${JOBS:-6}
     "$PY" -c "import torch; print(torch.cuda.get_device_name(), 'torch', torch.__version__)"
 fi
 
 if [ "${SKIP_THROUGHPUT:-0}" != 1 ]; then  # on CUDA, --compile (the default there) adds the compiled-codec rows
     # shellcheck disable=SC2086
-    timeout $((BUDGET / 2)) "$PY" benchmarks/throughput.py $TP_ARGS --out "$OUT/throughput" \
+    timeout "$TP_BUDGET" "$PY" benchmarks/throughput.py $TP_ARGS --out "$OUT/throughput" \
         || echo "throughput.py exit $?: throughput/ holds every row finished (marked partial)"
 fi
 
 ACC_OUT="$OUT/accuracy"
-if [ ! -f "$ACC_OUT/results.json" ] && [ -d "$ACC_DIR" ]; then mkdir -p "$ACC_OUT" && cp -r "$ACC_DIR"/. "$ACC_OUT/"; fi
+shards=$(mktemp -d)  # outside $OUT: at most 8 files come back, so the shards travel as one tar
+trap 'rm -rf "$shards"' EXIT
+mkdir -p "$ACC_OUT"
+earlier=("$ACC_DIR"/shard-*/results.json)  # read by every shard before its first run; nothing writes them now
+for dir in "$ACC_DIR"/shard-*/; do cp -r "$dir" "$shards/"; done
+threads=$(( $(nproc) / JOBS )); [ "$threads" -ge 1 ] || threads=1
 left=$((BUDGET - (SECONDS - start)))
 if [ "$left" -ge 45 ]; then  # accuracy.py starts no run it expects to end after its budget (15 s kept for its start-up);
     # timeout is the backstop, 30 s later, still inside the device's 600 s
-    # shellcheck disable=SC2086
-    timeout $((left + 30)) "$PY" benchmarks/accuracy.py $ACC_ARGS --arms $ARMS --seeds $SEEDS --resume \
-        --no-progress --time-budget "$((left - 15))" --out "$ACC_OUT" || echo "accuracy.py exit $?"
+    pids=()
+    for ((i = 0; i < JOBS; i++)); do
+        mkdir -p "$shards/shard-$i"
+        # shellcheck disable=SC2086
+        timeout $((left + 30)) "$PY" benchmarks/accuracy.py $ACC_ARGS --arms $ARMS --seeds $SEEDS --resume \
+            --no-progress --shard "$i/$JOBS" --done "${earlier[@]}" --threads "$threads" \
+            --time-budget "$((left - 15))" --out "$shards/shard-$i" >> "$shards/shard-$i/log.txt" 2>&1 &
+        pids+=($!)
+    done
+    for i in "${!pids[@]}"; do
+        wait "${pids[$i]}" \
+            || { echo "accuracy.py shard $i/$JOBS exit $?; the end of its log:"; tail -n 15 "$shards/shard-$i/log.txt"; }
+    done
+fi
+tar -C "$shards" -cf "$ACC_OUT/shards.tar" .
+results=("$shards"/shard-*/results.json)
+if [ ${#results[@]} -gt 0 ]; then
+    "$PY" benchmarks/accuracy.py --merge "${results[@]}" --out "$ACC_OUT" || echo "accuracy.py --merge exit $?"
 fi
 echo "gpu_session.sh: $((SECONDS - start)) s; results in $OUT"

@@ -78,25 +78,41 @@ def test_accuracy_smoke(tmp_path):
 
 @pytest.mark.slow
 def test_gpu_session_script_runs_its_steps_and_resumes(tmp_path):
-    """scripts/gpu_session.sh, the one-call GPU plan, with SMOKE=1: throughput, then accuracy within the budget."""
+    """scripts/gpu_session.sh, the one-call GPU plan, with SMOKE=1: throughput, then accuracy in JOBS=2 shards at once
+    within the budget, merged; what comes back fits the device's limits, and a next call (with another JOBS), given it
+    unpacked as the script's header says, runs only what is missing."""
+    import tarfile
+
     out, acc = tmp_path / "out", tmp_path / "acc"
     env = {**os.environ, "LATENT_TRANSFORMS_HOME": str(tmp_path / "hub"), "LATENT_TRANSFORMS_OFFLINE": "1",
            "OMP_NUM_THREADS": "1", "SMOKE": "1", "BUDGET": "150", "OUT": str(out), "ACC_DIR": str(acc),
-           "ARMS": "baseline isda", "PYTHON": sys.executable, "HOME": str(tmp_path)}
+           "ARMS": "baseline isda", "JOBS": "2", "PYTHON": sys.executable, "HOME": str(tmp_path)}
 
-    def call() -> str:
+    def call() -> tuple[str, dict, dict]:
+        """-> (stdout, the merged results, shard name -> its runs)."""
         proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_session.sh")], cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=TIMEOUT_S)
         assert proc.returncode == 0 and "exit" not in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
-        return proc.stdout
+        back = [p.relative_to(out) for p in out.rglob("*") if p.is_file()]  # what the device would return
+        assert len(back) <= 8 and all(len(p.parts) <= 3 and re.fullmatch(r"[\w.-]+", p.name) for p in back), back
+        with tarfile.open(out / "accuracy" / "shards.tar") as tar:
+            shards = {Path(m.name).parent.name: json.load(tar.extractfile(m))["runs"] for m in tar.getmembers()
+                      if m.name.endswith("results.json")}
+        subprocess.run(f"mkdir -p {acc} && tar -xf {out}/accuracy/shards.tar -C {acc} && "
+                       f"cp {out}/accuracy/results.* {out}/accuracy/reliability.png {acc}/", shell=True, check=True)
+        return proc.stdout, json.loads((out / "accuracy" / "results.json").read_text()), shards
 
-    call()
+    _, first, shards = call()
     assert "| LatentNoise |" in (out / "throughput" / "throughput.md").read_text()
-    first = json.loads((out / "accuracy" / "results.json").read_text())
     assert set(first["runs"]) == {"baseline", "isda"} and first["config"]["smoke"]
-    env["SKIP_THROUGHPUT"] = "1"
-    second = call()  # a repeated call resumes: nothing left to train, the same runs reported again
-    assert "Wrote" in second and json.loads((out / "accuracy" / "results.json").read_text())["runs"] == first["runs"]
+    assert shards == {"shard-0": {"baseline": first["runs"]["baseline"]}, "shard-1": {"isda": first["runs"]["isda"]}}
+    assert "made in 2 shards (--shard)" in (out / "accuracy" / "results.md").read_text()
+    env.update(SKIP_THROUGHPUT="1", ARMS="baseline isda mixup", JOBS="1")
+    second, merged, shards = call()  # resumes: only mixup is left; shard-1, not run now, is kept and merged
+    assert "Wrote" in second and set(merged["runs"]) == {"baseline", "isda", "mixup"}
+    assert {a: merged["runs"][a] for a in first["runs"]} == first["runs"]
+    assert shards == {"shard-0": {a: merged["runs"][a] for a in ("baseline", "mixup")},
+                      "shard-1": {"isda": first["runs"]["isda"]}}
 
 
 def _check_codec_records_and_merge(results: dict, out: Path, tmp_path: Path) -> None:
@@ -394,12 +410,18 @@ def test_accuracy_runs_seed_by_seed_within_a_time_budget():
     done = {"baseline": {"0": {}}, "isda": {"0": {}, "1": {}}}
     assert acc.runs_to_do(["baseline", "isda", "varmixup"], [0, 1], done) == [
         ("varmixup", 0), ("baseline", 1), ("varmixup", 1)]
-    # a run is expected to take as long as the longest run of its arm, else twice the longest of any arm
+    # a run is expected to take as long as the longest run of its arm, else the longest of another arm scaled by
+    # the arms' costs
     took = {"baseline": [10.0, 12.0], "latent-adversarial": [40.0]}
     assert acc.fits_budget("baseline", took, elapsed=88.0, budget=100.0)
     assert not acc.fits_budget("baseline", took, elapsed=88.5, budget=100.0)
-    assert acc.fits_budget("isda", took, elapsed=20.0, budget=100.0)
-    assert not acc.fits_budget("isda", took, elapsed=21.0, budget=100.0)  # unknown arm: 2 x 40 s
+    assert acc.fits_budget("isda", took, elapsed=88.0, budget=100.0)  # 12 s x 1.0 (40 s / 3.6 x 1.0 is less)
+    assert not acc.fits_budget("isda", took, elapsed=88.5, budget=100.0)
+    # LatentAdversarial after one baseline run: 3.6 x 10 s (it was started with 2 x 10 s left)
+    assert acc.expected_seconds("latent-adversarial", {"baseline": [10.0]}) == pytest.approx(36.0)
+    assert acc.fits_budget("latent-adversarial", {"baseline": [10.0]}, elapsed=64.0, budget=100.0)
+    assert not acc.fits_budget("latent-adversarial", {"baseline": [10.0]}, elapsed=70.0, budget=100.0)
+    assert set(acc.ARM_COST) == set(acc.ARMS)
     # with --resume, the earlier calls' runs on the same device count too
     earlier = {"baseline": {"0": {"wall_seconds": 9.0, "device_name": "H200"}, "1": {"wall_seconds": 30.0,
                                                                                     "device_name": "CPU"}},
@@ -407,6 +429,113 @@ def test_accuracy_runs_seed_by_seed_within_a_time_budget():
     assert acc.run_times(earlier, "H200") == {"baseline": [9.0]}
     assert acc.fits_budget("isda", {}, elapsed=99.0, budget=100.0)  # nothing finished yet: only the time spent
     assert not acc.fits_budget("isda", {}, elapsed=100.5, budget=100.0)
+
+
+def test_accuracy_shards_split_the_runs_to_do_by_expected_cost(tmp_path):
+    """--shard I/N: N shards of about equal expected time, together every run to do once, each seed by seed."""
+    acc = _load_accuracy_module()
+    arms, seeds = list(acc.ARMS), [0, 1, 2]
+    todo = acc.runs_to_do(arms, seeds, {})
+    for count in (1, 2, 6):
+        shards = [acc.shard_runs(todo, i, count) for i in range(count)]
+        assert sorted(run for shard in shards for run in shard) == sorted(todo)
+        loads = [sum(acc.ARM_COST[arm] for arm, _ in shard) for shard in shards]
+        assert max(loads) - min(loads) <= max(acc.ARM_COST.values()), loads
+        assert all([s for _, s in shard] == sorted(s for _, s in shard) for shard in shards)
+    assert max(sum(acc.ARM_COST[a] for a, _ in acc.shard_runs(todo, i, 6)) for i in range(6)) < 9.0  # ideal 8.15
+    # the finished runs of every shard (--done) are neither run again nor shared out
+    done = {"baseline": {"0": {}, "1": {}}, "latent-adversarial": {"0": {}}}
+    left = acc.runs_to_do(arms, seeds, acc.all_runs({"isda": {"2": {}}}, done))
+    assert len(left) == len(todo) - 4 and ("baseline", 2) in left and ("isda", 2) not in left
+    assert sorted(r for i in range(3) for r in acc.shard_runs(left, i, 3)) == sorted(left)
+    for bad in ("6/6", "-1/2", "1", "a/b"):
+        with pytest.raises(SystemExit):
+            acc.parse_args(["--shard", bad])
+    # a --done file made with other settings is refused, before any training
+    other = {"fingerprint": {"epochs": 99}, "runs": {"baseline": {"0": {}}}}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="--done: .*other.json was made with other settings \\(.*epochs"):
+        acc.main(["--smoke", "--no-progress", "--done", str(tmp_path / "other.json"), "--out", str(tmp_path / "a")])
+
+
+def test_accuracy_records_date_command_and_commit(tmp_path, monkeypatch):
+    """The results config and the report header say when, by which command line and at which commit they were made;
+    a merge also names the commit of each file merged. Without git the commit is $GIT_COMMIT, else None."""
+    monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
+    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(tmp_path / "hub"))
+    acc = _load_accuracy_module()
+    argv = ["--smoke", "--no-progress", "--no-corruptions", "--arms", "baseline", "--out", str(tmp_path / "a")]
+    cfg = acc.main(argv)["config"]
+    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    if git.returncode == 0:
+        assert cfg["commit"].startswith(git.stdout.strip())
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", cfg["date"])
+    assert cfg["command"] == "accuracy.py --smoke --no-progress --no-corruptions --arms baseline --out " + \
+        str(tmp_path / "a")
+    md = (tmp_path / "a" / "results.md").read_text()
+    assert f"Made {cfg['date']} by `{cfg['command']}` at commit {cfg['commit']}." in md
+    monkeypatch.setenv("PATH", str(tmp_path))  # no git
+    monkeypatch.delenv("GIT_COMMIT", raising=False)
+    assert acc.git_commit() is None
+    monkeypatch.setenv("GIT_COMMIT", "abc123")
+    merged = acc.main(["--merge", str(tmp_path / "a" / "results.json"), "--out", str(tmp_path / "m")])["config"]
+    assert merged["commit"] == "abc123" and merged["merged_commits"] == [cfg["commit"]]
+    assert merged["command"].startswith("accuracy.py --merge ")
+    assert f"at commit abc123; merged from {tmp_path / 'a' / 'results.json'} (commit {cfg['commit']})." in \
+        (tmp_path / "m" / "results.md").read_text()
+
+
+def test_accuracy_trains_on_torchvision_cifar10_without_downloading(tmp_path, monkeypatch):
+    """--train cifar10 / --test cifar10 (the 50,000-image setting) with --train-size, torchvision's loader stubbed."""
+    import numpy as np
+    import torchvision.datasets
+
+    calls = []
+
+    class FakeCIFAR10:
+        def __init__(self, root, train, download):
+            calls.append((root, train, download))
+            n = 600 if train else 100
+            self.data = np.random.default_rng(int(train)).integers(0, 255, (n, 32, 32, 3), dtype=np.uint8)
+            self.targets = [i % 10 for i in range(n)]
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
+    acc = _load_accuracy_module()
+    root = str(tmp_path / "data")
+    results = acc.main(["--train", "cifar10", "--test", "cifar10", "--data-root", root, "--train-size", "300",
+                        "--arms", "baseline", "--seeds", "0", "--epochs", "1", "--width", "4", "--batch-size", "64",
+                        "--device", "cpu", "--threads", "1", "--no-corruptions", "--no-progress",
+                        "--out", str(tmp_path / "acc")])
+    assert calls == [(root, True, True), (root, False, True)]
+    cfg = results["config"]
+    assert (cfg["source_train"], cfg["n_train"], cfg["n_val"], cfg["n_eval"]) == ("cifar10", 270, 30, 100)
+    assert not cfg["smoke"] and cfg["precision"] == "fp32" and 0 <= results["runs"]["baseline"]["0"]["accuracy"] <= 1
+    assert "trained on 270 images of cifar10 (30 held out for validation); evaluated on 100 test images" in \
+        (tmp_path / "acc" / "results.md").read_text()
+
+
+def test_accuracy_smoke_in_bf16(tmp_path, monkeypatch):
+    """--precision bf16 on the CPU: the classifier computes in bf16, also inside LatentAdversarial's attack, while the
+    codec's images reach it in fp32."""
+    monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
+    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(tmp_path / "hub"))
+    acc = _load_accuracy_module()
+    inputs, outputs = set(), set()
+    real = acc.build_classifier
+
+    def spied(*a, **k):
+        model = real(*a, **k)
+        model.net.register_forward_pre_hook(lambda m, args: inputs.add(args[0].dtype))
+        model.net.stem[0].register_forward_hook(lambda m, args, out: outputs.add(out.dtype))
+        return model
+
+    monkeypatch.setattr(acc, "build_classifier", spied)
+    results = acc.main(["--smoke", "--no-progress", "--no-corruptions", "--precision", "bf16",
+                        "--arms", "baseline", "latent-adversarial", "--out", str(tmp_path / "acc")])
+    assert outputs == {torch.bfloat16} and inputs == {torch.float32}
+    assert results["runs"]["latent-adversarial"]["0"]["transform_stats"]["LatentAdversarial"]["transformed"] > 0
+    assert all(0 <= r["0"]["accuracy"] <= 1 and r["0"]["nonfinite_predictions"] == 0 for r in results["runs"].values())
+    assert ", bf16 on CPU" in (tmp_path / "acc" / "results.md").read_text()
 
 
 def test_accuracy_latent_levels_reach_the_latent_arms():
