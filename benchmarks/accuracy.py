@@ -34,7 +34,6 @@ import itertools
 import json
 import math
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -61,6 +60,7 @@ from latent_transforms.evaluation import (accuracy, expected_calibration_error, 
 from latent_transforms.isda import ISDA  # noqa: E402
 from latent_transforms.latent_adversarial import LatentAdversarial  # noqa: E402
 from latent_transforms.latent_noise import LatentNoise  # noqa: E402
+from latent_transforms.modelutils import describe_device  # noqa: E402
 from latent_transforms.varmixup import VarMixup  # noqa: E402
 
 NUM_CLASSES = 10
@@ -939,13 +939,13 @@ def main(argv=None) -> dict:
     runs: dict = {}
     if args.resume and results_path.is_file():
         runs = load_runs(results_path, fingerprint, "--resume", "use another --out or the same settings")
-    finished = all_runs(runs, *(load_runs(Path(p), fingerprint, "--done", "leave it out or use the same settings")
-                                for p in args.done))
+    done = {p: load_runs(Path(p), fingerprint, "--done", "leave it out or use the same settings") for p in args.done}
+    finished = all_runs(runs, *done.values())
 
     todo = runs_to_do(args.arms, args.seeds, finished)
     if args.shard:
         todo = shard_runs(todo, *args.shard)
-    needed = {CODEC_OF_ARM[a] for a in {a for a, _ in todo} | set(runs) if a in CODEC_OF_ARM}
+    needed = {CODEC_OF_ARM[a] for a in {a for a, _ in todo} | set(finished) if a in CODEC_OF_ARM}
     codecs, codec_names = {}, {}
     if needed:
         tiny = tiny_codecs() if args.smoke else (None, None)
@@ -964,9 +964,10 @@ def main(argv=None) -> dict:
                                  f"NAME|PATH, or leave out the arms that need it") from None
             codec_names[kind] = {"name": name, "sha256": codecs[kind].fingerprint()}
     check_codecs(runs, codec_names, f"--resume: {results_path}")
+    for path, done_runs in done.items():  # a run made with another checkpoint is not this one done
+        check_codecs(done_runs, codec_names, f"--done: {path}")
 
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    device_name = describe_device(device)
     config = {**fingerprint, "device": str(device), "device_name": device_name, "torch": torch.__version__,
               "n_train": len(data["y_train"]), "n_val": data["n_val"], "n_eval": len(data["y_eval"]),
               "source_train": data["source_train"], "source_test": data["source_test"], "codecs": codec_names,

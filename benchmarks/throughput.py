@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import statistics
 import sys
 import time
@@ -55,6 +54,7 @@ from latent_transforms.isda import ISDA  # noqa: E402
 from latent_transforms.latent_adversarial import LatentAdversarial  # noqa: E402
 from latent_transforms.latent_noise import LatentNoise  # noqa: E402
 from latent_transforms.latent_cache import LatentCache  # noqa: E402
+from latent_transforms.modelutils import describe_device  # noqa: E402
 from latent_transforms.varmixup import VarMixup  # noqa: E402
 
 NUM_CLASSES = 10
@@ -480,8 +480,7 @@ def write_report(out: Path, args, device: torch.device, notes: dict, glow, rows:
     for r in done:
         if "error" not in r:
             r["vs_train_step"] = r.get("vs_paired", r["seconds"] / step)
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    device_name = describe_device(device)
     result = {"format": FORMAT, "partial": partial,
               "config": {"smoke": args.smoke, "device": str(device), "device_name": device_name, "torch": torch.__version__,
                          "batch_size": args.batch_size, "iters": args.iters, "warmup": args.warmup, "width": args.width,

@@ -282,7 +282,7 @@ def _check_entry(name: object, entry: object, where: str) -> dict:
     size = entry.get("size")
     if size is not None and not _is_int_at_least(size, 0):
         raise ValueError(f"{where}: entry {name!r} size must be a non-negative int (bytes), got {size!r}")
-    quality = entry.get("quality") or {}
+    quality = entry.get("quality", {})
     if not isinstance(quality, dict):
         raise ValueError(f"{where}: entry {name!r} quality must be a dict of figures, got {type(quality).__name__}")
     device, images = quality.get("train_device"), quality.get("classifier_eval_images")

@@ -1,8 +1,9 @@
-"""Borrowing the classifier without changing it (mode, BatchNorm statistics and gradients stay as they were), and
-reading its logits."""
+"""Borrowing the classifier without changing it (mode, BatchNorm statistics and gradients stay as they were),
+reading its logits, and naming the device a run used."""
 from __future__ import annotations
 
 import contextlib
+import platform
 from typing import Iterator
 
 import torch
@@ -51,3 +52,11 @@ def logits_of(net: nn.Module, x: torch.Tensor, who: str) -> torch.Tensor:
     got = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
     raise ValueError(f"{who} needs model(x) to return (B, K) logits, got {got}; pass a wrapper nn.Module whose "
                      f"forward returns the logits (for example model(x)[0] or model(x)['logits'])")
+
+
+def describe_device(device: torch.device) -> str:
+    """The device as reports record it: the GPU's name, or ``cpu (x86_64, 2 threads)``."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    threads = torch.get_num_threads()
+    return f"cpu ({platform.processor() or platform.machine()}, {threads} thread{'s' if threads > 1 else ''})"

@@ -18,7 +18,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import signal
 import sys
 import threading
@@ -30,6 +29,7 @@ import torch
 
 from . import hub
 from .codecs import Codec, build_codec, exact_math
+from .modelutils import describe_device
 from .validation import check_count, check_images, check_number
 
 __all__ = ["train_codec", "eval_codec", "default_config", "save_training_state", "load_training_state",
@@ -633,9 +633,7 @@ def _report(run: _TrainingRun, stored: Codec, *, name: str, ckpt: Path, sha: str
     n, info, step = x_train.shape[0], run.info, run.info["step"]
     if data_description is None:
         data_description = f"{n} images of shape {tuple(x_train.shape[1:])}"
-    dev, threads = run.device, torch.get_num_threads()
-    device = torch.cuda.get_device_name(dev) if dev.type == "cuda" else \
-        f"cpu ({platform.processor() or platform.machine()}, {threads} thread{'s' if threads > 1 else ''})"
+    device = describe_device(run.device)
     quality = ({"test_bits_per_dim": round(metrics["bits_per_dim"], 4)} if run.kind == "glow" else
                {"test_mse": round(metrics["mse"], 5), "test_kl": round(metrics["kl"], 3)})
     quality.update(train_device_minutes=round(info["train_time_s"] / 60, 1), train_device=device)

@@ -19,7 +19,9 @@
 # A next call resumes every shard-*/ folder there: no finished run is run again, whatever JOBS, ARMS or SEEDS it has.
 # (Only shard-*/ folders are resumed: a results.json directly in runs/accuracy is the last merged report.)
 # Settings (environment): BUDGET (seconds for the whole script, default 540: the merge after the shards' backstop
-# still ends inside the device's 600 s), TP_BUDGET (default BUDGET/3), JOBS (accuracy processes at once, default 6;
+# still ends inside the device's 600 s; keep it at most the call's limit_s minus 60, as a call given less device
+# time than asked ends sooner: shards.tar is rewritten every 30 s, so such a call still returns what was done by
+# then), TP_BUDGET (default BUDGET/3), JOBS (accuracy processes at once, default 6;
 # SMOKE: 1), ARMS, SEEDS, EPOCHS (default: accuracy.py's, 40), SKIP_THROUGHPUT=1 (all of BUDGET for accuracy),
 # ACC_DIR (the unpacked folder resumed, default runs/accuracy), SMOKE=1 (tiny CPU run of the same steps, used by the
 # tests). Results go to $OUT (default runs/gpu-session); throughput/ is rewritten after every row, so a call cut
@@ -50,6 +52,10 @@ else
     TP_ARGS="--batch-size 256"; ACC_ARGS="--train npz:$DATA/train-5k.npz --test npz:$DATA/test.npz ${EPOCHS:+--epochs $EPOCHS}"
     JOBS=${JOBS:-6}
     "$PY" -c "import torch; print(torch.cuda.get_device_name(), 'torch', torch.__version__)"
+    mode=$(nvidia-smi --query-gpu=compute_mode --format=csv,noheader 2>/dev/null | head -n 1 || true)
+    if [ "$JOBS" -gt 1 ] && [ -n "$mode" ] && [ "$mode" != "Default" ]; then  # one process per GPU there
+        echo "GPU compute mode $mode: one accuracy process, not $JOBS"; JOBS=1
+    fi
 fi
 
 if [ "${SKIP_THROUGHPUT:-0}" != 1 ]; then  # on CUDA, --compile (the default there) adds the compiled-codec rows
@@ -59,15 +65,23 @@ if [ "${SKIP_THROUGHPUT:-0}" != 1 ]; then  # on CUDA, --compile (the default the
 fi
 
 ACC_OUT="$OUT/accuracy"
-shards=$(mktemp -d)  # outside $OUT: at most 8 files come back, so the shards travel as one tar
-trap 'rm -rf "$shards"' EXIT
 mkdir -p "$ACC_OUT"
+ACC_OUT=$(cd "$ACC_OUT" && pwd)
+shards=$(mktemp -d)  # outside $OUT: at most 8 files come back, so the shards travel as one tar
+pack() {  # every shard's folder into $ACC_OUT/shards.tar, replaced whole: a call cut short returns the last one
+    local rc=0  # GNU tar exits 1 when a file (a growing log) changed while read: the archive is still whole
+    tar -C "$shards" -cf "$ACC_OUT/shards.tar.part" . 2> /dev/null || rc=$?
+    if [ "$rc" -le 1 ]; then mv "$ACC_OUT/shards.tar.part" "$ACC_OUT/shards.tar"; fi
+}
+trap 'pack; rm -rf "$shards"' EXIT
 earlier=("$ACC_DIR"/shard-*/results.json)  # read by every shard before its first run; nothing writes them now
 for dir in "$ACC_DIR"/shard-*/; do cp -r "$dir" "$shards/"; done
 threads=$(( $(nproc) / JOBS )); [ "$threads" -ge 1 ] || threads=1
 left=$((BUDGET - (SECONDS - start)))
 if [ "$left" -ge 45 ]; then  # accuracy.py starts no run it expects to end after its budget (15 s kept for its start-up);
     # timeout is the backstop, 30 s later, still inside the device's 600 s
+    (while sleep 30; do pack; done) &  # also every 30 s while the shards run (a kill skips the EXIT trap)
+    packer=$!
     pids=()
     for ((i = 0; i < JOBS; i++)); do
         mkdir -p "$shards/shard-$i"
@@ -81,10 +95,16 @@ if [ "$left" -ge 45 ]; then  # accuracy.py starts no run it expects to end after
         wait "${pids[$i]}" \
             || { echo "accuracy.py shard $i/$JOBS exit $?; the end of its log:"; tail -n 15 "$shards/shard-$i/log.txt"; }
     done
+    kill "$packer" 2>/dev/null || true
+    wait "$packer" 2>/dev/null || true
 fi
-tar -C "$shards" -cf "$ACC_OUT/shards.tar" .
-results=("$shards"/shard-*/results.json)
+pack
+cd "$shards"  # the report names the shards' folders as they are unpacked here, shard-*/
+results=(shard-*/results.json)
 if [ ${#results[@]} -gt 0 ]; then
-    "$PY" benchmarks/accuracy.py --merge "${results[@]}" --out "$ACC_OUT" || echo "accuracy.py --merge exit $?"
+    "$PY" "$OLDPWD/benchmarks/accuracy.py" --merge "${results[@]}" --out "$ACC_OUT" || echo "accuracy.py --merge exit $?"
+else
+    echo "no accuracy run has finished: no report (accuracy/ holds only shards.tar)"
 fi
+cd "$OLDPWD"
 echo "gpu_session.sh: $((SECONDS - start)) s; results in $OUT"

@@ -616,6 +616,30 @@ def test_accuracy_resume_refuses_other_data_or_protocol_and_notes_code_versions(
         (tmp_path / "acc" / "results.md").read_text()
 
 
+def test_accuracy_done_runs_made_with_another_checkpoint_are_refused(tmp_path, monkeypatch):
+    """--done counts other shards' runs as finished only when their codec is this call's: a run of a replaced
+    glow-cifar10 is not this one done (it was skipped, and the final --merge then refused the mixed checkpoints)."""
+    import numpy as np
+
+    monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
+    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(tmp_path / "hub"))
+    acc = _load_accuracy_module()
+    data = tmp_path / "train.npz"
+    x = np.random.default_rng(0).integers(0, 255, (40, 32, 32, 3), dtype=np.uint8)
+    np.savez(data, x=x, y=np.arange(40) % 10)
+    argv = ["--smoke", "--no-progress", "--no-corruptions", "--arms", "latent-noise", "--seeds", "0", "--train",
+            f"npz:{data}", "--test", f"npz:{data}"]
+    acc.main([*argv, "--out", str(tmp_path / "shard-0")])
+    other = tmp_path / "shard-0" / "results.json"
+    acc.main([*argv, "--out", str(tmp_path / "shard-1"), "--done", str(other)])  # the same codec: nothing to do
+    assert not (tmp_path / "shard-1" / "results.json").exists()
+    results = json.loads(other.read_text())
+    results["runs"]["latent-noise"]["0"]["codec"]["sha256"] = "0" * 64  # as if made with another checkpoint
+    other.write_text(json.dumps(results))
+    with pytest.raises(SystemExit, match=f"--done: {re.escape(str(other))}: latent-noise seed 0 was trained with"):
+        acc.main([*argv, "--out", str(tmp_path / "shard-1"), "--done", str(other)])
+
+
 def test_accuracy_a_diverged_run_is_scored_as_chance_and_a_killed_call_leaves_a_partial_report(tmp_path, monkeypatch):
     """A classifier that diverged (NaN outputs) stopped the whole call, and every --resume stopped at the same run;
     a call killed mid-way left the previous call's report beside the new runs."""

@@ -322,6 +322,13 @@ def test_register_checks_the_training_device_and_the_classifier_images(env, qual
         "train_device_minutes": 4.0, "train_device": "cpu (x86_64, 1 thread)", "classifier_eval_images": 540})
 
 
+@pytest.mark.parametrize("quality", [[], "", 0, None])
+def test_a_registry_entry_whose_quality_is_not_a_dict_is_refused(quality):
+    entry = {"file": "q.safetensors", "sha256": SHA_GOOD, "config": CONFIG, "quality": quality}
+    with pytest.raises(ValueError, match="'q' quality must be a dict of figures"):
+        hub._check_entry("q", entry, "registry.json")
+
+
 def test_unknown_name_lists_known_ones(env):
     _register("digits-a", "good.safetensors")
     with pytest.raises(KeyError, match="known checkpoints: digits-a") as e:
