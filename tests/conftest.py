@@ -41,6 +41,18 @@ def tiny_vae(seed: int = 0, shape=(1, 8, 8)) -> ConvVAE:
     return ConvVAE(shape, latent_dim=4, hidden=8).freeze()
 
 
+class SpyNet(nn.Module):
+    """Wraps a classifier and keeps a copy of every batch it is given (``inputs``)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net, self.inputs = net, []
+
+    def forward(self, x):
+        self.inputs.append(x.detach().clone())
+        return self.net(x)
+
+
 class TinyNet(nn.Module):
     """A classifier with BatchNorm (to catch statistic updates) and a final Linear (for ISDA)."""
 

@@ -12,7 +12,7 @@ from latent_transforms.mixup_inference import LatentMixupInference
 from latent_transforms.varmixup import VarMixup
 
 from contract import assert_model_unchanged, check_transform_contract, model_state
-from conftest import TinyNet, tiny_glow
+from conftest import SpyNet, TinyNet, tiny_glow
 
 
 # -- the shared contract ------------------------------------------------------------------------------
@@ -508,17 +508,7 @@ def test_mixup_inference_feeds_the_model_images_in_range(glow, batch, net):
     x, _ = batch
     decode = glow.decode_flat  # a codec whose decodes overshoot [0, 1] (the tiny ones stay inside)
     glow.decode_flat = lambda z: 1.4 * decode(z) - 0.2  # overshoots by at most 0.2: clipped, not rejected
-
-    class Spy(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net, self.inputs = net, []
-
-        def forward(self, x):
-            self.inputs.append(x.detach().clone())
-            return self.net(x)
-
-    spy = Spy()
+    spy = SpyNet(net)
     LatentMixupInference(spy, glow, references=x, num_mixes=4, generator=0)(x)
     assert len(spy.inputs) == 4
     assert all(t.min() >= 0 and t.max() <= 1 for t in spy.inputs)

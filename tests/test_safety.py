@@ -18,7 +18,7 @@ from latent_transforms.latent_noise import LatentNoise
 from latent_transforms.mixup_inference import LatentMixupInference
 from latent_transforms.varmixup import VarMixup
 
-from conftest import TinyNet, cifar_size_glow, tiny_glow, tiny_vae
+from conftest import SpyNet, TinyNet, cifar_size_glow, tiny_glow, tiny_vae
 
 SHIPPED = {e["name"] for e in hub.list_checkpoints() if e.get("shipped")}
 RANDOM_INIT = {"random-init-glow": tiny_glow, "random-init-glow-cifar-size": cifar_size_glow,
@@ -93,18 +93,6 @@ def test_varmixup_output_is_always_finite_in_range_with_valid_labels(codec, alph
     assert torch.isfinite(y2).all() and y2.min() >= 0 and torch.allclose(y2.sum(1), torch.ones(6))
 
 
-class _Spy(torch.nn.Module):
-    """A classifier that keeps a copy of every batch it is given."""
-
-    def __init__(self, channels):
-        super().__init__()
-        self.net, self.inputs = TinyNet(channels), []
-
-    def forward(self, x):
-        self.inputs.append(x.clone())
-        return self.net(x)
-
-
 def test_mixup_inference_replaces_implausible_decodes_by_the_input_and_counts_them():
     codec = tiny_glow(7)  # its own copy: decode_flat is patched below
     decode = codec.decode_flat
@@ -116,7 +104,7 @@ def test_mixup_inference_replaces_implausible_decodes_by_the_input_and_counts_th
 
     codec.decode_flat = broken
     x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    spy = _Spy(1)
+    spy = SpyNet(TinyNet(1))
     mi = LatentMixupInference(spy, codec, references=x, num_mixes=3, generator=0)
     probs = mi(x)
     assert torch.isfinite(probs).all() and len(spy.inputs) == 3
@@ -137,6 +125,6 @@ def test_mixup_inference_feeds_the_model_finite_images_in_range(codec, lam, seed
     g = torch.Generator().manual_seed(seed)
     x, refs = _images(c, kind, g, n=4), _images(c, "uniform", g, n=8)
     torch.manual_seed(0)
-    spy = _Spy(c.image_shape[0])
+    spy = SpyNet(TinyNet(c.image_shape[0]))
     probs = LatentMixupInference(spy, c, references=refs, lam=lam, num_mixes=2, generator=seed)(x)
     assert torch.isfinite(probs).all() and all(_in_range(seen) for seen in spy.inputs)
