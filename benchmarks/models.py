@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from latent_transforms import hub
 from latent_transforms.models import CifarResNet18
+from latent_transforms.pixel_shift import random_shift_flip
 
 
 def write_json(path: Path, obj: dict) -> None:
@@ -71,17 +71,7 @@ class RandomCropFlip:
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        b, _, h, w = x.shape
-        p, g, dev = self.pad, self.generator, x.device
-        padded = F.pad(x, (p, p, p, p)).permute(0, 2, 3, 1)                       # (B, H+2p, W+2p, C)
-        oy = torch.randint(0, 2 * p + 1, (b, 1), generator=g, device=dev)
-        ox = torch.randint(0, 2 * p + 1, (b, 1), generator=g, device=dev)
-        rows = oy + torch.arange(h, device=dev)                                  # (B, H)
-        cols = ox + torch.arange(w, device=dev)                                  # (B, W)
-        flip = torch.rand(b, 1, generator=g, device=dev) < 0.5
-        cols = torch.where(flip, cols.flip(1), cols)
-        out = padded[torch.arange(b, device=dev).view(b, 1, 1), rows.unsqueeze(2), cols.unsqueeze(1)]
-        return out.permute(0, 3, 1, 2).contiguous()
+        return random_shift_flip(x, self.pad, flips=True, padding="zeros", generator=self.generator)
 
 
 class PerSampleRandAugment(nn.Module):

@@ -30,6 +30,7 @@ import torch
 from . import hub
 from .codecs import Codec, build_codec, exact_math
 from .modelutils import describe_device
+from .pixel_shift import random_shift_flip
 from .validation import check_count, check_images, check_number
 
 __all__ = ["train_codec", "eval_codec", "default_config", "save_training_state", "load_training_state",
@@ -300,7 +301,7 @@ def _roundtrip_err(codec: Codec, x: torch.Tensor) -> float:
 
 def _check_train_args(x_train: torch.Tensor, x_test: torch.Tensor | None, name: str, *, epochs: float | None,
                       max_steps: int | None, max_minutes: float | None, lr: float, warmup_steps: int,
-                      grad_clip: float | None, batch_size: int, checkpoint_every: int) -> None:
+                      grad_clip: float | None, batch_size: int, checkpoint_every: int, translate: int) -> None:
     """Raise ``ValueError`` on bad images (N, C, H, W), run lengths, training settings or file stem."""
     check_images(x_train, "x_train")
     if x_test is not None:
@@ -323,6 +324,8 @@ def _check_train_args(x_train: torch.Tensor, x_test: torch.Tensor | None, name: 
         check_number("grad_clip", grad_clip, low_open=True)
     check_count("batch_size", batch_size, low=1)
     check_count("checkpoint_every", checkpoint_every, low=1)
+    if check_count("translate", translate) >= min(x_train.shape[2:]):
+        raise ValueError(f"translate must be < {min(x_train.shape[2:])} (the image side), got {translate}")
     if not name or any(s in name for s in ("/", "\\")) or name.startswith("."):
         raise ValueError(f"name must be a plain file stem, got {name!r}")
 
@@ -340,8 +343,9 @@ def _codec_config(codec_kind: str, image_shape: tuple[int, int, int], num_bins: 
     return default_config(codec_kind, image_shape, num_bins, **{**overrides, **(config or {})})
 
 
-# settings that training states saved before they existed lack: such a state resumes without their check
-SETTINGS_ADDED_LATER = {"data_sha256"}
+# settings that training states saved before they existed lack, with the value such a state had (None: unknown, so
+# the state resumes without their check)
+SETTINGS_ADDED_LATER = {"data_sha256": None, "translate": 0}
 
 
 def _new_info(codec_kind: str, settings: dict, steps_per_epoch: int) -> dict:
@@ -357,6 +361,7 @@ def _load_resume(state_path: Path, settings: dict) -> tuple[dict, tuple[dict, di
     Raises ``ValueError`` if it was saved with other ``settings`` or its ``info`` lacks a field.
     """
     model_state, optim_state, info, extra = load_training_state(state_path)
+    info = {**{k: v for k, v in SETTINGS_ADDED_LATER.items() if v is not None and k not in info}, **info}
     mismatch = [f"{k}: saved {info[k]!r}, now {v!r}" if k in info else f"{k}: not saved, now {v!r}"
                 for k, v in settings.items() if info.get(k) != v and (k in info or k not in SETTINGS_ADDED_LATER)]
     if mismatch:
@@ -427,6 +432,7 @@ class _TrainingRun:
     steps_per_epoch: int
     seed: int
     flips: bool
+    translate: int
     lr: float
     warmup: int
     grad_clip: float | None
@@ -557,13 +563,11 @@ class _TrainingRun:
         return torch.randperm(self.x.shape[0], generator=gen).to(self.device)
 
     def _batch(self, perm: torch.Tensor, pos: int) -> torch.Tensor:
-        """(B, C, H, W) the ``pos``-th batch of the epoch order ``perm``, randomly flipped if ``flips``."""
+        """(B, C, H, W) the ``pos``-th batch of the epoch order ``perm``, each image randomly shifted by up to
+        ``translate`` pixels (reflection padding) and flipped if ``flips``."""
         bs = self.batch_size
         xb = self.x[perm[pos * bs:(pos + 1) * bs]]
-        if self.flips:
-            flip = torch.rand(bs, device=self.device) < 0.5
-            xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
-        return xb
+        return random_shift_flip(xb, self.translate, self.flips, padding="reflect")
 
     def _update(self, xb: torch.Tensor, lr_now: float, step: int) -> tuple[torch.Tensor, dict]:
         """One optimizer step at ``lr_now`` on the loss of ``xb`` (B, C, H, W); returns ``codec.loss(xb)``.
@@ -661,6 +665,7 @@ def _report(run: _TrainingRun, stored: Codec, *, name: str, ckpt: Path, sha: str
             "grad_clip": run.grad_clip,
             "ema_decay": ema_decay,
             "flips": run.flips,
+            "translate": run.translate,
             "seed": run.seed,
             "actnorm_init_batch": min(ACTNORM_INIT_BATCH, n) if run.kind == "glow" else None,
             "nonfinite_steps": info["nonfinite_steps"],
@@ -730,6 +735,7 @@ def train_codec(
     ema_decay: float | None = None,
     seed: int = 0,
     flips: bool = False,
+    translate: int = 0,
     resume: bool = True,
     x_test: torch.Tensor | None = None,
     device: str | torch.device = "cpu",
@@ -764,10 +770,13 @@ def train_codec(
         grad_clip: max gradient norm (default 50 for flows, none for VAEs).
         ema_decay: keep an exponential moving average of the weights with this decay (e.g. 0.999) and save
             and evaluate the averaged weights (:class:`WeightEMA`); default: the last weights.
-        seed: seeds weights, batches, dequantisation noise and flips.
+        seed: seeds weights, batches, dequantisation noise, flips and shifts.
         flips: random horizontal flips (leave off for digits and text).
+        translate: shift each training image by a random number of pixels in ``[-translate, translate]`` along
+            each axis, filling in by reflection (0: no shifts).
         resume: continue from ``out_dir/<name>.state.safetensors`` if present (same config, data size, batch
-            size, seed, ``ema_decay``, ``lr``, ``warmup_steps``, ``grad_clip`` and ``flips`` required; the run's
+            size, seed, ``ema_decay``, ``lr``, ``warmup_steps``, ``grad_clip``, ``flips`` and ``translate``
+            required; the run's
             length may change: the LR schedule follows the new length from the current step on, and the JSON's
             ``schedule`` says which steps followed which length); ``False`` starts afresh and overwrites it.
         x_test: images for the final metrics and the PNG; default: up to 1,000 training images.
@@ -794,7 +803,7 @@ def train_codec(
     name = name or codec_kind
     _check_train_args(x_train, x_test, name, epochs=epochs, max_steps=max_steps, max_minutes=max_minutes, lr=lr,
                       warmup_steps=warmup_steps, grad_clip=grad_clip, batch_size=batch_size,
-                      checkpoint_every=checkpoint_every)
+                      checkpoint_every=checkpoint_every, translate=translate)
     dev = _resolve_device(device)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -815,7 +824,7 @@ def train_codec(
     say = print if progress else (lambda *a, **k: None)
     warmup = min(warmup_steps, total_steps // 5) if total_steps is not None else warmup_steps
     settings = {"config": cfg, "batch_size": bs, "seed": seed, "num_images": n, "ema_decay": ema_decay, "lr": lr,
-                "warmup_steps": warmup_steps, "grad_clip": clip, "flips": flips,
+                "warmup_steps": warmup_steps, "grad_clip": clip, "flips": flips, "translate": translate,
                 "data_sha256": hub.sha256_tensors(x_train.to(torch.float32))}  # the same images, not only as many
     if resume and state_path.is_file():
         info, saved = _load_resume(state_path, settings)
@@ -830,7 +839,8 @@ def train_codec(
         ema = _weight_ema(codec, ema_decay, saved, info.get("ema_updates", 0), dev) if ema_decay is not None else None
         info["calls"] += 1
         run = _TrainingRun(codec, optimizer, ema, info, state_path, x=x_dev, device=dev, kind=codec_kind,
-                           batch_size=bs, steps_per_epoch=steps_per_epoch, seed=seed, flips=flips, lr=lr,
+                           batch_size=bs, steps_per_epoch=steps_per_epoch, seed=seed, flips=flips,
+                           translate=translate, lr=lr,
                            warmup=warmup, grad_clip=clip, total_steps=total_steps, budget_s=budget_s,
                            checkpoint_every=checkpoint_every)
         run.follow_length(say)
@@ -913,6 +923,8 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
                    help="save an exponential moving average of the weights with this decay, e.g. 0.999")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--flips", action="store_true", help="random horizontal flips (not for digits or text)")
+    g.add_argument("--translate", type=int, default=0, metavar="PIXELS",
+                   help="random shifts of up to PIXELS along each axis, reflection padding (default 0: none)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     g.add_argument("--threads", type=int, help="CPU threads for torch (torch.set_num_threads)")
     g.add_argument("--checkpoint-every", type=int, default=500, metavar="STEPS")
@@ -955,7 +967,7 @@ def _cmd_train(args: argparse.Namespace) -> dict:
     return train_codec(
         args.kind, x, args.out, name=name, num_bins=num_bins, **kwargs, epochs=args.epochs, max_steps=args.max_steps,
         max_minutes=args.max_minutes, batch_size=args.batch_size, lr=args.lr, grad_clip=args.grad_clip, ema_decay=args.ema,
-        seed=args.seed, flips=args.flips, resume=not args.no_resume, x_test=x_test, device=args.device,
+        seed=args.seed, flips=args.flips, translate=args.translate, resume=not args.no_resume, x_test=x_test, device=args.device,
         progress=not args.quiet, fp16=args.fp16, checkpoint_every=args.checkpoint_every,
         data_description=description,
     )

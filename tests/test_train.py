@@ -575,6 +575,44 @@ def test_resume_refuses_other_training_settings(tmp_path, digits):
     assert load_training_state(tmp_path / "glow.state.safetensors")[2]["calls"] == 1
 
 
+def test_translate_shifts_each_batch_and_must_match_on_resume(tmp_path, digits, monkeypatch):
+    x = digits[0][:32]
+    kw = dict(**FLOW, batch_size=16, progress=False)
+    seen = []
+
+    def spy(xb, max_shift, flips, padding, generator=None):
+        seen.append((tuple(xb.shape), max_shift, flips, padding))
+        return shift(xb, max_shift, flips, padding, generator)
+
+    shift = train.random_shift_flip
+    monkeypatch.setattr(train, "random_shift_flip", spy)
+    train_codec("flow", x, tmp_path, **kw, max_steps=2, translate=2, flips=True)
+    assert seen == [((16, 1, 8, 8), 2, True, "reflect")] * 2
+    assert json.loads((tmp_path / "glow.json").read_text())["training"]["translate"] == 2
+    with pytest.raises(ValueError, match="translate: saved 2, now 0.*--no-resume"):
+        train_codec("flow", x, tmp_path, **kw, max_steps=3, flips=True)
+    for bad, why in ((-1, "translate must be an int >= 0"), (1.5, "translate must be an int >= 0"),
+                     (8, "translate must be < 8 \\(the image side\\), got 8")):
+        with pytest.raises(ValueError, match=why):
+            train_codec("flow", x, tmp_path / "bad", **kw, max_steps=1, translate=bad)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_state_saved_before_a_setting_existed_resumes_with_its_old_value(tmp_path, digits):
+    """States from before ``data_sha256`` (not checked) and ``translate`` (then always 0) existed still resume."""
+    x = digits[0][:32]
+    kw = dict(**FLOW, batch_size=16, progress=False)
+    train_codec("flow", x, tmp_path, **kw, max_steps=2)
+    state = tmp_path / "glow.state.safetensors"
+    metadata, tensors = hub.read_safetensors(state)
+    info = json.loads(metadata["info"])
+    del info["translate"], info["data_sha256"]
+    hub.write_safetensors(state, tensors, {**metadata, "info": json.dumps(info)})
+    with pytest.raises(ValueError, match="translate: saved 0, now 1"):
+        train_codec("flow", x, tmp_path, **kw, max_steps=3, translate=1)
+    assert train_codec("flow", x, tmp_path, **kw, max_steps=3)["step"] == 3
+
+
 def test_report_states_the_schedule_each_step_followed(tmp_path, digits):
     x = digits[0][:64]
     kw = dict(**FLOW, batch_size=16, progress=False)
@@ -649,11 +687,13 @@ def _parser():
 
 def test_cli_train_digits_and_npz(tmp_path):
     args = _parser().parse_args(["train", "flow", "--data", "digits", "--out", str(tmp_path), "--levels", "2",
-                                 "--steps", "2", "--hidden", "16", "--max-steps", "3", "--device", "cpu", "--quiet"])
+                                 "--steps", "2", "--hidden", "16", "--max-steps", "3", "--device", "cpu", "--translate", "1",
+                                 "--quiet"])
     r = args.func(args)
     assert r["complete"] and (tmp_path / "glow-digits.safetensors").is_file()
     report = json.loads((tmp_path / "glow-digits.json").read_text())
     assert report["config"]["num_bins"] == 17 and "digits (train split)" in report["training"]["data"]
+    assert report["training"]["translate"] == 1 and report["training"]["flips"] is False
     assert report["metrics"]["evaluated_on"] == "540 test images"
 
     rng = np.random.default_rng(0)

@@ -1,0 +1,79 @@
+"""random_shift_flip: per-sample shifts and flips, padding modes, seeding, bad input."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from latent_transforms.pixel_shift import random_shift_flip
+
+
+def coordinates(b: int, h: int = 8, w: int = 8) -> torch.Tensor:
+    """(b, 2, h, w): channel 0 holds each pixel's row index + 1, channel 1 its column index + 1 (0 = padding)."""
+    rows = torch.arange(1, h + 1, dtype=torch.float64).view(1, h, 1).expand(b, h, w)
+    cols = torch.arange(1, w + 1, dtype=torch.float64).view(1, 1, w).expand(b, h, w)
+    return torch.stack([rows, cols], 1).contiguous()
+
+
+def shift_of(line: torch.Tensor) -> int:
+    """The shift of a row/column of coordinates, read at its middle (never padding for shifts < side / 2)."""
+    mid = line.shape[0] // 2
+    return int(line[mid]) - (mid + 1)
+
+
+@pytest.mark.parametrize("padding", ["zeros", "reflect"])
+def test_each_image_is_shifted_by_its_own_offset_within_the_limit(padding):
+    x = coordinates(400)
+    out = random_shift_flip(x, 2, flips=False, padding=padding, generator=torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.dtype == x.dtype
+    dys = [shift_of(out[i, 0, :, 3]) for i in range(len(x))]
+    dxs = [shift_of(out[i, 1, 3, :]) for i in range(len(x))]
+    assert set(dys) == set(dxs) == {-2, -1, 0, 1, 2}  # every offset drawn, none beyond
+    for i, (dy, dx) in enumerate(zip(dys, dxs)):
+        inner = out[i, :, 2:-2, 2:-2]  # rows/columns that come from the image for any shift
+        assert torch.equal(inner, x[i, :, 2 + dy:6 + dy, 2 + dx:6 + dx])
+    if padding == "zeros":
+        assert (out == 0).any()
+    else:  # mirrored: every pixel is an image pixel, the edge not repeated
+        assert (out > 0).all()
+        i = dys.index(-2)
+        assert out[i, 0, :2, 3].tolist() == [3.0, 2.0]
+
+
+def test_flips_mirror_about_half_of_the_images():
+    x = coordinates(200)
+    out = random_shift_flip(x, 0, flips=True, generator=torch.Generator().manual_seed(1))
+    flipped = torch.tensor([torch.equal(o, xi.flip(-1)) for o, xi in zip(out, x)])
+    kept = torch.tensor([torch.equal(o, xi) for o, xi in zip(out, x)])
+    assert (flipped ^ kept).all() and 70 < int(flipped.sum()) < 130
+
+
+def test_identity_without_shift_or_flip_and_seeded_otherwise():
+    x = torch.rand(8, 3, 16, 16)
+    assert random_shift_flip(x, 0, flips=False) is x
+    a = random_shift_flip(x, 3, True, "reflect", torch.Generator().manual_seed(5))
+    b = random_shift_flip(x, 3, True, "reflect", torch.Generator().manual_seed(5))
+    c = random_shift_flip(x, 3, True, "reflect", torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_flips_alone_draw_what_codec_training_always_drew():
+    """train_codec's flips took ``torch.rand(B) < 0.5`` from the global generator; runs stay reproducible."""
+    x = torch.rand(32, 3, 8, 8)
+    torch.manual_seed(7)
+    flip = torch.rand(32) < 0.5
+    expected = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    torch.manual_seed(7)
+    assert torch.equal(random_shift_flip(x, 0, flips=True, padding="reflect"), expected)
+
+
+def test_bad_input_is_named():
+    x = torch.rand(2, 3, 8, 8)
+    with pytest.raises(ValueError, match="x must be \\(B, C, H, W\\), got shape \\(3, 8, 8\\)"):
+        random_shift_flip(x[0], 1, True)
+    with pytest.raises(ValueError, match="padding must be one of"):
+        random_shift_flip(x, 1, True, padding="edge")
+    with pytest.raises(ValueError, match="max_shift must be an int >= 0"):
+        random_shift_flip(x, -1, True)
+    with pytest.raises(ValueError, match="max_shift must be < 8 \\(the image side\\) with reflection padding"):
+        random_shift_flip(x, 8, True, padding="reflect")
+    assert random_shift_flip(x, 8, False, padding="zeros").shape == x.shape  # zeros: any shift is defined
