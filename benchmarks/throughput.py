@@ -49,7 +49,7 @@ from models import (PerSampleRandAugment, build_classifier, library_default, ran
                     setup_device, tiny_codecs, write_json)
 
 from latent_transforms import hub  # noqa: E402
-from latent_transforms.codecs import build_codec, flatten_latents, unflatten_latents  # noqa: E402
+from latent_transforms.codecs import flatten_latents, unflatten_latents  # noqa: E402
 from latent_transforms.isda import ISDA  # noqa: E402
 from latent_transforms.latent_adversarial import LatentAdversarial  # noqa: E402
 from latent_transforms.latent_noise import LatentNoise  # noqa: E402
@@ -161,9 +161,7 @@ def codec_roundtrip(codec, x: torch.Tensor, noise_eps: float, generator: torch.G
 def plain_path_copy(glow):
     """The same Glow, not frozen (eval mode, no parameter gradients): the library's plain normflows path, the
     reference its folded fast path is tested against."""
-    plain = build_codec(glow.config).to(glow.device)
-    plain.load_state_dict(glow.state_dict())
-    return plain.eval().requires_grad_(False)
+    return glow.unfrozen_copy()
 
 
 def cache_sizes(cache: LatentCache) -> dict[str, int]:

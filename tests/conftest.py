@@ -31,9 +31,7 @@ def trained_like_glow_pair(shape=(1, 8, 8)) -> tuple[Glow, Glow]:
     with torch.no_grad():
         for p in plain.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    fast = Glow(**{k: v for k, v in plain.config.items() if k != "kind"})
-    fast.load_state_dict(plain.state_dict())
-    return plain, fast.freeze()
+    return plain, plain.unfrozen_copy().freeze()
 
 
 def tiny_vae(seed: int = 0, shape=(1, 8, 8)) -> ConvVAE:

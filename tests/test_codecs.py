@@ -151,8 +151,7 @@ def test_fast_decode_of_perturbed_latents_and_its_gradient_match_float64():
     from latent_transforms import hub
 
     fast = hub.load("glow-cifar10")
-    plain = build_codec(fast.config).eval()  # same weights, not frozen: the plain normflows path
-    plain.load_state_dict(fast.state_dict())
+    plain = fast.unfrozen_copy()  # same weights, not frozen: the plain normflows path
     exact = copy.deepcopy(plain).double()
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(4, fast.latent_dim, generator=g)
@@ -208,6 +207,39 @@ def test_loading_weights_into_a_frozen_glow_refolds_the_fast_path():
     x = torch.rand(8, 1, 8, 8)
     with torch.no_grad():
         assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(trained.encode(x), frozen.encode(x)))
+
+
+@pytest.mark.parametrize("kind", ["glow", "vae"])
+def test_unfrozen_copy_is_an_independent_plain_twin(kind):
+    codec = trained_like_glow_pair()[1] if kind == "glow" else tiny_vae()
+    codec.compile_fast_path(backend="eager")  # lazy: nothing compiles unless encode/decode run
+    rng = torch.get_rng_state()
+    twin = codec.unfrozen_copy()
+    assert torch.equal(torch.get_rng_state(), rng)  # the caller's random stream goes on undisturbed
+    codec.compile_fast_path(enabled=False)
+    assert type(twin) is type(codec) and twin is not codec and twin.config == codec.config
+    assert not (twin.frozen or twin.training or twin.compiled or any(p.requires_grad for p in twin.parameters()))
+    assert codec.frozen and not codec.training  # the original is left as it was
+    assert not getattr(twin, "use_fast_path", False) and getattr(codec, "use_fast_path", True)
+    state = {k: v.clone() for k, v in codec.state_dict().items()}
+    assert twin.state_dict().keys() == state.keys()
+    assert all(torch.equal(v, state[k]) for k, v in twin.state_dict().items())
+    ptrs = lambda m: {t.data_ptr() for t in [*m.parameters(), *m.buffers()]}  # noqa: E731
+    assert not ptrs(twin) & ptrs(codec)  # copied, not shared
+    x = torch.rand(6, 1, 8, 8)
+    with torch.no_grad():
+        z, zt = codec.encode(x), twin.encode(x)
+        assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(z, zt))
+        assert torch.allclose(codec.decode(z), twin.decode(z), atol=1e-5)
+        assert twin.freeze() is twin and all(torch.allclose(a, b, atol=1e-6) for a, b in zip(z, twin.encode(x)))
+        next(twin.parameters()).add_(1.0)
+    assert all(torch.equal(v, state[k]) for k, v in codec.state_dict().items())  # a write to the copy stays there
+    training = build_codec(codec.config).train()  # an unfrozen original in train mode: the copy is in eval mode
+    assert training.training and not training.unfrozen_copy().training and training.training
+    double = codec.double().unfrozen_copy()  # the dtype and device follow the original's
+    assert double.dtype == torch.float64 and all(t.dtype == torch.float64 for t in double.state_dict().values()
+                                                 if t.is_floating_point())
+    assert codec.to("meta").unfrozen_copy().device.type == "meta"
 
 
 def test_codecs_run_in_fp32_under_a_bf16_autocast():

@@ -8,7 +8,7 @@ import torch
 import torch._dynamo
 
 from latent_transforms import LatentNoise
-from latent_transforms.codecs import Glow, build_codec
+from latent_transforms.codecs import Glow
 from latent_transforms.hub import load_checkpoint, save_checkpoint
 
 from conftest import tiny_glow, tiny_vae, trained_like_glow_pair
@@ -35,8 +35,7 @@ def test_fast_path_is_one_graph_each_way():
 @pytest.mark.slow
 def test_compiled_glow_matches_eager_fast_path_and_plain_reference():
     plain, fast = trained_like_glow_pair()
-    compiled = build_codec(plain.config)
-    compiled.load_state_dict(plain.state_dict())
+    compiled = plain.unfrozen_copy()
     assert compiled.freeze().compile_fast_path(**FAST) is compiled and compiled.compiled
     for batch in (6, 3):  # a second batch size reuses or recompiles the graph, never fails
         x = torch.rand(batch, 1, 8, 8, generator=torch.Generator().manual_seed(batch))
@@ -114,8 +113,7 @@ def test_inductor_round_trip_matches_eager():
     """The default backend (inductor, which on a CPU builds C++: about 20 s for this one-step Glow)."""
     torch.manual_seed(0)
     glow = Glow((1, 4, 4), levels=1, steps=1, hidden=8).init_actnorm(torch.rand(16, 1, 4, 4))
-    compiled = build_codec(glow.config)
-    compiled.load_state_dict(glow.state_dict())
+    compiled = glow.unfrozen_copy()
     compiled.freeze().compile_fast_path()
     x = torch.rand(4, 1, 4, 4)
     with torch.no_grad():

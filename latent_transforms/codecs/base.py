@@ -190,6 +190,17 @@ class Codec(nn.Module):
         self.requires_grad_(False)
         return self.train(False)
 
+    def unfrozen_copy(self) -> "Codec":
+        """A new codec of this class, config and weights (copied, not shared), on this device and in this dtype, not
+        frozen: eval mode, no parameter gradients, not compiled. For a Glow that is the plain normflows path, the
+        reference its folded fast path is tested against; ``.freeze()`` the copy for a frozen twin. Leaves torch's
+        global RNG as it was (the twin's random init, overwritten at once, draws from a forked one)."""
+        with torch.random.fork_rng(devices=[]):  # built on the CPU, then moved
+            twin = type(self)(**{k: v for k, v in self.config.items() if k != "kind"})
+        twin.to(device=self.device, dtype=self.dtype)
+        twin.load_state_dict(self.state_dict())
+        return twin.eval().requires_grad_(False)
+
     @property
     def compiled(self) -> bool:
         """Whether ``encode``/``decode`` run ``torch.compile``d code (see ``compile_fast_path``)."""
