@@ -20,9 +20,10 @@
 # (Only shard-*/ folders are resumed: a results.json directly in runs/accuracy is the last merged report.)
 # Settings (environment): BUDGET (seconds for the whole script, default 540: the merge after the shards' backstop
 # still ends inside the device's 600 s; keep it at most the call's limit_s minus 60, as a call given less device
-# time than asked ends sooner: shards.tar is rewritten every 30 s, so such a call still returns what was done by
-# then), TP_BUDGET (default BUDGET/3), JOBS (accuracy processes at once, default 6;
-# SMOKE: 1), ARMS, SEEDS, EPOCHS (default: accuracy.py's, 40), SKIP_THROUGHPUT=1 (all of BUDGET for accuracy),
+# time than asked ends sooner: shards.tar is rewritten every PACK_EVERY s, so such a call still returns what was done
+# by then, even killed outright: no EXIT trap then), PACK_EVERY (seconds between those rewrites, default 30; the tests
+# use 1), TP_BUDGET (default BUDGET/3), JOBS (accuracy processes at once, default 6; SMOKE: 1), ARMS, SEEDS,
+# EPOCHS (default: accuracy.py's, 40), SKIP_THROUGHPUT=1 (all of BUDGET for accuracy),
 # ACC_DIR (the unpacked folder resumed, default runs/accuracy), SMOKE=1 (tiny CPU run of the same steps, used by the
 # tests). Results go to $OUT (default runs/gpu-session); throughput/ is rewritten after every row, so a call cut
 # short keeps every finished row.
@@ -30,6 +31,7 @@ set -euo pipefail
 shopt -s nullglob
 start=$SECONDS
 BUDGET=${BUDGET:-540}
+PACK_EVERY=${PACK_EVERY:-30}
 TP_BUDGET=${TP_BUDGET:-$((BUDGET / 3))}
 OUT=${OUT:-runs/gpu-session}
 ACC_DIR=${ACC_DIR:-runs/accuracy}
@@ -80,7 +82,12 @@ threads=$(( $(nproc) / JOBS )); [ "$threads" -ge 1 ] || threads=1
 left=$((BUDGET - (SECONDS - start)))
 if [ "$left" -ge 45 ]; then  # accuracy.py starts no run it expects to end after its budget (15 s kept for its start-up);
     # timeout is the backstop, 30 s later, still inside the device's 600 s
-    (while sleep 30; do pack; done) &  # also every 30 s while the shards run (a kill skips the EXIT trap)
+    (  # also every PACK_EVERY s while the shards run (a kill skips the EXIT trap). Stopped by a TERM, it ends the
+        # pack under way first (never two packs writing shards.tar.part at once) and takes its sleep along (which
+        # else holds the caller's stdout open for up to PACK_EVERY s after the script has ended)
+        trap '[ -z "${nap:-}" ] || kill "$nap" 2> /dev/null; exit' TERM
+        while sleep "$PACK_EVERY" & nap=$!; wait "$nap"; do pack; done
+    ) &
     packer=$!
     pids=()
     for ((i = 0; i < JOBS; i++)); do

@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -76,6 +78,18 @@ def test_accuracy_smoke(tmp_path):
     _check_codec_records_and_merge(results, out, tmp_path)
 
 
+GPU_SESSION = ROOT / "scripts" / "gpu_session.sh"
+
+
+def _gpu_session_env(tmp_path: Path, **settings: str) -> dict:
+    """The environment of a SMOKE=1 scripts/gpu_session.sh call (JOBS=2 shards; results in tmp_path/out, resuming
+    tmp_path/acc), ``settings`` added."""
+    env = {**os.environ, "LATENT_TRANSFORMS_HOME": str(tmp_path / "hub"), "LATENT_TRANSFORMS_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1", "SMOKE": "1", "BUDGET": "150", "PACK_EVERY": "1", "OUT": str(tmp_path / "out"),
+           "ACC_DIR": str(tmp_path / "acc"), "JOBS": "2", "PYTHON": sys.executable, "HOME": str(tmp_path)}
+    return {**env, **settings}
+
+
 @pytest.mark.slow
 def test_gpu_session_script_runs_its_steps_and_resumes(tmp_path):
     """scripts/gpu_session.sh, the one-call GPU plan, with SMOKE=1: throughput, then accuracy in JOBS=2 shards at once
@@ -84,13 +98,11 @@ def test_gpu_session_script_runs_its_steps_and_resumes(tmp_path):
     import tarfile
 
     out, acc = tmp_path / "out", tmp_path / "acc"
-    env = {**os.environ, "LATENT_TRANSFORMS_HOME": str(tmp_path / "hub"), "LATENT_TRANSFORMS_OFFLINE": "1",
-           "OMP_NUM_THREADS": "1", "SMOKE": "1", "BUDGET": "150", "OUT": str(out), "ACC_DIR": str(acc),
-           "ARMS": "baseline isda", "JOBS": "2", "PYTHON": sys.executable, "HOME": str(tmp_path)}
+    env = _gpu_session_env(tmp_path, ARMS="baseline isda")
 
     def call() -> tuple[str, dict, dict]:
         """-> (stdout, the merged results, shard name -> its runs)."""
-        proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_session.sh")], cwd=ROOT, env=env,
+        proc = subprocess.run(["bash", str(GPU_SESSION)], cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=TIMEOUT_S)
         assert proc.returncode == 0 and "exit" not in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
         back = [p.relative_to(out) for p in out.rglob("*") if p.is_file()]  # what the device would return
@@ -113,6 +125,69 @@ def test_gpu_session_script_runs_its_steps_and_resumes(tmp_path):
     assert {a: merged["runs"][a] for a in first["runs"]} == first["runs"]
     assert shards == {"shard-0": {a: merged["runs"][a] for a in ("baseline", "mixup")},
                       "shard-1": {"isda": first["runs"]["isda"]}}
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL every process of session ``sid`` (one this test started: start_new_session=True)."""
+    for _ in range(50):
+        left = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if os.getsid(int(entry.name)) == sid:
+                        os.kill(int(entry.name), signal.SIGKILL)
+                        left.append(entry.name)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        if not left:
+            return
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_gpu_session_script_killed_midway_returns_the_runs_finished_before(tmp_path):
+    """A device call killed at its time limit (SIGKILL: no EXIT trap runs) still returns, in accuracy/shards.tar, a
+    whole archive holding every run finished a few PACK_EVERY periods before the kill: the periodic pack, renaming
+    shards.tar.part only once it is complete."""
+    import tarfile
+
+    shards_tmp = tmp_path / "tmp"  # the script's mktemp -d (its shards' folders) lands here
+    shards_tmp.mkdir()
+    env = _gpu_session_env(tmp_path, SKIP_THROUGHPUT="1", TMPDIR=str(shards_tmp),
+                           ARMS="baseline mixup isda latent-noise randaugment varmixup")  # 3 runs a shard: ~45 s
+    tar_path = tmp_path / "out" / "accuracy" / "shards.tar"
+
+    def log_text() -> str:
+        return (tmp_path / "log.txt").read_text()[-3000:]
+
+    with open(tmp_path / "log.txt", "w") as log:
+        proc = subprocess.Popen(["bash", str(GPU_SESSION)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        deadline, finished = time.monotonic() + TIMEOUT_S, {}
+        while not finished and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+            for path in shards_tmp.glob("*/shard-*/results.json"):  # written whole (atomic), after each run
+                finished[path.parent.name] = {(a, s) for a, by_seed in json.loads(path.read_text())["runs"].items()
+                                              for s in by_seed}
+        assert finished, f"no accuracy run finished within {TIMEOUT_S} s (script exit {proc.poll()}):\n{log_text()}"
+        time.sleep(4 * int(env["PACK_EVERY"]))  # a few periods: the packer has written shards.tar since
+        assert proc.poll() is None, f"the script ended before the kill: nothing cut short\n{log_text()}"
+        os.killpg(proc.pid, signal.SIGKILL)  # the script and its packer, as the device's limit does: no EXIT trap
+        proc.wait(timeout=10)
+    finally:
+        _kill_session(proc.pid)  # the shards too (timeout put them in process groups of their own)
+
+    assert tar_path.is_file(), f"no shards.tar after the kill: {sorted(tar_path.parent.glob('*'))}\n{log_text()}"
+    raw = tar_path.read_bytes()  # whole, not a shards.tar.part cut short: tar's records and end-of-archive blocks
+    assert len(raw) % 10240 == 0 and raw[-1024:] == bytes(1024), len(raw)
+    with tarfile.open(tar_path) as tar:  # every member reads to its end
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+    packed = {Path(name).parent.name: {(a, s) for a, by_seed in json.loads(data)["runs"].items() for s in by_seed}
+              for name, data in members.items() if name.endswith("results.json")}
+    for shard, runs in finished.items():
+        assert runs <= packed.get(shard, set()), (shard, runs, packed)
+        assert f"./{shard}/log.txt" in members
 
 
 def _check_codec_records_and_merge(results: dict, out: Path, tmp_path: Path) -> None:
