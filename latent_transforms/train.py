@@ -22,6 +22,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -439,6 +440,7 @@ class _TrainingRun:
     total_steps: int | None
     budget_s: float | None
     checkpoint_every: int
+    loss_fn: Callable[[torch.Tensor], tuple[torch.Tensor, dict]]  # codec.loss, or a torch.compile of it
     nonfinite_in_a_row: int = field(default=0, init=False)
     stop_signal: int | None = field(default=None, init=False)  # SIGINT or SIGTERM received while training
 
@@ -577,7 +579,7 @@ class _TrainingRun:
         """
         for group in self.optimizer.param_groups:
             group["lr"] = lr_now
-        loss, metrics = self.codec.loss(xb)
+        loss, metrics = self.loss_fn(xb)
         self.optimizer.zero_grad(set_to_none=True)
         if torch.isfinite(loss):
             loss.backward()
@@ -631,9 +633,9 @@ def _store(codec: Codec, codec_kind: str, ckpt: Path, fp16: bool, probe: torch.T
 
 def _report(run: _TrainingRun, stored: Codec, *, name: str, ckpt: Path, sha: str, dtype: torch.dtype,
             fallback: str | None, x_train: torch.Tensor, data_description: str | dict | None,
-            ema_decay: float | None, metrics: dict[str, float], eval_on: str) -> dict:
+            ema_decay: float | None, metrics: dict[str, float], eval_on: str, compiled: bool) -> dict:
     """The JSON report of a finished run: file, config, training settings and history, test metrics, and a
-    ready-made registry entry."""
+    ready-made registry entry. ``compiled``: whether the last call compiled the loss."""
     n, info, step = x_train.shape[0], run.info, run.info["step"]
     if data_description is None:
         data_description = f"{n} images of shape {tuple(x_train.shape[1:])}"
@@ -666,6 +668,7 @@ def _report(run: _TrainingRun, stored: Codec, *, name: str, ckpt: Path, sha: str
             "ema_decay": ema_decay,
             "flips": run.flips,
             "translate": run.translate,
+            "compiled": compiled,
             "seed": run.seed,
             "actnorm_init_batch": min(ACTNORM_INIT_BATCH, n) if run.kind == "glow" else None,
             "nonfinite_steps": info["nonfinite_steps"],
@@ -736,6 +739,7 @@ def train_codec(
     seed: int = 0,
     flips: bool = False,
     translate: int = 0,
+    compile: bool = False,
     resume: bool = True,
     x_test: torch.Tensor | None = None,
     device: str | torch.device = "cpu",
@@ -774,6 +778,9 @@ def train_codec(
         flips: random horizontal flips (leave off for digits and text).
         translate: shift each training image by a random number of pixels in ``[-translate, translate]`` along
             each axis, filling in by reflection (0: no shifts).
+        compile: run the loss (forward and backward) through ``torch.compile`` (a Glow's loss is one graph; the
+            first steps compile, minutes on a CPU). Same math, other random dequantisation noise; not a setting
+            a resumed run must keep. On a CPU it was slower per step (see docs/checkpoints.md).
         resume: continue from ``out_dir/<name>.state.safetensors`` if present (same config, data size, batch
             size, seed, ``ema_decay``, ``lr``, ``warmup_steps``, ``grad_clip``, ``flips`` and ``translate``
             required; the run's
@@ -842,7 +849,8 @@ def train_codec(
                            batch_size=bs, steps_per_epoch=steps_per_epoch, seed=seed, flips=flips,
                            translate=translate, lr=lr,
                            warmup=warmup, grad_clip=clip, total_steps=total_steps, budget_s=budget_s,
-                           checkpoint_every=checkpoint_every)
+                           checkpoint_every=checkpoint_every,
+                           loss_fn=torch.compile(codec.loss) if compile else codec.loss)
         run.follow_length(say)
         complete = run.run(t_call, call_limit_s, f"{name} ({codec_kind}, {dev.type})" if progress else None, say) \
             and run.stop_signal is None
@@ -878,7 +886,8 @@ def train_codec(
     temperature = 0.7 if codec_kind == "glow" else 1.0
     _save_grid(stored, x_eval, png, n=min(16, x_eval.shape[0]), temperature=temperature, seed=seed)
     report = _report(run, stored, name=name, ckpt=ckpt, sha=sha, dtype=dtype, fallback=fallback, x_train=x_train,
-                     data_description=data_description, ema_decay=ema_decay, metrics=metrics, eval_on=eval_on)
+                     data_description=data_description, ema_decay=ema_decay, metrics=metrics, eval_on=eval_on,
+                     compiled=compile)
     with hub.atomic_path(js) as tmp:
         Path(tmp).write_text(json.dumps(report, indent=2) + "\n")
     wall = time.perf_counter() - t_call
@@ -925,6 +934,7 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--flips", action="store_true", help="random horizontal flips (not for digits or text)")
     g.add_argument("--translate", type=int, default=0, metavar="PIXELS",
                    help="random shifts of up to PIXELS along each axis, reflection padding (default 0: none)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the training loss (forward and backward)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     g.add_argument("--threads", type=int, help="CPU threads for torch (torch.set_num_threads)")
     g.add_argument("--checkpoint-every", type=int, default=500, metavar="STEPS")
@@ -967,7 +977,7 @@ def _cmd_train(args: argparse.Namespace) -> dict:
     return train_codec(
         args.kind, x, args.out, name=name, num_bins=num_bins, **kwargs, epochs=args.epochs, max_steps=args.max_steps,
         max_minutes=args.max_minutes, batch_size=args.batch_size, lr=args.lr, grad_clip=args.grad_clip, ema_decay=args.ema,
-        seed=args.seed, flips=args.flips, translate=args.translate, resume=not args.no_resume, x_test=x_test, device=args.device,
+        seed=args.seed, flips=args.flips, translate=args.translate, compile=args.compile, resume=not args.no_resume, x_test=x_test, device=args.device,
         progress=not args.quiet, fp16=args.fp16, checkpoint_every=args.checkpoint_every,
         data_description=description,
     )

@@ -327,6 +327,25 @@ def test_freezing_a_fresh_glow_marks_its_actnorms_initialised():
     assert all(torch.equal(v, glow.state_dict()[k]) for k, v in state.items())
 
 
+def test_an_initialised_actnorm_no_longer_reads_its_flag_but_a_loaded_state_is_rechecked():
+    """Once a batch initialised it, a Glow's ActNorm skips the buffer read (a host sync per step on a GPU, a graph
+    break under torch.compile: the loss was 23 graphs); loading a state dict makes it check the buffer again."""
+    import torch._dynamo
+
+    torch.manual_seed(0)
+    glow = Glow((1, 8, 8), levels=2, steps=2, hidden=8).init_actnorm(torch.rand(16, 1, 8, 8))
+    x = torch.rand(4, 1, 8, 8)
+    explained = torch._dynamo.explain(lambda xb: glow.bits_per_dim(xb))(x)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    loaded = Glow((1, 8, 8), levels=2, steps=2, hidden=8)
+    loaded.load_state_dict(glow.state_dict())  # initialised weights: used as they are, not initialised again
+    assert torch.allclose(loaded.log_prob(x), glow.log_prob(x))
+    glow.load_state_dict(Glow((1, 8, 8), levels=2, steps=2, hidden=8).state_dict())  # a state never initialised
+    before = glow.flow.flows[0][0].flows[2].s.detach().clone()
+    glow.log_prob(x)  # initialises from this batch, as a fresh Glow would
+    assert not torch.equal(glow.flow.flows[0][0].flows[2].s, before)
+
+
 def test_vae_posterior_samples_have_the_posterior_std():
     vae = tiny_vae()
     with torch.no_grad():

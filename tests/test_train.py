@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 
 from latent_transforms import hub, train
 from latent_transforms.cli import main
+from latent_transforms.codecs import Glow
 from latent_transforms.data import describe_spec, load_images, low_data_split
 from latent_transforms.train import WeightEMA, eval_codec, load_training_state, register_cli, train_codec
 
@@ -596,6 +597,31 @@ def test_translate_shifts_each_batch_and_must_match_on_resume(tmp_path, digits, 
         with pytest.raises(ValueError, match=why):
             train_codec("flow", x, tmp_path / "bad", **kw, max_steps=1, translate=bad)
     assert not (tmp_path / "bad").exists()
+
+
+def test_compiled_loss_trains_like_the_eager_one(tmp_path, digits, monkeypatch):
+    """compile=True runs the loss through torch.compile (here its aot_eager backend: the autograd graph without
+    C++ code generation, so the same kernels and random draws): the same losses step by step."""
+    compiled_fns = []
+    real_compile = torch.compile
+
+    def aot_eager(fn, **kwargs):
+        compiled_fns.append(fn)
+        return real_compile(fn, backend="aot_eager", **kwargs)
+
+    monkeypatch.setattr(torch, "compile", aot_eager)
+    x = digits[0][:32]
+    kw = dict(**FLOW, batch_size=16, max_steps=4, progress=False, checkpoint_every=2)
+    eager = train_codec("flow", x, tmp_path / "eager", **kw)
+    assert not compiled_fns
+    compiled = train_codec("flow", x, tmp_path / "compiled", **kw, compile=True)
+    assert len(compiled_fns) == 1 and compiled_fns[0].__func__ is Glow.loss
+    losses = [[h["loss"] for h in json.loads((tmp_path / run / "glow.json").read_text())["training"]["history"]]
+              for run in ("eager", "compiled")]
+    assert len(losses[0]) == 4 and losses[0] == pytest.approx(losses[1], rel=1e-5)
+    assert compiled["metrics"]["bits_per_dim"] == pytest.approx(eager["metrics"]["bits_per_dim"], rel=1e-4)
+    reports = [json.loads((tmp_path / run / "glow.json").read_text())["training"] for run in ("eager", "compiled")]
+    assert [r["compiled"] for r in reports] == [False, True]
 
 
 def test_a_state_saved_before_a_setting_existed_resumes_with_its_old_value(tmp_path, digits):

@@ -39,12 +39,42 @@ class BoundedAffineCoupling(nf.flows.AffineCoupling):
         return [z1, (z2 - shift) * scale], torch.log(scale).flatten(1).sum(1)
 
 
+class SyncFreeActNorm(nf.flows.ActNorm):
+    """normflows' ActNorm (initialised from the first batch it sees) that, once it has seen one, stops reading its
+    ``data_dep_init_done`` buffer: that read costs a device-to-host sync per call on a GPU (one per Glow step in
+    every training step) and a graph break under ``torch.compile``. ``checked``, a Python flag, says a batch was seen;
+    loading a state dict resets it (the loaded buffer may say "not initialised")."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        super().__init__(shape)
+        self.checked = False
+        self.register_load_state_dict_post_hook(_recheck_after_load)
+
+    def forward(self, z):
+        return self._affine("forward", z)
+
+    def inverse(self, z):
+        return self._affine("inverse", z)
+
+    def _affine(self, direction: str, z):
+        if self.checked:  # the plain affine map, no buffer read
+            return getattr(nf.flows.AffineConstFlow, direction)(self, z)
+        out = getattr(nf.flows.ActNorm, direction)(self, z)
+        self.checked = True
+        return out
+
+
+def _recheck_after_load(actnorm: SyncFreeActNorm, incompatible_keys) -> None:
+    actnorm.checked = False
+
+
 def _glow_step(channels: int, hidden: int, floor: float) -> nf.flows.GlowBlock:
     with warnings.catch_warnings():  # normflows' LU init calls the deprecated torch.lu
         warnings.filterwarnings("ignore", message="torch.lu is deprecated")
         block = nf.flows.GlowBlock(channels, hidden, split_mode="channel", scale=True, scale_map="sigmoid")
     coupling_block = block.flows[0]
     coupling_block.flows[1] = BoundedAffineCoupling(coupling_block.flows[1].param_map, floor)
+    block.flows[2] = SyncFreeActNorm((channels, 1, 1))
     return block
 
 
