@@ -158,12 +158,6 @@ def codec_roundtrip(codec, x: torch.Tensor, noise_eps: float, generator: torch.G
         return codec.decode_flat(u)
 
 
-def plain_path_copy(glow):
-    """The same Glow, not frozen (eval mode, no parameter gradients): the library's plain normflows path, the
-    reference its folded fast path is tested against."""
-    return glow.unfrozen_copy()
-
-
 def cache_sizes(cache: LatentCache) -> dict[str, int]:
     """Bytes of the cache's (N, D) latents, and of a cache of the 50,000 CIFAR-10 training images (50,000 x D x 4
     bytes in fp32)."""
@@ -208,7 +202,7 @@ def build_rows(args, device: torch.device, codecs: dict) -> list[dict]:
     noise = LatentNoise(glow, eps=args.noise_eps, generator=0)
     adversarial_0 = LatentAdversarial(glow, steps=0, generator=0)  # the fixed cost of the attack
     adversarial = LatentAdversarial(glow, steps=1, generator=0)
-    glow_plain = plain_path_copy(glow)
+    glow_plain = glow.unfrozen_copy()  # not frozen: the plain normflows path
     noise_plain = LatentNoise(glow_plain, eps=args.noise_eps, generator=0)
     adversarial_plain = LatentAdversarial(glow_plain, steps=1, generator=0)
     adversarial_3 = LatentAdversarial(glow, steps=3, generator=0)

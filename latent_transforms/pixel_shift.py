@@ -22,6 +22,7 @@ def random_shift_flip(x: torch.Tensor, max_shift: int, flips: bool, padding: str
     ``"zeros"`` or ``"reflect"`` (mirrored without repeating the edge; needs ``max_shift < min(H, W)``). Draws
     ``dy``, ``dx`` (each ``(B, 1)``, skipped when ``max_shift`` is 0) then the flips (``(B, 1)`` uniforms, skipped
     when ``flips`` is False) from ``generator`` (torch's global generator if None), which must be on ``x``'s device.
+    With neither shifts nor flips, returns ``x`` itself.
     """
     if x.dim() != 4:
         raise ValueError(f"x must be (B, C, H, W), got shape {tuple(x.shape)}")

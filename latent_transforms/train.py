@@ -362,8 +362,10 @@ def _load_resume(state_path: Path, settings: dict) -> tuple[dict, tuple[dict, di
     Raises ``ValueError`` if it was saved with other ``settings`` or its ``info`` lacks a field.
     """
     model_state, optim_state, info, extra = load_training_state(state_path)
-    info = {**{k: v for k, v in SETTINGS_ADDED_LATER.items() if v is not None and k not in info}, **info}
-    mismatch = [f"{k}: saved {info[k]!r}, now {v!r}" if k in info else f"{k}: not saved, now {v!r}"
+    implied = {k: v for k, v in SETTINGS_ADDED_LATER.items() if v is not None and k not in info}
+    info = {**implied, **info}
+    mismatch = [f"{k}: not saved (the state predates it: {info[k]!r}), now {v!r}" if k in implied else
+                f"{k}: saved {info[k]!r}, now {v!r}" if k in info else f"{k}: not saved, now {v!r}"
                 for k, v in settings.items() if info.get(k) != v and (k in info or k not in SETTINGS_ADDED_LATER)]
     if mismatch:
         raise ValueError(

@@ -32,6 +32,7 @@ shopt -s nullglob
 start=$SECONDS
 BUDGET=${BUDGET:-540}
 PACK_EVERY=${PACK_EVERY:-30}
+case $PACK_EVERY in ''|*[!0-9]*|0) echo "PACK_EVERY must be a whole number of seconds >= 1, got '$PACK_EVERY'" >&2; exit 2;; esac
 TP_BUDGET=${TP_BUDGET:-$((BUDGET / 3))}
 OUT=${OUT:-runs/gpu-session}
 ACC_DIR=${ACC_DIR:-runs/accuracy}
@@ -82,11 +83,18 @@ threads=$(( $(nproc) / JOBS )); [ "$threads" -ge 1 ] || threads=1
 left=$((BUDGET - (SECONDS - start)))
 if [ "$left" -ge 45 ]; then  # accuracy.py starts no run it expects to end after its budget (15 s kept for its start-up);
     # timeout is the backstop, 30 s later, still inside the device's 600 s
-    (  # also every PACK_EVERY s while the shards run (a kill skips the EXIT trap). Stopped by a TERM, it ends the
-        # pack under way first (never two packs writing shards.tar.part at once) and takes its sleep along (which
-        # else holds the caller's stdout open for up to PACK_EVERY s after the script has ended)
-        trap '[ -z "${nap:-}" ] || kill "$nap" 2> /dev/null; exit' TERM
-        while sleep "$PACK_EVERY" & nap=$!; wait "$nap"; do pack; done
+    (  # also every PACK_EVERY s while the shards run (a kill skips the EXIT trap). A TERM (below, once the shards
+        # are done) lets a pack under way finish, tar and mv (never two packs writing shards.tar.part at once), and
+        # cuts the sleep short; the sleep's output goes nowhere, so it never holds the caller's stdout open
+        stop=0
+        nap=""
+        trap 'stop=1; [ -z "$nap" ] || kill "$nap" 2> /dev/null || true' TERM
+        while [ "$stop" = 0 ]; do
+            sleep "$PACK_EVERY" > /dev/null 2>&1 & nap=$!
+            [ "$stop" = 0 ] || kill "$nap" 2> /dev/null || true  # a TERM between the two lines above
+            wait "$nap" || true
+            [ "$stop" = 1 ] || pack
+        done
     ) &
     packer=$!
     pids=()

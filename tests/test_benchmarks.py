@@ -771,3 +771,19 @@ def test_accuracy_gpu_warm_up_runs_every_part_it_tunes(monkeypatch):
     counts = sorted(set(acc.likely_counts(8, args.varmixup_p)) | set(acc.likely_counts(4, args.varmixup_p)))
     assert type(mix).__name__ == "VarMixup" and mix.stats["seen"] == sum(counts) and counts[0] == 1
     assert list(acc.likely_counts(128, 0.25)) == list(range(12, 53))  # mean 32 +- 4 x 4.9
+
+
+def test_random_crop_flip_draws_per_sample_offsets_then_flips_from_its_seed():
+    """The accuracy benchmark's crop+flip (zero padding 4), against a per-image loop over the same draws in the same
+    order (row offsets, column offsets, flips): the crops every arm and every recorded run saw."""
+    crop_flip = _load_accuracy_module().RandomCropFlip
+    x = torch.rand(12, 3, 10, 10)
+    aug = crop_flip(5, torch.device("cpu"))
+    g = torch.Generator().manual_seed(5)
+    for batch in range(2):  # two batches from one generator: the draws go on where they stopped
+        oy, ox = (torch.randint(0, 9, (12, 1), generator=g) for _ in range(2))
+        flip = torch.rand(12, 1, generator=g) < 0.5
+        padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+        expected = torch.stack([padded[i, :, oy[i]:oy[i] + 10, ox[i]:ox[i] + 10] for i in range(12)])
+        expected = torch.where(flip.view(12, 1, 1, 1), expected.flip(-1), expected)
+        assert torch.equal(aug(x), expected), batch

@@ -59,15 +59,6 @@ def test_peak_memory_counts_what_the_warm_up_allocated(monkeypatch):
     assert tp.measure(fn, torch.device("cuda"), warmup=2, iters=3)["peak_extra_bytes"] == 150
 
 
-def test_plain_path_copy_is_the_same_glow_off_the_fast_path():
-    glow = tiny_glow(shape=(3, 8, 8))
-    plain = tp.plain_path_copy(glow)
-    x = torch.rand(4, 3, 8, 8)
-    assert glow.use_fast_path and not plain.use_fast_path and not any(p.requires_grad for p in plain.parameters())
-    with torch.no_grad():
-        assert torch.allclose(plain.encode_flat(x), glow.encode_flat(x), atol=1e-5)
-
-
 def _row(key: str, method: str, seconds: float, peak_mib: float | None = None, **extra) -> dict:
     return {"key": key, "method": method, "timed": "t", "seconds": seconds, "images_per_second": 256 / seconds,
             "vs_train_step": seconds / 0.010, "peak_extra_bytes": None if peak_mib is None else peak_mib * 2**20,

@@ -634,7 +634,7 @@ def test_a_state_saved_before_a_setting_existed_resumes_with_its_old_value(tmp_p
     info = json.loads(metadata["info"])
     del info["translate"], info["data_sha256"]
     hub.write_safetensors(state, tensors, {**metadata, "info": json.dumps(info)})
-    with pytest.raises(ValueError, match="translate: saved 0, now 1"):
+    with pytest.raises(ValueError, match="translate: not saved \\(the state predates it: 0\\), now 1"):
         train_codec("flow", x, tmp_path, **kw, max_steps=3, translate=1)
     assert train_codec("flow", x, tmp_path, **kw, max_steps=3)["step"] == 3
 

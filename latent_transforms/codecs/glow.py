@@ -40,10 +40,11 @@ class BoundedAffineCoupling(nf.flows.AffineCoupling):
 
 
 class SyncFreeActNorm(nf.flows.ActNorm):
-    """normflows' ActNorm (initialised from the first batch it sees) that, once it has seen one, stops reading its
-    ``data_dep_init_done`` buffer: that read costs a device-to-host sync per call on a GPU (one per Glow step in
-    every training step) and a graph break under ``torch.compile``. ``checked``, a Python flag, says a batch was seen;
-    loading a state dict resets it (the loaded buffer may say "not initialised")."""
+    """normflows' ActNorm (initialised from the first batch it sees) that, once initialised, no longer reads its
+    ``data_dep_init_done`` buffer on every call: that read is a graph break under ``torch.compile`` (the loss was 23
+    graphs, now one) and, for a buffer on a GPU (a loaded or moved Glow), a device-to-host sync per Glow step.
+    ``checked``, a Python flag, says it is initialised; loading a state dict sets it from the loaded buffer, read once.
+    """
 
     def __init__(self, shape: tuple[int, ...]):
         super().__init__(shape)
@@ -65,7 +66,7 @@ class SyncFreeActNorm(nf.flows.ActNorm):
 
 
 def _recheck_after_load(actnorm: SyncFreeActNorm, incompatible_keys) -> None:
-    actnorm.checked = False
+    actnorm.checked = bool(actnorm.data_dep_init_done > 0)
 
 
 def _glow_step(channels: int, hidden: int, floor: float) -> nf.flows.GlowBlock:
