@@ -66,7 +66,8 @@ class SyncFreeActNorm(nf.flows.ActNorm):
 
 
 def _recheck_after_load(actnorm: SyncFreeActNorm, incompatible_keys) -> None:
-    actnorm.checked = bool(actnorm.data_dep_init_done > 0)
+    flag = actnorm.data_dep_init_done
+    actnorm.checked = not flag.is_meta and bool(flag > 0)  # a meta tensor has no value: read at the next call
 
 
 def _glow_step(channels: int, hidden: int, floor: float) -> nf.flows.GlowBlock:
