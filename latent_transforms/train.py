@@ -781,8 +781,9 @@ def train_codec(
         translate: shift each training image by a random number of pixels in ``[-translate, translate]`` along
             each axis, filling in by reflection (0: no shifts).
         compile: run the loss (forward and backward) through ``torch.compile`` (a Glow's loss is one graph; the
-            first steps compile, minutes on a CPU). Same math, other random dequantisation noise; not a setting
-            a resumed run must keep. On a CPU it was slower per step (see docs/checkpoints.md).
+            first step compiles: about 70 s for glow-cifar10's architecture on a CPU). Same math, other random
+            dequantisation noise; not a setting a resumed run must keep. On a CPU each step was 1.24x slower
+            (docs/checkpoints.md).
         resume: continue from ``out_dir/<name>.state.safetensors`` if present (same config, data size, batch
             size, seed, ``ema_decay``, ``lr``, ``warmup_steps``, ``grad_clip``, ``flips`` and ``translate``
             required; the run's
