@@ -431,7 +431,8 @@ def register(name: str, *, file: str, sha256: str, config: dict, trained_on: str
     if persist and name in _shipped_registry():
         raise ValueError(f"{_user_registry_path()}: {name!r} is a shipped checkpoint's name, which the user registry "
                          f"may not redefine; register yours under another name")
-    if not overwrite and name in _registry():
+    # without persist, a broken user registry file only warns (its names are out of reach until it is fixed)
+    if not overwrite and name in _registry(warn_if_broken=not persist):
         raise ValueError(f"checkpoint {name!r} is already registered; pass overwrite=True to replace it")
     if persist:
         _persist(name, entry, overwrite)
@@ -463,7 +464,8 @@ def unregister(name: str, *, persist: bool = False) -> dict:
             del _loaded[key]
     if not removed:
         where = "this process's registry" + (" nor the user registry file" if persist else "")
-        hint = "" if persist or name not in _registry() else "; it is in the user registry file: pass persist=True"
+        hint = "" if persist or name not in _registry(warn_if_broken=True) else \
+            "; it is in the user registry file: pass persist=True"
         raise UnknownCheckpointError(f"checkpoint {name!r} is not in {where}{hint}")
     return removed[0]
 

@@ -457,6 +457,17 @@ def test_a_broken_user_registry_does_not_block_shipped_or_runtime_names(env, tmp
     assert hub.fetch("runtime") == env / "good.safetensors"
     with pytest.raises(ValueError, match="is not valid JSON"):
         hub.fetch("mine")  # a name only the user registry could hold: the broken file is named
+    # registering a new name in this process works too (it raised the file's error), with a warning naming it
+    with pytest.warns(UserWarning, match="is not valid JSON"):
+        _register("new", "good.safetensors")
+    assert hub.fetch("new") == env / "good.safetensors"
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="'runtime' is already registered"):
+        _register("runtime", "good.safetensors")
+    with pytest.warns(UserWarning), pytest.raises(hub.UnknownCheckpointError, match="'gone' is not in this process"):
+        hub.unregister("gone")
+    with pytest.raises(ValueError, match="is not valid JSON"):  # persisting still refuses to touch the file
+        _register("kept", "good.safetensors", persist=True)
+    assert (env / "registry.json").read_text() == "{not json"
 
 
 def test_unregister_removes_a_name_from_the_process_and_the_user_registry(env, monkeypatch):
