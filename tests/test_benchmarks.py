@@ -479,6 +479,21 @@ def test_accuracy_verdicts_compare_arms_on_the_seeds_they_share():
     assert t1["detail"] == "needs randaugment in the results"
 
 
+def test_accuracy_table_delta_is_taken_on_the_seeds_shared_with_the_baseline():
+    """An arm short of the baseline's lucky seed read -0.9 in the table though it was +0.4 on its own seeds (the
+    results.md composition row); the difference is now paired, and the seeds are named when they are fewer."""
+    delta = _load_accuracy_module()._delta_vs_baseline
+    runs = {"baseline": {"0": {"accuracy": 0.56}, "1": {"accuracy": 0.57}, "2": {"accuracy": 0.603}},
+            "combo": {"0": {"accuracy": 0.545}, "1": {"accuracy": 0.593}},
+            "isda": {"0": {"accuracy": 0.57}, "1": {"accuracy": 0.57}, "2": {"accuracy": 0.60}},
+            "one": {"2": {"accuracy": 0.613}}, "none": {"5": {"accuracy": 0.9}}}
+    assert delta(runs, "combo", [0, 1, 2]) == "+0.4 (seeds 0, 1)"  # unpaired: 56.9 - 57.8 = -0.9
+    assert delta(runs, "isda", [0, 1, 2]) == "+0.2"
+    assert delta(runs, "one", [0, 1, 2]) == "+1.0 (seed 2)"
+    assert delta(runs, "none", [0, 1, 2, 5]) == "-"
+    assert delta(runs, "baseline", [0, 1, 2]) == "+0.0"
+
+
 def test_accuracy_runs_seed_by_seed_within_a_time_budget():
     acc = _load_accuracy_module()
     # seed-major: a call cut short leaves every arm with the same seeds; finished runs are skipped
