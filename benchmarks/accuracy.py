@@ -483,7 +483,7 @@ def format_report(results: dict) -> str:
               "|---|---|---|---|---|---|---|"]
     base = summary.get("baseline")
     for arm, s in summary.items():
-        delta = _delta_vs_baseline(results["runs"], arm, seeds) if base else "-"
+        delta = _delta_vs_baseline(results["runs"], arm, seeds)  # "-" without a baseline run
         corr = "-" if s["corruption_accuracy_mean"] is None else \
             f"{_pts(s['corruption_accuracy_mean'])}{_pm(s['corruption_accuracy_std'], len(s['seeds']))}"
         ratio = f"{s['seconds_per_epoch'] / base['seconds_per_epoch']:.1f}x" if base else "-"
