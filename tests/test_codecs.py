@@ -419,3 +419,88 @@ def test_exact_math_turns_off_the_given_devices_autocast_and_restores_tf32(tf32_
             assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
     finally:
         torch.set_autocast_enabled("cuda", was)
+
+
+def _precision_holders() -> dict:
+    b = torch.backends
+    return {"all": b, "cuda.matmul": b.cuda.matmul, "cudnn": b.cudnn, "cudnn.conv": b.cudnn.conv,
+            "cudnn.rnn": b.cudnn.rnn, "mkldnn": b.mkldnn, "mkldnn.matmul": b.mkldnn.matmul,
+            "mkldnn.conv": b.mkldnn.conv, "mkldnn.rnn": b.mkldnn.rnn}
+
+
+@pytest.fixture
+def precision_settings():
+    """Run a test that changes torch's float32 precision settings and put them back afterwards."""
+    matmul, cudnn = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    stored = {name: h.fp32_precision for name, h in _precision_holders().items()}
+    yield
+    torch.set_float32_matmul_precision(matmul)
+    torch.backends.cudnn.allow_tf32 = cudnn
+    for name, h in _precision_holders().items():  # after the legacy setters, which write some of these
+        h.fp32_precision = stored[name]
+
+
+def _precision_snapshot() -> dict:
+    """Every float32 precision setting as a user would read it ("raises" where torch's getter raises)."""
+    def read(get):
+        try:
+            return get()
+        except RuntimeError:
+            return "raises"
+    snap = {name: h.fp32_precision for name, h in _precision_holders().items()}
+    snap.update(matmul_precision=read(torch.get_float32_matmul_precision),
+                cublas_allow_tf32=read(lambda: torch.backends.cuda.matmul.allow_tf32),
+                cudnn_allow_tf32=read(lambda: torch.backends.cudnn.allow_tf32))
+    return snap
+
+
+USER_PRECISION_SETTINGS = [  # what users write to get TF32 or bf16 matmuls: the new API (torch >= 2.9), the legacy one
+    "torch.backends.fp32_precision = 'tf32'",
+    "torch.backends.cuda.matmul.fp32_precision = 'tf32'",
+    "torch.backends.mkldnn.matmul.fp32_precision = 'bf16'",
+    "torch.set_float32_matmul_precision('medium')",
+    "torch.set_float32_matmul_precision('high')",
+    "torch.backends.cuda.matmul.allow_tf32 = True; torch.backends.cudnn.allow_tf32 = True",
+    "torch.backends.fp32_precision = 'tf32'; torch.set_float32_matmul_precision('high')",
+]
+
+
+@pytest.mark.skipif(not hasattr(torch.backends.cuda.matmul, "fp32_precision"), reason="torch < 2.9: legacy API only")
+@pytest.mark.parametrize("setting", USER_PRECISION_SETTINGS)
+def test_codecs_run_in_full_precision_under_any_precision_setting_and_restore_it_exactly(setting, precision_settings,
+                                                                                      monkeypatch):
+    # Reading the legacy flags raised after the new API's settings, and writing them back broke
+    # torch.get_float32_matmul_precision() after set_float32_matmul_precision('medium').
+    exec(setting)
+    before = _precision_snapshot()
+    inside = []
+    for codec in (tiny_glow(), tiny_vae()):
+        encode = codec._encode
+        monkeypatch.setattr(codec, "_encode", lambda x: (inside.append(_precision_snapshot()), encode(x))[1])
+        codec.decode(codec.encode(torch.rand(2, 1, 8, 8)))
+        assert _precision_snapshot() == before
+    assert len(inside) == 2
+    for snap in inside:
+        assert {snap[k] for k in ("cuda.matmul", "cudnn.conv", "mkldnn.matmul", "mkldnn.conv")} == {"ieee"}
+        assert snap["matmul_precision"] == "highest" and snap["cublas_allow_tf32"] is False
+
+
+def test_exact_math_restores_the_settings_when_the_last_thread_leaves(tf32_on):
+    # Each call saved and restored the flags itself: a thread that left while another was inside turned TF32 back
+    # on under it, and the other then restored the "off" it had saved, leaving TF32 off for good.
+    import threading
+    inside, leave = threading.Event(), threading.Event()
+
+    def first():
+        with exact_math():
+            inside.set()
+            leave.wait(10)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert inside.wait(10)
+    with exact_math():
+        leave.set()
+        thread.join(10)
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32  # still inside
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32  # the last one out restored

@@ -1,35 +1,19 @@
 """The codec interface: images in [0, 1] <-> a list of standardised latents."""
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import numbers
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 from torch import nn
 
 from ..validation import check_images, check_same_device, describe
+from .precision import exact_math
 
 Latents = list[torch.Tensor]  # per-level latents, each (B, *shape); coarsest first for multi-scale flows
-
-
-@contextlib.contextmanager
-def exact_math(device_type: str | None = None) -> Iterator[None]:
-    """Turn TF32 and autocast off for the duration (invertibility: a Glow round trip errs by 1e-2 with TF32 on an
-    H100, and by 0.06 under a bf16 autocast, which a training loop often wraps the augmentation in).
-    ``device_type``: the autocast to turn off (``"cuda"``, ``"cpu"``, ...); ``None``: the CPU's and CUDA's."""
-    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        with contextlib.ExitStack() as no_autocast:
-            for kind in [device_type] if device_type else ["cpu", "cuda"]:
-                no_autocast.enter_context(torch.autocast(kind, enabled=False))
-            yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
 
 
 def flatten_latents(z: Latents) -> torch.Tensor:

@@ -1,0 +1,99 @@
+"""``exact_math``: full fp32 precision and no autocast while a codec runs, whatever the caller's settings.
+
+torch keeps its float32 precision settings in two APIs that it checks against each other: the legacy one
+(``torch.set_float32_matmul_precision``, ``torch.backends.cudnn.allow_tf32``)
+and, from torch 2.9, per-backend ``fp32_precision`` settings (``torch.backends.cuda.matmul.fp32_precision = "tf32"``).
+A legacy getter raises once the two disagree, so this module sets both to full precision (consistent with each
+other inside the block) and restores each exactly as it was: the legacy values through their setters, then every
+``fp32_precision`` as stored. A legacy value that cannot be read (the caller's settings already disagree) is left
+untouched. The settings are process-wide: they are switched once for all threads and restored when the last
+codec call of any thread ends.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any, Callable, Iterator
+
+import torch
+
+_LOCK = threading.Lock()
+_depth = 0                         # codec calls in progress, all threads
+_saved: tuple[list, list] = ([], [])  # (legacy setter, value), (fp32_precision holder, stored value)
+
+
+def _legacy_settings() -> list[tuple[Callable[[], Any], Callable[[Any], Any], Any]]:
+    """(getter, setter, full-precision value) of each legacy setting."""
+    cudnn = torch.backends.cudnn
+    return [(torch.get_float32_matmul_precision, torch.set_float32_matmul_precision, "highest"),
+            (lambda: cudnn.allow_tf32, lambda v: setattr(cudnn, "allow_tf32", v), False)]
+
+
+def _precision_settings() -> tuple[list[Any], list[Any]]:
+    """The per-backend ``fp32_precision`` holders (torch >= 2.9): all that the legacy setters write, and the ones
+    set to ``"ieee"`` (the matmuls and convolutions of codecs, on CUDA and on the CPU's oneDNN)."""
+    b = torch.backends
+    if not hasattr(b.cuda.matmul, "fp32_precision"):
+        return [], []
+    exact = [b.cuda.matmul, b.cudnn.conv, b.mkldnn.matmul, b.mkldnn.conv]
+    return exact + [b.cudnn.rnn, b.mkldnn.rnn], exact
+
+
+def _full_precision() -> tuple[list, list]:
+    """Switch to full precision; returns what :func:`_restore` needs to undo it (undone already if it fails)."""
+    every, exact = _precision_settings()
+    stored = [(holder, holder.fp32_precision) for holder in every]  # as stored, before the legacy setters write
+    legacy = []
+    try:
+        for get, set_, full in _legacy_settings():
+            try:
+                value = get()
+            except RuntimeError:  # the caller's legacy and new settings disagree: leave this one alone
+                continue
+            set_(full)
+            legacy.append((set_, value))
+        for holder in exact:
+            holder.fp32_precision = "ieee"
+    except BaseException:
+        _restore(legacy, stored)
+        raise
+    return legacy, stored
+
+
+def _restore(legacy: list, stored: list) -> None:
+    for set_, value in legacy:  # first: the legacy setters also write fp32_precision
+        set_(value)
+    for holder, value in stored:
+        holder.fp32_precision = value
+
+
+def _enter() -> None:
+    global _depth, _saved
+    with _LOCK:
+        if _depth == 0:
+            _saved = _full_precision()
+        _depth += 1
+
+
+def _exit() -> None:
+    global _depth
+    with _LOCK:
+        _depth -= 1
+        if _depth == 0:
+            _restore(*_saved)
+
+
+@contextlib.contextmanager
+def exact_math(device_type: str | None = None) -> Iterator[None]:
+    """Full fp32 precision (no TF32, no bf16 matmuls) and no autocast for the duration (invertibility: a Glow round
+    trip errs by 1e-2 with TF32 on an H100, and by 0.06 under a bf16 autocast, which a training loop often wraps the
+    augmentation in). ``device_type``: the autocast to turn off (``"cuda"``, ``"cpu"``, ...); ``None``: the CPU's
+    and CUDA's. The precision settings are restored exactly afterwards (see the module's docstring)."""
+    _enter()
+    try:
+        with contextlib.ExitStack() as no_autocast:
+            for kind in [device_type] if device_type else ["cpu", "cuda"]:
+                no_autocast.enter_context(torch.autocast(kind, enabled=False))
+            yield
+    finally:
+        _exit()
