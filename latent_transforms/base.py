@@ -166,9 +166,9 @@ class LatentTransform(SampleStats, nn.Module):
             xs, ys = x[selected], None if y is None else y[selected]
             idx = None if index is None else index[selected]
         y_out = to_soft(y, k) if self.mixes_labels else y
-        if xs.shape[0] == 0:
+        if xs.shape[0] == 0:  # a copy, as when some samples are selected: x2 never shares x's memory in training
             self._count_untouched(x.device, batch)
-            return x, y_out
+            return x.clone(), y_out
 
         try:
             x2, y2 = self.transform(xs, ys, model, generator, idx)

@@ -14,8 +14,10 @@ from .validation import check_device
 class CodecTransform(LatentTransform):
     """A :class:`LatentTransform` that encodes to a codec's standardised latent space and decodes back.
 
-    The codec is a submodule (moves with ``.to``), frozen for the transform's use: ``encode``/``decode``
-    run in its dtype (fp32, TF32 off) and results are cast back to ``x``'s dtype by the base class.
+    The codec is a submodule (moves with ``.to``); ``encode``/``decode`` run in its dtype (fp32, TF32 off) and
+    results are cast back to ``x``'s dtype by the base class. Give a frozen codec (hub checkpoints are;
+    ``codec.freeze()`` for your own): an unfrozen one is used as it is, follows the transform's ``train()``, and an
+    untrained Glow would initialise its ActNorm layers from the first batch it sees.
     ``levels`` picks which latent levels the method acts on (all by default). With ``cache=LatentCache(...)``
     a call ``t(x, y, model, index=idx)`` looks the latents up instead of encoding (``x`` must then be the
     cached images, unmodified: put the transform before pixel augmentations).

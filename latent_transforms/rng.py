@@ -112,8 +112,9 @@ def _generator_from_bytes(device: str, state: bytes) -> torch.Generator:
     return out
 
 
-def sample_gamma(shape: float, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """n draws from Gamma(shape, 1) using only ``generator`` (Marsaglia & Tsang, 2000; vectorised rejection)."""
+def sample_log_gamma(shape: float, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """n draws of log X, X ~ Gamma(shape, 1), using only ``generator`` (Marsaglia & Tsang, 2000; vectorised
+    rejection). In logs because for a small shape X underflows float32 (a third of Gamma(0.01) draws would be 0)."""
     boost = shape < 1  # Gamma(a) = Gamma(a + 1) * U^(1/a)
     a = shape + 1 if boost else shape
     d = a - 1 / 3
@@ -126,14 +127,13 @@ def sample_gamma(shape: float, n: int, generator: torch.Generator, device: torch
         u = torch.rand(m, generator=generator, device=device)
         v = (1 + c * x) ** 3
         ok = (v > 0) & (torch.log(u) < 0.5 * x**2 + d - d * v + d * torch.log(v.clamp_min(1e-30)))
-        out[todo[ok]] = (d * v)[ok]
+        out[todo[ok]] = torch.log(d * v[ok])
         todo = todo[~ok]
     if boost:
-        out = out * torch.rand(n, generator=generator, device=device) ** (1 / shape)
+        out = out + torch.log(torch.rand(n, generator=generator, device=device)) / shape
     return out
 
 
 def sample_beta(alpha: float, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """n draws from Beta(alpha, alpha) using only ``generator``."""
-    g1, g2 = sample_gamma(alpha, n, generator, device), sample_gamma(alpha, n, generator, device)
-    return g1 / (g1 + g2).clamp_min(1e-30)
+    """n draws from Beta(alpha, alpha) using only ``generator``: ``G1 / (G1 + G2)`` computed from the logs."""
+    return torch.sigmoid(sample_log_gamma(alpha, n, generator, device) - sample_log_gamma(alpha, n, generator, device))

@@ -1,6 +1,7 @@
 """Input validation shared by every transform: one place, clear messages, no coercion.
 
-Every check raises ``ValueError`` naming the problem and the offending value or shape.
+Every check raises ``ValueError`` naming the problem and the offending value or shape (``TypeError`` for a value of
+the wrong type, such as a list or an array where a tensor is expected).
 """
 from __future__ import annotations
 
@@ -103,6 +104,9 @@ def check_labels(y: torch.Tensor, batch_size: int, num_classes: int | None = Non
                 raise ValueError(f"{name} has class index {hi}, out of range for num_classes={num_classes}")
         return
     if not y.is_floating_point():
+        if y.shape[1] == 1:  # class indices with a trailing dimension, most likely
+            raise ValueError(f"{name} has shape {tuple(y.shape)} and dtype {y.dtype}: class indices must be (B,) "
+                             f"(y.squeeze(1)); soft labels (B, K) must be float")
         raise ValueError(f"{name} soft labels (B, K) must be float, got dtype {y.dtype}")
     if y.shape[1] == 0:
         raise ValueError(f"{name} soft labels have no classes (shape {tuple(y.shape)})")

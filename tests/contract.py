@@ -32,8 +32,9 @@ def assert_model_unchanged(model: nn.Module | None, before) -> None:
 
 
 def check_transform_contract(make, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None = None,
-                             num_classes: int = 10) -> None:
-    """``make(**kwargs) -> LatentTransform``; x, y a valid batch; model if the transform needs one."""
+                             num_classes: int = 10, returns_x: bool = False) -> None:
+    """``make(**kwargs) -> LatentTransform``; x, y a valid batch; model if the transform needs one; ``returns_x``:
+    the transform returns ``x`` itself (ISDA), not a new tensor."""
     t = make(generator=0)
     assert isinstance(t, LatentTransform)
     before = model_state(model)
@@ -55,7 +56,7 @@ def check_transform_contract(make, x: torch.Tensor, y: torch.Tensor, model: nn.M
 
     # p=0 is the identity (labels soft for mixing methods, with the same classes)
     x0, y0 = make(generator=0, p=0.0)(x, y, model)
-    assert torch.equal(x0, x)
+    assert torch.equal(x0, x) and (x0 is x if returns_x else x0.data_ptr() != x.data_ptr())  # in-place on x2: x kept
     assert torch.equal(y0.argmax(1), y) if t.mixes_labels else torch.equal(y0, y)
 
     # unselected samples pass bit-identical

@@ -262,17 +262,29 @@ def test_transformed_samples_go_back_to_their_own_rows():
 
 
 def test_sample_beta_below_one_draws_only_from_the_given_generator():
-    from latent_transforms.rng import sample_beta, sample_gamma
+    from latent_transforms.rng import sample_beta, sample_log_gamma
 
     state = torch.get_rng_state()
     for alpha in (0.4, 0.2):  # alpha < 1: Gamma(alpha) boosted from Gamma(alpha + 1) by a uniform
         a = sample_beta(alpha, 500, torch.Generator().manual_seed(7), torch.device("cpu"))
         b = sample_beta(alpha, 500, torch.Generator().manual_seed(7), torch.device("cpu"))
         assert torch.equal(a, b) and 0 <= a.min() and a.max() <= 1
-        g1 = sample_gamma(alpha, 500, torch.Generator().manual_seed(3), torch.device("cpu"))
-        g2 = sample_gamma(alpha, 500, torch.Generator().manual_seed(3), torch.device("cpu"))
+        g1 = sample_log_gamma(alpha, 500, torch.Generator().manual_seed(3), torch.device("cpu"))
+        g2 = sample_log_gamma(alpha, 500, torch.Generator().manual_seed(3), torch.device("cpu"))
         assert torch.equal(g1, g2)
     assert torch.equal(state, torch.get_rng_state())  # torch's global RNG untouched
+
+
+@pytest.mark.parametrize("alpha", [0.01, 0.05, 0.4, 2.0])
+def test_sample_beta_matches_torch_beta_also_for_tiny_alpha(alpha):
+    # Gamma(0.01) draws underflowed to 0 a third of the time and both-zero pairs gave lam 0: mean 0.37, not 0.5
+    from latent_transforms.rng import sample_beta
+
+    lam = sample_beta(alpha, 20_000, torch.Generator().manual_seed(0), torch.device("cpu"))
+    ref = torch.distributions.Beta(alpha, alpha).sample((20_000,))
+    assert abs(float(lam.mean()) - 0.5) < 0.015  # symmetric: mean 1/2 (std of the mean <= 0.0036)
+    assert abs(float((lam < 0.5).float().mean()) - 0.5) < 0.015
+    assert abs(float(lam.var()) - float(ref.var())) < 0.01  # var 1 / (4 (2 alpha + 1))
 
 
 def test_to_soft_keeps_the_dtype_of_soft_labels():

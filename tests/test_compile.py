@@ -49,6 +49,17 @@ def test_compiled_glow_matches_eager_fast_path_and_plain_reference():
             assert (compiled.decode(zc) - x).abs().max() <= 1e-3
 
 
+def test_a_transform_with_a_compiled_codec_pickles_and_its_copy_compiles_again():
+    # the compiled functions refused to pickle: no spawned DataLoader worker, no torch.save of the transform
+    import pickle
+
+    t = LatentNoise(tiny_vae().compile_fast_path(**FAST), generator=0)
+    copy = pickle.loads(pickle.dumps(t))
+    assert copy.codec.compiled and copy.codec._compile_args == (None, FAST)
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(copy(x)[0], t(x)[0])  # same generator state, same codec: the same output
+
+
 def test_compiled_vae_matches_eager():
     vae, compiled = tiny_vae(), tiny_vae().compile_fast_path(**FAST)
     for batch in (5, 2):

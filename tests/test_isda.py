@@ -44,7 +44,7 @@ def augmented_by_loops(logits, weight, y, cov, lam):
 # -- the shared contract --------------------------------------------------------------------------------------------
 @pytest.mark.filterwarnings("ignore:ISDA. the augmentation armed")  # the contract calls without forwards
 def test_contract(batch, net):
-    check_transform_contract(lambda **kw: ISDA(10, **kw), *batch, model=net)
+    check_transform_contract(lambda **kw: ISDA(10, **kw), *batch, model=net, returns_x=True)
 
 
 def test_an_unlabelled_batch_is_told_which_labels_isda_takes(batch, net):

@@ -36,6 +36,7 @@ BAD_INPUTS = [
     ("label dtype", GOOD_X, GOOD_Y.int(), "int64"),
     ("float labels 1d", GOOD_X, GOOD_Y.float(), "int64"),
     ("label shape", GOOD_X, GOOD_Y.view(2, 2, 1), "\\(B,\\) class indices or \\(B, K\\)"),
+    ("labels (B, 1)", GOOD_X, GOOD_Y.view(4, 1), "class indices must be \\(B,\\) \\(y.squeeze\\(1\\)\\)"),
     ("soft not summing to 1", GOOD_X, torch.full((4, 10), 0.2), "sum to 1"),
     ("soft negative", GOOD_X, torch.eye(10)[:4] * 2 - torch.eye(10)[:4].roll(1, 1), "negative entry"),
     ("soft wrong classes", GOOD_X, torch.full((4, 7), 1 / 7), "expected num_classes=10"),

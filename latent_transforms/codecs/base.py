@@ -48,6 +48,7 @@ class Codec(nn.Module):
         self.image_shape = tuple(int(s) for s in image_shape)
         self.frozen = False
         self._compiled: tuple[Callable, Callable] | None = None  # torch.compile'd (_encode, _decode), unbound
+        self._compile_args: tuple[bool | None, dict] | None = None  # (dynamic, compile_kwargs) when compiled
 
     @staticmethod
     def check_positive(**values: int) -> None:
@@ -205,7 +206,7 @@ class Codec(nn.Module):
         if not enabled:
             if dynamic is not None or compile_kwargs:
                 raise ValueError("compile_fast_path(enabled=False) takes no torch.compile arguments")
-            self._compiled = None
+            self._compiled = self._compile_args = None
             return self
         if not self.frozen:
             raise ValueError(f"compile_fast_path() needs a frozen codec: call {type(self).__name__}.freeze() first "
@@ -213,7 +214,19 @@ class Codec(nn.Module):
         cls = type(self)
         self._compiled = (torch.compile(cls._encode, dynamic=dynamic, **compile_kwargs),
                           torch.compile(cls._decode, dynamic=dynamic, **compile_kwargs))
+        self._compile_args = dynamic, compile_kwargs
         return self
+
+    def __getstate__(self) -> dict:
+        # compiled functions do not pickle (DataLoader workers started with "spawn", torch.save): keep their
+        # arguments and compile again, lazily, in the copy
+        return {**super().__getstate__(), "_compiled": None}
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        if state.get("_compile_args") is not None:
+            dynamic, kwargs = state["_compile_args"]
+            self.compile_fast_path(dynamic=dynamic, **kwargs)
 
     def train(self, mode: bool = True) -> "Codec":
         return super().train(mode and not self.frozen)
