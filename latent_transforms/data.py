@@ -51,10 +51,11 @@ def load_images(spec: str, split: str = "train", data_root: str | os.PathLike | 
     if spec == "cifar10":
         _check_split(split)
         return _cifar10(split, data_root)
-    if spec.startswith("npz:"):
-        return _npz(Path(spec[4:]).expanduser())
-    if spec.startswith("folder:"):
-        return _folder(Path(spec[7:]).expanduser())
+    for kind, load in (("npz", _npz), ("folder", _folder)):
+        if spec.startswith(kind + ":"):
+            if not spec[len(kind) + 1:]:
+                raise ValueError(f"data spec {spec!r} has no path: use {kind}:PATH")
+            return load(Path(spec[len(kind) + 1:]).expanduser())
     raise ValueError(f"unknown data spec {spec!r}; use digits, cifar10, npz:PATH or folder:PATH")
 
 
@@ -168,8 +169,8 @@ def _names(paths: list[Path], root: Path) -> str:
 
 
 def _has_transparency(im) -> bool:
-    """Whether a PIL image has an alpha channel (or palette transparency) that is not fully opaque."""
-    if im.mode in ("P", "PA") and "transparency" in im.info:
+    """Whether a PIL image has an alpha channel (or transparency info) that is not fully opaque."""
+    if "transparency" in im.info:  # palette transparency, or a colour key (PNG tRNS) in a grey or RGB image
         im = im.convert("RGBA")
     if "A" not in im.getbands():
         return False

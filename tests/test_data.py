@@ -32,3 +32,25 @@ def test_cifar10_that_cannot_be_downloaded_says_where_and_what_else(tmp_path, mo
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
     with pytest.raises(ValueError, match=f"could not download CIFAR-10 into {tmp_path} .*npz:PATH"):
         load_images("cifar10", "train", tmp_path)
+
+
+@pytest.mark.parametrize("mode, key", [("RGB", (0, 0, 0)), ("L", 0)])
+def test_folder_spec_refuses_a_colour_key_transparency(tmp_path, mode, key):
+    # a grey or RGB PNG with a tRNS colour key has transparent pixels but no alpha band: it was loaded silently,
+    # its transparent pixels kept as the key colour
+    from PIL import Image
+
+    root = tmp_path / "keyed"
+    root.mkdir()
+    im = Image.new(mode, (4, 6), key)
+    im.paste(Image.new(mode, (2, 6), (200, 200, 200) if mode == "RGB" else 200), (2, 0))
+    im.save(root / "keyed.png", transparency=key)
+    with pytest.raises(ValueError, match="keyed.png: has transparent pixels"):
+        load_images(f"folder:{root}")
+
+
+@pytest.mark.parametrize("spec", ["npz:", "folder:"])
+def test_a_spec_without_a_path_is_refused(spec, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # "folder:" scanned the current directory
+    with pytest.raises(ValueError, match=f"data spec '{spec}' has no path"):
+        load_images(spec)

@@ -220,6 +220,14 @@ class Glow(Codec):
         self._fold_weights()
         return self
 
+    def _apply(self, fn, recurse=True):
+        # .double() and the like: fold again from the cast weights (the folded ones were rounded to the old dtype)
+        dtype = self.dtype
+        super()._apply(fn, recurse)
+        if self._folded and self.dtype != dtype:
+            self._fold_weights()
+        return self
+
     def _fold_weights(self) -> None:
         with torch.no_grad():
             for level in self.flow.flows:
