@@ -54,6 +54,7 @@ DEFAULT_TIMEOUT = 60.0
 STORAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _CHUNK = 1 << 20
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_SEPARATORS = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
 
 _registered: dict[str, dict] = {}  # runtime entries from register(), shadowing the shipped registry
 _loaded: dict[tuple[str, str], "Codec"] = {}  # (name, device) -> frozen codec
@@ -75,11 +76,17 @@ class UnknownCheckpointError(KeyError):
 
 # -- files ----------------------------------------------------------------------------------------
 def cache_dir() -> Path:
-    """The user cache dir: ``$LATENT_TRANSFORMS_HOME``, else ``$XDG_CACHE_HOME/latent-transforms``."""
+    """The user cache dir: ``$LATENT_TRANSFORMS_HOME``, else ``$XDG_CACHE_HOME/latent-transforms`` (a relative
+    ``XDG_CACHE_HOME`` is ignored, as the XDG spec says), else ``~/.cache/latent-transforms``."""
     home = os.environ.get("LATENT_TRANSFORMS_HOME")
     if home:
-        return Path(home).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "latent-transforms"
+        path = Path(home).expanduser()
+        if not path.is_absolute():
+            raise ValueError(f"LATENT_TRANSFORMS_HOME={home!r} is a relative path, which would depend on the current "
+                             f"directory; give an absolute path (~ is expanded)")
+        return path
+    xdg = Path(os.environ.get("XDG_CACHE_HOME", "")).expanduser()
+    return (xdg if xdg.is_absolute() else Path("~/.cache").expanduser()) / "latent-transforms"
 
 
 def sha256_tensors(*tensors: torch.Tensor) -> str:
@@ -103,8 +110,7 @@ def _check_filename(file: object) -> str:
     """A registry file name must be a plain ``*.safetensors`` name that stays inside the cache dir."""
     if not isinstance(file, str) or not file:
         raise ValueError(f"checkpoint file name must be a non-empty str, got {file!r}")
-    separators = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
-    if any(s in file for s in separators) or ".." in file or "\0" in file or file.startswith("."):
+    if any(s in file for s in _SEPARATORS) or ".." in file or "\0" in file or file.startswith("."):
         raise ValueError(
             f"checkpoint file name {file!r} is not a plain file name (no path separators, '..' or leading '.')"
         )
@@ -214,7 +220,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     """Build the codec described by a ``.safetensors`` checkpoint, load its weights, freeze it."""
     from .codecs import build_codec
 
-    path = Path(path)
+    path = Path(path).expanduser()
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a directory; give a checkpoint's .safetensors file in it")
     if not path.is_file():
@@ -329,9 +335,8 @@ def _user_registry_path() -> Path:
     return cache_dir() / "registry.json"
 
 
-def _user_registry_data(shipped: dict[str, dict]) -> dict:
+def _user_registry_data(path: Path, shipped: dict[str, dict]) -> dict:
     """The user registry file's object (``{"checkpoints": {}}`` if there is none), checked against ``shipped``."""
-    path = _user_registry_path()
     data = _read_registry_file(path)
     if data is None:
         return {"checkpoints": {}}
@@ -345,9 +350,9 @@ def _user_registry_data(shipped: dict[str, dict]) -> dict:
 def _registry(warn_if_broken: bool = False) -> dict[str, dict]:
     """Every registered name. ``warn_if_broken``: a user registry file that cannot be used is reported as a warning
     and its entries left out, instead of raising."""
-    shipped = _shipped_registry()
+    shipped, path = _shipped_registry(), _user_registry_path()  # a bad LATENT_TRANSFORMS_HOME raises, never warns
     try:
-        user = _user_registry_data(shipped)["checkpoints"]
+        user = _user_registry_data(path, shipped)["checkpoints"]
     except ValueError as e:
         if not warn_if_broken:
             raise
@@ -356,6 +361,19 @@ def _registry(warn_if_broken: bool = False) -> dict[str, dict]:
     with _lock:
         runtime = dict(_registered)
     return {**shipped, **user, **runtime}
+
+
+@contextlib.contextmanager
+def _writing_cache_dir(directory: Path) -> Iterator[None]:
+    """Report an ``OSError`` from the block, which creates or writes files in the cache dir, as a ``HubError`` that
+    says what to do (the error itself may name a hidden temp file)."""
+    try:
+        yield
+    except OSError as e:
+        raise HubError(
+            f"cannot write to the cache dir {directory} ({e.strerror or e}); "
+            f"set LATENT_TRANSFORMS_HOME to a writable directory"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -382,23 +400,20 @@ def _edit_user_registry(edit: Callable[[dict[str, dict]], bool]) -> None:
     replace the file atomically, keeping the other entries (a broken file is reported before anything is touched)."""
     path = _user_registry_path()
     shipped = _shipped_registry()
-    _user_registry_data(shipped)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _user_registry_data(path, shipped)
+    with _writing_cache_dir(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
     with _user_registry_lock(path.parent):
-        data = _user_registry_data(shipped)  # again, under the lock: another process may have just changed it
+        data = _user_registry_data(path, shipped)  # again, under the lock: another process may have just changed it
         if not edit(data["checkpoints"]):
             return
-        with atomic_path(path) as tmp:
+        with _writing_cache_dir(path.parent), atomic_path(path) as tmp:
             Path(tmp).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def _persist(name: str, entry: dict, overwrite: bool) -> None:
-    """Add ``entry`` to the user registry file."""
+    """Add ``entry`` (in its JSON form) to the user registry file."""
     path = _user_registry_path()
-    try:
-        entry = json.loads(json.dumps(entry))
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"register(): entry {name!r} cannot be stored in {path} as JSON ({e})") from None
 
     def add(entries: dict[str, dict]) -> bool:
         if name in entries and not overwrite:
@@ -423,10 +438,15 @@ def register(name: str, *, file: str, sha256: str, config: dict, trained_on: str
     With ``persist=True`` the entry is also written to the user registry file, ``cache_dir() / "registry.json"``
     (created if missing, replaced atomically, other entries kept), so every later process finds the name too; a
     shipped checkpoint's name is refused there even with ``overwrite=True``. The file itself is not copied: put
-    it in ``cache_dir()`` (``latent-transforms register RUN.json`` does both for a trained run).
+    it in ``cache_dir()`` (``latent-transforms register RUN.json`` does both for a trained run). The entry is kept in
+    its JSON form, as a registry file holds it (a tuple becomes a list); values JSON cannot hold are refused.
     """
     entry = {"file": file, "sha256": sha256, "size": size, "config": dict(config), "trained_on": trained_on,
              "quality": dict(quality or {}), "notes": notes}
+    try:  # a tuple image_shape must compare equal to the list in the file's config
+        entry = json.loads(json.dumps(entry))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"register(): entry {name!r} is not JSON data ({e})") from None
     _check_entry(name, entry, "register()")
     if persist and name in _shipped_registry():
         raise ValueError(f"{_user_registry_path()}: {name!r} is a shipped checkpoint's name, which the user registry "
@@ -527,11 +547,14 @@ def _remote_url(file: str) -> str | None:
     base = os.environ.get("LATENT_TRANSFORMS_HUB_URL")
     if not base:
         return None
-    scheme = urllib.parse.urlsplit(base).scheme.lower()
+    parts = urllib.parse.urlsplit(base)
+    scheme = parts.scheme.lower()
     if scheme not in URL_SCHEMES:
-        raise ValueError(
-            f"LATENT_TRANSFORMS_HUB_URL={base!r} has unsupported scheme {scheme!r}; use one of {list(URL_SCHEMES)}"
-        )
+        raise ValueError(f"LATENT_TRANSFORMS_HUB_URL={base!r} has unsupported scheme {scheme!r}; use one of "
+                         f"{list(URL_SCHEMES)} (a local directory: file:///absolute/path)")
+    if scheme == "file" and parts.netloc not in ("", "localhost"):
+        raise ValueError(f"LATENT_TRANSFORMS_HUB_URL={base!r} reads {parts.netloc!r} as a host name; a local directory "
+                         f"is file:///absolute/path (three slashes)")
     return base.rstrip("/") + "/" + urllib.parse.quote(file)
 
 
@@ -541,7 +564,7 @@ def _verified(path: Path, sha256: str) -> bool:
 
 def _remove_abandoned_parts(dest: Path) -> None:
     """Delete temp files of downloads of ``dest`` that a killed process left (untouched for an hour and for twice
-    the read timeout: a live download writes at least once per timeout)."""
+    the read timeout: a live download writes what arrives, so at least once per timeout)."""
     cutoff = time.time() - max(3600.0, 2 * _timeout())
     for part in dest.parent.glob(f".{glob.escape(dest.name)}.*.part"):
         with contextlib.suppress(OSError):
@@ -551,16 +574,11 @@ def _remove_abandoned_parts(dest: Path) -> None:
 
 def _download(url: str, dest: Path, sha256: str, size: int | None = None) -> None:
     """Stream ``url`` to a unique temp file next to ``dest``, verify length (the ``Content-Length`` header and the
-    registry's ``size``) and sha256, then rename into place."""
-    try:
+    registry's ``size``, which also stops a body that runs past it) and sha256, then rename into place."""
+    with _writing_cache_dir(dest.parent):
         dest.parent.mkdir(parents=True, exist_ok=True)
         _remove_abandoned_parts(dest)
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    except OSError as e:
-        raise HubError(
-            f"cannot write to the cache dir {dest.parent} ({e.strerror or e}); "
-            f"set LATENT_TRANSFORMS_HOME to a writable directory"
-        ) from None
     try:
         with os.fdopen(fd, "wb") as out:
             try:
@@ -574,13 +592,20 @@ def _download(url: str, dest: Path, sha256: str, size: int | None = None) -> Non
             with response:
                 length = response.headers.get("Content-Length")
                 expected = int(length) if length and length.isdigit() else None
+                if None not in (expected, size) and expected != size:
+                    raise HubError(f"download of {dest.name} from {url} has the wrong length: Content-Length is "
+                                   f"{expected} bytes, the registry's size is {size} (not the registered file)")
                 digest, received = hashlib.sha256(), 0
                 with tqdm(total=expected, unit="B", unit_scale=True, desc=dest.name, disable=None) as bar:
                     try:
-                        while chunk := response.read(_CHUNK):
-                            out.write(chunk)
-                            digest.update(chunk)
+                        while chunk := response.read1(_CHUNK):  # what has arrived: read() waits for a whole _CHUNK
                             received += len(chunk)
+                            if size is not None and received > size:  # an endless body must not fill the disk
+                                raise HubError(f"download of {dest.name} from {url} is too long: the registry's size "
+                                               f"is {size} bytes, got at least {received}")
+                            out.write(chunk)
+                            out.flush()  # the .part file grows (and its mtime moves) as the data arrives
+                            digest.update(chunk)
                             bar.update(len(chunk))
                     except http.client.IncompleteRead as e:
                         raise HubError(f"download of {dest.name} from {url} is truncated: the connection closed "
@@ -630,29 +655,31 @@ def fetch(name: str) -> Path:
     return cached
 
 
-def _is_file(name_or_path: str) -> bool:
+def _is_path(name_or_path: str) -> bool:
+    """Whether ``load`` reads its argument as a path (``~`` expanded): an existing file; else, unless it is a
+    registered name (a name may match a folder in the cwd), a directory or what looks like a file path (a path
+    separator or the ``.safetensors`` suffix), so that a missing file is reported as one, not as an unknown name."""
     try:
-        return Path(name_or_path).is_file()
+        path = Path(name_or_path).expanduser()
+        if path.is_file():
+            return True
+        path_like = path.is_dir() or name_or_path.endswith(".safetensors") or \
+            any(s in name_or_path for s in _SEPARATORS)
     except OSError:  # e.g. a name too long for a path: not a file, so a registry name
         return False
-
-
-def _is_dir(name_or_path: str) -> bool:
-    """A path to a directory, unless it is also a registered name (a name may match a folder in the cwd)."""
-    try:
-        return Path(name_or_path).is_dir() and name_or_path not in _registry(warn_if_broken=True)
-    except OSError:
-        return False
+    return path_like and name_or_path not in _registry(warn_if_broken=True)
 
 
 def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") -> "Codec":
     """A frozen codec from a checkpoint file path or a registry name (``fetch``-ed, then cached in-process).
 
-    An existing file is read as safetensors whatever its suffix (a pickled ``.pt`` is refused, never run).
-    A name is read and verified once per process and device; every call returns its own copy, so moving or
-    casting one codec (``.to``, ``.double()``, a transform's ``.cuda()``) leaves the others alone.
+    An existing file is read as safetensors whatever its suffix (a pickled ``.pt`` is refused, never run); ``~`` is
+    expanded, and a path (with a separator or the ``.safetensors`` suffix) that is neither a file nor a registered
+    name is a ``FileNotFoundError``. A name is read and verified once per process and device; every call returns its
+    own copy, so moving or casting one codec (``.to``, ``.double()``, a transform's ``.cuda()``) leaves the others
+    alone.
     """
-    if isinstance(name_or_path, os.PathLike) or _is_file(name_or_path) or _is_dir(name_or_path):
+    if isinstance(name_or_path, os.PathLike) or _is_path(name_or_path):
         return load_checkpoint(name_or_path, device)
     name = str(name_or_path)
     key = (name, str(torch.device(device)))

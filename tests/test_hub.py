@@ -11,8 +11,10 @@ import re
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -29,13 +31,17 @@ GOOD = random.Random(0).randbytes(3000)  # the same in spawned child processes
 BAD = random.Random(1).randbytes(3000)
 SHA_GOOD = hashlib.sha256(GOOD).hexdigest()
 SLOW_SECONDS = 1.5
+STALL_SECONDS = 10.0  # longer than the tests' hub timeout (5 s): a client that waits for the body's end times out
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """Serves /good, /bad-hash, /truncated, /no-length, /slow (sleeps before the body), /error (500); 404 otherwise."""
+    """Serves /good, /bad-hash, /truncated, /no-length, /slow (sleeps before the body), /error (500), the ``stalled``
+    files (the first part of the body, then nothing until ``release`` is set); 404 otherwise."""
 
     counts: dict[str, int] = {}
     files: dict[str, bytes] = {}
+    stalled: dict[str, tuple[int | None, bytes, bytes]] = {}  # name -> (Content-Length or None, first part, rest)
+    release = threading.Event()
 
     def log_message(self, *args) -> None:
         pass
@@ -67,6 +73,17 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.flush()
                 time.sleep(SLOW_SECONDS)
                 self.wfile.write(GOOD)
+            elif name in self.stalled:
+                length, first, rest = self.stalled[name]
+                self.send_response(200)
+                if length is not None:
+                    self.send_header("Content-Length", str(length))
+                self.end_headers()
+                self.wfile.write(first)
+                self.wfile.flush()
+                self.release.wait(STALL_SECONDS)
+                self.wfile.write(rest)
+                self.close_connection = True
             elif name in self.files:
                 self._send(self.files[name])
             else:
@@ -78,6 +95,11 @@ class _Handler(BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def server():
     _Handler.files = {"good.safetensors": GOOD, "bad-hash.safetensors": BAD}
+    _Handler.stalled = {
+        "trickle.safetensors": (len(GOOD), GOOD[:1000], GOOD[1000:]),
+        "endless.safetensors": (None, GOOD + GOOD, b""),  # past the registered size, then no end
+        "long.safetensors": (2 * len(GOOD), GOOD, GOOD),  # announces twice the registered size
+    }
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     httpd.daemon_threads = True
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
@@ -100,6 +122,14 @@ def env(tmp_path, monkeypatch, server):
     monkeypatch.setattr(hub, "SHIPPED_DIR", tmp_path / "shipped")
     _Handler.counts.clear()
     return cache
+
+
+@pytest.fixture
+def release():
+    """The event that lets the stalled responses go on; set when the test ends, so no server thread is left waiting."""
+    _Handler.release.clear()
+    yield _Handler.release
+    _Handler.release.set()
 
 
 def _register(name: str, file: str, sha256: str = SHA_GOOD, **kw) -> None:
@@ -338,6 +368,24 @@ def test_unknown_name_lists_known_ones(env):
         hub.load("x" * 300)
 
 
+def test_load_expands_home_and_reports_a_missing_path_as_a_file(env, tmp_path, monkeypatch):
+    # "~/x.safetensors" was not expanded, and a missing path was "unknown checkpoint '...'", as if it were a name
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    hub.save_checkpoint(_codec(), tmp_path / "vae.safetensors")
+    assert hub.load("~/vae.safetensors").config == _codec().config
+    for missing, path in [("~/gone.safetensors", tmp_path / "gone.safetensors"), ("runs/gone", "runs/gone"),
+                          ("gone.safetensors", "gone.safetensors")]:
+        with pytest.raises(FileNotFoundError, match=f"no checkpoint file at {re.escape(str(path))}$"):
+            hub.load(missing)
+    with pytest.raises(hub.UnknownCheckpointError, match="unknown checkpoint 'gone'"):
+        hub.load("gone")
+    env.mkdir()
+    sha = hub.save_checkpoint(_codec(), env / "team-vae.safetensors")
+    _register("team/vae.safetensors", "team-vae.safetensors", sha256=sha)  # a name that looks like a path is a name
+    assert hub.load("team/vae.safetensors").config == _codec().config
+
+
 def test_a_file_whose_config_differs_from_the_registry_is_refused(env, tmp_path):
     sha = hub.save_checkpoint(_codec(), tmp_path / "vae.safetensors")
     _Handler.files["vae.safetensors"] = (tmp_path / "vae.safetensors").read_bytes()
@@ -363,6 +411,18 @@ def test_register_refuses_duplicates_and_bad_hashes(env):
     _register("a", "good.safetensors", overwrite=True)
     with pytest.raises(ValueError, match="sha256"):
         _register("b", "good.safetensors", sha256="abc")
+
+
+def test_register_keeps_the_json_form_so_a_tuple_image_shape_loads(env):
+    # the runtime entry kept the caller's tuple, the file's config has a list: "the file's config differs" in the
+    # registering process only (a new process read the JSON of the user registry and loaded it)
+    env.mkdir()
+    sha = hub.save_checkpoint(_codec(), env / "vae.safetensors")
+    hub.register("vae", file="vae.safetensors", sha256=sha, config={**CONFIG, "image_shape": (1, 8, 8)}, persist=True)
+    assert hub.load("vae").config == _codec().config
+    assert hub._entry("vae") == json.loads((env / "registry.json").read_text())["checkpoints"]["vae"]
+    with pytest.raises(ValueError, match="entry 'bad' is not JSON data"):  # refused with or without persist
+        _register("bad", "bad.safetensors", notes=torch.tensor(1.0))
 
 
 def _python(code: str, cache: Path) -> subprocess.CompletedProcess:
@@ -556,6 +616,38 @@ def test_short_download_without_content_length_is_named_by_the_registry_size(env
     assert list(env.iterdir()) == []
 
 
+@pytest.mark.parametrize("file, message", [
+    ("endless.safetensors", rf"is too long: the registry's size is {len(GOOD)} bytes, got at least \d+"),
+    ("long.safetensors",
+     rf"has the wrong length: Content-Length is {2 * len(GOOD)} bytes, the registry's size is {len(GOOD)}"),
+])
+def test_a_body_longer_than_the_registered_size_is_refused_before_it_ends(env, release, file, message):
+    # the size was compared only once the body had ended: an endless one filled the cache dir's disk. These servers
+    # stall after part of the body (past the size, or short of a Content-Length larger than it): a client that
+    # waits for the end times out instead
+    _register("long", file, size=len(GOOD))
+    with pytest.raises(hub.HubError, match=f"{file} .* {message}"):
+        hub.fetch("long")
+    assert list(env.iterdir()) == []
+
+
+def test_a_download_writes_what_has_arrived(env, release):
+    # read(1 MiB) waited for a whole MiB: the .part file (whose mtime tells a live download from an abandoned one)
+    # and the progress bar stood still until a small or slow download had ended
+    _register("trickle", "trickle.safetensors", size=len(GOOD))
+    sizes, deadline = [], time.monotonic() + 3
+    with ThreadPoolExecutor(1) as pool:
+        download = pool.submit(hub.fetch, "trickle")
+        try:
+            while sizes != [1000] and time.monotonic() < deadline:  # the server holds back all but 1000 bytes
+                time.sleep(0.02)
+                sizes = [part.stat().st_size for part in env.glob(".trickle.safetensors.*.part")]
+        finally:
+            release.set()
+        assert download.result(timeout=30).read_bytes() == GOOD
+    assert sizes == [1000]
+
+
 def test_parts_abandoned_by_killed_downloads_are_cleaned_up(env):
     env.mkdir()
     old, live = env / ".good.safetensors.k1ll3d.part", env / ".good.safetensors.l1v3.part"
@@ -614,6 +706,17 @@ def test_unsupported_scheme_is_refused(env, monkeypatch):
         hub.fetch("good")
 
 
+def test_a_file_url_with_a_host_suggests_three_slashes(env, monkeypatch):
+    # file://tmp/ckpts read "tmp" as a host: "cannot download ...: file not on local host"
+    monkeypatch.setenv("LATENT_TRANSFORMS_HUB_URL", "file://tmp/ckpts")
+    _register("good", "good.safetensors")
+    with pytest.raises(ValueError, match="reads 'tmp' as a host name; a local directory is file:///absolute/path"):
+        hub.fetch("good")
+    monkeypatch.setenv("LATENT_TRANSFORMS_HUB_URL", "/tmp/ckpts")
+    with pytest.raises(ValueError, match="unsupported scheme ''.*a local directory: file:///absolute/path"):
+        hub.fetch("good")
+
+
 def test_no_url_says_where_it_looked(env, monkeypatch):
     monkeypatch.delenv("LATENT_TRANSFORMS_HUB_URL")
     _register("good", "good.safetensors")
@@ -668,6 +771,53 @@ def test_cache_dir_that_cannot_be_created(env, tmp_path, monkeypatch):
     _register("good", "good.safetensors")
     with pytest.raises(hub.HubError, match="cannot write to the cache dir.*LATENT_TRANSFORMS_HOME"):
         hub.fetch("good")
+
+
+def test_registering_into_a_cache_dir_that_cannot_be_written_says_so(env, tmp_path, monkeypatch):
+    # it gave the raw OSError, which named a hidden temp file: "Permission denied: '.../.registry.json.x1y2.part'"
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(blocker / "cache"))
+    message = "cannot write to the cache dir {} .*; set LATENT_TRANSFORMS_HOME to a writable directory"
+    with pytest.raises(hub.HubError, match=message.format(re.escape(str(blocker / "cache")))):
+        _register("a", "good.safetensors", persist=True)
+    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(env))
+    _register("a", "good.safetensors", persist=True)
+
+    def read_only_dir(*args, **kwargs):  # as root (CI), chmod does not make a directory read-only
+        raise PermissionError(13, "Permission denied", str(env / ".registry.json.x1y2.part"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only_dir)
+    for call in (lambda: _register("b", "good.safetensors", persist=True), lambda: hub.unregister("a", persist=True)):
+        with pytest.raises(hub.HubError, match=message.format(re.escape(str(env)))) as e:
+            call()
+        assert ".part" not in str(e.value)
+    assert list(json.loads((env / "registry.json").read_text())["checkpoints"]) == ["a"]
+
+
+def test_a_relative_cache_dir_is_refused_and_a_relative_xdg_cache_home_ignored(env, tmp_path, monkeypatch, capsys,
+                                                                               recwarn):
+    # a relative LATENT_TRANSFORMS_HOME moved with the current directory: a name registered "for every later process"
+    # was unknown to a process started elsewhere
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", "~/lt")
+    assert hub.cache_dir() == tmp_path / "lt"
+    _register("good", "good.safetensors")
+    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", "lt-home")
+    with pytest.raises(ValueError, match="LATENT_TRANSFORMS_HOME='lt-home' is a relative path.*give an absolute path"):
+        hub.cache_dir()
+    for argv in (["list"], ["fetch", "good"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and "LATENT_TRANSFORMS_HOME='lt-home' is a relative" in err
+    assert recwarn.list == [] and list(tmp_path.iterdir()) == []  # no "left out until fixed" warning, nothing written
+    monkeypatch.delenv("LATENT_TRANSFORMS_HOME")
+    monkeypatch.setenv("XDG_CACHE_HOME", "rel-cache")
+    assert hub.cache_dir() == tmp_path / ".cache" / "latent-transforms"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert hub.cache_dir() == tmp_path / "xdg" / "latent-transforms"
 
 
 def test_concurrent_threads_fetch_one_good_file(env):
