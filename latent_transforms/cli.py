@@ -12,6 +12,8 @@ import shutil
 import sys
 from pathlib import Path
 
+import torch
+
 from . import __version__, demo, hub, train
 
 PROG = "latent-transforms"
@@ -107,8 +109,9 @@ def _cmd_register(args: argparse.Namespace) -> None:
         raise ValueError(f"{source} does not match {run}: its sha256 is {sha}, the run's is {entry['sha256']} "
                          f"(changed after training?); nothing registered")
     dest = hub.cache_dir() / file
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with hub.atomic_path(dest) as tmp:  # the file appears only once it is registered
+    with hub._writing_cache_dir(dest.parent):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    with hub._writing_cache_dir(dest.parent), hub.atomic_path(dest) as tmp:  # the file appears once it is registered
         shutil.copyfile(source, tmp)
         if hub.sha256_file(tmp) != entry["sha256"]:
             raise ValueError(f"{source} changed while it was copied; nothing registered")
@@ -172,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _out_of_memory(e: RuntimeError) -> bool:
+    """Whether ``e`` is an allocation failure: a device's ``OutOfMemoryError`` or the CPU allocator's error."""
+    return isinstance(e, torch.cuda.OutOfMemoryError) or "can't allocate memory" in str(e)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns 0, or exits with status 2 after a one-line error on stderr."""
     args = build_parser().parse_args(argv)
@@ -179,6 +187,12 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except (hub.HubError, LookupError, ValueError, OSError, ImportError, ArithmeticError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except RuntimeError as e:  # only out of memory: any other is a bug, and its traceback is wanted
+        if not _out_of_memory(e):
+            raise
+        print(f"{PROG}: error: out of memory ({' '.join(str(e).split())}); with `train`, try a smaller --batch-size "
+              f"or --hidden", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

@@ -89,6 +89,12 @@ def cache_dir() -> Path:
     return (xdg if xdg.is_absolute() else Path("~/.cache").expanduser()) / "latent-transforms"
 
 
+def weights_beyond(codec: "Codec", dtype: torch.dtype) -> list[str]:
+    """Names of ``codec``'s weights with finite values that ``dtype`` would store as inf."""
+    return [k for k, v in codec.state_dict().items()
+            if v.is_floating_point() and bool((torch.isfinite(v) & ~torch.isfinite(v.detach().to(dtype))).any())]
+
+
 def sha256_tensors(*tensors: torch.Tensor) -> str:
     """sha256 (hex) of the tensors' bytes, in order (on the CPU, contiguous): the identity of a data set."""
     digest = hashlib.sha256()
@@ -209,8 +215,7 @@ def save_checkpoint(codec: "Codec", path: str | os.PathLike, dtype: torch.dtype 
         k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).cpu().contiguous().clone()
         for k, v in codec.state_dict().items()
     }
-    overflow = [k for k, v in codec.state_dict().items()
-                if v.is_floating_point() and bool((torch.isfinite(v.detach().cpu()) & ~torch.isfinite(tensors[k])).any())]
+    overflow = weights_beyond(codec, dtype)
     if overflow:
         raise ValueError(f"weights {overflow} do not fit in {dtype} (they would be stored as inf); save as float32")
     return write_safetensors(path, tensors, metadata)

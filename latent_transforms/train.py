@@ -151,6 +151,11 @@ def _bad_state(path: str | os.PathLike, why: str) -> ValueError:
 
 
 # -- evaluation --------------------------------------------------------------------------------------------
+def _nan_max(a: float, b: float) -> float:
+    """``max(a, b)``, NaN if either is NaN (Python's ``max(0.0, nan)`` is 0.0: a diverged codec looked exact)."""
+    return math.nan if math.isnan(a) or math.isnan(b) else max(a, b)
+
+
 @torch.no_grad()
 def eval_codec(codec: Codec, x: torch.Tensor, batch_size: int = 256, seed: int = 0) -> dict:
     """Test metrics of a codec on images ``x`` (N, C, H, W) in [0, 1] (moved to the codec's device batch by batch).
@@ -180,7 +185,7 @@ def eval_codec(codec: Codec, x: torch.Tensor, batch_size: int = 256, seed: int =
                     bpd = codec.bits_per_dim(x_deq)
                 sums["bits_per_dim"] = sums.get("bits_per_dim", 0.0) + float(bpd.sum())
                 err = (codec.decode(codec.encode(xb)) - xb).abs().max()
-                maxes["roundtrip_max_err"] = max(maxes.get("roundtrip_max_err", 0.0), float(err))
+                maxes["roundtrip_max_err"] = _nan_max(maxes.get("roundtrip_max_err", 0.0), float(err))
             elif codec.kind == "vae":
                 terms = codec.elbo_terms(xb, generator=gen)
                 rec, kl = terms["rec"], terms["kl"]
@@ -476,7 +481,8 @@ class _TrainingRun:
             schedule.append({"from_step": step, **length})
 
     def run(self, started: float, limit_s: float | None, bar_desc: str | None, say) -> bool:
-        """Train to the end of the run, or until ``limit_s`` seconds after ``started`` (``time.perf_counter()``).
+        """Train to the end of the run, or until ``limit_s`` seconds after ``started`` (``time.perf_counter()``), but
+        at least one step: a limit shorter than the call's set-up would otherwise train nothing on every call.
 
         Checkpoints every ``checkpoint_every`` steps and at the end; shows a tqdm bar titled ``bar_desc`` unless it
         is None. A SIGINT or SIGTERM (see ``_defer_signals``) ends the loop at the next step boundary, like the time
@@ -497,9 +503,7 @@ class _TrainingRun:
         t_last = time.perf_counter()
         replaced = self._defer_signals(say)
         try:
-            while not self.finished():
-                if self.stop_signal is not None or (limit_s is not None and time.perf_counter() - started >= limit_s):
-                    break
+            while not self.finished() and self.stop_signal is None:
                 epoch, pos = divmod(step, self.steps_per_epoch)
                 if epoch != perm_epoch:
                     perm, perm_epoch = self._epoch_order(epoch), epoch
@@ -530,6 +534,8 @@ class _TrainingRun:
                 if step % self.checkpoint_every == 0:
                     self.checkpoint()
                     t_last = time.perf_counter()
+                if limit_s is not None and time.perf_counter() - started >= limit_s:
+                    break
             self.info["complete"] = self.finished()
             self.checkpoint()
         finally:  # a KeyboardInterrupt raised mid-step saves nothing: the state would mix two steps
@@ -609,28 +615,45 @@ def _store(codec: Codec, codec_kind: str, ckpt: Path, fp16: bool, probe: torch.T
 
     Returns ``(stored codec, sha256, dtype, fallback)``; ``fallback`` says why fp16 was rejected, else None.
     """
-    dtype, fallback = (torch.float16 if fp16 else torch.float32), None
     meta = {"name": name, "trained_by": "latent_transforms.train"}
-    sha = hub.save_checkpoint(codec, ckpt, dtype=dtype, extra_metadata=meta)
-    stored = hub.load_checkpoint(ckpt, dev)
+    fallback = None
     if fp16:
-        if codec_kind == "glow":
-            err = _roundtrip_err(stored, probe)
-            bad = not err <= ROUNDTRIP_TOL
-            why = f"decode(encode(x)) errs by {err:.2e} > {ROUNDTRIP_TOL}"
-        else:
-            with torch.no_grad():
-                p = probe.to(dev)
-                err = float((stored.decode(stored.encode(p)) - codec.decode(codec.encode(p))).abs().max())
-            bad = not err <= VAE_FP16_TOL
-            why = f"its reconstructions differ from fp32 by {err:.2e} > {VAE_FP16_TOL}"
-        if bad:
-            fallback = f"fp16 copy rejected ({why}); stored fp32"
-            say(fallback)
-            dtype = torch.float32
-            sha = hub.save_checkpoint(codec, ckpt, dtype=dtype, extra_metadata=meta)
+        big = hub.weights_beyond(codec, torch.float16)
+        why = f"weights beyond the float16 range: {', '.join(big[:3])}{' ...' if len(big) > 3 else ''}" if big else None
+        if why is None:
+            sha = hub.save_checkpoint(codec, ckpt, dtype=torch.float16, extra_metadata=meta)
             stored = hub.load_checkpoint(ckpt, dev)
-    return stored, sha, dtype, fallback
+            why = _fp16_inaccuracy(codec, stored, codec_kind, probe)
+            if why is None:
+                return stored, sha, torch.float16, None
+        fallback = f"fp16 copy rejected ({why}); stored fp32"
+        say(fallback)
+    sha = hub.save_checkpoint(codec, ckpt, dtype=torch.float32, extra_metadata=meta)
+    return hub.load_checkpoint(ckpt, dev), sha, torch.float32, fallback
+
+
+def _fp16_inaccuracy(codec: Codec, stored: Codec, codec_kind: str, probe: torch.Tensor) -> str | None:
+    """Why ``stored``, the float16 copy of ``codec``, is not accurate enough on ``probe`` (B, C, H, W), or None."""
+    if codec_kind == "glow":
+        err, tol, what = _roundtrip_err(stored, probe), ROUNDTRIP_TOL, "decode(encode(x)) errs by"
+    else:
+        with torch.no_grad():
+            p = probe.to(stored.device)
+            err = float((stored.decode(stored.encode(p)) - codec.decode(codec.encode(p))).abs().max())
+        tol, what = VAE_FP16_TOL, "its reconstructions differ from fp32 by"
+    return None if err <= tol else f"{what} {err:.2e} > {tol}"
+
+
+def _refuse_diverged(metrics: dict[str, float], run: _TrainingRun, ckpt: Path) -> None:
+    """Raise ``FloatingPointError`` (and delete ``ckpt``) if a test metric is not finite: the weights diverged."""
+    bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+    if bad:
+        ckpt.unlink()
+        raise FloatingPointError(
+            f"the run diverged: test {', '.join(bad)} not finite (non-finite training losses: "
+            f"{run.info['nonfinite_steps']}); no checkpoint written, the training state stays in {run.state_path}; "
+            f"lower lr (--lr, now {run.lr:g}) or grad_clip (--grad-clip) and start afresh (--no-resume)"
+        )
 
 
 def _report(run: _TrainingRun, stored: Codec, *, name: str, ckpt: Path, sha: str, dtype: torch.dtype,
@@ -767,11 +790,14 @@ def train_codec(
         config: further codec config overrides.
         epochs: length of the whole run in epochs (over every resumed call); it fixes the LR schedule.
         max_steps: length of the whole run in optimizer steps, instead of ``epochs``.
-        max_minutes: with ``epochs``/``max_steps``, this call's time limit (stop cleanly, save, resume later);
+        max_minutes: with ``epochs``/``max_steps``, this call's time limit (stop cleanly, save, resume later;
+            each call trains at least one step);
             alone, the length of the whole run in training minutes (the LR schedule follows the time spent).
         batch_size: training batch size.
-        lr: peak learning rate, reached after ``warmup_steps`` (capped at a fifth of the run) of linear warm-up,
-            then decayed with a cosine to 0 at the end of the run.
+        lr: peak learning rate, reached after ``warmup_steps`` of linear warm-up (capped at a fifth of the run
+            when ``epochs`` or ``max_steps`` sets its length; with ``max_minutes`` alone it is not capped and
+            overlaps the decay, so a short run may not reach ``lr``), then decayed with a cosine to 0 at the end
+            of the run.
         warmup_steps: linear warm-up length.
         grad_clip: max gradient norm (default 50 for flows, none for VAEs).
         ema_decay: keep an exponential moving average of the weights with this decay (e.g. 0.999) and save
@@ -784,9 +810,9 @@ def train_codec(
             first step compiles: about 70 s for glow-cifar10's architecture on a CPU). Same math, other random
             dequantisation noise; not a setting a resumed run must keep. On a CPU each step was 1.24x slower
             (docs/checkpoints.md).
-        resume: continue from ``out_dir/<name>.state.safetensors`` if present (same config, data size, batch
-            size, seed, ``ema_decay``, ``lr``, ``warmup_steps``, ``grad_clip``, ``flips`` and ``translate``
-            required; the run's
+        resume: continue from ``out_dir/<name>.state.safetensors`` if present (same config, training images
+            (count and content), batch size, seed, ``ema_decay``, ``lr``, ``warmup_steps``, ``grad_clip``,
+            ``flips`` and ``translate`` required; the run's
             length may change: the LR schedule follows the new length from the current step on, and the JSON's
             ``schedule`` says which steps followed which length); ``False`` starts afresh and overwrites it.
         x_test: images for the final metrics and the PNG; default: up to 1,000 training images.
@@ -806,7 +832,8 @@ def train_codec(
     Returns a dict: ``complete`` (False when stopped by ``max_minutes`` or a signal before the end of the run; then
     only the state file was written), ``step``, ``total_steps``, ``epochs_done``, ``wall_time_s`` (this call),
     ``train_time_s`` (all calls), ``state``, and when complete ``codec`` (the frozen stored codec), ``checkpoint``,
-    ``json``, ``png``, ``sha256``, ``dtype``, ``metrics``.
+    ``json``, ``png``, ``sha256``, ``dtype``, ``metrics``. A run whose test metrics are not finite (it diverged)
+    raises ``FloatingPointError`` instead, leaving only the state file.
     """
     t_call = time.perf_counter()
     codec_kind = _codec_kind(kind)
@@ -886,13 +913,14 @@ def train_codec(
         old.unlink(missing_ok=True)
     stored, sha, dtype, fallback = _store(codec, codec_kind, ckpt, fp16, x_eval[:256], name, dev, say)
     metrics = eval_codec(stored, x_eval, seed=seed)
+    _refuse_diverged(metrics, run, ckpt)
     temperature = 0.7 if codec_kind == "glow" else 1.0
     _save_grid(stored, x_eval, png, n=min(16, x_eval.shape[0]), temperature=temperature, seed=seed)
     report = _report(run, stored, name=name, ckpt=ckpt, sha=sha, dtype=dtype, fallback=fallback, x_train=x_train,
                      data_description=data_description, ema_decay=ema_decay, metrics=metrics, eval_on=eval_on,
                      compiled=compile)
     with hub.atomic_path(js) as tmp:
-        Path(tmp).write_text(json.dumps(report, indent=2) + "\n")
+        Path(tmp).write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")  # strict JSON: no NaN
     wall = time.perf_counter() - t_call
     _say_written(say, report, ckpt, js, png, metrics)
     result.update({"codec": stored, "checkpoint": str(ckpt), "json": str(js), "png": str(png), "sha256": sha,
@@ -965,6 +993,9 @@ def _cmd_train(args: argparse.Namespace) -> dict:
         x_test, _, test_bins = load_images(test_spec, "test", args.data_root)
         if test_bins != num_bins:
             raise ValueError(f"--test-data has {test_bins} intensity levels, --data {num_bins}")
+        if x_test.shape[1:] != x.shape[1:]:  # e.g. a folder: of grey images, one of them colour, is RGB
+            raise ValueError(f"--test-data images are {tuple(x_test.shape[1:])}, --data images {tuple(x.shape[1:])} "
+                             f"(channels, height, width)")
     codec_kind = KINDS[args.kind]
     name = args.name or f"{codec_kind}-{describe_spec(args.data)}"
     split = " (train split)" if builtin else ""

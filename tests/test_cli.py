@@ -11,7 +11,7 @@ import pytest
 
 import torch
 
-from latent_transforms import __version__, hub
+from latent_transforms import __version__, hub, train
 from latent_transforms.cli import PROG, main
 from latent_transforms.codecs import build_codec
 
@@ -197,9 +197,20 @@ def test_register_that_fails_while_writing_the_registry_leaves_no_checkpoint(tmp
 
     monkeypatch.setattr(hub, "_persist", full_disk)
     code, _, err = _exit_code(["register", str(js)], capsys)
-    assert code == 2 and err == f"{PROG}: error: [Errno 28] No space left on device\n"
+    assert code == 2 and err == (f"{PROG}: error: cannot write to the cache dir {hub.cache_dir()} (No space left on "
+                                 f"device); set LATENT_TRANSFORMS_HOME to a writable directory\n")
     assert _cache_files() == []  # the copy is only renamed into place once registered: no file, no .part
     assert "zz-run" not in hub._registry()
+
+
+def test_register_into_a_cache_dir_that_cannot_be_made_says_so(tmp_path, capsys, monkeypatch):
+    # the raw OSError named the directory's parent, or a hidden .part file
+    _, js = _run_files(tmp_path / "runs", "zz-run")
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(tmp_path / "a-file" / "cache"))
+    code, out, err = _exit_code(["register", str(js)], capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1 and ".part" not in err
+    assert f"cannot write to the cache dir {tmp_path / 'a-file' / 'cache'}" in err and "LATENT_TRANSFORMS_HOME" in err
 
 
 @pytest.mark.parametrize("content, message", [
@@ -268,6 +279,53 @@ def test_train_infinite_epochs_is_a_clear_error(tmp_path, capsys):
     pytest.importorskip("sklearn")
     code, _, err = _exit_code(["train", "flow", "--data", "digits", "--out", str(tmp_path), "--epochs", "inf"], capsys)
     assert code == 2 and err == f"{PROG}: error: epochs must be a finite number in (0, inf), got inf\n"
+
+
+def test_train_test_data_of_another_shape_names_the_options(tmp_path, capsys):
+    grey, colour = tmp_path / "grey.npz", tmp_path / "colour.npz"
+    np.savez(grey, x=np.zeros((4, 8, 8), dtype=np.uint8))
+    np.savez(colour, x=np.zeros((4, 8, 8, 3), dtype=np.uint8))
+    code, _, err = _exit_code(["train", "flow", "--data", f"npz:{grey}", "--test-data", f"npz:{colour}", "--out",
+                               str(tmp_path / "o"), "--max-steps", "1", "--quiet"], capsys)
+    # was: x_test images are (3, 8, 8), x_train images (1, 8, 8)
+    assert code == 2 and err == f"{PROG}: error: --test-data images are (3, 8, 8), --data images (1, 8, 8) " \
+                                "(channels, height, width)\n"
+
+
+@pytest.mark.parametrize("error", [
+    torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB."),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried "
+                 "to allocate 4000000000000 bytes. Error code 12 (Cannot allocate memory)"),
+])
+def test_train_out_of_memory_is_a_clear_error(tmp_path, capsys, monkeypatch, error):
+    pytest.importorskip("sklearn")
+
+    errors = [error, RuntimeError("another RuntimeError: a bug, shown with its traceback")]
+
+    def fail(*args, **kwargs):
+        raise errors.pop(0)
+
+    monkeypatch.setattr(train, "train_codec", fail)
+    argv = ["train", "flow", "--data", "digits", "--out", str(tmp_path), "--max-steps", "1", "--quiet"]
+    code, _, err = _exit_code(argv, capsys)  # was a traceback
+    assert code == 2 and err == f"{PROG}: error: out of memory ({error}); with `train`, try a smaller --batch-size " \
+                                "or --hidden\n"
+    with pytest.raises(RuntimeError, match="another RuntimeError"):
+        main(argv)
+
+
+def test_train_diverged_run_is_a_clear_error(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    code, out, err = _exit_code(["train", "flow", "--data", "digits", "--out", str(tmp_path / "o"), "--name", "g",
+                                 "--levels", "1", "--steps", "1", "--hidden", "8", "--max-steps", "2", "--lr", "1e30",
+                                 "--device", "cpu"], capsys)
+    # was: exit 0, test bits_per_dim NaN in g.json (non-standard JSON) and "register it: ..."
+    last = err.splitlines()[-1]
+    assert code == 2 and "Traceback" not in err and "register it" not in out and "wrote" not in out
+    assert last.startswith(f"{PROG}: error: the run diverged: test bits_per_dim, roundtrip_max_err not finite")
+    assert f"the training state stays in {tmp_path / 'o' / 'g.state.safetensors'}" in last
+    assert "--lr" in last and "--grad-clip" in last and "--no-resume" in last
+    assert [p.name for p in (tmp_path / "o").iterdir()] == ["g.state.safetensors"]
 
 
 def test_train_malformed_state_is_a_clear_error(tmp_path, capsys):

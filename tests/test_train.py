@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shlex
@@ -21,7 +22,7 @@ from safetensors.torch import save_file
 
 from latent_transforms import hub, train
 from latent_transforms.cli import main
-from latent_transforms.codecs import Glow
+from latent_transforms.codecs import Glow, build_codec
 from latent_transforms.data import describe_spec, load_images, low_data_split
 from latent_transforms.train import WeightEMA, eval_codec, load_training_state, register_cli, train_codec
 
@@ -231,6 +232,20 @@ def test_low_data_split():
 
 
 # -- training -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("nan_batch", [0, 1])
+def test_eval_codec_reports_a_nan_round_trip(digits, monkeypatch, nan_batch):
+    codec = build_codec(train.default_config("flow", (1, 8, 8), **FLOW))
+    decode, calls = codec.decode, []
+
+    def decode_nan_in_one_batch(z):
+        calls.append(z)
+        return decode(z) * (math.nan if len(calls) == nan_batch + 1 else 1.0)
+
+    monkeypatch.setattr(codec, "decode", decode_nan_in_one_batch)
+    metrics = eval_codec(codec, digits[2][:64], batch_size=32)
+    assert len(calls) == 2 and math.isnan(metrics["roundtrip_max_err"])  # was 0.0 or the other batch's error
+
+
 def test_flow_trains_writes_files_and_loads(tmp_path, digits):
     x, _, xt, _, _ = digits
     tiny = x[:64]
@@ -343,8 +358,9 @@ def test_ema_weights_are_saved_resumed_and_shipped(tmp_path, digits):
 
 def test_time_budget_stops_cleanly_then_resumes(tmp_path, digits):
     x = digits[0][:64]
-    r = train_codec("vae", x, tmp_path, **VAE, max_steps=50, max_minutes=1e-9, progress=False)
-    assert not r["complete"] and r["step"] == 0
+    for step in (1, 2):  # a limit shorter than the set-up: one step per call (was 0 on every call, forever)
+        r = train_codec("vae", x, tmp_path, **VAE, max_steps=50, max_minutes=1e-9, progress=False)
+        assert not r["complete"] and r["step"] == step
     assert {p.name for p in tmp_path.iterdir()} == {"vae.state.safetensors"}
     r = train_codec("vae", x, tmp_path, **VAE, max_steps=5, progress=False)
     assert r["complete"] and r["step"] == 5 and (tmp_path / "vae.safetensors").is_file()
@@ -527,6 +543,22 @@ def test_fp16_flow_falls_back_to_fp32_when_inexact(tmp_path, digits, monkeypatch
         assert all(f.get_tensor(k).dtype != torch.float16 for k in f.keys())
 
 
+def test_fp16_falls_back_to_fp32_for_weights_beyond_its_range(tmp_path, digits, monkeypatch):
+    store = train._store
+
+    def with_a_huge_bias(codec, *args, **kwargs):
+        with torch.no_grad():
+            codec.decoder[5].bias.fill_(-1e5)  # beyond float16's 65504; the reconstructions stay finite
+        return store(codec, *args, **kwargs)
+
+    monkeypatch.setattr(train, "_store", with_a_huge_bias)
+    r = train_codec("vae", digits[0][:32], tmp_path, **VAE, max_steps=2, fp16=True, progress=False)  # was ValueError
+    report = json.loads((tmp_path / "vae.json").read_text())
+    assert r["dtype"] == torch.float32 and report["dtype"] == "float32"
+    assert report["fp16_fallback"] == "fp16 copy rejected (weights beyond the float16 range: decoder.5.bias); stored fp32"
+    assert float(r["codec"].decoder[5].bias) == -1e5
+
+
 def test_bad_arguments(tmp_path, digits):
     x = digits[0][:16]
     with pytest.raises(ValueError, match="length of the run"):
@@ -646,7 +678,6 @@ def test_report_states_the_schedule_each_step_followed(tmp_path, digits):
     def schedule():
         return json.loads((tmp_path / "glow.json").read_text())["training"]["schedule"]
 
-    train_codec("flow", x, tmp_path, **kw, max_steps=4, max_minutes=1e-9)  # stops at step 0: 4 steps never used
     train_codec("flow", x, tmp_path, **kw, max_steps=3)
     assert schedule() == "linear warm-up 0 steps, cosine decay to 0 over 3 steps"
     r = train_codec("flow", x, tmp_path, **kw, max_steps=6)  # extended: the cosine follows 6 steps from step 3
@@ -656,6 +687,8 @@ def test_report_states_the_schedule_each_step_followed(tmp_path, digits):
     assert schedule() == extended
     r = train_codec("flow", x, tmp_path, **kw, max_steps=2)  # shorter than done: nothing trained, same schedule
     assert r["step"] == 6 and schedule() == extended
+    train_codec("flow", x, tmp_path, **kw, max_steps=6)  # a length that trained no step leaves the saved schedule
+    assert len(load_training_state(tmp_path / "glow.state.safetensors")[2]["schedule"]) == 2
     # a run defined by time, resumed with a step count it has already passed
     r = train_codec("flow", x, tmp_path / "t", **kw, max_minutes=1e-4)
     train_codec("flow", x, tmp_path / "t", **kw, max_steps=1)
