@@ -97,8 +97,8 @@ def _check_predictions(probs: torch.Tensor, y: torch.Tensor) -> None:
     if not isinstance(probs, torch.Tensor) or probs.ndim != 2 or not probs.is_floating_point() or not len(probs):
         raise ValueError(f"probs must be a non-empty (N, K) float tensor, got "
                          f"{tuple(probs.shape) if isinstance(probs, torch.Tensor) else type(probs).__name__}")
-    lo, hi, worst = torch.stack([probs.min(), probs.max(), (probs.sum(1) - 1).abs().max()]).tolist()
-    if not (lo >= 0 and hi <= 1 and worst <= 1e-3):  # NaN fails too
+    lo, hi, worst = torch.stack([probs.min(), probs.max(), (probs.float().sum(1) - 1).abs().max()]).float().tolist()
+    if not (lo >= 0 and hi <= 1 and worst <= max(1e-3, torch.finfo(probs.dtype).eps)):  # NaN fails; bf16 rows pass
         raise ValueError(f"probs must be probabilities (rows in [0, 1] summing to 1; softmax logits first), got "
                          f"values in [{lo:.4g}, {hi:.4g}] and a row sum off by {worst:.3g}")
     if isinstance(y, torch.Tensor) and (y.ndim != 1 or len(y) != len(probs)):
@@ -119,10 +119,11 @@ def reliability_bins(probs: torch.Tensor, y: torch.Tensor, bins: int = 15) -> di
     _check_predictions(probs, y)
     check_count("bins", bins, low=1)
     conf, pred = probs.max(1)
+    conf = conf.float()  # binned in float32: bf16's conf * bins lands in the wrong bin
     idx = (conf * bins).ceil().long().clamp(1, bins) - 1
-    sums = torch.zeros(3, bins, device=probs.device)  # float32: exact counts up to 2^24 samples, and MPS has no fp64
+    sums = torch.zeros(3, bins, device=probs.device)  # float32 (MPS has no fp64): counts exact up to 2^24 samples
     sums[0].index_add_(0, idx, torch.ones_like(conf, dtype=torch.float32))
-    sums[1].index_add_(0, idx, conf.float())
+    sums[1].index_add_(0, idx, conf)
     sums[2].index_add_(0, idx, (pred == y).float())
     return dict(zip(("count", "confidence_sum", "correct_sum"), sums))
 

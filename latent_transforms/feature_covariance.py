@@ -22,7 +22,8 @@ class FeatureCovariance(nn.Module):
 
     which is the official ISDA estimator and equals the biased covariance of all features seen so far. Classes
     absent from a batch keep their statistics bit for bit. The update is vectorised over classes. Non-finite rows
-    (any NaN or inf, e.g. an fp16 overflow step that GradScaler skips) are ignored: they change no statistic.
+    (any NaN or inf, e.g. an fp16 overflow step that GradScaler skips) and rows with an entry whose square could
+    overflow (beyond 1.8e13 in float32) are ignored: they change no statistic.
 
     Args:
         num_classes: K.
@@ -37,13 +38,14 @@ class FeatureCovariance(nn.Module):
         mean: (K, A); cov: (K, A, A) or (K, A) if diagonal; count: (K,) int64.
 
     Convention:
-        The buffers are float32 by default (float64 when lazily sized by float64 features; or call ``.double()``).
-        The update runs with autocast off in the wider of their dtype and float32, and writes back in their dtype:
-        bf16/fp16 features are upcast, and ``.half()`` buffers lose precision but never counts. The matrix products
+        The buffers are float32 by default (float64 when lazily sized by float64 features, or ``.double()`` once
+        sized). The update runs with autocast off in the wider of their dtype and float32, and writes back in their
+        dtype: bf16/fp16 features are upcast; bf16/fp16 buffers are refused by :meth:`update` (``ValueError``), as
+        their running means stop moving. The matrix products
         follow torch's TF32 switch (``torch.backends.cuda.matmul.allow_tf32``; the benchmarks turn it on for the
         classifier): on a GPU with it on, their inputs are rounded to TF32's 10-bit mantissa (unlike the codecs,
         which turn it off to invert exactly). Features are detached. A feature on another device than the buffers
-        raises ``ValueError`` (nothing is moved silently).
+        raises ``ValueError``, and so do labels on another device than the features (nothing is moved silently).
     """
 
     mean: torch.Tensor | None
@@ -97,9 +99,14 @@ class FeatureCovariance(nn.Module):
             raise ValueError(f"features must be (N, A), got shape {tuple(features.shape)}")
         if y.ndim != 1 or y.shape[0] != features.shape[0]:
             raise ValueError(f"y must be (N,) with N={features.shape[0]} (the features' batch), got {tuple(y.shape)}")
+        if y.device != features.device:
+            raise ValueError(f"y is on {y.device} but the features on {features.device} (nothing is moved silently)")
         if check_y:
             check_labels(y, features.shape[0], self.num_classes)
         if self.mean is not None:
+            if self.mean.dtype in (torch.float16, torch.bfloat16):
+                raise ValueError(f"the class statistics are {self.mean.dtype}: their running means would stop moving "
+                                 f"after a few hundred samples per class; keep them in float32 (.float())")
             if features.shape[1] != self.mean.shape[1]:
                 raise ValueError(f"features have dimension {features.shape[1]}, the statistics {self.mean.shape[1]}")
             if features.device != self.mean.device:
@@ -111,7 +118,7 @@ class FeatureCovariance(nn.Module):
         else:
             dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
         with torch.autocast(features.device.type, enabled=False):
-            a, y = features.detach().to(dtype), y.to(features.device)
+            a = features.detach().to(dtype)
             if self.sync and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
                 a, y = _all_gather_rows(a, y)
             if self.mean is None:
@@ -119,9 +126,11 @@ class FeatureCovariance(nn.Module):
             self._merge(a, y)
 
     def _merge(self, a: torch.Tensor, y: torch.Tensor) -> None:
-        """Merge ``a: (N, A)`` in the compute dtype with ``y: (N,)``; non-finite rows go to a dummy class ``K``."""
+        """Merge ``a: (N, A)`` in the compute dtype with ``y: (N,)``; rows with a NaN, an inf or an entry too large
+        to square safely go to a dummy class ``K``."""
         k, dim = self.mean.shape
-        finite = torch.isfinite(a).all(1, keepdim=True)                       # (N, 1); no host sync
+        bound = torch.finfo(a.dtype).max ** 0.5 / 2**20  # 1.8e13 in float32: sums of squares stay finite
+        finite = (a.abs() <= bound).all(1, keepdim=True)                      # (N, 1), False for NaN; no host sync
         a = a.masked_fill(~finite, 0)
         y = torch.where(finite.squeeze(1), y, k)                              # in [0, K]
         counts = torch.bincount(y, minlength=k + 1)                           # (K + 1,) int64

@@ -73,8 +73,6 @@ def isda_logits(logits: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, cov
                              f"{describe(lam)}")
     else:
         lam = check_number("lam", lam)
-    if isinstance(lam, float) and lam == 0:
-        return logits
     n, c = logits.shape
     if weight.ndim != 2 or weight.shape[0] != c:
         raise ValueError(f"weight must be (C, A) with C={c} (the logits' classes), got {tuple(weight.shape)}")
@@ -85,6 +83,8 @@ def isda_logits(logits: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, cov
         raise ValueError(f"y must be (N,) = ({n},) class indices, got shape {tuple(y.shape)}")
     if check_y:
         check_labels(y, n, c)
+    if isinstance(lam, float) and lam == 0:  # checked all the same: a wrong call fails at once, not when lam ramps up
+        return logits
     dtype = torch.promote_types(weight.dtype, cov.dtype)
     with torch.autocast(logits.device.type, enabled=False):
         w = weight.to(dtype)

@@ -107,12 +107,16 @@ def test_table_and_per_sample_paths_agree(covariance):
     assert torch.allclose(got[1], augmented_by_loops(logits[1:2], weight, y[1:2], cov, 0.3)[0], atol=1e-10)
 
 
-def test_isda_logits_rejects_bad_shapes():
+@pytest.mark.parametrize("lam", [1.0, 0.0])  # lam 0 (the first epoch) returned the logits unchecked
+def test_isda_logits_rejects_bad_shapes(lam):
     logits, w, y = torch.zeros(4, 3), torch.zeros(3, 2), torch.zeros(4, dtype=torch.int64)
     with pytest.raises(ValueError, match="cov must be"):
-        isda_logits(logits, w, y, torch.zeros(3, 5), 1.0)
+        isda_logits(logits, w, y, torch.zeros(3, 5), lam)
     with pytest.raises(ValueError, match="weight must be"):
-        isda_logits(logits, torch.zeros(5, 2), y, torch.zeros(5, 2), 1.0)
+        isda_logits(logits, torch.zeros(5, 2), y, torch.zeros(5, 2), lam)
+    with pytest.raises(ValueError, match="class index 3, out of range"):
+        isda_logits(logits, w, torch.tensor([0, 1, 2, 3]), torch.zeros(3, 2), lam)
+    assert isda_logits(logits, w, y, torch.zeros(3, 2), 0.0) is logits
 
 
 def test_isda_logits_validates_the_labels():
@@ -211,19 +215,37 @@ def test_non_finite_rows_are_ignored(covariance, bad):
     assert torch.isfinite(loss(clean_f, fc, clean_y))
 
 
-@pytest.mark.parametrize("diagonal", [False, True])
-def test_half_buffers_keep_counting_past_the_fp16_range(diagonal):
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_buffers_are_refused_not_left_stuck(dtype):
+    # bf16 buffers were updated in float32 and written back: with a few samples per class and step the running
+    # mean stopped moving after a few hundred samples (2.06 where the features' mean was 2.89)
     g = torch.Generator().manual_seed(0)
-    half = FeatureCovariance(2, feature_dim=2, diagonal=diagonal).half()
-    exact = FeatureCovariance(2, feature_dim=2, diagonal=diagonal).double()
-    y = torch.zeros(30_000, dtype=torch.int64)
-    for shift in (0.0, 1.0, 4.0):  # 90,000 features of class 0, more than fp16's largest number 65,504
-        f = torch.randn(30_000, 2, generator=g) + shift
-        half.update(f, y)
-        exact.update(f.double(), y)
-    assert half.mean.dtype == half.cov.dtype == torch.float16 and int(half.count[0]) == 90_000
-    assert torch.allclose(half.mean.double(), exact.mean, atol=1e-2)  # the third batch moved the mean to ~5/3
-    assert torch.allclose(half.cov.double(), exact.cov, atol=2e-2)
+    est = FeatureCovariance(2, feature_dim=2).to(dtype)
+    f, y = torch.randn(8, 2, generator=g) + 3, torch.zeros(8, dtype=torch.int64)
+    with pytest.raises(ValueError, match=f"the class statistics are {dtype}.*keep them in float32"):
+        est.update(f, y)
+    assert int(est.count.sum()) == 0
+    est.float().update(f, y)
+    torch.testing.assert_close(est.mean[0], f.mean(0))
+
+
+def test_rows_too_large_to_square_are_ignored_like_non_finite_ones():
+    # a finite feature of 1e20 overflowed the float32 covariance to inf: the ISDA loss was NaN for good
+    g = torch.Generator().manual_seed(0)
+    est, clean = FeatureCovariance(3), FeatureCovariance(3)
+    f, y = torch.randn(6, 4, generator=g), torch.tensor([0, 0, 1, 1, 2, 2])
+    huge = f.clone()
+    huge[1, 2] = 1e20
+    est.update(huge, y)
+    keep = torch.arange(6) != 1
+    clean.update(f[keep], y[keep])
+    assert torch.isfinite(est.cov).all() and torch.equal(est.count, clean.count)
+    torch.testing.assert_close(est.cov, clean.cov)
+
+
+def test_labels_on_another_device_are_refused():
+    with pytest.raises(ValueError, match="y is on meta but the features on cpu"):
+        FeatureCovariance(3).update(torch.randn(2, 4), torch.zeros(2, dtype=torch.int64, device="meta"))
 
 
 # -- the hook -----------------------------------------------------------------------------------------------------------
