@@ -49,7 +49,7 @@ from torch import nn
 warnings.filterwarnings("ignore", message="torch.lu is deprecated")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import (PerSampleRandAugment, RandomCropFlip, build_classifier, library_default,  # noqa: E402
-                    setup_device, tiny_codecs, write_json)
+                    setup_device, tiny_codecs, write_json, write_text)
 
 from latent_transforms import Compose, hub  # noqa: E402
 from latent_transforms.base import LatentTransform  # noqa: E402
@@ -453,9 +453,10 @@ def _provenance(cfg: dict) -> str:
     return text + "."
 
 
-def _delta_vs_baseline(runs: dict, arm: str, seeds: list[int]) -> str:
+def delta_vs_baseline(runs: dict, arm: str, seeds: list[int]) -> str:
     """The arm's mean accuracy minus the baseline's, in points, on the seeds both have (a table's means are over
-    each arm's own seeds: an arm short of the baseline's best seed would otherwise look worse than it did)."""
+    each arm's own seeds: an arm short of the baseline's best seed would otherwise look worse than it did); those
+    seeds are named when they are fewer than the table's ``seeds``. ``runs``: arm (sweep_report: row) -> seed -> run."""
     shared, paired = _paired(runs, ["baseline", arm])
     if not shared:
         return "-"
@@ -483,7 +484,7 @@ def format_report(results: dict) -> str:
               "|---|---|---|---|---|---|---|"]
     base = summary.get("baseline")
     for arm, s in summary.items():
-        delta = _delta_vs_baseline(results["runs"], arm, seeds)  # "-" without a baseline run
+        delta = delta_vs_baseline(results["runs"], arm, seeds)  # "-" without a baseline run
         corr = "-" if s["corruption_accuracy_mean"] is None else \
             f"{_pts(s['corruption_accuracy_mean'])}{_pm(s['corruption_accuracy_std'], len(s['seeds']))}"
         ratio = f"{s['seconds_per_epoch'] / base['seconds_per_epoch']:.1f}x" if base else "-"
@@ -581,11 +582,13 @@ def pooled_bins(runs: dict) -> dict[str, dict]:
 ARG_KEYS = ("smoke", "train", "test", "train_size", "val_fraction", "eval_on", "epochs", "batch_size", "lr",
                     "weight_decay", "width", "precision", "glow", "vae", "noise_eps", "adv_eps", "adv_steps",
                     "adv_step_size", "latent_p", "varmixup_alpha", "varmixup_p", "isda_lambda0", "isda_covariance",
-                    "ra_ops", "ra_magnitude", "mixup_alpha", "smoke_images", "varmixup_keep_detail", "latent_levels")
+                    "ra_ops", "ra_magnitude", "mixup_alpha", "smoke_images", "varmixup_keep_detail", "latent_levels",
+                    "no_corruptions")
 # besides the flags: the images themselves (hashed after subsetting and the split) and the evaluation protocol
 FINGERPRINT_KEYS = ARG_KEYS + ("data_sha256", "protocol")
 # settings added after results files were first written, with the value those older files imply
-FINGERPRINT_DEFAULTS = {"varmixup_keep_detail": False, "latent_levels": None}  # data_sha256, protocol: None
+FINGERPRINT_DEFAULTS = {"varmixup_keep_detail": False, "latent_levels": None,  # data_sha256, protocol: None
+                        "no_corruptions": False}
 
 
 def protocol() -> dict:
@@ -717,7 +720,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "estimated from the longest finished run of the same arm, else from another arm's, scaled by "
                         "the costs of --shard), then write the report of what is done; with --resume, a later call "
                         "runs the rest")
-    o.add_argument("--no-corruptions", action="store_true", help="skip the corruption accuracy")
+    o.add_argument("--no-corruptions", action="store_true",
+                   help="skip the corruption accuracy (a setting: --resume, --done and --merge keep runs made the same "
+                        "way)")
     o.add_argument("--no-progress", action="store_true")
     o.add_argument("--smoke", action="store_true",
                    help="pipeline check on the CPU in < 2 min: 200 random images (or the first 200 of an npz), "
@@ -881,8 +886,7 @@ def write_report(out: Path, fingerprint: dict, config: dict, runs: dict, start: 
     results_path = out / "results.json"
     write_json(results_path, results)
     report = f"{header}\n\n{format_report(results)}" if header else format_report(results)
-    with hub.atomic_path(out / "results.md") as tmp:
-        Path(tmp).write_text(report + "\n")
+    write_text(out / "results.md", report + "\n")
     with hub.atomic_path(out / "reliability.png") as tmp:
         draw_reliability(pooled_bins(runs), {a: s["ece_mean"] for a, s in summary.items()}, Path(tmp), format="PNG")
     if echo:

@@ -1,5 +1,5 @@
 """What the benchmark scripts share: the bf16 wrapper around the library's CIFAR ResNet-18, per-sample crop+flip on the device,
-per-sample RandAugment, tiny random-init codecs for smoke runs, atomic JSON writes."""
+per-sample RandAugment, tiny random-init codecs for smoke runs, atomic JSON and text writes."""
 from __future__ import annotations
 
 import inspect
@@ -20,6 +20,13 @@ def write_json(path: Path, obj: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with hub.atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump(obj, f, indent=1)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` as ``write_json`` writes, through a temporary file renamed over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with hub.atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
 
 
 def setup_device(name: str, threads: int | None) -> torch.device:

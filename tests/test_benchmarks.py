@@ -304,9 +304,11 @@ def test_sweep_report_names_rows_by_their_settings(tmp_path):
     r = subprocess.run([sys.executable, str(BENCHMARKS / "sweep_report.py"), *map(str, files), "--out", str(out)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    assert "| baseline | 60.0% | 62.0% | 61.0% | +0.0 | 10 |" in r.stdout
-    assert "| latent-noise (noise_eps=10, latent_p=1) | 55.0% | 57.0% | 56.0% | -5.0 | 10 |" in r.stdout
-    assert "| latent-noise (noise_eps=10, latent_p=1, latent_levels=[0]) | 63.0% | - | 63.0% | +2.0 | 10 |" in r.stdout
+    assert "| baseline | 60.0% | 62.0% | 61.0% | +0.0 | 10.00 |" in r.stdout
+    assert "| latent-noise (noise_eps=10, latent_p=1) | 55.0% | 57.0% | 56.0% | -5.0 | 10.00 |" in r.stdout
+    # paired on the seeds shared with the baseline, named when fewer (unpaired: 63.0 - 61.0 = +2.0)
+    assert "| latent-noise (noise_eps=10, latent_p=1, latent_levels=[0]) | 63.0% | - | 63.0% | +3.0 (seed 0) | 10.00 |" \
+        in r.stdout
     assert out.read_text().strip() == r.stdout.strip()
     other = _fake_results(tmp_path / "e", "baseline", 2, 0.6, epochs=30)
     r = subprocess.run([sys.executable, str(BENCHMARKS / "sweep_report.py"), str(files[0]), str(other)],
@@ -323,6 +325,21 @@ def test_sweep_report_names_rows_by_their_settings(tmp_path):
     r = subprocess.run([sys.executable, str(BENCHMARKS / "sweep_report.py"), str(files[0]), str(again)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and f"baseline seed 0 is in both {files[0]} and {again}" in r.stderr
+
+
+def test_sweep_report_puts_folders_with_and_without_a_codec_flag_in_one_table(tmp_path):
+    """A baseline folder made without --vae beside a VarMixup folder made with --vae PATH: one table (it was refused,
+    the flags differing, though the baseline uses no codec; the checkpoints are checked run by run)."""
+    codec = {"name": "/ckpt/vae-new.safetensors", "sha256": "a" * 64}
+    base = _fake_results(tmp_path / "b0", "baseline", 0, 0.60)
+    mix = _fake_results(tmp_path / "v0", "varmixup", 0, 0.62, codec=codec, vae=codec["name"], varmixup_alpha=1.0,
+                        varmixup_p=0.25)
+    r = subprocess.run([sys.executable, str(BENCHMARKS / "sweep_report.py"), str(base), str(mix)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "| baseline | 60.0% | 60.0% | +0.0 | 10.00 |" in r.stdout
+    assert "| varmixup (varmixup_alpha=1, varmixup_p=0.25, varmixup_keep_detail=False) | 62.0% | 62.0% | +2.0 | " \
+           "10.00 |" in r.stdout
 
 
 def test_sweep_report_refuses_runs_made_with_different_checkpoints(tmp_path):
@@ -482,7 +499,7 @@ def test_accuracy_verdicts_compare_arms_on_the_seeds_they_share():
 def test_accuracy_table_delta_is_taken_on_the_seeds_shared_with_the_baseline():
     """An arm short of the baseline's lucky seed read -0.9 in the table though it was +0.4 on its own seeds (the
     results.md composition row); the difference is now paired, and the seeds are named when they are fewer."""
-    delta = _load_accuracy_module()._delta_vs_baseline
+    delta = _load_accuracy_module().delta_vs_baseline
     runs = {"baseline": {"0": {"accuracy": 0.56}, "1": {"accuracy": 0.57}, "2": {"accuracy": 0.603}},
             "combo": {"0": {"accuracy": 0.545}, "1": {"accuracy": 0.593}},
             "isda": {"0": {"accuracy": 0.57}, "1": {"accuracy": 0.57}, "2": {"accuracy": 0.60}},
@@ -704,6 +721,32 @@ def test_accuracy_resume_refuses_other_data_or_protocol_and_notes_code_versions(
     assert again["runs"]["baseline"]["0"]["code_sha256"] != again["runs"]["isda"]["0"]["code_sha256"]
     assert "These runs were made by 2 versions of the benchmark and library code" in \
         (tmp_path / "acc" / "results.md").read_text()
+
+
+def test_accuracy_resume_done_and_merge_refuse_mixing_runs_with_and_without_corruption_scores(tmp_path):
+    """--no-corruptions is in the fingerprint: mixed, a table averaged the corruption accuracy over the seeds that had
+    one, its ± and n counted every seed, and Target 2 found no seed. A file from before it was recorded had them."""
+    acc = _load_accuracy_module()
+
+    def fingerprint(*flags: str) -> dict:  # as main() makes it
+        args = acc.parse_args(["--smoke", *flags])
+        return {**{k: getattr(args, k) for k in acc.ARG_KEYS}, "data_sha256": "0" * 64, "protocol": acc.protocol()}
+
+    def write(name: str, fp: dict, seed: int) -> Path:
+        (tmp_path / name).write_text(json.dumps({"fingerprint": fp, "config": {"device_name": "cpu"},
+                                                 "runs": {"baseline": {str(seed): {"accuracy": 0.5}}}}))
+        return tmp_path / name
+
+    scored, unscored = fingerprint(), fingerprint("--no-corruptions")
+    old = write("old.json", {k: v for k, v in scored.items() if k != "no_corruptions"}, 0)
+    assert acc.load_runs(old, scored, "--resume", "r") == {"baseline": {"0": {"accuracy": 0.5}}}
+    with pytest.raises(SystemExit, match=r"^--resume: .* other settings \(no_corruptions\)"):
+        acc.load_runs(old, unscored, "--resume", "r")
+    new = write("new.json", unscored, 1)
+    with pytest.raises(SystemExit, match=r"^--done: .* other settings \(no_corruptions\)"):
+        acc.load_runs(new, scored, "--done", "d")
+    with pytest.raises(SystemExit, match=r"other data or schedule than .* \(no_corruptions\)"):
+        acc.merge_results([str(old), str(new)], ["baseline"])
 
 
 def test_accuracy_done_runs_made_with_another_checkpoint_are_refused(tmp_path, monkeypatch):

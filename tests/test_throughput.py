@@ -68,7 +68,8 @@ def _row(key: str, method: str, seconds: float, peak_mib: float | None = None, *
 def _result(device: str, rows: list[dict]) -> dict:
     return {"config": {"smoke": False, "device": device, "batch_size": 256, "device_name": device, "torch": "2",
                        "iters": 20, "warmup": 5, "codecs": {"glow": "glow-cifar10", "vae": "vae-cifar10"},
-                       "width": 64, "compile": False, "max_abs_diff_normflows_vs_codec_roundtrip": 1e-6,
+                       "width": 64, "precision": "bf16", "isda_covariance": "full", "compile": False,
+                       "max_abs_diff_normflows_vs_codec_roundtrip": 1e-6,
                        "max_abs_roundtrip_error_codec": 2e-6, "max_abs_roundtrip_error_normflows": 3e-6},
             "rows": rows}
 
@@ -108,6 +109,61 @@ def test_targets_are_not_judged_on_a_cpu():
     assert "targets are for a CUDA GPU at batch 256" in md and "| fail |" not in md and "| pass |" not in md
     assert "| LatentAdversarial, 1 PGD step, <= 2x a training step | 2.5x (LatentAdversarial, 1 PGD step) | n/a |" in md
     assert "| peak extra memory of every method <= 2 GB (a cache row: with a 50,000-image cache) | - | n/a |" in md
+
+
+@pytest.mark.parametrize("setting, named", [({"width": 16}, "ResNet-18 width 16"),
+                                             ({"precision": "fp32"}, "classifier in fp32"),
+                                             ({"isda_covariance": "diagonal"}, "ISDA diagonal covariance")])
+def test_targets_are_not_judged_off_the_targets_training_step_or_isda(setting, named):
+    """The ratios divide by the step of the ResNet built, and ISDA's covariance sets its cost: on a CUDA GPU at batch
+    256 another width, precision or covariance is not the issue's setting either."""
+    result = _result("cuda", ROWS)
+    result["config"].update(setting)
+    md = tp.format_table(result)
+    assert f"This run is not that setting ({named}): its figures are shown, the targets marked n/a" in md
+    assert "| pass |" not in md and "| fail |" not in md
+    assert "| ISDA adds <= 10% to a plain training step | +8.0% (timed side by side) | n/a |" in md
+
+
+def test_a_report_cut_short_while_written_leaves_the_previous_table(tmp_path, monkeypatch):
+    """throughput.md goes through a temporary file, as throughput.json does: a kill mid-write (a time limit's TERM)
+    leaves the last complete table, not half of one."""
+    args = tp.parse_args(["--device", "cpu", "--no-compile"])
+    errors = {"max_abs_roundtrip_error_codec": 2e-6, "max_abs_roundtrip_error_normflows": 3e-6}
+    report = dict(out=tmp_path, args=args, device=torch.device("cpu"), notes=dict(tp.TARGET_CODECS), glow=None,
+                  rows=[dict(r) for r in ROWS], agreement=1e-6, roundtrip_errors=errors, compiled_agreement=None,
+                  start=0.0)
+    tp.write_report(**report, partial=True)
+    before = (tmp_path / "throughput.md").read_text()
+    write_text = Path.write_text
+
+    def killed(path, text, *args, **kwargs):
+        write_text(path, text[:len(text) // 2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", killed)
+    with pytest.raises(KeyboardInterrupt):
+        tp.write_report(**report, partial=False)
+    monkeypatch.undo()
+    assert (tmp_path / "throughput.md").read_text() == before and "**Partial**" in before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["throughput.json", "throughput.md"]
+
+
+def test_the_official_cifar_row_uses_the_official_step_size(monkeypatch):
+    """The "3 PGD steps (official CIFAR)" row: eps 1, 3 steps of 0.5, as the official CIFAR setting (not the
+    library's step 1)."""
+    made = []
+
+    class Recorded(tp.LatentAdversarial):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(tp, "LatentAdversarial", Recorded)
+    args = tp.parse_args(["--smoke", "--device", "cpu", "--no-compile"])
+    rows = tp.build_rows(args, torch.device("cpu"), dict(zip(("glow", "vae"), tp.tiny_codecs())))
+    assert "LatentAdversarial, 3 PGD steps (official CIFAR)" in [r["method"] for r in rows]
+    assert [(a.eps, a.step_size) for a in made if a.steps == 3] == [(1.0, 0.5)]
 
 
 @pytest.mark.slow
