@@ -14,7 +14,8 @@ from latent_transforms.isda import ISDA
 K, A = 4, 3
 SPLITS = [(5, 2), (1, 6), (4, 4)]  # per step: rank 0's and rank 1's batch sizes (uneven on purpose)
 BIG_K = 3000
-BIG_LABELS = ([257, 2049, 2999], [2051, 5])  # per rank; bf16 would round 257, 2049 and 2051 to 256, 2048, 2048
+BIG_LABELS = ([257, 2049, 2999], [2051, 5])  # per rank; gathered with the bf16 features, 257, 2049 and 2051 would
+#                                               round to 256, 2048, 2048
 
 
 def stream():
@@ -48,9 +49,9 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
                 part = slice(0, n0) if rank == 0 else slice(n0, None)
                 est.update(f[part], y[part])
             result[diagonal] = {n: b.clone() for n, b in est.named_buffers()}
-        # bf16 buffers, labels above 256 and a non-finite row on rank 1 (its class 5 must stay empty)
-        big = FeatureCovariance(BIG_K, feature_dim=A, diagonal=True).to(torch.bfloat16)
-        f = torch.ones(len(BIG_LABELS[rank]), A)
+        # bf16 features, labels above 256 and a non-finite row on rank 1 (its class 5 must stay empty)
+        big = FeatureCovariance(BIG_K, feature_dim=A, diagonal=True)
+        f = torch.ones(len(BIG_LABELS[rank]), A, dtype=torch.bfloat16)
         if rank == 1:
             f[1, 0] = float("inf")
         big.update(f, torch.tensor(BIG_LABELS[rank]))
