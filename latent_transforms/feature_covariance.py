@@ -39,9 +39,8 @@ class FeatureCovariance(nn.Module):
 
     Convention:
         The buffers are float32 by default (float64 when lazily sized by float64 features, or ``.double()`` once
-        sized). The update runs with autocast off in the wider of their dtype and float32, and writes back in their
-        dtype: bf16/fp16 features are upcast; bf16/fp16 buffers are refused by :meth:`update` (``ValueError``), as
-        their running means stop moving. The matrix products
+        sized). The update runs with autocast off in their dtype, in place: bf16/fp16 features are upcast; bf16/fp16
+        buffers are refused by :meth:`update` (``ValueError``), as their running means stop moving. The matrix products
         follow torch's TF32 switch (``torch.backends.cuda.matmul.allow_tf32``; the benchmarks turn it on for the
         classifier): on a GPU with it on, their inputs are rounded to TF32's 10-bit mantissa (unlike the codecs,
         which turn it off to invert exactly). Features are detached. A feature on another device than the buffers
@@ -114,7 +113,7 @@ class FeatureCovariance(nn.Module):
                     f"the class statistics are on {self.mean.device} but the features on {features.device}; "
                     f"move the ISDA/FeatureCovariance module with .to({str(features.device)!r})"
                 )
-            dtype = torch.promote_types(self.mean.dtype, torch.float32)
+            dtype = self.mean.dtype  # float32 or float64: 16-bit buffers are refused above
         else:
             dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
         with torch.autocast(features.device.type, enabled=False):
@@ -146,7 +145,7 @@ class FeatureCovariance(nn.Module):
             batch_cov = (spread.T @ centred).reshape(k, dim, dim).div_(m_safe[:k].unsqueeze(2))
         count, batch_mean = counts[:k], batch_mean[:k]
         w = (count.double() / (self.count + count).clamp(min=1).double()).to(a.dtype)  # m / (n + m); 0 if absent
-        mean, cov = self.mean.to(a.dtype), self.cov.to(a.dtype)               # the buffers themselves if >= float32
+        mean, cov = self.mean, self.cov                                        # a.dtype: updated in place
         delta = batch_mean - mean
         shape = (k, 1) if self.diagonal else (k, 1, 1)
         wv = w.view(shape)
@@ -155,8 +154,6 @@ class FeatureCovariance(nn.Module):
         # (n S + m S')/(n+m) + n m d d^T/(n+m)^2  ==  (1-w) S + w S' + w (1-w) d d^T, in place (no more K A A)
         cov.mul_(1 - wv).add_(batch_cov.mul_(wv)).addcmul_(left, right)
         mean.add_(w.unsqueeze(1) * delta)
-        self.cov.copy_(cov)                                                   # no-op when cov is the buffer
-        self.mean.copy_(mean)
         self.count.add_(count)
 
     def extra_repr(self) -> str:
