@@ -81,8 +81,11 @@ class LatentCache(nn.Module):
         return self.latents.shape[0]
 
     def forward(self, index: torch.Tensor, *, check: bool = True) -> torch.Tensor:
-        """index: (B,) int64 positions in ``[0, len(cache))`` -> (B, D) latents on the cache's device (``check=False``
-        skips the index check, one host sync, for callers that made it)."""
+        """index: (B,) int64 positions in ``[0, len(cache))``, on the cache's device -> (B, D) latents (``check=False``
+        skips the index range check, one host sync, for callers that made it)."""
+        if isinstance(index, torch.Tensor) and index.device != self.latents.device:
+            raise ValueError(f"index is on {index.device} but the cache on {self.latents.device}; move it with "
+                             f".to({str(self.latents.device)!r}) (latent-transforms never moves data between devices)")
         if check:
             check_index(index, None, len(self))
-        return self.latents[index.to(self.latents.device)]
+        return self.latents[index]

@@ -52,6 +52,8 @@ def test_cache_errors_are_named(data):
     for unlucky in (LatentNoise(glow, cache=cache, p=0.0), LatentNoise(glow, cache=cache).eval()):
         with pytest.raises(ValueError, match="outside \\[0, 40\\)"):  # whether or not a sample is selected
             unlucky(x, y, index=torch.tensor([0, 1, 2, 40]))
+    with pytest.raises(ValueError, match="index is on meta but the cache on cpu"):  # was moved silently
+        cache(torch.arange(4, device="meta"))
     with pytest.raises(ValueError, match="trained on images of shape"):
         LatentCache(glow, torch.rand(4, 3, 8, 8), progress=False)
     with pytest.raises(ValueError, match="batch_size must be an int >= 1"):  # was range()'s own error
