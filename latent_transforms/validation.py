@@ -118,8 +118,13 @@ def check_labels(y: torch.Tensor, batch_size: int, num_classes: int | None = Non
         raise ValueError(f"{name} soft labels have a negative entry {float(y.min()):.4g}")
     sums = y.float().sum(1)  # bf16 rows are summed exactly enough, and judged by what bf16 can represent
     worst = int((sums - 1).abs().argmax()) if y.shape[0] else 0
-    if y.shape[0] and abs(float(sums[worst]) - 1) > max(SOFT_LABEL_TOL, torch.finfo(y.dtype).eps):
+    if y.shape[0] and abs(float(sums[worst]) - 1) > row_sum_tolerance(y.dtype):
         raise ValueError(f"{name} soft label rows must sum to 1, row {worst} sums to {float(sums[worst]):.4g}")
+
+
+def row_sum_tolerance(dtype: torch.dtype) -> float:
+    """How far a row of probabilities in ``dtype`` may sum from 1: 1e-3, or the dtype's precision (bf16: 0.008)."""
+    return max(SOFT_LABEL_TOL, torch.finfo(dtype).eps)
 
 
 def check_device(what: str, device: torch.device, x: torch.Tensor) -> None:
