@@ -115,16 +115,17 @@ def accuracy(probs: torch.Tensor, y: torch.Tensor) -> float:
 
 def reliability_bins(probs: torch.Tensor, y: torch.Tensor, bins: int = 15) -> dict[str, torch.Tensor]:
     """Per equal-width confidence bin ``(lo, hi]``: ``count``, ``confidence_sum`` and ``correct_sum``, each ``(bins,)``
-    float (sums, so that runs can be pooled); probs (N, K), y (N,) int64."""
+    float64 (float32 on MPS, which has no float64; sums, so that runs can be pooled); probs (N, K), y (N,) int64."""
     _check_predictions(probs, y)
     check_count("bins", bins, low=1)
     conf, pred = probs.max(1)
     conf = conf.float()  # binned in float32: bf16's conf * bins lands in the wrong bin
     idx = (conf * bins).ceil().long().clamp(1, bins) - 1
-    sums = torch.zeros(3, bins, device=probs.device)  # float32 (MPS has no fp64): counts exact up to 2^24 samples
-    sums[0].index_add_(0, idx, torch.ones_like(conf, dtype=torch.float32))
-    sums[1].index_add_(0, idx, conf)
-    sums[2].index_add_(0, idx, (pred == y).float())
+    dtype = torch.float32 if probs.device.type == "mps" else torch.float64  # float32 counts stop at 2^24 samples
+    sums = torch.zeros(3, bins, dtype=dtype, device=probs.device)
+    sums[0].index_add_(0, idx, torch.ones_like(conf, dtype=dtype))
+    sums[1].index_add_(0, idx, conf.to(dtype))
+    sums[2].index_add_(0, idx, (pred == y).to(dtype))
     return dict(zip(("count", "confidence_sum", "correct_sum"), sums))
 
 

@@ -37,13 +37,22 @@ def test_ece_by_hand():
     assert reliability_bins(_probs([0.6], [0]), torch.tensor([0]), bins=5)["count"].tolist() == [0, 0, 1, 0, 0]
 
 
+def test_bin_sums_stay_exact_past_float32_integers():
+    # float32 sums stopped counting at 2^24 samples (16,777,216 + 1 == 16,777,216): pooled runs lost samples
+    n = 2**24 + 3
+    probs, y = torch.ones(n, 1), torch.zeros(n, dtype=torch.int64)
+    r = reliability_bins(probs, y, bins=2)
+    assert r["count"].tolist() == [0, n] and r["correct_sum"][1].item() == n and r["confidence_sum"][1].item() == n
+    assert expected_calibration_error(probs, y, bins=2) == 0.0
+
+
 def test_bfloat16_probabilities_are_accepted_and_binned_as_their_float32_values():
     # bf16 softmax rows sum to 1 only to bf16's precision (they were refused as "not probabilities"), and
     # conf * bins computed in bf16 put samples in the bin below (0.9336 * 15 = 14.004 rounds to 14.0)
     probs = torch.randn(2000, 10, generator=torch.Generator().manual_seed(0)).mul(3).softmax(1).bfloat16()
     y = torch.randint(0, 10, (2000,), generator=torch.Generator().manual_seed(1))
     conf = probs.float().max(1).values
-    expected = torch.bincount((conf * 15).ceil().long().clamp(1, 15) - 1, minlength=15).float()
+    expected = torch.bincount((conf * 15).ceil().long().clamp(1, 15) - 1, minlength=15).double()
     assert torch.equal(reliability_bins(probs, y)["count"], expected)
     assert 0 <= expected_calibration_error(probs, y) <= 1
 
