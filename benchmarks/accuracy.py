@@ -634,8 +634,19 @@ def provenance(argv: list[str] | None) -> dict:
 
 
 def setting(fingerprint: dict, key: str):
-    """A fingerprint's value for ``key``, or the value an older file without it implies."""
-    return fingerprint.get(key, FINGERPRINT_DEFAULTS.get(key))
+    """A fingerprint's value for ``key``, or the value an older file without it implies. ``glow``/``vae`` left out
+    outside ``--smoke`` read as the default checkpoint's name: ``--glow glow-cifar10`` is the default, not another
+    setting (which checkpoint a run used is checked by its sha256, see :func:`check_codecs`)."""
+    value = fingerprint.get(key, FINGERPRINT_DEFAULTS.get(key))
+    if key in ("glow", "vae") and value is None and not fingerprint.get("smoke"):
+        return f"{key}-cifar10"
+    return value
+
+
+def make_fingerprint(args: argparse.Namespace, data_hash: str) -> dict:
+    """What this call's runs depend on: the flags (:data:`ARG_KEYS`), the data's sha256 and the protocol."""
+    given = {**{k: getattr(args, k) for k in ARG_KEYS}, "data_sha256": data_hash, "protocol": protocol()}
+    return {k: setting(given, k) for k in FINGERPRINT_KEYS}
 
 
 def shard_spec(text: str) -> tuple[int, int]:
@@ -950,7 +961,7 @@ def main(argv=None) -> dict:
     results_path = out / "results.json"
 
     data = load_data(args)
-    fingerprint = {**{k: getattr(args, k) for k in ARG_KEYS}, "data_sha256": data_sha256(data), "protocol": protocol()}
+    fingerprint = make_fingerprint(args, data_sha256(data))
     runs: dict = {}
     if args.resume and results_path.is_file():
         runs = load_runs(results_path, fingerprint, "--resume", "use another --out or the same settings")

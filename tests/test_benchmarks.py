@@ -728,9 +728,8 @@ def test_accuracy_resume_done_and_merge_refuse_mixing_runs_with_and_without_corr
     one, its ± and n counted every seed, and Target 2 found no seed. A file from before it was recorded had them."""
     acc = _load_accuracy_module()
 
-    def fingerprint(*flags: str) -> dict:  # as main() makes it
-        args = acc.parse_args(["--smoke", *flags])
-        return {**{k: getattr(args, k) for k in acc.ARG_KEYS}, "data_sha256": "0" * 64, "protocol": acc.protocol()}
+    def fingerprint(*flags: str) -> dict:
+        return acc.make_fingerprint(acc.parse_args(["--smoke", *flags]), "0" * 64)
 
     def write(name: str, fp: dict, seed: int) -> Path:
         (tmp_path / name).write_text(json.dumps({"fingerprint": fp, "config": {"device_name": "cpu"},
@@ -747,6 +746,24 @@ def test_accuracy_resume_done_and_merge_refuse_mixing_runs_with_and_without_corr
         acc.load_runs(new, scored, "--done", "d")
     with pytest.raises(SystemExit, match=r"other data or schedule than .* \(no_corruptions\)"):
         acc.merge_results([str(old), str(new)], ["baseline"])
+
+
+def test_accuracy_fingerprint_reads_the_default_checkpoint_named_or_not(tmp_path):
+    """``--glow glow-cifar10`` is the default: a --resume, --done or --merge of runs made without the flag refused it
+    as "other settings (glow)". In --smoke, no --glow means the tiny random-init Glow, which is another setting."""
+    acc = _load_accuracy_module()
+    results = tmp_path / "results.json"
+    plain = acc.make_fingerprint(acc.parse_args([]), "0" * 64)
+    results.write_text(json.dumps({"fingerprint": plain, "runs": {"baseline": {"0": {"accuracy": 0.5}}}}))
+    named = acc.make_fingerprint(acc.parse_args(["--glow", "glow-cifar10", "--vae", "vae-cifar10"]), "0" * 64)
+    assert named == plain and plain["glow"] == "glow-cifar10"
+    assert acc.load_runs(results, named, "--resume", "r") == {"baseline": {"0": {"accuracy": 0.5}}}
+    other = acc.make_fingerprint(acc.parse_args(["--glow", "my-glow"]), "0" * 64)
+    with pytest.raises(SystemExit, match=r"other settings \(glow\)"):
+        acc.load_runs(results, other, "--resume", "r")
+    smoke, smoke_named = (acc.make_fingerprint(acc.parse_args(["--smoke", *f]), "0" * 64)
+                          for f in ([], ["--glow", "glow-cifar10"]))
+    assert smoke["glow"] is None and smoke_named["glow"] == "glow-cifar10"
 
 
 def test_accuracy_done_runs_made_with_another_checkpoint_are_refused(tmp_path, monkeypatch):
