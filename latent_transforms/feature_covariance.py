@@ -32,7 +32,10 @@ class FeatureCovariance(nn.Module):
         diagonal: keep only the per-dimension variances, ``cov: (K, A)`` (memory ``O(K A)``; the official
             ImageNet/segmentation variant) instead of ``(K, A, A)`` (the official CIFAR variant).
         sync: under ``torch.distributed`` (initialised, world size > 1), gather every rank's batch before the merge
-            so that all ranks hold the statistics one process would compute on the concatenated batch.
+            so that all ranks hold the statistics one process would compute on the concatenated batch. ``True``:
+            the default process group; a ``torch.distributed.ProcessGroup``: the ranks of that group only (the
+            data-parallel group you gave ``DistributedDataParallel(process_group=...)``); ``False``: per-rank
+            statistics. A module holding a group cannot be pickled or deep-copied (groups cannot).
 
     Buffers (in ``state_dict``, moved by ``.to``; ``None`` until sized):
         mean: (K, A); cov: (K, A, A) or (K, A) if diagonal; count: (K,) int64.
@@ -51,11 +54,13 @@ class FeatureCovariance(nn.Module):
     cov: torch.Tensor | None
     count: torch.Tensor | None
 
-    def __init__(self, num_classes: int, feature_dim: int | None = None, diagonal: bool = False, sync: bool = True):
+    def __init__(self, num_classes: int, feature_dim: int | None = None, diagonal: bool = False,
+                 sync: "bool | dist.ProcessGroup" = True):
         super().__init__()
         num_classes = check_count("num_classes", num_classes, low=1)
         feature_dim = None if feature_dim is None else check_count("feature_dim", feature_dim, low=1)
-        self.num_classes, self.diagonal, self.sync = num_classes, bool(diagonal), bool(sync)
+        self.num_classes, self.diagonal = num_classes, bool(diagonal)
+        self.sync, self.group = check_sync("sync", sync)
         self.register_buffer("mean", None)
         self.register_buffer("cov", None)
         self.register_buffer("count", None)
@@ -118,8 +123,8 @@ class FeatureCovariance(nn.Module):
             dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
         with torch.autocast(features.device.type, enabled=False):
             a = features.detach().to(dtype)
-            if self.sync and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-                a, y = _all_gather_rows(a, y)
+            if self.sync and dist.is_available() and dist.is_initialized() and dist.get_world_size(self.group) > 1:
+                a, y = _all_gather_rows(a, y, self.group)
             if self.mean is None:
                 self._allocate(a.shape[1], a.device, dtype)
             self._merge(a, y)
@@ -158,25 +163,36 @@ class FeatureCovariance(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, feature_dim={self.feature_dim}, diagonal={self.diagonal}, "
-                f"sync={self.sync}")
+                f"sync={self.sync}" + ("" if self.group is None else " (a process group)"))
 
 
-def _all_gather_rows(a: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every rank's rows ``(a, y)`` concatenated in rank order (batch sizes may differ between ranks).
+def check_sync(name: str, sync) -> "tuple[bool, dist.ProcessGroup | None]":
+    """``(gather?, group)`` from a ``sync`` argument: ``True`` (the default group), ``False`` or a process group."""
+    if isinstance(sync, bool):
+        return sync, None
+    if dist.is_available() and isinstance(sync, dist.ProcessGroup):
+        return True, sync
+    raise TypeError(f"{name} must be True, False or a torch.distributed ProcessGroup, got {sync!r}")
+
+
+def _all_gather_rows(a: torch.Tensor, y: torch.Tensor,
+                     group: "dist.ProcessGroup | None" = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every rank's rows ``(a, y)`` concatenated in rank order within ``group`` (default: the default process group;
+    batch sizes may differ between ranks).
 
     Gathering the features (world x N x A numbers) costs less communication than all-reducing per-class sums of
     outer products (K x A x A), and makes every rank run the same merge on the same data.
     """
-    world = dist.get_world_size()
+    world = dist.get_world_size(group)
     n = torch.tensor([a.shape[0]], device=a.device, dtype=torch.int64)
     sizes = [torch.zeros_like(n) for _ in range(world)]
-    dist.all_gather(sizes, n)
+    dist.all_gather(sizes, n, group=group)
     sizes = [int(s) for s in sizes]
     out = []
     for t in (a, y):                                               # labels stay int64: exact for any K
         padded = t.new_zeros((max(sizes),) + t.shape[1:])
         padded[: t.shape[0]] = t
         parts = [torch.empty_like(padded) for _ in range(world)]
-        dist.all_gather(parts, padded)
+        dist.all_gather(parts, padded, group=group)
         out.append(torch.cat([p[:s] for p, s in zip(parts, sizes)]))
     return out[0], out[1]

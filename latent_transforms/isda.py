@@ -28,13 +28,14 @@ import warnings
 import weakref
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from .base import LatentTransform
-from .feature_covariance import FeatureCovariance
+from .feature_covariance import FeatureCovariance, check_sync
 from .modelutils import unwrap
-from .validation import (check_bool, check_choice, check_count, check_labels, check_number,
+from .validation import (check_choice, check_count, check_labels, check_number,
                          check_same_device, describe)
 
 COVARIANCES = ("full", "diagonal")
@@ -113,11 +114,11 @@ class _ISDAState:
     estimator: FeatureCovariance
 
     def _init_isda(self, num_classes: int, lambda0: float, covariance: str, feature_dim: int | None,
-                   sync_stats: bool) -> None:
+                   sync_stats: "bool | dist.ProcessGroup") -> None:
         self.lambda0 = check_number("lambda0", lambda0)
         self.covariance, self.progress = check_choice("covariance", covariance, COVARIANCES), 0.0
-        self.estimator = FeatureCovariance(num_classes, feature_dim, diagonal=covariance == "diagonal",
-                                           sync=check_bool("sync_stats", sync_stats))
+        check_sync("sync_stats", sync_stats)  # named as the caller knows it
+        self.estimator = FeatureCovariance(num_classes, feature_dim, diagonal=covariance == "diagonal", sync=sync_stats)
 
     @property
     def lam(self) -> float:
@@ -241,7 +242,9 @@ class ISDA(_ISDAState, LatentTransform):
             of timm/torchvision models). Names are looked up in DDP/DataParallel wrappers' ``module`` too.
         feature_dim: A. Default: sized from the layer on the first training call, on its device.
         sync_stats: under ``torch.distributed``, gather all ranks' features before each update so every rank holds
-            the statistics of the global batch (the official code keeps per-GPU statistics).
+            the statistics of the global batch (the official code keeps per-GPU statistics). A
+            ``torch.distributed.ProcessGroup`` gathers within that group only (the one given to
+            ``DistributedDataParallel(process_group=...)``); ``False`` keeps per-rank statistics.
         p: probability, per sample, that its logits get the correction (default 1: every sample, as the paper).
             Every sample's features update the statistics.
         generator: draws the per-sample selection when ``p < 1``.
@@ -270,7 +273,7 @@ class ISDA(_ISDAState, LatentTransform):
     accepted_labels = "(B,) int64 class indices"
 
     def __init__(self, num_classes: int, lambda0: float = 0.5, *, covariance: str = "full", layer: str | None = None,
-                 feature_dim: int | None = None, sync_stats: bool = True, p: float = 1.0,
+                 feature_dim: int | None = None, sync_stats: bool | dist.ProcessGroup = True, p: float = 1.0,
                  generator: torch.Generator | int | None = None):
         num_classes = check_count("num_classes", num_classes, low=1)
         if layer is not None and (not isinstance(layer, str) or not layer):
@@ -379,7 +382,7 @@ class ISDALoss(_ISDAState, nn.Module):
     """
 
     def __init__(self, num_classes: int, lambda0: float = 0.5, *, covariance: str = "full",
-                 feature_dim: int | None = None, sync_stats: bool = True):
+                 feature_dim: int | None = None, sync_stats: bool | dist.ProcessGroup = True):
         super().__init__()
         self._init_isda(num_classes, lambda0, covariance, feature_dim, sync_stats)
 

@@ -1,4 +1,4 @@
-"""ISDA under torch.distributed: two gloo processes hold the statistics of the global batch."""
+"""ISDA under torch.distributed: two gloo processes hold the statistics of the global batch (or of a group's)."""
 import os
 import socket
 
@@ -49,6 +49,14 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
                 part = slice(0, n0) if rank == 0 else slice(n0, None)
                 est.update(f[part], y[part])
             result[diagonal] = {n: b.clone() for n, b in est.named_buffers()}
+        # a process group: each rank alone in its own group keeps its own rows; a group of both gathers both
+        solos, both = [dist.new_group([0]), dist.new_group([1])], dist.new_group([0, 1])
+        for key, group in (("solo", solos[rank]), ("both", both)):
+            est = FeatureCovariance(K, sync=group)
+            for f, y, n0 in stream():
+                part = slice(0, n0) if rank == 0 else slice(n0, None)
+                est.update(f[part], y[part])
+            result[key] = est.count.clone()
         # bf16 features, labels above 256 and a non-finite row on rank 1 (its class 5 must stay empty)
         big = FeatureCovariance(BIG_K, feature_dim=A, diagonal=True)
         f = torch.ones(len(BIG_LABELS[rank]), A, dtype=torch.bfloat16)
@@ -87,6 +95,10 @@ def test_two_gloo_ranks_hold_the_statistics_of_the_concatenated_batch(tmp_path):
             assert torch.equal(got["count"], single.count)
             assert torch.allclose(got["mean"], single.mean, atol=1e-5)
             assert torch.allclose(got["cov"], single.cov, atol=1e-5)
+    for rank, res in enumerate(results):  # the group's ranks' rows only
+        own = torch.cat([y[:n0] if rank == 0 else y[n0:] for _, y, n0 in stream()])
+        assert torch.equal(res["solo"], torch.bincount(own, minlength=K))
+        assert torch.equal(res["both"], results[0][False]["count"])
     big_count = torch.bincount(torch.tensor(BIG_LABELS[0] + BIG_LABELS[1][:1]), minlength=BIG_K)
     for res in results:
         assert torch.equal(res["big_count"], big_count)
