@@ -311,3 +311,17 @@ def test_a_generator_shared_by_two_transforms_stays_shared_in_copies():
     del a, b, g, a2, b2
     gc.collect()
     assert ref() is None  # the pickling stand-in does not keep the generator alive
+
+
+def test_a_batch_with_no_sample_selected_is_still_counted_as_seen():
+    x, y = _batch((4, 1, 3, 3), False, 0)
+    t = AddNoise(p=0.0, generator=0)
+    t(x, y)
+    t(x, y)
+    assert t.stats == {"seen": 8, "transformed": 0, "rejected": 0}
+
+
+def test_an_int_seed_seeds_exactly_that_and_other_seeds_draw_otherwise():
+    x, y = _batch((4, 1, 3, 3), False, 0)
+    assert not torch.equal(AddNoise(generator=1)(x, y)[0], AddNoise(generator=2)(x, y)[0])
+    assert torch.equal(AddNoise(generator=5)(x, y)[0], AddNoise(generator=torch.Generator().manual_seed(5))(x, y)[0])

@@ -526,3 +526,62 @@ def test_options_after_the_leading_arguments_are_keyword_only(cls, leading):
     assert [p.name for p in params if p.kind is not inspect.Parameter.KEYWORD_ONLY] == leading
     with pytest.raises(TypeError):
         LatentNoise(tiny_glow(), 5.0, "l2")
+
+
+class _AttackInGetitem(torch.utils.data.Dataset):
+    """A transform that needs the model, wrongly called inside a DataLoader worker."""
+
+    def __init__(self, t, net):
+        self.t, self.net = t, net
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        return self.t(torch.rand(1, 1, 8, 8), None, self.net)[0][0]
+
+
+def test_a_transform_that_needs_the_model_refuses_to_run_in_a_dataloader_worker(glow, net):
+    # a worker holds a stale copy of the model: attacking it would silently use old weights
+    loader = torch.utils.data.DataLoader(_AttackInGetitem(LatentAdversarial(glow, generator=0), net),
+                                         batch_size=1, num_workers=1)
+    with pytest.raises(RuntimeError, match="needs the live model being trained"):
+        next(iter(loader))
+
+
+def test_varmixup_without_num_classes_refuses_index_labels_in_eval_mode_too(vae, batch):
+    with pytest.raises(ValueError, match="num_classes"):
+        VarMixup(vae, generator=0).eval()(*batch)
+
+
+def test_adversarial_l2_step_has_step_size_over_the_chosen_levels(glow, batch, net):
+    x, y = batch
+    t = LatentAdversarial(glow, eps=10.0, steps=1, step_size=0.5, norm="l2", random_start=False, levels=[0],
+                          generator=0)
+    t(x, y, net)
+    d = t.last_params["delta"]
+    n0 = int(torch.Size(glow.latent_shapes[0]).numel())
+    assert d[:, n0:].abs().max() == 0
+    # the steepest-ascent step is taken within the chosen levels: its L2 size there is step_size
+    assert torch.allclose(d[:, :n0].norm(dim=1), torch.full((len(x),), 0.5), atol=1e-4)
+
+
+def test_adversarial_target_true_names_a_label_equal_to_the_number_of_outputs(glow, batch, net):
+    x, y = batch
+    with pytest.raises(ValueError, match=r"class indices in \[0, 10\) for the model's 10 outputs, got 10"):
+        LatentAdversarial(glow, target="true", generator=0)(x, torch.full_like(y, 10), net)
+
+
+@pytest.mark.parametrize("lam", [0.0, 1.5])
+def test_mixup_inference_lam_is_checked(glow, batch, net, lam):
+    with pytest.raises(ValueError, match=r"lam must be a finite number in \(0, 1\]"):
+        LatentMixupInference(net, glow, references=batch[0], lam=lam)
+
+
+def test_mixup_inference_draws_references_for_each_input(glow, net):
+    g = torch.Generator().manual_seed(0)
+    refs = torch.rand(8, 1, 8, 8, generator=g)
+    x = torch.rand(1, 1, 8, 8, generator=g).expand(16, -1, -1, -1).contiguous()
+    probs = LatentMixupInference(net, glow, references=refs, lam=0.5, num_mixes=1, generator=0)(x)
+    # 16 identical inputs, each mixed with its own draw among 8 references: not all alike
+    assert not torch.allclose(probs, probs[:1].expand_as(probs), rtol=0, atol=1e-6)

@@ -78,9 +78,11 @@ def test_batch_of_one_works_everywhere():
         assert x2.shape == (1, 1, 8, 8), name
 
 
-def test_half_precision_input_is_supported_by_codec_methods():
-    x2, _ = LatentNoise(GLOW, eps=1.0, generator=0)(GOOD_X.half(), GOOD_Y)
-    assert x2.dtype == torch.float16
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("p", [1.0, 0.5])
+def test_half_precision_input_is_supported_by_codec_methods(dtype, p):
+    x2, _ = LatentNoise(GLOW, eps=1.0, p=p, generator=0)(GOOD_X.to(dtype), GOOD_Y)
+    assert x2.dtype == dtype and x2.shape == GOOD_X.shape
 
 
 def test_range_tolerance_is_small():
