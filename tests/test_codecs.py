@@ -515,3 +515,43 @@ def test_a_frozen_glow_cast_to_float64_folds_its_fast_path_again():
     with torch.no_grad():
         assert float((glow.decode(glow.encode(x)) - x).abs().max()) < 1e-10
         assert all(b.dtype == torch.float64 for b in glow.buffers() if b.is_floating_point())
+
+
+@pytest.mark.parametrize("floor", [0.0, 1.0])
+def test_glow_scale_floor_on_the_boundary_is_refused(floor):
+    # 0 removes the bound that keeps decoding finite (a coupling could magnify without limit); 1 freezes every scale
+    with pytest.raises(ValueError, match=rf"scale_floor in \(0, 1\), got 0.05, {floor}"):
+        build_codec({"kind": "glow", "image_shape": [1, 8, 8], "levels": 1, "steps": 1, "hidden": 4,
+                     "scale_floor": floor})
+
+
+def test_vae_log_variance_is_clamped_so_samples_and_kl_stay_finite():
+    torch.manual_seed(0)
+    vae = ConvVAE((1, 8, 8), latent_dim=4, hidden=8)
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    last = vae.encoder[-1]  # Linear -> (mu, logvar)
+    for logvar, bound in ((1000.0, 20.0), (-1000.0, -30.0)):  # a diverging encoder: exp(0.5 * 1000) is inf in fp32
+        with torch.no_grad():
+            last.weight.zero_()
+            last.bias.zero_()
+            last.bias[4:] = logvar
+        assert torch.equal(vae.posterior(x)[1], torch.full((2, 4), bound))
+        z = vae.encode(x, sample=True, generator=torch.Generator().manual_seed(0))[0]
+        assert torch.isfinite(z).all() and torch.isfinite(vae.elbo_terms(x)["kl"]).all()
+
+
+def test_reconstruct_clips_what_decode_returns():
+    torch.manual_seed(0)
+    vae = ConvVAE((1, 8, 8), latent_dim=4, hidden=8).freeze()
+    vae._decode = lambda z: torch.linspace(-0.5, 1.5, 64).repeat(len(z[0]), 1).view(-1, 1, 8, 8)  # overshoots
+    out = vae.reconstruct(torch.rand(2, 1, 8, 8))
+    assert float(out.min()) == 0.0 and float(out.max()) == 1.0
+
+
+def test_sample_scales_the_prior_draw_by_the_temperature():
+    torch.manual_seed(0)
+    vae = ConvVAE((1, 8, 8), latent_dim=4, hidden=8).freeze()
+    z = torch.randn(3, 4, generator=torch.Generator().manual_seed(5))
+    for t in (0.0, 0.5, 2.0):
+        expected = vae.decode([t * z]).clamp(0, 1)
+        assert torch.allclose(vae.sample(3, temperature=t, generator=torch.Generator().manual_seed(5)), expected)

@@ -54,3 +54,24 @@ def test_a_spec_without_a_path_is_refused(spec, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # "folder:" scanned the current directory
     with pytest.raises(ValueError, match=f"data spec '{spec}' has no path"):
         load_images(spec)
+
+
+def test_npz_with_negative_labels_or_four_channels_is_refused(tmp_path):
+    x = np.random.default_rng(0).integers(0, 256, (5, 6, 4, 3), dtype=np.uint8)
+    np.savez(tmp_path / "neg.npz", x=x, y=np.array([0, 1, -1, 2, 3]))
+    with pytest.raises(ValueError, match="labels y must be >= 0, got -1"):
+        load_images(f"npz:{tmp_path / 'neg.npz'}")
+    rgba = np.concatenate([x, np.full((5, 6, 4, 1), 255, np.uint8)], axis=-1)
+    np.savez(tmp_path / "rgba.npz", x=rgba)
+    with pytest.raises(ValueError, match=r"C 1 or 3.*got shape \(5, 6, 4, 4\)"):
+        load_images(f"npz:{tmp_path / 'rgba.npz'}")
+
+
+def test_folder_spec_refuses_16_bit_images(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "deep"
+    root.mkdir()
+    Image.fromarray(np.full((6, 4), 40000, np.uint16)).save(root / "deep.png")  # a 16-bit grey PNG
+    with pytest.raises(ValueError, match="deep.png: I.* \\(16-bit or float\\) images are not supported"):
+        load_images(f"folder:{root}")

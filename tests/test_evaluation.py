@@ -199,3 +199,20 @@ def test_fit_classifier_runs_very_short_schedules(n, batch_size, epochs):
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
     fit_classifier(model, torch.rand(n, 3, 2, 2), torch.arange(n) % 3, epochs=epochs, batch_size=batch_size,
                    progress=False)
+
+
+def test_ece_and_reliability_bins_default_to_15_bins():
+    # 0.62 and 0.68 share a bin of width 0.1 but not one of width 1/15 (edges 0.6, 0.667, 0.733):
+    # 15 bins: (|0.62 - 1| + |0.68 - 0|) / 2 = 0.53; 10 bins would give |1.30 - 1| / 2 = 0.15
+    probs, y = _probs([0.62, 0.68], [0, 0]), torch.tensor([0, 1])
+    assert expected_calibration_error(probs, y) == pytest.approx(0.53, abs=1e-6)
+    assert expected_calibration_error(probs, y) == expected_calibration_error(probs, y, bins=15)
+    assert reliability_bins(probs, y)["count"].shape == (15,)
+
+
+def test_metrics_refuse_rows_that_do_not_sum_to_one():
+    # per-class sigmoids (each in [0, 1]) are not a distribution: the rows sum to 1.7 and 0.5
+    probs, y = torch.tensor([[0.9, 0.8], [0.3, 0.2]]), torch.tensor([0, 1])
+    for metric in (accuracy, expected_calibration_error, reliability_bins):
+        with pytest.raises(ValueError, match="summing to 1.*row sum off by 0.7"):
+            metric(probs, y)

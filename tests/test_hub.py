@@ -997,3 +997,65 @@ def test_downloaded_files_get_the_umask_permissions(env):
     _register("good", "good.safetensors")
     path = hub.fetch("good")
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~hub._UMASK  # not mkstemp's 0600
+
+
+def test_a_failed_atomic_write_leaves_neither_the_file_nor_a_part(tmp_path, monkeypatch):
+    # the block fails: nothing at the destination and no hidden .part beside it
+    with pytest.raises(RuntimeError, match="disk full"):
+        with hub.atomic_path(tmp_path / "a.safetensors") as tmp:
+            Path(tmp).write_bytes(b"half a file")
+            raise RuntimeError("disk full")
+    assert list(tmp_path.iterdir()) == []
+    # the same through save_checkpoint, failing at the rename
+    torch.manual_seed(0)
+    codec = build_codec(CONFIG)
+
+    def no_rename(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(hub.os, "replace", no_rename)
+    with pytest.raises(OSError, match="No space left"):
+        hub.save_checkpoint(codec, tmp_path / "b.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_part_younger_than_twice_a_long_timeout_is_kept(tmp_path, monkeypatch):
+    # with a 2-hour read timeout a live download may be silent for 2 hours: its 2-hour-old .part must stay
+    monkeypatch.setenv("LATENT_TRANSFORMS_HUB_TIMEOUT", "7200")
+    dest = tmp_path / "good.safetensors"
+    live, old = tmp_path / ".good.safetensors.l1v3.part", tmp_path / ".good.safetensors.k1ll3d.part"
+    for part, age in ((live, 7200), (old, 5 * 3600)):
+        part.write_bytes(b"partial")
+        os.utime(part, (time.time() - age, time.time() - age))
+    hub._remove_abandoned_parts(dest)
+    assert live.exists() and not old.exists()
+
+
+def test_a_weight_stored_as_integers_is_refused(tmp_path):
+    torch.manual_seed(0)
+    sd = {k: v.contiguous() for k, v in build_codec(CONFIG).state_dict().items()}
+    first = next(iter(sd))
+    sd[first] = sd[first].round().to(torch.int32)
+    path = tmp_path / "int.safetensors"
+    save_file(sd, str(path), metadata={"config": json.dumps(CONFIG), "format": hub.FORMAT})
+    with pytest.raises(ValueError, match=rf"tensor {first} has dtype torch.int32, the codec expects torch.float32"):
+        hub.load_checkpoint(path)
+
+
+def test_list_checkpoints_does_not_call_a_file_of_the_wrong_size_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(hub, "_registered", {})
+    monkeypatch.setattr(hub, "SHIPPED_DIR", tmp_path / "shipped")
+    hub.register("sized", file="sized.safetensors", sha256="0" * 64, config=CONFIG, size=3000)
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "sized.safetensors").write_bytes(b"x" * 1000)  # an interrupted copy
+    assert [r["cached"] for r in hub.list_checkpoints() if r["name"] == "sized"] == [False]
+    (tmp_path / "cache" / "sized.safetensors").write_bytes(b"x" * 3000)
+    assert [r["cached"] for r in hub.list_checkpoints() if r["name"] == "sized"] == [True]
+
+
+def test_save_checkpoint_refuses_a_path_without_the_safetensors_suffix(tmp_path):
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match=r"checkpoint path must end in .safetensors, got '.*codec.pt'"):
+        hub.save_checkpoint(build_codec(CONFIG), tmp_path / "codec.pt")
+    assert list(tmp_path.iterdir()) == []

@@ -9,7 +9,7 @@ from hypothesis.extra import numpy as hnp
 from latent_transforms import Compose
 from latent_transforms.latent_adversarial import LatentAdversarial
 from latent_transforms.latent_noise import LatentNoise
-from latent_transforms.validation import check_images, check_labels
+from latent_transforms.validation import check_count, check_images, check_labels, check_number
 from latent_transforms.varmixup import VarMixup
 
 from contract import assert_model_unchanged, model_state
@@ -235,3 +235,24 @@ def test_loading_a_directory_says_so(tmp_path):
     for arg in (str(tmp_path), tmp_path):
         with pytest.raises(IsADirectoryError, match=f"{tmp_path} is a directory"):
             hub.load(arg)
+
+
+def test_soft_labels_with_nan_are_refused():
+    # a NaN row sum compares False with the tolerance: only the explicit finiteness check catches it
+    y = torch.full((4, 10), 0.1)
+    y[1, 3] = float("nan")
+    with pytest.raises(ValueError, match="soft labels contain NaN or inf"):
+        check_labels(y, 4, 10)
+
+
+def test_an_open_lower_bound_refuses_the_bound_itself():
+    assert check_number("lr", 1e-9, low_open=True) == 1e-9
+    with pytest.raises(ValueError, match=r"lr must be a finite number in \(0, inf\), got 0.0"):
+        check_number("lr", 0.0, low_open=True)
+    assert check_number("weight_decay", 0.0) == 0.0  # a closed bound takes it
+
+
+def test_a_bool_is_not_a_count():
+    with pytest.raises(ValueError, match="epochs must be an int >= 1, got True"):
+        check_count("epochs", True, low=1)
+    assert check_count("epochs", 1, low=1) == 1
