@@ -1,6 +1,7 @@
 """The ``latent-transforms`` command line through ``cli.main``: list, fetch, --version, errors, train, demo."""
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 
 import torch
 
-from latent_transforms import __version__, hub, train
+from latent_transforms import __version__, demo, hub, train
 from latent_transforms.cli import PROG, main
 from latent_transforms.codecs import build_codec
 
@@ -386,3 +387,40 @@ def test_module_entry_point_runs():
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == f"{PROG} {__version__}"
+
+
+def test_register_refuses_a_name_whose_file_another_checkpoint_uses(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(hub, "_registered", {})
+    _, js = _run_files(tmp_path / "runs", "zz-run")
+    entry = json.loads(js.read_text())["registry_entry"]
+    hub.register("zz-alias", file="zz-b.safetensors", sha256=entry["sha256"], config=entry["config"], persist=True)
+    code, out, err = _exit_code(["register", str(js), "--name", "zz-b"], capsys)
+    assert code == 2 and err == "latent-transforms: error: zz-b.safetensors is the file of checkpoint 'zz-alias'; " \
+                                "give another --name\n"
+    assert "zz-b" not in hub._registry()
+
+
+def test_unregister_keeps_a_file_another_name_uses(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(hub, "_registered", {})
+    _, js = _run_files(tmp_path / "runs", "zz-run")
+    assert main(["register", str(js)]) == 0
+    entry = hub._registry()["zz-run"]
+    hub.register("zz-alias", file=entry["file"], sha256=entry["sha256"], config=entry["config"], persist=True)
+    assert main(["unregister", "zz-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"kept {hub.cache_dir() / 'zz-run.safetensors'}: checkpoint 'zz-alias' uses it too" in out
+    assert "zz-run.safetensors" in _cache_files() and hub.load("zz-alias").kind == "vae"
+
+
+def test_demo_table_times_each_arm_against_the_baseline():
+    results = {"baseline": {"accuracy": [0.5, 0.7], "seconds": [2.0, 2.0]},
+               "ISDA": {"accuracy": [0.6, 0.6], "seconds": [5.0, 5.0]}}
+    table = demo.format_table(results, per_class=10, epochs=40, n_test=540)
+    assert "| baseline | 60.0% ± 14.1 | 2.0 s | 1.0x |" in table and "| ISDA | 60.0% ± 0.0 | 5.0 s | 2.5x |" in table
+
+
+def test_demo_smoke_is_one_seed_of_3_epochs(monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(demo, "run_demo", lambda out, **kw: calls.append(kw))
+    demo._cmd_demo(argparse.Namespace(smoke=True, epochs=40, seeds=3, out="o", per_class=10))
+    assert calls == [{"per_class": 10, "epochs": 3, "seeds": (0,)}]

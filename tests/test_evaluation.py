@@ -7,6 +7,8 @@ from torch import nn
 
 from latent_transforms.evaluation import (accuracy, expected_calibration_error, fit_classifier, predict_proba,
                                           reliability_bins)
+from latent_transforms.models import CIFAR10_MEAN, CIFAR10_STD, CifarResNet18
+from latent_transforms.modelutils import logits_of
 
 
 def _probs(confidences: list[float], predicted: list[int], k: int = 3) -> torch.Tensor:
@@ -216,3 +218,19 @@ def test_metrics_refuse_rows_that_do_not_sum_to_one():
     for metric in (accuracy, expected_calibration_error, reliability_bins):
         with pytest.raises(ValueError, match="summing to 1.*row sum off by 0.7"):
             metric(probs, y)
+
+
+def test_logits_of_refuses_another_batch_size():
+    with pytest.raises(ValueError, match=r"needs model\(x\) to return \(B, K\) logits, got a tensor of shape \(3, 10\)"):
+        logits_of(lambda x: torch.zeros(3, 10), torch.zeros(4, 1, 8, 8), "someone")
+
+
+def test_cifar_resnet_standardises_its_input():
+    torch.manual_seed(0)
+    net = CifarResNet18(width=4).eval()
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        out = net(x)
+        net.mean.zero_(), net.std.fill_(1.0)
+        want = net((x - torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)) / torch.tensor(CIFAR10_STD).view(1, 3, 1, 1))
+    assert torch.allclose(out, want, atol=1e-5)

@@ -187,3 +187,34 @@ def test_smoke_run_has_every_row_and_passes_the_compile_mode(tmp_path, monkeypat
     assert isda["vs_train_step"] == isda["vs_paired"] and len(isda["paired_all_seconds"]) == 2
     md = (tmp_path / "tp" / "throughput.md").read_text()
     assert "| LatentNoise, compiled codec, mode=reduce-overhead | t(x, y) |" in md and "| n/a |" in md
+
+
+def test_warm_up_calls_are_not_timed(monkeypatch):
+    clock = iter([9.0, 1.0, 2.0, 3.0])  # the warm-up call (a compile, say) is slow
+    monkeypatch.setattr(tp, "timed", lambda fn, device: next(clock))
+    result = tp.measure(lambda: None, torch.device("cpu"), warmup=1, iters=3)
+    assert result["seconds"] == 2.0 and result["all_seconds"] == [1.0, 2.0, 3.0] and result["first_call_seconds"] == 9.0
+
+
+def test_targets_are_not_judged_at_another_batch_size():
+    result = _result("cuda", ROWS)
+    result["config"]["batch_size"] = 64
+    md = tp.format_table(result)
+    assert "This run is not that setting (batch 64)" in md and "| pass |" not in md and "| fail |" not in md
+
+
+def test_table_gives_each_pgd_steps_cost():
+    rows = [_row("train_step", "step", 0.010), _row("latent_adversarial_0", "a0", 0.010),
+            _row("latent_adversarial_1", "a1", 0.020), _row("latent_adversarial_3", "a3", 0.040)]
+    md = tp.format_table(_result("cuda", rows))
+    assert "fixed 10.00 ms, first step 10.00 ms, each of steps 2-3 10.00 ms" in md
+
+
+def test_images_per_second_is_the_batch_over_its_seconds(tmp_path, monkeypatch):
+    monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
+    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(tmp_path / "hub"))
+    monkeypatch.setattr(tp, "measure", lambda fn, device, warmup, iters, paired=None: {
+        "seconds": 0.5, "all_seconds": [0.5], "first_call_seconds": 0.5, "peak_extra_bytes": None})
+    result = tp.main(["--smoke", "--device", "cpu", "--no-compile", "--out", str(tmp_path / "tp")])
+    assert {r["images_per_second"] for r in result["rows"]} == {16.0}  # batch 8 in 0.5 s
+    assert "| 500.00 | 16 | 1x |" in (tmp_path / "tp" / "throughput.md").read_text()

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import types
 from pathlib import Path
 
 import numpy as np
@@ -272,7 +273,7 @@ def test_resume_continues_step_count_and_optimizer(tmp_path, digits):
     r = train_codec("flow", x, tmp_path, **FLOW, max_steps=3, batch_size=16, progress=False)
     assert r["step"] == 3
     _, optim3, info3, _ = load_training_state(tmp_path / "glow.state.safetensors")
-    assert info3["step"] == 3 and all(float(s["step"]) == 3 for s in optim3["state"].values())
+    assert info3["step"] == 3 and optim3["state"] and all(float(s["step"]) == 3 for s in optim3["state"].values())
     r = train_codec("flow", x, tmp_path, **FLOW, max_steps=6, batch_size=16, progress=False)
     model6, optim6, info6, extra = load_training_state(tmp_path / "glow.state.safetensors")
     assert r["step"] == 6 and info6["step"] == 6 and info6["calls"] == 2 and "rng_cpu" in extra
@@ -821,3 +822,128 @@ def test_cifar10_default_root_follows_the_cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(tmp_path / "home"))
     x, y, _ = load_images("cifar10")
     assert roots == [str(tmp_path / "home" / "data")] and x.shape == (2, 3, 32, 32)  # was ~/.cache/...: env ignored
+
+
+def test_history_lr_follows_warm_up_then_cosine_decay(tmp_path, digits):
+    r = train_codec("flow", digits[0][:32], tmp_path, **FLOW, max_steps=10, warmup_steps=2, batch_size=16, lr=1e-3,
+                    progress=False)
+    hist = json.loads((tmp_path / "glow.json").read_text())["training"]["history"]
+    assert r["complete"] and [h["step"] for h in hist] == list(range(1, 11))
+    want = [1e-3 * min(1.0, (s + 1) / 2) * 0.5 * (1 + math.cos(math.pi * s / 10)) for s in range(10)]
+    assert [h["lr"] for h in hist] == pytest.approx(want, rel=1e-9)  # step 0 at half the peak, then a decay to ~0
+
+
+def test_ema_resumed_call_by_call_ships_what_one_call_ships(tmp_path, digits):
+    x = digits[0][:32]
+    kw = dict(**FLOW, max_steps=4, batch_size=16, ema_decay=0.9, checkpoint_every=1000, progress=False)
+    ref = train_codec("flow", x, tmp_path / "ref", **kw)
+    for _ in range(3):  # a time limit shorter than the set-up: one step per call
+        assert not train_codec("flow", x, tmp_path / "cut", **kw, max_minutes=1e-9)["complete"]
+    r = train_codec("flow", x, tmp_path / "cut", **kw)
+    assert r["complete"] and r["sha256"] == ref["sha256"]  # the average went on over the calls, not restarted
+
+
+@pytest.mark.parametrize("kind, clip, want", [("flow", None, 50.0), ("vae", None, None), ("vae", 1.5, 1.5)])
+def test_gradients_are_clipped_at_grad_clip(tmp_path, digits, monkeypatch, kind, clip, want):
+    seen = []
+    real = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, max_norm, *a, **k:
+                        seen.append(max_norm) or real(params, max_norm, *a, **k))
+    train_codec(kind, digits[0][:32], tmp_path, **(FLOW if kind == "flow" else VAE), max_steps=2, batch_size=16,
+                grad_clip=clip, progress=False)
+    assert seen == ([] if want is None else [want] * 2)
+
+
+def test_non_finite_losses_are_skipped_and_twenty_in_a_row_refused(tmp_path, digits, monkeypatch):
+    loss, calls = Glow.loss, [0]
+
+    def every_other_nan(self, x):
+        calls[0] += 1
+        value, metrics = loss(self, x)
+        return (value * math.nan if calls[0] % 2 else value), metrics
+
+    monkeypatch.setattr(Glow, "loss", every_other_nan)
+    kw = dict(**FLOW, batch_size=16, progress=False)
+    r = train_codec("flow", digits[0][:32], tmp_path / "a", **kw, max_steps=44)  # 22 NaN steps, never 2 in a row
+    assert r["complete"] and r["nonfinite_steps"] == 22
+    monkeypatch.setattr(Glow, "loss", lambda self, x: (loss(self, x)[0] * math.nan, {}))
+    with pytest.raises(FloatingPointError, match="20 non-finite losses in a row at step 19; lower the learning rate"):
+        train_codec("flow", digits[0][:32], tmp_path / "b", **kw, max_steps=44)
+
+
+def test_max_minutes_limits_the_call_in_minutes_and_the_set_up_is_not_training_time(tmp_path, digits, monkeypatch):
+    clock = [0.0]
+
+    def tick():  # every reading of the clock: one second later
+        clock[0] += 1.0
+        return clock[0]
+
+    build = train._build
+
+    def slow_build(*args, **kwargs):  # a set-up of 100 s
+        clock[0] += 100.0
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(train, "time", types.SimpleNamespace(perf_counter=tick))
+    monkeypatch.setattr(train, "_build", slow_build)
+    r = train_codec("vae", digits[0][:32], tmp_path, **VAE, max_steps=1000, batch_size=16, max_minutes=5,
+                    progress=False)
+    assert not r["complete"] and 10 < r["step"] < 300  # 300 s from the call's start (was: 5 s, one step)
+    assert r["train_time_s"] < 300 - 100  # the set-up is not training time
+
+
+def test_vae_fp16_falls_back_to_fp32_when_its_reconstructions_differ(tmp_path, digits, monkeypatch):
+    monkeypatch.setattr(train, "VAE_FP16_TOL", 0.0)  # any difference from fp32 rejects the fp16 copy
+    r = train_codec("vae", digits[0][:32], tmp_path, **VAE, max_steps=2, batch_size=16, fp16=True, progress=False)
+    report = json.loads((tmp_path / "vae.json").read_text())
+    assert r["dtype"] == torch.float32 and report["fp16_fallback"].startswith(
+        "fp16 copy rejected (its reconstructions differ from fp32 by")
+
+
+def test_png_rows_are_originals_reconstructions_samples(tmp_path, digits):
+    x, _, xt, _, _ = digits
+    r = train_codec("flow", x[:32], tmp_path, **FLOW, max_steps=2, batch_size=16, x_test=xt[:16], progress=False)
+    im = torch.from_numpy(np.asarray(Image.open(tmp_path / "glow.png").convert("L"), dtype=np.float32) / 255)
+    cell = 32 + 2  # 8x8 images upscaled to 32 px, padding 2
+
+    def row(i):
+        return torch.stack([im[2 + i * cell:2 + i * cell + 32:4, 2 + j * cell:2 + j * cell + 32:4] for j in range(16)])
+
+    with torch.no_grad():
+        rec = r["codec"].reconstruct(xt[:16])[:, 0]
+    assert (row(0) - xt[:16, 0]).abs().max() <= 1 / 255
+    assert (row(1) - rec).abs().max() <= 1 / 255 and (row(2) - rec).abs().max() > 0.1
+
+
+def test_cli_no_resume_starts_afresh_with_other_settings(tmp_path):
+    base = ["train", "flow", "--data", "digits", "--out", str(tmp_path), "--levels", "1", "--steps", "1",
+            "--hidden", "8", "--max-steps", "2", "--device", "cpu", "--quiet"]
+    args = _parser().parse_args(base)
+    args.func(args)
+    args = _parser().parse_args([*base, "--lr", "2e-3", "--no-resume"])
+    r = args.func(args)  # was: ValueError "... a run with other settings (lr: saved 0.001, now 0.002)"
+    assert r["complete"] and load_training_state(tmp_path / "glow-digits.state.safetensors")[2]["calls"] == 1
+
+
+def test_report_counts_epochs_in_batches_per_epoch(tmp_path, digits):
+    r = train_codec("flow", digits[0][:64], tmp_path, **FLOW, max_steps=6, batch_size=16, progress=False)
+    assert r["epochs_done"] == 1.5 and json.loads((tmp_path / "glow.json").read_text())["training"]["epochs"] == 1.5
+
+
+def test_each_epoch_has_its_own_order_of_every_image(tmp_path, digits, monkeypatch):
+    seen = []
+    shift = train.random_shift_flip
+    monkeypatch.setattr(train, "random_shift_flip", lambda xb, *a, **k: seen.append(xb.clone()) or shift(xb, *a, **k))
+    x = digits[0][:32]
+    train_codec("flow", x, tmp_path, **FLOW, max_steps=4, batch_size=16, progress=False)
+    epoch0, epoch1 = torch.cat(seen[:2]), torch.cat(seen[2:])
+    key = lambda t: sorted(map(tuple, t.flatten(1).tolist()))  # noqa: E731
+    assert key(epoch0) == key(epoch1) == key(x) and not torch.equal(epoch0, epoch1)
+
+
+def test_cli_test_data_with_other_intensity_levels_is_refused(tmp_path):
+    np.savez(tmp_path / "toy.npz", x=np.random.default_rng(0).integers(0, 256, (20, 8, 8), dtype=np.uint8))
+    args = _parser().parse_args(["train", "flow", "--data", f"npz:{tmp_path / 'toy.npz'}", "--test-data", "digits",
+                                 "--out", str(tmp_path / "o"), "--max-steps", "1", "--quiet"])
+    with pytest.raises(ValueError, match="--test-data has 17 intensity levels, --data 256"):
+        args.func(args)

@@ -40,3 +40,11 @@ def test_bad_rows_are_named_and_nothing_is_written(tmp_path, rows, match):
 def test_bad_sizes(tmp_path):
     with pytest.raises(ValueError, match="cell must be an int >= 1"):
         save_rows({"a": torch.rand(1, 3, 4, 4)}, tmp_path / "g.png", cell=0)
+
+
+def test_pixels_are_rounded_and_upscaled_without_blur(tmp_path):
+    checker = torch.zeros(1, 1, 2, 2)
+    checker[0, 0, 0, 0] = checker[0, 0, 1, 1] = 0.5          # 127.5: rounds to 128 (was truncated to 127)
+    im = np.asarray(Image.open(save_rows({"c": checker}, tmp_path / "g.png", cell=8, label_width=0)))
+    assert (im[0:4, 0:4] == 128).all() and (im[4:8, 4:8] == 128).all()  # each pixel a 4x4 block, no blending
+    assert (im[0:4, 4:8] == 0).all() and (im[4:8, 0:4] == 0).all()
