@@ -5,10 +5,12 @@ import json
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -862,3 +864,278 @@ def test_random_crop_flip_draws_per_sample_offsets_then_flips_from_its_seed():
         expected = torch.stack([padded[i, :, oy[i]:oy[i] + 10, ox[i]:ox[i] + 10] for i in range(12)])
         expected = torch.where(flip.view(12, 1, 1, 1), expected.flip(-1), expected)
         assert torch.equal(aug(x), expected), batch
+
+
+def _scores(a: float, ece: float = 0.1, corr: float | None = 0.5) -> dict:
+    return {"accuracy": a, "ece": ece, "corruption_accuracy": corr}
+
+
+def test_accuracy_verdicts_need_the_full_margin_both_comparators_and_a_strict_win():
+    """Target 1 needs +3 points over the baseline AND no loss to RandAugment; Target 2 needs lower ECE AND higher
+    corruption accuracy (a tie is neither); Target 3 needs ISDA above the baseline (a tie does not beat it)."""
+    verdicts = _load_accuracy_module().verdicts
+    base = {"0": _scores(0.50)}
+    t1 = verdicts({"baseline": base, "randaugment": {"0": _scores(0.40)}, "isda": {"0": _scores(0.525)}})[0]
+    assert t1["status"] == "MISSED", t1  # +2.5 points
+    t1 = verdicts({"baseline": base, "randaugment": {"0": _scores(0.56)}, "isda": {"0": _scores(0.535)}})[0]
+    assert t1["status"] == "MISSED", t1  # +3.5 points, but 2.5 below RandAugment
+    base2 = {"0": _scores(0.5, ece=0.10, corr=0.40)}
+    for ece, corr, status in ((0.08, 0.42, "MET"), (0.08, 0.38, "MISSED"), (0.12, 0.42, "MISSED"),
+                              (0.10, 0.42, "MISSED"), (0.08, 0.40, "MISSED")):
+        t2 = verdicts({"baseline": base2, "varmixup": {"0": _scores(0.5, ece=ece, corr=corr)}})[1]
+        assert t2["status"] == status, (ece, corr, t2)
+    assert verdicts({"baseline": base, "isda": {"0": _scores(0.50)}})[2]["status"] == "MISSED"
+    assert verdicts({"baseline": base, "isda": {"0": _scores(0.501)}})[2]["status"] == "MET"
+
+
+def test_accuracy_verdicts_of_runs_without_corruption_scores():
+    """--no-corruptions runs (corruption_accuracy None): Target 2 is not evaluated, and says why; 1 and 3 are."""
+    verdicts = _load_accuracy_module().verdicts
+    runs = {a: {"0": _scores(acc, corr=None)} for a, acc in
+            (("baseline", 0.5), ("randaugment", 0.5), ("varmixup", 0.6), ("isda", 0.6))}
+    t1, t2, t3 = verdicts(runs)
+    assert (t2["status"], t2["detail"]) == ("NOT EVALUATED", "no seed with runs of both, with corruption accuracy")
+    assert t1["status"] == t3["status"] == "MET"
+
+
+def _results(acc, eval_on: str = "test") -> dict:
+    """Hand-made results: baseline seeds 0-2 (accuracy 50/60/70%, 10 s/epoch), ISDA seed 0 only (70%, 20 s/epoch)."""
+    def run(a: float, contrast: list[float], sec: float) -> dict:
+        return {"accuracy": a, "ece": a / 10, "corruption_accuracy": statistics.mean(contrast),
+                "corruptions": {"contrast": dict(zip(("1", "3", "5"), contrast))}, "seconds_per_epoch": sec}
+
+    runs = {"baseline": {"0": run(0.5, [0.2, 0.3, 0.4], 10.0), "1": run(0.6, [0.4, 0.5, 0.6], 10.0),
+                         "2": run(0.7, [0.6, 0.7, 0.8], 10.0)},
+            "isda": {"0": run(0.7, [0.5, 0.5, 0.5], 20.0)}}
+    cfg = {"smoke": False, "width": 64, "epochs": 40, "batch_size": 128, "lr": 0.1, "precision": "fp32",
+           "device_name": "cpu", "n_train": 4500, "source_train": "npz:t.npz", "n_val": 500, "n_eval": 500,
+           "eval_on": eval_on, "date": "2026-01-01 00:00:00 UTC", "command": "accuracy.py", "commit": None}
+    return {"config": cfg, "runs": runs, "summary": acc.summarise(runs), "targets": acc.verdicts(runs)}
+
+
+def test_accuracy_summary_is_mean_and_sample_std_over_seeds():
+    acc = _load_accuracy_module()
+    s = _results(acc)["summary"]["baseline"]
+    assert s["accuracy_mean"] == pytest.approx(0.6) and s["accuracy_std"] == pytest.approx(0.1)  # n - 1
+    assert s["ece_std"] == pytest.approx(0.01) and s["corruption_accuracy_std"] == pytest.approx(0.2)
+    # per corruption: over severities, then over seeds
+    assert s["per_corruption"] == {"contrast": pytest.approx(0.5)}
+
+
+def test_accuracy_table_cells():
+    """The table's ± (none for one seed), the (n=) of an arm short of seeds, time vs baseline, and the warning that
+    validation-split scores are not the issue's evidence."""
+    acc = _load_accuracy_module()
+    md = acc.format_report(_results(acc, eval_on="val"))
+    assert "| baseline (crop + flip) | 60.0% ± 10.0 | +0.0 | 6.00 ± 1.00 | 50.0% ± 20.0 | 10.00 | 1.0x |" in md, md
+    assert "| isda (+ ISDA) (n=1) | 70.0% | +20.0 (seed 0) | 7.00 | 50.0% | 20.00 | 2.0x |" in md, md
+    assert "(scored on the held-out validation split, for tuning: not the issue's test-set evidence)" in md
+    assert "not the issue's test-set evidence" not in acc.format_report(_results(acc, eval_on="test"))
+
+
+def test_accuracy_reliability_diagram_pools_the_bins_of_every_seed():
+    acc = _load_accuracy_module()
+    from latent_transforms.evaluation import reliability_bins
+
+    g = torch.Generator().manual_seed(0)
+    probs = [torch.softmax(3 * torch.randn(50, 10, generator=g), 1) for _ in range(2)]
+    y = [torch.randint(0, 10, (50,), generator=g) for _ in range(2)]
+    runs = {"baseline": {str(i): {"reliability": {k: v.tolist() for k, v in reliability_bins(p, t).items()}}
+                         for i, (p, t) in enumerate(zip(probs, y))}}
+    pooled = acc.pooled_bins(runs)["baseline"]
+    expected = reliability_bins(torch.cat(probs), torch.cat(y))
+    for k, v in expected.items():
+        assert pooled[k] == pytest.approx(v.tolist()), k
+
+
+# flag -> fingerprint key, each flag's value other than its default
+_SETTINGS = {"--lr": ("lr", "0.05"), "--weight-decay": ("weight_decay", "0"), "--epochs": ("epochs", "3"),
+             "--batch-size": ("batch_size", "64"), "--width": ("width", "16"), "--val-fraction": ("val_fraction", "0.2"),
+             "--eval-on": ("eval_on", "val"), "--train-size": ("train_size", "1000"), "--precision": ("precision", "bf16"),
+             "--noise-eps": ("noise_eps", "7"), "--adv-eps": ("adv_eps", "0.3"), "--adv-steps": ("adv_steps", "5"),
+             "--adv-step-size": ("adv_step_size", "0.11"), "--latent-p": ("latent_p", "0.5"),
+             "--varmixup-alpha": ("varmixup_alpha", "0.3"), "--varmixup-p": ("varmixup_p", "0.9"),
+             "--isda-lambda0": ("isda_lambda0", "0.1"), "--isda-covariance": ("isda_covariance", "diagonal"),
+             "--ra-ops": ("ra_ops", "3"), "--ra-magnitude": ("ra_magnitude", "5"), "--mixup-alpha": ("mixup_alpha", "0.2")}
+
+
+def test_accuracy_resume_refuses_runs_made_with_any_other_training_or_method_setting(tmp_path):
+    acc = _load_accuracy_module()
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"fingerprint": acc.make_fingerprint(acc.parse_args([]), "0" * 64),
+                                "runs": {"baseline": {"0": {"accuracy": 0.5}}}}))
+    for flag, (key, value) in _SETTINGS.items():
+        now = acc.make_fingerprint(acc.parse_args([flag, value]), "0" * 64)
+        with pytest.raises(SystemExit, match=rf"other settings \({key}\)"):
+            acc.load_runs(path, now, "--resume", "r")
+
+
+def test_accuracy_protocol_records_the_corruptions_and_severities(monkeypatch):
+    """Runs scored on other corruptions or severities are another protocol: not resumed or merged into one table."""
+    acc = _load_accuracy_module()
+    before = acc.protocol()
+    monkeypatch.setattr(acc, "SEVERITIES", (1, 2, 3))
+    assert acc.protocol() != before
+    monkeypatch.setattr(acc, "SEVERITIES", (1, 3, 5))
+    monkeypatch.setattr(acc, "CORRUPTIONS", {**acc.CORRUPTIONS, "contrast": (0.5, 0.3, 0.1)})
+    assert acc.protocol() != before
+
+
+def test_accuracy_corruptions_grow_with_severity_and_follow_cifar10c():
+    acc = _load_accuracy_module()
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    assert torch.allclose(acc.corrupt(x, "contrast", 0.4, torch.Generator()), ((x - mean) * 0.4 + mean).clamp(0, 1))
+    sets = acc.corrupted_sets(x)
+    for kind, by_severity in sets.items():
+        change = [float((by_severity[s].float() / 255 - x).abs().mean()) for s in acc.SEVERITIES]
+        assert change == sorted(change) and change[0] < change[-1], (kind, change)
+
+
+def test_accuracy_run_scores_corruptions_on_the_corrupted_images_and_ece_in_15_bins(monkeypatch):
+    """run_one with training stubbed out: the clean images are called class 0 (right for 2 in 3), the corrupted ones
+    (all black) class 2 (never right)."""
+    from latent_transforms.evaluation import expected_calibration_error
+
+    acc = _load_accuracy_module()
+    n = 40
+    conf = torch.linspace(0.12, 0.99, n)  # confidence in class 0, spread over the bins
+
+    def predict(model, x):
+        black = x.flatten(1).abs().sum(1) == 0
+        p = torch.eye(10)[2].expand(len(x), 10)
+        soft = torch.cat([conf[:len(x), None], ((1 - conf[:len(x)]) / 9)[:, None].expand(-1, 9)], 1)
+        return torch.where(black[:, None], p, soft)
+
+    monkeypatch.setattr(acc, "fit_classifier", lambda *a, **k: 1.0)
+    monkeypatch.setattr(acc, "RandomCropFlip", lambda seed, device: None)
+    monkeypatch.setattr(acc, "predict_proba", predict)
+    y = (torch.arange(n) % 3 == 0).long()
+    data = {"x_train": None, "y_train": None, "x_eval": torch.full((n, 3, 8, 8), 0.5), "y_eval": y}
+    corrupted = {"contrast": {1: torch.zeros(n, 3, 8, 8, dtype=torch.uint8)}}
+    r = acc.run_one("baseline", 0, acc.parse_args(["--smoke"]), data, {}, corrupted, torch.device("cpu"))
+    probs = predict(None, data["x_eval"])
+    assert r["accuracy"] == pytest.approx(26 / 40) and r["corruptions"] == {"contrast": {"1": 0.0}}
+    assert r["corruption_accuracy"] == 0.0
+    assert expected_calibration_error(probs, y, bins=15) != expected_calibration_error(probs, y, bins=10)
+    assert r["ece"] == pytest.approx(expected_calibration_error(probs, y, bins=15))
+    assert len(r["reliability"]["count"]) == 15
+
+
+def test_accuracy_validation_split_is_held_out_of_training_and_scored_with_eval_on_val(tmp_path):
+    """--eval-on val scores the held-out training images (round(fraction x n_c) a class), never the test set."""
+    import numpy as np
+
+    acc = _load_accuracy_module()
+    rng = np.random.default_rng(0)
+    train, test = tmp_path / "train.npz", tmp_path / "test.npz"
+    np.savez(train, x=rng.integers(0, 128, (170, 32, 32, 3), dtype=np.uint8), y=np.arange(170) % 10)  # 17 a class
+    np.savez(test, x=rng.integers(128, 256, (50, 32, 32, 3), dtype=np.uint8), y=np.arange(50) % 10)
+    flags = ["--train", f"npz:{train}", "--test", f"npz:{test}", "--val-fraction", "0.1"]
+    val = acc.load_data(acc.parse_args([*flags, "--eval-on", "val"]))
+    assert val["n_val"] == len(val["y_eval"]) == 20 and len(val["y_train"]) == 150  # round(1.7) = 2 a class
+    assert float(val["x_eval"].max()) < 0.5  # training images, not test images
+    seen = {tuple(img.flatten()[:64].tolist()) for img in val["x_train"]}
+    assert not any(tuple(img.flatten()[:64].tolist()) in seen for img in val["x_eval"])
+    assert sorted(val["y_eval"].tolist()) == sorted(list(range(10)) * 2)
+    test_scored = acc.load_data(acc.parse_args(flags))
+    assert float(test_scored["x_eval"].min()) >= 0.5 and torch.equal(test_scored["x_train"], val["x_train"])
+
+
+def test_sweep_report_refuses_folders_scored_on_other_images_or_schedules(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sweep = _load_benchmark("sweep_report")
+    base = _fake_results(tmp_path / "b0", "baseline", 0, 0.6)
+    for i, (key, value) in enumerate((("eval_on", "test"), ("n_eval", 1000), ("val_fraction", 0.2),
+                                      ("train", "npz:u.npz"), ("lr", 0.05), ("n_train", 9000))):
+        other = _fake_results(tmp_path / f"o{i}", "baseline", 1, 0.6, **{key: value})
+        with pytest.raises(SystemExit, match=f"not the same data/schedule as the first folder: .*'{key}'"):
+            sweep.collect([base, other])
+
+
+def test_calibrate_eps_trains_without_its_validation_images_and_scores_the_perturbed_ones(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    cal = _load_benchmark("calibrate_eps")
+    x, y = torch.rand(50, 1, 8, 8) + 0.1, torch.zeros(50, dtype=torch.long)
+    seen = {}
+
+    class Blackout:  # a stand-in perturbation: every image black
+        def __init__(self, codec, eps, **kwargs):
+            self.stats = {"rejected": 0, "seen": 0}
+
+        def __call__(self, xb, yb, model=None):
+            self.stats["seen"] += len(xb)
+            return torch.zeros_like(xb), yb
+
+    def predict(model, xb):  # class 0 for the images, 1 for black ones
+        seen.setdefault("val", xb)
+        return torch.eye(10)[(xb.flatten(1).sum(1) == 0).long()]
+
+    monkeypatch.setattr(cal, "load_images", lambda spec, split: (x, y, None))
+    monkeypatch.setattr(cal, "hub", SimpleNamespace(load=lambda name: None))
+    monkeypatch.setattr(cal, "fit_classifier", lambda model, xt, yt, **k: seen.setdefault("train", xt))
+    monkeypatch.setattr(cal, "predict_proba", predict)
+    monkeypatch.setattr(cal, "LatentNoise", Blackout)
+    monkeypatch.setattr(cal, "LatentAdversarial", Blackout)
+    monkeypatch.setattr(cal, "save_rows", lambda *a, **k: None)
+    monkeypatch.setattr(sys, "argv", ["calibrate_eps.py", "--codec", "c", "--data", "d", "--noise-eps", "5",
+                                      "--adv-eps", "1", "--out", str(tmp_path),
+                                      "--threads", str(torch.get_num_threads())])  # main sets torch's threads
+    cal.main()
+    train, val = seen["train"], seen["val"]
+    assert len(train) + len(val) == 50 and len(val) == 5
+    assert not any(torch.equal(v, t) for v in val for t in train)  # no validation image trained on
+    out = json.loads((tmp_path / "c-eps.json").read_text())
+    assert out["clean_val_accuracy"] == 1.0 and [r["accuracy_on_perturbed"] for r in out["rows"]] == [0.0, 0.0]
+
+
+def test_codec_quality_scores_reconstructions_and_counts_either_source_class_of_a_mix(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    cq = _load_benchmark("codec_quality")
+    y = torch.arange(20) % 10
+    # a mix named as the class of its second source counts as naming a source
+    monkeypatch.setattr(cq, "predict_proba", lambda model, xb: torch.eye(10)[y.roll(1, 0)])
+    codec = SimpleNamespace(encode_flat=lambda xb: xb.flatten(1), decode_flat=lambda z: z.view(-1, 1, 8, 8),
+                            reconstruct=lambda xb: torch.zeros_like(xb), kind="vae")
+    x = torch.rand(20, 1, 8, 8) + 0.1
+    assert cq.mixes_name_a_source(codec, None, x, y) == 1.0
+    # main: the classifier is scored on the codec's reconstructions (all black here: class 1), not the originals
+    monkeypatch.setattr(cq, "predict_proba", lambda model, xb: torch.eye(10)[(xb.flatten(1).sum(1) == 0).long()])
+    monkeypatch.setattr(cq, "load_images", lambda spec, split: (x, torch.zeros(20, dtype=torch.long), None))
+    monkeypatch.setattr(cq, "fit_classifier", lambda *a, **k: 1.0)
+    monkeypatch.setattr(cq, "hub", SimpleNamespace(load=lambda spec: codec))
+    monkeypatch.setattr(cq, "eval_codec", lambda codec, xb: {"mse": 0.5})
+    monkeypatch.setattr(cq, "save_rows", lambda *a, **k: None)
+    monkeypatch.setattr(sys, "argv", ["codec_quality.py", "--codec", "stub", "--train", "t", "--test", "t", "--out",
+                                      str(tmp_path)])
+    cq.main()
+    q = json.loads((tmp_path / "stub-quality.json").read_text())
+    assert q["classifier_clean_accuracy"] == 1.0 and q["classifier_on_reconstructions"] == 0.0
+
+
+def test_sweep_report_seconds_per_epoch_is_the_mean_over_seeds(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sweep = _load_benchmark("sweep_report")
+    rows = {"baseline": {"0": {"accuracy": 0.6, "seconds_per_epoch": 10.0},
+                         "1": {"accuracy": 0.62, "seconds_per_epoch": 20.0}}}
+    shared = {"eval_on": "val", "width": 16, "epochs": 12, "n_train": 4500, "n_eval": 500, "precision": "fp32"}
+    assert "| baseline | 60.0% | 62.0% | 61.0% | +0.0 | 15.00 |" in sweep.format_table(rows, shared)
+
+
+def test_accuracy_merge_refuses_a_seed_twice_and_an_arm_made_with_two_settings(tmp_path):
+    """The --merge refusals without running the benchmark (the smoke test checks them end to end, in minutes)."""
+    acc = _load_accuracy_module()
+
+    def write(name: str, runs: dict, *flags: str) -> str:
+        fp = acc.make_fingerprint(acc.parse_args(["--smoke", *flags]), "0" * 64)
+        (tmp_path / name).write_text(json.dumps({"fingerprint": fp, "config": {"device_name": "cpu"}, "runs": runs}))
+        return str(tmp_path / name)
+
+    a = write("a.json", {"baseline": {"0": {"accuracy": 0.5}}, "isda": {"0": {"accuracy": 0.6}}})
+    b = write("b.json", {"isda": {"0": {"accuracy": 0.7}}})
+    with pytest.raises(SystemExit, match="isda seed 0 is in more than one file"):
+        acc.merge_results([a, b], list(acc.ARMS))
+    assert acc.merge_results([a, b], ["baseline"])[2] == {"baseline": {"0": {"accuracy": 0.5}}}
+    c = write("c.json", {"isda": {"1": {"accuracy": 0.7}}}, "--isda-lambda0", "0.1")
+    with pytest.raises(SystemExit, match=f"the isda runs of {re.escape(c)} were made with isda_lambda0=0.1"):
+        acc.merge_results([a, c], list(acc.ARMS))
