@@ -424,3 +424,15 @@ def test_demo_smoke_is_one_seed_of_3_epochs(monkeypatch, capsys):
     monkeypatch.setattr(demo, "run_demo", lambda out, **kw: calls.append(kw))
     demo._cmd_demo(argparse.Namespace(smoke=True, epochs=40, seeds=3, out="o", per_class=10))
     assert calls == [{"per_class": 10, "epochs": 3, "seeds": (0,)}]
+
+
+def test_list_table_headline_is_the_test_figures_else_the_first_two(capsys, monkeypatch):
+    monkeypatch.setattr(hub, "_registered", {})
+    hub.register("zz-a", file="zz-a.safetensors", sha256="0" * 64, size=999, config={"kind": "vae"},
+                 trained_on="x", quality={"train_device_minutes": 1.5, "test_mse": 0.25})
+    hub.register("zz-b", file="zz-b.safetensors", sha256="1" * 64, size=1_500_000, config={"kind": "glow"},
+                 trained_on="x", quality={"a": 1, "b": 2.5, "c": 3})
+    assert main(["list"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("zz-")}
+    assert rows["zz-a"] == ["zz-a", "vae", "999", "B", "remote", "test_mse=0.25"]
+    assert rows["zz-b"] == ["zz-b", "glow", "1.5", "MB", "remote", "a=1,", "b=2.5"]

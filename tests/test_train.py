@@ -947,3 +947,127 @@ def test_cli_test_data_with_other_intensity_levels_is_refused(tmp_path):
                                  "--out", str(tmp_path / "o"), "--max-steps", "1", "--quiet"])
     with pytest.raises(ValueError, match="--test-data has 17 intensity levels, --data 256"):
         args.func(args)
+
+
+def test_digits_split_keeps_each_class_share_and_is_pinned(digits):
+    _, y, _, yt, _ = digits
+    total = torch.bincount(y) + torch.bincount(yt)
+    assert ((torch.bincount(yt) - 0.3 * total).abs() <= 1).all()  # stratified: 30% of every class in the test split
+    assert yt[:12].tolist() == [1, 4, 5, 6, 9, 1, 2, 2, 2, 0, 7, 5]  # scikit-learn's split with random_state=0
+
+
+def test_folder_spec_keeps_grey_with_opaque_alpha_as_one_channel(tmp_path):
+    Image.new("LA", (4, 6), (90, 255)).save(tmp_path / "a.png")
+    _png(tmp_path / "b.png", value=30)
+    x, y, _ = load_images(f"folder:{tmp_path}")
+    assert x.shape == (2, 1, 6, 4) and y is None
+    assert torch.allclose(x[:, 0, 0, 0], torch.tensor([90.0, 30.0]) / 255)
+
+
+def test_eval_codec_bits_per_dim_is_the_mean_over_seeded_uniform_dequantisation(digits):
+    codec = build_codec(train.default_config("flow", (1, 8, 8), **FLOW))
+    x = digits[2][:48]
+    gen = torch.Generator().manual_seed(3)
+    noise = torch.cat([torch.rand((32, 1, 8, 8), generator=gen), torch.rand((16, 1, 8, 8), generator=gen)])
+    with torch.no_grad():
+        want = float(codec.eval().bits_per_dim((torch.round(x * 16) + noise) / 17).mean())
+    assert eval_codec(codec, x, batch_size=32, seed=3)["bits_per_dim"] == pytest.approx(want, rel=1e-6)
+
+
+def test_eval_codec_vae_metrics_are_per_pixel_mse_kl_per_image_and_beta_weighted_nelbo(digits):
+    torch.manual_seed(0)
+    codec = build_codec(train.default_config("vae", (1, 8, 8), **VAE, beta=0.25)).eval()
+    x = digits[2][:48]
+    m = eval_codec(codec, x, batch_size=32, seed=3)
+    with torch.no_grad():
+        mu, logvar = codec.posterior(x)
+        mse = float((codec.decode([mu]) - x).pow(2).mean())
+        kl = float(codec.kl_divergence(mu, logvar).mean())
+    assert m["mse"] == pytest.approx(mse, rel=1e-5) and m["kl"] == pytest.approx(kl, rel=1e-5)
+    assert m["nelbo"] == pytest.approx(m["rec"] + 0.25 * m["kl"], rel=1e-6)
+
+
+def _count_saves(monkeypatch):
+    saved, real = [], train.save_training_state
+    monkeypatch.setattr(train, "save_training_state",
+                        lambda path, model, opt, info, extra=None: saved.append(info["step"]) or
+                        real(path, model, opt, info, extra))
+    return saved
+
+
+def test_training_state_is_saved_every_checkpoint_every_steps_and_at_the_end(tmp_path, digits, monkeypatch):
+    saved = _count_saves(monkeypatch)
+    train_codec("flow", digits[0][:32], tmp_path, **FLOW, max_steps=5, batch_size=16, checkpoint_every=2,
+                progress=False)
+    assert saved == [2, 4, 5]
+
+
+def test_cli_checkpoint_every_and_flips_reach_the_run(tmp_path, monkeypatch):
+    saved = _count_saves(monkeypatch)
+    args = _parser().parse_args(["train", "flow", "--data", "digits", "--out", str(tmp_path), "--levels", "1",
+                                 "--steps", "2", "--hidden", "8", "--max-steps", "5", "--device", "cpu",
+                                 "--checkpoint-every", "2", "--flips", "--quiet"])
+    assert args.func(args)["complete"] and saved == [2, 4, 5]
+    assert json.loads((tmp_path / "glow-digits.json").read_text())["training"]["flips"] is True
+
+
+def test_an_ignored_signal_does_not_stop_training(tmp_path, digits, monkeypatch):
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # e.g. nohup, or a shell's background job for SIGINT
+    try:
+        _signal_after_update(monkeypatch, 2, signal.SIGTERM)
+        r = train_codec("flow", digits[0][:32], tmp_path, **FLOW, max_steps=4, batch_size=16, progress=False)
+        assert r["complete"] and r["step"] == 4 and signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_resume_refuses_another_seed_or_batch_size(tmp_path, digits):
+    x = digits[0][:32]
+    kw = dict(**FLOW, max_steps=2, progress=False)
+    train_codec("flow", x, tmp_path, **kw, batch_size=16)
+    for change, saved in ((dict(seed=1, batch_size=16), "seed: saved 0, now 1"),
+                          (dict(batch_size=8), "batch_size: saved 16, now 8")):
+        with pytest.raises(ValueError, match=f"{saved}.*--no-resume"):
+            train_codec("flow", x, tmp_path, **kw, **change)
+
+
+def test_history_has_a_hundred_records_each_the_mean_since_the_last(tmp_path, digits, monkeypatch):
+    from latent_transforms.codecs.vae import ConvVAE
+
+    losses, real = [], ConvVAE.loss
+
+    def recorded(self, x):
+        out = real(self, x)
+        losses.append(float(out[0].detach()))
+        return out
+
+    monkeypatch.setattr(ConvVAE, "loss", recorded)
+    train_codec("vae", digits[0][:32], tmp_path, **VAE, max_steps=200, batch_size=16, progress=False)
+    hist = json.loads((tmp_path / "vae.json").read_text())["training"]["history"]
+    assert len(losses) == 200 and [h["step"] for h in hist] == list(range(2, 201, 2))  # every 200 // 100 steps
+    assert [h["loss"] for h in hist] == pytest.approx([(a + b) / 2 for a, b in zip(losses[::2], losses[1::2])])
+
+
+def test_resume_refuses_the_same_count_of_images_with_one_of_them_changed(tmp_path, digits):
+    x = digits[0][:32]
+    kw = dict(**FLOW, max_steps=2, batch_size=16, progress=False)
+    train_codec("flow", x, tmp_path, **kw)
+    changed = x.clone()
+    changed[-1] = digits[0][40]  # the last image only: every image is in the identity, not a sample of them
+    with pytest.raises(ValueError, match="other settings \\(data_sha256: saved"):
+        train_codec("flow", changed, tmp_path, **kw)
+
+
+def test_registry_entry_of_a_vae_run_states_its_test_mse_kl_and_data(tmp_path, digits):
+    r = train_codec("vae", digits[0][:32], tmp_path, **VAE, max_steps=2, batch_size=16, progress=False,
+                    data_description="toy digits")
+    entry = json.loads((tmp_path / "vae.json").read_text())["registry_entry"]
+    assert entry["quality"]["test_mse"] == pytest.approx(r["metrics"]["mse"], abs=1e-5)
+    assert entry["quality"]["test_kl"] == pytest.approx(r["metrics"]["kl"], abs=1e-3)
+    assert entry["trained_on"] == "toy digits" and entry["sha256"] == r["sha256"]
+
+
+def test_report_names_the_optimizer_each_kind_trains_with(tmp_path, digits):
+    for kind, kw, stem, want in (("flow", FLOW, "glow", "Adamax"), ("vae", VAE, "vae", "Adam")):
+        train_codec(kind, digits[0][:32], tmp_path, **kw, max_steps=1, batch_size=16, progress=False)
+        assert json.loads((tmp_path / f"{stem}.json").read_text())["training"]["optimizer"] == want
