@@ -75,19 +75,3 @@ def test_folder_spec_refuses_16_bit_images(tmp_path):
     Image.fromarray(np.full((6, 4), 40000, np.uint16)).save(root / "deep.png")  # a 16-bit grey PNG
     with pytest.raises(ValueError, match="deep.png: I.* \\(16-bit or float\\) images are not supported"):
         load_images(f"folder:{root}")
-
-
-def test_cifar10_test_split_is_torchvisions_test_set(tmp_path, monkeypatch):
-    import torchvision.datasets
-
-    seen = []
-
-    class FakeCIFAR10:
-        def __init__(self, root, train, download):
-            seen.append(train)
-            self.data, self.targets = np.zeros((2, 32, 32, 3), np.uint8), [0, 1]
-
-    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
-    load_images("cifar10", "train", tmp_path)
-    load_images("cifar10", "test", tmp_path)
-    assert seen == [True, False]

@@ -808,20 +808,22 @@ def test_cli_saves_on_sigterm_and_ctrl_c_then_resumes_exactly(tmp_path, monkeypa
     assert hub.sha256_file(tmp_path / "int" / "f.safetensors") == hub.sha256_file(tmp_path / "ref" / "f.safetensors")
 
 
-def test_cifar10_default_root_follows_the_cache_dir(tmp_path, monkeypatch):
+def test_cifar10_default_root_follows_the_cache_dir_and_test_is_torchvisions_test_set(tmp_path, monkeypatch):
     import torchvision.datasets
 
-    roots = []
+    calls = []
 
     class FakeCIFAR10:
         def __init__(self, root, train, download):
-            roots.append(root)
+            calls.append((root, train))
             self.data, self.targets = np.zeros((2, 32, 32, 3), np.uint8), [0, 1]
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
     monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(tmp_path / "home"))
     x, y, _ = load_images("cifar10")
-    assert roots == [str(tmp_path / "home" / "data")] and x.shape == (2, 3, 32, 32)  # was ~/.cache/...: env ignored
+    load_images("cifar10", "test")
+    root = str(tmp_path / "home" / "data")  # was ~/.cache/...: env ignored
+    assert calls == [(root, True), (root, False)] and x.shape == (2, 3, 32, 32)
 
 
 def test_history_lr_follows_warm_up_then_cosine_decay(tmp_path, digits):
