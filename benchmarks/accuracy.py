@@ -61,6 +61,7 @@ from latent_transforms.isda import ISDA  # noqa: E402
 from latent_transforms.latent_adversarial import LatentAdversarial  # noqa: E402
 from latent_transforms.latent_noise import LatentNoise  # noqa: E402
 from latent_transforms.modelutils import describe_device  # noqa: E402
+from latent_transforms.validation import POSITIVE_FLOAT, POSITIVE_INT, check_count, check_number, option  # noqa: E402
 from latent_transforms.varmixup import VarMixup  # noqa: E402
 
 NUM_CLASSES = 10
@@ -660,13 +661,17 @@ def shard_spec(text: str) -> tuple[int, int]:
     return index, count
 
 
+# --smoke's defaults; one thread: predictable on a busy shared CPU (more threads thrash there)
+SMOKE_DEFAULTS = {"epochs": 1, "seeds": [0], "width": 4, "batch_size": 32, "threads": 1}
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     d = p.add_argument_group("data")
     d.add_argument("--train", default="cifar10", help="cifar10 (torchvision download) or npz:PATH (default: %(default)s)")
     d.add_argument("--test", default="cifar10", help="cifar10 or npz:PATH (default: %(default)s)")
     d.add_argument("--data-root", help="download folder for cifar10")
-    d.add_argument("--train-size", type=int, help="class-balanced subset of the training images (before the val split)")
+    d.add_argument("--train-size", type=POSITIVE_INT, help="class-balanced subset of the training images (before the val split)")
     d.add_argument("--val-fraction", type=float, default=0.1,
                    help="fraction of the training images held out, per class, fixed seed (default %(default)s)")
     d.add_argument("--eval-on", choices=("val", "test"), default="test",
@@ -674,14 +679,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     t = p.add_argument_group("training")
     t.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS), metavar="ARM",
                    help="subset of: " + " ".join(ARMS))
-    t.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    t.add_argument("--epochs", type=int, default=40,
+    t.add_argument("--seeds", type=option(check_count), nargs="+", default=[0, 1, 2])
+    t.add_argument("--epochs", type=POSITIVE_INT, default=40,
                    help="(default %(default)s: the short GPU recipe; 40 epochs of one-cycle SGD gave a ResNet-18 78.9%% "
                         "on the 5k subset in about 22 s per run on an H100, as reported in issue 9)")
-    t.add_argument("--batch-size", type=int, default=128)
-    t.add_argument("--lr", type=float, default=0.1, help="one-cycle peak learning rate (default %(default)s)")
-    t.add_argument("--weight-decay", type=float, default=5e-4)
-    t.add_argument("--width", type=int, default=64, help="ResNet-18 base width (default %(default)s)")
+    t.add_argument("--batch-size", type=POSITIVE_INT, default=128)
+    t.add_argument("--lr", type=POSITIVE_FLOAT, default=0.1, help="one-cycle peak learning rate (default %(default)s)")
+    t.add_argument("--weight-decay", type=option(check_number, float), default=5e-4)
+    t.add_argument("--width", type=POSITIVE_INT, default=64, help="ResNet-18 base width (default %(default)s)")
     t.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     t.add_argument("--precision", choices=("bf16", "fp32"),
                    help="classifier precision (default: bf16 on CUDA, fp32 otherwise); codecs always run in fp32")
@@ -726,7 +731,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     o.add_argument("--shard", type=shard_spec, metavar="I/N",
                    help="run only shard I (0..N-1) of the runs to do, split into N of about equal expected time "
                         "(by arm: " + ", ".join(f"{a} {c:g}" for a, c in ARM_COST.items()) + " baseline runs)")
-    o.add_argument("--time-budget", type=float, metavar="SECONDS",
+    o.add_argument("--time-budget", type=POSITIVE_FLOAT, metavar="SECONDS",
                    help="start no run that would end after SECONDS from the start of this call (its time is "
                         "estimated from the longest finished run of the same arm, else from another arm's, scaled by "
                         "the costs of --shard), then write the report of what is done; with --resume, a later call "
@@ -737,13 +742,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     o.add_argument("--no-progress", action="store_true")
     o.add_argument("--smoke", action="store_true",
                    help="pipeline check on the CPU in < 2 min: 200 random images (or the first 200 of an npz), "
-                        "width 4, 1 epoch, seed 0, batch 32, tiny random-init codecs unless --glow/--vae")
-    o.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's; smoke: 1)")
-    o.add_argument("--smoke-images", type=int, default=200, help=argparse.SUPPRESS)
+                        "tiny random-init codecs unless --glow/--vae, and these defaults instead of the others: "
+                        + ", ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+                                    for k, v in SMOKE_DEFAULTS.items()))
+    o.add_argument("--threads", type=POSITIVE_INT, help="CPU threads for torch (default: torch's; smoke: 1)")
+    o.add_argument("--smoke-images", type=POSITIVE_INT, default=200, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.smoke:
-        args.epochs, args.seeds, args.width, args.batch_size = 1, [0], 4, 32
-        args.threads = args.threads or 1  # predictable on a busy shared CPU (more threads thrash there)
+    if args.smoke:  # its settings are defaults: an option given beside --smoke wins
+        p.set_defaults(**SMOKE_DEFAULTS)
+        args = p.parse_args(argv)
     if args.precision is None:
         args.precision = "bf16" if args.device.startswith("cuda") else "fp32"
     if not 0 <= args.val_fraction < 1:
@@ -992,6 +999,11 @@ def main(argv=None) -> dict:
     check_codecs(runs, codec_names, f"--resume: {results_path}")
     for path, done_runs in done.items():  # a run made with another checkpoint is not this one done
         check_codecs(done_runs, codec_names, f"--done: {path}")
+    for arm in dict.fromkeys(a for a, _ in todo):  # a bad setting fails now, not after the runs before its arm
+        try:
+            make_augment(arm, args, codecs, 0)
+        except (ValueError, TypeError) as e:
+            raise SystemExit(f"the {arm} arm cannot be built with these settings: {e}") from None
 
     device_name = describe_device(device)
     config = {**fingerprint, "device": str(device), "device_name": device_name, "torch": torch.__version__,

@@ -17,6 +17,7 @@ import torch
 from latent_transforms import ISDA, LatentAdversarial, LatentNoise, VarMixup, hub
 from latent_transforms.data import load_images, low_data_split
 from latent_transforms.models import digits_cnn
+from latent_transforms.validation import POSITIVE_INT
 from latent_transforms.evaluation import accuracy, fit_classifier, predict_proba
 
 
@@ -36,9 +37,9 @@ def settings(glow, vae, seed):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--per-class", type=int, default=10)
-    ap.add_argument("--val", type=int, default=400, help="validation images held out of the training split")
-    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--per-class", type=POSITIVE_INT, default=10)
+    ap.add_argument("--val", type=POSITIVE_INT, default=400, help="validation images held out of the training split")
+    ap.add_argument("--epochs", type=POSITIVE_INT, default=40)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--out", default="runs/calibrate-digits")
     args = ap.parse_args()

@@ -20,6 +20,7 @@ import torch
 from latent_transforms import LatentAdversarial, LatentNoise, hub
 from latent_transforms.data import load_images
 from latent_transforms.models import digits_cnn
+from latent_transforms.validation import POSITIVE_INT
 from latent_transforms.evaluation import accuracy, fit_classifier, predict_proba
 from latent_transforms.visualize import save_rows
 
@@ -33,9 +34,9 @@ def main() -> None:
     ap.add_argument("--val-fraction", type=float, default=0.1)
     ap.add_argument("--noise-eps", type=float, nargs="+", default=[0.5, 1, 2, 3, 5, 10, 20])
     ap.add_argument("--adv-eps", type=float, nargs="+", default=[0.25, 0.5, 1, 2])
-    ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--width", type=int, default=16, help="ResNet-18 width for RGB data")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--epochs", type=POSITIVE_INT, default=20)
+    ap.add_argument("--width", type=POSITIVE_INT, default=16, help="ResNet-18 width for RGB data")
+    ap.add_argument("--threads", type=POSITIVE_INT, default=1)
     ap.add_argument("--out", default="runs/calibrate-eps")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -19,6 +19,7 @@ import torch
 from latent_transforms import LatentNoise, hub
 from latent_transforms.data import load_images
 from latent_transforms.models import digits_cnn
+from latent_transforms.validation import POSITIVE_INT
 from latent_transforms.evaluation import accuracy, fit_classifier, predict_proba
 from latent_transforms.train import eval_codec
 from latent_transforms.visualize import save_rows
@@ -72,9 +73,9 @@ def main() -> None:
     ap.add_argument("--codec", required=True, nargs="+", help="hub names or .safetensors paths, scored by one classifier")
     ap.add_argument("--train", required=True, help="data spec of the classifier's training images")
     ap.add_argument("--test", required=True)
-    ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--width", type=int, default=32, help="ResNet-18 width for RGB data")
-    ap.add_argument("--limit-test", type=int, default=2000, help="test images used (CPU budget)")
+    ap.add_argument("--epochs", type=POSITIVE_INT, default=30)
+    ap.add_argument("--width", type=POSITIVE_INT, default=32, help="ResNet-18 width for RGB data")
+    ap.add_argument("--limit-test", type=POSITIVE_INT, default=2000, help="test images used (CPU budget)")
     ap.add_argument("--noise-eps", type=float, nargs="*", default=[5.0, 10.0, 20.0],
                     help="flows: score the classifier on LatentNoise outputs at these eps (L2, all levels)")
     ap.add_argument("--out", default="runs/codec-quality")

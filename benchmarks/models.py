@@ -93,6 +93,8 @@ class PerSampleRandAugment(nn.Module):
         from torchvision.transforms import v2
 
         self.ra = v2.RandAugment(num_ops=num_ops, magnitude=magnitude)
+        if not 0 <= magnitude < self.ra.num_magnitude_bins:  # torchvision fails only when it draws an op
+            raise ValueError(f"RandAugment magnitude must be in [0, {self.ra.num_magnitude_bins - 1}], got {magnitude}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([self.ra(xi) for xi in x])

@@ -51,6 +51,7 @@ from models import (PerSampleRandAugment, build_classifier, library_default, ran
 
 from latent_transforms import hub  # noqa: E402
 from latent_transforms.codecs import flatten_latents, unflatten_latents  # noqa: E402
+from latent_transforms.validation import POSITIVE_INT, check_count, option  # noqa: E402
 from latent_transforms.isda import ISDA  # noqa: E402
 from latent_transforms.latent_adversarial import LatentAdversarial  # noqa: E402
 from latent_transforms.latent_noise import LatentNoise  # noqa: E402
@@ -436,30 +437,36 @@ def format_table(result: dict) -> str:
     return "\n".join(lines + format_targets(result))
 
 
+SMOKE_DEFAULTS = {"batch_size": 8, "iters": 2, "warmup": 1, "width": 8, "threads": 1}
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--batch-size", type=int, help="default: 256 on CUDA (the issue's targets'), 8 on a CPU")
-    p.add_argument("--iters", type=int, default=20, help="timed iterations per row (median reported)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed iterations per row first")
-    p.add_argument("--width", type=int, default=64, help="ResNet-18 base width")
+    p.add_argument("--batch-size", type=option(check_count, low=2),
+                   help="default: 256 on CUDA (the issue's targets'), 8 on a CPU")
+    p.add_argument("--iters", type=POSITIVE_INT, default=20, help="timed iterations per row (median reported)")
+    p.add_argument("--warmup", type=option(check_count), default=5, help="untimed iterations per row first")
+    p.add_argument("--width", type=POSITIVE_INT, default=64, help="ResNet-18 base width")
     p.add_argument("--precision", choices=("bf16", "fp32"), help="classifier precision (default: bf16 on CUDA)")
     p.add_argument("--glow", help="hub name or path (default glow-cifar10, else a random-init Glow of default size)")
     p.add_argument("--vae", help="hub name or path (default vae-cifar10, else a random-init VAE of default size)")
     p.add_argument("--noise-eps", type=float, default=library_default(LatentNoise, "eps"),
                    help="LatentNoise L2 radius (default: the library's, %(default)s)")
     p.add_argument("--isda-covariance", choices=("full", "diagonal"), default="full")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's; smoke: 1)")
+    p.add_argument("--threads", type=POSITIVE_INT, help="CPU threads for torch (default: torch's; smoke: 1)")
     p.add_argument("--out", default="runs/throughput")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction,
                    help="add rows with codec.compile_fast_path() (default: on CUDA; on a CPU compiling takes minutes)")
     p.add_argument("--compile-mode", help="torch.compile's mode for those rows, e.g. reduce-overhead (CUDA graphs); "
                                           "default: torch's")
-    p.add_argument("--smoke", action="store_true", help="tiny codecs, width 8, batch 8, 2 iterations, 1 warm-up")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny codecs, and these defaults instead of the others: " + ", ".join(
+                       f"--{k.replace('_', '-')} {v}" for k, v in SMOKE_DEFAULTS.items()))
     args = p.parse_args(argv)
-    if args.smoke:
-        args.batch_size, args.iters, args.warmup, args.width = 8, 2, 1, 8
-        args.threads = args.threads or 1
+    if args.smoke:  # its settings are defaults: an option given beside --smoke wins
+        p.set_defaults(**SMOKE_DEFAULTS)
+        args = p.parse_args(argv)
     if args.batch_size is None:
         args.batch_size = 256 if args.device.startswith("cuda") else 8
     if args.precision is None:
@@ -468,8 +475,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.compile = args.device.startswith("cuda") or args.compile_mode is not None
     if args.compile_mode and not args.compile:
         p.error("--compile-mode is for the compiled rows: drop --no-compile")
-    if args.iters < 1 or args.warmup < 0 or args.batch_size < 2:
-        p.error("need --iters >= 1, --warmup >= 0, --batch-size >= 2")
     return args
 
 

@@ -7,7 +7,7 @@ from torch.utils.data import get_worker_info
 
 from .labels import num_classes_of, to_soft
 from .rng import GeneratorSource
-from .validation import check_batch, check_count, check_model, check_number
+from .validation import check_batch, check_count, check_model, check_model_slot, check_number
 
 # A decoded sample further than this outside [0, 1] (before clipping) is implausible and is rejected.
 MAX_OVERSHOOT = 0.5
@@ -123,6 +123,7 @@ class LatentTransform(SampleStats, nn.Module):
                      if self.mixes_labels and self.num_classes is None else self.accepted_labels)
             raise ValueError(f"{type(self).__name__} needs labels: call t(x, y, ...) with y {forms}, not y=None")
         if not self.needs_model:
+            check_model_slot(model)  # t(x, y, idx) would have its dataset positions ignored
             return
         if model is None:
             raise TypeError(f"{type(self).__name__} needs the classifier being trained: call t(x, y, model)")

@@ -9,7 +9,7 @@ from torch import nn
 from .base import RAISED_IN_TRANSFORM, LatentTransform
 from .isda import ISDA
 from .labels import to_soft
-from .validation import check_batch, check_count
+from .validation import check_batch, check_count, check_model_slot
 
 
 def _is_kornia_mix(t: object) -> bool:
@@ -154,6 +154,7 @@ class Compose(nn.Module):
                 index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         first = self.steps[0] if self.steps else None
         check_batch(x, y, self.num_classes, index, allow_uint8=not _takes_floats_only(first))  # torchvision takes uint8
+        check_model_slot(model)
         if y is None:
             needing = [_where(p, s, i) for i, s in enumerate(self.steps) for p in _needing_labels(s)]
             if needing:

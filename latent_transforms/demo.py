@@ -21,7 +21,7 @@ from .isda import ISDA
 from .latent_adversarial import LatentAdversarial
 from .latent_noise import LatentNoise
 from .models import digits_cnn
-from .validation import check_count
+from .validation import POSITIVE_INT, check_count
 from .varmixup import VarMixup
 from .visualize import save_rows
 
@@ -121,17 +121,17 @@ def _picture(glow, vae, x, y, path: Path) -> Path:
 def register_cli(subparsers) -> None:
     p = subparsers.add_parser("demo", help="offline CPU demo on scikit-learn digits: a picture and an accuracy table")
     p.add_argument("--out", default="latent-transforms-demo", help="folder for demo.png (default: %(default)s)")
-    p.add_argument("--per-class", type=int, default=10, help="training images per digit (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=40, help="training epochs per run (default: %(default)s)")
-    p.add_argument("--seeds", type=int, default=3, help="number of seeds, at least 1 (default: %(default)s)")
+    p.add_argument("--per-class", type=POSITIVE_INT, default=10, help="training images per digit (default: %(default)s)")
+    p.add_argument("--epochs", type=POSITIVE_INT, help="training epochs per run (default: 40; --smoke: 3)")
+    p.add_argument("--seeds", type=POSITIVE_INT, help="number of seeds (default: 3; --smoke: 1)")
     p.add_argument("--smoke", action="store_true",
-                   help="one seed, 3 epochs (overrides --epochs and --seeds): checks the pipeline in seconds")
+                   help="one seed, 3 epochs unless --seeds/--epochs say otherwise: checks the pipeline in seconds")
     p.set_defaults(func=_cmd_demo)
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
     start = time.perf_counter()
-    epochs, seeds = (3, 1) if args.smoke else (args.epochs, args.seeds)
-    check_count("seeds", seeds, 1)
+    epochs = args.epochs or (3 if args.smoke else 40)
+    seeds = args.seeds or (1 if args.smoke else 3)
     run_demo(args.out, per_class=args.per_class, epochs=epochs, seeds=tuple(range(seeds)))
     print(f"Done in {time.perf_counter() - start:.0f} s.")

@@ -32,7 +32,7 @@ from . import hub
 from .codecs import Codec, build_codec, exact_math
 from .modelutils import describe_device
 from .pixel_shift import random_shift_flip
-from .validation import check_count, check_images, check_number
+from .validation import POSITIVE_FLOAT, POSITIVE_INT, check_count, check_images, check_number, option
 
 __all__ = ["train_codec", "eval_codec", "default_config", "save_training_state", "load_training_state",
            "register_cli", "STATE_FORMAT"]
@@ -944,31 +944,31 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--name", help="file stem (default: glow-DATA or vae-DATA)")
     g = p.add_argument_group("codec")
-    g.add_argument("--levels", type=int, help="flow: number of levels L (default: up to 3, fitting the image)")
-    g.add_argument("--steps", type=int, help="flow: steps per level K (default 8)")
-    g.add_argument("--hidden", type=int, help="coupling width (flow, default 128) or first conv width (vae, default 64)")
-    g.add_argument("--latent-dim", type=int, help="vae: latent size (default 64)")
-    g.add_argument("--beta", type=float, help="vae: KL weight (default 1)")
-    g.add_argument("--latent-side", type=int, help="vae: side of a spatial latent (default: a vector latent)")
+    g.add_argument("--levels", type=POSITIVE_INT, help="flow: number of levels L (default: up to 3, fitting the image)")
+    g.add_argument("--steps", type=POSITIVE_INT, help="flow: steps per level K (default 8)")
+    g.add_argument("--hidden", type=POSITIVE_INT, help="coupling width (flow, default 128) or first conv width (vae, default 64)")
+    g.add_argument("--latent-dim", type=POSITIVE_INT, help="vae: latent size (default 64)")
+    g.add_argument("--beta", type=option(check_number, float), help="vae: KL weight (default 1)")
+    g.add_argument("--latent-side", type=POSITIVE_INT, help="vae: side of a spatial latent (default: a vector latent)")
     g = p.add_argument_group("training")
     length = g.add_mutually_exclusive_group()
-    length.add_argument("--epochs", type=float, help="length of the whole run in epochs")
-    length.add_argument("--max-steps", type=int, help="length of the whole run in optimizer steps")
-    g.add_argument("--max-minutes", type=float,
+    length.add_argument("--epochs", type=POSITIVE_FLOAT, help="length of the whole run in epochs")
+    length.add_argument("--max-steps", type=POSITIVE_INT, help="length of the whole run in optimizer steps")
+    g.add_argument("--max-minutes", type=POSITIVE_FLOAT,
                    help="with --epochs/--max-steps: this call's time limit (then resume); alone: the run's length")
-    g.add_argument("--batch-size", type=int, default=64)
-    g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
-    g.add_argument("--grad-clip", type=float, help="max gradient norm (default 50 for flows, none for VAEs)")
+    g.add_argument("--batch-size", type=POSITIVE_INT, default=64)
+    g.add_argument("--lr", type=POSITIVE_FLOAT, default=1e-3, help="peak learning rate (default 1e-3)")
+    g.add_argument("--grad-clip", type=POSITIVE_FLOAT, help="max gradient norm (default 50 for flows, none for VAEs)")
     g.add_argument("--ema", type=float, metavar="DECAY",
                    help="save an exponential moving average of the weights with this decay, e.g. 0.999")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--flips", action="store_true", help="random horizontal flips (not for digits or text)")
-    g.add_argument("--translate", type=int, default=0, metavar="PIXELS",
+    g.add_argument("--translate", type=option(check_count), default=0, metavar="PIXELS",
                    help="random shifts of up to PIXELS along each axis, reflection padding (default 0: none)")
     g.add_argument("--compile", action="store_true", help="torch.compile the training loss (forward and backward)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    g.add_argument("--threads", type=int, help="CPU threads for torch (torch.set_num_threads)")
-    g.add_argument("--checkpoint-every", type=int, default=500, metavar="STEPS")
+    g.add_argument("--threads", type=POSITIVE_INT, help="CPU threads for torch (torch.set_num_threads)")
+    g.add_argument("--checkpoint-every", type=POSITIVE_INT, default=500, metavar="STEPS")
     g.add_argument("--no-resume", action="store_true", help="start afresh even if a training state exists")
     g.add_argument("--fp16", action="store_true", help="store float16 weights if they stay accurate (else fp32)")
     g.add_argument("--quiet", action="store_true", help="no progress bar and no messages (errors still go to stderr)")
@@ -982,8 +982,6 @@ def _cmd_train(args: argparse.Namespace) -> dict:
     if args.epochs is None and args.max_steps is None and args.max_minutes is None:
         raise ValueError("give the length of the run: --epochs, --max-steps or --max-minutes")
     if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     x, _, num_bins = load_images(args.data, "train", args.data_root)
     builtin = args.data in ("digits", "cifar10")

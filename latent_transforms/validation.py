@@ -5,8 +5,10 @@ the wrong type, such as a list or an array where a tensor is expected).
 """
 from __future__ import annotations
 
+import argparse
 import math
 import numbers
+from typing import Callable
 
 import torch
 
@@ -36,6 +38,24 @@ def check_count(name: str, value: object, low: int = 0) -> int:
     if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < low:
         raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
     return int(v)
+
+
+def option(check: Callable, parse: type = int, **bounds) -> Callable[[str], object]:
+    """An argparse ``type=`` that parses an option's text with ``parse`` and checks it with ``check`` (e.g.
+    ``option(check_count, low=1)``): a command line gets the library's rules, and argparse's message names the option
+    (``argument --batch-size: must be an int >= 1, got 0``), not a Python parameter."""
+    def convert(text: str) -> object:
+        value = parse(text)  # a ValueError here reads "invalid int value: 'x'"
+        try:
+            return check("value", value, **bounds)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e).removeprefix("value ")) from None
+    convert.__name__ = parse.__name__
+    return convert
+
+
+POSITIVE_INT = option(check_count, low=1)  # argparse types of the common options
+POSITIVE_FLOAT = option(check_number, float, low_open=True)
 
 
 def check_choice(name: str, value: object, choices: tuple) -> object:
@@ -78,8 +98,12 @@ def check_images(x: torch.Tensor, name: str = "x", allow_uint8: bool = False, va
         bad = (~torch.isfinite(x)).flatten(1).any(1).nonzero().flatten().tolist()
         raise ValueError(f"{name} contains NaN or inf (in samples {bad[:8]})")
     if lo < -IMAGE_RANGE_TOL or hi > 1 + IMAGE_RANGE_TOL:
-        hint = ("a resampling (bicubic, antialiased) or noise step overshoots: clamp its output with x.clamp(0, 1)"
-                if lo >= -0.1 and hi <= 1.1 else "apply normalisation (mean/std) inside the model, after augmentation")
+        if lo >= -0.1 and hi <= 1.1:
+            hint = "a resampling (bicubic, antialiased) or noise step overshoots: clamp its output with x.clamp(0, 1)"
+        elif lo >= -IMAGE_RANGE_TOL and hi <= 255 + IMAGE_RANGE_TOL:  # 8-bit intensities made float, not scaled
+            hint = "these look like 0-255 intensities: divide them by 255"
+        else:
+            hint = "apply normalisation (mean/std) inside the model, after augmentation"
         raise ValueError(f"{name} values must lie in [0, 1], got range [{lo:.4g}, {hi:.4g}]; {hint}")
 
 
@@ -151,6 +175,14 @@ def check_model(model: object, x: torch.Tensor | None = None, who: str = "the mo
                         f"got {type(model).__name__}")
     if x is not None:
         check_same_device(x, model, "the model")
+
+
+def check_model_slot(model: object) -> None:
+    """Raise unless ``model`` is None or an ``nn.Module``: ``t(x, y, idx)`` puts dataset positions in its place (by
+    a method that does not use the model, they would be ignored, and its cache with them)."""
+    if model is not None and not isinstance(model, torch.nn.Module):
+        hint = "; dataset positions go as index=idx" if isinstance(model, torch.Tensor) else ""
+        raise TypeError(f"model must be the classifier (an nn.Module) or None, got {describe(model)}{hint}")
 
 
 def check_index(index: torch.Tensor, batch_size: int | None, size: int | None = None) -> None:

@@ -1139,3 +1139,44 @@ def test_accuracy_merge_refuses_a_seed_twice_and_an_arm_made_with_two_settings(t
     c = write("c.json", {"isda": {"1": {"accuracy": 0.7}}}, "--isda-lambda0", "0.1")
     with pytest.raises(SystemExit, match=f"the isda runs of {re.escape(c)} were made with isda_lambda0=0.1"):
         acc.merge_results([a, c], list(acc.ARMS))
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--smoke"], {"epochs": 1, "seeds": [0], "width": 4, "batch_size": 32, "threads": 1}),
+    (["--smoke", "--epochs", "3", "--seeds", "1", "2", "--width", "8", "--threads", "2"],  # given: they win
+     {"epochs": 3, "seeds": [1, 2], "width": 8, "batch_size": 32, "threads": 2}),
+    ([], {"epochs": 40, "seeds": [0, 1, 2], "width": 64, "batch_size": 128, "threads": None}),
+])
+def test_accuracy_smoke_settings_are_defaults_that_given_options_override(argv, expected):
+    args = _load_accuracy_module().parse_args(argv)
+    assert {k: getattr(args, k) for k in expected} == expected
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--train-size", "0"], "argument --train-size: must be an int >= 1, got 0"),  # was: the whole training set
+    (["--time-budget", "-5"], "argument --time-budget: must be a finite number in (0, inf), got -5.0"),
+    (["--seeds", "0", "-1"], "argument --seeds: must be an int >= 0, got -1"),
+    (["--smoke", "--batch-size", "0"], "argument --batch-size: must be an int >= 1, got 0"),
+])
+def test_accuracy_bad_numbers_name_the_option(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        _load_accuracy_module().parse_args(argv)
+    assert e.value.code == 2 and capsys.readouterr().err.splitlines()[-1].endswith(f"error: {message}")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--adv-eps", "-1"], "the latent-adversarial arm cannot be built with these settings: eps must be"),
+    (["--ra-magnitude", "31"], "the randaugment arm cannot be built with these settings: RandAugment magnitude "
+                               "must be in [0, 30], got 31"),
+    (["--isda-lambda0", "nan"], "the isda arm cannot be built with these settings: lambda0 must be"),
+])
+def test_accuracy_bad_method_setting_fails_before_the_first_run(tmp_path, monkeypatch, flags, message):
+    """A setting an arm's transform refuses stops the call at once, not after the runs of the arms before it."""
+    acc = _load_accuracy_module()
+    monkeypatch.setattr(acc, "run_one", lambda *a, **k: pytest.fail("a run started"))
+    arms = ["baseline", "randaugment", "latent-adversarial", "isda"]
+    with pytest.raises(SystemExit) as e:
+        acc.main(["--smoke", "--no-progress", "--no-corruptions", "--arms", *arms, "--out", str(tmp_path / "a"),
+                  *flags])
+    assert str(e.value).startswith(message)
+    assert not (tmp_path / "a" / "results.json").exists()

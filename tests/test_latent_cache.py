@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from latent_transforms import LatentAdversarial, LatentCache, LatentNoise, VarMixup
+from latent_transforms import Compose, LatentAdversarial, LatentCache, LatentNoise, VarMixup
 
 from conftest import tiny_glow, tiny_vae
 
@@ -153,3 +153,20 @@ def test_cache_saves_loads_and_keeps_its_codec_identity(data, tmp_path):
             {**t.state_dict(), **{f"cache.{k}": v for k, v in cache.state_dict().items()}})
     t.load_state_dict(LatentNoise(glow, cache=cache).state_dict())  # codec and cache together: consistent
     assert torch.equal(t(x, y, index=idx)[0], LatentNoise(glow, cache=cache, generator=0)(x, y, index=idx)[0])
+
+
+@pytest.mark.parametrize("make", [
+    lambda c, cache: LatentNoise(c, eps=2.0, cache=cache),
+    lambda c, cache: VarMixup(c, num_classes=10, cache=cache),
+])
+def test_an_index_given_in_the_model_slot_is_refused(data, make):
+    """t(x, y, idx) puts the dataset positions in model's place: a method that does not use the model ignored them,
+    and its cache with them (out-of-range positions passed too)."""
+    images, labels = data
+    glow = tiny_glow()
+    cache = LatentCache(glow, images, progress=False)
+    idx = torch.tensor([2, 5, 8, 13])
+    with pytest.raises(TypeError, match="index=idx"):
+        make(glow, cache)(images[idx], labels[idx], idx)
+    with pytest.raises(TypeError, match="index=idx"):  # a Compose too, whose first step would take index=
+        Compose([make(glow, cache)], num_classes=10)(images[idx], labels[idx], idx)

@@ -45,6 +45,32 @@ def test_noise_eps_zero_is_identity_to_round_trip_accuracy(glow, batch):
     assert (x2 - x).abs().max() <= 1e-4  # not 0.05 + 0.9 x as in the official code
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("make", [
+    lambda glow, vae: LatentNoise(glow, eps=0.0, generator=0),
+    lambda glow, vae: VarMixup(vae, num_classes=10, generator=0),
+    lambda glow, vae: LatentAdversarial(glow, steps=1, generator=0),
+])
+def test_a_transform_cast_to_16_bits_refuses_its_16_bit_codec(glow, vae, net, batch, dtype, make):
+    """A .half() of a module holding the transform casts its codec too: in float16 eps=0 rejected every sample
+    (silently the identity), in bfloat16 the round trip erred by 1e-2. Codecs compute in float32: refused, naming
+    .float(); the cast back works."""
+    x, y = batch
+    t = make(glow, vae).to(dtype)
+    with pytest.raises(ValueError, match=rf"codec's weights are {dtype}.*\.float\(\)"):
+        t(x, y, net)
+    t.float()
+    x2, _ = t(x, y, net)
+    assert x2.dtype == x.dtype and t.stats["rejected"] == 0
+
+
+def test_a_float64_codec_still_works(glow, batch):
+    x, y = batch
+    t = LatentNoise(glow, eps=0.0, generator=0).double()
+    x2, _ = t(x, y)
+    assert x2.dtype == torch.float32 and (x2 - x).abs().max() <= 1e-4 and t.codec.dtype == torch.float64
+
+
 @pytest.mark.parametrize("norm", ["l2", "linf", None])
 def test_noise_respects_the_eps_ball(glow, batch, norm):
     t = LatentNoise(glow, eps=2.5, norm=norm, generator=0)

@@ -22,6 +22,29 @@ def test_batch_size_defaults_to_the_targets_batch_on_cuda():
     assert tp.parse_args(["--device", "cuda", "--batch-size", "64"]).batch_size == 64
 
 
+@pytest.mark.parametrize("argv, expected", [
+    (["--smoke"], {"batch_size": 8, "iters": 2, "warmup": 1, "width": 8, "threads": 1}),
+    (["--smoke", "--iters", "5", "--width", "16", "--threads", "2"],  # given beside --smoke: they win
+     {"batch_size": 8, "iters": 5, "warmup": 1, "width": 16, "threads": 2}),
+    (["--device", "cpu"], {"batch_size": 8, "iters": 20, "warmup": 5, "width": 64, "threads": None}),
+])
+def test_smoke_settings_are_defaults_that_given_options_override(argv, expected):
+    args = tp.parse_args(argv)
+    assert {k: getattr(args, k) for k in expected} == expected
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch-size", "1"], "argument --batch-size: must be an int >= 2, got 1"),
+    (["--iters", "0"], "argument --iters: must be an int >= 1, got 0"),
+    (["--warmup", "-1"], "argument --warmup: must be an int >= 0, got -1"),
+    (["--smoke", "--width", "0"], "argument --width: must be an int >= 1, got 0"),
+])
+def test_bad_numbers_name_the_option(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        tp.parse_args(argv)
+    assert e.value.code == 2 and capsys.readouterr().err.splitlines()[-1].endswith(f"error: {message}")
+
+
 def test_compile_mode_turns_the_compiled_rows_on_and_refuses_no_compile():
     assert tp.parse_args(["--device", "cpu", "--compile-mode", "reduce-overhead"]).compile
     with pytest.raises(SystemExit):

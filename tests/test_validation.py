@@ -256,3 +256,33 @@ def test_a_bool_is_not_a_count():
     with pytest.raises(ValueError, match="epochs must be an int >= 1, got True"):
         check_count("epochs", True, low=1)
     assert check_count("epochs", 1, low=1) == 1
+
+
+def test_option_parses_and_checks_with_the_librarys_rule_and_names_the_option(capsys):
+    import argparse
+
+    from latent_transforms.validation import POSITIVE_FLOAT, POSITIVE_INT, check_count, option
+
+    p = argparse.ArgumentParser(prog="prog")
+    p.add_argument("--n", type=POSITIVE_INT)
+    p.add_argument("--x", type=POSITIVE_FLOAT)
+    p.add_argument("--k", type=option(check_count, low=3))
+    args = p.parse_args(["--n", "4", "--x", "0.5", "--k", "3"])
+    assert (args.n, args.x, args.k) == (4, 0.5, 3) and type(args.n) is int and type(args.x) is float
+    for argv, message in ((["--n", "0"], "argument --n: must be an int >= 1, got 0"),
+                          (["--n", "1.5"], "argument --n: invalid int value: '1.5'"),
+                          (["--x", "0"], "argument --x: must be a finite number in (0, inf), got 0.0"),
+                          (["--x", "inf"], "argument --x: must be a finite number in (0, inf), got inf"),
+                          (["--k", "2"], "argument --k: must be an int >= 3, got 2")):
+        with pytest.raises(SystemExit):
+            p.parse_args(argv)
+        assert capsys.readouterr().err.splitlines()[-1] == f"prog: error: {message}"
+
+
+def test_images_in_0_255_are_told_to_divide_by_255():
+    x = torch.rand(4, 1, 8, 8) * 255  # decode_image(...).float(), without the scaling
+    with pytest.raises(ValueError, match=r"0-255 intensities: divide them by 255") as e:
+        check_images(x)
+    assert "normalisation" not in str(e.value)  # mean/std inside the model would not fix it
+    with pytest.raises(ValueError, match="normalisation"):  # mean/std-normalised data: negative values
+        check_images(torch.randn(4, 1, 8, 8) * 2)

@@ -146,6 +146,15 @@ class Codec(nn.Module):
         """Raise if x is not a (B, C, H, W) float batch of this codec's image shape on its device (values unchecked)."""
         check_images(x, values=False)
         self.check_images(x)
+        self.check_dtype()
+
+    def check_dtype(self) -> None:
+        """Raise if the weights are 16-bit: a ``.half()`` of a module that holds the codec casts it too, and in 16 bits
+        a flow loses its exact round trip and its decodes overflow."""
+        if self.dtype in (torch.float16, torch.bfloat16):
+            raise ValueError(f"this {self.kind} codec's weights are {self.dtype}, but codecs compute in float32: cast "
+                             f"it back with .float() (a .half() or .to({self.dtype}) of a module holding it casts it "
+                             f"too); for a 16-bit classifier use torch.autocast, or cast the classifier alone")
 
     def check_latents(self, z: Latents) -> None:
         """Raise if ``z`` is not one float tensor per level, ``(B, *latent_shapes[i])``, on this codec's device."""
@@ -159,6 +168,7 @@ class Codec(nn.Module):
             raise ValueError(f"this {self.kind} codec's latents have per-sample shapes {shapes} and one batch size, "
                              f"got shapes {[tuple(t.shape) for t in z]}")
         check_same_device(z[0], self, f"the {self.kind} codec")
+        self.check_dtype()
 
     def check_images(self, x: torch.Tensor) -> None:
         """Raise if x does not fit this codec (shape or device)."""
