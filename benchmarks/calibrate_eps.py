@@ -20,20 +20,22 @@ import torch
 from latent_transforms import LatentAdversarial, LatentNoise, hub
 from latent_transforms.data import load_images
 from latent_transforms.models import digits_cnn
-from latent_transforms.validation import POSITIVE_INT
+from latent_transforms.validation import POSITIVE_INT, check_number, option
 from latent_transforms.evaluation import accuracy, fit_classifier, predict_proba
 from latent_transforms.visualize import save_rows
 
 from models import CifarResNet18
+
+EPS = option(check_number, float)  # eps >= 0, the transforms' rule, checked before the classifier trains
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--codec", required=True)
     ap.add_argument("--data", required=True, help="training images (data spec); the validation split comes from them")
-    ap.add_argument("--val-fraction", type=float, default=0.1)
-    ap.add_argument("--noise-eps", type=float, nargs="+", default=[0.5, 1, 2, 3, 5, 10, 20])
-    ap.add_argument("--adv-eps", type=float, nargs="+", default=[0.25, 0.5, 1, 2])
+    ap.add_argument("--val-fraction", type=option(check_number, float, high=1, low_open=True), default=0.1)
+    ap.add_argument("--noise-eps", type=EPS, nargs="+", default=[0.5, 1, 2, 3, 5, 10, 20])
+    ap.add_argument("--adv-eps", type=EPS, nargs="+", default=[0.25, 0.5, 1, 2])
     ap.add_argument("--epochs", type=POSITIVE_INT, default=20)
     ap.add_argument("--width", type=POSITIVE_INT, default=16, help="ResNet-18 width for RGB data")
     ap.add_argument("--threads", type=POSITIVE_INT, default=1)

@@ -19,7 +19,7 @@ import torch
 from latent_transforms import LatentNoise, hub
 from latent_transforms.data import load_images
 from latent_transforms.models import digits_cnn
-from latent_transforms.validation import POSITIVE_INT
+from latent_transforms.validation import POSITIVE_INT, check_number, option
 from latent_transforms.evaluation import accuracy, fit_classifier, predict_proba
 from latent_transforms.train import eval_codec
 from latent_transforms.visualize import save_rows
@@ -76,11 +76,12 @@ def main() -> None:
     ap.add_argument("--epochs", type=POSITIVE_INT, default=30)
     ap.add_argument("--width", type=POSITIVE_INT, default=32, help="ResNet-18 width for RGB data")
     ap.add_argument("--limit-test", type=POSITIVE_INT, default=2000, help="test images used (CPU budget)")
-    ap.add_argument("--noise-eps", type=float, nargs="*", default=[5.0, 10.0, 20.0],
+    ap.add_argument("--noise-eps", type=option(check_number, float), nargs="*", default=[5.0, 10.0, 20.0],
                     help="flows: score the classifier on LatentNoise outputs at these eps (L2, all levels)")
     ap.add_argument("--out", default="runs/codec-quality")
     args = ap.parse_args()
     torch.manual_seed(0)
+    codecs = {spec: hub.load(spec) for spec in args.codec}  # an unknown name fails now, not after the classifier
     x_train, y_train, _ = load_images(args.train, "train")
     x_test, y_test, _ = load_images(args.test, "test")
     x_test, y_test = x_test[: args.limit_test], y_test[: args.limit_test]
@@ -92,8 +93,7 @@ def main() -> None:
     noise_cols = "".join(f" on LatentNoise eps={eps:g} |" for eps in args.noise_eps)
     table = ["| codec | test MSE or bits/dim | classifier on reconstructions | on 50/50 mixes: either class |"
              + noise_cols, "|---|---|---|---|" + "---|" * len(args.noise_eps)]
-    for spec in args.codec:
-        codec = hub.load(spec)
+    for spec, codec in codecs.items():
         quality = {k: round(v, 4) for k, v in eval_codec(codec, x_test).items()}
         recon = reconstruct(codec, x_test)
         on_recon = accuracy(predict_proba(model, recon), y_test)

@@ -1180,3 +1180,22 @@ def test_accuracy_bad_method_setting_fails_before_the_first_run(tmp_path, monkey
                   *flags])
     assert str(e.value).startswith(message)
     assert not (tmp_path / "a" / "results.json").exists()
+
+
+def test_codec_quality_and_calibrate_eps_refuse_bad_settings_before_training(tmp_path, monkeypatch, capsys):
+    """An unknown codec or a negative eps was found only after the clean classifier's training (minutes)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    cq, cal = _load_benchmark("codec_quality"), _load_benchmark("calibrate_eps")
+    for module in (cq, cal):
+        monkeypatch.setattr(module, "fit_classifier", lambda *a, **k: pytest.fail("the classifier trained"))
+    monkeypatch.setattr(sys, "argv", ["codec_quality.py", "--codec", "no-such-codec", "--train", "digits", "--test",
+                                      "digits", "--out", str(tmp_path)])
+    with pytest.raises(LookupError, match="no-such-codec"):
+        cq.main()
+    for script, module in (("codec_quality.py", cq), ("calibrate_eps.py", cal)):
+        monkeypatch.setattr(sys, "argv", [script, "--codec", "glow-digits", "--noise-eps", "-1", "--out", str(tmp_path),
+                                          *(["--train", "digits", "--test", "digits"] if module is cq else
+                                            ["--data", "digits"])])
+        with pytest.raises(SystemExit):
+            module.main()
+        assert "argument --noise-eps: must be a finite number in [0, inf), got -1.0" in capsys.readouterr().err
