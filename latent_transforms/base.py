@@ -1,6 +1,8 @@
 """The base class every method derives from: validation, per-sample ``p``, generators, labels, stats."""
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import nn
 from torch.utils.data import get_worker_info
@@ -25,6 +27,9 @@ def keep_plausible(decoded: torch.Tensor, fallback: torch.Tensor) -> tuple[torch
     return torch.where(ok.view(-1, 1, 1, 1), decoded.clamp(0, 1), fallback), ok
 
 
+_COUNT_LOCK = threading.Lock()  # one for all modules: held for one addition, and a module with a lock would not pickle
+
+
 class SampleStats:
     """Running counts of what a module did to its samples, kept on the data's device (no host sync per batch):
     ``stats`` reads them, ``reset_stats()`` clears them, ``_count(...)`` adds a batch."""
@@ -44,7 +49,8 @@ class SampleStats:
 
     def _count(self, device: torch.device, seen: int, transformed: torch.Tensor, rejected: torch.Tensor) -> None:
         row = torch.stack([torch.tensor(seen, device=device), transformed, rejected]).to(torch.int64)
-        self._counts = row if self._counts is None else self._counts.to(device) + row
+        with _COUNT_LOCK:  # threads sharing a transform (a data pipeline, a server) lost counts to each other
+            self._counts = row if self._counts is None else self._counts.to(device) + row
 
 
 class LatentTransform(SampleStats, nn.Module):

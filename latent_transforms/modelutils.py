@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import platform
+import threading
 from typing import Iterator
 
 import torch
@@ -20,27 +21,49 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
+_BORROW_LOCK = threading.Lock()
+_borrows: dict[int, list] = {}  # id(model) -> [calls borrowing it, its modules' modes, its parameters' flags, it]
+
+
+def _give_back(modes: list, flags: list) -> None:
+    for m, mode in modes:
+        m.training = mode
+    for p, flag in flags:
+        p.requires_grad_(flag)
+
+
 @contextlib.contextmanager
 def borrowed(model: nn.Module) -> Iterator[nn.Module]:
     """Use ``model`` in eval mode (no BatchNorm statistic updates) with parameter gradients off.
 
     Every module's train/eval flag and every parameter's ``requires_grad`` are restored on exit, also when
-    an exception is raised inside. Existing ``.grad`` tensors are never touched.
+    an exception is raised inside. Existing ``.grad`` tensors are never touched. Overlapping borrows of one model
+    (threads sharing a predictor, nested calls) switch it once and give it back when the last one ends.
     """
     check_model(model)
     model = unwrap(model)
-    modes = [(m, m.training) for m in model.modules()]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
+    with _BORROW_LOCK:
+        entry = _borrows.get(id(model))
+        if entry is None:
+            modes = [(m, m.training) for m in model.modules()]
+            flags = [(p, p.requires_grad) for p in model.parameters()]
+            try:
+                model.eval()
+                for p, _ in flags:
+                    p.requires_grad_(False)
+            except BaseException:
+                _give_back(modes, flags)
+                raise
+            entry = _borrows[id(model)] = [0, modes, flags, model]  # the model kept alive while its id is a key
+        entry[0] += 1
     try:
-        model.eval()
-        for p, _ in flags:
-            p.requires_grad_(False)
         yield model
     finally:
-        for m, mode in modes:
-            m.training = mode
-        for p, flag in flags:
-            p.requires_grad_(flag)
+        with _BORROW_LOCK:
+            entry[0] -= 1
+            if entry[0] == 0:
+                del _borrows[id(model)]
+                _give_back(entry[1], entry[2])
 
 
 def logits_of(net: nn.Module, x: torch.Tensor, who: str) -> torch.Tensor:

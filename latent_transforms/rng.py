@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import threading
 import weakref
 
 import torch
@@ -10,6 +11,7 @@ import torch.distributed as dist
 from torch.utils.data import get_worker_info
 
 _RANK_STRIDE = 1_000_003  # a prime, so rank streams do not collide for nearby seeds
+_SEED_LOCK = threading.Lock()  # module-wide: a generator source with a lock of its own would not pickle
 
 
 def _rank(default: int = 0) -> int:
@@ -70,16 +72,17 @@ class GeneratorSource:
                     f"pass torch.Generator(device={str(device)!r}) or an int seed"
                 )
             return self.spec
-        if self.spec is None and self._process != _process():
-            self._per_device, self._process = {}, _process()
-        key = str(device)
-        if key not in self._per_device:
-            if self.spec is None:
-                seed = int(torch.randint(0, 2**62, (1,)).item()) + _rank(self._parent_rank) * _RANK_STRIDE
-            else:
-                seed = self.spec
-            self._per_device[key] = torch.Generator(device=device).manual_seed(seed)
-        return self._per_device[key]
+        with _SEED_LOCK:  # two threads' first calls would each make a generator (with an int seed: the same draws)
+            if self.spec is None and self._process != _process():
+                self._per_device, self._process = {}, _process()
+            key = str(device)
+            if key not in self._per_device:
+                if self.spec is None:
+                    seed = int(torch.randint(0, 2**62, (1,)).item()) + _rank(self._parent_rank) * _RANK_STRIDE
+                else:
+                    seed = self.spec
+                self._per_device[key] = torch.Generator(device=device).manual_seed(seed)
+            return self._per_device[key]
 
 
 class _PicklableGenerator:

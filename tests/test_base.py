@@ -325,3 +325,57 @@ def test_an_int_seed_seeds_exactly_that_and_other_seeds_draw_otherwise():
     x, y = _batch((4, 1, 3, 3), False, 0)
     assert not torch.equal(AddNoise(generator=1)(x, y)[0], AddNoise(generator=2)(x, y)[0])
     assert torch.equal(AddNoise(generator=5)(x, y)[0], AddNoise(generator=torch.Generator().manual_seed(5))(x, y)[0])
+
+
+def test_threads_sharing_a_transform_count_every_sample():
+    # stats were updated by an unguarded read-modify-write of one tensor: calls from several threads lost counts
+    import sys
+    import threading
+    t = AddNoise(generator=0)
+    x, y = _batch((2, 1, 3, 3), False, 0)
+    calls, barrier = 1000, threading.Barrier(4)
+
+    def work():
+        barrier.wait()
+        for _ in range(calls):
+            t(x, y)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often, as a busy server (or free-threaded Python) does
+    try:
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(30)
+    finally:
+        sys.setswitchinterval(interval)
+    assert t.stats["seen"] == 4 * calls * 2
+    assert t.stats["transformed"] + t.stats["rejected"] == 4 * calls * 2
+
+
+def test_threads_making_their_first_draw_at_once_share_one_generator(monkeypatch):
+    # the generator was made by a check-then-insert: two first calls at once each made one (with an int seed, both
+    # drew the same numbers) and one of them was lost
+    import threading
+    import time
+
+    from latent_transforms import rng
+
+    def slow_rank(default=0):  # widens the window between the check and the insert
+        time.sleep(0.05)
+        return default
+
+    monkeypatch.setattr(rng, "_rank", slow_rank)
+    source, barrier, got = rng.GeneratorSource(None), threading.Barrier(2), []
+
+    def first_draw():
+        barrier.wait()
+        got.append(source.get(torch.device("cpu")))
+
+    threads = [threading.Thread(target=first_draw) for _ in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(10)
+    assert len(got) == 2 and got[0] is got[1]

@@ -1,5 +1,7 @@
 import copy
 
+from typing import Callable
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -504,6 +506,47 @@ def test_exact_math_restores_the_settings_when_the_last_thread_leaves(tf32_on):
         thread.join(10)
         assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32  # still inside
     assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32  # the last one out restored
+
+
+def _settings_after(start: Callable[[], None], change: Callable[[], None], during_a_codec_call: bool) -> dict:
+    """The precision settings after ``start()`` then ``change()``, made with no codec call running or while another
+    thread is inside one."""
+    import threading
+    inside, leave = threading.Event(), threading.Event()
+
+    def codec_call():
+        with exact_math():
+            inside.set()
+            leave.wait(10)
+
+    start()
+    thread = threading.Thread(target=codec_call)
+    if during_a_codec_call:
+        thread.start()
+        assert inside.wait(10)
+    change()
+    leave.set()
+    if during_a_codec_call:
+        thread.join(10)
+    return _precision_snapshot()
+
+
+@pytest.mark.parametrize("start", [
+    lambda: (torch.set_float32_matmul_precision("highest"), setattr(torch.backends.cudnn, "allow_tf32", False)),
+    lambda: (torch.set_float32_matmul_precision("medium"), setattr(torch.backends.cudnn, "allow_tf32", True)),
+])
+@pytest.mark.parametrize("change", [
+    lambda: torch.set_float32_matmul_precision("high"),  # the legacy API (it also writes fp32_precision holders)
+    lambda: setattr(torch.backends.cudnn, "allow_tf32", True),
+    lambda: setattr(torch.backends.mkldnn.matmul, "fp32_precision", "bf16"),  # the new API alone
+    lambda: setattr(torch.backends.cuda.matmul, "fp32_precision", "tf32"),
+])  # not TF32 turned off: while a codec runs it is off already, so that change cannot be seen (and is undone)
+def test_a_setting_made_while_another_thread_is_in_a_codec_call_ends_as_if_made_outside(precision_settings, start,
+                                                                                         change):
+    # the last codec call to leave restored every setting saved when the first one entered: TF32 turned on by the
+    # training thread while a background thread was encoding (a LatentCache, a data pipeline) was turned off again
+    alone = _settings_after(start, change, during_a_codec_call=False)
+    assert _settings_after(start, change, during_a_codec_call=True) == alone
 
 
 def test_a_frozen_glow_cast_to_float64_folds_its_fast_path_again():

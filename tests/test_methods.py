@@ -1,4 +1,6 @@
 import inspect
+import threading
+import time
 
 import pytest
 import torch
@@ -151,6 +153,56 @@ def test_adversarial_targets_prediction_by_default(glow, batch, net):
     net.eval()
     with torch.no_grad():
         assert torch.equal(t.last_params["target"], net(x).argmax(1))
+
+
+class _InterleavingNet(torch.nn.Module):
+    """A classifier whose forward makes two overlapping calls interleave: in thread "first" it waits (up to 2 s)
+    until thread "second" is inside its own forward, and in "second" it waits (up to 2 s) until "first" is done.
+    A fix that serialised the calls would only make the waits time out."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(64, 3)
+        self.second_inside, self.first_done = threading.Event(), threading.Event()
+
+    def forward(self, x):
+        if threading.current_thread().name == "first":
+            self.second_inside.wait(2)
+        elif threading.current_thread().name == "second":
+            self.second_inside.set()
+            self.first_done.wait(2)
+        return self.fc(x.flatten(1))
+
+
+def test_overlapping_calls_on_one_model_leave_its_flags_as_they_were():
+    # borrowed() saved the flags on entry and restored them on exit: the second of two overlapping calls (a threaded
+    # server sharing one predictor) saved the first one's eval / requires_grad=False and, leaving last, kept them
+    torch.manual_seed(0)
+    net = _InterleavingNet().train()
+    predictor = LatentMixupInference(net, tiny_glow(), torch.rand(4, 1, 8, 8), num_mixes=1, generator=0)
+    x, errors = torch.rand(2, 1, 8, 8), []
+
+    def call(done=None):
+        try:
+            predictor(x)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+        finally:
+            if done is not None:
+                done.set()
+
+    first = threading.Thread(target=call, args=(net.first_done,), name="first")
+    second = threading.Thread(target=call, name="second")
+    first.start()
+    deadline = time.monotonic() + 5
+    while all(p.requires_grad for p in net.parameters()) and first.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.005)  # until the first call has borrowed the model
+    second.start()
+    first.join(10)
+    second.join(10)
+    assert not errors
+    assert all(m.training for m in net.modules())
+    assert all(p.requires_grad for p in net.parameters())
 
 
 def test_adversarial_restores_model_on_error(glow, batch, net):

@@ -7,7 +7,9 @@ A legacy getter raises once the two disagree, so this module sets both to full p
 other inside the block) and restores each exactly as it was: the legacy values through their setters, then every
 ``fp32_precision`` as stored. A legacy value that cannot be read (the caller's settings already disagree) is left
 untouched. The settings are process-wide: they are switched once for all threads and restored when the last
-codec call of any thread ends.
+codec call of any thread ends. A setting another thread changes meanwhile applies to the codec calls still running
+and is made again after the restore, so that it ends as if made outside them (a change to the value the switch
+gave, such as TF32 turned off while it is off for a codec, cannot be told from no change and is undone).
 """
 from __future__ import annotations
 
@@ -40,7 +42,9 @@ def _precision_settings() -> tuple[list[Any], list[Any]]:
 
 
 def _full_precision() -> tuple[list, list]:
-    """Switch to full precision; returns what :func:`_restore` needs to undo it (undone already if it fails)."""
+    """Switch to full precision; returns what :func:`_restore` needs to undo it (undone already if it fails):
+    ``(getter, setter, value before, value inside)`` per legacy setting, ``(holder, stored before, stored inside)``
+    per ``fp32_precision`` holder."""
     every, exact = _precision_settings()
     stored = [(holder, holder.fp32_precision) for holder in every]  # as stored, before the legacy setters write
     legacy = []
@@ -51,19 +55,40 @@ def _full_precision() -> tuple[list, list]:
             except RuntimeError:  # the caller's legacy and new settings disagree: leave this one alone
                 continue
             set_(full)
-            legacy.append((set_, value))
+            legacy.append([get, set_, value, None])
         for holder in exact:
             holder.fp32_precision = "ieee"
     except BaseException:
-        _restore(legacy, stored)
+        _restore(legacy, [(holder, value, None) for holder, value in stored])
         raise
-    return legacy, stored
+    for setting in legacy:  # as read inside: a legacy getter may raise there (settings that disagree by design)
+        setting[3] = _read(setting[0])
+    return legacy, [(holder, value, holder.fp32_precision) for holder, value in stored]
+
+
+def _read(get: Callable[[], Any]) -> Any:
+    """A setting's value, or :class:`RuntimeError` where torch's getter raises (the two APIs disagree)."""
+    try:
+        return get()
+    except RuntimeError:
+        return RuntimeError
 
 
 def _restore(legacy: list, stored: list) -> None:
-    for set_, value in legacy:  # first: the legacy setters also write fp32_precision
+    """Restore every setting as it was before the switch, then make again the changes another thread made while a
+    codec call was running (a value that differs from the one read inside; none on a failed switch, where the value
+    inside is None), so that they end as if made outside it."""
+    made = [(holder, holder.fp32_precision) for holder, _, inside in stored
+            if inside is not None and holder.fp32_precision != inside]
+    made_legacy = [(set_, now) for get, set_, _, inside in legacy
+                   if inside is not None and (now := _read(get)) != inside and now is not RuntimeError]
+    for _, set_, value, _ in legacy:  # first: the legacy setters also write holders
         set_(value)
-    for holder, value in stored:
+    for holder, value, _ in stored:
+        holder.fp32_precision = value
+    for set_, value in made_legacy:
+        set_(value)
+    for holder, value in made:
         holder.fp32_precision = value
 
 
