@@ -48,7 +48,9 @@ class SampleStats:
         self._counts = None
 
     def _count(self, device: torch.device, seen: int, transformed: torch.Tensor, rejected: torch.Tensor) -> None:
-        row = torch.stack([torch.tensor(seen, device=device), transformed, rejected]).to(torch.int64)
+        # torch.full, not torch.tensor: a Python number becomes a kernel argument, not a host-to-device copy (a sync)
+        seen_t = torch.full((), seen, dtype=torch.int64, device=device)
+        row = torch.stack([seen_t, transformed, rejected]).to(torch.int64)
         with _COUNT_LOCK:  # threads sharing a transform (a data pipeline, a server) lost counts to each other
             self._counts = row if self._counts is None else self._counts.to(device) + row
 

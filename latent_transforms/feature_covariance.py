@@ -137,7 +137,8 @@ class FeatureCovariance(nn.Module):
         finite = (a.abs() <= bound).all(1, keepdim=True)                      # (N, 1), False for NaN; no host sync
         a = a.masked_fill(~finite, 0)
         y = torch.where(finite.squeeze(1), y, k)                              # in [0, K]
-        counts = torch.bincount(y, minlength=k + 1)                           # (K + 1,) int64
+        counts = torch.zeros(k + 1, dtype=torch.int64, device=y.device).scatter_add_(0, y, torch.ones_like(y))
+        # (K + 1,) int64; not torch.bincount, which reads y's min and max on the host (2 syncs) on CUDA
         m_safe = counts.to(a.dtype).clamp(min=1).unsqueeze(1)
         batch_mean = a.new_zeros(k + 1, dim).index_add_(0, y, a) / m_safe     # (K + 1, A); the dummy row is 0
         centred = a - batch_mean[y]                                           # (N, A); 0 for the dummy rows

@@ -100,10 +100,9 @@ def isda_logits(logits: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, cov
             s2 = torch.einsum("rca,ra->rc", dw * dw, sigma_own)
         if table:
             s2 = s2[y]                                            # (N, C)
-        lam_t = torch.as_tensor(lam, dtype=dtype, device=logits.device)
-        if lam_t.ndim == 1:
-            lam_t = lam_t.unsqueeze(1)
-        correction = 0.5 * lam_t * s2
+        if isinstance(lam, torch.Tensor):
+            lam = (lam.unsqueeze(1) if lam.ndim == 1 else lam).to(dtype)
+        correction = (0.5 * lam) * s2  # a float lam stays a Python number: no host-to-device copy (a sync)
     return logits + correction.to(logits.dtype)
 
 
@@ -345,7 +344,7 @@ class ISDA(_ISDAState, LatentTransform):
             return x, y
         name, layer = self.find_layer(model)
         lam: float | torch.Tensor = self.lam
-        chosen = torch.tensor(batch, device=x.device)
+        chosen = torch.full((), batch, dtype=torch.int64, device=x.device)  # torch.tensor(...) would be a sync
         if self.p < 1.0:
             mask = self._draw_selection(batch, self._rng.get(x.device), x.device)
             lam, chosen = lam * mask.float(), mask.sum()

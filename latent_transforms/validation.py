@@ -76,6 +76,12 @@ def check_bool(name: str, value: object) -> bool:
 def check_images(x: torch.Tensor, name: str = "x", allow_uint8: bool = False, values: bool = True) -> None:
     """Check ``x: (B, C, H, W)`` float in [0, 1], finite, non-empty (or any ``uint8`` if ``allow_uint8``);
     ``values=False`` checks all but the values (no host sync)."""
+    if _image_form(x, name, allow_uint8) and values:
+        _check_values([(_image_stats(x), lambda v: _judge_images(x, name, *v))])
+
+
+def _image_form(x: torch.Tensor, name: str, allow_uint8: bool) -> bool:
+    """Everything but the values of ``check_images``; whether the values are to be checked (not for ``uint8``)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim != 4:
@@ -85,15 +91,20 @@ def check_images(x: torch.Tensor, name: str = "x", allow_uint8: bool = False, va
     if x.numel() == 0:
         raise ValueError(f"{name} has an empty channel or spatial dimension (shape {tuple(x.shape)})")
     if allow_uint8 and x.dtype == torch.uint8:
-        return
+        return False
     if not x.is_floating_point():
         raise ValueError(
             f"{name} must be a float tensor with values in [0, 1]{' or uint8' if allow_uint8 else ''}, got dtype "
             f"{x.dtype}; convert with x.float() / 255 for uint8 images"
         )
-    if not values:
-        return
-    lo, hi = torch.stack(torch.aminmax(x.detach())).tolist()  # one host sync; NaN and inf show in the extremes
+    return True
+
+
+def _image_stats(x: torch.Tensor) -> torch.Tensor:
+    return torch.stack(torch.aminmax(x.detach()))  # NaN and inf show in the extremes
+
+
+def _judge_images(x: torch.Tensor, name: str, lo: float, hi: float) -> None:
     if not (math.isfinite(lo) and math.isfinite(hi)):
         bad = (~torch.isfinite(x)).flatten(1).any(1).nonzero().flatten().tolist()
         raise ValueError(f"{name} contains NaN or inf (in samples {bad[:8]})")
@@ -107,8 +118,25 @@ def check_images(x: torch.Tensor, name: str = "x", allow_uint8: bool = False, va
         raise ValueError(f"{name} values must lie in [0, 1], got range [{lo:.4g}, {hi:.4g}]; {hint}")
 
 
+def _check_values(checks: list[tuple[torch.Tensor, Callable[[list[float]], None]]]) -> None:
+    """Read every check's statistics (small tensors on one device) on the host at once, one host sync, then judge
+    them in order. In float64 (int64 class indices and positions stay exact below 2**53), float32 where the device
+    has no float64 (MPS)."""
+    wide = torch.float32 if checks[0][0].device.type == "mps" else torch.float64
+    values = torch.cat([t.reshape(-1).to(wide) for t, _ in checks]).tolist()
+    for t, judge in checks:
+        judge(values[:t.numel()])
+        values = values[t.numel():]
+
+
 def check_labels(y: torch.Tensor, batch_size: int, num_classes: int | None = None, name: str = "y") -> None:
     """Check ``y``: ``(B,)`` int64 class indices in [0, num_classes) or ``(B, K)`` float rows summing to 1."""
+    if _label_form(y, batch_size, num_classes, name):
+        _check_values([(_label_stats(y), lambda v: _judge_labels(y, name, num_classes, v))])
+
+
+def _label_form(y: torch.Tensor, batch_size: int, num_classes: int | None, name: str) -> bool:
+    """Everything but the values of ``check_labels``; whether there are values to check."""
     if not isinstance(y, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(y).__name__}")
     if y.ndim not in (1, 2):
@@ -120,13 +148,7 @@ def check_labels(y: torch.Tensor, batch_size: int, num_classes: int | None = Non
     if y.ndim == 1:
         if y.dtype != torch.int64:
             raise ValueError(f"{name} class indices must be int64, got dtype {y.dtype}")
-        if y.numel():
-            lo, hi = torch.stack(torch.aminmax(y)).tolist()  # one host sync
-            if lo < 0:
-                raise ValueError(f"{name} has a negative class index {lo}")
-            if num_classes is not None and hi >= num_classes:
-                raise ValueError(f"{name} has class index {hi}, out of range for num_classes={num_classes}")
-        return
+        return y.numel() > 0
     if not y.is_floating_point():
         if y.shape[1] == 1:  # class indices with a trailing dimension, most likely
             raise ValueError(f"{name} has shape {tuple(y.shape)} and dtype {y.dtype}: class indices must be (B,) "
@@ -136,14 +158,33 @@ def check_labels(y: torch.Tensor, batch_size: int, num_classes: int | None = Non
         raise ValueError(f"{name} soft labels have no classes (shape {tuple(y.shape)})")
     if num_classes is not None and y.shape[1] != num_classes:
         raise ValueError(f"{name} soft labels have {y.shape[1]} classes, expected num_classes={num_classes}")
-    if not bool(torch.isfinite(y).all()):
-        raise ValueError(f"{name} soft labels contain NaN or inf")
-    if float(y.min()) < -SOFT_LABEL_TOL:
-        raise ValueError(f"{name} soft labels have a negative entry {float(y.min()):.4g}")
+    return y.shape[0] > 0
+
+
+def _label_stats(y: torch.Tensor) -> torch.Tensor:
+    """Class indices: (min, max). Soft labels: (all finite, min, the row whose sum is furthest from 1, its sum)."""
+    if y.ndim == 1:
+        return torch.stack(torch.aminmax(y))
     sums = y.float().sum(1)  # bf16 rows are summed exactly enough, and judged by what bf16 can represent
-    worst = int((sums - 1).abs().argmax()) if y.shape[0] else 0
-    if y.shape[0] and abs(float(sums[worst]) - 1) > row_sum_tolerance(y.dtype):
-        raise ValueError(f"{name} soft label rows must sum to 1, row {worst} sums to {float(sums[worst]):.4g}")
+    worst = (sums - 1).abs().argmax()
+    return torch.stack([torch.isfinite(y).all().float(), y.min().float(), worst.float(), sums.gather(0, worst.view(1))[0]])
+
+
+def _judge_labels(y: torch.Tensor, name: str, num_classes: int | None, stats: list[float]) -> None:
+    if y.ndim == 1:
+        lo, hi = int(stats[0]), int(stats[1])
+        if lo < 0:
+            raise ValueError(f"{name} has a negative class index {lo}")
+        if num_classes is not None and hi >= num_classes:
+            raise ValueError(f"{name} has class index {hi}, out of range for num_classes={num_classes}")
+        return
+    finite, low, worst, worst_sum = stats
+    if not finite:
+        raise ValueError(f"{name} soft labels contain NaN or inf")
+    if low < -SOFT_LABEL_TOL:
+        raise ValueError(f"{name} soft labels have a negative entry {low:.4g}")
+    if abs(worst_sum - 1) > row_sum_tolerance(y.dtype):
+        raise ValueError(f"{name} soft label rows must sum to 1, row {int(worst)} sums to {worst_sum:.4g}")
 
 
 def row_sum_tolerance(dtype: torch.dtype) -> float:
@@ -187,33 +228,50 @@ def check_model_slot(model: object) -> None:
 
 def check_index(index: torch.Tensor, batch_size: int | None, size: int | None = None) -> None:
     """Check ``index: (B,)`` int64 dataset positions (``B == batch_size`` and in ``[0, size)`` when given)."""
+    if _index_form(index, batch_size):
+        _check_values([(torch.stack(torch.aminmax(index)), lambda v: _judge_index(size, *v))])
+
+
+def _index_form(index: torch.Tensor, batch_size: int | None) -> bool:
     if not isinstance(index, torch.Tensor) or index.dtype != torch.int64 or index.ndim != 1:
         raise ValueError(f"index must be a (B,) int64 tensor of dataset positions, got {describe(index)}")
     if batch_size is not None and index.shape[0] != batch_size:
         raise ValueError(f"batch sizes differ: x has {batch_size} samples, index has {index.shape[0]}")
-    if index.numel():
-        lo, hi = torch.stack(torch.aminmax(index)).tolist()  # one host sync
-        if lo < 0 or (size is not None and hi >= size):
-            raise ValueError(f"index has positions outside [0, {size}): min {lo}, max {hi}")
+    return index.numel() > 0
+
+
+def _judge_index(size: int | None, lo: float, hi: float) -> None:
+    lo, hi = int(lo), int(hi)
+    if lo < 0 or (size is not None and hi >= size):
+        raise ValueError(f"index has positions outside [0, {size}): min {lo}, max {hi}")
 
 
 def check_batch(x: torch.Tensor, y: torch.Tensor | None, num_classes: int | None = None,
-                index: torch.Tensor | None = None, index_size: int | None = None, allow_uint8: bool = False) -> None:
+                index: torch.Tensor | None = None, index_size: int | None = None, allow_uint8: bool = False,
+                values: bool = True) -> None:
     """The checks of every ``t(x, y, model, index=...)`` call: images, labels (``None``: an unlabelled batch) and
     index agree on the batch (``index`` in ``[0, index_size)`` when the size is known). ``allow_uint8``: ``uint8``
     images pass too (for a :class:`~latent_transforms.Compose` whose first step is a torchvision v2 transform or a
-    callable)."""
-    check_images(x, allow_uint8=allow_uint8)
+    callable). The shapes, dtypes and devices are checked first, then every value at once: one host sync per call
+    (none with ``values=False``)."""
+    image_values = _image_form(x, "x", allow_uint8)
     for name, t in (("y", y), ("index", index)):
         if isinstance(t, torch.Tensor):
             check_device(name, t.device, x)
     if isinstance(y, torch.nn.Module):  # t(x, model): an unlabelled batch's model given in y's place
         raise TypeError(f"y must be labels or None, got the model ({type(y).__name__}); for an unlabelled batch call "
                         f"t(x, model=model)")
-    if y is not None:
-        check_labels(y, x.shape[0], num_classes)
-    if index is not None:
-        check_index(index, x.shape[0], index_size)
+    label_values = y is not None and _label_form(y, x.shape[0], num_classes, "y")
+    index_values = index is not None and _index_form(index, x.shape[0])
+    checks = []  # judged in this order: images, labels, index
+    if values and image_values:
+        checks.append((_image_stats(x), lambda v: _judge_images(x, "x", *v)))
+    if values and label_values:
+        checks.append((_label_stats(y), lambda v: _judge_labels(y, "y", num_classes, v)))
+    if values and index_values:
+        checks.append((torch.stack(torch.aminmax(index)), lambda v: _judge_index(index_size, *v)))
+    if checks:
+        _check_values(checks)
 
 
 def describe(t: object) -> str:

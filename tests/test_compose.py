@@ -250,7 +250,7 @@ def test_errors_that_are_not_about_the_images_keep_their_type_and_message(rgb, r
 
     with pytest.raises(ValueError, match="on the output of step 0 \\(overshoot\\)") as info:
         Compose([overshoot, LatentNoise(rgb_glow, generator=0)])(x, y)
-    assert info.traceback[-1].name == "check_images"  # the original traceback is kept
+    assert info.traceback[-1].name == "_judge_images"  # the original traceback is kept (the image check raised)
 
 
 def test_uint8_reaching_a_kornia_step_names_the_step_and_the_conversion(rgb, rgb_glow):
