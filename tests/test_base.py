@@ -275,6 +275,25 @@ def test_sample_beta_below_one_draws_only_from_the_given_generator():
     assert torch.equal(state, torch.get_rng_state())  # torch's global RNG untouched
 
 
+@pytest.mark.parametrize("shape", [0.3, 1.0, 4.0])
+def test_sample_log_gamma_has_gammas_mean_and_variance_and_a_fixed_draw_count(shape):
+    # the proposals are made GAMMA_ROUNDS at a time and the first accepted one is kept (no rejection loop on the host)
+    from latent_transforms.rng import GAMMA_ROUNDS, sample_log_gamma
+
+    g = torch.Generator().manual_seed(0)
+    draws = sample_log_gamma(shape, 40_000, g, torch.device("cpu")).double().exp()
+    assert abs(float(draws.mean()) - shape) < 4 * (shape / 40_000) ** 0.5  # Gamma(a, 1): mean a, variance a
+    assert abs(float(draws.var()) / shape - 1) < 0.06
+    for seed in range(5):  # the generator advances by the same draws whatever was accepted
+        g, reference = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        sample_log_gamma(shape, 64, g, torch.device("cpu"))
+        torch.randn(64, GAMMA_ROUNDS, generator=reference)
+        torch.rand(64, GAMMA_ROUNDS, generator=reference)
+        if shape < 1:
+            torch.rand(64, generator=reference)
+        assert torch.equal(g.get_state(), reference.get_state())
+
+
 @pytest.mark.parametrize("alpha", [0.01, 0.05, 0.4, 2.0])
 def test_sample_beta_matches_torch_beta_also_for_tiny_alpha(alpha):
     # Gamma(0.01) draws underflowed to 0 a third of the time and both-zero pairs gave lam 0: mean 0.37, not 0.5
