@@ -183,12 +183,22 @@ def _never_fired(name: str, model: nn.Module) -> str:
 
 
 class _ArmedHook:
-    """The one-shot forward hook: augments the logits of the next training forward of the layer (picklable)."""
+    """The one-shot forward hook: augments the logits of the next training forward of the layer. It holds its ISDA
+    weakly: a hook whose ISDA was dropped, or a copy in a model copied or pickled while armed (an EMA copy,
+    ``torch.save(model)``), changes nothing and removes itself at the layer's next forward."""
 
     def __init__(self, owner: "ISDA", name: str, y: torch.Tensor, lam: float | torch.Tensor, chosen: torch.Tensor):
-        self.owner, self.name, self.y, self.lam, self.chosen, self.fired = owner, name, y, lam, chosen, False
+        self.owner, self.name, self.fired = weakref.ref(owner), name, False
+        self.y, self.lam, self.chosen = y, lam, chosen
+
+    def __getstate__(self) -> dict:
+        return {"owner": None, "name": self.name, "fired": True}  # a copy carries no ISDA, labels or statistics
 
     def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor):
+        owner = None if self.owner is None else self.owner()
+        if owner is None:
+            _remove_hook(module, self)
+            return None
         if self.fired or not module.training:
             return None  # waits for the next training forward
         self.fired = True
@@ -208,8 +218,17 @@ class _ArmedHook:
             )
         if self.y.device != a.device:
             raise ValueError(f"y is on {self.y.device} but the features are on {a.device}")
-        self.owner._count(a.device, 0, self.chosen, torch.zeros_like(self.chosen))
-        return self.owner.augment(a, output, module.weight, self.y, self.lam, check_y=False)  # checked when armed
+        owner._count(a.device, 0, self.chosen, torch.zeros_like(self.chosen))
+        return owner.augment(a, output, module.weight, self.y, self.lam, check_y=False)  # checked when armed
+
+
+def _remove_hook(layer: nn.Module, hook: _ArmedHook) -> None:
+    """Take ``hook`` off ``layer`` (the pending one, or a copy that came with a copied model)."""
+    if _ARMED.get(layer, (None, None))[1] is hook:
+        _disarm(layer)
+        return
+    for key in [k for k, h in layer._forward_hooks.items() if h is hook]:
+        del layer._forward_hooks[key]
 
 
 class ISDA(_ISDAState, LatentTransform):

@@ -37,11 +37,12 @@ class LatentCache(nn.Module):
         codec_device = codec.device
         codec.check_images(images[:1].to(codec_device))
         self.codec_fingerprint = codec.fingerprint()
-        chunks = []
+        # filled chunk by chunk: a list of chunks and their torch.cat would need the cache's memory twice
+        latents = torch.empty(len(images), codec.latent_dim, dtype=codec.dtype, device=device or codec_device)
         with torch.no_grad():
             for i in tqdm(range(0, len(images), batch_size), desc="encoding", disable=not progress, leave=False):
-                chunks.append(codec.encode_flat(images[i:i + batch_size].to(codec_device)).to(device or codec_device))
-        self.register_buffer("latents", torch.cat(chunks))
+                latents[i:i + batch_size] = codec.encode_flat(images[i:i + batch_size].to(codec_device))
+        self.register_buffer("latents", latents)
 
     @classmethod
     def load(cls, path, codec: Codec | str, device: torch.device | str | None = None) -> "LatentCache":

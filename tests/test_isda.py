@@ -570,3 +570,43 @@ def test_labels_are_checked_once_per_training_step(monkeypatch, batch, net):
     calls.clear()
     loss.augment(net.features(x), net(x), net.fc.weight, y)  # the public pieces still check
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("copy_model", [copy.deepcopy, lambda m: __import__("pickle").loads(__import__("pickle").dumps(m))])
+def test_a_copy_of_an_armed_model_is_left_without_the_hook(batch, net, copy_model):
+    """A model copied (an EMA or best-model copy, a checkpoint by pickling) between isda(x, y, model) and model(x)
+    carried the pending hook for good, with a copy of the ISDA (its K x A x A statistics) behind it, and its first
+    training forward was augmented with the original batch's labels."""
+    x, y = batch
+    isda = ISDA(10, lambda0=1.0)
+    isda.set_progress(1.0)
+    isda(x, y, net)
+    net(x)  # statistics collected, so an augmentation would change the logits
+    isda(x, y, net)
+    twin = copy_model(net)
+    plain = copy.deepcopy(twin.fc)  # the copy's own layer, without hooks: what its logits must be
+    net(x)  # the original's hook fires and removes itself
+    assert torch.equal(twin(x), plain(twin.features(x)))
+    twin(x)
+    assert len(net.fc._forward_hooks) == 0 and len(twin.fc._forward_hooks) == 0
+
+
+def test_a_pending_hook_does_not_keep_a_deleted_isda_alive(batch, net):
+    """isda(x, y, model) whose model(x) never ran (it raised and the step was skipped), then the ISDA is dropped:
+    the model kept it (and its statistics) alive and applied its stale augmentation to a later forward."""
+    import gc
+    import weakref
+
+    x, y = batch
+    plain = net(x).detach()
+    isda = ISDA(10, lambda0=1.0)
+    isda.set_progress(1.0)
+    isda(x, y, net)
+    net(x)  # a normal step: statistics collected, so a stale augmentation would change the logits
+    isda(x, y, net)  # armed; the forward that should consume it never runs
+    ref = weakref.ref(isda)
+    del isda
+    gc.collect()
+    assert ref() is None
+    assert torch.equal(net(x), plain)
+    assert len(net.fc._forward_hooks) == 0

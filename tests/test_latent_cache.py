@@ -170,3 +170,26 @@ def test_an_index_given_in_the_model_slot_is_refused(data, make):
         make(glow, cache)(images[idx], labels[idx], idx)
     with pytest.raises(TypeError, match="index=idx"):  # a Compose too, whose first step would take index=
         Compose([make(glow, cache)], num_classes=10)(images[idx], labels[idx], idx)
+
+
+def test_building_a_cache_holds_one_encoded_chunk_at_a_time(data):
+    """The cache is N x D floats: building it kept every encoded chunk alive until a final torch.cat (a transient
+    second copy of the whole cache: 0.6 GB more for CIFAR-10, on the GPU for a GPU codec)."""
+    import weakref
+
+    images, _ = data
+    glow = tiny_glow()
+    encode, chunks, alive = glow.encode_flat, [], []
+
+    def recording(x, **kwargs):
+        alive.append(sum(r() is not None for r in chunks))  # chunks still alive when the next one is encoded
+        out = encode(x, **kwargs)
+        chunks.append(weakref.ref(out))
+        return out
+
+    glow.encode_flat = recording
+    cache = LatentCache(glow, images, batch_size=8, progress=False)
+    assert len(cache) == len(images) and len(alive) == 5
+    with torch.no_grad():
+        assert torch.allclose(cache.latents, encode(images), atol=1e-5)
+    assert max(alive) <= 1, alive
