@@ -229,7 +229,7 @@ def check_model_slot(model: object) -> None:
 def check_index(index: torch.Tensor, batch_size: int | None, size: int | None = None) -> None:
     """Check ``index: (B,)`` int64 dataset positions (``B == batch_size`` and in ``[0, size)`` when given)."""
     if _index_form(index, batch_size):
-        _check_values([(torch.stack(torch.aminmax(index)), lambda v: _judge_index(size, *v))])
+        _check_values([(_index_stats(index), lambda v: _judge_index(size, *v))])
 
 
 def _index_form(index: torch.Tensor, batch_size: int | None) -> bool:
@@ -238,6 +238,10 @@ def _index_form(index: torch.Tensor, batch_size: int | None) -> bool:
     if batch_size is not None and index.shape[0] != batch_size:
         raise ValueError(f"batch sizes differ: x has {batch_size} samples, index has {index.shape[0]}")
     return index.numel() > 0
+
+
+def _index_stats(index: torch.Tensor) -> torch.Tensor:
+    return torch.stack(torch.aminmax(index))
 
 
 def _judge_index(size: int | None, lo: float, hi: float) -> None:
@@ -269,7 +273,7 @@ def check_batch(x: torch.Tensor, y: torch.Tensor | None, num_classes: int | None
     if values and label_values:
         checks.append((_label_stats(y), lambda v: _judge_labels(y, "y", num_classes, v)))
     if values and index_values:
-        checks.append((torch.stack(torch.aminmax(index)), lambda v: _judge_index(index_size, *v)))
+        checks.append((_index_stats(index), lambda v: _judge_index(index_size, *v)))
     if checks:
         _check_values(checks)
 

@@ -47,7 +47,7 @@ def _full_precision() -> tuple[list, list]:
     per ``fp32_precision`` holder."""
     every, exact = _precision_settings()
     stored = [(holder, holder.fp32_precision) for holder in every]  # as stored, before the legacy setters write
-    legacy = []
+    switched = []
     try:
         for get, set_, full in _legacy_settings():
             try:
@@ -55,15 +55,14 @@ def _full_precision() -> tuple[list, list]:
             except RuntimeError:  # the caller's legacy and new settings disagree: leave this one alone
                 continue
             set_(full)
-            legacy.append([get, set_, value, None])
+            switched.append((get, set_, value))
         for holder in exact:
             holder.fp32_precision = "ieee"
     except BaseException:
-        _restore(legacy, [(holder, value, None) for holder, value in stored])
+        _restore([(*s, None) for s in switched], [(holder, value, None) for holder, value in stored])
         raise
-    for setting in legacy:  # as read inside: a legacy getter may raise there (settings that disagree by design)
-        setting[3] = _read(setting[0])
-    return legacy, [(holder, value, holder.fp32_precision) for holder, value in stored]
+    # the values as read inside (a legacy getter may raise there: the switch makes the two APIs disagree by design)
+    return [(*s, _read(s[0])) for s in switched], [(holder, value, holder.fp32_precision) for holder, value in stored]
 
 
 def _read(get: Callable[[], Any]) -> Any:
