@@ -77,6 +77,10 @@ class LatentTransform(SampleStats, nn.Module):
         - A transformed sample that is non-finite or more than 0.5 outside [0, 1] before clipping is
           replaced by its input (and its label kept); ``t.stats`` counts samples seen, transformed, rejected.
         - Outputs are clipped to [0, 1] and carry no autograd history (training mode).
+        - ``last_params``: what the last training call drew, for inspection: ``"selected"``, ``(N,)`` int64, the
+          batch rows transformed (all B when ``p=1``; none: only this key), and the method's own draws, one row per
+          selected sample in that order (indices such as VarMixup's ``partner`` count among the selected samples:
+          batch row ``selected[partner]``).
 
     Subclasses set ``needs_model``/``mixes_labels`` (``needs_labels`` follows ``mixes_labels``; override it with a
     class attribute or a property) and implement
@@ -94,6 +98,7 @@ class LatentTransform(SampleStats, nn.Module):
         self.p = check_number("p", p, high=1.0)
         self.num_classes = None if num_classes is None else check_count("num_classes", num_classes, low=1)
         self._rng = GeneratorSource(generator)
+        self.last_params: dict[str, torch.Tensor] = {}
 
     @property
     def needs_labels(self) -> bool:
@@ -109,7 +114,8 @@ class LatentTransform(SampleStats, nn.Module):
         """Transform the selected samples ``x: (N, C, H, W)`` in [0, 1], ``y: (N,)``, ``(N, K)`` or ``None`` (only
         when not ``needs_labels``), with ``generator`` (on x's device); ``index: (N,)`` (their dataset positions) is
         given when the caller passed one. Returns ``(x2, y2)`` of the same shapes (``y2`` soft ``(N, K)`` when
-        ``mixes_labels``); ``forward`` clips, rejects and counts."""
+        ``mixes_labels``); ``forward`` clips, rejects and counts. Draws worth inspecting go into ``last_params``
+        (``self.last_params.update(...)``), one row per selected sample."""
         raise NotImplementedError
 
     @property
@@ -174,6 +180,7 @@ class LatentTransform(SampleStats, nn.Module):
             selected = self._draw_selection(batch, generator, x.device).nonzero().flatten()
             xs, ys = x[selected], None if y is None else y[selected]
             idx = None if index is None else index[selected]
+        self.last_params = {"selected": torch.arange(batch, device=x.device) if selected is None else selected}
         y_out = to_soft(y, k) if self.mixes_labels else y
         if xs.shape[0] == 0:  # a copy, as when some samples are selected: x2 never shares x's memory in training
             self._count_untouched(x.device, batch)

@@ -63,14 +63,20 @@ class CodecTransform(LatentTransform):
         self._check_cache()
 
     def _check_cache(self) -> None:
-        if self.cache is not None and self.cache.codec_fingerprint != self._codec_fingerprint:
-            raise ValueError("the latent cache was encoded with another codec than this transform's (other config, "
-                             "weights or dtype)")
+        if self.cache is None:
+            return
+        if self.cache.codec_fingerprint != self._codec_fingerprint:
+            raise ValueError("the latent cache was encoded with another codec than this transform's (other config "
+                             "or weights)")
+        if self.cache.latents.dtype != self.codec.dtype:  # .to() casts both alike: set apart by hand
+            raise ValueError(f"the latent cache holds {self.cache.latents.dtype} latents but the codec is "
+                             f"{self.codec.dtype}: cast both alike, e.g. transform.to({self.codec.dtype})")
 
     def extra_repr(self) -> str:
         settings = ", ".join(f"{k}={v}" for k, v in self.codec.config.items() if k not in ("kind", "image_shape"))
         cache = f", cache=LatentCache({len(self.cache)})" if self.cache is not None else ""
-        return f"codec={type(self.codec).__name__}({settings}){cache}, " + super().extra_repr()
+        levels = f"levels={self.levels}, " if self.levels is not None else ""
+        return f"{levels}codec={type(self.codec).__name__}({settings}){cache}, " + super().extra_repr()
 
     def level_mask(self, device: torch.device) -> torch.Tensor | None:
         """(D,) bool mask of the flattened coordinates in ``levels`` (None = all)."""

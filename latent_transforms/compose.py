@@ -122,12 +122,15 @@ class Compose(nn.Module):
     ``index: (B,)`` dataset positions (for a :class:`~latent_transforms.LatentCache`) go to the first step only,
     which must then be a :class:`LatentTransform`: later steps see images the cache does not hold.
 
+    ``len(t)``, ``t[i]`` and ``for step in t`` reach the steps (also ``t.steps``, an ``nn.ModuleList``).
+
     Args:
         transforms: the steps.
-        num_classes: needed when class-index labels meet a kornia mix.
+        num_classes: needed when class-index labels meet a kornia mix; a step with another ``num_classes`` is
+            refused.
     """
 
-    def __init__(self, transforms: Sequence[Callable], num_classes: int | None = None):
+    def __init__(self, transforms: Sequence[Callable], *, num_classes: int | None = None):
         super().__init__()
         steps = []
         for t in transforms:
@@ -146,9 +149,25 @@ class Compose(nn.Module):
                              f"steps ({', '.join(f'{_name(steps[i])} at step {i}' for i in mixing)})")
         self.steps = nn.ModuleList(steps)
         self.num_classes = None if num_classes is None else check_count("num_classes", num_classes, low=1)
+        for i, t in enumerate(steps):  # a step with other classes would fail only at the first label it cannot hold
+            for part in _parts(t):
+                k = getattr(part, "num_classes", None) if isinstance(part, (LatentTransform, Compose)) \
+                    or _is_torchvision_v2(part) else None
+                if self.num_classes is not None and isinstance(k, int) and k != self.num_classes:
+                    raise ValueError(f"{_where(part, t, i)} has num_classes={k}, but this Compose "
+                                     f"num_classes={self.num_classes}")
 
     def __len__(self) -> int:
         return len(self.steps)
+
+    def __getitem__(self, i: int) -> nn.Module:
+        return self.steps[i]
+
+    def __iter__(self):
+        return iter(self.steps)
+
+    def extra_repr(self) -> str:
+        return "" if self.num_classes is None else f"num_classes={self.num_classes}"
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, model: nn.Module | None = None,
                 index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -59,7 +59,6 @@ class LatentAdversarial(CodecTransform):
         super().__init__(codec, levels=levels, cache=cache, p=p, generator=generator)
         self.eps, self.steps, self.step_size, self.norm = eps, steps, step_size, norm
         self.random_start, self.target = check_bool("random_start", random_start), target
-        self.last_params: dict[str, torch.Tensor] = {}
 
     @property
     def needs_labels(self) -> bool:
@@ -92,7 +91,7 @@ class LatentAdversarial(CodecTransform):
                     (grad,) = torch.autograd.grad(loss, delta)
                 step = ascent_direction(self.on_levels(grad, 0.0), self.norm)
                 delta = self.on_levels(project(delta.detach() + self.step_size * step, self.eps, self.norm), 0.0)
-        self.last_params = {"delta": delta, "target": target}
+        self.last_params.update(delta=delta, target=target)
         with torch.no_grad():
             return self.decode_flat(z + delta), y
 

@@ -46,7 +46,8 @@ class LatentCache(nn.Module):
 
     @classmethod
     def load(cls, path, codec: Codec | str, device: torch.device | str | None = None) -> "LatentCache":
-        """The cache ``save`` wrote to ``path``; ``codec`` must be the one it was encoded with (same fingerprint)."""
+        """The cache ``save`` wrote to ``path``; ``codec`` must be the one it was encoded with (same fingerprint, any
+        dtype: the latents take the codec's)."""
         codec = resolve_codec(codec)
         try:
             meta, tensors = hub.read_safetensors(path)
@@ -64,7 +65,7 @@ class LatentCache(nn.Module):
         cache = cls.__new__(cls)
         nn.Module.__init__(cache)
         cache.codec_fingerprint = meta["codec_fingerprint"]
-        cache.register_buffer("latents", latents.to(device or codec.device))
+        cache.register_buffer("latents", latents.to(device or codec.device, codec.dtype))  # as the constructor
         return cache
 
     def save(self, path) -> str:

@@ -33,7 +33,8 @@ class LatentNoise(CodecTransform):
         ``eps=0`` returns x to the codec's round-trip accuracy (flow: ~1e-6; the official code returns
         ``0.05 + 0.9 x``). Samples whose decode is non-finite or more than 0.5 outside [0, 1] before clipping are
         returned unchanged and counted in ``stats``.
-        Identity in ``eval()`` mode. ``last_params["delta"]`` holds the last (B_selected, D) perturbation.
+        Identity in ``eval()`` mode. ``last_params["delta"]`` holds the last (N, D) perturbation of the ``N`` selected
+        samples (``last_params["selected"]``).
     """
 
     def __init__(self, codec: Codec | str = "glow-cifar10", eps: float = 10.0, *, norm: str | None = "l2",
@@ -43,15 +44,14 @@ class LatentNoise(CodecTransform):
         eps = check_number("eps", eps)
         super().__init__(codec, levels=levels, cache=cache, p=p, generator=generator)
         self.eps, self.norm = eps, norm
-        self.last_params: dict[str, torch.Tensor] = {}
 
     def extra_repr(self) -> str:
-        return f"eps={self.eps}, norm={self.norm!r}, levels={self.levels}, " + super().extra_repr()
+        return f"eps={self.eps}, norm={self.norm!r}, " + super().extra_repr()
 
     def transform(self, x, y, model, generator, index=None):
         z = self.encode_flat(x, index)
         shape = torch.Size((z.shape[0], self.level_size()))
         delta = self.on_levels_only(random_perturbation(shape, self.eps, self.norm, generator, z.device, z.dtype), z)
-        self.last_params = {"delta": delta}
+        self.last_params.update(delta=delta)
         with torch.no_grad():
             return self.decode_flat(z + delta), y

@@ -52,6 +52,13 @@ class LatentMixupInference(SampleStats, nn.Module):
         with torch.no_grad():
             self.register_buffer("reference_latents", self.codec.encode_flat(references))
 
+    def extra_repr(self) -> str:
+        return (f"lam={self.lam}, num_mixes={self.num_mixes}, references={self.reference_latents.shape[0]}, "
+                f"model={type(self.model).__name__}, codec={type(self.codec).__name__}")
+
+    def __repr__(self) -> str:  # one line, as the transforms: the model and the codec would print hundreds
+        return f"{type(self).__name__}({self.extra_repr()})"
+
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_images(x)

@@ -23,7 +23,8 @@ class VarMixup(CodecTransform):
     - decoded images *replace* the selected samples, a share ``p`` of each batch (0.25 by default, calibrated on a
       CIFAR-10 validation split with the shipped VAE, where the paper's ``p=1`` cost 8.7 points: VAE decodes are
       blurry, so training only on them creates a train/test gap; docs/calibration.md);
-    - partners are drawn among the selected samples (a random permutation);
+    - partners are drawn among the selected samples, never the sample itself (a random cycle through them, as
+      mixup's shuffled batch rolled by one; a single selected sample has no partner and comes back as it was);
     - ``keep_detail=True`` adds back the same mix of the two samples' reconstruction residuals,
       ``lam * (x - D(z)) + (1 - lam) * (x[partner] - D(z[partner]))``: the detail a blurry VAE loses is mixed as
       in input mixup, the content in the latent (``lam = 1`` gives back ``x``). An extension of ours, on by default
@@ -49,7 +50,8 @@ class VarMixup(CodecTransform):
         x: (B, C, H, W) float in [0, 1]; y: (B,) int64 or (B, K). Returns (B, K) soft labels.
 
     Convention:
-        Identity in ``eval()`` mode (labels returned as given). ``last_params`` holds ``lam`` and ``partner``.
+        Identity in ``eval()`` mode (labels returned as given). ``last_params`` holds ``lam`` and ``partner`` (an index
+        among the selected samples, ``last_params["selected"]``).
     """
 
     mixes_labels = True
@@ -69,7 +71,6 @@ class VarMixup(CodecTransform):
                              "does not hold: use posterior='mean' with a cache, or no cache")
         self.alpha, self.posterior, self.per_sample = alpha, posterior, check_bool("per_sample", per_sample)
         self.keep_detail = check_bool("keep_detail", keep_detail)
-        self.last_params: dict[str, torch.Tensor] = {}
 
     def extra_repr(self) -> str:
         return (f"alpha={self.alpha}, posterior={self.posterior!r}, per_sample={self.per_sample}, "
@@ -82,11 +83,13 @@ class VarMixup(CodecTransform):
         else:
             z = self.encode_flat(x, index)
         b = z.shape[0]
-        partner = torch.randperm(b, generator=generator, device=z.device)
+        order = torch.randperm(b, generator=generator, device=z.device)
+        partner = torch.empty_like(order)
+        partner[order] = order.roll(1)  # one random cycle through the samples: none is its own partner (b >= 2)
         lam = sample_beta(self.alpha, b if self.per_sample else 1, generator, z.device).expand(b)
         weight = lam.unsqueeze(1).to(z.dtype)
         mixed = self.on_levels(weight * z + (1 - weight) * z[partner], z)  # the sample's own latent elsewhere
-        self.last_params = {"lam": lam, "partner": partner}
+        self.last_params.update(lam=lam, partner=partner)
         with torch.no_grad():
             if self.keep_detail:  # one decode call for the mixes and the reconstructions
                 x2, recon = self.decode_flat(torch.cat([mixed, z])).split(b)

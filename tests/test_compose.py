@@ -327,3 +327,25 @@ def test_a_kornia_mix_inside_a_kornia_container_is_refused(container):
     # Compose calls a kornia container as t(x): its mix would have mixed the images and left the labels as they were
     with pytest.raises(ValueError, match="RandomMixUpV2 in .* at step 0: a kornia mix inside a kornia container"):
         Compose([container(K.RandomHorizontalFlip(), K.RandomMixUpV2())], num_classes=10)
+
+
+def test_a_step_with_other_num_classes_is_refused_when_built(rgb_glow):
+    """Compose(num_classes=10) around a step with num_classes=5 was built, then failed at the first label >= 5."""
+    vae = tiny_vae(shape=(3, 16, 16))
+    with pytest.raises(ValueError, match=r"VarMixup at step 1 has num_classes=5, but this Compose num_classes=10"):
+        Compose([T.RandomHorizontalFlip(), VarMixup(vae, num_classes=5)], num_classes=10)
+    with pytest.raises(ValueError, match=r"MixUp in RandomChoice at step 0 has num_classes=5"):
+        Compose([T.RandomChoice([T.MixUp(num_classes=5), T.CutMix(num_classes=5)])], num_classes=10)
+    with pytest.raises(ValueError, match=r"Compose at step 0 has num_classes=5"):
+        Compose([Compose([LatentNoise(rgb_glow)], num_classes=5)], num_classes=10)
+    Compose([VarMixup(vae, num_classes=10), T.MixUp(num_classes=10)], num_classes=10)  # agreeing, or unset
+    Compose([VarMixup(vae, num_classes=5)])
+
+
+def test_steps_are_reached_by_index_and_iteration_and_num_classes_is_printed(rgb_glow):
+    noise, flip = LatentNoise(rgb_glow), K.RandomHorizontalFlip()
+    t = Compose([noise, flip], num_classes=10)
+    assert len(t) == 2 and t[0] is noise and t[-1] is flip and list(t) == [noise, flip]
+    assert repr(t).startswith("Compose(\n  num_classes=10\n  (steps): ModuleList(")
+    with pytest.raises(TypeError, match="positional"):
+        Compose([noise], 10)  # keyword-only, as every option (docs/api.md)

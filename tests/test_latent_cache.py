@@ -97,6 +97,10 @@ def test_repr_is_one_line_with_the_codec_settings(data):
     assert "\n" not in repr(t)
     assert repr(t).startswith("LatentNoise(eps=2.0") and "codec=Glow(levels=" in repr(t) and "LatentCache(40)" in repr(t)
     assert "\n" not in repr(VarMixup(tiny_vae(), num_classes=10)) and "codec=ConvVAE(" in repr(VarMixup(tiny_vae(), num_classes=10))
+    # the latent levels each method perturbs (only LatentNoise showed them; the codec's levels= is a level count)
+    for t in (LatentNoise(glow, levels=[0]), LatentAdversarial(glow, levels=[0]), VarMixup(glow, levels=[0])):
+        assert repr(t).count("levels=[0]") == 1, repr(t)
+    assert "levels=" not in repr(LatentNoise(glow)).split("codec=")[0]
 
 
 def test_index_looks_the_latents_up_instead_of_encoding_x(data):
@@ -153,6 +157,32 @@ def test_cache_saves_loads_and_keeps_its_codec_identity(data, tmp_path):
             {**t.state_dict(), **{f"cache.{k}": v for k, v in cache.state_dict().items()}})
     t.load_state_dict(LatentNoise(glow, cache=cache).state_dict())  # codec and cache together: consistent
     assert torch.equal(t(x, y, index=idx)[0], LatentNoise(glow, cache=cache, generator=0)(x, y, index=idx)[0])
+
+
+def test_a_cast_cached_transform_keeps_its_cache(data, tmp_path):
+    """The fingerprint hashed the weights' dtype: after .double(), a cached transform's state_dict round trip said
+    the cache came from another codec, and a float32 cache file could not be loaded for the float64 codec."""
+    images, labels = data
+    glow = tiny_glow()
+    cache = LatentCache(glow, images, progress=False)
+    t = LatentNoise(glow, cache=cache, generator=0).double()
+    assert glow.double().fingerprint() == tiny_glow().fingerprint()  # the same weights, held in float64
+    t.load_state_dict(t.state_dict())
+    fresh = LatentNoise(tiny_glow(), cache=LatentCache(tiny_glow(), images, progress=False)).double()
+    fresh.load_state_dict(t.state_dict())
+    x, idx = images[:4].double(), torch.arange(4)
+    assert t(x, labels[:4], index=idx)[0].dtype == torch.float64
+    cache.float().save(tmp_path / "cache.safetensors")
+    loaded = LatentCache.load(tmp_path / "cache.safetensors", glow)  # glow is float64 now
+    assert loaded.latents.dtype == torch.float64
+    LatentNoise(glow, cache=loaded)(x, labels[:4], index=idx)
+    # only a cache cast apart from its codec is refused, naming both dtypes
+    t.cache.float()
+    with pytest.raises(ValueError, match="holds torch.float32 latents but the codec is torch.float64"):
+        t(x, labels[:4], index=idx)
+    other = tiny_glow().double()
+    other.load_state_dict({k: v + 1e-12 for k, v in other.state_dict().items()})  # not float32 numbers any more
+    assert other.fingerprint() != tiny_glow().fingerprint()
 
 
 @pytest.mark.parametrize("make", [

@@ -90,11 +90,15 @@ class Codec(nn.Module):
         return next(self.parameters()).device
 
     def fingerprint(self) -> str:
-        """sha256 of the config and the saved weights: equal for two codecs that encode alike, whatever the objects."""
+        """sha256 of the config and the weights' values: equal for two codecs with the same weights, whatever the
+        objects and whatever dtype holds the weights (a codec and its ``.double()`` copy agree)."""
         digest = hashlib.sha256(json.dumps(self.config, sort_keys=True).encode())
         for name, t in sorted(self.state_dict().items()):
+            t = t.detach()
+            if t.is_floating_point() and torch.equal(t.float().to(t.dtype), t):  # values a float32 holds exactly
+                t = t.float()
             digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-            digest.update(t.detach().reshape(-1).contiguous().view(torch.uint8).cpu().numpy().tobytes())
+            digest.update(t.reshape(-1).contiguous().view(torch.uint8).cpu().numpy().tobytes())
         return digest.hexdigest()
 
     @property
