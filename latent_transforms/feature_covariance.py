@@ -7,7 +7,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .validation import check_count, check_labels
+from .validation import check_choice, check_count, check_labels
+
+COVARIANCES = ("full", "diagonal")
 
 
 class FeatureCovariance(nn.Module):
@@ -29,16 +31,16 @@ class FeatureCovariance(nn.Module):
         num_classes: K.
         feature_dim: A. ``None``: sized (and placed, on the features' device) by the first :meth:`update`, or by
             :meth:`load_state_dict`. Given: allocated now, on the CPU in float32; move it with ``.to(device)``.
-        diagonal: keep only the per-dimension variances, ``cov: (K, A)`` (memory ``O(K A)``; the official
-            ImageNet/segmentation variant) instead of ``(K, A, A)`` (the official CIFAR variant).
-        sync: under ``torch.distributed`` (initialised, world size > 1), gather every rank's batch before the merge
+        covariance: ``"full"``, ``cov: (K, A, A)`` (the official CIFAR variant), or ``"diagonal"``, only the
+            per-dimension variances, ``cov: (K, A)`` (memory ``O(K A)``; the official ImageNet/segmentation variant).
+        sync_stats: under ``torch.distributed`` (initialised, world size > 1), gather every rank's batch before the merge
             so that all ranks hold the statistics one process would compute on the concatenated batch. ``True``:
             the default process group; a ``torch.distributed.ProcessGroup``: the ranks of that group only (the
             data-parallel group you gave ``DistributedDataParallel(process_group=...)``); ``False``: per-rank
             statistics. A module holding a group cannot be pickled or deep-copied (groups cannot).
 
     Buffers (in ``state_dict``, moved by ``.to``; ``None`` until sized):
-        mean: (K, A); cov: (K, A, A) or (K, A) if diagonal; count: (K,) int64.
+        mean: (K, A); cov: (K, A, A), or (K, A) if ``"diagonal"``; count: (K,) int64.
 
     Convention:
         The buffers are float32 by default (float64 when lazily sized by float64 features, or ``.double()`` once
@@ -54,13 +56,14 @@ class FeatureCovariance(nn.Module):
     cov: torch.Tensor | None
     count: torch.Tensor | None
 
-    def __init__(self, num_classes: int, feature_dim: int | None = None, diagonal: bool = False,
-                 sync: "bool | dist.ProcessGroup" = True):
+    def __init__(self, num_classes: int, feature_dim: int | None = None, *, covariance: str = "full",
+                 sync_stats: "bool | dist.ProcessGroup" = True):
         super().__init__()
         num_classes = check_count("num_classes", num_classes, low=1)
         feature_dim = None if feature_dim is None else check_count("feature_dim", feature_dim, low=1)
-        self.num_classes, self.diagonal = num_classes, bool(diagonal)
-        self.sync, self.group = check_sync("sync", sync)
+        self.num_classes, self.covariance = num_classes, check_choice("covariance", covariance, COVARIANCES)
+        self.diagonal = covariance == "diagonal"
+        self.sync, self.group = check_sync("sync_stats", sync_stats)
         self.register_buffer("mean", None)
         self.register_buffer("cov", None)
         self.register_buffer("count", None)
@@ -163,8 +166,8 @@ class FeatureCovariance(nn.Module):
         self.count.add_(count)
 
     def extra_repr(self) -> str:
-        return (f"num_classes={self.num_classes}, feature_dim={self.feature_dim}, diagonal={self.diagonal}, "
-                f"sync={self.sync}" + ("" if self.group is None else " (a process group)"))
+        return (f"num_classes={self.num_classes}, feature_dim={self.feature_dim}, covariance={self.covariance!r}, "
+                f"sync_stats={self.sync}" + ("" if self.group is None else " (a process group)"))
 
 
 def check_sync(name: str, sync) -> "tuple[bool, dist.ProcessGroup | None]":

@@ -33,12 +33,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import LatentTransform
-from .feature_covariance import FeatureCovariance, check_sync
+from .feature_covariance import COVARIANCES, FeatureCovariance, check_sync
 from .modelutils import unwrap
 from .validation import (check_choice, check_count, check_labels, check_number,
                          check_same_device, describe)
 
-COVARIANCES = ("full", "diagonal")
 
 _HARD_LABELS_ONLY = (
     "ISDA needs class indices y: (B,) int64, got soft labels of shape {shape}: it augments each feature along the "
@@ -117,7 +116,7 @@ class _ISDAState:
         self.lambda0 = check_number("lambda0", lambda0)
         self.covariance, self.progress = check_choice("covariance", covariance, COVARIANCES), 0.0
         check_sync("sync_stats", sync_stats)  # named as the caller knows it
-        self.estimator = FeatureCovariance(num_classes, feature_dim, diagonal=covariance == "diagonal", sync=sync_stats)
+        self.estimator = FeatureCovariance(num_classes, feature_dim, covariance=covariance, sync_stats=sync_stats)
 
     @property
     def lam(self) -> float:

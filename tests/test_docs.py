@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import inspect
 import os
 import re
 import shlex
@@ -186,3 +187,21 @@ def test_training_page_gives_the_users_codec_its_own_name():
         names += [Path(ref).stem for ref in re.findall(r"""["']([^"']+)\.(?:safetensors|json)["']""", code)]
     assert len(names) >= 8, names  # the commands, train_codec(name=...), the paths and hub calls were all found
     assert not shipped & set(names), f"docs/training.md uses shipped names for the reader's codec: {shipped & set(names)}"
+
+
+def test_every_option_after_the_leading_arguments_is_keyword_only():
+    """docs/api.md promises it; FeatureCovariance, Compose, Glow and ConvVAE took every option positionally."""
+    import latent_transforms
+    leading = {"LatentTransform": [], "CodecTransform": ["codec"], "Compose": ["transforms"],
+               "LatentNoise": ["codec", "eps"], "LatentAdversarial": ["codec", "eps"], "VarMixup": ["codec", "alpha"],
+               "ISDA": ["num_classes", "lambda0"], "ISDALoss": ["num_classes", "lambda0"],
+               "FeatureCovariance": ["num_classes", "feature_dim"], "LatentMixupInference": ["model", "codec", "references"],
+               "LatentCache": ["codec", "images"], "Codec": ["image_shape"], "Glow": ["image_shape"],
+               "ConvVAE": ["image_shape"]}
+    found = {}
+    for name in latent_transforms.__all__:
+        obj = getattr(latent_transforms, name)
+        if inspect.isclass(obj):
+            found[name] = [p.name for p in inspect.signature(obj).parameters.values()
+                           if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    assert found == leading

@@ -135,7 +135,7 @@ def test_isda_logits_validates_the_labels():
 def test_estimator_is_the_pooled_covariance_of_a_stream(diagonal, dtype, tol):
     g = torch.Generator().manual_seed(0)
     k, a = 5, 4
-    est = FeatureCovariance(k, diagonal=diagonal)
+    est = FeatureCovariance(k, covariance="diagonal" if diagonal else "full")
     seen_f, seen_y = [], []
     for step, n in enumerate([7, 1, 12, 3, 20]):
         y = torch.randint(0, k, (n,), generator=g)
@@ -171,14 +171,14 @@ def test_estimator_checks_and_lazy_state_dict():
     for name, b in est.named_buffers():
         assert torch.equal(b, getattr(lazy, name))
     with pytest.raises(RuntimeError, match="cov"):
-        FeatureCovariance(3, diagonal=True).load_state_dict(est.state_dict())
+        FeatureCovariance(3, covariance="diagonal").load_state_dict(est.state_dict())
     lazy.reset()
     assert int(lazy.count.sum()) == 0 and lazy.feature_dim == 2
 
 
 @pytest.mark.parametrize("diagonal", [False, True])
 def test_estimator_validates_the_labels(diagonal):
-    est, f = FeatureCovariance(3, diagonal=diagonal), torch.zeros(4, 2)
+    est, f = FeatureCovariance(3, covariance="diagonal" if diagonal else "full"), torch.zeros(4, 2)
     with pytest.raises(ValueError, match="negative class index -1"):
         est.update(f, torch.tensor([0, 1, 2, -1]))
     with pytest.raises(ValueError, match="class index 3, out of range for num_classes=3"):
@@ -196,7 +196,7 @@ def test_non_finite_rows_are_ignored(covariance, bad):
     fc = nn.Linear(a, k).double()
     loss = ISDALoss(k, lambda0=1.0, covariance=covariance)
     loss.set_progress(1.0)
-    finite_only = FeatureCovariance(k, diagonal=covariance == "diagonal")
+    finite_only = FeatureCovariance(k, covariance=covariance)
     first_f, first_y = torch.randn(10, a, generator=g, dtype=torch.float64), torch.arange(10) % k
     loss(first_f, fc, first_y)
     finite_only.update(first_f, first_y)

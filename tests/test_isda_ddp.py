@@ -44,7 +44,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     try:
         result = {}
         for diagonal in (False, True):
-            est = FeatureCovariance(K, diagonal=diagonal)
+            est = FeatureCovariance(K, covariance="diagonal" if diagonal else "full")
             for f, y, n0 in stream():
                 part = slice(0, n0) if rank == 0 else slice(n0, None)
                 est.update(f[part], y[part])
@@ -52,13 +52,13 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         # a process group: each rank alone in its own group keeps its own rows; a group of both gathers both
         solos, both = [dist.new_group([0]), dist.new_group([1])], dist.new_group([0, 1])
         for key, group in (("solo", solos[rank]), ("both", both)):
-            est = FeatureCovariance(K, sync=group)
+            est = FeatureCovariance(K, sync_stats=group)
             for f, y, n0 in stream():
                 part = slice(0, n0) if rank == 0 else slice(n0, None)
                 est.update(f[part], y[part])
             result[key] = est.count.clone()
         # bf16 features, labels above 256 and a non-finite row on rank 1 (its class 5 must stay empty)
-        big = FeatureCovariance(BIG_K, feature_dim=A, diagonal=True)
+        big = FeatureCovariance(BIG_K, feature_dim=A, covariance="diagonal")
         f = torch.ones(len(BIG_LABELS[rank]), A, dtype=torch.bfloat16)
         if rank == 1:
             f[1, 0] = float("inf")
@@ -87,7 +87,7 @@ def test_two_gloo_ranks_hold_the_statistics_of_the_concatenated_batch(tmp_path):
     mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     for diagonal in (False, True):
-        single = FeatureCovariance(K, diagonal=diagonal, sync=False)
+        single = FeatureCovariance(K, covariance="diagonal" if diagonal else "full", sync_stats=False)
         for f, y, _ in stream():
             single.update(f, y)
         for res in results:

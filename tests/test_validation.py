@@ -169,7 +169,7 @@ def test_the_model_must_be_a_module_on_the_data_device():
     (lambda: LatentAdversarial(GLOW, random_start="no"), "random_start must be True or False"),
     (lambda: VarMixup(VAE, per_sample="no"), "per_sample must be True or False"),
     (lambda: __import__("latent_transforms").ISDA(10, sync_stats="no"), "sync_stats must be True, False or a "),
-    (lambda: __import__("latent_transforms").FeatureCovariance(4, sync="no"), "sync must be True, False or a "),
+    (lambda: __import__("latent_transforms").FeatureCovariance(4, sync_stats="no"), "sync_stats must be True, False or a "),
     (lambda: Compose([], num_classes="10"), "num_classes must be an int >= 1"),
     (lambda: Compose([], num_classes=0), "num_classes must be an int >= 1"),
     (lambda: LatentNoise(GLOW, generator=2**70), "seed must be in \\[-2\\*\\*63, 2\\*\\*64\\)"),

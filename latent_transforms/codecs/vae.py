@@ -33,7 +33,7 @@ class ConvVAE(Codec):
 
     kind = "vae"
 
-    def __init__(self, image_shape=(3, 32, 32), latent_dim: int = 64, hidden: int = 64, beta: float = 1.0,
+    def __init__(self, image_shape=(3, 32, 32), *, latent_dim: int = 64, hidden: int = 64, beta: float = 1.0,
                  latent_side: int | None = None):
         super().__init__(image_shape)
         self.check_positive(latent_dim=latent_dim, hidden=hidden)
