@@ -81,7 +81,10 @@ ARMS: dict[str, str] = {  # key -> what the arm trains with (on top of crop+flip
     "isda+latent-noise": "+ LatentNoise, with ISDA",
 }
 # Wall time of a run relative to a baseline run (measured on the CPU proxy): the --time-budget estimate for an arm not
-# run yet, and the balance of --shard's split.
+# run yet, and the balance of --shard's split. On a GPU the arms' relative costs may be larger (RandAugment's per-image
+# Python calls and the Glow's many small kernels do not speed up as the classifier's step does): an estimate borrowed
+# from another arm is taken BORROWED_MARGIN times (a run cut by the call's end is lost whole).
+BORROWED_MARGIN = 1.5
 ARM_COST = {"baseline": 1.0, "randaugment": 1.2, "mixup": 1.0, "latent-noise": 1.7, "latent-adversarial": 3.6,
             "varmixup": 1.2, "isda": 1.0, "randaugment+latent-adversarial": 3.6, "isda+latent-noise": 2.0}
 CODEC_OF_ARM = {"latent-noise": "glow", "latent-adversarial": "glow", "varmixup": "vae",
@@ -874,13 +877,14 @@ def run_times(runs: dict, device_name: str) -> dict[str, list[float]]:
 
 def expected_seconds(arm: str, took: dict[str, list[float]]) -> float:
     """The wall seconds a run of ``arm`` is expected to take: the longest finished run of its arm, else the longest
-    of any other arm scaled by ``ARM_COST`` (arms differ several-fold); 0 before any run has finished.
+    of any other arm scaled by ``ARM_COST`` (arms differ several-fold) and by ``BORROWED_MARGIN``; 0 before any run
+    has finished.
 
     ``took``: wall seconds (training and evaluation) of finished runs on this device, per arm.
     """
     if took.get(arm):
         return max(took[arm])
-    return max((max(ts) * ARM_COST[arm] / ARM_COST[a] for a, ts in took.items() if ts), default=0.0)
+    return max((max(ts) * ARM_COST[arm] / ARM_COST[a] * BORROWED_MARGIN for a, ts in took.items() if ts), default=0.0)
 
 
 def fits_budget(arm: str, took: dict[str, list[float]], elapsed: float, budget: float) -> bool:

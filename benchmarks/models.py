@@ -12,6 +12,7 @@ from torch import nn
 from latent_transforms import hub
 from latent_transforms.models import CifarResNet18
 from latent_transforms.pixel_shift import random_shift_flip
+from latent_transforms.validation import resolve_device
 
 
 def write_json(path: Path, obj: dict) -> None:
@@ -32,7 +33,10 @@ def write_text(path: Path, text: str) -> None:
 def setup_device(name: str, threads: int | None) -> torch.device:
     """The benchmark device; CPU threads if given; on CUDA cuDNN autotuning and TF32 for the classifier only
     (codecs turn TF32 off for themselves)."""
-    device = torch.device(name)
+    try:
+        device = resolve_device(name)
+    except ValueError as e:  # one line, not torch's traceback
+        raise SystemExit(f"--device: {e}") from None
     if threads:
         torch.set_num_threads(threads)
     if device.type == "cuda":

@@ -66,6 +66,7 @@ TARGET_CODECS = {"glow": "glow-cifar10", "vae": "vae-cifar10"}
 TARGET_STEP = {"width": 64, "precision": "bf16", "isda_covariance": "full"}  # as the config records them
 MEMORY_LIMIT_GB = 2.0
 FORMAT = "latent-transforms-throughput/1"
+SPIN_UP_SECONDS = 2.0  # CUDA: training steps run before the first row, so that the GPU is at its clocks
 
 
 def sync(device: torch.device) -> None:
@@ -93,13 +94,18 @@ def memory_baseline(device: torch.device) -> int | None:
 def measure(fn: Callable[[], object], device: torch.device, warmup: int, iters: int,
             paired: Callable[[], object] | None = None) -> dict:
     """Median seconds of ``fn`` over ``iters`` synchronised iterations after ``warmup``; the first call's seconds
-    (compile time included); CUDA: the peak bytes allocated during the row's calls, warm-up included, above those
-    allocated before its first call (what a row allocates and keeps, e.g. ISDA's covariances, counts).
+    (compile time included); CUDA: the peak bytes allocated during the timed calls above those allocated before the
+    row's first call (what the warm-up allocates and keeps, e.g. ISDA's covariances, counts; what it only borrows,
+    e.g. the workspace of cuDNN's autotuning at a convolution's first shape, does not).
     ``paired``: a baseline called next to ``fn`` in every iteration, ``fn`` first in even iterations and second in
     odd ones; adds the baseline's median seconds and the median over timed iterations of ``fn``'s / its seconds."""
     base = memory_baseline(device)
     calls = [(fn,) if paired is None else (fn, paired) if i % 2 == 0 else (paired, fn) for i in range(warmup + iters)]
-    seconds = [{f: timed(f, device) for f in call} for call in calls]
+    seconds = []
+    for i, call in enumerate(calls):
+        if i == warmup and base is not None:  # the peak from here on: to what is allocated now, kept from the warm-up
+            torch.cuda.reset_peak_memory_stats(device)
+        seconds.append({f: timed(f, device) for f in call})
     times = [s[fn] for s in seconds[warmup:]]
     result = {"seconds": statistics.median(times), "all_seconds": times, "first_call_seconds": seconds[0][fn],
               "peak_extra_bytes": None if base is None else torch.cuda.max_memory_allocated(device) - base}
@@ -196,6 +202,10 @@ def build_rows(args, device: torch.device, codecs: dict) -> list[dict]:
         return step
 
     train_step()()  # the classifier's gradients and optimiser state exist before the first row: no row counts them
+    if device.type == "cuda":  # an idle GPU's clocks ramp up under load: the first row, every ratio's denominator,
+        spin_up = time.perf_counter()  # must not time the ramp (its few warm-up steps take milliseconds)
+        while time.perf_counter() - spin_up < SPIN_UP_SECONDS:
+            timed(train_step(), device)
     isda = ISDA(num_classes=NUM_CLASSES, lambda0=0.5, covariance=args.isda_covariance)
     isda.set_progress(1.0)  # full strength: at progress 0 the correction is skipped and nothing would be timed
     ra_batch = v2.RandAugment()
@@ -409,7 +419,8 @@ def format_table(result: dict) -> str:
               "its iterations, of its time divided by that of the plain step timed beside it, and its memory is a "
               "whole step's" + (f" (ISDA's own: {isda_mem / 2**20:.0f} MiB more than the plain step's peak)"
                                 if isda_mem is not None else "") + ". Peak extra memory: the peak during the row's "
-              "calls, warm-up included, minus what was allocated before its first call; a cache row's cache, "
+              "timed calls minus what was allocated before its first call (what the warm-up kept counts); a cache "
+              "row's cache, "
               "allocated before, is listed beside it.",
               f"Glow round trip, naive normflows path vs library codec, no noise: max |difference| "
               f"{cfg['max_abs_diff_normflows_vs_codec_roundtrip']:.1e}; max |decode(encode(x)) - x|: library codec "
@@ -534,14 +545,15 @@ def main(argv=None) -> dict:
         fn = r.pop("fn")
         try:
             r.update(measure(fn, device, args.warmup, args.iters, r.pop("paired", None)))
-        except Exception as e:  # noqa: BLE001 - a compiler failure must not cost the rows measured
-            if not r["key"].endswith("_compiled"):
+        except Exception as e:  # noqa: BLE001 - a failing row (a compiler error, out of memory) must not cost the others
+            if r["key"] == "train_step":  # every ratio's denominator
                 raise
             r["error"] = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
-            print(f"  {r['method']}: failed ({r['error']})", file=sys.stderr)
+            print(f"  {r['method']}: failed ({r['error']}) [{time.perf_counter() - start:.0f} s]", file=sys.stderr)
         else:
             r["images_per_second"] = args.batch_size / r["seconds"]
-            print(f"  {r['method']}: {1000 * r['seconds']:.2f} ms / batch", file=sys.stderr)
+            print(f"  {r['method']}: {1000 * r['seconds']:.2f} ms / batch [{time.perf_counter() - start:.0f} s]",
+                  file=sys.stderr)
         write_report(**report, compiled_agreement=None, partial=True)
     compiled_agreement = None
     if args.compile and not any("error" in r for r in rows):  # the compiled codec has its graphs for this batch size

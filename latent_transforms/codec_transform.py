@@ -8,7 +8,7 @@ import torch
 from .base import LatentTransform
 from .codecs import Codec, resolve_codec
 from .latent_cache import LatentCache
-from .validation import check_device
+from .validation import WrongTypeError, check_device
 
 
 class CodecTransform(LatentTransform):
@@ -27,13 +27,16 @@ class CodecTransform(LatentTransform):
                  **kwargs):
         super().__init__(**kwargs)
         self.codec = resolve_codec(codec)
+        if cache is not None and not isinstance(cache, LatentCache):
+            raise WrongTypeError(f"cache must be a LatentCache (LatentCache(codec, images)) or None, got "
+                                 f"{type(cache).__name__}")
         self.cache = cache
         self._refresh_fingerprint()
         self.register_load_state_dict_post_hook(_refresh_after_load)
         n = len(self.codec.latent_shapes)
         if levels is not None:
             if not isinstance(levels, (list, tuple)):
-                raise ValueError(f"levels must be a list of level indices in [0, {n}), such as [0], got {levels!r}")
+                raise WrongTypeError(f"levels must be a list of level indices in [0, {n}), such as [0], got {levels!r}")
             bad = [i for i in levels if not isinstance(i, numbers.Integral) or isinstance(i, bool) or not -n <= i < n]
             if bad or not levels:
                 raise ValueError(f"levels must be a non-empty list of level indices in [0, {n}) (or from -{n}, "

@@ -1,7 +1,7 @@
 """Chain latent transforms with kornia / torchvision / plain pixel transforms, labels flowing through."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -9,7 +9,7 @@ from torch import nn
 from .base import RAISED_IN_TRANSFORM, LatentTransform
 from .isda import ISDA
 from .labels import to_soft
-from .validation import check_batch, check_count, check_model_slot
+from .validation import WrongTypeError, check_batch, check_count, check_model_slot
 
 
 def _is_kornia_mix(t: object) -> bool:
@@ -132,10 +132,13 @@ class Compose(nn.Module):
 
     def __init__(self, transforms: Sequence[Callable], *, num_classes: int | None = None):
         super().__init__()
+        if callable(transforms) or isinstance(transforms, (str, bytes)) or not isinstance(transforms, Iterable):
+            raise WrongTypeError(f"transforms must be a list of steps, got {type(transforms).__name__}"
+                                 f"{'; for one step: Compose([t])' if callable(transforms) else ''}")
         steps = []
-        for t in transforms:
+        for i, t in enumerate(transforms):
             if not callable(t):
-                raise TypeError(f"Compose steps must be callable, got {type(t).__name__}")
+                raise WrongTypeError(f"Compose steps must be callable, got {type(t).__name__} at step {i}")
             steps.append(t if isinstance(t, nn.Module) else _Callable(t))
         for i, t in enumerate(steps):
             mixes = [p for p in _parts(t)[1:] if _is_kornia_mix(p)] if _is_kornia_container(t) else []

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .hub import cache_dir
-from .validation import check_choice, check_count
+from .validation import MissingFileError, check_choice, check_count
 
 __all__ = ["load_images", "low_data_split", "describe_spec", "IMAGE_SUFFIXES"]
 
@@ -134,7 +134,7 @@ def _npz(path: Path) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     if path.is_dir():
         raise ValueError(f"npz data file {str(path)!r} is a directory, not an .npz archive")
     if not path.is_file():
-        raise ValueError(f"npz data file {str(path)!r} does not exist")
+        raise MissingFileError(f"npz data file {str(path)!r} does not exist")
     try:
         d = np.load(path, allow_pickle=False)
         if isinstance(d, np.ndarray):
@@ -145,6 +145,12 @@ def _npz(path: Path) -> tuple[torch.Tensor, torch.Tensor | None, int]:
                 raise ValueError(f"{path}: no array 'x' (found {sorted(d.files)})")
             x_np = d["x"]
             y_np = d["y"] if "y" in d.files else None
+            if y_np is None:  # labels under another name would silently make an unlabelled set
+                like = [k for k in d.files if k != "x" and d[k].ndim == 1 and len(d[k]) == len(x_np)
+                        and np.issubdtype(d[k].dtype, np.integer)]
+                if like:
+                    raise ValueError(f"{path}: no array 'y', but {like[0]!r} looks like labels; labels are read from "
+                                     f"'y' (np.savez(path, x=x, y=labels)), and an unlabelled set holds 'x' alone")
     except ValueError as e:
         if str(e).startswith(str(path)):
             raise
@@ -183,7 +189,7 @@ def _folder(root: Path) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     if root.is_file():
         raise ValueError(f"image folder {str(root)!r} is a file, not a folder")
     if not root.is_dir():
-        raise ValueError(f"image folder {str(root)!r} does not exist")
+        raise MissingFileError(f"image folder {str(root)!r} does not exist")
     classes, top = _entries(root)
     if classes and top:
         raise ValueError(

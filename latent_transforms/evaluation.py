@@ -69,7 +69,7 @@ def fit_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, augment: 
                 sched.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
     if x.device.type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(x.device)
     return time.perf_counter() - start
 
 
@@ -104,7 +104,7 @@ def _check_predictions(probs: torch.Tensor, y: torch.Tensor) -> None:
     if isinstance(y, torch.Tensor) and (y.ndim != 1 or len(y) != len(probs)):
         raise ValueError(f"y must be (N,) class indices with N={len(probs)} (the rows of probs), got shape "
                          f"{tuple(y.shape)}")
-    check_labels(y, len(probs), probs.shape[1])
+    check_labels(y, len(probs), probs.shape[1], batch_name="probs")
 
 
 def accuracy(probs: torch.Tensor, y: torch.Tensor) -> float:

@@ -7,7 +7,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .validation import check_choice, check_count, check_labels
+from .validation import WrongTypeError, check_choice, check_count, check_labels
 
 COVARIANCES = ("full", "diagonal")
 
@@ -102,6 +102,9 @@ class FeatureCovariance(nn.Module):
 
         ``check_y=False`` skips checking ``y``'s values (one host sync), for callers that have checked them.
         """
+        for name, t in (("features", features), ("y", y)):
+            if not isinstance(t, torch.Tensor):
+                raise WrongTypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if features.ndim != 2:
             raise ValueError(f"features must be (N, A), got shape {tuple(features.shape)}")
         if y.ndim != 1 or y.shape[0] != features.shape[0]:
@@ -109,7 +112,7 @@ class FeatureCovariance(nn.Module):
         if y.device != features.device:
             raise ValueError(f"y is on {y.device} but the features on {features.device} (nothing is moved silently)")
         if check_y:
-            check_labels(y, features.shape[0], self.num_classes)
+            check_labels(y, features.shape[0], self.num_classes, batch_name="features")
         if self.mean is not None:
             if self.mean.dtype in (torch.float16, torch.bfloat16):
                 raise ValueError(f"the class statistics are {self.mean.dtype}: their running means would stop moving "

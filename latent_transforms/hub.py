@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import difflib
 import glob
 import hashlib
 import http.client
@@ -43,6 +44,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 from tqdm.auto import tqdm
+
+from .validation import MissingFileError, WrongTypeError, check_bool, resolve_device
 
 if TYPE_CHECKING:
     from .codecs import Codec
@@ -225,11 +228,12 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     """Build the codec described by a ``.safetensors`` checkpoint, load its weights, freeze it."""
     from .codecs import build_codec
 
+    device = resolve_device(device)
     path = Path(path).expanduser()
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a directory; give a checkpoint's .safetensors file in it")
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint file at {path}")
+        raise MissingFileError(f"no checkpoint file at {path}")
     try:
         metadata, tensors = read_safetensors(path)
     except SafetensorError as e:
@@ -249,7 +253,10 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     if not isinstance(config, dict):
         raise ValueError(f"{path}: metadata 'config' must be a JSON object, got {type(config).__name__}")
     with torch.random.fork_rng(devices=[]):  # the random init, overwritten below, must not move torch's global RNG
-        codec = build_codec(config)
+        try:
+            codec = build_codec(config)
+        except ValueError as e:
+            raise ValueError(f"{path}: its config cannot build a codec ({e})") from None
     expected = codec.state_dict()
     missing, unexpected = sorted(expected.keys() - tensors.keys()), sorted(tensors.keys() - expected.keys())
     if missing or unexpected:
@@ -446,6 +453,11 @@ def register(name: str, *, file: str, sha256: str, config: dict, trained_on: str
     it in ``cache_dir()`` (``latent-transforms register RUN.json`` does both for a trained run). The entry is kept in
     its JSON form, as a registry file holds it (a tuple becomes a list); values JSON cannot hold are refused.
     """
+    check_bool("overwrite", overwrite)
+    check_bool("persist", persist)
+    if not isinstance(config, dict) or (quality is not None and not isinstance(quality, dict)):
+        raise WrongTypeError(f"register(): config and quality must be dicts, got {type(config).__name__} and "
+                             f"{type(quality).__name__}")
     entry = {"file": file, "sha256": sha256, "size": size, "config": dict(config), "trained_on": trained_on,
              "quality": dict(quality or {}), "notes": notes}
     try:  # a tuple image_shape must compare equal to the list in the file's config
@@ -505,9 +517,10 @@ def _entry(name: str) -> dict:
     registry = _registry()
     if name not in registry:
         known = ", ".join(sorted(registry)) or "none"
+        close = difflib.get_close_matches(name, list(registry), n=1)
         raise UnknownCheckpointError(
-            f"unknown checkpoint {name!r} (not a registered name nor an existing .safetensors file); "
-            f"known checkpoints: {known}"
+            f"unknown checkpoint {name!r} (not a registered name nor an existing .safetensors file)"
+            + (f"; did you mean {close[0]!r}? Known checkpoints: " if close else "; known checkpoints: ") + known
         )
     return registry[name]
 
@@ -684,10 +697,16 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") ->
     own copy, so moving or casting one codec (``.to``, ``.double()``, a transform's ``.cuda()``) leaves the others
     alone.
     """
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise WrongTypeError(f"name_or_path must be a checkpoint name or a .safetensors path, got "
+                             f"{type(name_or_path).__name__}; hub.list_checkpoints() lists the names")
+    if not str(name_or_path):
+        raise ValueError("name_or_path is empty: give a checkpoint name or a .safetensors path")
+    device = resolve_device(device)
     if isinstance(name_or_path, os.PathLike) or _is_path(name_or_path):
         return load_checkpoint(name_or_path, device)
     name = str(name_or_path)
-    key = (name, str(torch.device(device)))
+    key = (name, str(device))
     with _lock:
         if key in _loaded:
             return copy.deepcopy(_loaded[key])

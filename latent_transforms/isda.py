@@ -35,7 +35,7 @@ from torch import nn
 from .base import LatentTransform
 from .feature_covariance import COVARIANCES, FeatureCovariance, check_sync
 from .modelutils import unwrap
-from .validation import (check_choice, check_count, check_labels, check_number,
+from .validation import (WrongTypeError, check_choice, check_count, check_labels, check_number,
                          check_same_device, describe)
 
 
@@ -67,6 +67,11 @@ def isda_logits(logits: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, cov
     N x C x A x A: with ``C <= N`` it builds the (C, C) table of corrections per class and indexes it with ``y``
     (memory ~3 C^2 A), otherwise it works per sample (memory N A^2 for ``cov[y]`` plus 3 N C A).
     """
+    for name, t in (("logits", logits), ("weight", weight), ("cov", cov)):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise WrongTypeError(f"{name} must be a float torch.Tensor, got {describe(t)}")
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be (N, C), got shape {tuple(logits.shape)}")
     if isinstance(lam, torch.Tensor):  # values checked only with check_y: reading them is a host sync
         if lam.shape not in ((), (len(logits),)) or (check_y and not bool(((lam >= 0) & torch.isfinite(lam)).all())):
             raise ValueError(f"lam must be a float >= 0 or ({len(logits)},) finite strengths >= 0, got "
@@ -82,7 +87,7 @@ def isda_logits(logits: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, cov
     if y.shape != (n,):
         raise ValueError(f"y must be (N,) = ({n},) class indices, got shape {tuple(y.shape)}")
     if check_y:
-        check_labels(y, n, c)
+        check_labels(y, n, c, batch_name="logits")
     if isinstance(lam, float) and lam == 0:  # checked all the same: a wrong call fails at once, not when lam ramps up
         return logits
     dtype = torch.promote_types(weight.dtype, cov.dtype)
@@ -146,7 +151,7 @@ class _ISDAState:
         ``check_y=False`` skips checking ``y``'s values (the hook and :class:`ISDALoss` have checked them).
         """
         if check_y:
-            check_labels(y, features.shape[0], logits.shape[1])
+            check_labels(y, features.shape[0], logits.shape[1], batch_name="features")
         self.estimator.update(features, y, check_y=False)
         return isda_logits(logits, weight, y, self.estimator.cov, self.lam if lam is None else lam, check_y=False)
 
@@ -419,7 +424,7 @@ class ISDALoss(_ISDAState, nn.Module):
                              f"{describe(features)}")
         if fc.out_features != self.num_classes:
             raise ValueError(f"fc has {fc.out_features} outputs but num_classes={self.num_classes}")
-        check_labels(y, features.shape[0], self.num_classes)
+        check_labels(y, features.shape[0], self.num_classes, batch_name="features")
         if y.ndim != 1:
             raise ValueError(_HARD_LABELS_ONLY.format(shape=tuple(y.shape)))
         logits = fc(features)

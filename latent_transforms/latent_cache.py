@@ -1,13 +1,15 @@
 """Encode a dataset once; later augmentations of it need a single decode."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from . import hub
 from .codecs import Codec, resolve_codec
-from .validation import check_count, check_images, check_index
+from .validation import MissingFileError, check_bool, check_count, check_images, check_index, resolve_device
 
 FORMAT = "latent-transforms-latent-cache/1"
 
@@ -33,6 +35,8 @@ class LatentCache(nn.Module):
         super().__init__()
         codec = resolve_codec(codec)
         check_count("batch_size", batch_size, low=1)
+        check_bool("progress", progress)
+        device = None if device is None else resolve_device(device)
         check_images(images, "images")
         codec_device = codec.device
         codec.check_images(images[:1].to(codec_device))
@@ -49,9 +53,12 @@ class LatentCache(nn.Module):
         """The cache ``save`` wrote to ``path``; ``codec`` must be the one it was encoded with (same fingerprint, any
         dtype: the latents take the codec's)."""
         codec = resolve_codec(codec)
+        device = None if device is None else resolve_device(device)
+        if not Path(path).is_file():
+            raise MissingFileError(f"no latent cache file at {path}")
         try:
             meta, tensors = hub.read_safetensors(path)
-        except Exception as e:  # noqa: BLE001 - missing, truncated, not safetensors: one message
+        except Exception as e:  # noqa: BLE001 - truncated, not safetensors: one message
             raise ValueError(f"{path} is not a readable latent cache ({type(e).__name__}: {e})") from None
         if meta.get("format") != FORMAT or set(tensors) != {"latents"}:
             raise ValueError(f"{path} is not a latent cache written by LatentCache.save")
@@ -62,6 +69,9 @@ class LatentCache(nn.Module):
         if latents.ndim != 2 or latents.shape[1] != codec.latent_dim:
             raise ValueError(f"{path}: latents of shape {tuple(latents.shape)} do not fit the codec's "
                              f"{codec.latent_dim} latent dimensions")
+        if not latents.is_floating_point() or not torch.isfinite(latents).all():  # NaN ones: every sample rejected
+            raise ValueError(f"{path}: the latents must be finite floats, got {latents.dtype}"
+                             f"{'' if not latents.is_floating_point() else ' with NaN or inf entries'}")
         cache = cls.__new__(cls)
         nn.Module.__init__(cache)
         cache.codec_fingerprint = meta["codec_fingerprint"]

@@ -11,6 +11,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import get_worker_info
 
+from .validation import WrongTypeError
+
 _RANK_STRIDE = 1_000_003  # a prime, so rank streams do not collide for nearby seeds
 _SEED_LOCK = threading.Lock()  # module-wide: a generator source with a lock of its own would not pickle
 
@@ -29,6 +31,25 @@ def _process() -> tuple[int, int | None]:
     return os.getpid(), None if worker is None else worker.id
 
 
+def check_generator(spec: object) -> torch.Generator | int | None:
+    """``spec`` if it is ``None``, an ``int`` seed in ``torch.Generator.manual_seed``'s range (as an ``int``) or a
+    ``torch.Generator``."""
+    if isinstance(spec, bool) or not (spec is None or isinstance(spec, (numbers.Integral, torch.Generator))):
+        raise WrongTypeError(f"generator must be None, an int seed or a torch.Generator, got {type(spec).__name__}")
+    if isinstance(spec, numbers.Integral) and not -2**63 <= spec < 2**64:
+        raise ValueError(f"a generator seed must be in [-2**63, 2**64) (torch.Generator.manual_seed's range), "
+                         f"got {spec}")
+    return int(spec) if isinstance(spec, numbers.Integral) else spec
+
+
+def draw_generator(spec: object, device: torch.device) -> torch.Generator | None:
+    """The generator of a codec's own draws (``sample``, a VAE's posterior sample): ``None``, torch's global RNG, as
+    torch's functions; an ``int``, a new generator on ``device`` seeded with it (the same seed, the same draws); a
+    ``torch.Generator`` as given."""
+    spec = check_generator(spec)
+    return torch.Generator(device).manual_seed(spec) if isinstance(spec, int) else spec
+
+
 class GeneratorSource:
     """Hands out the ``torch.Generator`` a transform draws from, on the data's device.
 
@@ -45,12 +66,7 @@ class GeneratorSource:
     _parent_rank = 0  # the rank of the process a copy came from (see __getstate__)
 
     def __init__(self, spec: torch.Generator | int | None = None):
-        if isinstance(spec, bool) or not (spec is None or isinstance(spec, (numbers.Integral, torch.Generator))):
-            raise TypeError(f"generator must be None, an int seed or a torch.Generator, got {type(spec).__name__}")
-        if isinstance(spec, numbers.Integral) and not -2**63 <= spec < 2**64:
-            raise ValueError(f"a generator seed must be in [-2**63, 2**64) (torch.Generator.manual_seed's range), "
-                             f"got {spec}")
-        self.spec = int(spec) if isinstance(spec, numbers.Integral) else spec
+        self.spec = check_generator(spec)
         self._per_device: dict[str, torch.Generator] = {}
         self._process = _process()
 

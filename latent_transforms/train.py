@@ -32,7 +32,8 @@ from . import hub
 from .codecs import Codec, build_codec, exact_math
 from .modelutils import describe_device
 from .pixel_shift import random_shift_flip
-from .validation import POSITIVE_FLOAT, POSITIVE_INT, check_count, check_images, check_number, option
+from .validation import (POSITIVE_FLOAT, POSITIVE_INT, check_bool, check_count, check_images, check_number, option,
+                         resolve_device)
 
 __all__ = ["train_codec", "eval_codec", "default_config", "save_training_state", "load_training_state",
            "register_cli", "STATE_FORMAT"]
@@ -40,6 +41,7 @@ __all__ = ["train_codec", "eval_codec", "default_config", "save_training_state",
 STATE_FORMAT = "latent-transforms-train-state/1"
 KINDS = {"flow": "glow", "glow": "glow", "vae": "vae"}
 ACTNORM_INIT_BATCH = 512
+MAX_SEED = 2**32 - 1  # seeds in [0, 2**32), as NumPy's: the batch order seeds a generator with seed * 1_000_003 + epoch
 ROUNDTRIP_TOL = 1e-3  # max |decode(encode(x)) - x| a stored flow may have (else fp16 falls back to fp32)
 VAE_FP16_TOL = 1e-2  # max |reconstruction(fp16 copy) - reconstruction(fp32)| for a VAE
 MAX_NONFINITE_IN_A_ROW = 20
@@ -216,8 +218,7 @@ class WeightEMA:
 
     def __init__(self, model: torch.nn.Module, decay: float, shadow: dict[str, torch.Tensor] | None = None,
                  num_updates: int = 0):
-        if not 0 < decay < 1:
-            raise ValueError(f"the EMA decay must be in (0, 1), got {decay!r}")
+        decay = check_number("decay", decay, high=1.0, low_open=True, high_open=True)
         state = model.state_dict()
         floats = [k for k, v in state.items() if v.is_floating_point()]
         if shadow is None:
@@ -256,23 +257,6 @@ def _describe_schedule(schedule: list[dict], step: int) -> str:
     return "; ".join(f"steps {s['from_step']}-{end}: {t}" for (s, end), t in zip(parts, texts))
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"device must be cpu, cuda, cuda:N or auto, got {str(device)!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} asked for, but CUDA is not available; use --device cpu")
-    backend = getattr(torch, device.type, None)  # torch.mps, torch.xpu, ...
-    if device.type not in ("cpu", "cuda") and not (hasattr(backend, "is_available") and backend.is_available()):
-        raise ValueError(f"device {str(device)!r} asked for, but it is not available here; use --device cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"device {str(device)!r} asked for, but there are {torch.cuda.device_count()} CUDA devices")
-    return device
-
-
 def _fmt_metrics(codec_kind: str, metrics: dict[str, float]) -> dict[str, str]:
     if codec_kind == "glow":
         return {"bits/dim": f"{metrics.get('bits/dim', metrics.get('loss', float('nan'))):.3f}"}
@@ -307,8 +291,10 @@ def _roundtrip_err(codec: Codec, x: torch.Tensor) -> float:
 
 def _check_train_args(x_train: torch.Tensor, x_test: torch.Tensor | None, name: str, *, epochs: float | None,
                       max_steps: int | None, max_minutes: float | None, lr: float, warmup_steps: int,
-                      grad_clip: float | None, batch_size: int, checkpoint_every: int, translate: int) -> None:
-    """Raise ``ValueError`` on bad images (N, C, H, W), run lengths, training settings or file stem."""
+                      grad_clip: float | None, batch_size: int, checkpoint_every: int, translate: int,
+                      ema_decay: float | None, seed: int, flags: dict[str, object]) -> None:
+    """Raise ``ValueError`` on bad images (N, C, H, W), run lengths, training settings or file stem (``flags``: the
+    ``True``/``False`` settings by name)."""
     check_images(x_train, "x_train")
     if x_test is not None:
         check_images(x_test, "x_test")
@@ -330,6 +316,11 @@ def _check_train_args(x_train: torch.Tensor, x_test: torch.Tensor | None, name: 
         check_number("grad_clip", grad_clip, low_open=True)
     check_count("batch_size", batch_size, low=1)
     check_count("checkpoint_every", checkpoint_every, low=1)
+    if ema_decay is not None:
+        check_number("ema_decay", ema_decay, high=1.0, low_open=True, high_open=True)
+    check_count("seed", seed, high=MAX_SEED)
+    for flag, value in flags.items():
+        check_bool(flag, value)
     if check_count("translate", translate) >= min(x_train.shape[2:]):
         raise ValueError(f"translate must be < {min(x_train.shape[2:])} (the image side), got {translate}")
     if not name or any(s in name for s in ("/", "\\")) or name.startswith("."):
@@ -802,7 +793,7 @@ def train_codec(
         grad_clip: max gradient norm (default 50 for flows, none for VAEs).
         ema_decay: keep an exponential moving average of the weights with this decay (e.g. 0.999) and save
             and evaluate the averaged weights (:class:`WeightEMA`); default: the last weights.
-        seed: seeds weights, batches, dequantisation noise, flips and shifts.
+        seed: seeds weights, batches, dequantisation noise, flips and shifts; an int in [0, 2**32).
         flips: random horizontal flips (leave off for digits and text).
         translate: shift each training image by a random number of pixels in ``[-translate, translate]`` along
             each axis, filling in by reflection (0: no shifts).
@@ -840,15 +831,18 @@ def train_codec(
     name = name or codec_kind
     _check_train_args(x_train, x_test, name, epochs=epochs, max_steps=max_steps, max_minutes=max_minutes, lr=lr,
                       warmup_steps=warmup_steps, grad_clip=grad_clip, batch_size=batch_size,
-                      checkpoint_every=checkpoint_every, translate=translate)
-    dev = _resolve_device(device)
-    out = Path(out_dir)
+                      checkpoint_every=checkpoint_every, translate=translate, ema_decay=ema_decay, seed=seed,
+                      flags={"flips": flips, "compile": compile, "resume": resume, "progress": progress, "fp16": fp16})
+    dev = resolve_device(device, auto=True)
+    if dev.type == "meta":
+        raise ValueError("device 'meta' holds shapes, not values: train on cpu or cuda")
+    cfg = _codec_config(codec_kind, tuple(x_train.shape[1:]), num_bins, config, levels=levels, steps=steps,
+                        hidden=hidden, latent_dim=latent_dim, beta=beta, latent_side=latent_side)
+    out = Path(out_dir)  # created once every setting is known to be good
     if out.exists() and not out.is_dir():
         raise ValueError(f"the output folder {str(out)!r} is a file; give a folder (it is created if missing)")
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / f"{name}.state.safetensors"
-    cfg = _codec_config(codec_kind, tuple(x_train.shape[1:]), num_bins, config, levels=levels, steps=steps,
-                        hidden=hidden, latent_dim=latent_dim, beta=beta, latent_side=latent_side)
 
     n = x_train.shape[0]
     bs = min(batch_size, n)
@@ -959,9 +953,9 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=POSITIVE_INT, default=64)
     g.add_argument("--lr", type=POSITIVE_FLOAT, default=1e-3, help="peak learning rate (default 1e-3)")
     g.add_argument("--grad-clip", type=POSITIVE_FLOAT, help="max gradient norm (default 50 for flows, none for VAEs)")
-    g.add_argument("--ema", type=float, metavar="DECAY",
+    g.add_argument("--ema", type=option(check_number, float, high=1.0, low_open=True, high_open=True), metavar="DECAY",
                    help="save an exponential moving average of the weights with this decay, e.g. 0.999")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=option(check_count, high=MAX_SEED), default=0)
     g.add_argument("--flips", action="store_true", help="random horizontal flips (not for digits or text)")
     g.add_argument("--translate", type=option(check_count), default=0, metavar="PIXELS",
                    help="random shifts of up to PIXELS along each axis, reflection padding (default 0: none)")

@@ -1,7 +1,8 @@
 """Input validation shared by every transform: one place, clear messages, no coercion.
 
 Every check raises ``ValueError`` naming the problem and the offending value or shape (``TypeError`` for a value of
-the wrong type, such as a list or an array where a tensor is expected).
+the wrong type, such as a list or an array where a tensor is expected; for an option of the wrong type, such as
+``eps="1"``, a :class:`WrongTypeError`, both a ``TypeError`` and a ``ValueError``).
 """
 from __future__ import annotations
 
@@ -16,27 +17,47 @@ IMAGE_RANGE_TOL = 1e-3
 SOFT_LABEL_TOL = 1e-3
 
 
-def _scalar(value: object) -> object:
+class WrongTypeError(TypeError, ValueError):
+    """An option of the wrong type (``eps="1"``, ``steps=2.0``): a ``TypeError``, and a ``ValueError`` as the other
+    bad options are, so that code catching either keeps working."""
+
+
+class MissingFileError(FileNotFoundError, ValueError):
+    """A data, checkpoint or cache file that is not there: a ``FileNotFoundError``, and a ``ValueError`` as the other
+    unusable files are."""
+
+
+def scalar(value: object) -> object:
     """A 0-d tensor's Python number; anything else as given."""
     return value.item() if isinstance(value, torch.Tensor) and value.ndim == 0 else value
 
 
-def check_number(name: str, value: object, low: float = 0.0, high: float = math.inf, low_open: bool = False) -> float:
-    """A finite real number (Python, NumPy or a 0-d tensor; not a bool) in ``[low, high]`` (``(low, high]`` if
-    ``low_open``), returned as a float."""
-    v = _scalar(value)
-    ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-    if not ok or v < low or (low_open and v == low) or v > high:
-        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{']' if math.isfinite(high) else ')'}"
+def check_number(name: str, value: object, low: float = 0.0, high: float = math.inf, low_open: bool = False,
+                 high_open: bool = False) -> float:
+    """A finite real number (Python, NumPy or a 0-d tensor; not a bool) in ``[low, high]`` (open at ``low`` if
+    ``low_open``, at ``high`` if ``high_open``), returned as a float."""
+    interval = (f"{'(' if low_open else '['}{low:g}, {high:g}"
+                f"{')' if high_open or not math.isfinite(high) else ']'}")
+    v = scalar(value)
+    if not isinstance(v, numbers.Real) or isinstance(v, bool):
+        raise WrongTypeError(f"{name} must be a finite number in {interval}, got {value!r}")
+    try:
+        f = float(v)
+    except OverflowError:  # an int beyond float's range
+        f = math.inf if v > 0 else -math.inf
+    if not math.isfinite(f) or f < low or (low_open and f == low) or f > high or (high_open and f == high):
         raise ValueError(f"{name} must be a finite number in {interval}, got {value!r}")
-    return float(v)
+    return f
 
 
-def check_count(name: str, value: object, low: int = 0) -> int:
-    """An integer (Python, NumPy or a 0-d tensor; not a bool) >= ``low``, returned as an int."""
-    v = _scalar(value)
-    if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+def check_count(name: str, value: object, low: int = 0, high: int | None = None) -> int:
+    """An integer (Python, NumPy or a 0-d tensor; not a bool) >= ``low`` (and <= ``high``), returned as an int."""
+    v = scalar(value)
+    bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+    if not isinstance(v, numbers.Integral) or isinstance(v, bool):
+        raise WrongTypeError(f"{name} must be an int {bounds}, got {value!r}")
+    if v < low or (high is not None and v > high):
+        raise ValueError(f"{name} must be an int {bounds}, got {value!r}")
     return int(v)
 
 
@@ -59,18 +80,42 @@ POSITIVE_FLOAT = option(check_number, float, low_open=True)
 
 
 def check_choice(name: str, value: object, choices: tuple) -> object:
-    """``value`` if it is one of ``choices``."""
+    """``value`` if it is one of ``choices`` (:class:`WrongTypeError` if it is of none of their types)."""
     if not any(value is c or (c is not None and isinstance(value, type(c)) and not isinstance(value, bool)
                               and value == c) for c in choices):
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+        wrong_type = not any(value is c or (c is not None and isinstance(value, type(c))
+                                            and not isinstance(value, bool)) for c in choices)
+        raise (WrongTypeError if wrong_type else ValueError)(f"{name} must be one of {choices}, got {value!r}")
     return value
 
 
 def check_bool(name: str, value: object) -> bool:
     """``value`` if it is ``True`` or ``False`` (a string such as ``"no"`` would read as true)."""
     if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
+        raise WrongTypeError(f"{name} must be True or False, got {value!r}")
     return value
+
+
+def resolve_device(device: object, *, auto: bool = False) -> torch.device:
+    """``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``, a ``torch.device``; ``"auto"`` if ``auto``: CUDA when
+    available) as a ``torch.device`` that exists here, else ``ValueError`` naming it (not torch's own error)."""
+    if auto and str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    choices = "cpu, cuda, cuda:N" + (" or auto" if auto else "")
+    if not isinstance(device, (str, torch.device)):
+        raise WrongTypeError(f"device must be {choices} (a str or torch.device), got {type(device).__name__}")
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device must be {choices}, got {str(device)!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} asked for, but CUDA is not available here; use 'cpu'")
+    backend = getattr(torch, device.type, None)  # torch.mps, torch.xpu, ...
+    if device.type not in ("cpu", "cuda", "meta") and not (hasattr(backend, "is_available") and backend.is_available()):
+        raise ValueError(f"device {str(device)!r} asked for, but it is not available here; use 'cpu'")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {str(device)!r} asked for, but there are {torch.cuda.device_count()} CUDA devices")
+    return device
 
 
 def check_images(x: torch.Tensor, name: str = "x", allow_uint8: bool = False, values: bool = True) -> None:
@@ -129,13 +174,15 @@ def _check_values(checks: list[tuple[torch.Tensor, Callable[[list[float]], None]
         values = values[t.numel():]
 
 
-def check_labels(y: torch.Tensor, batch_size: int, num_classes: int | None = None, name: str = "y") -> None:
-    """Check ``y``: ``(B,)`` int64 class indices in [0, num_classes) or ``(B, K)`` float rows summing to 1."""
-    if _label_form(y, batch_size, num_classes, name):
+def check_labels(y: torch.Tensor, batch_size: int, num_classes: int | None = None, name: str = "y",
+                 batch_name: str = "x") -> None:
+    """Check ``y``: ``(B,)`` int64 class indices in [0, num_classes) or ``(B, K)`` float rows summing to 1, as many
+    as ``batch_size``, the samples of ``batch_name``."""
+    if _label_form(y, batch_size, num_classes, name, batch_name):
         _check_values([(_label_stats(y), lambda v: _judge_labels(y, name, num_classes, v))])
 
 
-def _label_form(y: torch.Tensor, batch_size: int, num_classes: int | None, name: str) -> bool:
+def _label_form(y: torch.Tensor, batch_size: int, num_classes: int | None, name: str, batch_name: str = "x") -> bool:
     """Everything but the values of ``check_labels``; whether there are values to check."""
     if not isinstance(y, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(y).__name__}")
@@ -144,7 +191,7 @@ def _label_form(y: torch.Tensor, batch_size: int, num_classes: int | None, name:
             f"{name} must be (B,) class indices or (B, K) soft labels, got shape {tuple(y.shape)}"
         )
     if y.shape[0] != batch_size:
-        raise ValueError(f"batch sizes differ: x has {batch_size} samples, {name} has {y.shape[0]}")
+        raise ValueError(f"batch sizes differ: {batch_name} has {batch_size} samples, {name} has {y.shape[0]}")
     if y.ndim == 1:
         if y.dtype != torch.int64:
             raise ValueError(f"{name} class indices must be int64, got dtype {y.dtype}")

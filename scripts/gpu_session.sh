@@ -45,7 +45,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's latent_tr
 export PYTHONUNBUFFERED=1  # output up to a kill comes back
 if compgen -G ".whl/*.whl" > /dev/null; then  # the GPU image lacks kornia and normflows
     SITE="${HOME:-/tmp}/site"
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" .whl/*.whl
+    "$PY" -m pip install -q --upgrade --no-index --no-deps --no-compile --target "$SITE" .whl/*.whl
     export PYTHONPATH="$SITE:$PYTHONPATH"
 fi
 if [ "${SMOKE:-0}" = 1 ]; then  # random images

@@ -262,7 +262,8 @@ def test_train_without_length_is_a_clear_error(tmp_path, capsys):
 @pytest.mark.parametrize("option, message", [
     (["--device", "foo"], "device must be cpu, cuda, cuda:N or auto, got 'foo'"),
     (["--device", "cuda:x"], "device must be cpu, cuda, cuda:N or auto, got 'cuda:x'"),
-    (["--device", "meta"], "device 'meta' asked for, but it is not available here; use --device cpu"),
+    (["--device", "meta"], "device 'meta' holds shapes, not values: train on cpu or cuda"),
+    (["--device", "xpu"], "device 'xpu' asked for, but it is not available here; use 'cpu'"),
 ])
 def test_train_bad_option_is_a_clear_error(tmp_path, capsys, option, message):
     pytest.importorskip("sklearn")
@@ -284,6 +285,10 @@ def test_train_bad_option_is_a_clear_error(tmp_path, capsys, option, message):
     (["--threads", "0"], "argument --threads: must be an int >= 1, got 0"),
     (["--hidden", "0"], "argument --hidden: must be an int >= 1, got 0"),
     (["--beta", "-1"], "argument --beta: must be a finite number in [0, inf), got -1.0"),
+    (["--ema", "1.5"], "argument --ema: must be a finite number in (0, 1), got 1.5"),  # was after the data loaded
+    (["--ema", "1"], "argument --ema: must be a finite number in (0, 1), got 1.0"),
+    (["--seed", "99999999999999999999"], "argument --seed: must be an int in [0, 4294967295], got "
+                                         "99999999999999999999"),  # was "Overflow when unpacking long long"
 ])
 def test_train_bad_number_names_the_option(tmp_path, capsys, option, message):
     """A number the library would refuse is refused by argparse, naming the option, not the Python parameter."""

@@ -1,7 +1,7 @@
 import copy
-
 from typing import Callable
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -598,3 +598,39 @@ def test_sample_scales_the_prior_draw_by_the_temperature():
     for t in (0.0, 0.5, 2.0):
         expected = vae.decode([t * z]).clamp(0, 1)
         assert torch.allclose(vae.sample(3, temperature=t, generator=torch.Generator().manual_seed(5)), expected)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: Glow((1, 8, 8), levels=np.int64(2), steps=1, hidden=8, num_bins=17),
+    lambda: ConvVAE((1, 8, 8), latent_dim=np.int64(4), hidden=torch.tensor(8), latent_side=np.int64(4)),
+    lambda: ConvVAE((1, 8, 8), hidden=8, beta=np.float32(0.5)),
+])
+def test_a_codec_built_from_numpy_numbers_keeps_a_json_config(tmp_path, make):
+    """NumPy or 0-d tensor numbers were kept in the config: save_checkpoint (and train_codec's first checkpoint,
+    after its training) failed with json's 'Object of type int64 is not JSON serializable'."""
+    from latent_transforms import hub
+    codec = make().freeze()
+    assert all(type(v) in (int, float, str, list, type(None)) for v in codec.config.values()), codec.config
+    hub.save_checkpoint(codec, tmp_path / "c.safetensors")
+
+
+def test_training_and_sampling_methods_check_their_arguments():
+    """Glow.loss, log_prob and ConvVAE.loss failed inside normflows/conv on images of another shape; an int seed,
+    which every transform takes, was torch's raw TypeError in sample and a VAE's posterior sample."""
+    glow, vae = tiny_glow(), tiny_vae()
+    for call in (lambda: glow.loss(torch.rand(2, 3, 8, 8)), lambda: glow.log_prob(torch.rand(2, 1, 4, 4)),
+                 lambda: vae.loss(torch.rand(2, 3, 8, 8))):
+        with pytest.raises(ValueError, match="shape"):
+            call()
+    with pytest.raises(ValueError, match=r"z must be \(B, D\) float flat latents"):
+        glow.decode_flat(torch.zeros(2, glow.latent_dim, dtype=torch.long))
+    assert torch.equal(glow.sample(2, generator=3), glow.sample(2, generator=3))
+    x = torch.rand(2, 1, 8, 8)
+    assert torch.equal(vae.encode(x, sample=True, generator=3)[0], vae.encode(x, sample=True, generator=3)[0])
+    assert torch.equal(vae.elbo_terms(x, generator=3)["logits"], vae.elbo_terms(x, generator=3)["logits"])
+    with pytest.raises(TypeError, match="sample must be True or False"):  # "no" drew a posterior sample
+        vae.encode(x, sample="no")
+    with pytest.raises(ValueError, match="n must be an int >= 1"):
+        glow.sample(0)
+    with pytest.raises(TypeError, match="generator must be None, an int seed or a torch.Generator"):
+        glow.sample(2, generator="3")

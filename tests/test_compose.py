@@ -349,3 +349,16 @@ def test_steps_are_reached_by_index_and_iteration_and_num_classes_is_printed(rgb
     assert repr(t).startswith("Compose(\n  num_classes=10\n  (steps): ModuleList(")
     with pytest.raises(TypeError, match="positional"):
         Compose([noise], 10)  # keyword-only, as every option (docs/api.md)
+
+
+def test_a_single_step_or_a_non_list_is_refused_naming_the_fix(rgb_glow):
+    """Compose(t) said "'LatentNoise' object is not iterable"; a bad step did not say which."""
+    with pytest.raises(TypeError, match=r"transforms must be a list of steps, got LatentNoise; for one step: "
+                                        r"Compose\(\[t\]\)"):
+        Compose(LatentNoise(rgb_glow))
+    for bad in (None, "flip"):
+        with pytest.raises(TypeError, match="transforms must be a list of steps"):
+            Compose(bad)
+    with pytest.raises(TypeError, match="got int at step 1"):
+        Compose([T.RandomHorizontalFlip(), 3])
+    assert len(Compose(iter([T.RandomHorizontalFlip()]))) == 1  # any iterable of steps

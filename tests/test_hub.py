@@ -1059,3 +1059,36 @@ def test_save_checkpoint_refuses_a_path_without_the_safetensors_suffix(tmp_path)
     with pytest.raises(ValueError, match=r"checkpoint path must end in .safetensors, got '.*codec.pt'"):
         hub.save_checkpoint(build_codec(CONFIG), tmp_path / "codec.pt")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_checkpoint_whose_config_cannot_build_a_codec_is_named(tmp_path):
+    """build_codec's error did not say which file: 'hidden must be a positive int, got 0'."""
+    g = _codec()
+    path = _write_raw(tmp_path / "bad.safetensors", {k: v.clone() for k, v in g.state_dict().items()},
+                      {"format": hub.FORMAT, "config": json.dumps({**g.config, "hidden": 0})})
+    with pytest.raises(ValueError, match=r"bad.safetensors: its config cannot build a codec \(hidden must be"):
+        hub.load_checkpoint(path)
+
+
+def test_load_names_a_bad_argument_and_suggests_a_near_name(env):
+    with pytest.raises(TypeError, match="name_or_path must be a checkpoint name or a .safetensors path, got NoneType"):
+        hub.load(None)
+    with pytest.raises(ValueError, match="name_or_path is empty"):  # was "IsADirectoryError: . is a directory"
+        hub.load("")
+    _register("glow-cifar10", "glow-cifar10.safetensors")
+    with pytest.raises(hub.UnknownCheckpointError, match="did you mean 'glow-cifar10'"):
+        hub.load("glow-cifar")
+    with pytest.raises(hub.UnknownCheckpointError, match="; known checkpoints: glow-cifar10"):
+        hub.load("something-else")
+    with pytest.raises(ValueError, match="device must be cpu, cuda, cuda:N, got 'bogus'"):  # was torch's RuntimeError
+        hub.load("glow-cifar10", device="bogus")
+
+
+def test_register_refuses_flags_that_are_not_bools(env):
+    """persist="no" wrote the user registry (any value was taken as true)."""
+    for flag in ("persist", "overwrite"):
+        with pytest.raises(TypeError, match=f"{flag} must be True or False"):
+            _register("x", "x.safetensors", **{flag: "no"})
+    with pytest.raises(TypeError, match="config and quality must be dicts"):
+        hub.register("x", file="x.safetensors", sha256=SHA_GOOD, config=None)
+    assert not (env / "registry.json").exists()

@@ -610,3 +610,21 @@ def test_a_pending_hook_does_not_keep_a_deleted_isda_alive(batch, net):
     assert ref() is None
     assert torch.equal(net(x), plain)
     assert len(net.fc._forward_hooks) == 0
+
+
+def test_the_loss_form_and_the_functional_name_what_they_were_given():
+    """ISDALoss said "x has 6 samples" (it has no x); isda_logits on 1-D or 3-D logits said "not enough values to
+    unpack", on a list "'list' object has no attribute 'shape'"; FeatureCovariance.update on a list the same."""
+    with pytest.raises(ValueError, match="batch sizes differ: features has 6 samples, y has 5"):
+        ISDALoss(5)(torch.randn(6, 8), nn.Linear(8, 5), torch.zeros(5, dtype=torch.int64))
+    y = torch.zeros(6, dtype=torch.int64)
+    for logits, message in ((torch.randn(5), r"logits must be \(N, C\)"), (torch.randn(1, 6, 5), r"logits must be \(N, C\)"),
+                            ([[0.0] * 5] * 6, "logits must be a float torch.Tensor")):
+        with pytest.raises((ValueError, TypeError), match=message):
+            isda_logits(logits, torch.randn(5, 8), y, torch.rand(5, 8), 0.5)
+    with pytest.raises(TypeError, match="cov must be a float torch.Tensor"):
+        isda_logits(torch.randn(6, 5), torch.randn(5, 8), y, [[0.0] * 8] * 5, 0.5)
+    with pytest.raises(TypeError, match="features must be a torch.Tensor, got list"):
+        FeatureCovariance(3).update([[0.0, 1.0]], torch.zeros(1, dtype=torch.int64))
+    with pytest.raises(TypeError, match=r"covariance must be one of \('full', 'diagonal'\), got True"):
+        FeatureCovariance(3, covariance=True)

@@ -223,3 +223,26 @@ def test_building_a_cache_holds_one_encoded_chunk_at_a_time(data):
     with torch.no_grad():
         assert torch.allclose(cache.latents, encode(images), atol=1e-5)
     assert max(alive) <= 1, alive
+
+
+def test_loading_a_cache_names_a_missing_file_and_refuses_latents_it_cannot_use(data, tmp_path):
+    """A missing file was a plain ValueError (the hub's is a FileNotFoundError); NaN latents with the right fingerprint
+    loaded silently (every augmented sample then rejected) and integer ones failed at the first call."""
+    from safetensors.torch import save_file
+
+    from latent_transforms.latent_cache import FORMAT
+
+    glow = tiny_glow()
+    with pytest.raises(FileNotFoundError, match="no latent cache file at") as e:
+        LatentCache.load(tmp_path / "nope.safetensors", glow)
+    assert isinstance(e.value, ValueError)  # as every other unusable file: `except ValueError` still catches it
+    for latents, what in ((torch.full((6, glow.latent_dim), float("nan")), "with NaN or inf"),
+                          (torch.zeros(6, glow.latent_dim, dtype=torch.int64), "torch.int64")):
+        path = tmp_path / "c.safetensors"
+        save_file({"latents": latents}, str(path), metadata={"format": FORMAT, "codec_fingerprint": glow.fingerprint()})
+        with pytest.raises(ValueError, match=f"c.safetensors: the latents must be finite floats, got .*{what}"):
+            LatentCache.load(path, glow)
+    with pytest.raises(TypeError, match="cache must be a LatentCache"):  # was an AttributeError at construction
+        LatentNoise(glow, cache=torch.zeros(3, glow.latent_dim))
+    with pytest.raises(ValueError, match="device must be cpu, cuda, cuda:N, got 'bogus'"):
+        LatentCache(glow, data[0], device="bogus")

@@ -110,8 +110,11 @@ def test_npz_spec(tmp_path):
     np.savez(tmp_path / "nox.npz", images=x)
     with pytest.raises(ValueError, match="'x'"):
         load_images(f"npz:{tmp_path / 'nox.npz'}")
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
         load_images(f"npz:{tmp_path / 'missing.npz'}")
+    np.savez(tmp_path / "capital.npz", x=x, Y=np.arange(len(x)))  # was loaded as an unlabelled set
+    with pytest.raises(ValueError, match="no array 'y', but 'Y' looks like labels"):
+        load_images(f"npz:{tmp_path / 'capital.npz'}")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="npz"):
         load_images(f"npz:{tmp_path / 'junk.npz'}")
@@ -330,7 +333,7 @@ def test_weight_ema_averages_with_warm_up():
     ema.update(model)  # d = 0.99 from then on
     assert torch.allclose(ema.shadow["weight"], w0 + 0.9 + 0.01 * 1.1)
     for bad in (0.0, 1.0, -0.5):
-        with pytest.raises(ValueError, match="EMA decay must be in"):
+        with pytest.raises(ValueError, match=r"decay must be a finite number in \(0, 1\)"):
             WeightEMA(model, bad)
 
 
@@ -1073,3 +1076,16 @@ def test_report_names_the_optimizer_each_kind_trains_with(tmp_path, digits):
     for kind, kw, stem, want in (("flow", FLOW, "glow", "Adamax"), ("vae", VAE, "vae", "Adam")):
         train_codec(kind, digits[0][:32], tmp_path, **kw, max_steps=1, batch_size=16, progress=False)
         assert json.loads((tmp_path / f"{stem}.json").read_text())["training"]["optimizer"] == want
+
+
+def test_bad_settings_are_refused_before_the_output_folder_is_made(tmp_path):
+    """A codec setting that cannot build a codec (levels=5 on 8x8 images) was refused after the output folder was
+    made; seed=2**64 or 1.5 was torch's error, seed=True read as 1; flips="no" flipped and was recorded as "no"."""
+    x = torch.rand(16, 1, 8, 8)
+    for kwargs, message in (({"levels": 5}, "divisible by 2\\*\\*levels"), ({"seed": 2**64}, "seed must be an int"),
+                            ({"seed": 1.5}, "seed must be an int"), ({"seed": True}, "seed must be an int"),
+                            ({"flips": "no"}, "flips must be True or False"),
+                            ({"ema_decay": 1.0}, r"ema_decay must be a finite number in \(0, 1\)")):
+        with pytest.raises(ValueError, match=message):
+            train_codec("flow", x, tmp_path / "o", **{"max_steps": 1, "progress": False, **kwargs})
+        assert not (tmp_path / "o").exists(), kwargs

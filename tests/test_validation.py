@@ -286,3 +286,30 @@ def test_images_in_0_255_are_told_to_divide_by_255():
     assert "normalisation" not in str(e.value)  # mean/std inside the model would not fix it
     with pytest.raises(ValueError, match="normalisation"):  # mean/std-normalised data: negative values
         check_images(torch.randn(4, 1, 8, 8) * 2)
+
+
+@pytest.mark.parametrize("make", [
+    lambda g: __import__("latent_transforms").LatentNoise(g, eps="1"),
+    lambda g: __import__("latent_transforms").LatentNoise(g, p="0.5"),
+    lambda g: __import__("latent_transforms").LatentNoise(g, levels=0),
+    lambda g: __import__("latent_transforms").LatentNoise(g, norm=2),
+    lambda g: __import__("latent_transforms").LatentAdversarial(g, steps=1.0),
+    lambda g: __import__("latent_transforms").VarMixup(g, num_classes="10"),
+])
+def test_an_option_of_the_wrong_type_is_a_type_error_and_a_value_error(make):
+    """The README promises a TypeError for a wrong type; check_number, check_count and check_choice raised
+    ValueError (check_bool TypeError): now both, so `except ValueError` code keeps working."""
+    from latent_transforms.validation import WrongTypeError
+    with pytest.raises(WrongTypeError) as e:
+        make(tiny_glow())
+    assert isinstance(e.value, TypeError) and isinstance(e.value, ValueError)
+
+
+def test_numbers_out_of_floats_range_and_open_upper_bounds():
+    with pytest.raises(ValueError, match="p must be a finite number in"):  # was OverflowError from math.isfinite
+        check_number("p", 10**400)
+    with pytest.raises(ValueError, match=r"decay must be a finite number in \(0, 1\), got 1"):
+        check_number("decay", 1, high=1.0, low_open=True, high_open=True)
+    assert check_number("decay", 0.999, high=1.0, low_open=True, high_open=True) == 0.999
+    with pytest.raises(ValueError, match=r"seed must be an int in \[0, 9\], got 10"):
+        check_count("seed", 10, high=9)

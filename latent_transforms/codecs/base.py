@@ -10,7 +10,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..validation import check_images, check_same_device, describe
+from ..rng import draw_generator
+from ..validation import check_count, check_images, check_number, check_same_device, describe, scalar
 from .precision import exact_math
 
 Latents = list[torch.Tensor]  # per-level latents, each (B, *shape); coarsest first for multi-scale flows
@@ -51,11 +52,16 @@ class Codec(nn.Module):
         self._compile_args: tuple[bool | None, dict] | None = None  # (dynamic, compile_kwargs) when compiled
 
     @staticmethod
-    def check_positive(**values: int) -> None:
-        """Raise ValueError naming any config value that is not a positive int."""
+    def check_positive(**values: object) -> list[int]:
+        """The values as Python ints (NumPy ints and 0-d tensors too: a config must stay JSON-able), raising
+        ValueError naming any that is not a positive int."""
+        ints = []
         for name, v in values.items():
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not v > 0:
+            n = scalar(v)
+            if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not n > 0:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
+            ints.append(int(n))
+        return ints
 
     # -- to implement ---------------------------------------------------------------------------
     @property
@@ -130,8 +136,8 @@ class Codec(nn.Module):
 
     def decode_flat(self, z: torch.Tensor) -> torch.Tensor:
         """z: (B, D) -> (B, C, H, W), as ``decode`` (not clipped)."""
-        if not isinstance(z, torch.Tensor) or z.ndim != 2 or z.shape[1] != self.latent_dim:
-            raise ValueError(f"z must be (B, D) flat latents with D = {self.latent_dim} for this {self.kind} codec, "
+        if not isinstance(z, torch.Tensor) or z.ndim != 2 or z.shape[1] != self.latent_dim or not z.is_floating_point():
+            raise ValueError(f"z must be (B, D) float flat latents with D = {self.latent_dim} for this {self.kind} codec, "
                              f"got {describe(z)}")
         return self.decode(unflatten_latents(z, self.latent_shapes))
 
@@ -140,9 +146,12 @@ class Codec(nn.Module):
         """``decode(encode(x))`` clipped to [0, 1], without gradient: (B, C, H, W) -> (B, C, H, W)."""
         return self.decode(self.encode(x)).clamp(0, 1)
 
-    def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n images decoded from N(0, temperature^2 I) latents, clipped to [0, 1]."""
+    def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | int | None = None) -> torch.Tensor:
+        """n images decoded from N(0, temperature^2 I) latents, clipped to [0, 1]: (n, C, H, W). ``generator``:
+        ``None`` (torch's global RNG), an ``int`` seed or a ``torch.Generator`` on the codec's device."""
+        n, temperature = check_count("n", n, low=1), check_number("temperature", temperature)
         device = self.device
+        generator = draw_generator(generator, device)
         z = [temperature * torch.randn((n, *s), generator=generator, device=device, dtype=self.dtype) for s in self.latent_shapes]
         return self.decode(z).clamp(0, 1)
 

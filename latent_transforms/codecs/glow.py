@@ -102,7 +102,8 @@ class Glow(Codec):
     def __init__(self, image_shape=(3, 32, 32), *, levels: int = 3, steps: int = 8, hidden: int = 128,
                  alpha: float = 0.05, scale_floor: float = 0.05, num_bins: int = 256):
         super().__init__(image_shape)
-        self.check_positive(levels=levels, steps=steps, hidden=hidden, num_bins=num_bins)
+        levels, steps, hidden, num_bins = self.check_positive(levels=levels, steps=steps, hidden=hidden,
+                                                              num_bins=num_bins)
         if num_bins < 2:
             raise ValueError(f"num_bins must be >= 2 (intensity levels of the data), got {num_bins}")
         alpha, scale_floor = check_number("alpha", alpha), check_number("scale_floor", scale_floor)  # numbers first
@@ -180,6 +181,7 @@ class Glow(Codec):
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Log density (nats) of continuous x in [0, 1]: (B,)."""
+        self.check_input(x)
         u, logdet = self._encode_with_logdet(x)
         log_base = sum(-0.5 * (ui**2).flatten(1).sum(1) for ui in u) - 0.5 * self.latent_dim * math.log(2 * math.pi)
         return log_base + logdet
@@ -194,6 +196,7 @@ class Glow(Codec):
 
     def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Mean bits/dim of uniformly dequantised x (the usual discrete-data bound)."""
+        self.check_input(x)
         levels = torch.round(x * (self.num_bins - 1))
         x_deq = (levels + torch.rand_like(x)) / self.num_bins
         bpd = self.bits_per_dim(x_deq).mean()

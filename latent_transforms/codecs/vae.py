@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..validation import check_number
+from ..rng import draw_generator
+from ..validation import check_bool, check_number, scalar
 from .base import Codec, Latents, exact_math
 
 
@@ -36,14 +38,17 @@ class ConvVAE(Codec):
     def __init__(self, image_shape=(3, 32, 32), *, latent_dim: int = 64, hidden: int = 64, beta: float = 1.0,
                  latent_side: int | None = None):
         super().__init__(image_shape)
-        self.check_positive(latent_dim=latent_dim, hidden=hidden)
-        check_number("beta", beta)
+        latent_dim, hidden = self.check_positive(latent_dim=latent_dim, hidden=hidden)
+        beta = check_number("beta", beta)
         c, h, w = self.image_shape
         if h != w or h < 4 or h & (h - 1):
             raise ValueError(f"ConvVAE needs square images with a power-of-two side >= 4, got {h}x{w}")
-        if latent_side is not None and (isinstance(latent_side, bool) or not isinstance(latent_side, int)
-                                        or latent_side < 1 or latent_side > h or latent_side & (latent_side - 1)):
-            raise ValueError(f"latent_side must be None or a power of two <= the image side {h}, got {latent_side!r}")
+        if latent_side is not None:
+            side = scalar(latent_side)
+            if (isinstance(side, bool) or not isinstance(side, numbers.Integral) or side < 1 or side > h
+                    or side & (side - 1)):
+                raise ValueError(f"latent_side must be None or a power of two <= the image side {h}, got {latent_side!r}")
+            latent_side = int(side)
         self.latent_dim_, self.hidden, self.beta, self.latent_side = latent_dim, hidden, beta, latent_side
         side = latent_side or 4
         downs = int(math.log2(h // side))
@@ -78,11 +83,13 @@ class ConvVAE(Codec):
         mu, logvar = self.encoder(x).chunk(2, dim=1)
         return mu, logvar.clamp(-30, 20)
 
-    def encode(self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None) -> Latents:
-        """x: (B, C, H, W) in [0, 1] -> [(B, *latent_shapes[0])]: the posterior mean, or a posterior sample."""
-        if not sample:
+    def encode(self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | int | None = None) -> Latents:
+        """x: (B, C, H, W) in [0, 1] -> [(B, *latent_shapes[0])]: the posterior mean, or a posterior sample
+        (``generator``: ``None``, torch's global RNG; an ``int`` seed; a ``torch.Generator`` on x's device)."""
+        if not check_bool("sample", sample):
             return super().encode(x)
         self.check_input(x)
+        generator = draw_generator(generator, x.device)
         with exact_math(x.device.type):
             mu, logvar = self.posterior(x.to(self.dtype))
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
@@ -101,13 +108,16 @@ class ConvVAE(Codec):
         mse = F.mse_loss(torch.sigmoid(terms["logits"]), x)
         return rec + self.beta * kl, {"rec": rec.detach(), "kl": kl.detach(), "mse": mse.detach()}
 
-    def elbo_terms(self, x: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def elbo_terms(self, x: torch.Tensor, generator: torch.Generator | int | None = None) -> dict[str, torch.Tensor]:
         """The ELBO's parts for x: (B, C, H, W) in [0, 1], with one posterior sample per image.
 
         Returns ``mu`` (the posterior mean), ``logits`` (the decoder's output for the sample), ``rec`` (B,)
-        (Bernoulli reconstruction nats) and ``kl`` (B,) (nats). ``generator``: a CPU generator for the sample's
-        noise (seeded evaluation); by default the global RNG on x's device.
+        (Bernoulli reconstruction nats) and ``kl`` (B,) (nats). ``generator``: an ``int`` seed or a CPU generator for
+        the sample's noise, drawn on the CPU whatever x's device (seeded evaluation); by default the global RNG on x's
+        device.
         """
+        self.check_input(x)
+        generator = draw_generator(generator, torch.device("cpu"))
         mu, logvar = self.posterior(x)
         if generator is None:
             noise = torch.randn_like(mu)
