@@ -9,7 +9,8 @@ from torch.utils.data import get_worker_info
 
 from .labels import num_classes_of, to_soft
 from .rng import GeneratorSource
-from .validation import check_batch, check_count, check_model, check_model_slot, check_number
+from .validation import (WrongTypeError, check_batch, check_count, check_model, check_model_slot, check_number,
+                         describe)
 
 # A decoded sample further than this outside [0, 1] (before clipping) is implausible and is rejected.
 MAX_OVERSHOOT = 0.5
@@ -77,14 +78,17 @@ class LatentTransform(SampleStats, nn.Module):
         - A transformed sample that is non-finite or more than 0.5 outside [0, 1] before clipping is
           replaced by its input (and its label kept); ``t.stats`` counts samples seen, transformed, rejected.
         - Outputs are clipped to [0, 1] and carry no autograd history (training mode).
-        - ``last_params``: what the last training call drew, for inspection: ``"selected"``, ``(N,)`` int64, the
-          batch rows transformed (all B when ``p=1``; none: only this key), and the method's own draws, one row per
-          selected sample in that order (indices such as VarMixup's ``partner`` count among the selected samples:
-          batch row ``selected[partner]``).
+        - Parameters are drawn apart from their application (as kornia's and torchvision v2's transforms):
+          ``last_params`` holds the last training call's: ``"selected"``, ``(N,)`` int64, the batch rows transformed
+          (all B when ``p=1``; none: only this key), the method's draws (``make_params``), one row per selected
+          sample in that order (indices such as VarMixup's ``partner`` count among the selected samples: batch row
+          ``selected[partner]``), and what the method computed from them (LatentAdversarial's ``delta``).
+          ``t(x, y, model, params=t.last_params)`` applies the same draws again (to another view of the same batch,
+          say) without drawing: the same output for a method whose result depends on its draws and inputs alone.
 
     Subclasses set ``needs_model``/``mixes_labels`` (``needs_labels`` follows ``mixes_labels``; override it with a
-    class attribute or a property) and implement
-    ``transform(x, y, model, generator) -> (x2, y2)`` on the selected samples only;
+    class attribute or a property) and implement ``make_params(n, generator, device)``, every random draw for
+    ``n`` selected samples, and ``transform(x, y, model, params) -> (x2, y2)`` on the selected samples only;
     ``check_inputs(x, model, index)`` may add checks of their own (run on every call, also in eval mode);
     ``index_size`` bounds ``index=`` (a latent cache's length).
     """
@@ -109,13 +113,19 @@ class LatentTransform(SampleStats, nn.Module):
     def check_inputs(self, x: torch.Tensor, model: nn.Module | None, index: torch.Tensor | None) -> None:
         """Extra checks of a subclass (codec shape, device, index range, ...)."""
 
-    def transform(self, x: torch.Tensor, y: torch.Tensor | None, model: nn.Module | None, generator: torch.Generator,
-                  index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def make_params(self, n: int, generator: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+        """Every random draw of a call on ``n >= 1`` selected samples, from ``generator`` (on ``device``): tensors
+        with one row per sample (``{}``: a method that draws nothing)."""
+        return {}
+
+    def transform(self, x: torch.Tensor, y: torch.Tensor | None, model: nn.Module | None,
+                  params: dict[str, torch.Tensor], index: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Transform the selected samples ``x: (N, C, H, W)`` in [0, 1], ``y: (N,)``, ``(N, K)`` or ``None`` (only
-        when not ``needs_labels``), with ``generator`` (on x's device); ``index: (N,)`` (their dataset positions) is
-        given when the caller passed one. Returns ``(x2, y2)`` of the same shapes (``y2`` soft ``(N, K)`` when
-        ``mixes_labels``); ``forward`` clips, rejects and counts. Draws worth inspecting go into ``last_params``
-        (``self.last_params.update(...)``), one row per selected sample."""
+        when not ``needs_labels``), with ``params`` (``make_params``'s, or given to the call); ``index: (N,)`` (their
+        dataset positions) is given when the caller passed one. Returns ``(x2, y2)`` of the same shapes (``y2`` soft
+        ``(N, K)`` when ``mixes_labels``); ``forward`` clips, rejects and counts. What it computes and is worth
+        inspecting may go into ``last_params`` (``self.last_params.update(...)``), one row per selected sample."""
         raise NotImplementedError
 
     @property
@@ -147,6 +157,39 @@ class LatentTransform(SampleStats, nn.Module):
                                f"DataLoader worker, on the worker's copy of the model: call it in the training loop, "
                                f"on the batch, right before model(x)")
 
+    def _given_selection(self, params: object, batch: int, device: torch.device) -> torch.Tensor:
+        """``params["selected"]``, checked: (N,) int64 distinct rows of a batch of ``batch``, on ``device``."""
+        if not isinstance(params, dict) or not isinstance(params.get("selected"), torch.Tensor):
+            raise WrongTypeError(f"params must be a dict like t.last_params, with 'selected' (the batch rows), got "
+                                 f"{describe(params)}")
+        selected = params["selected"]
+        if selected.ndim != 1 or selected.dtype != torch.int64 or selected.device != device:
+            raise ValueError(f"params['selected'] must be (N,) int64 batch rows on {device}, got {describe(selected)}")
+        if len(selected):  # one host read: in range, each row once
+            uses = torch.zeros(batch, dtype=torch.int64, device=device).index_add_(
+                0, selected.clamp(0, batch - 1), torch.ones_like(selected))
+            lo, hi, most = torch.stack([selected.min(), selected.max(), uses.max()]).tolist()
+            if lo < 0 or hi >= batch or most > 1:
+                raise ValueError(f"params['selected'] must be distinct rows of this batch of {batch}, got rows "
+                                 f"{lo}..{hi}{', some twice' if most > 1 else ''} (from a call on another batch?)")
+        return selected
+
+    def _given_draws(self, params: dict, n: int) -> dict[str, torch.Tensor]:
+        """The draws of ``params`` (all but ``selected``) that ``make_params`` would make, checked: n rows each."""
+        draws = {k: v for k, v in params.items() if k != "selected"}
+        if n == 0:
+            return {}
+        wanted = self.param_names()
+        missing = [k for k in wanted if not isinstance(draws.get(k), torch.Tensor) or len(draws[k]) != n]
+        if missing:
+            raise ValueError(f"params lacks {missing} for {n} selected samples ({type(self).__name__} draws "
+                             f"{list(wanted)}): pass an earlier call's t.last_params")
+        return {k: draws[k] for k in wanted}
+
+    def param_names(self) -> tuple[str, ...]:
+        """The keys ``make_params`` returns (what a replayed call's ``params`` must hold besides ``selected``)."""
+        return ()
+
     def _draw_selection(self, batch: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
         """(B,) bool: which samples are transformed, each with probability ``p`` (one draw per sample)."""
         return torch.rand(batch, generator=generator, device=device) < self.p
@@ -159,9 +202,11 @@ class LatentTransform(SampleStats, nn.Module):
         return f"{type(self).__name__}({self.extra_repr()})"
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, model: nn.Module | None = None,
-                index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                index: torch.Tensor | None = None, *, params: dict[str, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x2, y2 = t(x, y, model); ``y=None`` for an unlabelled batch (y2 is then ``None``); ``index: (B,)`` int64
-        dataset positions, for transforms with a latent cache."""
+        dataset positions, for transforms with a latent cache; ``params``: an earlier call's ``last_params`` on a
+        batch of the same size, applied again instead of drawing (training mode; ignored in eval mode)."""
         self._check_call(x, y, model, index)
         k = None if y is None else num_classes_of(y, self.num_classes)
         if self.mixes_labels and k is None:
@@ -171,23 +216,30 @@ class LatentTransform(SampleStats, nn.Module):
             return x, y
         x = x.detach()  # the augmentation is data, not part of a graph (also for the samples passed through)
 
-        generator = self._rng.get(x.device)
         batch = x.shape[0]
-        if self.p >= 1.0:
-            selected = None
-            xs, ys, idx = x, y, index
+        if params is not None:
+            selected = self._given_selection(params, batch, x.device)
+        elif self.p >= 1.0:
+            generator, selected = self._rng.get(x.device), None
         else:
+            generator = self._rng.get(x.device)
             selected = self._draw_selection(batch, generator, x.device).nonzero().flatten()
-            xs, ys = x[selected], None if y is None else y[selected]
-            idx = None if index is None else index[selected]
-        self.last_params = {"selected": torch.arange(batch, device=x.device) if selected is None else selected}
+        xs, ys, idx = (x, y, index) if selected is None else (
+            x[selected], None if y is None else y[selected], None if index is None else index[selected])
+        n = xs.shape[0]
+        if params is None:
+            params = self.make_params(n, generator, x.device) if n else {}
+        else:
+            params = self._given_draws(params, n)
+        self.last_params = {"selected": torch.arange(batch, device=x.device) if selected is None else selected,
+                            **params}
         y_out = to_soft(y, k) if self.mixes_labels else y
-        if xs.shape[0] == 0:  # a copy, as when some samples are selected: x2 never shares x's memory in training
+        if n == 0:  # a copy, as when some samples are selected: x2 never shares x's memory in training
             self._count_untouched(x.device, batch)
             return x.clone(), y_out
 
         try:
-            x2, y2 = self.transform(xs, ys, model, generator, idx)
+            x2, y2 = self.transform(xs, ys, model, params, idx)
         except ValueError as e:
             setattr(e, RAISED_IN_TRANSFORM, True)
             raise

@@ -89,12 +89,15 @@ class CodecTransform(LatentTransform):
                  for i, s in enumerate(self.codec.latent_shapes)]
         return torch.cat(parts)
 
-    def on_levels_only(self, values: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """``values: (B, n)`` for the ``n`` coordinates of ``levels`` placed into a ``(B, D)`` tensor like ``z``, zero
-        elsewhere (``values`` itself when all levels are chosen): draw a perturbation over the chosen coordinates
-        only, so that its size is measured there."""
-        mask = self.level_mask(z.device)
-        return values if mask is None else torch.zeros_like(z).masked_scatter(mask.expand_as(z), values)
+    def on_levels_only(self, values: torch.Tensor) -> torch.Tensor:
+        """``values: (B, n)`` for the ``n`` coordinates of ``levels`` placed into a ``(B, D)`` tensor, zero elsewhere
+        (``values`` itself when all levels are chosen): draw a perturbation over the chosen coordinates only, so
+        that its size is measured there."""
+        mask = self.level_mask(values.device)
+        if mask is None:
+            return values
+        out = values.new_zeros(values.shape[0], mask.numel())
+        return out.masked_scatter(mask.expand_as(out), values)
 
     def level_size(self) -> int:
         """n, the number of latent coordinates in ``levels`` (D if all); computed once (no mask built per call)."""

@@ -69,7 +69,18 @@ class LatentAdversarial(CodecTransform):
         return (f"eps={self.eps}, steps={self.steps}, step_size={self.step_size}, norm={self.norm!r}, "
                 f"random_start={self.random_start}, target={self.target!r}, " + super().extra_repr())
 
-    def transform(self, x, y, model, generator, index=None):
+    def param_names(self) -> tuple[str, ...]:
+        return ("start",)
+
+    def make_params(self, n, generator, device):
+        """``start``: the PGD's starting point, (n, D) (zeros without ``random_start``)."""
+        if not self.random_start:
+            return {"start": torch.zeros(n, self.codec.latent_dim, device=device, dtype=self.codec.dtype)}
+        shape = torch.Size((n, self.level_size()))  # drawn over the chosen levels' coordinates, as LatentNoise's noise
+        return {"start": self.on_levels_only(random_start(shape, self.eps, self.norm, generator, device,
+                                                          self.codec.dtype))}
+
+    def transform(self, x, y, model, params, index=None):
         if torch.is_inference_mode_enabled():
             raise RuntimeError("LatentAdversarial differentiates the classifier, which torch.inference_mode() forbids; "
                                "call it outside inference_mode (torch.no_grad() is fine) or put it in eval() mode")
@@ -77,10 +88,7 @@ class LatentAdversarial(CodecTransform):
         with borrowed(model) as net:
             with torch.no_grad():
                 target = logits_of(net, x, "LatentAdversarial").argmax(1) if self.target == "pred" else y
-            delta = torch.zeros_like(z)
-            if self.random_start:  # drawn over the chosen levels' coordinates, as LatentNoise's noise
-                shape = torch.Size((z.shape[0], self.level_size()))
-                delta = self.on_levels_only(random_start(shape, self.eps, self.norm, generator, z.device, z.dtype), z)
+            delta = params["start"].clone()  # the loop flags it for gradients: not the caller's tensor
             for i in range(self.steps):
                 delta.requires_grad_(True)
                 with torch.enable_grad():

@@ -48,10 +48,15 @@ class LatentNoise(CodecTransform):
     def extra_repr(self) -> str:
         return f"eps={self.eps}, norm={self.norm!r}, " + super().extra_repr()
 
-    def transform(self, x, y, model, generator, index=None):
+    def param_names(self) -> tuple[str, ...]:
+        return ("delta",)
+
+    def make_params(self, n, generator, device):
+        shape = torch.Size((n, self.level_size()))
+        return {"delta": self.on_levels_only(random_perturbation(shape, self.eps, self.norm, generator, device,
+                                                                 self.codec.dtype))}
+
+    def transform(self, x, y, model, params, index=None):
         z = self.encode_flat(x, index)
-        shape = torch.Size((z.shape[0], self.level_size()))
-        delta = self.on_levels_only(random_perturbation(shape, self.eps, self.norm, generator, z.device, z.dtype), z)
-        self.last_params.update(delta=delta)
         with torch.no_grad():
-            return self.decode_flat(z + delta), y
+            return self.decode_flat(z + params["delta"]), y

@@ -76,20 +76,32 @@ class VarMixup(CodecTransform):
         return (f"alpha={self.alpha}, posterior={self.posterior!r}, per_sample={self.per_sample}, "
                 f"keep_detail={self.keep_detail}, " + super().extra_repr())
 
-    def transform(self, x, y, model, generator, index=None):
+    def param_names(self) -> tuple[str, ...]:
+        return ("lam", "partner") + (("posterior_noise",) if self.posterior == "sample" else ())
+
+    def make_params(self, n, generator, device):
+        """``lam``: (n,) weights; ``partner``: (n,) indices among the selected samples; with ``posterior="sample"``,
+        ``posterior_noise``: (n, D) the standard normal draws of the posterior samples."""
+        params = {}
+        if self.posterior == "sample":
+            params["posterior_noise"] = torch.randn((n, self.codec.latent_dim), generator=generator, device=device,
+                                                    dtype=self.codec.dtype)
+        order = torch.randperm(n, generator=generator, device=device)
+        partner = torch.empty_like(order)
+        partner[order] = order.roll(1)  # one random cycle through the samples: none is its own partner (n >= 2)
+        lam = sample_beta(self.alpha, n if self.per_sample else 1, generator, device).expand(n)
+        return {**params, "lam": lam, "partner": partner}
+
+    def transform(self, x, y, model, params, index=None):
         if self.posterior == "sample":
             with torch.no_grad():
-                z = self.codec.encode_flat(x, sample=True, generator=generator)
+                z = self.codec.encode_flat(x, sample=True, noise=params["posterior_noise"])
         else:
             z = self.encode_flat(x, index)
         b = z.shape[0]
-        order = torch.randperm(b, generator=generator, device=z.device)
-        partner = torch.empty_like(order)
-        partner[order] = order.roll(1)  # one random cycle through the samples: none is its own partner (b >= 2)
-        lam = sample_beta(self.alpha, b if self.per_sample else 1, generator, z.device).expand(b)
+        lam, partner = params["lam"], params["partner"]
         weight = lam.unsqueeze(1).to(z.dtype)
         mixed = self.on_levels(weight * z + (1 - weight) * z[partner], z)  # the sample's own latent elsewhere
-        self.last_params.update(lam=lam, partner=partner)
         with torch.no_grad():
             if self.keep_detail:  # one decode call for the mixes and the reconstructions
                 x2, recon = self.decode_flat(torch.cat([mixed, z])).split(b)

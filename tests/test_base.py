@@ -16,22 +16,33 @@ from latent_transforms.rng import GeneratorSource
 class AddNoise(LatentTransform):
     """Pixel noise: the smallest transform that exercises the base class."""
 
-    def transform(self, x, y, model, generator, index=None):
-        return x + 0.1 * torch.randn(x.shape, generator=generator, dtype=x.dtype), y
+    def make_params(self, n, generator, device):
+        return {"noise": torch.randn(n, generator=generator, device=device)}
+
+    def param_names(self):
+        return ("noise",)
+
+    def transform(self, x, y, model, params, index=None):
+        return x + 0.1 * params["noise"].view(-1, 1, 1, 1).to(x.dtype), y
 
 
 class Mix(LatentTransform):
     mixes_labels = True
 
-    def transform(self, x, y, model, generator, index=None):
-        partner = torch.randperm(x.shape[0], generator=generator)
-        lam = torch.rand(x.shape[0], generator=generator)
+    def make_params(self, n, generator, device):
+        return {"partner": torch.randperm(n, generator=generator), "lam": torch.rand(n, generator=generator)}
+
+    def param_names(self):
+        return ("partner", "lam")
+
+    def transform(self, x, y, model, params, index=None):
+        partner, lam = params["partner"], params["lam"]
         w = lam.view(-1, 1, 1, 1).to(x.dtype)
         return w * x + (1 - w) * x[partner], mix_labels(y, partner, lam, self.num_classes)
 
 
 class Explode(LatentTransform):
-    def transform(self, x, y, model, generator, index=None):
+    def transform(self, x, y, model, params, index=None):
         out = x.clone()
         out[0] = float("nan")
         if len(out) > 1:
@@ -218,7 +229,7 @@ class MixThenExplode(LatentTransform):
 
     mixes_labels = True
 
-    def transform(self, x, y, model, generator, index=None):
+    def transform(self, x, y, model, params, index=None):
         partner = torch.arange(x.shape[0]).roll(1)
         out = x.clone()
         out[0] = float("nan")
@@ -241,7 +252,7 @@ class Nudge(LatentTransform):
 
     mixes_labels = True
 
-    def transform(self, x, y, model, generator, index=None):
+    def transform(self, x, y, model, params, index=None):
         soft = torch.nn.functional.one_hot(y, self.num_classes).float()
         return x + 0.01, 0.9 * soft + 0.1 / self.num_classes
 

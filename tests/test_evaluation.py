@@ -184,8 +184,11 @@ def test_fit_classifier_puts_the_augmentation_in_training_mode():
     from latent_transforms import LatentTransform
 
     class Jitter(LatentTransform):
-        def transform(self, x, y, model, generator, index=None):
-            return x + 0.01 * torch.randn(x.shape, generator=generator), y
+        def make_params(self, n, generator, device):
+            return {"noise": torch.randn(n, generator=generator, device=device)}
+
+        def transform(self, x, y, model, params, index=None):
+            return x + 0.01 * params["noise"].view(-1, 1, 1, 1), y
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 2))

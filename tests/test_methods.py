@@ -714,3 +714,42 @@ def test_mixup_inference_prints_its_settings_on_one_line(net):
     """Its repr was the whole model and codec (24 lines for a linear model), without lam or num_mixes."""
     predictor = LatentMixupInference(net, tiny_glow(), torch.rand(4, 1, 8, 8), lam=0.7, num_mixes=3)
     assert repr(predictor) == "LatentMixupInference(lam=0.7, num_mixes=3, references=4, model=TinyNet, codec=Glow)"
+
+
+@pytest.mark.parametrize("make", [
+    lambda c, v, seed: LatentNoise(c, eps=2.0, p=0.5, levels=[0], generator=seed),
+    lambda c, v, seed: LatentAdversarial(c, p=0.5, generator=seed),
+    lambda c, v, seed: LatentAdversarial(c, random_start=False, p=0.5, generator=seed),
+    lambda c, v, seed: VarMixup(v, num_classes=10, p=0.5, generator=seed),
+    lambda c, v, seed: VarMixup(v, num_classes=10, posterior="sample", generator=seed),
+])
+def test_params_drawn_apart_are_applied_again_without_drawing(glow, vae, batch, net, make):
+    """make_params draws, transform applies: t(x, y, model, params=t.last_params) gives the same output from another
+    instance on another stream, and draws nothing (its next call draws what its stream's first call does)."""
+    x, y = batch
+    first = make(glow, vae, 0)
+    call = (lambda t, **kw: t(x, y, net, **kw)) if first.needs_model else (lambda t, **kw: t(x, y, **kw))
+    x1, y1 = call(first)
+    computed = {"delta", "target"} if isinstance(first, LatentAdversarial) else set()
+    assert set(first.last_params) == {"selected", *first.param_names()} | computed
+    replayer = make(glow, vae, 123)
+    x2, y2 = call(replayer, params=first.last_params)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert not torch.equal(call(make(glow, vae, 123))[0], x1)  # stream 123 alone draws otherwise ...
+    assert torch.equal(call(replayer)[0], call(make(glow, vae, 123))[0])  # ... and the replay took nothing from it
+
+
+def test_given_params_are_checked():
+    glow = tiny_glow()
+    t = LatentNoise(glow, eps=2.0, generator=0)
+    x = torch.rand(4, 1, 8, 8)
+    t(x)
+    with pytest.raises(TypeError, match="params must be a dict like t.last_params, with 'selected'"):
+        t(x, params={"delta": t.last_params["delta"]})
+    with pytest.raises(ValueError, match=r"params\['selected'\] must be distinct rows of this batch of 3"):
+        t(x[:3], params=t.last_params)
+    with pytest.raises(ValueError, match=r"some twice"):
+        t(x, params={**t.last_params, "selected": torch.tensor([0, 0, 1, 2])})
+    with pytest.raises(ValueError, match=r"params lacks \['delta'\] for 2 selected samples"):
+        t(x, params={"selected": torch.tensor([0, 1]), "delta": t.last_params["delta"]})
+    assert torch.equal(t.eval()(x, params={"nonsense": 1})[0], x)  # eval mode: the identity, params unused

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..rng import draw_generator
-from ..validation import check_bool, check_number, scalar
+from ..validation import check_bool, check_number, describe, scalar
 from .base import Codec, Latents, exact_math
 
 
@@ -83,16 +83,23 @@ class ConvVAE(Codec):
         mu, logvar = self.encoder(x).chunk(2, dim=1)
         return mu, logvar.clamp(-30, 20)
 
-    def encode(self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | int | None = None) -> Latents:
+    def encode(self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | int | None = None,
+               noise: torch.Tensor | None = None) -> Latents:
         """x: (B, C, H, W) in [0, 1] -> [(B, *latent_shapes[0])]: the posterior mean, or a posterior sample
-        (``generator``: ``None``, torch's global RNG; an ``int`` seed; a ``torch.Generator`` on x's device)."""
+        (``generator``: ``None``, torch's global RNG; an ``int`` seed; a ``torch.Generator`` on x's device; or
+        ``noise``: the standard normal draws to use, B x D values, e.g. ``(B, D)``)."""
         if not check_bool("sample", sample):
             return super().encode(x)
         self.check_input(x)
         generator = draw_generator(generator, x.device)
         with exact_math(x.device.type):
             mu, logvar = self.posterior(x.to(self.dtype))
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        if noise is None:
+            eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        elif noise.numel() != mu.numel() or noise.device != mu.device:
+            raise ValueError(f"noise must hold {mu.numel()} values (B x D) on {mu.device}, got {describe(noise)}")
+        else:
+            eps = noise.reshape(mu.shape).to(mu.dtype)
         return [mu + torch.exp(0.5 * logvar) * eps]
 
     def _encode(self, x: torch.Tensor) -> Latents:
