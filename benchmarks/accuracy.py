@@ -737,7 +737,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     o.add_argument("--time-budget", type=POSITIVE_FLOAT, metavar="SECONDS",
                    help="start no run that would end after SECONDS from the start of this call (its time is "
                         "estimated from the longest finished run of the same arm, else from another arm's, scaled by "
-                        "the costs of --shard), then write the report of what is done; with --resume, a later call "
+                        "the costs of --shard and by 1.5), then write the report of what is done; with --resume, a later call "
                         "runs the rest")
     o.add_argument("--no-corruptions", action="store_true",
                    help="skip the corruption accuracy (a setting: --resume, --done and --merge keep runs made the same "

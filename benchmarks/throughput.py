@@ -15,9 +15,11 @@ bf16, ISDA's full covariance), n/a on any other.
 
 Each row: median over ``--iters`` timed iterations after ``--warmup`` untimed ones, with device synchronisation
 around every iteration; milliseconds per batch, images per second, cost as a multiple of one training step, the first
-call's time (for the compiled rows: compiling included), and on CUDA the peak memory allocated during the row's calls,
-warm-up included, above what was allocated before its first call (``torch.cuda.max_memory_allocated``); a cache
-row also gives its cache's size and a 50,000-image one's. The ISDA step alternates with a plain step, iteration by
+call's time (for the compiled rows: compiling included), and on CUDA the peak memory allocated during the row's timed
+calls (the counter reset after the warm-up: what the warm-up kept counts, what it only borrowed, such as cuDNN's
+autotuning workspace, does not) above what was allocated before its first call (``torch.cuda.max_memory_allocated``);
+a cache row also gives its cache's size and a 50,000-image one's. A row that fails (a compiler error, out of memory)
+is recorded as failed and the others go on; on CUDA, 2 s of training steps come before the first row. The ISDA step alternates with a plain step, iteration by
 iteration, and its overhead is the median of the paired ratios.
 Writes ``OUT/throughput.json`` and ``OUT/throughput.md`` after every row (marked partial until the last, so a run
 killed at a time limit keeps every finished row) and prints the table.

@@ -73,7 +73,8 @@ class LatentTransform(SampleStats, nn.Module):
 
     Convention:
         - ``eval()`` mode: the identity (x and y returned unchanged) unless a subclass documents otherwise.
-        - Bad input raises ``ValueError`` (``TypeError`` for a missing ``model``) naming the problem. Methods that
+        - Bad input raises ``ValueError`` naming the problem (``TypeError`` for a wrong type of ``x``, ``y`` or
+          ``model``, or a missing ``model``; an option of the wrong type, ``validation.WrongTypeError``, both). Methods that
           need the model refuse to run in a DataLoader worker (``RuntimeError``): the model there is a stale copy.
         - A transformed sample that is non-finite or more than 0.5 outside [0, 1] before clipping is
           replaced by its input (and its label kept); ``t.stats`` counts samples seen, transformed, rejected.

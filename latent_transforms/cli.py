@@ -2,7 +2,7 @@
 ``register`` it by name (``unregister`` removes it), run the ``demo``.
 
 Each subcommand is a ``_cmd_*(args)`` function registered in ``build_parser`` with ``set_defaults(func=...)``.
-Errors print one line to stderr and exit with status 2.
+Errors print one line to stderr (after argparse's usage for a malformed option) and exit with status 2.
 """
 from __future__ import annotations
 

@@ -39,8 +39,10 @@ class CodecTransform(LatentTransform):
                 raise WrongTypeError(f"levels must be a list of level indices in [0, {n}), such as [0], got {levels!r}")
             bad = [i for i in levels if not isinstance(i, numbers.Integral) or isinstance(i, bool) or not -n <= i < n]
             if bad or not levels:
-                raise ValueError(f"levels must be a non-empty list of level indices in [0, {n}) (or from -{n}, "
-                                 f"counted from the finest, as a list index), got {levels!r}")
+                wrong_type = any(not isinstance(i, numbers.Integral) or isinstance(i, bool) for i in bad)
+                raise (WrongTypeError if wrong_type else ValueError)(
+                    f"levels must be a non-empty list of level indices in [0, {n}) (or from -{n}, counted from the "
+                    f"finest, as a list index), got {levels!r}")
             levels = sorted({int(i) % n for i in levels})
         self.levels = levels
         sizes = [int(torch.Size(s).numel()) for s in self.codec.latent_shapes]

@@ -7,7 +7,8 @@ Specs:
   Needs scikit-learn (``pip install latent-transforms[demo]``).
 * ``cifar10``: torchvision's CIFAR-10, downloaded into ``data_root`` (default: ``data/`` in
   :func:`latent_transforms.hub.cache_dir`).
-* ``npz:PATH``: a NumPy archive with ``x`` (N, H, W, C) or (N, H, W) uint8 and optionally ``y`` (N,) integer labels.
+* ``npz:PATH``: a NumPy archive with ``x`` (N, H, W, C) or (N, H, W) uint8 and optionally ``y`` (N,) integer labels
+  (read from ``y`` only: another 1-D integer array of length N without ``y`` is refused as misplaced labels).
 * ``folder:PATH``: a folder of same-sized PNG/JPEG/BMP/WebP images, either flat (no labels) or one subfolder per
   class as in torchvision's ``ImageFolder`` (labels = index of the subfolder name in sorted order). Every
   subfolder is a class and must hold images only; other files are refused; hidden names (``.x``) are skipped.

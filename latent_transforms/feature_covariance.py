@@ -179,7 +179,7 @@ def check_sync(name: str, sync) -> "tuple[bool, dist.ProcessGroup | None]":
         return sync, None
     if dist.is_available() and isinstance(sync, dist.ProcessGroup):
         return True, sync
-    raise TypeError(f"{name} must be True, False or a torch.distributed ProcessGroup, got {sync!r}")
+    raise WrongTypeError(f"{name} must be True, False or a torch.distributed ProcessGroup, got {sync!r}")
 
 
 def _all_gather_rows(a: torch.Tensor, y: torch.Tensor,

@@ -108,6 +108,8 @@ def sha256_tensors(*tensors: torch.Tensor) -> str:
 
 def sha256_file(path: str | os.PathLike) -> str:
     """Hex sha256 of a file, read in chunks."""
+    if not Path(path).is_file():
+        raise MissingFileError(f"no file at {path}")
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
@@ -204,7 +206,8 @@ def save_checkpoint(codec: "Codec", path: str | os.PathLike, dtype: torch.dtype 
     float32 on load. ``extra_metadata`` adds str -> str entries (other values are stored as JSON).
     """
     if dtype not in STORAGE_DTYPES:
-        raise ValueError(f"dtype must be one of {[str(d) for d in STORAGE_DTYPES]}, got {dtype!r}")
+        raise (ValueError if isinstance(dtype, torch.dtype) else WrongTypeError)(
+            f"dtype must be one of {[str(d) for d in STORAGE_DTYPES]}, got {dtype!r}")
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"checkpoint path must end in .safetensors, got {str(path)!r}")

@@ -299,7 +299,8 @@ class ISDA(_ISDAState, LatentTransform):
                  generator: torch.Generator | int | None = None):
         num_classes = check_count("num_classes", num_classes, low=1)
         if layer is not None and (not isinstance(layer, str) or not layer):
-            raise ValueError(f"layer must be the dotted name of an nn.Linear in the model, got {layer!r}")
+            raise (ValueError if isinstance(layer, str) else WrongTypeError)(
+                f"layer must be the dotted name of an nn.Linear in the model, got {layer!r}")
         super().__init__(p=p, generator=generator, num_classes=num_classes)
         self._init_isda(num_classes, lambda0, covariance, feature_dim, sync_stats)
         self.layer = layer

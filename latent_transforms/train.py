@@ -32,8 +32,8 @@ from . import hub
 from .codecs import Codec, build_codec, exact_math
 from .modelutils import describe_device
 from .pixel_shift import random_shift_flip
-from .validation import (POSITIVE_FLOAT, POSITIVE_INT, check_bool, check_count, check_images, check_number, option,
-                         resolve_device)
+from .validation import (POSITIVE_FLOAT, POSITIVE_INT, MissingFileError, check_bool, check_count, check_images,
+                         check_number, option, resolve_device)
 
 __all__ = ["train_codec", "eval_codec", "default_config", "save_training_state", "load_training_state",
            "register_cli", "STATE_FORMAT"]
@@ -111,6 +111,8 @@ def load_training_state(path: str | os.PathLike) -> tuple[dict, dict, dict, dict
     """
     from safetensors import SafetensorError
 
+    if not Path(path).is_file():
+        raise MissingFileError(f"no training state file at {path}")
     try:
         metadata, tensors = hub.read_safetensors(path)
     except SafetensorError as e:
@@ -822,7 +824,7 @@ def train_codec(
 
     Returns a dict: ``complete`` (False when stopped by ``max_minutes`` or a signal before the end of the run; then
     only the state file was written), ``step``, ``total_steps``, ``epochs_done``, ``wall_time_s`` (this call),
-    ``train_time_s`` (all calls), ``state``, and when complete ``codec`` (the frozen stored codec), ``checkpoint``,
+    ``train_time_s`` (all calls), ``nonfinite_steps`` (steps skipped for a non-finite loss, all calls), ``state``, and when complete ``codec`` (the frozen stored codec), ``checkpoint``,
     ``json``, ``png``, ``sha256``, ``dtype``, ``metrics``. A run whose test metrics are not finite (it diverged)
     raises ``FloatingPointError`` instead, leaving only the state file.
     """
@@ -950,12 +952,13 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     length.add_argument("--max-steps", type=POSITIVE_INT, help="length of the whole run in optimizer steps")
     g.add_argument("--max-minutes", type=POSITIVE_FLOAT,
                    help="with --epochs/--max-steps: this call's time limit (then resume); alone: the run's length")
-    g.add_argument("--batch-size", type=POSITIVE_INT, default=64)
+    g.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="(default 64)")
     g.add_argument("--lr", type=POSITIVE_FLOAT, default=1e-3, help="peak learning rate (default 1e-3)")
     g.add_argument("--grad-clip", type=POSITIVE_FLOAT, help="max gradient norm (default 50 for flows, none for VAEs)")
     g.add_argument("--ema", type=option(check_number, float, high=1.0, low_open=True, high_open=True), metavar="DECAY",
                    help="save an exponential moving average of the weights with this decay, e.g. 0.999")
-    g.add_argument("--seed", type=option(check_count, high=MAX_SEED), default=0)
+    g.add_argument("--seed", type=option(check_count, high=MAX_SEED), default=0,
+                   help="seeds weights, batches, noise, flips and shifts: an int in [0, 2**32) (default 0)")
     g.add_argument("--flips", action="store_true", help="random horizontal flips (not for digits or text)")
     g.add_argument("--translate", type=option(check_count), default=0, metavar="PIXELS",
                    help="random shifts of up to PIXELS along each axis, reflection padding (default 0: none)")

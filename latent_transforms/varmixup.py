@@ -24,7 +24,8 @@ class VarMixup(CodecTransform):
       CIFAR-10 validation split with the shipped VAE, where the paper's ``p=1`` cost 8.7 points: VAE decodes are
       blurry, so training only on them creates a train/test gap; docs/calibration.md);
     - partners are drawn among the selected samples, never the sample itself (a random cycle through them, as
-      mixup's shuffled batch rolled by one; a single selected sample has no partner and comes back as it was);
+      mixup's shuffled batch rolled by one); a sample selected alone has no partner and is left as it is, not
+      counted as transformed (a batch of one with ``p=1`` is mixed with itself);
     - ``keep_detail=True`` adds back the same mix of the two samples' reconstruction residuals,
       ``lam * (x - D(z)) + (1 - lam) * (x[partner] - D(z[partner]))``: the detail a blurry VAE loses is mixed as
       in input mixup, the content in the latent (``lam = 1`` gives back ``x``). An extension of ours, on by default
@@ -75,6 +76,11 @@ class VarMixup(CodecTransform):
     def extra_repr(self) -> str:
         return (f"alpha={self.alpha}, posterior={self.posterior!r}, per_sample={self.per_sample}, "
                 f"keep_detail={self.keep_detail}, " + super().extra_repr())
+
+    def _draw_selection(self, batch: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+        """As every method's, but a sample selected alone is left out: it has no partner to be mixed with."""
+        selected = super()._draw_selection(batch, generator, device)
+        return selected & (selected.sum() > 1)  # on the device: no host sync
 
     def param_names(self) -> tuple[str, ...]:
         return ("lam", "partner") + (("posterior_noise",) if self.posterior == "sample" else ())

@@ -313,3 +313,28 @@ def test_numbers_out_of_floats_range_and_open_upper_bounds():
     assert check_number("decay", 0.999, high=1.0, low_open=True, high_open=True) == 0.999
     with pytest.raises(ValueError, match=r"seed must be an int in \[0, 9\], got 10"):
         check_count("seed", 10, high=9)
+
+
+@pytest.mark.parametrize("call", [
+    lambda: __import__("latent_transforms").ISDA(10, sync_stats="yes"),  # was a plain TypeError
+    lambda: __import__("latent_transforms").Glow((1, 8, 8), steps=2.0),  # was a plain ValueError
+    lambda: __import__("latent_transforms").ConvVAE((1, 8, 8), latent_side="4"),
+    lambda: __import__("latent_transforms").ISDA(10, layer=3),
+    lambda: __import__("latent_transforms").LatentNoise(3),  # was a plain TypeError
+    lambda: __import__("latent_transforms").LatentNoise(tiny_glow(), levels=[0.0]),
+    lambda: __import__("latent_transforms").hub.save_checkpoint(tiny_glow(), "x.safetensors", dtype="float16"),
+])
+def test_every_option_of_the_wrong_type_is_a_wrong_type_error(call):
+    from latent_transforms.validation import WrongTypeError
+    with pytest.raises(WrongTypeError):
+        call()
+
+
+def test_a_missing_training_state_or_hashed_file_is_a_missing_file_error(tmp_path):
+    from latent_transforms import hub
+    from latent_transforms.train import load_training_state
+    from latent_transforms.validation import MissingFileError
+    for call in (lambda: load_training_state(tmp_path / "nope.state.safetensors"),
+                 lambda: hub.sha256_file(tmp_path / "nope")):
+        with pytest.raises(MissingFileError, match="nope"):
+            call()

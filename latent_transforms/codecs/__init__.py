@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+from ..validation import WrongTypeError
 from .base import Codec, Latents, exact_math, flatten_latents, unflatten_latents
 from .glow import Glow
 from .vae import ConvVAE
@@ -30,7 +31,7 @@ def resolve_codec(codec: Codec | str | os.PathLike) -> Codec:
         from .. import hub
 
         return hub.load(codec)
-    raise TypeError(f"codec must be a hub name, a .safetensors path or a Codec, got {type(codec).__name__}")
+    raise WrongTypeError(f"codec must be a hub name, a .safetensors path or a Codec, got {type(codec).__name__}")
 
 
 __all__ = ["Codec", "Latents", "Glow", "ConvVAE", "build_codec", "resolve_codec", "exact_math", "flatten_latents",

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from ..rng import draw_generator
-from ..validation import check_count, check_images, check_number, check_same_device, describe, scalar
+from ..validation import (WrongTypeError, check_count, check_images, check_number, check_same_device, describe,
+                          scalar)
 from .precision import exact_math
 
 Latents = list[torch.Tensor]  # per-level latents, each (B, *shape); coarsest first for multi-scale flows
@@ -58,7 +59,9 @@ class Codec(nn.Module):
         ints = []
         for name, v in values.items():
             n = scalar(v)
-            if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not n > 0:
+            if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+                raise WrongTypeError(f"{name} must be a positive int, got {v!r}")
+            if not n > 0:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
             ints.append(int(n))
         return ints

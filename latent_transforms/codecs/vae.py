@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..rng import draw_generator
-from ..validation import check_bool, check_number, describe, scalar
+from ..validation import WrongTypeError, check_bool, check_number, describe, scalar
 from .base import Codec, Latents, exact_math
 
 
@@ -45,9 +45,10 @@ class ConvVAE(Codec):
             raise ValueError(f"ConvVAE needs square images with a power-of-two side >= 4, got {h}x{w}")
         if latent_side is not None:
             side = scalar(latent_side)
-            if (isinstance(side, bool) or not isinstance(side, numbers.Integral) or side < 1 or side > h
-                    or side & (side - 1)):
-                raise ValueError(f"latent_side must be None or a power of two <= the image side {h}, got {latent_side!r}")
+            is_int = isinstance(side, numbers.Integral) and not isinstance(side, bool)
+            if not is_int or side < 1 or side > h or side & (side - 1):
+                raise (ValueError if is_int else WrongTypeError)(
+                    f"latent_side must be None or a power of two <= the image side {h}, got {latent_side!r}")
             latent_side = int(side)
         self.latent_dim_, self.hidden, self.beta, self.latent_side = latent_dim, hidden, beta, latent_side
         side = latent_side or 4
