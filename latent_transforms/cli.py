@@ -84,7 +84,7 @@ def _cmd_register(args: argparse.Namespace) -> None:
     run_name = entry.pop("name")
     name = args.name or run_name
     if not isinstance(name, str) or not name:
-        raise ValueError(f"{run} has no 'name'; give one with --name")
+        raise ValueError(f"{run} has {'an empty' if run_name == '' else 'no'} 'name'; give one with --name")
     file = f"{name}.safetensors"
     try:
         hub._check_filename(file)

@@ -54,7 +54,9 @@ def run_demo(out_dir: str | Path = "latent-transforms-demo", per_class: int = 10
     for seed in seeds:
         check_count("seed", seed)
     known = list(make_arms(None, None, 0))
-    names = arms or known
+    if arms is not None and not arms:
+        raise ValueError(f"arms must name at least one arm (None: all of {known}), got {arms!r}")
+    names = known if arms is None else arms
     unknown = [a for a in names if a not in known]
     if unknown:
         raise ValueError(f"unknown arms {unknown}; choose from {known}")

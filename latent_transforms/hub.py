@@ -254,7 +254,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     except (KeyError, json.JSONDecodeError) as e:
         raise ValueError(f"{path} has no valid JSON 'config' in its metadata ({e})") from None
     if not isinstance(config, dict):
-        raise ValueError(f"{path}: metadata 'config' must be a JSON object, got {type(config).__name__}")
+        kind = {type(None): "null", list: "an array", str: "a string", bool: "a boolean"}.get(type(config), "a number")
+        raise ValueError(f"{path}: metadata 'config' must be a JSON object, got {kind}")
     with torch.random.fork_rng(devices=[]):  # the random init, overwritten below, must not move torch's global RNG
         try:
             codec = build_codec(config)

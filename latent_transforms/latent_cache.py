@@ -67,8 +67,8 @@ class LatentCache(nn.Module):
                              f"{meta.get('codec_fingerprint', '?')[:12]}, the codec's {codec.fingerprint()[:12]})")
         latents = tensors["latents"]
         if latents.ndim != 2 or latents.shape[1] != codec.latent_dim:
-            raise ValueError(f"{path}: latents of shape {tuple(latents.shape)} do not fit the codec's "
-                             f"{codec.latent_dim} latent dimensions")
+            raise ValueError(f"{path}: latents must be (N, {codec.latent_dim}) for this codec's {codec.latent_dim} "
+                             f"latent dimensions, got shape {tuple(latents.shape)}")
         if not latents.is_floating_point() or not torch.isfinite(latents).all():  # NaN ones: every sample rejected
             raise ValueError(f"{path}: the latents must be finite floats, got {latents.dtype}"
                              f"{'' if not latents.is_floating_point() else ' with NaN or inf entries'}")

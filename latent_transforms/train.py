@@ -830,7 +830,7 @@ def train_codec(
     """
     t_call = time.perf_counter()
     codec_kind = _codec_kind(kind)
-    name = name or codec_kind
+    name = codec_kind if name is None else name  # "" is refused below, not replaced
     _check_train_args(x_train, x_test, name, epochs=epochs, max_steps=max_steps, max_minutes=max_minutes, lr=lr,
                       warmup_steps=warmup_steps, grad_clip=grad_clip, batch_size=batch_size,
                       checkpoint_every=checkpoint_every, translate=translate, ema_decay=ema_decay, seed=seed,

@@ -177,8 +177,9 @@ class Codec(nn.Module):
         shapes = [tuple(s) for s in self.latent_shapes]
         if not isinstance(z, (list, tuple)) or len(z) != len(shapes) or \
                 not all(isinstance(t, torch.Tensor) and t.is_floating_point() for t in z):
+            flat = " (for (B, D) flat latents use decode_flat)" if isinstance(z, torch.Tensor) and z.ndim == 2 else ""
             raise ValueError(f"z must be a list of {len(shapes)} float tensors (B, *shape), shapes {shapes}, for this "
-                             f"{self.kind} codec, got {describe(z)}")
+                             f"{self.kind} codec, got {describe(z)}{flat}")
         got = [tuple(t.shape[1:]) for t in z]
         if got != shapes or len({t.shape[0] for t in z}) != 1:
             raise ValueError(f"this {self.kind} codec's latents have per-sample shapes {shapes} and one batch size, "

@@ -1,0 +1,323 @@
+"""Error raises a user can reach that no other test exercised (found by an audit): each is triggered through the
+public API or the CLI, and the exception type and a distinctive part of its message are checked."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from latent_transforms import demo, hub
+from latent_transforms.cli import PROG, main
+from latent_transforms.codecs import build_codec, resolve_codec
+from latent_transforms.data import load_images
+from latent_transforms.isda import ISDA, ISDALoss
+from latent_transforms.latent_cache import FORMAT as CACHE_FORMAT
+from latent_transforms.latent_cache import LatentCache
+from latent_transforms.train import train_codec
+from latent_transforms.varmixup import VarMixup
+
+from conftest import tiny_glow, tiny_vae
+
+VAE_CONFIG = {"kind": "vae", "image_shape": [1, 8, 8], "latent_dim": 4, "hidden": 8}
+
+
+@pytest.fixture(autouse=True)
+def private_hub(tmp_path, monkeypatch):
+    """An empty private cache dir, no downloads, an empty runtime registry and codec cache."""
+    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
+    monkeypatch.delenv("LATENT_TRANSFORMS_HUB_URL", raising=False)
+    monkeypatch.setattr(hub, "_registered", {})
+    monkeypatch.setattr(hub, "_loaded", {})
+
+
+def _exit_code(argv, capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
+# -- ISDA ------------------------------------------------------------------------------------------------------------
+class KeywordHead(nn.Module):
+    """Calls its classifier with a keyword argument: the forward hook sees no positional argument."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.fc(input=x.flatten(1))
+
+
+class TokenHead(nn.Module):
+    """A linear head applied to every token of a (B, T, A) sequence, then averaged over the tokens."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Conv2d(1, 8, 1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        tokens = self.embed(x).flatten(2).transpose(1, 2)  # (B, 64, 8)
+        return self.fc(tokens).mean(1)
+
+
+def test_isda_refuses_a_classifier_called_without_one_positional_tensor(batch):
+    x, y = batch
+    model, isda = KeywordHead(), ISDA(10)  # kept: the hook holds its ISDA weakly
+    isda(x, y, model)
+    with pytest.raises(ValueError, match="ISDA expected the layer 'fc' to be called with one tensor argument"):
+        model(x)
+
+
+def test_isda_refuses_a_head_fed_a_token_sequence(batch):
+    x, y = batch
+    model, isda = TokenHead(), ISDA(10)  # kept: the hook holds its ISDA weakly
+    isda(x, y, model)
+    with pytest.raises(ValueError, match=r"ISDA needs \(B, A\) features at the layer 'fc', got shape \(12, 64, 8\); "
+                                         r"it supports a linear classifier on pooled features only"):
+        model(x)
+
+
+@pytest.mark.parametrize("layer, error", [(3, TypeError), (["fc"], TypeError), ("", ValueError)])
+def test_isda_layer_must_be_a_non_empty_dotted_name(layer, error):
+    with pytest.raises(error, match="layer must be the dotted name of an nn.Linear in the model, got"):
+        ISDA(10, layer=layer)
+
+
+@pytest.mark.parametrize("fc", [nn.Conv2d(32, 10, 1), lambda f: f @ torch.zeros(32, 10)],
+                         ids=["conv", "function"])
+def test_isda_loss_fc_must_be_an_nn_linear(fc):
+    with pytest.raises(TypeError, match="fc must be the classifier's nn.Linear, got"):
+        ISDALoss(10)(torch.randn(6, 32), fc, torch.arange(6))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_isda_loss_fc_outputs_must_be_num_classes(training):
+    """In eval mode a wrong fc would otherwise give a plain loss over 10 classes silently."""
+    loss = ISDALoss(5).train(training)
+    with pytest.raises(ValueError, match="fc has 10 outputs but num_classes=5"):
+        loss(torch.randn(6, 32), nn.Linear(32, 10), torch.arange(6) % 5)
+
+
+# -- hub -------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype, error", [(torch.int32, ValueError), (torch.float64, ValueError),
+                                          (torch.uint8, ValueError), ("float16", TypeError)])
+def test_save_checkpoint_refuses_other_storage_dtypes(tmp_path, dtype, error):
+    path = tmp_path / "c.safetensors"
+    with pytest.raises(error, match=r"dtype must be one of \['torch.float32', 'torch.float16', 'torch.bfloat16'\]"):
+        hub.save_checkpoint(tiny_vae(), path, dtype=dtype)
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("metadata, message", [
+    ({"format": hub.FORMAT}, "has no valid JSON 'config' in its metadata"),
+    ({"format": hub.FORMAT, "config": "{kind: vae"}, "has no valid JSON 'config' in its metadata"),
+    ({"format": hub.FORMAT, "config": json.dumps([VAE_CONFIG])}, "metadata 'config' must be a JSON object, got an array"),
+    ({"format": hub.FORMAT, "config": "null"}, "metadata 'config' must be a JSON object, got null"),
+], ids=["missing", "not-json", "list", "null"])
+def test_load_checkpoint_needs_a_json_object_config(tmp_path, metadata, message):
+    path = tmp_path / "c.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_vae().state_dict().items()}, str(path), metadata=metadata)
+    with pytest.raises(ValueError, match=message):
+        hub.load_checkpoint(path)
+
+
+@pytest.mark.parametrize("config", [{"image_shape": [1, 8, 8], "latent_dim": 4}, {}])
+def test_register_refuses_a_config_without_kind(config):
+    with pytest.raises(ValueError, match="register\\(\\): entry 'zz' config must be a dict with a 'kind'"):
+        hub.register("zz", file="zz.safetensors", sha256="0" * 64, config=config)
+    assert "zz" not in hub._registry()
+
+
+# -- train -----------------------------------------------------------------------------------------------------------
+X = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+
+
+def test_train_refuses_both_epochs_and_max_steps(tmp_path):
+    with pytest.raises(ValueError, match="give epochs or max_steps, not both"):
+        train_codec("vae", X, tmp_path / "o", epochs=1, max_steps=1, progress=False)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("name", ["a/b", "a\\b", ".hidden", "../up", ""])  # "" became "glow"
+def test_train_name_must_be_a_plain_file_stem(tmp_path, name):
+    with pytest.raises(ValueError, match="name must be a plain file stem, got"):
+        train_codec("vae", X, tmp_path / "o", name=name, max_steps=1, progress=False)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("kind, setting, message", [
+    ("vae", {"levels": 2}, r"levels and steps are flow \(Glow\) settings"),
+    ("vae", {"steps": 2}, r"levels and steps are flow \(Glow\) settings"),
+    ("flow", {"beta": 0.5}, "latent_dim, beta and latent_side are VAE settings"),  # was ignored silently
+])
+def test_train_refuses_settings_of_the_other_codec_kind(tmp_path, kind, setting, message):
+    with pytest.raises(ValueError, match=message):
+        train_codec(kind, X, tmp_path / "o", max_steps=1, progress=False, **setting)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("kind, option, message", [
+    ("vae", ["--levels", "2"], "--levels and --steps are flow settings"),
+    ("vae", ["--steps", "2"], "--levels and --steps are flow settings"),
+    ("flow", ["--latent-dim", "3"], "--latent-dim, --beta and --latent-side are VAE settings"),
+    ("flow", ["--beta", "0.5"], "--latent-dim, --beta and --latent-side are VAE settings"),
+    ("flow", ["--latent-side", "2"], "--latent-dim, --beta and --latent-side are VAE settings"),
+    ("vae", ["--name", "a/b"], "name must be a plain file stem, got 'a/b'"),
+])
+def test_train_cli_refuses_options_of_the_other_codec_kind_and_bad_names(tmp_path, capsys, kind, option, message):
+    data = tmp_path / "x.npz"
+    np.savez(data, x=np.zeros((4, 8, 8), dtype=np.uint8))
+    code, out, err = _exit_code(["train", kind, "--data", f"npz:{data}", "--out", str(tmp_path / "o"),
+                                 "--max-steps", "1", "--quiet", *option], capsys)
+    assert code == 2 and out == "" and err == f"{PROG}: error: {message}\n"
+    assert not (tmp_path / "o").exists()
+
+
+# -- cli register ----------------------------------------------------------------------------------------------------
+def _run_files(folder: Path, name: str | None, config: dict = VAE_CONFIG) -> tuple[Path, Path]:
+    """A tiny codec's checkpoint and the run JSON that ``train`` writes beside it (``name`` None: no name in it)."""
+    torch.manual_seed(0)
+    codec = build_codec(VAE_CONFIG)
+    folder.mkdir(parents=True, exist_ok=True)
+    ckpt = folder / "run.safetensors"
+    sha = hub.save_checkpoint(codec, ckpt)
+    entry = {"file": ckpt.name, "sha256": sha, "size": ckpt.stat().st_size, "config": config,
+             "trained_on": "digits", "quality": {}, "notes": ""}
+    js = folder / "run.json"
+    js.write_text(json.dumps({**({} if name is None else {"name": name}), "file": ckpt.name, "registry_entry": entry}))
+    return ckpt, js
+
+
+def _cache_files() -> list[str]:
+    return sorted(p.name for p in hub.cache_dir().iterdir()) if hub.cache_dir().exists() else []
+
+
+@pytest.mark.parametrize("run_name", [None, ""])
+def test_register_a_run_without_a_name_asks_for_one(tmp_path, capsys, run_name):
+    _, js = _run_files(tmp_path / "runs", run_name)
+    code, out, err = _exit_code(["register", str(js)], capsys)
+    what = "an empty" if run_name == "" else "no"
+    assert code == 2 and out == "" and err == f"{PROG}: error: {js} has {what} 'name'; give one with --name\n"
+    assert _cache_files() == []
+    assert main(["register", str(js), "--name", "zz-named"]) == 0  # --name is the fix
+    assert "zz-named.safetensors" in _cache_files()
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", ".hidden", "a\\b"])
+def test_register_refuses_a_name_that_is_not_a_file_name(tmp_path, capsys, name):
+    _, js = _run_files(tmp_path / "runs", "zz-run")
+    code, out, err = _exit_code(["register", str(js), "--name", name], capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert f"name {name!r} cannot be a file name (no path separators, '..' or leading '.'); give another with " \
+           f"--name" in err
+    assert _cache_files() == []
+
+
+def test_register_refuses_a_run_whose_config_has_no_kind(tmp_path, capsys):
+    _, js = _run_files(tmp_path / "runs", "zz-run", config={"image_shape": [1, 8, 8]})
+    code, _, err = _exit_code(["register", str(js)], capsys)
+    assert code == 2 and err == f"{PROG}: error: {js}: entry 'registry_entry' config must be a dict with a 'kind'\n"
+    assert _cache_files() == []
+
+
+def test_register_refuses_a_checkpoint_that_changes_while_it_is_copied(tmp_path, capsys, monkeypatch):
+    ckpt, js = _run_files(tmp_path / "runs", "zz-run")
+    copyfile = shutil.copyfile
+
+    def copy_then_change(src, dst, **kwargs):  # another process writing the file as it is read
+        copyfile(src, dst, **kwargs)
+        with open(dst, "ab") as f:
+            f.write(b"\0")
+        return dst
+
+    monkeypatch.setattr(shutil, "copyfile", copy_then_change)
+    code, out, err = _exit_code(["register", str(js)], capsys)
+    assert code == 2 and out == "" and err == f"{PROG}: error: {ckpt} changed while it was copied; nothing registered\n"
+    assert "zz-run" not in hub._registry()
+    assert not (hub.cache_dir() / "zz-run.safetensors").exists()
+    assert not [f for f in _cache_files() if f.endswith(".part") or f.startswith(".")]
+
+
+# -- latent cache, codecs, VarMixup ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(4, 5), (4, 3), (4,), (4, 2, 2)])
+def test_latent_cache_load_refuses_latents_of_the_wrong_shape(tmp_path, shape):
+    vae = tiny_vae()  # latent_dim 4
+    path = tmp_path / "c.safetensors"
+    hub.write_safetensors(path, {"latents": torch.zeros(shape)},
+                          {"format": CACHE_FORMAT, "codec_fingerprint": vae.fingerprint()})
+    message = rf"c.safetensors: latents must be \(N, 4\) for this codec's 4 latent dimensions, got shape {re.escape(str(shape))}"
+    with pytest.raises(ValueError, match=message):
+        LatentCache.load(path, vae)
+
+
+@pytest.mark.parametrize("codec", [123, None, VAE_CONFIG, b"vae-digits"], ids=["int", "None", "config", "bytes"])
+def test_resolve_codec_refuses_what_is_not_a_codec(codec):
+    with pytest.raises(TypeError, match="codec must be a hub name, a .safetensors path or a Codec, got"):
+        resolve_codec(codec)
+
+
+GLOW, VAE = tiny_glow(), tiny_vae()
+
+
+@pytest.mark.parametrize("codec, z, message", [
+    (GLOW, lambda: torch.randn(4, 64), r"z must be a list of 2 float tensors .* \(for \(B, D\) flat latents use "
+                                       r"decode_flat\)"),
+    (GLOW, lambda: [t.long() for t in GLOW.encode(torch.rand(4, 1, 8, 8))], "z must be a list of 2 float tensors"),
+    (VAE, lambda: torch.randn(4, 4), "z must be a list of 1 float tensors"),
+    (VAE, lambda: [[0.0] * 4], "z must be a list of 1 float tensors"),
+    (GLOW, lambda: GLOW.encode(torch.rand(4, 1, 8, 8))[::-1], "latents have per-sample shapes"),  # levels swapped
+    (VAE, lambda: [torch.randn(4, 5)], r"latents have per-sample shapes \[\(4,\)\] and one batch size, got shapes "
+                                       r"\[\(4, 5\)\]"),
+    (VAE, lambda: [torch.randn(4, 4, 1)], "latents have per-sample shapes"),
+], ids=["glow-flat", "glow-int", "vae-flat", "vae-nested-list", "glow-levels-swapped", "vae-wider", "vae-extra-axis"])
+def test_decode_and_check_latents_refuse_latents_of_the_wrong_form(codec, z, message):
+    latents = z()
+    with pytest.raises(ValueError, match=message):
+        codec.check_latents(latents)
+    with pytest.raises(ValueError, match=message):
+        codec.decode(latents)
+
+
+def test_varmixup_posterior_sample_needs_a_vae():
+    with pytest.raises(ValueError, match="posterior='sample' needs a VAE codec, got a glow codec"):
+        VarMixup(GLOW, posterior="sample")
+
+
+# -- data, demo ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("content", ["garbage", "header-only", "truncated"])
+def test_folder_data_names_an_image_it_cannot_read(tmp_path, content):
+    from PIL import Image
+
+    root = tmp_path / "images"
+    root.mkdir()
+    pixels = (np.arange(64 * 64) % 251).astype(np.uint8).reshape(64, 64)
+    Image.fromarray(pixels).save(root / "a.png")
+    png = (root / "a.png").read_bytes()
+    (root / "b.png").write_bytes({"garbage": b"not an image at all", "header-only": png[:33],  # PIL cannot identify
+                                  "truncated": png[:len(png) // 2]}[content])  # "image file is truncated" on load
+    with pytest.raises(ValueError, match=f"cannot read image {re.escape(str(root / 'b.png'))} \\("):
+        load_images(f"folder:{root}")
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"seeds": ()}, ValueError, r"seeds must hold at least one seed, got \(\)"),
+    ({"seeds": []}, ValueError, r"seeds must hold at least one seed, got \[\]"),
+    ({"seeds": (0, -1)}, ValueError, "seed must be an int >= 0, got -1"),
+    ({"seeds": (0, 1.5)}, TypeError, "seed must be an int"),
+    ({"arms": ["baseline", "Mixup"]}, ValueError, r"unknown arms \['Mixup'\]; choose from \['baseline', "),
+    ({"arms": []}, ValueError, r"arms must name at least one arm"),  # was: every arm
+])
+def test_run_demo_checks_its_api_only_arguments_before_any_work(tmp_path, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        demo.run_demo(tmp_path / "o", progress=False, **kwargs)
+    assert not (tmp_path / "o").exists()
