@@ -115,8 +115,8 @@ class LatentTransform(SampleStats, nn.Module):
         """Extra checks of a subclass (codec shape, device, index range, ...)."""
 
     def make_params(self, n: int, generator: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
-        """Every random draw of a call on ``n >= 1`` selected samples, from ``generator`` (on ``device``): tensors
-        with one row per sample (``{}``: a method that draws nothing)."""
+        """Every random draw of a call on ``n`` selected samples, from ``generator`` (on ``device``): tensors with one
+        row per sample, the same keys for any ``n``, 0 included (``{}``: a method that draws nothing)."""
         return {}
 
     def transform(self, x: torch.Tensor, y: torch.Tensor | None, model: nn.Module | None,
@@ -188,8 +188,9 @@ class LatentTransform(SampleStats, nn.Module):
         return {k: draws[k] for k in wanted}
 
     def param_names(self) -> tuple[str, ...]:
-        """The keys ``make_params`` returns (what a replayed call's ``params`` must hold besides ``selected``)."""
-        return ()
+        """The keys ``make_params`` returns (what a replayed call's ``params`` must hold besides ``selected``), read
+        from a draw for no sample (nothing drawn from the transform's own generator)."""
+        return tuple(self.make_params(0, torch.Generator(), torch.device("cpu")))
 
     def _draw_selection(self, batch: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
         """(B,) bool: which samples are transformed, each with probability ``p`` (one draw per sample)."""

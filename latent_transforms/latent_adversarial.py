@@ -69,9 +69,6 @@ class LatentAdversarial(CodecTransform):
         return (f"eps={self.eps}, steps={self.steps}, step_size={self.step_size}, norm={self.norm!r}, "
                 f"random_start={self.random_start}, target={self.target!r}, " + super().extra_repr())
 
-    def param_names(self) -> tuple[str, ...]:
-        return ("start",)
-
     def make_params(self, n, generator, device):
         """``start``: the PGD's starting point, (n, D) (zeros without ``random_start``)."""
         if not self.random_start:

@@ -48,9 +48,6 @@ class LatentNoise(CodecTransform):
     def extra_repr(self) -> str:
         return f"eps={self.eps}, norm={self.norm!r}, " + super().extra_repr()
 
-    def param_names(self) -> tuple[str, ...]:
-        return ("delta",)
-
     def make_params(self, n, generator, device):
         shape = torch.Size((n, self.level_size()))
         return {"delta": self.on_levels_only(random_perturbation(shape, self.eps, self.norm, generator, device,

@@ -82,9 +82,6 @@ class VarMixup(CodecTransform):
         selected = super()._draw_selection(batch, generator, device)
         return selected & (selected.sum() > 1)  # on the device: no host sync
 
-    def param_names(self) -> tuple[str, ...]:
-        return ("lam", "partner") + (("posterior_noise",) if self.posterior == "sample" else ())
-
     def make_params(self, n, generator, device):
         """``lam``: (n,) weights; ``partner``: (n,) indices among the selected samples; with ``posterior="sample"``,
         ``posterior_noise``: (n, D) the standard normal draws of the posterior samples."""

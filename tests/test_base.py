@@ -19,9 +19,6 @@ class AddNoise(LatentTransform):
     def make_params(self, n, generator, device):
         return {"noise": torch.randn(n, generator=generator, device=device)}
 
-    def param_names(self):
-        return ("noise",)
-
     def transform(self, x, y, model, params, index=None):
         return x + 0.1 * params["noise"].view(-1, 1, 1, 1).to(x.dtype), y
 
@@ -31,9 +28,6 @@ class Mix(LatentTransform):
 
     def make_params(self, n, generator, device):
         return {"partner": torch.randperm(n, generator=generator), "lam": torch.rand(n, generator=generator)}
-
-    def param_names(self):
-        return ("partner", "lam")
 
     def transform(self, x, y, model, params, index=None):
         partner, lam = params["partner"], params["lam"]
