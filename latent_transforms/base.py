@@ -221,11 +221,9 @@ class LatentTransform(SampleStats, nn.Module):
         batch = x.shape[0]
         if params is not None:
             selected = self._given_selection(params, batch, x.device)
-        elif self.p >= 1.0:
-            generator, selected = self._rng.get(x.device), None
         else:
             generator = self._rng.get(x.device)
-            selected = self._draw_selection(batch, generator, x.device).nonzero().flatten()
+            selected = None if self.p >= 1.0 else self._draw_selection(batch, generator, x.device).nonzero().flatten()
         xs, ys, idx = (x, y, index) if selected is None else (
             x[selected], None if y is None else y[selected], None if index is None else index[selected])
         n = xs.shape[0]

@@ -195,8 +195,7 @@ class Glow(Codec):
         return self
 
     def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Mean bits/dim of uniformly dequantised x (the usual discrete-data bound)."""
-        self.check_input(x)
+        """Mean bits/dim of uniformly dequantised x (the usual discrete-data bound; ``log_prob`` checks x)."""
         levels = torch.round(x * (self.num_bins - 1))
         x_deq = (levels + torch.rand_like(x)) / self.num_bins
         bpd = self.bits_per_dim(x_deq).mean()
