@@ -331,12 +331,14 @@ def _check_train_args(x_train: torch.Tensor, x_test: torch.Tensor | None, name: 
 
 def _codec_config(codec_kind: str, image_shape: tuple[int, int, int], num_bins: int, config: dict | None, *,
                   levels: int | None, steps: int | None, hidden: int | None, latent_dim: int | None,
-                  beta: float | None, latent_side: int | None) -> dict:
+                  beta: float | None, latent_side: int | None, decoder_blocks: int | None) -> dict:
     """:func:`default_config` with the settings of ``codec_kind`` (others must be None), then ``config``."""
     overrides = {"levels": levels, "steps": steps, "hidden": hidden} if codec_kind == "glow" else \
-        {"latent_dim": latent_dim, "hidden": hidden, "beta": beta, "latent_side": latent_side}
-    if codec_kind == "glow" and (latent_dim is not None or beta is not None or latent_side is not None):
-        raise ValueError("latent_dim, beta and latent_side are VAE settings; a flow's latent has the size of the image")
+        {"latent_dim": latent_dim, "hidden": hidden, "beta": beta, "latent_side": latent_side,
+         "decoder_blocks": decoder_blocks}
+    if codec_kind == "glow" and any(v is not None for v in (latent_dim, beta, latent_side, decoder_blocks)):
+        raise ValueError("latent_dim, beta, latent_side and decoder_blocks are VAE settings; a flow's latent has "
+                         "the size of the image")
     if codec_kind == "vae" and (levels is not None or steps is not None):
         raise ValueError("levels and steps are flow (Glow) settings")
     return default_config(codec_kind, image_shape, num_bins, **{**overrides, **(config or {})})
@@ -745,6 +747,7 @@ def train_codec(
     latent_dim: int | None = None,
     beta: float | None = None,
     latent_side: int | None = None,
+    decoder_blocks: int | None = None,
     config: dict | None = None,
     epochs: float | None = None,
     max_steps: int | None = None,
@@ -780,6 +783,7 @@ def train_codec(
         latent_dim: the VAE's latent size (channels of a spatial latent).
         beta: the VAE's KL weight.
         latent_side: the side of the VAE's spatial latent (default: a vector latent).
+        decoder_blocks: residual blocks after each of the VAE decoder's up-samplings (default 0).
         config: further codec config overrides.
         epochs: length of the whole run in epochs (over every resumed call); it fixes the LR schedule.
         max_steps: length of the whole run in optimizer steps, instead of ``epochs``.
@@ -839,7 +843,8 @@ def train_codec(
     if dev.type == "meta":
         raise ValueError("device 'meta' holds shapes, not values: train on cpu or cuda")
     cfg = _codec_config(codec_kind, tuple(x_train.shape[1:]), num_bins, config, levels=levels, steps=steps,
-                        hidden=hidden, latent_dim=latent_dim, beta=beta, latent_side=latent_side)
+                        hidden=hidden, latent_dim=latent_dim, beta=beta, latent_side=latent_side,
+                        decoder_blocks=decoder_blocks)
     out = Path(out_dir)  # created once every setting is known to be good
     if out.exists() and not out.is_dir():
         raise ValueError(f"the output folder {str(out)!r} is a file; give a folder (it is created if missing)")
@@ -946,6 +951,8 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--latent-dim", type=POSITIVE_INT, help="vae: latent size (default 64)")
     g.add_argument("--beta", type=option(check_number, float), help="vae: KL weight (default 1)")
     g.add_argument("--latent-side", type=POSITIVE_INT, help="vae: side of a spatial latent (default: a vector latent)")
+    g.add_argument("--decoder-blocks", type=option(check_count), metavar="N",
+                   help="vae: residual blocks after each up-sampling of the decoder (default 0)")
     g = p.add_argument_group("training")
     length = g.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=POSITIVE_FLOAT, help="length of the whole run in epochs")
@@ -998,9 +1005,11 @@ def _cmd_train(args: argparse.Namespace) -> dict:
     if test_spec is not None:
         description += f"; tested on {test_spec}{' (test split)' if test_spec in ('digits', 'cifar10') else ''}"
     kwargs = dict(levels=args.levels, steps=args.steps, hidden=args.hidden) if codec_kind == "glow" else \
-        dict(latent_dim=args.latent_dim, hidden=args.hidden, beta=args.beta, latent_side=args.latent_side)
-    if codec_kind == "glow" and (args.latent_dim is not None or args.beta is not None or args.latent_side is not None):
-        raise ValueError("--latent-dim, --beta and --latent-side are VAE settings")
+        dict(latent_dim=args.latent_dim, hidden=args.hidden, beta=args.beta, latent_side=args.latent_side,
+             decoder_blocks=args.decoder_blocks)
+    if codec_kind == "glow" and any(v is not None for v in (args.latent_dim, args.beta, args.latent_side,
+                                                            args.decoder_blocks)):
+        raise ValueError("--latent-dim, --beta, --latent-side and --decoder-blocks are VAE settings")
     if codec_kind == "vae" and (args.levels is not None or args.steps is not None):
         raise ValueError("--levels and --steps are flow settings")
     return train_codec(

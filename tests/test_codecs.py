@@ -4,10 +4,12 @@ from typing import Callable
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from latent_transforms.codecs import ConvVAE, Glow, build_codec, exact_math, flatten_latents, unflatten_latents
+from latent_transforms.codecs.vae import ResidualBlock
 
 from conftest import tiny_glow, tiny_vae, trained_like_glow_pair
 
@@ -115,6 +117,24 @@ def test_vae_config_without_latent_side_is_a_vector_vae():
     assert vae.latent_shapes == [(4,)] and vae.config["latent_side"] is None
 
 
+def test_vae_decoder_blocks_start_as_the_identity_and_round_trip():
+    """A residual block's second convolution starts at zero, so a new deeper decoder decodes as the same decoder
+    without its blocks; its config lists the blocks, a plain VAE's does not (older fingerprints unchanged)."""
+    torch.manual_seed(0)
+    deep = ConvVAE((3, 16, 16), latent_dim=4, hidden=8, decoder_blocks=2).freeze()
+    blocks = [m for m in deep.decoder if isinstance(m, ResidualBlock)]
+    assert len(blocks) == 2 * 2  # two up-samplings from 4x4 to 16x16
+    without = nn.Sequential(*[m for m in deep.decoder if not isinstance(m, ResidualBlock)])
+    z = torch.randn(3, 4)
+    assert torch.equal(deep.decode([z]), torch.sigmoid(without(z)))
+    plain = ConvVAE((3, 16, 16), latent_dim=4, hidden=8)
+    assert "decoder_blocks" not in plain.config and deep.config["decoder_blocks"] == 2
+    assert build_codec(deep.config).config == deep.config
+    deep = ConvVAE((3, 16, 16), latent_dim=4, hidden=8, decoder_blocks=1)
+    deep.loss(torch.rand(2, 3, 16, 16))[0].backward()
+    assert all(p.grad.abs().sum() > 0 for n, p in deep.named_parameters() if "conv2" in n)  # the zero start trains
+
+
 def test_build_codec_round_trips_config_and_names_errors():
     for codec in (GLOW, tiny_vae()):
         assert build_codec(codec.config).config == codec.config
@@ -189,6 +209,8 @@ def test_fast_decode_of_perturbed_latents_and_its_gradient_match_float64():
     ({"kind": "vae", "latent_side": 3}, "latent_side must be None or a power of two <= the image side 32, got 3"),
     ({"kind": "vae", "latent_side": 64}, "latent_side must be None or a power of two"),
     ({"kind": "vae", "latent_side": 0}, "latent_side must be None or a power of two"),
+    ({"kind": "vae", "decoder_blocks": -1}, "decoder_blocks must be an int >= 0, got -1"),
+    ({"kind": "vae", "decoder_blocks": 1.5}, "decoder_blocks must be an int >= 0, got 1.5"),
     ({"kind": "glow", "hidden": 0}, "hidden must be a positive int"),
     ({"kind": "glow", "steps": 0}, "steps must be a positive int"),
     ({"kind": "glow", "alpha": 0.7}, "alpha must be in"),

@@ -477,6 +477,16 @@ def test_vae_with_spatial_latent_trains_and_loads(tmp_path, digits):
     assert codec.latent_shapes == [(2, 4, 4)] and codec.config["latent_side"] == 4
 
 
+def test_vae_with_decoder_blocks_trains_from_the_command_line_and_loads(tmp_path):
+    data = tmp_path / "x.npz"
+    np.savez(data, x=np.random.default_rng(0).integers(0, 256, (32, 8, 8, 3), dtype=np.uint8))
+    assert main(["train", "vae", "--data", f"npz:{data}", "--out", str(tmp_path), "--name", "deep", "--latent-dim",
+                 "2", "--hidden", "4", "--decoder-blocks", "1", "--max-steps", "2", "--batch-size", "16",
+                 "--quiet"]) == 0
+    codec = hub.load_checkpoint(tmp_path / "deep.safetensors")
+    assert codec.config["decoder_blocks"] == 1 and any("conv2" in k for k in codec.state_dict())
+
+
 def _run_python(code: str, cwd, **env) -> subprocess.CompletedProcess:
     """``code`` in a fresh interpreter (nothing of the package imported beforehand, unlike this test process)."""
     return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=300,

@@ -9,8 +9,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..rng import draw_generator
-from ..validation import WrongTypeError, check_bool, check_number, describe, scalar
+from ..validation import WrongTypeError, check_bool, check_count, check_number, describe, scalar
 from .base import Codec, Latents, exact_math
+
+
+class ResidualBlock(nn.Module):
+    """``x + conv(silu(conv(x)))`` with 3x3 convolutions keeping (B, C, H, W); the second starts at zero, so a new
+    block is the identity."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.silu(self.conv1(x)))
 
 
 class ConvVAE(Codec):
@@ -31,12 +46,14 @@ class ConvVAE(Codec):
         hidden: channels after the first convolution (doubled per down-sampling, at most 4x).
         beta: weight of the KL term in the training loss.
         latent_side: ``None`` (a vector latent) or the side s of a spatial latent, a power of two <= H.
+        decoder_blocks: residual blocks after each of the decoder's up-samplings (0: none, as in the shipped VAEs,
+            whose configs do not list it); a deeper decoder at the same latent.
     """
 
     kind = "vae"
 
     def __init__(self, image_shape=(3, 32, 32), *, latent_dim: int = 64, hidden: int = 64, beta: float = 1.0,
-                 latent_side: int | None = None):
+                 latent_side: int | None = None, decoder_blocks: int = 0):
         super().__init__(image_shape)
         latent_dim, hidden = self.check_positive(latent_dim=latent_dim, hidden=hidden)
         beta = check_number("beta", beta)
@@ -51,6 +68,7 @@ class ConvVAE(Codec):
                     f"latent_side must be None or a power of two <= the image side {h}, got {latent_side!r}")
             latent_side = int(side)
         self.latent_dim_, self.hidden, self.beta, self.latent_side = latent_dim, hidden, beta, latent_side
+        self.decoder_blocks = check_count("decoder_blocks", decoder_blocks)
         side = latent_side or 4
         downs = int(math.log2(h // side))
         widths = [min(hidden * 2**i, hidden * 4) for i in range(downs + 1)]
@@ -66,12 +84,16 @@ class ConvVAE(Codec):
             dec = [nn.Conv2d(latent_dim, widths[-1], 3, padding=1), nn.SiLU()]
         for a, b in zip(widths[::-1], widths[::-1][1:]):
             dec += [nn.ConvTranspose2d(a, b, 4, stride=2, padding=1), nn.SiLU()]
+            dec += [ResidualBlock(b) for _ in range(self.decoder_blocks)]
         self.decoder = nn.Sequential(*dec, nn.Conv2d(widths[0], c, 3, padding=1))
 
     @property
     def config(self) -> dict:
-        return {"kind": self.kind, "image_shape": list(self.image_shape), "latent_dim": self.latent_dim_,
-                "hidden": self.hidden, "beta": self.beta, "latent_side": self.latent_side}
+        config = {"kind": self.kind, "image_shape": list(self.image_shape), "latent_dim": self.latent_dim_,
+                  "hidden": self.hidden, "beta": self.beta, "latent_side": self.latent_side}
+        if self.decoder_blocks:  # listed only when used: older configs (and fingerprints) stay as they were
+            config["decoder_blocks"] = self.decoder_blocks
+        return config
 
     @property
     def latent_shapes(self) -> list[tuple[int, ...]]:
