@@ -188,7 +188,8 @@ def _never_fired(name: str, model: nn.Module) -> str:
 
 class _ArmedHook:
     """The one-shot forward hook: augments the logits of the next training forward of the layer. It holds its ISDA
-    weakly: a hook whose ISDA was dropped, or a copy in a model copied or pickled while armed (an EMA copy,
+    weakly: a hook whose ISDA was dropped (a warning at the next training forward: ``ISDA(10)(x, y, model)`` made
+    afresh each step augments nothing), or a copy in a model copied or pickled while armed (an EMA copy,
     ``torch.save(model)``), changes nothing and removes itself at the layer's next forward."""
 
     def __init__(self, owner: "ISDA", name: str, y: torch.Tensor, lam: float | torch.Tensor, chosen: torch.Tensor):
@@ -202,6 +203,11 @@ class _ArmedHook:
         owner = None if self.owner is None else self.owner()
         if owner is None:
             _remove_hook(module, self)
+            if self.owner is not None and not self.fired and module.training:  # dropped, not a copy's hook
+                warnings.warn(f"ISDA: the ISDA that armed the augmentation on {self.name!r} was garbage-collected "
+                              f"before this training forward, which is therefore not augmented; create the ISDA "
+                              f"once, outside the training loop, and keep it (isda = ISDA(...); "
+                              f"x, y = isda(x, y, model))", stacklevel=2)
             return None
         if self.fired or not module.training:
             return None  # waits for the next training forward

@@ -30,7 +30,7 @@ class LatentMixupInference(SampleStats, nn.Module):
         generator: seed or torch.Generator for drawing references.
 
     Shape:
-        x: (B, C, H, W) float in [0, 1] -> (B, K) probabilities.
+        x: (B, C, H, W) float in [0, 1] -> (B, K) probabilities, float32 (float64 for a float64 model).
 
     Convention:
         Predicts in train and eval mode alike. A decoded mix that is non-finite or more than 0.5 outside [0, 1]
@@ -73,5 +73,6 @@ class LatentMixupInference(SampleStats, nn.Module):
                 mixed = self.lam * z + (1 - self.lam) * refs[pick[k]]
                 xk, ok = keep_plausible(self.codec.decode_flat(mixed), x)
                 self._count(x.device, x.shape[0], ok.sum(), (~ok).sum())
-                probs = probs + logits_of(net, xk.to(x.dtype), "LatentMixupInference").float().softmax(1)
+                logits = logits_of(net, xk.to(x.dtype), "LatentMixupInference")
+                probs = probs + logits.to(torch.promote_types(logits.dtype, torch.float32)).softmax(1)
         return probs / self.num_mixes

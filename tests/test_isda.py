@@ -1,4 +1,5 @@
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -608,8 +609,28 @@ def test_a_pending_hook_does_not_keep_a_deleted_isda_alive(batch, net):
     del isda
     gc.collect()
     assert ref() is None
-    assert torch.equal(net(x), plain)
+    with pytest.warns(UserWarning, match="the ISDA that armed the augmentation on 'fc' was garbage-collected"):
+        assert torch.equal(net(x), plain)
     assert len(net.fc._forward_hooks) == 0
+
+
+def test_an_isda_made_afresh_each_step_warns_that_it_augments_nothing(batch, net):
+    """``x, y = ISDA(10)(x, y, model)`` inside the loop: the ISDA was collected before model(x) and the training
+    was plain cross-entropy without a word."""
+    import gc
+
+    x, y = batch
+    x2, y2 = ISDA(10)(x, y, net)
+    gc.collect()
+    with pytest.warns(UserWarning, match="create the ISDA once, outside the training loop"):
+        net(x2)
+    net.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ISDA(10)(x, y, net.train())
+        gc.collect()
+        net.eval()(x)  # an eval forward is never augmented: nothing lost, no warning
+        net.train()(x)  # the hook removed itself at the eval forward
 
 
 def test_the_loss_form_and_the_functional_name_what_they_were_given():

@@ -413,6 +413,13 @@ def test_mixup_inference_gives_probabilities_and_leaves_model_alone(glow, batch,
         assert torch.allclose(one, net(x).softmax(1), atol=1e-4)
 
 
+def test_mixup_inference_probabilities_keep_a_float64_models_precision(glow, batch, net):
+    x = batch[0].double()
+    probs = LatentMixupInference(net.double(), glow, references=x, num_mixes=2, generator=0)(x)
+    assert probs.dtype == torch.float64 and torch.allclose(probs.sum(1), torch.ones(len(x), dtype=torch.float64),
+                                                           atol=1e-12, rtol=0)  # was float32: sums off by ~1e-7
+
+
 @pytest.mark.parametrize("make,match", [
     (lambda g: LatentNoise(g, eps=float("inf")), "eps must be a finite number"),
     (lambda g: LatentNoise(g, eps="1"), "eps must be a finite number"),
