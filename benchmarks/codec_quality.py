@@ -2,7 +2,9 @@
 identity: one classifier trained on clean images is scored on clean test images, on each codec's reconstructions,
 on decodes of 50/50 latent mixes of two test images (how often it names one of the two source classes) and, for
 flows, on ``LatentNoise`` outputs at several eps (does the perturbation keep the class?).
-Writes a PNG of originals, reconstructions and latent interpolations per codec.
+Writes a PNG of originals, reconstructions and latent interpolations per codec. ``--classifier FILE`` keeps the
+clean classifier (safetensors, written on the first run, loaded by later ones), so candidates trained at different
+times are scored by the same classifier.
 
     python benchmarks/codec_quality.py --codec vae-digits --train digits --test digits
     python benchmarks/codec_quality.py --codec vae-cifar10 runs/vae-b003/vae-cifar10.safetensors \
@@ -28,6 +30,31 @@ from models import CifarResNet18
 
 
 BATCH = 500  # images per codec call
+
+
+def classifier_settings(args: argparse.Namespace) -> dict[str, str]:
+    """What the clean classifier depends on, stored with it and compared on load."""
+    return {"train": args.train, "width": str(args.width), "epochs": str(args.epochs)}
+
+
+def clean_classifier(args: argparse.Namespace, x_train: torch.Tensor, y_train: torch.Tensor) -> torch.nn.Module:
+    """The clean classifier: trained, or loaded from ``--classifier`` when that file exists (written when not)."""
+    model = digits_cnn() if x_train.shape[1:] == (1, 8, 8) else CifarResNet18(width=args.width)
+    settings, path = classifier_settings(args), args.classifier and Path(args.classifier)
+    if path and path.exists():
+        saved, tensors = hub.read_safetensors(path)
+        if saved != settings:
+            raise SystemExit(f"--classifier {path} was trained with {saved}; this run asks for {settings}: give "
+                             f"another file (it is written on the first run) or the same settings")
+        model.load_state_dict(tensors)
+        print(f"clean classifier loaded from {path}")
+        return model
+    fit_classifier(model, x_train, y_train, epochs=args.epochs, batch_size=64, lr=0.05, desc="clean classifier")
+    if path:
+        hub.write_safetensors(path, {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                              settings)
+        print(f"clean classifier saved to {path}")
+    return model
 
 
 def in_batches(fn, *tensors: torch.Tensor) -> torch.Tensor:
@@ -79,14 +106,15 @@ def main() -> None:
     ap.add_argument("--noise-eps", type=option(check_number, float), nargs="*", default=[5.0, 10.0, 20.0],
                     help="flows: score the classifier on LatentNoise outputs at these eps (L2, all levels)")
     ap.add_argument("--out", default="runs/codec-quality")
+    ap.add_argument("--classifier", metavar="FILE", help="the clean classifier's .safetensors: loaded if it exists "
+                    "(trained with the same --train, --width and --epochs), else trained and written there")
     args = ap.parse_args()
     torch.manual_seed(0)
     codecs = {spec: hub.load(spec) for spec in args.codec}  # an unknown name fails now, not after the classifier
     x_train, y_train, _ = load_images(args.train, "train")
     x_test, y_test, _ = load_images(args.test, "test")
     x_test, y_test = x_test[: args.limit_test], y_test[: args.limit_test]
-    model = digits_cnn() if x_train.shape[1:] == (1, 8, 8) else CifarResNet18(width=args.width)
-    fit_classifier(model, x_train, y_train, epochs=args.epochs, batch_size=64, lr=0.05, desc="clean classifier")
+    model = clean_classifier(args, x_train, y_train)
     clean = accuracy(predict_proba(model, x_test), y_test)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """The benchmark scripts run end to end with ``--smoke`` on the CPU (random data, tiny random-init codecs)."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -1129,6 +1130,33 @@ def test_codec_quality_scores_reconstructions_and_counts_either_source_class_of_
     cq.main()
     q = json.loads((tmp_path / "stub-quality.json").read_text())
     assert q["classifier_clean_accuracy"] == 1.0 and q["classifier_on_reconstructions"] == 0.0
+
+
+def test_codec_quality_keeps_its_clean_classifier_for_later_runs(tmp_path, monkeypatch):
+    """Scores of candidates trained at different times came from different classifiers (one per run); with
+    --classifier the first run writes it and later runs load it instead of training, refusing other settings."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    cq = _load_benchmark("codec_quality")
+    fits = []
+
+    def fit(model, *args, **kwargs):
+        fits.append(1)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(0.25)
+
+    monkeypatch.setattr(cq, "fit_classifier", fit)
+    x, y = torch.rand(8, 1, 8, 8), torch.arange(8)
+    args = argparse.Namespace(train="digits", width=32, epochs=3, classifier=str(tmp_path / "clf.safetensors"))
+    first = cq.clean_classifier(args, x, y)
+    second = cq.clean_classifier(args, x, y)
+    assert len(fits) == 1 and (tmp_path / "clf.safetensors").is_file()
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    assert all(torch.all(p == 0.25) for p in second.parameters())  # loaded, not a fresh init
+    with pytest.raises(SystemExit, match="was trained with .*'epochs': '3'.* this run asks for .*'epochs': '4'"):
+        cq.clean_classifier(argparse.Namespace(**{**vars(args), "epochs": 4}), x, y)
+    cq.clean_classifier(argparse.Namespace(**{**vars(args), "classifier": None}), x, y)
+    assert len(fits) == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["clf.safetensors"]
 
 
 def test_sweep_report_seconds_per_epoch_is_the_mean_over_seeds(monkeypatch):
