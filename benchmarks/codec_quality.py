@@ -32,15 +32,11 @@ from models import CifarResNet18
 BATCH = 500  # images per codec call
 
 
-def classifier_settings(args: argparse.Namespace) -> dict[str, str]:
-    """What the clean classifier depends on, stored with it and compared on load."""
-    return {"train": args.train, "width": str(args.width), "epochs": str(args.epochs)}
-
-
 def clean_classifier(args: argparse.Namespace, x_train: torch.Tensor, y_train: torch.Tensor) -> torch.nn.Module:
     """The clean classifier: trained, or loaded from ``--classifier`` when that file exists (written when not)."""
     model = digits_cnn() if x_train.shape[1:] == (1, 8, 8) else CifarResNet18(width=args.width)
-    settings, path = classifier_settings(args), args.classifier and Path(args.classifier)
+    settings = {"train": args.train, "width": str(args.width), "epochs": str(args.epochs)}  # stored with it
+    path = args.classifier and Path(args.classifier)
     if path and path.exists():
         saved, tensors = hub.read_safetensors(path)
         if saved != settings:

@@ -203,7 +203,7 @@ class _ArmedHook:
         owner = None if self.owner is None else self.owner()
         if owner is None:
             _remove_hook(module, self)
-            if self.owner is not None and not self.fired and module.training:  # dropped, not a copy's hook
+            if self.owner is not None and module.training:  # dropped (a copy's hook has no owner at all)
                 warnings.warn(f"ISDA: the ISDA that armed the augmentation on {self.name!r} was garbage-collected "
                               f"before this training forward, which is therefore not augmented; create the ISDA "
                               f"once, outside the training loop, and keep it (isda = ISDA(...); "
