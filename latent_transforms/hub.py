@@ -45,7 +45,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 from tqdm.auto import tqdm
 
-from .validation import MissingFileError, WrongTypeError, check_bool, resolve_device
+from .validation import MissingFileError, WrongTypeError, bad_option, check_bool, resolve_device
 
 if TYPE_CHECKING:
     from .codecs import Codec
@@ -206,8 +206,8 @@ def save_checkpoint(codec: "Codec", path: str | os.PathLike, dtype: torch.dtype 
     float32 on load. ``extra_metadata`` adds str -> str entries (other values are stored as JSON).
     """
     if dtype not in STORAGE_DTYPES:
-        raise (ValueError if isinstance(dtype, torch.dtype) else WrongTypeError)(
-            f"dtype must be one of {[str(d) for d in STORAGE_DTYPES]}, got {dtype!r}")
+        raise bad_option(f"dtype must be one of {[str(d) for d in STORAGE_DTYPES]}, got {dtype!r}",
+                         right_type=isinstance(dtype, torch.dtype))
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"checkpoint path must end in .safetensors, got {str(path)!r}")

@@ -35,7 +35,7 @@ from torch import nn
 from .base import LatentTransform
 from .feature_covariance import COVARIANCES, FeatureCovariance, check_sync
 from .modelutils import unwrap
-from .validation import (WrongTypeError, check_choice, check_count, check_labels, check_number,
+from .validation import (WrongTypeError, bad_option, check_choice, check_count, check_labels, check_number,
                          check_same_device, describe)
 
 
@@ -305,8 +305,8 @@ class ISDA(_ISDAState, LatentTransform):
                  generator: torch.Generator | int | None = None):
         num_classes = check_count("num_classes", num_classes, low=1)
         if layer is not None and (not isinstance(layer, str) or not layer):
-            raise (ValueError if isinstance(layer, str) else WrongTypeError)(
-                f"layer must be the dotted name of an nn.Linear in the model, got {layer!r}")
+            raise bad_option(f"layer must be the dotted name of an nn.Linear in the model, got {layer!r}",
+                             right_type=isinstance(layer, str))
         super().__init__(p=p, generator=generator, num_classes=num_classes)
         self._init_isda(num_classes, lambda0, covariance, feature_dim, sync_stats)
         self.layer = layer

@@ -329,6 +329,22 @@ def _check_train_args(x_train: torch.Tensor, x_test: torch.Tensor | None, name: 
         raise ValueError(f"name must be a plain file stem, got {name!r}")
 
 
+# per codec kind: the settings of the other kind, and what to say of them
+OTHER_KIND_SETTINGS = {"glow": (("latent_dim", "beta", "latent_side", "decoder_blocks"), "VAE",
+                                "; a flow's latent has the size of the image"),
+                       "vae": (("levels", "steps"), "flow (Glow)", "")}
+
+
+def refuse_other_kind_settings(codec_kind: str, settings: dict, spell=str) -> None:
+    """``ValueError`` naming (as ``spell(name)``) each setting of the other codec kind that is not None."""
+    names, kind, why = OTHER_KIND_SETTINGS[codec_kind]
+    given = [spell(n) for n in names if settings.get(n) is not None]
+    if len(given) == 1:
+        raise ValueError(f"{given[0]} is a {kind} setting{why}")
+    if given:
+        raise ValueError(f"{', '.join(given[:-1])} and {given[-1]} are {kind} settings{why}")
+
+
 def _codec_config(codec_kind: str, image_shape: tuple[int, int, int], num_bins: int, config: dict | None, *,
                   levels: int | None, steps: int | None, hidden: int | None, latent_dim: int | None,
                   beta: float | None, latent_side: int | None, decoder_blocks: int | None) -> dict:
@@ -336,11 +352,8 @@ def _codec_config(codec_kind: str, image_shape: tuple[int, int, int], num_bins: 
     overrides = {"levels": levels, "steps": steps, "hidden": hidden} if codec_kind == "glow" else \
         {"latent_dim": latent_dim, "hidden": hidden, "beta": beta, "latent_side": latent_side,
          "decoder_blocks": decoder_blocks}
-    if codec_kind == "glow" and any(v is not None for v in (latent_dim, beta, latent_side, decoder_blocks)):
-        raise ValueError("latent_dim, beta, latent_side and decoder_blocks are VAE settings; a flow's latent has "
-                         "the size of the image")
-    if codec_kind == "vae" and (levels is not None or steps is not None):
-        raise ValueError("levels and steps are flow (Glow) settings")
+    refuse_other_kind_settings(codec_kind, dict(levels=levels, steps=steps, latent_dim=latent_dim, beta=beta,
+                                                latent_side=latent_side, decoder_blocks=decoder_blocks))
     return default_config(codec_kind, image_shape, num_bins, **{**overrides, **(config or {})})
 
 
@@ -1007,11 +1020,7 @@ def _cmd_train(args: argparse.Namespace) -> dict:
     kwargs = dict(levels=args.levels, steps=args.steps, hidden=args.hidden) if codec_kind == "glow" else \
         dict(latent_dim=args.latent_dim, hidden=args.hidden, beta=args.beta, latent_side=args.latent_side,
              decoder_blocks=args.decoder_blocks)
-    if codec_kind == "glow" and any(v is not None for v in (args.latent_dim, args.beta, args.latent_side,
-                                                            args.decoder_blocks)):
-        raise ValueError("--latent-dim, --beta, --latent-side and --decoder-blocks are VAE settings")
-    if codec_kind == "vae" and (args.levels is not None or args.steps is not None):
-        raise ValueError("--levels and --steps are flow settings")
+    refuse_other_kind_settings(codec_kind, vars(args), spell=lambda name: "--" + name.replace("_", "-"))
     return train_codec(
         args.kind, x, args.out, name=name, num_bins=num_bins, **kwargs, epochs=args.epochs, max_steps=args.max_steps,
         max_minutes=args.max_minutes, batch_size=args.batch_size, lr=args.lr, grad_clip=args.grad_clip, ema_decay=args.ema,

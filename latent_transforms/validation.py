@@ -27,6 +27,11 @@ class MissingFileError(FileNotFoundError, ValueError):
     unusable files are."""
 
 
+def bad_option(message: str, *, right_type: bool) -> ValueError:
+    """The error to raise for a bad option: a ``ValueError``, a :class:`WrongTypeError` if of the wrong type."""
+    return (ValueError if right_type else WrongTypeError)(message)
+
+
 def scalar(value: object) -> object:
     """A 0-d tensor's Python number; anything else as given."""
     return value.item() if isinstance(value, torch.Tensor) and value.ndim == 0 else value
@@ -85,7 +90,7 @@ def check_choice(name: str, value: object, choices: tuple) -> object:
                               and value == c) for c in choices):
         wrong_type = not any(value is c or (c is not None and isinstance(value, type(c))
                                             and not isinstance(value, bool)) for c in choices)
-        raise (WrongTypeError if wrong_type else ValueError)(f"{name} must be one of {choices}, got {value!r}")
+        raise bad_option(f"{name} must be one of {choices}, got {value!r}", right_type=not wrong_type)
     return value
 
 

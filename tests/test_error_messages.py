@@ -156,10 +156,11 @@ def test_train_name_must_be_a_plain_file_stem(tmp_path, name):
 
 
 @pytest.mark.parametrize("kind, setting, message", [
-    ("vae", {"levels": 2}, r"levels and steps are flow \(Glow\) settings"),
-    ("vae", {"steps": 2}, r"levels and steps are flow \(Glow\) settings"),
-    ("flow", {"beta": 0.5}, "latent_dim, beta, latent_side and decoder_blocks are VAE settings"),  # was ignored silently
-    ("flow", {"decoder_blocks": 1}, "latent_dim, beta, latent_side and decoder_blocks are VAE settings"),
+    ("vae", {"levels": 2}, r"^levels is a flow \(Glow\) setting$"),
+    ("vae", {"levels": 2, "steps": 2}, r"^levels and steps are flow \(Glow\) settings$"),
+    ("flow", {"beta": 0.5}, "^beta is a VAE setting; a flow's latent has the size of the image$"),  # was ignored
+    ("flow", {"decoder_blocks": 1, "latent_dim": 3, "beta": 0.5},
+     "^latent_dim, beta and decoder_blocks are VAE settings; a flow's latent has the size of the image$"),
 ])
 def test_train_refuses_settings_of_the_other_codec_kind(tmp_path, kind, setting, message):
     with pytest.raises(ValueError, match=message):
@@ -168,12 +169,12 @@ def test_train_refuses_settings_of_the_other_codec_kind(tmp_path, kind, setting,
 
 
 @pytest.mark.parametrize("kind, option, message", [
-    ("vae", ["--levels", "2"], "--levels and --steps are flow settings"),
-    ("vae", ["--steps", "2"], "--levels and --steps are flow settings"),
-    ("flow", ["--latent-dim", "3"], "--latent-dim, --beta, --latent-side and --decoder-blocks are VAE settings"),
-    ("flow", ["--beta", "0.5"], "--latent-dim, --beta, --latent-side and --decoder-blocks are VAE settings"),
-    ("flow", ["--latent-side", "2"], "--latent-dim, --beta, --latent-side and --decoder-blocks are VAE settings"),
-    ("flow", ["--decoder-blocks", "1"], "--latent-dim, --beta, --latent-side and --decoder-blocks are VAE settings"),
+    ("vae", ["--levels", "2"], "--levels is a flow (Glow) setting"),
+    ("vae", ["--steps", "2", "--levels", "2"], "--levels and --steps are flow (Glow) settings"),
+    ("flow", ["--latent-dim", "3"], "--latent-dim is a VAE setting; a flow's latent has the size of the image"),
+    ("flow", ["--beta", "0.5"], "--beta is a VAE setting; a flow's latent has the size of the image"),
+    ("flow", ["--latent-side", "2", "--decoder-blocks", "1"],
+     "--latent-side and --decoder-blocks are VAE settings; a flow's latent has the size of the image"),
     ("vae", ["--name", "a/b"], "name must be a plain file stem, got 'a/b'"),
 ])
 def test_train_cli_refuses_options_of_the_other_codec_kind_and_bad_names(tmp_path, capsys, kind, option, message):

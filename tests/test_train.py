@@ -579,9 +579,9 @@ def test_bad_arguments(tmp_path, digits):
         train_codec("flow", x, tmp_path, **FLOW)
     with pytest.raises(ValueError, match="kind"):
         train_codec("gan", x, tmp_path, max_steps=1)
-    with pytest.raises(ValueError, match="VAE settings"):
+    with pytest.raises(ValueError, match="^latent_dim is a VAE setting"):
         train_codec("flow", x, tmp_path, latent_dim=3, max_steps=1)
-    with pytest.raises(ValueError, match="VAE settings"):
+    with pytest.raises(ValueError, match="^latent_side is a VAE setting"):
         train_codec("flow", x, tmp_path, latent_side=2, max_steps=1)
     with pytest.raises(ValueError, match="\\[0, 1\\]"):
         train_codec("vae", x * 255, tmp_path, max_steps=1)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..rng import draw_generator
-from ..validation import WrongTypeError, check_bool, check_count, check_number, describe, scalar
+from ..validation import bad_option, check_bool, check_count, check_number, describe, scalar
 from .base import Codec, Latents, exact_math
 
 
@@ -64,8 +64,8 @@ class ConvVAE(Codec):
             side = scalar(latent_side)
             is_int = isinstance(side, numbers.Integral) and not isinstance(side, bool)
             if not is_int or side < 1 or side > h or side & (side - 1):
-                raise (ValueError if is_int else WrongTypeError)(
-                    f"latent_side must be None or a power of two <= the image side {h}, got {latent_side!r}")
+                raise bad_option(f"latent_side must be None or a power of two <= the image side {h}, got "
+                                 f"{latent_side!r}", right_type=is_int)
             latent_side = int(side)
         self.latent_dim_, self.hidden, self.beta, self.latent_side = latent_dim, hidden, beta, latent_side
         self.decoder_blocks = check_count("decoder_blocks", decoder_blocks)
