@@ -73,6 +73,25 @@ def _needing_labels(t: object) -> list:
     return [p for p in _parts(t) if _is_label_mix(p) or (isinstance(p, LatentTransform) and p.needs_labels)]
 
 
+def _refuse_held_by_container(t: object, i: int) -> None:
+    """A torchvision or kornia container ``t`` (step ``i``) calls what it holds its own way: ``ValueError`` for a part
+    that would then go wrong."""
+    for p in _parts(t)[1:]:
+        if _is_kornia_container(t) and _is_kornia_mix(p):
+            why = "a kornia mix inside a kornia container would mix the images but not the labels"
+        elif _is_kornia_container(t) and isinstance(p, LatentTransform):
+            why = "a kornia container calls what it holds as t(x), without labels or model"
+        elif isinstance(p, LatentTransform) and p.needs_model:
+            why = "it needs the model, which a torchvision container does not pass on"
+        elif isinstance(p, LatentTransform) and p.mixes_labels:
+            why = ("inside a torchvision container, the labels would come out soft when it runs and as class indices "
+                   "when the container skips it")
+        else:
+            continue
+        raise ValueError(f"{_where(p, t, i)}: {why}; make it a step of this Compose of its own"
+                         f"{' (its p= sets how often it applies)' if isinstance(p, LatentTransform) else ''}")
+
+
 def _where(part: object, step: object, i: int) -> str:
     """``"MixUp at step 2"``, or ``"CutMix in RandomChoice at step 2"`` for a part held by a container."""
     return f"{_name(part) if part is step else type(part).__name__ + ' in ' + _name(step)} at step {i}"
@@ -141,10 +160,8 @@ class Compose(nn.Module):
                 raise WrongTypeError(f"Compose steps must be callable, got {type(t).__name__} at step {i}")
             steps.append(t if isinstance(t, nn.Module) else _Callable(t))
         for i, t in enumerate(steps):
-            mixes = [p for p in _parts(t)[1:] if _is_kornia_mix(p)] if _is_kornia_container(t) else []
-            if mixes:  # a kornia container is called as t(x): the images would be mixed, the labels not
-                raise ValueError(f"{_where(mixes[0], t, i)}: a kornia mix inside a kornia container would mix the "
-                                 f"images but not the labels; make it a step of this Compose of its own")
+            if not isinstance(t, (LatentTransform, Compose)):
+                _refuse_held_by_container(t, i)
         isda = [i for i, t in enumerate(steps) if _has_isda(t)]
         mixing = [i for i, t in enumerate(steps) if _mixes_labels(t)]
         if isda and mixing:

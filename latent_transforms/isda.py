@@ -361,10 +361,10 @@ class ISDA(_ISDAState, LatentTransform):
         ``index`` is checked like every transform's and unused (ISDA encodes nothing)."""
         self._check_call(x, y, model, index)
         check_same_device(x, self.estimator, "ISDA's class statistics")
+        if y.ndim != 1:  # in eval() mode too: a pipeline checked there would fail once training
+            raise ValueError(_HARD_LABELS_ONLY.format(shape=tuple(y.shape)))
         if not self.training:
             return x, y
-        if y.ndim != 1:
-            raise ValueError(_HARD_LABELS_ONLY.format(shape=tuple(y.shape)))
         if isinstance(model, nn.DataParallel):
             raise ValueError("ISDA does not support nn.DataParallel (its replicas would each see part of the batch "
                              "that the labels were given for): use DistributedDataParallel")

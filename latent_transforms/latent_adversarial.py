@@ -92,6 +92,10 @@ class LatentAdversarial(CodecTransform):
                     logits = logits_of(net, self.decode_flat(z + delta).to(x.dtype), "LatentAdversarial")
                     if self.target == "true" and i == 0:  # once: reading the labels' maximum is a host sync
                         _check_labels_fit(target, logits.shape[1])
+                    if not logits.requires_grad:
+                        raise ValueError("LatentAdversarial differentiates model(x) with respect to x, but the "
+                                         "model's output does not depend on x through autograd (a torch.no_grad() "
+                                         "or .detach() inside its forward?)")
                     loss = F.cross_entropy(logits.float(), target)
                     (grad,) = torch.autograd.grad(loss, delta)
                 step = ascent_direction(self.on_levels(grad, 0.0), self.norm)

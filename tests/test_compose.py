@@ -4,7 +4,7 @@ import pytest
 import torch
 import torchvision.transforms.v2 as T
 
-from latent_transforms import Compose
+from latent_transforms import ISDA, Compose
 from latent_transforms.latent_adversarial import LatentAdversarial
 from latent_transforms.latent_noise import LatentNoise
 from latent_transforms.varmixup import VarMixup
@@ -94,8 +94,6 @@ def test_kornia_mixup_of_given_soft_labels_says_so(rgb):
                                    lambda: K.RandomMixUpV2(),
                                    lambda: VarMixup(tiny_vae(shape=(3, 16, 16)), num_classes=10)])
 def test_isda_with_a_label_mixing_step_is_refused(mixer):
-    from latent_transforms import ISDA
-
     m = mixer()
     for steps in ([ISDA(10), m], [m, ISDA(10)]):  # ISDA then MixUp was accepted: its correction used unmixed labels
         with pytest.raises(ValueError, match=f"ISDA \\(step {steps.index(m) ^ 1}\\) needs class-index labels .*"
@@ -223,8 +221,6 @@ def test_index_goes_to_the_first_step_only_later_steps_encode_what_they_get():
 
 
 def test_isda_inside_containers_with_label_mixing_is_refused():
-    from latent_transforms import ISDA
-
     with pytest.raises(ValueError, match="ISDA .* needs class-index labels"):  # the usual torchvision recipe
         Compose([ISDA(10), T.RandomChoice([T.CutMix(num_classes=10), T.MixUp(num_classes=10)])])
     with pytest.raises(ValueError, match="ISDA .* needs class-index labels"):  # a nested Compose
@@ -310,7 +306,7 @@ def test_an_unlabelled_batch_goes_through_pixel_and_latent_steps_as_none(rgb, rg
     (lambda g: K.RandomMixUpV2(), "RandomMixUpV2 at step 1"),
     (lambda g: VarMixup(tiny_vae(shape=(3, 16, 16)), num_classes=10), "VarMixup at step 1"),
     (lambda g: LatentAdversarial(g, target="true"), "LatentAdversarial at step 1"),
-    (lambda g: T.RandomApply([LatentAdversarial(g, target="true")], p=0.5), "LatentAdversarial in RandomApply at step 1"),
+    (lambda g: T.RandomApply([T.MixUp(num_classes=10)], p=0.5), "MixUp in RandomApply at step 1"),
     (lambda g: T.RandomChoice([T.RandomHorizontalFlip(), T.CutMix(num_classes=10)]), "CutMix in RandomChoice at step 1"),
 ])
 def test_an_unlabelled_batch_is_refused_up_front_by_steps_that_need_labels(rgb, rgb_glow, make, where):
@@ -327,6 +323,30 @@ def test_a_kornia_mix_inside_a_kornia_container_is_refused(container):
     # Compose calls a kornia container as t(x): its mix would have mixed the images and left the labels as they were
     with pytest.raises(ValueError, match="RandomMixUpV2 in .* at step 0: a kornia mix inside a kornia container"):
         Compose([container(K.RandomHorizontalFlip(), K.RandomMixUpV2())], num_classes=10)
+
+
+@pytest.mark.parametrize("make, message", [
+    # torchvision called LatentAdversarial as t(x, y): "needs the classifier: call t(x, y, model)", though it was given
+    (lambda g: T.RandomApply([LatentAdversarial(g)], p=0.5),
+     "LatentAdversarial in RandomApply at step 1: it needs the model, which a torchvision container does not pass on"),
+    (lambda g: T.Compose([T.RandomHorizontalFlip(), ISDA(10)]), "ISDA in Compose at step 1: it needs the model"),
+    (lambda g: T.RandomApply([Compose([LatentAdversarial(g)])]), "LatentAdversarial in RandomApply at step 1"),
+    # labels came out (B,) on the batches RandomApply skipped and (B, 10) on the others
+    (lambda g: T.RandomApply([VarMixup(tiny_vae(shape=(3, 16, 16)), num_classes=10)], p=0.5),
+     "VarMixup in RandomApply at step 1: inside a torchvision container, the labels would come out soft"),
+    (lambda g: K.AugmentationSequential(K.RandomHorizontalFlip(), LatentNoise(g)),
+     "LatentNoise in AugmentationSequential at step 1: a kornia container calls what it holds as t\\(x\\)"),
+])
+def test_a_latent_step_a_container_would_call_wrongly_is_refused_when_built(rgb_glow, make, message):
+    with pytest.raises(ValueError, match=message + ".*; make it a step of this Compose of its own"):
+        Compose([T.RandomHorizontalFlip(), make(rgb_glow)], num_classes=10)
+
+
+def test_a_latent_step_a_torchvision_container_calls_rightly_is_accepted(rgb, rgb_glow):
+    x, y = rgb
+    chain = Compose([T.RandomApply([LatentNoise(rgb_glow, eps=0.5, generator=0)], p=1.0), T.RandomHorizontalFlip()])
+    x2, y2 = chain(x, y, TinyNet(channels=3))
+    assert x2.shape == x.shape and torch.equal(y2, y) and not torch.equal(x2, x)
 
 
 def test_a_step_with_other_num_classes_is_refused_when_built(rgb_glow):

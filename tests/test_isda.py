@@ -323,8 +323,6 @@ def test_eval_mode_arms_nothing(batch, net):
     isda.train()(x, y, net)
     assert len(net.fc._forward_hooks) == 0
     assert isda.stats == {"seen": len(y), "transformed": 0, "rejected": 0}
-    # soft labels are fine in eval mode (identity)
-    isda.eval()(x, F.one_hot(y, 10).float(), net)
 
 
 def test_hook_waits_for_a_training_forward_and_checks_the_batch(batch, net):
@@ -344,8 +342,9 @@ def test_missing_model_soft_labels_and_bad_models(batch, net):
     x, y = batch
     with pytest.raises(TypeError, match="model"):
         ISDA(10)(x, y)
-    with pytest.raises(ValueError, match="class indices"):
-        ISDA(10)(x, F.one_hot(y, 10).float(), net)
+    for isda in (ISDA(10), ISDA(10).eval()):  # eval() returned soft labels unchanged: refused only once training
+        with pytest.raises(ValueError, match="class indices"):
+            isda(x, F.one_hot(y, 10).float(), net)
     conv_only = nn.Sequential(nn.Conv2d(1, 10, 8), nn.Flatten())
     with pytest.raises(ValueError, match=r"Sequential.*layer="):
         ISDA(10)(x, y, conv_only)

@@ -5,6 +5,7 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from latent_transforms import ISDA, ISDALoss, LatentCache
 from latent_transforms.codecs import flatten_latents
@@ -256,6 +257,27 @@ def test_adversarial_under_inference_mode_is_named(glow, batch, net):
         t(*batch, net)
     with torch.inference_mode():
         assert t.eval()(*batch, net)[0] is batch[0]  # the identity in eval mode, also there
+
+
+class _NoGradHead(nn.Module):
+    """A linear probe on a frozen backbone run under no_grad: its output has no graph back to x."""
+
+    def __init__(self, net: nn.Module, detach: bool):
+        super().__init__()
+        self.net, self.detach = net, detach
+
+    def forward(self, x):
+        if self.detach:
+            return self.net(x.detach())
+        with torch.no_grad():
+            return self.net(x)
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_adversarial_on_a_model_without_a_graph_to_x_is_named(glow, batch, net, detach):
+    # was autograd's "element 0 of tensors does not require grad and does not have a grad_fn"
+    with pytest.raises(ValueError, match=r"model's output does not depend on x through autograd \(a torch.no_grad"):
+        LatentAdversarial(glow, generator=0)(*batch, _NoGradHead(net, detach))
 
 
 def test_adversarial_keeps_accumulated_gradients(glow, batch, net):
