@@ -686,9 +686,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     t.add_argument("--epochs", type=POSITIVE_INT, default=40,
                    help="(default %(default)s: the short GPU recipe; 40 epochs of one-cycle SGD gave a ResNet-18 78.9%% "
                         "on the 5k subset in about 22 s per run on an H100, as reported in issue 9)")
-    t.add_argument("--batch-size", type=POSITIVE_INT, default=128)
+    t.add_argument("--batch-size", type=POSITIVE_INT, default=128, help="default %(default)s")
     t.add_argument("--lr", type=POSITIVE_FLOAT, default=0.1, help="one-cycle peak learning rate (default %(default)s)")
-    t.add_argument("--weight-decay", type=option(check_number, float), default=5e-4)
+    t.add_argument("--weight-decay", type=option(check_number, float), default=5e-4,
+                   help="SGD weight decay (default %(default)s)")
     t.add_argument("--width", type=POSITIVE_INT, default=64, help="ResNet-18 base width (default %(default)s)")
     t.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     t.add_argument("--precision", choices=("bf16", "fp32"),

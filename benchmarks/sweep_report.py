@@ -74,9 +74,20 @@ def format_table(rows: dict, shared: dict) -> str:
     return "\n".join(lines)
 
 
+def results_file(text: str) -> Path:
+    """An argparse type: a ``results.json``, or an ``accuracy.py`` output folder holding one."""
+    path = Path(text)
+    if path.is_dir():
+        path = path / "results.json"
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no results.json at {path}")
+    return path
+
+
 def main(argv=None) -> str:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("results", nargs="+", type=Path, help="results.json files of accuracy.py runs")
+    p.add_argument("results", nargs="+", type=results_file,
+                   help="accuracy.py output folders, or their results.json files")
     p.add_argument("--out", type=Path, help="also write the table here")
     args = p.parse_args(argv)
     table = format_table(*collect(args.results))

@@ -45,9 +45,13 @@ def make_arms(glow, vae, seed: int) -> dict[str, Callable[[], nn.Module | None]]
 
 
 def run_demo(out_dir: str | Path = "latent-transforms-demo", per_class: int = 10, epochs: int = 40,
-             seeds: tuple[int, ...] = (0, 1, 2), arms: list[str] | None = None, progress: bool = True) -> dict:
-    """Run the demo; returns ``{arm: {"accuracy": [...], "seconds": [...]}}`` and writes ``out_dir/demo.png``."""
+             seeds: tuple[int, ...] = (0, 1, 2), arms: list[str] | None = None, progress: bool = True,
+             threads: int | None = None) -> dict:
+    """Run the demo; returns ``{arm: {"accuracy": [...], "seconds": [...]}}`` and writes ``out_dir/demo.png``.
+
+    ``threads``: CPU threads for torch (default: torch's, at most 4; on a CPU another job keeps busy, 1 is faster)."""
     check_count("per_class", per_class, 1)
+    threads = min(4, torch.get_num_threads()) if threads is None else check_count("threads", threads, 1)
     check_count("epochs", epochs, 1)
     if not seeds:
         raise ValueError(f"seeds must hold at least one seed, got {seeds!r}")
@@ -63,7 +67,7 @@ def run_demo(out_dir: str | Path = "latent-transforms-demo", per_class: int = 10
     x_train, y_train, _ = load_images("digits", "train")
     x_test, y_test, _ = load_images("digits", "test")
     splits = {seed: low_data_split(y_train, per_class, seed=seed) for seed in seeds}  # refuses too large per_class
-    torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
+    torch.set_num_threads(threads)
     glow, vae = hub.load("glow-digits"), hub.load("vae-digits")
 
     picture = _picture(glow, vae, x_test[:12], y_test[:12], Path(out_dir) / "demo.png")
@@ -126,6 +130,9 @@ def register_cli(subparsers) -> None:
     p.add_argument("--per-class", type=POSITIVE_INT, default=10, help="training images per digit (default: %(default)s)")
     p.add_argument("--epochs", type=POSITIVE_INT, help="training epochs per run (default: 40; --smoke: 3)")
     p.add_argument("--seeds", type=POSITIVE_INT, help="number of seeds (default: 3; --smoke: 1)")
+    p.add_argument("--threads", type=POSITIVE_INT,
+                   help="CPU threads for torch (default: torch's, at most 4; 1 is faster where another job keeps a "
+                        "core busy)")
     p.add_argument("--smoke", action="store_true",
                    help="one seed, 3 epochs unless --seeds/--epochs say otherwise: checks the pipeline in seconds")
     p.set_defaults(func=_cmd_demo)
@@ -135,5 +142,5 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     epochs = args.epochs or (3 if args.smoke else 40)
     seeds = args.seeds or (1 if args.smoke else 3)
-    run_demo(args.out, per_class=args.per_class, epochs=epochs, seeds=tuple(range(seeds)))
+    run_demo(args.out, per_class=args.per_class, epochs=epochs, seeds=tuple(range(seeds)), threads=args.threads)
     print(f"Done in {time.perf_counter() - start:.0f} s.")

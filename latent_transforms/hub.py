@@ -521,7 +521,8 @@ def _entry(name: str) -> dict:
     registry = _registry()
     if name not in registry:
         known = ", ".join(sorted(registry)) or "none"
-        close = difflib.get_close_matches(name, list(registry), n=1)
+        lowered = {n.lower(): n for n in registry}  # "Glow-CIFAR10" is near "glow-cifar10"
+        close = [lowered[c] for c in difflib.get_close_matches(name.lower(), list(lowered), n=1)]
         raise UnknownCheckpointError(
             f"unknown checkpoint {name!r} (not a registered name nor an existing .safetensors file)"
             + (f"; did you mean {close[0]!r}? Known checkpoints: " if close else "; known checkpoints: ") + known
@@ -650,6 +651,10 @@ def _download(url: str, dest: Path, sha256: str, size: int | None = None) -> Non
 
 def fetch(name: str) -> Path:
     """Path of a verified copy of checkpoint ``name`` (cache dir or shipped), downloading it if needed."""
+    if isinstance(name, str) and _is_path(name):  # a file has no registry entry to verify it against
+        raise UnknownCheckpointError(
+            f"fetch takes a registered checkpoint name, got the path {name!r}; load a file with hub.load(path), or "
+            f"register the run that wrote it (latent-transforms register RUN.json) to fetch it by name")
     entry = _entry(name)
     file, sha256 = entry["file"], entry["sha256"]
     cached, shipped = cache_dir() / file, SHIPPED_DIR / file

@@ -985,7 +985,8 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--compile", action="store_true", help="torch.compile the training loss (forward and backward)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     g.add_argument("--threads", type=POSITIVE_INT, help="CPU threads for torch (torch.set_num_threads)")
-    g.add_argument("--checkpoint-every", type=POSITIVE_INT, default=500, metavar="STEPS")
+    g.add_argument("--checkpoint-every", type=POSITIVE_INT, default=500, metavar="STEPS",
+                   help="save the training state (to resume from) every STEPS steps (default 500)")
     g.add_argument("--no-resume", action="store_true", help="start afresh even if a training state exists")
     g.add_argument("--fp16", action="store_true", help="store float16 weights if they stay accurate (else fp32)")
     g.add_argument("--quiet", action="store_true", help="no progress bar and no messages (errors still go to stderr)")

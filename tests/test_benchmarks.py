@@ -304,7 +304,9 @@ def test_sweep_report_names_rows_by_their_settings(tmp_path):
              _fake_results(tmp_path / "n1", "latent-noise", 1, 0.57, noise_eps=10.0),
              _fake_results(tmp_path / "l0", "latent-noise", 0, 0.63, noise_eps=10.0, latent_levels=[0])]
     out = tmp_path / "sweep.md"
-    r = subprocess.run([sys.executable, str(BENCHMARKS / "sweep_report.py"), *map(str, files), "--out", str(out)],
+    # folders (as --help says; a folder was an IsADirectoryError traceback) and results.json files alike
+    given = [str(f.parent) if i % 2 else str(f) for i, f in enumerate(files)]
+    r = subprocess.run([sys.executable, str(BENCHMARKS / "sweep_report.py"), *given, "--out", str(out)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "| baseline | 60.0% | 62.0% | 61.0% | +0.0 | 10.00 |" in r.stdout
@@ -313,6 +315,9 @@ def test_sweep_report_names_rows_by_their_settings(tmp_path):
     assert "| latent-noise (noise_eps=10, latent_p=1, latent_levels=[0]) | 63.0% | - | 63.0% | +3.0 (seed 0) | 10.00 |" \
         in r.stdout
     assert out.read_text().strip() == r.stdout.strip()
+    r = subprocess.run([sys.executable, str(BENCHMARKS / "sweep_report.py"), str(files[0]), str(tmp_path)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and f"argument results: no results.json at {tmp_path / 'results.json'}" in r.stderr
     other = _fake_results(tmp_path / "e", "baseline", 2, 0.6, epochs=30)
     r = subprocess.run([sys.executable, str(BENCHMARKS / "sweep_report.py"), str(files[0]), str(other)],
                        capture_output=True, text=True, timeout=60)

@@ -92,6 +92,17 @@ def test_fetch_unknown_name_is_one_line_listing_known_names(capsys):
         assert r["name"] in err
 
 
+def test_fetch_of_a_file_path_says_fetch_takes_names(tmp_path, capsys):
+    """An existing file was reported as 'not a registered name nor an existing .safetensors file'."""
+    ckpt, _ = _run_files(tmp_path, "mine")
+    for given in (str(ckpt), str(tmp_path / "missing.safetensors")):
+        code, out, err = _exit_code(["fetch", given], capsys)
+        assert code == 2 and out == ""
+        assert err == (f"{PROG}: error: fetch takes a registered checkpoint name, got the path {given!r}; load a file "
+                       f"with hub.load(path), or register the run that wrote it ({PROG} register RUN.json) to fetch "
+                       f"it by name\n")
+
+
 def _run_files(folder: Path, name: str) -> tuple[Path, Path]:
     """A tiny codec's ``NAME.safetensors`` and the ``NAME.json`` that ``train`` writes beside it (the parts used)."""
     torch.manual_seed(0)
@@ -370,6 +381,7 @@ def test_demo_help(capsys):
     (["--epochs", "0"], "argument --epochs: must be an int >= 1, got 0"),
     (["--seeds", "0"], "argument --seeds: must be an int >= 1, got 0"),
     (["--smoke", "--seeds", "-1"], "argument --seeds: must be an int >= 1, got -1"),
+    (["--threads", "0"], "argument --threads: must be an int >= 1, got 0"),
 ])
 def test_demo_bad_option_fails_before_any_work(tmp_path, capsys, option, message):
     pytest.importorskip("sklearn")
@@ -447,7 +459,8 @@ def test_demo_smoke_is_one_seed_of_3_epochs_unless_told_otherwise(monkeypatch, c
     calls = []
     monkeypatch.setattr(demo, "run_demo", lambda out, **kw: calls.append(kw))
     assert main(["demo", *argv]) == 0
-    assert calls == [{"per_class": 10, "epochs": epochs, "seeds": seeds}]
+    assert main(["demo", *argv, "--threads", "1"]) == 0
+    assert calls == [{"per_class": 10, "epochs": epochs, "seeds": seeds, "threads": t} for t in (None, 1)]
 
 
 def test_list_table_headline_is_the_test_figures_else_the_first_two(capsys, monkeypatch):

@@ -319,6 +319,7 @@ def test_folder_data_names_an_image_it_cannot_read(tmp_path, content):
     ({"seeds": (0, 1.5)}, TypeError, "seed must be an int"),
     ({"arms": ["baseline", "Mixup"]}, ValueError, r"unknown arms \['Mixup'\]; choose from \['baseline', "),
     ({"arms": []}, ValueError, r"arms must name at least one arm"),  # was: every arm
+    ({"threads": 0}, ValueError, "threads must be an int >= 1, got 0"),
 ])
 def test_run_demo_checks_its_api_only_arguments_before_any_work(tmp_path, kwargs, error, message):
     with pytest.raises(error, match=message):
