@@ -79,6 +79,8 @@ def _refuse_held_by_container(t: object, i: int) -> None:
     for p in _parts(t)[1:]:
         if _is_kornia_container(t) and _is_kornia_mix(p):
             why = "a kornia mix inside a kornia container would mix the images but not the labels"
+        elif _is_kornia_mix(p):
+            why = "a torchvision container calls it as t(x, y), not with kornia's data_keys: the labels are lost"
         elif _is_kornia_container(t) and isinstance(p, LatentTransform):
             why = "a kornia container calls what it holds as t(x), without labels or model"
         elif isinstance(p, LatentTransform) and p.needs_model:
@@ -90,6 +92,17 @@ def _refuse_held_by_container(t: object, i: int) -> None:
             continue
         raise ValueError(f"{_where(p, t, i)}: {why}; make it a step of this Compose of its own"
                          f"{' (its p= sets how often it applies)' if isinstance(p, LatentTransform) else ''}")
+
+
+def _check_kornia_mix_step(steps: list, i: int, mixing: list[int], num_classes: int | None) -> None:
+    """A kornia mix at step ``i`` takes class indices and makes them soft: it needs ``num_classes`` and must come
+    before every other label-mixing step (``mixing``: their positions)."""
+    if num_classes is None:
+        raise ValueError(f"Compose(..., num_classes=...) is needed to turn {_name(steps[i])}'s labels (step {i}) soft")
+    if mixing[0] < i:
+        raise ValueError(f"{_name(steps[i])} (kornia) at step {i} takes class-index labels, but "
+                         f"{_name(steps[mixing[0]])} at step {mixing[0]} makes them soft; put it first or use "
+                         f"torchvision.transforms.v2.MixUp/CutMix")
 
 
 def _where(part: object, step: object, i: int) -> str:
@@ -167,6 +180,8 @@ class Compose(nn.Module):
         if isda and mixing:
             raise ValueError(f"ISDA (step {isda[0]}) needs class-index labels and cannot be combined with label-mixing "
                              f"steps ({', '.join(f'{_name(steps[i])} at step {i}' for i in mixing)})")
+        for i in (i for i in mixing if _is_kornia_mix(steps[i])):
+            _check_kornia_mix_step(steps, i, mixing, num_classes)
         self.steps = nn.ModuleList(steps)
         self.num_classes = None if num_classes is None else check_count("num_classes", num_classes, low=1)
         for i, t in enumerate(steps):  # a step with other classes would fail only at the first label it cannot hold
@@ -235,9 +250,7 @@ class Compose(nn.Module):
                     f"{type(step).__name__} (kornia) takes class-index labels, got soft (B, K) labels (given, or made "
                     f"by an earlier label-mixing step); put it first or use torchvision.transforms.v2.MixUp/CutMix"
                 )
-            k = self.num_classes
-            if k is None:
-                raise ValueError(f"Compose(..., num_classes=...) is needed to turn {type(step).__name__}'s labels soft")
+            k = self.num_classes  # given: checked when built
             x2, out = step(x, y, data_keys=["input", "class"])
             if out.ndim == 3:  # RandomCutMixV2: (num_mix, B, 3)
                 if out.shape[0] != 1:

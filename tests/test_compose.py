@@ -56,8 +56,9 @@ def test_kornia_mixup_labels_become_soft(rgb, rgb_glow):
     x, y = rgb
     x2, y2 = Compose([K.RandomMixUpV2(), LatentNoise(rgb_glow, eps=0.5, generator=0)], num_classes=10)(x, y)
     _check(x2, y2, x, soft=True)
-    with pytest.raises(ValueError, match="num_classes"):
-        Compose([K.RandomMixUpV2()])(x, y)
+    with pytest.raises(ValueError, match=r"Compose\(\.\.\., num_classes=\.\.\.\) is needed to turn "
+                                         r"RandomMixUpV2's labels \(step 0\) soft"):
+        Compose([K.RandomMixUpV2()])  # when built (was at the first call)
 
 
 @pytest.mark.parametrize("correct_lambda", [False, True])
@@ -75,12 +76,21 @@ def test_kornia_cutmix_soft_labels_are_the_pasted_areas(correct_lambda):
         Compose([K.RandomCutMixV2(num_mix=2, p=1.0)], num_classes=8)(x, torch.arange(8))
 
 
-def test_kornia_mixup_after_soft_labels_is_refused(rgb):
-    x, y = rgb
-    vae = tiny_vae(shape=(3, 16, 16))
-    c = Compose([VarMixup(vae, num_classes=10, generator=0), K.RandomMixUpV2()], num_classes=10)
-    with pytest.raises(ValueError, match="class-index labels"):
-        c(x, y)
+@pytest.mark.parametrize("mixer", [lambda: VarMixup(tiny_vae(shape=(3, 16, 16)), num_classes=10, generator=0),
+                                   lambda: T.MixUp(num_classes=10)])
+def test_kornia_mixup_after_soft_labels_is_refused_when_built(mixer):
+    m = mixer()  # was refused at the first call
+    with pytest.raises(ValueError, match=rf"RandomMixUpV2 \(kornia\) at step 2 takes class-index labels, but "
+                                         rf"{type(m).__name__} at step 0 makes them soft; put it first"):
+        Compose([m, T.RandomHorizontalFlip(), K.RandomMixUpV2()], num_classes=10)
+    Compose([K.RandomMixUpV2(), T.RandomHorizontalFlip(), m], num_classes=10)  # the other way round is fine
+
+
+def test_a_kornia_mix_inside_a_torchvision_container_is_refused():
+    # RandomApply called it as t(x, y) and returned the images alone: the labels were lost
+    with pytest.raises(ValueError, match="RandomMixUpV2 in RandomApply at step 0: a torchvision container calls it "
+                                         "as t\\(x, y\\), not with kornia's data_keys"):
+        Compose([T.RandomApply([K.RandomMixUpV2()])], num_classes=10)
 
 
 def test_kornia_mixup_of_given_soft_labels_says_so(rgb):
