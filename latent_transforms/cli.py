@@ -95,9 +95,16 @@ def _cmd_register(args: argparse.Namespace) -> None:
     if name in hub._shipped_registry():
         raise ValueError(f"{name!r} is a shipped checkpoint's name; register yours under another name, e.g. "
                          f"--name my-{name}")
+    new = {"file": file, "sha256": entry["sha256"], "size": entry.get("size"), "config": entry["config"],
+           "trained_on": entry.get("trained_on") or "", "quality": entry.get("quality") or {},
+           "notes": entry.get("notes") or ""}
+    dest = hub.cache_dir() / file
     if name in registry and not args.overwrite:
-        raise ValueError(f"checkpoint {name!r} is already registered; pass --overwrite to replace it, or give "
-                         f"another --name")
+        if registry[name] == new and dest.is_file() and hub.sha256_file(dest) == new["sha256"]:
+            print(f"{name!r} is already registered with this run's checkpoint ({dest}); nothing changed")
+            return
+        raise ValueError(f"checkpoint {name!r} is already registered (another checkpoint, or other details); pass "
+                         f"--overwrite to replace it, or give another --name")
     users = sorted(n for n, e in registry.items() if e["file"] == file and n != name)
     if users:
         raise ValueError(f"{file} is the file of checkpoint {users[0]!r}; give another --name")
@@ -108,16 +115,13 @@ def _cmd_register(args: argparse.Namespace) -> None:
     if sha != entry["sha256"]:
         raise ValueError(f"{source} does not match {run}: its sha256 is {sha}, the run's is {entry['sha256']} "
                          f"(changed after training?); nothing registered")
-    dest = hub.cache_dir() / file
     with hub._writing_cache_dir(dest.parent):
         dest.parent.mkdir(parents=True, exist_ok=True)
     with hub._writing_cache_dir(dest.parent), hub.atomic_path(dest) as tmp:  # the file appears once it is registered
         shutil.copyfile(source, tmp)
         if hub.sha256_file(tmp) != entry["sha256"]:
             raise ValueError(f"{source} changed while it was copied; nothing registered")
-        hub.register(name, file=file, sha256=entry["sha256"], size=entry.get("size"), config=entry["config"],
-                     trained_on=entry.get("trained_on") or "", quality=entry.get("quality") or {},
-                     notes=entry.get("notes") or "", overwrite=args.overwrite, persist=True)
+        hub.register(name, **new, overwrite=args.overwrite, persist=True)
     print(f"registered {name!r} in {hub._user_registry_path()} (checkpoint: {dest})")
     print(f"load it:  codec = latent_transforms.hub.load({name!r})")
 

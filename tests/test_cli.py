@@ -143,9 +143,18 @@ def test_register_a_run_then_list_fetch_and_load_it_by_name(tmp_path, capsys, mo
     assert capsys.readouterr().out.strip() == str(hub.cache_dir() / "zz-other.safetensors")
     by_name, by_path = hub.load("zz-run"), hub.load(ckpt)
     assert all(torch.equal(a, b) for a, b in zip(by_name.state_dict().values(), by_path.state_dict().values()))
-    code, _, err = _exit_code(["register", str(js)], capsys)  # taken: only with --overwrite
-    assert code == 2 and err.count("\n") == 1 and "'zz-run' is already registered" in err and "--overwrite" in err
+    # the same run again: nothing to do (was "already registered; pass --overwrite")
+    assert main(["register", str(js)]) == 0
+    assert capsys.readouterr().out == (f"'zz-run' is already registered with this run's checkpoint "
+                                       f"({hub.cache_dir() / 'zz-run.safetensors'}); nothing changed\n")
+    report = json.loads(js.read_text())
+    report["registry_entry"]["notes"] = "retrained"
+    js.write_text(json.dumps(report))
+    code, _, err = _exit_code(["register", str(js)], capsys)  # taken by other details: only with --overwrite
+    assert code == 2 and err.count("\n") == 1 and "'zz-run' is already registered (another checkpoint, or" in err
+    assert "--overwrite" in err
     assert main(["register", str(js), "--overwrite"]) == 0
+    assert hub._registry()["zz-run"]["notes"] == "retrained"
 
 
 def test_unregister_removes_the_name_and_its_cached_copy(tmp_path, capsys, monkeypatch):
