@@ -505,8 +505,9 @@ class _TrainingRun:
                        dynamic_ncols=True, desc=bar_desc, file=sys.stderr)
         smoothed: dict[str, float] = {}
         log_every = max(1, (self.total_steps or 5000) // 100)
-        window: dict[str, float] = {}
-        window_n = 0
+        open_window = self.info.get("history_window", {"n": 0, "sums": {}})  # since the last entry, as saved
+        window: dict[str, float] = dict(open_window["sums"])
+        window_n = open_window["n"]
         perm, perm_epoch = None, -1
         t_last = time.perf_counter()
         replaced = self._defer_signals(say)
@@ -535,6 +536,7 @@ class _TrainingRun:
                     self.info["history"].append({"step": step, "elapsed_s": round(self.info["train_time_s"], 3),
                                                  "lr": lr_now, **{k: v / window_n for k, v in window.items()}})
                     window, window_n = {}, 0
+                self.info["history_window"] = {"n": window_n, "sums": dict(window)}  # a resume completes it
                 if bar is not None:
                     bar.update(1)
                     if step % 5 == 0 or step == 1:
@@ -590,17 +592,19 @@ class _TrainingRun:
     def _update(self, xb: torch.Tensor, lr_now: float, step: int) -> tuple[torch.Tensor, dict]:
         """One optimizer step at ``lr_now`` on the loss of ``xb`` (B, C, H, W); returns ``codec.loss(xb)``.
 
-        A non-finite loss skips the update (the schedule goes on); ``MAX_NONFINITE_IN_A_ROW`` of them in a row
-        raise ``FloatingPointError``.
+        A non-finite loss or gradient skips the update (the schedule goes on; a NaN gradient would have made every
+        weight NaN, clipped or not); ``MAX_NONFINITE_IN_A_ROW`` of them in a row raise ``FloatingPointError``.
         """
         for group in self.optimizer.param_groups:
             group["lr"] = lr_now
         loss, metrics = self.loss_fn(xb)
         self.optimizer.zero_grad(set_to_none=True)
-        if torch.isfinite(loss):
-            loss.backward()
-            if self.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.grad_clip)
+        loss.backward()
+        params = self.optimizer.param_groups[0]["params"]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip) if self.grad_clip is not None else \
+            torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params
+                                                  if p.grad is not None]))
+        if torch.isfinite(loss) & torch.isfinite(norm):  # one host sync
             self.optimizer.step()
             if self.ema is not None:
                 self.ema.update(self.codec)
@@ -610,8 +614,8 @@ class _TrainingRun:
             self.nonfinite_in_a_row += 1
             if self.nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW:
                 raise FloatingPointError(
-                    f"{self.nonfinite_in_a_row} non-finite losses in a row at step {step}; lower the learning rate "
-                    f"(lr={self.lr}) or grad_clip and start afresh (--no-resume), or check the data"
+                    f"{self.nonfinite_in_a_row} non-finite losses or gradients in a row at step {step}; lower the "
+                    f"learning rate (lr={self.lr}) or grad_clip and start afresh (--no-resume), or check the data"
                 )
         return loss, metrics
 
@@ -841,7 +845,7 @@ def train_codec(
 
     Returns a dict: ``complete`` (False when stopped by ``max_minutes`` or a signal before the end of the run; then
     only the state file was written), ``step``, ``total_steps``, ``epochs_done``, ``wall_time_s`` (this call),
-    ``train_time_s`` (all calls), ``nonfinite_steps`` (steps skipped for a non-finite loss, all calls), ``state``, and when complete ``codec`` (the frozen stored codec), ``checkpoint``,
+    ``train_time_s`` (all calls), ``nonfinite_steps`` (steps skipped for a non-finite loss or gradient, all calls), ``state``, and when complete ``codec`` (the frozen stored codec), ``checkpoint``,
     ``json``, ``png``, ``sha256``, ``dtype``, ``metrics``. A run whose test metrics are not finite (it diverged)
     raises ``FloatingPointError`` instead, leaving only the state file.
     """

@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 from latent_transforms import hub, train
 from latent_transforms.cli import main
-from latent_transforms.codecs import Glow, build_codec
+from latent_transforms.codecs import ConvVAE, Glow, build_codec
 from latent_transforms.data import describe_spec, load_images, low_data_split
 from latent_transforms.train import WeightEMA, eval_codec, load_training_state, register_cli, train_codec
 
@@ -317,6 +317,19 @@ def test_history_records_training_seconds_summed_over_resumed_calls(tmp_path, di
     quality = report["registry_entry"]["quality"]
     assert quality["train_device"] == report["training"]["device"] and quality["train_device"].endswith(", 1 thread)")
     assert quality["train_device_minutes"] == pytest.approx(report["training"]["train_time_s"] / 60, abs=0.06)
+
+
+def test_a_resume_between_two_history_entries_keeps_the_history_of_one_call(tmp_path, digits):
+    """Past 100 steps an entry averages several steps; the steps before a resume were dropped from its average."""
+    x = digits[0][:32]
+    kw = dict(**VAE, max_steps=200, batch_size=16, checkpoint_every=1000, progress=False)  # an entry every 2 steps
+    train_codec("vae", x, tmp_path / "ref", **kw)
+    assert not train_codec("vae", x, tmp_path / "cut", **kw, max_minutes=1e-9)["complete"]  # step 1 only
+    train_codec("vae", x, tmp_path / "cut", **kw)
+    ref, cut = (load_training_state(tmp_path / run / "vae.state.safetensors")[2]["history"] for run in ("ref", "cut"))
+    assert [h["step"] for h in cut][:2] == [2, 4]
+    assert [{k: v for k, v in h.items() if k != "elapsed_s"} for h in cut] == \
+        [{k: v for k, v in h.items() if k != "elapsed_s"} for h in ref]
 
 
 def test_weight_ema_averages_with_warm_up():
@@ -882,8 +895,29 @@ def test_non_finite_losses_are_skipped_and_twenty_in_a_row_refused(tmp_path, dig
     r = train_codec("flow", digits[0][:32], tmp_path / "a", **kw, max_steps=44)  # 22 NaN steps, never 2 in a row
     assert r["complete"] and r["nonfinite_steps"] == 22
     monkeypatch.setattr(Glow, "loss", lambda self, x: (loss(self, x)[0] * math.nan, {}))
-    with pytest.raises(FloatingPointError, match="20 non-finite losses in a row at step 19; lower the learning rate"):
+    with pytest.raises(FloatingPointError, match="20 non-finite losses or gradients in a row at step 19; lower the "
+                                                 "learning rate"):
         train_codec("flow", digits[0][:32], tmp_path / "b", **kw, max_steps=44)
+
+
+@pytest.mark.parametrize("kind, clip", [("flow", 50.0), ("vae", None), ("vae", 1.5)])
+def test_a_nan_gradient_of_a_finite_loss_is_skipped(tmp_path, digits, kind, clip, monkeypatch):
+    """Only the loss was checked: clipping (or Adam) spread one NaN gradient into every weight, and the checkpoints."""
+    codec_type = Glow if kind == "flow" else ConvVAE
+    loss, calls = codec_type.loss, [0]
+
+    def nan_gradient_at_call_3(self, x):
+        calls[0] += 1
+        value, metrics = loss(self, x)
+        if calls[0] == 3:  # adds 0, whose gradient is 0 / sqrt(0) = NaN
+            value = value + torch.sqrt(next(self.parameters()) * 0).sum()
+        return value, metrics
+
+    monkeypatch.setattr(codec_type, "loss", nan_gradient_at_call_3)
+    r = train_codec(kind, digits[0][:32], tmp_path, **(FLOW if kind == "flow" else VAE), max_steps=6, batch_size=16,
+                    grad_clip=clip, progress=False)
+    assert r["complete"] and r["nonfinite_steps"] == 1
+    assert all(torch.isfinite(t).all() for t in r["codec"].state_dict().values() if t.is_floating_point())
 
 
 def test_max_minutes_limits_the_call_in_minutes_and_the_set_up_is_not_training_time(tmp_path, digits, monkeypatch):
