@@ -310,8 +310,9 @@ def run_one(arm: str, seed: int, args, data: dict, codecs: dict, corrupted: dict
 
 
 # -- summary, verdicts, report ---------------------------------------------------------------------------
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    """The mean and the sample std; the std of one value is unknown: None (not 0)."""
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
 def summarise(runs: dict) -> dict:
@@ -342,9 +343,9 @@ def _pts(a: float) -> str:
     return f"{100 * a:.1f}%"
 
 
-def _pm(std: float, n: int, digits: int = 1) -> str:
-    """`` ± std`` in points; nothing for a single seed (whose std is not zero but unknown)."""
-    return f" ± {100 * std:.{digits}f}" if n > 1 else ""
+def _pm(std: float | None, digits: int = 1) -> str:
+    """`` ± std`` in points; nothing for a single seed (whose std is not zero but unknown: None)."""
+    return "" if std is None else f" ± {100 * std:.{digits}f}"
 
 
 def _at_least(difference: float, margin: float) -> bool:
@@ -461,10 +462,11 @@ def delta_vs_baseline(runs: dict, arm: str, seeds: list[int]) -> str:
     """The arm's mean accuracy minus the baseline's, in points, on the seeds both have (a table's means are over
     each arm's own seeds: an arm short of the baseline's best seed would otherwise look worse than it did); those
     seeds are named when they are fewer than the table's ``seeds``. ``runs``: arm (sweep_report: row) -> seed -> run."""
-    shared, paired = _paired(runs, ["baseline", arm])
+    shared, _ = _paired(runs, ["baseline", arm])
     if not shared:
         return "-"
-    delta = f"{100 * (paired[arm]['accuracy'][0] - paired['baseline']['accuracy'][0]):+.1f}"
+    mean, std = _mean_std([runs[arm][str(s)]["accuracy"] - runs["baseline"][str(s)]["accuracy"] for s in shared])
+    delta = f"{100 * mean:+.1f}" + ("" if arm == "baseline" else _pm(std))  # std of the per-seed differences
     return delta if len(shared) == len(seeds) else f"{delta} (seed{'s' if len(shared) > 1 else ''} " \
         f"{', '.join(map(str, shared))})"
 
@@ -473,30 +475,35 @@ def format_report(results: dict) -> str:
     cfg, summary = results["config"], results["summary"]
     seeds = sorted({s for v in summary.values() for s in v["seeds"]})
     held_out = f" ({cfg['n_val']} held out for validation)" if cfg["n_val"] else ""
+    # the runs' own devices: a --resume or --merge may gather runs made on several
+    devices = sorted({r.get("device_name") or cfg["device_name"] for rs in results["runs"].values()
+                      for r in rs.values()} or {cfg["device_name"]})
     lines = []
     if cfg["smoke"]:
         lines += ["**SMOKE RUN**: tiny model, tiny data, 1 epoch, random-init codecs unless given. It checks the "
                   "pipeline end to end; the numbers mean nothing.", ""]
     lines += [f"CIFAR ResNet-18 (width {cfg['width']}), {cfg['epochs']} epoch{'s' if cfg['epochs'] != 1 else ''}, batch {cfg['batch_size']}, "
-              f"one-cycle SGD lr {cfg['lr']}, {cfg['precision']} on {cfg['device_name']}; "
+              f"one-cycle SGD lr {cfg['lr']}, {cfg['precision']} on {' / '.join(devices)}; "
               f"trained on {cfg['n_train']} images of {cfg['source_train']}"
               f"{held_out}; evaluated on "
               f"{cfg['n_eval']} {'held-out validation' if cfg['eval_on'] == 'val' else 'test'} images; "
               f"seeds {', '.join(map(str, seeds))}.", "", _provenance(cfg), "",
-              "| arm | accuracy (mean ± std) | Δ vs baseline | ECE % (15 bins) | corruption accuracy | s / epoch | "
+              "| arm | accuracy (mean ± std) | Δ vs baseline (paired ± std) | ECE % (15 bins) | corruption accuracy | s / epoch | "
               "time vs baseline |",
               "|---|---|---|---|---|---|---|"]
     base = summary.get("baseline")
     for arm, s in summary.items():
         delta = delta_vs_baseline(results["runs"], arm, seeds)  # "-" without a baseline run
         corr = "-" if s["corruption_accuracy_mean"] is None else \
-            f"{_pts(s['corruption_accuracy_mean'])}{_pm(s['corruption_accuracy_std'], len(s['seeds']))}"
+            f"{_pts(s['corruption_accuracy_mean'])}{_pm(s['corruption_accuracy_std'])}"
         ratio = f"{s['seconds_per_epoch'] / base['seconds_per_epoch']:.1f}x" if base else "-"
         n = f" (n={len(s['seeds'])})" if len(s["seeds"]) != len(seeds) else ""
-        k = len(s["seeds"])
-        lines.append(f"| {arm} ({ARMS[arm]}){n} | {_pts(s['accuracy_mean'])}{_pm(s['accuracy_std'], k)} | "
-                     f"{delta} | {100 * s['ece_mean']:.2f}{_pm(s['ece_std'], k, 2)} | {corr} | "
+        lines.append(f"| {arm} ({ARMS[arm]}){n} | {_pts(s['accuracy_mean'])}{_pm(s['accuracy_std'])} | "
+                     f"{delta} | {100 * s['ece_mean']:.2f}{_pm(s['ece_std'], 2)} | {corr} | "
                      f"{s['seconds_per_epoch']:.2f} | {ratio} |")
+    if len(devices) > 1:
+        lines += ["", f"The runs were made on {len(devices)} devices ({'; '.join(devices)}): s / epoch and time vs "
+                      f"baseline average over them; compare times of runs made on one device only."]
     if any(s["per_corruption"] for s in summary.values()):
         lines += ["", "Corruption accuracy, per corruption (mean over severities " + ", ".join(map(str, SEVERITIES))
                   + " and seeds):", "", "| arm | " + " | ".join(CORRUPTIONS) + " |",
@@ -921,10 +928,10 @@ def write_report(out: Path, fingerprint: dict, config: dict, runs: dict, start: 
 
 def warm_up(args, codecs: dict, x_train: torch.Tensor, y_train: torch.Tensor, device: torch.device,
             arms: set[str]) -> None:
-    """cuDNN autotuning and lazy CUDA init before any timed run, so the first arm's s/epoch is fair: the classifier
-    on full batches and the last, partial one; the codecs at both sizes; the latent attack's backward through the
-    flow and the classifier; VarMixup at every number of selected images a batch is likely to hold (it encodes and
-    decodes only those, and cuDNN tunes each new size once)."""
+    """cuDNN autotuning, lazy CUDA init and the CPU's first-call costs before any timed run, so that the first arm's
+    s/epoch is fair: the classifier on full batches and the last, partial one; the codecs at both sizes; the latent
+    attack's backward through the flow and the classifier; VarMixup at every number of selected images a batch is
+    likely to hold (it encodes and decodes only those, and cuDNN tunes each new size once)."""
     torch.manual_seed(0)
     n = min(len(x_train), 2 * args.batch_size + len(x_train) % args.batch_size)
     model = build_classifier(NUM_CLASSES, args.width, device, args.precision)
@@ -1025,7 +1032,7 @@ def main(argv=None) -> dict:
 
     from tqdm.auto import tqdm
 
-    if todo and device.type == "cuda":
+    if todo:  # the first run was timed cold on the CPU too (25-35% slower in smoke runs)
         warm_up(args, codecs, x_train, y_train, device, {a for a, _ in todo})
     took, code, done = run_times(finished, device_name), code_sha256(), 0
     for i, (arm, seed) in enumerate(tqdm(todo, desc="runs", disable=args.no_progress)):

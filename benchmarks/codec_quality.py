@@ -26,7 +26,7 @@ from latent_transforms.evaluation import accuracy, fit_classifier, predict_proba
 from latent_transforms.train import eval_codec
 from latent_transforms.visualize import save_rows
 
-from models import CifarResNet18
+from models import CifarResNet18, write_json
 
 
 BATCH = 500  # images per codec call
@@ -135,7 +135,7 @@ def main() -> None:
         rows = {"original": x_test[:10], "reconstruction": recon[:10],
                 **interpolations(codec, x_test[10:13], x_test[13:16])}
         save_rows(rows, out / f"{name}-quality.png")
-        (out / f"{name}-quality.json").write_text(json.dumps(quality, indent=2))
+        write_json(out / f"{name}-quality.json", quality)
         print(json.dumps({"codec": spec, "test_images": len(x_test), **quality}, indent=2))
         print(f"picture: {out / f'{name}-quality.png'}")
         level = f"{quality['mse']:.4f}" if "mse" in quality else f"{quality['bits_per_dim']:.3f} bits/dim"

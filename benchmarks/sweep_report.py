@@ -63,7 +63,7 @@ def format_table(rows: dict, shared: dict) -> str:
     seeds = sorted({int(s) for r in rows.values() for s in r})
     lines = [f"{shared['eval_on']} accuracy; width-{shared['width']} ResNet-18, {shared['epochs']} epochs, "
              f"{shared['n_train']} training images, {shared['n_eval']} evaluated, {shared['precision']}.", "",
-             "| setting | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | Δ vs baseline | s / epoch |",
+             "| setting | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | Δ vs baseline (paired ± std) | s / epoch |",
              "|---|" + "---|" * (len(seeds) + 3)]
     for name, by_seed in sorted(rows.items(), key=lambda kv: (kv[0] != "baseline", kv[0])):
         mean = statistics.mean(run["accuracy"] for run in by_seed.values())

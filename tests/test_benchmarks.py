@@ -301,7 +301,7 @@ def _fake_results(path: Path, arm: str, seed: int, accuracy: float, codec: dict 
 def test_sweep_report_names_rows_by_their_settings(tmp_path):
     files = [_fake_results(tmp_path / "b0", "baseline", 0, 0.60), _fake_results(tmp_path / "b1", "baseline", 1, 0.62),
              _fake_results(tmp_path / "n0", "latent-noise", 0, 0.55, noise_eps=10.0),
-             _fake_results(tmp_path / "n1", "latent-noise", 1, 0.57, noise_eps=10.0),
+             _fake_results(tmp_path / "n1", "latent-noise", 1, 0.58, noise_eps=10.0),
              _fake_results(tmp_path / "l0", "latent-noise", 0, 0.63, noise_eps=10.0, latent_levels=[0])]
     out = tmp_path / "sweep.md"
     # folders (as --help says; a folder was an IsADirectoryError traceback) and results.json files alike
@@ -310,7 +310,8 @@ def test_sweep_report_names_rows_by_their_settings(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "| baseline | 60.0% | 62.0% | 61.0% | +0.0 | 10.00 |" in r.stdout
-    assert "| latent-noise (noise_eps=10, latent_p=1) | 55.0% | 57.0% | 56.0% | -5.0 | 10.00 |" in r.stdout
+    # the mean of the per-seed differences (-5, -4), ± their std
+    assert "| latent-noise (noise_eps=10, latent_p=1) | 55.0% | 58.0% | 56.5% | -4.5 ± 0.7 | 10.00 |" in r.stdout
     # paired on the seeds shared with the baseline, named when fewer (unpaired: 63.0 - 61.0 = +2.0)
     assert "| latent-noise (noise_eps=10, latent_p=1, latent_levels=[0]) | 63.0% | - | 63.0% | +3.0 (seed 0) | 10.00 |" \
         in r.stdout
@@ -529,8 +530,8 @@ def test_accuracy_table_delta_is_taken_on_the_seeds_shared_with_the_baseline():
             "combo": {"0": {"accuracy": 0.545}, "1": {"accuracy": 0.593}},
             "isda": {"0": {"accuracy": 0.57}, "1": {"accuracy": 0.57}, "2": {"accuracy": 0.60}},
             "one": {"2": {"accuracy": 0.613}}, "none": {"5": {"accuracy": 0.9}}}
-    assert delta(runs, "combo", [0, 1, 2]) == "+0.4 (seeds 0, 1)"  # unpaired: 56.9 - 57.8 = -0.9
-    assert delta(runs, "isda", [0, 1, 2]) == "+0.2"
+    assert delta(runs, "combo", [0, 1, 2]) == "+0.4 ± 2.7 (seeds 0, 1)"  # unpaired: 56.9 - 57.8 = -0.9
+    assert delta(runs, "isda", [0, 1, 2]) == "+0.2 ± 0.7"  # ± the std of the per-seed differences +1.0, 0, -0.3
     assert delta(runs, "one", [0, 1, 2]) == "+1.0 (seed 2)"
     assert delta(runs, "none", [0, 1, 2, 5]) == "-"
     assert delta(runs, "baseline", [0, 1, 2]) == "+0.0"
@@ -850,7 +851,7 @@ def test_accuracy_a_diverged_run_is_scored_as_chance_and_a_killed_call_leaves_a_
 
 
 def test_accuracy_gpu_warm_up_runs_every_part_it_tunes(monkeypatch):
-    """warm_up only runs on a GPU in the benchmark; here on the CPU, so that the one GPU call cannot die in it."""
+    """warm_up runs before the first timed run on every device (cheaply here, on the CPU; on a GPU it tunes cuDNN)."""
     acc = _load_accuracy_module()
     glow, vae = acc.tiny_codecs()
     args = acc.parse_args(["--smoke"])
@@ -944,6 +945,22 @@ def test_accuracy_summary_is_mean_and_sample_std_over_seeds():
     assert s["ece_std"] == pytest.approx(0.01) and s["corruption_accuracy_std"] == pytest.approx(0.2)
     # per corruption: over severities, then over seeds
     assert s["per_corruption"] == {"contrast": pytest.approx(0.5)}
+    one = _results(acc)["summary"]["isda"]  # one seed: its spread is unknown (the JSON said 0.0)
+    assert one["accuracy_std"] is None and one["ece_std"] is None and one["corruption_accuracy_std"] is None
+
+
+def test_accuracy_delta_is_paired_with_its_spread_and_runs_of_several_devices_are_named():
+    acc = _load_accuracy_module()
+    results = _results(acc)
+    runs = results["runs"]
+    runs["isda"]["1"] = {**runs["isda"]["0"], "accuracy": 0.62, "device_name": "GPU B"}
+    runs["isda"]["0"]["device_name"] = "GPU A"  # the baseline's runs name none: the config's device, "cpu"
+    results["summary"] = acc.summarise(runs)
+    md = acc.format_report(results)
+    # per-seed differences +20 (seed 0) and +2 (seed 1): their mean and sample std
+    assert "| +11.0 ± 12.7 (seeds 0, 1) |" in md, md
+    assert "fp32 on GPU A / GPU B / cpu;" in md  # the header named the last call's device only
+    assert "The runs were made on 3 devices (GPU A; GPU B; cpu): s / epoch and time vs baseline average" in md
 
 
 def test_accuracy_table_cells():
