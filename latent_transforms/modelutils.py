@@ -15,10 +15,17 @@ from .validation import check_model
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The local module of a DDP/DataParallel wrapper (an attack needs no gradient sync), else ``model``."""
-    while isinstance(model, (DistributedDataParallel, nn.DataParallel)):
-        model = model.module
-    return model
+    """The local module of a DDP/DataParallel wrapper, also one under ``torch.compile`` (an attack needs no gradient
+    sync, and DDP's forward broadcasts buffers: a collective call that would hang a rank attacking nothing), else
+    ``model``."""
+    wrappers = (DistributedDataParallel, nn.DataParallel)
+    while True:
+        if isinstance(model, wrappers):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), wrappers):  # torch.compile(DDP(model))
+            model = model._orig_mod.module
+        else:
+            return model
 
 
 _BORROW_LOCK = threading.Lock()
