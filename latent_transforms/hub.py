@@ -154,13 +154,16 @@ def _remove(path: str | os.PathLike) -> None:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
-    """Yield a temporary path beside ``path`` to write to; when the block ends without error it gets the usual
-    permissions and is renamed over ``path``, else it is removed: ``path`` never holds half a file."""
+    """Yield a temporary path beside ``path`` to write to; when the block ends without error it is flushed to disk,
+    gets the usual permissions and is renamed over ``path``, else it is removed: ``path`` never holds half a file,
+    also after a crash or power loss (without the flush, the rename could reach the disk before the data)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     try:
         yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         chmod_default(tmp)
         os.replace(tmp, path)
     finally:

@@ -999,6 +999,16 @@ def test_downloaded_files_get_the_umask_permissions(env):
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~hub._UMASK  # not mkstemp's 0600
 
 
+def test_an_atomic_write_is_on_disk_before_its_rename(tmp_path, monkeypatch):
+    """A crash between an unsynced write and its rename could leave an empty checkpoint or training state."""
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+    monkeypatch.setattr(hub.os, "fsync", lambda fd: events.append(("fsync", os.fstat(fd).st_size)) or real_fsync(fd))
+    monkeypatch.setattr(hub.os, "replace", lambda a, b: events.append(("replace", Path(b).name)) or real_replace(a, b))
+    with hub.atomic_path(tmp_path / "a.json") as tmp:
+        Path(tmp).write_text("{}")
+    assert events == [("fsync", 2), ("replace", "a.json")] and (tmp_path / "a.json").read_text() == "{}"
+
+
 def test_a_failed_atomic_write_leaves_neither_the_file_nor_a_part(tmp_path, monkeypatch):
     # the block fails: nothing at the destination and no hidden .part beside it
     with pytest.raises(RuntimeError, match="disk full"):
