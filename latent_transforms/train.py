@@ -79,7 +79,8 @@ def save_training_state(path: str | os.PathLike, model: torch.nn.Module, optimiz
     """Write model + optimizer state + ``info`` (JSON-able) to one safetensors file, atomically.
 
     Tensors go in as ``model/<key>``, ``optim/<param index>/<key>`` and ``extra/<key>``; the optimizer's
-    non-tensor state and ``param_groups`` and ``info`` go in the metadata as JSON. No pickle.
+    non-tensor state and ``param_groups`` and ``info`` go in the metadata as JSON, with the sha256 of the tensors
+    (safetensors has no checksum: a flipped bit would load silently). No pickle.
     """
     def cpu(t: torch.Tensor) -> torch.Tensor:
         return t.detach().to("cpu", copy=True).contiguous()
@@ -100,8 +101,13 @@ def save_training_state(path: str | os.PathLike, model: torch.nn.Module, optimiz
         "info": json.dumps(info),
         "optim_param_groups": json.dumps(opt["param_groups"]),
         "optim_scalars": json.dumps(scalars),
+        "tensors_sha256": _tensors_sha256(tensors),
     }
     hub.write_safetensors(path, tensors, metadata)
+
+
+def _tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    return hub.sha256_tensors(*(tensors[k] for k in sorted(tensors)))
 
 
 def load_training_state(path: str | os.PathLike) -> tuple[dict, dict, dict, dict]:
@@ -119,6 +125,9 @@ def load_training_state(path: str | os.PathLike) -> tuple[dict, dict, dict, dict
         raise _bad_state(path, f"not a readable safetensors file ({e})") from None
     if metadata.get("format") != STATE_FORMAT:
         raise _bad_state(path, f"metadata 'format' is {metadata.get('format')!r}, not {STATE_FORMAT!r}")
+    saved_sha = metadata.get("tensors_sha256")  # None in states written before 2026-12-02
+    if saved_sha is not None and saved_sha != _tensors_sha256(tensors):
+        raise _bad_state(path, "its tensors do not match the sha256 saved with them (corrupted on disk or in a copy)")
     fields = {}
     for key, kind in (("info", dict), ("optim_param_groups", list), ("optim_scalars", dict)):
         if key not in metadata:

@@ -752,8 +752,14 @@ def test_malformed_training_state_is_a_clear_error(tmp_path, digits):
     (tmp_path / "cut.safetensors").write_bytes(data[:len(data) // 2])
     with pytest.raises(ValueError, match="is not a valid training state: not a readable safetensors file.*--no-resume"):
         load_training_state(tmp_path / "cut.safetensors")
-    with safe_open(str(state), "pt") as f:
-        metadata = f.metadata()
+    # one flipped bit in the tensors (loaded silently before the checksum)
+    flipped = bytearray(data)
+    flipped[-5] ^= 0x10
+    (tmp_path / "flip.safetensors").write_bytes(bytes(flipped))
+    with pytest.raises(ValueError, match="training state: its tensors do not match the sha256 saved with them"):
+        load_training_state(tmp_path / "flip.safetensors")
+    with safe_open(str(state), "pt") as f:  # as a state written before the checksum (still loaded), to reach the
+        metadata = {k: v for k, v in f.metadata().items() if k != "tensors_sha256"}  # checks after it
         tensors = {k: f.get_tensor(k) for k in f.keys() if k != "extra/rng_cpu"}
     save_file(tensors, str(state), metadata=metadata)
     with pytest.raises(ValueError, match="glow.state.safetensors is not a valid training state: KeyError: 'rng_cpu'"):
