@@ -1,6 +1,7 @@
 """Shared machinery of the methods that work in a codec's latent space: codec resolution, checks, encode/decode."""
 from __future__ import annotations
 
+import itertools
 import numbers
 
 import torch
@@ -62,14 +63,20 @@ class CodecTransform(LatentTransform):
         check_device("the latent cache", self.cache.latents.device, x)
 
     def _refresh_fingerprint(self) -> None:
-        """Note the codec's fingerprint (the codec is frozen: computed once, and again after load_state_dict) and
-        check the cache against it."""
-        self._codec_fingerprint = self.codec.fingerprint() if self.cache is not None else None
+        """Check the cache against the codec now (after construction and load_state_dict)."""
+        self._codec_fingerprint, self._fingerprint_key = None, None
         self._check_cache()
+
+    def _codec_key(self) -> tuple:
+        """Changes when the codec is replaced or its weights are written in place (``load_state_dict``, ``copy_``)."""
+        return (id(self.codec), *(t._version for t in itertools.chain(self.codec.parameters(), self.codec.buffers())))
 
     def _check_cache(self) -> None:
         if self.cache is None:
             return
+        key = self._codec_key()
+        if key != self._fingerprint_key:  # the fingerprint hashes every weight: again only when they may have changed
+            self._codec_fingerprint, self._fingerprint_key = self.codec.fingerprint(), key
         if self.cache.codec_fingerprint != self._codec_fingerprint:
             raise ValueError("the latent cache was encoded with another codec than this transform's (other config "
                              "or weights)")

@@ -210,7 +210,8 @@ class Compose(nn.Module):
         # a first latent step reads the values itself (with the same num_classes): one host sync per call, not two
         values = not (self.training and isinstance(first, LatentTransform)
                       and self.num_classes in (None, first.num_classes))
-        check_batch(x, y, self.num_classes, index, allow_uint8=not _takes_floats_only(first), values=values)
+        check_batch(x, y, self.num_classes, index, first.index_size if isinstance(first, LatentTransform) else None,
+                    allow_uint8=not _takes_floats_only(first), values=values)
         check_model_slot(model)
         if y is None:
             needing = [_where(p, s, i) for i, s in enumerate(self.steps) for p in _needing_labels(s)]

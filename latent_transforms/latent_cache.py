@@ -40,12 +40,12 @@ class LatentCache(nn.Module):
         check_images(images, "images")
         codec_device = codec.device
         codec.check_images(images[:1].to(codec_device))
-        self.codec_fingerprint = codec.fingerprint()
         # filled chunk by chunk: a list of chunks and their torch.cat would need the cache's memory twice
         latents = torch.empty(len(images), codec.latent_dim, dtype=codec.dtype, device=device or codec_device)
         with torch.no_grad():
             for i in tqdm(range(0, len(images), batch_size), desc="encoding", disable=not progress, leave=False):
                 latents[i:i + batch_size] = codec.encode_flat(images[i:i + batch_size].to(codec_device))
+        self.codec_fingerprint = codec.fingerprint()  # after: an untrained Glow initialised its ActNorm on chunk one
         self.register_buffer("latents", latents)
 
     @classmethod
@@ -62,6 +62,10 @@ class LatentCache(nn.Module):
             raise ValueError(f"{path} is not a readable latent cache ({type(e).__name__}: {e})") from None
         if meta.get("format") != FORMAT or set(tensors) != {"latents"}:
             raise ValueError(f"{path} is not a latent cache written by LatentCache.save")
+        saved_sha = meta.get("latents_sha256")  # None in files written before 2026-12-02
+        if saved_sha is not None and saved_sha != hub.sha256_tensors(tensors["latents"]):
+            raise ValueError(f"{path}: the latents do not match the sha256 saved with them (corrupted on disk or in a "
+                             f"copy); encode the images again")
         if meta.get("codec_fingerprint") != codec.fingerprint():
             raise ValueError(f"{path} was encoded with another codec than the one given (fingerprint "
                              f"{meta.get('codec_fingerprint', '?')[:12]}, the codec's {codec.fingerprint()[:12]})")
@@ -79,9 +83,11 @@ class LatentCache(nn.Module):
         return cache
 
     def save(self, path) -> str:
-        """Write the latents and the codec's fingerprint to a ``.safetensors`` file, atomically; returns its sha256."""
-        return hub.write_safetensors(path, {"latents": self.latents.detach().cpu().contiguous()},
-                                     {"format": FORMAT, "codec_fingerprint": self.codec_fingerprint})
+        """Write the latents, their sha256 and the codec's fingerprint to a ``.safetensors`` file, atomically; returns
+        the file's sha256."""
+        latents = self.latents.detach().cpu().contiguous()
+        return hub.write_safetensors(path, {"latents": latents}, {"format": FORMAT, "latents_sha256":
+                                     hub.sha256_tensors(latents), "codec_fingerprint": self.codec_fingerprint})
 
     def get_extra_state(self) -> dict:
         return {"codec_fingerprint": self.codec_fingerprint}

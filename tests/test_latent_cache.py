@@ -246,3 +246,58 @@ def test_loading_a_cache_names_a_missing_file_and_refuses_latents_it_cannot_use(
         LatentNoise(glow, cache=torch.zeros(3, glow.latent_dim))
     with pytest.raises(ValueError, match="device must be cpu, cuda, cuda:N, got 'bogus'"):
         LatentCache(glow, data[0], device="bogus")
+
+
+def test_a_codec_changed_after_the_transform_was_built_is_noticed(data):
+    """The fingerprint was taken once: weights loaded in place, or another codec assigned, decoded the old latents
+    (max change 0.94 at eps=0); a cache attached after construction was refused as 'another codec'."""
+    images, labels = data
+    glow = tiny_glow()
+    cache = LatentCache(glow, images, progress=False)
+    x, y, idx = images[:4], labels[:4], torch.arange(4)
+    t = LatentNoise(glow, eps=0.0, cache=cache, generator=0)
+    glow.load_state_dict(tiny_glow(seed=1).state_dict())
+    with pytest.raises(ValueError, match="encoded with another codec than this transform's"):
+        t(x, y, index=idx)
+    t = LatentNoise(tiny_glow(), eps=0.0, cache=LatentCache(tiny_glow(), images, progress=False), generator=0)
+    t.codec = tiny_glow(seed=1)
+    with pytest.raises(ValueError, match="encoded with another codec than this transform's"):
+        t(x, y, index=idx)
+    late = LatentNoise(tiny_glow(), eps=0.0, generator=0)
+    late.cache = LatentCache(late.codec, images, progress=False)  # attached after construction: accepted
+    assert (late(x, y, index=idx)[0] - x).abs().max() < 1e-4
+
+
+def test_a_cache_of_an_untrained_glow_matches_the_glow_it_initialised(data):
+    """The fingerprint was taken before encoding, whose first chunk initialises an untrained Glow's ActNorm layers:
+    every transform then refused the cache."""
+    from latent_transforms.codecs import Glow
+
+    images, labels = data
+    torch.manual_seed(0)
+    glow = Glow((1, 8, 8), levels=2, steps=2, hidden=16, num_bins=17)
+    cache = LatentCache(glow, images, batch_size=8, progress=False)
+    assert cache.codec_fingerprint == glow.fingerprint()
+    LatentNoise(glow, eps=1.0, cache=cache, generator=0)(images[:4], labels[:4], index=torch.arange(4))
+
+
+def test_compose_in_eval_checks_the_index_range_as_its_first_step_does(data):
+    images, labels = data
+    glow = tiny_glow()
+    step = LatentNoise(glow, cache=LatentCache(glow, images[:10], progress=False))
+    bad = torch.tensor([0, 99])
+    for t in (step.eval(), Compose([step]).eval()):  # the Compose accepted it
+        with pytest.raises(ValueError, match=r"outside \[0, 10\)"):
+            t(images[:2], labels[:2], index=bad)
+
+
+def test_a_flipped_bit_in_a_saved_cache_is_refused(data, tmp_path):
+    images, _ = data
+    glow = tiny_glow()
+    LatentCache(glow, images, progress=False).save(tmp_path / "c.safetensors")
+    raw = bytearray((tmp_path / "c.safetensors").read_bytes())
+    raw[-5] ^= 0x01  # in the latents' bytes: loaded silently before (latents off by up to 1.1)
+    (tmp_path / "d.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="d.safetensors: the latents do not match the sha256 saved with them"):
+        LatentCache.load(tmp_path / "d.safetensors", glow)
+    assert len(LatentCache.load(tmp_path / "c.safetensors", glow)) == len(images)
