@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .validation import check_choice, check_count
+from .validation import check_bool, check_choice, check_count
 
 PADDING_MODES = ("zeros", "reflect")
 
@@ -27,6 +27,7 @@ def random_shift_flip(x: torch.Tensor, max_shift: int, flips: bool, padding: str
     if x.dim() != 4:
         raise ValueError(f"x must be (B, C, H, W), got shape {tuple(x.shape)}")
     check_choice("padding", padding, PADDING_MODES)
+    check_bool("flips", flips)
     b, _, h, w = x.shape
     max_shift = check_count("max_shift", max_shift)
     if padding == "reflect" and max_shift >= min(h, w):

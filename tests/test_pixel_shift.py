@@ -74,6 +74,8 @@ def test_bad_input_is_named():
         random_shift_flip(x, 1, True, padding="edge")
     with pytest.raises(ValueError, match="max_shift must be an int >= 0"):
         random_shift_flip(x, -1, True)
+    with pytest.raises(TypeError, match="flips must be True or False, got 'False'"):  # the string flipped
+        random_shift_flip(x, 0, "False")
     with pytest.raises(ValueError, match="max_shift must be < 8 \\(the image side\\) with reflection padding"):
         random_shift_flip(x, 8, True, padding="reflect")
     assert random_shift_flip(x, 8, False, padding="zeros").shape == x.shape  # zeros: any shift is defined
