@@ -9,7 +9,7 @@ import torch
 from .base import LatentTransform
 from .codecs import Codec, resolve_codec
 from .latent_cache import LatentCache
-from .validation import WrongTypeError, check_device
+from .validation import WrongTypeError, bad_option, check_device
 
 
 class CodecTransform(LatentTransform):
@@ -41,9 +41,8 @@ class CodecTransform(LatentTransform):
             bad = [i for i in levels if not isinstance(i, numbers.Integral) or isinstance(i, bool) or not -n <= i < n]
             if bad or not levels:
                 wrong_type = any(not isinstance(i, numbers.Integral) or isinstance(i, bool) for i in bad)
-                raise (WrongTypeError if wrong_type else ValueError)(
-                    f"levels must be a non-empty list of level indices in [0, {n}) (or from -{n}, counted from the "
-                    f"finest, as a list index), got {levels!r}")
+                raise bad_option(f"levels must be a non-empty list of level indices in [0, {n}) (or from -{n}, "
+                                 f"counted from the finest, as a list index), got {levels!r}", right_type=not wrong_type)
             levels = sorted({int(i) % n for i in levels})
         self.levels = levels
         sizes = [int(torch.Size(s).numel()) for s in self.codec.latent_shapes]
