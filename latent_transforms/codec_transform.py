@@ -42,7 +42,8 @@ class CodecTransform(LatentTransform):
             if bad or not levels:
                 wrong_type = any(not isinstance(i, numbers.Integral) or isinstance(i, bool) for i in bad)
                 raise bad_option(f"levels must be a non-empty list of level indices in [0, {n}) (or from -{n}, "
-                                 f"counted from the finest, as a list index), got {levels!r}", right_type=not wrong_type)
+                                 f"counted from the finest, as a list index), got {levels!r}",
+                                 right_type=not wrong_type)
             levels = sorted({int(i) % n for i in levels})
         self.levels = levels
         sizes = [int(torch.Size(s).numel()) for s in self.codec.latent_shapes]
