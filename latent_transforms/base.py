@@ -111,6 +111,11 @@ class LatentTransform(SampleStats, nn.Module):
         return self.mixes_labels
 
     # -- hooks for subclasses -------------------------------------------------------------------
+    def value_checks(self, x: torch.Tensor, index: torch.Tensor | None) -> list:
+        """A subclass's checks of values, as ``(statistics tensor, judge)`` pairs read in the call's one host sync
+        (``validation.check_batch``; ``x`` and ``index`` have passed its form checks)."""
+        return []
+
     def check_inputs(self, x: torch.Tensor, model: nn.Module | None, index: torch.Tensor | None) -> None:
         """Extra checks of a subclass (codec shape, device, index range, ...)."""
 
@@ -142,7 +147,7 @@ class LatentTransform(SampleStats, nn.Module):
     def _check_call(self, x: torch.Tensor, y: torch.Tensor | None, model: nn.Module | None,
                     index: torch.Tensor | None) -> None:
         """The checks of every call: the batch (``check_batch``), labels if needed, the model if needed."""
-        check_batch(x, y, self.num_classes, index, self.index_size)
+        check_batch(x, y, self.num_classes, index, self.index_size, more_checks=lambda: self.value_checks(x, index))
         if y is None and self.needs_labels:
             forms = ("(B, K) soft labels, or (B,) class indices with num_classes=... given to the constructor"
                      if self.mixes_labels and self.num_classes is None else self.accepted_labels)

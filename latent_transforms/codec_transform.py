@@ -21,7 +21,7 @@ class CodecTransform(LatentTransform):
     untrained Glow would initialise its ActNorm layers from the first batch it sees.
     ``levels`` picks which latent levels the method acts on (all by default). With ``cache=LatentCache(...)``
     a call ``t(x, y, model, index=idx)`` looks the latents up instead of encoding (``x`` must then be the
-    cached images, unmodified: put the transform before pixel augmentations).
+    cached images, unmodified: put the transform before pixel augmentations; the cache checks it).
     """
 
     def __init__(self, codec: Codec | str, *, levels: list[int] | None = None, cache: LatentCache | None = None,
@@ -52,6 +52,14 @@ class CodecTransform(LatentTransform):
     @property
     def index_size(self) -> int | None:
         return None if self.cache is None else len(self.cache)
+
+    def value_checks(self, x: torch.Tensor, index: torch.Tensor | None) -> list:
+        """With ``index``: whether ``x`` holds the cached images at those positions (``LatentCache.image_checks``);
+        left to ``check_inputs`` to refuse when the cache, the images' shape or device do not fit."""
+        cache = self.cache
+        if index is None or cache is None or x.shape[1:] != self.codec.image_shape or x.device != cache.latents.device:
+            return []
+        return cache.image_checks(x, index)
 
     def check_inputs(self, x: torch.Tensor, model, index: torch.Tensor | None) -> None:
         self.codec.check_images(x)

@@ -1,6 +1,7 @@
 """Encode a dataset once; later augmentations of it need a single decode."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -14,12 +15,33 @@ from .validation import MissingFileError, check_bool, check_count, check_images,
 FORMAT = "latent-transforms-latent-cache/1"
 
 
+def _projection(num_pixels: int) -> torch.Tensor:
+    """(num_pixels, 2) fixed random signs / sqrt(num_pixels), on the CPU: two projections of an image that tell it
+    from a flipped, shifted or recoloured copy (the same for every cache, so saved signatures stay comparable)."""
+    g = torch.Generator().manual_seed(0)
+    return (torch.randint(0, 2, (num_pixels, 2), generator=g) * 2 - 1).float() / math.sqrt(num_pixels)
+
+
+def _signatures(images: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, 2): the images' projections, as a sum of products (a matmul would round with TF32)."""
+    return (images.flatten(1).to(projection.dtype).unsqueeze(2) * projection).sum(1)
+
+
+def _judge_images(tolerance: float, worst: float, row: float, position: float) -> None:
+    if worst > tolerance:
+        raise ValueError(
+            f"x is not the images this latent cache holds at index (row {int(row)}, position {int(position)}: its "
+            f"signature differs by {worst:.3g}); a transform given index= must get the cached images unmodified: put "
+            f"it before any pixel augmentation (LatentCache(..., verify_images=False) turns this check off)")
+
+
 class LatentCache(nn.Module):
     """Standardised latents of a fixed set of images, ``(N, D)``, as a buffer (moves with ``.to``).
 
     ``cache = LatentCache(codec, images)``; then ``LatentNoise(codec, cache=cache)(x, y, index=idx)`` with ``idx``
     the positions of ``x`` in ``images`` skips the encoder. Memory: N x D floats (50,000 CIFAR-10 images: 0.6 GB
-    in fp32). The latents belong to the images as given: pass ``index`` only for unmodified images.
+    in fp32). The latents belong to the images as given: pass ``index`` only for unmodified images (each call checks
+    two random projections of ``x`` against the cached images', N x 2 numbers, in the call's one host sync).
     ``cache.save(path)`` / ``LatentCache.load(path, codec)`` keep them across runs (safetensors, with the codec's
     fingerprint, checked on load); ``state_dict`` carries the fingerprint too.
 
@@ -27,32 +49,61 @@ class LatentCache(nn.Module):
         codec: the codec the transforms use: a Codec, hub name or ``.safetensors`` path (a transform refuses a cache
             whose codec has another ``fingerprint()``). images: (N, C, H, W) float in [0, 1], on any device.
         batch_size: encoding batch size. device: where the latents live (default: the codec's device).
-        progress: show a progress bar while encoding.
+        progress: show a progress bar while encoding. verify_images: check that ``x`` holds the cached images at
+            ``index`` (``False``: the latents are used whatever ``x`` holds).
     """
 
     def __init__(self, codec: Codec | str, images: torch.Tensor, *, batch_size: int = 256,
-                 device: torch.device | str | None = None, progress: bool = True):
+                 device: torch.device | str | None = None, progress: bool = True, verify_images: bool = True):
         super().__init__()
         codec = resolve_codec(codec)
         check_count("batch_size", batch_size, low=1)
         check_bool("progress", progress)
+        self.verify_images = check_bool("verify_images", verify_images)
         device = None if device is None else resolve_device(device)
         check_images(images, "images")
         codec_device = codec.device
         codec.check_images(images[:1].to(codec_device))
         # filled chunk by chunk: a list of chunks and their torch.cat would need the cache's memory twice
         latents = torch.empty(len(images), codec.latent_dim, dtype=codec.dtype, device=device or codec_device)
+        projection = _projection(images[0].numel()).to(codec_device)
+        signatures = torch.empty(len(images), 2, device=latents.device)
         with torch.no_grad():
             for i in tqdm(range(0, len(images), batch_size), desc="encoding", disable=not progress, leave=False):
-                latents[i:i + batch_size] = codec.encode_flat(images[i:i + batch_size].to(codec_device))
+                chunk = images[i:i + batch_size].to(codec_device)
+                latents[i:i + batch_size] = codec.encode_flat(chunk)
+                signatures[i:i + batch_size] = _signatures(chunk, projection)
         self.codec_fingerprint = codec.fingerprint()  # after: an untrained Glow initialised its ActNorm on chunk one
         self.register_buffer("latents", latents)
+        self._set_signatures(signatures, projection)
+
+    def _set_signatures(self, signatures: torch.Tensor | None, projection: torch.Tensor) -> None:
+        """Kept beside the latents, out of ``state_dict`` (which stays as it was before they existed)."""
+        device = self.latents.device
+        self.register_buffer("signatures", None if signatures is None else signatures.to(device), persistent=False)
+        self.register_buffer("projection", projection.to(device), persistent=False)
+
+    def image_checks(self, x: torch.Tensor, index: torch.Tensor) -> list:
+        """Whether ``x: (B, C, H, W)`` holds the cached images at ``index`` (on the cache's device, in range: judged
+        before), as a ``(statistics, judge)`` pair for ``validation.check_batch``; none if ``verify_images`` is off or
+        the cache was saved without signatures."""
+        if not self.verify_images or self.signatures is None:
+            return []
+        position = index.clamp(0, len(self) - 1)  # a position out of range is reported by the index check first
+        diff = (_signatures(x, self.projection) - self.signatures[position].to(self.projection.dtype)).abs().amax(1)
+        worst, row = diff.max(0)  # indexing with a 0-d tensor would read it on the host: 1-d indices below
+        tolerance = max(1e-4, 4 * torch.finfo(x.dtype).eps)  # float32 rounding; the rounding of a bf16 batch
+        stats = torch.cat([worst.view(1), row.view(1).to(diff.dtype), position[row.view(1)].to(diff.dtype)])
+        return [(stats, lambda v: _judge_images(tolerance, *v))]
 
     @classmethod
-    def load(cls, path, codec: Codec | str, device: torch.device | str | None = None) -> "LatentCache":
+    def load(cls, path, codec: Codec | str, device: torch.device | str | None = None, *,
+             verify_images: bool = True) -> "LatentCache":
         """The cache ``save`` wrote to ``path``; ``codec`` must be the one it was encoded with (same fingerprint, any
-        dtype: the latents take the codec's)."""
+        dtype: the latents take the codec's). A file saved before 2026-12-02 has no image signatures: its images
+        are not checked."""
         codec = resolve_codec(codec)
+        check_bool("verify_images", verify_images)
         device = None if device is None else resolve_device(device)
         if not Path(path).is_file():
             raise MissingFileError(f"no latent cache file at {path}")
@@ -60,10 +111,10 @@ class LatentCache(nn.Module):
             meta, tensors = hub.read_safetensors(path)
         except Exception as e:  # noqa: BLE001 - truncated, not safetensors: one message
             raise ValueError(f"{path} is not a readable latent cache ({type(e).__name__}: {e})") from None
-        if meta.get("format") != FORMAT or set(tensors) != {"latents"}:
+        if meta.get("format") != FORMAT or set(tensors) not in ({"latents"}, {"latents", "signatures"}):
             raise ValueError(f"{path} is not a latent cache written by LatentCache.save")
-        saved_sha = meta.get("latents_sha256")  # None in files written before 2026-12-02
-        if saved_sha is not None and saved_sha != hub.sha256_tensors(tensors["latents"]):
+        saved_sha = meta.get("tensors_sha256")  # None in files written before 2026-12-02
+        if saved_sha is not None and saved_sha != hub.sha256_tensors(*(tensors[k] for k in sorted(tensors))):
             raise ValueError(f"{path}: the latents do not match the sha256 saved with them (corrupted on disk or in a "
                              f"copy); encode the images again")
         if meta.get("codec_fingerprint") != codec.fingerprint():
@@ -76,18 +127,26 @@ class LatentCache(nn.Module):
         if not latents.is_floating_point() or not torch.isfinite(latents).all():  # NaN ones: every sample rejected
             raise ValueError(f"{path}: the latents must be finite floats, got {latents.dtype}"
                              f"{'' if not latents.is_floating_point() else ' with NaN or inf entries'}")
+        signatures = tensors.get("signatures")
+        if signatures is not None and signatures.shape != (len(latents), 2):
+            raise ValueError(f"{path}: signatures must be ({len(latents)}, 2), got shape {tuple(signatures.shape)}")
         cache = cls.__new__(cls)
         nn.Module.__init__(cache)
-        cache.codec_fingerprint = meta["codec_fingerprint"]
+        cache.codec_fingerprint, cache.verify_images = meta["codec_fingerprint"], verify_images
         cache.register_buffer("latents", latents.to(device or codec.device, codec.dtype))  # as the constructor
+        cache._set_signatures(signatures, _projection(codec.image_shape[0] * codec.image_shape[1]
+                                                      * codec.image_shape[2]))
         return cache
 
     def save(self, path) -> str:
-        """Write the latents, their sha256 and the codec's fingerprint to a ``.safetensors`` file, atomically; returns
-        the file's sha256."""
-        latents = self.latents.detach().cpu().contiguous()
-        return hub.write_safetensors(path, {"latents": latents}, {"format": FORMAT, "latents_sha256":
-                                     hub.sha256_tensors(latents), "codec_fingerprint": self.codec_fingerprint})
+        """Write the latents, the images' signatures, their sha256 and the codec's fingerprint to a ``.safetensors``
+        file, atomically; returns the file's sha256."""
+        tensors = {"latents": self.latents.detach().cpu().contiguous()}
+        if self.signatures is not None:
+            tensors["signatures"] = self.signatures.detach().cpu().float().contiguous()
+        return hub.write_safetensors(path, tensors, {
+            "format": FORMAT, "tensors_sha256": hub.sha256_tensors(*(tensors[k] for k in sorted(tensors))),
+            "codec_fingerprint": self.codec_fingerprint})
 
     def get_extra_state(self) -> dict:
         return {"codec_fingerprint": self.codec_fingerprint}

@@ -304,12 +304,13 @@ def _judge_index(size: int | None, lo: float, hi: float) -> None:
 
 def check_batch(x: torch.Tensor, y: torch.Tensor | None, num_classes: int | None = None,
                 index: torch.Tensor | None = None, index_size: int | None = None, allow_uint8: bool = False,
-                values: bool = True) -> None:
+                values: bool = True, more_checks: Callable[[], list] | None = None) -> None:
     """The checks of every ``t(x, y, model, index=...)`` call: images, labels (``None``: an unlabelled batch) and
     index agree on the batch (``index`` in ``[0, index_size)`` when the size is known). ``allow_uint8``: ``uint8``
     images pass too (for a :class:`~latent_transforms.Compose` whose first step is a torchvision v2 transform or a
     callable). The shapes, dtypes and devices are checked first, then every value at once: one host sync per call
-    (none with ``values=False``)."""
+    (none with ``values=False``). ``more_checks()``: a caller's own ``(statistics, judge)`` pairs, made once the forms
+    passed, judged last in the same read."""
     image_values = _image_form(x, "x", allow_uint8)
     for name, t in (("y", y), ("index", index)):
         if isinstance(t, torch.Tensor):
@@ -326,6 +327,8 @@ def check_batch(x: torch.Tensor, y: torch.Tensor | None, num_classes: int | None
         checks.append((_label_stats(y), lambda v: _judge_labels(y, "y", num_classes, v)))
     if values and index_values:
         checks.append((_index_stats(index), lambda v: _judge_index(index_size, *v)))
+    if values and more_checks is not None:
+        checks += more_checks()
     if checks:
         _check_values(checks)
 

@@ -106,12 +106,36 @@ def test_repr_is_one_line_with_the_codec_settings(data):
 def test_index_looks_the_latents_up_instead_of_encoding_x(data):
     images, labels = data
     glow = tiny_glow()
-    cache = LatentCache(glow, images, progress=False)
+    cache = LatentCache(glow, images, progress=False, verify_images=False)
     idx = torch.tensor([2, 5, 8, 13])
     modified = 1 - images[idx]  # not the cached images: the output must follow the cache, not x
     x2, _ = LatentNoise(glow, eps=0.0, cache=cache, generator=0)(modified, labels[idx], index=idx)
     assert (x2 - images[idx]).abs().max() < 1e-4
     assert (x2 - modified).abs().max() > 0.5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_images_that_are_not_the_cached_ones_are_refused(data, tmp_path, dtype):
+    """x flipped or shifted by a pixel augmentation before the transform was silently replaced by the cached images
+    (the augmentation lost); the cached images themselves pass, also as a 16-bit batch."""
+    images, labels = data
+    glow = tiny_glow()
+    cache = LatentCache(glow, images, progress=False)
+    idx = torch.tensor([2, 5, 8, 13])
+    t = LatentNoise(glow, eps=0.5, cache=cache, generator=0)  # a batch of any float dtype, the codec in float32
+    t(images[idx].to(dtype), labels[idx], index=idx)
+    modified = images[idx].clone()
+    modified[2] = modified[2].flip(-1)
+    with pytest.raises(ValueError, match=r"x is not the images this latent cache holds at index \(row 2, position 8: "
+                                         r"its signature differs by .*put it before any pixel augmentation"):
+        t(modified.to(dtype), labels[idx], index=idx)
+    with pytest.raises(ValueError, match="x is not the images"):  # in eval() mode too, as every input check
+        t.eval()(modified.to(dtype), labels[idx], index=idx)
+    cache.save(tmp_path / "c.safetensors")  # the signatures are saved with the latents
+    loaded = LatentNoise(glow, eps=0.5, cache=LatentCache.load(tmp_path / "c.safetensors", glow), generator=0)
+    with pytest.raises(ValueError, match="x is not the images"):
+        loaded(modified, labels[idx], index=idx)
+    loaded(images[idx], labels[idx], index=idx)
 
 
 def test_cache_latents_live_on_the_requested_device(data):
