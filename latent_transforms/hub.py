@@ -106,6 +106,18 @@ def sha256_tensors(*tensors: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
+def checksum_metadata(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
+    """``{"tensors_sha256": ...}``, the sha256 of a file's tensors in name order, for its metadata: safetensors keeps
+    no checksum of its own, so a flipped bit would load silently (checked by ``matches_checksum``)."""
+    return {"tensors_sha256": sha256_tensors(*(tensors[k] for k in sorted(tensors)))}
+
+
+def matches_checksum(metadata: dict[str, str], tensors: dict[str, torch.Tensor]) -> bool:
+    """Whether ``tensors`` match the ``checksum_metadata`` saved with them (``True`` for a file saved without)."""
+    saved = metadata.get("tensors_sha256")
+    return saved is None or checksum_metadata(tensors)["tensors_sha256"] == saved
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """Hex sha256 of a file, read in chunks."""
     if not Path(path).is_file():

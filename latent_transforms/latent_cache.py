@@ -113,8 +113,7 @@ class LatentCache(nn.Module):
             raise ValueError(f"{path} is not a readable latent cache ({type(e).__name__}: {e})") from None
         if meta.get("format") != FORMAT or set(tensors) not in ({"latents"}, {"latents", "signatures"}):
             raise ValueError(f"{path} is not a latent cache written by LatentCache.save")
-        saved_sha = meta.get("tensors_sha256")  # None in files written before 2026-12-02
-        if saved_sha is not None and saved_sha != hub.sha256_tensors(*(tensors[k] for k in sorted(tensors))):
+        if not hub.matches_checksum(meta, tensors):  # files written before 2026-12-02 have none
             raise ValueError(f"{path}: the latents do not match the sha256 saved with them (corrupted on disk or in a "
                              f"copy); encode the images again")
         if meta.get("codec_fingerprint") != codec.fingerprint():
@@ -145,8 +144,7 @@ class LatentCache(nn.Module):
         if self.signatures is not None:
             tensors["signatures"] = self.signatures.detach().cpu().float().contiguous()
         return hub.write_safetensors(path, tensors, {
-            "format": FORMAT, "tensors_sha256": hub.sha256_tensors(*(tensors[k] for k in sorted(tensors))),
-            "codec_fingerprint": self.codec_fingerprint})
+            "format": FORMAT, **hub.checksum_metadata(tensors), "codec_fingerprint": self.codec_fingerprint})
 
     def get_extra_state(self) -> dict:
         return {"codec_fingerprint": self.codec_fingerprint}

@@ -101,13 +101,9 @@ def save_training_state(path: str | os.PathLike, model: torch.nn.Module, optimiz
         "info": json.dumps(info),
         "optim_param_groups": json.dumps(opt["param_groups"]),
         "optim_scalars": json.dumps(scalars),
-        "tensors_sha256": _tensors_sha256(tensors),
+        **hub.checksum_metadata(tensors),
     }
     hub.write_safetensors(path, tensors, metadata)
-
-
-def _tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
-    return hub.sha256_tensors(*(tensors[k] for k in sorted(tensors)))
 
 
 def load_training_state(path: str | os.PathLike) -> tuple[dict, dict, dict, dict]:
@@ -125,8 +121,7 @@ def load_training_state(path: str | os.PathLike) -> tuple[dict, dict, dict, dict
         raise _bad_state(path, f"not a readable safetensors file ({e})") from None
     if metadata.get("format") != STATE_FORMAT:
         raise _bad_state(path, f"metadata 'format' is {metadata.get('format')!r}, not {STATE_FORMAT!r}")
-    saved_sha = metadata.get("tensors_sha256")  # None in states written before 2026-12-02
-    if saved_sha is not None and saved_sha != _tensors_sha256(tensors):
+    if not hub.matches_checksum(metadata, tensors):  # states written before 2026-12-02 have none
         raise _bad_state(path, "its tensors do not match the sha256 saved with them (corrupted on disk or in a copy)")
     fields = {}
     for key, kind in (("info", dict), ("optim_param_groups", list), ("optim_scalars", dict)):
