@@ -133,8 +133,7 @@ class LatentCache(nn.Module):
         nn.Module.__init__(cache)
         cache.codec_fingerprint, cache.verify_images = meta["codec_fingerprint"], verify_images
         cache.register_buffer("latents", latents.to(device or codec.device, codec.dtype))  # as the constructor
-        cache._set_signatures(signatures, _projection(codec.image_shape[0] * codec.image_shape[1]
-                                                      * codec.image_shape[2]))
+        cache._set_signatures(signatures, _projection(math.prod(codec.image_shape)))
         return cache
 
     def save(self, path) -> str:
