@@ -21,6 +21,7 @@ import torch
 from latent_transforms import LatentNoise, hub
 from latent_transforms.data import load_images
 from latent_transforms.models import digits_cnn
+from latent_transforms.pixel_shift import random_shift_flip
 from latent_transforms.validation import POSITIVE_INT, check_number, option
 from latent_transforms.evaluation import accuracy, fit_classifier, predict_proba
 from latent_transforms.train import eval_codec
@@ -32,20 +33,32 @@ from models import CifarResNet18, write_json
 BATCH = 500  # images per codec call
 
 
-def clean_classifier(args: argparse.Namespace, x_train: torch.Tensor, y_train: torch.Tensor) -> torch.nn.Module:
-    """The clean classifier: trained, or loaded from ``--classifier`` when that file exists (written when not)."""
+def clean_classifier(args: argparse.Namespace, x_train: torch.Tensor, y_train: torch.Tensor, *, seed: int = 0,
+                     crop_flip: bool = False, flag: str = "--classifier") -> torch.nn.Module:
+    """The clean classifier: trained, or loaded from ``--classifier`` when that file exists (written when not).
+
+    Weights are drawn from torch's global RNG as it stands; ``seed`` seeds the batch order, ``crop_flip`` adds
+    random crops (4-pixel shifts) and flips (also drawn from the global RNG). Both are stored with the file when
+    not the defaults (which are this script's). ``flag`` names the file's option in messages.
+    """
     model = digits_cnn() if x_train.shape[1:] == (1, 8, 8) else CifarResNet18(width=args.width)
     settings = {"train": args.train, "width": str(args.width), "epochs": str(args.epochs)}  # stored with it
+    if seed or crop_flip:
+        settings.update(seed=str(seed), crop_flip=str(crop_flip))
     path = args.classifier and Path(args.classifier)
     if path and path.exists():
         saved, tensors = hub.read_safetensors(path)
         if saved != settings:
-            raise SystemExit(f"--classifier {path} was trained with {saved}; this run asks for {settings}: give "
+            raise SystemExit(f"{flag} {path} was trained with {saved}; this run asks for {settings}: give "
                              f"another file (it is written on the first run) or the same settings")
         model.load_state_dict(tensors)
         print(f"clean classifier loaded from {path}")
         return model
-    fit_classifier(model, x_train, y_train, epochs=args.epochs, batch_size=64, lr=0.05, desc="clean classifier")
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)  # now, not after minutes of training
+    fit_classifier(model, x_train, y_train, epochs=args.epochs, batch_size=64, lr=0.05, seed=seed,
+                   pixel_augment=(lambda xb: random_shift_flip(xb, 4, True)) if crop_flip else None,
+                   desc="clean classifier")
     if path:
         hub.write_safetensors(path, {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
                               settings)

@@ -1181,6 +1181,62 @@ def test_codec_quality_keeps_its_clean_classifier_for_later_runs(tmp_path, monke
     assert len(fits) == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["clf.safetensors"]
 
 
+def test_codec_quality_classifier_file_records_a_seed_and_crops_and_its_folder_is_made_first(tmp_path, monkeypatch):
+    """vae_class_guidance.py's guide is this classifier with seed 1 and crops: a file of the scorer (seed 0) is not
+    taken for it; a missing folder is made before training (it failed after minutes of it)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    cq = _load_benchmark("codec_quality")
+    seen = []
+    monkeypatch.setattr(cq, "fit_classifier", lambda model, *a, **k: seen.append((k["seed"], k["pixel_augment"])))
+    x, y = torch.rand(8, 1, 8, 8), torch.arange(8)
+    args = argparse.Namespace(train="digits", width=32, epochs=3, classifier=str(tmp_path / "new" / "clf.safetensors"))
+    cq.clean_classifier(args, x, y)
+    assert seen == [(0, None)] and (tmp_path / "new" / "clf.safetensors").is_file()
+    with pytest.raises(SystemExit, match=r"^--guide .* this run asks for .*'seed': '1', 'crop_flip': 'True'"):
+        cq.clean_classifier(args, x, y, seed=1, crop_flip=True, flag="--guide")
+    args.classifier = None
+    cq.clean_classifier(args, x, y, seed=1, crop_flip=True)
+    assert seen[-1][0] == 1 and seen[-1][1](x).shape == x.shape
+
+
+def test_vae_class_guidance_term_is_zero_on_the_input_and_grows_with_the_change(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    vg = _load_benchmark("vae_class_guidance")
+    from latent_transforms.models import CifarResNet18
+
+    torch.manual_seed(0)
+    guide = CifarResNet18(width=4).eval().requires_grad_(False)
+    x = torch.rand(4, 3, 32, 32)
+    for term in ("logits", "features"):
+        assert float(vg.guide_term(guide, term, x, x.clone())) == pytest.approx(0.0, abs=1e-6), term
+        small, large = [(x + d * torch.randn_like(x)).clamp(0, 1) for d in (0.05, 0.5)]
+        recon = large.clone().requires_grad_(True)
+        value = vg.guide_term(guide, term, x, recon)
+        assert 0 < float(vg.guide_term(guide, term, x, small)) < float(value.detach()), term
+        value.backward()
+        assert recon.grad.abs().sum() > 0, term  # the term trains the decoder through the reconstruction
+
+
+def test_vae_class_guidance_fine_tunes_a_vae_and_its_control_runs_without_a_guide(tmp_path):
+    out = tmp_path / "guided" / "vae.safetensors"
+    common = ["--codec", "vae-digits", "--train", "digits", "--steps", "3", "--no-progress", "--threads", "1"]
+    _run([str(BENCHMARKS / "vae_class_guidance.py"), *common, "--guide-epochs", "1", "--guide",
+          str(tmp_path / "guide.safetensors"), "--out", str(out)], tmp_path)
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["weight"] > 0 and [h["step"] for h in record["history"]] == [0]
+    assert record["history"][0]["guide_term"] >= 0 and (tmp_path / "guide.safetensors").is_file()
+    from latent_transforms import hub
+
+    tuned, shipped = hub.load(out), hub.load("vae-digits")
+    assert tuned.config == shipped.config and hub.read_safetensors(out)[1]["decoder.0.weight"].dtype == torch.float16
+    assert any(not torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), shipped.state_dict().values()))
+    control = tmp_path / "control.safetensors"
+    _run([str(BENCHMARKS / "vae_class_guidance.py"), *common, "--balance", "0", "--out", str(control)], tmp_path)
+    assert json.loads(control.with_suffix(".json").read_text())["weight"] == 0.0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".safetensors") == ["control.safetensors",
+                                                                                       "guide.safetensors"]
+
+
 def test_sweep_report_seconds_per_epoch_is_the_mean_over_seeds(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     sweep = _load_benchmark("sweep_report")
