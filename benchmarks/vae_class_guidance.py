@@ -30,6 +30,7 @@ from latent_transforms import hub
 from latent_transforms.data import load_images
 from latent_transforms.models import CifarResNet18
 from latent_transforms.pixel_shift import random_shift_flip
+from latent_transforms.train import total_norm
 from latent_transforms.validation import POSITIVE_FLOAT, POSITIVE_INT, check_number, option
 
 from codec_quality import clean_classifier
@@ -61,8 +62,8 @@ def guide_term(guide: torch.nn.Module, term: str, x: torch.Tensor, recon: torch.
 
 
 def gradient_norm(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
-    grads = torch.autograd.grad(loss, params, retain_graph=True)
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    """The L2 norm of loss's gradient on params (the graph is kept for the step's backward)."""
+    return total_norm(torch.autograd.grad(loss, params, retain_graph=True))
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -241,6 +241,12 @@ class WeightEMA:
         state = model.state_dict()
         torch._foreach_lerp_(list(self.shadow.values()), [state[k] for k in self.shadow], 1 - d)
         self.num_updates += 1
+
+
+def total_norm(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
+    """The L2 norm of all ``tensors`` together (as ``clip_grad_norm_`` measures gradients), a 0-d tensor: no host
+    sync."""
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))
 
 
 def _lr_factor(step: int, warmup: int, progress: float) -> float:
@@ -606,8 +612,7 @@ class _TrainingRun:
         loss.backward()
         params = self.optimizer.param_groups[0]["params"]
         norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip) if self.grad_clip is not None else \
-            torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params
-                                                  if p.grad is not None]))
+            total_norm(p.grad for p in params if p.grad is not None)
         if torch.isfinite(loss) & torch.isfinite(norm):  # one host sync
             self.optimizer.step()
             if self.ema is not None:
