@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
+from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
 
 from .validation import MissingFileError, WrongTypeError, bad_option, check_bool, resolve_device
@@ -259,6 +260,31 @@ def save_checkpoint(codec: "Codec", path: str | os.PathLike, dtype: torch.dtype 
     return write_safetensors(path, tensors, metadata)
 
 
+class _AllocationBudget(TorchFunctionMode):
+    """Raises ``MemoryError`` before a tensor factory call (``torch.empty``, ``torch.randn``, ...) would take the
+    elements it has made, in all, past ``limit``: a codec built from a checkpoint's config is stopped before it
+    allocates far more than the file's weights (a config of hidden=30000 would otherwise take gigabytes)."""
+
+    FACTORIES = frozenset({torch.empty, torch.empty_strided, torch.zeros, torch.ones, torch.full, torch.rand,
+                           torch.randn, torch.randint, torch.normal, torch.eye, torch.arange, torch.linspace})
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit, self.used = limit, 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.FACTORIES and "out" not in kwargs:
+            try:  # the size the call asks for, from the same call on the meta device (no memory)
+                size = func(*args, **{**kwargs, "device": "meta"}).numel()
+            except (RuntimeError, TypeError, ValueError):
+                size = 0  # a call the meta device cannot make; the real one below makes it or says why not
+            self.used += size
+            if self.used > self.limit:
+                raise MemoryError(f"more than {self.limit:,} elements")
+        return func(*args, **kwargs)
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> "Codec":
     """Build the codec described by a ``.safetensors`` checkpoint, load its weights, freeze it."""
     from .codecs import build_codec
@@ -288,11 +314,19 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     if not isinstance(config, dict):
         kind = {type(None): "null", list: "an array", str: "a string", bool: "a boolean"}.get(type(config), "a number")
         raise ValueError(f"{path}: metadata 'config' must be a JSON object, got {kind}")
-    with torch.random.fork_rng(devices=[]):  # the random init, overwritten below, must not move torch's global RNG
+    stored = sum(t.numel() for t in tensors.values())
+    limit = 2 * stored + (1 << 16)  # building a codec allocates about as many elements as its state dict holds
+    # the random init, overwritten below, must not move torch's global RNG
+    with torch.random.fork_rng(devices=[]), _AllocationBudget(limit):
         try:
             codec = build_codec(config)
         except ValueError as e:
             raise ValueError(f"{path}: its config cannot build a codec ({e})") from None
+        except MemoryError:
+            raise ValueError(
+                f"{path}: its config describes a codec of more than {limit:,} weights, but the file holds "
+                f"{stored:,}: config and tensors do not belong together (a corrupted or hand-edited file)"
+            ) from None
     expected = codec.state_dict()
     missing, unexpected = sorted(expected.keys() - tensors.keys()), sorted(tensors.keys() - expected.keys())
     if missing or unexpected:

@@ -1148,6 +1148,23 @@ def test_a_checkpoint_whose_config_cannot_build_a_codec_is_named(tmp_path):
         hub.load_checkpoint(path)
 
 
+@pytest.mark.parametrize("name, change", [
+    ("vae-digits", {"hidden": 512}),  # 60x the file's weights: it was built (~25 MB), then refused for its shapes
+    ("glow-digits", {"hidden": 10**6}),  # 10^12 weights: it asked the allocator for 4 TB
+    ("glow-digits", {"steps": 10**7}),  # ~10^11 weights: it built blocks until memory ran out
+])
+def test_a_config_far_larger_than_the_files_weights_is_refused_before_it_is_built(tmp_path, name, change):
+    sd = hub.load(name).state_dict()
+    config = {**hub.load(name).config, **change}
+    path = _write_raw(tmp_path / "big.safetensors", {k: v.clone() for k, v in sd.items()},
+                      {"format": hub.FORMAT, "config": json.dumps(config)})
+    state = torch.get_rng_state()
+    with pytest.raises(ValueError, match=r"big.safetensors: its config describes a codec of more than [\d,]+ weights, "
+                                         r"but the file holds [\d,]+: config and tensors do not belong together"):
+        hub.load_checkpoint(path)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_load_names_a_bad_argument_and_suggests_a_near_name(env):
     with pytest.raises(TypeError, match="name_or_path must be a checkpoint name or a .safetensors path, got NoneType"):
         hub.load(None)
