@@ -13,11 +13,25 @@ from .validation import WrongTypeError, check_batch, check_count, check_model_sl
 
 
 def _is_kornia_mix(t: object) -> bool:
-    try:
-        from kornia.augmentation._2d.mix.base import MixAugmentationBaseV2
-    except ImportError:  # pragma: no cover - kornia is a dependency
-        return False
+    """kornia's label mixes, the ones Compose turns into soft labels."""
+    from kornia.augmentation import RandomCutMixV2, RandomMixUpV2
+
+    return isinstance(t, (RandomMixUpV2, RandomCutMixV2))
+
+
+def _is_kornia_mix_base(t: object) -> bool:
+    """Any kornia ``MixAugmentationBaseV2`` (also RandomJigsaw, which keeps labels): they take ``data_keys``."""
+    from kornia.augmentation._2d.mix.base import MixAugmentationBaseV2
+
     return isinstance(t, MixAugmentationBaseV2)
+
+
+def _is_unsupported_kornia_mix(t: object) -> bool:
+    """A kornia mix whose labels Compose cannot follow: PatchMix, RandomMosaic, RandomTransplantation (their images
+    mix or move, but they give no class-label mixing weights)."""
+    from kornia.augmentation import RandomJigsaw
+
+    return _is_kornia_mix_base(t) and not _is_kornia_mix(t) and not isinstance(t, RandomJigsaw)
 
 
 def _is_kornia(t: object) -> bool:
@@ -44,10 +58,10 @@ def _is_kornia_container(t: object) -> bool:
 
 
 def _parts(t: object) -> list:
-    """A step and, for containers (this Compose, torchvision's Compose/RandomChoice/RandomApply/..., kornia's
-    AugmentationSequential/ImageSequential/...), what they hold."""
+    """A step and, for containers (this Compose, torchvision's Compose/RandomChoice/RandomApply/..., nn.Sequential
+    and kornia's AugmentationSequential/ImageSequential/..., which are nn.Sequential), what they hold."""
     inner = (t.steps if isinstance(t, Compose) else getattr(t, "transforms", None) if _is_torchvision_v2(t)
-             else list(t.children()) if _is_kornia_container(t) else None)
+             else list(t.children()) if isinstance(t, nn.Sequential) else None)
     return [t] + [p for s in (inner or []) for p in _parts(s)]
 
 
@@ -79,10 +93,12 @@ def _refuse_held_by_container(t: object, i: int) -> None:
     for p in _parts(t)[1:]:
         if _is_kornia_container(t) and _is_kornia_mix(p):
             why = "a kornia mix inside a kornia container would mix the images but not the labels"
-        elif _is_kornia_mix(p):
-            why = "a torchvision container calls it as t(x, y), not with kornia's data_keys: the labels are lost"
+        elif _is_kornia_mix_base(p) and not _is_kornia_container(t):
+            why = "a torchvision container calls it as t(x, y), not with kornia's data_keys"
         elif _is_kornia_container(t) and isinstance(p, LatentTransform):
             why = "a kornia container calls what it holds as t(x), without labels or model"
+        elif isinstance(t, nn.Sequential) and isinstance(p, LatentTransform):
+            why = "nn.Sequential calls what it holds as t(x) and hands on what it returns, here an (x, y) pair"
         elif isinstance(p, LatentTransform) and p.needs_model:
             why = "it needs the model, which a torchvision container does not pass on"
         elif isinstance(p, LatentTransform) and p.mixes_labels:
@@ -103,6 +119,20 @@ def _check_kornia_mix_step(steps: list, i: int, mixing: list[int], num_classes: 
         raise ValueError(f"{_name(steps[i])} (kornia) at step {i} takes class-index labels, but "
                          f"{_name(steps[mixing[0]])} at step {mixing[0]} makes them soft; put it first or use "
                          f"torchvision.transforms.v2.MixUp/CutMix")
+
+
+def _checked(step: nn.Module, i: int, out: object, pair: bool):
+    """``out`` as a step called as ``t(x, y)`` (``pair``) or ``t(x)`` must return it: ``ValueError`` naming the step
+    otherwise (a latent transform held by a container of one's own makes an ``(x, y)`` pair where images belong)."""
+    ok = (isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[0], torch.Tensor)) if pair \
+        else isinstance(out, torch.Tensor)
+    if not ok:
+        got = f"a {type(out).__name__} of {len(out)}" if isinstance(out, (tuple, list)) else type(out).__name__
+        e = WrongTypeError(f"{_name(step)} at step {i} returned {got}, not {'(images, labels)' if pair else 'images'}: a "
+                           f"latent transform inside a container of one's own? make it a step of this Compose")
+        setattr(e, RAISED_IN_TRANSFORM, True)  # the step's own output, not the previous step's: no 'on the output of'
+        raise e
+    return out
 
 
 def _where(part: object, step: object, i: int) -> str:
@@ -173,6 +203,11 @@ class Compose(nn.Module):
                 raise WrongTypeError(f"Compose steps must be callable, got {type(t).__name__} at step {i}")
             steps.append(t if isinstance(t, nn.Module) else _Callable(t))
         for i, t in enumerate(steps):
+            for p in _parts(t):
+                if _is_unsupported_kornia_mix(p):
+                    raise ValueError(f"{_where(p, t, i)}: a kornia mix whose labels Compose cannot follow (it gives "
+                                     f"no class-mixing weights); use kornia's RandomMixUpV2/RandomCutMixV2 or "
+                                     f"torchvision's MixUp/CutMix")
             if not isinstance(t, (LatentTransform, Compose)):
                 _refuse_held_by_container(t, i)
         isda = [i for i, t in enumerate(steps) if _has_isda(t)]
@@ -227,7 +262,7 @@ class Compose(nn.Module):
             return x, y
         for i, step in enumerate(self.steps):
             try:
-                x, y = self._run_step(step, x, y, model, index if i == 0 else None)
+                x, y = self._run_step(step, i, x, y, model, index if i == 0 else None)
             except ValueError as e:  # a step refused what the previous step made: say which step
                 if i > 0 and e.args and not getattr(e, RAISED_IN_TRANSFORM, False):  # a model's or codec's own error
                     hint = "" if x.is_floating_point() or not _takes_floats_only(step) else \
@@ -237,7 +272,7 @@ class Compose(nn.Module):
                 raise
         return x, y
 
-    def _run_step(self, step: nn.Module, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None,
+    def _run_step(self, step: nn.Module, i: int, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None,
                   index: torch.Tensor | None = None):
         if isinstance(step, LatentTransform):
             return step(x, y, model, index=index)
@@ -262,6 +297,8 @@ class Compose(nn.Module):
             if getattr(step, "use_correct_lambda", False):  # CutMix's paper convention: lam weighs the sample's own label
                 lam = 1 - lam
             return x2, (1 - lam) * to_soft(a, k) + lam * to_soft(b, k)
-        if _is_torchvision_v2(step):  # given only the images, torchvision's v2.Lambda & co never see a None
-            return (step(x), None) if y is None else step(x, y)
-        return step(x), y
+        if _is_torchvision_v2(step) and y is not None:
+            return _checked(step, i, step(x, y), pair=True)
+        if _is_torchvision_v2(step) and any(isinstance(p, LatentTransform) for p in _parts(step)):
+            return _checked(step, i, step(x, None), pair=True)[0], None  # it hands the latent step's (x, None) on
+        return _checked(step, i, step(x), pair=False), y  # given only the images, torchvision's v2.Lambda never sees None

@@ -352,11 +352,47 @@ def test_a_latent_step_a_container_would_call_wrongly_is_refused_when_built(rgb_
         Compose([T.RandomHorizontalFlip(), make(rgb_glow)], num_classes=10)
 
 
-def test_a_latent_step_a_torchvision_container_calls_rightly_is_accepted(rgb, rgb_glow):
+@pytest.mark.parametrize("labelled", [True, False])
+@pytest.mark.parametrize("container", [lambda t: T.RandomApply([t], p=1.0), lambda t: T.RandomChoice([t]),
+                                       lambda t: T.Compose([T.RandomHorizontalFlip(0.0), t])])
+def test_a_latent_step_a_torchvision_container_calls_rightly_is_accepted(rgb, rgb_glow, container, labelled):
+    # unlabelled, the container was called as t(x): LatentNoise's (x, None) pair went on as the images
     x, y = rgb
-    chain = Compose([T.RandomApply([LatentNoise(rgb_glow, eps=0.5, generator=0)], p=1.0), T.RandomHorizontalFlip()])
-    x2, y2 = chain(x, y, TinyNet(channels=3))
-    assert x2.shape == x.shape and torch.equal(y2, y) and not torch.equal(x2, x)
+    chain = Compose([container(LatentNoise(rgb_glow, eps=0.5, generator=0)), T.RandomHorizontalFlip()])
+    x2, y2 = chain(x, y if labelled else None, TinyNet(channels=3))
+    assert isinstance(x2, torch.Tensor) and x2.shape == x.shape and not torch.equal(x2, x)
+    assert torch.equal(y2, y) if labelled else y2 is None
+
+
+def test_a_latent_step_in_nn_sequential_is_refused_when_built(rgb_glow):
+    # nn.Sequential handed LatentNoise's (x, y) pair to the next module as its images
+    with pytest.raises(ValueError, match="LatentNoise in Sequential at step 0: nn.Sequential calls what it holds as "
+                                         r"t\(x\) .* an \(x, y\) pair; make it a step of this Compose of its own"):
+        Compose([torch.nn.Sequential(LatentNoise(rgb_glow), torch.nn.Identity())])
+
+
+def test_a_step_that_returns_something_else_than_images_is_named(rgb):
+    x, y = rgb
+    with pytest.raises(TypeError, match="<lambda> at step 1 returned a tuple of 2, not images"):
+        Compose([T.RandomHorizontalFlip(), lambda x: (x, None)])(x, y)
+
+
+def test_kornia_random_jigsaw_keeps_the_labels(rgb):
+    # RandomJigsaw is a kornia mix base but moves patches within each image: Compose took it for a label mix (and
+    # kornia's own call with a "class" key raised NotImplementedError)
+    x, y = rgb
+    chain = Compose([K.RandomJigsaw(grid=(2, 2), p=1.0), K.RandomHorizontalFlip()])
+    x2, y2 = chain(x, y)
+    assert torch.equal(y2, y) and x2.shape == x.shape and not torch.equal(x2, x)
+    assert torch.allclose(x2.sum((1, 2, 3)), x.sum((1, 2, 3)), atol=1e-3)  # the same pixels, moved
+
+
+@pytest.mark.parametrize("mix", [lambda: K.RandomMosaic((16, 16)), lambda: K.PatchMix(patch_size=4),
+                                 lambda: T.RandomApply([K.PatchMix(patch_size=4)])])
+def test_a_kornia_mix_whose_labels_compose_cannot_follow_is_refused_when_built(mix):
+    with pytest.raises(ValueError, match=r"(Mosaic|PatchMix).* at step 1: a kornia mix whose labels Compose cannot "
+                                         r"follow .* RandomMixUpV2/RandomCutMixV2"):
+        Compose([T.RandomHorizontalFlip(), mix()], num_classes=10)
 
 
 def test_a_step_with_other_num_classes_is_refused_when_built(rgb_glow):
