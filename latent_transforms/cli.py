@@ -10,6 +10,7 @@ import argparse
 import json
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -82,15 +83,14 @@ def _cmd_register(args: argparse.Namespace) -> None:
     run = Path(args.run)
     entry = _read_run(run)
     run_name = entry.pop("name")
-    name = args.name or run_name
-    if not isinstance(name, str) or not name:
+    if args.name is None and (not isinstance(run_name, str) or not run_name):
         raise ValueError(f"{run} has {'an empty' if run_name == '' else 'no'} 'name'; give one with --name")
-    file = f"{name}.safetensors"
+    name = run_name if args.name is None else args.name
     try:
-        hub._check_filename(file)
-    except ValueError:
-        raise ValueError(f"name {name!r} cannot be a file name (no path separators, '..' or leading '.'); "
-                         f"give another with --name") from None
+        hub.check_file_stem(name, "--name" if args.name is not None else f"{run}'s name")
+    except ValueError as e:
+        raise ValueError(f"{e}; give another with --name") from None
+    file = f"{name}.safetensors"
     registry = hub._registry()
     if name in hub._shipped_registry():
         raise ValueError(f"{name!r} is a shipped checkpoint's name; register yours under another name, e.g. "
@@ -184,11 +184,17 @@ def _out_of_memory(e: RuntimeError) -> bool:
     return isinstance(e, torch.cuda.OutOfMemoryError) or "can't allocate memory" in str(e)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"{PROG}: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns 0, or exits with status 2 after a one-line error on stderr."""
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        with warnings.catch_warnings():  # one line each, as the errors: not Python's "file:line: UserWarning" + source
+            warnings.showwarning = _show_warning
+            args.func(args)
     except (hub.HubError, LookupError, ValueError, OSError, ImportError, ArithmeticError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

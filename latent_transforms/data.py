@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .hub import cache_dir
+from .hub import _offline, cache_dir
 from .validation import MissingFileError, check_choice, check_count
 
 __all__ = ["load_images", "low_data_split", "describe_spec", "IMAGE_SUFFIXES"]
@@ -92,7 +92,11 @@ def _cifar10(split: str, data_root) -> tuple[torch.Tensor, torch.Tensor, int]:
 
     root = Path(data_root).expanduser() if data_root is not None else cache_dir() / "data"
     try:
-        ds = CIFAR10(root=str(root), train=split == "train", download=True)
+        ds = CIFAR10(root=str(root), train=split == "train", download=not _offline())
+    except RuntimeError:  # offline, not downloaded: torchvision's "Dataset not found or corrupted"
+        raise ValueError(f"CIFAR-10 is not in {root}, and LATENT_TRANSFORMS_OFFLINE is set, which forbids downloads; "
+                         f"put torchvision's cifar-10-python files there (or pass another data root), unset it, or "
+                         f"use npz:PATH or folder:PATH data") from None
     except OSError as e:  # offline (URLError), disk full, ...: torchvision's message names neither the folder nor a way out
         raise ValueError(f"could not download CIFAR-10 into {root} ({e}); put torchvision's cifar-10-python files "
                          f"there (or pass another data root), or use npz:PATH or folder:PATH data") from None
@@ -136,11 +140,14 @@ def _npz(path: Path) -> tuple[torch.Tensor, torch.Tensor | None, int]:
         raise ValueError(f"npz data file {str(path)!r} is a directory, not an .npz archive")
     if not path.is_file():
         raise MissingFileError(f"npz data file {str(path)!r} does not exist")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if not magic.startswith(b"PK"):  # np.load took it for a pickle and advised allow_pickle
+        what = "a .npy array" if magic == b"\x93NUMPY" else f"{'an empty file' if not magic else 'not a zip file'}"
+        raise ValueError(f"{path} is {what}, not an .npz archive; save the images (and labels) with "
+                         f"np.savez(path, x=x, y=y)")
     try:
         d = np.load(path, allow_pickle=False)
-        if isinstance(d, np.ndarray):
-            raise ValueError(f"{path} is a .npy array, not an .npz archive; save the images (and labels) with "
-                             f"np.savez(path, x=x, y=y)")
         with d:
             if "x" not in d.files:
                 raise ValueError(f"{path}: no array 'x' (found {sorted(d.files)})")

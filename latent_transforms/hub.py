@@ -148,6 +148,22 @@ def _check_filename(file: object) -> str:
     return file
 
 
+def check_file_stem(name: object, what: str = "name") -> str:
+    """``name`` as the stem of ``<name>.safetensors`` (a trained or registered checkpoint's file): a non-empty str
+    with no path separators, ``..`` or leading ``.``, not itself ending in ``.safetensors``; ``ValueError`` naming
+    ``what`` otherwise."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{what} must be a non-empty file stem, got {name!r}")
+    if name.endswith(".safetensors"):
+        raise ValueError(f"{what} {name!r} is a file name; give the stem, {name[:-len('.safetensors')]!r} "
+                         f"(.safetensors is added)")
+    try:
+        _check_filename(f"{name}.safetensors")
+    except ValueError:
+        raise ValueError(f"{what} {name!r} cannot be a file name (no path separators, '..' or leading '.')") from None
+    return name
+
+
 def _read_umask() -> int:
     umask = os.umask(0)  # the only way to read it sets it: done once, at import, before any thread of ours runs
     os.umask(umask)
@@ -438,7 +454,7 @@ def _registry(warn_if_broken: bool = False) -> dict[str, dict]:
     except ValueError as e:
         if not warn_if_broken:
             raise
-        warnings.warn(f"{e}; its checkpoints are left out until it is fixed", stacklevel=3)
+        warnings.warn(f"{e}; its checkpoints are left out until it is fixed or deleted", stacklevel=3)
         user = {}
     with _lock:
         runtime = dict(_registered)

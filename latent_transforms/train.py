@@ -42,6 +42,7 @@ STATE_FORMAT = "latent-transforms-train-state/1"
 KINDS = {"flow": "glow", "glow": "glow", "vae": "vae"}
 ACTNORM_INIT_BATCH = 512
 MAX_SEED = 2**32 - 1  # seeds in [0, 2**32), as NumPy's: the batch order seeds a generator with seed * 1_000_003 + epoch
+MAX_LR = 1.0  # Adam and Adamax move each weight by up to about lr a step: beyond 1, only overflow (lr 1e38: a traceback)
 ROUNDTRIP_TOL = 1e-3  # max |decode(encode(x)) - x| a stored flow may have (else fp16 falls back to fp32)
 VAE_FP16_TOL = 1e-2  # max |reconstruction(fp16 copy) - reconstruction(fp32)| for a VAE
 MAX_NONFINITE_IN_A_ROW = 20
@@ -322,7 +323,7 @@ def _check_train_args(x_train: torch.Tensor, x_test: torch.Tensor | None, name: 
         check_count("max_steps", max_steps, low=1)
     if max_minutes is not None:
         check_number("max_minutes", max_minutes, low_open=True)
-    check_number("lr", lr, low_open=True)
+    check_number("lr", lr, high=MAX_LR, low_open=True)
     check_count("warmup_steps", warmup_steps)
     if grad_clip is not None:
         check_number("grad_clip", grad_clip, low_open=True)
@@ -335,8 +336,7 @@ def _check_train_args(x_train: torch.Tensor, x_test: torch.Tensor | None, name: 
         check_bool(flag, value)
     if check_count("translate", translate) >= min(x_train.shape[2:]):
         raise ValueError(f"translate must be < {min(x_train.shape[2:])} (the image side), got {translate}")
-    if not name or any(s in name for s in ("/", "\\")) or name.startswith("."):
-        raise ValueError(f"name must be a plain file stem, got {name!r}")
+    hub.check_file_stem(name)
 
 
 # per codec kind: the settings of the other kind, and what to say of them
@@ -669,12 +669,17 @@ def _refuse_diverged(metrics: dict[str, float], run: _TrainingRun, ckpt: Path) -
     """Raise ``FloatingPointError`` (and delete ``ckpt``) if a test metric is not finite: the weights diverged."""
     bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
     if bad:
-        ckpt.unlink()
-        raise FloatingPointError(
-            f"the run diverged: test {', '.join(bad)} not finite (non-finite training losses: "
-            f"{run.info['nonfinite_steps']}); no checkpoint written, the training state stays in {run.state_path}; "
-            f"lower lr (--lr, now {run.lr:g}) or grad_clip (--grad-clip) and start afresh (--no-resume)"
-        )
+        _diverged(run, ckpt, f"test {', '.join(bad)} not finite")
+
+
+def _diverged(run: _TrainingRun, ckpt: Path, what: str) -> None:
+    """Delete ``ckpt`` and raise ``FloatingPointError``: the run diverged, as ``what`` shows."""
+    ckpt.unlink(missing_ok=True)
+    raise FloatingPointError(
+        f"the run diverged: {what} (non-finite training losses: {run.info['nonfinite_steps']}); no checkpoint "
+        f"written, the training state stays in {run.state_path}; lower lr (--lr, now {run.lr:g}) or grad_clip "
+        f"(--grad-clip) and start afresh (--no-resume)"
+    )
 
 
 def _report(run: _TrainingRun, stored: Codec, *, name: str, ckpt: Path, sha: str, dtype: torch.dtype,
@@ -817,7 +822,7 @@ def train_codec(
             each call trains at least one step);
             alone, the length of the whole run in training minutes (the LR schedule follows the time spent).
         batch_size: training batch size.
-        lr: peak learning rate, reached after ``warmup_steps`` of linear warm-up (capped at a fifth of the run
+        lr: peak learning rate, in (0, 1], reached after ``warmup_steps`` of linear warm-up (capped at a fifth of the run
             when ``epochs`` or ``max_steps`` sets its length; with ``max_minutes`` alone it is not capped and
             overlaps the decay, so a short run may not reach ``lr``), then decayed with a cosine to 0 at the end
             of the run.
@@ -871,7 +876,7 @@ def train_codec(
     cfg = _codec_config(codec_kind, tuple(x_train.shape[1:]), num_bins, config, levels=levels, steps=steps,
                         hidden=hidden, latent_dim=latent_dim, beta=beta, latent_side=latent_side,
                         decoder_blocks=decoder_blocks)
-    out = Path(out_dir)  # created once every setting is known to be good
+    out = Path(out_dir).expanduser()  # as hub.load expands a path; created once every setting is known to be good
     if out.exists() and not out.is_dir():
         raise ValueError(f"the output folder {str(out)!r} is a file; give a folder (it is created if missing)")
     out.mkdir(parents=True, exist_ok=True)
@@ -938,7 +943,10 @@ def train_codec(
     ckpt, js, png = (out / f"{name}.{ext}" for ext in ("safetensors", "json", "png"))
     for old in (js, png):  # never an old JSON (or picture) beside a new checkpoint; the JSON comes last
         old.unlink(missing_ok=True)
-    stored, sha, dtype, fallback = _store(codec, codec_kind, ckpt, fp16, x_eval[:256], name, dev, say)
+    try:
+        stored, sha, dtype, fallback = _store(codec, codec_kind, ckpt, fp16, x_eval[:256], name, dev, say)
+    except torch.linalg.LinAlgError as e:  # weights so far gone that a 1x1 convolution cannot be inverted
+        _diverged(run, ckpt, f"a weight the codec inverts is singular ({e})")
     metrics = eval_codec(stored, x_eval, seed=seed)
     _refuse_diverged(metrics, run, ckpt)
     temperature = 0.7 if codec_kind == "glow" else 1.0
@@ -986,7 +994,8 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--max-minutes", type=POSITIVE_FLOAT,
                    help="with --epochs/--max-steps: this call's time limit (then resume); alone: the run's length")
     g.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="(default 64)")
-    g.add_argument("--lr", type=POSITIVE_FLOAT, default=1e-3, help="peak learning rate (default 1e-3)")
+    g.add_argument("--lr", type=option(check_number, float, high=MAX_LR, low_open=True), default=1e-3,
+                   help=f"peak learning rate, at most {MAX_LR:g} (default 1e-3)")
     g.add_argument("--grad-clip", type=POSITIVE_FLOAT, help="max gradient norm (default 50 for flows, none for VAEs)")
     g.add_argument("--ema", type=option(check_number, float, high=1.0, low_open=True, high_open=True), metavar="DECAY",
                    help="save an exponential moving average of the weights with this decay, e.g. 0.999")
@@ -1026,7 +1035,7 @@ def _cmd_train(args: argparse.Namespace) -> dict:
             raise ValueError(f"--test-data images are {tuple(x_test.shape[1:])}, --data images {tuple(x.shape[1:])} "
                              f"(channels, height, width)")
     codec_kind = KINDS[args.kind]
-    name = args.name or f"{codec_kind}-{describe_spec(args.data)}"
+    name = f"{codec_kind}-{describe_spec(args.data)}" if args.name is None else args.name  # "" refused, not replaced
     split = " (train split)" if builtin else ""
     description = f"{args.data}{split}: {x.shape[0]} images {tuple(x.shape[1:])}"
     if test_spec is not None:

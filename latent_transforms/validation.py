@@ -161,8 +161,10 @@ def _judge_images(x: torch.Tensor, name: str, lo: float, hi: float) -> None:
     if lo < -IMAGE_RANGE_TOL or hi > 1 + IMAGE_RANGE_TOL:
         if lo >= -0.1 and hi <= 1.1:
             hint = "a resampling (bicubic, antialiased) or noise step overshoots: clamp its output with x.clamp(0, 1)"
-        elif lo >= -IMAGE_RANGE_TOL and hi <= 255 + IMAGE_RANGE_TOL:  # 8-bit intensities made float, not scaled
+        elif lo >= -IMAGE_RANGE_TOL and 2 < hi <= 255 + IMAGE_RANGE_TOL:  # 8-bit intensities made float, not scaled
             hint = "these look like 0-255 intensities: divide them by 255"
+        elif lo >= -0.1 and hi <= 2:
+            hint = "a step scales or shifts them past 1 (brightness, contrast, a gain): clamp its output with x.clamp(0, 1)"
         else:
             hint = "apply normalisation (mean/std) inside the model, after augmentation"
         raise ValueError(f"{name} values must lie in [0, 1], got range [{lo:.4g}, {hi:.4g}]; {hint}")

@@ -23,6 +23,24 @@ def test_damaged_npz_is_refused_by_name(tmp_path):
             load_images(f"npz:{path}")
 
 
+@pytest.mark.parametrize("content, what", [
+    (b"x,y\n1,2\n", "not a zip file"),  # a CSV under an .npz name: was numpy's advice to set allow_pickle
+    (b"", "an empty file"),
+    (None, "a .npy array"),
+])
+def test_a_file_that_is_no_npz_archive_says_what_it_is(tmp_path, content, what):
+    path = tmp_path / "x.npz"
+    if content is None:
+        with open(path, "wb") as f:
+            np.save(f, np.zeros((2, 4, 4), dtype=np.uint8))
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match=rf"^{path} is {what}, not an .npz archive; save the images \(and labels\) "
+                                         rf"with np.savez\(path, x=x, y=y\)$") as e:
+        load_images(f"npz:{path}")
+    assert "pickle" not in str(e.value)
+
+
 def test_cifar10_that_cannot_be_downloaded_says_where_and_what_else(tmp_path, monkeypatch):
     import torchvision.datasets
 
@@ -32,6 +50,22 @@ def test_cifar10_that_cannot_be_downloaded_says_where_and_what_else(tmp_path, mo
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
     with pytest.raises(ValueError, match=f"could not download CIFAR-10 into {tmp_path} .*npz:PATH"):
         load_images("cifar10", "train", tmp_path)
+
+
+def test_cifar10_is_not_downloaded_offline(tmp_path, monkeypatch):
+    # LATENT_TRANSFORMS_OFFLINE=1 "forbids downloads" (docs/hub.md), but `train --data cifar10` still downloaded
+    import torchvision.datasets.utils
+
+    def download(*args, **kwargs):
+        raise AssertionError("a download was attempted")
+
+    monkeypatch.setattr(torchvision.datasets.utils, "download_url", download)
+    monkeypatch.setattr(torchvision.datasets.cifar, "download_and_extract_archive", download)
+    monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
+    with pytest.raises(ValueError, match=f"CIFAR-10 is not in {tmp_path}, and LATENT_TRANSFORMS_OFFLINE is set, "
+                                         f"which forbids downloads; .*npz:PATH"):
+        load_images("cifar10", "test", tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("mode, key", [("RGB", (0, 0, 0)), ("L", 0)])

@@ -148,11 +148,40 @@ def test_train_refuses_both_epochs_and_max_steps(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("name", ["a/b", "a\\b", ".hidden", "../up", ""])  # "" became "glow"
-def test_train_name_must_be_a_plain_file_stem(tmp_path, name):
-    with pytest.raises(ValueError, match="name must be a plain file stem, got"):
+@pytest.mark.parametrize("name, message", [
+    ("a/b", "name 'a/b' cannot be a file name"), ("a\\b", "cannot be a file name"), (".hidden", "cannot be a file name"),
+    ("../up", "cannot be a file name"), ("v1..2", "cannot be a file name"),  # 'v1..2' trained, then register refused it
+    ("", "name must be a non-empty file stem, got ''"),  # "" became "glow"
+    ("e.safetensors", r"name 'e.safetensors' is a file name; give the stem, 'e' \(.safetensors is added\)"),
+])
+def test_train_name_must_be_a_plain_file_stem(tmp_path, name, message):
+    with pytest.raises(ValueError, match=message):
         train_codec("vae", X, tmp_path / "o", name=name, max_steps=1, progress=False)
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("lr, shown", [(2.0, "2.0"), (1e38, "1e+38")])  # 1e38: Adam raised "... without overflow"
+def test_train_refuses_a_learning_rate_beyond_one(tmp_path, capsys, lr, shown):
+    with pytest.raises(ValueError, match=r"lr must be a finite number in \(0, 1\]"):
+        train_codec("vae", X, tmp_path / "o", lr=lr, max_steps=1, progress=False)
+    code, out, err = _exit_code(["train", "vae", "--data", "digits", "--out", str(tmp_path / "o"), "--max-steps", "1",
+                                 "--lr", str(lr)], capsys)
+    assert code == 2 and err.endswith(f"error: argument --lr: must be a finite number in (0, 1], got {shown}\n")
+    assert not (tmp_path / "o").exists()
+
+
+def test_train_whose_flow_weights_cannot_be_inverted_says_it_diverged(tmp_path, monkeypatch):
+    # with lr 1e30 the flow trained to weights whose 1x1 convolution is singular: a LinAlgError traceback at the end
+    import latent_transforms.train as train_module
+
+    def singular(*args, **kwargs):
+        raise torch.linalg.LinAlgError("linalg.inv: The diagonal element 1 is zero")
+
+    monkeypatch.setattr(train_module.hub, "load_checkpoint", singular)
+    with pytest.raises(FloatingPointError, match=r"the run diverged: a weight the codec inverts is singular "
+                                                 r"\(linalg.inv: .*\); no checkpoint written, the training state stays"):
+        train_codec("flow", X, tmp_path, levels=1, steps=1, hidden=4, max_steps=1, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["glow.state.safetensors"]
 
 
 @pytest.mark.parametrize("kind, setting, message", [
@@ -175,7 +204,8 @@ def test_train_refuses_settings_of_the_other_codec_kind(tmp_path, kind, setting,
     ("flow", ["--beta", "0.5"], "--beta is a VAE setting; a flow's latent has the size of the image"),
     ("flow", ["--latent-side", "2", "--decoder-blocks", "1"],
      "--latent-side and --decoder-blocks are VAE settings; a flow's latent has the size of the image"),
-    ("vae", ["--name", "a/b"], "name must be a plain file stem, got 'a/b'"),
+    ("vae", ["--name", "a/b"], "name 'a/b' cannot be a file name (no path separators, '..' or leading '.')"),
+    ("vae", ["--name", ""], "name must be a non-empty file stem, got ''"),  # the CLI trained 'vae-x' instead
 ])
 def test_train_cli_refuses_options_of_the_other_codec_kind_and_bad_names(tmp_path, capsys, kind, option, message):
     data = tmp_path / "x.npz"
@@ -216,13 +246,16 @@ def test_register_a_run_without_a_name_asks_for_one(tmp_path, capsys, run_name):
     assert "zz-named.safetensors" in _cache_files()
 
 
-@pytest.mark.parametrize("name", ["a/b", "..", ".hidden", "a\\b"])
-def test_register_refuses_a_name_that_is_not_a_file_name(tmp_path, capsys, name):
+@pytest.mark.parametrize("name, message", [
+    *((n, f"--name {n!r} cannot be a file name (no path separators, '..' or leading '.')")
+      for n in ["a/b", "..", ".hidden", "a\\b"]),
+    ("", "--name must be a non-empty file stem, got ''"),  # the run's own name was registered instead
+    ("e.safetensors", "--name 'e.safetensors' is a file name; give the stem, 'e' (.safetensors is added)"),
+])
+def test_register_refuses_a_name_that_is_not_a_file_name(tmp_path, capsys, name, message):
     _, js = _run_files(tmp_path / "runs", "zz-run")
     code, out, err = _exit_code(["register", str(js), "--name", name], capsys)
-    assert code == 2 and out == "" and err.count("\n") == 1
-    assert f"name {name!r} cannot be a file name (no path separators, '..' or leading '.'); give another with " \
-           f"--name" in err
+    assert code == 2 and out == "" and err == f"{PROG}: error: {message}; give another with --name\n"
     assert _cache_files() == []
 
 
@@ -325,3 +358,15 @@ def test_run_demo_checks_its_api_only_arguments_before_any_work(tmp_path, kwargs
     with pytest.raises(error, match=message):
         demo.run_demo(tmp_path / "o", progress=False, **kwargs)
     assert not (tmp_path / "o").exists()
+
+
+def test_list_with_a_broken_user_registry_warns_in_one_line(capsys):
+    # was Python's "cli.py:42: UserWarning: ..." followed by the source line "rows = hub.list_checkpoints()"
+    hub.cache_dir().mkdir(parents=True)
+    registry = hub.cache_dir() / "registry.json"
+    registry.write_text("{broken")
+    assert main(["list"]) == 0
+    out, err = capsys.readouterr()
+    assert err == (f"{PROG}: warning: {registry} is not valid JSON (Expecting property name enclosed in double quotes: "
+                   f"line 1 column 2 (char 1)); its checkpoints are left out until it is fixed or deleted\n")
+    assert "glow-digits" in out

@@ -1139,3 +1139,14 @@ def test_bad_settings_are_refused_before_the_output_folder_is_made(tmp_path):
         with pytest.raises(ValueError, match=message):
             train_codec("flow", x, tmp_path / "o", **{"max_steps": 1, "progress": False, **kwargs})
         assert not (tmp_path / "o").exists(), kwargs
+
+
+def test_an_out_dir_with_a_tilde_is_the_home_folder_as_hub_load_reads_it(tmp_path, monkeypatch, digits):
+    # it trained into ./~/runs, then `hub.load("~/runs/vae.safetensors")` read another (or no) file
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir(), cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    r = train_codec("vae", digits[0][:32], "~/runs", **VAE, max_steps=1, batch_size=16, progress=False)
+    assert r["checkpoint"] == str(home / "runs" / "vae.safetensors") and not (cwd / "~").exists()
+    assert hub.load("~/runs/vae.safetensors").config == r["codec"].config

@@ -288,6 +288,12 @@ def test_images_in_0_255_are_told_to_divide_by_255():
         check_images(torch.randn(4, 1, 8, 8) * 2)
 
 
+def test_images_a_little_past_one_are_not_told_to_divide_by_255():
+    # max 1.5 got "these look like 0-255 intensities: divide them by 255", which would make them near black
+    with pytest.raises(ValueError, match=r"range \[0, 1.5\]; a step scales or shifts them past 1 .*x.clamp\(0, 1\)"):
+        check_images(torch.linspace(0, 1.5, 64).reshape(1, 1, 8, 8))
+
+
 @pytest.mark.parametrize("make", [
     lambda g: __import__("latent_transforms").LatentNoise(g, eps="1"),
     lambda g: __import__("latent_transforms").LatentNoise(g, p="0.5"),
