@@ -343,6 +343,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
                 f"{path}: its config describes a codec of more than {limit:,} weights, but the file holds "
                 f"{stored:,}: config and tensors do not belong together (a corrupted or hand-edited file)"
             ) from None
+    codec.float()  # built under torch.set_default_dtype(torch.float64) it held float64 weights, cached as such by load
     expected = codec.state_dict()
     missing, unexpected = sorted(expected.keys() - tensors.keys()), sorted(tensors.keys() - expected.keys())
     if missing or unexpected:

@@ -1188,3 +1188,21 @@ def test_register_refuses_flags_that_are_not_bools(env):
     with pytest.raises(TypeError, match="config and quality must be dicts"):
         hub.register("x", file="x.safetensors", sha256=SHA_GOOD, config=None)
     assert not (env / "registry.json").exists()
+
+
+@pytest.mark.parametrize("name", ["glow-digits", "vae-digits"])
+def test_a_codec_loaded_under_a_float64_default_dtype_is_float32(monkeypatch, name):
+    # it was built with float64 weights, and hub.load cached that copy for every later call
+    monkeypatch.setattr(hub, "_loaded", {})
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        first = hub.load(name)
+    finally:
+        torch.set_default_dtype(before)
+    later = hub.load(name)
+    for codec in (first, later):
+        assert {t.dtype for t in [*codec.parameters(), *codec.buffers()] if t.is_floating_point()} == {torch.float32}
+    x, ref = torch.rand(4, *first.image_shape), hub.load_checkpoint(hub.fetch(name))
+    with torch.no_grad():
+        assert torch.equal(first.decode(first.encode(x)), ref.decode(ref.encode(x)))
