@@ -78,7 +78,7 @@ class LatentCache(nn.Module):
         self._set_signatures(signatures, projection)
 
     def _set_signatures(self, signatures: torch.Tensor | None, projection: torch.Tensor) -> None:
-        """Kept beside the latents, out of ``state_dict`` (which stays as it was before they existed)."""
+        """Buffers (they follow ``.to``) out of ``state_dict``'s tensors: the signatures travel in its extra state."""
         device = self.latents.device
         self.register_buffer("signatures", None if signatures is None else signatures.to(device), persistent=False)
         self.register_buffer("projection", projection.to(device), persistent=False)
@@ -146,10 +146,18 @@ class LatentCache(nn.Module):
             "format": FORMAT, **hub.checksum_metadata(tensors), "codec_fingerprint": self.codec_fingerprint})
 
     def get_extra_state(self) -> dict:
-        return {"codec_fingerprint": self.codec_fingerprint}
+        return {"codec_fingerprint": self.codec_fingerprint, "signatures": self.signatures}
 
-    def set_extra_state(self, state: dict) -> None:  # a transform then checks it against its own codec
+    def set_extra_state(self, state: dict) -> None:
+        """The fingerprint (a transform then checks it against its own codec) and the loaded latents' image
+        signatures: the old ones would refuse the images of the loaded latents and accept those they replaced. A
+        state without them (saved before 2026-12-03) turns the image check off, as an old cache file does."""
         self.codec_fingerprint = state["codec_fingerprint"]
+        signatures = state.get("signatures")
+        if signatures is not None and tuple(signatures.shape) != (len(self), 2):
+            raise ValueError(f"signatures must be ({len(self)}, 2) for {len(self)} latents, got shape "
+                             f"{tuple(signatures.shape)}")
+        self.signatures = None if signatures is None else signatures.to(self.latents.device, torch.float32)
 
     def __len__(self) -> int:
         return self.latents.shape[0]

@@ -325,3 +325,23 @@ def test_a_flipped_bit_in_a_saved_cache_is_refused(data, tmp_path):
     with pytest.raises(ValueError, match="d.safetensors: the latents do not match the sha256 saved with them"):
         LatentCache.load(tmp_path / "d.safetensors", glow)
     assert len(LatentCache.load(tmp_path / "c.safetensors", glow)) == len(images)
+
+
+def test_a_loaded_state_dict_brings_its_images_signatures():
+    # the signatures stayed those of the images the cache was built on: the images of the loaded latents were
+    # refused, and the old images accepted, silently decoding the other images' latents
+    glow = tiny_glow()
+    a, b = (torch.rand(12, 1, 8, 8, generator=torch.Generator().manual_seed(s)) for s in (0, 1))
+    cache_a, cache_b = LatentCache(glow, a, progress=False), LatentCache(glow, b, progress=False)
+    cache_b.load_state_dict(cache_a.state_dict())
+    t = LatentNoise(glow, eps=0.0, cache=cache_b, generator=0)
+    idx, y = torch.arange(4), torch.arange(4)
+    assert (t(a[:4], y, index=idx)[0] - a[:4]).abs().max() < 1e-4
+    with pytest.raises(ValueError, match="not the images this latent cache holds at index"):
+        t(b[:4], y, index=idx)
+    old = {k: v for k, v in cache_a.state_dict().items()}  # a state from before signatures were in it: not checked
+    old["_extra_state"] = {"codec_fingerprint": cache_a.codec_fingerprint}
+    cache_b.load_state_dict(old)
+    assert cache_b.signatures is None
+    with pytest.raises(ValueError, match=r"signatures must be \(12, 2\) for 12 latents, got shape \(3, 2\)"):
+        cache_b.load_state_dict({**old, "_extra_state": {**old["_extra_state"], "signatures": torch.zeros(3, 2)}})
