@@ -480,7 +480,7 @@ def format_report(results: dict) -> str:
                       for r in rs.values()} or {cfg["device_name"]})
     lines = []
     if cfg["smoke"]:
-        lines += ["**SMOKE RUN**: tiny model, tiny data, 1 epoch, random-init codecs unless given. It checks the "
+        lines += ["**SMOKE RUN**: tiny model, tiny data, a few epochs, random-init codecs unless given. It checks the "
                   "pipeline end to end; the numbers mean nothing.", ""]
     lines += [f"CIFAR ResNet-18 (width {cfg['width']}), {cfg['epochs']} epoch{'s' if cfg['epochs'] != 1 else ''}, batch {cfg['batch_size']}, "
               f"one-cycle SGD lr {cfg['lr']}, {cfg['precision']} on {' / '.join(devices)}; "
@@ -672,7 +672,8 @@ def shard_spec(text: str) -> tuple[int, int]:
 
 
 # --smoke's defaults; one thread: predictable on a busy shared CPU (more threads thrash there)
-SMOKE_DEFAULTS = {"epochs": 1, "seeds": [0], "width": 4, "batch_size": 32, "threads": 1}
+# 2 epochs: ISDA's strength grows as lambda0 * epoch / epochs from 0, so in a 1-epoch smoke it never acted
+SMOKE_DEFAULTS = {"epochs": 2, "seeds": [0], "width": 4, "batch_size": 32, "threads": 1}
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -58,6 +58,8 @@ def test_accuracy_smoke(tmp_path):
     # the latent methods really transformed samples
     assert results["runs"]["latent-noise"]["0"]["transform_stats"]["LatentNoise"]["transformed"] > 0
     assert results["runs"]["isda+latent-noise"]["0"]["transform_stats"]["ISDA"]["transformed"] > 0
+    # and ISDA's correction acted (in a 1-epoch smoke its strength stayed 0: every figure the baseline's)
+    assert results["runs"]["isda"]["0"]["reliability"] != results["runs"]["baseline"]["0"]["reliability"]
 
     assert [t["target"] for t in results["targets"]] == ["Target 1", "Target 2", "Target 3"]
     assert all(t["status"] in ("MET", "MISSED") for t in results["targets"])  # every arm ran, so all are decided
@@ -1266,7 +1268,7 @@ def test_accuracy_merge_refuses_a_seed_twice_and_an_arm_made_with_two_settings(t
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["--smoke"], {"epochs": 1, "seeds": [0], "width": 4, "batch_size": 32, "threads": 1}),
+    (["--smoke"], {"epochs": 2, "seeds": [0], "width": 4, "batch_size": 32, "threads": 1}),
     (["--smoke", "--epochs", "3", "--seeds", "1", "2", "--width", "8", "--threads", "2"],  # given: they win
      {"epochs": 3, "seeds": [1, 2], "width": 8, "batch_size": 32, "threads": 2}),
     ([], {"epochs": 40, "seeds": [0, 1, 2], "width": 64, "batch_size": 128, "threads": None}),
