@@ -7,6 +7,7 @@ CIFAR ResNet-18, ``latent_transforms.models.CifarResNet18`` (it standardises its
 from __future__ import annotations
 
 import argparse
+import contextlib
 import warnings
 
 import torch
@@ -47,10 +48,33 @@ def synthetic_images(n: int = 64, image_shape=(3, 32, 32), num_classes: int = 10
     return x.clamp(0, 1), y
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+@contextlib.contextmanager
+def one_line_errors(parser: argparse.ArgumentParser, option: str):
+    """End the script with ``prog: error: OPTION: message`` (exit 2) for what a user gave wrong: an unknown or
+    missing checkpoint, a device that is not here, images that cannot be read; not a traceback."""
+    from latent_transforms.hub import HubError
+
+    try:
+        yield
+    except (ValueError, LookupError, OSError, HubError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e  # a KeyError's str() is its repr
+        parser.exit(2, f"{parser.prog}: error: {option}: {message}\n")
+
+
+def pick_device(parser: argparse.ArgumentParser, name: str) -> torch.device:
+    """``--device`` (cpu, cuda, cuda:N or auto) as a device that exists here."""
+    from latent_transforms.validation import resolve_device
+
+    with one_line_errors(parser, "--device"):
+        return resolve_device(name, auto=True)
+
+
+def load_codec(parser: argparse.ArgumentParser, option: str, name: str, device: torch.device):
+    """``hub.load(name, device)``: a checkpoint name or ``.safetensors`` path given as ``option``."""
+    from latent_transforms import hub
+
+    with one_line_errors(parser, f"{option} {name}"):
+        return hub.load(name, device=device)
 
 
 # -- data: the --train/--test/--data-root options every example takes -----------------------------------------

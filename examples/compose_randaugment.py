@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from common import add_data_args, add_width_arg, count_correct, example_data, pick_device, tiny_glow
-from latent_transforms import Compose, ISDA, LatentAdversarial, LatentNoise, hub
+from common import add_data_args, add_width_arg, count_correct, example_data, load_codec, pick_device, tiny_glow
+from latent_transforms import Compose, ISDA, LatentAdversarial, LatentNoise
 from latent_transforms.models import CifarResNet18
 
 
@@ -76,12 +76,12 @@ def main() -> None:
     if args.smoke:
         torch.set_num_threads(min(2, torch.get_num_threads()))
         args.steps, args.batch_size, args.width = 2, 16, 8
-    device = pick_device(args.device)
+    device = pick_device(parser, args.device)
     torch.manual_seed(0)
 
     x_all, y_all, x_test, y_test = example_data(parser, args)
     num_classes = int(y_all.max()) + 1
-    glow = (tiny_glow() if args.smoke else hub.load(args.codec, device=device)).to(device)
+    glow = (tiny_glow() if args.smoke else load_codec(parser, "--codec", args.codec, device)).to(device)
 
     pipelines = [("torchvision v2", torchvision_pipeline(glow, num_classes)),
                  ("kornia", kornia_pipeline(glow, num_classes)),

@@ -33,9 +33,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from torchvision.transforms import v2
 
-from common import add_data_args, add_width_arg, count_correct, example_data, tiny_glow, tiny_vae
-from latent_transforms import (Compose, ISDA, LatentAdversarial, LatentMixupInference, LatentNoise, VarMixup,
-                               hub)
+from common import add_data_args, add_width_arg, count_correct, example_data, load_codec, tiny_glow, tiny_vae
+from latent_transforms import Compose, ISDA, LatentAdversarial, LatentMixupInference, LatentNoise, VarMixup
 from latent_transforms.models import CifarResNet18
 
 
@@ -90,7 +89,7 @@ def main() -> None:
     if args.smoke:
         glow, vae = tiny_glow(), tiny_vae()
     else:
-        glow, vae = hub.load(args.glow, device=device), hub.load(args.vae, device=device)
+        glow, vae = load_codec(parser, "--glow", args.glow, device), load_codec(parser, "--vae", args.vae, device)
     glow, vae = glow.to(device), vae.to(device)
     sampler = DistributedSampler(TensorDataset(x_train, y_train), shuffle=True, seed=0, drop_last=True)
     loader = DataLoader(TensorDataset(x_train, y_train), batch_size=args.batch_size, sampler=sampler, drop_last=True)

@@ -44,7 +44,7 @@ def main() -> None:
     if args.smoke:
         torch.set_num_threads(min(2, torch.get_num_threads()))
         args.epochs, args.batch_size, args.width = 2, 16, 8
-    device = pick_device(args.device)
+    device = pick_device(parser, args.device)
     torch.manual_seed(0)
 
     x_train, y_train, x_test, y_test = example_data(parser, args)

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from common import add_data_args, add_width_arg, count_correct, example_data, pick_device, tiny_glow
-from latent_transforms import LatentAdversarial, LatentNoise, hub
+from common import add_data_args, add_width_arg, count_correct, example_data, load_codec, pick_device, tiny_glow
+from latent_transforms import LatentAdversarial, LatentNoise
 from latent_transforms.models import CifarResNet18
 
 
@@ -55,7 +55,7 @@ def main() -> None:
     if args.smoke:
         torch.set_num_threads(min(2, torch.get_num_threads()))
         args.epochs, args.batch_size, args.width = 1, 16, 8
-    device = pick_device(args.device)
+    device = pick_device(parser, args.device)
     torch.manual_seed(0)
 
     # -- data --------------------------------------------------------------------------------------------
@@ -73,7 +73,7 @@ def main() -> None:
 
     # -- the augmentation ---------------------------------------------------------------------------------
     if args.method != "none":
-        codec = (tiny_glow() if args.smoke else hub.load(args.codec, device=device)).to(device)
+        codec = (tiny_glow() if args.smoke else load_codec(parser, "--codec", args.codec, device)).to(device)
     if args.method == "noise":
         augment = LatentNoise(codec)           # L2 noise of norm 10 (calibrated; the official CIFAR-10 setting is 20)
     elif args.method == "adversarial":

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-import common  # noqa: F401  (silences normflows' torch.lu deprecation warning)
+from common import one_line_errors, pick_device  # (importing common also silences normflows' torch.lu warning)
 from latent_transforms import LatentNoise, hub
 from latent_transforms.data import load_images
 from latent_transforms.train import train_codec
@@ -54,6 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     if not args.smoke and not args.images:
         parser.error("--images is required (or --smoke)")
+    device = pick_device(parser, args.device)
 
     with tempfile.TemporaryDirectory() as tmp:
         images = Path(args.images) if args.images else Path(tmp) / "images"
@@ -61,13 +62,14 @@ def main() -> None:
         if args.smoke:
             torch.set_num_threads(min(2, torch.get_num_threads()))
             write_random_pngs(images)
-        x, _, num_bins = load_images(f"folder:{images}")     # (N, C, H, W) float in [0, 1]
+        with one_line_errors(parser, "--images"):
+            x, _, num_bins = load_images(f"folder:{images}")     # (N, C, H, W) float in [0, 1]
         print(f"{len(x)} images of shape {tuple(x.shape[1:])} from {images}")
 
         # 1. train (resumable: the training state is saved to OUT/NAME.state.safetensors as it goes)
         size = dict(levels=2, steps=2, hidden=16, max_steps=10, batch_size=16) if args.smoke else \
             dict(epochs=args.epochs)
-        result = train_codec("flow", x, out, name=args.name, num_bins=num_bins, device=args.device,
+        result = train_codec("flow", x, out, name=args.name, num_bins=num_bins, device=device,
                              progress=not args.smoke, data_description=f"folder:{images}", **size)
         print(f"trained {result['step']} steps in {result['train_time_s']:.1f} s; metrics {result['metrics']}")
         print(f"codec: {result['checkpoint']}  picture: {result['png']}")

@@ -7,6 +7,7 @@ the wrong type, such as a list or an array where a tensor is expected; for an op
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import numbers
 from typing import Callable
@@ -127,7 +128,8 @@ def check_images(x: torch.Tensor, name: str = "x", allow_uint8: bool = False, va
     """Check ``x: (B, C, H, W)`` float in [0, 1], finite, non-empty (or any ``uint8`` if ``allow_uint8``);
     ``values=False`` checks all but the values (no host sync)."""
     if _image_form(x, name, allow_uint8) and values:
-        _check_values([(_image_stats(x), lambda v: _judge_images(x, name, *v))])
+        with _no_autocast(x.device):
+            _check_values([(_image_stats(x), lambda v: _judge_images(x, name, *v))])
 
 
 def _image_form(x: torch.Tensor, name: str, allow_uint8: bool) -> bool:
@@ -148,6 +150,13 @@ def _image_form(x: torch.Tensor, name: str, allow_uint8: bool) -> bool:
             f"{x.dtype}; convert with x.float() / 255 for uint8 images"
         )
     return True
+
+
+def _no_autocast(device: torch.device):
+    """Statistics in the tensors' own dtypes: a training loop's ``torch.autocast`` would cast the ops that build them
+    (a latent cache's image signatures to 16 bits), or refuse them (fp16 images under CPU bf16 autocast: torch's
+    "Unexpected floating ScalarType in at::autocast::prioritize")."""
+    return torch.autocast(device.type, enabled=False) if device.type in ("cpu", "cuda") else contextlib.nullcontext()
 
 
 def _image_stats(x: torch.Tensor) -> torch.Tensor:
@@ -186,7 +195,8 @@ def check_labels(y: torch.Tensor, batch_size: int, num_classes: int | None = Non
     """Check ``y``: ``(B,)`` int64 class indices in [0, num_classes) or ``(B, K)`` float rows summing to 1, as many
     as ``batch_size``, the samples of ``batch_name``."""
     if _label_form(y, batch_size, num_classes, name, batch_name):
-        _check_values([(_label_stats(y), lambda v: _judge_labels(y, name, num_classes, v))])
+        with _no_autocast(y.device):
+            _check_values([(_label_stats(y), lambda v: _judge_labels(y, name, num_classes, v))])
 
 
 def _label_form(y: torch.Tensor, batch_size: int, num_classes: int | None, name: str, batch_name: str = "x") -> bool:
@@ -283,7 +293,8 @@ def check_model_slot(model: object) -> None:
 def check_index(index: torch.Tensor, batch_size: int | None, size: int | None = None) -> None:
     """Check ``index: (B,)`` int64 dataset positions (``B == batch_size`` and in ``[0, size)`` when given)."""
     if _index_form(index, batch_size):
-        _check_values([(_index_stats(index), lambda v: _judge_index(size, *v))])
+        with _no_autocast(index.device):
+            _check_values([(_index_stats(index), lambda v: _judge_index(size, *v))])
 
 
 def _index_form(index: torch.Tensor, batch_size: int | None) -> bool:
@@ -322,17 +333,20 @@ def check_batch(x: torch.Tensor, y: torch.Tensor | None, num_classes: int | None
                         f"t(x, model=model)")
     label_values = y is not None and _label_form(y, x.shape[0], num_classes, "y")
     index_values = index is not None and _index_form(index, x.shape[0])
-    checks = []  # judged in this order: images, labels, index
-    if values and image_values:
-        checks.append((_image_stats(x), lambda v: _judge_images(x, "x", *v)))
-    if values and label_values:
-        checks.append((_label_stats(y), lambda v: _judge_labels(y, "y", num_classes, v)))
-    if values and index_values:
-        checks.append((_index_stats(index), lambda v: _judge_index(index_size, *v)))
-    if values and more_checks is not None:
-        checks += more_checks()
-    if checks:
-        _check_values(checks)
+    if not values:
+        return
+    with _no_autocast(x.device):
+        checks = []  # judged in this order: images, labels, index
+        if image_values:
+            checks.append((_image_stats(x), lambda v: _judge_images(x, "x", *v)))
+        if label_values:
+            checks.append((_label_stats(y), lambda v: _judge_labels(y, "y", num_classes, v)))
+        if index_values:
+            checks.append((_index_stats(index), lambda v: _judge_index(index_size, *v)))
+        if more_checks is not None:
+            checks += more_checks()
+        if checks:
+            _check_values(checks)
 
 
 def describe(t: object) -> str:

@@ -144,3 +144,30 @@ def test_example_data_that_cannot_be_loaded_ends_in_one_line(tmp_path, monkeypat
         assert exit_info.value.code == 2, err
         assert err.startswith("example.py: error: ") and err.count("\n") == 1, err
         assert all(e in err for e in expected), err
+
+
+def test_a_bad_codec_device_or_image_folder_ends_the_examples_in_one_line(tmp_path, capsys):
+    """They printed a traceback (UnknownCheckpointError, MissingFileError, torch's "Found no NVIDIA driver")."""
+    common = _common()
+    parser = argparse.ArgumentParser(prog="example.py")
+    cases = [(lambda: common.load_codec(parser, "--codec", "glow-cifar1O", "cpu"),
+              "--codec glow-cifar1O: unknown checkpoint 'glow-cifar1O' (not a registered name"),
+             (lambda: common.load_codec(parser, "--vae", str(tmp_path / "no.safetensors"), "cpu"),
+              f"--vae {tmp_path / 'no.safetensors'}: no checkpoint file at"),
+             (lambda: common.pick_device(parser, "cuda:99"), "--device: device 'cuda:99' asked for, but"),
+             (lambda: common.pick_device(parser, "gpu"), "--device: device must be cpu, cuda, cuda:N or auto"),
+             (lambda: _run_in(common, parser), "--images: image folder")]
+    for call, expected in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            call()
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err.startswith(f"example.py: error: {expected}") and err.count("\n") == 1
+    assert common.pick_device(parser, "auto").type in ("cpu", "cuda")
+    assert common.load_codec(parser, "--codec", "glow-digits", "cpu").kind == "glow"
+
+
+def _run_in(common, parser):
+    from latent_transforms.data import load_images
+
+    with common.one_line_errors(parser, "--images"):
+        load_images("folder:/nonexistent-folder")

@@ -344,3 +344,17 @@ def test_a_missing_training_state_or_hashed_file_is_a_missing_file_error(tmp_pat
                  lambda: hub.sha256_file(tmp_path / "nope")):
         with pytest.raises(MissingFileError, match="nope"):
             call()
+
+
+@pytest.mark.parametrize("x_dtype, autocast_dtype", [(torch.float16, torch.bfloat16), (torch.bfloat16, torch.float16)])
+def test_a_16_bit_batch_of_the_other_kind_is_checked_under_cpu_autocast(x_dtype, autocast_dtype):
+    # torch.stack of its statistics raised "Unexpected floating ScalarType in at::autocast::prioritize"
+    from conftest import tiny_glow
+
+    x, y = torch.rand(4, 1, 8, 8).to(x_dtype), torch.arange(4)
+    with torch.autocast("cpu", dtype=autocast_dtype):
+        check_images(x)
+        x2, y2 = LatentNoise(tiny_glow(), eps=1.0, generator=0)(x, y)
+        with pytest.raises(ValueError, match="x contains NaN or inf"):
+            check_images(torch.full((1, 1, 4, 4), float("nan"), dtype=x_dtype))
+    assert x2.dtype == x_dtype and torch.equal(y2, y)
