@@ -48,8 +48,8 @@ from torch import nn
 
 warnings.filterwarnings("ignore", message="torch.lu is deprecated")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from models import (PerSampleRandAugment, RandomCropFlip, build_classifier, library_default,  # noqa: E402
-                    setup_device, tiny_codecs, write_json, write_text)
+from models import (PerSampleRandAugment, RandomCropFlip, build_classifier, check_output_folder,  # noqa: E402
+                    library_default, run_script, setup_device, tiny_codecs, write_json, write_text)
 
 from latent_transforms import Compose, hub  # noqa: E402
 from latent_transforms.base import LatentTransform  # noqa: E402
@@ -973,12 +973,15 @@ def load_runs(path: Path, fingerprint: dict, flag: str, remedy: str) -> dict:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     start = time.perf_counter()
-    out = Path(args.out)
+    out = check_output_folder(args.out)
     if args.merge:
         fingerprint, config, runs = merge_results(args.merge, args.arms)
         return write_report(out, fingerprint, {**config, **provenance(argv)}, runs, start)
     device = setup_device(args.device, args.threads)
     results_path = out / "results.json"
+    if results_path.is_file() and not args.resume:  # its runs were replaced by this call's after its first run
+        raise ValueError(f"{results_path} holds earlier runs; pass --resume to keep them and add these, or give "
+                         f"another --out")
 
     data = load_data(args)
     fingerprint = make_fingerprint(args, data_sha256(data))
@@ -1064,4 +1067,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

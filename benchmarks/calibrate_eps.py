@@ -24,7 +24,7 @@ from latent_transforms.validation import POSITIVE_INT, check_number, option
 from latent_transforms.evaluation import accuracy, fit_classifier, predict_proba
 from latent_transforms.visualize import save_rows
 
-from models import CifarResNet18
+from models import CifarResNet18, check_output_folder, run_script
 
 EPS = option(check_number, float)  # eps >= 0, the transforms' rule, checked before the classifier trains
 
@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--threads", type=POSITIVE_INT, default=1)
     ap.add_argument("--out", default="runs/calibrate-eps")
     args = ap.parse_args()
+    check_output_folder(args.out)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     codec = hub.load(args.codec)
@@ -77,4 +78,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

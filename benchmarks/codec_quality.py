@@ -27,7 +27,7 @@ from latent_transforms.evaluation import accuracy, fit_classifier, predict_proba
 from latent_transforms.train import eval_codec
 from latent_transforms.visualize import save_rows
 
-from models import CifarResNet18, write_json
+from models import CifarResNet18, check_output_folder, run_script, write_json
 
 
 BATCH = 500  # images per codec call
@@ -118,6 +118,7 @@ def main() -> None:
     ap.add_argument("--classifier", metavar="FILE", help="the clean classifier's .safetensors: loaded if it exists "
                     "(trained with the same --train, --width and --epochs), else trained and written there")
     args = ap.parse_args()
+    check_output_folder(args.out)
     torch.manual_seed(0)
     codecs = {spec: hub.load(spec) for spec in args.codec}  # an unknown name fails now, not after the classifier
     x_train, y_train, _ = load_images(args.train, "train")
@@ -159,4 +160,4 @@ def main() -> None:
     print(f"\nclassifier on clean test images: {100 * clean:.1f}% ({len(x_test)} images)\n" + "\n".join(table))
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -1,9 +1,11 @@
 """What the benchmark scripts share: the bf16 wrapper around the library's CIFAR ResNet-18, per-sample crop+flip on the device,
-per-sample RandAugment, tiny random-init codecs for smoke runs, atomic JSON and text writes."""
+per-sample RandAugment, tiny random-init codecs for smoke runs, atomic JSON and text writes, and how a script ends on a
+user's mistake (``run_script``, ``check_output_folder``)."""
 from __future__ import annotations
 
 import inspect
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -13,6 +15,27 @@ from latent_transforms import hub
 from latent_transforms.models import CifarResNet18
 from latent_transforms.pixel_shift import random_shift_flip
 from latent_transforms.validation import resolve_device
+
+
+def run_script(main) -> None:
+    """Run a script's ``main()``: a user's mistake that surfaces as ``ValueError``, ``LookupError`` or ``OSError`` (data
+    that cannot be read, an unknown checkpoint, an output path that is a file) ends it with one line, exit 2."""
+    try:
+        main()
+    except (ValueError, LookupError, OSError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e  # a KeyError's str() is its repr
+        print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def check_output_folder(path, option: str = "--out") -> Path:
+    """``path`` as a folder to write into, checked before any work: ``ValueError`` if it or a parent is a file
+    (it failed after the training it was to hold)."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists() and not p.is_dir():
+            raise ValueError(f"{option} {path}: {p} is a file, not a folder")
+    return path
 
 
 def write_json(path: Path, obj: dict) -> None:

@@ -48,8 +48,8 @@ import torch.nn.functional as F
 
 warnings.filterwarnings("ignore", message="torch.lu is deprecated")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from models import (PerSampleRandAugment, build_classifier, library_default, random_init_codec,  # noqa: E402
-                    setup_device, tiny_codecs, write_json, write_text)
+from models import (PerSampleRandAugment, build_classifier, check_output_folder, library_default,  # noqa: E402
+                    random_init_codec, run_script, setup_device, tiny_codecs, write_json, write_text)
 
 from latent_transforms import hub  # noqa: E402
 from latent_transforms.codecs import flatten_latents, unflatten_latents  # noqa: E402
@@ -529,6 +529,7 @@ def write_report(out: Path, args, device: torch.device, notes: dict, glow, rows:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     start = time.perf_counter()
+    check_output_folder(args.out)
     device = setup_device(args.device, args.threads)
     codecs, notes = resolve_codecs(args, device)
     if args.compile:
@@ -569,4 +570,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

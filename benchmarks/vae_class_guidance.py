@@ -34,7 +34,7 @@ from latent_transforms.train import total_norm
 from latent_transforms.validation import POSITIVE_FLOAT, POSITIVE_INT, check_number, option
 
 from codec_quality import clean_classifier
-from models import write_json
+from models import check_output_folder, run_script, write_json
 
 GUIDE_SEED = 1  # codec_quality.py's scorer is seed 0
 
@@ -85,6 +85,9 @@ def main() -> None:
     ap.add_argument("--threads", type=POSITIVE_INT, help="CPU threads (default: torch's)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args()
+    check_output_folder(Path(args.out).parent, "--out's folder")
+    if Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a folder; give the checkpoint's file name, e.g. {args.out}/vae.safetensors")
     if args.threads:
         torch.set_num_threads(args.threads)
     vae = hub.load(args.codec).float()
@@ -149,4 +152,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

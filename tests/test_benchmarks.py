@@ -1331,3 +1331,38 @@ def test_an_unknown_device_ends_the_benchmark_in_one_line():
     """accuracy.py/throughput.py --device bogus ended in torch.device's traceback."""
     with pytest.raises(SystemExit, match="^--device: device must be cpu, cuda, cuda:N, got 'bogus'$"):
         _load_accuracy_module().setup_device("bogus", None)
+
+
+def test_scripts_check_their_output_folder_and_data_before_any_work(tmp_path):
+    # an --out that was a file failed after the training it was to hold (accuracy.py after its first run,
+    # vae_class_guidance.py after the whole fine-tune), and a missing data file was a traceback
+    (tmp_path / "afile").write_text("")
+    env = {**os.environ, "LATENT_TRANSFORMS_HOME": str(tmp_path / "hub"), "LATENT_TRANSFORMS_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1"}
+    for script, args, message in [
+        ("accuracy.py", ["--smoke", "--out", "afile/sub"], "accuracy.py: error: --out afile/sub: afile is a file"),
+        ("accuracy.py", ["--smoke", "--train", "npz:missing.npz", "--out", "o"],
+         "accuracy.py: error: npz data file 'missing.npz' does not exist"),
+        ("throughput.py", ["--smoke", "--device", "cpu", "--out", "afile"], "throughput.py: error: --out afile: afile"),
+        ("codec_quality.py", ["--codec", "vae-digits", "--train", "digits", "--test", "digits", "--out", "afile"],
+         "codec_quality.py: error: --out afile: afile is a file, not a folder"),
+        ("vae_class_guidance.py", ["--codec", "vae-digits", "--train", "digits", "--out", "afile/v.safetensors"],
+         "vae_class_guidance.py: error: --out's folder afile: afile is a file, not a folder"),
+    ]:
+        proc = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=TIMEOUT_S)
+        assert proc.returncode == 2 and proc.stderr.startswith(message), (script, proc.stderr[-2000:])
+        assert proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+
+
+def test_accuracy_refuses_to_replace_earlier_runs_without_resume(tmp_path):
+    # a second call into the same --out replaced results.json with its own runs after its first one: earlier runs lost
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "results.json").write_text("{}")
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "accuracy.py"), "--smoke", "--arms", "mixup", "--out",
+                           str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT_S,
+                          env={**os.environ, "LATENT_TRANSFORMS_HOME": str(tmp_path / "hub"), "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 2 and proc.stderr == (f"accuracy.py: error: {out / 'results.json'} holds earlier runs; "
+                                                    f"pass --resume to keep them and add these, or give another --out\n")
+    assert (out / "results.json").read_text() == "{}"
