@@ -172,8 +172,9 @@ class LatentTransform(SampleStats, nn.Module):
         if selected.ndim != 1 or selected.dtype != torch.int64 or selected.device != device:
             raise ValueError(f"params['selected'] must be (N,) int64 batch rows on {device}, got {describe(selected)}")
         if len(selected):  # one host read: in range, each row once
+            inside = (selected >= 0) & (selected < batch)  # rows out of range are not counted as repeats of the last
             uses = torch.zeros(batch, dtype=torch.int64, device=device).index_add_(
-                0, selected.clamp(0, batch - 1), torch.ones_like(selected))
+                0, selected.clamp(0, batch - 1), inside.long())
             lo, hi, most = torch.stack([selected.min(), selected.max(), uses.max()]).tolist()
             if lo < 0 or hi >= batch or most > 1:
                 raise ValueError(f"params['selected'] must be distinct rows of this batch of {batch}, got rows "

@@ -77,9 +77,12 @@ class FeatureCovariance(nn.Module):
 
     def _allocate(self, feature_dim: int, device: torch.device, dtype: torch.dtype) -> None:
         k, a = self.num_classes, feature_dim
-        self.mean = torch.zeros(k, a, device=device, dtype=dtype)
-        self.cov = torch.zeros((k, a) if self.diagonal else (k, a, a), device=device, dtype=dtype)
-        self.count = torch.zeros(k, device=device, dtype=torch.int64)
+        # normal tensors even when first sized inside torch.inference_mode(): inference tensors would refuse every
+        # later in-place update outside it ("Inplace update to inference tensor outside InferenceMode")
+        with torch.inference_mode(False):
+            self.mean = torch.zeros(k, a, device=device, dtype=dtype)
+            self.cov = torch.zeros((k, a) if self.diagonal else (k, a, a), device=device, dtype=dtype)
+            self.count = torch.zeros(k, device=device, dtype=torch.int64)
 
     def reset(self) -> None:
         """Forget every feature seen (keeps the size, device and dtype)."""

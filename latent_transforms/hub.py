@@ -301,6 +301,14 @@ class _AllocationBudget(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+def _is_run_json(path: Path) -> bool:
+    """Whether ``path`` is the JSON ``train`` writes beside its checkpoint (it holds a ``registry_entry``)."""
+    try:
+        return path.stat().st_size < 1 << 24 and isinstance(json.loads(path.read_bytes()).get("registry_entry"), dict)
+    except (ValueError, AttributeError, OSError):  # not JSON, not an object, unreadable
+        return False
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> "Codec":
     """Build the codec described by a ``.safetensors`` checkpoint, load its weights, freeze it."""
     from .codecs import build_codec
@@ -314,6 +322,10 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     try:
         metadata, tensors = read_safetensors(path)
     except SafetensorError as e:
+        if _is_run_json(path):  # train prints both paths: an easy mix-up
+            raise ValueError(f"{path} is the JSON report of a `latent-transforms train` run, not a checkpoint; load "
+                             f"{path.with_suffix('.safetensors')} beside it, or `latent-transforms register {path}` "
+                             f"and load it by name") from None
         raise ValueError(
             f"{path} is not a safetensors file ({e}); latent-transforms only loads .safetensors checkpoints "
             f"and never unpickles .pt/.pth files"

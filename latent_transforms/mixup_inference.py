@@ -46,7 +46,7 @@ class LatentMixupInference(SampleStats, nn.Module):
         check_model(model)
         check_images(references, "references")
         self.model, self.codec = model, resolve_codec(codec)
-        self.codec.check_images(references)
+        self.codec.check_images(references, "references")
         self.lam, self.num_mixes = lam, num_mixes
         self._rng = GeneratorSource(generator)
         with torch.no_grad():
@@ -72,7 +72,7 @@ class LatentMixupInference(SampleStats, nn.Module):
             for k in range(self.num_mixes):
                 mixed = self.lam * z + (1 - self.lam) * refs[pick[k]]
                 xk, ok = keep_plausible(self.codec.decode_flat(mixed), x)
-                self._count(x.device, x.shape[0], ok.sum(), (~ok).sum())
                 logits = logits_of(net, xk.to(x.dtype), "LatentMixupInference")
+                self._count(x.device, x.shape[0], ok.sum(), (~ok).sum())  # once the model took it
                 probs = probs + logits.to(torch.promote_types(logits.dtype, torch.float32)).softmax(1)
         return probs / self.num_mixes

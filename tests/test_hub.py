@@ -1206,3 +1206,16 @@ def test_a_codec_loaded_under_a_float64_default_dtype_is_float32(monkeypatch, na
     x, ref = torch.rand(4, *first.image_shape), hub.load_checkpoint(hub.fetch(name))
     with torch.no_grad():
         assert torch.equal(first.decode(first.encode(x)), ref.decode(ref.encode(x)))
+
+
+def test_loading_a_runs_json_says_which_file_to_load(tmp_path):
+    # "is not a safetensors file (Error while deserializing header: header too large)" for the JSON beside it
+    run = tmp_path / "my-flow.json"
+    run.write_text(json.dumps({"name": "my-flow", "registry_entry": {"file": "my-flow.safetensors"}}))
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(run))} is the JSON report of a `latent-transforms train` "
+                                         rf"run, not a checkpoint; load {re.escape(str(tmp_path / 'my-flow.safetensors'))}"):
+        hub.load(str(run))
+    other = tmp_path / "other.json"
+    other.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="is not a safetensors file"):
+        hub.load_checkpoint(other)

@@ -648,3 +648,21 @@ def test_the_loss_form_and_the_functional_name_what_they_were_given():
         FeatureCovariance(3).update([[0.0, 1.0]], torch.zeros(1, dtype=torch.int64))
     with pytest.raises(TypeError, match=r"covariance must be one of \('full', 'diagonal'\), got True"):
         FeatureCovariance(3, covariance=True)
+
+
+def test_statistics_first_sized_under_inference_mode_keep_training_afterwards():
+    # sized inside torch.inference_mode(), they were inference tensors: every later training step raised
+    # "Inplace update to inference tensor outside InferenceMode is not allowed"
+    from conftest import TinyNet
+
+    torch.manual_seed(0)
+    net, isda = TinyNet(), ISDA(10)
+    isda.set_progress(0.5)
+    x, y = torch.rand(4, 1, 8, 8), torch.arange(4)
+    with torch.inference_mode():
+        isda(x, y, net)
+        net(x)
+    assert not isda.estimator.mean.is_inference() and int(isda.estimator.count.sum()) == 4
+    isda(x, y, net)
+    torch.nn.functional.cross_entropy(net(x), y).backward()
+    assert int(isda.estimator.count.sum()) == 8

@@ -435,6 +435,18 @@ def test_mixup_inference_gives_probabilities_and_leaves_model_alone(glow, batch,
         assert torch.allclose(one, net(x).softmax(1), atol=1e-4)
 
 
+def test_mixup_inference_names_its_references_and_counts_only_what_the_model_took(glow, batch, net):
+    x, _ = batch
+    with pytest.raises(ValueError, match=r"got references of shape \(4, 1, 4, 4\)"):  # it said "got x"
+        LatentMixupInference(net, glow, references=torch.rand(4, 1, 4, 4))
+    mi = LatentMixupInference(net, glow, references=x, num_mixes=2, generator=0)
+    with pytest.raises(RuntimeError):  # a float64 batch for a float32 model: the model's own error
+        mi(x.double())
+    assert mi.stats["seen"] == 0  # it counted the mix before the model refused it
+    mi(x)
+    assert mi.stats["seen"] == 2 * len(x)
+
+
 def test_mixup_inference_probabilities_keep_a_float64_models_precision(glow, batch, net):
     x = batch[0].double()
     probs = LatentMixupInference(net.double(), glow, references=x, num_mixes=2, generator=0)(x)
@@ -775,7 +787,8 @@ def test_given_params_are_checked():
     t(x)
     with pytest.raises(TypeError, match="params must be a dict like t.last_params, with 'selected'"):
         t(x, params={"delta": t.last_params["delta"]})
-    with pytest.raises(ValueError, match=r"params\['selected'\] must be distinct rows of this batch of 3"):
+    with pytest.raises(ValueError, match=r"params\['selected'\] must be distinct rows of this batch of 3, got rows "
+                                         r"0\.\.3 \(from a call"):  # not "some twice": rows past the end are no repeats
         t(x[:3], params=t.last_params)
     with pytest.raises(ValueError, match=r"some twice"):
         t(x, params={**t.last_params, "selected": torch.tensor([0, 0, 1, 2])})

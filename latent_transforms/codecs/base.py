@@ -187,12 +187,12 @@ class Codec(nn.Module):
         check_same_device(z[0], self, f"the {self.kind} codec")
         self.check_dtype()
 
-    def check_images(self, x: torch.Tensor) -> None:
-        """Raise if x does not fit this codec (shape or device)."""
+    def check_images(self, x: torch.Tensor, name: str = "x") -> None:
+        """Raise if x (called ``name`` in the message) does not fit this codec (shape or device)."""
         if tuple(x.shape[1:]) != self.image_shape:
             raise ValueError(
                 f"this {self.kind} codec was trained on images of shape {self.image_shape} (C, H, W), "
-                f"got x of shape {tuple(x.shape)}"
+                f"got {name} of shape {tuple(x.shape)}"
             )
         check_same_device(x, self, f"the {self.kind} codec")
 
