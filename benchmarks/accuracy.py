@@ -49,7 +49,7 @@ from torch import nn
 warnings.filterwarnings("ignore", message="torch.lu is deprecated")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import (PerSampleRandAugment, RandomCropFlip, build_classifier, check_output_folder,  # noqa: E402
-                    library_default, run_script, setup_device, tiny_codecs, write_json, write_text)
+                    library_default, load_codec, run_script, setup_device, tiny_codecs, write_json, write_text)
 
 from latent_transforms import Compose, hub  # noqa: E402
 from latent_transforms.base import LatentTransform  # noqa: E402
@@ -1007,7 +1007,7 @@ def main(argv=None) -> dict:
                 continue
             name = given or f"{kind}-cifar10"
             try:
-                codecs[kind] = hub.load(name, device=device)
+                codecs[kind] = load_codec(kind, name, device)
             except Exception as e:  # noqa: BLE001 - say which codec and how to give one
                 raise SystemExit(f"cannot load the {kind} codec {name!r} ({type(e).__name__}: {e}); pass --{kind} "
                                  f"NAME|PATH, or leave out the arms that need it") from None

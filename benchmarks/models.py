@@ -38,6 +38,15 @@ def check_output_folder(path, option: str = "--out") -> Path:
     return path
 
 
+def load_codec(kind: str, name: str, device: torch.device):
+    """``hub.load(name, device)``, which must be a ``kind`` codec (``"glow"`` or ``"vae"``): ``--glow vae-cifar10``
+    trained LatentNoise on the VAE without a word."""
+    codec = hub.load(name, device=device)
+    if codec.kind != kind:
+        raise ValueError(f"it is a {codec.kind} codec; --{kind} takes a {kind}")
+    return codec
+
+
 def write_json(path: Path, obj: dict) -> None:
     """Write ``obj`` to a temporary file beside ``path``, then rename it over ``path``: a killed script never leaves
     half a file."""

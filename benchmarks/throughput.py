@@ -49,7 +49,7 @@ import torch.nn.functional as F
 warnings.filterwarnings("ignore", message="torch.lu is deprecated")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import (PerSampleRandAugment, build_classifier, check_output_folder, library_default,  # noqa: E402
-                    random_init_codec, run_script, setup_device, tiny_codecs, write_json, write_text)
+                    load_codec, random_init_codec, run_script, setup_device, tiny_codecs, write_json, write_text)
 
 from latent_transforms import hub  # noqa: E402
 from latent_transforms.codecs import flatten_latents, unflatten_latents  # noqa: E402
@@ -129,7 +129,7 @@ def resolve_codecs(args, device: torch.device) -> tuple[dict, dict]:
             continue
         name = given or f"{kind}-cifar10"
         try:
-            codecs[kind], notes[kind] = hub.load(name, device=device), name
+            codecs[kind], notes[kind] = load_codec(kind, name, device), name
         except Exception as e:  # noqa: BLE001
             if given is not None:
                 raise SystemExit(f"cannot load the {kind} codec {given!r} ({type(e).__name__}: {e})") from None

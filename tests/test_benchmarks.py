@@ -1366,3 +1366,16 @@ def test_accuracy_refuses_to_replace_earlier_runs_without_resume(tmp_path):
     assert proc.returncode == 2 and proc.stderr == (f"accuracy.py: error: {out / 'results.json'} holds earlier runs; "
                                                     f"pass --resume to keep them and add these, or give another --out\n")
     assert (out / "results.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize("script, args", [("accuracy.py", ["--arms", "latent-noise"]),
+                                          ("throughput.py", ["--device", "cpu"])])
+def test_a_codec_of_the_other_kind_is_refused(tmp_path, script, args):
+    # accuracy.py --glow vae-cifar10 trained LatentNoise on the VAE without a word; throughput.py raised AttributeError
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / script), "--smoke", *args, "--glow", "vae-digits",
+                           "--out", str(tmp_path / "o")], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=TIMEOUT_S, env={**os.environ, "LATENT_TRANSFORMS_HOME": str(tmp_path / "hub"),
+                                                  "LATENT_TRANSFORMS_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode != 0 and "cannot load the glow codec 'vae-digits' (ValueError: it is a vae codec; " \
+                                    "--glow takes a glow)" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
