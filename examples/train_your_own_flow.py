@@ -45,7 +45,8 @@ def write_random_pngs(folder: Path, n: int = 64, size: int = 16, seed: int = 0) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", help="a folder of same-sized images (flat or one subfolder per class)")
-    parser.add_argument("--out", help="output folder (default: a temp folder)")
+    parser.add_argument("--out", help="output folder: the training state to resume from and the codec (default: "
+                                      "runs/my-flow; with --smoke, a temp folder deleted at the end)")
     parser.add_argument("--name", default="my-flow")
     parser.add_argument("--epochs", type=float, default=50)
     parser.add_argument("--eps", type=float, default=5.0, help="LatentNoise size for the final picture")
@@ -58,7 +59,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         images = Path(args.images) if args.images else Path(tmp) / "images"
-        out = Path(args.out) if args.out else Path(tmp) / "out"
+        out = Path(args.out) if args.out else Path(tmp) / "out" if args.smoke else Path("runs/my-flow")
         if args.smoke:
             torch.set_num_threads(min(2, torch.get_num_threads()))
             write_random_pngs(images)
@@ -82,8 +83,8 @@ def main() -> None:
         picture = save_rows({"original": batch, f"LatentNoise eps={args.eps:g}": x2}, out / f"{args.name}-noise.png")
         print(f"mean |change| {float((x2 - batch).abs().mean()):.4f}; augmentation stats {augment.stats}; "
               f"picture {picture}")
-        if args.out is None:
-            print("(--out not given: the files were written to a temp folder and are now deleted)")
+        if args.out is None and args.smoke:
+            print("(--smoke without --out: the files were written to a temp folder and are now deleted)")
 
 
 if __name__ == "__main__":
