@@ -599,11 +599,20 @@ def unregister(name: str, *, persist: bool = False) -> dict:
         for key in [k for k in _loaded if k[0] == name]:
             del _loaded[key]
     if not removed:
-        where = "this process's registry" + (" nor the user registry file" if persist else "")
-        hint = "" if persist or name not in _registry(warn_if_broken=True) else \
-            "; it is in the user registry file: pass persist=True"
+        where = "this process's registry" + (f" nor the user registry file {_user_registry_path()}" if persist else "")
+        registry = _registry(warn_if_broken=True)
+        close = _closest(name, [n for n in registry if n not in _shipped_registry()])
+        hint = "; it is in the user registry file: pass persist=True" if not persist and name in registry else \
+            f"; did you mean {close!r}?" if close else ""
         raise UnknownCheckpointError(f"checkpoint {name!r} is not in {where}{hint}")
     return removed[0]
+
+
+def _closest(name: str, names) -> str | None:
+    """The name of ``names`` nearest to ``name`` ("Glow-CIFAR10" is near "glow-cifar10"), or None."""
+    lowered = {n.lower(): n for n in names}
+    close = difflib.get_close_matches(name.lower(), list(lowered), n=1)
+    return lowered[close[0]] if close else None
 
 
 def _entry(name: str) -> dict:
@@ -616,11 +625,10 @@ def _entry(name: str) -> dict:
     registry = _registry()
     if name not in registry:
         known = ", ".join(sorted(registry)) or "none"
-        lowered = {n.lower(): n for n in registry}  # "Glow-CIFAR10" is near "glow-cifar10"
-        close = [lowered[c] for c in difflib.get_close_matches(name.lower(), list(lowered), n=1)]
+        close = _closest(name, registry)
         raise UnknownCheckpointError(
             f"unknown checkpoint {name!r} (not a registered name nor an existing .safetensors file)"
-            + (f"; did you mean {close[0]!r}? Known checkpoints: " if close else "; known checkpoints: ") + known
+            + (f"; did you mean {close!r}? Known checkpoints: " if close else "; known checkpoints: ") + known
         )
     return registry[name]
 

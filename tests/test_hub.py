@@ -612,8 +612,10 @@ def test_unregister_removes_a_name_from_the_process_and_the_user_registry(env, m
     assert hub.unregister("a", persist=True)["sha256"] == SHA_GOOD
     assert list(json.loads((env / "registry.json").read_text())["checkpoints"]) == ["b"]
     assert "a" not in hub._registry() and "b" in hub._registry()
-    with pytest.raises(hub.UnknownCheckpointError, match="nor the user registry file"):
+    with pytest.raises(hub.UnknownCheckpointError, match=f"nor the user registry file {re.escape(str(env))}"):
         hub.unregister("a", persist=True)
+    with pytest.raises(hub.UnknownCheckpointError, match=r"'B' is not in .*; did you mean 'b'\?$"):  # no hint before
+        hub.unregister("B", persist=True)
     assert _leftovers(env) == []
 
 
