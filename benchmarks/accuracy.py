@@ -767,6 +767,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.precision = "bf16" if args.device.startswith("cuda") else "fp32"
     if not 0 <= args.val_fraction < 1:
         p.error("--val-fraction must be in [0, 1)")
+    if args.train_size is not None and (args.train_size % NUM_CLASSES or args.train_size < NUM_CLASSES):
+        p.error(f"--train-size must be a multiple of the {NUM_CLASSES} classes (a class-balanced subset), got "
+                f"{args.train_size}")  # 155 trained on 150 images, 5 on none
+    for flag, value in (("--latent-p", args.latent_p), ("--varmixup-p", args.varmixup_p)):
+        if not 0 < value <= 1:  # p=0 made the arm the baseline under another name
+            p.error(f"{flag} must be in (0, 1], got {value:g}")
     return args
 
 

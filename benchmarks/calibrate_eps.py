@@ -33,7 +33,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--codec", required=True)
     ap.add_argument("--data", required=True, help="training images (data spec); the validation split comes from them")
-    ap.add_argument("--val-fraction", type=option(check_number, float, high=1, low_open=True), default=0.1)
+    ap.add_argument("--val-fraction", type=option(check_number, float, high=1, low_open=True, high_open=True), default=0.1)
     ap.add_argument("--noise-eps", type=EPS, nargs="+", default=[0.5, 1, 2, 3, 5, 10, 20])
     ap.add_argument("--adv-eps", type=EPS, nargs="+", default=[0.25, 0.5, 1, 2])
     ap.add_argument("--epochs", type=POSITIVE_INT, default=20)

@@ -1379,3 +1379,14 @@ def test_a_codec_of_the_other_kind_is_refused(tmp_path, script, args):
     assert proc.returncode != 0 and "cannot load the glow codec 'vae-digits' (ValueError: it is a vae codec; " \
                                     "--glow takes a glow)" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--train-size", "155"], "--train-size must be a multiple of the 10 classes (a class-balanced subset), got 155"),
+    (["--varmixup-p", "0"], "--varmixup-p must be in (0, 1], got 0"),  # ran the baseline as "varmixup"
+    (["--latent-p", "1.5"], "--latent-p must be in (0, 1], got 1.5"),
+])
+def test_accuracy_refuses_settings_that_would_silently_change_the_run(args, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        _load_accuracy_module().parse_args(["--smoke", *args])
+    assert e.value.code == 2 and capsys.readouterr().err.endswith(f"error: {message}\n")
