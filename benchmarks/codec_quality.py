@@ -132,7 +132,7 @@ def main() -> None:
     table = ["| codec | test MSE or bits/dim | classifier on reconstructions | on 50/50 mixes: either class |"
              + noise_cols, "|---|---|---|---|" + "---|" * len(args.noise_eps)]
     for spec, codec in codecs.items():
-        quality = {k: round(v, 4) for k, v in eval_codec(codec, x_test).items()}
+        quality = {k: float(f"{v:.4g}") for k, v in eval_codec(codec, x_test).items()}  # 0.00514, not 0.0051
         recon = reconstruct(codec, x_test)
         on_recon = accuracy(predict_proba(model, recon), y_test)
         quality.update(classifier_clean_accuracy=round(clean, 4), classifier_on_reconstructions=round(on_recon, 4),
@@ -152,7 +152,7 @@ def main() -> None:
         write_json(out / f"{name}-quality.json", quality)
         print(json.dumps({"codec": spec, "test_images": len(x_test), **quality}, indent=2))
         print(f"picture: {out / f'{name}-quality.png'}")
-        level = f"{quality['mse']:.4f}" if "mse" in quality else f"{quality['bits_per_dim']:.3f} bits/dim"
+        level = f"{quality['mse']:.3g}" if "mse" in quality else f"{quality['bits_per_dim']:.3f} bits/dim"
         on_noise = quality.get("classifier_on_latent_noise", {})
         table.append(f"| {spec} | {level} | {100 * on_recon:.1f}% | {100 * quality['mixes_name_a_source']:.1f}% |"
                      + "".join(f" {100 * on_noise[f'{eps:g}']['accuracy']:.1f}% |" if on_noise else " - |"

@@ -1147,13 +1147,14 @@ def test_codec_quality_scores_reconstructions_and_counts_either_source_class_of_
     monkeypatch.setattr(cq, "load_images", lambda spec, split: (x, torch.zeros(20, dtype=torch.long), None))
     monkeypatch.setattr(cq, "fit_classifier", lambda *a, **k: 1.0)
     monkeypatch.setattr(cq, "hub", SimpleNamespace(load=lambda spec: codec))
-    monkeypatch.setattr(cq, "eval_codec", lambda codec, xb: {"mse": 0.5})
+    monkeypatch.setattr(cq, "eval_codec", lambda codec, xb: {"mse": 0.0051437})
     monkeypatch.setattr(cq, "save_rows", lambda *a, **k: None)
     monkeypatch.setattr(sys, "argv", ["codec_quality.py", "--codec", "stub", "--train", "t", "--test", "t", "--out",
                                       str(tmp_path)])
     cq.main()
     q = json.loads((tmp_path / "stub-quality.json").read_text())
     assert q["classifier_clean_accuracy"] == 1.0 and q["classifier_on_reconstructions"] == 0.0
+    assert q["mse"] == 0.005144  # 4 significant digits: rounded to 4 decimals it was 0.0051
 
 
 def test_codec_quality_keeps_its_clean_classifier_for_later_runs(tmp_path, monkeypatch):
