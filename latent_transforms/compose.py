@@ -122,8 +122,8 @@ def _check_kornia_mix_step(steps: list, i: int, mixing: list[int], num_classes: 
 
 
 def _checked(step: nn.Module, i: int, out: object, pair: bool):
-    """``out`` as a step called as ``t(x, y)`` (``pair``) or ``t(x)`` must return it: ``ValueError`` naming the step
-    otherwise (a latent transform held by a container of one's own makes an ``(x, y)`` pair where images belong)."""
+    """``out`` as a step called as ``t(x, y)`` (``pair``) or ``t(x)`` must return it: a ``WrongTypeError`` (a
+    ``TypeError`` and a ``ValueError``) naming the step otherwise (a latent transform held by a container of one's own makes an ``(x, y)`` pair where images belong)."""
     ok = (isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[0], torch.Tensor)) if pair \
         else isinstance(out, torch.Tensor)
     if not ok:
