@@ -9,7 +9,8 @@ the in-process cache, the user cache dir (``$LATENT_TRANSFORMS_HOME``, default
 ``$XDG_CACHE_HOME/latent-transforms`` or ``~/.cache/latent-transforms``), the files shipped in
 ``latent_transforms/checkpoints/``, then ``$LATENT_TRANSFORMS_HUB_URL/<file>`` (http, https or file URLs;
 there is no default remote). ``LATENT_TRANSFORMS_OFFLINE=1`` forbids downloads and
-``LATENT_TRANSFORMS_HUB_TIMEOUT`` sets the network timeout in seconds (default 60).
+``LATENT_TRANSFORMS_HUB_TIMEOUT`` sets the network timeout in seconds (default 60): the longest wait for the
+server to connect, answer or send more data, not a limit on the whole download.
 
 The registry of names is, in this order (a later source shadows an earlier one): the shipped
 ``latent_transforms/checkpoints/registry.json``, the user registry ``cache_dir() / "registry.json"`` (same format;
@@ -42,6 +43,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_bytes
 from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
@@ -57,6 +59,7 @@ URL_SCHEMES = ("http", "https", "file")
 DEFAULT_TIMEOUT = 60.0
 STORAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _CHUNK = 1 << 20
+MAX_FILENAME_BYTES = 200  # a download's temp name, ".<file>.XXXXXXXX.part", must stay within 255 bytes
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _SEPARATORS = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
 
@@ -145,6 +148,10 @@ def _check_filename(file: object) -> str:
         )
     if not file.endswith(".safetensors"):
         raise ValueError(f"checkpoint file name {file!r} must end in .safetensors")
+    if len(file.encode("utf-8", "surrogatepass")) > MAX_FILENAME_BYTES:
+        raise ValueError(f"checkpoint file name {file[:40]!r}... is {len(file.encode('utf-8', 'surrogatepass'))} "
+                         f"bytes long; at most {MAX_FILENAME_BYTES} (file systems allow 255, and a download's "
+                         f"temporary name adds to it)")
     return file
 
 
@@ -159,8 +166,10 @@ def check_file_stem(name: object, what: str = "name") -> str:
                          f"(.safetensors is added)")
     try:
         _check_filename(f"{name}.safetensors")
-    except ValueError:
-        raise ValueError(f"{what} {name!r} cannot be a file name (no path separators, '..' or leading '.')") from None
+    except ValueError as e:
+        too_long = len(f"{name}.safetensors".encode("utf-8", "surrogatepass")) > MAX_FILENAME_BYTES
+        why = f"it is too long: {e}" if too_long else "no path separators, '..' or leading '.'"
+        raise ValueError(f"{what} {name[:40]!r} cannot be a file name ({why})") from None
     return name
 
 
@@ -239,10 +248,13 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
     head = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     head += b" " * (-len(head) % 8)  # the data stays 8-byte aligned, as safetensors pads it
     h = hashlib.sha256()
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        for part in (len(head).to_bytes(8, "little"), head, *(_bytes_of(tensors[k]) for k in probe_header)):
-            f.write(part)
-            h.update(part)
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            for part in (len(head).to_bytes(8, "little"), head, *(_bytes_of(tensors[k]) for k in probe_header)):
+                f.write(part)
+                h.update(part)
+    except OSError as e:  # full disk, read-only directory: named as the file asked for, not the hidden temp file
+        raise OSError(e.errno, f"cannot write {path} ({e.strerror or e})") from None
     return h.hexdigest()
 
 
@@ -309,8 +321,25 @@ def _is_run_json(path: Path) -> bool:
         return False
 
 
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> "Codec":
-    """Build the codec described by a ``.safetensors`` checkpoint, load its weights, freeze it."""
+def _read_verified(path: Path, sha256: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """``read_safetensors`` of ``path`` whose bytes have the sha256 ``sha256``: read once, hashed and parsed from
+    memory, so that the bytes checked are the bytes loaded (another process may replace the file meanwhile)."""
+    data = path.read_bytes()
+    got = hashlib.sha256(data).hexdigest()
+    if got != sha256:
+        raise HubError(f"{path} does not have the expected sha256 {sha256}, got {got} (replaced while it was read, "
+                       f"perhaps by a process whose registry gives another version; load it again)")
+    tensors = safetensors_load(data)  # SafetensorError if it is not a safetensors file
+    header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+    return header.get("__metadata__") or {}, tensors
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu", sha256: str | None = None) -> "Codec":
+    """Build the codec described by a ``.safetensors`` checkpoint, load its weights, freeze it.
+
+    ``sha256`` (hex): the file's bytes must have this hash (``HubError`` otherwise); they are read once, so the
+    bytes checked are the bytes loaded.
+    """
     from .codecs import build_codec
 
     device = resolve_device(device)
@@ -320,7 +349,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     if not path.is_file():
         raise MissingFileError(f"no checkpoint file at {path}")
     try:
-        metadata, tensors = read_safetensors(path)
+        metadata, tensors = read_safetensors(path) if sha256 is None else _read_verified(path, sha256)
     except SafetensorError as e:
         if _is_run_json(path):  # train prints both paths: an easy mix-up
             raise ValueError(f"{path} is the JSON report of a `latent-transforms train` run, not a checkpoint; load "
@@ -424,9 +453,11 @@ def _read_registry_file(path: Path) -> dict | None:
         return None
     except UnicodeDecodeError as e:
         raise ValueError(f"{path} is not valid JSON ({e})") from None
+    except OSError as e:  # a directory of that name, no read permission: as unusable as a broken file
+        raise ValueError(f"{path} cannot be read ({e.strerror or e})") from None
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, RecursionError) as e:  # RecursionError: arrays nested thousands deep
         raise ValueError(f"{path} is not valid JSON ({e})") from None
     if not isinstance(data, dict) or not isinstance(data.get("checkpoints"), dict):
         raise ValueError(f"{path} must hold an object {{\"checkpoints\": {{name: entry, ...}}}}")
@@ -498,7 +529,8 @@ def _user_registry_lock(directory: Path) -> Iterator[None]:
         if fcntl is None:
             yield
             return
-        fd = os.open(directory, os.O_RDONLY)  # the cache dir itself is locked: no lock file is left behind
+        with _writing_cache_dir(directory):  # a directory without read permission cannot be opened
+            fd = os.open(directory, os.O_RDONLY)  # the cache dir itself is locked: no lock file is left behind
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # released when the descriptor is closed
             yield
@@ -673,7 +705,12 @@ def _remote_url(file: str) -> str | None:
     base = os.environ.get("LATENT_TRANSFORMS_HUB_URL")
     if not base:
         return None
-    parts = urllib.parse.urlsplit(base)
+    try:
+        parts = urllib.parse.urlsplit(base)
+    except ValueError as e:  # e.g. "http://[::1" (an unclosed IPv6 bracket)
+        raise ValueError(f"LATENT_TRANSFORMS_HUB_URL={base!r} is not a valid URL ({e})") from None
+    if any(c.isspace() or not c.isprintable() for c in base):
+        raise ValueError(f"LATENT_TRANSFORMS_HUB_URL={base!r} holds a space or control character (a stray newline?)")
     scheme = parts.scheme.lower()
     if scheme not in URL_SCHEMES:
         raise ValueError(f"LATENT_TRANSFORMS_HUB_URL={base!r} has unsupported scheme {scheme!r}; use one of "
@@ -682,6 +719,10 @@ def _remote_url(file: str) -> str | None:
         raise ValueError(f"LATENT_TRANSFORMS_HUB_URL={base!r} reads {parts.netloc!r} as a host name; a local directory "
                          f"is file:///absolute/path (three slashes)")
     return base.rstrip("/") + "/" + urllib.parse.quote(file)
+
+
+def _one_line(reason: object) -> str:
+    return " ".join(str(reason).split())
 
 
 def _verified(path: Path, sha256: str) -> bool:
@@ -709,15 +750,16 @@ def _download(url: str, dest: Path, sha256: str, size: int | None = None) -> Non
         with os.fdopen(fd, "wb") as out:
             try:
                 response = urllib.request.urlopen(url, timeout=_timeout())
-            except urllib.error.HTTPError as e:
-                raise HubError(f"downloading {url} failed: HTTP {e.code} {e.reason}") from None
+            except urllib.error.HTTPError as e:  # one line: a redirect loop's reason spans three
+                raise HubError(f"downloading {url} failed: HTTP {e.code} {_one_line(e.reason)}") from None
             except urllib.error.URLError as e:
-                raise HubError(f"cannot download {url}: {e.reason}") from None
-            except OSError as e:  # e.g. a timeout while reading the status line
-                raise HubError(f"cannot download {url}: {e}") from None
+                raise HubError(f"cannot download {url}: {_one_line(e.reason)}") from None
+            except (OSError, http.client.HTTPException) as e:  # a timeout, a malformed status line or header
+                raise HubError(f"cannot download {url}: {_one_line(e)}") from None
             with response:
-                length = response.headers.get("Content-Length")
-                expected = int(length) if length and length.isdigit() else None
+                length = (response.headers.get("Content-Length") or "").strip()
+                # ASCII digits only ("²".isdigit()), and short: int() refuses more than 4,300 digits
+                expected = int(length) if length.isascii() and length.isdigit() and len(length) < 30 else None
                 if None not in (expected, size) and expected != size:
                     raise HubError(f"download of {dest.name} from {url} has the wrong length: Content-Length is "
                                    f"{expected} bytes, the registry's size is {size} (not the registered file)")
@@ -729,15 +771,16 @@ def _download(url: str, dest: Path, sha256: str, size: int | None = None) -> Non
                             if size is not None and received > size:  # an endless body must not fill the disk
                                 raise HubError(f"download of {dest.name} from {url} is too long: the registry's size "
                                                f"is {size} bytes, got at least {received}")
-                            out.write(chunk)
-                            out.flush()  # the .part file grows (and its mtime moves) as the data arrives
+                            with _writing_cache_dir(dest.parent):  # a full disk is not a network failure
+                                out.write(chunk)
+                                out.flush()  # the .part file grows (and its mtime moves) as the data arrives
                             digest.update(chunk)
                             bar.update(len(chunk))
                     except http.client.IncompleteRead as e:
                         raise HubError(f"download of {dest.name} from {url} is truncated: the connection closed "
                                        f"after {received + len(e.partial)} bytes") from None
-                    except OSError as e:
-                        raise HubError(f"downloading {url} failed after {received} bytes: {e}") from None
+                    except (OSError, http.client.HTTPException) as e:
+                        raise HubError(f"downloading {url} failed after {received} bytes: {_one_line(e)}") from None
         for source, want in (("Content-Length", expected), ("the registry's size", size)):
             if want is not None and received != want:
                 raise HubError(f"download of {dest.name} from {url} is truncated or too long: {source} is {want} "
@@ -764,6 +807,7 @@ def fetch(name: str) -> Path:
     notes = []
     if cached.is_file():
         if _verified(cached, sha256):
+            _remove_abandoned_parts(cached)  # of a download killed before another one finished
             return cached
         # not deleted here: another process may have just put a good copy there; a verified download replaces it
         notes.append(f"cached {cached} does not match the registry (sha256 mismatch: corrupted, or an older "
@@ -827,8 +871,9 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") ->
         with _lock:
             if key in _loaded:
                 return copy.deepcopy(_loaded[key])
-        codec = load_checkpoint(fetch(name), device)
-        registered = _entry(name)["config"]
+        entry = _entry(name)
+        codec = load_checkpoint(fetch(name), device, sha256=entry["sha256"])
+        registered = entry["config"]
         differ = {k: (v, codec.config.get(k)) for k, v in registered.items() if codec.config.get(k) != v}
         if differ:
             raise HubError(f"checkpoint {name!r}: the file's config differs from the registry's "

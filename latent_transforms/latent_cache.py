@@ -28,7 +28,7 @@ def _signatures(images: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
 
 
 def _judge_images(tolerance: float, worst: float, row: float, position: float) -> None:
-    if worst > tolerance:
+    if not worst <= tolerance:  # NaN (a NaN image or signature) fails too
         raise ValueError(
             f"x is not the images this latent cache holds at index (row {int(row)}, position {int(position)}: its "
             f"signature differs by {worst:.3g}); a transform given index= must get the cached images unmodified: put "
@@ -129,6 +129,9 @@ class LatentCache(nn.Module):
         signatures = tensors.get("signatures")
         if signatures is not None and signatures.shape != (len(latents), 2):
             raise ValueError(f"{path}: signatures must be ({len(latents)}, 2), got shape {tuple(signatures.shape)}")
+        if signatures is not None and not (signatures.is_floating_point() and torch.isfinite(signatures).all()):
+            raise ValueError(f"{path}: the image signatures must be finite floats (with NaN ones no image would be "
+                             f"checked), got {signatures.dtype}")
         cache = cls.__new__(cls)
         nn.Module.__init__(cache)
         cache.codec_fingerprint, cache.verify_images = meta["codec_fingerprint"], verify_images

@@ -87,6 +87,16 @@ class _Handler(BaseHTTPRequestHandler):
                 self.release.wait(STALL_SECONDS)
                 self.wfile.write(rest)
                 self.close_connection = True
+            elif name == "loop.safetensors":  # redirects to itself: urllib gives up after 10 with a 3-line reason
+                self.send_response(302)
+                self.send_header("Location", "/loop.safetensors")
+                self.end_headers()
+            elif name.startswith("length-"):  # Content-Length "²" or 5,000 digits: int() refuses both
+                self.send_response(200)
+                self.send_header("Content-Length", "\u00b2" if name == "length-unicode.safetensors" else "9" * 5000)
+                self.end_headers()
+                self.wfile.write(GOOD)
+                self.close_connection = True
             elif name in self.files:
                 self._send(self.files[name])
             else:
@@ -729,6 +739,118 @@ def test_parts_abandoned_by_killed_downloads_are_cleaned_up(env):
     assert not old.exists() and live.exists()  # a recent part may belong to a download in progress
 
 
+def test_a_part_left_by_a_killed_download_is_removed_when_the_cached_copy_is_used(env):
+    # the cleanup ran only before a download: once a retry had cached the file, no later fetch downloaded again,
+    # and the killed download's .part stayed in the cache dir for good
+    _register("good", "good.safetensors")
+    hub.fetch("good")
+    old = env / ".good.safetensors.k1ll3d.part"
+    old.write_bytes(b"partial")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    assert hub.fetch("good").read_bytes() == GOOD and _Handler.counts["good.safetensors"] == 1
+    assert not old.exists()
+
+
+@pytest.mark.parametrize("file", ["length-unicode.safetensors", "length-huge.safetensors"])
+def test_a_malformed_content_length_is_ignored_and_the_registry_size_decides(env, file):
+    # "²".isdigit() is True and int() refuses 5,000 digits: both escaped as a raw ValueError naming no URL
+    _register("x", file, size=len(GOOD))
+    assert hub.fetch("x").read_bytes() == GOOD
+
+
+def test_a_redirect_loop_is_reported_on_one_line(env, server):
+    _register("x", "loop.safetensors")
+    with pytest.raises(hub.HubError, match=rf"{server}/loop.safetensors failed: HTTP 302") as e:
+        hub.fetch("x")
+    assert "\n" not in str(e.value)
+    assert _leftovers(env) == []
+
+
+@pytest.mark.parametrize("url, why", [("http://[::1", "is not a valid URL"),
+                                      ("http://127.0.0.1:9/\n", "space or control character")])
+def test_a_malformed_hub_url_is_named(env, monkeypatch, url, why):
+    monkeypatch.setenv("LATENT_TRANSFORMS_HUB_URL", url)
+    _register("x", "good.safetensors")
+    with pytest.raises(ValueError, match=rf"LATENT_TRANSFORMS_HUB_URL=.*{why}"):
+        hub.fetch("x")
+
+
+def test_a_full_disk_while_downloading_is_not_reported_as_a_network_failure(env, monkeypatch):
+    real_fdopen = os.fdopen
+
+    class FullDisk:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(os, "fdopen", lambda *a, **k: FullDisk(real_fdopen(*a, **k)))
+    _register("good", "good.safetensors")
+    with pytest.raises(hub.HubError, match=rf"cannot write to the cache dir {re.escape(str(env))} \(No space left on "
+                                           rf"device\); set LATENT_TRANSFORMS_HOME"):
+        hub.fetch("good")
+    assert _leftovers(env) == [] and not (env / "good.safetensors").exists()
+
+
+def test_load_uses_the_bytes_it_verified(env, monkeypatch):
+    # load hashed the file (in fetch), then opened it again by path: a file replaced in between (by a process
+    # whose registry gives another version) was loaded unverified
+    codec, other = _codec(0), _codec(1)
+    sha = hub.save_checkpoint(codec, env.parent / "vae.safetensors")
+    hub.save_checkpoint(other, env.parent / "other.safetensors")
+    env.mkdir()
+    (env / "vae.safetensors").write_bytes((env.parent / "vae.safetensors").read_bytes())
+    hub.register("vae", file="vae.safetensors", sha256=sha, config=codec.config, trained_on="test",
+                 quality={"mse": 0.01})
+    fetch = hub.fetch
+
+    def fetch_then_replace(name):
+        path = fetch(name)
+        os.replace(env.parent / "other.safetensors", path)  # another process's complete, atomic replacement
+        return path
+
+    monkeypatch.setattr(hub, "fetch", fetch_then_replace)
+    with pytest.raises(hub.HubError, match=rf"does not have the expected sha256 {sha}.*replaced while it was read"):
+        hub.load("vae")
+    monkeypatch.setattr(hub, "fetch", fetch)
+    (env / "vae.safetensors").write_bytes((env.parent / "vae.safetensors").read_bytes())
+    assert torch.equal(_outputs(hub.load("vae")), _outputs(codec.eval()))
+
+
+def test_a_file_name_too_long_for_the_cache_dir_is_refused_when_registered(env):
+    # 240 characters registered fine; fetch then failed with "cannot write to the cache dir" (the temp name was
+    # over 255 bytes), and a name over 255 bytes broke `latent-transforms list` for every checkpoint
+    with pytest.raises(ValueError, match=r"is 252 bytes long; at most 200"):
+        _register("long", "x" * 240 + ".safetensors")
+    _register("fits", "x" * 188 + ".safetensors")
+    with pytest.raises(ValueError, match=r"name 'yyyy.*cannot be a file name \(it is too long"):
+        hub.check_file_stem("y" * 190)
+
+
+@pytest.mark.parametrize("make", ["directory", "deep"])
+def test_an_unusable_user_registry_is_a_warning_in_list(env, make):
+    # a directory named registry.json gave a raw IsADirectoryError, arrays nested 100,000 deep a RecursionError
+    env.mkdir()
+    registry = env / "registry.json"
+    if make == "directory":
+        registry.mkdir()
+    else:
+        registry.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.warns(UserWarning, match=rf"{re.escape(str(registry))} (cannot be read|is not valid JSON).*left out"):
+        names = hub.list_checkpoints()
+    assert isinstance(names, (list, dict))
+
+
 @pytest.mark.parametrize("file, status", [("missing.safetensors", 404), ("error.safetensors", 500)])
 def test_http_errors_name_url_and_status(env, server, file, status):
     _register("x", file)
@@ -958,10 +1080,10 @@ def test_threads_loading_one_name_build_it_once(env, tmp_path, monkeypatch):
     _Handler.files["vae.safetensors"] = (tmp_path / "vae.safetensors").read_bytes()
     load_checkpoint, builds, barrier = hub.load_checkpoint, [], threading.Barrier(2)
 
-    def slow_load_checkpoint(path, device):
+    def slow_load_checkpoint(path, device, **kwargs):
         builds.append(path)
         time.sleep(0.5)  # long enough for the other thread to pass the first cache check and queue on the lock
-        return load_checkpoint(path, device)
+        return load_checkpoint(path, device, **kwargs)
 
     monkeypatch.setattr(hub, "load_checkpoint", slow_load_checkpoint)
     results = []

@@ -345,3 +345,35 @@ def test_a_loaded_state_dict_brings_its_images_signatures():
     assert cache_b.signatures is None
     with pytest.raises(ValueError, match=r"signatures must be \(12, 2\) for 12 latents, got shape \(3, 2\)"):
         cache_b.load_state_dict({**old, "_extra_state": {**old["_extra_state"], "signatures": torch.zeros(3, 2)}})
+
+
+def test_nan_image_signatures_are_refused_when_a_cache_is_loaded(data, tmp_path):
+    # NaN signatures (with a consistent checksum) loaded, and `worst > tolerance` is False for NaN: the image check
+    # then passed every batch, another dataset's images included
+    from latent_transforms import hub
+    from latent_transforms.latent_cache import FORMAT
+
+    images, _ = data
+    glow = tiny_glow()
+    cache = LatentCache(glow, images, progress=False)
+    tensors = {"latents": cache.latents.contiguous(), "signatures": torch.full((len(images), 2), float("nan"))}
+    hub.write_safetensors(tmp_path / "c.safetensors", tensors, {"format": FORMAT, **hub.checksum_metadata(tensors),
+                                                                "codec_fingerprint": glow.fingerprint()})
+    with pytest.raises(ValueError, match="c.safetensors: the image signatures must be finite floats"):
+        LatentCache.load(tmp_path / "c.safetensors", glow)
+    cache.signatures = torch.full_like(cache.signatures, float("nan"))  # in memory: the check refuses, never passes
+    with pytest.raises(ValueError, match="x is not the images this latent cache holds"):
+        LatentNoise(glow, eps=2.0, cache=cache)(images[:4], index=torch.arange(4))
+
+
+def test_saving_a_cache_where_it_cannot_be_written_names_the_file(data, tmp_path, monkeypatch):
+    # the error named the hidden temp file ".c.safetensors.a_crktpi.part" (a full disk: no path at all)
+    import tempfile
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "mkstemp", full)
+    with pytest.raises(OSError, match=r"cannot write .*c\.safetensors \(No space left on device\)") as e:
+        LatentCache(tiny_glow(), data[0], progress=False).save(tmp_path / "c.safetensors")
+    assert ".part" not in str(e.value)
