@@ -80,12 +80,15 @@ class LatentTransform(SampleStats, nn.Module):
           replaced by its input (and its label kept); ``t.stats`` counts samples seen, transformed, rejected.
         - Outputs are clipped to [0, 1] and carry no autograd history (training mode).
         - Parameters are drawn apart from their application (as kornia's and torchvision v2's transforms):
-          ``last_params`` holds the last training call's: ``"selected"``, ``(N,)`` int64, the batch rows transformed
-          (all B when ``p=1``; none: only this key), the method's draws (``make_params``), one row per selected
+          ``last_params`` holds the last successful training call's: ``"batch_size"``, a 0-dim int64 CPU tensor,
+          ``"selected"``, ``(N,)`` int64, the batch rows transformed (all B when ``p=1``; none: only these two
+          keys), the method's draws (``make_params``), one row per selected
           sample in that order (indices such as VarMixup's ``partner`` count among the selected samples: batch row
           ``selected[partner]``), and what the method computed from them (LatentAdversarial's ``delta``).
           ``t(x, y, model, params=t.last_params)`` applies the same draws again (to another view of the same batch,
           say) without drawing: the same output for a method whose result depends on its draws and inputs alone.
+          Replayed draws are checked (rows, trailing shape, dtype, device; integer draws as indices in ``[0, N)``),
+          and so is ``batch_size`` where given.
 
     Subclasses set ``needs_model``/``mixes_labels`` (``needs_labels`` follows ``mixes_labels``; override it with a
     class attribute or a property) and implement ``make_params(n, generator, device)``, every random draw for
@@ -164,10 +167,17 @@ class LatentTransform(SampleStats, nn.Module):
                                f"on the batch, right before model(x)")
 
     def _given_selection(self, params: object, batch: int, device: torch.device) -> torch.Tensor:
-        """``params["selected"]``, checked: (N,) int64 distinct rows of a batch of ``batch``, on ``device``."""
+        """``params["selected"]``, checked: (N,) int64 distinct rows of a batch of ``batch``, on ``device``; and
+        ``params["batch_size"]``, where given, must be ``batch``."""
         if not isinstance(params, dict) or not isinstance(params.get("selected"), torch.Tensor):
             raise WrongTypeError(f"params must be a dict like t.last_params, with 'selected' (the batch rows), got "
                                  f"{describe(params)}")
+        given = params.get("batch_size")
+        if given is not None:
+            size = int(given) if isinstance(given, torch.Tensor) and given.numel() == 1 else describe(given)
+            if size != batch:
+                raise ValueError(f"params are of a batch of {size}, this one has {batch} samples: replay "
+                                 f"t.last_params on a batch of the same size")
         selected = params["selected"]
         if selected.ndim != 1 or selected.dtype != torch.int64 or selected.device != device:
             raise ValueError(f"params['selected'] must be (N,) int64 batch rows on {device}, got {describe(selected)}")
@@ -181,22 +191,36 @@ class LatentTransform(SampleStats, nn.Module):
                                  f"{lo}..{hi}{', some twice' if most > 1 else ''} (from a call on another batch?)")
         return selected
 
-    def _given_draws(self, params: dict, n: int) -> dict[str, torch.Tensor]:
-        """The draws of ``params`` (all but ``selected``) that ``make_params`` would make, checked: n rows each."""
-        draws = {k: v for k, v in params.items() if k != "selected"}
+    def _given_draws(self, params: dict, n: int, device: torch.device) -> dict[str, torch.Tensor]:
+        """The draws of ``params`` that ``make_params`` would make, checked against a draw for no sample: n rows
+        each, the same trailing shape and dtype, on ``device``; integer draws are indices in ``[0, n)``."""
         if n == 0:
             return {}
-        wanted = self.param_names()
-        missing = [k for k in wanted if not isinstance(draws.get(k), torch.Tensor) or len(draws[k]) != n]
+        templates = self._param_templates()
+        missing = [k for k in templates if not isinstance(params.get(k), torch.Tensor) or len(params[k]) != n]
         if missing:
             raise ValueError(f"params lacks {missing} for {n} selected samples ({type(self).__name__} draws "
-                             f"{list(wanted)}): pass an earlier call's t.last_params")
-        return {k: draws[k] for k in wanted}
+                             f"{list(templates)}): pass an earlier call's t.last_params")
+        for k, template in templates.items():
+            given = params[k]
+            if given.shape[1:] != template.shape[1:] or given.dtype != template.dtype or given.device != device:
+                raise ValueError(f"params[{k!r}] must be ({n}, {', '.join(map(str, template.shape[1:]))}) "
+                                 f"{template.dtype} on {device}, got {describe(given)}")
+            if not template.is_floating_point():
+                lo, hi = torch.stack([given.min(), given.max()]).tolist()
+                if lo < 0 or hi >= n:
+                    raise ValueError(f"params[{k!r}] must be indices in [0, {n}) among the selected samples, got "
+                                     f"{lo}..{hi}")
+        return {k: params[k] for k in templates}
+
+    def _param_templates(self) -> dict[str, torch.Tensor]:
+        """``make_params``' draws for no sample: their keys, trailing shapes and dtypes (nothing drawn from the
+        transform's own generator)."""
+        return self.make_params(0, torch.Generator(), torch.device("cpu"))
 
     def param_names(self) -> tuple[str, ...]:
-        """The keys ``make_params`` returns (what a replayed call's ``params`` must hold besides ``selected``), read
-        from a draw for no sample (nothing drawn from the transform's own generator)."""
-        return tuple(self.make_params(0, torch.Generator(), torch.device("cpu")))
+        """The keys ``make_params`` returns (what a replayed call's ``params`` must hold besides ``selected``)."""
+        return tuple(self._param_templates())
 
     def _draw_selection(self, batch: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
         """(B,) bool: which samples are transformed, each with probability ``p`` (one draw per sample)."""
@@ -236,9 +260,10 @@ class LatentTransform(SampleStats, nn.Module):
         if params is None:
             params = self.make_params(n, generator, x.device) if n else {}
         else:
-            params = self._given_draws(params, n)
-        self.last_params = {"selected": torch.arange(batch, device=x.device) if selected is None else selected,
-                            **params}
+            params = self._given_draws(params, n, x.device)
+        previous, self.last_params = self.last_params, {
+            "batch_size": torch.tensor(batch),
+            "selected": torch.arange(batch, device=x.device) if selected is None else selected, **params}
         y_out = to_soft(y, k) if self.mixes_labels else y
         if n == 0:  # a copy, as when some samples are selected: x2 never shares x's memory in training
             self._count_untouched(x.device, batch)
@@ -246,8 +271,10 @@ class LatentTransform(SampleStats, nn.Module):
 
         try:
             x2, y2 = self.transform(xs, ys, model, params, idx)
-        except ValueError as e:
-            setattr(e, RAISED_IN_TRANSFORM, True)
+        except BaseException as e:  # a failed call leaves the last successful call's params
+            self.last_params = previous
+            if isinstance(e, ValueError):
+                setattr(e, RAISED_IN_TRANSFORM, True)
             raise
         x2, ok = keep_plausible(x2, xs)
         x2 = x2.to(x.dtype)

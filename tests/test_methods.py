@@ -349,7 +349,8 @@ def test_last_params_name_the_selected_rows(glow, batch, net, make):
     x2, y2 = t(x, y, net) if t.needs_model else t(x, y)
     rows = t.last_params["selected"]
     assert 0 < len(rows) < len(x) and torch.equal(rows, (x2 != x).flatten(1).any(1).nonzero().flatten())
-    first = next(v for k, v in t.last_params.items() if k != "selected")
+    assert int(t.last_params["batch_size"]) == len(x)
+    first = next(v for k, v in t.last_params.items() if k not in ("selected", "batch_size"))
     assert len(first) == len(rows)
     if isinstance(t, VarMixup):
         lam, partner = t.last_params["lam"], t.last_params["partner"]
@@ -358,7 +359,7 @@ def test_last_params_name_the_selected_rows(glow, batch, net, make):
     for _ in range(50):  # until a call selects nothing
         t(x[:1], y[:1], net) if t.needs_model else t(x[:1], y[:1])
         if len(t.last_params["selected"]) == 0:
-            assert list(t.last_params) == ["selected"]
+            assert list(t.last_params) == ["batch_size", "selected"]
             break
     else:
         pytest.fail("no call selected nothing")
@@ -772,7 +773,7 @@ def test_params_drawn_apart_are_applied_again_without_drawing(glow, vae, batch, 
     call = (lambda t, **kw: t(x, y, net, **kw)) if first.needs_model else (lambda t, **kw: t(x, y, **kw))
     x1, y1 = call(first)
     computed = {"delta", "target"} if isinstance(first, LatentAdversarial) else set()
-    assert set(first.last_params) == {"selected", *first.param_names()} | computed
+    assert set(first.last_params) == {"batch_size", "selected", *first.param_names()} | computed
     replayer = make(glow, vae, 123)
     x2, y2 = call(replayer, params=first.last_params)
     assert torch.equal(x1, x2) and torch.equal(y1, y2)
@@ -787,14 +788,56 @@ def test_given_params_are_checked():
     t(x)
     with pytest.raises(TypeError, match="params must be a dict like t.last_params, with 'selected'"):
         t(x, params={"delta": t.last_params["delta"]})
+    with pytest.raises(ValueError, match=r"params are of a batch of 4, this one has 3 samples"):
+        t(x[:3], params=t.last_params)
     with pytest.raises(ValueError, match=r"params\['selected'\] must be distinct rows of this batch of 3, got rows "
                                          r"0\.\.3 \(from a call"):  # not "some twice": rows past the end are no repeats
-        t(x[:3], params=t.last_params)
+        t(x[:3], params={k: v for k, v in t.last_params.items() if k != "batch_size"})
     with pytest.raises(ValueError, match=r"some twice"):
         t(x, params={**t.last_params, "selected": torch.tensor([0, 0, 1, 2])})
     with pytest.raises(ValueError, match=r"params lacks \['delta'\] for 2 selected samples"):
         t(x, params={"selected": torch.tensor([0, 1]), "delta": t.last_params["delta"]})
     assert torch.equal(t.eval()(x, params={"nonsense": 1})[0], x)  # eval mode: the identity, params unused
+
+
+def test_params_of_a_smaller_batch_are_refused_on_a_larger_one():
+    # replayed on a batch twice as large, rows 0-5 were transformed and 6-11 came back untouched, without an error
+    t = LatentNoise(tiny_glow(), eps=2.0, generator=0)
+    x = torch.rand(6, 1, 8, 8)
+    t(x)
+    with pytest.raises(ValueError, match=r"params are of a batch of 6, this one has 12 samples"):
+        t(torch.cat([x, x]), params=t.last_params)
+
+
+def test_replayed_draws_are_checked_and_a_failed_call_keeps_the_last_params():
+    # a partner out of range was torch's IndexError and left the failed call's draws in last_params; a negative one
+    # wrapped round to the last row; a delta of the wrong width failed deep in the codec
+    vae, glow = tiny_vae(), tiny_glow()
+    x, y = torch.rand(6, 1, 8, 8), torch.randint(0, 10, (6,))
+    t = VarMixup(vae, num_classes=10, p=1.0, generator=0)
+    t(x, y)
+    good = {k: v.clone() for k, v in t.last_params.items()}
+    for partner in ([6, 0, 1, 2, 3, 4], [-1, 0, 1, 2, 3, 4]):
+        with pytest.raises(ValueError, match=r"params\['partner'\] must be indices in \[0, 6\) among the selected"):
+            t(x, y, params={**good, "partner": torch.tensor(partner)})
+    with pytest.raises(ValueError, match=r"params\['lam'\] must be \(6, \) torch.float32 on cpu, got"):
+        t(x, y, params={**good, "lam": good["lam"].double()})
+    assert all(torch.equal(t.last_params[k], good[k]) for k in good)
+    n = LatentNoise(glow, eps=2.0, generator=0)
+    n(x)
+    with pytest.raises(ValueError, match=r"params\['delta'\] must be \(6, 64\) torch.float32 on cpu"):
+        n(x, params={**n.last_params, "delta": torch.zeros(6, 3)})
+
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("model broke")
+
+    a = LatentAdversarial(glow, steps=1, generator=0)
+    a(x, y, TinyNet())
+    before = dict(a.last_params)
+    with pytest.raises(RuntimeError, match="model broke"):
+        a(x, y, Broken())
+    assert a.last_params.keys() == before.keys() and all(a.last_params[k] is before[k] for k in before)
 
 
 def test_varmixup_leaves_a_sample_selected_alone_as_it_is():
