@@ -120,6 +120,9 @@ class _ISDAState:
                    sync_stats: "bool | dist.ProcessGroup") -> None:
         self.lambda0 = check_number("lambda0", lambda0)
         self.covariance, self.progress = check_choice("covariance", covariance, COVARIANCES), 0.0
+        # the progress as a buffer too, so that state_dict() (all tensors) resumes the schedule mid-epoch; lam reads
+        # the float: no host sync when the buffer is on the GPU
+        self.register_buffer("schedule_progress", torch.zeros((), dtype=torch.float64))
         check_sync("sync_stats", sync_stats)  # named as the caller knows it
         self.estimator = FeatureCovariance(num_classes, feature_dim, covariance=covariance, sync_stats=sync_stats)
 
@@ -131,6 +134,7 @@ class _ISDAState:
     def set_progress(self, progress: float) -> None:
         """Set the training progress in [0, 1]: ``lam = lambda0 * progress`` (per-iteration ramps)."""
         self.progress = check_number("progress", progress, high=1.0)
+        self.schedule_progress.fill_(self.progress)
 
     def set_epoch(self, epoch: int, total_epochs: int) -> None:
         """The official schedule: ``lam = lambda0 * epoch / total_epochs`` with a 0-based ``epoch``.
@@ -154,6 +158,15 @@ class _ISDAState:
             check_labels(y, features.shape[0], logits.shape[1], batch_name="features")
         self.estimator.update(features, y, check_y=False)
         return isda_logits(logits, weight, y, self.estimator.cov, self.lam if lam is None else lam, check_y=False)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        key = prefix + "schedule_progress"
+        if key not in state_dict:  # a state saved before 2026-12-03 has no progress: it stays as it is
+            state_dict[key] = self.schedule_progress.clone()
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        self.set_progress(float(self.schedule_progress))  # checked, and mirrored as the float ``lam`` reads
 
     def _isda_repr(self) -> str:
         return (f"num_classes={self.estimator.num_classes}, lambda0={self.lambda0}, covariance={self.covariance!r}, "

@@ -482,6 +482,24 @@ def test_state_dict_round_trip(batch, net):
         ISDA(10, feature_dim=7)(x, y, net)
 
 
+@pytest.mark.parametrize("make", [lambda: ISDA(10, lambda0=0.5), lambda: ISDALoss(10, lambda0=0.5)])
+def test_the_strength_schedule_travels_with_the_state_dict(make):
+    # progress was a plain attribute: a run resumed mid-epoch from state_dict() trained at lam = 0 until the next
+    # set_epoch, silently
+    isda = make()
+    isda.set_epoch(5, 10)
+    resumed = make()
+    resumed.load_state_dict(isda.state_dict())
+    assert resumed.lam == isda.lam == 0.25
+    assert all(isinstance(v, torch.Tensor) for v in isda.state_dict().values())  # safetensors can store it
+    old = {k: v for k, v in isda.state_dict().items() if k != "schedule_progress"}  # saved before progress was kept
+    resumed.set_progress(0.5)
+    resumed.load_state_dict(old)
+    assert resumed.lam == 0.25
+    with pytest.raises(ValueError, match="progress must be"):
+        resumed.load_state_dict({**isda.state_dict(), "schedule_progress": torch.tensor(2.0, dtype=torch.float64)})
+
+
 def test_torchvision_resnet18_auto_detects_fc():
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)
