@@ -84,8 +84,10 @@ def isda_logits(logits: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, cov
     a = weight.shape[1]
     if cov.shape not in ((c, a, a), (c, a)):
         raise ValueError(f"cov must be (C, A, A) or (C, A) = {(c, a, a)} or {(c, a)}, got {tuple(cov.shape)}")
-    if y.shape != (n,):
-        raise ValueError(f"y must be (N,) = ({n},) class indices, got shape {tuple(y.shape)}")
+    if not isinstance(y, torch.Tensor):
+        raise WrongTypeError(f"y must be a (N,) int64 torch.Tensor of class indices, got {describe(y)}")
+    if y.shape != (n,) or y.dtype != torch.int64:
+        raise ValueError(f"y must be (N,) = ({n},) int64 class indices, got {describe(y)}")
     if check_y:
         check_labels(y, n, c, batch_name="logits")
     if isinstance(lam, float) and lam == 0:  # checked all the same: a wrong call fails at once, not when lam ramps up

@@ -298,7 +298,9 @@ def check_index(index: torch.Tensor, batch_size: int | None, size: int | None = 
 
 
 def _index_form(index: torch.Tensor, batch_size: int | None) -> bool:
-    if not isinstance(index, torch.Tensor) or index.dtype != torch.int64 or index.ndim != 1:
+    if not isinstance(index, torch.Tensor):  # a list or an array: a TypeError, as for x and y
+        raise WrongTypeError(f"index must be a (B,) int64 tensor of dataset positions, got {describe(index)}")
+    if index.dtype != torch.int64 or index.ndim != 1:
         raise ValueError(f"index must be a (B,) int64 tensor of dataset positions, got {describe(index)}")
     if batch_size is not None and index.shape[0] != batch_size:
         raise ValueError(f"batch sizes differ: x has {batch_size} samples, index has {index.shape[0]}")

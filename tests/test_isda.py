@@ -128,6 +128,11 @@ def test_isda_logits_validates_the_labels():
         isda_logits(logits, w, torch.tensor([0, 1, 2, 3]), cov, 1.0)
     with pytest.raises(ValueError, match="int64"):
         isda_logits(logits, w, torch.tensor([0, 1, 2, 2], dtype=torch.int32), cov, 1.0)
+    # a list was an AttributeError ('list' object has no attribute 'shape'); with check_y=False int32 passed
+    with pytest.raises(TypeError, match="y must be a .N,. int64 torch.Tensor of class indices, got \\[int"):
+        isda_logits(logits, w, [0, 1, 2, 2], cov, 1.0)
+    with pytest.raises(ValueError, match=r"y must be \(N,\) = \(4,\) int64 class indices, got .*int32"):
+        isda_logits(logits, w, torch.tensor([0, 1, 2, 2], dtype=torch.int32), cov, 1.0, check_y=False)
 
 
 # -- the estimator -----------------------------------------------------------------------------------------------------

@@ -377,3 +377,14 @@ def test_saving_a_cache_where_it_cannot_be_written_names_the_file(data, tmp_path
     with pytest.raises(OSError, match=r"cannot write .*c\.safetensors \(No space left on device\)") as e:
         LatentCache(tiny_glow(), data[0], progress=False).save(tmp_path / "c.safetensors")
     assert ".part" not in str(e.value)
+
+
+def test_an_index_that_is_not_a_tensor_is_a_type_error(data):
+    # a list or an array of positions was a ValueError, where a list for x or y is a TypeError
+    import numpy as np
+
+    images, _ = data
+    t = LatentNoise(tiny_glow(), eps=2.0, cache=LatentCache(tiny_glow(), images, progress=False))
+    for index in ([0, 1, 2, 3], np.arange(4)):
+        with pytest.raises(TypeError, match="index must be a .B,. int64 tensor of dataset positions, got"):
+            t(images[:4], index=index)
