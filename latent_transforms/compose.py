@@ -188,8 +188,9 @@ class Compose(nn.Module):
 
     Args:
         transforms: the steps.
-        num_classes: needed when class-index labels meet a kornia mix; a step with another ``num_classes`` is
-            refused.
+        num_classes: the labels' classes, checked on every call; default: the ``num_classes`` its steps declare
+            (VarMixup's, torchvision's MixUp/CutMix's; they must agree). Needed when class-index labels meet a kornia
+            mix and no other step declares it; a step with another ``num_classes`` is refused.
     """
 
     def __init__(self, transforms: Sequence[Callable], *, num_classes: int | None = None):
@@ -215,17 +216,26 @@ class Compose(nn.Module):
         if isda and mixing:
             raise ValueError(f"ISDA (step {isda[0]}) needs class-index labels and cannot be combined with label-mixing "
                              f"steps ({', '.join(f'{_name(steps[i])} at step {i}' for i in mixing)})")
-        for i in (i for i in mixing if _is_kornia_mix(steps[i])):
-            _check_kornia_mix_step(steps, i, mixing, num_classes)
-        self.steps = nn.ModuleList(steps)
-        self.num_classes = None if num_classes is None else check_count("num_classes", num_classes, low=1)
-        for i, t in enumerate(steps):  # a step with other classes would fail only at the first label it cannot hold
+        num_classes = None if num_classes is None else check_count("num_classes", num_classes, low=1)
+        # a step with other classes would fail only at the first label it cannot hold; without num_classes, the
+        # steps' own is checked on every call (out-of-range labels reached torchvision MixUp's RuntimeError)
+        declared = []  # (num_classes, where)
+        for i, t in enumerate(steps):
             for part in _parts(t):
                 k = getattr(part, "num_classes", None) if isinstance(part, (LatentTransform, Compose)) \
                     or _is_torchvision_v2(part) else None
-                if self.num_classes is not None and isinstance(k, int) and k != self.num_classes:
-                    raise ValueError(f"{_where(part, t, i)} has num_classes={k}, but this Compose "
-                                     f"num_classes={self.num_classes}")
+                if isinstance(k, int) and not isinstance(k, bool):
+                    declared.append((k, _where(part, t, i)))
+        for k, where in declared:
+            if k != (num_classes or declared[0][0]):
+                raise ValueError(f"{where} has num_classes={k}, but " + (
+                    f"this Compose num_classes={num_classes}" if num_classes else
+                    f"{declared[0][1]} has num_classes={declared[0][0]}: the steps must agree"))
+        num_classes = num_classes or (declared[0][0] if declared else None)
+        for i in (i for i in mixing if _is_kornia_mix(steps[i])):
+            _check_kornia_mix_step(steps, i, mixing, num_classes)
+        self.steps = nn.ModuleList(steps)
+        self.num_classes = num_classes
 
     def __len__(self) -> int:
         return len(self.steps)

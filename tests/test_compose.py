@@ -408,6 +408,22 @@ def test_a_step_with_other_num_classes_is_refused_when_built(rgb_glow):
     Compose([VarMixup(vae, num_classes=5)])
 
 
+def test_without_num_classes_the_steps_own_is_checked_on_every_call(rgb_glow):
+    # labels out of range reached torchvision MixUp's RuntimeError ("Class values must be smaller than num_classes")
+    x = torch.rand(4, 3, 16, 16)
+    t = Compose([T.MixUp(num_classes=10), LatentNoise(rgb_glow)])
+    assert t.num_classes == 10
+    with pytest.raises(ValueError, match=r"class index 12, out of range for num_classes=10"):
+        t(x, torch.tensor([0, 1, 2, 12]))
+    vae = tiny_vae(shape=(3, 16, 16))
+    with pytest.raises(ValueError, match=r"MixUp at step 1 has num_classes=5, but VarMixup at step 0 has "
+                                         r"num_classes=10: the steps must agree"):
+        Compose([VarMixup(vae, num_classes=10), T.MixUp(num_classes=5)])
+    # a kornia mix takes its classes from a step that declares them
+    _, y2 = Compose([K.RandomMixUpV2(p=1.0), VarMixup(vae, num_classes=10)])(x, torch.tensor([0, 1, 2, 3]))
+    assert y2.shape == (4, 10)
+
+
 def test_steps_are_reached_by_index_and_iteration_and_num_classes_is_printed(rgb_glow):
     noise, flip = LatentNoise(rgb_glow), K.RandomHorizontalFlip()
     t = Compose([noise, flip], num_classes=10)
