@@ -122,6 +122,7 @@ class _ISDAState:
                    sync_stats: "bool | dist.ProcessGroup") -> None:
         self.lambda0 = check_number("lambda0", lambda0)
         self.covariance, self.progress = check_choice("covariance", covariance, COVARIANCES), 0.0
+        self._scheduled = False  # whether set_progress/set_epoch was ever called (or a progress loaded)
         # the progress as a buffer too, so that state_dict() (all tensors) resumes the schedule mid-epoch; lam reads
         # the float: no host sync when the buffer is on the GPU
         self.register_buffer("schedule_progress", torch.zeros((), dtype=torch.float64))
@@ -137,6 +138,16 @@ class _ISDAState:
         """Set the training progress in [0, 1]: ``lam = lambda0 * progress`` (per-iteration ramps)."""
         self.progress = check_number("progress", progress, high=1.0)
         self.schedule_progress.fill_(self.progress)
+        self._scheduled = True
+
+    def _warn_if_unscheduled(self, stacklevel: int) -> None:
+        """Once: a training call before any set_epoch/set_progress runs at lam = 0, which changes no loss."""
+        if not self._scheduled:
+            self._scheduled = True  # warned: once per instance
+            warnings.warn(f"{type(self).__name__}'s strength lam = lambda0 * progress is 0 until you call "
+                          f"set_epoch(epoch, total_epochs) at the start of every epoch (or set_progress(p) for a ramp "
+                          f"of your own): until then it only gathers statistics and leaves the loss unchanged",
+                          stacklevel=stacklevel + 1)
 
     def set_epoch(self, epoch: int, total_epochs: int) -> None:
         """The official schedule: ``lam = lambda0 * epoch / total_epochs`` with a 0-based ``epoch``.
@@ -388,6 +399,7 @@ class ISDA(_ISDAState, LatentTransform):
             self._count_untouched(x.device, batch)
             return x, y
         name, layer = self.find_layer(model)
+        self._warn_if_unscheduled(stacklevel=4)  # the line of the call, past nn.Module
         lam: float | torch.Tensor = self.lam
         chosen = torch.full((), batch, dtype=torch.int64, device=x.device)  # torch.tensor(...) would be a sync
         if self.p < 1.0:
@@ -451,5 +463,6 @@ class ISDALoss(_ISDAState, nn.Module):
             raise ValueError(_HARD_LABELS_ONLY.format(shape=tuple(y.shape)))
         logits = fc(features)
         if self.training:
+            self._warn_if_unscheduled(stacklevel=4)
             logits = self.augment(features, logits, fc.weight, y, check_y=False)
         return F.cross_entropy(logits, y)

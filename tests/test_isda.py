@@ -642,14 +642,20 @@ def test_an_isda_made_afresh_each_step_warns_that_it_augments_nothing(batch, net
     import gc
 
     x, y = batch
-    x2, y2 = ISDA(10)(x, y, net)
+
+    def scheduled():
+        isda = ISDA(10)
+        isda.set_progress(1.0)
+        return isda
+
+    x2, y2 = scheduled()(x, y, net)
     gc.collect()
     with pytest.warns(UserWarning, match="create the ISDA once, outside the training loop"):
         net(x2)
     net.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        ISDA(10)(x, y, net.train())
+        scheduled()(x, y, net.train())
         gc.collect()
         net.eval()(x)  # an eval forward is never augmented: nothing lost, no warning
         net.train()(x)  # the hook removed itself at the eval forward
@@ -689,3 +695,24 @@ def test_statistics_first_sized_under_inference_mode_keep_training_afterwards():
     isda(x, y, net)
     torch.nn.functional.cross_entropy(net(x), y).backward()
     assert int(isda.estimator.count.sum()) == 8
+
+
+def test_a_training_call_before_any_schedule_warns_once(batch, net):
+    # without set_epoch ISDA ran at lam = 0 for the whole run, loss and accuracy exactly the baseline's, silently
+    x, y = batch
+    isda = ISDA(10)
+    with pytest.warns(UserWarning, match=r"ISDA's strength lam = lambda0 \* progress is 0 until you call set_epoch") as w:
+        isda(x, y, net)
+        net(x)
+    assert w[0].filename == __file__  # points at the call
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        isda(x, y, net)  # once per instance
+        net(x)
+        scheduled = ISDA(10)
+        scheduled.set_epoch(0, 10)  # lam 0 in the first epoch, as the official schedule: no warning
+        scheduled(x, y, net)
+        net(x)
+    loss = ISDALoss(10)
+    with pytest.warns(UserWarning, match=r"ISDALoss's strength"):
+        loss(torch.randn(len(y), 32), net.fc, y)
