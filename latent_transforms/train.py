@@ -684,15 +684,17 @@ def _diverged(run: _TrainingRun, ckpt: Path, what: str) -> None:
 
 def _report(run: _TrainingRun, stored: Codec, *, name: str, ckpt: Path, sha: str, dtype: torch.dtype,
             fallback: str | None, x_train: torch.Tensor, data_description: str | dict | None,
-            ema_decay: float | None, metrics: dict[str, float], eval_on: str, compiled: bool) -> dict:
+            ema_decay: float | None, metrics: dict[str, float], eval_on: str, test_set: bool,
+            compiled: bool) -> dict:
     """The JSON report of a finished run: file, config, training settings and history, test metrics, and a
     ready-made registry entry. ``compiled``: whether the last call compiled the loss."""
     n, info, step = x_train.shape[0], run.info, run.info["step"]
     if data_description is None:
         data_description = f"{n} images of shape {tuple(x_train.shape[1:])}"
     device = describe_device(run.device)
-    quality = ({"test_bits_per_dim": round(metrics["bits_per_dim"], 4)} if run.kind == "glow" else
-               {"test_mse": round(metrics["mse"], 5), "test_kl": round(metrics["kl"], 3)})
+    on = "test" if test_set else "train"  # without a test set, the figures are of training images: named so
+    quality = ({f"{on}_bits_per_dim": round(metrics["bits_per_dim"], 4)} if run.kind == "glow" else
+               {f"{on}_mse": round(metrics["mse"], 5), f"{on}_kl": round(metrics["kl"], 3)})
     quality.update(train_device_minutes=round(info["train_time_s"] / 60, 1), train_device=device)
     size = ckpt.stat().st_size
     trained_on = data_description if isinstance(data_description, str) else json.dumps(data_description)
@@ -729,7 +731,8 @@ def _report(run: _TrainingRun, stored: Codec, *, name: str, ckpt: Path, sha: str
             "torch": torch.__version__,
             "history": info["history"],
         },
-        "metrics": {"evaluated_on": eval_on, **{k: round(v, 6) for k, v in metrics.items()}},
+        # significant digits: a round-trip error of 4e-7 rounded to 6 decimals read 0.0
+        "metrics": {"evaluated_on": eval_on, **{k: float(f"{v:.6g}") for k, v in metrics.items()}},
         "registry_entry": {"file": ckpt.name, "sha256": sha, "size": size, "config": stored.config,
                            "trained_on": trained_on, "quality": quality, "notes": ""},
         "load": f'latent_transforms.hub.load("{ckpt}")',
@@ -737,12 +740,12 @@ def _report(run: _TrainingRun, stored: Codec, *, name: str, ckpt: Path, sha: str
 
 
 def _say_written(say, report: dict, ckpt: Path, js: Path, png: Path, metrics: dict[str, float]) -> None:
-    """Tell where the final files went, the test metrics, and how to load the codec and register it by name."""
+    """Tell where the final files went, the metrics (on the test set, or on training images without one), and how to load the codec and register it by name."""
     import shlex
 
     name, size = report["name"], report["size"]
     say(f"wrote {ckpt} ({size / 1e6:.2f} MB, {report['dtype']}), {js} and {png}")
-    say("test metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    say(f"metrics on {report['metrics']['evaluated_on']}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     say(f"load it:      codec = latent_transforms.hub.load({str(ckpt)!r})")
     try:
         registry = hub._registry()
@@ -953,7 +956,7 @@ def train_codec(
     _save_grid(stored, x_eval, png, n=min(16, x_eval.shape[0]), temperature=temperature, seed=seed)
     report = _report(run, stored, name=name, ckpt=ckpt, sha=sha, dtype=dtype, fallback=fallback, x_train=x_train,
                      data_description=data_description, ema_decay=ema_decay, metrics=metrics, eval_on=eval_on,
-                     compiled=compile)
+                     test_set=x_test is not None, compiled=compile)
     with hub.atomic_path(js) as tmp:
         Path(tmp).write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")  # strict JSON: no NaN
     wall = time.perf_counter() - t_call

@@ -1113,13 +1113,26 @@ def test_resume_refuses_the_same_count_of_images_with_one_of_them_changed(tmp_pa
         train_codec("flow", changed, tmp_path, **kw)
 
 
-def test_registry_entry_of_a_vae_run_states_its_test_mse_kl_and_data(tmp_path, digits):
+def test_registry_entry_of_a_vae_run_states_its_mse_kl_and_data(tmp_path, digits):
+    # without a test set the figures are of training images: they were stored (and listed) as test_mse/test_kl
     r = train_codec("vae", digits[0][:32], tmp_path, **VAE, max_steps=2, batch_size=16, progress=False,
                     data_description="toy digits")
     entry = json.loads((tmp_path / "vae.json").read_text())["registry_entry"]
-    assert entry["quality"]["test_mse"] == pytest.approx(r["metrics"]["mse"], abs=1e-5)
-    assert entry["quality"]["test_kl"] == pytest.approx(r["metrics"]["kl"], abs=1e-3)
+    assert entry["quality"]["train_mse"] == pytest.approx(r["metrics"]["mse"], abs=1e-5)
+    assert entry["quality"]["train_kl"] == pytest.approx(r["metrics"]["kl"], abs=1e-3)
+    assert "test_mse" not in entry["quality"]
     assert entry["trained_on"] == "toy digits" and entry["sha256"] == r["sha256"]
+    train_codec("vae", digits[0][:32], tmp_path, **VAE, max_steps=2, batch_size=16, progress=False, name="t",
+                x_test=digits[0][32:64])
+    assert {"test_mse", "test_kl"} <= set(json.loads((tmp_path / "t.json").read_text())["registry_entry"]["quality"])
+
+
+def test_the_report_keeps_small_metrics_to_six_significant_digits(tmp_path, digits):
+    # round(v, 6) wrote a round-trip error of 4.2e-07 as 0.0
+    r = train_codec("flow", digits[0][:32], tmp_path, **FLOW, max_steps=2, batch_size=16, progress=False)
+    err = r["metrics"]["roundtrip_max_err"]
+    assert 0 < err < 1e-5
+    assert json.loads((tmp_path / "glow.json").read_text())["metrics"]["roundtrip_max_err"] == pytest.approx(err, rel=1e-5)
 
 
 def test_report_names_the_optimizer_each_kind_trains_with(tmp_path, digits):
