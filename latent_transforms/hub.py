@@ -683,6 +683,18 @@ def list_checkpoints() -> list[dict]:
     return rows
 
 
+def names_for_images(image_shape: tuple[int, ...]) -> list[str]:
+    """The registered checkpoints whose codec takes images of ``image_shape`` (C, H, W); for error messages, so an
+    unusable user registry is left out without a warning."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            registry = _registry(warn_if_broken=True)
+    except (ValueError, OSError):  # a bad LATENT_TRANSFORMS_HOME: no suggestion
+        return []
+    return sorted(n for n, e in registry.items() if tuple(e["config"].get("image_shape") or ()) == tuple(image_shape))
+
+
 # -- resolution and download ------------------------------------------------------------------------
 def _offline() -> bool:
     return os.environ.get("LATENT_TRANSFORMS_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")

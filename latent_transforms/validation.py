@@ -174,6 +174,12 @@ def _judge_images(x: torch.Tensor, name: str, lo: float, hi: float) -> None:
             hint = "these look like 0-255 intensities: divide them by 255"
         elif lo >= -0.1 and hi <= 2:
             hint = "a step scales or shifts them past 1 (brightness, contrast, a gain): clamp its output with x.clamp(0, 1)"
+        elif lo >= -0.5 and hi <= 2:  # both ways past [0, 1], not far: added noise (mean/std data reaches -1 or so)
+            hint = "a step adds noise or shifts them past [0, 1] (Gaussian noise, contrast): clamp its output with " \
+                   "x.clamp(0, 1)"
+        elif lo >= -1 - IMAGE_RANGE_TOL and hi <= 1 + IMAGE_RANGE_TOL:
+            hint = "these look like images scaled to [-1, 1] (Normalize(0.5, 0.5)): give (x + 1) / 2, and normalise " \
+                   "inside the model, after augmentation"
         else:
             hint = "apply normalisation (mean/std) inside the model, after augmentation"
         raise ValueError(f"{name} values must lie in [0, 1], got range [{lo:.4g}, {hi:.4g}]; {hint}")

@@ -370,3 +370,18 @@ def test_list_with_a_broken_user_registry_warns_in_one_line(capsys):
     assert err == (f"{PROG}: warning: {registry} is not valid JSON (Expecting property name enclosed in double quotes: "
                    f"line 1 column 2 (char 1)); its checkpoints are left out until it is fixed or deleted\n")
     assert "glow-digits" in out
+
+
+def test_images_of_the_wrong_shape_for_a_codec_say_what_to_do():
+    # the message named the codec's shape only: channels-last CIFAR arrays (as the shared npz files hold them) and
+    # digits given to a CIFAR codec got no hint
+    from latent_transforms import LatentNoise
+
+    t = LatentNoise("glow-cifar10")
+    with pytest.raises(ValueError, match=r"got x of shape \(2, 32, 32, 3\); these are channels-last \(B, H, W, C\) "
+                                         r"images: pass x.permute\(0, 3, 1, 2\)"):
+        t(torch.rand(2, 32, 32, 3))
+    with pytest.raises(ValueError, match=r"registered codecs for images of shape \(1, 8, 8\): glow-digits, vae-digits"):
+        t(torch.rand(2, 1, 8, 8))
+    with pytest.raises(ValueError, match=r"got x of shape \(2, 3, 16, 16\)$"):
+        t(torch.rand(2, 3, 16, 16))

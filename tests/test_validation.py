@@ -288,6 +288,15 @@ def test_images_in_0_255_are_told_to_divide_by_255():
         check_images(torch.randn(4, 1, 8, 8) * 2)
 
 
+def test_noise_past_both_ends_and_images_in_minus_one_one_get_their_own_hints():
+    # Gaussian noise gave range [-0.33, 1.375] and "apply normalisation (mean/std) inside the model"
+    noisy = torch.linspace(-0.33, 1.375, 64).reshape(1, 1, 8, 8)
+    with pytest.raises(ValueError, match=r"a step adds noise or shifts them past \[0, 1\].*x.clamp\(0, 1\)"):
+        check_images(noisy)
+    with pytest.raises(ValueError, match=r"scaled to \[-1, 1\] \(Normalize\(0.5, 0.5\)\): give \(x \+ 1\) / 2"):
+        check_images(torch.linspace(-1, 1, 64).reshape(1, 1, 8, 8))
+
+
 def test_images_a_little_past_one_are_not_told_to_divide_by_255():
     # max 1.5 got "these look like 0-255 intensities: divide them by 255", which would make them near black
     with pytest.raises(ValueError, match=r"range \[0, 1.5\]; a step scales or shifts them past 1 .*x.clamp\(0, 1\)"):

@@ -190,11 +190,19 @@ class Codec(nn.Module):
     def check_images(self, x: torch.Tensor, name: str = "x") -> None:
         """Raise if x (called ``name`` in the message) does not fit this codec (shape or device)."""
         if tuple(x.shape[1:]) != self.image_shape:
-            raise ValueError(
-                f"this {self.kind} codec was trained on images of shape {self.image_shape} (C, H, W), "
-                f"got {name} of shape {tuple(x.shape)}"
-            )
+            raise ValueError(f"this {self.kind} codec was trained on images of shape {self.image_shape} (C, H, W), "
+                             f"got {name} of shape {tuple(x.shape)}{self._shape_hint(tuple(x.shape[1:]), name)}")
         check_same_device(x, self, f"the {self.kind} codec")
+
+    def _shape_hint(self, got: tuple[int, ...], name: str) -> str:
+        """What to do about images of per-sample shape ``got``: channels last, or another codec that takes them."""
+        from .. import hub  # hub builds codecs: imported here
+
+        c, h, w = self.image_shape
+        if len(got) == 3 and got == (h, w, c) and got != self.image_shape:
+            return f"; these are channels-last (B, H, W, C) images: pass {name}.permute(0, 3, 1, 2)"
+        names = hub.names_for_images(got) if len(got) == 3 else []
+        return f"; registered codecs for images of shape {got}: {', '.join(names)}" if names else ""
 
     def freeze(self) -> "Codec":
         """Eval mode for good, no parameter gradients, no statistic updates."""
