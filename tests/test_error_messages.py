@@ -385,3 +385,19 @@ def test_images_of_the_wrong_shape_for_a_codec_say_what_to_do():
         t(torch.rand(2, 1, 8, 8))
     with pytest.raises(ValueError, match=r"got x of shape \(2, 3, 16, 16\)$"):
         t(torch.rand(2, 3, 16, 16))
+
+
+@pytest.mark.parametrize("load, told", [(3.9, True), (0.2, False)])
+def test_the_demo_suggests_one_thread_on_a_busy_cpu(tmp_path, monkeypatch, capsys, load, told):
+    # at load 3.9 on 2 cores the demo took 336 s with the default threads (README: under 3 minutes), 90 s with
+    # --threads 1, and nothing said so
+    monkeypatch.setattr(demo.os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(demo.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(demo.torch, "get_num_threads", lambda: 2)
+    with pytest.raises(ValueError, match="epochs must be"):  # stops right after the hint
+        demo.run_demo(tmp_path / "o", progress=False, epochs=0)
+    err = capsys.readouterr().err
+    assert ("the CPU is busy (load average 3.9 on 2 cores): if the demo runs slowly, `--threads 1`" in err) == told
+    with pytest.raises(ValueError, match="epochs must be"):
+        demo.run_demo(tmp_path / "o", progress=False, epochs=0, threads=2)  # chosen: no advice
+    assert capsys.readouterr().err == ""
