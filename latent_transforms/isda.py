@@ -200,9 +200,14 @@ def _disarm(layer: nn.Module) -> "_ArmedHook | None":
     return hook
 
 
-def _never_fired(name: str, model: nn.Module) -> str:
+def _layer_label(name: str, layer: nn.Linear) -> str:
+    """How warnings name the hooked layer: its path, and what it is (in an nn.Sequential the path is a bare index)."""
+    return f"{name!r} (nn.Linear {layer.in_features} -> {layer.out_features})"
+
+
+def _never_fired(label: str, model: nn.Module) -> str:
     """The warning for an armed augmentation that no forward consumed before the next arm."""
-    text = (f"ISDA: the augmentation armed on {name!r} by the previous call was never applied (no training forward "
+    text = (f"ISDA: the augmentation armed on {label} by the previous call was never applied (no training forward "
             f"of the model ran after it); this call replaces it. Call isda(x, y, model) once per step, right before "
             f"model(x)")
     if hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
@@ -218,19 +223,19 @@ class _ArmedHook:
     afresh each step augments nothing), or a copy in a model copied or pickled while armed (an EMA copy,
     ``torch.save(model)``), changes nothing and removes itself at the layer's next forward."""
 
-    def __init__(self, owner: "ISDA", name: str, y: torch.Tensor, lam: float | torch.Tensor, chosen: torch.Tensor):
-        self.owner, self.name, self.fired = weakref.ref(owner), name, False
+    def __init__(self, owner: "ISDA", label: str, y: torch.Tensor, lam: float | torch.Tensor, chosen: torch.Tensor):
+        self.owner, self.label, self.fired = weakref.ref(owner), label, False
         self.y, self.lam, self.chosen = y, lam, chosen
 
     def __getstate__(self) -> dict:
-        return {"owner": None, "name": self.name, "fired": True}  # a copy carries no ISDA, labels or statistics
+        return {"owner": None, "label": self.label, "fired": True}  # a copy carries no ISDA, labels or statistics
 
     def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor):
         owner = None if self.owner is None else self.owner()
         if owner is None:
             _remove_hook(module, self)
             if self.owner is not None and module.training:  # dropped (a copy's hook has no owner at all)
-                warnings.warn(f"ISDA: the ISDA that armed the augmentation on {self.name!r} was garbage-collected "
+                warnings.warn(f"ISDA: the ISDA that armed the augmentation on {self.label} was garbage-collected "
                               f"before this training forward, which is therefore not augmented; create the ISDA "
                               f"once, outside the training loop, and keep it (isda = ISDA(...); "
                               f"x, y = isda(x, y, model))", stacklevel=2)
@@ -240,16 +245,16 @@ class _ArmedHook:
         self.fired = True
         _disarm(module)
         if len(args) != 1 or not isinstance(args[0], torch.Tensor):
-            raise ValueError(f"ISDA expected the layer {self.name!r} to be called with one tensor argument")
+            raise ValueError(f"ISDA expected the layer {self.label} to be called with one tensor argument")
         a = args[0]
         if a.ndim != 2:
             raise ValueError(
-                f"ISDA needs (B, A) features at the layer {self.name!r}, got shape {tuple(a.shape)}; "
+                f"ISDA needs (B, A) features at the layer {self.label}, got shape {tuple(a.shape)}; "
                 f"it supports a linear classifier on pooled features only (no token or pixel heads)"
             )
         if a.shape[0] != self.y.shape[0]:
             raise ValueError(
-                f"ISDA was armed with {self.y.shape[0]} labels but the layer {self.name!r} saw a batch of "
+                f"ISDA was armed with {self.y.shape[0]} labels but the layer {self.label} saw a batch of "
                 f"{a.shape[0]} features; call isda(x, y, model) right before model(x) on the same batch"
             )
         if self.y.device != a.device:
@@ -407,8 +412,8 @@ class ISDA(_ISDAState, LatentTransform):
             lam, chosen = lam * mask.float(), mask.sum()
         pending = _disarm(layer)
         if pending is not None:
-            warnings.warn(_never_fired(name, model), stacklevel=4)  # the line of the call, past nn.Module
-        hook = _ArmedHook(self, name, y, lam, chosen.to(torch.int64))
+            warnings.warn(_never_fired(_layer_label(name, layer), model), stacklevel=4)  # the call's line
+        hook = _ArmedHook(self, _layer_label(name, layer), y, lam, chosen.to(torch.int64))
         _ARMED[layer] = (layer.register_forward_hook(hook), hook)
         self._count_untouched(x.device, batch)
         return x, y

@@ -74,7 +74,7 @@ def test_isda_refuses_a_classifier_called_without_one_positional_tensor(batch):
     x, y = batch
     model, isda = KeywordHead(), ISDA(10)  # kept: the hook holds its ISDA weakly
     isda(x, y, model)
-    with pytest.raises(ValueError, match="ISDA expected the layer 'fc' to be called with one tensor argument"):
+    with pytest.raises(ValueError, match=r"ISDA expected the layer 'fc' \(nn.Linear \d+ -> 10\) to be called with one tensor argument"):
         model(x)
 
 
@@ -82,7 +82,7 @@ def test_isda_refuses_a_head_fed_a_token_sequence(batch):
     x, y = batch
     model, isda = TokenHead(), ISDA(10)  # kept: the hook holds its ISDA weakly
     isda(x, y, model)
-    with pytest.raises(ValueError, match=r"ISDA needs \(B, A\) features at the layer 'fc', got shape \(12, 64, 8\); "
+    with pytest.raises(ValueError, match=r"ISDA needs \(B, A\) features at the layer 'fc' \(nn.Linear 8 -> 10\), got shape \(12, 64, 8\); "
                                          r"it supports a linear classifier on pooled features only"):
         model(x)
 

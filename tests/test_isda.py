@@ -275,7 +275,7 @@ def test_latest_arm_wins_with_a_warning_and_transformed_counts_fired_hooks(batch
     x, y = batch
     a, b = ISDA(10), ISDA(10)
     a(x, y, net)
-    with pytest.warns(UserWarning, match="'fc' by the previous call was never applied") as caught:
+    with pytest.warns(UserWarning, match="'fc' \\(nn.Linear 32 -> 10\\) by the previous call was never applied") as caught:
         b(x, y, net)
     assert caught[0].filename == __file__  # points at the user's call, not into torch
     with pytest.warns(UserWarning, match="never applied"):
@@ -631,7 +631,7 @@ def test_a_pending_hook_does_not_keep_a_deleted_isda_alive(batch, net):
     del isda
     gc.collect()
     assert ref() is None
-    with pytest.warns(UserWarning, match="the ISDA that armed the augmentation on 'fc' was garbage-collected"):
+    with pytest.warns(UserWarning, match=r"the ISDA that armed the augmentation on 'fc' \(nn.Linear 32 -> 10\) was garbage-collected"):
         assert torch.equal(net(x), plain)
     assert len(net.fc._forward_hooks) == 0
 
