@@ -109,3 +109,13 @@ def test_folder_spec_refuses_16_bit_images(tmp_path):
     Image.fromarray(np.full((6, 4), 40000, np.uint16)).save(root / "deep.png")  # a 16-bit grey PNG
     with pytest.raises(ValueError, match="deep.png: I.* \\(16-bit or float\\) images are not supported"):
         load_images(f"folder:{root}")
+
+
+def test_a_bare_npz_path_or_folder_is_answered_with_the_spec_to_use(tmp_path):
+    # "unknown data spec '/p/x.npz'; use digits, cifar10, npz:PATH or folder:PATH": the fix was left to the reader
+    with pytest.raises(ValueError, match=r"npz:PATH or folder:PATH \(here: npz:/p/x.npz\)"):
+        load_images("/p/x.npz")
+    with pytest.raises(ValueError, match=rf"\(here: folder:{tmp_path}\)"):
+        load_images(str(tmp_path))
+    with pytest.raises(ValueError, match=r"folder:PATH$"):
+        load_images("bogus")
