@@ -48,8 +48,9 @@ from torch import nn
 
 warnings.filterwarnings("ignore", message="torch.lu is deprecated")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from models import (PerSampleRandAugment, RandomCropFlip, build_classifier, check_output_folder,  # noqa: E402
-                    library_default, load_codec, run_script, setup_device, tiny_codecs, write_json, write_text)
+from models import (CIFAR_NOISE_EPS, PerSampleRandAugment, RandomCropFlip, build_classifier,  # noqa: E402
+                    check_output_folder, library_default, load_codec, run_script, setup_device, tiny_codecs,
+                    write_json, write_text)
 
 from latent_transforms import Compose, hub  # noqa: E402
 from latent_transforms.base import LatentTransform  # noqa: E402
@@ -705,8 +706,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     c = p.add_argument_group("codecs and method settings")
     c.add_argument("--glow", help="Glow: hub name or .safetensors path (default glow-cifar10; smoke: tiny random-init)")
     c.add_argument("--vae", help="VAE: hub name or .safetensors path (default vae-cifar10; smoke: tiny random-init)")
-    c.add_argument("--noise-eps", type=float, default=library_default(LatentNoise, "eps"),
-                   help="LatentNoise L2 radius (default: the library's, %(default)s; official CIFAR: 20)")
+    c.add_argument("--noise-eps", type=float, default=CIFAR_NOISE_EPS,
+                   help="LatentNoise L2 radius (default: the library's for a codec of 3x32x32 images, "
+                        "%(default)s; official CIFAR: 20)")
     c.add_argument("--adv-eps", type=float, default=library_default(LatentAdversarial, "eps"),
                    help="LatentAdversarial L2 radius (default: the library's, %(default)s; official CIFAR: 1.0)")
     c.add_argument("--adv-steps", type=int, default=library_default(LatentAdversarial, "steps"),

@@ -105,7 +105,7 @@ def noised(codec, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--codec", required=True, nargs="+", help="hub names or .safetensors paths, scored by one classifier")
     ap.add_argument("--train", required=True, help="data spec of the classifier's training images")
     ap.add_argument("--test", required=True)

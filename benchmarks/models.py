@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from latent_transforms import hub
+from latent_transforms.latent_noise import default_eps
 from latent_transforms.models import CifarResNet18
 from latent_transforms.pixel_shift import random_shift_flip
 from latent_transforms.validation import resolve_device
@@ -162,3 +163,8 @@ def random_init_codec(kind: str, shape=(3, 32, 32), seed: int = 0):
 def library_default(cls: type, name: str):
     """A method's default setting, so that benchmarks measure what users get (calibrated: docs/calibration.md)."""
     return inspect.signature(cls).parameters[name].default
+
+
+# LatentNoise's default eps depends on the codec (0.18 per coordinate); the CIFAR-10 benchmarks' codecs take
+# 3x32x32 images: an L2 eps of 10, a number recorded with each run
+CIFAR_NOISE_EPS = default_eps("l2", 3 * 32 * 32)

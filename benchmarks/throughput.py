@@ -48,8 +48,8 @@ import torch.nn.functional as F
 
 warnings.filterwarnings("ignore", message="torch.lu is deprecated")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from models import (PerSampleRandAugment, build_classifier, check_output_folder, library_default,  # noqa: E402
-                    load_codec, random_init_codec, run_script, setup_device, tiny_codecs, write_json, write_text)
+from models import (CIFAR_NOISE_EPS, PerSampleRandAugment, build_classifier, check_output_folder,  # noqa: E402
+                    library_default, load_codec, random_init_codec, run_script, setup_device, tiny_codecs, write_json, write_text)
 
 from latent_transforms import hub  # noqa: E402
 from latent_transforms.codecs import flatten_latents, unflatten_latents  # noqa: E402
@@ -464,8 +464,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--precision", choices=("bf16", "fp32"), help="classifier precision (default: bf16 on CUDA)")
     p.add_argument("--glow", help="hub name or path (default glow-cifar10, else a random-init Glow of default size)")
     p.add_argument("--vae", help="hub name or path (default vae-cifar10, else a random-init VAE of default size)")
-    p.add_argument("--noise-eps", type=float, default=library_default(LatentNoise, "eps"),
-                   help="LatentNoise L2 radius (default: the library's, %(default)s)")
+    p.add_argument("--noise-eps", type=float, default=CIFAR_NOISE_EPS,
+                   help="LatentNoise L2 radius (default: the library's for a codec of 3x32x32 images, %(default)s)")
     p.add_argument("--isda-covariance", choices=("full", "diagonal"), default="full")
     p.add_argument("--threads", type=POSITIVE_INT, help="CPU threads for torch (default: torch's; smoke: 1)")
     p.add_argument("--out", default="runs/throughput")

@@ -12,6 +12,8 @@ import warnings
 
 import torch
 
+from latent_transforms.data import DEFAULT_DATA_ROOT
+
 # normflows' invertible 1x1 convolutions call torch.lu, which is deprecated; harmless here.
 warnings.filterwarnings("ignore", message="torch.lu is deprecated")
 
@@ -83,8 +85,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train", default="cifar10", help="cifar10 (default) or npz:PATH")
     parser.add_argument("--test", help="test images: npz:PATH, cifar10 or none (no test set); default: the cifar10 "
                                        "test split when training on cifar10, else none")
-    parser.add_argument("--data-root", help="download dir for CIFAR-10 (default: data/ in the cache dir, "
-                                             "$LATENT_TRANSFORMS_HOME or ~/.cache/latent-transforms)")
+    parser.add_argument("--data-root", help=f"download dir for CIFAR-10 (default: {DEFAULT_DATA_ROOT})")
 
 
 def example_data(parser: argparse.ArgumentParser, args: argparse.Namespace):

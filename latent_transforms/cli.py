@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import warnings
@@ -195,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():  # one line each, as the errors: not Python's "file:line: UserWarning" + source
             warnings.showwarning = _show_warning
             args.func(args)
+            sys.stdout.flush()  # here, where a closed pipe is caught below, not at exit
+    except BrokenPipeError:  # `latent-transforms list | head`: the reader has what it wanted; nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not fail again
+        raise SystemExit(141) from None  # as a shell reports a command ended by SIGPIPE
     except (hub.HubError, LookupError, ValueError, OSError, ImportError, ArithmeticError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -35,6 +35,8 @@ __all__ = ["load_images", "low_data_split", "describe_spec", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 SPLITS = ("train", "test")
+DEFAULT_DATA_ROOT = ("data/ in the cache dir: $LATENT_TRANSFORMS_HOME, else $XDG_CACHE_HOME/latent-transforms or "
+                     "~/.cache/latent-transforms")  # for --data-root's help
 
 
 def _check_split(split: str) -> None:

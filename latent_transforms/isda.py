@@ -288,7 +288,8 @@ class ISDA(_ISDAState, LatentTransform):
     **The strength starts at 0.** ``lam = lambda0 * progress`` with ``progress = 0`` until you call
     :meth:`set_epoch` (``isda.set_epoch(epoch, total_epochs)`` at the start of every epoch, 0-based: the official
     linear ramp, ``lam = 0`` during the first epoch) or :meth:`set_progress` (any ramp in [0, 1]). Without either
-    call, the statistics are collected but the loss stays plain cross-entropy.
+    call, the statistics are collected but the loss stays plain cross-entropy, and the first training call warns
+    once.
 
     Args:
         num_classes: C, the classifier's number of outputs (checked against the layer).
@@ -425,7 +426,8 @@ class ISDALoss(_ISDAState, nn.Module):
 
     Equals ``F.cross_entropy(model(x), y)`` after ``isda(x, y, model)``: the same estimator
     (:class:`FeatureCovariance`, updated with the batch first), the same schedule (:meth:`set_epoch`,
-    :meth:`set_progress`; **lam is 0 until you call one of them**) and the same :func:`isda_logits`.
+    :meth:`set_progress`; **lam is 0 until you call one of them**, and the first training call warns once) and the
+    same :func:`isda_logits`.
     For a custom loss use :meth:`augment` (augmented logits) directly.
 
     Args:

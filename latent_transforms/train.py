@@ -30,6 +30,7 @@ import torch
 
 from . import hub
 from .codecs import Codec, build_codec, exact_math
+from .data import DEFAULT_DATA_ROOT
 from .modelutils import describe_device
 from .pixel_shift import random_shift_flip
 from .validation import (POSITIVE_FLOAT, POSITIVE_INT, MissingFileError, check_bool, check_count, check_images,
@@ -977,8 +978,7 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, metavar="SPEC", help="digits | cifar10 | npz:PATH | folder:PATH")
     p.add_argument("--test-data", metavar="SPEC",
                    help="test images (default: the test split of digits/cifar10, else the first 1,000 training images)")
-    p.add_argument("--data-root", metavar="DIR", help="download dir for cifar10 (default: data/ in the cache dir, "
-                                                       "$LATENT_TRANSFORMS_HOME or ~/.cache/latent-transforms)")
+    p.add_argument("--data-root", metavar="DIR", help=f"download dir for cifar10 (default: {DEFAULT_DATA_ROOT})")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--name", help="file stem (default: glow-DATA or vae-DATA)")
     g = p.add_argument_group("codec")

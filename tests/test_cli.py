@@ -490,3 +490,12 @@ def test_list_table_headline_is_the_test_figures_else_the_first_two(capsys, monk
     rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("zz-")}
     assert rows["zz-a"] == ["zz-a", "vae", "999", "B", "remote", "test_mse=0.25"]
     assert rows["zz-b"] == ["zz-b", "glow", "1.5", "MB", "remote", "a=1,", "b=2.5"]
+
+
+def test_a_reader_that_stops_early_is_no_error():
+    # `latent-transforms list -v | head` printed "latent-transforms: error: [Errno 32] Broken pipe" and exited 2
+    proc = subprocess.Popen([sys.executable, "-m", "latent_transforms.cli", "list", "-v"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the listing is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == "", err
