@@ -291,6 +291,10 @@ class ISDA(_ISDAState, LatentTransform):
     call, the statistics are collected but the loss stays plain cross-entropy, and the first training call warns
     once.
 
+    Unlike the other transforms it takes no ``params=`` and keeps no ``last_params``: it changes neither ``x`` nor
+    ``y``, so there is nothing to apply again (with ``p < 1`` the per-sample choice only weighs the loss, and
+    recording its rows would cost a host sync per step).
+
     Args:
         num_classes: C, the classifier's number of outputs (checked against the layer).
         lambda0: final strength. 0.5 is the official CIFAR default with ``covariance="full"`` ("0.5 or 0.25");
