@@ -707,8 +707,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     c.add_argument("--glow", help="Glow: hub name or .safetensors path (default glow-cifar10; smoke: tiny random-init)")
     c.add_argument("--vae", help="VAE: hub name or .safetensors path (default vae-cifar10; smoke: tiny random-init)")
     c.add_argument("--noise-eps", type=float, default=CIFAR_NOISE_EPS,
-                   help="LatentNoise L2 radius (default: the library's for a codec of 3x32x32 images, "
-                        "%(default)s; official CIFAR: 20)")
+                   help="LatentNoise L2 radius (default: the library's for a codec of 3x32x32 images, all "
+                        "levels perturbed, %(default)s; official CIFAR: 20)")
     c.add_argument("--adv-eps", type=float, default=library_default(LatentAdversarial, "eps"),
                    help="LatentAdversarial L2 radius (default: the library's, %(default)s; official CIFAR: 1.0)")
     c.add_argument("--adv-steps", type=int, default=library_default(LatentAdversarial, "steps"),

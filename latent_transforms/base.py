@@ -87,8 +87,8 @@ class LatentTransform(SampleStats, nn.Module):
           ``selected[partner]``), and what the method computed from them (LatentAdversarial's ``delta``).
           ``t(x, y, model, params=t.last_params)`` applies the same draws again (to another view of the same batch,
           say) without drawing: the same output for a method whose result depends on its draws and inputs alone.
-          Replayed draws are checked (rows, trailing shape, dtype, device; integer draws as indices in ``[0, N)``),
-          and so is ``batch_size`` where given. (ISDA, which changes neither x nor y, has neither.)
+          Replayed draws are checked (rows, trailing shape, dtype, device; those of ``index_params`` as indices in
+          ``[0, N)``), and so is ``batch_size`` where given (a tensor or an int). (ISDA, which changes neither x nor y, has neither.)
 
     Subclasses set ``needs_model``/``mixes_labels`` (``needs_labels`` follows ``mixes_labels``; override it with a
     class attribute or a property) and implement ``make_params(n, generator, device)``, every random draw for
@@ -99,6 +99,7 @@ class LatentTransform(SampleStats, nn.Module):
 
     needs_model: bool = False
     mixes_labels: bool = False
+    index_params: tuple[str, ...] = ()  # draws that are indices among the selected samples
     accepted_labels: str = "(B,) int64 class indices or (B, K) soft labels"  # named when y=None is refused
 
     def __init__(self, *, p: float = 1.0, generator: torch.Generator | int | None = None, num_classes: int | None = None):
@@ -124,7 +125,8 @@ class LatentTransform(SampleStats, nn.Module):
 
     def make_params(self, n: int, generator: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
         """Every random draw of a call on ``n`` selected samples, from ``generator`` (on ``device``): tensors with one
-        row per sample, the same keys for any ``n``, 0 included (``{}``: a method that draws nothing)."""
+        row per sample, the same keys for any ``n``, 0 included (``{}``: a method that draws nothing). Draws that
+        index the selected samples (VarMixup's ``partner``) are named in ``index_params``: a replay checks them."""
         return {}
 
     def transform(self, x: torch.Tensor, y: torch.Tensor | None, model: nn.Module | None,
@@ -174,7 +176,9 @@ class LatentTransform(SampleStats, nn.Module):
                                  f"{describe(params)}")
         given = params.get("batch_size")
         if given is not None:
-            size = int(given) if isinstance(given, torch.Tensor) and given.numel() == 1 else describe(given)
+            whole = isinstance(given, int) and not isinstance(given, bool) or \
+                isinstance(given, torch.Tensor) and given.numel() == 1 and not given.is_floating_point()
+            size = int(given) if whole else describe(given)
             if size != batch:
                 raise ValueError(f"params are of a batch of {size}, this one has {batch} samples: replay "
                                  f"t.last_params on a batch of the same size")
@@ -193,7 +197,7 @@ class LatentTransform(SampleStats, nn.Module):
 
     def _given_draws(self, params: dict, n: int, device: torch.device) -> dict[str, torch.Tensor]:
         """The draws of ``params`` that ``make_params`` would make, checked against a draw for no sample: n rows
-        each, the same trailing shape and dtype, on ``device``; integer draws are indices in ``[0, n)``."""
+        each, the same trailing shape and dtype, on ``device``; those of ``index_params`` indices in ``[0, n)``."""
         if n == 0:
             return {}
         templates = self._param_templates()
@@ -206,7 +210,7 @@ class LatentTransform(SampleStats, nn.Module):
             if given.shape[1:] != template.shape[1:] or given.dtype != template.dtype or given.device != device:
                 raise ValueError(f"params[{k!r}] must be ({n}, {', '.join(map(str, template.shape[1:]))}) "
                                  f"{template.dtype} on {device}, got {describe(given)}")
-            if not template.is_floating_point():
+            if k in self.index_params:
                 lo, hi = torch.stack([given.min(), given.max()]).tolist()
                 if lo < 0 or hi >= n:
                     raise ValueError(f"params[{k!r}] must be indices in [0, {n}) among the selected samples, got "

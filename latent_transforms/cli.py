@@ -189,6 +189,19 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"{PROG}: warning: {message}", file=sys.stderr if file is None else file)
 
 
+def _stdout_is_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone: poll reports an error on its write end (Linux; elsewhere,
+    where poll may not say so, False: the broken pipe is then reported as an error)."""
+    try:
+        import select
+
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), no file descriptor (a captured stdout)
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns 0, or exits with status 2 after a one-line error on stderr."""
     args = build_parser().parse_args(argv)
@@ -197,7 +210,11 @@ def main(argv: list[str] | None = None) -> int:
             warnings.showwarning = _show_warning
             args.func(args)
             sys.stdout.flush()  # here, where a closed pipe is caught below, not at exit
-    except BrokenPipeError:  # `latent-transforms list | head`: the reader has what it wanted; nothing to report
+    except BrokenPipeError as e:
+        if not _stdout_is_closed():  # another pipe broke: an error like any other
+            print(f"{PROG}: error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+        # `latent-transforms list | head`: the reader has what it wanted; nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not fail again
         raise SystemExit(141) from None  # as a shell reports a command ended by SIGPIPE
     except (hub.HubError, LookupError, ValueError, OSError, ImportError, ArithmeticError) as e:

@@ -59,8 +59,11 @@ def load_images(spec: str, split: str = "train", data_root: str | os.PathLike | 
             if not spec[len(kind) + 1:]:
                 raise ValueError(f"data spec {spec!r} has no path: use {kind}:PATH")
             return load(Path(spec[len(kind) + 1:]).expanduser())
-    path = Path(spec).expanduser()
-    guess = f"npz:{spec}" if spec.endswith(".npz") else f"folder:{spec}" if path.is_dir() else None
+    try:
+        guess = f"npz:{spec}" if spec.endswith(".npz") else f"folder:{spec}" if Path(spec).expanduser().is_dir() \
+            else None
+    except (OSError, RuntimeError, ValueError):  # too long a name, ~nosuchuser: no guess
+        guess = None
     raise ValueError(f"unknown data spec {spec!r}; use digits, cifar10, npz:PATH or folder:PATH"
                      + (f" (here: {guess})" if guess else ""))
 

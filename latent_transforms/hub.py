@@ -59,7 +59,7 @@ URL_SCHEMES = ("http", "https", "file")
 DEFAULT_TIMEOUT = 60.0
 STORAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _CHUNK = 1 << 20
-MAX_FILENAME_BYTES = 200  # a download's temp name, ".<file>.XXXXXXXX.part", must stay within 255 bytes
+MAX_FILENAME_BYTES = 240  # a download's temp name, ".<file>.XXXXXXXX.part" (15 more), must stay within 255 bytes
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _SEPARATORS = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
 
@@ -167,9 +167,9 @@ def check_file_stem(name: object, what: str = "name") -> str:
     try:
         _check_filename(f"{name}.safetensors")
     except ValueError as e:
-        too_long = len(f"{name}.safetensors".encode("utf-8", "surrogatepass")) > MAX_FILENAME_BYTES
-        why = f"it is too long: {e}" if too_long else "no path separators, '..' or leading '.'"
-        raise ValueError(f"{what} {name[:40]!r} cannot be a file name ({why})") from None
+        if len(f"{name}.safetensors".encode("utf-8", "surrogatepass")) > MAX_FILENAME_BYTES:
+            raise ValueError(f"{what} {name[:40]!r}... cannot be a file name (it is too long: {e})") from None
+        raise ValueError(f"{what} {name!r} cannot be a file name (no path separators, '..' or leading '.')") from None
     return name
 
 
@@ -575,7 +575,8 @@ def register(name: str, *, file: str, sha256: str, config: dict, trained_on: str
     ``$LATENT_TRANSFORMS_HUB_URL``; ``sha256`` and ``size`` are what ``save_checkpoint`` returned and the
     file's size in bytes. An existing name is only replaced with ``overwrite=True``. ``quality`` holds the figures
     shown by ``latent-transforms list``, as in the shipped registry: test metrics (``test_bits_per_dim`` or
-    ``test_mse``/``test_kl``), ``train_device_minutes`` with the ``train_device`` they were spent on, and classifier
+    ``test_mse``/``test_kl``; ``train_...`` for figures measured on training images, as ``latent-transforms train``
+    writes without a test set), ``train_device_minutes`` with the ``train_device`` they were spent on, and classifier
     accuracies with ``classifier_eval_images``, the number of test images they were measured on.
 
     With ``persist=True`` the entry is also written to the user registry file, ``cache_dir() / "registry.json"``
@@ -721,8 +722,8 @@ def _remote_url(file: str) -> str | None:
         parts = urllib.parse.urlsplit(base)
     except ValueError as e:  # e.g. "http://[::1" (an unclosed IPv6 bracket)
         raise ValueError(f"LATENT_TRANSFORMS_HUB_URL={base!r} is not a valid URL ({e})") from None
-    if any(c.isspace() or not c.isprintable() for c in base):
-        raise ValueError(f"LATENT_TRANSFORMS_HUB_URL={base!r} holds a space or control character (a stray newline?)")
+    if any(not c.isprintable() for c in base):  # a space is printable: file:///my checkpoints works
+        raise ValueError(f"LATENT_TRANSFORMS_HUB_URL={base!r} holds a control character (a stray newline?)")
     scheme = parts.scheme.lower()
     if scheme not in URL_SCHEMES:
         raise ValueError(f"LATENT_TRANSFORMS_HUB_URL={base!r} has unsupported scheme {scheme!r}; use one of "

@@ -179,7 +179,9 @@ class _ISDAState:
             state_dict[key] = self.schedule_progress.clone()
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
+        scheduled = self._scheduled
         self.set_progress(float(self.schedule_progress))  # checked, and mirrored as the float ``lam`` reads
+        self._scheduled = scheduled or self.progress > 0  # a state that never left 0 still warns if unscheduled
 
     def _isda_repr(self) -> str:
         return (f"num_classes={self.estimator.num_classes}, lambda0={self.lambda0}, covariance={self.covariance!r}, "

@@ -5,11 +5,11 @@ step count) to ``out_dir/<name>.state.safetensors`` every ``checkpoint_every`` s
 Ctrl-C or SIGTERM (at a step boundary) and at the end, resumes from that file when it is there, and finally writes
 
 * ``out_dir/<name>.safetensors``: the codec (``hub.save_checkpoint``; load with ``hub.load(path)``),
-* ``out_dir/<name>.json``: config, training data and settings, steps, wall time, device, test metrics and a
-  ready-made registry entry,
+* ``out_dir/<name>.json``: config, training data and settings, steps, wall time, device, metrics (on the test
+  set, or on the first 1,000 training images without one) and a ready-made registry entry,
 * ``out_dir/<name>.png``: rows of test originals, their reconstructions and samples.
 
-``eval_codec(codec, x)`` computes the test metrics (bits/dim for flows, MSE/KL for VAEs); ``register_cli``
+``eval_codec(codec, x)`` computes those metrics (bits/dim for flows, MSE/KL for VAEs); ``register_cli``
 adds the ``latent-transforms train`` subcommand.
 """
 from __future__ import annotations
@@ -687,8 +687,8 @@ def _report(run: _TrainingRun, stored: Codec, *, name: str, ckpt: Path, sha: str
             fallback: str | None, x_train: torch.Tensor, data_description: str | dict | None,
             ema_decay: float | None, metrics: dict[str, float], eval_on: str, test_set: bool,
             compiled: bool) -> dict:
-    """The JSON report of a finished run: file, config, training settings and history, test metrics, and a
-    ready-made registry entry. ``compiled``: whether the last call compiled the loss."""
+    """The JSON report of a finished run: file, config, training settings and history, metrics (``evaluated_on``
+    says on what), and a ready-made registry entry (quality ``test_*`` with a test set, ``train_*`` without). ``compiled``: whether the last call compiled the loss."""
     n, info, step = x_train.shape[0], run.info, run.info["step"]
     if data_description is None:
         data_description = f"{n} images of shape {tuple(x_train.shape[1:])}"
@@ -864,7 +864,7 @@ def train_codec(
     Returns a dict: ``complete`` (False when stopped by ``max_minutes`` or a signal before the end of the run; then
     only the state file was written), ``step``, ``total_steps``, ``epochs_done``, ``wall_time_s`` (this call),
     ``train_time_s`` (all calls), ``nonfinite_steps`` (steps skipped for a non-finite loss or gradient, all calls), ``state``, and when complete ``codec`` (the frozen stored codec), ``checkpoint``,
-    ``json``, ``png``, ``sha256``, ``dtype``, ``metrics``. A run whose test metrics are not finite (it diverged)
+    ``json``, ``png``, ``sha256``, ``dtype``, ``metrics``. A run whose final metrics are not finite (it diverged)
     raises ``FloatingPointError`` instead, leaving only the state file.
     """
     t_call = time.perf_counter()

@@ -174,7 +174,7 @@ def _judge_images(x: torch.Tensor, name: str, lo: float, hi: float) -> None:
             hint = "these look like 0-255 intensities: divide them by 255"
         elif lo >= -0.1 and hi <= 2:
             hint = "a step scales or shifts them past 1 (brightness, contrast, a gain): clamp its output with x.clamp(0, 1)"
-        elif lo >= -0.5 and hi <= 2:  # both ways past [0, 1], not far: added noise (mean/std data reaches -1 or so)
+        elif lo >= -0.5 and 1 + IMAGE_RANGE_TOL < hi <= 2:  # both ways past [0, 1], not far: added noise
             hint = "a step adds noise or shifts them past [0, 1] (Gaussian noise, contrast): clamp its output with " \
                    "x.clamp(0, 1)"
         elif lo >= -1 - IMAGE_RANGE_TOL and hi <= 1 + IMAGE_RANGE_TOL:

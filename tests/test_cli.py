@@ -499,3 +499,14 @@ def test_a_reader_that_stops_early_is_no_error():
     proc.stdout.close()  # the reader is gone before the listing is written
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and err == "", err
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_an_error(monkeypatch, capsys):
+    # every BrokenPipeError exited 141 silently (and sent stdout to /dev/null)
+    def broken(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(hub, "list_checkpoints", lambda: broken(None))
+    with pytest.raises(SystemExit) as e:
+        main(["list"])
+    assert e.value.code == 2 and "error: [Errno 32] Broken pipe" in capsys.readouterr().err

@@ -117,5 +117,6 @@ def test_a_bare_npz_path_or_folder_is_answered_with_the_spec_to_use(tmp_path):
         load_images("/p/x.npz")
     with pytest.raises(ValueError, match=rf"\(here: folder:{tmp_path}\)"):
         load_images(str(tmp_path))
-    with pytest.raises(ValueError, match=r"folder:PATH$"):
-        load_images("bogus")
+    for spec in ("bogus", "~nosuchuser-xyz/imgs", "d" * 300):  # the last two raised RuntimeError / OSError
+        with pytest.raises(ValueError, match=r"folder:PATH$"):
+            load_images(spec)

@@ -716,3 +716,21 @@ def test_a_training_call_before_any_schedule_warns_once(batch, net):
     loss = ISDALoss(10)
     with pytest.warns(UserWarning, match=r"ISDALoss's strength"):
         loss(torch.randn(len(y), 32), net.fc, y)
+
+
+def test_a_loaded_state_that_never_left_zero_still_warns():
+    # any load_state_dict marked the schedule as set: a resumed run that never called set_epoch stayed silent at 0
+    x, y, net = torch.rand(6, 1, 8, 8), torch.randint(0, 10, (6,)), TinyNet()
+    isda = ISDA(10)
+    isda.load_state_dict(ISDA(10).state_dict())
+    with pytest.warns(UserWarning, match="strength lam = lambda0"):
+        isda(x, y, net)
+        net(x)
+    ramped = ISDA(10)
+    ramped.set_epoch(3, 10)
+    resumed = ISDA(10)
+    resumed.load_state_dict(ramped.state_dict())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resumed(x, y, net)
+        net(x)

@@ -867,3 +867,24 @@ def test_the_default_noise_size_is_the_same_per_coordinate_for_every_codec():
     assert LatentNoise("glow-digits", norm="linf").eps == LatentNoise("glow-digits", norm=None).eps == 0.1804
     assert LatentNoise("glow-cifar10", levels=[0]).eps == default_eps("l2", LatentNoise("glow-cifar10", levels=[0]).level_size())
     assert LatentNoise("glow-digits", eps=3.0).eps == 3.0
+
+
+def test_a_transform_replays_its_own_integer_and_bool_draws():
+    # every non-float draw was range-checked as an index among the selected samples: quarter turns in [0, 4) on a
+    # 2-sample selection, or a bool flip, were refused on replay
+    from latent_transforms.base import LatentTransform
+
+    class QuarterTurns(LatentTransform):
+        def make_params(self, n, generator, device):
+            return {"k": torch.randint(0, 4, (n,), generator=generator, device=device),
+                    "flip": torch.rand(n, generator=generator, device=device) < 0.5}
+
+        def transform(self, x, y, model, params, index=None):
+            x = torch.stack([torch.rot90(xi, int(k), (1, 2)) for xi, k in zip(x, params["k"])])
+            return torch.where(params["flip"].view(-1, 1, 1, 1), x.flip(-1), x), y
+
+    t = QuarterTurns(p=0.3, generator=0)  # 2 samples selected, turned 1 and 3 times
+    x = torch.rand(8, 1, 8, 8)
+    x1, _ = t(x)
+    assert torch.equal(t(x, params=t.last_params)[0], x1)
+    assert torch.equal(t(x, params={**t.last_params, "batch_size": 8})[0], x1)  # an int is a batch size too
