@@ -189,8 +189,10 @@ class Compose(nn.Module):
     Args:
         transforms: the steps.
         num_classes: the labels' classes, checked on every call; default: the ``num_classes`` its steps declare
-            (VarMixup's, torchvision's MixUp/CutMix's; they must agree). Needed when class-index labels meet a kornia
-            mix and no other step declares it; a step with another ``num_classes`` is refused.
+            (VarMixup's, torchvision's MixUp/CutMix's; they must agree), checked unless the first step is a latent
+            transform that reads the batch itself (then by the step that declares it, so no second read of the batch
+            per call). Needed when class-index labels meet a kornia mix and no other step declares it; a step with
+            another ``num_classes`` is refused.
     """
 
     def __init__(self, transforms: Sequence[Callable], *, num_classes: int | None = None):
@@ -217,6 +219,7 @@ class Compose(nn.Module):
             raise ValueError(f"ISDA (step {isda[0]}) needs class-index labels and cannot be combined with label-mixing "
                              f"steps ({', '.join(f'{_name(steps[i])} at step {i}' for i in mixing)})")
         num_classes = None if num_classes is None else check_count("num_classes", num_classes, low=1)
+        self._num_classes_given = num_classes
         # a step with other classes would fail only at the first label it cannot hold; without num_classes, the
         # steps' own is checked on every call (out-of-range labels reached torchvision MixUp's RuntimeError)
         declared = []  # (num_classes, where)
@@ -252,9 +255,10 @@ class Compose(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, model: nn.Module | None = None,
                 index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         first = self.steps[0] if self.steps else None
-        # a first latent step reads the values itself (with the same num_classes): one host sync per call, not two
+        # a first latent step reads the values itself: one host sync per call, not two, unless num_classes was given
+        # and the step does not check it (the one the steps declare is then left to them: torchvision's MixUp)
         values = not (self.training and isinstance(first, LatentTransform)
-                      and self.num_classes in (None, first.num_classes))
+                      and self._num_classes_given in (None, first.num_classes))
         check_batch(x, y, self.num_classes, index, first.index_size if isinstance(first, LatentTransform) else None,
                     allow_uint8=not _takes_floats_only(first), values=values)
         check_model_slot(model)

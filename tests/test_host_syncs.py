@@ -148,6 +148,12 @@ def _isda_loss(net, x, y):
     return lambda: loss(net.features(x), net.fc, y).backward()
 
 
+def _v2():
+    import torchvision.transforms.v2
+
+    return torchvision.transforms.v2
+
+
 def _flip_then(t):
     import kornia
 
@@ -179,6 +185,9 @@ CASES = {
         [LatentNoise(glow, 1.0, generator=0), __import__("kornia").augmentation.RandomHorizontalFlip()]), x, y), 1),
     "Compose flip then LatentNoise": (lambda x, y, glow, vae, net, cache: partial(
         _flip_then(LatentNoise(glow, 1.0, generator=0)), x, y), 2),  # the batch, then the flipped batch
+    # the batch read once (Compose takes MixUp's num_classes without reading it again), + MixUp's own float(lam)
+    "Compose LatentNoise then MixUp": (lambda x, y, glow, vae, net, cache: partial(Compose(
+        [LatentNoise(glow, 1.0, generator=0), _v2().MixUp(num_classes=10)]), x, y), 2),
     "LatentNoise eval": (lambda x, y, glow, vae, net, cache: partial(LatentNoise(glow, 1.0, generator=0).eval(),
                                                                       x, y), 1),
 }
