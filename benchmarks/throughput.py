@@ -354,7 +354,7 @@ def targets(by_key: dict) -> list[dict]:
     memory_source, memory = largest_method_memory(by_key) or (None, None)
     return [
         target("LatentNoise <= 0.5x a training step", noise.get("vs_train_step"), 0.5, "{:.3g}x", noise.get("method")),
-        target("LatentNoise >= 10x faster than the naive normflows path", speedup, 10, "{:.3g}x faster",
+        target("LatentNoise >= 10x faster than the naive normflows path", speedup, 10, "{:.3g}x as fast",
                noise.get("method"), at_least=True),
         target("LatentAdversarial, 1 PGD step, <= 2x a training step", adversarial.get("vs_train_step"), 2, "{:.3g}x",
                adversarial.get("method")),

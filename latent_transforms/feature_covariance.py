@@ -180,24 +180,30 @@ def check_sync(name: str, sync) -> "tuple[bool, dist.ProcessGroup | None]":
     """``(gather?, group)`` from a ``sync`` argument: ``True`` (the default group), ``False`` or a process group."""
     if isinstance(sync, bool):
         return sync, None
+    # what dist.new_group returns on a rank outside the group
+    if dist.is_available() and isinstance(sync, int) and sync == dist.GroupMember.NON_GROUP_MEMBER:
+        raise ValueError(f"{name} is a process group this rank is not a member of (dist.new_group returned "
+                         f"GroupMember.NON_GROUP_MEMBER here): give it only on the ranks in the group, False on others")
     if dist.is_available() and isinstance(sync, dist.ProcessGroup):
         return True, sync
     raise WrongTypeError(f"{name} must be True, False or a torch.distributed ProcessGroup, got {sync!r}")
 
 
+@torch.compiler.disable  # traced, the collectives landed in per-rank graphs: a shape change on one rank mismatched them
 def _all_gather_rows(a: torch.Tensor, y: torch.Tensor,
                      group: "dist.ProcessGroup | None" = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Every rank's rows ``(a, y)`` concatenated in rank order within ``group`` (default: the default process group;
     batch sizes may differ between ranks).
 
     Gathering the features (world x N x A numbers) costs less communication than all-reducing per-class sums of
-    outer products (K x A x A), and makes every rank run the same merge on the same data.
+    outer products (K x A x A), and makes every rank run the same merge on the same data. One host sync: the sizes,
+    read at once.
     """
     world = dist.get_world_size(group)
-    n = torch.tensor([a.shape[0]], device=a.device, dtype=torch.int64)
+    n = torch.full((1,), a.shape[0], device=a.device, dtype=torch.int64)  # torch.tensor(..., device=) would block
     sizes = [torch.zeros_like(n) for _ in range(world)]
     dist.all_gather(sizes, n, group=group)
-    sizes = [int(s) for s in sizes]
+    sizes = torch.cat(sizes).tolist()
     out = []
     for t in (a, y):                                               # labels stay int64: exact for any K
         padded = t.new_zeros((max(sizes),) + t.shape[1:])

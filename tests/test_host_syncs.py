@@ -203,3 +203,31 @@ def test_host_syncs_per_call_are_pinned(setup, name):
     got = s.total()
     assert got == pinned, (f"{name}: {got} host syncs per call, pinned {pinned} (fewer: lower the pin; more: on a GPU "
                            f"each one stalls the host) at {dict(s.sites)}")
+
+
+def test_the_size_exchange_of_synced_statistics_reads_the_host_once(monkeypatch):
+    # under DDP an ISDA step cost 2 + world syncs: a blocking torch.tensor(..., device=) and one int() per rank
+    import torch.distributed as dist
+
+    from latent_transforms import feature_covariance
+
+    world = 4
+
+    def all_gather(parts, t, group=None):  # every rank with this rank's rows
+        for p in parts:
+            p.copy_(t)
+
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: world)
+    monkeypatch.setattr(dist, "all_gather", all_gather)
+    a, y = torch.randn(5, 3), torch.randint(0, 10, (5,))
+    with HostSyncs() as s:
+        a2, y2 = feature_covariance._all_gather_rows(a, y)
+    assert s.total() == 1, dict(s.sites)
+    assert torch.equal(a2, a.repeat(world, 1)) and torch.equal(y2, y.repeat(world))
+
+
+def test_a_process_group_this_rank_is_not_in_is_named():
+    import torch.distributed as dist
+
+    with pytest.raises(ValueError, match="a process group this rank is not a member of"):
+        ISDA(10, sync_stats=dist.GroupMember.NON_GROUP_MEMBER)

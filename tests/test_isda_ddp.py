@@ -77,6 +77,21 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         isda(x[mine], y[mine], model)
         F.cross_entropy(model(x[mine]), y[mine]).backward()
         result["ddp_count"] = isda.estimator.count.clone()
+        # a compiled loss whose batch size changes on one rank only: traced, the size exchange's collectives fell
+        # into per-rank graphs and gloo aborted ("Received data size doesn't match expected size")
+        from latent_transforms.isda import ISDALoss
+
+        fc, loss_fn = torch.nn.Linear(A, K), ISDALoss(K, lambda0=1.0)
+        loss_fn.set_progress(1.0)
+        step = torch.compile(lambda f, y: loss_fn(f, fc, y), backend="eager")
+        for sizes in ((6, 3), (6, 4), (6, 5)):
+            n = sizes[rank]
+            step(torch.randn(n, A, generator=g), torch.randint(0, K, (n,), generator=g)).backward()
+        result["compiled_count"] = loss_fn.estimator.count.clone()
+        try:  # the group of the other rank, which this one is not in
+            ISDA(10, sync_stats=solos[1 - rank])
+        except ValueError as e:
+            result["not_member"] = str(e)
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -104,3 +119,5 @@ def test_two_gloo_ranks_hold_the_statistics_of_the_concatenated_batch(tmp_path):
         assert torch.equal(res["big_count"], big_count)
         assert int(res["ddp_count"].sum()) == 8  # both ranks saw the global batch of 3 + 5
         assert torch.equal(res["ddp_count"], results[0]["ddp_count"])
+        assert int(res["compiled_count"].sum()) == 18 + 3 + 4 + 5
+        assert "a process group this rank is not a member of" in res["not_member"]
