@@ -838,7 +838,12 @@ def fetch(name: str) -> Path:
             f"checkpoint {name!r} not found: {looked}; set LATENT_TRANSFORMS_HUB_URL to a base URL "
             f"(http://, https:// or file://) that serves {file}"
         )
-    _download(url, cached, sha256, entry.get("size"))
+    try:
+        _download(url, cached, sha256, entry.get("size"))
+    except HubError as e:  # a failed download is why a bad cached or shipped copy could not be replaced: say both
+        if not notes:
+            raise
+        raise HubError(f"{e}; and {'; '.join(notes)}") from None
     return cached
 
 

@@ -1360,3 +1360,13 @@ def test_loading_a_runs_json_says_which_file_to_load(tmp_path):
     other.write_text("[1, 2]")
     with pytest.raises(ValueError, match="is not a safetensors file"):
         hub.load_checkpoint(other)
+
+
+def test_a_failed_download_still_names_the_bad_cached_copy(env, server):
+    # the 404 of the re-download was reported alone: the corrupted cached copy that made it necessary went unsaid
+    _register("x", "missing.safetensors")
+    env.mkdir()
+    (env / "missing.safetensors").write_bytes(BAD)
+    with pytest.raises(hub.HubError, match=r"missing.safetensors failed: HTTP 404.*; and cached .*missing.safetensors "
+                                           r"does not match the registry"):
+        hub.fetch("x")
