@@ -26,8 +26,16 @@ def project(d: torch.Tensor, eps: float, norm: str | None) -> torch.Tensor:
 
 
 def ascent_direction(g: torch.Tensor, norm: str) -> torch.Tensor:
-    """Steepest-ascent unit step for a gradient g: (B, D): g / ||g||_2 (l2) or sign(g) (linf)."""
-    return g / _l2(g) if norm == "l2" else g.sign()
+    """Steepest-ascent unit step for a gradient g: (B, D): g / ||g||_2 (l2; a zero gradient: no step) or sign(g)
+    (linf)."""
+    if norm != "l2":
+        return g.sign()
+    length = g.norm(dim=1, keepdim=True)
+    # a row whose norm is below 1e-12 (float32 entries of about 1e-23 give a norm of 0: a very confident model's
+    # gradient, averaged over the batch) is scaled by its largest entry first, so that it still takes a whole step
+    scaled = g / g.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(g.dtype).tiny)
+    small = scaled / scaled.norm(dim=1, keepdim=True).clamp_min(1.0)  # a non-zero row: norm >= 1 once scaled
+    return torch.where(length >= 1e-12, g / length.clamp_min(1e-12), small)
 
 
 def random_start(shape: torch.Size, eps: float, norm: str, generator: torch.Generator, device, dtype) -> torch.Tensor:

@@ -21,7 +21,7 @@ class VarMixup(CodecTransform):
     - ``posterior="mean"``: latents are the posterior means (``"sample"`` draws from the posterior);
     - ``per_sample=True``: one lambda per sample (``False``: one per batch, as mixup-cifar10);
     - decoded images *replace* the selected samples, a share ``p`` of each batch (0.25 by default, calibrated on a
-      CIFAR-10 validation split with the shipped VAE, where the paper's ``p=1`` cost 8.7 points: VAE decodes are
+      CIFAR-10 validation split with the shipped VAE, where ``p=1`` (every sample; the paper's share is not known) cost 8.7 points: VAE decodes are
       blurry, so training only on them creates a train/test gap; docs/calibration.md);
     - partners are drawn among the selected samples, never the sample itself (a random cycle through them, as
       mixup's shuffled batch rolled by one); a sample selected alone has no partner and is left as it is, not
@@ -42,8 +42,8 @@ class VarMixup(CodecTransform):
         levels: latent levels to mix (all by default; the others keep the sample's own latent).
         cache: a :class:`~latent_transforms.LatentCache` (posterior means) to look latents up with ``index=``
             (not with ``posterior="sample"``).
-        p: probability, per sample, of being replaced by a mix (default 0.25, see above; 1.0 mixes every sample, as
-            in the paper, and suits a VAE whose decodes keep the class; see :class:`~latent_transforms.LatentTransform`).
+        p: probability, per sample, of being replaced by a mix (default 0.25, see above; 1.0 mixes every sample
+            (the paper's share is not known) and suits a VAE whose decodes keep the class; see :class:`~latent_transforms.LatentTransform`).
         generator: ``None``, an ``int`` seed or a ``torch.Generator`` (see :class:`~latent_transforms.LatentTransform`).
         num_classes: needed for class-index labels.
 

@@ -43,3 +43,12 @@ def test_random_start_is_symmetric_uniform_inside_the_ball(norm):
         assert abs(d.var() - eps ** 2 / 3) < 0.01
     else:
         assert d.norm(dim=1).max() <= eps + 1e-6
+
+
+def test_an_l2_step_is_whole_however_small_the_gradient():
+    # g / ||g|| with ||g|| clamped to 1e-12: float32 rows of entries about 1e-23 have a norm of 0 (underflow) or
+    # below the clamp, and stepped much less than step_size, or not at all (a confident model's batch-mean loss)
+    g = torch.stack([torch.full((3072,), 1e-24), torch.full((3072,), 1e-15), torch.zeros(3072), torch.randn(3072)])
+    step = ascent_direction(g, "l2")
+    assert step.norm(dim=1)[:2].sub(1).abs().max() < 1e-5 and step[2].eq(0).all()
+    assert torch.equal(step[3], g[3] / g[3].norm())  # an ordinary gradient: the same bits as before
