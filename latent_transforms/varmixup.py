@@ -21,8 +21,9 @@ class VarMixup(CodecTransform):
     - ``posterior="mean"``: latents are the posterior means (``"sample"`` draws from the posterior);
     - ``per_sample=True``: one lambda per sample (``False``: one per batch, as mixup-cifar10);
     - decoded images *replace* the selected samples, a share ``p`` of each batch (0.25 by default, calibrated on a
-      CIFAR-10 validation split with the shipped VAE, where ``p=1`` (every sample; the paper's share is not known) cost 8.7 points: VAE decodes are
-      blurry, so training only on them creates a train/test gap; docs/calibration.md);
+      CIFAR-10 validation split with the shipped VAE, where ``p=1``, every sample (the paper's share is not known),
+      cost 8.7 points: VAE decodes are blurry, so training only on them creates a train/test gap;
+      docs/calibration.md);
     - partners are drawn among the selected samples, never the sample itself (a random cycle through them, as
       mixup's shuffled batch rolled by one); a sample selected alone has no partner and is left as it is, not
       counted as transformed (a batch of one with ``p=1`` is mixed with itself);
