@@ -196,6 +196,7 @@ def test_fast_decode_of_perturbed_latents_and_its_gradient_match_float64():
     broken = copy.deepcopy(fast)
     with torch.no_grad():
         broken.flow.flows[0][0].dec_weight.mul_(1.001)
+    broken._folded_versions = broken._fold_source_versions()  # the copy's weights count as folded: no refold
     assert not within_fp32_rounding(broken)
 
 
@@ -656,3 +657,53 @@ def test_training_and_sampling_methods_check_their_arguments():
         glow.sample(0)
     with pytest.raises(TypeError, match="generator must be None, an int seed or a torch.Generator"):
         glow.sample(2, generator="3")
+
+
+def test_a_frozen_glow_follows_weights_written_in_place():
+    # the folded fast path was computed at freeze() and refolded only by load_state_dict or a dtype change: after
+    # p.copy_(...) the fingerprint followed the new weights but encode/decode kept the old ones (latents off by 1.3)
+    from latent_transforms import hub
+
+    glow = hub.load("glow-digits")
+    other = glow.unfrozen_copy()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    other.freeze()
+    x = torch.rand(4, 1, 8, 8)
+    with torch.no_grad():
+        for a, b in zip(glow.parameters(), other.parameters()):
+            a.copy_(b)
+    assert glow.fingerprint() == other.fingerprint()
+    assert torch.allclose(glow.encode_flat(x), other.encode_flat(x), atol=1e-5)
+    z = other.encode(x)
+    assert torch.allclose(glow.decode(z), other.decode(z), atol=1e-5)
+
+
+def test_a_frozen_glow_given_an_uninitialised_state_updates_no_statistics():
+    # its ActNorms, marked as not initialised by the loaded state, took their scale from the next log_prob batch
+    glow = Glow((1, 8, 8), levels=2, steps=1, hidden=8).init_actnorm(torch.rand(16, 1, 8, 8)).freeze()
+    glow.load_state_dict(Glow((1, 8, 8), levels=2, steps=1, hidden=8).state_dict())
+    before = glow.fingerprint()
+    glow.log_prob(torch.rand(4, 1, 8, 8))
+    assert glow.fingerprint() == before
+
+
+def test_vae_encode_refuses_draw_options_it_would_ignore():
+    vae = ConvVAE((1, 8, 8), latent_dim=4, hidden=8).freeze()
+    x = torch.rand(2, 1, 8, 8)
+    with pytest.raises(ValueError, match="pass sample=True with them"):
+        vae.encode(x, noise=torch.randn(2, 4))  # the mean came back, the noise unused
+    with pytest.raises(ValueError, match="not both"):
+        vae.encode(x, sample=True, noise=torch.randn(2, 4), generator=0)
+    with pytest.raises(TypeError, match="noise must be a float tensor"):
+        vae.encode(x, sample=True, noise=[0.0] * 8)  # was AttributeError: 'list' object has no attribute 'numel'
+    with pytest.raises(TypeError, match="noise must be a float tensor"):
+        vae.encode(x, sample=True, noise=torch.randint(0, 3, (2, 4)))
+
+
+@pytest.mark.parametrize("config", [{"kind": ["vae"]}, ["kind"]])
+def test_a_config_of_the_wrong_type_is_a_value_error(config):
+    # {"kind": ["vae"]} raised TypeError: unhashable type: 'list' (load_checkpoint catches ValueError only)
+    with pytest.raises(ValueError, match="unknown codec kind|a codec config is a dict"):
+        build_codec(config)

@@ -13,9 +13,11 @@ CODECS: dict[str, type[Codec]] = {"glow": Glow, "vae": ConvVAE}
 
 def build_codec(config: dict) -> Codec:
     """An untrained codec from its config (``{"kind": "glow" | "vae", ...}``, as ``codec.config`` returns)."""
+    if not isinstance(config, dict):
+        raise WrongTypeError(f"a codec config is a dict such as codec.config, got {type(config).__name__}")
     config = dict(config)
     kind = config.pop("kind", None)
-    if kind not in CODECS:
+    if not isinstance(kind, str) or kind not in CODECS:
         raise ValueError(f"unknown codec kind {kind!r}; known: {sorted(CODECS)}")
     try:
         return CODECS[kind](**config)

@@ -119,6 +119,7 @@ class Codec(nn.Module):
         """x: (B, C, H, W) in [0, 1] -> standardised latents (codec dtype). The shape, dtype and device are checked
         (uint8 images gave NaN latents); the values are not (the transforms check them once per batch)."""
         self.check_input(x)
+        self._refresh_derived()
         with exact_math(x.device.type):
             if self._compiled is not None:
                 return self._compiled[0](self, x.to(self.dtype))
@@ -127,6 +128,7 @@ class Codec(nn.Module):
     def decode(self, z: Latents) -> torch.Tensor:
         """Standardised latents -> (B, C, H, W), approximately in [0, 1] (codec dtype, not clipped)."""
         self.check_latents(z)
+        self._refresh_derived()
         with exact_math(z[0].device.type):
             if self._compiled is not None:
                 return self._compiled[1](self, [t.to(self.dtype) for t in z])
@@ -164,13 +166,18 @@ class Codec(nn.Module):
         self.check_images(x)
         self.check_dtype()
 
+    def _refresh_derived(self) -> None:
+        """Bring what a codec computes once from its weights (a Glow's folded fast path) up to date with them, before
+        each ``encode``/``decode``, outside compiled code; nothing for codecs that derive nothing."""
+
     def check_dtype(self) -> None:
         """Raise if the weights are 16-bit: a ``.half()`` of a module that holds the codec casts it too, and in 16 bits
         a flow loses its exact round trip and its decodes overflow."""
         if self.dtype in (torch.float16, torch.bfloat16):
-            raise ValueError(f"this {self.kind} codec's weights are {self.dtype}, but codecs compute in float32: cast "
-                             f"it back with .float() (a .half() or .to({self.dtype}) of a module holding it casts it "
-                             f"too); for a 16-bit classifier use torch.autocast, or cast the classifier alone")
+            raise ValueError(f"this {self.kind} codec's weights are {self.dtype}, but codecs compute in float32 (a "
+                             f".half() or .to({self.dtype}) of a module holding it casts it too): reload it "
+                             f"(hub.load), as .float() does not restore the rounded weights unless they were stored "
+                             f"in 16 bits; for a 16-bit classifier use torch.autocast, or cast the classifier alone")
 
     def check_latents(self, z: Latents) -> None:
         """Raise if ``z`` is not one float tensor per level, ``(B, *latent_shapes[i])``, on this codec's device."""

@@ -236,11 +236,28 @@ class Glow(Codec):
                 for block in level[:-1]:
                     for name, value in zip(("enc_weight", "enc_bias", "dec_weight", "dec_bias"), _fold(block)):
                         block.register_buffer(name, value.to(self.dtype), persistent=False)
-        self._folded = True
+        self._folded, self._folded_versions = True, self._fold_source_versions()
+
+    def _fold_source_versions(self) -> tuple[tuple[int, int], ...]:
+        """Where the tensors the folded weights come from live, and their version counters: an in-place write
+        (``copy_``, ``vector_to_parameters``) moves a counter, a copy (``deepcopy``, ``.to``, ``p.data = ...``) the
+        memory (a copy's counters start afresh and may equal the recorded ones)."""
+        return tuple((t.data_ptr(), t._version) for level in self.flow.flows for block in level[:-1]
+                     for t in (*block.flows[1].parameters(), *block.flows[1].buffers(), *block.flows[2].parameters()))
+
+    def _refresh_derived(self) -> None:
+        if self._folded and self._fold_source_versions() != self._folded_versions:  # weights written in place
+            self._fold_weights()
 
 
 def _refold_after_load(glow: Glow, incompatible_keys) -> None:
-    """New weights loaded into a frozen Glow must not leave the folded fast path on the old ones."""
+    """New weights loaded into a frozen Glow must not leave the folded fast path on the old ones, nor let a state saved
+    before its ActNorms were initialised make them initialise themselves from the next batch (a frozen codec updates
+    no statistics)."""
+    if glow.frozen:
+        for m in glow.modules():
+            if isinstance(m, nf.flows.ActNorm):
+                m.data_dep_init_done.fill_(1.0)
     if glow._folded:
         glow._fold_weights()
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..rng import draw_generator
-from ..validation import bad_option, check_bool, check_count, check_number, describe, scalar
+from ..validation import WrongTypeError, bad_option, check_bool, check_count, check_number, describe, scalar
 from .base import Codec, Latents, exact_math
 
 
@@ -112,13 +112,19 @@ class ConvVAE(Codec):
         (``generator``: ``None``, torch's global RNG; an ``int`` seed; a ``torch.Generator`` on x's device; or
         ``noise``: the standard normal draws to use, B x D values, e.g. ``(B, D)``)."""
         if not check_bool("sample", sample):
+            if noise is not None or generator is not None:  # they would be ignored: the mean draws nothing
+                raise ValueError("noise= and generator= draw a posterior sample: pass sample=True with them")
             return super().encode(x)
+        if noise is not None and generator is not None:
+            raise ValueError("give noise= (the draws themselves) or generator= (to draw them), not both")
         self.check_input(x)
         generator = draw_generator(generator, x.device)
         with exact_math(x.device.type):
             mu, logvar = self.posterior(x.to(self.dtype))
         if noise is None:
             eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        elif not isinstance(noise, torch.Tensor) or not noise.is_floating_point():
+            raise WrongTypeError(f"noise must be a float tensor of standard normal draws, got {describe(noise)}")
         elif noise.numel() != mu.numel() or noise.device != mu.device:
             raise ValueError(f"noise must hold {mu.numel()} values (B x D) on {mu.device}, got {describe(noise)}")
         else:
