@@ -707,3 +707,12 @@ def test_a_config_of_the_wrong_type_is_a_value_error(config):
     # {"kind": ["vae"]} raised TypeError: unhashable type: 'list' (load_checkpoint catches ValueError only)
     with pytest.raises(ValueError, match="unknown codec kind|a codec config is a dict"):
         build_codec(config)
+
+
+def test_density_and_elbo_take_images_of_another_float_dtype_as_encode_does():
+    # log_prob / elbo_terms of float64 images raised "expected scalar type Double but found Float"
+    x = torch.rand(2, 1, 8, 8, dtype=torch.float64)
+    glow = Glow((1, 8, 8), levels=2, steps=1, hidden=8).init_actnorm(x.float()).freeze()
+    assert torch.allclose(glow.log_prob(x), glow.log_prob(x.float()))
+    vae = ConvVAE((1, 8, 8), latent_dim=4, hidden=8).freeze()
+    assert torch.allclose(vae.elbo_terms(x, generator=0)["rec"], vae.elbo_terms(x.float(), generator=0)["rec"])

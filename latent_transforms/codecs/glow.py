@@ -182,7 +182,7 @@ class Glow(Codec):
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Log density (nats) of continuous x in [0, 1]: (B,)."""
         self.check_input(x)
-        u, logdet = self._encode_with_logdet(x)
+        u, logdet = self._encode_with_logdet(x.to(self.dtype))  # as encode: float64 images into a float32 codec
         log_base = sum(-0.5 * (ui**2).flatten(1).sum(1) for ui in u) - 0.5 * self.latent_dim * math.log(2 * math.pi)
         return log_base + logdet
 

@@ -153,6 +153,7 @@ class ConvVAE(Codec):
         device.
         """
         self.check_input(x)
+        x = x.to(self.dtype)  # as encode: float64 images into a float32 codec
         generator = draw_generator(generator, torch.device("cpu"))
         mu, logvar = self.posterior(x)
         if generator is None:
