@@ -344,6 +344,12 @@ def _pts(a: float) -> str:
     return f"{100 * a:.1f}%"
 
 
+def _diff(d: float, digits: int = 2) -> str:
+    """A difference in points (a fraction times 100), signed; a rounded 0 is +0, not -0."""
+    text = f"{100 * d:+.{digits}f}"
+    return "+" + text[1:] if float(text) == 0 else text
+
+
 def _pm(std: float | None, digits: int = 1) -> str:
     """`` ± std`` in points; nothing for a single seed (whose std is not zero but unknown: None)."""
     return "" if std is None else f" ± {100 * std:.{digits}f}"
@@ -410,8 +416,9 @@ def verdicts(runs: dict) -> list[dict]:
         met = _at_least(l - b, 0.03) and _at_least(l - r, 0.0)
         out.append({"target": "Target 1", "text": text1, "status": "MET" if met else "MISSED", "best_latent_arm": best,
                     "seeds": seeds,
-                    "detail": f"best latent arm {best}: {_pts(l)}; baseline {_pts(b)} ({100 * (l - b):+.1f} points, "
-                              f"needs +3.0); RandAugment {_pts(r)} ({100 * (l - r):+.1f} points, needs >= 0); "
+                    # differences to 2 decimals: rounded to 1, +2.96 read "+3.0 points, needs +3.0" and MISSED
+                    "detail": f"best latent arm {best}: {_pts(l)}; baseline {_pts(b)} ({_diff(l - b)} points, "
+                              f"needs +3.00); RandAugment {_pts(r)} ({_diff(l - r)} points, needs >= 0); "
                               f"{_on_seeds(seeds, paired)}"
                               + (f"; not ranked, with fewer seeds: {', '.join(fewer)}" if fewer else "")})
     # 2. VarMixup: lower ECE and higher corruption accuracy than the baseline
@@ -426,9 +433,10 @@ def verdicts(runs: dict) -> list[dict]:
         lower_ece, higher_corr = not _at_least(e_vm - e_b, 0.0), not _at_least(c_b - c_vm, 0.0)
         out.append({"target": "Target 2", "text": text2, "status": "MET" if lower_ece and higher_corr else "MISSED",
                     "seeds": seeds,
-                    "detail": f"ECE {100 * e_vm:.2f} vs baseline {100 * e_b:.2f} "
-                              f"({'lower' if lower_ece else 'not lower'}); corruption accuracy "
-                              f"{_pts(c_vm)} vs {_pts(c_b)} ({'higher' if higher_corr else 'not higher'}); "
+                    "detail": f"ECE {100 * e_vm:.2f} vs baseline {100 * e_b:.2f} ({_diff(e_vm - e_b, 3)}, "
+                              f"{'lower' if lower_ece else 'not lower'}); corruption accuracy "
+                              f"{_pts(c_vm)} vs {_pts(c_b)} ({_diff(c_vm - c_b)} points, "
+                              f"{'higher' if higher_corr else 'not higher'}); "
                               f"{_on_seeds(seeds)}"})
     # 3. ISDA beats the baseline
     text3 = "ISDA beats the baseline"
@@ -440,7 +448,7 @@ def verdicts(runs: dict) -> list[dict]:
         i, b = paired["isda"]["accuracy"][0], paired["baseline"]["accuracy"][0]
         out.append({"target": "Target 3", "text": text3, "status": "MISSED" if _at_least(b - i, 0.0) else "MET",
                     "seeds": seeds,
-                    "detail": f"ISDA {_pts(i)} vs baseline {_pts(b)} ({100 * (i - b):+.1f} points); "
+                    "detail": f"ISDA {_pts(i)} vs baseline {_pts(b)} ({_diff(i - b)} points); "
                               f"{_on_seeds(seeds, paired)}"})
     for v in out:
         if v["status"] != "NOT EVALUATED" and len(v["seeds"]) < MIN_SEEDS:
@@ -775,6 +783,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     for flag, value in (("--latent-p", args.latent_p), ("--varmixup-p", args.varmixup_p)):
         if not 0 < value <= 1:  # p=0 made the arm the baseline under another name
             p.error(f"{flag} must be in (0, 1], got {value:g}")
+    for flag, values in (("--arms", args.arms), ("--seeds", args.seeds)):
+        twice = sorted({str(v) for v in values if values.count(v) > 1})
+        if twice:  # each would run twice, one result kept; under --shard the final --merge refused them
+            p.error(f"{flag} names {', '.join(twice)} more than once")
     return args
 
 
@@ -820,7 +832,7 @@ def merge_results(paths: list[str], arms: list[str]) -> tuple[dict, dict, dict]:
     Data and schedule must match across files; an arm's own settings (and checkpoint) must match among the runs
     that are merged, so a folder's other arms may have been made with other settings.
     """
-    loaded = [json.loads(Path(p).read_text()) for p in paths]
+    loaded = [read_results(p, "--merge") for p in paths]
     arm_keys = {k for a in ARMS for k in arm_setting_keys(a)}
     shared = [k for k in FINGERPRINT_KEYS if k not in arm_keys]
     fingerprint = {k: setting(loaded[0]["fingerprint"], k) for k in FINGERPRINT_KEYS}
@@ -968,10 +980,22 @@ def likely_counts(n: int, p: float, sigmas: float = 4.0) -> range:
     return range(max(1, math.floor(mean - sigmas * sd)), min(n, math.ceil(mean + sigmas * sd)) + 1)
 
 
+def read_results(path: str | Path, flag: str, keys: tuple[str, ...] = ("fingerprint", "config", "runs")) -> dict:
+    """A results.json this script wrote (an object with ``keys``); anything else is refused, naming ``flag`` and the
+    file."""
+    try:
+        res = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"{flag}: cannot read {path} as a results.json of accuracy.py ({e})") from None
+    if not isinstance(res, dict) or not all(isinstance(res.get(k), dict) for k in keys):
+        raise SystemExit(f"{flag}: {path} is not a results.json of accuracy.py (no {', '.join(keys)})")
+    return res
+
+
 def load_runs(path: Path, fingerprint: dict, flag: str, remedy: str) -> dict:
     """The runs of the results file ``path``; one made with other settings is refused, naming ``flag`` and
     ``remedy``."""
-    old = json.loads(path.read_text())
+    old = read_results(path, flag, ("fingerprint", "runs"))
     diff = [k for k in FINGERPRINT_KEYS if setting(old.get("fingerprint", {}), k) != fingerprint[k]]
     if diff:
         raise SystemExit(f"{flag}: {path} was made with other settings ({', '.join(diff)}); {remedy}")
@@ -983,6 +1007,12 @@ def main(argv=None) -> dict:
     start = time.perf_counter()
     out = check_output_folder(args.out)
     if args.merge:
+        target = out / "results.json"
+        if any(Path(p).resolve() == target.resolve() for p in args.merge):
+            raise ValueError(f"--out {out} would overwrite {target}, one of the files merged; give another --out")
+        if target.is_file() and "merged_from" not in read_results(target, "--merge").get("config", {}):
+            raise ValueError(f"{target} holds runs made there, not a merge: --merge would replace them; give another "
+                             f"--out")
         fingerprint, config, runs = merge_results(args.merge, args.arms)
         return write_report(out, fingerprint, {**config, **provenance(argv)}, runs, start)
     device = setup_device(args.device, args.threads)

@@ -27,6 +27,9 @@ def run_script(main) -> None:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e  # a KeyError's str() is its repr
         print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:  # one line, not a traceback; what was written stays (accuracy.py: --resume goes on)
+        print(f"{Path(sys.argv[0]).name}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def check_output_folder(path, option: str = "--out") -> Path:

@@ -12,13 +12,12 @@ checkpoints (their ``codec`` records)::
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from accuracy import ARM_SETTINGS, common_codecs, delta_vs_baseline, setting
-from models import write_text
+from accuracy import ARM_SETTINGS, common_codecs, delta_vs_baseline, read_results, setting
+from models import check_output_folder, run_script, write_text
 
 # what every folder must share (data and its sha256, schedule, seeding and scoring protocol); the arm settings
 # (accuracy.ARM_SETTINGS) name the rows. Not the --glow/--vae flags, which a folder of arms without a codec need not
@@ -34,7 +33,7 @@ def collect(paths: list[Path]) -> tuple[dict, dict]:
     shared = None
     every_run: dict[str, dict] = {}  # arm -> {"seed (in path)": run}, to check that they share their checkpoints
     for path in paths:
-        result = json.loads(path.read_text())
+        result = read_results(path, "sweep_report.py", ("config", "runs"))
         cfg = result["config"]
         mine = {k: setting(cfg, k) for k in SHARED}
         if shared is None:
@@ -90,6 +89,8 @@ def main(argv=None) -> str:
                    help="accuracy.py output folders, or their results.json files")
     p.add_argument("--out", type=Path, help="also write the table here")
     args = p.parse_args(argv)
+    if args.out:
+        check_output_folder(args.out.parent, "--out")
     table = format_table(*collect(args.results))
     print(table)
     if args.out:
@@ -98,4 +99,4 @@ def main(argv=None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

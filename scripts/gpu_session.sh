@@ -33,6 +33,9 @@ start=$SECONDS
 BUDGET=${BUDGET:-540}
 PACK_EVERY=${PACK_EVERY:-30}
 case $PACK_EVERY in ''|*[!0-9]*|0) echo "PACK_EVERY must be a whole number of seconds >= 1, got '$PACK_EVERY'" >&2; exit 2;; esac
+case $BUDGET in ''|*[!0-9]*|0) echo "BUDGET must be a whole number of seconds >= 1, got '$BUDGET'" >&2; exit 2;; esac
+case ${JOBS:-1} in ''|*[!0-9]*|0) echo "JOBS must be a whole number >= 1, got '${JOBS:-}'" >&2; exit 2;; esac
+failed=0  # a step that failed makes the exit status 1, after everything that could be kept was packed
 TP_BUDGET=${TP_BUDGET:-$((BUDGET / 3))}
 OUT=${OUT:-runs/gpu-session}
 ACC_DIR=${ACC_DIR:-runs/accuracy}
@@ -100,6 +103,7 @@ if [ "$left" -ge 45 ]; then  # accuracy.py starts no run it expects to end after
     pids=()
     for ((i = 0; i < JOBS; i++)); do
         mkdir -p "$shards/shard-$i"
+        echo "--- gpu_session.sh call at $(date -u +%FT%TZ) ---" >> "$shards/shard-$i/log.txt"  # it grows across calls
         # shellcheck disable=SC2086
         timeout $((left + 30)) "$PY" benchmarks/accuracy.py $ACC_ARGS --arms $ARMS --seeds $SEEDS --resume \
             --no-progress --shard "$i/$JOBS" --done "${earlier[@]}" --threads "$threads" \
@@ -108,7 +112,8 @@ if [ "$left" -ge 45 ]; then  # accuracy.py starts no run it expects to end after
     done
     for i in "${!pids[@]}"; do
         wait "${pids[$i]}" \
-            || { echo "accuracy.py shard $i/$JOBS exit $?; the end of its log:"; tail -n 15 "$shards/shard-$i/log.txt"; }
+            || { echo "accuracy.py shard $i/$JOBS exit $?; the end of its log:"; tail -n 15 "$shards/shard-$i/log.txt"
+                 failed=1; }
     done
     kill "$packer" 2>/dev/null || true
     wait "$packer" 2>/dev/null || true
@@ -117,9 +122,11 @@ pack
 cd "$shards"  # the report names the shards' folders as they are unpacked here, shard-*/
 results=(shard-*/results.json)
 if [ ${#results[@]} -gt 0 ]; then
-    "$PY" "$OLDPWD/benchmarks/accuracy.py" --merge "${results[@]}" --out "$ACC_OUT" || echo "accuracy.py --merge exit $?"
+    "$PY" "$OLDPWD/benchmarks/accuracy.py" --merge "${results[@]}" --out "$ACC_OUT" \
+        || { echo "accuracy.py --merge exit $?"; failed=1; }
 else
     echo "no accuracy run has finished: no report (accuracy/ holds only shards.tar)"
 fi
 cd "$OLDPWD"
-echo "gpu_session.sh: $((SECONDS - start)) s; results in $OUT"
+echo "gpu_session.sh: $((SECONDS - start)) s; results in $OUT$([ "$failed" = 0 ] || echo "; a step failed (above)")"
+exit "$failed"

@@ -95,6 +95,18 @@ def _gpu_session_env(tmp_path: Path, **settings: str) -> dict:
     return {**env, **settings}
 
 
+def test_gpu_session_script_exits_1_when_a_step_failed(tmp_path):
+    # every shard and the merge failing still ended in "results in ..." and exit status 0
+    bad = tmp_path / "acc" / "shard-0"
+    bad.mkdir(parents=True)
+    (bad / "results.json").write_text("not json")  # an earlier shard every new shard reads (--done): it fails
+    env = _gpu_session_env(tmp_path, ARMS="baseline", JOBS="1", SKIP_THROUGHPUT="1")
+    proc = subprocess.run(["bash", str(GPU_SESSION)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=TIMEOUT_S)
+    assert proc.returncode == 1 and "accuracy.py shard 0/1 exit" in proc.stdout, proc.stdout[-3000:]
+    assert "a step failed (above)" in proc.stdout
+
+
 @pytest.mark.slow
 def test_gpu_session_script_runs_its_steps_and_resumes(tmp_path):
     """scripts/gpu_session.sh, the one-call GPU plan, with SMOKE=1: throughput, then accuracy in JOBS=2 shards at once
@@ -490,11 +502,11 @@ def test_accuracy_verdicts_compare_arms_on_the_seeds_they_share():
                    varmixup=[0.55, 0.57, None], latent_adversarial=[0.60, 0.60, 0.64])
     t1, t2, t3 = verdicts(runs)
     assert t3["status"] == "MET" and t3["seeds"] == [0, 1], t3
-    assert "ISDA 57.0% vs baseline 56.0% (+1.0 points); on seeds 0, 1" in t3["detail"]
+    assert "ISDA 57.0% vs baseline 56.0% (+1.00 points); on seeds 0, 1" in t3["detail"]
     assert t2["status"] == "MISSED" and t2["seeds"] == [0, 1]  # VarMixup 56% vs 56%: corruption not higher
-    assert t2["detail"].endswith("(not higher); on seeds 0, 1"), t2
+    assert t2["detail"].endswith("(+0.00 points, not higher); on seeds 0, 1"), t2
     assert t1["status"] == "MET" and t1["best_latent_arm"] == "latent-adversarial" and t1["seeds"] == [0, 1, 2]
-    assert "baseline 58.0% (+3.3 points, needs +3.0)" in t1["detail"]
+    assert "baseline 58.0% (+3.33 points, needs +3.00)" in t1["detail"]
     assert t1["detail"].endswith("; not ranked, with fewer seeds: varmixup (2), isda (2)"), t1
     assert "provisional" not in t1 and t3["provisional"] == "2 seeds; the issue asks for at least 3"
     # the best latent arm is the one with the largest margin over the baseline on its shared seeds, not the
@@ -1266,6 +1278,36 @@ def test_accuracy_merge_refuses_a_seed_twice_and_an_arm_made_with_two_settings(t
     c = write("c.json", {"isda": {"1": {"accuracy": 0.7}}}, "--isda-lambda0", "0.1")
     with pytest.raises(SystemExit, match=f"the isda runs of {re.escape(c)} were made with isda_lambda0=0.1"):
         acc.merge_results([a, c], list(acc.ARMS))
+
+
+def test_accuracy_merge_never_replaces_runs_made_in_its_out_folder_and_names_unreadable_files(tmp_path):
+    # --merge overwrote an existing report, also one of its own inputs; an empty JSON gave "error: fingerprint", a
+    # garbage one a JSONDecodeError naming no file
+    acc = _load_accuracy_module()
+    fp = acc.make_fingerprint(acc.parse_args(["--smoke"]), "0" * 64)
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "results.json").write_text(json.dumps({"fingerprint": fp, "config": {"device_name": "cpu"},
+                                                   "runs": {"baseline": {"0": {"accuracy": 0.5}}}}))
+    before = (own / "results.json").read_text()
+    for inputs in ([str(own / "results.json")], [str(tmp_path / "other.json")]):
+        with pytest.raises(ValueError, match="overwrite .* one of the files merged|holds runs made there"):
+            acc.main(["--merge", *inputs, "--out", str(own)])
+    assert (own / "results.json").read_text() == before
+    (tmp_path / "empty.json").write_text("{}")
+    (tmp_path / "garbage.json").write_text("not json")
+    with pytest.raises(SystemExit, match=r"--merge: .*empty.json is not a results.json of accuracy.py"):
+        acc.merge_results([str(tmp_path / "empty.json")], list(acc.ARMS))
+    with pytest.raises(SystemExit, match=r"--merge: cannot read .*garbage.json as a results.json"):
+        acc.merge_results([str(tmp_path / "garbage.json")], list(acc.ARMS))
+
+
+@pytest.mark.parametrize("argv", [["--arms", "baseline", "baseline"], ["--seeds", "0", "1", "0"]])
+def test_accuracy_refuses_an_arm_or_seed_named_twice(argv, capsys):
+    # each ran twice (runs: 4/4 for 2 runs); under --shard the copies could land in two shards and the merge refused
+    with pytest.raises(SystemExit):
+        _load_accuracy_module().parse_args(["--smoke", *argv])
+    assert "more than once" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, expected", [
