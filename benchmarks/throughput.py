@@ -63,6 +63,7 @@ from latent_transforms.varmixup import VarMixup  # noqa: E402
 
 NUM_CLASSES = 10
 CIFAR10_TRAIN_IMAGES = 50_000
+TARGET_MIN_ITERS = 10  # timed iterations at least, for a verdict
 TARGET_BATCH = 256  # issue 8's targets: a CUDA GPU, this batch, the default CIFAR-10 codecs, the default step and ISDA
 TARGET_CODECS = {"glow": "glow-cifar10", "vae": "vae-cifar10"}
 TARGET_STEP = {"width": 64, "precision": "bf16", "isda_covariance": "full"}  # as the config records them
@@ -376,7 +377,11 @@ def off_target(cfg: dict) -> list[str]:
                f"classifier in {precision}": precision != TARGET_STEP["precision"],
                f"ISDA {covariance} covariance": covariance != TARGET_STEP["isda_covariance"],
                **{f"{kind}: {cfg['codecs'].get(kind)}": cfg["codecs"].get(kind) != name
-                  for kind, name in TARGET_CODECS.items()}}
+                  for kind, name in TARGET_CODECS.items()},
+               # a median of a few iterations, or no warm-up (first-call costs timed), judges nothing
+               f"{cfg.get('iters')} timed iterations": (cfg.get("iters") or 0) < TARGET_MIN_ITERS,
+               f"{cfg.get('warmup')} warm-up iterations": (cfg.get("warmup") or 0) < 1,
+               f"LatentNoise eps {cfg.get('noise_eps')}": cfg.get("noise_eps") != CIFAR_NOISE_EPS}
     return [text for text, off in differs.items() if off]
 
 

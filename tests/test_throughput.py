@@ -92,7 +92,7 @@ def _row(key: str, method: str, seconds: float, peak_mib: float | None = None, *
 
 def _result(device: str, rows: list[dict]) -> dict:
     return {"config": {"smoke": False, "device": device, "batch_size": 256, "device_name": device, "torch": "2",
-                       "iters": 20, "warmup": 5, "codecs": {"glow": "glow-cifar10", "vae": "vae-cifar10"},
+                       "iters": 20, "warmup": 5, "noise_eps": 10.0, "codecs": {"glow": "glow-cifar10", "vae": "vae-cifar10"},
                        "width": 64, "precision": "bf16", "isda_covariance": "full", "compile": False,
                        "max_abs_diff_normflows_vs_codec_roundtrip": 1e-6,
                        "max_abs_roundtrip_error_codec": 2e-6, "max_abs_roundtrip_error_normflows": 3e-6},
@@ -138,7 +138,11 @@ def test_targets_are_not_judged_on_a_cpu():
 
 @pytest.mark.parametrize("setting, named", [({"width": 16}, "ResNet-18 width 16"),
                                              ({"precision": "fp32"}, "classifier in fp32"),
-                                             ({"isda_covariance": "diagonal"}, "ISDA diagonal covariance")])
+                                             ({"isda_covariance": "diagonal"}, "ISDA diagonal covariance"),
+                                             # were judged: 1 timed iteration, no warm-up, or no noise at all
+                                             ({"iters": 1}, "1 timed iterations"),
+                                             ({"warmup": 0}, "0 warm-up iterations"),
+                                             ({"noise_eps": 0.0}, "LatentNoise eps 0.0")])
 def test_targets_are_not_judged_off_the_targets_training_step_or_isda(setting, named):
     """The ratios divide by the step of the ResNet built, and ISDA's covariance sets its cost: on a CUDA GPU at batch
     256 another width, precision or covariance is not the issue's setting either."""
