@@ -46,6 +46,7 @@ def main() -> None:
     torch.manual_seed(0)
     codec = hub.load(args.codec)
     x, y, _ = load_images(args.data, "train")
+    codec.check_images(x, "the --data images")  # now, not after the classifier is trained
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(1234))
     n_val = int(len(x) * args.val_fraction)
     val, rest = perm[:n_val], perm[n_val:]

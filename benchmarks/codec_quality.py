@@ -124,6 +124,11 @@ def main() -> None:
     x_train, y_train, _ = load_images(args.train, "train")
     x_test, y_test, _ = load_images(args.test, "test")
     x_test, y_test = x_test[: args.limit_test], y_test[: args.limit_test]
+    for spec, codec in codecs.items():  # now, not after the classifier is trained
+        try:
+            codec.check_images(x_test, "the --test images")
+        except ValueError as e:
+            raise ValueError(f"--codec {spec}: {e}") from None
     model = clean_classifier(args, x_train, y_train)
     clean = accuracy(predict_proba(model, x_test), y_test)
     out = Path(args.out)

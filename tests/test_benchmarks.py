@@ -1433,3 +1433,16 @@ def test_accuracy_refuses_settings_that_would_silently_change_the_run(args, mess
     with pytest.raises(SystemExit) as e:
         _load_accuracy_module().parse_args(["--smoke", *args])
     assert e.value.code == 2 and capsys.readouterr().err.endswith(f"error: {message}\n")
+
+
+@pytest.mark.parametrize("script, args", [
+    ("codec_quality.py", ["--codec", "glow-cifar10", "--train", "digits", "--test", "digits"]),
+    ("calibrate_eps.py", ["--codec", "glow-cifar10", "--data", "digits"]),
+])
+def test_a_codec_for_other_images_is_refused_before_the_classifier_trains(tmp_path, script, args):
+    # the classifier trained fully (minutes at the CIFAR defaults), then the codec refused the images
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / script), *args, "--out", str(tmp_path / "o")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 2 and "trained on images of shape (3, 32, 32)" in proc.stderr, proc.stderr[-2000:]
+    assert "epoch" not in proc.stderr  # no training bar ran
