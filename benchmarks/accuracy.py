@@ -1020,6 +1020,10 @@ def main(argv=None) -> dict:
     if results_path.is_file() and not args.resume:  # its runs were replaced by this call's after its first run
         raise ValueError(f"{results_path} holds earlier runs; pass --resume to keep them and add these, or give "
                          f"another --out")
+    if results_path.is_file() and "merged_from" in read_results(results_path, "--resume", ()).get("config", {}):
+        # runs added to a merged report are in none of its sources: the next merge (gpu_session.sh's) drops them
+        raise ValueError(f"{results_path} is a merged report (of {out}/shard-*/ and the like): run into another "
+                         f"--out and merge it in with --merge")
 
     data = load_data(args)
     fingerprint = make_fingerprint(args, data_sha256(data))

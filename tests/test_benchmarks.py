@@ -1302,6 +1302,18 @@ def test_accuracy_merge_never_replaces_runs_made_in_its_out_folder_and_names_unr
         acc.merge_results([str(tmp_path / "garbage.json")], list(acc.ARMS))
 
 
+def test_accuracy_resume_into_a_merged_report_is_refused(tmp_path):
+    # runs added to a merged report (runs/accuracy, where gpu_session.sh's merge goes) were in no shard: the next
+    # session's merge dropped them
+    acc = _load_accuracy_module()
+    out = tmp_path / "acc"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps({"fingerprint": {}, "config": {"merged_from": ["shard-0/results.json"]},
+                                                  "runs": {}}))
+    with pytest.raises(ValueError, match="is a merged report"):
+        acc.main(["--smoke", "--arms", "baseline", "--resume", "--out", str(out)])
+
+
 @pytest.mark.parametrize("argv", [["--arms", "baseline", "baseline"], ["--seeds", "0", "1", "0"]])
 def test_accuracy_refuses_an_arm_or_seed_named_twice(argv, capsys):
     # each ran twice (runs: 4/4 for 2 runs); under --shard the copies could land in two shards and the merge refused
