@@ -76,10 +76,8 @@ class CodecTransform(LatentTransform):
         self._check_cache()
 
     def _codec_key(self) -> tuple:
-        """Changes when the codec is replaced, its weights are written in place (``load_state_dict``, ``copy_``) or
-        replaced (``p.data = ...``: a new tensor's version counter starts afresh)."""
-        return (id(self.codec), *((t.data_ptr(), t._version)
-                                  for t in itertools.chain(self.codec.parameters(), self.codec.buffers())))
+        """Changes when the codec is replaced or its weights are written in place (``load_state_dict``, ``copy_``)."""
+        return (id(self.codec), *(t._version for t in itertools.chain(self.codec.parameters(), self.codec.buffers())))
 
     def _check_cache(self) -> None:
         if self.cache is None:
