@@ -8,7 +8,8 @@ images (``--guide-width``, ``--guide-epochs``; weights and batch order from seed
 ``--flips``), so it is not the scorer of ``codec_quality.py`` (seed 0, no crops); ``--guide FILE`` keeps it. w is
 set once, on the first batch, so that the term's gradient on the decoder is ``--balance`` times the ELBO's;
 ``--balance 0`` runs the same fine-tune without the term (the control). Adam with a cosine decay to 0, no warm-up.
-Writes the fine-tuned checkpoint (float16, like the shipped VAEs) and a JSON of the same stem beside it (``--out cg/b1.safetensors``: ``cg/b1.json``; settings, w, loss history).
+Writes the fine-tuned checkpoint (float16, like the shipped VAEs) and a JSON of the same stem beside it
+(``--out cg/b1.safetensors``: ``cg/b1.json``; settings, w, loss history).
 Score it beside the original with ``codec_quality.py``:
 
     python benchmarks/vae_class_guidance.py --codec vae-cifar10 --train npz:../shared/data/cifar10/train-5k.npz \\
@@ -70,7 +71,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--codec", required=True, help="the VAE to fine-tune: a hub name or a .safetensors path")
     ap.add_argument("--train", required=True, help="data spec of the training images (the guide's too)")
-    ap.add_argument("--out", required=True, help="the fine-tuned checkpoint (.safetensors); a .json of the same stem beside it")
+    ap.add_argument("--out", required=True,
+                    help="the fine-tuned checkpoint (.safetensors); a .json of the same stem beside it")
     ap.add_argument("--term", choices=["logits", "features"], default="logits")
     ap.add_argument("--balance", type=option(check_number, float), default=1.0,
                     help="the guide term's gradient on the decoder, as a multiple of the ELBO's (0: no term)")

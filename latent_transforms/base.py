@@ -88,7 +88,8 @@ class LatentTransform(SampleStats, nn.Module):
           ``t(x, y, model, params=t.last_params)`` applies the same draws again (to another view of the same batch,
           say) without drawing: the same output for a method whose result depends on its draws and inputs alone.
           Replayed draws are checked (rows, trailing shape, dtype, device; those of ``index_params`` as indices in
-          ``[0, N)``), and so is ``batch_size`` where given (a tensor or an int). (ISDA, which changes neither x nor y, has neither.)
+          ``[0, N)``), and so is ``batch_size`` where given (a tensor or an int). ISDA, which changes neither x nor
+          y, has neither.
 
     Subclasses set ``needs_model``/``mixes_labels`` (``needs_labels`` follows ``mixes_labels``; override it with a
     class attribute or a property) and implement ``make_params(n, generator, device)``, every random draw for

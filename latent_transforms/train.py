@@ -688,7 +688,8 @@ def _report(run: _TrainingRun, stored: Codec, *, name: str, ckpt: Path, sha: str
             ema_decay: float | None, metrics: dict[str, float], eval_on: str, test_set: bool,
             compiled: bool) -> dict:
     """The JSON report of a finished run: file, config, training settings and history, metrics (``evaluated_on``
-    says on what), and a ready-made registry entry (quality ``test_*`` with a test set, ``train_*`` without). ``compiled``: whether the last call compiled the loss."""
+    says on what), and a ready-made registry entry (quality ``test_*`` with a test set, ``train_*`` without).
+    ``compiled``: whether the last call compiled the loss."""
     n, info, step = x_train.shape[0], run.info, run.info["step"]
     if data_description is None:
         data_description = f"{n} images of shape {tuple(x_train.shape[1:])}"
@@ -741,7 +742,8 @@ def _report(run: _TrainingRun, stored: Codec, *, name: str, ckpt: Path, sha: str
 
 
 def _say_written(say, report: dict, ckpt: Path, js: Path, png: Path, metrics: dict[str, float]) -> None:
-    """Tell where the final files went, the metrics (on the test set, or on training images without one), and how to load the codec and register it by name."""
+    """Tell where the final files went, the metrics (on the test set, or on training images without one), and how to
+    load the codec and register it by name."""
     import shlex
 
     name, size = report["name"], report["size"]

@@ -44,7 +44,8 @@ class VarMixup(CodecTransform):
         cache: a :class:`~latent_transforms.LatentCache` (posterior means) to look latents up with ``index=``
             (not with ``posterior="sample"``).
         p: probability, per sample, of being replaced by a mix (default 0.25, see above; 1.0 mixes every sample
-            (the paper's share is not known) and suits a VAE whose decodes keep the class; see :class:`~latent_transforms.LatentTransform`).
+            (the paper's share is not known) and suits a VAE whose decodes keep the class; see
+            :class:`~latent_transforms.LatentTransform`).
         generator: ``None``, an ``int`` seed or a ``torch.Generator`` (see :class:`~latent_transforms.LatentTransform`).
         num_classes: needed for class-index labels.
 
