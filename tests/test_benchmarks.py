@@ -1127,7 +1127,7 @@ def test_calibrate_eps_trains_without_its_validation_images_and_scores_the_pertu
         return torch.eye(10)[(xb.flatten(1).sum(1) == 0).long()]
 
     monkeypatch.setattr(cal, "load_images", lambda spec, split: (x, y, None))
-    monkeypatch.setattr(cal, "hub", SimpleNamespace(load=lambda name: None))
+    monkeypatch.setattr(cal, "hub", SimpleNamespace(load=lambda name: SimpleNamespace(check_images=lambda x, what: None)))
     monkeypatch.setattr(cal, "fit_classifier", lambda model, xt, yt, **k: seen.setdefault("train", xt))
     monkeypatch.setattr(cal, "predict_proba", predict)
     monkeypatch.setattr(cal, "LatentNoise", Blackout)
@@ -1151,7 +1151,8 @@ def test_codec_quality_scores_reconstructions_and_counts_either_source_class_of_
     # a mix named as the class of its second source counts as naming a source
     monkeypatch.setattr(cq, "predict_proba", lambda model, xb: torch.eye(10)[y.roll(1, 0)])
     codec = SimpleNamespace(encode_flat=lambda xb: xb.flatten(1), decode_flat=lambda z: z.view(-1, 1, 8, 8),
-                            reconstruct=lambda xb: torch.zeros_like(xb), kind="vae")
+                            reconstruct=lambda xb: torch.zeros_like(xb), kind="vae",
+                            check_images=lambda xb, what: None)
     x = torch.rand(20, 1, 8, 8) + 0.1
     assert cq.mixes_name_a_source(codec, None, x, y) == 1.0
     # main: the classifier is scored on the codec's reconstructions (all black here: class 1), not the originals
