@@ -27,7 +27,7 @@ from latent_transforms.evaluation import accuracy, fit_classifier, predict_proba
 from latent_transforms.train import eval_codec
 from latent_transforms.visualize import save_rows
 
-from models import CifarResNet18, check_output_folder, run_script, write_json
+from models import CifarResNet18, check_output_folder, first_paragraph, run_script, write_json
 
 
 BATCH = 500  # images per codec call
@@ -105,7 +105,7 @@ def noised(codec, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    ap = argparse.ArgumentParser(description=first_paragraph(__doc__))
     ap.add_argument("--codec", required=True, nargs="+", help="hub names or .safetensors paths, scored by one classifier")
     ap.add_argument("--train", required=True, help="data spec of the classifier's training images")
     ap.add_argument("--test", required=True)

@@ -32,6 +32,11 @@ def run_script(main) -> None:
         raise SystemExit(130) from None
 
 
+def first_paragraph(doc: str) -> str:
+    """A script docstring's first paragraph on one line: its ``--help`` description."""
+    return " ".join(doc.split("\n\n")[0].split())
+
+
 def check_output_folder(path, option: str = "--out") -> Path:
     """``path`` as a folder to write into, checked before any work: ``ValueError`` if it or a parent is a file
     (it failed after the training it was to hold)."""

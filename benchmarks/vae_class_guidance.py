@@ -35,7 +35,7 @@ from latent_transforms.train import total_norm
 from latent_transforms.validation import POSITIVE_FLOAT, POSITIVE_INT, check_number, option
 
 from codec_quality import clean_classifier
-from models import check_output_folder, run_script, write_json
+from models import check_output_folder, first_paragraph, run_script, write_json
 
 GUIDE_SEED = 1  # codec_quality.py's scorer is seed 0
 
@@ -68,7 +68,7 @@ def gradient_norm(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tenso
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    ap = argparse.ArgumentParser(description=first_paragraph(__doc__))
     ap.add_argument("--codec", required=True, help="the VAE to fine-tune: a hub name or a .safetensors path")
     ap.add_argument("--train", required=True, help="data spec of the training images (the guide's too)")
     ap.add_argument("--out", required=True,

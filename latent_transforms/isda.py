@@ -417,10 +417,10 @@ class ISDA(_ISDAState, LatentTransform):
         if self.p < 1.0:
             mask = self._draw_selection(batch, self._rng.get(x.device), x.device)
             lam, chosen = lam * mask.float(), mask.sum()
-        pending = _disarm(layer)
+        label, pending = _layer_label(name, layer), _disarm(layer)
         if pending is not None:
-            warnings.warn(_never_fired(_layer_label(name, layer), model), stacklevel=4)  # the call's line
-        hook = _ArmedHook(self, _layer_label(name, layer), y, lam, chosen.to(torch.int64))
+            warnings.warn(_never_fired(label, model), stacklevel=4)  # the call's line
+        hook = _ArmedHook(self, label, y, lam, chosen.to(torch.int64))
         _ARMED[layer] = (layer.register_forward_hook(hook), hook)
         self._count_untouched(x.device, batch)
         return x, y
