@@ -12,7 +12,6 @@ is the point, and the rejection rate must stay near zero.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -24,13 +23,13 @@ from latent_transforms.validation import POSITIVE_INT, check_number, option
 from latent_transforms.evaluation import accuracy, fit_classifier, predict_proba
 from latent_transforms.visualize import save_rows
 
-from models import CifarResNet18, check_output_folder, run_script
+from models import CifarResNet18, check_output_folder, first_paragraph, output_stem, run_script, write_json
 
 EPS = option(check_number, float)  # eps >= 0, the transforms' rule, checked before the classifier trains
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=first_paragraph(__doc__))
     ap.add_argument("--codec", required=True)
     ap.add_argument("--data", required=True, help="training images (data spec); the validation split comes from them")
     ap.add_argument("--val-fraction", type=option(check_number, float, high=1, low_open=True, high_open=True), default=0.1)
@@ -67,9 +66,11 @@ def main() -> None:
         print(rows[-1], flush=True)
     dest = Path(args.out)
     dest.mkdir(parents=True, exist_ok=True)
-    name = Path(args.codec).stem
+    name = output_stem(args.codec)
     save_rows(pictures, dest / f"{name}-eps.png")
-    (dest / f"{name}-eps.json").write_text(json.dumps({"clean_val_accuracy": clean, "rows": rows}, indent=2))
+    write_json(dest / f"{name}-eps.json", {"clean_val_accuracy": clean, "rows": rows, "settings": {
+        "codec": args.codec, "data": args.data, "val_fraction": args.val_fraction, "val_images": len(xv),
+        "epochs": args.epochs, "width": args.width}})
     print(f"\n{args.codec} on {len(xv)} validation images of {args.data} (clean accuracy {100 * clean:.1f}%)\n")
     print("| method | eps | rejected | mean abs pixel change | clean classifier's accuracy on perturbed |")
     print("|---|---|---|---|---|")

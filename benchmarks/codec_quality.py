@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from latent_transforms import LatentNoise, hub
 from latent_transforms.data import load_images
@@ -27,7 +28,7 @@ from latent_transforms.evaluation import accuracy, fit_classifier, predict_proba
 from latent_transforms.train import eval_codec
 from latent_transforms.visualize import save_rows
 
-from models import CifarResNet18, check_output_folder, first_paragraph, run_script, write_json
+from models import CifarResNet18, check_output_folder, first_paragraph, output_stem, run_script, write_json
 
 
 BATCH = 500  # images per codec call
@@ -47,7 +48,14 @@ def clean_classifier(args: argparse.Namespace, x_train: torch.Tensor, y_train: t
         settings.update(seed=str(seed), crop_flip=str(crop_flip))
     path = args.classifier and Path(args.classifier)
     if path and path.exists():
-        saved, tensors = hub.read_safetensors(path)
+        try:
+            saved, tensors = hub.read_safetensors(path)
+        except SafetensorError as e:
+            raise ValueError(f"{flag} {path}: not a readable safetensors file ({e}); give another file (it is "
+                             f"written on the first run)") from None
+        if "train" not in saved:
+            raise ValueError(f"{flag} {path}: a safetensors file but not a classifier written by this script (its "
+                             f"metadata has no 'train'); give another file (it is written on the first run)")
         if saved != settings:
             raise SystemExit(f"{flag} {path} was trained with {saved}; this run asks for {settings}: give "
                              f"another file (it is written on the first run) or the same settings")
@@ -117,8 +125,11 @@ def main() -> None:
     ap.add_argument("--out", default="runs/codec-quality")
     ap.add_argument("--classifier", metavar="FILE", help="the clean classifier's .safetensors: loaded if it exists "
                     "(trained with the same --train, --width and --epochs), else trained and written there")
+    ap.add_argument("--threads", type=POSITIVE_INT, help="CPU threads for torch (default: torch's)")
     args = ap.parse_args()
     check_output_folder(args.out)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     codecs = {spec: hub.load(spec) for spec in args.codec}  # an unknown name fails now, not after the classifier
     x_train, y_train, _ = load_images(args.train, "train")
@@ -130,6 +141,8 @@ def main() -> None:
         except ValueError as e:
             raise ValueError(f"--codec {spec}: {e}") from None
     model = clean_classifier(args, x_train, y_train)
+    settings = {"train": args.train, "test": args.test, "test_images": len(x_test),
+                "epochs": args.epochs, "width": args.width, "classifier": args.classifier}
     clean = accuracy(predict_proba(model, x_test), y_test)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -149,12 +162,11 @@ def main() -> None:
                 quality["classifier_on_latent_noise"][f"{eps:g}"] = {
                     "accuracy": round(accuracy(predict_proba(model, xn), y_test), 4),
                     "mean_abs_change": round(float((xn - x_test).abs().mean()), 4)}
-        path = Path(spec)  # a file is named with its folder: candidates often share a file name
-        name = f"{path.parent.name}-{path.stem}" if path.is_file() else spec
+        name = output_stem(spec)
         rows = {"original": x_test[:10], "reconstruction": recon[:10],
                 **interpolations(codec, x_test[10:13], x_test[13:16])}
         save_rows(rows, out / f"{name}-quality.png")
-        write_json(out / f"{name}-quality.json", quality)
+        write_json(out / f"{name}-quality.json", {**quality, "settings": {"codec": spec, **settings}})
         print(json.dumps({"codec": spec, "test_images": len(x_test), **quality}, indent=2))
         print(f"picture: {out / f'{name}-quality.png'}")
         level = f"{quality['mse']:.3g}" if "mse" in quality else f"{quality['bits_per_dim']:.3f} bits/dim"

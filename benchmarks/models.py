@@ -56,6 +56,13 @@ def load_codec(kind: str, name: str, device: torch.device):
     return codec
 
 
+def output_stem(spec: str) -> str:
+    """The stem of a codec's output files: a hub name as given, a checkpoint file with its folder
+    (``runs/b3/vae.safetensors`` -> ``b3-vae``): candidates often share a file name."""
+    path = Path(spec)
+    return f"{path.parent.name}-{path.stem}" if path.is_file() else spec
+
+
 def write_json(path: Path, obj: dict) -> None:
     """Write ``obj`` to a temporary file beside ``path``, then rename it over ``path``: a killed script never leaves
     half a file."""

@@ -16,6 +16,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import latent_transforms
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
 TIMEOUT_S = 170
@@ -1142,6 +1144,17 @@ def test_calibrate_eps_trains_without_its_validation_images_and_scores_the_pertu
     assert not any(torch.equal(v, t) for v in val for t in train)  # no validation image trained on
     out = json.loads((tmp_path / "c-eps.json").read_text())
     assert out["clean_val_accuracy"] == 1.0 and [r["accuracy_on_perturbed"] for r in out["rows"]] == [0.0, 0.0]
+    assert out["settings"] == {"codec": "c", "data": "d", "val_fraction": 0.1, "val_images": 5, "epochs": 20,
+                               "width": 16}  # what the figures were measured with
+    # two candidates that share a file name are written under their folders' names, not over each other
+    for folder in ("b1", "b2"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "glow.safetensors").write_bytes(b"")
+        monkeypatch.setattr(sys, "argv", ["calibrate_eps.py", "--codec", str(tmp_path / folder / "glow.safetensors"),
+                                          "--data", "d", "--noise-eps", "5", "--adv-eps", "1", "--out", str(tmp_path),
+                                          "--threads", str(torch.get_num_threads())])
+        cal.main()
+    assert (tmp_path / "b1-glow-eps.json").is_file() and (tmp_path / "b2-glow-eps.json").is_file()
 
 
 def test_codec_quality_scores_reconstructions_and_counts_either_source_class_of_a_mix(tmp_path, monkeypatch):
@@ -1168,6 +1181,8 @@ def test_codec_quality_scores_reconstructions_and_counts_either_source_class_of_
     q = json.loads((tmp_path / "stub-quality.json").read_text())
     assert q["classifier_clean_accuracy"] == 1.0 and q["classifier_on_reconstructions"] == 0.0
     assert q["mse"] == 0.005144  # 4 significant digits: rounded to 4 decimals it was 0.0051
+    assert q["settings"] == {"codec": "stub", "train": "t", "test": "t", "test_images": 20, "epochs": 30,
+                             "width": 32, "classifier": None}  # what the figures were measured with
 
 
 def test_codec_quality_keeps_its_clean_classifier_for_later_runs(tmp_path, monkeypatch):
@@ -1195,6 +1210,14 @@ def test_codec_quality_keeps_its_clean_classifier_for_later_runs(tmp_path, monke
         cq.clean_classifier(argparse.Namespace(**{**vars(args), "epochs": 4}), x, y)
     cq.clean_classifier(argparse.Namespace(**{**vars(args), "classifier": None}), x, y)
     assert len(fits) == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["clf.safetensors"]
+    # a file that is no safetensors, or another program's, is named as such (it was a traceback / a dict dump)
+    (tmp_path / "junk.safetensors").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match=r"^--classifier .*junk.safetensors: not a readable safetensors file"):
+        cq.clean_classifier(argparse.Namespace(**{**vars(args), "classifier": str(tmp_path / "junk.safetensors")}),
+                            x, y)
+    codec_file = Path(latent_transforms.__file__).parent / "checkpoints" / "glow-digits.safetensors"
+    with pytest.raises(ValueError, match=r"a safetensors file but not a classifier written by this script"):
+        cq.clean_classifier(argparse.Namespace(**{**vars(args), "classifier": str(codec_file)}), x, y)
 
 
 def test_codec_quality_classifier_file_records_a_seed_and_crops_and_its_folder_is_made_first(tmp_path, monkeypatch):
