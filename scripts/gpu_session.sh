@@ -74,6 +74,7 @@ ACC_OUT="$OUT/accuracy"
 mkdir -p "$ACC_OUT"
 ACC_OUT=$(cd "$ACC_OUT" && pwd)
 shards=$(mktemp -d)  # outside $OUT: at most 8 files come back, so the shards travel as one tar
+chmod "$(umask -S)" "$shards"  # mktemp's 0700 travels as the tar's "./": unpacking made runs/accuracy private
 pack() {  # every shard's folder into $ACC_OUT/shards.tar, replaced whole: a call cut short returns the last one
     local rc=0  # GNU tar exits 1 when a file (a growing log) changed while read: the archive is still whole
     tar -C "$shards" -cf "$ACC_OUT/shards.tar.part" . 2> /dev/null || rc=$?

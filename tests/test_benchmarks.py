@@ -103,10 +103,14 @@ def test_gpu_session_script_exits_1_when_a_step_failed(tmp_path):
     bad.mkdir(parents=True)
     (bad / "results.json").write_text("not json")  # an earlier shard every new shard reads (--done): it fails
     env = _gpu_session_env(tmp_path, ARMS="baseline", JOBS="1", SKIP_THROUGHPUT="1")
-    proc = subprocess.run(["bash", str(GPU_SESSION)], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=TIMEOUT_S)
+    proc = subprocess.run(["bash", "-c", f"umask 022 && exec bash {GPU_SESSION}"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT_S)
     assert proc.returncode == 1 and "accuracy.py shard 0/1 exit" in proc.stdout, proc.stdout[-3000:]
     assert "a step failed (above)" in proc.stdout
+    import tarfile
+
+    with tarfile.open(tmp_path / "out" / "accuracy" / "shards.tar") as tar:  # its "./" sets the mode of the folder
+        assert tar.getmember(".").mode == 0o755  # it is unpacked into: it was mktemp's 0700
 
 
 @pytest.mark.slow
