@@ -35,7 +35,9 @@ class Codec(nn.Module):
     ``encode(x: (B, C, H, W) float in [0, 1]) -> list of (B, *shape)`` latents whose prior is N(0, I),
     so a perturbation of a given size means the same thing at every level; ``decode`` maps back and may
     leave [0, 1] slightly (callers clip). Both run in the codec's dtype (fp32) with TF32 and autocast off and
-    return that dtype. ``loss(x)`` is the training objective (bits/dim for flows, negative ELBO per image for VAEs).
+    return that dtype. ``loss(x)`` is the training objective (bits/dim for flows, negative ELBO per image for VAEs);
+    it, a flow's ``log_prob`` and a VAE's ``posterior``/``elbo_terms`` run under the caller's autocast and TF32
+    settings (so a codec can be trained in mixed precision): evaluate them outside ``torch.autocast``.
     A frozen codec (``freeze()``, as every hub checkpoint is) stays in eval mode, has no trainable
     parameters and updates no statistics; ``compile_fast_path()`` optionally runs it through ``torch.compile``.
     """
