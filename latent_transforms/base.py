@@ -14,9 +14,15 @@ from .validation import (WrongTypeError, check_batch, check_count, check_model, 
 
 # A decoded sample further than this outside [0, 1] (before clipping) is implausible and is rejected.
 MAX_OVERSHOOT = 0.5
-# Set on a ValueError raised inside a transform's ``transform`` (its model's or codec's own error, not a check of what
-# it was given): a Compose passes it on without naming the previous step.
-RAISED_IN_TRANSFORM = "_latent_transforms_raised_in_transform"
+# Set on a ValueError that is not about the batch a transform was given (its model's or codec's own error, raised in
+# ``transform``, or a setting the transform lacks): a Compose passes it on without naming the previous step.
+NOT_ABOUT_THE_BATCH = "_latent_transforms_not_about_the_batch"
+
+
+def not_about_the_batch(e: ValueError) -> ValueError:
+    """``e``, marked as not caused by the batch (a Compose then does not blame the step that made it)."""
+    setattr(e, NOT_ABOUT_THE_BATCH, True)
+    return e
 
 
 def keep_plausible(decoded: torch.Tensor, fallback: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -247,7 +253,8 @@ class LatentTransform(SampleStats, nn.Module):
         self._check_call(x, y, model, index)
         k = None if y is None else num_classes_of(y, self.num_classes)
         if self.mixes_labels and k is None:
-            raise ValueError(f"{type(self).__name__} mixes labels: pass num_classes=... or (B, K) soft labels")
+            raise not_about_the_batch(ValueError(f"{type(self).__name__} mixes labels: pass num_classes=... or (B, K) "
+                                                 f"soft labels"))
         self.check_inputs(x, model, index)
         if not self.training:
             return x, y
@@ -279,7 +286,7 @@ class LatentTransform(SampleStats, nn.Module):
         except BaseException as e:  # a failed call leaves the last successful call's params
             self.last_params = previous
             if isinstance(e, ValueError):
-                setattr(e, RAISED_IN_TRANSFORM, True)
+                not_about_the_batch(e)
             raise
         x2, ok = keep_plausible(x2, xs)
         x2 = x2.to(x.dtype)
@@ -288,16 +295,22 @@ class LatentTransform(SampleStats, nn.Module):
         self._count(x.device, batch, ok.sum(), (~ok).sum())
 
         if selected is None:
-            return _in_layout_of(x, x2), y2
+            return _like(x, x2), y2
         x_out = x.index_copy(0, selected, x2)
         if self.mixes_labels:
             y_out = y_out.index_copy(0, selected, y2.to(y_out.dtype))
-        return _in_layout_of(x, x_out), y_out
+        return _like(x, x_out), y_out
 
 
-def _in_layout_of(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``out`` in ``x``'s memory format when that is channels_last (a channels_last training loop stays one)."""
+def _like(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out`` in ``x``'s memory format when that is channels_last (a channels_last training loop stays one), and of
+    ``x``'s torchvision type (a ``tv_tensors.Image`` in, an ``Image`` out, as torchvision's own transforms do)."""
     if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return out.contiguous(memory_format=torch.channels_last)
+        out = out.contiguous(memory_format=torch.channels_last)
+    if type(x) is not torch.Tensor and type(out) is torch.Tensor:
+        from torchvision import tv_tensors  # not at import: the package itself does not need torchvision
+
+        if isinstance(x, tv_tensors.TVTensor):
+            out = tv_tensors.wrap(out, like=x)
     return out
 

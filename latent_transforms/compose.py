@@ -6,7 +6,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from .base import RAISED_IN_TRANSFORM, LatentTransform
+from .base import LatentTransform, NOT_ABOUT_THE_BATCH, not_about_the_batch
 from .isda import ISDA
 from .labels import to_soft
 from .validation import WrongTypeError, check_batch, check_count, check_model_slot
@@ -40,14 +40,28 @@ def _is_kornia(t: object) -> bool:
 
 
 def _takes_floats_only(t: object) -> bool:
-    """Whether a step refuses uint8 images (a torchvision v2 transform or a callable may take them)."""
-    return isinstance(t, LatentTransform) or _is_kornia(t)
+    """Whether a step refuses uint8 images (a torchvision v2 transform but MixUp, or a callable, may take them)."""
+    return isinstance(t, LatentTransform) or _is_kornia(t) or _has_mixup(t)
 
 
 def _is_torchvision_v2(t: object) -> bool:
     from torchvision.transforms.v2 import Transform
 
     return isinstance(t, Transform)
+
+
+def _is_conversion(t: object) -> bool:
+    """A torchvision v2 dtype conversion (``ToDtype``, ``ConvertImageDtype``, ``ToPureTensor``): run in eval() mode."""
+    from torchvision.transforms.v2 import ConvertImageDtype, ToDtype, ToPureTensor
+
+    return isinstance(t, (ToDtype, ConvertImageDtype, ToPureTensor))
+
+
+def _has_mixup(t: object) -> bool:
+    """Whether a step is, or holds, torchvision's MixUp (it takes float images only; CutMix takes uint8 too)."""
+    from torchvision.transforms.v2 import MixUp
+
+    return any(isinstance(p, MixUp) for p in _parts(t))
 
 
 def _is_kornia_container(t: object) -> bool:
@@ -110,9 +124,15 @@ def _refuse_held_by_container(t: object, i: int) -> None:
                          f"{' (its p= sets how often it applies)' if isinstance(p, LatentTransform) else ''}")
 
 
+_CUTMIX_NUM_MIX = "{name} with num_mix={num_mix}: overlapping boxes make its labels ambiguous; Compose supports num_mix=1"
+
+
 def _check_kornia_mix_step(steps: list, i: int, mixing: list[int], num_classes: int | None) -> None:
     """A kornia mix at step ``i`` takes class indices and makes them soft: it needs ``num_classes`` and must come
     before every other label-mixing step (``mixing``: their positions)."""
+    num_mix = getattr(getattr(steps[i], "_param_generator", None), "num_mix", 1)  # kornia's RandomCutMixV2
+    if num_mix != 1:
+        raise ValueError(_CUTMIX_NUM_MIX.format(name=_name(steps[i]), num_mix=num_mix))
     if num_classes is None:
         raise ValueError(f"Compose(..., num_classes=...) is needed to turn {_name(steps[i])}'s labels (step {i}) soft")
     if mixing[0] < i:
@@ -130,8 +150,7 @@ def _checked(step: nn.Module, i: int, out: object, pair: bool):
         got = f"a {type(out).__name__} of {len(out)}" if isinstance(out, (tuple, list)) else type(out).__name__
         e = WrongTypeError(f"{_name(step)} at step {i} returned {got}, not {'(images, labels)' if pair else 'images'}: a "
                            f"latent transform inside a container of one's own? make it a step of this Compose")
-        setattr(e, RAISED_IN_TRANSFORM, True)  # the step's own output, not the previous step's: no 'on the output of'
-        raise e
+        raise not_about_the_batch(e)  # the step's own output, not the previous step's: no 'on the output of'
     return out
 
 
@@ -174,13 +193,16 @@ class Compose(nn.Module):
     - another ``Compose``: called as ``t(x, y, model)``;
     - any callable ``x -> x``.
 
-    Labels stay class indices until a step mixes them; from there on they are soft ``(B, K)``. ``y=None`` (an
-    unlabelled batch) goes through as ``None`` when no step needs labels (``x2, _ = Compose([...])(x)``).
-    In ``eval()`` mode the whole chain is the identity.
+    Labels stay class indices until a step mixes them; from there on they are soft ``(B, K)`` (made soft with this
+    Compose's ``num_classes`` before a label mix that was given none). ``y=None`` (an unlabelled batch) goes through
+    as ``None`` when no step needs labels (``x2, _ = Compose([...])(x)``).
+    In ``eval()`` mode the chain is the identity but for its dtype conversions (``v2.ToDtype``,
+    ``v2.ConvertImageDtype``, ``v2.ToPureTensor``), which run, so a validation loader's ``uint8`` images come out as
+    in training.
 
     ``x: (B, C, H, W)`` float in [0, 1], or ``uint8`` when the first step is a torchvision v2 transform or a callable
-    (``v2.ToDtype(torch.float32, scale=True)`` before the first latent or kornia step converts it; in ``eval()`` mode,
-    where nothing runs, ``uint8`` is refused).
+    (``v2.ToDtype(torch.float32, scale=True)`` before the first latent, kornia or MixUp step converts it; ``uint8``
+    that no conversion step converts is refused in ``eval()`` mode).
     ``index: (B,)`` dataset positions (for a :class:`~latent_transforms.LatentCache`) go to the first step only,
     which must then be a :class:`LatentTransform`: later steps see images the cache does not hold.
 
@@ -239,6 +261,13 @@ class Compose(nn.Module):
             _check_kornia_mix_step(steps, i, mixing, num_classes)
         self.steps = nn.ModuleList(steps)
         self.num_classes = num_classes
+        # label mixes that do not know the classes (VarMixup(), v2.MixUp() without num_classes) get class-index
+        # labels made soft with this Compose's; a kornia mix takes class indices (Compose turns its labels soft)
+        self._soften_before = frozenset(
+            i for i in mixing if num_classes is not None and not _is_kornia_mix(steps[i])
+            and any(_is_label_mix(p) and getattr(p, "num_classes", None) is None for p in _parts(steps[i])))
+        # what runs in eval() mode: the dtype conversions (a validation loader's uint8 images come out as in training)
+        self._conversions = [t for t in steps if _is_conversion(t)]
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -270,15 +299,20 @@ class Compose(nn.Module):
             raise ValueError(f"index= goes to the first step, which must be a LatentTransform with a latent "
                              f"cache; the first step is {type(first).__name__ if self.steps else 'nothing'}")
         if not self.training:
+            for step in self._conversions:
+                x = step(x)
             if x.dtype == torch.uint8:  # the identity would hand uint8 to a model that expects floats
-                raise ValueError("Compose in eval() mode is the identity and would return these uint8 images "
-                                 "unconverted; convert them (x.float() / 255) before it, or call it in train() mode")
+                raise ValueError("Compose in eval() mode runs only its dtype conversions (v2.ToDtype), and has none "
+                                 "that converts these uint8 images; put v2.ToDtype(torch.float32, scale=True) in it, "
+                                 "convert them (x.float() / 255) before it, or call it in train() mode")
             return x, y
         for i, step in enumerate(self.steps):
+            if i in self._soften_before and y is not None and y.ndim == 1:
+                y = to_soft(y, self.num_classes)
             try:
                 x, y = self._run_step(step, i, x, y, model, index if i == 0 else None)
             except ValueError as e:  # a step refused what the previous step made: say which step
-                if i > 0 and e.args and not getattr(e, RAISED_IN_TRANSFORM, False):  # a model's or codec's own error
+                if i > 0 and e.args and not getattr(e, NOT_ABOUT_THE_BATCH, False):  # e.g. a model's own error
                     hint = "" if x.is_floating_point() or not _takes_floats_only(step) else \
                         "; in a Compose, put v2.ToDtype(torch.float32, scale=True) before this step"
                     e.args = (f"Compose step {i} ({_name(step)}), on the output of step {i - 1} "
@@ -303,14 +337,16 @@ class Compose(nn.Module):
             k = self.num_classes  # given: checked when built
             x2, out = step(x, y, data_keys=["input", "class"])
             if out.ndim == 3:  # RandomCutMixV2: (num_mix, B, 3)
-                if out.shape[0] != 1:
-                    raise ValueError(f"{type(step).__name__} with num_mix={out.shape[0]}: overlapping boxes make its "
-                                     f"labels ambiguous; Compose supports num_mix=1")
+                if out.shape[0] != 1:  # num_mix changed since the Compose was built
+                    raise not_about_the_batch(ValueError(_CUTMIX_NUM_MIX.format(name=_name(step),
+                                                                                 num_mix=out.shape[0])))
                 out = out[0]
             a, b, lam = out[:, 0].long(), out[:, 1].long(), out[:, 2:3].float()
             if getattr(step, "use_correct_lambda", False):  # CutMix's paper convention: lam weighs the sample's own label
                 lam = 1 - lam
             return x2, (1 - lam) * to_soft(a, k) + lam * to_soft(b, k)
+        if not x.is_floating_point() and _has_mixup(step):  # torchvision's own error named no step and no fix
+            raise ValueError(f"x must be a float tensor for MixUp (it blends pixel values), got dtype {x.dtype}")
         if _is_torchvision_v2(step) and y is not None:
             return _checked(step, i, step(x, y), pair=True)
         if _is_torchvision_v2(step) and any(isinstance(p, LatentTransform) for p in _parts(step)):

@@ -32,7 +32,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LatentTransform
+from .base import LatentTransform, not_about_the_batch
 from .feature_covariance import COVARIANCES, FeatureCovariance, check_sync
 from .modelutils import unwrap
 from .validation import (WrongTypeError, bad_option, check_choice, check_count, check_labels, check_number,
@@ -404,13 +404,18 @@ class ISDA(_ISDAState, LatentTransform):
         if not self.training:
             return x, y
         if isinstance(model, nn.DataParallel):
-            raise ValueError("ISDA does not support nn.DataParallel (its replicas would each see part of the batch "
-                             "that the labels were given for): use DistributedDataParallel")
+            raise not_about_the_batch(ValueError(
+                "ISDA does not support nn.DataParallel (its replicas would each see part of the batch that the labels "
+                "were given for): use DistributedDataParallel"))
         batch = x.shape[0]
         if not model.training:
             self._count_untouched(x.device, batch)
             return x, y
-        name, layer = self.find_layer(model)
+        try:
+            name, layer = self.find_layer(model)
+        except ValueError as e:  # about the model, not the batch
+            not_about_the_batch(e)
+            raise
         self._warn_if_unscheduled(stacklevel=4)  # the line of the call, past nn.Module
         lam: float | torch.Tensor = self.lam
         chosen = torch.full((), batch, dtype=torch.int64, device=x.device)  # torch.tensor(...) would be a sync

@@ -169,6 +169,20 @@ def test_channels_last_in_channels_last_out(make, p):
     assert torch.equal(out, ref) and torch.equal(y_out, y_ref) and ref.is_contiguous()
 
 
+@pytest.mark.parametrize("make", [lambda p: AddNoise(p=p, generator=0), lambda p: Mix(p=p, generator=0, num_classes=5)])
+def test_a_torchvision_image_comes_back_an_image_whichever_samples_are_drawn(make):
+    from torchvision import tv_tensors
+
+    x, y = _batch((6, 3, 5, 5), False, 0)
+    for p in (0.0, 0.5, 1.0):  # was an Image when no sample was drawn (a copy), a plain tensor otherwise
+        t = make(p)
+        out, _ = t(tv_tensors.Image(x), y)
+        assert type(out) is tv_tensors.Image, p
+        assert torch.equal(out.as_subclass(torch.Tensor), make(p)(x, y)[0]), p
+        assert type(t.eval()(tv_tensors.Image(x), y)[0]) is tv_tensors.Image
+    assert type(make(1.0)(x, y)[0]) is torch.Tensor  # a plain tensor stays one
+
+
 def test_non_finite_and_implausible_outputs_are_rejected_and_counted():
     x, y = _batch((5, 1, 3, 3), False, 0)
     t = Explode(generator=0)

@@ -72,8 +72,8 @@ def test_kornia_cutmix_soft_labels_are_the_pasted_areas(correct_lambda):
     shares = torch.nn.functional.one_hot(x2[:, 0].mul(7).round().long().flatten(1), 8).float().mean(1)
     assert (shares.max(1).values < 1).any()  # some boxes were pasted
     assert torch.allclose(y2, shares, atol=1e-6)
-    with pytest.raises(ValueError, match="num_mix=2"):
-        Compose([K.RandomCutMixV2(num_mix=2, p=1.0)], num_classes=8)(x, torch.arange(8))
+    with pytest.raises(ValueError, match="^RandomCutMixV2 with num_mix=2: overlapping boxes"):
+        Compose([K.RandomHorizontalFlip(), K.RandomCutMixV2(num_mix=2, p=1.0)], num_classes=8)  # when built (was at a call)
 
 
 @pytest.mark.parametrize("mixer", [lambda: VarMixup(tiny_vae(shape=(3, 16, 16)), num_classes=10, generator=0),
@@ -158,12 +158,18 @@ def test_a_pixel_first_step_still_gets_checked_images(rgb):
         Compose([T.ToDtype(torch.float32, scale=True)])((x * 255).long(), y)
 
 
-def test_eval_mode_refuses_uint8_it_would_return_unconverted(rgb):
+def test_eval_mode_runs_only_the_dtype_conversions_and_refuses_uint8_it_would_return_unconverted(rgb, rgb_glow):
     x, y = rgb
-    c = Compose([T.RandomHorizontalFlip(), T.ToDtype(torch.float32, scale=True)]).eval()
-    with pytest.raises(ValueError, match=r"eval\(\) mode is the identity .* uint8"):
-        c((x * 255).to(torch.uint8), y)
-    assert c(x, y)[0] is x
+    x8 = (x * 255).round().to(torch.uint8)
+    c = Compose([T.RandomHorizontalFlip(p=1.0), T.ToDtype(torch.float32, scale=True),
+                 LatentNoise(rgb_glow, generator=0)]).eval()
+    x2, y2 = c(x8, y)  # a validation loader's uint8 images: converted as in training, nothing else (it was refused)
+    assert x2.dtype == torch.float32 and torch.equal(x2, T.ToDtype(torch.float32, scale=True)(x8)) and y2 is y
+    assert c(x, y)[0] is x  # float32 in: no conversion needed, the very tensor back
+    c = Compose([T.RandomHorizontalFlip(), LatentNoise(rgb_glow, generator=0)]).eval()
+    with pytest.raises(ValueError, match=r"eval\(\) mode runs only its dtype conversions .* none that converts "
+                                         r"these uint8 images; put v2.ToDtype"):
+        c(x8, y)
 
 
 def test_a_nested_compose_runs_with_labels_and_model(rgb, rgb_glow):
@@ -444,3 +450,38 @@ def test_a_single_step_or_a_non_list_is_refused_naming_the_fix(rgb_glow):
     with pytest.raises(TypeError, match="got int at step 1"):
         Compose([T.RandomHorizontalFlip(), 3])
     assert len(Compose(iter([T.RandomHorizontalFlip()]))) == 1  # any iterable of steps
+
+
+@pytest.mark.parametrize("mixer", [lambda: VarMixup(tiny_vae(shape=(3, 16, 16)), p=1.0, generator=0),
+                                   lambda: T.MixUp(), lambda: T.RandomChoice([T.MixUp(), T.CutMix()])])
+def test_a_label_mix_without_num_classes_gets_labels_made_soft_with_the_composes(rgb, mixer):
+    x, y = rgb  # Compose(num_classes=10) was accepted, then its mix failed asking for num_classes
+    x2, y2 = Compose([T.RandomHorizontalFlip(), mixer()], num_classes=10)(x, y)
+    assert y2.shape == (6, 10) and y2.dtype == torch.float32 and torch.allclose(y2.sum(1), torch.ones(6))
+    soft = torch.nn.functional.one_hot(y, 10).float()
+    assert torch.equal(Compose([mixer()], num_classes=10)(x, soft)[1].sum(1), soft.sum(1))  # soft labels: as given
+
+
+def test_torchvision_mixup_refuses_uint8_naming_the_step_and_the_conversion(rgb):
+    x, y = rgb
+    x8 = (x * 255).round().to(torch.uint8)  # was torch's "result type Float can't be cast to ... Byte"
+    with pytest.raises(ValueError, match=r"^Compose step 1 \(MixUp\), on the output of step 0 \(RandomHorizontalFlip\): "
+                                         r"x must be a float tensor for MixUp .*uint8; in a Compose, put "
+                                         r"v2.ToDtype\(torch.float32, scale=True\) before this step$"):
+        Compose([T.RandomHorizontalFlip(), T.MixUp(num_classes=10)])(x8, y)
+    with pytest.raises(ValueError, match=r"^x must be a float tensor .* uint8"):  # a first MixUp: at entry
+        Compose([T.MixUp(num_classes=10), T.ToDtype(torch.float32, scale=True)])(x8, y)
+    x2, y2 = Compose([T.CutMix(num_classes=10), T.ToDtype(torch.float32, scale=True)])(x8, y)  # CutMix takes uint8
+    assert x2.dtype == torch.float32 and y2.shape == (6, 10)
+
+
+def test_a_steps_own_setting_or_model_error_does_not_blame_the_previous_step(rgb):
+    x, y = rgb
+    net = TinyNet(channels=3)
+    flip = T.RandomHorizontalFlip()
+    with pytest.raises(ValueError, match="^ISDA does not support nn.DataParallel"):  # "on the output of step 0" was
+        Compose([flip, ISDA(net.fc.in_features, 10)])(x, y, torch.nn.DataParallel(net))  # in front of it
+    with pytest.raises(ValueError, match="^TinyNet has no submodule 'head'"):
+        Compose([flip, ISDA(net.fc.in_features, 10, layer="head")])(x, y, net)
+    with pytest.raises(ValueError, match="^VarMixup mixes labels: pass num_classes"):
+        Compose([flip, VarMixup(tiny_vae(shape=(3, 16, 16)), generator=0)])(x, y)
