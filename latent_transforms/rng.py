@@ -83,7 +83,8 @@ class GeneratorSource:
 
     def get(self, device: torch.device) -> torch.Generator:
         if isinstance(self.spec, torch.Generator):
-            if torch.device(self.spec.device).type != device.type:
+            on = torch.device(self.spec.device)  # cuda:0's generator does not draw for cuda:1 data
+            if on.type != device.type or None not in (on.index, device.index) and on.index != device.index:
                 raise ValueError(
                     f"the generator is on {self.spec.device} but the data is on {device}; "
                     f"pass torch.Generator(device={str(device)!r}) or an int seed"

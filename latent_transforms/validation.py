@@ -137,7 +137,8 @@ def _image_form(x: torch.Tensor, name: str, allow_uint8: bool) -> bool:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim != 4:
-        raise ValueError(f"{name} must have shape (B, C, H, W), got {x.ndim} dims with shape {tuple(x.shape)}")
+        hint = f"; one image? {name}.unsqueeze(0) makes it a batch of one" if x.ndim == 3 else ""
+        raise ValueError(f"{name} must have shape (B, C, H, W), got {x.ndim} dims with shape {tuple(x.shape)}{hint}")
     if x.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)})")
     if x.numel() == 0:
