@@ -828,7 +828,11 @@ def fetch(name: str) -> Path:
     if shipped.is_file():
         if _verified(shipped, sha256):
             return shipped
-        notes.append(f"shipped {shipped} is corrupted (sha256 mismatch)")
+        if any(e["file"] == file and e["sha256"] != sha256 for e in _shipped_registry().values()):
+            notes.append(f"shipped {shipped} is another file than {name!r}'s entry names (the shipped registry gives "
+                         f"it another sha256: was {name!r} registered again, with overwrite=True?)")
+        else:
+            notes.append(f"shipped {shipped} is corrupted (sha256 mismatch)")
     looked = f"looked in {cached} and {shipped}" + (f"; {'; '.join(notes)}" if notes else "")
     if _offline():
         raise HubError(f"checkpoint {name!r} is not available offline (LATENT_TRANSFORMS_OFFLINE is set); {looked}")

@@ -169,7 +169,8 @@ def test_page_snippets_define_what_they_use(page):
 
 
 def test_training_page_gives_the_users_codec_its_own_name():
-    """A shipped checkpoint's name is refused by hub.register, and a file under its file name loads the shipped one."""
+    """A shipped checkpoint's name is refused by `latent-transforms register` and hub.register(persist=True), and a
+    file under its file name loads the shipped one."""
     from latent_transforms import hub
     from latent_transforms.data import describe_spec
     from latent_transforms.train import KINDS

@@ -1202,6 +1202,20 @@ def test_a_corrupted_shipped_file_is_not_used(env, monkeypatch):
     assert _Handler.counts["good.safetensors"] == 1
 
 
+def test_a_shipped_name_registered_again_with_another_sha256_is_not_called_a_corrupted_shipped_file(env, monkeypatch):
+    hub.SHIPPED_DIR.mkdir()
+    (hub.SHIPPED_DIR / "good.safetensors").write_bytes(GOOD)  # intact
+    entry = {"file": "good.safetensors", "sha256": SHA_GOOD, "size": len(GOOD), "config": CONFIG}
+    (hub.SHIPPED_DIR / "registry.json").write_text(json.dumps({"checkpoints": {"good": entry}}))
+    assert hub.fetch("good") == hub.SHIPPED_DIR / "good.safetensors"
+    _register("good", "good.safetensors", sha256="0" * 64, overwrite=True)  # in-process: allowed
+    monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
+    with pytest.raises(hub.HubError, match=r"shipped .*good.safetensors is another file than 'good''s entry names "
+                                           r"\(the shipped registry gives it another sha256: was 'good' registered "
+                                           r"again, with overwrite=True\?\)$"):  # was "is corrupted"
+        hub.fetch("good")
+
+
 def test_downloaded_files_get_the_umask_permissions(env):
     _register("good", "good.safetensors")
     path = hub.fetch("good")
