@@ -143,7 +143,8 @@ class LatentTransform(SampleStats, nn.Module):
         when not ``needs_labels``), with ``params`` (``make_params``'s, or given to the call); ``index: (N,)`` (their
         dataset positions) is given when the caller passed one. Returns ``(x2, y2)`` of the same shapes (``y2`` soft
         ``(N, K)`` when ``mixes_labels``); ``forward`` clips, rejects and counts. What it computes and is worth
-        inspecting may go into ``last_params`` (``self.last_params.update(...)``), one row per selected sample."""
+        inspecting may be added to ``params`` (``params.update(...)``), one row per selected sample: the call's
+        ``last_params`` holds it once the call succeeds."""
         raise NotImplementedError
 
     @property
@@ -174,6 +175,11 @@ class LatentTransform(SampleStats, nn.Module):
             raise RuntimeError(f"{type(self).__name__} needs the live model being trained, but it was called in a "
                                f"DataLoader worker, on the worker's copy of the model: call it in the training loop, "
                                f"on the batch, right before model(x)")
+
+    def _keep_params(self, batch: int, selected: torch.Tensor | None, device: torch.device, params: dict) -> None:
+        """Set ``last_params`` to this call's, in one assignment (a thread sharing the transform sees one call's)."""
+        self.last_params = {"batch_size": torch.tensor(batch),
+                            "selected": torch.arange(batch, device=device) if selected is None else selected, **params}
 
     def _given_selection(self, params: object, batch: int, device: torch.device) -> torch.Tensor:
         """``params["selected"]``, checked: (N,) int64 distinct rows of a batch of ``batch``, on ``device``; and
@@ -273,21 +279,18 @@ class LatentTransform(SampleStats, nn.Module):
             params = self.make_params(n, generator, x.device) if n else {}
         else:
             params = self._given_draws(params, n, x.device)
-        previous, self.last_params = self.last_params, {
-            "batch_size": torch.tensor(batch),
-            "selected": torch.arange(batch, device=x.device) if selected is None else selected, **params}
         y_out = to_soft(y, k) if self.mixes_labels else y
         if n == 0:  # a copy, as when some samples are selected: x2 never shares x's memory in training
+            self._keep_params(batch, selected, x.device, params)
             self._count_untouched(x.device, batch)
             return x.clone(), y_out
 
-        try:
+        try:  # transform may add what it computed to this call's own params (LatentAdversarial's delta)
             x2, y2 = self.transform(xs, ys, model, params, idx)
-        except BaseException as e:  # a failed call leaves the last successful call's params
-            self.last_params = previous
-            if isinstance(e, ValueError):
-                not_about_the_batch(e)
+        except ValueError as e:
+            not_about_the_batch(e)
             raise
+        self._keep_params(batch, selected, x.device, params)  # only now: a failed call leaves the last good call's
         x2, ok = keep_plausible(x2, xs)
         x2 = x2.to(x.dtype)
         if self.mixes_labels:

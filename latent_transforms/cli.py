@@ -203,7 +203,8 @@ def _stdout_is_closed() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns 0, or exits with status 2 after a one-line error on stderr."""
+    """Run the CLI; returns 0, or exits with status 2 after a one-line error on stderr (130 on Ctrl-C, 141 when
+    the reader of stdout went away, as a shell reports SIGPIPE)."""
     args = build_parser().parse_args(argv)
     try:
         with warnings.catch_warnings():  # one line each, as the errors: not Python's "file:line: UserWarning" + source

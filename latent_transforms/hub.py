@@ -613,9 +613,10 @@ def register(name: str, *, file: str, sha256: str, config: dict, trained_on: str
 
 def unregister(name: str, *, persist: bool = False) -> dict:
     """Remove ``name`` from this process's registry and, with ``persist=True``, from the user registry file; returns
-    the removed entry. Shipped checkpoints cannot be removed. The checkpoint file is left where it is
+    the removed entry. Shipped checkpoints cannot be removed (an in-process ``register(..., overwrite=True)`` of a
+    shipped name is undone: the shipped entry is back). The checkpoint file is left where it is
     (``latent-transforms unregister NAME`` also deletes the copy ``register`` put in the cache dir)."""
-    if name in _shipped_registry():
+    if name in _shipped_registry() and name not in _registered:  # register(overwrite=True) of it is undone
         raise ValueError(f"{name!r} is a shipped checkpoint; only names you registered can be removed")
     removed: list[dict] = []
 
@@ -906,4 +907,4 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") ->
 
 
 __all__ = ["FORMAT", "HubError", "UnknownCheckpointError", "cache_dir", "fetch", "list_checkpoints", "load",
-           "load_checkpoint", "register", "save_checkpoint", "sha256_file"]
+           "load_checkpoint", "register", "save_checkpoint", "sha256_file", "unregister"]

@@ -100,7 +100,7 @@ class LatentAdversarial(CodecTransform):
                     (grad,) = torch.autograd.grad(loss, delta)
                 step = ascent_direction(self.on_levels(grad, 0.0), self.norm)
                 delta = self.on_levels(project(delta.detach() + self.step_size * step, self.eps, self.norm), 0.0)
-        self.last_params.update(delta=delta, target=target)
+        params.update(delta=delta, target=target)  # kept in last_params with the draws
         with torch.no_grad():
             return self.decode_flat(z + delta), y
 

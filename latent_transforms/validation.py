@@ -286,7 +286,7 @@ def check_model(model: object, x: torch.Tensor | None = None, who: str = "the mo
         raise TypeError(f"{who} must be the classifier, an nn.Module (its modules, modes and parameters are used), "
                         f"got {type(model).__name__}")
     if x is not None:
-        check_same_device(x, model, "the model")
+        check_same_device(x, model, who)
 
 
 def check_model_slot(model: object) -> None:

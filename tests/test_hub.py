@@ -1214,6 +1214,11 @@ def test_a_shipped_name_registered_again_with_another_sha256_is_not_called_a_cor
                                            r"\(the shipped registry gives it another sha256: was 'good' registered "
                                            r"again, with overwrite=True\?\)$"):  # was "is corrupted"
         hub.fetch("good")
+    assert hub.unregister("good")["sha256"] == "0" * 64  # undone (was refused: "a shipped checkpoint")
+    assert hub.fetch("good") == hub.SHIPPED_DIR / "good.safetensors"
+    with pytest.raises(ValueError, match="'good' is a shipped checkpoint; only names you registered can be removed"):
+        hub.unregister("good")
+    assert set(hub.__all__) >= {"register", "unregister", "fetch", "load"}
 
 
 def test_downloaded_files_get_the_umask_permissions(env):

@@ -840,6 +840,30 @@ def test_replayed_draws_are_checked_and_a_failed_call_keeps_the_last_params():
     assert a.last_params.keys() == before.keys() and all(a.last_params[k] is before[k] for k in before)
 
 
+def test_a_thread_sharing_the_transform_never_mixes_its_params_with_anothers():
+    # LatentAdversarial wrote its delta into whatever last_params was current when its attack ended: a call of 2
+    # samples paused in the model while another of 5 ran left batch_size 5 with a (2, D) delta, which a replay took
+    glow = tiny_glow()
+    t = LatentAdversarial(glow, steps=1, generator=0)
+    entered, release = threading.Event(), threading.Event()
+
+    class Paused(TinyNet):
+        def forward(self, x):
+            entered.set()
+            release.wait(30)
+            return super().forward(x)
+
+    small = threading.Thread(target=t, args=(torch.rand(2, 1, 8, 8), torch.arange(2), Paused()))
+    small.start()
+    assert entered.wait(30)
+    t(torch.rand(5, 1, 8, 8), torch.arange(5), TinyNet())
+    assert int(t.last_params["batch_size"]) == 5 and t.last_params["delta"].shape == (5, 64)
+    release.set()
+    small.join(30)
+    params = t.last_params  # the call that finished last: the small one, whole
+    assert int(params["batch_size"]) == 2 and [len(params[k]) for k in ("selected", "start", "delta", "target")] == [2] * 4
+
+
 def test_varmixup_leaves_a_sample_selected_alone_as_it_is():
     """It was mixed with itself: the input back with keep_detail, the VAE's reconstruction without, counted either
     way (a sample is selected alone in 42% of the calls at batch 4 and the default p)."""

@@ -157,7 +157,7 @@ def test_the_model_must_be_a_module_on_the_data_device():
     net, x, y = TinyNet(), GOOD_X, GOOD_Y
     with pytest.raises(TypeError, match="an nn.Module .*got function"):
         LatentAdversarial(GLOW)(x, y, lambda t: net(t))
-    with pytest.raises(ValueError, match="the model is on meta but x is on cpu"):
+    with pytest.raises(ValueError, match="^LatentAdversarial's model is on meta but x is on cpu"):
         LatentAdversarial(GLOW)(x, y, copy.deepcopy(net).to("meta"))
     with pytest.raises(TypeError, match="model must be the classifier, an nn.Module .*got str"):
         LatentMixupInference("net", GLOW, x)
