@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+from contextvars import ContextVar
 
 import torch
 from torch import nn
@@ -17,6 +18,11 @@ MAX_OVERSHOOT = 0.5
 # Set on a ValueError that is not about the batch a transform was given (its model's or codec's own error, raised in
 # ``transform``, or a setting the transform lacks): a Compose passes it on without naming the previous step.
 NOT_ABOUT_THE_BATCH = "_latent_transforms_not_about_the_batch"
+
+
+# The classes a Compose knows (its own or a later step's), set around its first step's call: that step reads the
+# batch's values for both (one host sync per call) and checks the labels against them when it has no num_classes.
+CALLER_NUM_CLASSES: ContextVar[int | None] = ContextVar("latent_transforms_caller_num_classes", default=None)
 
 
 def not_about_the_batch(e: ValueError) -> ValueError:
@@ -160,7 +166,8 @@ class LatentTransform(SampleStats, nn.Module):
     def _check_call(self, x: torch.Tensor, y: torch.Tensor | None, model: nn.Module | None,
                     index: torch.Tensor | None) -> None:
         """The checks of every call: the batch (``check_batch``), labels if needed, the model if needed."""
-        check_batch(x, y, self.num_classes, index, self.index_size, more_checks=lambda: self.value_checks(x, index))
+        check_batch(x, y, self.num_classes or CALLER_NUM_CLASSES.get(), index, self.index_size,
+                    more_checks=lambda: self.value_checks(x, index))
         if y is None and self.needs_labels:
             forms = ("(B, K) soft labels, or (B,) class indices with num_classes=... given to the constructor"
                      if self.mixes_labels and self.num_classes is None else self.accepted_labels)

@@ -6,7 +6,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from .base import LatentTransform, NOT_ABOUT_THE_BATCH, not_about_the_batch
+from .base import CALLER_NUM_CLASSES, NOT_ABOUT_THE_BATCH, LatentTransform, not_about_the_batch
 from .isda import ISDA
 from .labels import to_soft
 from .validation import WrongTypeError, check_batch, check_count, check_model_slot
@@ -210,11 +210,10 @@ class Compose(nn.Module):
 
     Args:
         transforms: the steps.
-        num_classes: the labels' classes, checked on every call; default: the ``num_classes`` its steps declare
-            (VarMixup's, torchvision's MixUp/CutMix's; they must agree), checked unless the first step is a latent
-            transform that reads the batch itself (then by the step that declares it, so no second read of the batch
-            per call). Needed when class-index labels meet a kornia mix and no other step declares it; a step with
-            another ``num_classes`` is refused.
+        num_classes: the labels' classes, checked on every call (by a first latent step, in the read of the batch
+            it makes anyway); default: the ``num_classes`` its steps declare (VarMixup's, torchvision's
+            MixUp/CutMix's; they must agree). Needed when class-index labels meet a kornia mix and no other step
+            declares it; a step with another ``num_classes`` is refused.
     """
 
     def __init__(self, transforms: Sequence[Callable], *, num_classes: int | None = None):
@@ -241,7 +240,6 @@ class Compose(nn.Module):
             raise ValueError(f"ISDA (step {isda[0]}) needs class-index labels and cannot be combined with label-mixing "
                              f"steps ({', '.join(f'{_name(steps[i])} at step {i}' for i in mixing)})")
         num_classes = None if num_classes is None else check_count("num_classes", num_classes, low=1)
-        self._num_classes_given = num_classes
         # a step with other classes would fail only at the first label it cannot hold; without num_classes, the
         # steps' own is checked on every call (out-of-range labels reached torchvision MixUp's RuntimeError)
         declared = []  # (num_classes, where)
@@ -284,10 +282,9 @@ class Compose(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, model: nn.Module | None = None,
                 index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         first = self.steps[0] if self.steps else None
-        # a first latent step reads the values itself: one host sync per call, not two, unless num_classes was given
-        # and the step does not check it (the one the steps declare is then left to them: torchvision's MixUp)
-        values = not (self.training and isinstance(first, LatentTransform)
-                      and self._num_classes_given in (None, first.num_classes))
+        # a first latent step reads the values itself, its labels against this Compose's num_classes: one host sync
+        # per call, not two
+        values = not (self.training and isinstance(first, LatentTransform))
         check_batch(x, y, self.num_classes, index, first.index_size if isinstance(first, LatentTransform) else None,
                     allow_uint8=not _takes_floats_only(first), values=values)
         check_model_slot(model)
@@ -322,6 +319,12 @@ class Compose(nn.Module):
 
     def _run_step(self, step: nn.Module, i: int, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None,
                   index: torch.Tensor | None = None):
+        if isinstance(step, LatentTransform) and i == 0:
+            token = CALLER_NUM_CLASSES.set(self.num_classes)
+            try:
+                return step(x, y, model, index=index)
+            finally:
+                CALLER_NUM_CLASSES.reset(token)
         if isinstance(step, LatentTransform):
             return step(x, y, model, index=index)
         if isinstance(step, Compose):

@@ -61,6 +61,7 @@ STORAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _CHUNK = 1 << 20
 MAX_FILENAME_BYTES = 240  # a download's temp name, ".<file>.XXXXXXXX.part" (15 more), must stay within 255 bytes
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+MAX_NAME_CHARS = 200  # a registry name's length
 _SEPARATORS = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
 
 _registered: dict[str, dict] = {}  # runtime entries from register(), shadowing the shipped registry
@@ -156,11 +157,13 @@ def _check_filename(file: object) -> str:
 
 
 def check_file_stem(name: object, what: str = "name") -> str:
-    """``name`` as the stem of ``<name>.safetensors`` (a trained or registered checkpoint's file): a non-empty str
-    with no path separators, ``..`` or leading ``.``, not itself ending in ``.safetensors``; ``ValueError`` naming
-    ``what`` otherwise."""
+    """``name`` as the stem of ``<name>.safetensors`` (a trained or registered checkpoint's file, a registry name): a
+    non-empty str of printable characters, no leading or trailing space, with no path separators, ``..`` or leading
+    ``.``, not itself ending in ``.safetensors``; ``ValueError`` naming ``what`` otherwise."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"{what} must be a non-empty file stem, got {name!r}")
+    if not name.isprintable() or name != name.strip():
+        raise ValueError(f"{what} {name[:40]!r} must be printable characters without leading or trailing space")
     if name.endswith(".safetensors"):
         raise ValueError(f"{what} {name!r} is a file name; give the stem, {name[:-len('.safetensors')]!r} "
                          f"(.safetensors is added)")
@@ -410,8 +413,10 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
 
 # -- registry ---------------------------------------------------------------------------------------
 def _check_entry(name: object, entry: object, where: str) -> dict:
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"{where}: checkpoint names must be non-empty str, got {name!r}")
+    if not isinstance(name, str) or not name or not name.isprintable() or name != name.strip() \
+            or len(name) > MAX_NAME_CHARS:  # ' x', a newline or 5,000 characters were accepted
+        raise ValueError(f"{where}: checkpoint names must be non-empty str of printable characters, without leading "
+                         f"or trailing space, at most {MAX_NAME_CHARS} characters, got {name!r:.60}")
     if not isinstance(entry, dict):
         raise ValueError(f"{where}: entry {name!r} must be a dict, got {type(entry).__name__}")
     for key in ("file", "sha256", "config"):
@@ -853,18 +858,18 @@ def fetch(name: str) -> Path:
 
 
 def _is_path(name_or_path: str) -> bool:
-    """Whether ``load`` reads its argument as a path (``~`` expanded): an existing file; else, unless it is a
-    registered name (a name may match a folder in the cwd), a directory or what looks like a file path (a path
-    separator or the ``.safetensors`` suffix), so that a missing file is reported as one, not as an unknown name."""
+    """Whether ``load`` reads its argument as a path (``~`` expanded): an existing file or directory, or what looks
+    like a file path (a path separator or the ``.safetensors`` suffix, so that a missing file is reported as one, not
+    as an unknown name), unless it is a registered name (a file in the cwd called ``glow-digits`` does not replace
+    the verified checkpoint: ``./glow-digits`` reads it; a name may look like a path: ``team/vae``)."""
     try:
         path = Path(name_or_path).expanduser()
-        if path.is_file():
-            return True
-        path_like = path.is_dir() or name_or_path.endswith(".safetensors") or \
-            any(s in name_or_path for s in _SEPARATORS)
+        if not (path.is_file() or path.is_dir() or name_or_path.endswith(".safetensors")
+                or any(s in name_or_path for s in _SEPARATORS)):
+            return False
     except OSError:  # e.g. a name too long for a path: not a file, so a registry name
         return False
-    return path_like and name_or_path not in _registry(warn_if_broken=True)
+    return name_or_path not in _registry(warn_if_broken=True)
 
 
 def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") -> "Codec":

@@ -11,6 +11,9 @@ from .rng import sample_beta
 from .validation import check_bool, check_choice, check_number
 
 
+MIN_ALPHA = 1e-3  # Beta(0.001, 0.001) weights are already almost all within 1e-6 of 0 or 1: no mixing left
+
+
 class VarMixup(CodecTransform):
     """Mix each sample's latent with a random partner's, decode, and mix the labels with the same weight.
 
@@ -36,7 +39,7 @@ class VarMixup(CodecTransform):
 
     Args:
         codec: hub name, path or Codec (default ``"vae-cifar10"``; any codec works, a flow too).
-        alpha: Beta parameter (1.0, mixup's usual CIFAR default).
+        alpha: Beta parameter (1.0, mixup's usual CIFAR default), at least 0.001.
         posterior: ``"mean"`` (default) or ``"sample"``, see above.
         per_sample: one lambda per sample (default) or one per batch.
         keep_detail: add back the mixed reconstruction residuals, see above (default True).
@@ -65,7 +68,7 @@ class VarMixup(CodecTransform):
                  levels: list[int] | None = None,
                  cache: LatentCache | None = None,
                  p: float = 0.25, generator: torch.Generator | int | None = None):
-        alpha = check_number("alpha", alpha, low_open=True)
+        alpha = check_number("alpha", alpha, low=MIN_ALPHA)  # below, float32 Beta draws overflow to NaN weights
         check_choice("posterior", posterior, ("mean", "sample"))
         super().__init__(codec, levels=levels, cache=cache, p=p, generator=generator, num_classes=num_classes)
         if posterior == "sample" and not isinstance(self.codec, ConvVAE):

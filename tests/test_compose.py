@@ -485,3 +485,21 @@ def test_a_steps_own_setting_or_model_error_does_not_blame_the_previous_step(rgb
         Compose([flip, ISDA(net.fc.in_features, 10, layer="head")])(x, y, net)
     with pytest.raises(ValueError, match="^VarMixup mixes labels: pass num_classes"):
         Compose([flip, VarMixup(tiny_vae(shape=(3, 16, 16)), generator=0)])(x, y)
+
+
+def test_out_of_range_labels_are_refused_by_a_first_latent_step_with_the_composes_classes(rgb, rgb_glow):
+    x, y = rgb
+    bad = y.clone()
+    bad[3] = 12
+    noise = LatentNoise(rgb_glow, generator=0)
+    # MixUp's classes with a first latent step: torchvision's RuntimeError at step 1 (unchecked before)
+    with pytest.raises(ValueError, match=r"^y has class index 12, out of range for num_classes=10"):
+        Compose([noise, T.MixUp(num_classes=10)])(x, bad)
+    # a later VarMixup's: its check at step 1 blamed step 0 ("on the output of step 0 (LatentNoise)")
+    with pytest.raises(ValueError, match=r"^y has class index 12, out of range for num_classes=10"):
+        Compose([noise, VarMixup(tiny_vae(shape=(3, 16, 16)), num_classes=10, generator=0)])(x, bad)
+    with pytest.raises(ValueError, match=r"^y has class index 12, out of range for num_classes=10"):
+        Compose([noise, T.RandomHorizontalFlip()], num_classes=10)(x, bad)
+    x2, y2 = Compose([noise, T.RandomHorizontalFlip()], num_classes=13)(x, bad)  # in range: through, as given
+    assert torch.equal(y2, bad)
+    noise(x, bad)  # the step alone knows no classes: any class index passes, as before

@@ -188,6 +188,10 @@ CASES = {
     # the batch read once (Compose takes MixUp's num_classes without reading it again), + MixUp's own float(lam)
     "Compose LatentNoise then MixUp": (lambda x, y, glow, vae, net, cache: partial(Compose(
         [LatentNoise(glow, 1.0, generator=0), _v2().MixUp(num_classes=10)]), x, y), 2),
+    # num_classes given to the Compose, not to its first step: that step checks the labels against it (it was 2)
+    "Compose(num_classes) LatentNoise then flip": (lambda x, y, glow, vae, net, cache: partial(Compose(
+        [LatentNoise(glow, 1.0, generator=0), __import__("kornia").augmentation.RandomHorizontalFlip()],
+        num_classes=10), x, y), 1),
     "LatentNoise eval": (lambda x, y, glow, vae, net, cache: partial(LatentNoise(glow, 1.0, generator=0).eval(),
                                                                       x, y), 1),
 }

@@ -464,6 +464,27 @@ def test_load_expands_home_and_reports_a_missing_path_as_a_file(env, tmp_path, m
     assert hub.load("team/vae.safetensors").config == _codec().config
 
 
+def test_a_file_in_the_cwd_named_like_a_registered_checkpoint_does_not_replace_it(env, tmp_path, monkeypatch):
+    # hub.load("glow-digits") read ./glow-digits, unverified, when the current directory held such a file
+    monkeypatch.chdir(tmp_path)
+    env.mkdir()
+    sha = hub.save_checkpoint(_codec(), env / "vae.safetensors")
+    _register("vae", "vae.safetensors", sha256=sha)
+    torch.manual_seed(1)
+    hub.save_checkpoint(build_codec({**CONFIG, "latent_dim": 8}), tmp_path / "other.safetensors")
+    (tmp_path / "other.safetensors").rename(tmp_path / "vae")  # another codec, in a file named "vae"
+    assert hub.load("vae").config == _codec().config  # the registered, verified one
+    assert hub.load("./vae").config["latent_dim"] == 8  # the file, asked for as a path
+    assert hub.load(str(tmp_path / "vae")).config["latent_dim"] == 8
+
+
+@pytest.mark.parametrize("name", ["", " vae", "vae ", "va\ne", "\ud800", "x" * 201])
+def test_register_refuses_names_that_could_not_be_typed_back(env, name):
+    with pytest.raises(ValueError, match="checkpoint names must be non-empty str of printable characters, without "
+                                         "leading or trailing space, at most 200 characters"):
+        _register(name, "vae.safetensors")
+
+
 def test_a_file_whose_config_differs_from_the_registry_is_refused(env, tmp_path):
     sha = hub.save_checkpoint(_codec(), tmp_path / "vae.safetensors")
     _Handler.files["vae.safetensors"] = (tmp_path / "vae.safetensors").read_bytes()

@@ -174,6 +174,7 @@ def test_the_model_must_be_a_module_on_the_data_device():
     (lambda: Compose([], num_classes=0), "num_classes must be an int >= 1"),
     (lambda: LatentNoise(GLOW, generator=2**70), "seed must be in \\[-2\\*\\*63, 2\\*\\*64\\)"),
     (lambda: LatentNoise(GLOW, levels=[5]), "from -2, counted from the finest"),
+    (lambda: VarMixup(VAE, alpha=1e-45), r"alpha must be a finite number in \[0.001, inf\)"),  # NaN weights
     (lambda: __import__("latent_transforms.codecs", fromlist=["Glow"]).Glow((1, 8, 8), alpha="0.05"),
      "alpha must be a finite number"),
 ])
