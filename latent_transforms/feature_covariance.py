@@ -64,6 +64,8 @@ class FeatureCovariance(nn.Module):
         self.num_classes, self.covariance = num_classes, check_choice("covariance", covariance, COVARIANCES)
         self.diagonal = covariance == "diagonal"
         self.sync, self.group = check_sync("sync_stats", sync_stats)
+        if self.sync:
+            _untraced_gather()  # made here, outside any compiled code that calls update
         self.register_buffer("mean", None)
         self.register_buffer("cov", None)
         self.register_buffer("count", None)
@@ -133,7 +135,7 @@ class FeatureCovariance(nn.Module):
         with torch.autocast(features.device.type, enabled=False):
             a = features.detach().to(dtype)
             if self.sync and dist.is_available() and dist.is_initialized() and dist.get_world_size(self.group) > 1:
-                a, y = _all_gather_rows(a, y, self.group)
+                a, y = _untraced_gather()(a, y, self.group)
             if self.mean is None:
                 self._allocate(a.shape[1], a.device, dtype)
             self._merge(a, y)
@@ -189,7 +191,18 @@ def check_sync(name: str, sync) -> "tuple[bool, dist.ProcessGroup | None]":
     raise WrongTypeError(f"{name} must be True, False or a torch.distributed ProcessGroup, got {sync!r}")
 
 
-@torch.compiler.disable  # traced, the collectives landed in per-rank graphs: a shape change on one rank mismatched them
+_UNTRACED_GATHER = []  # _all_gather_rows under torch.compiler.disable, made at first need
+
+
+def _untraced_gather():
+    """``_all_gather_rows`` under ``torch.compiler.disable`` (traced, the collectives landed in per-rank graphs: a
+    shape change on one rank mismatched them), made at first need: the decorator imports ``torch._dynamo``, which as
+    a decorator at import took 1.8 s of ``import latent_transforms`` (3.9 s in all)."""
+    if not _UNTRACED_GATHER:
+        _UNTRACED_GATHER.append(torch.compiler.disable(_all_gather_rows))
+    return _UNTRACED_GATHER[0]
+
+
 def _all_gather_rows(a: torch.Tensor, y: torch.Tensor,
                      group: "dist.ProcessGroup | None" = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Every rank's rows ``(a, y)`` concatenated in rank order within ``group`` (default: the default process group;

@@ -31,6 +31,14 @@ def _exit_code(argv, capsys) -> tuple[int, str, str]:
     return e.value.code, out, err
 
 
+def test_importing_the_package_leaves_torch_dynamo_alone():
+    # FeatureCovariance's @torch.compiler.disable imported torch._dynamo with the package: 1.8 s of every CLI start
+    code = ("import sys, latent_transforms; from latent_transforms import LatentNoise, Compose; "
+            "assert 'torch._dynamo' not in sys.modules, 'imported'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_list_shows_every_registered_checkpoint(capsys):
     names = [r["name"] for r in hub.list_checkpoints()]
     assert main(["list"]) == 0
