@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from . import __version__, demo, hub, train
+from .validation import MissingFileError
 
 PROG = "latent-transforms"
 
@@ -36,8 +37,9 @@ def _quality(q: dict) -> str:
 
 
 def _where(row: dict) -> str:
-    """Where a listed checkpoint is available: cached, shipped, or only remote."""
-    return ", ".join(w for w in ("cached", "shipped") if row[w]) or "remote"
+    """Where a listed checkpoint is available: cached, shipped, only remote, or nowhere (no hub URL set)."""
+    return ", ".join(w for w in ("cached", "shipped") if row[w]) or (
+        "remote" if os.environ.get("LATENT_TRANSFORMS_HUB_URL") else "missing")
 
 
 def _cmd_list(args: argparse.Namespace) -> None:
@@ -69,6 +71,9 @@ def _cmd_fetch(args: argparse.Namespace) -> None:
 
 def _read_run(path: Path) -> dict:
     """The ``registry_entry`` of a run's JSON (``latent-transforms train`` writes it beside the checkpoint), checked."""
+    if not path.is_file():
+        raise MissingFileError(f"no run JSON at {path}: give the NAME.json that `{PROG} train` wrote beside "
+                               f"NAME.safetensors")
     try:
         report = json.loads(path.read_bytes())
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError

@@ -67,7 +67,7 @@ _SEPARATORS = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
 _registered: dict[str, dict] = {}  # runtime entries from register(), shadowing the shipped registry
 _loaded: dict[tuple[str, str], "Codec"] = {}  # (name, device) -> frozen codec
 _lock = threading.Lock()  # guards _registered, _loaded and _load_locks
-_load_locks: dict[tuple[str, str], threading.Lock] = {}
+_load_locks: dict[tuple[str, str, str], threading.Lock] = {}
 _user_registry_write_lock = threading.Lock()  # with a file lock: one read-modify-write of the user registry at a time
 
 
@@ -840,6 +840,9 @@ def fetch(name: str) -> Path:
         else:
             notes.append(f"shipped {shipped} is corrupted (sha256 mismatch)")
     looked = f"looked in {cached} and {shipped}" + (f"; {'; '.join(notes)}" if notes else "")
+    if name not in _shipped_registry():
+        looked += ("; registered from a training run? `latent-transforms register RUN.json --overwrite` copies its "
+                   "file back")
     if _offline():
         raise HubError(f"checkpoint {name!r} is not available offline (LATENT_TRANSFORMS_OFFLINE is set); {looked}")
     url = _remote_url(file)
@@ -877,9 +880,10 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") ->
 
     An existing file is read as safetensors whatever its suffix (a pickled ``.pt`` is refused, never run); ``~`` is
     expanded, and a path (with a separator or the ``.safetensors`` suffix) that is neither a file nor a registered
-    name is a ``FileNotFoundError``. A name is read and verified once per process and device; every call returns its
-    own copy, so moving or casting one codec (``.to``, ``.double()``, a transform's ``.cuda()``) leaves the others
-    alone.
+    name is a ``FileNotFoundError``. A name is read and verified once per process, device and registered sha256 (a
+    name registered again by another process, ``latent-transforms register --overwrite``, is read again); every call
+    returns its own copy, so moving or casting one codec (``.to``, ``.double()``, a transform's ``.cuda()``) leaves
+    the others alone.
     """
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise WrongTypeError(f"name_or_path must be a checkpoint name or a .safetensors path, got "
@@ -890,7 +894,8 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") ->
     if isinstance(name_or_path, os.PathLike) or _is_path(name_or_path):
         return load_checkpoint(name_or_path, device)
     name = str(name_or_path)
-    key = (name, str(device))
+    entry = _entry(name)  # looked up on every call: another process may have registered the name again meanwhile
+    key = (name, str(device), entry["sha256"])
     with _lock:
         if key in _loaded:
             return copy.deepcopy(_loaded[key])
@@ -899,7 +904,6 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") ->
         with _lock:
             if key in _loaded:
                 return copy.deepcopy(_loaded[key])
-        entry = _entry(name)
         codec = load_checkpoint(fetch(name), device, sha256=entry["sha256"])
         registered = entry["config"]
         differ = {k: (v, codec.config.get(k)) for k, v in registered.items() if codec.config.get(k) != v}
@@ -907,6 +911,8 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") ->
             raise HubError(f"checkpoint {name!r}: the file's config differs from the registry's "
                            f"(key: (registry, file)): {differ}")
         with _lock:
+            for old in [k for k in _loaded if k[:2] == key[:2]]:  # the name's earlier checkpoint
+                del _loaded[old]
             _loaded[key] = codec
     return copy.deepcopy(codec)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -86,6 +87,10 @@ def test_list_table_with_a_runtime_entry(capsys, monkeypatch):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("NAME") and "AVAILABLE" in lines[0]
     row = next(line for line in lines if line.startswith("zz-test-vae"))
+    assert row.split() == ["zz-test-vae", "vae", "2.5", "KB", "missing", "test_mse=0.5"]  # no hub URL: not "remote"
+    monkeypatch.setenv("LATENT_TRANSFORMS_HUB_URL", "file:///nowhere")
+    assert main(["list"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("zz-test-vae"))
     assert row.split() == ["zz-test-vae", "vae", "2.5", "KB", "remote", "test_mse=0.5"]
     assert {r["name"] for r in hub.list_checkpoints()} <= {line.split()[0] for line in lines[1:] if line}
 
@@ -111,9 +116,9 @@ def test_fetch_of_a_file_path_says_fetch_takes_names(tmp_path, capsys):
                        f"it by name\n")
 
 
-def _run_files(folder: Path, name: str) -> tuple[Path, Path]:
+def _run_files(folder: Path, name: str, seed: int = 0) -> tuple[Path, Path]:
     """A tiny codec's ``NAME.safetensors`` and the ``NAME.json`` that ``train`` writes beside it (the parts used)."""
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     codec = build_codec({"kind": "vae", "image_shape": [1, 8, 8], "latent_dim": 4, "hidden": 8})
     folder.mkdir(parents=True, exist_ok=True)
     ckpt = folder / f"{name}.safetensors"
@@ -163,6 +168,24 @@ def test_register_a_run_then_list_fetch_and_load_it_by_name(tmp_path, capsys, mo
     assert "--overwrite" in err
     assert main(["register", str(js), "--overwrite"]) == 0
     assert hub._registry()["zz-run"]["notes"] == "retrained"
+    # another checkpoint registered under the name by another process: this one's next load reads it (it kept the old)
+    monkeypatch.setattr(hub, "_registered", {})  # a notebook: the name comes from the user registry file alone
+    before = hub.load("zz-run")
+    retrained, js2 = _run_files(tmp_path / "runs2", "zz-run", seed=1)
+    env = {**os.environ, "LATENT_TRANSFORMS_HOME": str(hub.cache_dir())}
+    subprocess.run([sys.executable, "-m", "latent_transforms.cli", "register", str(js2), "--overwrite"], env=env,
+                   check=True, capture_output=True, timeout=120)
+    after, fresh = hub.load("zz-run"), hub.load(retrained)
+    assert all(torch.equal(a, b) for a, b in zip(after.state_dict().values(), fresh.state_dict().values()))
+    assert not all(torch.equal(a, b) for a, b in zip(after.state_dict().values(), before.state_dict().values()))
+    assert len([k for k in hub._loaded if k[0] == "zz-run"]) == 1  # the earlier checkpoint's copy is dropped
+    # the cached file deleted: "missing" in the list, and fetch says how to put it back
+    (hub.cache_dir() / "zz-run.safetensors").unlink()
+    assert main(["list"]) == 0
+    assert next(line for line in capsys.readouterr().out.splitlines() if line.startswith("zz-run ")).split()[4] == \
+        "missing"
+    code, _, err = _exit_code(["fetch", "zz-run"], capsys)
+    assert code == 2 and "`latent-transforms register RUN.json --overwrite` copies its file back" in err
 
 
 def test_unregister_removes_the_name_and_its_cached_copy(tmp_path, capsys, monkeypatch):
@@ -242,12 +265,14 @@ def test_register_into_a_cache_dir_that_cannot_be_made_says_so(tmp_path, capsys,
 
 
 @pytest.mark.parametrize("content, message", [
+    (None, "no run JSON at"),  # was "[Errno 2] No such file or directory"
     ("{not json", "is not a JSON file"),
     ('{"name": "x"}', "has no 'registry_entry'"),
 ])
 def test_register_refuses_what_train_did_not_write(tmp_path, capsys, content, message):
     js = tmp_path / "run.json"
-    js.write_text(content)
+    if content is not None:
+        js.write_text(content)
     code, _, err = _exit_code(["register", str(js)], capsys)
     assert code == 2 and err.count("\n") == 1 and message in err and str(js) in err
     assert _cache_files() == []
@@ -494,6 +519,7 @@ def test_list_table_headline_is_the_test_figures_else_the_first_two(capsys, monk
                  trained_on="x", quality={"train_device_minutes": 1.5, "test_mse": 0.25})
     hub.register("zz-b", file="zz-b.safetensors", sha256="1" * 64, size=1_500_000, config={"kind": "glow"},
                  trained_on="x", quality={"a": 1, "b": 2.5, "c": 3})
+    monkeypatch.setenv("LATENT_TRANSFORMS_HUB_URL", "file:///nowhere")
     assert main(["list"]) == 0
     rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("zz-")}
     assert rows["zz-a"] == ["zz-a", "vae", "999", "B", "remote", "test_mse=0.25"]
