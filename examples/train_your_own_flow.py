@@ -70,8 +70,9 @@ def main() -> None:
         # 1. train (resumable: the training state is saved to OUT/NAME.state.safetensors as it goes)
         size = dict(levels=2, steps=2, hidden=16, max_steps=10, batch_size=16) if args.smoke else \
             dict(epochs=args.epochs)
-        result = train_codec("flow", x, out, name=args.name, num_bins=num_bins, device=device,
-                             progress=not args.smoke, data_description=f"folder:{images}", **size)
+        with one_line_errors(parser, "training"):  # e.g. images of a size the flow cannot take, or --out holding
+            result = train_codec("flow", x, out, name=args.name, num_bins=num_bins, device=device,  # another run
+                                 progress=not args.smoke, data_description=f"folder:{images}", **size)
         print(f"trained {result['step']} steps in {result['train_time_s']:.1f} s; metrics {result['metrics']}")
         print(f"codec: {result['checkpoint']}  picture: {result['png']}")
 

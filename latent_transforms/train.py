@@ -108,6 +108,15 @@ def save_training_state(path: str | os.PathLike, model: torch.nn.Module, optimiz
     hub.write_safetensors(path, tensors, metadata)
 
 
+def _difference(key: str, saved: object, now: object) -> str:
+    """``"key: saved A, now B"``; for two dicts (a codec config), only the entries that differ: ``"hidden: saved 16,
+    now 32"`` rather than both dicts whole."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        return "; ".join(f"{k}: saved {saved.get(k, '(none)')!r}, now {now.get(k, '(none)')!r}"
+                         for k in sorted(set(saved) | set(now), key=str) if saved.get(k) != now.get(k))
+    return f"{key}: saved {saved!r}, now {now!r}"
+
+
 def load_training_state(path: str | os.PathLike) -> tuple[dict, dict, dict, dict]:
     """Read a file written by ``save_training_state``: ``(model_state, optimizer_state_dict, info, extra_tensors)``.
 
@@ -389,12 +398,12 @@ def _load_resume(state_path: Path, settings: dict) -> tuple[dict, tuple[dict, di
     implied = {k: v for k, v in SETTINGS_ADDED_LATER.items() if v is not None and k not in info}
     info = {**implied, **info}
     mismatch = [f"{k}: not saved (the state predates it: {info[k]!r}), now {v!r}" if k in implied else
-                f"{k}: saved {info[k]!r}, now {v!r}" if k in info else f"{k}: not saved, now {v!r}"
+                _difference(k, info[k], v) if k in info else f"{k}: not saved, now {v!r}"
                 for k, v in settings.items() if info.get(k) != v and (k in info or k not in SETTINGS_ADDED_LATER)]
     if mismatch:
         raise ValueError(
             f"{state_path} is a run with other settings ({'; '.join(mismatch)}); resume with the same settings, "
-            f"or pass resume=False (--no-resume) or another name/out dir to start afresh"
+            f"or start afresh with --no-resume (resume=False in Python) or another --name or --out"
         )
     missing = [k for k in ("step", "train_time_s", "nonfinite_steps", "history", "calls", "schedule") if k not in info]
     if missing:
@@ -581,8 +590,9 @@ class _TrainingRun:
             self.stop_signal = signum
             for s, handler in replaced.items():
                 signal.signal(s, handler)
+            again = "Ctrl-C again" if signum == signal.SIGINT else f"another {signal.Signals(signum).name}"
             say(f"\n{signal.Signals(signum).name}: saving the training state after this step "
-                f"(Ctrl-C again to stop at once, losing the steps since the last save)", file=sys.stderr, flush=True)
+                f"({again} to stop at once, losing the steps since the last save)", file=sys.stderr, flush=True)
 
         for s in replaced:
             signal.signal(s, stop)

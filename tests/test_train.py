@@ -632,6 +632,10 @@ def test_resume_refuses_other_training_settings(tmp_path, digits):
                           (dict(warmup_steps=10), "warmup_steps: saved 200, now 10")):
         with pytest.raises(ValueError, match=f"{saved}.*--no-resume"):
             train_codec("flow", x, tmp_path, **kw, **change)
+    # another codec size: the config entry that differs, not both configs whole; CLI wording first
+    with pytest.raises(ValueError, match=r"other settings \(hidden: saved 16, now 32\); resume with the same "
+                                         r"settings, or start afresh with --no-resume \(resume=False in Python\)"):
+        train_codec("flow", x, tmp_path, **{**kw, "hidden": 32})
     assert load_training_state(tmp_path / "glow.state.safetensors")[2]["calls"] == 1
 
 
@@ -830,6 +834,8 @@ def test_cli_saves_on_sigterm_and_ctrl_c_then_resumes_exactly(tmp_path, monkeypa
     # ended by the SIGTERM (status 143 in a shell), after saving; was: ended at once, nothing saved
     assert proc.returncode == -signal.SIGTERM, proc.stderr[-2000:]
     assert "stopped at step 2/6 by SIGTERM" in proc.stdout and "run the same command again" in proc.stdout
+    assert "SIGTERM: saving the training state after this step (another SIGTERM to stop at once" in proc.stderr
+    assert "Ctrl-C" not in proc.stderr  # it told a SIGTERM'd run to press Ctrl-C again
     assert load_training_state(tmp_path / "int" / "f.state.safetensors")[2]["step"] == 2
     _signal_after_update(monkeypatch, 2, signal.SIGINT)  # Ctrl-C in the run's 4th step
     with pytest.raises(SystemExit) as e:

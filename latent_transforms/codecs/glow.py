@@ -111,7 +111,8 @@ class Glow(Codec):
             raise ValueError(f"alpha must be in (0, 0.5) and scale_floor in (0, 1), got {alpha!r}, {scale_floor!r}")
         c, h, w = self.image_shape
         if h % 2**levels or w % 2**levels:
-            raise ValueError(f"image height and width must be divisible by 2**levels = {2**levels}, got {h}x{w}")
+            raise ValueError(f"image height and width must be divisible by 2**levels = {2**levels}, got {h}x{w}: "
+                             f"resize or crop the images, or use fewer levels")
         self.levels, self.steps, self.hidden = levels, steps, hidden
         self.alpha, self.scale_floor, self.num_bins = alpha, scale_floor, num_bins
         q0, merges, flows = [], [], []
