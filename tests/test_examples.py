@@ -171,3 +171,19 @@ def _run_in(common, parser):
 
     with common.one_line_errors(parser, "--images"):
         load_images("folder:/nonexistent-folder")
+
+
+def test_train_your_own_flow_ends_a_training_error_in_one_line(tmp_path):
+    # images the flow cannot take (15 is not divisible by 2**levels) ended in a 9-frame traceback
+    from PIL import Image
+
+    (tmp_path / "imgs").mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((15, 15, 3), 40 * i, dtype=np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+    env = {**os.environ, "LATENT_TRANSFORMS_HOME": str(tmp_path / "hub"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "train_your_own_flow.py"), "--images", str(tmp_path / "imgs"),
+                           "--out", str(tmp_path / "out")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=TIMEOUT_S)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.startswith("train_your_own_flow.py: error: training: image height and width must be "
+                                  "divisible by 2**levels") and proc.stderr.count("\n") == 1, proc.stderr[-3000:]
