@@ -153,6 +153,8 @@ def test_train_refuses_both_epochs_and_max_steps(tmp_path):
     ("../up", "cannot be a file name"), ("v1..2", "cannot be a file name"),  # 'v1..2' trained, then register refused it
     ("", "name must be a non-empty file stem, got ''"),  # "" became "glow"
     ("e.safetensors", r"name 'e.safetensors' is a file name; give the stem, 'e' \(.safetensors is added\)"),
+    (" glow", "name ' glow' must be printable characters without leading or trailing space"),  # a name that could
+    ("glow\t", "must be printable characters"),  # not be registered, or typed back, was trained
 ])
 def test_train_name_must_be_a_plain_file_stem(tmp_path, name, message):
     with pytest.raises(ValueError, match=message):
