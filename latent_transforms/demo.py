@@ -77,7 +77,7 @@ def run_demo(out_dir: str | Path = "latent-transforms-demo", per_class: int = 10
     torch.set_num_threads(threads)
     glow, vae = hub.load("glow-digits"), hub.load("vae-digits")
 
-    picture = _picture(glow, vae, x_test[:12], y_test[:12], Path(out_dir) / "demo.png")
+    picture = overview_picture(glow, vae, Path(out_dir) / "demo.png")
     results: dict[str, dict[str, list[float]]] = {}
     for seed in seeds:
         x, y = x_train[splits[seed]], y_train[splits[seed]]
@@ -97,15 +97,16 @@ def run_demo(out_dir: str | Path = "latent-transforms-demo", per_class: int = 10
 
 
 def _hint_if_busy(threads: int) -> None:
-    """Say so when other jobs keep the CPU busy: torch's threads then wait on each other, and one thread runs
-    several times faster (the demo took 336 s with the default threads, 90 s with one, on a 2-core CPU at load 3.9)."""
+    """Say so when other jobs keep the CPU busy: torch's threads then wait on each other, and one thread runs faster
+    (the demo took 336 s with the default threads, 90 s with one, on a 2-core CPU at load 3.9; 115 s and 75 s at
+    load 1.7)."""
     try:
         load, cores = os.getloadavg()[0], os.cpu_count() or 1
     except (AttributeError, OSError):  # no load average on this platform
         return
     if threads > 1 and load > cores - 0.5:
         print(f"the CPU is busy (load average {load:.1f} on {cores} cores): if the demo runs slowly, "
-              f"`--threads 1` is often several times faster", file=sys.stderr)
+              f"`--threads 1` is often faster (1.5x to 4x on a busy 2-core CPU)", file=sys.stderr)
 
 
 def format_table(results: dict, per_class: int, epochs: int, n_test: int) -> str:
@@ -138,7 +139,11 @@ def picture_rows(glow, vae, x: torch.Tensor, y: torch.Tensor, model: nn.Module) 
     return rows
 
 
-def _picture(glow, vae, x, y, path: Path) -> Path:
+def overview_picture(glow, vae, path: Path) -> Path:
+    """``demo.png``, also the docs' overview picture (``scripts/make_doc_pictures.py``): ``picture_rows`` of the
+    first 12 digits test images, LatentAdversarial attacking a weak classifier trained on them."""
+    x, y, _ = load_images("digits", "test")
+    x, y = x[:12], y[:12]
     torch.manual_seed(0)
     model = digits_cnn()
     fit_classifier(model, x, y, epochs=5, progress=False)  # a weak classifier to attack, just for the picture
@@ -146,7 +151,12 @@ def _picture(glow, vae, x, y, path: Path) -> Path:
 
 
 def register_cli(subparsers) -> None:
-    p = subparsers.add_parser("demo", help="offline CPU demo on scikit-learn digits: a picture and an accuracy table")
+    p = subparsers.add_parser(
+        "demo", help="offline CPU demo on scikit-learn digits: a picture and an accuracy table",
+        description="Train a small CNN on a few images per digit of scikit-learn's digits, without and with each "
+                    "method (shipped glow-digits and vae-digits codecs), over several seeds; print test accuracy and "
+                    "time per method and write demo.png, what each method makes of 12 test digits. Offline, on the "
+                    "CPU.")
     p.add_argument("--out", default="latent-transforms-demo", help="folder for demo.png (default: %(default)s)")
     p.add_argument("--per-class", type=POSITIVE_INT, default=10, help="training images per digit (default: %(default)s)")
     p.add_argument("--epochs", type=POSITIVE_INT, help=f"training epochs per run (default: 40; --smoke: {SMOKE_EPOCHS})")
@@ -156,7 +166,7 @@ def register_cli(subparsers) -> None:
                         "core busy)")
     p.add_argument("--smoke", action="store_true",
                    help=f"one seed, {SMOKE_EPOCHS} epochs unless --seeds/--epochs say otherwise: checks the pipeline "
-                        f"in seconds (long enough to learn: 3 epochs left every method at chance, 10%%)")
+                        f"in seconds")
     p.set_defaults(func=_cmd_demo)
 
 

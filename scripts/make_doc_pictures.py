@@ -25,7 +25,7 @@ from torch import nn
 
 from latent_transforms import LatentAdversarial, LatentNoise, VarMixup, hub
 from latent_transforms.data import load_images
-from latent_transforms.demo import ADV_EPS, ADV_STEP_SIZE, ADV_STEPS, NOISE_EPS, picture_rows
+from latent_transforms.demo import ADV_EPS, ADV_STEP_SIZE, ADV_STEPS, NOISE_EPS, overview_picture
 from latent_transforms.evaluation import fit_classifier
 from latent_transforms.models import digits_cnn
 from latent_transforms.visualize import save_rows
@@ -110,7 +110,7 @@ def pictures(tag: str, glow, vae, x: torch.Tensor, y: torch.Tensor, x_fit: torch
         written.append(save_rows(rows, out / f"mixup_inference_{tag}.png"))
 
     if digits and glow is not None and vae is not None:  # the overview picture of the index page and the demo
-        written.append(save_rows(picture_rows(glow, vae, x, y, model), out / "demo.png"))
+        written.append(overview_picture(glow, vae, out / "demo.png"))  # the very picture the demo writes
     return written
 
 

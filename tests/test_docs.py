@@ -75,6 +75,20 @@ def test_readme_pictures_exist():
             assert (ROOT / ref).is_file(), f"README.md references a missing picture: {ref}"
 
 
+def test_the_readme_picture_is_the_one_the_demo_writes(tmp_path):
+    # the docs' overview was drawn from 10 other digits with another classifier than the demo's 12: a user comparing
+    # README's picture with their demo.png saw different images
+    from PIL import Image
+
+    from latent_transforms import demo, hub
+
+    ours = demo.overview_picture(hub.load("glow-digits"), hub.load("vae-digits"), tmp_path / "demo.png")
+    with Image.open(ours) as a, Image.open(DOCS / "images" / "demo.png") as b:
+        assert a.size == b.size
+        first = (0, 0, a.size[0], a.size[1] * 2 // 5)  # originals and LatentNoise: no classifier, seeded alike
+        assert a.convert("L").crop(first).tobytes() == b.convert("L").crop(first).tobytes()
+
+
 @pytest.mark.slow
 def test_mkdocs_build_strict(tmp_path):
     cmd = _mkdocs()
