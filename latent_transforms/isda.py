@@ -140,6 +140,11 @@ class _ISDAState:
         self.schedule_progress.fill_(self.progress)
         self._scheduled = True
 
+    def _syncs_across_ranks(self) -> bool:
+        """Whether the statistics are gathered from other ranks now (a process group of more than one rank)."""
+        return bool(self.estimator.sync and dist.is_available() and dist.is_initialized()
+                    and dist.get_world_size(self.estimator.group) > 1)
+
     def _warn_if_unscheduled(self, stacklevel: int) -> None:
         """Once: a training call before any set_epoch/set_progress runs at lam = 0, which changes no loss."""
         if not self._scheduled:
@@ -207,12 +212,17 @@ def _layer_label(name: str, layer: nn.Linear) -> str:
     return f"{name!r} (nn.Linear {layer.in_features} -> {layer.out_features})"
 
 
+def _is_compiled(model: nn.Module) -> bool:
+    """Whether ``model`` is torch.compile's OptimizedModule, or a DDP/DataParallel wrapper of one."""
+    return any(hasattr(m, "_orig_mod") for m in (model, getattr(model, "module", None)))
+
+
 def _never_fired(label: str, model: nn.Module) -> str:
     """The warning for an armed augmentation that no forward consumed before the next arm."""
     text = (f"ISDA: the augmentation armed on {label} by the previous call was never applied (no training forward "
             f"of the model ran after it); this call replaces it. Call isda(x, y, model) once per step, right before "
             f"model(x)")
-    if hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
+    if _is_compiled(model):
         text += (". The model is torch.compile'd: compiled code ignores hooks added after it was compiled while "
                  "torch._dynamo.config.skip_nnmodule_hook_guards is True (the default); set it to False before "
                  "compiling, or use ISDALoss")
@@ -407,6 +417,11 @@ class ISDA(_ISDAState, LatentTransform):
             raise not_about_the_batch(ValueError(
                 "ISDA does not support nn.DataParallel (its replicas would each see part of the batch that the labels "
                 "were given for): use DistributedDataParallel"))
+        if isinstance(model, nn.parallel.DistributedDataParallel) and self.estimator.sync \
+                and self.estimator.group is None and model.process_group is not dist.group.WORLD:
+            raise not_about_the_batch(ValueError(  # the statistics were pooled over every rank, not the model's group
+                "the model's DistributedDataParallel has a process group of its own, but ISDA shares its statistics "
+                "over all ranks (sync_stats=True): give ISDA(..., sync_stats=<the model's process group>)"))
         batch = x.shape[0]
         if not model.training:
             self._count_untouched(x.device, batch)
@@ -424,6 +439,11 @@ class ISDA(_ISDAState, LatentTransform):
             lam, chosen = lam * mask.float(), mask.sum()
         label, pending = _layer_label(name, layer), _disarm(layer)
         if pending is not None:
+            if _is_compiled(model) and self._syncs_across_ranks():  # every rank skipped it alike: all raise here
+                raise RuntimeError(_never_fired(label, model) + ". Under DistributedDataParallel a recompile on one "
+                                   "rank (a smaller last batch there) would make the hook fire on that rank alone, "
+                                   "whose statistics gather would then wait for the others until the process "
+                                   "group's timeout")
             warnings.warn(_never_fired(label, model), stacklevel=4)  # the call's line
         hook = _ArmedHook(self, label, y, lam, chosen.to(torch.int64))
         _ARMED[layer] = (layer.register_forward_hook(hook), hook)

@@ -92,6 +92,16 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             ISDA(10, sync_stats=solos[1 - rank])
         except ValueError as e:
             result["not_member"] = str(e)
+        # DDP in a group of its own (each rank alone here): statistics pooled over all ranks were refused, not kept
+        grouped = torch.nn.parallel.DistributedDataParallel(TinyNet(), process_group=solos[rank])
+        try:
+            ISDA(10)(x[mine], y[mine], grouped)
+        except ValueError as e:
+            result["ddp_group"] = str(e)
+        in_group = ISDA(10, sync_stats=solos[rank])
+        in_group(x[mine], y[mine], grouped)
+        F.cross_entropy(grouped(x[mine]), y[mine]).backward()
+        result["group_count"] = in_group.estimator.count.clone()
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -121,3 +131,5 @@ def test_two_gloo_ranks_hold_the_statistics_of_the_concatenated_batch(tmp_path):
         assert torch.equal(res["ddp_count"], results[0]["ddp_count"])
         assert int(res["compiled_count"].sum()) == 18 + 3 + 4 + 5
         assert "a process group this rank is not a member of" in res["not_member"]
+        assert res["ddp_group"].startswith("the model's DistributedDataParallel has a process group of its own")
+    assert [int(res["group_count"].sum()) for res in results] == [3, 5]  # each rank's own rows
