@@ -266,6 +266,7 @@ class Compose(nn.Module):
             and any(_is_label_mix(p) and getattr(p, "num_classes", None) is None for p in _parts(steps[i])))
         # what runs in eval() mode: the dtype conversions (a validation loader's uint8 images come out as in training)
         self._conversions = [t for t in steps if _is_conversion(t)]
+        self._takes_uint8 = not _takes_floats_only(steps[0] if steps else None)  # per call, it walked the first step
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -286,7 +287,7 @@ class Compose(nn.Module):
         # per call, not two
         values = not (self.training and isinstance(first, LatentTransform))
         check_batch(x, y, self.num_classes, index, first.index_size if isinstance(first, LatentTransform) else None,
-                    allow_uint8=not _takes_floats_only(first), values=values)
+                    allow_uint8=self._takes_uint8, values=values)
         check_model_slot(model)
         if y is None:
             needing = [_where(p, s, i) for i, s in enumerate(self.steps) for p in _needing_labels(s)]
@@ -319,14 +320,12 @@ class Compose(nn.Module):
 
     def _run_step(self, step: nn.Module, i: int, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None,
                   index: torch.Tensor | None = None):
-        if isinstance(step, LatentTransform) and i == 0:
-            token = CALLER_NUM_CLASSES.set(self.num_classes)
+        if isinstance(step, LatentTransform):
+            token = CALLER_NUM_CLASSES.set(self.num_classes)  # its labels check uses this Compose's classes
             try:
                 return step(x, y, model, index=index)
             finally:
                 CALLER_NUM_CLASSES.reset(token)
-        if isinstance(step, LatentTransform):
-            return step(x, y, model, index=index)
         if isinstance(step, Compose):
             return step(x, y, model)
         if _is_kornia(step) and not x.is_floating_point():  # kornia's own TypeError names neither the step nor the fix
