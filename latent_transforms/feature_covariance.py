@@ -102,6 +102,10 @@ class FeatureCovariance(nn.Module):
                                       error_msgs)
 
     @torch.no_grad()
+    def gathers(self) -> bool:
+        """Whether ``update`` gathers other ranks' features now (synced, in a process group of more than one rank)."""
+        return bool(self.sync and dist.is_available() and dist.is_initialized() and dist.get_world_size(self.group) > 1)
+
     def update(self, features: torch.Tensor, y: torch.Tensor, check_y: bool = True) -> None:
         """Merge a batch: ``features: (N, A)`` float, ``y: (N,)`` int64 class indices in ``[0, K)``.
 
@@ -134,7 +138,7 @@ class FeatureCovariance(nn.Module):
             dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
         with torch.autocast(features.device.type, enabled=False):
             a = features.detach().to(dtype)
-            if self.sync and dist.is_available() and dist.is_initialized() and dist.get_world_size(self.group) > 1:
+            if self.gathers():
                 a, y = _untraced_gather()(a, y, self.group)
             if self.mean is None:
                 self._allocate(a.shape[1], a.device, dtype)

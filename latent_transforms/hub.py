@@ -156,13 +156,18 @@ def _check_filename(file: object) -> str:
     return file
 
 
+def _is_plain_text(name: str) -> bool:
+    """Printable characters, no leading or trailing space: a name that can be typed back."""
+    return name.isprintable() and name == name.strip()
+
+
 def check_file_stem(name: object, what: str = "name") -> str:
     """``name`` as the stem of ``<name>.safetensors`` (a trained or registered checkpoint's file, a registry name): a
     non-empty str of printable characters, no leading or trailing space, with no path separators, ``..`` or leading
     ``.``, not itself ending in ``.safetensors``; ``ValueError`` naming ``what`` otherwise."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"{what} must be a non-empty file stem, got {name!r}")
-    if not name.isprintable() or name != name.strip():
+    if not _is_plain_text(name):
         raise ValueError(f"{what} {name[:40]!r} must be printable characters without leading or trailing space")
     if name.endswith(".safetensors"):
         raise ValueError(f"{what} {name!r} is a file name; give the stem, {name[:-len('.safetensors')]!r} "
@@ -413,8 +418,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
 
 # -- registry ---------------------------------------------------------------------------------------
 def _check_entry(name: object, entry: object, where: str) -> dict:
-    if not isinstance(name, str) or not name or not name.isprintable() or name != name.strip() \
-            or len(name) > MAX_NAME_CHARS:  # ' x', a newline or 5,000 characters were accepted
+    if not isinstance(name, str) or not name or not _is_plain_text(name) or len(name) > MAX_NAME_CHARS:
+        # ' x', a newline or 5,000 characters were accepted
         raise ValueError(f"{where}: checkpoint names must be non-empty str of printable characters, without leading "
                          f"or trailing space, at most {MAX_NAME_CHARS} characters, got {name!r:.60}")
     if not isinstance(entry, dict):

@@ -140,11 +140,6 @@ class _ISDAState:
         self.schedule_progress.fill_(self.progress)
         self._scheduled = True
 
-    def _syncs_across_ranks(self) -> bool:
-        """Whether the statistics are gathered from other ranks now (a process group of more than one rank)."""
-        return bool(self.estimator.sync and dist.is_available() and dist.is_initialized()
-                    and dist.get_world_size(self.estimator.group) > 1)
-
     def _warn_if_unscheduled(self, stacklevel: int) -> None:
         """Once: a training call before any set_epoch/set_progress runs at lam = 0, which changes no loss."""
         if not self._scheduled:
@@ -439,7 +434,7 @@ class ISDA(_ISDAState, LatentTransform):
             lam, chosen = lam * mask.float(), mask.sum()
         label, pending = _layer_label(name, layer), _disarm(layer)
         if pending is not None:
-            if _is_compiled(model) and self._syncs_across_ranks():  # every rank skipped it alike: all raise here
+            if _is_compiled(model) and self.estimator.gathers():  # every rank skipped it alike: all raise here
                 raise RuntimeError(_never_fired(label, model) + ". Under DistributedDataParallel a recompile on one "
                                    "rank (a smaller last batch there) would make the hook fire on that rank alone, "
                                    "whose statistics gather would then wait for the others until the process "

@@ -304,7 +304,7 @@ def test_a_compiled_model_that_skips_the_hook_is_reported(batch, net):
     compiled(x)
     # under DDP with shared statistics, every rank raises here instead: a recompile on one rank (a smaller last
     # batch) made the hook fire there alone, and its statistics gather hung until the process group's timeout
-    isda._syncs_across_ranks = lambda: True
+    isda.estimator.gathers = lambda: True
     with pytest.raises(RuntimeError, match="skip_nnmodule_hook_guards.*DistributedDataParallel a recompile on one "
                                            "rank .* would make the hook fire on that rank alone"):
         isda(x, y, compiled)
