@@ -38,8 +38,7 @@ def _quality(q: dict) -> str:
 
 def _where(row: dict) -> str:
     """Where a listed checkpoint is available: cached, shipped, only remote, or nowhere (no hub URL set)."""
-    return ", ".join(w for w in ("cached", "shipped") if row[w]) or (
-        "remote" if os.environ.get("LATENT_TRANSFORMS_HUB_URL") else "missing")
+    return ", ".join(w for w in ("cached", "shipped") if row[w]) or ("remote" if row["remote"] else "missing")
 
 
 def _cmd_list(args: argparse.Namespace) -> None:

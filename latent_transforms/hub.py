@@ -61,6 +61,7 @@ STORAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _CHUNK = 1 << 20
 MAX_FILENAME_BYTES = 240  # a download's temp name, ".<file>.XXXXXXXX.part" (15 more), must stay within 255 bytes
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+HUB_URL = "LATENT_TRANSFORMS_HUB_URL"  # the environment variable naming the base URL checkpoints are fetched from
 MAX_NAME_CHARS = 200  # a registry name's length
 _SEPARATORS = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
 
@@ -678,11 +679,12 @@ def _entry(name: str) -> dict:
 
 
 def list_checkpoints() -> list[dict]:
-    """Every registered checkpoint: its registry entry plus ``name``, ``cached`` and ``shipped``.
+    """Every registered checkpoint: its registry entry plus ``name``, ``cached``, ``shipped`` and ``remote``.
 
     ``cached``/``shipped``: a file of that name (and of the registered size, when known) is in the
-    cache dir / the package; its sha256 is checked when it is used. A user registry file that cannot be read is
-    named in a warning and its entries are left out.
+    cache dir / the package; its sha256 is checked when it is used. ``remote``: ``$LATENT_TRANSFORMS_HUB_URL`` is set,
+    so a missing file can be downloaded. A user registry file that cannot be read is named in a warning and its
+    entries are left out.
     """
     def present(path: Path, size: int | None) -> bool:
         return path.is_file() and (size is None or path.stat().st_size == size)
@@ -691,7 +693,7 @@ def list_checkpoints() -> list[dict]:
     for name, entry in sorted(_registry(warn_if_broken=True).items()):
         size = entry.get("size")
         rows.append({"name": name, **entry, "cached": present(cache_dir() / entry["file"], size),
-                     "shipped": present(SHIPPED_DIR / entry["file"], size)})
+                     "shipped": present(SHIPPED_DIR / entry["file"], size), "remote": bool(os.environ.get(HUB_URL))})
     return rows
 
 
@@ -726,7 +728,7 @@ def _timeout() -> float:
 
 
 def _remote_url(file: str) -> str | None:
-    base = os.environ.get("LATENT_TRANSFORMS_HUB_URL")
+    base = os.environ.get(HUB_URL)
     if not base:
         return None
     try:
