@@ -149,6 +149,17 @@ def test_bfloat16_soft_labels_are_judged_by_what_bfloat16_can_hold():
         check_labels(torch.full((4, 10), 0.11, dtype=torch.bfloat16), 4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_labels_mixed_five_times_are_still_accepted(dtype):
+    # each mix rounds a 16-bit row's sum by about one step: a third mix of one-hot rows was refused ("sums to 1.001")
+    g = torch.Generator().manual_seed(0)
+    y = torch.nn.functional.one_hot(torch.randint(0, 10, (256,), generator=g), 10).to(dtype)
+    for _ in range(5):  # as torchvision's MixUp and VarMixup mix, in the labels' dtype
+        lam = torch.rand(256, 1, generator=g).to(dtype)
+        y = lam * y + (1 - lam) * y.roll(1, 0)
+    check_labels(y, 256)
+
+
 def test_the_model_must_be_a_module_on_the_data_device():
     import copy
 
