@@ -8,7 +8,7 @@ from torch import nn
 
 from .base import CALLER_NUM_CLASSES, NOT_ABOUT_THE_BATCH, LatentTransform, not_about_the_batch
 from .isda import ISDA
-from .labels import to_soft
+from .labels import blend, to_soft
 from .validation import WrongTypeError, check_batch, check_count, check_model_slot
 
 
@@ -343,10 +343,10 @@ class Compose(nn.Module):
                     raise not_about_the_batch(ValueError(_CUTMIX_NUM_MIX.format(name=_name(step),
                                                                                  num_mix=out.shape[0])))
                 out = out[0]
-            a, b, lam = out[:, 0].long(), out[:, 1].long(), out[:, 2:3].float()
-            if getattr(step, "use_correct_lambda", False):  # CutMix's paper convention: lam weighs the sample's own label
+            own, other, lam = out[:, 0].long(), out[:, 1].long(), out[:, 2].float()
+            if not getattr(step, "use_correct_lambda", False):  # CutMix's paper convention: lam weighs the own label
                 lam = 1 - lam
-            return x2, (1 - lam) * to_soft(a, k) + lam * to_soft(b, k)
+            return x2, blend(to_soft(own, k), to_soft(other, k), lam)
         if not x.is_floating_point() and _has_mixup(step):  # torchvision's own error named no step and no fix
             raise ValueError(f"x must be a float tensor for MixUp (it blends pixel values), got dtype {x.dtype}")
         if _is_torchvision_v2(step) and y is not None:

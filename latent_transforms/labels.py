@@ -23,6 +23,12 @@ def to_soft(y: torch.Tensor, num_classes: int | None, dtype: torch.dtype = torch
     return F.one_hot(y, num_classes).to(dtype)
 
 
+def blend(a: torch.Tensor, b: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """``lam * a + (1 - lam) * b`` per row: a, b: (B, K) soft labels; lam: (B,) weights of ``a`` in [0, 1]."""
+    lam = lam.to(a.dtype).unsqueeze(1)
+    return lam * a + (1 - lam) * b
+
+
 def mix_labels(y: torch.Tensor, partner: torch.Tensor, lam: torch.Tensor, num_classes: int | None) -> torch.Tensor:
     """Soft labels ``lam * y + (1 - lam) * y[partner]``.
 
@@ -30,5 +36,4 @@ def mix_labels(y: torch.Tensor, partner: torch.Tensor, lam: torch.Tensor, num_cl
     Returns (B, K) float.
     """
     soft = to_soft(y, num_classes)
-    lam = lam.to(soft.dtype).unsqueeze(1)
-    return lam * soft + (1 - lam) * soft[partner]
+    return blend(soft, soft[partner], lam)
