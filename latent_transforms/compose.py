@@ -57,6 +57,17 @@ def _is_conversion(t: object) -> bool:
     return isinstance(t, (ToDtype, ConvertImageDtype, ToPureTensor))
 
 
+def _conversions_in(t: object) -> list:
+    """The dtype conversions that always run when step ``t`` runs: ``t`` itself, or those inside a torchvision
+    ``v2.Compose`` or this ``Compose`` (not inside RandomApply/RandomChoice/RandomOrder: they may not run)."""
+    from torchvision.transforms.v2 import Compose as TorchvisionCompose
+
+    if _is_conversion(t):
+        return [t]
+    inner = t.steps if isinstance(t, Compose) else t.transforms if isinstance(t, TorchvisionCompose) else []
+    return [c for s in inner for c in _conversions_in(s)]
+
+
 def _has_mixup(t: object) -> bool:
     """Whether a step is, or holds, torchvision's MixUp (it takes float images only; CutMix takes uint8 too)."""
     from torchvision.transforms.v2 import MixUp
@@ -197,8 +208,8 @@ class Compose(nn.Module):
     Compose's ``num_classes`` before a label mix that was given none). ``y=None`` (an unlabelled batch) goes through
     as ``None`` when no step needs labels (``x2, _ = Compose([...])(x)``).
     In ``eval()`` mode the chain is the identity but for its dtype conversions (``v2.ToDtype``,
-    ``v2.ConvertImageDtype``, ``v2.ToPureTensor``), which run, so a validation loader's ``uint8`` images come out as
-    in training.
+    ``v2.ConvertImageDtype``, ``v2.ToPureTensor``; also inside a ``v2.Compose`` step, not inside ``RandomApply`` or
+    ``RandomChoice``), which run, so a validation loader's ``uint8`` images come out as in training.
 
     ``x: (B, C, H, W)`` float in [0, 1], or ``uint8`` when the first step is a torchvision v2 transform or a callable
     (``v2.ToDtype(torch.float32, scale=True)`` before the first latent, kornia or MixUp step converts it; ``uint8``
@@ -265,7 +276,7 @@ class Compose(nn.Module):
             i for i in mixing if num_classes is not None and not _is_kornia_mix(steps[i])
             and any(_is_label_mix(p) and getattr(p, "num_classes", None) is None for p in _parts(steps[i])))
         # what runs in eval() mode: the dtype conversions (a validation loader's uint8 images come out as in training)
-        self._conversions = [t for t in steps if _is_conversion(t)]
+        self._conversions = [c for t in steps for c in _conversions_in(t)]
         self._takes_uint8 = not _takes_floats_only(steps[0] if steps else None)  # per call, it walked the first step
 
     def __len__(self) -> int:

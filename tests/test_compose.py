@@ -170,6 +170,20 @@ def test_eval_mode_runs_only_the_dtype_conversions_and_refuses_uint8_it_would_re
     with pytest.raises(ValueError, match=r"eval\(\) mode runs only its dtype conversions .* none that converts "
                                          r"these uint8 images; put v2.ToDtype"):
         c(x8, y)
+    for c in (Compose([T.RandomApply([T.ToDtype(torch.float32, scale=True)], p=0.5), LatentNoise(rgb_glow)]).eval(),
+              Compose([T.RandomChoice([T.ToDtype(torch.float32, scale=True), T.Identity()])]).eval()):
+        with pytest.raises(ValueError, match="none that converts"):  # a conversion that may not run is not run
+            c(x8, y)
+
+
+def test_eval_mode_runs_the_conversions_inside_a_torchvision_or_nested_compose(rgb, rgb_glow):
+    x, y = rgb
+    x8 = (x * 255).round().to(torch.uint8)
+    to_float = T.ToDtype(torch.float32, scale=True)
+    for c in (Compose([T.Compose([T.RandomHorizontalFlip(), to_float]), LatentNoise(rgb_glow, generator=0)]),
+              Compose([Compose([T.Compose([to_float])]), LatentNoise(rgb_glow, generator=0)])):
+        x2, y2 = c.eval()(x8, y)  # was refused: "has none that converts these uint8 images"
+        assert torch.equal(x2, to_float(x8)) and y2 is y
 
 
 def test_a_nested_compose_runs_with_labels_and_model(rgb, rgb_glow):
