@@ -1,10 +1,13 @@
 """Random number generators for transforms: seedable, per-device, per-rank by default."""
 from __future__ import annotations
 
+import copy
 import math
+import multiprocessing
 import numbers
 import os
 import threading
+import warnings
 import weakref
 
 import torch
@@ -14,6 +17,7 @@ from torch.utils.data import get_worker_info
 from .validation import WrongTypeError
 
 _RANK_STRIDE = 1_000_003  # a prime, so rank streams do not collide for nearby seeds
+_CHILD_STRIDE = 999_983  # another: the offset of a process multiprocessing started
 _SEED_LOCK = threading.Lock()  # module-wide: a generator source with a lock of its own would not pickle
 
 
@@ -29,6 +33,24 @@ def _process() -> tuple[int, int | None]:
     """This process and DataLoader worker: a copy of a transform in a new one must not replay its parent's stream."""
     worker = get_worker_info()
     return os.getpid(), None if worker is None else worker.id
+
+
+def _child_number() -> int:
+    """0 in a process multiprocessing did not start (a main process, a torchrun rank), else a number for its place
+    among the processes its parents started (multiprocessing numbers them 1, 2, ... in the order started): a forked
+    process's global RNG is a copy of its parent's, so without it every fork of a pool drew the same stream."""
+    number = 0
+    for k in multiprocessing.current_process()._identity:
+        number = number * 1_000_000_007 + k
+    return number
+
+
+def _warn_if_in_worker(spec: object) -> None:
+    if get_worker_info() is not None:  # once per worker process: warnings shows a message once per place
+        warnings.warn(f"a transform with generator={'a torch.Generator' if isinstance(spec, torch.Generator) else spec} "
+                      f"runs in a DataLoader worker: every worker draws the same augmentations, and every epoch "
+                      f"replays them; use generator=None there (torch.manual_seed still makes runs reproducible)",
+                      stacklevel=4)
 
 
 def check_generator(spec: object) -> torch.Generator | int | None:
@@ -57,9 +79,10 @@ class GeneratorSource:
     - ``None``: a private generator per device, seeded once from torch's global RNG (so
       ``torch.manual_seed`` makes runs reproducible) plus an offset per distributed rank, so that
       DDP ranks draw different augmentations by default; a copy in another process or DataLoader worker
-      seeds afresh there (DataLoader seeds each worker's global RNG differently, every epoch);
+      seeds afresh there (DataLoader seeds each worker's global RNG differently, every epoch), plus an offset per
+      process that multiprocessing started (forked processes inherit their parent's global RNG);
     - ``int``: a private generator per device seeded with exactly that seed on every rank
-      (the same seed gives the same draws, also across ranks and DataLoader workers);
+      (the same seed gives the same draws, also across ranks and DataLoader workers: a warning says so in a worker);
     - ``torch.Generator``: used as given; it must live on the data's device.
     """
 
@@ -82,6 +105,8 @@ class GeneratorSource:
         return state
 
     def get(self, device: torch.device) -> torch.Generator:
+        if self.spec is not None:
+            _warn_if_in_worker(self.spec)
         if isinstance(self.spec, torch.Generator):
             on = torch.device(self.spec.device)  # cuda:0's generator does not draw for cuda:1 data
             if on.type != device.type or None not in (on.index, device.index) and on.index != device.index:
@@ -96,7 +121,8 @@ class GeneratorSource:
             key = str(device)
             if key not in self._per_device:
                 if self.spec is None:
-                    seed = int(torch.randint(0, 2**62, (1,)).item()) + _rank(self._parent_rank) * _RANK_STRIDE
+                    seed = (int(torch.randint(0, 2**62, (1,)).item()) + _rank(self._parent_rank) * _RANK_STRIDE
+                            + _child_number() * _CHILD_STRIDE) % 2**63
                 else:
                     seed = self.spec
                 self._per_device[key] = torch.Generator(device=device).manual_seed(seed)
@@ -112,6 +138,9 @@ class _PicklableGenerator:
     def __reduce__(self):
         g = self.generator()
         return _generator_from_bytes, (str(g.device), g.get_state().numpy().tobytes())
+
+    def __deepcopy__(self, memo: dict) -> torch.Generator:  # the copy a deepcopy makes of the generator elsewhere too
+        return copy.deepcopy(self.generator(), memo)
 
 
 _BOXES: "weakref.WeakKeyDictionary[torch.Generator, _PicklableGenerator]" = weakref.WeakKeyDictionary()

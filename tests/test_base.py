@@ -158,6 +158,68 @@ def test_used_transforms_go_to_spawned_workers():
             assert torch.equal(out[0], _AugmentInGetitem(ref)[0])
 
 
+def _draw(t) -> list:
+    return t(torch.full((1, 1, 3, 3), 0.5), torch.zeros(1, dtype=torch.int64))[0].flatten().tolist()
+
+
+def _draw_in_child(t, queue):
+    import multiprocessing
+
+    queue.put((multiprocessing.current_process()._identity, _draw(t)))
+
+
+def _draws_of_two_forks(t) -> list:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    out = []
+    for _ in range(2):  # one after the other: the order started is what tells them apart
+        queue = ctx.Queue()
+        child = ctx.Process(target=_draw_in_child, args=(t, queue))
+        child.start()
+        out.append(queue.get(timeout=60))
+        child.join()
+    return out
+
+
+def test_default_generator_differs_in_each_forked_process_and_follows_torch_manual_seed(monkeypatch):
+    # a fork copies torch's global RNG: every process of a multiprocessing pool drew the same augmentations
+    import multiprocessing
+
+    torch.manual_seed(0)
+    (first_id, first), (second_id, second) = _draws_of_two_forks(AddNoise())
+    assert first != second
+    for identity, draw in ((first_id, first), (second_id, second)):  # reproducible: the same seed, the same order
+        monkeypatch.setattr(multiprocessing.current_process(), "_identity", identity)
+        torch.manual_seed(0)
+        assert _draw(AddNoise()) == draw
+
+
+def test_a_seeded_transform_in_a_dataloader_worker_warns_that_workers_draw_alike(monkeypatch):
+    import types
+    import warnings
+
+    from latent_transforms import rng
+
+    x, y = _batch((2, 1, 3, 3), False, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        AddNoise(generator=0)(x, y)  # not in a worker: no warning
+    monkeypatch.setattr(rng, "get_worker_info", lambda: types.SimpleNamespace(id=0))
+    for spec in (0, torch.Generator()):
+        with pytest.warns(UserWarning, match="every worker draws the same augmentations, and every epoch replays"):
+            AddNoise(generator=spec)(x, y)
+
+
+def test_a_deepcopy_keeps_a_transform_on_the_generator_its_user_holds():
+    import copy
+
+    g = torch.Generator().manual_seed(0)
+    state = copy.deepcopy({"augment": AddNoise(generator=g), "generator": g})
+    assert state["augment"]._rng.spec is state["generator"]  # reseeding the copied generator drives the copy
+    assert copy.deepcopy(AddNoise(generator=g))._rng.spec is not g
+
+
 @pytest.mark.parametrize("make", [lambda p: AddNoise(p=p, generator=0), lambda p: Mix(p=p, generator=0, num_classes=5)])
 @pytest.mark.parametrize("p", [1.0, 0.5])
 def test_channels_last_in_channels_last_out(make, p):
