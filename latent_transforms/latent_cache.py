@@ -83,6 +83,17 @@ class LatentCache(nn.Module):
         self.register_buffer("signatures", None if signatures is None else signatures.to(device), persistent=False)
         self.register_buffer("projection", projection.to(device), persistent=False)
 
+    def _apply(self, fn, recurse: bool = True):
+        """``.to(device)`` moves the image signatures; a cast (``.half()``, ``.double()``) leaves them float32: rounded
+        to 16 bits they refused the cached images themselves, also after a cast back."""
+        kept = {k: getattr(self, k) for k in ("signatures", "projection") if getattr(self, k) is not None}
+        super()._apply(fn, recurse)
+        for key, before in kept.items():
+            after = getattr(self, key)
+            if after.dtype != before.dtype:
+                setattr(self, key, before.to(after.device))
+        return self
+
     def image_checks(self, x: torch.Tensor, index: torch.Tensor) -> list:
         """Whether ``x: (B, C, H, W)`` holds the cached images at ``index`` (on the cache's device, in range: judged
         before), as a ``(statistics, judge)`` pair for ``validation.check_batch``; none if ``verify_images`` is off or

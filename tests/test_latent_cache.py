@@ -209,6 +209,22 @@ def test_a_cast_cached_transform_keeps_its_cache(data, tmp_path):
     assert other.fingerprint() != tiny_glow().fingerprint()
 
 
+def test_a_cast_to_16_bits_names_the_codec_and_leaves_the_image_signatures_whole(data):
+    """.half() rounded the image signatures: a cached transform blamed the images ("x is not the images this latent
+    cache holds") instead of its 16-bit codec, and after .half().float() the cache refused its own images for good."""
+    images, labels = data
+    glow = tiny_glow()
+    x, y, idx = images[:4], labels[:4], torch.arange(4)
+    t = LatentNoise(glow, cache=LatentCache(glow, images, progress=False), generator=0).half()
+    with pytest.raises(ValueError, match="codec's weights are torch.float16"):
+        t(x, y, index=idx)
+    cache = LatentCache(tiny_glow(), images, progress=False).half().float()
+    assert cache.signatures.dtype == cache.projection.dtype == torch.float32
+    LatentNoise(tiny_glow(), cache=cache, generator=0)(x, y, index=idx)  # its own images: accepted
+    with pytest.raises(ValueError, match="x is not the images"):
+        LatentNoise(tiny_glow(), cache=cache, generator=0)(x.flip(3), y, index=idx)
+
+
 @pytest.mark.parametrize("make", [
     lambda c, cache: LatentNoise(c, eps=2.0, cache=cache),
     lambda c, cache: VarMixup(c, num_classes=10, cache=cache),
