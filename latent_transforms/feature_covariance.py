@@ -177,6 +177,13 @@ class FeatureCovariance(nn.Module):
         mean.add_(w.unsqueeze(1) * delta)
         self.count.add_(count)
 
+    def __getstate__(self) -> dict:
+        if self.group is not None:  # torch's own error names neither the module nor the way out
+            raise TypeError("statistics shared over a process group (ISDA/FeatureCovariance(sync_stats=group)) cannot "
+                            "be pickled or deep-copied, as process groups cannot: save and load its state_dict() "
+                            "instead, or build the copy with sync_stats=True/False")
+        return super().__getstate__()
+
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, feature_dim={self.feature_dim}, covariance={self.covariance!r}, "
                 f"sync_stats={self.sync}" + ("" if self.group is None else " (a process group)"))

@@ -211,6 +211,19 @@ def test_a_seeded_transform_in_a_dataloader_worker_warns_that_workers_draw_alike
             AddNoise(generator=spec)(x, y)
 
 
+def test_a_run_resumed_with_its_generators_saved_state_makes_the_same_draws():
+    # the recipe of reliability.md (Determinism): the generator's state is the user's to save
+    x, y = _batch((4, 1, 3, 3), False, 0)
+    g = torch.Generator().manual_seed(0)
+    t = AddNoise(generator=g)
+    t(x, y)
+    saved = g.get_state()
+    uninterrupted = [t(x, y)[0] for _ in range(2)]
+    g2 = torch.Generator()
+    g2.set_state(saved.clone())  # a new process: a new transform, the saved state
+    assert all(torch.equal(a, AddNoise(generator=g2)(x, y)[0]) for a in uninterrupted)
+
+
 def test_a_deepcopy_keeps_a_transform_on_the_generator_its_user_holds():
     import copy
 

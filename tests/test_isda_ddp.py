@@ -1,4 +1,5 @@
 """ISDA under torch.distributed: two gloo processes hold the statistics of the global batch (or of a group's)."""
+import copy
 import os
 import socket
 
@@ -102,6 +103,11 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         in_group(x[mine], y[mine], grouped)
         F.cross_entropy(grouped(x[mine]), y[mine]).backward()
         result["group_count"] = in_group.estimator.count.clone()
+        try:  # torch's "cannot pickle 'ProcessGroup' object" named neither ISDA nor state_dict
+            copy.deepcopy(in_group)
+        except TypeError as e:
+            result["deepcopy"] = str(e)
+        in_group.load_state_dict(copy.deepcopy(in_group.state_dict()))  # the way out works
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -133,3 +139,5 @@ def test_two_gloo_ranks_hold_the_statistics_of_the_concatenated_batch(tmp_path):
         assert "a process group this rank is not a member of" in res["not_member"]
         assert res["ddp_group"].startswith("the model's DistributedDataParallel has a process group of its own")
     assert [int(res["group_count"].sum()) for res in results] == [3, 5]  # each rank's own rows
+    assert all(res["deepcopy"].startswith("statistics shared over a process group") and "state_dict()" in res["deepcopy"]
+               for res in results)
