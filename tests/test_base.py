@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from latent_transforms import LatentTransform
+from latent_transforms.base import keep_plausible
 from latent_transforms.labels import mix_labels
 from latent_transforms.rng import GeneratorSource
 
@@ -492,3 +493,49 @@ def test_threads_making_their_first_draw_at_once_share_one_generator(monkeypatch
     for th in threads:
         th.join(10)
     assert len(got) == 2 and got[0] is got[1]
+
+
+def test_a_decode_exactly_max_overshoot_outside_is_kept_and_clipped_a_larger_one_rejected():
+    """'More than 0.5 outside [0, 1]' is rejected: 0.5 itself (1.5, -0.5: exact in float) is clipped and kept."""
+    fallback = torch.full((4, 1, 1, 2), 0.25)
+    decoded = torch.tensor([1.5, -0.5, 1.5 + 2**-20, -0.5 - 2**-20]).view(4, 1, 1, 1).expand(4, 1, 1, 2)
+    images, ok = keep_plausible(decoded, fallback)
+    assert ok.tolist() == [True, True, False, False]
+    assert images.flatten(1)[:, 0].tolist() == [1.0, 0.0, 0.25, 0.25]
+
+
+def test_p_one_draws_no_selection_from_the_generator():
+    """With p=1 every sample is taken without a draw: the call's draws are make_params' first from the seed."""
+    x, y = _batch((5, 1, 3, 3), False, 0)
+    t = AddNoise(generator=3)
+    t(x, y)
+    expected = t.make_params(5, torch.Generator().manual_seed(3), torch.device("cpu"))
+    assert torch.equal(t.last_params["noise"], expected["noise"])
+    assert torch.equal(t.last_params["selected"], torch.arange(5))
+
+
+def test_a_selection_draw_equal_to_p_is_not_selected(monkeypatch):
+    """Bernoulli(p) as ``U[0, 1) < p``: a draw of exactly p (0.0 with p=0) leaves its sample alone."""
+    monkeypatch.setattr(torch, "rand", lambda n, **kwargs: torch.full((n,), 0.5) if n == 3 else torch.zeros(n))
+    g = torch.Generator()
+    assert not AddNoise(p=0.0)._draw_selection(4, g, torch.device("cpu")).any()
+    assert not AddNoise(p=0.5)._draw_selection(3, g, torch.device("cpu")).any()
+
+
+def test_an_int_seed_draws_alike_on_every_rank(monkeypatch):
+    """An int seed is exactly that seed on every rank (only the default generator is offset per rank)."""
+    draws = {}
+    for rank in ("0", "3"):
+        monkeypatch.setenv("RANK", rank)
+        g = GeneratorSource(5).get(torch.device("cpu"))
+        draws[rank] = (g.initial_seed(), torch.rand(4, generator=g))
+    assert draws["0"][0] == draws["3"][0] == 5 and torch.equal(draws["0"][1], draws["3"][1])
+
+
+def test_a_seed_outside_manual_seeds_range_is_refused_when_given():
+    """[-2**63, 2**64): refused at construction with the range named, not by torch at the first call."""
+    for seed in (2**64, -2**63 - 1):
+        with pytest.raises(ValueError, match=r"seed must be in \[-2\*\*63, 2\*\*64\)"):
+            AddNoise(generator=seed)
+    for seed in (2**64 - 1, -2**63):
+        GeneratorSource(seed).get(torch.device("cpu"))

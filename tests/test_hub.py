@@ -1410,3 +1410,23 @@ def test_a_failed_download_still_names_the_bad_cached_copy(env, server):
     with pytest.raises(hub.HubError, match=r"missing.safetensors failed: HTTP 404.*; and cached .*missing.safetensors "
                                            r"does not match the registry"):
         hub.fetch("x")
+
+
+def test_a_name_registered_again_by_another_process_is_read_again(env):
+    """The in-process codec cache is keyed by the registered sha256 too: a name another process registered again
+    (its user registry entry replaced, this process's runtime registry untouched) loads the new file."""
+    env.mkdir()
+    sha_a = hub.save_checkpoint(_codec(0), env / "a.safetensors")
+    sha_b = hub.save_checkpoint(_codec(1), env / "b.safetensors")
+    entry = {"file": "a.safetensors", "sha256": sha_a, "size": None, "config": CONFIG, "trained_on": "test",
+             "quality": {}, "notes": ""}
+    hub._persist("vae", entry, overwrite=False)  # what `register --persist` writes, from another process
+    assert torch.equal(_outputs(hub.load("vae")), _outputs(_codec(0).eval()))
+    hub._persist("vae", {**entry, "file": "b.safetensors", "sha256": sha_b}, overwrite=True)
+    assert torch.equal(_outputs(hub.load("vae")), _outputs(_codec(1).eval()))
+
+
+def test_a_registry_file_name_with_dot_dot_is_refused(env):
+    """A registry file name is a plain name: no path separators, no '..' anywhere, no leading '.'."""
+    with pytest.raises(ValueError, match=r"'a\.\.b\.safetensors' is not a plain file name"):
+        _register("a", "a..b.safetensors")

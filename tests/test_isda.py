@@ -741,3 +741,12 @@ def test_a_loaded_state_that_never_left_zero_still_warns():
         warnings.simplefilter("error")
         resumed(x, y, net)
         net(x)
+
+
+def test_set_epoch_takes_the_last_epoch_number_itself():
+    """``epoch`` in [0, total_epochs]: epoch == total_epochs is the full strength, one more is refused."""
+    isda = ISDA(10, lambda0=0.5, sync_stats=False)
+    isda.set_epoch(4, 4)
+    assert isda.lam == 0.5
+    with pytest.raises(ValueError, match=r"epoch must be an int in \[0, total_epochs=4\]"):
+        isda.set_epoch(5, 4)

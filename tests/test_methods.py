@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from latent_transforms import ISDA, ISDALoss, LatentCache
-from latent_transforms.codecs import flatten_latents
+from latent_transforms.codecs import ConvVAE, flatten_latents
 from latent_transforms.latent_adversarial import LatentAdversarial
 from latent_transforms.latent_noise import LatentNoise
 from latent_transforms.mixup_inference import LatentMixupInference
@@ -912,3 +912,38 @@ def test_a_transform_replays_its_own_integer_and_bool_draws():
     x1, _ = t(x)
     assert torch.equal(t(x, params=t.last_params)[0], x1)
     assert torch.equal(t(x, params={**t.last_params, "batch_size": 8})[0], x1)  # an int is a batch size too
+
+
+def test_noise_through_an_unfrozen_codec_carries_no_autograd_history(batch):
+    """An unfrozen codec (its weights require gradients) is used as it is: the decode builds no graph all the same."""
+    x, y = batch
+    torch.manual_seed(0)
+    codec = ConvVAE((1, 8, 8), latent_dim=4, hidden=8)
+    assert all(p.requires_grad for p in codec.parameters())
+    x2, _ = LatentNoise(codec, eps=1.0, generator=0)(x, y)
+    assert x2.grad_fn is None and not x2.requires_grad
+
+
+def test_adversarial_leaves_the_start_it_was_given_as_it_was(glow, batch, net):
+    """The PGD loop flags its delta for gradients: not the drawn start kept in last_params, nor a replayed one."""
+    x, y = batch
+    t = LatentAdversarial(glow, generator=0)
+    t(x, y, net)
+    start = t.last_params["start"]
+    assert not start.requires_grad
+    given = {k: v.clone() for k, v in t.last_params.items()}
+    LatentAdversarial(glow, generator=1)(x, y, net, params=given)
+    assert not given["start"].requires_grad and torch.equal(given["start"], start)
+
+
+def test_mixup_inference_counts_implausible_decodes_as_rejected(glow, batch, net):
+    """A decoded mix far outside [0, 1] is replaced by the input and counted in ``rejected``."""
+    x, _ = batch
+    mi = LatentMixupInference(net, glow, references=x, num_mixes=2, generator=0)
+    decode = glow.decode_flat
+    glow.decode_flat = lambda z: decode(z) + 5.0  # every mix overshoots by far more than 0.5
+    spy = SpyNet(net)
+    mi.model = spy
+    mi(x)
+    assert mi.stats == {"seen": 2 * len(x), "transformed": 0, "rejected": 2 * len(x)}
+    assert all(torch.equal(t, x) for t in spy.inputs)

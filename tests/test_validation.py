@@ -380,3 +380,11 @@ def test_a_16_bit_batch_of_the_other_kind_is_checked_under_cpu_autocast(x_dtype,
         with pytest.raises(ValueError, match="x contains NaN or inf"):
             check_images(torch.full((1, 1, 4, 4), float("nan"), dtype=x_dtype))
     assert x2.dtype == x_dtype and torch.equal(y2, y)
+
+
+def test_a_soft_label_row_summing_below_one_is_found_among_good_rows():
+    """The row furthest from 1 is judged, whichever side of 1 it lies: one row of 0.5 among one-hot rows."""
+    y = torch.eye(4, 10)
+    y[2] *= 0.5
+    with pytest.raises(ValueError, match="row 2 sums to 0.5"):
+        check_labels(y, 4)
