@@ -283,7 +283,7 @@ def _describe_schedule(schedule: list[dict], step: int) -> str:
 def _fmt_metrics(codec_kind: str, metrics: dict[str, float]) -> dict[str, str]:
     if codec_kind == "glow":
         return {"bits/dim": f"{metrics.get('bits/dim', metrics.get('loss', float('nan'))):.3f}"}
-    return {"loss": f"{metrics['loss']:.2f}", "mse": f"{metrics.get('mse', float('nan')):.4f}",
+    return {"loss": f"{metrics.get('loss', float('nan')):.2f}", "mse": f"{metrics.get('mse', float('nan')):.4f}",
             "kl": f"{metrics.get('kl', float('nan')):.2f}"}
 
 

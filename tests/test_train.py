@@ -932,6 +932,20 @@ def test_a_nan_gradient_of_a_finite_loss_is_skipped(tmp_path, digits, kind, clip
     assert all(torch.isfinite(t).all() for t in r["codec"].state_dict().values() if t.is_floating_point())
 
 
+def test_a_vae_whose_first_step_is_non_finite_shows_nan_in_the_progress_bar(tmp_path, digits, monkeypatch):
+    """The bar's figures at step 1 had nothing to show: a VAE's raised KeyError 'loss' (a flow's showed nan)."""
+    loss, calls = ConvVAE.loss, [0]
+
+    def nan_at_call_1(self, x):
+        calls[0] += 1
+        value, metrics = loss(self, x)
+        return (value * math.nan if calls[0] == 1 else value), metrics
+
+    monkeypatch.setattr(ConvVAE, "loss", nan_at_call_1)
+    r = train_codec("vae", digits[0][:32], tmp_path, **VAE, max_steps=2, batch_size=16, progress=True)
+    assert r["complete"] and r["nonfinite_steps"] == 1
+
+
 def test_max_minutes_limits_the_call_in_minutes_and_the_set_up_is_not_training_time(tmp_path, digits, monkeypatch):
     clock = [0.0]
 
