@@ -40,13 +40,104 @@ __all__ = ["train_codec", "eval_codec", "default_config", "save_training_state",
            "register_cli", "STATE_FORMAT"]
 
 STATE_FORMAT = "latent-transforms-train-state/1"
-KINDS = {"flow": "glow", "glow": "glow", "vae": "vae"}
 ACTNORM_INIT_BATCH = 512
 MAX_SEED = 2**32 - 1  # seeds in [0, 2**32), as NumPy's: the batch order seeds a generator with seed * 1_000_003 + epoch
 MAX_LR = 1.0  # Adam and Adamax move each weight by up to about lr a step: beyond 1, only overflow (lr 1e38: a traceback)
 ROUNDTRIP_TOL = 1e-3  # max |decode(encode(x)) - x| a stored flow may have (else fp16 falls back to fp32)
 VAE_FP16_TOL = 1e-2  # max |reconstruction(fp16 copy) - reconstruction(fp32)| for a VAE
 MAX_NONFINITE_IN_A_ROW = 20
+
+
+# -- what differs per codec kind -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainingRecipe:
+    """How ``train_codec`` builds, trains, evaluates and reports one codec kind: an entry of ``RECIPES``."""
+
+    name: str  # the kind as train_codec and the CLI take it
+    label: str  # the kind as messages name it ("... is a VAE setting")
+    settings: tuple[str, ...]  # train_codec's codec settings of this kind (another kind's must be None)
+    settings_note: str  # ends the message refusing another kind's setting for this one
+    base_config: Callable[[int, int, int], dict]  # (height, width, num_bins) -> config entries before overrides
+    optimizer: type[torch.optim.Optimizer]
+    grad_clip: float | None  # the default max gradient norm
+    actnorm: bool  # a fresh codec initialises its ActNorm layers from ACTNORM_INIT_BATCH training images
+    sample_temperature: float  # of the samples in the PNG
+    bar_metrics: dict[str, str]  # the progress bar's smoothed training metrics, each with its format
+    # eval_codec on one batch: (codec, xb, generator) -> (metrics summed over xb, metrics maximal over xb)
+    batch_metrics: Callable[[Codec, torch.Tensor, torch.Generator], tuple[dict[str, float], dict[str, float]]]
+    quality: dict[str, int]  # the registry entry's quality metrics (of eval_codec), each with the decimals it keeps
+    # (codec, its float16 copy, probe images) -> (the copy's error, the most allowed, what the error is); the
+    # tolerance is a module constant read at each call (ROUNDTRIP_TOL, VAE_FP16_TOL), so that it can be set
+    fp16_error: Callable[[Codec, Codec, torch.Tensor], tuple[float, float, str]]
+
+
+def _glow_config(h: int, w: int, num_bins: int) -> dict:
+    """Up to 3 levels, as many as halve the image (H, W) to a side of 2 or more (at least 1)."""
+    levels = 0
+    while levels < 3 and h % 2 ** (levels + 1) == 0 and w % 2 ** (levels + 1) == 0 and min(h, w) // 2 ** (levels + 1) >= 2:
+        levels += 1
+    return {"levels": max(levels, 1), "steps": 8, "hidden": 128, "num_bins": int(num_bins)}
+
+
+def _roundtrip_err(codec: Codec, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        xb = x.to(codec.device, codec.dtype)
+        return float((codec.decode(codec.encode(xb)) - xb).abs().max())
+
+
+def _glow_batch_metrics(codec: Codec, xb: torch.Tensor, gen: torch.Generator) -> tuple[dict, dict]:
+    """``bits_per_dim`` summed over ``xb`` (B, C, H, W) (uniform dequantisation noise from ``gen``), and the
+    batch's ``roundtrip_max_err``, as ``(sums, maxes)``."""
+    device = codec.device
+    noise = torch.rand(xb.shape, generator=gen).to(device, codec.dtype)
+    x_deq = (torch.round(xb * (codec.num_bins - 1)) + noise) / codec.num_bins
+    with exact_math(device.type):
+        bpd = codec.bits_per_dim(x_deq)
+    return {"bits_per_dim": float(bpd.sum())}, {"roundtrip_max_err": _roundtrip_err(codec, xb)}
+
+
+def _vae_batch_metrics(codec: Codec, xb: torch.Tensor, gen: torch.Generator) -> tuple[dict, dict]:
+    """``mse``, ``kl``, ``rec`` and ``nelbo`` summed over ``xb`` (B, C, H, W) (one posterior sample from ``gen``), as
+    ``(sums, {})``."""
+    terms = codec.elbo_terms(xb, generator=gen)
+    rec, kl = terms["rec"], terms["kl"]
+    mse = (codec.decode([terms["mu"]]) - xb).pow(2).flatten(1).mean(1)
+    per_image = {"mse": mse, "kl": kl, "rec": rec, "nelbo": rec + codec.beta * kl}
+    return {key: float(v.sum()) for key, v in per_image.items()}, {}
+
+
+def _glow_fp16_error(codec: Codec, stored: Codec, probe: torch.Tensor) -> tuple[float, float, str]:
+    """``(error, tolerance, what the error is)`` of ``stored``, a float16 copy of ``codec``, on ``probe``
+    (B, C, H, W): its own round trip."""
+    return _roundtrip_err(stored, probe), ROUNDTRIP_TOL, "decode(encode(x)) errs by"
+
+
+def _vae_fp16_error(codec: Codec, stored: Codec, probe: torch.Tensor) -> tuple[float, float, str]:
+    """``(error, tolerance, what the error is)`` of ``stored``, a float16 copy of ``codec``, on ``probe``
+    (B, C, H, W): its reconstructions against ``codec``'s."""
+    with torch.no_grad():
+        p = probe.to(stored.device)
+        err = float((stored.decode(stored.encode(p)) - codec.decode(codec.encode(p))).abs().max())
+    return err, VAE_FP16_TOL, "its reconstructions differ from fp32 by"
+
+
+# by codec kind (``codec.kind``)
+RECIPES = {
+    "glow": TrainingRecipe(
+        name="flow", label="flow (Glow)", settings=("levels", "steps", "hidden"),
+        settings_note="; a flow's latent has the size of the image", base_config=_glow_config,
+        optimizer=torch.optim.Adamax, grad_clip=50.0, actnorm=True, sample_temperature=0.7,
+        bar_metrics={"bits/dim": ".3f"}, batch_metrics=_glow_batch_metrics, quality={"bits_per_dim": 4},
+        fp16_error=_glow_fp16_error),
+    "vae": TrainingRecipe(
+        name="vae", label="VAE", settings=("latent_dim", "hidden", "beta", "latent_side", "decoder_blocks"),
+        settings_note="", base_config=lambda h, w, num_bins: {"latent_dim": 64, "hidden": 64, "beta": 1.0},
+        optimizer=torch.optim.Adam, grad_clip=None, actnorm=False, sample_temperature=1.0,
+        bar_metrics={"loss": ".2f", "mse": ".4f", "kl": ".2f"}, batch_metrics=_vae_batch_metrics,
+        quality={"mse": 5, "kl": 3}, fp16_error=_vae_fp16_error),
+}
+# train_codec's kind, or the codec kind itself -> the codec kind
+KINDS = {**{recipe.name: kind for kind, recipe in RECIPES.items()}, **{kind: kind for kind in RECIPES}}
 
 
 # -- configs ------------------------------------------------------------------------------------------
@@ -57,21 +148,14 @@ def default_config(kind: str, image_shape: tuple[int, int, int], num_bins: int =
     """
     codec_kind = _codec_kind(kind)
     c, h, w = (int(s) for s in image_shape)
-    if codec_kind == "glow":
-        levels = 0
-        while levels < 3 and h % 2 ** (levels + 1) == 0 and w % 2 ** (levels + 1) == 0 and min(h, w) // 2 ** (levels + 1) >= 2:
-            levels += 1
-        config = {"kind": "glow", "image_shape": [c, h, w], "levels": max(levels, 1), "steps": 8, "hidden": 128,
-                  "num_bins": int(num_bins)}
-    else:
-        config = {"kind": "vae", "image_shape": [c, h, w], "latent_dim": 64, "hidden": 64, "beta": 1.0}
+    config = {"kind": codec_kind, "image_shape": [c, h, w], **RECIPES[codec_kind].base_config(h, w, num_bins)}
     config.update({k: v for k, v in overrides.items() if v is not None})
     return build_codec(config).config  # validates and fills in every default
 
 
 def _codec_kind(kind: str) -> str:
     if kind not in KINDS:
-        raise ValueError(f"kind must be 'flow' or 'vae', got {kind!r}")
+        raise ValueError(f"kind must be {' or '.join(repr(r.name) for r in RECIPES.values())}, got {kind!r}")
     return KINDS[kind]
 
 
@@ -188,6 +272,7 @@ def eval_codec(codec: Codec, x: torch.Tensor, batch_size: int = 256, seed: int =
     device = codec.device
     codec.check_images(x[:1].to(device))
     gen = torch.Generator(device="cpu").manual_seed(seed)
+    recipe = RECIPES.get(codec.kind)
     was_training = codec.training
     codec.eval()
     sums: dict[str, float] = {}
@@ -196,27 +281,18 @@ def eval_codec(codec: Codec, x: torch.Tensor, batch_size: int = 256, seed: int =
     try:
         for start in range(0, n, batch_size):
             xb = x[start:start + batch_size].to(device, codec.dtype)
-            b = xb.shape[0]
-            if codec.kind == "glow":
-                noise = torch.rand(xb.shape, generator=gen).to(device, codec.dtype)
-                x_deq = (torch.round(xb * (codec.num_bins - 1)) + noise) / codec.num_bins
-                with exact_math(device.type):
-                    bpd = codec.bits_per_dim(x_deq)
-                sums["bits_per_dim"] = sums.get("bits_per_dim", 0.0) + float(bpd.sum())
-                err = (codec.decode(codec.encode(xb)) - xb).abs().max()
-                maxes["roundtrip_max_err"] = _nan_max(maxes.get("roundtrip_max_err", 0.0), float(err))
-            elif codec.kind == "vae":
-                terms = codec.elbo_terms(xb, generator=gen)
-                rec, kl = terms["rec"], terms["kl"]
-                mse = (codec.decode([terms["mu"]]) - xb).pow(2).flatten(1).mean(1)
-                for key, v in (("mse", mse), ("kl", kl), ("rec", rec), ("nelbo", rec + codec.beta * kl)):
-                    sums[key] = sums.get(key, 0.0) + float(v.sum())
-            else:
+            if recipe is not None:
+                batch_sums, batch_maxes = recipe.batch_metrics(codec, xb, gen)
+            else:  # a codec train_codec does not train: the metrics its loss reports
                 with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                     torch.manual_seed(seed + start)
                     loss, metrics = codec.loss(xb)
-                for key, v in {"loss": loss, **metrics}.items():
-                    sums[key] = sums.get(key, 0.0) + float(v) * b
+                batch_sums = {key: float(v) * xb.shape[0] for key, v in {"loss": loss, **metrics}.items()}
+                batch_maxes = {}
+            for key, v in batch_sums.items():
+                sums[key] = sums.get(key, 0.0) + v
+            for key, v in batch_maxes.items():
+                maxes[key] = _nan_max(maxes.get(key, 0.0), v)
     finally:
         codec.train(was_training)
     out = {k: v / n for k, v in sums.items()}
@@ -280,13 +356,6 @@ def _describe_schedule(schedule: list[dict], step: int) -> str:
     return "; ".join(f"steps {s['from_step']}-{end}: {t}" for (s, end), t in zip(parts, texts))
 
 
-def _fmt_metrics(codec_kind: str, metrics: dict[str, float]) -> dict[str, str]:
-    if codec_kind == "glow":
-        return {"bits/dim": f"{metrics.get('bits/dim', metrics.get('loss', float('nan'))):.3f}"}
-    return {"loss": f"{metrics.get('loss', float('nan')):.2f}", "mse": f"{metrics.get('mse', float('nan')):.4f}",
-            "kl": f"{metrics.get('kl', float('nan')):.2f}"}
-
-
 def _upscale(x: torch.Tensor, min_side: int = 32) -> torch.Tensor:
     factor = max(1, math.ceil(min_side / max(1, min(x.shape[-2:]))))
     return torch.nn.functional.interpolate(x, scale_factor=factor, mode="nearest") if factor > 1 else x
@@ -304,12 +373,6 @@ def _save_grid(codec: Codec, x: torch.Tensor, path: Path, n: int, temperature: f
     grid = _upscale(torch.cat([orig, rec, samples]).float().cpu())
     with hub.atomic_path(path) as tmp:
         save_image(grid, tmp, format="png", nrow=orig.shape[0], padding=2, pad_value=1.0)
-
-
-def _roundtrip_err(codec: Codec, x: torch.Tensor) -> float:
-    with torch.no_grad():
-        xb = x.to(codec.device, codec.dtype)
-        return float((codec.decode(codec.encode(xb)) - xb).abs().max())
 
 
 def _check_train_args(x_train: torch.Tensor, x_test: torch.Tensor | None, name: str, *, epochs: float | None,
@@ -349,31 +412,23 @@ def _check_train_args(x_train: torch.Tensor, x_test: torch.Tensor | None, name: 
     hub.check_file_stem(name)
 
 
-# per codec kind: the settings of the other kind, and what to say of them
-OTHER_KIND_SETTINGS = {"glow": (("latent_dim", "beta", "latent_side", "decoder_blocks"), "VAE",
-                                "; a flow's latent has the size of the image"),
-                       "vae": (("levels", "steps"), "flow (Glow)", "")}
-
-
 def refuse_other_kind_settings(codec_kind: str, settings: dict, spell=str) -> None:
-    """``ValueError`` naming (as ``spell(name)``) each setting of the other codec kind that is not None."""
-    names, kind, why = OTHER_KIND_SETTINGS[codec_kind]
-    given = [spell(n) for n in names if settings.get(n) is not None]
-    if len(given) == 1:
-        raise ValueError(f"{given[0]} is a {kind} setting{why}")
-    if given:
-        raise ValueError(f"{', '.join(given[:-1])} and {given[-1]} are {kind} settings{why}")
+    """``ValueError`` naming (as ``spell(name)``) each setting of another codec kind that is not None."""
+    own = RECIPES[codec_kind]
+    for other in RECIPES.values():
+        given = [spell(n) for n in other.settings if n not in own.settings and settings.get(n) is not None]
+        if len(given) == 1:
+            raise ValueError(f"{given[0]} is a {other.label} setting{own.settings_note}")
+        if given:
+            raise ValueError(f"{', '.join(given[:-1])} and {given[-1]} are {other.label} settings{own.settings_note}")
 
 
-def _codec_config(codec_kind: str, image_shape: tuple[int, int, int], num_bins: int, config: dict | None, *,
-                  levels: int | None, steps: int | None, hidden: int | None, latent_dim: int | None,
-                  beta: float | None, latent_side: int | None, decoder_blocks: int | None) -> dict:
-    """:func:`default_config` with the settings of ``codec_kind`` (others must be None), then ``config``."""
-    overrides = {"levels": levels, "steps": steps, "hidden": hidden} if codec_kind == "glow" else \
-        {"latent_dim": latent_dim, "hidden": hidden, "beta": beta, "latent_side": latent_side,
-         "decoder_blocks": decoder_blocks}
-    refuse_other_kind_settings(codec_kind, dict(levels=levels, steps=steps, latent_dim=latent_dim, beta=beta,
-                                                latent_side=latent_side, decoder_blocks=decoder_blocks))
+def _codec_config(codec_kind: str, image_shape: tuple[int, int, int], num_bins: int, config: dict | None,
+                  settings: dict) -> dict:
+    """:func:`default_config` with the codec ``settings`` (by name) of ``codec_kind`` (another kind's must be None),
+    then ``config``."""
+    refuse_other_kind_settings(codec_kind, settings)
+    overrides = {n: settings[n] for n in RECIPES[codec_kind].settings}
     return default_config(codec_kind, image_shape, num_bins, **{**overrides, **(config or {})})
 
 
@@ -384,7 +439,7 @@ SETTINGS_ADDED_LATER = {"data_sha256": None, "translate": 0}
 
 def _new_info(codec_kind: str, settings: dict, steps_per_epoch: int) -> dict:
     """The ``info`` (JSON-able, saved with the training state) of a run that starts at step 0."""
-    return {"kind": codec_kind, **settings, "optimizer": "Adamax" if codec_kind == "glow" else "Adam",
+    return {"kind": codec_kind, **settings, "optimizer": RECIPES[codec_kind].optimizer.__name__,
             "steps_per_epoch": steps_per_epoch, "step": 0, "train_time_s": 0.0, "nonfinite_steps": 0,
             "history": [], "calls": 0, "schedule": []}
 
@@ -413,19 +468,20 @@ def _load_resume(state_path: Path, settings: dict) -> tuple[dict, tuple[dict, di
 
 def _build(codec_kind: str, cfg: dict, dev: torch.device, lr: float, seed: int, x: torch.Tensor,
            saved: tuple | None, state_path: Path) -> tuple[Codec, torch.optim.Optimizer]:
-    """The seeded codec and its optimizer (Adamax for flows, Adam for VAEs), fresh or restored from ``saved``.
+    """The seeded codec and its kind's optimizer (``RECIPES``), fresh or restored from ``saved``.
 
-    A fresh flow initialises ActNorm from up to ``ACTNORM_INIT_BATCH`` random images of ``x`` (N, C, H, W); a
-    resumed run (``saved``: model state, optimizer state, extra tensors) gets back its weights, optimizer state
-    and RNG state. Call it inside the run's ``torch.random.fork_rng``.
+    A fresh codec with ActNorm (a flow) initialises it from up to ``ACTNORM_INIT_BATCH`` random images of ``x``
+    (N, C, H, W); a resumed run (``saved``: model state, optimizer state, extra tensors) gets back its weights,
+    optimizer state and RNG state. Call it inside the run's ``torch.random.fork_rng``.
     """
     torch.manual_seed(seed)
     codec = build_codec(cfg).to(dev)
     params = [p for p in codec.parameters() if p.requires_grad]
-    if saved is None and codec_kind == "glow":  # ActNorm initialises from the first batch it sees: a big one
+    recipe = RECIPES[codec_kind]
+    if saved is None and recipe.actnorm:  # ActNorm initialises from the first batch it sees: a big one
         g = torch.Generator().manual_seed(seed)
         codec.init_actnorm(x[torch.randperm(x.shape[0], generator=g)[:ACTNORM_INIT_BATCH].to(dev)])
-    optimizer = (torch.optim.Adamax if codec_kind == "glow" else torch.optim.Adam)(params, lr=lr)
+    optimizer = recipe.optimizer(params, lr=lr)
     if saved is not None:
         model_state, optim_state, extra = saved
         try:
@@ -463,7 +519,7 @@ class _TrainingRun:
     state_path: Path
     x: torch.Tensor  # (N, C, H, W) float32 training images on ``device``
     device: torch.device
-    kind: str
+    recipe: TrainingRecipe
     batch_size: int
     steps_per_epoch: int
     seed: int
@@ -560,7 +616,8 @@ class _TrainingRun:
                 if bar is not None:
                     bar.update(1)
                     if step % 5 == 0 or step == 1:
-                        bar.set_postfix(_fmt_metrics(self.kind, smoothed) | {"lr": f"{lr_now:.1e}"}, refresh=False)
+                        shown = {k: f"{smoothed.get(k, math.nan):{fmt}}" for k, fmt in self.recipe.bar_metrics.items()}
+                        bar.set_postfix(shown | {"lr": f"{lr_now:.1e}"}, refresh=False)
                 if step % self.checkpoint_every == 0:
                     self.checkpoint()
                     t_last = time.perf_counter()
@@ -640,7 +697,7 @@ class _TrainingRun:
         return loss, metrics
 
 
-def _store(codec: Codec, codec_kind: str, ckpt: Path, fp16: bool, probe: torch.Tensor, name: str,
+def _store(codec: Codec, recipe: TrainingRecipe, ckpt: Path, fp16: bool, probe: torch.Tensor, name: str,
            dev: torch.device, say) -> tuple[Codec, str, torch.dtype, str | None]:
     """Save ``codec`` to ``ckpt`` and load it back: as float16 if ``fp16`` and that copy stays accurate on the
     images ``probe`` (B, C, H, W), else as float32.
@@ -655,7 +712,7 @@ def _store(codec: Codec, codec_kind: str, ckpt: Path, fp16: bool, probe: torch.T
         if why is None:
             sha = hub.save_checkpoint(codec, ckpt, dtype=torch.float16, extra_metadata=meta)
             stored = hub.load_checkpoint(ckpt, dev)
-            why = _fp16_inaccuracy(codec, stored, codec_kind, probe)
+            why = _fp16_inaccuracy(codec, stored, recipe, probe)
             if why is None:
                 return stored, sha, torch.float16, None
         fallback = f"fp16 copy rejected ({why}); stored fp32"
@@ -664,15 +721,9 @@ def _store(codec: Codec, codec_kind: str, ckpt: Path, fp16: bool, probe: torch.T
     return hub.load_checkpoint(ckpt, dev), sha, torch.float32, fallback
 
 
-def _fp16_inaccuracy(codec: Codec, stored: Codec, codec_kind: str, probe: torch.Tensor) -> str | None:
+def _fp16_inaccuracy(codec: Codec, stored: Codec, recipe: TrainingRecipe, probe: torch.Tensor) -> str | None:
     """Why ``stored``, the float16 copy of ``codec``, is not accurate enough on ``probe`` (B, C, H, W), or None."""
-    if codec_kind == "glow":
-        err, tol, what = _roundtrip_err(stored, probe), ROUNDTRIP_TOL, "decode(encode(x)) errs by"
-    else:
-        with torch.no_grad():
-            p = probe.to(stored.device)
-            err = float((stored.decode(stored.encode(p)) - codec.decode(codec.encode(p))).abs().max())
-        tol, what = VAE_FP16_TOL, "its reconstructions differ from fp32 by"
+    err, tol, what = recipe.fp16_error(codec, stored, probe)
     return None if err <= tol else f"{what} {err:.2e} > {tol}"
 
 
@@ -705,8 +756,7 @@ def _report(run: _TrainingRun, stored: Codec, *, name: str, ckpt: Path, sha: str
         data_description = f"{n} images of shape {tuple(x_train.shape[1:])}"
     device = describe_device(run.device)
     on = "test" if test_set else "train"  # without a test set, the figures are of training images: named so
-    quality = ({f"{on}_bits_per_dim": round(metrics["bits_per_dim"], 4)} if run.kind == "glow" else
-               {f"{on}_mse": round(metrics["mse"], 5), f"{on}_kl": round(metrics["kl"], 3)})
+    quality = {f"{on}_{key}": round(metrics[key], decimals) for key, decimals in run.recipe.quality.items()}
     quality.update(train_device_minutes=round(info["train_time_s"] / 60, 1), train_device=device)
     size = ckpt.stat().st_size
     trained_on = data_description if isinstance(data_description, str) else json.dumps(data_description)
@@ -735,7 +785,7 @@ def _report(run: _TrainingRun, stored: Codec, *, name: str, ckpt: Path, sha: str
             "translate": run.translate,
             "compiled": compiled,
             "seed": run.seed,
-            "actnorm_init_batch": min(ACTNORM_INIT_BATCH, n) if run.kind == "glow" else None,
+            "actnorm_init_batch": min(ACTNORM_INIT_BATCH, n) if run.recipe.actnorm else None,
             "nonfinite_steps": info["nonfinite_steps"],
             "train_time_s": round(info["train_time_s"], 1),
             "calls": info["calls"],
@@ -889,9 +939,10 @@ def train_codec(
     dev = resolve_device(device, auto=True)
     if dev.type == "meta":
         raise ValueError("device 'meta' holds shapes, not values: train on cpu or cuda")
-    cfg = _codec_config(codec_kind, tuple(x_train.shape[1:]), num_bins, config, levels=levels, steps=steps,
-                        hidden=hidden, latent_dim=latent_dim, beta=beta, latent_side=latent_side,
-                        decoder_blocks=decoder_blocks)
+    cfg = _codec_config(codec_kind, tuple(x_train.shape[1:]), num_bins, config, dict(
+        levels=levels, steps=steps, hidden=hidden, latent_dim=latent_dim, beta=beta, latent_side=latent_side,
+        decoder_blocks=decoder_blocks))
+    recipe = RECIPES[codec_kind]
     out = Path(out_dir).expanduser()  # as hub.load expands a path; created once every setting is known to be good
     if out.exists() and not out.is_dir():
         raise ValueError(f"the output folder {str(out)!r} is a file; give a folder (it is created if missing)")
@@ -905,7 +956,7 @@ def train_codec(
         max(1, round(epochs * steps_per_epoch)) if epochs is not None else None)
     budget_s = max_minutes * 60 if (total_steps is None) else None  # time-defined run
     call_limit_s = max_minutes * 60 if (max_minutes is not None and total_steps is not None) else None
-    clip = grad_clip if grad_clip is not None else (50.0 if codec_kind == "glow" else None)
+    clip = grad_clip if grad_clip is not None else recipe.grad_clip
     say = print if progress else (lambda *a, **k: None)
     warmup = min(warmup_steps, total_steps // 5) if total_steps is not None else warmup_steps
     settings = {"config": cfg, "batch_size": bs, "seed": seed, "num_images": n, "ema_decay": ema_decay, "lr": lr,
@@ -923,7 +974,7 @@ def train_codec(
             say(f"resuming {state_path} at step {info['step']} ({info['train_time_s'] / 60:.1f} min trained)")
         ema = _weight_ema(codec, ema_decay, saved, info.get("ema_updates", 0), dev) if ema_decay is not None else None
         info["calls"] += 1
-        run = _TrainingRun(codec, optimizer, ema, info, state_path, x=x_dev, device=dev, kind=codec_kind,
+        run = _TrainingRun(codec, optimizer, ema, info, state_path, x=x_dev, device=dev, recipe=recipe,
                            batch_size=bs, steps_per_epoch=steps_per_epoch, seed=seed, flips=flips,
                            translate=translate, lr=lr,
                            warmup=warmup, grad_clip=clip, total_steps=total_steps, budget_s=budget_s,
@@ -960,13 +1011,12 @@ def train_codec(
     for old in (js, png):  # never an old JSON (or picture) beside a new checkpoint; the JSON comes last
         old.unlink(missing_ok=True)
     try:
-        stored, sha, dtype, fallback = _store(codec, codec_kind, ckpt, fp16, x_eval[:256], name, dev, say)
+        stored, sha, dtype, fallback = _store(codec, recipe, ckpt, fp16, x_eval[:256], name, dev, say)
     except torch.linalg.LinAlgError as e:  # weights so far gone that a 1x1 convolution cannot be inverted
         _diverged(run, ckpt, f"a weight the codec inverts is singular ({e})")
     metrics = eval_codec(stored, x_eval, seed=seed)
     _refuse_diverged(metrics, run, ckpt)
-    temperature = 0.7 if codec_kind == "glow" else 1.0
-    _save_grid(stored, x_eval, png, n=min(16, x_eval.shape[0]), temperature=temperature, seed=seed)
+    _save_grid(stored, x_eval, png, n=min(16, x_eval.shape[0]), temperature=recipe.sample_temperature, seed=seed)
     report = _report(run, stored, name=name, ckpt=ckpt, sha=sha, dtype=dtype, fallback=fallback, x_train=x_train,
                      data_description=data_description, ema_decay=ema_decay, metrics=metrics, eval_on=eval_on,
                      test_set=x_test is not None, compiled=compile)
@@ -986,7 +1036,8 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
         "train", help="train your own codec (Glow flow or VAE) on images",
         description="Train a codec; resumable (run the same command again), writes OUT/NAME.{safetensors,json,png}.",
     )
-    p.add_argument("kind", choices=["flow", "vae"], help="flow: Glow (exact round trip); vae: ConvVAE")
+    p.add_argument("kind", choices=[r.name for r in RECIPES.values()],
+                   help="flow: Glow (exact round trip); vae: ConvVAE")
     p.add_argument("--data", required=True, metavar="SPEC", help="digits | cifar10 | npz:PATH | folder:PATH")
     p.add_argument("--test-data", metavar="SPEC",
                    help="test images (default: the test split of digits/cifar10, else the first 1,000 training images)")
@@ -1055,9 +1106,7 @@ def _cmd_train(args: argparse.Namespace) -> dict:
     description = f"{args.data}{split}: {x.shape[0]} images {tuple(x.shape[1:])}"
     if test_spec is not None:
         description += f"; tested on {test_spec}{' (test split)' if test_spec in ('digits', 'cifar10') else ''}"
-    kwargs = dict(levels=args.levels, steps=args.steps, hidden=args.hidden) if codec_kind == "glow" else \
-        dict(latent_dim=args.latent_dim, hidden=args.hidden, beta=args.beta, latent_side=args.latent_side,
-             decoder_blocks=args.decoder_blocks)
+    kwargs = {setting: getattr(args, setting) for setting in RECIPES[codec_kind].settings}
     refuse_other_kind_settings(codec_kind, vars(args), spell=lambda name: "--" + name.replace("_", "-"))
     return train_codec(
         args.kind, x, args.out, name=name, num_bins=num_bins, **kwargs, epochs=args.epochs, max_steps=args.max_steps,

@@ -1062,6 +1062,27 @@ def test_eval_codec_vae_metrics_are_per_pixel_mse_kl_per_image_and_beta_weighted
     assert m["nelbo"] == pytest.approx(m["rec"] + 0.25 * m["kl"], rel=1e-6)
 
 
+def test_eval_codec_of_another_kind_averages_the_metrics_its_loss_reports(digits):
+    class PlainVAE(ConvVAE):
+        kind = "plain"  # a kind train_codec does not train
+
+    torch.manual_seed(0)
+    codec = PlainVAE((1, 8, 8), **VAE).eval()
+    x = digits[2][:48]
+    rng = torch.get_rng_state()
+    m = eval_codec(codec, x, batch_size=32, seed=3)
+    assert torch.equal(torch.get_rng_state(), rng)  # each batch's draws seeded apart from the global stream
+    sums = {}
+    with torch.no_grad():
+        for start in (0, 32):
+            xb = x[start:start + 32]
+            torch.manual_seed(3 + start)
+            loss, metrics = codec.loss(xb)
+            for key, v in {"loss": loss, **metrics}.items():
+                sums[key] = sums.get(key, 0.0) + float(v) * xb.shape[0]
+    assert m == pytest.approx({key: v / 48 for key, v in sums.items()}, rel=1e-6)
+
+
 def _count_saves(monkeypatch):
     saved, real = [], train.save_training_state
     monkeypatch.setattr(train, "save_training_state",
