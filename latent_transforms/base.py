@@ -40,6 +40,12 @@ def keep_plausible(decoded: torch.Tensor, fallback: torch.Tensor) -> tuple[torch
     return torch.where(ok.view(-1, 1, 1, 1), decoded.clamp(0, 1), fallback), ok
 
 
+def one_line_repr(module: nn.Module) -> str:
+    """``Name(settings)`` from ``module.extra_repr()``, without the submodules (a model, a codec or a cache would print
+    hundreds of lines): the ``__repr__`` of the transforms and of ``LatentMixupInference``."""
+    return f"{type(module).__name__}({module.extra_repr()})"
+
+
 _COUNT_LOCK = threading.Lock()  # one for all modules: held for one addition, and a module with a lock would not pickle
 
 
@@ -253,9 +259,7 @@ class LatentTransform(SampleStats, nn.Module):
     def extra_repr(self) -> str:
         return f"p={self.p}" + (f", num_classes={self.num_classes}" if self.num_classes else "")
 
-    def __repr__(self) -> str:
-        # one line: the settings, not the submodules (a codec or a cache would print hundreds of lines)
-        return f"{type(self).__name__}({self.extra_repr()})"
+    __repr__ = one_line_repr
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, model: nn.Module | None = None,
                 index: torch.Tensor | None = None, *, params: dict[str, torch.Tensor] | None = None

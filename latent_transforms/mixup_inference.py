@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import SampleStats, keep_plausible
+from .base import SampleStats, keep_plausible, one_line_repr
 from .codecs import Codec, resolve_codec
 from .modelutils import borrowed, logits_of
 from .rng import GeneratorSource
@@ -56,8 +56,7 @@ class LatentMixupInference(SampleStats, nn.Module):
         return (f"lam={self.lam}, num_mixes={self.num_mixes}, references={self.reference_latents.shape[0]}, "
                 f"model={type(self.model).__name__}, codec={type(self.codec).__name__}")
 
-    def __repr__(self) -> str:  # one line, as the transforms: the model and the codec would print hundreds
-        return f"{type(self).__name__}({self.extra_repr()})"
+    __repr__ = one_line_repr
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
