@@ -15,6 +15,7 @@ adds the ``latent-transforms train`` subcommand.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -22,7 +23,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -831,6 +832,38 @@ def _say_written(say, report: dict, ckpt: Path, js: Path, png: Path, metrics: di
         say(f"              codec = latent_transforms.hub.load({reg_name!r})")
 
 
+@contextlib.contextmanager
+def _only_run_writing(out: Path, name: str) -> Iterator[None]:
+    """Hold ``out/.<name>.lock`` (``fcntl.flock``, where it exists) for the run: a second run with the same folder
+    and name, which would write the same state and final files, is refused at once. The lock file is removed at the
+    end (a lock taken on a file removed meanwhile is taken again on the new one)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    path = out / f".{name}.lock"
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ValueError(f"another train run is writing {out / name}.* (it holds {path}); wait for it to end, or "
+                             f"give another name or output folder") from None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the run before removed it after we opened it: lock the file there now
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
+
+
 def train_codec(
     kind: str,
     x_train: torch.Tensor,
@@ -947,86 +980,87 @@ def train_codec(
     if out.exists() and not out.is_dir():
         raise ValueError(f"the output folder {str(out)!r} is a file; give a folder (it is created if missing)")
     out.mkdir(parents=True, exist_ok=True)
-    state_path = out / f"{name}.state.safetensors"
+    with _only_run_writing(out, name):
+        state_path = out / f"{name}.state.safetensors"
 
-    n = x_train.shape[0]
-    bs = min(batch_size, n)
-    steps_per_epoch = n // bs  # the last incomplete batch of each epoch is dropped
-    total_steps = max_steps if max_steps is not None else (
-        max(1, round(epochs * steps_per_epoch)) if epochs is not None else None)
-    budget_s = max_minutes * 60 if (total_steps is None) else None  # time-defined run
-    call_limit_s = max_minutes * 60 if (max_minutes is not None and total_steps is not None) else None
-    clip = grad_clip if grad_clip is not None else recipe.grad_clip
-    say = print if progress else (lambda *a, **k: None)
-    warmup = min(warmup_steps, total_steps // 5) if total_steps is not None else warmup_steps
-    settings = {"config": cfg, "batch_size": bs, "seed": seed, "num_images": n, "ema_decay": ema_decay, "lr": lr,
-                "warmup_steps": warmup_steps, "grad_clip": clip, "flips": flips, "translate": translate,
-                "data_sha256": hub.sha256_tensors(x_train.to(torch.float32))}  # the same images, not only as many
-    if resume and state_path.is_file():
-        info, saved = _load_resume(state_path, settings)
-    else:
-        info, saved = _new_info(codec_kind, settings, steps_per_epoch), None
+        n = x_train.shape[0]
+        bs = min(batch_size, n)
+        steps_per_epoch = n // bs  # the last incomplete batch of each epoch is dropped
+        total_steps = max_steps if max_steps is not None else (
+            max(1, round(epochs * steps_per_epoch)) if epochs is not None else None)
+        budget_s = max_minutes * 60 if (total_steps is None) else None  # time-defined run
+        call_limit_s = max_minutes * 60 if (max_minutes is not None and total_steps is not None) else None
+        clip = grad_clip if grad_clip is not None else recipe.grad_clip
+        say = print if progress else (lambda *a, **k: None)
+        warmup = min(warmup_steps, total_steps // 5) if total_steps is not None else warmup_steps
+        settings = {"config": cfg, "batch_size": bs, "seed": seed, "num_images": n, "ema_decay": ema_decay, "lr": lr,
+                    "warmup_steps": warmup_steps, "grad_clip": clip, "flips": flips, "translate": translate,
+                    "data_sha256": hub.sha256_tensors(x_train.to(torch.float32))}  # the same images, not only as many
+        if resume and state_path.is_file():
+            info, saved = _load_resume(state_path, settings)
+        else:
+            info, saved = _new_info(codec_kind, settings, steps_per_epoch), None
 
-    x_dev = x_train.to(dev, torch.float32)
-    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-        codec, optimizer = _build(codec_kind, cfg, dev, lr, seed, x_dev, saved, state_path)
-        if saved is not None:
-            say(f"resuming {state_path} at step {info['step']} ({info['train_time_s'] / 60:.1f} min trained)")
-        ema = _weight_ema(codec, ema_decay, saved, info.get("ema_updates", 0), dev) if ema_decay is not None else None
-        info["calls"] += 1
-        run = _TrainingRun(codec, optimizer, ema, info, state_path, x=x_dev, device=dev, recipe=recipe,
-                           batch_size=bs, steps_per_epoch=steps_per_epoch, seed=seed, flips=flips,
-                           translate=translate, lr=lr,
-                           warmup=warmup, grad_clip=clip, total_steps=total_steps, budget_s=budget_s,
-                           checkpoint_every=checkpoint_every,
-                           loss_fn=torch.compile(codec.loss) if compile else codec.loss)
-        run.follow_length(say)
-        complete = run.run(t_call, call_limit_s, f"{name} ({codec_kind}, {dev.type})" if progress else None, say) \
-            and run.stop_signal is None
+        x_dev = x_train.to(dev, torch.float32)
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            codec, optimizer = _build(codec_kind, cfg, dev, lr, seed, x_dev, saved, state_path)
+            if saved is not None:
+                say(f"resuming {state_path} at step {info['step']} ({info['train_time_s'] / 60:.1f} min trained)")
+            ema = None if ema_decay is None else _weight_ema(codec, ema_decay, saved, info.get("ema_updates", 0), dev)
+            info["calls"] += 1
+            run = _TrainingRun(codec, optimizer, ema, info, state_path, x=x_dev, device=dev, recipe=recipe,
+                               batch_size=bs, steps_per_epoch=steps_per_epoch, seed=seed, flips=flips,
+                               translate=translate, lr=lr,
+                               warmup=warmup, grad_clip=clip, total_steps=total_steps, budget_s=budget_s,
+                               checkpoint_every=checkpoint_every,
+                               loss_fn=torch.compile(codec.loss) if compile else codec.loss)
+            run.follow_length(say)
+            complete = run.run(t_call, call_limit_s, f"{name} ({codec_kind}, {dev.type})" if progress else None, say) \
+                and run.stop_signal is None
 
-    step = info["step"]
-    result = {"complete": complete, "step": step, "total_steps": total_steps,
-              "epochs_done": step / steps_per_epoch, "train_time_s": info["train_time_s"],
-              "state": str(state_path), "nonfinite_steps": info["nonfinite_steps"]}
-    if not complete:
-        result["wall_time_s"] = time.perf_counter() - t_call
-        of = f"/{total_steps}" if total_steps is not None else ""
-        why = f"by {signal.Signals(run.stop_signal).name}" if run.stop_signal is not None else \
-            f"after {max_minutes} min (max_minutes)"
-        say(f"stopped at step {step}{of} {why}; the training state is in {state_path}: run the same command again to "
-            f"continue", flush=True)
-        if run.stop_signal is not None:  # now handled as it would have been: KeyboardInterrupt, exit, the caller's
-            signal.raise_signal(run.stop_signal)
+        step = info["step"]
+        result = {"complete": complete, "step": step, "total_steps": total_steps,
+                  "epochs_done": step / steps_per_epoch, "train_time_s": info["train_time_s"],
+                  "state": str(state_path), "nonfinite_steps": info["nonfinite_steps"]}
+        if not complete:
+            result["wall_time_s"] = time.perf_counter() - t_call
+            of = f"/{total_steps}" if total_steps is not None else ""
+            why = f"by {signal.Signals(run.stop_signal).name}" if run.stop_signal is not None else \
+                f"after {max_minutes} min (max_minutes)"
+            say(f"stopped at step {step}{of} {why}; the training state is in {state_path}: run the same command "
+                f"again to continue", flush=True)
+            if run.stop_signal is not None:  # now handled as it would have been: KeyboardInterrupt, exit, the caller's
+                signal.raise_signal(run.stop_signal)
+            return result
+
+        # -- final files ----------------------------------------------------------------------------------------
+        if ema is not None:
+            codec.load_state_dict(ema.shadow, strict=False)
+        codec.eval()
+        if x_test is None:
+            x_eval, eval_on = x_train[:1000], f"the first {min(n, 1000)} training images (no test set given)"
+        else:
+            x_eval, eval_on = x_test, f"{x_test.shape[0]} test images"
+        ckpt, js, png = (out / f"{name}.{ext}" for ext in ("safetensors", "json", "png"))
+        for old in (js, png):  # never an old JSON (or picture) beside a new checkpoint; the JSON comes last
+            old.unlink(missing_ok=True)
+        try:
+            stored, sha, dtype, fallback = _store(codec, recipe, ckpt, fp16, x_eval[:256], name, dev, say)
+        except torch.linalg.LinAlgError as e:  # weights so far gone that a 1x1 convolution cannot be inverted
+            _diverged(run, ckpt, f"a weight the codec inverts is singular ({e})")
+        metrics = eval_codec(stored, x_eval, seed=seed)
+        _refuse_diverged(metrics, run, ckpt)
+        _save_grid(stored, x_eval, png, n=min(16, x_eval.shape[0]), temperature=recipe.sample_temperature, seed=seed)
+        report = _report(run, stored, name=name, ckpt=ckpt, sha=sha, dtype=dtype, fallback=fallback, x_train=x_train,
+                         data_description=data_description, ema_decay=ema_decay, metrics=metrics, eval_on=eval_on,
+                         test_set=x_test is not None, compiled=compile)
+        with hub.atomic_path(js) as tmp:
+            Path(tmp).write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")  # strict JSON: no NaN
+        wall = time.perf_counter() - t_call
+        _say_written(say, report, ckpt, js, png, metrics)
+        result.update({"codec": stored, "checkpoint": str(ckpt), "json": str(js), "png": str(png), "sha256": sha,
+                       "dtype": dtype, "metrics": metrics, "wall_time_s": wall})
         return result
-
-    # -- final files ----------------------------------------------------------------------------------------
-    if ema is not None:
-        codec.load_state_dict(ema.shadow, strict=False)
-    codec.eval()
-    if x_test is None:
-        x_eval, eval_on = x_train[:1000], f"the first {min(n, 1000)} training images (no test set given)"
-    else:
-        x_eval, eval_on = x_test, f"{x_test.shape[0]} test images"
-    ckpt, js, png = (out / f"{name}.{ext}" for ext in ("safetensors", "json", "png"))
-    for old in (js, png):  # never an old JSON (or picture) beside a new checkpoint; the JSON comes last
-        old.unlink(missing_ok=True)
-    try:
-        stored, sha, dtype, fallback = _store(codec, recipe, ckpt, fp16, x_eval[:256], name, dev, say)
-    except torch.linalg.LinAlgError as e:  # weights so far gone that a 1x1 convolution cannot be inverted
-        _diverged(run, ckpt, f"a weight the codec inverts is singular ({e})")
-    metrics = eval_codec(stored, x_eval, seed=seed)
-    _refuse_diverged(metrics, run, ckpt)
-    _save_grid(stored, x_eval, png, n=min(16, x_eval.shape[0]), temperature=recipe.sample_temperature, seed=seed)
-    report = _report(run, stored, name=name, ckpt=ckpt, sha=sha, dtype=dtype, fallback=fallback, x_train=x_train,
-                     data_description=data_description, ema_decay=ema_decay, metrics=metrics, eval_on=eval_on,
-                     test_set=x_test is not None, compiled=compile)
-    with hub.atomic_path(js) as tmp:
-        Path(tmp).write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")  # strict JSON: no NaN
-    wall = time.perf_counter() - t_call
-    _say_written(say, report, ckpt, js, png, metrics)
-    result.update({"codec": stored, "checkpoint": str(ckpt), "json": str(js), "png": str(png), "sha256": sha,
-                   "dtype": dtype, "metrics": metrics, "wall_time_s": wall})
-    return result
 
 
 # -- command line -----------------------------------------------------------------------------------------------

@@ -300,6 +300,20 @@ def test_resume_continues_step_count_and_optimizer(tmp_path, digits):
     assert_no_pickle(tmp_path)
 
 
+def test_a_second_run_writing_the_same_files_is_refused(tmp_path, digits):
+    # two runs with one --out and --name wrote the same state and final files, each resuming the other's steps
+    fcntl = pytest.importorskip("fcntl")
+    x = digits[0][:64]
+    with open(tmp_path / ".glow.lock", "w") as held:  # what a run in progress holds
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(ValueError, match=r"another train run is writing .*glow\.\* \(it holds .*\.glow\.lock\)"):
+            train_codec("flow", x, tmp_path, **FLOW, max_steps=1, batch_size=16, progress=False)
+        assert not (tmp_path / "glow.state.safetensors").exists()
+        train_codec("flow", x, tmp_path, name="other", **FLOW, max_steps=1, batch_size=16, progress=False)
+    assert train_codec("flow", x, tmp_path, **FLOW, max_steps=1, batch_size=16, progress=False)["complete"]
+    assert not (tmp_path / ".glow.lock").exists() and not (tmp_path / ".other.lock").exists()
+
+
 def test_history_records_training_seconds_summed_over_resumed_calls(tmp_path, digits):
     x = digits[0][:64]
     train_codec("flow", x, tmp_path, **FLOW, max_steps=3, batch_size=16, progress=False)
