@@ -1142,10 +1142,24 @@ def _cmd_train(args: argparse.Namespace) -> dict:
         description += f"; tested on {test_spec}{' (test split)' if test_spec in ('digits', 'cifar10') else ''}"
     kwargs = {setting: getattr(args, setting) for setting in RECIPES[codec_kind].settings}
     refuse_other_kind_settings(codec_kind, vars(args), spell=lambda name: "--" + name.replace("_", "-"))
-    return train_codec(
-        args.kind, x, args.out, name=name, num_bins=num_bins, **kwargs, epochs=args.epochs, max_steps=args.max_steps,
-        max_minutes=args.max_minutes, batch_size=args.batch_size, lr=args.lr, grad_clip=args.grad_clip, ema_decay=args.ema,
-        seed=args.seed, flips=args.flips, translate=args.translate, compile=args.compile, resume=not args.no_resume, x_test=x_test, device=args.device,
-        progress=not args.quiet, fp16=args.fp16, checkpoint_every=args.checkpoint_every,
-        data_description=description,
-    )
+    options = dict(**kwargs, epochs=args.epochs, max_steps=args.max_steps, max_minutes=args.max_minutes,
+                   batch_size=args.batch_size, lr=args.lr, grad_clip=args.grad_clip, ema_decay=args.ema, seed=args.seed,
+                   flips=args.flips, translate=args.translate, compile=args.compile, device=args.device, fp16=args.fp16,
+                   checkpoint_every=args.checkpoint_every)
+    try:
+        return train_codec(args.kind, x, args.out, name=name, num_bins=num_bins, **options,
+                           resume=not args.no_resume, x_test=x_test, progress=not args.quiet,
+                           data_description=description)
+    except ValueError as e:  # "translate must be < 8": the command line has --translate
+        raise _spelled_as_flags(e, ["name", *options]) from None
+
+
+def _spelled_as_flags(e: ValueError, parameters: list[str]) -> ValueError:
+    """``e`` (of its own type) with the ``train_codec`` parameter that begins its message spelled as the CLI's flag
+    (``ema_decay`` is ``--ema``); ``e`` itself if none does."""
+    text = str(e)
+    for parameter in sorted(parameters, key=len, reverse=True):  # max_steps before steps
+        if text.startswith(f"{parameter} "):
+            flag = "--ema" if parameter == "ema_decay" else "--" + parameter.replace("_", "-")
+            return type(e)(flag + text[len(parameter):])
+    return e

@@ -313,10 +313,10 @@ def test_train_without_length_is_a_clear_error(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("option, message", [
-    (["--device", "foo"], "device must be cpu, cuda, cuda:N or auto, got 'foo'"),
-    (["--device", "cuda:x"], "device must be cpu, cuda, cuda:N or auto, got 'cuda:x'"),
-    (["--device", "meta"], "device 'meta' holds shapes, not values: train on cpu or cuda"),
-    (["--device", "xpu"], "device 'xpu' asked for, but it is not available here; use 'cpu'"),
+    (["--device", "foo"], "--device must be cpu, cuda, cuda:N or auto, got 'foo'"),
+    (["--device", "cuda:x"], "--device must be cpu, cuda, cuda:N or auto, got 'cuda:x'"),
+    (["--device", "meta"], "--device 'meta' holds shapes, not values: train on cpu or cuda"),
+    (["--device", "xpu"], "--device 'xpu' asked for, but it is not available here; use 'cpu'"),
 ])
 def test_train_bad_option_is_a_clear_error(tmp_path, capsys, option, message):
     pytest.importorskip("sklearn")

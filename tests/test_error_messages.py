@@ -206,8 +206,10 @@ def test_train_refuses_settings_of_the_other_codec_kind(tmp_path, kind, setting,
     ("flow", ["--beta", "0.5"], "--beta is a VAE setting; a flow's latent has the size of the image"),
     ("flow", ["--latent-side", "2", "--decoder-blocks", "1"],
      "--latent-side and --decoder-blocks are VAE settings; a flow's latent has the size of the image"),
-    ("vae", ["--name", "a/b"], "name 'a/b' cannot be a file name (no path separators, '..' or leading '.')"),
-    ("vae", ["--name", ""], "name must be a non-empty file stem, got ''"),  # the CLI trained 'vae-x' instead
+    ("vae", ["--name", "a/b"], "--name 'a/b' cannot be a file name (no path separators, '..' or leading '.')"),
+    ("vae", ["--name", ""], "--name must be a non-empty file stem, got ''"),  # the CLI trained 'vae-x' instead
+    ("flow", ["--translate", "8"], "--translate must be < 8 (the image side), got 8"),  # said 'translate must'
+    ("vae", ["--latent-side", "16"], "--latent-side must be None or a power of two <= the image side 8, got 16"),
 ])
 def test_train_cli_refuses_options_of_the_other_codec_kind_and_bad_names(tmp_path, capsys, kind, option, message):
     data = tmp_path / "x.npz"
