@@ -6,7 +6,7 @@ Ctrl-C or SIGTERM (at a step boundary) and at the end, resumes from that file wh
 
 * ``out_dir/<name>.safetensors``: the codec (``hub.save_checkpoint``; load with ``hub.load(path)``),
 * ``out_dir/<name>.json``: config, training data and settings, steps, wall time, device, metrics (on the test
-  set, or on the first 1,000 training images without one) and a ready-made registry entry,
+  set, or on 1,000 training images spread over the set without one) and a ready-made registry entry,
 * ``out_dir/<name>.png``: rows of test originals, their reconstructions and samples.
 
 ``eval_codec(codec, x)`` computes those metrics (bits/dim for flows, MSE/KL for VAEs); ``register_cli``
@@ -363,11 +363,16 @@ def _upscale(x: torch.Tensor, min_side: int = 32) -> torch.Tensor:
 
 
 @torch.no_grad()
+def _spread(n: int, k: int) -> torch.Tensor:
+    """``min(n, k)`` positions spread evenly over ``range(n)``, first and last included."""
+    return torch.linspace(0, n - 1, min(n, k)).round().long()
+
+
 def _save_grid(codec: Codec, x: torch.Tensor, path: Path, n: int, temperature: float, seed: int) -> None:
     from torchvision.utils import save_image
 
     device = codec.device
-    orig = x[:n].to(device, codec.dtype)
+    orig = x[_spread(x.shape[0], n)].to(device, codec.dtype)
     rec = codec.reconstruct(orig)
     gen = torch.Generator(device=device).manual_seed(seed)
     samples = codec.sample(orig.shape[0], temperature=temperature, generator=gen)
@@ -1038,7 +1043,8 @@ def train_codec(
             codec.load_state_dict(ema.shadow, strict=False)
         codec.eval()
         if x_test is None:
-            x_eval, eval_on = x_train[:1000], f"the first {min(n, 1000)} training images (no test set given)"
+            x_eval = x_train[_spread(n, 1000)]  # a folder of class folders is read class by class
+            eval_on = f"{x_eval.shape[0]} training images spread over the set (no test set given)"
         else:
             x_eval, eval_on = x_test, f"{x_test.shape[0]} test images"
         ckpt, js, png = (out / f"{name}.{ext}" for ext in ("safetensors", "json", "png"))
@@ -1074,7 +1080,7 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
                    help="flow: Glow (exact round trip); vae: ConvVAE")
     p.add_argument("--data", required=True, metavar="SPEC", help="digits | cifar10 | npz:PATH | folder:PATH")
     p.add_argument("--test-data", metavar="SPEC",
-                   help="test images (default: the test split of digits/cifar10, else the first 1,000 training images)")
+                   help="test images (default: the test split of digits/cifar10, else 1,000 training images spread over the set)")
     p.add_argument("--data-root", metavar="DIR", help=f"download dir for cifar10 (default: {DEFAULT_DATA_ROOT})")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--name", help="file stem (default: glow-DATA or vae-DATA)")

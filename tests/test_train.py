@@ -314,6 +314,22 @@ def test_a_second_run_writing_the_same_files_is_refused(tmp_path, digits):
     assert not (tmp_path / ".glow.lock").exists() and not (tmp_path / ".other.lock").exists()
 
 
+def test_the_picture_and_the_metrics_without_a_test_set_take_images_spread_over_the_set(tmp_path, digits):
+    # a folder of class folders is read class by class: the first 16 (or 1,000) images were all of the first class
+    from latent_transforms import train
+
+    x = digits[0][:40]
+    codec, shown = hub.load("vae-digits"), []
+    real = codec.reconstruct
+    codec.reconstruct = lambda images: shown.append(images) or real(images)
+    train._save_grid(codec, x, tmp_path / "grid.png", n=4, temperature=1.0, seed=0)
+    assert torch.equal(shown[0], x[[0, 13, 26, 39]]) and (tmp_path / "grid.png").is_file()
+    assert torch.equal(train._spread(5000, 1000)[[0, -1]], torch.tensor([0, 4999]))
+    r = train_codec("flow", x, tmp_path, **FLOW, max_steps=1, batch_size=16, progress=False)
+    assert json.loads(Path(r["json"]).read_text())["metrics"]["evaluated_on"] == \
+        "40 training images spread over the set (no test set given)"
+
+
 def test_history_records_training_seconds_summed_over_resumed_calls(tmp_path, digits):
     x = digits[0][:64]
     train_codec("flow", x, tmp_path, **FLOW, max_steps=3, batch_size=16, progress=False)
