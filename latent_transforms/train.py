@@ -763,7 +763,8 @@ def _report(run: _TrainingRun, stored: Codec, *, name: str, ckpt: Path, sha: str
     device = describe_device(run.device)
     on = "test" if test_set else "train"  # without a test set, the figures are of training images: named so
     quality = {f"{on}_{key}": round(metrics[key], decimals) for key, decimals in run.recipe.quality.items()}
-    quality.update(train_device_minutes=round(info["train_time_s"] / 60, 1), train_device=device)
+    # 3 significant figures: a run of seconds is not 0 minutes
+    quality.update(train_device_minutes=float(f"{info['train_time_s'] / 60:.3g}"), train_device=device)
     size = ckpt.stat().st_size
     trained_on = data_description if isinstance(data_description, str) else json.dumps(data_description)
     return {
