@@ -623,7 +623,10 @@ class _TrainingRun:
                     bar.update(1)
                     if step % 5 == 0 or step == 1:
                         shown = {k: f"{smoothed.get(k, math.nan):{fmt}}" for k, fmt in self.recipe.bar_metrics.items()}
-                        bar.set_postfix(shown | {"lr": f"{lr_now:.1e}"}, refresh=False)
+                        shown["lr"] = f"{lr_now:.1e}"
+                        if self.budget_s is not None:  # a run of max_minutes: the bar has no total to count down
+                            shown["left"] = f"{max(0.0, self.budget_s - self.info['train_time_s']) / 60:.1f} min"
+                        bar.set_postfix(shown, refresh=False)
                 if step % self.checkpoint_every == 0:
                     self.checkpoint()
                     t_last = time.perf_counter()

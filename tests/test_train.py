@@ -759,6 +759,13 @@ def test_report_states_the_schedule_each_step_followed(tmp_path, digits):
     assert report["schedule"] == "linear warm-up 200 steps, cosine decay to 0 over 0.0001 min"
 
 
+def test_a_run_of_max_minutes_shows_the_time_left_on_its_bar(tmp_path, digits, capsys):
+    # its bar has no total: it showed no ETA at all
+    train_codec("vae", digits[0][:32], tmp_path, **VAE, max_minutes=0.01, batch_size=16)
+    bar = capsys.readouterr().err
+    assert re.search(r"left=0\.\d min", bar), bar[-300:]
+
+
 def _write_state(path, tensors, **metadata):
     save_file(tensors, str(path), metadata={"format": train.STATE_FORMAT, **metadata})
 
