@@ -544,3 +544,27 @@ def test_a_broken_pipe_that_is_not_stdout_is_an_error(monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:
         main(["list"])
     assert e.value.code == 2 and "error: [Errno 32] Broken pipe" in capsys.readouterr().err
+
+
+def test_list_sizes_switch_unit_at_a_thousand(capsys, monkeypatch):
+    monkeypatch.setattr(hub, "_registered", {})
+    for name, size in (("zz-999", 999), ("zz-1000", 1000), ("zz-1m", 1_000_000), ("zz-1g", 1_000_000_000)):
+        hub.register(name, file=f"{name}.safetensors", sha256="0" * 64, size=size, config={"kind": "vae"})
+    assert main(["list"]) == 0
+    rows = {line.split()[0]: line.split()[2:4] for line in capsys.readouterr().out.splitlines() if line.startswith("zz-")}
+    assert rows == {"zz-999": ["999", "B"], "zz-1000": ["1.0", "KB"], "zz-1m": ["1.0", "MB"], "zz-1g": ["1.0", "GB"]}
+
+
+@pytest.mark.parametrize("damage", ["delete", "corrupt"])
+def test_registering_a_run_again_whose_cached_copy_is_gone_or_damaged_does_not_say_nothing_changed(
+        tmp_path, capsys, monkeypatch, damage):
+    monkeypatch.setattr(hub, "_registered", {})
+    ckpt, js = _run_files(tmp_path / "runs", "zz-run")
+    assert main(["register", str(js)]) == 0
+    capsys.readouterr()
+    copy = hub.cache_dir() / "zz-run.safetensors"
+    copy.unlink() if damage == "delete" else copy.write_bytes(b"not the checkpoint")
+    code, out, err = _exit_code(["register", str(js)], capsys)
+    assert code == 2 and "nothing changed" not in out and "pass --overwrite" in err
+    assert main(["register", str(js), "--overwrite"]) == 0  # what fetch advises: copies the file back
+    assert hub.sha256_file(copy) == hub.sha256_file(ckpt)

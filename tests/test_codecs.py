@@ -715,3 +715,47 @@ def test_density_and_elbo_take_images_of_another_float_dtype_as_encode_does():
     assert torch.allclose(glow.log_prob(x), glow.log_prob(x.float()))
     vae = ConvVAE((1, 8, 8), latent_dim=4, hidden=8).freeze()
     assert torch.allclose(vae.elbo_terms(x, generator=0)["rec"], vae.elbo_terms(x.float(), generator=0)["rec"])
+
+
+def test_weights_assigned_into_a_frozen_glow_by_load_state_dict_refold_the_fast_path():
+    # assign=True puts the loaded tensors in place of the old ones: no in-place write moves a version counter, so only
+    # the load's own refold keeps the folded fast path off the replaced weights
+    trained, _ = trained_like_glow_pair()
+    frozen = Glow((1, 8, 8), levels=2, steps=2, hidden=16).freeze()  # folded on its random init
+    frozen.load_state_dict(copy.deepcopy(trained.state_dict()), assign=True)
+    x = torch.rand(8, 1, 8, 8)
+    with torch.no_grad():
+        assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(trained.encode(x), frozen.encode(x)))
+        assert torch.allclose(trained.decode(trained.encode(x)), frozen.decode(frozen.encode(x)), atol=1e-4)
+
+
+def test_vae_encode_names_noise_of_the_wrong_size_and_takes_any_shape_of_the_right_one():
+    vae = ConvVAE((1, 8, 8), latent_dim=4, hidden=8).freeze()
+    x = torch.rand(2, 1, 8, 8)
+    for wrong in (torch.randn(2, 3), torch.randn(3, 4)):  # was torch's RuntimeError from reshape
+        with pytest.raises(ValueError, match=r"noise must hold 8 values \(B x D\) on cpu"):
+            vae.encode(x, sample=True, noise=wrong)
+    noise = torch.randn(8)
+    assert torch.equal(vae.encode(x, sample=True, noise=noise)[0], vae.encode(x, sample=True, noise=noise.view(2, 4))[0])
+
+
+def test_a_switch_to_full_precision_that_fails_midway_leaves_every_setting_as_it_was(precision_settings, monkeypatch):
+    from latent_transforms.codecs import precision
+
+    torch.set_float32_matmul_precision("medium")
+    before = _precision_snapshot()
+    legacy = precision._legacy_settings()
+
+    def refuse(value):
+        raise RuntimeError("cannot set allow_tf32 here")
+
+    # the matmul precision is switched to "highest", then the second setting fails
+    monkeypatch.setattr(precision, "_legacy_settings", lambda: [legacy[0], (legacy[1][0], refuse, legacy[1][2])])
+    with pytest.raises(RuntimeError, match="cannot set allow_tf32 here"):
+        with exact_math():
+            pass
+    assert _precision_snapshot() == before  # not left at "highest" for the rest of the process
+    monkeypatch.undo()
+    with exact_math():  # and the next codec call still switches and restores
+        assert torch.get_float32_matmul_precision() == "highest"
+    assert _precision_snapshot() == before

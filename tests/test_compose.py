@@ -517,3 +517,13 @@ def test_out_of_range_labels_are_refused_by_a_first_latent_step_with_the_compose
     x2, y2 = Compose([noise, T.RandomHorizontalFlip()], num_classes=13)(x, bad)  # in range: through, as given
     assert torch.equal(y2, bad)
     noise(x, bad)  # the step alone knows no classes: any class index passes, as before
+
+
+@pytest.mark.filterwarnings("ignore:RandomCutMixV2 currently uses the old")
+def test_a_kornia_cutmix_whose_num_mix_was_changed_after_the_compose_was_built_is_refused_at_the_call(rgb):
+    x, y = rgb
+    cutmix = K.RandomCutMixV2(p=1.0)
+    c = Compose([cutmix], num_classes=10)
+    cutmix._param_generator.num_mix = 2  # after the check made when built: the labels of its first box alone were used
+    with pytest.raises(ValueError, match="^RandomCutMixV2 with num_mix=2: overlapping boxes make its labels ambiguous"):
+        c(x, y)

@@ -5,8 +5,9 @@ import urllib.error
 
 import numpy as np
 import pytest
+import torch
 
-from latent_transforms.data import load_images
+from latent_transforms.data import load_images, low_data_split
 
 
 def test_damaged_npz_is_refused_by_name(tmp_path):
@@ -120,3 +121,10 @@ def test_a_bare_npz_path_or_folder_is_answered_with_the_spec_to_use(tmp_path):
     for spec in ("bogus", "~nosuchuser-xyz/imgs", "d" * 300):  # the last two raised RuntimeError / OSError
         with pytest.raises(ValueError, match=r"folder:PATH$"):
             load_images(spec)
+
+
+def test_a_class_with_exactly_per_class_samples_gives_them_all():
+    y = torch.tensor([0, 1, 2] * 10)  # 10 of each class
+    assert torch.equal(low_data_split(y, 10), torch.arange(30))  # was refused as "fewer than per_class" if off by one
+    with pytest.raises(ValueError, match="class 0 has only 10 samples, fewer than per_class=11"):
+        low_data_split(y, 11)

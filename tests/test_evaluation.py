@@ -237,3 +237,21 @@ def test_cifar_resnet_standardises_its_input():
         net.mean.zero_(), net.std.fill_(1.0)
         want = net((x - torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)) / torch.tensor(CIFAR10_STD).view(1, 3, 1, 1))
     assert torch.allclose(out, want, atol=1e-5)
+
+
+def test_fit_classifier_runs_the_pixel_augmentation_on_every_batch_before_the_augmentation():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 2))
+    x, y = torch.rand(8, 3, 2, 2), torch.arange(8) % 2
+    events = []
+
+    def flip(xb):
+        events.append(("pixel", xb.shape[0]))
+        return xb.flip(-1) * 0  # all black: what the augmentation must get
+
+    def augment(xb, yb, net):
+        events.append(("latent", float(xb.abs().sum())))
+        return xb, yb
+
+    fit_classifier(model, x, y, augment, epochs=2, batch_size=4, pixel_augment=flip, progress=False)
+    assert events == [("pixel", 4), ("latent", 0.0)] * 4  # 2 epochs of 2 batches, the pixel step first

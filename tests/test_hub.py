@@ -1430,3 +1430,14 @@ def test_a_registry_file_name_with_dot_dot_is_refused(env):
     """A registry file name is a plain name: no path separators, no '..' anywhere, no leading '.'."""
     with pytest.raises(ValueError, match=r"'a\.\.b\.safetensors' is not a plain file name"):
         _register("a", "a..b.safetensors")
+
+
+@pytest.mark.parametrize("value", ["true", "YES", " on ", "True"])
+def test_every_documented_spelling_of_offline_forbids_downloads(env, monkeypatch, value):
+    _register("good", "good.safetensors")
+    monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", value)
+    with pytest.raises(hub.HubError, match=r"not available offline \(LATENT_TRANSFORMS_OFFLINE is set\)"):
+        hub.fetch("good")
+    assert "good.safetensors" not in _Handler.counts
+    monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "0")  # any other value: downloads allowed
+    assert hub.fetch("good").read_bytes() == GOOD

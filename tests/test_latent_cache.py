@@ -404,3 +404,44 @@ def test_an_index_that_is_not_a_tensor_is_a_type_error(data):
     for index in ([0, 1, 2, 3], np.arange(4)):
         with pytest.raises(TypeError, match="index must be a .B,. int64 tensor of dataset positions, got"):
             t(images[:4], index=index)
+
+
+@pytest.mark.parametrize("metadata", [{}, {"format": "latent-transforms/1"}, {"format": "latent-transforms-latent-cache/2"}])
+def test_a_file_of_latents_in_another_format_is_not_taken_for_a_latent_cache(tmp_path, metadata):
+    from safetensors.torch import save_file
+
+    glow = tiny_glow()
+    path = tmp_path / "c.safetensors"
+    save_file({"latents": torch.zeros(6, glow.latent_dim)}, str(path),
+              metadata={**metadata, "codec_fingerprint": glow.fingerprint()})
+    with pytest.raises(ValueError, match="c.safetensors is not a latent cache written by LatentCache.save"):
+        LatentCache.load(path, glow)
+
+
+def test_a_loaded_cache_of_another_latent_width_is_refused_even_with_the_codecs_fingerprint(tmp_path):
+    from safetensors.torch import save_file
+
+    from latent_transforms.latent_cache import FORMAT
+
+    glow = tiny_glow()
+    path = tmp_path / "c.safetensors"
+    save_file({"latents": torch.zeros(6, glow.latent_dim + 1)}, str(path),
+              metadata={"format": FORMAT, "codec_fingerprint": glow.fingerprint()})
+    with pytest.raises(ValueError, match=rf"c.safetensors: latents must be \(N, {glow.latent_dim}\) for this codec's "
+                                         rf"{glow.latent_dim} latent dimensions, got shape \(6, {glow.latent_dim + 1}\)"):
+        LatentCache.load(path, glow)
+
+
+def test_a_cache_loaded_with_verify_images_off_uses_its_latents_whatever_x_holds(data, tmp_path):
+    images, labels = data
+    glow = tiny_glow()
+    LatentCache(glow, images, progress=False).save(tmp_path / "c.safetensors")  # saved with its image signatures
+    idx = torch.tensor([2, 5, 8, 13])
+    modified = 1 - images[idx]
+    unchecked = LatentCache.load(tmp_path / "c.safetensors", glow, verify_images=False)
+    assert unchecked.verify_images is False
+    x2, _ = LatentNoise(glow, eps=0.0, cache=unchecked, generator=0)(modified, labels[idx], index=idx)
+    assert (x2 - images[idx]).abs().max() < 1e-4  # the cached images' latents, no refusal
+    with pytest.raises(ValueError, match="x is not the images"):  # the default still checks
+        LatentNoise(glow, eps=0.0, cache=LatentCache.load(tmp_path / "c.safetensors", glow), generator=0)(
+            modified, labels[idx], index=idx)
