@@ -135,12 +135,16 @@ def test_fit_classifier_learns_a_separable_problem_and_is_seeded():
         torch.testing.assert_close(a, b, rtol=0, atol=0)  # same seeds: the same weights
 
 
+def _tiny_problem(classes: int):
+    """A linear classifier of 2x2 RGB images and 8 images with labels cycling over ``classes``."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(12, classes)), torch.rand(8, 3, 2, 2), torch.arange(8) % classes
+
+
 def test_fit_classifier_drives_every_isdas_epoch_schedule():
     from latent_transforms import ISDA, Compose
 
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
-    x, y = torch.rand(8, 3, 2, 2), torch.arange(8) % 3
+    model, x, y = _tiny_problem(3)
     seen = []
 
     class Recording(ISDA):
@@ -240,9 +244,7 @@ def test_cifar_resnet_standardises_its_input():
 
 
 def test_fit_classifier_runs_the_pixel_augmentation_on_every_batch_before_the_augmentation():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 2))
-    x, y = torch.rand(8, 3, 2, 2), torch.arange(8) % 2
+    model, x, y = _tiny_problem(2)
     events = []
 
     def flip(xb):
