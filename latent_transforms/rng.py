@@ -7,7 +7,6 @@ import multiprocessing
 import numbers
 import os
 import threading
-import warnings
 import weakref
 
 import torch
@@ -36,21 +35,16 @@ def _process() -> tuple[int, int | None]:
 
 
 def _child_number() -> int:
-    """0 in a process multiprocessing did not start (a main process, a torchrun rank), else a number for its place
-    among the processes its parents started (multiprocessing numbers them 1, 2, ... in the order started): a forked
-    process's global RNG is a copy of its parent's, so without it every fork of a pool drew the same stream."""
+    """0 in a process multiprocessing did not start (a main process, a torchrun rank) and in a DataLoader worker
+    (DataLoader seeds each one's global RNG), else a number for its place among the processes its parents started
+    (multiprocessing numbers them 1, 2, ... in the order started, over the parent's life): a forked process's global
+    RNG is a copy of its parent's, so without it every fork of a pool drew the same stream."""
+    if get_worker_info() is not None:
+        return 0
     number = 0
     for k in multiprocessing.current_process()._identity:
         number = number * 1_000_000_007 + k
     return number
-
-
-def _warn_if_in_worker(spec: object) -> None:
-    if get_worker_info() is not None:  # once per worker process: warnings shows a message once per place
-        warnings.warn(f"a transform with generator={'a torch.Generator' if isinstance(spec, torch.Generator) else spec} "
-                      f"runs in a DataLoader worker: every worker draws the same augmentations, and every epoch "
-                      f"replays them; use generator=None there (torch.manual_seed still makes runs reproducible)",
-                      stacklevel=4)
 
 
 def check_generator(spec: object) -> torch.Generator | int | None:
@@ -79,10 +73,10 @@ class GeneratorSource:
     - ``None``: a private generator per device, seeded once from torch's global RNG (so
       ``torch.manual_seed`` makes runs reproducible) plus an offset per distributed rank, so that
       DDP ranks draw different augmentations by default; a copy in another process or DataLoader worker
-      seeds afresh there (DataLoader seeds each worker's global RNG differently, every epoch), plus an offset per
-      process that multiprocessing started (forked processes inherit their parent's global RNG);
+      seeds afresh there (DataLoader seeds each worker's global RNG differently, every epoch); in another process
+      that multiprocessing started, plus an offset for it (forked processes inherit their parent's global RNG);
     - ``int``: a private generator per device seeded with exactly that seed on every rank
-      (the same seed gives the same draws, also across ranks and DataLoader workers: a warning says so in a worker);
+      (the same seed gives the same draws, also across ranks and DataLoader workers);
     - ``torch.Generator``: used as given; it must live on the data's device.
     """
 
@@ -105,8 +99,6 @@ class GeneratorSource:
         return state
 
     def get(self, device: torch.device) -> torch.Generator:
-        if self.spec is not None:
-            _warn_if_in_worker(self.spec)
         if isinstance(self.spec, torch.Generator):
             on = torch.device(self.spec.device)  # cuda:0's generator does not draw for cuda:1 data
             if on.type != device.type or None not in (on.index, device.index) and on.index != device.index:

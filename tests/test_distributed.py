@@ -55,7 +55,7 @@ def _worker(rank: int, init_method: str, out_dir: str) -> None:
             out[f"noise_{tag}"] = noise(x, y)[0]
             out[f"noise_{tag}_transformed"] = torch.tensor(noise.stats["transformed"])
             torch.manual_seed(0)
-            mix = VarMixup(vae, num_classes=10, generator=gen)
+            mix = VarMixup(vae, num_classes=10, p=1.0, generator=gen)  # every sample: lam and partner for all
             out[f"mix_{tag}_y"] = mix(x, y)[1]
             out[f"mix_{tag}_lam"] = mix.last_params["lam"].clone()
             out[f"mix_{tag}_partner"] = mix.last_params["partner"].clone()
