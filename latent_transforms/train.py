@@ -362,12 +362,12 @@ def _upscale(x: torch.Tensor, min_side: int = 32) -> torch.Tensor:
     return torch.nn.functional.interpolate(x, scale_factor=factor, mode="nearest") if factor > 1 else x
 
 
-@torch.no_grad()
 def _spread(n: int, k: int) -> torch.Tensor:
     """``min(n, k)`` positions spread evenly over ``range(n)``, first and last included."""
-    return torch.linspace(0, n - 1, min(n, k)).round().long()
+    return torch.linspace(0, n - 1, min(n, k), dtype=torch.float64).round().long()
 
 
+@torch.no_grad()
 def _save_grid(codec: Codec, x: torch.Tensor, path: Path, n: int, temperature: float, seed: int) -> None:
     from torchvision.utils import save_image
 
@@ -845,7 +845,8 @@ def _say_written(say, report: dict, ckpt: Path, js: Path, png: Path, metrics: di
 def _only_run_writing(out: Path, name: str) -> Iterator[None]:
     """Hold ``out/.<name>.lock`` (``fcntl.flock``, where it exists) for the run: a second run with the same folder
     and name, which would write the same state and final files, is refused at once. The lock file is removed at the
-    end (a lock taken on a file removed meanwhile is taken again on the new one)."""
+    end (a lock taken on a file removed meanwhile is taken again on the new one). Where the file system refuses
+    ``flock`` (some NFS, FUSE or Lustre mounts), the run goes on without a lock, as it did before there was one."""
     try:
         import fcntl
     except ImportError:  # not POSIX: no lock
@@ -856,21 +857,27 @@ def _only_run_writing(out: Path, name: str) -> Iterator[None]:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            locked = os.stat(path).st_ino == os.fstat(fd).st_ino  # else the run before removed it meanwhile
         except BlockingIOError:
             os.close(fd)
             raise ValueError(f"another train run is writing {out / name}.* (it holds {path}); wait for it to end, or "
                              f"give another name or output folder") from None
-        try:
-            if os.stat(path).st_ino == os.fstat(fd).st_ino:
-                break
         except FileNotFoundError:
-            pass
-        os.close(fd)  # the run before removed it after we opened it: lock the file there now
+            locked = False
+        except OSError:  # a file system without flock (ENOLCK, EOPNOTSUPP: some NFS, FUSE, Lustre mounts): no lock
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            fd = None
+            break
+        if locked:
+            break
+        os.close(fd)
     try:
         yield
     finally:
-        path.unlink(missing_ok=True)
-        os.close(fd)
+        if fd is not None:
+            path.unlink(missing_ok=True)
+            os.close(fd)
 
 
 def train_codec(

@@ -314,6 +314,23 @@ def test_a_second_run_writing_the_same_files_is_refused(tmp_path, digits):
     assert not (tmp_path / ".glow.lock").exists() and not (tmp_path / ".other.lock").exists()
 
 
+def test_a_file_system_without_flock_trains_without_the_lock(tmp_path, digits, monkeypatch):
+    # some NFS, FUSE or Lustre mounts answer flock with ENOLCK: training stopped there with "No locks available"
+    import errno
+
+    fcntl = pytest.importorskip("fcntl")
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    open_before = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    assert train_codec("flow", digits[0][:32], tmp_path, **FLOW, max_steps=1, batch_size=16, progress=False)["complete"]
+    assert not (tmp_path / ".glow.lock").exists()
+    if open_before is not None:
+        assert len(os.listdir("/proc/self/fd")) <= open_before  # the lock file's descriptor was closed
+
+
 def test_the_picture_and_the_metrics_without_a_test_set_take_images_spread_over_the_set(tmp_path, digits):
     # a folder of class folders is read class by class: the first 16 (or 1,000) images were all of the first class
     from latent_transforms import train
