@@ -82,11 +82,11 @@ class CodecTransform(LatentTransform):
     def _check_cache(self) -> None:
         if self.cache is None:
             return
-        self.codec.check_dtype()  # a .half() changed the weights: say so, not "another codec"
         key = self._codec_key()
         if key != self._fingerprint_key:  # the fingerprint hashes every weight: again only when they may have changed
             self._codec_fingerprint, self._fingerprint_key = self.codec.fingerprint(), key
         if self.cache.codec_fingerprint != self._codec_fingerprint:
+            self.codec.check_dtype()  # a .half() rounded the weights: say so, not "another codec"
             raise ValueError("the latent cache was encoded with another codec than this transform's (other config "
                              "or weights; a cast to 16 bits and back rounds the weights: reload the codec)")
         if self.cache.latents.dtype != self.codec.dtype:  # .to() casts both alike: set apart by hand

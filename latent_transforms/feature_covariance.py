@@ -2,6 +2,8 @@
 merged batch by batch as the official estimator, all-gathered across ranks under ``torch.distributed``."""
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -177,12 +179,25 @@ class FeatureCovariance(nn.Module):
         mean.add_(w.unsqueeze(1) * delta)
         self.count.add_(count)
 
-    def __getstate__(self) -> dict:
+    def __copy__(self) -> "FeatureCovariance":
+        copy_ = self.__class__.__new__(self.__class__)
+        copy_.__dict__.update(self.__dict__)
+        return copy_
+
+    def __deepcopy__(self, memo: dict) -> "FeatureCovariance":
+        """A copy gathering over the same process group (a group is a handle on the ranks, not data to copy)."""
+        memo[id(self.group)] = self.group
+        copy_ = self.__class__.__new__(self.__class__)
+        memo[id(self)] = copy_
+        copy_.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return copy_
+
+    def __reduce_ex__(self, protocol: int):
         if self.group is not None:  # torch's own error names neither the module nor the way out
             raise TypeError("statistics shared over a process group (ISDA/FeatureCovariance(sync_stats=group)) cannot "
-                            "be pickled or deep-copied, as process groups cannot: save and load its state_dict() "
-                            "instead, or build the copy with sync_stats=True/False")
-        return super().__getstate__()
+                            "be pickled, as process groups cannot: save and load its state_dict() instead, or build "
+                            "the copy with sync_stats=True/False")
+        return super().__reduce_ex__(protocol)
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, feature_dim={self.feature_dim}, covariance={self.covariance!r}, "

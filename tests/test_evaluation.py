@@ -57,6 +57,9 @@ def test_bfloat16_probabilities_are_accepted_and_binned_as_their_float32_values(
     expected = torch.bincount((conf * 15).ceil().long().clamp(1, 15) - 1, minlength=15).double()
     assert torch.equal(reliability_bins(probs, y)["count"], expected)
     assert 0 <= expected_calibration_error(probs, y) <= 1
+    off = torch.full((4, 10), 0.0971, dtype=torch.bfloat16)  # rows summing to 0.97: not a softmax's rounding
+    with pytest.raises(ValueError, match="probs must be probabilities"):  # soft labels' looser bound let them pass
+        expected_calibration_error(off, torch.zeros(4, dtype=torch.int64))
 
 
 def test_predict_proba_is_batch_independent_and_restores_the_mode():

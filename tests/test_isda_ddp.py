@@ -1,6 +1,7 @@
 """ISDA under torch.distributed: two gloo processes hold the statistics of the global batch (or of a group's)."""
 import copy
 import os
+import pickle
 import socket
 
 import pytest
@@ -104,10 +105,13 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         F.cross_entropy(grouped(x[mine]), y[mine]).backward()
         result["group_count"] = in_group.estimator.count.clone()
         try:  # torch's "cannot pickle 'ProcessGroup' object" named neither ISDA nor state_dict
-            copy.deepcopy(in_group)
+            pickle.dumps(in_group)
         except TypeError as e:
-            result["deepcopy"] = str(e)
-        in_group.load_state_dict(copy.deepcopy(in_group.state_dict()))  # the way out works
+            result["pickle"] = str(e)
+        twin, shallow = copy.deepcopy(in_group), copy.copy(in_group.estimator)  # copies share the group
+        result["copies_share_the_group"] = twin.estimator.group is shallow.group is solos[rank]
+        twin.load_state_dict(in_group.state_dict())
+        result["twin_count"] = twin.estimator.count.clone()
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -139,5 +143,6 @@ def test_two_gloo_ranks_hold_the_statistics_of_the_concatenated_batch(tmp_path):
         assert "a process group this rank is not a member of" in res["not_member"]
         assert res["ddp_group"].startswith("the model's DistributedDataParallel has a process group of its own")
     assert [int(res["group_count"].sum()) for res in results] == [3, 5]  # each rank's own rows
-    assert all(res["deepcopy"].startswith("statistics shared over a process group") and "state_dict()" in res["deepcopy"]
+    assert all(res["pickle"].startswith("statistics shared over a process group") and "state_dict()" in res["pickle"]
+               and res["copies_share_the_group"] and torch.equal(res["twin_count"], res["group_count"])
                for res in results)

@@ -225,6 +225,23 @@ def test_a_cast_to_16_bits_names_the_codec_and_leaves_the_image_signatures_whole
         LatentNoise(tiny_glow(), cache=cache, generator=0)(x.flip(3), y, index=idx)
 
 
+def test_a_module_cast_to_16_bits_for_inference_still_loads_its_state_dict(data):
+    # the 16-bit check ran before the fingerprint's: weights a float16 file holds exactly (its fingerprint matches)
+    # made load_state_dict of a .half().eval() module fail, where the transform is the identity anyway
+    images, _ = data
+
+    def build():
+        glow = tiny_glow()
+        with torch.no_grad():
+            for t in glow.state_dict().values():
+                if t.is_floating_point():
+                    t.copy_(t.half().float())
+        return torch.nn.ModuleDict({"augment": LatentNoise(glow, cache=LatentCache(glow, images, progress=False))})
+
+    state = build().state_dict()
+    build().half().eval().load_state_dict(state)
+
+
 @pytest.mark.parametrize("make", [
     lambda c, cache: LatentNoise(c, eps=2.0, cache=cache),
     lambda c, cache: VarMixup(c, num_classes=10, cache=cache),
