@@ -39,7 +39,7 @@ class FeatureCovariance(nn.Module):
             so that all ranks hold the statistics one process would compute on the concatenated batch. ``True``:
             the default process group; a ``torch.distributed.ProcessGroup``: the ranks of that group only (the
             data-parallel group you gave ``DistributedDataParallel(process_group=...)``); ``False``: per-rank
-            statistics. A module holding a group cannot be pickled or deep-copied (groups cannot).
+            statistics. A module holding a group cannot be pickled (groups cannot); its copies share the group.
 
     Buffers (in ``state_dict``, moved by ``.to``; ``None`` until sized):
         mean: (K, A); cov: (K, A, A), or (K, A) if ``"diagonal"``; count: (K,) int64.
