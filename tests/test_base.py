@@ -196,6 +196,20 @@ def test_default_generator_differs_in_each_forked_process_and_follows_torch_manu
         assert _draw(AddNoise()) == draw
 
 
+def test_processes_started_by_other_parents_get_other_child_numbers(monkeypatch):
+    # a pool's worker's identity is the path from the main process: (1, 2), the second child of the first child, must
+    # not share its offset (and so its default stream) with (2, 1) or (3,)
+    import multiprocessing
+
+    from latent_transforms import rng
+
+    numbers = []
+    for identity in ((), (1, 2), (2, 1), (3,)):
+        monkeypatch.setattr(multiprocessing.current_process(), "_identity", identity)
+        numbers.append(rng._child_number())
+    assert numbers[0] == 0 and len(set(numbers)) == 4
+
+
 def test_dataloader_workers_draw_the_same_under_the_same_torch_manual_seed_whatever_ran_before():
     # the offset for processes multiprocessing started counted every worker ever started: a second run in one process
     # (a notebook, a sweep, a validation loader with workers before) drew other augmentations

@@ -113,6 +113,30 @@ def test_gpu_session_script_exits_1_when_a_step_failed(tmp_path):
         assert tar.getmember(".").mode == 0o755  # it is unpacked into: it was mktemp's 0700
 
 
+def test_gpu_session_script_exits_1_when_only_the_merge_failed(tmp_path):
+    # no time left for the shards (BUDGET under 45 s): only the merge of the shards carried in runs, and fails on an
+    # unreadable one; that alone must make the exit status 1 (no shard failed to set it)
+    bad = tmp_path / "acc" / "shard-0"
+    bad.mkdir(parents=True)
+    (bad / "results.json").write_text("not json")
+    env = _gpu_session_env(tmp_path, BUDGET="30", SKIP_THROUGHPUT="1")
+    proc = subprocess.run(["bash", str(GPU_SESSION)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=TIMEOUT_S)
+    assert "accuracy.py shard" not in proc.stdout, proc.stdout[-3000:]  # no shard ran
+    assert "accuracy.py --merge exit 1" in proc.stdout and "a step failed (above)" in proc.stdout, proc.stdout[-3000:]
+    assert proc.returncode == 1
+
+
+@pytest.mark.parametrize("setting, value", [("BUDGET", "9m"), ("BUDGET", "0"), ("PACK_EVERY", "0.5"), ("JOBS", "0"),
+                                            ("JOBS", "two")])
+def test_gpu_session_script_refuses_a_setting_that_is_not_a_whole_number(tmp_path, setting, value):
+    # BUDGET=9m read as 0 in the shell's arithmetic (no shard ran, nothing said why); JOBS=0 ran no shard
+    env = _gpu_session_env(tmp_path, SKIP_THROUGHPUT="1", **{setting: value})
+    proc = subprocess.run(["bash", str(GPU_SESSION)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and f"{setting} must be a whole number" in proc.stderr and f"got '{value}'" in proc.stderr
+    assert not (tmp_path / "out").exists()  # refused before anything was made
+
+
 @pytest.mark.slow
 def test_gpu_session_script_runs_its_steps_and_resumes(tmp_path):
     """scripts/gpu_session.sh, the one-call GPU plan, with SMOKE=1: throughput, then accuracy in JOBS=2 shards at once

@@ -135,6 +135,24 @@ def test_isda_logits_validates_the_labels():
         isda_logits(logits, w, torch.tensor([0, 1, 2, 2], dtype=torch.int32), cov, 1.0, check_y=False)
 
 
+def test_isda_logits_compute_in_the_wider_dtype_treat_cov_as_a_constant_and_refuse_non_finite_strengths():
+    g = torch.Generator().manual_seed(2)
+    n, c, a = 5, 3, 4
+    logits = torch.randn(n, c, generator=g, dtype=torch.float64)
+    weight = torch.randn(c, a, generator=g).requires_grad_()  # float32 weights, float64 covariances: in float64
+    m = torch.randn(c, a, a, generator=g, dtype=torch.float64)
+    cov = (m @ m.transpose(1, 2) * 1e3).requires_grad_()
+    y = torch.randint(0, c, (n,), generator=g)
+    got = isda_logits(logits, weight, y, cov, 0.7)
+    expected = augmented_by_loops(logits, weight.detach().double(), y, cov.detach(), 0.7)
+    assert torch.allclose(got, expected, atol=1e-9, rtol=0)  # computed in float32: off by ~1e-4
+    got.sum().backward()
+    assert cov.grad is None and weight.grad is not None  # the covariance is a constant: no gradient reaches it
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="lam must be a float >= 0 or \\(5,\\) finite strengths >= 0"):
+            isda_logits(logits, weight.detach(), y, cov.detach(), torch.tensor([0.1, bad, 0.0, 0.2, 0.3]))
+
+
 # -- the estimator -----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("diagonal", [False, True])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
@@ -247,6 +265,19 @@ def test_rows_too_large_to_square_are_ignored_like_non_finite_ones():
     clean.update(f[keep], y[keep])
     assert torch.isfinite(est.cov).all() and torch.equal(est.count, clean.count)
     torch.testing.assert_close(est.cov, clean.cov)
+
+
+def test_rows_whose_squares_fit_but_whose_sum_of_squares_overflows_are_ignored():
+    # 1.5e19 squares to 2.25e38 < float32's 3.4e38, but two of them in one class summed to inf: the bound leaves
+    # headroom for the sums (1.8e13 in float32), so such rows change no statistic
+    est, clean = FeatureCovariance(2), FeatureCovariance(2)
+    f = torch.tensor([[1.5e19, 0.0], [-1.5e19, 1.0], [1.0, 2.0], [2.0, 1.0], [0.5, 0.5]])
+    y = torch.tensor([0, 0, 1, 1, 0])
+    est.update(f, y)
+    clean.update(f[2:], y[2:])
+    assert torch.isfinite(est.cov).all() and torch.equal(est.count, torch.tensor([1, 2]))
+    torch.testing.assert_close(est.cov, clean.cov)
+    torch.testing.assert_close(est.mean, clean.mean)
 
 
 def test_labels_on_another_device_are_refused():
@@ -372,19 +403,22 @@ def test_missing_model_soft_labels_and_bad_models(batch, net):
         ISDA(10, lambda0=-1)
 
 
+class _Wrapper(nn.Module):
+    """The shape of a DDP wrapper: the model lives in .module (``aux``: a later Linear that is not the classifier)."""
+
+    def __init__(self, module, aux: bool = False):
+        super().__init__()
+        self.module = module
+        if aux:
+            self.aux = nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.module(x)
+
+
 def test_named_layer_and_ddp_style_wrapper(batch, net):
     x, y = batch
-
-    class Wrapper(nn.Module):  # the shape of a DDP wrapper: the model lives in .module
-        def __init__(self, module):
-            super().__init__()
-            self.module = module
-            self.aux = nn.Linear(3, 3)  # a later Linear that is not the classifier
-
-        def forward(self, x):
-            return self.module(x)
-
-    wrapped = Wrapper(net)
+    wrapped = _Wrapper(net, aux=True)
     with pytest.raises(ValueError, match="'aux'.*3 outputs"):
         ISDA(10)(x, y, wrapped)
     isda = ISDA(10, layer="module.fc")
@@ -392,6 +426,24 @@ def test_named_layer_and_ddp_style_wrapper(batch, net):
     isda(x, y, wrapped)
     wrapped(x)
     assert int(isda.estimator.count.sum()) == len(y)
+
+
+def test_a_hook_that_never_fired_on_a_wrapped_compiled_model_names_the_compile(batch, net):
+    # under DDP the compiled model is the wrapper's .module: the warning must still point at torch.compile's hook guards
+    x, y = batch
+    wrapped = _Wrapper(torch.compile(net, backend="eager"))  # nothing is compiled: no forward runs
+    isda = ISDA(10)
+    isda.set_progress(0.5)
+    isda(x, y, wrapped)
+    with pytest.warns(UserWarning, match="never applied.*torch.compile'd.*skip_nnmodule_hook_guards"):
+        isda(x, y, wrapped)
+    isda.disarm(wrapped)
+    isda(x, y, net)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        isda(x, y, net)
+    assert len(caught) == 1 and "torch.compile" not in str(caught[0].message)  # a plain model: no compile hint
+    isda.disarm(net)
 
 
 def test_schedule():

@@ -247,3 +247,12 @@ def test_images_per_second_is_the_batch_over_its_seconds(tmp_path, monkeypatch):
     result = tp.main(["--smoke", "--device", "cpu", "--no-compile", "--out", str(tmp_path / "tp")])
     assert {r["images_per_second"] for r in result["rows"]} == {16.0}  # batch 8 in 0.5 s
     assert "| 500.00 | 16 | 1x |" in (tmp_path / "tp" / "throughput.md").read_text()
+
+
+def test_a_figure_exactly_at_a_targets_bound_meets_it():
+    # "<= 0.5x" and ">= 10x": the bound itself passes, on either side
+    assert tp.target("at most", 0.5, 0.5, "{:.3g}x")["met"] is True
+    assert tp.target("at most", 0.5001, 0.5, "{:.3g}x")["met"] is False
+    assert tp.target("at least", 10.0, 10, "{:.3g}x", at_least=True)["met"] is True
+    assert tp.target("at least", 9.999, 10, "{:.3g}x", at_least=True)["met"] is False
+    assert tp.target("unmeasured", None, 10, "{:.3g}x")["met"] is None

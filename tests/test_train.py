@@ -735,16 +735,21 @@ def test_compiled_loss_trains_like_the_eager_one(tmp_path, digits, monkeypatch):
     assert [r["compiled"] for r in reports] == [False, True]
 
 
+def _drop_from_saved_info(state: Path, *keys: str) -> None:
+    """Remove ``keys`` from a training state's info, as a state written before they existed (or a damaged one)."""
+    metadata, tensors = hub.read_safetensors(state)
+    info = json.loads(metadata["info"])
+    for key in keys:
+        del info[key]
+    hub.write_safetensors(state, tensors, {**metadata, "info": json.dumps(info)})
+
+
 def test_a_state_saved_before_a_setting_existed_resumes_with_its_old_value(tmp_path, digits):
     """States from before ``data_sha256`` (not checked) and ``translate`` (then always 0) existed still resume."""
     x = digits[0][:32]
     kw = dict(**FLOW, batch_size=16, progress=False)
     train_codec("flow", x, tmp_path, **kw, max_steps=2)
-    state = tmp_path / "glow.state.safetensors"
-    metadata, tensors = hub.read_safetensors(state)
-    info = json.loads(metadata["info"])
-    del info["translate"], info["data_sha256"]
-    hub.write_safetensors(state, tensors, {**metadata, "info": json.dumps(info)})
+    _drop_from_saved_info(tmp_path / "glow.state.safetensors", "translate", "data_sha256")
     with pytest.raises(ValueError, match="translate: not saved \\(the state predates it: 0\\), now 1"):
         train_codec("flow", x, tmp_path, **kw, max_steps=3, translate=1)
     assert train_codec("flow", x, tmp_path, **kw, max_steps=3)["step"] == 3
@@ -1259,3 +1264,52 @@ def test_an_out_dir_with_a_tilde_is_the_home_folder_as_hub_load_reads_it(tmp_pat
     r = train_codec("vae", digits[0][:32], "~/runs", **VAE, max_steps=1, batch_size=16, progress=False)
     assert r["checkpoint"] == str(home / "runs" / "vae.safetensors") and not (cwd / "~").exists()
     assert hub.load("~/runs/vae.safetensors").config == r["codec"].config
+
+
+def test_an_error_about_a_parameter_is_spelled_as_its_command_line_flag():
+    # the CLI's own checks reach ema_decay first today, but a message of train_codec's about it must read --ema
+    # (there is no --ema-decay); a longer parameter wins over one its name ends with, and the error keeps its type
+    from latent_transforms.validation import WrongTypeError
+
+    params = ["name", "steps", "max_steps", "ema_decay", "translate"]
+    e = train._spelled_as_flags(ValueError("ema_decay must be a finite number in (0, 1), got 1.0"), params)
+    assert str(e) == "--ema must be a finite number in (0, 1), got 1.0"
+    assert str(train._spelled_as_flags(ValueError("max_steps must be an int >= 1"), params)) == \
+        "--max-steps must be an int >= 1"
+    typed = train._spelled_as_flags(WrongTypeError("translate must be an int >= 0, got 'x'"), params)
+    assert type(typed) is WrongTypeError and str(typed) == "--translate must be an int >= 0, got 'x'"
+    other = ValueError("stepsize is not a parameter")
+    assert train._spelled_as_flags(other, params) is other
+
+
+def test_a_state_whose_info_lacks_a_field_of_the_run_is_a_clear_error(tmp_path, digits):
+    # its settings match, so nothing else refuses it: without the check the run failed later with a bare KeyError
+    x = digits[0][:32]
+    kw = dict(**FLOW, batch_size=16, progress=False)
+    train_codec("flow", x, tmp_path, **kw, max_steps=2)
+    _drop_from_saved_info(tmp_path / "glow.state.safetensors", "history", "schedule")
+    with pytest.raises(ValueError, match="glow.state.safetensors is not a valid training state: its info lacks "
+                                         "history, schedule; delete it"):
+        train_codec("flow", x, tmp_path, **kw, max_steps=3)
+
+
+def test_an_fp16_copy_exactly_at_its_tolerance_is_kept():
+    # "within 1e-3": an error equal to the tolerance keeps the fp16 copy, a larger one names both numbers
+    import dataclasses
+
+    def recipe(err):
+        return dataclasses.replace(train.RECIPES["glow"], fp16_error=lambda codec, stored, probe: (err, 1e-3, "errs by"))
+
+    assert train._fp16_inaccuracy(None, None, recipe(1e-3), None) is None
+    assert train._fp16_inaccuracy(None, None, recipe(1.5e-3), None) == "errs by 1.50e-03 > 0.001"
+
+
+def test_a_run_whose_test_metrics_are_not_finite_leaves_no_checkpoint(tmp_path, digits, monkeypatch):
+    # the stored codec is scored after it was written: a diverged one must not stay beside its state file
+    x = digits[0][:32]
+    monkeypatch.setattr(train, "eval_codec", lambda codec, x, seed=0: {"bits_per_dim": math.nan,
+                                                                       "roundtrip_max_err": 0.0})
+    with pytest.raises(FloatingPointError, match="the run diverged: test bits_per_dim not finite \\(non-finite "
+                                                 "training losses: 0\\); no checkpoint written"):
+        train_codec("flow", x, tmp_path, **FLOW, max_steps=2, batch_size=16, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["glow.state.safetensors"]
