@@ -179,18 +179,22 @@ class FeatureCovariance(nn.Module):
         mean.add_(w.unsqueeze(1) * delta)
         self.count.add_(count)
 
+    # copies are made from the attributes, not through __reduce_ex__, which refuses a process group for pickling
     def __copy__(self) -> "FeatureCovariance":
-        copy_ = self.__class__.__new__(self.__class__)
-        copy_.__dict__.update(self.__dict__)
-        return copy_
+        return self._copy_with(lambda attributes: attributes)
 
     def __deepcopy__(self, memo: dict) -> "FeatureCovariance":
         """A copy gathering over the same process group (a group is a handle on the ranks, not data to copy)."""
-        memo[id(self.group)] = self.group
-        copy_ = self.__class__.__new__(self.__class__)
-        memo[id(self)] = copy_
-        copy_.__dict__.update(copy.deepcopy(self.__dict__, memo))
-        return copy_
+        if self.group is not None:
+            memo[id(self.group)] = self.group
+        return self._copy_with(lambda attributes: copy.deepcopy(attributes, memo), memo)
+
+    def _copy_with(self, copy_attributes, memo: dict | None = None) -> "FeatureCovariance":
+        new = self.__class__.__new__(self.__class__)
+        if memo is not None:  # a reference back to this module inside its attributes gets the copy
+            memo[id(self)] = new
+        new.__dict__.update(copy_attributes(self.__dict__))
+        return new
 
     def __reduce_ex__(self, protocol: int):
         if self.group is not None:  # torch's own error names neither the module nor the way out
