@@ -277,7 +277,7 @@ class Compose(nn.Module):
             and any(_is_label_mix(p) and getattr(p, "num_classes", None) is None for p in _parts(steps[i])))
         # what runs in eval() mode: the dtype conversions (a validation loader's uint8 images come out as in training)
         self._conversions = [c for t in steps for c in _conversions_in(t)]
-        self._takes_uint8 = not _takes_floats_only(steps[0] if steps else None)  # per call, it walked the first step
+        self._takes_uint8 = not _takes_floats_only(steps[0] if steps else None)  # once: it walks the step's parts
 
     def __len__(self) -> int:
         return len(self.steps)

@@ -77,7 +77,7 @@ def run_demo(out_dir: str | Path = "latent-transforms-demo", per_class: int = 10
     torch.set_num_threads(threads)
     glow, vae = hub.load("glow-digits"), hub.load("vae-digits")
 
-    picture = overview_picture(glow, vae, Path(out_dir) / "demo.png")
+    picture = overview_picture(glow, vae, Path(out_dir) / "demo.png", test=(x_test, y_test))
     results: dict[str, dict[str, list[float]]] = {}
     for seed in seeds:
         x, y = x_train[splits[seed]], y_train[splits[seed]]
@@ -139,10 +139,11 @@ def picture_rows(glow, vae, x: torch.Tensor, y: torch.Tensor, model: nn.Module) 
     return rows
 
 
-def overview_picture(glow, vae, path: Path) -> Path:
+def overview_picture(glow, vae, path: Path, test: tuple[torch.Tensor, torch.Tensor] | None = None) -> Path:
     """``demo.png``, also the docs' overview picture (``scripts/make_doc_pictures.py``): ``picture_rows`` of the
-    first 12 digits test images, LatentAdversarial attacking a weak classifier trained on them."""
-    x, y, _ = load_images("digits", "test")
+    first 12 digits test images, LatentAdversarial attacking a weak classifier trained on them. ``test``: the
+    digits test split ``(x, y)`` when the caller has it (else it is loaded)."""
+    x, y = test if test is not None else load_images("digits", "test")[:2]
     x, y = x[:12], y[:12]
     torch.manual_seed(0)
     model = digits_cnn()
