@@ -480,6 +480,24 @@ def delta_vs_baseline(runs: dict, arm: str, seeds: list[int]) -> str:
         f"{', '.join(map(str, shared))})"
 
 
+def arm_settings(cfg: dict, arm: str) -> str:
+    """The method settings ``arm``'s runs were made with, as ``key=value`` (those left at None, the default, omitted)."""
+    values = [(k, v) for k in ARM_SETTINGS.get(arm, []) if (v := setting(cfg, k)) is not None]
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in values)
+
+
+def _settings_lines(cfg: dict, runs: dict) -> list[str]:
+    """One line per arm with settings or a codec: what its runs were made with (a table row names the arm only)."""
+    lines = []
+    for arm, by_seed in runs.items():
+        codec = next((r["codec"] for r in by_seed.values() if "codec" in r), None)  # one per arm: check_codecs
+        parts = [arm_settings(cfg, arm)] + ([f"{codec['name']} (sha256 {codec['sha256'][:12]})"] if codec else [])
+        if any(parts):
+            lines.append(f"- {arm}: " + "; ".join(p for p in parts if p))
+    return ["", "Settings of each arm (flags as in results.json's config; checkpoints by name and sha256):", "",
+            *lines] if lines else []
+
+
 def format_report(results: dict) -> str:
     cfg, summary = results["config"], results["summary"]
     seeds = sorted({s for v in summary.values() for s in v["seeds"]})
@@ -510,6 +528,7 @@ def format_report(results: dict) -> str:
         lines.append(f"| {arm} ({ARMS[arm]}){n} | {_pts(s['accuracy_mean'])}{_pm(s['accuracy_std'])} | "
                      f"{delta} | {100 * s['ece_mean']:.2f}{_pm(s['ece_std'], 2)} | {corr} | "
                      f"{s['seconds_per_epoch']:.2f} | {ratio} |")
+    lines += _settings_lines(cfg, results["runs"])
     if len(devices) > 1:
         lines += ["", f"The runs were made on {len(devices)} devices ({'; '.join(devices)}): s / epoch and time vs "
                       f"baseline average over them; compare times of runs made on one device only."]

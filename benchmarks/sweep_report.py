@@ -16,7 +16,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from accuracy import ARM_SETTINGS, common_codecs, delta_vs_baseline, read_results, setting
+from accuracy import arm_settings, common_codecs, delta_vs_baseline, read_results, setting
 from models import check_output_folder, run_script, write_text
 
 # what every folder must share (data and its sha256, schedule, seeding and scoring protocol); the arm settings
@@ -42,8 +42,7 @@ def collect(paths: list[Path]) -> tuple[dict, dict]:
             diff = {k: (shared[k], mine[k]) for k in SHARED if shared[k] != mine[k]}
             raise SystemExit(f"{path}: not the same data/schedule as the first folder: {diff}")
         for arm, seeds in result["runs"].items():
-            values = [(k, v) for k in ARM_SETTINGS.get(arm, []) if (v := setting(cfg, k)) is not None]  # None: default
-            settings = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in values)
+            settings = arm_settings(cfg, arm)
             name = f"{arm} ({settings})" if settings else arm
             for seed, run in seeds.items():
                 if (name, seed) in source:

@@ -1018,6 +1018,23 @@ def test_accuracy_table_cells():
     assert "not the issue's test-set evidence" not in acc.format_report(_results(acc, eval_on="test"))
 
 
+def test_accuracy_report_names_each_arms_settings_and_checkpoint():
+    """The table names arms only: the settings their runs were made with (eps, steps, ...) and the checkpoint follow
+    it, so a table read alone says what was compared."""
+    acc = _load_accuracy_module()
+    results = _results(acc)
+    results["config"].update(isda_lambda0=0.25, isda_covariance="diagonal", noise_eps=7.5, latent_p=0.5,
+                             latent_levels=None)
+    noise = {"accuracy": 0.6, "ece": 0.06, "corruption_accuracy": None, "corruptions": {}, "seconds_per_epoch": 12.0,
+             "codec": {"name": "glow-cifar10", "sha256": "ab" * 32}}
+    results["runs"]["latent-noise"] = {"0": noise}
+    results["summary"] = acc.summarise(results["runs"])
+    md = acc.format_report(results)
+    assert "- isda: isda_lambda0=0.25, isda_covariance=diagonal\n" in md, md
+    assert "- latent-noise: noise_eps=7.5, latent_p=0.5; glow-cifar10 (sha256 abababababab)\n" in md, md
+    assert "- baseline" not in md  # no settings, no codec
+
+
 def test_accuracy_reliability_diagram_pools_the_bins_of_every_seed():
     acc = _load_accuracy_module()
     from latent_transforms.evaluation import reliability_bins
