@@ -848,8 +848,9 @@ def fetch(name: str) -> Path:
             notes.append(f"shipped {shipped} is corrupted (sha256 mismatch)")
     looked = f"looked in {cached} and {shipped}" + (f"; {'; '.join(notes)}" if notes else "")
     if name not in _shipped_registry():
-        looked += ("; registered from a training run? `latent-transforms register RUN.json --overwrite` copies its "
-                   "file back")
+        looked += (f"; registered with hub.register? it does not copy the file: copy {file} into {cache_dir()}; "
+                   f"registered from a training run? `latent-transforms register RUN.json --overwrite` copies its "
+                   f"file back")
     if _offline():
         raise HubError(f"checkpoint {name!r} is not available offline (LATENT_TRANSFORMS_OFFLINE is set); {looked}")
     url = _remote_url(file)

@@ -387,7 +387,8 @@ def test_images_of_the_wrong_shape_for_a_codec_say_what_to_do():
         t(torch.rand(2, 32, 32, 3))
     with pytest.raises(ValueError, match=r"registered codecs for images of shape \(1, 8, 8\): glow-digits, vae-digits"):
         t(torch.rand(2, 1, 8, 8))
-    with pytest.raises(ValueError, match=r"got x of shape \(2, 3, 16, 16\)$"):
+    with pytest.raises(ValueError, match=r"got x of shape \(2, 3, 16, 16\); no registered codec takes images of shape "
+                                         r"\(3, 16, 16\): resize or crop them to \(3, 32, 32\), or train a codec"):
         t(torch.rand(2, 3, 16, 16))
 
 

@@ -478,6 +478,22 @@ def test_a_file_in_the_cwd_named_like_a_registered_checkpoint_does_not_replace_i
     assert hub.load(str(tmp_path / "vae")).config["latent_dim"] == 8
 
 
+def test_a_file_registered_from_python_loads_from_the_cache_dir_and_elsewhere_is_named_to_copy(env, tmp_path,
+                                                                                                  monkeypatch):
+    """docs/hub.md's Python registration: saved into the cache dir, it loads by name; saved elsewhere, the load's
+    error says to copy it there (it named `latent-transforms register RUN.json` only, which a Python user had not run)."""
+    monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
+    env.mkdir()
+    sha = hub.save_checkpoint(_codec(), env / "mine.safetensors")
+    _register("mine", "mine.safetensors", sha256=sha)
+    assert hub.load("mine").config == _codec().config
+    sha = hub.save_checkpoint(_codec(), tmp_path / "elsewhere.safetensors")
+    _register("elsewhere", "elsewhere.safetensors", sha256=sha)
+    with pytest.raises(hub.HubError, match=f"registered with hub.register\\? it does not copy the file: copy "
+                                           f"elsewhere.safetensors into {re.escape(str(env))}"):
+        hub.load("elsewhere")
+
+
 @pytest.mark.parametrize("name", ["", " vae", "vae ", "va\ne", "\ud800", "x" * 201])
 def test_register_refuses_names_that_could_not_be_typed_back(env, name):
     with pytest.raises(ValueError, match="checkpoint names must be non-empty str of printable characters, without "

@@ -211,7 +211,10 @@ class Codec(nn.Module):
         if len(got) == 3 and got == (h, w, c) and got != self.image_shape:
             return f"; these are channels-last (B, H, W, C) images: pass {name}.permute(0, 3, 1, 2)"
         names = hub.names_for_images(got) if len(got) == 3 else []
-        return f"; registered codecs for images of shape {got}: {', '.join(names)}" if names else ""
+        if names:
+            return f"; registered codecs for images of shape {got}: {', '.join(names)}"
+        return (f"; no registered codec takes images of shape {got}: resize or crop them to {self.image_shape}, or "
+                f"train a codec on your images (latent-transforms train flow|vae --data ..., docs/training.md)")
 
     def freeze(self) -> "Codec":
         """Eval mode for good, no parameter gradients, no statistic updates."""
