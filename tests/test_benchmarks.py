@@ -1202,6 +1202,48 @@ def test_calibrate_eps_trains_without_its_validation_images_and_scores_the_pertu
     assert (tmp_path / "b1-glow-eps.json").is_file() and (tmp_path / "b2-glow-eps.json").is_file()
 
 
+def test_calibrate_eps_reports_a_rejection_rate_the_mean_absolute_change_and_the_perturbed_pictures(tmp_path,
+                                                                                                     monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    cal = _load_benchmark("calibrate_eps")
+    x, y = torch.full((40, 1, 8, 8), 0.5), torch.zeros(40, dtype=torch.long)
+    made, pictures = [], {}
+
+    class Shift:  # a stand-in perturbation: +0.25 on half the pixels, -0.25 on the others; rejects one image a call
+        def __init__(self, codec, eps, **kwargs):
+            made.append((type(self).__name__, eps, kwargs))
+            self.stats = {"rejected": 0, "seen": 0}
+
+        def __call__(self, xb, yb, model=None):
+            self.stats["seen"] += len(xb)
+            self.stats["rejected"] += 1
+            sign = torch.ones_like(xb)
+            sign[..., :4] = -1
+            return xb + 0.25 * sign, yb
+
+    noise, adversarial = type("LatentNoise", (Shift,), {}), type("LatentAdversarial", (Shift,), {})
+    monkeypatch.setattr(cal, "load_images", lambda spec, split: (x, y, None))
+    monkeypatch.setattr(cal, "hub", SimpleNamespace(load=lambda name: SimpleNamespace(check_images=lambda x, what: None)))
+    monkeypatch.setattr(cal, "fit_classifier", lambda *a, **k: None)
+    monkeypatch.setattr(cal, "predict_proba", lambda model, xb: torch.eye(10)[torch.zeros(len(xb), dtype=torch.long)])
+    monkeypatch.setattr(cal, "LatentNoise", noise)
+    monkeypatch.setattr(cal, "LatentAdversarial", adversarial)
+    monkeypatch.setattr(cal, "save_rows", lambda rows, path: pictures.update(rows))
+    monkeypatch.setattr(sys, "argv", ["calibrate_eps.py", "--codec", "c", "--data", "d", "--val-fraction", "0.5",
+                                      "--noise-eps", "5", "--adv-eps", "0.5", "--out", str(tmp_path),
+                                      "--threads", str(torch.get_num_threads())])
+    cal.main()
+    rows = json.loads((tmp_path / "c-eps.json").read_text())["rows"]
+    assert [(r["method"], r["eps"], r["rejected"], r["mean_abs_change"]) for r in rows] == [
+        ("LatentNoise", 5.0, 0.05, 0.25), ("LatentAdversarial", 0.5, 0.05, 0.25)]  # 1 of 20 images; |+-0.25|
+    # seeded, and the attack takes one step of its whole eps
+    assert made == [("LatentNoise", 5.0, {"generator": 0}),
+                    ("LatentAdversarial", 0.5, {"steps": 1, "step_size": 0.5, "generator": 0})]
+    assert list(pictures) == ["original", "LatentNoise 5", "LatentAdversarial 0.5"]
+    assert torch.equal(pictures["original"], x[:10]) and not torch.equal(pictures["LatentNoise 5"], x[:10])
+    assert torch.allclose((pictures["LatentAdversarial 0.5"] - x[:10]).abs(), torch.full((10, 1, 8, 8), 0.25))
+
+
 def test_codec_quality_scores_reconstructions_and_counts_either_source_class_of_a_mix(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     cq = _load_benchmark("codec_quality")
@@ -1228,6 +1270,40 @@ def test_codec_quality_scores_reconstructions_and_counts_either_source_class_of_
     assert q["mse"] == 0.005144  # 4 significant digits: rounded to 4 decimals it was 0.0051
     assert q["settings"] == {"codec": "stub", "train": "t", "test": "t", "test_images": 20, "epochs": 30,
                              "width": 32, "classifier": None}  # what the figures were measured with
+
+
+def test_codec_quality_mixes_interpolates_and_reports_a_flow_in_its_table_and_pictures(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    cq = _load_benchmark("codec_quality")
+    codec = SimpleNamespace(encode_flat=lambda xb: xb.flatten(1), decode_flat=lambda z: z.view(-1, 1, 8, 8),
+                            reconstruct=lambda xb: torch.zeros_like(xb), kind="glow",
+                            check_images=lambda xb, what: None)
+    x, y = torch.rand(20, 1, 8, 8) * 0.5 + 0.25, torch.zeros(20, dtype=torch.long)
+    seen = []
+    monkeypatch.setattr(cq, "predict_proba", lambda model, xb: seen.append(xb) or torch.eye(10)[
+        (xb.flatten(1).sum(1) == 0).long()])  # class 1 for black images, else 0
+    cq.mixes_name_a_source(codec, None, x, y)
+    assert torch.allclose(seen[-1], 0.5 * (x + x.roll(1, 0)))  # the decoded 50/50 mixes are what is classified
+    rows = cq.interpolations(codec, x[:2], x[2:4], steps=5)
+    assert list(rows) == ["interpolation 1", "interpolation 2"] and rows["interpolation 2"].shape == (5, 1, 8, 8)
+    assert torch.allclose(rows["interpolation 2"][0], x[1]) and torch.allclose(rows["interpolation 2"][-1], x[3])
+    assert torch.allclose(rows["interpolation 2"][1], 0.75 * x[1] + 0.25 * x[3])
+    # main, a flow: scored on LatentNoise outputs (here every pixel 0.25 darker), reconstructions pictured
+    pictures = {}
+    monkeypatch.setattr(cq, "noised", lambda codec, xb, yb, eps: xb - 0.25)
+    monkeypatch.setattr(cq, "load_images", lambda spec, split: (x, y, None))
+    monkeypatch.setattr(cq, "fit_classifier", lambda *a, **k: 1.0)
+    monkeypatch.setattr(cq, "hub", SimpleNamespace(load=lambda spec: codec))
+    monkeypatch.setattr(cq, "eval_codec", lambda codec, xb: {"bits_per_dim": 3.25})
+    monkeypatch.setattr(cq, "save_rows", lambda rows, path: pictures.update(rows))
+    monkeypatch.setattr(sys, "argv", ["codec_quality.py", "--codec", "flow", "--train", "t", "--test", "t",
+                                      "--noise-eps", "5", "--out", str(tmp_path)])
+    cq.main()
+    q = json.loads((tmp_path / "flow-quality.json").read_text())
+    assert q["classifier_on_latent_noise"] == {"5": {"accuracy": 1.0, "mean_abs_change": 0.25}}
+    assert torch.equal(pictures["original"], x[:10]) and torch.equal(pictures["reconstruction"], torch.zeros(10, 1, 8, 8))
+    # the classifier names every original right and every (black) reconstruction wrong: 100% clean, 0% on those
+    assert "| flow | 3.250 bits/dim | 0.0% | 100.0% | 100.0% |" in capsys.readouterr().out
 
 
 def test_codec_quality_keeps_its_clean_classifier_for_later_runs(tmp_path, monkeypatch):
@@ -1283,6 +1359,26 @@ def test_codec_quality_classifier_file_records_a_seed_and_crops_and_its_folder_i
     assert seen[-1][0] == 1 and seen[-1][1](x).shape == x.shape
 
 
+def test_codec_quality_crops_are_recorded_alone_and_shift_and_its_latent_noise_is_seeded(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    cq = _load_benchmark("codec_quality")
+    from conftest import tiny_glow
+    from latent_transforms import hub
+
+    augments = []
+    monkeypatch.setattr(cq, "fit_classifier", lambda model, *a, **k: augments.append(k["pixel_augment"]))
+    x, y = torch.rand(16, 1, 8, 8) + 1, torch.arange(16) % 10  # every pixel > 0: a shifted-in zero shows
+    args = argparse.Namespace(train="digits", width=32, epochs=3, classifier=str(tmp_path / "clf.safetensors"))
+    cq.clean_classifier(args, x, y, crop_flip=True)  # seed 0, the default, with crops: both recorded
+    assert hub.read_safetensors(tmp_path / "clf.safetensors")[0] == {
+        "train": "digits", "width": "32", "epochs": "3", "seed": "0", "crop_flip": "True"}
+    out = augments[0](x)
+    assert out.shape == x.shape and (out == 0).any()  # shifted with zero padding, not only flipped
+    glow = tiny_glow()
+    a, b = cq.noised(glow, x[:4] - 1, y[:4], 2.0), cq.noised(glow, x[:4] - 1, y[:4], 2.0)
+    assert torch.equal(a, b) and not torch.equal(a, x[:4] - 1)
+
+
 def test_vae_class_guidance_term_is_zero_on_the_input_and_grows_with_the_change(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     vg = _load_benchmark("vae_class_guidance")
@@ -1299,6 +1395,29 @@ def test_vae_class_guidance_term_is_zero_on_the_input_and_grows_with_the_change(
         assert 0 < float(vg.guide_term(guide, term, x, small)) < float(value.detach()), term
         value.backward()
         assert recon.grad.abs().sum() > 0, term  # the term trains the decoder through the reconstruction
+
+
+def test_vae_class_guidance_terms_are_the_documented_formulas(monkeypatch):
+    """logits: KL(guide(x) || guide(recon)), batch mean, in nats; features: per stage (the stem and the end of each
+    of the 4 stages), the squared error relative to the stage output's mean square on x, summed."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    vg = _load_benchmark("vae_class_guidance")
+    from latent_transforms.models import CifarResNet18
+
+    torch.manual_seed(0)
+    guide = CifarResNet18(width=4).eval().requires_grad_(False)
+    x, recon = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    outputs = vg.stage_outputs(guide, x)
+    assert [tuple(o.shape[1:]) for o in outputs] == [(4, 32, 32), (4, 32, 32), (8, 16, 16), (16, 8, 8), (32, 4, 4)]
+    assert torch.allclose(outputs[-1], guide.layers(guide.stem((x - guide.mean) / guide.std)))  # a stage's end
+    assert torch.allclose(outputs[1], guide.layers[:2](outputs[0]))
+    p, q = torch.log_softmax(guide(x), 1), torch.log_softmax(guide(recon), 1)
+    kl = (p.exp() * (p - q)).sum(1).mean()
+    assert float(vg.guide_term(guide, "logits", x, recon)) == pytest.approx(float(kl), rel=1e-5)
+    relative = sum(((r - t) ** 2).mean() / (t ** 2).mean() for r, t in zip(vg.stage_outputs(guide, recon), outputs))
+    assert float(vg.guide_term(guide, "features", x, recon)) == pytest.approx(float(relative), rel=1e-5)
+    assert float(vg.guide_term(guide, "features", x, recon)) != pytest.approx(
+        float(sum(((r - t) ** 2).mean() for r, t in zip(vg.stage_outputs(guide, recon), outputs))), rel=1e-2)
 
 
 def test_vae_class_guidance_fine_tunes_a_vae_and_its_control_runs_without_a_guide(tmp_path):
@@ -1328,6 +1447,30 @@ def test_sweep_report_seconds_per_epoch_is_the_mean_over_seeds(monkeypatch):
                          "1": {"accuracy": 0.62, "seconds_per_epoch": 20.0}}}
     shared = {"eval_on": "val", "width": 16, "epochs": 12, "n_train": 4500, "n_eval": 500, "precision": "fp32"}
     assert "| baseline | 60.0% | 62.0% | 61.0% | +0.0 | 15.00 |" in sweep.format_table(rows, shared)
+
+
+def test_sweep_report_table_orders_seeds_as_numbers_and_means_every_seed(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sweep = _load_benchmark("sweep_report")
+    run = lambda accuracy: {"accuracy": accuracy, "seconds_per_epoch": 10.0}  # noqa: E731
+    rows = {"latent-noise": {"10": run(0.95), "0": run(0.5), "2": run(0.5)},
+            "baseline": {"0": run(0.6), "2": run(0.6), "10": run(0.6)}}
+    shared = {"eval_on": "val", "width": 16, "epochs": 12, "n_train": 4500, "n_eval": 500, "precision": "fp32"}
+    table = sweep.format_table(rows, shared)
+    assert table.startswith("val accuracy; width-16 ResNet-18, 12 epochs, 4500 training images, 500 evaluated, fp32.")
+    assert "| setting | seed 0 | seed 2 | seed 10 | mean |" in table  # seed 10 last, not between 0 and 2
+    # the mean of the three seeds (not their median, 50.0%); the paired differences -10, -10, +35: +5.0 ± 26.0
+    assert "| latent-noise | 50.0% | 50.0% | 95.0% | 65.0% | +5.0 ± 26.0 | 10.00 |" in table
+
+
+def test_sweep_report_checks_its_out_folder_before_printing_anything(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sweep = _load_benchmark("sweep_report")
+    results = _fake_results(tmp_path / "b0", "baseline", 0, 0.6)
+    (tmp_path / "taken").write_text("a file")
+    with pytest.raises(ValueError, match=r"^--out .*taken: .*taken is a file, not a folder"):
+        sweep.main([str(results), "--out", str(tmp_path / "taken" / "sweep.md")])
+    assert capsys.readouterr().out == ""
 
 
 def test_accuracy_merge_refuses_a_seed_twice_and_an_arm_made_with_two_settings(tmp_path):

@@ -498,6 +498,56 @@ def test_demo_table_times_each_arm_against_the_baseline():
     assert one.endswith("one seed: no spread to judge differences by; compare methods over several seeds (--seeds)")
 
 
+def test_run_demo_trains_every_arm_from_one_init_per_seed_and_scores_the_test_split(tmp_path, monkeypatch, capsys):
+    """run_demo's loop, its training and scoring spied on: each seed's arms start from the same weights (seeded
+    before each model is built) on that seed's low-data split, with the demo's settings, and are scored on the whole
+    digits test split; torch's threads are set as asked."""
+    from conftest import tiny_glow, tiny_vae
+    from latent_transforms.data import low_data_split
+
+    g = torch.Generator().manual_seed(0)
+    x_train, y_train = torch.rand(60, 1, 8, 8, generator=g), torch.arange(60) % 10
+    x_test, y_test = torch.rand(30, 1, 8, 8, generator=g), torch.arange(30) % 10
+    splits = {"train": (x_train, y_train, 17), "test": (x_test, y_test, 17)}
+    monkeypatch.setattr(demo, "load_images", lambda spec, split: splits[split] if spec == "digits" else None)
+    codecs = {"glow-digits": tiny_glow(), "vae-digits": tiny_vae()}  # the shipped ones take seconds to load
+    monkeypatch.setattr(demo.hub, "load", codecs.__getitem__)
+    monkeypatch.setattr(demo, "ISDA", lambda **settings: settings)  # its settings, not a module: ISDA's first build is slow
+    fits, scored, threads = [], [], []
+    monkeypatch.setattr(demo, "overview_picture", lambda glow, vae, path, test=None: Path(path))
+
+    def fit(model, x, y, augment, **kwargs):
+        fits.append((kwargs["seed"], augment, [p.detach().clone() for p in model.parameters()], x, y))
+        return 1.0
+
+    def predict(model, x):
+        scored.append(x)
+        return torch.eye(10)[y_test]  # every prediction right
+
+    monkeypatch.setattr(demo, "fit_classifier", fit)
+    monkeypatch.setattr(demo, "predict_proba", predict)
+    monkeypatch.setattr(demo.torch, "set_num_threads", threads.append)
+    results = demo.run_demo(tmp_path, per_class=2, epochs=1, seeds=(0, 3), arms=["baseline", "ISDA", "LatentNoise"],
+                            progress=False, threads=1)
+    assert threads == [1] and list(results) == ["baseline", "ISDA", "LatentNoise"]
+    assert all(r["accuracy"] == [1.0, 1.0] for r in results.values())
+    assert all(x is x_test or torch.equal(x, x_test) for x in scored) and len(scored) == 6
+    for seed, runs in ((0, fits[:3]), (3, fits[3:])):
+        split = low_data_split(y_train, 2, seed=seed)
+        for run_seed, _, weights, x, y in runs:
+            assert run_seed == seed and torch.equal(x, x_train[split]) and torch.equal(y, y_train[split])
+            assert all(torch.equal(a, b) for a, b in zip(weights, runs[0][2]))  # one init per seed
+    assert not all(torch.equal(a, b) for a, b in zip(fits[0][2], fits[3][2]))  # another seed, another init
+    baseline, isda, noise = (augment for _, augment, *_ in fits[:3])
+    assert baseline is None and isda == {"num_classes": 10, "lambda0": 0.5} and noise.eps == demo.NOISE_EPS
+    assert "| ISDA | 100.0% ± 0.0 |" in capsys.readouterr().out
+    # threads not given: torch's, at most 4
+    monkeypatch.setattr(demo.torch, "get_num_threads", lambda: 8)
+    monkeypatch.setattr(demo.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    demo.run_demo(tmp_path, per_class=1, epochs=1, seeds=(0,), arms=["baseline"], progress=False)
+    assert threads == [1, 4]
+
+
 @pytest.mark.parametrize("argv, epochs, seeds", [
     (["--smoke"], 15, (0,)),  # was 3 epochs: every arm at chance, 10.0% ± 0.0, which looked broken
     ([], 40, (0, 1, 2)),

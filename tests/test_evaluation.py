@@ -8,7 +8,7 @@ from torch import nn
 from latent_transforms.evaluation import (accuracy, expected_calibration_error, fit_classifier, predict_proba,
                                           reliability_bins)
 from latent_transforms.models import CIFAR10_MEAN, CIFAR10_STD, CifarResNet18
-from latent_transforms.modelutils import logits_of
+from latent_transforms.modelutils import borrowed, describe_device, logits_of
 
 
 def _probs(confidences: list[float], predicted: list[int], k: int = 3) -> torch.Tensor:
@@ -235,6 +235,30 @@ def test_logits_of_refuses_another_batch_size():
         logits_of(lambda x: torch.zeros(3, 10), torch.zeros(4, 1, 8, 8), "someone")
 
 
+def test_describe_device_names_the_cpu_and_its_threads(monkeypatch):
+    import latent_transforms.modelutils as modelutils
+
+    monkeypatch.setattr(modelutils.platform, "processor", lambda: "x86_64")
+    for threads, text in ((1, "cpu (x86_64, 1 thread)"), (2, "cpu (x86_64, 2 threads)")):
+        monkeypatch.setattr(modelutils.torch, "get_num_threads", lambda: threads)
+        assert describe_device(torch.device("cpu")) == text
+
+
+def test_borrowed_gives_back_what_it_changed_when_switching_the_model_fails():
+    class Stubborn(nn.Module):  # a module whose train()/eval() raises, after its sibling was switched
+        def train(self, mode=True):
+            raise RuntimeError("no eval for me")
+
+    model = nn.Sequential(nn.Linear(2, 2), Stubborn())  # in training mode, as built
+    with pytest.raises(RuntimeError, match="no eval for me"):
+        with borrowed(model):
+            pass
+    assert model[0].training and all(p.requires_grad for p in model.parameters())
+    with pytest.raises(RuntimeError, match="no eval for me"):  # nothing left half-borrowed: the next call starts anew
+        with borrowed(model):
+            pass
+
+
 def test_cifar_resnet_standardises_its_input():
     torch.manual_seed(0)
     net = CifarResNet18(width=4).eval()
@@ -244,6 +268,35 @@ def test_cifar_resnet_standardises_its_input():
         net.mean.zero_(), net.std.fill_(1.0)
         want = net((x - torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)) / torch.tensor(CIFAR10_STD).view(1, 3, 1, 1))
     assert torch.allclose(out, want, atol=1e-5)
+
+
+def test_cifar_resnet_is_resnet18_downsampling_once_per_later_stage():
+    torch.manual_seed(0)
+    net = CifarResNet18(num_classes=7, width=4).eval()
+    x = torch.rand(2, 3, 32, 32)
+    shapes, h = [], net.stem((x - net.mean) / net.std)
+    with torch.no_grad():
+        for block in net.layers:
+            h = block(h)
+            shapes.append(tuple(h.shape[1:]))
+        # 4 stages of 2 BasicBlocks: widths w, 2w, 4w, 8w at 32, 16, 8, 4 pixels (only each stage's first block strides)
+        assert shapes == [(4, 32, 32)] * 2 + [(8, 16, 16)] * 2 + [(16, 8, 8)] * 2 + [(32, 4, 4)] * 2
+        assert net(x).shape == (2, 7) and net.fc.in_features == 32
+        # a residual block adds its input (through a 1x1 projection where the shape changes) before the last ReLU
+        block = net.layers[1]
+        inner = block.bn2(block.conv2(torch.relu(block.bn1(block.conv1(h := net.layers[0](net.stem(x)))))))
+        assert torch.allclose(block(h), torch.relu(inner + h))
+    seen = []
+    for channels_last in (False, True):
+        net = CifarResNet18(width=4, channels_last=channels_last).eval()
+        net.stem[0].register_forward_pre_hook(
+            lambda m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+        with torch.no_grad():
+            net(x)
+    assert seen == [False, True]  # channels_last: the standardised input is made channels-last
+    with torch.device("meta"):  # no memory, no init
+        full = CifarResNet18(width=64)
+    assert sum(p.numel() for p in full.parameters()) == 11_173_962  # ResNet-18 for CIFAR-10
 
 
 def test_fit_classifier_runs_the_pixel_augmentation_on_every_batch_before_the_augmentation():
@@ -260,3 +313,13 @@ def test_fit_classifier_runs_the_pixel_augmentation_on_every_batch_before_the_au
 
     fit_classifier(model, x, y, augment, epochs=2, batch_size=4, pixel_augment=flip, progress=False)
     assert events == [("pixel", 4), ("latent", 0.0)] * 4  # 2 epochs of 2 batches, the pixel step first
+
+
+def test_digits_cnn_is_two_conv_bn_relu_stages_and_a_linear_layer():
+    from latent_transforms.models import digits_cnn
+
+    net = digits_cnn(num_classes=7)
+    assert [type(m).__name__ for m in net] == ["Conv2d", "BatchNorm2d", "ReLU", "Conv2d", "BatchNorm2d", "ReLU",
+                                               "AdaptiveAvgPool2d", "Flatten", "Linear"]
+    assert sum(p.numel() for p in net.parameters()) == 320 + 64 + 18_496 + 128 + 64 * 7 + 7
+    assert net.eval()(torch.rand(3, 1, 8, 8)).shape == (3, 7)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from latent_transforms.perturbation import ascent_direction, project, random_start
+from latent_transforms.perturbation import ascent_direction, check_norm, project, random_perturbation, random_start
 
 
 def test_project_l2_keeps_points_inside_the_ball_and_scales_the_others_onto_the_sphere():
@@ -52,3 +52,24 @@ def test_an_l2_step_is_whole_however_small_the_gradient():
     step = ascent_direction(g, "l2")
     assert step.norm(dim=1)[:2].sub(1).abs().max() < 1e-5 and step[2].eq(0).all()
     assert torch.equal(step[3], g[3] / g[3].norm())  # an ordinary gradient: the same bits as before
+
+
+def test_random_perturbation_has_the_size_of_its_norm_and_is_drawn_from_the_generator():
+    shape, eps = torch.Size((2000, 2)), 0.7  # 2 coordinates: a draw is often shorter than eps
+    l2 = random_perturbation(shape, eps, "l2", torch.Generator().manual_seed(0), "cpu", torch.float32)
+    assert torch.allclose(l2.norm(dim=1), torch.full((2000,), eps))  # exactly eps, not inside the ball
+    linf = random_perturbation(shape, eps, "linf", torch.Generator().manual_seed(0), "cpu", torch.float32)
+    assert linf.abs().max() <= eps and (linf.abs() == eps).any()  # N(0, eps^2) clipped to the cube
+    plain = random_perturbation(shape, eps, None, torch.Generator().manual_seed(0), "cpu", torch.float32)
+    assert plain.abs().max() > eps and abs(plain.std() - eps) < 0.03  # N(0, eps^2), not clipped
+    # the same generator state gives the same noise, whatever torch's global generator does in between
+    torch.manual_seed(1)
+    again = random_perturbation(shape, eps, "l2", torch.Generator().manual_seed(0), "cpu", torch.float32)
+    assert torch.equal(again, l2)
+
+
+def test_check_norm_refuses_none_unless_allowed():
+    check_norm(None, allow_none=True)
+    check_norm("linf", allow_none=False)
+    with pytest.raises(ValueError, match="norm must be one of"):
+        check_norm(None, allow_none=False)

@@ -244,9 +244,17 @@ def test_images_per_second_is_the_batch_over_its_seconds(tmp_path, monkeypatch):
     monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(tmp_path / "hub"))
     monkeypatch.setattr(tp, "measure", lambda fn, device, warmup, iters, paired=None: {
         "seconds": 0.5, "all_seconds": [0.5], "first_call_seconds": 0.5, "peak_extra_bytes": None})
+    monkeypatch.setattr(tp, "normflows_roundtrip", lambda glow, x, eps, g: x + 0.25)  # this path off by 0.25
     result = tp.main(["--smoke", "--device", "cpu", "--no-compile", "--out", str(tmp_path / "tp")])
     assert {r["images_per_second"] for r in result["rows"]} == {16.0}  # batch 8 in 0.5 s
     assert "| 500.00 | 16 | 1x |" in (tmp_path / "tp" / "throughput.md").read_text()
+    config = result["config"]  # each path's round-trip error under its own name
+    assert config["max_abs_roundtrip_error_normflows"] == pytest.approx(0.25)
+    assert config["max_abs_roundtrip_error_codec"] < 1e-3 and config["max_abs_diff_normflows_vs_codec_roundtrip"] > 0.2
+    # every row's x is a ratio to the training step, the first row: its failure ends the run with its own error
+    monkeypatch.setattr(tp, "measure", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("CUDA out of memory")))
+    with pytest.raises(RuntimeError, match="CUDA out of memory"):
+        tp.main(["--smoke", "--device", "cpu", "--no-compile", "--out", str(tmp_path / "failed")])
 
 
 def test_a_figure_exactly_at_a_targets_bound_meets_it():
@@ -256,3 +264,40 @@ def test_a_figure_exactly_at_a_targets_bound_meets_it():
     assert tp.target("at least", 10.0, 10, "{:.3g}x", at_least=True)["met"] is True
     assert tp.target("at least", 9.999, 10, "{:.3g}x", at_least=True)["met"] is False
     assert tp.target("unmeasured", None, 10, "{:.3g}x")["met"] is None
+
+
+def test_cache_sizes_count_the_latents_in_their_own_dtype():
+    # a half-precision codec's cache holds 2-byte latents: a full CIFAR-10 cache is half a float32 one's size
+    from types import SimpleNamespace
+
+    for dtype, size in ((torch.float32, 4), (torch.float16, 2)):
+        sizes = tp.cache_sizes(SimpleNamespace(latents=torch.zeros(6, 3072, dtype=dtype)))
+        assert sizes == {"cache_bytes": 6 * 3072 * size, "cifar10_cache_bytes": 50_000 * 3072 * size}
+
+
+def test_report_gives_each_row_its_cost_in_training_steps_and_counts_the_rows_still_to_come(tmp_path):
+    """An augmentation row's x is its seconds over the training step's; the ISDA row's is its paired median ratio
+    (not its seconds over the other row's step, timed apart); a partial report says how many rows are not measured."""
+    args = tp.parse_args(["--device", "cpu", "--no-compile"])
+    errors = {"max_abs_roundtrip_error_codec": 2e-6, "max_abs_roundtrip_error_normflows": 3e-6}
+    pending = [{"key": "varmixup_all", "method": "later", "timed": "t(x, y)"}] * 2  # not measured yet
+    rows = [dict(r) for r in ROWS] + [dict(r) for r in pending]
+    rows[-3]["seconds"] = 0.0125  # the ISDA step: 1.25x the train_step row's seconds, 1.08x its own plain step's
+    result = tp.write_report(tmp_path, args, torch.device("cpu"), dict(tp.TARGET_CODECS), None, rows, 1e-6, errors,
+                             None, 0.0, partial=True)
+    by_key = {r["key"]: r for r in result["rows"]}
+    assert by_key["latent_noise"]["vs_train_step"] == pytest.approx(0.4)
+    assert by_key["train_step_isda"]["vs_train_step"] == 1.08
+    assert len(result["rows"]) == len(ROWS) and result["partial"]
+    assert (tmp_path / "throughput.md").read_text().endswith("**Partial**: 2 of 11 rows not measured yet.\n")
+
+
+
+def test_the_codec_round_trip_adds_noise_of_l2_norm_eps_per_image():
+    from types import SimpleNamespace
+
+    codec = SimpleNamespace(encode_flat=lambda x: x.flatten(1) * 2, decode_flat=lambda u: u / 2)
+    x = torch.rand(5, 3, 4, 4)
+    assert torch.equal(tp.codec_roundtrip(codec, x, 0.0, None), x.flatten(1))
+    out = tp.codec_roundtrip(codec, x, 3.0, torch.Generator().manual_seed(0))
+    assert torch.allclose(((out - x.flatten(1)) * 2).norm(dim=1), torch.full((5,), 3.0))  # in the latent space

@@ -48,3 +48,19 @@ def test_pixels_are_rounded_and_upscaled_without_blur(tmp_path):
     im = np.asarray(Image.open(save_rows({"c": checker}, tmp_path / "g.png", cell=8, label_width=0)))
     assert (im[0:4, 0:4] == 128).all() and (im[4:8, 4:8] == 128).all()  # each pixel a 4x4 block, no blending
     assert (im[0:4, 4:8] == 0).all() and (im[4:8, 0:4] == 0).all()
+
+
+def test_each_row_is_labelled_in_the_label_column_and_the_path_is_returned(tmp_path):
+    target = tmp_path / "g.png"
+    path = save_rows({"first": torch.ones(1, 1, 2, 2), "": torch.ones(1, 1, 2, 2)}, target, cell=20, label_width=60)
+    assert isinstance(path, type(target)) and path == target
+    im = np.asarray(Image.open(path))
+    label, unlabelled = im[0:20, 0:60], im[22:42, 0:60]
+    assert (label < 128).any()            # the text "first" drawn in black beside its row
+    assert (unlabelled == 255).all()      # an empty label: nothing drawn
+
+
+def test_a_negative_label_width_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="label_width must be an int >= 0"):
+        save_rows({"a": torch.rand(1, 3, 4, 4)}, tmp_path / "g.png", label_width=-1)
+    assert not (tmp_path / "g.png").exists()
