@@ -487,15 +487,26 @@ def arm_settings(cfg: dict, arm: str) -> str:
 
 
 def _settings_lines(cfg: dict, runs: dict) -> list[str]:
-    """One line per arm with settings or a codec: what its runs were made with (a table row names the arm only)."""
+    """One line per arm with settings or a codec, in the table's order: what its runs were made with (a table row
+    names the arm only). A codec arm whose runs (older ones, taken as they are by --merge) recorded no checkpoint
+    says so."""
     lines = []
-    for arm, by_seed in runs.items():
-        codec = next((r["codec"] for r in by_seed.values() if "codec" in r), None)  # one per arm: check_codecs
-        parts = [arm_settings(cfg, arm)] + ([f"{codec['name']} (sha256 {codec['sha256'][:12]})"] if codec else [])
+    for arm in (a for a in ARMS if runs.get(a)):
+        by_seed, kind = runs[arm], CODEC_OF_ARM.get(arm)
+        parts = [arm_settings(cfg, arm)]
+        if kind is not None:
+            codec = next((r["codec"] for r in by_seed.values() if "codec" in r), None)  # one per arm: check_codecs
+            unrecorded = sorted((s for s, r in by_seed.items() if "codec" not in r), key=int)
+            text = f"{kind} {codec['name']} (fingerprint {codec['sha256'][:12]})" if codec else \
+                f"{kind} checkpoint not recorded"
+            if codec and unrecorded:
+                text += f", not recorded for seed{'s' if len(unrecorded) > 1 else ''} {', '.join(unrecorded)}"
+            parts.append(text)
         if any(parts):
             lines.append(f"- {arm}: " + "; ".join(p for p in parts if p))
-    return ["", "Settings of each arm (flags as in results.json's config; checkpoints by name and sha256):", "",
-            *lines] if lines else []
+    return ["", "Settings of each arm (flags as in results.json's config; checkpoints by name and Codec.fingerprint(), "
+                "the sha256 of config and weights, not the file's sha256 that `latent-transforms list -v` shows):",
+            "", *lines] if lines else []
 
 
 def format_report(results: dict) -> str:

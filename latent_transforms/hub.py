@@ -704,8 +704,8 @@ def names_for_images(image_shape: tuple[int, ...]) -> list[str]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             registry = _registry(warn_if_broken=True)
-    except (ValueError, OSError):  # a bad LATENT_TRANSFORMS_HOME: no suggestion
-        return []
+    except (ValueError, OSError):  # a bad LATENT_TRANSFORMS_HOME: the shipped checkpoints still take images
+        registry = _shipped_registry()
     return sorted(n for n, e in registry.items() if tuple(e["config"].get("image_shape") or ()) == tuple(image_shape))
 
 
@@ -846,11 +846,15 @@ def fetch(name: str) -> Path:
                          f"it another sha256: was {name!r} registered again, with overwrite=True?)")
         else:
             notes.append(f"shipped {shipped} is corrupted (sha256 mismatch)")
-    looked = f"looked in {cached} and {shipped}" + (f"; {'; '.join(notes)}" if notes else "")
+    hints = []  # how a name of the user's own comes to lack its file
     if name not in _shipped_registry():
-        looked += (f"; registered with hub.register? it does not copy the file: copy {file} into {cache_dir()}; "
-                   f"registered from a training run? `latent-transforms register RUN.json --overwrite` copies its "
-                   f"file back")
+        hints.append(f"saved again after it was registered? register it again with the new file's sha256 "
+                     f"(hub.register(..., overwrite=True), or `latent-transforms register RUN.json --overwrite`)"
+                     if cached.is_file() else  # there, but not the registered bytes
+                     f"registered with hub.register? it does not copy the file: copy {file} into {cache_dir()}; "
+                     f"registered from a training run? `latent-transforms register RUN.json --overwrite` copies "
+                     f"its file back")
+    looked = "; ".join([f"looked in {cached} and {shipped}", *notes, *hints])
     if _offline():
         raise HubError(f"checkpoint {name!r} is not available offline (LATENT_TRANSFORMS_OFFLINE is set); {looked}")
     url = _remote_url(file)
@@ -862,9 +866,9 @@ def fetch(name: str) -> Path:
     try:
         _download(url, cached, sha256, entry.get("size"))
     except HubError as e:  # a failed download is why a bad cached or shipped copy could not be replaced: say both
-        if not notes:
+        if not notes and not hints:
             raise
-        raise HubError(f"{e}; and {'; '.join(notes)}") from None
+        raise HubError("; ".join([str(e), *([f"and {'; '.join(notes)}"] if notes else []), *hints])) from None
     return cached
 
 

@@ -218,14 +218,17 @@ def _label_form(y: torch.Tensor, batch_size: int, num_classes: int | None, name:
         raise ValueError(f"batch sizes differ: {batch_name} has {batch_size} samples, {name} has {y.shape[0]}")
     if y.ndim == 1:
         if y.dtype != torch.int64:
-            raise ValueError(f"{name} class indices must be int64, got dtype {y.dtype}; convert with {name}.long()")
+            hint = f"{name}.long() if they are whole numbers (it truncates); soft labels are (B, K)" \
+                if y.is_floating_point() or y.is_complex() else f"{name}.long()"
+            raise ValueError(f"{name} class indices must be int64, got dtype {y.dtype}; convert with {hint}")
         return y.numel() > 0
     if not y.is_floating_point():
         if y.shape[1] == 1:  # class indices with a trailing dimension, most likely
             raise ValueError(f"{name} has shape {tuple(y.shape)} and dtype {y.dtype}: class indices must be (B,) "
                              f"(y.squeeze(1)); soft labels (B, K) must be float")
+        indices = f"{name}.long().argmax(1)" if y.dtype == torch.bool else f"{name}.argmax(1)"  # no bool argmax
         raise ValueError(f"{name} soft labels (B, K) must be float, got dtype {y.dtype}; one-hot labels? pass "
-                         f"{name}.argmax(1) (class indices) or {name}.float() (soft labels)")
+                         f"{indices} (class indices) or {name}.float() (soft labels)")
     if y.shape[1] == 0:
         raise ValueError(f"{name} soft labels have no classes (shape {tuple(y.shape)})")
     if num_classes is not None and y.shape[1] != num_classes:

@@ -1031,8 +1031,33 @@ def test_accuracy_report_names_each_arms_settings_and_checkpoint():
     results["summary"] = acc.summarise(results["runs"])
     md = acc.format_report(results)
     assert "- isda: isda_lambda0=0.25, isda_covariance=diagonal\n" in md, md
-    assert "- latent-noise: noise_eps=7.5, latent_p=0.5; glow-cifar10 (sha256 abababababab)\n" in md, md
+    assert "- latent-noise: noise_eps=7.5, latent_p=0.5; glow glow-cifar10 (fingerprint abababababab)\n" in md, md
     assert "- baseline" not in md  # no settings, no codec
+    assert md.index("- latent-noise:") < md.index("- isda:")  # the table's order, not the runs' (json, merge) order
+
+
+def test_accuracy_merged_report_names_each_arms_own_settings_and_an_unrecorded_checkpoint(tmp_path):
+    """--merge: each arm's settings are those of the file its runs came from; a latent arm of an older file (no
+    codec record, taken as it is) says so instead of naming no checkpoint."""
+    acc = _load_accuracy_module()
+    fp = acc.make_fingerprint(acc.parse_args(["--device", "cpu"]), "d" * 64)
+    run = {"accuracy": 0.5, "ece": 0.05, "corruption_accuracy": None, "corruptions": {}, "seconds_per_epoch": 1.0,
+           "reliability": {"count": [1], "correct_sum": [1], "confidence_sum": [1]}}
+    glow = {"name": "glow-cifar10", "sha256": "ab" * 32}
+    files = []
+    for name, settings, runs in (("a", {"noise_eps": 5.0}, {"isda": {"0": run}, "latent-noise": {"0": {**run, "codec": glow}}}),
+                                 ("b", {"noise_eps": 99.0, "adv_eps": 1e-05}, {"latent-adversarial": {"0": run}})):
+        f = {**fp, **settings}
+        cfg = {**f, "device_name": "cpu", "n_val": 0, "n_train": 10, "n_eval": 10, "source_train": "x"}
+        (tmp_path / f"{name}.json").write_text(json.dumps({"fingerprint": f, "config": cfg, "runs": runs}))
+        files.append(str(tmp_path / f"{name}.json"))
+    _, config, runs = acc.merge_results(files, list(acc.ARMS))
+    config.update(date="d", command="c", commit=None)
+    md = acc.format_report({"config": config, "runs": runs, "summary": acc.summarise(runs),
+                            "targets": acc.verdicts(runs)})
+    assert "- latent-noise: noise_eps=5, latent_p=1; glow glow-cifar10 (fingerprint abababababab)\n" in md, md
+    assert "- latent-adversarial: adv_eps=1e-05, adv_steps=1, adv_step_size=1, latent_p=1; glow checkpoint not " \
+           "recorded\n" in md, md
 
 
 def test_accuracy_reliability_diagram_pools_the_bins_of_every_seed():

@@ -392,6 +392,35 @@ def test_images_of_the_wrong_shape_for_a_codec_say_what_to_do():
         t(torch.rand(2, 3, 16, 16))
 
 
+def test_a_shape_hint_fits_what_is_wrong_with_the_shape(monkeypatch):
+    """Resizing or cropping cannot add a missing channel dimension nor change the channels; an unreadable user
+    registry (a relative LATENT_TRANSFORMS_HOME) does not make the shipped codecs unregistered."""
+    from conftest import tiny_glow
+
+    glow = tiny_glow()  # (1, 8, 8)
+    with pytest.raises(ValueError, match=r"no channel dimension: pass x.unsqueeze\(1\)$"):
+        glow.check_images(torch.rand(2, 8, 8))
+    with pytest.raises(ValueError, match=r"takes 1-channel images: convert them \(x.mean\(1, keepdim=True\)\)"):
+        glow.check_images(torch.rand(2, 3, 8, 8))
+    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", "relative/dir")
+    with pytest.raises(ValueError, match=r"registered codecs for images of shape \(3, 32, 32\): glow-cifar10, "
+                                         r"vae-cifar10$"):
+        glow.check_images(torch.rand(2, 3, 32, 32))
+
+
+def test_label_dtype_hints_are_safe_to_follow():
+    """A float (B,) label told to .long() is truncated unless whole; a bool one-hot has no argmax."""
+    from latent_transforms.validation import check_labels
+
+    with pytest.raises(ValueError, match=r"convert with y.long\(\) if they are whole numbers \(it truncates\)"):
+        check_labels(torch.tensor([0.5, 1.7]), 2, 3)
+    one_hot = torch.eye(3, dtype=torch.bool)[torch.tensor([0, 2])]
+    with pytest.raises(ValueError, match=r"pass y.long\(\).argmax\(1\) \(class indices\)") as info:
+        check_labels(one_hot, 2, 3)
+    hint = re.search(r"pass (\S+) \(class indices\)", str(info.value)).group(1)
+    check_labels(eval(hint, {"y": one_hot}), 2, 3)  # what it says to pass is accepted
+
+
 @pytest.mark.parametrize("load, told", [(3.9, True), (0.2, False)])
 def test_the_demo_suggests_one_thread_on_a_busy_cpu(tmp_path, monkeypatch, capsys, load, told):
     # at load 3.9 on 2 cores the demo took 336 s with the default threads (README: under 3 minutes), 90 s with

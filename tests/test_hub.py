@@ -492,6 +492,33 @@ def test_a_file_registered_from_python_loads_from_the_cache_dir_and_elsewhere_is
     with pytest.raises(hub.HubError, match=f"registered with hub.register\\? it does not copy the file: copy "
                                            f"elsewhere.safetensors into {re.escape(str(env))}"):
         hub.load("elsewhere")
+    monkeypatch.delenv("LATENT_TRANSFORMS_OFFLINE")  # the hub URL's server has no such file: its 404, and the hint
+    with pytest.raises(hub.HubError, match=f"elsewhere.safetensors failed: HTTP 404.*; registered with hub.register\\? "
+                                           f"it does not copy the file: copy elsewhere.safetensors into"):
+        hub.load("elsewhere")
+
+
+def test_hub_md_python_registration_runs_on_a_machine_without_a_cache_dir(env, monkeypatch):
+    """docs/hub.md's snippet, as a reader runs it: the cache dir does not exist before the first download."""
+    monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
+    assert not env.exists()
+    text = (Path(__file__).resolve().parents[1] / "docs" / "hub.md").read_text()
+    snippet = next(s for s in re.findall(r"```python\n(.*?)```", text, re.S) if "hub.register(" in s)
+    codec = _codec()
+    exec(snippet, {"codec": codec})
+    assert hub.load("my-vae").config == codec.config
+
+
+def test_a_registered_file_saved_again_is_named_to_register_again_not_to_copy(env, monkeypatch):
+    monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
+    env.mkdir()
+    sha = hub.save_checkpoint(_codec(), env / "mine.safetensors")
+    _register("mine", "mine.safetensors", sha256=sha)
+    hub.save_checkpoint(_codec(seed=1), env / "mine.safetensors")  # trained on, saved again: another sha256
+    with pytest.raises(hub.HubError, match=r"does not match the registry .*register it again with the new file's "
+                                           r"sha256") as info:
+        hub.load("mine")
+    assert "copy mine.safetensors into" not in str(info.value)  # it is there
 
 
 @pytest.mark.parametrize("name", ["", " vae", "vae ", "va\ne", "\ud800", "x" * 201])

@@ -210,9 +210,19 @@ class Codec(nn.Module):
         c, h, w = self.image_shape
         if len(got) == 3 and got == (h, w, c) and got != self.image_shape:
             return f"; these are channels-last (B, H, W, C) images: pass {name}.permute(0, 3, 1, 2)"
-        names = hub.names_for_images(got) if len(got) == 3 else []
+        if got == (h, w) and c == 1:
+            return f"; these have no channel dimension: pass {name}.unsqueeze(1)"
+        if len(got) != 3:
+            return ""
+        names = hub.names_for_images(got)
         if names:
             return f"; registered codecs for images of shape {got}: {', '.join(names)}"
+        if got[0] != c:  # resizing or cropping keeps the channels
+            convert = f"{name}.expand(-1, {c}, -1, -1)" if got[0] == 1 else \
+                f"{name}.mean(1, keepdim=True)" if c == 1 else f"to {c} channels"
+            return (f"; no registered codec takes images of shape {got}, and this one takes {c}-channel images: "
+                    f"convert them ({convert}) and resize or crop them to {(h, w)}, or train a codec on your images "
+                    f"(latent-transforms train flow|vae --data ..., docs/training.md)")
         return (f"; no registered codec takes images of shape {got}: resize or crop them to {self.image_shape}, or "
                 f"train a codec on your images (latent-transforms train flow|vae --data ..., docs/training.md)")
 
