@@ -624,6 +624,8 @@ def test_accuracy_shards_split_the_runs_to_do_by_expected_cost(tmp_path):
     # the finished runs of every shard (--done) are neither run again nor shared out
     done = {"baseline": {"0": {}, "1": {}}, "latent-adversarial": {"0": {}}}
     left = acc.runs_to_do(arms, seeds, acc.all_runs({"isda": {"2": {}}}, done))
+    # an arm's runs in several files (--resume and --done) add up
+    assert acc.all_runs({"isda": {"0": {}}}, {"isda": {"1": {}}}, {}) == {"isda": {"0": {}, "1": {}}}
     assert len(left) == len(todo) - 4 and ("baseline", 2) in left and ("isda", 2) not in left
     assert sorted(r for i in range(3) for r in acc.shard_runs(left, i, 3)) == sorted(left)
     for bad in ("6/6", "-1/2", "1", "a/b"):
@@ -727,6 +729,37 @@ def test_accuracy_latent_levels_reach_the_latent_arms():
             latent = [s for s in acc.make_augment(arm, args, codecs, seed=0).steps if hasattr(s, "levels")]
             assert [s.levels for s in latent] == [levels], arm
         assert "latent_levels" in acc.FINGERPRINT_KEYS and "latent_levels" in acc.arm_setting_keys("latent-noise")
+
+
+def test_accuracy_arms_are_built_from_their_settings_in_their_order():
+    """Every method setting reaches the step that uses it (only --latent-levels was checked), and the compositions
+    put RandAugment before LatentAdversarial and ISDA last."""
+    from latent_transforms.codecs import ConvVAE, Glow
+
+    acc = _load_accuracy_module()
+    codecs = {"glow": Glow((3, 8, 8), levels=2, steps=1, hidden=4).freeze(),
+              "vae": ConvVAE((3, 8, 8), latent_dim=4, hidden=4).freeze()}
+    args = acc.parse_args(["--noise-eps", "7", "--adv-eps", "0.3", "--adv-steps", "5", "--adv-step-size", "0.11",
+                           "--latent-p", "0.5", "--varmixup-alpha", "0.3", "--varmixup-p", "0.9",
+                           "--no-varmixup-keep-detail", "--isda-lambda0", "0.1", "--isda-covariance", "diagonal",
+                           "--ra-ops", "3", "--ra-magnitude", "5", "--mixup-alpha", "0.2"])
+    attrs = {"LatentNoise": ("eps", "p"), "LatentAdversarial": ("eps", "steps", "step_size", "p"),
+             "VarMixup": ("alpha", "p", "keep_detail"), "ISDA": ("lambda0", "covariance"), "MixUp": ("alpha",)}
+
+    def described(step):
+        name = type(step).__name__
+        if name == "PerSampleRandAugment":
+            return name, (step.ra.num_ops, step.ra.magnitude)
+        return name, tuple(getattr(step, a) for a in attrs[name])
+
+    ra, noise = ("PerSampleRandAugment", (3, 5)), ("LatentNoise", (7.0, 0.5))
+    adv, isda = ("LatentAdversarial", (0.3, 5, 0.11, 0.5)), ("ISDA", (0.1, "diagonal"))
+    expected = {"randaugment": [ra], "mixup": [("MixUp", (0.2,))], "latent-noise": [noise],
+                "latent-adversarial": [adv], "varmixup": [("VarMixup", (0.3, 0.9, False))], "isda": [isda],
+                "randaugment+latent-adversarial": [ra, adv], "isda+latent-noise": [noise, isda]}
+    assert acc.make_augment("baseline", args, codecs, seed=0) is None and set(expected) | {"baseline"} == set(acc.ARMS)
+    for arm, steps in expected.items():
+        assert [described(s) for s in acc.make_augment(arm, args, codecs, seed=0).steps] == steps, arm
 
 
 def test_accuracy_runs_draw_batch_order_crops_and_transforms_from_separate_streams(monkeypatch):
@@ -859,6 +892,9 @@ def test_accuracy_done_runs_made_with_another_checkpoint_are_refused(tmp_path, m
     other.write_text(json.dumps(results))
     with pytest.raises(SystemExit, match=f"--done: {re.escape(str(other))}: latent-noise seed 0 was trained with"):
         acc.main([*argv, "--out", str(tmp_path / "shard-1"), "--done", str(other)])
+    # nor is it resumed: the runs already in --out are checked too
+    with pytest.raises(SystemExit, match=f"--resume: {re.escape(str(other))}: latent-noise seed 0 was trained with"):
+        acc.main([*argv, "--out", str(tmp_path / "shard-0"), "--resume"])
 
 
 def test_accuracy_a_diverged_run_is_scored_as_chance_and_a_killed_call_leaves_a_partial_report(tmp_path, monkeypatch):
@@ -909,8 +945,11 @@ def test_accuracy_gpu_warm_up_runs_every_part_it_tunes(monkeypatch):
         return t
 
     monkeypatch.setattr(acc, "make_augment", spy)
+    fits = []
+    monkeypatch.setattr(acc, "fit_classifier", lambda model, x, y, **k: fits.append((len(x), k["batch_size"])))
     x, y = torch.rand(20, 3, 32, 32), torch.arange(20) % 10
     acc.warm_up(args, {"glow": glow, "vae": vae}, x, y, torch.device("cpu"), {"latent-adversarial", "varmixup"})
+    assert fits == [(20, 8)]  # the classifier on two full batches and the last, partial one
     attack, mix = calls
     assert type(attack).__name__ == "LatentAdversarial" and attack.stats["seen"] == 8 + 4, attack.stats  # 2 sizes
     # VarMixup at every likely count of selected images: 1..8 of a batch of 8 and 1..4 of the last 4 at p 0.25
@@ -948,6 +987,9 @@ def test_accuracy_verdicts_need_the_full_margin_both_comparators_and_a_strict_wi
     assert t1["status"] == "MISSED", t1  # +2.5 points
     t1 = verdicts({"baseline": base, "randaugment": {"0": _scores(0.56)}, "isda": {"0": _scores(0.535)}})[0]
     assert t1["status"] == "MISSED", t1  # +3.5 points, but 2.5 below RandAugment
+    for ra, status in ((0.536, "MISSED"), (0.535, "MET")):  # 0.1 points below RandAugment is a loss; a tie is not
+        t1 = verdicts({"baseline": base, "randaugment": {"0": _scores(ra)}, "isda": {"0": _scores(0.535)}})[0]
+        assert t1["status"] == status, (ra, t1)
     base2 = {"0": _scores(0.5, ece=0.10, corr=0.40)}
     for ece, corr, status in ((0.08, 0.42, "MET"), (0.08, 0.38, "MISSED"), (0.12, 0.42, "MISSED"),
                               (0.10, 0.42, "MISSED"), (0.08, 0.40, "MISSED")):
@@ -989,6 +1031,9 @@ def test_accuracy_summary_is_mean_and_sample_std_over_seeds():
     assert s["ece_std"] == pytest.approx(0.01) and s["corruption_accuracy_std"] == pytest.approx(0.2)
     # per corruption: over severities, then over seeds
     assert s["per_corruption"] == {"contrast": pytest.approx(0.5)}
+    runs = _results(acc)["runs"]
+    runs["baseline"]["1"]["seconds_per_epoch"] = 13.0
+    assert acc.summarise(runs)["baseline"]["seconds_per_epoch"] == pytest.approx(11.0)  # the mean over the seeds
     one = _results(acc)["summary"]["isda"]  # one seed: its spread is unknown (the JSON said 0.0)
     assert one["accuracy_std"] is None and one["ece_std"] is None and one["corruption_accuracy_std"] is None
 
@@ -1117,6 +1162,12 @@ def test_accuracy_corruptions_grow_with_severity_and_follow_cifar10c():
     for kind, by_severity in sets.items():
         change = [float((by_severity[s].float() / 255 - x).abs().mean()) for s in acc.SEVERITIES]
         assert change == sorted(change) and change[0] < change[-1], (kind, change)
+    again = acc.corrupted_sets(x)  # the very same (noisy) images in every call
+    assert all(torch.equal(again[kind][s], images) for kind, d in sets.items() for s, images in d.items())
+    grey = torch.full((2, 3, 8, 8), 0.5)
+    # brightness adds c to the HSV value (it brightens); the blur repeats the edge pixels, so it keeps a flat image
+    assert torch.allclose(acc.corrupt(grey, "brightness", 0.3, torch.Generator()), torch.full_like(grey, 0.8))
+    assert torch.allclose(acc.corrupt(grey, "gaussian_blur", 1.0, torch.Generator()), grey)
 
 
 def test_accuracy_run_scores_corruptions_on_the_corrupted_images_and_ece_in_15_bins(monkeypatch):
@@ -1144,9 +1195,31 @@ def test_accuracy_run_scores_corruptions_on_the_corrupted_images_and_ece_in_15_b
     probs = predict(None, data["x_eval"])
     assert r["accuracy"] == pytest.approx(26 / 40) and r["corruptions"] == {"contrast": {"1": 0.0}}
     assert r["corruption_accuracy"] == 0.0
+    # the corruption accuracy is the mean over every corruption and severity (a grey one scored like the clean set)
+    corrupted = {"contrast": {1: corrupted["contrast"][1], 5: torch.full((n, 3, 8, 8), 128, dtype=torch.uint8)},
+                 "jpeg": {3: torch.full((n, 3, 8, 8), 128, dtype=torch.uint8)}}
+    r2 = acc.run_one("baseline", 0, acc.parse_args(["--smoke"]), data, {}, corrupted, torch.device("cpu"))
+    clean = pytest.approx(26 / 40)
+    assert r2["corruptions"] == {"contrast": {"1": 0.0, "5": clean}, "jpeg": {"3": clean}}
+    assert r2["corruption_accuracy"] == pytest.approx(52 / 120)
+    # a diverged classifier: its non-finite predictions are counted over the clean and every corrupted set
+    monkeypatch.setattr(acc, "predict_proba", lambda model, x: torch.full((len(x), 10), float("nan")))
+    r3 = acc.run_one("baseline", 0, acc.parse_args(["--smoke"]), data, {}, corrupted, torch.device("cpu"))
+    assert r3["nonfinite_predictions"] == 4 * n and r3["corruption_accuracy"] == clean  # uniform: class 0 everywhere
     assert expected_calibration_error(probs, y, bins=15) != expected_calibration_error(probs, y, bins=10)
     assert r["ece"] == pytest.approx(expected_calibration_error(probs, y, bins=15))
     assert len(r["reliability"]["count"]) == 15
+
+
+def test_accuracy_validation_split_is_a_seeded_random_draw_of_every_class():
+    """The held-out images are drawn at random within each class (fixed by the split seed), not its first images."""
+    acc = _load_accuracy_module()
+    y = torch.arange(200) % 10
+    train, val = acc.stratified_split(y, 0.1)
+    assert sorted(torch.cat([train, val]).tolist()) == list(range(200)) and sorted(y[val].tolist()) == sorted(
+        list(range(10)) * 2)
+    assert torch.equal(val, acc.stratified_split(y, 0.1)[1]) and val.tolist() != list(range(20))
+    assert not torch.equal(val, acc.stratified_split(y, 0.1, seed=1)[1])
 
 
 def test_accuracy_validation_split_is_held_out_of_training_and_scored_with_eval_on_val(tmp_path):
@@ -1167,6 +1240,10 @@ def test_accuracy_validation_split_is_held_out_of_training_and_scored_with_eval_
     assert sorted(val["y_eval"].tolist()) == sorted(list(range(10)) * 2)
     test_scored = acc.load_data(acc.parse_args(flags))
     assert float(test_scored["x_eval"].min()) >= 0.5 and torch.equal(test_scored["x_train"], val["x_train"])
+    with pytest.raises(SystemExit, match=r"^--eval-on val needs --val-fraction > 0$"):  # nothing held out to score
+        acc.load_data(acc.parse_args([*flags[:4], "--val-fraction", "0", "--eval-on", "val"]))
+    smoke = acc.load_data(acc.parse_args([*flags[:4], "--smoke", "--smoke-images", "30"]))  # both sets cut short
+    assert len(smoke["y_train"]) == 30 and len(smoke["y_eval"]) == 30 and smoke["n_val"] == 0  # round(0.3) a class
 
 
 def test_sweep_report_refuses_folders_scored_on_other_images_or_schedules(tmp_path, monkeypatch):

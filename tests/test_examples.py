@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -52,11 +53,28 @@ def test_every_example_is_tested():
     assert scripts == set(SCRIPTS) | {"ddp_torchrun.py"}
 
 
+# what each --smoke run prints when its method was applied (a transform that saw no image, or ISDA left at strength
+# 0 or without statistics, still ran to the end); the loss is the mean per image, near ln 10 untrained
+SMOKE_OUTPUT = {
+    "one_line.py": [r"epoch 1/1: loss [1-9]\.\d{3}, [\d.]+ s, "
+                    r"augmentation \{'seen': 64, 'transformed': 64, 'rejected': 0\}",
+                    r"\ntest accuracy: [\d.]+% on 32 images"],
+    "compose_randaugment.py": [r"\nISDA: \{'seen': 32, 'transformed': 32, 'rejected': 0\}",
+                               r"y \(16,\) torch\.int64",  # ISDA last: class indices, armed for the next forward
+                               r"\n== torchvision v2 \+ ISDA: RandomCrop -> RandomHorizontalFlip -> LatentNoise -> "
+                               r"RandAugment -> ISDA\n"],
+    "isda_hook.py": [r"\nepoch 2/2: lambda 0\.250, loss [\d.]+, test accuracy [\d.]+%, features seen per class [1-9]",
+                     r"saved and reloaded the ISDA statistics: cov \(10, 64, 64\)"],  # full covariances
+    "train_your_own_flow.py": [r"^64 images of shape \(3, 16, 16\) from ",
+                               r"augmentation stats \{'seen': 8, 'transformed': 8, 'rejected': 0\}"],
+}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_example_smoke(script, tmp_path):
     proc = _run([sys.executable, str(EXAMPLES / script), "--smoke"], tmp_path)
-    assert proc.stdout.strip()
+    assert all(re.search(pattern, proc.stdout) for pattern in SMOKE_OUTPUT[script]), proc.stdout[-3000:]
 
 
 @pytest.mark.slow
@@ -75,6 +93,7 @@ def test_ddp_example_smoke(tmp_path):
     assert "ranks drew different noise" in proc.stdout
     assert "ranks drew the SAME noise" in proc.stdout
     assert "ISDA statistics identical on all 2 ranks" in proc.stdout
+    assert "on 32 images (a share on each of the 2 ranks)" in proc.stdout  # each test image scored once
 
 
 @pytest.mark.slow
@@ -89,9 +108,10 @@ def test_compose_example_on_npz_data(tmp_path):
 @pytest.mark.slow
 def test_isda_example_on_npz_data_without_test_set(tmp_path):
     proc = _run([sys.executable, str(EXAMPLES / "isda_hook.py"), "--train", _npz(tmp_path / "train.npz", 20),
-                 "--epochs", "1", "--batch-size", "8", "--width", "4", "--device", "cpu"], tmp_path)
+                 "--epochs", "1", "--batch-size", "8", "--width", "4", "--device", "cpu", "--covariance", "diagonal"],
+                tmp_path)
     assert "epoch 1/1: lambda 0.000" in proc.stdout and "test accuracy" not in proc.stdout   # --test: none by default
-    assert "saved and reloaded the ISDA statistics: cov (2, 32, 32)" in proc.stdout
+    assert "saved and reloaded the ISDA statistics: cov (2, 32)" in proc.stdout  # diagonal: a variance per feature
 
 
 @pytest.mark.slow
@@ -122,6 +142,36 @@ def test_example_data_reads_npz_specs(tmp_path):
     assert _example_data(["--train", train])[2:] == (None, None)      # no test set unless training on cifar10
 
 
+def test_example_smoke_data_and_codecs_are_seeded_and_images_are_counted_batch_by_batch():
+    """The --smoke data and codecs are the same in every process (DDP ranks build their own), building a codec leaves
+    torch's RNG as it was, the smoke test images are not training images, and count_correct counts every image
+    against its own label, batch by batch."""
+    import torch
+
+    common = _common()
+    x, y = common.synthetic_images(40, seed=0)
+    assert torch.equal(x, common.synthetic_images(40, seed=0)[0]) and torch.equal(y, torch.arange(40) % 10)
+    assert not torch.equal(x, common.synthetic_images(40, seed=1)[0])
+    brightness = [float(x[y == c].mean()) for c in range(10)]
+    assert brightness == sorted(brightness)  # something to learn: brighter with the class
+    x_train, y_train, x_test, y_test = _example_data(["--smoke"])
+    assert len(x_train) == 64 and len(x_test) == 32 and not torch.equal(x_test, x_train[:32])
+    for build in (common.tiny_glow, common.tiny_vae):
+        state = torch.get_rng_state()
+        first = build().state_dict()
+        assert torch.equal(torch.get_rng_state(), state), build.__name__
+        torch.rand(3)  # another global RNG state: the same codec
+        again, other = build().state_dict(), build(seed=1).state_dict()
+        assert all(torch.equal(v, again[k]) for k, v in first.items()), build.__name__
+        assert not all(torch.equal(v, other[k]) for k, v in first.items()), build.__name__
+
+    def model(images):  # predicts the class written in the first pixel
+        return torch.nn.functional.one_hot(images.flatten(1)[:, 0].long(), 5).float()
+
+    images = torch.arange(5.0).view(5, 1, 1, 1)
+    assert common.count_correct(model, images, torch.tensor([0, 1, 2, 0, 4]), "cpu", batch_size=2) == 4
+
+
 def test_example_data_that_cannot_be_loaded_ends_in_one_line(tmp_path, monkeypatch, capsys):
     """A one-line message, no traceback: CIFAR-10 that cannot be downloaded (offline), a missing file, no labels."""
     import urllib.error
@@ -144,6 +194,7 @@ def test_example_data_that_cannot_be_loaded_ends_in_one_line(tmp_path, monkeypat
         assert exit_info.value.code == 2, err
         assert err.startswith("example.py: error: ") and err.count("\n") == 1, err
         assert all(e in err for e in expected), err
+        assert ("or --data-root DIR" in err) == (argv[0] == "--data-root"), err  # the hint is for CIFAR-10 alone
 
 
 def test_a_bad_codec_device_or_image_folder_ends_the_examples_in_one_line(tmp_path, capsys):
@@ -156,7 +207,8 @@ def test_a_bad_codec_device_or_image_folder_ends_the_examples_in_one_line(tmp_pa
               f"--vae {tmp_path / 'no.safetensors'}: no checkpoint file at"),
              (lambda: common.pick_device(parser, "cuda:99"), "--device: device 'cuda:99' asked for, but"),
              (lambda: common.pick_device(parser, "gpu"), "--device: device must be cpu, cuda, cuda:N or auto"),
-             (lambda: _run_in(common, parser), "--images: image folder")]
+             (lambda: _run_in(common, parser), "--images: image folder"),
+             (lambda: _raise_in(common, parser, KeyError("no column 'x'")), "--key: no column 'x'\n")]  # not its repr
     for call, expected in cases:
         with pytest.raises(SystemExit) as exit_info:
             call()
@@ -166,11 +218,29 @@ def test_a_bad_codec_device_or_image_folder_ends_the_examples_in_one_line(tmp_pa
     assert common.load_codec(parser, "--codec", "glow-digits", "cpu").kind == "glow"
 
 
+def _raise_in(common, parser, error):
+    with common.one_line_errors(parser, "--key"):
+        raise error
+
+
 def _run_in(common, parser):
     from latent_transforms.data import load_images
 
     with common.one_line_errors(parser, "--images"):
         load_images("folder:/nonexistent-folder")
+
+
+def test_train_your_own_flow_needs_images_or_smoke(monkeypatch, capsys):
+    """Without --images (and without --smoke) it says so, before looking for any folder."""
+    monkeypatch.setitem(sys.modules, "common", _common())  # the examples import it as ``common``
+    spec = importlib.util.spec_from_file_location("example_train_your_own_flow", EXAMPLES / "train_your_own_flow.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys, "argv", ["train_your_own_flow.py", "--device", "cpu"])
+    with pytest.raises(SystemExit) as exit_info:
+        module.main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.endswith("train_your_own_flow.py: error: --images is required (or --smoke)\n")
 
 
 def test_train_your_own_flow_ends_a_training_error_in_one_line(tmp_path):
