@@ -80,6 +80,7 @@ def main() -> None:
         augment = LatentAdversarial(codec)     # L2 PGD, eps 1, one step (calibrated; official: 3 steps of 0.5)
     else:
         augment = None
+    print(f"augmentation: {augment!r}")
 
     for epoch in range(args.epochs):
         model.train()

@@ -56,7 +56,7 @@ def test_every_example_is_tested():
 # what each --smoke run prints when its method was applied (a transform that saw no image, or ISDA left at strength
 # 0 or without statistics, still ran to the end); the loss is the mean per image, near ln 10 untrained
 SMOKE_OUTPUT = {
-    "one_line.py": [r"epoch 1/1: loss [1-9]\.\d{3}, [\d.]+ s, "
+    "one_line.py": [r"augmentation: LatentNoise\(eps=10\.0, ", r"epoch 1/1: loss [1-9]\.\d{3}, [\d.]+ s, "
                     r"augmentation \{'seen': 64, 'transformed': 64, 'rejected': 0\}",
                     r"\ntest accuracy: [\d.]+% on 32 images"],
     "compose_randaugment.py": [r"\nISDA: \{'seen': 32, 'transformed': 32, 'rejected': 0\}",
@@ -75,6 +75,14 @@ SMOKE_OUTPUT = {
 def test_example_smoke(script, tmp_path):
     proc = _run([sys.executable, str(EXAMPLES / script), "--smoke"], tmp_path)
     assert all(re.search(pattern, proc.stdout) for pattern in SMOKE_OUTPUT[script]), proc.stdout[-3000:]
+
+
+@pytest.mark.slow
+def test_one_line_smoke_with_the_adversarial_method(tmp_path):
+    """--method adversarial, the README's other one-line augmentation, attacks the model being trained."""
+    proc = _run([sys.executable, str(EXAMPLES / "one_line.py"), "--smoke", "--method", "adversarial"], tmp_path)
+    assert re.search(r"(?m)^augmentation: LatentAdversarial\(eps=1\.0, steps=1, ", proc.stdout), proc.stdout[-3000:]
+    assert all(re.search(pattern, proc.stdout) for pattern in SMOKE_OUTPUT["one_line.py"][1:]), proc.stdout[-3000:]
 
 
 @pytest.mark.slow
