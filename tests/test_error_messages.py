@@ -400,7 +400,7 @@ def test_a_shape_hint_fits_what_is_wrong_with_the_shape(monkeypatch):
     glow = tiny_glow()  # (1, 8, 8)
     with pytest.raises(ValueError, match=r"no channel dimension: pass x.unsqueeze\(1\)$"):
         glow.check_images(torch.rand(2, 8, 8))
-    with pytest.raises(ValueError, match=r"takes 1-channel images: convert them \(x.mean\(1, keepdim=True\)\)"):
+    with pytest.raises(ValueError, match=r"takes 1-channel images: convert them \(x.mean\(1, keepdim=True\)\), or train"):
         glow.check_images(torch.rand(2, 3, 8, 8))
     monkeypatch.setenv("LATENT_TRANSFORMS_HOME", "relative/dir")
     with pytest.raises(ValueError, match=r"registered codecs for images of shape \(3, 32, 32\): glow-cifar10, "

@@ -217,14 +217,14 @@ class Codec(nn.Module):
         names = hub.names_for_images(got)
         if names:
             return f"; registered codecs for images of shape {got}: {', '.join(names)}"
+        fix = f": resize or crop them to {self.image_shape}"
         if got[0] != c:  # resizing or cropping keeps the channels
             convert = f"{name}.expand(-1, {c}, -1, -1)" if got[0] == 1 else \
                 f"{name}.mean(1, keepdim=True)" if c == 1 else f"to {c} channels"
-            return (f"; no registered codec takes images of shape {got}, and this one takes {c}-channel images: "
-                    f"convert them ({convert}) and resize or crop them to {(h, w)}, or train a codec on your images "
-                    f"(latent-transforms train flow|vae --data ..., docs/training.md)")
-        return (f"; no registered codec takes images of shape {got}: resize or crop them to {self.image_shape}, or "
-                f"train a codec on your images (latent-transforms train flow|vae --data ..., docs/training.md)")
+            fix = f", and this one takes {c}-channel images: convert them ({convert})" + \
+                ("" if got[1:] == (h, w) else f" and resize or crop them to {(h, w)}")
+        return (f"; no registered codec takes images of shape {got}{fix}, or train a codec on your images "
+                f"(latent-transforms train flow|vae --data ..., docs/training.md)")
 
     def freeze(self) -> "Codec":
         """Eval mode for good, no parameter gradients, no statistic updates."""
