@@ -49,10 +49,9 @@ import torch.nn.functional as F
 warnings.filterwarnings("ignore", message="torch.lu is deprecated")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import (CIFAR_NOISE_EPS, PerSampleRandAugment, build_classifier, check_output_folder,  # noqa: E402
-                    library_default, load_codec, random_init_codec, run_script, setup_device, tiny_codecs, write_json,
+                    load_codec, random_init_codec, run_script, setup_device, tiny_codecs, write_json,
                     write_text)
 
-from latent_transforms import hub  # noqa: E402
 from latent_transforms.codecs import flatten_latents, unflatten_latents  # noqa: E402
 from latent_transforms.validation import POSITIVE_INT, check_count, option  # noqa: E402
 from latent_transforms.isda import ISDA  # noqa: E402

@@ -7,17 +7,13 @@ Errors print one line to stderr (after argparse's usage for a malformed option) 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import sys
 import warnings
-from pathlib import Path
 
 import torch
 
 from . import __version__, demo, hub, train
-from .validation import MissingFileError
 
 PROG = "latent-transforms"
 
@@ -68,67 +64,13 @@ def _cmd_fetch(args: argparse.Namespace) -> None:
     print(hub.fetch(args.name))
 
 
-def _read_run(path: Path) -> dict:
-    """The ``registry_entry`` of a run's JSON (``latent-transforms train`` writes it beside the checkpoint), checked."""
-    if not path.is_file():
-        raise MissingFileError(f"no run JSON at {path}: give the NAME.json that `{PROG} train` wrote beside "
-                               f"NAME.safetensors")
-    try:
-        report = json.loads(path.read_bytes())
-    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
-        raise ValueError(f"{path} is not a JSON file ({e}); give the NAME.json that `{PROG} train` wrote beside "
-                         f"NAME.safetensors") from None
-    entry = report.get("registry_entry") if isinstance(report, dict) else None
-    if not isinstance(entry, dict):
-        raise ValueError(f"{path} has no 'registry_entry': not a run's JSON written by `{PROG} train`")
-    return {"name": report.get("name"), **hub._check_entry("registry_entry", entry, str(path))}
-
-
 def _cmd_register(args: argparse.Namespace) -> None:
-    run = Path(args.run)
-    entry = _read_run(run)
-    run_name = entry.pop("name")
-    if args.name is None and (not isinstance(run_name, str) or not run_name):
-        raise ValueError(f"{run} has {'an empty' if run_name == '' else 'no'} 'name'; give one with --name")
-    name = run_name if args.name is None else args.name
-    try:
-        hub.check_file_stem(name, "--name" if args.name is not None else f"{run}'s name")
-    except ValueError as e:
-        raise ValueError(f"{e}; give another with --name") from None
-    file = f"{name}.safetensors"
-    registry = hub._registry()
-    if name in hub._shipped_registry():
-        raise ValueError(f"{name!r} is a shipped checkpoint's name; register yours under another name, e.g. "
-                         f"--name my-{name}")
-    new = {"file": file, "sha256": entry["sha256"], "size": entry.get("size"), "config": entry["config"],
-           "trained_on": entry.get("trained_on") or "", "quality": entry.get("quality") or {},
-           "notes": entry.get("notes") or ""}
-    dest = hub.cache_dir() / file
-    if name in registry and not args.overwrite:
-        if registry[name] == new and dest.is_file() and hub.sha256_file(dest) == new["sha256"]:
-            print(f"{name!r} is already registered with this run's checkpoint ({dest}); nothing changed")
-            return
-        raise ValueError(f"checkpoint {name!r} is already registered (another checkpoint, or other details); pass "
-                         f"--overwrite to replace it, or give another --name")
-    users = sorted(n for n, e in registry.items() if e["file"] == file and n != name)
-    if users:
-        raise ValueError(f"{file} is the file of checkpoint {users[0]!r}; give another --name")
-    source = run.parent / entry["file"]
-    if not source.is_file():
-        raise ValueError(f"no checkpoint file {source} beside {run}")
-    sha = hub.sha256_file(source)
-    if sha != entry["sha256"]:
-        raise ValueError(f"{source} does not match {run}: its sha256 is {sha}, the run's is {entry['sha256']} "
-                         f"(changed after training?); nothing registered")
-    with hub._writing_cache_dir(dest.parent):
-        dest.parent.mkdir(parents=True, exist_ok=True)
-    with hub._writing_cache_dir(dest.parent), hub.atomic_path(dest) as tmp:  # the file appears once it is registered
-        shutil.copyfile(source, tmp)
-        if hub.sha256_file(tmp) != entry["sha256"]:
-            raise ValueError(f"{source} changed while it was copied; nothing registered")
-        hub.register(name, **new, overwrite=args.overwrite, persist=True)
-    print(f"registered {name!r} in {hub._user_registry_path()} (checkpoint: {dest})")
-    print(f"load it:  codec = latent_transforms.hub.load({name!r})")
+    done = hub.register_run(args.run, name=args.name, overwrite=args.overwrite)
+    if not done.changed:
+        print(f"{done.name!r} is already registered with this run's checkpoint ({done.path}); nothing changed")
+        return
+    print(f"registered {done.name!r} in {hub._user_registry_path()} (checkpoint: {done.path})")
+    print(f"load it:  codec = latent_transforms.hub.load({done.name!r})")
 
 
 def _cmd_unregister(args: argparse.Namespace) -> None:

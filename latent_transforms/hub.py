@@ -30,6 +30,7 @@ import json
 import math
 import os
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -39,7 +40,7 @@ import urllib.request
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -593,7 +594,7 @@ def register(name: str, *, file: str, sha256: str, config: dict, trained_on: str
     With ``persist=True`` the entry is also written to the user registry file, ``cache_dir() / "registry.json"``
     (created if missing, replaced atomically, other entries kept), so every later process finds the name too; a
     shipped checkpoint's name is refused there even with ``overwrite=True``. The file itself is not copied: put
-    it in ``cache_dir()`` (``latent-transforms register RUN.json`` does both for a trained run). The entry is kept in
+    it in ``cache_dir()`` (``register_run(RUN.json)`` does both for a trained run). The entry is kept in
     its JSON form, as a registry file holds it (a tuple becomes a list); values JSON cannot hold are refused.
     """
     check_bool("overwrite", overwrite)
@@ -620,6 +621,86 @@ def register(name: str, *, file: str, sha256: str, config: dict, trained_on: str
         _registered[name] = entry
         for key in [k for k in _loaded if k[0] == name]:
             del _loaded[key]
+
+
+class RegisteredRun(NamedTuple):
+    """What ``register_run`` did: the ``name`` registered, the checkpoint's ``path`` in the cache dir, and whether
+    anything ``changed`` (False: that run was already registered under that name)."""
+    name: str
+    path: Path
+    changed: bool
+
+
+def _read_run(path: Path) -> dict:
+    """The ``registry_entry`` of a run's JSON (``latent-transforms train`` writes it beside the checkpoint), checked,
+    with the run's ``name``."""
+    if not path.is_file():
+        raise MissingFileError(f"no run JSON at {path}: give the NAME.json that `latent-transforms train` wrote beside "
+                               f"NAME.safetensors")
+    try:
+        report = json.loads(path.read_bytes())
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{path} is not a JSON file ({e}); give the NAME.json that `latent-transforms train` wrote "
+                         f"beside NAME.safetensors") from None
+    entry = report.get("registry_entry") if isinstance(report, dict) else None
+    if not isinstance(entry, dict):
+        raise ValueError(f"{path} has no 'registry_entry': not a run's JSON written by `latent-transforms train`")
+    return {"name": report.get("name"), **_check_entry("registry_entry", entry, str(path))}
+
+
+def register_run(run: str | os.PathLike, *, name: str | None = None, overwrite: bool = False) -> RegisteredRun:
+    """Register a trained codec by name for every process, as ``latent-transforms register RUN.json`` does.
+
+    ``run`` is the ``NAME.json`` that ``train_codec`` / ``latent-transforms train`` wrote beside ``NAME.safetensors``.
+    The checkpoint's sha256 is checked against the run's, the file is copied into ``cache_dir()`` as
+    ``<name>.safetensors`` (``name``: the run's name unless given) and the name is added to the user registry, so
+    ``load(name)`` works in any process using that cache dir. A shipped checkpoint's name is refused, and so is a
+    name registered with another checkpoint or other details unless ``overwrite=True``; the same run registered
+    again under the same name changes nothing (``changed`` is False). Nothing is copied or registered when it refuses.
+    """
+    check_bool("overwrite", overwrite)
+    run = Path(run).expanduser()
+    entry = _read_run(run)
+    run_name = entry.pop("name")
+    if name is None and (not isinstance(run_name, str) or not run_name):
+        raise ValueError(f"{run} has {'an empty' if run_name == '' else 'no'} 'name'; give one with --name (Python: name=)")
+    try:
+        check_file_stem(run_name if name is None else name, "--name" if name is not None else f"{run}'s name")
+    except ValueError as e:
+        raise ValueError(f"{e}; give another with --name (Python: name=)") from None
+    name = run_name if name is None else name
+    if name in _shipped_registry():
+        raise ValueError(f"{name!r} is a shipped checkpoint's name; register yours under another name, e.g. "
+                         f"--name my-{name} (Python: name='my-{name}')")
+    file = f"{name}.safetensors"
+    new = {"file": file, "sha256": entry["sha256"], "size": entry.get("size"), "config": entry["config"],
+           "trained_on": entry.get("trained_on") or "", "quality": entry.get("quality") or {},
+           "notes": entry.get("notes") or ""}
+    dest = cache_dir() / file
+    registry = _registry()
+    if name in registry and not overwrite:
+        if registry[name] == new and dest.is_file() and sha256_file(dest) == new["sha256"]:
+            return RegisteredRun(name, dest, changed=False)
+        raise ValueError(f"checkpoint {name!r} is already registered (another checkpoint, or other details); pass "
+                         f"--overwrite (Python: overwrite=True) to replace it, or give another --name")
+    users = sorted(n for n, e in registry.items() if e["file"] == file and n != name)
+    if users:
+        raise ValueError(f"{file} is the file of checkpoint {users[0]!r}; give another --name (Python: name=)")
+    source = run.parent / entry["file"]
+    if not source.is_file():
+        raise ValueError(f"no checkpoint file {source} beside {run}")
+    sha = sha256_file(source)
+    if sha != entry["sha256"]:
+        raise ValueError(f"{source} does not match {run}: its sha256 is {sha}, the run's is {entry['sha256']} "
+                         f"(changed after training?); nothing registered")
+    with _writing_cache_dir(dest.parent):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    with _writing_cache_dir(dest.parent), atomic_path(dest) as tmp:  # the file appears once it is registered
+        shutil.copyfile(source, tmp)
+        if sha256_file(tmp) != entry["sha256"]:
+            raise ValueError(f"{source} changed while it was copied; nothing registered")
+        register(name, **new, overwrite=overwrite, persist=True)
+    return RegisteredRun(name, dest, changed=True)
 
 
 def unregister(name: str, *, persist: bool = False) -> dict:
@@ -848,8 +929,8 @@ def fetch(name: str) -> Path:
             notes.append(f"shipped {shipped} is corrupted (sha256 mismatch)")
     hints = []  # how a name of the user's own comes to lack its file
     if name not in _shipped_registry():
-        hints.append(f"saved again after it was registered? register it again with the new file's sha256 "
-                     f"(hub.register(..., overwrite=True), or `latent-transforms register RUN.json --overwrite`)"
+        hints.append("saved again after it was registered? register it again with the new file's sha256 "
+                     "(hub.register(..., overwrite=True), or `latent-transforms register RUN.json --overwrite`)"
                      if cached.is_file() else  # there, but not the registered bytes
                      f"registered with hub.register? it does not copy the file: copy {file} into {cache_dir()}; "
                      f"registered from a training run? `latent-transforms register RUN.json --overwrite` copies "
@@ -930,4 +1011,4 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") ->
 
 
 __all__ = ["FORMAT", "HubError", "UnknownCheckpointError", "cache_dir", "fetch", "list_checkpoints", "load",
-           "load_checkpoint", "register", "save_checkpoint", "sha256_file", "unregister"]
+           "load_checkpoint", "RegisteredRun", "register", "register_run", "save_checkpoint", "sha256_file", "unregister"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -186,6 +187,29 @@ def test_register_a_run_then_list_fetch_and_load_it_by_name(tmp_path, capsys, mo
         "missing"
     code, _, err = _exit_code(["fetch", "zz-run"], capsys)
     assert code == 2 and "`latent-transforms register RUN.json --overwrite` copies its file back" in err
+
+
+def test_register_run_from_python_is_the_command_and_the_training_page_snippet_runs(tmp_path, monkeypatch):
+    monkeypatch.setattr(hub, "_registered", {})
+    monkeypatch.setattr(hub, "_loaded", {})
+    monkeypatch.chdir(tmp_path)
+    ckpt, js = _run_files(tmp_path / "runs", "my-glow-digits")
+    page = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text(encoding="utf-8")
+    snippet = next(s for s in re.findall(r"```python\n(.*?)```", page, re.S) if "register_run" in s)
+    scope = {"hub": hub}
+    exec(snippet, scope)
+    assert scope["done"] == hub.RegisteredRun("my-glow-digits", hub.cache_dir() / "my-glow-digits.safetensors", True)
+    assert scope["codec"].fingerprint() == hub.load(ckpt).fingerprint()
+    registry = hub.cache_dir() / "registry.json"
+    written = registry.read_bytes()
+    assert hub.register_run(js).changed is False and registry.read_bytes() == written  # again: nothing to do
+    with pytest.raises(ValueError, match=r"already registered \(another checkpoint, or other details\); pass "
+                                         r"--overwrite \(Python: overwrite=True\)"):
+        hub.register_run(_run_files(tmp_path / "other", "my-glow-digits", seed=1)[1])
+    assert hub.register_run(js, name="zz-py") == (
+        "zz-py", hub.cache_dir() / "zz-py.safetensors", True)
+    monkeypatch.setattr(hub, "_registered", {})  # another process: from the user registry file
+    assert hub.load("zz-py").fingerprint() == scope["codec"].fingerprint()
 
 
 def test_unregister_removes_the_name_and_its_cached_copy(tmp_path, capsys, monkeypatch):
@@ -470,7 +494,7 @@ def test_register_refuses_a_name_whose_file_another_checkpoint_uses(tmp_path, ca
     hub.register("zz-alias", file="zz-b.safetensors", sha256=entry["sha256"], config=entry["config"], persist=True)
     code, out, err = _exit_code(["register", str(js), "--name", "zz-b"], capsys)
     assert code == 2 and err == "latent-transforms: error: zz-b.safetensors is the file of checkpoint 'zz-alias'; " \
-                                "give another --name\n"
+                                "give another --name (Python: name=)\n"
     assert "zz-b" not in hub._registry()
 
 

@@ -244,7 +244,7 @@ def test_register_a_run_without_a_name_asks_for_one(tmp_path, capsys, run_name):
     _, js = _run_files(tmp_path / "runs", run_name)
     code, out, err = _exit_code(["register", str(js)], capsys)
     what = "an empty" if run_name == "" else "no"
-    assert code == 2 and out == "" and err == f"{PROG}: error: {js} has {what} 'name'; give one with --name\n"
+    assert code == 2 and out == "" and err == f"{PROG}: error: {js} has {what} 'name'; give one with --name (Python: name=)\n"
     assert _cache_files() == []
     assert main(["register", str(js), "--name", "zz-named"]) == 0  # --name is the fix
     assert "zz-named.safetensors" in _cache_files()
@@ -259,7 +259,7 @@ def test_register_a_run_without_a_name_asks_for_one(tmp_path, capsys, run_name):
 def test_register_refuses_a_name_that_is_not_a_file_name(tmp_path, capsys, name, message):
     _, js = _run_files(tmp_path / "runs", "zz-run")
     code, out, err = _exit_code(["register", str(js), "--name", name], capsys)
-    assert code == 2 and out == "" and err == f"{PROG}: error: {message}; give another with --name\n"
+    assert code == 2 and out == "" and err == f"{PROG}: error: {message}; give another with --name (Python: name=)\n"
     assert _cache_files() == []
 
 

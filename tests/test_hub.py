@@ -493,8 +493,8 @@ def test_a_file_registered_from_python_loads_from_the_cache_dir_and_elsewhere_is
                                            f"elsewhere.safetensors into {re.escape(str(env))}"):
         hub.load("elsewhere")
     monkeypatch.delenv("LATENT_TRANSFORMS_OFFLINE")  # the hub URL's server has no such file: its 404, and the hint
-    with pytest.raises(hub.HubError, match=f"elsewhere.safetensors failed: HTTP 404.*; registered with hub.register\\? "
-                                           f"it does not copy the file: copy elsewhere.safetensors into"):
+    with pytest.raises(hub.HubError, match="elsewhere.safetensors failed: HTTP 404.*; registered with hub.register\\? "
+                                           "it does not copy the file: copy elsewhere.safetensors into"):
         hub.load("elsewhere")
 
 

@@ -598,8 +598,6 @@ def test_adversarial_target_true_attacks_the_given_labels(glow, batch, net):
 
 
 def test_a_codec_path_may_be_a_pathlib_path(tmp_path, glow):
-    from pathlib import Path
-
     from latent_transforms import hub
 
     path = tmp_path / "mine.safetensors"

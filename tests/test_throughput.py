@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_glow
 
 SPEC = importlib.util.spec_from_file_location("throughput_benchmark",
                                               Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py")
