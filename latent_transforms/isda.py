@@ -464,7 +464,8 @@ class ISDALoss(_ISDAState, nn.Module):
         sync_stats: under ``torch.distributed``, gather all ranks' features before each update, as :class:`ISDA`.
 
     Shape:
-        features: (N, A); fc: an ``nn.Linear(A, C)``; y: (N,) int64. Returns the mean cross-entropy (scalar).
+        features: (N, A) float; fc: an ``nn.Linear(A, C)``; y: (N,) int64 class indices in ``[0, C)``. Returns the
+        mean cross-entropy (scalar).
 
     Convention:
         In ``eval()`` mode: plain cross-entropy of ``fc(features)``, statistics untouched.

@@ -38,6 +38,10 @@ class LatentAdversarial(CodecTransform):
         p: probability, per sample, of being transformed (see :class:`~latent_transforms.LatentTransform`).
         generator: ``None``, an ``int`` seed or a ``torch.Generator`` (see :class:`~latent_transforms.LatentTransform`).
 
+    Shape:
+        x: (B, C, H, W) float in [0, 1] matching the codec; y: (B,) int64 or (B, K) float, returned as given (or
+        ``None`` with ``target="pred"``); ``model(x)``: (B, K) logits.
+
     Convention:
         Needs ``model``. The model is borrowed unchanged: it runs in eval mode during the attack (the official code
         lets the attack update BatchNorm statistics), no parameter gradient is computed or left behind, and every

@@ -26,8 +26,8 @@ class LatentMixupInference(SampleStats, nn.Module):
         codec: hub name, path or Codec.
         references: (N, C, H, W) float in [0, 1] clean images to mix with (e.g. a few hundred training images).
         lam: weight of the input (0.6 by default: the input dominates).
-        num_mixes: references per input.
-        generator: seed or torch.Generator for drawing references.
+        num_mixes: references per input (8 by default).
+        generator: ``None``, an ``int`` seed or a ``torch.Generator`` for drawing the references.
 
     Shape:
         x: (B, C, H, W) float in [0, 1] -> (B, K) probabilities, float32 (float64 for a float64 model).

@@ -220,3 +220,199 @@ def test_every_option_after_the_leading_arguments_is_keyword_only():
             found[name] = [p.name for p in inspect.signature(obj).parameters.values()
                            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     assert found == leading
+
+
+# --- the commands the docs give: every --flag must exist, and every literal value of an option with choices ---
+
+DOC_PAGES = [ROOT / "README.md", ROOT / "benchmarks" / "README.md", *sorted(DOCS.rglob("*.md"))]
+FENCE = re.compile(r"^( *)```[^\n]*\n(.*?)^\1```", re.M | re.S)
+COMMAND_START = re.compile(r"(?<![\w./-])(?:latent-transforms|python3?|torchrun)\s")
+LINE_BREAK = re.compile(r"[\n\v]")
+ASSIGNMENT = re.compile(r"^\s*([A-Za-z_]\w*)=\"([^\"]*)\"", re.M)
+
+
+class _Parsed(Exception):
+    def __init__(self, parser):
+        super().__init__()
+        self.parser = parser
+
+
+def _script_parser(path: Path):
+    """The ArgumentParser a script's main() builds, caught at its parse_args: nothing runs."""
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_docs_{path.parent.name}_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    for folder in (str(path.parent), str(ROOT)):  # benchmarks import their siblings, examples their common.py
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+    spec.loader.exec_module(module)
+
+    def caught(self, *args, **kwargs):
+        raise _Parsed(self)
+
+    original = argparse.ArgumentParser.parse_args
+    argparse.ArgumentParser.parse_args = caught
+    try:
+        try:
+            module.main()
+        except TypeError:  # main(argv) without a default
+            module.main([])
+    except _Parsed as parsed:
+        return parsed.parser
+    finally:
+        argparse.ArgumentParser.parse_args = original
+    raise AssertionError(f"{path} built no parser")
+
+
+def _doc_command_chunks():
+    """(page, first line, text) of every fenced block and inline code span of the pages, line continuations joined
+    and the block's own VAR="..." assignments expanded."""
+    for page in DOC_PAGES:
+        text = page.read_text(encoding="utf-8")
+        chunks = [(m.start(2), m.group(2)) for m in FENCE.finditer(text)]
+        prose = FENCE.sub(lambda m: "\n" * m.group(0).count("\n"), text)
+        chunks += [(m.start(1), m.group(1)) for m in re.finditer(r"`([^`]+)`", prose)]
+        for start, chunk in chunks:
+            chunk = chunk.replace("\\\n", "\v")  # a continued line: one command, still counted as a line
+            for _ in range(2):  # RUN="python ... $DATA": a value may use an earlier one
+                for name, value in ASSIGNMENT.findall(chunk):
+                    chunk = re.sub(rf"\${{?{name}\b}}?", lambda _: value.replace("\v", " "), chunk)
+            yield page, text[:start].count("\n") + 1, chunk
+
+
+def _doc_commands():
+    """(where, program, argv) of every command of the CLI or of a script in the repository that the pages give."""
+    import argparse
+
+    from latent_transforms.cli import build_parser
+
+    subcommands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for page, line, chunk in _doc_command_chunks():
+        starts = [m.start() for m in COMMAND_START.finditer(chunk)]
+        for begin, end in zip(starts, starts[1:] + [len(chunk)]):
+            command = re.split(r"\s#|;|&&|\||&|\"|\n", chunk[begin:end])[0].replace("\v", " ")
+            try:
+                words = shlex.split(command)
+            except ValueError:
+                words = command.split()
+            where = f"{page.relative_to(ROOT)}:{line + len(LINE_BREAK.findall(chunk, 0, begin))}"
+            if words[0] == "latent-transforms":
+                if len(words) > 1 and words[1] in subcommands:
+                    yield where, f"latent-transforms {words[1]}", subcommands[words[1]], words[2:]
+                continue
+            scripts = [i for i, w in enumerate(words) if w.endswith(".py")]
+            if not scripts:
+                continue
+            name = words[scripts[0]]
+            path = next((p for p in (ROOT / name, ROOT / "benchmarks" / name, ROOT / "examples" / name) if p.is_file()),
+                        None)
+            yield where, name, path, words[scripts[0] + 1:]
+
+
+def test_doc_commands_use_options_that_exist():
+    """Every `--flag` in a command the docs give exists in that script's (or CLI subcommand's) argparse, and every
+    literal value given to an option with choices (`--arms`, `--eval-on`, ...) is one of them."""
+    parsers, wrong, checked = {}, [], 0
+    for where, name, target, args in _doc_commands():
+        if target is None:
+            wrong.append(f"{where}: {name}: no such script")
+            continue
+        if isinstance(target, Path):
+            if target not in parsers:
+                parsers[target] = _script_parser(target)
+            target = parsers[target]
+        options = target._option_string_actions
+        for i, word in enumerate(args):
+            if not word.startswith("--") or word == "--":
+                continue
+            flag = word.split("=")[0]
+            checked += 1
+            if flag not in options:
+                wrong.append(f"{where}: {name}: no option {flag}")
+                continue
+            action = options[flag]
+            if action.choices is None or "=" in word:
+                continue
+            many = action.nargs in ("+", "*") or isinstance(action.nargs, int)
+            values = []
+            for value in args[i + 1:]:
+                if value.startswith("-"):
+                    break
+                values.append(value)
+                if not many:
+                    break
+            values = [v for v in values if "$" not in v and not v.isupper() and v != "..."]  # placeholders
+            wrong += [f"{where}: {name}: {flag} {v!r} is not one of {list(action.choices)}"
+                      for v in values if v not in action.choices]
+    assert checked > 100, checked  # the commands were found
+    assert not wrong, "doc commands that their script would refuse:\n" + "\n".join(wrong)
+
+
+# --- the defaults the pages state: a method page's parameter table and a quoted signature, against the code ---
+
+METHOD_PAGES = {"latent_noise.md": "LatentNoise", "latent_adversarial.md": "LatentAdversarial",
+                "varmixup.md": "VarMixup", "isda.md": "ISDA", "mixup_inference.md": "LatentMixupInference"}
+TABLE_ROW = re.compile(r"^\| `(\w+)` \| ([^|]+) \|", re.M)
+QUOTED_SIGNATURE = re.compile(r"`(\w+)\(([^`()]*)\)`")
+_NOT_STATED = object()
+
+
+def _stated_value(cell: str):
+    """The literal a table cell starts with (`0.25`, `"l2"`, `None (all)`, 0.5), else _NOT_STATED."""
+    cell = cell.strip()
+    quoted = re.match(r"`([^`]+)`", cell)
+    text = quoted.group(1) if quoted else re.split(r"[\s(]", cell, maxsplit=1)[0]
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return _NOT_STATED
+
+
+def test_stated_defaults_are_the_code_defaults():
+    """A method page's parameter table (`| `eps` | `1.0` | ...`) and a quoted signature of a public class or function
+    (`ISDA(num_classes, lambda0=0.5, *, covariance="full", ...)`) state the defaults the code has."""
+    import latent_transforms
+
+    wrong, checked = [], 0
+    for page, name in METHOD_PAGES.items():
+        params = inspect.signature(getattr(latent_transforms, name)).parameters
+        for match in TABLE_ROW.finditer((DOCS / "methods" / page).read_text(encoding="utf-8")):
+            param, stated = match.group(1), _stated_value(match.group(2))
+            if param not in params or stated is _NOT_STATED:
+                continue
+            default = params[param].default
+            if default is inspect.Parameter.empty or (default is None and stated is not None):  # required; computed
+                continue
+            checked += 1
+            if stated != default or type(stated) is bool is not type(default):
+                wrong.append(f"docs/methods/{page}: {name}({param}=...) is stated {stated!r}, the code's is {default!r}")
+    for page in DOC_PAGES:
+        text = page.read_text(encoding="utf-8")
+        for match in QUOTED_SIGNATURE.finditer(text):
+            name, args = match.groups()
+            obj = getattr(latent_transforms, name, None)
+            if obj is None or "=" not in args:
+                continue
+            try:
+                stated = ast.parse(f"def f({args}): pass").body[0].args
+            except SyntaxError:  # a call such as LatentNoise(codec, 5.0, p=0.5), not a signature
+                continue
+            params = inspect.signature(obj).parameters
+            if not stated.args or stated.args[0].arg != next(iter(params)):  # a call, LatentNoise(eps=20), not a signature
+                continue
+            where = f"{page.relative_to(ROOT)}:{text[:match.start()].count(chr(10)) + 1}"
+            positional = [a.arg for a in stated.posonlyargs + stated.args]
+            for arg, node in zip(positional[len(positional) - len(stated.defaults):] + [a.arg for a in stated.kwonlyargs],
+                                 stated.defaults + stated.kw_defaults):
+                checked += 1
+                if arg not in params:
+                    wrong.append(f"{where}: {name} has no parameter {arg!r}")
+                elif node is not None and ast.literal_eval(node) != params[arg].default:
+                    wrong.append(f"{where}: {name}({arg}=...) is stated {ast.literal_eval(node)!r}, the code's is "
+                                 f"{params[arg].default!r}")
+                elif (params[arg].kind is params[arg].KEYWORD_ONLY) != (arg in [a.arg for a in stated.kwonlyargs]):
+                    wrong.append(f"{where}: {name}'s {arg!r} is {params[arg].kind.description} in the code")
+    assert checked > 30, checked  # the tables and signatures were found
+    assert not wrong, "defaults the docs state that the code does not have:\n" + "\n".join(wrong)
