@@ -29,8 +29,9 @@ READER_CONTEXT = {  # pages not named here bring nothing
     "methods/latent_noise.md": {"x", "y"},
     "methods/mixup_inference.md": {"model", "x_train", "x_test_batch", "y_test_batch"},
     "methods/varmixup.md": {"x", "y", "model"},
+    "../README.md": {"loader", "model", "optimizer"},
 }
-PAGES = sorted(str(p.relative_to(DOCS)) for p in DOCS.rglob("*.md"))
+PAGES = sorted(str(p.relative_to(DOCS)) for p in DOCS.rglob("*.md")) + ["../README.md"]  # mkdocs checks docs/ only
 IMAGE = re.compile(r"!\[[^\]]*\]\(([^)\s]+\.png)[^)]*\)|<img[^>]*\bsrc=\"([^\"]+\.png)\"")
 
 
@@ -178,8 +179,20 @@ def test_page_snippets_define_what_they_use(page):
         first = text[:match.start()].count("\n") + 2  # the snippet's first line in the page
         visitor.missing = []
         visitor.visit(ast.parse(textwrap.dedent(match.group(1))))  # snippets in a list item are indented
-        missing += [f"docs/{page}:{first + line - 1}: {name}" for line, name in visitor.missing]
+        missing += [f"{(DOCS / page).resolve().relative_to(ROOT)}:{first + line - 1}: {name}"
+                    for line, name in visitor.missing]
     assert not missing, "names used before the page imports or defines them:\n" + "\n".join(missing)
+
+
+@pytest.mark.parametrize("readme", ["README.md", "benchmarks/README.md"])
+def test_readme_links_lead_to_files_that_exist(readme):
+    """mkdocs --strict checks the links of docs/ only."""
+    page = ROOT / readme
+    links = re.findall(r"\]\(([^)\s#]+)(?:#[^)\s]*)?\)", page.read_text(encoding="utf-8"))
+    local = [link for link in links if "://" not in link and not link.startswith("mailto:")]
+    assert local, f"{readme} links no file"  # the pattern still finds them
+    missing = [link for link in local if not (page.parent / link).exists()]
+    assert not missing, f"{readme} links files that do not exist: {missing}"
 
 
 def test_training_page_gives_the_users_codec_its_own_name():
