@@ -82,9 +82,10 @@ def load_codec(parser: argparse.ArgumentParser, option: str, name: str, device: 
 # -- data: the --train/--test/--data-root options every example takes -----------------------------------------
 def add_data_args(parser: argparse.ArgumentParser) -> None:
     """Add ``--train``, ``--test`` and ``--data-root`` (data specs, see ``latent_transforms.data``) to ``parser``."""
-    parser.add_argument("--train", default="cifar10", help="cifar10 (default) or npz:PATH")
-    parser.add_argument("--test", help="test images: npz:PATH, cifar10 or none (no test set); default: the cifar10 "
-                                       "test split when training on cifar10, else none")
+    parser.add_argument("--train", default="cifar10",
+                        help="cifar10 (default), npz:PATH or folder:PATH (one subfolder per class)")
+    parser.add_argument("--test", help="test images: npz:PATH, folder:PATH, cifar10 or none (no test set); default: "
+                                       "the cifar10 test split when training on cifar10, else none")
     parser.add_argument("--data-root", help=f"download dir for CIFAR-10 (default: {DEFAULT_DATA_ROOT})")
 
 

@@ -297,8 +297,14 @@ class Compose(nn.Module):
         # a first latent step reads the values itself, its labels against this Compose's num_classes: one host sync
         # per call, not two
         values = not (self.training and isinstance(first, LatentTransform))
-        check_batch(x, y, self.num_classes, index, first.index_size if isinstance(first, LatentTransform) else None,
-                    allow_uint8=self._takes_uint8, values=values)
+        try:
+            check_batch(x, y, self.num_classes, index, first.index_size if isinstance(first, LatentTransform) else None,
+                        allow_uint8=self._takes_uint8, values=values)
+        except ValueError as e:  # uint8 into a first step that takes floats only: say where the conversion goes
+            if self.steps and isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and "uint8" in str(e.args[0]):
+                e.args = (f"{e.args[0]}; in a Compose, put v2.ToDtype(torch.float32, scale=True) first: step 0 "
+                          f"({_name(first)}) takes float images only",) + e.args[1:]
+            raise
         check_model_slot(model)
         if y is None:
             needing = [_where(p, s, i) for i, s in enumerate(self.steps) for p in _needing_labels(s)]

@@ -115,12 +115,14 @@ def _cifar10(split: str, data_root) -> tuple[torch.Tensor, torch.Tensor, int]:
 
 def _uint8_to_tensor(x: np.ndarray, where: str) -> torch.Tensor:
     if x.dtype != np.uint8:
-        raise ValueError(f"{where}: images must be uint8 (0..255), got dtype {x.dtype}")
+        hint = "; floats in [0, 1]? store (x * 255).round().astype(np.uint8)" if x.dtype.kind == "f" else ""
+        raise ValueError(f"{where}: images must be uint8 (0..255), got dtype {x.dtype}{hint}")
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4 or x.shape[-1] not in (1, 3) or x.shape[0] == 0 or min(x.shape[1:3]) < 1:
+        hint = "; channels first? store x.transpose(0, 2, 3, 1)" if x.ndim == 4 and x.shape[1] in (1, 3) else ""
         raise ValueError(
-            f"{where}: images must be (N, H, W, C) with C 1 or 3, or (N, H, W) grey, N > 0; got shape {x.shape}"
+            f"{where}: images must be (N, H, W, C) with C 1 or 3, or (N, H, W) grey, N > 0; got shape {x.shape}{hint}"
         )
     return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float().div_(255).contiguous()
 

@@ -387,9 +387,14 @@ def _check_train_args(x_train: torch.Tensor, x_test: torch.Tensor | None, name: 
                       ema_decay: float | None, seed: int, flags: dict[str, object]) -> None:
     """Raise ``ValueError`` on bad images (N, C, H, W), run lengths, training settings or file stem (``flags``: the
     ``True``/``False`` settings by name)."""
-    check_images(x_train, "x_train")
+    for images, label in ((x_train, "x_train"), (x_test, "x_test")):
+        if images is None:
+            continue
+        check_images(images, label)
+        if images.shape[-1] in (1, 3) and images.shape[1] > 4:  # no codec takes images 1 or 3 pixels wide
+            raise ValueError(f"{label} of shape {tuple(images.shape)} looks channels-last (N, H, W, C); images are "
+                             f"(N, C, H, W): pass {label}.permute(0, 3, 1, 2)")
     if x_test is not None:
-        check_images(x_test, "x_test")
         if x_test.shape[1:] != x_train.shape[1:]:
             raise ValueError(f"x_test images are {tuple(x_test.shape[1:])}, x_train images {tuple(x_train.shape[1:])}")
     if epochs is not None and max_steps is not None:

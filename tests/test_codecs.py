@@ -144,8 +144,10 @@ def test_build_codec_round_trips_config_and_names_errors():
         build_codec({"kind": "glow", "depth": 3})
     with pytest.raises(ValueError, match="divisible by 2\\*\\*levels"):
         Glow((3, 12, 12), levels=3)
-    with pytest.raises(ValueError, match="power-of-two"):
+    with pytest.raises(ValueError, match="power-of-two side >= 4, got 24x24: resize or pad them \\(to 32x32, say\\)"):
         ConvVAE((3, 24, 24))
+    with pytest.raises(ValueError, match="got 28x20: resize or pad them \\(to 32x32, say\\), or train a flow"):
+        ConvVAE((1, 28, 20))
 
 
 def test_codec_device_mismatch_is_named():

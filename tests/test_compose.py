@@ -288,7 +288,9 @@ def test_uint8_reaching_a_kornia_step_names_the_step_and_the_conversion(rgb, rgb
                                              r"\(RandomHorizontalFlip\): x must be a float tensor.*uint8.*put "
                                              r"v2.ToDtype\(torch.float32, scale=True\) before this step$"):
             Compose([T.RandomHorizontalFlip(), kornia_step], num_classes=10)(x8, y)
-        with pytest.raises(ValueError, match=r"^x must be a float tensor.*uint8"):  # a kornia first step: at entry
+        with pytest.raises(ValueError, match=rf"^x must be a float tensor.*uint8.*; in a Compose, put v2.ToDtype\("
+                                             rf"torch.float32, scale=True\) first: step 0 \({name}\) takes float "
+                                             r"images only$"):  # a kornia first step: at entry
             Compose([kornia_step, LatentNoise(rgb_glow, generator=0)], num_classes=10)(x8, y)
 
 

@@ -133,6 +133,16 @@ def test_ddp_example_on_npz_data_in_one_process(tmp_path):
     assert "LatentMixupInference: probabilities (8, 2)" in proc.stdout
 
 
+@pytest.mark.slow
+def test_ddp_example_with_fewer_steps_than_transforms(tmp_path):
+    """A small data set (a user's own) gives fewer steps than the 5 transforms that take turns: ISDA never runs,
+    and the checks say so instead of crashing on statistics it never gathered."""
+    proc = _run([sys.executable, str(EXAMPLES / "ddp_torchrun.py"), "--train", _npz(tmp_path / "train.npz", 8),
+                 "--batch-size", "4", "--width", "4"], tmp_path)
+    assert "ISDA never ran: 2 steps in all, fewer than 5" in proc.stdout
+    assert "LatentMixupInference: probabilities (8, 2)" in proc.stdout
+
+
 def _example_data(argv: list[str]):
     """examples/common.py's example_data for these command-line options."""
     common = _common()
@@ -140,6 +150,13 @@ def _example_data(argv: list[str]):
     common.add_data_args(parser)
     parser.add_argument("--smoke", action="store_true")
     return common.example_data(parser, parser.parse_args(argv))
+
+
+def test_example_data_help_names_every_spec_it_reads():
+    """--train folder:PATH works (load_images reads it), so the help says so: it named cifar10 and npz:PATH only."""
+    parser = argparse.ArgumentParser(prog="example.py")
+    _common().add_data_args(parser)
+    assert parser.format_help().count("folder:PATH") == 2
 
 
 def test_example_data_reads_npz_specs(tmp_path):

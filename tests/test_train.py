@@ -99,8 +99,11 @@ def test_npz_spec(tmp_path):
     assert describe_spec(f"npz:{tmp_path / 'grey.npz'}") == "grey"
 
     np.savez(tmp_path / "float.npz", x=x.astype(np.float32), y=np.arange(5))
-    with pytest.raises(ValueError, match="uint8"):
+    with pytest.raises(ValueError, match=r"uint8.*got dtype float32; floats in \[0, 1\]\? store \(x \* 255\)"):
         load_images(f"npz:{tmp_path / 'float.npz'}")
+    np.savez(tmp_path / "nchw.npz", x=x.transpose(0, 3, 1, 2))  # a torch user's (N, C, H, W)
+    with pytest.raises(ValueError, match=r"got shape \(5, 3, 6, 4\); channels first\? store x.transpose\(0, 2, 3, 1\)"):
+        load_images(f"npz:{tmp_path / 'nchw.npz'}")
     np.savez(tmp_path / "shape.npz", x=x[..., :2])
     with pytest.raises(ValueError, match="shape"):
         load_images(f"npz:{tmp_path / 'shape.npz'}")
@@ -661,6 +664,12 @@ def test_bad_arguments(tmp_path, digits):
         train_codec("flow", x, tmp_path, **FLOW, max_steps=1, warmup_steps=-1)
     with pytest.raises(ValueError, match="device must be cpu, cuda, cuda:N or auto, got 'cuda:x'"):
         train_codec("flow", x, tmp_path, **FLOW, max_steps=1, device="cuda:x")
+    for kind in ("flow", "vae"):  # numpy's (N, H, W, C), made a tensor: was "divisible by 2**levels, got 8x1"
+        with pytest.raises(ValueError, match=r"x_train of shape \(16, 8, 8, 1\) looks channels-last .*"
+                                             r"x_train.permute\(0, 3, 1, 2\)"):
+            train_codec(kind, x.permute(0, 2, 3, 1), tmp_path, max_steps=1)
+    with pytest.raises(ValueError, match=r"x_test of shape \(16, 8, 8, 1\) looks channels-last"):
+        train_codec("flow", x, tmp_path, **FLOW, max_steps=1, x_test=x.permute(0, 2, 3, 1))
     assert not any(tmp_path.iterdir())  # refused before training: no state or checkpoint written
 
 

@@ -59,7 +59,9 @@ class ConvVAE(Codec):
         beta = check_number("beta", beta)
         c, h, w = self.image_shape
         if h != w or h < 4 or h & (h - 1):
-            raise ValueError(f"ConvVAE needs square images with a power-of-two side >= 4, got {h}x{w}")
+            side = max(4, 1 << (max(h, w) - 1).bit_length())  # the nearest power of two that holds them
+            raise ValueError(f"ConvVAE needs square images with a power-of-two side >= 4, got {h}x{w}: resize or pad "
+                             f"them (to {side}x{side}, say), or train a flow, which takes sides divisible by 2")
         if latent_side is not None:
             side = scalar(latent_side)
             is_int = isinstance(side, numbers.Integral) and not isinstance(side, bool)
