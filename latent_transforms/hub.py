@@ -595,8 +595,19 @@ def register(name: str, *, file: str, sha256: str, config: dict, trained_on: str
     (created if missing, replaced atomically, other entries kept), so every later process finds the name too; a
     shipped checkpoint's name is refused there even with ``overwrite=True``. The file itself is not copied: put
     it in ``cache_dir()`` (``register_run(RUN.json)`` does both for a trained run). The entry is kept in
-    its JSON form, as a registry file holds it (a tuple becomes a list); values JSON cannot hold are refused.
+    its JSON form, as a registry file holds it (a tuple becomes a list); values JSON cannot hold are refused. A
+    warning says when ``file`` is nowhere ``load`` looks (not in the cache dir nor shipped, and no hub URL set).
     """
+    _add_entry(name, file=file, sha256=sha256, config=config, trained_on=trained_on, quality=quality, notes=notes,
+               size=size, overwrite=overwrite, persist=persist)
+    if not (cache_dir() / file).is_file() and not (SHIPPED_DIR / file).is_file() and not os.environ.get(HUB_URL):
+        warnings.warn(f"registered {name!r}, but its file {file} is not in {cache_dir()} (nor shipped, and "
+                      f"{HUB_URL} is not set): copy it there before hub.load({name!r})", stacklevel=2)
+
+
+def _add_entry(name: str, *, file: str, sha256: str, config: dict, trained_on: str, quality: dict | None, notes: str,
+               size: int | None, overwrite: bool, persist: bool) -> None:
+    """``register`` without the warning about the file (``register_run`` puts the file in place afterwards)."""
     check_bool("overwrite", overwrite)
     check_bool("persist", persist)
     if not isinstance(config, dict) or (quality is not None and not isinstance(quality, dict)):
@@ -699,7 +710,7 @@ def register_run(run: str | os.PathLike, *, name: str | None = None, overwrite: 
         shutil.copyfile(source, tmp)
         if sha256_file(tmp) != entry["sha256"]:
             raise ValueError(f"{source} changed while it was copied; nothing registered")
-        register(name, **new, overwrite=overwrite, persist=True)
+        _add_entry(name, **new, overwrite=overwrite, persist=True)
     return RegisteredRun(name, dest, changed=True)
 
 

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,9 @@ import torch
 from latent_transforms import __version__, demo, hub, train
 from latent_transforms.cli import PROG, main
 from latent_transforms.codecs import build_codec
+
+# entries registered here on purpose without their file (register warns a user about that; tested in test_hub.py)
+pytestmark = pytest.mark.filterwarnings("ignore:registered .*, but its file")
 
 
 @pytest.fixture(autouse=True)
@@ -197,7 +201,9 @@ def test_register_run_from_python_is_the_command_and_the_training_page_snippet_r
     page = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text(encoding="utf-8")
     snippet = next(s for s in re.findall(r"```python\n(.*?)```", page, re.S) if "register_run" in s)
     scope = {"hub": hub}
-    exec(snippet, scope)
+    with warnings.catch_warnings():  # the file is copied once registered: no "not in the cache dir" warning
+        warnings.simplefilter("error")
+        exec(snippet, scope)
     assert scope["done"] == hub.RegisteredRun("my-glow-digits", hub.cache_dir() / "my-glow-digits.safetensors", True)
     assert scope["codec"].fingerprint() == hub.load(ckpt).fingerprint()
     registry = hub.cache_dir() / "registry.json"

@@ -14,6 +14,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -28,6 +29,9 @@ from safetensors.torch import save_file
 from latent_transforms import hub
 from latent_transforms.cli import main
 from latent_transforms.codecs import build_codec
+
+# entries registered here on purpose without their file (register warns a user about that; tested below)
+pytestmark = pytest.mark.filterwarnings("ignore:registered .*, but its file")
 
 CONFIG = {"kind": "vae", "image_shape": [1, 8, 8], "latent_dim": 4, "hidden": 8}
 GOOD = random.Random(0).randbytes(3000)  # the same in spawned child processes
@@ -496,6 +500,25 @@ def test_a_file_registered_from_python_loads_from_the_cache_dir_and_elsewhere_is
     with pytest.raises(hub.HubError, match="elsewhere.safetensors failed: HTTP 404.*; registered with hub.register\\? "
                                            "it does not copy the file: copy elsewhere.safetensors into"):
         hub.load("elsewhere")
+
+
+def test_register_warns_when_its_file_is_nowhere_load_looks(env, tmp_path, monkeypatch, server):
+    """register() does not copy the file: said at once, not only at the first hub.load."""
+    monkeypatch.delenv("LATENT_TRANSFORMS_HUB_URL")
+    env.mkdir()
+    sha = hub.save_checkpoint(_codec(), tmp_path / "elsewhere.safetensors")
+    with pytest.warns(UserWarning, match=rf"^registered 'elsewhere', but its file elsewhere.safetensors is not in "
+                                         rf"{re.escape(str(env))} \(nor shipped, and LATENT_TRANSFORMS_HUB_URL is not "
+                                         rf"set\): copy it there before hub.load\('elsewhere'\)$"):
+        _register("elsewhere", "elsewhere.safetensors", sha256=sha)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _register("cached", "cached.safetensors", sha256=hub.save_checkpoint(_codec(), env / "cached.safetensors"))
+        (tmp_path / "shipped").mkdir()
+        _register("shipped", "shipped.safetensors",
+                  sha256=hub.save_checkpoint(_codec(), tmp_path / "shipped" / "shipped.safetensors"))
+        monkeypatch.setenv("LATENT_TRANSFORMS_HUB_URL", server)  # a hub URL may serve it
+        _register("remote", "remote.safetensors", sha256=sha)
 
 
 def test_hub_md_python_registration_runs_on_a_machine_without_a_cache_dir(env, monkeypatch):
