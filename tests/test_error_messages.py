@@ -440,3 +440,12 @@ def test_the_demo_suggests_one_thread_on_a_busy_cpu(tmp_path, monkeypatch, capsy
     with pytest.raises(ValueError, match="epochs must be"):
         demo.run_demo(tmp_path / "o", progress=False, epochs=0)
     assert capsys.readouterr().err == ""
+
+
+def test_images_without_a_channel_dim_for_a_colour_codec_are_not_told_to_unsqueeze():
+    """x.unsqueeze(1) makes 1-channel images: no fix for a 3-channel codec."""
+    from conftest import tiny_glow
+
+    glow = tiny_glow(shape=(3, 8, 8))
+    with pytest.raises(ValueError, match=r"got x of shape \(2, 8, 8\)$"):
+        glow.check_images(torch.rand(2, 8, 8))

@@ -649,6 +649,9 @@ def test_levels_are_normalised_and_checked(glow, batch):
     assert LatentNoise(glow, levels=[1, -1, 0]).levels == [0, 1]
     with pytest.raises(ValueError, match="non-empty"):
         LatentNoise(glow, levels=[])
+    for level in (n, -n - 1):  # one past either end: not taken modulo n
+        with pytest.raises(ValueError, match=rf"level indices in \[0, {n}\) .*got \[{level}\]"):
+            LatentNoise(glow, levels=[level])
 
 
 def test_mixup_inference_uses_num_mixes_references(glow, batch, net):

@@ -392,3 +392,23 @@ def test_a_soft_label_row_summing_below_one_is_found_among_good_rows():
     y[2] *= 0.5
     with pytest.raises(ValueError, match="row 2 sums to 0.5"):
         check_labels(y, 4)
+
+
+def test_an_8_bit_white_pixel_is_still_told_to_divide_by_255():
+    """Intensities up to 255 itself (a white pixel of an 8-bit image made float) are 0-255 intensities."""
+    x = torch.arange(256, dtype=torch.float32).reshape(1, 1, 16, 16)
+    with pytest.raises(ValueError, match=r"range \[0, 255\]; these look like 0-255 intensities: divide them by 255"):
+        check_images(x)
+
+
+def test_complex_class_indices_are_told_that_long_truncates():
+    with pytest.raises(ValueError, match=r"dtype torch.complex64; convert with y.long\(\) if they are whole numbers "
+                                         r"\(it truncates\)"):
+        check_labels(torch.tensor([1 + 0j, 2 + 0j]), 2, 3)
+
+
+def test_labels_on_another_device_are_told_to_move_to_the_images_device():
+    from latent_transforms.validation import check_batch
+
+    with pytest.raises(ValueError, match=r"y is on meta but x is on cpu; move it with .to\('cpu'\)"):
+        check_batch(GOOD_X, GOOD_Y.to("meta"))
