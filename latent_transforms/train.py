@@ -23,6 +23,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ MAX_SEED = 2**32 - 1  # seeds in [0, 2**32), as NumPy's: the batch order seeds a
 MAX_LR = 1.0  # Adam and Adamax move each weight by up to about lr a step: beyond 1, only overflow (lr 1e38: a traceback)
 ROUNDTRIP_TOL = 1e-3  # max |decode(encode(x)) - x| a stored flow may have (else fp16 falls back to fp32)
 VAE_FP16_TOL = 1e-2  # max |reconstruction(fp16 copy) - reconstruction(fp32)| for a VAE
+MIN_VAE_KL = 1.0  # nats per image: a VAE whose latent carries less has collapsed (vae-digits carries 3.7)
 MAX_NONFINITE_IN_A_ROW = 20
 
 
@@ -70,6 +72,8 @@ class TrainingRecipe:
     # (codec, its float16 copy, probe images) -> (the copy's error, the most allowed, what the error is); the
     # tolerance is a module constant read at each call (ROUNDTRIP_TOL, VAE_FP16_TOL), so that it can be set
     fp16_error: Callable[[Codec, Codec, torch.Tensor], tuple[float, float, str]]
+    # (trained codec, its eval_codec metrics) -> why its latent is not worth using (a warning), or None
+    weakness: Callable[[Codec, dict[str, float]], str | None]
 
 
 def _glow_config(h: int, w: int, num_bins: int) -> dict:
@@ -107,6 +111,26 @@ def _vae_batch_metrics(codec: Codec, xb: torch.Tensor, gen: torch.Generator) -> 
     return {key: float(v.sum()) for key, v in per_image.items()}, {}
 
 
+def _glow_weakness(codec: Codec, metrics: dict[str, float]) -> str | None:
+    """A flow no better than uniform noise over its ``num_bins`` levels (log2(num_bins) bits/dim) learnt nothing."""
+    uniform = math.log2(codec.num_bins)
+    if not metrics["bits_per_dim"] < uniform:
+        return (f"the flow models its images no better than uniform noise ({metrics['bits_per_dim']:.4g} bits/dim; "
+                f"uniform over {codec.num_bins} levels: {uniform:.4g}): its latent is not worth perturbing; train "
+                f"longer")
+    return None
+
+
+def _vae_weakness(codec: Codec, metrics: dict[str, float]) -> str | None:
+    """A VAE whose latent carries less than ``MIN_VAE_KL`` nats per image has collapsed: its decodes barely depend on
+    the image."""
+    if not metrics["kl"] >= MIN_VAE_KL:
+        return (f"the VAE's latent carries almost nothing about its images (KL {metrics['kl']:.3g} nats per image, "
+                f"under {MIN_VAE_KL:g}: posterior collapse): its decodes barely depend on the input, so VarMixup "
+                f"would mix near-copies of one image; train longer or lower the KL weight (beta, now {codec.beta:g})")
+    return None
+
+
 def _glow_fp16_error(codec: Codec, stored: Codec, probe: torch.Tensor) -> tuple[float, float, str]:
     """``(error, tolerance, what the error is)`` of ``stored``, a float16 copy of ``codec``, on ``probe``
     (B, C, H, W): its own round trip."""
@@ -129,13 +153,13 @@ RECIPES = {
         settings_note="; a flow's latent has the size of the image", base_config=_glow_config,
         optimizer=torch.optim.Adamax, grad_clip=50.0, actnorm=True, sample_temperature=0.7,
         bar_metrics={"bits/dim": ".3f"}, batch_metrics=_glow_batch_metrics, quality={"bits_per_dim": 4},
-        fp16_error=_glow_fp16_error),
+        fp16_error=_glow_fp16_error, weakness=_glow_weakness),
     "vae": TrainingRecipe(
         name="vae", label="VAE", settings=("latent_dim", "hidden", "beta", "latent_side", "decoder_blocks"),
         settings_note="", base_config=lambda h, w, num_bins: {"latent_dim": 64, "hidden": 64, "beta": 1.0},
         optimizer=torch.optim.Adam, grad_clip=None, actnorm=False, sample_temperature=1.0,
         bar_metrics={"loss": ".2f", "mse": ".4f", "kl": ".2f"}, batch_metrics=_vae_batch_metrics,
-        quality={"mse": 5, "kl": 3}, fp16_error=_vae_fp16_error),
+        quality={"mse": 5, "kl": 3}, fp16_error=_vae_fp16_error, weakness=_vae_weakness),
 }
 # train_codec's kind, or the codec kind itself -> the codec kind
 KINDS = {**{recipe.name: kind for kind, recipe in RECIPES.items()}, **{kind: kind for kind in RECIPES}}
@@ -1080,6 +1104,9 @@ def train_codec(
             Path(tmp).write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")  # strict JSON: no NaN
         wall = time.perf_counter() - t_call
         _say_written(say, report, ckpt, js, png, metrics)
+        weakness = recipe.weakness(stored, metrics)
+        if weakness is not None:
+            warnings.warn(f"{ckpt.name}: {weakness}", stacklevel=2)
         result.update({"codec": stored, "checkpoint": str(ckpt), "json": str(js), "png": str(png), "sha256": sha,
                        "dtype": dtype, "metrics": metrics, "wall_time_s": wall})
         return result

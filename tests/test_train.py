@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import types
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,8 @@ pytest.importorskip("sklearn")
 FLOW = dict(levels=2, steps=2, hidden=16, num_bins=17)
 VAE = dict(latent_dim=4, hidden=16)
 PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin"}
+# a VAE trained for a few steps has a collapsed latent, as train_codec warns (tested below)
+pytestmark = pytest.mark.filterwarnings("ignore:.*the VAE's latent carries almost nothing")
 
 
 @pytest.fixture(autouse=True)
@@ -1322,3 +1325,24 @@ def test_a_run_whose_test_metrics_are_not_finite_leaves_no_checkpoint(tmp_path, 
                                                  "training losses: 0\\); no checkpoint written"):
         train_codec("flow", x, tmp_path, **FLOW, max_steps=2, batch_size=16, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["glow.state.safetensors"]
+
+
+def test_a_codec_that_learnt_nothing_is_named_in_a_warning(tmp_path, digits, monkeypatch):
+    """A collapsed VAE (KL under MIN_VAE_KL nats) and a flow no better than uniform noise are written, with a warning
+    saying why their latent is not worth using."""
+    x = digits[0][:32]
+    with pytest.warns(UserWarning, match=r"^vae.safetensors: the VAE's latent carries almost nothing about its images "
+                                         r"\(KL [0-9.e-]+ nats per image, under 1: posterior collapse\).*lower the KL "
+                                         r"weight \(beta, now 1\)$"):
+        r = train_codec("vae", x, tmp_path, **VAE, max_steps=1, progress=False)
+    assert r["metrics"]["kl"] < train.MIN_VAE_KL and Path(r["checkpoint"]).is_file()
+    monkeypatch.setattr(train, "MIN_VAE_KL", r["metrics"]["kl"])  # at the bound: not collapsed
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train_codec("vae", x, tmp_path / "at", **VAE, max_steps=1, progress=False)
+        r = train_codec("flow", x, tmp_path, **FLOW, max_steps=1, progress=False)
+    codec = r["codec"]  # a flow at uniform noise's bits/dim, log2(17) = 4.087: no better than no model
+    assert r["metrics"]["bits_per_dim"] < math.log2(17) and train._glow_weakness(codec, {"bits_per_dim": 4.08}) is None
+    assert train._glow_weakness(codec, {"bits_per_dim": math.log2(17)}) == (
+        "the flow models its images no better than uniform noise (4.087 bits/dim; uniform over 17 levels: 4.087): its "
+        "latent is not worth perturbing; train longer")
