@@ -674,7 +674,8 @@ def register_run(run: str | os.PathLike, *, name: str | None = None, overwrite: 
     entry = _read_run(run)
     run_name = entry.pop("name")
     if name is None and (not isinstance(run_name, str) or not run_name):
-        raise ValueError(f"{run} has {'an empty' if run_name == '' else 'no'} 'name'; give one with --name (Python: name=)")
+        raise ValueError(f"{run} has {'an empty' if run_name == '' else 'no'} 'name'; give one with --name "
+                         f"(Python: name=)")
     try:
         check_file_stem(run_name if name is None else name, "--name" if name is not None else f"{run}'s name")
     except ValueError as e:
@@ -1022,4 +1023,5 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") ->
 
 
 __all__ = ["FORMAT", "HubError", "UnknownCheckpointError", "cache_dir", "fetch", "list_checkpoints", "load",
-           "load_checkpoint", "RegisteredRun", "register", "register_run", "save_checkpoint", "sha256_file", "unregister"]
+           "load_checkpoint", "RegisteredRun", "register", "register_run", "save_checkpoint", "sha256_file",
+           "unregister"]
