@@ -210,7 +210,8 @@ class LatentTransform(SampleStats, nn.Module):
                                  f"t.last_params on a batch of the same size")
         selected = params["selected"]
         if selected.ndim != 1 or selected.dtype != torch.int64 or selected.device != device:
-            raise ValueError(f"params['selected'] must be (N,) int64 batch rows on {device}, got {describe(selected)}")
+            raise ValueError(f"params['selected'] must be (N,) int64 batch rows on {device}, got {describe(selected)} "
+                             f"on {selected.device}")
         if len(selected):  # one host read: in range, each row once
             inside = (selected >= 0) & (selected < batch)  # rows out of range are not counted as repeats of the last
             uses = torch.zeros(batch, dtype=torch.int64, device=device).index_add_(
@@ -235,7 +236,7 @@ class LatentTransform(SampleStats, nn.Module):
             given = params[k]
             if given.shape[1:] != template.shape[1:] or given.dtype != template.dtype or given.device != device:
                 raise ValueError(f"params[{k!r}] must be ({n}, {', '.join(map(str, template.shape[1:]))}) "
-                                 f"{template.dtype} on {device}, got {describe(given)}")
+                                 f"{template.dtype} on {device}, got {describe(given)} on {given.device}")
             if k in self.index_params:
                 lo, hi = torch.stack([given.min(), given.max()]).tolist()
                 if lo < 0 or hi >= n:

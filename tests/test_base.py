@@ -549,3 +549,25 @@ def test_a_seed_outside_manual_seeds_range_is_refused_when_given():
             AddNoise(generator=seed)
     for seed in (2**64 - 1, -2**63):
         GeneratorSource(seed).get(torch.device("cpu"))
+
+
+def test_replayed_draws_on_another_device_are_refused_naming_the_device():
+    """A draw on another device than the batch is named, as a wrong dtype is (not torch's device error), and the
+    message says where it is (it read "must be (4, ) torch.float32 on cpu, got torch.float32 of shape (4,)")."""
+    x, y = _batch((4, 1, 3, 3), False, 0)
+    t = AddNoise(generator=0)
+    t(x, y)
+    with pytest.raises(ValueError, match=r"params\['noise'\] must be \(4, \) torch.float32 on cpu, got "
+                                         r"torch.float32 of shape \(4,\) on meta$"):
+        t(x, y, params={**t.last_params, "noise": t.last_params["noise"].to("meta")})
+    with pytest.raises(ValueError, match=r"params\['selected'\] must be \(N,\) int64 batch rows on cpu, got "
+                                         r"torch.int64 of shape \(4,\) on meta$"):
+        t(x, y, params={**t.last_params, "selected": t.last_params["selected"].to("meta")})
+
+
+def test_dataset_positions_in_the_model_slot_are_refused_by_a_transform_without_a_model():
+    """t(x, y, idx) would ignore the positions (and the latent cache with them): told index=idx."""
+    x, y = _batch((4, 1, 3, 3), False, 0)
+    with pytest.raises(TypeError, match=r"model must be the classifier \(an nn.Module\) or None, got .*; dataset "
+                                        r"positions go as index=idx"):
+        AddNoise(generator=0)(x, y, torch.arange(4))

@@ -387,6 +387,17 @@ def test_a_latent_step_a_torchvision_container_calls_rightly_is_accepted(rgb, rg
     assert torch.equal(y2, y) if labelled else y2 is None
 
 
+def test_a_labelled_step_that_returns_more_than_images_and_labels_is_named(rgb):
+    """A v2 transform of one's own given (x, y) must give back a pair: a third item is named, not unpacked."""
+    class WithExtra(T.Transform):
+        def forward(self, x, y):
+            return x, y, "extra"
+
+    x, y = rgb
+    with pytest.raises(TypeError, match=r"WithExtra at step 0 returned a tuple of 3, not \(images, labels\)"):
+        Compose([WithExtra()])(x, y)
+
+
 def test_a_latent_step_in_nn_sequential_is_refused_when_built(rgb_glow):
     # nn.Sequential handed LatentNoise's (x, y) pair to the next module as its images
     with pytest.raises(ValueError, match="LatentNoise in Sequential at step 0: nn.Sequential calls what it holds as "

@@ -408,6 +408,15 @@ def test_a_shape_hint_fits_what_is_wrong_with_the_shape(monkeypatch):
         glow.check_images(torch.rand(2, 3, 32, 32))
 
 
+def test_a_codec_of_neither_one_nor_three_channels_is_not_told_to_average_the_channels():
+    """x.mean(1, keepdim=True) makes 1-channel images: the fix only for a 1-channel codec."""
+    from conftest import tiny_vae
+
+    vae = tiny_vae(shape=(2, 8, 8))
+    with pytest.raises(ValueError, match=r"this one takes 2-channel images: convert them \(to 2 channels\), or train"):
+        vae.check_images(torch.rand(2, 3, 8, 8))
+
+
 def test_label_dtype_hints_are_safe_to_follow():
     """A float (B,) label told to .long() is truncated unless whole; a bool one-hot has no argmax."""
     from latent_transforms.validation import check_labels

@@ -462,3 +462,19 @@ def test_a_cache_loaded_with_verify_images_off_uses_its_latents_whatever_x_holds
     with pytest.raises(ValueError, match="x is not the images"):  # the default still checks
         LatentNoise(glow, eps=0.0, cache=LatentCache.load(tmp_path / "c.safetensors", glow), generator=0)(
             modified, labels[idx], index=idx)
+
+
+def test_a_cache_file_whose_signatures_do_not_fit_its_latents_is_refused(data, tmp_path):
+    """Signatures for fewer images than latents (a consistent checksum) are named when loaded, not met at a call."""
+    from latent_transforms import hub
+    from latent_transforms.latent_cache import FORMAT
+
+    images, _ = data
+    glow = tiny_glow()
+    cache = LatentCache(glow, images, progress=False)
+    tensors = {"latents": cache.latents.contiguous(), "signatures": cache.signatures[:3].contiguous()}
+    hub.write_safetensors(tmp_path / "c.safetensors", tensors, {"format": FORMAT, **hub.checksum_metadata(tensors),
+                                                                "codec_fingerprint": glow.fingerprint()})
+    n = len(images)
+    with pytest.raises(ValueError, match=rf"c.safetensors: signatures must be \({n}, 2\), got shape \(3, 2\)"):
+        LatentCache.load(tmp_path / "c.safetensors", glow)

@@ -412,3 +412,60 @@ def test_labels_on_another_device_are_told_to_move_to_the_images_device():
 
     with pytest.raises(ValueError, match=r"y is on meta but x is on cpu; move it with .to\('cpu'\)"):
         check_batch(GOOD_X, GOOD_Y.to("meta"))
+
+
+def test_images_scaled_to_exactly_two_are_told_a_step_scales_them():
+    """A gain of 2 on an image with a white pixel (max exactly 2, none below 0) is a scaling step, not noise."""
+    with pytest.raises(ValueError, match=r"range \[0, 2\]; a step scales or shifts them past 1 .*x.clamp\(0, 1\)"):
+        check_images(torch.linspace(0, 2, 64).reshape(1, 1, 8, 8))
+
+
+def test_images_in_minus_one_one_a_rounding_below_minus_one_are_still_told_so():
+    """Normalize(0.5, 0.5) output rounded a little below -1 still gets the [-1, 1] hint, not mean/std's."""
+    with pytest.raises(ValueError, match=r"range \[-1, 1\]; these look like images scaled to \[-1, 1\]"):
+        check_images(torch.linspace(-1.0005, 1, 64).reshape(1, 1, 8, 8))
+
+
+def test_a_slightly_negative_soft_label_entry_is_refused():
+    """A row summing to 1 with an entry of -0.05 (a mixing weight past [0, 1]) is not a probability row."""
+    with pytest.raises(ValueError, match=r"y soft labels have a negative entry -0.05"):
+        check_labels(torch.tensor([[1.05, -0.05, 0.0]]), 1, 3)
+
+
+def test_a_count_equal_to_its_upper_bound_is_taken():
+    """``high`` is inclusive: the largest seed, 2**32 - 1, is a seed."""
+    assert check_count("seed", 9, high=9) == 9
+    assert check_count("seed", 2**32 - 1, high=2**32 - 1) == 2**32 - 1
+
+
+def test_an_index_of_another_batch_size_is_refused():
+    from latent_transforms.validation import check_batch
+
+    with pytest.raises(ValueError, match=r"batch sizes differ: x has 4 samples, index has 3"):
+        check_batch(GOOD_X, GOOD_Y, index=torch.arange(3))
+
+
+def test_class_indices_and_positions_past_2_to_the_24_are_checked_exactly():
+    """Statistics are read in float64: in float32, 2**24 + 1 rounds to 2**24 and passed a bound of 2**24 + 1."""
+    from latent_transforms.validation import check_index
+
+    big = 2**24 + 1
+    with pytest.raises(ValueError, match=rf"index has positions outside \[0, {big}\): min {big}, max {big}"):
+        check_index(torch.tensor([big]), 1, size=big)
+    with pytest.raises(ValueError, match=rf"class index {big}, out of range for num_classes={big}"):
+        check_labels(torch.tensor([big]), 1, num_classes=big)
+
+
+def test_a_bool_is_not_an_int_choice():
+    """True == 1, but a bool is not one of int choices (as it is not a count)."""
+    from latent_transforms.validation import WrongTypeError, check_choice
+
+    assert check_choice("steps", 1, (1, 2)) == 1
+    with pytest.raises(WrongTypeError, match=r"steps must be one of \(1, 2\), got True"):
+        check_choice("steps", True, (1, 2))
+
+
+def test_uint8_images_are_told_to_divide_by_255_when_made_float():
+    """x.float() alone would give 0-255 values, refused next: the hint names the scaling too."""
+    with pytest.raises(ValueError, match=r"got dtype torch.uint8; convert with x.float\(\) / 255 for uint8 images"):
+        check_images(torch.zeros(2, 1, 8, 8, dtype=torch.uint8))
