@@ -157,18 +157,22 @@ def _npz(path: Path) -> tuple[torch.Tensor, torch.Tensor | None, int]:
         raise ValueError(f"{path} is {what}, not an .npz archive; save the images (and labels) with "
                          f"np.savez(path, x=x, y=y)")
     try:
-        d = np.load(path, allow_pickle=False)
-        with d:
-            if "x" not in d.files:
-                raise ValueError(f"{path}: no array 'x' (found {sorted(d.files)})")
-            x_np = d["x"]
-            y_np = d["y"] if "y" in d.files else None
-            if y_np is None:  # labels under another name would silently make an unlabelled set
-                like = [k for k in d.files if k != "x" and d[k].ndim == 1 and len(d[k]) == len(x_np)
-                        and np.issubdtype(d[k].dtype, np.integer)]
-                if like:
-                    raise ValueError(f"{path}: no array 'y', but {like[0]!r} looks like labels; labels are read from "
-                                     f"'y' (np.savez(path, x=x, y=labels)), and an unlabelled set holds 'x' alone")
+        # opened here, so closed whatever np.load raises: given a path, it left its own file open when the zip
+        # could not be read (a ResourceWarning, and a file descriptor held until the garbage collector ran)
+        with open(path, "rb") as f:
+            d = np.load(f, allow_pickle=False)
+            with d:
+                if "x" not in d.files:
+                    raise ValueError(f"{path}: no array 'x' (found {sorted(d.files)})")
+                x_np = d["x"]
+                y_np = d["y"] if "y" in d.files else None
+                if y_np is None:  # labels under another name would silently make an unlabelled set
+                    like = [k for k in d.files if k != "x" and d[k].ndim == 1 and len(d[k]) == len(x_np)
+                            and np.issubdtype(d[k].dtype, np.integer)]
+                    if like:
+                        raise ValueError(f"{path}: no array 'y', but {like[0]!r} looks like labels; labels are read "
+                                         f"from 'y' (np.savez(path, x=x, y=labels)), and an unlabelled set holds 'x' "
+                                         f"alone")
     except ValueError as e:
         if str(e).startswith(str(path)):
             raise

@@ -8,6 +8,18 @@ from latent_transforms.codecs import ConvVAE, Glow
 
 warnings.filterwarnings("ignore", message="torch.lu is deprecated")
 torch.set_num_threads(min(2, torch.get_num_threads()))
+# for tests that call ISDA without set_epoch on purpose: its warning that the strength is 0 is expected there
+STRENGTH_ZERO_EXPECTED = pytest.mark.filterwarnings("ignore:ISDA's strength lam:UserWarning")
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """A benchmark's or the demo's main() run in-process sets torch's thread count (1 for --smoke): the tests after
+    it ran on that count, which depended on the order the tests ran in."""
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 def tiny_glow(seed: int = 0, shape=(1, 8, 8), levels: int = 2) -> Glow:

@@ -430,6 +430,13 @@ def test_codec_quality_scores_several_codecs_with_one_classifier(tmp_path):
     assert re.search(r"^\| vae-digits \|.* - \| - \| - \|$", proc.stdout, re.M), proc.stdout
 
 
+@pytest.fixture(autouse=True)
+def _sys_path_restored(monkeypatch):
+    """accuracy.py and throughput.py put benchmarks/ first on sys.path when loaded: once for each test that loads one
+    (sys.path grew by ~30 copies), and its modules (models.py) shadowed top-level names for the tests after."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+
+
 def _load_benchmark(name: str):
     import importlib.util
 

@@ -28,6 +28,10 @@ def offline(tmp_path, monkeypatch):
     monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
     monkeypatch.delenv("LATENT_TRANSFORMS_HUB_URL", raising=False)
+    # `register` adds to the in-process registry and a load to the codec cache: names registered here must not
+    # outlive the test (and its cache dir)
+    monkeypatch.setattr(hub, "_registered", {})
+    monkeypatch.setattr(hub, "_loaded", dict(hub._loaded))
 
 
 def _exit_code(argv, capsys) -> tuple[int, str, str]:
@@ -608,11 +612,11 @@ def test_list_table_headline_is_the_test_figures_else_the_first_two(capsys, monk
 
 def test_a_reader_that_stops_early_is_no_error():
     # `latent-transforms list -v | head` printed "latent-transforms: error: [Errno 32] Broken pipe" and exited 2
-    proc = subprocess.Popen([sys.executable, "-m", "latent_transforms.cli", "list", "-v"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    proc.stdout.close()  # the reader is gone before the listing is written
-    err = proc.stderr.read().decode()
-    assert proc.wait(timeout=120) == 141 and err == "", err
+    with subprocess.Popen([sys.executable, "-m", "latent_transforms.cli", "list", "-v"], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE) as proc:  # closes the stderr pipe (a ResourceWarning)
+        proc.stdout.close()  # the reader is gone before the listing is written
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=120) == 141 and err == "", err
 
 
 def test_a_broken_pipe_that_is_not_stdout_is_an_error(monkeypatch, capsys):

@@ -408,11 +408,11 @@ def test_vae_loss_weighs_the_kl_by_beta():
 
 
 @pytest.fixture
-def tf32_on():
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+def tf32_on(precision_settings):
+    # precision_settings puts every setting back: restoring the two legacy flags left cuda.matmul.fp32_precision at
+    # "ieee" (it was "none") for the rest of the session
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 def test_encode_and_decode_run_without_tf32_and_autocast_and_restore_the_flags(tf32_on, monkeypatch):

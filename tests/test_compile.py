@@ -120,8 +120,14 @@ def test_unfrozen_codec_is_refused():
 
 
 @pytest.mark.slow
-def test_inductor_round_trip_matches_eager():
+def test_inductor_round_trip_matches_eager(tmp_path, monkeypatch):
     """The default backend (inductor, which on a CPU builds C++: about 20 s for this one-step Glow)."""
+    import torch._inductor.config
+
+    # its C++ builds and caches in tmp_path, not $TMPDIR/torchinductor_$USER (which also made a second run reuse the
+    # first one's builds); precompiled headers always go there, so none are made
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setattr(torch._inductor.config, "cpp_cache_precompile_headers", False)
     torch.manual_seed(0)
     glow = Glow((1, 4, 4), levels=1, steps=1, hidden=8).init_actnorm(torch.rand(16, 1, 4, 4))
     compiled = glow.unfrozen_copy()

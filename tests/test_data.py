@@ -1,7 +1,9 @@
 """Data loading refuses damaged or unreachable data with one message that says what and where."""
 from __future__ import annotations
 
+import gc
 import urllib.error
+import warnings
 
 import numpy as np
 import pytest
@@ -20,8 +22,13 @@ def test_damaged_npz_is_refused_by_name(tmp_path):
     middle = len(data) // 2
     flipped.write_bytes(data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1:])  # was zlib.error / CRC
     for path in (truncated, flipped):
-        with pytest.raises(ValueError, match=f"{path} is not a readable .npz archive"):
-            load_images(f"npz:{path}")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(ValueError, match=f"{path} is not a readable .npz archive"):
+                load_images(f"npz:{path}")
+            gc.collect()
+        # np.load(path) left the file it opened open when the zip could not be read
+        assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
 
 
 @pytest.mark.parametrize("content, what", [

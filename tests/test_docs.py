@@ -257,10 +257,10 @@ def _script_parser(path: Path):
 
     spec = importlib.util.spec_from_file_location(f"_docs_{path.parent.name}_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
+    saved_path = list(sys.path)  # put back below: examples/ first on sys.path shadowed top-level names afterwards
     for folder in (str(path.parent), str(ROOT)):  # benchmarks import their siblings, examples their common.py
         if folder not in sys.path:
             sys.path.insert(0, folder)
-    spec.loader.exec_module(module)
 
     def caught(self, *args, **kwargs):
         raise _Parsed(self)
@@ -268,6 +268,7 @@ def _script_parser(path: Path):
     original = argparse.ArgumentParser.parse_args
     argparse.ArgumentParser.parse_args = caught
     try:
+        spec.loader.exec_module(module)
         try:
             module.main()
         except TypeError:  # main(argv) without a default
@@ -276,6 +277,7 @@ def _script_parser(path: Path):
         return parsed.parser
     finally:
         argparse.ArgumentParser.parse_args = original
+        sys.path[:] = saved_path
     raise AssertionError(f"{path} built no parser")
 
 

@@ -23,7 +23,8 @@ from latent_transforms.latent_cache import LatentCache
 from latent_transforms.train import train_codec
 from latent_transforms.varmixup import VarMixup
 
-from conftest import tiny_glow, tiny_vae
+from conftest import STRENGTH_ZERO_EXPECTED, tiny_glow, tiny_vae
+
 
 VAE_CONFIG = {"kind": "vae", "image_shape": [1, 8, 8], "latent_dim": 4, "hidden": 8}
 
@@ -70,6 +71,7 @@ class TokenHead(nn.Module):
         return self.fc(tokens).mean(1)
 
 
+@STRENGTH_ZERO_EXPECTED
 def test_isda_refuses_a_classifier_called_without_one_positional_tensor(batch):
     x, y = batch
     model, isda = KeywordHead(), ISDA(10)  # kept: the hook holds its ISDA weakly
@@ -78,6 +80,7 @@ def test_isda_refuses_a_classifier_called_without_one_positional_tensor(batch):
         model(x)
 
 
+@STRENGTH_ZERO_EXPECTED
 def test_isda_refuses_a_head_fed_a_token_sequence(batch):
     x, y = batch
     model, isda = TokenHead(), ISDA(10)  # kept: the hook holds its ISDA weakly

@@ -22,7 +22,8 @@ SCRIPTS = ["one_line.py", "compose_randaugment.py", "isda_hook.py", "train_your_
 
 def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "LATENT_TRANSFORMS_HOME": str(tmp_path / "hub"), "LATENT_TRANSFORMS_OFFLINE": "1",
-           "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+           "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg",
+           "TMPDIR": str(tmp_path)}  # torchrun leaves a torchelastic_* folder in the temp dir
     env.pop("LATENT_TRANSFORMS_HUB_URL", None)
     proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     assert proc.returncode == 0, (f"{' '.join(args)} exited with {proc.returncode}\n"

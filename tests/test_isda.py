@@ -11,7 +11,8 @@ from latent_transforms.feature_covariance import FeatureCovariance
 from latent_transforms.isda import ISDA, ISDALoss, isda_logits
 
 from contract import assert_model_unchanged, check_transform_contract, model_state
-from conftest import TinyNet
+from conftest import STRENGTH_ZERO_EXPECTED, TinyNet
+
 
 
 def features_of(model: TinyNet, x: torch.Tensor) -> torch.Tensor:
@@ -44,6 +45,7 @@ def augmented_by_loops(logits, weight, y, cov, lam):
 
 # -- the shared contract --------------------------------------------------------------------------------------------
 @pytest.mark.filterwarnings("ignore:ISDA. the augmentation armed")  # the contract calls without forwards
+@STRENGTH_ZERO_EXPECTED
 def test_contract(batch, net):
     check_transform_contract(lambda **kw: ISDA(10, **kw), *batch, model=net, returns_x=True)
 
@@ -54,6 +56,7 @@ def test_an_unlabelled_batch_is_told_which_labels_isda_takes(batch, net):
 
 
 # -- the loss ----------------------------------------------------------------------------------------------------------
+@STRENGTH_ZERO_EXPECTED
 def test_lambda_zero_is_plain_cross_entropy(batch, net):
     x, y = batch
     plain = net(x)
@@ -302,6 +305,7 @@ def test_hook_is_one_shot_and_the_call_leaves_the_model_unchanged(batch, net):
     assert int(isda.estimator.count.sum()) == len(y)  # and did not update the statistics
 
 
+@STRENGTH_ZERO_EXPECTED
 def test_latest_arm_wins_with_a_warning_and_transformed_counts_fired_hooks(batch, net):
     x, y = batch
     a, b = ISDA(10), ISDA(10)
@@ -318,6 +322,7 @@ def test_latest_arm_wins_with_a_warning_and_transformed_counts_fired_hooks(batch
     assert a.stats["transformed"] == len(y) and b.stats == {"seen": len(y), "transformed": 0, "rejected": 0}
 
 
+@STRENGTH_ZERO_EXPECTED
 def test_a_compiled_model_that_skips_the_hook_is_reported(batch, net):
     """torch.compile (hook guards skipped, torch's default) ignores a hook added after the model was compiled:
     ISDA then never runs; the next arm says so, and stats show nothing transformed."""
@@ -351,8 +356,12 @@ def test_model_transforms_refuse_data_loader_workers_and_data_parallel(batch, ne
     for t in (ISDA(10), LatentAdversarial(glow)):
         loader = torch.utils.data.DataLoader(list(zip(x, y)), batch_size=4, num_workers=1,
                                              collate_fn=lambda items, t=t: t(*map(torch.stack, zip(*items)), net))
-        with pytest.raises(RuntimeError, match="called in a DataLoader worker, on the worker's copy of the model"):
-            next(iter(loader))
+        batches = iter(loader)
+        try:
+            with pytest.raises(RuntimeError, match="called in a DataLoader worker, on the worker's copy of the model"):
+                next(batches)
+        finally:  # the raised error's traceback keeps the iterator alive: left to the GC, its shutdown waited 5 s
+            batches._shutdown_workers()  # for its worker in whichever later test the collection ran
     with pytest.raises(ValueError, match="ISDA does not support nn.DataParallel"):
         ISDA(10)(x, y, nn.DataParallel(net))
 
@@ -368,6 +377,7 @@ def test_eval_mode_arms_nothing(batch, net):
     assert isda.stats == {"seen": len(y), "transformed": 0, "rejected": 0}
 
 
+@STRENGTH_ZERO_EXPECTED
 def test_hook_waits_for_a_training_forward_and_checks_the_batch(batch, net):
     x, y = batch
     isda = ISDA(10)
@@ -416,6 +426,7 @@ class _Wrapper(nn.Module):
         return self.module(x)
 
 
+@STRENGTH_ZERO_EXPECTED
 def test_named_layer_and_ddp_style_wrapper(batch, net):
     x, y = batch
     wrapped = _Wrapper(net, aux=True)
@@ -530,6 +541,7 @@ def test_gradient_flows_to_backbone_and_through_the_correction_to_fc(batch, net)
     assert not torch.allclose(grads["fc.weight"], net.fc.weight.grad)
 
 
+@STRENGTH_ZERO_EXPECTED
 def test_state_dict_round_trip(batch, net):
     x, y = batch
     isda = ISDA(10, covariance="diagonal")
@@ -616,6 +628,7 @@ def test_training_smoke_on_digits():
     assert int(isda.estimator.count.sum()) == 20 * 64
 
 
+@STRENGTH_ZERO_EXPECTED
 def test_inside_compose_as_the_last_step(batch, net):
     from latent_transforms import Compose
 

@@ -711,8 +711,12 @@ def test_a_transform_that_needs_the_model_refuses_to_run_in_a_dataloader_worker(
     # a worker holds a stale copy of the model: attacking it would silently use old weights
     loader = torch.utils.data.DataLoader(_AttackInGetitem(LatentAdversarial(glow, generator=0), net),
                                          batch_size=1, num_workers=1)
-    with pytest.raises(RuntimeError, match="needs the live model being trained"):
-        next(iter(loader))
+    batches = iter(loader)
+    try:
+        with pytest.raises(RuntimeError, match="needs the live model being trained"):
+            next(batches)
+    finally:  # the raised error's traceback keeps the iterator alive: left to the GC, its shutdown waited 5 s for
+        batches._shutdown_workers()  # its worker in whichever later test the collection ran
 
 
 def test_varmixup_without_num_classes_refuses_index_labels_in_eval_mode_too(vae, batch):

@@ -274,7 +274,8 @@ def test_flow_trains_writes_files_and_loads(tmp_path, digits):
     assert report["training"]["steps"] == 40 and report["sha256"] == hub.sha256_file(tmp_path / "f.safetensors")
     assert report["registry_entry"]["quality"]["test_bits_per_dim"] == pytest.approx(r["metrics"]["bits_per_dim"], abs=1e-3)
     assert report["metrics"]["bits_per_dim"] == pytest.approx(eval_codec(codec, xt[:32])["bits_per_dim"], abs=1e-4)
-    assert Image.open(tmp_path / "f.png").size[0] > 16 * 32  # 16 images per row, upscaled to 32 px
+    with Image.open(tmp_path / "f.png") as im:  # closed: an open file left to the GC is a ResourceWarning
+        assert im.size[0] > 16 * 32  # 16 images per row, upscaled to 32 px
 
 
 def test_resume_continues_step_count_and_optimizer(tmp_path, digits):
