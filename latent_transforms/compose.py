@@ -301,7 +301,8 @@ class Compose(nn.Module):
             check_batch(x, y, self.num_classes, index, first.index_size if isinstance(first, LatentTransform) else None,
                         allow_uint8=self._takes_uint8, values=values)
         except ValueError as e:  # uint8 into a first step that takes floats only: say where the conversion goes
-            if self.steps and isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and "uint8" in str(e.args[0]):
+            if not self._takes_uint8 and isinstance(x, torch.Tensor) and x.dtype == torch.uint8 \
+                    and str(e.args[0]).startswith("x must be a float tensor"):  # x's dtype: not y's, nor x's shape
                 e.args = (f"{e.args[0]}; in a Compose, put v2.ToDtype(torch.float32, scale=True) first: step 0 "
                           f"({_name(first)}) takes float images only",) + e.args[1:]
             raise

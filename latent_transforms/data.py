@@ -120,7 +120,8 @@ def _uint8_to_tensor(x: np.ndarray, where: str) -> torch.Tensor:
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4 or x.shape[-1] not in (1, 3) or x.shape[0] == 0 or min(x.shape[1:3]) < 1:
-        hint = "; channels first? store x.transpose(0, 2, 3, 1)" if x.ndim == 4 and x.shape[1] in (1, 3) else ""
+        channels_first = x.ndim == 4 and x.shape[1] in (1, 3) and x.shape[0] > 0  # empty: N > 0 is what is wrong
+        hint = "; channels first? store x.transpose(0, 2, 3, 1)" if channels_first else ""
         raise ValueError(
             f"{where}: images must be (N, H, W, C) with C 1 or 3, or (N, H, W) grey, N > 0; got shape {x.shape}{hint}"
         )

@@ -690,8 +690,11 @@ def register_run(run: str | os.PathLike, *, name: str | None = None, overwrite: 
            "notes": entry.get("notes") or ""}
     dest = cache_dir() / file
     registry = _registry()
-    if name in registry and not overwrite:
-        if registry[name] == new and dest.is_file() and sha256_file(dest) == new["sha256"]:
+    persisted = _user_registry_data(_user_registry_path(), _shipped_registry())["checkpoints"].get(name)
+    # this run registered by this process alone (hub.register without persist): not yet for every process
+    this_process_only = persisted is None and registry.get(name) == new
+    if name in registry and not overwrite and not this_process_only:
+        if registry[name] == new == persisted and dest.is_file() and sha256_file(dest) == new["sha256"]:
             return RegisteredRun(name, dest, changed=False)
         raise ValueError(f"checkpoint {name!r} is already registered (another checkpoint, or other details); pass "
                          f"--overwrite (Python: overwrite=True) to replace it, or give another --name")
@@ -711,7 +714,7 @@ def register_run(run: str | os.PathLike, *, name: str | None = None, overwrite: 
         shutil.copyfile(source, tmp)
         if sha256_file(tmp) != entry["sha256"]:
             raise ValueError(f"{source} changed while it was copied; nothing registered")
-        _add_entry(name, **new, overwrite=overwrite, persist=True)
+        _add_entry(name, **new, overwrite=overwrite or this_process_only, persist=True)
     return RegisteredRun(name, dest, changed=True)
 
 

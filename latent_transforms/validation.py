@@ -137,8 +137,10 @@ def _image_form(x: torch.Tensor, name: str, allow_uint8: bool) -> bool:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim != 4:
-        hint = "" if x.ndim != 3 else f"; one image? {name}.unsqueeze(0) makes it a batch of one" \
-            if x.shape[0] in (1, 3) else f"; a batch of grey (B, H, W) images? {name}.unsqueeze(1) adds the channel"
+        one, grey = (f"one image? {name}.unsqueeze(0) makes it a batch of one",
+                     f"a batch of grey (B, H, W) images? {name}.unsqueeze(1) adds the channel")
+        hint = "" if x.ndim != 3 else f"; {one}" if x.shape[0] == 1 else f"; {one}; {grey}" if x.shape[0] == 3 \
+            else f"; {grey}"  # (1, H, W): either gives (1, 1, H, W); (3, H, W): a colour image or 3 grey ones
         raise ValueError(f"{name} must have shape (B, C, H, W), got {x.ndim} dims with shape {tuple(x.shape)}{hint}")
     if x.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)})")

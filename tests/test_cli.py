@@ -222,6 +222,20 @@ def test_register_run_from_python_is_the_command_and_the_training_page_snippet_r
     assert hub.load("zz-py").fingerprint() == scope["codec"].fingerprint()
 
 
+def test_register_run_of_a_run_registered_for_this_process_only_writes_the_user_registry(tmp_path, monkeypatch):
+    """hub.register(**registry_entry) without persist (training.md's old snippet) then register_run: the name is
+    not yet in the user registry, so it is written there (it said changed=False and wrote nothing)."""
+    monkeypatch.setattr(hub, "_registered", {})
+    monkeypatch.setattr(hub, "_loaded", {})
+    ckpt, js = _run_files(tmp_path / "runs", "zz-here")
+    hub.cache_dir().mkdir(parents=True, exist_ok=True)
+    (hub.cache_dir() / ckpt.name).write_bytes(ckpt.read_bytes())
+    hub.register("zz-here", **json.loads(js.read_text())["registry_entry"])
+    assert hub.register_run(js).changed is True
+    monkeypatch.setattr(hub, "_registered", {})  # another process: from the user registry file
+    assert "zz-here" in hub._registry() and hub.register_run(js).changed is False
+
+
 def test_unregister_removes_the_name_and_its_cached_copy(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(hub, "_registered", {})
     monkeypatch.setattr(hub, "_loaded", {})

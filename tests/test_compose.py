@@ -387,6 +387,18 @@ def test_a_latent_step_a_torchvision_container_calls_rightly_is_accepted(rgb, rg
     assert torch.equal(y2, y) if labelled else y2 is None
 
 
+def test_uint8_labels_are_not_told_to_convert_the_images(rgb, rgb_glow):
+    """Only x's dtype error gets the Compose's ToDtype hint: uint8 class indices (numpy's) are the labels' fault, and
+    a first torchvision step takes uint8 images (the hint said it "takes float images only")."""
+    x, y = rgb
+    x8 = (x * 255).round().to(torch.uint8)
+    augment = Compose([T.RandomHorizontalFlip(), T.ToDtype(torch.float32, scale=True),
+                       LatentNoise(rgb_glow, generator=0)], num_classes=10)
+    with pytest.raises(ValueError, match=r"^y class indices must be int64, got dtype torch.uint8; convert with "
+                                         r"y.long\(\)$"):
+        augment(x8, y.to(torch.uint8))
+
+
 def test_a_labelled_step_that_returns_more_than_images_and_labels_is_named(rgb):
     """A v2 transform of one's own given (x, y) must give back a pair: a third item is named, not unpacked."""
     class WithExtra(T.Transform):

@@ -195,6 +195,16 @@ def test_readme_links_lead_to_files_that_exist(readme):
     assert not missing, f"{readme} links files that do not exist: {missing}"
 
 
+def test_the_api_reference_shows_every_public_hub_function_and_class():
+    """docs/api.md lists the hub's members by name: a new one (register_run, RegisteredRun) must be added there."""
+    import latent_transforms.hub as hub
+
+    block = re.search(r"::: latent_transforms\.hub\n.*?members: \[([^\]]*)\]", (DOCS / "api.md").read_text(), re.S)
+    listed = {m.strip() for m in block.group(1).split(",")}
+    public = {n for n in hub.__all__ if callable(getattr(hub, n))}
+    assert public - listed == set()
+
+
 def test_training_page_gives_the_users_codec_its_own_name():
     """A shipped checkpoint's name is refused by `latent-transforms register` and hub.register(persist=True), and a
     file under its file name loads the shipped one."""

@@ -107,6 +107,9 @@ def test_npz_spec(tmp_path):
     np.savez(tmp_path / "nchw.npz", x=x.transpose(0, 3, 1, 2))  # a torch user's (N, C, H, W)
     with pytest.raises(ValueError, match=r"got shape \(5, 3, 6, 4\); channels first\? store x.transpose\(0, 2, 3, 1\)"):
         load_images(f"npz:{tmp_path / 'nchw.npz'}")
+    np.savez(tmp_path / "empty.npz", x=x[:0].transpose(0, 3, 1, 2), y=np.arange(0))  # empty: not told to transpose
+    with pytest.raises(ValueError, match=r"N > 0; got shape \(0, 3, 6, 4\)$"):
+        load_images(f"npz:{tmp_path / 'empty.npz'}")
     np.savez(tmp_path / "shape.npz", x=x[..., :2])
     with pytest.raises(ValueError, match="shape"):
         load_images(f"npz:{tmp_path / 'shape.npz'}")

@@ -23,6 +23,9 @@ BAD_INPUTS = [
     ("rank 3", torch.rand(1, 8, 8), GOOD_Y[:1], "shape \\(B, C, H, W\\).*one image\\? x.unsqueeze\\(0\\) makes it a batch"),
     ("rank 3 grey batch", torch.rand(4, 8, 8), GOOD_Y,
      "shape \\(B, C, H, W\\).*grey \\(B, H, W\\) images\\? x.unsqueeze\\(1\\)"),
+    ("rank 3 of three", torch.rand(3, 8, 8), GOOD_Y[:3],  # one colour image, or 3 grey ones: both fixes
+     "one image\\? x.unsqueeze\\(0\\) makes it a batch of one; a batch of grey \\(B, H, W\\) images\\? "
+     "x.unsqueeze\\(1\\)"),
     ("rank 5", torch.rand(4, 1, 1, 8, 8), GOOD_Y, "shape \\(B, C, H, W\\)"),
     ("uint8", (GOOD_X * 255).to(torch.uint8), GOOD_Y, "float tensor"),
     ("int64", GOOD_X.long(), GOOD_Y, "float tensor"),
