@@ -150,9 +150,9 @@ def main() -> None:
         assert int(counts[0].sum()) == isda_features, (int(counts[0].sum()), isda_features)
         say(f"ISDA statistics identical on all {world} ranks: {int(counts[0].sum())} features "
             f"(the global batch of every ISDA step), cov {tuple(covs[0].shape)}")
-    else:  # the transforms take turns: ISDA's is every 5th step
-        say(f"ISDA never ran: {step} steps in all, fewer than {len(names)}; more --epochs or a smaller --batch-size "
-            f"give it a turn")
+    else:  # the transforms take turns, one a step
+        say(f"ISDA never ran: {step} steps in all, fewer than {names.index('ISDA') + 1}; more --epochs or a smaller "
+            f"--batch-size give it a turn")
     for name, t in transforms.items():
         if hasattr(t, "stats"):  # per-rank counts (Compose has none; its steps do)
             say(f"{name} stats on rank 0: {t.stats}")

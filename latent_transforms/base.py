@@ -235,7 +235,7 @@ class LatentTransform(SampleStats, nn.Module):
         for k, template in templates.items():
             given = params[k]
             if given.shape[1:] != template.shape[1:] or given.dtype != template.dtype or given.device != device:
-                raise ValueError(f"params[{k!r}] must be ({n}, {', '.join(map(str, template.shape[1:]))}) "
+                raise ValueError(f"params[{k!r}] must be {(n, *template.shape[1:])} "
                                  f"{template.dtype} on {device}, got {describe(given)} on {given.device}")
             if k in self.index_params:
                 lo, hi = torch.stack([given.min(), given.max()]).tolist()

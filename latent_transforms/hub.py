@@ -39,8 +39,9 @@ import urllib.parse
 import urllib.request
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -596,13 +597,16 @@ def register(name: str, *, file: str, sha256: str, config: dict, trained_on: str
     shipped checkpoint's name is refused there even with ``overwrite=True``. The file itself is not copied: put
     it in ``cache_dir()`` (``register_run(RUN.json)`` does both for a trained run). The entry is kept in
     its JSON form, as a registry file holds it (a tuple becomes a list); values JSON cannot hold are refused. A
-    warning says when ``file`` is nowhere ``load`` looks (not in the cache dir nor shipped, and no hub URL set).
+    warning says when ``file`` is nowhere ``load`` looks (not in the cache dir nor shipped, and no download: no hub
+    URL set, or offline).
     """
     _add_entry(name, file=file, sha256=sha256, config=config, trained_on=trained_on, quality=quality, notes=notes,
                size=size, overwrite=overwrite, persist=persist)
-    if not (cache_dir() / file).is_file() and not (SHIPPED_DIR / file).is_file() and not os.environ.get(HUB_URL):
-        warnings.warn(f"registered {name!r}, but its file {file} is not in {cache_dir()} (nor shipped, and "
-                      f"{HUB_URL} is not set): copy it there before hub.load({name!r})", stacklevel=2)
+    if not (cache_dir() / file).is_file() and not (SHIPPED_DIR / file).is_file() \
+            and (not os.environ.get(HUB_URL) or _offline()):
+        why = "LATENT_TRANSFORMS_OFFLINE is set" if os.environ.get(HUB_URL) else f"{HUB_URL} is not set"
+        warnings.warn(f"registered {name!r}, but its file {file} is not in {cache_dir()} (nor shipped, and {why}): "
+                      f"copy it there before hub.load({name!r})", stacklevel=2)
 
 
 def _add_entry(name: str, *, file: str, sha256: str, config: dict, trained_on: str, quality: dict | None, notes: str,
@@ -634,7 +638,8 @@ def _add_entry(name: str, *, file: str, sha256: str, config: dict, trained_on: s
             del _loaded[key]
 
 
-class RegisteredRun(NamedTuple):
+@dataclass(frozen=True)
+class RegisteredRun:
     """What ``register_run`` did: the ``name`` registered, the checkpoint's ``path`` in the cache dir, and whether
     anything ``changed`` (False: that run was already registered under that name)."""
     name: str
@@ -674,7 +679,9 @@ def register_run(run: str | os.PathLike, *, name: str | None = None, overwrite: 
     entry = _read_run(run)
     run_name = entry.pop("name")
     if name is None and (not isinstance(run_name, str) or not run_name):
-        raise ValueError(f"{run} has {'an empty' if run_name == '' else 'no'} 'name'; give one with --name "
+        what = "no" if run_name is None else "an empty" if run_name == "" else \
+            f"{type(run_name).__name__} {run_name!r} as"
+        raise ValueError(f"{run} has {what} 'name'; give one with --name "
                          f"(Python: name=)")
     try:
         check_file_stem(run_name if name is None else name, "--name" if name is not None else f"{run}'s name")

@@ -415,7 +415,7 @@ def _check_train_args(x_train: torch.Tensor, x_test: torch.Tensor | None, name: 
         if images is None:
             continue
         check_images(images, label)
-        if images.shape[-1] in (1, 3) and images.shape[1] > 4:  # no codec takes images 1 or 3 pixels wide
+        if images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):  # no codec takes images 1 or 3 pixels wide
             raise ValueError(f"{label} of shape {tuple(images.shape)} looks channels-last (N, H, W, C); images are "
                              f"(N, C, H, W): pass {label}.permute(0, 3, 1, 2)")
     if x_test is not None:
@@ -785,10 +785,10 @@ def _diverged(run: _TrainingRun, ckpt: Path, what: str) -> None:
 def _report(run: _TrainingRun, stored: Codec, *, name: str, ckpt: Path, sha: str, dtype: torch.dtype,
             fallback: str | None, x_train: torch.Tensor, data_description: str | dict | None,
             ema_decay: float | None, metrics: dict[str, float], eval_on: str, test_set: bool,
-            compiled: bool) -> dict:
+            compiled: bool, notes: str) -> dict:
     """The JSON report of a finished run: file, config, training settings and history, metrics (``evaluated_on``
     says on what), and a ready-made registry entry (quality ``test_*`` with a test set, ``train_*`` without).
-    ``compiled``: whether the last call compiled the loss."""
+    ``compiled``: whether the last call compiled the loss. ``notes``: the registry entry's (a warning about the codec)."""
     n, info, step = x_train.shape[0], run.info, run.info["step"]
     if data_description is None:
         data_description = f"{n} images of shape {tuple(x_train.shape[1:])}"
@@ -835,7 +835,7 @@ def _report(run: _TrainingRun, stored: Codec, *, name: str, ckpt: Path, sha: str
         # significant digits: a round-trip error of 4e-7 rounded to 6 decimals read 0.0
         "metrics": {"evaluated_on": eval_on, **{k: float(f"{v:.6g}") for k, v in metrics.items()}},
         "registry_entry": {"file": ckpt.name, "sha256": sha, "size": size, "config": stored.config,
-                           "trained_on": trained_on, "quality": quality, "notes": ""},
+                           "trained_on": trained_on, "quality": quality, "notes": notes},
         "load": f'latent_transforms.hub.load("{ckpt}")',
     }
 
@@ -1097,14 +1097,14 @@ def train_codec(
         metrics = eval_codec(stored, x_eval, seed=seed)
         _refuse_diverged(metrics, run, ckpt)
         _save_grid(stored, x_eval, png, n=min(16, x_eval.shape[0]), temperature=recipe.sample_temperature, seed=seed)
+        weakness = recipe.weakness(stored, metrics)
         report = _report(run, stored, name=name, ckpt=ckpt, sha=sha, dtype=dtype, fallback=fallback, x_train=x_train,
                          data_description=data_description, ema_decay=ema_decay, metrics=metrics, eval_on=eval_on,
-                         test_set=x_test is not None, compiled=compile)
+                         test_set=x_test is not None, compiled=compile, notes=weakness or "")
         with hub.atomic_path(js) as tmp:
             Path(tmp).write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")  # strict JSON: no NaN
         wall = time.perf_counter() - t_call
         _say_written(say, report, ckpt, js, png, metrics)
-        weakness = recipe.weakness(stored, metrics)
         if weakness is not None:
             warnings.warn(f"{ckpt.name}: {weakness}", stacklevel=2)
         result.update({"codec": stored, "checkpoint": str(ckpt), "json": str(js), "png": str(png), "sha256": sha,

@@ -553,11 +553,11 @@ def test_a_seed_outside_manual_seeds_range_is_refused_when_given():
 
 def test_replayed_draws_on_another_device_are_refused_naming_the_device():
     """A draw on another device than the batch is named, as a wrong dtype is (not torch's device error), and the
-    message says where it is (it read "must be (4, ) torch.float32 on cpu, got torch.float32 of shape (4,)")."""
+    message says where it is (it read "must be (4,) torch.float32 on cpu, got torch.float32 of shape (4,)")."""
     x, y = _batch((4, 1, 3, 3), False, 0)
     t = AddNoise(generator=0)
     t(x, y)
-    with pytest.raises(ValueError, match=r"params\['noise'\] must be \(4, \) torch.float32 on cpu, got "
+    with pytest.raises(ValueError, match=r"params\['noise'\] must be \(4,\) torch.float32 on cpu, got "
                                          r"torch.float32 of shape \(4,\) on meta$"):
         t(x, y, params={**t.last_params, "noise": t.last_params["noise"].to("meta")})
     with pytest.raises(ValueError, match=r"params\['selected'\] must be \(N,\) int64 batch rows on cpu, got "

@@ -216,8 +216,8 @@ def test_register_run_from_python_is_the_command_and_the_training_page_snippet_r
     with pytest.raises(ValueError, match=r"already registered \(another checkpoint, or other details\); pass "
                                          r"--overwrite \(Python: overwrite=True\)"):
         hub.register_run(_run_files(tmp_path / "other", "my-glow-digits", seed=1)[1])
-    assert hub.register_run(js, name="zz-py") == (
-        "zz-py", hub.cache_dir() / "zz-py.safetensors", True)
+    assert hub.register_run(js, name="zz-py") == hub.RegisteredRun("zz-py", hub.cache_dir() / "zz-py.safetensors",
+                                                                   changed=True)
     monkeypatch.setattr(hub, "_registered", {})  # another process: from the user registry file
     assert hub.load("zz-py").fingerprint() == scope["codec"].fingerprint()
 

@@ -242,12 +242,12 @@ def _cache_files() -> list[str]:
     return sorted(p.name for p in hub.cache_dir().iterdir()) if hub.cache_dir().exists() else []
 
 
-@pytest.mark.parametrize("run_name", [None, ""])
-def test_register_a_run_without_a_name_asks_for_one(tmp_path, capsys, run_name):
+@pytest.mark.parametrize("run_name, what", [(None, "no"), ("", "an empty"), (7, "int 7 as")])
+def test_register_a_run_without_a_name_asks_for_one(tmp_path, capsys, run_name, what):
     _, js = _run_files(tmp_path / "runs", run_name)
     code, out, err = _exit_code(["register", str(js)], capsys)
-    what = "an empty" if run_name == "" else "no"
-    assert code == 2 and out == "" and err == f"{PROG}: error: {js} has {what} 'name'; give one with --name (Python: name=)\n"
+    assert code == 2 and out == "" and \
+        err == f"{PROG}: error: {js} has {what} 'name'; give one with --name (Python: name=)\n"
     assert _cache_files() == []
     assert main(["register", str(js), "--name", "zz-named"]) == 0  # --name is the fix
     assert "zz-named.safetensors" in _cache_files()

@@ -519,6 +519,10 @@ def test_register_warns_when_its_file_is_nowhere_load_looks(env, tmp_path, monke
                   sha256=hub.save_checkpoint(_codec(), tmp_path / "shipped" / "shipped.safetensors"))
         monkeypatch.setenv("LATENT_TRANSFORMS_HUB_URL", server)  # a hub URL may serve it
         _register("remote", "remote.safetensors", sha256=sha)
+    monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")  # but not offline
+    with pytest.warns(UserWarning, match=r"^registered 'offline', .*\(nor shipped, and LATENT_TRANSFORMS_OFFLINE is "
+                                         r"set\): copy it there"):
+        _register("offline", "offline.safetensors", sha256=sha)
 
 
 def test_hub_md_python_registration_runs_on_a_machine_without_a_cache_dir(env, monkeypatch):

@@ -677,6 +677,8 @@ def test_bad_arguments(tmp_path, digits):
             train_codec(kind, x.permute(0, 2, 3, 1), tmp_path, max_steps=1)
     with pytest.raises(ValueError, match=r"x_test of shape \(16, 8, 8, 1\) looks channels-last"):
         train_codec("flow", x, tmp_path, **FLOW, max_steps=1, x_test=x.permute(0, 2, 3, 1))
+    with pytest.raises(ValueError, match=r"x_train of shape \(16, 4, 4, 3\) looks channels-last"):  # 4x4 RGB too
+        train_codec("flow", torch.rand(16, 4, 4, 3), tmp_path, max_steps=1)
     assert not any(tmp_path.iterdir())  # refused before training: no state or checkpoint written
 
 
@@ -1340,10 +1342,13 @@ def test_a_codec_that_learnt_nothing_is_named_in_a_warning(tmp_path, digits, mon
                                          r"weight \(beta, now 1\)$"):
         r = train_codec("vae", x, tmp_path, **VAE, max_steps=1, progress=False)
     assert r["metrics"]["kl"] < train.MIN_VAE_KL and Path(r["checkpoint"]).is_file()
+    notes = json.loads(Path(r["json"]).read_text())["registry_entry"]["notes"]  # `list -v` shows it once registered
+    assert notes.startswith("the VAE's latent carries almost nothing about its images (KL ")
     monkeypatch.setattr(train, "MIN_VAE_KL", r["metrics"]["kl"])  # at the bound: not collapsed
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        train_codec("vae", x, tmp_path / "at", **VAE, max_steps=1, progress=False)
+        r = train_codec("vae", x, tmp_path / "at", **VAE, max_steps=1, progress=False)
+        assert json.loads(Path(r["json"]).read_text())["registry_entry"]["notes"] == ""
         r = train_codec("flow", x, tmp_path, **FLOW, max_steps=1, progress=False)
     codec = r["codec"]  # a flow at uniform noise's bits/dim, log2(17) = 4.087: no better than no model
     assert r["metrics"]["bits_per_dim"] < math.log2(17) and train._glow_weakness(codec, {"bits_per_dim": 4.08}) is None
