@@ -277,17 +277,19 @@ def _script_parser(path: Path):
 
     original = argparse.ArgumentParser.parse_args
     argparse.ArgumentParser.parse_args = caught
+    modules = set(sys.modules)  # the script's siblings (models, common) are unloaded below: no later import finds
     try:
         spec.loader.exec_module(module)
-        try:
-            module.main()
-        except TypeError:  # main(argv) without a default
-            module.main([])
+        argv = [[]] if any(p.default is p.empty for p in inspect.signature(module.main).parameters.values()) else []
+        module.main(*argv)  # main(argv) without a default gets []
     except _Parsed as parsed:
         return parsed.parser
     finally:
         argparse.ArgumentParser.parse_args = original
         sys.path[:] = saved_path
+        for name in set(sys.modules) - modules:  # only the script's folder's: a package's submodules stay loaded
+            if Path(getattr(sys.modules[name], "__file__", None) or "/").parent == path.parent:
+                del sys.modules[name]
     raise AssertionError(f"{path} built no parser")
 
 
