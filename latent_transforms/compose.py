@@ -278,6 +278,9 @@ class Compose(nn.Module):
         # what runs in eval() mode: the dtype conversions (a validation loader's uint8 images come out as in training)
         self._conversions = [c for t in steps for c in _conversions_in(t)]
         self._takes_uint8 = not _takes_floats_only(steps[0] if steps else None)  # once: it walks the step's parts
+        self._uint8_hint = "" if self._takes_uint8 else (  # where the conversion goes
+            f"; in a Compose, put v2.ToDtype(torch.float32, scale=True) first: step 0 ({_name(steps[0])}) takes float "
+            f"images only")
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -297,15 +300,8 @@ class Compose(nn.Module):
         # a first latent step reads the values itself, its labels against this Compose's num_classes: one host sync
         # per call, not two
         values = not (self.training and isinstance(first, LatentTransform))
-        try:
-            check_batch(x, y, self.num_classes, index, first.index_size if isinstance(first, LatentTransform) else None,
-                        allow_uint8=self._takes_uint8, values=values)
-        except ValueError as e:  # uint8 into a first step that takes floats only: say where the conversion goes
-            if not self._takes_uint8 and isinstance(x, torch.Tensor) and x.dtype == torch.uint8 \
-                    and str(e.args[0]).startswith("x must be a float tensor"):  # x's dtype: not y's, nor x's shape
-                e.args = (f"{e.args[0]}; in a Compose, put v2.ToDtype(torch.float32, scale=True) first: step 0 "
-                          f"({_name(first)}) takes float images only",) + e.args[1:]
-            raise
+        check_batch(x, y, self.num_classes, index, first.index_size if isinstance(first, LatentTransform) else None,
+                    allow_uint8=self._takes_uint8, values=values, uint8_hint=self._uint8_hint)
         check_model_slot(model)
         if y is None:
             needing = [_where(p, s, i) for i, s in enumerate(self.steps) for p in _needing_labels(s)]

@@ -681,13 +681,12 @@ def register_run(run: str | os.PathLike, *, name: str | None = None, overwrite: 
     if name is None and (not isinstance(run_name, str) or not run_name):
         what = "no" if run_name is None else "an empty" if run_name == "" else \
             f"{type(run_name).__name__} {run_name!r} as"
-        raise ValueError(f"{run} has {what} 'name'; give one with --name "
-                         f"(Python: name=)")
+        raise ValueError(f"{run} has {what} 'name'; give one with --name (Python: name=)")
+    given, name = name is not None, run_name if name is None else name
     try:
-        check_file_stem(run_name if name is None else name, "--name" if name is not None else f"{run}'s name")
+        check_file_stem(name, "--name" if given else f"{run}'s name")
     except ValueError as e:
         raise ValueError(f"{e}; give another with --name (Python: name=)") from None
-    name = run_name if name is None else name
     if name in _shipped_registry():
         raise ValueError(f"{name!r} is a shipped checkpoint's name; register yours under another name, e.g. "
                          f"--name my-{name} (Python: name='my-{name}')")

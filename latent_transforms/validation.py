@@ -132,15 +132,16 @@ def check_images(x: torch.Tensor, name: str = "x", allow_uint8: bool = False, va
             _check_values([(_image_stats(x), lambda v: _judge_images(x, name, *v))])
 
 
-def _image_form(x: torch.Tensor, name: str, allow_uint8: bool) -> bool:
-    """Everything but the values of ``check_images``; whether the values are to be checked (not for ``uint8``)."""
+def _image_form(x: torch.Tensor, name: str, allow_uint8: bool, uint8_hint: str = "") -> bool:
+    """Everything but the values of ``check_images``; whether the values are to be checked (not for ``uint8``).
+    ``uint8_hint`` ends the message refusing ``uint8`` images."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim != 4:
-        one, grey = (f"one image? {name}.unsqueeze(0) makes it a batch of one",
-                     f"a batch of grey (B, H, W) images? {name}.unsqueeze(1) adds the channel")
-        hint = "" if x.ndim != 3 else f"; {one}" if x.shape[0] == 1 else f"; {one}; {grey}" if x.shape[0] == 3 \
-            else f"; {grey}"  # (1, H, W): either gives (1, 1, H, W); (3, H, W): a colour image or 3 grey ones
+        one, grey = (f"; one image? {name}.unsqueeze(0) makes it a batch of one",
+                     f"; a batch of grey (B, H, W) images? {name}.unsqueeze(1) adds the channel")
+        # (1, H, W): either gives (1, 1, H, W); (3, H, W): a colour image or 3 grey ones
+        hint = "" if x.ndim != 3 else {1: one, 3: one + grey}.get(x.shape[0], grey)
         raise ValueError(f"{name} must have shape (B, C, H, W), got {x.ndim} dims with shape {tuple(x.shape)}{hint}")
     if x.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)})")
@@ -151,7 +152,7 @@ def _image_form(x: torch.Tensor, name: str, allow_uint8: bool) -> bool:
     if not x.is_floating_point():
         raise ValueError(
             f"{name} must be a float tensor with values in [0, 1]{' or uint8' if allow_uint8 else ''}, got dtype "
-            f"{x.dtype}; convert with x.float() / 255 for uint8 images"
+            f"{x.dtype}; convert with x.float() / 255 for uint8 images{uint8_hint if x.dtype == torch.uint8 else ''}"
         )
     return True
 
@@ -336,14 +337,14 @@ def _judge_index(size: int | None, lo: float, hi: float) -> None:
 
 def check_batch(x: torch.Tensor, y: torch.Tensor | None, num_classes: int | None = None,
                 index: torch.Tensor | None = None, index_size: int | None = None, allow_uint8: bool = False,
-                values: bool = True, more_checks: Callable[[], list] | None = None) -> None:
+                values: bool = True, more_checks: Callable[[], list] | None = None, uint8_hint: str = "") -> None:
     """The checks of every ``t(x, y, model, index=...)`` call: images, labels (``None``: an unlabelled batch) and
     index agree on the batch (``index`` in ``[0, index_size)`` when the size is known). ``allow_uint8``: ``uint8``
     images pass too (for a :class:`~latent_transforms.Compose` whose first step is a torchvision v2 transform or a
     callable). The shapes, dtypes and devices are checked first, then every value at once: one host sync per call
     (none with ``values=False``). ``more_checks()``: a caller's own ``(statistics, judge)`` pairs, made once the forms
-    passed, judged last in the same read."""
-    image_values = _image_form(x, "x", allow_uint8)
+    passed, judged last in the same read. ``uint8_hint`` ends the message refusing ``uint8`` images."""
+    image_values = _image_form(x, "x", allow_uint8, uint8_hint)
     for name, t in (("y", y), ("index", index)):
         if isinstance(t, torch.Tensor):
             check_device(name, t.device, x)
