@@ -236,6 +236,42 @@ def test_register_run_of_a_run_registered_for_this_process_only_writes_the_user_
     assert "zz-here" in hub._registry() and hub.register_run(js).changed is False
 
 
+def test_register_run_over_another_persisted_entry_registered_again_in_process_asks_for_overwrite(tmp_path,
+                                                                                                  monkeypatch):
+    """The name holds run A in the user registry and run A' in this process only (hub.register(overwrite=True)):
+    registering A' for every process replaces A there, so it takes overwrite=True (it is not "nothing changed")."""
+    monkeypatch.setattr(hub, "_registered", {})
+    monkeypatch.setattr(hub, "_loaded", {})
+    _, js = _run_files(tmp_path / "runs", "zz-mix")
+    assert hub.register_run(js).changed is True
+    report = json.loads(js.read_text())
+    report["registry_entry"]["notes"] = "retrained"
+    js.write_text(json.dumps(report))
+    hub.register("zz-mix", **report["registry_entry"], overwrite=True)  # this process only
+    registry = hub.cache_dir() / "registry.json"
+    written = registry.read_bytes()
+    with pytest.raises(ValueError, match=r"'zz-mix' is already registered \(another checkpoint, or other details\); "
+                                         r"pass --overwrite"):
+        hub.register_run(js)
+    assert registry.read_bytes() == written
+    assert hub.register_run(js, overwrite=True).changed is True
+    assert json.loads(registry.read_text())["checkpoints"]["zz-mix"]["notes"] == "retrained"
+
+
+@pytest.mark.parametrize("bad, what", [("", "an empty"), (5, "int 5 as")])
+def test_register_run_of_a_run_without_a_usable_name_asks_for_one(tmp_path, monkeypatch, bad, what):
+    monkeypatch.setattr(hub, "_registered", {})
+    _, js = _run_files(tmp_path / "runs", "zz-anon")
+    report = json.loads(js.read_text())
+    report["name"] = bad
+    js.write_text(json.dumps(report))
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(js))} has {what} 'name'; give one with --name "
+                                         r"\(Python: name=\)$"):
+        hub.register_run(js)
+    assert _cache_files() == []
+    assert hub.register_run(js, name="zz-named").changed is True
+
+
 def test_unregister_removes_the_name_and_its_cached_copy(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(hub, "_registered", {})
     monkeypatch.setattr(hub, "_loaded", {})
@@ -316,11 +352,13 @@ def test_register_into_a_cache_dir_that_cannot_be_made_says_so(tmp_path, capsys,
     (None, "no run JSON at"),  # was "[Errno 2] No such file or directory"
     ("{not json", "is not a JSON file"),
     ('{"name": "x"}', "has no 'registry_entry'"),
+    (b"\x80\x81", "is not a JSON file"),  # not UTF-8: UnicodeDecodeError, a ValueError too
+    ('{"name": "x", "registry_entry": {"file": "x.safetensors", "sha256": "' + "0" * 64 + '"}}', "has no 'config'"),
 ])
 def test_register_refuses_what_train_did_not_write(tmp_path, capsys, content, message):
     js = tmp_path / "run.json"
     if content is not None:
-        js.write_text(content)
+        js.write_bytes(content) if isinstance(content, bytes) else js.write_text(content)
     code, _, err = _exit_code(["register", str(js)], capsys)
     assert code == 2 and err.count("\n") == 1 and message in err and str(js) in err
     assert _cache_files() == []

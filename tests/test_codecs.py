@@ -148,6 +148,10 @@ def test_build_codec_round_trips_config_and_names_errors():
         ConvVAE((3, 24, 24))
     with pytest.raises(ValueError, match="got 28x20: resize or pad them \\(to 32x32, say\\), or train a flow"):
         ConvVAE((1, 28, 20))
+    with pytest.raises(ValueError, match="got 32x16: resize or pad them \\(to 32x32, say\\)"):  # 32 holds them
+        ConvVAE((1, 32, 16))
+    with pytest.raises(ValueError, match="got 2x2: resize or pad them \\(to 4x4, say\\)"):  # 4 at least
+        ConvVAE((1, 2, 2))
 
 
 def test_codec_device_mismatch_is_named():

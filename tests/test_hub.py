@@ -525,6 +525,18 @@ def test_register_warns_when_its_file_is_nowhere_load_looks(env, tmp_path, monke
         _register("offline", "offline.safetensors", sha256=sha)
 
 
+def test_register_warning_without_a_hub_url_names_the_url_even_offline(env, tmp_path, monkeypatch):
+    """No hub URL: setting one is the fix, whether or not LATENT_TRANSFORMS_OFFLINE is also set; the warning points
+    at the caller's line."""
+    monkeypatch.delenv("LATENT_TRANSFORMS_HUB_URL")
+    monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
+    sha = hub.save_checkpoint(_codec(), tmp_path / "elsewhere.safetensors")
+    with pytest.warns(UserWarning, match=r"^registered 'elsewhere', .*\(nor shipped, and LATENT_TRANSFORMS_HUB_URL is "
+                                         r"not set\): copy it there") as caught:
+        _register("elsewhere", "elsewhere.safetensors", sha256=sha)
+    assert [Path(w.filename) for w in caught] == [Path(__file__)]
+
+
 def test_hub_md_python_registration_runs_on_a_machine_without_a_cache_dir(env, monkeypatch):
     """docs/hub.md's snippet, as a reader runs it: the cache dir does not exist before the first download."""
     monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")

@@ -825,7 +825,7 @@ def test_replayed_draws_are_checked_and_a_failed_call_keeps_the_last_params():
     for partner in ([6, 0, 1, 2, 3, 4], [-1, 0, 1, 2, 3, 4]):
         with pytest.raises(ValueError, match=r"params\['partner'\] must be indices in \[0, 6\) among the selected"):
             t(x, y, params={**good, "partner": torch.tensor(partner)})
-    with pytest.raises(ValueError, match=r"params\['lam'\] must be \(6, \) torch.float32 on cpu, got"):
+    with pytest.raises(ValueError, match=r"params\['lam'\] must be \(6,\) torch.float32 on cpu, got"):
         t(x, y, params={**good, "lam": good["lam"].double()})
     assert all(torch.equal(t.last_params[k], good[k]) for k in good)
     n = LatentNoise(glow, eps=2.0, generator=0)

@@ -679,6 +679,9 @@ def test_bad_arguments(tmp_path, digits):
         train_codec("flow", x, tmp_path, **FLOW, max_steps=1, x_test=x.permute(0, 2, 3, 1))
     with pytest.raises(ValueError, match=r"x_train of shape \(16, 4, 4, 3\) looks channels-last"):  # 4x4 RGB too
         train_codec("flow", torch.rand(16, 4, 4, 3), tmp_path, max_steps=1)
+    with pytest.raises(ValueError) as e:  # (N, C, H, 3) with C 1 or 3: too narrow, not channels-last
+        train_codec("flow", torch.rand(16, 3, 8, 3), tmp_path, max_steps=1)
+    assert "channels-last" not in str(e.value)
     assert not any(tmp_path.iterdir())  # refused before training: no state or checkpoint written
 
 
@@ -1355,3 +1358,9 @@ def test_a_codec_that_learnt_nothing_is_named_in_a_warning(tmp_path, digits, mon
     assert train._glow_weakness(codec, {"bits_per_dim": math.log2(17)}) == (
         "the flow models its images no better than uniform noise (4.087 bits/dim; uniform over 17 levels: 4.087): its "
         "latent is not worth perturbing; train longer")
+
+
+def test_x_train_none_is_refused_as_not_a_tensor(tmp_path):
+    """The loop over x_train and x_test skipped any None: x_train=None reached an AttributeError."""
+    with pytest.raises(TypeError, match="^x_train must be a torch.Tensor, got NoneType$"):
+        train_codec("flow", None, tmp_path, **FLOW, max_steps=1)

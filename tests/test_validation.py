@@ -9,7 +9,7 @@ from hypothesis.extra import numpy as hnp
 from latent_transforms import Compose
 from latent_transforms.latent_adversarial import LatentAdversarial
 from latent_transforms.latent_noise import LatentNoise
-from latent_transforms.validation import check_count, check_images, check_labels, check_number
+from latent_transforms.validation import check_batch, check_count, check_images, check_labels, check_number
 from latent_transforms.varmixup import VarMixup
 
 from contract import assert_model_unchanged, model_state
@@ -472,3 +472,17 @@ def test_uint8_images_are_told_to_divide_by_255_when_made_float():
     """x.float() alone would give 0-255 values, refused next: the hint names the scaling too."""
     with pytest.raises(ValueError, match=r"got dtype torch.uint8; convert with x.float\(\) / 255 for uint8 images"):
         check_images(torch.zeros(2, 1, 8, 8, dtype=torch.uint8))
+
+
+def test_one_image_of_one_channel_is_told_unsqueeze0_alone():
+    """(1, H, W): unsqueeze(0) and unsqueeze(1) give the same (1, 1, H, W); only one fix is named."""
+    with pytest.raises(ValueError, match=r"got 3 dims with shape \(1, 8, 8\); one image\? x.unsqueeze\(0\) makes it "
+                                         r"a batch of one$"):
+        check_images(torch.rand(1, 8, 8))
+
+
+@pytest.mark.parametrize("dtype, hinted", [(torch.uint8, True), (torch.int64, False), (torch.bool, False)])
+def test_check_batch_uint8_hint_ends_the_uint8_refusal_only(dtype, hinted):
+    with pytest.raises(ValueError, match="^x must be a float tensor") as e:
+        check_batch(torch.zeros(2, 1, 4, 4, dtype=dtype), None, uint8_hint="; THE HINT")
+    assert str(e.value).endswith("; THE HINT") is hinted
