@@ -411,10 +411,8 @@ def _check_train_args(x_train: torch.Tensor, x_test: torch.Tensor | None, name: 
                       ema_decay: float | None, seed: int, flags: dict[str, object]) -> None:
     """Raise ``ValueError`` on bad images (N, C, H, W), run lengths, training settings or file stem (``flags``: the
     ``True``/``False`` settings by name)."""
-    for images, label in ((x_train, "x_train"), (x_test, "x_test")):
-        if images is None and label == "x_test":  # x_test is optional; x_train None is refused by check_images
-            continue
-        check_images(images, label)
+    for images, label in [(x_train, "x_train")] + ([(x_test, "x_test")] if x_test is not None else []):
+        check_images(images, label)  # x_test is optional; x_train None is refused here
         if images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):  # no codec takes images 1 or 3 pixels wide
             raise ValueError(f"{label} of shape {tuple(images.shape)} looks channels-last (N, H, W, C); images are "
                              f"(N, C, H, W): pass {label}.permute(0, 3, 1, 2)")
