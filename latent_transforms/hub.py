@@ -687,7 +687,8 @@ def register_run(run: str | os.PathLike, *, name: str | None = None, overwrite: 
         check_file_stem(name, "--name" if given else f"{run}'s name")
     except ValueError as e:
         raise ValueError(f"{e}; give another with --name (Python: name=)") from None
-    if name in _shipped_registry():
+    shipped = _shipped_registry()
+    if name in shipped:
         raise ValueError(f"{name!r} is a shipped checkpoint's name; register yours under another name, e.g. "
                          f"--name my-{name} (Python: name='my-{name}')")
     file = f"{name}.safetensors"
@@ -696,7 +697,7 @@ def register_run(run: str | os.PathLike, *, name: str | None = None, overwrite: 
            "notes": entry.get("notes") or ""}
     dest = cache_dir() / file
     registry = _registry()
-    persisted = _user_registry_data(_user_registry_path(), _shipped_registry())["checkpoints"].get(name)
+    persisted = _user_registry_data(_user_registry_path(), shipped)["checkpoints"].get(name)
     # this run registered by this process alone (hub.register without persist): not yet for every process
     this_process_only = persisted is None and registry.get(name) == new
     if name in registry and not overwrite and not this_process_only:
