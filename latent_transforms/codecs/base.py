@@ -164,7 +164,6 @@ class Codec(nn.Module):
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise if x is not a (B, C, H, W) float batch of this codec's image shape on its device (values unchecked)."""
-        check_images(x, values=False)
         self.check_images(x)
         self.check_dtype()
 
@@ -197,7 +196,9 @@ class Codec(nn.Module):
         self.check_dtype()
 
     def check_images(self, x: torch.Tensor, name: str = "x") -> None:
-        """Raise if x (called ``name`` in the message) does not fit this codec (shape or device)."""
+        """Raise if x (called ``name`` in the message) is not a (B, C, H, W) float batch of this codec's image shape
+        on its device (values unchecked)."""
+        check_images(x, name, values=False)
         if tuple(x.shape[1:]) != self.image_shape:
             raise ValueError(f"this {self.kind} codec was trained on images of shape {self.image_shape} (C, H, W), "
                              f"got {name} of shape {tuple(x.shape)}{self._shape_hint(tuple(x.shape[1:]), name)}")
@@ -208,12 +209,8 @@ class Codec(nn.Module):
         from .. import hub  # hub builds codecs: imported here
 
         c, h, w = self.image_shape
-        if len(got) == 3 and got == (h, w, c) and got != self.image_shape:
+        if got == (h, w, c) and got != self.image_shape:
             return f"; these are channels-last (B, H, W, C) images: pass {name}.permute(0, 3, 1, 2)"
-        if got == (h, w) and c == 1:
-            return f"; these have no channel dimension: pass {name}.unsqueeze(1)"
-        if len(got) != 3:
-            return ""
         names = hub.names_for_images(got)
         if names:
             return f"; registered codecs for images of shape {got}: {', '.join(names)}"
