@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import difflib
+import errno
 import glob
 import hashlib
 import http.client
@@ -345,6 +346,15 @@ def _read_verified(path: Path, sha256: str) -> tuple[dict[str, str], dict[str, t
     return header.get("__metadata__") or {}, tensors
 
 
+def _load_device(device: object) -> torch.device:
+    """``resolve_device(device)``, refusing the meta device: a codec there would have dropped the file's weights."""
+    device = resolve_device(device)
+    if device.type == "meta":
+        raise ValueError("device 'meta' holds shapes, not values: a checkpoint loaded there would lose its weights; "
+                         "load on cpu or cuda")
+    return device
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu", sha256: str | None = None) -> "Codec":
     """Build the codec described by a ``.safetensors`` checkpoint, load its weights, freeze it.
 
@@ -353,7 +363,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     """
     from .codecs import build_codec
 
-    device = resolve_device(device)
+    device = _load_device(device)
     path = Path(path).expanduser()
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a directory; give a checkpoint's .safetensors file in it")
@@ -461,7 +471,7 @@ def _is_int_at_least(value: object, low: int) -> bool:
 def _read_registry_file(path: Path) -> dict | None:
     """The object in a registry file, its entries validated (messages name the file); None if there is no file."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte order mark, as some Windows editors write, is skipped
     except (FileNotFoundError, NotADirectoryError):
         return None
     except UnicodeDecodeError as e:
@@ -531,6 +541,16 @@ def _writing_cache_dir(directory: Path) -> Iterator[None]:
         ) from None
 
 
+def _make_cache_dir(directory: Path) -> None:
+    """Create ``directory`` (and its parents) if missing; ``HubError`` saying what to do when it cannot be."""
+    with _writing_cache_dir(directory):
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:  # exist_ok passes a directory, not a file or a link to nothing ("File exists")
+            what = "a symbolic link to a path that does not exist" if directory.is_symlink() else "a file"
+            raise OSError(errno.EEXIST, f"it is {what}, not a directory") from None
+
+
 @contextlib.contextmanager
 def _user_registry_lock(directory: Path) -> Iterator[None]:
     """Serialise read-modify-write of the user registry across threads and processes (where ``fcntl`` exists)."""
@@ -557,8 +577,7 @@ def _edit_user_registry(edit: Callable[[dict[str, dict]], bool]) -> None:
     path = _user_registry_path()
     shipped = _shipped_registry()
     _user_registry_data(path, shipped)
-    with _writing_cache_dir(path.parent):
-        path.parent.mkdir(parents=True, exist_ok=True)
+    _make_cache_dir(path.parent)
     with _user_registry_lock(path.parent):
         data = _user_registry_data(path, shipped)  # again, under the lock: another process may have just changed it
         if not edit(data["checkpoints"]):
@@ -715,8 +734,7 @@ def register_run(run: str | os.PathLike, *, name: str | None = None, overwrite: 
     if sha != entry["sha256"]:
         raise ValueError(f"{source} does not match {run}: its sha256 is {sha}, the run's is {entry['sha256']} "
                          f"(changed after training?); nothing registered")
-    with _writing_cache_dir(dest.parent):
-        dest.parent.mkdir(parents=True, exist_ok=True)
+    _make_cache_dir(dest.parent)
     with _writing_cache_dir(dest.parent), atomic_path(dest) as tmp:  # the file appears once it is registered
         shutil.copyfile(source, tmp)
         if sha256_file(tmp) != entry["sha256"]:
@@ -847,11 +865,31 @@ def _remote_url(file: str) -> str | None:
     if scheme == "file" and parts.netloc not in ("", "localhost"):
         raise ValueError(f"LATENT_TRANSFORMS_HUB_URL={base!r} reads {parts.netloc!r} as a host name; a local directory "
                          f"is file:///absolute/path (three slashes)")
+    if scheme != "file":  # http sends the path as ASCII: a space or an "é" in it is percent-encoded, as a browser does
+        base = urllib.parse.urlunsplit(parts._replace(path=urllib.parse.quote(parts.path, safe="/%:@!$&'()*+,;=~")))
     return base.rstrip("/") + "/" + urllib.parse.quote(file)
 
 
 def _one_line(reason: object) -> str:
     return " ".join(str(reason).split())
+
+
+def _why(error: BaseException) -> str:
+    """A network error's reason on one line; a timeout's says which setting to raise."""
+    reason = error.reason if isinstance(error, urllib.error.URLError) else error
+    if isinstance(reason, TimeoutError):
+        return (f"timed out (no answer within LATENT_TRANSFORMS_HUB_TIMEOUT={_timeout():g} seconds; raise it for a "
+                f"slow server or connection)")
+    return _one_line(reason)
+
+
+def _status_hint(status: int, file: str) -> str:
+    """What to do about an HTTP error status, or ""."""
+    if status in (404, 410):
+        return f"; the server has no {file}: is {HUB_URL} the address of the folder that holds it?"
+    if status == 429 or status >= 500:
+        return "; an error on the server's side, often passing: try again later"
+    return ""
 
 
 def _verified(path: Path, sha256: str) -> bool:
@@ -871,21 +909,28 @@ def _remove_abandoned_parts(dest: Path) -> None:
 def _download(url: str, dest: Path, sha256: str, size: int | None = None) -> None:
     """Stream ``url`` to a unique temp file next to ``dest``, verify length (the ``Content-Length`` header and the
     registry's ``size``, which also stops a body that runs past it) and sha256, then rename into place."""
+    _make_cache_dir(dest.parent)
     with _writing_cache_dir(dest.parent):
-        dest.parent.mkdir(parents=True, exist_ok=True)
         _remove_abandoned_parts(dest)
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    page = False  # the server answered with a web page (a login page, a page about the file)
     try:
         with os.fdopen(fd, "wb") as out:
-            try:
-                response = urllib.request.urlopen(url, timeout=_timeout())
+            try:  # without Accept-Encoding a server may compress the file, and the sha256 is of the file as is
+                response = urllib.request.urlopen(urllib.request.Request(url, headers={"Accept-Encoding": "identity"}),
+                                                  timeout=_timeout())
             except urllib.error.HTTPError as e:  # one line: a redirect loop's reason spans three
-                raise HubError(f"downloading {url} failed: HTTP {e.code} {_one_line(e.reason)}") from None
-            except urllib.error.URLError as e:
-                raise HubError(f"cannot download {url}: {_one_line(e.reason)}") from None
-            except (OSError, http.client.HTTPException) as e:  # a timeout, a malformed status line or header
-                raise HubError(f"cannot download {url}: {_one_line(e)}") from None
+                raise HubError(f"downloading {url} failed: HTTP {e.code} {_one_line(e.reason)}"
+                               f"{_status_hint(e.code, dest.name)}") from None
+            except (OSError, http.client.HTTPException) as e:  # URLError, a timeout, a malformed status line or header
+                raise HubError(f"cannot download {url}: {_why(e)}") from None
             with response:
+                page = response.headers.get_content_type() == "text/html"
+                encoding = (response.headers.get("Content-Encoding") or "identity").strip().lower()
+                if encoding != "identity":
+                    raise HubError(f"the server sent {dest.name} from {url} compressed (Content-Encoding: {encoding}), "
+                                   f"although asked for it as is; have it serve .safetensors files uncompressed, or "
+                                   f"download the file yourself into {dest.parent}")
                 length = (response.headers.get("Content-Length") or "").strip()
                 # ASCII digits only ("²".isdigit()), and short: int() refuses more than 4,300 digits
                 expected = int(length) if length.isascii() and length.isdigit() and len(length) < 30 else None
@@ -909,7 +954,7 @@ def _download(url: str, dest: Path, sha256: str, size: int | None = None) -> Non
                         raise HubError(f"download of {dest.name} from {url} is truncated: the connection closed "
                                        f"after {received + len(e.partial)} bytes") from None
                     except (OSError, http.client.HTTPException) as e:
-                        raise HubError(f"downloading {url} failed after {received} bytes: {_one_line(e)}") from None
+                        raise HubError(f"downloading {url} failed after {received} bytes: {_why(e)}") from None
         for source, want in (("Content-Length", expected), ("the registry's size", size)):
             if want is not None and received != want:
                 raise HubError(f"download of {dest.name} from {url} is truncated or too long: {source} is {want} "
@@ -920,6 +965,12 @@ def _download(url: str, dest: Path, sha256: str, size: int | None = None) -> Non
             )
         chmod_default(tmp)
         os.replace(tmp, dest)
+    except HubError as e:
+        if not page:
+            raise
+        raise HubError(f"{e}; the server sent a web page (Content-Type: text/html), not the file: is {HUB_URL} the "
+                       f"address the files themselves are downloaded from (a raw download URL, not a page about them)?"
+                       ) from None
     finally:
         _remove(tmp)
 
@@ -1005,7 +1056,7 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") ->
                              f"{type(name_or_path).__name__}; hub.list_checkpoints() lists the names")
     if not str(name_or_path):
         raise ValueError("name_or_path is empty: give a checkpoint name or a .safetensors path")
-    device = resolve_device(device)
+    device = _load_device(device)
     if isinstance(name_or_path, os.PathLike) or _is_path(name_or_path):
         return load_checkpoint(name_or_path, device)
     name = str(name_or_path)

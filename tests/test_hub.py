@@ -1,6 +1,7 @@
 """Checkpoint format, registry and download cache: a local HTTP server, no network."""
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import multiprocessing
@@ -8,6 +9,7 @@ import os
 import pickle
 import random
 import re
+import socket
 import stat
 import subprocess
 import sys
@@ -42,10 +44,12 @@ STALL_SECONDS = 10.0  # longer than the tests' hub timeout (5 s): a client that 
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """Serves /good, /bad-hash, /truncated, /no-length, /slow (sleeps before the body), /error (500), the ``stalled``
-    files (the first part of the body, then nothing until ``release`` is set); 404 otherwise."""
+    """Serves /good, /bad-hash, /truncated, /no-length, /slow (sleeps before the body), /error (500), /gzip (GOOD
+    compressed, whatever was asked), /page (an HTML page), the ``stalled`` files (the first part of the body, then
+    nothing until ``release`` is set); 404 otherwise."""
 
     counts: dict[str, int] = {}
+    accept_encoding: dict[str, str | None] = {}  # name -> the Accept-Encoding header of its last request
     files: dict[str, bytes] = {}
     stalled: dict[str, tuple[int | None, bytes, bytes]] = {}  # name -> (Content-Length or None, first part, rest)
     release = threading.Event()
@@ -62,9 +66,20 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         name = self.path.lstrip("/")
         self.counts[name] = self.counts.get(name, 0) + 1
+        self.accept_encoding[name] = self.headers.get("Accept-Encoding")
         try:
             if name == "error.safetensors":
                 self.send_error(500)
+            elif name in ("gzip.safetensors", "page.safetensors"):
+                body = gzip.compress(GOOD) if name == "gzip.safetensors" else b"<!DOCTYPE html><html>Sign in</html>"
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                if name == "gzip.safetensors":
+                    self.send_header("Content-Encoding", "gzip")
+                else:
+                    self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.end_headers()
+                self.wfile.write(body)
             elif name == "truncated.safetensors":
                 self._send(GOOD[:1000], length=len(GOOD))
                 self.close_connection = True
@@ -971,21 +986,81 @@ def test_an_unusable_user_registry_is_a_warning_in_list(env, make):
     assert isinstance(names, (list, dict))
 
 
-@pytest.mark.parametrize("file, status", [("missing.safetensors", 404), ("error.safetensors", 500)])
-def test_http_errors_name_url_and_status(env, server, file, status):
+@pytest.mark.parametrize("file, status, hint", [
+    ("missing.safetensors", 404, "the server has no missing.safetensors: is LATENT_TRANSFORMS_HUB_URL the address of "
+                                 "the folder that holds it?"),
+    ("error.safetensors", 500, "an error on the server's side, often passing: try again later"),
+])
+def test_http_errors_name_url_and_status_and_what_to_do(env, server, file, status, hint):
     _register("x", file)
-    with pytest.raises(hub.HubError, match=rf"{server}/{file} failed: HTTP {status}"):
+    with pytest.raises(hub.HubError, match=rf"{server}/{file} failed: HTTP {status} [^;]*; {re.escape(hint)}"):
         hub.fetch("x")
     assert list(env.iterdir()) == []
 
 
-def test_slow_server_times_out(env, monkeypatch):
+@pytest.mark.parametrize("size", [None, len(GOOD)])
+def test_a_compressed_answer_is_refused_as_such_not_as_another_file(env, size):
+    # urllib asked for no encoding, which allows any; the gzip bytes were reported as "the wrong sha256" or, with a
+    # size, "not the registered file"
+    _register("z", "gzip.safetensors", size=size)
+    with pytest.raises(hub.HubError, match=r"the server sent gzip.safetensors from \S+ compressed \(Content-Encoding: "
+                                           r"gzip\), although asked for it as is; have it serve .safetensors files "
+                                           r"uncompressed, or download the file yourself into"):
+        hub.fetch("z")
+    assert _Handler.accept_encoding["gzip.safetensors"] == "identity" and list(env.iterdir()) == []
+
+
+@pytest.mark.parametrize("size, why", [(None, "has the wrong sha256"), (len(GOOD), "has the wrong length")])
+def test_a_web_page_instead_of_the_file_is_named(env, size, why):
+    # a login page, or a repository's page about the file: only "the wrong sha256" was said
+    _register("p", "page.safetensors", size=size)
+    with pytest.raises(hub.HubError, match=rf"{why}.*; the server sent a web page \(Content-Type: text/html\), not the "
+                                           rf"file: is LATENT_TRANSFORMS_HUB_URL the address the files themselves"):
+        hub.fetch("p")
+    assert list(env.iterdir()) == []
+
+
+def test_an_http_hub_url_with_a_space_and_non_ascii_characters_works(env, server, monkeypatch):
+    # http.client sends the path as ASCII: "é" escaped as a raw UnicodeEncodeError naming no URL, and a space was
+    # called a control character
+    monkeypatch.setenv("LATENT_TRANSFORMS_HUB_URL", f"{server}/mod\u00e8les x/")
+    _register("good", "good.safetensors")
+    _Handler.files["mod%C3%A8les%20x/good.safetensors"] = GOOD
+    try:
+        assert hub.fetch("good").read_bytes() == GOOD
+    finally:
+        del _Handler.files["mod%C3%A8les%20x/good.safetensors"]
+
+
+@pytest.mark.parametrize("make, what", [(lambda p: p.write_text(""), "a file"),
+                                        (lambda p: p.symlink_to(p.parent / "gone"),
+                                         "a symbolic link to a path that does not exist")])
+def test_a_cache_dir_that_is_not_a_directory_is_named_as_such(env, monkeypatch, make, what):
+    # mkdir's "File exists" was all it said
+    make(env)
+    _register("good", "good.safetensors")
+    message = rf"cannot write to the cache dir {re.escape(str(env))} \(it is {what}, not a directory\); set " \
+              rf"LATENT_TRANSFORMS_HOME to a writable directory"
+    for call in (lambda: hub.fetch("good"), lambda: _register("p", "good.safetensors", persist=True)):
+        with pytest.raises(hub.HubError, match=message):
+            call()
+
+
+def test_slow_server_times_out(env, monkeypatch, release):
     monkeypatch.setenv("LATENT_TRANSFORMS_HUB_TIMEOUT", "0.2")
+    timeout = r"timed out \(no answer within LATENT_TRANSFORMS_HUB_TIMEOUT=0.2 seconds; raise it for a slow server"
     _register("slow", "slow.safetensors")
     start = time.monotonic()
-    with pytest.raises(hub.HubError, match="slow.safetensors.*timed out"):
+    with pytest.raises(hub.HubError, match=f"slow.safetensors failed after 0 bytes: {timeout}"):
         hub.fetch("slow")
     assert time.monotonic() - start < SLOW_SECONDS
+    _register("trickle", "trickle.safetensors")
+    with pytest.raises(hub.HubError, match=f"trickle.safetensors failed after 1000 bytes: {timeout}"):
+        hub.fetch("trickle")
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # takes the connection, never answers
+        monkeypatch.setenv("LATENT_TRANSFORMS_HUB_URL", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        with pytest.raises(hub.HubError, match=f"cannot download .*/slow.safetensors: {timeout}"):
+            hub.fetch("slow")
     assert list(env.iterdir()) == []
 
 
@@ -1441,6 +1516,27 @@ def test_load_names_a_bad_argument_and_suggests_a_near_name(env):
         hub.load("something-else")
     with pytest.raises(ValueError, match="device must be cpu, cuda, cuda:N, got 'bogus'"):  # was torch's RuntimeError
         hub.load("glow-cifar10", device="bogus")
+
+
+def test_loading_on_the_meta_device_is_refused_before_anything_is_read(env, tmp_path):
+    # the codec came back with meta weights (the file's were dropped), and its first encode failed in autocast
+    path = tmp_path / "vae.safetensors"
+    hub.save_checkpoint(_codec(), path)
+    _register("vae", "vae.safetensors")  # neither cached nor served: refused before any download
+    message = "device 'meta' holds shapes, not values: a checkpoint loaded there would lose its weights; load on cpu"
+    for call in (lambda: hub.load(path, device="meta"), lambda: hub.load("vae", device=torch.device("meta")),
+                 lambda: hub.load_checkpoint(path, "meta")):
+        with pytest.raises(ValueError, match=message):
+            call()
+    assert "vae.safetensors" not in _Handler.counts
+
+
+def test_a_user_registry_with_a_byte_order_mark_is_read(env):
+    # as some Windows editors save it: "is not valid JSON (Unexpected UTF-8 BOM ...)"
+    env.mkdir()
+    entry = {"file": "good.safetensors", "sha256": SHA_GOOD, "config": CONFIG}
+    (env / "registry.json").write_text("\ufeff" + json.dumps({"checkpoints": {"mine": entry}}), encoding="utf-8")
+    assert hub.fetch("mine").read_bytes() == GOOD
 
 
 def test_register_refuses_flags_that_are_not_bools(env):
