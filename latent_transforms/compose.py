@@ -236,6 +236,11 @@ class Compose(nn.Module):
         for i, t in enumerate(transforms):
             if not callable(t):
                 raise WrongTypeError(f"Compose steps must be callable, got {type(t).__name__} at step {i}")
+            inner = getattr(t, "_orig_mod", None)  # torch.compile(t): an OptimizedModule, which a Compose calls as t(x)
+            if isinstance(inner, (LatentTransform, Compose)):
+                raise WrongTypeError(f"step {i} is torch.compile({_name(inner)}), which Compose would call as a plain "
+                                     f"x -> x step: pass the {_name(inner)} itself (to compile a codec's "
+                                     f"encode/decode: codec.compile_fast_path(), docs/performance.md)")
             steps.append(t if isinstance(t, nn.Module) else _Callable(t))
         for i, t in enumerate(steps):
             for p in _parts(t):

@@ -32,7 +32,8 @@ class FeatureCovariance(nn.Module):
     Args:
         num_classes: K.
         feature_dim: A. ``None``: sized (and placed, on the features' device) by the first :meth:`update`, or by
-            :meth:`load_state_dict`. Given: allocated now, on the CPU in float32; move it with ``.to(device)``.
+            :meth:`load_state_dict` (on the device and in the dtype of an earlier ``.to(...)``, as a sized module's
+            buffers, else the checkpoint's). Given: allocated now, on the CPU in float32; move it with ``.to(device)``.
         covariance: ``"full"``, ``cov: (K, A, A)`` (the official CIFAR variant), or ``"diagonal"``, only the
             per-dimension variances, ``cov: (K, A)`` (memory ``O(K A)``; the official ImageNet/segmentation variant).
         sync_stats: under ``torch.distributed`` (initialised, world size > 1), gather every rank's batch before the merge
@@ -57,6 +58,9 @@ class FeatureCovariance(nn.Module):
     mean: torch.Tensor | None
     cov: torch.Tensor | None
     count: torch.Tensor | None
+    # where an unsized estimator was moved to (.to(device), .double(), ...), None for unchanged: no buffer records it
+    _device: torch.device | None = None
+    _dtype: torch.dtype | None = None
 
     def __init__(self, num_classes: int, feature_dim: int | None = None, *, covariance: str = "full",
                  sync_stats: "bool | dist.ProcessGroup" = True):
@@ -95,11 +99,23 @@ class FeatureCovariance(nn.Module):
             self.cov.zero_()
             self.count.zero_()
 
+    def _apply(self, fn, recurse=True):
+        # .to(device)/.double() of an unsized estimator moves no tensor: remember it, for the statistics loaded later
+        probe = torch.empty(0, device=self._device or "cpu", dtype=self._dtype or torch.float32)
+        moved = fn(probe)
+        if moved.device != probe.device:
+            self._device = moved.device
+        if moved.dtype != probe.dtype:
+            self._dtype = moved.dtype
+        return super()._apply(fn, recurse)
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
         saved = state_dict.get(prefix + "mean")
         if self.mean is None and isinstance(saved, torch.Tensor) and saved.ndim == 2:
-            self._allocate(saved.shape[1], saved.device, saved.dtype)  # lazily sized: take the checkpoint's size
+            # lazily sized: the checkpoint's size, on the device and in the dtype of an earlier .to(...) (safetensors'
+            # load_file gives CPU tensors: the statistics of an ISDA moved to CUDA stayed on the CPU)
+            self._allocate(saved.shape[1], self._device or saved.device, self._dtype or saved.dtype)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 

@@ -389,7 +389,9 @@ class ISDA(_ISDAState, LatentTransform):
             )
         dim = self.estimator.feature_dim
         if dim is not None and layer.in_features != dim:
-            raise ValueError(f"the layer {name!r} takes {layer.in_features} features, the statistics have {dim}")
+            raise ValueError(f"the layer {name!r} takes {layer.in_features} features, the statistics have {dim} (of "
+                             f"another model, or feature_dim=...): use a new ISDA for this model, or pass layer='...' "
+                             f"naming its classifier")
         return name, layer
 
     def disarm(self, model: nn.Module) -> None:

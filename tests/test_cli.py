@@ -704,3 +704,52 @@ def test_registering_a_run_again_whose_cached_copy_is_gone_or_damaged_does_not_s
     assert code == 2 and "nothing changed" not in out and "pass --overwrite" in err
     assert main(["register", str(js), "--overwrite"]) == 0  # what fetch advises: copies the file back
     assert hub.sha256_file(copy) == hub.sha256_file(ckpt)
+
+
+def test_list_shows_an_unknown_size_and_no_quality_as_such(capsys, monkeypatch):
+    monkeypatch.setattr(hub, "_registered", {})
+    hub.register("zz-bare", file="zz-bare.safetensors", sha256="0" * 64, config={"kind": "vae"})  # no size, quality
+    assert main(["list"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("zz-bare"))
+    assert row.split() == ["zz-bare", "vae", "?", "missing", "-"]
+    assert main(["list", "-v"]) == 0
+    out = capsys.readouterr().out
+    assert "zz-bare  (vae, ?, missing)" in out
+    block = out[out.index("zz-bare  ("):].splitlines()[1:5]
+    assert [line.split(":", 1)[1].strip() for line in block[:3]] == ["-", "-", "-"]  # trained on, quality, notes
+
+
+def test_list_says_which_checkpoints_are_shipped_and_pads_no_line(capsys, monkeypatch):
+    shipped = [r["name"] for r in hub.list_checkpoints() if r["shipped"]]
+    if not shipped:
+        pytest.skip("no checkpoint is shipped")
+    monkeypatch.setattr(hub, "_registered", {})
+    hub.register("zz-wide-quality-" + "x" * 40, file="zz-w.safetensors", sha256="0" * 64, size=1,
+                 config={"kind": "vae"}, quality={"test_mse": 0.123456789, "test_kl": 12345.6789})
+    assert main(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    columns = {line.split()[0]: line for line in lines[1:] if line}
+    start = lines[0].index("AVAILABLE")
+    for name in shipped:  # the cache dir is empty: shipped only
+        assert columns[name][start:].split()[0] == "shipped"
+    assert all(line == line.rstrip() for line in lines)  # the last column was padded to its width
+
+
+def test_a_reader_that_stops_before_a_short_listing_is_no_error():
+    # the short table fits the pipe's buffer: it is written only when stdout is flushed, which must happen where a
+    # broken pipe is caught (at exit it was "Exception ignored ... BrokenPipeError" and status 120)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # else each print writes at once
+    with subprocess.Popen([sys.executable, "-m", "latent_transforms.cli", "list"], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, env=env) as proc:
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=120) == 141 and err == "", err
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_an_error_while_stdout_is_a_live_pipe():
+    # stdout is a pipe whose reader is still there (writable: POLLOUT, no POLLERR): another pipe broke
+    code = ("import sys; from latent_transforms import cli, hub\n"
+            "def broken():\n    raise BrokenPipeError(32, 'Broken pipe')\n"
+            "hub.list_checkpoints = broken\nsys.exit(cli.main(['list']))\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and p.stderr == f"{PROG}: error: [Errno 32] Broken pipe\n", p.stderr

@@ -1,4 +1,5 @@
 import copy
+import math
 from typing import Callable
 
 import numpy as np
@@ -59,11 +60,35 @@ def test_log_det_matches_autograd_jacobian():
     assert torch.allclose(logdet[0], torch.linalg.slogdet(jac)[1], atol=1e-8)
 
 
+def test_the_bounded_coupling_log_determinants_are_those_of_its_two_directions():
+    # decoding (forward) divides by the scale: its log-determinant is minus the encoding's, -sum log(scale)
+    from latent_transforms.codecs.glow import BoundedAffineCoupling
+
+    torch.manual_seed(0)
+    coupling = BoundedAffineCoupling(nn.Conv2d(2, 4, 3, padding=1), floor=0.05).double()
+    z = [torch.randn(3, 2, 4, 4, dtype=torch.float64) for _ in range(2)]
+    encoded, logdet_encode = coupling.inverse(z)
+    decoded, logdet_decode = coupling.forward(encoded)
+    torch.testing.assert_close(decoded[1], z[1])
+    scale = coupling._shift_scale(z[0])[1]
+    assert (scale >= 0.05).all() and (scale <= 1).all()
+    torch.testing.assert_close(logdet_encode, torch.log(scale).flatten(1).sum(1))
+    torch.testing.assert_close(logdet_decode, -logdet_encode)
+
+
 def test_bits_per_dim_of_uniform_noise_is_about_eight_for_untrained_flow():
     torch.manual_seed(0)
     glow = Glow((3, 8, 8), levels=1, steps=1, hidden=8)
     bpd, metrics = glow.loss(torch.rand(64, 3, 8, 8))
     assert 6 < float(metrics["bits/dim"]) < 12 and bpd.requires_grad
+
+
+def test_bits_per_dim_divides_by_every_channel_height_and_width():
+    glow = tiny_glow(shape=(3, 8, 8), levels=1)  # 17 levels, colour: bits per dimension over 3 x 8 x 8 values
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = -glow.log_prob(x) / (3 * 8 * 8 * math.log(2)) + math.log2(17)
+        torch.testing.assert_close(glow.bits_per_dim(x), expected)
 
 
 def test_decode_is_bounded_for_huge_latents():
@@ -345,6 +370,20 @@ def test_glow_loss_dequantises_with_uniform_noise():
     assert torch.allclose(a, expected, atol=1e-6)
 
 
+def test_glow_loss_rounds_intensities_off_their_levels_to_the_nearest_one():
+    # x * 255 of 8-bit images made float lands a rounding error below or above the level: floor() moved the ones
+    # below down a whole level
+    glow = tiny_glow()  # 17 levels
+    g = torch.Generator().manual_seed(0)
+    levels = torch.randint(1, 16, (6, 1, 8, 8), generator=g).float()
+    x = (levels + 0.2 * torch.rand(levels.shape, generator=g) - 0.1) / 16  # within a tenth of a level of each
+    torch.manual_seed(3)
+    got, _ = glow.loss(x)
+    torch.manual_seed(3)
+    expected = glow.bits_per_dim((levels + torch.rand_like(x)) / 17).mean()
+    torch.testing.assert_close(got, expected)
+
+
 def test_freezing_a_fresh_glow_marks_its_actnorms_initialised():
     torch.manual_seed(0)
     glow = Glow((1, 8, 8), levels=2, steps=2, hidden=8).freeze()  # never run: data-dependent init pending
@@ -409,6 +448,25 @@ def test_vae_loss_weighs_the_kl_by_beta():
         assert terms["kl"].mean() > 0.01
         torch.testing.assert_close(loss, terms["rec"].mean() + beta * terms["kl"].mean())
         torch.testing.assert_close(metrics["kl"], terms["kl"].mean())
+
+
+def test_vae_elbo_terms_are_the_closed_form_kl_and_the_summed_bernoulli_nats():
+    vae = tiny_vae()  # latent_dim 4: the encoder's last layer gives (mu, logvar) as its first and last 4 outputs
+    with torch.no_grad():
+        vae.encoder[-1].bias[:4] += torch.tensor([1.0, -0.5, 0.3, 2.0])
+        vae.encoder[-1].bias[4:] += torch.tensor([-2.0, 0.7, -0.4, 1.2])
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(1)).double()
+    vae = vae.double()
+    terms = vae.elbo_terms(x, generator=torch.Generator().manual_seed(2))
+    mu, logvar = vae.encoder(x).chunk(2, dim=1)
+    std = torch.exp(0.5 * logvar)
+    kl = torch.distributions.kl_divergence(torch.distributions.Normal(mu, std), torch.distributions.Normal(0.0, 1.0))
+    torch.testing.assert_close(terms["kl"], kl.sum(1))  # KL(N(mu, std^2) || N(0, 1)) in nats, summed over z
+    z = mu + std * torch.randn(mu.shape, generator=torch.Generator().manual_seed(2)).double()  # drawn in float32
+    p = torch.sigmoid(vae.decoder(z))
+    nats = -(x * torch.log(p) + (1 - x) * torch.log1p(-p))
+    torch.testing.assert_close(terms["rec"], nats.flatten(1).sum(1))  # Bernoulli nats summed over the pixels
+    torch.testing.assert_close(vae.kl_divergence(torch.zeros(2, 4), torch.zeros(2, 4)), torch.zeros(2))
 
 
 @pytest.fixture

@@ -226,6 +226,15 @@ def test_not_callable_is_refused():
         Compose([3])
 
 
+@pytest.mark.parametrize("make", [lambda glow: LatentNoise(glow), lambda glow: ISDA(10),
+                                  lambda glow: Compose([LatentNoise(glow)])])
+def test_a_compiled_latent_step_is_refused_when_built(rgb_glow, make):
+    # torch.compile(t) is an OptimizedModule: called as t(x), a LatentNoise's (x, y) pair was blamed on "a container
+    # of one's own", and a compiled ISDA slipped past the check against label-mixing steps
+    with pytest.raises(TypeError, match=r"step 1 is torch.compile\((LatentNoise|ISDA|Compose)\).*itself"):
+        Compose([T.RandomHorizontalFlip(), torch.compile(make(rgb_glow), backend="eager")])
+
+
 def test_compose_moves_and_casts_like_any_module(rgb_glow):
     c = Compose([LatentNoise(rgb_glow, eps=1.0), T.RandomHorizontalFlip()])
     assert c.to("cpu") is c and c.double() is c and c.float() is c  # nn.Module._apply is not shadowed
@@ -553,3 +562,46 @@ def test_a_kornia_cutmix_whose_num_mix_was_changed_after_the_compose_was_built_i
     cutmix._param_generator.num_mix = 2  # after the check made when built: the labels of its first box alone were used
     with pytest.raises(ValueError, match="^RandomCutMixV2 with num_mix=2: overlapping boxes make its labels ambiguous"):
         c(x, y)
+
+
+def test_a_run_resumed_as_the_quickstart_says_ends_with_the_weights_of_the_uninterrupted_one(tmp_path):
+    """docs/quickstart.md (Checkpoints and resuming): model, optimizer, ISDA's state_dict and the generators' states
+    saved mid-run; everything built again and loaded: the same weights, bit for bit, as a run never stopped."""
+    import torch.nn.functional as F
+
+    data = torch.Generator().manual_seed(5)
+    batches = [(torch.rand(8, 1, 8, 8, generator=data), torch.randint(0, 4, (8,), generator=data)) for _ in range(4)]
+
+    def build():
+        torch.manual_seed(0)
+        model, g = TinyNet(num_classes=4), torch.Generator().manual_seed(0)
+        isda = ISDA(num_classes=4)
+        isda.set_progress(0.5)
+        augment = Compose([T.RandomHorizontalFlip(), LatentNoise(tiny_glow(), eps=0.5, generator=g), isda])
+        return model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), isda, augment, g
+
+    def train(model, optimizer, augment, steps):
+        for x, y in steps:
+            x, y = augment(x, y, model)
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+
+    model, optimizer, isda, augment, g = build()
+    train(model, optimizer, augment, batches)
+    uninterrupted = [p.detach().clone() for p in model.parameters()]
+
+    model, optimizer, isda, augment, g = build()
+    train(model, optimizer, augment, batches[:2])
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "isda": isda.state_dict(),
+                "augment_rng": g.get_state(), "torch_rng": torch.get_rng_state()}, tmp_path / "checkpoint.pt")
+    model, optimizer, isda, augment, g = build()  # a new process
+    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    isda.load_state_dict(checkpoint["isda"])
+    g.set_state(checkpoint["augment_rng"])
+    torch.set_rng_state(checkpoint["torch_rng"])
+    train(model, optimizer, augment, batches[2:])
+    assert all(torch.equal(a, p) for a, p in zip(uninterrupted, model.parameters()))
+    assert isda.estimator.count.sum() == 32  # the statistics carried the first two batches over the stop

@@ -135,3 +135,60 @@ def test_a_class_with_exactly_per_class_samples_gives_them_all():
     assert torch.equal(low_data_split(y, 10), torch.arange(30))  # was refused as "fewer than per_class" if off by one
     with pytest.raises(ValueError, match="class 0 has only 10 samples, fewer than per_class=11"):
         low_data_split(y, 11)
+
+
+def test_cifar10_refuses_an_unknown_split_before_touching_torchvision(tmp_path, monkeypatch):
+    # digits checked its split; cifar10 must too: any split but "train" silently read the test set
+    import torchvision.datasets
+
+    def cifar10(*args, **kwargs):
+        raise AssertionError("CIFAR10 was built for an unknown split")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", cifar10)
+    with pytest.raises(ValueError, match="split"):
+        load_images("cifar10", "val", tmp_path)
+
+
+def test_integer_images_other_than_uint8_are_not_told_they_are_floats(tmp_path):
+    x = np.random.default_rng(0).integers(0, 256, (3, 6, 4), dtype=np.int64)
+    np.savez(tmp_path / "int.npz", x=x)
+    with pytest.raises(ValueError, match=r"images must be uint8 \(0..255\), got dtype int64$"):
+        load_images(f"npz:{tmp_path / 'int.npz'}")
+
+
+@pytest.mark.parametrize("shape", [(0, 6, 4, 3), (0, 6, 4), (5, 0, 4, 3), (5, 6, 0, 1)])
+def test_npz_of_no_images_or_of_empty_images_is_refused(tmp_path, shape):
+    np.savez(tmp_path / "empty.npz", x=np.zeros(shape, np.uint8))
+    shown = shape if len(shape) == 4 else (*shape, 1)
+    with pytest.raises(ValueError, match=rf"N > 0; got shape \({', '.join(map(str, shown))}\)$"):
+        load_images(f"npz:{tmp_path / 'empty.npz'}")
+
+
+def test_an_npz_without_x_is_named_as_such_not_as_unreadable(tmp_path):
+    np.savez(tmp_path / "nox.npz", images=np.zeros((2, 4, 4), np.uint8))
+    with pytest.raises(ValueError, match=rf"^{tmp_path / 'nox.npz'}: no array 'x' \(found \['images'\]\)$"):
+        load_images(f"npz:{tmp_path / 'nox.npz'}")
+
+
+def test_a_folder_of_many_files_that_are_not_images_names_five_and_the_count(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "mixed"
+    root.mkdir()
+    Image.new("L", (4, 6)).save(root / "a.png")
+    for i in range(6):
+        (root / f"notes{i}.txt").write_text("notes")
+    with pytest.raises(ValueError, match=r": notes0.txt, notes1.txt, notes2.txt, notes3.txt, notes4.txt, \.\.\. "
+                                         r"\(6 in all\); remove or convert them$"):
+        load_images(f"folder:{root}")
+
+
+def test_image_suffixes_in_capitals_are_images(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "caps"
+    root.mkdir()
+    Image.new("L", (4, 6), 10).save(root / "A.PNG", format="PNG")
+    Image.new("L", (4, 6), 20).save(root / "b.JPEG", format="JPEG")
+    x, y, _ = load_images(f"folder:{root}")
+    assert x.shape == (2, 1, 6, 4) and y is None

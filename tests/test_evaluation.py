@@ -82,6 +82,17 @@ def test_predict_proba_is_batch_independent_and_restores_the_mode():
     assert [m.training for m in model] == [True, False, True, True, True, True, True]
 
 
+def test_predict_proba_runs_batches_of_128_on_the_cpu_by_default():
+    sizes = []
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    model.register_forward_hook(lambda module, args, out: sizes.append(len(args[0])))
+    predict_proba(model, torch.rand(300, 3, 2, 2))
+    assert sizes == [128, 128, 44]  # smaller batches stay in the CPU's cache (the docstring's measurement)
+    sizes.clear()
+    predict_proba(model, torch.rand(300, 3, 2, 2), batch_size=100)
+    assert sizes == [100, 100, 100]
+
+
 def test_predict_proba_names_a_model_that_returns_a_tuple():
     class WithFeatures(nn.Module):
         def forward(self, x):
@@ -95,6 +106,7 @@ def test_predict_proba_names_a_model_that_returns_a_tuple():
     (torch.full((3, 2), 0.5), torch.zeros(3, 1, dtype=torch.int64), "must be \\(N,\\) class indices"),
     (torch.full((3, 2), 0.5), torch.zeros(1, dtype=torch.int64), r"with N=3 \(the rows of probs\), got shape \(1,\)"),
     (torch.tensor([[2.0, -1.0]]), torch.zeros(1, dtype=torch.int64), "softmax logits first"),  # logits by mistake
+    (torch.tensor([[-0.2, 0.6, 0.6]]), torch.zeros(1, dtype=torch.int64), r"values in \[-0.2, 0.6\]"),  # sums to 1
     (torch.tensor([[float("nan"), 1.0]]), torch.zeros(1, dtype=torch.int64), "must be probabilities"),
     (torch.zeros(0, 2), torch.zeros(0, dtype=torch.int64), "non-empty"),
     (torch.full((1, 2), 0.5), torch.tensor([2]), "out of range"),
@@ -257,6 +269,22 @@ def test_borrowed_gives_back_what_it_changed_when_switching_the_model_fails():
     with pytest.raises(RuntimeError, match="no eval for me"):  # nothing left half-borrowed: the next call starts anew
         with borrowed(model):
             pass
+
+
+def test_borrowed_turns_gradients_and_training_off_until_the_last_of_nested_borrows_ends():
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))  # training, gradients on
+    model[2].weight.requires_grad_(False)  # a frozen parameter stays frozen after
+    x = torch.rand(5, 3, requires_grad=True)
+    with borrowed(model) as outer:
+        with borrowed(model) as inner:
+            assert inner is outer is model
+        # the inner exit gives nothing back: the outer borrow still has the model in eval mode, gradients off
+        assert not any(m.training for m in model.modules())
+        assert not any(p.requires_grad for p in model.parameters())
+        outer(x).sum().backward()  # an attack's gradient with respect to the input
+    assert x.grad is not None and all(p.grad is None for p in model.parameters())  # no parameter .grad made
+    assert all(m.training for m in model.modules())
+    assert [p.requires_grad for p in model.parameters()] == [True, True, True, True, False, True]
 
 
 def test_cifar_resnet_standardises_its_input():

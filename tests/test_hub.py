@@ -945,12 +945,16 @@ def test_load_uses_the_bytes_it_verified(env, monkeypatch):
     assert torch.equal(_outputs(hub.load("vae")), _outputs(codec.eval()))
 
 
-def test_a_file_url_to_a_folder_with_a_space_works(env, tmp_path, monkeypatch):
-    folder = tmp_path / "my checkpoints"
+@pytest.mark.parametrize("folder, file, host", [
+    ("my checkpoints", "good.safetensors", ""),  # a space in the folder
+    ("remote", "a#1.safetensors", "localhost"),  # a "#" in the file name (unquoted: a fragment), file://localhost/
+])
+def test_a_file_url_with_a_space_a_hash_or_localhost_works(env, tmp_path, monkeypatch, folder, file, host):
+    folder = tmp_path / folder
     folder.mkdir()
-    (folder / "good.safetensors").write_bytes(GOOD)
-    monkeypatch.setenv("LATENT_TRANSFORMS_HUB_URL", f"file://{folder}")
-    _register("good", "good.safetensors")
+    (folder / file).write_bytes(GOOD)
+    monkeypatch.setenv("LATENT_TRANSFORMS_HUB_URL", f"file://{host}{folder}")
+    _register("good", file)
     assert hub.fetch("good").read_bytes() == GOOD
 
 
@@ -1619,3 +1623,71 @@ def test_every_documented_spelling_of_offline_forbids_downloads(env, monkeypatch
     assert "good.safetensors" not in _Handler.counts
     monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "0")  # any other value: downloads allowed
     assert hub.fetch("good").read_bytes() == GOOD
+
+
+def test_an_undecodable_user_registry_is_named_in_the_error(env):
+    env.mkdir()
+    path = env / "registry.json"
+    path.write_bytes(b'{"checkpoints": {"\xff": 1}}')  # a registry saved in Latin-1
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))} is not valid JSON \("):
+        hub.load("x")
+    with pytest.warns(UserWarning, match=rf"^{re.escape(str(path))} is not valid JSON .*left out"):
+        assert hub.list_checkpoints() == []
+
+
+def test_a_registry_entry_may_have_size_zero_but_not_below(env):
+    _register("empty", "empty.safetensors", size=0)  # "a non-negative int (bytes)"
+    assert hub._entry("empty")["size"] == 0
+    with pytest.raises(ValueError, match="size must be a non-negative int"):
+        _register("negative", "negative.safetensors", size=-1)
+
+
+def test_list_shows_the_entry_this_process_registered_over_a_persisted_one(env):
+    _register("a", "good.safetensors", persist=True)
+    hub.register("a", file="good.safetensors", sha256="1" * 64, config=CONFIG, overwrite=True)  # this process only
+    (row,) = hub.list_checkpoints()
+    assert row["sha256"] == "1" * 64 == hub._entry("a")["sha256"]  # what load would verify, as list shows
+
+
+def test_an_unknown_name_lists_the_known_ones_sorted(env):
+    for name in ("zz-b", "zz-c", "zz-a"):
+        _register(name, "good.safetensors")
+    with pytest.raises(KeyError, match="known checkpoints: zz-a, zz-b, zz-c"):
+        hub.load("nosuch")
+
+
+def test_names_for_images_quietly_leave_out_an_unusable_user_registry(env, monkeypatch):
+    hub.SHIPPED_DIR.mkdir()
+    (hub.SHIPPED_DIR / "registry.json").write_text(json.dumps({"checkpoints": {
+        "shipped": {"file": "shipped.safetensors", "sha256": SHA_GOOD, "config": CONFIG}}}))
+    env.mkdir()
+    (env / "registry.json").write_text("{not json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # for an error message: no warning of its own
+        assert hub.names_for_images((1, 8, 8)) == ["shipped"]
+    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", "relative/cache")  # cache_dir() raises: the shipped ones still fit
+    assert hub.names_for_images((1, 8, 8)) == ["shipped"] and hub.names_for_images((3, 8, 8)) == []
+
+
+def test_an_empty_timeout_setting_is_the_default(env, monkeypatch):
+    monkeypatch.setenv("LATENT_TRANSFORMS_HUB_TIMEOUT", "")  # as `LATENT_TRANSFORMS_HUB_TIMEOUT= cmd` sets it
+    _register("good", "good.safetensors")
+    assert hub.fetch("good").read_bytes() == GOOD
+
+
+def test_an_empty_hub_url_is_no_hub_url(env, monkeypatch):
+    monkeypatch.setenv("LATENT_TRANSFORMS_HUB_URL", "")  # was "unsupported scheme ''"
+    _register("good", "good.safetensors")
+    with pytest.raises(hub.HubError, match="set LATENT_TRANSFORMS_HUB_URL"):
+        hub.fetch("good")
+
+
+@pytest.mark.parametrize("base, url", [
+    ("http://example.com/ckpts/", "http://example.com/ckpts/a%23b%20c.safetensors"),  # no "//" before the file
+    ("https://example.com/ckpts", "https://example.com/ckpts/a%23b%20c.safetensors"),
+    ("HTTPS://example.com/ckpts", "https://example.com/ckpts/a%23b%20c.safetensors"),
+    ("file://localhost/srv/ckpts", "file://localhost/srv/ckpts/a%23b%20c.safetensors"),
+])
+def test_the_download_url_is_the_hub_url_and_the_quoted_file_name(monkeypatch, base, url):
+    monkeypatch.setenv("LATENT_TRANSFORMS_HUB_URL", base)
+    assert hub._remote_url("a#b c.safetensors") == url  # "#" unquoted made the rest of the name a fragment

@@ -156,6 +156,26 @@ def test_isda_logits_compute_in_the_wider_dtype_treat_cov_as_a_constant_and_refu
             isda_logits(logits, weight.detach(), y, cov.detach(), torch.tensor([0.1, bad, 0.0, 0.2, 0.3]))
 
 
+def test_the_correction_is_computed_in_the_weights_dtype_for_16_bit_logits_and_under_autocast():
+    # under AMP the logits are bf16 but the weight and statistics float32: in bf16, w_j - w_y of weights near 100
+    # (a spacing of 0.5 there) lost the differences the correction is made of
+    g = torch.Generator().manual_seed(3)
+    n, c, a = 8, 4, 6
+    weight = 100 + torch.rand(c, a, generator=g)
+    m = torch.randn(c, a, a, generator=g)
+    cov = m @ m.transpose(1, 2)
+    y = torch.arange(n) % c
+    logits = torch.zeros(n, c, dtype=torch.bfloat16)  # zeros: the output is the correction, rounded once to bf16
+    got = isda_logits(logits, weight, y, cov, 0.6)
+    expected = augmented_by_loops(logits.double(), weight.double(), y, cov.double(), 0.6)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.double(), expected, rtol=8e-3, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the caller's autocast: the correction's matmuls stay float32
+        got = isda_logits(logits.float(), weight, y, cov, 0.6)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
+
+
 # -- the estimator -----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("diagonal", [False, True])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
@@ -185,6 +205,19 @@ def test_estimator_is_the_pooled_covariance_of_a_stream(diagonal, dtype, tol):
         assert torch.allclose(est.cov.double(), cov, atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("covariance", ["full", "diagonal"])
+def test_the_statistics_are_detached_from_the_features_graph(covariance):
+    # features straight from the backbone require grad: merged undetached, the buffers joined the autograd graph
+    # and every step's graph stayed alive through them
+    est = FeatureCovariance(3, covariance=covariance)
+    for _ in range(2):  # the second merge starts from the first one's buffers
+        feats = torch.randn(6, 4).requires_grad_()
+        est.update(feats * 2, torch.tensor([0, 0, 1, 1, 2, 2]))
+        for name, b in est.named_buffers():
+            assert not b.requires_grad and b.grad_fn is None, name
+    assert feats.grad is None
+
+
 def test_estimator_checks_and_lazy_state_dict():
     est = FeatureCovariance(3, feature_dim=2)
     with pytest.raises(ValueError, match="dimension"):
@@ -201,6 +234,25 @@ def test_estimator_checks_and_lazy_state_dict():
         FeatureCovariance(3, covariance="diagonal").load_state_dict(est.state_dict())
     lazy.reset()
     assert int(lazy.count.sum()) == 0 and lazy.feature_dim == 2
+
+
+@pytest.mark.filterwarnings("ignore:for .*copying from a non-meta parameter")
+def test_lazy_statistics_load_where_the_module_was_moved():
+    # build, .to(device), load_state_dict(load_file(path)): the checkpoint's CPU tensors sized the statistics on the
+    # CPU, and the next step on the GPU was refused with "move the ISDA module with .to('cuda')", which had been done
+    est = FeatureCovariance(3)
+    est.update(torch.randn(6, 2), torch.tensor([0, 0, 1, 1, 2, 2]))
+    saved = est.state_dict()  # float32, on the CPU
+    resumed = ISDA(3).double()
+    resumed.load_state_dict({f"estimator.{k}": v for k, v in saved.items()})
+    assert resumed.estimator.cov.dtype == torch.float64 and resumed.estimator.count.dtype == torch.int64
+    assert torch.equal(resumed.estimator.cov, saved["cov"].double())
+    meta = FeatureCovariance(3).to("meta")
+    meta.load_state_dict(saved)
+    assert meta.mean.device.type == meta.cov.device.type == meta.count.device.type == "meta"
+    plain = FeatureCovariance(3)  # never moved: the checkpoint's dtype, as before
+    plain.load_state_dict({k: v.double() if v.is_floating_point() else v for k, v in saved.items()})
+    assert plain.cov.dtype == torch.float64
 
 
 @pytest.mark.parametrize("diagonal", [False, True])
@@ -554,7 +606,7 @@ def test_state_dict_round_trip(batch, net):
     sized = ISDA(10, covariance="diagonal", feature_dim=32)
     sized.load_state_dict(isda.state_dict())
     assert torch.equal(sized.estimator.cov, isda.estimator.cov)
-    with pytest.raises(ValueError, match="takes 32 features, the statistics have 7"):
+    with pytest.raises(ValueError, match=r"takes 32 features, the statistics have 7 .*: use a new ISDA"):
         ISDA(10, feature_dim=7)(x, y, net)
 
 

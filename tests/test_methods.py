@@ -757,6 +757,24 @@ def test_mixup_inference_draws_references_for_each_input(glow, net):
     assert not torch.allclose(probs, probs[:1].expand_as(probs), rtol=0, atol=1e-6)
 
 
+def test_mixup_inference_mixes_each_input_with_any_of_the_references(glow, net):
+    """Every decoded latent is ``lam * z + (1 - lam) * z_ref`` for one of the references, drawn among all of them
+    (an off-by-one in the draw never picked the last reference)."""
+    g = torch.Generator().manual_seed(0)
+    refs, x = torch.rand(3, 1, 8, 8, generator=g), torch.rand(4, 1, 8, 8, generator=g)
+    mixes = []
+    decode = glow.decode_flat
+    glow.decode_flat = lambda z: (mixes.append(z.clone()), decode(z))[1]
+    LatentMixupInference(net, glow, references=refs, lam=0.7, num_mixes=30, generator=0)(x)
+    z, z_refs = glow.encode_flat(x), glow.encode_flat(refs)
+    used = []
+    for mixed in mixes:  # (4, D) per mix
+        gaps = ((mixed - 0.7 * z)[:, None] - 0.3 * z_refs[None]).abs().amax(2)  # (4, 3): to each reference
+        assert (gaps.min(1).values < 1e-5).all()
+        used += gaps.argmin(1).tolist()
+    assert len(mixes) == 30 and sorted(set(used)) == [0, 1, 2]
+
+
 def test_mixup_inference_prints_its_settings_on_one_line(net):
     """Its repr was the whole model and codec (24 lines for a linear model), without lam or num_mixes."""
     predictor = LatentMixupInference(net, tiny_glow(), torch.rand(4, 1, 8, 8), lam=0.7, num_mixes=3)

@@ -73,3 +73,14 @@ def test_check_norm_refuses_none_unless_allowed():
     check_norm("linf", allow_none=False)
     with pytest.raises(ValueError, match="norm must be one of"):
         check_norm(None, allow_none=False)
+
+
+def test_a_tiny_l2_ball_still_has_its_radius():
+    # the 1e-12 floor of the norm guards 0 / 0 only: a norm floor above the ball's radius (1e-6, say) shrank noise
+    # and projections of a 1e-8 ball by a factor of 100
+    eps = 1e-8
+    noise = random_perturbation(torch.Size((500, 2)), eps, "l2", torch.Generator().manual_seed(0), "cpu", torch.float64)
+    assert torch.allclose(noise.norm(dim=1), torch.full((500,), eps, dtype=torch.float64), rtol=1e-9, atol=0)
+    d = torch.tensor([[3e-8, 4e-8], [3e-9, 4e-9]], dtype=torch.float64)
+    assert torch.allclose(project(d, eps, "l2"), torch.tensor([[0.6e-8, 0.8e-8], [3e-9, 4e-9]], dtype=torch.float64),
+                          rtol=1e-9, atol=0)

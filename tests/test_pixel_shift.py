@@ -79,3 +79,18 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match="max_shift must be < 8 \\(the image side\\) with reflection padding"):
         random_shift_flip(x, 8, True, padding="reflect")
     assert random_shift_flip(x, 8, False, padding="zeros").shape == x.shape  # zeros: any shift is defined
+
+
+def test_draws_dy_then_dx_then_the_flips_from_the_generator():
+    """The documented draw order (dy, dx, flips), so that a seeded run makes the same crops: swapping the two offset
+    draws gave images of the same distribution, shifted differently."""
+    x, p = torch.rand(16, 2, 6, 6, generator=torch.Generator().manual_seed(0)), 2
+    g = torch.Generator().manual_seed(3)
+    dy = torch.randint(0, 2 * p + 1, (16, 1), generator=g)
+    dx = torch.randint(0, 2 * p + 1, (16, 1), generator=g)
+    flip = torch.rand(16, 1, generator=g) < 0.5
+    padded = torch.nn.functional.pad(x, (p, p, p, p))
+    expected = torch.stack([padded[i, :, dy[i, 0]:dy[i, 0] + 6, dx[i, 0]:dx[i, 0] + 6] for i in range(16)])
+    expected = torch.where(flip.view(16, 1, 1, 1), expected.flip(-1), expected)
+    assert (dy != dx).any() and flip.any() and not flip.all()
+    assert torch.equal(random_shift_flip(x, p, flips=True, generator=torch.Generator().manual_seed(3)), expected)

@@ -1364,3 +1364,49 @@ def test_x_train_none_is_refused_as_not_a_tensor(tmp_path):
     """The loop over x_train and x_test skipped any None: x_train=None reached an AttributeError."""
     with pytest.raises(TypeError, match="^x_train must be a torch.Tensor, got NoneType$"):
         train_codec("flow", None, tmp_path, **FLOW, max_steps=1)
+
+
+def test_a_flow_on_images_too_small_or_odd_to_halve_still_gets_one_level():
+    assert train.default_config("flow", (1, 2, 2))["levels"] == 1  # halving 2x2 leaves a side under 2
+    with pytest.raises(ValueError, match=r"divisible by 2\*\*levels = 2, got 7x7"):
+        train.default_config("flow", (1, 7, 7))
+
+
+def test_eval_codec_puts_a_training_codec_back_in_training_mode(digits):
+    codec = build_codec(train.default_config("vae", (1, 8, 8), **VAE)).train()
+    eval_codec(codec, digits[2][:8])
+    assert codec.training
+    eval_codec(codec.eval(), digits[2][:8])
+    assert not codec.training
+
+
+def test_a_state_missing_a_setting_that_every_state_saves_is_refused(tmp_path, digits):
+    x = digits[0][:32]
+    kw = dict(**FLOW, batch_size=16, progress=False)
+    train_codec("flow", x, tmp_path, **kw, max_steps=2)
+    _drop_from_saved_info(tmp_path / "glow.state.safetensors", "lr")  # not one of SETTINGS_ADDED_LATER
+    with pytest.raises(ValueError, match=r"a run with other settings \(lr: not saved, now 0\.001\)"):
+        train_codec("flow", x, tmp_path, **kw, max_steps=3)
+
+
+def test_the_report_counts_the_actnorm_images_a_small_set_had(tmp_path, digits):
+    r = train_codec("flow", digits[0][:40], tmp_path, **FLOW, max_steps=1, batch_size=16, progress=False)
+    assert json.loads(Path(r["json"]).read_text())["training"]["actnorm_init_batch"] == 40
+
+
+def test_the_suggested_registry_name_is_free_even_when_my_name_is_taken(tmp_path, digits, capsys, monkeypatch):
+    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(hub, "_registered", {})
+    for taken in ("zz-t", "my-zz-t"):
+        with pytest.warns(UserWarning, match="but its file"):  # not copied to the cache dir: no matter here
+            hub.register(taken, file=f"{taken}.safetensors", sha256="0" * 64, config={"kind": "glow"})
+    train_codec("flow", digits[0][:32], tmp_path / "run", name="zz-t", **FLOW, max_steps=1, batch_size=16)
+    out = capsys.readouterr().out
+    assert "--name my-my-zz-t" in out and "hub.load('my-my-zz-t')" in out
+
+
+def test_without_a_test_set_the_metrics_take_a_thousand_training_images(tmp_path, digits):
+    x = digits[0][:1100]
+    r = train_codec("flow", x, tmp_path, **FLOW, max_steps=1, batch_size=16, progress=False)
+    report = json.loads(Path(r["json"]).read_text())
+    assert report["metrics"]["evaluated_on"] == "1000 training images spread over the set (no test set given)"
