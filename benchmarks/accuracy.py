@@ -738,7 +738,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     t.add_argument("--weight-decay", type=option(check_number, float), default=5e-4,
                    help="SGD weight decay (default %(default)s)")
     t.add_argument("--width", type=POSITIVE_INT, default=64, help="ResNet-18 base width (default %(default)s)")
-    t.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    t.add_argument("--device", default="auto",
+                   help="cpu, cuda, cuda:N or auto (default: cuda when available, as in `latent-transforms train`)")
     t.add_argument("--precision", choices=("bf16", "fp32"),
                    help="classifier precision (default: bf16 on CUDA, fp32 otherwise); codecs always run in fp32")
     c = p.add_argument_group("codecs and method settings")
@@ -803,6 +804,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.smoke:  # its settings are defaults: an option given beside --smoke wins
         p.set_defaults(**SMOKE_DEFAULTS)
         args = p.parse_args(argv)
+    if args.device == "auto":  # resolved here: the defaults below and the results read the device's name
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.precision is None:
         args.precision = "bf16" if args.device.startswith("cuda") else "fp32"
     if not 0 <= args.val_fraction < 1:

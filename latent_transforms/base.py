@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import get_worker_info
 
 from .labels import num_classes_of, to_soft
-from .rng import GeneratorSource
+from .rng import GeneratorSource, generator_repr
 from .validation import (WrongTypeError, check_batch, check_count, check_model, check_model_slot, check_number,
                          describe)
 
@@ -258,7 +258,8 @@ class LatentTransform(SampleStats, nn.Module):
         return torch.rand(batch, generator=generator, device=device) < self.p
 
     def extra_repr(self) -> str:
-        return f"p={self.p}" + (f", num_classes={self.num_classes}" if self.num_classes else "")
+        return (f"p={self.p}" + (f", num_classes={self.num_classes}" if self.num_classes else "")
+                + generator_repr(self._rng.spec))
 
     __repr__ = one_line_repr
 

@@ -5,6 +5,7 @@ import itertools
 import numbers
 
 import torch
+from torch import nn
 
 from .base import LatentTransform
 from .codecs import Codec, resolve_codec
@@ -61,7 +62,7 @@ class CodecTransform(LatentTransform):
             return []
         return cache.image_checks(x, index)
 
-    def check_inputs(self, x: torch.Tensor, model, index: torch.Tensor | None) -> None:
+    def check_inputs(self, x: torch.Tensor, model: nn.Module | None, index: torch.Tensor | None) -> None:
         self.codec.check_images(x)
         if index is None:
             return

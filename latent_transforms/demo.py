@@ -151,7 +151,7 @@ def overview_picture(glow, vae, path: Path, test: tuple[torch.Tensor, torch.Tens
     return save_rows(picture_rows(glow, vae, x, y, model), path)
 
 
-def register_cli(subparsers) -> None:
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "demo", help="offline CPU demo on scikit-learn digits: a picture and an accuracy table",
         description="Train a small CNN on a few images per digit of scikit-learn's digits, without and with each "

@@ -356,7 +356,8 @@ def _load_device(device: object) -> torch.device:
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu", sha256: str | None = None) -> "Codec":
-    """Build the codec described by a ``.safetensors`` checkpoint, load its weights, freeze it.
+    """Build the codec described by a ``.safetensors`` checkpoint, load its weights onto ``device`` (default
+    ``"cpu"``), freeze it.
 
     ``sha256`` (hex): the file's bytes must have this hash (``HubError`` otherwise); they are read once, so the
     bytes checked are the bytes loaded.
@@ -1042,7 +1043,9 @@ def _is_path(name_or_path: str) -> bool:
 
 
 def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") -> "Codec":
-    """A frozen codec from a checkpoint file path or a registry name (``fetch``-ed, then cached in-process).
+    """A frozen codec from a checkpoint file path or a registry name (``fetch``-ed, then cached in-process), on
+    ``device`` (default ``"cpu"``: a transform given a name loads it there too; move it, or the transform, with
+    ``.to(device)``).
 
     An existing file is read as safetensors whatever its suffix (a pickled ``.pt`` is refused, never run); ``~`` is
     expanded, and a path (with a separator or the ``.safetensors`` suffix) that is neither a file nor a registered

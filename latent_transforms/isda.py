@@ -35,6 +35,7 @@ from torch import nn
 from .base import LatentTransform, not_about_the_batch
 from .feature_covariance import COVARIANCES, FeatureCovariance, check_sync
 from .modelutils import unwrap
+from .rng import generator_repr
 from .validation import (WrongTypeError, bad_option, check_choice, check_count, check_labels, check_number,
                          check_same_device, describe)
 
@@ -355,7 +356,10 @@ class ISDA(_ISDAState, LatentTransform):
         self.layer = layer
 
     def extra_repr(self) -> str:
-        return self._isda_repr() + f", layer={self.layer!r}, p={self.p}"
+        # one line (no estimator submodule): its feature_dim and sync_stats are settings given to ISDA
+        sync = self.estimator.sync if self.estimator.group is None else "<process group>"
+        return (self._isda_repr() + f", layer={self.layer!r}, feature_dim={self.estimator.feature_dim}, "
+                f"sync_stats={sync}, p={self.p}" + generator_repr(self._rng.spec))
 
     def find_layer(self, model: nn.Module) -> tuple[str, nn.Linear]:
         """``(name, layer)``: the final linear classifier of ``model`` that ISDA hooks."""
@@ -489,9 +493,9 @@ class ISDALoss(_ISDAState, nn.Module):
         if not isinstance(fc, nn.Linear):
             raise TypeError(f"fc must be the classifier's nn.Linear, got {type(fc).__name__}")
         if not isinstance(features, torch.Tensor) or features.ndim != 2 or features.shape[1] != fc.in_features \
-                or not features.is_floating_point() or not len(features):
-            raise ValueError(f"features must be a non-empty (N, {fc.in_features}) float tensor for {fc}, got "
-                             f"{describe(features)}")
+                or not features.is_floating_point() or not len(features):  # a list: a WrongTypeError, as for y
+            raise bad_option(f"features must be a non-empty (N, {fc.in_features}) float tensor for {fc}, got "
+                             f"{describe(features)}", right_type=isinstance(features, torch.Tensor))
         if fc.out_features != self.num_classes:
             raise ValueError(f"fc has {fc.out_features} outputs but num_classes={self.num_classes}")
         check_labels(y, features.shape[0], self.num_classes, batch_name="features")

@@ -31,11 +31,11 @@ class LatentAdversarial(CodecTransform):
         random_start: start (default ``True``) from U(-eps, eps) per coordinate projected onto the ball, as the
             official code, instead of 0; over the chosen coordinates when ``levels`` is given. With ``l2`` in D
             dimensions that point is (almost always) on the sphere.
-        target: ``"pred"`` attacks the model's own prediction on the clean image (official, avoids label
+        target: ``"pred"`` (default) attacks the model's own prediction on the clean image (official, avoids label
             leaking; ``y`` may then be ``None``); ``"true"`` attacks the given labels (the paper's MNIST notebook).
         levels: latent levels to perturb (all jointly by default).
         cache: a :class:`~latent_transforms.LatentCache` of the training images; call with ``index=`` to skip encoding.
-        p: probability, per sample, of being transformed (see :class:`~latent_transforms.LatentTransform`).
+        p: probability, per sample, of being transformed (default 1.0; see :class:`~latent_transforms.LatentTransform`).
         generator: ``None``, an ``int`` seed or a ``torch.Generator`` (see :class:`~latent_transforms.LatentTransform`).
 
     Shape:

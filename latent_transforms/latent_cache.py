@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -47,10 +48,16 @@ class LatentCache(nn.Module):
 
     Args:
         codec: the codec the transforms use: a Codec, hub name or ``.safetensors`` path (a transform refuses a cache
-            whose codec has another ``fingerprint()``). images: (N, C, H, W) float in [0, 1], on any device.
-        batch_size: encoding batch size. device: where the latents live (default: the codec's device).
-        progress: show a progress bar while encoding. verify_images: check that ``x`` holds the cached images at
-            ``index`` (``False``: the latents are used whatever ``x`` holds).
+            whose codec has another ``fingerprint()``).
+        images: (N, C, H, W) float in [0, 1], on any device.
+        batch_size: encoding batch size (default 256).
+        device: where the latents live (default: the codec's device).
+        progress: show a progress bar while encoding (default True).
+        verify_images: check that ``x`` holds the cached images at ``index`` (default True; ``False``: the latents are
+            used whatever ``x`` holds).
+
+    ``repr`` shows ``LatentCache(N, latent_dim=D, verify_images=...)``; ``state_dict`` holds ``latents`` (N, D) and
+    ``_extra_state`` (the codec's fingerprint and the image signatures).
     """
 
     def __init__(self, codec: Codec | str, images: torch.Tensor, *, batch_size: int = 256,
@@ -108,10 +115,11 @@ class LatentCache(nn.Module):
         return [(stats, lambda v: _judge_images(tolerance, *v))]
 
     @classmethod
-    def load(cls, path, codec: Codec | str, device: torch.device | str | None = None, *,
+    def load(cls, path: str | os.PathLike, codec: Codec | str, device: torch.device | str | None = None, *,
              verify_images: bool = True) -> "LatentCache":
         """The cache ``save`` wrote to ``path``; ``codec`` must be the one it was encoded with (same fingerprint, any
-        dtype: the latents take the codec's). A file saved before 2026-12-02 has no image signatures: its images
+        dtype: the latents take the codec's). ``device``: where the latents go (default: the codec's device), and
+        ``verify_images`` as the constructor's. A file saved before 2026-12-02 has no image signatures: its images
         are not checked."""
         codec = resolve_codec(codec)
         check_bool("verify_images", verify_images)
@@ -150,7 +158,7 @@ class LatentCache(nn.Module):
         cache._set_signatures(signatures, _projection(math.prod(codec.image_shape)))
         return cache
 
-    def save(self, path) -> str:
+    def save(self, path: str | os.PathLike) -> str:
         """Write the latents, the images' signatures, their sha256 and the codec's fingerprint to a ``.safetensors``
         file, atomically; returns the file's sha256."""
         tensors = {"latents": self.latents.detach().cpu().contiguous()}
@@ -172,6 +180,10 @@ class LatentCache(nn.Module):
             raise ValueError(f"signatures must be ({len(self)}, 2) for {len(self)} latents, got shape "
                              f"{tuple(signatures.shape)}")
         self.signatures = None if signatures is None else signatures.to(self.latents.device, torch.float32)
+
+    def extra_repr(self) -> str:
+        """``N`` (as a transform's repr names its cache: ``cache=LatentCache(N)``), D, and the image check."""
+        return f"{len(self)}, latent_dim={self.latents.shape[1]}, verify_images={self.verify_images}"
 
     def __len__(self) -> int:
         return self.latents.shape[0]

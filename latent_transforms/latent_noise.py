@@ -36,10 +36,10 @@ class LatentNoise(CodecTransform):
             CIFAR-10 setting ``eps=20`` (about 0.36 per coordinate of 3,072) cost 5 to 6 points of accuracy; no eps
             measurably helped with either (docs/calibration.md). The same L2 eps is a larger change in fewer
             dimensions: 10 on ``glow-digits`` made a digit classifier's accuracy fall from 97% to 36%.
-        norm: ``"l2"``, ``"linf"`` or ``None``.
+        norm: ``"l2"`` (default), ``"linf"`` or ``None``.
         levels: latent levels to perturb (all jointly by default, as the paper).
         cache: a :class:`~latent_transforms.LatentCache` of the training images; call with ``index=`` to skip encoding.
-        p: probability, per sample, of being transformed (see :class:`~latent_transforms.LatentTransform`).
+        p: probability, per sample, of being transformed (default 1.0; see :class:`~latent_transforms.LatentTransform`).
         generator: ``None``, an ``int`` seed or a ``torch.Generator`` (see :class:`~latent_transforms.LatentTransform`).
 
     Shape:

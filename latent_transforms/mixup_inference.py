@@ -7,7 +7,7 @@ from torch import nn
 from .base import SampleStats, keep_plausible, one_line_repr
 from .codecs import Codec, resolve_codec
 from .modelutils import borrowed, logits_of
-from .rng import GeneratorSource
+from .rng import GeneratorSource, generator_repr
 from .validation import check_count, check_images, check_model, check_number
 
 
@@ -54,7 +54,8 @@ class LatentMixupInference(SampleStats, nn.Module):
 
     def extra_repr(self) -> str:
         return (f"lam={self.lam}, num_mixes={self.num_mixes}, references={self.reference_latents.shape[0]}, "
-                f"model={type(self.model).__name__}, codec={type(self.codec).__name__}")
+                f"model={type(self.model).__name__}, codec={type(self.codec).__name__}"
+                + generator_repr(self._rng.spec))
 
     __repr__ = one_line_repr
 

@@ -37,7 +37,7 @@ class CifarResNet18(nn.Module):
     """
 
     def __init__(self, num_classes: int = 10, width: int = 64, channels_last: bool = False,
-                 mean=CIFAR10_MEAN, std=CIFAR10_STD):
+                 mean: tuple[float, float, float] = CIFAR10_MEAN, std: tuple[float, float, float] = CIFAR10_STD):
         super().__init__()
         self.channels_last = channels_last
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))

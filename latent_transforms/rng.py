@@ -58,6 +58,14 @@ def check_generator(spec: object) -> torch.Generator | int | None:
     return int(spec) if isinstance(spec, numbers.Integral) else spec
 
 
+def generator_repr(spec: torch.Generator | int | None) -> str:
+    """``", generator=..."`` for a module's ``extra_repr`` when a generator was given (``""`` for ``None``): an
+    ``int`` seed as itself, a ``torch.Generator`` by its device (its state is not a setting)."""
+    if spec is None:
+        return ""
+    return f", generator={spec}" if isinstance(spec, int) else f", generator=torch.Generator({str(spec.device)!r})"
+
+
 def draw_generator(spec: object, device: torch.device) -> torch.Generator | None:
     """The generator of a codec's own draws (``sample``, a VAE's posterior sample): ``None``, torch's global RNG, as
     torch's functions; an ``int``, a new generator on ``device`` seeded with it (the same seed, the same draws); a

@@ -945,7 +945,8 @@ def train_codec(
     """Train a codec on ``x_train`` (N, C, H, W) float in [0, 1]; checkpoint, resume, and write the final files.
 
     Args:
-        kind: ``"flow"`` (Glow; Adamax) or ``"vae"`` (ConvVAE; Adam).
+        kind: ``"flow"`` (Glow; Adamax; ``"glow"``, the codec's ``kind``, is accepted too) or ``"vae"`` (ConvVAE;
+            Adam).
         out_dir: where ``<name>.state.safetensors`` (training state) and the final ``<name>.safetensors``,
             ``<name>.json`` and ``<name>.png`` go (created if missing).
         name: file stem; default ``"glow"`` or ``"vae"``.
@@ -1111,7 +1112,7 @@ def train_codec(
 
 
 # -- command line -----------------------------------------------------------------------------------------------
-def register_cli(subparsers) -> argparse.ArgumentParser:
+def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``train`` to an argparse subparsers object (``args.func(args)`` runs it); returns its parser."""
     p = subparsers.add_parser(
         "train", help="train your own codec (Glow flow or VAE) on images",

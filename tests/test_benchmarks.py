@@ -1709,6 +1709,17 @@ def test_an_unknown_device_ends_the_benchmark_in_one_line():
         _load_accuracy_module().setup_device("bogus", None)
 
 
+def test_the_benchmarks_take_device_auto_as_the_cli_and_the_examples_do():
+    """API audit 126: `latent-transforms train --device auto` and the examples' --device auto worked, the benchmarks'
+    ended in "device must be cpu, cuda, cuda:N, got 'auto'"."""
+    want = "cuda" if torch.cuda.is_available() else "cpu"
+    for name in ("accuracy", "throughput"):
+        module = _load_benchmark(name)
+        assert module.parse_args(["--device", "auto"]).device == want
+        assert module.parse_args([]).device == want  # the default, as before
+        assert module.parse_args(["--device", "cpu"]).device == "cpu"
+
+
 def test_scripts_check_their_output_folder_and_data_before_any_work(tmp_path):
     # an --out that was a file failed after the training it was to hold (accuracy.py after its first run,
     # vae_class_guidance.py after the whole fine-tune), and a missing data file was a traceback

@@ -823,3 +823,37 @@ def test_a_switch_to_full_precision_that_fails_midway_leaves_every_setting_as_it
     with exact_math():  # and the next codec call still switches and restores
         assert torch.get_float32_matmul_precision() == "highest"
     assert _precision_snapshot() == before
+
+
+def test_codec_type_errors_are_type_errors_and_value_errors():
+    """API audit 126: a wrong type was a TypeError everywhere but here (Glow(32): len()'s own TypeError; decode_flat
+    and decode of a list or a number: a plain ValueError; compile_fast_path("no") compiled)."""
+    from latent_transforms.validation import WrongTypeError
+
+    for shape in (32, "abc", (3.0, 32, 32)):
+        with pytest.raises(WrongTypeError, match=r"image_shape must be \(C, H, W\) positive ints"):
+            Glow(shape)
+    with pytest.raises(ValueError, match=r"image_shape must be \(C, H, W\) positive ints") as e:
+        ConvVAE((3, 32))
+    assert not isinstance(e.value, TypeError)
+    assert Glow(np.array([1, 8, 8]), levels=2, steps=1, hidden=4).image_shape == (1, 8, 8)  # NumPy ints as before
+    with pytest.raises(WrongTypeError, match=r"z must be \(B, D\) float flat latents"):
+        GLOW.decode_flat([[0.0] * GLOW.latent_dim])
+    with pytest.raises(ValueError, match=r"z must be \(B, D\) float flat latents") as e:
+        GLOW.decode_flat(torch.zeros(2, GLOW.latent_dim, dtype=torch.int64))
+    assert not isinstance(e.value, TypeError)
+    for z in (3, [0.0, 1.0], torch.zeros(2, GLOW.latent_dim)):
+        with pytest.raises(WrongTypeError, match="z must be a list of 2 float tensors"):
+            GLOW.decode(z)
+    with pytest.raises(WrongTypeError, match="enabled must be True or False, got 'no'"):
+        tiny_glow().compile_fast_path("no")
+
+
+def test_a_codec_repr_shows_its_config_and_whether_it_is_frozen():
+    """API audit 126: a codec's repr was its module tree alone (hundreds of lines for a Glow), without its config."""
+    first = repr(GLOW).splitlines()[1].strip()
+    assert first == "image_shape=(1, 8, 8), levels=2, steps=2, hidden=16, alpha=0.05, scale_floor=0.05, num_bins=17, " \
+                    "frozen=True"
+    vae = ConvVAE((1, 8, 8), latent_dim=4, hidden=8)
+    assert repr(vae).splitlines()[1].strip() == "image_shape=(1, 8, 8), latent_dim=4, hidden=8, beta=1.0, " \
+                                                "latent_side=None, frozen=False"

@@ -867,3 +867,18 @@ def test_set_epoch_takes_the_last_epoch_number_itself():
     assert isda.lam == 0.5
     with pytest.raises(ValueError, match=r"epoch must be an int in \[0, total_epochs=4\]"):
         isda.set_epoch(5, 4)
+
+
+def test_isda_repr_shows_every_setting_and_isdaloss_refuses_a_list_as_a_type_error():
+    """API audit 126: ISDA's one-line repr left out feature_dim and sync_stats (its estimator, a submodule, is not
+    printed); ISDALoss refused features=[...] with a plain ValueError where y=[...] is a TypeError."""
+    from latent_transforms.validation import WrongTypeError
+
+    isda = ISDA(10, 0.25, covariance="diagonal", layer="fc", feature_dim=32, sync_stats=False, p=0.5)
+    assert repr(isda) == ("ISDA(num_classes=10, lambda0=0.25, covariance='diagonal', progress=0.0, layer='fc', "
+                          "feature_dim=32, sync_stats=False, p=0.5)")
+    with pytest.raises(WrongTypeError, match=r"features must be a non-empty \(N, 3\) float tensor"):
+        ISDALoss(10)([[0.0] * 3], nn.Linear(3, 10), torch.zeros(1, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"features must be a non-empty \(N, 3\) float tensor") as e:
+        ISDALoss(10)(torch.zeros(1, 4), nn.Linear(3, 10), torch.zeros(1, dtype=torch.int64))
+    assert not isinstance(e.value, TypeError)

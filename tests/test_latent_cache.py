@@ -478,3 +478,11 @@ def test_a_cache_file_whose_signatures_do_not_fit_its_latents_is_refused(data, t
     n = len(images)
     with pytest.raises(ValueError, match=rf"c.safetensors: signatures must be \({n}, 2\), got shape \(3, 2\)"):
         LatentCache.load(tmp_path / "c.safetensors", glow)
+
+
+def test_a_cache_repr_shows_its_size_and_settings(data):
+    """API audit 126: repr(LatentCache(...)) was 'LatentCache()' while a transform names it LatentCache(N)."""
+    images, _ = data
+    glow = tiny_glow()
+    cache = LatentCache(glow, images, progress=False, verify_images=False)
+    assert repr(cache) == f"LatentCache(40, latent_dim={glow.latent_dim}, verify_images=False)"

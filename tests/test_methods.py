@@ -970,3 +970,13 @@ def test_mixup_inference_counts_implausible_decodes_as_rejected(glow, batch, net
     mi(x)
     assert mi.stats == {"seen": 2 * len(x), "transformed": 0, "rejected": 2 * len(x)}
     assert all(torch.equal(t, x) for t in spy.inputs)
+
+
+def test_a_generator_given_is_in_the_repr(glow, net):
+    """API audit 126: the reprs showed every setting but the seed or generator given (``None`` shows nothing)."""
+    vae = tiny_vae()
+    for t in (LatentNoise(glow, generator=7), LatentAdversarial(glow, generator=7), VarMixup(vae, generator=7),
+              ISDA(10, generator=7), LatentMixupInference(net, glow, torch.rand(4, 1, 8, 8), generator=7)):
+        assert repr(t).endswith(", generator=7)"), repr(t)
+    assert repr(LatentNoise(glow, generator=torch.Generator())).endswith(", generator=torch.Generator('cpu'))")
+    assert "generator" not in repr(LatentNoise(glow)) + repr(ISDA(10))

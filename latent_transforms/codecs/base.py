@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from ..rng import draw_generator
-from ..validation import (WrongTypeError, check_count, check_images, check_number, check_same_device, describe,
-                          scalar)
+from ..validation import (WrongTypeError, bad_option, check_bool, check_count, check_images, check_number,
+                          check_same_device, describe, scalar)
 from .precision import exact_math
 
 Latents = list[torch.Tensor]  # per-level latents, each (B, *shape); coarsest first for multi-scale flows
@@ -44,11 +44,12 @@ class Codec(nn.Module):
 
     kind: str = ""
 
-    def __init__(self, image_shape: tuple[int, int, int]):
+    def __init__(self, image_shape: tuple[int, int, int] | list[int]):
         super().__init__()
-        if (len(image_shape) != 3 or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) for s in image_shape)
-                or min(image_shape) < 1):
-            raise ValueError(f"image_shape must be (C, H, W) positive ints, got {image_shape!r}")
+        ints = hasattr(image_shape, "__len__") and not isinstance(image_shape, (str, bytes)) and \
+            all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in image_shape)
+        if not ints or len(image_shape) != 3 or min(image_shape) < 1:  # 32 or "abc": a WrongTypeError, not len()'s
+            raise bad_option(f"image_shape must be (C, H, W) positive ints, got {image_shape!r}", right_type=ints)
         self.image_shape = tuple(int(s) for s in image_shape)
         self.frozen = False
         self._compiled: tuple[Callable, Callable] | None = None  # torch.compile'd (_encode, _decode), unbound
@@ -114,7 +115,8 @@ class Codec(nn.Module):
 
     @property
     def latent_dim(self) -> int:
-        """D, the number of latent coordinates per sample (all levels)."""
+        """D, the number of latent coordinates per sample (all levels); for a ``ConvVAE`` with a spatial latent,
+        ``latent_dim * latent_side**2``, not its config's ``latent_dim`` (the channels)."""
         return sum(math.prod(s) for s in self.latent_shapes)
 
     def encode(self, x: torch.Tensor) -> Latents:
@@ -144,8 +146,8 @@ class Codec(nn.Module):
     def decode_flat(self, z: torch.Tensor) -> torch.Tensor:
         """z: (B, D) -> (B, C, H, W), as ``decode`` (not clipped)."""
         if not isinstance(z, torch.Tensor) or z.ndim != 2 or z.shape[1] != self.latent_dim or not z.is_floating_point():
-            raise ValueError(f"z must be (B, D) float flat latents with D = {self.latent_dim} for this {self.kind} codec, "
-                             f"got {describe(z)}")
+            raise bad_option(f"z must be (B, D) float flat latents with D = {self.latent_dim} for this {self.kind} "
+                             f"codec, got {describe(z)}", right_type=isinstance(z, torch.Tensor))
         return self.decode(unflatten_latents(z, self.latent_shapes))
 
     @torch.no_grad()
@@ -183,11 +185,11 @@ class Codec(nn.Module):
     def check_latents(self, z: Latents) -> None:
         """Raise if ``z`` is not one float tensor per level, ``(B, *latent_shapes[i])``, on this codec's device."""
         shapes = [tuple(s) for s in self.latent_shapes]
-        if not isinstance(z, (list, tuple)) or len(z) != len(shapes) or \
-                not all(isinstance(t, torch.Tensor) and t.is_floating_point() for t in z):
+        tensors = isinstance(z, (list, tuple)) and all(isinstance(t, torch.Tensor) for t in z)
+        if not tensors or len(z) != len(shapes) or not all(t.is_floating_point() for t in z):
             flat = " (for (B, D) flat latents use decode_flat)" if isinstance(z, torch.Tensor) and z.ndim == 2 else ""
-            raise ValueError(f"z must be a list of {len(shapes)} float tensors (B, *shape), shapes {shapes}, for this "
-                             f"{self.kind} codec, got {describe(z)}{flat}")
+            raise bad_option(f"z must be a list of {len(shapes)} float tensors (B, *shape), shapes {shapes}, for this "
+                             f"{self.kind} codec, got {describe(z)}{flat}", right_type=tensors)
         got = [tuple(t.shape[1:]) for t in z]
         if got != shapes or len({t.shape[0] for t in z}) != 1:
             raise ValueError(f"this {self.kind} codec's latents have per-sample shapes {shapes} and one batch size, "
@@ -257,7 +259,7 @@ class Codec(nn.Module):
         ``enabled=False`` returns to the eager path. Returns self. Measured speed: docs/performance.md (CPU only so
         far: no-gradient calls 1.1-1.6x faster, decode with gradients slower).
         """
-        if not enabled:
+        if not check_bool("enabled", enabled):
             if dynamic is not None or compile_kwargs:
                 raise ValueError("compile_fast_path(enabled=False) takes no torch.compile arguments")
             self._compiled = self._compile_args = None
@@ -281,6 +283,15 @@ class Codec(nn.Module):
         if state.get("_compile_args") is not None:
             dynamic, kwargs = state["_compile_args"]
             self.compile_fast_path(dynamic=dynamic, **kwargs)
+
+    def extra_repr(self) -> str:
+        """The config (``build_codec(codec.config)`` rebuilds it) and whether it is frozen, above the modules."""
+        try:
+            config = self.config
+        except NotImplementedError:  # a codec of one's own without a config yet still prints
+            config = {"image_shape": self.image_shape}
+        settings = ", ".join(f"{k}={tuple(v) if k == 'image_shape' else v}" for k, v in config.items() if k != "kind")
+        return f"{settings}, frozen={self.frozen}"
 
     def train(self, mode: bool = True) -> "Codec":
         return super().train(mode and not self.frozen)

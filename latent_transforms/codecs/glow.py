@@ -99,8 +99,9 @@ class Glow(Codec):
 
     kind = "glow"
 
-    def __init__(self, image_shape=(3, 32, 32), *, levels: int = 3, steps: int = 8, hidden: int = 128,
-                 alpha: float = 0.05, scale_floor: float = 0.05, num_bins: int = 256):
+    def __init__(self, image_shape: tuple[int, int, int] | list[int] = (3, 32, 32), *, levels: int = 3,
+                 steps: int = 8, hidden: int = 128, alpha: float = 0.05, scale_floor: float = 0.05,
+                 num_bins: int = 256):
         super().__init__(image_shape)
         levels, steps, hidden, num_bins = self.check_positive(levels=levels, steps=steps, hidden=hidden,
                                                               num_bins=num_bins)

@@ -52,8 +52,8 @@ class ConvVAE(Codec):
 
     kind = "vae"
 
-    def __init__(self, image_shape=(3, 32, 32), *, latent_dim: int = 64, hidden: int = 64, beta: float = 1.0,
-                 latent_side: int | None = None, decoder_blocks: int = 0):
+    def __init__(self, image_shape: tuple[int, int, int] | list[int] = (3, 32, 32), *, latent_dim: int = 64,
+                 hidden: int = 64, beta: float = 1.0, latent_side: int | None = None, decoder_blocks: int = 0):
         super().__init__(image_shape)
         latent_dim, hidden = self.check_positive(latent_dim=latent_dim, hidden=hidden)
         beta = check_number("beta", beta)
