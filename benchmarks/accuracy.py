@@ -729,7 +729,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     t = p.add_argument_group("training")
     t.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS), metavar="ARM",
                    help="subset of: " + " ".join(ARMS))
-    t.add_argument("--seeds", type=option(check_count), nargs="+", default=[0, 1, 2])
+    t.add_argument("--seeds", type=option(check_count), nargs="+", default=[0, 1, 2], metavar="SEED",
+                   help="the seed values, not their number: --seeds 0 1 2 runs three seeds, --seeds 3 one, seed 3 "
+                        "(default %(default)s; `latent-transforms demo --seeds N` is a number)")
     t.add_argument("--epochs", type=POSITIVE_INT, default=40,
                    help="(default %(default)s: the short GPU recipe; 40 epochs of one-cycle SGD gave a ResNet-18 78.9%% "
                         "on the 5k subset in about 22 s per run on an H100, as reported in issue 9)")

@@ -40,7 +40,8 @@ def main() -> None:
     ap.add_argument("--per-class", type=POSITIVE_INT, default=10)
     ap.add_argument("--val", type=POSITIVE_INT, default=400, help="validation images held out of the training split")
     ap.add_argument("--epochs", type=POSITIVE_INT, default=40)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], metavar="SEED",
+                    help="the seed values, not their number (default %(default)s)")
     ap.add_argument("--out", default="runs/calibrate-digits")
     args = ap.parse_args()
     torch.set_num_threads(1)
