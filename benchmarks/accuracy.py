@@ -48,9 +48,9 @@ from torch import nn
 
 warnings.filterwarnings("ignore", message="torch.lu is deprecated")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from models import (CIFAR_NOISE_EPS, PerSampleRandAugment, RandomCropFlip, build_classifier,  # noqa: E402
-                    check_output_folder, library_default, load_codec, run_script, setup_device, tiny_codecs,
-                    write_json, write_text)
+from models import (CIFAR_NOISE_EPS, PerSampleRandAugment, RandomCropFlip, add_device_argument,  # noqa: E402
+                    build_classifier, check_output_folder, library_default, load_codec, run_script, setup_device,
+                    tiny_codecs, write_json, write_text)
 
 from latent_transforms import Compose, hub  # noqa: E402
 from latent_transforms.base import LatentTransform  # noqa: E402
@@ -740,8 +740,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     t.add_argument("--weight-decay", type=option(check_number, float), default=5e-4,
                    help="SGD weight decay (default %(default)s)")
     t.add_argument("--width", type=POSITIVE_INT, default=64, help="ResNet-18 base width (default %(default)s)")
-    t.add_argument("--device", default="auto",
-                   help="cpu, cuda, cuda:N or auto (default: cuda when available, as in `latent-transforms train`)")
+    add_device_argument(t)
     t.add_argument("--precision", choices=("bf16", "fp32"),
                    help="classifier precision (default: bf16 on CUDA, fp32 otherwise); codecs always run in fp32")
     c = p.add_argument_group("codecs and method settings")
@@ -806,8 +805,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.smoke:  # its settings are defaults: an option given beside --smoke wins
         p.set_defaults(**SMOKE_DEFAULTS)
         args = p.parse_args(argv)
-    if args.device == "auto":  # resolved here: the defaults below and the results read the device's name
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.precision is None:
         args.precision = "bf16" if args.device.startswith("cuda") else "fp32"
     if not 0 <= args.val_fraction < 1:

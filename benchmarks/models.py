@@ -78,6 +78,16 @@ def write_text(path: Path, text: str) -> None:
         Path(tmp).write_text(text)
 
 
+def add_device_argument(parser) -> None:
+    """``--device``: cpu, cuda, cuda:N or auto (the default), "auto" resolved as it is parsed (the defaults that
+    depend on the device read its name), as ``latent-transforms train --device`` resolves it."""
+    def device_name(value: str) -> str:
+        return str(resolve_device(value, auto=True)) if value == "auto" else value
+
+    parser.add_argument("--device", default="auto", type=device_name,
+                        help="cpu, cuda, cuda:N or auto (default: cuda when available, as in `latent-transforms train`)")
+
+
 def setup_device(name: str, threads: int | None) -> torch.device:
     """The benchmark device; CPU threads if given; on CUDA cuDNN autotuning and TF32 for the classifier only
     (codecs turn TF32 off for themselves)."""

@@ -48,9 +48,9 @@ import torch.nn.functional as F
 
 warnings.filterwarnings("ignore", message="torch.lu is deprecated")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from models import (CIFAR_NOISE_EPS, PerSampleRandAugment, build_classifier, check_output_folder,  # noqa: E402
-                    load_codec, random_init_codec, run_script, setup_device, tiny_codecs, write_json,
-                    write_text)
+from models import (CIFAR_NOISE_EPS, PerSampleRandAugment, add_device_argument, build_classifier,  # noqa: E402
+                    check_output_folder, load_codec, random_init_codec, run_script, setup_device, tiny_codecs,
+                    write_json, write_text)
 
 from latent_transforms.codecs import flatten_latents, unflatten_latents  # noqa: E402
 from latent_transforms.validation import POSITIVE_INT, check_count, option  # noqa: E402
@@ -460,8 +460,7 @@ SMOKE_DEFAULTS = {"batch_size": 8, "iters": 2, "warmup": 1, "width": 8, "threads
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="auto",
-                   help="cpu, cuda, cuda:N or auto (default: cuda when available, as in `latent-transforms train`)")
+    add_device_argument(p)
     p.add_argument("--batch-size", type=option(check_count, low=2),
                    help="default: 256 on CUDA (the issue's targets'), 8 on a CPU")
     p.add_argument("--iters", type=POSITIVE_INT, default=20, help="timed iterations per row (median reported)")
@@ -486,8 +485,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.smoke:  # its settings are defaults: an option given beside --smoke wins
         p.set_defaults(**SMOKE_DEFAULTS)
         args = p.parse_args(argv)
-    if args.device == "auto":  # resolved here: the defaults below and the results read the device's name
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.batch_size is None:
         args.batch_size = 256 if args.device.startswith("cuda") else 8
     if args.precision is None:
