@@ -79,8 +79,9 @@ class HubError(RuntimeError):
     """A checkpoint could not be found, downloaded or verified."""
 
 
-class UnknownCheckpointError(KeyError):
-    """A name that is neither a registered checkpoint nor an existing file."""
+class UnknownCheckpointError(HubError, KeyError):
+    """A name that is neither a registered checkpoint nor an existing file (a ``HubError``, and a ``KeyError`` as a
+    failed lookup by name)."""
 
     def __str__(self) -> str:
         return str(self.args[0])
@@ -503,7 +504,10 @@ def _user_registry_path() -> Path:
 
 def _user_registry_data(path: Path, shipped: dict[str, dict]) -> dict:
     """The user registry file's object (``{"checkpoints": {}}`` if there is none), checked against ``shipped``."""
-    data = _read_registry_file(path)
+    try:
+        data = _read_registry_file(path)
+    except ValueError as e:
+        raise ValueError(f"{e}; fix or delete it (`latent-transforms register` writes it again)") from None
     if data is None:
         return {"checkpoints": {}}
     clash = [name for name in data["checkpoints"] if name in shipped]
@@ -522,7 +526,7 @@ def _registry(warn_if_broken: bool = False) -> dict[str, dict]:
     except ValueError as e:
         if not warn_if_broken:
             raise
-        warnings.warn(f"{e}; its checkpoints are left out until it is fixed or deleted", stacklevel=3)
+        warnings.warn(f"{e}; until then its checkpoints are left out", stacklevel=3)
         user = {}
     with _lock:
         runtime = dict(_registered)
@@ -581,6 +585,7 @@ def _edit_user_registry(edit: Callable[[dict[str, dict]], bool]) -> None:
     _make_cache_dir(path.parent)
     with _user_registry_lock(path.parent):
         data = _user_registry_data(path, shipped)  # again, under the lock: another process may have just changed it
+        _remove_abandoned_parts(path)  # of a writer killed before its rename
         if not edit(data["checkpoints"]):
             return
         with _writing_cache_dir(path.parent), atomic_path(path) as tmp:
@@ -893,8 +898,17 @@ def _status_hint(status: int, file: str) -> str:
     return ""
 
 
-def _verified(path: Path, sha256: str) -> bool:
-    return path.is_file() and sha256_file(path) == sha256
+def _copy_problem(path: Path, sha256: str) -> str | None:
+    """What keeps ``path`` from being the verified file of sha256 ``sha256``: None if nothing, else "missing",
+    "mismatch", or what the user should be told ("is a directory", "cannot be read (Permission denied)")."""
+    if path.is_dir():
+        return "is a directory, not the file"
+    if not path.is_file():
+        return "missing"
+    try:
+        return None if sha256_file(path) == sha256 else "mismatch"
+    except OSError as e:  # no read permission
+        return f"cannot be read ({e.strerror or e})"
 
 
 def _remove_abandoned_parts(dest: Path) -> None:
@@ -986,30 +1000,38 @@ def fetch(name: str) -> Path:
     file, sha256 = entry["file"], entry["sha256"]
     cached, shipped = cache_dir() / file, SHIPPED_DIR / file
     notes = []
-    if cached.is_file():
-        if _verified(cached, sha256):
-            _remove_abandoned_parts(cached)  # of a download killed before another one finished
-            return cached
+    cached_problem = _copy_problem(cached, sha256)
+    if cached_problem is None:
+        _remove_abandoned_parts(cached)  # of a download killed before another one finished
+        return cached
+    if cached_problem == "mismatch":
         # not deleted here: another process may have just put a good copy there; a verified download replaces it
         notes.append(f"cached {cached} does not match the registry (sha256 mismatch: corrupted, or an older "
                      f"version)")
-    if shipped.is_file():
-        if _verified(shipped, sha256):
-            return shipped
-        if any(e["file"] == file and e["sha256"] != sha256 for e in _shipped_registry().values()):
-            notes.append(f"shipped {shipped} is another file than {name!r}'s entry names (the shipped registry gives "
-                         f"it another sha256: was {name!r} registered again, with overwrite=True?)")
-        else:
-            notes.append(f"shipped {shipped} is corrupted (sha256 mismatch)")
+    elif cached_problem != "missing":
+        notes.append(f"cached {cached} {cached_problem}")
+    shipped_problem = _copy_problem(shipped, sha256)
+    if shipped_problem is None:
+        return shipped
+    if shipped_problem != "mismatch":
+        if shipped_problem != "missing":
+            notes.append(f"shipped {shipped} {shipped_problem}")
+    elif any(e["file"] == file and e["sha256"] != sha256 for e in _shipped_registry().values()):
+        notes.append(f"shipped {shipped} is another file than {name!r}'s entry names (the shipped registry gives "
+                     f"it another sha256: was {name!r} registered again, with overwrite=True?)")
+    else:
+        notes.append(f"shipped {shipped} is corrupted (sha256 mismatch)")
     hints = []  # how a name of the user's own comes to lack its file
-    if name not in _shipped_registry():
+    if name not in _shipped_registry() and cached_problem in ("mismatch", "missing"):
         hints.append("saved again after it was registered? register it again with the new file's sha256 "
                      "(hub.register(..., overwrite=True), or `latent-transforms register RUN.json --overwrite`)"
-                     if cached.is_file() else  # there, but not the registered bytes
+                     if cached_problem == "mismatch" else  # there, but not the registered bytes
                      f"registered with hub.register? it does not copy the file: copy {file} into {cache_dir()}; "
                      f"registered from a training run? `latent-transforms register RUN.json --overwrite` copies "
                      f"its file back")
     looked = "; ".join([f"looked in {cached} and {shipped}", *notes, *hints])
+    if cached.is_dir():  # a download could not take its place
+        raise HubError(f"checkpoint {name!r} cannot be fetched: {looked}; remove that directory")
     if _offline():
         raise HubError(f"checkpoint {name!r} is not available offline (LATENT_TRANSFORMS_OFFLINE is set); {looked}")
     url = _remote_url(file)

@@ -375,7 +375,8 @@ def test_list_with_a_broken_user_registry_warns_in_one_line(capsys):
     assert main(["list"]) == 0
     out, err = capsys.readouterr()
     assert err == (f"{PROG}: warning: {registry} is not valid JSON (Expecting property name enclosed in double quotes: "
-                   f"line 1 column 2 (char 1)); its checkpoints are left out until it is fixed or deleted\n")
+                   f"line 1 column 2 (char 1)); fix or delete it (`latent-transforms register` writes it "
+                   f"again); until then its checkpoints are left out\n")
     assert "glow-digits" in out
 
 

@@ -461,6 +461,7 @@ def test_unknown_name_lists_known_ones(env):
     with pytest.raises(KeyError, match="known checkpoints: digits-a") as e:
         hub.load("no-such-codec")
     assert "no-such-codec" in str(e.value)
+    assert isinstance(e.value, hub.HubError)  # `except hub.HubError` catches every checkpoint that cannot be had
     with pytest.raises(KeyError, match="unknown checkpoint"):  # too long for a path: still a name
         hub.load("x" * 300)
 
@@ -693,7 +694,7 @@ def test_a_corrupt_user_registry_is_named_in_the_error(env, text, message):
                  lambda: hub.unregister("x", persist=True)):
         with pytest.raises(ValueError, match=message) as e:
             call()
-        assert str(path) in str(e.value)
+        assert str(path) in str(e.value) and "fix or delete it" in str(e.value)  # the file alone did not say what to do
     with pytest.warns(UserWarning, match=message) as w:  # listing still shows the other registries
         assert hub.list_checkpoints() == []
     assert str(path) in str(w[0].message)
@@ -867,6 +868,46 @@ def test_a_part_left_by_a_killed_download_is_removed_when_the_cached_copy_is_use
     os.utime(old, (time.time() - 7200, time.time() - 7200))
     assert hub.fetch("good").read_bytes() == GOOD and _Handler.counts["good.safetensors"] == 1
     assert not old.exists()
+
+
+def test_a_directory_where_the_cached_file_should_be_is_named_and_left_alone(env):
+    # it went on to download, and the rename over the directory raised a raw IsADirectoryError naming a temp file
+    (env / "good.safetensors").mkdir(parents=True)
+    _register("good", "good.safetensors")
+    with pytest.raises(hub.HubError, match=r"good.safetensors is a directory, not the file; remove that directory$"):
+        hub.fetch("good")
+    assert (env / "good.safetensors").is_dir() and "good.safetensors" not in _Handler.counts
+
+
+def test_an_unreadable_cached_copy_is_named_and_replaced_by_a_download(env, monkeypatch):
+    # reading it raised a raw PermissionError (simulated: as root, chmod 000 leaves a file readable)
+    _register("good", "good.safetensors")
+    cached = hub.fetch("good")
+    read = hub.sha256_file
+
+    def unreadable(path):
+        if Path(path) == cached and cached.stat().st_ino == inode:
+            raise PermissionError(13, "Permission denied", str(path))
+        return read(path)
+
+    inode = cached.stat().st_ino
+    monkeypatch.setattr(hub, "sha256_file", unreadable)
+    monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
+    with pytest.raises(hub.HubError, match=r"cached \S+good.safetensors cannot be read \(Permission denied\)"):
+        hub.fetch("good")
+    monkeypatch.delenv("LATENT_TRANSFORMS_OFFLINE")
+    assert hub.fetch("good").read_bytes() == GOOD and _Handler.counts["good.safetensors"] == 2
+
+
+def test_a_part_left_by_a_killed_registry_writer_is_removed_by_the_next_one(env):
+    # atomic_path removes its temp file on an error, not when the process is killed: they stayed for good
+    env.mkdir()
+    old, live = env / ".registry.json.k1ll3d.part", env / ".registry.json.l1v3.part"
+    for part in (old, live):
+        part.write_text("{")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    _register("a", "good.safetensors", persist=True)
+    assert not old.exists() and live.exists()
 
 
 @pytest.mark.parametrize("file", ["length-unicode.safetensors", "length-huge.safetensors"])
@@ -1142,14 +1183,17 @@ def test_corrupted_cache_is_replaced_by_a_verified_download(env, monkeypatch):
 
 
 
-def test_read_only_cache_dir(env):
+def test_read_only_cache_dir(env, monkeypatch):
     env.mkdir()
+    if os.access(env, os.W_OK):  # as root chmod leaves the directory writable: refuse the temp file as it would be
+        def refused(*args, dir=None, **kwargs):
+            raise PermissionError(13, "Permission denied", str(Path(dir) / ".good.safetensors.x1y2.part"))
+        monkeypatch.setattr(hub.tempfile, "mkstemp", refused)
     env.chmod(stat.S_IRUSR | stat.S_IXUSR)
     try:
-        if os.access(env, os.W_OK):
-            pytest.skip("running as root: chmod does not make the directory read-only")
         _register("good", "good.safetensors")
-        with pytest.raises(hub.HubError, match="LATENT_TRANSFORMS_HOME"):
+        with pytest.raises(hub.HubError, match=r"cannot write to the cache dir .* \(Permission denied\); set "
+                                               r"LATENT_TRANSFORMS_HOME to a writable directory"):
             hub.fetch("good")
     finally:
         env.chmod(stat.S_IRWXU)
