@@ -69,13 +69,13 @@ def _cmd_register(args: argparse.Namespace) -> None:
     if not done.changed:
         print(f"{done.name!r} is already registered with this run's checkpoint ({done.path}); nothing changed")
         return
-    print(f"registered {done.name!r} in {hub._user_registry_path()} (checkpoint: {done.path})")
+    print(f"registered {done.name!r} in {hub.user_registry_path()} (checkpoint: {done.path})")
     print(f"load it:  codec = latent_transforms.hub.load({done.name!r})")
 
 
 def _cmd_unregister(args: argparse.Namespace) -> None:
     entry = hub.unregister(args.name, persist=True)
-    print(f"unregistered {args.name!r} from {hub._user_registry_path()}")
+    print(f"unregistered {args.name!r} from {hub.user_registry_path()}")
     copy = hub.cache_dir() / entry["file"]
     users = sorted(n for n, e in hub._registry().items() if e["file"] == entry["file"])
     if args.keep_file or not copy.is_file():

@@ -498,7 +498,8 @@ def _shipped_registry() -> dict[str, dict]:
     return dict(_read_registry_file(path)["checkpoints"])
 
 
-def _user_registry_path() -> Path:
+def user_registry_path() -> Path:
+    """The user registry file, ``cache_dir() / "registry.json"`` (it need not exist yet)."""
     return cache_dir() / "registry.json"
 
 
@@ -520,7 +521,7 @@ def _user_registry_data(path: Path, shipped: dict[str, dict]) -> dict:
 def _registry(warn_if_broken: bool = False) -> dict[str, dict]:
     """Every registered name. ``warn_if_broken``: a user registry file that cannot be used is reported as a warning
     and its entries left out, instead of raising."""
-    shipped, path = _shipped_registry(), _user_registry_path()  # a bad LATENT_TRANSFORMS_HOME raises, never warns
+    shipped, path = _shipped_registry(), user_registry_path()  # a bad LATENT_TRANSFORMS_HOME raises, never warns
     try:
         user = _user_registry_data(path, shipped)["checkpoints"]
     except ValueError as e:
@@ -579,7 +580,7 @@ def _user_registry_lock(directory: Path) -> Iterator[None]:
 def _edit_user_registry(edit: Callable[[dict[str, dict]], bool]) -> None:
     """Apply ``edit`` (returns whether it changed anything) to the user registry file's entries under a lock and
     replace the file atomically, keeping the other entries (a broken file is reported before anything is touched)."""
-    path = _user_registry_path()
+    path = user_registry_path()
     shipped = _shipped_registry()
     _user_registry_data(path, shipped)
     _make_cache_dir(path.parent)
@@ -594,7 +595,7 @@ def _edit_user_registry(edit: Callable[[dict[str, dict]], bool]) -> None:
 
 def _persist(name: str, entry: dict, overwrite: bool) -> None:
     """Add ``entry`` (in its JSON form) to the user registry file."""
-    path = _user_registry_path()
+    path = user_registry_path()
 
     def add(entries: dict[str, dict]) -> bool:
         if name in entries and not overwrite:
@@ -650,7 +651,7 @@ def _add_entry(name: str, *, file: str, sha256: str, config: dict, trained_on: s
         raise ValueError(f"register(): entry {name!r} is not JSON data ({e})") from None
     _check_entry(name, entry, "register()")
     if persist and name in _shipped_registry():
-        raise ValueError(f"{_user_registry_path()}: {name!r} is a shipped checkpoint's name, which the user registry "
+        raise ValueError(f"{user_registry_path()}: {name!r} is a shipped checkpoint's name, which the user registry "
                          f"may not redefine; register yours under another name")
     # without persist, a broken user registry file only warns (its names are out of reach until it is fixed)
     if not overwrite and name in _registry(warn_if_broken=not persist):
@@ -722,7 +723,7 @@ def register_run(run: str | os.PathLike, *, name: str | None = None, overwrite: 
            "notes": entry.get("notes") or ""}
     dest = cache_dir() / file
     registry = _registry()
-    persisted = _user_registry_data(_user_registry_path(), shipped)["checkpoints"].get(name)
+    persisted = _user_registry_data(user_registry_path(), shipped)["checkpoints"].get(name)
     # this run registered by this process alone (hub.register without persist): not yet for every process
     this_process_only = persisted is None and registry.get(name) == new
     if name in registry and not overwrite and not this_process_only:
@@ -763,7 +764,7 @@ def unregister(name: str, *, persist: bool = False) -> dict:
             removed.append(entries.pop(name))
         return bool(removed)
 
-    if persist and _user_registry_path().is_file():
+    if persist and user_registry_path().is_file():
         _edit_user_registry(remove)
     with _lock:
         if name in _registered:
@@ -771,7 +772,7 @@ def unregister(name: str, *, persist: bool = False) -> dict:
         for key in [k for k in _loaded if k[0] == name]:
             del _loaded[key]
     if not removed:
-        where = "this process's registry" + (f" nor the user registry file {_user_registry_path()}" if persist else "")
+        where = "this process's registry" + (f" nor the user registry file {user_registry_path()}" if persist else "")
         registry = _registry(warn_if_broken=True)
         close = _closest(name, [n for n in registry if n not in _shipped_registry()])
         hint = "; it is in the user registry file: pass persist=True" if not persist and name in registry else \
@@ -1110,4 +1111,4 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") ->
 
 __all__ = ["FORMAT", "HubError", "UnknownCheckpointError", "cache_dir", "fetch", "list_checkpoints", "load",
            "load_checkpoint", "RegisteredRun", "register", "register_run", "save_checkpoint", "sha256_file",
-           "unregister"]
+           "unregister", "user_registry_path"]
