@@ -72,7 +72,7 @@ _registered: dict[str, dict] = {}  # runtime entries from register(), shadowing 
 _loaded: dict[tuple[str, str], "Codec"] = {}  # (name, device) -> frozen codec
 _lock = threading.Lock()  # guards _registered, _loaded and _load_locks
 _load_locks: dict[tuple[str, str, str], threading.Lock] = {}
-_user_registry_write_lock = threading.Lock()  # with a file lock: one read-modify-write of the user registry at a time
+_cache_dir_thread_lock = threading.Lock()  # with a file lock: one registry edit or download at a time
 
 
 class HubError(RuntimeError):
@@ -558,13 +558,14 @@ def _make_cache_dir(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def _user_registry_lock(directory: Path) -> Iterator[None]:
-    """Serialise read-modify-write of the user registry across threads and processes (where ``fcntl`` exists)."""
+def _cache_dir_lock(directory: Path) -> Iterator[None]:
+    """Serialise what writes the cache dir ``directory`` (a read-modify-write of the user registry, a download)
+    across threads and processes (where ``fcntl`` exists)."""
     try:
         import fcntl
     except ImportError:  # not POSIX: atomic replacement only (a concurrent writer may drop an entry)
         fcntl = None
-    with _user_registry_write_lock:
+    with _cache_dir_thread_lock:
         if fcntl is None:
             yield
             return
@@ -584,7 +585,7 @@ def _edit_user_registry(edit: Callable[[dict[str, dict]], bool]) -> None:
     shipped = _shipped_registry()
     _user_registry_data(path, shipped)
     _make_cache_dir(path.parent)
-    with _user_registry_lock(path.parent):
+    with _cache_dir_lock(path.parent):
         data = _user_registry_data(path, shipped)  # again, under the lock: another process may have just changed it
         _remove_abandoned_parts(path)  # of a writer killed before its rename
         if not edit(data["checkpoints"]):
@@ -1042,7 +1043,11 @@ def fetch(name: str) -> Path:
             f"(http://, https:// or file://) that serves {file}"
         )
     try:
-        _download(url, cached, sha256, entry.get("size"))
+        _make_cache_dir(cached.parent)
+        with _cache_dir_lock(cached.parent):  # DDP ranks loading one name at once: one downloads, the others wait
+            if _copy_problem(cached, sha256) is None:  # downloaded meanwhile by another process
+                return cached
+            _download(url, cached, sha256, entry.get("size"))
     except HubError as e:  # a failed download is why a bad cached or shipped copy could not be replaced: say both
         if not notes and not hints:
             raise

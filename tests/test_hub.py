@@ -1274,6 +1274,7 @@ def test_concurrent_threads_fetch_one_good_file(env):
         t.join()
     assert errors == [] and len(set(results)) == 1
     assert results[0].read_bytes() == GOOD and sorted(p.name for p in env.iterdir()) == ["good.safetensors"]
+    assert _Handler.counts["good.safetensors"] == 1  # one downloads, the others wait and use its file
 
 
 def _fetch_in_child(barrier, results) -> None:
@@ -1298,6 +1299,7 @@ def test_concurrent_processes_fetch_one_good_file(env):
     assert [p.exitcode for p in procs] == [0, 0]
     assert len(set(paths)) == 1 and Path(paths[0]).read_bytes() == GOOD
     assert sorted(p.name for p in env.iterdir()) == ["good.safetensors"]
+    assert _Handler.counts["good.safetensors"] == 1  # DDP ranks loading one name download it once
 
 
 def test_load_by_name_reads_once_and_returns_copies(env, tmp_path):
