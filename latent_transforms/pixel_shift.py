@@ -9,21 +9,25 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .rng import draw_generator
 from .validation import check_bool, check_choice, check_count
 
 PADDING_MODES = ("zeros", "reflect")
 
 
 def random_shift_flip(x: torch.Tensor, max_shift: int, flips: bool, padding: str = "zeros",
-                      generator: torch.Generator | None = None) -> torch.Tensor:
+                      generator: torch.Generator | int | None = None) -> torch.Tensor:
     """Shift each image by its own random (dy, dx) in ``[-max_shift, max_shift]`` and flip it with probability 1/2.
 
     ``x: (B, C, H, W)`` -> ``(B, C, H, W)``, same device and dtype. Pixels shifted in come from ``padding``:
     ``"zeros"`` or ``"reflect"`` (mirrored without repeating the edge; needs ``max_shift < min(H, W)``). Draws
     ``dy``, ``dx`` (each ``(B, 1)``, skipped when ``max_shift`` is 0) then the flips (``(B, 1)`` uniforms, skipped
-    when ``flips`` is False) from ``generator`` (torch's global generator if None), which must be on ``x``'s device.
-    With neither shifts nor flips, returns ``x`` itself.
+    when ``flips`` is False) from ``generator``: torch's global generator if None, a new one seeded with an ``int``
+    seed, or a ``torch.Generator``, which must be on ``x``'s device. With neither shifts nor flips, returns ``x``
+    itself.
     """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 4:
         raise ValueError(f"x must be (B, C, H, W), got shape {tuple(x.shape)}")
     check_choice("padding", padding, PADDING_MODES)
@@ -32,6 +36,7 @@ def random_shift_flip(x: torch.Tensor, max_shift: int, flips: bool, padding: str
     max_shift = check_count("max_shift", max_shift)
     if padding == "reflect" and max_shift >= min(h, w):
         raise ValueError(f"max_shift must be < {min(h, w)} (the image side) with reflection padding, got {max_shift}")
+    generator = draw_generator(generator, x.device)  # checked before the shortcut, as the other arguments
     if max_shift == 0 and not flips:
         return x
     p, dev = max_shift, x.device

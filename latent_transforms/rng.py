@@ -66,11 +66,22 @@ def generator_repr(spec: torch.Generator | int | None) -> str:
     return f", generator={spec}" if isinstance(spec, int) else f", generator=torch.Generator({str(spec.device)!r})"
 
 
+def check_generator_device(generator: torch.Generator, device: torch.device) -> torch.Generator:
+    """``generator`` if it can draw for data on ``device``, else ``ValueError`` naming both (not torch's own error)."""
+    on = torch.device(generator.device)  # cuda:0's generator does not draw for cuda:1 data
+    if on.type != device.type or None not in (on.index, device.index) and on.index != device.index:
+        raise ValueError(f"the generator is on {generator.device} but the data is on {device}; "
+                         f"pass torch.Generator(device={str(device)!r}) or an int seed")
+    return generator
+
+
 def draw_generator(spec: object, device: torch.device) -> torch.Generator | None:
     """The generator of a codec's own draws (``sample``, a VAE's posterior sample): ``None``, torch's global RNG, as
     torch's functions; an ``int``, a new generator on ``device`` seeded with it (the same seed, the same draws); a
-    ``torch.Generator`` as given."""
+    ``torch.Generator`` as given, if it is on ``device`` (``ValueError`` otherwise)."""
     spec = check_generator(spec)
+    if isinstance(spec, torch.Generator):
+        return check_generator_device(spec, torch.device(device))
     return torch.Generator(device).manual_seed(spec) if isinstance(spec, int) else spec
 
 
@@ -108,13 +119,7 @@ class GeneratorSource:
 
     def get(self, device: torch.device) -> torch.Generator:
         if isinstance(self.spec, torch.Generator):
-            on = torch.device(self.spec.device)  # cuda:0's generator does not draw for cuda:1 data
-            if on.type != device.type or None not in (on.index, device.index) and on.index != device.index:
-                raise ValueError(
-                    f"the generator is on {self.spec.device} but the data is on {device}; "
-                    f"pass torch.Generator(device={str(device)!r}) or an int seed"
-                )
-            return self.spec
+            return check_generator_device(self.spec, device)
         with _SEED_LOCK:  # two threads' first calls would each make a generator (with an int seed: the same draws)
             if self.spec is None and self._process != _process():
                 self._per_device, self._process = {}, _process()

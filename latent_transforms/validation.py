@@ -331,6 +331,8 @@ def _index_stats(index: torch.Tensor) -> torch.Tensor:
 
 def _judge_index(size: int | None, lo: float, hi: float) -> None:
     lo, hi = int(lo), int(hi)
+    if size is None and lo < 0:  # no cache to bound it: "outside [0, None)" named no range
+        raise ValueError(f"index has a negative dataset position {lo}; positions count from 0")
     if lo < 0 or (size is not None and hi >= size):
         raise ValueError(f"index has positions outside [0, {size}): min {lo}, max {hi}")
 

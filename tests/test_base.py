@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from latent_transforms import LatentTransform
 from latent_transforms.base import keep_plausible
 from latent_transforms.labels import mix_labels
-from latent_transforms.rng import GeneratorSource
+from latent_transforms.rng import GeneratorSource, draw_generator
 
 
 class AddNoise(LatentTransform):
@@ -104,6 +104,11 @@ def test_explicit_generator_leaves_global_rng_alone():
 def test_generator_on_wrong_device_is_named():
     with pytest.raises(ValueError, match="generator is on cpu but the data is on cuda"):
         GeneratorSource(torch.Generator()).get(torch.device("cuda"))
+    # a codec's own draws (codec.sample, a VAE's posterior sample) too: torch's error named neither device's fix
+    with pytest.raises(ValueError, match="generator is on cpu but the data is on cuda"):
+        draw_generator(torch.Generator(), torch.device("cuda"))
+    g = torch.Generator()
+    assert draw_generator(g, torch.device("cpu")) is g
     for bad in ("seed", 1.5, True, np.float64(3)):
         with pytest.raises(TypeError, match="generator must be"):
             GeneratorSource(bad)

@@ -94,3 +94,19 @@ def test_draws_dy_then_dx_then_the_flips_from_the_generator():
     expected = torch.where(flip.view(16, 1, 1, 1), expected.flip(-1), expected)
     assert (dy != dx).any() and flip.any() and not flip.all()
     assert torch.equal(random_shift_flip(x, p, flips=True, generator=torch.Generator().manual_seed(3)), expected)
+
+
+def test_x_and_generator_of_the_wrong_kind_are_named():
+    """Found by an input-contract audit: a list for x raised AttributeError, an int seed or a str for the generator
+    torch.randint's TypeError, and a generator on another device than x was not checked."""
+    x = torch.rand(2, 1, 8, 8)
+    with pytest.raises(TypeError, match="x must be a torch.Tensor, got list"):
+        random_shift_flip(x.tolist(), 1, True)
+    for bad in ("cpu", 1.5):
+        with pytest.raises(TypeError, match="generator must be None, an int seed or a torch.Generator"):
+            random_shift_flip(x, 1, True, generator=bad)
+    # an int seed is a seed, as for the transforms and codec.sample: the same seed, the same shifts
+    assert torch.equal(random_shift_flip(x, 2, True, generator=3),
+                       random_shift_flip(x, 2, True, generator=torch.Generator().manual_seed(3)))
+    with pytest.raises(ValueError, match="the generator is on cpu but the data is on meta"):
+        random_shift_flip(x.to("meta"), 2, True, generator=torch.Generator())

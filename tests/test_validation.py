@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from latent_transforms import Compose
+from latent_transforms import ISDA, Compose
 from latent_transforms.latent_adversarial import LatentAdversarial
 from latent_transforms.latent_noise import LatentNoise
 from latent_transforms.validation import check_batch, check_count, check_images, check_labels, check_number
@@ -111,6 +111,32 @@ def test_fuzz_validation_raises_only_documented_errors(arr, labels):
         check_labels(y, x.shape[0], num_classes=5)
     except (ValueError, TypeError) as e:
         assert str(e)
+
+
+def test_a_negative_index_without_a_cache_to_bound_it_names_no_range():
+    """Found by an input-contract audit: a transform without a latent cache (ISDA, or any before it says it needs
+    one) said "index has positions outside [0, None)"."""
+    index = torch.tensor([0, -1, 2, 3])
+    for t, args in ((LatentNoise(GLOW, eps=1.0), ()), (ISDA(10), (TinyNet(),))):
+        with pytest.raises(ValueError, match=r"index has a negative dataset position -1; positions count from 0$"):
+            t(GOOD_X, GOOD_Y, *args, index=index)
+    with pytest.raises(ValueError, match=r"index has positions outside \[0, 3\): min -1, max 3"):  # with a size: the range
+        check_batch(GOOD_X, GOOD_Y, index=index, index_size=3)
+
+
+def test_codec_loss_and_posterior_check_their_images():
+    """Found by an input-contract audit: Glow.loss (so init_actnorm) and ConvVAE.posterior, public entry points, ran
+    on what they were given and failed deep in torch ("check_uniform_bounds" not implemented for 'Byte', "Input type
+    (unsigned char) and bias type (float) should be the same", round() of a list)."""
+    x = torch.rand(4, 1, 8, 8)
+    for bad, error, message in ((x.mul(255).to(torch.uint8), ValueError, "float tensor"),
+                                (x.tolist(), TypeError, "x must be a torch.Tensor"),
+                                (torch.rand(4, 3, 8, 8), ValueError, "trained on images of shape")):
+        for call in (GLOW.loss, GLOW.init_actnorm, VAE.posterior):
+            with pytest.raises(error, match=message):
+                call(bad)
+    mu, logvar = VAE.posterior(x.double())  # float64 images are taken, as by encode
+    assert mu.dtype == logvar.dtype == torch.float32 and torch.equal(mu, VAE.encode_flat(x))
 
 
 def test_check_choice_takes_equal_values_of_the_choices_type():

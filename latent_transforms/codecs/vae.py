@@ -104,7 +104,13 @@ class ConvVAE(Codec):
         return [(self.latent_dim_, self.latent_side, self.latent_side)]
 
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: (B, C, H, W) -> mean and log-variance, each of shape (B, *latent_shapes[0])."""
+        """x: (B, C, H, W) in [0, 1] -> mean and log-variance, each of shape (B, *latent_shapes[0]) (x's shape, dtype
+        and device checked as ``encode``'s; float64 images are taken into the codec's float32)."""
+        self.check_input(x)
+        return self._posterior(x.to(self.dtype))
+
+    def _posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``posterior`` of checked images in the codec's dtype."""
         mu, logvar = self.encoder(x).chunk(2, dim=1)
         return mu, logvar.clamp(-30, 20)
 
@@ -122,7 +128,7 @@ class ConvVAE(Codec):
         self.check_input(x)
         generator = draw_generator(generator, x.device)
         with exact_math(x.device.type):
-            mu, logvar = self.posterior(x.to(self.dtype))
+            mu, logvar = self._posterior(x.to(self.dtype))
         if noise is None:
             eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         elif not isinstance(noise, torch.Tensor) or not noise.is_floating_point():
@@ -134,7 +140,7 @@ class ConvVAE(Codec):
         return [mu + torch.exp(0.5 * logvar) * eps]
 
     def _encode(self, x: torch.Tensor) -> Latents:
-        return [self.posterior(x)[0]]
+        return [self._posterior(x)[0]]
 
     def _decode(self, z: Latents) -> torch.Tensor:
         return torch.sigmoid(self.decoder(z[0]))
@@ -157,7 +163,7 @@ class ConvVAE(Codec):
         self.check_input(x)
         x = x.to(self.dtype)  # as encode: float64 images into a float32 codec
         generator = draw_generator(generator, torch.device("cpu"))
-        mu, logvar = self.posterior(x)
+        mu, logvar = self._posterior(x)
         if generator is None:
             noise = torch.randn_like(mu)
         else:
