@@ -15,23 +15,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-DOCS = ROOT / "docs"
-SNIPPET = re.compile(r"```python\n(.*?)```", re.S)
-# What a page's text asks the reader to bring (a batch, a model, a loader ...). Every other name its snippets use
-# must be imported or defined by the page itself, at or before the snippet that uses it: a reader runs them in order.
-READER_CONTEXT = {  # pages not named here bring nothing
-    "quickstart.md": {"loader", "model", "optimizer", "epochs"},
-    "composition.md": {"x", "y", "model", "loader", "epochs", "x_uint8", "train_images", "train_labels", "idx"},
-    "index.md": {"augment", "x", "y", "model"},
-    "methods/isda.md": {"x", "y", "model", "loader", "epochs", "backbone", "features", "logits"},
-    "methods/latent_adversarial.md": {"x", "y", "model"},
-    "methods/latent_noise.md": {"x", "y"},
-    "methods/mixup_inference.md": {"model", "x_train", "x_test_batch", "y_test_batch"},
-    "methods/varmixup.md": {"x", "y", "model"},
-    "../README.md": {"loader", "model", "optimizer"},
-}
-PAGES = sorted(str(p.relative_to(DOCS)) for p in DOCS.rglob("*.md")) + ["../README.md"]  # mkdocs checks docs/ only
+from doc_pages import DOCS, PAGES, READER_CONTEXT, ROOT, SNIPPET
+
 IMAGE = re.compile(r"!\[[^\]]*\]\(([^)\s]+\.png)[^)]*\)|<img[^>]*\bsrc=\"([^\"]+\.png)\"")
 
 
