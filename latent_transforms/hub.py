@@ -699,7 +699,8 @@ def register_run(run: str | os.PathLike, *, name: str | None = None, overwrite: 
     ``<name>.safetensors`` (``name``: the run's name unless given) and the name is added to the user registry, so
     ``load(name)`` works in any process using that cache dir. A shipped checkpoint's name is refused, and so is a
     name registered with another checkpoint or other details unless ``overwrite=True``; the same run registered
-    again under the same name changes nothing (``changed`` is False). Nothing is copied or registered when it refuses.
+    again under the same name changes nothing (``changed`` is False; also for all but one of several processes
+    registering it at once, such as DDP ranks). Nothing is copied or registered when it refuses.
     """
     check_bool("overwrite", overwrite)
     run = Path(run).expanduser()
@@ -747,7 +748,14 @@ def register_run(run: str | os.PathLike, *, name: str | None = None, overwrite: 
         shutil.copyfile(source, tmp)
         if sha256_file(tmp) != entry["sha256"]:
             raise ValueError(f"{source} changed while it was copied; nothing registered")
-        _add_entry(name, **new, overwrite=overwrite or this_process_only, persist=True)
+        try:
+            _add_entry(name, **new, overwrite=overwrite or this_process_only, persist=True)
+        except ValueError:
+            # another process registered this run since the check above (DDP ranks each registering it at start):
+            # done, with this verified copy of its file
+            if _user_registry_data(user_registry_path(), shipped)["checkpoints"].get(name) != new:
+                raise
+            return RegisteredRun(name, dest, changed=False)
     return RegisteredRun(name, dest, changed=True)
 
 

@@ -1302,6 +1302,37 @@ def test_concurrent_processes_fetch_one_good_file(env):
     assert _Handler.counts["good.safetensors"] == 1  # DDP ranks loading one name download it once
 
 
+def _register_runs_in_child(run, names, barrier, results) -> None:
+    for name in names:
+        barrier.wait()
+        try:
+            results.put(hub.register_run(run, name=name).changed)
+        except Exception as e:  # reported to the parent's assertion
+            results.put(f"error: {e}")
+
+
+def test_concurrent_processes_register_one_run(env, tmp_path):
+    """DDP ranks each registering the run at start: the rank that persisted second raised "already registered;
+    pass overwrite=True" (the check that the run is already there ran before either rank had written it)."""
+    sha = hub.save_checkpoint(_codec(), tmp_path / "zz-run.safetensors")
+    run = tmp_path / "zz-run.json"
+    run.write_text(json.dumps({"name": "zz-run", "registry_entry": {"file": "zz-run.safetensors", "sha256": sha,
+                                                                    "config": CONFIG}}))
+    names = [f"zz-run-{i}" for i in range(4)]  # four rounds: the race was lost in most of them
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_register_runs_in_child, args=(run, names, barrier, results)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    outcomes = [results.get(timeout=60) for _ in range(2 * len(names))]
+    for p in procs:
+        p.join(timeout=60)
+    assert [p.exitcode for p in procs] == [0, 0] and all(isinstance(o, bool) for o in outcomes), outcomes
+    assert set(json.loads((env / "registry.json").read_text())["checkpoints"]) == set(names)
+    assert all(hub.sha256_file(env / f"{name}.safetensors") == sha for name in names)
+    assert _leftovers(env) == []
+
+
 def test_load_by_name_reads_once_and_returns_copies(env, tmp_path):
     codec = _codec()
     sha = hub.save_checkpoint(codec, tmp_path / "vae.safetensors")
