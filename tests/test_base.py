@@ -240,6 +240,20 @@ def test_a_run_resumed_with_its_generators_saved_state_makes_the_same_draws():
     assert all(torch.equal(a, AddNoise(generator=g2)(x, y)[0]) for a in uninterrupted)
 
 
+def test_a_copy_of_a_seeded_transform_continues_its_stream_where_the_original_is():
+    """A pickled or deep-copied transform (a spawned DataLoader worker, a checkpoint of the module) keeps its private
+    generator's state: it draws what the original draws next, not the seed's first draws again."""
+    import copy
+    import pickle
+
+    x = torch.full((3, 1, 2, 2), 0.5)
+    t = AddNoise(generator=0)
+    first = t(x)[0]
+    for c in (copy.deepcopy(t), pickle.loads(pickle.dumps(t))):
+        out = c(x)[0]
+        assert not torch.equal(out, first) and torch.equal(out, copy.deepcopy(t)(x)[0])
+
+
 def test_a_deepcopy_keeps_a_transform_on_the_generator_its_user_holds():
     import copy
 
@@ -424,6 +438,18 @@ def test_to_soft_keeps_the_dtype_of_soft_labels():
         out = to_soft(y, None)
         assert out.dtype == dtype and torch.equal(out, y)
     assert to_soft(torch.tensor([0, 2]), 3, torch.float64).dtype == torch.float64
+
+
+def test_mixed_soft_labels_keep_their_dtype():
+    """lam is drawn in float32: 16-bit soft labels mixed with it stay 16-bit (VarMixup with p=1 returns them as
+    mixed), as the labels of the samples left alone do."""
+    from latent_transforms.labels import mix_labels
+
+    for dtype in (torch.float16, torch.bfloat16, torch.float64):
+        y = torch.softmax(torch.randn(4, 3), 1).to(dtype)
+        out = mix_labels(y, torch.tensor([1, 2, 3, 0]), torch.tensor([0.25, 0.5, 0.75, 1.0]), None)
+        assert out.dtype == dtype
+        torch.testing.assert_close(out[0], 0.25 * y[0] + 0.75 * y[1])
 
 
 def test_a_generator_shared_by_two_transforms_stays_shared_in_copies():

@@ -160,6 +160,12 @@ def test_vae_decoder_blocks_start_as_the_identity_and_round_trip():
     assert all(p.grad.abs().sum() > 0 for n, p in deep.named_parameters() if "conv2" in n)  # the zero start trains
 
 
+def test_build_codec_leaves_the_callers_config_as_it_was():
+    config = GLOW.config
+    build_codec(config)
+    assert config == GLOW.config and config["kind"] == "glow"  # a registry entry's config is built again later
+
+
 def test_build_codec_round_trips_config_and_names_errors():
     for codec in (GLOW, tiny_vae()):
         assert build_codec(codec.config).config == codec.config
@@ -183,6 +189,30 @@ def test_codec_device_mismatch_is_named():
     x = torch.rand(2, 1, 8, 8, device="meta")
     with pytest.raises(ValueError, match="codec is on cpu but x is on meta"):
         GLOW.check_images(x)
+
+
+def test_decode_flat_refuses_flat_latents_of_another_width_or_rank():
+    with pytest.raises(ValueError, match=r"z must be \(B, D\) float flat latents with D = 64 for this glow codec, got"):
+        GLOW.decode_flat(torch.zeros(2, 65))
+    with pytest.raises(ValueError, match=r"z must be \(B, D\) float flat latents with D = 64 for this glow codec, got"):
+        GLOW.decode_flat(torch.zeros(64))  # one sample's latents, without the batch dimension
+
+
+def test_compile_fast_path_needs_a_frozen_codec_and_takes_no_compile_arguments_to_turn_it_off():
+    codec = ConvVAE((1, 8, 8), latent_dim=4, hidden=8)
+    with pytest.raises(ValueError, match=r"compile_fast_path\(\) needs a frozen codec: call ConvVAE.freeze\(\) first"):
+        codec.compile_fast_path()
+    assert not codec.compiled
+    with pytest.raises(ValueError, match=r"compile_fast_path\(enabled=False\) takes no torch.compile arguments"):
+        codec.freeze().compile_fast_path(False, mode="max-autotune")  # turning it off compiles nothing
+
+
+def test_latents_of_another_device_or_of_two_batch_sizes_are_refused_by_decode():
+    z = [torch.zeros(2, *s) for s in GLOW.latent_shapes]
+    with pytest.raises(ValueError, match="codec is on cpu but x is on meta"):
+        GLOW.decode([t.to("meta") for t in z])
+    with pytest.raises(ValueError, match=r"one batch size, got shapes \[\(2, 8, 2, 2\), \(3, 2, 4, 4\)\]"):
+        GLOW.decode([z[0], torch.zeros(3, *GLOW.latent_shapes[1])])
 
 
 def test_fast_frozen_path_matches_plain_normflows_path():
@@ -249,10 +279,34 @@ def test_fast_decode_of_perturbed_latents_and_its_gradient_match_float64():
     ({"kind": "glow", "num_bins": 17.5}, "num_bins must be a positive int"),
     ({"kind": "glow", "num_bins": 1}, "num_bins must be >= 2"),
     ({"kind": "vae", "image_shape": [1.9, 8.7, 8.2]}, "image_shape must be \\(C, H, W\\) positive ints"),
+    ({"kind": "glow", "image_shape": [1, 0, 8]}, "image_shape must be \\(C, H, W\\) positive ints"),  # 0 % 8 == 0
+    ({"kind": "glow", "image_shape": [1, 8, 6], "levels": 2}, "divisible by 2\\*\\*levels = 4, got 8x6"),  # width
 ])
 def test_bad_codec_configs_are_named(config, match):
     with pytest.raises(ValueError, match=match):
         build_codec(config)
+
+
+def test_a_codec_cast_to_bfloat16_is_refused_as_one_cast_to_float16(glow):
+    """A .to(torch.bfloat16) of a module holding the codec rounds its weights as .half() does (to even fewer bits):
+    encode and decode say so instead of computing in 16 bits."""
+    for dtype in (torch.float16, torch.bfloat16):
+        codec = copy.deepcopy(glow).to(dtype)
+        with pytest.raises(ValueError, match=f"codec's weights are {dtype}, but codecs compute in float32"):
+            codec.encode(torch.rand(2, 1, 8, 8))
+        with pytest.raises(ValueError, match=f"codec's weights are {dtype}"):
+            codec.decode([torch.zeros(2, *s, dtype=dtype) for s in codec.latent_shapes])
+
+
+def test_the_fingerprint_tells_apart_codecs_of_the_same_weights_and_another_config(glow):
+    """A latent cache is checked by the codec's fingerprint: a Glow of another logit margin alpha (no weight of its
+    own) encodes the same images to other latents, so it must not pass for the codec the cache was encoded with."""
+    assert tiny_glow().fingerprint() == glow.fingerprint()
+    other = tiny_glow()
+    other.alpha = 0.1
+    x = torch.rand(2, 1, 8, 8)
+    assert not torch.allclose(other.encode_flat(x), glow.encode_flat(x))
+    assert other.fingerprint() != glow.fingerprint()
 
 
 def test_loading_weights_into_a_frozen_glow_refolds_the_fast_path():
@@ -448,6 +502,19 @@ def test_vae_loss_weighs_the_kl_by_beta():
         assert terms["kl"].mean() > 0.01
         torch.testing.assert_close(loss, terms["rec"].mean() + beta * terms["kl"].mean())
         torch.testing.assert_close(metrics["kl"], terms["kl"].mean())
+
+
+def test_vae_loss_metrics_are_of_the_decoded_posterior_sample():
+    """The metrics a training progress bar shows: 'mse' is that of the decoded images (sigmoid of the logits, in
+    [0, 1]) against x, 'rec' the batch mean of the Bernoulli nats, for the one posterior sample the loss draws."""
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    vae = tiny_vae()
+    torch.manual_seed(5)
+    terms = vae.elbo_terms(x)
+    torch.manual_seed(5)
+    _, metrics = vae.loss(x)
+    torch.testing.assert_close(metrics["mse"], (torch.sigmoid(terms["logits"]) - x).pow(2).mean())
+    torch.testing.assert_close(metrics["rec"], terms["rec"].mean())
 
 
 def test_vae_elbo_terms_are_the_closed_form_kl_and_the_summed_bernoulli_nats():
@@ -686,6 +753,15 @@ def test_sample_scales_the_prior_draw_by_the_temperature():
         assert torch.allclose(vae.sample(3, temperature=t, generator=torch.Generator().manual_seed(5)), expected)
 
 
+def test_a_flows_samples_are_clipped_to_the_image_range(glow):
+    """A Glow decodes to (sigmoid - alpha) / (1 - 2 alpha), a little outside [0, 1]; sample() clips as documented."""
+    g = torch.Generator().manual_seed(3)
+    raw = glow.decode([2.0 * torch.randn(8, *s, generator=g) for s in glow.latent_shapes])  # as sample() draws
+    assert raw.min() < 0 and raw.max() > 1  # what there is to clip
+    out = glow.sample(8, temperature=2.0, generator=3)
+    assert out.min() >= 0 and out.max() <= 1 and torch.equal(out, raw.clamp(0, 1))
+
+
 @pytest.mark.parametrize("make", [
     lambda: Glow((1, 8, 8), levels=np.int64(2), steps=1, hidden=8, num_bins=17),
     lambda: ConvVAE((1, 8, 8), latent_dim=np.int64(4), hidden=torch.tensor(8), latent_side=np.int64(4)),
@@ -752,11 +828,28 @@ def test_a_frozen_glow_given_an_uninitialised_state_updates_no_statistics():
     assert glow.fingerprint() == before
 
 
+def test_a_vae_posterior_sample_checks_the_images_as_the_mean_does():
+    vae = ConvVAE((1, 8, 8), latent_dim=4, hidden=8).freeze()
+    for sample in (False, True):  # uint8 images read as floats in [0, 255] gave latents without a word
+        with pytest.raises(ValueError, match="got dtype torch.uint8; convert with x.float"):
+            vae.encode(torch.randint(0, 256, (2, 1, 8, 8), dtype=torch.uint8), sample=sample)
+        with pytest.raises(ValueError, match=r"trained on images of shape \(1, 8, 8\)"):
+            vae.encode(torch.rand(2, 1, 16, 16), sample=sample)
+
+
+def test_vae_widths_double_per_down_sampling_up_to_four_times_hidden():
+    """As documented, and as the shipped VAEs' weights are shaped (a 32x32 one down-samples three times)."""
+    vae = ConvVAE((1, 32, 32), latent_dim=2, hidden=2)
+    assert [m.out_channels for m in vae.encoder if isinstance(m, nn.Conv2d)] == [2, 4, 8, 8]
+
+
 def test_vae_encode_refuses_draw_options_it_would_ignore():
     vae = ConvVAE((1, 8, 8), latent_dim=4, hidden=8).freeze()
     x = torch.rand(2, 1, 8, 8)
     with pytest.raises(ValueError, match="pass sample=True with them"):
         vae.encode(x, noise=torch.randn(2, 4))  # the mean came back, the noise unused
+    with pytest.raises(ValueError, match="pass sample=True with them"):
+        vae.encode(x, generator=0)  # a seed for a draw that is not made
     with pytest.raises(ValueError, match="not both"):
         vae.encode(x, sample=True, noise=torch.randn(2, 4), generator=0)
     with pytest.raises(TypeError, match="noise must be a float tensor"):

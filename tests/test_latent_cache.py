@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from latent_transforms import Compose, LatentAdversarial, LatentCache, LatentNoise, VarMixup
+from latent_transforms.codecs import ConvVAE
 
 from conftest import tiny_glow, tiny_vae
 
@@ -138,10 +139,50 @@ def test_images_that_are_not_the_cached_ones_are_refused(data, tmp_path, dtype):
     loaded(images[idx], labels[idx], index=idx)
 
 
+def test_the_cached_images_in_16_bits_pass_the_image_check_also_at_cifar_size():
+    """The signatures are projections on random signs / sqrt(pixels), of the scale of one pixel whatever the image
+    size: a 16-bit copy of a cached 3x32x32 batch (its rounding summed over 3,072 pixels) is still the cached images."""
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    glow = tiny_glow(shape=(3, 32, 32), levels=1)
+    t = LatentNoise(glow, eps=0.5, cache=LatentCache(glow, images, progress=False), generator=0)
+    idx = torch.arange(4)
+    for dtype in (torch.bfloat16, torch.float16):
+        t(images.to(dtype), index=idx)
+
+
+def test_a_cache_of_an_unfrozen_codec_holds_latents_without_autograd_history(data):
+    """A codec of one's own that was not frozen has parameters that require gradients: encoding the whole set with
+    them recorded would keep every chunk's graph alive with the cache."""
+    images, _ = data
+    torch.manual_seed(0)
+    cache = LatentCache(ConvVAE((1, 8, 8), latent_dim=4, hidden=8), images, batch_size=16, progress=False)
+    assert not cache.latents.requires_grad and cache.latents.grad_fn is None
+
+
+def test_a_cached_transform_given_images_of_another_shape_and_an_index_names_the_codecs_shape(data):
+    """The image check (the cache's projections of 64 pixels) is left out for images the codec refuses anyway: they
+    get its message, not a broadcasting error."""
+    images, labels = data
+    glow = tiny_glow()
+    t = LatentNoise(glow, cache=LatentCache(glow, images, progress=False))
+    with pytest.raises(ValueError, match=r"trained on images of shape \(1, 8, 8\) \(C, H, W\), got x of shape "
+                                         r"\(4, 1, 16, 16\)"):
+        t(torch.rand(4, 1, 16, 16), labels[:4], index=torch.arange(4))
+
+
 def test_cache_latents_live_on_the_requested_device(data):
     images, _ = data
     cache = LatentCache(tiny_glow(), images[:5], batch_size=2, device="meta", progress=False)
     assert cache.latents.device.type == "meta" and cache.latents.shape == (5, tiny_glow().latent_dim)
+
+
+def test_a_cache_of_a_float64_codec_holds_float64_latents_and_looks_up_checked_positions(data):
+    images, _ = data
+    cache = LatentCache(tiny_glow().double(), images[:6].double(), batch_size=4, progress=False)
+    assert cache.latents.dtype == torch.float64  # as the codec: a transform refuses latents of another dtype
+    assert torch.equal(cache(torch.tensor([5, 0])), cache.latents[[5, 0]])
+    with pytest.raises(ValueError, match=r"index has positions outside \[0, 6\): min 0, max 6"):
+        cache(torch.tensor([0, 6]))  # called directly, the cache checks the positions itself
 
 
 @pytest.mark.parametrize("n", [17, 33, 16])

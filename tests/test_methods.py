@@ -640,6 +640,15 @@ def test_varmixup_posterior_sample_draws_from_the_posterior_with_its_generator(v
     assert torch.equal(torch.get_rng_state(), state)  # ... not from torch's global RNG
 
 
+def test_a_transforms_encode_flat_has_no_autograd_history_also_with_an_unfrozen_codec(batch):
+    """CodecTransform.encode_flat is documented to run without gradient: with a codec of one's own not frozen, the
+    encoder's graph would be kept with every latent."""
+    torch.manual_seed(0)
+    t = LatentNoise(ConvVAE((1, 8, 8), latent_dim=4, hidden=8), eps=0.5)
+    z = t.encode_flat(batch[0])
+    assert z.shape == (12, 4) and not z.requires_grad
+
+
 def test_levels_are_normalised_and_checked(glow, batch):
     n = len(glow.latent_shapes)
     neg, pos = LatentNoise(glow, eps=1.0, levels=[-1], generator=0), LatentNoise(glow, eps=1.0, levels=[n - 1], generator=0)

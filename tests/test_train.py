@@ -862,6 +862,19 @@ def _parser():
     return parser
 
 
+def test_cli_train_threads_sets_torchs_cpu_threads_before_training(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(train.torch, "set_num_threads", lambda n: calls.append(("threads", n)))
+    monkeypatch.setattr(train, "train_codec", lambda *a, **k: calls.append("train") or {"complete": True})
+    np.savez(tmp_path / "toy.npz", x=np.zeros((8, 4, 4), dtype=np.uint8), y=np.zeros(8, dtype=np.int64))
+    for extra, want in ((["--threads", "3"], [("threads", 3), "train"]), ([], ["train"])):
+        calls.clear()
+        args = _parser().parse_args(["train", "vae", "--data", f"npz:{tmp_path / 'toy.npz'}", "--out", str(tmp_path),
+                                     "--max-steps", "1", "--quiet", *extra])
+        args.func(args)
+        assert calls == want
+
+
 def test_cli_train_digits_and_npz(tmp_path):
     args = _parser().parse_args(["train", "flow", "--data", "digits", "--out", str(tmp_path), "--levels", "2",
                                  "--steps", "2", "--hidden", "16", "--max-steps", "3", "--device", "cpu", "--translate", "1",
@@ -1265,12 +1278,15 @@ def test_report_names_the_optimizer_each_kind_trains_with(tmp_path, digits):
 
 def test_bad_settings_are_refused_before_the_output_folder_is_made(tmp_path):
     """A codec setting that cannot build a codec (levels=5 on 8x8 images) was refused after the output folder was
-    made; seed=2**64 or 1.5 was torch's error, seed=True read as 1; flips="no" flipped and was recorded as "no"."""
+    made; seed=2**64 or 1.5 was torch's error, seed=True read as 1; flips="no" flipped and was recorded as "no"; test
+    images of another shape than the training images would be found out only after training."""
     x = torch.rand(16, 1, 8, 8)
     for kwargs, message in (({"levels": 5}, "divisible by 2\\*\\*levels"), ({"seed": 2**64}, "seed must be an int"),
                             ({"seed": 1.5}, "seed must be an int"), ({"seed": True}, "seed must be an int"),
                             ({"flips": "no"}, "flips must be True or False"),
-                            ({"ema_decay": 1.0}, r"ema_decay must be a finite number in \(0, 1\)")):
+                            ({"ema_decay": 1.0}, r"ema_decay must be a finite number in \(0, 1\)"),
+                            ({"x_test": torch.rand(4, 1, 4, 4)},
+                             r"x_test images are \(1, 4, 4\), x_train images \(1, 8, 8\)")):
         with pytest.raises(ValueError, match=message):
             train_codec("flow", x, tmp_path / "o", **{"max_steps": 1, "progress": False, **kwargs})
         assert not (tmp_path / "o").exists(), kwargs
@@ -1325,10 +1341,11 @@ def test_an_fp16_copy_exactly_at_its_tolerance_is_kept():
     assert train._fp16_inaccuracy(None, None, recipe(1.5e-3), None) == "errs by 1.50e-03 > 0.001"
 
 
-def test_a_run_whose_test_metrics_are_not_finite_leaves_no_checkpoint(tmp_path, digits, monkeypatch):
+@pytest.mark.parametrize("bad", [math.nan, math.inf])  # an infinite bits/dim (a zero density) is no better
+def test_a_run_whose_test_metrics_are_not_finite_leaves_no_checkpoint(tmp_path, digits, monkeypatch, bad):
     # the stored codec is scored after it was written: a diverged one must not stay beside its state file
     x = digits[0][:32]
-    monkeypatch.setattr(train, "eval_codec", lambda codec, x, seed=0: {"bits_per_dim": math.nan,
+    monkeypatch.setattr(train, "eval_codec", lambda codec, x, seed=0: {"bits_per_dim": bad,
                                                                        "roundtrip_max_err": 0.0})
     with pytest.raises(FloatingPointError, match="the run diverged: test bits_per_dim not finite \\(non-finite "
                                                  "training losses: 0\\); no checkpoint written"):
@@ -1370,6 +1387,27 @@ def test_a_flow_on_images_too_small_or_odd_to_halve_still_gets_one_level():
     assert train.default_config("flow", (1, 2, 2))["levels"] == 1  # halving 2x2 leaves a side under 2
     with pytest.raises(ValueError, match=r"divisible by 2\*\*levels = 2, got 7x7"):
         train.default_config("flow", (1, 7, 7))
+
+
+def test_the_default_flow_has_as_many_levels_as_halve_the_image_to_a_side_of_two_but_at_most_three():
+    """training.md: 'up to 3 levels fitting the image'; each level halves H and W, down to a side of 2 at least."""
+    levels = {shape: train.default_config("flow", shape, steps=1, hidden=4)["levels"]
+              for shape in [(3, 32, 32), (1, 64, 64), (1, 8, 8), (1, 4, 4), (1, 12, 8)]}
+    assert levels == {(3, 32, 32): 3, (1, 64, 64): 3, (1, 8, 8): 2, (1, 4, 4): 1, (1, 12, 8): 2}
+
+
+def test_a_new_flow_initialises_its_actnorm_from_images_drawn_over_the_whole_set(tmp_path, monkeypatch):
+    """A folder of class folders is read class by class: the first ACTNORM_INIT_BATCH images would all be of the first
+    classes. The ActNorm scales and shifts come from that many images drawn at random from the whole set."""
+    seen = []
+    init = Glow.init_actnorm
+    monkeypatch.setattr(Glow, "init_actnorm", lambda self, x: seen.append(x.clone()) or init(self, x))
+    monkeypatch.setattr(train, "ACTNORM_INIT_BATCH", 8)
+    x = (torch.arange(32) / 31).view(32, 1, 1, 1).expand(32, 1, 8, 8).contiguous()  # image i: the constant i / 31
+    train_codec("flow", x, tmp_path, **FLOW, max_steps=1, batch_size=16, progress=False)
+    (batch,) = seen
+    drawn = batch[:, 0, 0, 0] * 31
+    assert len(drawn) == 8 and len(set(drawn.round().tolist())) == 8 and drawn.max() >= 8  # not x[:8]
 
 
 def test_eval_codec_puts_a_training_codec_back_in_training_mode(digits):
