@@ -138,26 +138,28 @@ class _PicklableGenerator:
     """Stands in for a ``torch.Generator`` in a pickle or deepcopy: it is rebuilt from its state bytes."""
 
     def __init__(self, generator: torch.Generator):
-        self.generator = weakref.ref(generator)  # not a strong reference: the box must not keep its key alive
+        self.generator = generator  # held only while the box lives (one pickle or deepcopy): _BOXES holds it weakly
 
     def __reduce__(self):
-        g = self.generator()
+        g = self.generator
         return _generator_from_bytes, (str(g.device), g.get_state().numpy().tobytes())
 
     def __deepcopy__(self, memo: dict) -> torch.Generator:  # the copy a deepcopy makes of the generator elsewhere too
-        return copy.deepcopy(self.generator(), memo)
+        return copy.deepcopy(self.generator, memo)
 
 
-_BOXES: "weakref.WeakKeyDictionary[torch.Generator, _PicklableGenerator]" = weakref.WeakKeyDictionary()
+# By id(generator), the box held weakly: a torch.Generator takes no weak reference before torch 2.13, and while its
+# box lives (the whole pickle or deepcopy: their memos keep it) the box holds the generator, so the id stays its own.
+_BOXES: "weakref.WeakValueDictionary[int, _PicklableGenerator]" = weakref.WeakValueDictionary()
 
 
 def _box(g: object) -> object:
     """A generator's one picklable stand-in (anything else as it is)."""
     if not isinstance(g, torch.Generator):
         return g
-    box = _BOXES.get(g)
+    box = _BOXES.get(id(g))
     if box is None:
-        box = _BOXES[g] = _PicklableGenerator(g)
+        box = _BOXES[id(g)] = _PicklableGenerator(g)
     return box
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import math
 import numbers
 from typing import Callable
@@ -165,7 +166,7 @@ def _no_autocast(device: torch.device):
 
 
 def _image_stats(x: torch.Tensor) -> torch.Tensor:
-    return torch.stack(torch.aminmax(x.detach()))  # NaN and inf show in the extremes
+    return _extremes(x.detach())  # NaN and inf show in the extremes
 
 
 def _judge_images(x: torch.Tensor, name: str, lo: float, hi: float) -> None:
@@ -240,10 +241,16 @@ def _label_form(y: torch.Tensor, batch_size: int, num_classes: int | None, name:
     return y.shape[0] > 0
 
 
+def _extremes(t: torch.Tensor) -> torch.Tensor:
+    """``(min, max)`` of ``t`` as one tensor (aminmax's fields by name: torch 2.4's compile could not unpack it)."""
+    mm = torch.aminmax(t)
+    return torch.stack([mm.min, mm.max])
+
+
 def _label_stats(y: torch.Tensor) -> torch.Tensor:
     """Class indices: (min, max). Soft labels: (all finite, min, the row whose sum is furthest from 1, its sum)."""
     if y.ndim == 1:
-        return torch.stack(torch.aminmax(y))
+        return _extremes(y)
     sums = y.float().sum(1)  # bf16 rows are summed exactly enough, and judged by what bf16 can represent
     worst = (sums - 1).abs().argmax()
     return torch.stack([torch.isfinite(y).all().float(), y.min().float(), worst.float(), sums.gather(0, worst.view(1))[0]])
@@ -283,11 +290,10 @@ def check_device(what: str, device: torch.device, x: torch.Tensor) -> None:
 
 def check_same_device(x: torch.Tensor, module: torch.nn.Module, what: str) -> None:
     """Raise if ``module``'s parameters (else buffers) live on another device than ``x``."""
-    p = next(iter(module.parameters()), None)
-    if p is None:
-        p = next(iter(module.buffers()), None)
-    if p is not None:
+    # the first parameter, else buffer (a loop: torch 2.4's compile broke the graph at next(it, None))
+    for p in itertools.chain(module.parameters(), module.buffers()):
         check_device(what, p.device, x)
+        return
 
 
 def check_model(model: object, x: torch.Tensor | None = None, who: str = "the model") -> None:
@@ -326,7 +332,7 @@ def _index_form(index: torch.Tensor, batch_size: int | None) -> bool:
 
 
 def _index_stats(index: torch.Tensor) -> torch.Tensor:
-    return torch.stack(torch.aminmax(index))
+    return _extremes(index)
 
 
 def _judge_index(size: int | None, lo: float, hi: float) -> None:

@@ -576,8 +576,14 @@ def test_exact_math_turns_off_the_given_devices_autocast_and_restores_tf32(tf32_
         torch.set_autocast_enabled("cuda", was)
 
 
+_NEEDS_FP32_PRECISION = pytest.mark.skipif(not hasattr(torch.backends.cuda.matmul, "fp32_precision"),
+                                           reason="the per-backend fp32_precision settings came in torch 2.9")
+
+
 def _precision_holders() -> dict:
     b = torch.backends
+    if not hasattr(b.cuda.matmul, "fp32_precision"):  # torch < 2.9: the legacy settings only
+        return {}
     return {"all": b, "cuda.matmul": b.cuda.matmul, "cudnn": b.cudnn, "cudnn.conv": b.cudnn.conv,
             "cudnn.rnn": b.cudnn.rnn, "mkldnn": b.mkldnn, "mkldnn.matmul": b.mkldnn.matmul,
             "mkldnn.conv": b.mkldnn.conv, "mkldnn.rnn": b.mkldnn.rnn}
@@ -691,8 +697,9 @@ def _settings_after(start: Callable[[], None], change: Callable[[], None], durin
 @pytest.mark.parametrize("change", [
     lambda: torch.set_float32_matmul_precision("high"),  # the legacy API (it also writes fp32_precision holders)
     lambda: setattr(torch.backends.cudnn, "allow_tf32", True),
-    lambda: setattr(torch.backends.mkldnn.matmul, "fp32_precision", "bf16"),  # the new API alone
-    lambda: setattr(torch.backends.cuda.matmul, "fp32_precision", "tf32"),
+    pytest.param(lambda: setattr(torch.backends.mkldnn.matmul, "fp32_precision", "bf16"),  # the new API alone
+                 marks=_NEEDS_FP32_PRECISION),
+    pytest.param(lambda: setattr(torch.backends.cuda.matmul, "fp32_precision", "tf32"), marks=_NEEDS_FP32_PRECISION),
 ])  # not TF32 turned off: while a codec runs it is off already, so that change cannot be seen (and is undone)
 def test_a_setting_made_while_another_thread_is_in_a_codec_call_ends_as_if_made_outside(precision_settings, start,
                                                                                          change):

@@ -127,7 +127,8 @@ def test_inductor_round_trip_matches_eager(tmp_path, monkeypatch):
     # its C++ builds and caches in tmp_path, not $TMPDIR/torchinductor_$USER (which also made a second run reuse the
     # first one's builds); precompiled headers always go there, so none are made
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    monkeypatch.setattr(torch._inductor.config, "cpp_cache_precompile_headers", False)
+    if hasattr(torch._inductor.config, "cpp_cache_precompile_headers"):  # not in torch 2.4
+        monkeypatch.setattr(torch._inductor.config, "cpp_cache_precompile_headers", False)
     torch.manual_seed(0)
     glow = Glow((1, 4, 4), levels=1, steps=1, hidden=8).init_actnorm(torch.rand(16, 1, 4, 4))
     compiled = glow.unfrozen_copy()
@@ -137,3 +138,6 @@ def test_inductor_round_trip_matches_eager(tmp_path, monkeypatch):
         z = glow.freeze().encode(x)
         assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(compiled.encode(x), z))
         assert torch.allclose(compiled.decode(z), glow.decode(z), atol=1e-5)
+    # torch 2.4's inductor linked its CPU kernels with -ffast-math, whose loader turns off subnormal floats for the
+    # whole process (a later test's hypothesis refused to run): turn them back on
+    torch.set_flush_denormal(False)

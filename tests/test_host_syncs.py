@@ -200,6 +200,10 @@ CASES = {
 @pytest.mark.parametrize("name", list(CASES))
 def test_host_syncs_per_call_are_pinned(setup, name):
     make, pinned = CASES[name]
+    if "flip" in name:
+        import kornia
+        if tuple(int(v) for v in kornia.__version__.split(".")[:2]) < (0, 9):
+            pytest.skip("kornia < 0.9's RandomHorizontalFlip syncs the host itself (13 times a call)")
     call = make(*setup)
     call()  # warm up: an int seed's generator is made, lazily sized ISDA statistics allocated
     with HostSyncs() as s:
