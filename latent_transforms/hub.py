@@ -933,8 +933,8 @@ def _remove_abandoned_parts(dest: Path) -> None:
 
 def _download(url: str, dest: Path, sha256: str, size: int | None = None) -> None:
     """Stream ``url`` to a unique temp file next to ``dest``, verify length (the ``Content-Length`` header and the
-    registry's ``size``, which also stops a body that runs past it) and sha256, then rename into place."""
-    _make_cache_dir(dest.parent)
+    registry's ``size``, which also stops a body that runs past it) and sha256, then rename into place (``dest``'s
+    folder exists: ``fetch`` holds its lock)."""
     with _writing_cache_dir(dest.parent):
         _remove_abandoned_parts(dest)
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)

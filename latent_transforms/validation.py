@@ -318,7 +318,7 @@ def check_index(index: torch.Tensor, batch_size: int | None, size: int | None = 
     """Check ``index: (B,)`` int64 dataset positions (``B == batch_size`` and in ``[0, size)`` when given)."""
     if _index_form(index, batch_size):
         with _no_autocast(index.device):
-            _check_values([(_index_stats(index), lambda v: _judge_index(size, *v))])
+            _check_values([(_extremes(index), lambda v: _judge_index(size, *v))])
 
 
 def _index_form(index: torch.Tensor, batch_size: int | None) -> bool:
@@ -329,10 +329,6 @@ def _index_form(index: torch.Tensor, batch_size: int | None) -> bool:
     if batch_size is not None and index.shape[0] != batch_size:
         raise ValueError(f"batch sizes differ: x has {batch_size} samples, index has {index.shape[0]}")
     return index.numel() > 0
-
-
-def _index_stats(index: torch.Tensor) -> torch.Tensor:
-    return _extremes(index)
 
 
 def _judge_index(size: int | None, lo: float, hi: float) -> None:
@@ -370,7 +366,7 @@ def check_batch(x: torch.Tensor, y: torch.Tensor | None, num_classes: int | None
         if label_values:
             checks.append((_label_stats(y), lambda v: _judge_labels(y, "y", num_classes, v)))
         if index_values:
-            checks.append((_index_stats(index), lambda v: _judge_index(index_size, *v)))
+            checks.append((_extremes(index), lambda v: _judge_index(index_size, *v)))
         if more_checks is not None:
             checks += more_checks()
         if checks:
