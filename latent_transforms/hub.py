@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import difflib
+import enum
 import errno
 import glob
 import hashlib
@@ -72,7 +73,8 @@ _registered: dict[str, dict] = {}  # runtime entries from register(), shadowing 
 _loaded: dict[tuple[str, str], "Codec"] = {}  # (name, device) -> frozen codec
 _lock = threading.Lock()  # guards _registered, _loaded and _load_locks
 _load_locks: dict[tuple[str, str, str], threading.Lock] = {}
-_cache_dir_thread_lock = threading.Lock()  # with a file lock: one registry edit or download at a time
+_cache_dir_thread_lock = threading.RLock()  # with a file lock: one registry edit or download at a time
+_cache_dir_held = threading.local()  # .dirs: the cache dirs this thread holds _cache_dir_lock on
 
 
 class HubError(RuntimeError):
@@ -559,23 +561,32 @@ def _make_cache_dir(directory: Path) -> None:
 
 @contextlib.contextmanager
 def _cache_dir_lock(directory: Path) -> Iterator[None]:
-    """Serialise what writes the cache dir ``directory`` (a read-modify-write of the user registry, a download)
-    across threads and processes (where ``fcntl`` exists)."""
+    """Serialise what writes the cache dir ``directory`` (a read-modify-write of the user registry, a download,
+    ``register_run``'s check, copy and registry edit) across threads and processes (where ``fcntl`` exists). Nested
+    in one thread, the inner lock is the outer one."""
+    held = _cache_dir_held.__dict__.setdefault("dirs", set())
+    if directory in held:
+        yield
+        return
     try:
         import fcntl
     except ImportError:  # not POSIX: atomic replacement only (a concurrent writer may drop an entry)
         fcntl = None
     with _cache_dir_thread_lock:
-        if fcntl is None:
-            yield
-            return
-        with _writing_cache_dir(directory):  # a directory without read permission cannot be opened
-            fd = os.open(directory, os.O_RDONLY)  # the cache dir itself is locked: no lock file is left behind
+        held.add(directory)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # released when the descriptor is closed
-            yield
+            if fcntl is None:
+                yield
+                return
+            with _writing_cache_dir(directory):  # a directory without read permission cannot be opened
+                fd = os.open(directory, os.O_RDONLY)  # the cache dir itself is locked: no lock file is left behind
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # released when the descriptor is closed
+                yield
+            finally:
+                os.close(fd)
         finally:
-            os.close(fd)
+            held.discard(directory)
 
 
 def _edit_user_registry(edit: Callable[[dict[str, dict]], bool]) -> None:
@@ -724,38 +735,34 @@ def register_run(run: str | os.PathLike, *, name: str | None = None, overwrite: 
            "trained_on": entry.get("trained_on") or "", "quality": entry.get("quality") or {},
            "notes": entry.get("notes") or ""}
     dest = cache_dir() / file
-    registry = _registry()
-    persisted = _user_registry_data(user_registry_path(), shipped)["checkpoints"].get(name)
-    # this run registered by this process alone (hub.register without persist): not yet for every process
-    this_process_only = persisted is None and registry.get(name) == new
-    if name in registry and not overwrite and not this_process_only:
-        if registry[name] == new == persisted and dest.is_file() and sha256_file(dest) == new["sha256"]:
-            return RegisteredRun(name, dest, changed=False)
-        raise ValueError(f"checkpoint {name!r} is already registered (another checkpoint, or other details); pass "
-                         f"--overwrite (Python: overwrite=True) to replace it, or give another --name")
-    users = sorted(n for n, e in registry.items() if e["file"] == file and n != name)
-    if users:
-        raise ValueError(f"{file} is the file of checkpoint {users[0]!r}; give another --name (Python: name=)")
-    source = run.parent / entry["file"]
-    if not source.is_file():
-        raise ValueError(f"no checkpoint file {source} beside {run}")
-    sha = sha256_file(source)
-    if sha != entry["sha256"]:
-        raise ValueError(f"{source} does not match {run}: its sha256 is {sha}, the run's is {entry['sha256']} "
-                         f"(changed after training?); nothing registered")
     _make_cache_dir(dest.parent)
-    with _writing_cache_dir(dest.parent), atomic_path(dest) as tmp:  # the file appears once it is registered
-        shutil.copyfile(source, tmp)
-        if sha256_file(tmp) != entry["sha256"]:
-            raise ValueError(f"{source} changed while it was copied; nothing registered")
-        try:
+    # the checks, the copy and the registry edit as one step for every process: DDP ranks each registering the run
+    # at start find it whole (entry and file) or not at all
+    with _cache_dir_lock(dest.parent):
+        registry = _registry()
+        persisted = _user_registry_data(user_registry_path(), shipped)["checkpoints"].get(name)
+        # this run registered by this process alone (hub.register without persist): not yet for every process
+        this_process_only = persisted is None and registry.get(name) == new
+        if name in registry and not overwrite and not this_process_only:
+            if registry[name] == new == persisted and dest.is_file() and sha256_file(dest) == new["sha256"]:
+                return RegisteredRun(name, dest, changed=False)
+            raise ValueError(f"checkpoint {name!r} is already registered (another checkpoint, or other details); "
+                             f"pass --overwrite (Python: overwrite=True) to replace it, or give another --name")
+        users = sorted(n for n, e in registry.items() if e["file"] == file and n != name)
+        if users:
+            raise ValueError(f"{file} is the file of checkpoint {users[0]!r}; give another --name (Python: name=)")
+        source = run.parent / entry["file"]
+        if not source.is_file():
+            raise ValueError(f"no checkpoint file {source} beside {run}")
+        sha = sha256_file(source)
+        if sha != entry["sha256"]:
+            raise ValueError(f"{source} does not match {run}: its sha256 is {sha}, the run's is {entry['sha256']} "
+                             f"(changed after training?); nothing registered")
+        with _writing_cache_dir(dest.parent), atomic_path(dest) as tmp:  # the file appears once it is registered
+            shutil.copyfile(source, tmp)
+            if sha256_file(tmp) != entry["sha256"]:
+                raise ValueError(f"{source} changed while it was copied; nothing registered")
             _add_entry(name, **new, overwrite=overwrite or this_process_only, persist=True)
-        except ValueError:
-            # another process registered this run since the check above (DDP ranks each registering it at start):
-            # done, with this verified copy of its file
-            if _user_registry_data(user_registry_path(), shipped)["checkpoints"].get(name) != new:
-                raise
-            return RegisteredRun(name, dest, changed=False)
     return RegisteredRun(name, dest, changed=True)
 
 
@@ -908,17 +915,25 @@ def _status_hint(status: int, file: str) -> str:
     return ""
 
 
-def _copy_problem(path: Path, sha256: str) -> str | None:
-    """What keeps ``path`` from being the verified file of sha256 ``sha256``: None if nothing, else "missing",
-    "mismatch", or what the user should be told ("is a directory", "cannot be read (Permission denied)")."""
+class _Copy(enum.Enum):
+    """What a copy of a checkpoint file is, against its registered sha256."""
+    VERIFIED = enum.auto()
+    MISSING = enum.auto()
+    MISMATCH = enum.auto()   # there, but not the registered bytes
+    UNUSABLE = enum.auto()   # a directory, or unreadable: the reason says which
+
+
+def _check_copy(path: Path, sha256: str) -> tuple[_Copy, str]:
+    """``(state, reason)`` of ``path`` as the verified file of sha256 ``sha256``; ``reason`` is what the user should
+    be told of an ``UNUSABLE`` copy ("is a directory, not the file", "cannot be read (Permission denied)"), else ""."""
     if path.is_dir():
-        return "is a directory, not the file"
+        return _Copy.UNUSABLE, "is a directory, not the file"
     if not path.is_file():
-        return "missing"
+        return _Copy.MISSING, ""
     try:
-        return None if sha256_file(path) == sha256 else "mismatch"
+        return (_Copy.VERIFIED if sha256_file(path) == sha256 else _Copy.MISMATCH), ""
     except OSError as e:  # no read permission
-        return f"cannot be read ({e.strerror or e})"
+        return _Copy.UNUSABLE, f"cannot be read ({e.strerror or e})"
 
 
 def _remove_abandoned_parts(dest: Path) -> None:
@@ -1010,32 +1025,32 @@ def fetch(name: str) -> Path:
     file, sha256 = entry["file"], entry["sha256"]
     cached, shipped = cache_dir() / file, SHIPPED_DIR / file
     notes = []
-    cached_problem = _copy_problem(cached, sha256)
-    if cached_problem is None:
+    cached_state, reason = _check_copy(cached, sha256)
+    if cached_state is _Copy.VERIFIED:
         _remove_abandoned_parts(cached)  # of a download killed before another one finished
         return cached
-    if cached_problem == "mismatch":
+    if cached_state is _Copy.MISMATCH:
         # not deleted here: another process may have just put a good copy there; a verified download replaces it
         notes.append(f"cached {cached} does not match the registry (sha256 mismatch: corrupted, or an older "
                      f"version)")
-    elif cached_problem != "missing":
-        notes.append(f"cached {cached} {cached_problem}")
-    shipped_problem = _copy_problem(shipped, sha256)
-    if shipped_problem is None:
+    elif cached_state is _Copy.UNUSABLE:
+        notes.append(f"cached {cached} {reason}")
+    shipped_state, reason = _check_copy(shipped, sha256)
+    if shipped_state is _Copy.VERIFIED:
         return shipped
-    if shipped_problem != "mismatch":
-        if shipped_problem != "missing":
-            notes.append(f"shipped {shipped} {shipped_problem}")
-    elif any(e["file"] == file and e["sha256"] != sha256 for e in _shipped_registry().values()):
-        notes.append(f"shipped {shipped} is another file than {name!r}'s entry names (the shipped registry gives "
-                     f"it another sha256: was {name!r} registered again, with overwrite=True?)")
-    else:
-        notes.append(f"shipped {shipped} is corrupted (sha256 mismatch)")
+    if shipped_state is _Copy.UNUSABLE:
+        notes.append(f"shipped {shipped} {reason}")
+    elif shipped_state is _Copy.MISMATCH:
+        if any(e["file"] == file and e["sha256"] != sha256 for e in _shipped_registry().values()):
+            notes.append(f"shipped {shipped} is another file than {name!r}'s entry names (the shipped registry gives "
+                         f"it another sha256: was {name!r} registered again, with overwrite=True?)")
+        else:
+            notes.append(f"shipped {shipped} is corrupted (sha256 mismatch)")
     hints = []  # how a name of the user's own comes to lack its file
-    if name not in _shipped_registry() and cached_problem in ("mismatch", "missing"):
+    if name not in _shipped_registry() and cached_state in (_Copy.MISMATCH, _Copy.MISSING):
         hints.append("saved again after it was registered? register it again with the new file's sha256 "
                      "(hub.register(..., overwrite=True), or `latent-transforms register RUN.json --overwrite`)"
-                     if cached_problem == "mismatch" else  # there, but not the registered bytes
+                     if cached_state is _Copy.MISMATCH else  # there, but not the registered bytes
                      f"registered with hub.register? it does not copy the file: copy {file} into {cache_dir()}; "
                      f"registered from a training run? `latent-transforms register RUN.json --overwrite` copies "
                      f"its file back")
@@ -1053,7 +1068,7 @@ def fetch(name: str) -> Path:
     try:
         _make_cache_dir(cached.parent)
         with _cache_dir_lock(cached.parent):  # DDP ranks loading one name at once: one downloads, the others wait
-            if _copy_problem(cached, sha256) is None:  # downloaded meanwhile by another process
+            if _check_copy(cached, sha256)[0] is _Copy.VERIFIED:  # downloaded meanwhile by another process
                 return cached
             _download(url, cached, sha256, entry.get("size"))
     except HubError as e:  # a failed download is why a bad cached or shipped copy could not be replaced: say both

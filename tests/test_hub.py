@@ -1332,6 +1332,42 @@ def test_concurrent_processes_register_one_run(env, tmp_path):
     assert all(hub.sha256_file(env / f"{name}.safetensors") == sha for name in names)
     assert _leftovers(env) == []
 
+    # one True per name: exactly one process registered it
+    assert sorted(o for o in outcomes) == [False] * len(names) + [True] * len(names)
+
+
+def test_a_run_registered_between_its_entry_and_its_file_is_waited_for(env, tmp_path, monkeypatch):
+    """A process checking while another had written the registry entry but not yet put the file in place saw a
+    registered name without its copy and asked for --overwrite: the check, the copy and the entry are one step."""
+    sha = hub.save_checkpoint(_codec(), tmp_path / "zz-run.safetensors")
+    run = tmp_path / "zz-run.json"
+    run.write_text(json.dumps({"name": "zz-run", "registry_entry": {"file": "zz-run.safetensors", "sha256": sha,
+                                                                    "config": CONFIG}}))
+    entry_written, real_add = threading.Event(), hub._add_entry
+
+    def add_then_pause(*args, **kwargs):  # the first registrant, between its registry edit and the file's rename
+        real_add(*args, **kwargs)
+        if threading.current_thread().name == "first":
+            entry_written.set()
+            time.sleep(0.5)
+
+    monkeypatch.setattr(hub, "_add_entry", add_then_pause)
+    outcomes = {}
+
+    def register(who):
+        try:
+            outcomes[who] = hub.register_run(run).changed
+        except Exception as e:  # reported to the assertion below
+            outcomes[who] = f"error: {e}"
+
+    first = threading.Thread(target=register, args=("first",), name="first")
+    first.start()
+    assert entry_written.wait(timeout=30)
+    register("second")
+    first.join()
+    assert outcomes == {"first": True, "second": False}
+    assert hub.sha256_file(env / "zz-run.safetensors") == sha
+
 
 def test_load_by_name_reads_once_and_returns_copies(env, tmp_path):
     codec = _codec()
