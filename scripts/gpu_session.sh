@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # The GPU figures still missing, in one device call of at most 10 minutes, most wanted first:
+#   0. tests/test_device.py on the GPU (pytest --device cuda, at most DEVICE_TESTS_BUDGET s, default 120): every
+#      method's contract there, nothing copied between devices, exact codec math under TF32 and autocast (needs
+#      pytest: its wheels in .whl/, see docs/results.md; without it the step says so and is skipped);
 #   1. the throughput table of issue 8 (benchmarks/throughput.py, batch 256, compiled codecs included), for at most
 #      TP_BUDGET seconds (the eager rows take seconds; the compiled rows come last and are what a cap cuts);
 #   2. the accuracy table of issue 5 (benchmarks/accuracy.py) for the rest of BUDGET: JOBS processes at once on the
@@ -10,7 +13,7 @@
 # carry no more of runs/: the carry limit is 64 MiB and the wheels and data take 42 MB of it):
 #   GIT_COMMIT=<this checkout's commit> bash scripts/gpu_session.sh
 # (where the device's copy of the tree has no .git, the results record the commit GIT_COMMIT gives).
-# What comes back (6 files, within the device's 8): throughput/throughput.{json,md}; accuracy/results.{json,md} and
+# What comes back (7 files, within the device's 8): device-tests.txt; throughput/throughput.{json,md}; accuracy/results.{json,md} and
 # accuracy/reliability.png (the report of all shards, this call's and earlier calls'); accuracy/shards.tar (every
 # shard's folder, those carried in included: results.json and log.txt). Before the next call, unpack them here
 # (FILES: the call's files_at):
@@ -23,7 +26,7 @@
 # time than asked ends sooner: shards.tar is rewritten every PACK_EVERY s, so such a call still returns what was done
 # by then, even killed outright: no EXIT trap then), PACK_EVERY (seconds between those rewrites, default 30; the tests
 # use 1), TP_BUDGET (default BUDGET/3), JOBS (accuracy processes at once, default 6; SMOKE: 1), ARMS, SEEDS,
-# EPOCHS (default: accuracy.py's, 40), SKIP_THROUGHPUT=1 (all of BUDGET for accuracy),
+# EPOCHS (default: accuracy.py's, 40), SKIP_THROUGHPUT=1 (all of BUDGET for accuracy), SKIP_DEVICE_TESTS=1,
 # ACC_DIR (the unpacked folder resumed, default runs/accuracy), SMOKE=1 (tiny CPU run of the same steps, used by the
 # tests). Results go to $OUT (default runs/gpu-session); throughput/ is rewritten after every row, so a call cut
 # short keeps every finished row.
@@ -35,6 +38,7 @@ PACK_EVERY=${PACK_EVERY:-30}
 case $PACK_EVERY in ''|*[!0-9]*|0) echo "PACK_EVERY must be a whole number of seconds >= 1, got '$PACK_EVERY'" >&2; exit 2;; esac
 case $BUDGET in ''|*[!0-9]*|0) echo "BUDGET must be a whole number of seconds >= 1, got '$BUDGET'" >&2; exit 2;; esac
 case ${JOBS:-1} in ''|*[!0-9]*|0) echo "JOBS must be a whole number >= 1, got '${JOBS:-}'" >&2; exit 2;; esac
+case ${DEVICE_TESTS_BUDGET:-1} in ''|*[!0-9]*|0) echo "DEVICE_TESTS_BUDGET must be a whole number of seconds >= 1, got '${DEVICE_TESTS_BUDGET:-}'" >&2; exit 2;; esac
 failed=0  # a step that failed makes the exit status 1, after everything that could be kept was packed
 TP_BUDGET=${TP_BUDGET:-$((BUDGET / 3))}
 OUT=${OUT:-runs/gpu-session}
@@ -51,9 +55,11 @@ if compgen -G ".whl/*.whl" > /dev/null; then  # the GPU image lacks kornia and n
     "$PY" -m pip install -q --upgrade --no-index --no-deps --no-compile --target "$SITE" .whl/*.whl
     export PYTHONPATH="$SITE:$PYTHONPATH"
 fi
-if [ "${SMOKE:-0}" = 1 ]; then  # random images
+if [ "${SMOKE:-0}" = 1 ]; then  # random images; of the device tests, the one of the recorder
     TP_ARGS="--smoke --device cpu"; ACC_ARGS="--smoke --device cpu"; JOBS=${JOBS:-1}
+    DEVICE_ARGS="--device cpu -k recorder"
 else
+    DEVICE_ARGS="--device cuda"
     DATA=.data/cifar10; [ -f $DATA/train-5k.npz ] || DATA=../shared/data/cifar10  # carried, else beside the checkout
     TP_ARGS="--batch-size 256"; ACC_ARGS="--train npz:$DATA/train-5k.npz --test npz:$DATA/test.npz ${EPOCHS:+--epochs $EPOCHS}"
     JOBS=${JOBS:-6}
@@ -61,6 +67,18 @@ else
     mode=$(nvidia-smi --query-gpu=compute_mode --format=csv,noheader 2>/dev/null | head -n 1 || true)
     if [ "$JOBS" -gt 1 ] && [ -n "$mode" ] && [ "$mode" != "Default" ]; then  # one process per GPU there
         echo "GPU compute mode $mode: one accuracy process, not $JOBS"; JOBS=1
+    fi
+fi
+
+if [ "${SKIP_DEVICE_TESTS:-0}" != 1 ]; then
+    if "$PY" -c "import pytest" 2> /dev/null; then
+        # shellcheck disable=SC2086
+        timeout "${DEVICE_TESTS_BUDGET:-120}" "$PY" -m pytest -q -p no:cacheprovider $DEVICE_ARGS tests/test_device.py \
+            > "$OUT/device-tests.txt" 2>&1 || { echo "device tests exit $?; the end of $OUT/device-tests.txt:"
+                                                tail -n 15 "$OUT/device-tests.txt"; failed=1; }
+        tail -n 1 "$OUT/device-tests.txt"
+    else
+        echo "no pytest here: tests/test_device.py not run (carry its wheels in .whl/: see docs/results.md)"
     fi
 fi
 

@@ -12,6 +12,23 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 STRENGTH_ZERO_EXPECTED = pytest.mark.filterwarnings("ignore:ISDA's strength lam:UserWarning")
 
 
+
+def pytest_addoption(parser):
+    parser.addoption("--device", default="cpu",
+                     help="the device tests/test_device.py runs every method on (default cpu; e.g. cuda, cuda:1)")
+
+
+@pytest.fixture(scope="session")
+def device(pytestconfig) -> torch.device:
+    """``pytest --device cuda``'s device (cpu by default): a device this machine lacks is a usage error, not a skip."""
+    name = pytestconfig.getoption("device")
+    try:
+        dev = torch.device(name)
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError) as e:  # a bad name; CUDA not built in or no GPU (AssertionError, old torch)
+        raise pytest.UsageError(f"--device {name}: {e}") from None
+    return dev
+
 @pytest.fixture(autouse=True)
 def _torch_threads_restored():
     """A benchmark's or the demo's main() run in-process sets torch's thread count (1 for --smoke): the tests after

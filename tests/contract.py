@@ -44,7 +44,7 @@ def check_transform_contract(make, x: torch.Tensor, y: torch.Tensor, model: nn.M
     assert torch.isfinite(x2).all() and x2.min() >= 0 and x2.max() <= 1
     if t.mixes_labels:
         assert y2.shape == (x.shape[0], num_classes)
-        assert torch.allclose(y2.sum(1), torch.ones(x.shape[0]), atol=1e-5) and y2.min() >= 0
+        assert torch.allclose(y2.sum(1), y2.new_ones(x.shape[0]), atol=1e-5) and y2.min() >= 0
     else:
         assert torch.equal(y2, y)
     stats = t.stats

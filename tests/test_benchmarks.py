@@ -89,11 +89,12 @@ GPU_SESSION = ROOT / "scripts" / "gpu_session.sh"
 
 
 def _gpu_session_env(tmp_path: Path, **settings: str) -> dict:
-    """The environment of a SMOKE=1 scripts/gpu_session.sh call (JOBS=2 shards; results in tmp_path/out, resuming
-    tmp_path/acc), ``settings`` added."""
+    """The environment of a SMOKE=1 scripts/gpu_session.sh call (JOBS=2 shards, no device tests; results in
+    tmp_path/out, resuming tmp_path/acc), ``settings`` added."""
     env = {**os.environ, "LATENT_TRANSFORMS_HOME": str(tmp_path / "hub"), "LATENT_TRANSFORMS_OFFLINE": "1",
            "OMP_NUM_THREADS": "1", "SMOKE": "1", "BUDGET": "150", "PACK_EVERY": "1", "OUT": str(tmp_path / "out"),
-           "ACC_DIR": str(tmp_path / "acc"), "JOBS": "2", "PYTHON": sys.executable, "HOME": str(tmp_path)}
+           "ACC_DIR": str(tmp_path / "acc"), "JOBS": "2", "PYTHON": sys.executable, "HOME": str(tmp_path),
+           "SKIP_DEVICE_TESTS": "1"}
     return {**env, **settings}
 
 
@@ -128,7 +129,7 @@ def test_gpu_session_script_exits_1_when_only_the_merge_failed(tmp_path):
 
 
 @pytest.mark.parametrize("setting, value", [("BUDGET", "9m"), ("BUDGET", "0"), ("PACK_EVERY", "0.5"), ("JOBS", "0"),
-                                            ("JOBS", "two")])
+                                            ("JOBS", "two"), ("DEVICE_TESTS_BUDGET", "2m")])
 def test_gpu_session_script_refuses_a_setting_that_is_not_a_whole_number(tmp_path, setting, value):
     # BUDGET=9m read as 0 in the shell's arithmetic (no shard ran, nothing said why); JOBS=0 ran no shard
     env = _gpu_session_env(tmp_path, SKIP_THROUGHPUT="1", **{setting: value})
@@ -139,13 +140,13 @@ def test_gpu_session_script_refuses_a_setting_that_is_not_a_whole_number(tmp_pat
 
 @pytest.mark.slow
 def test_gpu_session_script_runs_its_steps_and_resumes(tmp_path):
-    """scripts/gpu_session.sh, the one-call GPU plan, with SMOKE=1: throughput, then accuracy in JOBS=2 shards at once
-    within the budget, merged; what comes back fits the device's limits, and a next call (with another JOBS), given it
-    unpacked as the script's header says, runs only what is missing."""
+    """scripts/gpu_session.sh, the one-call GPU plan, with SMOKE=1: device tests, throughput, then accuracy in JOBS=2
+    shards at once within the budget, merged; what comes back fits the device's limits, and a next call (with another
+    JOBS), given it unpacked as the script's header says, runs only what is missing."""
     import tarfile
 
     out, acc = tmp_path / "out", tmp_path / "acc"
-    env = _gpu_session_env(tmp_path, ARMS="baseline isda")
+    env = _gpu_session_env(tmp_path, ARMS="baseline isda", SKIP_DEVICE_TESTS="0")
 
     def call() -> tuple[str, dict, dict]:
         """-> (stdout, the merged results, shard name -> its runs)."""
@@ -162,6 +163,7 @@ def test_gpu_session_script_runs_its_steps_and_resumes(tmp_path):
         return proc.stdout, json.loads((out / "accuracy" / "results.json").read_text()), shards
 
     _, first, shards = call()
+    assert re.search(r"^1 passed, \d+ deselected", (out / "device-tests.txt").read_text(), re.M)
     assert "| LatentNoise |" in (out / "throughput" / "throughput.md").read_text()
     assert set(first["runs"]) == {"baseline", "isda"} and first["config"]["smoke"]
     assert shards == {"shard-0": {"baseline": first["runs"]["baseline"]}, "shard-1": {"isda": first["runs"]["isda"]}}

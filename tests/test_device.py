@@ -1,0 +1,181 @@
+"""Every method on the device ``pytest --device`` names: cpu by default (CI runs this file as it is), and on a GPU
+machine ``pytest --device cuda tests/test_device.py`` (``scripts/gpu_session.sh`` runs it first). The rest of the
+suite runs on the CPU; these are the promises only another device puts to the test: outputs stay on the data's
+device and no tensor crosses devices behind the user's back, generators on that device replay, the codecs keep their
+exact float32 math under the caller's TF32 and autocast, a frozen Glow's fast path follows weights written after it
+was moved, and the latent cache, the hub's loading and the documented compositions run there.
+"""
+from __future__ import annotations
+
+import os
+import traceback
+
+import kornia
+import kornia.augmentation as K
+import pytest
+import torch
+import torchvision
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
+from torchvision.transforms import v2
+
+from contract import check_transform_contract
+from conftest import STRENGTH_ZERO_EXPECTED, TinyNet, cifar_size_glow, tiny_glow, tiny_vae
+from latent_transforms import (ISDA, Compose, LatentAdversarial, LatentCache, LatentMixupInference, LatentNoise,
+                               VarMixup, hub)
+
+METHODS = {
+    "LatentNoise": lambda glow, vae, **kw: LatentNoise(glow, eps=3.0, **kw),
+    "LatentAdversarial": lambda glow, vae, **kw: LatentAdversarial(glow, steps=2, **kw),
+    "LatentAdversarial-true": lambda glow, vae, **kw: LatentAdversarial(glow, target="true", **kw),
+    "VarMixup-vae": lambda glow, vae, **kw: VarMixup(vae, num_classes=10, **kw),
+    "VarMixup-glow": lambda glow, vae, **kw: VarMixup(glow, num_classes=10, keep_detail=False, **kw),
+    "ISDA": lambda glow, vae, **kw: ISDA(10, **kw),
+}
+
+
+@pytest.fixture
+def parts(device):
+    """``(glow, vae, net, x, y)`` on the device: tiny codecs, a classifier with BatchNorm, a batch of 12."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(12, 1, 8, 8, generator=g), torch.randint(0, 10, (12,), generator=g)
+    torch.manual_seed(0)
+    net = TinyNet()
+    return tiny_glow().to(device), tiny_vae().to(device), net.to(device), x.to(device), y.to(device)
+
+
+_TORCH = os.path.dirname(torch.__file__)
+_OTHERS = tuple(os.path.dirname(m.__file__) for m in (kornia, torchvision))  # their pixel steps are theirs to mind
+
+
+class CrossDevice(TorchDispatchMode):
+    """Records each op whose tensors (inputs and outputs) lie on more than one device, a copy between devices or an
+    op given a tensor from another device, unless kornia or torchvision made it, with the line that made it. 0-dim
+    CPU tensors are left out: torch takes them as scalars."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops, self.crossings = 0, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.ops += 1
+        devices = {t.device for t in pytree.tree_leaves((args, kwargs, out))
+                   if isinstance(t, torch.Tensor) and not (t.device.type == "cpu" and t.ndim == 0)}
+        if len(devices) > 1:
+            caller = next((f for f in reversed(traceback.extract_stack()[:-1]) if not f.filename.startswith(_TORCH)),
+                          None)  # None: an autograd worker thread's backward
+            if caller is None or not caller.filename.startswith(_OTHERS):
+                where = "" if caller is None else f" at {os.path.basename(caller.filename)}:{caller.lineno}"
+                self.crossings.append(f"{func}{where}: {sorted(map(str, devices))}")
+        return out
+
+
+def test_the_recorder_sees_a_copy_between_devices_and_a_mixed_op():
+    with CrossDevice() as seen:
+        a = torch.ones(3).to("meta")
+        a + torch.ones(3, device="meta")  # one device: not recorded
+        torch.ones(3, device="meta") * torch.tensor(2.0)  # a 0-dim CPU tensor is a scalar: not recorded
+    assert seen.ops >= 4 and len(seen.crossings) == 1 and "_to_copy" in seen.crossings[0]
+
+@pytest.mark.filterwarnings("ignore:ISDA. the augmentation armed")  # the contract calls without forwards
+@STRENGTH_ZERO_EXPECTED
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_keeps_the_contract_on_the_device(parts, method):
+    glow, vae, net, x, y = parts
+    check_transform_contract(lambda **kw: METHODS[method](glow, vae, **kw), x, y, model=net,
+                             returns_x=method == "ISDA")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_no_tensor_crosses_devices_in_a_call(parts, method):
+    glow, vae, net, x, y = parts
+    t = METHODS[method](glow, vae, generator=0, p=0.5)
+    if method == "ISDA":
+        t.set_epoch(1, 2)
+
+    def step():
+        x2, y2 = t(x, y, net)
+        if method == "ISDA":  # its work is in the hooked forward and the loss
+            torch.nn.functional.cross_entropy(net(x2), y2).backward()
+
+    step()  # the first call sets up what is made once (generators, ISDA's statistics)
+    with CrossDevice() as seen:
+        step()
+    assert seen.ops > 0 and seen.crossings == []
+
+
+def test_no_tensor_crosses_devices_with_a_latent_cache_or_mixup_inference(parts, device):
+    glow, vae, net, x, y = parts
+    cache = LatentCache(glow, x)
+    with CrossDevice() as seen:
+        LatentNoise(glow, cache=cache, generator=0)(x[:4], y[:4], index=torch.arange(4, device=device))
+        LatentMixupInference(net, vae, x[:6], num_mixes=2, generator=0)(x)
+    assert seen.ops > 0 and seen.crossings == []
+
+
+def test_a_seeded_generator_on_the_device_replays(parts, device):
+    glow, _, _, x, y = parts
+    outputs = [LatentNoise(glow, eps=3.0, generator=torch.Generator(device).manual_seed(7))(x, y)[0] for _ in range(2)]
+    assert torch.equal(*outputs) and not torch.equal(outputs[0], x)
+    if device.type != "cpu":  # a CPU generator cannot draw on another device: named, not a torch error
+        with pytest.raises(ValueError, match="generator"):
+            LatentNoise(glow, eps=3.0, generator=torch.Generator())(x, y)
+
+
+@pytest.mark.parametrize("codec", ["glow-digits", "vae-digits"])
+def test_codecs_keep_exact_math_under_the_callers_tf32_and_autocast(device, codec):
+    """TF32 (which cuDNN turns on by default) took a Glow's round trip from 2e-6 to 1e-2 on an H100, bf16 to 7e-2:
+    the codecs compute in float32 with both off, whatever the training loop around them has set."""
+    c = hub.load(codec, device=device)
+    x = c.sample(16, generator=0).clamp(0, 1)
+    reference = c.decode_flat(c.encode_flat(x))
+    flags = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    torch.set_float32_matmul_precision("high")  # TF32 matmuls
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            z = c.encode_flat(x)
+            x2 = c.decode_flat(z)
+    finally:
+        torch.set_float32_matmul_precision(flags[0])
+        torch.backends.cudnn.allow_tf32 = flags[1]
+    assert z.dtype == x2.dtype == torch.float32 and x2.device == x.device
+    assert (x2 - reference).abs().max() <= 1e-5
+    if codec.startswith("glow"):
+        assert (x2 - x).abs().max() <= 1e-4  # invertible to float32 rounding
+
+
+def test_a_frozen_glow_moved_to_the_device_follows_weights_written_in_place(device):
+    """The folded fast path records the tensors it was folded from; moved to another device they are new tensors,
+    and an in-place write to them must still refold it."""
+    glow = hub.load("glow-digits", device=device)  # loaded, frozen (folded), then moved
+    other = glow.unfrozen_copy()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+        for a, b in zip(glow.parameters(), other.parameters()):
+            a.copy_(b)
+    x = torch.rand(4, 1, 8, 8, device=device)
+    assert torch.allclose(glow.encode_flat(x), other.encode_flat(x), atol=1e-5)  # other: the plain normflows path
+
+
+def test_the_documented_compositions_run_on_the_device(device):
+    """docs/composition.md's torchvision and kornia pipelines, on RGB 32x32 images on the device."""
+    glow = cifar_size_glow().to(device)
+    torch.manual_seed(0)
+    net = TinyNet(channels=3).to(device)
+    x, y = torch.rand(8, 3, 32, 32, device=device), torch.randint(0, 10, (8,), device=device)
+    pipelines = [
+        Compose([v2.RandomCrop(32, padding=4, padding_mode="reflect"), v2.RandomHorizontalFlip(),
+                 LatentNoise(glow, p=0.5, generator=0), v2.RandAugment(), LatentAdversarial(glow, p=0.5, generator=1),
+                 v2.MixUp(num_classes=10)]),
+        Compose([K.RandomCrop((32, 32), padding=4, padding_mode="reflect"), K.RandomHorizontalFlip(),
+                 LatentNoise(glow, p=0.5, generator=0), K.auto.RandAugment(n=2, m=10),
+                 LatentAdversarial(glow, p=0.5, generator=1), K.RandomMixUpV2()], num_classes=10),
+    ]
+    for augment in pipelines:
+        with CrossDevice() as seen:
+            x2, y2 = augment(x, y, net)
+        assert x2.device == y2.device == x.device and x2.dtype == x.dtype and y2.shape == (8, 10)
+        assert torch.isfinite(x2).all() and seen.crossings == []
