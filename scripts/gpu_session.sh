@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU figures still missing, in one device call of at most 10 minutes, most wanted first:
-#   0. tests/test_device.py on the GPU (pytest --device cuda, at most DEVICE_TESTS_BUDGET s, default 120): every
-#      method's contract there, nothing copied between devices, exact codec math under TF32 and autocast (needs
+#   0. tests/test_device.py and tests/test_host_syncs.py on the GPU (pytest --device cuda, at most
+#      DEVICE_TESTS_BUDGET s, default 120): every method's contract there, nothing copied between devices, exact codec
+#      math under TF32 and autocast, CUDA's own count of host syncs within the pinned numbers (needs
 #      pytest: its wheels in .whl/, see docs/results.md; without it the step says so and is skipped);
 #   1. the throughput table of issue 8 (benchmarks/throughput.py, batch 256, compiled codecs included), for at most
 #      TP_BUDGET seconds (the eager rows take seconds; the compiled rows come last and are what a cap cuts);
@@ -57,9 +58,9 @@ if compgen -G ".whl/*.whl" > /dev/null; then  # the GPU image lacks kornia and n
 fi
 if [ "${SMOKE:-0}" = 1 ]; then  # random images; of the device tests, the one of the recorder
     TP_ARGS="--smoke --device cpu"; ACC_ARGS="--smoke --device cpu"; JOBS=${JOBS:-1}
-    DEVICE_ARGS="--device cpu -k recorder"
+    DEVICE_ARGS="--device cpu tests/test_device.py -k recorder"
 else
-    DEVICE_ARGS="--device cuda"
+    DEVICE_ARGS="--device cuda tests/test_device.py tests/test_host_syncs.py"
     DATA=.data/cifar10; [ -f $DATA/train-5k.npz ] || DATA=../shared/data/cifar10  # carried, else beside the checkout
     TP_ARGS="--batch-size 256"; ACC_ARGS="--train npz:$DATA/train-5k.npz --test npz:$DATA/test.npz ${EPOCHS:+--epochs $EPOCHS}"
     JOBS=${JOBS:-6}
@@ -73,12 +74,12 @@ fi
 if [ "${SKIP_DEVICE_TESTS:-0}" != 1 ]; then
     if "$PY" -c "import pytest" 2> /dev/null; then
         # shellcheck disable=SC2086
-        timeout "${DEVICE_TESTS_BUDGET:-120}" "$PY" -m pytest -q -p no:cacheprovider $DEVICE_ARGS tests/test_device.py \
+        timeout "${DEVICE_TESTS_BUDGET:-120}" "$PY" -m pytest -q -p no:cacheprovider $DEVICE_ARGS \
             > "$OUT/device-tests.txt" 2>&1 || { echo "device tests exit $?; the end of $OUT/device-tests.txt:"
                                                 tail -n 15 "$OUT/device-tests.txt"; failed=1; }
         tail -n 1 "$OUT/device-tests.txt"
     else
-        echo "no pytest here: tests/test_device.py not run (carry its wheels in .whl/: see docs/results.md)"
+        echo "no pytest here: the device tests not run (carry its wheels in .whl/: see docs/results.md)"
     fi
 fi
 

@@ -1,7 +1,8 @@
 """Host syncs per call (issue 8): on a GPU every device-to-host read in a transform call stalls the host until the GPU
 has finished everything queued (the previous training step included). The number of syncs is device-independent,
 so it is counted here on the CPU and pinned per method: a change that adds one fails; a change that removes one
-fails too, until its number is lowered here (a ratchet).
+fails too, until its number is lowered here (a ratchet). With ``pytest --device cuda`` the calls run on the GPU, and
+the syncs CUDA itself reports (``torch.cuda.set_sync_debug_mode``) must not exceed the pinned numbers either.
 
 Counted: explicit reads (``.item()``, ``.tolist()``, ``bool/int/float`` of a tensor, ``.cpu()``, ...), implicit ones
 inside ops (``nonzero``, boolean-mask indexing, ``masked_select``, ``unique``, ``repeat_interleave`` without
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 import traceback
+import warnings
 from collections import Counter
 from functools import partial
 
@@ -124,12 +126,12 @@ B = 16
 
 
 @pytest.fixture(scope="module")
-def setup():
+def setup(device):
     g = torch.Generator().manual_seed(0)
-    x, y = torch.rand(B, 1, 8, 8, generator=g), torch.randint(0, 10, (B,), generator=g)
-    glow, vae = tiny_glow(), tiny_vae()
+    x, y = torch.rand(B, 1, 8, 8, generator=g).to(device), torch.randint(0, 10, (B,), generator=g).to(device)
+    glow, vae = tiny_glow().to(device), tiny_vae().to(device)
     torch.manual_seed(0)
-    return x, y, glow, vae, TinyNet(), LatentCache(glow, x, progress=False)
+    return x, y, glow, vae, TinyNet().to(device), LatentCache(glow, x, progress=False)
 
 
 def _isda_step(net, x, y):
@@ -170,7 +172,7 @@ CASES = {
     "LatentNoise p=0.5": (lambda x, y, glow, vae, net, cache: partial(LatentNoise(glow, 1.0, p=0.5, generator=0),
                                                                        x, y), 2),
     "LatentNoise cache": (lambda x, y, glow, vae, net, cache: partial(
-        LatentNoise(glow, 1.0, cache=cache, generator=0), x, y, index=torch.arange(B)), 1),
+        LatentNoise(glow, 1.0, cache=cache, generator=0), x, y, index=torch.arange(B, device=x.device)), 1),
     "LatentAdversarial pred": (lambda x, y, glow, vae, net, cache: partial(LatentAdversarial(glow, generator=0),
                                                                             x, y, net), 1),
     "LatentAdversarial true 3 steps": (lambda x, y, glow, vae, net, cache: partial(
@@ -211,6 +213,21 @@ def test_host_syncs_per_call_are_pinned(setup, name):
     got = s.total()
     assert got == pinned, (f"{name}: {got} host syncs per call, pinned {pinned} (fewer: lower the pin; more: on a GPU "
                            f"each one stalls the host) at {dict(s.sites)}")
+    if setup[0].is_cuda:
+        assert _cuda_syncs(call) <= pinned, f"{name}: CUDA reports more syncs than the {pinned} counted"
+
+
+def _cuda_syncs(call) -> int:
+    """How many synchronizing CUDA operations ``call()`` makes, as ``torch.cuda.set_sync_debug_mode`` warns of them."""
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            call()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
 
 
 def test_the_size_exchange_of_synced_statistics_reads_the_host_once(monkeypatch):
