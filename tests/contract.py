@@ -31,6 +31,15 @@ def assert_model_unchanged(model: nn.Module | None, before) -> None:
         assert (g0 is None and g1 is None) or torch.equal(g0, g1), "parameter gradients changed"
 
 
+def replayed(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``b`` is ``a`` made again from the same draws: on the CPU bit for bit; elsewhere to the rounding of
+    kernels that are not deterministic (an adversarial step's backward through a model's pooling on a GPU:
+    docs/reliability.md#determinism)."""
+    if a.device.type == "cpu":
+        return torch.equal(a, b)
+    return a.shape == b.shape and torch.allclose(a.double(), b.double(), atol=1e-5)
+
+
 def check_transform_contract(make, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None = None,
                              num_classes: int = 10, returns_x: bool = False) -> None:
     """``make(**kwargs) -> LatentTransform``; x, y a valid batch; model if the transform needs one; ``returns_x``:
@@ -50,9 +59,9 @@ def check_transform_contract(make, x: torch.Tensor, y: torch.Tensor, model: nn.M
     stats = t.stats
     assert stats["seen"] == x.shape[0] and stats["transformed"] + stats["rejected"] <= stats["seen"]
 
-    # same seed, same output; a fresh seed gives another draw
+    # same seed, same output
     x3, y3 = make(generator=0)(x, y, model)
-    assert torch.equal(x2, x3) and torch.equal(y2, y3)
+    assert replayed(x2, x3) and replayed(y2, y3)
 
     # p=0 is the identity (labels soft for mixing methods, with the same classes)
     x0, y0 = make(generator=0, p=0.0)(x, y, model)
@@ -105,7 +114,7 @@ def check_transform_contract(make, x: torch.Tensor, y: torch.Tensor, model: nn.M
             t_labelled = make(generator=1, p=p)
             xl, _ = t_labelled(x, y, model)
             xn, yn = t_none(x, model=model)
-            assert yn is None and torch.equal(xn, xl) and t_none.stats == t_labelled.stats
+            assert yn is None and replayed(xn, xl) and t_none.stats == t_labelled.stats
     if model is not None:  # the model given in y's place
         with pytest.raises(TypeError, match=re.escape("t(x, model=model)")):
             make(generator=0)(x, model)
