@@ -109,6 +109,28 @@ def test_no_tensor_crosses_devices_in_a_call(parts, method):
     assert seen.ops > 0 and seen.crossings == []
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_under_the_training_loops_bf16_autocast(parts, device, method):
+    """A GPU training loop runs its step, the augmentation included, under a bf16 autocast: the codecs still compute
+    in float32 (the model-free methods give what they give outside it), the model's bf16 logits drive the attack,
+    and ISDA's loss and backward run."""
+    glow, vae, net, x, y = parts
+    t = METHODS[method](glow, vae, generator=0)
+    if method == "ISDA":
+        t.set_epoch(1, 2)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        x2, y2 = t(x, y, net)
+        if method == "ISDA":
+            loss = torch.nn.functional.cross_entropy(net(x2), y2)
+    if method == "ISDA":
+        loss.backward()
+        assert torch.isfinite(loss)
+    assert x2.dtype == x.dtype and x2.device == x.device and torch.isfinite(x2).all() and 0 <= x2.min() <= x2.max() <= 1
+    assert t.stats["rejected"] == 0
+    if not t.needs_model:
+        outside = METHODS[method](glow, vae, generator=0)(x, y)
+        assert replayed(x2, outside[0]) and replayed(y2, outside[1])
+
 def test_no_tensor_crosses_devices_with_a_latent_cache_or_mixup_inference(parts, device):
     glow, vae, net, x, y = parts
     cached = LatentNoise(glow, cache=LatentCache(glow, x), generator=0)  # built outside: it hashes the codec's weights
