@@ -18,16 +18,19 @@ def pytest_addoption(parser):
                      help="the device tests/test_device.py runs every method on (default cpu; e.g. cuda, cuda:1)")
 
 
-@pytest.fixture(scope="session")
-def device(pytestconfig) -> torch.device:
-    """``pytest --device cuda``'s device (cpu by default): a device this machine lacks is a usage error, not a skip."""
-    name = pytestconfig.getoption("device")
+def pytest_configure(config):
+    """A ``--device`` this machine lacks stops the run at once, as a usage error (not a skip, nor an error per test)."""
+    name = config.getoption("device")
     try:
-        dev = torch.device(name)
-        torch.empty(0, device=dev)
+        torch.empty(0, device=torch.device(name))
     except (RuntimeError, AssertionError) as e:  # a bad name; CUDA not built in or no GPU (AssertionError, old torch)
         raise pytest.UsageError(f"--device {name}: {e}") from None
-    return dev
+
+
+@pytest.fixture(scope="session")
+def device(pytestconfig) -> torch.device:
+    """``pytest --device cuda``'s device (cpu by default)."""
+    return torch.device(pytestconfig.getoption("device"))
 
 @pytest.fixture(autouse=True)
 def _torch_threads_restored():
