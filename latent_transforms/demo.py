@@ -6,9 +6,7 @@ CNN is trained on a low-data split (``per_class`` images of each digit).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -23,6 +21,7 @@ from .isda import ISDA
 from .latent_adversarial import LatentAdversarial
 from .latent_noise import LatentNoise
 from .models import digits_cnn
+from .modelutils import threads_for_this_cpu
 from .validation import POSITIVE_INT, check_count
 from .varmixup import VarMixup
 from .visualize import save_rows
@@ -52,11 +51,10 @@ def run_demo(out_dir: str | Path = "latent-transforms-demo", per_class: int = 10
              threads: int | None = None) -> dict:
     """Run the demo; returns ``{arm: {"accuracy": [...], "seconds": [...]}}`` and writes ``out_dir/demo.png``.
 
-    ``threads``: CPU threads for torch (default: torch's, at most 4; on a CPU another job keeps busy, 1 is faster)."""
+    ``threads``: CPU threads for torch (default: torch's, at most 4; 1 on a CPU other jobs keep busy)."""
     check_count("per_class", per_class, 1)
     if threads is None:
-        threads = min(4, torch.get_num_threads())
-        _hint_if_busy(threads)
+        threads = threads_for_this_cpu(min(4, torch.get_num_threads()))
     else:
         threads = check_count("threads", threads, 1)
     check_count("epochs", epochs, 1)
@@ -94,19 +92,6 @@ def run_demo(out_dir: str | Path = "latent-transforms-demo", per_class: int = 10
     print(format_table(results, per_class, epochs, len(x_test)))
     print(f"\nPicture of the augmentations: {picture.resolve()}")
     return results
-
-
-def _hint_if_busy(threads: int) -> None:
-    """Say so when other jobs keep the CPU busy: torch's threads then wait on each other, and one thread runs faster
-    (the demo took 336 s with the default threads, 90 s with one, on a 2-core CPU at load 3.9; 115 s and 75 s at
-    load 1.7)."""
-    try:
-        load, cores = os.getloadavg()[0], os.cpu_count() or 1
-    except (AttributeError, OSError):  # no load average on this platform
-        return
-    if threads > 1 and load > cores - 0.5:
-        print(f"the CPU is busy (load average {load:.1f} on {cores} cores): if the demo runs slowly, "
-              f"`--threads 1` is often faster (1.5x to 4x on a busy 2-core CPU)", file=sys.stderr)
 
 
 def format_table(results: dict, per_class: int, epochs: int, n_test: int) -> str:
@@ -163,8 +148,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=POSITIVE_INT, help=f"training epochs per run (default: 40; --smoke: {SMOKE_EPOCHS})")
     p.add_argument("--seeds", type=POSITIVE_INT, help="number of seeds (default: 3; --smoke: 1)")
     p.add_argument("--threads", type=POSITIVE_INT,
-                   help="CPU threads for torch (default: torch's, at most 4; 1 is faster where another job keeps a "
-                        "core busy)")
+                   help="CPU threads for torch (default: torch's, at most 4; 1 where other jobs keep the CPU busy, "
+                        "which is faster then)")
     p.add_argument("--smoke", action="store_true",
                    help=f"one seed, {SMOKE_EPOCHS} epochs unless --seeds/--epochs say otherwise: checks the pipeline "
                         f"in seconds")

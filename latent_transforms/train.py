@@ -33,7 +33,7 @@ import torch
 from . import hub
 from .codecs import Codec, build_codec, exact_math
 from .data import DEFAULT_DATA_ROOT
-from .modelutils import describe_device
+from .modelutils import describe_device, threads_for_this_cpu
 from .pixel_shift import random_shift_flip
 from .validation import (POSITIVE_FLOAT, POSITIVE_INT, MissingFileError, check_bool, check_count, check_images,
                          check_number, option, resolve_device)
@@ -1154,7 +1154,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
                    help="random shifts of up to PIXELS along each axis, reflection padding (default 0: none)")
     g.add_argument("--compile", action="store_true", help="torch.compile the training loss (forward and backward)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    g.add_argument("--threads", type=POSITIVE_INT, help="CPU threads for torch (torch.set_num_threads)")
+    g.add_argument("--threads", type=POSITIVE_INT,
+                   help="CPU threads for torch (torch.set_num_threads; default: torch's, 1 where other jobs keep the "
+                        "CPU busy, which is faster then)")
     g.add_argument("--checkpoint-every", type=POSITIVE_INT, default=500, metavar="STEPS",
                    help="save the training state (to resume from) every STEPS steps (default 500)")
     g.add_argument("--no-resume", action="store_true", help="start afresh even if a training state exists")
@@ -1171,6 +1173,8 @@ def _cmd_train(args: argparse.Namespace) -> dict:
         raise ValueError("give the length of the run: --epochs, --max-steps or --max-minutes")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    elif _runs_on_cpu(args.device):
+        torch.set_num_threads(threads_for_this_cpu(torch.get_num_threads()))
     x, _, num_bins = load_images(args.data, "train", args.data_root)
     builtin = args.data in ("digits", "cifar10")
     test_spec = args.test_data or (args.data if builtin else None)
@@ -1200,6 +1204,14 @@ def _cmd_train(args: argparse.Namespace) -> dict:
                            data_description=description)
     except ValueError as e:  # "translate must be < 8": the command line has --translate
         raise _spelled_as_flags(e, ["name", *options]) from None
+
+
+def _runs_on_cpu(device: str) -> bool:
+    """Whether ``--device`` means the CPU here (a device that is not one: False, and train_codec names it)."""
+    try:
+        return resolve_device(device, auto=True).type == "cpu"
+    except ValueError:
+        return False
 
 
 def _spelled_as_flags(e: ValueError, parameters: list[str]) -> ValueError:

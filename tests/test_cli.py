@@ -14,7 +14,7 @@ import pytest
 
 import torch
 
-from latent_transforms import __version__, demo, hub, train
+from latent_transforms import __version__, demo, hub, modelutils, train
 from latent_transforms.cli import PROG, main
 from latent_transforms.codecs import build_codec
 
@@ -629,9 +629,12 @@ def test_run_demo_trains_every_arm_from_one_init_per_seed_and_scores_the_test_sp
     assert "| ISDA | 100.0% ± 0.0 |" in capsys.readouterr().out
     # threads not given: torch's, at most 4
     monkeypatch.setattr(demo.torch, "get_num_threads", lambda: 8)
-    monkeypatch.setattr(demo.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setattr(modelutils.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     demo.run_demo(tmp_path, per_class=1, epochs=1, seeds=(0,), arms=["baseline"], progress=False)
     assert threads == [1, 4]
+    monkeypatch.setattr(modelutils.os, "getloadavg", lambda: (9.0, 9.0, 9.0))  # a busy CPU: one thread
+    demo.run_demo(tmp_path, per_class=1, epochs=1, seeds=(0,), arms=["baseline"], progress=False)
+    assert threads == [1, 4, 1]
 
 
 @pytest.mark.parametrize("argv, epochs, seeds", [
