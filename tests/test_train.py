@@ -22,7 +22,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from latent_transforms import hub, train
+from latent_transforms import hub, modelutils, train
 from latent_transforms.cli import main
 from latent_transforms.codecs import ConvVAE, Glow, build_codec
 from latent_transforms.data import describe_spec, load_images, low_data_split
@@ -799,7 +799,8 @@ def test_report_states_the_schedule_each_step_followed(tmp_path, digits):
     train_codec("flow", x, tmp_path / "t", **kw, max_steps=1)
     report = json.loads((tmp_path / "t" / "glow.json").read_text())["training"]
     assert report["steps"] == r["step"]
-    assert report["schedule"] == "linear warm-up 200 steps, cosine decay to 0 over 0.0001 min"
+    assert report["schedule"] == ("linear warm-up 200 steps (at most a fifth of the time), cosine decay to 0 over "
+                                  "0.0001 min")
 
 
 def test_a_run_of_max_minutes_shows_the_time_left_on_its_bar(tmp_path, digits, capsys):
@@ -867,8 +868,11 @@ def test_cli_train_threads_sets_torchs_cpu_threads_before_training(tmp_path, mon
     monkeypatch.setattr(train.torch, "set_num_threads", lambda n: calls.append(("threads", n)))
     monkeypatch.setattr(train, "train_codec", lambda *a, **k: calls.append("train") or {"complete": True})
     np.savez(tmp_path / "toy.npz", x=np.zeros((8, 4, 4), dtype=np.uint8), y=np.zeros(8, dtype=np.int64))
-    for extra, want in ((["--threads", "3"], [("threads", 3), "train"]), ([], ["train"])):
+    monkeypatch.setattr(train.torch, "get_num_threads", lambda: 2)
+    for extra, load, want in ((["--threads", "3"], 9.0, [("threads", 3), "train"]), ([], 0.0, ["train"]),
+                              ([], 9.0, [("threads", 1), "train"])):  # a busy CPU: one thread
         calls.clear()
+        monkeypatch.setattr(modelutils.os, "getloadavg", lambda: (load, load, load))
         args = _parser().parse_args(["train", "vae", "--data", f"npz:{tmp_path / 'toy.npz'}", "--out", str(tmp_path),
                                      "--max-steps", "1", "--quiet", *extra])
         args.func(args)
@@ -965,6 +969,20 @@ def test_history_lr_follows_warm_up_then_cosine_decay(tmp_path, digits):
     assert r["complete"] and [h["step"] for h in hist] == list(range(1, 11))
     want = [1e-3 * min(1.0, (s + 1) / 2) * 0.5 * (1 + math.cos(math.pi * s / 10)) for s in range(10)]
     assert [h["lr"] for h in hist] == pytest.approx(want, rel=1e-9)  # step 0 at half the peak, then a decay to ~0
+
+
+def test_a_run_of_max_minutes_alone_ends_its_warm_up_by_a_fifth_of_its_time():
+    # its 200-step warm-up was not capped: 113 steps in 1.5 minutes peaked at 1.6e-4 of lr 1e-3 (7.33 bits/dim; the
+    # same steps as --max-steps 113, warm-up 22, reached 6.73)
+    from latent_transforms.train import _lr_factor
+
+    cosine = [0.5 * (1 + math.cos(math.pi * p)) for p in (0.1, 0.2, 0.5)]
+    assert _lr_factor(10, 200, 0.1) == pytest.approx(0.5 * cosine[0])  # half-way through the warm-up's time
+    assert _lr_factor(10, 200, 0.2) == pytest.approx(cosine[1]) and _lr_factor(10, 200, 0.5) == pytest.approx(cosine[2])
+    assert _lr_factor(99, 100, 0.01) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.01)))  # 100 steps came first
+    # a run of a known step count has its warm-up capped at a fifth of its steps already: the same as before
+    assert all(_lr_factor(s, 2, s / 10) == min(1.0, (s + 1) / 2) * 0.5 * (1 + math.cos(math.pi * s / 10))
+               for s in range(10))
 
 
 def test_ema_resumed_call_by_call_ships_what_one_call_ships(tmp_path, digits):
