@@ -711,7 +711,8 @@ def register_run(run: str | os.PathLike, *, name: str | None = None, overwrite: 
     ``load(name)`` works in any process using that cache dir. A shipped checkpoint's name is refused, and so is a
     name registered with another checkpoint or other details unless ``overwrite=True``; the same run registered
     again under the same name changes nothing (``changed`` is False; also for all but one of several processes
-    registering it at once, such as DDP ranks). Nothing is copied or registered when it refuses.
+    registering it at once, such as DDP ranks), or, if its cached copy was deleted or damaged since, copies it back.
+    Nothing is copied or registered when it refuses.
     """
     check_bool("overwrite", overwrite)
     run = Path(run).expanduser()
@@ -743,11 +744,15 @@ def register_run(run: str | os.PathLike, *, name: str | None = None, overwrite: 
         persisted = _user_registry_data(user_registry_path(), shipped)["checkpoints"].get(name)
         # this run registered by this process alone (hub.register without persist): not yet for every process
         this_process_only = persisted is None and registry.get(name) == new
+        # this run registered for every process, its cached copy deleted or damaged since: put back, nothing to add
+        restore = registry.get(name) == new == persisted
         if name in registry and not overwrite and not this_process_only:
-            if registry[name] == new == persisted and dest.is_file() and sha256_file(dest) == new["sha256"]:
+            if not restore:
+                raise ValueError(f"checkpoint {name!r} is already registered (another checkpoint, or other "
+                                 f"details); pass --overwrite (Python: overwrite=True) to replace it, or give another "
+                                 f"--name")
+            if dest.is_file() and sha256_file(dest) == new["sha256"]:
                 return RegisteredRun(name, dest, changed=False)
-            raise ValueError(f"checkpoint {name!r} is already registered (another checkpoint, or other details); "
-                             f"pass --overwrite (Python: overwrite=True) to replace it, or give another --name")
         users = sorted(n for n, e in registry.items() if e["file"] == file and n != name)
         if users:
             raise ValueError(f"{file} is the file of checkpoint {users[0]!r}; give another --name (Python: name=)")
@@ -762,7 +767,8 @@ def register_run(run: str | os.PathLike, *, name: str | None = None, overwrite: 
             shutil.copyfile(source, tmp)
             if sha256_file(tmp) != entry["sha256"]:
                 raise ValueError(f"{source} changed while it was copied; nothing registered")
-            _add_entry(name, **new, overwrite=overwrite or this_process_only, persist=True)
+            if not restore:
+                _add_entry(name, **new, overwrite=overwrite or this_process_only, persist=True)
     return RegisteredRun(name, dest, changed=True)
 
 
@@ -1052,7 +1058,7 @@ def fetch(name: str) -> Path:
                      "(hub.register(..., overwrite=True), or `latent-transforms register RUN.json --overwrite`)"
                      if cached_state is _Copy.MISMATCH else  # there, but not the registered bytes
                      f"registered with hub.register? it does not copy the file: copy {file} into {cache_dir()}; "
-                     f"registered from a training run? `latent-transforms register RUN.json --overwrite` copies "
+                     f"registered from a training run? `latent-transforms register RUN.json` copies "
                      f"its file back")
     looked = "; ".join([f"looked in {cached} and {shipped}", *notes, *hints])
     if cached.is_dir():  # a download could not take its place

@@ -194,7 +194,8 @@ def test_register_a_run_then_list_fetch_and_load_it_by_name(tmp_path, capsys, mo
     assert next(line for line in capsys.readouterr().out.splitlines() if line.startswith("zz-run ")).split()[4] == \
         "missing"
     code, _, err = _exit_code(["fetch", "zz-run"], capsys)
-    assert code == 2 and "`latent-transforms register RUN.json --overwrite` copies its file back" in err
+    assert code == 2 and "`latent-transforms register RUN.json` copies its file back" in err
+    assert main(["register", str(js2)]) == 0 and hub.fetch("zz-run") == hub.cache_dir() / "zz-run.safetensors"
 
 
 def test_register_run_from_python_is_the_command_and_the_training_page_snippet_runs(tmp_path, monkeypatch):
@@ -695,18 +696,21 @@ def test_list_sizes_switch_unit_at_a_thousand(capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("damage", ["delete", "corrupt"])
-def test_registering_a_run_again_whose_cached_copy_is_gone_or_damaged_does_not_say_nothing_changed(
-        tmp_path, capsys, monkeypatch, damage):
+def test_registering_a_run_again_whose_cached_copy_is_gone_or_damaged_copies_it_back(tmp_path, capsys, monkeypatch,
+                                                                                     damage):
+    # it was refused as "already registered (another checkpoint, or other details); pass --overwrite", of the very
+    # same run: only its file was missing or damaged
     monkeypatch.setattr(hub, "_registered", {})
     ckpt, js = _run_files(tmp_path / "runs", "zz-run")
     assert main(["register", str(js)]) == 0
     capsys.readouterr()
     copy = hub.cache_dir() / "zz-run.safetensors"
+    registry = hub.user_registry_path().read_text()
     copy.unlink() if damage == "delete" else copy.write_bytes(b"not the checkpoint")
-    code, out, err = _exit_code(["register", str(js)], capsys)
-    assert code == 2 and "nothing changed" not in out and "pass --overwrite" in err
-    assert main(["register", str(js), "--overwrite"]) == 0  # what fetch advises: copies the file back
-    assert hub.sha256_file(copy) == hub.sha256_file(ckpt)
+    assert main(["register", str(js)]) == 0
+    assert "nothing changed" not in capsys.readouterr().out and hub.sha256_file(copy) == hub.sha256_file(ckpt)
+    assert hub.user_registry_path().read_text() == registry  # the entry as it was
+    assert hub.register_run(js).changed is False  # whole again: nothing to do
 
 
 def test_list_shows_an_unknown_size_and_no_quality_as_such(capsys, monkeypatch):
