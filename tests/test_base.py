@@ -116,6 +116,23 @@ def test_generator_on_wrong_device_is_named():
     assert torch.equal(AddNoise(generator=np.int64(3))(x, y)[0], AddNoise(generator=3)(x, y)[0])
 
 
+def test_a_generator_of_another_gpu_is_refused_and_one_of_the_same_or_an_unnumbered_gpu_taken():
+    """cuda:1's generator cannot draw for cuda:0 data (torch's own error named neither fix); a device given without an
+    index ("cuda") matches either. Stand-ins carry the devices: this runs without two GPUs."""
+    from types import SimpleNamespace
+
+    from latent_transforms.rng import check_generator_device
+
+    on_gpu1 = SimpleNamespace(device=torch.device("cuda", 1))
+    with pytest.raises(ValueError, match=r"^the generator is on cuda:1 but the data is on cuda:0; pass "
+                                         r"torch.Generator\(device='cuda:0'\) or an int seed$"):
+        check_generator_device(on_gpu1, torch.device("cuda", 0))
+    assert check_generator_device(on_gpu1, torch.device("cuda", 1)) is on_gpu1
+    assert check_generator_device(on_gpu1, torch.device("cuda")) is on_gpu1
+    unnumbered = SimpleNamespace(device=torch.device("cuda"))
+    assert check_generator_device(unnumbered, torch.device("cuda", 0)) is unnumbered
+
+
 def test_default_generator_follows_torch_manual_seed():
     x, y = _batch((4, 1, 3, 3), False, 0)
     torch.manual_seed(5)

@@ -45,8 +45,8 @@ STALL_SECONDS = 10.0  # longer than the tests' hub timeout (5 s): a client that 
 
 class _Handler(BaseHTTPRequestHandler):
     """Serves /good, /bad-hash, /truncated, /no-length, /slow (sleeps before the body), /error (500), /gzip (GOOD
-    compressed, whatever was asked), /page (an HTML page), the ``stalled`` files (the first part of the body, then
-    nothing until ``release`` is set); 404 otherwise."""
+    compressed, whatever was asked), /identity (GOOD with "Content-Encoding: Identity"), /page (an HTML page), the
+    ``stalled`` files (the first part of the body, then nothing until ``release`` is set); 404 otherwise."""
 
     counts: dict[str, int] = {}
     accept_encoding: dict[str, str | None] = {}  # name -> the Accept-Encoding header of its last request
@@ -106,6 +106,12 @@ class _Handler(BaseHTTPRequestHandler):
                 self.release.wait(STALL_SECONDS)
                 self.wfile.write(rest)
                 self.close_connection = True
+            elif name == "identity.safetensors":  # GOOD, labelled with the (redundant) encoding "as is", capitalised
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(GOOD)))
+                self.send_header("Content-Encoding", "Identity")
+                self.end_headers()
+                self.wfile.write(GOOD)
             elif name == "loop.safetensors":  # redirects to itself: urllib gives up after 10 with a 3-line reason
                 self.send_response(302)
                 self.send_header("Location", "/loop.safetensors")
@@ -660,6 +666,47 @@ def test_register_persist_keeps_other_entries_and_overwrite_semantics(env, monke
     assert _leftovers(env) == []
 
 
+def test_a_registry_edit_that_changes_nothing_leaves_the_file_as_it_was(env):
+    """unregister(persist=True) of a name the user registry file does not hold (registered in this process only, or
+    nowhere) does not rewrite the file: a hand-written one keeps its bytes."""
+    env.mkdir()
+    path = env / "registry.json"
+    entry = {"file": "good.safetensors", "sha256": SHA_GOOD, "config": CONFIG}
+    path.write_text(json.dumps({"checkpoints": {"a": entry}}, separators=(",", ":")))  # as written by hand
+    before = path.read_bytes()
+    _register("runtime-only", "good.safetensors")
+    assert hub.unregister("runtime-only", persist=True)["file"] == "good.safetensors"
+    with pytest.raises(hub.UnknownCheckpointError):
+        hub.unregister("nowhere", persist=True)
+    assert path.read_bytes() == before
+
+
+def test_a_persisted_registration_waits_for_the_cache_dir_lock(env):
+    """register(persist=True) reads, edits and replaces the user registry under the cache dir's lock: it waits for
+    another writer (here a thread of this process holding the lock) instead of dropping that writer's entry."""
+    env.mkdir()
+    order, inside, release = [], threading.Event(), threading.Event()
+
+    def other():
+        with hub._cache_dir_lock(env):
+            order.append("other in")
+            inside.set()
+            release.wait(timeout=0.5)  # holds the lock a while; the registration must wait for it
+            order.append("other out")
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    try:
+        assert inside.wait(timeout=30)
+        _register("a", "good.safetensors", persist=True)
+        order.append("registered")
+    finally:
+        release.set()
+        thread.join()
+    assert order == ["other in", "other out", "registered"]
+    assert list(json.loads((env / "registry.json").read_text())["checkpoints"]) == ["a"]
+
+
 def test_user_registry_may_not_redefine_a_shipped_name(env, tmp_path):
     hub.SHIPPED_DIR.mkdir()
     entry = {"file": "shipped.safetensors", "sha256": SHA_GOOD, "size": len(GOOD), "config": CONFIG}
@@ -1055,6 +1102,12 @@ def test_a_compressed_answer_is_refused_as_such_not_as_another_file(env, size):
     assert _Handler.accept_encoding["gzip.safetensors"] == "identity" and list(env.iterdir()) == []
 
 
+def test_an_answer_labelled_identity_encoded_in_any_case_is_the_file_as_is(env):
+    """Content-Encoding names are case-insensitive: "Identity" is no compression, and the file is taken."""
+    _register("i", "identity.safetensors", size=len(GOOD))
+    assert hub.fetch("i").read_bytes() == GOOD
+
+
 @pytest.mark.parametrize("size, why", [(None, "has the wrong sha256"), (len(GOOD), "has the wrong length")])
 def test_a_web_page_instead_of_the_file_is_named(env, size, why):
     # a login page, or a repository's page about the file: only "the wrong sha256" was said
@@ -1197,6 +1250,24 @@ def test_read_only_cache_dir(env, monkeypatch):
             hub.fetch("good")
     finally:
         env.chmod(stat.S_IRWXU)
+
+
+def test_a_cache_dir_that_cannot_be_opened_for_its_lock_says_what_to_do(env, monkeypatch):
+    """The lock is taken on the cache dir itself, opened for reading: a directory without read permission (simulated:
+    as root every directory opens) is named with the way out, not a raw PermissionError."""
+    env.mkdir()
+    real_open = os.open
+
+    def unreadable_dir(path, flags, *args, **kwargs):
+        if Path(path) == env:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(hub.os, "open", unreadable_dir)
+    _register("good", "good.safetensors")
+    with pytest.raises(hub.HubError, match=rf"cannot write to the cache dir {re.escape(str(env))} \(Permission "
+                                           rf"denied\); set LATENT_TRANSFORMS_HOME to a writable directory"):
+        hub.fetch("good")
 
 
 def test_cache_dir_that_cannot_be_created(env, tmp_path, monkeypatch):
@@ -1369,6 +1440,13 @@ def test_a_run_registered_between_its_entry_and_its_file_is_waited_for(env, tmp_
     assert hub.sha256_file(env / "zz-run.safetensors") == sha
 
 
+def test_without_fcntl_threads_still_fetch_one_good_file(env, monkeypatch):
+    """Where there is no fcntl (Windows) the cache dir's lock is the in-process one alone: threads of one process
+    loading a name at once still download it once."""
+    monkeypatch.setitem(sys.modules, "fcntl", None)  # import fcntl raises ImportError
+    test_concurrent_threads_fetch_one_good_file(env)
+
+
 def test_load_by_name_reads_once_and_returns_copies(env, tmp_path):
     codec = _codec()
     sha = hub.save_checkpoint(codec, tmp_path / "vae.safetensors")
@@ -1497,6 +1575,16 @@ def test_a_corrupted_shipped_file_is_not_used(env, monkeypatch):
     assert _Handler.counts["good.safetensors"] == 1
 
 
+def test_an_unusable_shipped_copy_is_named_in_the_error(env, monkeypatch):
+    """A directory where the shipped file should be is said, as for the cached copy (the message said only where
+    it had looked)."""
+    (hub.SHIPPED_DIR / "good.safetensors").mkdir(parents=True)
+    _register("good", "good.safetensors")
+    monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
+    with pytest.raises(hub.HubError, match=r"; shipped \S+good.safetensors is a directory, not the file"):
+        hub.fetch("good")
+
+
 def test_a_shipped_name_registered_again_with_another_sha256_is_not_called_a_corrupted_shipped_file(env, monkeypatch):
     hub.SHIPPED_DIR.mkdir()
     (hub.SHIPPED_DIR / "good.safetensors").write_bytes(GOOD)  # intact
@@ -1562,6 +1650,31 @@ def test_a_part_younger_than_twice_a_long_timeout_is_kept(tmp_path, monkeypatch)
         os.utime(part, (time.time() - age, time.time() - age))
     hub._remove_abandoned_parts(dest)
     assert live.exists() and not old.exists()
+
+
+def test_a_part_younger_than_an_hour_is_kept_under_the_default_timeout(tmp_path, monkeypatch):
+    """A download may stall for a while and go on: an abandoned part is one untouched for an hour at least, even
+    with a read timeout of a minute."""
+    monkeypatch.delenv("LATENT_TRANSFORMS_HUB_TIMEOUT", raising=False)
+    dest = tmp_path / "good.safetensors"
+    recent, old = tmp_path / ".good.safetensors.r3c3nt.part", tmp_path / ".good.safetensors.k1ll3d.part"
+    for part, age in ((recent, 1800), (old, 7200)):
+        part.write_bytes(b"partial")
+        os.utime(part, (time.time() - age, time.time() - age))
+    hub._remove_abandoned_parts(dest)
+    assert recent.exists() and not old.exists()
+
+
+def test_an_abandoned_part_of_a_file_whose_name_has_glob_characters_is_removed(tmp_path):
+    """A registry file name may hold [ ] * ?: its parts are matched by name, not as a pattern."""
+    dest = tmp_path / "vae[8x8].safetensors"
+    old = tmp_path / ".vae[8x8].safetensors.k1ll3d.part"
+    other = tmp_path / ".vae8.safetensors.k1ll3d.part"  # what the unescaped pattern [8x8] matches instead
+    for part in (old, other):
+        part.write_bytes(b"partial")
+        os.utime(part, (time.time() - 7200, time.time() - 7200))
+    hub._remove_abandoned_parts(dest)
+    assert not old.exists() and other.exists()
 
 
 def test_a_weight_stored_as_integers_is_refused(tmp_path):

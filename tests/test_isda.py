@@ -218,6 +218,15 @@ def test_the_statistics_are_detached_from_the_features_graph(covariance):
     assert feats.grad is None
 
 
+def test_features_narrower_than_the_statistics_are_refused_not_broadcast():
+    """One feature per row against statistics of two: refused, where the merge would broadcast the lone column over
+    both dimensions and change the statistics."""
+    est = FeatureCovariance(3, feature_dim=2)
+    with pytest.raises(ValueError, match=r"features have dimension 1, the statistics 2"):
+        est.update(torch.ones(4, 1), torch.zeros(4, dtype=torch.int64))
+    assert est.count.tolist() == [0, 0, 0] and not est.mean.any()
+
+
 def test_estimator_checks_and_lazy_state_dict():
     est = FeatureCovariance(3, feature_dim=2)
     with pytest.raises(ValueError, match="dimension"):
@@ -234,6 +243,18 @@ def test_estimator_checks_and_lazy_state_dict():
         FeatureCovariance(3, covariance="diagonal").load_state_dict(est.state_dict())
     lazy.reset()
     assert int(lazy.count.sum()) == 0 and lazy.feature_dim == 2
+
+
+@pytest.mark.parametrize("covariance", ["full", "diagonal"])
+def test_reset_forgets_the_covariances_too(covariance):
+    """After reset() a class absent from the next batches keeps its statistics as they are: they must be the zeros of
+    no feature seen, not the covariance of the features reset was to forget (ISDA would augment along it)."""
+    est = FeatureCovariance(3, 2, covariance=covariance)
+    est.update(torch.randn(6, 2, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 0, 1, 1, 2, 2]))
+    assert est.cov.any()
+    est.reset()
+    est.update(torch.randn(2, 2), torch.tensor([0, 0]))  # classes 1 and 2 absent
+    assert not est.cov[1:].any() and not est.mean[1:].any() and est.count.tolist() == [2, 0, 0]
 
 
 @pytest.mark.filterwarnings("ignore:for .*copying from a non-meta parameter")

@@ -110,3 +110,28 @@ def test_x_and_generator_of_the_wrong_kind_are_named():
                        random_shift_flip(x, 2, True, generator=torch.Generator().manual_seed(3)))
     with pytest.raises(ValueError, match="the generator is on cpu but the data is on meta"):
         random_shift_flip(x.to("meta"), 2, True, generator=torch.Generator())
+
+
+def test_reflection_padding_is_bounded_by_the_shorter_side():
+    """A 4 x 8 image mirrors at most 3 pixels: max_shift 5 is named (torch's reflect pad failed on it)."""
+    x = torch.rand(2, 1, 4, 8)
+    with pytest.raises(ValueError, match=r"max_shift must be < 4 \(the image side\) with reflection padding, got 5"):
+        random_shift_flip(x, 5, True, padding="reflect")
+    assert random_shift_flip(x, 3, True, padding="reflect", generator=0).shape == x.shape
+
+
+def test_a_bad_generator_is_named_even_when_nothing_is_drawn():
+    """Checked as the other arguments, before the no-shift-no-flip shortcut: a wrong call fails at once, not when
+    shifts are turned on."""
+    x = torch.rand(2, 3, 8, 8)
+    with pytest.raises(TypeError, match="generator must be None, an int seed or a torch.Generator, got str"):
+        random_shift_flip(x, 0, False, generator="seed")
+    with pytest.raises(ValueError, match="the generator is on cpu but the data is on meta"):
+        random_shift_flip(x.to("meta"), 0, False, generator=torch.Generator())
+
+
+def test_shifted_images_come_back_contiguous():
+    """(B, C, H, W) in the usual memory layout, as the input: .view(B, -1) works on the result."""
+    out = random_shift_flip(torch.rand(4, 3, 8, 8), 2, True, generator=0)
+    assert out.is_contiguous()
+    out.view(4, -1)

@@ -474,6 +474,18 @@ def test_an_index_of_another_batch_size_is_refused():
         check_batch(GOOD_X, GOOD_Y, index=torch.arange(3))
 
 
+def test_an_index_longer_than_the_batch_or_with_a_trailing_dimension_is_refused():
+    """Positions of 5 samples for a batch of 4, or (B, 1) positions, are another batch's or another layout's: a cache
+    indexed with them would pair latents with the wrong images."""
+    from latent_transforms.validation import check_batch
+
+    with pytest.raises(ValueError, match=r"batch sizes differ: x has 4 samples, index has 5"):
+        check_batch(GOOD_X, GOOD_Y, index=torch.arange(5))
+    with pytest.raises(ValueError, match=r"index must be a \(B,\) int64 tensor of dataset positions, got "
+                                         r"torch.int64 of shape \(4, 1\)"):
+        check_batch(GOOD_X, GOOD_Y, index=torch.arange(4).unsqueeze(1))
+
+
 def test_class_indices_and_positions_past_2_to_the_24_are_checked_exactly():
     """Statistics are read in float64: in float32, 2**24 + 1 rounds to 2**24 and passed a bound of 2**24 + 1."""
     from latent_transforms.validation import check_index
@@ -512,3 +524,102 @@ def test_check_batch_uint8_hint_ends_the_uint8_refusal_only(dtype, hinted):
     with pytest.raises(ValueError, match="^x must be a float tensor") as e:
         check_batch(torch.zeros(2, 1, 4, 4, dtype=dtype), None, uint8_hint="; THE HINT")
     assert str(e.value).endswith("; THE HINT") is hinted
+
+
+def test_an_empty_batch_of_labels_or_positions_passes_their_checks():
+    """Labels and dataset positions of no samples (a rank's empty last shard merged into ISDA's statistics) pass:
+    there is no value to judge, and reading the extremes of nothing raised torch's own aminmax error."""
+    from latent_transforms.feature_covariance import FeatureCovariance
+    from latent_transforms.validation import check_index
+
+    check_labels(torch.empty(0, dtype=torch.int64), 0, 10)
+    check_labels(torch.empty(0, 3), 0, 3)
+    check_index(torch.empty(0, dtype=torch.int64), 0, size=5)
+    stats = FeatureCovariance(3, 4)
+    stats.update(torch.empty(0, 4), torch.empty(0, dtype=torch.int64))
+    assert stats.count.tolist() == [0, 0, 0]
+
+
+def test_a_soft_label_entry_just_past_the_rounding_tolerance_is_refused():
+    """Entries down to -1e-3 are rounding (taken); -0.005 is past it and refused, its row summing to 1 all the same."""
+    check_labels(torch.tensor([[1.0005, -0.0005, 0.0]]), 1, 3)
+    with pytest.raises(ValueError, match=r"y soft labels have a negative entry -0.005"):
+        check_labels(torch.tensor([[1.005, -0.005, 0.0]]), 1, 3)
+
+
+def test_a_bfloat16_row_is_judged_by_its_exact_sum_not_a_bfloat16_rounding_of_it():
+    """0.53125 + 0.50390625 (both exact in bf16) sum to 1.0352, past bf16's tolerance of 0.03125; rounded to bf16 the
+    sum would read 1.03125 and pass: rows are summed in float32."""
+    with pytest.raises(ValueError, match=r"row 0 sums to 1.035"):
+        check_labels(torch.tensor([[0.53125, 0.50390625, 0.0]], dtype=torch.bfloat16), 1, 3)
+
+
+def test_bfloat16_soft_labels_three_steps_off_one_are_still_accepted():
+    """A 16-bit row may sum up to 4 of its dtype's steps from 1 (each mix rounds the sum by about one): in bf16, whose
+    step above 1 is 2**-7, a row summing to 1 + 3 * 2**-7 passes."""
+    check_labels(torch.tensor([[0.5234375, 0.5, 0.0]], dtype=torch.bfloat16), 1, 3)
+
+
+def test_dataset_positions_on_another_device_are_told_to_move_to_the_images_device():
+    from latent_transforms.validation import check_batch
+
+    with pytest.raises(ValueError, match=r"index is on meta but x is on cpu; move it with .to\('cpu'\)"):
+        check_batch(GOOD_X, GOOD_Y, index=torch.arange(4, device="meta"))
+
+
+def test_images_with_an_empty_channel_or_side_are_named_as_such():
+    """(B, C, 0, W) images are not an empty batch but hold no pixel: named, not torch's aminmax error."""
+    for shape in ((4, 0, 8, 8), (4, 1, 0, 8)):
+        with pytest.raises(ValueError, match=rf"x has an empty channel or spatial dimension \(shape \({shape[0]}, "):
+            check_images(torch.rand(shape))
+
+
+def test_images_whose_only_non_finite_value_is_minus_inf_are_named_with_their_sample():
+    """-inf shows in the minimum alone: named as a non-finite value and its sample, not as a range [-inf, 1]."""
+    x = GOOD_X.clone()
+    x[3, 0, 2, 5] = float("-inf")
+    with pytest.raises(ValueError, match=r"x contains NaN or inf \(in samples \[3\]\)"):
+        check_images(x)
+
+
+@pytest.mark.parametrize("lo, hi, hint", [
+    (0.0, 1.15, r"a step scales or shifts them past 1 \(brightness"),  # past the overshoot bound of 1.1
+    (0.0, 1.08, r"a resampling \(bicubic, antialiased\) or noise step overshoots"),
+    (-0.45, 1.5, r"a step adds noise or shifts them past \[0, 1\]"),  # noise down to -0.5, up to 2
+    (0.0, 255.0005, r"these look like 0-255 intensities: divide them by 255"),  # 255 and a rounding above it
+])
+def test_each_range_hint_covers_its_whole_range(lo, hi, hint):
+    """The hints' bounds, checked just inside or past each: a range gets the hint of the mistake that makes it."""
+    with pytest.raises(ValueError, match=rf"values must lie in \[0, 1\], got range .*; {hint}"):
+        check_images(torch.linspace(lo, hi, 64).reshape(1, 1, 8, 8))
+
+
+def test_a_model_without_parameters_is_placed_by_its_buffers():
+    """A parameter-free model (a fixed filter bank held in buffers) on another device is named like any other."""
+    import copy
+
+    from latent_transforms.validation import check_model
+
+    class Buffers(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("filters", torch.ones(10, 64))
+
+        def forward(self, x):
+            return x.flatten(1) @ self.filters.T
+
+    check_model(Buffers(), GOOD_X)
+    with pytest.raises(ValueError, match="^LatentAdversarial's model is on meta but x is on cpu"):
+        LatentAdversarial(GLOW)(GOOD_X, GOOD_Y, copy.deepcopy(Buffers()).to("meta"))
+
+
+def test_a_model_split_over_devices_is_placed_by_its_first_parameter():
+    """A model-parallel classifier takes x on the device of its first layer; its later layers may live elsewhere
+    (meta stands in for a second GPU)."""
+    from latent_transforms.validation import check_model
+
+    net = torch.nn.Sequential(torch.nn.Linear(64, 8), torch.nn.Linear(8, 10))
+    net[1].to("meta")
+    check_model(net, GOOD_X)
+    with pytest.raises(ValueError, match="the model is on meta but x is on cpu"):
+        check_model(net[1:], GOOD_X)

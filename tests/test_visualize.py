@@ -23,6 +23,17 @@ def test_grid_layout_and_pixels(tmp_path):
     assert (im[10:18, 40:48] == 255).all()                 # colour row has 2 images: the third cell stays white
 
 
+def test_the_grid_is_as_wide_as_its_longest_row_wherever_that_row_is(tmp_path):
+    """A later row longer than the first (originals, then more samples of a method) is drawn whole, not cut at the
+    first row's width."""
+    path = save_rows({"short": torch.ones(1, 1, 4, 4), "long": torch.zeros(3, 1, 4, 4)}, tmp_path / "g.png", cell=8,
+                     label_width=20)
+    im = np.asarray(Image.open(path))
+    assert im.shape == (2 * (8 + 2), 20 + 3 * (8 + 2), 3)
+    assert (im[10:18, 40:48] == 0).all()  # the long row's third image, black on the white canvas
+    assert (im[0:8, 30:38] == 255).all()   # the short row's second cell stays white
+
+
 @pytest.mark.parametrize("rows, match", [
     ({}, "rows is empty"),
     ({"a": torch.rand(2, 3, 4)}, r"rows\['a'\] must have shape \(B, C, H, W\)"),
