@@ -683,8 +683,10 @@ def test_a_registry_edit_that_changes_nothing_leaves_the_file_as_it_was(env):
 
 def test_a_persisted_registration_waits_for_the_cache_dir_lock(env):
     """register(persist=True) reads, edits and replaces the user registry under the cache dir's lock: it waits for
-    another writer (here a thread of this process holding the lock) instead of dropping that writer's entry."""
+    another writer (here a thread of this process holding the lock) instead of dropping that writer's entry; also
+    after this thread has taken and left the lock once (its mark of holding it is cleared on leaving)."""
     env.mkdir()
+    _register("earlier", "good.safetensors", persist=True)  # this thread takes the lock and leaves it
     order, inside, release = [], threading.Event(), threading.Event()
 
     def other():
@@ -704,7 +706,7 @@ def test_a_persisted_registration_waits_for_the_cache_dir_lock(env):
         release.set()
         thread.join()
     assert order == ["other in", "other out", "registered"]
-    assert list(json.loads((env / "registry.json").read_text())["checkpoints"]) == ["a"]
+    assert list(json.loads((env / "registry.json").read_text())["checkpoints"]) == ["earlier", "a"]
 
 
 def test_user_registry_may_not_redefine_a_shipped_name(env, tmp_path):
@@ -1298,7 +1300,7 @@ def test_registering_into_a_cache_dir_that_cannot_be_written_says_so(env, tmp_pa
         with pytest.raises(hub.HubError, match=message.format(re.escape(str(env)))) as e:
             call()
         assert ".part" not in str(e.value)
-    assert list(json.loads((env / "registry.json").read_text())["checkpoints"]) == ["a"]
+    assert list(json.loads((env / "registry.json").read_text())["checkpoints"]) == ["earlier", "a"]
 
 
 def test_a_relative_cache_dir_is_refused_and_a_relative_xdg_cache_home_ignored(env, tmp_path, monkeypatch, capsys,
