@@ -74,7 +74,16 @@ _loaded: dict[tuple[str, str], "Codec"] = {}  # (name, device) -> frozen codec
 _lock = threading.Lock()  # guards _registered, _loaded and _load_locks
 _load_locks: dict[tuple[str, str, str], threading.Lock] = {}
 _cache_dir_thread_lock = threading.RLock()  # with a file lock: one registry edit or download at a time
-_cache_dir_held = threading.local()  # .dirs: the cache dirs this thread holds _cache_dir_lock on
+
+
+class _HeldDirs(threading.local):
+    """The cache dirs this thread holds ``_cache_dir_lock`` on (``dirs``)."""
+
+    def __init__(self):
+        self.dirs: set[Path] = set()
+
+
+_cache_dir_held = _HeldDirs()
 
 
 class HubError(RuntimeError):
@@ -564,7 +573,7 @@ def _cache_dir_lock(directory: Path) -> Iterator[None]:
     """Serialise what writes the cache dir ``directory`` (a read-modify-write of the user registry, a download,
     ``register_run``'s check, copy and registry edit) across threads and processes (where ``fcntl`` exists). Nested
     in one thread, the inner lock is the outer one."""
-    held = _cache_dir_held.__dict__.setdefault("dirs", set())
+    held = _cache_dir_held.dirs
     if directory in held:
         yield
         return
