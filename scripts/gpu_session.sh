@@ -14,10 +14,10 @@
 # carry no more of runs/: the carry limit is 64 MiB and the wheels and data take 42 MB of it):
 #   GIT_COMMIT=<this checkout's commit> bash scripts/gpu_session.sh
 # (where the device's copy of the tree has no .git, the results record the commit GIT_COMMIT gives).
-# What comes back (7 files, within the device's 8): device-tests.txt; throughput/throughput.{json,md}; accuracy/results.{json,md} and
-# accuracy/reliability.png (the report of all shards, this call's and earlier calls'); accuracy/shards.tar (every
-# shard's folder, those carried in included: results.json and log.txt). Before the next call, unpack them here
-# (FILES: the call's files_at):
+# What comes back (7 files, within the device's 8): device-tests.txt; throughput/throughput.{json,md};
+# accuracy/results.{json,md} and accuracy/reliability.png (the report of all shards, this call's and earlier
+# calls'); accuracy/shards.tar (every shard's folder, those carried in included: results.json and log.txt). Before
+# the next call, unpack them here (FILES: the call's files_at):
 #   mkdir -p runs/accuracy && tar -xf FILES/accuracy/shards.tar -C runs/accuracy \
 #       && cp FILES/accuracy/results.* FILES/accuracy/reliability.png runs/accuracy/
 # A next call resumes every shard-*/ folder there: no finished run is run again, whatever JOBS, ARMS or SEEDS it has.

@@ -13,10 +13,9 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 STRENGTH_ZERO_EXPECTED = pytest.mark.filterwarnings("ignore:ISDA's strength lam:UserWarning")
 
 
-
 def pytest_addoption(parser):
     parser.addoption("--device", default="cpu",
-                     help="the device tests/test_device.py runs every method on (default cpu; e.g. cuda, cuda:1)")
+                     help="the device of tests/test_device.py and tests/test_host_syncs.py (default cpu; e.g. cuda, cuda:1)")
 
 
 def pytest_configure(config):
@@ -32,6 +31,7 @@ def pytest_configure(config):
 def device(pytestconfig) -> torch.device:
     """``pytest --device cuda``'s device (cpu by default)."""
     return torch.device(pytestconfig.getoption("device"))
+
 
 @pytest.fixture(autouse=True)
 def _an_idle_cpu(monkeypatch):
