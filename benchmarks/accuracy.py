@@ -718,8 +718,11 @@ SMOKE_DEFAULTS = {"epochs": 2, "seeds": [0], "width": 4, "batch_size": 32, "thre
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     d = p.add_argument_group("data")
-    d.add_argument("--train", default="cifar10", help="cifar10 (torchvision download) or npz:PATH (default: %(default)s)")
-    d.add_argument("--test", default="cifar10", help="cifar10 or npz:PATH (default: %(default)s)")
+    d.add_argument("--train", default="cifar10",
+                   help="cifar10 (torchvision download), cifar10-5k (its 5,000-image subset that the docs' figures "
+                        "use) or npz:PATH (default: %(default)s)")
+    d.add_argument("--test", default="cifar10",
+                   help="cifar10 (also cifar10-5k's test set) or npz:PATH (default: %(default)s)")
     d.add_argument("--data-root", help="download folder for cifar10")
     d.add_argument("--train-size", type=POSITIVE_INT, help="class-balanced subset of the training images (before the val split)")
     d.add_argument("--val-fraction", type=float, default=0.1,

@@ -83,9 +83,10 @@ def load_codec(parser: argparse.ArgumentParser, option: str, name: str, device: 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
     """Add ``--train``, ``--test`` and ``--data-root`` (data specs, see ``latent_transforms.data``) to ``parser``."""
     parser.add_argument("--train", default="cifar10",
-                        help="cifar10 (default), npz:PATH or folder:PATH (one subfolder per class)")
+                        help="cifar10 (default), cifar10-5k (its 5,000-image subset), npz:PATH or folder:PATH "
+                             "(one subfolder per class)")
     parser.add_argument("--test", help="test images: npz:PATH, folder:PATH, cifar10 or none (no test set); default: "
-                                       "the cifar10 test split when training on cifar10, else none")
+                                       "the cifar10 test split when training on cifar10 or cifar10-5k, else none")
     parser.add_argument("--data-root", help=f"download dir for CIFAR-10 (default: {DEFAULT_DATA_ROOT})")
 
 
@@ -98,7 +99,8 @@ def example_data(parser: argparse.ArgumentParser, args: argparse.Namespace):
     """
     if args.smoke:
         return (*synthetic_images(64), *synthetic_images(32, seed=1))
-    test = None if args.test == "none" else args.test or ("cifar10" if args.train == "cifar10" else None)
+    cifar = args.train in ("cifar10", "cifar10-5k")
+    test = None if args.test == "none" else args.test or ("cifar10" if cifar else None)
     x_train, y_train = _labelled_images(parser, "--train", args.train, "train", args.data_root)
     x_test, y_test = _labelled_images(parser, "--test", test, "test", args.data_root) if test else (None, None)
     return x_train, y_train, x_test, y_test
@@ -111,7 +113,8 @@ def _labelled_images(parser, option: str, spec: str, split: str, data_root):
         x, y, _ = load_images(spec, split, data_root)
     except ValueError as e:  # the library's message names the file or the CIFAR-10 folder and what went wrong
         hint = "; here: --train npz:PATH --test npz:PATH (see the docstring) or --data-root DIR"
-        parser.exit(2, f"{parser.prog}: error: {option} {spec}: {e}{hint if spec == 'cifar10' else ''}\n")
+        hint = hint if spec in ("cifar10", "cifar10-5k") else ""
+        parser.exit(2, f"{parser.prog}: error: {option} {spec}: {e}{hint}\n")
     if y is None:
         parser.exit(2, f"{parser.prog}: error: {option} {spec}: no labels (an npz archive needs an array y)\n")
     return x, y

@@ -7,6 +7,9 @@ Specs:
   Needs scikit-learn (``pip install latent-transforms[demo]``).
 * ``cifar10``: torchvision's CIFAR-10, downloaded into ``data_root`` (default: ``data/`` in
   :func:`latent_transforms.hub.cache_dir`).
+* ``cifar10-5k``: the same download; its ``train`` split is the class-balanced 5,000-image subset the shipped CIFAR-10
+  codecs were trained on and the docs' CIFAR-10 figures use (:func:`cifar10_5k_index`), its ``test`` split the full
+  10,000-image test set.
 * ``npz:PATH``: a NumPy archive with ``x`` (N, H, W, C) or (N, H, W) uint8 and optionally ``y`` (N,) integer labels
   (read from ``y`` only: another 1-D integer array of length N without ``y`` is refused as misplaced labels).
 * ``folder:PATH``: a folder of same-sized PNG/JPEG/BMP/WebP images, either flat (no labels) or one subfolder per
@@ -31,10 +34,11 @@ import torch
 from .hub import _offline, cache_dir
 from .validation import MissingFileError, check_choice, check_count
 
-__all__ = ["load_images", "low_data_split", "describe_spec", "IMAGE_SUFFIXES"]
+__all__ = ["load_images", "low_data_split", "cifar10_5k_index", "describe_spec", "IMAGE_SUFFIXES", "SPLIT_SPECS"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 SPLITS = ("train", "test")
+SPLIT_SPECS = ("digits", "cifar10", "cifar10-5k")  # the specs with a train and a test split
 DEFAULT_DATA_ROOT = ("data/ in the cache dir: $LATENT_TRANSFORMS_HOME, else $XDG_CACHE_HOME/latent-transforms or "
                      "~/.cache/latent-transforms")  # for --data-root's help
 
@@ -51,9 +55,13 @@ def load_images(spec: str, split: str = "train", data_root: str | os.PathLike | 
     if spec == "digits":
         _check_split(split)
         return _digits(split)
-    if spec == "cifar10":
+    if spec in ("cifar10", "cifar10-5k"):
         _check_split(split)
-        return _cifar10(split, data_root)
+        x, y, num_bins = _cifar10(split, data_root)
+        if spec == "cifar10-5k" and split == "train":
+            index = torch.from_numpy(cifar10_5k_index(y.numpy()))
+            x, y = x[index], y[index]
+        return x, y, num_bins
     for kind, load in (("npz", _npz), ("folder", _folder)):
         if spec.startswith(kind + ":"):
             if not spec[len(kind) + 1:]:
@@ -64,7 +72,7 @@ def load_images(spec: str, split: str = "train", data_root: str | os.PathLike | 
             else None
     except (OSError, RuntimeError, ValueError):  # too long a name, ~nosuchuser: no guess
         guess = None
-    raise ValueError(f"unknown data spec {spec!r}; use digits, cifar10, npz:PATH or folder:PATH"
+    raise ValueError(f"unknown data spec {spec!r}; use {', '.join(SPLIT_SPECS)}, npz:PATH or folder:PATH"
                      + (f" (here: {guess})" if guess else ""))
 
 
@@ -268,6 +276,18 @@ def _folder(root: Path) -> tuple[torch.Tensor, torch.Tensor | None, int]:
 
 
 # -- splits -------------------------------------------------------------------------------------------
+def cifar10_5k_index(y: np.ndarray) -> np.ndarray:
+    """The sorted positions of ``cifar10-5k`` in CIFAR-10's training set, from its labels ``y: (50000,)`` int in
+    torchvision's order: for each class 0..9 in turn, 500 of the class's positions drawn without replacement by
+    ``rng.choice``, with one ``rng = numpy.random.default_rng(0)`` (the rule of the project's ``train-5k.npz``)."""
+    y = np.asarray(y)
+    if y.shape != (50000,) or y.dtype.kind not in "iu" or np.bincount(y, minlength=10).tolist() != [5000] * 10:
+        raise ValueError(f"cifar10-5k is drawn from CIFAR-10's 50,000 training images, 5,000 of each of 10 classes; "
+                         f"got labels of shape {y.shape}, dtype {y.dtype}: is the download complete and unchanged?")
+    rng = np.random.default_rng(0)
+    return np.sort(np.concatenate([rng.choice(np.flatnonzero(y == c), 500, replace=False) for c in range(10)]))
+
+
 def low_data_split(y: torch.Tensor | np.ndarray, per_class: int, seed: int = 0) -> torch.Tensor:
     """Sorted indices of ``per_class`` random samples of every class in ``y`` (a fixed low-data training subset)."""
     check_count("per_class", per_class, 1)

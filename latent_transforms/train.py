@@ -32,7 +32,7 @@ import torch
 
 from . import hub
 from .codecs import Codec, build_codec, exact_math
-from .data import DEFAULT_DATA_ROOT
+from .data import DEFAULT_DATA_ROOT, SPLIT_SPECS
 from .modelutils import describe_device, threads_for_this_cpu
 from .pixel_shift import random_shift_flip
 from .validation import (POSITIVE_FLOAT, POSITIVE_INT, MissingFileError, check_bool, check_count, check_images,
@@ -1126,9 +1126,11 @@ def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
     )
     p.add_argument("kind", choices=[r.name for r in RECIPES.values()],
                    help="flow: Glow (exact round trip); vae: ConvVAE")
-    p.add_argument("--data", required=True, metavar="SPEC", help="digits | cifar10 | npz:PATH | folder:PATH")
+    p.add_argument("--data", required=True, metavar="SPEC",
+                   help="digits | cifar10 | cifar10-5k | npz:PATH | folder:PATH")
     p.add_argument("--test-data", metavar="SPEC",
-                   help="test images (default: the test split of digits/cifar10, else 1,000 training images spread over the set)")
+                   help="test images (default: the test split of digits/cifar10/cifar10-5k, else 1,000 training images "
+                        "spread over the set)")
     p.add_argument("--data-root", metavar="DIR", help=f"download dir for cifar10 (default: {DEFAULT_DATA_ROOT})")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--name", help="file stem (default: glow-DATA or vae-DATA)")
@@ -1184,7 +1186,7 @@ def _cmd_train(args: argparse.Namespace) -> dict:
         if chosen != torch.get_num_threads():  # otherwise torch's threads are left as they are
             torch.set_num_threads(chosen)
     x, _, num_bins = load_images(args.data, "train", args.data_root)
-    builtin = args.data in ("digits", "cifar10")
+    builtin = args.data in SPLIT_SPECS
     test_spec = args.test_data or (args.data if builtin else None)
     x_test = None
     if test_spec is not None:
@@ -1199,7 +1201,7 @@ def _cmd_train(args: argparse.Namespace) -> dict:
     split = " (train split)" if builtin else ""
     description = f"{args.data}{split}: {x.shape[0]} images {tuple(x.shape[1:])}"
     if test_spec is not None:
-        description += f"; tested on {test_spec}{' (test split)' if test_spec in ('digits', 'cifar10') else ''}"
+        description += f"; tested on {test_spec}{' (test split)' if test_spec in SPLIT_SPECS else ''}"
     kwargs = {setting: getattr(args, setting) for setting in RECIPES[codec_kind].settings}
     refuse_other_kind_settings(codec_kind, vars(args), spell=lambda name: "--" + name.replace("_", "-"))
     options = dict(**kwargs, epochs=args.epochs, max_steps=args.max_steps, max_minutes=args.max_minutes,

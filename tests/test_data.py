@@ -4,12 +4,13 @@ from __future__ import annotations
 import gc
 import urllib.error
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from latent_transforms.data import load_images, low_data_split
+from latent_transforms.data import cifar10_5k_index, describe_spec, load_images, low_data_split
 
 
 def test_damaged_npz_is_refused_by_name(tmp_path):
@@ -192,3 +193,83 @@ def test_image_suffixes_in_capitals_are_images(tmp_path):
     Image.new("L", (4, 6), 20).save(root / "b.JPEG", format="JPEG")
     x, y, _ = load_images(f"folder:{root}")
     assert x.shape == (2, 1, 6, 4) and y is None
+
+
+# the positions in CIFAR-10's training set (uint16) and labels (uint8) of the project's train-5k.npz (sha256 3572934...,
+# shared/data/cifar10), the subset the shipped CIFAR-10 codecs were trained on
+CIFAR10_5K = Path(__file__).parent / "data" / "cifar10_5k.npz"
+
+
+def _training_labels_drawing(index: np.ndarray, y_sub: np.ndarray, seed: int) -> np.ndarray | None:
+    """CIFAR-10-shaped training labels (50,000, 5,000 per class) whose per-class draw with ``default_rng(seed)`` picks
+    exactly the positions ``index`` (of labels ``y_sub``), or ``None`` if no labels do.
+
+    A class's 500 drawn ranks fix how many of its images lie before, between and after its picked positions; the other
+    45,000 positions are handed out earliest deadline first, which finds such labels whenever any exist."""
+    rng = np.random.default_rng(seed)
+    picked = np.full(50000, -1)
+    picked[index] = y_sub
+    need, end, intervals = [0] * 10, [0] * 10, []
+    for c in range(10):
+        ranks, positions = np.sort(rng.choice(5000, 500, replace=False)), np.sort(index[y_sub == c])
+        counts = np.diff(np.concatenate([[-1], ranks, [5000]])) - 1       # class-c images in each gap
+        intervals.append(iter(zip(counts.tolist(), np.append(positions, 50000).tolist())))
+        need[c], end[c] = next(intervals[c])
+    labels = picked.copy()
+    for t in range(50000):
+        if picked[t] >= 0:
+            c = picked[t]
+            if need[c]:
+                return None
+            need[c], end[c] = next(intervals[c])
+            continue
+        waiting = [c for c in range(10) if need[c]]
+        if not waiting:
+            return None
+        c = min(waiting, key=end.__getitem__)
+        labels[t], need[c] = c, need[c] - 1
+    return labels if not any(need) else None
+
+
+def test_cifar10_5k_index_draws_the_projects_subset():
+    with np.load(CIFAR10_5K) as d:
+        index, y_sub = d["index"].astype(np.int64), d["y"].astype(np.int64)
+    labels = _training_labels_drawing(index, y_sub, seed=0)
+    assert labels is not None and np.bincount(labels).tolist() == [5000] * 10
+    assert np.array_equal(cifar10_5k_index(labels), index)
+    assert _training_labels_drawing(index, y_sub, seed=1) is None  # another seed's draw fits no CIFAR-10 labels
+
+
+def _fake_cifar10(monkeypatch, labels: np.ndarray):
+    """torchvision's CIFAR10 replaced by 1x1 images whose pixel holds the position; the test split has 100."""
+    import torchvision.datasets
+
+    class FakeCIFAR10:
+        def __init__(self, root, train, download):
+            n = len(labels) if train else 100
+            self.data = np.zeros((n, 1, 1, 3), dtype=np.uint8)
+            self.data[:, 0, 0, 0], self.data[:, 0, 0, 1] = np.arange(n) // 256, np.arange(n) % 256
+            self.targets = list(labels) if train else [i % 10 for i in range(100)]
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
+
+
+def test_cifar10_5k_spec_loads_the_subset_and_the_full_test_set(tmp_path, monkeypatch):
+    labels = np.random.default_rng(3).permutation(np.arange(50000) % 10)
+    _fake_cifar10(monkeypatch, labels)
+    x, y, num_bins = load_images("cifar10-5k", "train", tmp_path)
+    position = (x[:, 0, 0, 0] * 255).round().long() * 256 + (x[:, 1, 0, 0] * 255).round().long()
+    assert position.tolist() == cifar10_5k_index(labels).tolist() and num_bins == 256
+    assert y.tolist() == labels[position.numpy()].tolist() and torch.bincount(y).tolist() == [500] * 10
+    x_test, y_test, _ = load_images("cifar10-5k", "test", tmp_path)
+    assert x_test.shape == (100, 3, 1, 1) and y_test.tolist() == [i % 10 for i in range(100)]
+    assert describe_spec("cifar10-5k") == "cifar10-5k"
+
+
+@pytest.mark.parametrize("labels, what", [(np.arange(40000) % 10, r"shape \(40000,\)"),
+                                          (np.arange(50000) % 11 % 10, r"shape \(50000,\)")])
+def test_cifar10_5k_refuses_a_training_set_it_was_not_drawn_from(tmp_path, monkeypatch, labels, what):
+    _fake_cifar10(monkeypatch, labels)
+    with pytest.raises(ValueError, match=f"cifar10-5k is drawn from CIFAR-10's 50,000 training images, 5,000 of each "
+                                         f"of 10 classes; got labels of {what}, dtype int64: is the download complete"):
+        load_images("cifar10-5k", "train", tmp_path)

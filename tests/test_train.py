@@ -962,6 +962,24 @@ def test_cifar10_default_root_follows_the_cache_dir_and_test_is_torchvisions_tes
     assert calls == [(root, True), (root, False)] and x.shape == (2, 3, 32, 32)
 
 
+
+def test_cli_train_on_cifar10_5k_tests_on_the_cifar10_test_set(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    class FakeCIFAR10:  # 4x4 images; 5,000 of each class in the training set, as cifar10-5k needs
+        def __init__(self, root, train, download):
+            n = 50000 if train else 30
+            self.data = np.random.default_rng(int(train)).integers(0, 256, (n, 4, 4, 3), dtype=np.uint8)
+            self.targets = [i % 10 for i in range(n)]
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
+    args = _parser().parse_args(["train", "vae", "--data", "cifar10-5k", "--data-root", str(tmp_path / "data"), "--out",
+                                 str(tmp_path), "--hidden", "4", "--max-steps", "1", "--device", "cpu", "--quiet"])
+    args.func(args)
+    report = json.loads((tmp_path / "vae-cifar10-5k.json").read_text())
+    assert report["training"]["data"] == ("cifar10-5k (train split): 5000 images (3, 4, 4); tested on cifar10-5k "
+                                          "(test split)") and report["metrics"]["evaluated_on"] == "30 test images"
+
 def test_history_lr_follows_warm_up_then_cosine_decay(tmp_path, digits):
     r = train_codec("flow", digits[0][:32], tmp_path, **FLOW, max_steps=10, warmup_steps=2, batch_size=16, lr=1e-3,
                     progress=False)
