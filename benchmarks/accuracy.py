@@ -62,6 +62,7 @@ from latent_transforms.isda import ISDA  # noqa: E402
 from latent_transforms.latent_adversarial import LatentAdversarial  # noqa: E402
 from latent_transforms.latent_noise import LatentNoise  # noqa: E402
 from latent_transforms.modelutils import describe_device  # noqa: E402
+from latent_transforms.progress import progress_bar  # noqa: E402
 from latent_transforms.validation import POSITIVE_FLOAT, POSITIVE_INT, check_count, check_number, option  # noqa: E402
 from latent_transforms.varmixup import VarMixup  # noqa: E402
 
@@ -1111,12 +1112,10 @@ def main(argv=None) -> dict:
     with exact_math(device.type):  # no TF32 in kornia's blur and JPEG: the same images in every call
         corrupted = {} if args.no_corruptions or not todo else corrupted_sets(x_eval)
 
-    from tqdm.auto import tqdm
-
     if todo:  # the first run was timed cold on the CPU too (25-35% slower in smoke runs)
         warm_up(args, codecs, x_train, y_train, device, {a for a, _ in todo})
     took, code, done = run_times(finished, device_name), code_sha256(), 0
-    for i, (arm, seed) in enumerate(tqdm(todo, desc="runs", disable=args.no_progress)):
+    for i, (arm, seed) in enumerate(progress_bar(todo, desc="runs", disable=args.no_progress)):
         if args.time_budget is not None and not fits_budget(arm, took, time.perf_counter() - start, args.time_budget):
             print(f"--time-budget {args.time_budget:g} s: stopping before {arm} seed {seed}; not run: "
                   f"{_not_run(todo[i:])}")

@@ -25,12 +25,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from latent_transforms import hub
 from latent_transforms.data import load_images
 from latent_transforms.models import CifarResNet18
 from latent_transforms.pixel_shift import random_shift_flip
+from latent_transforms.progress import progress_bar
 from latent_transforms.train import total_norm
 from latent_transforms.validation import POSITIVE_FLOAT, POSITIVE_INT, check_number, option
 
@@ -114,7 +114,7 @@ def main() -> None:
     optimizer = torch.optim.Adam(vae.parameters(), lr=args.lr)
     g = torch.Generator().manual_seed(0)  # batches and flips
     weight, history, start = 0.0, [], time.perf_counter()
-    bar = tqdm(range(args.steps), desc="guided fine-tune" if guide else "fine-tune", disable=args.no_progress)
+    bar = progress_bar(range(args.steps), desc="guided fine-tune" if guide else "fine-tune", disable=args.no_progress)
     for step in bar:
         xb = x[torch.randint(0, len(x), (args.batch_size,), generator=g)]
         if args.flips:

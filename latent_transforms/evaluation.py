@@ -8,10 +8,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from .isda import ISDA
 from .modelutils import borrowed, logits_of
+from .progress import progress_bar
 from .validation import check_count, check_images, check_labels, check_number, row_sum_tolerance
 
 Augment = Callable[..., tuple[torch.Tensor, torch.Tensor]]
@@ -48,7 +48,7 @@ def fit_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, augment: 
     if augment is not None and isinstance(augment, nn.Module):
         augment.train()
     schedules = [m for m in augment.modules() if isinstance(m, ISDA)] if isinstance(augment, nn.Module) else []
-    bar = tqdm(range(epochs), desc=desc, leave=False, disable=not progress)
+    bar = progress_bar(range(epochs), desc=desc, leave=False, disable=not progress)
     for epoch in bar:
         for isda in schedules:
             isda.set_epoch(epoch, epochs)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from . import hub
 from .codecs import Codec, resolve_codec
+from .progress import progress_bar
 from .validation import MissingFileError, check_bool, check_count, check_images, check_index, resolve_device
 
 FORMAT = "latent-transforms-latent-cache/1"
@@ -76,7 +76,8 @@ class LatentCache(nn.Module):
         projection = _projection(images[0].numel()).to(codec_device)
         signatures = torch.empty(len(images), 2, device=latents.device)
         with torch.no_grad():
-            for i in tqdm(range(0, len(images), batch_size), desc="encoding", disable=not progress, leave=False):
+            for i in progress_bar(range(0, len(images), batch_size), desc="encoding", disable=not progress,
+                                  leave=False):
                 chunk = images[i:i + batch_size].to(codec_device)
                 latents[i:i + batch_size] = codec.encode_flat(chunk)
                 signatures[i:i + batch_size] = _signatures(chunk, projection)

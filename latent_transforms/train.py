@@ -35,6 +35,7 @@ from .codecs import Codec, build_codec, exact_math
 from .data import DEFAULT_DATA_ROOT, SPLIT_SPECS
 from .modelutils import describe_device, threads_for_this_cpu
 from .pixel_shift import random_shift_flip
+from .progress import progress_bar
 from .validation import (POSITIVE_FLOAT, POSITIVE_INT, MissingFileError, check_bool, check_count, check_images,
                          check_number, option, resolve_device)
 
@@ -616,9 +617,8 @@ class _TrainingRun:
         self.codec.train()
         bar = None
         if bar_desc is not None:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=self.total_steps, initial=min(step, self.total_steps or step), unit="step",
-                       dynamic_ncols=True, desc=bar_desc, file=sys.stderr)
+            bar = progress_bar(total=self.total_steps, initial=min(step, self.total_steps or step), unit="step",
+                               dynamic_ncols=True, desc=bar_desc, file=sys.stderr)
         smoothed: dict[str, float] = {}
         log_every = max(1, (self.total_steps or 5000) // 100)
         open_window = self.info.get("history_window", {"n": 0, "sums": {}})  # since the last entry, as saved

@@ -1,0 +1,50 @@
+"""Progress bars written to a log file are throttled; a terminal's keep tqdm's pace, and a setting given wins."""
+from __future__ import annotations
+
+import io
+
+import pytest
+import tqdm.std
+
+from latent_transforms.progress import LOG_INTERVAL, progress_bar
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _updates(stream: io.StringIO, monkeypatch, **kwargs) -> list[str]:
+    """The states a bar over 300 items, one a second, writes to ``stream``."""
+    clock = [0.0]
+    monkeypatch.setattr(tqdm.std, "time", lambda: clock[0])
+    for _ in progress_bar(range(300), file=stream, desc="run", **kwargs):
+        clock[0] += 1.0
+    return [s for s in stream.getvalue().split("\r") if s.strip()]
+
+
+@pytest.fixture(autouse=True)
+def _no_tqdm_env(monkeypatch):
+    monkeypatch.delenv("TQDM_MININTERVAL", raising=False)
+
+
+def test_a_bar_in_a_log_file_writes_a_state_every_log_interval_and_its_last(monkeypatch):
+    # a 45-minute training run wrote 27,000 states into its log (tqdm's 0.1 s), as one line of carriage returns
+    states = _updates(io.StringIO(), monkeypatch)
+    assert LOG_INTERVAL == 30 and 300 / LOG_INTERVAL <= len(states) <= 300 / LOG_INTERVAL + 3
+    assert "300/300" in states[-1]
+
+
+def test_a_bar_on_a_terminal_keeps_tqdms_pace(monkeypatch):
+    assert len(_updates(Terminal(), monkeypatch)) >= 290
+
+
+def test_a_chosen_interval_wins_in_a_log_file(monkeypatch):
+    assert 300 / 5 <= len(_updates(io.StringIO(), monkeypatch, mininterval=5)) <= 300 / 5 + 3
+
+
+def test_tqdms_environment_setting_is_left_to_tqdm(monkeypatch):
+    # tqdm reads TQDM_MININTERVAL once, at import, into its defaults: an interval given here would override it. Here
+    # the import saw none, so tqdm's own 0.1 s shows
+    monkeypatch.setenv("TQDM_MININTERVAL", "5")
+    assert len(_updates(io.StringIO(), monkeypatch)) >= 290
