@@ -141,7 +141,8 @@ def main() -> None:
             history.append({"step": step, "elbo": elbo.detach().item(), "guide_term": guided.detach().item(), "mse": mse,
                             "elapsed_s": round(time.perf_counter() - start, 1)})
             last = history[-1]
-            bar.set_postfix(elbo=f"{last['elbo']:.1f}", guide=f"{last['guide_term']:.3f}", mse=f"{mse:.4f}")
+            bar.set_postfix(elbo=f"{last['elbo']:.1f}", guide=f"{last['guide_term']:.3f}", mse=f"{mse:.4f}",
+                            refresh=False)
     vae.eval().requires_grad_(False)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -67,7 +67,7 @@ def fit_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, augment: 
             opt.step()
             if sched is not None:
                 sched.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)  # shown at the next tick the bar writes
     if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)
     return time.perf_counter() - start

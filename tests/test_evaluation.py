@@ -117,6 +117,14 @@ def test_metrics_refuse_what_is_not_a_prediction(probs, y, match):
             metric(probs, y)
 
 
+
+def test_training_bar_in_a_log_shows_its_loss_without_writing_every_epoch(capsys):
+    # the loss shown each epoch refreshed the bar: a log got one state per epoch past the 30 s throttle
+    model, x, y = nn.Sequential(nn.Flatten(), nn.Linear(12, 2)), torch.rand(8, 3, 2, 2), torch.zeros(8, dtype=torch.int64)
+    fit_classifier(model, x, y, epochs=40, batch_size=8, desc="fit")
+    states = [s for s in capsys.readouterr().err.split("\r") if s.strip()]
+    assert 1 <= len(states) <= 3 and all(s.startswith("fit") for s in states)
+
 def test_bad_training_and_prediction_settings_are_named():
     model, x, y = nn.Sequential(nn.Flatten(), nn.Linear(12, 2)), torch.rand(8, 3, 2, 2), torch.zeros(8, dtype=torch.int64)
     with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
