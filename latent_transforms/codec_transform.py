@@ -95,10 +95,10 @@ class CodecTransform(LatentTransform):
                              f"{self.codec.dtype}: cast both alike, e.g. transform.to({self.codec.dtype})")
 
     def extra_repr(self) -> str:
-        settings = ", ".join(f"{k}={v}" for k, v in self.codec.config.items() if k not in ("kind", "image_shape"))
         cache = f", cache=LatentCache({len(self.cache)})" if self.cache is not None else ""
         levels = f"levels={self.levels}, " if self.levels is not None else ""
-        return f"{levels}codec={type(self.codec).__name__}({settings}){cache}, " + super().extra_repr()
+        return (f"{levels}codec={type(self.codec).__name__}({self.codec._settings_repr(image_shape=False)}){cache}, "
+                + super().extra_repr())
 
     def level_mask(self, device: torch.device) -> torch.Tensor | None:
         """(D,) bool mask of the flattened coordinates in ``levels`` (None = all)."""

@@ -214,6 +214,17 @@ def _has_transparency(im) -> bool:
     return im.getchannel("A").getextrema()[0] < 255
 
 
+def _is_colour(im) -> bool:
+    """Whether a PIL image holds colour: a colour mode, or a palette image with a pixel that is not grey (a grey
+    palette, as in GIFs and size-optimised PNGs, holds a grey image)."""
+    if im.mode in ("1", "L", "LA"):
+        return False
+    if im.mode in ("P", "PA"):
+        rgb = np.asarray(im.convert("RGB"))
+        return not (rgb == rgb[..., :1]).all()
+    return True
+
+
 def _folder(root: Path) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     from PIL import Image
 
@@ -251,8 +262,7 @@ def _folder(root: Path) -> tuple[torch.Tensor, torch.Tensor | None, int]:
                 mode = im.mode
                 if mode in ("I", "I;16", "I;16B", "I;16L", "F"):
                     raise ValueError(f"{f}: {mode} (16-bit or float) images are not supported; convert to 8-bit")
-                if mode not in ("1", "L", "LA"):
-                    colour = True
+                colour = colour or _is_colour(im)
                 if _has_transparency(im):
                     raise ValueError(f"{f}: has transparent pixels, which would be dropped; flatten it onto a "
                                      f"background first")

@@ -94,16 +94,18 @@ def describe_device(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {threads} thread{'s' if threads > 1 else ''})"
 
 
-def threads_for_this_cpu(threads: int) -> int:
+def threads_for_this_cpu(threads: int, quiet: bool = False) -> int:
     """``threads``, or 1 where other jobs keep the CPU busy (a load average above the cores less half a core), saying
-    so on stderr: torch's threads then wait on each other (the demo took 871 s with 2 threads and 49 s with 1 on a
-    2-core CPU at load 4 to 5; 115 s and 75 s at load 1.7). For the commands' default; ``--threads N`` chooses."""
+    so on stderr unless ``quiet``: torch's threads then wait on each other (the demo took 871 s with 2 threads and
+    49 s with 1 on a 2-core CPU at load 4 to 5; 115 s and 75 s at load 1.7). For the commands' default; ``--threads N``
+    chooses."""
     try:
         load, cores = os.getloadavg()[0], os.cpu_count() or 1
     except (AttributeError, OSError):  # no load average on this platform
         return threads
     if threads <= 1 or load <= cores - 0.5:
         return threads
-    print(f"the CPU is busy (load average {load:.1f} on {cores} cores): running on 1 thread, which is faster then "
-          f"(--threads N to choose)", file=sys.stderr)
+    if not quiet:
+        print(f"the CPU is busy (load average {load:.1f} on {cores} cores): running on 1 thread, which is faster "
+              f"then (--threads N to choose)", file=sys.stderr)
     return 1

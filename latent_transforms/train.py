@@ -1182,7 +1182,7 @@ def _cmd_train(args: argparse.Namespace) -> dict:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     elif _runs_on_cpu(args.device):
-        chosen = threads_for_this_cpu(torch.get_num_threads())
+        chosen = threads_for_this_cpu(torch.get_num_threads(), quiet=args.quiet)
         if chosen != torch.get_num_threads():  # otherwise torch's threads are left as they are
             torch.set_num_threads(chosen)
     x, _, num_bins = load_images(args.data, "train", args.data_root)

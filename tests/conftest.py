@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from latent_transforms.codecs import ConvVAE, Glow
+from latent_transforms.codecs import Codec, ConvVAE, Glow
 
 warnings.filterwarnings("ignore", message="torch.lu is deprecated")
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -54,6 +54,25 @@ def tiny_glow(seed: int = 0, shape=(1, 8, 8), levels: int = 2) -> Glow:
     """A random-init frozen Glow whose ActNorms were initialised on random data."""
     torch.manual_seed(seed)
     return Glow(shape, levels=levels, steps=2, hidden=16, num_bins=17).init_actnorm(torch.rand(64, *shape)).freeze()
+
+
+class OwnCodec(Codec):
+    """A codec of one's own, as docs/training.md writes one but without a config: latents (B, 4), images
+    (B, 1, 8, 8)."""
+
+    def __init__(self):
+        super().__init__((1, 8, 8))
+        self.enc, self.dec = nn.Linear(64, 4), nn.Linear(4, 64)
+
+    @property
+    def latent_shapes(self):
+        return [(4,)]
+
+    def _encode(self, x):
+        return [self.enc(x.flatten(1))]
+
+    def _decode(self, z):
+        return torch.sigmoid(self.dec(z[0])).view(-1, 1, 8, 8)
 
 
 def cifar_size_glow(seed: int = 0) -> Glow:

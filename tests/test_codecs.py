@@ -9,10 +9,11 @@ from torch import nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from latent_transforms.codecs import ConvVAE, Glow, build_codec, exact_math, flatten_latents, unflatten_latents
+from latent_transforms.codecs import Codec, ConvVAE, Glow, build_codec, exact_math, flatten_latents, unflatten_latents
 from latent_transforms.codecs.vae import ResidualBlock
+from latent_transforms.latent_noise import LatentNoise
 
-from conftest import tiny_glow, tiny_vae, trained_like_glow_pair
+from conftest import OwnCodec, tiny_glow, tiny_vae, trained_like_glow_pair
 
 
 @settings(max_examples=25, deadline=None)
@@ -957,3 +958,30 @@ def test_a_codec_repr_shows_its_config_and_whether_it_is_frozen():
     vae = ConvVAE((1, 8, 8), latent_dim=4, hidden=8)
     assert repr(vae).splitlines()[1].strip() == "image_shape=(1, 8, 8), latent_dim=4, hidden=8, beta=1.0, " \
                                                 "latent_side=None, frozen=False"
+
+
+def test_a_codec_of_ones_own_without_a_config_prints_and_one_of_buffers_has_a_dtype_and_device():
+    """Audit 134: printing a transform holding a codec of one's own without a config raised NotImplementedError (the
+    codec itself printed), and a codec whose tensors are buffers had no dtype or device (StopIteration)."""
+    assert repr(LatentNoise(OwnCodec(), eps=0.5)) == "LatentNoise(eps=0.5, norm='l2', codec=OwnCodec(), p=1.0)"
+
+    class Rotation(OwnCodec):  # fixed weights, kept as a buffer
+        def __init__(self):
+            Codec.__init__(self, (1, 8, 8))
+            self.register_buffer("basis", torch.linalg.qr(torch.randn(64, 64, dtype=torch.float64))[0])
+
+        @property
+        def latent_shapes(self):
+            return [(64,)]
+
+        def _encode(self, x):
+            return [x.flatten(1) @ self.basis]
+
+        def _decode(self, z):
+            return (z[0] @ self.basis.T).view(-1, 1, 8, 8)
+
+    rotation, x = Rotation(), torch.rand(3, 1, 8, 8)
+    assert (rotation.dtype, rotation.device) == (torch.float64, torch.device("cpu"))
+    torch.testing.assert_close(rotation.reconstruct(x), x.double())
+    with pytest.raises(ValueError, match="Codec holds no parameters or float buffers, which give a codec its dtype"):
+        Codec((1, 8, 8)).dtype

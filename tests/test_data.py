@@ -110,6 +110,22 @@ def test_npz_with_negative_labels_or_four_channels_is_refused(tmp_path):
         load_images(f"npz:{tmp_path / 'rgba.npz'}")
 
 
+def test_a_folder_of_grey_palette_images_stays_one_channel(tmp_path):
+    """Audit 134: a grey image stored with a palette (GIFs, size-optimised PNGs) counted as colour, so a grey data set
+    silently became RGB, and a codec trained on it took 3-channel images."""
+    from PIL import Image
+
+    root = tmp_path / "palette"
+    root.mkdir()
+    grey = np.random.default_rng(0).integers(0, 256, (2, 6, 4), dtype=np.uint8)
+    for i, image in enumerate(grey):
+        Image.fromarray(image).convert("P").save(root / f"{i}.png")
+    x, _, _ = load_images(f"folder:{root}")
+    assert torch.equal(x, torch.from_numpy(grey).unsqueeze(1) / 255)
+    Image.fromarray(np.zeros((6, 4, 3), np.uint8) + np.array([200, 0, 0], np.uint8)).convert("P").save(root / "red.png")
+    assert load_images(f"folder:{root}")[0].shape == (3, 3, 6, 4)  # a colour palette makes all RGB, as a colour mode
+
+
 def test_folder_spec_refuses_16_bit_images(tmp_path):
     from PIL import Image
 

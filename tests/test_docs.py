@@ -135,6 +135,11 @@ class _UnboundNames(ast.NodeVisitor):
         self.known.update(a.arg for a in ast.walk(node.args) if isinstance(a, ast.arg))
         self._visit_all(node.body)
 
+    def visit_ClassDef(self, node: ast.ClassDef) -> None:
+        self._visit_all(node.bases + node.decorator_list)
+        self.known.add(node.name)
+        self._visit_all(node.body)
+
     def visit_Lambda(self, node: ast.Lambda) -> None:
         self.known.update(a.arg for a in ast.walk(node.args) if isinstance(a, ast.arg))
         self.visit(node.body)

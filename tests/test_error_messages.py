@@ -15,15 +15,16 @@ from torch import nn
 
 from latent_transforms import demo, hub
 from latent_transforms.cli import PROG, main
-from latent_transforms.codecs import build_codec, resolve_codec
+from latent_transforms.codecs import Codec, build_codec, resolve_codec
 from latent_transforms.data import load_images
 from latent_transforms.isda import ISDA, ISDALoss
 from latent_transforms.latent_cache import FORMAT as CACHE_FORMAT
 from latent_transforms.latent_cache import LatentCache
+from latent_transforms.latent_noise import LatentNoise
 from latent_transforms.train import train_codec
 from latent_transforms.varmixup import VarMixup
 
-from conftest import STRENGTH_ZERO_EXPECTED, tiny_glow, tiny_vae
+from conftest import STRENGTH_ZERO_EXPECTED, OwnCodec, tiny_glow, tiny_vae
 
 
 VAE_CONFIG = {"kind": "vae", "image_shape": [1, 8, 8], "latent_dim": 4, "hidden": 8}
@@ -309,6 +310,70 @@ def test_resolve_codec_refuses_what_is_not_a_codec(codec):
         resolve_codec(codec)
 
 
+@pytest.mark.parametrize("model", [nn.Linear(4, 4), nn.Sequential()], ids=["linear", "sequential"])
+def test_resolve_codec_given_a_model_of_ones_own_says_how_to_wrap_it(model):
+    """Audit 134: a generative model of one's own (a normflows flow, a VAE module) was refused as "not a Codec" with
+    no word of how to make one."""
+    message = "a model of your own: wrap it in a Codec subclass that implements latent_shapes, _encode and _decode, " \
+              "docs/training.md#your-own-model-as-a-codec"
+    with pytest.raises(TypeError, match=message):
+        resolve_codec(model)
+
+
+def test_build_codec_of_an_unknown_kind_says_how_to_add_a_class_of_ones_own():
+    """Audit 134: hub.load of a checkpoint saved from a Codec class of one's own refused its kind without saying that
+    the class can be added."""
+    with pytest.raises(ValueError, match=r"unknown codec kind 'my-vae'; known: \['glow', 'vae'\] \(a Codec class of "
+                                         r"your own: add it first, latent_transforms.codecs.CODECS\['my-vae'\] = "):
+        build_codec({"kind": "my-vae", "image_shape": [1, 8, 8]})
+
+
+class TensorLatent(OwnCodec):
+    def _encode(self, x):
+        return self.enc(x.flatten(1))
+
+
+class NarrowLatent(OwnCodec):
+    def _encode(self, x):
+        return [self.enc(x.flatten(1))[:, :3]]
+
+
+class FlatImages(OwnCodec):
+    def _decode(self, z):
+        return torch.sigmoid(self.dec(z[0]))
+
+
+@pytest.mark.parametrize("codec, message", [
+    (TensorLatent, r"TensorLatent._encode must return a list of one tensor per latent level, of shapes \[\(3, 4\)\] "
+                   r"here \(latent_shapes \[\(4,\)\]\); it returned torch.float32 of shape \(3, 4\)"),
+    (NarrowLatent, r"NarrowLatent._encode must return .* it returned \[torch.float32 of shape \(3, 3\)\]"),
+    (FlatImages, r"FlatImages._decode must return \(B, C, H, W\) images of shape \(3, 1, 8, 8\) here; it returned "
+                 r"torch.float32 of shape \(3, 64\)"),
+], ids=["tensor-not-list", "other-latent-shape", "flat-images"])
+def test_a_codec_of_ones_own_returning_the_wrong_form_names_its_method(codec, message):
+    """Audit 134: an _encode that returned a tensor, not a list, failed in a reshape ("Dimension out of range"), and
+    latents or images of other shapes in a broadcast, naming neither the method nor the shapes due."""
+    with pytest.raises(ValueError, match=message):
+        LatentNoise(codec(), eps=0.5)(torch.rand(3, 1, 8, 8))
+
+
+class WithoutShapes(Codec):
+    def __init__(self):
+        super().__init__((1, 8, 8))
+        self.enc = nn.Linear(64, 4)
+
+
+def test_a_codec_of_ones_own_missing_a_member_names_it():
+    """Audit 134: every member a Codec subclass must implement raised a bare NotImplementedError()."""
+    with pytest.raises(NotImplementedError, match="WithoutShapes does not implement latent_shapes, a property: .*; "
+                                                  "see docs/training.md#your-own-model-as-a-codec"):
+        LatentNoise(WithoutShapes())
+    with pytest.raises(NotImplementedError, match="OwnCodec does not implement config, a property: "):
+        LatentCache(OwnCodec(), torch.rand(2, 1, 8, 8), progress=False)
+    with pytest.raises(NotImplementedError, match="OwnCodec does not implement loss"):
+        OwnCodec().loss(torch.rand(2, 1, 8, 8))
+
+
 GLOW, VAE = tiny_glow(), tiny_vae()
 
 
@@ -468,7 +533,8 @@ def test_a_busy_cpu_runs_the_demo_and_train_on_one_thread_and_says_so(tmp_path, 
         demo.run_demo(tmp_path / "o", progress=False, epochs=0, threads=2)  # chosen: kept, nothing said
     assert capsys.readouterr().err == ""
     for argv, chosen in ((["--device", "cpu"], [1] if busy else []), (["--device", "cpu", "--threads", "2"], [2]),
-                         (["--device", "bogus"], [])):  # not a CPU run: torch's threads left as they are
+                         (["--device", "bogus"], []),  # not a CPU run: torch's threads left as they are
+                         (["--device", "cpu", "--quiet"], [1] if busy else [])):  # chosen alike, nothing said (134)
         set_to.clear()
         with pytest.raises(SystemExit) as stop:  # at the data, after choosing the threads
             main(["train", "flow", "--data", f"npz:{tmp_path / 'none.npz'}", "--out", str(tmp_path), "--max-steps", "1",

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import os
 
+from torch import nn
+
 from ..validation import WrongTypeError
-from .base import Codec, Latents, exact_math, flatten_latents, unflatten_latents
+from .base import OWN_CODEC_DOCS, Codec, Latents, exact_math, flatten_latents, unflatten_latents
 from .glow import Glow
 from .vae import ConvVAE
 
@@ -18,7 +20,9 @@ def build_codec(config: dict) -> Codec:
     config = dict(config)
     kind = config.pop("kind", None)
     if not isinstance(kind, str) or kind not in CODECS:
-        raise ValueError(f"unknown codec kind {kind!r}; known: {sorted(CODECS)}")
+        own = (f" (a Codec class of your own: add it first, latent_transforms.codecs.CODECS[{kind!r}] = YourCodec; "
+               f"{OWN_CODEC_DOCS})" if isinstance(kind, str) else "")
+        raise ValueError(f"unknown codec kind {kind!r}; known: {sorted(CODECS)}{own}")
     try:
         return CODECS[kind](**config)
     except TypeError as e:
@@ -33,7 +37,9 @@ def resolve_codec(codec: Codec | str | os.PathLike) -> Codec:
         from .. import hub
 
         return hub.load(codec)
-    raise WrongTypeError(f"codec must be a hub name, a .safetensors path or a Codec, got {type(codec).__name__}")
+    own = (f" (a model of your own: wrap it in a Codec subclass that implements latent_shapes, _encode and _decode, "
+           f"{OWN_CODEC_DOCS})" if isinstance(codec, nn.Module) else "")
+    raise WrongTypeError(f"codec must be a hub name, a .safetensors path or a Codec, got {type(codec).__name__}{own}")
 
 
 __all__ = ["Codec", "Latents", "Glow", "ConvVAE", "build_codec", "resolve_codec", "exact_math", "flatten_latents",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import numbers
@@ -16,6 +17,7 @@ from ..validation import (WrongTypeError, bad_option, check_bool, check_count, c
 from .precision import exact_math
 
 Latents = list[torch.Tensor]  # per-level latents, each (B, *shape); coarsest first for multi-scale flows
+OWN_CODEC_DOCS = "docs/training.md#your-own-model-as-a-codec"
 
 
 def flatten_latents(z: Latents) -> torch.Tensor:
@@ -40,6 +42,8 @@ class Codec(nn.Module):
     settings (so a codec can be trained in mixed precision): evaluate them outside ``torch.autocast``.
     A frozen codec (``freeze()``, as every hub checkpoint is) stays in eval mode, has no trainable
     parameters and updates no statistics; ``compile_fast_path()`` optionally runs it through ``torch.compile``.
+    A model of one's own becomes a codec by subclassing: ``latent_shapes``, ``_encode`` and ``_decode`` (and ``config``
+    for a ``LatentCache`` or to save it); what they return is checked (docs/training.md, "Your own model as a codec").
     """
 
     kind: str = ""
@@ -73,33 +77,49 @@ class Codec(nn.Module):
     @property
     def config(self) -> dict:
         """The constructor arguments (JSON-able, with ``kind``): ``build_codec(codec.config)`` rebuilds the codec."""
-        raise NotImplementedError
+        raise self._missing("config, a property: its constructor arguments as a JSON-able dict with 'kind' (a "
+                            "LatentCache and hub.save_checkpoint need it)")
 
     @property
     def latent_shapes(self) -> list[tuple[int, ...]]:
         """Per-sample shape of each latent level, as ``encode`` returns them (coarsest first for a Glow)."""
-        raise NotImplementedError
+        raise self._missing("latent_shapes, a property: the per-sample shape of each latent level, such as [(8,)]")
 
     def _encode(self, x: torch.Tensor) -> Latents:
-        raise NotImplementedError
+        """x: (B, C, H, W) in the codec's dtype -> one (B, *latent_shapes[i]) tensor per level, a list."""
+        raise self._missing("_encode(x): (B, C, H, W) images -> a list of (B, *shape) latents, one per latent_shapes")
 
     def _decode(self, z: Latents) -> torch.Tensor:
-        raise NotImplementedError
+        """A list of one (B, *latent_shapes[i]) tensor per level -> (B, C, H, W) images, about [0, 1]."""
+        raise self._missing("_decode(z): a list of (B, *shape) latents, one per latent_shapes -> (B, C, H, W) images")
 
     def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Training loss of a batch ``x: (B, C, H, W)`` in [0, 1]: ``(scalar, {metric name: scalar})``."""
-        raise NotImplementedError
+        raise self._missing("loss(x): the training loss of a batch, (scalar, {metric name: scalar})")
+
+    def _missing(self, what: str) -> NotImplementedError:
+        """The error of a codec of one's own that lacks ``what``."""
+        return NotImplementedError(f"{type(self).__name__} does not implement {what}; see {OWN_CODEC_DOCS}")
 
     # -- shared ---------------------------------------------------------------------------------
     @property
     def dtype(self) -> torch.dtype:
-        """The parameters' dtype (float32 for the shipped codecs)."""
-        return next(self.parameters()).dtype
+        """The parameters' dtype (float32 for the shipped codecs); a codec without parameters, its float buffers'."""
+        return self._first_tensor().dtype
 
     @property
     def device(self) -> torch.device:
-        """Where the parameters are (``.to(...)`` moves them)."""
-        return next(self.parameters()).device
+        """Where the parameters (else the buffers) are (``.to(...)`` moves them)."""
+        return self._first_tensor().device
+
+    def _first_tensor(self) -> torch.Tensor:
+        """The first parameter, else the first float buffer: what ``dtype`` and ``device`` read."""
+        tensors = itertools.chain(self.parameters(), (b for b in self.buffers() if b.is_floating_point()))
+        first = next(tensors, None)
+        if first is None:
+            raise ValueError(f"{type(self).__name__} holds no parameters or float buffers, which give a codec its dtype "
+                             f"and device: keep its tensors as nn.Parameter or self.register_buffer(...)")
+        return first
 
     def fingerprint(self) -> str:
         """sha256 of the config and the weights' values: equal for two codecs with the same weights, whatever the
@@ -125,18 +145,25 @@ class Codec(nn.Module):
         self.check_input(x)
         self._refresh_derived()
         with exact_math(x.device.type):
-            if self._compiled is not None:
-                return self._compiled[0](self, x.to(self.dtype))
-            return self._encode(x.to(self.dtype))
+            z = self._encode(x.to(self.dtype)) if self._compiled is None else self._compiled[0](self, x.to(self.dtype))
+        shapes = [(x.shape[0], *s) for s in self.latent_shapes]
+        if not isinstance(z, (list, tuple)) or [t.shape if isinstance(t, torch.Tensor) else t for t in z] != shapes:
+            raise ValueError(f"{type(self).__name__}._encode must return a list of one tensor per latent level, of "
+                             f"shapes {shapes} here (latent_shapes {self.latent_shapes}); it returned {describe(z)}")
+        return z
 
     def decode(self, z: Latents) -> torch.Tensor:
         """Standardised latents -> (B, C, H, W), approximately in [0, 1] (codec dtype, not clipped)."""
         self.check_latents(z)
         self._refresh_derived()
+        z = [t.to(self.dtype) for t in z]
         with exact_math(z[0].device.type):
-            if self._compiled is not None:
-                return self._compiled[1](self, [t.to(self.dtype) for t in z])
-            return self._decode([t.to(self.dtype) for t in z])
+            x = self._decode(z) if self._compiled is None else self._compiled[1](self, z)
+        shape = (z[0].shape[0], *self.image_shape)
+        if not isinstance(x, torch.Tensor) or x.shape != shape:
+            raise ValueError(f"{type(self).__name__}._decode must return (B, C, H, W) images of shape {shape} here; it "
+                             f"returned {describe(x)}")
+        return x
 
     def encode_flat(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
         """x: (B, C, H, W) in [0, 1] -> (B, D): ``encode``'s levels flattened and concatenated (keyword arguments go
@@ -286,12 +313,17 @@ class Codec(nn.Module):
 
     def extra_repr(self) -> str:
         """The config (``build_codec(codec.config)`` rebuilds it) and whether it is frozen, above the modules."""
+        return f"{self._settings_repr()}, frozen={self.frozen}"
+
+    def _settings_repr(self, image_shape: bool = True) -> str:
+        """``key=value, ...`` of the config but ``kind`` (and ``image_shape`` with ``image_shape=False``); a codec of
+        one's own without a config yet has only its image shape."""
         try:
             config = self.config
-        except NotImplementedError:  # a codec of one's own without a config yet still prints
+        except NotImplementedError:
             config = {"image_shape": self.image_shape}
-        settings = ", ".join(f"{k}={tuple(v) if k == 'image_shape' else v}" for k, v in config.items() if k != "kind")
-        return f"{settings}, frozen={self.frozen}"
+        skip = ("kind",) if image_shape else ("kind", "image_shape")
+        return ", ".join(f"{k}={tuple(v) if k == 'image_shape' else v}" for k, v in config.items() if k not in skip)
 
     def train(self, mode: bool = True) -> "Codec":
         return super().train(mode and not self.frozen)
