@@ -120,6 +120,7 @@ class LatentTransform(SampleStats, nn.Module):
     mixes_labels: bool = False
     index_params: tuple[str, ...] = ()  # draws that are indices among the selected samples
     accepted_labels: str = "(B,) int64 class indices or (B, K) soft labels"  # named when y=None is refused
+    takes_empty_batches: bool = False  # whether a call passes B = 0 (else ValueError)
 
     def __init__(self, *, p: float = 1.0, generator: torch.Generator | int | None = None, num_classes: int | None = None):
         super().__init__()
@@ -173,7 +174,7 @@ class LatentTransform(SampleStats, nn.Module):
                     index: torch.Tensor | None) -> None:
         """The checks of every call: the batch (``check_batch``), labels if needed, the model if needed."""
         check_batch(x, y, self.num_classes or CALLER_NUM_CLASSES.get(), index, self.index_size,
-                    more_checks=lambda: self.value_checks(x, index))
+                    more_checks=lambda: self.value_checks(x, index), allow_empty=self.takes_empty_batches)
         if y is None and self.needs_labels:
             forms = ("(B, K) soft labels, or (B,) class indices with num_classes=... given to the constructor"
                      if self.mixes_labels and self.num_classes is None else self.accepted_labels)

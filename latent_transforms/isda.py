@@ -36,8 +36,8 @@ from .base import LatentTransform, not_about_the_batch
 from .feature_covariance import COVARIANCES, FeatureCovariance, check_sync
 from .modelutils import unwrap
 from .rng import generator_repr
-from .validation import (WrongTypeError, bad_option, check_choice, check_count, check_labels, check_number,
-                         check_same_device, describe)
+from .validation import (WrongTypeError, bad_option, check_choice, check_count, check_device, check_labels,
+                         check_number, check_same_device, describe, name_dtype_clash)
 
 
 _HARD_LABELS_ONLY = (
@@ -61,6 +61,9 @@ def isda_logits(logits: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, cov
         check_y: check ``y``'s values and a per-sample ``lam``'s (one host sync each); ``False`` for callers that
             have checked them.
 
+    The tensors must be on ``logits``' device (``ValueError`` naming the one that is not; a 0-d CPU ``lam`` is a
+    number to torch, and passes).
+
     Returns:
         (N, C) in ``logits``' dtype; ``logits`` itself when ``lam == 0`` (a Python number).
 
@@ -71,6 +74,13 @@ def isda_logits(logits: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, cov
     for name, t in (("logits", logits), ("weight", weight), ("cov", cov)):
         if not isinstance(t, torch.Tensor) or not t.is_floating_point():
             raise WrongTypeError(f"{name} must be a float torch.Tensor, got {describe(t)}")
+    if not isinstance(y, torch.Tensor):
+        raise WrongTypeError(f"y must be a (N,) int64 torch.Tensor of class indices, got {describe(y)}")
+    others = [("weight", weight), ("cov", cov), ("y", y)]
+    if isinstance(lam, torch.Tensor) and (lam.ndim or lam.device.type != "cpu"):
+        others.append(("lam", lam))
+    for name, t in others:  # before any value is read: torch's own errors name no argument, or it works on garbage
+        check_device(name, t.device, logits, "logits are")
     if logits.ndim != 2:
         raise ValueError(f"logits must be (N, C), got shape {tuple(logits.shape)}")
     if isinstance(lam, torch.Tensor):  # values checked only with check_y: reading them is a host sync
@@ -85,8 +95,6 @@ def isda_logits(logits: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, cov
     a = weight.shape[1]
     if cov.shape not in ((c, a, a), (c, a)):
         raise ValueError(f"cov must be (C, A, A) or (C, A) = {(c, a, a)} or {(c, a)}, got {tuple(cov.shape)}")
-    if not isinstance(y, torch.Tensor):
-        raise WrongTypeError(f"y must be a (N,) int64 torch.Tensor of class indices, got {describe(y)}")
     if y.shape != (n,) or y.dtype != torch.int64:
         raise ValueError(f"y must be (N,) = ({n},) int64 class indices, got {describe(y)}")
     if check_y:
@@ -329,6 +337,9 @@ class ISDA(_ISDAState, LatentTransform):
         - Identity in ``eval()`` mode, and no hook is armed when the model is in eval mode: validation forwards
           are untouched. The call never changes the model's parameters, buffers, modes or gradients.
         - Needs ``model`` (``TypeError`` without). Class-index labels only: soft labels raise ``ValueError``.
+        - An empty batch (``B = 0``, a DistributedDataParallel rank's) passes, unlike in the other transforms: its
+          forward's statistics update still joins the other ranks' gather (``sync_stats``), which would otherwise
+          wait for it until the process group's timeout.
         - One pending augmentation per layer: a second call before the forward replaces the first, with a warning
           (a hook that never fires, for example on a ``torch.compile``d model, shows this way). The hook removes
           itself when it fires; a forward whose batch size differs from ``len(y)`` raises ``ValueError``.
@@ -343,6 +354,7 @@ class ISDA(_ISDAState, LatentTransform):
     needs_model = True
     needs_labels = True
     accepted_labels = "(B,) int64 class indices"
+    takes_empty_batches = True  # a DDP rank's empty batch must still arm the hook whose update joins the gather
 
     def __init__(self, num_classes: int, lambda0: float = 0.5, *, covariance: str = "full", layer: str | None = None,
                  feature_dim: int | None = None, sync_stats: bool | dist.ProcessGroup = True, p: float = 1.0,
@@ -470,11 +482,15 @@ class ISDALoss(_ISDAState, nn.Module):
         sync_stats: under ``torch.distributed``, gather all ranks' features before each update, as :class:`ISDA`.
 
     Shape:
-        features: (N, A) float; fc: an ``nn.Linear(A, C)``; y: (N,) int64 class indices in ``[0, C)``. Returns the
-        mean cross-entropy (scalar).
+        features: (N, A) float, in ``fc``'s dtype or under ``torch.autocast`` (as ``fc`` itself needs); fc: an
+        ``nn.Linear(A, C)``; y: (N,) int64 class indices in ``[0, C)``; all on one device. Returns the mean
+        cross-entropy (scalar).
 
     Convention:
-        In ``eval()`` mode: plain cross-entropy of ``fc(features)``, statistics untouched.
+        In ``eval()`` mode: plain cross-entropy of ``fc(features)``, statistics untouched. An empty batch (``N = 0``,
+        a DistributedDataParallel rank's: it still joins the other ranks' statistics gather) gives 0, still
+        connected to the graph, so that its backward joins DDP's gradient all-reduce (``F.cross_entropy``'s mean
+        over nothing is NaN).
     """
 
     def __init__(self, num_classes: int, lambda0: float = 0.5, *, covariance: str = "full",
@@ -493,16 +509,25 @@ class ISDALoss(_ISDAState, nn.Module):
         if not isinstance(fc, nn.Linear):
             raise TypeError(f"fc must be the classifier's nn.Linear, got {type(fc).__name__}")
         if not isinstance(features, torch.Tensor) or features.ndim != 2 or features.shape[1] != fc.in_features \
-                or not features.is_floating_point() or not len(features):  # a list: a WrongTypeError, as for y
-            raise bad_option(f"features must be a non-empty (N, {fc.in_features}) float tensor for {fc}, got "
+                or not features.is_floating_point():  # a list: a WrongTypeError, as for y
+            raise bad_option(f"features must be a (N, {fc.in_features}) float tensor for {fc}, got "
                              f"{describe(features)}", right_type=isinstance(features, torch.Tensor))
         if fc.out_features != self.num_classes:
             raise ValueError(f"fc has {fc.out_features} outputs but num_classes={self.num_classes}")
+        check_same_device(features, fc, "fc", "the features are")
+        if isinstance(y, torch.Tensor):  # before check_labels reads its values
+            check_device("y", y.device, features, "the features are")
         check_labels(y, features.shape[0], self.num_classes, batch_name="features")
         if y.ndim != 1:
             raise ValueError(_HARD_LABELS_ONLY.format(shape=tuple(y.shape)))
-        logits = fc(features)
+        try:
+            logits = fc(features)
+        except RuntimeError as e:
+            name_dtype_clash(e, fc, features, "ISDALoss", "features", "fc")
+            raise
         if self.training:
             self._warn_if_unscheduled(stacklevel=4)
             logits = self.augment(features, logits, fc.weight, y, check_y=False)
+        if not len(y):  # a DDP rank's empty batch, which joined the statistics' gather all the same: 0, connected
+            return F.cross_entropy(logits, y, reduction="sum")  # to the graph, not the NaN of a mean over nothing
         return F.cross_entropy(logits, y)

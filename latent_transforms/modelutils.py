@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .validation import check_model
+from .validation import check_model, name_dtype_clash
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -77,8 +77,13 @@ def borrowed(model: nn.Module) -> Iterator[nn.Module]:
 
 def logits_of(net: nn.Module, x: torch.Tensor, who: str) -> torch.Tensor:
     """``net(x)``, which must be ``(B, K)`` logits for ``x: (B, ...)``; a tuple, a dict or another shape is refused
-    with the fix (``who`` names the caller in the message)."""
-    out = net(x)
+    with the fix (``who`` names the caller in the message), and so is torch's error for a model in another dtype
+    than ``x`` (outside autocast)."""
+    try:
+        out = net(x)
+    except RuntimeError as e:
+        name_dtype_clash(e, net, x, who)
+        raise
     if isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[0] == x.shape[0]:
         return out
     got = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"

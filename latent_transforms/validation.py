@@ -133,9 +133,10 @@ def check_images(x: torch.Tensor, name: str = "x", allow_uint8: bool = False, va
             _check_values([(_image_stats(x), lambda v: _judge_images(x, name, *v))])
 
 
-def _image_form(x: torch.Tensor, name: str, allow_uint8: bool, uint8_hint: str = "") -> bool:
-    """Everything but the values of ``check_images``; whether the values are to be checked (not for ``uint8``).
-    ``uint8_hint`` ends the message refusing ``uint8`` images."""
+def _image_form(x: torch.Tensor, name: str, allow_uint8: bool, uint8_hint: str = "", allow_empty: bool = False
+                ) -> bool:
+    """Everything but the values of ``check_images``; whether the values are to be checked (not for ``uint8``, nor
+    for no images). ``uint8_hint`` ends the message refusing ``uint8`` images; ``allow_empty`` passes ``B = 0``."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim != 4:
@@ -144,9 +145,9 @@ def _image_form(x: torch.Tensor, name: str, allow_uint8: bool, uint8_hint: str =
         # (1, H, W): either gives (1, 1, H, W); (3, H, W): a colour image or 3 grey ones
         hint = "" if x.ndim != 3 else {1: one, 3: one + grey}.get(x.shape[0], grey)
         raise ValueError(f"{name} must have shape (B, C, H, W), got {x.ndim} dims with shape {tuple(x.shape)}{hint}")
-    if x.shape[0] == 0:
+    if x.shape[0] == 0 and not allow_empty:
         raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)})")
-    if x.numel() == 0:
+    if 0 in x.shape[1:]:
         raise ValueError(f"{name} has an empty channel or spatial dimension (shape {tuple(x.shape)})")
     if allow_uint8 and x.dtype == torch.uint8:
         return False
@@ -155,7 +156,7 @@ def _image_form(x: torch.Tensor, name: str, allow_uint8: bool, uint8_hint: str =
             f"{name} must be a float tensor with values in [0, 1]{' or uint8' if allow_uint8 else ''}, got dtype "
             f"{x.dtype}; convert with x.float() / 255 for uint8 images{uint8_hint if x.dtype == torch.uint8 else ''}"
         )
-    return True
+    return x.shape[0] > 0
 
 
 def _no_autocast(device: torch.device):
@@ -281,19 +282,38 @@ def row_sum_tolerance(dtype: torch.dtype, mixes: bool = True) -> float:
     return max(SOFT_LABEL_TOL, (4 if mixes else 1) * torch.finfo(dtype).eps)
 
 
-def check_device(what: str, device: torch.device, x: torch.Tensor) -> None:
-    """Raise if ``what`` lives on ``device``, another device than ``x`` (data is never moved silently)."""
+def check_device(what: str, device: torch.device, x: torch.Tensor, x_is: str = "x is") -> None:
+    """Raise if ``what`` lives on ``device``, another device than ``x`` (data is never moved silently); ``x_is``
+    names ``x`` in the message ("logits are")."""
     if device != x.device:
-        raise ValueError(f"{what} is on {device} but x is on {x.device}; move it with .to({str(x.device)!r}) "
+        raise ValueError(f"{what} is on {device} but {x_is} on {x.device}; move it with .to({str(x.device)!r}) "
                          f"(latent-transforms never moves data between devices)")
 
 
-def check_same_device(x: torch.Tensor, module: torch.nn.Module, what: str) -> None:
+def check_same_device(x: torch.Tensor, module: torch.nn.Module, what: str, x_is: str = "x is") -> None:
     """Raise if ``module``'s parameters (else buffers) live on another device than ``x``."""
     # the first parameter, else buffer (a loop: torch 2.4's compile broke the graph at next(it, None))
     for p in itertools.chain(module.parameters(), module.buffers()):
-        check_device(what, p.device, x)
+        check_device(what, p.device, x, x_is)
         return
+
+
+def name_dtype_clash(error: RuntimeError, module: torch.nn.Module, x: torch.Tensor, who: str, x_name: str = "x",
+                     module_name: str = "model") -> None:
+    """Raise a ``ValueError`` naming both dtypes and the fix, from ``error`` (torch's RuntimeError of ``module(x)``,
+    which names neither: "mat1 and mat2 must have the same dtype") when ``x``'s dtype is not that of ``module``'s
+    first float parameter and the error is about types; else return, for the caller to re-raise ``error``.
+
+    Called once the call has failed, not as a check before it, which would refuse calls that work (under
+    ``torch.autocast``, of a model that casts its input itself); a call that works costs nothing more."""
+    dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+    if dtype is None or dtype == x.dtype or "type" not in str(error):
+        return
+    hint = "; torch.autocast leaves float64 as it is" if torch.float64 in (dtype, x.dtype) else \
+        ", or run it under torch.autocast, which computes float32, float16 and bfloat16 inputs in one dtype"
+    raise ValueError(f"{who} got {x_name} in {x.dtype} for its {module_name} in {dtype}, which torch refused "
+                     f"({str(error).splitlines()[0]}): cast one to the other's dtype ({x_name}.to({dtype}) or "
+                     f"{module_name}.to({x.dtype})){hint}") from error
 
 
 def check_model(model: object, x: torch.Tensor | None = None, who: str = "the model") -> None:
@@ -341,14 +361,16 @@ def _judge_index(size: int | None, lo: float, hi: float) -> None:
 
 def check_batch(x: torch.Tensor, y: torch.Tensor | None, num_classes: int | None = None,
                 index: torch.Tensor | None = None, index_size: int | None = None, allow_uint8: bool = False,
-                values: bool = True, more_checks: Callable[[], list] | None = None, uint8_hint: str = "") -> None:
+                values: bool = True, more_checks: Callable[[], list] | None = None, uint8_hint: str = "",
+                allow_empty: bool = False) -> None:
     """The checks of every ``t(x, y, model, index=...)`` call: images, labels (``None``: an unlabelled batch) and
     index agree on the batch (``index`` in ``[0, index_size)`` when the size is known). ``allow_uint8``: ``uint8``
     images pass too (for a :class:`~latent_transforms.Compose` whose first step is a torchvision v2 transform or a
     callable). The shapes, dtypes and devices are checked first, then every value at once: one host sync per call
     (none with ``values=False``). ``more_checks()``: a caller's own ``(statistics, judge)`` pairs, made once the forms
-    passed, judged last in the same read. ``uint8_hint`` ends the message refusing ``uint8`` images."""
-    image_values = _image_form(x, "x", allow_uint8, uint8_hint)
+    passed, judged last in the same read. ``uint8_hint`` ends the message refusing ``uint8`` images; ``allow_empty``
+    passes a batch of none (``B = 0``)."""
+    image_values = _image_form(x, "x", allow_uint8, uint8_hint, allow_empty)
     for name, t in (("y", y), ("index", index)):
         if isinstance(t, torch.Tensor):
             check_device(name, t.device, x)

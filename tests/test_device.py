@@ -131,6 +131,16 @@ def test_every_method_under_the_training_loops_bf16_autocast(parts, device, meth
         outside = METHODS[method](glow, vae, generator=0)(x, y)
         assert replayed(x2, outside[0]) and replayed(y2, outside[1])
 
+def test_isda_logits_take_a_0_dim_cpu_strength_as_torch_takes_a_number(device):
+    """The tensors of isda_logits must be on the logits' device, but a 0-d CPU lam is a number to torch."""
+    from latent_transforms.isda import isda_logits
+
+    g = torch.Generator().manual_seed(0)
+    args = [t.to(device) for t in (torch.randn(4, 3, generator=g), torch.randn(3, 2, generator=g),
+                                   torch.tensor([0, 1, 2, 0]), torch.rand(3, 2, generator=g))]
+    torch.testing.assert_close(isda_logits(*args, torch.tensor(0.5)), isda_logits(*args, 0.5))
+
+
 def test_no_tensor_crosses_devices_with_a_latent_cache_or_mixup_inference(parts, device):
     glow, vae, net, x, y = parts
     cached = LatentNoise(glow, cache=LatentCache(glow, x), generator=0)  # built outside: it hashes the codec's weights

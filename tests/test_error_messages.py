@@ -112,6 +112,74 @@ def test_isda_loss_fc_outputs_must_be_num_classes(training):
         loss(torch.randn(6, 32), nn.Linear(32, 10), torch.arange(6) % 5)
 
 
+# -- the model's dtype -----------------------------------------------------------------------------------------------
+class CastingNet(nn.Module):
+    """A float64 classifier that casts its input itself: float32 images are fine."""
+
+    def __init__(self):
+        super().__init__()
+        from conftest import TinyNet
+
+        self.net = TinyNet().double()
+
+    def forward(self, x):
+        return self.net(x.double())
+
+
+class WithFloat64Buffer(nn.Module):
+    """A float32 classifier with a float64 buffer it never mixes into the images."""
+
+    def __init__(self):
+        super().__init__()
+        from conftest import TinyNet
+
+        self.net = TinyNet()
+        self.register_buffer("seen", torch.zeros((), dtype=torch.float64))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.mark.parametrize("method", ["LatentAdversarial", "LatentMixupInference"])
+@pytest.mark.parametrize("model_dtype, x_dtype", [(torch.float64, torch.float32), (torch.bfloat16, torch.float32),
+                                                  (torch.float32, torch.float64)])
+def test_a_model_in_another_dtype_than_x_is_named_with_the_fix(batch, method, model_dtype, x_dtype):
+    """torch's "Input type (float) and bias type (double) should be the same" came from deep inside the attack and
+    named neither the model nor x."""
+    from conftest import TinyNet
+    from latent_transforms import LatentAdversarial, LatentMixupInference
+
+    torch.manual_seed(0)
+    model, glow, x = TinyNet().to(model_dtype), tiny_glow(), batch[0].to(x_dtype)
+    call = (lambda: LatentAdversarial(glow, generator=0)(x, None, model)) if method == "LatentAdversarial" else \
+        (lambda: LatentMixupInference(model, glow, batch[0], num_mixes=2, generator=0)(x))
+    fix = "; torch.autocast leaves float64 as it is$" if torch.float64 in (model_dtype, x_dtype) else \
+        ", or run it under torch.autocast"
+    with pytest.raises(ValueError, match=rf"^{method} got x in {x_dtype} for its model in {model_dtype}, which torch "
+                                         rf"refused \(Input type .* should be the same\): cast one to the other's "
+                                         rf"dtype \(x.to\({model_dtype}\) or model.to\({x_dtype}\)\){fix}") as e:
+        call()
+    assert isinstance(e.value.__cause__, RuntimeError)
+    x = x.to(model_dtype)  # the first fix named
+    out = call()
+    assert torch.isfinite(out[0] if isinstance(out, tuple) else out).all()
+
+
+@pytest.mark.parametrize("model", ["casting", "float64 buffer", "bf16 under autocast"])
+def test_models_that_take_x_in_its_dtype_are_attacked(batch, model):
+    """What a check of the model's dtype before the call would refuse: a model that casts its input, a float64
+    buffer, a bf16 model under autocast."""
+    from conftest import TinyNet
+    from latent_transforms import LatentAdversarial
+
+    torch.manual_seed(0)
+    net = {"casting": CastingNet, "float64 buffer": WithFloat64Buffer,
+           "bf16 under autocast": lambda: TinyNet().bfloat16()}[model]()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=model.endswith("autocast")):
+        x2, _ = LatentAdversarial(tiny_glow(), generator=0)(batch[0], None, net)
+    assert x2.dtype == torch.float32 and torch.isfinite(x2).all() and not torch.equal(x2, batch[0])
+
+
 # -- hub -------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype, error", [(torch.int32, ValueError), (torch.float64, ValueError),
                                           (torch.uint8, ValueError), ("float16", TypeError)])

@@ -176,6 +176,75 @@ def test_the_correction_is_computed_in_the_weights_dtype_for_16_bit_logits_and_u
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("check_y", [True, False])
+@pytest.mark.parametrize("lam", [0.5, 0.0])  # 0: the logits are returned as they are, once checked
+@pytest.mark.parametrize("name", ["logits", "weight", "cov", "y", "lam"])
+def test_isda_logits_names_the_tensor_on_another_device(name, lam, check_y):
+    """torch's own errors named no argument ("Tensor on device meta is not on the expected device cpu!",
+    "unsupported scalarType", "Cannot copy out of meta tensor"); y on another device with check_y=False, and any
+    of them with lam 0, passed unnoticed."""
+    args = {"logits": torch.zeros(4, 3), "weight": torch.zeros(3, 2), "y": torch.tensor([0, 1, 2, 0]),
+            "cov": torch.zeros(3, 2), "lam": torch.full((4,), lam) if name == "lam" else lam}
+    args[name] = args[name].to("meta")
+    message = r"^weight is on cpu but logits are on meta; move it with .to\('meta'\)" if name == "logits" else \
+        rf"^{name} is on meta but logits are on cpu; move it with .to\('cpu'\)"
+    with pytest.raises(ValueError, match=message):
+        isda_logits(**args, check_y=check_y)
+
+
+def test_isda_loss_names_the_tensor_on_another_device():
+    """fc on another device than the features gave torch's "Tensor on device meta is not on the expected device
+    cpu!", labels there "Cannot copy out of meta tensor; no data!"."""
+    loss, f, y = ISDALoss(3), torch.randn(2, 5), torch.tensor([0, 1])
+    with pytest.raises(ValueError, match=r"^fc is on meta but the features are on cpu; move it with .to\('cpu'\)"):
+        loss(f, nn.Linear(5, 3).to("meta"), y)
+    with pytest.raises(ValueError, match=r"^y is on meta but the features are on cpu; move it with .to\('cpu'\)"):
+        loss(f, nn.Linear(5, 3), y.to("meta"))
+    assert loss.estimator.feature_dim is None  # refused before any statistics
+
+
+@pytest.mark.parametrize("features_dtype, fc_dtype", [(torch.bfloat16, torch.float32), (torch.float16, torch.float32),
+                                                      (torch.float64, torch.float32), (torch.float32, torch.float64)])
+def test_isda_loss_names_the_dtypes_torch_refused_to_mix(features_dtype, fc_dtype):
+    """Features in another dtype than fc (bf16 features of a bf16 backbone, a float32 fc) gave torch's "mat1 and
+    mat2 must have the same dtype, but got BFloat16 and Float", which names neither; under autocast they mix."""
+    loss, y = ISDALoss(3), torch.tensor([0, 1, 2, 0])
+    loss.set_progress(1.0)
+    f, fc = torch.randn(4, 5, dtype=features_dtype), nn.Linear(5, 3).to(fc_dtype)
+    wide = torch.float64 in (features_dtype, fc_dtype)
+    with pytest.raises(ValueError, match=rf"^ISDALoss got features in {features_dtype} for its fc in {fc_dtype}, "
+                                         rf"which torch refused \(mat1 and mat2 must have the same dtype.*\): cast one "
+                                         rf"to the other's dtype \(features.to\({fc_dtype}\) or fc.to\("
+                                         rf"{features_dtype}\)\)" + ("; torch.autocast leaves float64 as it is$" if wide
+                                                                      else ", or run it under torch.autocast")) as e:
+        loss(f, fc, y)
+    assert isinstance(e.value.__cause__, RuntimeError) and loss.estimator.feature_dim is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        if wide:  # autocast casts no float64: refused there too, with the same words
+            with pytest.raises(ValueError, match="autocast leaves float64 as it is"):
+                loss(f, fc, y)
+            return
+        out = loss(f, fc, y)
+    out.backward()
+    assert torch.isfinite(out) and torch.isfinite(fc.weight.grad).all() and int(loss.estimator.count.sum()) == 4
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_the_hook_takes_a_model_and_batch_of_another_dtype(batch, net, dtype):
+    """The hook's path has nothing to refuse: the model's own forward refuses x in another dtype than the model
+    (torch's error, in the caller's model(x)); one in the model's dtype is augmented, the statistics float32 or
+    float64."""
+    x, y = batch[0].to(dtype), batch[1]
+    net = net.to(dtype)
+    isda = ISDA(10, lambda0=1.0)
+    isda.set_progress(1.0)
+    isda(x, y, net)
+    loss = F.cross_entropy(net(x), y)
+    loss.backward()
+    assert torch.isfinite(loss) and isda.stats["transformed"] == len(y) and int(isda.estimator.count.sum()) == len(y)
+    assert isda.estimator.cov.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+
+
 # -- the estimator -----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("diagonal", [False, True])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
@@ -898,8 +967,37 @@ def test_isda_repr_shows_every_setting_and_isdaloss_refuses_a_list_as_a_type_err
     isda = ISDA(10, 0.25, covariance="diagonal", layer="fc", feature_dim=32, sync_stats=False, p=0.5)
     assert repr(isda) == ("ISDA(num_classes=10, lambda0=0.25, covariance='diagonal', progress=0.0, layer='fc', "
                           "feature_dim=32, sync_stats=False, p=0.5)")
-    with pytest.raises(WrongTypeError, match=r"features must be a non-empty \(N, 3\) float tensor"):
+    with pytest.raises(WrongTypeError, match=r"features must be a \(N, 3\) float tensor"):
         ISDALoss(10)([[0.0] * 3], nn.Linear(3, 10), torch.zeros(1, dtype=torch.int64))
-    with pytest.raises(ValueError, match=r"features must be a non-empty \(N, 3\) float tensor") as e:
+    with pytest.raises(ValueError, match=r"features must be a \(N, 3\) float tensor") as e:
         ISDALoss(10)(torch.zeros(1, 4), nn.Linear(3, 10), torch.zeros(1, dtype=torch.int64))
     assert not isinstance(e.value, TypeError)
+
+
+def test_an_empty_batch_gives_a_zero_loss_connected_to_the_graph_and_leaves_the_statistics(batch, net):
+    """A DDP rank's empty batch must still join the statistics' gather (tests/test_isda_ddp.py): ISDALoss refused
+    it ("features must be a non-empty ..."), ISDA too ("x is an empty batch"), so the other ranks waited in the
+    gather until the process group's timeout. The loss of no rows is 0, not F.cross_entropy's NaN mean."""
+    x, y = batch
+    loss, hook = ISDALoss(10, lambda0=1.0), ISDA(10, lambda0=1.0)
+    for t in (loss, hook):
+        t.set_progress(1.0)
+    net2 = copy.deepcopy(net)
+    loss(net2.features(x), net2.fc, y)
+    hook(x, y, net)
+    net(x)
+    before = [copy.deepcopy(dict(t.estimator.named_buffers())) for t in (loss, hook)]
+    for mode in (True, False):
+        out = loss.train(mode)(net2.features(x[:0]), net2.fc, y[:0])
+        assert out.item() == 0 and out.grad_fn is not None
+        net2.zero_grad()
+        out.backward()  # every parameter gets a gradient (zeros): DDP's all-reduce has every bucket
+        assert all(p.grad is not None and not p.grad.any() for p in net2.parameters())
+    x0, y0 = hook(x[:0], y[:0], net)
+    assert x0.shape == (0, 1, 8, 8) and y0.shape == (0,)
+    assert net(x[:0]).shape == (0, 10) and len(net.fc._forward_hooks) == 0  # fired
+    assert hook.stats == {"seen": len(y), "transformed": len(y), "rejected": 0}
+    for t, kept in zip((loss, hook), before):
+        assert all(torch.equal(b, kept[n]) for n, b in t.estimator.named_buffers())
+    with pytest.raises(ValueError, match=r"x has an empty channel or spatial dimension \(shape \(0, 1, 0, 8\)\)"):
+        hook(x[:0, :, :0], y[:0], net)

@@ -1,5 +1,6 @@
 """ISDA under torch.distributed: two gloo processes hold the statistics of the global batch (or of a group's)."""
 import copy
+import datetime
 import os
 import pickle
 import socket
@@ -37,6 +38,12 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _spawn(worker, tmp_path) -> list[dict]:
+    """Run ``worker(rank, port, out_dir)`` on two ranks; what each saved as ``rank{r}.pt``."""
+    mp.spawn(worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    return [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
@@ -119,8 +126,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
 @pytest.mark.slow
 def test_two_gloo_ranks_hold_the_statistics_of_the_concatenated_batch(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
-    results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    results = _spawn(_worker, tmp_path)
     for diagonal in (False, True):
         single = FeatureCovariance(K, covariance="diagonal" if diagonal else "full", sync_stats=False)
         for f, y, _ in stream():
@@ -146,3 +152,78 @@ def test_two_gloo_ranks_hold_the_statistics_of_the_concatenated_batch(tmp_path):
     assert all(res["pickle"].startswith("statistics shared over a process group") and "state_dict()" in res["pickle"]
                and res["copies_share_the_group"] and torch.equal(res["twin_count"], res["group_count"])
                for res in results)
+
+
+class _Features(torch.nn.Module):
+    """A backbone whose forward gives the features; ISDALoss applies its classifier ``fc`` (inside the DDP model)."""
+
+    def __init__(self):
+        super().__init__()
+        from conftest import TinyNet
+
+        net = TinyNet()
+        self.features, self.fc = net.features, net.fc
+
+    def forward(self, x):
+        return self.features(x)
+
+
+def _batch_of_six() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(2)
+    return torch.rand(6, 1, 8, 8, generator=g), torch.randint(0, 10, (6,), generator=g)
+
+
+def _empty_batch_worker(rank: int, port: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    # a rank left waiting in a collective fails in 30 s, not in the default 30 min
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=30))
+    torch.set_num_threads(1)
+    try:
+        from conftest import TinyNet
+
+        x, y = _batch_of_six()
+        result = {}
+        # the drop-in: rank 1's batch is empty, its hook still fires and joins the gather
+        torch.manual_seed(0)
+        model = torch.nn.parallel.DistributedDataParallel(TinyNet())
+        isda = ISDA(10, lambda0=1.0)
+        isda.set_progress(1.0)
+        mine = slice(0, 6) if rank == 0 else slice(0, 0)
+        isda(x[mine], y[mine], model)
+        F.cross_entropy(model(x[mine]), y[mine]).backward()
+        result["isda_count"] = isda.estimator.count.clone()
+        result["isda_grad"] = torch.cat([p.grad.flatten() for p in model.parameters()])
+        # the loss form: rank 0's batch is empty; its loss is 0, and its backward joins DDP's all-reduce
+        from latent_transforms.isda import ISDALoss
+
+        torch.manual_seed(0)
+        backbone = torch.nn.parallel.DistributedDataParallel(_Features())
+        loss_fn = ISDALoss(10, lambda0=1.0)
+        loss_fn.set_progress(1.0)
+        mine = slice(0, 0) if rank == 0 else slice(0, 6)
+        loss = loss_fn(backbone(x[mine]), backbone.module.fc, y[mine])
+        loss.backward()
+        result["loss"] = loss.detach().clone()
+        result["loss_count"] = loss_fn.estimator.count.clone()
+        result["loss_grad"] = torch.cat([p.grad.flatten() for p in backbone.parameters()])
+        # no rows on any rank: the gather of nothing changes nothing
+        loss_fn(torch.zeros(0, 32), backbone.module.fc, y[:0])
+        result["none_count"] = loss_fn.estimator.count.clone()
+        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_a_rank_with_an_empty_batch_keeps_step_with_the_others(tmp_path):
+    """ISDA refused a rank's empty batch ("x is an empty batch"), ISDALoss too ("features must be a non-empty ..."),
+    while the other rank waited in the statistics' gather until the process group's timeout."""
+    results = _spawn(_empty_batch_worker, tmp_path)
+    y = _batch_of_six()[1]
+    for res in results:  # the statistics of the one non-empty batch on both ranks
+        for key in ("isda_count", "loss_count", "none_count"):
+            assert torch.equal(res[key], torch.bincount(y, minlength=10)), key
+    assert results[0]["loss"] == 0 and torch.isfinite(results[1]["loss"]) and results[1]["loss"] > 0
+    for key in ("isda_grad", "loss_grad"):  # all-reduced: the same, finite, not all zero
+        assert torch.isfinite(results[0][key]).all() and results[0][key].abs().sum() > 0, key
+        assert torch.equal(results[0][key], results[1][key]), key

@@ -441,8 +441,8 @@ def test_mixup_inference_names_its_references_and_counts_only_what_the_model_too
     with pytest.raises(ValueError, match=r"got references of shape \(4, 1, 4, 4\)"):  # it said "got x"
         LatentMixupInference(net, glow, references=torch.rand(4, 1, 4, 4))
     mi = LatentMixupInference(net, glow, references=x, num_mixes=2, generator=0)
-    with pytest.raises(RuntimeError):  # a float64 batch for a float32 model: the model's own error
-        mi(x.double())
+    with pytest.raises(ValueError, match="got x in torch.float64 for its model in torch.float32"):  # named since
+        mi(x.double())                                                                             # audit 135
     assert mi.stats["seen"] == 0  # it counted the mix before the model refused it
     mi(x)
     assert mi.stats["seen"] == 2 * len(x)
