@@ -123,7 +123,9 @@ def _cifar10(split: str, data_root) -> tuple[torch.Tensor, torch.Tensor, int]:
 
 def _uint8_to_tensor(x: np.ndarray, where: str) -> torch.Tensor:
     if x.dtype != np.uint8:
-        hint = "; floats in [0, 1]? store (x * 255).round().astype(np.uint8)" if x.dtype.kind == "f" else ""
+        hint = "; floats in [0, 1]? store (x * 255).round().astype(np.uint8)" if x.dtype.kind == "f" else \
+            "; 16-bit images? store (x / 65535 * 255).round().astype(np.uint8), or divide by your data's own maximum" \
+            if x.dtype == np.uint16 else ""
         raise ValueError(f"{where}: images must be uint8 (0..255), got dtype {x.dtype}{hint}")
     if x.ndim == 3:
         x = x[..., None]

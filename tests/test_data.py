@@ -173,6 +173,13 @@ def test_integer_images_other_than_uint8_are_not_told_they_are_floats(tmp_path):
         load_images(f"npz:{tmp_path / 'int.npz'}")
 
 
+def test_16_bit_npz_images_are_told_how_to_make_them_8_bit(tmp_path):
+    # audit 134: refused without a hint, where a folder of 16-bit PNGs is told to convert to 8-bit
+    np.savez(tmp_path / "u16.npz", x=np.full((3, 6, 4), 65535, dtype=np.uint16))
+    with pytest.raises(ValueError, match=r"got dtype uint16; 16-bit images\? store \(x / 65535 \* 255\)\.round\(\)"):
+        load_images(f"npz:{tmp_path / 'u16.npz'}")
+
+
 @pytest.mark.parametrize("shape", [(0, 6, 4, 3), (0, 6, 4), (5, 0, 4, 3), (5, 6, 0, 1)])
 def test_npz_of_no_images_or_of_empty_images_is_refused(tmp_path, shape):
     np.savez(tmp_path / "empty.npz", x=np.zeros(shape, np.uint8))
