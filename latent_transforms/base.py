@@ -91,6 +91,9 @@ class LatentTransform(SampleStats, nn.Module):
 
     Convention:
         - ``eval()`` mode: the identity (x and y returned unchanged) unless a subclass documents otherwise.
+        - An empty batch (``B = 0``: a DistributedDataParallel rank's, a filter's) passes, as through torchvision's
+          and kornia's transforms: empty outputs of the same form (soft labels for label-mixing methods), nothing
+          counted.
         - Bad input raises ``ValueError`` naming the problem (``TypeError`` for a wrong type of ``x``, ``y`` or
           ``model``, or a missing ``model``; an option of the wrong type, ``validation.WrongTypeError``, both). Methods that
           need the model refuse to run in a DataLoader worker (``RuntimeError``): the model there is a stale copy.
@@ -120,7 +123,6 @@ class LatentTransform(SampleStats, nn.Module):
     mixes_labels: bool = False
     index_params: tuple[str, ...] = ()  # draws that are indices among the selected samples
     accepted_labels: str = "(B,) int64 class indices or (B, K) soft labels"  # named when y=None is refused
-    takes_empty_batches: bool = False  # whether a call passes B = 0 (else ValueError)
 
     def __init__(self, *, p: float = 1.0, generator: torch.Generator | int | None = None, num_classes: int | None = None):
         super().__init__()
@@ -174,7 +176,7 @@ class LatentTransform(SampleStats, nn.Module):
                     index: torch.Tensor | None) -> None:
         """The checks of every call: the batch (``check_batch``), labels if needed, the model if needed."""
         check_batch(x, y, self.num_classes or CALLER_NUM_CLASSES.get(), index, self.index_size,
-                    more_checks=lambda: self.value_checks(x, index), allow_empty=self.takes_empty_batches)
+                    more_checks=lambda: self.value_checks(x, index))
         if y is None and self.needs_labels:
             forms = ("(B, K) soft labels, or (B,) class indices with num_classes=... given to the constructor"
                      if self.mixes_labels and self.num_classes is None else self.accepted_labels)

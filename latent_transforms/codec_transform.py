@@ -58,12 +58,13 @@ class CodecTransform(LatentTransform):
         """With ``index``: whether ``x`` holds the cached images at those positions (``LatentCache.image_checks``);
         left to ``check_inputs`` to refuse when the cache, the images' shape or device do not fit."""
         cache = self.cache
-        if index is None or cache is None or x.shape[1:] != self.codec.image_shape or x.device != cache.latents.device:
+        if index is None or cache is None or not len(x) or x.shape[1:] != self.codec.image_shape \
+                or x.device != cache.latents.device:  # nothing to check in an empty batch
             return []
         return cache.image_checks(x, index)
 
     def check_inputs(self, x: torch.Tensor, model: nn.Module | None, index: torch.Tensor | None) -> None:
-        self.codec.check_images(x)
+        self.codec.check_images(x, allow_empty=True)  # an empty batch passes through (base class)
         if index is None:
             return
         if self.cache is None:

@@ -337,9 +337,9 @@ class ISDA(_ISDAState, LatentTransform):
         - Identity in ``eval()`` mode, and no hook is armed when the model is in eval mode: validation forwards
           are untouched. The call never changes the model's parameters, buffers, modes or gradients.
         - Needs ``model`` (``TypeError`` without). Class-index labels only: soft labels raise ``ValueError``.
-        - An empty batch (``B = 0``, a DistributedDataParallel rank's) passes, unlike in the other transforms: its
-          forward's statistics update still joins the other ranks' gather (``sync_stats``), which would otherwise
-          wait for it until the process group's timeout.
+        - An empty batch (``B = 0``, a DistributedDataParallel rank's) passes, as in every transform, and arms the
+          hook: its forward's statistics update still joins the other ranks' gather (``sync_stats``), which would
+          otherwise wait for it until the process group's timeout.
         - One pending augmentation per layer: a second call before the forward replaces the first, with a warning
           (a hook that never fires, for example on a ``torch.compile``d model, shows this way). The hook removes
           itself when it fires; a forward whose batch size differs from ``len(y)`` raises ``ValueError``.
@@ -354,7 +354,6 @@ class ISDA(_ISDAState, LatentTransform):
     needs_model = True
     needs_labels = True
     accepted_labels = "(B,) int64 class indices"
-    takes_empty_batches = True  # a DDP rank's empty batch must still arm the hook whose update joins the gather
 
     def __init__(self, num_classes: int, lambda0: float = 0.5, *, covariance: str = "full", layer: str | None = None,
                  feature_dim: int | None = None, sync_stats: bool | dist.ProcessGroup = True, p: float = 1.0,

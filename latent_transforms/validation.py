@@ -125,10 +125,11 @@ def resolve_device(device: object, *, auto: bool = False) -> torch.device:
     return device
 
 
-def check_images(x: torch.Tensor, name: str = "x", allow_uint8: bool = False, values: bool = True) -> None:
-    """Check ``x: (B, C, H, W)`` float in [0, 1], finite, non-empty (or any ``uint8`` if ``allow_uint8``);
-    ``values=False`` checks all but the values (no host sync)."""
-    if _image_form(x, name, allow_uint8) and values:
+def check_images(x: torch.Tensor, name: str = "x", allow_uint8: bool = False, values: bool = True,
+                 allow_empty: bool = False) -> None:
+    """Check ``x: (B, C, H, W)`` float in [0, 1], finite, non-empty unless ``allow_empty`` (or any ``uint8`` if
+    ``allow_uint8``); ``values=False`` checks all but the values (no host sync)."""
+    if _image_form(x, name, allow_uint8, allow_empty=allow_empty) and values:
         with _no_autocast(x.device):
             _check_values([(_image_stats(x), lambda v: _judge_images(x, name, *v))])
 
@@ -361,16 +362,15 @@ def _judge_index(size: int | None, lo: float, hi: float) -> None:
 
 def check_batch(x: torch.Tensor, y: torch.Tensor | None, num_classes: int | None = None,
                 index: torch.Tensor | None = None, index_size: int | None = None, allow_uint8: bool = False,
-                values: bool = True, more_checks: Callable[[], list] | None = None, uint8_hint: str = "",
-                allow_empty: bool = False) -> None:
+                values: bool = True, more_checks: Callable[[], list] | None = None, uint8_hint: str = "") -> None:
     """The checks of every ``t(x, y, model, index=...)`` call: images, labels (``None``: an unlabelled batch) and
     index agree on the batch (``index`` in ``[0, index_size)`` when the size is known). ``allow_uint8``: ``uint8``
     images pass too (for a :class:`~latent_transforms.Compose` whose first step is a torchvision v2 transform or a
     callable). The shapes, dtypes and devices are checked first, then every value at once: one host sync per call
     (none with ``values=False``). ``more_checks()``: a caller's own ``(statistics, judge)`` pairs, made once the forms
-    passed, judged last in the same read. ``uint8_hint`` ends the message refusing ``uint8`` images; ``allow_empty``
-    passes a batch of none (``B = 0``)."""
-    image_values = _image_form(x, "x", allow_uint8, uint8_hint, allow_empty)
+    passed, judged last in the same read. ``uint8_hint`` ends the message refusing ``uint8`` images. A batch of none
+    (``B = 0``) passes, as torchvision's and kornia's transforms take it."""
+    image_values = _image_form(x, "x", allow_uint8, uint8_hint, allow_empty=True)
     for name, t in (("y", y), ("index", index)):
         if isinstance(t, torch.Tensor):
             check_device(name, t.device, x)

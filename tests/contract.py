@@ -91,6 +91,15 @@ def check_transform_contract(make, x: torch.Tensor, y: torch.Tensor, model: nn.M
     x1, _ = make(generator=0)(x[:1], y[:1], model)
     assert x1.shape == x[:1].shape
 
+    # an empty batch (a DDP rank's, a filter's) passes, as through torchvision's and kornia's transforms: empty
+    # outputs of the same form, nothing counted, in training and eval mode
+    for mode in ("train", "eval"):
+        t_empty = getattr(make(generator=0), mode)()
+        xz, yz = t_empty(x[:0], y[:0], model)
+        assert xz.shape == x[:0].shape and xz.dtype == x.dtype and xz.device == x.device
+        assert yz.shape == ((0, num_classes) if t.mixes_labels and mode == "train" else (0,))
+        assert t_empty.stats["seen"] == 0
+
     # float64 input keeps its dtype (a model, if any, would have to accept it: skip then)
     if model is None:
         xd, _ = make(generator=0)(x.double(), y)

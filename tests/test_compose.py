@@ -611,3 +611,26 @@ def test_a_run_resumed_as_the_quickstart_says_ends_with_the_weights_of_the_unint
     train(model, optimizer, augment, batches[2:])
     assert all(torch.equal(a, p) for a, p in zip(uninterrupted, model.parameters()))
     assert isda.estimator.count.sum() == 32  # the statistics carried the first two batches over the stop
+
+
+def test_an_empty_batch_passes_through_every_kind_of_step(rgb, rgb_glow):
+    # refused ("x is an empty batch") where torchvision's and kornia's steps pass it: under DDP a rank's empty batch
+    # before ISDA left the other ranks waiting in its statistics' gather
+    x, y = rgb
+    net = TinyNet(3)
+    isda = ISDA(10)
+    isda.set_progress(1.0)
+    pipe = Compose([T.RandomHorizontalFlip(), LatentNoise(rgb_glow), K.RandomHorizontalFlip(),
+                    LatentAdversarial(rgb_glow, steps=1), isda], num_classes=10)
+    x0, y0 = pipe(x[:0], y[:0], net)
+    assert x0.shape == (0, *x.shape[1:]) and y0.shape == (0,) and y0.dtype == torch.int64
+    net(x0)  # the hook ISDA armed fires on no features, and updates nothing
+    assert int(isda.estimator.count.sum()) == 0 and isda.stats["seen"] == 0
+    vae = tiny_vae(shape=(3, 16, 16))
+    mixing = Compose([T.RandAugment(), T.ToDtype(torch.float32, scale=True), VarMixup(vae, num_classes=10),
+                      T.MixUp(num_classes=10)])
+    x8 = (x[:0] * 255).to(torch.uint8)
+    for mode in (mixing.train(), mixing.eval()):
+        xm, ym = mode(x8, y[:0])
+        assert xm.shape == (0, *x.shape[1:]) and xm.dtype == torch.float32
+        assert ym.shape == ((0, 10) if mode.training else (0,))

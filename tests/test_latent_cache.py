@@ -30,6 +30,8 @@ def test_cached_path_matches_encoding_path(data, make, p, net):
     cached = make(glow, generator=0, p=p, cache=cache)(x, y, net, index=idx)
     assert torch.allclose(plain[0], cached[0], atol=1e-5) and torch.equal(plain[1], cached[1])
 
+    empty = make(glow, generator=0, p=p, cache=cache)(x[:0], y[:0], net, index=idx[:0])  # IndexError from max()
+    assert empty[0].shape == (0, 1, 8, 8) and len(empty[1]) == 0
 
 def test_cache_errors_are_named(data):
     images, labels = data

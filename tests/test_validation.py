@@ -33,7 +33,7 @@ BAD_INPUTS = [
     ("negative", GOOD_X - 0.5, GOOD_Y, "\\[0, 1\\]"),
     ("nan", GOOD_X.clone().index_fill_(0, torch.tensor([2]), float("nan")), GOOD_Y, "NaN or inf \\(in samples \\[2\\]"),
     ("inf", GOOD_X.clone().index_fill_(0, torch.tensor([1]), float("inf")), GOOD_Y, "NaN or inf"),
-    ("empty", torch.rand(0, 1, 8, 8), GOOD_Y[:0], "empty batch"),
+    ("empty image", torch.rand(4, 1, 0, 8), GOOD_Y, "empty channel or spatial dimension"),
     ("channels", torch.rand(4, 3, 8, 8), GOOD_Y, "trained on images of shape"),
     ("size", torch.rand(4, 1, 16, 16), GOOD_Y, "trained on images of shape"),
     ("label out of range", GOOD_X, torch.tensor([0, 1, 2, 10]), "out of range for num_classes=10"),

@@ -224,10 +224,10 @@ class Codec(nn.Module):
         check_same_device(z[0], self, f"the {self.kind} codec")
         self.check_dtype()
 
-    def check_images(self, x: torch.Tensor, name: str = "x") -> None:
+    def check_images(self, x: torch.Tensor, name: str = "x", allow_empty: bool = False) -> None:
         """Raise if x (called ``name`` in the message) is not a (B, C, H, W) float batch of this codec's image shape
-        on its device (values unchecked)."""
-        check_images(x, name, values=False)
+        on its device (values unchecked; ``B = 0`` only with ``allow_empty``)."""
+        check_images(x, name, values=False, allow_empty=allow_empty)
         if tuple(x.shape[1:]) != self.image_shape:
             raise ValueError(f"this {self.kind} codec was trained on images of shape {self.image_shape} (C, H, W), "
                              f"got {name} of shape {tuple(x.shape)}{self._shape_hint(tuple(x.shape[1:]), name)}")
