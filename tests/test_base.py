@@ -493,6 +493,21 @@ def test_a_batch_with_no_sample_selected_is_still_counted_as_seen():
     assert t.stats == {"seen": 8, "transformed": 0, "rejected": 0}
 
 
+def test_an_empty_batch_passes_a_transform_of_ones_own_without_drawing_or_counting():
+    """B = 0 passes every transform (a DDP rank's batch; torchvision's and kornia's take it too): make_params and
+    transform are not called, the generator is not advanced, nothing is counted, and the outputs keep their form."""
+    t = Mix(generator=0, num_classes=4)
+    t.make_params = t.transform = None  # called: a TypeError
+    x0, y0 = t(torch.rand(0, 1, 3, 3, dtype=torch.float64), torch.zeros(0, dtype=torch.int64))
+    assert x0.shape == (0, 1, 3, 3) and x0.dtype == torch.float64 and y0.shape == (0, 4)
+    assert t.stats == {"seen": 0, "transformed": 0, "rejected": 0}
+    x, y = _batch((4, 1, 3, 3), False, 0)
+    assert torch.equal(AddNoise(generator=0)(x[:0], y[:0])[0], x[:0])
+    after_empty = AddNoise(generator=0)
+    after_empty(x[:0], y[:0])
+    assert torch.equal(after_empty(x, y)[0], AddNoise(generator=0)(x, y)[0])  # the stream did not move
+
+
 def test_an_int_seed_seeds_exactly_that_and_other_seeds_draw_otherwise():
     x, y = _batch((4, 1, 3, 3), False, 0)
     assert not torch.equal(AddNoise(generator=1)(x, y)[0], AddNoise(generator=2)(x, y)[0])

@@ -1551,6 +1551,15 @@ def test_vae_class_guidance_fine_tunes_a_vae_and_its_control_runs_without_a_guid
                                                                                        "guide.safetensors"]
 
 
+def test_vae_class_guidance_bar_in_a_log_shows_its_terms_without_writing_each_time(tmp_path):
+    # the terms shown every 50 steps refreshed the bar: a log got a state each time, past the 30 s throttle
+    proc = _run([str(BENCHMARKS / "vae_class_guidance.py"), "--codec", "vae-digits", "--train", "digits", "--steps",
+                 "151", "--batch-size", "8", "--threads", "1", "--balance", "0", "--out",
+                 str(tmp_path / "v.safetensors")], tmp_path)
+    states = [s for s in re.split(r"[\r\n]", proc.stderr) if s.startswith("fine-tune")]
+    assert 1 <= len(states) <= 3 and "151/151" in states[-1]
+
+
 def test_sweep_report_seconds_per_epoch_is_the_mean_over_seeds(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     sweep = _load_benchmark("sweep_report")

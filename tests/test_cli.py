@@ -245,6 +245,8 @@ def test_register_run_over_another_persisted_entry_registered_again_in_process_a
     monkeypatch.setattr(hub, "_loaded", {})
     _, js = _run_files(tmp_path / "runs", "zz-mix")
     assert hub.register_run(js).changed is True
+    first = tmp_path / "runs" / "first.json"  # run A itself, beside its checkpoint
+    first.write_text(js.read_text())
     report = json.loads(js.read_text())
     report["registry_entry"]["notes"] = "retrained"
     js.write_text(json.dumps(report))
@@ -254,9 +256,27 @@ def test_register_run_over_another_persisted_entry_registered_again_in_process_a
     with pytest.raises(ValueError, match=r"'zz-mix' is already registered \(another checkpoint, or other details\); "
                                          r"pass --overwrite"):
         hub.register_run(js)
+    with pytest.raises(ValueError, match=r"'zz-mix' is already registered"):  # A again: this process holds A'
+        hub.register_run(first)
     assert registry.read_bytes() == written
     assert hub.register_run(js, overwrite=True).changed is True
     assert json.loads(registry.read_text())["checkpoints"]["zz-mix"]["notes"] == "retrained"
+
+
+def test_register_run_over_another_entry_registered_for_this_process_only_asks_for_overwrite(tmp_path, monkeypatch):
+    """The name holds another entry in this process alone (hub.register without persist): not this run registered
+    for this process only, so registering the run replaces it, which takes overwrite=True."""
+    monkeypatch.setattr(hub, "_registered", {})
+    monkeypatch.setattr(hub, "_loaded", {})
+    ckpt, js = _run_files(tmp_path / "runs", "zz-here")
+    hub.cache_dir().mkdir(parents=True, exist_ok=True)
+    (hub.cache_dir() / ckpt.name).write_bytes(ckpt.read_bytes())
+    hub.register("zz-here", **{**json.loads(js.read_text())["registry_entry"], "notes": "another"})
+    with pytest.raises(ValueError, match=r"'zz-here' is already registered \(another checkpoint, or other details\); "
+                                         r"pass --overwrite"):
+        hub.register_run(js)
+    assert not (hub.cache_dir() / "registry.json").exists()
+    assert hub.register_run(js, overwrite=True).changed is True
 
 
 @pytest.mark.parametrize("bad, what", [("", "an empty"), (5, "int 5 as")])

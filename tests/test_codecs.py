@@ -985,3 +985,30 @@ def test_a_codec_of_ones_own_without_a_config_prints_and_one_of_buffers_has_a_dt
     torch.testing.assert_close(rotation.reconstruct(x), x.double())
     with pytest.raises(ValueError, match="Codec holds no parameters or float buffers, which give a codec its dtype"):
         Codec((1, 8, 8)).dtype
+
+
+def test_a_codecs_dtype_is_its_parameters_else_its_first_float_buffers_and_decode_casts_the_latents_to_it():
+    class Permuted(OwnCodec):  # an integer buffer (a permutation) before the float one: the dtype is the float one's
+        def __init__(self):
+            Codec.__init__(self, (1, 8, 8))
+            self.register_buffer("order", torch.randperm(64))
+            self.register_buffer("scale", 2 * torch.eye(64, dtype=torch.float64))
+
+        @property
+        def latent_shapes(self):
+            return [(64,)]
+
+        def _encode(self, x):
+            return [x.flatten(1)[:, self.order] @ self.scale]
+
+        def _decode(self, z):
+            return (z[0] @ self.scale / 4)[:, self.order.argsort()].view(-1, 1, 8, 8)  # a matmul takes one dtype
+
+    permuted, x = Permuted(), torch.rand(3, 1, 8, 8)
+    assert permuted.dtype == torch.float64
+    out = permuted.decode([z.float() for z in permuted.encode(x)])  # float32 latents: decoded in the codec's dtype
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, x.double())
+    own = OwnCodec()
+    own.register_buffer("stats", torch.zeros(3, dtype=torch.float64))  # a float64 buffer beside float32 parameters
+    assert own.dtype == torch.float32

@@ -126,6 +126,28 @@ def test_a_folder_of_grey_palette_images_stays_one_channel(tmp_path):
     assert load_images(f"folder:{root}")[0].shape == (3, 3, 6, 4)  # a colour palette makes all RGB, as a colour mode
 
 
+def test_a_folder_is_rgb_if_any_image_is_colour_and_grey_if_none_is(tmp_path):
+    """Whichever image comes first: one colour image (RGB or a colour palette) among grey ones makes the set RGB; grey
+    images with an opaque alpha channel (LA) stay one channel."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for colour_mode in ("RGB", "P"):
+        root = tmp_path / colour_mode
+        root.mkdir()
+        Image.fromarray(rng.integers(0, 256, (6, 4, 3), dtype=np.uint8)).convert(colour_mode).save(root / "0.png")
+        for i in (1, 2):  # after the colour one
+            Image.fromarray(rng.integers(0, 256, (6, 4), dtype=np.uint8)).save(root / f"{i}.png")
+        assert load_images(f"folder:{root}")[0].shape == (3, 3, 6, 4)
+    root = tmp_path / "LA"
+    root.mkdir()
+    grey = rng.integers(0, 256, (2, 6, 4), dtype=np.uint8)
+    for i, image in enumerate(grey):
+        Image.fromarray(image).convert("LA").save(root / f"{i}.png")
+    x, _, _ = load_images(f"folder:{root}")
+    assert torch.equal(x, torch.from_numpy(grey).unsqueeze(1) / 255)
+
+
 def test_folder_spec_refuses_16_bit_images(tmp_path):
     from PIL import Image
 
@@ -287,6 +309,7 @@ def test_cifar10_5k_spec_loads_the_subset_and_the_full_test_set(tmp_path, monkey
     x_test, y_test, _ = load_images("cifar10-5k", "test", tmp_path)
     assert x_test.shape == (100, 3, 1, 1) and y_test.tolist() == [i % 10 for i in range(100)]
     assert describe_spec("cifar10-5k") == "cifar10-5k"
+    assert len(load_images("cifar10", "train", tmp_path)[0]) == 50000  # cifar10 itself: the whole training set
 
 
 @pytest.mark.parametrize("labels, what", [(np.arange(40000) % 10, r"shape \(40000,\)"),
@@ -296,3 +319,13 @@ def test_cifar10_5k_refuses_a_training_set_it_was_not_drawn_from(tmp_path, monke
     with pytest.raises(ValueError, match=f"cifar10-5k is drawn from CIFAR-10's 50,000 training images, 5,000 of each "
                                          f"of 10 classes; got labels of {what}, dtype int64: is the download complete"):
         load_images("cifar10-5k", "train", tmp_path)
+
+
+def test_cifar10_5k_index_takes_a_list_and_refuses_labels_that_are_not_class_indices():
+    labels = np.random.default_rng(3).permutation(np.arange(50000) % 10)
+    assert cifar10_5k_index(labels.tolist()).tolist() == cifar10_5k_index(labels).tolist()
+    for bad, what in ((labels.astype(np.float64), r"shape \(50000,\), dtype float64"),
+                      (labels.reshape(50000, 1), r"shape \(50000, 1\), dtype int64")):
+        with pytest.raises(ValueError, match=f"cifar10-5k is drawn from CIFAR-10's 50,000 training images, 5,000 of "
+                                             f"each of 10 classes; got labels of {what}: is the download complete"):
+            cifar10_5k_index(bad)

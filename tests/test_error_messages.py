@@ -396,6 +396,21 @@ def test_build_codec_of_an_unknown_kind_says_how_to_add_a_class_of_ones_own():
         build_codec({"kind": "my-vae", "image_shape": [1, 8, 8]})
 
 
+@pytest.mark.parametrize("codec", [123, VAE_CONFIG, b"vae-digits", nn.Linear(4, 4)],
+                         ids=["int", "config", "bytes", "module"])
+def test_resolve_codec_says_how_to_wrap_a_model_only_for_a_model(codec):
+    message = str(pytest.raises(TypeError, resolve_codec, codec).value)
+    assert message.startswith(f"codec must be a hub name, a .safetensors path or a Codec, got {type(codec).__name__}")
+    assert ("wrap it in a Codec subclass" in message) == isinstance(codec, nn.Module)
+
+
+@pytest.mark.parametrize("kind", [None, 3])
+def test_build_codec_of_a_kind_that_is_no_name_does_not_say_to_add_a_class_under_it(kind):
+    config = {"image_shape": [1, 8, 8]} if kind is None else {"kind": kind, "image_shape": [1, 8, 8]}
+    with pytest.raises(ValueError, match=rf"^unknown codec kind {kind}; known: \['glow', 'vae'\]$"):
+        build_codec(config)
+
+
 class TensorLatent(OwnCodec):
     def _encode(self, x):
         return self.enc(x.flatten(1))
@@ -411,13 +426,46 @@ class FlatImages(OwnCodec):
         return torch.sigmoid(self.dec(z[0]))
 
 
+class NoReturnLatent(OwnCodec):
+    def _encode(self, x):
+        self.enc(x.flatten(1))  # the return forgotten
+
+
+class NumpyLatent(OwnCodec):
+    def _encode(self, x):
+        return [self.enc(x.flatten(1)).detach().numpy()]
+
+
+class NoneInLatent(OwnCodec):
+    def _encode(self, x):
+        return [None]
+
+
+class NoReturnImages(OwnCodec):
+    def _decode(self, z):
+        torch.sigmoid(self.dec(z[0])).view(-1, 1, 8, 8)
+
+
+class ImagesAndMore(OwnCodec):
+    def _decode(self, z):
+        return torch.sigmoid(self.dec(z[0])).view(-1, 1, 8, 8), z[0]
+
+
 @pytest.mark.parametrize("codec, message", [
     (TensorLatent, r"TensorLatent._encode must return a list of one tensor per latent level, of shapes \[\(3, 4\)\] "
                    r"here \(latent_shapes \[\(4,\)\]\); it returned torch.float32 of shape \(3, 4\)"),
     (NarrowLatent, r"NarrowLatent._encode must return .* it returned \[torch.float32 of shape \(3, 3\)\]"),
     (FlatImages, r"FlatImages._decode must return \(B, C, H, W\) images of shape \(3, 1, 8, 8\) here; it returned "
                  r"torch.float32 of shape \(3, 64\)"),
-], ids=["tensor-not-list", "other-latent-shape", "flat-images"])
+    (NoReturnLatent, r"NoReturnLatent._encode must return a list .* it returned NoneType"),
+    (NumpyLatent, r"NumpyLatent._encode must return a list .* it returned \[ndarray\]"),
+    (NoneInLatent, r"NoneInLatent._encode must return a list .* it returned \[NoneType\]"),
+    (NoReturnImages, r"NoReturnImages._decode must return \(B, C, H, W\) images of shape \(3, 1, 8, 8\) here; it "
+                     r"returned NoneType"),
+    (ImagesAndMore, r"ImagesAndMore._decode must return .* it returned \[torch.float32 of shape \(3, 1, 8, 8\), "
+                    r"torch.float32 of shape \(3, 4\)\]"),
+], ids=["tensor-not-list", "other-latent-shape", "flat-images", "no-return-encode", "numpy-latent", "none-latent",
+        "no-return-decode", "images-and-more"])
 def test_a_codec_of_ones_own_returning_the_wrong_form_names_its_method(codec, message):
     """Audit 134: an _encode that returned a tensor, not a list, failed in a reshape ("Dimension out of range"), and
     latents or images of other shapes in a broadcast, naming neither the method nor the shapes due."""
@@ -440,6 +488,14 @@ def test_a_codec_of_ones_own_missing_a_member_names_it():
         LatentCache(OwnCodec(), torch.rand(2, 1, 8, 8), progress=False)
     with pytest.raises(NotImplementedError, match="OwnCodec does not implement loss"):
         OwnCodec().loss(torch.rand(2, 1, 8, 8))
+    with pytest.raises(NotImplementedError, match=r"WithoutShapes does not implement _encode\(x\): \(B, C, H, W\) "
+                                                  r"images -> a list of \(B, \*shape\) latents, one per latent_shapes; "
+                                                  r"see docs/training.md#your-own-model-as-a-codec"):
+        WithoutShapes()._encode(torch.rand(2, 1, 8, 8))
+    with pytest.raises(NotImplementedError, match=r"WithoutShapes does not implement _decode\(z\): a list of "
+                                                  r"\(B, \*shape\) latents, one per latent_shapes -> \(B, C, H, W\) "
+                                                  r"images; see docs/training.md#your-own-model-as-a-codec"):
+        WithoutShapes()._decode([torch.randn(2, 4)])
 
 
 GLOW, VAE = tiny_glow(), tiny_vae()
@@ -578,6 +634,28 @@ def test_label_dtype_hints_are_safe_to_follow():
         check_labels(one_hot, 2, 3)
     hint = re.search(r"pass (\S+) \(class indices\)", str(info.value)).group(1)
     check_labels(eval(hint, {"y": one_hot}), 2, 3)  # what it says to pass is accepted
+
+
+def test_the_busy_cpu_check_reads_the_last_minutes_load_and_leaves_a_cpu_without_one_alone(monkeypatch, capsys):
+    from latent_transforms import modelutils
+
+    monkeypatch.setattr(modelutils.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(modelutils.os, "getloadavg", lambda: (3.9, 0.2, 0.2))  # busy now, not over 5 or 15 minutes
+    assert modelutils.threads_for_this_cpu(2) == 1 and "load average 3.9 on 2 cores" in capsys.readouterr().err
+    monkeypatch.setattr(modelutils.os, "getloadavg", lambda: (0.2, 3.9, 3.9))  # idle now
+    assert modelutils.threads_for_this_cpu(2) == 2
+    monkeypatch.setattr(modelutils.os, "cpu_count", lambda: None)  # unknown: taken as one core
+    assert modelutils.threads_for_this_cpu(2) == 2 and "busy" not in capsys.readouterr().err
+    monkeypatch.setattr(modelutils.os, "getloadavg", lambda: (0.6, 0.6, 0.6))
+    assert modelutils.threads_for_this_cpu(2) == 1 and "load average 0.6 on 1 cores" in capsys.readouterr().err
+
+    def no_load_average():
+        raise OSError("load average unobtainable")
+
+    monkeypatch.setattr(modelutils.os, "getloadavg", no_load_average)
+    assert modelutils.threads_for_this_cpu(2) == 2
+    monkeypatch.delattr(modelutils.os, "getloadavg")  # Windows has none
+    assert modelutils.threads_for_this_cpu(2) == 2 and capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize("load, busy", [(3.9, True), (1.7, True), (1.5, False), (0.2, False)])

@@ -1,3 +1,4 @@
+import contextlib
 import copy
 import warnings
 
@@ -1001,3 +1002,19 @@ def test_an_empty_batch_gives_a_zero_loss_connected_to_the_graph_and_leaves_the_
         assert all(torch.equal(b, kept[n]) for n, b in t.estimator.named_buffers())
     with pytest.raises(ValueError, match=r"x has an empty channel or spatial dimension \(shape \(0, 1, 0, 8\)\)"):
         hook(x[:0, :, :0], y[:0], net)
+
+
+def test_isda_logits_take_a_0_dim_cpu_lam_with_logits_elsewhere_but_no_other_lam_there(monkeypatch):
+    """A 0-d CPU lam is a number to torch, on any device (tests/test_device.py runs it on a GPU); a 0-d lam on
+    another device, or a per-sample CPU lam, is refused by name as every other tensor."""
+    monkeypatch.setattr(torch, "autocast", lambda *args, **kwargs: contextlib.nullcontext())  # none on meta
+    g = torch.Generator().manual_seed(0)
+    meta = [t.to("meta") for t in (torch.randn(4, 3, generator=g), torch.randn(3, 2, generator=g),
+                                   torch.tensor([0, 1, 2, 0]), torch.rand(3, 2, generator=g))]
+    out = isda_logits(*meta, torch.tensor(0.5), check_y=False)  # values on meta cannot be read: check_y=False
+    assert out.device.type == "meta" and out.shape == (4, 3)
+    with pytest.raises(ValueError, match=r"^lam is on cpu but logits are on meta; move it with .to\('meta'\)"):
+        isda_logits(*meta, torch.full((4,), 0.5), check_y=False)
+    cpu = [torch.zeros(4, 3), torch.zeros(3, 2), torch.tensor([0, 1, 2, 0]), torch.zeros(3, 2)]
+    with pytest.raises(ValueError, match=r"^lam is on meta but logits are on cpu; move it with .to\('cpu'\)"):
+        isda_logits(*cpu, torch.tensor(0.5, device="meta"))

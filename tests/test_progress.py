@@ -48,3 +48,34 @@ def test_tqdms_environment_setting_is_left_to_tqdm(monkeypatch):
     # the import saw none, so tqdm's own 0.1 s shows
     monkeypatch.setenv("TQDM_MININTERVAL", "5")
     assert len(_updates(io.StringIO(), monkeypatch)) >= 290
+
+
+class LogWithoutIsatty:
+    """A stream of one's own (a logger's adapter) that can only write: not a terminal."""
+
+    def __init__(self):
+        self.buffer = io.StringIO()
+
+    def write(self, s: str) -> int:
+        return self.buffer.write(s)
+
+    def flush(self) -> None:
+        pass
+
+    def getvalue(self) -> str:
+        return self.buffer.getvalue()
+
+
+def test_a_stream_without_isatty_counts_as_a_log(monkeypatch):
+    states = _updates(LogWithoutIsatty(), monkeypatch)
+    assert 300 / LOG_INTERVAL <= len(states) <= 300 / LOG_INTERVAL + 3
+
+
+def test_a_notebook_bar_is_left_to_tqdm(monkeypatch):
+    # tqdm.auto gives a widget in a notebook: it is no text in a log, and it takes no throttling of ours
+    from latent_transforms import progress
+
+    made = []
+    monkeypatch.setattr(progress, "tqdm", lambda iterable=None, **kwargs: made.append(kwargs) or iterable)
+    assert progress.progress_bar(range(3), file=io.StringIO(), desc="run") == range(3)
+    assert made == [{"file": made[0]["file"], "desc": "run"}]

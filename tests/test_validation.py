@@ -623,3 +623,26 @@ def test_a_model_split_over_devices_is_placed_by_its_first_parameter():
     check_model(net, GOOD_X)
     with pytest.raises(ValueError, match="the model is on meta but x is on cpu"):
         check_model(net[1:], GOOD_X)
+
+
+def test_name_dtype_clash_names_only_a_type_error_between_a_float_parameter_and_x_in_another_dtype():
+    """It rewrites torch's error only when it is about types and the model's first float parameter (an integer one
+    before it does not count) is in another dtype than x; else it returns, for the caller to re-raise the error."""
+    from latent_transforms.validation import name_dtype_clash
+
+    class Counted(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.calls = torch.nn.Parameter(torch.zeros((), dtype=torch.int64), requires_grad=False)
+            self.fc = torch.nn.Linear(2, 2).double()
+
+    x, clash = torch.rand(3, 2), RuntimeError("mat1 and mat2 must have the same dtype, but got Float and Double\n"
+                                              "(the second line of torch's message)")
+    with pytest.raises(ValueError, match=r"^Who got x in torch.float32 for its model in torch.float64, which torch "
+                                         r"refused \(mat1 and mat2 must have the same dtype, but got Float and "
+                                         r"Double\): cast one to the other's dtype .*as it is$") as e:
+        name_dtype_clash(clash, Counted(), x, "Who")
+    assert "second line" not in str(e.value) and e.value.__cause__ is clash
+    assert name_dtype_clash(clash, Counted(), x.double(), "Who") is None  # the same dtype: not the clash
+    assert name_dtype_clash(RuntimeError("mat1 and mat2 shapes cannot be multiplied"), Counted(), x, "Who") is None
+    assert name_dtype_clash(clash, torch.nn.ReLU(), x, "Who") is None  # no float parameter to name

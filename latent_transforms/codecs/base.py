@@ -147,7 +147,8 @@ class Codec(nn.Module):
         with exact_math(x.device.type):
             z = self._encode(x.to(self.dtype)) if self._compiled is None else self._compiled[0](self, x.to(self.dtype))
         shapes = [(x.shape[0], *s) for s in self.latent_shapes]
-        if not isinstance(z, (list, tuple)) or [t.shape if isinstance(t, torch.Tensor) else t for t in z] != shapes:
+        # not the item itself for a non-tensor: a NumPy array compared with a shape raised numpy's broadcast error
+        if not isinstance(z, (list, tuple)) or [t.shape if isinstance(t, torch.Tensor) else None for t in z] != shapes:
             raise ValueError(f"{type(self).__name__}._encode must return a list of one tensor per latent level, of "
                              f"shapes {shapes} here (latent_shapes {self.latent_shapes}); it returned {describe(z)}")
         return z
