@@ -58,8 +58,7 @@ class CodecTransform(LatentTransform):
         """With ``index``: whether ``x`` holds the cached images at those positions (``LatentCache.image_checks``);
         left to ``check_inputs`` to refuse when the cache, the images' shape or device do not fit."""
         cache = self.cache
-        if index is None or cache is None or not len(x) or x.shape[1:] != self.codec.image_shape \
-                or x.device != cache.latents.device:  # nothing to check in an empty batch
+        if index is None or cache is None or x.shape[1:] != self.codec.image_shape or x.device != cache.latents.device:
             return []
         return cache.image_checks(x, index)
 

@@ -379,7 +379,7 @@ def check_batch(x: torch.Tensor, y: torch.Tensor | None, num_classes: int | None
                         f"t(x, model=model)")
     label_values = y is not None and _label_form(y, x.shape[0], num_classes, "y")
     index_values = index is not None and _index_form(index, x.shape[0])
-    if not values:
+    if not values or not len(x):  # an empty batch has no value to read, nor a caller's more_checks
         return
     with _no_autocast(x.device):
         checks = []  # judged in this order: images, labels, index
