@@ -12,7 +12,7 @@ import warnings
 
 import torch
 
-from latent_transforms.data import DEFAULT_DATA_ROOT
+from latent_transforms.data import CIFAR10_SPECS, DEFAULT_DATA_ROOT
 
 # normflows' invertible 1x1 convolutions call torch.lu, which is deprecated; harmless here.
 warnings.filterwarnings("ignore", message="torch.lu is deprecated")
@@ -99,8 +99,7 @@ def example_data(parser: argparse.ArgumentParser, args: argparse.Namespace):
     """
     if args.smoke:
         return (*synthetic_images(64), *synthetic_images(32, seed=1))
-    cifar = args.train in ("cifar10", "cifar10-5k")
-    test = None if args.test == "none" else args.test or ("cifar10" if cifar else None)
+    test = None if args.test == "none" else args.test or ("cifar10" if args.train in CIFAR10_SPECS else None)
     x_train, y_train = _labelled_images(parser, "--train", args.train, "train", args.data_root)
     x_test, y_test = _labelled_images(parser, "--test", test, "test", args.data_root) if test else (None, None)
     return x_train, y_train, x_test, y_test
@@ -113,7 +112,7 @@ def _labelled_images(parser, option: str, spec: str, split: str, data_root):
         x, y, _ = load_images(spec, split, data_root)
     except ValueError as e:  # the library's message names the file or the CIFAR-10 folder and what went wrong
         hint = "; here: --train npz:PATH --test npz:PATH (see the docstring) or --data-root DIR"
-        hint = hint if spec in ("cifar10", "cifar10-5k") else ""
+        hint = hint if spec in CIFAR10_SPECS else ""
         parser.exit(2, f"{parser.prog}: error: {option} {spec}: {e}{hint}\n")
     if y is None:
         parser.exit(2, f"{parser.prog}: error: {option} {spec}: no labels (an npz archive needs an array y)\n")

@@ -34,11 +34,13 @@ import torch
 from .hub import _offline, cache_dir
 from .validation import MissingFileError, check_choice, check_count
 
-__all__ = ["load_images", "low_data_split", "cifar10_5k_index", "describe_spec", "IMAGE_SUFFIXES", "SPLIT_SPECS"]
+__all__ = ["load_images", "low_data_split", "cifar10_5k_index", "describe_spec", "IMAGE_SUFFIXES", "SPLIT_SPECS",
+           "CIFAR10_SPECS"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 SPLITS = ("train", "test")
-SPLIT_SPECS = ("digits", "cifar10", "cifar10-5k")  # the specs with a train and a test split
+CIFAR10_SPECS = ("cifar10", "cifar10-5k")  # torchvision's download, whole or the 5,000-image subset
+SPLIT_SPECS = ("digits", *CIFAR10_SPECS)  # the specs with a train and a test split
 DEFAULT_DATA_ROOT = ("data/ in the cache dir: $LATENT_TRANSFORMS_HOME, else $XDG_CACHE_HOME/latent-transforms or "
                      "~/.cache/latent-transforms")  # for --data-root's help
 
@@ -55,7 +57,7 @@ def load_images(spec: str, split: str = "train", data_root: str | os.PathLike | 
     if spec == "digits":
         _check_split(split)
         return _digits(split)
-    if spec in ("cifar10", "cifar10-5k"):
+    if spec in CIFAR10_SPECS:
         _check_split(split)
         x, y, num_bins = _cifar10(split, data_root)
         if spec == "cifar10-5k" and split == "train":
