@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import itertools
-import numbers
 
 import torch
 from torch import nn
@@ -10,7 +9,7 @@ from torch import nn
 from .base import LatentTransform
 from .codecs import Codec, resolve_codec
 from .latent_cache import LatentCache
-from .validation import WrongTypeError, bad_option, check_device
+from .validation import WrongTypeError, bad_option, check_device, is_int
 
 
 class CodecTransform(LatentTransform):
@@ -39,9 +38,9 @@ class CodecTransform(LatentTransform):
         if levels is not None:
             if not isinstance(levels, (list, tuple)):
                 raise WrongTypeError(f"levels must be a list of level indices in [0, {n}), such as [0], got {levels!r}")
-            bad = [i for i in levels if not isinstance(i, numbers.Integral) or isinstance(i, bool) or not -n <= i < n]
+            bad = [i for i in levels if not is_int(i) or not -n <= i < n]
             if bad or not levels:
-                wrong_type = any(not isinstance(i, numbers.Integral) or isinstance(i, bool) for i in bad)
+                wrong_type = not all(is_int(i) for i in bad)
                 raise bad_option(f"levels must be a non-empty list of level indices in [0, {n}) (or from -{n}, "
                                  f"counted from the finest, as a list index), got {levels!r}",
                                  right_type=not wrong_type)

@@ -57,11 +57,16 @@ def check_number(name: str, value: object, low: float = 0.0, high: float = math.
     return f
 
 
+def is_int(value: object) -> bool:
+    """Whether ``value`` is an integer (Python or NumPy), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def check_count(name: str, value: object, low: int = 0, high: int | None = None) -> int:
     """An integer (Python, NumPy or a 0-d tensor; not a bool) >= ``low`` (and <= ``high``), returned as an int."""
     v = scalar(value)
     bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
-    if not isinstance(v, numbers.Integral) or isinstance(v, bool):
+    if not is_int(v):
         raise WrongTypeError(f"{name} must be an int {bounds}, got {value!r}")
     if v < low or (high is not None and v > high):
         raise ValueError(f"{name} must be an int {bounds}, got {value!r}")

@@ -22,6 +22,7 @@ from latent_transforms.latent_cache import FORMAT as CACHE_FORMAT
 from latent_transforms.latent_cache import LatentCache
 from latent_transforms.latent_noise import LatentNoise
 from latent_transforms.train import train_codec
+from latent_transforms.validation import WrongTypeError
 from latent_transforms.varmixup import VarMixup
 
 from conftest import STRENGTH_ZERO_EXPECTED, OwnCodec, tiny_glow, tiny_vae
@@ -473,6 +474,47 @@ def test_a_codec_of_ones_own_returning_the_wrong_form_names_its_method(codec, me
         LatentNoise(codec(), eps=0.5)(torch.rand(3, 1, 8, 8))
 
 
+class ShapesAs(OwnCodec):
+    """An OwnCodec whose latent_shapes is given."""
+
+    def __init__(self, shapes):
+        super().__init__()
+        self.shapes = shapes
+
+    @property
+    def latent_shapes(self):
+        return self.shapes
+
+
+@pytest.mark.parametrize("shapes, error, message", [
+    ([4], WrongTypeError, r"\[4\] \(one level of shape \(4,\)\? write \[\(4,\)\]\)"),
+    ((2, 2), WrongTypeError, r"\(2, 2\) \(one level of shape \(2, 2\)\? write \[\(2, 2\)\]\)"),
+    ([(4.0,)], WrongTypeError, r"\[\(4.0,\)\]"),
+    ("(4,)", WrongTypeError, r"'\(4,\)'"),
+    ([(True,)], WrongTypeError, r"\[\(True,\)\]"),
+    ([], ValueError, r"\[\]"),
+    ([()], ValueError, r"\[\(\)\]"),
+    ([(4,), (0, 2)], ValueError, r"\[\(4,\), \(0, 2\)\]"),
+], ids=["int", "tuple-of-ints", "float", "str", "bool", "no-level", "empty-shape", "zero-size"])
+def test_a_codec_of_ones_own_with_malformed_latent_shapes_is_told_the_form(shapes, error, message):
+    """F7 of audit 134: latent_shapes = [8] raised torch's "Value after * must be an iterable" from deep inside encode,
+    and (0,) a reshape error. Refused where the codec is first taken, and by its own encode and decode."""
+    codec = ShapesAs(shapes)
+    message = rf"ShapesAs.latent_shapes must be a non-empty list of per-sample shapes, one tuple of positive ints per " \
+              rf"latent level, such as \[\(8,\)\], got {message}; see docs/training.md#your-own-model-as-a-codec"
+    for use in (lambda: LatentNoise(codec), lambda: codec.encode(torch.rand(3, 1, 8, 8)),
+                lambda: codec.decode([torch.randn(3, 4)]), lambda: codec.sample(2), lambda: codec.latent_dim):
+        with pytest.raises(error, match=message) as caught:
+            use()
+        assert isinstance(caught.value, WrongTypeError) == (error is WrongTypeError)
+
+
+def test_latent_shapes_of_lists_and_numpy_ints_are_taken_as_int_tuples():
+    codec = ShapesAs([[np.int64(4)]])
+    assert codec.checked_latent_shapes() == [(4,)] and codec.latent_dim == 4 and resolve_codec(codec) is codec
+    assert [tuple(t.shape) for t in codec.encode(torch.rand(3, 1, 8, 8))] == [(3, 4)]
+
+
 class WithoutShapes(Codec):
     def __init__(self):
         super().__init__((1, 8, 8))
@@ -595,6 +637,10 @@ def test_a_shape_hint_fits_what_is_wrong_with_the_shape(monkeypatch):
         glow.check_images(torch.rand(2, 8, 8))
     with pytest.raises(ValueError, match=r"takes 1-channel images: convert them \(x.mean\(1, keepdim=True\)\), or train"):
         glow.check_images(torch.rand(2, 3, 8, 8))
+    with pytest.raises(ValueError, match=r"no registered codec takes images of shape \(1, 12, 8\): if their height and "
+                                         r"width are swapped, pass x.transpose\(2, 3\); else resize or crop them to "
+                                         r"\(1, 8, 12\), or train"):  # F8 of audit 134: told to resize or crop only
+        tiny_glow(shape=(1, 8, 12)).check_images(torch.rand(2, 1, 12, 8))
     monkeypatch.setenv("LATENT_TRANSFORMS_HOME", "relative/dir")
     with pytest.raises(ValueError, match=r"registered codecs for images of shape \(3, 32, 32\): glow-cifar10, "
                                          r"vae-cifar10$"):

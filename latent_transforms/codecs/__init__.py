@@ -32,6 +32,7 @@ def build_codec(config: dict) -> Codec:
 def resolve_codec(codec: Codec | str | os.PathLike) -> Codec:
     """A codec object as given, or a hub name / ``.safetensors`` path loaded (frozen) from the hub."""
     if isinstance(codec, Codec):
+        codec.checked_latent_shapes()  # a codec of one's own: its latent_shapes told apart before any use
         return codec
     if isinstance(codec, (str, os.PathLike)):
         from .. import hub

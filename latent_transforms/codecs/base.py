@@ -5,7 +5,6 @@ import hashlib
 import itertools
 import json
 import math
-import numbers
 from typing import Callable
 
 import torch
@@ -13,7 +12,7 @@ from torch import nn
 
 from ..rng import draw_generator
 from ..validation import (WrongTypeError, bad_option, check_bool, check_count, check_images, check_number,
-                          check_same_device, describe, scalar)
+                          check_same_device, describe, is_int, scalar)
 from .precision import exact_math
 
 Latents = list[torch.Tensor]  # per-level latents, each (B, *shape); coarsest first for multi-scale flows
@@ -51,7 +50,7 @@ class Codec(nn.Module):
     def __init__(self, image_shape: tuple[int, int, int] | list[int]):
         super().__init__()
         ints = hasattr(image_shape, "__len__") and not isinstance(image_shape, (str, bytes)) and \
-            all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in image_shape)
+            all(is_int(s) for s in image_shape)
         if not ints or len(image_shape) != 3 or min(image_shape) < 1:  # 32 or "abc": a WrongTypeError, not len()'s
             raise bad_option(f"image_shape must be (C, H, W) positive ints, got {image_shape!r}", right_type=ints)
         self.image_shape = tuple(int(s) for s in image_shape)
@@ -66,7 +65,7 @@ class Codec(nn.Module):
         ints = []
         for name, v in values.items():
             n = scalar(v)
-            if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+            if not is_int(n):
                 raise WrongTypeError(f"{name} must be a positive int, got {v!r}")
             if not n > 0:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
@@ -96,6 +95,20 @@ class Codec(nn.Module):
     def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Training loss of a batch ``x: (B, C, H, W)`` in [0, 1]: ``(scalar, {metric name: scalar})``."""
         raise self._missing("loss(x): the training loss of a batch, (scalar, {metric name: scalar})")
+
+    def checked_latent_shapes(self) -> list[tuple[int, ...]]:
+        """``latent_shapes`` as a list of int tuples, raising if a codec of one's own gives anything else (an int per
+        level, such as ``[8]``, failed later in torch's unpacking: "Value after * must be an iterable")."""
+        shapes = self.latent_shapes
+        listed = isinstance(shapes, (list, tuple))
+        right_type = listed and all(isinstance(s, (tuple, list)) and all(map(is_int, s)) for s in shapes)
+        if not right_type or not shapes or not all(s and min(s) >= 1 for s in shapes):
+            hint = f" (one level of shape {tuple(shapes)}? write [{tuple(shapes)}])" if listed and shapes and all(
+                map(is_int, shapes)) else ""
+            raise bad_option(f"{type(self).__name__}.latent_shapes must be a non-empty list of per-sample shapes, one "
+                             f"tuple of positive ints per latent level, such as [(8,)], got {shapes!r}{hint}; see "
+                             f"{OWN_CODEC_DOCS}", right_type=right_type)
+        return [tuple(int(d) for d in s) for s in shapes]
 
     def _missing(self, what: str) -> NotImplementedError:
         """The error of a codec of one's own that lacks ``what``."""
@@ -137,7 +150,7 @@ class Codec(nn.Module):
     def latent_dim(self) -> int:
         """D, the number of latent coordinates per sample (all levels); for a ``ConvVAE`` with a spatial latent,
         ``latent_dim * latent_side**2``, not its config's ``latent_dim`` (the channels)."""
-        return sum(math.prod(s) for s in self.latent_shapes)
+        return sum(math.prod(s) for s in self.checked_latent_shapes())
 
     def encode(self, x: torch.Tensor) -> Latents:
         """x: (B, C, H, W) in [0, 1] -> standardised latents (codec dtype). The shape, dtype and device are checked
@@ -146,11 +159,12 @@ class Codec(nn.Module):
         self._refresh_derived()
         with exact_math(x.device.type):
             z = self._encode(x.to(self.dtype)) if self._compiled is None else self._compiled[0](self, x.to(self.dtype))
-        shapes = [(x.shape[0], *s) for s in self.latent_shapes]
+        levels = self.checked_latent_shapes()
+        shapes = [(x.shape[0], *s) for s in levels]
         # not the item itself for a non-tensor: a NumPy array compared with a shape raised numpy's broadcast error
         if not isinstance(z, (list, tuple)) or [t.shape if isinstance(t, torch.Tensor) else None for t in z] != shapes:
             raise ValueError(f"{type(self).__name__}._encode must return a list of one tensor per latent level, of "
-                             f"shapes {shapes} here (latent_shapes {self.latent_shapes}); it returned {describe(z)}")
+                             f"shapes {shapes} here (latent_shapes {levels}); it returned {describe(z)}")
         return z
 
     def decode(self, z: Latents) -> torch.Tensor:
@@ -176,7 +190,7 @@ class Codec(nn.Module):
         if not isinstance(z, torch.Tensor) or z.ndim != 2 or z.shape[1] != self.latent_dim or not z.is_floating_point():
             raise bad_option(f"z must be (B, D) float flat latents with D = {self.latent_dim} for this {self.kind} "
                              f"codec, got {describe(z)}", right_type=isinstance(z, torch.Tensor))
-        return self.decode(unflatten_latents(z, self.latent_shapes))
+        return self.decode(unflatten_latents(z, self.checked_latent_shapes()))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
@@ -189,7 +203,8 @@ class Codec(nn.Module):
         n, temperature = check_count("n", n, low=1), check_number("temperature", temperature)
         device = self.device
         generator = draw_generator(generator, device)
-        z = [temperature * torch.randn((n, *s), generator=generator, device=device, dtype=self.dtype) for s in self.latent_shapes]
+        z = [temperature * torch.randn((n, *s), generator=generator, device=device, dtype=self.dtype)
+             for s in self.checked_latent_shapes()]
         return self.decode(z).clamp(0, 1)
 
     def check_input(self, x: torch.Tensor) -> None:
@@ -212,7 +227,7 @@ class Codec(nn.Module):
 
     def check_latents(self, z: Latents) -> None:
         """Raise if ``z`` is not one float tensor per level, ``(B, *latent_shapes[i])``, on this codec's device."""
-        shapes = [tuple(s) for s in self.latent_shapes]
+        shapes = self.checked_latent_shapes()
         tensors = isinstance(z, (list, tuple)) and all(isinstance(t, torch.Tensor) for t in z)
         if not tensors or len(z) != len(shapes) or not all(t.is_floating_point() for t in z):
             flat = " (for (B, D) flat latents use decode_flat)" if isinstance(z, torch.Tensor) and z.ndim == 2 else ""
@@ -245,6 +260,9 @@ class Codec(nn.Module):
         if names:
             return f"; registered codecs for images of shape {got}: {', '.join(names)}"
         fix = f": resize or crop them to {self.image_shape}"
+        if got == (c, w, h):  # a non-square codec's images, height and width swapped (or of another data set)
+            fix = f": if their height and width are swapped, pass {name}.transpose(2, 3); else resize or crop them " \
+                  f"to {self.image_shape}"
         if got[0] != c:  # resizing or cropping keeps the channels
             convert = f"{name}.expand(-1, {c}, -1, -1)" if got[0] == 1 else \
                 f"{name}.mean(1, keepdim=True)" if c == 1 else f"to {c} channels"

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..rng import draw_generator
-from ..validation import WrongTypeError, bad_option, check_bool, check_count, check_number, describe, scalar
+from ..validation import WrongTypeError, bad_option, check_bool, check_count, check_number, describe, is_int, scalar
 from .base import Codec, Latents, exact_math
 
 
@@ -64,10 +63,10 @@ class ConvVAE(Codec):
                              f"them (to {side}x{side}, say), or train a flow, which takes sides divisible by 2")
         if latent_side is not None:
             side = scalar(latent_side)
-            is_int = isinstance(side, numbers.Integral) and not isinstance(side, bool)
-            if not is_int or side < 1 or side > h or side & (side - 1):
+            right_type = is_int(side)
+            if not right_type or side < 1 or side > h or side & (side - 1):
                 raise bad_option(f"latent_side must be None or a power of two <= the image side {h}, got "
-                                 f"{latent_side!r}", right_type=is_int)
+                                 f"{latent_side!r}", right_type=right_type)
             latent_side = int(side)
         self.latent_dim_, self.hidden, self.beta, self.latent_side = latent_dim, hidden, beta, latent_side
         self.decoder_blocks = check_count("decoder_blocks", decoder_blocks)
