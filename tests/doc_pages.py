@@ -10,7 +10,7 @@ SNIPPET = re.compile(r"```python\n(.*?)```", re.S)
 # What a page's text asks the reader to bring (a batch, a model, a loader ...). Every other name its snippets use
 # must be imported or defined by the page itself, at or before the snippet that uses it: a reader runs them in order.
 READER_CONTEXT = {  # pages not named here bring nothing
-    "quickstart.md": {"loader", "model", "optimizer", "epochs"},
+    "quickstart.md": {"loader", "test_loader", "model", "optimizer", "epochs"},
     "composition.md": {"x", "y", "model", "loader", "epochs", "x_uint8", "train_images", "train_labels", "idx"},
     "index.md": {"augment", "x", "y", "model"},
     "methods/isda.md": {"x", "y", "model", "loader", "epochs", "backbone", "features", "logits"},

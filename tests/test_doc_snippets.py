@@ -50,6 +50,7 @@ def _reader_context(page: str) -> dict:
     offered = {
         "x": x, "y": y, "model": model, "epochs": 2,  # ISDA's lam is 0 in the first
         "loader": DataLoader(TensorDataset(*_batch(16, num_classes, seed=2)), batch_size=8),
+        "test_loader": DataLoader(TensorDataset(*_batch(16, num_classes, seed=3)), batch_size=8),
         "optimizer": torch.optim.SGD(model.parameters(), lr=0.01),
         "augment": LatentNoise("glow-cifar10", generator=0),
         "x_uint8": (x * 255).to(torch.uint8),

@@ -35,16 +35,19 @@ class ConvVAE(Codec):
     spatial latent keeps more detail (sharper decodes: docs/checkpoints.md), and mixing two of them also blends
     their layouts.
 
+    Images whose sides are not one power of two (28x28, 28x20) are zero-padded, centred, to the square power-of-two
+    side that holds them (32x32) on the way in, and decodes are cropped back: the codec takes and gives (C, H, W).
+
     ``encode`` returns the posterior mean (the prior is N(0, I), so latents are already standardised);
     ``encode(x, sample=True, generator=g)`` draws from the posterior instead. The decoder ends in a sigmoid
     (Bernoulli likelihood on intensities in [0, 1]).
 
     Args:
-        image_shape: (C, H, W); H and W equal powers of two, at least 4.
+        image_shape: (C, H, W), any sides (padded as above; the network works at a power-of-two side >= 4).
         latent_dim: size of a vector z, or channels of a spatial z.
         hidden: channels after the first convolution (doubled per down-sampling, at most 4x).
         beta: weight of the KL term in the training loss.
-        latent_side: ``None`` (a vector latent) or the side s of a spatial latent, a power of two <= H.
+        latent_side: ``None`` (a vector latent) or the side s of a spatial latent, a power of two <= the padded side.
         decoder_blocks: residual blocks after each of the decoder's up-samplings (0: none, as in the shipped VAEs,
             whose configs do not list it); a deeper decoder at the same latent.
     """
@@ -57,21 +60,21 @@ class ConvVAE(Codec):
         latent_dim, hidden = self.check_positive(latent_dim=latent_dim, hidden=hidden)
         beta = check_number("beta", beta)
         c, h, w = self.image_shape
-        if h != w or h < 4 or h & (h - 1):
-            side = max(4, 1 << (max(h, w) - 1).bit_length())  # the nearest power of two that holds them
-            raise ValueError(f"ConvVAE needs square images with a power-of-two side >= 4, got {h}x{w}: resize or pad "
-                             f"them (to {side}x{side}, say), or train a flow, which takes sides divisible by 2")
+        padded = max(4, 1 << (max(h, w) - 1).bit_length())  # the smallest power of two >= 4 that holds them
+        top, left = (padded - h) // 2, (padded - w) // 2
+        self.padding = (left, padded - w - left, top, padded - h - top)  # F.pad's order: left, right, top, bottom
         if latent_side is not None:
             side = scalar(latent_side)
             right_type = is_int(side)
-            if not right_type or side < 1 or side > h or side & (side - 1):
-                raise bad_option(f"latent_side must be None or a power of two <= the image side {h}, got "
-                                 f"{latent_side!r}", right_type=right_type)
+            if not right_type or side < 1 or side > padded or side & (side - 1):
+                where = f"the image side {h}" if (h, w) == (padded, padded) else f"the padded side {padded} of {h}x{w}"
+                raise bad_option(f"latent_side must be None or a power of two <= {where}, got {latent_side!r}",
+                                 right_type=right_type)
             latent_side = int(side)
         self.latent_dim_, self.hidden, self.beta, self.latent_side = latent_dim, hidden, beta, latent_side
         self.decoder_blocks = check_count("decoder_blocks", decoder_blocks)
         side = latent_side or 4
-        downs = int(math.log2(h // side))
+        downs = int(math.log2(padded // side))
         widths = [min(hidden * 2**i, hidden * 4) for i in range(downs + 1)]
         enc: list[nn.Module] = [nn.Conv2d(c, widths[0], 3, padding=1), nn.SiLU()]
         for a, b in zip(widths, widths[1:]):
@@ -110,8 +113,16 @@ class ConvVAE(Codec):
 
     def _posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``posterior`` of checked images in the codec's dtype."""
+        if any(self.padding):  # F.pad copies even with no padding: not for the shipped, power-of-two VAEs
+            x = F.pad(x, self.padding)
         mu, logvar = self.encoder(x).chunk(2, dim=1)
         return mu, logvar.clamp(-30, 20)
+
+    def _logits(self, z: torch.Tensor) -> torch.Tensor:
+        """z: (B, *latent_shapes[0]) -> the decoder's logits (B, C, H, W), cropped from the padded side."""
+        left, _, top, _ = self.padding
+        _, h, w = self.image_shape
+        return self.decoder(z)[..., top:top + h, left:left + w]
 
     def encode(self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | int | None = None,
                noise: torch.Tensor | None = None) -> Latents:
@@ -142,7 +153,7 @@ class ConvVAE(Codec):
         return [self._posterior(x)[0]]
 
     def _decode(self, z: Latents) -> torch.Tensor:
-        return torch.sigmoid(self.decoder(z[0]))
+        return torch.sigmoid(self._logits(z[0]))
 
     def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Negative ELBO per image (nats): Bernoulli reconstruction + beta * KL, averaged over the batch."""
@@ -167,7 +178,7 @@ class ConvVAE(Codec):
             noise = torch.randn_like(mu)
         else:
             noise = torch.randn(mu.shape, generator=generator).to(mu.device, mu.dtype)
-        logits = self.decoder(mu + torch.exp(0.5 * logvar) * noise)
+        logits = self._logits(mu + torch.exp(0.5 * logvar) * noise)
         rec = F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
         return {"mu": mu, "logits": logits, "rec": rec, "kl": self.kl_divergence(mu, logvar)}
 
