@@ -548,6 +548,15 @@ def test_vae_with_spatial_latent_trains_and_loads(tmp_path, digits):
     assert codec.latent_shapes == [(2, 4, 4)] and codec.config["latent_side"] == 4
 
 
+def test_vae_on_images_of_no_power_of_two_side_trains_loads_and_gives_their_size(tmp_path, digits):
+    # 28x28 grey images were refused by the VAE (audit 138): the codec now pads them inside and crops back
+    x = digits[0][:32, :, :6, :7]  # 6x7 crops of the digits: padded to 8x8 inside the codec
+    r = train_codec("vae", x, tmp_path, **VAE, max_steps=3, batch_size=16, progress=False)
+    assert r["codec"].padding == (0, 1, 1, 1) and math.isfinite(r["metrics"]["mse"])
+    codec = hub.load_checkpoint(tmp_path / "vae.safetensors")
+    assert codec.image_shape == (1, 6, 7) and codec.reconstruct(x[:4]).shape == (4, 1, 6, 7)
+
+
 def test_vae_with_decoder_blocks_trains_from_the_command_line_and_loads(tmp_path):
     data = tmp_path / "x.npz"
     np.savez(data, x=np.random.default_rng(0).integers(0, 256, (32, 8, 8, 3), dtype=np.uint8))
