@@ -1313,6 +1313,40 @@ def test_calibrate_eps_trains_without_its_validation_images_and_scores_the_pertu
     assert (tmp_path / "b1-glow-eps.json").is_file() and (tmp_path / "b2-glow-eps.json").is_file()
 
 
+def test_calibrate_digits_trains_each_seed_on_a_low_data_split_without_its_validation_images(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    cal = _load_benchmark("calibrate_digits")
+    x = (torch.arange(60, dtype=torch.float32) / 60).view(60, 1, 1, 1).expand(60, 1, 8, 8)  # image i: all i / 60
+    y = torch.arange(60) % 10
+    fits, scored = [], []
+
+    def fit(model, xt, yt, augment, **kwargs):
+        fits.append((kwargs["seed"], augment, xt, yt))
+
+    def predict(model, xb):  # every prediction right: the label of the image's index
+        scored.append(xb)
+        return torch.eye(10)[y[(xb[:, 0, 0, 0] * 60).round().long()]]
+
+    monkeypatch.setattr(cal, "load_images", lambda spec, split: (x, y, 17))
+    monkeypatch.setattr(cal, "hub", SimpleNamespace(load=lambda name: name))
+    monkeypatch.setattr(cal, "settings", lambda glow, vae, seed: iter([("baseline", None), ("noise", f"aug {seed}")]))
+    monkeypatch.setattr(cal, "fit_classifier", fit)
+    monkeypatch.setattr(cal, "predict_proba", predict)
+    monkeypatch.setattr(cal.torch, "set_num_threads", lambda n: None)
+    monkeypatch.setattr(sys, "argv", ["calibrate_digits.py", "--val", "20", "--per-class", "2", "--epochs", "1",
+                                      "--seeds", "0", "3", "--out", str(tmp_path)])
+    cal.main()
+    val = {round(float(v) * 60) for v in scored[0][:, 0, 0, 0]}
+    assert len(val) == 20 and all(torch.equal(s, scored[0]) for s in scored), "not one validation set throughout"
+    assert [(seed, augment) for seed, augment, *_ in fits] == [(0, None), (0, "aug 0"), (3, None), (3, "aug 3")]
+    for seed, _, xt, yt in fits:
+        trained = [round(float(v) * 60) for v in xt[:, 0, 0, 0]]
+        assert not val & set(trained), f"seed {seed} trained on validation images {sorted(val & set(trained))}"
+        assert torch.equal(yt, y[trained]) and torch.bincount(yt, minlength=10).tolist() == [2] * 10
+    assert not torch.equal(fits[0][2], fits[2][2]), "both seeds trained on the same low-data split"
+    assert json.loads((tmp_path / "calibration.json").read_text()) == {"baseline": [1.0, 1.0], "noise": [1.0, 1.0]}
+
+
 def test_calibrate_eps_reports_a_rejection_rate_the_mean_absolute_change_and_the_perturbed_pictures(tmp_path,
                                                                                                      monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
@@ -1529,6 +1563,54 @@ def test_vae_class_guidance_terms_are_the_documented_formulas(monkeypatch):
     assert float(vg.guide_term(guide, "features", x, recon)) == pytest.approx(float(relative), rel=1e-5)
     assert float(vg.guide_term(guide, "features", x, recon)) != pytest.approx(
         float(sum(((r - t) ** 2).mean() for r, t in zip(vg.stage_outputs(guide, recon), outputs))), rel=1e-2)
+
+
+def test_vae_class_guidance_weighs_the_term_so_its_decoder_gradient_is_balance_times_the_elbos(tmp_path,
+                                                                                              monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    vg = _load_benchmark("vae_class_guidance")
+    from conftest import tiny_vae
+
+    terms = []
+
+    def guide_term(guide, term, x, recon):  # a stand-in term with a graph to recon
+        terms.append(recon.sum() * 0 + 1)
+        return terms[-1]
+
+    def gradient_norm(loss, params):  # the ELBO's gradient on the decoder 2, the term's 8
+        assert {id(p) for p in params} == {id(p) for p in vae.decoder.parameters()}, "not the decoder's gradient"
+        return torch.tensor(8.0 if loss is terms[0] else 2.0)
+
+    vae = tiny_vae().unfrozen_copy()
+    monkeypatch.setattr(vg, "hub", SimpleNamespace(load=lambda name: vae, save_checkpoint=lambda *a, **k: "0" * 64))
+    monkeypatch.setattr(vg, "load_images", lambda spec, split: (torch.rand(8, 1, 8, 8), torch.arange(8), 17))
+    monkeypatch.setattr(vg, "clean_classifier", lambda *a, **k: torch.nn.Identity())
+    monkeypatch.setattr(vg, "guide_term", guide_term)
+    monkeypatch.setattr(vg, "gradient_norm", gradient_norm)
+    monkeypatch.setattr(sys, "argv", ["vae_class_guidance.py", "--codec", "c", "--train", "t", "--balance", "3",
+                                      "--steps", "2", "--batch-size", "4", "--no-progress", "--out",
+                                      str(tmp_path / "v.safetensors")])
+    vg.main()
+    assert len(terms) == 2 and json.loads((tmp_path / "v.json").read_text())["weight"] == 3 * 2 / 8
+
+
+@pytest.mark.parametrize("kind, shape, message", [
+    ("glow", (1, 8, 8), "--codec c is a glow; this study fine-tunes VAEs"),
+    ("vae", (3, 32, 32), r"--train images are \(1, 8, 8\); c codes \(3, 32, 32\)"),
+])
+def test_vae_class_guidance_refuses_a_codec_it_cannot_fine_tune_before_the_guide_trains(tmp_path, monkeypatch, kind,
+                                                                                         shape, message):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    vg = _load_benchmark("vae_class_guidance")
+    codec = SimpleNamespace(kind=kind, image_shape=shape)
+    monkeypatch.setattr(vg, "hub", SimpleNamespace(load=lambda name: SimpleNamespace(float=lambda: codec)))
+    monkeypatch.setattr(vg, "load_images", lambda spec, split: (torch.rand(4, 1, 8, 8), torch.arange(4), 17))
+    monkeypatch.setattr(vg, "clean_classifier", lambda *a, **k: pytest.fail("the guide trained before the codec was "
+                                                                            "checked"))
+    monkeypatch.setattr(sys, "argv", ["vae_class_guidance.py", "--codec", "c", "--train", "t", "--out",
+                                      str(tmp_path / "v.safetensors")])
+    with pytest.raises(SystemExit, match=message):
+        vg.main()
 
 
 def test_vae_class_guidance_fine_tunes_a_vae_and_its_control_runs_without_a_guide(tmp_path):

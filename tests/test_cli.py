@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import warnings
@@ -400,7 +401,7 @@ def test_unknown_command_exits_2(capsys):
     assert code == 2 and "frobnicate" in err
 
 
-def test_train_bad_data_spec_is_a_clear_error(tmp_path, capsys):
+def test_train_bad_data_spec_is_a_clear_error(tmp_path, capsys, monkeypatch):
     code, out, err = _exit_code(["train", "flow", "--data", "bogus", "--out", str(tmp_path / "o"),
                                  "--max-steps", "1", "--device", "cpu", "--quiet"], capsys)
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
@@ -412,6 +413,13 @@ def test_train_bad_data_spec_is_a_clear_error(tmp_path, capsys):
     code, _, err = _exit_code(["train", "flow", "--data", f"npz:{tmp_path / 'images.npy'}", "--out",
                                str(tmp_path / "o"), "--max-steps", "1", "--quiet"], capsys)
     assert code == 2 and err.count("\n") == 1 and "is a .npy array, not an .npz archive" in err
+    with monkeypatch.context() as m:  # digits without scikit-learn, an ImportError: one line, not a traceback
+        for module in ("sklearn", "sklearn.datasets", "sklearn.model_selection"):
+            m.setitem(sys.modules, module, None)
+        code, _, err = _exit_code(["train", "flow", "--data", "digits", "--out", str(tmp_path / "o"),
+                                   "--max-steps", "1", "--quiet"], capsys)
+    assert code == 2 and err == f"{PROG}: error: the 'digits' data set needs scikit-learn: pip install " \
+                                "latent-transforms[demo]\n", err
 
 
 def test_train_without_length_is_a_clear_error(tmp_path, capsys):
@@ -605,6 +613,20 @@ def test_demo_table_times_each_arm_against_the_baseline():
     assert one.endswith("one seed: no spread to judge differences by; compare methods over several seeds (--seeds)")
 
 
+def test_demo_picture_shows_a_varmixup_of_every_image(monkeypatch):
+    """demo.png's VarMixup row (the docs' overview) mixes every image (p=1), not the library's default share (p=0.25),
+    which would leave most of the row copies of the originals."""
+    from conftest import tiny_vae
+
+    monkeypatch.setattr(demo, "LatentNoise", lambda codec, **settings: lambda x, y, model: (x, y))  # the Glow's rows:
+    monkeypatch.setattr(demo, "LatentAdversarial", demo.LatentNoise)  # not this test's, and seconds on a busy CPU
+    x, y = torch.rand(12, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.arange(12) % 10
+    rows = demo.picture_rows(None, tiny_vae(), x, y, None)
+    assert list(rows) == ["original", "LatentNoise", "LatentAdversarial", "VarMixup", "VAE reconstruction"]
+    unchanged = (rows["VarMixup"] == x).flatten(1).all(1)
+    assert not unchanged.any(), f"VarMixup left images {unchanged.nonzero().flatten().tolist()} of 12 as they were"
+
+
 def test_run_demo_trains_every_arm_from_one_init_per_seed_and_scores_the_test_split(tmp_path, monkeypatch, capsys):
     """run_demo's loop, its training and scoring spied on: each seed's arms start from the same weights (seeded
     before each model is built) on that seed's low-data split, with the demo's settings, and are scored on the whole
@@ -760,6 +782,13 @@ def test_list_says_which_checkpoints_are_shipped_and_pads_no_line(capsys, monkey
     for name in shipped:  # the cache dir is empty: shipped only
         assert columns[name][start:].split()[0] == "shipped"
     assert all(line == line.rstrip() for line in lines)  # the last column was padded to its width
+    entry = next(r for r in hub.list_checkpoints() if r["name"] == shipped[0])
+    hub.cache_dir().mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(hub.SHIPPED_DIR / entry["file"], hub.cache_dir() / entry["file"])  # as a fetch would leave it
+    assert main(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    row = next(line for line in lines if line.startswith(shipped[0] + " "))
+    assert row[lines[0].index("AVAILABLE"):].startswith("cached, shipped "), f"not listed as in both places: {row}"
 
 
 def test_a_reader_that_stops_before_a_short_listing_is_no_error():

@@ -519,6 +519,17 @@ def test_vae_loss_weighs_the_kl_by_beta():
         torch.testing.assert_close(metrics["kl"], terms["kl"].mean())
 
 
+@pytest.mark.parametrize("make", [lambda: Glow((1, 8, 8), levels=1, steps=1, hidden=8),
+                                  lambda: ConvVAE((1, 8, 8), latent_dim=4, hidden=8)], ids=["glow", "vae"])
+def test_a_training_loss_reports_its_metrics_without_their_graph(make):
+    """A loop that keeps the metrics (a log, a history) must not keep each step's autograd graph with them."""
+    torch.manual_seed(0)
+    loss, metrics = make().loss(torch.rand(4, 1, 8, 8))
+    assert loss.requires_grad and metrics, "nothing to check: the loss has no graph or there are no metrics"
+    attached = [k for k, v in metrics.items() if v.requires_grad]
+    assert not attached, f"metrics {attached} hold the loss's graph: detach them"
+
+
 def test_vae_loss_metrics_are_of_the_decoded_posterior_sample():
     """The metrics a training progress bar shows: 'mse' is that of the decoded images (sigmoid of the logits, in
     [0, 1]) against x, 'rec' the batch mean of the Bernoulli nats, for the one posterior sample the loss draws."""
@@ -839,6 +850,11 @@ def test_a_frozen_glow_follows_weights_written_in_place():
     assert torch.allclose(glow.encode_flat(x), other.encode_flat(x), atol=1e-5)
     z = other.encode(x)
     assert torch.allclose(glow.decode(z), other.decode(z), atol=1e-5)
+    from latent_transforms.codecs.glow import SyncFreeActNorm
+
+    with torch.no_grad():  # an ActNorm's weights alone, the other half of what is folded
+        next(m for m in glow.modules() if isinstance(m, SyncFreeActNorm)).s.add_(0.5)
+    assert torch.allclose(glow.encode_flat(x), glow.unfrozen_copy().encode_flat(x), atol=1e-5), "ActNorm not refolded"
 
 
 def test_a_frozen_glow_given_an_uninitialised_state_updates_no_statistics():
@@ -911,7 +927,7 @@ def test_weights_assigned_into_a_frozen_glow_by_load_state_dict_refold_the_fast_
 def test_vae_encode_names_noise_of_the_wrong_size_and_takes_any_shape_of_the_right_one():
     vae = ConvVAE((1, 8, 8), latent_dim=4, hidden=8).freeze()
     x = torch.rand(2, 1, 8, 8)
-    for wrong in (torch.randn(2, 3), torch.randn(3, 4)):  # was torch's RuntimeError from reshape
+    for wrong in (torch.randn(2, 3), torch.randn(3, 4), torch.randn(8, device="meta")):  # was torch's RuntimeError
         with pytest.raises(ValueError, match=r"noise must hold 8 values \(B x D\) on cpu"):
             vae.encode(x, sample=True, noise=wrong)
     noise = torch.randn(8)

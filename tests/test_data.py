@@ -99,6 +99,14 @@ def test_a_spec_without_a_path_is_refused(spec, tmp_path, monkeypatch):
         load_images(spec)
 
 
+def test_an_npz_with_another_float_array_of_one_value_per_image_is_an_unlabelled_set(tmp_path):
+    # only an integer array of length N without 'y' is refused as misplaced labels; per-image weights are not labels
+    x = np.random.default_rng(0).integers(0, 256, (5, 6, 4), dtype=np.uint8)
+    np.savez(tmp_path / "weights.npz", x=x, w=np.linspace(0, 1, 5))
+    images, y, _ = load_images(f"npz:{tmp_path / 'weights.npz'}")
+    assert y is None and images.shape == (5, 1, 6, 4)
+
+
 def test_npz_with_negative_labels_or_four_channels_is_refused(tmp_path):
     x = np.random.default_rng(0).integers(0, 256, (5, 6, 4, 3), dtype=np.uint8)
     np.savez(tmp_path / "neg.npz", x=x, y=np.array([0, 1, -1, 2, 3]))
@@ -128,7 +136,7 @@ def test_a_folder_of_grey_palette_images_stays_one_channel(tmp_path):
 
 def test_a_folder_is_rgb_if_any_image_is_colour_and_grey_if_none_is(tmp_path):
     """Whichever image comes first: one colour image (RGB or a colour palette) among grey ones makes the set RGB; grey
-    images with an opaque alpha channel (LA) stay one channel."""
+    images with an opaque alpha channel (LA) and black-and-white ones (1) stay one channel."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -139,13 +147,16 @@ def test_a_folder_is_rgb_if_any_image_is_colour_and_grey_if_none_is(tmp_path):
         for i in (1, 2):  # after the colour one
             Image.fromarray(rng.integers(0, 256, (6, 4), dtype=np.uint8)).save(root / f"{i}.png")
         assert load_images(f"folder:{root}")[0].shape == (3, 3, 6, 4)
-    root = tmp_path / "LA"
-    root.mkdir()
     grey = rng.integers(0, 256, (2, 6, 4), dtype=np.uint8)
-    for i, image in enumerate(grey):
-        Image.fromarray(image).convert("LA").save(root / f"{i}.png")
-    x, _, _ = load_images(f"folder:{root}")
-    assert torch.equal(x, torch.from_numpy(grey).unsqueeze(1) / 255)
+    for grey_mode in ("LA", "1"):  # grey with an opaque alpha, and black and white (bilevel)
+        root = tmp_path / grey_mode
+        root.mkdir()
+        images = [Image.fromarray(image).convert(grey_mode) for image in grey]
+        for i, image in enumerate(images):
+            image.save(root / f"{i}.png")
+        x, _, _ = load_images(f"folder:{root}")
+        want = np.stack([np.asarray(image.convert("L")) for image in images])
+        assert torch.equal(x, torch.from_numpy(want).unsqueeze(1) / 255), f"{grey_mode} images not one grey channel"
 
 
 def test_folder_spec_refuses_16_bit_images(tmp_path):
@@ -222,10 +233,13 @@ def test_a_folder_of_many_files_that_are_not_images_names_five_and_the_count(tmp
     root = tmp_path / "mixed"
     root.mkdir()
     Image.new("L", (4, 6)).save(root / "a.png")
-    for i in range(6):
+    for i in range(5):
         (root / f"notes{i}.txt").write_text("notes")
-    with pytest.raises(ValueError, match=r": notes0.txt, notes1.txt, notes2.txt, notes3.txt, notes4.txt, \.\.\. "
-                                         r"\(6 in all\); remove or convert them$"):
+    five = r": notes0.txt, notes1.txt, notes2.txt, notes3.txt, notes4.txt"
+    with pytest.raises(ValueError, match=five + r"; remove or convert them$"):  # all five named: no count
+        load_images(f"folder:{root}")
+    (root / "notes5.txt").write_text("notes")
+    with pytest.raises(ValueError, match=five + r", \.\.\. \(6 in all\); remove or convert them$"):
         load_images(f"folder:{root}")
 
 

@@ -591,8 +591,13 @@ def test_folder_data_names_an_image_it_cannot_read(tmp_path, content):
     ({"arms": ["baseline", "Mixup"]}, ValueError, r"unknown arms \['Mixup'\]; choose from \['baseline', "),
     ({"arms": []}, ValueError, r"arms must name at least one arm"),  # was: every arm
     ({"threads": 0}, ValueError, "threads must be an int >= 1, got 0"),
+    ({"per_class": 0}, ValueError, "per_class must be an int >= 1, got 0"),  # not only at the split, data loaded
 ])
-def test_run_demo_checks_its_api_only_arguments_before_any_work(tmp_path, kwargs, error, message):
+def test_run_demo_checks_its_api_only_arguments_before_any_work(tmp_path, monkeypatch, kwargs, error, message):
+    def load_images(*args):
+        raise AssertionError("run_demo loaded the data before it checked its arguments")
+
+    monkeypatch.setattr(demo, "load_images", load_images)
     with pytest.raises(error, match=message):
         demo.run_demo(tmp_path / "o", progress=False, **kwargs)
     assert not (tmp_path / "o").exists()

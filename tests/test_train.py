@@ -668,8 +668,9 @@ def test_bad_arguments(tmp_path, digits):
     for bad in (-1.0, 0, float("inf"), float("nan")):  # -1 flipped every gradient, 0 zeroed them
         with pytest.raises(ValueError, match="grad_clip must be a finite number in \\(0, inf\\)"):
             train_codec("flow", x, tmp_path, **FLOW, max_steps=1, grad_clip=bad)
-    with pytest.raises(ValueError, match="epochs must be a finite number"):
-        train_codec("flow", x, tmp_path, **FLOW, epochs=float("inf"))
+    for bad in (0, float("inf")):  # 0 epochs trained a step all the same
+        with pytest.raises(ValueError, match=r"epochs must be a finite number in \(0, inf\), got"):
+            train_codec("flow", x, tmp_path, **FLOW, epochs=bad)
     with pytest.raises(ValueError, match="max_minutes must be a finite number"):
         train_codec("flow", x, tmp_path, **FLOW, max_steps=1, max_minutes=float("inf"))
     with pytest.raises(ValueError, match="max_steps must be an int >= 1"):
@@ -678,6 +679,11 @@ def test_bad_arguments(tmp_path, digits):
         train_codec("flow", x, tmp_path, **FLOW, max_steps=1, lr=-1e-3)
     with pytest.raises(ValueError, match="warmup_steps must be an int >= 0"):
         train_codec("flow", x, tmp_path, **FLOW, max_steps=1, warmup_steps=-1)
+    with pytest.raises(ValueError, match=r"seed must be an int in \[0, 4294967295\], got 4294967296"):  # NumPy's
+        train_codec("flow", x, tmp_path, **FLOW, max_steps=1, seed=2**32)
+    for setting in ("batch_size", "checkpoint_every"):  # 0: a division by zero in the run, not an error naming it
+        with pytest.raises(ValueError, match=f"{setting} must be an int >= 1, got 0"):
+            train_codec("flow", x, tmp_path, **FLOW, max_steps=1, **{setting: 0})
     with pytest.raises(ValueError, match="device must be cpu, cuda, cuda:N or auto, got 'cuda:x'"):
         train_codec("flow", x, tmp_path, **FLOW, max_steps=1, device="cuda:x")
     for kind in ("flow", "vae"):  # numpy's (N, H, W, C), made a tensor: was "divisible by 2**levels, got 8x1"
@@ -794,14 +800,14 @@ def test_report_states_the_schedule_each_step_followed(tmp_path, digits):
 
     train_codec("flow", x, tmp_path, **kw, max_steps=3)
     assert schedule() == "linear warm-up 0 steps, cosine decay to 0 over 3 steps"
-    r = train_codec("flow", x, tmp_path, **kw, max_steps=6)  # extended: the cosine follows 6 steps from step 3
-    assert r["step"] == 6
+    r = train_codec("flow", x, tmp_path, **kw, max_steps=8)  # extended: the cosine follows 8 steps from step 3
+    assert r["step"] == 8
     extended = ("steps 0-3: linear warm-up 0 steps, cosine decay to 0 over 3 steps; "
-                "steps 3-6: linear warm-up 1 steps, cosine decay to 0 over 6 steps")
+                "steps 3-8: linear warm-up 1 steps, cosine decay to 0 over 8 steps")  # capped at a fifth of 8 steps
     assert schedule() == extended
     r = train_codec("flow", x, tmp_path, **kw, max_steps=2)  # shorter than done: nothing trained, same schedule
-    assert r["step"] == 6 and schedule() == extended
-    train_codec("flow", x, tmp_path, **kw, max_steps=6)  # a length that trained no step leaves the saved schedule
+    assert r["step"] == 8 and schedule() == extended
+    train_codec("flow", x, tmp_path, **kw, max_steps=8)  # a length that trained no step leaves the saved schedule
     assert len(load_training_state(tmp_path / "glow.state.safetensors")[2]["schedule"]) == 2
     # a run defined by time, resumed with a step count it has already passed
     r = train_codec("flow", x, tmp_path / "t", **kw, max_minutes=1e-4)
@@ -1144,6 +1150,24 @@ def test_report_counts_epochs_in_batches_per_epoch(tmp_path, digits):
     assert r["epochs_done"] == 1.5 and json.loads((tmp_path / "glow.json").read_text())["training"]["epochs"] == 1.5
 
 
+def test_a_run_on_fewer_images_than_a_batch_for_a_fraction_of_an_epoch_trains_one_step_on_all_of_them(tmp_path,
+                                                                                                      digits):
+    r = train_codec("flow", digits[0][:10], tmp_path, **FLOW, epochs=0.01, progress=False)  # batch_size 64
+    report = json.loads(Path(r["json"]).read_text())["training"]
+    assert r["complete"] and r["step"] == r["total_steps"] == 1, f"{r['step']} of {r['total_steps']} steps trained"
+    assert report["batch_size"] == 10 and report["epochs"] == 1.0
+
+
+def test_runs_of_other_seeds_do_not_share_an_epoch_order():
+    # an order seeded with seed + epoch gave seed 1's first epoch the order of seed 0's second
+    def order(seed, epoch):
+        run = types.SimpleNamespace(seed=seed, x=torch.empty(64, 1), device=torch.device("cpu"))
+        return tuple(train._TrainingRun._epoch_order(run, epoch).tolist())
+
+    orders = [order(seed, epoch) for seed in range(3) for epoch in range(3)]
+    assert len(set(orders)) == len(orders), "two (seed, epoch) pairs share a batch order"
+
+
 def test_each_epoch_has_its_own_order_of_every_image(tmp_path, digits, monkeypatch):
     seen = []
     shift = train.random_shift_flip
@@ -1180,7 +1204,7 @@ def test_folder_spec_keeps_grey_with_opaque_alpha_as_one_channel(tmp_path):
 
 def test_eval_codec_bits_per_dim_is_the_mean_over_seeded_uniform_dequantisation(digits):
     codec = build_codec(train.default_config("flow", (1, 8, 8), **FLOW))
-    x = digits[2][:48]
+    x = (digits[2][:48] + 0.01).clamp(0, 1)  # off their 17 levels: rounded to the nearest, as the loss does
     gen = torch.Generator().manual_seed(3)
     noise = torch.cat([torch.rand((32, 1, 8, 8), generator=gen), torch.rand((16, 1, 8, 8), generator=gen)])
     with torch.no_grad():
