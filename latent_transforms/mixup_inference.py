@@ -30,7 +30,7 @@ class LatentMixupInference(SampleStats, nn.Module):
         generator: ``None``, an ``int`` seed or a ``torch.Generator`` for drawing the references.
 
     Shape:
-        x: (B, C, H, W) float in [0, 1] -> (B, K) probabilities, float32 (float64 for a float64 model).
+        x: (B, C, H, W) float in [0, 1] -> (B, K) probabilities, float32 (float64 for a float64 model); B may be 0.
 
     Convention:
         Predicts in train and eval mode alike. A decoded mix that is non-finite or more than 0.5 outside [0, 1]
@@ -61,9 +61,12 @@ class LatentMixupInference(SampleStats, nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_images(x)
-        self.codec.check_images(x)
+        check_images(x, allow_empty=True)
+        self.codec.check_images(x, allow_empty=True)
         check_model(self.model, x)
+        if x.shape[0] == 0:  # B = 0 (a sampler's empty shard): the model's (0, K), nothing drawn nor counted
+            with borrowed(self.model) as net:
+                return _probabilities(logits_of(net, x, "LatentMixupInference"))
         z = self.codec.encode_flat(x)
         refs = self.reference_latents
         pick = torch.randint(0, refs.shape[0], (self.num_mixes, x.shape[0]), generator=self._rng.get(x.device), device=x.device)
@@ -74,5 +77,10 @@ class LatentMixupInference(SampleStats, nn.Module):
                 xk, ok = keep_plausible(self.codec.decode_flat(mixed), x)
                 logits = logits_of(net, xk.to(x.dtype), "LatentMixupInference")
                 self._count(x.device, x.shape[0], ok.sum(), (~ok).sum())  # once the model took it
-                probs = probs + logits.to(torch.promote_types(logits.dtype, torch.float32)).softmax(1)
+                probs = probs + _probabilities(logits)
         return probs / self.num_mixes
+
+
+def _probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """(B, K) logits -> softmax probabilities, at least float32."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32)).softmax(1)

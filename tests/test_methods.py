@@ -448,6 +448,17 @@ def test_mixup_inference_names_its_references_and_counts_only_what_the_model_too
     assert mi.stats["seen"] == 2 * len(x)
 
 
+def test_mixup_inference_of_an_empty_batch_is_the_models_empty_probabilities(glow, batch, net):
+    """B = 0 passes through as in every transform (it was refused: "got 0 images"), nothing drawn nor counted."""
+    x, _ = batch
+    gen = torch.Generator().manual_seed(0)
+    mi = LatentMixupInference(net, glow, references=x, num_mixes=2, generator=gen)
+    state = gen.get_state()
+    probs = mi(x[:0])
+    assert probs.shape == (0, 10) and probs.dtype == torch.float32 and mi.stats["seen"] == 0
+    assert torch.equal(gen.get_state(), state) and net.training
+
+
 def test_mixup_inference_probabilities_keep_a_float64_models_precision(glow, batch, net):
     x = batch[0].double()
     probs = LatentMixupInference(net.double(), glow, references=x, num_mixes=2, generator=0)(x)
