@@ -195,6 +195,25 @@ def test_the_api_reference_shows_every_public_hub_function_and_class():
     assert public - listed == set()
 
 
+def test_the_api_reference_shows_every_public_name_of_the_package_and_its_codecs():
+    """docs/api.md renders every name of latent_transforms.__all__ and every class and function of
+    latent_transforms.codecs.__all__, and names the others (CODECS, Latents): a new public name must be added there."""
+    import latent_transforms
+    import latent_transforms.codecs as codecs
+
+    text = (DOCS / "api.md").read_text(encoding="utf-8")
+    rendered = {target.rsplit(".", 1)[-1] for target in re.findall(r"^::: ([\w.]+)$", text, re.M)}
+    missing = [n for n in latent_transforms.__all__ if n not in rendered]
+    for name in codecs.__all__:
+        obj = getattr(codecs, name)
+        if inspect.isclass(obj) or inspect.isfunction(obj):
+            if name not in rendered:
+                missing.append(f"codecs.{name}")
+        elif f"`{name}`" not in text and f"codecs.{name}`" not in text:
+            missing.append(f"codecs.{name} (not named)")
+    assert not missing, f"docs/api.md leaves out: {missing}"
+
+
 def test_training_page_gives_the_users_codec_its_own_name():
     """A shipped checkpoint's name is refused by `latent-transforms register` and hub.register(persist=True), and a
     file under its file name loads the shipped one."""
