@@ -59,7 +59,7 @@ def check_number(name: str, value: object, low: float = 0.0, high: float = math.
 
 def is_int(value: object) -> bool:
     """Whether ``value`` is an integer (Python or NumPy), not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    return type(value) is int or isinstance(value, numbers.Integral) and not isinstance(value, bool)  # int: no ABC
 
 
 def check_count(name: str, value: object, low: int = 0, high: int | None = None) -> int:

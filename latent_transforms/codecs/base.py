@@ -187,10 +187,12 @@ class Codec(nn.Module):
 
     def decode_flat(self, z: torch.Tensor) -> torch.Tensor:
         """z: (B, D) -> (B, C, H, W), as ``decode`` (not clipped)."""
-        if not isinstance(z, torch.Tensor) or z.ndim != 2 or z.shape[1] != self.latent_dim or not z.is_floating_point():
-            raise bad_option(f"z must be (B, D) float flat latents with D = {self.latent_dim} for this {self.kind} "
+        shapes = self.checked_latent_shapes()
+        dim = sum(math.prod(s) for s in shapes)
+        if not isinstance(z, torch.Tensor) or z.ndim != 2 or z.shape[1] != dim or not z.is_floating_point():
+            raise bad_option(f"z must be (B, D) float flat latents with D = {dim} for this {self.kind} "
                              f"codec, got {describe(z)}", right_type=isinstance(z, torch.Tensor))
-        return self.decode(unflatten_latents(z, self.checked_latent_shapes()))
+        return self.decode(unflatten_latents(z, shapes))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
