@@ -1,6 +1,7 @@
 """Chain latent transforms with kornia / torchvision / plain pixel transforms, labels flowing through."""
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -165,6 +166,16 @@ def _checked(step: nn.Module, i: int, out: object, pair: bool):
     return out
 
 
+def _required_positionals(t: object) -> int:
+    """How many positional arguments a step called as ``t(x)`` requires (its ``forward``'s for a module); 0 when its
+    signature cannot be read."""
+    try:
+        params = inspect.signature(t.forward if isinstance(t, nn.Module) else t).parameters.values()
+    except (TypeError, ValueError):
+        return 0
+    return sum(p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+
+
 def _where(part: object, step: object, i: int) -> str:
     """``"MixUp at step 2"``, or ``"CutMix in RandomChoice at step 2"`` for a part held by a container."""
     return f"{_name(part) if part is step else type(part).__name__ + ' in ' + _name(step)} at step {i}"
@@ -241,6 +252,13 @@ class Compose(nn.Module):
                 raise WrongTypeError(f"step {i} is torch.compile({_name(inner)}), which Compose would call as a plain "
                                      f"x -> x step: pass the {_name(inner)} itself (to compile a codec's "
                                      f"encode/decode: codec.compile_fast_path(), docs/performance.md)")
+            if not isinstance(t, (LatentTransform, Compose)) and not _is_torchvision_v2(t) and not _is_kornia(t) \
+                    and _required_positionals(t) > 1:  # it would fail at the first call, in its own words
+                raise WrongTypeError(
+                    f"step {i} ({_name(t if isinstance(t, nn.Module) else _Callable(t))}) requires "
+                    f"{_required_positionals(t)} arguments, but Compose calls a plain callable as t(x): a callable "
+                    f"that also takes the labels, such as timm's Mixup (x, y = mixup_fn(x, y)), is called outside the "
+                    f"Compose, before or after it (docs/composition.md, timm)")
             steps.append(t if isinstance(t, nn.Module) else _Callable(t))
         for i, t in enumerate(steps):
             for p in _parts(t):

@@ -11,7 +11,8 @@ SNIPPET = re.compile(r"```python\n(.*?)```", re.S)
 # must be imported or defined by the page itself, at or before the snippet that uses it: a reader runs them in order.
 READER_CONTEXT = {  # pages not named here bring nothing
     "quickstart.md": {"loader", "test_loader", "model", "optimizer", "epochs"},
-    "composition.md": {"x", "y", "model", "loader", "epochs", "x_uint8", "train_images", "train_labels", "idx"},
+    "composition.md": {"x", "y", "model", "loader", "epochs", "x_uint8", "train_images", "train_labels", "idx",
+                       "train_loader"},
     "index.md": {"augment", "x", "y", "model"},
     "methods/isda.md": {"x", "y", "model", "loader", "epochs", "backbone", "features", "logits"},
     "methods/latent_adversarial.md": {"x", "y", "model"},

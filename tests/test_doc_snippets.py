@@ -5,6 +5,8 @@ small real objects for what the page asks the reader to bring (READER_CONTEXT).
 """
 from __future__ import annotations
 
+import importlib.util
+import re
 import textwrap
 
 import numpy as np
@@ -25,6 +27,17 @@ IMAGE_SHAPE = (3, 32, 32)  # the pages' x, y, model: CIFAR-10's
 # (max_minutes=4 in training.md) trains a second, compile_fast_path compiles without inductor's C++ build
 IMAGES = 64
 TRAINING_MINUTES = 0.02
+
+
+# packages a page shows its snippets with that the project does not depend on (composition.md's timm paragraph): a
+# snippet importing one runs where it is installed and is left out where it is not
+NOT_DEPENDENCIES = ("timm",)
+
+
+def _missing_package(code: str) -> str | None:
+    """The first package of NOT_DEPENDENCIES a snippet imports that is not installed."""
+    return next((name for name in NOT_DEPENDENCIES if re.search(rf"^\s*(from|import) {name}\b", code, re.M)
+                 and importlib.util.find_spec(name) is None), None)
 
 
 def _page_snippets(page: str) -> list[tuple[int, str]]:
@@ -50,6 +63,7 @@ def _reader_context(page: str) -> dict:
     offered = {
         "x": x, "y": y, "model": model, "epochs": 2,  # ISDA's lam is 0 in the first
         "loader": DataLoader(TensorDataset(*_batch(16, num_classes, seed=2)), batch_size=8),
+        "train_loader": DataLoader(TensorDataset(*_batch(16, num_classes, seed=2)), batch_size=8),
         "test_loader": DataLoader(TensorDataset(*_batch(16, num_classes, seed=3)), batch_size=8),
         "optimizer": torch.optim.SGD(model.parameters(), lr=0.01),
         "augment": LatentNoise("glow-cifar10", generator=0),
@@ -110,6 +124,8 @@ def test_page_snippets_run_in_order(page, reader):
     path = (DOCS / page).resolve()
     for first, code in _page_snippets(page):
         where = f"{path.relative_to(ROOT)}:{first}"
+        if _missing_package(code):
+            continue
         try:  # a traceback names the page's own lines
             exec(compile("\n" * (first - 1) + code, str(path), "exec"), namespace)
         except Exception as e:
