@@ -253,10 +253,10 @@ class Compose(nn.Module):
                                      f"x -> x step: pass the {_name(inner)} itself (to compile a codec's "
                                      f"encode/decode: codec.compile_fast_path(), docs/performance.md)")
             if not isinstance(t, (LatentTransform, Compose)) and not _is_torchvision_v2(t) and not _is_kornia(t) \
-                    and _required_positionals(t) > 1:  # it would fail at the first call, in its own words
+                    and (required := _required_positionals(t)) > 1:  # it would fail at its first call, in its words
                 raise WrongTypeError(
                     f"step {i} ({_name(t if isinstance(t, nn.Module) else _Callable(t))}) requires "
-                    f"{_required_positionals(t)} arguments, but Compose calls a plain callable as t(x): a callable "
+                    f"{required} arguments, but Compose calls a plain callable as t(x): a callable "
                     f"that also takes the labels, such as timm's Mixup (x, y = mixup_fn(x, y)), is called outside the "
                     f"Compose, before or after it (docs/composition.md, timm)")
             steps.append(t if isinstance(t, nn.Module) else _Callable(t))
