@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from latent_transforms import hub
 from latent_transforms.codecs import Codec, ConvVAE, Glow
 
 warnings.filterwarnings("ignore", message="torch.lu is deprecated")
@@ -38,6 +39,19 @@ def _an_idle_cpu(monkeypatch):
     """The demo and ``train`` choose one thread and say so on a busy CPU: in-process, the tests see an idle one
     (those of that choice set the load they need), so what they read does not depend on this machine's load."""
     monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """A private empty cache dir (``tmp_path / "hub"``, returned), downloads forbidden, no hub URL, and an empty
+    runtime registry and codec cache: what a test registers or loads does not outlive it."""
+    home = tmp_path / "hub"
+    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(home))
+    monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
+    monkeypatch.delenv("LATENT_TRANSFORMS_HUB_URL", raising=False)
+    monkeypatch.setattr(hub, "_registered", {})
+    monkeypatch.setattr(hub, "_loaded", {})
+    return home
 
 
 @pytest.fixture(autouse=True)

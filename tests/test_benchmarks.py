@@ -453,15 +453,13 @@ def _load_accuracy_module():
 
 
 @pytest.mark.slow
-def test_throughput_keeps_its_rows_when_the_compiled_codec_fails(tmp_path, monkeypatch):
+def test_throughput_keeps_its_rows_when_the_compiled_codec_fails(tmp_path, monkeypatch, offline_hub):
     """A compiler error in the compiled rows (the last ones) is reported in the table, not fatal to the rest."""
     from latent_transforms.codecs import Codec
 
     def broken(*args, **kwargs):
         raise RuntimeError("inductor blew up")
 
-    monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
-    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(tmp_path / "hub"))
     monkeypatch.setattr(Codec, "compile_fast_path", lambda self, *a, **k: setattr(self, "_compiled", (broken, broken))
                         or self)
     throughput = _load_benchmark("throughput")
@@ -491,7 +489,7 @@ def test_throughput_keeps_the_other_rows_when_an_eager_row_fails(tmp_path, monke
 
 
 @pytest.mark.slow
-def test_throughput_killed_while_compiling_keeps_a_complete_table_of_the_other_rows(tmp_path, monkeypatch):
+def test_throughput_killed_while_compiling_keeps_a_complete_table_of_the_other_rows(tmp_path, monkeypatch, offline_hub):
     """The report is rewritten after every row, so a time limit hit in the compiled rows (the last ones) leaves the
     JSON and Markdown of every other row, marked partial."""
     from latent_transforms.codecs import Codec
@@ -499,8 +497,6 @@ def test_throughput_killed_while_compiling_keeps_a_complete_table_of_the_other_r
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # what a time limit looks like from inside: not an Exception, nothing catches it
 
-    monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
-    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(tmp_path / "hub"))
     monkeypatch.setattr(Codec, "compile_fast_path", lambda self, *a, **k: setattr(self, "_compiled", (killed, killed))
                         or self)
     throughput = _load_benchmark("throughput")
@@ -647,11 +643,9 @@ def test_accuracy_shards_split_the_runs_to_do_by_expected_cost(tmp_path):
         acc.main(["--smoke", "--no-progress", "--done", str(tmp_path / "other.json"), "--out", str(tmp_path / "a")])
 
 
-def test_accuracy_records_date_command_and_commit(tmp_path, monkeypatch):
+def test_accuracy_records_date_command_and_commit(tmp_path, monkeypatch, offline_hub):
     """The results config and the report header say when, by which command line and at which commit they were made;
     a merge also names the commit of each file merged. Without git the commit is $GIT_COMMIT, else None."""
-    monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
-    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(tmp_path / "hub"))
     acc = _load_accuracy_module()
     argv = ["--smoke", "--no-progress", "--no-corruptions", "--arms", "baseline", "--out", str(tmp_path / "a")]
     cfg = acc.main(argv)["config"]
@@ -703,11 +697,9 @@ def test_accuracy_trains_on_torchvision_cifar10_without_downloading(tmp_path, mo
         (tmp_path / "acc" / "results.md").read_text()
 
 
-def test_accuracy_smoke_in_bf16(tmp_path, monkeypatch):
+def test_accuracy_smoke_in_bf16(tmp_path, monkeypatch, offline_hub):
     """--precision bf16 on the CPU: the classifier computes in bf16, also inside LatentAdversarial's attack, while the
     codec's images reach it in fp32."""
-    monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
-    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(tmp_path / "hub"))
     acc = _load_accuracy_module()
     inputs, outputs = set(), set()
     real = acc.build_classifier
@@ -797,13 +789,11 @@ def test_accuracy_runs_draw_batch_order_crops_and_transforms_from_separate_strea
     assert "seed_streams" in acc.protocol()  # runs seeded the old way are not resumed into a new table
 
 
-def test_accuracy_resume_refuses_other_data_or_protocol_and_notes_code_versions(tmp_path, monkeypatch):
+def test_accuracy_resume_refuses_other_data_or_protocol_and_notes_code_versions(tmp_path, monkeypatch, offline_hub):
     """--resume compares the images (hashed) and the scoring protocol too, not only the flags; every run records
     the code that made it, and a table mixing code versions says so."""
     import numpy as np
 
-    monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
-    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(tmp_path / "hub"))
     acc = _load_accuracy_module()
     rng = np.random.default_rng(0)
     data = tmp_path / "train.npz"
@@ -879,13 +869,11 @@ def test_accuracy_fingerprint_reads_the_default_checkpoint_named_or_not(tmp_path
     assert smoke["glow"] is None and smoke_named["glow"] == "glow-cifar10"
 
 
-def test_accuracy_done_runs_made_with_another_checkpoint_are_refused(tmp_path, monkeypatch):
+def test_accuracy_done_runs_made_with_another_checkpoint_are_refused(tmp_path, offline_hub):
     """--done counts other shards' runs as finished only when their codec is this call's: a run of a replaced
     glow-cifar10 is not this one done (it was skipped, and the final --merge then refused the mixed checkpoints)."""
     import numpy as np
 
-    monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
-    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(tmp_path / "hub"))
     acc = _load_accuracy_module()
     data = tmp_path / "train.npz"
     x = np.random.default_rng(0).integers(0, 255, (40, 32, 32, 3), dtype=np.uint8)
@@ -906,11 +894,9 @@ def test_accuracy_done_runs_made_with_another_checkpoint_are_refused(tmp_path, m
         acc.main([*argv, "--out", str(tmp_path / "shard-0"), "--resume"])
 
 
-def test_accuracy_a_diverged_run_is_scored_as_chance_and_a_killed_call_leaves_a_partial_report(tmp_path, monkeypatch):
+def test_accuracy_a_diverged_run_is_scored_as_chance_and_a_killed_call_leaves_a_partial_report(tmp_path, monkeypatch, offline_hub):
     """A classifier that diverged (NaN outputs) stopped the whole call, and every --resume stopped at the same run;
     a call killed mid-way left the previous call's report beside the new runs."""
-    monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
-    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(tmp_path / "hub"))
     acc = _load_accuracy_module()
     out = tmp_path / "acc"
     argv = ["--smoke", "--no-progress", "--arms", "baseline", "isda", "mixup", "--out", str(out), "--lr", "1e30"]

@@ -19,20 +19,9 @@ from latent_transforms import __version__, demo, hub, modelutils, train
 from latent_transforms.cli import PROG, main
 from latent_transforms.codecs import build_codec
 
-# entries registered here on purpose without their file (register warns a user about that; tested in test_hub.py)
-pytestmark = pytest.mark.filterwarnings("ignore:registered .*, but its file")
-
-
-@pytest.fixture(autouse=True)
-def offline(tmp_path, monkeypatch):
-    """The real registry, but an empty private cache dir and no downloads."""
-    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(tmp_path / "cache"))
-    monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
-    monkeypatch.delenv("LATENT_TRANSFORMS_HUB_URL", raising=False)
-    # `register` adds to the in-process registry and a load to the codec cache: names registered here must not
-    # outlive the test (and its cache dir)
-    monkeypatch.setattr(hub, "_registered", {})
-    monkeypatch.setattr(hub, "_loaded", dict(hub._loaded))
+# The real registry, but an empty private cache dir and no downloads (conftest's offline_hub); entries registered
+# here on purpose without their file (register warns a user about that; tested in test_hub.py)
+pytestmark = [pytest.mark.usefixtures("offline_hub"), pytest.mark.filterwarnings("ignore:registered .*, but its file")]
 
 
 def _exit_code(argv, capsys) -> tuple[int, str, str]:

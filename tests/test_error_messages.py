@@ -31,14 +31,7 @@ from conftest import STRENGTH_ZERO_EXPECTED, OwnCodec, tiny_glow, tiny_vae
 VAE_CONFIG = {"kind": "vae", "image_shape": [1, 8, 8], "latent_dim": 4, "hidden": 8}
 
 
-@pytest.fixture(autouse=True)
-def private_hub(tmp_path, monkeypatch):
-    """An empty private cache dir, no downloads, an empty runtime registry and codec cache."""
-    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(tmp_path / "cache"))
-    monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
-    monkeypatch.delenv("LATENT_TRANSFORMS_HUB_URL", raising=False)
-    monkeypatch.setattr(hub, "_registered", {})
-    monkeypatch.setattr(hub, "_loaded", {})
+pytestmark = pytest.mark.usefixtures("offline_hub")
 
 
 def _exit_code(argv, capsys) -> tuple[int, str, str]:
