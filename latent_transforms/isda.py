@@ -217,8 +217,20 @@ def _layer_label(name: str, layer: nn.Linear) -> str:
 
 
 def _is_compiled(model: nn.Module) -> bool:
-    """Whether ``model`` is torch.compile's OptimizedModule, or a DDP/DataParallel wrapper of one."""
-    return any(hasattr(m, "_orig_mod") for m in (model, getattr(model, "module", None)))
+    """Whether ``model`` is torch.compile's OptimizedModule or was compiled in place (``model.compile()``), or is a
+    DDP/DataParallel wrapper of one."""
+    return any(hasattr(m, "_orig_mod") or getattr(m, "_compiled_call_impl", None) is not None
+               for m in (model, getattr(model, "module", None)))
+
+
+def _compiled_fullgraph(model: nn.Module) -> bool:
+    """Whether ``model`` (or a DDP/DataParallel wrapper's module) is ``torch.compile(..., fullgraph=True)``'s
+    OptimizedModule: the hook's Python (taking itself off the layer, counting under a lock) breaks the graph there,
+    which fullgraph=True turns into torch's "Unsupported: Attempted to represent unregistered RemovableHandle" in
+    the user's forward. Those breaks are what runs each call's own hook, labels and strength: traced into the graph,
+    a later call's would not be seen."""
+    return any(getattr(getattr(m, "dynamo_ctx", None), "fullgraph", False) is True
+               for m in (model, getattr(model, "module", None)))
 
 
 def _never_fired(label: str, model: nn.Module) -> str:
@@ -443,6 +455,12 @@ class ISDA(_ISDAState, LatentTransform):
         except ValueError as e:  # about the model, not the batch
             not_about_the_batch(e)
             raise
+        if _compiled_fullgraph(model):
+            raise not_about_the_batch(ValueError(
+                f"ISDA's hook on {_layer_label(name, layer)} runs Python in the model's forward, which a model "
+                f"compiled with torch.compile(..., fullgraph=True) refuses (torch's 'Unsupported: Attempted to "
+                f"represent unregistered RemovableHandle' at model(x)): compile it without fullgraph=True, or compile "
+                f"the backbone alone and use ISDALoss(features, fc, y) (docs/methods/isda.md)"))
         self._warn_if_unscheduled(stacklevel=4)  # the line of the call, past nn.Module
         lam: float | torch.Tensor = self.lam
         chosen = torch.full((), batch, dtype=torch.int64, device=x.device)  # torch.tensor(...) would be a sync

@@ -48,7 +48,10 @@ class LatentAdversarial(CodecTransform):
         module's train/eval flag is restored, also on error. A DDP-wrapped model is attacked through its local
         module. Identity in ``eval()`` mode. Encode and decode run in fp32 with TF32 off, as every codec call does;
         the backward pass that gives the step's direction runs under the caller's TF32 and autocast settings
-        (a direction, not an image: the output's invertibility does not depend on it).
+        (a direction, not an image: the output's invertibility does not depend on it). It backpropagates each
+        sample's loss gradient scaled to a largest entry of 1 (the step is normalised per sample, so this changes no
+        step), so that under float16 autocast, where no GradScaler reaches it, a confident sample's gradient is not
+        flushed to 0.
     """
 
     needs_model = True
@@ -100,13 +103,26 @@ class LatentAdversarial(CodecTransform):
                         raise ValueError("LatentAdversarial differentiates model(x) with respect to x, but the "
                                          "model's output does not depend on x through autograd (a torch.no_grad() "
                                          "or .detach() inside its forward?)")
-                    loss = F.cross_entropy(logits.float(), target)
-                    (grad,) = torch.autograd.grad(loss, delta)
+                    (grad,) = torch.autograd.grad(logits, delta, grad_outputs=_unit_loss_grad(logits, target))
                 step = ascent_direction(self.on_levels(grad, 0.0), self.norm)
                 delta = self.on_levels(project(delta.detach() + self.step_size * step, self.eps, self.norm), 0.0)
         params.update(delta=delta, target=target)  # kept in last_params with the draws
         with torch.no_grad():
             return self.decode_flat(z + delta), y
+
+
+def _unit_loss_grad(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The gradient of the cross-entropy on ``target`` with respect to ``logits: (B, K)``, computed in float32 and
+    each row scaled to a largest entry of 1, in ``logits``' dtype: what the attack backpropagates to ``delta``.
+
+    The samples are attacked independently (the model is in eval mode) and each row's step is normalised
+    (``ascent_direction``), so the scale changes no step. Unscaled, a batch mean's ``(softmax - target) / B`` of a
+    confident sample is below float16's smallest number, and a backward under ``torch.autocast(dtype=float16)``
+    flushed it to 0: that sample got no step at all (no GradScaler reaches this inner backward)."""
+    with torch.enable_grad():
+        z = logits.detach().float().requires_grad_(True)
+        (g,) = torch.autograd.grad(F.cross_entropy(z, target, reduction="sum"), z)
+    return (g / g.abs().amax(1, keepdim=True).clamp_min(torch.finfo(g.dtype).tiny)).to(logits.dtype)
 
 
 def _check_labels_fit(y: torch.Tensor, k: int) -> None:

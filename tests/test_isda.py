@@ -582,21 +582,46 @@ def test_named_layer_and_ddp_style_wrapper(batch, net):
     assert int(isda.estimator.count.sum()) == len(y)
 
 
-def test_a_hook_that_never_fired_on_a_wrapped_compiled_model_names_the_compile(batch, net):
-    # under DDP the compiled model is the wrapper's .module: the warning must still point at torch.compile's hook guards
+@pytest.mark.parametrize("compiled", ["wrapped", "in place"])
+def test_a_hook_that_never_fired_on_a_compiled_model_names_the_compile(batch, net, compiled):
+    # under DDP the compiled model is the wrapper's .module, and nn.Module.compile() compiles in place (no
+    # OptimizedModule; the warning pointed at nothing compiled): both must point at torch.compile's hook guards
     x, y = batch
-    wrapped = _Wrapper(torch.compile(net, backend="eager"))  # nothing is compiled: no forward runs
+    plain = copy.deepcopy(net)
+    if compiled == "wrapped":
+        model = _Wrapper(torch.compile(net, backend="eager"))  # nothing is compiled: no forward runs
+    else:
+        model = net
+        net.compile(backend="eager")
     isda = ISDA(10)
     isda.set_progress(0.5)
-    isda(x, y, wrapped)
+    isda(x, y, model)
     with pytest.warns(UserWarning, match="never applied.*torch.compile'd.*skip_nnmodule_hook_guards"):
-        isda(x, y, wrapped)
-    isda.disarm(wrapped)
-    isda(x, y, net)
+        isda(x, y, model)
+    isda.disarm(model)
+    isda(x, y, plain)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        isda(x, y, net)
+        isda(x, y, plain)
     assert len(caught) == 1 and "torch.compile" not in str(caught[0].message)  # a plain model: no compile hint
+    isda.disarm(plain)
+
+
+def test_a_model_compiled_with_fullgraph_is_refused_by_name(batch, net):
+    """The hook's Python breaks the compiled graph at the layer; torch.compile(fullgraph=True) turned that into
+    torch's 'Unsupported: Attempted to represent unregistered RemovableHandle' at model(x), and the next call warned
+    that the hook never fired. Refused when arming, naming fullgraph and ISDALoss; nothing is left armed."""
+    x, y = batch
+    compiled = torch.compile(net, backend="eager", fullgraph=True)
+    isda = ISDA(10)
+    isda.set_progress(0.5)
+    with pytest.raises(ValueError, match=r"fullgraph=True.*ISDALoss"):
+        isda(x, y, compiled)
+    with pytest.raises(ValueError, match=r"fullgraph=True"):
+        isda(x, y, _Wrapper(compiled))  # DDP's .module
+    assert not net.fc._forward_hooks
+    isda(x, y, torch.compile(net, backend="eager"))  # without fullgraph: armed as ever
+    assert net.fc._forward_hooks
     isda.disarm(net)
 
 

@@ -556,6 +556,21 @@ def test_adversarial_step_increases_the_loss(glow, net, norm):
     assert attacked.mean() > clean.mean() and (attacked > clean).float().mean() > 0.8, (attacked - clean)
 
 
+def test_adversarial_steps_confident_samples_under_float16_autocast(glow, batch, net):
+    """The attack's own backward gets no GradScaler: the batch mean's (softmax - target) / B of a confident sample
+    flushed to 0 in float16, and under torch.autocast(dtype=float16) 7 of these 12 samples got no step (in float32:
+    all 12). Each row of the loss gradient is scaled to a largest entry of 1 first: every sample takes its step."""
+    x, y = batch
+    with torch.no_grad():
+        net.fc.weight.mul_(300)  # logits far apart, as a model late in training on its training images
+        net.fc.bias.zero_()
+    for autocast in (False, True):
+        t = LatentAdversarial(glow, eps=1.0, random_start=False, generator=0)
+        with torch.autocast("cpu", dtype=torch.float16, enabled=autocast):
+            t(x, y, net)
+        assert torch.allclose(t.last_params["delta"].norm(dim=1), torch.ones(len(x)), atol=1e-4), autocast
+
+
 def test_adversarial_random_start_leaves_unchosen_levels_alone(glow, batch, net):
     x, y = batch
     t = LatentAdversarial(glow, eps=1.0, steps=1, step_size=1e-6, norm="l2", levels=[1], generator=0)
