@@ -287,6 +287,11 @@ class _ArmedHook:
             )
         if self.y.device != a.device:
             raise ValueError(f"y is on {self.y.device} but the features are on {a.device}")
+        # armed with model.module, the layer runs inside a DDP forward all the same: its group is checked here
+        # (torch records the DDP whose forward runs, for dynamo; getattr: a private attribute)
+        active = getattr(nn.parallel.DistributedDataParallel, "_active_ddp_module", None)
+        if active is not None:
+            owner._check_ddp_group(active)
         owner._count(a.device, 0, self.chosen, torch.zeros_like(self.chosen))
         return owner.augment(a, output, module.weight, self.y, self.lam, check_y=False)  # checked when armed
 
@@ -421,6 +426,14 @@ class ISDA(_ISDAState, LatentTransform):
                              f"naming its classifier")
         return name, layer
 
+    def _check_ddp_group(self, ddp: nn.parallel.DistributedDataParallel) -> None:
+        """``ValueError`` if ``ddp`` has a process group of its own while the statistics are shared over all ranks
+        (they would be pooled over every rank, not the model's group)."""
+        if self.estimator.sync and self.estimator.group is None and ddp.process_group is not dist.group.WORLD:
+            raise not_about_the_batch(ValueError(
+                "the model's DistributedDataParallel has a process group of its own, but ISDA shares its statistics "
+                "over all ranks (sync_stats=True): give ISDA(..., sync_stats=<the model's process group>)"))
+
     def disarm(self, model: nn.Module) -> None:
         """Remove a pending (not yet fired) augmentation from ``model``'s classifier, if any."""
         _disarm(self.find_layer(model)[1])
@@ -441,11 +454,8 @@ class ISDA(_ISDAState, LatentTransform):
             raise not_about_the_batch(ValueError(
                 "ISDA does not support nn.DataParallel (its replicas would each see part of the batch that the labels "
                 "were given for): use DistributedDataParallel"))
-        if isinstance(model, nn.parallel.DistributedDataParallel) and self.estimator.sync \
-                and self.estimator.group is None and model.process_group is not dist.group.WORLD:
-            raise not_about_the_batch(ValueError(  # the statistics were pooled over every rank, not the model's group
-                "the model's DistributedDataParallel has a process group of its own, but ISDA shares its statistics "
-                "over all ranks (sync_stats=True): give ISDA(..., sync_stats=<the model's process group>)"))
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            self._check_ddp_group(model)
         batch = x.shape[0]
         if not model.training:
             self._count_untouched(x.device, batch)

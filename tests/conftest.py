@@ -3,6 +3,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from latent_transforms import hub
@@ -62,6 +63,15 @@ def _torch_threads_restored():
     yield
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+
+
+def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, augment: nn.Module, batches) -> None:
+    """One step of ``optimizer`` per ``(x, y)`` of ``batches``, on the cross-entropy of ``augment(x, y, model)``."""
+    for x, y in batches:
+        x, y = augment(x, y, model)
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
 
 
 def tiny_glow(seed: int = 0, shape=(1, 8, 8), levels: int = 2) -> Glow:

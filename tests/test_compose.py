@@ -9,7 +9,7 @@ from latent_transforms.latent_adversarial import LatentAdversarial
 from latent_transforms.latent_noise import LatentNoise
 from latent_transforms.varmixup import VarMixup
 
-from conftest import TinyNet, tiny_glow, tiny_vae
+from conftest import TinyNet, tiny_glow, tiny_vae, train_steps
 
 
 @pytest.fixture
@@ -600,8 +600,6 @@ def test_a_kornia_cutmix_whose_num_mix_was_changed_after_the_compose_was_built_i
 def test_a_run_resumed_as_the_quickstart_says_ends_with_the_weights_of_the_uninterrupted_one(tmp_path):
     """docs/quickstart.md (Checkpoints and resuming): model, optimizer, ISDA's state_dict and the generators' states
     saved mid-run; everything built again and loaded: the same weights, bit for bit, as a run never stopped."""
-    import torch.nn.functional as F
-
     data = torch.Generator().manual_seed(5)
     batches = [(torch.rand(8, 1, 8, 8, generator=data), torch.randint(0, 4, (8,), generator=data)) for _ in range(4)]
 
@@ -613,19 +611,12 @@ def test_a_run_resumed_as_the_quickstart_says_ends_with_the_weights_of_the_unint
         augment = Compose([T.RandomHorizontalFlip(), LatentNoise(tiny_glow(), eps=0.5, generator=g), isda])
         return model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), isda, augment, g
 
-    def train(model, optimizer, augment, steps):
-        for x, y in steps:
-            x, y = augment(x, y, model)
-            optimizer.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-            optimizer.step()
-
     model, optimizer, isda, augment, g = build()
-    train(model, optimizer, augment, batches)
+    train_steps(model, optimizer, augment, batches)
     uninterrupted = [p.detach().clone() for p in model.parameters()]
 
     model, optimizer, isda, augment, g = build()
-    train(model, optimizer, augment, batches[:2])
+    train_steps(model, optimizer, augment, batches[:2])
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "isda": isda.state_dict(),
                 "augment_rng": g.get_state(), "torch_rng": torch.get_rng_state()}, tmp_path / "checkpoint.pt")
     model, optimizer, isda, augment, g = build()  # a new process
@@ -635,7 +626,7 @@ def test_a_run_resumed_as_the_quickstart_says_ends_with_the_weights_of_the_unint
     isda.load_state_dict(checkpoint["isda"])
     g.set_state(checkpoint["augment_rng"])
     torch.set_rng_state(checkpoint["torch_rng"])
-    train(model, optimizer, augment, batches[2:])
+    train_steps(model, optimizer, augment, batches[2:])
     assert all(torch.equal(a, p) for a, p in zip(uninterrupted, model.parameters()))
     assert isda.estimator.count.sum() == 32  # the statistics carried the first two batches over the stop
 

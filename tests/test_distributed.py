@@ -3,6 +3,8 @@
 1. Randomness is per rank by default (``generator=None``) and shared across ranks with an int seed.
 2. A DDP training step with each method (and a Compose) leaves identical, finite parameters on both ranks.
 3. ISDA's class statistics are the same on both ranks after the step.
+4. A DDP run stopped and resumed as docs/quickstart.md says (every rank's random states gathered into rank 0's
+   checkpoint) ends with the weights of the uninterrupted run.
 
 Each rank writes what it saw to ``tmp_path/rank{r}.pt``; the parent process compares.
 """
@@ -124,6 +126,82 @@ def _compiled_ddp_worker(rank: int, init_method: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+def gathered(state: torch.Tensor) -> list[torch.Tensor]:
+    """docs/quickstart.md's helper: every rank's ``state``, in rank order (a list of one outside DDP)."""
+    if not dist.is_initialized():
+        return [state]
+    states = [None] * dist.get_world_size()
+    dist.all_gather_object(states, state)
+    return states
+
+
+RESUMED = (("compose", True), ("varmixup", True), ("adversarial", False), ("adversarial", True))  # (method, BN)
+
+
+def _resume_worker(rank: int, init_method: str, out_dir: str) -> None:
+    """Four steps in one go, then two, a checkpoint on rank 0, everything built again and two more: per method."""
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=60))
+    torch.set_num_threads(1)
+    try:
+        from torchvision.transforms import v2
+
+        from conftest import TinyNet, tiny_glow, tiny_vae, train_steps
+
+        glow, vae = tiny_glow(), tiny_vae()
+        data = torch.Generator().manual_seed(5 + rank)
+        batches = [(torch.rand(B, 1, 8, 8, generator=data), torch.randint(0, 4, (B,), generator=data))
+                   for _ in range(4)]
+        path = os.path.join(out_dir, "checkpoint.pt")
+
+        def build(method: str, batchnorm: bool):
+            torch.manual_seed(0)
+            net = TinyNet(num_classes=4)
+            if not batchnorm:
+                net.features[1] = torch.nn.Identity()
+            model = torch.nn.parallel.DistributedDataParallel(net)
+            torch.manual_seed(1 + rank)  # torchvision's flips: a stream per rank
+            g = torch.Generator().manual_seed(100 + rank)  # the transforms': reproducible, and one per rank
+            isda = ISDA(num_classes=4, lambda0=1.0, p=0.5, generator=g)
+            isda.set_progress(0.5)
+            if method == "compose":
+                augment = Compose([v2.RandomHorizontalFlip(), LatentNoise(glow, eps=1.0, p=0.5, generator=g), isda])
+            elif method == "varmixup":
+                augment = VarMixup(vae, num_classes=4, p=0.5, generator=g)
+            else:
+                augment = LatentAdversarial(glow, eps=1.0, steps=1, step_size=0.5, p=0.5, generator=g)
+            return model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), isda, augment, g
+
+        out: dict[str, torch.Tensor] = {}
+        for method, batchnorm in RESUMED:
+            tag = f"{method}_bn{int(batchnorm)}"
+            model, optimizer, isda, augment, g = build(method, batchnorm)
+            train_steps(model, optimizer, augment, batches)
+            out[f"{tag}_uninterrupted"] = _flat_params(model)
+            model, optimizer, isda, augment, g = build(method, batchnorm)
+            train_steps(model, optimizer, augment, batches[:2])
+            states = {"augment_rng": gathered(g.get_state()), "torch_rng": gathered(torch.get_rng_state())}
+            if rank == 0:
+                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                            "isda": isda.state_dict(), **states}, path)
+            dist.barrier()
+            model, optimizer, isda, augment, g = build(method, batchnorm)  # a new run
+            checkpoint = torch.load(path, weights_only=True)
+            model.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            isda.load_state_dict(checkpoint["isda"])
+            g.set_state(checkpoint["augment_rng"][rank])
+            torch.set_rng_state(checkpoint["torch_rng"][rank])
+            train_steps(model, optimizer, augment, batches[2:])
+            out[f"{tag}_resumed"] = _flat_params(model)
+            out[f"{tag}_isda_count"] = isda.estimator.count.clone() if isda.estimator.count is not None else \
+                torch.zeros(4, dtype=torch.int64)
+            dist.barrier()  # every rank has read the checkpoint before rank 0 writes the next
+        torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
 def _spawn(worker, tmp) -> list[dict]:
     mp.spawn(worker, args=(f"file://{tmp / 'store'}", str(tmp)), nprocs=2, join=True)
     return [torch.load(tmp / f"rank{r}.pt") for r in range(2)]
@@ -178,3 +256,19 @@ def test_isda_statistics_are_equal_on_both_ranks(ranks):
             assert torch.equal(r0[key], r1[key]), f"{key} differs between ranks"
         assert int(r0[f"{tag}_count"].sum()) == 2 * B  # both ranks' batches
         assert torch.isfinite(r0[f"{tag}_cov"]).all()
+
+
+def test_a_ddp_run_resumed_as_the_quickstart_says_ends_with_the_weights_of_the_uninterrupted_one(tmp_path):
+    """docs/quickstart.md (Under DDP): each rank's generator and torch RNG states gathered into rank 0's checkpoint,
+    each rank restoring its own, resume bit for bit; LatentAdversarial on a model with BatchNorm does not (it attacks
+    the local module, whose running statistics on rank 1 are its own until DDP's next forward broadcasts rank 0's)."""
+    r0, r1 = _spawn(_resume_worker, tmp_path)
+    for r in (r0, r1):
+        for method, batchnorm in RESUMED:
+            tag = f"{method}_bn{int(batchnorm)}"
+            same = torch.equal(r[f"{tag}_uninterrupted"], r[f"{tag}_resumed"])
+            assert same == (method != "adversarial" or not batchnorm), tag
+        assert int(r["compose_bn1_isda_count"].sum()) == 2 * 4 * B  # both ranks' batches, over the stop
+    for method, batchnorm in RESUMED:
+        tag = f"{method}_bn{int(batchnorm)}"
+        assert torch.equal(r0[f"{tag}_resumed"], r1[f"{tag}_resumed"])  # the replicas agree all the same

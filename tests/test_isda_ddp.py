@@ -119,6 +119,15 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         result["copies_share_the_group"] = twin.estimator.group is shallow.group is solos[rank]
         twin.load_state_dict(in_group.state_dict())
         result["twin_count"] = twin.estimator.count.clone()
+        # the same, armed with the local module: the hook fires inside the DDP forward, whose group it checks there
+        # (the statistics were pooled over both ranks, with no error)
+        grouped = torch.nn.parallel.DistributedDataParallel(TinyNet(), process_group=solos[rank])
+        module_given = ISDA(10)
+        module_given(x[mine], y[mine], grouped.module)
+        try:
+            grouped(x[mine])
+        except ValueError as e:
+            result["ddp_group_module"] = str(e)
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -148,6 +157,7 @@ def test_two_gloo_ranks_hold_the_statistics_of_the_concatenated_batch(tmp_path):
         assert int(res["compiled_count"].sum()) == 18 + 3 + 4 + 5
         assert "a process group this rank is not a member of" in res["not_member"]
         assert res["ddp_group"].startswith("the model's DistributedDataParallel has a process group of its own")
+        assert res.get("ddp_group_module") == res["ddp_group"]
     assert [int(res["group_count"].sum()) for res in results] == [3, 5]  # each rank's own rows
     assert all(res["pickle"].startswith("statistics shared over a process group") and "state_dict()" in res["pickle"]
                and res["copies_share_the_group"] and torch.equal(res["twin_count"], res["group_count"])
