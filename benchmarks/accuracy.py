@@ -476,7 +476,8 @@ def delta_vs_baseline(runs: dict, arm: str, seeds: list[int]) -> str:
     if not shared:
         return "-"
     mean, std = _mean_std([runs[arm][str(s)]["accuracy"] - runs["baseline"][str(s)]["accuracy"] for s in shared])
-    delta = f"{100 * mean:+.1f}" + ("" if arm == "baseline" else _pm(std))  # std of the per-seed differences
+    # + 0.0: differences that cancel up to float rounding (0.08 - 0.09 and 0.07 - 0.06) read "+0.0", not "-0.0"
+    delta = f"{round(100 * mean, 1) + 0.0:+.1f}" + ("" if arm == "baseline" else _pm(std))  # std of the differences
     return delta if len(shared) == len(seeds) else f"{delta} (seed{'s' if len(shared) > 1 else ''} " \
         f"{', '.join(map(str, shared))})"
 

@@ -20,6 +20,8 @@ from latent_transforms.models import digits_cnn
 from latent_transforms.validation import POSITIVE_INT
 from latent_transforms.evaluation import accuracy, fit_classifier, predict_proba
 
+from models import check_output_folder, run_script
+
 
 def settings(glow, vae, seed):
     yield "baseline", None
@@ -44,8 +46,11 @@ def main() -> None:
                     help="the seed values, not their number (default %(default)s)")
     ap.add_argument("--out", default="runs/calibrate-digits")
     args = ap.parse_args()
+    check_output_folder(args.out)  # now, not after every setting has trained
     torch.set_num_threads(1)
     x, y, _ = load_images("digits", "train")
+    if args.val >= len(x):  # else: "y must be (N,) class indices with N > 0, got shape (0,)"
+        raise ValueError(f"--val {args.val} leaves no training images: the digits training split has {len(x)}")
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(1234))
     val, rest = perm[: args.val], perm[args.val:]
     glow, vae = hub.load("glow-digits"), hub.load("vae-digits")
@@ -69,4 +74,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -48,6 +48,9 @@ def main() -> None:
     codec.check_images(x, "the --data images")  # now, not after the classifier is trained
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(1234))
     n_val = int(len(x) * args.val_fraction)
+    if n_val == 0:  # else: "x must be a non-empty batch", after the classifier had trained
+        raise ValueError(f"--val-fraction {args.val_fraction:g} holds out no image of the {len(x)} --data images; "
+                         f"give at least {1 / len(x):.2g}")
     val, rest = perm[:n_val], perm[n_val:]
     model = digits_cnn() if x.shape[1:] == (1, 8, 8) else CifarResNet18(width=args.width)
     fit_classifier(model, x[rest], y[rest], epochs=args.epochs, batch_size=64, lr=0.05, desc="clean classifier")

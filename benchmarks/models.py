@@ -58,9 +58,13 @@ def load_codec(kind: str, name: str, device: torch.device):
 
 def output_stem(spec: str) -> str:
     """The stem of a codec's output files: a hub name as given, a checkpoint file with its folder
-    (``runs/b3/vae.safetensors`` -> ``b3-vae``): candidates often share a file name."""
+    (``runs/b3/vae.safetensors`` -> ``b3-vae``): candidates often share a file name. A bare file name takes the
+    current folder's name (``vae.safetensors`` run in ``b3/``: ``b3-vae``, not ``-vae``)."""
     path = Path(spec)
-    return f"{path.parent.name}-{path.stem}" if path.is_file() else spec
+    if not path.is_file():
+        return spec
+    folder = path.absolute().parent.name
+    return f"{folder}-{path.stem}" if folder else path.stem
 
 
 def write_json(path: Path, obj: dict) -> None:

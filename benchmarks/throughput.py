@@ -178,6 +178,20 @@ def cache_sizes(cache: LatentCache) -> dict[str, int]:
             "cifar10_cache_bytes": CIFAR10_TRAIN_IMAGES * latents.shape[1] * latents.element_size()}
 
 
+def noting_selection(row: dict, t, fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn``, whose first call (a warm-up) also records in ``row["samples_mixed"]`` how many samples its call of
+    ``t`` mixed: a row with p < 1 repeats one selection, and at a small batch it may hold no sample (the row then
+    times a pass-through). Only the first: reading ``t.stats`` synchronises the host with the device."""
+    def call():
+        if "samples_mixed" in row:
+            return fn()
+        before = t.stats["transformed"]
+        result = fn()
+        row["samples_mixed"] = t.stats["transformed"] - before
+        return result
+    return call
+
+
 def build_rows(args, device: torch.device, codecs: dict) -> list[dict]:
     """Each row: key, method, what is timed, and the function to time (the training step first; the compiled rows,
     on a copy of the Glow, come last so their compiling cannot disturb the others)."""
@@ -280,6 +294,9 @@ def build_rows(args, device: torch.device, codecs: dict) -> list[dict]:
          "timed": "the whole step, ISDA armed, alternating with a plain step", "fn": train_step(isda),
          "paired": train_step()},
     ]
+    for row in rows:
+        if row["key"] in ("varmixup", "varmixup_cached"):
+            row["fn"] = noting_selection(row, varmixup if row["key"] == "varmixup" else varmixup_cached, row["fn"])
     if args.compile:
         glow_c = codecs["glow_compiled"]
         mode = f", mode={args.compile_mode}" if args.compile_mode else ""
@@ -419,7 +436,9 @@ def format_table(result: dict) -> str:
         if "error" in r:
             lines.append(f"| {r['method']} | {r['timed']} | failed: {r['error']} | | | |")
             continue
-        lines.append(f"| {r['method']} | {r['timed']} | {1000 * r['seconds']:.2f} | {r['images_per_second']:,.0f} | "
+        mixed = f", {r['samples_mixed']} of {cfg['batch_size']} samples mixed" if "samples_mixed" in r else ""
+        lines.append(f"| {r['method']} | {r['timed']}{mixed} | {1000 * r['seconds']:.2f} | "
+                     f"{r['images_per_second']:,.0f} | "
                      f"{r['vs_train_step']:.3g}x | {memory_cell(r)} |")
     lines += ["", "× training step: this row's time per batch divided by one plain training step's, so an augmentation "
               "at 0.5x makes each step about 1.5x as long; the ISDA row is a whole step: its × is the median, over "
@@ -538,7 +557,10 @@ def main(argv=None) -> dict:
     device = setup_device(args.device, args.threads)
     codecs, notes = resolve_codecs(args, device)
     if args.compile:
-        codecs["glow_compiled"] = copy.deepcopy(codecs["glow"]).compile_fast_path(mode=args.compile_mode)
+        try:  # torch.compile checks its mode when called: a misspelt one ended the run in torch's traceback
+            codecs["glow_compiled"] = copy.deepcopy(codecs["glow"]).compile_fast_path(mode=args.compile_mode)
+        except RuntimeError as e:
+            raise ValueError(f"--compile-mode {args.compile_mode}: {e}") from None
     rows = build_rows(args, device, codecs)
     probe = probe_images(codecs["glow"], min(args.batch_size, 16), device)
     naive, fast = normflows_roundtrip(codecs["glow"], probe, 0.0, None), codec_roundtrip(codecs["glow"], probe, 0.0, None)

@@ -90,6 +90,8 @@ def main() -> None:
     check_output_folder(Path(args.out).parent, "--out's folder")
     if Path(args.out).is_dir():
         raise ValueError(f"--out {args.out} is a folder; give the checkpoint's file name, e.g. {args.out}/vae.safetensors")
+    if Path(args.out).suffix != ".safetensors":  # hub.save_checkpoint's rule, checked now, not after the fine-tune
+        raise ValueError(f"--out {args.out}: the checkpoint's file name must end in .safetensors")
     if args.threads:
         torch.set_num_threads(args.threads)
     vae = hub.load(args.codec).float()

@@ -1047,6 +1047,17 @@ def test_accuracy_delta_is_paired_with_its_spread_and_runs_of_several_devices_ar
     assert "The runs were made on 3 devices (GPU A; GPU B; cpu): s / epoch and time vs baseline average" in md
 
 
+def test_accuracy_delta_that_cancels_reads_plus_zero_not_minus_zero():
+    """Audit 145: sweep_report.py printed "-0.0 ± 1.4" for seeds at -1 and +1 points (float rounding of 0.08 - 0.09
+    + 0.07 - 0.06)."""
+    acc = _load_accuracy_module()
+    runs = {"baseline": {"0": {"accuracy": 0.09000000357627869}, "1": {"accuracy": 0.05999999865889549}},
+            "latent-noise": {"0": {"accuracy": 0.07999999821186066}, "1": {"accuracy": 0.07000000029802322}}}
+    assert acc.delta_vs_baseline(runs, "latent-noise", [0, 1]) == "+0.0 ± 1.4"
+    runs["latent-noise"]["1"]["accuracy"] = 0.06  # a real loss still reads as one
+    assert acc.delta_vs_baseline(runs, "latent-noise", [0, 1]).startswith("-0.5")
+
+
 def test_accuracy_table_cells():
     """The table's ± (none for one seed), the (n=) of an arm short of seeds, time vs baseline, and the warning that
     validation-split scores are not the issue's evidence."""
@@ -1333,6 +1344,45 @@ def test_calibrate_digits_trains_each_seed_on_a_low_data_split_without_its_valid
     assert json.loads((tmp_path / "calibration.json").read_text()) == {"baseline": [1.0, 1.0], "noise": [1.0, 1.0]}
 
 
+def test_calibrate_digits_refuses_a_bad_out_or_val_before_training_and_ends_in_one_line(tmp_path, monkeypatch):
+    """Audit 145: an --out that is a file failed after every setting had trained; --val as large as the training split
+    ended in low_data_split's traceback ("y must be (N,) class indices with N > 0")."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    cal = _load_benchmark("calibrate_digits")
+    x, y = torch.rand(60, 1, 8, 8), torch.arange(60) % 10
+    monkeypatch.setattr(cal, "load_images", lambda spec, split: (x, y, 17))
+    monkeypatch.setattr(cal, "hub", SimpleNamespace(load=lambda name: name))
+    monkeypatch.setattr(cal, "fit_classifier", lambda *a, **k: pytest.fail("a classifier trained"))
+    monkeypatch.setattr(cal.torch, "set_num_threads", lambda n: None)
+    (tmp_path / "file").write_text("")
+    monkeypatch.setattr(sys, "argv", ["calibrate_digits.py", "--out", str(tmp_path / "file")])
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        cal.main()
+    monkeypatch.setattr(sys, "argv", ["calibrate_digits.py", "--val", "60", "--out", str(tmp_path / "out")])
+    with pytest.raises(ValueError, match="^--val 60 leaves no training images: the digits training split has 60$"):
+        cal.main()
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "calibrate_digits.py"), "--val", "100000", "--out",
+                           str(tmp_path / "out")], cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT_S,
+                          env={**os.environ, "LATENT_TRANSFORMS_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+        "calibrate_digits.py: error: --val 100000 leaves no training images: the digits training split has 1257"]
+
+
+def test_calibrate_eps_refuses_a_val_fraction_that_holds_out_no_image_before_training(tmp_path, monkeypatch):
+    """Audit 145: --val-fraction 0.0001 on digits trained the classifier, then ended in "x must be a non-empty
+    batch, got (0, 1, 8, 8)"."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    cal = _load_benchmark("calibrate_eps")
+    monkeypatch.setattr(cal, "load_images", lambda spec, split: (torch.rand(50, 1, 8, 8), torch.zeros(50).long(), None))
+    monkeypatch.setattr(cal, "hub", SimpleNamespace(load=lambda name: SimpleNamespace(check_images=lambda x, what: None)))
+    monkeypatch.setattr(cal, "fit_classifier", lambda *a, **k: pytest.fail("the classifier trained"))
+    monkeypatch.setattr(sys, "argv", ["calibrate_eps.py", "--codec", "c", "--data", "d", "--val-fraction", "0.01",
+                                      "--out", str(tmp_path), "--threads", str(torch.get_num_threads())])
+    with pytest.raises(ValueError, match=r"^--val-fraction 0.01 holds out no image of the 50 --data images; give at "
+                                         r"least 0.02$"):
+        cal.main()
+
+
 def test_calibrate_eps_reports_a_rejection_rate_the_mean_absolute_change_and_the_perturbed_pictures(tmp_path,
                                                                                                      monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
@@ -1599,6 +1649,18 @@ def test_vae_class_guidance_refuses_a_codec_it_cannot_fine_tune_before_the_guide
         vg.main()
 
 
+def test_vae_class_guidance_refuses_an_out_without_the_checkpoint_suffix_before_loading_anything(tmp_path,
+                                                                                                 monkeypatch):
+    """Audit 145: --out runs/guided/b0 failed in hub.save_checkpoint, after the whole fine-tune."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    vg = _load_benchmark("vae_class_guidance")
+    monkeypatch.setattr(vg, "hub", SimpleNamespace(load=lambda name: pytest.fail("the codec was loaded")))
+    monkeypatch.setattr(sys, "argv", ["vae_class_guidance.py", "--codec", "c", "--train", "t", "--out",
+                                      str(tmp_path / "b0")])
+    with pytest.raises(ValueError, match=r"b0: the checkpoint's file name must end in \.safetensors$"):
+        vg.main()
+
+
 def test_vae_class_guidance_fine_tunes_a_vae_and_its_control_runs_without_a_guide(tmp_path):
     out = tmp_path / "guided" / "vae.safetensors"
     common = ["--codec", "vae-digits", "--train", "digits", "--steps", "3", "--no-progress", "--threads", "1"]
@@ -1780,6 +1842,18 @@ def test_codec_quality_and_calibrate_eps_refuse_bad_settings_before_training(tmp
         with pytest.raises(SystemExit):
             module.main()
         assert "argument --noise-eps: must be a finite number in [0, inf), got -1.0" in capsys.readouterr().err
+
+
+def test_output_stem_of_a_bare_file_name_takes_the_current_folders_name(tmp_path, monkeypatch):
+    """Audit 145: ``calibrate_eps.py --codec FIRST.safetensors`` run in benchmarks/ (as docs/calibration.md does) wrote
+    ``-FIRST-eps.png``: a file name that starts with a dash."""
+    stem = _load_benchmark("models").output_stem
+    (tmp_path / "b3").mkdir()
+    (tmp_path / "b3" / "vae.safetensors").write_bytes(b"")
+    monkeypatch.chdir(tmp_path / "b3")
+    assert stem("vae.safetensors") == "b3-vae"
+    assert stem(str(tmp_path / "b3" / "vae.safetensors")) == "b3-vae"  # as before
+    assert stem("vae-cifar10") == "vae-cifar10"  # a hub name as given
 
 
 def test_an_unknown_device_ends_the_benchmark_in_one_line():

@@ -50,6 +50,14 @@ def test_compile_mode_turns_the_compiled_rows_on_and_refuses_no_compile():
         tp.parse_args(["--device", "cpu", "--no-compile", "--compile-mode", "reduce-overhead"])
 
 
+def test_a_misspelt_compile_mode_is_a_users_mistake_not_a_traceback(tmp_path, monkeypatch, offline_hub):
+    """Audit 145: --compile-mode foo ended in torch's RuntimeError traceback (run_script turns a ValueError into one
+    line, exit 2); no row is built."""
+    monkeypatch.setattr(tp, "build_rows", lambda *a: pytest.fail("rows were built"))
+    with pytest.raises(ValueError, match="^--compile-mode foo: .*reduce-overhead"):
+        tp.main(["--smoke", "--device", "cpu", "--compile-mode", "foo", "--out", str(tmp_path / "tp")])
+
+
 def test_isda_step_alternates_with_the_plain_step(monkeypatch):
     """Each iteration times both steps, the order alternating; the overhead is the median of the paired ratios."""
     order = []
@@ -192,6 +200,21 @@ def test_the_official_cifar_row_uses_the_official_step_size(monkeypatch):
     rows = tp.build_rows(args, torch.device("cpu"), dict(zip(("glow", "vae"), tp.tiny_codecs())))
     assert "LatentAdversarial, 3 PGD steps (official CIFAR)" in [r["method"] for r in rows]
     assert [(a.eps, a.step_size) for a in made if a.steps == 3] == [(1.0, 0.5)]
+
+
+def test_varmixup_rows_say_how_many_samples_their_selection_mixes(tmp_path, monkeypatch, offline_hub):
+    """Audit 145: at --batch-size 2 the default-p VarMixup row timed a selection of no sample (a pass-through) and the
+    VarMixup target was read from it, with nothing in the table to say so."""
+    for batch, mixed in ((2, 0), (8, 2)):  # seed 0's selections
+        out = tmp_path / f"b{batch}"
+        result = tp.main(["--smoke", "--device", "cpu", "--no-compile", "--batch-size", str(batch), "--iters", "1",
+                          "--warmup", "0", "--out", str(out)])
+        rows = {r["key"]: r for r in result["rows"]}
+        assert rows["varmixup"]["samples_mixed"] == rows["varmixup_cached"]["samples_mixed"] == mixed
+        assert "samples_mixed" not in rows["varmixup_all"]
+        md = (out / "throughput.md").read_text()
+        assert f"| t(x, y), the same selection each call, {mixed} of {batch} samples mixed |" in md
+        assert f"| t(x, y, index=i), the same selection each call, {mixed} of {batch} samples mixed |" in md
 
 
 @pytest.mark.slow
