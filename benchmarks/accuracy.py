@@ -21,7 +21,8 @@ Examples::
         --seeds 0 1 2 --out runs/accuracy --resume
     # end to end on the CPU in well under 2 minutes, with tiny random-init codecs
     python benchmarks/accuracy.py --smoke --out /tmp/acc-smoke
-    # several processes on one GPU (scripts/gpu_session.sh): shard I of N each, then one report
+    # several processes on one GPU (scripts/gpu_session.sh): shard I of N each, then one report; --done names the
+    # shards' files of earlier calls (a file that does not exist is refused: leave --done out of a first call)
     python benchmarks/accuracy.py ... --resume --shard 0/2 --done S0/results.json S1/results.json --out S0 &
     python benchmarks/accuracy.py ... --resume --shard 1/2 --done S0/results.json S1/results.json --out S1; wait
     python benchmarks/accuracy.py --merge S0/results.json S1/results.json --out runs/accuracy
@@ -55,7 +56,7 @@ from models import (CIFAR_NOISE_EPS, PerSampleRandAugment, RandomCropFlip, add_d
 from latent_transforms import Compose, hub  # noqa: E402
 from latent_transforms.base import LatentTransform  # noqa: E402
 from latent_transforms.codecs import exact_math  # noqa: E402
-from latent_transforms.data import load_images, low_data_split  # noqa: E402
+from latent_transforms.data import CIFAR10_SPECS, DEFAULT_DATA_ROOT, load_images, low_data_split  # noqa: E402
 from latent_transforms.evaluation import (accuracy, expected_calibration_error, fit_classifier,  # noqa: E402
                                           predict_proba, reliability_bins)
 from latent_transforms.isda import ISDA  # noqa: E402
@@ -130,14 +131,16 @@ def stratified_split(y: torch.Tensor, fraction: float, seed: int = SPLIT_SEED) -
 
 def load_data(args) -> dict:
     """Training, validation and evaluation tensors (CPU), after subsetting and the validation split."""
-    if args.smoke and not args.train.startswith("npz:"):
+    # --smoke replaces only the torchvision downloads by random images: a file or folder is read (its first images),
+    # and a spec that is neither is refused (`--smoke --train bogus` trained on random images without a word)
+    if args.smoke and args.train in CIFAR10_SPECS:
         g = torch.Generator().manual_seed(0)
         x_tr, y_tr = torch.rand(args.smoke_images, 3, 32, 32, generator=g), torch.randint(0, NUM_CLASSES, (args.smoke_images,), generator=g)
         source_train = f"random ({args.smoke_images} images)"
     else:
         x_tr, y_tr, _ = load_images(args.train, "train", args.data_root)
         source_train = args.train
-    if args.smoke and not args.test.startswith("npz:"):
+    if args.smoke and args.test in CIFAR10_SPECS:
         g = torch.Generator().manual_seed(1)
         n = args.smoke_images // 2
         x_te, y_te = torch.rand(n, 3, 32, 32, generator=g), torch.randint(0, NUM_CLASSES, (n,), generator=g)
@@ -155,9 +158,19 @@ def load_data(args) -> dict:
         x_te, y_te = x_te[:args.smoke_images], y_te[:args.smoke_images]
     if args.train_size:
         per_class = args.train_size // NUM_CLASSES
-        idx = low_data_split(y_tr, per_class, seed=SPLIT_SEED)
+        try:
+            idx = low_data_split(y_tr, per_class, seed=SPLIT_SEED)
+        except ValueError as e:  # "class 0 has only 20 samples, fewer than per_class=50" named no flag
+            kept = f" (--smoke keeps the first {args.smoke_images} images)" if args.smoke else ""
+            raise SystemExit(f"--train-size {args.train_size} needs {per_class} training images of every class, but "
+                             f"{e}{kept}") from None
         x_tr, y_tr = x_tr[idx], y_tr[idx]
     tr, va = stratified_split(y_tr, args.val_fraction) if args.val_fraction > 0 else (torch.arange(len(y_tr)), None)
+    untrained = sorted(set(torch.unique(y_tr).tolist()) - set(torch.unique(y_tr[tr]).tolist()))
+    if untrained:  # 0.98 of 200 images trained on 2 (8 classes never seen) without a word; 0.99 on none, which failed
+        raise SystemExit(f"--val-fraction {args.val_fraction:g} holds out every training image of class"
+                         f"{'es' if len(untrained) > 1 else ''} {', '.join(map(str, untrained))} (of "
+                         f"{len(y_tr)} images): use a smaller fraction or more images")
     if args.eval_on == "val" and va is None:
         raise SystemExit("--eval-on val needs --val-fraction > 0")
     data = {"x_train": x_tr[tr], "y_train": y_tr[tr], "source_train": source_train, "source_test": source_test,
@@ -695,6 +708,14 @@ def setting(fingerprint: dict, key: str):
     return value
 
 
+def setting_differences(fingerprint: dict, reference: dict, keys, its: str, reference_s: str) -> str:
+    """The ``keys`` whose setting differs between ``fingerprint`` (a file's) and ``reference``, a flag's with both
+    values (``"epochs 10 there, 9 now"`` for ``its="there", reference_s="now"``; the data's sha256 and the protocol
+    by name): a refusal naming the key alone left the user to dig the file's value out of its JSON."""
+    return "; ".join(k if k not in ARG_KEYS else f"{k} {setting(fingerprint, k)!r} {its}, {reference[k]!r} {reference_s}"
+                     for k in keys if setting(fingerprint, k) != reference[k])
+
+
 def make_fingerprint(args: argparse.Namespace, data_hash: str) -> dict:
     """What this call's runs depend on: the flags (:data:`ARG_KEYS`), the data's sha256 and the protocol."""
     given = {**{k: getattr(args, k) for k in ARG_KEYS}, "data_sha256": data_hash, "protocol": protocol()}
@@ -725,7 +746,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "use) or npz:PATH (default: %(default)s)")
     d.add_argument("--test", default="cifar10",
                    help="cifar10 (also cifar10-5k's test set) or npz:PATH (default: %(default)s)")
-    d.add_argument("--data-root", help="download folder for cifar10")
+    d.add_argument("--data-root", help=f"download folder for cifar10 (default: {DEFAULT_DATA_ROOT})")
     d.add_argument("--train-size", type=POSITIVE_INT, help="class-balanced subset of the training images (before the val split)")
     d.add_argument("--val-fraction", type=float, default=0.1,
                    help="fraction of the training images held out, per class, fixed seed (default %(default)s)")
@@ -783,7 +804,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     o.add_argument("--merge", nargs="+", metavar="RESULTS_JSON",
                    help="train nothing: combine the runs of --arms (default all) of several results.json files "
                         "(e.g. one per seed or per machine) into one report in OUT; data and schedule must match, "
-                        "and each arm's settings and checkpoint among its merged runs")
+                        "and each arm's settings and checkpoint among its merged runs; takes no other option but "
+                        "--out")
     o.add_argument("--done", nargs="*", default=[], metavar="RESULTS_JSON",
                    help="runs in these results.json files (same settings) count as finished: neither run nor shared "
                         "out by --shard (give every shard all shards' files, as they were before the call)")
@@ -800,13 +822,21 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "way)")
     o.add_argument("--no-progress", action="store_true")
     o.add_argument("--smoke", action="store_true",
-                   help="pipeline check on the CPU in < 2 min: 200 random images (or the first 200 of an npz), "
-                        "tiny random-init codecs unless --glow/--vae, and these defaults instead of the others: "
+                   help="pipeline check on the CPU in < 2 min: 200 random images for cifar10 and cifar10-5k (the "
+                        "first 200 of an npz: or folder: spec), tiny random-init codecs unless --glow/--vae, and "
+                        "these defaults instead of the others: "
                         + ", ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
                                     for k, v in SMOKE_DEFAULTS.items()))
     o.add_argument("--threads", type=POSITIVE_INT, help="CPU threads for torch (default: torch's; smoke: 1)")
     o.add_argument("--smoke-images", type=POSITIVE_INT, default=200, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.merge:  # it trains nothing: --seeds, --shard, --resume, --epochs... given with it were silently ignored
+        kept = {"merge": args.merge, "arms": args.arms, "out": args.out, "no_progress": args.no_progress}
+        base = vars(p.parse_args(["--merge", *args.merge]))
+        ignored = [f"--{k.replace('_', '-')}" for k, v in vars(args).items() if k not in kept and v != base[k]]
+        if ignored:
+            p.error(f"--merge trains nothing and takes only --arms and --out: leave out {', '.join(ignored)} (the "
+                    f"settings are those of the files merged)")
     if args.smoke:  # its settings are defaults: an option given beside --smoke wins
         p.set_defaults(**SMOKE_DEFAULTS)
         args = p.parse_args(argv)
@@ -820,9 +850,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     for flag, value in (("--latent-p", args.latent_p), ("--varmixup-p", args.varmixup_p)):
         if not 0 < value <= 1:  # p=0 made the arm the baseline under another name
             p.error(f"{flag} must be in (0, 1], got {value:g}")
-    for flag, values in (("--arms", args.arms), ("--seeds", args.seeds)):
+    for flag, values in (("--arms", args.arms), ("--seeds", args.seeds), ("--latent-levels", args.latent_levels or [])):
         twice = sorted({str(v) for v in values if values.count(v) > 1})
-        if twice:  # each would run twice, one result kept; under --shard the final --merge refused them
+        if twice:  # each would run twice, one result kept; under --shard the final --merge refused them (a level
+            # twice is the level once to the library, another setting to --resume and --merge)
             p.error(f"{flag} names {', '.join(twice)} more than once")
     return args
 
@@ -877,9 +908,9 @@ def merge_results(paths: list[str], arms: list[str]) -> tuple[dict, dict, dict]:
     set_by: dict[str, str] = {}  # arm setting -> the file whose merged runs fixed its value
     for p, res in zip(paths, loaded):
         fp = res["fingerprint"]
-        diff = [k for k in shared if setting(fp, k) != fingerprint[k]]
+        diff = setting_differences(fp, fingerprint, shared, "there", "in the first")
         if diff:
-            raise SystemExit(f"--merge: {p} was made with other data or schedule than {paths[0]} ({', '.join(diff)})")
+            raise SystemExit(f"--merge: {p} was made with other data or schedule than {paths[0]} ({diff})")
         for arm, by_seed in res["runs"].items():
             if arm not in arms:
                 continue
@@ -1033,9 +1064,9 @@ def load_runs(path: Path, fingerprint: dict, flag: str, remedy: str) -> dict:
     """The runs of the results file ``path``; one made with other settings is refused, naming ``flag`` and
     ``remedy``."""
     old = read_results(path, flag, ("fingerprint", "runs"))
-    diff = [k for k in FINGERPRINT_KEYS if setting(old.get("fingerprint", {}), k) != fingerprint[k]]
+    diff = setting_differences(old["fingerprint"], fingerprint, FINGERPRINT_KEYS, "there", "now")
     if diff:
-        raise SystemExit(f"{flag}: {path} was made with other settings ({', '.join(diff)}); {remedy}")
+        raise SystemExit(f"{flag}: {path} was made with other settings ({diff}); {remedy}")
     return old.get("runs", {})
 
 

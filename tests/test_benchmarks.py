@@ -842,12 +842,13 @@ def test_accuracy_resume_done_and_merge_refuse_mixing_runs_with_and_without_corr
     scored, unscored = fingerprint(), fingerprint("--no-corruptions")
     old = write("old.json", {k: v for k, v in scored.items() if k != "no_corruptions"}, 0)
     assert acc.load_runs(old, scored, "--resume", "r") == {"baseline": {"0": {"accuracy": 0.5}}}
-    with pytest.raises(SystemExit, match=r"^--resume: .* other settings \(no_corruptions\)"):
+    with pytest.raises(SystemExit, match=r"^--resume: .* other settings \(no_corruptions False there, True now\)"):
         acc.load_runs(old, unscored, "--resume", "r")
     new = write("new.json", unscored, 1)
-    with pytest.raises(SystemExit, match=r"^--done: .* other settings \(no_corruptions\)"):
+    with pytest.raises(SystemExit, match=r"^--done: .* other settings \(no_corruptions True there, False now\)"):
         acc.load_runs(new, scored, "--done", "d")
-    with pytest.raises(SystemExit, match=r"other data or schedule than .* \(no_corruptions\)"):
+    with pytest.raises(SystemExit,
+                       match=r"other data or schedule than .* \(no_corruptions True there, False in the first\)"):
         acc.merge_results([str(old), str(new)], ["baseline"])
 
 
@@ -862,7 +863,7 @@ def test_accuracy_fingerprint_reads_the_default_checkpoint_named_or_not(tmp_path
     assert named == plain and plain["glow"] == "glow-cifar10"
     assert acc.load_runs(results, named, "--resume", "r") == {"baseline": {"0": {"accuracy": 0.5}}}
     other = acc.make_fingerprint(acc.parse_args(["--glow", "my-glow"]), "0" * 64)
-    with pytest.raises(SystemExit, match=r"other settings \(glow\)"):
+    with pytest.raises(SystemExit, match=r"other settings \(glow 'glow-cifar10' there, 'my-glow' now\)"):
         acc.load_runs(results, other, "--resume", "r")
     smoke, smoke_named = (acc.make_fingerprint(acc.parse_args(["--smoke", *f]), "0" * 64)
                           for f in ([], ["--glow", "glow-cifar10"]))
@@ -1144,7 +1145,7 @@ def test_accuracy_resume_refuses_runs_made_with_any_other_training_or_method_set
                                 "runs": {"baseline": {"0": {"accuracy": 0.5}}}}))
     for flag, (key, value) in _SETTINGS.items():
         now = acc.make_fingerprint(acc.parse_args([flag, value]), "0" * 64)
-        with pytest.raises(SystemExit, match=rf"other settings \({key}\)"):
+        with pytest.raises(SystemExit, match=rf"other settings \({key} .* there, .* now\)"):
             acc.load_runs(path, now, "--resume", "r")
 
 
@@ -1776,7 +1777,8 @@ def test_accuracy_resume_into_a_merged_report_is_refused(tmp_path):
         acc.main(["--smoke", "--arms", "baseline", "--resume", "--out", str(out)])
 
 
-@pytest.mark.parametrize("argv", [["--arms", "baseline", "baseline"], ["--seeds", "0", "1", "0"]])
+@pytest.mark.parametrize("argv", [["--arms", "baseline", "baseline"], ["--seeds", "0", "1", "0"],
+                                  ["--latent-levels", "0", "0"]])  # audit 144: [0, 0] ran as [0], resumed as another
 def test_accuracy_refuses_an_arm_or_seed_named_twice(argv, capsys):
     # each ran twice (runs: 4/4 for 2 runs); under --shard the copies could land in two shards and the merge refused
     with pytest.raises(SystemExit):
@@ -1943,3 +1945,55 @@ def test_a_codec_for_other_images_is_refused_before_the_classifier_trains(tmp_pa
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 2 and "trained on images of shape (3, 32, 32)" in proc.stderr, proc.stderr[-2000:]
     assert "epoch" not in proc.stderr  # no training bar ran
+
+
+@pytest.mark.parametrize("argv, ignored", [
+    (["--seeds", "1"], "--seeds"), (["--resume", "--shard", "0/2"], "--resume, --shard"),
+    (["--time-budget", "60", "--done", "d.json"], "--done, --time-budget"), (["--smoke"], "--smoke"),
+    (["--epochs", "3"], "--epochs"),
+])
+def test_accuracy_merge_refuses_the_options_it_would_ignore(argv, ignored, capsys):
+    """Audit 144: --merge trains nothing, and took --seeds, --shard, --resume or a training setting without a word
+    (a --merge ... --seeds 1 reported every seed of the files)."""
+    acc = _load_accuracy_module()
+    with pytest.raises(SystemExit) as e:
+        acc.parse_args(["--merge", "a.json", "b.json", *argv, "--out", "m"])
+    assert e.value.code == 2 and f"leave out {ignored} (the settings" in capsys.readouterr().err
+    args = acc.parse_args(["--merge", "a.json", "--arms", "baseline", "isda", "--out", "m", "--no-progress"])
+    assert args.merge == ["a.json"] and args.arms == ["baseline", "isda"]
+
+
+def test_accuracy_smoke_replaces_only_the_downloads_by_random_images(tmp_path):
+    """Audit 144: --smoke trained on random images for any spec but npz:, so `--smoke --train bogus` ran without a
+    word and a folder: spec was never read; only cifar10 and cifar10-5k (downloads) are replaced."""
+    from PIL import Image
+
+    acc = _load_accuracy_module()
+    for c in range(10):
+        (tmp_path / "imgs" / f"c{c}").mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (32, 32), (25 * c, 10 * i, 0)).save(tmp_path / "imgs" / f"c{c}" / f"{i}.png")
+    folder = f"folder:{tmp_path / 'imgs'}"
+    data = acc.load_data(acc.parse_args(["--smoke", "--train", folder, "--test", folder]))
+    assert data["source_train"] == folder and len(data["y_train"]) + data["n_val"] == 30
+    assert acc.load_data(acc.parse_args(["--smoke", "--train", "cifar10-5k"]))["source_train"] == "random (200 images)"
+    with pytest.raises(ValueError, match="unknown data spec 'bogus'"):
+        acc.load_data(acc.parse_args(["--smoke", "--train", "bogus"]))
+
+
+def test_accuracy_train_size_larger_than_the_data_names_the_flag():
+    """Audit 144: `--smoke --train-size 300` ended in "class 0 has only 20 samples, fewer than per_class=30"."""
+    acc = _load_accuracy_module()
+    with pytest.raises(SystemExit, match=r"^--train-size 300 needs 30 training images of every class, but class \d "
+                                         r"has only \d+ samples.* \(--smoke keeps the first 200 images\)$"):
+        acc.load_data(acc.parse_args(["--smoke", "--train-size", "300"]))
+
+
+@pytest.mark.parametrize("fraction", ["0.98", "0.99"])
+def test_accuracy_refuses_a_validation_fraction_that_leaves_a_class_untrained(fraction):
+    """Audit 144: `--smoke --val-fraction 0.98` trained on 2 images, 8 classes never seen, without a word; 0.99 held
+    out every image and failed after the warm-up with "x is an empty batch"."""
+    acc = _load_accuracy_module()
+    with pytest.raises(SystemExit, match=rf"^--val-fraction {fraction} holds out every training image of class"):
+        acc.load_data(acc.parse_args(["--smoke", "--val-fraction", fraction]))
+    assert len(acc.load_data(acc.parse_args(["--smoke", "--val-fraction", "0.5"]))["y_train"]) > 0
