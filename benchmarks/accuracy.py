@@ -805,7 +805,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="train nothing: combine the runs of --arms (default all) of several results.json files "
                         "(e.g. one per seed or per machine) into one report in OUT; data and schedule must match, "
                         "and each arm's settings and checkpoint among its merged runs; takes no other option but "
-                        "--out")
+                        "--out and --no-progress")
     o.add_argument("--done", nargs="*", default=[], metavar="RESULTS_JSON",
                    help="runs in these results.json files (same settings) count as finished: neither run nor shared "
                         "out by --shard (give every shard all shards' files, as they were before the call)")
@@ -835,7 +835,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         base = vars(p.parse_args(["--merge", *args.merge]))
         ignored = [f"--{k.replace('_', '-')}" for k, v in vars(args).items() if k not in kept and v != base[k]]
         if ignored:
-            p.error(f"--merge trains nothing and takes only --arms and --out: leave out {', '.join(ignored)} (the "
+            p.error(f"--merge trains nothing and takes only --arms, --out and --no-progress: leave out {', '.join(ignored)} (the "
                     f"settings are those of the files merged)")
     if args.smoke:  # its settings are defaults: an option given beside --smoke wins
         p.set_defaults(**SMOKE_DEFAULTS)
