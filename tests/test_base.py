@@ -455,6 +455,8 @@ def test_to_soft_keeps_the_dtype_of_soft_labels():
         out = to_soft(y, None)
         assert out.dtype == dtype and torch.equal(out, y)
     assert to_soft(torch.tensor([0, 2]), 3, torch.float64).dtype == torch.float64
+    with pytest.raises(ValueError, match="needs num_classes"):  # not one_hot's TypeError about None
+        to_soft(torch.tensor([0, 2]), None)
 
 
 def test_mixed_soft_labels_keep_their_dtype():
@@ -575,6 +577,18 @@ def test_a_decode_exactly_max_overshoot_outside_is_kept_and_clipped_a_larger_one
     images, ok = keep_plausible(decoded, fallback)
     assert ok.tolist() == [True, True, False, False]
     assert images.flatten(1)[:, 0].tolist() == [1.0, 0.0, 0.25, 0.25]
+
+
+def test_one_pixel_far_outside_rejects_its_sample_whatever_the_others():
+    """The worst pixel judges a sample: one pixel 1.0 outside among 63 in range (a mean overshoot of 0.016) is
+    rejected, and so is one NaN or inf pixel."""
+    fallback = torch.full((5, 1, 8, 8), 0.25)
+    decoded = torch.full((5, 1, 8, 8), 0.5)
+    decoded[0, 0, 0, 0], decoded[1, 0, 3, 3], decoded[2, 0, 1, 1], decoded[3, 0, 7, 7] = 2.0, -1.0, float("nan"), \
+        float("inf")
+    images, ok = keep_plausible(decoded, fallback)
+    assert ok.tolist() == [False, False, False, False, True]
+    assert torch.equal(images[:4], fallback[:4]) and torch.equal(images[4], decoded[4])
 
 
 def test_p_one_draws_no_selection_from_the_generator():

@@ -188,6 +188,16 @@ def test_eval_mode_runs_the_conversions_inside_a_torchvision_or_nested_compose(r
         assert torch.equal(x2, to_float(x8)) and y2 is y
 
 
+def test_eval_mode_runs_to_pure_tensor_as_training_does(rgb, rgb_glow):
+    from torchvision import tv_tensors
+
+    x, y = rgb
+    c = Compose([T.ToPureTensor(), LatentNoise(rgb_glow, generator=0)])
+    assert type(c.train()(tv_tensors.Image(x), y)[0]) is torch.Tensor
+    x2, y2 = c.eval()(tv_tensors.Image(x), y)  # the validation images come out plain tensors too, not Images
+    assert type(x2) is torch.Tensor and torch.equal(x2, x) and y2 is y
+
+
 def test_a_nested_compose_runs_with_labels_and_model(rgb, rgb_glow):
     x, y = rgb
     net = TinyNet(channels=3)
@@ -240,11 +250,16 @@ class _LabelModule(torch.nn.Module):
         return x, y
 
 
-@pytest.mark.parametrize("step", [_LabelMix(), _LabelModule(), lambda x, y: (x, y)])
+def _label_mix_positional_only(x, target, /):
+    return x, target
+
+
+@pytest.mark.parametrize("step", [_LabelMix(), _LabelModule(), lambda x, y: (x, y), _label_mix_positional_only])
 def test_a_step_that_also_takes_the_labels_is_refused_when_built(rgb, step):
     # Compose calls a plain callable as t(x): timm's Mixup failed at the first call with its own "missing 1 required
     # positional argument: 'target'", naming neither the step nor where it belongs
-    with pytest.raises(TypeError, match=r"step 1 \((_LabelMix|_LabelModule|<lambda>)\) requires 2 arguments.*t\(x\)"
+    with pytest.raises(TypeError, match=r"step 1 \((_LabelMix|_LabelModule|<lambda>|_label_mix_positional_only)\) "
+                                        r"requires 2 arguments.*t\(x\)"
                        r".*outside the Compose"):
         Compose([T.RandomHorizontalFlip(), step])
 
@@ -457,7 +472,8 @@ def test_a_latent_step_in_nn_sequential_is_refused_when_built(rgb_glow):
 
 def test_a_step_that_returns_something_else_than_images_is_named(rgb):
     x, y = rgb
-    with pytest.raises(TypeError, match="<lambda> at step 1 returned a tuple of 2, not images"):
+    # the step's own output: the previous step is not blamed ("Compose step 1 (...), on the output of step 0")
+    with pytest.raises(TypeError, match="^<lambda> at step 1 returned a tuple of 2, not images"):
         Compose([T.RandomHorizontalFlip(), lambda x: (x, None)])(x, y)
 
 

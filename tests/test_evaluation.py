@@ -279,6 +279,14 @@ def test_borrowed_gives_back_what_it_changed_when_switching_the_model_fails():
             pass
 
 
+def test_borrowed_lends_the_module_inside_data_parallel_wrappers():
+    # an attack runs the local module: DataParallel's (and DDP's) forward would scatter or sync buffers
+    net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    with borrowed(nn.DataParallel(nn.DataParallel(net))) as inner:
+        assert inner is net and not net.training
+    assert net.training
+
+
 def test_borrowed_turns_gradients_and_training_off_until_the_last_of_nested_borrows_ends():
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))  # training, gradients on
     model[2].weight.requires_grad_(False)  # a frozen parameter stays frozen after

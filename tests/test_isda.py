@@ -652,6 +652,7 @@ def test_settings_take_numpy_scalars_like_the_other_methods():
     assert ISDALoss(np.int64(10)).num_classes == 10
     for bad, match in [(lambda: ISDA(10.0), "num_classes must be an int >= 1"),
                        (lambda: ISDA(10, lambda0=float("nan")), "lambda0 must be a finite number"),
+                       (lambda: FeatureCovariance(0), "num_classes must be an int >= 1"),
                        (lambda: FeatureCovariance(3, feature_dim=0), "feature_dim must be an int >= 1"),
                        (lambda: ISDA(10, covariance="low-rank"), r"covariance must be one of \('full', 'diagonal'\)")]:
         with pytest.raises(ValueError, match=match):
@@ -915,8 +916,22 @@ def test_the_loss_form_and_the_functional_name_what_they_were_given():
         isda_logits(torch.randn(6, 5), torch.randn(5, 8), y, [[0.0] * 8] * 5, 0.5)
     with pytest.raises(TypeError, match="features must be a torch.Tensor, got list"):
         FeatureCovariance(3).update([[0.0, 1.0]], torch.zeros(1, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"features must be \(N, A\), got shape \(4,\)"):  # was an IndexError
+        FeatureCovariance(3).update(torch.randn(4), torch.zeros(4, dtype=torch.int64))
     with pytest.raises(TypeError, match=r"covariance must be one of \('full', 'diagonal'\), got True"):
         FeatureCovariance(3, covariance=True)
+
+
+def test_statistics_merged_under_cpu_autocast_are_the_float32_ones():
+    # the merge turns autocast off: under a bfloat16 autocast its matrix product ran in bfloat16
+    g = torch.Generator().manual_seed(0)
+    f, y = torch.randn(64, 8, generator=g), torch.randint(0, 3, (64,), generator=g)
+    plain, mixed = FeatureCovariance(3), FeatureCovariance(3)
+    plain.update(f, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed.update(f, y)
+    assert mixed.cov.dtype == torch.float32 and torch.equal(mixed.cov, plain.cov)
+    assert torch.equal(mixed.mean, plain.mean)
 
 
 def test_statistics_first_sized_under_inference_mode_keep_training_afterwards():

@@ -57,10 +57,15 @@ def test_cache_errors_are_named(data):
             unlucky(x, y, index=torch.tensor([0, 1, 2, 40]))
     with pytest.raises(ValueError, match="index is on meta but the cache on cpu"):  # was moved silently
         cache(torch.arange(4, device="meta"))
+    elsewhere = LatentNoise(glow, cache=LatentCache(glow, images, progress=False).to("meta"), generator=0)
+    with pytest.raises(ValueError, match="the latent cache is on meta but x is on cpu"):  # named before the lookup
+        elsewhere(x, y, index=torch.arange(4))
     with pytest.raises(ValueError, match="trained on images of shape"):
         LatentCache(glow, torch.rand(4, 3, 8, 8), progress=False)
     with pytest.raises(ValueError, match="batch_size must be an int >= 1"):  # was range()'s own error
         LatentCache(glow, images, batch_size=0, progress=False)
+    with pytest.raises(ValueError, match="verify_images must be True or False"):  # "no" would read as true
+        LatentCache(glow, images, progress=False, verify_images="no")
 
 
 def test_cache_takes_a_hub_name_like_the_transforms():
@@ -211,6 +216,8 @@ def test_cache_saves_loads_and_keeps_its_codec_identity(data, tmp_path):
                        LatentNoise(glow, cache=cache, generator=0)(x, y, index=idx)[0])
     with pytest.raises(ValueError, match="was encoded with another codec than the one given"):
         LatentCache.load(path, other)
+    with pytest.raises(ValueError, match="verify_images must be True or False"):  # "no" would read as true
+        LatentCache.load(path, glow, verify_images="no")
     path.with_name("cut.safetensors").write_bytes(path.read_bytes()[:100])
     with pytest.raises(ValueError, match="cut.safetensors is not a readable latent cache"):
         LatentCache.load(path.with_name("cut.safetensors"), glow)
@@ -478,6 +485,20 @@ def test_a_file_of_latents_in_another_format_is_not_taken_for_a_latent_cache(tmp
         LatentCache.load(path, glow)
 
 
+@pytest.mark.parametrize("extra", [{"images": torch.zeros(6, 64)}, {"signatures": torch.zeros(6, 2), "images": torch.zeros(1)}])
+def test_a_file_in_the_cache_format_holding_other_tensors_is_not_taken_for_a_latent_cache(tmp_path, extra):
+    from safetensors.torch import save_file
+
+    from latent_transforms.latent_cache import FORMAT
+
+    glow = tiny_glow()
+    path = tmp_path / "c.safetensors"
+    save_file({"latents": torch.zeros(6, glow.latent_dim), **extra}, str(path),
+              metadata={"format": FORMAT, "codec_fingerprint": glow.fingerprint()})
+    with pytest.raises(ValueError, match="c.safetensors is not a latent cache written by LatentCache.save"):
+        LatentCache.load(path, glow)
+
+
 def test_a_loaded_cache_of_another_latent_width_is_refused_even_with_the_codecs_fingerprint(tmp_path):
     from safetensors.torch import save_file
 
@@ -529,3 +550,29 @@ def test_a_cache_repr_shows_its_size_and_settings(data):
     glow = tiny_glow()
     cache = LatentCache(glow, images, progress=False, verify_images=False)
     assert repr(cache) == f"LatentCache(40, latent_dim={glow.latent_dim}, verify_images=False)"
+
+
+def test_the_signatures_projection_is_fixed_so_a_saved_cache_still_checks_its_images():
+    # a cache file keeps its images' signatures, not the projection that made them: a projection drawn otherwise (a
+    # changed seed) would refuse every image of the caches saved before, as if they were other images
+    from latent_transforms.latent_cache import _projection
+
+    signs = torch.tensor([[-1, 1, 1, 1, 1, 1, -1, -1], [1, -1, 1, 1, 1, -1, 1, -1]]).T.float()
+    assert torch.equal(_projection(8), signs / 8 ** 0.5)
+
+
+def test_images_that_only_one_of_the_two_projections_tells_apart_are_refused():
+    # the two signatures are judged by the larger of their differences: a change that leaves one projection as it
+    # was (here orthogonal to the first) is still told apart by the other
+    from latent_transforms.latent_cache import _projection
+
+    images = 0.25 + 0.5 * torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    glow = tiny_glow()
+    cache = LatentCache(glow, images, progress=False)
+    p = _projection(64)
+    v = p[:, 1] - (p[:, 1] @ p[:, 0]) / (p[:, 0] @ p[:, 0]) * p[:, 0]
+    x = images[:4].clone()
+    x[2] += 0.01 * v.view(1, 8, 8)
+    assert ((x[2] - images[2]).flatten() @ p[:, 0]).abs() < 1e-5 < ((x[2] - images[2]).flatten() @ p[:, 1]).abs()
+    with pytest.raises(ValueError, match=r"not the images this latent cache holds at index \(row 2, position 2"):
+        LatentNoise(glow, cache=cache, generator=0)(x, index=torch.arange(4))

@@ -72,6 +72,11 @@ def test_a_float64_codec_still_works(glow, batch):
     t = LatentNoise(glow, eps=0.0, generator=0).double()
     x2, _ = t(x, y)
     assert x2.dtype == torch.float32 and (x2 - x).abs().max() <= 1e-4 and t.codec.dtype == torch.float64
+    t = LatentNoise(glow, eps=1.0, generator=0).double()
+    t(x, y)
+    delta = t.last_params["delta"]  # drawn in the codec's float64: its length is eps to float64's precision
+    assert delta.dtype == torch.float64
+    assert torch.allclose(delta.norm(dim=1), torch.ones(len(x), dtype=torch.float64), rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("norm", ["l2", "linf", None])
@@ -249,6 +254,11 @@ def test_models_that_do_not_return_logits_are_named(glow, batch, net, form, got)
             LatentAdversarial(glow, target=target, generator=0)(*batch, model)
     with pytest.raises(ValueError, match=f"LatentMixupInference needs .* got {got}"):
         LatentMixupInference(model, glow, references=batch[0], num_mixes=1, generator=0)(batch[0])
+
+
+def test_adversarial_without_a_model_says_how_to_pass_it(glow, batch):
+    with pytest.raises(TypeError, match=r"LatentAdversarial needs the classifier being trained: call t\(x, y, model\)"):
+        LatentAdversarial(glow, generator=0)(*batch)
 
 
 def test_adversarial_under_inference_mode_is_named(glow, batch, net):
@@ -473,6 +483,8 @@ def test_mixup_inference_probabilities_keep_a_float64_models_precision(glow, bat
     (lambda g: LatentAdversarial(g, steps=True), "steps must be an int"),
     (lambda g: VarMixup(g, alpha=float("inf")), "alpha must be a finite number in \\[0.001"),  # hung before
     (lambda g: VarMixup(g, alpha=0.0), "alpha must be a finite number in \\[0.001"),
+    (lambda g: VarMixup(g, num_classes=0), "num_classes must be an int >= 1"),
+    (lambda g: LatentAdversarial(g, norm=None), "norm must be one of \\('l2', 'linf'\\), got None"),  # no ball
     (lambda g: LatentNoise(g, p=True), "p must be a finite number in \\[0, 1\\]"),
     (lambda g: LatentNoise(g, levels=[True]), "levels"),
     (lambda g: LatentNoise(g, levels=0), "levels must be a list of level indices in .*, such as \\[0\\], got 0"),
@@ -682,6 +694,7 @@ def test_levels_are_normalised_and_checked(glow, batch):
     assert torch.equal(neg(*batch)[0], pos(*batch)[0])
     assert torch.equal(neg.last_params["delta"], pos.last_params["delta"])
     assert LatentNoise(glow, levels=[1, -1, 0]).levels == [0, 1]
+    assert LatentNoise(glow, levels=(1, 0)).levels == [0, 1]  # a tuple is a list of levels too
     with pytest.raises(ValueError, match="non-empty"):
         LatentNoise(glow, levels=[])
     for level in (n, -n - 1):  # one past either end: not taken modulo n
@@ -848,14 +861,22 @@ def test_given_params_are_checked():
         t(x, params={"delta": t.last_params["delta"]})
     with pytest.raises(ValueError, match=r"params are of a batch of 4, this one has 3 samples"):
         t(x[:3], params=t.last_params)
+    with pytest.raises(ValueError, match=r"params are of a batch of torch.float32 of shape \(\), this one has 4"):
+        t(x, params={**t.last_params, "batch_size": torch.tensor(4.0)})  # a count, not a float
     with pytest.raises(ValueError, match=r"params\['selected'\] must be distinct rows of this batch of 3, got rows "
                                          r"0\.\.3 \(from a call"):  # not "some twice": rows past the end are no repeats
         t(x[:3], params={k: v for k, v in t.last_params.items() if k != "batch_size"})
     with pytest.raises(ValueError, match=r"some twice"):
         t(x, params={**t.last_params, "selected": torch.tensor([0, 0, 1, 2])})
+    with pytest.raises(ValueError, match=r"params\['selected'\] must be \(N,\) int64 batch rows on cpu, got torch.int32"):
+        t(x, params={**t.last_params, "selected": t.last_params["selected"].int()})
     with pytest.raises(ValueError, match=r"params lacks \['delta'\] for 2 selected samples"):
         t(x, params={"selected": torch.tensor([0, 1]), "delta": t.last_params["delta"]})
     assert torch.equal(t.eval()(x, params={"nonsense": 1})[0], x)  # eval mode: the identity, params unused
+    none = LatentNoise(glow, eps=2.0, p=0.0, generator=0)
+    none(x)  # no sample selected: last_params holds only these two keys, and replays as such a call
+    assert set(none.last_params) == {"batch_size", "selected"}
+    assert torch.equal(none(x, params=none.last_params)[0], x)
 
 
 def test_params_of_a_smaller_batch_are_refused_on_a_larger_one():

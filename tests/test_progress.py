@@ -14,12 +14,12 @@ class Terminal(io.StringIO):
         return True
 
 
-def _updates(stream: io.StringIO, monkeypatch, **kwargs) -> list[str]:
-    """The states a bar over 300 items, one a second, writes to ``stream``."""
+def _updates(stream: io.StringIO, monkeypatch, seconds: float = 1.0, **kwargs) -> list[str]:
+    """The states a bar over 300 items, one every ``seconds``, writes to ``stream``."""
     clock = [0.0]
     monkeypatch.setattr(tqdm.std, "time", lambda: clock[0])
     for _ in progress_bar(range(300), file=stream, desc="run", **kwargs):
-        clock[0] += 1.0
+        clock[0] += seconds
     return [s for s in stream.getvalue().split("\r") if s.strip()]
 
 
@@ -33,6 +33,12 @@ def test_a_bar_in_a_log_file_writes_a_state_every_log_interval_and_its_last(monk
     states = _updates(io.StringIO(), monkeypatch)
     assert LOG_INTERVAL == 30 and 300 / LOG_INTERVAL <= len(states) <= 300 / LOG_INTERVAL + 3
     assert "300/300" in states[-1]
+
+
+def test_a_bar_in_a_log_file_is_throttled_by_time_not_by_items(monkeypatch):
+    # items of 2 s: a state every 30 s is one every 15 items (every 30 items would be a state a minute)
+    states = _updates(io.StringIO(), monkeypatch, seconds=2.0)
+    assert 600 / LOG_INTERVAL <= len(states) <= 600 / LOG_INTERVAL + 3
 
 
 def test_a_bar_on_a_terminal_keeps_tqdms_pace(monkeypatch):
