@@ -216,11 +216,16 @@ def _layer_label(name: str, layer: nn.Linear) -> str:
     return f"{name!r} (nn.Linear {layer.in_features} -> {layer.out_features})"
 
 
+def _and_wrapped(model: nn.Module) -> tuple[nn.Module, nn.Module | None]:
+    """``model`` and, for a DDP/DataParallel wrapper, the module it wraps (else None)."""
+    return model, getattr(model, "module", None)
+
+
 def _is_compiled(model: nn.Module) -> bool:
     """Whether ``model`` is torch.compile's OptimizedModule or was compiled in place (``model.compile()``), or is a
     DDP/DataParallel wrapper of one."""
     return any(hasattr(m, "_orig_mod") or getattr(m, "_compiled_call_impl", None) is not None
-               for m in (model, getattr(model, "module", None)))
+               for m in _and_wrapped(model))
 
 
 def _compiled_fullgraph(model: nn.Module) -> bool:
@@ -229,8 +234,7 @@ def _compiled_fullgraph(model: nn.Module) -> bool:
     which fullgraph=True turns into torch's "Unsupported: Attempted to represent unregistered RemovableHandle" in
     the user's forward. Those breaks are what runs each call's own hook, labels and strength: traced into the graph,
     a later call's would not be seen."""
-    return any(getattr(getattr(m, "dynamo_ctx", None), "fullgraph", False) is True
-               for m in (model, getattr(model, "module", None)))
+    return any(getattr(getattr(m, "dynamo_ctx", None), "fullgraph", False) is True for m in _and_wrapped(model))
 
 
 def _never_fired(label: str, model: nn.Module) -> str:

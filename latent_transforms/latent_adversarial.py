@@ -8,7 +8,7 @@ from .codec_transform import CodecTransform
 from .latent_cache import LatentCache
 from .codecs import Codec
 from .modelutils import borrowed, logits_of
-from .perturbation import ascent_direction, check_norm, project, random_start
+from .perturbation import ascent_direction, check_norm, project, random_start, scaled_to_unit_max
 from .validation import check_bool, check_choice, check_count, check_number
 
 
@@ -122,7 +122,7 @@ def _unit_loss_grad(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     with torch.enable_grad():
         z = logits.detach().float().requires_grad_(True)
         (g,) = torch.autograd.grad(F.cross_entropy(z, target, reduction="sum"), z)
-    return (g / g.abs().amax(1, keepdim=True).clamp_min(torch.finfo(g.dtype).tiny)).to(logits.dtype)
+    return scaled_to_unit_max(g).to(logits.dtype)
 
 
 def _check_labels_fit(y: torch.Tensor, k: int) -> None:

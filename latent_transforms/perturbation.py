@@ -25,6 +25,12 @@ def project(d: torch.Tensor, eps: float, norm: str | None) -> torch.Tensor:
     return d
 
 
+def scaled_to_unit_max(g: torch.Tensor) -> torch.Tensor:
+    """(B, D) -> each row divided by its largest absolute entry (a zero row stays zero): the same direction, in a
+    range no rounding flushes to 0."""
+    return g / g.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(g.dtype).tiny)
+
+
 def ascent_direction(g: torch.Tensor, norm: str) -> torch.Tensor:
     """Steepest-ascent unit step for a gradient g: (B, D): g / ||g||_2 (l2; a zero gradient: no step) or sign(g)
     (linf)."""
@@ -33,7 +39,7 @@ def ascent_direction(g: torch.Tensor, norm: str) -> torch.Tensor:
     length = g.norm(dim=1, keepdim=True)
     # a row whose norm is below 1e-12 (float32 entries of about 1e-23 give a norm of 0: a very confident model's
     # gradient, averaged over the batch) is scaled by its largest entry first, so that it still takes a whole step
-    scaled = g / g.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(g.dtype).tiny)
+    scaled = scaled_to_unit_max(g)
     small = scaled / scaled.norm(dim=1, keepdim=True).clamp_min(1.0)  # a non-zero row: norm >= 1 once scaled
     return torch.where(length >= 1e-12, g / length.clamp_min(1e-12), small)
 
