@@ -294,9 +294,10 @@ def build_rows(args, device: torch.device, codecs: dict) -> list[dict]:
          "timed": "the whole step, ISDA armed, alternating with a plain step", "fn": train_step(isda),
          "paired": train_step()},
     ]
+    selecting = {"varmixup": varmixup, "varmixup_cached": varmixup_cached}  # p < 1: rows that time one selection
     for row in rows:
-        if row["key"] in ("varmixup", "varmixup_cached"):
-            row["fn"] = noting_selection(row, varmixup if row["key"] == "varmixup" else varmixup_cached, row["fn"])
+        if row["key"] in selecting:
+            row["fn"] = noting_selection(row, selecting[row["key"]], row["fn"])
     if args.compile:
         glow_c = codecs["glow_compiled"]
         mode = f", mode={args.compile_mode}" if args.compile_mode else ""
