@@ -50,8 +50,8 @@ from torch import nn
 warnings.filterwarnings("ignore", message="torch.lu is deprecated")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import (CIFAR_NOISE_EPS, PerSampleRandAugment, RandomCropFlip, add_device_argument,  # noqa: E402
-                    build_classifier, check_output_folder, library_default, load_codec, run_script, setup_device,
-                    tiny_codecs, write_json, write_text)
+                    argument_parser, build_classifier, check_output_folder, library_default, load_codec, run_script,
+                    setup_device, tiny_codecs, write_json, write_text)
 
 from latent_transforms import Compose, hub  # noqa: E402
 from latent_transforms.base import LatentTransform  # noqa: E402
@@ -129,33 +129,32 @@ def stratified_split(y: torch.Tensor, fraction: float, seed: int = SPLIT_SEED) -
     return torch.cat(train).sort().values, torch.cat(val).sort().values
 
 
-def load_data(args) -> dict:
-    """Training, validation and evaluation tensors (CPU), after subsetting and the validation split."""
-    # --smoke replaces only the torchvision downloads by random images: a file or folder is read (its first images),
-    # and a spec that is neither is refused (`--smoke --train bogus` trained on random images without a word)
-    if args.smoke and args.train in CIFAR10_SPECS:
-        g = torch.Generator().manual_seed(0)
-        x_tr, y_tr = torch.rand(args.smoke_images, 3, 32, 32, generator=g), torch.randint(0, NUM_CLASSES, (args.smoke_images,), generator=g)
-        source_train = f"random ({args.smoke_images} images)"
-    else:
-        x_tr, y_tr, _ = load_images(args.train, "train", args.data_root)
-        source_train = args.train
-    if args.smoke and args.test in CIFAR10_SPECS:
-        g = torch.Generator().manual_seed(1)
-        n = args.smoke_images // 2
-        x_te, y_te = torch.rand(n, 3, 32, 32, generator=g), torch.randint(0, NUM_CLASSES, (n,), generator=g)
-        source_test = f"random ({n} images)"
-    else:
-        x_te, y_te, _ = load_images(args.test, "test", args.data_root)
-        source_test = args.test
-    for name, (x, y) in {"training": (x_tr, y_tr), "test": (x_te, y_te)}.items():
-        if y is None:
-            raise SystemExit(f"the {name} data has no labels")
-        if tuple(x.shape[1:]) != (3, 32, 32):
-            raise SystemExit(f"the {name} images must be 3x32x32 (CIFAR-10), got {tuple(x.shape[1:])}")
+def read_images(args, split: str) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(images, labels, their source) of ``--train`` (``split`` "train") or ``--test`` ("test"), on the CPU.
+
+    --smoke replaces only the torchvision downloads by random images (the test set half as many): a file or folder
+    is read (its first ``--smoke-images``), and a spec that is neither is refused (`--smoke --train bogus` trained on
+    random images without a word)."""
+    spec, name = (args.train, "training") if split == "train" else (args.test, "test")
+    if args.smoke and spec in CIFAR10_SPECS:
+        n = args.smoke_images if split == "train" else args.smoke_images // 2
+        g = torch.Generator().manual_seed(0 if split == "train" else 1)
+        return (torch.rand(n, 3, 32, 32, generator=g), torch.randint(0, NUM_CLASSES, (n,), generator=g),
+                f"random ({n} images)")
+    x, y, _ = load_images(spec, split, args.data_root)
+    if y is None:
+        raise SystemExit(f"the {name} data has no labels")
+    if tuple(x.shape[1:]) != (3, 32, 32):
+        raise SystemExit(f"the {name} images must be 3x32x32 (CIFAR-10), got {tuple(x.shape[1:])}")
     if args.smoke:
-        x_tr, y_tr = x_tr[:args.smoke_images], y_tr[:args.smoke_images]
-        x_te, y_te = x_te[:args.smoke_images], y_te[:args.smoke_images]
+        x, y = x[:args.smoke_images], y[:args.smoke_images]
+    return x, y, spec
+
+
+def load_data(args) -> dict:
+    """Training, validation and evaluation tensors (CPU), after subsetting and the validation split; the test set is
+    read only when it is scored (not with ``--eval-on val``: its ``source_test`` is None)."""
+    x_tr, y_tr, source_train = read_images(args, "train")
     if args.train_size:
         per_class = args.train_size // NUM_CLASSES
         try:
@@ -173,12 +172,15 @@ def load_data(args) -> dict:
                          f"{len(y_tr)} images): use a smaller fraction or more images")
     if args.eval_on == "val" and va is None:
         raise SystemExit("--eval-on val needs --val-fraction > 0")
-    data = {"x_train": x_tr[tr], "y_train": y_tr[tr], "source_train": source_train, "source_test": source_test,
+    if args.eval_on == "val" and not len(va):  # else "x must be a non-empty batch", in the first run
+        raise SystemExit(f"--eval-on val: --val-fraction {args.val_fraction:g} holds out no image (it rounds to 0 of "
+                         f"every class, of {len(y_tr)} images): use a larger fraction or more images")
+    data = {"x_train": x_tr[tr], "y_train": y_tr[tr], "source_train": source_train,
             "n_val": 0 if va is None else len(va)}
     if args.eval_on == "val":
-        data["x_eval"], data["y_eval"] = x_tr[va], y_tr[va]
+        data["x_eval"], data["y_eval"], data["source_test"] = x_tr[va], y_tr[va], None
     else:
-        data["x_eval"], data["y_eval"] = x_te, y_te
+        data["x_eval"], data["y_eval"], data["source_test"] = read_images(args, "test")
     return data
 
 
@@ -739,39 +741,39 @@ SMOKE_DEFAULTS = {"epochs": 2, "seeds": [0], "width": 4, "batch_size": 32, "thre
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argument_parser(__doc__)
     d = p.add_argument_group("data")
     d.add_argument("--train", default="cifar10",
                    help="cifar10 (torchvision download), cifar10-5k (its 5,000-image subset that the docs' figures "
-                        "use) or npz:PATH (default: %(default)s)")
+                        "use) or npz:PATH")
     d.add_argument("--test", default="cifar10",
-                   help="cifar10 (also cifar10-5k's test set) or npz:PATH (default: %(default)s)")
+                   help="cifar10 (also cifar10-5k's test set) or npz:PATH; not read with --eval-on val")
     d.add_argument("--data-root", help=f"download folder for cifar10 (default: {DEFAULT_DATA_ROOT})")
     d.add_argument("--train-size", type=POSITIVE_INT, help="class-balanced subset of the training images (before the val split)")
     d.add_argument("--val-fraction", type=float, default=0.1,
-                   help="fraction of the training images held out, per class, fixed seed (default %(default)s)")
+                   help="fraction of the training images held out, per class, fixed seed")
     d.add_argument("--eval-on", choices=("val", "test"), default="test",
-                   help="score on the held-out validation images (for tuning) or the test set (default %(default)s)")
+                   help="score on the held-out validation images (for tuning) or the test set")
     t = p.add_argument_group("training")
     t.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS), metavar="ARM",
-                   help="subset of: " + " ".join(ARMS))
+                   help="subset of: " + " ".join(ARMS) + " (default: all)")
     t.add_argument("--seeds", type=option(check_count), nargs="+", default=[0, 1, 2], metavar="SEED",
                    help="the seed values, not their number: --seeds 0 1 2 runs three seeds, --seeds 3 one, seed 3 "
-                        "(default %(default)s; `latent-transforms demo --seeds N` is a number)")
+                        "(`latent-transforms demo --seeds N` is a number)")
     t.add_argument("--epochs", type=POSITIVE_INT, default=40,
-                   help="(default %(default)s: the short GPU recipe; 40 epochs of one-cycle SGD gave a ResNet-18 78.9%% "
-                        "on the 5k subset in about 22 s per run on an H100, as reported in issue 9)")
-    t.add_argument("--batch-size", type=POSITIVE_INT, default=128, help="default %(default)s")
-    t.add_argument("--lr", type=POSITIVE_FLOAT, default=0.1, help="one-cycle peak learning rate (default %(default)s)")
-    t.add_argument("--weight-decay", type=option(check_number, float), default=5e-4,
-                   help="SGD weight decay (default %(default)s)")
-    t.add_argument("--width", type=POSITIVE_INT, default=64, help="ResNet-18 base width (default %(default)s)")
+                   help="the default is the short GPU recipe: 40 epochs of one-cycle SGD gave a ResNet-18 78.9%% on "
+                        "the 5k subset in about 22 s per run on an H100, as reported in issue 9")
+    t.add_argument("--batch-size", type=POSITIVE_INT, default=128, help="training images per step")
+    t.add_argument("--lr", type=POSITIVE_FLOAT, default=0.1, help="one-cycle peak learning rate")
+    t.add_argument("--weight-decay", type=option(check_number, float), default=5e-4, help="SGD weight decay")
+    t.add_argument("--width", type=POSITIVE_INT, default=64, help="ResNet-18 base width")
     add_device_argument(t)
     t.add_argument("--precision", choices=("bf16", "fp32"),
                    help="classifier precision (default: bf16 on CUDA, fp32 otherwise); codecs always run in fp32")
     c = p.add_argument_group("codecs and method settings")
-    c.add_argument("--glow", help="Glow: hub name or .safetensors path (default glow-cifar10; smoke: tiny random-init)")
-    c.add_argument("--vae", help="VAE: hub name or .safetensors path (default vae-cifar10; smoke: tiny random-init)")
+    c.add_argument("--glow",
+                   help="Glow: hub name or .safetensors path (default: glow-cifar10; smoke: tiny random-init)")
+    c.add_argument("--vae", help="VAE: hub name or .safetensors path (default: vae-cifar10; smoke: tiny random-init)")
     c.add_argument("--noise-eps", type=float, default=CIFAR_NOISE_EPS,
                    help="LatentNoise L2 radius (default: the library's for a codec of 3x32x32 images, all "
                         "levels perturbed, %(default)s; official CIFAR: 20)")
@@ -780,11 +782,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     c.add_argument("--adv-steps", type=int, default=library_default(LatentAdversarial, "steps"),
                    help="LatentAdversarial PGD steps (default: the library's, %(default)s; official CIFAR: 3)")
     c.add_argument("--adv-step-size", type=float, default=library_default(LatentAdversarial, "step_size"),
-                   help="(default: the library's, %(default)s; official CIFAR: 0.5)")
+                   help="LatentAdversarial PGD step size (default: the library's, %(default)s; official CIFAR: 0.5)")
     c.add_argument("--latent-p", type=float, default=1.0, help="share of samples LatentNoise/Adversarial replace")
     c.add_argument("--latent-levels", type=int, nargs="+", metavar="LEVEL",
                    help="latent levels LatentNoise/Adversarial perturb, coarsest first (default: all, as the paper)")
-    c.add_argument("--varmixup-alpha", type=float, default=1.0)
+    c.add_argument("--varmixup-alpha", type=float, default=1.0, help="VarMixup's Beta(alpha, alpha) mixing weights")
     c.add_argument("--varmixup-p", type=float, default=library_default(VarMixup, "p"),
                    help="share of samples VarMixup replaces (default: the library's, %(default)s, chosen on the val "
                         "split)")
@@ -792,13 +794,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                    default=library_default(VarMixup, "keep_detail"),
                    help="VarMixup(keep_detail=...): add back the mixed reconstruction residuals (default: the "
                         "library's, %(default)s)")
-    c.add_argument("--isda-lambda0", type=float, default=0.5, help="(official CIFAR: 0.5)")
-    c.add_argument("--isda-covariance", choices=("full", "diagonal"), default="full")
-    c.add_argument("--ra-ops", type=int, default=2, help="RandAugment num_ops (default %(default)s)")
-    c.add_argument("--ra-magnitude", type=int, default=9, help="RandAugment magnitude (default %(default)s)")
-    c.add_argument("--mixup-alpha", type=float, default=1.0)
+    c.add_argument("--isda-lambda0", type=float, default=0.5, help="ISDA's strength at the end of training "
+                                                                   "(official CIFAR: 0.5)")
+    c.add_argument("--isda-covariance", choices=("full", "diagonal"), default="full",
+                   help="the class-conditional feature covariance ISDA estimates")
+    c.add_argument("--ra-ops", type=int, default=2, help="RandAugment num_ops")
+    c.add_argument("--ra-magnitude", type=int, default=9, help="RandAugment magnitude")
+    c.add_argument("--mixup-alpha", type=float, default=1.0, help="MixUp's Beta(alpha, alpha) mixing weights")
     o = p.add_argument_group("output")
-    o.add_argument("--out", default="runs/accuracy", help="output folder (default %(default)s)")
+    o.add_argument("--out", default="runs/accuracy", help="output folder")
     o.add_argument("--resume", action="store_true",
                    help="keep the runs already in OUT/results.json (same settings) and only run the missing ones")
     o.add_argument("--merge", nargs="+", metavar="RESULTS_JSON",
@@ -1166,12 +1170,17 @@ def main(argv=None) -> dict:
                                 f"{_not_run(todo[i + 1:])}.")
         done = i + 1
 
-    if not runs:
+    if todo and not runs:  # --time-budget stopped the call before its first run
         print(f"No run finished: nothing written to {out}.")
         return {}
-    stopped = f"**INCOMPLETE**: --time-budget {args.time_budget:g} s stopped the call; not run: " \
-              f"{_not_run(todo[done:])}." if done < len(todo) else ""
-    return write_report(out, fingerprint, config, runs, start, header=stopped)
+    if not runs:  # nothing was to do here: a report all the same, as --merge and --done expect one of every shard
+        header = "**NO RUNS**: every run asked for is in another --shard or a --done file."
+    elif done < len(todo):
+        header = (f"**INCOMPLETE**: --time-budget {args.time_budget:g} s stopped the call; not run: "
+                  f"{_not_run(todo[done:])}.")
+    else:
+        header = ""
+    return write_report(out, fingerprint, config, runs, start, header=header)
 
 
 if __name__ == "__main__":

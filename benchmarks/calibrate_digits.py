@@ -7,7 +7,6 @@ validation set, and report validation accuracy (mean over seeds). Prints a Markd
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 from pathlib import Path
@@ -20,7 +19,7 @@ from latent_transforms.models import digits_cnn
 from latent_transforms.validation import POSITIVE_INT
 from latent_transforms.evaluation import accuracy, fit_classifier, predict_proba
 
-from models import check_output_folder, run_script
+from models import argument_parser, check_output_folder, run_script
 
 
 def settings(glow, vae, seed):
@@ -38,13 +37,13 @@ def settings(glow, vae, seed):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--per-class", type=POSITIVE_INT, default=10)
+    ap = argument_parser(__doc__)
+    ap.add_argument("--per-class", type=POSITIVE_INT, default=10, help="training images per class (low data)")
     ap.add_argument("--val", type=POSITIVE_INT, default=400, help="validation images held out of the training split")
-    ap.add_argument("--epochs", type=POSITIVE_INT, default=40)
+    ap.add_argument("--epochs", type=POSITIVE_INT, default=40, help="training epochs of each setting")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], metavar="SEED",
-                    help="the seed values, not their number (default %(default)s)")
-    ap.add_argument("--out", default="runs/calibrate-digits")
+                    help="the seed values, not their number")
+    ap.add_argument("--out", default="runs/calibrate-digits", help="output folder")
     args = ap.parse_args()
     check_output_folder(args.out)  # now, not after every setting has trained
     torch.set_num_threads(1)

@@ -11,34 +11,35 @@ is the point, and the rejection rate must stay near zero.
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
 
 from latent_transforms import LatentAdversarial, LatentNoise, hub
 from latent_transforms.data import load_images
-from latent_transforms.models import digits_cnn
 from latent_transforms.validation import POSITIVE_INT, check_number, option
 from latent_transforms.evaluation import accuracy, fit_classifier, predict_proba
 from latent_transforms.visualize import save_rows
 
-from models import CifarResNet18, check_output_folder, first_paragraph, output_stem, run_script, write_json
+from models import (argument_parser, check_output_folder, clean_classifier_model, output_stem, run_script,
+                    write_json)
 
 EPS = option(check_number, float)  # eps >= 0, the transforms' rule, checked before the classifier trains
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=first_paragraph(__doc__))
-    ap.add_argument("--codec", required=True)
+    ap = argument_parser(__doc__)
+    ap.add_argument("--codec", required=True, help="hub name or .safetensors path")
     ap.add_argument("--data", required=True, help="training images (data spec); the validation split comes from them")
-    ap.add_argument("--val-fraction", type=option(check_number, float, high=1, low_open=True, high_open=True), default=0.1)
-    ap.add_argument("--noise-eps", type=EPS, nargs="+", default=[0.5, 1, 2, 3, 5, 10, 20])
-    ap.add_argument("--adv-eps", type=EPS, nargs="+", default=[0.25, 0.5, 1, 2])
-    ap.add_argument("--epochs", type=POSITIVE_INT, default=20)
+    ap.add_argument("--val-fraction", type=option(check_number, float, high=1, low_open=True, high_open=True),
+                    default=0.1, help="share of the --data images held out for validation")
+    ap.add_argument("--noise-eps", type=EPS, nargs="+", default=[0.5, 1, 2, 3, 5, 10, 20], help="LatentNoise L2 radii")
+    ap.add_argument("--adv-eps", type=EPS, nargs="+", default=[0.25, 0.5, 1, 2],
+                    help="LatentAdversarial L2 radii (one PGD step of that size)")
+    ap.add_argument("--epochs", type=POSITIVE_INT, default=20, help="the clean classifier's training epochs")
     ap.add_argument("--width", type=POSITIVE_INT, default=16, help="ResNet-18 width for RGB data")
-    ap.add_argument("--threads", type=POSITIVE_INT, default=1)
-    ap.add_argument("--out", default="runs/calibrate-eps")
+    ap.add_argument("--threads", type=POSITIVE_INT, default=1, help="CPU threads for torch")
+    ap.add_argument("--out", default="runs/calibrate-eps", help="output folder")
     args = ap.parse_args()
     check_output_folder(args.out)
     torch.set_num_threads(args.threads)
@@ -52,7 +53,7 @@ def main() -> None:
         raise ValueError(f"--val-fraction {args.val_fraction:g} holds out no image of the {len(x)} --data images; "
                          f"give at least {1 / len(x):.2g}")
     val, rest = perm[:n_val], perm[n_val:]
-    model = digits_cnn() if x.shape[1:] == (1, 8, 8) else CifarResNet18(width=args.width)
+    model = clean_classifier_model(x.shape[1:], args.width)
     fit_classifier(model, x[rest], y[rest], epochs=args.epochs, batch_size=64, lr=0.05, desc="clean classifier")
     xv, yv = x[val], y[val]
     clean = accuracy(predict_proba(model, xv), yv)

@@ -21,14 +21,14 @@ from safetensors import SafetensorError
 
 from latent_transforms import LatentNoise, hub
 from latent_transforms.data import load_images
-from latent_transforms.models import digits_cnn
 from latent_transforms.pixel_shift import random_shift_flip
 from latent_transforms.validation import POSITIVE_INT, check_number, option
 from latent_transforms.evaluation import accuracy, fit_classifier, predict_proba
 from latent_transforms.train import eval_codec
 from latent_transforms.visualize import save_rows
 
-from models import CifarResNet18, check_output_folder, first_paragraph, output_stem, run_script, write_json
+from models import (argument_parser, check_output_folder, clean_classifier_model, output_stem, run_script,
+                    write_json)
 
 
 BATCH = 500  # images per codec call
@@ -42,7 +42,7 @@ def clean_classifier(args: argparse.Namespace, x_train: torch.Tensor, y_train: t
     random crops (4-pixel shifts) and flips (also drawn from the global RNG). Both are stored with the file when
     not the defaults (which are this script's). ``flag`` names the file's option in messages.
     """
-    model = digits_cnn() if x_train.shape[1:] == (1, 8, 8) else CifarResNet18(width=args.width)
+    model = clean_classifier_model(x_train.shape[1:], args.width)
     settings = {"train": args.train, "width": str(args.width), "epochs": str(args.epochs)}  # stored with it
     if seed or crop_flip:
         settings.update(seed=str(seed), crop_flip=str(crop_flip))
@@ -113,16 +113,16 @@ def noised(codec, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=first_paragraph(__doc__))
+    ap = argument_parser(__doc__)
     ap.add_argument("--codec", required=True, nargs="+", help="hub names or .safetensors paths, scored by one classifier")
     ap.add_argument("--train", required=True, help="data spec of the classifier's training images")
-    ap.add_argument("--test", required=True)
-    ap.add_argument("--epochs", type=POSITIVE_INT, default=30)
+    ap.add_argument("--test", required=True, help="data spec of the test images scored")
+    ap.add_argument("--epochs", type=POSITIVE_INT, default=30, help="the clean classifier's training epochs")
     ap.add_argument("--width", type=POSITIVE_INT, default=32, help="ResNet-18 width for RGB data")
     ap.add_argument("--limit-test", type=POSITIVE_INT, default=2000, help="test images used (CPU budget)")
     ap.add_argument("--noise-eps", type=option(check_number, float), nargs="*", default=[5.0, 10.0, 20.0],
                     help="flows: score the classifier on LatentNoise outputs at these eps (L2, all levels)")
-    ap.add_argument("--out", default="runs/codec-quality")
+    ap.add_argument("--out", default="runs/codec-quality", help="output folder")
     ap.add_argument("--classifier", metavar="FILE", help="the clean classifier's .safetensors: loaded if it exists "
                     "(trained with the same --train, --width and --epochs), else trained and written there")
     ap.add_argument("--threads", type=POSITIVE_INT, help="CPU threads for torch (default: torch's)")
@@ -146,9 +146,11 @@ def main() -> None:
     clean = accuracy(predict_proba(model, x_test), y_test)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    noise_cols = "".join(f" on LatentNoise eps={eps:g} |" for eps in args.noise_eps)
+    # flows only are scored on LatentNoise outputs: without a flow, those columns would hold only "-"
+    noise_columns = args.noise_eps if any(codec.kind == "glow" for codec in codecs.values()) else []
     table = ["| codec | test MSE or bits/dim | classifier on reconstructions | on 50/50 mixes: either class |"
-             + noise_cols, "|---|---|---|---|" + "---|" * len(args.noise_eps)]
+             + "".join(f" on LatentNoise eps={eps:g} |" for eps in noise_columns),
+             "|---|---|---|---|" + "---|" * len(noise_columns)]
     for spec, codec in codecs.items():
         quality = {k: float(f"{v:.4g}") for k, v in eval_codec(codec, x_test).items()}  # 0.00514, not 0.0051
         recon = reconstruct(codec, x_test)
@@ -173,7 +175,7 @@ def main() -> None:
         on_noise = quality.get("classifier_on_latent_noise", {})
         table.append(f"| {spec} | {level} | {100 * on_recon:.1f}% | {100 * quality['mixes_name_a_source']:.1f}% |"
                      + "".join(f" {100 * on_noise[f'{eps:g}']['accuracy']:.1f}% |" if on_noise else " - |"
-                               for eps in args.noise_eps))
+                               for eps in noise_columns))
     print(f"\nclassifier on clean test images: {100 * clean:.1f}% ({len(x_test)} images)\n" + "\n".join(table))
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """What the benchmark scripts share: the bf16 wrapper around the library's CIFAR ResNet-18, per-sample crop+flip on the device,
-per-sample RandAugment, tiny random-init codecs for smoke runs, atomic JSON and text writes, and how a script ends on a
-user's mistake (``run_script``, ``check_output_folder``)."""
+per-sample RandAugment, tiny random-init codecs for smoke runs, atomic JSON and text writes, the parser whose ``--help``
+gives every default (``argument_parser``), and how a script ends on a user's mistake (``run_script``,
+``check_output_folder``)."""
 from __future__ import annotations
 
+import argparse
 import inspect
 import json
 import sys
@@ -13,7 +15,7 @@ from torch import nn
 
 from latent_transforms import hub
 from latent_transforms.latent_noise import default_eps
-from latent_transforms.models import CifarResNet18
+from latent_transforms.models import CifarResNet18, digits_cnn
 from latent_transforms.pixel_shift import random_shift_flip
 from latent_transforms.validation import resolve_device
 
@@ -35,6 +37,26 @@ def run_script(main) -> None:
 def first_paragraph(doc: str) -> str:
     """A script docstring's first paragraph on one line: its ``--help`` description."""
     return " ".join(doc.split("\n\n")[0].split())
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """``--help`` with each option's default, `` (default: X)`` after its help (a list as typed: ``0 1 2``), unless
+    the help gives it already (``%(default)s``, or ``(default: ...)`` in words: ``--arms``' ``(default: all)``). An
+    option whose default is None, False or empty (not given, a flag off) shows none: its help says in words what it
+    means. argparse shows nothing of an option without help: every option with a default needs one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:  # called for the options that have help
+        text, default = action.help, action.default
+        unset = default is None or default is False or default is argparse.SUPPRESS or default == []
+        if unset or "%(default)" in text or "(default:" in text:
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, list) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
+def argument_parser(doc: str) -> argparse.ArgumentParser:
+    """A script's parser: its docstring's first paragraph as the description, every default in ``--help``."""
+    return argparse.ArgumentParser(description=first_paragraph(doc), formatter_class=DefaultsHelpFormatter)
 
 
 def check_output_folder(path, option: str = "--out") -> Path:
@@ -89,14 +111,14 @@ def add_device_argument(parser) -> None:
         return str(resolve_device(value, auto=True)) if value == "auto" else value
 
     parser.add_argument("--device", default="auto", type=device_name,
-                        help="cpu, cuda, cuda:N or auto (default: cuda when available, as in `latent-transforms train`)")
+                        help="cpu, cuda, cuda:N or auto: cuda when available, as in `latent-transforms train`")
 
 
 def setup_device(name: str, threads: int | None) -> torch.device:
-    """The benchmark device; CPU threads if given; on CUDA cuDNN autotuning and TF32 for the classifier only
-    (codecs turn TF32 off for themselves)."""
+    """The benchmark device (``--device``'s value: auto is one of its choices); CPU threads if given; on CUDA cuDNN
+    autotuning and TF32 for the classifier only (codecs turn TF32 off for themselves)."""
     try:
-        device = resolve_device(name)
+        device = resolve_device(name, auto=True)
     except ValueError as e:  # one line, not torch's traceback
         raise SystemExit(f"--device: {e}") from None
     if threads:
@@ -130,6 +152,15 @@ def build_classifier(num_classes: int, width: int, device: torch.device, precisi
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     return Autocast(net, torch.bfloat16 if precision == "bf16" else None)
+
+
+DIGITS_SHAPE = (1, 8, 8)  # the digits data set's images
+
+
+def clean_classifier_model(image_shape: tuple[int, ...], width: int) -> nn.Module:
+    """The untrained classifier the calibration scripts train on clean images of ``image_shape``: the small digits
+    CNN for digits, else a CIFAR ResNet-18 of ``width``."""
+    return digits_cnn() if tuple(image_shape) == DIGITS_SHAPE else CifarResNet18(width=width)
 
 
 # -- pixel augmentations ------------------------------------------------------------------------------

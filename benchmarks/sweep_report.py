@@ -17,7 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from accuracy import arm_settings, common_codecs, delta_vs_baseline, read_results, setting
-from models import check_output_folder, run_script, write_text
+from models import argument_parser, check_output_folder, run_script, write_text
 
 # what every folder must share (data and its sha256, schedule, seeding and scoring protocol); the arm settings
 # (accuracy.ARM_SETTINGS) name the rows. Not the --glow/--vae flags, which a folder of arms without a codec need not
@@ -83,7 +83,7 @@ def results_file(text: str) -> Path:
 
 
 def main(argv=None) -> str:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argument_parser(__doc__)
     p.add_argument("results", nargs="+", type=results_file,
                    help="accuracy.py output folders, or their results.json files")
     p.add_argument("--out", type=Path, help="also write the table here")

@@ -35,7 +35,7 @@ from latent_transforms.train import total_norm
 from latent_transforms.validation import POSITIVE_FLOAT, POSITIVE_INT, check_number, option
 
 from codec_quality import clean_classifier
-from models import check_output_folder, first_paragraph, run_script, write_json
+from models import DIGITS_SHAPE, argument_parser, check_output_folder, run_script, write_json
 
 GUIDE_SEED = 1  # codec_quality.py's scorer is seed 0
 
@@ -68,22 +68,24 @@ def gradient_norm(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tenso
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=first_paragraph(__doc__))
+    ap = argument_parser(__doc__)
     ap.add_argument("--codec", required=True, help="the VAE to fine-tune: a hub name or a .safetensors path")
     ap.add_argument("--train", required=True, help="data spec of the training images (the guide's too)")
     ap.add_argument("--out", required=True,
                     help="the fine-tuned checkpoint (.safetensors); a .json of the same stem beside it")
-    ap.add_argument("--term", choices=["logits", "features"], default="logits")
+    ap.add_argument("--term", choices=["logits", "features"], default="logits",
+                    help="the guide's disagreement between input and reconstruction: the KL of its predictions, or "
+                         "the relative squared error of its stage outputs (RGB images only)")
     ap.add_argument("--balance", type=option(check_number, float), default=1.0,
                     help="the guide term's gradient on the decoder, as a multiple of the ELBO's (0: no term)")
-    ap.add_argument("--steps", type=POSITIVE_INT, default=2000)
-    ap.add_argument("--lr", type=POSITIVE_FLOAT, default=5e-4)
-    ap.add_argument("--batch-size", type=POSITIVE_INT, default=64)
+    ap.add_argument("--steps", type=POSITIVE_INT, default=2000, help="fine-tuning steps")
+    ap.add_argument("--lr", type=POSITIVE_FLOAT, default=5e-4, help="Adam's peak learning rate (cosine decay to 0)")
+    ap.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="training images per step")
     ap.add_argument("--flips", action="store_true", help="random horizontal flips (and the guide's crops)")
     ap.add_argument("--guide", metavar="FILE", help="the guide's .safetensors: loaded if it exists (trained with the "
                     "same --train, --guide-width, --guide-epochs and --flips), else trained and written there")
     ap.add_argument("--guide-width", type=POSITIVE_INT, default=16, help="ResNet-18 width for RGB data")
-    ap.add_argument("--guide-epochs", type=POSITIVE_INT, default=10)
+    ap.add_argument("--guide-epochs", type=POSITIVE_INT, default=10, help="the guide's training epochs")
     ap.add_argument("--threads", type=POSITIVE_INT, help="CPU threads (default: torch's)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args()
@@ -97,6 +99,8 @@ def main() -> None:
     vae = hub.load(args.codec).float()
     if vae.kind != "vae":
         raise SystemExit(f"--codec {args.codec} is a {vae.kind}; this study fine-tunes VAEs")
+    if args.balance and args.term == "features" and vae.image_shape == DIGITS_SHAPE:  # now, not after the guide trains
+        raise SystemExit("--term features needs the CIFAR ResNet-18 guide (RGB images); use --term logits")
     x, y, _ = load_images(args.train, "train")
     if x.shape[1:] != vae.image_shape:
         raise SystemExit(f"--train images are {tuple(x.shape[1:])}; {args.codec} codes {vae.image_shape}")
@@ -108,8 +112,6 @@ def main() -> None:
                                   classifier=args.guide)
         guide = clean_classifier(spec, x, y, seed=GUIDE_SEED, crop_flip=args.flips, flag="--guide")
         guide.eval().requires_grad_(False)
-        if args.term == "features" and not isinstance(guide, CifarResNet18):
-            raise SystemExit("--term features needs the CIFAR ResNet-18 guide (RGB images); use --term logits")
 
     torch.manual_seed(0)  # the posterior samples
     vae.train().requires_grad_(True)

@@ -643,6 +643,22 @@ def test_accuracy_shards_split_the_runs_to_do_by_expected_cost(tmp_path):
         acc.main(["--smoke", "--no-progress", "--done", str(tmp_path / "other.json"), "--out", str(tmp_path / "a")])
 
 
+def test_accuracy_shard_with_no_run_to_do_writes_a_report_that_merge_takes(tmp_path):
+    """Audit 149: a shard that got no run (fewer runs to do than shards) wrote no folder, so the --merge of every
+    shard's results.json, and a later call's --done naming them, failed on its missing file."""
+    acc = _load_accuracy_module()
+    common = ["--smoke", "--no-progress", "--no-corruptions", "--arms", "baseline", "--seeds", "0"]
+    shards = [tmp_path / f"shard-{i}" for i in range(2)]
+    ran, idle = (acc.main([*common, "--shard", f"{i}/2", "--out", str(shards[i])]) for i in range(2))
+    assert list(ran["runs"]) == ["baseline"] and idle["runs"] == {}
+    assert (shards[1] / "results.md").read_text().startswith("**NO RUNS**: every run asked for is in another --shard")
+    done = [shard / "results.json" for shard in shards]
+    merged = acc.main(["--merge", *map(str, done), "--out", str(tmp_path / "merged")])
+    assert merged["runs"] == json.loads(done[0].read_text())["runs"]  # shard 0's
+    again = acc.main([*common, "--shard", "1/2", "--done", *map(str, done), "--resume", "--out", str(shards[1])])
+    assert again["runs"] == {}
+
+
 def test_accuracy_records_date_command_and_commit(tmp_path, monkeypatch, offline_hub):
     """The results config and the report header say when, by which command line and at which commit they were made;
     a merge also names the commit of each file merged. Without git the commit is $GIT_COMMIT, else None."""
@@ -883,13 +899,13 @@ def test_accuracy_done_runs_made_with_another_checkpoint_are_refused(tmp_path, o
             f"npz:{data}", "--test", f"npz:{data}"]
     acc.main([*argv, "--out", str(tmp_path / "shard-0")])
     other = tmp_path / "shard-0" / "results.json"
-    acc.main([*argv, "--out", str(tmp_path / "shard-1"), "--done", str(other)])  # the same codec: nothing to do
-    assert not (tmp_path / "shard-1" / "results.json").exists()
+    # the same codec: nothing to do (a report of no run, audit 149)
+    assert acc.main([*argv, "--out", str(tmp_path / "shard-1"), "--done", str(other)])["runs"] == {}
     results = json.loads(other.read_text())
     results["runs"]["latent-noise"]["0"]["codec"]["sha256"] = "0" * 64  # as if made with another checkpoint
     other.write_text(json.dumps(results))
     with pytest.raises(SystemExit, match=f"--done: {re.escape(str(other))}: latent-noise seed 0 was trained with"):
-        acc.main([*argv, "--out", str(tmp_path / "shard-1"), "--done", str(other)])
+        acc.main([*argv, "--out", str(tmp_path / "shard-1"), "--resume", "--done", str(other)])
     # nor is it resumed: the runs already in --out are checked too
     with pytest.raises(SystemExit, match=f"--resume: {re.escape(str(other))}: latent-noise seed 0 was trained with"):
         acc.main([*argv, "--out", str(tmp_path / "shard-0"), "--resume"])
@@ -1249,8 +1265,26 @@ def test_accuracy_validation_split_is_held_out_of_training_and_scored_with_eval_
     assert float(test_scored["x_eval"].min()) >= 0.5 and torch.equal(test_scored["x_train"], val["x_train"])
     with pytest.raises(SystemExit, match=r"^--eval-on val needs --val-fraction > 0$"):  # nothing held out to score
         acc.load_data(acc.parse_args([*flags[:4], "--val-fraction", "0", "--eval-on", "val"]))
+    with pytest.raises(SystemExit, match=r"^--eval-on val: --val-fraction 0.02 holds out no image"):  # 0.34 a class:
+        acc.load_data(acc.parse_args([*flags[:4], "--val-fraction", "0.02", "--eval-on", "val"]))  # failed in a run
     smoke = acc.load_data(acc.parse_args([*flags[:4], "--smoke", "--smoke-images", "30"]))  # both sets cut short
     assert len(smoke["y_train"]) == 30 and len(smoke["y_eval"]) == 30 and smoke["n_val"] == 0  # round(0.3) a class
+
+
+def test_accuracy_eval_on_val_never_reads_the_test_set(monkeypatch):
+    """Audit 149: --eval-on val read --test (the 10,000-image test set, or its download) and scored none of it."""
+    acc = _load_accuracy_module()
+    read = []
+
+    def load_images(spec, split, root):
+        read.append(split)
+        return torch.rand(100, 3, 32, 32), torch.arange(100) % 10, None
+
+    monkeypatch.setattr(acc, "load_images", load_images)
+    val = acc.load_data(acc.parse_args(["--train", "npz:t.npz", "--test", "npz:never.npz", "--eval-on", "val"]))
+    assert read == ["train"] and val["source_test"] is None and len(val["y_eval"]) == val["n_val"] == 10
+    test = acc.load_data(acc.parse_args(["--train", "npz:t.npz", "--test", "npz:t.npz"]))
+    assert read == ["train", "train", "test"] and test["source_test"] == "npz:t.npz" and len(test["y_eval"]) == 100
 
 
 def test_sweep_report_refuses_folders_scored_on_other_images_or_schedules(tmp_path, monkeypatch):
@@ -1426,7 +1460,7 @@ def test_calibrate_eps_reports_a_rejection_rate_the_mean_absolute_change_and_the
     assert torch.allclose((pictures["LatentAdversarial 0.5"] - x[:10]).abs(), torch.full((10, 1, 8, 8), 0.25))
 
 
-def test_codec_quality_scores_reconstructions_and_counts_either_source_class_of_a_mix(tmp_path, monkeypatch):
+def test_codec_quality_scores_reconstructions_and_counts_either_source_class_of_a_mix(tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     cq = _load_benchmark("codec_quality")
     y = torch.arange(20) % 10
@@ -1452,6 +1486,10 @@ def test_codec_quality_scores_reconstructions_and_counts_either_source_class_of_
     assert q["mse"] == 0.005144  # 4 significant digits: rounded to 4 decimals it was 0.0051
     assert q["settings"] == {"codec": "stub", "train": "t", "test": "t", "test_images": 20, "epochs": 30,
                              "width": 32, "classifier": None}  # what the figures were measured with
+    # no flow scored: no LatentNoise columns (audit 149: three of them, "-" in every row)
+    table = capsys.readouterr().out.splitlines()[-3:]
+    assert table == ["| codec | test MSE or bits/dim | classifier on reconstructions | on 50/50 mixes: either class |",
+                     "|---|---|---|---|", "| stub | 0.00514 | 0.0% | 100.0% |"]
 
 
 def test_codec_quality_mixes_interpolates_and_reports_a_flow_in_its_table_and_pictures(tmp_path, monkeypatch, capsys):
@@ -1631,12 +1669,14 @@ def test_vae_class_guidance_weighs_the_term_so_its_decoder_gradient_is_balance_t
     assert len(terms) == 2 and json.loads((tmp_path / "v.json").read_text())["weight"] == 3 * 2 / 8
 
 
-@pytest.mark.parametrize("kind, shape, message", [
-    ("glow", (1, 8, 8), "--codec c is a glow; this study fine-tunes VAEs"),
-    ("vae", (3, 32, 32), r"--train images are \(1, 8, 8\); c codes \(3, 32, 32\)"),
+@pytest.mark.parametrize("kind, shape, term, message", [
+    ("glow", (1, 8, 8), "logits", "--codec c is a glow; this study fine-tunes VAEs"),
+    ("vae", (3, 32, 32), "logits", r"--train images are \(1, 8, 8\); c codes \(3, 32, 32\)"),
+    # audit 149: refused only once the guide had trained (the digits CNN has no stages)
+    ("vae", (1, 8, 8), "features", "^--term features needs the CIFAR ResNet-18 guide"),
 ])
 def test_vae_class_guidance_refuses_a_codec_it_cannot_fine_tune_before_the_guide_trains(tmp_path, monkeypatch, kind,
-                                                                                         shape, message):
+                                                                                         shape, term, message):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     vg = _load_benchmark("vae_class_guidance")
     codec = SimpleNamespace(kind=kind, image_shape=shape)
@@ -1644,8 +1684,8 @@ def test_vae_class_guidance_refuses_a_codec_it_cannot_fine_tune_before_the_guide
     monkeypatch.setattr(vg, "load_images", lambda spec, split: (torch.rand(4, 1, 8, 8), torch.arange(4), 17))
     monkeypatch.setattr(vg, "clean_classifier", lambda *a, **k: pytest.fail("the guide trained before the codec was "
                                                                             "checked"))
-    monkeypatch.setattr(sys, "argv", ["vae_class_guidance.py", "--codec", "c", "--train", "t", "--out",
-                                      str(tmp_path / "v.safetensors")])
+    monkeypatch.setattr(sys, "argv", ["vae_class_guidance.py", "--codec", "c", "--train", "t", "--term", term,
+                                      "--out", str(tmp_path / "v.safetensors")])
     with pytest.raises(SystemExit, match=message):
         vg.main()
 
@@ -1858,10 +1898,11 @@ def test_output_stem_of_a_bare_file_name_takes_the_current_folders_name(tmp_path
     assert stem("vae-cifar10") == "vae-cifar10"  # a hub name as given
 
 
-def test_an_unknown_device_ends_the_benchmark_in_one_line():
-    """accuracy.py/throughput.py --device bogus ended in torch.device's traceback."""
-    with pytest.raises(SystemExit, match="^--device: device must be cpu, cuda, cuda:N, got 'bogus'$"):
-        _load_accuracy_module().setup_device("bogus", None)
+def test_an_unknown_device_ends_the_benchmark_in_one_line(tmp_path):
+    """accuracy.py/throughput.py --device bogus ended in torch.device's traceback; the line it became left out auto,
+    which --help lists (audit 149)."""
+    with pytest.raises(SystemExit, match="^--device: device must be cpu, cuda, cuda:N or auto, got 'bogus'$"):
+        _load_benchmark("throughput").main(["--device", "bogus", "--out", str(tmp_path / "tp")])
 
 
 def test_the_benchmarks_take_device_auto_as_the_cli_and_the_examples_do():
@@ -1873,6 +1914,32 @@ def test_the_benchmarks_take_device_auto_as_the_cli_and_the_examples_do():
         assert module.parse_args(["--device", "auto"]).device == want
         assert module.parse_args([]).device == want  # the default, as before
         assert module.parse_args(["--device", "cpu"]).device == "cpu"
+
+
+@pytest.mark.parametrize("script", ["accuracy", "throughput", "calibrate_eps", "calibrate_digits", "codec_quality",
+                                    "sweep_report", "vae_class_guidance"])
+def test_every_benchmarks_help_gives_each_default_in_one_form(script, monkeypatch, capsys):
+    """Audit 149: the calibration scripts' --help showed no default (`--epochs EPOCHS` and nothing else), the others
+    some, as "default 40" or "(default: 40)": every option with a default now ends its help with "(default: X)"."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.setenv("COLUMNS", "1000")  # a default is never cut by a line break
+    module = _load_benchmark(script)
+    parsers = []
+    parse_args = argparse.ArgumentParser.parse_args
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args",
+                        lambda self, *args, **kwargs: parsers.append(self) or parse_args(self, *args, **kwargs))
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", "--help"])
+    with pytest.raises(SystemExit) as e:
+        module.main()
+    assert e.value.code == 0
+    options = {block.split()[0].rstrip(","): " ".join(block.split())  # each option's invocation and help
+               for block in re.split(r"\n(?=  -)", capsys.readouterr().out) if block.startswith("  -")}
+    given = [a for a in parsers[0]._actions if a.option_strings and a.help is not argparse.SUPPRESS
+             and a.default not in (None, [], argparse.SUPPRESS) and a.default is not False]  # sweep_report: none
+    for action in given:
+        values = action.default if isinstance(action.default, list) else [action.default]
+        text = options[action.option_strings[0]]
+        assert "(default: " in text and all(str(v) in text for v in values), text
 
 
 def test_scripts_check_their_output_folder_and_data_before_any_work(tmp_path):

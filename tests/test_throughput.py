@@ -94,13 +94,14 @@ def test_peak_memory_counts_what_the_warm_up_allocated(monkeypatch):
 def _row(key: str, method: str, seconds: float, peak_mib: float | None = None, **extra) -> dict:
     return {"key": key, "method": method, "timed": "t", "seconds": seconds, "images_per_second": 256 / seconds,
             "vs_train_step": seconds / 0.010, "peak_extra_bytes": None if peak_mib is None else peak_mib * 2**20,
-            **extra}
+            "first_call_seconds": seconds, **extra}
 
 
 def _result(device: str, rows: list[dict]) -> dict:
     return {"config": {"smoke": False, "device": device, "batch_size": 256, "device_name": device, "torch": "2",
                        "iters": 20, "warmup": 5, "noise_eps": 10.0, "codecs": {"glow": "glow-cifar10", "vae": "vae-cifar10"},
                        "width": 64, "precision": "bf16", "isda_covariance": "full", "compile": False,
+                       "max_abs_diff_compiled_vs_eager_codec_roundtrip": None,
                        "max_abs_diff_normflows_vs_codec_roundtrip": 1e-6,
                        "max_abs_roundtrip_error_codec": 2e-6, "max_abs_roundtrip_error_normflows": 3e-6},
             "rows": rows}
@@ -323,3 +324,33 @@ def test_the_codec_round_trip_adds_noise_of_l2_norm_eps_per_image():
     assert torch.equal(tp.codec_roundtrip(codec, x, 0.0, None), x.flatten(1))
     out = tp.codec_roundtrip(codec, x, 3.0, torch.Generator().manual_seed(0))
     assert torch.allclose(((out - x.flatten(1)) * 2).norm(dim=1), torch.full((5,), 3.0))  # in the latent space
+
+
+def test_a_failed_row_keeps_the_compiled_rows_note_of_those_that_ran(tmp_path, monkeypatch):
+    """Audit 149: any failed row (an eager VarMixup out of memory) dropped the compiled rows' note and the compiled vs
+    eager round trip, though both Glow round trips had run; a compiled row that failed is left out of the note."""
+    from latent_transforms import VarMixup
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory")
+
+    def measure(fn, device, warmup, iters, paired=None):  # one call each, no timing
+        fn()
+        return {"seconds": 0.5, "all_seconds": [0.5], "first_call_seconds": 2.0, "peak_extra_bytes": None}
+
+    monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
+    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(tmp_path / "hub"))
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)  # nothing compiles
+    monkeypatch.setattr(VarMixup, "transform", out_of_memory)
+    monkeypatch.setattr(tp, "measure", measure)
+    result = tp.main(["--smoke", "--device", "cpu", "--compile", "--out", str(tmp_path / "tp")])
+    assert "error" in {r["key"]: r for r in result["rows"]}["varmixup"]
+    assert result["config"]["max_abs_diff_compiled_vs_eager_codec_roundtrip"] < 1e-4
+    md = (tmp_path / "tp" / "throughput.md").read_text()
+    assert "had not built: Glow encode + noise + decode, library codec, compiled (folded fast path) 2.0 s, " \
+           "LatentNoise, compiled codec 2.0 s, LatentAdversarial, 1 PGD step, compiled codec 2.0 s. Glow round trip, " \
+           "compiled vs eager codec, no noise: max |difference| " in md
+    compiled = [_row("glow_codec_compiled", "compiled round trip", 0.002, first_call_seconds=30.0),
+                {"key": "latent_noise_compiled", "method": "compiled LatentNoise", "timed": "t", "error": "failed"}]
+    md = tp.format_table(_result("cuda", [ROWS[0], *compiled]))
+    assert "had not built: compiled round trip 30.0 s.\n" in md  # not measured: no round-trip figure
