@@ -14,6 +14,17 @@ from .validation import WrongTypeError, check_choice, check_count, check_labels
 COVARIANCES = ("full", "diagonal")
 
 
+def without_16_bit_casts(fn):
+    """``fn``, the tensor function of ``nn.Module._apply`` (``.to(...)``, ``.half()``, ``.cuda()``, ...), with its casts
+    to float16 or bfloat16 left out (such tensors are only moved to its device): for statistics that must stay in
+    their dtype when a module holding them is cast to 16 bits (``.half()``, Lightning's ``precision="bf16-true"``)."""
+    def keeping_the_dtype(t: torch.Tensor) -> torch.Tensor:
+        target = fn(torch.empty(0, dtype=t.dtype, device=t.device))
+        return t.to(target.device) if target.dtype in (torch.float16, torch.bfloat16) else fn(t)
+
+    return keeping_the_dtype
+
+
 class FeatureCovariance(nn.Module):
     """Per-class running mean and biased covariance of features, merged batch by batch.
 
@@ -47,8 +58,10 @@ class FeatureCovariance(nn.Module):
 
     Convention:
         The buffers are float32 by default (float64 when lazily sized by float64 features, or ``.double()`` once
-        sized). The update runs with autocast off in their dtype, in place: bf16/fp16 features are upcast; bf16/fp16
-        buffers are refused by :meth:`update` (``ValueError``), as their running means stop moving. The matrix products
+        sized). The update runs with autocast off in their dtype, in place: bf16/fp16 features are upcast. A cast to
+        16 bits (``.half()``, ``.to(torch.bfloat16)`` of a module holding the estimator) moves the buffers but keeps
+        their dtype, and bf16/fp16 buffers (loaded from a 16-bit state) are refused by :meth:`update`
+        (``ValueError``): their running means stop moving. The matrix products
         follow torch's TF32 switch (``torch.backends.cuda.matmul.allow_tf32``; the benchmarks turn it on for the
         classifier): on a GPU with it on, their inputs are rounded to TF32's 10-bit mantissa (unlike the codecs,
         which turn it off to invert exactly). Features are detached. A feature on another device than the buffers
@@ -100,6 +113,7 @@ class FeatureCovariance(nn.Module):
             self.count.zero_()
 
     def _apply(self, fn, recurse=True):
+        fn = without_16_bit_casts(fn)
         # .to(device)/.double() of an unsized estimator moves no tensor: remember it, for the statistics loaded later
         probe = torch.empty(0, device=self._device or "cpu", dtype=self._dtype or torch.float32)
         moved = fn(probe)

@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import LatentTransform, not_about_the_batch
-from .feature_covariance import COVARIANCES, FeatureCovariance, check_sync
+from .codecs import Codec
+from .feature_covariance import COVARIANCES, FeatureCovariance, check_sync, without_16_bit_casts
 from .modelutils import unwrap
 from .rng import generator_repr
 from .validation import (WrongTypeError, bad_option, check_choice, check_count, check_device, check_labels,
@@ -192,6 +193,11 @@ class _ISDAState:
         self.set_progress(float(self.schedule_progress))  # checked, and mirrored as the float ``lam`` reads
         self._scheduled = scheduled or self.progress > 0  # a state that never left 0 still warns if unscheduled
 
+    def _apply(self, fn, recurse=True):
+        # a 16-bit cast of a module holding it (Lightning's precision="bf16-true") keeps the progress float64, as the
+        # estimator keeps its statistics: a progress saved in bf16 resumed another lam
+        return super()._apply(without_16_bit_casts(fn), recurse)
+
     def _isda_repr(self) -> str:
         return (f"num_classes={self.estimator.num_classes}, lambda0={self.lambda0}, covariance={self.covariance!r}, "
                 f"progress={self.progress}")
@@ -219,6 +225,13 @@ def _layer_label(name: str, layer: nn.Linear) -> str:
 def _and_wrapped(model: nn.Module) -> tuple[nn.Module, nn.Module | None]:
     """``model`` and, for a DDP/DataParallel wrapper, the module it wraps (else None)."""
     return model, getattr(model, "module", None)
+
+
+def _linear_layers(model: nn.Module) -> list[tuple[str, nn.Linear]]:
+    """``model``'s ``(name, nn.Linear)`` in ``modules()`` order, but for those of codecs: a transform held by the model
+    (a LightningModule's ``self.augment``) holds a codec, whose layers are never the classifier."""
+    codecs = tuple(n + "." for n, m in model.named_modules() if isinstance(m, Codec))
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and not n.startswith(codecs)]
 
 
 def _is_compiled(model: nn.Module) -> bool:
@@ -340,7 +353,9 @@ class ISDA(_ISDAState, LatentTransform):
             official ImageNet/segmentation; memory ``O(C A)``).
         layer: dotted name of the final ``nn.Linear`` in the model (e.g. ``"fc"``, ``"head.fc"``). Default: the
             last ``nn.Linear`` in ``model.modules()`` order (``fc`` of torchvision ResNets, ``head``/``classifier``
-            of timm/torchvision models). Names are looked up in DDP/DataParallel wrappers' ``module`` too.
+            of timm/torchvision models), outside codecs (a transform the model holds as a submodule, as a
+            LightningModule does, holds a codec, never the classifier). Names are looked up in DDP/DataParallel
+            wrappers' ``module`` too.
         feature_dim: A. Default: sized from the layer on the first training call, on its device.
         sync_stats: under ``torch.distributed``, gather all ranks' features before each update so every rank holds
             the statistics of the global batch (the official code keeps per-GPU statistics). A
@@ -396,12 +411,12 @@ class ISDA(_ISDAState, LatentTransform):
     def find_layer(self, model: nn.Module) -> tuple[str, nn.Linear]:
         """``(name, layer)``: the final linear classifier of ``model`` that ISDA hooks."""
         if self.layer is None:
-            found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+            found = _linear_layers(model)
             if not found:
                 raise ValueError(
-                    f"ISDA found no nn.Linear in {type(model).__name__}: it augments the input features of the "
-                    f"final linear classifier. Pass layer='name' naming that nn.Linear (a dotted path such as "
-                    f"'head.fc'); convolutional heads are not supported"
+                    f"ISDA found no nn.Linear in {type(model).__name__} (outside codecs): it augments the input "
+                    f"features of the final linear classifier. Pass layer='name' naming that nn.Linear (a dotted path "
+                    f"such as 'head.fc'); convolutional heads are not supported"
                 )
             name, layer = found[-1]
         else:
@@ -413,7 +428,7 @@ class ISDA(_ISDAState, LatentTransform):
                     except AttributeError:
                         pass
             if layer is None:
-                names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+                names = [n for n, _ in _linear_layers(model)]
                 raise ValueError(f"{type(model).__name__} has no submodule {self.layer!r}; its nn.Linear layers: {names}")
             if not isinstance(layer, nn.Linear):
                 raise ValueError(f"layer {self.layer!r} of {type(model).__name__} is a {type(layer).__name__}, "

@@ -14,6 +14,7 @@ READER_CONTEXT = {  # pages not named here bring nothing
     "composition.md": {"x", "y", "model", "loader", "epochs", "x_uint8", "train_images", "train_labels", "idx",
                        "train_loader"},
     "index.md": {"augment", "x", "y", "model"},
+    "lightning.md": {"model", "epochs", "train_loader", "test_loader"},
     "methods/isda.md": {"x", "y", "model", "loader", "epochs", "backbone", "features", "logits"},
     "methods/latent_adversarial.md": {"x", "y", "model"},
     "methods/latent_noise.md": {"x", "y"},

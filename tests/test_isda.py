@@ -8,11 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from latent_transforms import LatentNoise
 from latent_transforms.feature_covariance import FeatureCovariance
 from latent_transforms.isda import ISDA, ISDALoss, isda_logits
 
 from contract import assert_model_unchanged, check_transform_contract, model_state
-from conftest import STRENGTH_ZERO_EXPECTED, TinyNet
+from conftest import STRENGTH_ZERO_EXPECTED, TinyNet, tiny_vae
 
 
 
@@ -388,15 +389,41 @@ def test_non_finite_rows_are_ignored(covariance, bad):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_buffers_are_refused_not_left_stuck(dtype):
     # bf16 buffers were updated in float32 and written back: with a few samples per class and step the running
-    # mean stopped moving after a few hundred samples (2.06 where the features' mean was 2.89)
+    # mean stopped moving after a few hundred samples (2.06 where the features' mean was 2.89). A cast keeps them in
+    # float32 (below): a 16-bit checkpoint sizes them in 16 bits
     g = torch.Generator().manual_seed(0)
-    est = FeatureCovariance(2, feature_dim=2).to(dtype)
+    est = FeatureCovariance(2)
+    est.load_state_dict({"mean": torch.zeros(2, 2, dtype=dtype), "cov": torch.zeros(2, 2, 2, dtype=dtype),
+                         "count": torch.zeros(2, dtype=torch.int64)})
     f, y = torch.randn(8, 2, generator=g) + 3, torch.zeros(8, dtype=torch.int64)
     with pytest.raises(ValueError, match=f"the class statistics are {dtype}.*keep them in float32"):
         est.update(f, y)
     assert int(est.count.sum()) == 0
     est.float().update(f, y)
     torch.testing.assert_close(est.mean[0], f.mean(0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_16_bit_cast_of_a_module_holding_isda_keeps_its_state_in_its_dtype(batch, net, dtype):
+    # Lightning's precision="bf16-true" casts the whole LightningModule, the ISDA it holds too, after a resume has
+    # loaded its statistics (ckpt_path=): the resumed run's first step refused them as bf16, where a fresh run, whose
+    # statistics were sized by its first update in float32, trained; and the schedule's progress was rounded to bf16
+    x, y = batch
+    isda = ISDA(10)
+    isda.set_epoch(1, 3)
+    isda(x, y, net)
+    net(x)
+    saved = {k: v.clone() for k, v in isda.state_dict().items()}
+    loaded_after = ISDA(10)
+    nn.ModuleList([net, isda, loaded_after]).to(dtype)  # isda sized before the cast, loaded_after by the load after it
+    loaded_after.load_state_dict(saved)
+    for resumed in (isda, loaded_after):
+        assert resumed.estimator.mean.dtype == resumed.estimator.cov.dtype == torch.float32
+        assert resumed.schedule_progress.dtype == torch.float64 and float(resumed.schedule_progress) == 1 / 3
+        assert torch.equal(resumed.estimator.cov, saved["estimator.cov"])
+        resumed(x.to(dtype), y, net)
+        net(x.to(dtype))
+        assert int(resumed.estimator.count.sum()) == 2 * len(y) and torch.isfinite(resumed.estimator.cov).all()
 
 
 def test_rows_too_large_to_square_are_ignored_like_non_finite_ones():
@@ -554,6 +581,29 @@ def test_missing_model_soft_labels_and_bad_models(batch, net):
         ISDA(10, covariance="low-rank")
     with pytest.raises(ValueError, match="lambda0"):
         ISDA(10, lambda0=-1)
+
+
+class _ClassifierWithItsAugmentation(nn.Module):
+    """A LightningModule's shape: the classifier and a transform as submodules, the classifier's forward."""
+
+    def __init__(self, net: nn.Module, augment: nn.Module):
+        super().__init__()
+        self.net, self.augment = net, augment
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_the_default_layer_is_the_classifier_not_a_linear_layer_of_a_transforms_codec(batch, net):
+    # the VAE of a transform registered after the classifier holds the model's last nn.Linear: ISDA hooked it and
+    # refused its outputs ("the layer 'augment.codec.decoder.0' ... has 256 outputs but num_classes=10")
+    x, y = batch
+    model = _ClassifierWithItsAugmentation(net, LatentNoise(tiny_vae()))
+    isda = ISDA(10)
+    assert isda.find_layer(model) == ("net.fc", net.fc)
+    isda(x, y, model)
+    model(x)
+    assert isda.stats["transformed"] == len(y)
 
 
 class _Wrapper(nn.Module):
