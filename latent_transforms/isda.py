@@ -247,7 +247,10 @@ def _compiled_fullgraph(model: nn.Module) -> bool:
     which fullgraph=True turns into torch's "Unsupported: Attempted to represent unregistered RemovableHandle" in
     the user's forward. Those breaks are what runs each call's own hook, labels and strength: traced into the graph,
     a later call's would not be seen."""
-    return any(getattr(getattr(m, "dynamo_ctx", None), "fullgraph", False) is True for m in _and_wrapped(model))
+    contexts = [getattr(m, "dynamo_ctx", None) for m in _and_wrapped(model)]
+    # newer torch keeps fullgraph on the context; torch 2.4 only as its frame converter's _one_graph
+    return any(getattr(c, "fullgraph", False) is True
+               or getattr(getattr(c, "callback", None), "_one_graph", False) is True for c in contexts)
 
 
 def _never_fired(label: str, model: nn.Module) -> str:

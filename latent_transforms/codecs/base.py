@@ -127,12 +127,11 @@ class Codec(nn.Module):
 
     def _first_tensor(self) -> torch.Tensor:
         """The first parameter, else the first float buffer: what ``dtype`` and ``device`` read."""
-        tensors = itertools.chain(self.parameters(), (b for b in self.buffers() if b.is_floating_point()))
-        first = next(tensors, None)
-        if first is None:
-            raise ValueError(f"{type(self).__name__} holds no parameters or float buffers, which give a codec its dtype "
-                             f"and device: keep its tensors as nn.Parameter or self.register_buffer(...)")
-        return first
+        # a loop, not next(it, None): torch 2.4's compile broke the graph there
+        for first in itertools.chain(self.parameters(), (b for b in self.buffers() if b.is_floating_point())):
+            return first
+        raise ValueError(f"{type(self).__name__} holds no parameters or float buffers, which give a codec its dtype "
+                         f"and device: keep its tensors as nn.Parameter or self.register_buffer(...)")
 
     def fingerprint(self) -> str:
         """sha256 of the config and the weights' values: equal for two codecs with the same weights, whatever the
