@@ -35,12 +35,13 @@ BATCH = 500  # images per codec call
 
 
 def clean_classifier(args: argparse.Namespace, x_train: torch.Tensor, y_train: torch.Tensor, *, seed: int = 0,
-                     crop_flip: bool = False, flag: str = "--classifier") -> torch.nn.Module:
+                     crop_flip: bool = False, flag: str = "--classifier", progress: bool = True) -> torch.nn.Module:
     """The clean classifier: trained, or loaded from ``--classifier`` when that file exists (written when not).
 
     Weights are drawn from torch's global RNG as it stands; ``seed`` seeds the batch order, ``crop_flip`` adds
     random crops (4-pixel shifts) and flips (also drawn from the global RNG). Both are stored with the file when
-    not the defaults (which are this script's). ``flag`` names the file's option in messages.
+    not the defaults (which are this script's). ``flag`` names the file's option in messages; ``progress`` shows the
+    training's progress bar.
     """
     model = clean_classifier_model(x_train.shape[1:], args.width)
     settings = {"train": args.train, "width": str(args.width), "epochs": str(args.epochs)}  # stored with it
@@ -66,7 +67,7 @@ def clean_classifier(args: argparse.Namespace, x_train: torch.Tensor, y_train: t
         path.parent.mkdir(parents=True, exist_ok=True)  # now, not after minutes of training
     fit_classifier(model, x_train, y_train, epochs=args.epochs, batch_size=64, lr=0.05, seed=seed,
                    pixel_augment=(lambda xb: random_shift_flip(xb, 4, True)) if crop_flip else None,
-                   desc="clean classifier")
+                   desc="clean classifier", progress=progress)
     if path:
         hub.write_safetensors(path, {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
                               settings)

@@ -87,7 +87,7 @@ def main() -> None:
     ap.add_argument("--guide-width", type=POSITIVE_INT, default=16, help="ResNet-18 width for RGB data")
     ap.add_argument("--guide-epochs", type=POSITIVE_INT, default=10, help="the guide's training epochs")
     ap.add_argument("--threads", type=POSITIVE_INT, help="CPU threads (default: torch's)")
-    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars (the guide's and the fine-tune's)")
     args = ap.parse_args()
     check_output_folder(Path(args.out).parent, "--out's folder")
     if Path(args.out).is_dir():
@@ -110,7 +110,8 @@ def main() -> None:
         torch.manual_seed(GUIDE_SEED)
         spec = argparse.Namespace(train=args.train, width=args.guide_width, epochs=args.guide_epochs,
                                   classifier=args.guide)
-        guide = clean_classifier(spec, x, y, seed=GUIDE_SEED, crop_flip=args.flips, flag="--guide")
+        guide = clean_classifier(spec, x, y, seed=GUIDE_SEED, crop_flip=args.flips, flag="--guide",
+                                 progress=not args.no_progress)
         guide.eval().requires_grad_(False)
 
     torch.manual_seed(0)  # the posterior samples

@@ -1705,8 +1705,9 @@ def test_vae_class_guidance_refuses_an_out_without_the_checkpoint_suffix_before_
 def test_vae_class_guidance_fine_tunes_a_vae_and_its_control_runs_without_a_guide(tmp_path):
     out = tmp_path / "guided" / "vae.safetensors"
     common = ["--codec", "vae-digits", "--train", "digits", "--steps", "3", "--no-progress", "--threads", "1"]
-    _run([str(BENCHMARKS / "vae_class_guidance.py"), *common, "--guide-epochs", "1", "--guide",
-          str(tmp_path / "guide.safetensors"), "--out", str(out)], tmp_path)
+    proc = _run([str(BENCHMARKS / "vae_class_guidance.py"), *common, "--guide-epochs", "1", "--guide",
+                 str(tmp_path / "guide.safetensors"), "--out", str(out)], tmp_path)
+    assert "clean classifier" not in proc.stderr, "--no-progress left the guide's training bar on"
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["weight"] > 0 and [h["step"] for h in record["history"]] == [0]
     assert record["history"][0]["guide_term"] >= 0 and (tmp_path / "guide.safetensors").is_file()
