@@ -487,12 +487,31 @@ def test_a_generator_shared_by_two_transforms_stays_shared_in_copies():
     assert sys.getrefcount(g) == held  # the pickling stand-in does not keep the generator alive
 
 
-def test_a_batch_with_no_sample_selected_is_still_counted_as_seen():
+@pytest.mark.parametrize("p", [0.0, 0.5])
+def test_every_sample_of_a_batch_is_counted_as_seen_however_few_are_selected(p):
     x, y = _batch((4, 1, 3, 3), False, 0)
-    t = AddNoise(p=0.0, generator=0)
+    t = AddNoise(p=p, generator=0)
     t(x, y)
     t(x, y)
-    assert t.stats == {"seen": 8, "transformed": 0, "rejected": 0}
+    stats = t.stats
+    selected = stats["transformed"] + stats["rejected"]
+    assert stats["seen"] == 8 and (selected == 0 if p == 0 else 0 < selected < 8)
+
+
+class MixInTheImagesDtype(Mix):
+    """Returns its soft labels in the images' dtype (float64 here), not in the float32 of the labels made soft."""
+
+    def transform(self, x, y, model, params, index=None):
+        x2, y2 = super().transform(x, y, model, params, index)
+        return x2, y2.to(x.dtype)
+
+
+def test_soft_labels_a_transform_returns_in_another_dtype_join_the_batchs_in_its_dtype():
+    x, y = _batch((8, 1, 3, 3), False, 0, torch.float64)
+    t = MixInTheImagesDtype(p=0.5, generator=0, num_classes=5)
+    _, y2 = t(x, y)
+    assert 0 < t.stats["transformed"] < 8  # the selected rows' labels go into the others'
+    assert y2.dtype == torch.float32 and torch.allclose(y2.sum(1), torch.ones(8))
 
 
 def test_an_empty_batch_passes_a_transform_of_ones_own_without_drawing_or_counting():

@@ -2031,17 +2031,22 @@ def test_accuracy_merge_refuses_the_options_it_would_ignore(argv, ignored, capsy
     assert args.merge == ["a.json"] and args.arms == ["baseline", "isda"]
 
 
+def _class_folders(root, counts: list[int]) -> str:
+    """A folder: spec of 32x32 RGB images, ``counts[c]`` of class c (in folders c0, c1, ...)."""
+    from PIL import Image
+
+    for c, n in enumerate(counts):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (32, 32), (25 * c, 10 * i, 0)).save(root / f"c{c}" / f"{i}.png")
+    return f"folder:{root}"
+
+
 def test_accuracy_smoke_replaces_only_the_downloads_by_random_images(tmp_path):
     """Audit 144: --smoke trained on random images for any spec but npz:, so `--smoke --train bogus` ran without a
     word and a folder: spec was never read; only cifar10 and cifar10-5k (downloads) are replaced."""
-    from PIL import Image
-
     acc = _load_accuracy_module()
-    for c in range(10):
-        (tmp_path / "imgs" / f"c{c}").mkdir(parents=True)
-        for i in range(3):
-            Image.new("RGB", (32, 32), (25 * c, 10 * i, 0)).save(tmp_path / "imgs" / f"c{c}" / f"{i}.png")
-    folder = f"folder:{tmp_path / 'imgs'}"
+    folder = _class_folders(tmp_path / "imgs", [3] * 10)
     data = acc.load_data(acc.parse_args(["--smoke", "--train", folder, "--test", folder]))
     assert data["source_train"] == folder and len(data["y_train"]) + data["n_val"] == 30
     assert acc.load_data(acc.parse_args(["--smoke", "--train", "cifar10-5k"]))["source_train"] == "random (200 images)"
@@ -2065,3 +2070,12 @@ def test_accuracy_refuses_a_validation_fraction_that_leaves_a_class_untrained(fr
     with pytest.raises(SystemExit, match=rf"^--val-fraction {fraction} holds out every training image of class"):
         acc.load_data(acc.parse_args(["--smoke", "--val-fraction", fraction]))
     assert len(acc.load_data(acc.parse_args(["--smoke", "--val-fraction", "0.5"]))["y_train"]) > 0
+
+
+def test_accuracy_validation_split_names_exactly_the_classes_left_without_a_training_image(tmp_path):
+    """A class left with one training image is trained on; the refusal names every class left with none."""
+    acc = _load_accuracy_module()
+    folder = _class_folders(tmp_path / "imgs", [2] * 8 + [1, 1])  # at 0.6: one of two held out, one of one
+    with pytest.raises(SystemExit, match=r"^--val-fraction 0.6 holds out every training image of classes 8, 9 \(of 18 "
+                                         r"images\)"):
+        acc.load_data(acc.parse_args(["--smoke", "--train", folder, "--val-fraction", "0.6"]))

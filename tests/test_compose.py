@@ -222,6 +222,12 @@ def test_varmixup_then_torchvision_mixup_keeps_valid_soft_labels(rgb):
     _check(x2, y2, x, soft=True)
 
 
+def test_positions_in_the_model_slot_of_a_compose_of_pixel_steps_are_refused(rgb):
+    x, y = rgb  # no step would read the model: the positions were ignored without a word
+    with pytest.raises(TypeError, match=r"model must be the classifier .*; dataset positions go as index=idx"):
+        Compose([T.RandomHorizontalFlip()])(x, y, torch.arange(len(x)))
+
+
 def test_eval_mode_and_model_passing(rgb, rgb_glow):
     x, y = rgb
     c = Compose([LatentAdversarial(rgb_glow, steps=1, generator=0)])
@@ -264,9 +270,10 @@ def test_a_step_that_also_takes_the_labels_is_refused_when_built(rgb, step):
         Compose([T.RandomHorizontalFlip(), step])
 
 
-def test_a_callable_with_an_optional_second_argument_is_called_as_t_of_x(rgb):
+@pytest.mark.parametrize("step", [lambda x, scale=1.0: x * scale, torch.Tensor.contiguous])  # a builtin: no signature
+def test_a_callable_with_an_optional_second_argument_or_no_readable_signature_is_called_as_t_of_x(rgb, step):
     x, y = rgb
-    x2, y2 = Compose([lambda x, scale=1.0: x * scale])(x, y)
+    x2, y2 = Compose([step])(x, y)
     assert torch.equal(x2, x) and y2 is y
 
 
@@ -542,6 +549,8 @@ def test_a_single_step_or_a_non_list_is_refused_naming_the_fix(rgb_glow):
     with pytest.raises(TypeError, match=r"transforms must be a list of steps, got LatentNoise; for one step: "
                                         r"Compose\(\[t\]\)"):
         Compose(LatentNoise(rgb_glow))
+    with pytest.raises(TypeError, match=r"got Sequential; for one step: Compose\(\[t\]\)"):
+        Compose(torch.nn.Sequential(T.RandomHorizontalFlip()))  # iterable, but one callable: not taken for its steps
     for bad in (None, "flip"):
         with pytest.raises(TypeError, match="transforms must be a list of steps"):
             Compose(bad)
@@ -600,7 +609,15 @@ def test_out_of_range_labels_are_refused_by_a_first_latent_step_with_the_compose
         Compose([noise, T.RandomHorizontalFlip()], num_classes=10)(x, bad)
     x2, y2 = Compose([noise, T.RandomHorizontalFlip()], num_classes=13)(x, bad)  # in range: through, as given
     assert torch.equal(y2, bad)
-    noise(x, bad)  # the step alone knows no classes: any class index passes, as before
+
+
+def test_a_composes_classes_do_not_reach_its_step_called_on_its_own_after_it(rgb, rgb_glow):
+    x, y = rgb
+    noise = LatentNoise(rgb_glow, generator=0)
+    Compose([noise], num_classes=10)(x, y)
+    bad = y.clone()
+    bad[3] = 12
+    assert noise(x, bad)[1] is bad  # on its own the step knows no classes: any class index passes
 
 
 @pytest.mark.filterwarnings("ignore:RandomCutMixV2 currently uses the old")

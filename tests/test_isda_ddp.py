@@ -4,6 +4,7 @@ import datetime
 import os
 import pickle
 import socket
+import warnings
 
 import pytest
 import torch
@@ -86,6 +87,14 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         isda(x[mine], y[mine], model)
         F.cross_entropy(model(x[mine]), y[mine]).backward()
         result["ddp_count"] = isda.estimator.count.clone()
+        # armed twice with no forward between: a model that is not compiled warns on every rank alike (only a
+        # compiled one's is refused, where a recompile on one rank would make the hook fire there alone)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            isda(x[mine], y[mine], model)
+            isda(x[mine], y[mine], model)
+        result["armed_twice"] = [str(w.message) for w in caught]
+        isda.disarm(model)
         # a compiled loss whose batch size changes on one rank only: traced, the size exchange's collectives fell
         # into per-rank graphs and gloo aborted ("Received data size doesn't match expected size")
         from latent_transforms.isda import ISDALoss
@@ -107,6 +116,10 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             ISDA(10)(x[mine], y[mine], grouped)
         except ValueError as e:
             result["ddp_group"] = str(e)
+        unsynced = ISDA(10, sync_stats=False)  # each rank's own statistics: no group to pool them over, nothing refused
+        unsynced(x[mine], y[mine], grouped)
+        F.cross_entropy(grouped(x[mine]), y[mine]).backward()
+        result["unsynced_count"] = unsynced.estimator.count.clone()
         in_group = ISDA(10, sync_stats=solos[rank])
         in_group(x[mine], y[mine], grouped)
         F.cross_entropy(grouped(x[mine]), y[mine]).backward()
@@ -159,6 +172,8 @@ def test_two_gloo_ranks_hold_the_statistics_of_the_concatenated_batch(tmp_path):
         assert res["ddp_group"].startswith("the model's DistributedDataParallel has a process group of its own")
         assert res.get("ddp_group_module") == res["ddp_group"]
     assert [int(res["group_count"].sum()) for res in results] == [3, 5]  # each rank's own rows
+    assert [int(res["unsynced_count"].sum()) for res in results] == [3, 5]
+    assert all(len(res["armed_twice"]) == 1 and "never applied" in res["armed_twice"][0] for res in results)
     assert all(res["pickle"].startswith("statistics shared over a process group") and "state_dict()" in res["pickle"]
                and res["copies_share_the_group"] and torch.equal(res["twin_count"], res["group_count"])
                for res in results)

@@ -1036,3 +1036,20 @@ def test_a_generator_given_is_in_the_repr(glow, net):
         assert repr(t).endswith(", generator=7)"), repr(t)
     assert repr(LatentNoise(glow, generator=torch.Generator())).endswith(", generator=torch.Generator('cpu'))")
     assert "generator" not in repr(LatentNoise(glow)) + repr(ISDA(10))
+
+
+def test_eval_mode_still_checks_the_images_and_the_index_against_the_codec(glow, batch):
+    """eval() passes the batch through, but a pipeline that runs there must not fail once training: the codec's
+    image check, and index= without a latent cache, are refused in eval mode too."""
+    x, y = batch
+    t = LatentNoise(glow).eval()
+    with pytest.raises(ValueError, match=r"trained on images of shape \(1, 8, 8\) .* got x of shape \(2, 1, 16, 16\)"):
+        t(torch.rand(2, 1, 16, 16), y[:2])
+    with pytest.raises(ValueError, match="index= needs a latent cache"):
+        t(x, y, index=torch.arange(len(x)))
+
+
+def test_a_num_classes_given_is_in_the_repr():
+    vae = tiny_vae()
+    assert repr(VarMixup(vae, num_classes=10)).endswith(", p=0.25, num_classes=10)")
+    assert "num_classes" not in repr(VarMixup(vae))

@@ -383,12 +383,26 @@ def test_numbers_out_of_floats_range_and_open_upper_bounds():
     lambda: __import__("latent_transforms").ISDA(10, layer=3),
     lambda: __import__("latent_transforms").LatentNoise(3),  # was a plain TypeError
     lambda: __import__("latent_transforms").LatentNoise(tiny_glow(), levels=[0.0]),
+    lambda: __import__("latent_transforms").LatentNoise(tiny_glow(), eps=torch.tensor([0.5])),  # not a 0-d tensor
     lambda: __import__("latent_transforms").hub.save_checkpoint(tiny_glow(), "x.safetensors", dtype="float16"),
 ])
 def test_every_option_of_the_wrong_type_is_a_wrong_type_error(call):
     from latent_transforms.validation import WrongTypeError
     with pytest.raises(WrongTypeError):
         call()
+
+
+def test_auto_is_a_device_only_where_it_is_offered():
+    from latent_transforms.validation import resolve_device
+    assert resolve_device("auto", auto=True).type in ("cpu", "cuda")
+    with pytest.raises(ValueError, match=r"^device must be cpu, cuda, cuda:N, got 'auto'$"):  # load(..., device=)
+        resolve_device("auto")
+
+
+def test_a_tuple_given_for_a_tensor_is_described_by_its_items():
+    from latent_transforms.validation import check_index
+    with pytest.raises(TypeError, match=r"index must be a \(B,\) int64 tensor of dataset positions, got \[int, int\]$"):
+        check_index((0, 1), 2)
 
 
 def test_a_missing_training_state_or_hashed_file_is_a_missing_file_error(tmp_path):
