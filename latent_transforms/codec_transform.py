@@ -15,8 +15,9 @@ from .validation import WrongTypeError, bad_option, check_device, is_int
 class CodecTransform(LatentTransform):
     """A :class:`LatentTransform` that encodes to a codec's standardised latent space and decodes back.
 
-    The codec is a submodule (moves with ``.to``); ``encode``/``decode`` run in its dtype (fp32, TF32 off) and
-    results are cast back to ``x``'s dtype by the base class. Give a frozen codec (hub checkpoints are;
+    The codec is a submodule (moves with ``.to``; a cast to 16 bits, as Lightning's ``precision="bf16-true"``, keeps
+    it and the cache's latents in float32); ``encode``/``decode`` run in its dtype (fp32, TF32 off) and results are
+    cast back to ``x``'s dtype by the base class. Give a frozen codec (hub checkpoints are;
     ``codec.freeze()`` for your own): an unfrozen one is used as it is, follows the transform's ``train()``, and an
     untrained Glow would initialise its ActNorm layers from the first batch it sees.
     ``levels`` picks which latent levels the method acts on (all by default). With ``cache=LatentCache(...)``
@@ -86,9 +87,9 @@ class CodecTransform(LatentTransform):
         if key != self._fingerprint_key:  # the fingerprint hashes every weight: again only when they may have changed
             self._codec_fingerprint, self._fingerprint_key = self.codec.fingerprint(), key
         if self.cache.codec_fingerprint != self._codec_fingerprint:
-            self.codec.check_dtype()  # a .half() rounded the weights: say so, not "another codec"
+            self.codec.check_dtype()  # weights loaded in 16 bits are rounded: say so, not "another codec"
             raise ValueError("the latent cache was encoded with another codec than this transform's (other config "
-                             "or weights; a cast to 16 bits and back rounds the weights: reload the codec)")
+                             "or weights)")
         if self.cache.latents.dtype != self.codec.dtype:  # .to() casts both alike: set apart by hand
             raise ValueError(f"the latent cache holds {self.cache.latents.dtype} latents but the codec is "
                              f"{self.codec.dtype}: cast both alike, e.g. transform.to({self.codec.dtype})")

@@ -9,20 +9,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .casts import without_16_bit_casts
 from .validation import WrongTypeError, check_choice, check_count, check_labels
 
 COVARIANCES = ("full", "diagonal")
-
-
-def without_16_bit_casts(fn):
-    """``fn``, the tensor function of ``nn.Module._apply`` (``.to(...)``, ``.half()``, ``.cuda()``, ...), with its casts
-    to float16 or bfloat16 left out (such tensors are only moved to its device): for statistics that must stay in
-    their dtype when a module holding them is cast to 16 bits (``.half()``, Lightning's ``precision="bf16-true"``)."""
-    def keeping_the_dtype(t: torch.Tensor) -> torch.Tensor:
-        target = fn(torch.empty(0, dtype=t.dtype, device=t.device))
-        return t.to(target.device) if target.dtype in (torch.float16, torch.bfloat16) else fn(t)
-
-    return keeping_the_dtype
 
 
 class FeatureCovariance(nn.Module):

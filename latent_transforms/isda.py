@@ -33,8 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import LatentTransform, not_about_the_batch
+from .casts import without_16_bit_casts
 from .codecs import Codec
-from .feature_covariance import COVARIANCES, FeatureCovariance, check_sync, without_16_bit_casts
+from .feature_covariance import COVARIANCES, FeatureCovariance, check_sync
 from .modelutils import unwrap
 from .rng import generator_repr
 from .validation import (WrongTypeError, bad_option, check_choice, check_count, check_device, check_labels,

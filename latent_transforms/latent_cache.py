@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from . import hub
+from .casts import without_16_bit_casts
 from .codecs import Codec, resolve_codec
 from .progress import progress_bar
 from .validation import MissingFileError, check_bool, check_count, check_images, check_index, resolve_device
@@ -92,8 +93,11 @@ class LatentCache(nn.Module):
         self.register_buffer("projection", projection.to(device), persistent=False)
 
     def _apply(self, fn, recurse: bool = True):
-        """``.to(device)`` moves the image signatures; a cast (``.half()``, ``.double()``) leaves them float32: rounded
-        to 16 bits they refused the cached images themselves, also after a cast back."""
+        """``.to(device)`` moves the latents and the image signatures. A cast to 16 bits moves the latents but keeps
+        their dtype, the codec's, as the codec keeps its own (``.double()`` casts both alike). The signatures stay
+        float32 under any cast (``.double()`` too): rounded to 16 bits they refused the cached images themselves,
+        also after a cast back."""
+        fn = without_16_bit_casts(fn)
         kept = {k: getattr(self, k) for k in ("signatures", "projection") if getattr(self, k) is not None}
         super()._apply(fn, recurse)
         for key, before in kept.items():

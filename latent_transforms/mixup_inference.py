@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from .base import SampleStats, keep_plausible, one_line_repr
+from .casts import without_16_bit_casts
 from .codecs import Codec, resolve_codec
 from .modelutils import borrowed, logits_of
 from .rng import GeneratorSource, generator_repr
@@ -21,8 +22,9 @@ class LatentMixupInference(SampleStats, nn.Module):
     some accuracy and ``num_mixes`` forward passes (+ one decode each).
 
     Args:
-        model: the classifier, a submodule as in any wrapper (``.to()`` moves it, ``state_dict()`` holds its
-            weights); each call borrows it unchanged (eval mode, no gradients, its mode restored after).
+        model: the classifier, a submodule as in any wrapper (``.to()`` moves and casts it, ``state_dict()`` holds
+            its weights; a cast to 16 bits keeps the codec and the reference latents in float32); each call borrows
+            it unchanged (eval mode, no gradients, its mode restored after).
         codec: hub name, path or Codec.
         references: (N, C, H, W) float in [0, 1] clean images to mix with (e.g. a few hundred training images).
         lam: weight of the input (0.6 by default: the input dominates).
@@ -51,6 +53,14 @@ class LatentMixupInference(SampleStats, nn.Module):
         self._rng = GeneratorSource(generator)
         with torch.no_grad():
             self.register_buffer("reference_latents", self.codec.encode_flat(references))
+
+    def _apply(self, fn, recurse=True):
+        # a 16-bit cast (.half(), Lightning's precision="bf16-true") casts the model, but the reference latents, as
+        # the codec, keep their dtype: only they are this module's own tensors
+        if recurse:
+            for module in self.children():
+                module._apply(fn)
+        return super()._apply(without_16_bit_casts(fn), recurse=False)
 
     def extra_repr(self) -> str:
         return (f"lam={self.lam}, num_mixes={self.num_mixes}, references={self.reference_latents.shape[0]}, "

@@ -134,6 +134,17 @@ class SpyNet(nn.Module):
         return self.net(x)
 
 
+class ClassifierWithItsAugmentation(nn.Module):
+    """A LightningModule's shape: the classifier and a transform as submodules, the classifier's forward."""
+
+    def __init__(self, net: nn.Module, augment: nn.Module):
+        super().__init__()
+        self.net, self.augment = net, augment
+
+    def forward(self, x):
+        return self.net(x)
+
+
 class TinyNet(nn.Module):
     """A classifier with BatchNorm (to catch statistic updates) and a final Linear (for ISDA)."""
 

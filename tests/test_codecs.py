@@ -302,14 +302,37 @@ def test_bad_codec_configs_are_named(config, match):
         build_codec(config)
 
 
-def test_a_codec_cast_to_bfloat16_is_refused_as_one_cast_to_float16(glow):
-    """A .to(torch.bfloat16) of a module holding the codec rounds its weights as .half() does (to even fewer bits):
-    encode and decode say so instead of computing in 16 bits."""
-    for dtype in (torch.float16, torch.bfloat16):
-        codec = copy.deepcopy(glow).to(dtype)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("make", [tiny_glow, tiny_vae])
+def test_a_16_bit_cast_keeps_the_codec_in_its_dtype(make, dtype):
+    """A .half() or .to(torch.bfloat16) of a module holding the codec (Lightning's precision="bf16-true") cast it,
+    then refused it, and the rounding of its weights stayed after .float(): the codec keeps its weights, float32 or
+    float64 after .double(), and computes as before, for 16-bit images too."""
+    reference, codec = make(), make()
+    codec.to(dtype)
+    assert all(w.dtype == torch.float32 and torch.equal(w, reference.state_dict()[k])
+               for k, w in codec.state_dict().items() if w.is_floating_point())
+    x = torch.rand(2, *codec.image_shape, generator=torch.Generator().manual_seed(0)).to(dtype)
+    z = codec.encode(x)
+    assert all(torch.equal(a, b) for a, b in zip(z, reference.encode(x)))
+    assert torch.equal(codec.decode(z), reference.decode(z))
+    assert codec.double().half().dtype == torch.float64
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_codec_with_16_bit_weights_is_refused(glow, dtype):
+    """16-bit weights that no cast made (a 16-bit state loaded with assign=True, 16-bit layers of a codec of one's
+    own): encode and decode say so instead of computing in 16 bits, also those of a Glow's unfrozen copy (built in
+    float32, then given the weights: the cast that matched their dtype now keeps float32)."""
+    glow.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in glow.state_dict().items()},
+                         assign=True)
+    own = OwnCodec()
+    own.enc.to(dtype)  # the layers' own cast: not the codec's
+    own.dec.to(dtype)
+    for codec in (glow, own, glow.unfrozen_copy()):
         with pytest.raises(ValueError, match=f"codec's weights are {dtype}, but codecs compute in float32"):
             codec.encode(torch.rand(2, 1, 8, 8))
-        with pytest.raises(ValueError, match=f"codec's weights are {dtype}"):
+        with pytest.raises(ValueError, match=rf"codec's weights are {dtype}.*\.float\(\)"):
             codec.decode([torch.zeros(2, *s, dtype=dtype) for s in codec.latent_shapes])
 
 

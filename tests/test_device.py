@@ -7,6 +7,7 @@ was moved, and the latent cache, the hub's loading and the documented compositio
 """
 from __future__ import annotations
 
+import copy
 import os
 import traceback
 
@@ -20,7 +21,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torchvision.transforms import v2
 
 from contract import check_transform_contract, replayed
-from conftest import STRENGTH_ZERO_EXPECTED, TinyNet, cifar_size_glow, tiny_glow, tiny_vae
+from conftest import (STRENGTH_ZERO_EXPECTED, ClassifierWithItsAugmentation, TinyNet, cifar_size_glow, tiny_glow,
+                      tiny_vae)
 from latent_transforms import (ISDA, Compose, LatentAdversarial, LatentCache, LatentMixupInference, LatentNoise,
                                VarMixup, hub)
 
@@ -130,6 +132,25 @@ def test_every_method_under_the_training_loops_bf16_autocast(parts, device, meth
     if not t.needs_model:
         outside = METHODS[method](glow, vae, generator=0)(x, y)
         assert replayed(x2, outside[0]) and replayed(y2, outside[1])
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "ISDA"])  # ISDA's state: tests/test_isda.py
+def test_a_module_cast_to_bf16_casts_its_classifier_and_keeps_its_codec_in_float32(parts, device, method):
+    """Lightning's precision="bf16-true" casts the whole LightningModule, moved to the device in the same call here:
+    the codec was cast too, and refused at the first call. The classifier is bf16, the codec float32 on the
+    classifier's device with its weights as they were, and a bf16 batch comes back bf16, as the uncast transform
+    gives it."""
+    glow, vae, net, x, y = parts
+    module = ClassifierWithItsAugmentation(copy.deepcopy(net).cpu(),
+                                           METHODS[method](tiny_glow(), tiny_vae(), generator=0))
+    module.to(device, torch.bfloat16)
+    codec, reference = module.augment.codec, METHODS[method](glow, vae, generator=0)
+    assert module.net.fc.weight.dtype == torch.bfloat16 and module.net.fc.weight.device.type == device.type
+    assert codec.dtype == torch.float32 and codec.device == module.net.fc.weight.device
+    assert all(torch.equal(w, reference.codec.state_dict()[k]) for k, w in codec.state_dict().items())
+    x2, y2 = module.augment(x.to(torch.bfloat16), y, module.net)
+    expected_x2, expected_y2 = reference(x.to(torch.bfloat16), y, module.net)
+    assert x2.dtype == torch.bfloat16 and replayed(x2, expected_x2) and replayed(y2, expected_y2)
+
 
 def test_isda_logits_take_a_0_dim_cpu_strength_as_torch_takes_a_number(device):
     """The tensors of isda_logits must be on the logits' device, but a 0-d CPU lam is a number to torch."""

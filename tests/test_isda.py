@@ -13,7 +13,7 @@ from latent_transforms.feature_covariance import FeatureCovariance
 from latent_transforms.isda import ISDA, ISDALoss, isda_logits
 
 from contract import assert_model_unchanged, check_transform_contract, model_state
-from conftest import STRENGTH_ZERO_EXPECTED, TinyNet, tiny_vae
+from conftest import STRENGTH_ZERO_EXPECTED, ClassifierWithItsAugmentation, TinyNet, tiny_vae
 
 
 
@@ -583,22 +583,11 @@ def test_missing_model_soft_labels_and_bad_models(batch, net):
         ISDA(10, lambda0=-1)
 
 
-class _ClassifierWithItsAugmentation(nn.Module):
-    """A LightningModule's shape: the classifier and a transform as submodules, the classifier's forward."""
-
-    def __init__(self, net: nn.Module, augment: nn.Module):
-        super().__init__()
-        self.net, self.augment = net, augment
-
-    def forward(self, x):
-        return self.net(x)
-
-
 def test_the_default_layer_is_the_classifier_not_a_linear_layer_of_a_transforms_codec(batch, net):
     # the VAE of a transform registered after the classifier holds the model's last nn.Linear: ISDA hooked it and
     # refused its outputs ("the layer 'augment.codec.decoder.0' ... has 256 outputs but num_classes=10")
     x, y = batch
-    model = _ClassifierWithItsAugmentation(net, LatentNoise(tiny_vae()))
+    model = ClassifierWithItsAugmentation(net, LatentNoise(tiny_vae()))
     isda = ISDA(10)
     assert isda.find_layer(model) == ("net.fc", net.fc)
     isda(x, y, model)

@@ -259,15 +259,23 @@ def test_a_cast_cached_transform_keeps_its_cache(data, tmp_path):
     assert other.fingerprint() != tiny_glow().fingerprint()
 
 
-def test_a_cast_to_16_bits_names_the_codec_and_leaves_the_image_signatures_whole(data):
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_cast_to_16_bits_keeps_the_latents_and_the_image_signatures_whole(data, dtype):
     """.half() rounded the image signatures: a cached transform blamed the images ("x is not the images this latent
-    cache holds") instead of its 16-bit codec, and after .half().float() the cache refused its own images for good."""
+    cache holds"), and after .half().float() the cache refused its own images for good. Then it cast the codec, which
+    was refused, and the latents; now the codec and the latents keep their dtype (the transform takes latents of its
+    codec's dtype only), and the cast transform gives the uncast one's outputs."""
     images, labels = data
-    glow = tiny_glow()
     x, y, idx = images[:4], labels[:4], torch.arange(4)
-    t = LatentNoise(glow, cache=LatentCache(glow, images, progress=False), generator=0).half()
-    with pytest.raises(ValueError, match="codec's weights are torch.float16"):
-        t(x, y, index=idx)
+
+    def cached():
+        glow = tiny_glow()
+        return LatentNoise(glow, cache=LatentCache(glow, images, progress=False), generator=0)
+
+    cast, uncast = cached().to(dtype), cached()
+    assert cast.cache.latents.dtype == torch.float32 and torch.equal(cast.cache.latents, uncast.cache.latents)
+    for batch in (x, x.to(dtype)):
+        assert torch.equal(cast(batch, y, index=idx)[0], uncast(batch, y, index=idx)[0])
     cache = LatentCache(tiny_glow(), images, progress=False).half().float()
     assert cache.signatures.dtype == cache.projection.dtype == torch.float32
     LatentNoise(tiny_glow(), cache=cache, generator=0)(x, y, index=idx)  # its own images: accepted

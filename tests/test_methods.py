@@ -1,3 +1,4 @@
+import copy
 import inspect
 import threading
 import time
@@ -7,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latent_transforms import ISDA, ISDALoss, LatentCache
+from latent_transforms import ISDA, Compose, ISDALoss, LatentCache
 from latent_transforms.codecs import ConvVAE, flatten_latents
 from latent_transforms.latent_adversarial import LatentAdversarial
 from latent_transforms.latent_noise import LatentNoise
@@ -50,21 +51,25 @@ def test_noise_eps_zero_is_identity_to_round_trip_accuracy(glow, batch):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("make", [
-    lambda glow, vae: LatentNoise(glow, eps=0.0, generator=0),
+    lambda glow, vae: LatentNoise(glow, generator=0),
     lambda glow, vae: VarMixup(vae, num_classes=10, generator=0),
     lambda glow, vae: LatentAdversarial(glow, steps=1, generator=0),
+    lambda glow, vae: Compose([LatentNoise(glow, generator=0)]),
 ])
-def test_a_transform_cast_to_16_bits_refuses_its_16_bit_codec(glow, vae, net, batch, dtype, make):
-    """A .half() of a module holding the transform casts its codec too: in float16 eps=0 rejected every sample
-    (silently the identity), in bfloat16 the round trip erred by 1e-2. Codecs compute in float32: refused, naming
-    .float(); the cast back works."""
+def test_a_transform_cast_to_16_bits_keeps_its_codec_in_float32(net, batch, dtype, make):
+    """A .half() of a module holding the transform cast its codec too: in float16 eps=0 rejected every sample
+    (silently the identity), in bfloat16 the round trip erred by 1e-2; then it was refused, and .float() left the
+    weights rounded. The codec keeps its float32 weights: the cast transform gives the uncast one's outputs, for
+    float32 images and 16-bit ones (returned in their dtype; the model attacked in theirs)."""
     x, y = batch
-    t = make(glow, vae).to(dtype)
-    with pytest.raises(ValueError, match=rf"codec's weights are {dtype}.*\.float\(\)"):
-        t(x, y, net)
-    t.float()
-    x2, _ = t(x, y, net)
-    assert x2.dtype == x.dtype and t.stats["rejected"] == 0
+    cast, uncast = make(tiny_glow(), tiny_vae()).to(dtype), make(tiny_glow(), tiny_vae())
+    assert all(w.dtype == torch.float32 and torch.equal(w, uncast.state_dict()[k])
+               for k, w in cast.state_dict().items())
+    for images, model in ((x, net), (x.to(dtype), copy.deepcopy(net).to(dtype))):
+        x2, y2 = cast(images, y, model)
+        expected_x2, expected_y2 = uncast(images, y, model)
+        assert x2.dtype == images.dtype and torch.equal(x2, expected_x2) and torch.equal(y2, expected_y2)
+        assert not torch.equal(x2, images)
 
 
 def test_a_float64_codec_still_works(glow, batch):
@@ -474,6 +479,17 @@ def test_mixup_inference_probabilities_keep_a_float64_models_precision(glow, bat
     probs = LatentMixupInference(net.double(), glow, references=x, num_mixes=2, generator=0)(x)
     assert probs.dtype == torch.float64 and torch.allclose(probs.sum(1), torch.ones(len(x), dtype=torch.float64),
                                                            atol=1e-12, rtol=0)  # was float32: sums off by ~1e-7
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_mixup_inference_cast_to_16_bits_casts_its_model_but_keeps_its_codec_and_references(glow, batch, net, dtype):
+    # a .half() of it cast the codec, which refused the next call, and rounded the reference latents
+    x = batch[0]
+    cast = LatentMixupInference(copy.deepcopy(net), tiny_glow(), references=x, num_mixes=2, generator=0).to(dtype)
+    uncast = LatentMixupInference(copy.deepcopy(net).to(dtype), glow, references=x, num_mixes=2, generator=0)
+    assert cast.model.fc.weight.dtype == dtype and cast.codec.dtype == cast.reference_latents.dtype == torch.float32
+    assert torch.equal(cast.reference_latents, uncast.reference_latents)
+    assert torch.equal(cast(x.to(dtype)), uncast(x.to(dtype)))
 
 
 @pytest.mark.parametrize("make,match", [

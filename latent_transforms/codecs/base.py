@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..casts import without_16_bit_casts
 from ..rng import draw_generator
 from ..validation import (WrongTypeError, bad_option, check_bool, check_count, check_images, check_number,
                           check_same_device, describe, is_int, scalar)
@@ -39,6 +40,8 @@ class Codec(nn.Module):
     return that dtype. ``loss(x)`` is the training objective (bits/dim for flows, negative ELBO per image for VAEs);
     it, a flow's ``log_prob`` and a VAE's ``posterior``/``elbo_terms`` run under the caller's autocast and TF32
     settings (so a codec can be trained in mixed precision): evaluate them outside ``torch.autocast``.
+    A cast to 16 bits (``.half()``, ``.to(torch.bfloat16)``, also of a module holding the codec, as Lightning's
+    ``precision="bf16-true"``) moves the codec but keeps its dtype; ``.double()`` casts it.
     A frozen codec (``freeze()``, as every hub checkpoint is) stays in eval mode, has no trainable
     parameters and updates no statistics; ``compile_fast_path()`` optionally runs it through ``torch.compile``.
     A model of one's own becomes a codec by subclassing: ``latent_shapes``, ``_encode`` and ``_decode`` (and ``config``
@@ -218,13 +221,20 @@ class Codec(nn.Module):
         each ``encode``/``decode``, outside compiled code; nothing for codecs that derive nothing."""
 
     def check_dtype(self) -> None:
-        """Raise if the weights are 16-bit: a ``.half()`` of a module that holds the codec casts it too, and in 16 bits
-        a flow loses its exact round trip and its decodes overflow."""
+        """Raise if the weights are 16-bit: in 16 bits a flow loses its exact round trip and its decodes overflow. A
+        cast keeps them in their dtype (``_apply``): such weights came otherwise, from a 16-bit state loaded with
+        ``load_state_dict(..., assign=True)`` or a codec built in 16 bits."""
         if self.dtype in (torch.float16, torch.bfloat16):
             raise ValueError(f"this {self.kind} codec's weights are {self.dtype}, but codecs compute in float32 (a "
-                             f".half() or .to({self.dtype}) of a module holding it casts it too): reload it "
-                             f"(hub.load), as .float() does not restore the rounded weights unless they were stored "
-                             f"in 16 bits; for a 16-bit classifier use torch.autocast, or cast the classifier alone")
+                             f"cast to 16 bits keeps them in float32: these were loaded or built in 16 bits): cast it "
+                             f"with .float(), which keeps the 16-bit rounding, or load the float32 weights again "
+                             f"(hub.load, load_state_dict without assign=True)")
+
+    def _apply(self, fn, recurse=True):
+        # a 16-bit cast of a module holding the codec (.half(), Lightning's precision="bf16-true") moves it but keeps
+        # its dtype: in 16 bits a flow loses its exact round trip and its decodes overflow, and .float() would not
+        # undo the rounding of the weights
+        return super()._apply(without_16_bit_casts(fn), recurse)
 
     def check_latents(self, z: Latents) -> None:
         """Raise if ``z`` is not one float tensor per level, ``(B, *latent_shapes[i])``, on this codec's device."""
@@ -285,8 +295,9 @@ class Codec(nn.Module):
         global RNG as it was (the twin's random init, overwritten at once, draws from a forked one)."""
         with torch.random.fork_rng(devices=[]):  # built on the CPU, then moved
             twin = type(self)(**{k: v for k, v in self.config.items() if k != "kind"})
-        twin.to(device=self.device, dtype=self.dtype)
-        twin.load_state_dict(self.state_dict())
+        # the copied tensors themselves, in their dtypes: a cast to 16 bits would keep the twin of a codec with 16-bit
+        # weights in float32
+        twin.to(self.device).load_state_dict({k: t.clone() for k, t in self.state_dict().items()}, assign=True)
         return twin.eval().requires_grad_(False)
 
     @property
