@@ -589,6 +589,7 @@ def test_the_default_layer_is_the_classifier_not_a_linear_layer_of_a_transforms_
     x, y = batch
     model = ClassifierWithItsAugmentation(net, LatentNoise(tiny_vae()))
     isda = ISDA(10)
+    isda.set_epoch(1, 2)
     assert isda.find_layer(model) == ("net.fc", net.fc)
     isda(x, y, model)
     model(x)
