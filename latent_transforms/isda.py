@@ -231,8 +231,13 @@ def _and_wrapped(model: nn.Module) -> tuple[nn.Module, nn.Module | None]:
 def _linear_layers(model: nn.Module) -> list[tuple[str, nn.Linear]]:
     """``model``'s ``(name, nn.Linear)`` in ``modules()`` order, but for those of codecs: a transform held by the model
     (a LightningModule's ``self.augment``) holds a codec, whose layers are never the classifier."""
-    codecs = tuple(n + "." for n, m in model.named_modules() if isinstance(m, Codec))
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and not n.startswith(codecs)]
+    found, codecs = [], ()
+    for n, m in model.named_modules():  # one walk, per call: a codec comes before its layers
+        if isinstance(m, Codec):
+            codecs += (n + ".",)
+        elif isinstance(m, nn.Linear) and not n.startswith(codecs):
+            found.append((n, m))
+    return found
 
 
 def _is_compiled(model: nn.Module) -> bool:
