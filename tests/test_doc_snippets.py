@@ -30,8 +30,8 @@ TRAINING_MINUTES = 0.02
 
 
 # packages a page shows its snippets with that the project does not depend on (composition.md's timm paragraph,
-# lightning.md): a snippet importing one runs where it is installed and is left out where it is not
-NOT_DEPENDENCIES = ("timm", "lightning")
+# lightning.md, accelerate.md): a snippet importing one runs where it is installed and is left out where it is not
+NOT_DEPENDENCIES = ("timm", "lightning", "accelerate")
 
 
 def _missing_package(code: str) -> str | None:
