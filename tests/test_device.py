@@ -133,6 +133,7 @@ def test_every_method_under_the_training_loops_bf16_autocast(parts, device, meth
         outside = METHODS[method](glow, vae, generator=0)(x, y)
         assert replayed(x2, outside[0]) and replayed(y2, outside[1])
 
+
 @pytest.mark.parametrize("method", [m for m in METHODS if m != "ISDA"])  # ISDA's state: tests/test_isda.py
 def test_a_module_cast_to_bf16_casts_its_classifier_and_keeps_its_codec_in_float32(parts, device, method):
     """Lightning's precision="bf16-true" casts the whole LightningModule, moved to the device in the same call here:
