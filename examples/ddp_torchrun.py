@@ -23,6 +23,7 @@ Codecs must be identical on all ranks: ``hub.load`` gives that; the ``--smoke`` 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import socket
 
@@ -175,3 +176,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    gc.collect()  # frees the DDP model while the interpreter lives (docs/reliability.md: "A rank that aborts at exit")

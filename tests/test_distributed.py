@@ -16,10 +16,11 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from latent_transforms import ISDA, Compose, LatentAdversarial, LatentNoise, VarMixup
+
+from conftest import spawn_two_ranks
 
 B = 8
 METHODS = ("LatentNoise", "LatentAdversarial", "VarMixup", "ISDA", "Compose")
@@ -203,7 +204,7 @@ def _resume_worker(rank: int, init_method: str, out_dir: str) -> None:
 
 
 def _spawn(worker, tmp) -> list[dict]:
-    mp.spawn(worker, args=(f"file://{tmp / 'store'}", str(tmp)), nprocs=2, join=True)
+    spawn_two_ranks(worker, f"file://{tmp / 'store'}", str(tmp))
     return [torch.load(tmp / f"rank{r}.pt") for r in range(2)]
 
 

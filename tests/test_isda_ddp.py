@@ -9,11 +9,12 @@ import warnings
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from latent_transforms.feature_covariance import FeatureCovariance
 from latent_transforms.isda import ISDA
+
+from conftest import spawn_two_ranks
 
 K, A = 4, 3
 SPLITS = [(5, 2), (1, 6), (4, 4)]  # per step: rank 0's and rank 1's batch sizes (uneven on purpose)
@@ -43,7 +44,7 @@ def _free_port() -> int:
 
 def _spawn(worker, tmp_path) -> list[dict]:
     """Run ``worker(rank, port, out_dir)`` on two ranks; what each saved as ``rank{r}.pt``."""
-    mp.spawn(worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    spawn_two_ranks(worker, _free_port(), str(tmp_path))
     return [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
 
 
