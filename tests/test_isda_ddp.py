@@ -3,7 +3,6 @@ import copy
 import datetime
 import os
 import pickle
-import socket
 import warnings
 
 import pytest
@@ -36,21 +35,14 @@ def stream():
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _spawn(worker, tmp_path) -> list[dict]:
-    """Run ``worker(rank, port, out_dir)`` on two ranks; what each saved as ``rank{r}.pt``."""
-    spawn_two_ranks(worker, _free_port(), str(tmp_path))
+    """Run ``worker(rank, init_method, out_dir)`` on two ranks; what each saved as ``rank{r}.pt``."""
+    spawn_two_ranks(worker, f"file://{tmp_path / 'store'}", str(tmp_path))  # no port to find free: none to lose
     return [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+def _worker(rank: int, init_method: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=2)
     torch.set_num_threads(1)
     try:
         result = {}
@@ -199,10 +191,10 @@ def _batch_of_six() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.rand(6, 1, 8, 8, generator=g), torch.randint(0, 10, (6,), generator=g)
 
 
-def _empty_batch_worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _empty_batch_worker(rank: int, init_method: str, out_dir: str) -> None:
     # a rank left waiting in a collective fails in 30 s, not in the default 30 min
-    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=30))
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=30))
     torch.set_num_threads(1)
     try:
         from conftest import TinyNet
