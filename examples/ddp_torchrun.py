@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import socket
 
 import torch
 import torch.distributed as dist
@@ -41,10 +40,9 @@ from latent_transforms.models import CifarResNet18
 
 def setup() -> tuple[int, int, torch.device]:
     if "RANK" not in os.environ:  # plain `python ddp_torchrun.py`: a world of one process
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        # port 0: its store listens on a port the system picks as it binds, which no other process can have taken
+        # (a port found free and released first could be lost to another process before the store bound it)
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="0")
     local_rank = int(os.environ["LOCAL_RANK"])
     if torch.cuda.is_available():
         device = torch.device("cuda", local_rank)

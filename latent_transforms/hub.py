@@ -975,6 +975,9 @@ def _download(url: str, dest: Path, sha256: str, size: int | None = None) -> Non
                 response = urllib.request.urlopen(urllib.request.Request(url, headers={"Accept-Encoding": "identity"}),
                                                   timeout=_timeout())
             except urllib.error.HTTPError as e:  # one line: a redirect loop's reason spans three
+                # closed here: the error holds the server's answer, open; left to the garbage collector, its
+                # "unclosed socket" ResourceWarning came at a moment of the collector's choosing, anywhere later
+                e.close()
                 raise HubError(f"downloading {url} failed: HTTP {e.code} {_one_line(e.reason)}"
                                f"{_status_hint(e.code, dest.name)}") from None
             except (OSError, http.client.HTTPException) as e:  # URLError, a timeout, a malformed status line or header
