@@ -1,6 +1,7 @@
 import os
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -76,9 +77,11 @@ def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, augment: nn.
         optimizer.step()
 
 
-def spawn_two_ranks(worker, *args) -> None:
-    """Run ``worker(rank, *args)`` in two spawned processes, joined; a rank that fails fails the call."""
-    mp.spawn(_run_then_exit, args=(worker, *args), nprocs=2, join=True)
+def spawn_two_ranks(worker, tmp: Path) -> list[dict]:
+    """Run ``worker(rank, init_method, out_dir)`` in two spawned processes, joined (a rank that fails fails the
+    call); what each saved as ``tmp/rank{r}.pt``. The ranks meet in a ``file://`` store: no port to lose."""
+    mp.spawn(_run_then_exit, args=(worker, f"file://{tmp / 'store'}", str(tmp)), nprocs=2, join=True)
+    return [torch.load(tmp / f"rank{r}.pt") for r in range(2)]
 
 
 def _run_then_exit(rank: int, worker, *args) -> None:

@@ -203,14 +203,9 @@ def _resume_worker(rank: int, init_method: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _spawn(worker, tmp) -> list[dict]:
-    spawn_two_ranks(worker, f"file://{tmp / 'store'}", str(tmp))
-    return [torch.load(tmp / f"rank{r}.pt") for r in range(2)]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    return _spawn(_worker, tmp_path_factory.mktemp("ddp"))
+    return spawn_two_ranks(_worker, tmp_path_factory.mktemp("ddp"))
 
 
 pytestmark = pytest.mark.slow
@@ -244,7 +239,7 @@ def test_ddp_step_keeps_ranks_in_sync(ranks, name):
 
 
 def test_an_attack_on_a_compiled_ddp_model_makes_no_collective_call(tmp_path):
-    r0, r1 = _spawn(_compiled_ddp_worker, tmp_path)  # timed out (60 s) when it did
+    r0, r1 = spawn_two_ranks(_compiled_ddp_worker, tmp_path)  # timed out (60 s) when it did
     assert int(r0["transformed"]) == 2 * B and int(r1["transformed"]) == 0
     assert torch.equal(r0["grad"], r1["grad"])
 
@@ -263,7 +258,7 @@ def test_a_ddp_run_resumed_as_the_quickstart_says_ends_with_the_weights_of_the_u
     """docs/quickstart.md (Under DDP): each rank's generator and torch RNG states gathered into rank 0's checkpoint,
     each rank restoring its own, resume bit for bit; LatentAdversarial on a model with BatchNorm does not (it attacks
     the local module, whose running statistics on rank 1 are its own until DDP's next forward broadcasts rank 0's)."""
-    r0, r1 = _spawn(_resume_worker, tmp_path)
+    r0, r1 = spawn_two_ranks(_resume_worker, tmp_path)
     for r in (r0, r1):
         for method, batchnorm in RESUMED:
             tag = f"{method}_bn{int(batchnorm)}"

@@ -35,12 +35,6 @@ def stream():
     return out
 
 
-def _spawn(worker, tmp_path) -> list[dict]:
-    """Run ``worker(rank, init_method, out_dir)`` on two ranks; what each saved as ``rank{r}.pt``."""
-    spawn_two_ranks(worker, f"file://{tmp_path / 'store'}", str(tmp_path))  # no port to find free: none to lose
-    return [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-
-
 def _worker(rank: int, init_method: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=2)
     torch.set_num_threads(1)
@@ -141,7 +135,7 @@ def _worker(rank: int, init_method: str, out_dir: str) -> None:
 
 @pytest.mark.slow
 def test_two_gloo_ranks_hold_the_statistics_of_the_concatenated_batch(tmp_path):
-    results = _spawn(_worker, tmp_path)
+    results = spawn_two_ranks(_worker, tmp_path)
     for diagonal in (False, True):
         single = FeatureCovariance(K, covariance="diagonal" if diagonal else "full", sync_stats=False)
         for f, y, _ in stream():
@@ -236,7 +230,7 @@ def _empty_batch_worker(rank: int, init_method: str, out_dir: str) -> None:
 def test_a_rank_with_an_empty_batch_keeps_step_with_the_others(tmp_path):
     """ISDA refused a rank's empty batch ("x is an empty batch"), ISDALoss too ("features must be a non-empty ..."),
     while the other rank waited in the statistics' gather until the process group's timeout."""
-    results = _spawn(_empty_batch_worker, tmp_path)
+    results = spawn_two_ranks(_empty_batch_worker, tmp_path)
     y = _batch_of_six()[1]
     for res in results:  # the statistics of the one non-empty batch on both ranks
         for key in ("isda_count", "loss_count", "none_count"):
