@@ -77,7 +77,7 @@ def _cmd_unregister(args: argparse.Namespace) -> None:
     entry = hub.unregister(args.name, persist=True)
     print(f"unregistered {args.name!r} from {hub.user_registry_path()}")
     copy = hub.cache_dir() / entry["file"]
-    users = sorted(n for n, e in hub._registry().items() if e["file"] == entry["file"])
+    users = sorted(r["name"] for r in hub.list_checkpoints() if r["file"] == entry["file"])
     if args.keep_file or not copy.is_file():
         return
     if users:

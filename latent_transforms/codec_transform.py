@@ -8,11 +8,12 @@ from torch import nn
 
 from .base import LatentTransform
 from .codecs import Codec, resolve_codec
+from .codecs.base import ChecksCodecStates
 from .latent_cache import LatentCache
 from .validation import WrongTypeError, bad_option, check_device, is_int
 
 
-class CodecTransform(LatentTransform):
+class CodecTransform(ChecksCodecStates, LatentTransform):
     """A :class:`LatentTransform` that encodes to a codec's standardised latent space and decodes back.
 
     The codec is a submodule (moves with ``.to``; a cast to 16 bits, as Lightning's ``precision="bf16-true"``, keeps

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .base import CALLER_NUM_CLASSES, NOT_ABOUT_THE_BATCH, LatentTransform, not_about_the_batch
+from .codecs.base import ChecksCodecStates
 from .isda import ISDA
 from .labels import blend, to_soft
 from .validation import WrongTypeError, check_batch, check_count, check_model_slot
@@ -200,7 +201,7 @@ class _Callable(nn.Module):
         return repr(self.fn)
 
 
-class Compose(nn.Module):
+class Compose(ChecksCodecStates, nn.Module):
     """Apply transforms in order: ``x2, y2 = Compose([...])(x, y, model=None)``.
 
     Each step may be

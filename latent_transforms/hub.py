@@ -52,7 +52,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
 
-from .validation import MissingFileError, WrongTypeError, bad_option, check_bool, resolve_device
+from .validation import MissingFileError, WrongTypeError, bad_option, check_bool, resolve_device, state_mismatch
 
 if TYPE_CHECKING:
     from .codecs import Codec
@@ -420,16 +420,10 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
             ) from None
     codec.float()  # built under torch.set_default_dtype(torch.float64) it held float64 weights, cached as such by load
     expected = codec.state_dict()
-    missing, unexpected = sorted(expected.keys() - tensors.keys()), sorted(tensors.keys() - expected.keys())
-    if missing or unexpected:
-        raise ValueError(
-            f"{path} does not match the {config.get('kind')} codec built from its config: "
-            f"missing keys {missing}, unexpected keys {unexpected}"
-        )
-    bad = [f"{k}: file {tuple(tensors[k].shape)} vs codec {tuple(v.shape)}"
-           for k, v in expected.items() if tensors[k].shape != v.shape]
-    if bad:
-        raise ValueError(f"{path} has tensors whose shapes do not match the codec: {'; '.join(bad)}")
+    mismatch = state_mismatch(expected, tensors)
+    if mismatch:
+        raise ValueError(f"{path} does not match the {config.get('kind')} codec built from its config: {mismatch} "
+                         f"(a corrupted or hand-edited file)")
     for k, v in expected.items():
         t = tensors[k]
         if t.is_floating_point() and v.is_floating_point():

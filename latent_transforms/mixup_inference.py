@@ -7,12 +7,13 @@ from torch import nn
 from .base import SampleStats, keep_plausible, one_line_repr
 from .casts import without_16_bit_casts
 from .codecs import Codec, resolve_codec
+from .codecs.base import ChecksCodecStates
 from .modelutils import borrowed, logits_of
 from .rng import GeneratorSource, generator_repr
 from .validation import check_count, check_images, check_model, check_number
 
 
-class LatentMixupInference(SampleStats, nn.Module):
+class LatentMixupInference(ChecksCodecStates, SampleStats, nn.Module):
     """``probs = mean_k softmax(model(decode(lam * z + (1 - lam) * z_ref_k)))`` over ``num_mixes`` references.
 
     Mixup Inference (Pang et al., ICLR 2020) moved to a codec's latent space, as VarMixup suggests for robust

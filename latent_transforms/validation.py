@@ -407,3 +407,19 @@ def describe(t: object) -> str:
     if isinstance(t, (list, tuple)):
         return "[" + ", ".join(describe(v) for v in t) + "]"
     return type(t).__name__
+
+
+def state_mismatch(expected: dict[str, torch.Tensor], given: dict[str, object], shown: int = 2) -> str:
+    """'' when ``given`` has exactly ``expected``'s keys, each tensor of the expected shape; else how many keys are
+    missing, unexpected or of another shape, naming the first ``shown`` of each (another codec's state differs in
+    hundreds, which torch's own error lists one by one)."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    reshaped = [f"{k}: {tuple(given[k].shape)} given, {tuple(v.shape)} expected" for k, v in expected.items()
+                if isinstance(given.get(k), torch.Tensor) and given[k].shape != v.shape]
+    parts = []
+    for what, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped)):
+        if keys:
+            more = f"; {len(keys) - shown} more" if len(keys) > shown else ""
+            parts.append(f"{len(keys)} {'key' if len(keys) == 1 else 'keys'} {what} ({'; '.join(keys[:shown])}{more})")
+    return ", ".join(parts)

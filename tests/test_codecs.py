@@ -1065,3 +1065,67 @@ def test_a_codecs_dtype_is_its_parameters_else_its_first_float_buffers_and_decod
     own = OwnCodec()
     own.register_buffer("stats", torch.zeros(3, dtype=torch.float64))  # a float64 buffer beside float32 parameters
     assert own.dtype == torch.float32
+
+
+# -- loading another codec's state ------------------------------------------------------------------
+def _state_of(module: nn.Module) -> dict:
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def test_a_transform_refuses_another_codecs_state_in_a_few_lines_and_loads_nothing():
+    t = LatentNoise(tiny_glow(0, levels=2))
+    other = LatentNoise(tiny_glow(1, shape=(3, 8, 8), levels=1))
+    before = _state_of(t)
+    with pytest.raises(RuntimeError, match=r"the weights of LatentNoise's codec \(keys codec\.\*\) do not fit this "
+                                           r"Glow \(image_shape=\(1, 8, 8\), levels=2.* keys missing \(codec\.flow\."
+                                           r".* keys of another shape \(codec\.flow\.q0\.0\.loc: \(1, 12, 4, 4\) given, "
+                                           r"\(1, 8, 2, 2\) expected; .*; 22 more\).* build the LatentNoise over the codec it was saved "
+                                           r"with") as e:
+        t.load_state_dict(other.state_dict())
+    assert len(str(e.value)) < 1000  # torch's own listed every key: 29,570 characters for glow-digits/glow-cifar10
+    after = t.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())  # refused before anything was loaded
+
+
+def test_a_codec_refuses_another_kinds_state_and_says_how_to_build_the_right_one():
+    glow = tiny_glow()
+    with pytest.raises(RuntimeError, match=r"the weights do not fit this Glow .* keys missing .* keys unexpected "
+                                           r"\(encoder\..*build the codec from the config it was saved with"):
+        glow.load_state_dict(tiny_vae().state_dict())
+
+
+def test_a_shared_codec_is_checked_under_every_key_it_is_saved_under():
+    from latent_transforms import Compose
+    glow = tiny_glow()
+    compose = Compose([LatentNoise(glow), LatentNoise(glow)])
+    state = compose.state_dict()
+    key = next(k for k in state if k.startswith("steps.1.codec."))
+    del state[key]
+    with pytest.raises(RuntimeError, match=rf"Compose's codec \(keys steps\.1\.codec\.\*\).*: 1 key missing "
+                                           rf"\({key}\)\."):
+        compose.load_state_dict(state)
+
+
+@pytest.mark.parametrize("make", ["VarMixup", "LatentAdversarial", "LatentMixupInference", "Compose"])
+def test_every_module_holding_a_codec_checks_its_state(make):
+    import latent_transforms as lt
+
+    def build(codec):
+        if make == "LatentMixupInference":
+            return lt.LatentMixupInference(nn.Flatten(), codec, torch.rand(2, *codec.image_shape))
+        if make == "Compose":
+            return lt.Compose([lt.LatentNoise(codec)])
+        return getattr(lt, make)(codec)
+
+    with pytest.raises(RuntimeError, match=r"codec\.\*\) do not fit this ConvVAE .* keys of another shape"):
+        build(tiny_vae()).load_state_dict(build(tiny_vae(shape=(3, 8, 8))).state_dict())
+
+
+def test_a_loose_load_of_a_codecs_state_is_left_to_torch():
+    glow = tiny_glow()
+    state = glow.state_dict()
+    key = next(iter(state))
+    del state[key]
+    assert glow.load_state_dict(state, strict=False).missing_keys == [key]
+    with pytest.raises(RuntimeError, match=rf"1 key missing \({key}\)"):
+        glow.load_state_dict(state)

@@ -332,11 +332,19 @@ def test_unexpected_and_missing_keys_are_named(tmp_path):
     meta = {"config": json.dumps(CONFIG), "format": hub.FORMAT}
     first = next(iter(sd))
     extra = _write_raw(tmp_path / "extra.safetensors", {**sd, "bogus.weight": torch.zeros(2)}, meta)
-    with pytest.raises(ValueError, match=r"unexpected keys \['bogus.weight'\]"):
+    with pytest.raises(ValueError, match=r"codec built from its config: 1 key unexpected \(bogus.weight\) \(a "
+                                         r"corrupted or hand-edited file\)"):
         hub.load_checkpoint(extra)
     missing = _write_raw(tmp_path / "missing.safetensors", {k: v for k, v in sd.items() if k != first}, meta)
-    with pytest.raises(ValueError, match=rf"missing keys \['{first}'\]"):
+    with pytest.raises(ValueError, match=rf": 1 key missing \({first}\) \("):
         hub.load_checkpoint(missing)
+    names = list(sd)[:3]
+    reshaped = _write_raw(tmp_path / "reshaped.safetensors", {**sd, **{k: sd[k][..., :1] for k in names}}, meta)
+    shapes = [(tuple(sd[k][..., :1].shape), tuple(sd[k].shape)) for k in names[:2]]
+    with pytest.raises(ValueError, match=re.escape(
+            f": 3 keys of another shape ({names[0]}: {shapes[0][0]} given, {shapes[0][1]} expected; "
+            f"{names[1]}: {shapes[1][0]} given, {shapes[1][1]} expected; 1 more) (")):
+        hub.load_checkpoint(reshaped)
 
 
 def test_non_finite_weights_are_refused(tmp_path):
@@ -353,7 +361,7 @@ def test_wrong_shape_is_named(tmp_path):
     first = next(iter(sd))
     sd[first] = torch.zeros(*sd[first].shape[:-1], sd[first].shape[-1] + 1)
     path = _write_raw(tmp_path / "shape.safetensors", sd, {"config": json.dumps(CONFIG), "format": hub.FORMAT})
-    with pytest.raises(ValueError, match=rf"{first}: file \(.*\) vs codec"):
+    with pytest.raises(ValueError, match=rf"1 key of another shape \({first}: \(.*\) given, \(.*\) expected\)"):
         hub.load_checkpoint(path)
 
 

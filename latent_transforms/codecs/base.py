@@ -13,7 +13,7 @@ from torch import nn
 from ..casts import without_16_bit_casts
 from ..rng import draw_generator
 from ..validation import (WrongTypeError, bad_option, check_bool, check_count, check_images, check_number,
-                          check_same_device, describe, is_int, scalar)
+                          check_same_device, describe, is_int, scalar, state_mismatch)
 from .precision import exact_math
 
 Latents = list[torch.Tensor]  # per-level latents, each (B, *shape); coarsest first for multi-scale flows
@@ -31,7 +31,37 @@ def unflatten_latents(flat: torch.Tensor, shapes: list[tuple[int, ...]]) -> Late
     return [t.reshape(flat.shape[0], *s) for t, s in zip(flat.split(sizes, dim=1), shapes)]
 
 
-class Codec(nn.Module):
+class ChecksCodecStates:
+    """Mixin for a module that is or holds codecs: a strict ``load_state_dict`` first checks each codec's part of the
+    state (another codec's state used to get torch's error listing hundreds of keys, after loading what fitted)."""
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        if strict:
+            check_codec_states(self, state_dict)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def check_codec_states(module: nn.Module, state_dict) -> None:
+    """Raise ``RuntimeError`` (torch's, for a state that does not fit) naming what differs when the keys of
+    ``state_dict`` under a codec of ``module`` are not that codec's, or not of its shapes."""
+    for prefix, codec in module.named_modules(remove_duplicate=False):
+        if not isinstance(codec, Codec):
+            continue
+        prefix = prefix and prefix + "."
+        own = {prefix + k: v for k, v in codec.state_dict().items()}
+        mismatch = state_mismatch(own, {k: v for k, v in state_dict.items() if k.startswith(prefix)})
+        if mismatch:
+            where, fix = (f"the weights of {type(module).__name__}'s codec (keys {prefix}*)",
+                          f"build the {type(module).__name__} over the codec it was saved with") if prefix else \
+                ("the weights", "build the codec from the config it was saved with (build_codec, or hub.load of its "
+                                "checkpoint)")
+            raise RuntimeError(
+                f"cannot load this state_dict: {where} do not fit this {type(codec).__name__} "
+                f"({codec._settings_repr()}): {mismatch}. Was it saved with another codec (another checkpoint or "
+                f"config)? Then {fix} and load it there")
+
+
+class Codec(ChecksCodecStates, nn.Module):
     """An invertible (flow) or approximate (VAE) map between images and standardised latents.
 
     ``encode(x: (B, C, H, W) float in [0, 1]) -> list of (B, *shape)`` latents whose prior is N(0, I),
