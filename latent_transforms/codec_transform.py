@@ -10,7 +10,7 @@ from .base import LatentTransform
 from .codecs import Codec, resolve_codec
 from .codecs.base import ChecksCodecStates
 from .latent_cache import LatentCache
-from .validation import WrongTypeError, bad_option, check_device, is_int
+from .validation import WrongTypeError, bad_option, check_device, is_int, is_sequence
 
 
 class CodecTransform(ChecksCodecStates, LatentTransform):
@@ -38,7 +38,7 @@ class CodecTransform(ChecksCodecStates, LatentTransform):
         self.register_load_state_dict_post_hook(_refresh_after_load)
         n = len(self.codec.latent_shapes)
         if levels is not None:
-            if not isinstance(levels, (list, tuple)):
+            if not is_sequence(levels):  # a list, a tuple, Hydra's ListConfig
                 raise WrongTypeError(f"levels must be a list of level indices in [0, {n}), such as [0], got {levels!r}")
             bad = [i for i in levels if not is_int(i) or not -n <= i < n]
             if bad or not levels:

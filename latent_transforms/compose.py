@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -241,13 +241,17 @@ class Compose(ChecksCodecStates, nn.Module):
 
     def __init__(self, transforms: Sequence[Callable], *, num_classes: int | None = None):
         super().__init__()
-        if callable(transforms) or isinstance(transforms, (str, bytes)) or not isinstance(transforms, Iterable):
-            raise WrongTypeError(f"transforms must be a list of steps, got {type(transforms).__name__}"
-                                 f"{'; for one step: Compose([t])' if callable(transforms) else ''}")
+        if callable(transforms) or isinstance(transforms, (str, bytes, Mapping)) or \
+                not isinstance(transforms, Iterable):
+            hint = ("; for one step: Compose([t])" if callable(transforms) else
+                    "; named steps? pass their list, list(steps.values())" if isinstance(transforms, Mapping) else "")
+            raise WrongTypeError(f"transforms must be a list of steps, got {type(transforms).__name__}{hint}")
         steps = []
         for i, t in enumerate(transforms):
             if not callable(t):
-                raise WrongTypeError(f"Compose steps must be callable, got {type(t).__name__} at step {i}")
+                hint = ("; a step's config, not the step? instantiate it first (Hydra: recursively, not with "
+                        "_recursive_=False)" if isinstance(t, Mapping) else "")
+                raise WrongTypeError(f"Compose steps must be callable, got {type(t).__name__} at step {i}{hint}")
             inner = getattr(t, "_orig_mod", None)  # torch.compile(t): an OptimizedModule, which a Compose calls as t(x)
             if isinstance(inner, (LatentTransform, Compose)):
                 raise WrongTypeError(f"step {i} is torch.compile({_name(inner)}), which Compose would call as a plain "

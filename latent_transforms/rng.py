@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import get_worker_info
 
-from .validation import WrongTypeError
+from .validation import WrongTypeError, text_hint
 
 _RANK_STRIDE = 1_000_003  # a prime, so rank streams do not collide for nearby seeds
 _CHILD_STRIDE = 999_983  # another: the offset of a process multiprocessing started
@@ -51,7 +51,8 @@ def check_generator(spec: object) -> torch.Generator | int | None:
     """``spec`` if it is ``None``, an ``int`` seed in ``torch.Generator.manual_seed``'s range (as an ``int``) or a
     ``torch.Generator``."""
     if isinstance(spec, bool) or not (spec is None or isinstance(spec, (numbers.Integral, torch.Generator))):
-        raise WrongTypeError(f"generator must be None, an int seed or a torch.Generator, got {type(spec).__name__}")
+        raise WrongTypeError(f"generator must be None, an int seed or a torch.Generator, got {type(spec).__name__}"
+                             f"{text_hint(spec, int, none_allowed=True)}")
     if isinstance(spec, numbers.Integral) and not -2**63 <= spec < 2**64:
         raise ValueError(f"a generator seed must be in [-2**63, 2**64) (torch.Generator.manual_seed's range), "
                          f"got {spec}")

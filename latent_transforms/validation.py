@@ -7,10 +7,12 @@ the wrong type, such as a list or an array where a tensor is expected; for an op
 from __future__ import annotations
 
 import argparse
+import collections.abc
 import contextlib
 import itertools
 import math
 import numbers
+import re
 from typing import Callable
 
 import torch
@@ -34,6 +36,34 @@ def bad_option(message: str, *, right_type: bool) -> ValueError:
     return (ValueError if right_type else WrongTypeError)(message)
 
 
+def is_sequence(value: object) -> bool:
+    """Whether ``value`` is a list of items: a ``list``, a ``tuple`` or any other non-string sequence, such as the
+    ``ListConfig`` that Hydra's ``instantiate`` passes for a YAML list (``levels: [0]``)."""
+    return isinstance(value, collections.abc.Sequence) and not isinstance(value, (str, bytes, bytearray))
+
+
+def text_hint(value: object, parse: type | None = None, none_allowed: bool = False) -> str:
+    """For an option given as text (read from a config file or the environment) where ``None`` (``none_allowed``)
+    or a number (of type ``parse``) is meant, what to write instead, to end its message; ``""`` for anything else."""
+    if not isinstance(value, str):
+        return ""
+    text = value.strip()
+    if none_allowed and text.lower() in ("none", "null"):
+        return "; a string: YAML's None is null, unquoted (None is read as the string 'None')"
+    if parse is None:
+        return ""
+    try:
+        number = parse(text)
+    except ValueError:
+        return ""
+    if not math.isfinite(number):  # "nan", "inf": refused as numbers too
+        return ""
+    if re.fullmatch(r"[+-]?\d+[eE][+-]?\d+", text):  # YAML 1.1 (PyYAML) reads 1e-3 as a string, 1.0e-3 as a float
+        dotted = re.sub(r"^([+-]?\d+)", r"\1.0", text)
+        return f"; a string: YAML 1.1 readers such as PyYAML read {text} (no dot) as one, write {dotted}"
+    return f"; a string: convert it with {parse.__name__}({value!r})"
+
+
 def scalar(value: object) -> object:
     """A 0-d tensor's Python number; anything else as given."""
     return value.item() if isinstance(value, torch.Tensor) and value.ndim == 0 else value
@@ -47,7 +77,8 @@ def check_number(name: str, value: object, low: float = 0.0, high: float = math.
                 f"{')' if high_open or not math.isfinite(high) else ']'}")
     v = scalar(value)
     if not isinstance(v, numbers.Real) or isinstance(v, bool):
-        raise WrongTypeError(f"{name} must be a finite number in {interval}, got {value!r}")
+        hint = text_hint(value, float)
+        raise WrongTypeError(f"{name} must be a finite number in {interval}, got {value!r}{hint}")
     try:
         f = float(v)
     except OverflowError:  # an int beyond float's range
@@ -67,7 +98,7 @@ def check_count(name: str, value: object, low: int = 0, high: int | None = None)
     v = scalar(value)
     bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
     if not is_int(v):
-        raise WrongTypeError(f"{name} must be an int {bounds}, got {value!r}")
+        raise WrongTypeError(f"{name} must be an int {bounds}, got {value!r}{text_hint(value, int)}")
     if v < low or (high is not None and v > high):
         raise ValueError(f"{name} must be an int {bounds}, got {value!r}")
     return int(v)
@@ -97,7 +128,8 @@ def check_choice(name: str, value: object, choices: tuple) -> object:
                               and value == c) for c in choices):
         wrong_type = not any(value is c or (c is not None and isinstance(value, type(c))
                                             and not isinstance(value, bool)) for c in choices)
-        raise bad_option(f"{name} must be one of {choices}, got {value!r}", right_type=not wrong_type)
+        hint = text_hint(value, none_allowed=None in choices)
+        raise bad_option(f"{name} must be one of {choices}, got {value!r}{hint}", right_type=not wrong_type)
     return value
 
 

@@ -30,8 +30,9 @@ TRAINING_MINUTES = 0.02
 
 
 # packages a page shows its snippets with that the project does not depend on (composition.md's timm paragraph,
-# lightning.md, accelerate.md): a snippet importing one runs where it is installed and is left out where it is not
-NOT_DEPENDENCIES = ("timm", "lightning", "accelerate")
+# lightning.md, accelerate.md, quickstart.md's Hydra config): a snippet importing one runs where it is installed and
+# is left out where it is not
+NOT_DEPENDENCIES = ("timm", "lightning", "accelerate", "hydra", "omegaconf")
 
 
 def _missing_package(code: str) -> str | None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 from torch import nn
 
@@ -13,9 +14,10 @@ from .vae import ConvVAE
 CODECS: dict[str, type[Codec]] = {"glow": Glow, "vae": ConvVAE}
 
 
-def build_codec(config: dict) -> Codec:
-    """An untrained codec from its config (``{"kind": "glow" | "vae", ...}``, as ``codec.config`` returns)."""
-    if not isinstance(config, dict):
+def build_codec(config: Mapping) -> Codec:
+    """An untrained codec from its config (``{"kind": "glow" | "vae", ...}``, as ``codec.config`` returns; any
+    mapping, such as the ``DictConfig`` Hydra's ``instantiate`` passes)."""
+    if not isinstance(config, Mapping):
         raise WrongTypeError(f"a codec config is a dict such as codec.config, got {type(config).__name__}")
     config = dict(config)
     kind = config.pop("kind", None)
