@@ -194,7 +194,9 @@ class LatentTransform(SampleStats, nn.Module):
 
     def _keep_params(self, batch: int, selected: torch.Tensor | None, device: torch.device, params: dict) -> None:
         """Set ``last_params`` to this call's, in one assignment (a thread sharing the transform sees one call's)."""
-        self.last_params = {"batch_size": torch.tensor(batch),
+        # batch_size on the CPU, not torch's default device (by torch.full: tests/test_host_syncs.py takes any
+        # torch.tensor(data, device=...) for a blocking copy to the device)
+        self.last_params = {"batch_size": torch.full((), batch, dtype=torch.int64, device="cpu"),
                             "selected": torch.arange(batch, device=device) if selected is None else selected, **params}
 
     def _given_selection(self, params: object, batch: int, device: torch.device) -> torch.Tensor:
@@ -257,8 +259,9 @@ class LatentTransform(SampleStats, nn.Module):
         return tuple(self._param_templates())
 
     def _draw_selection(self, batch: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-        """(B,) bool: which samples are transformed, each with probability ``p`` (one draw per sample)."""
-        return torch.rand(batch, generator=generator, device=device) < self.p
+        """(B,) bool: which samples are transformed, each with probability ``p`` (one float32 draw per sample, whatever
+        torch's default dtype: the same seed selects the same samples)."""
+        return torch.rand(batch, generator=generator, device=device, dtype=torch.float32) < self.p
 
     def extra_repr(self) -> str:
         return (f"p={self.p}" + (f", num_classes={self.num_classes}" if self.num_classes else "")

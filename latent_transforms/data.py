@@ -119,7 +119,7 @@ def _cifar10(split: str, data_root) -> tuple[torch.Tensor, torch.Tensor, int]:
         raise ValueError(f"could not download CIFAR-10 into {root} ({e}); put torchvision's cifar-10-python files "
                          f"there (or pass another data root), or use npz:PATH or folder:PATH data") from None
     x = torch.from_numpy(np.asarray(ds.data)).permute(0, 3, 1, 2).float().div_(255).contiguous()
-    y = torch.as_tensor(ds.targets, dtype=torch.int64)
+    y = torch.as_tensor(ds.targets, dtype=torch.int64, device="cpu")
     return x, y, 256
 
 
@@ -285,7 +285,7 @@ def _folder(root: Path) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     mode = "RGB" if colour else "L"
     x_np = np.stack([np.asarray(im.convert(mode), dtype=np.uint8) for im in arrays])
     x = _uint8_to_tensor(x_np, str(root))
-    y = torch.tensor([c for _, c in files], dtype=torch.int64) if classes else None
+    y = torch.tensor([c for _, c in files], dtype=torch.int64, device="cpu") if classes else None
     return x, y, 256
 
 
@@ -320,5 +320,5 @@ def low_data_split(y: torch.Tensor | np.ndarray, per_class: int, seed: int = 0) 
         members = (y == c).nonzero().flatten()
         if len(members) < per_class:
             raise ValueError(f"class {c} has only {len(members)} samples, fewer than per_class={per_class}")
-        picked.append(members[torch.randperm(len(members), generator=g)[:per_class]])
+        picked.append(members[torch.randperm(len(members), generator=g, device="cpu")[:per_class]])
     return torch.cat(picked).sort().values

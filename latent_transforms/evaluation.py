@@ -52,7 +52,7 @@ def fit_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, augment: 
     for epoch in bar:
         for isda in schedules:
             isda.set_epoch(epoch, epochs)
-        order = torch.randperm(len(x), generator=g).to(x.device)
+        order = torch.randperm(len(x), generator=g, device="cpu").to(x.device)
         for i in range(steps_per_epoch):
             idx = order[i * batch_size:(i + 1) * batch_size]
             xb, yb = x[idx], y[idx]

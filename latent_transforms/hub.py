@@ -261,7 +261,7 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
     if bad:
         raise WrongTypeError(f"safetensors metadata maps str to str; not so at key(s) {', '.join(bad)}")
     # safetensors' order of the tensors (by dtype, then name) and its dtype names, from a file of empty tensors
-    probe = safetensors_bytes({k: torch.empty(0, dtype=t.dtype) for k, t in tensors.items()})
+    probe = safetensors_bytes({k: torch.empty(0, dtype=t.dtype, device="cpu") for k, t in tensors.items()})
     probe_header = json.loads(probe[8:8 + int.from_bytes(probe[:8], "little")])
     header, offset = {"__metadata__": dict(sorted(metadata.items()))}, 0
     for name, entry in probe_header.items():
@@ -367,9 +367,10 @@ def _load_device(device: object) -> torch.device:
     return device
 
 
+@torch.inference_mode(False)  # inside inference_mode its weights would be inference tensors, a Glow's unusable
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu", sha256: str | None = None) -> "Codec":
     """Build the codec described by a ``.safetensors`` checkpoint, load its weights onto ``device`` (default
-    ``"cpu"``), freeze it.
+    ``"cpu"``), freeze it: float32 whatever torch's default dtype, device or inference mode.
 
     ``sha256`` (hex): the file's bytes must have this hash (``HubError`` otherwise); they are read once, so the
     bytes checked are the bytes loaded.
@@ -418,7 +419,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
                 f"{path}: its config describes a codec of more than {limit:,} weights, but the file holds "
                 f"{stored:,}: config and tensors do not belong together (a corrupted or hand-edited file)"
             ) from None
-    codec.float()  # built under torch.set_default_dtype(torch.float64) it held float64 weights, cached as such by load
+    codec.float()  # build_codec builds in float32, but a codec class of one's own may make float64 weights
     expected = codec.state_dict()
     mismatch = state_mismatch(expected, tensors)
     if mismatch:
@@ -1105,6 +1106,7 @@ def _is_path(name_or_path: str) -> bool:
     return name_or_path not in _registry(warn_if_broken=True)
 
 
+@torch.inference_mode(False)  # the in-process cache's copy too: made inside inference_mode it was an inference one
 def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") -> "Codec":
     """A frozen codec from a checkpoint file path or a registry name (``fetch``-ed, then cached in-process), on
     ``device`` (default ``"cpu"``: a transform given a name loads it there too; move it, or the transform, with

@@ -21,7 +21,7 @@ def _projection(num_pixels: int) -> torch.Tensor:
     """(num_pixels, 2) fixed random signs / sqrt(num_pixels), on the CPU: two projections of an image that tell it
     from a flipped, shifted or recoloured copy (the same for every cache, so saved signatures stay comparable)."""
     g = torch.Generator().manual_seed(0)
-    return (torch.randint(0, 2, (num_pixels, 2), generator=g) * 2 - 1).float() / math.sqrt(num_pixels)
+    return (torch.randint(0, 2, (num_pixels, 2), generator=g, device="cpu") * 2 - 1).float() / math.sqrt(num_pixels)
 
 
 def _signatures(images: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
@@ -61,6 +61,7 @@ class LatentCache(nn.Module):
     ``_extra_state`` (the codec's fingerprint and the image signatures).
     """
 
+    @torch.inference_mode(False)  # built inside inference_mode, the latents refused load_state_dict for good
     def __init__(self, codec: Codec | str, images: torch.Tensor, *, batch_size: int = 256,
                  device: torch.device | str | None = None, progress: bool = True, verify_images: bool = True):
         super().__init__()
@@ -75,7 +76,7 @@ class LatentCache(nn.Module):
         # filled chunk by chunk: a list of chunks and their torch.cat would need the cache's memory twice
         latents = torch.empty(len(images), codec.latent_dim, dtype=codec.dtype, device=device or codec_device)
         projection = _projection(images[0].numel()).to(codec_device)
-        signatures = torch.empty(len(images), 2, device=latents.device)
+        signatures = torch.empty(len(images), 2, device=latents.device, dtype=torch.float32)  # bf16 ones refused x
         with torch.no_grad():
             for i in progress_bar(range(0, len(images), batch_size), desc="encoding", disable=not progress,
                                   leave=False):
@@ -120,6 +121,7 @@ class LatentCache(nn.Module):
         return [(stats, lambda v: _judge_images(tolerance, *v))]
 
     @classmethod
+    @torch.inference_mode(False)  # as the constructor's
     def load(cls, path: str | os.PathLike, codec: Codec | str, device: torch.device | str | None = None, *,
              verify_images: bool = True) -> "LatentCache":
         """The cache ``save`` wrote to ``path``; ``codec`` must be the one it was encoded with (same fingerprint, any

@@ -52,7 +52,8 @@ class LatentMixupInference(ChecksCodecStates, SampleStats, nn.Module):
         self.codec.check_images(references, "references")
         self.lam, self.num_mixes = lam, num_mixes
         self._rng = GeneratorSource(generator)
-        with torch.no_grad():
+        # not an inference tensor, which load_state_dict could not write (inference_mode(False) enables grad: first)
+        with torch.inference_mode(False), torch.no_grad():
             self.register_buffer("reference_latents", self.codec.encode_flat(references))
 
     def _apply(self, fn, recurse=True):

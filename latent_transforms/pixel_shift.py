@@ -47,7 +47,7 @@ def random_shift_flip(x: torch.Tensor, max_shift: int, flips: bool, padding: str
         rows = rows + torch.randint(0, 2 * p + 1, (b, 1), generator=generator, device=dev)
         cols = cols + torch.randint(0, 2 * p + 1, (b, 1), generator=generator, device=dev)
     if flips:
-        flip = torch.rand(b, 1, generator=generator, device=dev) < 0.5
+        flip = torch.rand(b, 1, generator=generator, device=dev, dtype=torch.float32) < 0.5
         cols = torch.where(flip, cols.flip(1), cols)
     out = x.permute(0, 2, 3, 1)[torch.arange(b, device=dev).view(b, 1, 1), rows.unsqueeze(2), cols.unsqueeze(1)]
     return out.permute(0, 3, 1, 2).contiguous()

@@ -127,7 +127,8 @@ class GeneratorSource:
             key = str(device)
             if key not in self._per_device:
                 if self.spec is None:
-                    seed = (int(torch.randint(0, 2**62, (1,)).item()) + _rank(self._parent_rank) * _RANK_STRIDE
+                    draw = int(torch.randint(0, 2**62, (1,), device="cpu").item())  # not on torch's default device
+                    seed = (draw + _rank(self._parent_rank) * _RANK_STRIDE
                             + _child_number() * _CHILD_STRIDE) % 2**63
                 else:
                     seed = self.spec
@@ -174,7 +175,8 @@ GAMMA_ROUNDS = 16  # Marsaglia-Tsang accepts >= 95% of proposals for shape >= 1:
 
 
 def sample_log_gamma(shape: float, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """n draws of log X, X ~ Gamma(shape, 1), using only ``generator`` (Marsaglia & Tsang, 2000). In logs because for
+    """n draws of log X, X ~ Gamma(shape, 1), using only ``generator`` (Marsaglia & Tsang, 2000), in float32 whatever
+    torch's default dtype (in bfloat16 a Beta(0.2, 0.2) weight took 938 values, some NaN). In logs because for
     a small shape X underflows float32 (a third of Gamma(0.01) draws would be 0). Each draw takes the first accepted
     of ``GAMMA_ROUNDS`` proposals made at once: no host sync (a rejection loop read the acceptances on the host,
     3 syncs per round), and the generator advances by the same amount every call."""
@@ -182,15 +184,15 @@ def sample_log_gamma(shape: float, n: int, generator: torch.Generator, device: t
     a = shape + 1 if boost else shape
     d = a - 1 / 3
     c = 1 / (9 * d) ** 0.5
-    x = torch.randn(n, GAMMA_ROUNDS, generator=generator, device=device)
-    u = torch.rand(n, GAMMA_ROUNDS, generator=generator, device=device)
+    x = torch.randn(n, GAMMA_ROUNDS, generator=generator, device=device, dtype=torch.float32)
+    u = torch.rand(n, GAMMA_ROUNDS, generator=generator, device=device, dtype=torch.float32)
     v = (1 + c * x) ** 3
     ok = (v > 0) & (torch.log(u) < 0.5 * x**2 + d - d * v + d * torch.log(v.clamp_min(1e-30)))
     first = ok.int().argmax(1, keepdim=True)  # the first accepted proposal
     out = torch.log(d * v.gather(1, first).squeeze(1).clamp_min(1e-30))
     out = torch.where(ok.any(1), out, math.log(d))  # none accepted (p < 1e-20): d, the proposals' centre
     if boost:
-        out = out + torch.log(torch.rand(n, generator=generator, device=device)) / shape
+        out = out + torch.log(torch.rand(n, generator=generator, device=device, dtype=torch.float32)) / shape
     return out
 
 

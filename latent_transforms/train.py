@@ -95,7 +95,7 @@ def _glow_batch_metrics(codec: Codec, xb: torch.Tensor, gen: torch.Generator) ->
     """``bits_per_dim`` summed over ``xb`` (B, C, H, W) (uniform dequantisation noise from ``gen``), and the
     batch's ``roundtrip_max_err``, as ``(sums, maxes)``."""
     device = codec.device
-    noise = torch.rand(xb.shape, generator=gen).to(device, codec.dtype)
+    noise = torch.rand(xb.shape, generator=gen, device="cpu", dtype=torch.float32).to(device, codec.dtype)
     x_deq = (torch.round(xb * (codec.num_bins - 1)) + noise) / codec.num_bins
     with exact_math(device.type):
         bpd = codec.bits_per_dim(x_deq)
@@ -396,7 +396,7 @@ def _upscale(x: torch.Tensor, min_side: int = 32) -> torch.Tensor:
 
 def _spread(n: int, k: int) -> torch.Tensor:
     """``min(n, k)`` positions spread evenly over ``range(n)``, first and last included."""
-    return torch.linspace(0, n - 1, min(n, k), dtype=torch.float64).round().long()
+    return torch.linspace(0, n - 1, min(n, k), dtype=torch.float64, device="cpu").round().long()
 
 
 @torch.no_grad()
@@ -521,7 +521,7 @@ def _build(codec_kind: str, cfg: dict, dev: torch.device, lr: float, seed: int, 
     recipe = RECIPES[codec_kind]
     if saved is None and recipe.actnorm:  # ActNorm initialises from the first batch it sees: a big one
         g = torch.Generator().manual_seed(seed)
-        codec.init_actnorm(x[torch.randperm(x.shape[0], generator=g)[:ACTNORM_INIT_BATCH].to(dev)])
+        codec.init_actnorm(x[torch.randperm(x.shape[0], generator=g, device="cpu")[:ACTNORM_INIT_BATCH].to(dev)])
     optimizer = recipe.optimizer(params, lr=lr)
     if saved is not None:
         model_state, optim_state, extra = saved
@@ -701,7 +701,7 @@ class _TrainingRun:
     def _epoch_order(self, epoch: int) -> torch.Tensor:
         """(N,) the seeded order of the training images in ``epoch``, on ``device``."""
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.x.shape[0], generator=gen).to(self.device)
+        return torch.randperm(self.x.shape[0], generator=gen, device="cpu").to(self.device)
 
     def _batch(self, perm: torch.Tensor, pos: int) -> torch.Tensor:
         """(B, C, H, W) the ``pos``-th batch of the epoch order ``perm``, each image randomly shifted by up to

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from torch import nn
 
 from ..validation import WrongTypeError
-from .base import OWN_CODEC_DOCS, Codec, Latents, exact_math, flatten_latents, unflatten_latents
+from .base import OWN_CODEC_DOCS, Codec, Latents, codec_build_defaults, exact_math, flatten_latents, unflatten_latents
 from .glow import Glow
 from .vae import ConvVAE
 
@@ -16,7 +16,8 @@ CODECS: dict[str, type[Codec]] = {"glow": Glow, "vae": ConvVAE}
 
 def build_codec(config: Mapping) -> Codec:
     """An untrained codec from its config (``{"kind": "glow" | "vae", ...}``, as ``codec.config`` returns; any
-    mapping, such as the ``DictConfig`` Hydra's ``instantiate`` passes)."""
+    mapping, such as the ``DictConfig`` Hydra's ``instantiate`` passes): float32, on the CPU, whatever torch's
+    default dtype and device (``codec_build_defaults``)."""
     if not isinstance(config, Mapping):
         raise WrongTypeError(f"a codec config is a dict such as codec.config, got {type(config).__name__}")
     config = dict(config)
@@ -26,7 +27,8 @@ def build_codec(config: Mapping) -> Codec:
                f"{OWN_CODEC_DOCS})" if isinstance(kind, str) else "")
         raise ValueError(f"unknown codec kind {kind!r}; known: {sorted(CODECS)}{own}")
     try:
-        return CODECS[kind](**config)
+        with codec_build_defaults():
+            return CODECS[kind](**config)
     except TypeError as e:
         raise ValueError(f"bad config for a {kind} codec: {e}") from None
 

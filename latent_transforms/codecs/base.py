@@ -1,11 +1,13 @@
 """The codec interface: images in [0, 1] <-> a list of standardised latents."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
 import math
-from typing import Callable
+import threading
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -18,6 +20,29 @@ from .precision import exact_math
 
 Latents = list[torch.Tensor]  # per-level latents, each (B, *shape); coarsest first for multi-scale flows
 OWN_CODEC_DOCS = "docs/training.md#your-own-model-as-a-codec"
+_DEFAULT_DTYPE_LOCK = threading.RLock()  # torch's default dtype is process-wide: one codec build sets it at a time
+
+
+@contextlib.contextmanager
+def codec_build_defaults() -> Iterator[None]:
+    """While a codec is built (``build_codec``, ``hub.load``, ``unfrozen_copy``): new tensors are float32, on the
+    CPU and normal ones, whatever the caller set. Under ``torch.set_default_dtype(torch.bfloat16)`` (or float16) a
+    Glow could not be built (normflows' init takes a QR decomposition, which has no 16-bit CPU kernel) and a VAE was
+    built in 16 bits (``train_codec`` then refused it); under float64 a codec was built, and trained, in float64.
+    Under ``torch.set_default_device("meta")`` the weights were made on the meta device, where a checkpoint's values
+    are lost (under "cuda", on the GPU, then copied to the CPU). Inside ``torch.inference_mode()`` they were
+    inference tensors, whose version a Glow's folded fast path cannot read. The default dtype is process-wide: it
+    is float32 for every thread while a codec is being built (milliseconds), then set back."""
+    with _DEFAULT_DTYPE_LOCK, torch.device("cpu"), torch.inference_mode(False):
+        dtype = torch.get_default_dtype()
+        if dtype == torch.float32:  # the usual case: nothing process-wide to switch
+            yield
+            return
+        torch.set_default_dtype(torch.float32)
+        try:
+            yield
+        finally:
+            torch.set_default_dtype(dtype)
 
 
 def flatten_latents(z: Latents) -> torch.Tensor:
@@ -323,11 +348,11 @@ class Codec(ChecksCodecStates, nn.Module):
         frozen: eval mode, no parameter gradients, not compiled. For a Glow that is the plain normflows path, the
         reference its folded fast path is tested against; ``.freeze()`` the copy for a frozen twin. Leaves torch's
         global RNG as it was (the twin's random init, overwritten at once, draws from a forked one)."""
-        with torch.random.fork_rng(devices=[]):  # built on the CPU, then moved
+        with torch.random.fork_rng(devices=[]), codec_build_defaults():  # built on the CPU, then moved
             twin = type(self)(**{k: v for k, v in self.config.items() if k != "kind"})
-        # the copied tensors themselves, in their dtypes: a cast to 16 bits would keep the twin of a codec with 16-bit
-        # weights in float32
-        twin.to(self.device).load_state_dict({k: t.clone() for k, t in self.state_dict().items()}, assign=True)
+            # the copied tensors themselves, in their dtypes: a cast to 16 bits would keep the twin of a codec with
+            # 16-bit weights in float32
+            twin.to(self.device).load_state_dict({k: t.clone() for k, t in self.state_dict().items()}, assign=True)
         return twin.eval().requires_grad_(False)
 
     @property

@@ -177,7 +177,8 @@ class ConvVAE(Codec):
         if generator is None:
             noise = torch.randn_like(mu)
         else:
-            noise = torch.randn(mu.shape, generator=generator).to(mu.device, mu.dtype)
+            noise = torch.randn(mu.shape, generator=generator, device="cpu", dtype=torch.float32)
+            noise = noise.to(mu.device, mu.dtype)
         logits = self._logits(mu + torch.exp(0.5 * logvar) * noise)
         rec = F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
         return {"mu": mu, "logits": logits, "rec": rec, "kl": self.kl_divergence(mu, logvar)}
