@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import torch
 from torch import nn
@@ -19,6 +20,9 @@ MAX_OVERSHOOT = 0.5
 # ``transform``, or a setting the transform lacks): a Compose passes it on without naming the previous step.
 NOT_ABOUT_THE_BATCH = "_latent_transforms_not_about_the_batch"
 
+
+# The labels' type in the call's hint: y2 is labels when y is, None when y is None (LatentTransform, Compose)
+LabelsT = TypeVar("LabelsT", bound="torch.Tensor | None")
 
 # The classes a Compose knows (its own or a later step's), set around its first step's call: that step reads the
 # batch's values for both (one host sync per call) and checks the labels against them when it has no num_classes.
@@ -269,6 +273,16 @@ class LatentTransform(SampleStats, nn.Module):
 
     __repr__ = one_line_repr
 
+    if TYPE_CHECKING:  # the call's types (nn.Module's __call__ returns Any): labels in, labels out; None in, None out
+        @overload
+        def __call__(self, x: torch.Tensor, y: LabelsT, model: nn.Module | None = None,
+                     index: torch.Tensor | None = None, *, params: dict[str, torch.Tensor] | None = None
+                     ) -> tuple[torch.Tensor, LabelsT]: ...
+        @overload
+        def __call__(self, x: torch.Tensor, *, model: nn.Module | None = None, index: torch.Tensor | None = None,
+                     params: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, None]: ...
+        def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, model: nn.Module | None = None,
                 index: torch.Tensor | None = None, *, params: dict[str, torch.Tensor] | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -286,6 +300,7 @@ class LatentTransform(SampleStats, nn.Module):
         x = x.detach()  # the augmentation is data, not part of a graph (also for the samples passed through)
 
         batch = x.shape[0]
+        selected: torch.Tensor | None  # the rows transformed; None: all of them
         if params is not None:
             selected = self._given_selection(params, batch, x.device)
         else:

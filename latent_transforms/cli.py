@@ -18,7 +18,7 @@ from . import __version__, demo, hub, train
 PROG = "latent-transforms"
 
 
-def _size(n: int | None) -> str:
+def _size(n: float | None) -> str:
     if n is None:
         return "?"
     for unit in ("B", "KB", "MB"):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -26,7 +27,10 @@ class CodecTransform(ChecksCodecStates, LatentTransform):
     cached images, unmodified: put the transform before pixel augmentations; the cache checks it).
     """
 
-    def __init__(self, codec: Codec | str, *, levels: list[int] | None = None, cache: LatentCache | None = None,
+    _codec_fingerprint: str | None  # the codec's fingerprint, taken when its _codec_key() was _fingerprint_key
+    _fingerprint_key: tuple | None
+
+    def __init__(self, codec: Codec | str, *, levels: Sequence[int] | None = None, cache: LatentCache | None = None,
                  **kwargs):
         super().__init__(**kwargs)
         self.codec = resolve_codec(codec)

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import inspect
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence, overload
 
 import torch
 from torch import nn
 
-from .base import CALLER_NUM_CLASSES, NOT_ABOUT_THE_BATCH, LatentTransform, not_about_the_batch
+from .base import CALLER_NUM_CLASSES, NOT_ABOUT_THE_BATCH, LabelsT, LatentTransform, not_about_the_batch
 from .codecs.base import ChecksCodecStates
 from .isda import ISDA
 from .labels import blend, to_soft
@@ -167,7 +167,7 @@ def _checked(step: nn.Module, i: int, out: object, pair: bool):
     return out
 
 
-def _required_positionals(t: object) -> int:
+def _required_positionals(t: Callable[..., object]) -> int:
     """How many positional arguments a step called as ``t(x)`` requires (its ``forward``'s for a module); 0 when its
     signature cannot be read."""
     try:
@@ -182,7 +182,7 @@ def _where(part: object, step: object, i: int) -> str:
     return f"{_name(part) if part is step else type(part).__name__ + ' in ' + _name(step)} at step {i}"
 
 
-def _name(t: nn.Module) -> str:
+def _name(t: object) -> str:
     """A step's class name (a plain callable's own name)."""
     return getattr(t.fn, "__name__", type(t.fn).__name__) if isinstance(t, _Callable) else type(t).__name__
 
@@ -239,7 +239,8 @@ class Compose(ChecksCodecStates, nn.Module):
             declares it; a step with another ``num_classes`` is refused.
     """
 
-    def __init__(self, transforms: Sequence[Callable], *, num_classes: int | None = None):
+    def __init__(self, transforms: Sequence[nn.Module | Callable[[torch.Tensor], torch.Tensor]], *,
+                 num_classes: int | None = None):
         super().__init__()
         if callable(transforms) or isinstance(transforms, (str, bytes, Mapping)) or \
                 not isinstance(transforms, Iterable):
@@ -316,11 +317,20 @@ class Compose(ChecksCodecStates, nn.Module):
     def __getitem__(self, i: int) -> nn.Module:
         return self.steps[i]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[nn.Module]:
         return iter(self.steps)
 
     def extra_repr(self) -> str:
         return "" if self.num_classes is None else f"num_classes={self.num_classes}"
+
+    if TYPE_CHECKING:  # the call's types (nn.Module's __call__ returns Any), as a LatentTransform's
+        @overload
+        def __call__(self, x: torch.Tensor, y: LabelsT, model: nn.Module | None = None,
+                     index: torch.Tensor | None = None) -> tuple[torch.Tensor, LabelsT]: ...
+        @overload
+        def __call__(self, x: torch.Tensor, *, model: nn.Module | None = None,
+                     index: torch.Tensor | None = None) -> tuple[torch.Tensor, None]: ...
+        def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, model: nn.Module | None = None,
                 index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -360,7 +370,7 @@ class Compose(ChecksCodecStates, nn.Module):
                 raise
         return x, y
 
-    def _run_step(self, step: nn.Module, i: int, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None,
+    def _run_step(self, step: nn.Module, i: int, x: torch.Tensor, y: torch.Tensor | None, model: nn.Module | None,
                   index: torch.Tensor | None = None):
         if isinstance(step, LatentTransform):
             token = CALLER_NUM_CLASSES.set(self.num_classes)  # its labels check uses this Compose's classes

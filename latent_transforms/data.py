@@ -49,7 +49,7 @@ def _check_split(split: str) -> None:
     check_choice("split", split, SPLITS)
 
 
-def load_images(spec: str, split: str = "train", data_root: str | os.PathLike | None = None
+def load_images(spec: str, split: str = "train", data_root: str | os.PathLike[str] | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """Load images by spec (see the module doc): ``(x (N, C, H, W) float32 in [0, 1], y (N,) int64 | None, num_bins)``."""
     if not isinstance(spec, str) or not spec:

@@ -3,6 +3,7 @@ merged batch by batch as the official estimator, all-gathered across ranks under
 from __future__ import annotations
 
 import copy
+from typing import Any, Callable, SupportsIndex
 
 import torch
 import torch.distributed as dist
@@ -216,7 +217,7 @@ class FeatureCovariance(nn.Module):
         new.__dict__.update(copy_attributes(self.__dict__))
         return new
 
-    def __reduce_ex__(self, protocol: int):
+    def __reduce_ex__(self, protocol: SupportsIndex):
         if self.group is not None:  # torch's own error names neither the module nor the way out
             raise TypeError("statistics shared over a process group (ISDA/FeatureCovariance(sync_stats=group)) cannot "
                             "be pickled, as process groups cannot: save and load its state_dict() instead, or build "
@@ -241,7 +242,7 @@ def check_sync(name: str, sync) -> "tuple[bool, dist.ProcessGroup | None]":
     raise WrongTypeError(f"{name} must be True, False or a torch.distributed ProcessGroup, got {sync!r}")
 
 
-_UNTRACED_GATHER = []  # _all_gather_rows under torch.compiler.disable, made at first need
+_UNTRACED_GATHER: list[Callable[..., Any]] = []  # _all_gather_rows under torch.compiler.disable, made at first need
 
 
 def _untraced_gather():

@@ -43,7 +43,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -70,7 +70,7 @@ MAX_NAME_CHARS = 200  # a registry name's length
 _SEPARATORS = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
 
 _registered: dict[str, dict] = {}  # runtime entries from register(), shadowing the shipped registry
-_loaded: dict[tuple[str, str], "Codec"] = {}  # (name, device) -> frozen codec
+_loaded: dict[tuple[str, str, str], "Codec"] = {}  # (name, device, sha256) -> frozen codec
 _lock = threading.Lock()  # guards _registered, _loaded and _load_locks
 _load_locks: dict[tuple[str, str, str], threading.Lock] = {}
 _cache_dir_thread_lock = threading.RLock()  # with a file lock: one registry edit or download at a time
@@ -144,7 +144,7 @@ def matches_checksum(metadata: dict[str, str], tensors: dict[str, torch.Tensor])
     return saved is None or checksum_metadata(tensors)["tensors_sha256"] == saved
 
 
-def sha256_file(path: str | os.PathLike) -> str:
+def sha256_file(path: str | os.PathLike[str]) -> str:
     """Hex sha256 of a file, read in chunks."""
     if not Path(path).is_file():
         raise MissingFileError(f"no file at {path}")
@@ -283,8 +283,8 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
 
 
 # -- checkpoint format ------------------------------------------------------------------------------
-def save_checkpoint(codec: "Codec", path: str | os.PathLike, dtype: torch.dtype = torch.float32,
-                    extra_metadata: dict | None = None) -> str:
+def save_checkpoint(codec: "Codec", path: str | os.PathLike[str], dtype: torch.dtype = torch.float32,
+                    extra_metadata: dict[str, Any] | None = None) -> str:
     """Write ``codec`` to one ``.safetensors`` file atomically; returns its sha256 (hex).
 
     Float tensors are stored as ``dtype`` (float32, float16 or bfloat16) and cast back to the codec's
@@ -368,7 +368,8 @@ def _load_device(device: object) -> torch.device:
 
 
 @torch.inference_mode(False)  # inside inference_mode its weights would be inference tensors, a Glow's unusable
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu", sha256: str | None = None) -> "Codec":
+def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "cpu",
+                    sha256: str | None = None) -> "Codec":
     """Build the codec described by a ``.safetensors`` checkpoint, load its weights onto ``device`` (default
     ``"cpu"``), freeze it: float32 whatever torch's default dtype, device or inference mode.
 
@@ -622,8 +623,9 @@ def _persist(name: str, entry: dict, overwrite: bool) -> None:
     _edit_user_registry(add)
 
 
-def register(name: str, *, file: str, sha256: str, config: dict, trained_on: str = "", quality: dict | None = None,
-             notes: str = "", size: int | None = None, overwrite: bool = False, persist: bool = False) -> None:
+def register(name: str, *, file: str, sha256: str, config: dict[str, Any], trained_on: str = "",
+             quality: dict[str, Any] | None = None, notes: str = "", size: int | None = None, overwrite: bool = False,
+             persist: bool = False) -> None:
     """Add a checkpoint to this process's registry, so ``load(name)`` / ``fetch(name)`` find it.
 
     ``file`` is a plain file name looked up in the cache dir, the shipped checkpoints and under
@@ -706,7 +708,7 @@ def _read_run(path: Path) -> dict:
     return {"name": report.get("name"), **_check_entry("registry_entry", entry, str(path))}
 
 
-def register_run(run: str | os.PathLike, *, name: str | None = None, overwrite: bool = False) -> RegisteredRun:
+def register_run(run: str | os.PathLike[str], *, name: str | None = None, overwrite: bool = False) -> RegisteredRun:
     """Register a trained codec by name for every process, as ``latent-transforms register RUN.json`` does.
 
     ``run`` is the ``NAME.json`` that ``train_codec`` / ``latent-transforms train`` wrote beside ``NAME.safetensors``.
@@ -776,7 +778,7 @@ def register_run(run: str | os.PathLike, *, name: str | None = None, overwrite: 
     return RegisteredRun(name, dest, changed=True)
 
 
-def unregister(name: str, *, persist: bool = False) -> dict:
+def unregister(name: str, *, persist: bool = False) -> dict[str, Any]:
     """Remove ``name`` from this process's registry and, with ``persist=True``, from the user registry file; returns
     the removed entry. Shipped checkpoints cannot be removed (an in-process ``register(..., overwrite=True)`` of a
     shipped name is undone: the shipped entry is back). The checkpoint file is left where it is
@@ -832,7 +834,7 @@ def _entry(name: str) -> dict:
     return registry[name]
 
 
-def list_checkpoints() -> list[dict]:
+def list_checkpoints() -> list[dict[str, Any]]:
     """Every registered checkpoint: its registry entry plus ``name``, ``cached``, ``shipped`` and ``remote``.
 
     ``cached``/``shipped``: a file of that name (and of the registered size, when known) is in the
@@ -1107,7 +1109,7 @@ def _is_path(name_or_path: str) -> bool:
 
 
 @torch.inference_mode(False)  # the in-process cache's copy too: made inside inference_mode it was an inference one
-def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") -> "Codec":
+def load(name_or_path: str | os.PathLike[str], device: str | torch.device = "cpu") -> "Codec":
     """A frozen codec from a checkpoint file path or a registry name (``fetch``-ed, then cached in-process), on
     ``device`` (default ``"cpu"``: a transform given a name loads it there too; move it, or the transform, with
     ``.to(device)``).

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import warnings
 import weakref
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -128,6 +129,7 @@ class _ISDAState:
     """The estimator, the strength schedule ``lam = lambda0 * progress`` and the augmentation step."""
 
     estimator: FeatureCovariance
+    schedule_progress: torch.Tensor  # a buffer
 
     def _init_isda(self, num_classes: int, lambda0: float, covariance: str, feature_dim: int | None,
                    sync_stats: "bool | dist.ProcessGroup") -> None:
@@ -231,7 +233,8 @@ def _and_wrapped(model: nn.Module) -> tuple[nn.Module, nn.Module | None]:
 def _linear_layers(model: nn.Module) -> list[tuple[str, nn.Linear]]:
     """``model``'s ``(name, nn.Linear)`` in ``modules()`` order, but for those of codecs: a transform held by the model
     (a LightningModule's ``self.augment``) holds a codec, whose layers are never the classifier."""
-    found, codecs = [], ()
+    found: list[tuple[str, nn.Linear]] = []
+    codecs: tuple[str, ...] = ()  # the codecs' names, as prefixes
     for n, m in model.named_modules():  # one walk, per call: a codec comes before its layers
         if isinstance(m, Codec):
             codecs += (n + ".",)
@@ -284,7 +287,7 @@ class _ArmedHook:
     def __getstate__(self) -> dict:
         return {"owner": None, "label": self.label, "fired": True}  # a copy carries no ISDA, labels or statistics
 
-    def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor):
+    def __call__(self, module: nn.Linear, args: tuple, output: torch.Tensor):
         owner = None if self.owner is None else self.owner()
         if owner is None:
             _remove_hook(module, self)
@@ -559,6 +562,9 @@ class ISDALoss(_ISDAState, nn.Module):
 
     def extra_repr(self) -> str:
         return self._isda_repr()
+
+    if TYPE_CHECKING:  # nn.Module's __call__ returns Any
+        def __call__(self, features: torch.Tensor, fc: nn.Linear, y: torch.Tensor) -> torch.Tensor: ...
 
     def forward(self, features: torch.Tensor, fc: nn.Linear, y: torch.Tensor) -> torch.Tensor:
         if not isinstance(fc, nn.Linear):

@@ -1,8 +1,11 @@
 """LatentAdversarial: PGD in a flow's latent space against the classifier (Yuksel et al., ICCV 2021, "LA-adv")."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .codec_transform import CodecTransform
 from .latent_cache import LatentCache
@@ -57,7 +60,7 @@ class LatentAdversarial(CodecTransform):
     needs_model = True
 
     def __init__(self, codec: Codec | str = "glow-cifar10", eps: float = 1.0, *, steps: int = 1, step_size: float = 1.0,
-                 norm: str = "l2", random_start: bool = True, target: str = "pred", levels: list[int] | None = None,
+                 norm: str = "l2", random_start: bool = True, target: str = "pred", levels: Sequence[int] | None = None,
                  cache: LatentCache | None = None,
                  p: float = 1.0, generator: torch.Generator | int | None = None):
         check_norm(norm, allow_none=False)
@@ -76,7 +79,7 @@ class LatentAdversarial(CodecTransform):
         return (f"eps={self.eps}, steps={self.steps}, step_size={self.step_size}, norm={self.norm!r}, "
                 f"random_start={self.random_start}, target={self.target!r}, " + super().extra_repr())
 
-    def make_params(self, n, generator, device):
+    def make_params(self, n: int, generator: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
         """``start``: the PGD's starting point, (n, D) (zeros without ``random_start``)."""
         if not self.random_start:
             return {"start": torch.zeros(n, self.codec.latent_dim, device=device, dtype=self.codec.dtype)}
@@ -84,7 +87,9 @@ class LatentAdversarial(CodecTransform):
         return {"start": self.on_levels_only(random_start(shape, self.eps, self.norm, generator, device,
                                                           self.codec.dtype))}
 
-    def transform(self, x, y, model, params, index=None):
+    def transform(self, x: torch.Tensor, y: torch.Tensor | None, model: nn.Module | None,
+                  params: dict[str, torch.Tensor], index: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if torch.is_inference_mode_enabled():
             raise RuntimeError("LatentAdversarial differentiates the classifier, which torch.inference_mode() forbids; "
                                "call it outside inference_mode (torch.no_grad() is fine) or put it in eval() mode")

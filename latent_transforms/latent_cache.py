@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -60,6 +61,10 @@ class LatentCache(nn.Module):
     ``repr`` shows ``LatentCache(N, latent_dim=D, verify_images=...)``; ``state_dict`` holds ``latents`` (N, D) and
     ``_extra_state`` (the codec's fingerprint and the image signatures).
     """
+
+    latents: torch.Tensor  # buffers
+    signatures: torch.Tensor | None
+    projection: torch.Tensor
 
     @torch.inference_mode(False)  # built inside inference_mode, the latents refused load_state_dict for good
     def __init__(self, codec: Codec | str, images: torch.Tensor, *, batch_size: int = 256,
@@ -122,7 +127,7 @@ class LatentCache(nn.Module):
 
     @classmethod
     @torch.inference_mode(False)  # as the constructor's
-    def load(cls, path: str | os.PathLike, codec: Codec | str, device: torch.device | str | None = None, *,
+    def load(cls, path: str | os.PathLike[str], codec: Codec | str, device: torch.device | str | None = None, *,
              verify_images: bool = True) -> "LatentCache":
         """The cache ``save`` wrote to ``path``; ``codec`` must be the one it was encoded with (same fingerprint, any
         dtype: the latents take the codec's). ``device``: where the latents go (default: the codec's device), and
@@ -165,7 +170,7 @@ class LatentCache(nn.Module):
         cache._set_signatures(signatures, _projection(math.prod(codec.image_shape)))
         return cache
 
-    def save(self, path: str | os.PathLike) -> str:
+    def save(self, path: str | os.PathLike[str]) -> str:
         """Write the latents, the images' signatures, their sha256 and the codec's fingerprint to a ``.safetensors``
         file, atomically; returns the file's sha256."""
         tensors = {"latents": self.latents.detach().cpu().contiguous()}
@@ -194,6 +199,9 @@ class LatentCache(nn.Module):
 
     def __len__(self) -> int:
         return self.latents.shape[0]
+
+    if TYPE_CHECKING:  # nn.Module's __call__ returns Any
+        def __call__(self, index: torch.Tensor, *, check: bool = True) -> torch.Tensor: ...
 
     def forward(self, index: torch.Tensor, *, check: bool = True) -> torch.Tensor:
         """index: (B,) int64 positions in ``[0, len(cache))``, on the cache's device -> (B, D) latents (``check=False``

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
+from torch import nn
 
 from .codec_transform import CodecTransform
 from .latent_cache import LatentCache
@@ -55,7 +57,7 @@ class LatentNoise(CodecTransform):
     """
 
     def __init__(self, codec: Codec | str = "glow-cifar10", eps: float | None = None, *, norm: str | None = "l2",
-                 levels: list[int] | None = None, cache: LatentCache | None = None, p: float = 1.0,
+                 levels: Sequence[int] | None = None, cache: LatentCache | None = None, p: float = 1.0,
                  generator: torch.Generator | int | None = None):
         check_norm(norm, allow_none=True)
         eps = None if eps is None else check_number("eps", eps)
@@ -65,12 +67,14 @@ class LatentNoise(CodecTransform):
     def extra_repr(self) -> str:
         return f"eps={self.eps}, norm={self.norm!r}, " + super().extra_repr()
 
-    def make_params(self, n, generator, device):
+    def make_params(self, n: int, generator: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
         shape = torch.Size((n, self.level_size()))
         return {"delta": self.on_levels_only(random_perturbation(shape, self.eps, self.norm, generator, device,
                                                                  self.codec.dtype))}
 
-    def transform(self, x, y, model, params, index=None):
+    def transform(self, x: torch.Tensor, y: torch.Tensor | None, model: nn.Module | None,
+                  params: dict[str, torch.Tensor], index: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
         z = self.encode_flat(x, index)
         with torch.no_grad():
             return self.decode_flat(z + params["delta"]), y

@@ -1,6 +1,8 @@
 """Latent mixup inference: predict by averaging over mixes of the input with clean references in latent space."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
@@ -42,6 +44,8 @@ class LatentMixupInference(ChecksCodecStates, SampleStats, nn.Module):
         modes: ``seen`` (``num_mixes`` per input), ``transformed`` (kept), ``rejected`` (replaced by the input).
     """
 
+    reference_latents: torch.Tensor  # a buffer
+
     def __init__(self, model: nn.Module, codec: Codec | str, references: torch.Tensor, *, lam: float = 0.6,
                  num_mixes: int = 8, generator: torch.Generator | int | None = None):
         super().__init__()
@@ -70,6 +74,9 @@ class LatentMixupInference(ChecksCodecStates, SampleStats, nn.Module):
                 + generator_repr(self._rng.spec))
 
     __repr__ = one_line_repr
+
+    if TYPE_CHECKING:  # nn.Module's __call__ returns Any
+        def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -36,6 +36,9 @@ class CifarResNet18(nn.Module):
     The final layer is the ``nn.Linear`` named ``fc`` (what ISDA hooks).
     """
 
+    mean: torch.Tensor  # buffers
+    std: torch.Tensor
+
     def __init__(self, num_classes: int = 10, width: int = 64, channels_last: bool = False,
                  mean: tuple[float, float, float] = CIFAR10_MEAN, std: tuple[float, float, float] = CIFAR10_STD):
         super().__init__()

@@ -27,6 +27,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -62,7 +63,7 @@ class TrainingRecipe:
     settings: tuple[str, ...]  # train_codec's codec settings of this kind (another kind's must be None)
     settings_note: str  # ends the message refusing another kind's setting for this one
     base_config: Callable[[int, int, int], dict]  # (height, width, num_bins) -> config entries before overrides
-    optimizer: type[torch.optim.Optimizer]
+    optimizer: Callable[..., torch.optim.Optimizer]  # called as (params, lr=...)
     grad_clip: float | None  # the default max gradient norm
     actnorm: bool  # a fresh codec initialises its ActNorm layers from ACTNORM_INIT_BATCH training images
     sample_temperature: float  # of the samples in the PNG
@@ -167,7 +168,8 @@ KINDS = {**{recipe.name: kind for kind, recipe in RECIPES.items()}, **{kind: kin
 
 
 # -- configs ------------------------------------------------------------------------------------------
-def default_config(kind: str, image_shape: tuple[int, int, int], num_bins: int = 256, **overrides) -> dict:
+def default_config(kind: str, image_shape: tuple[int, int, int], num_bins: int = 256,
+                   **overrides: Any) -> dict[str, Any]:
     """The codec config ``train_codec`` builds: library defaults, a level count that fits the image, overrides.
 
     ``kind``: ``"flow"`` (or ``"glow"``) or ``"vae"``. ``overrides`` with value ``None`` are ignored.
@@ -186,8 +188,8 @@ def _codec_kind(kind: str) -> str:
 
 
 # -- training state as safetensors ----------------------------------------------------------------------
-def save_training_state(path: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                        info: dict, extra_tensors: dict[str, torch.Tensor] | None = None) -> None:
+def save_training_state(path: str | os.PathLike[str], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                        info: dict[str, Any], extra_tensors: dict[str, torch.Tensor] | None = None) -> None:
     """Write model + optimizer state + ``info`` (JSON-able) to one safetensors file, atomically.
 
     Tensors go in as ``model/<key>``, ``optim/<param index>/<key>`` and ``extra/<key>``; the optimizer's
@@ -227,7 +229,8 @@ def _difference(key: str, saved: object, now: object) -> str:
     return f"{key}: saved {saved!r}, now {now!r}"
 
 
-def load_training_state(path: str | os.PathLike) -> tuple[dict, dict, dict, dict]:
+def load_training_state(path: str | os.PathLike[str]
+                        ) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any], dict[str, torch.Tensor]]:
     """Read a file written by ``save_training_state``: ``(model_state, optimizer_state_dict, info, extra_tensors)``.
 
     Raises ``ValueError`` naming the file if it is not a complete, well-formed training state.
@@ -254,7 +257,9 @@ def load_training_state(path: str | os.PathLike) -> tuple[dict, dict, dict, dict
             raise _bad_state(path, f"metadata {key!r} is not JSON") from None
         if not isinstance(fields[key], kind):
             raise _bad_state(path, f"metadata {key!r} is a JSON {type(fields[key]).__name__}, not a {kind.__name__}")
-    model_state, extra, opt_state = {}, {}, {}
+    model_state: dict[str, torch.Tensor] = {}
+    extra: dict[str, torch.Tensor] = {}
+    opt_state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         group, _, rest = key.partition("/")
         idx, _, name = rest.partition("/")
@@ -286,7 +291,7 @@ def _nan_max(a: float, b: float) -> float:
 
 
 @torch.no_grad()
-def eval_codec(codec: Codec, x: torch.Tensor, batch_size: int = 256, seed: int = 0) -> dict:
+def eval_codec(codec: Codec, x: torch.Tensor, batch_size: int = 256, seed: int = 0) -> dict[str, float]:
     """Test metrics of a codec on images ``x`` (N, C, H, W) in [0, 1] (moved to the codec's device batch by batch).
 
     Flows: ``bits_per_dim`` (uniform dequantisation noise, one seeded draw per image, averaged over the set) and
@@ -917,7 +922,7 @@ def _only_run_writing(out: Path, name: str) -> Iterator[None]:
 def train_codec(
     kind: str,
     x_train: torch.Tensor,
-    out_dir: str | os.PathLike,
+    out_dir: str | os.PathLike[str],
     *,
     name: str | None = None,
     num_bins: int = 256,
@@ -928,7 +933,7 @@ def train_codec(
     beta: float | None = None,
     latent_side: int | None = None,
     decoder_blocks: int | None = None,
-    config: dict | None = None,
+    config: dict[str, Any] | None = None,
     epochs: float | None = None,
     max_steps: int | None = None,
     max_minutes: float | None = None,
@@ -947,8 +952,8 @@ def train_codec(
     progress: bool = True,
     fp16: bool = False,
     checkpoint_every: int = 500,
-    data_description: str | dict | None = None,
-) -> dict:
+    data_description: str | dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Train a codec on ``x_train`` (N, C, H, W) float in [0, 1]; checkpoint, resume, and write the final files.
 
     Args:

@@ -441,7 +441,8 @@ def describe(t: object) -> str:
     return type(t).__name__
 
 
-def state_mismatch(expected: dict[str, torch.Tensor], given: dict[str, object], shown: int = 2) -> str:
+def state_mismatch(expected: dict[str, torch.Tensor], given: collections.abc.Mapping[str, object], shown: int = 2
+                   ) -> str:
     """'' when ``given`` has exactly ``expected``'s keys, each tensor of the expected shape; else how many keys are
     missing, unexpected or of another shape, naming the first ``shown`` of each (another codec's state differs in
     hundreds, which torch's own error lists one by one)."""

@@ -1,7 +1,10 @@
 """VarMixup: mixup in a VAE's latent space (Mangla et al., 2020; Pattern Recognition Letters 2021)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+from torch import nn
 
 from .codec_transform import CodecTransform
 from .latent_cache import LatentCache
@@ -65,7 +68,7 @@ class VarMixup(CodecTransform):
 
     def __init__(self, codec: Codec | str = "vae-cifar10", alpha: float = 1.0, *, num_classes: int | None = None,
                  posterior: str = "mean", per_sample: bool = True, keep_detail: bool = True,
-                 levels: list[int] | None = None,
+                 levels: Sequence[int] | None = None,
                  cache: LatentCache | None = None,
                  p: float = 0.25, generator: torch.Generator | int | None = None):
         alpha = check_number("alpha", alpha, low=MIN_ALPHA)  # below, float32 Beta draws overflow to NaN weights
@@ -88,7 +91,7 @@ class VarMixup(CodecTransform):
         selected = super()._draw_selection(batch, generator, device)
         return selected & (selected.sum() > 1)  # on the device: no host sync
 
-    def make_params(self, n, generator, device):
+    def make_params(self, n: int, generator: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
         """``lam``: (n,) weights; ``partner``: (n,) indices among the selected samples; with ``posterior="sample"``,
         ``posterior_noise``: (n, D) the standard normal draws of the posterior samples."""
         params = {}
@@ -101,7 +104,9 @@ class VarMixup(CodecTransform):
         lam = sample_beta(self.alpha, n if self.per_sample else 1, generator, device).expand(n)
         return {**params, "lam": lam, "partner": partner}
 
-    def transform(self, x, y, model, params, index=None):
+    def transform(self, x: torch.Tensor, y: torch.Tensor | None, model: nn.Module | None,
+                  params: dict[str, torch.Tensor], index: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.posterior == "sample":
             with torch.no_grad():
                 z = self.codec.encode_flat(x, sample=True, noise=params["posterior_noise"])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Any
 
 from torch import nn
 
@@ -14,7 +15,7 @@ from .vae import ConvVAE
 CODECS: dict[str, type[Codec]] = {"glow": Glow, "vae": ConvVAE}
 
 
-def build_codec(config: Mapping) -> Codec:
+def build_codec(config: Mapping[str, Any]) -> Codec:
     """An untrained codec from its config (``{"kind": "glow" | "vae", ...}``, as ``codec.config`` returns; any
     mapping, such as the ``DictConfig`` Hydra's ``instantiate`` passes): float32, on the CPU, whatever torch's
     default dtype and device (``codec_build_defaults``)."""
@@ -33,7 +34,7 @@ def build_codec(config: Mapping) -> Codec:
         raise ValueError(f"bad config for a {kind} codec: {e}") from None
 
 
-def resolve_codec(codec: Codec | str | os.PathLike) -> Codec:
+def resolve_codec(codec: Codec | str | os.PathLike[str]) -> Codec:
     """A codec object as given, or a hub name / ``.safetensors`` path loaded (frozen) from the hub."""
     if isinstance(codec, Codec):
         codec.checked_latent_shapes()  # a codec of one's own: its latent_shapes told apart before any use

@@ -7,7 +7,7 @@ import itertools
 import json
 import math
 import threading
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -132,7 +132,7 @@ class Codec(ChecksCodecStates, nn.Module):
 
     # -- to implement ---------------------------------------------------------------------------
     @property
-    def config(self) -> dict:
+    def config(self) -> dict[str, Any]:
         """The constructor arguments (JSON-able, with ``kind``): ``build_codec(codec.config)`` rebuilds the codec."""
         raise self._missing("config, a property: its constructor arguments as a JSON-able dict with 'kind' (a "
                             "LatentCache and hub.save_checkpoint need it)")
@@ -237,7 +237,7 @@ class Codec(ChecksCodecStates, nn.Module):
                              f"returned {describe(x)}")
         return x
 
-    def encode_flat(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+    def encode_flat(self, x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         """x: (B, C, H, W) in [0, 1] -> (B, D): ``encode``'s levels flattened and concatenated (keyword arguments go
         to ``encode``, e.g. a VAE's ``sample=True``)."""
         return flatten_latents(self.encode(x, **kwargs))
@@ -360,7 +360,7 @@ class Codec(ChecksCodecStates, nn.Module):
         """Whether ``encode``/``decode`` run ``torch.compile``d code (see ``compile_fast_path``)."""
         return self._compiled is not None
 
-    def compile_fast_path(self, enabled: bool = True, *, dynamic: bool | None = None, **compile_kwargs) -> "Codec":
+    def compile_fast_path(self, enabled: bool = True, *, dynamic: bool | None = None, **compile_kwargs: Any) -> "Codec":
         """Optionally run ``encode``/``decode`` through ``torch.compile``d ``_encode``/``_decode`` (frozen codecs).
 
         Same contract (fp32, TF32 off, x: (B, C, H, W) <-> latents [(B, *shape), ...]) and the same outputs to

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Any
 
 import normflows as nf
 import torch
@@ -131,7 +132,7 @@ class Glow(Codec):
         self.register_load_state_dict_post_hook(_refold_after_load)
 
     @property
-    def config(self) -> dict:
+    def config(self) -> dict[str, Any]:
         return {"kind": self.kind, "image_shape": list(self.image_shape), "levels": self.levels, "steps": self.steps,
                 "hidden": self.hidden, "alpha": self.alpha, "scale_floor": self.scale_floor, "num_bins": self.num_bins}
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -92,7 +93,7 @@ class ConvVAE(Codec):
         self.decoder = nn.Sequential(*dec, nn.Conv2d(widths[0], c, 3, padding=1))
 
     @property
-    def config(self) -> dict:
+    def config(self) -> dict[str, Any]:
         config = {"kind": self.kind, "image_shape": list(self.image_shape), "latent_dim": self.latent_dim_,
                   "hidden": self.hidden, "beta": self.beta, "latent_side": self.latent_side}
         if self.decoder_blocks:  # listed only when used: older configs (and fingerprints) stay as they were
