@@ -39,9 +39,12 @@ def keep_plausible(decoded: torch.Tensor, fallback: torch.Tensor) -> tuple[torch
     """``decoded: (N, C, H, W)`` clipped to [0, 1], each sample that is non-finite or more than ``MAX_OVERSHOOT``
     outside [0, 1] replaced by its row of ``fallback`` (same shape). Returns ``(images, ok)``, ``ok: (N,)`` bool
     marking the samples kept."""
-    flat = decoded.flatten(1)
-    ok = torch.isfinite(flat).all(1) & ((flat - flat.clamp(0, 1)).abs().amax(1) <= MAX_OVERSHOOT)
-    return torch.where(ok.view(-1, 1, 1, 1), decoded.clamp(0, 1), fallback), ok
+    clipped = decoded.clamp(0, 1)
+    # a NaN pixel's overshoot is NaN and an infinite one's inf, and amax propagates NaN (as the extremes of the input
+    # check do): the comparison rejects non-finite samples too, without a pass of its own
+    overshoot = (decoded - clipped).flatten(1).abs().amax(1)
+    ok = overshoot <= MAX_OVERSHOOT
+    return torch.where(ok.view(-1, 1, 1, 1), clipped, fallback), ok
 
 
 def one_line_repr(module: nn.Module) -> str:

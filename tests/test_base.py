@@ -610,6 +610,19 @@ def test_one_pixel_far_outside_rejects_its_sample_whatever_the_others():
     assert torch.equal(images[:4], fallback[:4]) and torch.equal(images[4], decoded[4])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_a_non_finite_pixel_rejects_its_sample_in_every_float_dtype(dtype):
+    """Non-finite samples are found by their overshoot (NaN for a NaN pixel, inf for an infinite one), with no
+    isfinite pass of their own: a NaN, +inf or -inf pixel, or a sample of NaN only, is rejected in any dtype."""
+    fallback = torch.full((5, 1, 2, 2), 0.25, dtype=dtype)
+    decoded = torch.full((5, 1, 2, 2), 0.5, dtype=dtype)
+    decoded[0, 0, 1, 1], decoded[1, 0, 0, 1], decoded[2, 0, 1, 0], decoded[3] = float("nan"), float("inf"), \
+        -float("inf"), float("nan")
+    images, ok = keep_plausible(decoded, fallback)
+    assert ok.tolist() == [False, False, False, False, True]
+    assert torch.equal(images[:4], fallback[:4]) and torch.equal(images[4], decoded[4])
+
+
 def test_p_one_draws_no_selection_from_the_generator():
     """With p=1 every sample is taken without a draw: the call's draws are make_params' first from the seed."""
     x, y = _batch((5, 1, 3, 3), False, 0)

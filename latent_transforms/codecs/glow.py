@@ -158,8 +158,9 @@ class Glow(Codec):
         h = self._to_logit(x)[0]
         z: Latents = [None] * self.levels  # type: ignore[list-item]
         for i in range(self.levels - 1, -1, -1):
-            h = nf.flows.Squeeze().inverse(h)[0]
-            for block in reversed(self.flow.flows[i][:-1]):
+            *steps, squeeze = self.flow.flows[i]  # K steps, then its Squeeze (a slice: a new ModuleList per call)
+            h = squeeze.inverse(h)[0]
+            for block in reversed(steps):
                 h = F.conv2d(h, block.enc_weight, block.enc_bias)
                 h = _couple(block, h, decode=False)
             if i > 0:
@@ -177,9 +178,10 @@ class Glow(Codec):
             for i in range(self.levels):
                 if i > 0:
                     xl = torch.cat([xl, zs[i]], dim=1)
-                for block in self.flow.flows[i][:-1]:
+                *steps, squeeze = self.flow.flows[i]
+                for block in steps:
                     xl = F.conv2d(_couple(block, xl, decode=True), block.dec_weight, block.dec_bias)
-                xl = nf.flows.Squeeze()(xl)[0]
+                xl = squeeze(xl)[0]
         return (torch.sigmoid(xl) - self.alpha) / (1 - 2 * self.alpha)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
