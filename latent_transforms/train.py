@@ -399,6 +399,16 @@ def _upscale(x: torch.Tensor, min_side: int = 32) -> torch.Tensor:
     return torch.nn.functional.interpolate(x, scale_factor=factor, mode="nearest") if factor > 1 else x
 
 
+def _cpu_as_default_device() -> contextlib.AbstractContextManager:
+    """The CPU as torch's default device while an optimizer steps, where another is set: Adamax makes its step
+    counters on the default device (Adam on the CPU, deliberately), and under "meta" its step() failed ("Tensor.item()
+    cannot be called on meta tensors"). Nothing where the default is the CPU: the device mode would intercept every
+    op of every step."""
+    # torch.empty's device, not torch.get_default_device(): torch 2.4's raised AttributeError once a default device
+    # had been set and unset (set_default_device(None))
+    return contextlib.nullcontext() if torch.empty(0).device.type == "cpu" else torch.device("cpu")
+
+
 def _spread(n: int, k: int) -> torch.Tensor:
     """``min(n, k)`` positions spread evenly over ``range(n)``, first and last included."""
     return torch.linspace(0, n - 1, min(n, k), dtype=torch.float64, device="cpu").round().long()
@@ -730,7 +740,8 @@ class _TrainingRun:
         norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip) if self.grad_clip is not None else \
             total_norm(p.grad for p in params if p.grad is not None)
         if torch.isfinite(loss) & torch.isfinite(norm):  # one host sync
-            self.optimizer.step()
+            with _cpu_as_default_device():  # Adamax makes its step counters on torch's default device
+                self.optimizer.step()
             if self.ema is not None:
                 self.ema.update(self.codec)
             self.nonfinite_in_a_row = 0

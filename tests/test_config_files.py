@@ -30,7 +30,7 @@ def test_levels_are_taken_from_any_sequence(levels):
         assert t.levels == [0] and type(t.levels) is list
 
 
-@pytest.mark.parametrize("levels", ["0", b"0", {0}, torch.tensor([0]), 0])
+@pytest.mark.parametrize("levels", ["0", b"0", bytearray(b"\x00"), {0}, torch.tensor([0]), 0])
 def test_levels_that_are_not_a_sequence_of_indices_are_still_refused(levels):
     with pytest.raises(WrongTypeError, match="levels must be a "):
         LatentNoise(GLOW, levels=levels)
@@ -50,6 +50,8 @@ def test_compose_tells_a_mapping_of_steps_and_a_steps_config_from_a_list_of_step
     with pytest.raises(WrongTypeError, match=r"transforms must be a list of steps, got dict; named steps\? pass their "
                                              r"list, list\(steps.values\(\)\)"):
         Compose({"noise": noise})  # it iterated over the keys: "steps must be callable, got str at step 0"
+    with pytest.raises(WrongTypeError, match=r"got mappingproxy; named steps\? pass their list"):
+        Compose(types.MappingProxyType({"noise": noise}))  # a mapping that is not a dict, as Hydra's DictConfig
     with pytest.raises(WrongTypeError, match=r"got mappingproxy at step 1; a step's config, not the step\? "
                                              r"instantiate it first"):
         Compose([noise, types.MappingProxyType({"_target_": "latent_transforms.LatentNoise"})])
@@ -70,6 +72,12 @@ def test_compose_tells_a_mapping_of_steps_and_a_steps_config_from_a_list_of_step
     (lambda: LatentNoise(GLOW, norm="None"), r"norm must be one of \('l2', 'linf', None\), got 'None'; a string: "
                                              r"YAML's None is null, unquoted \(None is read as the string 'None'\)$"),
     (lambda: LatentNoise(GLOW, generator="null"), r"got str; a string: YAML's None is null, unquoted"),
+    # YAML reads Null and NULL as null too (any case is told); text from the environment may keep its newline
+    (lambda: LatentNoise(GLOW, generator="NULL"), r"got str; a string: YAML's None is null, unquoted"),
+    (lambda: LatentNoise(GLOW, norm=" none\n"), r"got ' none\\n'; a string: YAML's None is null, unquoted"),
+    (lambda: LatentNoise(GLOW, eps="-1e-3"), r"got '-1e-3'; a string: .* read -1e-3 \(no dot\) as one, write -1.0e-3$"),
+    (lambda: LatentNoise(GLOW, eps="1e-3\n"), r"got '1e-3\\n'; a string: .* read 1e-3 \(no dot\) as one, write "
+                                               r"1.0e-3$"),
 ])
 def test_a_number_or_none_written_as_text_is_refused_with_what_to_write(make, message):
     """Numbers are not parsed from text (no coercion: `eps="1"` stays a WrongTypeError), but a config file's text is

@@ -1829,6 +1829,29 @@ def test_a_codec_loaded_under_another_default_dtype_is_float32(monkeypatch, name
         assert torch.equal(first.decode(first.encode(x)), ref.decode(ref.encode(x)))
 
 
+def test_a_codec_class_of_ones_own_that_makes_float64_weights_loads_in_float32(tmp_path, monkeypatch):
+    # build_codec builds its own kinds in float32; a class added to CODECS may make float64 weights whatever the
+    # default dtype: load_checkpoint casts them to float32, the dtype a checkpoint's weights are loaded in
+    from conftest import OwnCodec
+    from latent_transforms import codecs
+
+    class Float64Codec(OwnCodec):
+        def __init__(self):
+            super().__init__()
+            self.double()
+
+        @property
+        def config(self):
+            return {"kind": "float64-own"}
+
+    monkeypatch.setitem(codecs.CODECS, "float64-own", Float64Codec)
+    saved = Float64Codec()
+    hub.save_checkpoint(saved, tmp_path / "own.safetensors")
+    loaded = hub.load_checkpoint(tmp_path / "own.safetensors")
+    assert loaded.dtype == torch.float32 and not any(t.dtype == torch.float64 for t in loaded.state_dict().values())
+    assert torch.equal(loaded.enc.weight, saved.enc.weight.float())
+
+
 def test_loading_a_runs_json_says_which_file_to_load(tmp_path):
     # "is not a safetensors file (Error while deserializing header: header too large)" for the JSON beside it
     run = tmp_path / "my-flow.json"

@@ -4,6 +4,7 @@ algorithms, warnings as errors. The library's own tensors follow the data, not t
 (docs/reliability.md#torchs-global-settings)."""
 import contextlib
 import copy
+import threading
 import warnings
 
 import pytest
@@ -12,7 +13,8 @@ import torch.nn.functional as F
 
 from latent_transforms import (ISDA, Compose, LatentAdversarial, LatentCache, LatentMixupInference, LatentNoise,
                                VarMixup, hub)
-from latent_transforms.codecs import build_codec
+from latent_transforms.codecs import ConvVAE, build_codec
+from latent_transforms.codecs.base import codec_build_defaults
 from latent_transforms.data import low_data_split
 from latent_transforms.evaluation import fit_classifier, predict_proba
 from latent_transforms.rng import sample_beta
@@ -111,32 +113,55 @@ def test_nothing_is_made_on_the_default_device(monkeypatch, tmp_path):
         cache.save(tmp_path / "cache.safetensors")
         cache = LatentCache.load(tmp_path / "cache.safetensors", glow)
         index = torch.arange(12, device="cpu")
-        outputs += [LatentNoise(glow, cache=cache)(x, y, index=index)[0], cache.latents, cache.signatures,
-                    low_data_split(y, 1)]
+        split = low_data_split(y, 1)  # a meta permutation indexed the labels with garbage, silently
+        outputs += [LatentNoise(glow, cache=cache)(x, y, index=index)[0], cache.latents, cache.signatures, split]
         fit_classifier(net, x, y, epochs=1, batch_size=6, progress=False)
         outputs.append(predict_proba(net, x))
-        trains = _adam_steps_under_meta()
-        if trains:  # torch 2.4's Adam keeps its step count on the default device: a VAE's training fails there
-            result = train_codec("vae", x, tmp_path / "run", name="v", config={"latent_dim": 2}, max_steps=2,
-                                 batch_size=6, warmup_steps=0, progress=False)
+        result = train_codec("vae", x, tmp_path / "run", name="v", config={"latent_dim": 2}, max_steps=2,
+                             batch_size=6, warmup_steps=0, progress=False)
+        # a flow's ActNorm initialisation batch and its dequantisation noise are drawn on the CPU too
+        flow = train_codec("flow", x, tmp_path / "run", name="f", config={"levels": 1, "steps": 1, "hidden": 8},
+                           max_steps=2, batch_size=6, warmup_steps=0, progress=False)
     assert all(t.device.type == "cpu" for t in [*outputs, *glow.parameters(), *vae.parameters()])
-    if trains:
-        assert result["complete"] and hub.load_checkpoint(tmp_path / "run" / "v.safetensors").device.type == "cpu"
+    assert result["complete"] and hub.load_checkpoint(tmp_path / "run" / "v.safetensors").device.type == "cpu"
+    assert flow["complete"] and flow["codec"].device.type == "cpu"
+    assert torch.equal(split, low_data_split(y, 1))
 
 
-def _adam_steps_under_meta() -> bool:
-    """Whether torch's Adam steps a CPU parameter under a "meta" default device (torch 2.14's does; 2.4's made its
-    step count there: "Tensor.item() cannot be called on meta tensors")."""
-    p = torch.zeros(1, device="cpu", requires_grad=True)
-    p.grad = torch.ones(1, device="cpu")
-    try:
-        torch.optim.Adam([p]).step()
-    except (RuntimeError, NotImplementedError):
-        return False
-    return True
+def test_images_and_labels_are_read_onto_the_cpu_whatever_the_default_device(monkeypatch, tmp_path):
+    # CIFAR-10's and a folder of class folders' labels were made on the default device ("meta": their values lost)
+    import numpy as np
+    import torchvision.datasets
+    from PIL import Image
+
+    from latent_transforms.data import load_images
+
+    class FakeCIFAR10:
+        def __init__(self, root, train, download):
+            self.data, self.targets = np.zeros((3, 32, 32, 3), np.uint8), [0, 1, 2]
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
+    for c in ("cat", "dog"):
+        (tmp_path / c).mkdir()
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / c / "0.png")
+    with default_device("meta"):
+        read = [load_images("cifar10", "train", tmp_path), load_images(f"folder:{tmp_path}")]
+    for (x, y, _), labels in zip(read, ([0, 1, 2], [0, 1])):
+        assert x.device.type == "cpu" and y.device.type == "cpu" and y.tolist() == labels
 
 
-def test_codecs_caches_and_references_made_inside_inference_mode_stay_usable_outside(monkeypatch, digits_codecs):
+def test_a_glows_actnorm_flags_keep_their_dtype_and_device_when_initialised():
+    # normflows replaced the flag with torch.tensor(1.0) on the first batch: float64 under a float64 default, a meta
+    # tensor under a "meta" one (train_codec's training state could not be saved)
+    glow = build_codec(tiny_glow().config)  # its ActNorms not initialised
+    with default_dtype(torch.float64), default_device("meta"):
+        glow.init_actnorm(torch.rand(8, 1, 8, 8, device="cpu", dtype=torch.float32))
+    flags = [t for k, t in glow.named_buffers() if k.endswith("data_dep_init_done")]
+    assert flags and all(t.dtype == torch.float32 and t.device.type == "cpu" and t.item() == 1.0 for t in flags)
+
+
+def test_codecs_caches_and_references_made_inside_inference_mode_stay_usable_outside(monkeypatch, digits_codecs,
+                                                                                        tmp_path):
     # a Glow loaded inside torch.inference_mode() failed at once ("Inference tensors do not track version
     # counter"); a VAE, a LatentCache and LatentMixupInference's reference latents made there were inference tensors
     # that load_state_dict could not write afterwards, and hub.load cached such a VAE for the rest of the process
@@ -144,16 +169,74 @@ def test_codecs_caches_and_references_made_inside_inference_mode_stay_usable_out
     x, y = _batch()
     torch.manual_seed(0)
     net, own = TinyNet(), tiny_glow()
+    hub.save_checkpoint(own, tmp_path / "own.safetensors")
+    LatentCache(digits_codecs[0], x, progress=False).save(tmp_path / "cache.safetensors")
+    trainable = ConvVAE((1, 8, 8), latent_dim=4, hidden=8)  # its weights require grad
     with torch.inference_mode():
         glow, vae = hub.load("glow-digits"), hub.load("vae-digits")
-        twin = own.unfrozen_copy()
+        twin, built = own.unfrozen_copy(), build_codec(own.config)
+        from_file = hub.load_checkpoint(tmp_path / "own.safetensors")  # not through hub.load
         cache = LatentCache(digits_codecs[0], x, progress=False)
+        loaded_cache = LatentCache.load(tmp_path / "cache.safetensors", digits_codecs[0])
         predictor = LatentMixupInference(net, digits_codecs[1], x, generator=0)
-    for module in (glow, vae, hub.load("vae-digits"), twin, cache, predictor):
+        over_trainable = LatentMixupInference(net, trainable, x, generator=0)
+    for module in (glow, vae, hub.load("vae-digits"), twin, built, from_file, cache, loaded_cache, predictor,
+                   over_trainable):
         assert not any(t.is_inference() for t in [*module.parameters(), *module.buffers()])
         module.load_state_dict(module.state_dict())
+    # the reference latents are a plain buffer, not the end of a graph through the codec's weights
+    assert not over_trainable.reference_latents.requires_grad
+    copy.deepcopy(over_trainable)
+    x_own, _ = LatentNoise(from_file, generator=0)(x, y)  # a frozen Glow's folded fast path, usable outside
+    assert torch.equal(x_own, LatentNoise(own, generator=0)(x, y)[0])
     x2, _ = LatentNoise(glow, generator=0)(x, y)
     assert torch.equal(x2, LatentNoise(digits_codecs[0], generator=0)(x, y)[0])
+
+
+def test_a_codec_build_leaves_the_callers_default_dtype_as_it_was(tmp_path):
+    # the default dtype is float32 while a codec is built, then set back to the caller's
+    own = tiny_glow()
+    hub.save_checkpoint(own, tmp_path / "own.safetensors")
+    with default_dtype(torch.float64):
+        for build in (lambda: build_codec(own.config), own.unfrozen_copy,
+                      lambda: hub.load_checkpoint(tmp_path / "own.safetensors")):
+            assert build().dtype == torch.float32
+            assert torch.get_default_dtype() == torch.float64
+    assert torch.get_default_dtype() == torch.float32
+
+
+def test_codec_builds_in_two_threads_take_turns():
+    # under a float64 default, a build in another thread that began while this one had switched to float32 would see
+    # float32, leave it, and be half built in float64 once this one switched back: it waits for this one instead
+    entered = threading.Event()
+
+    def other_build():
+        with codec_build_defaults():
+            entered.set()
+
+    with default_dtype(torch.float64):
+        with codec_build_defaults():
+            thread = threading.Thread(target=other_build)
+            thread.start()
+            assert not entered.wait(0.3)
+            assert torch.get_default_dtype() == torch.float32
+        thread.join(30)
+        assert entered.is_set() and torch.get_default_dtype() == torch.float64
+
+
+def test_a_codec_built_inside_a_codec_build_is_built():
+    # a codec class of one's own may build its parts with build_codec (or hub.load) in its constructor, which
+    # unfrozen_copy and load_checkpoint run inside codec_build_defaults: the inner build must not wait for the outer
+    config, built = tiny_glow().config, []
+
+    def nested_build():
+        with codec_build_defaults():
+            built.append(build_codec(config))
+
+    thread = threading.Thread(target=nested_build, daemon=True)  # a deadlock would leave it waiting, not the tests
+    thread.start()
+    thread.join(20)
+    assert len(built) == 1 and built[0].config == config
 
 
 @UNTRAINED_CODEC_EXPECTED
@@ -165,9 +248,10 @@ def test_train_codec_trains_in_float32_whatever_the_default_dtype(tmp_path, kind
     # check
     x = torch.rand(24, 1, 8, 8, generator=torch.Generator().manual_seed(0))  # float32, made before the change
     settings = dict(name="c", config=config, max_steps=3, batch_size=8, warmup_steps=0, progress=False, flips=True)
-    train_codec(kind, x, tmp_path / "float32", **settings)
+    expected = train_codec(kind, x, tmp_path / "float32", **settings)
     with default_dtype(dtype):
-        train_codec(kind, x, tmp_path / "other", **settings)
+        got = train_codec(kind, x, tmp_path / "other", **settings)
+    assert got["metrics"] == expected["metrics"]  # the flow's dequantisation noise drawn in float32 too
     a, b = (hub.load_checkpoint(tmp_path / run / "c.safetensors") for run in ("float32", "other"))
     assert b.dtype == torch.float32
     assert all(torch.equal(t, b.state_dict()[k]) for k, t in a.state_dict().items())

@@ -660,3 +660,17 @@ def test_name_dtype_clash_names_only_a_type_error_between_a_float_parameter_and_
     assert name_dtype_clash(clash, Counted(), x.double(), "Who") is None  # the same dtype: not the clash
     assert name_dtype_clash(RuntimeError("mat1 and mat2 shapes cannot be multiplied"), Counted(), x, "Who") is None
     assert name_dtype_clash(clash, torch.nn.ReLU(), x, "Who") is None  # no float parameter to name
+
+
+def test_state_mismatch_counts_each_kind_and_names_its_first_two():
+    """How another state differs, in one line: counts, the first two keys of each kind ('; N more' only when some are
+    left out); a value that is not a tensor is not given a shape (torch's load_state_dict names its type)."""
+    from latent_transforms.validation import state_mismatch
+
+    expected = {k: torch.zeros(n) for n, k in enumerate("abcde", start=1)}
+    assert state_mismatch(expected, dict(expected)) == ""
+    assert state_mismatch(expected, {"a": [1.0], "b": torch.zeros(7), "x": torch.zeros(1), "y": 0.5}) == (
+        "3 keys missing (c; d; 1 more), 2 keys unexpected (x; y), 1 key of another shape (b: (7,) given, (2,) "
+        "expected)")
+    assert state_mismatch(expected, {"a": torch.zeros(1), "b": torch.zeros(2), "c": torch.zeros(3)}) == \
+        "2 keys missing (d; e)"

@@ -61,7 +61,10 @@ class SyncFreeActNorm(nf.flows.ActNorm):
     def _affine(self, direction: str, z):
         if self.checked:  # the plain affine map, no buffer read
             return getattr(nf.flows.AffineConstFlow, direction)(self, z)
+        flag = self.data_dep_init_done
         out = getattr(nf.flows.ActNorm, direction)(self, z)
+        if self.data_dep_init_done is not flag:  # normflows' torch.tensor(1.0): torch's default dtype and device
+            self.data_dep_init_done = flag.fill_(1.0)
         self.checked = True
         return out
 
