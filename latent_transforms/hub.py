@@ -52,6 +52,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
 
+from .torch_defaults import cpu_as_default_device
 from .validation import MissingFileError, WrongTypeError, bad_option, check_bool, resolve_device, state_mismatch
 
 if TYPE_CHECKING:
@@ -239,8 +240,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
 
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     """``(metadata, tensors)`` of a safetensors file, on the CPU; raises ``SafetensorError`` if it is not one."""
-    # torch.device: with torch 2.4 and safetensors 0.4, get_tensor made the tensors on torch's default device
-    with torch.device("cpu"), safe_open(str(path), framework="pt", device="cpu") as f:
+    # with torch 2.4 and safetensors 0.4, get_tensor made the tensors on torch's default device
+    with cpu_as_default_device(), safe_open(str(path), framework="pt", device="cpu") as f:
         return f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
 
 

@@ -37,6 +37,7 @@ from .data import DEFAULT_DATA_ROOT, SPLIT_SPECS
 from .modelutils import describe_device, threads_for_this_cpu
 from .pixel_shift import random_shift_flip
 from .progress import progress_bar
+from .torch_defaults import cpu_as_default_device
 from .validation import (POSITIVE_FLOAT, POSITIVE_INT, MissingFileError, check_bool, check_count, check_images,
                          check_number, option, resolve_device)
 
@@ -399,16 +400,6 @@ def _upscale(x: torch.Tensor, min_side: int = 32) -> torch.Tensor:
     return torch.nn.functional.interpolate(x, scale_factor=factor, mode="nearest") if factor > 1 else x
 
 
-def _cpu_as_default_device() -> contextlib.AbstractContextManager:
-    """The CPU as torch's default device while an optimizer steps, where another is set: Adamax makes its step
-    counters on the default device (Adam on the CPU, deliberately), and under "meta" its step() failed ("Tensor.item()
-    cannot be called on meta tensors"). Nothing where the default is the CPU: the device mode would intercept every
-    op of every step."""
-    # torch.empty's device, not torch.get_default_device(): torch 2.4's raised AttributeError once a default device
-    # had been set and unset (set_default_device(None))
-    return contextlib.nullcontext() if torch.empty(0).device.type == "cpu" else torch.device("cpu")
-
-
 def _spread(n: int, k: int) -> torch.Tensor:
     """``min(n, k)`` positions spread evenly over ``range(n)``, first and last included."""
     return torch.linspace(0, n - 1, min(n, k), dtype=torch.float64, device="cpu").round().long()
@@ -740,7 +731,7 @@ class _TrainingRun:
         norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip) if self.grad_clip is not None else \
             total_norm(p.grad for p in params if p.grad is not None)
         if torch.isfinite(loss) & torch.isfinite(norm):  # one host sync
-            with _cpu_as_default_device():  # Adamax makes its step counters on torch's default device
+            with cpu_as_default_device():  # Adamax (and torch 2.4's Adam) make step counters on the default device
                 self.optimizer.step()
             if self.ema is not None:
                 self.ema.update(self.codec)

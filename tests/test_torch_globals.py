@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from latent_transforms import (ISDA, Compose, LatentAdversarial, LatentCache, LatentMixupInference, LatentNoise,
                                VarMixup, hub)
 from latent_transforms.codecs import ConvVAE, build_codec
-from latent_transforms.codecs.base import codec_build_defaults
+from latent_transforms.torch_defaults import codec_build_defaults
 from latent_transforms.data import low_data_split
 from latent_transforms.evaluation import fit_classifier, predict_proba
 from latent_transforms.rng import sample_beta

@@ -8,7 +8,8 @@ from typing import Any
 from torch import nn
 
 from ..validation import WrongTypeError
-from .base import OWN_CODEC_DOCS, Codec, Latents, codec_build_defaults, exact_math, flatten_latents, unflatten_latents
+from ..torch_defaults import codec_build_defaults
+from .base import OWN_CODEC_DOCS, Codec, Latents, exact_math, flatten_latents, unflatten_latents
 from .glow import Glow
 from .vae import ConvVAE
 

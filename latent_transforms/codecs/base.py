@@ -1,50 +1,24 @@
 """The codec interface: images in [0, 1] <-> a list of standardised latents."""
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import json
 import math
-import threading
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from ..casts import without_16_bit_casts
 from ..rng import draw_generator
+from ..torch_defaults import codec_build_defaults
 from ..validation import (WrongTypeError, bad_option, check_bool, check_count, check_images, check_number,
                           check_same_device, describe, is_int, scalar, state_mismatch)
 from .precision import exact_math
 
 Latents = list[torch.Tensor]  # per-level latents, each (B, *shape); coarsest first for multi-scale flows
 OWN_CODEC_DOCS = "docs/training.md#your-own-model-as-a-codec"
-_DEFAULT_DTYPE_LOCK = threading.RLock()  # torch's default dtype is process-wide: one codec build sets it at a time
-
-
-@contextlib.contextmanager
-def codec_build_defaults() -> Iterator[None]:
-    """While a codec is built (``build_codec``, ``hub.load``, ``unfrozen_copy``): new tensors are float32, on the
-    CPU and normal ones, whatever the caller set. Under ``torch.set_default_dtype(torch.bfloat16)`` (or float16) a
-    Glow could not be built (normflows' init takes a QR decomposition, which has no 16-bit CPU kernel) and a VAE was
-    built in 16 bits (``train_codec`` then refused it); under float64 a codec was built, and trained, in float64.
-    Under ``torch.set_default_device("meta")`` the weights were made on the meta device, where a checkpoint's values
-    are lost (under "cuda", on the GPU, then copied to the CPU). Inside ``torch.inference_mode()`` they were
-    inference tensors, whose version a Glow's folded fast path cannot read. The default dtype is process-wide: it
-    is float32 for every thread while a codec is being built (milliseconds), then set back."""
-    with _DEFAULT_DTYPE_LOCK, torch.device("cpu"), torch.inference_mode(False):
-        dtype = torch.get_default_dtype()
-        if dtype == torch.float32:  # the usual case: nothing process-wide to switch
-            yield
-            return
-        torch.set_default_dtype(torch.float32)
-        try:
-            yield
-        finally:
-            torch.set_default_dtype(dtype)
-
-
 def flatten_latents(z: Latents) -> torch.Tensor:
     """Per-level latents -> (B, D)."""
     return torch.cat([t.flatten(1) for t in z], dim=1)

@@ -1,0 +1,41 @@
+"""Torch's process-wide defaults (default device and dtype, inference mode) that the library's own tensors must not
+follow: a training script may have set them for its own code (docs/reliability.md, "Torch's global settings")."""
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Iterator
+
+import torch
+
+_DEFAULT_DTYPE_LOCK = threading.RLock()  # torch's default dtype is process-wide: one codec build sets it at a time
+
+
+def cpu_as_default_device() -> contextlib.AbstractContextManager:
+    """The CPU as torch's default device for the block, where another is set (``torch.set_default_device``); nothing
+    where it is the CPU already, as the device mode would intercept every op of the block."""
+    # torch.empty's device, not torch.get_default_device(): torch 2.4's raised AttributeError once a default device
+    # had been set and unset (set_default_device(None))
+    return contextlib.nullcontext() if torch.empty(0).device.type == "cpu" else torch.device("cpu")
+
+
+@contextlib.contextmanager
+def codec_build_defaults() -> Iterator[None]:
+    """While a codec is built (``build_codec``, ``hub.load``, ``unfrozen_copy``): new tensors are float32, on the
+    CPU and normal ones, whatever the caller set. Under ``torch.set_default_dtype(torch.bfloat16)`` (or float16) a
+    Glow could not be built (normflows' init takes a QR decomposition, which has no 16-bit CPU kernel) and a VAE was
+    built in 16 bits (``train_codec`` then refused it); under float64 a codec was built, and trained, in float64.
+    Under ``torch.set_default_device("meta")`` the weights were made on the meta device, where a checkpoint's values
+    are lost (under "cuda", on the GPU, then copied to the CPU). Inside ``torch.inference_mode()`` they were
+    inference tensors, whose version a Glow's folded fast path cannot read. The default dtype is process-wide: it
+    is float32 for every thread while a codec is being built (milliseconds), then set back."""
+    with _DEFAULT_DTYPE_LOCK, cpu_as_default_device(), torch.inference_mode(False):
+        dtype = torch.get_default_dtype()
+        if dtype == torch.float32:  # the usual case: nothing process-wide to switch
+            yield
+            return
+        torch.set_default_dtype(torch.float32)
+        try:
+            yield
+        finally:
+            torch.set_default_dtype(dtype)
