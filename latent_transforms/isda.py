@@ -469,6 +469,10 @@ class ISDA(_ISDAState, LatentTransform):
         """Remove a pending (not yet fired) augmentation from ``model``'s classifier, if any."""
         _disarm(self.find_layer(model)[1])
 
+    if TYPE_CHECKING:  # its own call: labels required, no params= (it replays nothing), not the base class's
+        def __call__(self, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None = None,  # type: ignore[override]
+                     index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]: ...
+
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, model: nn.Module | None = None,
                 index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Validate (``y=None`` is refused: ISDA needs class indices), arm the hook when both ISDA and the model

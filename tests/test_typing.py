@@ -47,6 +47,7 @@ def one_line(t: LatentNoise, v: VarMixup, i: ISDA, c: Compose, x: torch.Tensor, 
     assert_type(y2, torch.Tensor)
     assert_type(v(x, y), tuple[torch.Tensor, torch.Tensor])
     assert_type(i(x, y, model), tuple[torch.Tensor, torch.Tensor])
+    i(x, y, model, params=t.last_params)  # type: ignore[call-arg]  # ISDA replays nothing: no params=
     assert_type(t(x), tuple[torch.Tensor, None])
     assert_type(t(x, None, model), tuple[torch.Tensor, None])
     assert_type(t(x, maybe, model, params=t.last_params), tuple[torch.Tensor, torch.Tensor | None])
