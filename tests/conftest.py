@@ -1,3 +1,4 @@
+import contextlib
 import os
 import sys
 import warnings
@@ -199,3 +200,24 @@ def net():
 def batch():
     g = torch.Generator().manual_seed(0)
     return torch.rand(12, 1, 8, 8, generator=g), torch.randint(0, 10, (12,), generator=g)
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype):
+    """torch's default dtype set to ``dtype`` for the block, as a training script may set it for the process."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
+
+@contextlib.contextmanager
+def default_device(device: str):
+    """torch's default device set to ``device`` for the block (a "meta" left over, say)."""
+    torch.set_default_device(device)
+    try:
+        yield
+    finally:
+        torch.set_default_device(None)

@@ -1068,14 +1068,10 @@ def test_a_codecs_dtype_is_its_parameters_else_its_first_float_buffers_and_decod
 
 
 # -- loading another codec's state ------------------------------------------------------------------
-def _state_of(module: nn.Module) -> dict:
-    return {k: v.clone() for k, v in module.state_dict().items()}
-
-
 def test_a_transform_refuses_another_codecs_state_in_a_few_lines_and_loads_nothing():
     t = LatentNoise(tiny_glow(0, levels=2))
     other = LatentNoise(tiny_glow(1, shape=(3, 8, 8), levels=1))
-    before = _state_of(t)
+    before = {k: v.clone() for k, v in t.state_dict().items()}
     with pytest.raises(RuntimeError, match=r"the weights of LatentNoise's codec \(keys codec\.\*\) do not fit this "
                                            r"Glow \(image_shape=\(1, 8, 8\), levels=2.* keys missing \(codec\.flow\."
                                            r".* keys of another shape \(codec\.flow\.q0\.0\.loc: \(1, 12, 4, 4\) given, "

@@ -1814,13 +1814,10 @@ def test_register_refuses_flags_that_are_not_bools(env):
 def test_a_codec_loaded_under_another_default_dtype_is_float32(monkeypatch, name, dtype):
     # float64: it was built with float64 weights, and hub.load cached that copy for every later call; 16 bits: a
     # Glow could not be built at all ("geqrf_cpu" not implemented for 'BFloat16', in normflows' init)
+    from conftest import default_dtype
     monkeypatch.setattr(hub, "_loaded", {})
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
+    with default_dtype(dtype):
         first = hub.load(name)
-    finally:
-        torch.set_default_dtype(before)
     later = hub.load(name)
     for codec in (first, later):
         assert {t.dtype for t in [*codec.parameters(), *codec.buffers()] if t.is_floating_point()} == {torch.float32}

@@ -20,29 +20,10 @@ from latent_transforms.evaluation import fit_classifier, predict_proba
 from latent_transforms.rng import sample_beta
 from latent_transforms.train import train_codec
 
-from conftest import TinyNet, tiny_glow
+from conftest import TinyNet, default_device, default_dtype, tiny_glow
 
 # a few training steps make a codec that train_codec warns about (posterior collapse, no better than noise)
 UNTRAINED_CODEC_EXPECTED = pytest.mark.filterwarnings("ignore:.*safetensors. the (VAE|flow):UserWarning")
-
-
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype):
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(before)
-
-
-@contextlib.contextmanager
-def default_device(device: str):
-    torch.set_default_device(device)
-    try:
-        yield
-    finally:
-        torch.set_default_device(None)
 
 
 @pytest.fixture(scope="module")
