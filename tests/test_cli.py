@@ -560,9 +560,9 @@ def test_train_tiny_flow_writes_a_loadable_checkpoint(tmp_path, capsys):
     assert codec.kind == "glow" and codec.config == report["config"]
 
 
-def test_module_entry_point_runs():
-    r = subprocess.run([sys.executable, "-m", "latent_transforms.cli", "--version"], capture_output=True, text=True,
-                       timeout=120)
+@pytest.mark.parametrize("module", ["latent_transforms.cli", "latent_transforms"])  # the second: a user's guess
+def test_module_entry_point_runs(module):
+    r = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == f"{PROG} {__version__}"
 
