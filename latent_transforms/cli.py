@@ -11,9 +11,8 @@ import os
 import sys
 import warnings
 
-import torch
-
 from . import __version__, demo, hub, train
+from .validation import is_out_of_memory
 
 PROG = "latent-transforms"
 
@@ -126,11 +125,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _out_of_memory(e: RuntimeError) -> bool:
-    """Whether ``e`` is an allocation failure: a device's ``OutOfMemoryError`` or the CPU allocator's error."""
-    return isinstance(e, torch.cuda.OutOfMemoryError) or "can't allocate memory" in str(e)
-
-
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     print(f"{PROG}: warning: {message}", file=sys.stderr if file is None else file)
 
@@ -168,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     except RuntimeError as e:  # only out of memory: any other is a bug, and its traceback is wanted
-        if not _out_of_memory(e):
+        if not is_out_of_memory(e):
             raise
         print(f"{PROG}: error: out of memory ({' '.join(str(e).split())}); with `train`, try a smaller --batch-size "
               f"or --hidden", file=sys.stderr)

@@ -36,6 +36,15 @@ def bad_option(message: str, *, right_type: bool) -> ValueError:
     return (ValueError if right_type else WrongTypeError)(message)
 
 
+# torch.OutOfMemoryError from torch 2.5 on, the device-neutral name of torch.cuda.OutOfMemoryError (torch 2.4's only)
+OutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is an allocation failure: a device's ``OutOfMemoryError`` or the CPU allocator's error."""
+    return isinstance(e, OutOfMemoryError) or "can't allocate memory" in str(e)
+
+
 def is_sequence(value: object) -> bool:
     """Whether ``value`` is a list of items: a ``list``, a ``tuple`` or any other non-string sequence, such as the
     ``ListConfig`` that Hydra's ``instantiate`` passes for a YAML list (``levels: [0]``)."""

@@ -7,10 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from latent_transforms import LatentNoise
+from latent_transforms import LatentNoise, feature_covariance
 from latent_transforms.feature_covariance import FeatureCovariance
 from latent_transforms.isda import ISDA, ISDALoss, isda_logits
+from latent_transforms.validation import OutOfMemoryError
 
 from contract import assert_model_unchanged, check_transform_contract, model_state
 from conftest import STRENGTH_ZERO_EXPECTED, ClassifierWithItsAugmentation, TinyNet, tiny_vae
@@ -111,6 +114,41 @@ def test_table_and_per_sample_paths_agree(covariance):
     got = isda_logits(logits[:3], weight, y[:3], cov, lam)
     assert torch.equal(got[0], logits[0]) and torch.equal(got[2], logits[2])
     assert torch.allclose(got[1], augmented_by_loops(logits[1:2], weight, y[1:2], cov, 0.3)[0], atol=1e-10)
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the number of elements of the largest tensor any op makes (autograd's backward included)."""
+
+    numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.numel = max([self.numel] + [t.numel() for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)])
+        return out
+
+
+@pytest.mark.parametrize("n", [8, 40])  # fewer samples than classes, and more
+def test_the_diagonal_correction_never_forms_n_x_c_x_a_and_keeps_its_digits_under_a_common_offset(n):
+    """The diagonal correction (the official ImageNet setting) took 3 N C A numbers, 6.3 GB for N = 256, C = 1000,
+    A = 2048 (2 GB more peak RSS and 6.4 s a step on a CPU at A = 512): now matrix products of (N, A) and (C, A)
+    rows. The weights are centred first: expanded as it is, a common offset of 100 would cost ~1e-3 of the
+    correction in float32."""
+    g = torch.Generator().manual_seed(4)
+    c, a = 16, 32
+    weight = (100 + torch.rand(c, a, generator=g)).requires_grad_()
+    cov = torch.rand(c, a, generator=g)
+    y = torch.arange(n) % c
+    logits = torch.zeros(n, c, requires_grad=True)
+    with LargestTensor() as largest:
+        got = isda_logits(logits, weight, y, cov, 0.6)
+        got.square().sum().backward()
+    assert largest.numel <= max(n, c) * a < n * c * a
+    expected = augmented_by_loops(logits.detach().double(), weight.detach().double(), y, cov.double(), 0.6)
+    torch.testing.assert_close(got.detach().double(), expected, rtol=1e-6, atol=1e-6)
+    assert torch.equal(got.gather(1, y[:, None]), torch.zeros(n, 1))  # 0 for the true class, whatever the rounding
+    w64 = weight.detach().double().requires_grad_()  # the gradient reaches the weight as the formula's does
+    augmented_by_loops(torch.zeros(n, c, dtype=torch.float64), w64, y, cov.double(), 0.6).square().sum().backward()
+    torch.testing.assert_close(weight.grad.double(), w64.grad, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("lam", [1.0, 0.0])  # lam 0 (the first epoch) returned the logits unchecked
@@ -296,6 +334,59 @@ def test_features_narrower_than_the_statistics_are_refused_not_broadcast():
     with pytest.raises(ValueError, match=r"features have dimension 1, the statistics 2"):
         est.update(torch.ones(4, 1), torch.zeros(4, dtype=torch.int64))
     assert est.count.tolist() == [0, 0, 0] and not est.mean.any()
+
+
+@pytest.mark.parametrize("sizing", ["eager", "lazy", "ISDALoss"])
+def test_a_full_covariance_beyond_the_devices_memory_is_refused_before_allocating(monkeypatch, sizing):
+    """ImageNet's 1000 classes x 2048 ResNet-50 features take 16.8 GB of full covariances, and each update as much
+    again: torch's "can't allocate memory: you tried to allocate 16777216000 bytes" named neither ISDA nor the fix,
+    and a CPU update that fit the RAM once but not twice could be ended by the OOM killer. Checked on the sizes
+    alone (a 20 GB device here), nothing allocated."""
+    monkeypatch.setattr(feature_covariance, "device_memory", lambda device: 20 * 10**9)
+    figures = (r"1000 classes and 2048 features holds 1000 x 2048 x 2048 float32 numbers, 16\.8 GB, and each update "
+               r"needs as much again.*covariance=\"diagonal\" \(1000 x 2048 numbers, 8\.2 MB.*33\.6 GB in all, more "
+               r"than the 20\.0 GB of cpu")
+    features, y, loss = torch.zeros(2, 2048), torch.tensor([0, 1]), ISDALoss(1000)
+    loss.set_progress(0.5)
+    with pytest.raises(OutOfMemoryError, match=figures):
+        if sizing == "eager":
+            FeatureCovariance(1000, 2048)
+        elif sizing == "lazy":
+            FeatureCovariance(1000).update(features, y)
+        else:
+            loss(features, nn.Linear(2048, 1000), y)
+    assert FeatureCovariance(1000, 2048, covariance="diagonal").cov.shape == (1000, 2048)  # the fix: 8.2 MB
+
+
+def test_a_full_covariance_update_beyond_the_devices_memory_is_refused_before_merging(monkeypatch):
+    """Statistics that fit but an update that does not (its batch covariance, K A A, and the spread of the batch's
+    centred features, N K A): refused before merging, naming the batch; the statistics are left as they were."""
+    monkeypatch.setattr(feature_covariance, "device_memory", lambda device: 10**6)
+    est = FeatureCovariance(10, 64)  # 2 x 10 x 64 x 64 float32 numbers: 0.33 MB
+    est.update(torch.randn(5, 64), torch.arange(5))
+    before = {name: b.clone() for name, b in est.named_buffers()}
+    with pytest.raises(OutOfMemoryError, match=r"0\.0 GB for a batch of 1000: use covariance=\"diagonal\""):
+        est.update(torch.randn(1000, 64), torch.arange(1000) % 10)  # + 1000 x 10 x 64: 2.9 MB in all
+    assert all(torch.equal(b, before[name]) for name, b in est.named_buffers())
+
+
+def test_a_failed_full_covariance_allocation_names_the_figures_and_leaves_the_estimator_unsized(monkeypatch):
+    """Where the device's memory is unknown (or taken by the model), torch's allocation failure is reported with the
+    figures and the fix; the means allocated before the failed covariance used to stay, a half-sized estimator."""
+    monkeypatch.setattr(feature_covariance, "device_memory", lambda device: None)
+    est = FeatureCovariance(10)
+    # 10 x 2**22 x 2**22 float32 numbers: 7e14 bytes, beyond any address space, so torch fails at once
+    with pytest.raises(OutOfMemoryError, match=r"703687\.4 GB.*diagonal.*Out of memory on cpu: .*can't allocate"):
+        est.update(torch.zeros(2, 2**22), torch.tensor([0, 1]))
+    assert est.mean is None and est.cov is None and est.count is None
+    est = FeatureCovariance(10, 4)
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1000 bytes")
+
+    monkeypatch.setattr(feature_covariance.F, "one_hot", out_of_memory)  # in the update's merge
+    with pytest.raises(OutOfMemoryError, match=r"for a batch of 2: use covariance=\"diagonal\".*1000 bytes"):
+        est.update(torch.zeros(2, 4), torch.tensor([0, 1]))
 
 
 def test_estimator_checks_and_lazy_state_dict():
