@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, TensorDataset
+from tqdm import tqdm
 
 from common import add_data_args, add_width_arg, count_correct, example_data, pick_device
 from latent_transforms import ISDA
@@ -64,7 +65,7 @@ def main() -> None:
         isda.set_epoch(epoch, args.epochs)             # lambda = lambda0 * epoch / epochs (0 in the first epoch)
         model.train()
         start, total, seen = time.perf_counter(), 0.0, 0
-        for x, y in loader:
+        for x, y in tqdm(loader, f"epoch {epoch + 1}/{args.epochs}", leave=False):   # a bar on stderr
             x, y = x.to(device), y.to(device)
             x = torch.where(torch.rand(len(x), 1, 1, 1, device=device) < 0.5, x.flip(-1), x)   # flips
             x, y = isda(x, y, model)                    # <- the one line (x, y unchanged; arms the next forward)

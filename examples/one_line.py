@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
+from tqdm import tqdm
 
 from common import add_data_args, add_width_arg, count_correct, example_data, load_codec, pick_device, tiny_glow
 from latent_transforms import LatentAdversarial, LatentNoise
@@ -85,7 +86,7 @@ def main() -> None:
     for epoch in range(args.epochs):
         model.train()
         start, total, seen = time.perf_counter(), 0.0, 0
-        for x, y in loader:
+        for x, y in tqdm(loader, f"epoch {epoch + 1}/{args.epochs}", leave=False):   # a bar on stderr
             x, y = x.to(device), y.to(device)
             if augment is not None:
                 x, y = augment(x, y, model)                     # <- the one line
