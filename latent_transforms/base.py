@@ -116,8 +116,8 @@ class LatentTransform(SampleStats, nn.Module):
           ``t(x, y, model, params=t.last_params)`` applies the same draws again (to another view of the same batch,
           say) without drawing: the same output for a method whose result depends on its draws and inputs alone.
           Replayed draws are checked (rows, trailing shape, dtype, device; those of ``index_params`` as indices in
-          ``[0, N)``), and so is ``batch_size`` where given (a tensor or an int). ISDA, which changes neither x nor
-          y, has neither.
+          ``[0, N)``, those of ``weight_params`` as weights in ``[0, 1]``), and so is ``batch_size`` where given (a
+          tensor or an int). ISDA, which changes neither x nor y, has neither.
 
     Subclasses set ``needs_model``/``mixes_labels`` (``needs_labels`` follows ``mixes_labels``; override it with a
     class attribute or a property) and implement ``make_params(n, generator, device)``, every random draw for
@@ -129,6 +129,7 @@ class LatentTransform(SampleStats, nn.Module):
     needs_model: bool = False
     mixes_labels: bool = False
     index_params: tuple[str, ...] = ()  # draws that are indices among the selected samples
+    weight_params: tuple[str, ...] = ()  # draws that are weights in [0, 1] (VarMixup's lam: past them, negative labels)
     accepted_labels: str = "(B,) int64 class indices or (B, K) soft labels"  # named when y=None is refused
 
     def __init__(self, *, p: float = 1.0, generator: torch.Generator | int | None = None, num_classes: int | None = None):
@@ -236,7 +237,8 @@ class LatentTransform(SampleStats, nn.Module):
 
     def _given_draws(self, params: dict, n: int, device: torch.device) -> dict[str, torch.Tensor]:
         """The draws of ``params`` that ``make_params`` would make, checked against a draw for no sample: n rows
-        each, the same trailing shape and dtype, on ``device``; those of ``index_params`` indices in ``[0, n)``."""
+        each, the same trailing shape and dtype, on ``device``; those of ``index_params`` indices in ``[0, n)``, those
+        of ``weight_params`` weights in ``[0, 1]``."""
         if n == 0:
             return {}
         templates = self._param_templates()
@@ -249,11 +251,13 @@ class LatentTransform(SampleStats, nn.Module):
             if given.shape[1:] != template.shape[1:] or given.dtype != template.dtype or given.device != device:
                 raise ValueError(f"params[{k!r}] must be {(n, *template.shape[1:])} "
                                  f"{template.dtype} on {device}, got {describe(given)} on {given.device}")
-            if k in self.index_params:
+            if k in self.index_params or k in self.weight_params:
                 lo, hi = torch.stack([given.min(), given.max()]).tolist()
-                if lo < 0 or hi >= n:
+                if k in self.index_params and (lo < 0 or hi >= n):
                     raise ValueError(f"params[{k!r}] must be indices in [0, {n}) among the selected samples, got "
                                      f"{lo}..{hi}")
+                if k in self.weight_params and not 0 <= lo <= hi <= 1:  # NaN fails too
+                    raise ValueError(f"params[{k!r}] must be weights in [0, 1], got {lo:.4g}..{hi:.4g}")
         return {k: params[k] for k in templates}
 
     def _param_templates(self) -> dict[str, torch.Tensor]:

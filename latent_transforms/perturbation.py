@@ -20,8 +20,8 @@ def project(d: torch.Tensor, eps: float, norm: str | None) -> torch.Tensor:
     """d: (B, D) -> its projection onto the eps-ball of ``norm`` (None: no projection)."""
     if norm == "l2":
         return d / (_l2(d) / eps).clamp_min(1.0) if eps > 0 else torch.zeros_like(d)
-    if norm == "linf":
-        return d.clamp(-eps, eps)
+    if norm == "linf":  # an eps past the dtype's range (1e300 for float32) bounds nothing: torch refuses to clamp to it
+        return d.clamp(-eps, eps) if eps <= torch.finfo(d.dtype).max else d
     return d
 
 

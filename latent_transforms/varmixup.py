@@ -65,6 +65,7 @@ class VarMixup(CodecTransform):
 
     mixes_labels = True
     index_params = ("partner",)
+    weight_params = ("lam",)
 
     def __init__(self, codec: Codec | str = "vae-cifar10", alpha: float = 1.0, *, num_classes: int | None = None,
                  posterior: str = "mean", per_sample: bool = True, keep_detail: bool = True,

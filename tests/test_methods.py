@@ -935,6 +935,21 @@ def test_replayed_draws_are_checked_and_a_failed_call_keeps_the_last_params():
     assert a.last_params.keys() == before.keys() and all(a.last_params[k] is before[k] for k in before)
 
 
+def test_replayed_mixing_weights_outside_zero_one_are_refused():
+    # found by fuzzing (audit 163): VarMixup took params["lam"] of 1.5 (or -0.2) and returned soft labels with
+    # entries of -0.5 (rows still summing to 1), which no label check catches afterwards; a NaN weight rejected every
+    # sample silently
+    x, y = torch.rand(4, 1, 8, 8), torch.arange(4)
+    t = VarMixup(tiny_vae(), num_classes=10, p=1.0, generator=0)
+    t(x, y)
+    good = {k: v.clone() for k, v in t.last_params.items()}
+    for lam, shown in ((1.5, "1.5..1.5"), (-0.2, "-0.2..-0.2"), (float("nan"), "nan..nan")):
+        with pytest.raises(ValueError, match=rf"params\['lam'\] must be weights in \[0, 1\], got {shown}$"):
+            t(x, y, params={**good, "lam": torch.full((4,), lam)})
+    edges = {**good, "lam": torch.tensor([0.0, 1.0, 0.5, 1.0])}  # the ends are weights too
+    assert t(x, y, params=edges)[1].min() >= 0
+
+
 def test_a_thread_sharing_the_transform_never_mixes_its_params_with_anothers():
     # LatentAdversarial wrote its delta into whatever last_params was current when its attack ended: a call of 2
     # samples paused in the model while another of 5 ran left batch_size 5 with a (2, D) delta, which a replay took

@@ -1,7 +1,10 @@
 import pytest
 import torch
 
+from latent_transforms import LatentAdversarial, LatentNoise
 from latent_transforms.perturbation import ascent_direction, check_norm, project, random_perturbation, random_start
+
+from conftest import TinyNet, tiny_glow
 
 
 def test_project_l2_keeps_points_inside_the_ball_and_scales_the_others_onto_the_sphere():
@@ -17,6 +20,21 @@ def test_project_linf_clamps_each_coordinate_and_none_is_the_identity():
     d = torch.tensor([[0.3, -2.0, 5.0, -0.1]])
     assert torch.equal(project(d, 1.0, "linf"), torch.tensor([[0.3, -1.0, 1.0, -0.1]]))
     assert torch.equal(project(d, 1.0, None), d)
+
+
+def test_an_linf_ball_wider_than_the_dtype_can_hold_bounds_nothing():
+    # found by fuzzing (audit 163): LatentNoise(codec, eps=1e300, norm="linf") and LatentAdversarial's random start
+    # raised torch's "value cannot be converted to type float without overflow" from the clamp (a check_number-valid
+    # eps; "l2" and None took it, their samples rejected as implausible)
+    d = torch.tensor([[0.3, -2.0, float("inf")]])
+    assert torch.equal(project(d, 1e300, "linf"), d)
+    wide = torch.tensor([[0.3, -2.0, float("inf")]], dtype=torch.float64)  # in float64's range: clamped to it
+    assert torch.equal(project(wide, 1e300, "linf"), torch.tensor([[0.3, -2.0, 1e300]], dtype=torch.float64))
+    x, y = torch.rand(4, 1, 8, 8), torch.arange(4)
+    for t, args in ((LatentNoise(tiny_glow(), eps=1e300, norm="linf", generator=0), ()),
+                    (LatentAdversarial(tiny_glow(), eps=1e300, norm="linf", generator=0), (TinyNet(),))):
+        x2, y2 = t(x, y, *args)
+        assert torch.equal(x2, x) and y2 is y and t.stats["rejected"] == 4  # decoded from inf: each sample its input
 
 
 def test_ascent_direction_is_the_steepest_ascent_step():

@@ -113,6 +113,41 @@ def test_fuzz_validation_raises_only_documented_errors(arr, labels):
         assert str(e)
 
 
+LAYOUTS = {"contiguous": lambda x: x, "channels_last": lambda x: x.contiguous(memory_format=torch.channels_last),
+           "expanded": lambda x: x[:1].expand_as(x), "strided": lambda x: torch.cat([x, x], 3)[..., ::2],
+           "transposed": lambda x: x.transpose(2, 3).contiguous().transpose(2, 3)}
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(batch=st.sampled_from([0, 1, 3]), dtype=st.sampled_from([torch.float16, torch.bfloat16, torch.float32,
+                                                                 torch.float64]),
+       values=st.sampled_from(["rand", "zeros", "ones", "-0.0", "binary", "1 + tol"]),
+       layout=st.sampled_from(sorted(LAYOUTS)), soft=st.booleans(), name=st.sampled_from(["LatentNoise", "VarMixup"]))
+def test_any_valid_batch_gives_a_valid_result_and_keeps_its_input(batch, dtype, values, layout, soft, name):
+    """Audit 163's fuzzing, kept small: valid images of every float dtype, memory layout (an expanded one has stride
+    0) and edge value, with class-index or soft labels, give x's shape, dtype and device, values in [0, 1] (the
+    input check's tolerance for samples passed through), valid labels, and leave x and y as they were."""
+    g = torch.Generator().manual_seed(batch)
+    x = {"rand": torch.rand(batch, 1, 8, 8, generator=g), "zeros": torch.zeros(batch, 1, 8, 8),
+         "ones": torch.ones(batch, 1, 8, 8), "-0.0": torch.full((batch, 1, 8, 8), -0.0),
+         "binary": torch.rand(batch, 1, 8, 8, generator=g).round(),
+         "1 + tol": torch.rand(batch, 1, 8, 8, generator=g).clamp(max=1.0009)}[values].to(dtype)
+    x = LAYOUTS[layout](x)
+    y = torch.softmax(torch.randn(batch, 10, generator=g), 1) if soft else torch.randint(0, 10, (batch,), generator=g)
+    x0, y0 = x.clone(), y.clone()
+    make = {"LatentNoise": lambda: LatentNoise(GLOW, eps=2.0, p=0.5, generator=0),
+            "VarMixup": lambda: VarMixup(VAE, num_classes=10, p=0.5, generator=0)}[name]
+    x2, y2 = make()(x, y)
+    assert (x2.shape, x2.dtype, x2.device) == (x.shape, x.dtype, x.device)
+    assert torch.isfinite(x2).all() and ((x2.double() >= -1e-3) & (x2.double() <= 1 + 1e-3)).all()
+    if name == "VarMixup":
+        assert y2.shape == (batch, 10) and (y2 >= 0).all()
+        assert torch.allclose(y2.double().sum(1), torch.ones(batch, dtype=torch.float64), atol=1e-3)
+    else:
+        assert y2 is y
+    assert torch.equal(x, x0) and torch.equal(y, y0)
+
+
 def test_a_negative_index_without_a_cache_to_bound_it_names_no_range():
     """Found by an input-contract audit: a transform without a latent cache (ISDA, or any before it says it needs
     one) said "index has positions outside [0, None)"."""
