@@ -67,9 +67,14 @@ def text_hint(value: object, parse: type | None = None, none_allowed: bool = Fal
         return ""
     if not math.isfinite(number):  # "nan", "inf": refused as numbers too
         return ""
-    if re.fullmatch(r"[+-]?\d+[eE][+-]?\d+", text):  # YAML 1.1 (PyYAML) reads 1e-3 as a string, 1.0e-3 as a float
-        dotted = re.sub(r"^([+-]?\d+)", r"\1.0", text)
-        return f"; a string: YAML 1.1 readers such as PyYAML read {text} (no dot) as one, write {dotted}"
+    # YAML 1.1 (PyYAML) reads a number with an exponent as a float only with a dot and the exponent's sign: 1e-3 and
+    # 1.0e3 as strings, 1.0e-3 and 1.0e+3 as floats
+    parts = re.fullmatch(r"([+-]?\d+)(\.\d*)?([eE])([+-]?)(\d+)", text)
+    if parts and not (parts[2] and parts[4]):
+        lacks = " and ".join(what for what, part in (("no dot", parts[2]), ("no sign in the exponent", parts[4]))
+                             if not part)
+        written = f"{parts[1]}{parts[2] or '.0'}{parts[3]}{parts[4] or '+'}{parts[5]}"
+        return f"; a string: YAML 1.1 readers such as PyYAML read {text} ({lacks}) as one, write {written}"
     return f"; a string: convert it with {parse.__name__}({value!r})"
 
 

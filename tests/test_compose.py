@@ -270,7 +270,8 @@ def test_a_step_that_also_takes_the_labels_is_refused_when_built(rgb, step):
         Compose([T.RandomHorizontalFlip(), step])
 
 
-@pytest.mark.parametrize("step", [lambda x, scale=1.0: x * scale, torch.Tensor.contiguous])  # a builtin: no signature
+@pytest.mark.parametrize("step", [lambda x, scale=1.0: x * scale, torch.Tensor.contiguous,  # a builtin: no signature
+                                  lambda x, *args, **kwargs: x])  # a decorator's wrapper: *args, **kwargs not required
 def test_a_callable_with_an_optional_second_argument_or_no_readable_signature_is_called_as_t_of_x(rgb, step):
     x, y = rgb
     x2, y2 = Compose([step])(x, y)
@@ -459,14 +460,16 @@ def test_uint8_labels_are_not_told_to_convert_the_images(rgb, rgb_glow):
         augment(x8, y.to(torch.uint8))
 
 
-def test_a_labelled_step_that_returns_more_than_images_and_labels_is_named(rgb):
+@pytest.mark.parametrize("out, got", [(lambda x, y: (x, y, "extra"), "a tuple of 3"),
+                                      (lambda x, y: ({"image": x}, y), "a tuple of 2")])  # a pair, not of images
+def test_a_labelled_step_that_returns_more_than_images_and_labels_is_named(rgb, out, got):
     """A v2 transform of one's own given (x, y) must give back a pair: a third item is named, not unpacked."""
     class WithExtra(T.Transform):
         def forward(self, x, y):
-            return x, y, "extra"
+            return out(x, y)
 
     x, y = rgb
-    with pytest.raises(TypeError, match=r"WithExtra at step 0 returned a tuple of 3, not \(images, labels\)"):
+    with pytest.raises(TypeError, match=rf"WithExtra at step 0 returned {got}, not \(images, labels\)"):
         Compose([WithExtra()])(x, y)
 
 

@@ -78,6 +78,11 @@ def test_compose_tells_a_mapping_of_steps_and_a_steps_config_from_a_list_of_step
     (lambda: LatentNoise(GLOW, eps="-1e-3"), r"got '-1e-3'; a string: .* read -1e-3 \(no dot\) as one, write -1.0e-3$"),
     (lambda: LatentNoise(GLOW, eps="1e-3\n"), r"got '1e-3\\n'; a string: .* read 1e-3 \(no dot\) as one, write "
                                                r"1.0e-3$"),
+    # PyYAML's float also needs the exponent's sign: it reads 1.0e3 as a string (the hint said to write 1.0e3 for 1e3)
+    (lambda: LatentNoise(GLOW, eps="1e3"), r"got '1e3'; a string: .* read 1e3 \(no dot and no sign in the exponent\) "
+                                           r"as one, write 1.0e\+3$"),
+    (lambda: LatentNoise(GLOW, eps="1.5E2"), r"got '1.5E2'; a string: .* read 1.5E2 \(no sign in the exponent\) as one, "
+                                             r"write 1.5E\+2$"),
 ])
 def test_a_number_or_none_written_as_text_is_refused_with_what_to_write(make, message):
     """Numbers are not parsed from text (no coercion: `eps="1"` stays a WrongTypeError), but a config file's text is
@@ -91,6 +96,7 @@ def test_a_number_or_none_written_as_text_is_refused_with_what_to_write(make, me
     (lambda: LatentNoise(GLOW, eps="nan"), r"got 'nan'$"),  # float('nan') would be refused next: no hint to it
     (lambda: LatentAdversarial(GLOW, target="None"), r"got 'None'$"),  # None is not one of its choices
     (lambda: LatentAdversarial(GLOW, steps=1.0), r"steps must be an int >= 0, got 1.0$"),  # a float: refused as before
+    (lambda: LatentNoise(GLOW, eps=b"1e-3"), r"got b'1e-3'$"),  # bytes are not text from a config file
 ])
 def test_other_text_and_wrong_types_get_no_text_hint(make, message):
     with pytest.raises(ValueError, match=message):  # a WrongTypeError but for target's 'None', a str
@@ -103,8 +109,11 @@ def test_values_as_pyyaml_and_json_read_them():
 
     assert LatentNoise(GLOW, **json.loads('{"eps": 1, "levels": [0], "generator": 0, "p": 1}')).eps == 1.0
     assert LatentNoise(GLOW, **yaml.safe_load("eps: 1.0e-3\nnorm: null\nlevels: [-1]")).levels == [1]
-    with pytest.raises(WrongTypeError, match="write 1.0e-3$"):
-        LatentNoise(GLOW, **yaml.safe_load("eps: 1e-3"))
+    for text in ("1e-3", "1e3", "1.0e3"):  # what the hint says to write is what PyYAML reads as a number
+        with pytest.raises(WrongTypeError, match="write ") as e:
+            LatentNoise(GLOW, **yaml.safe_load(f"eps: {text}"))
+        written = str(e.value).rsplit("write ", 1)[1]
+        assert LatentNoise(GLOW, **yaml.safe_load(f"eps: {written}")).eps == float(text)
 
 
 # -- Hydra ------------------------------------------------------------------------------------------------------------

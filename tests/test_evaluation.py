@@ -93,6 +93,16 @@ def test_predict_proba_runs_batches_of_128_on_the_cpu_by_default():
     assert sizes == [100, 100, 100]
 
 
+def test_predict_proba_of_a_16_bit_model_is_the_float32_softmax_of_its_logits():
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Flatten(), nn.Linear(12, 5)).bfloat16(), torch.rand(16, 3, 2, 2).bfloat16()
+    probs = predict_proba(model, x)
+    with torch.no_grad():
+        expected = model(x).float().softmax(1)
+    assert probs.dtype == torch.float32
+    torch.testing.assert_close(probs, expected, rtol=0, atol=0)
+
+
 def test_predict_proba_names_a_model_that_returns_a_tuple():
     class WithFeatures(nn.Module):
         def forward(self, x):
@@ -135,6 +145,8 @@ def test_bad_training_and_prediction_settings_are_named():
         fit_classifier(model, x, y[:4], progress=False)
     with pytest.raises(ValueError, match="NaN"):
         fit_classifier(model, x.clone().fill_(float("nan")), y, progress=False)
+    with pytest.raises(ValueError, match=r"weight_decay must be a finite number in \[0, inf\), got -0.1"):
+        fit_classifier(model, x, y, weight_decay=-0.1, progress=False)  # torch's SGD named no fix
     with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
         predict_proba(model, x, batch_size=0)
     with pytest.raises(ValueError, match="bins must be an int >= 1"):
@@ -142,17 +154,18 @@ def test_bad_training_and_prediction_settings_are_named():
 
 
 def test_fit_classifier_learns_a_separable_problem_and_is_seeded():
-    def run() -> tuple[nn.Module, float]:
+    def run(draws: int = 0) -> tuple[nn.Module, float]:
         torch.manual_seed(0)
         model = nn.Sequential(nn.Flatten(), nn.Linear(12, 2))
         g = torch.Generator().manual_seed(1)
         x = torch.rand(128, 3, 2, 2, generator=g)
         y = (x.mean((1, 2, 3)) > 0.5).long()
+        torch.rand(draws)  # torch's global RNG elsewhere: the batches' order comes from seed= alone
         seconds = fit_classifier(model, x, y, epochs=40, batch_size=32, lr=0.5, progress=False)
         assert seconds > 0
         return model, accuracy(predict_proba(model, x), y)
 
-    (m1, acc1), (m2, _) = run(), run()
+    (m1, acc1), (m2, _) = run(), run(draws=5)
     assert acc1 >= 0.9, acc1
     for a, b in zip(m1.parameters(), m2.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)  # same seeds: the same weights
@@ -357,6 +370,21 @@ def test_fit_classifier_runs_the_pixel_augmentation_on_every_batch_before_the_au
 
     fit_classifier(model, x, y, augment, epochs=2, batch_size=4, pixel_augment=flip, progress=False)
     assert events == [("pixel", 4), ("latent", 0.0)] * 4  # 2 epochs of 2 batches, the pixel step first
+
+
+@pytest.mark.parametrize("n, batch_size, sizes", [(7, 3, [3, 3, 1]), (5, 8, [5])])
+def test_fit_classifier_trains_on_every_sample_each_epoch_the_last_batch_smaller(n, batch_size, sizes):
+    model, x, y = _tiny_problem(2)
+    batches = []
+
+    def augment(xb, yb, net):
+        batches.append(xb)
+        return xb, yb
+
+    fit_classifier(model, x[:n], y[:n], augment, epochs=2, batch_size=batch_size, progress=False)
+    assert [len(b) for b in batches] == sizes * 2
+    for epoch in (batches[:len(sizes)], batches[len(sizes):]):  # each epoch: every sample once, in its own order
+        assert torch.equal(torch.cat(epoch).flatten(1).sort(0).values, x[:n].flatten(1).sort(0).values)
 
 
 def test_digits_cnn_is_two_conv_bn_relu_stages_and_a_linear_layer():

@@ -1884,6 +1884,7 @@ def test_a_name_registered_again_by_another_process_is_read_again(env):
     assert torch.equal(_outputs(hub.load("vae")), _outputs(_codec(0).eval()))
     hub._persist("vae", {**entry, "file": "b.safetensors", "sha256": sha_b}, overwrite=True)
     assert torch.equal(_outputs(hub.load("vae")), _outputs(_codec(1).eval()))
+    assert [key[2] for key in hub._loaded] == [sha_b]  # the name's earlier codec is not kept for the process's life
 
 
 def test_a_registry_file_name_with_dot_dot_is_refused(env):

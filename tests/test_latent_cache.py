@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -438,6 +440,26 @@ def test_a_loaded_state_dict_brings_its_images_signatures():
         cache_b.load_state_dict({**old, "_extra_state": {**old["_extra_state"], "signatures": torch.zeros(3, 2)}})
 
 
+def test_a_cache_file_saved_without_image_signatures_is_used_unchecked_and_saved_again_without_them(data, tmp_path):
+    # a file written before 2026-12-02 holds the latents only: its images are not checked, and saved again it
+    # holds the latents only (no branch of the suite loaded such a file for a call, nor saved one)
+    from latent_transforms import hub
+    from latent_transforms.latent_cache import FORMAT
+
+    images, labels = data
+    glow = tiny_glow()
+    cache = LatentCache(glow, images, progress=False)
+    hub.write_safetensors(tmp_path / "old.safetensors", {"latents": cache.latents.contiguous()},
+                          {"format": FORMAT, "codec_fingerprint": glow.fingerprint()})
+    old = LatentCache.load(tmp_path / "old.safetensors", glow)
+    assert old.signatures is None
+    x2, _ = LatentNoise(glow, eps=0.0, cache=old, generator=0)(1 - images[:4], labels[:4], index=torch.arange(4))
+    assert (x2 - images[:4]).abs().max() < 1e-4  # the cached images' latents, whatever x holds
+    old.save(tmp_path / "again.safetensors")
+    again = LatentCache.load(tmp_path / "again.safetensors", glow)
+    assert again.signatures is None and torch.equal(again.latents, cache.latents)
+
+
 def test_nan_image_signatures_are_refused_when_a_cache_is_loaded(data, tmp_path):
     # NaN signatures (with a consistent checksum) loaded, and `worst > tolerance` is False for NaN: the image check
     # then passed every batch, another dataset's images included
@@ -507,17 +529,19 @@ def test_a_file_in_the_cache_format_holding_other_tensors_is_not_taken_for_a_lat
         LatentCache.load(path, glow)
 
 
-def test_a_loaded_cache_of_another_latent_width_is_refused_even_with_the_codecs_fingerprint(tmp_path):
+@pytest.mark.parametrize("shape", [(6, 1), (6, 1, 0)])  # + D at the end: (6, D + 1), and (6, 1, D), not (N, D)
+def test_a_loaded_cache_of_another_latent_width_is_refused_even_with_the_codecs_fingerprint(tmp_path, shape):
     from safetensors.torch import save_file
 
     from latent_transforms.latent_cache import FORMAT
 
     glow = tiny_glow()
+    shape = (*shape[:-1], shape[-1] + glow.latent_dim)
     path = tmp_path / "c.safetensors"
-    save_file({"latents": torch.zeros(6, glow.latent_dim + 1)}, str(path),
+    save_file({"latents": torch.zeros(shape)}, str(path),
               metadata={"format": FORMAT, "codec_fingerprint": glow.fingerprint()})
     with pytest.raises(ValueError, match=rf"c.safetensors: latents must be \(N, {glow.latent_dim}\) for this codec's "
-                                         rf"{glow.latent_dim} latent dimensions, got shape \(6, {glow.latent_dim + 1}\)"):
+                                         rf"{glow.latent_dim} latent dimensions, got shape {re.escape(str(shape))}"):
         LatentCache.load(path, glow)
 
 

@@ -472,6 +472,8 @@ def test_mixup_inference_of_an_empty_batch_is_the_models_empty_probabilities(glo
     probs = mi(x[:0])
     assert probs.shape == (0, 10) and probs.dtype == torch.float32 and mi.stats["seen"] == 0
     assert torch.equal(gen.get_state(), state) and net.training
+    with pytest.raises(ValueError, match=r"trained on images of shape .*, got x of shape \(0, "):  # as a batch of some
+        mi(torch.rand(0, x.shape[1], x.shape[2] * 2, x.shape[3] * 2))  # the model is not given what the codec refuses
 
 
 def test_mixup_inference_probabilities_keep_a_float64_models_precision(glow, batch, net):
@@ -489,7 +491,8 @@ def test_mixup_inference_cast_to_16_bits_casts_its_model_but_keeps_its_codec_and
     uncast = LatentMixupInference(copy.deepcopy(net).to(dtype), glow, references=x, num_mixes=2, generator=0)
     assert cast.model.fc.weight.dtype == dtype and cast.codec.dtype == cast.reference_latents.dtype == torch.float32
     assert torch.equal(cast.reference_latents, uncast.reference_latents)
-    assert torch.equal(cast(x.to(dtype)), uncast(x.to(dtype)))
+    probs = cast(x.to(dtype))
+    assert probs.dtype == torch.float32 and torch.equal(probs, uncast(x.to(dtype)))  # softmax of 16-bit logits in fp32
 
 
 @pytest.mark.parametrize("make,match", [
