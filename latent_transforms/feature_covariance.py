@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .casts import without_16_bit_casts
-from .validation import OutOfMemoryError, WrongTypeError, check_choice, check_count, check_labels, is_out_of_memory
+from .validation import WrongTypeError, check_choice, check_count, check_labels, is_out_of_memory
 
 COVARIANCES = ("full", "diagonal")
 
@@ -123,14 +123,14 @@ class FeatureCovariance(nn.Module):
                 f"ImageNet setting, with lambda0=7.5 for ResNets)")
         total = device_memory(device)
         if total is not None and need > total:
-            raise OutOfMemoryError(f"{text}. That is {need / 1e9:.1f} GB in all, more than the "
+            raise torch.OutOfMemoryError(f"{text}. That is {need / 1e9:.1f} GB in all, more than the "
                                          f"{total / 1e9:.1f} GB of {device}")
         try:
             yield
         except RuntimeError as e:
             if not is_out_of_memory(e):
                 raise
-            raise OutOfMemoryError(f"{text}. Out of memory on {device}: {' '.join(str(e).split())}") from e
+            raise torch.OutOfMemoryError(f"{text}. Out of memory on {device}: {' '.join(str(e).split())}") from e
 
     def reset(self) -> None:
         """Forget every feature seen (keeps the size, device and dtype)."""

@@ -36,13 +36,9 @@ def bad_option(message: str, *, right_type: bool) -> ValueError:
     return (ValueError if right_type else WrongTypeError)(message)
 
 
-# torch.OutOfMemoryError from torch 2.5 on, the device-neutral name of torch.cuda.OutOfMemoryError (torch 2.4's only)
-OutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
-
-
 def is_out_of_memory(e: BaseException) -> bool:
     """Whether ``e`` is an allocation failure: a device's ``OutOfMemoryError`` or the CPU allocator's error."""
-    return isinstance(e, OutOfMemoryError) or "can't allocate memory" in str(e)
+    return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)
 
 
 def is_sequence(value: object) -> bool:

@@ -174,6 +174,19 @@ def test_page_snippets_define_what_they_use(page):
     assert not missing, "names used before the page imports or defines them:\n" + "\n".join(missing)
 
 
+def test_snippets_load_checkpoints_without_pickle():
+    """torch.load unpickles any object (and says so in a FutureWarning) unless given weights_only=True, its default
+    only from torch 2.6 on: a snippet that leaves it out runs arbitrary pickle at the torch 2.4 floor."""
+    unsafe = []
+    for page in PAGES:
+        text = (DOCS / page).read_text(encoding="utf-8")
+        for snippet in SNIPPET.finditer(text):
+            unsafe += [f"{page}:{text[:snippet.start(1) + m.start()].count(chr(10)) + 1}"
+                       for m in re.finditer(r"torch\.load\((?:[^()]|\([^()]*\))*\)", snippet.group(1))
+                       if "weights_only=True" not in m.group()]
+    assert not unsafe, f"torch.load without weights_only=True: {unsafe}"
+
+
 @pytest.mark.parametrize("readme", ["README.md", "benchmarks/README.md"])
 def test_readme_links_lead_to_files_that_exist(readme):
     """mkdocs --strict checks the links of docs/ only."""

@@ -13,7 +13,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from latent_transforms import LatentNoise, feature_covariance
 from latent_transforms.feature_covariance import FeatureCovariance
 from latent_transforms.isda import ISDA, ISDALoss, isda_logits
-from latent_transforms.validation import OutOfMemoryError
 
 from contract import assert_model_unchanged, check_transform_contract, model_state
 from conftest import STRENGTH_ZERO_EXPECTED, ClassifierWithItsAugmentation, TinyNet, tiny_vae
@@ -348,7 +347,7 @@ def test_a_full_covariance_beyond_the_devices_memory_is_refused_before_allocatin
                r"than the 20\.0 GB of cpu")
     features, y, loss = torch.zeros(2, 2048), torch.tensor([0, 1]), ISDALoss(1000)
     loss.set_progress(0.5)
-    with pytest.raises(OutOfMemoryError, match=figures):
+    with pytest.raises(torch.OutOfMemoryError, match=figures):
         if sizing == "eager":
             FeatureCovariance(1000, 2048)
         elif sizing == "lazy":
@@ -365,7 +364,7 @@ def test_a_full_covariance_update_beyond_the_devices_memory_is_refused_before_me
     est = FeatureCovariance(10, 64)  # 2 x 10 x 64 x 64 float32 numbers: 0.33 MB
     est.update(torch.randn(5, 64), torch.arange(5))
     before = {name: b.clone() for name, b in est.named_buffers()}
-    with pytest.raises(OutOfMemoryError, match=r"0\.0 GB for a batch of 1000: use covariance=\"diagonal\""):
+    with pytest.raises(torch.OutOfMemoryError, match=r"0\.0 GB for a batch of 1000: use covariance=\"diagonal\""):
         est.update(torch.randn(1000, 64), torch.arange(1000) % 10)  # + 1000 x 10 x 64: 2.9 MB in all
     assert all(torch.equal(b, before[name]) for name, b in est.named_buffers())
 
@@ -376,7 +375,7 @@ def test_a_failed_full_covariance_allocation_names_the_figures_and_leaves_the_es
     monkeypatch.setattr(feature_covariance, "device_memory", lambda device: None)
     est = FeatureCovariance(10)
     # 10 x 2**22 x 2**22 float32 numbers: 7e14 bytes, beyond any address space, so torch fails at once
-    with pytest.raises(OutOfMemoryError, match=r"703687\.4 GB.*diagonal.*Out of memory on cpu: .*can't allocate"):
+    with pytest.raises(torch.OutOfMemoryError, match=r"703687\.4 GB.*diagonal.*Out of memory on cpu: .*can't allocate"):
         est.update(torch.zeros(2, 2**22), torch.tensor([0, 1]))
     assert est.mean is None and est.cov is None and est.count is None
     est = FeatureCovariance(10, 4)
@@ -385,7 +384,7 @@ def test_a_failed_full_covariance_allocation_names_the_figures_and_leaves_the_es
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1000 bytes")
 
     monkeypatch.setattr(feature_covariance.F, "one_hot", out_of_memory)  # in the update's merge
-    with pytest.raises(OutOfMemoryError, match=r"for a batch of 2: use covariance=\"diagonal\".*1000 bytes"):
+    with pytest.raises(torch.OutOfMemoryError, match=r"for a batch of 2: use covariance=\"diagonal\".*1000 bytes"):
         est.update(torch.zeros(2, 4), torch.tensor([0, 1]))
 
 
