@@ -72,7 +72,7 @@ def isda_logits(logits: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, cov
 
     The correction is computed with autocast off in the wider of ``weight``'s and ``cov``'s dtypes. With the diagonal
     ``cov`` it is expanded into matrix products (memory ``N C + N A``; ``sum_a (w_ja - w_ya)^2 s_ya`` formed term by
-    term took 3 N C A numbers, 6.3 GB for ImageNet's N = 256, C = 1000, A = 2048). With the full ``cov`` it never
+    term takes 3 N C A numbers, 6.3 GB for ImageNet's N = 256, C = 1000, A = 2048). With the full ``cov`` it never
     forms N x C x A x A: with ``C <= N`` it builds the (C, C) table of corrections per class and indexes it with ``y``
     (memory ~3 C^2 A), otherwise it works per sample (memory N A^2 for ``cov[y]`` plus 3 N C A).
     """
