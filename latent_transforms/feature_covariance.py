@@ -114,23 +114,26 @@ class FeatureCovariance(nn.Module):
             yield
             return
         k, a, size = self.num_classes, feature_dim, torch.finfo(dtype).bits // 8
-        # the statistics, the batch's covariance (K A A each) and the spread of its centred features (N K A)
-        need = (2 * k * a * a + batch * k * a) * size
-        text = (f"ISDA's full covariance for {k} classes and {a} features holds {k} x {a} x {a} "
+
+        def refusal(reason: str) -> torch.OutOfMemoryError:  # the message is only formatted when it is raised
+            return torch.OutOfMemoryError(
+                f"ISDA's full covariance for {k} classes and {a} features holds {k} x {a} x {a} "
                 f"{str(dtype).removeprefix('torch.')} numbers, {k * a * a * size / 1e9:.1f} GB, and each update needs "
                 f"as much again" + (f" and {batch * k * a * size / 1e9:.1f} GB for a batch of {batch}" if batch else "")
                 + f": use covariance=\"diagonal\" ({k} x {a} numbers, {k * a * size / 1e6:.1f} MB; the official "
-                f"ImageNet setting, with lambda0=7.5 for ResNets)")
+                f"ImageNet setting, with lambda0=7.5 for ResNets). {reason}")
+
+        # the statistics, the batch's covariance (K A A each) and the spread of its centred features (N K A)
+        need = (2 * k * a * a + batch * k * a) * size
         total = device_memory(device)
         if total is not None and need > total:
-            raise torch.OutOfMemoryError(f"{text}. That is {need / 1e9:.1f} GB in all, more than the "
-                                         f"{total / 1e9:.1f} GB of {device}")
+            raise refusal(f"That is {need / 1e9:.1f} GB in all, more than the {total / 1e9:.1f} GB of {device}")
         try:
             yield
         except RuntimeError as e:
             if not is_out_of_memory(e):
                 raise
-            raise torch.OutOfMemoryError(f"{text}. Out of memory on {device}: {' '.join(str(e).split())}") from e
+            raise refusal(f"Out of memory on {device}: {' '.join(str(e).split())}") from e
 
     def reset(self) -> None:
         """Forget every feature seen (keeps the size, device and dtype)."""
