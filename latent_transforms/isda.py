@@ -50,6 +50,16 @@ _HARD_LABELS_ONLY = (
 )
 
 
+def _official_order_hint(num_classes: int, layer: nn.Linear, cls: str) -> str:
+    """A hint for ``num_classes`` equal to the layer's input width: the official ``ISDALoss(feature_num, class_num)``
+    takes the feature width first, ``ISDA``/``ISDALoss`` here take ``(num_classes, lambda0)``; "" otherwise."""
+    if num_classes != layer.in_features:
+        return ""
+    return (f". num_classes={num_classes} is the layer's input width: the official ISDALoss(feature_num, class_num) "
+            f"takes the feature width first, this one takes (num_classes, lambda0): "
+            f"{cls}({layer.out_features}, lambda0=...)")
+
+
 # -- the augmented logits -------------------------------------------------------------------------------------------
 def isda_logits(logits: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, cov: torch.Tensor,
                 lam: float | torch.Tensor, check_y: bool = True) -> torch.Tensor:
@@ -456,9 +466,11 @@ class ISDA(_ISDAState, LatentTransform):
                 raise ValueError(f"layer {self.layer!r} of {type(model).__name__} is a {type(layer).__name__}, "
                                  f"ISDA needs the final nn.Linear")
         if layer.out_features != self.num_classes:
+            hint = _official_order_hint(self.num_classes, layer, "ISDA")
             raise ValueError(
                 f"the layer {name!r} of {type(model).__name__} ({layer.in_features} -> {layer.out_features}) has "
-                f"{layer.out_features} outputs but num_classes={self.num_classes}; pass layer='...' naming the classifier"
+                f"{layer.out_features} outputs but num_classes={self.num_classes}"
+                + (hint or "; pass layer='...' naming the classifier")
             )
         dim = self.estimator.feature_dim
         if dim is not None and layer.in_features != dim:
@@ -588,7 +600,8 @@ class ISDALoss(_ISDAState, nn.Module):
             raise bad_option(f"features must be a (N, {fc.in_features}) float tensor for {fc}, got "
                              f"{describe(features)}", right_type=isinstance(features, torch.Tensor))
         if fc.out_features != self.num_classes:
-            raise ValueError(f"fc has {fc.out_features} outputs but num_classes={self.num_classes}")
+            raise ValueError(f"fc has {fc.out_features} outputs but num_classes={self.num_classes}"
+                             + _official_order_hint(self.num_classes, fc, "ISDALoss"))
         check_same_device(features, fc, "fc", "the features are")
         if isinstance(y, torch.Tensor):  # before check_labels reads its values
             check_device("y", y.device, features, "the features are")

@@ -827,6 +827,96 @@ def test_loss_form_equals_hook_form(covariance, batch, net):
     assert torch.equal(loss_form.eval()(net2.features(x), net2.fc, y), F.cross_entropy(net2(x), y))
 
 
+class OfficialISDALoss:
+    """The official criterion, ``loss, y = isda(model, fc, x, target, ratio)``, re-typed in its own tensor algebra
+    from blackfeather-wang/ISDA-for-Deep-Networks: ``EstimatorCV.update_CV`` and ``ISDALoss.isda_aug`` of
+    ``ISDA.py`` (full covariance, CIFAR) and of ``Image classification on ImageNet/ISDA_imagenet.py`` (diagonal),
+    on the CPU instead of ``.cuda()``; ``model`` is the backbone, ``fc`` the final ``nn.Linear``."""
+
+    def __init__(self, feature_num, class_num, diagonal, dtype=torch.float64):
+        c, a = class_num, feature_num
+        self.class_num, self.diagonal = c, diagonal
+        self.CoVariance = torch.zeros((c, a) if diagonal else (c, a, a), dtype=dtype)
+        self.Ave, self.Amount = torch.zeros(c, a, dtype=dtype), torch.zeros(c, dtype=dtype)
+
+    def update_CV(self, features, labels):
+        n, c, a = features.shape[0], self.class_num, features.shape[1]
+        onehot = torch.zeros(n, c, dtype=features.dtype).scatter_(1, labels.view(-1, 1), 1)
+        nxcxa_onehot = onehot.view(n, c, 1).expand(n, c, a)
+        by_sort = features.view(n, 1, a).expand(n, c, a).mul(nxcxa_onehot)
+        amount_cxa = nxcxa_onehot.sum(0)
+        amount_cxa[amount_cxa == 0] = 1
+        ave_cxa = by_sort.sum(0) / amount_cxa
+        var_temp = by_sort - ave_cxa.expand(n, c, a).mul(nxcxa_onehot)
+        weight = onehot.sum(0) / (onehot.sum(0) + self.Amount)  # sum_weight_CV / (sum_weight_CV + Amount)
+        weight[weight != weight] = 0
+        d = self.Ave - ave_cxa
+        if self.diagonal:
+            var_temp, w = var_temp.pow(2).sum(0).div(amount_cxa), weight.view(c, 1)
+            additional = w.mul(1 - w).mul(d.pow(2))
+        else:
+            var_temp = torch.bmm(var_temp.permute(1, 2, 0), var_temp.permute(1, 0, 2)).div(amount_cxa.view(c, a, 1))
+            w = weight.view(c, 1, 1)
+            additional = w.mul(1 - w).mul(torch.bmm(d.view(c, a, 1), d.view(c, 1, a)))
+        self.CoVariance = self.CoVariance.mul(1 - w) + var_temp.mul(w) + additional
+        self.Ave = self.Ave.mul(1 - weight.view(c, 1)) + ave_cxa.mul(weight.view(c, 1))
+        self.Amount += onehot.sum(0)
+
+    def isda_aug(self, fc, features, y, labels, cv_matrix, ratio):
+        n, c, a = features.shape[0], self.class_num, features.shape[1]
+        weight_m = list(fc.parameters())[0]
+        nxw_ij = weight_m.expand(n, c, a)
+        nxw_kj = torch.gather(nxw_ij, 1, labels.view(n, 1, 1).expand(n, c, a))
+        cv_temp = cv_matrix[labels]
+        if self.diagonal:
+            sigma2 = ratio * (weight_m - nxw_kj).pow(2).mul(cv_temp.view(n, 1, a).expand(n, c, a)).sum(2)
+        else:
+            sigma2 = ratio * torch.bmm(torch.bmm(nxw_ij - nxw_kj, cv_temp), (nxw_ij - nxw_kj).permute(0, 2, 1))
+            sigma2 = sigma2.mul(torch.eye(c, dtype=sigma2.dtype).expand(n, c, c)).sum(2).view(n, c)
+        return y + 0.5 * sigma2
+
+    def __call__(self, model, fc, x, target_x, ratio):
+        features = model(x)
+        y = fc(features)
+        self.update_CV(features.detach(), target_x)
+        aug = self.isda_aug(fc, features, y, target_x, self.CoVariance.detach(), ratio)
+        return F.cross_entropy(aug, target_x), y
+
+
+@pytest.mark.parametrize("covariance", ["full", "diagonal"])
+def test_isda_loss_equals_the_official_criterion_under_the_official_schedule(covariance):
+    """docs/methods/isda.md's migration table: ``ISDALoss(feature_num, class_num)`` and
+    ``loss, y = isda(model, fc, x, target, ratio)`` with ``ratio = lambda_0 * epoch / epochs`` (train.py) are
+    ``ISDALoss(class_num, lambda0)``, ``set_epoch(epoch, epochs)`` and ``isda_loss(model(x), fc, target)``: the same
+    statistics after every batch (classes absent from one batch included), loss and gradients, epoch after epoch."""
+    g = torch.Generator().manual_seed(0)
+    k, a, epochs, lambda_0 = 6, 5, 4, 0.5
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Linear(7, a), nn.Tanh()).double()
+    fc = nn.Linear(a, k).double()
+    ours = ISDALoss(k, lambda0=lambda_0, covariance=covariance, sync_stats=False)
+    official = OfficialISDALoss(a, k, diagonal=covariance == "diagonal")
+    for epoch in range(epochs):
+        ours.set_epoch(epoch, epochs)
+        ratio = lambda_0 * (epoch / epochs)
+        assert ours.lam == ratio
+        for n in (9, 4):  # the batch of 4 misses some of the 6 classes
+            x = torch.randn(n, 7, generator=g, dtype=torch.float64) * 2
+            y = torch.randint(0, k, (n,), generator=g)
+            expected, logits = official(backbone, fc, x, y, ratio)
+            assert torch.equal(logits, fc(backbone(x)))  # the official y: the plain logits
+            want = torch.autograd.grad(expected, [*backbone.parameters(), *fc.parameters()])
+            got = ours(backbone(x), fc, y)
+            assert torch.allclose(got, expected, rtol=1e-12, atol=1e-12), (epoch, got, expected)
+            for gw, ww in zip(torch.autograd.grad(got, [*backbone.parameters(), *fc.parameters()]), want):
+                assert torch.allclose(gw, ww, rtol=1e-10, atol=1e-12)
+            est = ours.estimator
+            assert torch.equal(est.count.double(), official.Amount)
+            assert torch.allclose(est.mean, official.Ave, rtol=1e-12, atol=1e-12)
+            assert torch.allclose(est.cov, official.CoVariance, rtol=1e-10, atol=1e-12)
+    assert ours.lam > 0 and (est.cov != 0).any()  # the correction was on in the later epochs
+
+
 def test_gradient_flows_to_backbone_and_through_the_correction_to_fc(batch, net):
     x, y = batch
     isda = ISDA(10, lambda0=5.0)
@@ -1050,6 +1140,24 @@ def test_the_loss_form_and_the_functional_name_what_they_were_given():
         FeatureCovariance(3).update(torch.randn(4), torch.zeros(4, dtype=torch.int64))
     with pytest.raises(TypeError, match=r"covariance must be one of \('full', 'diagonal'\), got True"):
         FeatureCovariance(3, covariance=True)
+
+
+def test_the_official_argument_order_is_named_as_the_cause(batch, net):
+    """Migration audit 170: the official ``ISDALoss(feature_num, class_num)`` takes the feature width first; typed
+    here, ``ISDALoss(32, 10)`` is ``num_classes=32, lambda0=10``. Refused at the first call, but the message read
+    "fc has 10 outputs but num_classes=32" (and for the hook, "pass layer='...' naming the classifier": not the
+    cause), naming neither the swapped order nor the right call."""
+    x, y = batch
+    order = r"num_classes=32 is the layer's input width: the official ISDALoss\(feature_num, class_num\) takes"
+    with pytest.raises(ValueError, match=order + r".*ISDALoss\(10, lambda0=\.\.\.\)"):
+        ISDALoss(32, 10)(net.features(x), net.fc, y)
+    with pytest.raises(ValueError, match=order + r".*ISDA\(10, lambda0=\.\.\.\)") as info:
+        ISDA(32, 10)(x, y, net)
+    assert "layer=" not in str(info.value)
+    with pytest.raises(ValueError, match=r"num_classes=5; pass layer='\.\.\.' naming the classifier$"):
+        ISDA(5)(x, y % 5, net)  # another mismatch: no word of the official order
+    with pytest.raises(ValueError, match=r"num_classes=5$"):
+        ISDALoss(5)(net.features(x), net.fc, y % 5)
 
 
 def test_statistics_merged_under_cpu_autocast_are_the_float32_ones():

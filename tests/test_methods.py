@@ -587,6 +587,58 @@ def test_adversarial_step_increases_the_loss(glow, net, norm):
     assert attacked.mean() > clean.mean() and (attacked > clean).float().mean() > 0.8, (attacked - clean)
 
 
+def official_flow_adv(decode, conv, z, labels, start, eps, alpha, num_steps, ord):
+    """okyksl/flow-lp, ``flpert/pert.py``, ``FlowAdvPert.perturb`` from its random start on, re-typed on flat
+    latents ``z: (B, D)``: steps on the batch-mean cross-entropy (``torch.nn.CrossEntropyLoss``, conf/pert/adv.yaml),
+    sign or L2-normalised, each followed by the projection; then the decode clamped to [0, 1] (``clamp: [0.0, 1.0]``,
+    ``Augmentation.post_process``)."""
+    delta = start.clone()
+    for _ in range(num_steps):
+        delta.requires_grad = True
+        with torch.enable_grad():
+            loss = nn.CrossEntropyLoss()(conv(decode(z + delta)), labels)
+            grad = torch.autograd.grad(loss, delta, retain_graph=False, create_graph=False)[0]
+        with torch.no_grad():
+            if ord == float("inf"):
+                grad = torch.sign(grad)
+            else:
+                grad = grad / torch.linalg.norm(grad, ord=ord, dim=1, keepdims=True)
+            delta = delta + grad * alpha
+            if ord == float("inf"):
+                delta = torch.clamp(delta, -eps, +eps)
+            else:
+                delta_norm = torch.linalg.norm(delta, ord=ord, dim=1, keepdims=True)
+                delta = delta / torch.max(delta_norm / eps, torch.ones_like(delta_norm))
+            delta = delta.detach()
+    with torch.no_grad():
+        return torch.clamp(decode(z + delta), 0.0, 1.0), delta
+
+
+@pytest.mark.parametrize("norm,ord,eps,step_size,steps,random_start", [
+    ("l2", 2, 1.0, 0.5, 3, True),                  # the official README's CIFAR-10 example
+    ("linf", float("inf"), 0.05, 0.01, 10, False),  # the paper's MNIST notebook (preprocess_adv)
+    ("linf", float("inf"), 0.3, 0.1, 5, True),      # the README's MNIST LeNet-5 example
+])
+def test_adversarial_is_the_official_flow_adv_pert(glow, batch, net, norm, ord, eps, step_size, steps, random_start):
+    """The PGD of LatentAdversarial equals the official FlowAdvPert's, step by step, from the same start, with the
+    model in eval mode (the official Hydra trainer attacks in training mode: docs/methods/latent_adversarial.md):
+    its argmax targets, its direction (sign or g / ||g||_2 of the batch mean's gradient, which per sample is the
+    direction of the sample's own), its projection and the clamped decode."""
+    x, y = batch
+    t = LatentAdversarial(glow, eps=eps, steps=steps, step_size=step_size, norm=norm, random_start=random_start,
+                          generator=0)
+    x2, _ = t(x, y, net)
+    net.eval()
+    with torch.no_grad():
+        z, labels = glow.encode_flat(x), net(x).argmax(1)
+    expected, delta = official_flow_adv(glow.decode_flat, net, z, labels, t.last_params["start"], eps, step_size,
+                                        steps, ord)
+    assert t.stats["rejected"] == 0 and torch.equal(t.last_params["target"], labels)
+    assert torch.allclose(t.last_params["delta"], delta, atol=1e-5), (t.last_params["delta"] - delta).abs().max()
+    assert torch.allclose(x2, expected, atol=1e-5)
+    assert (delta - t.last_params["start"]).abs().max() > 0.5 * step_size  # the steps moved it
+
+
 def test_adversarial_steps_confident_samples_under_float16_autocast(glow, batch, net):
     """The attack's own backward gets no GradScaler: the batch mean's (softmax - target) / B of a confident sample
     flushed to 0 in float16, and under torch.autocast(dtype=float16) 7 of these 12 samples got no step (in float32:
