@@ -199,3 +199,12 @@ def sample_log_gamma(shape: float, n: int, generator: torch.Generator, device: t
 def sample_beta(alpha: float, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
     """n draws from Beta(alpha, alpha) using only ``generator``: ``G1 / (G1 + G2)`` computed from the logs."""
     return torch.sigmoid(sample_log_gamma(alpha, n, generator, device) - sample_log_gamma(alpha, n, generator, device))
+
+
+def random_partners(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """(n,) int64 partners for mixing ``n`` samples: one random cycle through them (mixup's shuffled batch rolled by
+    one), so that no sample is its own partner when ``n >= 2`` (``[0]`` for ``n = 1``)."""
+    order = torch.randperm(n, generator=generator, device=device)
+    partner = torch.empty_like(order)
+    partner[order] = order.roll(1)
+    return partner

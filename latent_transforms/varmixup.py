@@ -10,7 +10,7 @@ from .codec_transform import CodecTransform
 from .latent_cache import LatentCache
 from .codecs import Codec, ConvVAE
 from .labels import mix_labels
-from .rng import sample_beta
+from .rng import random_partners, sample_beta
 from .validation import check_bool, check_choice, check_number
 
 
@@ -99,9 +99,7 @@ class VarMixup(CodecTransform):
         if self.posterior == "sample":
             params["posterior_noise"] = torch.randn((n, self.codec.latent_dim), generator=generator, device=device,
                                                     dtype=self.codec.dtype)
-        order = torch.randperm(n, generator=generator, device=device)
-        partner = torch.empty_like(order)
-        partner[order] = order.roll(1)  # one random cycle through the samples: none is its own partner (n >= 2)
+        partner = random_partners(n, generator, device)  # none is its own partner (n >= 2)
         lam = sample_beta(self.alpha, n if self.per_sample else 1, generator, device).expand(n)
         return {**params, "lam": lam, "partner": partner}
 

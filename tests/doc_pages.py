@@ -16,6 +16,7 @@ READER_CONTEXT = {  # pages not named here bring nothing
     "index.md": {"augment", "x", "y", "model"},
     "lightning.md": {"model", "epochs", "train_loader", "test_loader"},
     "accelerate.md": {"model", "optimizer", "epochs", "train_loader"},
+    "extending.md": {"x", "y", "backbone", "head"},
     "methods/isda.md": {"x", "y", "model", "loader", "epochs", "backbone", "features", "logits"},
     "methods/latent_adversarial.md": {"x", "y", "model"},
     "methods/latent_noise.md": {"x", "y"},

@@ -435,6 +435,25 @@ def test_sample_log_gamma_has_gammas_mean_and_variance_and_a_fixed_draw_count(sh
         assert torch.equal(g.get_state(), reference.get_state())
 
 
+@pytest.mark.parametrize("n", [1, 2, 5, 64])
+def test_random_partners_is_one_cycle_through_the_samples_drawn_from_the_generator(n):
+    # public for a mixing method of one's own (docs/extending.md): VarMixup's partners, none its own for n >= 2
+    from latent_transforms.rng import random_partners
+
+    state = torch.get_rng_state()
+    partner = random_partners(n, torch.Generator().manual_seed(3), torch.device("cpu"))
+    assert partner.shape == (n,) and partner.dtype == torch.int64
+    assert torch.equal(partner.sort().values, torch.arange(n))  # a permutation: every sample is someone's partner
+    assert n == 1 or not (partner == torch.arange(n)).any()
+    seen, i = set(), 0
+    while i not in seen:  # one cycle: following partners from sample 0 visits every sample
+        seen.add(i)
+        i = int(partner[i])
+    assert len(seen) == n
+    assert torch.equal(partner, random_partners(n, torch.Generator().manual_seed(3), torch.device("cpu")))
+    assert torch.equal(state, torch.get_rng_state())  # torch's global RNG untouched
+
+
 @pytest.mark.parametrize("alpha", [0.01, 0.05, 0.4, 2.0])
 def test_sample_beta_matches_torch_beta_also_for_tiny_alpha(alpha):
     # Gamma(0.01) draws underflowed to 0 a third of the time and both-zero pairs gave lam 0: mean 0.37, not 0.5

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import sys
 import textwrap
+import types
 
 import numpy as np
 import pytest
@@ -70,7 +72,7 @@ def _reader_context(page: str) -> dict:
         "augment": LatentNoise("glow-cifar10", generator=0),
         "x_uint8": (x * 255).to(torch.uint8),
         "train_images": train_images, "train_labels": train_labels, "idx": torch.tensor([3, 0, 7, 12]),
-        "backbone": model.features, "features": features, "logits": model.fc(features),
+        "backbone": model.features, "head": model.fc, "features": features, "logits": model.fc(features),
         "x_train": train_images, "x_test_batch": x, "y_test_batch": y,
     }
     return {name: offered[name] for name in READER_CONTEXT.get(page, ())}
@@ -120,8 +122,11 @@ def reader(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("page", [p for p in PAGES if SNIPPET.search((DOCS / p).read_text(encoding="utf-8"))])
-def test_page_snippets_run_in_order(page, reader):
-    namespace = {"__name__": "__doc_snippet__", **_reader_context(page)}
+def test_page_snippets_run_in_order(page, reader, monkeypatch):
+    module = types.ModuleType("__doc_snippet__")  # importable, as a reader's script is: its classes pickle
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    namespace = module.__dict__
+    namespace.update(_reader_context(page))
     path = (DOCS / page).resolve()
     for first, code in _page_snippets(page):
         where = f"{path.relative_to(ROOT)}:{first}"
