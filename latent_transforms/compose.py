@@ -349,6 +349,8 @@ class Compose(ChecksCodecStates, nn.Module):
             raise ValueError(f"index= goes to the first step, which must be a LatentTransform with a latent "
                              f"cache; the first step is {type(first).__name__ if self.steps else 'nothing'}")
         if not self.training:
+            if isinstance(first, LatentTransform):  # its own checks of the images, which it runs in eval() mode too
+                first.check_inputs(x, model, index)  # (its codec's image shape, its cache): refused as in training
             for step in self._conversions:
                 x = step(x)
             if x.dtype == torch.uint8:  # the identity would hand uint8 to a model that expects floats

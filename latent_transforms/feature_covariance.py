@@ -80,8 +80,8 @@ class FeatureCovariance(nn.Module):
         self.num_classes, self.covariance = num_classes, check_choice("covariance", covariance, COVARIANCES)
         self.diagonal = covariance == "diagonal"
         self.sync, self.group = check_sync("sync_stats", sync_stats)
-        if self.sync:
-            _untraced_gather()  # made here, outside any compiled code that calls update
+        if self.gathers():  # made now, outside any compiled code that calls update; without a process group of more
+            _untraced_gather()  # than one rank, at the first gather (torch._dynamo takes 1.3-1.8 s to import)
         self.register_buffer("mean", None)
         self.register_buffer("cov", None)
         self.register_buffer("count", None)
@@ -300,7 +300,10 @@ _UNTRACED_GATHER: list[Callable[..., Any]] = []  # _all_gather_rows under torch.
 def _untraced_gather():
     """``_all_gather_rows`` under ``torch.compiler.disable`` (traced, the collectives landed in per-rank graphs: a
     shape change on one rank mismatched them), made at first need: the decorator imports ``torch._dynamo``, which as
-    a decorator at import took 1.8 s of ``import latent_transforms`` (3.9 s in all)."""
+    a decorator at import took 1.8 s of ``import latent_transforms`` (3.9 s in all), and 1.3-1.8 s of every ``ISDA()``
+    built without a process group. First made inside code being compiled (an estimator built before the process
+    group, as in a LightningModule), the ``torch.compiler.disable`` call breaks the graph there, once: the gather
+    still runs outside it."""
     if not _UNTRACED_GATHER:
         _UNTRACED_GATHER.append(torch.compiler.disable(_all_gather_rows))
     return _UNTRACED_GATHER[0]

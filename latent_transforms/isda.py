@@ -414,7 +414,8 @@ class ISDA(_ISDAState, LatentTransform):
         - The statistics (``isda.estimator``: buffers, in ``state_dict``, moved by ``.to``) are updated with the
           batch *before* it is used, as in the official code; they are the pooled covariance of every feature seen.
         - ``stats['seen']`` counts the samples of training-mode calls; ``stats['transformed']`` those whose logits
-          got the correction, counted when the hook fires (so ``transformed`` stays 0 if it never does).
+          got the correction, counted when the hook fires (so ``transformed`` stays 0 if it never does), at any
+          strength: while ``lam`` is 0 (no schedule set yet, the official schedule's first epoch) too.
         - Not supported: ``nn.DataParallel`` (replicas would see part of the batch; use DDP), heads that are not an
           ``nn.Linear`` on ``(B, A)`` features, label-mixing steps in the same pipeline.
     """

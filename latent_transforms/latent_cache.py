@@ -93,9 +93,11 @@ class LatentCache(nn.Module):
         self._set_signatures(signatures, projection)
 
     def _set_signatures(self, signatures: torch.Tensor | None, projection: torch.Tensor) -> None:
-        """Buffers (they follow ``.to``) out of ``state_dict``'s tensors: the signatures travel in its extra state."""
+        """Buffers (they follow ``.to``) out of ``state_dict``'s tensors: the signatures (float32, whatever a file held)
+        travel in its extra state."""
         device = self.latents.device
-        self.register_buffer("signatures", None if signatures is None else signatures.to(device), persistent=False)
+        self.register_buffer("signatures", None if signatures is None else signatures.to(device, torch.float32),
+                             persistent=False)
         self.register_buffer("projection", projection.to(device), persistent=False)
 
     def _apply(self, fn, recurse: bool = True):
@@ -160,9 +162,11 @@ class LatentCache(nn.Module):
         signatures = tensors.get("signatures")
         if signatures is not None and signatures.shape != (len(latents), 2):
             raise ValueError(f"{path}: signatures must be ({len(latents)}, 2), got shape {tuple(signatures.shape)}")
-        if signatures is not None and not (signatures.is_floating_point() and torch.isfinite(signatures).all()):
-            raise ValueError(f"{path}: the image signatures must be finite floats (with NaN ones no image would be "
-                             f"checked), got {signatures.dtype}")
+        if signatures is not None and not (signatures.dtype in (torch.float32, torch.float64)
+                                           and torch.isfinite(signatures).all()):
+            raise ValueError(f"{path}: the image signatures must be finite floats of 32 or 64 bits (with NaN ones no "
+                             f"image would be checked; rounded to 16 bits they refuse the cached images themselves; "
+                             f"LatentCache.save writes float32), got {signatures.dtype}")
         cache = cls.__new__(cls)
         nn.Module.__init__(cache)
         cache.codec_fingerprint, cache.verify_images = meta["codec_fingerprint"], verify_images

@@ -178,6 +178,21 @@ def test_eval_mode_runs_only_the_dtype_conversions_and_refuses_uint8_it_would_re
             c(x8, y)
 
 
+def test_eval_mode_refuses_images_the_first_latent_steps_codec_cannot_take_as_training_does(rgb, rgb_glow):
+    """An eval() Compose returned images of another shape than its first step's codec takes (the step alone refuses
+    them in eval() mode too), so a validation run before training passed and the first training step failed."""
+    x, y = rgb
+    gray = x[:, :1]
+    c = Compose([LatentNoise(rgb_glow, generator=0), T.RandomHorizontalFlip()])
+    refused = r"trained on images of shape \(3, 16, 16\) .* got x of shape \(6, 1, 16, 16\)"
+    for t in (c.train, c.eval, c.steps[0].eval):
+        with pytest.raises(ValueError, match=refused):
+            t()(gray, y)
+    assert c.eval()(x, y)[0] is x  # images it takes: the identity
+    resized = Compose([T.Resize(16), LatentNoise(rgb_glow, generator=0)]).eval()
+    assert resized(x[..., :8, :8], y)[0].shape[-1] == 8  # a later step's codec gets the first step's output: unchecked
+
+
 def test_eval_mode_runs_the_conversions_inside_a_torchvision_or_nested_compose(rgb, rgb_glow):
     x, y = rgb
     x8 = (x * 255).round().to(torch.uint8)

@@ -84,15 +84,20 @@ def _worker(rank: int, init_method: str, out_dir: str) -> None:
         isda.disarm(model)
         # a compiled loss whose batch size changes on one rank only: traced, the size exchange's collectives fell
         # into per-rank graphs and gloo aborted ("Received data size doesn't match expected size")
+        # the gather first made inside the compiled step, as for an ISDALoss built before the process group (in a
+        # LightningModule's __init__): the torch.compiler.disable call breaks the graph, the gather runs outside it
+        from latent_transforms import feature_covariance
         from latent_transforms.isda import ISDALoss
 
         fc, loss_fn = torch.nn.Linear(A, K), ISDALoss(K, lambda0=1.0)
+        feature_covariance._UNTRACED_GATHER.clear()
         loss_fn.set_progress(1.0)
         step = torch.compile(lambda f, y: loss_fn(f, fc, y), backend="eager")
         for sizes in ((6, 3), (6, 4), (6, 5)):
             n = sizes[rank]
             step(torch.randn(n, A, generator=g), torch.randint(0, K, (n,), generator=g)).backward()
         result["compiled_count"] = loss_fn.estimator.count.clone()
+        result["gather_made_in_the_step"] = len(feature_covariance._UNTRACED_GATHER) == 1
         try:  # the group of the other rank, which this one is not in
             ISDA(10, sync_stats=solos[1 - rank])
         except ValueError as e:
@@ -154,7 +159,7 @@ def test_two_gloo_ranks_hold_the_statistics_of_the_concatenated_batch(tmp_path):
         assert torch.equal(res["big_count"], big_count)
         assert int(res["ddp_count"].sum()) == 8  # both ranks saw the global batch of 3 + 5
         assert torch.equal(res["ddp_count"], results[0]["ddp_count"])
-        assert int(res["compiled_count"].sum()) == 18 + 3 + 4 + 5
+        assert int(res["compiled_count"].sum()) == 18 + 3 + 4 + 5 and res["gather_made_in_the_step"]
         assert "a process group this rank is not a member of" in res["not_member"]
         assert res["ddp_group"].startswith("the model's DistributedDataParallel has a process group of its own")
         assert res.get("ddp_group_module") == res["ddp_group"]

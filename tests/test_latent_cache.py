@@ -479,6 +479,29 @@ def test_nan_image_signatures_are_refused_when_a_cache_is_loaded(data, tmp_path)
         LatentNoise(glow, eps=2.0, cache=cache)(images[:4], index=torch.arange(4))
 
 
+def test_a_loaded_caches_image_signatures_are_float32_as_a_built_ones(data, tmp_path):
+    """A file's float64 signatures stayed float64 (a .double() or a state round trip kept or changed them), and 16-bit
+    ones loaded, then refused the cached images themselves ("its signature differs by 0.00011")."""
+    from latent_transforms import hub
+    from latent_transforms.latent_cache import FORMAT
+
+    images, _ = data
+    glow = tiny_glow()
+    cache = LatentCache(glow, images, progress=False)
+    for dtype in (torch.float64, torch.float16, torch.bfloat16):
+        tensors = {"latents": cache.latents.contiguous(), "signatures": cache.signatures.to(dtype)}
+        hub.write_safetensors(tmp_path / "c.safetensors", tensors, {
+            "format": FORMAT, **hub.checksum_metadata(tensors), "codec_fingerprint": glow.fingerprint()})
+        if dtype == torch.float64:
+            loaded = LatentCache.load(tmp_path / "c.safetensors", glow)
+            assert loaded.signatures.dtype == torch.float32 and torch.equal(loaded.signatures, cache.signatures)
+            LatentNoise(glow, eps=0.0, cache=loaded, generator=0)(images, index=torch.arange(len(images)))
+        else:
+            with pytest.raises(ValueError, match=f"c.safetensors: the image signatures must be finite floats of 32 "
+                                                 f"or 64 bits .* refuse the cached images themselves.*{dtype}"):
+                LatentCache.load(tmp_path / "c.safetensors", glow)
+
+
 def test_saving_a_cache_where_it_cannot_be_written_names_the_file(data, tmp_path, monkeypatch):
     # the error named the hidden temp file ".c.safetensors.a_crktpi.part" (a full disk: no path at all)
     import tempfile
