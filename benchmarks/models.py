@@ -98,10 +98,11 @@ def write_json(path: Path, obj: dict) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` as ``write_json`` writes, through a temporary file renamed over it."""
+    """Write ``text`` to ``path`` as ``write_json`` writes, through a temporary file renamed over it; in UTF-8, not
+    the locale's encoding (Windows' cp1252 has no "Δ": the report was lost at the end of the run)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with hub.atomic_path(path) as tmp:
-        Path(tmp).write_text(text)
+        Path(tmp).write_text(text, encoding="utf-8")
 
 
 def add_device_argument(parser) -> None:

@@ -597,7 +597,7 @@ def main(argv=None) -> dict:
         compiled_agreement = float((codec_roundtrip(codecs["glow_compiled"], x, 0.0, None)
                                     - codec_roundtrip(codecs["glow"], x, 0.0, None)).abs().max())
     result = write_report(**report, compiled_agreement=compiled_agreement, partial=False)
-    print((out / "throughput.md").read_text().rstrip())
+    print((out / "throughput.md").read_text(encoding="utf-8").rstrip())
     print(f"\nWrote {out / 'throughput.json'} and {out / 'throughput.md'} in {time.perf_counter() - start:.0f} s.")
     return result
 

@@ -12,7 +12,8 @@ from torch import nn
 from .isda import ISDA
 from .modelutils import borrowed, logits_of
 from .progress import progress_bar
-from .validation import check_count, check_images, check_labels, check_number, row_sum_tolerance
+from .validation import (check_count, check_images, check_labels, check_number, row_sum_tolerance,
+                         wide_float)
 
 Augment = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
@@ -121,7 +122,7 @@ def reliability_bins(probs: torch.Tensor, y: torch.Tensor, bins: int = 15) -> di
     conf, pred = probs.max(1)
     conf = conf.float()  # binned in float32: bf16's conf * bins lands in the wrong bin
     idx = (conf * bins).ceil().long().clamp(1, bins) - 1
-    dtype = torch.float32 if probs.device.type == "mps" else torch.float64  # float32 counts stop at 2^24 samples
+    dtype = wide_float(probs.device)  # float32 (MPS) counts stop at 2^24 samples
     sums = torch.zeros(3, bins, dtype=dtype, device=probs.device)
     sums[0].index_add_(0, idx, torch.ones_like(conf, dtype=dtype))
     sums[1].index_add_(0, idx, conf.to(dtype))

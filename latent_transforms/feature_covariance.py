@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .casts import without_16_bit_casts
-from .validation import WrongTypeError, check_choice, check_count, check_labels, is_out_of_memory
+from .validation import (WrongTypeError, check_choice, check_count, check_labels, is_out_of_memory,
+                         wide_float)
 
 COVARIANCES = ("full", "diagonal")
 
@@ -228,7 +229,8 @@ class FeatureCovariance(nn.Module):
             spread = (onehot.unsqueeze(2) * centred.unsqueeze(1)).reshape(a.shape[0], k * dim)    # (N, K A)
             batch_cov = (spread.T @ centred).reshape(k, dim, dim).div_(m_safe[:k].unsqueeze(2))
         count, batch_mean = counts[:k], batch_mean[:k]
-        w = (count.double() / (self.count + count).clamp(min=1).double()).to(a.dtype)  # m / (n + m); 0 if absent
+        wide = wide_float(a.device)  # float64 but on MPS, which has none
+        w = (count.to(wide) / (self.count + count).clamp(min=1).to(wide)).to(a.dtype)  # m / (n + m); 0 if absent
         mean, cov = self.mean, self.cov                                        # a.dtype: updated in place
         delta = batch_mean - mean
         shape = (k, 1) if self.diagonal else (k, 1, 1)

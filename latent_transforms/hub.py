@@ -42,7 +42,7 @@ import urllib.request
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -897,8 +897,10 @@ def _remote_url(file: str) -> str | None:
         raise ValueError(f"LATENT_TRANSFORMS_HUB_URL={base!r} holds a control character (a stray newline?)")
     scheme = parts.scheme.lower()
     if scheme not in URL_SCHEMES:
+        windows = PureWindowsPath(base)  # C:\ckpts: its drive letter reads as a scheme
+        local = windows.as_uri() if len(scheme) == 1 and windows.is_absolute() else "file:///absolute/path"
         raise ValueError(f"LATENT_TRANSFORMS_HUB_URL={base!r} has unsupported scheme {scheme!r}; use one of "
-                         f"{list(URL_SCHEMES)} (a local directory: file:///absolute/path)")
+                         f"{list(URL_SCHEMES)} (a local directory: {local})")
     if scheme == "file" and parts.netloc not in ("", "localhost"):
         raise ValueError(f"LATENT_TRANSFORMS_HUB_URL={base!r} reads {parts.netloc!r} as a host name; a local directory "
                          f"is file:///absolute/path (three slashes)")
@@ -1021,7 +1023,11 @@ def _download(url: str, dest: Path, sha256: str, size: int | None = None) -> Non
                 f"download of {dest.name} from {url} has the wrong sha256: expected {sha256}, got {digest.hexdigest()}"
             )
         chmod_default(tmp)
-        os.replace(tmp, dest)
+        try:
+            os.replace(tmp, dest)
+        except PermissionError:  # Windows, where no lock keeps processes apart: another one put the file there
+            if _check_copy(dest, sha256)[0] is not _Copy.VERIFIED:  # first and has it open, reading it
+                raise
     except HubError as e:
         if not page:
             raise

@@ -40,7 +40,7 @@ from .feature_covariance import COVARIANCES, FeatureCovariance, check_sync
 from .modelutils import unwrap
 from .rng import generator_repr
 from .validation import (WrongTypeError, bad_option, check_choice, check_count, check_device, check_labels,
-                         check_number, check_same_device, describe, name_dtype_clash)
+                         check_number, check_same_device, describe, name_dtype_clash, wide_float)
 
 
 _HARD_LABELS_ONLY = (
@@ -156,7 +156,8 @@ class _ISDAState:
         self._scheduled = False  # whether set_progress/set_epoch was ever called (or a progress loaded)
         # the progress as a buffer too, so that state_dict() (all tensors) resumes the schedule mid-epoch; lam reads
         # the float: no host sync when the buffer is on the GPU
-        self.register_buffer("schedule_progress", torch.zeros((), dtype=torch.float64))
+        # on torch's default device, as a module's own state; float32 where that is MPS, which has no float64
+        self.register_buffer("schedule_progress", torch.zeros((), dtype=wide_float(torch.empty(0).device)))
         check_sync("sync_stats", sync_stats)  # named as the caller knows it
         self.estimator = FeatureCovariance(num_classes, feature_dim, covariance=covariance, sync_stats=sync_stats)
 
@@ -216,7 +217,8 @@ class _ISDAState:
 
     def _apply(self, fn, recurse=True):
         # a 16-bit cast of a module holding it (Lightning's precision="bf16-true") keeps the progress float64, as the
-        # estimator keeps its statistics: a progress saved in bf16 resumed another lam
+        # estimator keeps its statistics: a progress saved in bf16 resumed another lam (on MPS: float32, as it has no
+        # float64)
         return super()._apply(without_16_bit_casts(fn), recurse)
 
     def _isda_repr(self) -> str:

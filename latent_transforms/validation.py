@@ -240,11 +240,15 @@ def _judge_images(x: torch.Tensor, name: str, lo: float, hi: float) -> None:
         raise ValueError(f"{name} values must lie in [0, 1], got range [{lo:.4g}, {hi:.4g}]; {hint}")
 
 
+def wide_float(device: torch.device | str) -> torch.dtype:
+    """float64, or float32 on a device that has no float64 (MPS: a float64 tensor there is a ``TypeError``)."""
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
 def _check_values(checks: list[tuple[torch.Tensor, Callable[[list[float]], None]]]) -> None:
     """Read every check's statistics (small tensors on one device) on the host at once, one host sync, then judge
-    them in order. In float64 (int64 class indices and positions stay exact below 2**53), float32 where the device
-    has no float64 (MPS)."""
-    wide = torch.float32 if checks[0][0].device.type == "mps" else torch.float64
+    them in order. In ``wide_float`` (int64 class indices and positions stay exact below 2**53 in float64)."""
+    wide = wide_float(checks[0][0].device)
     values = torch.cat([t.reshape(-1).to(wide) for t, _ in checks]).tolist()
     for t, judge in checks:
         judge(values[:t.numel()])

@@ -2079,3 +2079,16 @@ def test_accuracy_validation_split_names_exactly_the_classes_left_without_a_trai
     with pytest.raises(SystemExit, match=r"^--val-fraction 0.6 holds out every training image of classes 8, 9 \(of 18 "
                                          r"images\)"):
         acc.load_data(acc.parse_args(["--smoke", "--train", folder, "--val-fraction", "0.6"]))
+
+
+def test_reports_are_written_in_utf8_whatever_the_locale(tmp_path):
+    # a locale without "Δ" (Windows' cp1252; here ASCII, as LC_ALL=C without UTF-8 mode): results.md's write raised
+    # UnicodeEncodeError at the end of the run, and the report was lost
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0", "PYTHONPATH": str(ROOT)}
+    script = ("import sys, locale; sys.path.insert(0, sys.argv[1]); from pathlib import Path; from models import "
+              "write_text; assert locale.getpreferredencoding(False).lower() in ('ascii', 'ansi_x3.4-1968'); "
+              "write_text(Path(sys.argv[2]), '| arm | \\u0394 vs baseline (paired \\u00b1 std) |')")
+    proc = subprocess.run([sys.executable, "-c", script, str(BENCHMARKS), str(tmp_path / "results.md")], env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "results.md").read_text(encoding="utf-8") == "| arm | Δ vs baseline (paired ± std) |"

@@ -7,15 +7,19 @@ was moved, and the latent cache, the hub's loading and the documented compositio
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import traceback
+from types import SimpleNamespace
 
 import kornia
 import kornia.augmentation as K
 import pytest
 import torch
 import torchvision
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 from torchvision.transforms import v2
@@ -25,6 +29,8 @@ from conftest import (STRENGTH_ZERO_EXPECTED, ClassifierWithItsAugmentation, Tin
                       tiny_vae)
 from latent_transforms import (ISDA, Compose, LatentAdversarial, LatentCache, LatentMixupInference, LatentNoise,
                                VarMixup, hub)
+from latent_transforms.codecs import Glow
+from latent_transforms.isda import ISDALoss
 
 METHODS = {
     "LatentNoise": lambda glow, vae, **kw: LatentNoise(glow, eps=3.0, **kw),
@@ -241,3 +247,94 @@ def test_the_documented_compositions_run_on_the_device(device):
             x2, y2 = augment(x, y, net)
         assert x2.device == y2.device == x.device and x2.dtype == x.dtype and y2.shape == (8, 10)
         assert torch.isfinite(x2).all() and seen.crossings == []
+
+
+# -- Apple's MPS, which has no float64, simulated on the CPU ----------------------------------------------------------
+_NO_FLOAT64 = ("Cannot convert a MPS Tensor to float64 dtype as the MPS framework doesn't support float64. "
+               "Please use float32 instead.")  # the TypeError of torch on a Mac
+
+
+class _NoFloat64OnMPS(TorchDispatchMode):
+    """Any op whose result would be a float64 tensor on "mps" raises MPS's ``TypeError``."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if any(isinstance(t, torch.Tensor) and t.dtype == torch.float64 and t.device.type == "mps"
+               for t in pytree.tree_leaves(out)):
+            raise TypeError(f"{func}: {_NO_FLOAT64}")
+        return out
+
+
+class _MovesToMPS(TorchFunctionMode):
+    """``Tensor.to("mps")`` as a fake tensor there (this torch has no MPS to copy to; a float64 one raises). The
+    bindings of ``~t`` and ``t[index]`` refuse fake MPS tensors: ``torch.bitwise_not(t)``, and the shape that
+    indexing gives on the meta device (a new tensor, not a view: fake tensors hold no values to share)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.__invert__:
+            return torch.bitwise_not(*args)
+        if func is torch.Tensor.__getitem__ and args[0].device.type == "mps":
+            meta = pytree.tree_map_only(torch.Tensor, lambda t: torch.empty(t.shape, dtype=t.dtype, device="meta"), args)
+            out = meta[0][meta[1]]
+            return torch.empty(out.shape, dtype=out.dtype, device="mps")
+        if func is torch.Tensor.to:
+            to_device, dtype = torch._C._nn._parse_to(*args[1:], **kwargs)[:2]
+            src = args[0]
+            if to_device is not None and to_device.type == "mps" and src.device.type != "mps":
+                if (dtype or src.dtype) == torch.float64:
+                    raise TypeError(_NO_FLOAT64)
+                return torch.empty(src.shape, dtype=dtype or src.dtype, device="mps")
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def simulated_mps():
+    """Fake tensors on an "mps" device (shapes, dtypes and devices, no values: an op that reads a value on the host
+    raises) that refuse float64 as MPS does."""
+    with FakeTensorMode(allow_non_fake_inputs=True), _NoFloat64OnMPS(), _MovesToMPS():
+        yield
+
+
+def test_isda_and_its_statistics_move_to_mps_and_update_there():
+    # ISDA's float64 schedule progress made isda.to("mps") (and model.to("mps") of a model holding ISDALoss) a
+    # TypeError, and the statistics' merge took m / (n + m) in float64 on the features' device
+    with simulated_mps():
+        isda = ISDA(3, feature_dim=4).to("mps")
+        assert isda.schedule_progress.device.type == "mps" and isda.schedule_progress.dtype == torch.float32
+        assert all(b.device.type == "mps" for b in isda.estimator.buffers())
+        isda.estimator.update(torch.randn(5, 4, device="mps"), torch.randint(0, 3, (5,), device="mps"), check_y=False)
+        assert isda.estimator.mean.device.type == "mps" and isda.estimator.cov.dtype == torch.float32
+
+
+@pytest.mark.parametrize("make", [lambda: ISDA(3), lambda: ISDALoss(3, feature_dim=4)], ids=["ISDA", "ISDALoss"])
+def test_isda_builds_under_mps_as_torchs_default_device(make):
+    # its float64 schedule buffer, made on the default device, was MPS's TypeError
+    with simulated_mps():
+        torch.set_default_device("mps")
+        try:
+            isda = make()
+        finally:
+            torch.set_default_device(None)
+    assert isda.schedule_progress.device.type == "mps" and isda.schedule_progress.dtype == torch.float32
+    assert ISDA(3).schedule_progress.dtype == torch.float64  # elsewhere the progress keeps all its digits
+
+
+def test_a_glow_folds_its_weights_for_mps_on_the_cpu():
+    # freeze() and a refold after weights written in place computed the folded weights in float64 on the weights'
+    # device: hub.load("glow-digits", device="mps") raised MPS's TypeError
+    # (a Glow's parameters cannot become fake MPS tensors: a step stands in, with its weights there)
+    glow = tiny_glow()
+    block = glow.flow.flows[0][0]
+    conv, actnorm = block.flows[1], block.flows[2]
+    with simulated_mps():
+        step = torch.nn.Module()
+        step.flows = [None, SimpleNamespace(num_channels=conv.num_channels, **{
+            k: getattr(conv, k).detach().to("mps") for k in ("L", "U", "sign_S", "log_S", "P")}),
+            SimpleNamespace(s=actnorm.s.detach().to("mps"), t=actnorm.t.detach().to("mps"))]
+        on_mps = SimpleNamespace(flow=SimpleNamespace(flows=[[step, None]]), dtype=torch.float32,
+                                 device=torch.device("mps"), _record_fold_sources=lambda: None)
+        Glow._fold_weights(on_mps)
+    for name in ("enc_weight", "enc_bias", "dec_weight", "dec_bias"):
+        folded, value = getattr(step, name), getattr(block, name)
+        assert folded.device.type == "mps" and (folded.shape, folded.dtype) == (value.shape, value.dtype)

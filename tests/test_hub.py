@@ -1232,6 +1232,15 @@ def test_a_file_url_with_a_host_suggests_three_slashes(env, monkeypatch):
         hub.fetch("good")
 
 
+def test_a_windows_path_as_the_hub_url_is_answered_with_its_file_url(env, monkeypatch):
+    # C:\ckpts read "c" as the scheme, and the message gave file:///absolute/path, which is no Windows path
+    _register("good", "good.safetensors")
+    monkeypatch.setenv("LATENT_TRANSFORMS_HUB_URL", r"C:\Users\Zoë\my ckpts")
+    with pytest.raises(ValueError, match=re.escape("unsupported scheme 'c'; use one of ['http', 'https', 'file'] (a "
+                                                   "local directory: file:///C:/Users/Zo%C3%AB/my%20ckpts)")):
+        hub.fetch("good")
+
+
 def test_no_url_says_where_it_looked(env, monkeypatch):
     monkeypatch.delenv("LATENT_TRANSFORMS_HUB_URL")
     _register("good", "good.safetensors")
@@ -1970,3 +1979,33 @@ def test_an_empty_hub_url_is_no_hub_url(env, monkeypatch):
 def test_the_download_url_is_the_hub_url_and_the_quoted_file_name(monkeypatch, base, url):
     monkeypatch.setenv("LATENT_TRANSFORMS_HUB_URL", base)
     assert hub._remote_url("a#b c.safetensors") == url  # "#" unquoted made the rest of the name a fragment
+
+
+def test_a_download_whose_file_another_process_put_in_place_and_holds_open_uses_that_file(env, monkeypatch):
+    # Windows: no fcntl, so no lock keeps processes apart, and os.replace onto a file another process holds open
+    # (reading the copy it downloaded first) is "PermissionError: [WinError 5] Access is denied": DDP ranks loading
+    # one name at once failed, all but the first
+    monkeypatch.setitem(sys.modules, "fcntl", None)  # import fcntl: ImportError, as on Windows
+    _register("good", "good.safetensors")
+    real_replace, held = os.replace, []
+
+    there = [GOOD]  # what the other process put in place
+
+    def replace_as_on_windows(src, dst):
+        if Path(dst) == env / "good.safetensors":
+            (env / "good.safetensors").write_bytes(there[0])  # the other process's file, in place first
+            held.append(open(env / "good.safetensors", "rb"))  # and being read there
+            raise PermissionError(13, "Access is denied", str(src), None, str(dst))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_as_on_windows)
+    try:
+        assert hub.fetch("good").read_bytes() == GOOD
+        (env / "good.safetensors").unlink()
+        there[0] = BAD  # not the registered file: the failure stands
+        with pytest.raises(PermissionError, match="Access is denied"):
+            hub.fetch("good")
+    finally:
+        for f in held:
+            f.close()
+    assert len(held) == 2 and _leftovers(env) == []

@@ -9,7 +9,7 @@ import normflows as nf
 import torch
 import torch.nn.functional as F
 
-from ..validation import check_number
+from ..validation import check_number, wide_float
 from .base import Codec, Latents
 
 
@@ -246,7 +246,7 @@ class Glow(Codec):
             for level in self.flow.flows:
                 for block in level[:-1]:
                     for name, value in zip(("enc_weight", "enc_bias", "dec_weight", "dec_bias"), _fold(block)):
-                        block.register_buffer(name, value.to(self.dtype), persistent=False)
+                        block.register_buffer(name, value.to(self.dtype).to(self.device), persistent=False)
         self._folded = True
         self._record_fold_sources()
 
@@ -287,13 +287,19 @@ def _refold_after_load(glow: Glow, incompatible_keys) -> None:
 
 
 def _fold(block: nf.flows.GlowBlock) -> tuple[torch.Tensor, ...]:
-    """A Glow step's 1x1 convolution and ActNorm as one affine map per direction (float64, then cast)."""
+    """A Glow step's 1x1 convolution and ActNorm as one affine map per direction, in float64 (to be cast): on the
+    weights' device, on the CPU where that device has no float64 (MPS)."""
     conv, actnorm = block.flows[1], block.flows[2]
     c = conv.num_channels
-    lower = torch.tril(conv.L.double(), -1) + torch.eye(c, dtype=torch.float64, device=conv.L.device)
-    upper = torch.triu(conv.U.double(), 1) + torch.diag(conv.sign_S.double() * torch.exp(conv.log_S.double()))
-    w = conv.P.double() @ lower @ upper
-    s, t = actnorm.s.double().flatten(), actnorm.t.double().flatten()
+    where = conv.L.device if wide_float(conv.L.device) == torch.float64 else torch.device("cpu")
+
+    def wide(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().to(where).double()  # moved, then cast: MPS cannot hold the float64 copy
+
+    lower = torch.tril(wide(conv.L), -1) + torch.eye(c, dtype=torch.float64, device=where)
+    upper = torch.triu(wide(conv.U), 1) + torch.diag(wide(conv.sign_S) * torch.exp(wide(conv.log_S)))
+    w = wide(conv.P) @ lower @ upper
+    s, t = wide(actnorm.s).flatten(), wide(actnorm.t).flatten()
     enc_w = w * torch.exp(-s)[None, :]  # image -> latent: ActNorm inverse, then W
     dec_w = torch.exp(s)[:, None] * torch.linalg.inv(w)  # latent -> image: W^-1, then ActNorm
     return enc_w[..., None, None], -(enc_w @ t), dec_w[..., None, None], t
