@@ -12,7 +12,7 @@ from torch import nn
 from .isda import ISDA
 from .modelutils import borrowed, logits_of
 from .progress import progress_bar
-from .validation import (check_count, check_images, check_labels, check_number, row_sum_tolerance,
+from .validation import (check_count, check_images, check_labels, check_number, no_autocast, row_sum_tolerance,
                          wide_float)
 
 Augment = Callable[..., tuple[torch.Tensor, torch.Tensor]]
@@ -61,7 +61,8 @@ def fit_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, augment: 
                 xb = pixel_augment(xb)
             if augment is not None:
                 xb, yb = augment(xb, yb, model)
-            with torch.autocast(x.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            with (no_autocast(x.device) if autocast_dtype is None
+                  else torch.autocast(x.device.type, dtype=autocast_dtype)):
                 loss = F.cross_entropy(model(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -14,7 +14,7 @@ from torch import nn
 
 from .casts import without_16_bit_casts
 from .validation import (WrongTypeError, check_choice, check_count, check_labels, is_out_of_memory,
-                         wide_float)
+                         no_autocast, wide_float)
 
 COVARIANCES = ("full", "diagonal")
 
@@ -199,7 +199,7 @@ class FeatureCovariance(nn.Module):
             dtype = self.mean.dtype  # float32 or float64: 16-bit buffers are refused above
         else:
             dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
-        with torch.autocast(features.device.type, enabled=False):
+        with no_autocast(features.device):
             a = features.detach().to(dtype)
             if self.gathers():
                 a, y = _untraced_gather()(a, y, self.group)

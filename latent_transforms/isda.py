@@ -40,7 +40,7 @@ from .feature_covariance import COVARIANCES, FeatureCovariance, check_sync
 from .modelutils import unwrap
 from .rng import generator_repr
 from .validation import (WrongTypeError, bad_option, check_choice, check_count, check_device, check_labels,
-                         check_number, check_same_device, describe, name_dtype_clash, wide_float)
+                         check_number, check_same_device, describe, name_dtype_clash, no_autocast, wide_float)
 
 
 _HARD_LABELS_ONLY = (
@@ -117,7 +117,7 @@ def isda_logits(logits: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, cov
     if isinstance(lam, float) and lam == 0:  # checked all the same: a wrong call fails at once, not when lam ramps up
         return logits
     dtype = torch.promote_types(weight.dtype, cov.dtype)
-    with torch.autocast(logits.device.type, enabled=False):
+    with no_autocast(logits.device):
         w = weight.to(dtype)
         sigma = cov.detach().to(dtype)
         if sigma.ndim == 2:

@@ -177,7 +177,7 @@ def check_images(x: torch.Tensor, name: str = "x", allow_uint8: bool = False, va
     """Check ``x: (B, C, H, W)`` float in [0, 1], finite, non-empty unless ``allow_empty`` (or any ``uint8`` if
     ``allow_uint8``); ``values=False`` checks all but the values (no host sync)."""
     if _image_form(x, name, allow_uint8, allow_empty=allow_empty) and values:
-        with _no_autocast(x.device):
+        with no_autocast(x.device):
             _check_values([(_image_stats(x), lambda v: _judge_images(x, name, *v))])
 
 
@@ -207,11 +207,15 @@ def _image_form(x: torch.Tensor, name: str, allow_uint8: bool, uint8_hint: str =
     return x.shape[0] > 0
 
 
-def _no_autocast(device: torch.device):
-    """Statistics in the tensors' own dtypes: a training loop's ``torch.autocast`` would cast the ops that build them
-    (a latent cache's image signatures to 16 bits), or refuse them (fp16 images under CPU bf16 autocast: torch's
-    "Unexpected floating ScalarType in at::autocast::prioritize")."""
-    return torch.autocast(device.type, enabled=False) if device.type in ("cpu", "cuda") else contextlib.nullcontext()
+def no_autocast(device: torch.device):
+    """Autocast off on ``device``, for math in the tensors' own dtypes: a training loop's ``torch.autocast`` would
+    cast the ops (a latent cache's image signatures to 16 bits), or refuse them (fp16 images under CPU bf16 autocast:
+    torch's "Unexpected floating ScalarType in at::autocast::prioritize"). Nothing where torch has no autocast for
+    the device, so none can be on (MPS before torch 2.5, where ``torch.autocast("mps", enabled=False)`` raises
+    "unsupported scalarType")."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _image_stats(x: torch.Tensor) -> torch.Tensor:
@@ -260,7 +264,7 @@ def check_labels(y: torch.Tensor, batch_size: int, num_classes: int | None = Non
     """Check ``y``: ``(B,)`` int64 class indices in [0, num_classes) or ``(B, K)`` float rows summing to 1, as many
     as ``batch_size``, the samples of ``batch_name``."""
     if _label_form(y, batch_size, num_classes, name, batch_name):
-        with _no_autocast(y.device):
+        with no_autocast(y.device):
             _check_values([(_label_stats(y), lambda v: _judge_labels(y, name, num_classes, v))])
 
 
@@ -389,7 +393,7 @@ def check_model_slot(model: object) -> None:
 def check_index(index: torch.Tensor, batch_size: int | None, size: int | None = None) -> None:
     """Check ``index: (B,)`` int64 dataset positions (``B == batch_size`` and in ``[0, size)`` when given)."""
     if _index_form(index, batch_size):
-        with _no_autocast(index.device):
+        with no_autocast(index.device):
             _check_values([(_extremes(index), lambda v: _judge_index(size, *v))])
 
 
@@ -432,7 +436,7 @@ def check_batch(x: torch.Tensor, y: torch.Tensor | None, num_classes: int | None
     index_values = index is not None and _index_form(index, x.shape[0])
     if not values or not len(x):  # an empty batch has no value to read, nor a caller's more_checks
         return
-    with _no_autocast(x.device):
+    with no_autocast(x.device):
         checks = []  # judged in this order: images, labels, index
         if image_values:
             checks.append((_image_stats(x), lambda v: _judge_images(x, "x", *v)))

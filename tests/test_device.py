@@ -338,3 +338,28 @@ def test_a_glow_folds_its_weights_for_mps_on_the_cpu():
     for name in ("enc_weight", "enc_bias", "dec_weight", "dec_bias"):
         folded, value = getattr(step, name), getattr(block, name)
         assert folded.device.type == "mps" and (folded.shape, folded.dtype) == (value.shape, value.dtype)
+
+
+def test_autocast_is_left_alone_on_a_device_torch_has_no_autocast_for(monkeypatch):
+    # torch before 2.5 has no MPS autocast: torch.autocast("mps", enabled=False) raised "unsupported scalarType" and
+    # torch.is_autocast_enabled("mps") "unknown device type for autocast", in every ISDA update and codec call
+    from latent_transforms.codecs.precision import exact_math
+
+    available, autocast, enabled = torch.amp.is_autocast_available, torch.autocast, torch.is_autocast_enabled
+
+    def refusing(name, real):
+        def call(device_type, *args, **kwargs):
+            if device_type == "mps":
+                raise RuntimeError(f"{name}: unknown device type for autocast")
+            return real(device_type, *args, **kwargs)
+        return call
+
+    monkeypatch.setattr(torch.amp, "is_autocast_available", lambda kind: kind != "mps" and available(kind))
+    monkeypatch.setattr(torch, "autocast", refusing("autocast", autocast))
+    monkeypatch.setattr(torch, "is_autocast_enabled", refusing("is_autocast_enabled", enabled))
+    with exact_math("mps"):
+        pass
+    with simulated_mps():
+        isda = ISDA(3, feature_dim=4).to("mps")
+        isda.estimator.update(torch.randn(5, 4, device="mps"), torch.randint(0, 3, (5,), device="mps"), check_y=False)
+        assert isda.estimator.cov.device.type == "mps"

@@ -117,7 +117,9 @@ def exact_math(device_type: str | None = None) -> Iterator[None]:
     try:
         with contextlib.ExitStack() as no_autocast:
             for kind in [device_type] if device_type else ["cpu", "cuda"]:
-                if torch.is_autocast_enabled(kind):  # entering a disabled one costs ~15 us of host time per call
+                # entering a disabled one costs ~15 us of host time per call; a device torch has no autocast for
+                # (MPS before torch 2.5) can have none on, and asking raises "unknown device type for autocast"
+                if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):
                     no_autocast.enter_context(torch.autocast(kind, enabled=False))
             yield
     finally:
