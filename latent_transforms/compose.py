@@ -154,9 +154,11 @@ def _check_kornia_mix_step(steps: list, i: int, mixing: list[int], num_classes: 
                          f"torchvision.transforms.v2.MixUp/CutMix")
 
 
-def _checked(step: nn.Module, i: int, out: object, pair: bool):
+def _checked(step: nn.Module, i: int, out: object, pair: bool, batch: int):
     """``out`` as a step called as ``t(x, y)`` (``pair``) or ``t(x)`` must return it: a ``WrongTypeError`` (a
-    ``TypeError`` and a ``ValueError``) naming the step otherwise (a latent transform held by a container of one's own makes an ``(x, y)`` pair where images belong)."""
+    ``TypeError`` and a ``ValueError``) naming the step otherwise (a latent transform held by a container of one's
+    own makes an ``(x, y)`` pair where images belong); a ``ValueError`` naming it if its images (or labels) are not
+    the ``batch`` samples it was given: images and labels would no longer match."""
     ok = (isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[0], torch.Tensor)) if pair \
         else isinstance(out, torch.Tensor)
     if not ok:
@@ -164,6 +166,12 @@ def _checked(step: nn.Module, i: int, out: object, pair: bool):
         e = WrongTypeError(f"{_name(step)} at step {i} returned {got}, not {'(images, labels)' if pair else 'images'}: a "
                            f"latent transform inside a container of one's own? make it a step of this Compose")
         raise not_about_the_batch(e)  # the step's own output, not the previous step's: no 'on the output of'
+    for what, t in zip(("images", "labels"), out if pair else (out,)):
+        if isinstance(t, torch.Tensor) and (t.ndim == 0 or t.shape[0] != batch):
+            got = "a 0-d tensor" if t.ndim == 0 else f"{t.shape[0]} {what}"
+            raise not_about_the_batch(ValueError(
+                f"{_name(step)} at step {i} returned {got} for a batch of {batch}: a step must keep the batch's "
+                f"samples, or images and labels no longer match"))
     return out
 
 
@@ -403,8 +411,9 @@ class Compose(ChecksCodecStates, nn.Module):
             return x2, blend(to_soft(own, k), to_soft(other, k), lam)
         if not x.is_floating_point() and _has_mixup(step):  # torchvision's own error named no step and no fix
             raise ValueError(f"x must be a float tensor for MixUp (it blends pixel values), got dtype {x.dtype}")
+        n = len(x)
         if _is_torchvision_v2(step) and y is not None:
-            return _checked(step, i, step(x, y), pair=True)
+            return _checked(step, i, step(x, y), pair=True, batch=n)
         if _is_torchvision_v2(step) and any(isinstance(p, LatentTransform) for p in _parts(step)):
-            return _checked(step, i, step(x, None), pair=True)[0], None  # it hands the latent step's (x, None) on
-        return _checked(step, i, step(x), pair=False), y  # given only the images, torchvision's v2.Lambda never sees None
+            return _checked(step, i, step(x, None), pair=True, batch=n)[0], None  # it hands the latent step's (x, None) on
+        return _checked(step, i, step(x), pair=False, batch=n), y  # given only the images, torchvision's v2.Lambda never sees None

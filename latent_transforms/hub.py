@@ -343,8 +343,8 @@ def _is_run_json(path: Path) -> bool:
     """Whether ``path`` is the JSON ``train`` writes beside its checkpoint (it holds a ``registry_entry``)."""
     try:
         return path.stat().st_size < 1 << 24 and isinstance(json.loads(path.read_bytes()).get("registry_entry"), dict)
-    except (ValueError, AttributeError, OSError):  # not JSON, not an object, unreadable
-        return False
+    except (ValueError, RecursionError, AttributeError, OSError):  # not JSON (or nested thousands deep), not an
+        return False  # object, unreadable
 
 
 def _read_verified(path: Path, sha256: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
@@ -404,7 +404,7 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
         )
     try:
         config = json.loads(metadata["config"])
-    except (KeyError, json.JSONDecodeError) as e:
+    except (KeyError, json.JSONDecodeError, RecursionError) as e:  # RecursionError: arrays nested thousands deep
         raise ValueError(f"{path} has no valid JSON 'config' in its metadata ({e})") from None
     if not isinstance(config, dict):
         kind = {type(None): "null", list: "an array", str: "a string", bool: "a boolean"}.get(type(config), "a number")
@@ -701,7 +701,7 @@ def _read_run(path: Path) -> dict:
                                f"NAME.safetensors")
     try:
         report = json.loads(path.read_bytes())
-    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError; arrays nested thousands deep
         raise ValueError(f"{path} is not a JSON file ({e}); give the NAME.json that `latent-transforms train` wrote "
                          f"beside NAME.safetensors") from None
     entry = report.get("registry_entry") if isinstance(report, dict) else None

@@ -364,6 +364,7 @@ def test_register_into_a_cache_dir_that_cannot_be_made_says_so(tmp_path, capsys,
     ("{not json", "is not a JSON file"),
     ('{"name": "x"}', "has no 'registry_entry'"),
     (b"\x80\x81", "is not a JSON file"),  # not UTF-8: UnicodeDecodeError, a ValueError too
+    ("[" * 100_000 + "]" * 100_000, "is not a JSON file"),  # nested 100,000 deep: a RecursionError's traceback
     ('{"name": "x", "registry_entry": {"file": "x.safetensors", "sha256": "' + "0" * 64 + '"}}', "has no 'config'"),
 ])
 def test_register_refuses_what_train_did_not_write(tmp_path, capsys, content, message):

@@ -3,6 +3,8 @@ import kornia.augmentation as K
 import pytest
 import torch
 import torchvision.transforms.v2 as T
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from latent_transforms import ISDA, Compose
 from latent_transforms.latent_adversarial import LatentAdversarial
@@ -502,6 +504,27 @@ def test_a_step_that_returns_something_else_than_images_is_named(rgb):
         Compose([T.RandomHorizontalFlip(), lambda x: (x, None)])(x, y)
 
 
+def test_a_step_that_changes_the_batch_size_is_named(rgb):
+    """Found by fuzzing (audit 167): a last plain step returning x[:1] came back as (1 image, 4 labels) without a
+    word, and a batch doubled before a kornia mix gave kornia's IndexError ("index out of range in self")."""
+    x, y = rgb
+
+    class Halves(T.Transform):  # a labelled step that drops the labels' rows as well as the images'
+        def forward(self, x, y):
+            return x, y[:3]
+
+    for steps, num_classes, got in (
+            ([T.RandomHorizontalFlip(), lambda x: x[:1]], None, "<lambda> at step 1 returned 1 images"),
+            ([lambda x: torch.cat([x, x]), K.RandomMixUpV2()], 10, "<lambda> at step 0 returned 12 images"),
+            ([lambda x: x.sum()], None, "<lambda> at step 0 returned a 0-d tensor"),
+            ([Halves()], None, "Halves at step 0 returned 3 labels")):
+        with pytest.raises(ValueError, match=rf"^{got} for a batch of 6: a step must keep the batch's samples, or "
+                                             r"images and labels no longer match$"):
+            Compose(steps, num_classes=num_classes)(x, y)
+    x2, _ = Compose([lambda x: x.flatten(1)])(x, y)  # any other shape keeps the batch
+    assert x2.shape == (6, 3 * 16 * 16)
+
+
 def test_kornia_random_jigsaw_keeps_the_labels(rgb):
     # RandomJigsaw is a kornia mix base but moves patches within each image: Compose took it for a label mix (and
     # kornia's own call with a "class" key raised NotImplementedError)
@@ -703,3 +726,43 @@ def test_an_empty_batch_passes_through_every_kind_of_step(rgb, rgb_glow):
         xm, ym = mode(x8, y[:0])
         assert xm.shape == (0, *x.shape[1:]) and xm.dtype == torch.float32
         assert ym.shape == ((0, 10) if mode.training else (0,))
+
+
+_FUZZ_GLOW, _FUZZ_VAE = tiny_glow(), tiny_vae()
+_FUZZ_STEPS = {
+    "LatentNoise": lambda: LatentNoise(_FUZZ_GLOW, eps=1.0, p=0.5, generator=0),
+    "VarMixup": lambda: VarMixup(_FUZZ_VAE, p=0.5, generator=0),  # with the Compose's num_classes
+    "v2 flip": lambda: T.RandomHorizontalFlip(),
+    "v2 MixUp": lambda: T.MixUp(num_classes=10),
+    "kornia flip": lambda: K.RandomHorizontalFlip(),
+    "x -> x": lambda: lambda x: x.flip(-2),
+}
+_FUZZ_BREAKING = {  # steps that return something else than the batch's images
+    "x -> x[:1]": lambda x: x[:1], "x -> 2B images": lambda x: torch.cat([x, x]), "x -> (x, None)": lambda x: (x, None),
+    "x -> 0-d": lambda x: x.mean(),
+}
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(names=st.lists(st.sampled_from(sorted(_FUZZ_STEPS)), min_size=1, max_size=4), soft=st.booleans(),
+       breaking=st.none() | st.tuples(st.sampled_from(sorted(_FUZZ_BREAKING)), st.integers(0, 4)))
+def test_any_chain_of_steps_keeps_the_batch_or_names_the_step_that_broke_it(names, soft, breaking):
+    """Audit 167's fuzzing of Compose, kept small: library, torchvision, kornia and plain steps in any order give
+    x's shape and dtype with labels of the batch (soft ones summing to 1), or, when a step returns something else
+    than the batch's images (also as the last step), an error naming that step."""
+    g = torch.Generator().manual_seed(len(names))
+    x = torch.rand(4, 1, 8, 8, generator=g)
+    y = torch.softmax(torch.randn(4, 10, generator=g), 1) if soft else torch.randint(0, 10, (4,), generator=g)
+    steps = [_FUZZ_STEPS[n]() for n in names]
+    if breaking:
+        at = min(breaking[1], len(steps))
+        steps.insert(at, _FUZZ_BREAKING[breaking[0]])
+        with pytest.raises(ValueError, match=rf"^<lambda> at step {at} returned "):  # WrongTypeError too
+            Compose(steps, num_classes=10)(x, y)
+        return
+    x2, y2 = Compose(steps, num_classes=10)(x, y)
+    assert (x2.shape, x2.dtype) == (x.shape, x.dtype) and len(y2) == 4
+    if y2.ndim == 2:
+        assert torch.allclose(y2.sum(1), torch.ones(4), atol=1e-5) and (y2 >= 0).all()
+    else:
+        assert not soft and not any("Mix" in n for n in names) and torch.equal(y2, y)

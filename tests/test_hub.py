@@ -1755,6 +1755,17 @@ def test_a_checkpoint_whose_config_cannot_build_a_codec_is_named(tmp_path):
         hub.load_checkpoint(path)
 
 
+def test_a_checkpoint_whose_config_is_nested_too_deep_is_named(tmp_path):
+    """Found by fuzzing (audit 167): JSON arrays nested 100,000 deep in a file's config gave Python's RecursionError
+    (the registry files' reader already named it)."""
+    g = _codec()
+    path = _write_raw(tmp_path / "deep.safetensors", {k: v.clone() for k, v in g.state_dict().items()},
+                      {"format": hub.FORMAT, "config": "[" * 100_000 + "]" * 100_000})
+    with pytest.raises(ValueError, match=r"deep.safetensors has no valid JSON 'config' in its metadata \(maximum "
+                                         r"recursion depth exceeded"):
+        hub.load_checkpoint(path)
+
+
 @pytest.mark.parametrize("name, change", [
     ("vae-digits", {"hidden": 512}),  # 60x the file's weights: it was built (~25 MB), then refused for its shapes
     ("glow-digits", {"hidden": 10**6}),  # 10^12 weights: it asked the allocator for 4 TB
@@ -1866,9 +1877,10 @@ def test_loading_a_runs_json_says_which_file_to_load(tmp_path):
                                          rf"run, not a checkpoint; load {re.escape(str(tmp_path / 'my-flow.safetensors'))}"):
         hub.load(str(run))
     other = tmp_path / "other.json"
-    other.write_text("[1, 2]")
-    with pytest.raises(ValueError, match="is not a safetensors file"):
-        hub.load_checkpoint(other)
+    for text in ("[1, 2]", "[" * 100_000 + "]" * 100_000):  # nested 100,000 deep: a RecursionError (audit 167)
+        other.write_text(text)
+        with pytest.raises(ValueError, match="is not a safetensors file"):
+            hub.load_checkpoint(other)
 
 
 def test_a_failed_download_still_names_the_bad_cached_copy(env, server):

@@ -2,6 +2,8 @@ import re
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from latent_transforms import Compose, LatentAdversarial, LatentCache, LatentNoise, VarMixup
 from latent_transforms.codecs import ConvVAE
@@ -418,6 +420,34 @@ def test_a_flipped_bit_in_a_saved_cache_is_refused(data, tmp_path):
     with pytest.raises(ValueError, match="d.safetensors: the latents do not match the sha256 saved with them"):
         LatentCache.load(tmp_path / "d.safetensors", glow)
     assert len(LatentCache.load(tmp_path / "c.safetensors", glow)) == len(images)
+
+
+_SAVED_GLOW = tiny_glow()
+_SAVED_CACHE = LatentCache(_SAVED_GLOW, torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0)),
+                           progress=False)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(cut=st.none() | st.floats(0, 1, exclude_max=True), flip=st.tuples(st.floats(0, 1, exclude_max=True),
+                                                                          st.integers(0, 7)))
+def test_a_damaged_cache_file_is_loaded_whole_or_refused_by_name(tmp_path_factory, cut, flip):
+    """Audit 167's fuzzing of saved caches, kept small: a file cut anywhere, or with any one bit flipped (header,
+    metadata or tensors), loads as the cache that was saved or raises a ValueError naming the file; never another
+    cache, nor safetensors' or torch's own error."""
+    path = tmp_path_factory.mktemp("cache") / "c.safetensors"
+    _SAVED_CACHE.save(path)
+    raw = bytearray(path.read_bytes())
+    if cut is None:
+        raw[int(flip[0] * len(raw))] ^= 1 << flip[1]
+    else:
+        raw = raw[:int(cut * len(raw))]
+    path.write_bytes(bytes(raw))
+    try:
+        loaded = LatentCache.load(path, _SAVED_GLOW)
+    except ValueError as e:
+        assert str(e).startswith(str(path)), e
+        return
+    assert torch.equal(loaded.latents, _SAVED_CACHE.latents) and torch.equal(loaded.signatures, _SAVED_CACHE.signatures)
 
 
 def test_a_loaded_state_dict_brings_its_images_signatures():

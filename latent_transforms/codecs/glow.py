@@ -115,9 +115,12 @@ class Glow(Codec):
         if not (0 < alpha < 0.5 and 0 < scale_floor < 1):
             raise ValueError(f"alpha must be in (0, 0.5) and scale_floor in (0, 1), got {alpha!r}, {scale_floor!r}")
         c, h, w = self.image_shape
-        if h % 2**levels or w % 2**levels:
-            raise ValueError(f"image height and width must be divisible by 2**levels = {2**levels}, got {h}x{w}: "
-                             f"resize or crop the images, or use fewer levels")
+        # levels past the sides' bits divide neither, and 2**levels is not computed: levels=2**31 hung, 20000 gave
+        # Python's "Exceeds the limit (4300 digits) for integer string conversion"
+        if levels >= min(h, w).bit_length() or h % 2**levels or w % 2**levels:
+            raise ValueError(f"image height and width must be divisible by 2**levels = "
+                             f"{2**levels if levels <= 64 else f'2**{levels}'}, got {h}x{w}: resize or crop the images, "
+                             f"or use fewer levels")
         self.levels, self.steps, self.hidden = levels, steps, hidden
         self.alpha, self.scale_floor, self.num_bins = alpha, scale_floor, num_bins
         q0, merges, flows = [], [], []
