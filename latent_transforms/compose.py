@@ -367,9 +367,9 @@ class Compose(ChecksCodecStates, nn.Module):
                                  "convert them (x.float() / 255) before it, or call it in train() mode")
             return x, y
         for i, step in enumerate(self.steps):
-            if i in self._soften_before and y is not None and y.ndim == 1:
-                y = to_soft(y, self.num_classes)
             try:
+                if i in self._soften_before and y is not None and y.ndim == 1:
+                    y = to_soft(y, self.num_classes)
                 x, y = self._run_step(step, i, x, y, model, index if i == 0 else None)
             except ValueError as e:  # a step refused what the previous step made: say which step
                 if i > 0 and e.args and not getattr(e, NOT_ABOUT_THE_BATCH, False):  # e.g. a model's own error

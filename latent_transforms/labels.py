@@ -20,6 +20,8 @@ def to_soft(y: torch.Tensor, num_classes: int | None, dtype: torch.dtype = torch
         return y
     if num_classes is None:
         raise ValueError("integer labels must be made soft for mixing, which needs num_classes=...")
+    if y.dtype != torch.int64:  # torch's one_hot said "only applicable to index tensor of type LongTensor"
+        raise ValueError(f"y class indices must be int64 to be made soft labels, got {y.dtype}")
     return F.one_hot(y, num_classes).to(dtype)
 
 

@@ -766,3 +766,16 @@ def test_any_chain_of_steps_keeps_the_batch_or_names_the_step_that_broke_it(name
         assert torch.allclose(y2.sum(1), torch.ones(4), atol=1e-5) and (y2 >= 0).all()
     else:
         assert not soft and not any("Mix" in n for n in names) and torch.equal(y2, y)
+
+
+def test_labels_a_step_made_float_are_named_before_compose_makes_them_soft_for_a_mix():
+    # a step of one's own turned the class indices into floats; Compose's softening for VarMixup (given no
+    # num_classes of its own) gave torch's "one_hot is only applicable to index tensor of type LongTensor"
+    class FloatLabels(T.Transform):
+        def forward(self, x, y):
+            return x, y.float()
+
+    x, y = torch.rand(4, 3, 16, 16), torch.tensor([0, 1, 2, 3])
+    with pytest.raises(ValueError, match=r"step 1 \(VarMixup\), on the output of step 0 \(FloatLabels\): y class "
+                                         r"indices must be int64 to be made soft labels, got torch.float32"):
+        Compose([FloatLabels(), VarMixup(tiny_vae(shape=(3, 16, 16)), generator=0)], num_classes=10)(x, y)
