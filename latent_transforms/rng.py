@@ -197,7 +197,8 @@ def sample_log_gamma(shape: float, n: int, generator: torch.Generator, device: t
 
 
 def sample_beta(alpha: float, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """n draws from Beta(alpha, alpha) using only ``generator``: ``G1 / (G1 + G2)`` computed from the logs."""
+    """(n,) float32 draws in [0, 1] from Beta(alpha, alpha) using only ``generator``: ``G1 / (G1 + G2)`` computed from
+    the logs."""
     return torch.sigmoid(sample_log_gamma(alpha, n, generator, device) - sample_log_gamma(alpha, n, generator, device))
 
 

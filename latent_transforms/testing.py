@@ -1,5 +1,6 @@
 """The contract every transform honours, as one check: the library's own tests call it for each method, and a method
-of your own can be checked the same way (docs/extending.md). Plain ``assert``s and errors, no test framework needed."""
+of your own can be checked the same way (docs/extending.md). It raises ``AssertionError``s that ``python -O`` keeps,
+and needs no test framework."""
 from __future__ import annotations
 
 import contextlib
@@ -76,7 +77,8 @@ def check_transform_contract(make: Callable[..., LatentTransform], x: torch.Tens
     Checked: outputs of x's shape, dtype and device, finite, in [0, 1], without autograd history; labels kept (soft
     and summing to 1 for ``mixes_labels``); ``stats``; the same seed gives the same output and ``params=t.last_params``
     replays it (every draw made in ``make_params``); ``p=0`` and ``eval()`` are the identity; a batch of one and an
-    empty batch pass; float64 stays float64; a missing model or labels is refused as documented; pickling.
+    empty batch pass; float64 stays float64 (checked without a model); a missing model or labels is refused as
+    documented; pickling.
     """
     t = make(generator=0)
     expect(isinstance(t, LatentTransform), f"make(...) must build a LatentTransform, got {type(t).__name__}")
