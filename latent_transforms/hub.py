@@ -903,7 +903,8 @@ def _remote_url(file: str) -> str | None:
                          f"{list(URL_SCHEMES)} (a local directory: {local})")
     if scheme == "file" and parts.netloc not in ("", "localhost"):
         raise ValueError(f"LATENT_TRANSFORMS_HUB_URL={base!r} reads {parts.netloc!r} as a host name; a local directory "
-                         f"is file:///absolute/path (three slashes)")
+                         f"is file:///absolute/path (three slashes), a Windows network share "
+                         f"file:////{parts.netloc}{parts.path} (four; Path.as_uri() writes two)")
     if scheme != "file":  # http sends the path as ASCII: a space or an "é" in it is percent-encoded, as a browser does
         base = urllib.parse.urlunsplit(parts._replace(path=urllib.parse.quote(parts.path, safe="/%:@!$&'()*+,;=~")))
     return base.rstrip("/") + "/" + urllib.parse.quote(file)

@@ -1232,6 +1232,18 @@ def test_a_file_url_with_a_host_suggests_three_slashes(env, monkeypatch):
         hub.fetch("good")
 
 
+def test_a_file_url_with_a_host_names_the_four_slash_form_of_a_network_share(env, tmp_path, monkeypatch):
+    # Path(r"\\server\share\ckpts").as_uri() is file://server/share/ckpts, which reads "server" as a host; urllib
+    # opens file:////server/share/ckpts as \\server\share\ckpts on Windows (a path starting // here)
+    _register("good", "good.safetensors")
+    monkeypatch.setenv("LATENT_TRANSFORMS_HUB_URL", "file://server/share/ckpts")
+    with pytest.raises(ValueError, match=re.escape("a Windows network share file:////server/share/ckpts (four;")):
+        hub.fetch("good")
+    (tmp_path / "good.safetensors").write_bytes(GOOD)
+    monkeypatch.setenv("LATENT_TRANSFORMS_HUB_URL", "file:///" + tmp_path.as_posix())  # the four-slash form
+    assert hub.fetch("good").read_bytes() == GOOD
+
+
 def test_a_windows_path_as_the_hub_url_is_answered_with_its_file_url(env, monkeypatch):
     # C:\ckpts read "c" as the scheme, and the message gave file:///absolute/path, which is no Windows path
     _register("good", "good.safetensors")
