@@ -195,6 +195,33 @@ def test_eval_mode_refuses_images_the_first_latent_steps_codec_cannot_take_as_tr
     assert resized(x[..., :8, :8], y)[0].shape[-1] == 8  # a later step's codec gets the first step's output: unchecked
 
 
+def test_eval_mode_gives_the_first_steps_check_inputs_the_model_and_index_as_training_does(batch, net):
+    """A method of one's own checks the call in check_inputs (docs/extending.md): an eval() Compose hands it the
+    model and index= of the call, as training does and the step alone does in eval() mode."""
+    from latent_transforms import LatentTransform
+
+    class ChecksItsArguments(LatentTransform):
+        needs_model = True
+
+        def check_inputs(self, x, model, index):
+            if next(model.parameters()).dtype != x.dtype or index is None:
+                raise ValueError(f"model of {next(model.parameters()).dtype} for x of {x.dtype}, index {index}")
+
+        def transform(self, x, y, model, params, index=None):
+            return x, y
+
+    x, y = batch
+    c = Compose([ChecksItsArguments(generator=0)])
+    index = torch.arange(len(x))
+    for mode in (c.train, c.eval):
+        assert mode()(x, y, net, index)[0].shape == x.shape
+        with pytest.raises(ValueError, match="model of torch.float64 for x of torch.float32"):
+            mode()(x, y, net.double(), index)
+        net.float()
+        with pytest.raises(ValueError, match="index None"):
+            mode()(x, y, net)
+
+
 def test_eval_mode_runs_the_conversions_inside_a_torchvision_or_nested_compose(rgb, rgb_glow):
     x, y = rgb
     x8 = (x * 255).round().to(torch.uint8)
