@@ -1,6 +1,7 @@
 import contextlib
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -78,11 +79,24 @@ def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, augment: nn.
         optimizer.step()
 
 
-def spawn_two_ranks(worker, tmp: Path) -> list[dict]:
+def spawn_two_ranks(worker, tmp: Path, grace_s: float = 60) -> list[dict]:
     """Run ``worker(rank, init_method, out_dir)`` in two spawned processes, joined (a rank that fails fails the
     call); what each saved as ``tmp/rank{r}.pt``. The ranks meet in a ``file://`` store: no port to lose."""
-    mp.spawn(_run_then_exit, args=(worker, f"file://{tmp / 'store'}", str(tmp)), nprocs=2, join=True)
-    return [torch.load(tmp / f"rank{r}.pt") for r in range(2)]
+    ranks = mp.spawn(_run_then_exit, args=(worker, f"file://{tmp / 'store'}", str(tmp)), nprocs=2, join=False)
+    saved = [tmp / f"rank{r}.pt" for r in range(2)]
+    # torch 2.4's gloo deadlocked in 1 spawn of 16 here, after both ranks had saved: a DDP module freed as the
+    # worker returned destroys its process group holding the GIL, whose thread waits for it to free a gather's
+    # tensors. A rank still running grace_s after both saved is stopped, as _run_then_exit skips that teardown.
+    both_saved_at = None
+    while not ranks.join(timeout=1):
+        if both_saved_at is None and all(f.exists() for f in saved):
+            both_saved_at = time.monotonic()
+        if both_saved_at is not None and time.monotonic() - both_saved_at > grace_s:
+            for process in ranks.processes:
+                process.kill()
+                process.join()
+            break
+    return [torch.load(f) for f in saved]
 
 
 def _run_then_exit(rank: int, worker, *args) -> None:

@@ -3,6 +3,7 @@ import copy
 import datetime
 import os
 import pickle
+import time
 import warnings
 
 import pytest
@@ -244,3 +245,16 @@ def test_a_rank_with_an_empty_batch_keeps_step_with_the_others(tmp_path):
     for key in ("isda_grad", "loss_grad"):  # all-reduced: the same, finite, not all zero
         assert torch.isfinite(results[0][key]).all() and results[0][key].abs().sum() > 0, key
         assert torch.equal(results[0][key], results[1][key]), key
+
+
+def _stuck_after_saving(rank: int, init_method: str, out_dir: str) -> None:
+    torch.save({"rank": rank}, os.path.join(out_dir, f"rank{rank}.pt"))
+    if rank == 1:  # as a rank deadlocked in torch 2.4's gloo teardown after its work
+        time.sleep(600)
+
+
+@pytest.mark.slow
+def test_a_rank_stuck_after_saving_its_results_does_not_hang_the_suite(tmp_path):
+    start = time.monotonic()
+    assert spawn_two_ranks(_stuck_after_saving, tmp_path, grace_s=2) == [{"rank": 0}, {"rank": 1}]
+    assert time.monotonic() - start < 120
