@@ -122,7 +122,8 @@ class LatentTransform(SampleStats, nn.Module):
     Subclasses set ``needs_model``/``mixes_labels`` (``needs_labels`` follows ``mixes_labels``; override it with a
     class attribute or a property) and implement ``make_params(n, generator, device)``, every random draw for
     ``n`` selected samples, and ``transform(x, y, model, params) -> (x2, y2)`` on the selected samples only;
-    ``check_inputs(x, model, index)`` may add checks of their own (run on every call, also in eval mode);
+    ``check_inputs(x, model, index)`` may add checks of their own (run on every call, also in eval mode, by
+    ``check_call``);
     ``index_size`` bounds ``index=`` (a latent cache's length).
     """
 
@@ -180,9 +181,12 @@ class LatentTransform(SampleStats, nn.Module):
         zero = torch.zeros((), dtype=torch.int64, device=device)
         self._count(device, seen, zero, zero)
 
-    def _check_call(self, x: torch.Tensor, y: torch.Tensor | None, model: nn.Module | None,
-                    index: torch.Tensor | None) -> None:
-        """The checks of every call: the batch (``check_batch``), labels if needed, the model if needed."""
+    def check_call(self, x: torch.Tensor, y: torch.Tensor | None = None, model: nn.Module | None = None,
+                   index: torch.Tensor | None = None, *, model_optional: bool = False) -> None:
+        """Every check of a call ``t(x, y, model, index=...)``, in either mode, without running it: the batch
+        (``check_batch``, with ``value_checks``: one host sync), labels if needed (and their classes, for a label
+        mix), the model if needed, then ``check_inputs``. ``model_optional``: ``model=None`` passes (a
+        :class:`~latent_transforms.Compose` in ``eval()`` mode runs its first step's checks, and uses no model)."""
         check_batch(x, y, self.num_classes or CALLER_NUM_CLASSES.get(), index, self.index_size,
                     more_checks=lambda: self.value_checks(x, index))
         if y is None and self.needs_labels:
@@ -191,14 +195,23 @@ class LatentTransform(SampleStats, nn.Module):
             raise ValueError(f"{type(self).__name__} needs labels: call t(x, y, ...) with y {forms}, not y=None")
         if not self.needs_model:
             check_model_slot(model)  # t(x, y, idx) would have its dataset positions ignored
-            return
-        if model is None:
+        elif model is None and not model_optional:
             raise TypeError(f"{type(self).__name__} needs the classifier being trained: call t(x, y, model)")
-        check_model(model, x, f"{type(self).__name__}'s model")
-        if get_worker_info() is not None:  # the worker's model is a stale copy, its hooks and gradients go nowhere
-            raise RuntimeError(f"{type(self).__name__} needs the live model being trained, but it was called in a "
-                               f"DataLoader worker, on the worker's copy of the model: call it in the training loop, "
-                               f"on the batch, right before model(x)")
+        elif model is not None:
+            check_model(model, x, f"{type(self).__name__}'s model")
+            if get_worker_info() is not None:  # the worker's model is a stale copy, its hooks and gradients go nowhere
+                raise RuntimeError(f"{type(self).__name__} needs the live model being trained, but it was called in a "
+                                   f"DataLoader worker, on the worker's copy of the model: call it in the training "
+                                   f"loop, on the batch, right before model(x)")
+        if self.mixes_labels and y is not None and self._classes(y) is None:
+            raise not_about_the_batch(ValueError(f"{type(self).__name__} mixes labels: pass num_classes=... or (B, K) "
+                                                 f"soft labels"))
+        self.check_inputs(x, model, index)
+
+    def _classes(self, y: torch.Tensor) -> int | None:
+        """The labels' classes: soft labels' K, else this transform's ``num_classes`` or, in a Compose, the Compose's
+        (a label mix makes class indices soft with them, once ``check_call`` has checked the indices against them)."""
+        return num_classes_of(y, self.num_classes or CALLER_NUM_CLASSES.get())
 
     def _keep_params(self, batch: int, selected: torch.Tensor | None, device: torch.device, params: dict) -> None:
         """Set ``last_params`` to this call's, in one assignment (a thread sharing the transform sees one call's)."""
@@ -296,15 +309,13 @@ class LatentTransform(SampleStats, nn.Module):
         """x2, y2 = t(x, y, model); ``y=None`` for an unlabelled batch (y2 is then ``None``); ``index: (B,)`` int64
         dataset positions, for transforms with a latent cache; ``params``: an earlier call's ``last_params`` on a
         batch of the same size, applied again instead of drawing (training mode; ignored in eval mode)."""
-        self._check_call(x, y, model, index)
-        k = None if y is None else num_classes_of(y, self.num_classes)
-        if self.mixes_labels and k is None:
-            raise not_about_the_batch(ValueError(f"{type(self).__name__} mixes labels: pass num_classes=... or (B, K) "
-                                                 f"soft labels"))
-        self.check_inputs(x, model, index)
+        self.check_call(x, y, model, index)
         if not self.training:
             return x, y
         x = x.detach()  # the augmentation is data, not part of a graph (also for the samples passed through)
+        k = None if y is None else self._classes(y)
+        if self.mixes_labels and y is not None and y.ndim == 1 and self.num_classes is None:
+            y = to_soft(y, k)  # a Compose's classes (the labels checked against them): transform gets soft labels
 
         batch = x.shape[0]
         selected: torch.Tensor | None  # the rows transformed; None: all of them

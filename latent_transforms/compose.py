@@ -1,6 +1,7 @@
 """Chain latent transforms with kornia / torchvision / plain pixel transforms, labels flowing through."""
 from __future__ import annotations
 
+import contextlib
 import inspect
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence, overload
 
@@ -9,7 +10,7 @@ from torch import nn
 
 from .base import CALLER_NUM_CLASSES, NOT_ABOUT_THE_BATCH, LabelsT, LatentTransform, not_about_the_batch
 from .codecs.base import ChecksCodecStates
-from .isda import ISDA
+from .isda import ISDA, check_class_indices
 from .labels import blend, to_soft
 from .validation import WrongTypeError, check_batch, check_count, check_model_slot
 
@@ -106,6 +107,14 @@ def _mixes_labels(t: object) -> bool:
 
 def _has_isda(t: object) -> bool:
     return any(isinstance(p, ISDA) for p in _parts(t))
+
+
+def _first_latent(t: object) -> LatentTransform | None:
+    """The latent transform that a step ``t`` hands the batch to as it is given: ``t`` itself, or a nested Compose's
+    first step's; ``None`` when another kind of step comes first."""
+    while isinstance(t, Compose):
+        t = t.steps[0] if len(t.steps) else None
+    return t if isinstance(t, LatentTransform) else None
 
 
 def _needing_labels(t: object) -> list:
@@ -229,7 +238,9 @@ class Compose(ChecksCodecStates, nn.Module):
     as ``None`` when no step needs labels (``x2, _ = Compose([...])(x)``).
     In ``eval()`` mode the chain is the identity but for its dtype conversions (``v2.ToDtype``,
     ``v2.ConvertImageDtype``, ``v2.ToPureTensor``; also inside a ``v2.Compose`` step, not inside ``RandomApply`` or
-    ``RandomChoice``), which run, so a validation loader's ``uint8`` images come out as in training.
+    ``RandomChoice``), which run, so a validation loader's ``uint8`` images come out as in training; the batch is
+    checked as its first latent step (also a nested Compose's first) checks it alone in ``eval()`` mode, ``model``
+    aside.
 
     ``x: (B, C, H, W)`` float in [0, 1], or ``uint8`` when the first step is a torchvision v2 transform or a callable
     (``v2.ToDtype(torch.float32, scale=True)`` before the first latent, kornia or MixUp step converts it; ``uint8``
@@ -307,10 +318,13 @@ class Compose(ChecksCodecStates, nn.Module):
             _check_kornia_mix_step(steps, i, mixing, num_classes)
         self.steps = nn.ModuleList(steps)
         self.num_classes = num_classes
-        # label mixes that do not know the classes (VarMixup(), v2.MixUp() without num_classes) get class-index
-        # labels made soft with this Compose's; a kornia mix takes class indices (Compose turns its labels soft)
+        # label mixes that do not know the classes (v2.MixUp() without num_classes, a Compose holding VarMixup()) get
+        # class-index labels made soft with this Compose's; a kornia mix takes class indices (Compose turns its labels
+        # soft); a latent step (VarMixup()) checks them against this Compose's classes and makes them soft itself
+        # (made soft before a first latent step, out-of-range labels reached torch's one_hot unchecked)
         self._soften_before = frozenset(
             i for i in mixing if num_classes is not None and not _is_kornia_mix(steps[i])
+            and not isinstance(steps[i], LatentTransform)
             and any(_is_label_mix(p) and getattr(p, "num_classes", None) is None for p in _parts(steps[i])))
         # what runs in eval() mode: the dtype conversions (a validation loader's uint8 images come out as in training)
         self._conversions = [c for t in steps for c in _conversions_in(t)]
@@ -344,8 +358,10 @@ class Compose(ChecksCodecStates, nn.Module):
                 index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         first = self.steps[0] if self.steps else None
         # a first latent step reads the values itself, its labels against this Compose's num_classes: one host sync
-        # per call, not two
-        values = not (self.training and isinstance(first, LatentTransform))
+        # per call, not two; in eval() mode the first latent step that gets the batch as given (also in a nested
+        # Compose) checks it
+        leaf = None if self.training else _first_latent(first)
+        values = not isinstance(first, LatentTransform) if self.training else leaf is None
         check_batch(x, y, self.num_classes, index, first.index_size if isinstance(first, LatentTransform) else None,
                     allow_uint8=self._takes_uint8, values=values, uint8_hint=self._uint8_hint)
         check_model_slot(model)
@@ -353,12 +369,18 @@ class Compose(ChecksCodecStates, nn.Module):
             needing = [_where(p, s, i) for i, s in enumerate(self.steps) for p in _needing_labels(s)]
             if needing:
                 raise ValueError(f"y=None (an unlabelled batch), but a step needs labels: {', '.join(needing)}")
+        elif y.ndim == 2:  # no step makes soft labels before ISDA (refused when built): given ones, in eval() mode too
+            for i, s in enumerate(self.steps):
+                for p in _parts(s):
+                    if isinstance(p, ISDA):
+                        check_class_indices(y, _where(p, s, i))
         if index is not None and not isinstance(first, LatentTransform):
             raise ValueError(f"index= goes to the first step, which must be a LatentTransform with a latent "
                              f"cache; the first step is {type(first).__name__ if self.steps else 'nothing'}")
         if not self.training:
-            if isinstance(first, LatentTransform):  # its own checks of the images, which it runs in eval() mode too
-                first.check_inputs(x, model, index)  # (its codec's image shape, its cache): refused as in training
+            if leaf is not None:  # what it refuses alone in eval() mode, as in training (its codec's image shape, its
+                with self._giving_classes():  # cache's images, ISDA's soft labels); evaluation needs no model
+                    leaf.check_call(x, y, model, index, model_optional=True)
             for step in self._conversions:
                 x = step(x)
             if x.dtype == torch.uint8:  # the identity would hand uint8 to a model that expects floats
@@ -380,14 +402,21 @@ class Compose(ChecksCodecStates, nn.Module):
                 raise
         return x, y
 
+    @contextlib.contextmanager
+    def _giving_classes(self) -> Iterator[None]:
+        """A latent step called in the block checks class-index labels against this Compose's ``num_classes`` (and a
+        label mix makes them soft with them) when it has none of its own."""
+        token = CALLER_NUM_CLASSES.set(self.num_classes)
+        try:
+            yield
+        finally:
+            CALLER_NUM_CLASSES.reset(token)
+
     def _run_step(self, step: nn.Module, i: int, x: torch.Tensor, y: torch.Tensor | None, model: nn.Module | None,
                   index: torch.Tensor | None = None):
         if isinstance(step, LatentTransform):
-            token = CALLER_NUM_CLASSES.set(self.num_classes)  # its labels check uses this Compose's classes
-            try:
+            with self._giving_classes():
                 return step(x, y, model, index=index)
-            finally:
-                CALLER_NUM_CLASSES.reset(token)
         if isinstance(step, Compose):
             return step(x, y, model)
         if _is_kornia(step) and not x.is_floating_point():  # kornia's own TypeError names neither the step nor the fix

@@ -44,10 +44,17 @@ from .validation import (WrongTypeError, bad_option, check_choice, check_count, 
 
 
 _HARD_LABELS_ONLY = (
-    "ISDA needs class indices y: (B,) int64, got soft labels of shape {shape}: it augments each feature along the "
+    "{who} needs class indices y: (B,) int64, got soft labels of shape {shape}: it augments each feature along the "
     "covariance of the sample's own class, and a mixed label has no single class. Use ISDA without label-mixing "
     "steps (MixUp/CutMix/VarMixup), or pass y.argmax(1) if the labels are one-hot"
 )
+
+
+def check_class_indices(y: torch.Tensor, who: str = "ISDA") -> None:
+    """``ValueError`` for soft ``(B, K)`` labels (``y`` has passed the form checks): ISDA augments each feature along
+    its own class's covariance. ``who`` names the step (``"ISDA at step 1"`` in a Compose)."""
+    if y.ndim != 1:
+        raise ValueError(_HARD_LABELS_ONLY.format(who=who, shape=tuple(y.shape)))
 
 
 def _official_order_hint(num_classes: int, layer: nn.Linear, cls: str) -> str:
@@ -498,16 +505,21 @@ class ISDA(_ISDAState, LatentTransform):
         def __call__(self, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None = None,  # type: ignore[override]
                      index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]: ...
 
+    def check_call(self, x: torch.Tensor, y: torch.Tensor | None = None, model: nn.Module | None = None,
+                   index: torch.Tensor | None = None, *, model_optional: bool = False) -> None:
+        """The checks of every transform's call, then ISDA's own, in ``eval()`` mode too (a pipeline checked there
+        would fail once training): its statistics on ``x``'s device, class-index labels."""
+        super().check_call(x, y, model, index, model_optional=model_optional)
+        check_same_device(x, self.estimator, "ISDA's class statistics")
+        check_class_indices(y)
+
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, model: nn.Module | None = None,
                 index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Validate (``y=None`` is refused: ISDA needs class indices), arm the hook when both ISDA and the model
         train, and return ``(x, y)`` unchanged.
 
         ``index`` is checked like every transform's and unused (ISDA encodes nothing)."""
-        self._check_call(x, y, model, index)
-        check_same_device(x, self.estimator, "ISDA's class statistics")
-        if y.ndim != 1:  # in eval() mode too: a pipeline checked there would fail once training
-            raise ValueError(_HARD_LABELS_ONLY.format(shape=tuple(y.shape)))
+        self.check_call(x, y, model, index)
         if not self.training:
             return x, y
         if isinstance(model, nn.DataParallel):
@@ -609,8 +621,7 @@ class ISDALoss(_ISDAState, nn.Module):
         if isinstance(y, torch.Tensor):  # before check_labels reads its values
             check_device("y", y.device, features, "the features are")
         check_labels(y, features.shape[0], self.num_classes, batch_name="features")
-        if y.ndim != 1:
-            raise ValueError(_HARD_LABELS_ONLY.format(shape=tuple(y.shape)))
+        check_class_indices(y)
         try:
             logits = fc(features)
         except RuntimeError as e:

@@ -6,7 +6,7 @@ import torchvision.transforms.v2 as T
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from latent_transforms import ISDA, Compose
+from latent_transforms import ISDA, Compose, LatentCache
 from latent_transforms.latent_adversarial import LatentAdversarial
 from latent_transforms.latent_noise import LatentNoise
 from latent_transforms.varmixup import VarMixup
@@ -220,6 +220,84 @@ def test_eval_mode_gives_the_first_steps_check_inputs_the_model_and_index_as_tra
         net.float()
         with pytest.raises(ValueError, match="index None"):
             mode()(x, y, net)
+
+
+def test_eval_mode_runs_a_nested_composes_first_latent_step_checks_as_training_does(rgb, rgb_glow):
+    """A nested Compose as the first step hands the batch as given to its first latent step: an eval() Compose ran
+    none of that step's checks, so images of a shape its codec cannot take passed evaluation and failed training."""
+    x, y = rgb
+    for c in (Compose([Compose([LatentNoise(rgb_glow, generator=0)]), T.RandomHorizontalFlip()]),
+              Compose([Compose([Compose([LatentNoise(rgb_glow, generator=0)])])])):
+        for mode in (c.train, c.eval):
+            with pytest.raises(ValueError, match=r"trained on images of shape \(3, 16, 16\) .* got x of shape "
+                                                 r"\(6, 1, 16, 16\)"):
+                mode()(x[:, :1], y)
+        assert c.eval()(x, y)[0] is x  # images it takes: the identity
+    flipped_first = Compose([Compose([T.RandomHorizontalFlip(), LatentNoise(rgb_glow)])]).eval()
+    assert flipped_first(x[:, :1], y)[0].shape[1] == 1  # a latent step after another step gets its output: unchecked
+
+
+def test_eval_mode_refuses_images_the_first_steps_latent_cache_does_not_hold_as_the_step_alone_does(rgb, rgb_glow):
+    """The first step's own value checks (a latent cache's: are these the cached images at index?) ran in training and
+    in the step alone in eval() mode, not in an eval() Compose: other images at those positions passed."""
+    x, y = rgb
+    cache = LatentCache(rgb_glow, x, progress=False)
+    index = torch.arange(len(x))
+    c = Compose([LatentNoise(rgb_glow, cache=cache, generator=0), T.RandomHorizontalFlip()])
+    for t in (c.train, c.eval, c.steps[0].eval):
+        with pytest.raises(ValueError, match="x is not the images this latent cache holds at index"):
+            t()(x.flip(0), y, index=index)
+    assert c.eval()(x, y, index=index)[0] is x
+
+
+@pytest.mark.parametrize("where, make", [
+    ("ISDA at step 0", lambda: Compose([ISDA(10)])),
+    ("ISDA at step 1", lambda: Compose([T.RandomHorizontalFlip(), ISDA(10)])),
+    ("ISDA in Compose at step 0", lambda: Compose([Compose([T.RandomHorizontalFlip(), ISDA(10)])])),
+])
+def test_isda_refuses_soft_labels_up_front_in_a_compose_in_eval_mode_too(rgb, where, make):
+    """ISDA alone refuses soft labels in eval() mode too (a pipeline checked there would fail once training); an eval()
+    Compose holding it returned them, and in training the refusal blamed the step before ISDA for labels given so."""
+    x, y = rgb
+    net = TinyNet(channels=3)
+    soft = torch.nn.functional.one_hot(y, 10).float()
+    c = make()
+    for mode in (c.train, c.eval):
+        with pytest.raises(ValueError, match=rf"^{where} needs class indices y: \(B,\) int64, got soft labels of "
+                                             rf"shape \(6, 10\)"):
+            mode()(x, soft, net)
+    assert c.eval()(x, y, net) == (x, y)
+
+
+def test_eval_mode_refuses_what_a_first_isda_or_latent_step_alone_refuses_but_the_missing_model(rgb, rgb_glow):
+    """An eval() Compose runs its first latent step's every check (ISDA's statistics on x's device, the model's
+    device), as the step alone does in eval() mode; only model=None passes, as evaluation does not use the model."""
+    x, y = rgb
+    isda, attack = ISDA(10, feature_dim=32).to("meta").eval(), LatentAdversarial(rgb_glow).eval()
+    for step, model, message in ((isda, TinyNet(channels=3), "ISDA's class statistics is on meta but x is on cpu"),
+                                 (attack, TinyNet(channels=3).to("meta"), "LatentAdversarial's model is on meta but x "
+                                                                          "is on cpu")):
+        for t in (step, Compose([step, T.RandomHorizontalFlip()]).eval()):
+            with pytest.raises(ValueError, match=message):
+                t(x, y, model)
+    with pytest.raises(TypeError, match="needs the classifier"):
+        attack(x, y)
+    assert Compose([attack]).eval()(x, y) == (x, y)  # as test_eval_mode_and_model_passing
+
+
+def test_a_first_label_mix_checks_the_labels_before_they_are_made_soft_with_the_composes_classes(rgb):
+    """VarMixup() (no num_classes) first in a Compose(num_classes=10): the Compose made the labels soft before the
+    step checked them, so an out-of-range class reached torch's one_hot (a RuntimeError here, a device-side assert on
+    CUDA) in training, while eval() mode refused it with a ValueError."""
+    x, y = rgb
+    vae = tiny_vae(shape=(3, 16, 16))
+    c = Compose([VarMixup(vae, p=0.5, generator=0), T.RandomHorizontalFlip(p=0.0)], num_classes=10)
+    for mode in (c.train, c.eval):
+        with pytest.raises(ValueError, match=r"^y has class index 10, out of range for num_classes=10$"):
+            mode()(x, torch.cat([y[:-1], torch.tensor([10])]))
+    x2, y2 = c.train()(x, y)  # the same mix as the step given the classes itself
+    x3, y3 = VarMixup(vae, p=0.5, num_classes=10, generator=0)(x, y)
+    assert torch.equal(x2, x3) and torch.equal(y2, y3) and y2.dtype == torch.float32
 
 
 def test_eval_mode_runs_the_conversions_inside_a_torchvision_or_nested_compose(rgb, rgb_glow):
@@ -804,5 +882,5 @@ def test_labels_a_step_made_float_are_named_before_compose_makes_them_soft_for_a
 
     x, y = torch.rand(4, 3, 16, 16), torch.tensor([0, 1, 2, 3])
     with pytest.raises(ValueError, match=r"step 1 \(VarMixup\), on the output of step 0 \(FloatLabels\): y class "
-                                         r"indices must be int64 to be made soft labels, got torch.float32"):
+                                         r"indices must be int64, got dtype torch.float32"):  # its own label check
         Compose([FloatLabels(), VarMixup(tiny_vae(shape=(3, 16, 16)), generator=0)], num_classes=10)(x, y)

@@ -196,6 +196,18 @@ CASES = {
         num_classes=10), x, y), 1),
     "LatentNoise eval": (lambda x, y, glow, vae, net, cache: partial(LatentNoise(glow, 1.0, generator=0).eval(),
                                                                       x, y), 1),
+    # eval() mode: the first latent step's checks (its read of the batch: the Compose reads nothing of its own), also
+    # in a nested Compose, with a latent cache's image check, of ISDA
+    "Compose eval LatentNoise": (lambda x, y, glow, vae, net, cache: partial(Compose(
+        [LatentNoise(glow, 1.0, generator=0)], num_classes=10).eval(), x, y), 1),
+    "Compose eval nested LatentNoise": (lambda x, y, glow, vae, net, cache: partial(Compose(
+        [Compose([LatentNoise(glow, 1.0, generator=0)])]).eval(), x, y), 1),
+    "Compose eval LatentNoise cache": (lambda x, y, glow, vae, net, cache: partial(Compose(
+        [LatentNoise(glow, 1.0, cache=cache, generator=0)]).eval(), x, y, index=torch.arange(B, device=x.device)), 1),
+    "Compose eval ISDA": (lambda x, y, glow, vae, net, cache: partial(Compose([ISDA(10)]).eval(), x, y, net), 1),
+    # VarMixup() checks the labels against the Compose's classes, then makes them soft: still one read
+    "Compose(num_classes) VarMixup()": (lambda x, y, glow, vae, net, cache: partial(Compose(
+        [VarMixup(vae, p=1.0, generator=0)], num_classes=10), x, y), 1),
 }
 
 
