@@ -112,7 +112,8 @@ class LatentTransform(SampleStats, nn.Module):
           ``"selected"``, ``(N,)`` int64, the batch rows transformed (all B when ``p=1``; none: only these two
           keys), the method's draws (``make_params``), one row per selected
           sample in that order (indices such as VarMixup's ``partner`` count among the selected samples: batch row
-          ``selected[partner]``), and what the method computed from them (LatentAdversarial's ``delta``).
+          ``selected[partner]``), and what the method computed from them (LatentAdversarial's ``delta``), all
+          detached (no autograd history, not the caller's tensor objects).
           ``t(x, y, model, params=t.last_params)`` applies the same draws again (to another view of the same batch,
           say) without drawing: the same output for a method whose result depends on its draws and inputs alone.
           Replayed draws are checked (rows, trailing shape, dtype, device; those of ``index_params`` as indices in
@@ -214,11 +215,15 @@ class LatentTransform(SampleStats, nn.Module):
         return num_classes_of(y, self.num_classes or CALLER_NUM_CLASSES.get())
 
     def _keep_params(self, batch: int, selected: torch.Tensor | None, device: torch.device, params: dict) -> None:
-        """Set ``last_params`` to this call's, in one assignment (a thread sharing the transform sees one call's)."""
+        """Set ``last_params`` to this call's, in one assignment (a thread sharing the transform sees one call's),
+        detached: kept until the next call, a tensor with autograd history held its whole graph (LatentAdversarial's
+        ``target``, the caller's labels: a teacher's soft labels kept the teacher's activations) and the caller's
+        tensor itself."""
         # batch_size on the CPU, not torch's default device (by torch.full: tests/test_host_syncs.py takes any
         # torch.tensor(data, device=...) for a blocking copy to the device)
-        self.last_params = {"batch_size": torch.full((), batch, dtype=torch.int64, device="cpu"),
-                            "selected": torch.arange(batch, device=device) if selected is None else selected, **params}
+        kept = {"batch_size": torch.full((), batch, dtype=torch.int64, device="cpu"),
+                "selected": torch.arange(batch, device=device) if selected is None else selected, **params}
+        self.last_params = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in kept.items()}
 
     def _given_selection(self, params: object, batch: int, device: torch.device) -> torch.Tensor:
         """``params["selected"]``, checked: (N,) int64 distinct rows of a batch of ``batch``, on ``device``; and

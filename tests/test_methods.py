@@ -1,7 +1,9 @@
 import copy
+import gc
 import inspect
 import threading
 import time
+import weakref
 
 import pytest
 import torch
@@ -704,6 +706,23 @@ def test_adversarial_target_true_attacks_the_given_labels(glow, batch, net):
         t_true(x, torch.full_like(y, 12), net)
     with pytest.raises(ValueError, match="soft labels y have 12 columns but the model has 10 outputs"):
         t_true(x, torch.full((len(y), 12), 1 / 12), net)
+
+
+@pytest.mark.parametrize("p", [1.0, 0.5])
+def test_last_params_keep_neither_the_callers_labels_nor_their_graph(glow, batch, net, p):
+    # found by the leak audit (audit 179): target="true" kept the caller's y itself in last_params["target"] until the
+    # next call, with its autograd graph: soft labels from a teacher's forward kept the teacher's activations alive
+    x, _ = batch
+    teacher = TinyNet()
+    t = LatentAdversarial(glow, steps=1, target="true", p=p, generator=0)
+    y = teacher(x).softmax(1)  # distillation's soft labels, with the teacher's graph
+    t(x, y, net)
+    assert not any(v.requires_grad or v.grad_fn is not None for v in t.last_params.values())
+    assert torch.equal(t.last_params["target"], y[t.last_params["selected"]])
+    labels, graph = weakref.ref(y), weakref.ref(teacher.fc.weight)  # the graph holds the teacher's weights
+    del y, teacher
+    gc.collect()
+    assert labels() is None and graph() is None
 
 
 def test_a_codec_path_may_be_a_pathlib_path(tmp_path, glow):
