@@ -7,8 +7,10 @@ import warnings
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from latent_transforms import LatentTransform
+from latent_transforms import CodecTransform, Compose, LatentNoise, LatentTransform, VarMixup
 from latent_transforms.labels import mix_labels
 from latent_transforms.modelutils import borrowed
 from latent_transforms.rng import random_partners, sample_beta
@@ -340,3 +342,267 @@ def test_a_method_returning_x_itself_passes_with_returns_x(batch):
 def test_an_unpicklable_method_is_caught(batch):
     with pytest.raises((pickle.PicklingError, AttributeError), match="pickle"):
         check_transform_contract(lambda **kw: Unpicklable(**kw), *batch)
+
+
+# -- what the check did not catch: a change of the caller's x or y, labels' dtype, requires_grad, a torch.Generator --
+class ClampsTheCallersImages(Brighten):
+    """Clamps the images in place before brightening: the caller's batch changes (the same each time, so the same
+    seed still gives the same output)."""
+
+    def transform(self, x, y, model, params, index=None):
+        return super().transform(x.clamp_(0.1, 0.9), y, model, params)
+
+
+class ZeroesTheCallersLabels(Brighten):
+    def transform(self, x, y, model, params, index=None):
+        return super().transform(x, y.zero_() if y is not None else y, model, params)
+
+
+class SeededByIntsOnly(Brighten):
+    """Takes an int seed, drops a torch.Generator (a private stream instead): not seeded by ``generator=``."""
+
+    def __init__(self, *, p=1.0, generator=None):
+        super().__init__(p=p, generator=generator if isinstance(generator, int) else None)
+
+
+def leave_the_parameters_frozen(t, x, y, model, x2, y2):
+    if isinstance(model, torch.nn.Module):
+        model.requires_grad_(False)  # by hand, not borrowed(model): not given back
+    return x2, y2
+
+
+MORE_BREACHES = {  # as BREACHES; each passed the check before it named them
+    "caller's x clamped in place": (ClampsTheCallersImages, False, False, "changed the caller's x in place"),
+    "caller's y zeroed in place": (ZeroesTheCallersLabels, False, False, "changed the caller's y in place"),
+    "labels made float": (breaching(Brighten, lambda t, x, y, m, x2, y2: (x2, y2.float() if y2 is not None else y2)),
+                          False, False, r"the labels changed: y2 \(12,\) torch.float32 on cpu, y \(12,\) torch.int64"),
+    "soft labels in float64": (breaching(mixing, lambda t, x, y, m, x2, y2: (x2, y2.double())), False, False,
+                               "returned y2 as torch.float64 on cpu, not torch.float32 on cpu"),
+    "soft labels on another device": (breaching(mixing, lambda t, x, y, m, x2, y2: (x2, y2.to("meta"))), False, False,
+                                      "returned y2 as torch.float32 on meta, not torch.float32 on cpu"),
+    "labels on another device": (breaching(Brighten, lambda t, x, y, m, x2, y2: (
+        x2, y2.to("meta") if y2 is not None else y2)), False, False,
+        r"the labels changed: y2 \(12,\) torch.int64 on meta"),
+    "p=0 labels not one-hot": (breaching(mixing, lambda t, x, y, m, x2, y2: (
+        x2, 0.9 * y2 + 0.01 if t.p == 0 and t.training and len(y2) else y2)), False, False, "p=0 changed the labels"),
+    "requires_grad left off": (breaching(ScoresWithTheModel, leave_the_parameters_frozen), True, False,
+                               "parameters' requires_grad changed"),
+    "a torch.Generator dropped": (SeededByIntsOnly, False, False,
+                                  r"generator=torch.Generator\(\).manual_seed\(0\) gave another output than"),
+    "y=None gives float64": (breaching(Brighten, lambda t, x, y, m, x2, y2: (x2.double() if y is None else x2, y2)),
+                             False, False, "y=None at p=1.0 did not give the labelled call's images"),
+    "eval with y=None copies x": (breaching(Brighten, lambda t, x, y, m, x2, y2: (
+        x2.clone() if y is None and EVAL(t) else x2, y2)), False, False, r"eval\(\) mode did not return x and None"),
+}
+
+
+@pytest.mark.parametrize("breach", MORE_BREACHES)
+def test_a_breach_the_check_let_pass_is_caught_and_named(breach, batch, net):
+    make, with_model, returns_x, message = MORE_BREACHES[breach]
+    with pytest.raises(AssertionError, match=message):
+        check_transform_contract(lambda **kw: make(**kw), *batch, model=net if with_model else None,
+                                 returns_x=returns_x)
+
+
+# -- a generated family: one rule broken, on a batch of any form the check takes --------------------------------------
+ONLY_UNLABELLED = r"y=None at p=1\.0 did not give the labelled call's images"
+
+
+def shift_labels(y):
+    """Another label for every sample, in place: class indices moved by one, soft labels' classes rolled."""
+    return y.copy_(y.roll(1, 1) if y.is_floating_point() else (y + 1) % 10)
+
+
+def other_dtype(t):
+    return {torch.float64: torch.float32, torch.int64: torch.int32}.get(t.dtype, torch.float64)
+
+
+def with_nan(x2):
+    x2 = x2.clone()
+    x2[0, 0, 0, 0] = float("nan")
+    return x2
+
+
+def in_place(v):
+    with torch.no_grad():  # also on the check's x that requires grad
+        v.mul_(0.5) if v.is_floating_point() else shift_labels(v)
+
+
+# rule: (breach(t, x, y, x2, y2) -> the call's output (None: no breach in this call), the message of a labelled
+# breach as message(x, mixing), of an unlabelled one (None: no call without labels reaches it))
+def busy(t, x):
+    return t.training and len(x) > 0
+
+
+RULES = {
+    "x in place": (lambda t, x, y, x2, y2: (in_place(x), (x2, y2))[1], lambda x, m: "changed the caller's x in place",
+                   "changed the caller's x in place"),
+    "y in place": (lambda t, x, y, x2, y2: (in_place(y), (x2, y2))[1], lambda x, m: "changed the caller's y in place",
+                   None),
+    "x2 of another dtype": (lambda t, x, y, x2, y2: (x2.to(other_dtype(x2)), y2) if busy(t, x) else None,
+                            lambda x, m: rf"x2 is \(.*\) {other_dtype(x)} on cpu, x", ONLY_UNLABELLED),
+    "x2 narrower": (lambda t, x, y, x2, y2: (x2[..., 1:], y2) if busy(t, x) else None,
+                    lambda x, m: rf"x2 is \({', '.join(map(str, x.shape[:3]))}, {x.shape[3] - 1}\)", ONLY_UNLABELLED),
+    "x2 above 1": (lambda t, x, y, x2, y2: (x2 + 2, y2) if busy(t, x) else None,
+                   lambda x, m: r"x2 is not finite and in \[0, 1\]", ONLY_UNLABELLED),
+    "x2 with a NaN": (lambda t, x, y, x2, y2: (with_nan(x2), y2) if busy(t, x) else None,
+                      lambda x, m: r"x2 is not finite and in \[0, 1\]", ONLY_UNLABELLED),
+    "global noise": (lambda t, x, y, x2, y2: (x2 * (1 - 0.1 * torch.rand(x2.shape)).to(x2.dtype), y2)
+                     if busy(t, x) else None, lambda x, m: "the same seed gave another output", ONLY_UNLABELLED),
+    "stats not counted": (lambda t, x, y, x2, y2: (t.reset_stats(), (x2, y2))[1] if busy(t, x) else None,
+                          lambda x, m: f"do not count the batch of {len(x)}", ONLY_UNLABELLED + ", stats"),
+    "one tensor returned": (lambda t, x, y, x2, y2: x2, lambda x, m: r"the call returned .*, not \(x2, y2\)",
+                            r"the call returned .*, not \(x2, y2\)"),
+    "labels changed": (lambda t, x, y, x2, y2: (x2, shift_labels(y2.clone())) if busy(t, x) else None,
+                       lambda x, m: "p=0 changed the labels" if m else "the labels changed", None),
+    "labels of another dtype": (lambda t, x, y, x2, y2: (x2, y2.to(other_dtype(y2))) if busy(t, x) else None,
+                                lambda x, m: "returned y2 as torch" if m else "the labels changed: y2", None),
+    "labels dropped": (lambda t, x, y, x2, y2: (x2, None) if busy(t, x) else None,
+                       lambda x, m: "returned y2 of shape NoneType" if m else "the labels changed: y2 NoneType", None),
+    "p=0 not the identity": (lambda t, x, y, x2, y2: (1 - x2, y2) if t.p == 0 and busy(t, x) else None,
+                             lambda x, m: "p=0 changed x", None),
+    "eval copies x": (lambda t, x, y, x2, y2: (x2.clone(), y2) if not t.training else None,
+                      lambda x, m: r"eval\(\) mode did not return x and y themselves",
+                      r"eval\(\) mode did not return x and None for y=None"),
+    "autograd history": (lambda t, x, y, x2, y2: (x2 + 0 * x, y2) if x.requires_grad else None,
+                         lambda x, m: "carries autograd history", None),
+    "batch of one squeezed": (lambda t, x, y, x2, y2: (x2[0], y2) if len(x) == 1 else None,
+                              lambda x, m: r"a batch of one came back as \(", None),
+    "empty batch flattened": (lambda t, x, y, x2, y2: (x2.flatten(1), y2) if len(x) == 0 else None,
+                              lambda x, m: "an empty batch in train mode came back as", None),
+    "labels for y=None": (lambda t, x, y, x2, y2: (x2, torch.zeros(len(x), dtype=torch.long)),
+                          None, ONLY_UNLABELLED + ", stats and None labels"),
+}
+FAMILY = [(rule, mixes, unlabelled) for rule, (_, labelled, unlabelled_message) in RULES.items()
+          for mixes in (False, True) for unlabelled in (False, True)
+          if (labelled if not unlabelled else unlabelled_message) is not None and not (mixes and unlabelled)]
+
+
+def breaking(rule, mixes, unlabelled):
+    """A correct method (Brighten, or PixelMixup if ``mixes``) that breaks ``rule`` in its calls with labels, or in
+    those without (``unlabelled``), and in no others."""
+
+    class OneRuleBroken(PixelMixup if mixes else Brighten):
+        def forward(self, x, y=None, model=None, index=None, *, params=None):
+            out = super().forward(x, y, model, index, params=params)
+            broken = RULES[rule][0](self, x, y, *out) if (y is None) == unlabelled else None
+            return out if broken is None else broken
+
+    return lambda **kw: OneRuleBroken(num_classes=10, **kw) if mixes else OneRuleBroken(**kw)
+
+
+def any_batch(b, c, h, w, dtype, soft, seed):
+    """x: (b, c, h, w) of ``dtype`` in [0, 1]; y: (b,) class indices in [0, 10) or (b, 10) soft labels."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(b, c, h, w, generator=g).to(dtype)
+    return x, torch.softmax(3 * torch.randn(b, 10, generator=g), 1) if soft else torch.randint(0, 10, (b,), generator=g)
+
+
+batches = st.builds(any_batch, b=st.integers(2, 5), c=st.sampled_from([1, 3]), h=st.integers(2, 5),
+                    w=st.integers(2, 5), dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]),
+                    soft=st.booleans(), seed=st.integers(0, 2**16))
+
+
+@settings(max_examples=40, deadline=None)
+@given(batch=batches, mixes=st.booleans())
+def test_a_correct_method_passes_on_any_batch(batch, mixes):
+    """Images of any size in float32, float64 or bfloat16, class indices or soft labels: no false breach."""
+    check_transform_contract(lambda **kw: PixelMixup(num_classes=10, **kw) if mixes else Brighten(**kw), *batch)
+
+
+@pytest.mark.parametrize("rule, mixes, unlabelled", FAMILY)
+@settings(max_examples=3, deadline=None)
+@given(batch=batches)
+def test_one_rule_broken_is_caught_and_named_on_any_batch(rule, mixes, unlabelled, batch):
+    """Each rule broken alone, by a method that mixes labels or not, in its labelled calls or its unlabelled ones,
+    on a batch of any form: the check stops with the message naming that rule."""
+    _, labelled, unlabelled_message = RULES[rule]
+    message = unlabelled_message if unlabelled else labelled(batch[0], mixes)
+    with pytest.raises(AssertionError, match=message):
+        check_transform_contract(breaking(rule, mixes, unlabelled), *batch)
+
+
+# -- the library's methods and a codec method of one's own, on the label forms and dtypes they take --------------------
+class LatentDropout(CodecTransform):
+    """docs/extending.md's codec method: a random share ``rate`` of the standardised latent coordinates set to 0."""
+
+    def __init__(self, codec, rate=0.1, *, levels=None, cache=None, p=1.0, generator=None):
+        super().__init__(codec, levels=levels, cache=cache, p=p, generator=generator)
+        self.rate = rate
+
+    def make_params(self, n, generator, device):
+        u = torch.rand(n, self.level_size(), generator=generator, device=device, dtype=torch.float32)
+        return {"drop": self.on_levels_only(u < self.rate)}
+
+    def transform(self, x, y, model, params, index=None):
+        z = self.encode_flat(x, index)
+        with torch.no_grad():
+            return self.decode_flat(z.masked_fill(params["drop"], 0.0)), y
+
+
+@pytest.mark.parametrize("method, labels, dtype", [
+    ("noise", "soft", torch.float32),  # soft labels: 'an empty batch's labels ... came back as (0, 10)'
+    ("varmixup", "soft", torch.float32),  # 'p=0 changed the labels'
+    ("varmixup", "indices", torch.bfloat16),
+    ("dropout", "indices", torch.bfloat16),
+    ("dropout", "soft", torch.float64),
+])
+def test_the_librarys_methods_pass_with_soft_labels_and_any_float_dtype(glow, vae, batch, method, labels, dtype):
+    x, y = batch
+    if labels == "soft":
+        y = torch.softmax(torch.randn(len(y), 10, generator=torch.Generator().manual_seed(0)), 1).to(
+            torch.float64 if dtype == torch.float64 else torch.float32)
+    make = {"noise": lambda **kw: LatentNoise(glow, eps=3.0, **kw),
+            "varmixup": lambda **kw: VarMixup(vae, num_classes=10, **kw),
+            "dropout": lambda **kw: LatentDropout(glow, rate=0.2, **kw)}[method]
+    check_transform_contract(make, x.to(dtype), y)
+
+
+# -- bad arguments of the check itself: a TypeError or ValueError naming them, not an internal error ------------------
+def brighten(**kw):
+    return Brighten(**kw)
+
+
+BAD_ARGUMENTS = {  # name: (arguments(x, y, net) -> (make, x, y, keywords), exception, message); each failed otherwise
+    "the transform, not its make": (lambda x, y, net: (Brighten(), x, y, {}), TypeError,
+                                    r"make must build the transform .*, got Brighten itself"),
+    "a make that is no function": (lambda x, y, net: (3, x, y, {}), TypeError,
+                                   "make must build the transform .*, got int"),
+    "a make ignoring generator=": (lambda x, y, net: (lambda **kw: Brighten(), x, y, {}), AssertionError,
+                                   "built a transform without the generator: make must pass generator= and p="),
+    "a make ignoring p=": (lambda x, y, net: (lambda generator, **kw: Brighten(generator=generator), x, y, {}),
+                           AssertionError, r"make\(p=0.0\) built a transform with p=1.0"),
+    "a batch of one": (lambda x, y, net: (brighten, x[:1], y[:1], {}), ValueError,
+                       "x must hold 2 samples or more .*, got 1"),
+    "an empty batch": (lambda x, y, net: (brighten, x[:0], y[:0], {}), ValueError,
+                       "x must hold 2 samples or more .*, got 0"),
+    "no labels": (lambda x, y, net: (brighten, x, None, {}), ValueError, "y must be the batch's labels, .* not None"),
+    "class indices past num_classes": (lambda x, y, net: (lambda **kw: PixelMixup(num_classes=20, **kw), x, y + 10, {}),
+                                       ValueError, r"y has class index 1\d, out of range for num_classes=10: .*num_cl"),
+    "a model that is a function": (lambda x, y, net: (ScoresWithTheModel, x, y, {"model": lambda v: net(v)}),
+                                   TypeError, "model must be the classifier .*, got function"),
+    "num_classes as text": (lambda x, y, net: (brighten, x, y, {"num_classes": "10"}), TypeError,
+                            "num_classes must be an int"),
+    "returns_x as text": (lambda x, y, net: (brighten, x, y, {"returns_x": "no"}), TypeError,
+                          "returns_x must be True or False"),
+    "a transform returning one tensor": (lambda x, y, net: (breaching(Brighten, lambda t, *a: a[-2]), x, y, {}),
+                                         AssertionError, r"the call returned .*, not \(x2, y2\)"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_ARGUMENTS)
+def test_a_bad_argument_is_named_not_an_internal_error(case, batch, net):
+    arguments, error, message = BAD_ARGUMENTS[case]
+    make, x, y, keywords = arguments(*batch, net)
+    with pytest.raises(error, match=message):
+        check_transform_contract(make, x, y, **keywords)
+
+
+def test_class_indices_past_num_classes_pass_a_method_that_keeps_them(batch):
+    """num_classes is the width of mixed labels: a method that keeps the labels needs none."""
+    check_transform_contract(lambda **kw: Brighten(**kw), batch[0], batch[1] + 10)
+
+
+def test_the_check_names_a_compose_and_what_to_check_instead(glow, batch):
+    with pytest.raises(AssertionError, match="got Compose: check each of its steps' make on its own"):
+        check_transform_contract(lambda **kw: Compose([LatentNoise(glow, **kw)]), *batch)
