@@ -333,7 +333,7 @@ class LatentTransform(SampleStats, nn.Module):
             x[selected], None if y is None else y[selected], None if index is None else index[selected])
         n = xs.shape[0]
         if params is None:
-            params = self.make_params(n, generator, x.device) if n else {}
+            params = _checked_draws(self, self.make_params(n, generator, x.device), n) if n else {}
         else:
             params = self._given_draws(params, n, x.device)
         y_out = to_soft(y, k) if self.mixes_labels else y
@@ -343,10 +343,11 @@ class LatentTransform(SampleStats, nn.Module):
             return x.clone(), y_out
 
         try:  # transform may add what it computed to this call's own params (LatentAdversarial's delta)
-            x2, y2 = self.transform(xs, ys, model, params, idx)
+            out = self.transform(xs, ys, model, params, idx)
         except ValueError as e:
             not_about_the_batch(e)
             raise
+        x2, y2 = _checked_output(self, out, xs, ys, k)
         self._keep_params(batch, selected, x.device, params)  # only now: a failed call leaves the last good call's
         x2, ok = keep_plausible(x2, xs)
         x2 = x2.to(x.dtype)
@@ -360,6 +361,37 @@ class LatentTransform(SampleStats, nn.Module):
         if self.mixes_labels:
             y_out = y_out.index_copy(0, selected, y2.to(y_out.dtype))
         return _like(x, x_out), y_out
+
+
+def _checked_draws(t: LatentTransform, params: object, n: int) -> dict[str, torch.Tensor]:
+    """``make_params``' draws for ``n`` samples: a dict of tensors of ``n`` rows (a replay checks them against that;
+    a float or a scalar tensor there passed the call and failed its replay)."""
+    bad = [f"{k!r}: {describe(v)}" for k, v in params.items()
+           if not isinstance(v, torch.Tensor) or v.ndim == 0 or len(v) != n] if isinstance(params, dict) else None
+    if bad is None or bad:
+        raise not_about_the_batch(WrongTypeError(
+            f"{type(t).__name__}.make_params must return a dict of tensors with one row per selected sample ({n}), "
+            f"got {', '.join(bad) if bad else describe(params)}"))
+    return params
+
+
+def _checked_output(t: LatentTransform, out: object, x: torch.Tensor, y: torch.Tensor | None,
+                    k: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``transform``'s ``(x2, y2)`` for the selected samples ``x``, ``y``: images of ``x``'s shape and labels of
+    ``y``'s (``(N, k)`` soft labels for ``mixes_labels``); forward would otherwise broadcast them (one image of a
+    batch of 8 made 8 copies of it)."""
+    name = f"{type(t).__name__}.transform"
+    if not (isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[0], torch.Tensor)):
+        raise not_about_the_batch(WrongTypeError(f"{name} must return (x2, y2), got {describe(out)}"))
+    x2, y2 = out
+    want = f"of shape {(x.shape[0], k)}" if t.mixes_labels else "None" if y is None else f"of shape {tuple(y.shape)}"
+    got = f"of shape {tuple(y2.shape)}" if isinstance(y2, torch.Tensor) else "None" if y2 is None else describe(y2)
+    if x2.shape != x.shape or got != want:
+        raise not_about_the_batch(ValueError(
+            f"{name} returned x2 of shape {tuple(x2.shape)} and y2 {got} for the selected samples' x of shape "
+            f"{tuple(x.shape)}: it must return images of x's shape and y2 {want}"
+            + (" (soft labels: mixes_labels is set)" if t.mixes_labels else " (y as given)")))
+    return x2, y2
 
 
 def _like(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:

@@ -257,6 +257,13 @@ def _and_wrapped(model: nn.Module) -> tuple[nn.Module, nn.Module | None]:
     return model, getattr(model, "module", None)
 
 
+def _linear_inside(module: nn.Module) -> str | None:
+    """The name of the one ``nn.Linear`` inside ``module``, a module given where its linear layer is meant (the
+    official code's ``Full_layer``, whose ``nn.Linear`` is ``fc.fc``); ``None`` if it holds none or several."""
+    found = [n for n, _ in _linear_layers(module) if n]
+    return found[0] if len(found) == 1 else None
+
+
 def _linear_layers(model: nn.Module) -> list[tuple[str, nn.Linear]]:
     """``model``'s ``(name, nn.Linear)`` in ``modules()`` order, but for those of codecs: a transform held by the model
     (a LightningModule's ``self.augment``) holds a codec, whose layers are never the classifier."""
@@ -473,8 +480,10 @@ class ISDA(_ISDAState, LatentTransform):
                 names = [n for n, _ in _linear_layers(model)]
                 raise ValueError(f"{type(model).__name__} has no submodule {self.layer!r}; its nn.Linear layers: {names}")
             if not isinstance(layer, nn.Linear):
+                inner = _linear_inside(layer)
                 raise ValueError(f"layer {self.layer!r} of {type(model).__name__} is a {type(layer).__name__}, "
-                                 f"ISDA needs the final nn.Linear")
+                                 f"ISDA needs the final nn.Linear"
+                                 + (f": the one inside it, layer='{self.layer}.{inner}'" if inner else ""))
         if layer.out_features != self.num_classes:
             hint = _official_order_hint(self.num_classes, layer, "ISDA")
             raise ValueError(
@@ -609,7 +618,9 @@ class ISDALoss(_ISDAState, nn.Module):
 
     def forward(self, features: torch.Tensor, fc: nn.Linear, y: torch.Tensor) -> torch.Tensor:
         if not isinstance(fc, nn.Linear):
-            raise TypeError(f"fc must be the classifier's nn.Linear, got {type(fc).__name__}")
+            inner = _linear_inside(fc) if isinstance(fc, nn.Module) else None
+            raise TypeError(f"fc must be the classifier's nn.Linear, got {type(fc).__name__}"
+                            + (f": pass the one inside it, fc.{inner}" if inner else ""))
         if not isinstance(features, torch.Tensor) or features.ndim != 2 or features.shape[1] != fc.in_features \
                 or not features.is_floating_point():  # a list: a WrongTypeError, as for y
             raise bad_option(f"features must be a (N, {fc.in_features}) float tensor for {fc}, got "

@@ -699,3 +699,57 @@ def test_dataset_positions_in_the_model_slot_are_refused_by_a_transform_without_
     with pytest.raises(TypeError, match=r"model must be the classifier \(an nn.Module\) or None, got .*; dataset "
                                         r"positions go as index=idx"):
         AddNoise(generator=0)(x, y, torch.arange(4))
+
+
+class Returning(LatentTransform):
+    """A method of one's own whose ``transform`` returns ``out(x, y)`` (docs/extending.md's two methods, wrong)."""
+
+    def __init__(self, out, mixes_labels=False, **kw):
+        super().__init__(**kw)
+        self.out, self.mixes_labels = out, mixes_labels
+
+    def transform(self, x, y, model, params, index=None):
+        return self.out(x, y)
+
+
+@pytest.mark.parametrize("p", [1.0, 0.5])
+@pytest.mark.parametrize("out, mixes, message", [
+    (lambda x, y: x[:1], False, r"must return \(x2, y2\), got torch.float32 of shape \(1, 1, 3, 3\)"),
+    (lambda x, y: None, False, r"must return \(x2, y2\), got NoneType"),
+    (lambda x, y: (x[:1], y), False, r"returned x2 of shape \(1, 1, 3, 3\) and y2 of shape \(\d,\) for the selected "
+                                     r"samples' x of shape \(\d, 1, 3, 3\): it must return images of x's shape"),
+    (lambda x, y: (x[:, :, :1], y), False, r"returned x2 of shape \(\d, 1, 1, 3\) and y2 of shape \(\d,\)"),
+    (lambda x, y: (x, y[:1]), False, r"returned .* y2 of shape \(1,\) .* and y2 of shape \(\d,\) \(y as given\)$"),
+    (lambda x, y: (x, y), True, r"returned .* y2 of shape \(\d,\) .* and y2 of shape \(\d, 4\) \(soft labels: "
+                                r"mixes_labels is set\)$"),
+])
+def test_a_transform_returning_another_form_than_its_input_is_named(out, mixes, message, p):
+    """First-hour audit 174: forward broadcast what ``transform`` returned into the batch. One image returned for a
+    batch of 8 came back as 8 copies of it (``stats`` counting 1 transformed), a (B, 1, H, W) result for RGB input
+    was copied into every channel, and a non-mixing method's labels of another size came back as they were at p=1
+    and were dropped at p<1; an image tensor returned alone failed to unpack ('too many values to unpack'), or, for
+    a batch of two, was unpacked into two images."""
+    x, y = _batch((8, 1, 3, 3), False, 0)
+    t = Returning(out, mixes, p=p, generator=0, num_classes=4)
+    with pytest.raises(ValueError, match=r"Returning\.transform " + message):
+        t(x, y % 4)
+    assert t.stats["seen"] == 0 and not t.last_params  # nothing counted or kept
+
+
+@pytest.mark.parametrize("draws, message", [
+    (lambda n, g: {"s": 0.1}, r"got 's': float$"),
+    (lambda n, g: {"s": torch.rand((), generator=g)}, r"got 's': torch.float32 of shape \(\)$"),
+    (lambda n, g: {"s": torch.rand(1, generator=g)}, r"got 's': torch.float32 of shape \(1,\)$"),
+    (lambda n, g: torch.rand(n, generator=g), r"got torch.float32 of shape \(8,\)$"),
+])
+def test_draws_that_a_replay_would_refuse_are_named_when_made(draws, message):
+    """First-hour audit 174: ``make_params`` returning a float or a draw per call (not per sample) passed the call
+    and made its ``last_params`` unreplayable: the replay said "params lacks ['s'] ...: pass an earlier call's
+    t.last_params" (which it was) or raised "len() of a 0-d tensor"; a tensor in place of the dict raised "'Tensor'
+    object is not a mapping"."""
+    t = AddNoise(generator=0)
+    t.make_params = lambda n, generator, device: draws(n, generator)
+    x, y = _batch((8, 1, 3, 3), False, 0)
+    with pytest.raises(ValueError, match=r"AddNoise\.make_params must return a dict of tensors with one row per "
+                                         r"selected sample \(8\), " + message):
+        t(x, y)

@@ -1174,6 +1174,31 @@ def test_the_official_argument_order_is_named_as_the_cause(batch, net):
         ISDALoss(5)(net.features(x), net.fc, y % 5)
 
 
+def test_the_official_full_layer_given_as_fc_names_the_linear_inside_it(batch, net):
+    """First-hour audit 174: the official CIFAR code's classifier is ``fc = Full_layer(feature_num, class_num)``, an
+    ``nn.Module`` holding the ``nn.Linear`` as ``fc.fc``, and its criterion takes ``fc`` itself. Passed here as it is,
+    the error said only "fc must be the classifier's nn.Linear, got Full_layer", not what to pass."""
+
+    class Full_layer(nn.Module):  # the official one, as in ISDA-for-Deep-Networks' CIFAR networks
+        def __init__(self, feature_num, class_num):
+            super().__init__()
+            self.fc = nn.Linear(feature_num, class_num)
+
+        def forward(self, x):
+            return self.fc(x)
+
+    x, y = batch
+    fc = Full_layer(net.fc.in_features, net.fc.out_features)
+    with pytest.raises(TypeError, match=r"got Full_layer: pass the one inside it, fc\.fc$"):
+        ISDALoss(10)(net.features(x), fc, y)
+    with pytest.raises(ValueError, match=r"is a Full_layer, ISDA needs the final nn.Linear: the one inside it, "
+                                         r"layer='head\.fc'$"):
+        ISDA(10, layer="head")(x, y, nn.ModuleDict({"body": net.features, "head": fc}))
+    two = nn.Sequential(nn.Linear(32, 16), nn.Linear(16, 10))  # more than one inside: no guess
+    with pytest.raises(TypeError, match=r"got Sequential$"):
+        ISDALoss(10)(net.features(x), two, y)
+
+
 def test_statistics_merged_under_cpu_autocast_are_the_float32_ones():
     # the merge turns autocast off: under a bfloat16 autocast its matrix product ran in bfloat16
     g = torch.Generator().manual_seed(0)
