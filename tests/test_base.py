@@ -451,6 +451,9 @@ def test_random_partners_is_one_cycle_through_the_samples_drawn_from_the_generat
         i = int(partner[i])
     assert len(seen) == n
     assert torch.equal(partner, random_partners(n, torch.Generator().manual_seed(3), torch.device("cpu")))
+    drawn = {tuple(random_partners(n, torch.Generator().manual_seed(s), torch.device("cpu")).tolist())
+             for s in range(8)}
+    assert n < 64 or len(drawn) == 8  # another seed, another cycle (mutation audit 177: not a fixed one)
     assert torch.equal(state, torch.get_rng_state())  # torch's global RNG untouched
 
 

@@ -630,6 +630,16 @@ def test_a_step_that_changes_the_batch_size_is_named(rgb):
     assert x2.shape == (6, 3 * 16 * 16)
 
 
+def test_an_unlabelled_torchvision_container_of_a_latent_step_that_changes_the_batch_size_is_named(rgb, rgb_glow):
+    # (mutation audit 177) the container given (x, None) is checked as the other steps are
+    class Halves(T.Transform):
+        def forward(self, x, y):
+            return x[:3], y
+
+    with pytest.raises(ValueError, match=r"^Compose at step 0 returned 3 images for a batch of 6: a step must keep"):
+        Compose([T.Compose([LatentNoise(rgb_glow, generator=0), Halves()])])(rgb[0], None)
+
+
 def test_kornia_random_jigsaw_keeps_the_labels(rgb):
     # RandomJigsaw is a kornia mix base but moves patches within each image: Compose took it for a label mix (and
     # kornia's own call with a "class" key raised NotImplementedError)
@@ -877,10 +887,19 @@ def test_labels_a_step_made_float_are_named_before_compose_makes_them_soft_for_a
     # a step of one's own turned the class indices into floats; Compose's softening for VarMixup (given no
     # num_classes of its own) gave torch's "one_hot is only applicable to index tensor of type LongTensor"
     class FloatLabels(T.Transform):
+        def __init__(self, dtype):
+            super().__init__()
+            self.dtype = dtype
+
         def forward(self, x, y):
-            return x, y.float()
+            return x, y.to(self.dtype)
 
     x, y = torch.rand(4, 3, 16, 16), torch.tensor([0, 1, 2, 3])
-    with pytest.raises(ValueError, match=r"step 1 \(VarMixup\), on the output of step 0 \(FloatLabels\): y class "
-                                         r"indices must be int64, got dtype torch.float32"):  # its own label check
-        Compose([FloatLabels(), VarMixup(tiny_vae(shape=(3, 16, 16)), generator=0)], num_classes=10)(x, y)
+    vae = tiny_vae(shape=(3, 16, 16))
+    for dtype in (torch.float32, torch.int32):  # int32 too (mutation audit 177): one_hot takes int64 only
+        with pytest.raises(ValueError, match=rf"step 1 \(VarMixup\), on the output of step 0 \(FloatLabels\): y "
+                                             rf"class indices must be int64, got dtype {dtype}"):  # its own check
+            Compose([FloatLabels(dtype), VarMixup(vae, generator=0)], num_classes=10)(x, y)
+        with pytest.raises(ValueError, match=rf"step 1 \(MixUp\), on the output of step 0 \(FloatLabels\): y "
+                                             rf"class indices must be int64 to be made soft labels, got {dtype}"):
+            Compose([FloatLabels(dtype), T.MixUp()], num_classes=10)(x, y)  # Compose makes them soft for it

@@ -303,6 +303,7 @@ def test_isda_and_its_statistics_move_to_mps_and_update_there():
         isda = ISDA(3, feature_dim=4).to("mps")
         assert isda.schedule_progress.device.type == "mps" and isda.schedule_progress.dtype == torch.float32
         assert all(b.device.type == "mps" for b in isda.estimator.buffers())
+        assert isda.estimator.count.dtype == torch.int64  # only float64 becomes float32 there (mutation audit 177)
         isda.estimator.update(torch.randn(5, 4, device="mps"), torch.randint(0, 3, (5,), device="mps"), check_y=False)
         assert isda.estimator.mean.device.type == "mps" and isda.estimator.cov.dtype == torch.float32
 
@@ -318,6 +319,15 @@ def test_isda_builds_under_mps_as_torchs_default_device(make):
             torch.set_default_device(None)
     assert isda.schedule_progress.device.type == "mps" and isda.schedule_progress.dtype == torch.float32
     assert ISDA(3).schedule_progress.dtype == torch.float64  # elsewhere the progress keeps all its digits
+
+
+def test_the_wide_float_is_float64_on_every_device_but_mps():
+    # (mutation audit 177) MPS alone has no float64: a GPU's class counts and reliability bins in float32 would stop
+    # counting at 2**24 samples
+    from latent_transforms.validation import wide_float
+
+    devices = ("cpu", "cuda", torch.device("cuda", 1), "meta", "xpu", "mps", torch.device("mps", 0))
+    assert [wide_float(d) for d in devices] == [torch.float64] * 5 + [torch.float32] * 2
 
 
 def test_a_glow_folds_its_weights_for_mps_on_the_cpu():

@@ -212,10 +212,15 @@ def test_fit_classifier_runs_the_forward_under_the_given_autocast():
     dtypes = []
     model[1].register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
     x, y = torch.rand(8, 3, 2, 2), torch.arange(8) % 2
-    fit_classifier(model, x, y, epochs=1, batch_size=4, autocast_dtype=torch.bfloat16, progress=False)
-    assert dtypes == [torch.bfloat16] * 2
-    dtypes.clear()
+    for dtype in (torch.bfloat16, torch.float16):  # the one given (mutation audit 177: not always bfloat16)
+        fit_classifier(model, x, y, epochs=1, batch_size=4, autocast_dtype=dtype, progress=False)
+        assert dtypes == [dtype] * 2
+        dtypes.clear()
     fit_classifier(model, x, y, epochs=1, batch_size=4, progress=False)
+    assert dtypes == [torch.float32] * 2
+    dtypes.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # none given: float32 under the caller's autocast too
+        fit_classifier(model, x, y, epochs=1, batch_size=4, progress=False)
     assert dtypes == [torch.float32] * 2
     assert all(p.dtype == torch.float32 for p in model.parameters())
 

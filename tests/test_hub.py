@@ -1251,6 +1251,14 @@ def test_a_windows_path_as_the_hub_url_is_answered_with_its_file_url(env, monkey
     with pytest.raises(ValueError, match=re.escape("unsupported scheme 'c'; use one of ['http', 'https', 'file'] (a "
                                                    "local directory: file:///C:/Users/Zo%C3%AB/my%20ckpts)")):
         hub.fetch("good")
+    # (mutation audit 177) a path relative to a drive's current directory has no file URL (as_uri() raised its own
+    # "relative path can't be expressed as a file URI"), and a network share's as_uri() is the two-slash form refused
+    # above: the general form for both
+    for path, scheme in (("C:ckpts", "c"), (r"\\server\share\ckpts", "")):
+        monkeypatch.setenv("LATENT_TRANSFORMS_HUB_URL", path)
+        with pytest.raises(ValueError, match=re.escape(f"unsupported scheme {scheme!r}; use one of ['http', 'https', "
+                                                       f"'file'] (a local directory: file:///absolute/path)")):
+            hub.fetch("good")
 
 
 def test_no_url_says_where_it_looked(env, monkeypatch):

@@ -144,8 +144,8 @@ class mixing(PixelMixup):  # noqa: N801 (a short name in the table below)
         super().__init__(num_classes=10, **kw)
 
 
-def counts(t, x, seen, transformed):
-    t._count(x.device, seen, torch.tensor(transformed), torch.tensor(0))
+def counts(t, x, seen, transformed, rejected=0):
+    t._count(x.device, seen, torch.tensor(transformed), torch.tensor(rejected))
 
 
 def global_noise(t, x, y, model, x2, y2):
@@ -199,6 +199,21 @@ def class_without_labels(train=True, eval=True):
     return lambda **kw: LabelsOptional(num_classes=10, **kw)
 
 
+_OMITTED = object()
+
+
+class LabelsOptionalWhenOmitted(PixelMixup):
+    """Refuses y=None, but takes a call that leaves y out as an unlabelled batch."""
+
+    def __init__(self, **kw):
+        super().__init__(num_classes=10, **kw)
+
+    def forward(self, x, y=_OMITTED, model=None, index=None, *, params=None):
+        if y is _OMITTED:
+            return x.clone(), None
+        return super().forward(x, y, model, index, params=params)
+
+
 class TypeErrorWithoutTheWord(ScoresWithTheModel):
     def forward(self, x, y=None, model=None, index=None, *, params=None):
         if model is None:
@@ -245,6 +260,8 @@ BREACHES = {  # (make, model?, returns_x, the AssertionError's message)
                           False, "do not count the batch of 12"),
     "stats counted twice": (breaching(Brighten, lambda t, x, y, m, x2, y2: (counts(t, x, 0, len(x)), (x2, y2))[1]),
                             False, False, "do not count the batch of 12"),
+    "rejections counted past the batch": (breaching(Brighten, lambda t, x, y, m, x2, y2: (
+        counts(t, x, 0, 0, len(x)), (x2, y2))[1]), False, False, "do not count the batch of 12"),
     "global draws": (GlobalDraws, False, False, "the same seed gave another output"),
     "global noise under 1e-5": (breaching(Brighten, global_noise), False, False, "the same seed gave another output"),
     "labels from the global RNG": (breaching(mixing, labels_from_the_global_rng), False, False,
@@ -300,6 +317,7 @@ BREACHES = {  # (make, model?, returns_x, the AssertionError's message)
     "labels optional": (class_without_labels(), False, False, "no ValueError raised .*needs labels"),
     "labels optional in training": (class_without_labels(eval=False), False, False, "no ValueError raised"),
     "labels optional in eval": (class_without_labels(train=False), False, False, "no ValueError raised"),
+    "labels optional when left out": (LabelsOptionalWhenOmitted, False, False, "no ValueError raised"),
     "y=None gives labels": (breaching(Brighten, lambda t, x, y, m, x2, y2: (x2, torch.zeros(len(x)) if y is None else
                                                                            y2)), False, False, "y=None at p=1.0 did not"),
     "y=None gives other images": (breaching(Brighten, lambda t, x, y, m, x2, y2: (x2 / 2 if y is None else x2, y2)),
