@@ -121,14 +121,15 @@ class LatentTransform(SampleStats, nn.Module):
           tensor or an int). ISDA, which changes neither x nor y, has neither.
 
     Subclasses set ``needs_model``/``mixes_labels`` (``needs_labels`` follows ``mixes_labels``; override it with a
-    class attribute or a property) and implement ``make_params(n, generator, device)``, every random draw for
-    ``n`` selected samples, and ``transform(x, y, model, params) -> (x2, y2)`` on the selected samples only;
-    ``check_inputs(x, model, index)`` may add checks of their own (run on every call, also in eval mode, by
-    ``check_call``);
-    ``index_size`` bounds ``index=`` (a latent cache's length).
+    class attribute or a property; ``takes_images = False`` for a method with a forward of its own that never reads
+    ``x``, which is then any ``(B, ...)`` tensor, as ISDA's) and implement ``make_params(n, generator, device)``,
+    every random draw for ``n`` selected samples, and ``transform(x, y, model, params) -> (x2, y2)`` on the selected
+    samples only; ``check_inputs(x, model, index)`` may add checks of their own (run on every call, also in eval
+    mode, by ``check_call``); ``index_size`` bounds ``index=`` (a latent cache's length).
     """
 
     needs_model: bool = False
+    takes_images: bool = True  # False: x is any (B, ...) tensor, never read (ISDA, which has its own forward)
     mixes_labels: bool = False
     index_params: tuple[str, ...] = ()  # draws that are indices among the selected samples
     weight_params: tuple[str, ...] = ()  # draws that are weights in [0, 1] (VarMixup's lam: past them, negative labels)
@@ -189,7 +190,7 @@ class LatentTransform(SampleStats, nn.Module):
         mix), the model if needed, then ``check_inputs``. ``model_optional``: ``model=None`` passes (a
         :class:`~latent_transforms.Compose` in ``eval()`` mode runs its first step's checks, and uses no model)."""
         check_batch(x, y, self.num_classes or CALLER_NUM_CLASSES.get(), index, self.index_size,
-                    more_checks=lambda: self.value_checks(x, index))
+                    more_checks=lambda: self.value_checks(x, index), images=self.takes_images)
         if y is None and self.needs_labels:
             forms = ("(B, K) soft labels, or (B,) class indices with num_classes=... given to the constructor"
                      if self.mixes_labels and self.num_classes is None else self.accepted_labels)

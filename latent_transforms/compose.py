@@ -43,8 +43,17 @@ def _is_kornia(t: object) -> bool:
 
 
 def _takes_floats_only(t: object) -> bool:
-    """Whether a step refuses uint8 images (a torchvision v2 transform but MixUp, or a callable, may take them)."""
-    return isinstance(t, LatentTransform) or _is_kornia(t) or _has_mixup(t)
+    """Whether a step refuses uint8 images (a torchvision v2 transform but MixUp, a callable, or ISDA may take them)."""
+    return (isinstance(t, LatentTransform) and t.takes_images) or _is_kornia(t) or _has_mixup(t)
+
+
+def _takes_any_tensor(steps: list) -> bool:
+    """Whether steps of a Compose take any ``(B, ...)`` tensor (vectors, sequences, token ids): they hold a latent
+    step and every latent step never reads ``x`` (ISDA), the others being plain callables (no torchvision or kornia
+    step: they take images). A Compose of callables alone takes images, as ever."""
+    parts = [p for t in steps for p in _parts(t)]
+    return any(isinstance(p, LatentTransform) for p in parts) and not any(
+        (isinstance(p, LatentTransform) and p.takes_images) or _is_torchvision_v2(p) or _is_kornia(p) for p in parts)
 
 
 def _is_torchvision_v2(t: object) -> bool:
@@ -244,7 +253,8 @@ class Compose(ChecksCodecStates, nn.Module):
 
     ``x: (B, C, H, W)`` float in [0, 1], or ``uint8`` when the first step is a torchvision v2 transform or a callable
     (``v2.ToDtype(torch.float32, scale=True)`` before the first latent, kornia or MixUp step converts it; ``uint8``
-    that no conversion step converts is refused in ``eval()`` mode).
+    that no conversion step converts is refused in ``eval()`` mode). Any ``(B, ...)`` tensor (vectors, sequences,
+    token ids) when the latent steps are ISDA, which never reads ``x``, and the others plain callables.
     ``index: (B,)`` dataset positions (for a :class:`~latent_transforms.LatentCache`) go to the first step only,
     which must then be a :class:`LatentTransform`: later steps see images the cache does not hold.
 
@@ -329,6 +339,7 @@ class Compose(ChecksCodecStates, nn.Module):
         # what runs in eval() mode: the dtype conversions (a validation loader's uint8 images come out as in training)
         self._conversions = [c for t in steps for c in _conversions_in(t)]
         self._takes_uint8 = not _takes_floats_only(steps[0] if steps else None)  # once: it walks the step's parts
+        self._takes_images = not _takes_any_tensor(steps)
         self._uint8_hint = "" if self._takes_uint8 else (  # where the conversion goes
             f"; in a Compose, put v2.ToDtype(torch.float32, scale=True) first: step 0 ({_name(steps[0])}) takes float "
             f"images only")
@@ -361,9 +372,12 @@ class Compose(ChecksCodecStates, nn.Module):
         # per call, not two; in eval() mode the first latent step that gets the batch as given (also in a nested
         # Compose) checks it
         leaf = None if self.training else _first_latent(first)
-        values = not isinstance(first, LatentTransform) if self.training else leaf is None
+        reader = first if self.training and isinstance(first, LatentTransform) else leaf
+        # ... unless that step takes any tensor (ISDA) and a later step takes images: their values are read here
+        values = reader is None or (self._takes_images and not reader.takes_images)
         check_batch(x, y, self.num_classes, index, first.index_size if isinstance(first, LatentTransform) else None,
-                    allow_uint8=self._takes_uint8, values=values, uint8_hint=self._uint8_hint)
+                    allow_uint8=self._takes_uint8, values=values, uint8_hint=self._uint8_hint,
+                    images=self._takes_images)
         check_model_slot(model)
         if y is None:
             needing = [_where(p, s, i) for i, s in enumerate(self.steps) for p in _needing_labels(s)]
@@ -383,7 +397,7 @@ class Compose(ChecksCodecStates, nn.Module):
                     leaf.check_call(x, y, model, index, model_optional=True)
             for step in self._conversions:
                 x = step(x)
-            if x.dtype == torch.uint8:  # the identity would hand uint8 to a model that expects floats
+            if x.dtype == torch.uint8 and self._takes_images:  # the identity would give a model uint8 images
                 raise ValueError("Compose in eval() mode runs only its dtype conversions (v2.ToDtype), and has none "
                                  "that converts these uint8 images; put v2.ToDtype(torch.float32, scale=True) in it, "
                                  "convert them (x.float() / 255) before it, or call it in train() mode")

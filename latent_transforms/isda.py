@@ -414,7 +414,8 @@ class ISDA(_ISDAState, LatentTransform):
         generator: draws the per-sample selection when ``p < 1``.
 
     Shape:
-        x: (B, C, H, W) float in [0, 1], returned as is. y: (B,) int64, returned as is. The layer must see
+        x: any (B, ...) tensor the model takes (images, normalised or not; (B, D) vectors, (B, T, D) sequences,
+        (B, T) int64 token ids), returned as is and never read. y: (B,) int64, returned as is. The layer must see
         ``(B, A)`` features for the same ``B``.
 
     Convention:
@@ -437,6 +438,7 @@ class ISDA(_ISDAState, LatentTransform):
     """
 
     needs_model = True
+    takes_images = False  # it reads the classifier's features, never x: vectors, sequences, token ids pass
     needs_labels = True
     accepted_labels = "(B,) int64 class indices"
 

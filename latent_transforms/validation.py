@@ -19,6 +19,10 @@ import torch
 
 IMAGE_RANGE_TOL = 1e-3
 SOFT_LABEL_TOL = 1e-3
+# what a batch of vectors (tabular data, 1-D signals) is told where images are due
+VECTORS_HINT = ("; (B, D) vectors? ISDA takes any (B, ...) tensor; the latent methods take images: a codec of your "
+                "own (docs/training.md#your-own-model-as-a-codec) with image_shape (1, 1, D) takes vectors scaled to "
+                "[0, 1] as {name}.view(len({name}), 1, 1, -1)")
 
 
 class WrongTypeError(TypeError, ValueError):
@@ -191,7 +195,8 @@ def _image_form(x: torch.Tensor, name: str, allow_uint8: bool, uint8_hint: str =
         one, grey = (f"; one image? {name}.unsqueeze(0) makes it a batch of one",
                      f"; a batch of grey (B, H, W) images? {name}.unsqueeze(1) adds the channel")
         # (1, H, W): either gives (1, 1, H, W); (3, H, W): a colour image or 3 grey ones
-        hint = "" if x.ndim != 3 else {1: one, 3: one + grey}.get(x.shape[0], grey)
+        hint = {1: one, 3: one + grey}.get(x.shape[0], grey) if x.ndim == 3 else VECTORS_HINT.format(name=name) \
+            if x.ndim == 2 else ""
         raise ValueError(f"{name} must have shape (B, C, H, W), got {x.ndim} dims with shape {tuple(x.shape)}{hint}")
     if x.shape[0] == 0 and not allow_empty:
         raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)})")
@@ -222,10 +227,14 @@ def _image_stats(x: torch.Tensor) -> torch.Tensor:
     return _extremes(x.detach())  # NaN and inf show in the extremes
 
 
-def _judge_images(x: torch.Tensor, name: str, lo: float, hi: float) -> None:
+def _judge_finite(x: torch.Tensor, name: str, lo: float, hi: float) -> None:
     if not (math.isfinite(lo) and math.isfinite(hi)):
         bad = (~torch.isfinite(x)).flatten(1).any(1).nonzero().flatten().tolist()
         raise ValueError(f"{name} contains NaN or inf (in samples {bad[:8]})")
+
+
+def _judge_images(x: torch.Tensor, name: str, lo: float, hi: float) -> None:
+    _judge_finite(x, name, lo, hi)
     if lo < -IMAGE_RANGE_TOL or hi > 1 + IMAGE_RANGE_TOL:
         if lo >= -0.1 and hi <= 1.1:
             hint = "a resampling (bicubic, antialiased) or noise step overshoots: clamp its output with x.clamp(0, 1)"
@@ -415,17 +424,36 @@ def _judge_index(size: int | None, lo: float, hi: float) -> None:
         raise ValueError(f"index has positions outside [0, {size}): min {lo}, max {hi}")
 
 
+def check_samples(x: torch.Tensor, name: str = "x") -> None:
+    """Check ``x``: a tensor with the samples along its first dimension, ``(B, ...)`` of any dtype (vectors,
+    sequences, spectrograms, token ids, images), none of its other dimensions empty, for a caller that never reads
+    its values (ISDA)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim == 0:
+        raise ValueError(f"{name} must be a batch (B, ...) with the samples along its first dimension, got a 0-d "
+                         f"tensor")
+    if 0 in x.shape[1:]:
+        raise ValueError(f"{name} has an empty dimension besides the batch's (shape {tuple(x.shape)})")
+
+
 def check_batch(x: torch.Tensor, y: torch.Tensor | None, num_classes: int | None = None,
                 index: torch.Tensor | None = None, index_size: int | None = None, allow_uint8: bool = False,
-                values: bool = True, more_checks: Callable[[], list] | None = None, uint8_hint: str = "") -> None:
+                values: bool = True, more_checks: Callable[[], list] | None = None, uint8_hint: str = "",
+                images: bool = True) -> None:
     """The checks of every ``t(x, y, model, index=...)`` call: images, labels (``None``: an unlabelled batch) and
     index agree on the batch (``index`` in ``[0, index_size)`` when the size is known). ``allow_uint8``: ``uint8``
     images pass too (for a :class:`~latent_transforms.Compose` whose first step is a torchvision v2 transform or a
-    callable). The shapes, dtypes and devices are checked first, then every value at once: one host sync per call
-    (none with ``values=False``). ``more_checks()``: a caller's own ``(statistics, judge)`` pairs, made once the forms
+    callable). ``images=False``: ``x`` is any ``(B, ...)`` tensor (``check_samples``; finite if floating), for a
+    caller that never reads it. The shapes, dtypes and devices are checked first, then every value at once: one host
+    sync per call (none with ``values=False``). ``more_checks()``: a caller's own ``(statistics, judge)`` pairs, made once the forms
     passed, judged last in the same read. ``uint8_hint`` ends the message refusing ``uint8`` images. A batch of none
     (``B = 0``) passes, as torchvision's and kornia's transforms take it."""
-    image_values = _image_form(x, "x", allow_uint8, uint8_hint, allow_empty=True)
+    if images:
+        image_values, finite_values = _image_form(x, "x", allow_uint8, uint8_hint, allow_empty=True), False
+    else:  # any tensor: float values must be finite (NaN would reach the model's features), in any range
+        check_samples(x)
+        image_values, finite_values = False, x.is_floating_point()
     for name, t in (("y", y), ("index", index)):
         if isinstance(t, torch.Tensor):
             check_device(name, t.device, x)
@@ -440,6 +468,8 @@ def check_batch(x: torch.Tensor, y: torch.Tensor | None, num_classes: int | None
         checks = []  # judged in this order: images, labels, index
         if image_values:
             checks.append((_image_stats(x), lambda v: _judge_images(x, "x", *v)))
+        elif finite_values:
+            checks.append((_image_stats(x), lambda v: _judge_finite(x, "x", *v)))
         if label_values:
             checks.append((_label_stats(y), lambda v: _judge_labels(y, "y", num_classes, v)))
         if index_values:

@@ -1,4 +1,5 @@
 import contextlib
+import math
 import os
 import sys
 import time
@@ -118,11 +119,12 @@ def tiny_glow(seed: int = 0, shape=(1, 8, 8), levels: int = 2) -> Glow:
 
 class OwnCodec(Codec):
     """A codec of one's own, as docs/training.md writes one but without a config: latents (B, 4), images
-    (B, 1, 8, 8)."""
+    (B, *image_shape)."""
 
-    def __init__(self):
-        super().__init__((1, 8, 8))
-        self.enc, self.dec = nn.Linear(64, 4), nn.Linear(4, 64)
+    def __init__(self, image_shape=(1, 8, 8)):
+        super().__init__(image_shape)
+        size = math.prod(self.image_shape)
+        self.enc, self.dec = nn.Linear(size, 4), nn.Linear(4, size)
 
     @property
     def latent_shapes(self):
@@ -132,7 +134,7 @@ class OwnCodec(Codec):
         return [self.enc(x.flatten(1))]
 
     def _decode(self, z):
-        return torch.sigmoid(self.dec(z[0])).view(-1, 1, 8, 8)
+        return torch.sigmoid(self.dec(z[0])).view(-1, *self.image_shape)
 
 
 def cifar_size_glow(seed: int = 0) -> Glow:

@@ -645,6 +645,28 @@ def test_a_shape_hint_fits_what_is_wrong_with_the_shape(monkeypatch):
         glow.check_images(torch.rand(2, 3, 32, 32))
 
 
+def test_vectors_where_images_are_due_are_told_isda_and_the_codec_of_one_s_own_that_takes_them():
+    """Persona audit (data that are not images): a (B, D) batch of vectors was told "x must have shape (B, C, H, W)"
+    and nothing more, and a codec of one's own for vectors, image_shape=(D,), only "(C, H, W) positive ints". The
+    recipe the messages give works."""
+    with pytest.raises(ValueError, match=r"image_shape must be \(C, H, W\) positive ints, got \(6,\); vectors of 6 "
+                                         r"numbers\? \(1, 1, 6\), given as x.view\(len\(x\), 1, 1, -1\) scaled to "
+                                         r"\[0, 1\]$"):
+        OwnCodec((6,))
+    torch.manual_seed(0)
+    codec = OwnCodec((1, 1, 6)).freeze()
+    x, y = torch.rand(4, 6), torch.arange(4)
+    for t in (LatentNoise(codec, generator=0), VarMixup(codec, num_classes=4, p=1.0, generator=0)):
+        with pytest.raises(ValueError, match=r"got 2 dims with shape \(4, 6\); \(B, D\) vectors\? ISDA takes any "
+                                             r"\(B, \.\.\.\) tensor; the latent methods take images: a codec of "
+                                             r"your own \(docs/training.md#your-own-model-as-a-codec\) with "
+                                             r"image_shape \(1, 1, D\) takes vectors scaled to \[0, 1\] as "
+                                             r"x.view\(len\(x\), 1, 1, -1\)$"):
+            t(x, y)
+        x2, _ = t(x.view(len(x), 1, 1, -1), y)
+        assert x2.shape == (4, 1, 1, 6) and not torch.equal(x2.view(4, 6), x)
+
+
 def test_a_codec_told_images_without_a_channel_dimension_says_so_whatever_its_channels():
     """A (B, H, W) batch for a 3-channel codec was told only the codec's shape, as a codec's own check (called
     directly, or by a benchmark on its --data) did not share the transforms' rank check and its hints."""

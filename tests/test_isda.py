@@ -1043,6 +1043,76 @@ def test_inside_compose_as_the_last_step(batch, net):
     assert int(isda.estimator.count.sum()) == len(y)
 
 
+# -- data that are not images: ISDA reads the classifier's features, never x ------------------------------------------
+NOT_IMAGES = {  # (body: x -> (B, 8) features, x); standardised values, outside [0, 1]
+    "vectors (B, D)": (lambda: nn.Sequential(nn.Linear(6, 8), nn.ReLU()),
+                       lambda g: 3 * torch.randn(12, 6, generator=g)),
+    "sequences (B, T, D)": (lambda: nn.Sequential(nn.Flatten(), nn.Linear(24, 8), nn.ReLU()),
+                            lambda g: 3 * torch.randn(12, 4, 6, generator=g)),
+    "spectrograms (B, 1, F, T)": (lambda: nn.Sequential(nn.Flatten(), nn.Linear(24, 8), nn.ReLU()),
+                                  lambda g: 3 * torch.randn(12, 1, 4, 6, generator=g) - 5),
+    "token ids (B, T) int64": (lambda: nn.Sequential(nn.Embedding(20, 4), nn.Flatten(), nn.Linear(24, 8), nn.ReLU()),
+                               lambda g: torch.randint(0, 20, (12, 6), generator=g)),
+}
+
+
+@pytest.mark.parametrize("wrap", ["alone", "Compose", "Compose after a callable"])
+@pytest.mark.parametrize("kind", sorted(NOT_IMAGES))
+def test_data_that_are_not_images_get_the_loss_form_s_loss(kind, wrap):
+    """Found by a persona audit (data that are not images): every call refused vectors, sequences and token ids,
+    "x must have shape (B, C, H, W)", and standardised spectrograms, "x values must lie in [0, 1]", though ISDA
+    never reads x (ISDALoss took the same models' features)."""
+    from latent_transforms import Compose
+
+    torch.manual_seed(0)
+    make_body, make_x = NOT_IMAGES[kind]
+    body, fc = make_body(), nn.Linear(8, 3)
+    model = nn.Sequential(body, fc)
+    x, y = make_x(torch.Generator().manual_seed(0)), torch.arange(12) % 3
+    isda, loss_form = ISDA(3, lambda0=2.0), ISDALoss(3, lambda0=2.0)
+    isda.set_epoch(1, 2), loss_form.set_epoch(1, 2)
+    t = {"alone": isda, "Compose": Compose([isda]), "Compose after a callable": Compose([lambda v: v, isda])}[wrap]
+    x2, y2 = t(x, y, model)
+    assert x2 is x and y2 is y
+    hooked = F.cross_entropy(model(x), y)
+    assert isda.stats["transformed"] == 12
+    assert torch.allclose(hooked, loss_form(body(x), fc, y), atol=1e-6)
+    assert hooked > F.cross_entropy(model(x), y) + 1e-3  # the correction is there
+    t.eval()
+    assert t(x, y, model)[0] is x  # eval() mode: the identity, refusing nothing either
+
+
+def test_data_that_are_not_images_are_still_checked_and_image_steps_still_get_images(net):
+    from torchvision.transforms import v2
+
+    from latent_transforms import Compose
+
+    x, y = torch.randn(4, 6), torch.arange(4)
+    with pytest.raises(ValueError, match=r"x must be a batch \(B, \.\.\.\) with the samples along its first dimension, "
+                                         r"got a 0-d tensor"):
+        ISDA(10)(x[0, 0], y[:1], net)
+    with pytest.raises(TypeError, match="x must be a torch.Tensor, got ndarray"):
+        ISDA(10)(x.numpy(), y, net)
+    with pytest.raises(ValueError, match=r"x has an empty dimension besides the batch's \(shape \(4, 0\)\)"):
+        ISDA(10)(x[:, :0].long(), y, net)  # token ids of no tokens
+    with pytest.raises(ValueError, match="batch sizes differ: x has 4 samples, y has 3"):
+        Compose([ISDA(10)])(x, y[:3], net)
+    with pytest.raises(ValueError, match="y class indices must be int64"):
+        ISDA(10)(x.long(), y.int(), net)
+    bad = x.clone()
+    bad[1, 2] = float("nan")
+    for t in (ISDA(10), ISDA(10).eval(), Compose([ISDA(10)]), Compose([lambda v: v, ISDA(10)]).eval()):
+        with pytest.raises(ValueError, match=r"^x contains NaN or inf \(in samples \[1\]\)"):  # in any range, finite
+            t(bad, y, net)
+    for steps in ([v2.RandomHorizontalFlip(), ISDA(10)], [lambda v: v], [LatentNoise(tiny_vae()), ISDA(10)]):
+        with pytest.raises(ValueError, match=r"x must have shape \(B, C, H, W\)"):  # steps that take images
+            Compose(steps)(x, y, net)
+    images = Compose([ISDA(10), v2.RandomHorizontalFlip()])
+    for mode in (True, False):  # ISDA first reads no image values: the Compose does, for the flip
+        with pytest.raises(ValueError, match=r"x values must lie in \[0, 1\]"):
+            images.train(mode)(torch.randn(4, 1, 8, 8), y, net)
+
+
 def test_labels_are_checked_once_per_training_step(monkeypatch, batch, net):
     """Each label check is a host sync: the hook and ISDALoss check y where it enters, not again inside."""
     from latent_transforms import validation
@@ -1317,8 +1387,8 @@ def test_an_empty_batch_gives_a_zero_loss_connected_to_the_graph_and_leaves_the_
     assert hook.stats == {"seen": len(y), "transformed": len(y), "rejected": 0}
     for t, kept in zip((loss, hook), before):
         assert all(torch.equal(b, kept[n]) for n, b in t.estimator.named_buffers())
-    with pytest.raises(ValueError, match=r"x has an empty channel or spatial dimension \(shape \(0, 1, 0, 8\)\)"):
-        hook(x[:0, :, :0], y[:0], net)
+    with pytest.raises(ValueError, match=r"x has an empty dimension besides the batch's \(shape \(0, 1, 0, 8\)\)"):
+        hook(x[:0, :, :0], y[:0], net)  # ISDA takes any (B, ...) tensor, not only images
 
 
 def test_isda_logits_take_a_0_dim_cpu_lam_with_logits_elsewhere_but_no_other_lam_there(monkeypatch):

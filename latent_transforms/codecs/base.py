@@ -84,7 +84,10 @@ class Codec(ChecksCodecStates, nn.Module):
         ints = hasattr(image_shape, "__len__") and not isinstance(image_shape, (str, bytes)) and \
             all(is_int(s) for s in image_shape)
         if not ints or len(image_shape) != 3 or min(image_shape) < 1:  # 32 or "abc": a WrongTypeError, not len()'s
-            raise bad_option(f"image_shape must be (C, H, W) positive ints, got {image_shape!r}", right_type=ints)
+            hint = f"; vectors of {image_shape[0]} numbers? (1, 1, {image_shape[0]}), given as x.view(len(x), 1, 1, " \
+                f"-1) scaled to [0, 1]" if ints and len(image_shape) == 1 and min(image_shape) >= 1 else ""
+            raise bad_option(f"image_shape must be (C, H, W) positive ints, got {image_shape!r}{hint}",
+                             right_type=ints)
         self.image_shape = tuple(int(s) for s in image_shape)
         self.frozen = False
         self._compiled: tuple[Callable, Callable] | None = None  # torch.compile'd (_encode, _decode), unbound
