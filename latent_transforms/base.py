@@ -187,8 +187,8 @@ class LatentTransform(SampleStats, nn.Module):
                    index: torch.Tensor | None = None, *, model_optional: bool = False) -> None:
         """Every check of a call ``t(x, y, model, index=...)``, in either mode, without running it: the batch
         (``check_batch``, with ``value_checks``: one host sync), labels if needed (and their classes, for a label
-        mix), the model if needed, then ``check_inputs``. ``model_optional``: ``model=None`` passes (a
-        :class:`~latent_transforms.Compose` in ``eval()`` mode runs its first step's checks, and uses no model)."""
+        mix), the model if needed, then ``check_inputs``. ``model_optional``: ``model=None`` passes (a ``Compose`` in
+        ``eval()`` mode runs its first step's checks, and uses no model)."""
         check_batch(x, y, self.num_classes or CALLER_NUM_CLASSES.get(), index, self.index_size,
                     more_checks=lambda: self.value_checks(x, index), images=self.takes_images)
         if y is None and self.needs_labels:
@@ -217,9 +217,9 @@ class LatentTransform(SampleStats, nn.Module):
 
     def _keep_params(self, batch: int, selected: torch.Tensor | None, device: torch.device, params: dict) -> None:
         """Set ``last_params`` to this call's, in one assignment (a thread sharing the transform sees one call's),
-        detached: kept until the next call, a tensor with autograd history held its whole graph (LatentAdversarial's
-        ``target``, the caller's labels: a teacher's soft labels kept the teacher's activations) and the caller's
-        tensor itself."""
+        detached: kept until the next call, a tensor with autograd history would hold its whole graph alive
+        (LatentAdversarial's ``target``, the caller's labels: a teacher's soft labels hold the teacher's activations),
+        and the caller's tensor itself."""
         # batch_size on the CPU, not torch's default device (by torch.full: tests/test_host_syncs.py takes any
         # torch.tensor(data, device=...) for a blocking copy to the device)
         kept = {"batch_size": torch.full((), batch, dtype=torch.int64, device="cpu"),
@@ -365,8 +365,8 @@ class LatentTransform(SampleStats, nn.Module):
 
 
 def _checked_draws(t: LatentTransform, params: object, n: int) -> dict[str, torch.Tensor]:
-    """``make_params``' draws for ``n`` samples: a dict of tensors of ``n`` rows (a replay checks them against that;
-    a float or a scalar tensor there passed the call and failed its replay)."""
+    """``make_params``' draws for ``n`` samples: a dict of tensors of ``n`` rows (a replay checks them against that:
+    a float or a scalar tensor would pass the call and fail its replay)."""
     bad = [f"{k!r}: {describe(v)}" for k, v in params.items()
            if not isinstance(v, torch.Tensor) or v.ndim == 0 or len(v) != n] if isinstance(params, dict) else None
     if bad is None or bad:
@@ -379,8 +379,8 @@ def _checked_draws(t: LatentTransform, params: object, n: int) -> dict[str, torc
 def _checked_output(t: LatentTransform, out: object, x: torch.Tensor, y: torch.Tensor | None,
                     k: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``transform``'s ``(x2, y2)`` for the selected samples ``x``, ``y``: images of ``x``'s shape and labels of
-    ``y``'s (``(N, k)`` soft labels for ``mixes_labels``); forward would otherwise broadcast them (one image of a
-    batch of 8 made 8 copies of it)."""
+    ``y``'s (``(N, k)`` soft labels for ``mixes_labels``); forward would otherwise broadcast them (one image for a
+    batch of 8 would become 8 copies of it)."""
     name = f"{type(t).__name__}.transform"
     if not (isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[0], torch.Tensor)):
         raise not_about_the_batch(WrongTypeError(f"{name} must return (x2, y2), got {describe(out)}"))

@@ -331,7 +331,7 @@ class Compose(ChecksCodecStates, nn.Module):
         # label mixes that do not know the classes (v2.MixUp() without num_classes, a Compose holding VarMixup()) get
         # class-index labels made soft with this Compose's; a kornia mix takes class indices (Compose turns its labels
         # soft); a latent step (VarMixup()) checks them against this Compose's classes and makes them soft itself
-        # (made soft before a first latent step, out-of-range labels reached torch's one_hot unchecked)
+        # (made soft before it, out-of-range labels would reach torch's one_hot unchecked)
         self._soften_before = frozenset(
             i for i in mixing if num_classes is not None and not _is_kornia_mix(steps[i])
             and not isinstance(steps[i], LatentTransform)

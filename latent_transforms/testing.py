@@ -20,8 +20,8 @@ from .validation import check_batch, check_bool, check_count, check_model_slot, 
 
 
 def model_state(model: nn.Module | None):
-    """A copy of what a transform must leave alone: ``model``'s state dict, train/eval flags, gradients and
-    parameters' ``requires_grad``."""
+    """A copy of what a transform must leave alone, for ``assert_model_unchanged``: ``model``'s state dict, train/eval
+    flags, gradients and parameters' ``requires_grad``."""
     if model is None:
         return None
     return ({k: v.clone() for k, v in model.state_dict().items()},
@@ -137,8 +137,8 @@ def check_transform_contract(make: Callable[..., LatentTransform], x: torch.Tens
     y not changed in place; labels kept (soft, of ``labels.to_soft``'s dtype and summing to 1 for ``mixes_labels``);
     ``stats``; the same seed (an int or a ``torch.Generator``) gives the same output and ``params=t.last_params``
     replays it (every draw made in ``make_params``); ``p=0`` and ``eval()`` are the identity; a batch of one and an
-    empty batch pass; float64 stays float64 (checked without a model); a missing model or labels is refused as
-    documented; pickling.
+    empty batch pass; float64 stays float64 (checked without a model); ``y=None`` gives the labelled call's images
+    and ``None``; a missing model or labels is refused as documented; pickling.
     """
     k = _check_arguments(make, x, y, model, num_classes, returns_x)
     batch = x.shape[0]

@@ -756,3 +756,22 @@ def test_draws_that_a_replay_would_refuse_are_named_when_made(draws, message):
     with pytest.raises(ValueError, match=r"AddNoise\.make_params must return a dict of tensors with one row per "
                                          r"selected sample \(8\), " + message):
         t(x, y)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_check_call_raises_what_the_call_would_and_draws_and_counts_nothing(mode):
+    """docs/reliability.md: ``t.check_call(x, y, model, index=idx)`` runs a call's checks alone, in either mode."""
+    x, y = _batch((4, 1, 3, 3), False, 0)
+    y = y % 4
+    bad = [((x * 3, y), r"x values must lie in \[0, 1\]"), ((x, y[:3]), "batch sizes differ"),
+           ((x, y + 10), "out of range for num_classes=4"), ((x, None), "Mix needs labels")]
+    for args, message in bad:
+        for run in (lambda t: t.check_call(*args), lambda t: t(*args)):
+            with pytest.raises(ValueError, match=message):
+                run(getattr(Mix(generator=0, num_classes=4), mode)())
+    t = getattr(Mix(generator=0, num_classes=4), mode)()
+    assert t.check_call(x, y) is None
+    assert t.stats["seen"] == 0 and not t.last_params  # nothing counted or kept
+    x2, y2 = t(x, y)
+    x3, y3 = getattr(Mix(generator=0, num_classes=4), mode)()(x, y)
+    assert torch.equal(x2, x3) and torch.equal(y2, y3)  # nothing drawn

@@ -208,6 +208,25 @@ def test_the_api_reference_shows_every_public_hub_function_and_class():
     assert public - listed == set()
 
 
+
+def test_the_api_reference_members_exist():
+    """Every name of docs/api.md's ``members:``/``inherited_members:`` lists is an attribute of its object:
+    ``mkdocs build --strict`` leaves a misspelt or removed member out of the page without a warning."""
+    import importlib
+
+    text = (DOCS / "api.md").read_text(encoding="utf-8")
+    missing = []
+    for target, options in re.findall(r"^::: ([\w.]+)\n((?:    .*\n)*)", text, re.M):
+        try:
+            obj = importlib.import_module(target)
+        except ImportError:
+            module, _, name = target.rpartition(".")
+            obj = getattr(importlib.import_module(module), name)
+        for names in re.findall(r"members: \[([^\]]*)\]", options):
+            missing += [f"{target}.{n}" for n in map(str.strip, names.split(",")) if n and not hasattr(obj, n)]
+    assert re.search(r"^::: latent_transforms\.base\.LatentTransform\n    options:\n      members: \[", text, re.M)
+    assert not missing, f"docs/api.md lists members that do not exist: {missing}"
+
 def test_the_api_reference_shows_every_public_name_of_the_package_and_its_codecs():
     """docs/api.md renders every name of latent_transforms.__all__ and every class and function of
     latent_transforms.codecs.__all__, and names the others (CODECS, Latents): a new public name must be added there."""
