@@ -230,8 +230,10 @@ class LatentTransform(SampleStats, nn.Module):
         """``params["selected"]``, checked: (N,) int64 distinct rows of a batch of ``batch``, on ``device``; and
         ``params["batch_size"]``, where given, must be ``batch``."""
         if not isinstance(params, dict) or not isinstance(params.get("selected"), torch.Tensor):
+            got = ("an empty dict: t.last_params is empty until a call in train() mode succeeds (in eval() mode a "
+                   "transform draws nothing)") if isinstance(params, dict) and not params else describe(params)
             raise WrongTypeError(f"params must be a dict like t.last_params, with 'selected' (the batch rows), got "
-                                 f"{describe(params)}")
+                                 f"{got}")
         given = params.get("batch_size")
         if given is not None:
             whole = isinstance(given, int) and not isinstance(given, bool) or \

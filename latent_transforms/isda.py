@@ -331,8 +331,8 @@ class _ArmedHook:
                               f"once, outside the training loop, and keep it (isda = ISDA(...); "
                               f"x, y = isda(x, y, model))", stacklevel=2)
             return None
-        if self.fired or not module.training:
-            return None  # waits for the next training forward
+        if self.fired or not module.training or not torch.is_grad_enabled():
+            return None  # waits for the next training forward (a no_grad one, pseudo-labelling say, trains nothing)
         self.fired = True
         _disarm(module)
         if len(args) != 1 or not isinstance(args[0], torch.Tensor):
@@ -372,7 +372,7 @@ class ISDA(_ISDAState, LatentTransform):
     """Implicit semantic data augmentation as a one-line drop-in: ``x, y = isda(x, y, model)``.
 
     The call leaves ``x`` and ``y`` unchanged and arms a one-shot forward hook on the model's final linear layer.
-    The next training forward of that layer (your ``model(x)``) then
+    The next training forward of that layer (your ``model(x)``, in train mode with gradients enabled) then
 
     1. updates the per-class feature statistics with the layer's input ``a: (B, A)`` (detached) and ``y``, and
     2. returns the augmented logits ``z_j + (lam/2) (w_j - w_y)^T Sigma_y (w_j - w_y)`` (:func:`isda_logits`),

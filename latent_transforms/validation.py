@@ -325,18 +325,24 @@ def _label_stats(y: torch.Tensor) -> torch.Tensor:
 def _judge_labels(y: torch.Tensor, name: str, num_classes: int | None, stats: list[float]) -> None:
     if y.ndim == 1:
         lo, hi = int(stats[0]), int(stats[1])
-        if lo < 0:
-            raise ValueError(f"{name} has a negative class index {lo}")
+        if lo < 0:  # -1 (scikit-learn's) or -100 (cross_entropy's ignore_index) marking unlabelled samples, mostly
+            raise ValueError(f"{name} has a negative class index {lo}; a mark for unlabelled or ignored samples? pass "
+                             f"only the labelled samples (where {name} >= 0), and unlabelled images to a transform with "
+                             f"y=None")
         if num_classes is not None and hi >= num_classes:
             raise ValueError(f"{name} has class index {hi}, out of range for num_classes={num_classes}")
         return
     finite, low, worst, worst_sum = stats
     if not finite:
         raise ValueError(f"{name} soft labels contain NaN or inf")
-    if low < -SOFT_LABEL_TOL:
-        raise ValueError(f"{name} soft labels have a negative entry {low:.4g}")
-    if abs(worst_sum - 1) > row_sum_tolerance(y.dtype):
-        raise ValueError(f"{name} soft label rows must sum to 1, row {int(worst)} sums to {worst_sum:.4g}")
+    off = abs(worst_sum - 1) > row_sum_tolerance(y.dtype)
+    if low < -SOFT_LABEL_TOL:  # with rows off 1 too: a model's logits, not its probabilities
+        raise ValueError(f"{name} soft labels have a negative entry {low:.4g}"
+                         + (f"; logits? pass probabilities, {name}.softmax(1)" if off else ""))
+    if off:  # a row of zeros: pseudo-labels multiplied by a confidence mask, mostly
+        raise ValueError(f"{name} soft label rows must sum to 1, row {int(worst)} sums to {worst_sum:.4g}"
+                         + (f"; a confidence mask applied to the labels? pass only the samples kept, x[mask], "
+                            f"{name}[mask] (or weigh the loss by the mask)" if worst_sum == 0 else ""))
 
 
 def row_sum_tolerance(dtype: torch.dtype, mixes: bool = True) -> float:

@@ -1290,13 +1290,34 @@ def test_statistics_first_sized_under_inference_mode_keep_training_afterwards():
     net, isda = TinyNet(), ISDA(10)
     isda.set_progress(0.5)
     x, y = torch.rand(4, 1, 8, 8), torch.arange(4)
-    with torch.inference_mode():
-        isda(x, y, net)
-        net(x)
+    with torch.inference_mode():  # (a forward there is no training forward: the armed hook waits, tested below)
+        isda.estimator.update(net.features(x), y)
     assert not isda.estimator.mean.is_inference() and int(isda.estimator.count.sum()) == 4
     isda(x, y, net)
     torch.nn.functional.cross_entropy(net(x), y).backward()
     assert int(isda.estimator.count.sum()) == 8
+
+
+@pytest.mark.parametrize("no_grad", [torch.no_grad, torch.inference_mode])
+def test_a_forward_without_gradients_in_between_leaves_the_hook_for_the_training_forward(no_grad):
+    """A semi-supervised step arms ISDA on the labelled batch, then pseudo-labels an unlabelled batch of the same size
+    with the model under torch.no_grad(), then trains: the no_grad forward fired the hook (its features were paired
+    with the labelled batch's labels in the statistics) and the training forward went unaugmented, silently."""
+    torch.manual_seed(0)
+    net, isda = TinyNet(), ISDA(10)
+    isda.set_progress(1.0)
+    xl, yl, xu = torch.rand(6, 1, 8, 8), torch.arange(6) % 3, torch.rand(6, 1, 8, 8)
+    isda(xl, yl, net)
+    with no_grad():
+        pseudo = net(xu)
+    assert isda.estimator.count is None  # the pseudo-labelling forward was passed over: no statistics yet
+    with torch.no_grad():
+        assert torch.equal(pseudo, net.fc(features_of(net, xu)))  # and not augmented
+        feats = features_of(net, xl)
+        plain = net.fc(feats)
+    augmented = net(xl)  # the training forward
+    assert torch.equal(isda.estimator.mean, pooled(feats, yl, 10)[0])  # the labelled batch's own features
+    assert not torch.allclose(augmented, plain)
 
 
 def test_a_training_call_before_any_schedule_warns_once(batch, net):

@@ -969,6 +969,17 @@ def test_given_params_are_checked():
     assert torch.equal(none(x, params=none.last_params)[0], x)
 
 
+def test_replaying_draws_that_were_never_kept_says_why_last_params_is_empty():
+    """A mean-teacher loop whose augmentation sat in eval() mode (a submodule of the teacher put in eval) for its first
+    view replayed t.last_params, still {}, on the second: 'got dict' said nothing of why."""
+    t = LatentNoise(tiny_glow(), eps=2.0, generator=0)
+    x = torch.rand(4, 1, 8, 8)
+    assert torch.equal(t.eval()(x)[0], x) and t.last_params == {}
+    with pytest.raises(TypeError, match=r"got an empty dict: t.last_params is empty until a call in train\(\) mode "
+                                        r"succeeds"):
+        t.train()(x.flip(-1), params=t.last_params)
+
+
 def test_params_of_a_smaller_batch_are_refused_on_a_larger_one():
     # replayed on a batch twice as large, rows 0-5 were transformed and 6-11 came back untouched, without an error
     t = LatentNoise(tiny_glow(), eps=2.0, generator=0)

@@ -510,6 +510,39 @@ def test_a_slightly_negative_soft_label_entry_is_refused():
         check_labels(torch.tensor([[1.05, -0.05, 0.0]]), 1, 3)
 
 
+@pytest.mark.parametrize("make", [
+    lambda: VarMixup(tiny_vae(), num_classes=10, p=1.0, generator=0),
+    lambda: LatentAdversarial(tiny_glow(), eps=0.5, target="true", generator=0),
+    lambda: ISDA(10, layer="fc"),
+], ids=["VarMixup", "LatentAdversarial", "ISDA"])
+def test_pseudo_labels_in_the_forms_of_semi_supervised_loops_are_told_what_to_pass(make):
+    """A teacher's pseudo-labels as a semi-supervised loop makes them: -1 (scikit-learn's) or -100 (cross_entropy's
+    ignore_index) for the samples below the confidence threshold, probabilities zeroed by the mask, or the logits
+    themselves; each was refused naming only the value, not what to pass instead."""
+    t, net = make(), TinyNet()
+    logits = torch.randn(4, 10)
+    probs = logits.softmax(1)
+    keep = torch.tensor([True, False, True, True])
+    for mark in (-1, -100):
+        with pytest.raises(ValueError, match=rf"negative class index {mark}; a mark for unlabelled or ignored samples\? "
+                                             r"pass only the labelled samples \(where y >= 0\)"):
+            t(GOOD_X, torch.where(keep, logits.argmax(1), mark), net)
+    if isinstance(t, ISDA):
+        return  # it takes class indices only (soft labels are refused for that, tests/test_isda.py)
+    with pytest.raises(ValueError, match=r"row 1 sums to 0; a confidence mask applied to the labels\? pass only the "
+                                         r"samples kept, x\[mask\], y\[mask\]"):
+        t(GOOD_X, probs * keep[:, None], net)
+    with pytest.raises(ValueError, match=r"negative entry -?[0-9.]+; logits\? pass probabilities, y.softmax\(1\)"):
+        t(GOOD_X, logits - logits.max() - 1, net)  # every entry negative: no row sums to 1
+    t(GOOD_X[keep], probs[keep], net)  # what the messages say to do works
+
+
+def test_soft_labels_a_mix_pushed_slightly_negative_get_no_logits_hint():
+    """The logits hint is for rows that do not sum to 1: a row summing to 1 with a negative entry is not logits."""
+    with pytest.raises(ValueError, match=r"negative entry -0.05$"):
+        check_labels(torch.tensor([[1.05, -0.05, 0.0]]), 1, 3)
+
+
 def test_a_count_equal_to_its_upper_bound_is_taken():
     """``high`` is inclusive: the largest seed, 2**32 - 1, is a seed."""
     assert check_count("seed", 9, high=9) == 9
