@@ -561,7 +561,8 @@ class ISDA(_ISDAState, LatentTransform):
             mask = self._draw_selection(batch, self._rng.get(x.device), x.device)
             lam, chosen = lam * mask.float(), mask.sum()
         label, pending = _layer_label(name, layer), _disarm(layer)
-        if pending is not None:
+        # a fired hook still armed: torch 2.4's compiled code ran it but dropped its Python side effect, _disarm
+        if pending is not None and not pending.fired:
             if _is_compiled(model) and self.estimator.gathers():  # every rank skipped it alike: all raise here
                 raise RuntimeError(_never_fired(label, model) + ". Under DistributedDataParallel a recompile on one "
                                    "rank (a smaller last batch there) would make the hook fire on that rank alone, "
