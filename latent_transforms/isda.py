@@ -635,7 +635,7 @@ class ISDALoss(_ISDAState, nn.Module):
         if isinstance(y, torch.Tensor):  # before check_labels reads its values
             check_device("y", y.device, features, "the features are")
         check_labels(y, features.shape[0], self.num_classes, batch_name="features")
-        check_class_indices(y)
+        check_class_indices(y, "ISDALoss")
         try:
             logits = fc(features)
         except RuntimeError as e:

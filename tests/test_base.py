@@ -318,9 +318,13 @@ def test_non_finite_and_implausible_outputs_are_rejected_and_counted():
 
 
 def test_mixing_needs_classes():
+    """Class indices without num_classes are refused by the call's checks, in eval() mode too (a validation run
+    before training would pass and the first training step fail)."""
     x, y = _batch((4, 1, 3, 3), False, 0)
-    with pytest.raises(ValueError, match="num_classes"):
-        Mix(generator=0)(x, y)
+    t = Mix(generator=0)
+    for mode in (t.train, t.eval):
+        with pytest.raises(ValueError, match=r"^Mix mixes labels: pass num_classes=\.\.\. or \(B, K\) soft labels$"):
+            mode()(x, y)
 
 
 def test_default_generator_offsets_by_torchruns_rank_before_the_process_group_exists(monkeypatch):
@@ -719,6 +723,9 @@ class Returning(LatentTransform):
 @pytest.mark.parametrize("out, mixes, message", [
     (lambda x, y: x[:1], False, r"must return \(x2, y2\), got torch.float32 of shape \(1, 1, 3, 3\)"),
     (lambda x, y: None, False, r"must return \(x2, y2\), got NoneType"),
+    (lambda x, y: (x, y, None), False, r"must return \(x2, y2\), got \[torch.float32 of shape \(\d, 1, 3, 3\), "
+                                        r"torch.int64 of shape \(\d,\), NoneType\]"),
+    (lambda x, y: (x.tolist(), y), False, r"must return \(x2, y2\), got \[\[.*\], torch.int64 of shape \(\d,\)\]"),
     (lambda x, y: (x[:1], y), False, r"returned x2 of shape \(1, 1, 3, 3\) and y2 of shape \(\d,\) for the selected "
                                      r"samples' x of shape \(\d, 1, 3, 3\): it must return images of x's shape"),
     (lambda x, y: (x[:, :, :1], y), False, r"returned x2 of shape \(\d, 1, 1, 3\) and y2 of shape \(\d,\)"),
@@ -775,3 +782,24 @@ def test_check_call_raises_what_the_call_would_and_draws_and_counts_nothing(mode
     x2, y2 = t(x, y)
     x3, y3 = getattr(Mix(generator=0, num_classes=4), mode)()(x, y)
     assert torch.equal(x2, x3) and torch.equal(y2, y3)  # nothing drawn
+
+
+class KeepsItsTarget(AddNoise):
+    """Adds the labels it got to its params, as LatentAdversarial(target="true") keeps its target."""
+
+    def transform(self, x, y, model, params, index=None):
+        params["target"] = y
+        return super().transform(x, y, model, params, index)
+
+
+@pytest.mark.parametrize("p", [1.0, 0.5])
+def test_last_params_hold_no_autograd_history_and_not_the_callers_tensors(p):
+    """Mutation round 18 (audit 181): last_params, kept until the next call, are detached; kept as given, a teacher's
+    soft labels kept as a method's target held the teacher's whole graph (its activations) and the caller's tensor."""
+    x, _ = _batch((4, 1, 3, 3), False, 0)
+    y = torch.softmax(torch.nn.Linear(9, 5)(x.flatten(1)), 1)  # a teacher's soft labels: they require grad
+    t = KeepsItsTarget(p=p, generator=0)
+    t(x, y)
+    kept = t.last_params
+    assert all(not v.requires_grad and v.grad_fn is None for v in kept.values())
+    assert kept["target"] is not y and torch.equal(kept["target"], y.detach()[kept["selected"]])

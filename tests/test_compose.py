@@ -162,6 +162,18 @@ def test_a_pixel_first_step_still_gets_checked_images(rgb):
         Compose([T.ToDtype(torch.float32, scale=True)])((x * 255).long(), y)
 
 
+def test_eval_mode_checks_the_images_itself_when_no_latent_step_gets_them_as_given(rgb):
+    """Mutation round 18 (audit 181): an eval() Compose whose first step hands no latent step the batch as given (a
+    pixel step, an empty nested Compose) checks the images' values itself, as in training; an empty nested Compose
+    first is no latent step (looking for one in it raised IndexError)."""
+    x, y = rgb
+    for c in (Compose([T.RandomHorizontalFlip()]), Compose([Compose([]), T.RandomHorizontalFlip()])):
+        for mode in (c.train, c.eval):
+            with pytest.raises(ValueError, match=r"x values must lie in \[0, 1\]"):
+                mode()(x * 3, y)
+        assert c.eval()(x, y)[0] is x
+
+
 def test_eval_mode_runs_only_the_dtype_conversions_and_refuses_uint8_it_would_return_unconverted(rgb, rgb_glow):
     x, y = rgb
     x8 = (x * 255).round().to(torch.uint8)
@@ -283,6 +295,8 @@ def test_eval_mode_refuses_what_a_first_isda_or_latent_step_alone_refuses_but_th
     with pytest.raises(TypeError, match="needs the classifier"):
         attack(x, y)
     assert Compose([attack]).eval()(x, y) == (x, y)  # as test_eval_mode_and_model_passing
+    isda = ISDA(10, feature_dim=32).eval()  # ISDA's own check_call too (mutation round 18, audit 181)
+    assert Compose([isda, T.RandomHorizontalFlip()]).eval()(x, y) == (x, y)
 
 
 def test_a_first_label_mix_checks_the_labels_before_they_are_made_soft_with_the_composes_classes(rgb):

@@ -1233,6 +1233,8 @@ def test_the_loss_form_and_the_functional_name_what_they_were_given():
     unpack", on a list "'list' object has no attribute 'shape'"; FeatureCovariance.update on a list the same."""
     with pytest.raises(ValueError, match="batch sizes differ: features has 6 samples, y has 5"):
         ISDALoss(5)(torch.randn(6, 8), nn.Linear(8, 5), torch.zeros(5, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"^ISDALoss needs class indices y: \(B,\) int64, got soft labels of shape \(6, 5\)"):
+        ISDALoss(5)(torch.randn(6, 8), nn.Linear(8, 5), torch.full((6, 5), 0.2))  # (mutation round 18, audit 181)
     y = torch.zeros(6, dtype=torch.int64)
     for logits, message in ((torch.randn(5), r"logits must be \(N, C\)"), (torch.randn(1, 6, 5), r"logits must be \(N, C\)"),
                             ([[0.0] * 5] * 6, "logits must be a float torch.Tensor")):
@@ -1289,6 +1291,8 @@ def test_the_official_full_layer_given_as_fc_names_the_linear_inside_it(batch, n
     two = nn.Sequential(nn.Linear(32, 16), nn.Linear(16, 10))  # more than one inside: no guess
     with pytest.raises(TypeError, match=r"got Sequential$"):
         ISDALoss(10)(net.features(x), two, y)
+    with pytest.raises(TypeError, match=r"got function$"):  # no module: nothing inside to name
+        ISDALoss(10)(net.features(x), lambda f: net.fc(f), y)
 
 
 def test_statistics_merged_under_cpu_autocast_are_the_float32_ones():

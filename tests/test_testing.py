@@ -403,6 +403,8 @@ MORE_BREACHES = {  # as BREACHES; each passed the check before it named them
         r"the labels changed: y2 \(12,\) torch.int64 on meta"),
     "p=0 labels not one-hot": (breaching(mixing, lambda t, x, y, m, x2, y2: (
         x2, 0.9 * y2 + 0.01 if t.p == 0 and t.training and len(y2) else y2)), False, False, "p=0 changed the labels"),
+    "p=0 labels in float64": (breaching(mixing, lambda t, x, y, m, x2, y2: (  # torch.equal took them: equal values
+        x2, y2.double() if t.p == 0 and t.training else y2)), False, False, "p=0 changed the labels"),
     "requires_grad left off": (breaching(ScoresWithTheModel, leave_the_parameters_frozen), True, False,
                                "parameters' requires_grad changed"),
     "a torch.Generator dropped": (SeededByIntsOnly, False, False,
@@ -411,6 +413,9 @@ MORE_BREACHES = {  # as BREACHES; each passed the check before it named them
                              False, False, "y=None at p=1.0 did not give the labelled call's images"),
     "eval with y=None copies x": (breaching(Brighten, lambda t, x, y, m, x2, y2: (
         x2.clone() if y is None and EVAL(t) else x2, y2)), False, False, r"eval\(\) mode did not return x and None"),
+    "eval with y=None gives labels": (breaching(Brighten, lambda t, x, y, m, x2, y2: (
+        x2, torch.zeros(len(x), dtype=torch.int64) if y is None and EVAL(t) else y2)), False, False,
+        r"eval\(\) mode did not return x and None"),
 }
 
 
@@ -595,8 +600,13 @@ BAD_ARGUMENTS = {  # name: (arguments(x, y, net) -> (make, x, y, keywords), exce
     "an empty batch": (lambda x, y, net: (brighten, x[:0], y[:0], {}), ValueError,
                        "x must hold 2 samples or more .*, got 0"),
     "no labels": (lambda x, y, net: (brighten, x, None, {}), ValueError, "y must be the batch's labels, .* not None"),
+    "labels as a list": (lambda x, y, net: (lambda **kw: PixelMixup(num_classes=10, **kw), x, y.tolist(), {}),
+                         TypeError, "y must be a torch.Tensor, got list"),
     "class indices past num_classes": (lambda x, y, net: (lambda **kw: PixelMixup(num_classes=20, **kw), x, y + 10, {}),
                                        ValueError, r"y has class index 1\d, out of range for num_classes=10: .*num_cl"),
+    "a class index equal to num_classes": (lambda x, y, net: (lambda **kw: PixelMixup(num_classes=20, **kw), x,
+                                                           torch.cat([y[:-1], y.new_tensor([10])]), {}),
+                                           ValueError, r"y has class index 10, out of range for num_classes=10: "),
     "a model that is a function": (lambda x, y, net: (ScoresWithTheModel, x, y, {"model": lambda v: net(v)}),
                                    TypeError, "model must be the classifier .*, got function"),
     "num_classes as text": (lambda x, y, net: (brighten, x, y, {"num_classes": "10"}), TypeError,
@@ -605,6 +615,8 @@ BAD_ARGUMENTS = {  # name: (arguments(x, y, net) -> (make, x, y, keywords), exce
                           "returns_x must be True or False"),
     "a transform returning one tensor": (lambda x, y, net: (breaching(Brighten, lambda t, *a: a[-2]), x, y, {}),
                                          AssertionError, r"the call returned .*, not \(x2, y2\)"),
+    "a transform returning three values": (lambda x, y, net: (breaching(Brighten, lambda t, *a: (a[-2], a[-1], None)), x,
+                                                           y, {}), AssertionError, r"the call returned .*, not \(x2, y2\)"),
 }
 
 
