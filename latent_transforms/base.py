@@ -383,15 +383,17 @@ def _checked_output(t: LatentTransform, out: object, x: torch.Tensor, y: torch.T
     """``transform``'s ``(x2, y2)`` for the selected samples ``x``, ``y``: images of ``x``'s shape and labels of
     ``y``'s (``(N, k)`` soft labels for ``mixes_labels``); forward would otherwise broadcast them (one image for a
     batch of 8 would become 8 copies of it)."""
-    name = f"{type(t).__name__}.transform"
     if not (isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[0], torch.Tensor)):
-        raise not_about_the_batch(WrongTypeError(f"{name} must return (x2, y2), got {describe(out)}"))
+        raise not_about_the_batch(WrongTypeError(f"{type(t).__name__}.transform must return (x2, y2), got "
+                                                 f"{describe(out)}"))
     x2, y2 = out
-    want = f"of shape {(x.shape[0], k)}" if t.mixes_labels else "None" if y is None else f"of shape {tuple(y.shape)}"
-    got = f"of shape {tuple(y2.shape)}" if isinstance(y2, torch.Tensor) else "None" if y2 is None else describe(y2)
-    if x2.shape != x.shape or got != want:
+    want = (x.shape[0], k) if t.mixes_labels else None if y is None else y.shape  # y2's shape; None: y2 is None
+    if x2.shape != x.shape or (y2.shape != want if isinstance(y2, torch.Tensor) else y2 is not None or
+                               want is not None):
+        want = "None" if want is None else f"of shape {tuple(want)}"  # the message's words, made only for it
+        got = f"of shape {tuple(y2.shape)}" if isinstance(y2, torch.Tensor) else "None" if y2 is None else describe(y2)
         raise not_about_the_batch(ValueError(
-            f"{name} returned x2 of shape {tuple(x2.shape)} and y2 {got} for the selected samples' x of shape "
+            f"{type(t).__name__}.transform returned x2 of shape {tuple(x2.shape)} and y2 {got} for the selected samples' x of shape "
             f"{tuple(x.shape)}: it must return images of x's shape and y2 {want}"
             + (" (soft labels: mixes_labels is set)" if t.mixes_labels else " (y as given)")))
     return x2, y2

@@ -338,6 +338,7 @@ class Compose(ChecksCodecStates, nn.Module):
             and any(_is_label_mix(p) and getattr(p, "num_classes", None) is None for p in _parts(steps[i])))
         # what runs in eval() mode: the dtype conversions (a validation loader's uint8 images come out as in training)
         self._conversions = [c for t in steps for c in _conversions_in(t)]
+        self._isda_at = [_where(p, s, i) for i, s in enumerate(steps) for p in _parts(s) if isinstance(p, ISDA)]
         self._takes_uint8 = not _takes_floats_only(steps[0] if steps else None)  # once: it walks the step's parts
         self._takes_images = not _takes_any_tensor(steps)
         self._uint8_hint = "" if self._takes_uint8 else (  # where the conversion goes
@@ -384,10 +385,8 @@ class Compose(ChecksCodecStates, nn.Module):
             if needing:
                 raise ValueError(f"y=None (an unlabelled batch), but a step needs labels: {', '.join(needing)}")
         elif y.ndim == 2:  # no step makes soft labels before ISDA (refused when built): given ones, in eval() mode too
-            for i, s in enumerate(self.steps):
-                for p in _parts(s):
-                    if isinstance(p, ISDA):
-                        check_class_indices(y, _where(p, s, i))
+            for where in self._isda_at:
+                check_class_indices(y, where)
         if index is not None and not isinstance(first, LatentTransform):
             raise ValueError(f"index= goes to the first step, which must be a LatentTransform with a latent "
                              f"cache; the first step is {type(first).__name__ if self.steps else 'nothing'}")
