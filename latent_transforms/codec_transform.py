@@ -15,7 +15,7 @@ from .validation import WrongTypeError, bad_option, check_device, is_int, is_seq
 
 
 class CodecTransform(ChecksCodecStates, LatentTransform):
-    """A :class:`LatentTransform` that encodes to a codec's standardised latent space and decodes back.
+    """A ``LatentTransform`` that encodes to a codec's standardised latent space and decodes back.
 
     The codec is a submodule (moves with ``.to``; a cast to 16 bits, as Lightning's ``precision="bf16-true"``, keeps
     it and the cache's latents in float32); ``encode``/``decode`` run in its dtype (fp32, TF32 off) and results are

@@ -231,7 +231,7 @@ class Compose(ChecksCodecStates, nn.Module):
     """Apply transforms in order: ``x2, y2 = Compose([...])(x, y, model=None)``.
 
     Each step may be
-    - a :class:`LatentTransform` (gets ``model`` when it needs it);
+    - a ``LatentTransform`` (gets ``model`` when it needs it);
     - a torchvision v2 transform (``RandAugment``, ``MixUp``, ``CutMix``, ...): called as ``t(x, y)``;
       label-mixing ones return ``(B, K)`` soft labels. torchvision samples one set of parameters per call
       (the whole batch gets the same RandAugment ops);
@@ -255,8 +255,8 @@ class Compose(ChecksCodecStates, nn.Module):
     (``v2.ToDtype(torch.float32, scale=True)`` before the first latent, kornia or MixUp step converts it; ``uint8``
     that no conversion step converts is refused in ``eval()`` mode). Any ``(B, ...)`` tensor (vectors, sequences,
     token ids) when the latent steps are ISDA, which never reads ``x``, and the others plain callables.
-    ``index: (B,)`` dataset positions (for a :class:`~latent_transforms.LatentCache`) go to the first step only,
-    which must then be a :class:`LatentTransform`: later steps see images the cache does not hold.
+    ``index: (B,)`` dataset positions (for a ``LatentCache``) go to the first step only,
+    which must then be a ``LatentTransform``: later steps see images the cache does not hold.
 
     ``len(t)``, ``t[i]`` and ``for step in t`` reach the steps (also ``t.steps``, an ``nn.ModuleList``).
 

@@ -6,9 +6,9 @@ Specs:
   fixed stratified 70/30 train/test split (``train_test_split(..., test_size=0.3, random_state=0)``).
   Needs scikit-learn (``pip install latent-transforms[demo]``).
 * ``cifar10``: torchvision's CIFAR-10, downloaded into ``data_root`` (default: ``data/`` in
-  :func:`latent_transforms.hub.cache_dir`).
+  ``latent_transforms.hub.cache_dir()``).
 * ``cifar10-5k``: the same download; its ``train`` split is the class-balanced 5,000-image subset the shipped CIFAR-10
-  codecs were trained on and the docs' CIFAR-10 figures use (:func:`cifar10_5k_index`), its ``test`` split the full
+  codecs were trained on and the docs' CIFAR-10 figures use (``cifar10_5k_index()``), its ``test`` split the full
   10,000-image test set.
 * ``npz:PATH``: a NumPy archive with ``x`` (N, H, W, C) or (N, H, W) uint8 and optionally ``y`` (N,) integer labels
   (read from ``y`` only: another 1-D integer array of length N without ``y`` is refused as misplaced labels).

@@ -36,8 +36,8 @@ class FeatureCovariance(nn.Module):
 
     Args:
         num_classes: K.
-        feature_dim: A. ``None``: sized (and placed, on the features' device) by the first :meth:`update`, or by
-            :meth:`load_state_dict` (on the device and in the dtype of an earlier ``.to(...)``, as a sized module's
+        feature_dim: A. ``None``: sized (and placed, on the features' device) by the first ``update()``, or by
+            ``load_state_dict()`` (on the device and in the dtype of an earlier ``.to(...)``, as a sized module's
             buffers, else the checkpoint's). Given: allocated now, on the CPU in float32; move it with ``.to(device)``.
         covariance: ``"full"``, ``cov: (K, A, A)`` (the official CIFAR variant), or ``"diagonal"``, only the
             per-dimension variances, ``cov: (K, A)`` (memory ``O(K A)``; the official ImageNet/segmentation variant).
@@ -58,7 +58,7 @@ class FeatureCovariance(nn.Module):
         The buffers are float32 by default (float64 when lazily sized by float64 features, or ``.double()`` once
         sized). The update runs with autocast off in their dtype, in place: bf16/fp16 features are upcast. A cast to
         16 bits (``.half()``, ``.to(torch.bfloat16)`` of a module holding the estimator) moves the buffers but keeps
-        their dtype, and bf16/fp16 buffers (loaded from a 16-bit state) are refused by :meth:`update`
+        their dtype, and bf16/fp16 buffers (loaded from a 16-bit state) are refused by ``update()``
         (``ValueError``): their running means stop moving. The matrix products
         follow torch's TF32 switch (``torch.backends.cuda.matmul.allow_tf32``; the benchmarks turn it on for the
         classifier): on a GPU with it on, their inputs are rounded to TF32's 10-bit mantissa (unlike the codecs,

@@ -12,13 +12,13 @@ covariance of the features of class ``y``. The correction is 0 for ``j = y``; th
 
 Three pieces, one copy of each piece of math:
 
-- :class:`~latent_transforms.feature_covariance.FeatureCovariance` (its own module) -- the per-class running
+- ``FeatureCovariance`` (its own module) -- the per-class running
   mean/covariance (registered buffers), updated exactly as the official estimator (the pooled biased covariance of
   every feature seen so far);
-- :func:`isda_logits` -- the augmented logits;
-- :class:`ISDA` (a :class:`~latent_transforms.LatentTransform`, the one-line drop-in) and :class:`ISDALoss`
+- ``isda_logits()`` -- the augmented logits;
+- ``ISDA`` (a ``LatentTransform``, the one-line drop-in) and ``ISDALoss``
   (the loss form, for training loops that already have the features) share the estimator, the schedule
-  ``lam = lambda0 * progress`` and :func:`isda_logits`.
+  ``lam = lambda0 * progress`` and ``isda_logits()``.
 
 Shapes: ``N`` samples, ``C`` classes (``K == C``), ``A`` feature dimension.
 """
@@ -203,8 +203,8 @@ class _ISDAState:
                 lam: float | torch.Tensor | None = None, check_y: bool = True) -> torch.Tensor:
         """Update the statistics with ``features`` (detached) and ``y`` first, then return the augmented logits.
 
-        features: (N, A); logits: (N, C); weight: (C, A); y: (N,) int64; lam: defaults to :attr:`lam`;
-        ``check_y=False`` skips checking ``y``'s values (the hook and :class:`ISDALoss` have checked them).
+        features: (N, A); logits: (N, C); weight: (C, A); y: (N,) int64; lam: defaults to ``lam``;
+        ``check_y=False`` skips checking ``y``'s values (the hook and ``ISDALoss`` have checked them).
         """
         if check_y:
             check_labels(y, features.shape[0], logits.shape[1], batch_name="features")
@@ -375,15 +375,15 @@ class ISDA(_ISDAState, LatentTransform):
     The next training forward of that layer (your ``model(x)``, in train mode with gradients enabled) then
 
     1. updates the per-class feature statistics with the layer's input ``a: (B, A)`` (detached) and ``y``, and
-    2. returns the augmented logits ``z_j + (lam/2) (w_j - w_y)^T Sigma_y (w_j - w_y)`` (:func:`isda_logits`),
+    2. returns the augmented logits ``z_j + (lam/2) (w_j - w_y)^T Sigma_y (w_j - w_y)`` (``isda_logits()``),
 
     so that your plain ``F.cross_entropy(model(x), y)`` is exactly the ISDA loss. Gradients flow to the backbone
     through the logits and to the layer's weight also through the correction (as in the official code);
     ``Sigma`` is a constant.
 
     **The strength starts at 0.** ``lam = lambda0 * progress`` with ``progress = 0`` until you call
-    :meth:`set_epoch` (``isda.set_epoch(epoch, total_epochs)`` at the start of every epoch, 0-based: the official
-    linear ramp, ``lam = 0`` during the first epoch) or :meth:`set_progress` (any ramp in [0, 1]). Without either
+    ``set_epoch()`` (``isda.set_epoch(epoch, total_epochs)`` at the start of every epoch, 0-based: the official
+    linear ramp, ``lam = 0`` during the first epoch) or ``set_progress()`` (any ramp in [0, 1]). Without either
     call, the statistics are collected but the loss stays plain cross-entropy, and the first training call warns
     once.
 
@@ -580,17 +580,17 @@ class ISDALoss(_ISDAState, nn.Module):
     """ISDA as a loss: ``loss = isda_loss(features, fc, y)`` with ``features = backbone(x)`` and ``fc`` the classifier.
 
     Equals ``F.cross_entropy(model(x), y)`` after ``isda(x, y, model)``: the same estimator
-    (:class:`FeatureCovariance`, updated with the batch first), the same schedule (:meth:`set_epoch`,
-    :meth:`set_progress`; **lam is 0 until you call one of them**, and the first training call warns once) and the
-    same :func:`isda_logits`.
-    For a custom loss use :meth:`augment` (augmented logits) directly.
+    (``FeatureCovariance``, updated with the batch first), the same schedule (``set_epoch()``,
+    ``set_progress()``; **lam is 0 until you call one of them**, and the first training call warns once) and the
+    same ``isda_logits()``.
+    For a custom loss use ``augment()`` (augmented logits) directly.
 
     Args:
         num_classes: C, the classifier's number of outputs.
-        lambda0: final strength (0.5: official CIFAR default with full covariance), as :class:`ISDA`.
-        covariance: ``"full"`` or ``"diagonal"``, as :class:`ISDA`.
+        lambda0: final strength (0.5: official CIFAR default with full covariance), as ``ISDA``.
+        covariance: ``"full"`` or ``"diagonal"``, as ``ISDA``.
         feature_dim: A; default: sized from ``fc`` on the first training call.
-        sync_stats: under ``torch.distributed``, gather all ranks' features before each update, as :class:`ISDA`.
+        sync_stats: under ``torch.distributed``, gather all ranks' features before each update, as ``ISDA``.
 
     Shape:
         features: (N, A) float, in ``fc``'s dtype or under ``torch.autocast`` (as ``fc`` itself needs); fc: an

@@ -37,9 +37,9 @@ class LatentAdversarial(CodecTransform):
         target: ``"pred"`` (default) attacks the model's own prediction on the clean image (official, avoids label
             leaking; ``y`` may then be ``None``); ``"true"`` attacks the given labels (the paper's MNIST notebook).
         levels: latent levels to perturb (all jointly by default).
-        cache: a :class:`~latent_transforms.LatentCache` of the training images; call with ``index=`` to skip encoding.
-        p: probability, per sample, of being transformed (default 1.0; see :class:`~latent_transforms.LatentTransform`).
-        generator: ``None``, an ``int`` seed or a ``torch.Generator`` (see :class:`~latent_transforms.LatentTransform`).
+        cache: a ``LatentCache`` of the training images; call with ``index=`` to skip encoding.
+        p: probability, per sample, of being transformed (default 1.0; see ``LatentTransform``).
+        generator: ``None``, an ``int`` seed or a ``torch.Generator`` (see ``LatentTransform``).
 
     Shape:
         x: (B, C, H, W) float in [0, 1] matching the codec; y: (B,) int64 or (B, K) float, returned as given (or

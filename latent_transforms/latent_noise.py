@@ -29,10 +29,10 @@ class LatentNoise(CodecTransform):
     """Encode, add random noise of size ``eps`` to the standardised latent, decode, clip to [0, 1]. Labels unchanged.
 
     Args:
-        codec: hub name, ``.safetensors`` path or :class:`~latent_transforms.codecs.Codec` (default ``"glow-cifar10"``).
+        codec: hub name, ``.safetensors`` path or ``Codec`` (default ``"glow-cifar10"``).
         eps: noise size in standardised latent units. ``norm="l2"``: a uniformly random direction of L2 norm exactly
             ``eps`` over the perturbed coordinates; ``"linf"``: N(0, eps^2) clipped to [-eps, eps]; ``None``:
-            N(0, eps^2). Default: 0.18 per perturbed coordinate (:func:`default_eps`): with L2, 10 for a 32x32 RGB
+            N(0, eps^2). Default: 0.18 per perturbed coordinate (``default_eps()``): with L2, 10 for a 32x32 RGB
             codec such as ``glow-cifar10``, 1.443 for the 64 coordinates of ``glow-digits``. 10 was chosen on a
             validation split with the first ``glow-cifar10`` and kept for the current one, where the official
             CIFAR-10 setting ``eps=20`` (about 0.36 per coordinate of 3,072) cost 5 to 6 points of accuracy; no eps
@@ -40,9 +40,9 @@ class LatentNoise(CodecTransform):
             dimensions: 10 on ``glow-digits`` made a digit classifier's accuracy fall from 97% to 36%.
         norm: ``"l2"`` (default), ``"linf"`` or ``None``.
         levels: latent levels to perturb (all jointly by default, as the paper).
-        cache: a :class:`~latent_transforms.LatentCache` of the training images; call with ``index=`` to skip encoding.
-        p: probability, per sample, of being transformed (default 1.0; see :class:`~latent_transforms.LatentTransform`).
-        generator: ``None``, an ``int`` seed or a ``torch.Generator`` (see :class:`~latent_transforms.LatentTransform`).
+        cache: a ``LatentCache`` of the training images; call with ``index=`` to skip encoding.
+        p: probability, per sample, of being transformed (default 1.0; see ``LatentTransform``).
+        generator: ``None``, an ``int`` seed or a ``torch.Generator`` (see ``LatentTransform``).
 
     Shape:
         x: (B, C, H, W) float in [0, 1] matching the codec; y: (B,) or (B, K), returned as given.

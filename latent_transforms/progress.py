@@ -12,7 +12,7 @@ LOG_INTERVAL = 30.0  # seconds between the updates of a bar written to a file (t
 
 def progress_bar(iterable=None, **kwargs) -> tqdm:
     """``tqdm(iterable, **kwargs)`` (tqdm.auto: a widget in notebooks). A text bar whose stream (``file``, default
-    stderr) is not a terminal updates at most every :data:`LOG_INTERVAL` seconds, as each update becomes a line of the
+    stderr) is not a terminal updates at most every ``LOG_INTERVAL`` seconds, as each update becomes a line of the
     log, unless ``mininterval=`` or the environment's ``TQDM_MININTERVAL`` says otherwise; it still writes its last
     state when closed."""
     stream = kwargs.get("file") or sys.stderr

@@ -472,7 +472,7 @@ def refuse_other_kind_settings(codec_kind: str, settings: dict, spell=str) -> No
 
 def _codec_config(codec_kind: str, image_shape: tuple[int, int, int], num_bins: int, config: dict | None,
                   settings: dict) -> dict:
-    """:func:`default_config` with the codec ``settings`` (by name) of ``codec_kind`` (another kind's must be None),
+    """``default_config()`` with the codec ``settings`` (by name) of ``codec_kind`` (another kind's must be None),
     then ``config``."""
     refuse_other_kind_settings(codec_kind, settings)
     overrides = {n: settings[n] for n in RECIPES[codec_kind].settings}
@@ -543,7 +543,7 @@ def _build(codec_kind: str, cfg: dict, dev: torch.device, lr: float, seed: int, 
 
 
 def _weight_ema(codec: Codec, decay: float, saved: tuple | None, num_updates: int, dev: torch.device) -> WeightEMA:
-    """A :class:`WeightEMA` of ``codec``, continuing the average saved as ``ema/<key>`` extra tensors if any."""
+    """A ``WeightEMA`` of ``codec``, continuing the average saved as ``ema/<key>`` extra tensors if any."""
     extra = saved[2] if saved else {}
     shadow = {k[len("ema/"):]: v.to(dev) for k, v in extra.items() if k.startswith("ema/")}
     return WeightEMA(codec, decay, shadow or None, num_updates)
@@ -965,7 +965,7 @@ def train_codec(
             ``<name>.json`` and ``<name>.png`` go (created if missing).
         name: file stem; default ``"glow"`` or ``"vae"``.
         num_bins: intensity levels of the data (17 for sklearn digits, 256 for 8-bit images); flows only.
-        levels: Glow's L (flows only). Defaults of the codec settings: see :func:`default_config`.
+        levels: Glow's L (flows only). Defaults of the codec settings: see ``default_config()``.
         steps: Glow's K (flows only).
         hidden: the coupling networks' width (flows) or the convolution width (VAEs).
         latent_dim: the VAE's latent size (channels of a spatial latent).
@@ -985,7 +985,7 @@ def train_codec(
         warmup_steps: linear warm-up length.
         grad_clip: max gradient norm (default 50 for flows, none for VAEs).
         ema_decay: keep an exponential moving average of the weights with this decay (e.g. 0.999) and save
-            and evaluate the averaged weights (:class:`WeightEMA`); default: the last weights.
+            and evaluate the averaged weights (``WeightEMA``); default: the last weights.
         seed: seeds weights, batches, dequantisation noise, flips and shifts; an int in [0, 2**32).
         flips: random horizontal flips (leave off for digits and text).
         translate: shift each training image by a random number of pixels in ``[-translate, translate]`` along

@@ -2,7 +2,7 @@
 
 Every check raises ``ValueError`` naming the problem and the offending value or shape (``TypeError`` for a value of
 the wrong type, such as a list or an array where a tensor is expected; for an option of the wrong type, such as
-``eps="1"``, a :class:`WrongTypeError`, both a ``TypeError`` and a ``ValueError``).
+``eps="1"``, a ``WrongTypeError``, both a ``TypeError`` and a ``ValueError``).
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ class MissingFileError(FileNotFoundError, ValueError):
 
 
 def bad_option(message: str, *, right_type: bool) -> ValueError:
-    """The error to raise for a bad option: a ``ValueError``, a :class:`WrongTypeError` if of the wrong type."""
+    """The error to raise for a bad option: a ``ValueError``, a ``WrongTypeError`` if of the wrong type."""
     return (ValueError if right_type else WrongTypeError)(message)
 
 
@@ -137,7 +137,7 @@ POSITIVE_FLOAT = option(check_number, float, low_open=True)
 
 
 def check_choice(name: str, value: object, choices: tuple) -> object:
-    """``value`` if it is one of ``choices`` (:class:`WrongTypeError` if it is of none of their types)."""
+    """``value`` if it is one of ``choices`` (``WrongTypeError`` if it is of none of their types)."""
     if not any(value is c or (c is not None and isinstance(value, type(c)) and not isinstance(value, bool)
                               and value == c) for c in choices):
         wrong_type = not any(value is c or (c is not None and isinstance(value, type(c))
@@ -449,7 +449,7 @@ def check_batch(x: torch.Tensor, y: torch.Tensor | None, num_classes: int | None
                 images: bool = True) -> None:
     """The checks of every ``t(x, y, model, index=...)`` call: images, labels (``None``: an unlabelled batch) and
     index agree on the batch (``index`` in ``[0, index_size)`` when the size is known). ``allow_uint8``: ``uint8``
-    images pass too (for a :class:`~latent_transforms.Compose` whose first step is a torchvision v2 transform or a
+    images pass too (for a ``Compose`` whose first step is a torchvision v2 transform or a
     callable). ``images=False``: ``x`` is any ``(B, ...)`` tensor (``check_samples``; finite if floating), for a
     caller that never reads it. The shapes, dtypes and devices are checked first, then every value at once: one host
     sync per call (none with ``values=False``). ``more_checks()``: a caller's own ``(statistics, judge)`` pairs, made once the forms

@@ -47,12 +47,12 @@ class VarMixup(CodecTransform):
         per_sample: one lambda per sample (default) or one per batch.
         keep_detail: add back the mixed reconstruction residuals, see above (default True).
         levels: latent levels to mix (all by default; the others keep the sample's own latent).
-        cache: a :class:`~latent_transforms.LatentCache` (posterior means) to look latents up with ``index=``
+        cache: a ``LatentCache`` (posterior means) to look latents up with ``index=``
             (not with ``posterior="sample"``).
         p: probability, per sample, of being replaced by a mix (default 0.25, see above; 1.0 mixes every sample
             (the paper's share is not known) and suits a VAE whose decodes keep the class; see
-            :class:`~latent_transforms.LatentTransform`).
-        generator: ``None``, an ``int`` seed or a ``torch.Generator`` (see :class:`~latent_transforms.LatentTransform`).
+            ``LatentTransform``).
+        generator: ``None``, an ``int`` seed or a ``torch.Generator`` (see ``LatentTransform``).
         num_classes: needed for class-index labels.
 
     Shape:

@@ -1,4 +1,4 @@
-"""Image codecs: a Glow flow and a convolutional VAE behind one interface (:class:`Codec`)."""
+"""Image codecs: a Glow flow and a convolutional VAE behind one interface (``Codec``)."""
 from __future__ import annotations
 
 import os

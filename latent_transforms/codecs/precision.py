@@ -42,7 +42,7 @@ def _precision_settings() -> tuple[list[Any], list[Any]]:
 
 
 def _full_precision() -> tuple[list, list]:
-    """Switch to full precision; returns what :func:`_restore` needs to undo it (undone already if it fails):
+    """Switch to full precision; returns what ``_restore()`` needs to undo it (undone already if it fails):
     ``(getter, setter, value before, value inside)`` per legacy setting, ``(holder, stored before, stored inside)``
     per ``fp32_precision`` holder."""
     every, exact = _precision_settings()
@@ -66,7 +66,7 @@ def _full_precision() -> tuple[list, list]:
 
 
 def _read(get: Callable[[], Any]) -> Any:
-    """A setting's value, or :class:`RuntimeError` where torch's getter raises (the two APIs disagree)."""
+    """A setting's value, or ``RuntimeError`` where torch's getter raises (the two APIs disagree)."""
     try:
         return get()
     except RuntimeError:
