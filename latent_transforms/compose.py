@@ -327,6 +327,7 @@ class Compose(ChecksCodecStates, nn.Module):
         for i in (i for i in mixing if _is_kornia_mix(steps[i])):
             _check_kornia_mix_step(steps, i, mixing, num_classes)
         self.steps = nn.ModuleList(steps)
+        self._built_from = tuple(steps)  # what the checks above and the lists below hold for
         self.num_classes = num_classes
         # label mixes that do not know the classes (v2.MixUp() without num_classes, a Compose holding VarMixup()) get
         # class-index labels made soft with this Compose's; a kornia mix takes class indices (Compose turns its labels
@@ -368,6 +369,11 @@ class Compose(ChecksCodecStates, nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, model: nn.Module | None = None,
                 index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if len(self.steps) != len(self._built_from) or any(a is not b for a, b in zip(self.steps, self._built_from)):
+            raise RuntimeError(
+                "this Compose's steps were changed after it was built (t.steps[i] = ..., append, insert, del): the "
+                "checks made when it was built (label mixes, ISDA, num_classes, dtype conversions) do not cover "
+                "them; build a new one, e.g. Compose([*t, step], num_classes=t.num_classes)")
         first = self.steps[0] if self.steps else None
         # a first latent step reads the values itself, its labels against this Compose's num_classes: one host sync
         # per call, not two; in eval() mode the first latent step that gets the batch as given (also in a nested

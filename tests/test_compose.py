@@ -1,4 +1,6 @@
 """Composition with real kornia and torchvision transforms, in either order; labels flow through."""
+import copy
+
 import kornia.augmentation as K
 import pytest
 import torch
@@ -712,6 +714,27 @@ def test_steps_are_reached_by_index_and_iteration_and_num_classes_is_printed(rgb
     assert repr(t).startswith("Compose(\n  num_classes=10\n  (steps): ModuleList(")
     with pytest.raises(TypeError, match="positional"):
         Compose([noise], 10)  # keyword-only, as every option (docs/api.md)
+
+
+def test_steps_changed_after_building_are_refused_naming_the_fix(rgb, rgb_glow):
+    """The checks made when a Compose is built (ISDA beside a label mix, num_classes, conversions) held for its first
+    steps only: a step appended later ran unchecked (ISDA after MixUp got soft labels)."""
+    x, y = rgb
+    isda = ISDA(10)
+    for change in (lambda t: t.steps.append(isda), lambda t: t.steps.insert(0, isda),
+                   lambda t: t.steps.__setitem__(0, isda), lambda t: t.steps.__delitem__(0)):
+        t = Compose([T.MixUp(num_classes=10), T.RandomHorizontalFlip()])
+        t(x, y)
+        change(t)
+        for mode in (t.train, t.eval):
+            mode()
+            with pytest.raises(RuntimeError, match=r"this Compose's steps were changed after it was built .* build a "
+                                                   r"new one, e.g. Compose\(\[\*t, step\], num_classes="):
+                t(x, y, TinyNet())
+    t = Compose([T.MixUp(num_classes=10)])
+    t.steps[0] = t.steps[0]  # the same step back: nothing changed
+    copied = copy.deepcopy(t)  # a copy's steps are its own, as built
+    assert copied(x, y)[1].shape == t(x, y)[1].shape == (len(x), 10)
 
 
 def test_a_single_step_or_a_non_list_is_refused_naming_the_fix(rgb_glow):
