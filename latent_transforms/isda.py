@@ -46,7 +46,8 @@ from .validation import (WrongTypeError, bad_option, check_choice, check_count, 
 _HARD_LABELS_ONLY = (
     "{who} needs class indices y: (B,) int64, got soft labels of shape {shape}: it augments each feature along the "
     "covariance of the sample's own class, and a mixed label has no single class. Use ISDA without label-mixing "
-    "steps (MixUp/CutMix/VarMixup), or pass y.argmax(1) if the labels are one-hot"
+    "steps (MixUp/CutMix/VarMixup), or pass y.argmax(1) if the labels are one-hot; a teacher's probabilities "
+    "(distillation)? give ISDA the dataset's class indices and the probabilities to your distillation loss"
 )
 
 
@@ -277,6 +278,25 @@ def _linear_layers(model: nn.Module) -> list[tuple[str, nn.Linear]]:
     return found
 
 
+def _check_layer_trains(model: nn.Module, name: str, layer: nn.Linear, by_default: bool) -> None:
+    """``ValueError`` when the layer ISDA would hook, while ``model`` trains, is not the classifier being trained: one
+    in eval mode never fires the hook, and a frozen one found by default (``by_default``) beside a trainable
+    ``nn.Linear`` of as many outputs is a frozen teacher's the model holds, most likely (distillation: the teacher
+    registered after the student). A frozen classifier with no such neighbour (a fixed head) is hooked as usual."""
+    if layer.training and (layer.weight.requires_grad or not by_default):
+        return
+    trained = [n for n, m in _linear_layers(model) if m is not layer and m.out_features == layer.out_features
+               and m.training and m.weight.requires_grad]
+    if layer.training and not trained:
+        return
+    state = "in eval mode" if not layer.training else "frozen (its weight does not require grad)"
+    raise ValueError(f"ISDA's layer {_layer_label(name, layer)} is {state} while {type(model).__name__} trains, so it "
+                     f"is not the classifier being trained" + (" (the hook fires on training forwards only)"
+                                                               if not layer.training else "")
+                     + (f": a frozen teacher the model holds (distillation)? pass ISDA(..., layer={trained[-1]!r})"
+                        if trained else ": put it in train mode or pass ISDA(..., layer='...') naming the classifier"))
+
+
 def _is_compiled(model: nn.Module) -> bool:
     """Whether ``model`` is torch.compile's OptimizedModule or was compiled in place (``model.compile()``), or is a
     DDP/DataParallel wrapper of one."""
@@ -403,7 +423,8 @@ class ISDA(_ISDAState, LatentTransform):
             last ``nn.Linear`` in ``model.modules()`` order (``fc`` of torchvision ResNets, ``head``/``classifier``
             of timm/torchvision models), outside codecs (a transform the model holds as a submodule, as a
             LightningModule does, holds a codec, never the classifier). Names are looked up in DDP/DataParallel
-            wrappers' ``module`` too.
+            wrappers' ``module`` too. While the model trains, a layer in eval mode is refused, and so is a frozen one
+            found by default beside a trainable ``nn.Linear`` of as many outputs (a distillation module's teacher).
         feature_dim: A. Default: sized from the layer on the first training call, on its device.
         sync_stats: under ``torch.distributed``, gather all ranks' features before each update so every rank holds
             the statistics of the global batch (the official code keeps per-GPU statistics). A
@@ -545,6 +566,7 @@ class ISDA(_ISDAState, LatentTransform):
             return x, y
         try:
             name, layer = self.find_layer(model)
+            _check_layer_trains(model, name, layer, by_default=self.layer is None)
         except ValueError as e:  # about the model, not the batch
             not_about_the_batch(e)
             raise

@@ -12,7 +12,7 @@ SNIPPET = re.compile(r"```python\n(.*?)```", re.S)
 READER_CONTEXT = {  # pages not named here bring nothing
     "quickstart.md": {"loader", "test_loader", "model", "optimizer", "epochs"},
     "composition.md": {"x", "y", "model", "loader", "epochs", "x_uint8", "train_images", "train_labels", "idx",
-                       "train_loader"},
+                       "train_loader", "teacher"},
     "index.md": {"augment", "x", "y", "model"},
     "lightning.md": {"model", "epochs", "train_loader", "test_loader"},
     "accelerate.md": {"model", "optimizer", "epochs", "train_loader"},

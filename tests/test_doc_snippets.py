@@ -65,6 +65,7 @@ def _reader_context(page: str) -> dict:
     features = model.features(x)
     offered = {
         "x": x, "y": y, "model": model, "epochs": 2,  # ISDA's lam is 0 in the first
+        "teacher": TinyNet(channels=IMAGE_SHAPE[0], num_classes=num_classes),
         "loader": DataLoader(TensorDataset(*_batch(16, num_classes, seed=2)), batch_size=8),
         "train_loader": DataLoader(TensorDataset(*_batch(16, num_classes, seed=2)), batch_size=8),
         "test_loader": DataLoader(TensorDataset(*_batch(16, num_classes, seed=3)), batch_size=8),

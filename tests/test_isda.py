@@ -722,6 +722,61 @@ def test_the_default_layer_is_the_classifier_not_a_linear_layer_of_a_transforms_
     assert isda.stats["transformed"] == len(y)
 
 
+class _Distillation(nn.Module):
+    """A distillation module as a LightningModule holds one: the student, then the frozen teacher (so the teacher's
+    ``fc`` is the last ``nn.Linear``); the forward is the student's."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.student, self.teacher = TinyNet(), TinyNet().requires_grad_(False)
+
+    def forward(self, x):
+        return self.student(x)
+
+
+@pytest.mark.parametrize("teacher_mode", ["eval", "train"])
+def test_a_frozen_teacher_the_model_holds_is_not_hooked_by_default(batch, teacher_mode):
+    # isda(x, y, kd_module) hooked the teacher's fc, the model's last nn.Linear: in eval mode it never fired (a
+    # warning one call later named no fix), in train mode (Lightning's model.train() at each epoch) a teacher forward
+    # with gradients enabled got the augmentation and the student's forward none
+    x, y = batch
+    kd = _Distillation()
+    getattr(kd.teacher, teacher_mode)()
+    isda = ISDA(10)
+    isda.set_epoch(1, 2)
+    state = "in eval mode" if teacher_mode == "eval" else "frozen"
+    with pytest.raises(ValueError, match=f"'teacher.fc' .*is {state}.*distillation.*layer='student.fc'"):
+        isda(x, y, kd)
+    assert not kd.teacher.fc._forward_hooks and not kd.student.fc._forward_hooks  # nothing armed
+    with pytest.raises(ValueError, match="a teacher's probabilities .*give ISDA the dataset's class indices"):
+        ISDA(10, layer="student.fc")(x, kd.teacher(x).softmax(1), kd)
+    isda = ISDA(10, layer="student.fc")
+    isda.set_epoch(1, 2)
+    with torch.no_grad():
+        plain = kd.teacher(x), kd.student(x)
+    x2, y2 = isda(x, y, kd)
+    with torch.no_grad():
+        assert torch.equal(kd.teacher(x2), plain[0])  # the teacher's forward is left alone
+    assert not torch.allclose(kd(x2), plain[1])  # the student's gets the augmented logits
+    assert isda.stats["transformed"] == len(y)
+
+
+def test_a_frozen_classifier_of_its_own_is_hooked_but_not_one_in_eval_mode(batch, net):
+    # a fixed head (frozen, no trainable Linear of as many outputs beside it) still trains the backbone: hooked as
+    # before; a head in eval mode while the model trains would never fire the hook
+    x, y = batch
+    net.fc.requires_grad_(False)
+    isda = ISDA(10)
+    isda.set_epoch(1, 2)
+    isda(x, y, net)
+    net(x)
+    assert isda.stats["transformed"] == len(y)
+    net.fc.eval()
+    with pytest.raises(ValueError, match="'fc' .*eval mode while TinyNet trains.*put it in train mode"):
+        isda(x, y, net)
+
+
 class _Wrapper(nn.Module):
     """The shape of a DDP wrapper: the model lives in .module (``aux``: a later Linear that is not the classifier)."""
 

@@ -725,6 +725,41 @@ def test_last_params_keep_neither_the_callers_labels_nor_their_graph(glow, batch
     assert labels() is None and graph() is None
 
 
+def test_distillation_with_a_teachers_probabilities_as_labels(glow, vae, batch, net):
+    # the knowledge-distillation paragraph of docs/composition.md (audit 184): a teacher's probabilities (with a
+    # temperature, in 16 bits) pass as labels, its logits are refused by name, mixed probabilities keep the teacher's
+    # autograd history as torchvision's MixUp keeps it, and a frozen eval() teacher attacked as the model comes back
+    # unchanged
+    from torchvision.transforms import v2
+
+    x, _ = batch
+    torch.manual_seed(1)
+    teacher = TinyNet()
+    with torch.no_grad():
+        logits = teacher(x)
+    for soft in ((logits / 4).softmax(1), logits.softmax(1).half(), logits.softmax(1).bfloat16()):
+        assert LatentNoise(glow, generator=0)(x, soft)[1] is soft
+        assert LatentAdversarial(glow, eps=0.5, target="true", generator=0)(x, soft, net)[1] is soft
+        mixed = VarMixup(vae, p=1.0, generator=0)(x, soft)[1]
+        assert mixed.dtype == soft.dtype and mixed.shape == soft.shape
+    for t in (LatentNoise(glow), VarMixup(vae)):
+        with pytest.raises(ValueError, match=r"logits\? pass probabilities, y.softmax\(1\)"):
+            t(x, logits)
+    # with gradients: the mixed labels' gradient reaches the teacher, through VarMixup as through MixUp
+    for mix in (VarMixup(vae, p=0.5, generator=0), Compose([LatentNoise(glow, p=0.5), v2.MixUp()])):
+        teacher.zero_grad()
+        y = teacher(x).softmax(1)
+        y2 = mix(x, y)[1]
+        assert y2.requires_grad
+        (y2[:, 0] * torch.arange(len(x))).sum().backward()
+        assert teacher.fc.weight.grad is not None and teacher.fc.weight.grad.abs().sum() > 0
+    # a frozen teacher in eval() mode, attacked instead of the student, is borrowed unchanged
+    teacher.eval().requires_grad_(False)
+    before = model_state(teacher)
+    LatentAdversarial(glow, eps=0.5, generator=0)(x, logits.softmax(1), teacher)
+    assert_model_unchanged(teacher, before)
+
+
 def test_a_codec_path_may_be_a_pathlib_path(tmp_path, glow):
     from latent_transforms import hub
 
