@@ -23,6 +23,10 @@ SOFT_LABEL_TOL = 1e-3
 VECTORS_HINT = ("; (B, D) vectors? ISDA takes any (B, ...) tensor; the latent methods take images: a codec of your "
                 "own (docs/training.md#your-own-model-as-a-codec) with image_shape (1, 1, D) takes vectors scaled to "
                 "[0, 1] as {name}.view(len({name}), 1, 1, -1)")
+# what a batch of video clips is told: their frames are a batch of images
+VIDEO_HINT = ("; video clips (B, T, C, H, W)? {name}.flatten(0, 1) makes their frames a (B*T, C, H, W) batch, each "
+              "frame transformed on its own, with the labels repeated per frame, y.repeat_interleave(T) "
+              "(x2.unflatten(0, (B, T)) gives the clips back); ISDA takes any (B, ...) tensor")
 
 
 class WrongTypeError(TypeError, ValueError):
@@ -191,12 +195,13 @@ def _image_form(x: torch.Tensor, name: str, allow_uint8: bool, uint8_hint: str =
     for no images). ``uint8_hint`` ends the message refusing ``uint8`` images; ``allow_empty`` passes ``B = 0``."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    check_dense(x, name)
     if x.ndim != 4:
         one, grey = (f"; one image? {name}.unsqueeze(0) makes it a batch of one",
                      f"; a batch of grey (B, H, W) images? {name}.unsqueeze(1) adds the channel")
         # (1, H, W): either gives (1, 1, H, W); (3, H, W): a colour image or 3 grey ones
         hint = {1: one, 3: one + grey}.get(x.shape[0], grey) if x.ndim == 3 else VECTORS_HINT.format(name=name) \
-            if x.ndim == 2 else ""
+            if x.ndim == 2 else VIDEO_HINT.format(name=name) if x.ndim == 5 else ""
         raise ValueError(f"{name} must have shape (B, C, H, W), got {x.ndim} dims with shape {tuple(x.shape)}{hint}")
     if x.shape[0] == 0 and not allow_empty:
         raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)})")
@@ -207,9 +212,23 @@ def _image_form(x: torch.Tensor, name: str, allow_uint8: bool, uint8_hint: str =
     if not x.is_floating_point():
         raise ValueError(
             f"{name} must be a float tensor with values in [0, 1]{' or uint8' if allow_uint8 else ''}, got dtype "
-            f"{x.dtype}; convert with x.float() / 255 for uint8 images{uint8_hint if x.dtype == torch.uint8 else ''}"
+            f"{x.dtype}; convert with {name}.float() / 255 for uint8 images"
+            f"{uint8_hint if x.dtype == torch.uint8 else ''}"
         )
     return x.shape[0] > 0
+
+
+def check_dense(t: torch.Tensor, name: str) -> None:
+    """Raise for a tensor whose values cannot be read as one block: nested or sparse (torch's own error came from deep
+    in the checks or the codec), or on the meta device, which holds no values."""
+    if t.is_nested:  # either layout, strided or jagged
+        raise ValueError(f"{name} is a nested tensor (samples of different sizes); pad them to one size, "
+                         f"torch.nested.to_padded_tensor({name}, 0.0)")
+    if t.layout != torch.strided:
+        raise ValueError(f"{name} must be a dense tensor, got layout {t.layout}; convert with {name}.to_dense()")
+    if t.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device, which holds shapes, not values (made under "
+                         f"torch.set_default_device('meta') or torch.device('meta')?): make it on cpu or cuda")
 
 
 def no_autocast(device: torch.device):
@@ -281,9 +300,11 @@ def _label_form(y: torch.Tensor, batch_size: int, num_classes: int | None, name:
     """Everything but the values of ``check_labels``; whether there are values to check."""
     if not isinstance(y, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(y).__name__}")
+    check_dense(y, name)
     if y.ndim not in (1, 2):
+        hint = f"; one sample's label? {name}.view(1), with {batch_name}.unsqueeze(0)" if y.ndim == 0 else ""
         raise ValueError(
-            f"{name} must be (B,) class indices or (B, K) soft labels, got shape {tuple(y.shape)}"
+            f"{name} must be (B,) class indices or (B, K) soft labels, got shape {tuple(y.shape)}{hint}"
         )
     if y.shape[0] != batch_size:
         raise ValueError(f"batch sizes differ: {batch_name} has {batch_size} samples, {name} has {y.shape[0]}")
@@ -293,6 +314,11 @@ def _label_form(y: torch.Tensor, batch_size: int, num_classes: int | None, name:
                 if y.is_floating_point() or y.is_complex() else f"{name}.long()"
             raise ValueError(f"{name} class indices must be int64, got dtype {y.dtype}; convert with {hint}")
         return y.numel() > 0
+    if y.shape[1] == 1 and y.is_floating_point():  # binary targets (BCE's), or class indices made float
+        raise ValueError(f"{name} has shape {tuple(y.shape)} and dtype {y.dtype}: soft labels (B, K) have a column "
+                         f"per class (one column says nothing); class indices or binary targets? pass "
+                         f"{name}.squeeze(1).long(), or to a label mix (B, 2) soft labels, torch.cat([1 - {name}, "
+                         f"{name}], 1)")
     if not y.is_floating_point():
         if y.shape[1] == 1:  # class indices with a trailing dimension, most likely
             raise ValueError(f"{name} has shape {tuple(y.shape)} and dtype {y.dtype}: class indices must be (B,) "
@@ -436,6 +462,7 @@ def check_samples(x: torch.Tensor, name: str = "x") -> None:
     its values (ISDA)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    check_dense(x, name)
     if x.ndim == 0:
         raise ValueError(f"{name} must be a batch (B, ...) with the samples along its first dimension, got a 0-d "
                          f"tensor")

@@ -208,9 +208,9 @@ def test_vae_latent_side_of_a_padded_image_is_bounded_by_the_padded_side():
 
 
 def test_codec_device_mismatch_is_named():
-    x = torch.rand(2, 1, 8, 8, device="meta")
-    with pytest.raises(ValueError, match="codec is on cpu but x is on meta"):
-        GLOW.check_images(x)
+    x = torch.rand(2, 1, 8, 8)  # a codec on meta for another device (images on meta are refused as holding no values)
+    with pytest.raises(ValueError, match="codec is on meta but x is on cpu"):
+        copy.deepcopy(GLOW).to("meta").check_images(x)
 
 
 def test_decode_flat_refuses_flat_latents_of_another_width_or_rank():
@@ -218,6 +218,23 @@ def test_decode_flat_refuses_flat_latents_of_another_width_or_rank():
         GLOW.decode_flat(torch.zeros(2, 65))
     with pytest.raises(ValueError, match=r"z must be \(B, D\) float flat latents with D = 64 for this glow codec, got"):
         GLOW.decode_flat(torch.zeros(64))  # one sample's latents, without the batch dimension
+
+
+def test_sparse_and_meta_images_and_latents_are_named():
+    """torch's errors from inside the codec before ("add(sparse, dense) is not supported", "Could not run
+    'aten::as_strided' with arguments from the 'SparseCPU' backend"; meta z was told to move the codec to meta)."""
+    x = torch.rand(2, 1, 8, 8)
+    z = GLOW.encode_flat(x)
+    for name, call, what in (("x", GLOW.encode_flat, x), ("z", GLOW.decode_flat, z)):
+        with pytest.raises(ValueError, match=rf"{name} must be a dense tensor, got layout torch.sparse_coo; convert "
+                                             rf"with {name}.to_dense\(\)"):
+            call(what.to_sparse())
+        with pytest.raises(ValueError, match=rf"{name} is on the meta device, which holds shapes, not values"):
+            call(what.to("meta"))
+    levels = unflatten_latents(z, GLOW.latent_shapes)
+    for bad in (levels[1].to_sparse(), levels[1].to("meta")):  # decode's list of levels
+        with pytest.raises(ValueError, match=r"z must be a dense tensor|z is on the meta device"):
+            GLOW.decode([levels[0], bad])
 
 
 def test_compile_fast_path_needs_a_frozen_codec_and_takes_no_compile_arguments_to_turn_it_off():
@@ -231,8 +248,8 @@ def test_compile_fast_path_needs_a_frozen_codec_and_takes_no_compile_arguments_t
 
 def test_latents_of_another_device_or_of_two_batch_sizes_are_refused_by_decode():
     z = [torch.zeros(2, *s) for s in GLOW.latent_shapes]
-    with pytest.raises(ValueError, match="codec is on cpu but x is on meta"):
-        GLOW.decode([t.to("meta") for t in z])
+    with pytest.raises(ValueError, match="codec is on meta but z is on cpu"):  # latents on meta hold no values
+        copy.deepcopy(GLOW).to("meta").decode(z)
     with pytest.raises(ValueError, match=r"one batch size, got shapes \[\(2, 8, 2, 2\), \(3, 2, 4, 4\)\]"):
         GLOW.decode([z[0], torch.zeros(3, *GLOW.latent_shapes[1])])
 

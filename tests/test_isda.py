@@ -1190,6 +1190,27 @@ def test_data_that_are_not_images_are_still_checked_and_image_steps_still_get_im
             images.train(mode)(torch.randn(4, 1, 8, 8), y, net)
 
 
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors:UserWarning",
+                            "ignore:Sparse CSR tensor support is in beta:UserWarning")
+def test_data_whose_values_cannot_be_read_are_named(net):
+    """Sparse, nested and meta x reached torch's own errors in the value check ("Could not run 'aten::aminmax' with
+    arguments from the 'SparseCPU' backend", "NestedTensorImpl doesn't support sizes", "Cannot copy out of meta
+    tensor; no data!"); each is named with its fix, in both modes."""
+    x, y = torch.randn(2, 6), torch.arange(2)
+    cases = [(x.to_sparse(), y, r"x must be a dense tensor, got layout torch.sparse_coo; convert with x.to_dense\(\)"),
+             (x.to_sparse_csr(), y, r"x must be a dense tensor, got layout torch.sparse_csr"),
+             (torch.nested.nested_tensor([torch.rand(3, 4), torch.rand(5, 4)]), y,
+              r"x is a nested tensor \(samples of different sizes\); pad them to one size, "
+              r"torch.nested.to_padded_tensor\(x, 0.0\)"),
+             (torch.nested.nested_tensor([torch.rand(3, 4), torch.rand(5, 4)], layout=torch.jagged), y,
+              r"x is a nested tensor"),
+             (x.to("meta"), y.to("meta"), r"x is on the meta device, which holds shapes, not values")]
+    for bad, labels, match in cases:
+        for t in (ISDA(10), ISDA(10).eval()):
+            with pytest.raises(ValueError, match=match):
+                t(bad, labels, net)
+
+
 def test_labels_are_checked_once_per_training_step(monkeypatch, batch, net):
     """Each label check is a host sync: the hook and ISDALoss check y where it enters, not again inside."""
     from latent_transforms import validation

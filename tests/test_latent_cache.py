@@ -66,6 +66,10 @@ def test_cache_errors_are_named(data):
         elsewhere(x, y, index=torch.arange(4))
     with pytest.raises(ValueError, match="trained on images of shape"):
         LatentCache(glow, torch.rand(4, 3, 8, 8), progress=False)
+    with pytest.raises(ValueError, match=r"images must be a float tensor .* convert with images.float\(\) / 255"):
+        LatentCache(glow, (images * 255).byte(), progress=False)  # said x.float(), naming no x
+    with pytest.raises(ValueError, match=r"images must be a dense tensor, got layout torch.sparse_coo"):
+        LatentCache(glow, images.to_sparse(), progress=False)  # torch's NotImplementedError for aten::aminmax
     with pytest.raises(ValueError, match="batch_size must be an int >= 1"):  # was range()'s own error
         LatentCache(glow, images, batch_size=0, progress=False)
     with pytest.raises(ValueError, match="verify_images must be True or False"):  # "no" would read as true

@@ -27,6 +27,16 @@ BAD_INPUTS = [
      "one image\\? x.unsqueeze\\(0\\) makes it a batch of one; a batch of grey \\(B, H, W\\) images\\? "
      "x.unsqueeze\\(1\\)"),
     ("rank 5", torch.rand(4, 1, 1, 8, 8), GOOD_Y, "shape \\(B, C, H, W\\)"),
+    ("video clips", torch.rand(4, 2, 1, 8, 8), GOOD_Y,  # refused before without a word of what to do
+     "video clips \\(B, T, C, H, W\\)\\? x.flatten\\(0, 1\\) makes their frames a \\(B\\*T, C, H, W\\) batch, .*"
+     "y.repeat_interleave\\(T\\)"),
+    # torch's NotImplementedError from deep in the value checks ("Could not run 'aten::aminmax' ... 'SparseCPU'",
+    # "Cannot copy out of meta tensor; no data!", "NestedTensorImpl doesn't support sizes"), before these
+    ("sparse", GOOD_X.to_sparse(), GOOD_Y, "x must be a dense tensor, got layout torch.sparse_coo; convert with "
+                                           "x.to_dense\\(\\)"),
+    ("sparse labels", GOOD_X, GOOD_Y.to_sparse(), "y must be a dense tensor, got layout torch.sparse_coo"),
+    ("on the meta device", GOOD_X.to("meta"), GOOD_Y.to("meta"), "x is on the meta device, which holds shapes, not "
+                                                                 "values"),
     ("uint8", (GOOD_X * 255).to(torch.uint8), GOOD_Y, "float tensor"),
     ("int64", GOOD_X.long(), GOOD_Y, "float tensor"),
     ("above 1", GOOD_X * 255, GOOD_Y, "\\[0, 1\\]"),
@@ -44,6 +54,12 @@ BAD_INPUTS = [
     ("float labels 1d", GOOD_X, GOOD_Y.float(), "int64"),
     ("label shape", GOOD_X, GOOD_Y.view(2, 2, 1), "\\(B,\\) class indices or \\(B, K\\)"),
     ("labels (B, 1)", GOOD_X, GOOD_Y.view(4, 1), "class indices must be \\(B,\\) \\(y.squeeze\\(1\\)\\)"),
+    # binary targets: a batch with a 0 was told of a confidence mask, an all-1 batch passed
+    ("binary targets (B, 1) float", GOOD_X, (GOOD_Y % 2).float().view(4, 1),
+     "class indices or binary targets\\? pass y.squeeze\\(1\\).long\\(\\), or to a label mix \\(B, 2\\) soft labels, "
+     "torch.cat\\(\\[1 - y, y\\], 1\\)"),
+    ("one sample's label", GOOD_X[:1], GOOD_Y[0], "got shape \\(\\); one sample's label\\? y.view\\(1\\), with "
+                                                  "x.unsqueeze\\(0\\)"),
     ("soft not summing to 1", GOOD_X, torch.full((4, 10), 0.2), "sum to 1"),
     ("soft negative", GOOD_X, torch.eye(10)[:4] * 2 - torch.eye(10)[:4].roll(1, 1), "negative entry"),
     ("soft wrong classes", GOOD_X, torch.full((4, 7), 1 / 7), "expected num_classes=10"),
@@ -76,6 +92,26 @@ def test_bad_input_matrix(name, case):
     assert_model_unchanged(net, before)
     assert_model_unchanged(t.codec if hasattr(t, "codec") else torch.nn.Identity(), codec_before)
     assert t.stats["seen"] == 0 if hasattr(t, "stats") else True
+
+
+def test_binary_targets_are_refused_whatever_the_batch_holds():
+    """(B, 1) float targets (BCE's): a batch of 1s passed a transform without num_classes, one with a 0 was told of a
+    confidence mask; both are refused by their form, naming the fix."""
+    for y in (torch.ones(4, 1), torch.tensor([[0.0], [1.0], [1.0], [0.0]])):
+        with pytest.raises(ValueError, match=r"class indices or binary targets\? pass y.squeeze\(1\).long\(\)"):
+            LatentNoise(GLOW, eps=1.0)(GOOD_X, y)
+
+
+def test_video_clips_are_told_a_recipe_that_works():
+    """The 5-d refusal's recipe: the clips' frames as one batch, the labels repeated per frame, the clips back."""
+    clips, labels = torch.rand(3, 4, 1, 8, 8), torch.tensor([0, 1, 2])
+    t = VarMixup(VAE, num_classes=10, generator=0)
+    with pytest.raises(ValueError, match=r"x.flatten\(0, 1\) .* y.repeat_interleave\(T\) "
+                                         r"\(x2.unflatten\(0, \(B, T\)\)"):
+        t(clips, labels)
+    x2, y2 = t(clips.flatten(0, 1), labels.repeat_interleave(4))
+    assert x2.unflatten(0, (3, 4)).shape == clips.shape
+    assert torch.allclose(y2.view(3, 4, 10).mean(1).sum(1), torch.ones(3))  # each clip's label: its frames' mean
 
 
 def test_batch_of_one_works_everywhere():

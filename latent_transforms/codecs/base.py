@@ -13,8 +13,8 @@ from torch import nn
 from ..casts import without_16_bit_casts
 from ..rng import draw_generator
 from ..torch_defaults import codec_build_defaults
-from ..validation import (WrongTypeError, bad_option, check_bool, check_count, check_images, check_number,
-                          check_same_device, describe, is_int, scalar, state_mismatch)
+from ..validation import (WrongTypeError, bad_option, check_bool, check_count, check_dense, check_images,
+                          check_number, check_same_device, describe, is_int, scalar, state_mismatch)
 from .precision import exact_math
 
 Latents = list[torch.Tensor]  # per-level latents, each (B, *shape); coarsest first for multi-scale flows
@@ -226,6 +226,7 @@ class Codec(ChecksCodecStates, nn.Module):
         if not isinstance(z, torch.Tensor) or z.ndim != 2 or z.shape[1] != dim or not z.is_floating_point():
             raise bad_option(f"z must be (B, D) float flat latents with D = {dim} for this {self.kind} "
                              f"codec, got {describe(z)}", right_type=isinstance(z, torch.Tensor))
+        check_dense(z, "z")
         return self.decode(unflatten_latents(z, shapes))
 
     @torch.no_grad()
@@ -276,11 +277,13 @@ class Codec(ChecksCodecStates, nn.Module):
             flat = " (for (B, D) flat latents use decode_flat)" if isinstance(z, torch.Tensor) and z.ndim == 2 else ""
             raise bad_option(f"z must be a list of {len(shapes)} float tensors (B, *shape), shapes {shapes}, for this "
                              f"{self.kind} codec, got {describe(z)}{flat}", right_type=tensors)
+        for t in z:
+            check_dense(t, "z")
         got = [tuple(t.shape[1:]) for t in z]
         if got != shapes or len({t.shape[0] for t in z}) != 1:
             raise ValueError(f"this {self.kind} codec's latents have per-sample shapes {shapes} and one batch size, "
                              f"got shapes {[tuple(t.shape) for t in z]}")
-        check_same_device(z[0], self, f"the {self.kind} codec")
+        check_same_device(z[0], self, f"the {self.kind} codec", "z is")
         self.check_dtype()
 
     def check_images(self, x: torch.Tensor, name: str = "x", allow_empty: bool = False) -> None:
