@@ -50,10 +50,12 @@ def _takes_floats_only(t: object) -> bool:
 def _takes_any_tensor(steps: list) -> bool:
     """Whether steps of a Compose take any ``(B, ...)`` tensor (vectors, sequences, token ids): they hold a latent
     step and every latent step never reads ``x`` (ISDA), the others being plain callables (no torchvision or kornia
-    step: they take images). A Compose of callables alone takes images, as ever."""
+    step: they take images). A Compose of callables alone takes images, as ever, and so does one holding it (a nested
+    Compose that takes images would refuse anything else when the chain runs)."""
     parts = [p for t in steps for p in _parts(t)]
     return any(isinstance(p, LatentTransform) for p in parts) and not any(
-        (isinstance(p, LatentTransform) and p.takes_images) or _is_torchvision_v2(p) or _is_kornia(p) for p in parts)
+        (isinstance(p, LatentTransform) and p.takes_images) or (isinstance(p, Compose) and p._takes_images)
+        or _is_torchvision_v2(p) or _is_kornia(p) for p in parts)
 
 
 def _is_torchvision_v2(t: object) -> bool:
@@ -130,6 +132,14 @@ def _needing_labels(t: object) -> list:
     """The parts of a step (itself, or what a container holds) that cannot run on an unlabelled batch: label mixes
     and latent steps that need labels (ISDA, LatentAdversarial(target="true"))."""
     return [p for p in _parts(t) if _is_label_mix(p) or (isinstance(p, LatentTransform) and p.needs_labels)]
+
+
+def _needing_model(t: object) -> list:
+    """The latent steps that a training call of step ``t`` hands ``model`` to, all of which refuse ``model=None``:
+    ``t`` itself, or those of a nested Compose in training mode (in ``eval()`` mode it runs none)."""
+    if isinstance(t, Compose):
+        return [p for s in t.steps for p in _needing_model(s)] if t.training else []
+    return [t] if isinstance(t, LatentTransform) and t.needs_model else []
 
 
 def _refuse_held_by_container(t: object, i: int) -> None:
@@ -243,8 +253,10 @@ class Compose(ChecksCodecStates, nn.Module):
     - any callable ``x -> x``.
 
     Labels stay class indices until a step mixes them; from there on they are soft ``(B, K)`` (made soft with this
-    Compose's ``num_classes`` before a label mix that was given none). ``y=None`` (an unlabelled batch) goes through
-    as ``None`` when no step needs labels (``x2, _ = Compose([...])(x)``).
+    Compose's ``num_classes`` before a label mix that was given none; without it, class indices are refused before
+    any step runs, in either mode). ``y=None`` (an unlabelled batch) goes through as ``None`` when no step needs
+    labels (``x2, _ = Compose([...])(x)``); in training, ``model=None`` is refused before any step runs when one
+    needs it.
     In ``eval()`` mode the chain is the identity but for its dtype conversions (``v2.ToDtype``,
     ``v2.ConvertImageDtype``, ``v2.ToPureTensor``; also inside a ``v2.Compose`` step, not inside ``RandomApply`` or
     ``RandomChoice``), which run, so a validation loader's ``uint8`` images come out as in training; the batch is
@@ -340,6 +352,14 @@ class Compose(ChecksCodecStates, nn.Module):
         # what runs in eval() mode: the dtype conversions (a validation loader's uint8 images come out as in training)
         self._conversions = [c for t in steps for c in _conversions_in(t)]
         self._isda_at = [_where(p, s, i) for i, s in enumerate(steps) for p in _parts(s) if isinstance(p, ISDA)]
+        # the first label mix, when it knows no classes and gets the labels as given (only steps of torchvision's own
+        # or no torchvision step before it): it refuses class indices, in training after the steps before it ran
+        first = mixing[0] if mixing and num_classes is None else None
+        self._classless_mix = None if first is None or any(
+            _is_torchvision_v2(p) and not type(p).__module__.startswith("torchvision.")
+            for s in steps[:first] for p in _parts(s)) else next(
+            (_name(p) if p is steps[first] else type(p).__name__, _where(p, steps[first], first))
+            for p in _parts(steps[first]) if _is_label_mix(p))
         self._takes_uint8 = not _takes_floats_only(steps[0] if steps else None)  # once: it walks the step's parts
         self._takes_images = not _takes_any_tensor(steps)
         self._uint8_hint = "" if self._takes_uint8 else (  # where the conversion goes
@@ -393,6 +413,10 @@ class Compose(ChecksCodecStates, nn.Module):
         elif y.ndim == 2:  # no step makes soft labels before ISDA (refused when built): given ones, in eval() mode too
             for where in self._isda_at:
                 check_class_indices(y, where)
+        elif self._classless_mix is not None:  # in eval() mode too: training would refuse these class indices
+            name, where = self._classless_mix
+            raise ValueError(f"{name} mixes labels: pass num_classes=... or (B, K) soft labels ({where} gets these "
+                             f"class indices; Compose(..., num_classes=...) gives it their classes)")
         if index is not None and not isinstance(first, LatentTransform):
             raise ValueError(f"index= goes to the first step, which must be a LatentTransform with a latent "
                              f"cache; the first step is {type(first).__name__ if self.steps else 'nothing'}")
@@ -407,6 +431,11 @@ class Compose(ChecksCodecStates, nn.Module):
                                  "that converts these uint8 images; put v2.ToDtype(torch.float32, scale=True) in it, "
                                  "convert them (x.float() / 255) before it, or call it in train() mode")
             return x, y
+        if model is None:  # refused before any step runs: a later step's refusal left the earlier ones' draws made
+            needing = [_where(p, s, i) for i, s in enumerate(self.steps) for p in _needing_model(s)]
+            if needing:
+                raise TypeError(f"model=None, but a step needs the classifier being trained: {', '.join(needing)}; "
+                                f"call t(x, y, model)")
         for i, step in enumerate(self.steps):
             try:
                 if i in self._soften_before and y is not None and y.ndim == 1:

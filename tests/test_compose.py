@@ -5,7 +5,7 @@ import kornia.augmentation as K
 import pytest
 import torch
 import torchvision.transforms.v2 as T
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from latent_transforms import ISDA, Compose, LatentCache
@@ -13,7 +13,7 @@ from latent_transforms.latent_adversarial import LatentAdversarial
 from latent_transforms.latent_noise import LatentNoise
 from latent_transforms.varmixup import VarMixup
 
-from conftest import TinyNet, tiny_glow, tiny_vae, train_steps
+from conftest import STRENGTH_ZERO_EXPECTED, TinyNet, tiny_glow, tiny_vae, train_steps
 
 
 @pytest.fixture
@@ -940,3 +940,174 @@ def test_labels_a_step_made_float_are_named_before_compose_makes_them_soft_for_a
         with pytest.raises(ValueError, match=rf"step 1 \(MixUp\), on the output of step 0 \(FloatLabels\): y "
                                              rf"class indices must be int64 to be made soft labels, got {dtype}"):
             Compose([FloatLabels(dtype), T.MixUp()], num_classes=10)(x, y)  # Compose makes them soft for it
+
+
+@STRENGTH_ZERO_EXPECTED
+@pytest.mark.filterwarnings("ignore:ISDA. the augmentation armed")
+def test_a_nested_compose_that_takes_images_makes_the_chain_take_images_in_either_mode():
+    """Audit 186: Compose([ISDA, Compose([fn])]) took any tensor (ISDA's and a callable's chain) while its nested
+    Compose of a callable takes images: vectors passed eval() and training refused them at the nested step, blaming
+    ISDA's output ("on the output of step 0 (ISDA)")."""
+    net = torch.nn.Sequential(torch.nn.Linear(5, 10))
+    x, y = torch.rand(4, 5), torch.randint(0, 10, (4,))
+    for c in (Compose([ISDA(10), Compose([lambda v: v * 1])]), Compose([Compose([lambda v: v]), ISDA(10)]),
+              Compose([ISDA(10), Compose([])])):
+        for mode in (c.train, c.eval):
+            with pytest.raises(ValueError, match=r"^x must have shape \(B, C, H, W\), got 2 dims"):
+                mode()(x, y, net)
+    c = Compose([ISDA(10), Compose([ISDA(10)]), lambda v: v * 1])  # a nested Compose taking any tensor: as before
+    for mode in (c.train, c.eval):
+        assert mode()(x, y, net)[0].shape == x.shape
+
+
+def test_a_missing_model_is_refused_before_any_step_runs(rgb, rgb_glow):
+    """Audit 186: model=None reached LatentAdversarial only after the steps before it had run (their draws made and
+    kept, a seeded generator advanced), and the TypeError named no step."""
+    x, y = rgb
+    noise = LatentNoise(rgb_glow, generator=0)
+    noise(x, y)
+    before, state = noise.last_params["delta"].clone(), noise._rng.get(x.device).get_state()
+    for c, where in ((Compose([noise, LatentAdversarial(rgb_glow, steps=1)]), "LatentAdversarial at step 1"),
+                     (Compose([noise, Compose([T.RandomHorizontalFlip(), ISDA(10)])]), "ISDA in Compose at step 1")):
+        with pytest.raises(TypeError, match=rf"^model=None, but a step needs the classifier being trained: {where}; "
+                                            rf"call t\(x, y, model\)$"):
+            c(x, y)
+        assert torch.equal(noise.last_params["delta"], before)
+        assert torch.equal(noise._rng.get(x.device).get_state(), state)
+        assert c.eval()(x, y) == (x, y)  # evaluation takes no model, as ever
+    c.train()
+    c[1].eval()  # a nested Compose in eval() mode runs none of its steps: it needs no model
+    assert c(x, y)[0].shape == x.shape
+
+
+def test_class_indices_for_a_label_mix_without_classes_are_refused_in_either_mode_before_any_step_runs(rgb,
+                                                                                                        rgb_glow):
+    """Audit 186: a label mix that knows no classes (MixUp(), VarMixup() in a Compose without num_classes) after
+    another step: class indices passed eval() and training refused them at the mix, after the steps before it ran
+    (torchvision's refusal blamed "the output of step 0")."""
+    x, y = rgb
+    vae = tiny_vae(shape=(3, 16, 16))
+    noise = LatentNoise(rgb_glow, generator=0)
+    for c, where in ((Compose([T.RandomHorizontalFlip(), T.MixUp()]), "MixUp at step 1"),
+                     (Compose([noise, VarMixup(vae, generator=0)]), "VarMixup at step 1"),
+                     (Compose([noise, T.RandomApply([T.CutMix()])]), "CutMix in RandomApply at step 1")):
+        kept = noise.last_params  # a call replaces the dict
+        for mode in (c.train, c.eval):
+            with pytest.raises(ValueError, match=rf"^\w+ mixes labels: pass num_classes=\.\.\. or \(B, K\) soft "
+                                                 rf"labels \({where} gets these class indices"):
+                mode()(x, y)
+        assert noise.last_params is kept  # refused before step 0 ran
+        assert c.train()(x, torch.nn.functional.one_hot(y, 10).float())[1].shape == (6, 10)  # soft labels: as ever
+
+    class OneHot(T.Transform):  # a step of one's own may make the labels soft before the mix: not refused up front
+        def forward(self, x, y):
+            return x, torch.nn.functional.one_hot(y, 10).float()
+
+    assert Compose([OneHot(), T.MixUp()])(x, y)[1].shape == (6, 10)
+
+
+_CALL_STEPS = {
+    "LatentNoise": lambda: LatentNoise(_FUZZ_GLOW, eps=1.0, p=0.5, generator=0),
+    "LatentAdversarial": lambda: LatentAdversarial(_FUZZ_GLOW, steps=1, target="true", generator=0),
+    "VarMixup()": lambda: VarMixup(_FUZZ_VAE, p=0.5, generator=0),
+    "VarMixup(10)": lambda: VarMixup(_FUZZ_VAE, p=0.5, num_classes=10, generator=0),
+    "ISDA": lambda: ISDA(10, p=0.5, generator=0),
+    "v2 flip": lambda: T.RandomHorizontalFlip(),
+    "v2 ToDtype": lambda: T.ToDtype(torch.float32, scale=True),
+    "v2 MixUp": lambda: T.MixUp(num_classes=10),
+    "kornia flip": lambda: K.RandomHorizontalFlip(),
+    "x -> x": lambda: lambda x: x.flip(-1),
+}
+
+
+def _defective(defect):
+    """A valid call's ``(x, y, model, index)`` for ``_FUZZ_GLOW``'s (1, 8, 8) images, with one defect."""
+    g = torch.Generator().manual_seed(0)
+    x, y, model, index = torch.rand(4, 1, 8, 8, generator=g), torch.randint(0, 9, (4,), generator=g), TinyNet(), None
+    changes = {"ndim": lambda: (x[:, 0], y, model, index), "channels": lambda: (x.expand(4, 3, 8, 8), y, model, index),
+               "uint8": lambda: ((x * 255).to(torch.uint8), y, model, index),
+               "NaN": lambda: (x.index_fill(0, torch.tensor([1]), float("nan")), y, model, index),
+               "range": lambda: (x * 1.5, y, model, index),
+               "class 10": lambda: (x, y.index_fill(0, torch.tensor([2]), 10), model, index),
+               "class -1": lambda: (x, y.index_fill(0, torch.tensor([2]), -1), model, index),
+               "soft": lambda: (x, torch.softmax(torch.randn(4, 10, generator=g), 1), model, index),
+               "3 labels": lambda: (x, y[:3], model, index), "3 positions": lambda: (x, y, model, torch.arange(3)),
+               "index": lambda: (x, y, model, torch.arange(4)), "y=None": lambda: (x, None, model, index),
+               "model=None": lambda: (x, y, None, index), "none": lambda: (x, y, model, index)}
+    return changes[defect]()
+
+
+def _state(c, model):
+    """What a call may change: each latent step's last_params, counts and generators, ISDA's statistics, the model's
+    modes, hooks and parameters."""
+    from latent_transforms.compose import _parts
+
+    parts = [p for p in _parts(c) if isinstance(p, (LatentNoise, LatentAdversarial, VarMixup, ISDA))]
+    return ([(p.last_params, p._counts, {k: g.get_state() for k, g in p._rng._per_device.items()},
+              p.estimator.state_dict() if isinstance(p, ISDA) else None) for p in parts],
+            None if model is None else [(m.training, len(m._forward_hooks), len(m._forward_pre_hooks))
+                                        for m in model.modules()],
+            None if model is None else list(model.parameters()))
+
+
+def _same(a, b):
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a.nan_to_num(), b.nan_to_num())
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(u, v) for u, v in zip(a, b))
+    return a == b
+
+
+@STRENGTH_ZERO_EXPECTED
+@settings(max_examples=25, deadline=None, derandomize=True)
+@example(names=["LatentAdversarial", "VarMixup()"], num_classes=None, defect="none")  # what 400 examples found
+@example(names=["ISDA", []], num_classes=None, defect="ndim")
+@example(names=["LatentNoise", ["v2 flip", "LatentAdversarial"]], num_classes=10, defect="model=None")
+@given(names=st.lists(st.sampled_from(sorted(_CALL_STEPS)) | st.lists(st.sampled_from(sorted(_CALL_STEPS)),
+                                                                       max_size=2), max_size=3),
+       num_classes=st.sampled_from([None, 10]),
+       defect=st.sampled_from(["none", "ndim", "channels", "uint8", "NaN", "range", "class 10", "class -1", "soft",
+                               "3 labels", "3 positions", "index", "y=None", "model=None"]))
+def test_a_call_is_refused_alike_in_eval_and_train_mode_cleanly_and_without_changing_state(names, num_classes, defect):
+    """Audit 186's fuzzing of the call checks, kept small: a Compose of 0-3 steps (latent, ISDA, torchvision,
+    kornia, callables, a nested Compose) given a batch with one defect refuses it with a ValueError or TypeError; what
+    eval() mode refuses, training refuses alike; what training refuses for the batch eval() mode refuses too (but the
+    documented exceptions: a later latent step's codec shape, the labels against the model's outputs, uint8
+    that eval() mode would return unconverted, model=None); a refusal at entry changes no state, eval() mode none."""
+    import re
+
+    def build():
+        return Compose([Compose([_CALL_STEPS[m]() for m in n]) if isinstance(n, list) else _CALL_STEPS[n]()
+                        for n in names], num_classes=num_classes)
+
+    try:
+        build()
+    except ValueError:  # ISDA with a label mix, steps' num_classes that disagree
+        return
+    refused = {}
+    for training in (False, True):
+        c = build().train(training)
+        x, y, model, index = _defective(defect)
+        before = _state(c, model)
+        try:
+            c(x, y, model, index)
+        except (ValueError, TypeError) as e:  # never torch's RuntimeError or IndexError from deep inside
+            refused[training] = e
+            # a later step's refusal follows the steps before it (named: "Compose step 2 (...), on the output of")
+            later = re.match(r"Compose step [1-9]", str(e)) or "for the model's" in str(e)
+            assert later or _same(_state(c, model), before), (training, e)
+        else:
+            assert training or _same(_state(c, model), before)  # eval() mode changes nothing
+    bare = {k: re.sub(r"^(Compose step \d+ \([^)]*\), on the output of step \d+ \([^)]*\): )+", "", str(e))
+            for k, e in refused.items()}
+    if defect == "uint8":  # eval() refuses uint8 it would return unconverted; training refuses it at a float step
+        assert (False in refused) <= (True in refused or not c._conversions)
+    elif False in refused:
+        assert type(refused[True]) is type(refused[False]), refused
+        if bare[True] != bare[False]:  # two problems, checked in another order: the batch's, and the steps' own
+            with pytest.raises(type(refused[False]), match=re.escape(bare[False])):
+                build().eval()(*_defective("none"))
+    elif True in refused and defect != "model=None":  # eval() mode uses no model, by design
+        assert ("trained on images of shape" in bare[True] or "for the model's" in bare[True]), refused[True]
