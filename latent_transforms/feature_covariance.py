@@ -55,11 +55,11 @@ class FeatureCovariance(nn.Module):
         mean: (K, A); cov: (K, A, A), or (K, A) if ``"diagonal"``; count: (K,) int64.
 
     Convention:
-        The buffers are float32 by default (float64 when lazily sized by float64 features, or ``.double()`` once
-        sized). The update runs with autocast off in their dtype, in place: bf16/fp16 features are upcast. A cast to
-        16 bits (``.half()``, ``.to(torch.bfloat16)`` of a module holding the estimator) moves the buffers but keeps
-        their dtype, and bf16/fp16 buffers (loaded from a 16-bit state) are refused by ``update()``
-        (``ValueError``): their running means stop moving. The matrix products
+        The buffers are float32 by default (float64 when lazily sized by float64 features, or after ``.double()``,
+        before or after sizing). The update runs with autocast off in their dtype, in place: bf16/fp16 features are
+        upcast. A cast to 16 bits (``.half()``, ``.to(torch.bfloat16)`` of a module holding the estimator) moves the
+        buffers but keeps their dtype, and bf16/fp16 buffers (loaded from a 16-bit state) are refused by
+        ``update()`` (``ValueError``): their running means stop moving. The matrix products
         follow torch's TF32 switch (``torch.backends.cuda.matmul.allow_tf32``; the benchmarks turn it on for the
         classifier): on a GPU with it on, their inputs are rounded to TF32's 10-bit mantissa (unlike the codecs,
         which turn it off to invert exactly). Features are detached. A feature on another device than the buffers
@@ -197,8 +197,8 @@ class FeatureCovariance(nn.Module):
                     f"move the ISDA/FeatureCovariance module with .to({str(features.device)!r})"
                 )
             dtype = self.mean.dtype  # float32 or float64: 16-bit buffers are refused above
-        else:
-            dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
+        else:  # the dtype of an earlier .double()/.float(), else float64 for float64 features, float32 for others
+            dtype = self._dtype or (torch.float64 if features.dtype == torch.float64 else torch.float32)
         with no_autocast(features.device):
             a = features.detach().to(dtype)
             if self.gathers():
@@ -235,10 +235,13 @@ class FeatureCovariance(nn.Module):
         delta = batch_mean - mean
         shape = (k, 1) if self.diagonal else (k, 1, 1)
         wv = w.view(shape)
-        coef_delta = (w * (1 - w)).unsqueeze(1) * delta                       # (K, A): w (1-w) d
-        left, right = (coef_delta, delta) if self.diagonal else (coef_delta.unsqueeze(2), delta.unsqueeze(1))
-        # (n S + m S')/(n+m) + n m d d^T/(n+m)^2  ==  (1-w) S + w S' + w (1-w) d d^T, in place (no more K A A)
-        cov.mul_(1 - wv).add_(batch_cov.mul_(wv)).addcmul_(left, right)
+        kept_delta = (1 - w).unsqueeze(1) * delta                             # (K, A): (1-w) d
+        left, right = (kept_delta, delta) if self.diagonal else (kept_delta.unsqueeze(2), delta.unsqueeze(1))
+        # (n S + m S')/(n+m) + n m d d^T/(n+m)^2  ==  S + w (S' - S + (1-w) d d^T): one increment added in place (no
+        # more K A A), as the mean's. Not as (1-w) S + w S' + ...: 1-w rounds to float32's steps of 6e-8 near 1, a
+        # decay off by up to 3e-8 per update whatever w is, which drifted the covariance of a class seen 1e5-1e7
+        # times 10-20x more (docs/methods/isda.md, Precision)
+        cov.add_(batch_cov.sub_(cov).addcmul_(left, right).mul_(wv))
         mean.add_(w.unsqueeze(1) * delta)
         self.count.add_(count)
 

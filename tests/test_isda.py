@@ -314,6 +314,41 @@ def test_estimator_is_the_pooled_covariance_of_a_stream(diagonal, dtype, tol):
 
 
 @pytest.mark.parametrize("covariance", ["full", "diagonal"])
+def test_float32_statistics_of_a_class_seen_millions_of_times_keep_tracking_its_covariance(covariance):
+    # a run resumed at 3e6 samples per class, one more per class and step (w = m / (n + m) = 3.3e-7): merged as
+    # (1-w) S + w S', the covariance decayed by 1-w rounded to float32's steps of 6e-8 near 1, and drifted from
+    # float64's by 1.3e-4 in 2000 steps; merged as an increment S + w (S' - S + ...), by 1e-5
+    g = torch.Generator().manual_seed(0)
+    k, a, n0 = 4, 6, 3 * 10**6
+    est = FeatureCovariance(k, a, covariance=covariance, sync_stats=False)
+    est.mean.copy_(torch.rand(k, a, generator=g) + 0.5)
+    cov = torch.eye(a) * 0.5 + 0.1
+    est.cov.copy_(cov.diagonal().expand(k, a) if covariance == "diagonal" else cov.expand(k, a, a))
+    est.count.fill_(n0)
+    wide = copy.deepcopy(est).double()  # float64: exact to 1e-14 on this stream
+    stream = est.mean + torch.randn(2000, k, a, generator=g) @ torch.linalg.cholesky(cov).T   # (T, K, A)
+    for f in stream:
+        est.update(f, torch.arange(k), check_y=False)
+        wide.update(f.double(), torch.arange(k), check_y=False)
+    assert est.count.tolist() == [n0 + 2000] * k
+    error = (est.cov.double() - wide.cov).flatten(1).norm(dim=1) / wide.cov.flatten(1).norm(dim=1)
+    assert error.max() < 3e-5, error
+
+
+def test_statistics_cast_to_float64_before_sizing_stay_float64_for_float32_features():
+    # for long runs (docs/methods/isda.md, Precision): .double() of an unsized estimator used to be forgotten at
+    # the first update, which sized float32 statistics from float32 features
+    isda = ISDALoss(3, covariance="diagonal").double()
+    isda.set_progress(1.0)
+    fc = nn.Linear(4, 3)
+    loss = isda(torch.randn(5, 4), fc, torch.tensor([0, 1, 2, 0, 1]))
+    assert isda.estimator.mean.dtype == isda.estimator.cov.dtype == torch.float64 and loss.dtype == torch.float32
+    est = FeatureCovariance(3).double().float()  # the latest cast counts
+    est.update(torch.randn(2, 4, dtype=torch.float64), torch.tensor([0, 1]))
+    assert est.cov.dtype == torch.float32
+
+
+@pytest.mark.parametrize("covariance", ["full", "diagonal"])
 def test_the_statistics_are_detached_from_the_features_graph(covariance):
     # features straight from the backbone require grad: merged undetached, the buffers joined the autograd graph
     # and every step's graph stayed alive through them
