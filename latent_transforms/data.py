@@ -111,7 +111,11 @@ def _cifar10(split: str, data_root) -> tuple[torch.Tensor, torch.Tensor, int]:
     root = Path(data_root).expanduser() if data_root is not None else cache_dir() / "data"
     try:
         ds = CIFAR10(root=str(root), train=split == "train", download=not _offline())
-    except RuntimeError:  # offline, not downloaded: torchvision's "Dataset not found or corrupted"
+    except RuntimeError as e:  # offline, not downloaded: torchvision's "Dataset not found or corrupted"
+        if not _offline():  # a download whose MD5 is not CIFAR-10's ("File not found or corrupted."): not used
+            raise ValueError(f"the CIFAR-10 download into {root} failed torchvision's MD5 check ({e}): corrupted or "
+                             f"tampered with on the way, it was neither extracted nor read; try again (it is "
+                             f"downloaded anew), or use npz:PATH or folder:PATH data") from None
         raise ValueError(f"CIFAR-10 is not in {root}, and LATENT_TRANSFORMS_OFFLINE is set, which forbids downloads; "
                          f"put torchvision's cifar-10-python files there (or pass another data root), unset it, or "
                          f"use npz:PATH or folder:PATH data") from None

@@ -160,9 +160,10 @@ def _check_filename(file: object) -> str:
     """A registry file name must be a plain ``*.safetensors`` name that stays inside the cache dir."""
     if not isinstance(file, str) or not file:
         raise ValueError(f"checkpoint file name must be a non-empty str, got {file!r}")
-    if any(s in file for s in _SEPARATORS) or ".." in file or "\0" in file or file.startswith("."):
+    # ':' too: on Windows "D:x.safetensors" is a file in drive D:'s current folder, outside the cache dir
+    if any(s in file for s in (*_SEPARATORS, ":", "..", "\0")) or file.startswith("."):
         raise ValueError(
-            f"checkpoint file name {file!r} is not a plain file name (no path separators, '..' or leading '.')"
+            f"checkpoint file name {file!r} is not a plain file name (no path separators, ':', '..' or leading '.')"
         )
     if not file.endswith(".safetensors"):
         raise ValueError(f"checkpoint file name {file!r} must end in .safetensors")
@@ -180,8 +181,8 @@ def _is_plain_text(name: str) -> bool:
 
 def check_file_stem(name: object, what: str = "name") -> str:
     """``name`` as the stem of ``<name>.safetensors`` (a trained or registered checkpoint's file, a registry name): a
-    non-empty str of printable characters, no leading or trailing space, with no path separators, ``..`` or leading
-    ``.``, not itself ending in ``.safetensors``; ``ValueError`` naming ``what`` otherwise."""
+    non-empty str of printable characters, no leading or trailing space, with no path separators, ``:``, ``..`` or
+    leading ``.``, not itself ending in ``.safetensors``; ``ValueError`` naming ``what`` otherwise."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"{what} must be a non-empty file stem, got {name!r}")
     if not _is_plain_text(name):
@@ -194,7 +195,8 @@ def check_file_stem(name: object, what: str = "name") -> str:
     except ValueError as e:
         if len(f"{name}.safetensors".encode("utf-8", "surrogatepass")) > MAX_FILENAME_BYTES:
             raise ValueError(f"{what} {name[:40]!r}... cannot be a file name (it is too long: {e})") from None
-        raise ValueError(f"{what} {name!r} cannot be a file name (no path separators, '..' or leading '.')") from None
+        raise ValueError(f"{what} {name!r} cannot be a file name (no path separators, ':', '..' or leading '.')"
+                         ) from None
     return name
 
 
@@ -404,7 +406,8 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
         )
     try:
         config = json.loads(metadata["config"])
-    except (KeyError, json.JSONDecodeError, RecursionError) as e:  # RecursionError: arrays nested thousands deep
+    # ValueError: also an int of over 4,300 digits; RecursionError: arrays nested thousands deep
+    except (KeyError, ValueError, RecursionError) as e:
         raise ValueError(f"{path} has no valid JSON 'config' in its metadata ({e})") from None
     if not isinstance(config, dict):
         kind = {type(None): "null", list: "an array", str: "a string", bool: "a boolean"}.get(type(config), "a number")
@@ -431,9 +434,11 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
     for k, v in expected.items():
         t = tensors[k]
         if t.is_floating_point() and v.is_floating_point():
-            if not bool(torch.isfinite(t).all()):
-                raise ValueError(f"{path}: tensor {k} holds NaN or inf weights (a corrupted or diverged checkpoint)")
-            tensors[k] = t.to(v.dtype)
+            tensors[k] = t.to(v.dtype)  # checked as cast: float64 weights of 1e300 are inf in float32
+            if not bool(torch.isfinite(tensors[k]).all()):
+                beyond = f" (stored as {t.dtype}, beyond {v.dtype}'s range)" if bool(torch.isfinite(t).all()) else ""
+                raise ValueError(f"{path}: tensor {k} holds NaN or inf weights{beyond} (a corrupted or diverged "
+                                 f"checkpoint)")
         elif t.dtype != v.dtype:
             raise ValueError(f"{path}: tensor {k} has dtype {t.dtype}, the codec expects {v.dtype}")
     codec.load_state_dict(tensors)
@@ -491,7 +496,8 @@ def _read_registry_file(path: Path) -> dict | None:
         raise ValueError(f"{path} cannot be read ({e.strerror or e})") from None
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as e:  # RecursionError: arrays nested thousands deep
+    # ValueError: also an int of over 4,300 digits; RecursionError: arrays nested thousands deep
+    except (ValueError, RecursionError) as e:
         raise ValueError(f"{path} is not valid JSON ({e})") from None
     if not isinstance(data, dict) or not isinstance(data.get("checkpoints"), dict):
         raise ValueError(f"{path} must hold an object {{\"checkpoints\": {{name: entry, ...}}}}")

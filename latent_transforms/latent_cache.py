@@ -156,9 +156,15 @@ class LatentCache(nn.Module):
         if latents.ndim != 2 or latents.shape[1] != codec.latent_dim:
             raise ValueError(f"{path}: latents must be (N, {codec.latent_dim}) for this codec's {codec.latent_dim} "
                              f"latent dimensions, got shape {tuple(latents.shape)}")
-        if not latents.is_floating_point() or not torch.isfinite(latents).all():  # NaN ones: every sample rejected
-            raise ValueError(f"{path}: the latents must be finite floats, got {latents.dtype}"
-                             f"{'' if not latents.is_floating_point() else ' with NaN or inf entries'}")
+        why = None  # NaN ones: every sample rejected; 1e300 in float64 is inf in a float32 codec's dtype
+        if not latents.is_floating_point():
+            why = ""
+        elif not torch.isfinite(latents).all():
+            why = " with NaN or inf entries"
+        elif not torch.isfinite(latents.to(codec.dtype)).all():
+            why = f" with entries beyond the range of {codec.dtype}, the codec's dtype"
+        if why is not None:
+            raise ValueError(f"{path}: the latents must be finite floats, got {latents.dtype}{why}")
         signatures = tensors.get("signatures")
         if signatures is not None and signatures.shape != (len(latents), 2):
             raise ValueError(f"{path}: signatures must be ({len(latents)}, 2), got shape {tuple(signatures.shape)}")

@@ -254,7 +254,8 @@ def load_training_state(path: str | os.PathLike[str]
             raise _bad_state(path, f"metadata {key!r} is missing")
         try:
             fields[key] = json.loads(metadata[key])
-        except (json.JSONDecodeError, RecursionError):  # RecursionError: arrays nested thousands deep
+        # ValueError: also an int of over 4,300 digits; RecursionError: arrays nested thousands deep
+        except (ValueError, RecursionError):
             raise _bad_state(path, f"metadata {key!r} is not JSON") from None
         if not isinstance(fields[key], kind):
             raise _bad_state(path, f"metadata {key!r} is a JSON {type(fields[key]).__name__}, not a {kind.__name__}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gc
+import io
 import urllib.error
 import warnings
 from pathlib import Path
@@ -75,6 +76,41 @@ def test_cifar10_is_not_downloaded_offline(tmp_path, monkeypatch):
                                          f"which forbids downloads; .*npz:PATH"):
         load_images("cifar10", "test", tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cifar10_files_that_fail_the_md5_check_are_neither_unpickled_nor_extracted(tmp_path, monkeypatch):
+    # CIFAR-10's batches are pickles: torchvision reads them, and extracts its archive, only once their MD5 is the
+    # official one. Online, a tampered download was reported as "LATENT_TRANSFORMS_OFFLINE is set", which it was not
+    import pickle
+    import tarfile
+
+    import torchvision.datasets.utils
+
+    class Payload:
+        def __reduce__(self):
+            return Path.touch, (tmp_path / "unpickled",)
+
+    root = tmp_path / "root"
+    (root / "cifar-10-batches-py").mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
+        (root / "cifar-10-batches-py" / name).write_bytes(pickle.dumps(Payload()))
+
+    def tampered(url, path, *args, **kwargs):  # the archive as a hostile server sends it: a member climbs out
+        with tarfile.open(path, "w:gz") as tar:
+            member = tarfile.TarInfo("../escaped")
+            tar.addfile(member, io.BytesIO(b""))
+
+    monkeypatch.setattr(torchvision.datasets.utils, "_get_redirect_url", lambda url, max_hops=3: url)
+    monkeypatch.setattr(torchvision.datasets.utils, "_urlretrieve", tampered)
+    monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
+    with pytest.raises(ValueError, match="CIFAR-10 is not in .* LATENT_TRANSFORMS_OFFLINE is set"):
+        load_images("cifar10", "train", root)
+    monkeypatch.delenv("LATENT_TRANSFORMS_OFFLINE")
+    with pytest.raises(ValueError, match=f"the CIFAR-10 download into {root} failed torchvision's MD5 check "
+                                         r"\(File not found or corrupted.\): corrupted or tampered with"):
+        load_images("cifar10", "train", root)
+    assert (root / "cifar-10-python.tar.gz").is_file()  # it was downloaded, and refused
+    assert not (tmp_path / "unpickled").exists() and not (tmp_path / "escaped").exists()
 
 
 @pytest.mark.parametrize("mode, key", [("RGB", (0, 0, 0)), ("L", 0)])

@@ -272,7 +272,7 @@ def test_train_refuses_settings_of_the_other_codec_kind(tmp_path, kind, setting,
     ("flow", ["--beta", "0.5"], "--beta is a VAE setting; a flow's latent has the size of the image"),
     ("flow", ["--latent-side", "2", "--decoder-blocks", "1"],
      "--latent-side and --decoder-blocks are VAE settings; a flow's latent has the size of the image"),
-    ("vae", ["--name", "a/b"], "--name 'a/b' cannot be a file name (no path separators, '..' or leading '.')"),
+    ("vae", ["--name", "a/b"], "--name 'a/b' cannot be a file name (no path separators, ':', '..' or leading '.')"),
     ("vae", ["--name", ""], "--name must be a non-empty file stem, got ''"),  # the CLI trained 'vae-x' instead
     ("flow", ["--translate", "8"], "--translate must be < 8 (the image side), got 8"),  # said 'translate must'
     ("vae", ["--latent-side", "16"], "--latent-side must be None or a power of two <= the image side 8, got 16"),
@@ -317,7 +317,7 @@ def test_register_a_run_without_a_name_asks_for_one(tmp_path, capsys, run_name, 
 
 
 @pytest.mark.parametrize("name, message", [
-    *((n, f"--name {n!r} cannot be a file name (no path separators, '..' or leading '.')")
+    *((n, f"--name {n!r} cannot be a file name (no path separators, ':', '..' or leading '.')")
       for n in ["a/b", "..", ".hidden", "a\\b"]),
     ("", "--name must be a non-empty file stem, got ''"),  # the run's own name was registered instead
     ("e.safetensors", "--name 'e.safetensors' is a file name; give the stem, 'e' (.safetensors is added)"),

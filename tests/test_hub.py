@@ -356,6 +356,31 @@ def test_non_finite_weights_are_refused(tmp_path):
         hub.load_checkpoint(path)
 
 
+def test_float64_weights_beyond_float32_are_refused_not_loaded_as_inf(tmp_path):
+    """Finite float64 weights of 1e300 passed the finiteness check, then became inf in the codec's float32."""
+    sd = {k: v.double() for k, v in _codec().state_dict().items()}
+    first = next(iter(sd))
+    sd[first] = sd[first].clone().fill_(1e300)
+    path = _write_raw(tmp_path / "f64.safetensors", sd, {"config": json.dumps(CONFIG), "format": hub.FORMAT})
+    with pytest.raises(ValueError, match=rf"tensor {first} holds NaN or inf weights \(stored as torch.float64, "
+                                         rf"beyond torch.float32's range\)"):
+        hub.load_checkpoint(path)
+    sd[first].fill_(0.5)  # float64 weights within float32's range still load, cast to float32
+    path = _write_raw(tmp_path / "f64.safetensors", sd, {"config": json.dumps(CONFIG), "format": hub.FORMAT})
+    assert hub.load_checkpoint(path).state_dict()[first].dtype == torch.float32
+
+
+@pytest.mark.parametrize("file", ["D:evil.safetensors", "c:x.safetensors", "a:b.safetensors"])
+def test_a_registry_file_name_with_a_colon_is_refused(env, file):
+    """On Windows "D:evil.safetensors" joined to the cache dir is a file in drive D:'s current folder (pathlib:
+    PureWindowsPath("C:/cache") / "D:evil.safetensors" is "D:evil.safetensors"), outside the cache dir; "a:b...", a data
+    stream of the file "a"."""
+    with pytest.raises(ValueError, match=r"is not a plain file name \(no path separators, ':', '\.\.' or"):
+        _register("evil", file)
+    with pytest.raises(ValueError, match=r"cannot be a file name \(no path separators, ':'"):
+        hub.check_file_stem(file.removesuffix(".safetensors"))
+
+
 def test_wrong_shape_is_named(tmp_path):
     sd = dict(_codec().state_dict())
     first = next(iter(sd))
@@ -1094,15 +1119,16 @@ def test_a_file_name_too_long_for_the_cache_dir_is_refused_when_registered(env):
         hub.check_file_stem("a" * 50 + "/x")  # not cut short: the separator shows
 
 
-@pytest.mark.parametrize("make", ["directory", "deep"])
+@pytest.mark.parametrize("make", ["directory", "deep", "digits"])
 def test_an_unusable_user_registry_is_a_warning_in_list(env, make):
-    # a directory named registry.json gave a raw IsADirectoryError, arrays nested 100,000 deep a RecursionError
+    # a directory named registry.json gave a raw IsADirectoryError, arrays nested 100,000 deep a RecursionError, an
+    # int of 5,000 digits Python's ValueError "Exceeds the limit (4300 digits)", naming no file
     env.mkdir()
     registry = env / "registry.json"
     if make == "directory":
         registry.mkdir()
     else:
-        registry.write_text("[" * 100_000 + "]" * 100_000)
+        registry.write_text("[" * 100_000 + "]" * 100_000 if make == "deep" else '{"checkpoints": ' + "9" * 5000 + "}")
     with pytest.warns(UserWarning, match=rf"{re.escape(str(registry))} (cannot be read|is not valid JSON).*left out"):
         names = hub.list_checkpoints()
     assert isinstance(names, (list, dict))
@@ -1783,6 +1809,16 @@ def test_a_checkpoint_whose_config_is_nested_too_deep_is_named(tmp_path):
                       {"format": hub.FORMAT, "config": "[" * 100_000 + "]" * 100_000})
     with pytest.raises(ValueError, match=r"deep.safetensors has no valid JSON 'config' in its metadata \(maximum "
                                          r"recursion depth exceeded"):
+        hub.load_checkpoint(path)
+
+
+def test_a_checkpoint_whose_config_holds_a_5000_digit_int_is_named(tmp_path):
+    """Python refuses to read an int of over 4,300 digits with a plain ValueError (not a JSONDecodeError): it came out
+    without the file's name."""
+    path = _write_raw(tmp_path / "digits.safetensors", {k: v.clone() for k, v in _codec().state_dict().items()},
+                      {"format": hub.FORMAT, "config": '{"kind": "vae", "hidden": ' + "9" * 5000 + "}"})
+    with pytest.raises(ValueError, match=r"digits.safetensors has no valid JSON 'config' in its metadata \(Exceeds "
+                                         r"the limit \(4300 digits\)"):
         hub.load_checkpoint(path)
 
 

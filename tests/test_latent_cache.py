@@ -360,7 +360,10 @@ def test_loading_a_cache_names_a_missing_file_and_refuses_latents_it_cannot_use(
         LatentCache.load(tmp_path / "nope.safetensors", glow)
     assert isinstance(e.value, ValueError)  # as every other unusable file: `except ValueError` still catches it
     for latents, what in ((torch.full((6, glow.latent_dim), float("nan")), "with NaN or inf"),
-                          (torch.zeros(6, glow.latent_dim, dtype=torch.int64), "torch.int64")):
+                          (torch.zeros(6, glow.latent_dim, dtype=torch.int64), "torch.int64"),
+                          # finite in float64, inf once cast to the codec's float32: was loaded as inf latents
+                          (torch.full((6, glow.latent_dim), 1e300, dtype=torch.float64),
+                           "torch.float64 with entries beyond the range of torch.float32, the codec's dtype")):
         path = tmp_path / "c.safetensors"
         save_file({"latents": latents}, str(path), metadata={"format": FORMAT, "codec_fingerprint": glow.fingerprint()})
         with pytest.raises(ValueError, match=f"c.safetensors: the latents must be finite floats, got .*{what}"):

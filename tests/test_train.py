@@ -838,6 +838,7 @@ def test_malformed_training_state_is_a_clear_error(tmp_path, digits):
         "info a list": (t, {**ok, "info": "[]"}, "metadata 'info' is a JSON list, not a dict"),
         "info not JSON": (t, {**ok, "info": "{"}, "metadata 'info' is not JSON"),
         "info nested 100,000 deep": (t, {**ok, "info": "[" * 100_000 + "]" * 100_000}, "metadata 'info' is not JSON"),
+        "info an int of 5,000 digits": (t, {**ok, "info": "9" * 5000}, "metadata 'info' is not JSON"),  # no path
         "bad optim key": ({"optim/x/exp_avg": torch.zeros(2)}, ok, "unexpected tensor 'optim/x/exp_avg'"),
         "bad scalars": (t, {**ok, "optim_scalars": '{"x": {"step": 1}}'}, "metadata 'optim_scalars' has an entry"),
     }
