@@ -76,15 +76,20 @@ def borrowed(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def logits_of(net: nn.Module, x: torch.Tensor, who: str) -> torch.Tensor:
-    """``net(x)``, which must be ``(B, K)`` logits for ``x: (B, ...)``; a tuple, a dict or another shape is refused
-    with the fix (``who`` names the caller in the message), and so is torch's error for a model in another dtype
-    than ``x`` (outside autocast)."""
+    """``net(x)``, which must be ``(B, K)`` logits for ``x: (B, ...)``, ``K >= 2``; a tuple, a dict or another shape
+    (one output too: a binary logit or a regression) is refused with the fix (``who`` names the caller in the
+    message), and so is torch's error for a model in another dtype than ``x`` (outside autocast)."""
     try:
         out = net(x)
     except RuntimeError as e:
         name_dtype_clash(e, net, x, who)
         raise
     if isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[0] == x.shape[0]:
+        if out.shape[1] == 1:  # its softmax is 1 and its cross-entropy 0, whatever x: nothing would be attacked or read
+            raise ValueError(f"{who} needs model(x) to return (B, K) class logits, K >= 2, got one output (shape "
+                             f"{tuple(out.shape)}), whose softmax is 1 whatever x; a binary logit z? pass a wrapper "
+                             f"nn.Module whose forward returns torch.cat([torch.zeros_like(z), z], 1), two classes "
+                             f"with the same probabilities (sigmoid(z) for class 1); a regression has no classes")
         return out
     got = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
     raise ValueError(f"{who} needs model(x) to return (B, K) logits, got {got}; pass a wrapper nn.Module whose "

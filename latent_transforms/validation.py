@@ -27,6 +27,12 @@ VECTORS_HINT = ("; (B, D) vectors? ISDA takes any (B, ...) tensor; the latent me
 VIDEO_HINT = ("; video clips (B, T, C, H, W)? {name}.flatten(0, 1) makes their frames a (B*T, C, H, W) batch, each "
               "frame transformed on its own, with the labels repeated per frame, y.repeat_interleave(T) "
               "(x2.unflatten(0, (B, T)) gives the clips back); ISDA takes any (B, ...) tensor")
+# what a transform's call is told for labels that look like other targets (multi-label, regression, several of them)
+TARGETS_HINT = ("; targets that are not class labels (multi-hot, regression, a dict of them)? a method that reads no "
+                "labels (LatentNoise, LatentAdversarial(target='pred')) takes y=None; a label mix (VarMixup, MixUp) "
+                "given y=torch.eye(len(x), device=x.device) returns the (B, B) weights w it mixed the samples with, "
+                "and w @ targets mixes yours alike (docs/composition.md#multi-label-and-regression-targets); ISDA and "
+                "LatentAdversarial(target='true') need class labels")
 
 
 class WrongTypeError(TypeError, ValueError):
@@ -296,13 +302,16 @@ def check_labels(y: torch.Tensor, batch_size: int, num_classes: int | None = Non
             _check_values([(_label_stats(y), lambda v: _judge_labels(y, name, num_classes, v))])
 
 
-def _label_form(y: torch.Tensor, batch_size: int, num_classes: int | None, name: str, batch_name: str = "x") -> bool:
-    """Everything but the values of ``check_labels``; whether there are values to check."""
+def _label_form(y: torch.Tensor, batch_size: int, num_classes: int | None, name: str, batch_name: str = "x",
+                targets_hint: str = "") -> bool:
+    """Everything but the values of ``check_labels``; whether there are values to check. ``targets_hint`` ends the
+    messages refusing what may be targets other than class labels (a transform's call: ``TARGETS_HINT``)."""
     if not isinstance(y, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(y).__name__}")
+        hint = targets_hint if isinstance(y, collections.abc.Mapping) else ""
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(y).__name__}{hint}")
     check_dense(y, name)
     if y.ndim not in (1, 2):
-        hint = f"; one sample's label? {name}.view(1), with {batch_name}.unsqueeze(0)" if y.ndim == 0 else ""
+        hint = f"; one sample's label? {name}.view(1), with {batch_name}.unsqueeze(0)" if y.ndim == 0 else targets_hint
         raise ValueError(
             f"{name} must be (B,) class indices or (B, K) soft labels, got shape {tuple(y.shape)}{hint}"
         )
@@ -312,7 +321,8 @@ def _label_form(y: torch.Tensor, batch_size: int, num_classes: int | None, name:
         if y.dtype != torch.int64:
             hint = f"{name}.long() if they are whole numbers (it truncates); soft labels are (B, K)" \
                 if y.is_floating_point() or y.is_complex() else f"{name}.long()"
-            raise ValueError(f"{name} class indices must be int64, got dtype {y.dtype}; convert with {hint}")
+            raise ValueError(f"{name} class indices must be int64, got dtype {y.dtype}; convert with {hint}"
+                             + (targets_hint if y.is_floating_point() else ""))  # regression targets, (B,) float
         return y.numel() > 0
     if y.shape[1] == 1 and y.is_floating_point():  # binary targets (BCE's), or class indices made float
         raise ValueError(f"{name} has shape {tuple(y.shape)} and dtype {y.dtype}: soft labels (B, K) have a column "
@@ -325,11 +335,13 @@ def _label_form(y: torch.Tensor, batch_size: int, num_classes: int | None, name:
                              f"(y.squeeze(1)); soft labels (B, K) must be float")
         indices = f"{name}.long().argmax(1)" if y.dtype == torch.bool else f"{name}.argmax(1)"  # no bool argmax
         raise ValueError(f"{name} soft labels (B, K) must be float, got dtype {y.dtype}; one-hot labels? pass "
-                         f"{indices} (class indices) or {name}.float() (soft labels)")
+                         f"{indices} (class indices) or {name}.float() (soft labels){targets_hint}")
     if y.shape[1] == 0:
         raise ValueError(f"{name} soft labels have no classes (shape {tuple(y.shape)})")
     if num_classes is not None and y.shape[1] != num_classes:
-        raise ValueError(f"{name} soft labels have {y.shape[1]} classes, expected num_classes={num_classes}")
+        hint = ("; the (B, B) torch.eye of targets that are not class labels? give the label mixes no num_classes"
+                if targets_hint and y.shape[0] == y.shape[1] else "") + targets_hint
+        raise ValueError(f"{name} soft labels have {y.shape[1]} classes, expected num_classes={num_classes}{hint}")
     return y.shape[0] > 0
 
 
@@ -348,7 +360,8 @@ def _label_stats(y: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.isfinite(y).all().float(), y.min().float(), worst.float(), sums.gather(0, worst.view(1))[0]])
 
 
-def _judge_labels(y: torch.Tensor, name: str, num_classes: int | None, stats: list[float]) -> None:
+def _judge_labels(y: torch.Tensor, name: str, num_classes: int | None, stats: list[float], targets_hint: str = ""
+                  ) -> None:
     if y.ndim == 1:
         lo, hi = int(stats[0]), int(stats[1])
         if lo < 0:  # -1 (scikit-learn's) or -100 (cross_entropy's ignore_index) marking unlabelled samples, mostly
@@ -364,11 +377,11 @@ def _judge_labels(y: torch.Tensor, name: str, num_classes: int | None, stats: li
     off = abs(worst_sum - 1) > row_sum_tolerance(y.dtype)
     if low < -SOFT_LABEL_TOL:  # with rows off 1 too: a model's logits, not its probabilities
         raise ValueError(f"{name} soft labels have a negative entry {low:.4g}"
-                         + (f"; logits? pass probabilities, {name}.softmax(1)" if off else ""))
-    if off:  # a row of zeros: pseudo-labels multiplied by a confidence mask, mostly
+                         + (f"; logits? pass probabilities, {name}.softmax(1)" if off else "") + targets_hint)
+    if off:  # a row of zeros: pseudo-labels multiplied by a confidence mask, or a multi-hot row of no class
         raise ValueError(f"{name} soft label rows must sum to 1, row {int(worst)} sums to {worst_sum:.4g}"
                          + (f"; a confidence mask applied to the labels? pass only the samples kept, x[mask], "
-                            f"{name}[mask] (or weigh the loss by the mask)" if worst_sum == 0 else ""))
+                            f"{name}[mask] (or weigh the loss by the mask)" if worst_sum == 0 else "") + targets_hint)
 
 
 def row_sum_tolerance(dtype: torch.dtype, mixes: bool = True) -> float:
@@ -493,7 +506,7 @@ def check_batch(x: torch.Tensor, y: torch.Tensor | None, num_classes: int | None
     if isinstance(y, torch.nn.Module):  # t(x, model): an unlabelled batch's model given in y's place
         raise TypeError(f"y must be labels or None, got the model ({type(y).__name__}); for an unlabelled batch call "
                         f"t(x, model=model)")
-    label_values = y is not None and _label_form(y, x.shape[0], num_classes, "y")
+    label_values = y is not None and _label_form(y, x.shape[0], num_classes, "y", targets_hint=TARGETS_HINT)
     index_values = index is not None and _index_form(index, x.shape[0])
     if not values or not len(x):  # an empty batch has no value to read, nor a caller's more_checks
         return
@@ -504,7 +517,7 @@ def check_batch(x: torch.Tensor, y: torch.Tensor | None, num_classes: int | None
         elif finite_values:
             checks.append((_image_stats(x), lambda v: _judge_finite(x, "x", *v)))
         if label_values:
-            checks.append((_label_stats(y), lambda v: _judge_labels(y, "y", num_classes, v)))
+            checks.append((_label_stats(y), lambda v: _judge_labels(y, "y", num_classes, v, TARGETS_HINT)))
         if index_values:
             checks.append((_extremes(index), lambda v: _judge_index(index_size, *v)))
         if more_checks is not None:

@@ -778,3 +778,92 @@ def test_state_mismatch_counts_each_kind_and_names_its_first_two():
         "expected)")
     assert state_mismatch(expected, {"a": torch.zeros(1), "b": torch.zeros(2), "c": torch.zeros(3)}) == \
         "2 keys missing (d; e)"
+
+
+# targets that are not class labels, as a multi-label, regression or multi-task user has them (audit 190)
+OTHER_TARGETS = {
+    "multi-hot": torch.tensor([[1.0, 0, 1, 1], [0, 0, 0, 0], [0, 1, 0, 0], [1, 1, 0, 0]]),
+    "multi-hot, at most one per row": torch.tensor([[0.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0]]),
+    "multi-hot int64": torch.tensor([[1, 0, 1, 1], [0, 0, 0, 0], [0, 1, 0, 0], [1, 1, 0, 0]]),
+    "multi-hot bool": torch.tensor([[1, 0, 1, 1], [0, 0, 0, 0], [0, 1, 0, 0], [1, 1, 0, 0]]).bool(),
+    "regression (B,)": torch.tensor([41.5, 7.25, 63.0, 25.75]),
+    "regression (B, 2), signed": torch.tensor([[0.3, -1.2], [0.5, 0.25], [-0.1, 0.4], [1.5, 0.0]]),
+    "box (B, 4) in [0, 1]": torch.tensor([[0.1, 0.2, 0.5, 0.6], [0.0, 0.0, 1.0, 1.0], [0.3, 0.3, 0.4, 0.9],
+                                          [0.2, 0.1, 0.8, 0.7]]),
+    "keypoints (B, 17, 2)": torch.rand(4, 17, 2),
+    "a dict of targets": {"labels": GOOD_Y, "weight": torch.rand(4)},
+}
+TARGETS_USERS = {
+    "LatentNoise": lambda: LatentNoise(GLOW, eps=1.0),
+    "LatentAdversarial pred": lambda: LatentAdversarial(GLOW, steps=1, target="pred"),
+    "VarMixup": lambda: VarMixup(VAE),
+    "VarMixup num_classes": lambda: VarMixup(VAE, num_classes=10),
+    "ISDA": lambda: ISDA(10, layer="fc"),
+    "Compose MixUp": lambda: Compose([__import__("torchvision").transforms.v2.MixUp(), LatentNoise(GLOW, eps=1.0)]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TARGETS_USERS))
+@pytest.mark.parametrize("case", sorted(OTHER_TARGETS))
+def test_targets_that_are_not_class_labels_are_told_the_way_out(name, case):
+    """Multi-hot rows were told "row 0 sums to 3" (int64 ones: "pass y.argmax(1)", which keeps one finding), a (B,)
+    regression "y.long() if they are whole numbers", signed targets "logits? pass y.softmax(1)", a dict "must be a
+    torch.Tensor": none named y=None, which the methods that read no labels take, nor how a label mix's mixing reaches
+    other targets."""
+    with pytest.raises((ValueError, TypeError), match=r"targets that are not class labels \(multi-hot, regression, a "
+                                                      r"dict of them\)\? .*\(LatentNoise, LatentAdversarial\(target="
+                                                      r"'pred'\)\) takes y=None; .*y=torch.eye\(len\(x\), device=x."
+                                                      r"device\) .*w @ targets .*ISDA and LatentAdversarial\(target="
+                                                      r"'true'\) need class labels"):
+        TARGETS_USERS[name]()(GOOD_X, OTHER_TARGETS[case], TinyNet())
+
+
+def test_the_identity_as_labels_gives_the_weights_a_label_mix_mixed_the_samples_with():
+    """The way out the refusal names: ``y=torch.eye(B)`` gives ``w``, the same mix as the draws in ``last_params``
+    (a row of the identity for a sample not selected, p < 1), and ``w @ F.one_hot(y)`` the soft labels the mix gives
+    class indices; a transform with num_classes is told to go without; a caller other than a transform (evaluation,
+    ISDALoss) gets no hint about y=None."""
+    t = VarMixup(VAE, p=0.5, generator=0)
+    x2, w = t(GOOD_X, torch.eye(4))
+    sel, lam, partner = (t.last_params[k] for k in ("selected", "lam", "partner"))
+    assert 2 <= len(sel) < 4  # mixes and samples left as they were
+    expected = torch.eye(4)
+    expected[sel] = lam[:, None] * expected[sel] + (1 - lam[:, None]) * expected[sel[partner]]
+    torch.testing.assert_close(w, expected)
+    x2_labels, y2 = VarMixup(VAE, num_classes=10, p=0.5, generator=0)(GOOD_X, GOOD_Y)
+    assert torch.equal(x2_labels, x2)
+    torch.testing.assert_close(w @ torch.nn.functional.one_hot(GOOD_Y, 10).float(), y2)
+    with pytest.raises(ValueError, match=r"4 classes, expected num_classes=10; the \(B, B\) torch.eye of targets that "
+                                         r"are not class labels\? give the label mixes no num_classes"):
+        VarMixup(VAE, num_classes=10)(GOOD_X, torch.eye(4))
+    with pytest.raises(ValueError, match=r"row 0 sums to 3$"):
+        check_labels(OTHER_TARGETS["multi-hot"], 4)
+
+
+def test_a_model_with_one_output_is_refused_by_the_methods_that_read_its_logits():
+    """A binary logit or a regression output: its softmax is 1 whatever x, so LatentAdversarial's cross-entropy was 0
+    and its gradient too (the attack silently left every latent at its random start), and predict_proba and
+    LatentMixupInference gave probabilities of 1. The two-class wrapper the message names attacks the binary
+    cross-entropy."""
+    from latent_transforms.evaluation import predict_proba
+    from latent_transforms.mixup_inference import LatentMixupInference
+
+    torch.manual_seed(0)
+    one = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 1))
+    message = r"class logits, K >= 2, got one output \(shape \(4, 1\)\).* torch.cat\(\[torch.zeros_like\(z\), z\], 1\)"
+    for target, y in (("pred", None), ("true", GOOD_Y % 1)):
+        with pytest.raises(ValueError, match=message):
+            LatentAdversarial(GLOW, steps=1, target=target, generator=0)(GOOD_X, y, one)
+    with pytest.raises(ValueError, match=message):
+        predict_proba(one, GOOD_X)  # was a column of 1s, as LatentMixupInference's
+    with pytest.raises(ValueError, match=message):
+        LatentMixupInference(one, VAE, torch.rand(8, 1, 8, 8))(GOOD_X)
+
+    class TwoClasses(torch.nn.Module):
+        def forward(self, x):
+            z = one(x)
+            return torch.cat([torch.zeros_like(z), z], 1)
+
+    t = LatentAdversarial(GLOW, steps=1, generator=0)
+    t(GOOD_X, None, TwoClasses())
+    assert not torch.equal(t.last_params["delta"], t.last_params["start"])  # attacked: a step from the start
