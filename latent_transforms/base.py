@@ -171,7 +171,8 @@ class LatentTransform(SampleStats, nn.Module):
         ``(N, K)`` when ``mixes_labels``); ``forward`` clips, rejects and counts. What it computes and is worth
         inspecting may be added to ``params`` (``params.update(...)``), one row per selected sample: the call's
         ``last_params`` holds it once the call succeeds."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement transform(x, y, model, params, index=None) "
+                                  f"-> (x2, y2), the method itself (LatentTransform is its base)")
 
     @property
     def index_size(self) -> int | None:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .hub import _offline, cache_dir
-from .validation import MissingFileError, check_choice, check_count
+from .validation import MissingFileError, bad_option, check_choice, check_count
 
 __all__ = ["load_images", "low_data_split", "cifar10_5k_index", "describe_spec", "IMAGE_SUFFIXES", "SPLIT_SPECS",
            "CIFAR10_SPECS"]
@@ -53,7 +53,7 @@ def load_images(spec: str, split: str = "train", data_root: str | os.PathLike[st
                 ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """Load images by spec (see the module doc): ``(x (N, C, H, W) float32 in [0, 1], y (N,) int64 | None, num_bins)``."""
     if not isinstance(spec, str) or not spec:
-        raise ValueError(f"data spec must be a non-empty str, got {spec!r}")
+        raise bad_option(f"data spec must be a non-empty str, got {spec!r}", right_type=isinstance(spec, str))
     if spec == "digits":
         _check_split(split)
         return _digits(split)

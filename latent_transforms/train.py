@@ -39,7 +39,7 @@ from .pixel_shift import random_shift_flip
 from .progress import progress_bar
 from .torch_defaults import cpu_as_default_device
 from .validation import (POSITIVE_FLOAT, POSITIVE_INT, MissingFileError, check_bool, check_count, check_images,
-                         check_number, option, resolve_device)
+                         check_number, option, resolve_device, state_mismatch)
 
 __all__ = ["train_codec", "eval_codec", "default_config", "save_training_state", "load_training_state",
            "register_cli", "STATE_FORMAT"]
@@ -208,6 +208,12 @@ def save_training_state(path: str | os.PathLike[str], model: torch.nn.Module, op
             if isinstance(value, torch.Tensor):
                 tensors[f"optim/{idx}/{key}"] = cpu(value)
             else:
+                try:
+                    json.dumps(value)
+                except (TypeError, ValueError):  # LBFGS's lists of tensors: json's own error named neither
+                    raise ValueError(f"{type(optimizer).__name__}'s state {key!r} (of parameter {idx}) is a "
+                                     f"{type(value).__name__} holding what is neither a tensor nor JSON data; a "
+                                     f"training state holds tensors and JSON values only (no pickle)") from None
                 scalars.setdefault(str(idx), {})[key] = value
     for key, value in (extra_tensors or {}).items():
         tensors[f"extra/{key}"] = cpu(value)
@@ -350,7 +356,8 @@ class WeightEMA:
         if shadow is None:
             shadow = {k: state[k].detach().clone() for k in floats}
         elif sorted(shadow) != sorted(floats):
-            raise ValueError("the saved weight average does not match the model's state")
+            raise ValueError(f"the saved weight average does not match the model's float state: "
+                             f"{state_mismatch({k: state[k] for k in floats}, shadow)}")
         self.decay, self.shadow, self.num_updates = decay, shadow, num_updates
 
     @torch.no_grad()

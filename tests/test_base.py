@@ -803,3 +803,12 @@ def test_last_params_hold_no_autograd_history_and_not_the_callers_tensors(p):
     kept = t.last_params
     assert all(not v.requires_grad and v.grad_fn is None for v in kept.values())
     assert kept["target"] is not y and torch.equal(kept["target"], y.detach()[kept["selected"]])
+
+
+def test_a_subclass_without_a_transform_is_told_to_implement_it():
+    class Unfinished(LatentTransform):
+        pass
+
+    with pytest.raises(NotImplementedError, match=r"^Unfinished must implement transform\(x, y, model, params, "
+                                                  r"index=None\) -> \(x2, y2\)"):
+        Unfinished()(torch.rand(2, 1, 4, 4))

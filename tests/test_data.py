@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gc
 import io
+import re
 import urllib.error
 import warnings
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from latent_transforms.data import cifar10_5k_index, describe_spec, load_images, low_data_split
+from latent_transforms.validation import WrongTypeError
 
 
 def test_damaged_npz_is_refused_by_name(tmp_path):
@@ -31,6 +33,27 @@ def test_damaged_npz_is_refused_by_name(tmp_path):
             gc.collect()
         # np.load(path) left the file it opened open when the zip could not be read
         assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
+def test_an_npz_archive_of_object_arrays_is_refused_without_unpickling_them(tmp_path):
+    path = tmp_path / "objects.npz"
+    np.savez(path, x=np.array([None, 1], dtype=object))
+    with pytest.raises(ValueError, match=rf"^{path} is not a readable .npz archive of plain arrays \(Object arrays "
+                                         rf"cannot be loaded when allow_pickle=False\)$"):
+        load_images(f"npz:{path}")
+
+
+@pytest.mark.parametrize("spec, name", [("folder:/data/pets/", "pets"), ("folder:/", "folder"),
+                                        ("npz:/data/train.npz", "train"), ("digits", "digits")])
+def test_a_data_spec_is_described_by_its_file_stem_or_folder_name(spec, name):
+    assert describe_spec(spec) == name  # a folder spec had no test (coverage audit 188)
+
+
+@pytest.mark.parametrize("spec, error", [("", ValueError), (None, WrongTypeError), (Path("x.npz"), WrongTypeError)])
+def test_a_data_spec_that_is_no_string_or_empty_is_named(spec, error):
+    with pytest.raises(error, match=rf"^data spec must be a non-empty str, got {re.escape(repr(spec))}$") as e:
+        load_images(spec)
+    assert isinstance(e.value, TypeError) == (error is WrongTypeError)  # a wrong type, as for every option
 
 
 @pytest.mark.parametrize("content, what", [

@@ -45,7 +45,7 @@ STALL_SECONDS = 10.0  # longer than the tests' hub timeout (5 s): a client that 
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """Serves /good, /bad-hash, /truncated, /no-length, /slow (sleeps before the body), /error (500), /gzip (GOOD
+    """Serves /good, /bad-hash, /truncated, /chunked-cut, /no-length, /slow (sleeps before the body), /error (500), /gzip (GOOD
     compressed, whatever was asked), /identity (GOOD with "Content-Encoding: Identity"), /page (an HTML page), the
     ``stalled`` files (the first part of the body, then nothing until ``release`` is set); 404 otherwise."""
 
@@ -83,6 +83,12 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(body)
             elif name == "truncated.safetensors":
                 self._send(GOOD[:1000], length=len(GOOD))
+                self.close_connection = True
+            elif name == "chunked-cut.safetensors":  # a chunk of 1000 bytes announced, 500 sent, then the close
+                self.send_response(200)
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                self.wfile.write(b"3e8\r\n" + GOOD[:500])
                 self.close_connection = True
             elif name == "no-length.safetensors":  # a short body without Content-Length (HTTP/1.0: until close)
                 self.send_response(200)
@@ -191,6 +197,15 @@ def _outputs(codec) -> torch.Tensor:
 
 
 # -- checkpoint format ------------------------------------------------------------------------------
+@pytest.mark.parametrize("key", ["config", "format", 1])
+def test_extra_metadata_may_not_replace_the_config_or_format_nor_use_a_key_other_than_str(tmp_path, key):
+    path = tmp_path / "vae.safetensors"
+    with pytest.raises(ValueError, match=f"extra_metadata keys must be str other than 'config' and 'format', got "
+                                         f"{key!r}$"):
+        hub.save_checkpoint(_codec(), path, extra_metadata={key: "mine"})
+    assert not path.exists()
+
+
 def test_save_load_round_trip_gives_identical_outputs(tmp_path):
     codec = _codec()
     path = tmp_path / "vae.safetensors"
@@ -743,6 +758,18 @@ def test_a_persisted_registration_waits_for_the_cache_dir_lock(env):
     assert list(json.loads((env / "registry.json").read_text())["checkpoints"]) == ["earlier", "a"]
 
 
+def test_a_shipped_name_whose_download_fails_gets_the_download_error_as_raised(env):
+    """No note on a copy and no hint for a name of one's own: the download's error itself, its traceback ending where
+    the download failed (coverage audit 188: this re-raise never ran)."""
+    hub.SHIPPED_DIR.mkdir()
+    entry = {"file": "absent.safetensors", "sha256": SHA_GOOD, "size": len(GOOD), "config": CONFIG}
+    (hub.SHIPPED_DIR / "registry.json").write_text(json.dumps({"checkpoints": {"shipped": entry}}))
+    with pytest.raises(hub.HubError, match=r"^downloading http://.*/absent.safetensors failed: HTTP 404 Not Found; the "
+                                           r"server has no absent.safetensors") as e:
+        hub.fetch("shipped")
+    assert "register" not in str(e.value) and e.traceback[-1].name == "_download"
+
+
 def test_user_registry_may_not_redefine_a_shipped_name(env, tmp_path):
     hub.SHIPPED_DIR.mkdir()
     entry = {"file": "shipped.safetensors", "sha256": SHA_GOOD, "size": len(GOOD), "config": CONFIG}
@@ -768,6 +795,9 @@ def test_user_registry_may_not_redefine_a_shipped_name(env, tmp_path):
      "file name"),
     ('{"checkpoints": {"x": {"file": "x.safetensors", "sha256": "%s", "config": {"kind": "vae"}, "quality": [1]}}}'
      % SHA_GOOD, "quality must be a dict"),
+    ('{"checkpoints": {"x": ["x.safetensors"]}}', "entry 'x' must be a dict, got list"),
+    ('{"checkpoints": {"x": {"file": 5, "sha256": "%s", "config": {"kind": "vae"}}}}' % SHA_GOOD,
+     "entry 'x': checkpoint file name must be a non-empty str, got 5"),
 ])
 def test_a_corrupt_user_registry_is_named_in_the_error(env, text, message):
     env.mkdir()
@@ -888,6 +918,14 @@ def test_truncated_download_is_refused(env):
     _register("trunc", "truncated.safetensors")
     with pytest.raises(hub.HubError, match=rf"truncated.safetensors.*truncated or too long: Content-Length is {len(GOOD)} bytes, got 1000"):
         hub.fetch("trunc")
+    assert list(env.iterdir()) == []
+
+
+def test_a_chunked_download_cut_inside_a_chunk_is_refused_as_truncated(env):
+    _register("cut", "chunked-cut.safetensors")
+    with pytest.raises(hub.HubError, match=r"^download of chunked-cut.safetensors from .* is truncated: the connection "
+                                           r"closed after 500 bytes"):
+        hub.fetch("cut")
     assert list(env.iterdir()) == []
 
 

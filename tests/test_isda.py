@@ -1520,6 +1520,36 @@ def test_isda_repr_shows_every_setting_and_isdaloss_refuses_a_list_as_a_type_err
     assert not isinstance(e.value, TypeError)
 
 
+def test_isdaloss_and_feature_covariance_print_their_settings_and_a_shallow_copy_shares_the_statistics():
+    """Coverage audit 188: neither repr nor FeatureCovariance.__copy__ ran in any test."""
+    loss = ISDALoss(10, 0.5, covariance="diagonal", feature_dim=3, sync_stats=False)
+    assert repr(loss) == ("ISDALoss(\n  num_classes=10, lambda0=0.5, covariance='diagonal', progress=0.0\n  (estimator): "
+                          "FeatureCovariance(num_classes=10, feature_dim=3, covariance='diagonal', sync_stats=False)\n)")
+    stats = FeatureCovariance(4, 3, covariance="diagonal", sync_stats=False)
+    stats.update(torch.rand(4, 3), torch.arange(4))
+    shallow, deep = copy.copy(stats), copy.deepcopy(stats)
+    assert type(shallow) is FeatureCovariance and shallow.count is stats.count and shallow.group is None
+    assert deep.count is not stats.count and torch.equal(deep.count, stats.count)
+
+
+def test_features_on_another_device_than_the_statistics_are_told_to_move_the_module():
+    """Coverage audit 188: never reached (one device here); the meta device stands for a second one."""
+    stats = FeatureCovariance(4, 3, sync_stats=False)
+    stats.update(torch.rand(4, 3), torch.arange(4))
+    with pytest.raises(ValueError, match=r"^the class statistics are on cpu but the features on meta; move the "
+                                         r"ISDA/FeatureCovariance module with .to\('meta'\)$"):
+        stats.update(torch.rand(4, 3, device="meta"), torch.arange(4, device="meta"), check_y=False)
+
+
+def test_isdaloss_passes_on_an_error_of_its_classifier_that_is_not_a_dtype_clash():
+    class Failing(nn.Linear):
+        def forward(self, x):
+            raise RuntimeError("the layer's own failure")
+
+    with pytest.raises(RuntimeError, match=r"^the layer's own failure$"):
+        ISDALoss(10)(torch.zeros(2, 3), Failing(3, 10), torch.zeros(2, dtype=torch.int64))
+
+
 def test_an_empty_batch_gives_a_zero_loss_connected_to_the_graph_and_leaves_the_statistics(batch, net):
     """A DDP rank's empty batch must still join the statistics' gather (tests/test_isda_ddp.py): ISDALoss refused
     it ("features must be a non-empty ..."), ISDA too ("x is an empty batch"), so the other ranks waited in the

@@ -26,7 +26,8 @@ from latent_transforms import hub, modelutils, train
 from latent_transforms.cli import main
 from latent_transforms.codecs import ConvVAE, Glow, build_codec
 from latent_transforms.data import describe_spec, load_images, low_data_split
-from latent_transforms.train import WeightEMA, eval_codec, load_training_state, register_cli, train_codec
+from latent_transforms.train import (WeightEMA, eval_codec, load_training_state, register_cli, save_training_state,
+                                    train_codec)
 
 pytest.importorskip("sklearn")
 
@@ -406,6 +407,10 @@ def test_weight_ema_averages_with_warm_up():
     for bad in (0.0, 1.0, -0.5):
         with pytest.raises(ValueError, match=r"decay must be a finite number in \(0, 1\)"):
             WeightEMA(model, bad)
+    # a saved average of another model: its keys named, not only that it does not match
+    with pytest.raises(ValueError, match=r"^the saved weight average does not match the model's float state: 1 key "
+                                         r"missing \(bias\), 1 key unexpected \(w\)$"):
+        WeightEMA(model, 0.9, shadow={"weight": w0, "w": w0})
 
 
 def test_ema_weights_are_saved_resumed_and_shipped(tmp_path, digits):
@@ -829,6 +834,43 @@ def _write_state(path, tensors, **metadata):
     save_file(tensors, str(path), metadata={"format": train.STATE_FORMAT, **metadata})
 
 
+class _CountingSGD(torch.optim.SGD):
+    """SGD that keeps a Python int and float per parameter, as LBFGS does (torch's usual optimizers keep tensors)."""
+
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state[p]
+                state["calls"], state["last_lr"] = state.get("calls", 0) + 1, group["lr"]
+        return super().step(closure)
+
+
+def test_an_optimizers_json_state_is_saved_and_one_it_cannot_hold_is_named(tmp_path):
+    """Coverage audit 188: no test saved an optimizer with non-tensor state; LBFGS's lists of tensors failed in
+    json.dumps ("Object of type Tensor is not JSON serializable", naming neither the optimizer nor the entry)."""
+    model = torch.nn.Linear(2, 1)
+    opt = _CountingSGD(model.parameters(), lr=0.1)
+    for _ in range(2):
+        model(torch.rand(3, 2)).sum().backward()
+        opt.step()
+    save_training_state(tmp_path / "sgd.safetensors", model, opt, {"epoch": 1})
+    _, optim, info, _ = load_training_state(tmp_path / "sgd.safetensors")
+    assert optim["state"] == {0: {"calls": 2, "last_lr": 0.1}, 1: {"calls": 2, "last_lr": 0.1}} and info == {"epoch": 1}
+    lbfgs = torch.optim.LBFGS(model.parameters())
+
+    def loss():
+        lbfgs.zero_grad()
+        value = model(torch.rand(3, 2)).pow(2).mean()
+        value.backward()
+        return value
+
+    lbfgs.step(loss)
+    with pytest.raises(ValueError, match=r"^LBFGS's state 'al' \(of parameter 0\) is a list holding what is neither a "
+                                         r"tensor nor JSON data; a training state holds tensors and JSON values only"):
+        save_training_state(tmp_path / "lbfgs.safetensors", model, lbfgs, {})
+    assert not (tmp_path / "lbfgs.safetensors").exists()
+
+
 def test_malformed_training_state_is_a_clear_error(tmp_path, digits):
     ok = dict(info="{}", optim_param_groups="[]", optim_scalars="{}")
     t = {"model/w": torch.zeros(2)}
@@ -841,6 +883,8 @@ def test_malformed_training_state_is_a_clear_error(tmp_path, digits):
         "info an int of 5,000 digits": (t, {**ok, "info": "9" * 5000}, "metadata 'info' is not JSON"),  # no path
         "bad optim key": ({"optim/x/exp_avg": torch.zeros(2)}, ok, "unexpected tensor 'optim/x/exp_avg'"),
         "bad scalars": (t, {**ok, "optim_scalars": '{"x": {"step": 1}}'}, "metadata 'optim_scalars' has an entry"),
+        "a codec checkpoint": (t, {**ok, "format": hub.FORMAT},
+                               f"metadata 'format' is '{hub.FORMAT}', not '{train.STATE_FORMAT}'"),
     }
     for case, (tensors, metadata, why) in cases.items():
         path = tmp_path / f"{case}.state.safetensors"

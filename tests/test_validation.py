@@ -470,6 +470,23 @@ def test_auto_is_a_device_only_where_it_is_offered():
         resolve_device("auto")
 
 
+@pytest.mark.parametrize("device", [0, None, ["cpu"]])
+def test_a_device_of_the_wrong_type_is_named_with_the_choices(device):
+    from latent_transforms.validation import WrongTypeError, resolve_device
+    with pytest.raises(WrongTypeError, match=rf"^device must be cpu, cuda, cuda:N \(a str or torch.device\), got "
+                                             rf"{type(device).__name__}$"):
+        resolve_device(device)
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", torch.device("cuda", 1)])
+def test_cuda_asked_for_where_there_is_none_says_so_and_offers_the_cpu(monkeypatch, device):
+    from latent_transforms.validation import resolve_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=rf"^device '{device}' asked for, but CUDA is not available here; use 'cpu'$"):
+        resolve_device(device)
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
 def test_a_tuple_given_for_a_tensor_is_described_by_its_items():
     from latent_transforms.validation import check_index
     with pytest.raises(TypeError, match=r"index must be a \(B,\) int64 tensor of dataset positions, got \[int, int\]$"):
