@@ -24,6 +24,8 @@ Shapes: ``N`` samples, ``C`` classes (``K == C``), ``A`` feature dimension.
 """
 from __future__ import annotations
 
+import contextlib
+import sys
 import warnings
 import weakref
 from typing import TYPE_CHECKING
@@ -316,6 +318,22 @@ def _compiled_fullgraph(model: nn.Module) -> bool:
                or getattr(getattr(c, "callback", None), "_one_graph", False) is True for c in contexts)
 
 
+def _fully_sharded(layer: nn.Module) -> bool:
+    """Whether ``layer`` was given to FSDP2's ``fully_shard`` (alone or in a list of modules): its forward ends in
+    FSDP's hook that reshards its parameters (torch 2.4 to 2.5: ``torch.distributed._composable.fsdp``'s)."""
+    return _is_imported_instance(layer, "FSDPModule", ("torch.distributed.fsdp", "torch.distributed._composable.fsdp"))
+
+
+def _is_imported_instance(obj: object, cls_name: str, modules: tuple[str, ...]) -> bool:
+    """``isinstance(obj, module.cls_name)`` for those of ``modules`` already imported: importing torch.distributed's
+    FSDP or DTensor takes seconds, and a model that uses them has imported them."""
+    for name in modules:
+        cls = getattr(sys.modules.get(name), cls_name, None)
+        if cls is not None and isinstance(obj, cls):
+            return True
+    return False
+
+
 def _never_fired(label: str, model: nn.Module) -> str:
     """The warning for an armed augmentation that no forward consumed before the next arm."""
     text = (f"ISDA: the augmentation armed on {label} by the previous call was never applied (no training forward "
@@ -355,6 +373,13 @@ class _ArmedHook:
             return None  # waits for the next training forward (a no_grad one, pseudo-labelling say, trains nothing)
         self.fired = True
         _disarm(module)
+        if _in_backward():
+            raise RuntimeError(
+                f"ISDA's augmentation of the layer {self.label} would be applied in the backward pass: the layer runs "
+                f"inside torch.utils.checkpoint(..., use_reentrant=True) (or checkpoint_sequential, checkpoint_wrapper "
+                f"with reentrant checkpointing), whose forward runs without gradients, so the loss was not augmented "
+                f"and the recomputation would give gradients of other logits. Pass use_reentrant=False, or keep the "
+                f"classifier out of the checkpointed region")
         if len(args) != 1 or not isinstance(args[0], torch.Tensor):
             raise ValueError(f"ISDA expected the layer {self.label} to be called with one tensor argument")
         a = args[0]
@@ -370,13 +395,46 @@ class _ArmedHook:
             )
         if self.y.device != a.device:
             raise ValueError(f"y is on {self.y.device} but the features are on {a.device}")
+        if _is_imported_instance(module.weight, "DTensor", ("torch.distributed.tensor", "torch.distributed._tensor")):
+            raise ValueError(
+                f"ISDA needs the whole weight of the layer {self.label}, but in its forward it is a DTensor "
+                f"({module.weight.placements}; a tensor-parallel plan of parallelize_module on it?): keep the "
+                f"classifier out of the tensor-parallel plan (FSDP's fully_shard is supported)")
         # armed with model.module, the layer runs inside a DDP forward all the same: its group is checked here
         # (torch records the DDP whose forward runs, for dynamo; getattr: a private attribute)
         active = getattr(nn.parallel.DistributedDataParallel, "_active_ddp_module", None)
         if active is not None:
             owner._check_ddp_group(active)
         owner._count(a.device, 0, self.chosen, torch.zeros_like(self.chosen))
-        return owner.augment(a, output, module.weight, self.y, self.lam, check_y=False)  # checked when armed
+        with _saved_as_they_are():
+            return owner.augment(a, output, module.weight, self.y, self.lam, check_y=False)  # checked when armed
+
+
+def _in_backward() -> bool:
+    """Whether autograd's engine is running a backward pass on this thread (a reentrant checkpoint recomputes its
+    forward there)."""
+    task_id = getattr(torch._C, "_current_graph_task_id", None)
+    return task_id is not None and task_id() != -1
+
+
+def _saved_as_they_are() -> contextlib.AbstractContextManager:
+    """Around the correction: its tensors saved for backward are kept as they are, not by the saved-tensor hooks of
+    the forward around it. A non-reentrant activation checkpoint's (``torch.utils.checkpoint(...,
+    use_reentrant=False)`` around the classifier) would expect them again when it recomputes the forward in the
+    backward, where the one-shot hook no longer runs (torch's "CheckpointError: A different number of tensors was
+    saved"); the statistics are updated once, in the forward."""
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)  # private; not in every torch
+    if top is None:  # hooks unknown: as before, torch's CheckpointError under a checkpoint
+        return contextlib.nullcontext()
+    try:
+        hooks = top(False)  # as torch.utils.checkpoint asks
+    except TypeError:  # a torch whose version takes no argument
+        hooks = top()
+    return contextlib.nullcontext() if hooks is None else torch.autograd.graph.saved_tensors_hooks(_as_it_is, _as_it_is)
+
+
+def _as_it_is(t: torch.Tensor) -> torch.Tensor:
+    return t
 
 
 def _remove_hook(layer: nn.Module, hook: _ArmedHook) -> None:
@@ -592,7 +650,9 @@ class ISDA(_ISDAState, LatentTransform):
                                    "group's timeout")
             warnings.warn(_never_fired(label, model), stacklevel=4)  # the call's line
         hook = _ArmedHook(self, label, y, lam, chosen.to(torch.int64))
-        _ARMED[layer] = (layer.register_forward_hook(hook), hook)
+        # before FSDP2's post-forward hook on a layer that is fully_shard'ed itself, which reshards its weight into this
+        # rank's rows (a DTensor) as the forward ends
+        _ARMED[layer] = (layer.register_forward_hook(hook, prepend=_fully_sharded(layer)), hook)
         self._count_untouched(x.device, batch)
         return x, y
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint  # not imported by torch itself on torch 2.4
 from torch import nn
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -1455,6 +1456,59 @@ def test_a_forward_without_gradients_in_between_leaves_the_hook_for_the_training
     augmented = net(xl)  # the training forward
     assert torch.equal(isda.estimator.mean, pooled(feats, yl, 10)[0])  # the labelled batch's own features
     assert not torch.allclose(augmented, plain)
+
+
+class Checkpointed(nn.Module):
+    """TinyNet whose whole forward, classifier included, is under activation checkpointing."""
+
+    def __init__(self, use_reentrant: bool):
+        super().__init__()
+        self.net, self.use_reentrant = TinyNet(), use_reentrant
+
+    def forward(self, x):
+        return torch.utils.checkpoint.checkpoint(self.net, x, use_reentrant=self.use_reentrant)
+
+
+@pytest.mark.skipif(not hasattr(torch._C._autograd, "_top_saved_tensors_default_hooks"),
+                    reason="this torch (2.4) cannot tell a checkpoint's saved-tensor hooks: torch's CheckpointError")
+@pytest.mark.parametrize("covariance", ["full", "diagonal"])
+def test_a_classifier_under_activation_checkpointing_is_augmented_once(batch, covariance):
+    """The backward recomputes the checkpointed forward, where the one-shot hook no longer runs: the correction's
+    saved tensors were expected again there (torch's "CheckpointError: A different number of tensors was saved")."""
+    x, y = batch
+    runs = []
+    for make in (TinyNet, lambda: Checkpointed(use_reentrant=False)):
+        torch.manual_seed(0)
+        model = make()
+        net = getattr(model, "net", model)
+        isda = ISDA(10, lambda0=5.0, covariance=covariance)
+        isda.set_progress(1.0)
+        for _ in range(2):
+            isda(x, y, model)
+            logits = model(x)
+            F.cross_entropy(logits, y).backward()
+        grads = {n: p.grad for n, p in net.named_parameters()}
+        runs.append((logits, grads, isda.estimator.count, isda.stats))
+    (plain, plain_grads, plain_count, plain_stats), (ckpt, ckpt_grads, ckpt_count, ckpt_stats) = runs
+    torch.testing.assert_close(ckpt, plain)
+    torch.testing.assert_close(ckpt_grads, plain_grads)
+    assert torch.equal(ckpt_count, plain_count) and ckpt_count.sum() == 2 * len(y)  # one update per forward
+    assert ckpt_stats == plain_stats == {"seen": 24, "transformed": 24, "rejected": 0}
+
+
+def test_a_classifier_under_reentrant_checkpointing_is_refused(batch):
+    """use_reentrant=True runs the forward without gradients and again in the backward: the hook fired there, so the
+    loss was plain cross-entropy and its gradients those of the augmented logits, with no error."""
+    x, y = batch
+    model, isda = Checkpointed(use_reentrant=True), ISDA(10)
+    isda.set_progress(1.0)
+    isda(x, y, model)
+    loss = F.cross_entropy(model(x.requires_grad_()), y)
+    with pytest.raises(RuntimeError, match=r"ISDA's augmentation of the layer 'net.fc' .* would be applied in the "
+                                           r"backward pass: .*use_reentrant=True.* Pass use_reentrant=False, or keep "
+                                           r"the classifier out of the checkpointed region"):
+        loss.backward()
+    assert isda.estimator.count is None and not model.net.fc._forward_hooks  # no statistics, no hook left
 
 
 def test_a_training_call_before_any_schedule_warns_once(batch, net):

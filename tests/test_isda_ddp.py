@@ -3,6 +3,7 @@ import copy
 import datetime
 import os
 import pickle
+import re
 import time
 import warnings
 
@@ -258,3 +259,82 @@ def test_a_rank_stuck_after_saving_its_results_does_not_hang_the_suite(tmp_path)
     start = time.monotonic()
     assert spawn_two_ranks(_stuck_after_saving, tmp_path, grace_s=2) == [{"rank": 0}, {"rank": 1}]
     assert time.monotonic() - start < 120
+
+
+class _Mlp(torch.nn.Module):
+    """A classifier without BatchNorm (a rank's half batch normalises like the whole), its forward under a
+    non-reentrant activation checkpoint or not."""
+
+    def __init__(self, checkpointed: bool):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.ReLU())
+        self.fc, self.checkpointed = torch.nn.Linear(16, 10), checkpointed
+
+    def forward(self, x):
+        if self.checkpointed:
+            return torch.utils.checkpoint.checkpoint(lambda x: self.fc(self.body(x)), x, use_reentrant=False)
+        return self.fc(self.body(x))
+
+
+def _fsdp_steps(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """Two ISDA steps; the last step's logits, the statistics and the classifier's weight gradient."""
+    isda = ISDA(10, lambda0=5.0)
+    isda.set_progress(1.0)
+    for _ in range(2):
+        isda(x, y, model)
+        logits = model(x)
+        F.cross_entropy(logits, y).backward()
+    grad = model.fc.weight.grad
+    return {"logits": logits.detach(), "cov": isda.estimator.cov, "count": isda.estimator.count,
+            "fc_grad": grad.full_tensor() if hasattr(grad, "full_tensor") else grad}
+
+
+def _fsdp_worker(rank: int, init_method: str, out_dir: str) -> None:
+    from torch.distributed.fsdp import fully_shard
+
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    x, y = _batch_of_six()
+    mine = slice(0, 3) if rank == 0 else slice(3, None)
+    result = {}
+    for checkpointed in (False, True):
+        torch.manual_seed(0)
+        model = _Mlp(checkpointed)
+        fully_shard(model.fc)  # its own FSDP unit: its weight is this rank's rows (a DTensor) once its forward ends
+        fully_shard(model)
+        result[checkpointed] = _fsdp_steps(model, x[mine], y[mine])
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.parallel import ColwiseParallel, parallelize_module
+
+    model = parallelize_module(_Mlp(checkpointed=False), init_device_mesh("cpu", (2,)), {"fc": ColwiseParallel()})
+    try:  # the classes split over the ranks: torch's "aten.where.self got mixed torch.Tensor and DTensor"
+        _fsdp_steps(model, x[mine], y[mine])
+    except ValueError as e:
+        result["tensor_parallel"] = str(e)
+    torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_a_fully_sharded_classifier_is_augmented_as_the_unsharded_one(tmp_path):
+    """FSDP2's fully_shard(model.fc): its post-forward hook reshards the weight into a DTensor of the rank's rows
+    before ISDA's hook ran, which failed ("aten.index.Tensor got mixed torch.Tensor and DTensor"). Each rank's
+    logits, the statistics and the (reduce-scattered) gradient are those of the unsharded model on the whole batch,
+    also with the classifier under activation checkpointing. A tensor-parallel classifier is refused."""
+    if not hasattr(pytest.importorskip("torch.distributed.fsdp"), "fully_shard"):
+        pytest.skip("torch.distributed.fsdp.fully_shard is torch 2.6's")
+    results = spawn_two_ranks(_fsdp_worker, tmp_path)
+    x, y = _batch_of_six()
+    torch.manual_seed(0)
+    expected = _fsdp_steps(_Mlp(checkpointed=False), x, y)
+    for checkpointed in (False, True):
+        for rank, res in enumerate(results):
+            got = res[checkpointed]
+            torch.testing.assert_close(got["logits"], expected["logits"][slice(0, 3) if rank == 0 else slice(3, None)])
+            torch.testing.assert_close(got["cov"], expected["cov"])
+            assert torch.equal(got["count"], expected["count"])
+            torch.testing.assert_close(got["fc_grad"], expected["fc_grad"])
+    for res in results:  # a tensor-parallel classifier is refused by name
+        assert re.search(r"ISDA needs the whole weight of the layer 'fc' \(nn.Linear 16 -> 10\), but in its forward it "
+                         r"is a DTensor \(\(Shard\(dim=0\),\); .*keep the classifier out of the tensor-parallel plan",
+                         res["tensor_parallel"])
