@@ -592,6 +592,7 @@ def format_report(results: dict) -> str:
         lines.append("(smoke run: the verdicts below only show that they are computed)")
     elif cfg["eval_on"] != "test":
         lines.append("(scored on the held-out validation split, for tuning: not the issue's test-set evidence)")
+    lines.append("")  # a Markdown list after a blank line: docs/results.md quotes this text
     for v in results["targets"]:
         status = v["status"] + (f" (provisional: {v['provisional']})" if v.get("provisional") else "")
         lines.append(f"- {v['target']} ({v['text']}): {status} -- {v['detail']}")

@@ -241,6 +241,7 @@ class Compose(ChecksCodecStates, nn.Module):
     """Apply transforms in order: ``x2, y2 = Compose([...])(x, y, model=None)``.
 
     Each step may be
+
     - a ``LatentTransform`` (gets ``model`` when it needs it);
     - a torchvision v2 transform (``RandAugment``, ``MixUp``, ``CutMix``, ...): called as ``t(x, y)``;
       label-mixing ones return ``(B, K)`` soft labels. torchvision samples one set of parameters per call

@@ -24,6 +24,7 @@ class VarMixup(CodecTransform):
     ``y2 = lam * y + (1 - lam) * y[partner]`` (soft labels, rows sum to 1).
 
     The paper's details are not public (no official code); the choices made here, each a parameter:
+
     - ``posterior="mean"``: latents are the posterior means (``"sample"`` draws from the posterior);
     - ``per_sample=True``: one lambda per sample (``False``: one per batch, as mixup-cifar10);
     - decoded images *replace* the selected samples, a share ``p`` of each batch (0.25 by default, calibrated on a

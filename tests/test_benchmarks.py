@@ -1086,6 +1086,16 @@ def test_accuracy_table_cells():
     assert "not the issue's test-set evidence" not in acc.format_report(_results(acc, eval_on="test"))
 
 
+def test_accuracy_report_targets_are_a_markdown_list():
+    """docs/results.md quotes the report: its targets run into the paragraph above them (one line with their "- "
+    printed) unless a blank line comes first, also after the validation-split note."""
+    acc = _load_accuracy_module()
+    for eval_on in ("val", "test"):
+        lines = acc.format_report(_results(acc, eval_on=eval_on)).split("\n")
+        first = next(i for i, line in enumerate(lines) if line.startswith("- Target"))
+        assert lines[first - 1] == "", lines[first - 2:first + 1]
+
+
 def test_accuracy_report_names_each_arms_settings_and_checkpoint():
     """The table names arms only: the settings their runs were made with (eps, steps, ...) and the checkpoint follow
     it, so a table read alone says what was compared."""

@@ -89,6 +89,11 @@ def test_mkdocs_build_strict(tmp_path):
     # the docstrings are rendered as Markdown (mkdocstrings, Google style): a Sphinx role is printed as written
     roles = sorted(set(re.findall(r":(?:class|func|meth|attr|mod|obj):", api)))
     assert not roles, f"the API page shows Sphinx roles literally ({', '.join(roles)}): write ``Name`` in docstrings"
+    # a list with no blank line before it (in a page or a docstring) runs into the paragraph above, "- " printed
+    run_in = [f"{page.relative_to(tmp_path / 'site')}: {re.sub(r'<[^>]+>', '', p)[:80]!r}"
+              for page in sorted((tmp_path / "site").rglob("*.html"))
+              for p in re.findall(r"<p>(.*?)</p>", page.read_text(encoding="utf-8"), re.S) if re.search(r"\n- ", p)]
+    assert not run_in, "lists printed as text (put a blank line before the list):\n" + "\n".join(run_in)
 
 
 class _UnboundNames(ast.NodeVisitor):
