@@ -1007,6 +1007,34 @@ def test_class_indices_for_a_label_mix_without_classes_are_refused_in_either_mod
     assert Compose([OneHot(), T.MixUp()])(x, y)[1].shape == (6, 10)
 
 
+def test_a_missing_model_names_every_step_that_needs_it(rgb, rgb_glow):
+    # mutation round 19 (audit 191): each step that needs the model is named, not only the first
+    x, y = rgb
+    with pytest.raises(TypeError, match=r"needs the classifier being trained: LatentAdversarial at step 0, ISDA at "
+                                        r"step 2; call t\(x, y, model\)$"):
+        Compose([LatentAdversarial(rgb_glow, steps=1), T.RandomHorizontalFlip(), ISDA(10)])(x, y)
+
+
+def test_class_indices_for_two_label_mixes_without_classes_name_the_first(rgb):
+    # mutation round 19 (audit 191): the first label mix is the one that gets the class indices
+    x, y = rgb
+    for mode in ("train", "eval"):
+        with pytest.raises(ValueError, match=r"^MixUp mixes labels: .*\(MixUp at step 1 gets these class indices"):
+            getattr(Compose([T.RandomHorizontalFlip(), T.MixUp(), T.CutMix()]), mode)()(x, y)
+
+
+def test_class_indices_for_a_label_mix_of_ones_own_without_classes_are_refused_in_either_mode(rgb):
+    # mutation round 19 (audit 191): only the steps before the mix may make the labels soft; a MixUp subclass of
+    # one's own refuses class indices as MixUp does
+    class OwnMixUp(T.MixUp):
+        pass
+
+    x, y = rgb
+    for mode in ("train", "eval"):
+        with pytest.raises(ValueError, match=r"^OwnMixUp mixes labels: .*\(OwnMixUp at step 1 gets these class"):
+            getattr(Compose([T.RandomHorizontalFlip(), OwnMixUp()]), mode)()(x, y)
+
+
 _CALL_STEPS = {
     "LatentNoise": lambda: LatentNoise(_FUZZ_GLOW, eps=1.0, p=0.5, generator=0),
     "LatentAdversarial": lambda: LatentAdversarial(_FUZZ_GLOW, steps=1, target="true", generator=0),

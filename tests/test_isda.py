@@ -1,6 +1,7 @@
 import contextlib
 import copy
 import warnings
+from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -800,18 +801,63 @@ def test_a_frozen_teacher_the_model_holds_is_not_hooked_by_default(batch, teache
 
 def test_a_frozen_classifier_of_its_own_is_hooked_but_not_one_in_eval_mode(batch, net):
     # a fixed head (frozen, no trainable Linear of as many outputs beside it) still trains the backbone: hooked as
-    # before; a head in eval mode while the model trains would never fire the hook
+    # before, also beside a probe of as many outputs that does not train (in eval mode or frozen: no student to name
+    # instead; mutation round 19, audit 191); a head in eval mode while the model trains would never fire the hook
     x, y = batch
     net.fc.requires_grad_(False)
-    isda = ISDA(10)
-    isda.set_epoch(1, 2)
-    isda(x, y, net)
-    net(x)
-    assert isda.stats["transformed"] == len(y)
+    for probe in (None, nn.Linear(32, 10).eval(), nn.Linear(32, 10).requires_grad_(False)):
+        model = net if probe is None else nn.Sequential(OrderedDict(probe=probe, net=net))  # net.fc stays the last
+        isda = ISDA(10)
+        isda.set_epoch(1, 2)
+        isda(x, y, model)
+        net(x)
+        assert isda.stats["transformed"] == len(y)
     net.fc.eval()
     with pytest.raises(ValueError, match="'fc' .*eval mode while TinyNet trains.*put it in train mode"):
         isda(x, y, net)
 
+
+
+def test_a_trainable_layer_in_eval_mode_is_refused_saying_why(batch, net):
+    # mutation round 19 (audit 191): a head in eval mode while the model trains is refused whether or not it is frozen
+    # (the hook never fires), and the message says why: the hook fires on training forwards only
+    x, y = batch
+    net.fc.eval()
+    with pytest.raises(ValueError, match=r"'fc' .*is in eval mode while TinyNet trains, so it is not the classifier "
+                                         r"being trained \(the hook fires on training forwards only\): put it in "
+                                         r"train mode"):
+        ISDA(10)(x, y, net)
+
+
+def test_a_frozen_layer_the_caller_names_is_hooked_beside_a_trainable_one(batch):
+    # mutation round 19 (audit 191): only the layer found by default is second-guessed; one named by the caller is
+    # their choice, frozen or not
+    x, y = batch
+    kd = _Distillation()
+    isda = ISDA(10, layer="teacher.fc")
+    isda.set_epoch(1, 2)
+    isda(x, y, kd)
+    kd.teacher(x)
+    assert isda.stats["transformed"] == len(y)
+
+
+def test_the_refusal_of_a_frozen_teacher_names_the_students_last_linear(batch):
+    # mutation round 19 (audit 191): the layer to pass is the last trainable nn.Linear of as many outputs, as the
+    # default is the last nn.Linear (a student's hidden Linear of 10 outputs is not its classifier)
+    x, y = batch
+    kd = _Distillation()
+    kd.student = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.ReLU(), nn.Linear(10, 10))  # keeps its place
+    with pytest.raises(ValueError, match=r"'teacher.fc' .*distillation\)\? pass ISDA\(..., layer='student.3'\)"):
+        ISDA(10)(x, y, kd)
+
+
+def test_a_frozen_teacher_in_a_compose_is_not_blamed_on_the_previous_step(batch):
+    # mutation round 19 (audit 191): the refusal is about the model, not the batch a previous step made
+    from latent_transforms import Compose
+
+    x, y = batch
+    with pytest.raises(ValueError, match=r"^ISDA's layer 'teacher.fc' "):
+        Compose([lambda v: v.flip(-1), ISDA(10)])(x, y, _Distillation())
 
 class _Wrapper(nn.Module):
     """The shape of a DDP wrapper: the model lives in .module (``aux``: a later Linear that is not the classifier)."""

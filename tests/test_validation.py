@@ -114,6 +114,27 @@ def test_video_clips_are_told_a_recipe_that_works():
     assert torch.allclose(y2.view(3, 4, 10).mean(1).sum(1), torch.ones(3))  # each clip's label: its frames' mean
 
 
+
+def test_the_video_recipe_names_the_tensor_and_goes_to_5_dims_only():
+    """Mutation round 19 (audit 191): the recipe is about the tensor refused (LatentCache's ``images``), and a 6-d
+    tensor is not a batch of clips."""
+    with pytest.raises(ValueError, match=r"video clips \(B, T, C, H, W\)\? images.flatten\(0, 1\) makes"):
+        check_images(torch.rand(2, 3, 1, 8, 8), "images")
+    with pytest.raises(ValueError, match=r"^x must have shape \(B, C, H, W\), got 6 dims with shape "
+                                         r"\(2, 2, 3, 1, 8, 8\)$"):
+        check_images(torch.rand(2, 2, 3, 1, 8, 8))
+
+
+def test_the_one_label_hint_goes_to_a_0_d_label_and_names_the_batch():
+    """Mutation round 19 (audit 191): ``FeatureCovariance.update(features, y)`` checks y against ``features``; a 3-d
+    label tensor is not one sample's label."""
+    with pytest.raises(ValueError, match=r"got shape \(\); one sample's label\? y.view\(1\), with "
+                                         r"features.unsqueeze\(0\)$"):
+        check_labels(torch.tensor(3), 1, batch_name="features")
+    with pytest.raises(ValueError, match=r"^y must be \(B,\) class indices or \(B, K\) soft labels, got shape "
+                                         r"\(4, 2, 1\)$"):
+        check_labels(GOOD_Y.view(4, 1, 1).expand(4, 2, 1), 4)
+
 def test_batch_of_one_works_everywhere():
     net = TinyNet()
     for name, make in TRANSFORMS.items():

@@ -223,10 +223,11 @@ class Codec(ChecksCodecStates, nn.Module):
         """z: (B, D) -> (B, C, H, W), as ``decode`` (not clipped)."""
         shapes = self.checked_latent_shapes()
         dim = sum(math.prod(s) for s in shapes)
+        if isinstance(z, torch.Tensor):  # first: a nested z has no shape to read (torch's "Internal error")
+            check_dense(z, "z")
         if not isinstance(z, torch.Tensor) or z.ndim != 2 or z.shape[1] != dim or not z.is_floating_point():
             raise bad_option(f"z must be (B, D) float flat latents with D = {dim} for this {self.kind} "
                              f"codec, got {describe(z)}", right_type=isinstance(z, torch.Tensor))
-        check_dense(z, "z")
         return self.decode(unflatten_latents(z, shapes))
 
     @torch.no_grad()
