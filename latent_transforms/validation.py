@@ -227,9 +227,10 @@ def _image_form(x: torch.Tensor, name: str, allow_uint8: bool, uint8_hint: str =
 def check_dense(t: torch.Tensor, name: str) -> None:
     """Raise for a tensor whose values cannot be read as one block: nested or sparse (torch's own error came from deep
     in the checks or the codec), or on the meta device, which holds no values."""
-    if t.is_nested:  # either layout, strided or jagged
-        raise ValueError(f"{name} is a nested tensor (samples of different sizes); pad them to one size, "
-                         f"torch.nested.to_padded_tensor({name}, 0.0)")
+    if t.is_nested:  # either layout, strided or jagged (whose to_padded_tensor torch 2.4 lacks)
+        pad = f"torch.nn.utils.rnn.pad_sequence({name}.unbind(), batch_first=True)" if t.layout == torch.jagged \
+            else f"torch.nested.to_padded_tensor({name}, 0.0)"
+        raise ValueError(f"{name} is a nested tensor (samples of different sizes); pad them to one size, {pad}")
     if t.layout != torch.strided:
         raise ValueError(f"{name} must be a dense tensor, got layout {t.layout}; convert with {name}.to_dense()")
     if t.device.type == "meta":

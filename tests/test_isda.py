@@ -1279,18 +1279,23 @@ def test_data_whose_values_cannot_be_read_are_named(net):
     arguments from the 'SparseCPU' backend", "NestedTensorImpl doesn't support sizes", "Cannot copy out of meta
     tensor; no data!"); each is named with its fix, in both modes."""
     x, y = torch.randn(2, 6), torch.arange(2)
+    jagged = torch.nested.nested_tensor([torch.rand(3, 4), torch.rand(5, 4)], layout=torch.jagged)
     cases = [(x.to_sparse(), y, r"x must be a dense tensor, got layout torch.sparse_coo; convert with x.to_dense\(\)"),
              (x.to_sparse_csr(), y, r"x must be a dense tensor, got layout torch.sparse_csr"),
              (torch.nested.nested_tensor([torch.rand(3, 4), torch.rand(5, 4)]), y,
               r"x is a nested tensor \(samples of different sizes\); pad them to one size, "
               r"torch.nested.to_padded_tensor\(x, 0.0\)"),
-             (torch.nested.nested_tensor([torch.rand(3, 4), torch.rand(5, 4)], layout=torch.jagged), y,
-              r"x is a nested tensor"),
+             (jagged, y, r"x is a nested tensor \(samples of different sizes\); pad them to one size, "
+              r"torch.nn.utils.rnn.pad_sequence\(x.unbind\(\), batch_first=True\)"),
              (x.to("meta"), y.to("meta"), r"x is on the meta device, which holds shapes, not values")]
     for bad, labels, match in cases:
         for t in (ISDA(10), ISDA(10).eval()):
             with pytest.raises(ValueError, match=match):
                 t(bad, labels, net)
+    # the jagged layout's fix runs from torch 2.4 on (its torch.nested.to_padded_tensor is NotImplemented there)
+    padded = torch.nn.utils.rnn.pad_sequence(jagged.unbind(), batch_first=True)
+    assert padded.shape == (2, 5, 4) and torch.equal(padded[0, :3], jagged.unbind()[0]) and not padded[0, 3:].any()
+    ISDA(10)(padded, y, net)
 
 
 def test_labels_are_checked_once_per_training_step(monkeypatch, batch, net):
