@@ -77,7 +77,7 @@ def borrowed(model: nn.Module) -> Iterator[nn.Module]:
 
 def logits_of(net: nn.Module, x: torch.Tensor, who: str) -> torch.Tensor:
     """``net(x)``, which must be ``(B, K)`` logits for ``x: (B, ...)``, ``K >= 2``; a tuple, a dict or another shape
-    (one output too: a binary logit or a regression) is refused with the fix (``who`` names the caller in the
+    (one output too: a binary logit or a regression; or none) is refused with the fix (``who`` names the caller in the
     message), and so is torch's error for a model in another dtype than ``x`` (outside autocast)."""
     try:
         out = net(x)
@@ -85,6 +85,9 @@ def logits_of(net: nn.Module, x: torch.Tensor, who: str) -> torch.Tensor:
         name_dtype_clash(e, net, x, who)
         raise
     if isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[0] == x.shape[0]:
+        if out.shape[1] == 0:  # a head of no classes: torch's argmax error, or predict_proba's (B, 0) probabilities
+            raise ValueError(f"{who} needs model(x) to return (B, K) class logits, K >= 2, got no output (shape "
+                             f"{tuple(out.shape)}); is the model's number of classes 0?")
         if out.shape[1] == 1:  # its softmax is 1 and its cross-entropy 0, whatever x: nothing would be attacked or read
             raise ValueError(f"{who} needs model(x) to return (B, K) class logits, K >= 2, got one output (shape "
                              f"{tuple(out.shape)}), whose softmax is 1 whatever x; a binary logit z? pass a wrapper "

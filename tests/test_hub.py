@@ -385,6 +385,16 @@ def test_float64_weights_beyond_float32_are_refused_not_loaded_as_inf(tmp_path):
     assert hub.load_checkpoint(path).state_dict()[first].dtype == torch.float32
 
 
+def test_nan_float64_weights_are_not_said_to_be_beyond_float32s_range(tmp_path):
+    """The range note is for finite weights that overflow in the cast; NaN stored as float64 is corrupted as stored."""
+    sd = {k: v.double() for k, v in _codec().state_dict().items()}
+    first = next(iter(sd))
+    sd[first] = sd[first].clone().fill_(float("nan"))
+    path = _write_raw(tmp_path / "nan64.safetensors", sd, {"config": json.dumps(CONFIG), "format": hub.FORMAT})
+    with pytest.raises(ValueError, match=rf"tensor {first} holds NaN or inf weights \(a corrupted or diverged "):
+        hub.load_checkpoint(path)
+
+
 @pytest.mark.parametrize("file", ["D:evil.safetensors", "c:x.safetensors", "a:b.safetensors"])
 def test_a_registry_file_name_with_a_colon_is_refused(env, file):
     """On Windows "D:evil.safetensors" joined to the cache dir is a file in drive D:'s current folder (pathlib:
@@ -394,6 +404,12 @@ def test_a_registry_file_name_with_a_colon_is_refused(env, file):
         _register("evil", file)
     with pytest.raises(ValueError, match=r"cannot be a file name \(no path separators, ':'"):
         hub.check_file_stem(file.removesuffix(".safetensors"))
+
+
+def test_a_registry_file_name_with_a_nul_is_refused_as_not_plain(env):
+    """A NUL byte is no file name (open() refuses it): named at registration, not when the file is first looked for."""
+    with pytest.raises(ValueError, match=r"'a\\x00b.safetensors' is not a plain file name"):
+        _register("nul", "a\0b.safetensors")
 
 
 def test_wrong_shape_is_named(tmp_path):

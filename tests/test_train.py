@@ -413,6 +413,15 @@ def test_weight_ema_averages_with_warm_up():
         WeightEMA(model, 0.9, shadow={"weight": w0, "w": w0})
 
 
+
+def test_a_weight_average_mismatch_names_only_float_state_keys():
+    """The shadow holds the float state only: a model's integer buffers (BatchNorm's count) are not named missing."""
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.BatchNorm1d(3))
+    shadow = WeightEMA(model, 0.9).shadow
+    del shadow["1.bias"]
+    with pytest.raises(ValueError, match=r"float state: 1 key missing \(1.bias\)$"):
+        WeightEMA(model, 0.9, shadow=shadow)
+
 def test_ema_weights_are_saved_resumed_and_shipped(tmp_path, digits):
     x = digits[0][:64]
     kw = dict(**FLOW, batch_size=16, progress=False)
@@ -870,6 +879,19 @@ def test_an_optimizers_json_state_is_saved_and_one_it_cannot_hold_is_named(tmp_p
         save_training_state(tmp_path / "lbfgs.safetensors", model, lbfgs, {})
     assert not (tmp_path / "lbfgs.safetensors").exists()
 
+
+
+def test_an_optimizer_state_json_cannot_write_is_named_not_raised_by_json(tmp_path):
+    """json.dumps raises ValueError too (an int of over 4,300 digits), not only TypeError: named as LBFGS's lists."""
+    model = torch.nn.Linear(2, 1)
+    opt = _CountingSGD(model.parameters(), lr=0.1)
+    model(torch.rand(3, 2)).sum().backward()
+    opt.step()
+    opt.state[model.weight]["calls"] = 10**5000
+    with pytest.raises(ValueError, match=r"^_CountingSGD's state 'calls' \(of parameter 0\) is a int holding what is "
+                                         r"neither a tensor nor JSON data"):
+        save_training_state(tmp_path / "sgd.safetensors", model, opt, {})
+    assert not (tmp_path / "sgd.safetensors").exists()
 
 def test_malformed_training_state_is_a_clear_error(tmp_path, digits):
     ok = dict(info="{}", optim_param_groups="[]", optim_scalars="{}")

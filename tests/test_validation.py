@@ -5,6 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from torchvision.transforms import v2
 
 from latent_transforms import ISDA, Compose
 from latent_transforms.latent_adversarial import LatentAdversarial
@@ -837,7 +838,7 @@ TARGETS_USERS = {
     "VarMixup": lambda: VarMixup(VAE),
     "VarMixup num_classes": lambda: VarMixup(VAE, num_classes=10),
     "ISDA": lambda: ISDA(10, layer="fc"),
-    "Compose MixUp": lambda: Compose([__import__("torchvision").transforms.v2.MixUp(), LatentNoise(GLOW, eps=1.0)]),
+    "Compose MixUp": lambda: Compose([v2.MixUp(), LatentNoise(GLOW, eps=1.0)]),
 }
 
 
@@ -877,6 +878,40 @@ def test_the_identity_as_labels_gives_the_weights_a_label_mix_mixed_the_samples_
     with pytest.raises(ValueError, match=r"row 0 sums to 3$"):
         check_labels(OTHER_TARGETS["multi-hot"], 4)
 
+
+
+def test_class_labels_in_a_form_with_a_plain_fix_are_not_told_about_other_targets():
+    """The targets hint ends the refusals of what may be other targets (a dict, (B,) floats, ...); class indices as a
+    list or as int32 are class labels: their message ends with their fix."""
+    for y, message in (([0, 1, 2, 3], r"y must be a torch.Tensor, got list$"),
+                       (GOOD_Y.int(), r"must be int64, got dtype torch.int32; convert with y.long\(\)$")):
+        with pytest.raises((TypeError, ValueError), match=message):
+            LatentNoise(GLOW, eps=1.0)(GOOD_X, y, TinyNet())
+
+
+def test_the_identity_hint_is_for_a_transforms_square_soft_labels_only():
+    """"Give the label mixes no num_classes" answers a (B, B) torch.eye given to a transform: not (B, K) soft labels
+    of another K, nor the (B, B) ones of a caller other than a transform (ISDALoss's check_labels)."""
+    with pytest.raises(ValueError, match=r"3 classes, expected num_classes=10; targets that are not class labels"):
+        VarMixup(VAE, num_classes=10)(GOOD_X, torch.full((4, 3), 1 / 3))
+    with pytest.raises(ValueError, match=r"4 classes, expected num_classes=10$"):
+        check_labels(torch.eye(4), 4, num_classes=10)
+
+
+def test_a_model_with_no_output_is_refused_by_the_methods_that_read_its_logits():
+    """A (B, 0) head (num_classes=0 in a config) reached torch's "argmax(): Expected reduction dim 1 to have non-zero
+    size" in LatentAdversarial and gave (B, 0) probabilities from predict_proba."""
+    from latent_transforms.evaluation import predict_proba
+
+    class NoClasses(torch.nn.Module):
+        def forward(self, x):
+            return x.new_zeros(len(x), 0)
+
+    message = r"class logits, K >= 2, got no output \(shape \(4, 0\)\); is the model's number of classes 0\?"
+    with pytest.raises(ValueError, match=message):
+        LatentAdversarial(GLOW, steps=1, target="pred", generator=0)(GOOD_X, None, NoClasses())
+    with pytest.raises(ValueError, match=message):
+        predict_proba(NoClasses(), GOOD_X)
 
 def test_a_model_with_one_output_is_refused_by_the_methods_that_read_its_logits():
     """A binary logit or a regression output: its softmax is 1 whatever x, so LatentAdversarial's cross-entropy was 0
