@@ -1562,6 +1562,22 @@ def test_a_classifier_under_reentrant_checkpointing_is_refused(batch):
     assert isda.estimator.count is None and not model.net.fc._forward_hooks  # no statistics, no hook left
 
 
+def test_a_forward_hook_of_the_users_on_the_classifier_still_sees_the_plain_logits(batch, net):
+    """ISDA's hook runs after the classifier's own forward hooks, as before 1d2af27; only on a layer fully_shard'ed
+    itself does it go first (FSDP's last hook reshards the weight). Gone first always, a hook logging the training
+    logits (accuracy, say) logged the augmented ones."""
+    x, y = batch
+    logged = []
+    net.fc.register_forward_hook(lambda module, args, out: logged.append(out.detach().clone()))
+    isda = ISDA(10, lambda0=5.0)
+    isda.set_progress(1.0)
+    isda(x, y, net)
+    augmented = net(x)
+    with torch.no_grad():
+        plain = net.fc(features_of(net, x))
+    assert torch.equal(logged[0], plain) and not torch.allclose(augmented, plain)
+
+
 def test_a_training_call_before_any_schedule_warns_once(batch, net):
     # without set_epoch ISDA ran at lam = 0 for the whole run, loss and accuracy exactly the baseline's, silently
     x, y = batch

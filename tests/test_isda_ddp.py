@@ -303,6 +303,12 @@ def _fsdp_worker(rank: int, init_method: str, out_dir: str) -> None:
         fully_shard(model.fc)  # its own FSDP unit: its weight is this rank's rows (a DTensor) once its forward ends
         fully_shard(model)
         result[checkpointed] = _fsdp_steps(model, x[mine], y[mine])
+    torch.manual_seed(0)
+    model = _Mlp(checkpointed=False)
+    fully_shard(model)  # the root alone: the classifier's weight is whole in its forward, ISDA's hook goes last
+    logged = []
+    model.fc.register_forward_hook(lambda module, args, out: logged.append(out.detach().clone()))
+    result["root_only"] = {**_fsdp_steps(model, x[mine], y[mine]), "logged": logged[-1]}
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor.parallel import ColwiseParallel, parallelize_module
 
@@ -320,7 +326,8 @@ def test_a_fully_sharded_classifier_is_augmented_as_the_unsharded_one(tmp_path):
     """FSDP2's fully_shard(model.fc): its post-forward hook reshards the weight into a DTensor of the rank's rows
     before ISDA's hook ran, which failed ("aten.index.Tensor got mixed torch.Tensor and DTensor"). Each rank's
     logits, the statistics and the (reduce-scattered) gradient are those of the unsharded model on the whole batch,
-    also with the classifier under activation checkpointing. A tensor-parallel classifier is refused."""
+    also with the classifier under activation checkpointing, and with the root alone sharded, where a hook of the
+    user's on the classifier still sees the plain logits. A tensor-parallel classifier is refused."""
     if not hasattr(pytest.importorskip("torch.distributed.fsdp"), "fully_shard"):
         pytest.skip("torch.distributed.fsdp.fully_shard is torch 2.6's")
     results = spawn_two_ranks(_fsdp_worker, tmp_path)
@@ -334,6 +341,13 @@ def test_a_fully_sharded_classifier_is_augmented_as_the_unsharded_one(tmp_path):
             torch.testing.assert_close(got["cov"], expected["cov"])
             assert torch.equal(got["count"], expected["count"])
             torch.testing.assert_close(got["fc_grad"], expected["fc_grad"])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        plain = _Mlp(checkpointed=False)(x)
+    for rank, res in enumerate(results):  # a hook of the user's on the classifier still runs first, on plain logits
+        mine = slice(0, 3) if rank == 0 else slice(3, None)
+        torch.testing.assert_close(res["root_only"]["logits"], expected["logits"][mine])
+        torch.testing.assert_close(res["root_only"]["logged"], plain[mine])
     for res in results:  # a tensor-parallel classifier is refused by name
         assert re.search(r"ISDA needs the whole weight of the layer 'fc' \(nn.Linear 16 -> 10\), but in its forward it "
                          r"is a DTensor \(\(Shard\(dim=0\),\); .*keep the classifier out of the tensor-parallel plan",
