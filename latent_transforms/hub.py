@@ -114,10 +114,14 @@ def cache_dir() -> Path:
     return (xdg if xdg.is_absolute() else Path("~/.cache").expanduser()) / "latent-transforms"
 
 
+def beyond_range(t: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether float ``t`` holds finite values that ``dtype`` stores as inf (1e300 in float32, 1e5 in float16)."""
+    return bool((torch.isfinite(t) & ~torch.isfinite(t.detach().to(dtype))).any())
+
+
 def weights_beyond(codec: "Codec", dtype: torch.dtype) -> list[str]:
     """Names of ``codec``'s weights with finite values that ``dtype`` would store as inf."""
-    return [k for k, v in codec.state_dict().items()
-            if v.is_floating_point() and bool((torch.isfinite(v) & ~torch.isfinite(v.detach().to(dtype))).any())]
+    return [k for k, v in codec.state_dict().items() if v.is_floating_point() and beyond_range(v, dtype)]
 
 
 def sha256_tensors(*tensors: torch.Tensor) -> str:

@@ -161,7 +161,7 @@ class LatentCache(nn.Module):
             why = ""
         elif not torch.isfinite(latents).all():
             why = " with NaN or inf entries"
-        elif not torch.isfinite(latents.to(codec.dtype)).all():
+        elif hub.beyond_range(latents, codec.dtype):
             why = f" with entries beyond the range of {codec.dtype}, the codec's dtype"
         if why is not None:
             raise ValueError(f"{path}: the latents must be finite floats, got {latents.dtype}{why}")
