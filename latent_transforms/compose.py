@@ -142,6 +142,20 @@ def _needing_model(t: object) -> list:
     return [t] if isinstance(t, LatentTransform) and t.needs_model else []
 
 
+def _classless_mix(steps: list, mixing: list[int]) -> tuple[str, str] | None:
+    """``(name, where)`` of the first label mix (steps ``mixing``) of a Compose that knows no classes, when it gets
+    the labels as given (no torchvision v2 transform of one's own before it, which might make them soft): it refuses
+    class indices, in training after the steps before it ran."""
+    if not mixing:
+        return None
+    i = mixing[0]
+    if any(_is_torchvision_v2(p) and not type(p).__module__.startswith("torchvision.")
+           for s in steps[:i] for p in _parts(s)):
+        return None
+    mix = next(p for p in _parts(steps[i]) if _is_label_mix(p))
+    return (_name(mix) if mix is steps[i] else type(mix).__name__), _where(mix, steps[i], i)
+
+
 def _refuse_held_by_container(t: object, i: int) -> None:
     """A torchvision or kornia container ``t`` (step ``i``) calls what it holds its own way: ``ValueError`` for a part
     that would then go wrong."""
@@ -353,14 +367,7 @@ class Compose(ChecksCodecStates, nn.Module):
         # what runs in eval() mode: the dtype conversions (a validation loader's uint8 images come out as in training)
         self._conversions = [c for t in steps for c in _conversions_in(t)]
         self._isda_at = [_where(p, s, i) for i, s in enumerate(steps) for p in _parts(s) if isinstance(p, ISDA)]
-        # the first label mix, when it knows no classes and gets the labels as given (only steps of torchvision's own
-        # or no torchvision step before it): it refuses class indices, in training after the steps before it ran
-        first = mixing[0] if mixing and num_classes is None else None
-        self._classless_mix = None if first is None or any(
-            _is_torchvision_v2(p) and not type(p).__module__.startswith("torchvision.")
-            for s in steps[:first] for p in _parts(s)) else next(
-            (_name(p) if p is steps[first] else type(p).__name__, _where(p, steps[first], first))
-            for p in _parts(steps[first]) if _is_label_mix(p))
+        self._classless_mix = _classless_mix(steps, mixing) if num_classes is None else None
         self._takes_uint8 = not _takes_floats_only(steps[0] if steps else None)  # once: it walks the step's parts
         self._takes_images = not _takes_any_tensor(steps)
         self._uint8_hint = "" if self._takes_uint8 else (  # where the conversion goes
