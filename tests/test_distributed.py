@@ -5,11 +5,13 @@
 3. ISDA's class statistics are the same on both ranks after the step.
 4. A DDP run stopped and resumed as docs/quickstart.md says (every rank's random states gathered into rank 0's
    checkpoint) ends with the weights of the uninterrupted run.
+5. Gradient accumulation with ``no_sync()``: the transforms leave the accumulated gradients as they are.
 
 Each rank writes what it saw to ``tmp_path/rank{r}.pt``; the parent process compares.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 
@@ -98,6 +100,23 @@ def _worker(rank: int, init_method: str, out_dir: str) -> None:
         for tag, est in (("isda", isda.estimator), ("compose_isda", compose_isda.estimator)):
             for n, buf in est.named_buffers():
                 out[f"{tag}_{n}"] = buf.clone()
+
+        # 5. two micro-batches per optimizer step, the first under no_sync (docs/quickstart.md)
+        torch.manual_seed(0)
+        model = torch.nn.parallel.DistributedDataParallel(TinyNet())
+        accumulated_isda = ISDA(num_classes=10)
+        accumulated_isda.set_epoch(1, 2)
+        accumulate = Compose([LatentAdversarial(glow, eps=1.0, steps=1, step_size=0.5, p=1.0), accumulated_isda])
+        for i, (xm, ym) in enumerate(zip(xb.chunk(2), yb.chunk(2))):
+            with model.no_sync() if i == 0 else contextlib.nullcontext():
+                before = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+                x2, y2 = accumulate(xm, ym, model)
+                after = [p.grad for p in model.parameters() if p.grad is not None]
+                out[f"accumulated_untouched_{i}"] = torch.tensor(len(before) == len(after) and all(
+                    torch.equal(a, b) for a, b in zip(before, after)))
+                F.cross_entropy(model(x2), y2).backward()
+        out["accumulated_grad"] = torch.cat([p.grad.flatten() for p in model.parameters()]).clone()
+        out["accumulated_isda_count"] = accumulated_isda.estimator.count.sum()
         torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -252,6 +271,18 @@ def test_isda_statistics_are_equal_on_both_ranks(ranks):
             assert torch.equal(r0[key], r1[key]), f"{key} differs between ranks"
         assert int(r0[f"{tag}_count"].sum()) == 2 * B  # both ranks' batches
         assert torch.isfinite(r0[f"{tag}_cov"]).all()
+
+
+def test_accumulated_gradients_under_no_sync_are_kept(ranks):
+    """docs/quickstart.md (gradient accumulation): the attack's passes on the local module leave the gradients the
+    first micro-batch accumulated under no_sync as they are, the ranks agree once the last one syncs, and ISDA
+    counts every micro-batch of both ranks once."""
+    r0, r1 = ranks
+    for r in ranks:
+        assert bool(r["accumulated_untouched_0"]) and bool(r["accumulated_untouched_1"])
+        assert int(r["accumulated_isda_count"]) == 2 * B
+    assert torch.isfinite(r0["accumulated_grad"]).all() and r0["accumulated_grad"].abs().sum() > 0
+    assert torch.equal(r0["accumulated_grad"], r1["accumulated_grad"])
 
 
 def test_a_ddp_run_resumed_as_the_quickstart_says_ends_with_the_weights_of_the_uninterrupted_one(tmp_path):
