@@ -338,14 +338,14 @@ class Compose(ChecksCodecStates, nn.Module):
         num_classes = None if num_classes is None else check_count("num_classes", num_classes, low=1)
         # a step with other classes would fail only at the first label it cannot hold; without num_classes, the
         # steps' own is checked on every call (out-of-range labels reached torchvision MixUp's RuntimeError)
-        declared = []  # (num_classes, where)
+        declared = []  # (num_classes, where, the step or part)
         for i, t in enumerate(steps):
             for part in _parts(t):
                 k = getattr(part, "num_classes", None) if isinstance(part, (LatentTransform, Compose)) \
                     or _is_torchvision_v2(part) else None
                 if isinstance(k, int) and not isinstance(k, bool):
-                    declared.append((k, _where(part, t, i)))
-        for k, where in declared:
+                    declared.append((k, _where(part, t, i), part))
+        for k, where, _ in declared:
             if k != (num_classes or declared[0][0]):
                 raise ValueError(f"{where} has num_classes={k}, but " + (
                     f"this Compose num_classes={num_classes}" if num_classes else
@@ -355,6 +355,7 @@ class Compose(ChecksCodecStates, nn.Module):
             _check_kornia_mix_step(steps, i, mixing, num_classes)
         self.steps = nn.ModuleList(steps)
         self._built_from = tuple(steps)  # what the checks above and the lists below hold for
+        self._declared = declared  # and the classes its steps had (ISDA.grow() changes them; so does setting them)
         self.num_classes = num_classes
         # label mixes that do not know the classes (v2.MixUp() without num_classes, a Compose holding VarMixup()) get
         # class-index labels made soft with this Compose's; a kornia mix takes class indices (Compose turns its labels
@@ -402,6 +403,13 @@ class Compose(ChecksCodecStates, nn.Module):
                 "this Compose's steps were changed after it was built (t.steps[i] = ..., append, insert, del): the "
                 "checks made when it was built (label mixes, ISDA, num_classes, dtype conversions) do not cover "
                 "them; build a new one, e.g. Compose([*t, step], num_classes=t.num_classes)")
+        for k, where, part in self._declared:
+            if part.num_classes != k:  # its labels would be checked against, and mixed into, the classes of before
+                raise RuntimeError(
+                    f"{where} has num_classes={part.num_classes}, but had {k} when this Compose was built, whose "
+                    f"checks use num_classes={self.num_classes}; after a step's classes change (ISDA.grow() for a "
+                    f"classifier grown for new classes), build a new one: Compose(list(t), num_classes="
+                    f"{part.num_classes})")
         first = self.steps[0] if self.steps else None
         # a first latent step reads the values itself, its labels against this Compose's num_classes: one host sync
         # per call, not two; in eval() mode the first latent step that gets the batch as given (also in a nested

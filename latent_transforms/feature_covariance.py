@@ -143,6 +143,33 @@ class FeatureCovariance(nn.Module):
             self.cov.zero_()
             self.count.zero_()
 
+    def grow(self, num_classes: int) -> None:
+        """Add classes ``K..num_classes-1`` (a classifier grown for new classes, as in class-incremental learning),
+        their statistics empty (count 0); those of the classes seen are kept, on their device and in their dtype.
+
+        ``num_classes`` below ``K`` raises ``ValueError`` (statistics are not dropped); equal to it changes nothing.
+        Under ``torch.distributed`` call it on every rank alike, as the classifier is grown on every rank.
+        """
+        num_classes = check_count("num_classes", num_classes, low=1)
+        k = self.num_classes
+        if num_classes < k:
+            raise ValueError(f"grow(num_classes) adds classes: got {num_classes}, fewer than the {k} the statistics "
+                             f"hold; for a classifier with fewer outputs, use a new ISDA/FeatureCovariance")
+        if num_classes == k:
+            return
+        old = self.mean, self.cov, self.count
+        self.num_classes = num_classes
+        if old[0] is None:  # not sized yet: sized with every class at the first update
+            return
+        try:
+            self._allocate(old[0].shape[1], old[0].device, old[0].dtype)  # zeros, within the device's memory
+        except BaseException:
+            self.num_classes, (self.mean, self.cov, self.count) = k, old
+            raise
+        with torch.no_grad():
+            for new, kept in zip((self.mean, self.cov, self.count), old):
+                new[:k] = kept
+
     def _apply(self, fn, recurse=True):
         fn = without_16_bit_casts(fn)
         # .to(device)/.double() of an unsized estimator moves no tensor: remember it, for the statistics loaded later
@@ -157,6 +184,15 @@ class FeatureCovariance(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
         saved = state_dict.get(prefix + "mean")
+        if isinstance(saved, torch.Tensor) and saved.ndim == 2 and saved.shape[0] != self.num_classes:
+            # torch's three "size mismatch" lines named neither the classes nor the way out
+            k = saved.shape[0]
+            error_msgs.append(
+                f"{prefix}mean holds the statistics of {k} classes, this estimator has {self.num_classes}: "
+                + (f"load them into an ISDA/ISDALoss/FeatureCovariance of {k} classes, then call its "
+                   f"grow({self.num_classes}), which adds the new classes and keeps these"
+                   if k < self.num_classes else f"build it with num_classes={k}"))
+            return
         if self.mean is None and isinstance(saved, torch.Tensor) and saved.ndim == 2:
             # lazily sized: the checkpoint's size, on the device and in the dtype of an earlier .to(...) (safetensors'
             # load_file gives CPU tensors: the statistics of an ISDA moved to CUDA stayed on the CPU)

@@ -172,6 +172,29 @@ class _ISDAState:
         self.estimator = FeatureCovariance(num_classes, feature_dim, covariance=covariance, sync_stats=sync_stats)
 
     @property
+    def num_classes(self) -> int:
+        """C, the classes of the statistics (``grow()`` adds classes)."""
+        return self.estimator.num_classes
+
+    @num_classes.setter
+    def num_classes(self, value: int) -> None:  # LatentTransform.__init__ sets it; the estimator, made next, holds it
+        # set later, a plain attribute left the statistics at their classes: labels of the new ones went unrecorded
+        if "estimator" in self._modules and value != self.estimator.num_classes:
+            raise AttributeError(f"{type(self).__name__}'s num_classes is the number of classes of its statistics: "
+                                 f".grow({value!r}) adds classes to them, empty, and keeps those seen (a classifier "
+                                 f"grown for new classes)")
+
+    def grow(self, num_classes: int) -> None:
+        """Add classes ``C..num_classes-1`` to the statistics, empty, keeping those seen: after the classifier grew for
+        new classes (class-incremental learning; ``FeatureCovariance.grow``)."""
+        self.estimator.grow(num_classes)
+
+    def _grown_hint(self, outputs: int) -> str:
+        """What to do about a classifier of ``outputs`` > C: a head grown for new classes."""
+        return (f"; a classifier grown for new classes (class-incremental learning)? call .grow({outputs}) on this "
+                f"{type(self).__name__} first: it adds their statistics, empty, and keeps those of the classes seen")
+
+    @property
     def lam(self) -> float:
         """The current strength ``lambda0 * progress``."""
         return self.lambda0 * self.progress
@@ -334,11 +357,17 @@ def _is_imported_instance(obj: object, cls_name: str, modules: tuple[str, ...]) 
     return False
 
 
-def _never_fired(label: str, model: nn.Module) -> str:
+def _never_fired(label: str, model: nn.Module, layer: nn.Linear) -> str:
     """The warning for an armed augmentation that no forward consumed before the next arm."""
     text = (f"ISDA: the augmentation armed on {label} by the previous call was never applied (no training forward "
-            f"of the model ran after it); this call replaces it. Call isda(x, y, model) once per step, right before "
-            f"model(x)")
+            f"ran through that layer after it); this call replaces it. Call isda(x, y, model) once per step, right "
+            f"before model(x)")
+    # a model with a head per task (task-incremental learning) runs one of them: the last one is found by default
+    heads = [n for n, m in _linear_layers(model) if m is not layer and m.out_features == layer.out_features
+             and m.training and m.weight.requires_grad]
+    if heads:
+        text += (f". The model has other nn.Linear layers of {layer.out_features} outputs ({', '.join(heads)}): a head "
+                 f"per task? pass ISDA(..., layer='...') naming the one its forward runs")
     if _is_compiled(model):
         text += (". The model is torch.compile'd: compiled code ignores hooks added after it was compiled while "
                  "torch._dynamo.config.skip_nnmodule_hook_guards is True (the default); set it to False before "
@@ -540,6 +569,25 @@ class ISDA(_ISDAState, LatentTransform):
 
     def find_layer(self, model: nn.Module) -> tuple[str, nn.Linear]:
         """``(name, layer)``: the final linear classifier of ``model`` that ISDA hooks."""
+        name, layer = self._lookup(model)
+        if layer.out_features != self.num_classes:
+            hint = _official_order_hint(self.num_classes, layer, "ISDA")
+            raise ValueError(
+                f"the layer {name!r} of {type(model).__name__} ({layer.in_features} -> {layer.out_features}) has "
+                f"{layer.out_features} outputs but num_classes={self.num_classes}"
+                + (hint or "; pass layer='...' naming the classifier"
+                   + (self._grown_hint(layer.out_features) if layer.out_features > self.num_classes else ""))
+            )
+        dim = self.estimator.feature_dim
+        if dim is not None and layer.in_features != dim:
+            raise ValueError(f"the layer {name!r} takes {layer.in_features} features, the statistics have {dim} (of "
+                             f"another model, or feature_dim=...): use a new ISDA for this model, or pass layer='...' "
+                             f"naming its classifier")
+        return name, layer
+
+    def _lookup(self, model: nn.Module) -> tuple[str, nn.Linear]:
+        """``(name, layer)``: the ``nn.Linear`` named by ``layer=``, else the last one (``ValueError`` if none); its
+        size unchecked."""
         if self.layer is None:
             found = _linear_layers(model)
             if not found:
@@ -548,36 +596,39 @@ class ISDA(_ISDAState, LatentTransform):
                     f"features of the final linear classifier. Pass layer='name' naming that nn.Linear (a dotted path "
                     f"such as 'head.fc'); convolutional heads are not supported"
                 )
-            name, layer = found[-1]
-        else:
-            name, layer = self.layer, None
-            for m in (model, unwrap(model), getattr(model, "_orig_mod", None)):
-                if m is not None and layer is None:
-                    try:
-                        layer = m.get_submodule(self.layer)
-                    except AttributeError:
-                        pass
-            if layer is None:
-                names = [n for n, _ in _linear_layers(model)]
-                raise ValueError(f"{type(model).__name__} has no submodule {self.layer!r}; its nn.Linear layers: {names}")
-            if not isinstance(layer, nn.Linear):
-                inner = _linear_inside(layer)
-                raise ValueError(f"layer {self.layer!r} of {type(model).__name__} is a {type(layer).__name__}, "
-                                 f"ISDA needs the final nn.Linear"
-                                 + (f": the one inside it, layer='{self.layer}.{inner}'" if inner else ""))
-        if layer.out_features != self.num_classes:
-            hint = _official_order_hint(self.num_classes, layer, "ISDA")
-            raise ValueError(
-                f"the layer {name!r} of {type(model).__name__} ({layer.in_features} -> {layer.out_features}) has "
-                f"{layer.out_features} outputs but num_classes={self.num_classes}"
-                + (hint or "; pass layer='...' naming the classifier")
-            )
-        dim = self.estimator.feature_dim
-        if dim is not None and layer.in_features != dim:
-            raise ValueError(f"the layer {name!r} takes {layer.in_features} features, the statistics have {dim} (of "
-                             f"another model, or feature_dim=...): use a new ISDA for this model, or pass layer='...' "
-                             f"naming its classifier")
-        return name, layer
+            return found[-1]
+        layer = None
+        for m in (model, unwrap(model), getattr(model, "_orig_mod", None)):
+            if m is not None and layer is None:
+                try:
+                    layer = m.get_submodule(self.layer)
+                except AttributeError:
+                    pass
+        if layer is None:
+            names = [n for n, _ in _linear_layers(model)]
+            raise ValueError(f"{type(model).__name__} has no submodule {self.layer!r}; its nn.Linear layers: {names}")
+        if not isinstance(layer, nn.Linear):
+            inner = _linear_inside(layer)
+            raise ValueError(f"layer {self.layer!r} of {type(model).__name__} is a {type(layer).__name__}, "
+                             f"ISDA needs the final nn.Linear"
+                             + (f": the one inside it, layer='{self.layer}.{inner}'" if inner else ""))
+        return self.layer, layer
+
+    def _grown_classifier(self, model: object) -> ValueError | None:
+        """``find_layer``'s error for a classifier of ``model`` with more outputs than the statistics' classes (a head
+        grown for new classes), else ``None`` (also when no classifier is found: the caller's error stands)."""
+        if not isinstance(model, nn.Module):
+            return None
+        try:
+            grown = self._lookup(model)[1].out_features > self.num_classes
+        except ValueError:
+            return None
+        try:
+            if grown:
+                self.find_layer(model)
+        except ValueError as e:
+            return e
+        return None
 
     def _check_ddp_group(self, ddp: nn.parallel.DistributedDataParallel) -> None:
         """``ValueError`` if ``ddp`` has a process group of its own while the statistics are shared over all ranks
@@ -599,7 +650,13 @@ class ISDA(_ISDAState, LatentTransform):
                    index: torch.Tensor | None = None, *, model_optional: bool = False) -> None:
         """The checks of every transform's call, then ISDA's own, in ``eval()`` mode too (a pipeline checked there
         would fail once training): its statistics on ``x``'s device, class-index labels."""
-        super().check_call(x, y, model, index, model_optional=model_optional)
+        try:
+            super().check_call(x, y, model, index, model_optional=model_optional)
+        except ValueError as e:  # labels of new classes, out of range: a classifier grown past the statistics is why
+            grown = self._grown_classifier(model)
+            if grown is not None:
+                raise not_about_the_batch(grown) from e
+            raise
         check_same_device(x, self.estimator, "ISDA's class statistics")
         check_class_indices(y)
 
@@ -644,11 +701,11 @@ class ISDA(_ISDAState, LatentTransform):
         # a fired hook still armed: torch 2.4's compiled code ran it but dropped its Python side effect, _disarm
         if pending is not None and not pending.fired:
             if _is_compiled(model) and self.estimator.gathers():  # every rank skipped it alike: all raise here
-                raise RuntimeError(_never_fired(label, model) + ". Under DistributedDataParallel a recompile on one "
-                                   "rank (a smaller last batch there) would make the hook fire on that rank alone, "
+                raise RuntimeError(_never_fired(label, model, layer) + ". Under DistributedDataParallel a recompile on "
+                                   "one rank (a smaller last batch there) would make the hook fire on that rank alone, "
                                    "whose statistics gather would then wait for the others until the process "
                                    "group's timeout")
-            warnings.warn(_never_fired(label, model), stacklevel=4)  # the call's line
+            warnings.warn(_never_fired(label, model, layer), stacklevel=4)  # the call's line
         hook = _ArmedHook(self, label, y, lam, chosen.to(torch.int64))
         # before FSDP2's post-forward hook on a layer that is fully_shard'ed itself, which reshards its weight into this
         # rank's rows (a DTensor) as the forward ends
@@ -691,10 +748,6 @@ class ISDALoss(_ISDAState, nn.Module):
         super().__init__()
         self._init_isda(num_classes, lambda0, covariance, feature_dim, sync_stats)
 
-    @property
-    def num_classes(self) -> int:
-        return self.estimator.num_classes
-
     def extra_repr(self) -> str:
         return self._isda_repr()
 
@@ -712,7 +765,8 @@ class ISDALoss(_ISDAState, nn.Module):
                              f"{describe(features)}", right_type=isinstance(features, torch.Tensor))
         if fc.out_features != self.num_classes:
             raise ValueError(f"fc has {fc.out_features} outputs but num_classes={self.num_classes}"
-                             + _official_order_hint(self.num_classes, fc, "ISDALoss"))
+                             + (_official_order_hint(self.num_classes, fc, "ISDALoss")
+                                or (self._grown_hint(fc.out_features) if fc.out_features > self.num_classes else "")))
         check_same_device(features, fc, "fc", "the features are")
         if isinstance(y, torch.Tensor):  # before check_labels reads its values
             check_device("y", y.device, features, "the features are")

@@ -738,6 +738,38 @@ def test_steps_changed_after_building_are_refused_naming_the_fix(rgb, rgb_glow):
     assert copied(x, y)[1].shape == t(x, y)[1].shape == (len(x), 10)
 
 
+@STRENGTH_ZERO_EXPECTED
+def test_a_step_whose_classes_changed_after_building_is_refused_naming_the_fix(rgb):
+    """Continual-learning audit 199: after ISDA.grow(10) for a classifier grown from 4 classes (or num_classes set on
+    a VarMixup), a Compose built with the step's 4 classes refused the new task's labels as out of range for
+    num_classes=4, which its steps no longer had (or, with the step first, passed them on with its own 4 in its
+    repr)."""
+    x, y = rgb
+    net = TinyNet(channels=3, num_classes=4)
+    isda = ISDA(4)
+    for t in (Compose([T.RandomHorizontalFlip(), isda]), Compose([isda])):
+        t(x, y % 4, net)
+        net(x)
+    isda.grow(10)
+    net.fc = torch.nn.Linear(32, 10)
+    for t in (Compose([T.RandomHorizontalFlip(), isda]), Compose([isda], num_classes=10)):
+        t(x, y, net)
+        net(x)
+    mix = VarMixup(tiny_vae(shape=(3, 16, 16)), num_classes=4)
+    for t, step in ((Compose([T.RandomHorizontalFlip(), isda]), isda), (Compose([mix]), mix)):
+        if step is isda:
+            isda.grow(12)
+            net.fc = torch.nn.Linear(32, 12)
+        else:
+            mix.num_classes = 12
+        with pytest.raises(RuntimeError, match=r"at step [01] has num_classes=12, but had (4|10) when this Compose was "
+                                               r"built, whose checks use num_classes=(4|10); .*build a new one: "
+                                               r"Compose\(list\(t\), num_classes=12\)"):
+            t(x, y, net)
+        assert Compose(list(t), num_classes=12)(x, y, net)[0].shape == x.shape
+        net(x)
+
+
 def test_a_single_step_or_a_non_list_is_refused_naming_the_fix(rgb_glow):
     """Compose(t) said "'LatentNoise' object is not iterable"; a bad step did not say which."""
     with pytest.raises(TypeError, match=r"transforms must be a list of steps, got LatentNoise; for one step: "

@@ -1427,10 +1427,13 @@ def test_the_official_argument_order_is_named_as_the_cause(batch, net):
     with pytest.raises(ValueError, match=order + r".*ISDA\(10, lambda0=\.\.\.\)") as info:
         ISDA(32, 10)(x, y, net)
     assert "layer=" not in str(info.value)
-    with pytest.raises(ValueError, match=r"num_classes=5; pass layer='\.\.\.' naming the classifier$"):
-        ISDA(5)(x, y % 5, net)  # another mismatch: no word of the official order
-    with pytest.raises(ValueError, match=r"num_classes=5$"):
+    # another mismatch: no word of the official order (a head of more outputs is named as perhaps grown)
+    with pytest.raises(ValueError, match=r"num_classes=5; pass layer='\.\.\.' naming the classifier; a classifier "
+                                         r"grown") as info:
+        ISDA(5)(x, y % 5, net)
+    with pytest.raises(ValueError, match=r"num_classes=5; a classifier grown") as loss_info:
         ISDALoss(5)(net.features(x), net.fc, y % 5)
+    assert "official" not in str(info.value) + str(loss_info.value)
 
 
 def test_the_official_full_layer_given_as_fc_names_the_linear_inside_it(batch, net):
@@ -1716,3 +1719,156 @@ def test_isda_logits_take_a_0_dim_cpu_lam_with_logits_elsewhere_but_no_other_lam
     cpu = [torch.zeros(4, 3), torch.zeros(3, 2), torch.tensor([0, 1, 2, 0]), torch.zeros(3, 2)]
     with pytest.raises(ValueError, match=r"^lam is on meta but logits are on cpu; move it with .to\('cpu'\)"):
         isda_logits(*cpu, torch.tensor(0.5, device="meta"))
+
+
+# -- class-incremental learning: a classifier grown for new classes --------------------------------------------------
+def grown(fc: nn.Linear, classes: int) -> nn.Linear:
+    """``fc`` with outputs added for new classes, those of the old kept (as continual-learning libraries grow heads)."""
+    new = nn.Linear(fc.in_features, classes)
+    with torch.no_grad():
+        new.weight[: fc.out_features] = fc.weight
+        new.bias[: fc.out_features] = fc.bias
+    return new
+
+
+@pytest.mark.parametrize("covariance", ["full", "diagonal"])
+def test_classes_not_seen_yet_leave_the_loss_finite(batch, net, covariance):
+    """Continual-learning audit 199 (docs/methods/isda.md): a fixed 10-way head of which 4 classes are trained; the
+    others' statistics stay empty (count 0) and never enter a loss, at the ImageNet strength too."""
+    x, y = batch
+    isda = ISDA(10, 7.5, covariance=covariance)
+    isda.set_progress(1.0)
+    for labels in (y[:2] % 2, y % 4):  # one sample per class first
+        isda(x[: len(labels)], labels, net)
+        F.cross_entropy(net(x[: len(labels)]), labels).backward()
+        assert all(torch.isfinite(p.grad).all() for p in net.parameters())
+    assert (isda.estimator.count[4:] == 0).all() and torch.isfinite(isda.estimator.cov).all()
+
+
+@pytest.mark.parametrize("covariance", ["full", "diagonal"])
+def test_grow_adds_empty_classes_and_keeps_the_statistics_seen(covariance):
+    """Continual-learning audit 199: statistics had a fixed number of classes; a head grown for new classes could only
+    get a new ISDA, losing what was gathered on the classes seen. grow(n) adds the new ones, empty."""
+    g = torch.Generator().manual_seed(0)
+    a, y = torch.randn(40, 3, generator=g, dtype=torch.float64), torch.arange(40) % 4
+    est = FeatureCovariance(2, covariance=covariance).double()
+    est.grow(2)  # as many: nothing changes (nor sizes the estimator)
+    est.update(a[y < 2], y[y < 2])
+    kept = {n: b.clone() for n, b in est.named_buffers()}
+    est.grow(4)
+    assert est.num_classes == 4 and est.count.tolist() == [10, 10, 0, 0]
+    for n, b in est.named_buffers():
+        assert b.dtype == kept[n].dtype and torch.equal(b[:2], kept[n]) and not b[2:].any()
+    est.update(a[y >= 1], y[y >= 1])  # a replayed old class beside the new ones
+    mean, cov, count = pooled(torch.cat([a[y < 2], a[y >= 1]]), torch.cat([y[y < 2], y[y >= 1]]), 4)
+    assert torch.equal(est.count, count) and torch.allclose(est.mean, mean)
+    assert torch.allclose(est.cov, cov if covariance == "full" else torch.diagonal(cov, dim1=1, dim2=2))
+    with pytest.raises(ValueError, match=r"grow\(num_classes\) adds classes: got 3, fewer than the 4"):
+        est.grow(3)
+    lazy = FeatureCovariance(2)
+    with torch.inference_mode():
+        lazy.grow(5)  # not sized yet: sized with 5 classes at its first update
+    lazy.update(a, y)
+    assert lazy.count.tolist() == [10, 10, 10, 10, 0]
+
+
+@STRENGTH_ZERO_EXPECTED
+def test_a_classifier_grown_for_new_classes_is_told_to_grow_the_statistics(batch, net):
+    """Continual-learning audit 199: with the head grown from 4 to 10 outputs, ISDA(4) refused the new task's labels
+    as "y has class index 9, out of range for num_classes=4", and ISDALoss said "fc has 10 outputs but num_classes=4",
+    neither naming the cause or a way to keep the statistics; after grow(10) both train on, with the statistics of
+    every feature seen."""
+    x, y = batch
+    old = nn.Linear(32, 4)
+    net.fc = old
+    isda, loss = ISDA(4, covariance="diagonal"), ISDALoss(4, covariance="diagonal")
+    for t in (isda, loss):
+        t.set_progress(1.0)
+    first = y % 4
+    isda(x, first, net)
+    net(x)
+    loss(net.features(x), net.fc, first)
+    net.fc = grown(old, 10)
+    grow = r"10 outputs but num_classes=4.*class-incremental learning\)\? call \.grow\(10\) on this {} first"
+    with pytest.raises(ValueError, match=grow.format("ISDA")):
+        isda(x, y, net)  # labels of the new classes
+    with pytest.raises(ValueError, match=grow.format("ISDA")):
+        isda(x, first, net)  # a replayed batch of old classes only
+    with pytest.raises(ValueError, match=grow.format("ISDALoss")):
+        loss(net.features(x), net.fc, y)
+    isda.grow(10)
+    loss.grow(10)
+    assert isda.num_classes == loss.num_classes == 10
+    isda(x, y, net)
+    hooked = net(x)
+    features = net.features(x)
+    assert torch.allclose(loss(features, net.fc, y), F.cross_entropy(hooked, y))
+    mean, cov, count = pooled(torch.cat([features, features]).detach(), torch.cat([first, y]), 10)
+    for t in (isda, loss):
+        assert torch.equal(t.estimator.count, count) and torch.allclose(t.estimator.mean, mean, atol=1e-6)
+        assert torch.allclose(t.estimator.cov, torch.diagonal(cov, dim1=1, dim2=2), atol=1e-6)
+
+
+@pytest.mark.parametrize("make", [ISDA, ISDALoss])
+def test_num_classes_is_the_statistics_and_is_not_set_around_them(make):
+    """Continual-learning audit 199: ``isda.num_classes = 10`` for a grown head passed, leaving the statistics at 4
+    classes: labels 4 went to the rows ignored as non-finite, unrecorded, then the hook raised "cov must be (C, A, A)
+    ... = (10, 32, 32) ..., got (4, 32, 32)"; a label above 4 raised torch's "index 9 is out of bounds" (on CUDA, a
+    device-side assert)."""
+    t = make(4)
+    t.num_classes = 4  # as it is: nothing to refuse
+    with pytest.raises(AttributeError, match=r"num_classes is the number of classes of its statistics: \.grow\(10\)"):
+        t.num_classes = 10
+    assert t.num_classes == t.estimator.num_classes == 4
+
+
+@STRENGTH_ZERO_EXPECTED
+def test_a_state_of_other_classes_is_refused_naming_them_and_grow(batch, net):
+    """Continual-learning audit 199: loading the statistics of the first task's 4 classes into ISDA(10) gave torch's
+    three "size mismatch for estimator.mean/cov/count" lines, naming neither the classes nor grow()."""
+    x, y = batch
+    net.fc = nn.Linear(32, 4)
+    four = ISDA(4, covariance="diagonal")
+    four(x, y % 4, net)
+    net(x)
+    saved = four.state_dict()
+    for ten in (ISDA(10), ISDA(10, feature_dim=32)):  # lazily sized, and sized
+        with pytest.raises(RuntimeError, match=r"estimator\.mean holds the statistics of 4 classes, this estimator "
+                                               r"has 10: load them into .* of 4 classes, then call its grow\(10\)"):
+            ten.load_state_dict(saved)
+    with pytest.raises(RuntimeError, match=r"statistics of 10 classes, this estimator has 4: build it with "
+                                           r"num_classes=10$"):
+        FeatureCovariance(4).load_state_dict(FeatureCovariance(10, feature_dim=2).state_dict())
+    resumed = ISDA(4, covariance="diagonal")
+    resumed.load_state_dict(saved)
+    resumed.grow(10)
+    assert resumed.estimator.count.tolist() == four.estimator.count.tolist() + [0] * 6
+    ISDA(10, covariance="diagonal").load_state_dict(resumed.state_dict())
+
+
+def test_a_hook_on_one_head_of_several_names_them(batch):
+    """Continual-learning audit 199: a model with a head per task (task-incremental learning) runs one of them; ISDA
+    hooked the last one, which never ran, and warned "no training forward of the model ran after it" (one had)."""
+    x, y = batch
+
+    class PerTask(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.heads, self.task = TinyNet().features, nn.ModuleList(nn.Linear(32, 2) for _ in range(3)), 0
+
+        def forward(self, x):
+            return self.heads[self.task](self.body(x))
+
+    model, isda = PerTask(), ISDA(2, 0.5)
+    isda.set_progress(1.0)
+    isda(x, y % 2, model)
+    model(x)
+    with pytest.warns(UserWarning, match=r"'heads\.2' .* never applied \(no training forward ran through that layer "
+                                         r"after it\).* other nn\.Linear layers of 2 outputs \(heads\.0, heads\.1\): a "
+                                         r"head per task\? pass ISDA\(\.\.\., layer='\.\.\.'\)"):
+        isda(x, y % 2, model)
+    first = ISDA(2, 0.5, layer="heads.0")
+    first.set_progress(1.0)
+    first(x, y % 2, model)
+    model(x)
+    assert first.stats["transformed"] == len(y)

@@ -168,6 +168,33 @@ def test_adversarial_targets_prediction_by_default(glow, batch, net):
         assert torch.equal(t.last_params["target"], net(x).argmax(1))
 
 
+class _SeenClassesOnly(nn.Module):
+    """A fixed head's logits with the classes not trained yet masked to -inf (class-incremental learning)."""
+
+    def __init__(self, net: nn.Module, seen: torch.Tensor):
+        super().__init__()
+        self.net, self.seen = net, seen
+
+    def forward(self, x):
+        return self.net(x).masked_fill(~self.seen, float("-inf"))
+
+
+@pytest.mark.parametrize("target", ["pred", "true"])
+def test_adversarial_attacks_a_head_whose_unseen_classes_are_masked(glow, batch, net, target):
+    """Continual-learning audit 199 (docs/methods/latent_adversarial.md): on a 10-way head of which 4 classes are
+    trained, logits masked to -inf keep the targets among the classes seen and the steps finite."""
+    x, y = batch
+    seen = torch.arange(10) < 4
+    t = LatentAdversarial(glow, steps=2, step_size=0.5, target=target, generator=0)
+    x2, _ = t(x, y % 4, _SeenClassesOnly(net, seen))
+    delta = t.last_params["delta"]
+    assert torch.isfinite(x2).all() and torch.isfinite(delta).all() and (delta.norm(dim=1) > 0).all()
+    assert seen[t.last_params["target"]].all()
+    if target == "pred":  # unmasked, this untrained network's argmax is class 9 for every image: never trained
+        t(x, y % 4, net)
+        assert (t.last_params["target"] == 9).all()
+
+
 class _InterleavingNet(torch.nn.Module):
     """A classifier whose forward makes two overlapping calls interleave: in thread "first" it waits (up to 2 s)
     until thread "second" is inside its own forward, and in "second" it waits (up to 2 s) until "first" is done.
