@@ -14,9 +14,12 @@ def progress_bar(iterable=None, **kwargs) -> tqdm:
     """``tqdm(iterable, **kwargs)`` (tqdm.auto: a widget in notebooks). A text bar whose stream (``file``, default
     stderr) is not a terminal updates at most every ``LOG_INTERVAL`` seconds, as each update becomes a line of the
     log, unless ``mininterval=`` or the environment's ``TQDM_MININTERVAL`` says otherwise; it still writes its last
-    state when closed."""
+    state when closed. It checks the time at every item (``miniters=1``): tqdm's monitor thread refreshes a bar whose
+    ``miniters`` it set above 1 once it has printed nothing for ``maxinterval`` (10 s), which wrote a training log's
+    bar every 10 to 20 s."""
     stream = kwargs.get("file") or sys.stderr
     is_terminal = getattr(stream, "isatty", lambda: False)()
     if tqdm is text_tqdm and not is_terminal and "mininterval" not in kwargs and "TQDM_MININTERVAL" not in os.environ:
         kwargs["mininterval"] = LOG_INTERVAL
+        kwargs.setdefault("miniters", 1)
     return tqdm(iterable, **kwargs)

@@ -873,6 +873,9 @@ def _say_written(say, report: dict, ckpt: Path, js: Path, png: Path, metrics: di
         registry = hub._registry()
     except (ValueError, OSError):  # a broken user registry: `register` will name it; the run is written all the same
         registry = hub._shipped_registry()
+    if registry.get(name, {}).get("sha256") == report["sha256"]:  # a finished run run again, registered before
+        say(f"registered:   as {name!r}, this checkpoint: codec = latent_transforms.hub.load({name!r})")
+        return
     taken = set(registry) | {Path(e["file"]).stem for e in registry.values()}
     reg_name = name
     while reg_name in taken:  # e.g. the default glow-digits: a shipped checkpoint's name (and file)

@@ -21,6 +21,9 @@ def save_rows(rows: dict[str, torch.Tensor], path: str | Path, cell: int = 48, l
             raise ValueError(f"rows[{label!r}] must have 1 or 3 channels, got shape {tuple(images.shape)}")
     check_count("cell", cell, 1)
     check_count("label_width", label_width, 0)
+    path = Path(path)
+    if path.suffix.lower() not in Image.registered_extensions():  # else PIL's "unknown file extension: " at the end
+        raise ValueError(f"path must end in an image format's extension, such as .png: got {str(path)!r}")
     n = max(len(v) for v in rows.values())
     pad = 2
     width, height = label_width + n * (cell + pad), len(rows) * (cell + pad)
@@ -36,7 +39,6 @@ def save_rows(rows: dict[str, torch.Tensor], path: str | Path, cell: int = 48, l
         for i, img in enumerate(big):
             array = (img.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
             canvas.paste(Image.fromarray(array), (label_width + i * (cell + pad), top))
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
     return path

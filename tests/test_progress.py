@@ -41,6 +41,24 @@ def test_a_bar_in_a_log_file_is_throttled_by_time_not_by_items(monkeypatch):
     assert 600 / LOG_INTERVAL <= len(states) <= 600 / LOG_INTERVAL + 3
 
 
+def test_tqdms_monitor_thread_keeps_a_log_bars_interval(monkeypatch):
+    # tqdm's monitor thread wakes every tqdm.monitor_interval (10 s) and refreshes a bar that has printed nothing for
+    # its maxinterval (tqdm's 10 s): a 4-minute `latent-transforms train ... > train.log` wrote 16 states, 10 to 20 s
+    # apart. Its rule, from tqdm/_monitor.py, run here on the test's clock
+    clock = [0.0]
+    monkeypatch.setattr(tqdm.std, "time", lambda: clock[0])
+    stream = io.StringIO()
+    bar = progress_bar(range(300), file=stream, desc="run")
+    for _ in bar:
+        clock[0] += 1.0
+        if clock[0] % tqdm.std.tqdm.monitor_interval == 0 and bar.miniters > 1 and \
+                clock[0] - bar.last_print_t >= bar.maxinterval:
+            bar.miniters = 1
+            bar.refresh()
+    states = [s for s in stream.getvalue().split("\r") if s.strip()]
+    assert 300 / LOG_INTERVAL <= len(states) <= 300 / LOG_INTERVAL + 3
+
+
 def test_a_bar_on_a_terminal_keeps_tqdms_pace(monkeypatch):
     assert len(_updates(Terminal(), monkeypatch)) >= 290
 

@@ -1581,6 +1581,20 @@ def test_the_suggested_registry_name_is_free_even_when_my_name_is_taken(tmp_path
     assert "--name my-my-zz-t" in out and "hub.load('my-my-zz-t')" in out
 
 
+def test_a_finished_run_run_again_after_registering_it_says_it_is_registered(tmp_path, digits, capsys, monkeypatch):
+    # it told to register the same checkpoint again as 'my-zz-r', its name being taken (by itself)
+    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(hub, "_registered", {})
+    kw = dict(name="zz-r", **FLOW, max_steps=1, batch_size=16)
+    r = train_codec("flow", digits[0][:32], tmp_path / "run", **kw)
+    hub.register_run(r["json"])
+    capsys.readouterr()
+    again = train_codec("flow", digits[0][:32], tmp_path / "run", **kw)  # rewrites the final files, trains nothing
+    out = capsys.readouterr().out
+    assert again["sha256"] == r["sha256"] and "--name" not in out and "register it:" not in out
+    assert "registered:   as 'zz-r', this checkpoint: codec = latent_transforms.hub.load('zz-r')" in out
+
+
 def test_without_a_test_set_the_metrics_take_a_thousand_training_images(tmp_path, digits):
     x = digits[0][:1100]
     r = train_codec("flow", x, tmp_path, **FLOW, max_steps=1, batch_size=16, progress=False)

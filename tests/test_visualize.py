@@ -75,3 +75,16 @@ def test_a_negative_label_width_is_refused(tmp_path):
     with pytest.raises(ValueError, match="label_width must be an int >= 0"):
         save_rows({"a": torch.rand(1, 3, 4, 4)}, tmp_path / "g.png", label_width=-1)
     assert not (tmp_path / "g.png").exists()
+
+
+@pytest.mark.parametrize("name", ["augmented", "pictures/"])
+def test_a_path_without_an_image_extension_is_named(tmp_path, name):
+    # PIL's error read "unknown file extension: ", with nothing after the colon
+    with pytest.raises(ValueError, match=r"path must end in an image format's extension, such as \.png: got '.*"
+                                         + name.rstrip("/") + "'"):
+        save_rows({"a": torch.rand(1, 3, 4, 4)}, tmp_path / name)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_upper_case_extension_is_an_image_format(tmp_path):
+    assert Image.open(save_rows({"a": torch.rand(1, 3, 4, 4)}, tmp_path / "grid.PNG")).format == "PNG"
