@@ -191,8 +191,9 @@ class _ISDAState:
 
     def _grown_hint(self, outputs: int) -> str:
         """What to do about a classifier of ``outputs`` > C: a head grown for new classes."""
-        return (f"; a classifier grown for new classes (class-incremental learning)? call .grow({outputs}) on this "
-                f"{type(self).__name__} first: it adds their statistics, empty, and keeps those of the classes seen")
+        return (f" (or num_classes={outputs}); a classifier grown for new classes (class-incremental learning)? call "
+                f".grow({outputs}) on this {type(self).__name__} first: it adds their statistics, empty, and keeps those "
+                f"of the classes seen")
 
     @property
     def lam(self) -> float:
