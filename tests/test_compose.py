@@ -1067,6 +1067,36 @@ def test_class_indices_for_a_label_mix_of_ones_own_without_classes_are_refused_i
             getattr(Compose([T.RandomHorizontalFlip(), OwnMixUp()]), mode)()(x, y)
 
 
+def test_class_indices_for_a_label_mix_held_by_a_container_name_the_mix_not_the_container(rgb):
+    # mutation round 22 (audit 201): "CutMix mixes labels", not "RandomApply mixes labels"; of two, the first
+    x, y = rgb
+    for mix, name in ((T.RandomApply([T.CutMix()]), "CutMix"), (T.RandomChoice([T.MixUp(), T.CutMix()]), "MixUp")):
+        for mode in ("train", "eval"):
+            with pytest.raises(ValueError, match=rf"^{name} mixes labels: .*\({name} in Random\w+ at step 1 gets"):
+                getattr(Compose([T.RandomHorizontalFlip(), mix]), mode)()(x, y)
+
+
+def test_a_step_of_ones_own_inside_a_torchvision_container_may_make_the_labels_soft_before_the_mix(rgb):
+    # mutation round 22 (audit 201): the steps before the mix are searched through their containers, as at top level
+    class OneHot(T.Transform):
+        def forward(self, x, y):
+            return x, torch.nn.functional.one_hot(y, 10).float()
+
+    x, y = rgb
+    assert Compose([T.Compose([T.RandomHorizontalFlip(), OneHot()]), T.MixUp()])(x, y)[1].shape == (6, 10)
+
+
+def test_the_last_step_deleted_after_building_is_a_change_too(rgb):
+    # mutation round 22 (audit 201): a chain shorter than built, its first steps the same, is refused as changed (its
+    # ToDtype, found when built, would still run in eval() mode)
+    x, y = rgb
+    t = Compose([T.RandomHorizontalFlip(), T.ToDtype(torch.float32, scale=True)])
+    del t.steps[-1]
+    for mode in (t.train, t.eval):
+        with pytest.raises(RuntimeError, match=r"^this Compose's steps were changed after it was built"):
+            mode()(x, y)
+
+
 _CALL_STEPS = {
     "LatentNoise": lambda: LatentNoise(_FUZZ_GLOW, eps=1.0, p=0.5, generator=0),
     "LatentAdversarial": lambda: LatentAdversarial(_FUZZ_GLOW, steps=1, target="true", generator=0),

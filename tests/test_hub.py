@@ -337,6 +337,31 @@ def test_weights_that_do_not_fit_float16_are_refused_not_stored_as_inf(tmp_path)
         hub.save_checkpoint(codec, tmp_path / "no-such-dir" / "x.safetensors")
 
 
+def test_beyond_range_finds_one_finite_value_the_dtype_stores_as_inf_and_not_nan_or_inf():
+    # mutation round 22 (audit 201): one entry among ordinary ones is enough; NaN and inf are no range problem (a
+    # diverged codec was not to be told "do not fit in torch.float16 ...; save as float32")
+    assert hub.beyond_range(torch.tensor([0.5, 1e5, -2.0]), torch.float16)
+    assert hub.beyond_range(torch.tensor([0.5, -1e300], dtype=torch.float64), torch.float32)
+    assert not hub.beyond_range(torch.tensor([0.5, 65504.0]), torch.float16)
+    assert not hub.beyond_range(torch.tensor([float("inf"), float("nan"), 0.5]), torch.float16)
+    codec = _codec()
+    with torch.no_grad():
+        next(iter(codec.parameters())).view(-1)[0] = float("nan")
+    assert hub.weights_beyond(codec, torch.float16) == []
+
+
+def test_integer_buffers_are_not_weights_beyond_a_float_dtype():
+    # mutation round 22 (audit 201): saved as they are, never cast: a BatchNorm's num_batches_tracked past float16's
+    # 65504 (a codec of one's own trained that long) does not stop a float16 save
+    codec = _codec()
+    codec.norm = torch.nn.BatchNorm1d(4)
+    codec.norm.num_batches_tracked.fill_(100_000)
+    assert hub.weights_beyond(codec, torch.float16) == []
+    with torch.no_grad():
+        codec.norm.weight[1] = 1e5
+    assert hub.weights_beyond(codec, torch.float16) == ["norm.weight"]
+
+
 def _write_raw(path: Path, tensors: dict, metadata: dict | None) -> Path:
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
     return path

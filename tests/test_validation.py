@@ -135,6 +135,10 @@ def test_the_one_label_hint_goes_to_a_0_d_label_and_names_the_batch():
     with pytest.raises(ValueError, match=r"^y must be \(B,\) class indices or \(B, K\) soft labels, got shape "
                                          r"\(4, 2, 1\)$"):
         check_labels(GOOD_Y.view(4, 1, 1).expand(4, 2, 1), 4)
+    # mutation round 22 (audit 201): nor are segmentation masks (B, 1, H, W)
+    with pytest.raises(ValueError, match=r"^y must be \(B,\) class indices or \(B, K\) soft labels, got shape "
+                                         r"\(4, 1, 2, 2\)$"):
+        check_labels(torch.zeros(4, 1, 2, 2, dtype=torch.int64), 4)
 
 def test_batch_of_one_works_everywhere():
     net = TinyNet()
