@@ -29,10 +29,11 @@ class FeatureCovariance(nn.Module):
         mu    <- (n mu + m mu') / (n + m)
         n     <- n + m
 
-    which is the official ISDA estimator and equals the biased covariance of all features seen so far. Classes
-    absent from a batch keep their statistics bit for bit. The update is vectorised over classes. Non-finite rows
-    (any NaN or inf, e.g. an fp16 overflow step that GradScaler skips) and rows with an entry whose square could
-    overflow (beyond 1.8e13 in float32) are ignored: they change no statistic.
+    which is the official ISDA estimator and equals the biased covariance of all features seen so far (0 for a class
+    seen once: its samples get no augmentation). Classes absent from a batch keep their statistics bit for bit. The
+    update is vectorised over classes. Non-finite rows (any NaN or inf, e.g. an fp16 overflow step that GradScaler
+    skips) and rows with an entry whose square could overflow (beyond 1.8e13 in float32) are ignored: they change no
+    statistic.
 
     Args:
         num_classes: K.

@@ -48,7 +48,8 @@ from .validation import (WrongTypeError, bad_option, check_choice, check_count, 
 _HARD_LABELS_ONLY = (
     "{who} needs class indices y: (B,) int64, got soft labels of shape {shape}: it augments each feature along the "
     "covariance of the sample's own class, and a mixed label has no single class. Use ISDA without label-mixing "
-    "steps (MixUp/CutMix/VarMixup), or pass y.argmax(1) if the labels are one-hot; a teacher's probabilities "
+    "steps (MixUp/CutMix/VarMixup), or pass y.argmax(1) if the labels are one-hot or label-smoothed (smooth in the "
+    "loss instead: F.cross_entropy(logits, y, label_smoothing=...)); a teacher's probabilities "
     "(distillation)? give ISDA the dataset's class indices and the probabilities to your distillation loss"
 )
 

@@ -366,9 +366,13 @@ def _judge_labels(y: torch.Tensor, name: str, num_classes: int | None, stats: li
     if y.ndim == 1:
         lo, hi = int(stats[0]), int(stats[1])
         if lo < 0:  # -1 (scikit-learn's) or -100 (cross_entropy's ignore_index) marking unlabelled samples, mostly
-            raise ValueError(f"{name} has a negative class index {lo}; a mark for unlabelled or ignored samples? pass "
-                             f"only the labelled samples (where {name} >= 0), and unlabelled images to a transform with "
-                             f"y=None")
+            # y=None only where the transform reads no labels: ISDA, VarMixup and target="true" refuse it
+            raise ValueError(f"{name} has a negative class index {lo}; a mark for unlabelled or ignored samples "
+                             f"(F.cross_entropy's ignore_index)? pass only the labelled samples (where {name} >= 0): "
+                             f"keep = {name} >= 0, then x[keep] and {name}[keep], to the model and the loss too (their "
+                             f"mean cross-entropy is ignore_index's); a transform that reads no labels (LatentNoise, "
+                             f"LatentAdversarial(target='pred')) takes the whole batch with y=None and keeps each image "
+                             f"in its row, so {name} still fits its output")
         if num_classes is not None and hi >= num_classes:
             raise ValueError(f"{name} has class index {hi}, out of range for num_classes={num_classes}")
         return

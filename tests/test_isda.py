@@ -746,6 +746,44 @@ def test_missing_model_soft_labels_and_bad_models(batch, net):
         ISDA(10, lambda0=-1)
 
 
+def test_label_smoothed_soft_labels_are_told_to_smooth_in_the_loss(batch, net):
+    """Smoothed one-hot rows (label_smoothing=0.1 made into the labels) have a single class: the refusal says to pass
+    their argmax and give the smoothing to F.cross_entropy, which applies it to the augmented logits."""
+    x, y = batch
+    smoothed = F.one_hot(y, 10).float() * 0.9 + 0.01
+    for t, call in ((ISDA(10), lambda t: t(x, smoothed, net)),
+                    (ISDALoss(10), lambda t: t(features_of(net, x), net.fc, smoothed))):
+        with pytest.raises(ValueError, match=r"y.argmax\(1\) if the labels are one-hot or label-smoothed \(smooth in "
+                                             r"the loss instead: F.cross_entropy\(logits, y, label_smoothing=...\)\)"):
+            call(t)
+    isda = ISDA(10)
+    isda.set_epoch(1, 2)
+    isda(x, smoothed.argmax(1), net)
+    loss = F.cross_entropy(net(x), smoothed.argmax(1), label_smoothing=0.1)
+    assert isda.stats["transformed"] == len(y) and torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("covariance", ["full", "diagonal"])
+def test_a_class_seen_once_has_zero_covariance_and_its_sample_no_correction(covariance):
+    """Long-tailed data (docs/methods/isda.md, "Imbalanced data"): a class seen once has a covariance of exactly 0,
+    finite, so its sample's logits are left as they are; seen twice, the covariance is rank 1 and the sample is
+    augmented. The head class beside it is augmented from the first batch."""
+    torch.manual_seed(0)
+    fc, loss = nn.Linear(16, 10), ISDALoss(10, covariance=covariance)
+    features, y = torch.randn(8, 16), torch.tensor([0, 0, 0, 0, 0, 0, 1, 2])  # classes 1 and 2 once each
+    logits = fc(features)
+    augmented = loss.augment(features, logits, fc.weight, y, lam=1.0)
+    cov = loss.estimator.cov
+    assert loss.estimator.count[:3].tolist() == [6, 1, 1]
+    assert torch.isfinite(cov).all() and (cov[1:3] == 0).all() and (cov[0] != 0).any()
+    assert torch.equal(augmented[6:], logits[6:]) and (augmented[:6] > logits[:6]).any()
+    second = torch.randn(1, 16)  # class 1's second sample
+    again = loss.augment(second, fc(second), fc.weight, y[6:7], lam=1.0)
+    assert (cov[1] != 0).any() and (again > fc(second)).any()
+    if covariance == "full":
+        assert torch.linalg.matrix_rank(cov[1]) == 1
+
+
 def test_the_default_layer_is_the_classifier_not_a_linear_layer_of_a_transforms_codec(batch, net):
     # the VAE of a transform registered after the classifier holds the model's last nn.Linear: ISDA hooked it and
     # refused its outputs ("the layer 'augment.codec.decoder.0' ... has 256 outputs but num_classes=10")

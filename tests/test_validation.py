@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -603,8 +604,9 @@ def test_pseudo_labels_in_the_forms_of_semi_supervised_loops_are_told_what_to_pa
     probs = logits.softmax(1)
     keep = torch.tensor([True, False, True, True])
     for mark in (-1, -100):
-        with pytest.raises(ValueError, match=rf"negative class index {mark}; a mark for unlabelled or ignored samples\? "
-                                             r"pass only the labelled samples \(where y >= 0\)"):
+        with pytest.raises(ValueError, match=rf"negative class index {mark}; a mark for unlabelled or ignored samples "
+                                             r"\(F.cross_entropy's ignore_index\)\? pass only the labelled samples "
+                                             r"\(where y >= 0\)"):
             t(GOOD_X, torch.where(keep, logits.argmax(1), mark), net)
     if isinstance(t, ISDA):
         return  # it takes class indices only (soft labels are refused for that, tests/test_isda.py)
@@ -614,6 +616,29 @@ def test_pseudo_labels_in_the_forms_of_semi_supervised_loops_are_told_what_to_pa
     with pytest.raises(ValueError, match=r"negative entry -?[0-9.]+; logits\? pass probabilities, y.softmax\(1\)"):
         t(GOOD_X, logits - logits.max() - 1, net)  # every entry negative: no row sums to 1
     t(GOOD_X[keep], probs[keep], net)  # what the messages say to do works
+
+
+def test_ignore_index_labels_are_told_a_way_that_works_for_each_transform():
+    """cross_entropy's ignore_index (-100) marking padded or unlabelled rows: the refusal said "unlabelled images to a
+    transform with y=None", which ISDA, VarMixup and LatentAdversarial(target='true') refuse. It names ignore_index,
+    the rows to keep (for the model and the loss too) and the transforms that take y=None; each way works."""
+    keep = torch.tensor([True, False, True, True])
+    y = torch.where(keep, GOOD_Y, -100)
+    isda, net = ISDA(10), TinyNet()
+    isda.set_epoch(1, 2)
+    with pytest.raises(ValueError, match=r"negative class index -100; a mark for unlabelled or ignored samples "
+                                         r"\(F.cross_entropy's ignore_index\)\? .*keep = y >= 0, then x\[keep\] and "
+                                         r"y\[keep\], to the model and the loss too .*a transform that reads no labels "
+                                         r"\(LatentNoise, LatentAdversarial\(target='pred'\)\) takes the whole batch "
+                                         r"with y=None"):
+        isda(GOOD_X, y, net)
+    isda(GOOD_X[keep], y[keep], net)  # the labelled rows, to ISDA and the model
+    assert torch.isfinite(F.cross_entropy(net(GOOD_X[keep]), y[keep]))
+    assert isda.stats["transformed"] == 3
+    for t in (LatentNoise(tiny_glow(), generator=0), LatentAdversarial(tiny_glow(), eps=0.5, generator=0)):
+        x2, y2 = t(GOOD_X, None, net)  # the whole batch, each image in its row: y still fits, ignore_index applies
+        assert y2 is None and x2.shape == GOOD_X.shape
+        assert torch.isfinite(F.cross_entropy(net(x2), y, ignore_index=-100))
 
 
 def test_soft_labels_a_mix_pushed_slightly_negative_get_no_logits_hint():
