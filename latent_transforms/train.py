@@ -38,8 +38,8 @@ from .modelutils import describe_device, threads_for_this_cpu
 from .pixel_shift import random_shift_flip
 from .progress import progress_bar
 from .torch_defaults import cpu_as_default_device
-from .validation import (POSITIVE_FLOAT, POSITIVE_INT, MissingFileError, check_bool, check_count, check_images,
-                         check_number, option, resolve_device, state_mismatch)
+from .validation import (POSITIVE_FLOAT, POSITIVE_INT, MissingFileError, WrongTypeError, check_bool, check_count,
+                         check_images, check_number, option, resolve_device, state_mismatch)
 
 __all__ = ["train_codec", "eval_codec", "default_config", "save_training_state", "load_training_state",
            "register_cli", "STATE_FORMAT"]
@@ -430,9 +430,10 @@ def _save_grid(codec: Codec, x: torch.Tensor, path: Path, n: int, temperature: f
 def _check_train_args(x_train: torch.Tensor, x_test: torch.Tensor | None, name: str, *, epochs: float | None,
                       max_steps: int | None, max_minutes: float | None, lr: float, warmup_steps: int,
                       grad_clip: float | None, batch_size: int, checkpoint_every: int, translate: int,
-                      ema_decay: float | None, seed: int, flags: dict[str, object]) -> None:
-    """Raise ``ValueError`` on bad images (N, C, H, W), run lengths, training settings or file stem (``flags``: the
-    ``True``/``False`` settings by name)."""
+                      ema_decay: float | None, seed: int, flags: dict[str, object],
+                      data_description: object = None) -> None:
+    """Raise ``ValueError`` on bad images (N, C, H, W), run lengths, training settings, file stem or data description
+    (``flags``: the ``True``/``False`` settings by name)."""
     for images, label in [(x_train, "x_train")] + ([(x_test, "x_test")] if x_test is not None else []):
         check_images(images, label)  # x_test is optional; x_train None is refused here
         if images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):  # no codec takes images 1 or 3 pixels wide
@@ -465,6 +466,12 @@ def _check_train_args(x_train: torch.Tensor, x_test: torch.Tensor | None, name: 
     if check_count("translate", translate) >= min(x_train.shape[2:]):
         raise ValueError(f"translate must be < {min(x_train.shape[2:])} (the image side), got {translate}")
     hub.check_file_stem(name)
+    if data_description is not None:  # saved with the training state: a bad one lost the steps of the call
+        try:
+            json.dumps(data_description, allow_nan=False)
+        except (TypeError, ValueError, RecursionError):
+            raise WrongTypeError(f"data_description must be a str or a dict of JSON values (it goes into the JSON and "
+                                 f"the training state), got {data_description!r}") from None
 
 
 def refuse_other_kind_settings(codec_kind: str, settings: dict, spell=str) -> None:
@@ -803,16 +810,14 @@ def _diverged(run: _TrainingRun, ckpt: Path, what: str) -> None:
 
 
 def _report(run: _TrainingRun, stored: Codec, *, name: str, ckpt: Path, sha: str, dtype: torch.dtype,
-            fallback: str | None, x_train: torch.Tensor, data_description: str | dict | None,
-            ema_decay: float | None, metrics: dict[str, float], eval_on: str, test_set: bool,
-            compiled: bool, notes: str) -> dict:
+            fallback: str | None, x_train: torch.Tensor, trained_by: dict, ema_decay: float | None,
+            metrics: dict[str, float], eval_on: str, test_set: bool, notes: str) -> dict:
     """The JSON report of a finished run: file, config, training settings and history, metrics (``evaluated_on``
     says on what), and a ready-made registry entry (quality ``test_*`` with a test set, ``train_*`` without).
-    ``compiled``: whether the last call compiled the loss. ``notes``: the registry entry's (a warning about the codec)."""
+    ``trained_by``: the ``device``, ``data`` description and ``compiled`` (the loss) of the last call that trained.
+    ``notes``: the registry entry's (a warning about the codec)."""
     n, info, step = x_train.shape[0], run.info, run.info["step"]
-    if data_description is None:
-        data_description = f"{n} images of shape {tuple(x_train.shape[1:])}"
-    device = describe_device(run.device)
+    data_description, device = trained_by["data"], trained_by["device"]
     on = "test" if test_set else "train"  # without a test set, the figures are of training images: named so
     quality = {f"{on}_{key}": round(metrics[key], decimals) for key, decimals in run.recipe.quality.items()}
     # 3 significant figures: a run of seconds is not 0 minutes
@@ -842,7 +847,7 @@ def _report(run: _TrainingRun, stored: Codec, *, name: str, ckpt: Path, sha: str
             "ema_decay": ema_decay,
             "flips": run.flips,
             "translate": run.translate,
-            "compiled": compiled,
+            "compiled": trained_by["compiled"],
             "seed": run.seed,
             "actnorm_init_batch": min(ACTNORM_INIT_BATCH, n) if run.recipe.actnorm else None,
             "nonfinite_steps": info["nonfinite_steps"],
@@ -1016,7 +1021,8 @@ def train_codec(
         fp16: store the final weights as float16 (half the file), kept only if the fp16 copy still
             round-trips within 1e-3 (flows) or reconstructs within 1e-2 of fp32 (VAEs); else fp32.
         checkpoint_every: steps between training-state checkpoints.
-        data_description: what the data was, for the JSON (e.g. ``"digits (train split)"``).
+        data_description: what the data was, for the JSON (e.g. ``"digits (train split)"``); the JSON keeps that of
+            the last call that trained a step (as it keeps its device), not of a finished run run again.
 
     Ctrl-C (SIGINT) or SIGTERM while training, in the main thread, stops the run at the end of the current step and
     saves the training state; then the signal is handled as it would have been without this call: Ctrl-C raises
@@ -1036,7 +1042,8 @@ def train_codec(
     _check_train_args(x_train, x_test, name, epochs=epochs, max_steps=max_steps, max_minutes=max_minutes, lr=lr,
                       warmup_steps=warmup_steps, grad_clip=grad_clip, batch_size=batch_size,
                       checkpoint_every=checkpoint_every, translate=translate, ema_decay=ema_decay, seed=seed,
-                      flags={"flips": flips, "compile": compile, "resume": resume, "progress": progress, "fp16": fp16})
+                      flags={"flips": flips, "compile": compile, "resume": resume, "progress": progress, "fp16": fp16},
+                      data_description=data_description)
     dev = resolve_device(device, auto=True)
     if dev.type == "meta":
         raise ValueError("device 'meta' holds shapes, not values: train on cpu or cuda")
@@ -1072,8 +1079,6 @@ def train_codec(
         x_dev = x_train.to(dev, torch.float32)
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             codec, optimizer = _build(codec_kind, cfg, dev, lr, seed, x_dev, saved, state_path)
-            if saved is not None:
-                say(f"resuming {state_path} at step {info['step']} ({info['train_time_s'] / 60:.1f} min trained)")
             ema = None if ema_decay is None else _weight_ema(codec, ema_decay, saved, info.get("ema_updates", 0), dev)
             info["calls"] += 1
             run = _TrainingRun(codec, optimizer, ema, info, state_path, x=x_dev, device=dev, recipe=recipe,
@@ -1082,6 +1087,16 @@ def train_codec(
                                warmup=warmup, grad_clip=clip, total_steps=total_steps, budget_s=budget_s,
                                checkpoint_every=checkpoint_every,
                                loss_fn=torch.compile(codec.loss) if compile else codec.loss)
+            # how the checkpoint was trained, as the report says: by the last call that trained a step, not by a call
+            # that trains nothing (a finished run run again, with another thread count or data description)
+            this_call = {"device": describe_device(dev), "compiled": compile, "data": data_description if
+                         data_description is not None else f"{n} images of shape {tuple(x_train.shape[1:])}"}
+            if saved is not None:
+                done = ": the run is finished, nothing to train; writing its final files again" if run.finished() \
+                    else ""
+                say(f"resuming {state_path} at step {info['step']} ({info['train_time_s'] / 60:.1f} min trained){done}")
+            if not run.finished():
+                info["training_call"] = this_call
             run.follow_length(say)
             complete = run.run(t_call, call_limit_s, f"{name} ({codec_kind}, {dev.type})" if progress else None, say) \
                 and run.stop_signal is None
@@ -1122,8 +1137,8 @@ def train_codec(
         _save_grid(stored, x_eval, png, n=min(16, x_eval.shape[0]), temperature=recipe.sample_temperature, seed=seed)
         weakness = recipe.weakness(stored, metrics)
         report = _report(run, stored, name=name, ckpt=ckpt, sha=sha, dtype=dtype, fallback=fallback, x_train=x_train,
-                         data_description=data_description, ema_decay=ema_decay, metrics=metrics, eval_on=eval_on,
-                         test_set=x_test is not None, compiled=compile, notes=weakness or "")
+                         trained_by=info.get("training_call", this_call), ema_decay=ema_decay, metrics=metrics,
+                         eval_on=eval_on, test_set=x_test is not None, notes=weakness or "")
         with hub.atomic_path(js) as tmp:
             Path(tmp).write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")  # strict JSON: no NaN
         wall = time.perf_counter() - t_call

@@ -526,16 +526,18 @@ def test_training_page_quotes_the_lines_calls_print(tmp_path, digits, monkeypatc
     text = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text(encoding="utf-8")
     section = text[text.index("## Resuming and time limits"):text.index("## The output files")]
     quoted = [" ".join(q.split()) for q in re.findall(r"prints\s+`([^`]+)`", section)]
-    assert len(quoted) >= 3, quoted  # the time limit's, the signal's and the finished run's lines
+    assert len(quoted) >= 4, quoted  # the time limit's, the signal's, the finished run's and the one run again
     kw = dict(**FLOW, max_steps=3, batch_size=16)
     train_codec("flow", digits[0][:32], tmp_path, **kw, max_minutes=1e-9)
     _signal_after_update(monkeypatch, 1, signal.SIGINT)
     with pytest.raises(KeyboardInterrupt):
         train_codec("flow", digits[0][:32], tmp_path, **kw)
     train_codec("flow", digits[0][:32], tmp_path, **kw)
+    train_codec("flow", digits[0][:32], tmp_path, **kw)  # finished: trains nothing
     lines = capsys.readouterr().out.splitlines()
     for template in quoted:
-        pattern = re.escape(template).replace("N/M", r"\d+/\d+").replace("OUT/NAME", r"\S+").replace(r"\.\.\.", ".*")
+        pattern = re.escape(template).replace("N/M", r"\d+/\d+").replace(r"step\ N\ ", r"step\ \d+\ ") \
+            .replace("OUT/NAME", r"\S+").replace(r"\.\.\.", ".*")
         assert any(re.fullmatch(pattern, line) for line in lines), (template, lines)
 
 
@@ -1417,14 +1419,19 @@ def test_report_names_the_optimizer_each_kind_trains_with(tmp_path, digits):
 def test_bad_settings_are_refused_before_the_output_folder_is_made(tmp_path):
     """A codec setting that cannot build a codec (levels=5 on 8x8 images) was refused after the output folder was
     made; seed=2**64 or 1.5 was torch's error, seed=True read as 1; flips="no" flipped and was recorded as "no"; test
-    images of another shape than the training images would be found out only after training."""
+    images of another shape than the training images would be found out only after training; so would a data
+    description that is not JSON."""
     x = torch.rand(16, 1, 8, 8)
     for kwargs, message in (({"levels": 5}, "divisible by 2\\*\\*levels"), ({"seed": 2**64}, "seed must be an int"),
                             ({"seed": 1.5}, "seed must be an int"), ({"seed": True}, "seed must be an int"),
                             ({"flips": "no"}, "flips must be True or False"),
                             ({"ema_decay": 1.0}, r"ema_decay must be a finite number in \(0, 1\)"),
                             ({"x_test": torch.rand(4, 1, 4, 4)},
-                             r"x_test images are \(1, 4, 4\), x_train images \(1, 8, 8\)")):
+                             r"x_test images are \(1, 4, 4\), x_train images \(1, 8, 8\)"),
+                            # saved with the training state, it lost the steps of the call (before: the final JSON)
+                            ({"data_description": {"root": Path("/data")}}, "data_description must be a str or a dict "
+                             r"of JSON values .*, got \{'root': \w*Path\("),
+                            ({"data_description": {"mean": math.nan}}, "data_description must be a str or a dict")):
         with pytest.raises(ValueError, match=message):
             train_codec("flow", x, tmp_path / "o", **{"max_steps": 1, "progress": False, **kwargs})
         assert not (tmp_path / "o").exists(), kwargs
@@ -1600,3 +1607,31 @@ def test_without_a_test_set_the_metrics_take_a_thousand_training_images(tmp_path
     r = train_codec("flow", x, tmp_path, **FLOW, max_steps=1, batch_size=16, progress=False)
     report = json.loads(Path(r["json"]).read_text())
     assert report["metrics"]["evaluated_on"] == "1000 training images spread over the set (no test set given)"
+
+
+def test_a_finished_run_run_again_keeps_what_its_json_says_of_the_training(tmp_path, digits, capsys, monkeypatch):
+    # the CLI's run, registered, then training.md's Python snippet on it: 0 steps, the same checkpoint, but the JSON
+    # took that call's thread count and (default) data description, and `register` refused it as other details
+    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(hub, "_registered", {})
+    x, _, xt, _, bins = digits
+    kw = dict(name="zz-f", **FLOW, max_steps=1, batch_size=16, x_test=xt[:32])
+    r = train_codec("flow", x[:32], tmp_path, **kw, data_description="digits (train split): 32 images")
+    first = json.loads(Path(r["json"]).read_text())
+    hub.register_run(r["json"])
+    capsys.readouterr()
+    torch.set_num_threads(2)  # put back by the one_thread fixture
+    again = train_codec("flow", x[:32], tmp_path, **kw)  # trains nothing, rewrites the final files
+    out = capsys.readouterr().out
+    assert "at step 1 (0.0 min trained): the run is finished, nothing to train; writing its final files again" in out
+    report = json.loads(Path(again["json"]).read_text())
+    assert again["sha256"] == r["sha256"] and report["registry_entry"] == first["registry_entry"]
+    assert report["registry_entry"]["quality"]["train_device"].endswith(", 1 thread)")
+    assert report["training"]["data"] == "digits (train split): 32 images" and report["training"]["calls"] == 2
+    assert hub.register_run(again["json"]).changed is False  # was: already registered (other details)
+    # a call that trains steps is the one the report describes
+    longer = train_codec("flow", x[:32], tmp_path, **{**kw, "max_steps": 2})
+    assert "nothing to train" not in capsys.readouterr().out
+    report = json.loads(Path(longer["json"]).read_text())
+    assert report["training"]["device"].endswith(", 2 threads)") and report["training"]["data"] == \
+        "32 images of shape (1, 8, 8)"
