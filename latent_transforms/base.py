@@ -12,7 +12,7 @@ from torch.utils.data import get_worker_info
 from .labels import num_classes_of, to_soft
 from .rng import GeneratorSource, generator_repr
 from .validation import (WrongTypeError, check_batch, check_count, check_model, check_model_slot, check_number,
-                         describe)
+                         describe, setting)
 
 # A decoded sample further than this outside [0, 1] (before clipping) is implausible and is rejected.
 MAX_OVERSHOOT = 0.5
@@ -134,11 +134,12 @@ class LatentTransform(SampleStats, nn.Module):
     index_params: tuple[str, ...] = ()  # draws that are indices among the selected samples
     weight_params: tuple[str, ...] = ()  # draws that are weights in [0, 1] (VarMixup's lam: past them, negative labels)
     accepted_labels: str = "(B,) int64 class indices or (B, K) soft labels"  # named when y=None is refused
+    p = setting("p", check_number, high=1.0)
+    num_classes = setting("num_classes", lambda name, k: None if k is None else check_count(name, k, low=1))
 
     def __init__(self, *, p: float = 1.0, generator: torch.Generator | int | None = None, num_classes: int | None = None):
         super().__init__()
-        self.p = check_number("p", p, high=1.0)
-        self.num_classes = None if num_classes is None else check_count("num_classes", num_classes, low=1)
+        self.p, self.num_classes = p, num_classes  # settings: checked whenever set
         self._rng = GeneratorSource(generator)
         self.last_params: dict[str, torch.Tensor] = {}
 
@@ -146,6 +147,16 @@ class LatentTransform(SampleStats, nn.Module):
     def needs_labels(self) -> bool:
         """Whether a call needs ``y`` (a label-mixing method does); the others take ``y=None``."""
         return self.mixes_labels
+
+    @property
+    def generator(self) -> torch.Generator | int | None:
+        """The ``generator`` given; assigned (a sweep's ``t.generator = trial_seed``), the draws start from it as a
+        new transform's would (as a plain attribute it was ignored)."""
+        return self._rng.spec
+
+    @generator.setter
+    def generator(self, generator: torch.Generator | int | None) -> None:
+        self._rng = GeneratorSource(generator)
 
     # -- hooks for subclasses -------------------------------------------------------------------
     def value_checks(self, x: torch.Tensor, index: torch.Tensor | None) -> list:

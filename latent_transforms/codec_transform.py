@@ -40,6 +40,17 @@ class CodecTransform(ChecksCodecStates, LatentTransform):
         self.cache = cache
         self._refresh_fingerprint()
         self.register_load_state_dict_post_hook(_refresh_after_load)
+        self.levels = levels
+
+    @property
+    def levels(self) -> list[int] | None:
+        """The latent levels the method acts on, sorted (``None``: all). Assigned (``t.levels = [0]``), it is checked
+        and normalised as the constructor's, and the draws are resized (as a plain attribute, the noise was drawn over
+        every coordinate and cut: an L2 size of 0.68 for ``eps=1``); ``eps`` keeps its value."""
+        return self._levels
+
+    @levels.setter
+    def levels(self, levels: Sequence[int] | None) -> None:
         n = len(self.codec.latent_shapes)
         if levels is not None:
             if not is_sequence(levels):  # a list, a tuple, Hydra's ListConfig
@@ -51,9 +62,8 @@ class CodecTransform(ChecksCodecStates, LatentTransform):
                                  f"counted from the finest, as a list index), got {levels!r}",
                                  right_type=not wrong_type)
             levels = sorted({int(i) % n for i in levels})
-        self.levels = levels
         sizes = [int(torch.Size(s).numel()) for s in self.codec.latent_shapes]
-        self._level_size = sum(sizes) if levels is None else sum(sizes[i] for i in levels)
+        self._levels, self._level_size = levels, sum(sizes) if levels is None else sum(sizes[i] for i in levels)
 
     @property
     def index_size(self) -> int | None:

@@ -42,7 +42,8 @@ from .feature_covariance import COVARIANCES, FeatureCovariance, check_sync
 from .modelutils import unwrap
 from .rng import generator_repr
 from .validation import (WrongTypeError, bad_option, check_choice, check_count, check_device, check_labels,
-                         check_number, check_same_device, describe, name_dtype_clash, no_autocast, wide_float)
+                         check_number, check_same_device, describe, name_dtype_clash, no_autocast, setting,
+                         wide_float)
 
 
 _HARD_LABELS_ONLY = (
@@ -159,11 +160,13 @@ class _ISDAState:
 
     estimator: FeatureCovariance
     schedule_progress: torch.Tensor  # a buffer
+    lambda0 = setting("lambda0", check_number)
 
     def _init_isda(self, num_classes: int, lambda0: float, covariance: str, feature_dim: int | None,
                    sync_stats: "bool | dist.ProcessGroup") -> None:
-        self.lambda0 = check_number("lambda0", lambda0)
-        self.covariance, self.progress = check_choice("covariance", covariance, COVARIANCES), 0.0
+        self.lambda0 = lambda0
+        check_choice("covariance", covariance, COVARIANCES)
+        self._progress = 0.0
         self._scheduled = False  # whether set_progress/set_epoch was ever called (or a progress loaded)
         # the progress as a buffer too, so that state_dict() (all tensors) resumes the schedule mid-epoch; lam reads
         # the float: no host sync when the buffer is on the GPU
@@ -201,10 +204,32 @@ class _ISDAState:
         """The current strength ``lambda0 * progress``."""
         return self.lambda0 * self.progress
 
+    @property
+    def covariance(self) -> str:
+        """``"full"`` or ``"diagonal"``, the statistics' form: fixed at construction (assigned as a plain attribute,
+        the repr said one form while the statistics kept the other)."""
+        return self.estimator.covariance
+
+    @covariance.setter
+    def covariance(self, covariance: object) -> None:
+        raise AttributeError(f"{type(self).__name__}'s covariance is fixed at construction (it sizes the class "
+                             f"statistics, now {self.covariance!r}): build a new {type(self).__name__}(..., "
+                             f"covariance={covariance!r})")
+
+    @property
+    def progress(self) -> float:
+        """The training progress in [0, 1]; assigning it is ``set_progress`` (as a plain attribute it changed
+        ``lam`` but not the ``schedule_progress`` that ``state_dict`` saves)."""
+        return self._progress
+
+    @progress.setter
+    def progress(self, progress: float) -> None:
+        self.set_progress(progress)
+
     def set_progress(self, progress: float) -> None:
         """Set the training progress in [0, 1]: ``lam = lambda0 * progress`` (per-iteration ramps)."""
-        self.progress = check_number("progress", progress, high=1.0)
-        self.schedule_progress.fill_(self.progress)
+        self._progress = check_number("progress", progress, high=1.0)
+        self.schedule_progress.fill_(self._progress)
         self._scheduled = True
 
     def _warn_if_unscheduled(self, stacklevel: int) -> None:
@@ -273,6 +298,14 @@ def _disarm(layer: nn.Module) -> "_ArmedHook | None":
     if handle is not None:
         handle.remove()
     return hook
+
+
+def _check_layer_name(name: str, layer: object) -> str | None:
+    """``layer`` if it is ``None`` or a dotted name (a non-empty string)."""
+    if layer is not None and (not isinstance(layer, str) or not layer):
+        raise bad_option(f"{name} must be the dotted name of an nn.Linear in the model, got {layer!r}",
+                         right_type=isinstance(layer, str))
+    return layer
 
 
 def _layer_label(name: str, layer: nn.Linear) -> str:
@@ -551,17 +584,15 @@ class ISDA(_ISDAState, LatentTransform):
     takes_images = False  # it reads the classifier's features, never x: vectors, sequences, token ids pass
     needs_labels = True
     accepted_labels = "(B,) int64 class indices"
+    layer = setting("layer", _check_layer_name)
 
     def __init__(self, num_classes: int, lambda0: float = 0.5, *, covariance: str = "full", layer: str | None = None,
                  feature_dim: int | None = None, sync_stats: bool | dist.ProcessGroup = True, p: float = 1.0,
                  generator: torch.Generator | int | None = None):
         num_classes = check_count("num_classes", num_classes, low=1)
-        if layer is not None and (not isinstance(layer, str) or not layer):
-            raise bad_option(f"layer must be the dotted name of an nn.Linear in the model, got {layer!r}",
-                             right_type=isinstance(layer, str))
+        self.layer = layer  # a setting: checked whenever set
         super().__init__(p=p, generator=generator, num_classes=num_classes)
         self._init_isda(num_classes, lambda0, covariance, feature_dim, sync_stats)
-        self.layer = layer
 
     def extra_repr(self) -> str:
         # one line (no estimator submodule): its feature_dim and sync_stats are settings given to ISDA

@@ -11,8 +11,8 @@ from .codec_transform import CodecTransform
 from .latent_cache import LatentCache
 from .codecs import Codec
 from .modelutils import borrowed, logits_of
-from .perturbation import ascent_direction, check_norm, project, random_start, scaled_to_unit_max
-from .validation import check_bool, check_choice, check_count, check_number
+from .perturbation import NORMS, ascent_direction, project, random_start, scaled_to_unit_max
+from .validation import check_bool, check_choice, check_count, check_number, setting
 
 
 class LatentAdversarial(CodecTransform):
@@ -58,17 +58,19 @@ class LatentAdversarial(CodecTransform):
     """
 
     needs_model = True
+    norm = setting("norm", check_choice, NORMS)
+    target = setting("target", check_choice, ("pred", "true"))
+    eps, step_size = setting("eps", check_number), setting("step_size", check_number)
+    steps, random_start = setting("steps", check_count), setting("random_start", check_bool)
 
     def __init__(self, codec: Codec | str = "glow-cifar10", eps: float = 1.0, *, steps: int = 1, step_size: float = 1.0,
                  norm: str = "l2", random_start: bool = True, target: str = "pred", levels: Sequence[int] | None = None,
                  cache: LatentCache | None = None,
                  p: float = 1.0, generator: torch.Generator | int | None = None):
-        check_norm(norm, allow_none=False)
-        check_choice("target", target, ("pred", "true"))
-        eps, step_size, steps = check_number("eps", eps), check_number("step_size", step_size), check_count("steps", steps)
+        # settings: checked whenever set, here before the codec is loaded
+        self.norm, self.target, self.eps, self.step_size, self.steps = norm, target, eps, step_size, steps
+        self.random_start = random_start
         super().__init__(codec, levels=levels, cache=cache, p=p, generator=generator)
-        self.eps, self.steps, self.step_size, self.norm = eps, steps, step_size, norm
-        self.random_start, self.target = check_bool("random_start", random_start), target
 
     @property
     def needs_labels(self) -> bool:

@@ -10,8 +10,8 @@ from torch import nn
 from .codec_transform import CodecTransform
 from .latent_cache import LatentCache
 from .codecs import Codec
-from .perturbation import check_norm, random_perturbation
-from .validation import check_number
+from .perturbation import NORMS, random_perturbation
+from .validation import check_choice, check_number, setting
 
 
 # the eps 10 calibrated with glow-cifar10 (L2, over its 3,072 coordinates), per coordinate: the default for any codec
@@ -56,13 +56,18 @@ class LatentNoise(CodecTransform):
         samples (``last_params["selected"]``).
     """
 
+    eps = setting("eps", check_number)
+    norm = setting("norm", check_choice, NORMS + (None,))
+
     def __init__(self, codec: Codec | str = "glow-cifar10", eps: float | None = None, *, norm: str | None = "l2",
                  levels: Sequence[int] | None = None, cache: LatentCache | None = None, p: float = 1.0,
                  generator: torch.Generator | int | None = None):
-        check_norm(norm, allow_none=True)
-        eps = None if eps is None else check_number("eps", eps)
+        self.norm = norm  # settings: checked whenever set, here before the codec is loaded
+        if eps is not None:
+            self.eps = eps
         super().__init__(codec, levels=levels, cache=cache, p=p, generator=generator)
-        self.eps, self.norm = default_eps(norm, self.level_size()) if eps is None else eps, norm
+        if eps is None:
+            self.eps = default_eps(norm, self.level_size())
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}, norm={self.norm!r}, " + super().extra_repr()

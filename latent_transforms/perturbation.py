@@ -3,13 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .validation import check_choice
-
 NORMS = ("l2", "linf")
-
-
-def check_norm(norm: str | None, allow_none: bool) -> None:
-    check_choice("norm", norm, NORMS + ((None,) if allow_none else ()))
 
 
 def _l2(d: torch.Tensor) -> torch.Tensor:

@@ -157,6 +157,24 @@ def check_choice(name: str, value: object, choices: tuple) -> object:
     return value
 
 
+def setting(name: str, check: Callable, *args, **kwargs) -> property:
+    """A transform's setting ``name``, kept as ``_name`` and checked by ``check(name, value, *args, **kwargs)`` (which
+    returns the value kept) whenever it is set: in the constructor, and after it (a sweep's ``t.eps = 0.5``), where a
+    plain attribute took anything (``eps=nan`` rejected every sample, ``target="x"`` attacked the labels, silently)."""
+    key = "_" + name
+
+    def get(self):
+        try:
+            return self.__dict__[key]
+        except KeyError:  # not set yet: nn.Module's __getattr__ says so
+            raise AttributeError(name) from None
+
+    def set_(self, value) -> None:
+        self.__dict__[key] = check(name, value, *args, **kwargs)
+
+    return property(get, set_, doc=f"``{name}``, checked as the constructor's whenever it is set.")
+
+
 def check_bool(name: str, value: object) -> bool:
     """``value`` if it is ``True`` or ``False`` (a string such as ``"no"`` would read as true)."""
     if not isinstance(value, bool):

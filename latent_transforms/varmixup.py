@@ -11,10 +11,11 @@ from .latent_cache import LatentCache
 from .codecs import Codec, ConvVAE
 from .labels import mix_labels
 from .rng import random_partners, sample_beta
-from .validation import check_bool, check_choice, check_number
+from .validation import check_bool, check_choice, check_number, setting
 
 
 MIN_ALPHA = 1e-3  # Beta(0.001, 0.001) weights are already almost all within 1e-6 of 0 or 1: no mixing left
+POSTERIORS = ("mean", "sample")
 
 
 class VarMixup(CodecTransform):
@@ -67,22 +68,33 @@ class VarMixup(CodecTransform):
     mixes_labels = True
     index_params = ("partner",)
     weight_params = ("lam",)
+    alpha = setting("alpha", check_number, low=MIN_ALPHA)  # below, float32 Beta draws overflow to NaN weights
+    per_sample, keep_detail = setting("per_sample", check_bool), setting("keep_detail", check_bool)
 
     def __init__(self, codec: Codec | str = "vae-cifar10", alpha: float = 1.0, *, num_classes: int | None = None,
                  posterior: str = "mean", per_sample: bool = True, keep_detail: bool = True,
                  levels: Sequence[int] | None = None,
                  cache: LatentCache | None = None,
                  p: float = 0.25, generator: torch.Generator | int | None = None):
-        alpha = check_number("alpha", alpha, low=MIN_ALPHA)  # below, float32 Beta draws overflow to NaN weights
-        check_choice("posterior", posterior, ("mean", "sample"))
+        self.alpha = alpha  # settings: checked whenever set, these before the codec is loaded
+        check_choice("posterior", posterior, POSTERIORS)
         super().__init__(codec, levels=levels, cache=cache, p=p, generator=generator, num_classes=num_classes)
+        self.posterior, self.per_sample, self.keep_detail = posterior, per_sample, keep_detail
+
+    @property
+    def posterior(self) -> str:
+        """``"mean"`` or ``"sample"``; assigned, checked as the constructor's (``"sample"`` needs a VAE and no cache)."""
+        return self._posterior
+
+    @posterior.setter
+    def posterior(self, posterior: str) -> None:
+        check_choice("posterior", posterior, POSTERIORS)
         if posterior == "sample" and not isinstance(self.codec, ConvVAE):
             raise ValueError(f"posterior='sample' needs a VAE codec, got a {self.codec.kind} codec")
-        if posterior == "sample" and cache is not None:
+        if posterior == "sample" and self.cache is not None:
             raise ValueError("posterior='sample' draws from the posterior, which a LatentCache (posterior means) "
                              "does not hold: use posterior='mean' with a cache, or no cache")
-        self.alpha, self.posterior, self.per_sample = alpha, posterior, check_bool("per_sample", per_sample)
-        self.keep_detail = check_bool("keep_detail", keep_detail)
+        self._posterior = posterior
 
     def extra_repr(self) -> str:
         return (f"alpha={self.alpha}, posterior={self.posterior!r}, per_sample={self.per_sample}, "

@@ -1176,6 +1176,28 @@ def test_the_strength_schedule_travels_with_the_state_dict(make):
         resumed.load_state_dict({**isda.state_dict(), "schedule_progress": torch.tensor(2.0, dtype=torch.float64)})
 
 
+@pytest.mark.parametrize("make", [lambda: ISDA(10, lambda0=0.5), lambda: ISDALoss(10, lambda0=0.5)])
+def test_progress_assigned_is_set_progress(make):
+    # a plain attribute changed lam but not schedule_progress: state_dict() saved the earlier progress, and a run
+    # resumed from it trained at another strength
+    isda = make()
+    isda.progress = 0.75
+    resumed = make()
+    resumed.load_state_dict(isda.state_dict())
+    assert resumed.lam == isda.lam == 0.375
+    with pytest.raises(ValueError, match="progress must be"):
+        isda.progress = 1.5
+
+
+@pytest.mark.parametrize("make", [lambda: ISDA(10, covariance="full"), lambda: ISDALoss(10, covariance="full")])
+def test_the_covariance_form_is_fixed_at_construction(make):
+    # assigned as a plain attribute, the repr (what a sweep logs) said "diagonal" while the statistics stayed full
+    isda = make()
+    with pytest.raises(AttributeError, match=r"covariance is fixed at construction .*now 'full'.*covariance='diagonal'"):
+        isda.covariance = "diagonal"
+    assert "covariance='full'" in repr(isda) and isda.estimator.covariance == isda.covariance == "full"
+
+
 def test_torchvision_resnet18_auto_detects_fc():
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)

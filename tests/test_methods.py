@@ -854,6 +854,64 @@ def test_levels_are_normalised_and_checked(glow, batch):
             LatentNoise(glow, levels=[level])
 
 
+def test_levels_assigned_after_construction_act_as_given_to_the_constructor(glow, batch):
+    # a sweep's t.levels = [0]: a plain attribute left the draws sized for every level, so the noise was drawn over
+    # all coordinates and cut to level 0's (an L2 size of 0.68 for eps=1), and levels=None after a list failed in torch
+    t, given = LatentNoise(glow, eps=1.0, generator=0), LatentNoise(glow, eps=1.0, levels=[0], generator=0)
+    t.levels = (-2,)  # normalised as the constructor's
+    assert t.levels == given.levels == [0]
+    assert torch.equal(t(*batch)[0], given(*batch)[0])
+    assert torch.equal(t.last_params["delta"], given.last_params["delta"])
+    assert torch.allclose(t.last_params["delta"].norm(dim=1), torch.ones(12))  # eps over the chosen coordinates
+    given.levels = None
+    given(*batch)
+    delta = given.last_params["delta"]
+    assert delta.shape == (12, glow.latent_dim) and (delta != 0).all()
+    assert torch.allclose(delta.norm(dim=1), torch.ones(12))
+    with pytest.raises(ValueError, match=r"level indices in \[0, 2\) .*got \[2\]"):
+        t.levels = [2]
+    assert t.levels == [0]  # a refused value leaves the setting as it was
+
+
+@pytest.mark.parametrize("make,name,value,match", [
+    (lambda g: LatentNoise(g), "eps", float("nan"), "eps must be a finite number"),
+    (lambda g: LatentNoise(g), "eps", "0.5", "eps must be a finite number"),
+    (lambda g: LatentNoise(g), "norm", "l1", "norm must be one of \\('l2', 'linf', None\\)"),
+    (lambda g: LatentNoise(g), "p", -1.0, "p must be a finite number in \\[0, 1\\]"),
+    (lambda g: LatentAdversarial(g), "eps", -1.0, "eps must be a finite number"),
+    (lambda g: LatentAdversarial(g), "steps", 2.5, "steps must be an int"),
+    (lambda g: LatentAdversarial(g), "target", "labels", "target must be one of \\('pred', 'true'\\)"),
+    (lambda g: LatentAdversarial(g), "norm", None, "norm must be one of \\('l2', 'linf'\\), got None"),
+    (lambda g: LatentAdversarial(g), "random_start", "no", "random_start must be True or False"),
+    (lambda g: VarMixup(g, num_classes=10), "alpha", 0.0, "alpha must be a finite number in \\[0.001"),
+    (lambda g: VarMixup(g, num_classes=10), "keep_detail", "no", "keep_detail must be True or False"),
+    (lambda g: VarMixup(g, num_classes=10), "posterior", "sample", "posterior='sample' needs a VAE codec"),
+    (lambda g: VarMixup(g, num_classes=10), "num_classes", 0, "num_classes must be an int >= 1"),
+    (lambda g: ISDA(10), "lambda0", -1.0, "lambda0 must be a finite number"),
+    (lambda g: ISDA(10), "layer", "", "layer must be the dotted name of an nn.Linear"),
+])
+def test_settings_assigned_after_construction_are_checked_as_the_constructors(glow, make, name, value, match):
+    # a sweep setting t.eps = ... between trials: as plain attributes they took anything, and some ran silently
+    # (eps=nan rejected every sample, target="labels" attacked the labels, norm="l1" drew unbounded noise)
+    t = make(glow)
+    before = getattr(t, name)
+    with pytest.raises(ValueError, match=match):
+        setattr(t, name, value)
+    assert getattr(t, name) == before
+
+
+def test_settings_assigned_after_construction_take_effect(glow, vae, batch, net):
+    t = LatentNoise(glow, generator=0)
+    t.eps, t.norm = 0.5, "linf"
+    t(*batch)
+    assert t.last_params["delta"].abs().max() <= 0.5 and t.eps == 0.5
+    t.generator = 3  # a plain attribute was ignored: the draws went on from the constructor's seed
+    assert t.generator == 3 and torch.equal(t(*batch)[0], LatentNoise(glow, eps=0.5, norm="linf", generator=3)(*batch)[0])
+    m = VarMixup(vae, num_classes=10, p=1.0, generator=0)
+    m.posterior, m.alpha = "sample", 0.5
+    assert "posterior_noise" in m.make_params(2, torch.Generator(), torch.device("cpu"))
+
+
 def test_mixup_inference_uses_num_mixes_references(glow, batch, net):
     x, _ = batch
     one = LatentMixupInference(net, glow, references=x, num_mixes=1, generator=0)(x)

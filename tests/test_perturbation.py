@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from latent_transforms import LatentAdversarial, LatentNoise
-from latent_transforms.perturbation import ascent_direction, check_norm, project, random_perturbation, random_start
+from latent_transforms.perturbation import ascent_direction, project, random_perturbation, random_start
 
 from conftest import TinyNet, tiny_glow
 
@@ -84,13 +84,6 @@ def test_random_perturbation_has_the_size_of_its_norm_and_is_drawn_from_the_gene
     torch.manual_seed(1)
     again = random_perturbation(shape, eps, "l2", torch.Generator().manual_seed(0), "cpu", torch.float32)
     assert torch.equal(again, l2)
-
-
-def test_check_norm_refuses_none_unless_allowed():
-    check_norm(None, allow_none=True)
-    check_norm("linf", allow_none=False)
-    with pytest.raises(ValueError, match="norm must be one of"):
-        check_norm(None, allow_none=False)
 
 
 def test_a_tiny_l2_ball_still_has_its_radius():
