@@ -12,6 +12,7 @@ from torch import nn
 from .isda import ISDA
 from .modelutils import borrowed, logits_of
 from .progress import progress_bar
+from .torch_defaults import cpu_as_default_device
 from .validation import (check_count, check_images, check_labels, check_number, no_autocast, row_sum_tolerance,
                          wide_float)
 
@@ -39,7 +40,8 @@ def fit_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, augment: 
     check_number("weight_decay", weight_decay)
     g = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(len(x) / batch_size)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    with cpu_as_default_device():  # torch 2.6 to 2.8 import torch._dynamo at a first optimizer: not under "meta"
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
     total = epochs * steps_per_epoch
     # OneCycleLR divides by its warm-up length pct_start * total - 1: keep it > 0 for short runs (a single step: constant)
     sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=max(0.25, 1.5 / total))

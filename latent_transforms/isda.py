@@ -486,18 +486,30 @@ def _saved_as_they_are() -> contextlib.AbstractContextManager:
     the forward around it. A non-reentrant activation checkpoint's (``torch.utils.checkpoint(...,
     use_reentrant=False)`` around the classifier) would expect them again when it recomputes the forward in the
     backward, where the one-shot hook no longer runs (torch's "CheckpointError: A different number of tensors was
-    saved"); the statistics are updated once, in the forward."""
-    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)  # private; not in every torch
-    if top is None:  # hooks unknown: as before, torch's CheckpointError under a checkpoint
-        return contextlib.nullcontext()
-    try:
-        hooks = top(False)  # as torch.utils.checkpoint asks
-    except TypeError:  # a torch whose version takes no argument
-        hooks = top()
-    return contextlib.nullcontext() if hooks is None else torch.autograd.graph.saved_tensors_hooks(_as_it_is, _as_it_is)
+    saved"); the statistics are updated once, in the forward. torch 2.8 and later tell whether such hooks are set
+    (a private function, taking one argument on every version that has it): only then; torch 2.4 to 2.7 cannot tell,
+    so always, where hooks can be set at all (not under a ``torch.func`` transform)."""
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    if top is not None:
+        needed = top(False) is not None  # as torch 2.14's torch.utils.checkpoint asks
+    else:
+        needed = torch._C._autograd._saved_tensors_hooks_is_enabled()
+    return torch.autograd.graph.saved_tensors_hooks(_with_version, _checked) if needed else contextlib.nullcontext()
 
 
-def _as_it_is(t: torch.Tensor) -> torch.Tensor:
+def _with_version(t: torch.Tensor) -> tuple[torch.Tensor, int]:
+    return t, t._version
+
+
+def _checked(saved: tuple[torch.Tensor, int]) -> torch.Tensor:
+    """The saved tensor, if not modified in place since it was saved: the check autograd makes on a tensor saved
+    without hooks (a second forward's update of the covariance, before this backward, say)."""
+    t, version = saved
+    if t._version != version:
+        raise RuntimeError(f"a tensor of shape {tuple(t.shape)} that ISDA's correction saved for the backward was "
+                           f"modified in place since (version {t._version}, saved at {version}): the covariance, "
+                           f"which the next isda(x, y, model) and forward update (covariance='full')? Call "
+                           f"backward() before the next augmented forward")
     return t
 
 

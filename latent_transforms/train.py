@@ -543,7 +543,8 @@ def _build(codec_kind: str, cfg: dict, dev: torch.device, lr: float, seed: int, 
     if saved is None and recipe.actnorm:  # ActNorm initialises from the first batch it sees: a big one
         g = torch.Generator().manual_seed(seed)
         codec.init_actnorm(x[torch.randperm(x.shape[0], generator=g, device="cpu")[:ACTNORM_INIT_BATCH].to(dev)])
-    optimizer = recipe.optimizer(params, lr=lr)
+    with cpu_as_default_device():  # torch 2.6 to 2.8 import torch._dynamo at a first optimizer: not under "meta"
+        optimizer = recipe.optimizer(params, lr=lr)
     if saved is not None:
         model_state, optim_state, extra = saved
         try:

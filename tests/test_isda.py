@@ -1585,12 +1585,11 @@ class Checkpointed(nn.Module):
         return torch.utils.checkpoint.checkpoint(self.net, x, use_reentrant=self.use_reentrant)
 
 
-@pytest.mark.skipif(not hasattr(torch._C._autograd, "_top_saved_tensors_default_hooks"),
-                    reason="this torch (2.4) cannot tell a checkpoint's saved-tensor hooks: torch's CheckpointError")
 @pytest.mark.parametrize("covariance", ["full", "diagonal"])
 def test_a_classifier_under_activation_checkpointing_is_augmented_once(batch, covariance):
     """The backward recomputes the checkpointed forward, where the one-shot hook no longer runs: the correction's
-    saved tensors were expected again there (torch's "CheckpointError: A different number of tensors was saved")."""
+    saved tensors were expected again there (torch's "CheckpointError: A different number of tensors was saved"; on
+    torch 2.4 to 2.7, which cannot tell a checkpoint's hooks, until 2026-12-05)."""
     x, y = batch
     runs = []
     for make in (TinyNet, lambda: Checkpointed(use_reentrant=False)):
@@ -1610,6 +1609,45 @@ def test_a_classifier_under_activation_checkpointing_is_augmented_once(batch, co
     torch.testing.assert_close(ckpt_grads, plain_grads)
     assert torch.equal(ckpt_count, plain_count) and ckpt_count.sum() == 2 * len(y)  # one update per forward
     assert ckpt_stats == plain_stats == {"seen": 24, "transformed": 24, "rejected": 0}
+
+
+def test_the_drop_in_augments_where_saved_tensor_hooks_are_disabled(batch):
+    """Under a torch.func transform no saved-tensor hooks can be set (torch's RuntimeError naming the transform):
+    torch 2.4 to 2.7, which cannot tell a checkpoint's, set ISDA's own around the correction whenever they can."""
+    x, y = batch
+    runs = []
+    for disabled in (False, True):
+        torch.manual_seed(0)
+        model, isda = TinyNet(), ISDA(10, lambda0=5.0)
+        isda.set_progress(1.0)
+        with (torch.autograd.graph.disable_saved_tensors_hooks("no hooks under this transform") if disabled
+              else contextlib.nullcontext()):
+            isda(x, y, model)
+            logits = model(x)
+            F.cross_entropy(logits, y).backward()
+        runs.append((logits, model.fc.weight.grad))
+    torch.testing.assert_close(runs[1], runs[0])
+    with torch.no_grad():
+        assert not torch.allclose(runs[1][0], model.fc(features_of(model, x)))  # augmented
+
+
+@pytest.mark.parametrize("checkpointed", [False, True])
+def test_a_covariance_updated_before_the_backward_is_refused_as_without_checkpointing(batch, checkpointed):
+    """With covariance='full' the correction saves the covariance itself, which a second augmented forward updates in
+    place before the first one's backward: autograd refuses that, but not for a tensor its saved-tensor hooks keep,
+    so under a checkpoint the backward used the newer covariance, silently (torch 2.8 and later, until 2026-12-05)."""
+    x, y = batch
+    torch.manual_seed(0)
+    model = Checkpointed(use_reentrant=False) if checkpointed else TinyNet()
+    isda = ISDA(10, lambda0=5.0)
+    isda.set_progress(1.0)
+    losses = []
+    for _ in range(2):
+        isda(x, y, model)
+        losses.append(F.cross_entropy(model(x), y))
+    ours = r"ISDA's correction saved for the backward was modified in place since .* Call backward\(\) before"
+    with pytest.raises(RuntimeError, match=ours if checkpointed else rf"modified by an inplace operation|{ours}"):
+        sum(losses).backward()
 
 
 def test_a_classifier_under_reentrant_checkpointing_is_refused(batch):

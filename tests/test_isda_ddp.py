@@ -328,8 +328,10 @@ def test_a_fully_sharded_classifier_is_augmented_as_the_unsharded_one(tmp_path):
     logits, the statistics and the (reduce-scattered) gradient are those of the unsharded model on the whole batch,
     also with the classifier under activation checkpointing, and with the root alone sharded, where a hook of the
     user's on the classifier still sees the plain logits. A tensor-parallel classifier is refused."""
-    if not hasattr(pytest.importorskip("torch.distributed.fsdp"), "fully_shard"):
-        pytest.skip("torch.distributed.fsdp.fully_shard is torch 2.6's")
+    if torch.__version__ < "2.9":  # the ranks' gradients, without ISDA too, were not the whole batch's on torch 2.7, 2.8
+        pytest.skip("FSDP2 (fully_shard) on the CPU: not in torch.distributed.fsdp before torch 2.6, torch 2.6's "
+                    "fails (\"'Stream' object has no attribute 'record_event'\"), torch 2.7 and 2.8 give other "
+                    "gradients than one process on the whole batch")
     results = spawn_two_ranks(_fsdp_worker, tmp_path)
     x, y = _batch_of_six()
     torch.manual_seed(0)

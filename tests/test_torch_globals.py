@@ -4,8 +4,12 @@ algorithms, warnings as errors. The library's own tensors follow the data, not t
 (docs/reliability.md#torchs-global-settings)."""
 import contextlib
 import copy
+import os
+import subprocess
+import sys
 import threading
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -218,6 +222,38 @@ def test_a_codec_built_inside_a_codec_build_is_built():
     thread.start()
     thread.join(20)
     assert len(built) == 1 and built[0].config == config
+
+
+_FIRST_OPTIMIZER_UNDER_META = """
+import sys, torch
+from latent_transforms.evaluation import fit_classifier
+from latent_transforms.train import train_codec
+x, y = torch.rand(12, 1, 8, 8), torch.arange(12) % 10
+net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+torch.set_default_device("meta")
+if sys.argv[1] == "fit_classifier":
+    fit_classifier(net, x, y, epochs=1, batch_size=6, progress=False)
+else:
+    train_codec("vae", x, sys.argv[2], name="v", config={"latent_dim": 2}, max_steps=2, batch_size=6,
+                warmup_steps=0, progress=False)
+torch.set_default_device(None)
+torch.compile(lambda t: t + 1, backend="eager")(torch.zeros(1))  # torch._dynamo whole
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trainer", ["fit_classifier", "train_codec"])
+def test_the_first_optimizer_of_a_process_is_made_under_a_meta_default_device(tmp_path, trainer):
+    """torch 2.6 to 2.8 import torch._dynamo when a process makes its first optimizer, and under a "meta" default
+    device that import failed (torch's "Tensor.item() cannot be called on meta tensors", then "partially initialized
+    module 'torch._dynamo'"), leaving it half-imported for every later optimizer and torch.compile of the process.
+    A fresh process: torch._dynamo is imported once."""
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "LATENT_TRANSFORMS_HOME": str(tmp_path / "hub"), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-c", _FIRST_OPTIMIZER_UNDER_META, trainer, str(tmp_path / "run")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 @UNTRAINED_CODEC_EXPECTED
