@@ -418,9 +418,16 @@ class Compose(ChecksCodecStates, nn.Module):
         reader = first if self.training and isinstance(first, LatentTransform) else leaf
         # ... unless that step takes any tensor (ISDA) and a later step takes images: their values are read here
         values = reader is None or (self._takes_images and not reader.takes_images)
-        check_batch(x, y, self.num_classes, index, first.index_size if isinstance(first, LatentTransform) else None,
-                    allow_uint8=self._takes_uint8, values=values, uint8_hint=self._uint8_hint,
-                    images=self._takes_images)
+        try:
+            check_batch(x, y, self.num_classes, index, first.index_size if isinstance(first, LatentTransform) else
+                        None, allow_uint8=self._takes_uint8, values=values, uint8_hint=self._uint8_hint,
+                        images=self._takes_images)
+        except ValueError as e:  # labels of new classes: an ISDA step's classifier grown past its statistics is why
+            isdas = (p for _, _, p in self._declared if isinstance(p, ISDA))
+            grown = next(filter(None, (p._grown_classifier(model) for p in isdas)), None)
+            if grown is None:
+                raise
+            raise not_about_the_batch(grown) from e
         check_model_slot(model)
         if y is None:
             needing = [_where(p, s, i) for i, s in enumerate(self.steps) for p in _needing_labels(s)]

@@ -1202,3 +1202,46 @@ def test_a_call_is_refused_alike_in_eval_and_train_mode_cleanly_and_without_chan
                 build().eval()(*_defective("none"))
     elif True in refused and defect != "model=None":  # eval() mode uses no model, by design
         assert ("trained on images of shape" in bare[True] or "for the model's" in bare[True]), refused[True]
+
+
+@STRENGTH_ZERO_EXPECTED
+def test_labels_of_new_classes_for_a_grown_classifier_name_grow_in_a_compose(rgb):
+    """Mutation round 23 (audit 204): docs/methods/isda.md says a head grown for new classes is refused naming
+    isda.grow(n); in Compose([flip, ISDA(4)]) the Compose checked the new task's labels first and said only "y has
+    class index 9, out of range for num_classes=4" (as ISDA alone did before audit 199), not blaming a step."""
+    x, y = rgb
+    net = TinyNet(channels=3, num_classes=4)
+    isda = ISDA(4)
+    t = Compose([T.RandomHorizontalFlip(), isda])
+    t(x, y % 4, net)
+    net(x)
+    net.fc = torch.nn.Linear(32, 10)
+    with pytest.raises(ValueError, match=r"^the layer 'fc' of TinyNet \(32 -> 10\) has 10 outputs but num_classes=4"
+                                         r".*call \.grow\(10\) on this ISDA first") as info:
+        t(x, y, net)
+    assert isinstance(info.value.__cause__, ValueError) and "class index" in str(info.value.__cause__)
+    net.fc = torch.nn.Linear(32, 4)  # no classifier grown: the labels are named
+    with pytest.raises(ValueError, match=r"^y has class index \d, out of range for num_classes=4$"):
+        t(x, y, net)
+
+
+def test_a_step_whose_classes_went_down_after_building_is_refused_too():
+    """Mutation round 23 (audit 204): fewer classes set on a step since the Compose was built are refused as more
+    are: its checks would pass labels the step no longer holds."""
+    mix = VarMixup(tiny_vae(shape=(3, 16, 16)), num_classes=4)
+    t = Compose([mix])
+    mix.num_classes = 2
+    with pytest.raises(RuntimeError, match=r"has num_classes=2, but had 4 when this Compose was built"):
+        t(torch.rand(4, 3, 16, 16), torch.tensor([0, 1, 2, 3]))
+
+
+def test_a_label_mix_inside_a_torchvision_container_whose_classes_changed_is_named():
+    """Mutation round 23 (audit 204): the classes checked are those of the step's parts (a MixUp inside RandomChoice),
+    not of the container, which has none."""
+    x, y = torch.rand(6, 3, 16, 16), torch.arange(6)
+    mix = T.MixUp(num_classes=10)
+    t = Compose([T.RandomHorizontalFlip(), T.RandomChoice([mix, T.CutMix(num_classes=10)])])
+    assert t(x, y)[1].shape == (6, 10)
+    mix.num_classes = 12
+    with pytest.raises(RuntimeError, match=r"^MixUp in RandomChoice at step 1 has num_classes=12, but had 10 when"):
+        t(x, y)

@@ -1970,3 +1970,105 @@ def test_a_hook_on_one_head_of_several_names_them(batch):
     first(x, y % 2, model)
     model(x)
     assert first.stats["transformed"] == len(y)
+
+
+def test_a_grow_refused_for_memory_keeps_the_classes_and_statistics(monkeypatch):
+    """Mutation round 23 (audit 204): a grow past the device's memory is refused, the estimator left as it was (its
+    classes, statistics and update), not holding the new number of classes over the old statistics."""
+    est = FeatureCovariance(2, feature_dim=3)
+    est.update(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))
+    kept = {n: b.clone() for n, b in est.named_buffers()}
+    monkeypatch.setattr(feature_covariance, "device_memory", lambda device: 10**4)
+    with pytest.raises(torch.OutOfMemoryError, match=r"full covariance for 1000 classes and 3 features"):
+        est.grow(1000)
+    assert est.num_classes == 2 and all(torch.equal(b, kept[n]) for n, b in est.named_buffers())
+    est.update(torch.randn(2, 3), torch.tensor([1, 1]))
+    assert est.count.tolist() == [2, 4]
+
+
+def test_grow_keeps_the_statistics_device():
+    """Mutation round 23 (audit 204): the new classes' statistics are made on the device of those kept (meta here,
+    standing for CUDA), not on the CPU where the estimator was built; grow(C) changes nothing, not even the tensors."""
+    est = FeatureCovariance(2, feature_dim=3).to("meta")
+    before = est.mean
+    est.grow(2)
+    assert est.mean is before
+    est.grow(4)
+    assert {b.device.type for b in est.buffers()} == {"meta"} and est.mean.shape == (4, 3)
+
+
+@pytest.mark.parametrize("make", [ISDA, ISDALoss])
+def test_fewer_num_classes_is_refused_too(make):
+    """Mutation round 23 (audit 204): ``t.num_classes = 2`` on statistics of 4 classes was refused only because a
+    larger count is: fewer is refused alike, the statistics kept."""
+    t = make(4)
+    with pytest.raises(AttributeError, match=r"num_classes is the number of classes of its statistics"):
+        t.num_classes = 2
+    assert t.num_classes == t.estimator.num_classes == 4
+
+
+@STRENGTH_ZERO_EXPECTED
+def test_a_classifier_of_fewer_outputs_is_not_named_as_grown(batch, net):
+    """Mutation round 23 (audit 204): the grown-classifier hint (grow(n), num_classes=n) is for a classifier of more
+    outputs than the statistics' classes; one of fewer, or the official argument order with more outputs than
+    features, gets its own hint only."""
+    x, y = batch
+    with pytest.raises(ValueError, match=r"10 outputs but num_classes=12; pass layer='\.\.\.' naming the "
+                                         r"classifier$"):
+        ISDA(12)(x, y, net)
+    with pytest.raises(ValueError, match=r"fc has 10 outputs but num_classes=12$"):
+        ISDALoss(12)(net.features(x), net.fc, y)
+    fc = nn.Linear(8, 10)  # ISDALoss(feature_num=8, class_num=10), the official order
+    for t, call in ((ISDALoss(8, 10), lambda t: t(torch.randn(len(y), 8), fc, y)),
+                    (ISDA(8, 10), lambda t: t(x, y, nn.Sequential(net.features, nn.Linear(32, 8), fc)))):
+        with pytest.raises(ValueError, match=r"official ISDALoss\(feature_num, class_num\)") as info:
+            call(t)
+        assert "grow" not in str(info.value)
+
+
+@STRENGTH_ZERO_EXPECTED
+def test_labels_out_of_range_are_named_when_no_classifier_is_grown(batch, net):
+    """Mutation round 23 (audit 204): the label error is replaced by the grown-classifier one only for a classifier of
+    more outputs than the statistics' classes; without an nn.Linear, for a model that is not an nn.Module, for one of
+    as many outputs (whatever its input width) or of fewer, the labels are named."""
+    x, y = batch
+    labels = r"y has class index 9, out of range for num_classes=(4|8)$"
+
+    class NoLinear(nn.Module):
+        def forward(self, x):
+            return x.flatten(1)
+
+    sized = ISDA(4, feature_dim=5)  # statistics of 5 features: the 32 -> 4 head's width differs
+    sized.estimator.update(torch.randn(4, 5), torch.arange(4))
+    net.fc = nn.Linear(32, 4)
+    for t, model in ((ISDA(4), NoLinear()), (ISDA(4), lambda x: net(x)), (sized, net), (ISDA(8), net)):
+        with pytest.raises(ValueError, match=labels):
+            t(x, y, model)
+
+
+def test_the_never_fired_warning_lists_only_heads_being_trained(batch):
+    """Mutation round 23 (audit 204): the heads named beside the one hooked are those that may run in training: of as
+    many outputs, in train() mode and with a weight that trains (a frozen or an eval() head of an old task is not)."""
+    x, y = batch
+
+    class PerTask(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = TinyNet().features
+            self.heads = nn.ModuleList([nn.Linear(32, 2), nn.Linear(32, 2), nn.Linear(32, 3), nn.Linear(32, 2),
+                                        nn.Linear(32, 2)])
+
+        def forward(self, x):
+            return self.heads[3](self.body(x))
+
+    model, isda = PerTask(), ISDA(2, 0.5)
+    model.heads[0].weight.requires_grad_(False)
+    model.heads[1].eval()
+    isda.set_progress(1.0)
+    isda(x, y % 2, model)
+    model(x)
+    with pytest.warns(UserWarning, match=r"'heads\.4' .* never applied") as caught:
+        isda(x, y % 2, model)
+    text = next(str(w.message) for w in caught if "never applied" in str(w.message))
+    assert "other nn.Linear layers of 2 outputs (heads.3): a head per task?" in text
+    isda.disarm(model)

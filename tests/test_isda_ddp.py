@@ -19,6 +19,7 @@ from conftest import spawn_two_ranks
 
 K, A = 4, 3
 SPLITS = [(5, 2), (1, 6), (4, 4)]  # per step: rank 0's and rank 1's batch sizes (uneven on purpose)
+GROWN_ORDER = [1, 0, 2]  # step 1 holds classes 0 and 1 only
 BIG_K = 3000
 BIG_LABELS = ([257, 2049, 2999], [2051, 5])  # per rank; gathered with the bf16 features, 257, 2049 and 2051 would
 #                                               round to 256, 2048, 2048
@@ -48,6 +49,13 @@ def _worker(rank: int, init_method: str, out_dir: str) -> None:
                 part = slice(0, n0) if rank == 0 else slice(n0, None)
                 est.update(f[part], y[part])
             result[diagonal] = {n: b.clone() for n, b in est.named_buffers()}
+        # grown between steps on every rank (class-incremental learning): step 1's classes 0, 1 first, then all
+        grown = FeatureCovariance(2)
+        for f, y, n0 in (stream()[i] for i in GROWN_ORDER):
+            grown.grow(max(grown.num_classes, int(y.max()) + 1))
+            part = slice(0, n0) if rank == 0 else slice(n0, None)
+            grown.update(f[part], y[part])
+        result["grown"] = {n: b.clone() for n, b in grown.named_buffers()}
         # a process group: each rank alone in its own group keeps its own rows; a group of both gathers both
         solos, both = [dist.new_group([0]), dist.new_group([1])], dist.new_group([0, 1])
         for key, group in (("solo", solos[rank]), ("both", both)):
@@ -152,6 +160,13 @@ def test_two_gloo_ranks_hold_the_statistics_of_the_concatenated_batch(tmp_path):
             assert torch.equal(got["count"], single.count)
             assert torch.allclose(got["mean"], single.mean, atol=1e-5)
             assert torch.allclose(got["cov"], single.cov, atol=1e-5)
+    single = FeatureCovariance(K, sync_stats=False)  # grown from 2 classes on both ranks: as if it had all from the start
+    for i in GROWN_ORDER:
+        single.update(*stream()[i][:2])
+    for res in results:
+        assert torch.equal(res["grown"]["count"], single.count)
+        assert torch.allclose(res["grown"]["mean"], single.mean, atol=1e-5)
+        assert torch.allclose(res["grown"]["cov"], single.cov, atol=1e-5)
     for rank, res in enumerate(results):  # the group's ranks' rows only
         own = torch.cat([y[:n0] if rank == 0 else y[n0:] for _, y, n0 in stream()])
         assert torch.equal(res["solo"], torch.bincount(own, minlength=K))

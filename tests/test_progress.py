@@ -67,6 +67,18 @@ def test_a_chosen_interval_wins_in_a_log_file(monkeypatch):
     assert 300 / 5 <= len(_updates(io.StringIO(), monkeypatch, mininterval=5)) <= 300 / 5 + 3
 
 
+def test_a_chosen_item_count_wins_in_a_log_file(monkeypatch):
+    # mutation round 23 (audit 204): miniters=1 is the log bar's default, not forced over one given: a state every 100
+    # items of 1 s, not every 30 s
+    assert 300 / 100 <= len(_updates(io.StringIO(), monkeypatch, miniters=100)) <= 300 / 100 + 3
+
+
+def test_a_log_bar_of_slow_items_writes_each(monkeypatch):
+    # mutation round 23 (audit 204): items of 40 s (an evaluation epoch), each past LOG_INTERVAL, write a state each:
+    # the time is checked at every item (miniters=1), not every other one
+    assert len(_updates(io.StringIO(), monkeypatch, seconds=40.0)) >= 300
+
+
 def test_tqdms_environment_setting_is_left_to_tqdm(monkeypatch):
     # tqdm reads TQDM_MININTERVAL once, at import, into its defaults: an interval given here would override it. Here
     # the import saw none, so tqdm's own 0.1 s shows

@@ -77,7 +77,7 @@ def test_a_negative_label_width_is_refused(tmp_path):
     assert not (tmp_path / "g.png").exists()
 
 
-@pytest.mark.parametrize("name", ["augmented", "pictures/"])
+@pytest.mark.parametrize("name", ["augmented", "pictures/", "grid.txt"])
 def test_a_path_without_an_image_extension_is_named(tmp_path, name):
     # PIL's error read "unknown file extension: ", with nothing after the colon
     with pytest.raises(ValueError, match=r"path must end in an image format's extension, such as \.png: got '.*"
@@ -88,3 +88,8 @@ def test_a_path_without_an_image_extension_is_named(tmp_path, name):
 
 def test_an_upper_case_extension_is_an_image_format(tmp_path):
     assert Image.open(save_rows({"a": torch.rand(1, 3, 4, 4)}, tmp_path / "grid.PNG")).format == "PNG"
+
+
+def test_any_image_format_pil_writes_is_taken(tmp_path):
+    # mutation round 23 (audit 204): the extension check takes every format PIL registers, not only .png
+    assert Image.open(save_rows({"a": torch.rand(1, 3, 4, 4)}, tmp_path / "grid.jpg")).format == "JPEG"
