@@ -338,6 +338,13 @@ def _linear_layers(model: nn.Module) -> list[tuple[str, nn.Linear]]:
     return found
 
 
+def _other_trained_heads(model: nn.Module, layer: nn.Linear) -> list[str]:
+    """The names of ``model``'s other ``nn.Linear`` layers of ``layer``'s outputs that train (in training mode, with a
+    weight that requires grad): the classifier being trained, where ``layer`` is not it."""
+    return [n for n, m in _linear_layers(model) if m is not layer and m.out_features == layer.out_features
+            and m.training and m.weight.requires_grad]
+
+
 def _check_layer_trains(model: nn.Module, name: str, layer: nn.Linear, by_default: bool) -> None:
     """``ValueError`` when the layer ISDA would hook, while ``model`` trains, is not the classifier being trained: one
     in eval mode never fires the hook, and a frozen one found by default (``by_default``) beside a trainable
@@ -345,8 +352,7 @@ def _check_layer_trains(model: nn.Module, name: str, layer: nn.Linear, by_defaul
     registered after the student). A frozen classifier with no such neighbour (a fixed head) is hooked as usual."""
     if layer.training and (layer.weight.requires_grad or not by_default):
         return
-    trained = [n for n, m in _linear_layers(model) if m is not layer and m.out_features == layer.out_features
-               and m.training and m.weight.requires_grad]
+    trained = _other_trained_heads(model, layer)
     if layer.training and not trained:
         return
     state = "in eval mode" if not layer.training else "frozen (its weight does not require grad)"
@@ -398,8 +404,7 @@ def _never_fired(label: str, model: nn.Module, layer: nn.Linear) -> str:
             f"ran through that layer after it); this call replaces it. Call isda(x, y, model) once per step, right "
             f"before model(x)")
     # a model with a head per task (task-incremental learning) runs one of them: the last one is found by default
-    heads = [n for n, m in _linear_layers(model) if m is not layer and m.out_features == layer.out_features
-             and m.training and m.weight.requires_grad]
+    heads = _other_trained_heads(model, layer)
     if heads:
         text += (f". The model has other nn.Linear layers of {layer.out_features} outputs ({', '.join(heads)}): a head "
                  f"per task? pass ISDA(..., layer='...') naming the one its forward runs")
