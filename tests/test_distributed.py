@@ -101,7 +101,7 @@ def _worker(rank: int, init_method: str, out_dir: str) -> None:
             for n, buf in est.named_buffers():
                 out[f"{tag}_{n}"] = buf.clone()
 
-        # 5. two micro-batches per optimizer step, the first under no_sync (docs/quickstart.md)
+        # 5. two micro-batches per optimizer step, the first under no_sync (docs/reliability.md)
         torch.manual_seed(0)
         model = torch.nn.parallel.DistributedDataParallel(TinyNet())
         accumulated_isda = ISDA(num_classes=10)
@@ -274,8 +274,8 @@ def test_isda_statistics_are_equal_on_both_ranks(ranks):
 
 
 def test_accumulated_gradients_under_no_sync_are_kept(ranks):
-    """docs/quickstart.md (gradient accumulation): the attack's passes on the local module leave the gradients the
-    first micro-batch accumulated under no_sync as they are, the ranks agree once the last one syncs, and ISDA
+    """docs/reliability.md (DDP, gradient accumulation): the attack's passes on the local module leave the gradients
+    the first micro-batch accumulated under no_sync as they are, the ranks agree once the last one syncs, and ISDA
     counts every micro-batch of both ranks once."""
     r0, r1 = ranks
     for r in ranks:
