@@ -886,6 +886,7 @@ def test_levels_assigned_after_construction_act_as_given_to_the_constructor(glow
     (lambda g: VarMixup(g, num_classes=10), "alpha", 0.0, "alpha must be a finite number in \\[0.001"),
     (lambda g: VarMixup(g, num_classes=10), "keep_detail", "no", "keep_detail must be True or False"),
     (lambda g: VarMixup(g, num_classes=10), "posterior", "sample", "posterior='sample' needs a VAE codec"),
+    (lambda g: VarMixup(g, num_classes=10), "posterior", "mode", "posterior must be one of \\('mean', 'sample'\\)"),
     (lambda g: VarMixup(g, num_classes=10), "num_classes", 0, "num_classes must be an int >= 1"),
     (lambda g: ISDA(10), "lambda0", -1.0, "lambda0 must be a finite number"),
     (lambda g: ISDA(10), "layer", "", "layer must be the dotted name of an nn.Linear"),

@@ -11,7 +11,7 @@ from torchvision.transforms import v2
 from latent_transforms import ISDA, Compose
 from latent_transforms.latent_adversarial import LatentAdversarial
 from latent_transforms.latent_noise import LatentNoise
-from latent_transforms.validation import check_batch, check_count, check_images, check_labels, check_number
+from latent_transforms.validation import check_batch, check_count, check_images, check_labels, check_number, setting
 from latent_transforms.varmixup import VarMixup
 
 from contract import assert_model_unchanged, model_state
@@ -323,6 +323,18 @@ def test_the_model_must_be_a_module_on_the_data_device():
 def test_constructor_arguments_are_checked(make, message):
     with pytest.raises((TypeError, ValueError), match=message):
         make()
+
+
+def test_a_setting_is_missing_until_set():
+    # read before its first assignment (a subclass's constructor, hasattr), it is missing, as a plain attribute was:
+    # not a None that reads as "no eps" / "no norm"
+    class Holder(torch.nn.Module):
+        eps = setting("eps", check_number)
+
+    h = Holder()
+    assert not hasattr(h, "eps")
+    h.eps = np.float32(0.5)
+    assert h.eps == 0.5 and type(h.eps) is float
 
 
 def test_numpy_level_indices_are_taken_like_ints():
