@@ -10,7 +10,7 @@ from torch import nn
 
 from .base import CALLER_NUM_CLASSES, NOT_ABOUT_THE_BATCH, LabelsT, LatentTransform, not_about_the_batch
 from .codecs.base import ChecksCodecStates
-from .isda import ISDA, check_class_indices
+from .isda import ISDA, check_class_indices, grown_classifier_named
 from .labels import blend, to_soft
 from .validation import WrongTypeError, check_batch, check_count, check_model_slot
 
@@ -418,16 +418,11 @@ class Compose(ChecksCodecStates, nn.Module):
         reader = first if self.training and isinstance(first, LatentTransform) else leaf
         # ... unless that step takes any tensor (ISDA) and a later step takes images: their values are read here
         values = reader is None or (self._takes_images and not reader.takes_images)
-        try:
+        # labels of new classes refused: an ISDA step's classifier grown past its statistics is why
+        with grown_classifier_named((p for _, _, p in self._declared if isinstance(p, ISDA)), model):
             check_batch(x, y, self.num_classes, index, first.index_size if isinstance(first, LatentTransform) else
                         None, allow_uint8=self._takes_uint8, values=values, uint8_hint=self._uint8_hint,
                         images=self._takes_images)
-        except ValueError as e:  # labels of new classes: an ISDA step's classifier grown past its statistics is why
-            isdas = (p for _, _, p in self._declared if isinstance(p, ISDA))
-            grown = next(filter(None, (p._grown_classifier(model) for p in isdas)), None)
-            if grown is None:
-                raise
-            raise not_about_the_batch(grown) from e
         check_model_slot(model)
         if y is None:
             needing = [_where(p, s, i) for i, s in enumerate(self.steps) for p in _needing_labels(s)]

@@ -28,6 +28,7 @@ import contextlib
 import sys
 import warnings
 import weakref
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import torch
@@ -194,7 +195,9 @@ class _ISDAState:
         self.estimator.grow(num_classes)
 
     def _grown_hint(self, outputs: int) -> str:
-        """What to do about a classifier of ``outputs`` > C: a head grown for new classes."""
+        """What to do about a classifier of ``outputs`` > C (a head grown for new classes); ``""`` for fewer."""
+        if outputs <= self.num_classes:
+            return ""
         return (f" (or num_classes={outputs}); a classifier grown for new classes (class-incremental learning)? call "
                 f".grow({outputs}) on this {type(self).__name__} first: it adds their statistics, empty, and keeps those "
                 f"of the classes seen")
@@ -386,6 +389,20 @@ def _fully_sharded(layer: nn.Module) -> bool:
     """Whether ``layer`` was given to FSDP2's ``fully_shard`` (alone or in a list of modules): its forward ends in
     FSDP's hook that reshards its parameters (torch 2.4 to 2.5: ``torch.distributed._composable.fsdp``'s)."""
     return _is_imported_instance(layer, "FSDPModule", ("torch.distributed.fsdp", "torch.distributed._composable.fsdp"))
+
+
+@contextlib.contextmanager
+def grown_classifier_named(isdas: Iterable["ISDA"], model: object) -> Iterator[None]:
+    """Checks of a call: a ``ValueError`` in them (labels of new classes, out of range) is replaced by the first of
+    ``isdas`` whose classifier in ``model`` has grown past its statistics' classes naming that (``grow``), the
+    original as its cause; other errors, and all where no classifier grew, stand."""
+    try:
+        yield
+    except ValueError as e:
+        grown = next(filter(None, (t._grown_classifier(model) for t in isdas)), None)
+        if grown is None:
+            raise
+        raise not_about_the_batch(grown) from e
 
 
 def _is_imported_instance(obj: object, cls_name: str, modules: tuple[str, ...]) -> bool:
@@ -625,8 +642,7 @@ class ISDA(_ISDAState, LatentTransform):
             raise ValueError(
                 f"the layer {name!r} of {type(model).__name__} ({layer.in_features} -> {layer.out_features}) has "
                 f"{layer.out_features} outputs but num_classes={self.num_classes}"
-                + (hint or "; pass layer='...' naming the classifier"
-                   + (self._grown_hint(layer.out_features) if layer.out_features > self.num_classes else ""))
+                + (hint or "; pass layer='...' naming the classifier" + self._grown_hint(layer.out_features))
             )
         dim = self.estimator.feature_dim
         if dim is not None and layer.in_features != dim:
@@ -667,16 +683,14 @@ class ISDA(_ISDAState, LatentTransform):
     def _grown_classifier(self, model: object) -> ValueError | None:
         """``find_layer``'s error for a classifier of ``model`` with more outputs than the statistics' classes (a head
         grown for new classes), else ``None`` (also when no classifier is found: the caller's error stands)."""
-        if not isinstance(model, nn.Module):
-            return None
         try:
-            grown = self._lookup(model)[1].out_features > self.num_classes
+            if not isinstance(model, nn.Module) or self._lookup(model)[1].out_features <= self.num_classes:
+                return None
         except ValueError:
             return None
         try:
-            if grown:
-                self.find_layer(model)
-        except ValueError as e:
+            self.find_layer(model)
+        except ValueError as e:  # always: its outputs are not num_classes
             return e
         return None
 
@@ -700,13 +714,8 @@ class ISDA(_ISDAState, LatentTransform):
                    index: torch.Tensor | None = None, *, model_optional: bool = False) -> None:
         """The checks of every transform's call, then ISDA's own, in ``eval()`` mode too (a pipeline checked there
         would fail once training): its statistics on ``x``'s device, class-index labels."""
-        try:
+        with grown_classifier_named((self,), model):
             super().check_call(x, y, model, index, model_optional=model_optional)
-        except ValueError as e:  # labels of new classes, out of range: a classifier grown past the statistics is why
-            grown = self._grown_classifier(model)
-            if grown is not None:
-                raise not_about_the_batch(grown) from e
-            raise
         check_same_device(x, self.estimator, "ISDA's class statistics")
         check_class_indices(y)
 
@@ -815,8 +824,7 @@ class ISDALoss(_ISDAState, nn.Module):
                              f"{describe(features)}", right_type=isinstance(features, torch.Tensor))
         if fc.out_features != self.num_classes:
             raise ValueError(f"fc has {fc.out_features} outputs but num_classes={self.num_classes}"
-                             + (_official_order_hint(self.num_classes, fc, "ISDALoss")
-                                or (self._grown_hint(fc.out_features) if fc.out_features > self.num_classes else "")))
+                             + (_official_order_hint(self.num_classes, fc, "ISDALoss") or self._grown_hint(fc.out_features)))
         check_same_device(features, fc, "fc", "the features are")
         if isinstance(y, torch.Tensor):  # before check_labels reads its values
             check_device("y", y.device, features, "the features are")
