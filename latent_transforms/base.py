@@ -140,7 +140,7 @@ class LatentTransform(SampleStats, nn.Module):
     def __init__(self, *, p: float = 1.0, generator: torch.Generator | int | None = None, num_classes: int | None = None):
         super().__init__()
         self.p, self.num_classes = p, num_classes  # settings: checked whenever set
-        self._rng = GeneratorSource(generator)
+        self.generator = generator  # a GeneratorSource, made as when assigned later
         self.last_params: dict[str, torch.Tensor] = {}
 
     @property
