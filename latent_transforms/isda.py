@@ -445,6 +445,15 @@ class _ArmedHook:
     def __getstate__(self) -> dict:
         return {"owner": None, "label": self.label, "fired": True}  # a copy carries no ISDA, labels or statistics
 
+    @property
+    def __name__(self) -> str:
+        # read by torch.jit.script, which compiles a module's hooks and refused this one as "'_ArmedHook' object has
+        # no attribute '__name__'"; getattr(hook, "__name__", default) still gets its default
+        raise AttributeError(f"ISDA's augmentation armed on the layer {self.label} is still on the model (no training "
+                             f"forward ran after isda(x, y, model), or the model was copied while it was pending), and "
+                             f"torch.jit.script cannot compile it: call isda.disarm(model) first (a copy's, or one "
+                             f"whose ISDA was dropped, also goes at the model's next forward)")
+
     def __call__(self, module: nn.Linear, args: tuple, output: torch.Tensor):
         owner = None if self.owner is None else self.owner()
         if owner is None:
@@ -703,8 +712,12 @@ class ISDA(_ISDAState, LatentTransform):
                 "over all ranks (sync_stats=True): give ISDA(..., sync_stats=<the model's process group>)"))
 
     def disarm(self, model: nn.Module) -> None:
-        """Remove a pending (not yet fired) augmentation from ``model``'s classifier, if any."""
-        _disarm(self.find_layer(model)[1])
+        """Remove a pending (not yet fired) augmentation from ``model``'s classifier, if any, and the inert hook that a
+        copy of a model made while one was pending carries (``torch.jit.script`` refuses a model with either)."""
+        layer = self.find_layer(model)[1]
+        _disarm(layer)
+        for hook in [h for h in layer._forward_hooks.values() if isinstance(h, _ArmedHook)]:
+            _remove_hook(layer, hook)
 
     if TYPE_CHECKING:  # its own call: labels required, no params= (it replays nothing), not the base class's
         def __call__(self, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None = None,  # type: ignore[override]

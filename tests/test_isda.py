@@ -1406,6 +1406,66 @@ def test_a_copy_of_an_armed_model_is_left_without_the_hook(batch, net, copy_mode
     assert len(net.fc._forward_hooks) == 0 and len(twin.fc._forward_hooks) == 0
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # torch 2.14 warns
+def test_a_model_trained_with_the_hook_exports_as_one_never_hooked(batch, net):
+    """What a user who trained with ISDA then serves: no hook or key is left on the model, and torch.jit.script,
+    torch.jit.trace and torch.export give the eval outputs of the model's own weights loaded into a fresh one."""
+    x, y = batch
+    isda = ISDA(10, lambda0=1.0)
+    isda.set_progress(1.0)
+    keys = list(net.state_dict())
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    for _ in range(3):
+        x2, y2 = isda(x, y, net)
+        optimizer.zero_grad()
+        F.cross_entropy(net(x2), y2).backward()
+        optimizer.step()
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in net.modules())
+    assert list(net.state_dict()) == keys
+    fresh = TinyNet()
+    fresh.load_state_dict(net.state_dict())
+    net.eval()
+    expected = fresh.eval()(x)
+    assert torch.equal(net(x), expected)
+    assert torch.equal(torch.jit.script(net)(x), expected)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.trace is deprecated
+        assert torch.equal(torch.jit.trace(net, x)(x), expected)
+    assert torch.equal(torch.export.export(net, (x,)).module()(x), expected)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # torch 2.14 warns
+def test_torch_jit_script_of_a_model_with_a_pending_hook_names_disarm(batch, net):
+    """isda(x, y, model) with no training forward after it (a loop stopped between the two) left the hook on the
+    layer, and torch.jit.script(model) failed with "'_ArmedHook' object has no attribute '__name__'"."""
+    x, y = batch
+    isda = ISDA(10)
+    isda.set_progress(0.5)
+    isda(x, y, net)
+    net.eval()
+    with pytest.raises(AttributeError, match=r"armed on the layer 'fc' .*isda\.disarm\(model\)"):
+        torch.jit.script(net)
+    isda.disarm(net)
+    assert torch.equal(torch.jit.script(net)(x), net(x))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # torch 2.14 warns
+@pytest.mark.parametrize("copy_model", [copy.deepcopy, lambda m: __import__("pickle").loads(__import__("pickle").dumps(m))])
+def test_disarm_takes_the_inert_hook_off_a_copy_of_an_armed_model(batch, net, copy_model):
+    """A copy made while a hook was pending (torch.save(model), an EMA copy) carries an inert hook, which
+    isda.disarm(copy) left there: torch.jit.script(copy) then failed until a forward had run."""
+    x, y = batch
+    isda = ISDA(10)
+    isda.set_progress(0.5)
+    isda(x, y, net)
+    twin = copy_model(net).eval()
+    isda.disarm(twin)
+    assert not twin.fc._forward_hooks and net.fc._forward_hooks  # the original's pending hook is its own
+    assert torch.equal(torch.jit.script(twin)(x), twin(x))
+    isda.disarm(net)
+    assert not net.fc._forward_hooks
+
+
 def test_a_pending_hook_does_not_keep_a_deleted_isda_alive(batch, net):
     """isda(x, y, model) whose model(x) never ran (it raised and the step was skipped), then the ISDA is dropped:
     the model kept it (and its statistics) alive and applied its stale augmentation to a later forward."""
