@@ -43,7 +43,8 @@ class LatentAdversarial(CodecTransform):
 
     Shape:
         x: (B, C, H, W) float in [0, 1] matching the codec; y: (B,) int64 or (B, K) float, returned as given (or
-        ``None`` with ``target="pred"``); ``model(x)``: (B, K) logits.
+        ``None`` with ``target="pred"``); ``model(x)``: (B, K) class logits (an encoder's (B, D) embeddings would be
+        attacked as D classes: not supported, ``docs/composition.md``).
 
     Convention:
         Needs ``model``. The model is borrowed unchanged: it runs in eval mode during the attack (the official code
