@@ -2,7 +2,9 @@
 
 Holds out a validation split of the *training* images, trains a classifier on the rest (clean), then for each eps
 perturbs the validation images and reports: how many decodes were rejected (non-finite or implausible), the mean
-pixel change, and the clean classifier's accuracy on the perturbed images (does the perturbation keep the class?).
+pixel change, the share of pixels changed by more than 0.1, the share of textured patches that moved (for a mask or
+boxes kept aside: does the perturbation move content, or change it in place?), and the clean classifier's accuracy on
+the perturbed images (does the perturbation keep the class?).
 A useful LatentNoise eps changes images visibly while the class survives; for LatentAdversarial the accuracy drop
 is the point, and the rejection rate must stay near zero.
 
@@ -25,6 +27,27 @@ from models import (argument_parser, check_output_folder, clean_classifier_model
                     write_json)
 
 EPS = option(check_number, float)  # eps >= 0, the transforms' rule, checked before the classifier trains
+TEXTURE = 0.05  # a patch with edges: moved by one pixel, it changes by more than this on average
+
+
+def displaced_patches(x: torch.Tensor, out: torch.Tensor, size: int = 8) -> tuple[float | None, int]:
+    """Of the ``size`` x ``size`` patches tiling the images' interior (a pixel in from each side) that have edges,
+    the share that ``out`` matches better moved by one pixel (any of the 8 directions) than in place, and how many
+    there were (``None`` and 0 when none has edges). ``x``, ``out``: (N, C, H, W)."""
+    size = min(size, x.shape[-2] - 2, x.shape[-1] - 2)
+
+    def patches(t: torch.Tensor, dy: int = 0, dx: int = 0) -> torch.Tensor:  # (N * P, C * size * size)
+        t = torch.roll(t, (dy, dx), (2, 3))[..., 1:-1, 1:-1]
+        return t.unfold(2, size, size).unfold(3, size, size).permute(0, 2, 3, 1, 4, 5).flatten(0, 2).flatten(1)
+
+    def error(dy: int, dx: int) -> torch.Tensor:  # (N * P,): how far ``out`` is from ``x`` moved by (dy, dx)
+        return (patches(out) - patches(x, dy, dx)).abs().mean(1)
+
+    moved = torch.stack([error(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx], 1).amin(1)
+    textured = (patches(x, 0, 1) - patches(x)).abs().mean(1) > TEXTURE
+    if not textured.any():
+        return None, 0
+    return float((moved < error(0, 0))[textured].float().mean()), int(textured.sum())  # a tie: in place
 
 
 def main() -> None:
@@ -63,8 +86,11 @@ def main() -> None:
                  for e in args.adv_eps]
     for method, eps, t in settings:
         out = torch.cat([t(xv[i:i + 250], yv[i:i + 250], model)[0] for i in range(0, len(xv), 250)])
+        displaced, textured = displaced_patches(xv, out)
         rows.append({"method": method, "eps": eps, "rejected": t.stats["rejected"] / t.stats["seen"],
                      "mean_abs_change": float((out - xv).abs().mean()),
+                     "changed_pixels": float(((out - xv).abs().amax(1) > 0.1).float().mean()),
+                     "displaced_patches": displaced, "textured_patches": textured,
                      "accuracy_on_perturbed": accuracy(predict_proba(model, out), yv)})
         pictures[f"{method} {eps:g}"] = out[:10]
         print(rows[-1], flush=True)
@@ -76,11 +102,14 @@ def main() -> None:
         "codec": args.codec, "data": args.data, "val_fraction": args.val_fraction, "val_images": len(xv),
         "epochs": args.epochs, "width": args.width}})
     print(f"\n{args.codec} on {len(xv)} validation images of {args.data} (clean accuracy {100 * clean:.1f}%)\n")
-    print("| method | eps | rejected | mean abs pixel change | clean classifier's accuracy on perturbed |")
-    print("|---|---|---|---|---|")
+    print("| method | eps | rejected | mean abs pixel change | pixels changed > 0.1 | textured patches moved | clean "
+          "classifier's accuracy on perturbed |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
+        moved = "-" if r["displaced_patches"] is None else \
+            f"{100 * r['displaced_patches']:.1f}% of {r['textured_patches']}"
         print(f"| {r['method']} | {r['eps']:g} | {100 * r['rejected']:.1f}% | {r['mean_abs_change']:.3f} | "
-              f"{100 * r['accuracy_on_perturbed']:.1f}% |")
+              f"{100 * r['changed_pixels']:.1f}% | {moved} | {100 * r['accuracy_on_perturbed']:.1f}% |")
 
 
 if __name__ == "__main__":

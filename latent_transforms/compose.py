@@ -37,6 +37,21 @@ def _is_unsupported_kornia_mix(t: object) -> bool:
     return _is_kornia_mix_base(t) and not _is_kornia_mix(t) and not isinstance(t, RandomJigsaw)
 
 
+def _kornia_inputs_besides_images(t: object) -> str:
+    """What a kornia ``AugmentationSequential`` takes besides the images (``data_keys`` for a mask, boxes; ``None``: a
+    dict of inputs), which a step called as ``t(x)`` cannot be given (kornia's AssertionError: "The number of inputs
+    must align with the number of data_keys"); ``""`` for the images alone or another step."""
+    from kornia.augmentation import AugmentationSequential
+    from kornia.constants import DataKey
+
+    if not isinstance(t, AugmentationSequential):
+        return ""
+    if t.data_keys is None:
+        return "data_keys=None (a dict of inputs)"
+    others = [k.name.lower() for k in t.data_keys if k is not DataKey.IMAGE]
+    return f"data_keys for {', '.join(others)} besides the images" if others else ""
+
+
 def _is_kornia(t: object) -> bool:
     """A kornia augmentation, mix, container or auto policy: they take float images only."""
     return any(c.__module__.startswith("kornia.augmentation.") for c in type(t).__mro__)
@@ -328,6 +343,11 @@ class Compose(ChecksCodecStates, nn.Module):
                     raise ValueError(f"{_where(p, t, i)}: a kornia mix whose labels Compose cannot follow (it gives "
                                      f"no class-mixing weights); use kornia's RandomMixUpV2/RandomCutMixV2 or "
                                      f"torchvision's MixUp/CutMix")
+                if inputs := _kornia_inputs_besides_images(p):
+                    raise ValueError(f"{_where(p, t, i)} has {inputs}, but Compose calls it as t(x), with the "
+                                     f"images alone; to move a mask or boxes with them, call it yourself before the "
+                                     f"Compose, whose y takes class labels only "
+                                     f"(docs/composition.md#segmentation-masks-and-boxes)")
             if not isinstance(t, (LatentTransform, Compose)):
                 _refuse_held_by_container(t, i)
         isda = [i for i, t in enumerate(steps) if _has_isda(t)]

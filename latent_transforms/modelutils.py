@@ -95,6 +95,10 @@ def logits_of(net: nn.Module, x: torch.Tensor, who: str) -> torch.Tensor:
                              f"with the same probabilities (sigmoid(z) for class 1); a regression has no classes")
         return out
     got = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+    if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[0] == x.shape[0]:  # not model(x)[0], one image's
+        raise ValueError(f"{who} needs model(x) to return (B, K) logits, got {got}; per-pixel logits (B, K, H, W) of "
+                         f"a segmentation model? {who} reads one class per image, which such a model has not "
+                         f"(docs/composition.md#segmentation-masks-and-boxes)")
     raise ValueError(f"{who} needs model(x) to return (B, K) logits, got {got}; pass a wrapper nn.Module whose "
                      f"forward returns the logits (for example model(x)[0] or model(x)['logits'])")
 

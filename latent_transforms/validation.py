@@ -32,7 +32,8 @@ TARGETS_HINT = ("; targets that are not class labels (multi-hot, regression, a d
                 "labels (LatentNoise, LatentAdversarial(target='pred')) takes y=None; a label mix (VarMixup, MixUp) "
                 "given y=torch.eye(len(x), device=x.device) returns the (B, B) weights w it mixed the samples with, "
                 "and w @ targets mixes yours alike (docs/composition.md#multi-label-and-regression-targets); ISDA and "
-                "LatentAdversarial(target='true') need class labels")
+                "LatentAdversarial(target='true') need class labels; segmentation masks and boxes, which move with the "
+                "pixels: docs/composition.md#segmentation-masks-and-boxes")
 
 
 class WrongTypeError(TypeError, ValueError):
@@ -325,9 +326,13 @@ def _label_form(y: torch.Tensor, batch_size: int, num_classes: int | None, name:
                 targets_hint: str = "") -> bool:
     """Everything but the values of ``check_labels``; whether there are values to check. ``targets_hint`` ends the
     messages refusing what may be targets other than class labels (a transform's call: ``TARGETS_HINT``)."""
-    if not isinstance(y, torch.Tensor):
-        hint = targets_hint if isinstance(y, collections.abc.Mapping) else ""
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(y).__name__}{hint}")
+    if not isinstance(y, torch.Tensor):  # a dict of targets; a list of them (detection's, a dict per image) or tensors
+        targets = isinstance(y, collections.abc.Mapping) or is_sequence(y) and any(
+            isinstance(t, collections.abc.Mapping) or isinstance(t, torch.Tensor) and t.ndim > 0 for t in y)
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(y).__name__}{targets_hint if targets else ''}")
+    if type(y).__module__.startswith("torchvision.tv_tensors"):  # a Mask (B, H, W), BoundingBoxes (B, 4), ...
+        raise ValueError(f"{name} is a torchvision {type(y).__name__} of shape {tuple(y.shape)}, not class labels: "
+                         f"(B,) class indices or (B, K) soft labels, one row per image{targets_hint}")
     check_dense(y, name)
     if y.ndim not in (1, 2):
         hint = f"; one sample's label? {name}.view(1), with {batch_name}.unsqueeze(0)" if y.ndim == 0 else targets_hint

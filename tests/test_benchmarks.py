@@ -1468,6 +1468,24 @@ def test_calibrate_eps_reports_a_rejection_rate_the_mean_absolute_change_and_the
     assert list(pictures) == ["original", "LatentNoise 5", "LatentAdversarial 0.5"]
     assert torch.equal(pictures["original"], x[:10]) and not torch.equal(pictures["LatentNoise 5"], x[:10])
     assert torch.allclose((pictures["LatentAdversarial 0.5"] - x[:10]).abs(), torch.full((10, 1, 8, 8), 0.25))
+    # every pixel changed by 0.25; flat grey images have no edges whose moves could be told from changes in place
+    assert [(r["changed_pixels"], r["displaced_patches"], r["textured_patches"]) for r in rows] == [(1.0, None, 0)] * 2
+
+
+def test_calibrate_eps_tells_patches_moved_from_patches_changed_in_place(monkeypatch):
+    """For a mask kept aside (docs/composition.md#segmentation-masks-and-boxes): a perturbation that moves content
+    by a pixel moves every textured patch; one that changes values in place (noise, a brightness change) moves none,
+    nor does the identity (a tie counts as in place)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    cal = _load_benchmark("calibrate_eps")
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert cal.displaced_patches(x, x) == (0.0, 27)  # 3 x 3 patches of 8 x 8 in each 30 x 30 interior
+    assert cal.displaced_patches(x, torch.roll(x, (1, -1), (2, 3))) == (1.0, 27)
+    assert cal.displaced_patches(x, torch.roll(x, 1, 2)) == (1.0, 27)
+    noisy = (0.8 * x + 0.1 + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
+    assert cal.displaced_patches(x, noisy) == (0.0, 27)
+    stripes = torch.arange(8.0).remainder(2).expand(1, 1, 8, 8).contiguous()  # vertical stripes: a vertical move ties
+    assert cal.displaced_patches(stripes, stripes) == (0.0, 1)  # digits' 8 x 8: one 6 x 6 patch
 
 
 def test_codec_quality_scores_reconstructions_and_counts_either_source_class_of_a_mix(tmp_path, monkeypatch, capsys):

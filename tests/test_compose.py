@@ -557,6 +557,23 @@ def test_a_kornia_mix_inside_a_kornia_container_is_refused(container):
         Compose([container(K.RandomHorizontalFlip(), K.RandomMixUpV2())], num_classes=10)
 
 
+@pytest.mark.parametrize("data_keys, what", [(["input", "mask"], "data_keys for mask besides the images"),
+                                             (["input", "bbox_xyxy"], "data_keys for bbox_xyxy besides the images"),
+                                             (None, r"data_keys=None \(a dict of inputs\)")])
+def test_a_kornia_container_that_moves_masks_or_boxes_is_refused_when_built(rgb, rgb_glow, data_keys, what):
+    """A segmentation pipeline's AugmentationSequential(..., data_keys=["input", "mask"]) as a step: Compose calls it
+    as t(x), which reached kornia's AssertionError "The number of inputs must align with the number of data_keys" at
+    the first call (in training only); one for the images alone is a step as ever."""
+    sequence = K.AugmentationSequential(K.RandomHorizontalFlip(), data_keys=data_keys)
+    with pytest.raises(ValueError, match=rf"^AugmentationSequential at step 0 has {what}, but Compose calls it as "
+                                         rf"t\(x\), with the images alone; .*call it yourself before the Compose.*"
+                                         rf"docs/composition.md#segmentation-masks-and-boxes\)$"):
+        Compose([sequence, LatentNoise(rgb_glow)])
+    x, _ = rgb
+    x2, y2 = Compose([K.AugmentationSequential(K.RandomHorizontalFlip(), data_keys=["input"]), LatentNoise(rgb_glow)])(x)
+    assert x2.shape == x.shape and y2 is None
+
+
 @pytest.mark.parametrize("make, message", [
     # torchvision called LatentAdversarial as t(x, y): "needs the classifier: call t(x, y, model)", though it was given
     (lambda g: T.RandomApply([LatentAdversarial(g)], p=0.5),

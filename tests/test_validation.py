@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from latent_transforms import ISDA, Compose
@@ -919,6 +920,45 @@ def test_the_identity_as_labels_gives_the_weights_a_label_mix_mixed_the_samples_
     with pytest.raises(ValueError, match=r"row 0 sums to 3$"):
         check_labels(OTHER_TARGETS["multi-hot"], 4)
 
+
+
+# a segmentation or detection pipeline's targets, given as y (audit 210)
+MASK = torch.randint(0, 10, (4, 8, 8))
+PIXEL_TARGETS = {
+    "mask (B, H, W)": MASK,
+    "mask (B, 1, H, W)": MASK[:, None],
+    "one-hot mask (B, K, H, W)": F.one_hot(MASK, 10).permute(0, 3, 1, 2).float(),
+    "tv_tensors.Mask": tv_tensors.Mask(MASK),
+    "tv_tensors.BoundingBoxes int64 (B, 4)": tv_tensors.BoundingBoxes(torch.tensor([[0, 0, 4, 4]] * 4), format="XYXY",
+                                                                      canvas_size=(8, 8)),
+    "detection targets, a dict per image": [{"boxes": torch.rand(2, 4), "labels": GOOD_Y[:2]} for _ in range(4)],
+    "(labels, mask)": (GOOD_Y, MASK),
+}
+PIXEL_TARGETS_USERS = {**TARGETS_USERS, "Compose v2 flip": lambda: Compose([v2.RandomHorizontalFlip(),
+                                                                         LatentNoise(GLOW, eps=1.0)])}
+
+
+@pytest.mark.parametrize("name", sorted(PIXEL_TARGETS_USERS))
+@pytest.mark.parametrize("case", sorted(PIXEL_TARGETS))
+def test_segmentation_and_detection_targets_are_told_where_their_support_is_written(name, case):
+    """Masks, boxes and detection's list of dicts were refused without a word of them: a list "must be a torch.Tensor,
+    got list", int64 BoundingBoxes "one-hot labels? pass y.argmax(1)", which ran on as class labels (a box's widest
+    coordinate); none named the page that says which method keeps a mask aligned with its image."""
+    with pytest.raises((ValueError, TypeError), match=r"segmentation masks and boxes, .*docs/composition.md#"
+                                                      r"segmentation-masks-and-boxes$"):
+        PIXEL_TARGETS_USERS[name]()(GOOD_X, PIXEL_TARGETS[case], TinyNet())
+    if isinstance(PIXEL_TARGETS[case], tv_tensors.TVTensor):
+        with pytest.raises(ValueError, match=rf"^y is a torchvision {type(PIXEL_TARGETS[case]).__name__} of shape "
+                                             rf".*, not class labels: \(B,\) class indices or \(B, K\) soft labels"):
+            PIXEL_TARGETS_USERS[name]()(GOOD_X, PIXEL_TARGETS[case], TinyNet())
+
+
+def test_a_segmentation_model_is_told_it_has_no_class_per_image():
+    """Per-pixel logits (B, K, H, W) were told to pass a wrapper returning model(x)[0], one image's logits."""
+    seg = torch.nn.Conv2d(1, 5, 3, padding=1)
+    with pytest.raises(ValueError, match=r"got a tensor of shape \(4, 5, 8, 8\); per-pixel logits \(B, K, H, W\) of a "
+                                         r"segmentation model\? LatentAdversarial reads one class per image"):
+        LatentAdversarial(GLOW, steps=1, target="pred", generator=0)(GOOD_X, None, seg)
 
 
 def test_class_labels_in_a_form_with_a_plain_fix_are_not_told_about_other_targets():
