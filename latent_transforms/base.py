@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import warnings
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -16,6 +17,11 @@ from .validation import (WrongTypeError, check_batch, check_count, check_model, 
 
 # A decoded sample further than this outside [0, 1] (before clipping) is implausible and is rejected.
 MAX_OVERSHOOT = 0.5
+# A transformed sample with more than SATURATED of its values at 0 or 1 after clipping, GAIN more than its input had,
+# is destroyed though kept: a flow's latent pushed far out (eps too large) decodes into saturated noise inside [0, 1]
+# (the shipped codecs decode into [0, 1]: keep_plausible rejects none). Over a window of at least WINDOW transformed
+# samples, more than WARN of them destroyed makes a one-time warning.
+SATURATED, GAIN, WINDOW, WARN = 0.5, 0.25, 32, 0.25
 # Set on a ValueError that is not about the batch a transform was given (its model's or codec's own error, raised in
 # ``transform``, or a setting the transform lacks): a Compose passes it on without naming the previous step.
 NOT_ABOUT_THE_BATCH = "_latent_transforms_not_about_the_batch"
@@ -45,6 +51,29 @@ def keep_plausible(decoded: torch.Tensor, fallback: torch.Tensor) -> tuple[torch
     overshoot = (decoded - clipped).flatten(1).abs().amax(1)
     ok = overshoot <= MAX_OVERSHOOT
     return torch.where(ok.view(-1, 1, 1, 1), clipped, fallback), ok
+
+
+def warn_if_left_in_eval(owner: nn.Module, model: nn.Module | None) -> None:
+    """Once per ``owner``, called in its ``eval()`` mode: warn when ``model`` is training, which an augmentation
+    switched off by ``augment.eval()`` and never switched back (it is no submodule of the model, so ``model.train()``
+    misses it) would silently leave unaugmented."""
+    if isinstance(model, nn.Module) and model.training and not owner.__dict__.get("_warned_left_in_eval", False):
+        owner._warned_left_in_eval = True  # once per instance
+        name = type(owner).__name__
+        counts = "its stats['seen']" if isinstance(owner, SampleStats) else "its steps' stats['seen']"
+        warnings.warn(f"{name} is in eval() mode, where it returns its inputs unchanged, but the model it was given is "
+                      f"training: nothing is augmented. Call .train() on the {name} when training resumes "
+                      f"(model.train() misses it unless it is a submodule of the model); {counts} counts only "
+                      f"training-mode calls", stacklevel=5)  # the line of the call, past nn.Module
+
+
+def saturated(x2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` bool: which outputs ``x2: (N, C, H, W)`` in [0, 1] of the inputs ``x`` have more than ``SATURATED`` of
+    their values at 0 or 1, ``GAIN`` more than their input."""
+    def share(t: torch.Tensor) -> torch.Tensor:
+        return ((t <= 0) | (t >= 1)).flatten(1).float().mean(1)
+    out = share(x2)
+    return (out > SATURATED) & (out > share(x) + GAIN)
 
 
 def one_line_repr(module: nn.Module) -> str:
@@ -135,6 +164,8 @@ class LatentTransform(SampleStats, nn.Module):
     weight_params: tuple[str, ...] = ()  # draws that are weights in [0, 1] (VarMixup's lam: past them, negative labels)
     accepted_labels: str = "(B,) int64 class indices or (B, K) soft labels"  # named when y=None is refused
     p = setting("p", check_number, high=1.0)
+    _destroyed: torch.Tensor | None = None  # (2,) int64 on the data's device: destroyed and transformed samples
+    _destroyed_warned = False
     num_classes = setting("num_classes", lambda name, k: None if k is None else check_count(name, k, low=1))
 
     def __init__(self, *, p: float = 1.0, generator: torch.Generator | int | None = None, num_classes: int | None = None):
@@ -202,7 +233,8 @@ class LatentTransform(SampleStats, nn.Module):
         mix), the model if needed, then ``check_inputs``. ``model_optional``: ``model=None`` passes (a ``Compose`` in
         ``eval()`` mode runs its first step's checks, and uses no model)."""
         check_batch(x, y, self.num_classes or CALLER_NUM_CLASSES.get(), index, self.index_size,
-                    more_checks=lambda: self.value_checks(x, index), images=self.takes_images)
+                    more_checks=lambda: self.value_checks(x, index) + self._destroyed_checks(x.device),
+                    images=self.takes_images)
         if y is None and self.needs_labels:
             forms = ("(B, K) soft labels, or (B,) class indices with num_classes=... given to the constructor"
                      if self.mixes_labels and self.num_classes is None else self.accepted_labels)
@@ -221,6 +253,31 @@ class LatentTransform(SampleStats, nn.Module):
             raise not_about_the_batch(ValueError(f"{type(self).__name__} mixes labels: pass num_classes=... or (B, K) "
                                                  f"soft labels"))
         self.check_inputs(x, model, index)
+
+    def _destroyed_checks(self, device: torch.device) -> list:
+        """The earlier calls' count of destroyed samples (``saturated``), read in this call's one host sync: once
+        ``WINDOW`` transformed samples are counted, more than ``WARN`` of them destroyed warns (``forward``), once."""
+        counts = self._destroyed
+        if counts is None or self._destroyed_warned or counts.device != device:
+            return []
+
+        def judge(values: list[float]) -> None:
+            destroyed, transformed = (int(v) for v in values)
+            if transformed >= WINDOW:
+                self._destroyed = None  # a new window
+                if destroyed > WARN * transformed:
+                    self._destroyed_warned = (destroyed, transformed)  # forward warns, at the caller's line
+        return [(counts, judge)]
+
+    def _warn_destroyed(self) -> None:
+        destroyed, transformed = self._destroyed_warned
+        self._destroyed_warned = True  # warned: once per instance
+        warnings.warn(f"{type(self).__name__}: {destroyed} of {transformed} transformed samples came out destroyed, "
+                      f"over half of their pixels clipped to 0 or 1 (noise, not a variation of the image), with "
+                      f"{self!r}: the perturbation is too large for the codec; lower eps. They are not counted as "
+                      f"rejected in stats (only a decode outside [0, 1] by over 0.5 is, and the shipped codecs decode "
+                      f"into [0, 1]); look at a few outputs with latent_transforms.visualize.save_rows",
+                      stacklevel=5)  # the line of the call, past nn.Module
 
     def _classes(self, y: torch.Tensor) -> int | None:
         """The labels' classes: soft labels' K, else this transform's ``num_classes`` or, in a Compose, the Compose's
@@ -330,7 +387,10 @@ class LatentTransform(SampleStats, nn.Module):
         dataset positions, for transforms with a latent cache; ``params``: an earlier call's ``last_params`` on a
         batch of the same size, applied again instead of drawing (training mode; ignored in eval mode)."""
         self.check_call(x, y, model, index)
+        if isinstance(self._destroyed_warned, tuple):
+            self._warn_destroyed()
         if not self.training:
+            warn_if_left_in_eval(self, model)
             return x, y
         x = x.detach()  # the augmentation is data, not part of a graph (also for the samples passed through)
         k = None if y is None else self._classes(y)
@@ -369,6 +429,10 @@ class LatentTransform(SampleStats, nn.Module):
         if self.mixes_labels:
             y2 = torch.where(ok.view(-1, 1), y2, to_soft(ys, k, y2.dtype))
         self._count(x.device, batch, ok.sum(), (~ok).sum())
+        if not self._destroyed_warned:  # counted here, read in a later call's host sync
+            row = torch.stack([(saturated(x2, xs) & ok).sum(), ok.sum()])
+            counts = self._destroyed  # on another device (the transform moved to the GPU): a new window, no copy
+            self._destroyed = row if counts is None or counts.device != x.device else counts + row
 
         if selected is None:
             return _like(x, x2), y2

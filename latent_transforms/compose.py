@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Se
 import torch
 from torch import nn
 
-from .base import CALLER_NUM_CLASSES, NOT_ABOUT_THE_BATCH, LabelsT, LatentTransform, not_about_the_batch
+from .base import (CALLER_NUM_CLASSES, NOT_ABOUT_THE_BATCH, LabelsT, LatentTransform, not_about_the_batch,
+                   warn_if_left_in_eval)
 from .codecs.base import ChecksCodecStates
 from .isda import ISDA, check_class_indices, grown_classifier_named
 from .labels import blend, to_soft
@@ -468,6 +469,7 @@ class Compose(ChecksCodecStates, nn.Module):
                 raise ValueError("Compose in eval() mode runs only its dtype conversions (v2.ToDtype), and has none "
                                  "that converts these uint8 images; put v2.ToDtype(torch.float32, scale=True) in it, "
                                  "convert them (x.float() / 255) before it, or call it in train() mode")
+            warn_if_left_in_eval(self, model)
             return x, y
         if model is None:  # refused before any step runs: a later step's refusal left the earlier ones' draws made
             needing = [_where(p, s, i) for i, s in enumerate(self.steps) for p in _needing_model(s)]

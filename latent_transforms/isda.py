@@ -36,7 +36,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LatentTransform, not_about_the_batch
+from .base import LatentTransform, not_about_the_batch, warn_if_left_in_eval
 from .casts import without_16_bit_casts
 from .codecs import Codec
 from .feature_covariance import COVARIANCES, FeatureCovariance, check_sync
@@ -740,6 +740,7 @@ class ISDA(_ISDAState, LatentTransform):
         ``index`` is checked like every transform's and unused (ISDA encodes nothing)."""
         self.check_call(x, y, model, index)
         if not self.training:
+            warn_if_left_in_eval(self, model)
             return x, y
         if isinstance(model, nn.DataParallel):
             raise not_about_the_batch(ValueError(

@@ -19,6 +19,8 @@ warnings.filterwarnings("ignore", message="torch.lu is deprecated")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 # for tests that call ISDA without set_epoch on purpose: its warning that the strength is 0 is expected there
 STRENGTH_ZERO_EXPECTED = pytest.mark.filterwarnings("ignore:ISDA's strength lam:UserWarning")
+# A test that calls a transform in eval() mode beside a training model on purpose (the identity, its checks)
+EVAL_BESIDE_TRAINING = pytest.mark.filterwarnings(r"ignore:.* is in eval\(\) mode, where it returns its inputs unchanged")
 
 
 def pytest_addoption(parser):

@@ -13,7 +13,7 @@ from latent_transforms.latent_adversarial import LatentAdversarial
 from latent_transforms.latent_noise import LatentNoise
 from latent_transforms.varmixup import VarMixup
 
-from conftest import STRENGTH_ZERO_EXPECTED, TinyNet, tiny_glow, tiny_vae, train_steps
+from conftest import EVAL_BESIDE_TRAINING, STRENGTH_ZERO_EXPECTED, TinyNet, tiny_glow, tiny_vae, train_steps
 
 
 @pytest.fixture
@@ -209,6 +209,7 @@ def test_eval_mode_refuses_images_the_first_latent_steps_codec_cannot_take_as_tr
     assert resized(x[..., :8, :8], y)[0].shape[-1] == 8  # a later step's codec gets the first step's output: unchecked
 
 
+@EVAL_BESIDE_TRAINING
 def test_eval_mode_gives_the_first_steps_check_inputs_the_model_and_index_as_training_does(batch, net):
     """A method of one's own checks the call in check_inputs (docs/extending.md): an eval() Compose hands it the
     model and index= of the call, as training does and the step alone does in eval() mode."""
@@ -264,6 +265,7 @@ def test_eval_mode_refuses_images_the_first_steps_latent_cache_does_not_hold_as_
     assert c.eval()(x, y, index=index)[0] is x
 
 
+@EVAL_BESIDE_TRAINING
 @pytest.mark.parametrize("where, make", [
     ("ISDA at step 0", lambda: Compose([ISDA(10)])),
     ("ISDA at step 1", lambda: Compose([T.RandomHorizontalFlip(), ISDA(10)])),
@@ -993,6 +995,7 @@ def test_labels_a_step_made_float_are_named_before_compose_makes_them_soft_for_a
 
 
 @STRENGTH_ZERO_EXPECTED
+@EVAL_BESIDE_TRAINING
 @pytest.mark.filterwarnings("ignore:ISDA. the augmentation armed")
 def test_a_nested_compose_that_takes_images_makes_the_chain_take_images_in_either_mode():
     """Audit 186: Compose([ISDA, Compose([fn])]) took any tensor (ISDA's and a callable's chain) while its nested
@@ -1178,6 +1181,7 @@ def _same(a, b):
        num_classes=st.sampled_from([None, 10]),
        defect=st.sampled_from(["none", "ndim", "channels", "uint8", "NaN", "range", "class 10", "class -1", "soft",
                                "3 labels", "3 positions", "index", "y=None", "model=None"]))
+@EVAL_BESIDE_TRAINING
 def test_a_call_is_refused_alike_in_eval_and_train_mode_cleanly_and_without_changing_state(names, num_classes, defect):
     """Audit 186's fuzzing of the call checks, kept small: a Compose of 0-3 steps (latent, ISDA, torchvision,
     kornia, callables, a nested Compose) given a batch with one defect refuses it with a ValueError or TypeError; what

@@ -12,6 +12,7 @@ inside ops (``nonzero``, boolean-mask indexing, ``masked_select``, ``unique``, `
 """
 from __future__ import annotations
 
+import copy
 import os
 import traceback
 import warnings
@@ -204,7 +205,8 @@ CASES = {
         [Compose([LatentNoise(glow, 1.0, generator=0)])]).eval(), x, y), 1),
     "Compose eval LatentNoise cache": (lambda x, y, glow, vae, net, cache: partial(Compose(
         [LatentNoise(glow, 1.0, cache=cache, generator=0)]).eval(), x, y, index=torch.arange(B, device=x.device)), 1),
-    "Compose eval ISDA": (lambda x, y, glow, vae, net, cache: partial(Compose([ISDA(10)]).eval(), x, y, net), 1),
+    "Compose eval ISDA": (lambda x, y, glow, vae, net, cache: partial(Compose([ISDA(10)]).eval(), x, y,
+        copy.deepcopy(net).eval()), 1),  # validation: a training model beside an eval Compose warns
     # VarMixup() checks the labels against the Compose's classes, then makes them soft: still one read
     "Compose(num_classes) VarMixup()": (lambda x, y, glow, vae, net, cache: partial(Compose(
         [VarMixup(vae, p=1.0, generator=0)], num_classes=10), x, y), 1),

@@ -17,7 +17,7 @@ from latent_transforms.feature_covariance import FeatureCovariance
 from latent_transforms.isda import ISDA, ISDALoss, isda_logits
 
 from contract import assert_model_unchanged, check_transform_contract, model_state
-from conftest import STRENGTH_ZERO_EXPECTED, ClassifierWithItsAugmentation, TinyNet, tiny_vae
+from conftest import EVAL_BESIDE_TRAINING, STRENGTH_ZERO_EXPECTED, ClassifierWithItsAugmentation, TinyNet, tiny_vae
 
 
 
@@ -699,6 +699,7 @@ def test_model_transforms_refuse_data_loader_workers_and_data_parallel(batch, ne
         ISDA(10)(x, y, nn.DataParallel(net))
 
 
+@EVAL_BESIDE_TRAINING
 def test_eval_mode_arms_nothing(batch, net):
     x, y = batch
     isda = ISDA(10).eval()
@@ -1275,6 +1276,7 @@ NOT_IMAGES = {  # (body: x -> (B, 8) features, x); standardised values, outside 
 }
 
 
+@EVAL_BESIDE_TRAINING
 @pytest.mark.parametrize("wrap", ["alone", "Compose", "Compose after a callable"])
 @pytest.mark.parametrize("kind", sorted(NOT_IMAGES))
 def test_data_that_are_not_images_get_the_loss_form_s_loss(kind, wrap):

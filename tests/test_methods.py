@@ -3,6 +3,7 @@ import gc
 import inspect
 import threading
 import time
+import warnings
 import weakref
 
 import pytest
@@ -18,7 +19,7 @@ from latent_transforms.mixup_inference import LatentMixupInference
 from latent_transforms.varmixup import VarMixup
 
 from contract import assert_model_unchanged, check_transform_contract, model_state
-from conftest import SpyNet, TinyNet, tiny_glow, tiny_vae
+from conftest import EVAL_BESIDE_TRAINING, SpyNet, TinyNet, tiny_glow, tiny_vae
 
 
 # -- the shared contract ------------------------------------------------------------------------------
@@ -295,6 +296,7 @@ def test_adversarial_without_a_model_says_how_to_pass_it(glow, batch):
         LatentAdversarial(glow, generator=0)(*batch)
 
 
+@EVAL_BESIDE_TRAINING
 def test_adversarial_under_inference_mode_is_named(glow, batch, net):
     t = LatentAdversarial(glow, generator=0)
     with torch.inference_mode(), pytest.raises(RuntimeError, match="differentiates the classifier.*inference_mode"):
@@ -380,6 +382,7 @@ def test_varmixup_never_pairs_a_sample_with_itself(vae, batch, b):
     assert len(seen) == {2: 1, 3: 2}.get(b, len(seen)) and (b < 8 or len(seen) > 10)  # every cycle can be drawn
 
 
+@EVAL_BESIDE_TRAINING
 @pytest.mark.parametrize("make", [
     lambda c, n: LatentNoise(c, eps=2.0, p=0.5, generator=0),
     lambda c, n: LatentAdversarial(c, p=0.5, generator=0),
@@ -1284,6 +1287,52 @@ def test_eval_mode_still_checks_the_images_and_the_index_against_the_codec(glow,
         t(torch.rand(2, 1, 16, 16), y[:2])
     with pytest.raises(ValueError, match="index= needs a latent cache"):
         t(x, y, index=torch.arange(len(x)))
+
+
+def test_a_transform_left_in_eval_mode_beside_a_training_model_warns_once(glow, vae, net, batch):
+    """augment.eval() for validation and no augment.train() after it (model.train() misses a transform that is not
+    its submodule): every later training step is silently unaugmented, stats["seen"] stays 0. One warning says so;
+    none while the model is in eval mode too (validation), nor with no model to tell by."""
+    x, y = batch
+    for t in (LatentNoise(glow), LatentAdversarial(glow), VarMixup(vae, num_classes=10), ISDA(10),
+              Compose([LatentNoise(glow)])):
+        t.eval()
+        net.eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert t(x, y, net)[0] is x  # validation: both in eval mode
+            if not isinstance(t, (LatentAdversarial, ISDA)):
+                t(x, y)  # no model to tell by
+        net.train()
+        with pytest.warns(UserWarning, match=rf"{type(t).__name__} is in eval\(\) mode, .* but the model it was "
+                                             rf"given is training: nothing is augmented. Call .train\(\)") as record:
+            t(x, y, net)
+            t(x, y, net)  # once per transform
+        assert len(record) == 1 and record[0].filename == __file__, [str(w.message) for w in record]
+        net.eval()
+    assert t.steps[0].stats["seen"] == 0
+
+
+def test_a_perturbation_that_destroys_the_images_warns_once(glow, net, batch):
+    """eps far too large: a flow decodes the pushed latent into noise saturated at 0 and 1, inside [0, 1], so no sample
+    is rejected and stats reads as a healthy run (glow-cifar10 at eps 100: 64 of 64 samples over half saturated, 0
+    rejected). A later call's host sync reads the count and warns, once; a sensible eps does not."""
+    x, y = batch  # 12 samples: the count is judged once 32 transformed ones are in
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for make in (lambda **kw: LatentNoise(glow, generator=0, **kw),
+                     lambda **kw: LatentAdversarial(glow, generator=0, **kw)):
+            t = make()
+            for _ in range(5):
+                t(x, y, net)
+    for t in (LatentNoise(glow, eps=1000.0, generator=0), LatentAdversarial(glow, eps=1000.0, generator=0)):
+        with pytest.warns(UserWarning, match=rf"{type(t).__name__}: 36 of 36 transformed samples came out destroyed, "
+                                             r"over half of their pixels clipped to 0 or 1 .*\(eps=1000.0.*lower eps"
+                          ) as record:
+            for _ in range(6):
+                t(x, y, net)
+        assert len(record) == 1 and record[0].filename == __file__, [str(w.message) for w in record]
+        assert t.stats == {"seen": 72, "transformed": 72, "rejected": 0}  # what stats alone shows
 
 
 def test_a_num_classes_given_is_in_the_repr():
