@@ -469,9 +469,13 @@ def _check_train_args(x_train: torch.Tensor, x_test: torch.Tensor | None, name: 
     if data_description is not None:  # saved with the training state: a bad one lost the steps of the call
         try:
             json.dumps(data_description, allow_nan=False)
-        except (TypeError, ValueError, RecursionError):
+        except (TypeError, ValueError, RecursionError) as e:
+            try:
+                shown = repr(data_description)
+            except (ValueError, RecursionError):  # nested too deep, an int of over 4,300 digits: its repr fails too
+                shown = f"a {type(data_description).__name__} ({e})"
             raise WrongTypeError(f"data_description must be a str or a dict of JSON values (it goes into the JSON and "
-                                 f"the training state), got {data_description!r}") from None
+                                 f"the training state), got {shown}") from None
 
 
 def refuse_other_kind_settings(codec_kind: str, settings: dict, spell=str) -> None:

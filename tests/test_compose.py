@@ -1226,14 +1226,16 @@ def test_a_call_is_refused_alike_in_eval_and_train_mode_cleanly_and_without_chan
 
 
 @STRENGTH_ZERO_EXPECTED
-def test_labels_of_new_classes_for_a_grown_classifier_name_grow_in_a_compose(rgb):
+@pytest.mark.parametrize("nested", [False, True])
+def test_labels_of_new_classes_for_a_grown_classifier_name_grow_in_a_compose(rgb, nested):
     """Mutation round 23 (audit 204): docs/methods/isda.md says a head grown for new classes is refused naming
     isda.grow(n); in Compose([flip, ISDA(4)]) the Compose checked the new task's labels first and said only "y has
-    class index 9, out of range for num_classes=4" (as ISDA alone did before audit 199), not blaming a step."""
+    class index 9, out of range for num_classes=4" (as ISDA alone did before audit 199), not blaming a step. Mutation
+    round 25 (audit 209): an ISDA in a nested Compose is found among the parts too, as the classes are."""
     x, y = rgb
     net = TinyNet(channels=3, num_classes=4)
     isda = ISDA(4)
-    t = Compose([T.RandomHorizontalFlip(), isda])
+    t = Compose([T.RandomHorizontalFlip(), Compose([isda]) if nested else isda])
     t(x, y % 4, net)
     net(x)
     net.fc = torch.nn.Linear(32, 10)
@@ -1260,9 +1262,12 @@ def test_a_label_mix_inside_a_torchvision_container_whose_classes_changed_is_nam
     """Mutation round 23 (audit 204): the classes checked are those of the step's parts (a MixUp inside RandomChoice),
     not of the container, which has none."""
     x, y = torch.rand(6, 3, 16, 16), torch.arange(6)
-    mix = T.MixUp(num_classes=10)
-    t = Compose([T.RandomHorizontalFlip(), T.RandomChoice([mix, T.CutMix(num_classes=10)])])
+    mix, cut = T.MixUp(num_classes=10), T.CutMix(num_classes=10)
+    t = Compose([T.RandomHorizontalFlip(), T.RandomChoice([mix, cut])])
     assert t(x, y)[1].shape == (6, 10)
     mix.num_classes = 12
     with pytest.raises(RuntimeError, match=r"^MixUp in RandomChoice at step 1 has num_classes=12, but had 10 when"):
+        t(x, y)
+    mix.num_classes, cut.num_classes = 10, 12  # mutation round 25 (audit 209): each part is checked, not the first
+    with pytest.raises(RuntimeError, match=r"^CutMix in RandomChoice at step 1 has num_classes=12, but had 10 when"):
         t(x, y)

@@ -624,6 +624,8 @@ def test_latest_arm_wins_with_a_warning_and_transformed_counts_fired_hooks(batch
     with pytest.warns(UserWarning, match="'fc' \\(nn.Linear 32 -> 10\\) by the previous call was never applied") as caught:
         b(x, y, net)
     assert caught[0].filename == __file__  # points at the user's call, not into torch
+    # mutation round 25 (audit 209): a model of one such head names no others (no "a head per task?" with an empty list)
+    assert next(str(w.message) for w in caught if "never applied" in str(w.message)).endswith("right before model(x)")
     with pytest.warns(UserWarning, match="never applied"):
         a(x, y, net)
     assert len(net.fc._forward_hooks) == 1

@@ -1416,6 +1416,14 @@ def test_report_names_the_optimizer_each_kind_trains_with(tmp_path, digits):
         assert json.loads((tmp_path / f"{stem}.json").read_text())["training"]["optimizer"] == want
 
 
+def _nested(depth: int) -> dict:
+    """A dict ``depth`` levels deep: past the recursion limit of JSON's encoder and of repr."""
+    d: object = "x"
+    for _ in range(depth):
+        d = {"a": d}
+    return d
+
+
 def test_bad_settings_are_refused_before_the_output_folder_is_made(tmp_path):
     """A codec setting that cannot build a codec (levels=5 on 8x8 images) was refused after the output folder was
     made; seed=2**64 or 1.5 was torch's error, seed=True read as 1; flips="no" flipped and was recorded as "no"; test
@@ -1431,7 +1439,13 @@ def test_bad_settings_are_refused_before_the_output_folder_is_made(tmp_path):
                             # saved with the training state, it lost the steps of the call (before: the final JSON)
                             ({"data_description": {"root": Path("/data")}}, "data_description must be a str or a dict "
                              r"of JSON values .*, got \{'root': \w*Path\("),
-                            ({"data_description": {"mean": math.nan}}, "data_description must be a str or a dict")):
+                            ({"data_description": {"mean": math.nan}}, "data_description must be a str or a dict"),
+                            # mutation round 25 (audit 209): what JSON refuses for its depth or size, repr refuses too:
+                            # the message's own repr raised RecursionError / ValueError naming neither
+                            ({"data_description": _nested(5000)}, r"data_description must be a str or a dict of JSON "
+                             r"values .*, got a dict \(maximum recursion depth exceeded while encoding a JSON object"),
+                            ({"data_description": {"n": 10**5000}}, r"data_description must be a str or a dict of JSON "
+                             r"values .*, got a dict \(Exceeds the limit \(4300 digits\)")):
         with pytest.raises(ValueError, match=message):
             train_codec("flow", x, tmp_path / "o", **{"max_steps": 1, "progress": False, **kwargs})
         assert not (tmp_path / "o").exists(), kwargs
