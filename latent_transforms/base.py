@@ -12,8 +12,8 @@ from torch.utils.data import get_worker_info
 
 from .labels import num_classes_of, to_soft
 from .rng import GeneratorSource, generator_repr
-from .validation import (WrongTypeError, check_batch, check_count, check_model, check_model_slot, check_number,
-                         describe, setting)
+from .validation import (Settings, WrongTypeError, check_batch, check_count, check_model, check_model_slot,
+                         check_number, describe, setting)
 
 # A decoded sample further than this outside [0, 1] (before clipping) is implausible and is rejected.
 MAX_OVERSHOOT = 0.5
@@ -110,7 +110,7 @@ class SampleStats:
             self._counts = row if self._counts is None else self._counts.to(device) + row
 
 
-class LatentTransform(SampleStats, nn.Module):
+class LatentTransform(Settings, SampleStats, nn.Module):
     """Base of every latent-transforms method; the call is ``x2, y2 = t(x, y, model=None)``.
 
     Args:

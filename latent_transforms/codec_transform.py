@@ -33,21 +33,64 @@ class CodecTransform(ChecksCodecStates, LatentTransform):
     def __init__(self, codec: Codec | str, *, levels: Sequence[int] | None = None, cache: LatentCache | None = None,
                  **kwargs):
         super().__init__(**kwargs)
-        self.codec = resolve_codec(codec)
+        self.codec, self.cache = codec, cache  # settings: checked whenever set, the cache against the codec
+        self.register_load_state_dict_post_hook(_refresh_after_load)
+        self.levels = levels
+
+    @property
+    def codec(self) -> Codec:
+        """The codec. Assigned (a hub name, a path or a ``Codec``, as the constructor's), the levels and the cache are
+        checked against it as the constructor's, and the draws resized (as a plain submodule it took anything, and
+        kept the draws sized for the codec before); ``eps`` keeps its value."""
+        return self._modules["codec"]
+
+    @codec.setter
+    def codec(self, codec: Codec | str) -> None:
+        self._replace("codec", resolve_codec(codec))
+
+    @property
+    def cache(self) -> LatentCache | None:
+        """The ``LatentCache`` looked up with ``index=`` (``None``: none). Assigned, it is checked as the constructor's
+        (against the codec, and the method's other settings: VarMixup's ``posterior``); a plain attribute took
+        anything, and a cache of another codec was refused only at a call with ``index=``."""
+        return self._modules.get("cache")  # a transform pickled before 2026-12-05 kept None as a plain attribute
+
+    @cache.setter
+    def cache(self, cache: LatentCache | None) -> None:
         if cache is not None and not isinstance(cache, LatentCache):
             raise WrongTypeError(f"cache must be a LatentCache (LatentCache(codec, images)) or None, got "
                                  f"{type(cache).__name__}")
-        self.cache = cache
+        self._replace("cache", cache)
+
+    def _replace(self, name: str, module: nn.Module | None) -> None:
+        """Set the submodule ``name`` (the codec or the cache) and check the settings together, as the constructor
+        does (``_check_settings``); a refused value leaves the transform as it was."""
+        before = self._modules.get(name)
+        self._modules[name] = module
+        try:
+            self._check_settings()
+        except BaseException:
+            self._modules[name] = before
+            self._check_settings()  # back to the draws' sizes of before
+            raise
+
+    def _check_settings(self) -> None:
+        """The checks of settings together, as the constructor makes them (once each is set): the levels against the
+        codec (the draws resized), the cache against the codec; a subclass adds its own (VarMixup's ``posterior``)."""
+        if "cache" not in self._modules:  # in the constructor: the codec is set, the cache next
+            return
+        if "_levels" in self.__dict__:
+            self.levels = self.levels
         self._refresh_fingerprint()
-        self.register_load_state_dict_post_hook(_refresh_after_load)
-        self.levels = levels
 
     @property
     def levels(self) -> list[int] | None:
         """The latent levels the method acts on, sorted (``None``: all). Assigned (``t.levels = [0]``), it is checked
         and normalised as the constructor's, and the draws are resized (as a plain attribute, the noise was drawn over
-        every coordinate and cut: an L2 size of 0.68 for ``eps=1``); ``eps`` keeps its value."""
-        return self._levels
+        every coordinate and cut: an L2 size of 0.68 for ``eps=1``); ``eps`` keeps its value. A new list each read,
+        so that only an assignment changes it (changed in place, ``t.levels.append(1)``, the transform's own list
+        outgrew the draws' size, unchecked)."""
+        return None if self._levels is None else list(self._levels)
 
     @levels.setter
     def levels(self, levels: Sequence[int] | None) -> None:
@@ -61,7 +104,7 @@ class CodecTransform(ChecksCodecStates, LatentTransform):
                 raise bad_option(f"levels must be a non-empty list of level indices in [0, {n}) (or from -{n}, "
                                  f"counted from the finest, as a list index), got {levels!r}",
                                  right_type=not wrong_type)
-            levels = sorted({int(i) % n for i in levels})
+            levels = tuple(sorted({int(i) % n for i in levels}))
         sizes = [int(torch.Size(s).numel()) for s in self.codec.latent_shapes]
         self._levels, self._level_size = levels, sum(sizes) if levels is None else sum(sizes[i] for i in levels)
 
@@ -117,9 +160,9 @@ class CodecTransform(ChecksCodecStates, LatentTransform):
 
     def level_mask(self, device: torch.device) -> torch.Tensor | None:
         """(D,) bool mask of the flattened coordinates in ``levels`` (None = all)."""
-        if self.levels is None:
+        if self._levels is None:
             return None
-        parts = [torch.full((int(torch.Size(s).numel()),), i in self.levels, device=device)
+        parts = [torch.full((int(torch.Size(s).numel()),), i in self._levels, device=device)
                  for i, s in enumerate(self.codec.latent_shapes)]
         return torch.cat(parts)
 

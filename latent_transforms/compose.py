@@ -396,6 +396,21 @@ class Compose(ChecksCodecStates, nn.Module):
             f"; in a Compose, put v2.ToDtype(torch.float32, scale=True) first: step 0 ({_name(steps[0])}) takes float "
             f"images only")
 
+    @property
+    def num_classes(self) -> int | None:
+        """The labels' classes, fixed at construction: the steps were checked against them, and which label mixes get
+        labels made soft with them was decided then (assigned as a plain attribute, the labels were checked against
+        the new value while the rest kept the old one: ``None`` -> 10 still refused class indices before a MixUp)."""
+        return self._num_classes
+
+    @num_classes.setter
+    def num_classes(self, num_classes: int | None) -> None:
+        if "_num_classes" in self.__dict__ and num_classes != self._num_classes:
+            raise AttributeError(f"a Compose's num_classes is fixed at construction (its steps were checked against "
+                                 f"it, now {self._num_classes!r}): build a new one, Compose(list(t), "
+                                 f"num_classes={num_classes!r})")
+        self._num_classes = num_classes
+
     def __len__(self) -> int:
         return len(self.steps)
 

@@ -13,7 +13,8 @@ from . import hub
 from .casts import without_16_bit_casts
 from .codecs import Codec, resolve_codec
 from .progress import progress_bar
-from .validation import MissingFileError, check_bool, check_count, check_images, check_index, resolve_device
+from .validation import (MissingFileError, check_bool, check_count, check_images, check_index, resolve_device,
+                         setting)
 
 FORMAT = "latent-transforms-latent-cache/1"
 
@@ -65,6 +66,7 @@ class LatentCache(nn.Module):
     latents: torch.Tensor  # buffers
     signatures: torch.Tensor | None
     projection: torch.Tensor
+    verify_images = setting("verify_images", check_bool)  # "no" read as true: the check stayed on
 
     @torch.inference_mode(False)  # built inside inference_mode, the latents refused load_state_dict for good
     def __init__(self, codec: Codec | str, images: torch.Tensor, *, batch_size: int = 256,
@@ -73,7 +75,7 @@ class LatentCache(nn.Module):
         codec = resolve_codec(codec)
         check_count("batch_size", batch_size, low=1)
         check_bool("progress", progress)
-        self.verify_images = check_bool("verify_images", verify_images)
+        self.verify_images = verify_images  # a setting: checked whenever set
         device = None if device is None else resolve_device(device)
         check_images(images, "images")
         codec_device = codec.device

@@ -12,10 +12,16 @@ from .codecs import Codec, resolve_codec
 from .codecs.base import ChecksCodecStates
 from .modelutils import borrowed, logits_of
 from .rng import GeneratorSource, generator_repr
-from .validation import check_count, check_images, check_model, check_number
+from .validation import Settings, check_count, check_images, check_model, check_number, setting
 
 
-class LatentMixupInference(ChecksCodecStates, SampleStats, nn.Module):
+def _checked_model(name: str, model: object) -> nn.Module:
+    """``model`` if it is an ``nn.Module`` (``check_model``'s message), as ``setting`` checks it."""
+    check_model(model)
+    return model
+
+
+class LatentMixupInference(Settings, ChecksCodecStates, SampleStats, nn.Module):
     """``probs = mean_k softmax(model(decode(lam * z + (1 - lam) * z_ref_k)))`` over ``num_mixes`` references.
 
     Mixup Inference (Pang et al., ICLR 2020) moved to a codec's latent space, as VarMixup suggests for robust
@@ -45,20 +51,32 @@ class LatentMixupInference(ChecksCodecStates, SampleStats, nn.Module):
     """
 
     reference_latents: torch.Tensor  # a buffer
+    lam = setting("lam", check_number, high=1.0, low_open=True)  # 0: a prediction from the references alone
+    num_mixes = setting("num_mixes", check_count, low=1)
+    model = setting("model", _checked_model, module=True)
 
     def __init__(self, model: nn.Module, codec: Codec | str, references: torch.Tensor, *, lam: float = 0.6,
                  num_mixes: int = 8, generator: torch.Generator | int | None = None):
         super().__init__()
-        lam, num_mixes = check_number("lam", lam, high=1.0, low_open=True), check_count("num_mixes", num_mixes, low=1)
-        check_model(model)
+        self.lam, self.num_mixes, self.model = lam, num_mixes, model  # settings: checked whenever set
         check_images(references, "references")
-        self.model, self.codec = model, resolve_codec(codec)
+        self._modules["codec"] = resolve_codec(codec)
         self.codec.check_images(references, "references")
-        self.lam, self.num_mixes = lam, num_mixes
         self._rng = GeneratorSource(generator)
         # not an inference tensor, which load_state_dict could not write (inference_mode(False) enables grad: first)
         with torch.inference_mode(False), torch.no_grad():
             self.register_buffer("reference_latents", self.codec.encode_flat(references))
+
+    @property
+    def codec(self) -> Codec:
+        """The codec, fixed at construction: it encoded the references (assigned as a plain submodule, the new codec's
+        latents were mixed with the old one's)."""
+        return self._modules["codec"]
+
+    @codec.setter
+    def codec(self, codec: object) -> None:
+        raise AttributeError("LatentMixupInference's codec is fixed at construction (it encoded the references' "
+                             "latents): build a new LatentMixupInference(model, codec, references)")
 
     def _apply(self, fn, recurse=True):
         # a 16-bit cast (.half(), Lightning's precision="bf16-true") casts the model, but the reference latents, as

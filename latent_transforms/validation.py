@@ -158,22 +158,40 @@ def check_choice(name: str, value: object, choices: tuple) -> object:
     return value
 
 
-def setting(name: str, check: Callable, *args, **kwargs) -> property:
+def setting(name: str, check: Callable, *args, module: bool = False, **kwargs) -> property:
     """A transform's setting ``name``, kept as ``_name`` and checked by ``check(name, value, *args, **kwargs)`` (which
     returns the value kept) whenever it is set: in the constructor, and after it (a sweep's ``t.eps = 0.5``), where a
-    plain attribute took anything (``eps=nan`` rejected every sample, ``target="x"`` attacked the labels, silently)."""
+    plain attribute took anything (``eps=nan`` rejected every sample, ``target="x"`` attacked the labels, silently).
+    ``module=True``: a submodule (or ``None``), kept as ``nn.Module`` keeps one, under ``name`` (it moves with ``.to``
+    and its state is in ``state_dict``); its class mixes in ``Settings``, which routes the assignment here."""
     key = "_" + name
 
     def get(self):
         try:
-            return self.__dict__[key]
+            return self.__dict__["_modules"][name] if module else self.__dict__[key]
         except KeyError:  # not set yet: nn.Module's __getattr__ says so
             raise AttributeError(name) from None
 
     def set_(self, value) -> None:
-        self.__dict__[key] = check(name, value, *args, **kwargs)
+        value = check(name, value, *args, **kwargs)
+        if module:
+            self.__dict__["_modules"][name] = value
+        else:
+            self.__dict__[key] = value
 
     return property(get, set_, doc=f"``{name}``, checked as the constructor's whenever it is set.")
+
+
+class Settings:
+    """Mixed into an ``nn.Module`` with settings (properties such as ``setting``'s): an assignment to one reaches its
+    setter whatever the value, where ``nn.Module.__setattr__`` registered a module value as a submodule of that name
+    without it (``t.cache = LatentCache(...)`` went unchecked, ``t.eps = nn.Linear(...)`` was kept and never read)."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if isinstance(getattr(type(self), name, None), property):
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
 
 def check_bool(name: str, value: object) -> bool:

@@ -96,6 +96,11 @@ class VarMixup(CodecTransform):
                              "does not hold: use posterior='mean' with a cache, or no cache")
         self._posterior = posterior
 
+    def _check_settings(self) -> None:
+        super()._check_settings()
+        if "_posterior" in self.__dict__:  # a codec or a cache assigned later: posterior='sample' refuses them too
+            self.posterior = self.posterior
+
     def extra_repr(self) -> str:
         return (f"alpha={self.alpha}, posterior={self.posterior!r}, per_sample={self.per_sample}, "
                 f"keep_detail={self.keep_detail}, " + super().extra_repr())

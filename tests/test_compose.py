@@ -1248,6 +1248,23 @@ def test_labels_of_new_classes_for_a_grown_classifier_name_grow_in_a_compose(rgb
         t(x, y, net)
 
 
+def test_a_compose_num_classes_assigned_after_building_is_refused():
+    """Audit 208: a plain attribute, Compose([MixUp()]).num_classes = 10 still refused class indices (which label
+    mixes get labels made soft with it was decided when it was built), and 10 -> 5 checked the labels against 5
+    while MixUp kept 10."""
+    x, y = torch.rand(6, 3, 16, 16), torch.arange(6)
+    t = Compose([T.MixUp()])
+    with pytest.raises(AttributeError, match=r"num_classes is fixed at construction .*build a new one, "
+                                             r"Compose\(list\(t\), num_classes=10\)"):
+        t.num_classes = 10
+    assert t.num_classes is None and Compose(list(t), num_classes=10)(x, y)[1].shape == (6, 10)
+    t = Compose([T.MixUp(num_classes=10)])
+    t.num_classes = 10  # as it is: nothing to refuse
+    with pytest.raises(AttributeError, match="num_classes is fixed at construction"):
+        t.num_classes = 5
+    assert t.num_classes == 10 and t(x, y)[1].shape == (6, 10)
+
+
 def test_a_step_whose_classes_went_down_after_building_is_refused_too():
     """Mutation round 23 (audit 204): fewer classes set on a step since the Compose was built are refused as more
     are: its checks would pass labels the step no longer holds."""

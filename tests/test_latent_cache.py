@@ -386,9 +386,8 @@ def test_a_codec_changed_after_the_transform_was_built_is_noticed(data):
     with pytest.raises(ValueError, match="encoded with another codec than this transform's"):
         t(x, y, index=idx)
     t = LatentNoise(tiny_glow(), eps=0.0, cache=LatentCache(tiny_glow(), images, progress=False), generator=0)
-    t.codec = tiny_glow(seed=1)
     with pytest.raises(ValueError, match="encoded with another codec than this transform's"):
-        t(x, y, index=idx)
+        t.codec = tiny_glow(seed=1)  # refused as assigned (audit 208), as the constructor refuses the pair
     late = LatentNoise(tiny_glow(), eps=0.0, generator=0)
     late.cache = LatentCache(late.codec, images, progress=False)  # attached after construction: accepted
     assert (late(x, y, index=idx)[0] - x).abs().max() < 1e-4

@@ -1,6 +1,7 @@
 import copy
 import gc
 import inspect
+import re
 import threading
 import time
 import warnings
@@ -893,6 +894,15 @@ def test_levels_assigned_after_construction_act_as_given_to_the_constructor(glow
     (lambda g: VarMixup(g, num_classes=10), "num_classes", 0, "num_classes must be an int >= 1"),
     (lambda g: ISDA(10), "lambda0", -1.0, "lambda0 must be a finite number"),
     (lambda g: ISDA(10), "layer", "", "layer must be the dotted name of an nn.Linear"),
+    (lambda g: LatentNoise(g), "eps", nn.Linear(1, 1), "eps must be a finite number"),  # nn.Module kept it unread
+    (lambda g: LatentNoise(g), "cache", "yes", "cache must be a LatentCache"),
+    (lambda g: LatentNoise(g), "codec", nn.Linear(1, 1), "codec must be a hub name, a .safetensors path or a Codec"),
+    (lambda g: LatentMixupInference(TinyNet(), g, torch.rand(2, 1, 8, 8)), "lam", 0.0,
+     "lam must be a finite number in \\(0, 1\\]"),  # the input ignored: predicted from the references alone
+    (lambda g: LatentMixupInference(TinyNet(), g, torch.rand(2, 1, 8, 8)), "num_mixes", 0,
+     "num_mixes must be an int >= 1"),
+    (lambda g: LatentCache(g, torch.rand(2, 1, 8, 8), progress=False), "verify_images", "no",
+     "verify_images must be True or False"),
 ])
 def test_settings_assigned_after_construction_are_checked_as_the_constructors(glow, make, name, value, match):
     # a sweep setting t.eps = ... between trials: as plain attributes they took anything, and some ran silently
@@ -914,6 +924,80 @@ def test_settings_assigned_after_construction_take_effect(glow, vae, batch, net)
     m = VarMixup(vae, num_classes=10, p=1.0, generator=0)
     m.posterior, m.alpha = "sample", 0.5
     assert "posterior_noise" in m.make_params(2, torch.Generator(), torch.device("cpu"))
+
+
+def _glow_cache(glow, vae, x):
+    return LatentCache(glow, x, progress=False)
+
+
+@pytest.mark.parametrize("build,name,value,right", [
+    # (transform, setting, a value the constructor refuses with this transform's other settings, one it takes)
+    (lambda glow, vae, **kw: LatentNoise(**{"codec": glow, **kw}), "cache",
+     lambda glow, vae, x: LatentCache(tiny_glow(seed=1), x, progress=False), _glow_cache),
+    (lambda glow, vae, **kw: VarMixup(**{"codec": vae, "num_classes": 10, "posterior": "sample", **kw}), "cache",
+     lambda glow, vae, x: LatentCache(vae, x, progress=False), None),
+    (lambda glow, vae, **kw: LatentNoise(**{"codec": glow, "levels": [1], **kw}), "codec",
+     lambda glow, vae, x: tiny_glow(levels=1), lambda glow, vae, x: tiny_glow(seed=1)),
+    (lambda glow, vae, **kw: VarMixup(**{"codec": vae, "num_classes": 10, "posterior": "sample", **kw}), "codec",
+     lambda glow, vae, x: glow, lambda glow, vae, x: tiny_vae(seed=1)),
+    (lambda glow, vae, **kw: LatentNoise(**{"codec": glow, "cache": LatentCache(glow, torch.zeros(2, 1, 8, 8),
+                                                                               progress=False), **kw}), "codec",
+     lambda glow, vae, x: tiny_glow(seed=1), lambda glow, vae, x: tiny_glow()),  # the same weights: the cache fits
+])
+def test_a_codec_or_cache_assigned_after_construction_is_refused_as_the_constructor_refuses_it(glow, vae, batch, build,
+                                                                                             name, value, right):
+    # plain submodules took anything: a cache of another codec was refused only at a call with index=, and with
+    # posterior='sample' not at all (the cache was ignored); a codec with fewer levels than levels=[1] was used for
+    # a perturbation of nothing, and VarMixup(posterior='sample') failed in torch with a flow
+    x = batch[0]
+    with pytest.raises(ValueError) as given:
+        build(glow, vae, **{name: value(glow, vae, x)})
+    t = build(glow, vae)
+    before, size = getattr(t, name), getattr(t, "level_size", lambda: None)()
+    with pytest.raises(type(given.value), match=f"^{re.escape(str(given.value))}$"):
+        setattr(t, name, value(glow, vae, x))
+    assert getattr(t, name) is before and getattr(t, "level_size", lambda: None)() == size  # left as it was
+    if right is not None:
+        setattr(t, name, right(glow, vae, x))
+        assert getattr(t, name) is not before and name in dict(t.named_children())  # in state_dict, moved by .to
+
+
+def test_a_codec_assigned_after_construction_resizes_the_draws(glow, batch):
+    # the draws kept the size of the codec before: levels=[1] of a 3-level flow drew 32 coordinates for its 16, and
+    # the noise on them had an L2 size of 0.66 for eps=1
+    finer = tiny_glow(levels=3)
+    t = LatentNoise(glow, eps=1.0, levels=[1], generator=0)
+    t.codec = finer
+    given = LatentNoise(finer, eps=1.0, levels=[1], generator=0)
+    assert t.level_size() == given.level_size() == int(torch.Size(finer.latent_shapes[1]).numel())
+    assert torch.equal(t(*batch)[0], given(*batch)[0])
+    assert torch.allclose(t.last_params["delta"].norm(dim=1), torch.ones(len(batch[0])))
+
+
+def test_levels_changed_in_place_leave_the_transform_as_it_was(glow, batch):
+    # t.levels.append(1) changed the transform's own list, not the draws' size (the call failed in torch's
+    # masked_scatter); t.levels[0] = 5 named a level out of range, unchecked: nothing was perturbed
+    t = LatentNoise(glow, eps=1.0, levels=[0], generator=0)
+    t.levels.append(1)
+    t.levels[0] = 5
+    assert t.levels == [0] and type(t.levels) is list and "levels=[0]" in repr(t)
+    assert torch.equal(t(*batch)[0], LatentNoise(glow, eps=1.0, levels=[0], generator=0)(*batch)[0])
+
+
+def test_mixup_inference_model_and_codec_assigned_after_construction(glow, batch, net):
+    # plain submodules: model=None failed only at the call; another codec's latents were mixed with the references'
+    # latents of the codec before, silently where the two have the same size
+    x = batch[0]
+    mi = LatentMixupInference(net, glow, references=x, num_mixes=2, generator=0)
+    with pytest.raises(TypeError, match="the model must be the classifier, an nn.Module"):
+        mi.model = None
+    with pytest.raises(AttributeError, match=r"codec is fixed at construction .*build a new LatentMixupInference"):
+        mi.codec = tiny_glow(seed=1)
+    assert mi.model is net and mi.codec is glow
+    other = TinyNet()
+    mi.model = other
+    assert mi.model is other and torch.equal(mi.state_dict()["model.fc.weight"], other.fc.weight)
+    assert torch.equal(mi(x), LatentMixupInference(other, glow, references=x, num_mixes=2, generator=0)(x))
 
 
 def test_mixup_inference_uses_num_mixes_references(glow, batch, net):
