@@ -273,7 +273,7 @@ class LatentTransform(Settings, SampleStats, nn.Module):
         destroyed, transformed = self._destroyed_warned
         self._destroyed_warned = True  # warned: once per instance
         warnings.warn(f"{type(self).__name__}: {destroyed} of {transformed} transformed samples came out destroyed, "
-                      f"over half of their pixels clipped to 0 or 1 (noise, not a variation of the image), with "
+                      f"over half of their values clipped to 0 or 1 (noise, not a variation of the image), with "
                       f"{self!r}: the perturbation is too large for the codec; lower eps. They are not counted as "
                       f"rejected in stats (only a decode outside [0, 1] by over 0.5 is, and the shipped codecs decode "
                       f"into [0, 1]); look at a few outputs with latent_transforms.visualize.save_rows",

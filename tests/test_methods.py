@@ -1411,7 +1411,7 @@ def test_a_perturbation_that_destroys_the_images_warns_once(glow, net, batch):
                 t(x, y, net)
     for t in (LatentNoise(glow, eps=1000.0, generator=0), LatentAdversarial(glow, eps=1000.0, generator=0)):
         with pytest.warns(UserWarning, match=rf"{type(t).__name__}: 36 of 36 transformed samples came out destroyed, "
-                                             r"over half of their pixels clipped to 0 or 1 .*\(eps=1000.0.*lower eps"
+                                             r"over half of their values clipped to 0 or 1 .*\(eps=1000.0.*lower eps"
                           ) as record:
             for _ in range(6):
                 t(x, y, net)
