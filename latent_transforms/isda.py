@@ -42,9 +42,9 @@ from .codecs import Codec
 from .feature_covariance import COVARIANCES, FeatureCovariance, check_sync
 from .modelutils import unwrap
 from .rng import generator_repr
-from .validation import (WrongTypeError, bad_option, check_choice, check_count, check_device, check_labels,
-                         check_number, check_same_device, describe, name_dtype_clash, no_autocast, setting,
-                         wide_float)
+from .validation import (ClassCountError, WrongTypeError, bad_option, check_choice, check_count, check_device,
+                         check_labels, check_number, check_same_device, describe, name_dtype_clash, no_autocast,
+                         setting, wide_float)
 
 
 _HARD_LABELS_ONLY = (
@@ -393,12 +393,12 @@ def _fully_sharded(layer: nn.Module) -> bool:
 
 @contextlib.contextmanager
 def grown_classifier_named(isdas: Iterable["ISDA"], model: object) -> Iterator[None]:
-    """Checks of a call: a ``ValueError`` in them (labels of new classes, out of range) is replaced by the first of
-    ``isdas`` whose classifier in ``model`` has grown past its statistics' classes naming that (``grow``), the
-    original as its cause; other errors, and all where no classifier grew, stand."""
+    """Checks of a call: a ``ClassCountError`` in them (labels of new classes, out of range) is replaced by the first
+    of ``isdas`` whose classifier in ``model`` has grown past its statistics' classes naming that (``grow``), the
+    original as its cause; other errors (a NaN batch), and all where no classifier grew, stand."""
     try:
         yield
-    except ValueError as e:
+    except ClassCountError as e:
         grown = next(filter(None, (t._grown_classifier(model) for t in isdas)), None)
         if grown is None:
             raise

@@ -41,6 +41,11 @@ class WrongTypeError(TypeError, ValueError):
     bad options are, so that code catching either keeps working."""
 
 
+class ClassCountError(ValueError):
+    """Labels of other classes than ``num_classes``: a class index out of range, soft labels of another width (what a
+    classifier grown for new classes gives ISDA's statistics of the old ones)."""
+
+
 class MissingFileError(FileNotFoundError, ValueError):
     """A data, checkpoint or cache file that is not there: a ``FileNotFoundError``, and a ``ValueError`` as the other
     unusable files are."""
@@ -383,7 +388,7 @@ def _label_form(y: torch.Tensor, batch_size: int, num_classes: int | None, name:
     if num_classes is not None and y.shape[1] != num_classes:
         hint = ("; the (B, B) torch.eye of targets that are not class labels? give the label mixes no num_classes"
                 if targets_hint and y.shape[0] == y.shape[1] else "") + targets_hint
-        raise ValueError(f"{name} soft labels have {y.shape[1]} classes, expected num_classes={num_classes}{hint}")
+        raise ClassCountError(f"{name} soft labels have {y.shape[1]} classes, expected num_classes={num_classes}{hint}")
     return y.shape[0] > 0
 
 
@@ -415,7 +420,7 @@ def _judge_labels(y: torch.Tensor, name: str, num_classes: int | None, stats: li
                              f"LatentAdversarial(target='pred')) takes the whole batch with y=None and keeps each image "
                              f"in its row, so {name} still fits its output")
         if num_classes is not None and hi >= num_classes:
-            raise ValueError(f"{name} has class index {hi}, out of range for num_classes={num_classes}")
+            raise ClassCountError(f"{name} has class index {hi}, out of range for num_classes={num_classes}")
         return
     finite, low, worst, worst_sum = stats
     if not finite:

@@ -1243,6 +1243,9 @@ def test_labels_of_new_classes_for_a_grown_classifier_name_grow_in_a_compose(rgb
                                          r".*call \.grow\(10\) on this ISDA first") as info:
         t(x, y, net)
     assert isinstance(info.value.__cause__, ValueError) and "class index" in str(info.value.__cause__)
+    with pytest.raises(ValueError, match=r"^x contains NaN") as info:  # not a label error: it stands (mutant M15)
+        t(x * float("nan"), y % 4, net)
+    assert "grow" not in str(info.value)
     net.fc = torch.nn.Linear(32, 4)  # no classifier grown: the labels are named
     with pytest.raises(ValueError, match=r"^y has class index \d, out of range for num_classes=4$"):
         t(x, y, net)

@@ -1958,6 +1958,9 @@ def test_a_classifier_grown_for_new_classes_is_told_to_grow_the_statistics(batch
         isda(x, first, net)  # a replayed batch of old classes only
     with pytest.raises(ValueError, match=grow.format("ISDALoss")):
         loss(net.features(x), net.fc, y)
+    with pytest.raises(ValueError, match="NaN") as info:  # not a label error: named as it is, not as the grown head
+        isda(x * float("nan"), y, net)
+    assert "grow" not in str(info.value)
     isda.grow(10)
     loss.grow(10)
     assert isda.num_classes == loss.num_classes == 10
