@@ -76,9 +76,9 @@ class CodecTransform(ChecksCodecStates, LatentTransform):
 
     def _check_settings(self) -> None:
         """The checks of settings together, as the constructor makes them (once each is set): the levels against the
-        codec (the draws resized), the cache against the codec; a subclass adds its own (VarMixup's ``posterior``)."""
-        if "cache" not in self._modules:  # in the constructor: the codec is set, the cache next
-            return
+        codec (the draws resized), the cache against the codec; a subclass adds its own (VarMixup's ``posterior``).
+        No cache in ``_modules`` (the constructor's first check, or a transform pickled before 2026-12-05, which kept
+        ``cache=None`` as a plain attribute) reads as none: the checks run all the same."""
         if "_levels" in self.__dict__:
             self.levels = self.levels
         self._refresh_fingerprint()

@@ -1470,6 +1470,21 @@ def test_disarm_takes_the_inert_hook_off_a_copy_of_an_armed_model(batch, net, co
     assert not net.fc._forward_hooks
 
 
+def test_disarm_leaves_the_layers_other_hooks(batch, net):
+    """Mutation round 26 (audit 215): disarm removes ISDA's own hooks only, not one the user put on the layer."""
+    x, y = batch
+    seen = []
+    handle = net.fc.register_forward_hook(lambda m, args, out: seen.append(out.shape))
+    isda = ISDA(10)
+    isda.set_progress(0.5)
+    isda(x, y, net)
+    isda.disarm(copy.deepcopy(net))
+    isda.disarm(net)
+    assert list(net.fc._forward_hooks) == [handle.id]
+    net(x)
+    assert seen == [(len(x), 10)]
+
+
 def test_a_pending_hook_does_not_keep_a_deleted_isda_alive(batch, net):
     """isda(x, y, model) whose model(x) never ran (it raised and the step was skipped), then the ISDA is dropped:
     the model kept it (and its statistics) alive and applied its stale augmentation to a later forward."""

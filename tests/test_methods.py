@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latent_transforms import ISDA, Compose, ISDALoss, LatentCache
+from latent_transforms import ISDA, Compose, ISDALoss, LatentCache, base
 from latent_transforms.codecs import ConvVAE, flatten_latents
 from latent_transforms.latent_adversarial import LatentAdversarial
 from latent_transforms.latent_noise import LatentNoise
@@ -797,6 +797,11 @@ def test_a_codec_path_may_be_a_pathlib_path(tmp_path, glow):
     path = tmp_path / "mine.safetensors"
     hub.save_checkpoint(glow, path)
     assert LatentNoise(path).codec.fingerprint() == glow.fingerprint()  # was refused: "got PosixPath"
+    # mutation round 26 (audit 215): a path assigned, and LatentMixupInference's, resolve as the constructor's
+    t = LatentNoise(tiny_glow(seed=1))
+    t.codec = str(path)
+    assert t.codec.fingerprint() == glow.fingerprint()
+    assert LatentMixupInference(TinyNet(), path, torch.rand(2, 1, 8, 8)).codec.fingerprint() == glow.fingerprint()
 
 
 def test_varmixup_levels_keep_the_samples_own_latent_elsewhere(glow, batch):
@@ -972,6 +977,34 @@ def test_a_codec_assigned_after_construction_resizes_the_draws(glow, batch):
     assert t.level_size() == given.level_size() == int(torch.Size(finer.latent_shapes[1]).numel())
     assert torch.equal(t(*batch)[0], given(*batch)[0])
     assert torch.allclose(t.last_params["delta"].norm(dim=1), torch.ones(len(batch[0])))
+
+
+def test_a_codec_of_another_latent_size_assigned_with_every_level_resizes_the_draws(vae, batch):
+    # mutation round 26 (audit 215): with levels=None the draws must follow the new codec's whole latent too (a flow's
+    # is its image's size whatever its levels, so only a VAE of another latent_dim tells); kept at the codec before's
+    # 4, a 6-dim VAE's latents were perturbed by draws of the wrong size
+    wider = ConvVAE((1, 8, 8), latent_dim=6, hidden=8).freeze()
+    t = LatentNoise(vae, eps=1.0, generator=0)
+    t.codec = wider
+    given = LatentNoise(wider, eps=1.0, generator=0)
+    assert t.level_size() == given.level_size() == 6
+    assert torch.equal(t(*batch)[0], given(*batch)[0])
+
+
+def test_a_transform_pickled_when_its_cache_was_a_plain_attribute_checks_a_codec_assigned(glow, batch):
+    """Mutation round 26 (audit 215): a transform pickled before 2026-12-05 kept cache=None as a plain attribute, not
+    in _modules; its codec assigned skipped every check (the constructor's first check, cache not set yet, returned
+    early), so levels=[1] took a 1-level flow and perturbed nothing, silently."""
+    t = LatentNoise(glow, eps=1.0, levels=[1], generator=0)
+    state = t.__getstate__()  # as pickled then: no "cache" submodule, a plain attribute
+    state["_modules"] = {k: v for k, v in state["_modules"].items() if k != "cache"}
+    old = LatentNoise.__new__(LatentNoise)
+    old.__setstate__({**state, "cache": None})
+    assert old.cache is None
+    assert torch.equal(old(*batch)[0], LatentNoise(glow, eps=1.0, levels=[1], generator=0)(*batch)[0])
+    with pytest.raises(ValueError, match=r"levels must be a non-empty list of level indices in \[0, 1\)"):
+        old.codec = tiny_glow(levels=1)
+    assert old.codec is glow and old.levels == [1]
 
 
 def test_levels_changed_in_place_leave_the_transform_as_it_was(glow, batch):
@@ -1393,6 +1426,8 @@ def test_a_transform_left_in_eval_mode_beside_a_training_model_warns_once(glow, 
             t(x, y, net)
             t(x, y, net)  # once per transform
         assert len(record) == 1 and record[0].filename == __file__, [str(w.message) for w in record]
+        counts = "its steps' stats['seen']" if isinstance(t, Compose) else "its stats['seen']"  # a Compose has none
+        assert f"; {counts} counts only training-mode calls" in str(record[0].message)  # mutation round 26
         net.eval()
     assert t.steps[0].stats["seen"] == 0
 
@@ -1417,6 +1452,56 @@ def test_a_perturbation_that_destroys_the_images_warns_once(glow, net, batch):
                 t(x, y, net)
         assert len(record) == 1 and record[0].filename == __file__, [str(w.message) for w in record]
         assert t.stats == {"seen": 72, "transformed": 72, "rejected": 0}  # what stats alone shows
+
+
+def test_saturated_counts_values_at_0_or_1_beyond_the_inputs_own():
+    """Mutation round 26 (audit 215): over SATURATED (0.5) of the values at 0 or 1, and GAIN (0.25) more than the
+    input had: a digit's black background, kept, is not a destroyed image."""
+    def image(at_0: int, at_1: int = 0) -> torch.Tensor:  # 100 values: at_0 at 0, at_1 at 1, the rest 0.5
+        values = torch.cat([torch.zeros(at_0), torch.ones(at_1), torch.full((100 - at_0 - at_1,), 0.5)])
+        return values.view(1, 1, 10, 10)
+    plain, dark = image(0), image(40)
+    for x2, x, want in ((image(50), plain, False), (image(51), plain, True), (image(0, 51), plain, True),
+                        (image(25, 26), plain, True), (image(65), dark, False), (image(66), dark, True)):
+        assert base.saturated(x2, x).tolist() == [want], (x2.mean(), x.mean(), want)
+
+
+@pytest.mark.parametrize("batch_size, destroyed, kept, warnings_at", [
+    (16, 16, 16, {2: "32 of 32"}),  # judged once WINDOW (32) are counted, at the next call; then never again
+    (32, 8, 32, {}),  # WARN (0.25) of them: not more
+    (32, 9, 32, {1: "9 of 32"}),
+    (32, 32, 16, {2: "32 of 32"}),  # the rejected samples are counted neither as transformed nor as destroyed
+])
+def test_destroyed_samples_are_judged_over_a_window_and_warned_of_once(monkeypatch, batch_size, destroyed, kept,
+                                                                       warnings_at):
+    """Mutation round 26 (audit 215): which samples are destroyed (saturated) and kept (keep_plausible) set by hand,
+    the count is judged once WINDOW samples are in, more than WARN of them warns once, at the call after."""
+    def plausible(x2, fallback):
+        ok = torch.arange(len(x2)) < kept
+        return torch.where(ok.view(-1, 1, 1, 1), x2.clamp(0, 1), fallback), ok
+    monkeypatch.setattr(base, "saturated", lambda x2, x: torch.arange(len(x2)) < destroyed)
+    monkeypatch.setattr(base, "keep_plausible", plausible)
+    x, y = torch.rand(batch_size, 1, 8, 8), torch.zeros(batch_size, dtype=torch.long)
+    t, got = LatentNoise(tiny_glow(), eps=0.1, generator=0), {}
+    for call in range(12):
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            t(x, y)
+        got.update({call: re.search(r"\d+ of \d+", str(w.message))[0] for w in record})
+    assert got == warnings_at
+
+
+def test_destroyed_samples_are_judged_in_windows(monkeypatch):
+    """Mutation round 26 (audit 215): a window judged healthy is forgotten; a later one of destroyed samples warns
+    with its own count (not diluted by the healthy ones before: 32 of 64)."""
+    draws = iter([0] + [32] * 5)
+    monkeypatch.setattr(base, "saturated", lambda x2, x: torch.arange(len(x2)) < next(draws))
+    x, y = torch.rand(32, 1, 8, 8), torch.zeros(32, dtype=torch.long)
+    t = LatentNoise(tiny_glow(), eps=0.1, generator=0)
+    t(x, y)
+    t(x, y)  # judges 0 of 32: healthy, a new window
+    with pytest.warns(UserWarning, match="LatentNoise: 32 of 32 transformed samples came out destroyed"):
+        t(x, y)
 
 
 def test_a_num_classes_given_is_in_the_repr():

@@ -961,10 +961,33 @@ def test_a_segmentation_model_is_told_it_has_no_class_per_image():
         LatentAdversarial(GLOW, steps=1, target="pred", generator=0)(GOOD_X, None, seg)
 
 
+class _Returns(torch.nn.Module):
+    def __init__(self, shape):
+        super().__init__()
+        self.shape = shape
+
+    def forward(self, x):
+        return x.new_zeros(self.shape)
+
+
+@pytest.mark.parametrize("shape", [(4, 5, 3), (1, 4, 5, 8)])
+def test_an_output_that_is_no_per_pixel_map_is_not_called_one(shape):
+    """Mutation round 26 (audit 215): only a 4-d output with one row per image reads as a segmentation model's; a
+    (B, K, L) sequence's logits, or (1, B, K, N) with the batch second, are told to pass a wrapper."""
+    with pytest.raises(ValueError, match=r"got a tensor of shape .*; pass a wrapper nn.Module whose forward "
+                                         r"returns the logits") as e:
+        LatentAdversarial(GLOW, steps=1, target="pred", generator=0)(GOOD_X, None, _Returns(shape))
+    assert "segmentation" not in str(e.value)
+
+
 def test_class_labels_in_a_form_with_a_plain_fix_are_not_told_about_other_targets():
     """The targets hint ends the refusals of what may be other targets (a dict, (B,) floats, ...); class indices as a
     list or as int32 are class labels: their message ends with their fix."""
     for y, message in (([0, 1, 2, 3], r"y must be a torch.Tensor, got list$"),
+                       # mutation round 26 (audit 215): a list of 0-d tensors (list(y), labels gathered one by one) is
+                       # class labels too; only a list holding dicts or tensors of a dimension is targets
+                       (list(GOOD_Y), r"y must be a torch.Tensor, got list$"),
+                       ([], r"y must be a torch.Tensor, got list$"),
                        (GOOD_Y.int(), r"must be int64, got dtype torch.int32; convert with y.long\(\)$")):
         with pytest.raises((TypeError, ValueError), match=message):
             LatentNoise(GLOW, eps=1.0)(GOOD_X, y, TinyNet())
