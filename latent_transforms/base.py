@@ -53,6 +53,10 @@ def keep_plausible(decoded: torch.Tensor, fallback: torch.Tensor) -> tuple[torch
     return torch.where(ok.view(-1, 1, 1, 1), clipped, fallback), ok
 
 
+# The start of warn_if_left_in_eval's warning, as a warnings filter takes it (a deliberate eval-mode call silences it)
+LEFT_IN_EVAL = r".* is in eval\(\) mode, where it returns its inputs unchanged"
+
+
 def warn_if_left_in_eval(owner: nn.Module, model: nn.Module | None) -> None:
     """Once per ``owner``, called in its ``eval()`` mode: warn when ``model`` is training, which an augmentation
     switched off by ``augment.eval()`` and never switched back (it is no submodule of the model, so ``model.train()``
@@ -165,6 +169,7 @@ class LatentTransform(Settings, SampleStats, nn.Module):
     accepted_labels: str = "(B,) int64 class indices or (B, K) soft labels"  # named when y=None is refused
     p = setting("p", check_number, high=1.0)
     _destroyed: torch.Tensor | None = None  # (2,) int64 on the data's device: destroyed and transformed samples
+    _destroyed_found: tuple[int, int] | None = None  # a window judged destroyed, warned of at the next forward
     _destroyed_warned = False
     num_classes = setting("num_classes", lambda name, k: None if k is None else check_count(name, k, low=1))
 
@@ -266,12 +271,12 @@ class LatentTransform(Settings, SampleStats, nn.Module):
             if transformed >= WINDOW:
                 self._destroyed = None  # a new window
                 if destroyed > WARN * transformed:
-                    self._destroyed_warned = (destroyed, transformed)  # forward warns, at the caller's line
+                    self._destroyed_found = (destroyed, transformed)  # forward warns, at the caller's line
         return [(counts, judge)]
 
     def _warn_destroyed(self) -> None:
-        destroyed, transformed = self._destroyed_warned
-        self._destroyed_warned = True  # warned: once per instance
+        (destroyed, transformed), self._destroyed_found = self._destroyed_found, None
+        self._destroyed_warned = True  # once per instance
         warnings.warn(f"{type(self).__name__}: {destroyed} of {transformed} transformed samples came out destroyed, "
                       f"over half of their values clipped to 0 or 1 (noise, not a variation of the image), with "
                       f"{self!r}: the perturbation is too large for the codec; lower eps. They are not counted as "
@@ -387,7 +392,7 @@ class LatentTransform(Settings, SampleStats, nn.Module):
         dataset positions, for transforms with a latent cache; ``params``: an earlier call's ``last_params`` on a
         batch of the same size, applied again instead of drawing (training mode; ignored in eval mode)."""
         self.check_call(x, y, model, index)
-        if isinstance(self._destroyed_warned, tuple):
+        if self._destroyed_found is not None:
             self._warn_destroyed()
         if not self.training:
             warn_if_left_in_eval(self, model)
@@ -428,9 +433,10 @@ class LatentTransform(Settings, SampleStats, nn.Module):
         x2 = x2.to(x.dtype)
         if self.mixes_labels:
             y2 = torch.where(ok.view(-1, 1), y2, to_soft(ys, k, y2.dtype))
-        self._count(x.device, batch, ok.sum(), (~ok).sum())
+        kept = ok.sum()
+        self._count(x.device, batch, kept, ok.numel() - kept)
         if not self._destroyed_warned:  # counted here, read in a later call's host sync
-            row = torch.stack([(saturated(x2, xs) & ok).sum(), ok.sum()])
+            row = torch.stack([(saturated(x2, xs) & ok).sum(), kept])
             counts = self._destroyed  # on another device (the transform moved to the GPU): a new window, no copy
             self._destroyed = row if counts is None or counts.device != x.device else counts + row
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from .base import LatentTransform
+from .base import LEFT_IN_EVAL, LatentTransform
 from .compose import Compose
 from .labels import to_soft
 from .validation import check_batch, check_bool, check_count, check_model_slot, describe
@@ -76,7 +76,7 @@ def _called_on_purpose(t: nn.Module, x: torch.Tensor, *args, **kwargs) -> tuple:
     """``_called``, for a transform put in ``eval()`` mode on purpose beside a training model: without the warning that
     it augments nothing (a suite run with ``-W error`` would fail on it)."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", r".* is in eval\(\) mode, where it returns its inputs unchanged")
+        warnings.filterwarnings("ignore", LEFT_IN_EVAL)
         return _called(t, x, *args, **kwargs)
 
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from latent_transforms import hub
+from latent_transforms.base import LEFT_IN_EVAL
 from latent_transforms.codecs import Codec, ConvVAE, Glow
 
 warnings.filterwarnings("ignore", message="torch.lu is deprecated")
@@ -20,7 +21,7 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 # for tests that call ISDA without set_epoch on purpose: its warning that the strength is 0 is expected there
 STRENGTH_ZERO_EXPECTED = pytest.mark.filterwarnings("ignore:ISDA's strength lam:UserWarning")
 # A test that calls a transform in eval() mode beside a training model on purpose (the identity, its checks)
-EVAL_BESIDE_TRAINING = pytest.mark.filterwarnings(r"ignore:.* is in eval\(\) mode, where it returns its inputs unchanged")
+EVAL_BESIDE_TRAINING = pytest.mark.filterwarnings(f"ignore:{LEFT_IN_EVAL}")
 
 
 def pytest_addoption(parser):
