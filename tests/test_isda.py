@@ -17,7 +17,8 @@ from latent_transforms.feature_covariance import FeatureCovariance
 from latent_transforms.isda import ISDA, ISDALoss, isda_logits
 
 from contract import assert_model_unchanged, check_transform_contract, model_state
-from conftest import EVAL_BESIDE_TRAINING, STRENGTH_ZERO_EXPECTED, ClassifierWithItsAugmentation, TinyNet, tiny_vae
+from conftest import (EVAL_BESIDE_TRAINING, STRENGTH_ZERO_EXPECTED, ClassifierWithItsAugmentation, TinyNet, tiny_vae,
+                      train_steps)
 
 
 
@@ -1418,12 +1419,7 @@ def test_a_model_trained_with_the_hook_exports_as_one_never_hooked(batch, net):
     isda = ISDA(10, lambda0=1.0)
     isda.set_progress(1.0)
     keys = list(net.state_dict())
-    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
-    for _ in range(3):
-        x2, y2 = isda(x, y, net)
-        optimizer.zero_grad()
-        F.cross_entropy(net(x2), y2).backward()
-        optimizer.step()
+    train_steps(net, torch.optim.SGD(net.parameters(), lr=0.1), isda, [(x, y)] * 3)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in net.modules())
     assert list(net.state_dict()) == keys
     fresh = TinyNet()
