@@ -279,7 +279,8 @@ class LatentTransform(Settings, SampleStats, nn.Module):
         self._destroyed_warned = True  # once per instance
         warnings.warn(f"{type(self).__name__}: {destroyed} of {transformed} transformed samples came out destroyed, "
                       f"over half of their values clipped to 0 or 1 (noise, not a variation of the image), with "
-                      f"{self!r}: the perturbation is too large for the codec; lower eps. They are not counted as "
+                      f"{self!r}: the perturbation is too large for the codec; lower eps (at the default eps: "
+                      f"images unlike the codec's training images, which it decodes poorly). They are not counted as "
                       f"rejected in stats (only a decode outside [0, 1] by over 0.5 is, and the shipped codecs decode "
                       f"into [0, 1]); look at a few outputs with latent_transforms.visualize.save_rows",
                       stacklevel=5)  # the line of the call, past nn.Module
