@@ -96,12 +96,15 @@ def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int | None = No
                           for i in range(0, len(x), batch_size)])
 
 
-def _check_predictions(probs: torch.Tensor, y: torch.Tensor) -> None:
-    """``probs: (N, K)`` probabilities (rows in [0, 1] summing to 1, not logits), ``y: (N,)`` int64 in ``[0, K)``."""
-    if not isinstance(probs, torch.Tensor) or probs.ndim != 2 or not probs.is_floating_point() or not len(probs):
-        raise ValueError(f"probs must be a non-empty (N, K) float tensor, got "
+def _check_predictions(probs: torch.Tensor, y: torch.Tensor, allow_empty: bool = False) -> None:
+    """``probs: (N, K)`` probabilities (rows in [0, 1] summing to 1, not logits), ``y: (N,)`` int64 in ``[0, K)``;
+    N may be 0 where ``allow_empty``."""
+    if (not isinstance(probs, torch.Tensor) or probs.ndim != 2 or not probs.is_floating_point()
+            or not probs.shape[1] or not (len(probs) or allow_empty)):  # K = 0: no class to predict
+        raise ValueError(f"probs must be a {'' if allow_empty else 'non-empty '}(N, K) float tensor, got "
                          f"{tuple(probs.shape) if isinstance(probs, torch.Tensor) else type(probs).__name__}")
-    lo, hi, worst = torch.stack([probs.min(), probs.max(), (probs.float().sum(1) - 1).abs().max()]).float().tolist()
+    lo, hi, worst = (torch.stack([probs.min(), probs.max(), (probs.float().sum(1) - 1).abs().max()]).float().tolist()
+                     if len(probs) else (0.0, 0.0, 0.0))  # no rows (a rank's shard all padding): nothing to check
     if not (lo >= 0 and hi <= 1 and worst <= row_sum_tolerance(probs.dtype, mixes=False)):  # NaN fails; bf16 rows pass
         raise ValueError(f"probs must be probabilities (rows in [0, 1] summing to 1; softmax logits first), got "
                          f"values in [{lo:.4g}, {hi:.4g}] and a row sum off by {worst:.3g}")
@@ -119,8 +122,14 @@ def accuracy(probs: torch.Tensor, y: torch.Tensor) -> float:
 
 def reliability_bins(probs: torch.Tensor, y: torch.Tensor, bins: int = 15) -> dict[str, torch.Tensor]:
     """Per equal-width confidence bin ``(lo, hi]``: ``count``, ``confidence_sum`` and ``correct_sum``, each ``(bins,)``
-    float64 (float32 on MPS, which has no float64; sums, so that runs can be pooled); probs (N, K), y (N,) int64."""
-    _check_predictions(probs, y)
+    float64 (float32 on MPS, which has no float64; sums, so that runs and ranks can be pooled); probs (N, K), y (N,)
+    int64. N may be 0 (a rank's batch of padding only): zeros."""
+    return _bin_sums(probs, y, bins, allow_empty=True)
+
+
+def _bin_sums(probs: torch.Tensor, y: torch.Tensor, bins: int, allow_empty: bool) -> dict[str, torch.Tensor]:
+    """``reliability_bins``; N = 0 refused unless ``allow_empty`` (the ECE of no samples is undefined)."""
+    _check_predictions(probs, y, allow_empty)
     check_count("bins", bins, low=1)
     conf, pred = probs.max(1)
     conf = conf.float()  # binned in float32: bf16's conf * bins lands in the wrong bin
@@ -138,5 +147,5 @@ def expected_calibration_error(probs: torch.Tensor, y: torch.Tensor, bins: int =
 
     The bins' confidence-accuracy gaps weighted by their share of the samples: ``sum |conf_sum - correct_sum| / N``.
     """
-    r = reliability_bins(probs, y, bins)
+    r = _bin_sums(probs, y, bins, allow_empty=False)
     return float((r["confidence_sum"] - r["correct_sum"]).abs().sum() / len(probs))

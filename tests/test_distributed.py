@@ -6,6 +6,8 @@
 4. A DDP run stopped and resumed as docs/quickstart.md says (every rank's random states gathered into rank 0's
    checkpoint) ends with the weights of the uninterrupted run.
 5. Gradient accumulation with ``no_sync()``: the transforms leave the accumulated gradients as they are.
+6. Evaluation as docs/quickstart.md says (a DistributedSampler's padding left out, the bin sums all-reduced) scores
+   a test set on two ranks as one process does.
 
 Each rank writes what it saw to ``tmp_path/rank{r}.pt``; the parent process compares.
 """
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 from latent_transforms import ISDA, Compose, LatentAdversarial, LatentNoise, VarMixup
 
 from conftest import spawn_two_ranks
+from doc_pages import DOCS, SNIPPET
 
 B = 8
 METHODS = ("LatentNoise", "LatentAdversarial", "VarMixup", "ISDA", "Compose")
@@ -220,6 +223,62 @@ def _resume_worker(rank: int, init_method: str, out_dir: str) -> None:
         torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
+
+
+EVAL_N = 17  # odd: the sampler repeats one image, which lands alone in rank 1's last batch of 8
+
+
+def _evaluation_snippet() -> str:
+    """docs/quickstart.md's snippet that scores a test set split over ranks."""
+    page = (DOCS / "quickstart.md").read_text(encoding="utf-8")
+    return next(code for code in SNIPPET.findall(page) if "DistributedSampler(test_set" in code)
+
+
+def _evaluation_setup() -> tuple[torch.nn.Module, torch.utils.data.DataLoader]:
+    from conftest import TinyNet
+
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.rand(EVAL_N, 1, 8, 8, generator=g), torch.randint(0, 3, (EVAL_N,), generator=g)
+    torch.manual_seed(0)
+    model = TinyNet(num_classes=3).eval()
+    return model, torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+
+
+def _evaluation_worker(rank: int, init_method: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=30))
+    torch.set_num_threads(1)
+    try:
+        from conftest import tiny_vae
+        from latent_transforms import LatentMixupInference
+
+        net, test_loader = _evaluation_setup()
+        model = torch.nn.parallel.DistributedDataParallel(net)
+        namespace = {"test_loader": test_loader, "model": model}
+        exec(_evaluation_snippet(), namespace)
+        if rank == 0:  # on rank 0 alone: no collective call (DDP's forward would wait for rank 1's buffers)
+            LatentMixupInference(model, tiny_vae(), references=test_loader.dataset.tensors[0][:4])(
+                test_loader.dataset.tensors[0][:2])
+        torch.save({"test_accuracy": namespace["test_accuracy"], "test_ece": namespace["test_ece"],
+                    "n": namespace["n"]}, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_quickstart_s_evaluation_on_two_ranks_scores_the_test_set_as_one_process(tmp_path):
+    """The padded repeat falls in a batch of its own on rank 1: reliability_bins of no rows raised there (it gives
+    zeros now), and rank 0 waited in its all_reduce."""
+    from latent_transforms.evaluation import accuracy, expected_calibration_error, predict_proba
+
+    model, test_loader = _evaluation_setup()
+    x, y = test_loader.dataset.tensors
+    probs = predict_proba(model, x)
+    one = {"model": model, "test_loader": test_loader}
+    exec(_evaluation_snippet(), one)  # without a process group: one process
+    for r in [one, *spawn_two_ranks(_evaluation_worker, tmp_path)]:
+        assert int(r["n"]) == EVAL_N  # the repeat counted once
+        assert float(r["test_accuracy"]) == pytest.approx(accuracy(probs, y), abs=1e-6)
+        assert float(r["test_ece"]) == pytest.approx(expected_calibration_error(probs, y), abs=1e-6)  # batches of 8
 
 
 @pytest.fixture(scope="module")

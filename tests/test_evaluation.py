@@ -119,6 +119,7 @@ def test_predict_proba_names_a_model_that_returns_a_tuple():
     (torch.tensor([[-0.2, 0.6, 0.6]]), torch.zeros(1, dtype=torch.int64), r"values in \[-0.2, 0.6\]"),  # sums to 1
     (torch.tensor([[float("nan"), 1.0]]), torch.zeros(1, dtype=torch.int64), "must be probabilities"),
     (torch.zeros(0, 2), torch.zeros(0, dtype=torch.int64), "non-empty"),
+    (torch.zeros(2, 0), torch.zeros(2, dtype=torch.int64), r"\(N, K\) float tensor, got \(2, 0\)"),  # min()'s error
     (torch.full((1, 2), 0.5), torch.tensor([2]), "out of range"),
 ])
 def test_metrics_refuse_what_is_not_a_prediction(probs, y, match):
@@ -249,6 +250,25 @@ def test_fit_classifier_runs_very_short_schedules(n, batch_size, epochs):
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
     fit_classifier(model, torch.rand(n, 3, 2, 2), torch.arange(n) % 3, epochs=epochs, batch_size=batch_size,
                    progress=False)
+
+
+def test_reliability_bins_of_no_rows_are_zeros_that_pool_with_the_other_ranks():
+    # a rank whose batch is all DistributedSampler padding (left out) pools zeros; it raised "non-empty", and the
+    # other ranks then waited in their all_reduce of the sums
+    probs, y = _probs([0.65, 0.65, 0.95], [0, 1, 2]), torch.tensor([0, 2, 2])
+    empty = reliability_bins(probs[:0], y[:0], bins=15)
+    assert all(v.shape == (15,) and v.dtype == torch.float64 and not v.any() for v in empty.values())
+    whole = reliability_bins(probs, y, bins=15)
+    pooled = {k: v + empty[k] for k, v in reliability_bins(probs[:2], y[:2], bins=15).items()}
+    pooled = {k: v + reliability_bins(probs[2:], y[2:], bins=15)[k] for k, v in pooled.items()}
+    assert all(torch.equal(pooled[k], whole[k]) for k in whole)
+    with pytest.raises(ValueError, match=r"N=0 \(the rows of probs\), got shape \(1,\)"):
+        reliability_bins(probs[:0], y[:1])
+    with pytest.raises(ValueError, match=r"\(N, K\) float tensor, got \(0, 0\)"):  # max()'s IndexError
+        reliability_bins(torch.zeros(0, 0), y[:0])
+    for metric in (accuracy, expected_calibration_error):  # a mean of no samples: still refused
+        with pytest.raises(ValueError, match="non-empty"):
+            metric(probs[:0], y[:0])
 
 
 def test_ece_and_reliability_bins_default_to_15_bins():
