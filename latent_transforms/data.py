@@ -23,6 +23,7 @@ Every loader returns ``x`` (N, C, H, W) float32 in [0, 1], ``y`` (N,) int64 or `
 from __future__ import annotations
 
 import lzma
+import math
 import os
 import zipfile
 import zlib
@@ -127,11 +128,31 @@ def _cifar10(split: str, data_root) -> tuple[torch.Tensor, torch.Tensor, int]:
     return x, y, 256
 
 
+# what images of more than 8 bits are told besides making them 8-bit: how to train on every level they hold
+KEEP_LEVELS = ("; or keep every level: scale them into [0, 1] yourself and train in Python, train_codec(kind, x, ..., "
+               "num_bins=N) with N their number of levels, 4096 for 12-bit data, 65536 for 16-bit "
+               "(docs/training.md#python)")
+
+
+def _dtype_hint(lo: float, hi: float) -> str:
+    """How to store images of values in ``[lo, hi]`` (of a dtype other than uint8) as uint8, or to train on every
+    level they hold."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):  # NaN or inf: no range to tell of
+        return ""
+    if lo >= 0 and hi <= 1:
+        return "; floats in [0, 1]? store (x * 255).round().astype(np.uint8)"
+    if lo >= 0 and hi <= 255:
+        return "; 8-bit values in another dtype? store x.round().astype(np.uint8)"
+    if lo >= 0:
+        return ("; 12- or 16-bit images? store (x / M * 255).round().astype(np.uint8) with M the maximum of their bit "
+                "depth, 4095 for 12-bit data, 65535 for 16-bit" + KEEP_LEVELS)
+    return ("; signed values (CT in Hounsfield units, say)? store a window [lo, hi] of them, fixed for the data set, "
+            "as (np.clip((x - lo) / (hi - lo), 0, 1) * 255).round().astype(np.uint8)" + KEEP_LEVELS)
+
+
 def _uint8_to_tensor(x: np.ndarray, where: str) -> torch.Tensor:
     if x.dtype != np.uint8:
-        hint = "; floats in [0, 1]? store (x * 255).round().astype(np.uint8)" if x.dtype.kind == "f" else \
-            "; 16-bit images? store (x / 65535 * 255).round().astype(np.uint8), or divide by your data's own maximum" \
-            if x.dtype == np.uint16 else ""
+        hint = _dtype_hint(float(x.min()), float(x.max())) if x.dtype.kind in "iuf" and x.size else ""
         raise ValueError(f"{where}: images must be uint8 (0..255), got dtype {x.dtype}{hint}")
     if x.ndim == 3:
         x = x[..., None]
@@ -269,7 +290,8 @@ def _folder(root: Path) -> tuple[torch.Tensor, torch.Tensor | None, int]:
                 im.load()
                 mode = im.mode
                 if mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-                    raise ValueError(f"{f}: {mode} (16-bit or float) images are not supported; convert to 8-bit")
+                    raise ValueError(f"{f}: {mode} (16-bit or float) images are not supported; convert to 8-bit"
+                                     f"{KEEP_LEVELS}")
                 colour = colour or _is_colour(im)
                 if _has_transparency(im):
                     raise ValueError(f"{f}: has transparent pixels, which would be dropped; flatten it onto a "

@@ -23,10 +23,13 @@ SOFT_LABEL_TOL = 1e-3
 VECTORS_HINT = ("; (B, D) vectors? ISDA takes any (B, ...) tensor; the latent methods take images: a codec of your "
                 "own (docs/training.md#your-own-model-as-a-codec) with image_shape (1, 1, D) takes vectors scaled to "
                 "[0, 1] as {name}.view(len({name}), 1, 1, -1)")
-# what a batch of video clips is told: their frames are a batch of images
+# what a 5-d batch is told: the frames of video clips, or the slices of 3-D volumes, are a batch of images
 VIDEO_HINT = ("; video clips (B, T, C, H, W)? {name}.flatten(0, 1) makes their frames a (B*T, C, H, W) batch, each "
               "frame transformed on its own, with the labels repeated per frame, y.repeat_interleave(T) "
-              "(x2.unflatten(0, (B, T)) gives the clips back); ISDA takes any (B, ...) tensor")
+              "(x2.unflatten(0, (B, T)) gives the clips back)")
+VOLUME_HINT = ("; 3-D volumes (B, C, D, H, W)? {name}.movedim(2, 1).flatten(0, 1) makes their slices a (B*D, C, H, W) "
+               "batch, each slice transformed on its own (differently from its neighbours), with the labels repeated "
+               "per slice, y.repeat_interleave(D) (x2.unflatten(0, (B, D)).movedim(1, 2) gives the volumes back)")
 # what a transform's call is told for labels that look like other targets (multi-label, regression, several of them)
 TARGETS_HINT = ("; targets that are not class labels (multi-hot, regression, a dict of them)? a method that reads no "
                 "labels (LatentNoise, LatentAdversarial(target='pred')) takes y=None; a label mix (VarMixup, MixUp) "
@@ -249,7 +252,7 @@ def _image_form(x: torch.Tensor, name: str, allow_uint8: bool, uint8_hint: str =
                      f"; a batch of grey (B, H, W) images? {name}.unsqueeze(1) adds the channel")
         # (1, H, W): either gives (1, 1, H, W); (3, H, W): a colour image or 3 grey ones
         hint = {1: one, 3: one + grey}.get(x.shape[0], grey) if x.ndim == 3 else VECTORS_HINT.format(name=name) \
-            if x.ndim == 2 else VIDEO_HINT.format(name=name) if x.ndim == 5 else ""
+            if x.ndim == 2 else _five_dims_hint(x, name) if x.ndim == 5 else ""
         raise ValueError(f"{name} must have shape (B, C, H, W), got {x.ndim} dims with shape {tuple(x.shape)}{hint}")
     if x.shape[0] == 0 and not allow_empty:
         raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)})")
@@ -260,10 +263,47 @@ def _image_form(x: torch.Tensor, name: str, allow_uint8: bool, uint8_hint: str =
     if not x.is_floating_point():
         raise ValueError(
             f"{name} must be a float tensor with values in [0, 1]{' or uint8' if allow_uint8 else ''}, got dtype "
-            f"{x.dtype}; convert with {name}.float() / 255 for uint8 images"
-            f"{uint8_hint if x.dtype == torch.uint8 else ''}"
+            f"{x.dtype}; {_conversion_hint(x.dtype, name)}{uint8_hint if x.dtype == torch.uint8 else ''}"
         )
     return x.shape[0] > 0
+
+
+def _five_dims_hint(x: torch.Tensor, name: str) -> str:
+    """How to make a 5-d ``x`` a batch of images: the frames of video clips ``(B, T, C, H, W)``, the slices of 3-D
+    volumes ``(B, C, D, H, W)``; the reading whose channels are 1 or 3 where only one's are, else both."""
+    video, volume = x.shape[2] in (1, 3), x.shape[1] in (1, 3)
+    hints = [h for h, fits in ((VIDEO_HINT, video or not volume), (VOLUME_HINT, volume or not video)) if fits]
+    return "".join(h.format(name=name) for h in hints) + "; ISDA takes any (B, ...) tensor"
+
+
+def _conversion_hint(dtype: torch.dtype, name: str) -> str:
+    """How to make images of a dtype that is not floating point float in [0, 1], by the range of the dtype's values
+    (every dtype was told uint8's ``/ 255``, which leaves 12-bit data at up to 16)."""
+    if dtype == torch.uint8:
+        return f"convert with {name}.float() / 255 for uint8 images"
+    if dtype == torch.bool:
+        return f"convert with {name}.float() (False 0, True 1)"
+    if dtype.is_complex:
+        return f"complex values are not images; their magnitudes, {name}.abs(), scaled into [0, 1]?"
+    if dtype == torch.uint16:
+        return "16-bit intensities? " + _deep_hint(f"{name}.float()")
+    return _raw_hint(f"{name}.float()")
+
+
+def _deep_hint(value: str, bits: int = 0) -> str:
+    """What intensities of more than 8 bits (``value``, an expression of them in float) are told: divide them by
+    their bit depth's maximum (``bits``: the least depth that holds the values found, if known)."""
+    found = f"; {2 ** bits - 1} if they are {bits}-bit" if bits and bits not in (12, 16) else ""
+    return (f"divide them by the maximum of the data's bit depth, the same for every batch: {value} / 4095 for 12-bit "
+            f"data, {value} / 65535 for 16-bit{found}")
+
+
+def _raw_hint(value: str) -> str:
+    """What values in physical units (``value``, an expression of them in float) are told: scale them by a range of
+    the data set, not of each batch (a batch's own minimum and maximum would scale each batch differently)."""
+    return (f"scale them into [0, 1] by a range fixed for the data set, not per batch, (v - lo) / (hi - lo): "
+            f"{value} / 4095 for 12-bit intensities, (({value} + 1024) / 4095).clamp(0, 1) for CT in Hounsfield units "
+            f"windowed to [-1024, 3071]")
 
 
 def check_dense(t: torch.Tensor, name: str) -> None:
@@ -316,6 +356,11 @@ def _judge_images(x: torch.Tensor, name: str, lo: float, hi: float) -> None:
         elif lo >= -1 - IMAGE_RANGE_TOL and hi <= 1 + IMAGE_RANGE_TOL:
             hint = "these look like images scaled to [-1, 1] (Normalize(0.5, 0.5)): give (x + 1) / 2, and normalise " \
                    "inside the model, after augmentation"
+        elif lo >= -IMAGE_RANGE_TOL and hi <= 65535 + IMAGE_RANGE_TOL:  # 12- or 16-bit intensities made float
+            hint = "these look like intensities of more than 8 bits: " \
+                   + _deep_hint(name, math.ceil(math.log2(hi - IMAGE_RANGE_TOL + 1)))
+        elif max(-lo, hi) > 255:  # far past what mean/std normalisation gives: raw values, CT's Hounsfield units
+            hint = "these look like values in physical units: " + _raw_hint(name)
         else:
             hint = "apply normalisation (mean/std) inside the model, after augmentation"
         raise ValueError(f"{name} values must lie in [0, 1], got range [{lo:.4g}, {hi:.4g}]; {hint}")

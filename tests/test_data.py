@@ -224,7 +224,8 @@ def test_folder_spec_refuses_16_bit_images(tmp_path):
     root = tmp_path / "deep"
     root.mkdir()
     Image.fromarray(np.full((6, 4), 40000, np.uint16)).save(root / "deep.png")  # a 16-bit grey PNG
-    with pytest.raises(ValueError, match="deep.png: I.* \\(16-bit or float\\) images are not supported"):
+    with pytest.raises(ValueError, match="deep.png: I.* \\(16-bit or float\\) images are not supported; convert to "
+                                         "8-bit" + KEEPS_LEVELS):
         load_images(f"folder:{root}")
 
 
@@ -261,15 +262,36 @@ def test_cifar10_refuses_an_unknown_split_before_touching_torchvision(tmp_path, 
 def test_integer_images_other_than_uint8_are_not_told_they_are_floats(tmp_path):
     x = np.random.default_rng(0).integers(0, 256, (3, 6, 4), dtype=np.int64)
     np.savez(tmp_path / "int.npz", x=x)
-    with pytest.raises(ValueError, match=r"images must be uint8 \(0..255\), got dtype int64$"):
+    with pytest.raises(ValueError, match=r"images must be uint8 \(0..255\), got dtype int64; 8-bit values in another "
+                                         r"dtype\? store x.round\(\).astype\(np.uint8\)$"):
         load_images(f"npz:{tmp_path / 'int.npz'}")
 
 
-def test_16_bit_npz_images_are_told_how_to_make_them_8_bit(tmp_path):
-    # audit 134: refused without a hint, where a folder of 16-bit PNGs is told to convert to 8-bit
-    np.savez(tmp_path / "u16.npz", x=np.full((3, 6, 4), 65535, dtype=np.uint16))
-    with pytest.raises(ValueError, match=r"got dtype uint16; 16-bit images\? store \(x / 65535 \* 255\)\.round\(\)"):
-        load_images(f"npz:{tmp_path / 'u16.npz'}")
+KEEPS_LEVELS = (r"; or keep every level: scale them into \[0, 1\] yourself and train in Python, train_codec\(kind, x, "
+                r"\.\.\., num_bins=N\) with N their number of levels, 4096 for 12-bit data, 65536 for 16-bit "
+                r"\(docs/training.md#python\)$")
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int32, np.float32])
+def test_12_and_16_bit_npz_images_are_told_how_to_make_them_8_bit_or_keep_them(tmp_path, dtype):
+    # audit 134: refused without a hint, where a folder of 16-bit PNGs is told to convert to 8-bit; audit 216: 12-bit
+    # data in uint16 was told to divide by 65535 only, and nothing of training on every level it holds; in int32, no
+    # hint; in float32, "floats in [0, 1]? store (x * 255).round().astype(np.uint8)", which wraps them
+    np.savez(tmp_path / "deep.npz", x=np.full((3, 6, 4), 4095, dtype=dtype))
+    with pytest.raises(ValueError, match=r"; 12- or 16-bit images\? store \(x / M \* 255\)\.round\(\)"
+                                         r"\.astype\(np.uint8\) with M the maximum of their bit depth, 4095 for "
+                                         r"12-bit data, 65535 for 16-bit" + KEEPS_LEVELS):
+        load_images(f"npz:{tmp_path / 'deep.npz'}")
+
+
+def test_signed_npz_images_are_told_to_store_a_window_or_keep_every_level(tmp_path):
+    """CT in Hounsfield units (int16, down to -1024) was refused with no hint at all."""
+    np.savez(tmp_path / "ct.npz", x=np.linspace(-1024, 3071, 3 * 6 * 4).astype(np.int16).reshape(3, 6, 4))
+    with pytest.raises(ValueError, match=r"got dtype int16; signed values \(CT in Hounsfield units, say\)\? store a "
+                                         r"window \[lo, hi\] of them, fixed for the data set, as "
+                                         r"\(np.clip\(\(x - lo\) / \(hi - lo\), 0, 1\) \* 255\)\.round\(\)"
+                                         r"\.astype\(np.uint8\)" + KEEPS_LEVELS):
+        load_images(f"npz:{tmp_path / 'ct.npz'}")
 
 
 @pytest.mark.parametrize("shape", [(0, 6, 4, 3), (0, 6, 4), (5, 0, 4, 3), (5, 6, 0, 1)])

@@ -102,8 +102,13 @@ def test_npz_spec(tmp_path):
     assert xs.shape == (5, 1, 6, 4) and ys is None
     assert describe_spec(f"npz:{tmp_path / 'grey.npz'}") == "grey"
 
-    np.savez(tmp_path / "float.npz", x=x.astype(np.float32), y=np.arange(5))
+    np.savez(tmp_path / "float.npz", x=x.astype(np.float32) / 255, y=np.arange(5))
     with pytest.raises(ValueError, match=r"uint8.*got dtype float32; floats in \[0, 1\]\? store \(x \* 255\)"):
+        load_images(f"npz:{tmp_path / 'float.npz'}")
+    # 0-255 floats were told "floats in [0, 1]? store (x * 255)...", which wraps them (audit 216)
+    np.savez(tmp_path / "float.npz", x=x.astype(np.float32), y=np.arange(5))
+    with pytest.raises(ValueError, match=r"uint8.*got dtype float32; 8-bit values in another dtype\? store "
+                                         r"x.round\(\).astype\(np.uint8\)$"):
         load_images(f"npz:{tmp_path / 'float.npz'}")
     np.savez(tmp_path / "nchw.npz", x=x.transpose(0, 3, 1, 2))  # a torch user's (N, C, H, W)
     with pytest.raises(ValueError, match=r"got shape \(5, 3, 6, 4\); channels first\? store x.transpose\(0, 2, 3, 1\)"):

@@ -1044,3 +1044,96 @@ def test_a_model_with_one_output_is_refused_by_the_methods_that_read_its_logits(
     t = LatentAdversarial(GLOW, steps=1, generator=0)
     t(GOOD_X, None, TwoClasses())
     assert not torch.equal(t.last_params["delta"], t.last_params["start"])  # attacked: a step from the start
+
+
+# audit 216: 12- and 16-bit images (microscopy, satellites) and CT in Hounsfield units were all told "x.float() / 255
+# for uint8 images", which leaves 12-bit data at up to 16, and a float range past 255 "apply normalisation (mean/std)"
+DEEP_IMAGES = {"uint16": torch.tensor([0, 4095, 65535], dtype=torch.int32).to(torch.uint16),
+               "int16": torch.tensor([-1024, 0, 3071], dtype=torch.int16),
+               "int32": torch.tensor([0, 100, 4095], dtype=torch.int32)}
+
+
+def _deep_entry_points():
+    from latent_transforms import LatentCache
+    from latent_transforms.train import eval_codec, train_codec
+
+    return {"LatentNoise": lambda x: LatentNoise(GLOW, eps=1.0)(x),
+            "Compose": lambda x: Compose([LatentNoise(GLOW, eps=1.0)])(x),
+            "LatentCache": lambda x: LatentCache(GLOW, x, progress=False),
+            "eval_codec": lambda x: eval_codec(GLOW, x),
+            "train_codec": lambda x: train_codec("flow", x, "/nonexistent", max_steps=1, progress=False)}
+
+
+@pytest.mark.parametrize("dtype", sorted(DEEP_IMAGES))
+@pytest.mark.parametrize("entry", ["LatentNoise", "Compose", "LatentCache", "eval_codec", "train_codec"])
+def test_integer_images_are_told_the_scaling_of_their_own_dtype(dtype, entry):
+    x = DEEP_IMAGES[dtype].repeat(4 * 64 // 3 + 1)[:4 * 64].view(4, 1, 8, 8)
+    with pytest.raises(ValueError, match=rf"got dtype torch.{dtype}; ") as e:
+        _deep_entry_points()[entry](x)
+    message = str(e.value)
+    assert "/ 255" not in message  # 8-bit's scaling: 12-bit data made float and divided by 255 reaches 16
+    name = {"LatentCache": "images", "train_codec": "x_train"}.get(entry, "x")
+    assert f"{name}.float() / 4095 for 12-bit" in message
+    if dtype == "uint16":
+        assert f"{name}.float() / 65535 for 16-bit" in message
+    else:  # signed: Hounsfield units, windowed by a range fixed for the data set
+        assert f"(({name}.float() + 1024) / 4095).clamp(0, 1) for CT in Hounsfield units" in message
+        assert "not per batch" in message
+
+
+def test_uint8_and_bool_images_keep_their_own_conversion():
+    with pytest.raises(ValueError, match=r"got dtype torch.uint8; convert with x.float\(\) / 255 for uint8 images$"):
+        check_images(torch.zeros(2, 1, 8, 8, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"got dtype torch.bool; convert with x.float\(\) \(False 0, True 1\)$"):
+        check_images(torch.zeros(2, 1, 8, 8, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("lo, hi, hint", [
+    (0.0, 4095.0, r"these look like intensities of more than 8 bits: divide them by the maximum of the data's bit "
+                  r"depth, the same for every batch: x / 4095 for 12-bit data, x / 65535 for 16-bit$"),
+    (0.0, 255.01, r"these look like intensities of more than 8 bits: .*; 511 if they are 9-bit$"),  # past 8 bits
+    (0.0, 1000.0, r"these look like intensities of more than 8 bits: .*; 1023 if they are 10-bit$"),
+    # 16-bit's white and a rounding above it
+    (0.0, 65535.0005, r"these look like intensities of more than 8 bits: .* x / 65535 for 16-bit$"),
+    (-1024.0, 3071.0, r"these look like values in physical units: scale them into \[0, 1\] by a range fixed for the "
+                      r"data set, not per batch, .*\(\(x \+ 1024\) / 4095\).clamp\(0, 1\) for CT in Hounsfield units"),
+    (0.0, 70000.0, r"these look like values in physical units"),  # past 16 bits
+    (-300.0, 0.5, r"these look like values in physical units"),
+    (-200.0, 200.0, r"apply normalisation \(mean/std\) inside the model"),  # standardised data stays within 255
+])
+def test_images_of_more_than_8_bits_or_in_physical_units_get_their_own_hints(lo, hi, hint):
+    with pytest.raises(ValueError, match=rf"values must lie in \[0, 1\], got range .*; {hint}"):
+        check_images(torch.linspace(lo, hi, 64).reshape(1, 1, 8, 8))
+
+
+def test_3d_volumes_are_told_their_slices_make_a_batch_and_the_recipe_works():
+    """(B, C, D, H, W) of one channel was told only of video clips, whose recipe, x.flatten(0, 1), makes each volume
+    one image of D channels; the slices' recipe gives the volumes back, each slice transformed as a batch row."""
+    volumes, labels = torch.rand(3, 1, 5, 8, 8), torch.tensor([0, 1, 2])
+    t = VarMixup(VAE, num_classes=10, generator=0)
+    with pytest.raises(ValueError, match=r"3-D volumes \(B, C, D, H, W\)\? x.movedim\(2, 1\).flatten\(0, 1\) makes "
+                                         r"their slices a \(B\*D, C, H, W\) batch, .* y.repeat_interleave\(D\) "
+                                         r"\(x2.unflatten\(0, \(B, D\)\).movedim\(1, 2\) gives the volumes back\); "
+                                         r"ISDA takes any \(B, \.\.\.\) tensor$") as e:
+        t(volumes, labels)
+    assert "video" not in str(e.value)  # frames of 5 channels: no codec of grey images takes them
+    slices = volumes.movedim(2, 1).flatten(0, 1)
+    x2, y2 = t(slices, labels.repeat_interleave(5))
+    assert torch.equal(slices.unflatten(0, (3, 5)).movedim(1, 2), volumes)  # the recipe's way back
+    assert x2.unflatten(0, (3, 5)).movedim(1, 2).shape == volumes.shape
+    assert torch.allclose(y2.view(3, 5, 10).mean(1).sum(1), torch.ones(3))
+
+
+@pytest.mark.parametrize("shape, video, volume", [
+    ((4, 16, 3, 8, 8), True, False),  # 16 frames of RGB
+    ((4, 1, 32, 8, 8), False, True),  # one channel, 32 slices
+    ((4, 1, 3, 8, 8), True, True),  # either
+    ((4, 5, 7, 8, 8), True, True),  # neither reading's channels are grey or RGB: both named
+])
+def test_a_5d_batch_is_told_the_readings_its_channels_fit(shape, video, volume):
+    with pytest.raises(ValueError, match=r"ISDA takes any \(B, \.\.\.\) tensor$") as e:
+        check_images(torch.rand(shape))
+    message = str(e.value)
+    assert ("video clips (B, T, C, H, W)?" in message) == video
+    assert ("3-D volumes (B, C, D, H, W)?" in message) == volume
+    assert message.count("ISDA") == 1
