@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -204,6 +205,60 @@ def test_readme_links_lead_to_files_that_exist(readme):
     assert local, f"{readme} links no file"  # the pattern still finds them
     missing = [link for link in local if not (page.parent / link).exists()]
     assert not missing, f"{readme} links files that do not exist: {missing}"
+
+
+def test_readme_links_every_page_of_the_docs():
+    """The docs site is not published: on the repository's front page README's links are the only way to the pages
+    (its documentation section named them without a link)."""
+    readme = ROOT / "README.md"
+    linked = {(ROOT / link).resolve() for link in re.findall(r"\]\(([^)\s#]+\.md)(?:#[^)\s]*)?\)",
+                                                             readme.read_text(encoding="utf-8"))}
+    unlinked = [str(page.relative_to(ROOT)) for page in sorted(DOCS.rglob("*.md")) if page.resolve() not in linked]
+    assert not unlinked, f"README.md does not link these pages of docs/: {unlinked}"
+
+
+def _anchors(page: Path) -> set[str]:
+    """The ids mkdocs gives a page's headings: Python-Markdown's toc slugify, and _1, _2 ... after a repeated one."""
+    text = re.sub(r"^( *)```.*?^\1```", "", page.read_text(encoding="utf-8"), flags=re.M | re.S)
+    ids = set()
+    for heading in re.findall(r"^#{1,6} +(.+?)(?: +#+)? *$", text, re.M):
+        heading = unicodedata.normalize("NFKD", heading).encode("ascii", "ignore").decode()
+        slug = re.sub(r"[-\s]+", "-", re.sub(r"[^\w\s-]", "", heading).strip().lower())
+        unique, n = slug, 0
+        while unique in ids:
+            n += 1
+            unique = f"{slug}_{n}"
+        ids.add(unique)
+    return ids
+
+
+def test_links_to_a_section_lead_to_a_heading():
+    """A `page.md#section` link or reference names a heading of that page: mkdocs --strict checks docs/'s links only,
+    in its slow test and only where mkdocs is installed, and nothing checked README's, benchmarks/README's or those
+    the package's error messages give (docs/training.md#your-own-model-as-a-codec), which a renamed heading breaks."""
+    refs = []
+    for page in DOC_PAGES:
+        text = page.read_text(encoding="utf-8")
+        for m in re.finditer(r"\]\(([^)\s#]*)#([^)\s]+)\)", text):
+            target = (page.parent / m.group(1)).resolve() if m.group(1) else page
+            refs.append((f"{page.relative_to(ROOT)}:{text[:m.start()].count(chr(10)) + 1}", target, m.group(2)))
+    sources = [*(ROOT / "latent_transforms").rglob("*.py"),
+               *(path for folder in ("examples", "benchmarks", "scripts") for path in (ROOT / folder).glob("*.py"))]
+    for source in sorted(sources):
+        text = source.read_text(encoding="utf-8")
+        for m in re.finditer(r"\b(docs/[\w/]+\.md)#([\w-]+)", text):
+            refs.append((f"{source.relative_to(ROOT)}:{text[:m.start()].count(chr(10)) + 1}", ROOT / m.group(1),
+                         m.group(2)))
+    assert len(refs) > 100, len(refs)  # the links were found
+    anchors, broken = {}, []
+    for where, target, anchor in refs:
+        if target.suffix != ".md" or not target.is_file():
+            continue  # a missing file: mkdocs and test_readme_links_lead_to_files_that_exist say so
+        if target not in anchors:
+            anchors[target] = _anchors(target)
+        if anchor not in anchors[target]:
+            broken.append(f"{where}: {target.relative_to(ROOT)}#{anchor}")
+    assert not broken, "links to a section that the page does not have:\n" + "\n".join(broken)
 
 
 def test_the_api_reference_shows_every_public_hub_function_and_class():
