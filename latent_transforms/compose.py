@@ -13,7 +13,7 @@ from .base import (CALLER_NUM_CLASSES, NOT_ABOUT_THE_BATCH, LabelsT, LatentTrans
 from .codecs.base import ChecksCodecStates
 from .isda import ISDA, check_class_indices, grown_classifier_named
 from .labels import blend, to_soft
-from .validation import WrongTypeError, check_batch, check_count, check_model_slot
+from .validation import Settings, WrongTypeError, check_batch, check_count, check_model_slot, fixed_at_construction
 
 
 def _is_kornia_mix(t: object) -> bool:
@@ -267,7 +267,7 @@ class _Callable(nn.Module):
         return repr(self.fn)
 
 
-class Compose(ChecksCodecStates, nn.Module):
+class Compose(Settings, ChecksCodecStates, nn.Module):
     """Apply transforms in order: ``x2, y2 = Compose([...])(x, y, model=None)``.
 
     Each step may be
@@ -405,11 +405,27 @@ class Compose(ChecksCodecStates, nn.Module):
 
     @num_classes.setter
     def num_classes(self, num_classes: int | None) -> None:
+        num_classes = None if num_classes is None else check_count("num_classes", num_classes, low=1)
         if "_num_classes" in self.__dict__ and num_classes != self._num_classes:
-            raise AttributeError(f"a Compose's num_classes is fixed at construction (its steps were checked against "
-                                 f"it, now {self._num_classes!r}): build a new one, Compose(list(t), "
-                                 f"num_classes={num_classes!r})")
+            raise fixed_at_construction(self, "num_classes", f"its steps were checked against it, now "
+                                        f"{self._num_classes!r}", f"build a new one, Compose(list(t), "
+                                        f"num_classes={num_classes!r})")
         self._num_classes = num_classes
+
+    @property
+    def steps(self) -> nn.ModuleList:
+        """The steps, fixed at construction: they were checked together then (assigned, ``t.steps = None`` passed and
+        the next call failed in ``len(None)``); changed in place (``t.steps.append(step)``), the next call refuses
+        them."""
+        return self._modules["steps"]
+
+    @steps.setter
+    def steps(self, steps: nn.ModuleList) -> None:
+        if "steps" in self._modules and steps is not self._modules["steps"]:
+            raise fixed_at_construction(self, "steps", "they were checked together when it was built: label mixes, "
+                                        "ISDA, num_classes, dtype conversions", "build a new one, e.g. "
+                                        "Compose([*t, step], num_classes=t.num_classes)")
+        self._modules["steps"] = steps
 
     def __len__(self) -> int:
         return len(self.steps)

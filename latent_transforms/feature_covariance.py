@@ -13,13 +13,29 @@ import torch.nn.functional as F
 from torch import nn
 
 from .casts import without_16_bit_casts
-from .validation import (WrongTypeError, check_choice, check_count, check_labels, is_out_of_memory,
-                         no_autocast, wide_float)
+from .validation import (Settings, WrongTypeError, check_choice, check_count, check_labels, fixed_at_construction,
+                         is_out_of_memory, no_autocast, wide_float)
 
 COVARIANCES = ("full", "diagonal")
 
 
-class FeatureCovariance(nn.Module):
+def _sizing_setting(name: str, doc: str) -> property:
+    """FeatureCovariance's setting ``name`` (``num_classes``, ``covariance``), which sizes its statistics: checked by
+    ``check_unchanged`` whenever set, kept in ``__dict__`` under its own name, as the plain attribute it was (a pickle
+    of before 2026-12-05 holds it so)."""
+    def get(self):
+        try:
+            return self.__dict__[name]
+        except KeyError:  # not set yet: missing, as a plain attribute was
+            raise AttributeError(name) from None
+
+    def set_(self, value) -> None:
+        self.__dict__[name] = check_unchanged(self, name, value)
+
+    return property(get, set_, doc=doc)
+
+
+class FeatureCovariance(Settings, nn.Module):
     """Per-class running mean and biased covariance of features, merged batch by batch.
 
     For class ``c`` with ``n`` features seen so far (mean ``mu``, covariance ``Sigma``) and ``m`` in the batch
@@ -79,16 +95,37 @@ class FeatureCovariance(nn.Module):
         super().__init__()
         num_classes = check_count("num_classes", num_classes, low=1)
         feature_dim = None if feature_dim is None else check_count("feature_dim", feature_dim, low=1)
-        self.num_classes, self.covariance = num_classes, check_choice("covariance", covariance, COVARIANCES)
-        self.diagonal = covariance == "diagonal"
-        self.sync, self.group = check_sync("sync_stats", sync_stats)
-        if self.gathers():  # made now, outside any compiled code that calls update; without a process group of more
-            _untraced_gather()  # than one rank, at the first gather (torch._dynamo takes 1.3-1.8 s to import)
+        self.num_classes, self.covariance = num_classes, covariance  # fixed at construction (but for grow())
+        self.sync_stats = sync_stats  # a setting: checked whenever set
         self.register_buffer("mean", None)
         self.register_buffer("cov", None)
         self.register_buffer("count", None)
         if feature_dim is not None:
             self._allocate(feature_dim, torch.device("cpu"), torch.float32)
+
+    # plain attributes until 2026-12-05, which took anything: covariance="diagonal" left the full statistics and their
+    # update as they were, num_classes=0 or "10" passed, 5 for 3 failed in torch's indexing at the next update
+    num_classes = _sizing_setting("num_classes", "K, the classes of the statistics: fixed at construction, but for "
+                                                 "``grow()``.")
+    covariance = _sizing_setting("covariance", '``"full"`` or ``"diagonal"``, the statistics\' form: fixed at '
+                                               'construction.')
+
+    @property
+    def diagonal(self) -> bool:
+        """Whether the covariance is ``"diagonal"``."""
+        return self.covariance == "diagonal"
+
+    @property
+    def sync_stats(self) -> "bool | dist.ProcessGroup":
+        """``True``, ``False`` or the process group, as given; assigned, checked as the constructor's and used from the
+        next ``update()`` (assigned as a name it did not read, it changed nothing)."""
+        return self.sync if self.group is None else self.group
+
+    @sync_stats.setter
+    def sync_stats(self, sync_stats: "bool | dist.ProcessGroup") -> None:
+        self.sync, self.group = check_sync("sync_stats", sync_stats)
+        if self.gathers():  # made now, outside any compiled code that calls update; without a process group of more
+            _untraced_gather()  # than one rank, at the first gather (torch._dynamo takes 1.3-1.8 s to import)
 
     @property
     def feature_dim(self) -> int | None:
@@ -159,13 +196,13 @@ class FeatureCovariance(nn.Module):
         if num_classes == k:
             return
         old = self.mean, self.cov, self.count
-        self.num_classes = num_classes
+        self.__dict__["num_classes"] = num_classes  # the one change of it (the setter refuses any)
         if old[0] is None:  # not sized yet: sized with every class at the first update
             return
         try:
             self._allocate(old[0].shape[1], old[0].device, old[0].dtype)  # zeros, within the device's memory
         except BaseException:
-            self.num_classes, (self.mean, self.cov, self.count) = k, old
+            self.__dict__["num_classes"], (self.mean, self.cov, self.count) = k, old
             raise
         with torch.no_grad():
             for new, kept in zip((self.mean, self.cov, self.count), old):
@@ -309,6 +346,22 @@ class FeatureCovariance(nn.Module):
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, feature_dim={self.feature_dim}, covariance={self.covariance!r}, "
                 f"sync_stats={self.sync}" + ("" if self.group is None else " (a process group)"))
+
+
+def check_unchanged(owner: nn.Module, name: str, value: object) -> object:
+    """``value`` of ``num_classes`` or ``covariance``, which size the class statistics, checked as the constructor
+    checks it; assigned after construction (``owner``: an estimator, or an ISDA holding one), ``AttributeError``
+    naming the way unless it is the value held (``grow()`` adds classes)."""
+    value = check_count(name, value, low=1) if name == "num_classes" else check_choice(name, value, COVARIANCES)
+    estimator = owner if isinstance(owner, FeatureCovariance) else owner._modules.get("estimator")
+    held = None if estimator is None else estimator.__dict__.get(name)
+    if held is None or value == held:  # the constructor's assignment, or the value as it is
+        return value
+    grows = name == "num_classes" and value > held
+    raise fixed_at_construction(
+        owner, name, f"it sizes the class statistics, now {held!r}" + ("; grow() adds classes" if grows else ""),
+        f".grow({value}) adds classes to them, empty, and keeps those seen (a classifier grown for new classes)"
+        if grows else f"build a new {type(owner).__name__}(..., {name}={value!r})")
 
 
 def device_memory(device: torch.device) -> int | None:

@@ -39,12 +39,12 @@ from torch import nn
 from .base import LatentTransform, not_about_the_batch, warn_if_left_in_eval
 from .casts import without_16_bit_casts
 from .codecs import Codec
-from .feature_covariance import COVARIANCES, FeatureCovariance, check_sync
+from .feature_covariance import COVARIANCES, FeatureCovariance, check_sync, check_unchanged
 from .modelutils import unwrap
 from .rng import generator_repr
-from .validation import (ClassCountError, WrongTypeError, bad_option, check_choice, check_count, check_device,
-                         check_labels, check_number, check_same_device, describe, name_dtype_clash, no_autocast,
-                         setting, wide_float)
+from .validation import (ClassCountError, Settings, WrongTypeError, bad_option, check_choice, check_count,
+                         check_device, check_labels, check_number, check_same_device, describe, name_dtype_clash,
+                         no_autocast, setting, wide_float)
 
 
 _HARD_LABELS_ONLY = (
@@ -156,7 +156,7 @@ def isda_logits(logits: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, cov
 
 
 # -- what ISDA and ISDALoss share -----------------------------------------------------------------------------------
-class _ISDAState:
+class _ISDAState(Settings):
     """The estimator, the strength schedule ``lam = lambda0 * progress`` and the augmentation step."""
 
     estimator: FeatureCovariance
@@ -184,10 +184,7 @@ class _ISDAState:
     @num_classes.setter
     def num_classes(self, value: int) -> None:  # LatentTransform.__init__ sets it; the estimator, made next, holds it
         # set later, a plain attribute left the statistics at their classes: labels of the new ones went unrecorded
-        if "estimator" in self._modules and value != self.estimator.num_classes:
-            raise AttributeError(f"{type(self).__name__}'s num_classes is the number of classes of its statistics: "
-                                 f".grow({value!r}) adds classes to them, empty, and keeps those seen (a classifier "
-                                 f"grown for new classes)")
+        check_unchanged(self, "num_classes", value)
 
     def grow(self, num_classes: int) -> None:
         """Add classes ``C..num_classes-1`` to the statistics, empty, keeping those seen: after the classifier grew for
@@ -208,6 +205,21 @@ class _ISDAState:
         return self.lambda0 * self.progress
 
     @property
+    def feature_dim(self) -> int | None:
+        """A, the features of the statistics (``None`` until sized by the first training call)."""
+        return self.estimator.feature_dim
+
+    @property
+    def sync_stats(self) -> "bool | dist.ProcessGroup":
+        """Whether, or within which process group, the statistics gather every rank's features
+        (``FeatureCovariance.sync_stats``); assigned, checked as the constructor's, used from the next update."""
+        return self.estimator.sync_stats
+
+    @sync_stats.setter
+    def sync_stats(self, sync_stats: "bool | dist.ProcessGroup") -> None:
+        self.estimator.sync_stats = sync_stats
+
+    @property
     def covariance(self) -> str:
         """``"full"`` or ``"diagonal"``, the statistics' form: fixed at construction (assigned as a plain attribute,
         the repr said one form while the statistics kept the other)."""
@@ -215,9 +227,7 @@ class _ISDAState:
 
     @covariance.setter
     def covariance(self, covariance: object) -> None:
-        raise AttributeError(f"{type(self).__name__}'s covariance is fixed at construction (it sizes the class "
-                             f"statistics, now {self.covariance!r}): build a new {type(self).__name__}(..., "
-                             f"covariance={covariance!r})")
+        check_unchanged(self, "covariance", covariance)
 
     @property
     def progress(self) -> float:

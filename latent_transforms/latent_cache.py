@@ -13,8 +13,8 @@ from . import hub
 from .casts import without_16_bit_casts
 from .codecs import Codec, resolve_codec
 from .progress import progress_bar
-from .validation import (MissingFileError, check_bool, check_count, check_images, check_index, resolve_device,
-                         setting)
+from .validation import (MissingFileError, Settings, check_bool, check_count, check_images, check_index,
+                         resolve_device, setting)
 
 FORMAT = "latent-transforms-latent-cache/1"
 
@@ -39,7 +39,7 @@ def _judge_images(tolerance: float, worst: float, row: float, position: float) -
             f"it before any pixel augmentation (LatentCache(..., verify_images=False) turns this check off)")
 
 
-class LatentCache(nn.Module):
+class LatentCache(Settings, nn.Module):
     """Standardised latents of a fixed set of images, ``(N, D)``, as a buffer (moves with ``.to``).
 
     ``cache = LatentCache(codec, images)``; then ``LatentNoise(codec, cache=cache)(x, y, index=idx)`` with ``idx``

@@ -12,7 +12,8 @@ from .codecs import Codec, resolve_codec
 from .codecs.base import ChecksCodecStates
 from .modelutils import borrowed, logits_of
 from .rng import GeneratorSource, generator_repr
-from .validation import Settings, check_count, check_images, check_model, check_number, setting
+from .validation import (Settings, check_count, check_images, check_model, check_number, fixed_at_construction,
+                         setting)
 
 
 def _checked_model(name: str, model: object) -> nn.Module:
@@ -75,8 +76,9 @@ class LatentMixupInference(Settings, ChecksCodecStates, SampleStats, nn.Module):
 
     @codec.setter
     def codec(self, codec: object) -> None:
-        raise AttributeError("LatentMixupInference's codec is fixed at construction (it encoded the references' "
-                             "latents): build a new LatentMixupInference(model, codec, references)")
+        if codec is not self.codec:  # the same one back: nothing to refuse
+            raise fixed_at_construction(self, "codec", "it encoded the references' latents",
+                                        "build a new LatentMixupInference(model, codec, references)")
 
     def _apply(self, fn, recurse=True):
         # a 16-bit cast (.half(), Lightning's precision="bf16-true") casts the model, but the reference latents, as

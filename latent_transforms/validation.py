@@ -202,6 +202,12 @@ class Settings:
             super().__setattr__(name, value)
 
 
+def fixed_at_construction(owner: object, name: str, why: str, remedy: str) -> AttributeError:
+    """The error for ``owner``'s setting ``name`` assigned another value after construction, where it cannot change:
+    ``why`` it cannot (what it sizes, or what was checked against it), ``remedy`` the way (a new one, built so)."""
+    return AttributeError(f"{type(owner).__name__}'s {name} is fixed at construction ({why}): {remedy}")
+
+
 def check_bool(name: str, value: object) -> bool:
     """``value`` if it is ``True`` or ``False`` (a string such as ``"no"`` would read as true)."""
     if not isinstance(value, bool):

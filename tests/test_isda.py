@@ -1993,7 +1993,8 @@ def test_num_classes_is_the_statistics_and_is_not_set_around_them(make):
     device-side assert)."""
     t = make(4)
     t.num_classes = 4  # as it is: nothing to refuse
-    with pytest.raises(AttributeError, match=r"num_classes is the number of classes of its statistics: \.grow\(10\)"):
+    with pytest.raises(AttributeError, match=r"num_classes is fixed at construction \(it sizes the class statistics, "
+                                             r"now 4; grow\(\) adds classes\): \.grow\(10\) adds classes"):
         t.num_classes = 10
     assert t.num_classes == t.estimator.num_classes == 4
 
@@ -2080,8 +2081,9 @@ def test_fewer_num_classes_is_refused_too(make):
     """Mutation round 23 (audit 204): ``t.num_classes = 2`` on statistics of 4 classes was refused only because a
     larger count is: fewer is refused alike, the statistics kept."""
     t = make(4)
-    with pytest.raises(AttributeError, match=r"num_classes is the number of classes of its statistics"):
-        t.num_classes = 2
+    with pytest.raises(AttributeError, match=r"num_classes is fixed at construction \(it sizes the class statistics, "
+                                             r"now 4\): build a new IS\w+\(\.\.\., num_classes=2\)$"):
+        t.num_classes = 2  # not grow(2), which refuses fewer classes
     assert t.num_classes == t.estimator.num_classes == 4
 
 

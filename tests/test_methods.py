@@ -14,6 +14,7 @@ from torch import nn
 
 from latent_transforms import ISDA, Compose, ISDALoss, LatentCache, base
 from latent_transforms.codecs import ConvVAE, flatten_latents
+from latent_transforms.feature_covariance import FeatureCovariance
 from latent_transforms.latent_adversarial import LatentAdversarial
 from latent_transforms.latent_noise import LatentNoise
 from latent_transforms.mixup_inference import LatentMixupInference
@@ -908,6 +909,21 @@ def test_levels_assigned_after_construction_act_as_given_to_the_constructor(glow
      "num_mixes must be an int >= 1"),
     (lambda g: LatentCache(g, torch.rand(2, 1, 8, 8), progress=False), "verify_images", "no",
      "verify_images must be True or False"),
+    # audit 219: ISDALoss and LatentCache had no Settings (a module value was kept as a submodule, unread; a Parameter
+    # raised KeyError), FeatureCovariance's settings were plain attributes, sync_stats was no attribute of ISDA, and
+    # ISDA's num_classes and covariance and a Compose's num_classes skipped the constructor's check of the value
+    (lambda g: ISDALoss(10), "lambda0", nn.Linear(1, 1), "lambda0 must be a finite number"),
+    (lambda g: LatentCache(g, torch.rand(2, 1, 8, 8), progress=False), "verify_images", nn.Linear(1, 1),
+     "verify_images must be True or False"),  # kept as a submodule, unread
+    (lambda g: ISDALoss(10), "lambda0", nn.Parameter(torch.tensor(-1.0)), "lambda0 must be a finite number"),
+    (lambda g: ISDALoss(10), "sync_stats", "no", "sync_stats must be True, False or a torch.distributed ProcessGroup"),
+    (lambda g: ISDA(10), "num_classes", "10", "num_classes must be an int >= 1, got '10'"),
+    (lambda g: ISDA(10), "covariance", "diag", "covariance must be one of \\('full', 'diagonal'\\)"),
+    (lambda g: FeatureCovariance(10, 4), "num_classes", 0, "num_classes must be an int >= 1, got 0"),
+    (lambda g: FeatureCovariance(10, 4), "num_classes", "10", "num_classes must be an int >= 1, got '10'"),
+    (lambda g: FeatureCovariance(10, 4), "covariance", "diag", "covariance must be one of \\('full', 'diagonal'\\)"),
+    (lambda g: FeatureCovariance(10, 4), "sync_stats", "no", "sync_stats must be True, False or a torch.distributed"),
+    (lambda g: Compose([]), "num_classes", "10", "num_classes must be an int >= 1, got '10'"),
 ])
 def test_settings_assigned_after_construction_are_checked_as_the_constructors(glow, make, name, value, match):
     # a sweep setting t.eps = ... between trials: as plain attributes they took anything, and some ran silently
@@ -929,6 +945,61 @@ def test_settings_assigned_after_construction_take_effect(glow, vae, batch, net)
     m = VarMixup(vae, num_classes=10, p=1.0, generator=0)
     m.posterior, m.alpha = "sample", 0.5
     assert "posterior_noise" in m.make_params(2, torch.Generator(), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("make,name,value,remedy", [
+    (lambda g: FeatureCovariance(4, 3), "covariance", "diagonal", r"build a new FeatureCovariance\(\.\.\., "
+                                                                    r"covariance='diagonal'\)"),
+    (lambda g: FeatureCovariance(4, 3), "num_classes", 6, r"\.grow\(6\) adds classes"),
+    (lambda g: FeatureCovariance(4, 3), "num_classes", 2, r"build a new FeatureCovariance\(\.\.\., num_classes=2\)"),
+    (lambda g: ISDA(4, covariance="diagonal"), "covariance", "full", r"build a new ISDA\(\.\.\., covariance='full'\)"),
+    (lambda g: ISDALoss(4), "num_classes", 6, r"\.grow\(6\) adds classes"),
+    (lambda g: LatentMixupInference(TinyNet(), g, torch.rand(2, 1, 8, 8)), "codec", tiny_glow(seed=1),
+     r"build a new LatentMixupInference\(model, codec, references\)"),
+    (lambda g: Compose([]), "num_classes", 10, r"build a new one, Compose\(list\(t\), num_classes=10\)"),
+    (lambda g: Compose([]), "steps", None, r"build a new one, e\.g\. Compose\(\[\*t, step\]"),
+    (lambda g: Compose([]), "steps", nn.ModuleList([nn.Identity()]), r"build a new one"),
+])
+def test_settings_fixed_at_construction_are_refused_in_one_style(glow, make, name, value, remedy):
+    """Audit 219: FeatureCovariance's covariance and num_classes were plain attributes (covariance="diagonal" left the
+    full statistics and their update, num_classes=6 failed in torch's indexing at the next update), and a Compose's
+    steps took None (its next call failed in len(None)); the three refusals made already were worded three ways."""
+    t = make(glow)
+    before = getattr(t, name)
+    with pytest.raises(AttributeError, match=f"^{type(t).__name__}'s {name} is fixed at construction \\(.+\\): "
+                                             f"{remedy}"):
+        setattr(t, name, value)
+    assert getattr(t, name) is before
+    setattr(t, name, before)  # as it is: nothing to refuse
+    if isinstance(t, FeatureCovariance):
+        assert t.diagonal == (t.covariance == "diagonal") and t.cov.shape == (4, 3, 3) and t.count.shape == (4,)
+        t.update(torch.randn(5, 3), torch.tensor([0, 1, 2, 3, 3]))
+        assert t.count.tolist() == [1, 1, 1, 2]
+
+
+def test_sync_stats_assigned_after_construction_takes_effect():
+    # ISDA/ISDALoss had no such attribute: sync_stats=False assigned was kept, unread, and the statistics still
+    # gathered every rank's features
+    for t in (ISDA(4), ISDALoss(4)):
+        t.sync_stats = False
+        assert t.sync_stats is False and t.estimator.sync is False and "sync_stats=False" in repr(t)
+    stats = FeatureCovariance(4)
+    stats.sync_stats = False
+    assert stats.sync_stats is False and not stats.gathers()
+
+
+def test_an_estimator_pickled_with_its_diagonal_flag_loads():
+    """FeatureCovariance kept ``diagonal`` as a plain attribute until 2026-12-05 (now read from ``covariance``): its
+    pickles hold it, and load with their settings as they were."""
+    old = FeatureCovariance(4, 3, covariance="diagonal", sync_stats=False)
+    state = old.__getstate__()
+    loaded = FeatureCovariance.__new__(FeatureCovariance)
+    loaded.__setstate__({**state, "diagonal": True})
+    assert (loaded.num_classes, loaded.covariance, loaded.diagonal, loaded.sync_stats) == (4, "diagonal", True, False)
+    loaded.update(torch.randn(5, 3), torch.tensor([0, 1, 2, 3, 3]))
+    assert loaded.cov.shape == (4, 3) and loaded.count.sum() == 5
+    with pytest.raises(AttributeError, match="covariance is fixed at construction"):
+        loaded.covariance = "full"
 
 
 def _glow_cache(glow, vae, x):
