@@ -1,6 +1,8 @@
 import contextlib
 import copy
+import io
 import math
+import pickle
 from typing import Callable
 
 import numpy as np
@@ -419,6 +421,27 @@ def test_unfrozen_copy_is_an_independent_plain_twin(kind):
     assert double.dtype == torch.float64 and all(t.dtype == torch.float64 for t in double.state_dict().values()
                                                  if t.is_floating_point())
     assert codec.to("meta").unfrozen_copy().device.type == "meta"
+
+
+class _NoNumpyUnpickler(pickle.Unpickler):
+    """Reads a pickle as a process whose NumPy cannot resolve the pickle's NumPy names would (NumPy 1.24, the floor,
+    does not know NumPy 2's ``numpy._core``)."""
+
+    def find_class(self, module: str, name: str):
+        if module.split(".")[0] == "numpy":
+            raise pickle.UnpicklingError(f"a NumPy object in the pickle: {module}.{name}")
+        return super().find_class(module, name)
+
+
+@pytest.mark.parametrize("make", [tiny_glow, tiny_vae])
+def test_a_pickled_codec_and_its_transform_hold_no_numpy_objects(make):
+    """Audit 218: normflows kept each Glow level's size as a NumPy scalar, so a Glow transform pickled under NumPy 2
+    (torch 2.14) failed to unpickle under NumPy 1.24 (torch 2.4), "No module named 'numpy._core'"."""
+    t = LatentNoise(make(), generator=0).train()
+    x = torch.rand(4, 1, 8, 8)
+    t(x)  # its generator made, as a transform saved after training has it
+    copy_ = _NoNumpyUnpickler(io.BytesIO(pickle.dumps(t))).load()
+    assert torch.equal(copy_(x)[0], t(x)[0])  # the copy continues the stream
 
 
 def test_codecs_run_in_fp32_under_a_bf16_autocast():

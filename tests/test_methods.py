@@ -41,6 +41,24 @@ def test_varmixup_contract(codec, request, batch):
     check_transform_contract(lambda **kw: VarMixup(c, num_classes=10, keep_detail=False, **kw), *batch)
 
 
+def test_an_int_seed_selects_pairs_and_weighs_as_its_stored_reference():
+    """The draws of a seed are part of a published experiment: an int seed selects the same samples, partners and
+    Beta weights as it did when this reference was made (commit 1401a44; torch 2.4.0 and 2.14.1 drew alike on 1 and
+    2 threads). A change of draw order or method fails here: say so in the changelog and update the reference."""
+    x = torch.full((8, 1, 8, 8), 0.5)
+    t = VarMixup(tiny_vae(), num_classes=10, p=0.75, generator=0).train()
+    expected = [([0, 2, 3, 4, 5, 6], [5, 2, 0, 4, 1, 3],
+                 [0.9652528, 0.9779163, 0.1692316, 0.7701195, 0.2469218, 0.8607928]),
+                ([0, 1, 4, 5, 7], [1, 4, 3, 0, 2], [0.0153104, 0.2371491, 0.8076262, 0.3699459, 0.8630220])]
+    for selected, partner, lam in expected:
+        t(x, torch.arange(8))
+        assert t.last_params["selected"].tolist() == selected and t.last_params["partner"].tolist() == partner
+        torch.testing.assert_close(t.last_params["lam"], torch.tensor(lam), atol=1e-6, rtol=0)  # log, exp: rounding
+    noise = LatentNoise(tiny_vae(), p=0.5, generator=0).train()
+    noise(x)
+    assert noise.last_params["selected"].tolist() == [0, 2, 3, 4, 6]
+
+
 def test_an_unlabelled_batch_is_told_that_class_indices_need_num_classes(vae, batch):
     with pytest.raises(ValueError, match=r"VarMixup needs labels: .* \(B, K\) soft labels, or \(B,\) class indices with "
                                          r"num_classes=\.\.\. given to the constructor"):

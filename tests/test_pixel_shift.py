@@ -135,3 +135,15 @@ def test_shifted_images_come_back_contiguous():
     out = random_shift_flip(torch.rand(4, 3, 8, 8), 2, True, generator=0)
     assert out.is_contiguous()
     out.view(4, -1)
+
+
+def test_an_int_seed_shifts_and_flips_as_its_stored_reference():
+    """A codec's training images are shifted and flipped from its seed: the same seed, the same images as when this
+    reference was made (commit 1401a44; torch 2.4.0 and 2.14.1 alike)."""
+    x = torch.arange(64, dtype=torch.float32).view(4, 1, 4, 4)
+    out = random_shift_flip(x, 1, True, generator=0)
+    assert out.view(4, -1).long().tolist() == [
+        [7, 6, 5, 4, 11, 10, 9, 8, 15, 14, 13, 12, 0, 0, 0, 0],
+        [0, 0, 0, 0, 0, 16, 17, 18, 0, 20, 21, 22, 0, 24, 25, 26],
+        [39, 38, 37, 36, 43, 42, 41, 40, 47, 46, 45, 44, 0, 0, 0, 0],
+        [0, 0, 0, 0, 51, 50, 49, 48, 55, 54, 53, 52, 59, 58, 57, 56]]

@@ -133,6 +133,9 @@ class Glow(Codec):
             else:
                 shape = (c * 2 ** (levels + 1), h // 2**levels, w // 2**levels)
             q0.append(nf.distributions.DiagGaussian(shape))
+            # normflows keeps the size as np.prod(shape), a NumPy scalar: in a pickle (a transform saved whole, a
+            # copy sent to a spawned worker) it needs NumPy's major version (NumPy 1 lacks NumPy 2's numpy._core)
+            q0[-1].d = int(q0[-1].d)
         self.flow = nf.MultiscaleFlow(q0, flows, merges, class_cond=False)
         self._folded = False
         self.register_load_state_dict_post_hook(_refold_after_load)
