@@ -53,6 +53,14 @@ def _kornia_inputs_besides_images(t: object) -> str:
     return f"data_keys for {', '.join(others)} besides the images" if others else ""
 
 
+def _is_kornia_video(t: object) -> bool:
+    """kornia's VideoSequential: it takes 5-d clips, which a Compose never passes (kornia's AssertionError "Input
+    must be a 5-dim torch.Tensor" at the first call, after the steps before it had run)."""
+    from kornia.augmentation import VideoSequential
+
+    return isinstance(t, VideoSequential)
+
+
 def _is_kornia(t: object) -> bool:
     """A kornia augmentation, mix, container or auto policy: they take float images only."""
     return any(c.__module__.startswith("kornia.augmentation.") for c in type(t).__mro__)
@@ -344,6 +352,12 @@ class Compose(Settings, ChecksCodecStates, nn.Module):
                     raise ValueError(f"{_where(p, t, i)}: a kornia mix whose labels Compose cannot follow (it gives "
                                      f"no class-mixing weights); use kornia's RandomMixUpV2/RandomCutMixV2 or "
                                      f"torchvision's MixUp/CutMix")
+                if _is_kornia_video(p):
+                    raise ValueError(f"{_where(p, t, i)} takes video clips, (B, C, T, H, W) or (B, T, C, H, W), but "
+                                     f"a Compose takes (B, C, H, W) images, a video's frames as a batch; call it "
+                                     f"yourself on the clips, before the Compose, which takes their frames: "
+                                     f"vs(clips).flatten(0, 1) for data_format='BTCHW' "
+                                     f"(docs/composition.md#video-clips)")
                 if inputs := _kornia_inputs_besides_images(p):
                     raise ValueError(f"{_where(p, t, i)} has {inputs}, but Compose calls it as t(x), with the "
                                      f"images alone; to move a mask or boxes with them, call it yourself before the "

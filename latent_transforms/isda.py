@@ -497,6 +497,9 @@ class _ArmedHook:
             raise ValueError(
                 f"ISDA was armed with {self.y.shape[0]} labels but the layer {self.label} saw a batch of "
                 f"{a.shape[0]} features; call isda(x, y, model) right before model(x) on the same batch"
+                + (f"; a head run on each of a clip's {a.shape[0] // self.y.shape[0]} frames? arm it with the labels "
+                   f"repeated per frame (docs/composition.md#video-clips)"
+                   if a.shape[0] > self.y.shape[0] and a.shape[0] % self.y.shape[0] == 0 else "")
             )
         if self.y.device != a.device:
             raise ValueError(f"y is on {self.y.device} but the features are on {a.device}")

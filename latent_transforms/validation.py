@@ -25,7 +25,8 @@ VECTORS_HINT = ("; (B, D) vectors? ISDA takes any (B, ...) tensor; the latent me
                 "[0, 1] as {name}.view(len({name}), 1, 1, -1)")
 # what a 5-d batch is told: the frames of video clips, or the slices of 3-D volumes, are a batch of images
 VIDEO_HINT = ("; video clips (B, T, C, H, W)? {name}.flatten(0, 1) makes their frames a (B*T, C, H, W) batch, each "
-              "frame transformed on its own, with the labels repeated per frame, y.repeat_interleave(T) "
+              "frame transformed on its own (unlike its neighbours; the same draws for a clip's frames: "
+              "docs/composition.md#video-clips), with the labels repeated per frame, y.repeat_interleave(T) "
               "(x2.unflatten(0, (B, T)) gives the clips back)")
 VOLUME_HINT = ("; 3-D volumes (B, C, D, H, W)? {name}.movedim(2, 1).flatten(0, 1) makes their slices a (B*D, C, H, W) "
                "batch, each slice transformed on its own (differently from its neighbours), with the labels repeated "

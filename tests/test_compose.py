@@ -1291,3 +1291,25 @@ def test_a_label_mix_inside_a_torchvision_container_whose_classes_changed_is_nam
     mix.num_classes, cut.num_classes = 10, 12  # mutation round 25 (audit 209): each part is checked, not the first
     with pytest.raises(RuntimeError, match=r"^CutMix in RandomChoice at step 1 has num_classes=12, but had 10 when"):
         t(x, y)
+
+
+@pytest.mark.parametrize("data_format", ["BTCHW", "BCTHW"])
+@pytest.mark.parametrize("make", [lambda glow, video: [LatentNoise(glow), video],
+                                  lambda glow, video: [video, ISDA(10)],
+                                  lambda glow, video: [T.Compose([video]), LatentNoise(glow)]])
+def test_kornia_video_sequential_is_refused_when_built_with_the_way_to_the_frames(rgb_glow, data_format, make):
+    """kornia's VideoSequential takes 5-d clips and a Compose (B, C, H, W) images (ISDA's any tensor only beside
+    plain callables): a Compose holding it refused every batch, 5-d ones as not images and frames by kornia's
+    AssertionError "Input must be a 5-dim torch.Tensor", after the steps before it had run (audit 223). Called on the
+    clips before the Compose, as the message says, it draws per clip."""
+    video = K.VideoSequential(K.RandomHorizontalFlip(), data_format=data_format, same_on_frame=True)
+    with pytest.raises(ValueError, match=r"VideoSequential.* at step \d takes video clips, \(B, C, T, H, W\) or "
+                                         r"\(B, T, C, H, W\), but a Compose takes \(B, C, H, W\) images.*before the "
+                                         r"Compose.*vs\(clips\).flatten\(0, 1\) for data_format='BTCHW' "
+                                         r"\(docs/composition.md#video-clips\)$"):
+        Compose(make(rgb_glow, video))
+    still = torch.rand(2, 1, 3, 16, 16).expand(-1, 4, -1, -1, -1)
+    frames = K.VideoSequential(K.RandomHorizontalFlip(p=0.5), data_format="BTCHW", same_on_frame=True)(still)
+    assert torch.equal(frames, frames[:, :1].expand_as(frames))  # a clip's frames flipped alike
+    x2, _ = Compose([LatentNoise(rgb_glow)])(frames.flatten(0, 1))
+    assert x2.shape == (8, 3, 16, 16)

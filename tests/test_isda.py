@@ -2152,3 +2152,40 @@ def test_the_never_fired_warning_lists_only_heads_being_trained(batch):
     text = next(str(w.message) for w in caught if "never applied" in str(w.message))
     assert "other nn.Linear layers of 2 outputs (heads.3): a head per task?" in text
     isda.disarm(model)
+
+
+class MeanOverFrames(nn.Module):
+    """A clip model (B, T, C, H, W) -> (B, K) whose head runs on each frame: its frames' mean logits (TSN's)."""
+
+    def __init__(self, frame_model):
+        super().__init__()
+        self.frame_model = frame_model
+
+    def forward(self, clips):
+        return self.frame_model(clips.flatten(0, 1)).unflatten(0, clips.shape[:2]).mean(1)
+
+
+def test_a_head_run_per_frame_is_told_to_arm_with_the_labels_per_frame_and_that_gives_the_clips_isda_logits():
+    """A clip model whose final Linear sees each of T frames got "call isda(x, y, model) right before model(x) on the
+    same batch", which the user had done (audit 223); armed with the labels repeated per frame, as the message now
+    says, each clip's mean logits gain one ISDA term per label (docs/composition.md#video-clips)."""
+    torch.manual_seed(0)
+    clip_model, T = MeanOverFrames(TinyNet(channels=1)), 4
+    clips, y = torch.rand(3, T, 1, 8, 8), torch.tensor([2, 5, 2])
+    isda = ISDA(10)
+    isda.set_epoch(1, 2)
+    isda(clips, y, clip_model)
+    with pytest.raises(ValueError, match=r"armed with 3 labels but the layer .* saw a batch of 12 features; .*; a head "
+                                         r"run on each of a clip's 4 frames\? arm it with the labels repeated per "
+                                         r"frame \(docs/composition.md#video-clips\)$"):
+        clip_model(clips)
+    with pytest.raises(ValueError, match=r"saw a batch of 5 features; call isda\(x, y, model\) right before model\(x\) "
+                                         r"on the same batch$"):  # not a whole number of frames per label
+        isda(clips, y, clip_model)
+        clip_model.frame_model(torch.rand(5, 1, 8, 8))
+    for _ in range(2):  # statistics first, then a term of the second call's
+        frames, y_frames = isda(clips.flatten(0, 1), y.repeat_interleave(T), clip_model)
+        augmented = clip_model(frames.unflatten(0, (3, T)))
+    term = augmented - clip_model(clips)  # not armed: the plain logits
+    assert torch.equal(frames.unflatten(0, (3, T)), clips) and torch.equal(y_frames, y.repeat_interleave(T))
+    assert term.abs().max() > 0 and torch.allclose(term[0], term[2], atol=1e-6)  # one term per label

@@ -118,6 +118,17 @@ def test_video_clips_are_told_a_recipe_that_works():
 
 
 
+def test_video_clips_are_told_their_frames_draw_apart_and_where_a_clip_gets_one_draw():
+    """The recipe makes each frame a sample with draws of its own: a still clip flickers, a label mix pairs each frame
+    with a frame of another clip; the hint said "each frame transformed on its own" and no more (audit 223)."""
+    with pytest.raises(ValueError, match=r"each frame transformed on its own \(unlike its neighbours; the same draws "
+                                         r"for a clip's frames: docs/composition.md#video-clips\), with the labels"):
+        check_images(torch.rand(2, 4, 1, 8, 8))
+    still = torch.rand(2, 1, 1, 8, 8).expand(-1, 4, -1, -1, -1)
+    x2, _ = LatentNoise(GLOW, eps=1.0, generator=0)(still.flatten(0, 1))
+    assert (x2.unflatten(0, (2, 4)).diff(dim=1).abs().amax((2, 3, 4)) > 1e-3).all()  # every frame unlike the last
+
+
 def test_the_video_recipe_names_the_tensor_and_goes_to_5_dims_only():
     """Mutation round 19 (audit 191): the recipe is about the tensor refused (LatentCache's ``images``), and a 6-d
     tensor is not a batch of clips."""
