@@ -134,13 +134,15 @@ KEEP_LEVELS = ("; or keep every level: scale them into [0, 1] yourself and train
                "(docs/training.md#python)")
 
 
-def _dtype_hint(lo: float, hi: float) -> str:
-    """How to store images of values in ``[lo, hi]`` (of a dtype other than uint8) as uint8, or to train on every
-    level they hold."""
+def _dtype_hint(lo: float, hi: float, floats: bool) -> str:
+    """How to store images of values in ``[lo, hi]`` (of a dtype other than uint8, float where ``floats``) as uint8,
+    or to train on every level they hold."""
     if not (math.isfinite(lo) and math.isfinite(hi)):  # NaN or inf: no range to tell of
         return ""
     if lo >= 0 and hi <= 1:
         return "; floats in [0, 1]? store (x * 255).round().astype(np.uint8)"
+    if floats and lo >= -0.5 and hi <= 2:  # a resize or noise overshot [0, 1]: x.round() would leave only 0 and 1
+        return "; floats in [0, 1] that a step pushed past it? store (np.clip(x, 0, 1) * 255).round().astype(np.uint8)"
     if lo >= 0 and hi <= 255:
         return "; 8-bit values in another dtype? store x.round().astype(np.uint8)"
     if lo >= 0:
@@ -152,7 +154,8 @@ def _dtype_hint(lo: float, hi: float) -> str:
 
 def _uint8_to_tensor(x: np.ndarray, where: str) -> torch.Tensor:
     if x.dtype != np.uint8:
-        hint = _dtype_hint(float(x.min()), float(x.max())) if x.dtype.kind in "iuf" and x.size else ""
+        hint = _dtype_hint(float(x.min()), float(x.max()), x.dtype.kind == "f") if x.dtype.kind in "iuf" and x.size \
+            else ""
         raise ValueError(f"{where}: images must be uint8 (0..255), got dtype {x.dtype}{hint}")
     if x.ndim == 3:
         x = x[..., None]

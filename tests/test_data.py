@@ -259,8 +259,9 @@ def test_cifar10_refuses_an_unknown_split_before_touching_torchvision(tmp_path, 
         load_images("cifar10", "val", tmp_path)
 
 
-def test_integer_images_other_than_uint8_are_not_told_they_are_floats(tmp_path):
-    x = np.random.default_rng(0).integers(0, 256, (3, 6, 4), dtype=np.int64)
+@pytest.mark.parametrize("high", [256, 3])  # 0..2: not floats a step pushed past 1, to clip (audit 222)
+def test_integer_images_other_than_uint8_are_not_told_they_are_floats(tmp_path, high):
+    x = np.random.default_rng(0).integers(0, high, (3, 6, 4), dtype=np.int64)
     np.savez(tmp_path / "int.npz", x=x)
     with pytest.raises(ValueError, match=r"images must be uint8 \(0..255\), got dtype int64; 8-bit values in another "
                                          r"dtype\? store x.round\(\).astype\(np.uint8\)$"):
@@ -272,26 +273,52 @@ KEEPS_LEVELS = (r"; or keep every level: scale them into \[0, 1\] yourself and t
                 r"\(docs/training.md#python\)$")
 
 
+@pytest.mark.parametrize("top", [4095, 256])  # 256: past 8 bits, where x.round().astype(np.uint8) wraps to 0
 @pytest.mark.parametrize("dtype", [np.uint16, np.int32, np.float32])
-def test_12_and_16_bit_npz_images_are_told_how_to_make_them_8_bit_or_keep_them(tmp_path, dtype):
+def test_12_and_16_bit_npz_images_are_told_how_to_make_them_8_bit_or_keep_them(tmp_path, dtype, top):
     # audit 134: refused without a hint, where a folder of 16-bit PNGs is told to convert to 8-bit; audit 216: 12-bit
     # data in uint16 was told to divide by 65535 only, and nothing of training on every level it holds; in int32, no
-    # hint; in float32, "floats in [0, 1]? store (x * 255).round().astype(np.uint8)", which wraps them
-    np.savez(tmp_path / "deep.npz", x=np.full((3, 6, 4), 4095, dtype=dtype))
+    # hint; in float32, "floats in [0, 1]? store (x * 255).round().astype(np.uint8)", which wraps them; audit 222:
+    # from black (0) too, and just past 8 bits
+    np.savez(tmp_path / "deep.npz", x=np.linspace(0, top, 3 * 6 * 4).astype(dtype).reshape(3, 6, 4))
     with pytest.raises(ValueError, match=r"; 12- or 16-bit images\? store \(x / M \* 255\)\.round\(\)"
                                          r"\.astype\(np.uint8\) with M the maximum of their bit depth, 4095 for "
                                          r"12-bit data, 65535 for 16-bit" + KEEPS_LEVELS):
         load_images(f"npz:{tmp_path / 'deep.npz'}")
 
 
-def test_signed_npz_images_are_told_to_store_a_window_or_keep_every_level(tmp_path):
+@pytest.mark.parametrize("lo, hi", [(-1024, 3071), (-128, 127)])  # audit 222: within 255 too, where x.round() wraps
+def test_signed_npz_images_are_told_to_store_a_window_or_keep_every_level(tmp_path, lo, hi):
     """CT in Hounsfield units (int16, down to -1024) was refused with no hint at all."""
-    np.savez(tmp_path / "ct.npz", x=np.linspace(-1024, 3071, 3 * 6 * 4).astype(np.int16).reshape(3, 6, 4))
+    np.savez(tmp_path / "ct.npz", x=np.linspace(lo, hi, 3 * 6 * 4).astype(np.int16).reshape(3, 6, 4))
     with pytest.raises(ValueError, match=r"got dtype int16; signed values \(CT in Hounsfield units, say\)\? store a "
                                          r"window \[lo, hi\] of them, fixed for the data set, as "
                                          r"\(np.clip\(\(x - lo\) / \(hi - lo\), 0, 1\) \* 255\)\.round\(\)"
                                          r"\.astype\(np.uint8\)" + KEEPS_LEVELS):
         load_images(f"npz:{tmp_path / 'ct.npz'}")
+
+
+@pytest.mark.parametrize("lo, hi", [(0.0, 1.03), (-0.02, 1.0)])
+def test_float_npz_images_a_step_pushed_past_0_1_are_told_to_clip_them_not_round_them(tmp_path, lo, hi):
+    """Audit 222: [0, 1] floats a resize overshot to 1.03 were told "8-bit values in another dtype? store
+    x.round().astype(np.uint8)", which leaves only 0 and 1 (and the loader took those); down to -0.02, a CT window."""
+    x = np.linspace(lo, hi, 3 * 6 * 4, dtype=np.float32).reshape(3, 6, 4)
+    np.savez(tmp_path / "over.npz", x=x)
+    with pytest.raises(ValueError, match=r"got dtype float32; floats in \[0, 1\] that a step pushed past it\? store "
+                                         r"\(np.clip\(x, 0, 1\) \* 255\)\.round\(\)\.astype\(np.uint8\)$"):
+        load_images(f"npz:{tmp_path / 'over.npz'}")
+    np.savez(tmp_path / "over.npz", x=(np.clip(x, 0, 1) * 255).round().astype(np.uint8))  # the hint, followed
+    images, _, _ = load_images(f"npz:{tmp_path / 'over.npz'}")
+    assert torch.allclose(images[:, 0], torch.from_numpy(x).clamp(0, 1), atol=0.5 / 255 + 1e-6)
+
+
+@pytest.mark.parametrize("x", [np.array([[[0.5, float("nan")]]], np.float32), np.array([[[0.0, np.inf]]]),
+                               np.zeros((0, 6, 4), np.float32), np.zeros((3, 6, 4), np.complex64)])
+def test_npz_images_of_no_range_to_tell_of_get_the_dtype_alone(tmp_path, x):
+    # audit 222: NaN was told the CT window and inf the bit depths; no images at all raised numpy's "zero-size array"
+    np.savez(tmp_path / "odd.npz", x=x)
+    with pytest.raises(ValueError, match=rf"images must be uint8 \(0..255\), got dtype {x.dtype}$"):
+        load_images(f"npz:{tmp_path / 'odd.npz'}")
 
 
 @pytest.mark.parametrize("shape", [(0, 6, 4, 3), (0, 6, 4), (5, 0, 4, 3), (5, 6, 0, 1)])

@@ -264,7 +264,8 @@ def test_reliability_bins_of_no_rows_are_zeros_that_pool_with_the_other_ranks():
     assert all(torch.equal(pooled[k], whole[k]) for k in whole)
     with pytest.raises(ValueError, match=r"N=0 \(the rows of probs\), got shape \(1,\)"):
         reliability_bins(probs[:0], y[:1])
-    with pytest.raises(ValueError, match=r"\(N, K\) float tensor, got \(0, 0\)"):  # max()'s IndexError
+    # max()'s IndexError; not "non-empty": an empty batch is taken
+    with pytest.raises(ValueError, match=r"probs must be a \(N, K\) float tensor, got \(0, 0\)"):
         reliability_bins(torch.zeros(0, 0), y[:0])
     for metric in (accuracy, expected_calibration_error):  # a mean of no samples: still refused
         with pytest.raises(ValueError, match="non-empty"):

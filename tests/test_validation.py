@@ -1086,6 +1086,7 @@ def test_integer_images_are_told_the_scaling_of_their_own_dtype(dtype, entry):
     name = {"LatentCache": "images", "train_codec": "x_train"}.get(entry, "x")
     assert f"{name}.float() / 4095 for 12-bit" in message
     if dtype == "uint16":
+        assert "16-bit intensities? divide them by the maximum of the data's bit depth" in message
         assert f"{name}.float() / 65535 for 16-bit" in message
     else:  # signed: Hounsfield units, windowed by a range fixed for the data set
         assert f"(({name}.float() + 1024) / 4095).clamp(0, 1) for CT in Hounsfield units" in message
@@ -1099,6 +1100,13 @@ def test_uint8_and_bool_images_keep_their_own_conversion():
         check_images(torch.zeros(2, 1, 8, 8, dtype=torch.bool))
 
 
+def test_complex_images_are_told_to_take_their_magnitudes():
+    # audit 222: no test held the complex branch; without it they were told the scaling of 12-bit or CT intensities
+    with pytest.raises(ValueError, match=r"got dtype torch.complex64; complex values are not images; their "
+                                         r"magnitudes, x.abs\(\), scaled into \[0, 1\]\?$"):
+        check_images(torch.zeros(2, 1, 8, 8, dtype=torch.complex64))
+
+
 @pytest.mark.parametrize("lo, hi, hint", [
     (0.0, 4095.0, r"these look like intensities of more than 8 bits: divide them by the maximum of the data's bit "
                   r"depth, the same for every batch: x / 4095 for 12-bit data, x / 65535 for 16-bit$"),
@@ -1106,6 +1114,10 @@ def test_uint8_and_bool_images_keep_their_own_conversion():
     (0.0, 1000.0, r"these look like intensities of more than 8 bits: .*; 1023 if they are 10-bit$"),
     # 16-bit's white and a rounding above it
     (0.0, 65535.0005, r"these look like intensities of more than 8 bits: .* x / 65535 for 16-bit$"),
+    # audit 222: a rounding above 12-bit's white is 12-bit (65535.0005 is 65535 in float32, whose steps there are
+    # 0.004), and one below 0 is still intensities
+    (0.0, 4095.0005, r"these look like intensities of more than 8 bits: .* x / 65535 for 16-bit$"),
+    (-0.0005, 4095.0, r"these look like intensities of more than 8 bits: .* x / 65535 for 16-bit$"),
     (-1024.0, 3071.0, r"these look like values in physical units: scale them into \[0, 1\] by a range fixed for the "
                       r"data set, not per batch, .*\(\(x \+ 1024\) / 4095\).clamp\(0, 1\) for CT in Hounsfield units"),
     (0.0, 70000.0, r"these look like values in physical units"),  # past 16 bits
