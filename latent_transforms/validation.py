@@ -270,7 +270,7 @@ def _image_form(x: torch.Tensor, name: str, allow_uint8: bool, uint8_hint: str =
     if not x.is_floating_point():
         raise ValueError(
             f"{name} must be a float tensor with values in [0, 1]{' or uint8' if allow_uint8 else ''}, got dtype "
-            f"{x.dtype}; {_conversion_hint(x.dtype, name)}{uint8_hint if x.dtype == torch.uint8 else ''}"
+            f"{x.dtype}; {_conversion_hint(x, name)}{uint8_hint if x.dtype == torch.uint8 else ''}"
         )
     return x.shape[0] > 0
 
@@ -283,17 +283,24 @@ def _five_dims_hint(x: torch.Tensor, name: str) -> str:
     return "".join(h.format(name=name) for h in hints) + "; ISDA takes any (B, ...) tensor"
 
 
-def _conversion_hint(dtype: torch.dtype, name: str) -> str:
-    """How to make images of a dtype that is not floating point float in [0, 1], by the range of the dtype's values
-    (every dtype was told uint8's ``/ 255``, which leaves 12-bit data at up to 16)."""
+def _conversion_hint(x: torch.Tensor, name: str) -> str:
+    """How to make images ``x`` of a dtype that is not floating point float in [0, 1], by the range of the dtype's
+    values (every dtype was told uint8's ``/ 255``, which leaves 12-bit data at up to 16), and for signed or wide
+    integers by the values found (8-bit values held as int64, from ``torch.tensor(array)``, are told ``/ 255``)."""
+    dtype = x.dtype
     if dtype == torch.uint8:
         return f"convert with {name}.float() / 255 for uint8 images"
     if dtype == torch.bool:
         return f"convert with {name}.float() (False 0, True 1)"
     if dtype.is_complex:
         return f"complex values are not images; their magnitudes, {name}.abs(), scaled into [0, 1]?"
-    if dtype == torch.uint16:
+    if dtype == torch.uint16:  # read by dtype alone: torch 2.4 has no min() of uint16
         return "16-bit intensities? " + _deep_hint(f"{name}.float()")
+    lo, hi = int(x.min()), int(x.max())  # an error's message: the values read once
+    if lo >= 0 and hi <= 255:
+        return f"8-bit values held as {dtype}? convert with {name}.float() / 255"
+    if lo >= 0:
+        return "intensities of more than 8 bits? " + _deep_hint(f"{name}.float()", hi.bit_length())
     return _raw_hint(f"{name}.float()")
 
 

@@ -1085,10 +1085,11 @@ def test_integer_images_are_told_the_scaling_of_their_own_dtype(dtype, entry):
     assert "/ 255" not in message  # 8-bit's scaling: 12-bit data made float and divided by 255 reaches 16
     name = {"LatentCache": "images", "train_codec": "x_train"}.get(entry, "x")
     assert f"{name}.float() / 4095 for 12-bit" in message
-    if dtype == "uint16":
-        assert "16-bit intensities? divide them by the maximum of the data's bit depth" in message
+    if dtype != "int16":  # non-negative: a bit depth's maximum (uint16's by dtype alone, int32's by its values)
+        assert ("16-bit intensities?" if dtype == "uint16" else "intensities of more than 8 bits?") in message
+        assert "divide them by the maximum of the data's bit depth" in message
         assert f"{name}.float() / 65535 for 16-bit" in message
-    else:  # signed: Hounsfield units, windowed by a range fixed for the data set
+    else:  # negative values: Hounsfield units, windowed by a range fixed for the data set
         assert f"(({name}.float() + 1024) / 4095).clamp(0, 1) for CT in Hounsfield units" in message
         assert "not per batch" in message
 
@@ -1098,6 +1099,18 @@ def test_uint8_and_bool_images_keep_their_own_conversion():
         check_images(torch.zeros(2, 1, 8, 8, dtype=torch.uint8))
     with pytest.raises(ValueError, match=r"got dtype torch.bool; convert with x.float\(\) \(False 0, True 1\)$"):
         check_images(torch.zeros(2, 1, 8, 8, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.int16, torch.int8])
+def test_8_bit_values_held_in_a_wider_integer_dtype_are_told_to_divide_by_255(dtype):
+    """``torch.tensor(array)`` of 0..255 values gives int64 images: they were told the scaling of 12-bit or CT
+    intensities (audit 216's hint chose by dtype alone)."""
+    x = torch.arange(256).remainder(128 if dtype == torch.int8 else 256).to(dtype).repeat(2).view(2, 1, 16, 16)
+    with pytest.raises(ValueError, match=rf"got dtype {dtype}; 8-bit values held as {dtype}\? convert with "
+                                         r"x.float\(\) / 255$"):
+        check_images(x)
+    with pytest.raises(ValueError, match=r"intensities of more than 8 bits\? .* for 16-bit; 1023 if they are 10-bit$"):
+        check_images(torch.arange(1024, dtype=torch.int32).view(4, 1, 16, 16))  # 10-bit values: their depth named
 
 
 def test_complex_images_are_told_to_take_their_magnitudes():
