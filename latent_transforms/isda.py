@@ -499,7 +499,7 @@ class _ArmedHook:
                 f"{a.shape[0]} features; call isda(x, y, model) right before model(x) on the same batch"
                 + (f"; a head run on each of a clip's {a.shape[0] // self.y.shape[0]} frames? arm it with the labels "
                    f"repeated per frame (docs/composition.md#video-clips)"
-                   if a.shape[0] > self.y.shape[0] and a.shape[0] % self.y.shape[0] == 0 else "")
+                   if 0 < self.y.shape[0] < a.shape[0] and a.shape[0] % self.y.shape[0] == 0 else "")
             )
         if self.y.device != a.device:
             raise ValueError(f"y is on {self.y.device} but the features are on {a.device}")

@@ -2189,3 +2189,19 @@ def test_a_head_run_per_frame_is_told_to_arm_with_the_labels_per_frame_and_that_
     term = augmented - clip_model(clips)  # not armed: the plain logits
     assert torch.equal(frames.unflatten(0, (3, T)), clips) and torch.equal(y_frames, y.repeat_interleave(T))
     assert term.abs().max() > 0 and torch.allclose(term[0], term[2], atol=1e-6)  # one term per label
+
+
+def test_a_hook_armed_with_an_empty_batch_is_told_the_mismatch_of_a_batch_of_rows():
+    """Mutation round 29 (audit 224): armed with no labels (a DDP rank's empty batch arms the hook), a forward of rows
+    raised ZeroDivisionError ("integer modulo by zero") in the clip hint's check, for the mismatch's ValueError."""
+    torch.manual_seed(0)
+    model, isda = TinyNet(channels=1), ISDA(10)
+    isda.set_epoch(1, 2)
+    isda(torch.rand(0, 1, 8, 8), torch.zeros(0, dtype=torch.long), model)
+    with pytest.raises(ValueError, match=r"armed with 0 labels but the layer .* saw a batch of 2 features; call "
+                                         r"isda\(x, y, model\) right before model\(x\) on the same batch$"):
+        model(torch.rand(2, 1, 8, 8))
+    isda(torch.rand(2, 1, 8, 8), torch.tensor([1, 2]), model)
+    with pytest.raises(ValueError, match=r"armed with 2 labels but the layer .* saw a batch of 0 features; call "
+                                         r"isda\(x, y, model\) right before model\(x\) on the same batch$"):
+        model(torch.rand(0, 1, 8, 8))  # no clip's 0 frames either

@@ -123,6 +123,8 @@ def _worker(rank: int, init_method: str, out_dir: str) -> None:
         F.cross_entropy(grouped(x[mine]), y[mine]).backward()
         result["unsynced_count"] = unsynced.estimator.count.clone()
         in_group = ISDA(10, sync_stats=solos[rank])
+        # the group as given (mutation round 29, audit 224: read back as True, it was not the one used)
+        result["sync_stats_is_the_group"] = in_group.sync_stats is in_group.estimator.sync_stats is solos[rank]
         in_group(x[mine], y[mine], grouped)
         F.cross_entropy(grouped(x[mine]), y[mine]).backward()
         result["group_count"] = in_group.estimator.count.clone()
@@ -184,7 +186,7 @@ def test_two_gloo_ranks_hold_the_statistics_of_the_concatenated_batch(tmp_path):
     assert [int(res["unsynced_count"].sum()) for res in results] == [3, 5]
     assert all(len(res["armed_twice"]) == 1 and "never applied" in res["armed_twice"][0] for res in results)
     assert all(res["pickle"].startswith("statistics shared over a process group") and "state_dict()" in res["pickle"]
-               and res["copies_share_the_group"] and torch.equal(res["twin_count"], res["group_count"])
+               and res["copies_share_the_group"] and res["sync_stats_is_the_group"] and torch.equal(res["twin_count"], res["group_count"])
                for res in results)
 
 

@@ -941,6 +941,9 @@ def test_levels_assigned_after_construction_act_as_given_to_the_constructor(glow
     (lambda g: FeatureCovariance(10, 4), "num_classes", "10", "num_classes must be an int >= 1, got '10'"),
     (lambda g: FeatureCovariance(10, 4), "covariance", "diag", "covariance must be one of \\('full', 'diagonal'\\)"),
     (lambda g: FeatureCovariance(10, 4), "sync_stats", "no", "sync_stats must be True, False or a torch.distributed"),
+    # mutation round 29 (audit 224): FeatureCovariance takes Settings, as a module value skipped the property (kept as
+    # a submodule, num_classes then missing)
+    (lambda g: FeatureCovariance(10, 4), "num_classes", nn.Linear(1, 1), "num_classes must be an int >= 1"),
     (lambda g: Compose([]), "num_classes", "10", "num_classes must be an int >= 1, got '10'"),
 ])
 def test_settings_assigned_after_construction_are_checked_as_the_constructors(glow, make, name, value, match):
@@ -995,6 +998,15 @@ def test_settings_fixed_at_construction_are_refused_in_one_style(glow, make, nam
         assert t.count.tolist() == [1, 1, 1, 2]
 
 
+def test_a_sizing_setting_assigned_back_is_compared_by_value():
+    """Mutation round 29 (audit 224): the value held is compared by value, not identity: 1000 classes assigned back as
+    a 0-d tensor (checked into a new int) and a covariance string made at run time (a config's) pass, as 4 did."""
+    for t in (FeatureCovariance(1000, 3), ISDA(1000), ISDALoss(1000)):
+        t.num_classes = torch.tensor(1000)
+        t.covariance = "".join(["fu", "ll"])
+        assert t.num_classes == 1000 and t.covariance == "full"
+
+
 def test_sync_stats_assigned_after_construction_takes_effect():
     # ISDA/ISDALoss had no such attribute: sync_stats=False assigned was kept, unread, and the statistics still
     # gathered every rank's features
@@ -1004,6 +1016,29 @@ def test_sync_stats_assigned_after_construction_takes_effect():
     stats = FeatureCovariance(4)
     stats.sync_stats = False
     assert stats.sync_stats is False and not stats.gathers()
+
+
+def test_sync_stats_assigned_to_gather_makes_the_gather_then(monkeypatch):
+    """Mutation round 29 (audit 224): as the constructor does, assigning a sync_stats that gathers makes the untraced
+    gather at once, outside any compiled code that calls update."""
+    from latent_transforms import feature_covariance
+
+    monkeypatch.setattr(feature_covariance, "_UNTRACED_GATHER", [])
+    monkeypatch.setattr(FeatureCovariance, "gathers", lambda self: self.sync)  # as in a process group of 2 ranks
+    stats = FeatureCovariance(4, sync_stats=False)
+    assert not feature_covariance._UNTRACED_GATHER
+    stats.sync_stats = True
+    assert len(feature_covariance._UNTRACED_GATHER) == 1
+
+
+def test_isda_reads_the_feature_dim_of_its_statistics():
+    """Mutation round 29 (audit 224): ``feature_dim`` of ISDA and ISDALoss is their estimator's, ``None`` until the
+    first training call sizes it."""
+    loss = ISDALoss(4)
+    assert ISDA(4, feature_dim=3).feature_dim == 3 and loss.feature_dim is None
+    loss.set_progress(0.5)
+    loss(torch.randn(5, 3), nn.Linear(3, 4), torch.tensor([0, 1, 2, 3, 3]))
+    assert loss.feature_dim == loss.estimator.feature_dim == 3
 
 
 def test_an_estimator_pickled_with_its_diagonal_flag_loads():
