@@ -47,6 +47,10 @@ def test_cache_errors_are_named(data):
     t = LatentNoise(glow, generator=0, cache=cache)
     with pytest.raises(ValueError, match="outside \\[0, 40\\)"):
         t(x, y, index=torch.tensor([0, 1, 2, 40]))
+    with pytest.raises(ValueError, match="outside \\[0, 40\\)"):  # looked up directly (mutation round 27)
+        cache(torch.tensor([0, 40]))
+    with pytest.raises(TypeError, match="progress must be True or False, got 'no'"):  # was a silent progress bar off
+        LatentCache(glow, images, progress="no")
     with pytest.raises(ValueError, match="int64"):
         t(x, y, index=torch.arange(4).int())
     with pytest.raises(ValueError, match="batch sizes differ"):
@@ -286,6 +290,9 @@ def test_a_cast_to_16_bits_keeps_the_latents_and_the_image_signatures_whole(data
         assert torch.equal(cast(batch, y, index=idx)[0], uncast(batch, y, index=idx)[0])
     cache = LatentCache(tiny_glow(), images, progress=False).half().float()
     assert cache.signatures.dtype == cache.projection.dtype == torch.float32
+    doubled = LatentCache(tiny_glow(), images, progress=False).double()  # they stay float32 there too (round 27)
+    assert doubled.latents.dtype == torch.float64
+    assert doubled.signatures.dtype == doubled.projection.dtype == torch.float32
     LatentNoise(tiny_glow(), cache=cache, generator=0)(x, y, index=idx)  # its own images: accepted
     with pytest.raises(ValueError, match="x is not the images"):
         LatentNoise(tiny_glow(), cache=cache, generator=0)(x.flip(3), y, index=idx)
@@ -359,6 +366,8 @@ def test_loading_a_cache_names_a_missing_file_and_refuses_latents_it_cannot_use(
     with pytest.raises(FileNotFoundError, match="no latent cache file at") as e:
         LatentCache.load(tmp_path / "nope.safetensors", glow)
     assert isinstance(e.value, ValueError)  # as every other unusable file: `except ValueError` still catches it
+    with pytest.raises(TypeError, match="verify_images must be True or False, got 'no'"):  # before the file is read
+        LatentCache.load(tmp_path / "nope.safetensors", glow, verify_images="no")  # (mutation round 27)
     for latents, what in ((torch.full((6, glow.latent_dim), float("nan")), "with NaN or inf"),
                           (torch.zeros(6, glow.latent_dim, dtype=torch.int64), "torch.int64"),
                           # finite in float64, inf once cast to the codec's float32: was loaded as inf latents
@@ -462,6 +471,7 @@ def test_a_loaded_state_dict_brings_its_images_signatures():
     glow = tiny_glow()
     a, b = (torch.rand(12, 1, 8, 8, generator=torch.Generator().manual_seed(s)) for s in (0, 1))
     cache_a, cache_b = LatentCache(glow, a, progress=False), LatentCache(glow, b, progress=False)
+    assert set(cache_a.state_dict()) == {"latents", "_extra_state"}  # the signatures in the extra state only (round 27)
     cache_b.load_state_dict(cache_a.state_dict())
     t = LatentNoise(glow, eps=0.0, cache=cache_b, generator=0)
     idx, y = torch.arange(4), torch.arange(4)
@@ -474,6 +484,12 @@ def test_a_loaded_state_dict_brings_its_images_signatures():
     assert cache_b.signatures is None
     with pytest.raises(ValueError, match=r"signatures must be \(12, 2\) for 12 latents, got shape \(3, 2\)"):
         cache_b.load_state_dict({**old, "_extra_state": {**old["_extra_state"], "signatures": torch.zeros(3, 2)}})
+    # the loaded latents' codec comes with them (mutation round 27: the old fingerprint stayed, and a transform took
+    # the loaded latents of another codec's as its own)
+    other = LatentCache(tiny_glow(seed=1), b, progress=False)
+    other.load_state_dict(cache_a.state_dict())
+    assert other.codec_fingerprint == glow.fingerprint() != tiny_glow(seed=1).fingerprint()
+    LatentNoise(glow, cache=other)
 
 
 def test_a_cache_file_saved_without_image_signatures_is_used_unchecked_and_saved_again_without_them(data, tmp_path):
@@ -654,7 +670,8 @@ def test_the_signatures_projection_is_fixed_so_a_saved_cache_still_checks_its_im
 
 def test_images_that_only_one_of_the_two_projections_tells_apart_are_refused():
     # the two signatures are judged by the larger of their differences: a change that leaves one projection as it
-    # was (here orthogonal to the first) is still told apart by the other
+    # was (here orthogonal to the first) is still told apart by the other, whichever way it moves it (mutation round
+    # 27: a signature lowered passed when the differences were not taken as absolute values)
     from latent_transforms.latent_cache import _projection
 
     images = 0.25 + 0.5 * torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -662,8 +679,9 @@ def test_images_that_only_one_of_the_two_projections_tells_apart_are_refused():
     cache = LatentCache(glow, images, progress=False)
     p = _projection(64)
     v = p[:, 1] - (p[:, 1] @ p[:, 0]) / (p[:, 0] @ p[:, 0]) * p[:, 0]
-    x = images[:4].clone()
-    x[2] += 0.01 * v.view(1, 8, 8)
-    assert ((x[2] - images[2]).flatten() @ p[:, 0]).abs() < 1e-5 < ((x[2] - images[2]).flatten() @ p[:, 1]).abs()
-    with pytest.raises(ValueError, match=r"not the images this latent cache holds at index \(row 2, position 2"):
-        LatentNoise(glow, cache=cache, generator=0)(x, index=torch.arange(4))
+    for sign in (1, -1):
+        x = images[:4].clone()
+        x[2] += sign * 0.01 * v.view(1, 8, 8)
+        assert ((x[2] - images[2]).flatten() @ p[:, 0]).abs() < 1e-5 < ((x[2] - images[2]).flatten() @ p[:, 1]).abs()
+        with pytest.raises(ValueError, match=r"not the images this latent cache holds at index \(row 2, position 2"):
+            LatentNoise(glow, cache=cache, generator=0)(x, index=torch.arange(4))

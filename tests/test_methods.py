@@ -1552,6 +1552,7 @@ def test_a_transform_left_in_eval_mode_beside_a_training_model_warns_once(glow, 
         assert len(record) == 1 and record[0].filename == __file__, [str(w.message) for w in record]
         counts = "its steps' stats['seen']" if isinstance(t, Compose) else "its stats['seen']"  # a Compose has none
         assert f"; {counts} counts only training-mode calls" in str(record[0].message)  # mutation round 26
+        assert re.match(base.LEFT_IN_EVAL, str(record[0].message))  # the filter of deliberate calls (round 27)
         net.eval()
     assert t.steps[0].stats["seen"] == 0
 
@@ -1624,8 +1625,22 @@ def test_destroyed_samples_are_judged_in_windows(monkeypatch):
     t = LatentNoise(tiny_glow(), eps=0.1, generator=0)
     t(x, y)
     t(x, y)  # judges 0 of 32: healthy, a new window
-    with pytest.warns(UserWarning, match="LatentNoise: 32 of 32 transformed samples came out destroyed"):
+    with pytest.warns(UserWarning, match="LatentNoise: 32 of 32 transformed samples came out destroyed") as record:
         t(x, y)
+    # the other cause, at the default eps (mutation round 27)
+    assert "lower eps (at the default eps: images unlike the codec's training images" in str(record[0].message)
+
+
+def test_a_window_judged_destroyed_at_an_eval_call_warns_at_that_call(monkeypatch):
+    """Mutation round 27: the count is read by the checks of any call, in either mode (validation after the last
+    training step): the warning comes at that call, not held back until training resumes."""
+    monkeypatch.setattr(base, "saturated", lambda x2, x: torch.ones(len(x2), dtype=torch.bool))
+    x, y = torch.rand(32, 1, 8, 8), torch.zeros(32, dtype=torch.long)
+    t = LatentNoise(tiny_glow(), eps=0.1, generator=0)
+    t(x, y)  # 32 of 32 counted, judged at the next call
+    t.eval()
+    with pytest.warns(UserWarning, match="LatentNoise: 32 of 32 transformed samples came out destroyed"):
+        assert t(x, y)[0] is x
 
 
 def test_a_num_classes_given_is_in_the_repr():
