@@ -51,7 +51,8 @@ def run_demo(out_dir: str | Path = "latent-transforms-demo", per_class: int = 10
              threads: int | None = None) -> dict:
     """Run the demo; returns ``{arm: {"accuracy": [...], "seconds": [...]}}`` and writes ``out_dir/demo.png``.
 
-    ``threads``: CPU threads for torch (default: torch's, at most 4; 1 on a CPU other jobs keep busy)."""
+    ``threads``: CPU threads for torch (default: torch's, at most 4; 1 on a CPU other jobs keep busy), for the run:
+    torch's thread count and global RNG are as they were when it returns or is interrupted."""
     check_count("per_class", per_class, 1)
     if threads is None:
         threads = threads_for_this_cpu(min(4, torch.get_num_threads()))
@@ -72,23 +73,28 @@ def run_demo(out_dir: str | Path = "latent-transforms-demo", per_class: int = 10
     x_train, y_train, _ = load_images("digits", "train")
     x_test, y_test, _ = load_images("digits", "test")
     splits = {seed: low_data_split(y_train, per_class, seed=seed) for seed in seeds}  # refuses too large per_class
+    before = torch.get_num_threads()
     torch.set_num_threads(threads)
-    glow, vae = hub.load("glow-digits"), hub.load("vae-digits")
+    try:  # a notebook's later cells ran on the demo's threads (1 on a busy CPU) and random stream
+        with torch.random.fork_rng(devices=[]):
+            glow, vae = hub.load("glow-digits"), hub.load("vae-digits")
 
-    picture = overview_picture(glow, vae, Path(out_dir) / "demo.png", test=(x_test, y_test))
-    results: dict[str, dict[str, list[float]]] = {}
-    for seed in seeds:
-        x, y = x_train[splits[seed]], y_train[splits[seed]]
-        for name in names:
-            augment = make_arms(glow, vae, seed)[name]()
-            torch.manual_seed(seed)
-            model = digits_cnn()
-            seconds = fit_classifier(model, x, y, augment, epochs=epochs, batch_size=32, lr=0.05, seed=seed,
-                                     desc=f"{name} seed {seed}", progress=progress)
-            acc = accuracy(predict_proba(model, x_test), y_test)
-            results.setdefault(name, {"accuracy": [], "seconds": []})
-            results[name]["accuracy"].append(acc)
-            results[name]["seconds"].append(seconds)
+            picture = overview_picture(glow, vae, Path(out_dir) / "demo.png", test=(x_test, y_test))
+            results: dict[str, dict[str, list[float]]] = {}
+            for seed in seeds:
+                x, y = x_train[splits[seed]], y_train[splits[seed]]
+                for name in names:
+                    augment = make_arms(glow, vae, seed)[name]()
+                    torch.manual_seed(seed)
+                    model = digits_cnn()
+                    seconds = fit_classifier(model, x, y, augment, epochs=epochs, batch_size=32, lr=0.05, seed=seed,
+                                             desc=f"{name} seed {seed}", progress=progress)
+                    acc = accuracy(predict_proba(model, x_test), y_test)
+                    results.setdefault(name, {"accuracy": [], "seconds": []})
+                    results[name]["accuracy"].append(acc)
+                    results[name]["seconds"].append(seconds)
+    finally:
+        torch.set_num_threads(before)
     print(format_table(results, per_class, epochs, len(x_test)))
     print(f"\nPicture of the augmentations: {picture.resolve()}")
     return results

@@ -1,4 +1,5 @@
-"""PNG grids with a label per row: originals, then what each method made of them."""
+"""Grids of images with a label per row (originals, then what each method made of them): a file, or a PIL image
+that a notebook shows inline."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,8 +12,19 @@ from .validation import check_count, check_images
 
 
 def save_rows(rows: dict[str, torch.Tensor], path: str | Path, cell: int = 48, label_width: int = 150) -> Path:
-    """Write a labelled grid: one row per entry, images (N, C, H, W) in [0, 1], C 1 or 3, upscaled to ``cell``
-    pixels."""
+    """Write ``draw_rows(rows, cell, label_width)`` to ``path`` (its extension names the format); returns ``path``."""
+    path = Path(path)
+    if path.suffix.lower() not in Image.registered_extensions():  # else PIL's "unknown file extension: " at the end
+        raise ValueError(f"path must end in an image format's extension, such as .png: got {str(path)!r}")
+    canvas = draw_rows(rows, cell, label_width)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path
+
+
+def draw_rows(rows: dict[str, torch.Tensor], cell: int = 48, label_width: int = 150) -> Image.Image:
+    """A labelled grid as a PIL image: one row per entry, images (N, C, H, W) in [0, 1], C 1 or 3, upscaled to
+    ``cell`` pixels. A notebook cell ending in it shows the grid inline."""
     if not rows:
         raise ValueError("rows is empty: give at least one {label: images} entry")
     for label, images in rows.items():
@@ -21,9 +33,6 @@ def save_rows(rows: dict[str, torch.Tensor], path: str | Path, cell: int = 48, l
             raise ValueError(f"rows[{label!r}] must have 1 or 3 channels, got shape {tuple(images.shape)}")
     check_count("cell", cell, 1)
     check_count("label_width", label_width, 0)
-    path = Path(path)
-    if path.suffix.lower() not in Image.registered_extensions():  # else PIL's "unknown file extension: " at the end
-        raise ValueError(f"path must end in an image format's extension, such as .png: got {str(path)!r}")
     n = max(len(v) for v in rows.values())
     pad = 2
     width, height = label_width + n * (cell + pad), len(rows) * (cell + pad)
@@ -39,6 +48,4 @@ def save_rows(rows: dict[str, torch.Tensor], path: str | Path, cell: int = 48, l
         for i, img in enumerate(big):
             array = (img.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
             canvas.paste(Image.fromarray(array), (label_width + i * (cell + pad), top))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
-    return path
+    return canvas

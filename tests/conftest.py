@@ -66,8 +66,8 @@ def offline_hub(tmp_path, monkeypatch):
 
 @pytest.fixture(autouse=True)
 def _torch_threads_restored():
-    """A benchmark's or the demo's main() run in-process sets torch's thread count (1 for --smoke): the tests after
-    it ran on that count, which depended on the order the tests ran in."""
+    """A benchmark's main() run in-process sets torch's thread count (1 for --smoke): the tests after it ran on that
+    count, which depended on the order the tests ran in."""
     threads = torch.get_num_threads()
     yield
     if torch.get_num_threads() != threads:

@@ -497,6 +497,30 @@ def test_ctrl_c_saves_at_a_step_boundary_and_resumes_exactly(tmp_path, digits, m
     assert signal.getsignal(signal.SIGINT) is handler
 
 
+@pytest.mark.parametrize("kind, settings", [("flow", FLOW), ("vae", VAE)])
+def test_train_codec_leaves_the_global_rng_as_it_was_also_when_interrupted(tmp_path, digits, monkeypatch, kind,
+                                                                          settings):
+    """The run draws from its own forked RNG; default_config's check of the config built a codec from the caller's
+    global RNG, so a notebook's cells after train_codec drew other numbers than without it."""
+    state = torch.get_rng_state()
+    kw = dict(**settings, max_steps=4, batch_size=16, progress=False)
+    train_codec(kind, digits[0][:32], tmp_path, **kw)
+    assert torch.equal(torch.get_rng_state(), state)
+    update, calls = train._TrainingRun._update, []
+
+    def ctrl_c_in_step_two(self, *args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # a second Ctrl-C, or one in a thread: stops at once, mid-step
+        return update(self, *args)
+
+    monkeypatch.setattr(train._TrainingRun, "_update", ctrl_c_in_step_two)
+    with pytest.raises(KeyboardInterrupt):
+        train_codec(kind, digits[0][:32], tmp_path / "again", **kw)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert train.default_config(kind, (1, 8, 8)) and torch.equal(torch.get_rng_state(), state)
+
+
 def test_train_codec_runs_in_a_thread(tmp_path, digits):
     results = []  # signal handlers can only be set in the main thread: a thread trains without them
     worker = threading.Thread(target=lambda: results.append(

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from latent_transforms.visualize import save_rows
+from latent_transforms.visualize import draw_rows, save_rows
 
 
 def test_grid_layout_and_pixels(tmp_path):
@@ -93,3 +93,14 @@ def test_an_upper_case_extension_is_an_image_format(tmp_path):
 def test_any_image_format_pil_writes_is_taken(tmp_path):
     # mutation round 23 (audit 204): the extension check takes every format PIL registers, not only .png
     assert Image.open(save_rows({"a": torch.rand(1, 3, 4, 4)}, tmp_path / "grid.jpg")).format == "JPEG"
+
+
+def test_draw_rows_is_the_saved_grid_as_an_image_a_notebook_shows_inline(tmp_path):
+    """In a notebook a path shows as text: the grid itself, a PIL image, shows inline as a cell's last value."""
+    rows = {"a": torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(0)), "b": torch.zeros(2, 3, 4, 4)}
+    image = draw_rows(rows, cell=8, label_width=20)
+    saved = np.asarray(Image.open(save_rows(rows, tmp_path / "g.png", cell=8, label_width=20)))
+    assert np.array_equal(np.asarray(image), saved)
+    assert image._repr_png_()[:8] == b"\x89PNG\r\n\x1a\n"  # what Jupyter displays
+    with pytest.raises(ValueError, match="rows is empty"):
+        draw_rows({})
