@@ -1111,6 +1111,9 @@ def test_8_bit_values_held_in_a_wider_integer_dtype_are_told_to_divide_by_255(dt
         check_images(x)
     with pytest.raises(ValueError, match=r"intensities of more than 8 bits\? .* for 16-bit; 1023 if they are 10-bit$"):
         check_images(torch.arange(1024, dtype=torch.int32).view(4, 1, 16, 16))  # 10-bit values: their depth named
+    wide = torch.int16 if dtype == torch.int8 else dtype  # mutation round 30 (audit 226): one past 8 bits, 9-bit
+    with pytest.raises(ValueError, match=r"intensities of more than 8 bits\? .* for 16-bit; 511 if they are 9-bit$"):
+        check_images(torch.full((1, 1, 4, 4), 256, dtype=wide))
 
 
 def test_complex_images_are_told_to_take_their_magnitudes():

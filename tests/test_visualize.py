@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from latent_transforms import visualize
 from latent_transforms.visualize import draw_rows, save_rows
 
 
@@ -78,11 +79,13 @@ def test_a_negative_label_width_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["augmented", "pictures/", "grid.txt"])
-def test_a_path_without_an_image_extension_is_named(tmp_path, name):
-    # PIL's error read "unknown file extension: ", with nothing after the colon
+def test_a_path_without_an_image_extension_is_named(tmp_path, monkeypatch, name):
+    # PIL's error read "unknown file extension: ", with nothing after the colon; mutation round 30 (audit 226): it
+    # is refused before the grid is drawn and before a folder of the path is made
+    monkeypatch.setattr(visualize, "draw_rows", lambda *args: pytest.fail("drawn before the path was checked"))
     with pytest.raises(ValueError, match=r"path must end in an image format's extension, such as \.png: got '.*"
                                          + name.rstrip("/") + "'"):
-        save_rows({"a": torch.rand(1, 3, 4, 4)}, tmp_path / name)
+        save_rows({"a": torch.rand(1, 3, 4, 4)}, tmp_path / "out" / name)
     assert list(tmp_path.iterdir()) == []
 
 
