@@ -21,7 +21,7 @@ from .isda import ISDA
 from .latent_adversarial import LatentAdversarial
 from .latent_noise import LatentNoise
 from .models import digits_cnn
-from .modelutils import threads_for_this_cpu
+from .modelutils import threads_for_this_cpu, torch_threads
 from .validation import POSITIVE_INT, check_count
 from .varmixup import VarMixup
 from .visualize import save_rows
@@ -73,28 +73,24 @@ def run_demo(out_dir: str | Path = "latent-transforms-demo", per_class: int = 10
     x_train, y_train, _ = load_images("digits", "train")
     x_test, y_test, _ = load_images("digits", "test")
     splits = {seed: low_data_split(y_train, per_class, seed=seed) for seed in seeds}  # refuses too large per_class
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:  # a notebook's later cells ran on the demo's threads (1 on a busy CPU) and random stream
-        with torch.random.fork_rng(devices=[]):
-            glow, vae = hub.load("glow-digits"), hub.load("vae-digits")
+    # the run's threads (1 on a busy CPU) and random stream: a notebook's later cells are left as they were
+    with torch_threads(threads), torch.random.fork_rng(devices=[]):
+        glow, vae = hub.load("glow-digits"), hub.load("vae-digits")
 
-            picture = overview_picture(glow, vae, Path(out_dir) / "demo.png", test=(x_test, y_test))
-            results: dict[str, dict[str, list[float]]] = {}
-            for seed in seeds:
-                x, y = x_train[splits[seed]], y_train[splits[seed]]
-                for name in names:
-                    augment = make_arms(glow, vae, seed)[name]()
-                    torch.manual_seed(seed)
-                    model = digits_cnn()
-                    seconds = fit_classifier(model, x, y, augment, epochs=epochs, batch_size=32, lr=0.05, seed=seed,
-                                             desc=f"{name} seed {seed}", progress=progress)
-                    acc = accuracy(predict_proba(model, x_test), y_test)
-                    results.setdefault(name, {"accuracy": [], "seconds": []})
-                    results[name]["accuracy"].append(acc)
-                    results[name]["seconds"].append(seconds)
-    finally:
-        torch.set_num_threads(before)
+        picture = overview_picture(glow, vae, Path(out_dir) / "demo.png", test=(x_test, y_test))
+        results: dict[str, dict[str, list[float]]] = {}
+        for seed in seeds:
+            x, y = x_train[splits[seed]], y_train[splits[seed]]
+            for name in names:
+                augment = make_arms(glow, vae, seed)[name]()
+                torch.manual_seed(seed)
+                model = digits_cnn()
+                seconds = fit_classifier(model, x, y, augment, epochs=epochs, batch_size=32, lr=0.05, seed=seed,
+                                         desc=f"{name} seed {seed}", progress=progress)
+                acc = accuracy(predict_proba(model, x_test), y_test)
+                results.setdefault(name, {"accuracy": [], "seconds": []})
+                results[name]["accuracy"].append(acc)
+                results[name]["seconds"].append(seconds)
     print(format_table(results, per_class, epochs, len(x_test)))
     print(f"\nPicture of the augmentations: {picture.resolve()}")
     return results

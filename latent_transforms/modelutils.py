@@ -111,6 +111,18 @@ def describe_device(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {threads} thread{'s' if threads > 1 else ''})"
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's CPU thread count set to ``threads`` within, and put back as it was after (also on an exception or a
+    Ctrl-C: a notebook's later cells ran on a run's count)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def threads_for_this_cpu(threads: int, quiet: bool = False) -> int:
     """``threads``, or 1 where other jobs keep the CPU busy (a load average above the cores less half a core), saying
     so on stderr unless ``quiet``: torch's threads then wait on each other (the demo took 871 s with 2 threads and

@@ -300,13 +300,15 @@ def _conversion_hint(x: torch.Tensor, name: str) -> str:
     if lo >= 0 and hi <= 255:
         return f"8-bit values held as {dtype}? convert with {name}.float() / 255"
     if lo >= 0:
-        return "intensities of more than 8 bits? " + _deep_hint(f"{name}.float()", hi.bit_length())
+        return "intensities of more than 8 bits? " + _deep_hint(f"{name}.float()", hi)
     return _raw_hint(f"{name}.float()")
 
 
-def _deep_hint(value: str, bits: int = 0) -> str:
+def _deep_hint(value: str, hi: float | None = None) -> str:
     """What intensities of more than 8 bits (``value``, an expression of them in float) are told: divide them by
-    their bit depth's maximum (``bits``: the least depth that holds the values found, if known)."""
+    their bit depth's maximum (``hi``: the largest value found, if known, whose least bit depth is named; within
+    ``IMAGE_RANGE_TOL`` of a depth's maximum counts as it)."""
+    bits = 0 if hi is None else math.ceil(math.log2(hi - IMAGE_RANGE_TOL + 1))  # an integer's bit_length()
     found = f"; {2 ** bits - 1} if they are {bits}-bit" if bits and bits not in (12, 16) else ""
     return (f"divide them by the maximum of the data's bit depth, the same for every batch: {value} / 4095 for 12-bit "
             f"data, {value} / 65535 for 16-bit{found}")
@@ -371,8 +373,7 @@ def _judge_images(x: torch.Tensor, name: str, lo: float, hi: float) -> None:
             hint = "these look like images scaled to [-1, 1] (Normalize(0.5, 0.5)): give (x + 1) / 2, and normalise " \
                    "inside the model, after augmentation"
         elif lo >= -IMAGE_RANGE_TOL and hi <= 65535 + IMAGE_RANGE_TOL:  # 12- or 16-bit intensities made float
-            hint = "these look like intensities of more than 8 bits: " \
-                   + _deep_hint(name, math.ceil(math.log2(hi - IMAGE_RANGE_TOL + 1)))
+            hint = "these look like intensities of more than 8 bits: " + _deep_hint(name, hi)
         elif max(-lo, hi) > 255:  # far past what mean/std normalisation gives: raw values, CT's Hounsfield units
             hint = "these look like values in physical units: " + _raw_hint(name)
         else:
