@@ -147,5 +147,13 @@ def expected_calibration_error(probs: torch.Tensor, y: torch.Tensor, bins: int =
 
     The bins' confidence-accuracy gaps weighted by their share of the samples: ``sum |conf_sum - correct_sum| / N``.
     """
-    r = _bin_sums(probs, y, bins, allow_empty=False)
-    return float((r["confidence_sum"] - r["correct_sum"]).abs().sum() / len(probs))
+    return ece_of_bins(_bin_sums(probs, y, bins, allow_empty=False))
+
+
+def ece_of_bins(bins: dict[str, torch.Tensor]) -> float:
+    """The ECE of ``reliability_bins``' sums: one run's, or several runs' or ranks' summed key by key (pooled with
+    ``all_reduce``), ``sum |confidence_sum - correct_sum| / sum count``."""
+    n = bins["count"].sum()
+    if not n:
+        raise ValueError("the bins hold no samples: the ECE of none is undefined")
+    return float((bins["confidence_sum"] - bins["correct_sum"]).abs().sum() / n)

@@ -272,6 +272,18 @@ def test_reliability_bins_of_no_rows_are_zeros_that_pool_with_the_other_ranks():
             metric(probs[:0], y[:0])
 
 
+def test_the_ece_of_pooled_bins_is_the_ece_of_all_their_rows():
+    # the quickstart's evaluation on several processes pools reliability_bins' sums with one all_reduce, then
+    # takes their ECE: the same number as expected_calibration_error of the rows together
+    from latent_transforms.evaluation import ece_of_bins
+
+    probs, y = _probs([0.65, 0.62, 0.95, 0.8], [0, 1, 2, 0]), torch.tensor([0, 2, 2, 1])
+    pooled = {k: v + reliability_bins(probs[3:], y[3:])[k] for k, v in reliability_bins(probs[:3], y[:3]).items()}
+    assert ece_of_bins(pooled) == expected_calibration_error(probs, y) > 0
+    with pytest.raises(ValueError, match="the bins hold no samples"):
+        ece_of_bins(reliability_bins(probs[:0], y[:0]))
+
+
 def test_ece_and_reliability_bins_default_to_15_bins():
     # 0.62 and 0.68 share a bin of width 0.1 but not one of width 1/15 (edges 0.6, 0.667, 0.733):
     # 15 bins: (|0.62 - 1| + |0.68 - 0|) / 2 = 0.53; 10 bins would give |1.30 - 1| / 2 = 0.15
