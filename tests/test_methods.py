@@ -44,7 +44,8 @@ def test_varmixup_contract(codec, request, batch):
 def test_an_int_seed_selects_pairs_and_weighs_as_its_stored_reference():
     """The draws of a seed are part of a published experiment: an int seed selects the same samples, partners and
     Beta weights as it did when this reference was made (commit 1401a44; torch 2.4.0 and 2.14.1 drew alike on 1 and
-    2 threads). A change of draw order or method fails here: say so in the changelog and update the reference."""
+    2 threads). A change of draw order or method fails here: say so in the commit and in docs/reliability.md's
+    "Reproducing a run" (the project keeps no changelog), and update the reference."""
     x = torch.full((8, 1, 8, 8), 0.5)
     t = VarMixup(tiny_vae(), num_classes=10, p=0.75, generator=0).train()
     expected = [([0, 2, 3, 4, 5, 6], [5, 2, 0, 4, 1, 3],
