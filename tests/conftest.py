@@ -15,6 +15,7 @@ from torch import nn
 from latent_transforms import hub
 from latent_transforms.base import LEFT_IN_EVAL
 from latent_transforms.codecs import Codec, ConvVAE, Glow
+from latent_transforms.modelutils import torch_threads
 
 warnings.filterwarnings("ignore", message="torch.lu is deprecated")
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -68,10 +69,8 @@ def offline_hub(tmp_path, monkeypatch):
 def _torch_threads_restored():
     """A benchmark's main() run in-process sets torch's thread count (1 for --smoke): the tests after it ran on that
     count, which depended on the order the tests ran in."""
-    threads = torch.get_num_threads()
-    yield
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
+    with torch_threads(torch.get_num_threads()):
+        yield
 
 
 def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, augment: nn.Module, batches) -> None:
