@@ -359,7 +359,7 @@ def check_unchanged(owner: nn.Module, name: str, value: object) -> object:
         return value
     grows = name == "num_classes" and value > held
     raise fixed_at_construction(
-        owner, name, f"it sizes the class statistics, now {held!r}" + ("; grow() adds classes" if grows else ""),
+        owner, name, f"it sizes the class statistics, now {held!r}",
         f".grow({value}) adds classes to them, empty, and keeps those seen (a classifier grown for new classes)"
         if grows else f"build a new {type(owner).__name__}(..., {name}={value!r})")
 

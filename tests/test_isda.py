@@ -1994,7 +1994,7 @@ def test_num_classes_is_the_statistics_and_is_not_set_around_them(make):
     t = make(4)
     t.num_classes = 4  # as it is: nothing to refuse
     with pytest.raises(AttributeError, match=r"num_classes is fixed at construction \(it sizes the class statistics, "
-                                             r"now 4; grow\(\) adds classes\): \.grow\(10\) adds classes"):
+                                             r"now 4\): \.grow\(10\) adds classes"):
         t.num_classes = 10
     assert t.num_classes == t.estimator.num_classes == 4
 
