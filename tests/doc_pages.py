@@ -22,6 +22,7 @@ READER_CONTEXT = {  # pages not named here bring nothing
     "methods/latent_noise.md": {"x", "y"},
     "methods/mixup_inference.md": {"model", "x_train", "x_test_batch", "y_test_batch"},
     "methods/varmixup.md": {"x", "y", "model"},
+    "reliability.md": {"model", "optimizer", "test_loader"},
     "../README.md": {"loader", "model", "optimizer"},
 }
 PAGES = sorted(str(p.relative_to(DOCS)) for p in DOCS.rglob("*.md")) + ["../README.md"]  # mkdocs checks docs/ only

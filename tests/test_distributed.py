@@ -3,10 +3,10 @@
 1. Randomness is per rank by default (``generator=None``) and shared across ranks with an int seed.
 2. A DDP training step with each method (and a Compose) leaves identical, finite parameters on both ranks.
 3. ISDA's class statistics are the same on both ranks after the step.
-4. A DDP run stopped and resumed as docs/quickstart.md says (every rank's random states gathered into rank 0's
+4. A DDP run stopped and resumed as docs/reliability.md says (every rank's random states gathered into rank 0's
    checkpoint) ends with the weights of the uninterrupted run.
 5. Gradient accumulation with ``no_sync()``: the transforms leave the accumulated gradients as they are.
-6. Evaluation as docs/quickstart.md says (a DistributedSampler's padding left out, the bin sums all-reduced) scores
+6. Evaluation as docs/reliability.md says (a DistributedSampler's padding left out, the bin sums all-reduced) scores
    a test set on two ranks as one process does.
 
 Each rank writes what it saw to ``tmp_path/rank{r}.pt``; the parent process compares.
@@ -150,7 +150,7 @@ def _compiled_ddp_worker(rank: int, init_method: str, out_dir: str) -> None:
 
 
 def gathered(state: torch.Tensor) -> list[torch.Tensor]:
-    """docs/quickstart.md's helper: every rank's ``state``, in rank order (a list of one outside DDP)."""
+    """docs/reliability.md's helper: every rank's ``state``, in rank order (a list of one outside DDP)."""
     if not dist.is_initialized():
         return [state]
     states = [None] * dist.get_world_size()
@@ -229,8 +229,8 @@ EVAL_N = 17  # odd: the sampler repeats one image, which lands alone in rank 1's
 
 
 def _evaluation_snippet() -> str:
-    """docs/quickstart.md's snippet that scores a test set split over ranks."""
-    page = (DOCS / "quickstart.md").read_text(encoding="utf-8")
+    """docs/reliability.md's snippet that scores a test set split over ranks (Evaluating on several processes)."""
+    page = (DOCS / "reliability.md").read_text(encoding="utf-8")
     return next(code for code in SNIPPET.findall(page) if "DistributedSampler(test_set" in code)
 
 
@@ -265,7 +265,7 @@ def _evaluation_worker(rank: int, init_method: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def test_the_quickstart_s_evaluation_on_two_ranks_scores_the_test_set_as_one_process(tmp_path):
+def test_the_documented_evaluation_on_two_ranks_scores_the_test_set_as_one_process(tmp_path):
     """The padded repeat falls in a batch of its own on rank 1: reliability_bins of no rows raised there (it gives
     zeros now), and rank 0 waited in its all_reduce."""
     from latent_transforms.evaluation import accuracy, expected_calibration_error, predict_proba
@@ -344,10 +344,11 @@ def test_accumulated_gradients_under_no_sync_are_kept(ranks):
     assert torch.equal(r0["accumulated_grad"], r1["accumulated_grad"])
 
 
-def test_a_ddp_run_resumed_as_the_quickstart_says_ends_with_the_weights_of_the_uninterrupted_one(tmp_path):
-    """docs/quickstart.md (Under DDP): each rank's generator and torch RNG states gathered into rank 0's checkpoint,
-    each rank restoring its own, resume bit for bit; LatentAdversarial on a model with BatchNorm does not (it attacks
-    the local module, whose running statistics on rank 1 are its own until DDP's next forward broadcasts rank 0's)."""
+def test_a_ddp_run_resumed_as_the_docs_say_ends_with_the_weights_of_the_uninterrupted_one(tmp_path):
+    """docs/reliability.md (Checkpoints and resuming under DDP): each rank's generator and torch RNG states gathered
+    into rank 0's checkpoint, each rank restoring its own, resume bit for bit; LatentAdversarial on a model with
+    BatchNorm does not (it attacks the local module, whose running statistics on rank 1 are its own until DDP's next
+    forward broadcasts rank 0's)."""
     r0, r1 = spawn_two_ranks(_resume_worker, tmp_path)
     for r in (r0, r1):
         for method, batchnorm in RESUMED:

@@ -273,7 +273,7 @@ def test_reliability_bins_of_no_rows_are_zeros_that_pool_with_the_other_ranks():
 
 
 def test_the_ece_of_pooled_bins_is_the_ece_of_all_their_rows():
-    # the quickstart's evaluation on several processes pools reliability_bins' sums with one all_reduce, then
+    # reliability.md's evaluation on several processes pools reliability_bins' sums with one all_reduce, then
     # takes their ECE: the same number as expected_calibration_error of the rows together
     from latent_transforms.evaluation import ece_of_bins
 
