@@ -4,7 +4,8 @@ Holds out a validation split of the *training* images, trains a classifier on th
 perturbs the validation images and reports: how many decodes were rejected (non-finite or implausible), the mean
 pixel change, the share of pixels changed by more than 0.1, the share of textured patches that moved (for a mask or
 boxes kept aside: does the perturbation move content, or change it in place?), and the clean classifier's accuracy on
-the perturbed images (does the perturbation keep the class?).
+the perturbed images (does the perturbation keep the class?); and, for scale, the same for the images moved by one
+pixel and for each image replaced by the next one.
 A useful LatentNoise eps changes images visibly while the class survives; for LatentAdversarial the accuracy drop
 is the point, and the rejection rate must stay near zero.
 
@@ -84,31 +85,38 @@ def main() -> None:
     settings = [("LatentNoise", e, LatentNoise(codec, eps=e, generator=0)) for e in args.noise_eps]
     settings += [("LatentAdversarial", e, LatentAdversarial(codec, eps=e, steps=1, step_size=e, generator=0))
                  for e in args.adv_eps]
+    def change(out: torch.Tensor) -> dict:  # what ``out`` changed of the validation images, and the accuracy on it
+        displaced, textured = displaced_patches(xv, out)
+        return {"mean_abs_change": float((out - xv).abs().mean()),
+                "changed_pixels": float(((out - xv).abs().amax(1) > 0.1).float().mean()),
+                "displaced_patches": displaced, "textured_patches": textured,
+                "accuracy_on_perturbed": accuracy(predict_proba(model, out), yv)}
+
     for method, eps, t in settings:
         out = torch.cat([t(xv[i:i + 250], yv[i:i + 250], model)[0] for i in range(0, len(xv), 250)])
-        displaced, textured = displaced_patches(xv, out)
-        rows.append({"method": method, "eps": eps, "rejected": t.stats["rejected"] / t.stats["seen"],
-                     "mean_abs_change": float((out - xv).abs().mean()),
-                     "changed_pixels": float(((out - xv).abs().amax(1) > 0.1).float().mean()),
-                     "displaced_patches": displaced, "textured_patches": textured,
-                     "accuracy_on_perturbed": accuracy(predict_proba(model, out), yv)})
+        rows.append({"method": method, "eps": eps, "rejected": t.stats["rejected"] / t.stats["seen"], **change(out)})
         pictures[f"{method} {eps:g}"] = out[:10]
         print(rows[-1], flush=True)
+    # for scale: content moved by one pixel (every textured patch moves), and each image replaced by the next one
+    # (how often an unrelated image "moves" a patch: the measure's floor for a change that is not a move)
+    for_scale = [{"method": method, **change(out)} for method, out in (
+        ("for scale: moved by one pixel", torch.roll(xv, 1, 3)), ("for scale: another image", xv.roll(1, 0)))]
     dest = Path(args.out)
     dest.mkdir(parents=True, exist_ok=True)
     name = output_stem(args.codec)
     save_rows(pictures, dest / f"{name}-eps.png")
     write_json(dest / f"{name}-eps.json", {"clean_val_accuracy": clean, "rows": rows, "settings": {
         "codec": args.codec, "data": args.data, "val_fraction": args.val_fraction, "val_images": len(xv),
-        "epochs": args.epochs, "width": args.width}})
+        "epochs": args.epochs, "width": args.width}, "for_scale": for_scale})
     print(f"\n{args.codec} on {len(xv)} validation images of {args.data} (clean accuracy {100 * clean:.1f}%)\n")
     print("| method | eps | rejected | mean abs pixel change | pixels changed > 0.1 | textured patches moved | clean "
           "classifier's accuracy on perturbed |")
     print("|---|---|---|---|---|---|---|")
-    for r in rows:
+    for r in rows + for_scale:
         moved = "-" if r["displaced_patches"] is None else \
             f"{100 * r['displaced_patches']:.1f}% of {r['textured_patches']}"
-        print(f"| {r['method']} | {r['eps']:g} | {100 * r['rejected']:.1f}% | {r['mean_abs_change']:.3f} | "
+        eps, rejected = (f"{r['eps']:g}", f"{100 * r['rejected']:.1f}%") if "eps" in r else ("-", "-")
+        print(f"| {r['method']} | {eps} | {rejected} | {r['mean_abs_change']:.3f} | "
               f"{100 * r['changed_pixels']:.1f}% | {moved} | {100 * r['accuracy_on_perturbed']:.1f}% |")
 
 

@@ -15,8 +15,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from torch import nn
 
 import latent_transforms
+from latent_transforms import ISDALoss
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
@@ -1486,6 +1488,83 @@ def test_calibrate_eps_tells_patches_moved_from_patches_changed_in_place(monkeyp
     assert cal.displaced_patches(x, noisy) == (0.0, 27)
     stripes = torch.arange(8.0).remainder(2).expand(1, 1, 8, 8).contiguous()  # vertical stripes: a vertical move ties
     assert cal.displaced_patches(stripes, stripes) == (0.0, 1)  # digits' 8 x 8: one 6 x 6 patch
+
+
+class Identity:
+    """A stand-in transform that changes nothing and counts what it saw, as the transforms' stats do."""
+
+    def __init__(self):
+        self.stats = {"rejected": 0, "seen": 0}
+
+    def __call__(self, xb, yb, model=None):
+        self.stats["seen"] += len(xb)
+        return xb, yb
+
+
+def test_calibrate_eps_reports_for_scale_a_one_pixel_move_and_an_unrelated_image(tmp_path, monkeypatch, capsys):
+    """docs/composition.md's last table row (the images moved by one pixel) and its "98%" (against an unrelated image)
+    come from the command the page gives: calibrate_eps prints and writes both."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    cal = _load_benchmark("calibrate_eps")
+    x, y = torch.rand(40, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.zeros(40, dtype=torch.long)
+    monkeypatch.setattr(cal, "load_images", lambda spec, split: (x, y, None))
+    monkeypatch.setattr(cal, "hub", SimpleNamespace(load=lambda name: SimpleNamespace(check_images=lambda x, what: None)))
+    monkeypatch.setattr(cal, "fit_classifier", lambda *a, **k: None)
+    monkeypatch.setattr(cal, "predict_proba", lambda model, xb: torch.eye(10)[torch.zeros(len(xb), dtype=torch.long)])
+    monkeypatch.setattr(cal, "LatentNoise", lambda codec, eps, **k: Identity())
+    monkeypatch.setattr(cal, "LatentAdversarial", lambda codec, eps, **k: Identity())
+    monkeypatch.setattr(cal, "save_rows", lambda *a, **k: None)
+    monkeypatch.setattr(sys, "argv", ["calibrate_eps.py", "--codec", "c", "--data", "d", "--val-fraction", "0.25",
+                                      "--noise-eps", "5", "--adv-eps", "1", "--out", str(tmp_path),
+                                      "--threads", str(torch.get_num_threads())])
+    cal.main()
+    scale = {r["method"]: r for r in json.loads((tmp_path / "c-eps.json").read_text())["for_scale"]}
+    val = x[torch.randperm(40, generator=torch.Generator().manual_seed(1234))[:10]]
+    moved, other = scale["for scale: moved by one pixel"], scale["for scale: another image"]
+    assert moved["displaced_patches"] == 1.0 and moved["textured_patches"] == 90
+    assert moved["mean_abs_change"] == pytest.approx(float((torch.roll(val, 1, 3) - val).abs().mean()))
+    assert other["mean_abs_change"] == pytest.approx(float((val.roll(1, 0) - val).abs().mean()))
+    assert other["accuracy_on_perturbed"] == 1.0 and other["displaced_patches"] is not None
+    table = capsys.readouterr().out
+    assert "| for scale: moved by one pixel | - | - | " in table and "| 100.0% of 90 | 100.0% |" in table
+    assert "| for scale: another image | - | - | " in table
+
+
+@pytest.mark.slow
+def test_quickstart_figures_smoke_prints_every_figure_of_its_table(tmp_path):
+    """benchmarks/quickstart_figures.py, the command docs/quickstart.md gives for its figures, runs end to end."""
+    proc = _run([str(BENCHMARKS / "quickstart_figures.py"), "--smoke", "--repeats", "1"], tmp_path)
+    table = proc.stdout[proc.stdout.index("| figure | measured |"):]
+    for figure in ("one call on 64 images", "64 calls on one image each", "state_dict (the glow codec's weights)",
+                   "torch.export of a width-4 CIFAR ResNet-18 alone", "merged from 8 micro-batches of 8",
+                   "LatentNoise(glow, eps=100)", "LatentNoise(glow, eps=50), 4 calls on 64 training images",
+                   "LatentMixupInference (vae, 300 references) on them, seeds 0, 1, 2: 2 ranks, seed + rank"):
+        assert figure in table, figure
+    assert "| a LatentCache of the glow: floats per image, and a cache of 50,000 images | 3,072, 614 MB |" in table
+    assert table.count("\n| ") == 26  # a row per figure under the header
+
+
+def test_isda_memory_times_the_official_term_by_term_loss_against_the_librarys_same_loss(tmp_path, monkeypatch):
+    """benchmarks/isda_memory.py (docs/methods/isda.md's memory figures) compares two forms of one loss: its term-by-term
+    correction gives ISDALoss's value and gradients; each case runs in its own process and fills its table row."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    bench = _load_benchmark("isda_memory")
+    torch.manual_seed(0)
+    fc, y = nn.Linear(6, 5), torch.tensor([0, 1, 1, 3, 4, 4, 2, 0])
+    losses, grads = [], []
+    for form in ("library", "term by term"):
+        features = torch.randn(8, 6, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        loss = ISDALoss(5, covariance="diagonal", feature_dim=6)
+        loss.set_progress(1.0)
+        for _ in range(2):  # the second step with the statistics of the first
+            value = loss(features, fc, y) if form == "library" else bench.term_by_term(loss, features, fc, y)
+        losses.append(value)
+        grads.append(torch.autograd.grad(value, features)[0])
+    assert torch.allclose(losses[0], losses[1], atol=1e-6) and torch.allclose(grads[0], grads[1], atol=1e-6)
+    proc = _run([str(BENCHMARKS / "isda_memory.py"), "--classes", "20", "--batch", "8"], tmp_path)
+    table = proc.stdout[proc.stdout.index("| statistics | correction |"):]
+    assert len(re.findall(r"\n\| (diagonal|full), A = \d+ \| (matrix products|term by term) \| [\d.e-]+ GB \| "
+                          r"[\d.]+ s \| \d+(\.\d)? (MiB|GiB) \|", table)) == len(bench.CASES), table
 
 
 def test_codec_quality_scores_reconstructions_and_counts_either_source_class_of_a_mix(tmp_path, monkeypatch, capsys):

@@ -1,0 +1,105 @@
+"""ISDA at ImageNet's size on the CPU: the time and peak memory of one ``ISDALoss`` step (forward and backward, the
+statistics' update included), its correction formed as matrix products (this library) or term by term over
+``N x C x A`` tensors (the official ImageNet code's diagonal correction, with the same update), each case in a
+fresh process whose statistics are sized before the step. Prints a Markdown table.
+
+    python benchmarks/isda_memory.py
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from latent_transforms import ISDALoss
+from latent_transforms.validation import POSITIVE_INT
+
+from models import argument_parser, run_script
+
+# (correction, covariance, A): C = K classes, N samples per step, as --classes and --batch give them
+CASES = [("matrix products", "diagonal", 512), ("term by term", "diagonal", 512),
+         ("matrix products", "diagonal", 2048), ("term by term", "diagonal", 2048),
+         ("matrix products", "full", 512)]
+GIB, MIB = 2**30, 2**20
+
+
+def size(n: int) -> str:
+    return f"{n / GIB:.1f} GiB" if n >= GIB else f"{n / MIB:.0f} MiB"
+
+
+def term_by_term(loss: ISDALoss, features: torch.Tensor, fc: nn.Linear, y: torch.Tensor) -> torch.Tensor:
+    """The official ImageNet code's loss: its diagonal correction formed over ``N x C x A`` tensors, after the same
+    statistics update as ``loss``'s."""
+    n, a = features.shape
+    loss.estimator.update(features.detach(), y)
+    w = fc.weight.expand(n, fc.out_features, a)
+    w_y = torch.gather(w, 1, y.view(n, 1, 1).expand_as(w))
+    sigma2 = loss.lam * ((w - w_y) ** 2 * loss.estimator.cov[y].view(n, 1, a)).sum(2)
+    return F.cross_entropy(fc(features) + 0.5 * sigma2, y)
+
+
+def rss(field: str) -> int:
+    """``VmRSS`` or ``VmHWM`` (the peak since the last reset) of this process, in bytes."""
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field))
+    return int(line.split()[1]) * 1024
+
+
+def one_case(case: int, classes: int, batch: int) -> None:
+    """Runs a case in this process; prints seconds and the peak RSS above what was held before the step."""
+    correction, covariance, a = CASES[case]
+    torch.manual_seed(0)
+    fc = nn.Linear(a, classes)
+    features, y = torch.randn(batch, a, requires_grad=True), torch.randint(0, classes, (batch,))
+    loss = ISDALoss(classes, covariance=covariance, feature_dim=a)  # sized now: not counted in the step's peak
+    loss.set_progress(1.0)  # full strength: at 0 the correction is skipped
+    step = loss if correction == "matrix products" else lambda f, fc, y: term_by_term(loss, f, fc, y)
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (a first step's memory, freed
+    # but kept by the allocator, would hide the peak of a second one: the step measured is the first)
+    before, start = rss("VmRSS"), time.perf_counter()
+    step(features, fc, y).backward()
+    print(f"{time.perf_counter() - start:.1f} {max(rss('VmHWM') - before, 0)}")
+
+
+def main() -> None:
+    ap = argument_parser(__doc__)
+    ap.add_argument("--classes", type=POSITIVE_INT, default=1000, help="C, also ISDA's K")
+    ap.add_argument("--batch", type=POSITIVE_INT, default=256, help="N")
+    ap.add_argument("--memory-limit", type=float, default=7.0, help="each case's address-space limit, GiB")
+    ap.add_argument("--threads", type=POSITIVE_INT, default=1, help="CPU threads for torch")
+    ap.add_argument("--case", type=int, help=argparse.SUPPRESS)  # internal: the case a child process runs
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.case is not None:
+        resource.setrlimit(resource.RLIMIT_AS, (int(args.memory_limit * GIB),) * 2)
+        return one_case(args.case, args.classes, args.batch)
+    rows = []
+    for i, (correction, covariance, a) in enumerate(CASES):
+        proc = subprocess.run([sys.executable, __file__, "--case", str(i), "--classes", str(args.classes), "--batch",
+                               str(args.batch), "--memory-limit", str(args.memory_limit), "--threads",
+                               str(args.threads)], capture_output=True, text=True)
+        if proc.returncode == 0:
+            seconds, peak = proc.stdout.split()[-2:]
+            result = f"{seconds} s | {size(int(peak))}"
+        elif "memory" in proc.stderr.lower():
+            result = f"out of memory under a {args.memory_limit:g} GiB address-space limit | -"
+        else:
+            raise RuntimeError(f"case {i} failed:\n{proc.stderr[-3000:]}")
+        statistics = args.classes * a * (a if covariance == "full" else 1) * 4 / 1e9
+        rows.append(f"| {covariance}, A = {a} | {correction} | {statistics:.3g} GB | {result} |")
+        print(rows[-1], flush=True)
+    print(f"\nISDALoss, K = C = {args.classes}, N = {args.batch}, float32, one step with its backward, "
+          f"{args.threads} thread(s), torch {torch.__version__}\n")
+    print("| statistics | correction | statistics' size | time | peak RSS above the step's inputs and statistics |")
+    print("|---|---|---|---|---|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    run_script(main)

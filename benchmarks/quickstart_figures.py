@@ -1,0 +1,217 @@
+"""The figures docs/quickstart.md quotes (also lightning.md and reliability.md), measured in one run on the CPU:
+one ``LatentNoise`` call on a batch against one call per image, the size a latent transform adds to a state_dict
+and to an exported module, a ``LatentCache``'s size, ``ISDA``'s statistics merged over micro-batches, what
+``LatentNoise`` does to the pixels per eps and when the latent transforms warn of destroyed outputs, and
+``LatentMixupInference``'s accuracy on one process and on two ranks' shards. Prints a Markdown table.
+
+    python benchmarks/quickstart_figures.py
+"""
+from __future__ import annotations
+
+import io
+import re
+import statistics
+import time
+import warnings
+
+import torch
+from torch import nn
+
+from latent_transforms import LatentAdversarial, LatentCache, LatentMixupInference, LatentNoise, hub
+from latent_transforms.base import saturated
+from latent_transforms.data import load_images
+from latent_transforms.evaluation import accuracy, fit_classifier, predict_proba
+from latent_transforms.feature_covariance import FeatureCovariance
+from latent_transforms.models import CifarResNet18, digits_cnn
+from latent_transforms.validation import POSITIVE_INT
+
+from models import argument_parser, run_script, tiny_codecs
+
+IMAGES = 64  # the batch of every row
+WARNING_CALLS = 4  # calls on batches of IMAGES training images for the rows that look for a warning
+# LatentMixupInference on several processes: a digits_cnn trained on TRAINED images for 10 epochs, REFERENCES clean
+# training images, TESTED test digits with the quickstart's corruption (+ 0.1 N(0, 1), clipped), seeds 0, 1, 2
+TRAINED, REFERENCES, TESTED, SEEDS, RANKS = 500, 300, 400, (0, 1, 2), 2
+CIFAR10_TRAIN = 50_000  # the images a full CIFAR-10 cache holds
+
+
+def megabytes(tensors) -> float:
+    return sum(t.numel() * t.element_size() for t in tensors) / 1e6
+
+
+def seconds(call, repeats: int) -> float:
+    """The median wall time of ``call()`` over ``repeats`` calls, after one untimed."""
+    call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def export_megabytes(module: nn.Module, x: torch.Tensor) -> float:
+    """The size of ``torch.export.save`` of ``module`` exported on ``x`` (saved with it: a view would save the
+    whole storage it views)."""
+    buffer = io.BytesIO()
+    torch.export.save(torch.export.export(module.eval(), (x.clone(),)), buffer)
+    return buffer.getbuffer().nbytes / 1e6
+
+
+def destroyed_warning(t: nn.Module, x: torch.Tensor, model: nn.Module | None = None) -> str:
+    """What ``t``'s warning of destroyed outputs says ("N of M") over calls on ``x``'s batches of ``IMAGES``, or that
+    it did not warn."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for i in range(0, len(x), IMAGES):
+            t(x[i:i + IMAGES], None, model)
+    found = [re.search(r"(\d+ of \d+) transformed samples came out destroyed", str(w.message)) for w in caught]
+    return next((f"warned: {m.group(1)} destroyed" for m in found if m), "no warning")
+
+
+def mixup_inference_rows(vae, x: torch.Tensor, y: torch.Tensor, test: tuple[torch.Tensor, torch.Tensor], *,
+                         epochs: int) -> list[tuple[str, str]]:
+    """``LatentMixupInference``'s accuracy on the corrupted test images per seed, in one process and split over
+    ``RANKS`` ranks (rank r predicts ``x[r::RANKS]``, a ``DistributedSampler``'s shard without shuffling, with its own
+    instance seeded ``seed`` or ``seed + r``: what each process computes, no collective call being made)."""
+    model = digits_cnn()
+    fit_classifier(model, x[:TRAINED], y[:TRAINED], epochs=epochs, progress=False)
+    model.eval()
+    references = x[TRAINED:TRAINED + REFERENCES] if len(x) >= TRAINED + REFERENCES else x[:REFERENCES]
+    xt, yt = test
+    noisy = (xt + 0.1 * torch.randn(xt.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+
+    def robust(seed: int) -> LatentMixupInference:
+        return LatentMixupInference(model, vae, references=references, generator=seed)
+
+    def split(seed_of_rank) -> float:  # the ranks' predictions pooled
+        probs = torch.cat([robust(seed_of_rank(r))(noisy[r::RANKS]) for r in range(RANKS)])
+        return accuracy(probs, torch.cat([yt[r::RANKS] for r in range(RANKS)]))
+
+    rows = [(f"a digits_cnn ({epochs} epochs on {TRAINED} digits) on {len(xt)} corrupted test digits",
+             f"{100 * accuracy(predict_proba(model, noisy), yt):.1f}%")]
+    one, same, own = [], [], []
+    for seed in SEEDS:
+        one.append(accuracy(robust(seed)(noisy), yt))
+        same.append(split(lambda r: seed))
+        own.append(split(lambda r: seed + r))
+    for name, values in (("one process", one), (f"{RANKS} ranks, the same seed", same),
+                         (f"{RANKS} ranks, seed + rank", own)):
+        rows.append((f"LatentMixupInference (vae, {len(references)} references) on them, seeds "
+                     f"{', '.join(map(str, SEEDS))}: {name}", " / ".join(f"{100 * v:.1f}%" for v in values)))
+    return rows
+
+
+class Holder(nn.Module):
+    """A LightningModule's shape: the classifier and a transform as submodules; ``forward`` runs the classifier."""
+
+    def __init__(self, net: nn.Module, augment: nn.Module):
+        super().__init__()
+        self.net, self.augment = net, augment
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def main() -> None:
+    ap = argument_parser(__doc__)
+    ap.add_argument("--data", default="npz:../shared/data/cifar10/test.npz", help="images: their first 64 are used")
+    ap.add_argument("--train", default="npz:../shared/data/cifar10/train-5k.npz",
+                    help="training images for the warning rows: their first 256 are used")
+    ap.add_argument("--glow", default="glow-cifar10", help="the flow (hub name or .safetensors path)")
+    ap.add_argument("--vae", default="vae-cifar10", help="the VAE (hub name or .safetensors path)")
+    ap.add_argument("--digits-glow", default="glow-digits", help="the flow of the digits warning rows")
+    ap.add_argument("--digits-vae", default="vae-digits", help="the VAE of the LatentMixupInference rows")
+    ap.add_argument("--repeats", type=POSITIVE_INT, default=5, help="timed calls per timing row (median)")
+    ap.add_argument("--threads", type=POSITIVE_INT, default=1, help="CPU threads for torch")
+    ap.add_argument("--smoke", action="store_true", help="tiny random-init codecs and random images: checks the script")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    n_train = WARNING_CALLS * IMAGES
+    if args.smoke:
+        (glow, vae), (digits_glow, digits_vae) = tiny_codecs(), tiny_codecs(shape=(1, 8, 8))
+        g = torch.Generator().manual_seed(0)
+        x, x_train, digits, test_digits = (torch.rand(n, *shape, generator=g) for n, shape in (
+            (IMAGES, (3, 32, 32)), (n_train, (3, 32, 32)), (TRAINED, (1, 8, 8)), (TESTED, (1, 8, 8))))
+        digits_y, test_y = torch.arange(TRAINED) % 10, torch.arange(TESTED) % 10
+    else:
+        glow, vae = hub.load(args.glow), hub.load(args.vae)
+        digits_glow, digits_vae = hub.load(args.digits_glow), hub.load(args.digits_vae)
+        x = load_images(args.data, "test")[0][:IMAGES]
+        x_train = load_images(args.train, "train")[0][:n_train]
+        digits, digits_y, _ = load_images("digits", "train")
+        test_digits, test_y, _ = load_images("digits", "test")
+    digits_test = (test_digits[:TESTED], test_y[:TESTED])
+    y = torch.zeros(len(x), dtype=torch.long)  # LatentNoise reads no labels
+    rows = []
+
+    def row(figure: str, value: str) -> None:
+        rows.append((figure, value))
+        print(f"{figure}: {value}", flush=True)
+
+    noise = LatentNoise(glow, generator=0)
+    batch = seconds(lambda: noise(x, y), args.repeats)
+    one_by_one = seconds(lambda: [noise(x[i:i + 1], y[i:i + 1]) for i in range(len(x))], args.repeats)
+    row(f"LatentNoise, one call on {len(x)} images", f"{batch:.2f} s")
+    row(f"LatentNoise, {len(x)} calls on one image each", f"{one_by_one:.2f} s")
+
+    for name, codec in (("glow", glow), ("vae", vae)):
+        row(f"a LatentNoise's state_dict (the {name} codec's weights)",
+            f"{megabytes(LatentNoise(codec).state_dict().values()):.2f} MB")
+    cache = LatentCache(glow, x, progress=False)
+    per_image = cache.latents[0].numel()
+    row("a LatentCache of the glow: floats per image, and a cache of 50,000 images",
+        f"{per_image:,}, {megabytes([cache.latents]) * CIFAR10_TRAIN / len(x):.0f} MB")
+
+    net = CifarResNet18(width=4).eval()
+    row("torch.export of a width-4 CIFAR ResNet-18 alone", f"{export_megabytes(net, x[:2]):.2f} MB")
+    row("torch.export of a module holding it and a LatentNoise of the vae (forward: the classifier)",
+        f"{export_megabytes(Holder(net, LatentNoise(vae)), x[:2]):.2f} MB")
+
+    captured = []  # the features: what the classifier's fc takes, ISDA's statistics' input
+    hook = net.fc.register_forward_pre_hook(lambda module, inputs: captured.append(inputs[0]))
+    with torch.no_grad():
+        net(x)
+    hook.remove()
+    features, labels = captured[0], torch.arange(len(x)) % 10
+    whole, pieces = FeatureCovariance(10), FeatureCovariance(10)
+    whole.update(features, labels)
+    for i in range(0, len(x), 8):
+        pieces.update(features[i:i + 8], labels[i:i + 8])
+    gap = max(float((a - b).abs().max()) for a, b in zip((whole.mean, whole.cov), (pieces.mean, pieces.cov)))
+    row(f"ISDA's statistics of {len(x)} features merged from 8 micro-batches of 8, largest difference", f"{gap:.1e}")
+
+    for eps in (10, 20, 30, 50, 100):
+        t = LatentNoise(glow, eps=eps, generator=0)
+        x2, _ = t(x, y)
+        row(f"LatentNoise(glow, eps={eps}): mean pixel change, rejected, destroyed",
+            f"{float((x2 - x).abs().mean()):.3f}, {t.stats['rejected']}, {int(saturated(x2, x).sum())} of {len(x)}")
+    x2, _ = LatentNoise(vae, eps=100, generator=0)(x, y)
+    row("LatentNoise(vae, eps=100): mean pixel change", f"{float((x2 - x).abs().mean()):.2f}")
+    noise_images = torch.rand(x.shape, generator=torch.Generator().manual_seed(0))
+    x2, _ = LatentNoise(glow, generator=0)(noise_images, y)
+    row("LatentNoise(glow) on torch.rand images: destroyed", f"{int(saturated(x2, noise_images).sum())} of {len(x)}")
+
+    net.train()  # an untrained classifier, as a training loop has it at its start: LatentAdversarial attacks it
+    warning_rows = [(f"LatentNoise(glow, eps={eps})", LatentNoise(glow, eps=eps, generator=0), x_train, None)
+                    for eps in (40, 50)]
+    warning_rows += [(f"LatentAdversarial(glow, eps={eps}) attacking the untrained ResNet",
+                      LatentAdversarial(glow, eps=eps, generator=0), x_train, net) for eps in (1, 20, 50)]
+    warning_rows += [(f"LatentNoise(digits glow, eps={eps}) on digits", LatentNoise(digits_glow, eps=eps, generator=0),
+                      digits[:n_train], None) for eps in (10, 20)]
+    for name, t, images, model in warning_rows:
+        row(f"{name}, {WARNING_CALLS} calls on {IMAGES} training images", destroyed_warning(t, images, model))
+
+    for figure, value in mixup_inference_rows(digits_vae, digits, digits_y, digits_test, epochs=1 if args.smoke else 10):
+        row(figure, value)
+
+    print(f"\n{'smoke: tiny random-init codecs, random images' if args.smoke else f'{args.data}, {args.train}'}, "
+          f"{torch.get_num_threads()} thread(s), torch {torch.__version__}\n")
+    print("| figure | measured |\n|---|---|")
+    for figure, value in rows:
+        print(f"| {figure} | {value} |")
+
+
+if __name__ == "__main__":
+    run_script(main)
