@@ -1,6 +1,8 @@
 import contextlib
+import datetime
 import math
 import os
+import pickle
 import sys
 import time
 import warnings
@@ -8,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
@@ -82,24 +85,65 @@ def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, augment: nn.
         optimizer.step()
 
 
+# a rank left waiting in a collective call (its peer stuck, or in another call) fails in a minute, not in gloo's
+# default 30 (a rank that raised is noticed at once): every wait here ended within 10 s on 2 cores at a load of 9
+GLOO_TIMEOUT_S = 60
+
+
+def rank_file(out_dir, rank: int) -> Path:
+    """Where rank ``rank`` saves what it saw, for ``spawn_two_ranks`` to return."""
+    return Path(out_dir) / f"rank{rank}.pt"
+
+
+@contextlib.contextmanager
+def gloo_group(rank: int, init_method: str, out_dir):
+    """A spawned worker's block as rank ``rank`` of a 2-rank gloo process group, on one thread: yields a dict,
+    saved to ``rank_file(out_dir, rank)`` when the block ends. A block that raises leaves the group to the process's
+    exit, once spawn has kept its traceback (destroyed before, the peer could fail first, "Connection reset")."""
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=GLOO_TIMEOUT_S))
+    torch.set_num_threads(1)
+    out: dict = {}
+    yield out
+    torch.save(out, rank_file(out_dir, rank))
+    dist.destroy_process_group()
+
+
 def spawn_two_ranks(worker, tmp: Path, grace_s: float = 60) -> list[dict]:
     """Run ``worker(rank, init_method, out_dir)`` in two spawned processes, joined (a rank that fails fails the
-    call); what each saved as ``tmp/rank{r}.pt``. The ranks meet in a ``file://`` store: no port to lose."""
+    call); what each saved as ``rank_file(tmp, r)``. The ranks meet in a ``file://`` store: no port to lose."""
     ranks = mp.spawn(_run_then_exit, args=(worker, f"file://{tmp / 'store'}", str(tmp)), nprocs=2, join=False)
-    saved = [tmp / f"rank{r}.pt" for r in range(2)]
+    saved = [rank_file(tmp, r) for r in range(2)]
     # torch 2.4's gloo deadlocked in 1 spawn of 16 here, after both ranks had saved: a DDP module freed as the
     # worker returned destroys its process group holding the GIL, whose thread waits for it to free a gather's
     # tensors. A rank still running grace_s after both saved is stopped, as _run_then_exit skips that teardown.
     both_saved_at = None
-    while not ranks.join(timeout=1):
-        if both_saved_at is None and all(f.exists() for f in saved):
-            both_saved_at = time.monotonic()
-        if both_saved_at is not None and time.monotonic() - both_saved_at > grace_s:
-            for process in ranks.processes:
-                process.kill()
-                process.join()
-            break
+    try:
+        while not ranks.join(timeout=1):
+            if both_saved_at is None and all(f.exists() for f in saved):
+                both_saved_at = time.monotonic()
+            if both_saved_at is not None and time.monotonic() - both_saved_at > grace_s:
+                for process in ranks.processes:
+                    process.kill()
+                    process.join()
+                break
+    except (mp.ProcessRaisedException, mp.ProcessExitedException):  # spawn's error names the first rank to exit:
+        # a rank's error makes its peer fail in its next collective call ("Connection reset by peer"), often first
+        raise RuntimeError("a rank failed:\n" + _how_each_rank_ended(ranks)) from None
     return [torch.load(f) for f in saved]
+
+
+def _how_each_rank_ended(ranks) -> str:
+    """Each rank's traceback (spawn kept it in an error file: its own pickle of the traceback's text, as
+    ``ProcessRaisedException`` reads it), or its exit code."""
+    ends = []
+    for rank, (process, path) in enumerate(zip(ranks.processes, ranks.error_files)):
+        if os.path.exists(path):
+            with open(path, "rb") as fh:
+                ends.append(f"-- rank {rank} raised:\n{pickle.load(fh)}")
+        else:
+            ends.append(f"-- rank {rank} exited with code {process.exitcode}")
+    return "\n".join(ends)
 
 
 def _run_then_exit(rank: int, worker, *args) -> None:

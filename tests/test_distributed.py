@@ -14,7 +14,7 @@ Each rank writes what it saw to ``tmp_path/rank{r}.pt``; the parent process comp
 from __future__ import annotations
 
 import contextlib
-import datetime
+import multiprocessing
 import os
 
 import pytest
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from latent_transforms import ISDA, Compose, LatentAdversarial, LatentNoise, VarMixup
 
-from conftest import spawn_two_ranks
+from conftest import gloo_group, spawn_two_ranks
 from doc_pages import DOCS, SNIPPET
 
 B = 8
@@ -45,18 +45,16 @@ def _flat_params(model: torch.nn.Module) -> torch.Tensor:
 
 
 def _worker(rank: int, init_method: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=2,
-                            timeout=datetime.timedelta(seconds=60))
-    torch.set_num_threads(1)
-    try:
+    with gloo_group(rank, init_method, out_dir) as out:
         from conftest import TinyNet, tiny_glow, tiny_vae
 
         glow, vae = tiny_glow(), tiny_vae()  # identical on both ranks (seeded inside)
         x = _same_x()
         y = torch.zeros(B, dtype=torch.int64)
-        out: dict[str, torch.Tensor] = {}
 
-        # 1. per-rank randomness by default, shared with an explicit seed
+        # 1. per-rank randomness by default, shared with an explicit seed. These ranks are multiprocessing's
+        # children 1 and 2, which alone told their streams apart: here, as under torchrun, the rank must
+        multiprocessing.current_process()._identity = ()
         for tag, gen in (("default", None), ("seeded", 123)):
             torch.manual_seed(0)  # as users do, identically on every rank
             noise = LatentNoise(glow, eps=1.0, generator=gen)
@@ -120,18 +118,12 @@ def _worker(rank: int, init_method: str, out_dir: str) -> None:
                 F.cross_entropy(model(x2), y2).backward()
         out["accumulated_grad"] = torch.cat([p.grad.flatten() for p in model.parameters()]).clone()
         out["accumulated_isda_count"] = accumulated_isda.estimator.count.sum()
-        torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
 
 
 def _compiled_ddp_worker(rank: int, init_method: str, out_dir: str) -> None:
     """torch.compile(DDP(model)), the order PyTorch recommends, attacked on rank 0 only: the other rank hung (the
     attack went through DDP's forward, whose buffer broadcast is a collective call)."""
-    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=2,
-                            timeout=datetime.timedelta(seconds=60))
-    torch.set_num_threads(1)
-    try:
+    with gloo_group(rank, init_method, out_dir) as out:
         from conftest import TinyNet, tiny_glow
 
         torch.manual_seed(0)
@@ -143,10 +135,8 @@ def _compiled_ddp_worker(rank: int, init_method: str, out_dir: str) -> None:
             compiled.zero_grad(set_to_none=True)
             x2, y2 = adv(xb, yb, compiled)
             F.cross_entropy(compiled(x2), y2).backward()
-        torch.save({"grad": torch.cat([p.grad.flatten() for p in ddp.module.parameters()]),
-                    "transformed": torch.tensor(adv.stats["transformed"])}, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+        out["grad"] = torch.cat([p.grad.flatten() for p in ddp.module.parameters()])
+        out["transformed"] = torch.tensor(adv.stats["transformed"])
 
 
 def gathered(state: torch.Tensor) -> list[torch.Tensor]:
@@ -163,10 +153,7 @@ RESUMED = (("compose", True), ("varmixup", True), ("adversarial", False), ("adve
 
 def _resume_worker(rank: int, init_method: str, out_dir: str) -> None:
     """Four steps in one go, then two, a checkpoint on rank 0, everything built again and two more: per method."""
-    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=2,
-                            timeout=datetime.timedelta(seconds=60))
-    torch.set_num_threads(1)
-    try:
+    with gloo_group(rank, init_method, out_dir) as out:
         from torchvision.transforms import v2
 
         from conftest import TinyNet, tiny_glow, tiny_vae, train_steps
@@ -195,7 +182,6 @@ def _resume_worker(rank: int, init_method: str, out_dir: str) -> None:
                 augment = LatentAdversarial(glow, eps=1.0, steps=1, step_size=0.5, p=0.5, generator=g)
             return model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), isda, augment, g
 
-        out: dict[str, torch.Tensor] = {}
         for method, batchnorm in RESUMED:
             tag = f"{method}_bn{int(batchnorm)}"
             model, optimizer, isda, augment, g = build(method, batchnorm)
@@ -220,9 +206,6 @@ def _resume_worker(rank: int, init_method: str, out_dir: str) -> None:
             out[f"{tag}_isda_count"] = isda.estimator.count.clone() if isda.estimator.count is not None else \
                 torch.zeros(4, dtype=torch.int64)
             dist.barrier()  # every rank has read the checkpoint before rank 0 writes the next
-        torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
 
 
 EVAL_N = 17  # odd: the sampler repeats one image, which lands alone in rank 1's last batch of 8
@@ -245,10 +228,7 @@ def _evaluation_setup() -> tuple[torch.nn.Module, torch.utils.data.DataLoader]:
 
 
 def _evaluation_worker(rank: int, init_method: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=2,
-                            timeout=datetime.timedelta(seconds=30))
-    torch.set_num_threads(1)
-    try:
+    with gloo_group(rank, init_method, out_dir) as out:
         from conftest import tiny_vae
         from latent_transforms import LatentMixupInference
 
@@ -259,10 +239,7 @@ def _evaluation_worker(rank: int, init_method: str, out_dir: str) -> None:
         if rank == 0:  # on rank 0 alone: no collective call (DDP's forward would wait for rank 1's buffers)
             LatentMixupInference(model, tiny_vae(), references=test_loader.dataset.tensors[0][:4])(
                 test_loader.dataset.tensors[0][:2])
-        torch.save({"test_accuracy": namespace["test_accuracy"], "test_ece": namespace["test_ece"],
-                    "n": namespace["n"]}, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+        out.update((key, namespace[key]) for key in ("test_accuracy", "test_ece", "n"))
 
 
 def test_the_documented_evaluation_on_two_ranks_scores_the_test_set_as_one_process(tmp_path):

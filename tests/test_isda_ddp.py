@@ -1,7 +1,5 @@
 """ISDA under torch.distributed: two gloo processes hold the statistics of the global batch (or of a group's)."""
 import copy
-import datetime
-import os
 import pickle
 import re
 import time
@@ -15,7 +13,7 @@ import torch.nn.functional as F
 from latent_transforms.feature_covariance import FeatureCovariance
 from latent_transforms.isda import ISDA
 
-from conftest import spawn_two_ranks
+from conftest import gloo_group, rank_file, spawn_two_ranks
 
 K, A = 4, 3
 SPLITS = [(5, 2), (1, 6), (4, 4)]  # per step: rank 0's and rank 1's batch sizes (uneven on purpose)
@@ -39,10 +37,7 @@ def stream():
 
 
 def _worker(rank: int, init_method: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=2)
-    torch.set_num_threads(1)
-    try:
-        result = {}
+    with gloo_group(rank, init_method, out_dir) as result:
         for diagonal in (False, True):
             est = FeatureCovariance(K, covariance="diagonal" if diagonal else "full")
             for f, y, n0 in stream():
@@ -145,9 +140,6 @@ def _worker(rank: int, init_method: str, out_dir: str) -> None:
             grouped(x[mine])
         except ValueError as e:
             result["ddp_group_module"] = str(e)
-        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.slow
@@ -210,15 +202,10 @@ def _batch_of_six() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _empty_batch_worker(rank: int, init_method: str, out_dir: str) -> None:
-    # a rank left waiting in a collective fails in 30 s, not in the default 30 min
-    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=2,
-                            timeout=datetime.timedelta(seconds=30))
-    torch.set_num_threads(1)
-    try:
+    with gloo_group(rank, init_method, out_dir) as result:
         from conftest import TinyNet
 
         x, y = _batch_of_six()
-        result = {}
         # the drop-in: rank 1's batch is empty, its hook still fires and joins the gather
         torch.manual_seed(0)
         model = torch.nn.parallel.DistributedDataParallel(TinyNet())
@@ -245,9 +232,6 @@ def _empty_batch_worker(rank: int, init_method: str, out_dir: str) -> None:
         # no rows on any rank: the gather of nothing changes nothing
         loss_fn(torch.zeros(0, 32), backbone.module.fc, y[:0])
         result["none_count"] = loss_fn.estimator.count.clone()
-        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.slow
@@ -266,7 +250,7 @@ def test_a_rank_with_an_empty_batch_keeps_step_with_the_others(tmp_path):
 
 
 def _stuck_after_saving(rank: int, init_method: str, out_dir: str) -> None:
-    torch.save({"rank": rank}, os.path.join(out_dir, f"rank{rank}.pt"))
+    torch.save({"rank": rank}, rank_file(out_dir, rank))
     if rank == 1:  # as a rank deadlocked in torch 2.4's gloo teardown after its work
         time.sleep(600)
 
@@ -276,6 +260,20 @@ def test_a_rank_stuck_after_saving_its_results_does_not_hang_the_suite(tmp_path)
     start = time.monotonic()
     assert spawn_two_ranks(_stuck_after_saving, tmp_path, grace_s=2) == [{"rank": 0}, {"rank": 1}]
     assert time.monotonic() - start < 120
+
+
+def _raises_on_rank_1(rank: int, init_method: str, out_dir: str) -> None:
+    with gloo_group(rank, init_method, out_dir):
+        if rank == 1:
+            raise ValueError("rank 1's own error")
+        dist.all_reduce(torch.ones(1))  # fails once rank 1 has gone ("Connection closed by peer")
+
+
+@pytest.mark.slow
+def test_a_rank_s_error_is_reported_not_only_its_peer_s(tmp_path):
+    """spawn reported the first rank to exit alone: rank 0, whose all_reduce failed as rank 1 went, hid the cause."""
+    with pytest.raises(RuntimeError, match=r"(?s)rank 1 raised:.*ValueError: rank 1's own error"):
+        spawn_two_ranks(_raises_on_rank_1, tmp_path)
 
 
 class _Mlp(torch.nn.Module):
@@ -309,33 +307,29 @@ def _fsdp_steps(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dic
 def _fsdp_worker(rank: int, init_method: str, out_dir: str) -> None:
     from torch.distributed.fsdp import fully_shard
 
-    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=2)
-    torch.set_num_threads(1)
-    x, y = _batch_of_six()
-    mine = slice(0, 3) if rank == 0 else slice(3, None)
-    result = {}
-    for checkpointed in (False, True):
+    with gloo_group(rank, init_method, out_dir) as result:
+        x, y = _batch_of_six()
+        mine = slice(0, 3) if rank == 0 else slice(3, None)
+        for checkpointed in (False, True):
+            torch.manual_seed(0)
+            model = _Mlp(checkpointed)
+            fully_shard(model.fc)  # its own FSDP unit: its weight is this rank's rows (a DTensor) once its forward ends
+            fully_shard(model)
+            result[checkpointed] = _fsdp_steps(model, x[mine], y[mine])
         torch.manual_seed(0)
-        model = _Mlp(checkpointed)
-        fully_shard(model.fc)  # its own FSDP unit: its weight is this rank's rows (a DTensor) once its forward ends
-        fully_shard(model)
-        result[checkpointed] = _fsdp_steps(model, x[mine], y[mine])
-    torch.manual_seed(0)
-    model = _Mlp(checkpointed=False)
-    fully_shard(model)  # the root alone: the classifier's weight is whole in its forward, ISDA's hook goes last
-    logged = []
-    model.fc.register_forward_hook(lambda module, args, out: logged.append(out.detach().clone()))
-    result["root_only"] = {**_fsdp_steps(model, x[mine], y[mine]), "logged": logged[-1]}
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor.parallel import ColwiseParallel, parallelize_module
+        model = _Mlp(checkpointed=False)
+        fully_shard(model)  # the root alone: the classifier's weight is whole in its forward, ISDA's hook goes last
+        logged = []
+        model.fc.register_forward_hook(lambda module, args, out: logged.append(out.detach().clone()))
+        result["root_only"] = {**_fsdp_steps(model, x[mine], y[mine]), "logged": logged[-1]}
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.tensor.parallel import ColwiseParallel, parallelize_module
 
-    model = parallelize_module(_Mlp(checkpointed=False), init_device_mesh("cpu", (2,)), {"fc": ColwiseParallel()})
-    try:  # the classes split over the ranks: torch's "aten.where.self got mixed torch.Tensor and DTensor"
-        _fsdp_steps(model, x[mine], y[mine])
-    except ValueError as e:
-        result["tensor_parallel"] = str(e)
-    torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+        model = parallelize_module(_Mlp(checkpointed=False), init_device_mesh("cpu", (2,)), {"fc": ColwiseParallel()})
+        try:  # the classes split over the ranks: torch's "aten.where.self got mixed torch.Tensor and DTensor"
+            _fsdp_steps(model, x[mine], y[mine])
+        except ValueError as e:
+            result["tensor_parallel"] = str(e)
 
 
 @pytest.mark.slow
