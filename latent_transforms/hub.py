@@ -32,6 +32,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import tempfile
 import threading
@@ -579,7 +580,8 @@ def _make_cache_dir(directory: Path) -> None:
 @contextlib.contextmanager
 def _cache_dir_lock(directory: Path) -> Iterator[None]:
     """Serialise what writes the cache dir ``directory`` (a read-modify-write of the user registry, a download,
-    ``register_run``'s check, copy and registry edit) across threads and processes (where ``fcntl`` exists). Nested
+    ``register_run``'s check, copy and registry edit) across threads and processes (where ``fcntl`` exists and the
+    file system takes ``flock``; NFS and Lustre may not: then across threads only, as without ``fcntl``). Nested
     in one thread, the inner lock is the outer one."""
     held = _cache_dir_held.dirs
     if directory in held:
@@ -598,7 +600,10 @@ def _cache_dir_lock(directory: Path) -> Iterator[None]:
             with _writing_cache_dir(directory):  # a directory without read permission cannot be opened
                 fd = os.open(directory, os.O_RDONLY)  # the cache dir itself is locked: no lock file is left behind
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)  # released when the descriptor is closed
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)  # released when the descriptor is closed
+                except OSError:  # EBADF (NFSv4: a directory opens for reading only), ENOLCK, ENOSYS (Lustre, noflock)
+                    pass  # no lock: downloads and registry writes are atomic replacements, as without fcntl
                 yield
             finally:
                 os.close(fd)
@@ -1091,8 +1096,12 @@ def fetch(name: str) -> Path:
     looked = "; ".join([f"looked in {cached} and {shipped}", *notes, *hints])
     if cached.is_dir():  # a download could not take its place
         raise HubError(f"checkpoint {name!r} cannot be fetched: {looked}; remove that directory")
-    if _offline():
-        raise HubError(f"checkpoint {name!r} is not available offline (LATENT_TRANSFORMS_OFFLINE is set); {looked}")
+    if _offline():  # a cluster's compute node: the login node has the network, and the cache dir is shared
+        source = "" if os.environ.get(HUB_URL) else f" and {HUB_URL} set to the URL that serves {file}"
+        raise HubError(f"checkpoint {name!r} is not available offline (LATENT_TRANSFORMS_OFFLINE is set); {looked}; "
+                       f"fetch it beforehand where the network is reachable (on a cluster, the login node): "
+                       f"`latent-transforms fetch {shlex.quote(name)}` with LATENT_TRANSFORMS_HOME={cache_dir()}"
+                       f"{source}")
     url = _remote_url(file)
     if url is None:
         raise HubError(

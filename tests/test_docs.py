@@ -196,6 +196,25 @@ def test_snippets_load_checkpoints_without_pickle():
     assert not unsafe, f"torch.load without weights_only=True: {unsafe}"
 
 
+def test_snippets_save_checkpoints_atomically():
+    """torch.save writes its file in place: a job stopped while it writes (SLURM's SIGTERM before the time limit, a
+    preemption) left a truncated checkpoint.pt instead of the last good one (a 256 MB one: 4.7 MB left, which
+    torch.load refused). A snippet saves to another path and os.replace-s it onto the checkpoint after."""
+    unsafe = []
+    for page in PAGES:
+        text = (DOCS / page).read_text(encoding="utf-8")
+        for snippet in SNIPPET.finditer(text):
+            calls = [node for node in ast.walk(ast.parse(textwrap.dedent(snippet.group(1))))
+                     if isinstance(node, ast.Call) and ast.unparse(node.func) in ("torch.save", "os.replace")]
+            calls.sort(key=lambda node: (node.lineno, node.col_offset))
+            for i, call in enumerate(calls):
+                if ast.unparse(call.func) == "torch.save" and len(call.args) == 2 and not any(
+                        ast.unparse(later.func) == "os.replace" and ast.unparse(later.args[0]) == ast.unparse(
+                            call.args[1]) for later in calls[i + 1:]):
+                    unsafe.append(f"{page}:{text[:snippet.start(1)].count(chr(10)) + call.lineno}")
+    assert not unsafe, f"torch.save onto the checkpoint itself, not a temporary file os.replace-d onto it: {unsafe}"
+
+
 @pytest.mark.parametrize("readme", ["README.md", "benchmarks/README.md"])
 def test_readme_links_lead_to_files_that_exist(readme):
     """mkdocs --strict checks the links of docs/ only."""

@@ -1,6 +1,7 @@
 """Checkpoint format, registry and download cache: a local HTTP server, no network."""
 from __future__ import annotations
 
+import errno
 import gc
 import gzip
 import hashlib
@@ -1611,6 +1612,26 @@ def test_without_fcntl_threads_still_fetch_one_good_file(env, monkeypatch):
     test_concurrent_threads_fetch_one_good_file(env)
 
 
+@pytest.mark.parametrize("error", [errno.EBADF, errno.ENOLCK, errno.ENOSYS])
+def test_a_file_system_refusing_flock_still_fetches_and_registers(env, monkeypatch, error):
+    """A cache dir on a cluster's shared home: NFSv4 refuses an exclusive flock on a descriptor not open for writing
+    (EBADF; a directory opens for reading only), some NFS and FUSE mounts answer ENOLCK, Lustre mounted without
+    flock ENOSYS. Downloads and registry writes raised that raw OSError: nothing could be fetched or registered
+    there. Without the lock they go on as where there is no fcntl (threads of one process still download once)."""
+    import fcntl
+
+    def refused(fd, operation):
+        raise OSError(error, os.strerror(error))
+
+    monkeypatch.setattr(fcntl, "flock", refused)
+    test_concurrent_threads_fetch_one_good_file(env)  # downloads (once)
+    _register("mine", "good.safetensors", persist=True)
+    assert list(json.loads((env / "registry.json").read_text())["checkpoints"]) == ["mine"]
+    assert hub.fetch("mine").read_bytes() == GOOD
+    hub.unregister("mine", persist=True)
+    assert json.loads((env / "registry.json").read_text())["checkpoints"] == {}
+
+
 def test_load_by_name_reads_once_and_returns_copies(env, tmp_path):
     codec = _codec()
     sha = hub.save_checkpoint(codec, tmp_path / "vae.safetensors")
@@ -1759,7 +1780,7 @@ def test_a_shipped_name_registered_again_with_another_sha256_is_not_called_a_cor
     monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
     with pytest.raises(hub.HubError, match=r"shipped .*good.safetensors is another file than 'good''s entry names "
                                            r"\(the shipped registry gives it another sha256: was 'good' registered "
-                                           r"again, with overwrite=True\?\)$"):  # was "is corrupted"
+                                           r"again, with overwrite=True\?\); "):  # was "is corrupted"
         hub.fetch("good")
     assert hub.unregister("good")["sha256"] == "0" * 64  # undone (was refused: "a shipped checkpoint")
     assert hub.fetch("good") == hub.SHIPPED_DIR / "good.safetensors"
@@ -2058,6 +2079,58 @@ def test_every_documented_spelling_of_offline_forbids_downloads(env, monkeypatch
     assert "good.safetensors" not in _Handler.counts
     monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "0")  # any other value: downloads allowed
     assert hub.fetch("good").read_bytes() == GOOD
+
+
+def test_the_offline_error_says_how_to_fetch_the_checkpoint_beforehand(env, server, monkeypatch):
+    """A compute node without network: the error named the checkpoint and where it looked, not how to get it there
+    (fetch it on a node with network, into the same cache dir)."""
+    _register("team vae", "good.safetensors")
+    monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
+    fetch = r"fetch it beforehand where the network is reachable \(on a cluster, the login node\): `latent-transforms "
+    fetch += rf"fetch 'team vae'` with LATENT_TRANSFORMS_HOME={re.escape(str(env))}"
+    with pytest.raises(hub.HubError, match=rf"checkpoint 'team vae' is not available offline .*; {fetch}$"):
+        hub.fetch("team vae")
+    monkeypatch.delenv("LATENT_TRANSFORMS_HUB_URL")  # then that is needed too
+    with pytest.raises(hub.HubError, match=rf"{fetch} and LATENT_TRANSFORMS_HUB_URL set to the URL that serves "
+                                           rf"good\.safetensors$"):
+        hub.load("team vae")
+    monkeypatch.setenv("LATENT_TRANSFORMS_HUB_URL", server)  # the command it gives, run with network,
+    monkeypatch.delenv("LATENT_TRANSFORMS_OFFLINE")
+    assert main(["fetch", "team vae"]) == 0
+    monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")  # makes it available offline
+    assert hub.fetch("team vae").read_bytes() == GOOD
+
+
+def test_a_shared_cache_and_ones_own_together_as_the_hub_page_says(env, tmp_path, monkeypatch):
+    """docs/hub.md (On a cluster): the admin's read-only cache dir as the hub URL, its names copied into one's own
+    user registry by the page's script (run twice: the admin added a name since), one's own names kept; every name
+    then loads from one's own cache dir, and nothing in the admin's changes."""
+    shared = tmp_path / "shared"
+    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(shared))  # the admin fills it
+    shared.mkdir()
+    sha = hub.save_checkpoint(_codec(1), shared / "team-vae.safetensors")
+    hub.register("team-vae", file="team-vae.safetensors", sha256=sha, config=_codec(1).config, persist=True)
+    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(env))  # the user's
+    monkeypatch.setattr(hub, "_registered", {})
+    _register("mine", "good.safetensors", persist=True)
+    monkeypatch.setenv("LATENT_TRANSFORMS_HUB_URL", shared.as_uri())
+    page = (Path(__file__).resolve().parents[1] / "docs" / "hub.md").read_text(encoding="utf-8")
+    script = re.search(r"python - <<'EOF'\n(.*?)^EOF$", page, re.S | re.M).group(1)
+    script = script.replace("/shared/latent-transforms", str(shared))
+    exec(script, {})
+    hub.save_checkpoint(_codec(2), shared / "team-vae2.safetensors")  # later, the admin adds a name
+    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(shared))
+    hub.register("team-vae2", file="team-vae2.safetensors", sha256=hub.sha256_file(shared / "team-vae2.safetensors"),
+                 config=_codec(2).config, persist=True)
+    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(env))
+    admin = {p.name: p.stat().st_mtime_ns for p in shared.iterdir()}
+    monkeypatch.setattr(hub, "_registered", {})  # a new process
+    exec(script, {})
+    assert sorted(json.loads((env / "registry.json").read_text())["checkpoints"]) == ["mine", "team-vae", "team-vae2"]
+    for name, seed in (("team-vae", 1), ("team-vae2", 2)):
+        assert torch.equal(_outputs(hub.load(name)), _outputs(_codec(seed).eval()))
+        assert hub.fetch(name) == env / f"{name}.safetensors"
+    assert {p.name: p.stat().st_mtime_ns for p in shared.iterdir()} == admin
 
 
 def test_an_undecodable_user_registry_is_named_in_the_error(env):
