@@ -298,7 +298,7 @@ def test_signed_npz_images_are_told_to_store_a_window_or_keep_every_level(tmp_pa
         load_images(f"npz:{tmp_path / 'ct.npz'}")
 
 
-@pytest.mark.parametrize("lo, hi", [(0.0, 1.03), (-0.02, 1.0)])
+@pytest.mark.parametrize("lo, hi", [(0.0, 1.03), (-0.02, 1.0), (0.0, 1.5)])  # 1.5: a gain (mutation round 31)
 def test_float_npz_images_a_step_pushed_past_0_1_are_told_to_clip_them_not_round_them(tmp_path, lo, hi):
     """Audit 222: [0, 1] floats a resize overshot to 1.03 were told "8-bit values in another dtype? store
     x.round().astype(np.uint8)", which leaves only 0 and 1 (and the loader took those); down to -0.02, a CT window."""

@@ -1114,6 +1114,19 @@ def test_8_bit_values_held_in_a_wider_integer_dtype_are_told_to_divide_by_255(dt
     wide = torch.int16 if dtype == torch.int8 else dtype  # mutation round 30 (audit 226): one past 8 bits, 9-bit
     with pytest.raises(ValueError, match=r"intensities of more than 8 bits\? .* for 16-bit; 511 if they are 9-bit$"):
         check_images(torch.full((1, 1, 4, 4), 256, dtype=wide))
+    with pytest.raises(ValueError, match=rf"got dtype {wide}; scale them into \[0, 1\] by a range fixed for the data "
+                                         r"set, not per batch"):  # mutation round 31: one below 0, a window
+        check_images(torch.tensor([-1, 256], dtype=wide).repeat(8).view(1, 1, 4, 4))
+
+
+def test_uint16_images_are_told_both_depths_and_none_found():
+    """uint16 is read by its dtype alone (torch 2.4 has no min() of uint16): no depth of its own is named (mutation
+    round 31: '; 0 if they are 0-bit' passed)."""
+    x = DEEP_IMAGES["uint16"].repeat(6)[:16].view(1, 1, 4, 4)
+    with pytest.raises(ValueError, match=r"got dtype torch.uint16; 16-bit intensities\? divide them by the maximum of "
+                                         r"the data's bit depth, the same for every batch: x.float\(\) / 4095 for "
+                                         r"12-bit data, x.float\(\) / 65535 for 16-bit$"):
+        check_images(x)
 
 
 def test_complex_images_are_told_to_take_their_magnitudes():
@@ -1137,12 +1150,19 @@ def test_complex_images_are_told_to_take_their_magnitudes():
     (-1024.0, 3071.0, r"these look like values in physical units: scale them into \[0, 1\] by a range fixed for the "
                       r"data set, not per batch, .*\(\(x \+ 1024\) / 4095\).clamp\(0, 1\) for CT in Hounsfield units"),
     (0.0, 70000.0, r"these look like values in physical units"),  # past 16 bits
+    (0.0, 65536.0, r"these look like values in physical units"),  # mutation round 31: one past 16-bit's white
     (-300.0, 0.5, r"these look like values in physical units"),
     (-200.0, 200.0, r"apply normalisation \(mean/std\) inside the model"),  # standardised data stays within 255
 ])
 def test_images_of_more_than_8_bits_or_in_physical_units_get_their_own_hints(lo, hi, hint):
     with pytest.raises(ValueError, match=rf"values must lie in \[0, 1\], got range .*; {hint}"):
         check_images(torch.linspace(lo, hi, 64).reshape(1, 1, 8, 8))
+
+
+def test_a_rounding_above_16_bit_white_in_float64_is_16_bit():
+    # mutation round 31: float32 has no value within the tolerance above 65535 (its steps there are 0.004), float64 has
+    with pytest.raises(ValueError, match=r"these look like intensities of more than 8 bits: .* x / 65535 for 16-bit$"):
+        check_images(torch.linspace(0, 65535.0005, 64, dtype=torch.float64).reshape(1, 1, 8, 8))
 
 
 def test_3d_volumes_are_told_their_slices_make_a_batch_and_the_recipe_works():
@@ -1166,6 +1186,7 @@ def test_3d_volumes_are_told_their_slices_make_a_batch_and_the_recipe_works():
 @pytest.mark.parametrize("shape, video, volume", [
     ((4, 16, 3, 8, 8), True, False),  # 16 frames of RGB
     ((4, 1, 32, 8, 8), False, True),  # one channel, 32 slices
+    ((4, 3, 32, 8, 8), False, True),  # RGB, 32 slices (mutation round 31: grey volumes alone were held)
     ((4, 1, 3, 8, 8), True, True),  # either
     ((4, 5, 7, 8, 8), True, True),  # neither reading's channels are grey or RGB: both named
 ])
