@@ -1,7 +1,8 @@
 """ISDA at ImageNet's size on the CPU: the time and peak memory of one ``ISDALoss`` step (forward and backward, the
 statistics' update included), its correction formed as matrix products (this library) or term by term over
 ``N x C x A`` tensors (the official ImageNet code's diagonal correction, with the same update), each case in a
-fresh process whose statistics are sized before the step. Prints a Markdown table.
+fresh process whose statistics are sized before the step. Prints a Markdown table with the term-by-term form's time
+and peak against the matrix products' (same statistics, same A).
 
     python benchmarks/isda_memory.py
 """
@@ -52,7 +53,8 @@ def rss(field: str) -> int:
 
 
 def one_case(case: int, classes: int, batch: int) -> None:
-    """Runs a case in this process; prints seconds and the peak RSS above what was held before the step."""
+    """Runs a case in this process; prints the address space held before the step (bytes: what of the limit the step
+    cannot use), then seconds and the peak RSS above what was held before the step."""
     correction, covariance, a = CASES[case]
     torch.manual_seed(0)
     fc = nn.Linear(a, classes)
@@ -62,9 +64,10 @@ def one_case(case: int, classes: int, batch: int) -> None:
     step = loss if correction == "matrix products" else lambda f, fc, y: term_by_term(loss, f, fc, y)
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (a first step's memory, freed
     # but kept by the allocator, would hide the peak of a second one: the step measured is the first)
+    print(rss("VmSize"), flush=True)
     before, start = rss("VmRSS"), time.perf_counter()
     step(features, fc, y).backward()
-    print(f"{time.perf_counter() - start:.1f} {max(rss('VmHWM') - before, 0)}")
+    print(f"{time.perf_counter() - start:.6f} {max(rss('VmHWM') - before, 0)}")
 
 
 def main() -> None:
@@ -79,26 +82,41 @@ def main() -> None:
     if args.case is not None:
         resource.setrlimit(resource.RLIMIT_AS, (int(args.memory_limit * GIB),) * 2)
         return one_case(args.case, args.classes, args.batch)
-    rows = []
+    results, held = {}, {}  # case -> (seconds, peak bytes) or None (out of memory); case -> address space before
     for i, (correction, covariance, a) in enumerate(CASES):
         proc = subprocess.run([sys.executable, __file__, "--case", str(i), "--classes", str(args.classes), "--batch",
                                str(args.batch), "--memory-limit", str(args.memory_limit), "--threads",
                                str(args.threads)], capture_output=True, text=True)
+        lines = proc.stdout.split()
+        started = bool(lines) and lines[0].isdigit()  # it printed its address space: the step began
+        held[i] = int(lines[0]) if started else 0
         if proc.returncode == 0:
-            seconds, peak = proc.stdout.split()[-2:]
-            result = f"{seconds} s | {size(int(peak))}"
-        elif "memory" in proc.stderr.lower():
-            result = f"out of memory under a {args.memory_limit:g} GiB address-space limit | -"
+            results[i] = float(lines[-2]), int(lines[-1])
+        elif started and "memory" in proc.stderr.lower():
+            results[i] = None
         else:
-            raise RuntimeError(f"case {i} failed:\n{proc.stderr[-3000:]}")
-        statistics = args.classes * a * (a if covariance == "full" else 1) * 4 / 1e9
-        rows.append(f"| {covariance}, A = {a} | {correction} | {statistics:.3g} GB | {result} |")
-        print(rows[-1], flush=True)
+            raise RuntimeError(f"case {i + 1} of {len(CASES)} failed{'' if started else ' before its step'} under a "
+                               f"{args.memory_limit:g} GiB address-space limit:\n{proc.stderr[-3000:]}")
+        print(f"case {i + 1} of {len(CASES)} done", file=sys.stderr, flush=True)
     print(f"\nISDALoss, K = C = {args.classes}, N = {args.batch}, float32, one step with its backward, "
-          f"{args.threads} thread(s), torch {torch.__version__}\n")
-    print("| statistics | correction | statistics' size | time | peak RSS above the step's inputs and statistics |")
-    print("|---|---|---|---|---|")
-    print("\n".join(rows))
+          f"{args.threads} thread(s), torch {torch.__version__}, each case under a {args.memory_limit:g} GiB "
+          f"address-space limit (what the process held before the step, torch's libraries and threads included, "
+          f"counts against it)\n")
+    print("| statistics | correction | statistics' size | time | peak RSS above the step's inputs and statistics "
+          "| against matrix products: time, peak RSS |")
+    print("|---|---|---|---|---|---|")
+    for i, (correction, covariance, a) in enumerate(CASES):
+        statistics = args.classes * a * (a if covariance == "full" else 1) * 4 / 1e9
+        result, against = results[i], "-"
+        reference = next((results[j] for j, case in enumerate(CASES) if case == ("matrix products", covariance, a)),
+                         None)
+        if result is None:
+            cells = f"out of memory ({size(int(args.memory_limit * GIB) - held[i])} of the limit left for the step) | -"
+        else:
+            cells = f"{result[0]:.1f} s | {size(result[1])}"
+            if correction != "matrix products" and reference is not None:
+                against = f"{result[0] / reference[0]:.1f}x, {result[1] / max(reference[1], 1):.1f}x"
+        print(f"| {covariance}, A = {a} | {correction} | {statistics:.3g} GB | {cells} | {against} |")
 
 
 if __name__ == "__main__":

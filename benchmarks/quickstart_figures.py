@@ -4,7 +4,9 @@ and to an exported module, a ``LatentCache``'s size, ``ISDA``'s statistics merge
 ``LatentNoise`` does to the pixels per eps and when the latent transforms warn of destroyed outputs, and
 ``LatentMixupInference``'s accuracy on one process and on two ranks' shards. Prints a Markdown table.
 
-    python benchmarks/quickstart_figures.py
+    python benchmarks/quickstart_figures.py   # CIFAR-10 through torchvision's download
+    python benchmarks/quickstart_figures.py --data npz:../shared/data/cifar10/test.npz \
+        --train npz:../shared/data/cifar10/train-5k.npz   # the same images from the shared copy
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from torch import nn
 
 from latent_transforms import LatentAdversarial, LatentCache, LatentMixupInference, LatentNoise, hub
 from latent_transforms.base import saturated
-from latent_transforms.data import load_images
+from latent_transforms.data import DEFAULT_DATA_ROOT, load_images
 from latent_transforms.evaluation import accuracy, fit_classifier, predict_proba
 from latent_transforms.feature_covariance import FeatureCovariance
 from latent_transforms.models import CifarResNet18, digits_cnn
@@ -115,9 +117,10 @@ class Holder(nn.Module):
 
 def main() -> None:
     ap = argument_parser(__doc__)
-    ap.add_argument("--data", default="npz:../shared/data/cifar10/test.npz", help="images: their first 64 are used")
-    ap.add_argument("--train", default="npz:../shared/data/cifar10/train-5k.npz",
-                    help="training images for the warning rows: their first 256 are used")
+    ap.add_argument("--data", default="cifar10", help="images (data spec; its test split): their first 64 are used")
+    ap.add_argument("--train", default="cifar10-5k",
+                    help="training images for the warning rows (data spec): their first 256 are used")
+    ap.add_argument("--data-root", help=f"download folder for cifar10 (default: {DEFAULT_DATA_ROOT})")
     ap.add_argument("--glow", default="glow-cifar10", help="the flow (hub name or .safetensors path)")
     ap.add_argument("--vae", default="vae-cifar10", help="the VAE (hub name or .safetensors path)")
     ap.add_argument("--digits-glow", default="glow-digits", help="the flow of the digits warning rows")
@@ -138,8 +141,8 @@ def main() -> None:
     else:
         glow, vae = hub.load(args.glow), hub.load(args.vae)
         digits_glow, digits_vae = hub.load(args.digits_glow), hub.load(args.digits_vae)
-        x = load_images(args.data, "test")[0][:IMAGES]
-        x_train = load_images(args.train, "train")[0][:n_train]
+        x = load_images(args.data, "test", args.data_root)[0][:IMAGES]
+        x_train = load_images(args.train, "train", args.data_root)[0][:n_train]
         digits, digits_y, _ = load_images("digits", "train")
         test_digits, test_y, _ = load_images("digits", "test")
     digits_test = (test_digits[:TESTED], test_y[:TESTED])
@@ -155,6 +158,8 @@ def main() -> None:
     one_by_one = seconds(lambda: [noise(x[i:i + 1], y[i:i + 1]) for i in range(len(x))], args.repeats)
     row(f"LatentNoise, one call on {len(x)} images", f"{batch:.2f} s")
     row(f"LatentNoise, {len(x)} calls on one image each", f"{one_by_one:.2f} s")
+    row(f"LatentNoise, {len(x)} calls on one image each against one call on {len(x)} images",
+        f"{one_by_one / batch:.1f}x")
 
     for name, codec in (("glow", glow), ("vae", vae)):
         row(f"a LatentNoise's state_dict (the {name} codec's weights)",

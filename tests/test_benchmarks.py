@@ -1541,7 +1541,45 @@ def test_quickstart_figures_smoke_prints_every_figure_of_its_table(tmp_path):
                    "LatentMixupInference (vae, 300 references) on them, seeds 0, 1, 2: 2 ranks, seed + rank"):
         assert figure in table, figure
     assert "| a LatentCache of the glow: floats per image, and a cache of 50,000 images | 3,072, 614 MB |" in table
-    assert table.count("\n| ") == 26  # a row per figure under the header
+    assert table.count("\n| ") == 27  # a row per figure under the header
+    # the timing rows' ratio, from the same run (a benchmark's table gives one; the times alone are the CPU's)
+    batch, one_by_one = (float(re.search(rf"\| LatentNoise, {what} \| ([\d.]+) s \|", table).group(1))
+                         for what in ("one call on 64 images", "64 calls on one image each"))
+    ratio = float(re.search(r"\| LatentNoise, 64 calls on one image each against one call on 64 images \| ([\d.]+)x \|",
+                            table).group(1))
+    assert ratio == pytest.approx(one_by_one / batch, rel=0.2, abs=0.1)  # the times are rounded to 0.01 s
+
+
+def test_quickstart_figures_reads_cifar10_through_torchvision_by_default_and_the_shared_copy_by_flag(monkeypatch):
+    """On a user's machine the script's defaults download CIFAR-10 (they named ../shared/data/cifar10/*.npz, which only
+    the project's machines have: `python benchmarks/quickstart_figures.py` failed there); --data-root is the download
+    folder, and --data/--train take the shared copy (npz:PATH)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    qf = _load_benchmark("quickstart_figures")
+    monkeypatch.setattr(qf, "hub", SimpleNamespace(load=lambda name: name))
+
+    class Loaded(Exception):
+        pass
+
+    for flags, expected in (
+            ([], [("cifar10", "test", None), ("cifar10-5k", "train", None)]),
+            (["--data-root", "/data/cifar"], [("cifar10", "test", "/data/cifar"), ("cifar10-5k", "train", "/data/cifar")]),
+            (["--data", "npz:../shared/data/cifar10/test.npz", "--train", "npz:../shared/data/cifar10/train-5k.npz"],
+             [("npz:../shared/data/cifar10/test.npz", "test", None),
+              ("npz:../shared/data/cifar10/train-5k.npz", "train", None)])):
+        calls = []
+
+        def load_images(spec, split="train", data_root=None):
+            calls.append((spec, split, data_root))
+            if len(calls) > 2:  # the digits: what is checked has been read
+                raise Loaded
+            return torch.rand(4, 3, 32, 32), torch.zeros(4, dtype=torch.long), 256
+
+        monkeypatch.setattr(qf, "load_images", load_images)
+        monkeypatch.setattr(sys, "argv", ["quickstart_figures.py", *flags])
+        with pytest.raises(Loaded):
+            qf.main()
+        assert calls[:2] == expected, flags
 
 
 def test_isda_memory_times_the_official_term_by_term_loss_against_the_librarys_same_loss(tmp_path, monkeypatch):
@@ -1563,8 +1601,29 @@ def test_isda_memory_times_the_official_term_by_term_loss_against_the_librarys_s
     assert torch.allclose(losses[0], losses[1], atol=1e-6) and torch.allclose(grads[0], grads[1], atol=1e-6)
     proc = _run([str(BENCHMARKS / "isda_memory.py"), "--classes", "20", "--batch", "8"], tmp_path)
     table = proc.stdout[proc.stdout.index("| statistics | correction |"):]
-    assert len(re.findall(r"\n\| (diagonal|full), A = \d+ \| (matrix products|term by term) \| [\d.e-]+ GB \| "
-                          r"[\d.]+ s \| \d+(\.\d)? (MiB|GiB) \|", table)) == len(bench.CASES), table
+    rows = re.findall(r"\n\| (diagonal|full), A = (\d+) \| (matrix products|term by term) \| [\d.e-]+ GB \| "
+                      r"[\d.]+ s \| \d+(?:\.\d)? (?:MiB|GiB) \| ([^|]+) \|", table)
+    assert len(rows) == len(bench.CASES), table
+    # each term-by-term row is set against the matrix products of the same statistics in the same run
+    for covariance, a, correction, against in rows:
+        paired = correction == "term by term" and ("matrix products", covariance, int(a)) in bench.CASES
+        assert re.fullmatch(r"[\d.]+x, [\d.]+x" if paired else "-", against.strip()), (covariance, a, correction, against)
+    assert "7 GiB address-space limit (what the process held before the step" in proc.stdout
+
+
+def test_isda_memory_reports_out_of_memory_only_for_a_step_that_ran_out(tmp_path):
+    """RLIMIT_AS counts the whole process's address space (torch's libraries and threads: ~3 GiB before any tensor):
+    a case out of memory in its step says how much of the limit its step had; one that could not even be set up is an
+    error, not a row saying "out of memory" (it named the step's form as the culprit)."""
+    held = int(subprocess.run([sys.executable, "-c", "import torch; torch.set_num_threads(1); "
+                               "print(open('/proc/self/status').read().split('VmSize:')[1].split()[0])"],
+                              capture_output=True, text=True, check=True).stdout) * 1024
+    limit = f"{(held + 2**29) / 2**30:.2f}"  # torch and half a GiB: the full covariance (1,000 x 512 x 512) cannot fit
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "isda_memory.py"), "--batch", "8", "--memory-limit", limit],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT_S,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode != 0 and "| full, A = 512 |" not in proc.stdout
+    assert f"case 5 of 5 failed before its step under a {limit} GiB address-space limit" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_codec_quality_scores_reconstructions_and_counts_either_source_class_of_a_mix(tmp_path, monkeypatch, capsys):
