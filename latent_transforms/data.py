@@ -332,7 +332,8 @@ def cifar10_5k_index(y: np.ndarray) -> np.ndarray:
 
 
 def low_data_split(y: torch.Tensor | np.ndarray, per_class: int, seed: int = 0) -> torch.Tensor:
-    """Sorted indices of ``per_class`` random samples of every class in ``y`` (a fixed low-data training subset)."""
+    """Sorted (M,) int64 indices of ``per_class`` random samples of every class in ``y: (N,)`` integer class indices
+    (a fixed low-data training subset, the same for the same ``seed``)."""
     check_count("per_class", per_class, 1)
     if isinstance(y, torch.Tensor):
         y = y.detach().cpu()

@@ -16,6 +16,9 @@ from .torch_defaults import cpu_as_default_device
 from .validation import (check_count, check_images, check_labels, check_number, no_autocast, row_sum_tolerance,
                          wide_float)
 
+__all__ = ["fit_classifier", "predict_proba", "accuracy", "expected_calibration_error", "reliability_bins",
+           "ece_of_bins"]
+
 Augment = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 

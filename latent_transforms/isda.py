@@ -36,7 +36,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LatentTransform, not_about_the_batch, warn_if_left_in_eval
+from .base import LatentTransform, not_about_the_batch, one_line_repr, warn_if_left_in_eval
 from .casts import without_16_bit_casts
 from .codecs import Codec
 from .feature_covariance import COVARIANCES, FeatureCovariance, check_sync, check_unchanged
@@ -297,6 +297,10 @@ class _ISDAState(Settings):
     def _isda_repr(self) -> str:
         return (f"num_classes={self.estimator.num_classes}, lambda0={self.lambda0}, covariance={self.covariance!r}, "
                 f"progress={self.progress}")
+
+    def _estimator_repr(self) -> str:
+        sync = self.estimator.sync if self.estimator.group is None else "<process group>"
+        return f", feature_dim={self.estimator.feature_dim}, sync_stats={sync}"
 
 
 # -- the drop-in transform ------------------------------------------------------------------------------------------
@@ -652,9 +656,8 @@ class ISDA(_ISDAState, LatentTransform):
 
     def extra_repr(self) -> str:
         # one line (no estimator submodule): its feature_dim and sync_stats are settings given to ISDA
-        sync = self.estimator.sync if self.estimator.group is None else "<process group>"
-        return (self._isda_repr() + f", layer={self.layer!r}, feature_dim={self.estimator.feature_dim}, "
-                f"sync_stats={sync}, p={self.p}" + generator_repr(self._rng.spec))
+        return (self._isda_repr() + f", layer={self.layer!r}" + self._estimator_repr() + f", p={self.p}"
+                + generator_repr(self._rng.spec))
 
     def find_layer(self, model: nn.Module) -> tuple[str, nn.Linear]:
         """``(name, layer)``: the final linear classifier of ``model`` that ISDA hooks."""
@@ -835,12 +838,17 @@ class ISDALoss(_ISDAState, nn.Module):
         self._init_isda(num_classes, lambda0, covariance, feature_dim, sync_stats)
 
     def extra_repr(self) -> str:
-        return self._isda_repr()
+        return self._isda_repr() + self._estimator_repr()
+
+    __repr__ = one_line_repr  # one line, as ISDA's: the estimator's settings, not a submodule tree
 
     if TYPE_CHECKING:  # nn.Module's __call__ returns Any
         def __call__(self, features: torch.Tensor, fc: nn.Linear, y: torch.Tensor) -> torch.Tensor: ...
 
     def forward(self, features: torch.Tensor, fc: nn.Linear, y: torch.Tensor) -> torch.Tensor:
+        """features: (N, A) float, fc: ``nn.Linear(A, C)``, y: (N,) int64 in ``[0, C)`` -> the mean cross-entropy of
+        the augmented logits (scalar; in ``eval()`` mode, of ``fc(features)``). ``TypeError`` for an ``fc`` that is
+        not an ``nn.Linear`` or features that are not a tensor, ``ValueError`` for wrong shapes or labels."""
         if not isinstance(fc, nn.Linear):
             inner = _linear_inside(fc) if isinstance(fc, nn.Module) else None
             raise TypeError(f"fc must be the classifier's nn.Linear, got {type(fc).__name__}"

@@ -18,6 +18,8 @@ from .compose import Compose
 from .labels import to_soft
 from .validation import check_batch, check_bool, check_count, check_model_slot, describe
 
+__all__ = ["check_transform_contract"]
+
 
 def model_state(model: nn.Module | None):
     """A copy of what a transform must leave alone, for ``assert_model_unchanged``: ``model``'s state dict, train/eval
@@ -133,8 +135,8 @@ def check_transform_contract(make: Callable[..., LatentTransform], x: torch.Tens
     Args:
         make: ``make(**kwargs) -> LatentTransform``, a new transform built with ``generator=`` and ``p=`` added to
             your own settings (``lambda **kw: MyMethod(codec, rate=0.2, **kw)``).
-        x: (B, C, H, W) float in [0, 1], a valid batch (B >= 2). y: (B,) int64 class indices in ``[0, num_classes)``
-            or (B, K) soft labels.
+        x: (B, C, H, W) float in [0, 1], a valid batch (B >= 2).
+        y: (B,) int64 class indices in ``[0, num_classes)`` or (B, K) soft labels.
         model: the classifier, if the transform needs one (its state, modes, gradients and ``requires_grad`` must come
             back unchanged).
         num_classes: the classes of class-index ``y`` (the width of a label-mixing transform's soft labels; soft

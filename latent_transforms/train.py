@@ -41,8 +41,7 @@ from .torch_defaults import cpu_as_default_device
 from .validation import (POSITIVE_FLOAT, POSITIVE_INT, MissingFileError, WrongTypeError, check_bool, check_count,
                          check_images, check_number, option, resolve_device, state_mismatch)
 
-__all__ = ["train_codec", "eval_codec", "default_config", "save_training_state", "load_training_state",
-           "register_cli", "STATE_FORMAT"]
+__all__ = ["train_codec", "eval_codec", "default_config", "save_training_state", "load_training_state", "STATE_FORMAT"]
 
 STATE_FORMAT = "latent-transforms-train-state/1"
 ACTNORM_INIT_BATCH = 512
@@ -983,6 +982,7 @@ def train_codec(
     Args:
         kind: ``"flow"`` (Glow; Adamax; ``"glow"``, the codec's ``kind``, is accepted too) or ``"vae"`` (ConvVAE;
             Adam).
+        x_train: (N, C, H, W) float in [0, 1], the training images (``data.load_images``).
         out_dir: where ``<name>.state.safetensors`` (training state) and the final ``<name>.safetensors``,
             ``<name>.json`` and ``<name>.png`` go (created if missing).
         name: file stem; default ``"glow"`` or ``"vae"``.

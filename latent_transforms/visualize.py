@@ -10,6 +10,8 @@ from PIL import Image, ImageDraw
 
 from .validation import check_count, check_images
 
+__all__ = ["save_rows", "draw_rows"]
+
 
 def save_rows(rows: dict[str, torch.Tensor], path: str | Path, cell: int = 48, label_width: int = 150) -> Path:
     """Write ``draw_rows(rows, cell, label_width)`` to ``path`` (its extension names the format); returns ``path``."""

@@ -1820,10 +1820,11 @@ def test_isda_repr_shows_every_setting_and_isdaloss_refuses_a_list_as_a_type_err
 
 
 def test_isdaloss_and_feature_covariance_print_their_settings_and_a_shallow_copy_shares_the_statistics():
-    """Coverage audit 188: neither repr nor FeatureCovariance.__copy__ ran in any test."""
+    """Coverage audit 188: neither repr nor FeatureCovariance.__copy__ ran in any test. API audit 235: ISDALoss printed
+    four lines, its estimator as a submodule tree (and no comma before it), where ISDA prints one."""
     loss = ISDALoss(10, 0.5, covariance="diagonal", feature_dim=3, sync_stats=False)
-    assert repr(loss) == ("ISDALoss(\n  num_classes=10, lambda0=0.5, covariance='diagonal', progress=0.0\n  (estimator): "
-                          "FeatureCovariance(num_classes=10, feature_dim=3, covariance='diagonal', sync_stats=False)\n)")
+    assert repr(loss) == ("ISDALoss(num_classes=10, lambda0=0.5, covariance='diagonal', progress=0.0, feature_dim=3, "
+                          "sync_stats=False)")
     stats = FeatureCovariance(4, 3, covariance="diagonal", sync_stats=False)
     stats.update(torch.rand(4, 3), torch.arange(4))
     shallow, deep = copy.copy(stats), copy.deepcopy(stats)

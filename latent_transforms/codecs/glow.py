@@ -209,7 +209,8 @@ class Glow(Codec):
         return self
 
     def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Mean bits/dim of uniformly dequantised x (the usual discrete-data bound); x checked as ``log_prob``'s."""
+        """Mean bits/dim of uniformly dequantised ``x: (B, C, H, W)`` in [0, 1] (the usual discrete-data bound), as
+        ``(scalar, {"bits/dim": scalar})``; x checked as ``log_prob``'s."""
         self.check_input(x)  # before the dequantisation, which failed deep in torch for uint8 images or a list
         levels = torch.round(x * (self.num_bins - 1))
         x_deq = (levels + torch.rand_like(x)) / self.num_bins

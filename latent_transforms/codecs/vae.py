@@ -157,7 +157,8 @@ class ConvVAE(Codec):
         return torch.sigmoid(self._logits(z[0]))
 
     def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Negative ELBO per image (nats): Bernoulli reconstruction + beta * KL, averaged over the batch."""
+        """Negative ELBO per image (nats) of ``x: (B, C, H, W)`` in [0, 1]: Bernoulli reconstruction + beta * KL,
+        averaged over the batch, as ``(scalar, {"rec", "kl", "mse": scalars})``."""
         terms = self.elbo_terms(x)
         rec, kl = terms["rec"].mean(), terms["kl"].mean()
         mse = F.mse_loss(torch.sigmoid(terms["logits"]), x)
