@@ -10,11 +10,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .isda import ISDA
+from .labels import check_labels_fit
 from .modelutils import borrowed, logits_of
 from .progress import progress_bar
 from .torch_defaults import cpu_as_default_device
-from .validation import (check_count, check_images, check_labels, check_number, no_autocast, row_sum_tolerance,
-                         wide_float)
+from .validation import (bad_option, check_count, check_images, check_labels, check_model, check_number, describe,
+                         no_autocast, row_sum_tolerance, wide_float)
 
 __all__ = ["fit_classifier", "predict_proba", "accuracy", "expected_calibration_error", "reliability_bins",
            "ece_of_bins"]
@@ -36,6 +37,7 @@ def fit_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, augment: 
     Returns the wall time in seconds.
     """
     check_images(x)
+    check_model(model, x, "fit_classifier's model")  # None or a function: torch's AttributeError at .parameters()
     check_labels(y, len(x))
     check_count("epochs", epochs, low=1)
     check_count("batch_size", batch_size, low=1)
@@ -68,7 +70,10 @@ def fit_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, augment: 
                 xb, yb = augment(xb, yb, model)
             with (no_autocast(x.device) if autocast_dtype is None
                   else torch.autocast(x.device.type, dtype=autocast_dtype)):
-                loss = F.cross_entropy(model(xb), yb)
+                logits = logits_of(model, xb, "fit_classifier")  # a tuple, or one output, is refused by name
+                if epoch == i == 0:  # once (a host sync): labels beyond the model's outputs were torch's IndexError
+                    check_labels_fit(y, logits.shape[1], "fit_classifier")
+                loss = F.cross_entropy(logits, yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -88,9 +93,10 @@ def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int | None = No
     ``batch_size``: images per forward pass; by default 1024 on an accelerator and 128 on the CPU, where smaller
     batches stay in cache (a width-16 CIFAR ResNet-18 on one thread: 2.4x faster than at 1024).
     """
-    if not isinstance(x, torch.Tensor) or not len(x):
-        raise ValueError(f"x must be a non-empty batch, got "
-                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if not isinstance(x, torch.Tensor) or not x.ndim or not len(x):  # 0-d: torch's "len() of a 0-d tensor"
+        tensor = isinstance(x, torch.Tensor)
+        raise bad_option(f"x must be a non-empty batch (B, ...), got {describe(x) if tensor else type(x).__name__}",
+                         right_type=tensor)
     if batch_size is None:
         batch_size = 128 if x.device.type == "cpu" else 1024
     check_count("batch_size", batch_size, low=1)

@@ -253,6 +253,8 @@ class FeatureCovariance(Settings, nn.Module):
                 raise WrongTypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if features.ndim != 2:
             raise ValueError(f"features must be (N, A), got shape {tuple(features.shape)}")
+        if not features.is_floating_point():  # int and bool were cast to float, complex lost its imaginary part
+            raise ValueError(f"features must be float, got dtype {features.dtype}")
         if y.ndim != 1 or y.shape[0] != features.shape[0]:
             raise ValueError(f"y must be (N,) with N={features.shape[0]} (the features' batch), got {tuple(y.shape)}")
         if y.device != features.device:

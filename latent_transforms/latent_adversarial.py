@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .codec_transform import CodecTransform
+from .labels import check_labels_fit
 from .latent_cache import LatentCache
 from .codecs import Codec
 from .modelutils import borrowed, logits_of
@@ -106,7 +107,7 @@ class LatentAdversarial(CodecTransform):
                 with torch.enable_grad():
                     logits = logits_of(net, self.decode_flat(z + delta).to(x.dtype), "LatentAdversarial")
                     if self.target == "true" and i == 0:  # once: reading the labels' maximum is a host sync
-                        _check_labels_fit(target, logits.shape[1])
+                        check_labels_fit(target, logits.shape[1], "LatentAdversarial(target='true')")
                     if not logits.requires_grad:
                         raise ValueError("LatentAdversarial differentiates model(x) with respect to x, but the "
                                          "model's output does not depend on x through autograd (a torch.no_grad() "
@@ -131,13 +132,3 @@ def _unit_loss_grad(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         z = logits.detach().float().requires_grad_(True)
         (g,) = torch.autograd.grad(F.cross_entropy(z, target, reduction="sum"), z)
     return scaled_to_unit_max(g).to(logits.dtype)
-
-
-def _check_labels_fit(y: torch.Tensor, k: int) -> None:
-    """``target="true"`` attacks the labels: they must address the model's ``k`` outputs."""
-    if y.ndim == 2 and y.shape[1] != k:
-        raise ValueError(f"LatentAdversarial(target='true'): soft labels y have {y.shape[1]} columns but the model "
-                         f"has {k} outputs")
-    if y.ndim == 1 and int(y.max()) >= k:
-        raise ValueError(f"LatentAdversarial(target='true'): labels y must be class indices in [0, {k}) for the "
-                         f"model's {k} outputs, got {int(y.max())}")

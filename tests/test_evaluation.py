@@ -154,6 +154,32 @@ def test_bad_training_and_prediction_settings_are_named():
         expected_calibration_error(torch.full((1, 2), 0.5), torch.zeros(1, dtype=torch.int64), bins=0)
 
 
+class _Pair(nn.Module):
+    """Logits and features, as a model that returns both does."""
+
+    def forward(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return logits, logits
+
+
+@pytest.mark.parametrize("model, y, error, match", [
+    (nn.Sequential(nn.Flatten(), nn.Linear(12, 5)), torch.arange(8), ValueError,  # was IndexError "Target 7 is out of bounds."
+     r"^fit_classifier: labels y must be class indices in \[0, 5\) for the model's 5 outputs, got 7$"),
+    (nn.Sequential(nn.Flatten(), nn.Linear(12, 10)), torch.full((8, 5), 0.2), ValueError,  # was torch's "0D or 1D target"
+     r"^fit_classifier: soft labels y have 5 columns but the model has 10 outputs$"),
+    (None, torch.arange(8), TypeError, r"^fit_classifier's model must be the classifier, an nn.Module"),  # AttributeError
+    (lambda x: x, torch.arange(8), TypeError, r"^fit_classifier's model must be the classifier"),
+    (nn.Sequential(nn.Flatten(), nn.Linear(12, 10), _Pair()), torch.arange(8), ValueError,  # cross_entropy's TypeError
+     r"^fit_classifier needs model\(x\) to return \(B, K\) logits, got a tuple"),
+    (nn.Sequential(nn.Flatten(), nn.Linear(12, 1)), torch.zeros(8, dtype=torch.int64), ValueError,  # trained on nothing
+     r"^fit_classifier needs model\(x\) to return \(B, K\) class logits, K >= 2, got one output"),
+])
+def test_fit_classifier_names_a_model_that_does_not_fit_the_labels(model, y, error, match):
+    """Found by bad-input fuzzing (audit 234): fit_classifier checked x and y but not what the model made of them, and
+    torch's errors came from deep in the loop (or, for one output, a loss of 0 trained nothing, silently)."""
+    with pytest.raises(error, match=match):
+        fit_classifier(model, torch.rand(8, 3, 2, 2), y, epochs=1, batch_size=4, progress=False)
+
+
 def test_fit_classifier_learns_a_separable_problem_and_is_seeded():
     def run(draws: int = 0) -> tuple[nn.Module, float]:
         torch.manual_seed(0)

@@ -1546,6 +1546,13 @@ def test_the_loss_form_and_the_functional_name_what_they_were_given():
         FeatureCovariance(3).update([[0.0, 1.0]], torch.zeros(1, dtype=torch.int64))
     with pytest.raises(ValueError, match=r"features must be \(N, A\), got shape \(4,\)"):  # was an IndexError
         FeatureCovariance(3).update(torch.randn(4), torch.zeros(4, dtype=torch.int64))
+    # found by bad-input fuzzing (audit 234): int and bool features were cast to float, complex ones lost their
+    # imaginary part (torch's UserWarning only), and the statistics were updated from them
+    for features in (torch.ones(4, 2, dtype=torch.int64), torch.ones(4, 2, dtype=torch.bool), torch.ones(4, 2) * 1j):
+        est = FeatureCovariance(3)
+        with pytest.raises(ValueError, match=f"^features must be float, got dtype {features.dtype}$"):
+            est.update(features, torch.zeros(4, dtype=torch.int64))
+        assert est.mean is None  # no statistics made from them
     with pytest.raises(TypeError, match=r"covariance must be one of \('full', 'diagonal'\), got True"):
         FeatureCovariance(3, covariance=True)
 

@@ -396,6 +396,16 @@ def test_evaluation_helpers_check_their_arguments():
         fit_classifier(TinyNet(), GOOD_X, GOOD_Y, lr=float("nan"), epochs=1, progress=False)
 
 
+def test_predict_proba_refuses_a_0d_tensor_by_name():
+    """Found by bad-input fuzzing (audit 234): a 0-d x escaped as torch's TypeError "len() of a 0-d tensor"."""
+    from latent_transforms.evaluation import predict_proba
+
+    with pytest.raises(ValueError, match=r"^x must be a non-empty batch \(B, \.\.\.\), got torch.float32 of shape \(\)$"):
+        predict_proba(TinyNet(), torch.tensor(0.5))
+    with pytest.raises(TypeError, match=r"^x must be a non-empty batch \(B, \.\.\.\), got list$"):  # and a ValueError
+        predict_proba(TinyNet(), GOOD_X.tolist())
+
+
 def test_loading_a_directory_says_so(tmp_path):
     from latent_transforms import hub
 
