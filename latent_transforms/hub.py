@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import difflib
 import enum
 import errno
 import glob
@@ -54,7 +53,8 @@ from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
 
 from .torch_defaults import cpu_as_default_device
-from .validation import MissingFileError, WrongTypeError, bad_option, check_bool, resolve_device, state_mismatch
+from .validation import (MissingFileError, WrongTypeError, bad_option, check_bool, close_names, resolve_device,
+                         state_mismatch)
 
 if TYPE_CHECKING:
     from .codecs import Codec
@@ -828,9 +828,7 @@ def unregister(name: str, *, persist: bool = False) -> dict[str, Any]:
 
 def _closest(name: str, names) -> str | None:
     """The name of ``names`` nearest to ``name`` ("Glow-CIFAR10" is near "glow-cifar10"), or None."""
-    lowered = {n.lower(): n for n in names}
-    close = difflib.get_close_matches(name.lower(), list(lowered), n=1)
-    return lowered[close[0]] if close else None
+    return next(iter(close_names(name, names)), None)
 
 
 def _entry(name: str) -> dict:

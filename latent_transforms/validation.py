@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import collections.abc
 import contextlib
+import difflib
+import functools
 import itertools
 import math
 import numbers
@@ -194,13 +196,63 @@ def setting(name: str, check: Callable, *args, module: bool = False, **kwargs) -
 class Settings:
     """Mixed into an ``nn.Module`` with settings (properties such as ``setting``'s): an assignment to one reaches its
     setter whatever the value, where ``nn.Module.__setattr__`` registered a module value as a submodule of that name
-    without it (``t.cache = LatentCache(...)`` went unchecked, ``t.eps = nn.Linear(...)`` was kept and never read)."""
+    without it (``t.cache = LatentCache(...)`` went unchecked, ``t.eps = nn.Linear(...)`` was kept and never read).
+
+    On the library's own classes, a new public name that misspells a setting (``t.alpah = 0.4``, ``t.Eps``,
+    ``setattr(t, "lamda0", ...)`` in a sweep: a new attribute nothing read, the run went on with the old value) raises
+    ``AttributeError`` naming the setting meant. Any other new name is kept, as ``nn.Module`` keeps it (what torch or
+    another package adds to every module, ``qconfig``; a hook's ``m.out``), and so is any name on a subclass defined
+    outside the library (``docs/extending.md``'s). Only an assignment of a new public name costs more than the dict
+    lookups of a known one."""
 
     def __setattr__(self, name: str, value: object) -> None:
-        if isinstance(getattr(type(self), name, None), property):
+        held = getattr(type(self), name, _ABSENT)
+        if isinstance(held, property):
             object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
+            return
+        if (held is _ABSENT and name[:1] != "_" and name not in self.__dict__ and not _holds(self, name)
+                and _is_library_class(type(self))):
+            meant = close_names(name, settings_of(type(self)), 3, cutoff=MISSPELLING)
+            if meant:
+                raise misspelled_setting(self, name, meant)
+        super().__setattr__(name, value)
+
+
+_ABSENT = object()
+MISSPELLING = 0.8  # difflib's ratio from which a new name is read as a setting misspelled: 'alpah' is 0.8 of 'alpha'
+
+
+def _holds(module: object, name: str) -> bool:
+    """Whether ``module`` has ``name`` as a submodule, buffer or parameter."""
+    return any(name in module.__dict__.get(kind, ()) for kind in ("_modules", "_buffers", "_parameters"))
+
+
+def _is_library_class(cls: type) -> bool:
+    """Whether ``cls`` is one of this library's classes (not a subclass of one defined elsewhere)."""
+    return cls.__module__.partition(".")[0] == __name__.partition(".")[0]
+
+
+@functools.cache
+def settings_of(cls: type) -> tuple[str, ...]:
+    """The public settings of ``cls``: its properties that take an assignment, sorted."""
+    return tuple(k for k in dir(cls) if k[:1] != "_" and isinstance(getattr(cls, k), property) and getattr(cls, k).fset)
+
+
+def close_names(name: str, names: collections.abc.Iterable[str], n: int = 1, cutoff: float = 0.6) -> list[str]:
+    """Up to ``n`` of ``names`` nearest to ``name`` whatever their case ("Glow-CIFAR10" is near "glow-cifar10"),
+    nearest first, of difflib's ratio ``cutoff`` or more."""
+    lowered = {k.lower(): k for k in names}
+    return [lowered[k] for k in difflib.get_close_matches(name.lower(), list(lowered), n=n, cutoff=cutoff)]
+
+
+def misspelled_setting(owner: object, name: str, meant: list[str]) -> AttributeError:
+    """The error for a new public ``name`` assigned to ``owner`` that misspells its settings ``meant``."""
+    cls = type(owner).__name__
+    return AttributeError(
+        f"{cls} has no setting {name!r} (did you mean {' or '.join(map(repr, meant))}?): assigned, it would be a new "
+        f"attribute that {cls} never reads, and the setting meant would keep its value. Its settings: "
+        f"{', '.join(settings_of(type(owner)))}. For an attribute of your own, use a name starting with '_' or a "
+        f"subclass of {cls}")
 
 
 def fixed_at_construction(owner: object, name: str, why: str, remedy: str) -> AttributeError:

@@ -999,6 +999,62 @@ def test_settings_fixed_at_construction_are_refused_in_one_style(glow, make, nam
         assert t.count.tolist() == [1, 1, 1, 2]
 
 
+@pytest.mark.parametrize("make,name,meant", [
+    (lambda g: LatentNoise(g), "Eps", "eps"),
+    (lambda g: LatentNoise(g), "eps_", "eps"),
+    (lambda g: LatentAdversarial(g), "step", "steps"),
+    (lambda g: VarMixup(g, num_classes=10), "alpah", "alpha"),
+    (lambda g: ISDA(10), "lamda0", "lambda0"),
+    (lambda g: ISDALoss(10), "lambda_0", "lambda0"),
+    (lambda g: FeatureCovariance(10, 4), "covarience", "covariance"),
+    (lambda g: LatentCache(g, torch.rand(2, 1, 8, 8), progress=False), "verify_image", "verify_images"),
+    (lambda g: Compose([LatentNoise(g)]), "num_clases", "num_classes"),
+    (lambda g: LatentMixupInference(TinyNet(), g, torch.rand(2, 1, 8, 8)), "num_mix", "num_mixes"),
+    (lambda g: base.LatentTransform(), "P", "p"),
+    (lambda g: ISDA(10), "progres", "progress"),
+])
+def test_a_misspelled_setting_assigned_after_construction_is_refused(glow, make, name, meant):
+    """Audit 230: an assignment of a name that misspells a setting (a sweep's t.alpah = 0.4) made a new
+    attribute that nothing read, and the run went on with the old value, silently."""
+    t = make(glow)
+    settings = [k for k in dir(type(t)) if isinstance(getattr(type(t), k), property) and getattr(type(t), k).fset]
+    with pytest.raises(AttributeError, match=f"^{type(t).__name__} has no setting '{name}' \\(did you mean '{meant}'\\?\\)"
+                                             f".* Its settings: {', '.join(settings)}\\. For an attribute of your own, "
+                                             f"use a name starting with '_' or a subclass of {type(t).__name__}$"):
+        setattr(t, name, 0.5)
+    assert name not in t.__dict__ and not hasattr(t, name)
+
+
+def test_what_torch_packages_and_subclasses_add_to_a_transform_is_not_refused(glow, batch):
+    """Audit 230: only a new public name that misspells a setting of the library's own class is refused: not a
+    private name, a name it has, another new name (nn.Module keeps it: a hook's, or what torch and other packages add
+    to every module, torch.ao.quantization's qconfig), nor a subclass's (extending.md)."""
+    t = LatentNoise(glow, eps=0.3)
+    t._mine, t.last_params, t.training, t.forward = 1, {}, False, t.forward  # private, or names it has
+    t.register_buffer("scale", torch.ones(()))
+    t.register_module("extra", nn.Identity())
+    t.scale, t.extra = torch.zeros(()), nn.Identity()  # registered: names it has
+    t.register_forward_hook(lambda m, args, out: None)
+    t.train().apply(lambda m: None).to(torch.float64).compile()  # sets _compiled_call_impl; compiles nothing yet
+    torch.ao.quantization.propagate_qconfig_(t, {"": torch.ao.quantization.default_dynamic_qconfig})
+    assert t.qconfig is not None and t.codec.qconfig is not None
+    t.out, t.label, t.epsilon = torch.ones(1), "mine", 0.1  # no setting near ('epsilon' is 0.6 of 'eps')
+    assert (t.label, t.epsilon, t.eps) == ("mine", 0.1, 0.3)
+    copied = copy.deepcopy(t)
+    copied.load_state_dict(t.state_dict(), assign=True)
+    assert copied.eps == 0.3 and copied.qconfig is not None
+
+    class Mine(LatentNoise):
+        def __init__(self, codec, rate=0.1, **kwargs):
+            super().__init__(codec, **kwargs)
+            self.rate = rate
+
+    mine = Mine(glow, rate=0.2)
+    mine.rate, mine.label = 0.3, "own"  # a subclass's own names, before and after construction
+    assert (mine.rate, mine.label) == (0.3, "own")
+    mine(*batch)
+
+
 def test_a_sizing_setting_assigned_back_is_compared_by_value():
     """Mutation round 29 (audit 224): the value held is compared by value, not identity: 1000 classes assigned back as
     a 0-d tensor (checked into a new int) and a covariance string made at run time (a config's) pass, as 4 did."""
