@@ -14,8 +14,8 @@ from .labels import check_labels_fit
 from .modelutils import borrowed, logits_of
 from .progress import progress_bar
 from .torch_defaults import cpu_as_default_device
-from .validation import (bad_option, check_count, check_images, check_labels, check_model, check_number, describe,
-                         no_autocast, row_sum_tolerance, wide_float)
+from .validation import (bad_option, check_count, check_images, check_items, check_labels, check_model, check_number,
+                         describe, no_autocast, row_sum_tolerance, wide_float)
 
 __all__ = ["fit_classifier", "predict_proba", "accuracy", "expected_calibration_error", "reliability_bins",
            "ece_of_bins"]
@@ -139,11 +139,11 @@ def reliability_bins(probs: torch.Tensor, y: torch.Tensor, bins: int = 15) -> di
 def _bin_sums(probs: torch.Tensor, y: torch.Tensor, bins: int, allow_empty: bool) -> dict[str, torch.Tensor]:
     """``reliability_bins``; N = 0 refused unless ``allow_empty`` (the ECE of no samples is undefined)."""
     _check_predictions(probs, y, allow_empty)
-    check_count("bins", bins, low=1)
+    dtype = wide_float(probs.device)  # float32 (MPS) counts stop at 2^24 samples
+    bins = check_items("bins", bins, (3,), dtype=dtype)  # three sums per bin
     conf, pred = probs.max(1)
     conf = conf.float()  # binned in float32: bf16's conf * bins lands in the wrong bin
     idx = (conf * bins).ceil().long().clamp(1, bins) - 1
-    dtype = wide_float(probs.device)  # float32 (MPS) counts stop at 2^24 samples
     sums = torch.zeros(3, bins, dtype=dtype, device=probs.device)
     sums[0].index_add_(0, idx, torch.ones_like(conf, dtype=dtype))
     sums[1].index_add_(0, idx, conf.to(dtype))

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .rng import draw_generator
-from .validation import check_bool, check_choice, check_count
+from .validation import check_bool, check_choice, check_count, check_image_shape
 
 PADDING_MODES = ("zeros", "reflect")
 
@@ -28,8 +28,7 @@ def random_shift_flip(x: torch.Tensor, max_shift: int, flips: bool, padding: str
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"x must be (B, C, H, W), got shape {tuple(x.shape)}")
+    check_image_shape(x, allow_empty=True)  # C = 0: reflection padding raised torch's own error
     check_choice("padding", padding, PADDING_MODES)
     check_bool("flips", flips)
     b, _, h, w = x.shape

@@ -140,6 +140,20 @@ def check_count(name: str, value: object, low: int = 0, high: int | None = None)
     return int(v)
 
 
+def check_items(name: str, value: object, *shapes: tuple[int, ...], dtype: torch.dtype, low: int = 1) -> int:
+    """``check_count(name, value, low)``, and a count ``n`` small enough for tensors ``(n, *shape)`` of ``dtype``, for
+    each of ``shapes``, to have a size in bytes that torch can represent (an int64): an absurd count (``2**70``) is
+    refused by name where torch's error named no argument ("Overflow when unpacking long long", "Storage size
+    calculation overflowed"); a count within it that does not fit in memory meets the allocator's own error."""
+    n = check_count(name, value, low)
+    each = max(math.prod(s) for s in shapes) * dtype.itemsize
+    most = torch.iinfo(torch.int64).max // max(each, 1)
+    if n > most:
+        raise ValueError(f"{name} must be an int in [{low}, {most}] ({each} bytes each; a torch tensor holds at most "
+                         f"2**63 - 1 bytes), got {value!r}")
+    return n
+
+
 def option(check: Callable, parse: type = int, **bounds) -> Callable[[str], object]:
     """An argparse ``type=`` that parses an option's text with ``parse`` and checks it with ``check`` (e.g.
     ``option(check_count, low=1)``): a command line gets the library's rules, and argparse's message names the option
@@ -306,6 +320,20 @@ def _image_form(x: torch.Tensor, name: str, allow_uint8: bool, uint8_hint: str =
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     check_dense(x, name)
+    check_image_shape(x, name, allow_empty)
+    if allow_uint8 and x.dtype == torch.uint8:
+        return False
+    if not x.is_floating_point():
+        raise ValueError(
+            f"{name} must be a float tensor with values in [0, 1]{' or uint8' if allow_uint8 else ''}, got dtype "
+            f"{x.dtype}; {_conversion_hint(x, name)}{uint8_hint if x.dtype == torch.uint8 else ''}"
+        )
+    return x.shape[0] > 0
+
+
+def check_image_shape(x: torch.Tensor, name: str = "x", allow_empty: bool = False) -> None:
+    """Raise unless the tensor ``x`` is ``(B, C, H, W)`` with ``C, H, W >= 1`` (and ``B >= 1`` unless
+    ``allow_empty``); neither its dtype nor its values are read (no host sync)."""
     if x.ndim != 4:
         one, grey = (f"; one image? {name}.unsqueeze(0) makes it a batch of one",
                      f"; a batch of grey (B, H, W) images? {name}.unsqueeze(1) adds the channel")
@@ -316,15 +344,8 @@ def _image_form(x: torch.Tensor, name: str, allow_uint8: bool, uint8_hint: str =
     if x.shape[0] == 0 and not allow_empty:
         raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)})")
     if 0 in x.shape[1:]:
-        raise ValueError(f"{name} has an empty channel or spatial dimension (shape {tuple(x.shape)})")
-    if allow_uint8 and x.dtype == torch.uint8:
-        return False
-    if not x.is_floating_point():
-        raise ValueError(
-            f"{name} must be a float tensor with values in [0, 1]{' or uint8' if allow_uint8 else ''}, got dtype "
-            f"{x.dtype}; {_conversion_hint(x, name)}{uint8_hint if x.dtype == torch.uint8 else ''}"
-        )
-    return x.shape[0] > 0
+        empty = ", ".join(f"{d} = 0" for d, size in zip("CHW", x.shape[1:]) if not size)
+        raise ValueError(f"{name} has an empty channel or spatial dimension (shape {tuple(x.shape)}: {empty})")
 
 
 def _five_dims_hint(x: torch.Tensor, name: str) -> str:

@@ -915,6 +915,15 @@ def test_training_and_sampling_methods_check_their_arguments():
         vae.encode(x, sample="no")
     with pytest.raises(ValueError, match="n must be an int >= 1"):
         glow.sample(0)
+    # found by bad-input fuzzing (audit 234): torch's TypeError "Overflow when unpacking long long" (2**70) or
+    # RuntimeError "Storage size calculation overflowed" (2**62) named no argument; within the bound, the allocator's
+    # own "can't allocate memory"
+    for codec in (glow, vae):
+        bound = (2**63 - 1) // (4 * 64)  # the (1, 8, 8) float32 images are the largest tensor of one sample
+        for n in (2**70, 2**62, bound + 1):
+            with pytest.raises(ValueError, match=rf"^n must be an int in \[1, {bound}\] \(256 bytes each; a torch "
+                                                 rf"tensor holds at most 2\*\*63 - 1 bytes\), got {n}$"):
+                codec.sample(n)
     with pytest.raises(TypeError, match="generator must be None, an int seed or a torch.Generator"):
         glow.sample(2, generator="3")
 

@@ -152,6 +152,15 @@ def test_bad_training_and_prediction_settings_are_named():
         predict_proba(model, x, batch_size=0)
     with pytest.raises(ValueError, match="bins must be an int >= 1"):
         expected_calibration_error(torch.full((1, 2), 0.5), torch.zeros(1, dtype=torch.int64), bins=0)
+    # found by bad-input fuzzing (audit 234): torch's OverflowError "int too big to convert" (2**70), its RuntimeErrors
+    # "Promotion for uint16, uint32, uint64 types is not supported" (2**63) and "Storage size calculation overflowed"
+    # (2**62) named no argument; within the bound, the allocator's own "can't allocate memory"
+    bound = (2**63 - 1) // (3 * 8)  # three float64 sums per bin
+    for bins in (2**70, 2**63, 2**62, bound + 1):
+        for f in (expected_calibration_error, reliability_bins):
+            with pytest.raises(ValueError, match=rf"^bins must be an int in \[1, {bound}\] \(24 bytes each; a torch "
+                                                 rf"tensor holds at most 2\*\*63 - 1 bytes\), got {bins}$"):
+                f(torch.full((1, 2), 0.5), torch.zeros(1, dtype=torch.int64), bins=bins)
 
 
 class _Pair(nn.Module):

@@ -1,6 +1,8 @@
 """random_shift_flip: per-sample shifts and flips, padding modes, seeding, bad input."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -68,7 +70,7 @@ def test_flips_alone_draw_what_codec_training_always_drew():
 
 def test_bad_input_is_named():
     x = torch.rand(2, 3, 8, 8)
-    with pytest.raises(ValueError, match="x must be \\(B, C, H, W\\), got shape \\(3, 8, 8\\)"):
+    with pytest.raises(ValueError, match=r"x must have shape \(B, C, H, W\), got 3 dims with shape \(3, 8, 8\); one "):
         random_shift_flip(x[0], 1, True)
     with pytest.raises(ValueError, match="padding must be one of"):
         random_shift_flip(x, 1, True, padding="edge")
@@ -94,6 +96,18 @@ def test_draws_dy_then_dx_then_the_flips_from_the_generator():
     expected = torch.where(flip.view(16, 1, 1, 1), expected.flip(-1), expected)
     assert (dy != dx).any() and flip.any() and not flip.all()
     assert torch.equal(random_shift_flip(x, p, flips=True, generator=torch.Generator().manual_seed(3)), expected)
+
+
+@pytest.mark.parametrize("padding", ["zeros", "reflect"])
+def test_images_with_an_empty_channel_or_side_are_refused_as_everywhere(padding):
+    """Found by bad-input fuzzing (audit 234): C = 0 with reflection padding raised torch's "Expected 3D or 4D (batch
+    mode) tensor ... other non-zero dimensions" and, with zero padding, passed (as H = 0 did), where every transform's
+    check_images refuses them; an empty batch still passes through."""
+    for shape, empty in (((2, 0, 8, 8), "C = 0"), ((2, 3, 0, 8), "H = 0")):
+        with pytest.raises(ValueError, match=rf"^x has an empty channel or spatial dimension \(shape "
+                                             rf"{re.escape(str(shape))}: {empty}\)$"):
+            random_shift_flip(torch.rand(shape), 2, True, padding=padding)
+    assert random_shift_flip(torch.rand(0, 3, 8, 8), 2, True, padding=padding).shape == (0, 3, 8, 8)
 
 
 def test_x_and_generator_of_the_wrong_kind_are_named():

@@ -13,7 +13,7 @@ from torch import nn
 from ..casts import without_16_bit_casts
 from ..rng import draw_generator
 from ..torch_defaults import codec_build_defaults
-from ..validation import (WrongTypeError, bad_option, check_bool, check_count, check_dense, check_images,
+from ..validation import (WrongTypeError, bad_option, check_bool, check_dense, check_images, check_items,
                           check_number, check_same_device, describe, is_int, scalar, state_mismatch)
 from .precision import exact_math
 
@@ -238,11 +238,12 @@ class Codec(ChecksCodecStates, nn.Module):
     def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | int | None = None) -> torch.Tensor:
         """n images decoded from N(0, temperature^2 I) latents, clipped to [0, 1]: (n, C, H, W). ``generator``:
         ``None`` (torch's global RNG), an ``int`` seed or a ``torch.Generator`` on the codec's device."""
-        n, temperature = check_count("n", n, low=1), check_number("temperature", temperature)
+        shapes = self.checked_latent_shapes()
+        n = check_items("n", n, self.image_shape, *shapes, dtype=self.dtype)
+        temperature = check_number("temperature", temperature)
         device = self.device
         generator = draw_generator(generator, device)
-        z = [temperature * torch.randn((n, *s), generator=generator, device=device, dtype=self.dtype)
-             for s in self.checked_latent_shapes()]
+        z = [temperature * torch.randn((n, *s), generator=generator, device=device, dtype=self.dtype) for s in shapes]
         return self.decode(z).clamp(0, 1)
 
     def check_input(self, x: torch.Tensor) -> None:
