@@ -4,6 +4,7 @@ For each setting: train the demo CNN on a low-data subset (per class) of the tra
 validation set, and report validation accuracy (mean over seeds). Prints a Markdown table; writes JSON.
 
     python benchmarks/calibrate_digits.py --out runs/calibrate-digits
+    python benchmarks/calibrate_digits.py --smoke --out /tmp/digits-smoke   # tiny random-init codecs: seconds
 """
 from __future__ import annotations
 
@@ -16,10 +17,13 @@ import torch
 from latent_transforms import ISDA, LatentAdversarial, LatentNoise, VarMixup, hub
 from latent_transforms.data import load_images, low_data_split
 from latent_transforms.models import digits_cnn
+from latent_transforms.progress import progress_bar
 from latent_transforms.validation import POSITIVE_INT
 from latent_transforms.evaluation import accuracy, fit_classifier, predict_proba
 
-from models import argument_parser, check_output_folder, run_script
+from models import DIGITS_SHAPE, argument_parser, check_output_folder, parse_args_with_smoke, run_script, tiny_codecs
+
+SMOKE_DEFAULTS = {"per_class": 2, "val": 100, "epochs": 1, "seeds": [0]}
 
 
 def settings(glow, vae, seed):
@@ -44,7 +48,12 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], metavar="SEED",
                     help="the seed values, not their number")
     ap.add_argument("--out", default="runs/calibrate-digits", help="output folder")
-    args = ap.parse_args()
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar (one step per setting and seed)")
+    ap.add_argument("--smoke", action="store_true", help="checks the script in seconds: tiny random-init codecs "
+                    "instead of glow-digits and vae-digits, and these defaults instead of the others: " + ", ".join(
+                        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+                        for k, v in SMOKE_DEFAULTS.items()))
+    args = parse_args_with_smoke(ap, SMOKE_DEFAULTS)
     check_output_folder(args.out)  # now, not after every setting has trained
     torch.set_num_threads(1)
     x, y, _ = load_images("digits", "train")
@@ -52,17 +61,18 @@ def main() -> None:
         raise ValueError(f"--val {args.val} leaves no training images: the digits training split has {len(x)}")
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(1234))
     val, rest = perm[: args.val], perm[args.val:]
-    glow, vae = hub.load("glow-digits"), hub.load("vae-digits")
+    glow, vae = tiny_codecs(shape=DIGITS_SHAPE) if args.smoke else (hub.load("glow-digits"), hub.load("vae-digits"))
     results: dict[str, list[float]] = {}
-    for seed in args.seeds:
-        idx = rest[low_data_split(y[rest], args.per_class, seed=seed)]
-        for name, augment in settings(glow, vae, seed):
-            torch.manual_seed(seed)
-            model = digits_cnn()
-            fit_classifier(model, x[idx], y[idx], augment, epochs=args.epochs, batch_size=32, lr=0.05, seed=seed,
-                           progress=False)
-            results.setdefault(name, []).append(accuracy(predict_proba(model, x[val]), y[val]))
-            print(f"seed {seed} {name}: {100 * results[name][-1]:.1f}%", flush=True)
+    split = {seed: rest[low_data_split(y[rest], args.per_class, seed=seed)] for seed in args.seeds}
+    runs = [(seed, name, augment) for seed in args.seeds for name, augment in settings(glow, vae, seed)]
+    for seed, name, augment in progress_bar(runs, desc="settings", disable=args.no_progress):
+        idx = split[seed]
+        torch.manual_seed(seed)
+        model = digits_cnn()
+        fit_classifier(model, x[idx], y[idx], augment, epochs=args.epochs, batch_size=32, lr=0.05, seed=seed,
+                       progress=False)
+        results.setdefault(name, []).append(accuracy(predict_proba(model, x[val]), y[val]))
+        print(f"seed {seed} {name}: {100 * results[name][-1]:.1f}%", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "calibration.json").write_text(json.dumps(results, indent=2))

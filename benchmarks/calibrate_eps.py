@@ -11,6 +11,7 @@ is the point, and the rejection rate must stay near zero.
 
     python benchmarks/calibrate_eps.py --codec glow-digits --data digits
     python benchmarks/calibrate_eps.py --codec glow-cifar10 --data npz:../shared/data/cifar10/train-5k.npz --width 16
+    python benchmarks/calibrate_eps.py --smoke --out /tmp/eps-smoke   # tiny random-init Glow, 200 digits: seconds
 """
 from __future__ import annotations
 
@@ -24,11 +25,12 @@ from latent_transforms.validation import POSITIVE_INT, check_number, option
 from latent_transforms.evaluation import accuracy, fit_classifier, predict_proba
 from latent_transforms.visualize import save_rows
 
-from models import (argument_parser, check_output_folder, clean_classifier_model, output_stem, run_script,
-                    write_json)
+from models import (SMOKE_IMAGES, argument_parser, check_output_folder, clean_classifier_model, output_stem,
+                    parse_args_with_smoke, run_script, tiny_codecs, write_json)
 
 EPS = option(check_number, float)  # eps >= 0, the transforms' rule, checked before the classifier trains
 TEXTURE = 0.05  # a patch with edges: moved by one pixel, it changes by more than this on average
+SMOKE_DEFAULTS = {"data": "digits", "epochs": 1, "width": 4}
 
 
 def displaced_patches(x: torch.Tensor, out: torch.Tensor, size: int = 8) -> tuple[float | None, int]:
@@ -53,8 +55,9 @@ def displaced_patches(x: torch.Tensor, out: torch.Tensor, size: int = 8) -> tupl
 
 def main() -> None:
     ap = argument_parser(__doc__)
-    ap.add_argument("--codec", required=True, help="hub name or .safetensors path")
-    ap.add_argument("--data", required=True, help="training images (data spec); the validation split comes from them")
+    ap.add_argument("--codec", help="hub name or .safetensors path (required; smoke: tiny random-init Glow)")
+    ap.add_argument("--data", help="training images (data spec); the validation split comes from them (required; "
+                                   "smoke: digits)")
     ap.add_argument("--val-fraction", type=option(check_number, float, high=1, low_open=True, high_open=True),
                     default=0.1, help="share of the --data images held out for validation")
     ap.add_argument("--noise-eps", type=EPS, nargs="+", default=[0.5, 1, 2, 3, 5, 10, 20], help="LatentNoise L2 radii")
@@ -64,12 +67,21 @@ def main() -> None:
     ap.add_argument("--width", type=POSITIVE_INT, default=16, help="ResNet-18 width for RGB data")
     ap.add_argument("--threads", type=POSITIVE_INT, default=1, help="CPU threads for torch")
     ap.add_argument("--out", default="runs/calibrate-eps", help="output folder")
-    args = ap.parse_args()
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar (the clean classifier's training)")
+    ap.add_argument("--smoke", action="store_true", help=f"checks the script in seconds: the first {SMOKE_IMAGES} "
+                    f"images of --data, a tiny random-init Glow unless --codec is given, and these defaults instead of "
+                    f"the others: " + ", ".join(f"--{k} {v}" for k, v in SMOKE_DEFAULTS.items()))
+    args = parse_args_with_smoke(ap, SMOKE_DEFAULTS, required=("--codec", "--data"))
     check_output_folder(args.out)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    codec = hub.load(args.codec)
+    codec = hub.load(args.codec) if args.codec else None  # an unknown name fails now
     x, y, _ = load_images(args.data, "train")
+    if args.smoke:
+        x, y = x[:SMOKE_IMAGES], y[:SMOKE_IMAGES]
+    if codec is None:  # --smoke without --codec: a tiny Glow of the images' shape
+        codec = tiny_codecs(shape=tuple(x.shape[1:]))[0]
+    codec_name = args.codec or "tiny random-init glow (smoke)"
     codec.check_images(x, "the --data images")  # now, not after the classifier is trained
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(1234))
     n_val = int(len(x) * args.val_fraction)
@@ -78,7 +90,8 @@ def main() -> None:
                          f"give at least {1 / len(x):.2g}")
     val, rest = perm[:n_val], perm[n_val:]
     model = clean_classifier_model(x.shape[1:], args.width)
-    fit_classifier(model, x[rest], y[rest], epochs=args.epochs, batch_size=64, lr=0.05, desc="clean classifier")
+    fit_classifier(model, x[rest], y[rest], epochs=args.epochs, batch_size=64, lr=0.05, desc="clean classifier",
+                   progress=not args.no_progress)
     xv, yv = x[val], y[val]
     clean = accuracy(predict_proba(model, xv), yv)
     rows, pictures = [], {"original": xv[:10]}
@@ -103,12 +116,12 @@ def main() -> None:
         ("for scale: moved by one pixel", torch.roll(xv, 1, 3)), ("for scale: another image", xv.roll(1, 0)))]
     dest = Path(args.out)
     dest.mkdir(parents=True, exist_ok=True)
-    name = output_stem(args.codec)
+    name = output_stem(args.codec) if args.codec else "tiny-glow"
     save_rows(pictures, dest / f"{name}-eps.png")
     write_json(dest / f"{name}-eps.json", {"clean_val_accuracy": clean, "rows": rows, "settings": {
-        "codec": args.codec, "data": args.data, "val_fraction": args.val_fraction, "val_images": len(xv),
+        "codec": codec_name, "data": args.data, "val_fraction": args.val_fraction, "val_images": len(xv),
         "epochs": args.epochs, "width": args.width}, "for_scale": for_scale})
-    print(f"\n{args.codec} on {len(xv)} validation images of {args.data} (clean accuracy {100 * clean:.1f}%)\n")
+    print(f"\n{codec_name} on {len(xv)} validation images of {args.data} (clean accuracy {100 * clean:.1f}%)\n")
     print("| method | eps | rejected | mean abs pixel change | pixels changed > 0.1 | textured patches moved | clean "
           "classifier's accuracy on perturbed |")
     print("|---|---|---|---|---|---|---|")

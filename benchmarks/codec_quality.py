@@ -9,6 +9,7 @@ times are scored by the same classifier.
     python benchmarks/codec_quality.py --codec vae-digits --train digits --test digits
     python benchmarks/codec_quality.py --codec vae-cifar10 runs/vae-b003/vae-cifar10.safetensors \
         --train npz:../shared/data/cifar10/train-5k.npz --test npz:../shared/data/cifar10/test.npz --width 16 --epochs 10
+    python benchmarks/codec_quality.py --smoke --out /tmp/cq-smoke   # tiny random-init Glow and VAE on digits: seconds
 """
 from __future__ import annotations
 
@@ -27,11 +28,12 @@ from latent_transforms.evaluation import accuracy, fit_classifier, predict_proba
 from latent_transforms.train import eval_codec
 from latent_transforms.visualize import save_rows
 
-from models import (argument_parser, check_output_folder, clean_classifier_model, output_stem, run_script,
-                    write_json)
+from models import (SMOKE_IMAGES, argument_parser, check_output_folder, clean_classifier_model, output_stem,
+                    parse_args_with_smoke, run_script, tiny_codecs, write_json)
 
 
 BATCH = 500  # images per codec call
+SMOKE_DEFAULTS = {"train": "digits", "test": "digits", "epochs": 1, "width": 4, "limit_test": 100}
 
 
 def clean_classifier(args: argparse.Namespace, x_train: torch.Tensor, y_train: torch.Tensor, *, seed: int = 0,
@@ -115,9 +117,10 @@ def noised(codec, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
 
 def main() -> None:
     ap = argument_parser(__doc__)
-    ap.add_argument("--codec", required=True, nargs="+", help="hub names or .safetensors paths, scored by one classifier")
-    ap.add_argument("--train", required=True, help="data spec of the classifier's training images")
-    ap.add_argument("--test", required=True, help="data spec of the test images scored")
+    ap.add_argument("--codec", nargs="+", help="hub names or .safetensors paths, scored by one classifier (required; "
+                                               "smoke: a tiny random-init Glow and VAE, tiny-glow and tiny-vae)")
+    ap.add_argument("--train", help="data spec of the classifier's training images (required; smoke: digits)")
+    ap.add_argument("--test", help="data spec of the test images scored (required; smoke: digits)")
     ap.add_argument("--epochs", type=POSITIVE_INT, default=30, help="the clean classifier's training epochs")
     ap.add_argument("--width", type=POSITIVE_INT, default=32, help="ResNet-18 width for RGB data")
     ap.add_argument("--limit-test", type=POSITIVE_INT, default=2000, help="test images used (CPU budget)")
@@ -127,21 +130,31 @@ def main() -> None:
     ap.add_argument("--classifier", metavar="FILE", help="the clean classifier's .safetensors: loaded if it exists "
                     "(trained with the same --train, --width and --epochs), else trained and written there")
     ap.add_argument("--threads", type=POSITIVE_INT, help="CPU threads for torch (default: torch's)")
-    args = ap.parse_args()
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar (the clean classifier's training)")
+    ap.add_argument("--smoke", action="store_true", help=f"checks the script in seconds: the first {SMOKE_IMAGES} "
+                    f"--train images, a tiny random-init Glow and VAE unless --codec is given, and these defaults "
+                    f"instead of the others: " + ", ".join(f"--{k.replace('_', '-')} {v}"
+                                                           for k, v in SMOKE_DEFAULTS.items()))
+    args = parse_args_with_smoke(ap, SMOKE_DEFAULTS, required=("--codec", "--train", "--test"))
     check_output_folder(args.out)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    codecs = {spec: hub.load(spec) for spec in args.codec}  # an unknown name fails now, not after the classifier
+    # an unknown name fails now, not after the classifier
+    codecs = {spec: hub.load(spec) for spec in args.codec} if args.codec else None
     x_train, y_train, _ = load_images(args.train, "train")
     x_test, y_test, _ = load_images(args.test, "test")
     x_test, y_test = x_test[: args.limit_test], y_test[: args.limit_test]
+    if args.smoke:
+        x_train, y_train = x_train[:SMOKE_IMAGES], y_train[:SMOKE_IMAGES]
+    if codecs is None:  # --smoke without --codec: tiny codecs of the images' shape
+        codecs = dict(zip(("tiny-glow", "tiny-vae"), tiny_codecs(shape=tuple(x_test.shape[1:]))))
     for spec, codec in codecs.items():  # now, not after the classifier is trained
         try:
             codec.check_images(x_test, "the --test images")
         except ValueError as e:
             raise ValueError(f"--codec {spec}: {e}") from None
-    model = clean_classifier(args, x_train, y_train)
+    model = clean_classifier(args, x_train, y_train, progress=not args.no_progress)
     settings = {"train": args.train, "test": args.test, "test_images": len(x_test),
                 "epochs": args.epochs, "width": args.width, "classifier": args.classifier}
     clean = accuracy(predict_proba(model, x_test), y_test)

@@ -1,7 +1,7 @@
 """What the benchmark scripts share: the bf16 wrapper around the library's CIFAR ResNet-18, per-sample crop+flip on the device,
 per-sample RandAugment, tiny random-init codecs for smoke runs, atomic JSON and text writes, the parser whose ``--help``
-gives every default (``argument_parser``), and how a script ends on a user's mistake (``run_script``,
-``check_output_folder``)."""
+gives every default (``argument_parser``), ``--smoke``'s defaults (``parse_args_with_smoke``), and how a script ends on
+a user's mistake (``run_script``, ``check_output_folder``)."""
 from __future__ import annotations
 
 import argparse
@@ -57,6 +57,24 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
 def argument_parser(doc: str) -> argparse.ArgumentParser:
     """A script's parser: its docstring's first paragraph as the description, every default in ``--help``."""
     return argparse.ArgumentParser(description=first_paragraph(doc), formatter_class=DefaultsHelpFormatter)
+
+
+SMOKE_IMAGES = 200  # --smoke's images: the first of the data set (calibrate_eps.py, codec_quality.py)
+
+
+def parse_args_with_smoke(parser: argparse.ArgumentParser, smoke_defaults: dict, required: tuple[str, ...] = (),
+                          argv=None) -> argparse.Namespace:
+    """``parser``'s arguments, where ``--smoke`` (a flag of ``parser``) makes ``smoke_defaults`` the defaults (an
+    option given beside it wins) and the options ``required`` (``"--codec"``) may be left out: without ``--smoke``
+    they must be given."""
+    args = parser.parse_args(argv)
+    if args.smoke:
+        parser.set_defaults(**smoke_defaults)
+        args = parser.parse_args(argv)
+    missing = [flag for flag in required if getattr(args, flag[2:].replace("-", "_")) is None]
+    if missing and not args.smoke:
+        parser.error(f"the following arguments are required (unless --smoke): {', '.join(missing)}")
+    return args
 
 
 def check_output_folder(path, option: str = "--out") -> Path:

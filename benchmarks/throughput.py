@@ -49,8 +49,8 @@ import torch.nn.functional as F
 warnings.filterwarnings("ignore", message="torch.lu is deprecated")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import (CIFAR_NOISE_EPS, PerSampleRandAugment, add_device_argument, argument_parser,  # noqa: E402
-                    build_classifier, check_output_folder, load_codec, random_init_codec, run_script, setup_device,
-                    tiny_codecs, write_json, write_text)
+                    build_classifier, check_output_folder, load_codec, parse_args_with_smoke, random_init_codec,
+                    run_script, setup_device, tiny_codecs, write_json, write_text)
 
 from latent_transforms.codecs import flatten_latents, unflatten_latents  # noqa: E402
 from latent_transforms.validation import POSITIVE_INT, check_count, option  # noqa: E402
@@ -503,10 +503,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true",
                    help="tiny codecs, and these defaults instead of the others: " + ", ".join(
                        f"--{k.replace('_', '-')} {v}" for k, v in SMOKE_DEFAULTS.items()))
-    args = p.parse_args(argv)
-    if args.smoke:  # its settings are defaults: an option given beside --smoke wins
-        p.set_defaults(**SMOKE_DEFAULTS)
-        args = p.parse_args(argv)
+    args = parse_args_with_smoke(p, SMOKE_DEFAULTS, argv=argv)  # an option given beside --smoke wins
     if args.batch_size is None:
         args.batch_size = 256 if args.device.startswith("cuda") else 8
     if args.precision is None:

@@ -434,6 +434,32 @@ def test_codec_quality_scores_several_codecs_with_one_classifier(tmp_path):
     assert re.search(r"^\| vae-digits \|.* - \| - \| - \|$", proc.stdout, re.M), proc.stdout
 
 
+def _markdown_table(stdout: str) -> tuple[list[str], list[list[str]]]:
+    """The header cells and the rows' cells of the Markdown table a script printed last."""
+    lines = [line for line in stdout.splitlines() if line.startswith("| ")]
+    header, *rows = ([cell.strip() for cell in line.strip().strip("|").split(" | ")] for line in lines)
+    return header, rows
+
+
+def test_codec_quality_smoke_scores_a_tiny_glow_and_vae_without_a_progress_bar(tmp_path):
+    """Audit 236: codec_quality.py had no --smoke (it was tested with stub codecs or trained checkpoints only) and
+    its classifier's progress bar could not be turned off but by TQDM_DISABLE=1."""
+    out = tmp_path / "cq"
+    proc = _run([str(BENCHMARKS / "codec_quality.py"), "--smoke", "--no-progress", "--out", str(out)], tmp_path)
+    header, rows = _markdown_table(proc.stdout)
+    assert header == ["codec", "test MSE or bits/dim", "classifier on reconstructions", "on 50/50 mixes: either class",
+                      "on LatentNoise eps=5", "on LatentNoise eps=10", "on LatentNoise eps=20"]
+    assert [row[0] for row in rows] == ["tiny-glow", "tiny-vae"] and all(len(row) == len(header) for row in rows)
+    assert rows[0][1].endswith(" bits/dim") and all(re.fullmatch(r"\d+\.\d%", c) for c in rows[0][2:])
+    assert rows[1][4:] == ["-", "-", "-"]  # VAEs are not scored on LatentNoise outputs
+    assert "classifier on clean test images: " in proc.stdout and "(100 images)" in proc.stdout
+    for name in ("tiny-glow", "tiny-vae"):
+        settings = json.loads((out / f"{name}-quality.json").read_text())["settings"]
+        assert settings["train"] == settings["test"] == "digits" and settings["epochs"] == 1
+        assert settings["test_images"] == 100 and (out / f"{name}-quality.png").is_file()
+    assert "clean classifier" not in proc.stderr, proc.stderr  # the bar's description
+
+
 @pytest.fixture(autouse=True)
 def _sys_path_restored(monkeypatch):
     """accuracy.py and throughput.py put benchmarks/ first on sys.path when loaded: once for each test that loads one
@@ -1355,6 +1381,64 @@ def test_calibrate_eps_trains_without_its_validation_images_and_scores_the_pertu
                                           "--threads", str(torch.get_num_threads())])
         cal.main()
     assert (tmp_path / "b1-glow-eps.json").is_file() and (tmp_path / "b2-glow-eps.json").is_file()
+
+
+def test_calibrate_eps_smoke_prints_a_row_per_eps_and_for_scale_without_a_progress_bar(tmp_path):
+    """Audit 236: calibrate_eps.py had no --smoke (tested with stubs only) and its classifier's progress bar could not
+    be turned off but by TQDM_DISABLE=1."""
+    out = tmp_path / "eps"
+    proc = _run([str(BENCHMARKS / "calibrate_eps.py"), "--smoke", "--no-progress", "--out", str(out)], tmp_path)
+    header, rows = _markdown_table(proc.stdout)
+    assert header == ["method", "eps", "rejected", "mean abs pixel change", "pixels changed > 0.1",
+                      "textured patches moved", "clean classifier's accuracy on perturbed"]
+    assert all(len(row) == len(header) for row in rows)
+    assert [row[:2] for row in rows] == [["LatentNoise", e] for e in ("0.5", "1", "2", "3", "5", "10", "20")] + \
+        [["LatentAdversarial", e] for e in ("0.25", "0.5", "1", "2")] + \
+        [["for scale: moved by one pixel", "-"], ["for scale: another image", "-"]]
+    assert all(re.fullmatch(r"\d+\.\d%", row[2]) for row in rows[:-2]) and rows[-2][5].startswith("100.0% of ")
+    assert "tiny random-init glow (smoke) on 20 validation images of digits" in proc.stdout
+    result = json.loads((out / "tiny-glow-eps.json").read_text())
+    assert result["settings"] == {"codec": "tiny random-init glow (smoke)", "data": "digits", "val_fraction": 0.1,
+                                  "val_images": 20, "epochs": 1, "width": 4}
+    assert len(result["rows"]) == 11 and (out / "tiny-glow-eps.png").is_file()
+    assert "clean classifier" not in proc.stderr, proc.stderr  # the bar's description
+
+
+def test_calibrate_eps_and_codec_quality_need_their_codec_and_data_unless_smoke(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    for script, given, missing in (("calibrate_eps", ["--codec", "c"], "--data"),
+                                   ("codec_quality", ["--test", "digits"], "--codec, --train")):
+        module = _load_benchmark(script)
+        monkeypatch.setattr(module, "load_images", lambda *a: pytest.fail("images were loaded"))
+        monkeypatch.setattr(sys, "argv", [f"{script}.py", *given])
+        with pytest.raises(SystemExit, match="^2$"):
+            module.main()
+        assert capsys.readouterr().err.splitlines()[-1] == \
+            f"{script}.py: error: the following arguments are required (unless --smoke): {missing}"
+
+
+@pytest.mark.slow
+def test_calibrate_digits_smoke_prints_a_row_per_setting_under_a_progress_bar(tmp_path, monkeypatch, capsys):
+    """Audit 236: calibrate_digits.py had no --smoke (tested with stubs only) and printed a line per setting of its
+    hour-long run with no progress bar; --no-progress turns the bar off."""
+    out = tmp_path / "digits"
+    proc = _run([str(BENCHMARKS / "calibrate_digits.py"), "--smoke", "--out", str(out)], tmp_path)
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    cal = _load_benchmark("calibrate_digits")
+    names = [name for name, _ in cal.settings(*cal.tiny_codecs(shape=cal.DIGITS_SHAPE), 0)]
+    header, rows = _markdown_table(proc.stdout)
+    assert header == ["setting", "val accuracy"] and [row[0] for row in rows] == names and len(names) == 18
+    assert all(len(row) == 2 for row in rows)
+    assert all(re.fullmatch(r"\d+\.\d%", row[1]) for row in rows)
+    assert "(100 held-out training images), 2/class, 1 epochs, seeds [0]" in proc.stdout
+    results = json.loads((out / "calibration.json").read_text())
+    assert list(results) == [row[0] for row in rows] and all(len(v) == 1 for v in results.values())
+    assert re.search(r"settings: 100%\|.*\| 18/18 ", proc.stderr), proc.stderr  # one step per setting and seed
+    monkeypatch.setattr(cal.torch, "set_num_threads", lambda n: None)
+    monkeypatch.setattr(cal, "settings", lambda glow, vae, seed: iter([("baseline", None)]))
+    monkeypatch.setattr(sys, "argv", ["calibrate_digits.py", "--smoke", "--no-progress", "--out", str(out)])
+    cal.main()
+    assert "settings" not in capsys.readouterr().err
 
 
 def test_calibrate_digits_trains_each_seed_on_a_low_data_split_without_its_validation_images(tmp_path, monkeypatch):
