@@ -189,6 +189,17 @@ def test_fit_classifier_names_a_model_that_does_not_fit_the_labels(model, y, err
         fit_classifier(model, torch.rand(8, 3, 2, 2), y, epochs=1, batch_size=4, progress=False)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fit_classifier_names_a_label_out_of_range_wherever_it_is_in_y(seed):
+    """Mutation round 32 (audit 238): all of y is checked at the first step, not the first batch's labels only (a
+    label outside the model's outputs in a later batch was torch's IndexError there, the model half trained)."""
+    y = torch.zeros(8, dtype=torch.int64)
+    y[0] = 7  # in the first batch of one only where the shuffle puts it first
+    with pytest.raises(ValueError, match=r"^fit_classifier: labels y must be class indices in \[0, 5\) .*, got 7$"):
+        fit_classifier(nn.Sequential(nn.Flatten(), nn.Linear(12, 5)), torch.rand(8, 3, 2, 2), y, epochs=1,
+                       batch_size=1, seed=seed, progress=False)
+
+
 def test_fit_classifier_learns_a_separable_problem_and_is_seeded():
     def run(draws: int = 0) -> tuple[nn.Module, float]:
         torch.manual_seed(0)

@@ -2101,6 +2101,21 @@ def test_the_offline_error_says_how_to_fetch_the_checkpoint_beforehand(env, serv
     assert hub.fetch("team vae").read_bytes() == GOOD
 
 
+def test_the_offline_errors_command_is_quoted_for_the_shell_and_names_no_unusable_url(env, monkeypatch):
+    """Mutation round 32 (audit 238): a name may hold any printable character; the command the offline error gives is
+    quoted as a shell reads it (``repr`` would leave ``$`` to the shell's expansion), and offline, the hub URL is not
+    read: a stale one left in the environment does not turn the offline error into one about the URL."""
+    import shlex
+
+    name = "bob's $VAE"
+    _register(name, "good.safetensors")
+    monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
+    monkeypatch.setenv("LATENT_TRANSFORMS_HUB_URL", "ftp://old-mirror/ckpts")  # a scheme the hub does not serve
+    with pytest.raises(hub.HubError, match=r"not available offline .*: `latent-transforms fetch "
+                                           rf"{re.escape(shlex.quote(name))}` with LATENT_TRANSFORMS_HOME="):
+        hub.fetch(name)
+
+
 def test_a_shared_cache_and_ones_own_together_as_the_hub_page_says(env, tmp_path, monkeypatch):
     """docs/hub.md (On a cluster): the admin's read-only cache dir as the hub URL, its names copied into one's own
     user registry by the page's script (run twice: the admin added a name since), one's own names kept; every name

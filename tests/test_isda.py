@@ -1202,6 +1202,17 @@ def test_the_covariance_form_is_fixed_at_construction(make):
     assert "covariance='full'" in repr(isda) and isda.estimator.covariance == isda.covariance == "full"
 
 
+@pytest.mark.parametrize("make", [ISDA, ISDALoss, FeatureCovariance])
+def test_a_covariance_form_assigned_is_not_told_to_grow(make):
+    """Mutation round 32 (audit 238): only a larger num_classes is told ``.grow(n)``; "full" after "diagonal" (a
+    string that compares larger) is told to build a new one, whichever the owner."""
+    t = make(4, covariance="diagonal")
+    with pytest.raises(AttributeError, match=rf"now 'diagonal'\): build a new {make.__name__}\(\.\.\., "
+                                             rf"covariance='full'\)$"):
+        t.covariance = "full"
+    assert t.covariance == "diagonal"
+
+
 def test_torchvision_resnet18_auto_detects_fc():
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)
@@ -1824,6 +1835,16 @@ def test_isda_repr_shows_every_setting_and_isdaloss_refuses_a_list_as_a_type_err
     with pytest.raises(ValueError, match=r"features must be a \(N, 3\) float tensor") as e:
         ISDALoss(10)(torch.zeros(1, 4), nn.Linear(3, 10), torch.zeros(1, dtype=torch.int64))
     assert not isinstance(e.value, TypeError)
+
+
+@pytest.mark.parametrize("make", [ISDA, ISDALoss])
+def test_statistics_shared_over_a_process_group_print_as_such(make):
+    """Mutation round 32 (audit 238): ISDALoss's one-line repr (audit 235) shares ISDA's estimator part; given a
+    process group, both print it as one, not as ``sync_stats=True``."""
+    import torch.distributed as dist
+
+    group = dist.ProcessGroup(dist.HashStore(), 0, 1)  # a group of this rank alone, no process group initialised
+    assert "sync_stats=<process group>" in repr(make(10, sync_stats=group))  # was sync_stats=True, as without one
 
 
 def test_isdaloss_and_feature_covariance_print_their_settings_and_a_shallow_copy_shares_the_statistics():

@@ -753,9 +753,11 @@ def test_adversarial_target_true_attacks_the_given_labels(glow, batch, net):
     t_pred(x, y, net)
     assert torch.equal(t_pred.last_params["target"], pred)
     # labels the model's outputs cannot address are named (were torch's IndexError / RuntimeError)
-    with pytest.raises(ValueError, match=r"class indices in \[0, 10\) for the model's 10 outputs, got 12"):
+    who = r"^LatentAdversarial\(target='true'\): "  # the caller is named (mutation round 32, audit 238)
+    with pytest.raises(ValueError, match=who + r"labels y must be class indices in \[0, 10\) for the model's 10 "
+                                               r"outputs, got 12$"):
         t_true(x, torch.full_like(y, 12), net)
-    with pytest.raises(ValueError, match="soft labels y have 12 columns but the model has 10 outputs"):
+    with pytest.raises(ValueError, match=who + "soft labels y have 12 columns but the model has 10 outputs$"):
         t_true(x, torch.full((len(y), 12), 1 / 12), net)
 
 
