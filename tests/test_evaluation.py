@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from latent_transforms.evaluation import (accuracy, expected_calibration_error, fit_classifier, predict_proba,
@@ -198,6 +199,18 @@ def test_fit_classifier_names_a_label_out_of_range_wherever_it_is_in_y(seed):
     with pytest.raises(ValueError, match=r"^fit_classifier: labels y must be class indices in \[0, 5\) .*, got 7$"):
         fit_classifier(nn.Sequential(nn.Flatten(), nn.Linear(12, 5)), torch.rand(8, 3, 2, 2), y, epochs=1,
                        batch_size=1, seed=seed, progress=False)
+
+
+def test_fit_classifier_names_an_augment_whose_soft_labels_do_not_fit_the_model():
+    """Mutation round 32 (audit 238) noticed: soft labels of another width from the augment (VarMixup(num_classes=10)
+    for a 5-output model) met torch's "0D or 1D target tensor expected, multi-target not supported"."""
+    def ten_classes(x, y, model):
+        return x, F.one_hot(y, 10).float()
+
+    with pytest.raises(ValueError, match=r"^fit_classifier: augment returned soft labels of 10 classes for the "
+                                         r"model's 5 outputs: build it with num_classes=5$"):
+        fit_classifier(nn.Sequential(nn.Flatten(), nn.Linear(12, 5)), torch.rand(8, 3, 2, 2),
+                       torch.zeros(8, dtype=torch.int64), ten_classes, epochs=1, batch_size=4, progress=False)
 
 
 def test_fit_classifier_learns_a_separable_problem_and_is_seeded():
