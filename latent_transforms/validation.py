@@ -224,8 +224,7 @@ class Settings:
         if isinstance(held, property):
             object.__setattr__(self, name, value)
             return
-        if (held is _ABSENT and name[:1] != "_" and name not in self.__dict__ and not _holds(self, name)
-                and _is_library_class(type(self))):
+        if held is _ABSENT and name[:1] != "_" and not hasattr(self, name) and _is_library_class(type(self)):
             meant = close_names(name, settings_of(type(self)), 3, cutoff=MISSPELLING)
             if meant:
                 raise misspelled_setting(self, name, meant)
@@ -234,11 +233,6 @@ class Settings:
 
 _ABSENT = object()
 MISSPELLING = 0.8  # difflib's ratio from which a new name is read as a setting misspelled: 'alpah' is 0.8 of 'alpha'
-
-
-def _holds(module: object, name: str) -> bool:
-    """Whether ``module`` has ``name`` as a submodule, buffer or parameter."""
-    return any(name in module.__dict__.get(kind, ()) for kind in ("_modules", "_buffers", "_parameters"))
 
 
 def _is_library_class(cls: type) -> bool:
