@@ -138,7 +138,7 @@ def _how_each_rank_ended(ranks) -> str:
     ``ProcessRaisedException`` reads it), or its exit code."""
     ends = []
     for rank, (process, path) in enumerate(zip(ranks.processes, ranks.error_files)):
-        if os.path.exists(path):
+        if os.path.exists(path) and os.path.getsize(path):  # spawn makes every file; a rank it stopped left it empty
             with open(path, "rb") as fh:
                 ends.append(f"-- rank {rank} raised:\n{pickle.load(fh)}")
         else:
