@@ -130,6 +130,10 @@ def spawn_two_ranks(worker, tmp: Path, grace_s: float = 60) -> list[dict]:
     except (mp.ProcessRaisedException, mp.ProcessExitedException):  # spawn's error names the first rank to exit:
         # a rank's error makes its peer fail in its next collective call ("Connection reset by peer"), often first
         raise RuntimeError("a rank failed:\n" + _how_each_rank_ended(ranks)) from None
+    finally:  # spawn leaves the traceback file of a rank that raised in the system's temp folder, read or not
+        for path in ranks.error_files:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
     return [torch.load(f) for f in saved]
 
 

@@ -2,6 +2,7 @@
 import copy
 import pickle
 import re
+import tempfile
 import time
 import warnings
 
@@ -270,10 +271,14 @@ def _raises_on_rank_1(rank: int, init_method: str, out_dir: str) -> None:
 
 
 @pytest.mark.slow
-def test_a_rank_s_error_is_reported_not_only_its_peer_s(tmp_path):
-    """spawn reported the first rank to exit alone: rank 0, whose all_reduce failed as rank 1 went, hid the cause."""
+def test_a_rank_s_error_is_reported_not_only_its_peer_s(tmp_path, monkeypatch):
+    """spawn reported the first rank to exit alone: rank 0, whose all_reduce failed as rank 1 went, hid the cause.
+    The traceback files spawn leaves in the temp folder are removed (the suite left dozens in /tmp a day)."""
+    (tmp_path / "temp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "temp"))
     with pytest.raises(RuntimeError, match=r"(?s)rank 1 raised:.*ValueError: rank 1's own error"):
         spawn_two_ranks(_raises_on_rank_1, tmp_path)
+    assert list((tmp_path / "temp").iterdir()) == []
 
 
 class _Mlp(torch.nn.Module):
