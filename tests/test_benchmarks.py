@@ -1415,6 +1415,15 @@ def test_calibrate_eps_and_codec_quality_need_their_codec_and_data_unless_smoke(
             module.main()
         assert capsys.readouterr().err.splitlines()[-1] == \
             f"{script}.py: error: the following arguments are required (unless --smoke): {missing}"
+    # with --smoke they may be left out, its defaults apply and an option given beside it wins (mutation round 33)
+    parse_args_with_smoke = _load_benchmark("models").parse_args_with_smoke
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--codec")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--smoke", action="store_true")
+    for argv, epochs in ((["--smoke"], 1), (["--smoke", "--epochs", "4"], 4)):
+        args = parse_args_with_smoke(parser, {"epochs": 1}, required=("--codec",), argv=argv)
+        assert (args.codec, args.epochs) == (None, epochs)
 
 
 @pytest.mark.slow

@@ -174,6 +174,8 @@ class _Pair(nn.Module):
 @pytest.mark.parametrize("model, y, error, match", [
     (nn.Sequential(nn.Flatten(), nn.Linear(12, 5)), torch.arange(8), ValueError,  # was IndexError "Target 7 is out of bounds."
      r"^fit_classifier: labels y must be class indices in \[0, 5\) for the model's 5 outputs, got 7$"),
+    (nn.Sequential(nn.Flatten(), nn.Linear(12, 7)), torch.arange(8), ValueError,  # the first label beyond (round 33)
+     r"^fit_classifier: labels y must be class indices in \[0, 7\) for the model's 7 outputs, got 7$"),
     (nn.Sequential(nn.Flatten(), nn.Linear(12, 10)), torch.full((8, 5), 0.2), ValueError,  # was torch's "0D or 1D target"
      r"^fit_classifier: soft labels y have 5 columns but the model has 10 outputs$"),
     (None, torch.arange(8), TypeError, r"^fit_classifier's model must be the classifier, an nn.Module"),  # AttributeError
@@ -190,6 +192,13 @@ def test_fit_classifier_names_a_model_that_does_not_fit_the_labels(model, y, err
         fit_classifier(model, torch.rand(8, 3, 2, 2), y, epochs=1, batch_size=4, progress=False)
 
 
+def test_fit_classifier_trains_on_soft_labels_of_the_models_width():
+    """Mutation round 33 (audit 239): soft labels are checked by their columns, not their rows (8 rows, 5 classes)."""
+    y = F.one_hot(torch.arange(8) % 5, 5).float()
+    assert fit_classifier(nn.Sequential(nn.Flatten(), nn.Linear(12, 5)), torch.rand(8, 3, 2, 2), y, epochs=1,
+                          batch_size=4, progress=False) > 0
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_fit_classifier_names_a_label_out_of_range_wherever_it_is_in_y(seed):
     """Mutation round 32 (audit 238): all of y is checked at the first step, not the first batch's labels only (a
@@ -201,16 +210,17 @@ def test_fit_classifier_names_a_label_out_of_range_wherever_it_is_in_y(seed):
                        batch_size=1, seed=seed, progress=False)
 
 
-def test_fit_classifier_names_an_augment_whose_soft_labels_do_not_fit_the_model():
+@pytest.mark.parametrize("classes", [10, 3])  # more or fewer than the model's (fewer: mutation round 33, audit 239)
+def test_fit_classifier_names_an_augment_whose_soft_labels_do_not_fit_the_model(classes):
     """Mutation round 32 (audit 238) noticed: soft labels of another width from the augment (VarMixup(num_classes=10)
     for a 5-output model) met torch's "0D or 1D target tensor expected, multi-target not supported"."""
-    def ten_classes(x, y, model):
-        return x, F.one_hot(y, 10).float()
+    def other_classes(x, y, model):
+        return x, F.one_hot(y, classes).float()
 
-    with pytest.raises(ValueError, match=r"^fit_classifier: augment returned soft labels of 10 classes for the "
-                                         r"model's 5 outputs: build it with num_classes=5$"):
+    with pytest.raises(ValueError, match=rf"^fit_classifier: augment returned soft labels of {classes} classes for "
+                                         rf"the model's 5 outputs: build it with num_classes=5$"):
         fit_classifier(nn.Sequential(nn.Flatten(), nn.Linear(12, 5)), torch.rand(8, 3, 2, 2),
-                       torch.zeros(8, dtype=torch.int64), ten_classes, epochs=1, batch_size=4, progress=False)
+                       torch.zeros(8, dtype=torch.int64), other_classes, epochs=1, batch_size=4, progress=False)
 
 
 def test_fit_classifier_learns_a_separable_problem_and_is_seeded():

@@ -4,6 +4,7 @@ import pickle
 import re
 import tempfile
 import time
+import types
 import warnings
 
 import pytest
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from latent_transforms.feature_covariance import FeatureCovariance
 from latent_transforms.isda import ISDA
 
-from conftest import gloo_group, rank_file, spawn_two_ranks
+from conftest import _how_each_rank_ended, gloo_group, rank_file, spawn_two_ranks
 
 K, A = 4, 3
 SPLITS = [(5, 2), (1, 6), (4, 4)]  # per step: rank 0's and rank 1's batch sizes (uneven on purpose)
@@ -279,6 +280,19 @@ def test_a_rank_s_error_is_reported_not_only_its_peer_s(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match=r"(?s)rank 1 raised:.*ValueError: rank 1's own error"):
         spawn_two_ranks(_raises_on_rank_1, tmp_path)
     assert list((tmp_path / "temp").iterdir()) == []
+
+
+def test_a_rank_stopped_before_it_wrote_its_error_is_told_by_its_exit_code(tmp_path):
+    """Mutation round 33 (audit 239): spawn makes every rank's error file up front; the report reads only those a rank
+    wrote (the peer it stopped left its file empty: pickle.load's EOFError hid the report), and tells the others by
+    their exit code."""
+    wrote, empty = tmp_path / "rank0", tmp_path / "rank1"
+    wrote.write_bytes(pickle.dumps("Traceback ...\nValueError: rank 0's own error"))
+    empty.touch()
+    ranks = types.SimpleNamespace(processes=[types.SimpleNamespace(exitcode=1), types.SimpleNamespace(exitcode=-15)],
+                                  error_files=[str(wrote), str(empty)])
+    assert _how_each_rank_ended(ranks) == ("-- rank 0 raised:\nTraceback ...\nValueError: rank 0's own error\n"
+                                           "-- rank 1 exited with code -15")
 
 
 class _Mlp(torch.nn.Module):

@@ -1057,6 +1057,30 @@ def test_what_torch_packages_and_subclasses_add_to_a_transform_is_not_refused(gl
     mine(*batch)
 
 
+def test_a_name_near_two_settings_names_both_and_one_near_a_setting_is_kept_where_it_is_not_new(glow):
+    """Mutation round 33 (audit 239): a name near two settings names both, nearest first; a name near a setting is
+    kept where it is a name the instance has (a buffer registered by hand) or a name of a subclass defined outside
+    the library, also in a package named after the library's."""
+    t = LatentAdversarial(glow)
+    with pytest.raises(AttributeError, match=r"^LatentAdversarial has no setting 'teps' \(did you mean 'steps' or "
+                                             r"'eps'\?\)"):
+        t.teps = 3
+    t.register_buffer("eps_", torch.zeros(()))
+    t.eps_ = torch.ones(())  # 'eps_' is 0.86 of 'eps', refused unless registered
+    assert t.eps_.item() == 1.0 and "eps_" in dict(t.named_buffers())
+
+    class Scaled(LatentNoise):
+        __module__ = "latent_transforms_experiments.sweep"
+
+        def __init__(self, codec, eps2=0.5, **kwargs):
+            super().__init__(codec, **kwargs)
+            self.eps2 = eps2  # 0.86 of 'eps'
+
+    scaled = Scaled(glow, eps=0.3)
+    scaled.Eps = 2.0
+    assert (scaled.eps2, scaled.Eps, scaled.eps) == (0.5, 2.0, 0.3)
+
+
 def test_a_sizing_setting_assigned_back_is_compared_by_value():
     """Mutation round 29 (audit 224): the value held is compared by value, not identity: 1000 classes assigned back as
     a 0-d tensor (checked into a new int) and a covariance string made at run time (a config's) pass, as 4 did."""

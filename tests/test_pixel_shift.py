@@ -103,7 +103,8 @@ def test_images_with_an_empty_channel_or_side_are_refused_as_everywhere(padding)
     """Found by bad-input fuzzing (audit 234): C = 0 with reflection padding raised torch's "Expected 3D or 4D (batch
     mode) tensor ... other non-zero dimensions" and, with zero padding, passed (as H = 0 did), where every transform's
     check_images refuses them; an empty batch still passes through."""
-    for shape, empty in (((2, 0, 8, 8), "C = 0"), ((2, 3, 0, 8), "H = 0")):
+    for shape, empty in (((2, 0, 8, 8), "C = 0"), ((2, 3, 0, 8), "H = 0"), ((2, 0, 8, 0), "C = 0, W = 0"),
+                         ((0, 3, 0, 8), "H = 0")):  # every empty one named; an empty batch of them is refused too
         with pytest.raises(ValueError, match=rf"^x has an empty channel or spatial dimension \(shape "
                                              rf"{re.escape(str(shape))}: {empty}\)$"):
             random_shift_flip(torch.rand(shape), 2, True, padding=padding)

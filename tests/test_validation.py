@@ -687,6 +687,17 @@ def test_a_count_equal_to_its_upper_bound_is_taken():
     assert check_count("seed", 2**32 - 1, high=2**32 - 1) == 2**32 - 1
 
 
+def test_a_count_of_items_at_its_bound_is_taken_and_sized_by_the_largest_tensor():
+    """Mutation round 33 (audit 239): check_items's bound is inclusive, and set by the largest of the shapes in bytes
+    (a count whose (n, 3, 8, 8) float64 tensor torch can size is taken, one more is refused)."""
+    from latent_transforms.validation import check_items
+
+    most = (2**63 - 1) // (3 * 8 * 8 * 8)
+    assert check_items("n", most, (2,), (3, 8, 8), dtype=torch.float64) == most
+    with pytest.raises(ValueError, match=rf"^n must be an int in \[1, {most}\] \(1536 bytes each; "):
+        check_items("n", most + 1, (2,), (3, 8, 8), dtype=torch.float64)
+
+
 def test_an_index_of_another_batch_size_is_refused():
     from latent_transforms.validation import check_batch
 
