@@ -51,7 +51,7 @@ warnings.filterwarnings("ignore", message="torch.lu is deprecated")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import (CIFAR_NOISE_EPS, PerSampleRandAugment, RandomCropFlip, add_device_argument,  # noqa: E402
                     argument_parser, build_classifier, check_output_folder, library_default, load_codec, run_script,
-                    setup_device, tiny_codecs, write_json, write_text)
+                    setup_device, smoke_defaults_help, tiny_codecs, write_json, write_text)
 
 from latent_transforms import Compose, hub  # noqa: E402
 from latent_transforms.base import LatentTransform  # noqa: E402
@@ -829,9 +829,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     o.add_argument("--smoke", action="store_true",
                    help="pipeline check on the CPU in < 2 min: 200 random images for cifar10 and cifar10-5k (the "
                         "first 200 of an npz: or folder: spec), tiny random-init codecs unless --glow/--vae, and "
-                        "these defaults instead of the others: "
-                        + ", ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-                                    for k, v in SMOKE_DEFAULTS.items()))
+                        "these defaults instead of the others: " + smoke_defaults_help(SMOKE_DEFAULTS))
     o.add_argument("--threads", type=POSITIVE_INT, help="CPU threads for torch (default: torch's; smoke: 1)")
     o.add_argument("--smoke-images", type=POSITIVE_INT, default=200, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

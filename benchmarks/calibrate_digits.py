@@ -21,7 +21,8 @@ from latent_transforms.progress import progress_bar
 from latent_transforms.validation import POSITIVE_INT
 from latent_transforms.evaluation import accuracy, fit_classifier, predict_proba
 
-from models import DIGITS_SHAPE, argument_parser, check_output_folder, parse_args_with_smoke, run_script, tiny_codecs
+from models import (DIGITS_SHAPE, argument_parser, check_output_folder, parse_args_with_smoke, run_script,
+                    smoke_defaults_help, tiny_codecs)
 
 SMOKE_DEFAULTS = {"per_class": 2, "val": 100, "epochs": 1, "seeds": [0]}
 
@@ -50,9 +51,8 @@ def main() -> None:
     ap.add_argument("--out", default="runs/calibrate-digits", help="output folder")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar (one step per setting and seed)")
     ap.add_argument("--smoke", action="store_true", help="checks the script in seconds: tiny random-init codecs "
-                    "instead of glow-digits and vae-digits, and these defaults instead of the others: " + ", ".join(
-                        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-                        for k, v in SMOKE_DEFAULTS.items()))
+                    "instead of glow-digits and vae-digits, and these defaults instead of the others: "
+                    + smoke_defaults_help(SMOKE_DEFAULTS))
     args = parse_args_with_smoke(ap, SMOKE_DEFAULTS)
     check_output_folder(args.out)  # now, not after every setting has trained
     torch.set_num_threads(1)

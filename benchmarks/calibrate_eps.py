@@ -26,7 +26,7 @@ from latent_transforms.evaluation import accuracy, fit_classifier, predict_proba
 from latent_transforms.visualize import save_rows
 
 from models import (SMOKE_IMAGES, argument_parser, check_output_folder, clean_classifier_model, output_stem,
-                    parse_args_with_smoke, run_script, tiny_codecs, write_json)
+                    parse_args_with_smoke, run_script, smoke_defaults_help, tiny_codecs, write_json)
 
 EPS = option(check_number, float)  # eps >= 0, the transforms' rule, checked before the classifier trains
 TEXTURE = 0.05  # a patch with edges: moved by one pixel, it changes by more than this on average
@@ -70,7 +70,7 @@ def main() -> None:
     ap.add_argument("--no-progress", action="store_true", help="no progress bar (the clean classifier's training)")
     ap.add_argument("--smoke", action="store_true", help=f"checks the script in seconds: the first {SMOKE_IMAGES} "
                     f"images of --data, a tiny random-init Glow unless --codec is given, and these defaults instead of "
-                    f"the others: " + ", ".join(f"--{k} {v}" for k, v in SMOKE_DEFAULTS.items()))
+                    f"the others: " + smoke_defaults_help(SMOKE_DEFAULTS))
     args = parse_args_with_smoke(ap, SMOKE_DEFAULTS, required=("--codec", "--data"))
     check_output_folder(args.out)
     torch.set_num_threads(args.threads)

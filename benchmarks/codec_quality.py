@@ -29,7 +29,7 @@ from latent_transforms.train import eval_codec
 from latent_transforms.visualize import save_rows
 
 from models import (SMOKE_IMAGES, argument_parser, check_output_folder, clean_classifier_model, output_stem,
-                    parse_args_with_smoke, run_script, tiny_codecs, write_json)
+                    parse_args_with_smoke, run_script, smoke_defaults_help, tiny_codecs, write_json)
 
 
 BATCH = 500  # images per codec call
@@ -133,8 +133,7 @@ def main() -> None:
     ap.add_argument("--no-progress", action="store_true", help="no progress bar (the clean classifier's training)")
     ap.add_argument("--smoke", action="store_true", help=f"checks the script in seconds: the first {SMOKE_IMAGES} "
                     f"--train images, a tiny random-init Glow and VAE unless --codec is given, and these defaults "
-                    f"instead of the others: " + ", ".join(f"--{k.replace('_', '-')} {v}"
-                                                           for k, v in SMOKE_DEFAULTS.items()))
+                    f"instead of the others: " + smoke_defaults_help(SMOKE_DEFAULTS))
     args = parse_args_with_smoke(ap, SMOKE_DEFAULTS, required=("--codec", "--train", "--test"))
     check_output_folder(args.out)
     if args.threads:

@@ -12,7 +12,6 @@ import argparse
 import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -22,7 +21,7 @@ from torch import nn
 from latent_transforms import ISDALoss
 from latent_transforms.validation import POSITIVE_INT
 
-from models import argument_parser, run_script
+from models import argument_parser, run_script, timed
 
 # (correction, covariance, A): C = K classes, N samples per step, as --classes and --batch give them
 CASES = [("matrix products", "diagonal", 512), ("term by term", "diagonal", 512),
@@ -65,9 +64,9 @@ def one_case(case: int, classes: int, batch: int) -> None:
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (a first step's memory, freed
     # but kept by the allocator, would hide the peak of a second one: the step measured is the first)
     print(rss("VmSize"), flush=True)
-    before, start = rss("VmRSS"), time.perf_counter()
-    step(features, fc, y).backward()
-    print(f"{time.perf_counter() - start:.6f} {max(rss('VmHWM') - before, 0)}")
+    before = rss("VmRSS")
+    seconds = timed(lambda: step(features, fc, y).backward(), features.device)
+    print(f"{seconds:.6f} {max(rss('VmHWM') - before, 0)}")
 
 
 def main() -> None:

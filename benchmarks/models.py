@@ -1,14 +1,18 @@
 """What the benchmark scripts share: the bf16 wrapper around the library's CIFAR ResNet-18, per-sample crop+flip on the device,
 per-sample RandAugment, tiny random-init codecs for smoke runs, atomic JSON and text writes, the parser whose ``--help``
-gives every default (``argument_parser``), ``--smoke``'s defaults (``parse_args_with_smoke``), and how a script ends on
-a user's mistake (``run_script``, ``check_output_folder``)."""
+gives every default (``argument_parser``), ``--smoke``'s defaults (``parse_args_with_smoke``), how a script ends on
+a user's mistake (``run_script``, ``check_output_folder``), and how a figure times a call (``timed``,
+``median_seconds``)."""
 from __future__ import annotations
 
 import argparse
 import inspect
 import json
+import statistics
 import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -50,8 +54,18 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
         unset = default is None or default is False or default is argparse.SUPPRESS or default == []
         if unset or "%(default)" in text or "(default:" in text:
             return text
-        shown = " ".join(map(str, default)) if isinstance(default, list) else str(default)
-        return f"{text} (default: {shown.replace('%', '%%')})"
+        return f"{text} (default: {as_typed(default).replace('%', '%%')})"
+
+
+def as_typed(value) -> str:
+    """An option's value as typed on the command line: a list as ``0 1 2``."""
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def smoke_defaults_help(defaults: dict) -> str:
+    """``--smoke``'s defaults as its help lists them: ``{"batch_size": 8, "seeds": [0]}`` ->
+    ``--batch-size 8, --seeds 0``."""
+    return ", ".join(f"--{k.replace('_', '-')} {as_typed(v)}" for k, v in defaults.items())
 
 
 def argument_parser(doc: str) -> argparse.ArgumentParser:
@@ -146,6 +160,29 @@ def setup_device(name: str, threads: int | None) -> torch.device:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
     return device
+
+
+# -- timing -------------------------------------------------------------------------------------------
+def sync(device: torch.device) -> None:
+    """Wait for ``device``'s queued work (CUDA); a CPU call has finished when it returns."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds of one call of ``fn``, the device synchronised before and after."""
+    sync(device)
+    t = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t
+
+
+def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1) -> float:
+    """Median seconds of ``fn`` over ``repeats`` calls (``timed``) after ``warmup`` untimed ones (a first call's
+    allocations, cuDNN's autotuning)."""
+    times = [timed(fn, device) for _ in range(warmup + repeats)]
+    return statistics.median(times[warmup:])
 
 
 class Autocast(nn.Module):

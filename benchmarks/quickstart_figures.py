@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import io
 import re
-import statistics
-import time
 import warnings
 
 import torch
@@ -27,7 +25,7 @@ from latent_transforms.feature_covariance import FeatureCovariance
 from latent_transforms.models import CifarResNet18, digits_cnn
 from latent_transforms.validation import POSITIVE_INT
 
-from models import argument_parser, run_script, tiny_codecs
+from models import argument_parser, median_seconds, run_script, tiny_codecs
 
 IMAGES = 64  # the batch of every row
 WARNING_CALLS = 4  # calls on batches of IMAGES training images for the rows that look for a warning
@@ -39,17 +37,6 @@ CIFAR10_TRAIN = 50_000  # the images a full CIFAR-10 cache holds
 
 def megabytes(tensors) -> float:
     return sum(t.numel() * t.element_size() for t in tensors) / 1e6
-
-
-def seconds(call, repeats: int) -> float:
-    """The median wall time of ``call()`` over ``repeats`` calls, after one untimed."""
-    call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def export_megabytes(module: nn.Module, x: torch.Tensor) -> float:
@@ -154,8 +141,9 @@ def main() -> None:
         print(f"{figure}: {value}", flush=True)
 
     noise = LatentNoise(glow, generator=0)
-    batch = seconds(lambda: noise(x, y), args.repeats)
-    one_by_one = seconds(lambda: [noise(x[i:i + 1], y[i:i + 1]) for i in range(len(x))], args.repeats)
+    batch = median_seconds(lambda: noise(x, y), x.device, args.repeats)
+    one_by_one = median_seconds(lambda: [noise(x[i:i + 1], y[i:i + 1]) for i in range(len(x))], x.device,
+                                args.repeats)
     row(f"LatentNoise, one call on {len(x)} images", f"{batch:.2f} s")
     row(f"LatentNoise, {len(x)} calls on one image each", f"{one_by_one:.2f} s")
     row(f"LatentNoise, {len(x)} calls on one image each against one call on {len(x)} images",

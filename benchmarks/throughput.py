@@ -50,7 +50,7 @@ warnings.filterwarnings("ignore", message="torch.lu is deprecated")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import (CIFAR_NOISE_EPS, PerSampleRandAugment, add_device_argument, argument_parser,  # noqa: E402
                     build_classifier, check_output_folder, load_codec, parse_args_with_smoke, random_init_codec,
-                    run_script, setup_device, tiny_codecs, write_json, write_text)
+                    run_script, setup_device, smoke_defaults_help, timed, tiny_codecs, write_json, write_text)
 
 from latent_transforms.codecs import flatten_latents, unflatten_latents  # noqa: E402
 from latent_transforms.validation import POSITIVE_INT, check_count, option  # noqa: E402
@@ -70,20 +70,6 @@ TARGET_STEP = {"width": 64, "precision": "bf16", "isda_covariance": "full"}  # a
 MEMORY_LIMIT_GB = 2.0
 FORMAT = "latent-transforms-throughput/1"
 SPIN_UP_SECONDS = 2.0  # CUDA: training steps run before the first row, so that the GPU is at its clocks
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], object], device: torch.device) -> float:
-    """Seconds of one call of ``fn``, the device synchronised before and after."""
-    sync(device)
-    t = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - t
 
 
 def memory_baseline(device: torch.device) -> int | None:
@@ -501,8 +487,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compile-mode", help="torch.compile's mode for those rows, e.g. reduce-overhead (CUDA graphs) "
                                           "(default: torch's)")
     p.add_argument("--smoke", action="store_true",
-                   help="tiny codecs, and these defaults instead of the others: " + ", ".join(
-                       f"--{k.replace('_', '-')} {v}" for k, v in SMOKE_DEFAULTS.items()))
+                   help=f"tiny codecs, and these defaults instead of the others: {smoke_defaults_help(SMOKE_DEFAULTS)}")
     args = parse_args_with_smoke(p, SMOKE_DEFAULTS, argv=argv)  # an option given beside --smoke wins
     if args.batch_size is None:
         args.batch_size = 256 if args.device.startswith("cuda") else 8

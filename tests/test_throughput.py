@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -83,7 +84,7 @@ def test_peak_memory_counts_what_the_warm_up_allocated(monkeypatch):
             memory["allocated"] += 100
         memory["peak"] = max(memory["peak"], memory["allocated"] + 50)
 
-    monkeypatch.setattr(tp, "sync", lambda device: None)
+    monkeypatch.setattr(sys.modules[tp.timed.__module__], "sync", lambda device: None)  # benchmarks/models.py's
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: memory["allocated"])
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: memory["peak"])
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats",
@@ -246,6 +247,22 @@ def test_warm_up_calls_are_not_timed(monkeypatch):
     monkeypatch.setattr(tp, "timed", lambda fn, device: next(clock))
     result = tp.measure(lambda: None, torch.device("cpu"), warmup=1, iters=3)
     assert result["seconds"] == 2.0 and result["all_seconds"] == [1.0, 2.0, 3.0] and result["first_call_seconds"] == 9.0
+
+
+def test_median_seconds_synchronises_each_call_and_leaves_the_warm_up_out(monkeypatch):
+    """benchmarks/models.py's timing, which throughput.py, quickstart_figures.py and isda_memory.py share (each timed
+    its own way before): on CUDA the device synchronised before and after each call, the warm-up calls run the same
+    way and are left out of the median."""
+    models = sys.modules[tp.timed.__module__]  # benchmarks/models.py, which throughput.py takes ``timed`` from
+    events, clock = [], iter(range(100))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: events.append(f"sync {device}"))
+    monkeypatch.setattr(models.time, "perf_counter", lambda: next(clock) ** 2)  # call i lasts 4i + 1 "seconds"
+    seconds = models.median_seconds(lambda: events.append("call"), torch.device("cuda:1"), repeats=3, warmup=2)
+    assert events == ["sync cuda:1", "call", "sync cuda:1"] * 5
+    assert seconds == 13  # the median of calls 2, 3 and 4 (9, 13, 17 s); the warm-up's 1 and 5 s are left out
+    events.clear()
+    models.median_seconds(lambda: events.append("call"), torch.device("cpu"), repeats=2)
+    assert events == ["call"] * 3  # nothing to wait for on the CPU
 
 
 def test_targets_are_not_judged_at_another_batch_size():
