@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,7 +32,7 @@ class CodecTransform(ChecksCodecStates, LatentTransform):
     _fingerprint_key: tuple | None
 
     def __init__(self, codec: Codec | str, *, levels: Sequence[int] | None = None, cache: LatentCache | None = None,
-                 **kwargs):
+                 **kwargs: Any):
         super().__init__(**kwargs)
         self.codec, self.cache = codec, cache  # settings: checked whenever set, the cache against the codec
         self.register_load_state_dict_post_hook(_refresh_after_load)

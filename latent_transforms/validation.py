@@ -15,7 +15,7 @@ import itertools
 import math
 import numbers
 import re
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar, cast, overload
 
 import torch
 
@@ -172,7 +172,10 @@ POSITIVE_INT = option(check_count, low=1)  # argparse types of the common option
 POSITIVE_FLOAT = option(check_number, float, low_open=True)
 
 
-def check_choice(name: str, value: object, choices: tuple) -> object:
+ChoiceT = TypeVar("ChoiceT")
+
+
+def check_choice(name: str, value: object, choices: tuple[ChoiceT, ...]) -> ChoiceT:
     """``value`` if it is one of ``choices`` (``WrongTypeError`` if it is of none of their types)."""
     if not any(value is c or (c is not None and isinstance(value, type(c)) and not isinstance(value, bool)
                               and value == c) for c in choices):
@@ -180,10 +183,25 @@ def check_choice(name: str, value: object, choices: tuple) -> object:
                                             and not isinstance(value, bool)) for c in choices)
         hint = text_hint(value, none_allowed=None in choices)
         raise bad_option(f"{name} must be one of {choices}, got {value!r}{hint}", right_type=not wrong_type)
-    return value
+    return cast(ChoiceT, value)  # equal to one of them
 
 
-def setting(name: str, check: Callable, *args, module: bool = False, **kwargs) -> property:
+SettingT = TypeVar("SettingT")
+
+if TYPE_CHECKING:
+    class Setting(property, Generic[SettingT]):
+        """What a type checker sees of ``setting``'s property: ``t.eps`` is what its check returns (a float), and
+        ``t.eps = "x"`` is an error; a bare ``property`` was ``Any`` both ways."""
+        @overload
+        def __get__(self, instance: None, owner: type | None = None) -> Setting[SettingT]: ...
+        @overload
+        def __get__(self, instance: object, owner: type | None = None) -> SettingT: ...
+        def __get__(self, instance: object, owner: type | None = None) -> Any: ...
+        def __set__(self, instance: object, value: SettingT) -> None: ...
+
+
+def setting(name: str, check: Callable[..., SettingT], *args: Any, module: bool = False,
+            **kwargs: Any) -> Setting[SettingT]:
     """A transform's setting ``name``, kept as ``_name`` and checked by ``check(name, value, *args, **kwargs)`` (which
     returns the value kept) whenever it is set: in the constructor, and after it (a sweep's ``t.eps = 0.5``), where a
     plain attribute took anything (``eps=nan`` rejected every sample, ``target="x"`` attacked the labels, silently).
@@ -204,7 +222,8 @@ def setting(name: str, check: Callable, *args, module: bool = False, **kwargs) -
         else:
             self.__dict__[key] = value
 
-    return property(get, set_, doc=f"``{name}``, checked as the constructor's whenever it is set.")
+    kept = property(get, set_, doc=f"``{name}``, checked as the constructor's whenever it is set.")
+    return cast("Setting[SettingT]", kept)
 
 
 class Settings:

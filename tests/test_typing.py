@@ -3,6 +3,7 @@ documents for a type checker, not nn.Module's ``Any``."""
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
 import re
 import shutil
@@ -36,8 +37,10 @@ import torch
 from torch import nn
 from typing_extensions import assert_type
 
-from latent_transforms import (ISDA, Compose, ISDALoss, LatentAdversarial, LatentCache, LatentMixupInference,
-                               LatentNoise, VarMixup)
+from torch.nn.modules.module import _IncompatibleKeys
+from latent_transforms import (ISDA, Codec, Compose, ConvVAE, Glow, ISDALoss, LatentAdversarial, LatentCache,
+                               LatentMixupInference, LatentNoise, VarMixup)
+from latent_transforms.validation import check_choice
 
 
 def one_line(t: LatentNoise, v: VarMixup, i: ISDA, c: Compose, x: torch.Tensor, y: torch.Tensor,
@@ -67,6 +70,36 @@ def other_calls(m: LatentMixupInference, loss: ISDALoss, cache: LatentCache, x: 
     assert_type(loss(x, fc, y), torch.Tensor)
     assert_type(cache(y), torch.Tensor)
     assert_type(cache.latents, torch.Tensor)
+
+
+def codecs(glow: Glow, vae: ConvVAE, codec: Codec, t: LatentNoise, c: Compose, x: torch.Tensor) -> None:
+    assert_type(vae.freeze(), ConvVAE)  # the codec's own class: vae.freeze().posterior(x), not Codec's
+    assert_type(vae.freeze().posterior(x), tuple[torch.Tensor, torch.Tensor])
+    assert_type(vae.unfrozen_copy(), ConvVAE)
+    assert_type(vae.compile_fast_path(False), ConvVAE)
+    assert_type(vae.train(False), ConvVAE)
+    assert_type(Glow().init_actnorm(x).freeze(), Glow)
+    assert_type(codec.load_state_dict(codec.state_dict()), _IncompatibleKeys)  # torch's, not Any
+    assert_type(t.load_state_dict(t.state_dict(), strict=False), _IncompatibleKeys)
+    assert_type(c.load_state_dict(c.state_dict()), _IncompatibleKeys)
+
+
+def settings(t: LatentNoise, a: LatentAdversarial, i: ISDA, m: LatentMixupInference, v: VarMixup) -> None:
+    assert_type(t.eps, float)  # what the setting's check returns, not Any
+    assert_type(t.p, float)
+    assert_type(t.num_classes, int | None)
+    assert_type(a.steps, int)
+    assert_type(i.lambda0, float)
+    assert_type(i.num_classes, int)
+    assert_type(m.model, nn.Module)
+    assert_type(v.per_sample, bool)
+    t.eps = 0.5  # a sweep
+    t.eps = "0.5"  # type: ignore[assignment]  # refused at run time too (WrongTypeError); an unused ignore fails
+
+
+def own_method(mode: object) -> None:
+    kept: str = check_choice("mode", mode, ("add", "scale"))  # one of the choices' type, not object
+    assert_type(check_choice("norm", mode, ("l2", "linf", None)), str | None)
 '''
 
 
@@ -87,3 +120,37 @@ def test_a_typed_user_project_gets_the_documented_types(tmp_path):
                           "--ignore-missing-imports", "--no-incremental", "--python-version", "3.10", "user.py"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _public_functions():
+    """(qualified name, function) of the package's public API: the functions of ``__all__`` and the public methods
+    (and ``__init__``) the classes of ``__all__`` define or inherit from the package, not from torch."""
+    for name in latent_transforms.__all__:
+        obj = getattr(latent_transforms, name)
+        if not inspect.isclass(obj):
+            yield name, obj
+            continue
+        for klass in obj.__mro__:
+            if not klass.__module__.startswith("latent_transforms"):
+                continue
+            for attr, member in vars(klass).items():
+                if attr.startswith("_") and attr != "__init__":
+                    continue
+                member = member.fget if isinstance(member, property) else getattr(member, "__func__", member)
+                # a setting's property is made by validation.setting, whose types the mypy test above checks
+                if inspect.isfunction(member) and "<locals>" not in member.__qualname__:
+                    yield f"{name}.{attr} (from {klass.__name__})", member
+
+
+def test_the_public_api_is_fully_annotated():
+    """A parameter or return left unannotated is ``Any`` to mypy and ``Unknown`` to pyright --strict: ``codec.
+    load_state_dict(...)`` was ``Any`` (nn.Module's is torch's ``_IncompatibleKeys``), a CodecTransform subclass's
+    ``super().__init__(codec, p=p)`` went through an untyped ``**kwargs``. No type checker needed."""
+    untyped = []
+    for qualname, fn in _public_functions():
+        signature = inspect.signature(fn)
+        missing = [p.name for p in list(signature.parameters.values())[1 if "." in qualname else 0:]
+                   if p.annotation is inspect.Parameter.empty]
+        if missing or (signature.return_annotation is inspect.Signature.empty and fn.__name__ != "__init__"):
+            untyped.append(f"{qualname}: unannotated {missing or 'return'}")
+    assert not untyped, "\n".join(untyped)

@@ -5,7 +5,7 @@ import hashlib
 import itertools
 import json
 import math
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar
 
 import torch
 from torch import nn
@@ -17,7 +17,11 @@ from ..validation import (WrongTypeError, bad_option, check_bool, check_dense, c
                           check_number, check_same_device, describe, is_int, scalar, state_mismatch)
 from .precision import exact_math
 
+if TYPE_CHECKING:
+    from torch.nn.modules.module import _IncompatibleKeys
+
 Latents = list[torch.Tensor]  # per-level latents, each (B, *shape); coarsest first for multi-scale flows
+CodecT = TypeVar("CodecT", bound="Codec")  # what freeze() & co. return: the codec's own class
 OWN_CODEC_DOCS = "docs/training.md#your-own-model-as-a-codec"
 def flatten_latents(z: Latents) -> torch.Tensor:
     """Per-level latents -> (B, D)."""
@@ -34,13 +38,14 @@ class ChecksCodecStates:
     """Mixin for a module that is or holds codecs: a strict ``load_state_dict`` first checks each codec's part of the
     state (another codec's state used to get torch's error listing hundreds of keys, after loading what fitted)."""
 
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True,
+                        assign: bool = False) -> _IncompatibleKeys:
         if strict:
             check_codec_states(self, state_dict)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
-def check_codec_states(module: nn.Module, state_dict) -> None:
+def check_codec_states(module: nn.Module, state_dict: Mapping[str, Any]) -> None:
     """Raise ``RuntimeError`` (torch's, for a state that does not fit) naming what differs when the keys of
     ``state_dict`` under a codec of ``module`` are not that codec's, or not of its shapes."""
     for prefix, codec in module.named_modules(remove_duplicate=False):
@@ -319,13 +324,13 @@ class Codec(ChecksCodecStates, nn.Module):
         return (f"; no registered codec takes images of shape {got}{fix}, or train a codec on your images "
                 f"(latent-transforms train flow|vae --data ..., docs/training.md)")
 
-    def freeze(self) -> "Codec":
+    def freeze(self: CodecT) -> CodecT:
         """Eval mode for good, no parameter gradients, no statistic updates."""
         self.frozen = True
         self.requires_grad_(False)
         return self.train(False)
 
-    def unfrozen_copy(self) -> "Codec":
+    def unfrozen_copy(self: CodecT) -> CodecT:
         """A new codec of this class, config and weights (copied, not shared), on this device and in this dtype, not
         frozen: eval mode, no parameter gradients, not compiled. For a Glow that is the plain normflows path, the
         reference its folded fast path is tested against; ``.freeze()`` the copy for a frozen twin. Leaves torch's
@@ -342,7 +347,8 @@ class Codec(ChecksCodecStates, nn.Module):
         """Whether ``encode``/``decode`` run ``torch.compile``d code (see ``compile_fast_path``)."""
         return self._compiled is not None
 
-    def compile_fast_path(self, enabled: bool = True, *, dynamic: bool | None = None, **compile_kwargs: Any) -> "Codec":
+    def compile_fast_path(self: CodecT, enabled: bool = True, *, dynamic: bool | None = None,
+                          **compile_kwargs: Any) -> CodecT:
         """Optionally run ``encode``/``decode`` through ``torch.compile``d ``_encode``/``_decode`` (frozen codecs).
 
         Same contract (fp32, TF32 off, x: (B, C, H, W) <-> latents [(B, *shape), ...]) and the same outputs to
@@ -393,5 +399,5 @@ class Codec(ChecksCodecStates, nn.Module):
         skip = ("kind",) if image_shape else ("kind", "image_shape")
         return ", ".join(f"{k}={tuple(v) if k == 'image_shape' else v}" for k, v in config.items() if k not in skip)
 
-    def train(self, mode: bool = True) -> "Codec":
+    def train(self: CodecT, mode: bool = True) -> CodecT:
         return super().train(mode and not self.frozen)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any
+from typing import Any, TypeVar
 
 import normflows as nf
 import torch
@@ -11,6 +11,8 @@ import torch.nn.functional as F
 
 from ..validation import check_number, wide_float
 from .base import Codec, Latents
+
+GlowT = TypeVar("GlowT", bound="Glow")  # what freeze() and init_actnorm() return: the Glow's own class
 
 
 class BoundedAffineCoupling(nf.flows.AffineCoupling):
@@ -200,7 +202,7 @@ class Glow(Codec):
         log_base = sum(-0.5 * (ui**2).flatten(1).sum(1) for ui in u) - 0.5 * self.latent_dim * math.log(2 * math.pi)
         return log_base + logdet
 
-    def init_actnorm(self, x: torch.Tensor) -> "Glow":
+    def init_actnorm(self: GlowT, x: torch.Tensor) -> GlowT:
         """Initialise every ActNorm from a batch ``x: (B, C, H, W)`` in [0, 1] (normflows' ActNorm takes its scale and
         shift from the first batch it sees: make it a representative one) by one forward of ``loss``, without
         gradient. Returns ``self``; do it before training or, for a random-init codec, before ``freeze()``."""
@@ -230,7 +232,7 @@ class Glow(Codec):
         ``freeze()``. It matches the plain normflows path to float32 rounding (tested) and has no host syncs."""
         return self.frozen and self._folded
 
-    def freeze(self) -> "Glow":
+    def freeze(self: GlowT) -> GlowT:
         for m in self.modules():
             if isinstance(m, nf.flows.ActNorm):
                 m.data_dep_init_done.fill_(1.0)
