@@ -13,7 +13,7 @@ from torch.utils.data import get_worker_info
 from .labels import num_classes_of, to_soft
 from .rng import GeneratorSource, generator_repr
 from .validation import (Settings, WrongTypeError, check_batch, check_count, check_model, check_model_slot,
-                         check_number, describe, setting)
+                         check_number, describe, setting, values_read)
 
 # A decoded sample further than this outside [0, 1] (before clipping) is implausible and is rejected.
 MAX_OVERSHOOT = 0.5
@@ -424,7 +424,8 @@ class LatentTransform(Settings, SampleStats, nn.Module):
             return x.clone(), y_out
 
         try:  # transform may add what it computed to this call's own params (LatentAdversarial's delta)
-            out = self.transform(xs, ys, model, params, idx)
+            with values_read():  # check_call read them: the codec's encode does not again
+                out = self.transform(xs, ys, model, params, idx)
         except ValueError as e:
             not_about_the_batch(e)
             raise

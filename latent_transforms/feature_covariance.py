@@ -231,6 +231,14 @@ class FeatureCovariance(Settings, nn.Module):
                    f"grow({self.num_classes}), which adds the new classes and keeps these"
                    if k < self.num_classes else f"build it with num_classes={k}"))
             return
+        for key in ("mean", "cov"):  # read once, here: update() keeps them finite, a NaN loaded made every loss NaN
+            held = state_dict.get(prefix + key)
+            if isinstance(held, torch.Tensor) and held.is_floating_point() and not held.is_meta and \
+                    not bool(torch.isfinite(held).all()):
+                error_msgs.append(f"{prefix}{key} holds NaN or inf (a damaged file, or statistics written by hand): "
+                                  f"every augmented logit and loss would be NaN; load other statistics, or none and "
+                                  f"let them be gathered again")
+                return
         if self.mean is None and isinstance(saved, torch.Tensor) and saved.ndim == 2:
             # lazily sized: the checkpoint's size, on the device and in the dtype of an earlier .to(...) (safetensors'
             # load_file gives CPU tensors: the statistics of an ISDA moved to CUDA stayed on the CPU)

@@ -14,7 +14,7 @@ from .casts import without_16_bit_casts
 from .codecs import Codec, resolve_codec
 from .progress import progress_bar
 from .validation import (MissingFileError, Settings, check_bool, check_count, check_images, check_index,
-                         resolve_device, setting)
+                         resolve_device, setting, values_read)
 
 FORMAT = "latent-transforms-latent-cache/1"
 
@@ -84,7 +84,7 @@ class LatentCache(Settings, nn.Module):
         latents = torch.empty(len(images), codec.latent_dim, dtype=codec.dtype, device=device or codec_device)
         projection = _projection(images[0].numel()).to(codec_device)
         signatures = torch.empty(len(images), 2, device=latents.device, dtype=torch.float32)  # bf16 ones refused x
-        with torch.no_grad():
+        with torch.no_grad(), values_read():  # images' values read above, once
             for i in progress_bar(range(0, len(images), batch_size), desc="encoding", disable=not progress,
                                   leave=False):
                 chunk = images[i:i + batch_size].to(codec_device)

@@ -13,7 +13,7 @@ from .codecs.base import ChecksCodecStates
 from .modelutils import borrowed, logits_of
 from .rng import GeneratorSource, generator_repr
 from .validation import (Settings, check_count, check_images, check_model, check_number, fixed_at_construction,
-                         setting)
+                         setting, values_read)
 
 
 def _checked_model(name: str, model: object) -> nn.Module:
@@ -106,7 +106,8 @@ class LatentMixupInference(Settings, ChecksCodecStates, SampleStats, nn.Module):
         if x.shape[0] == 0:  # B = 0 (a sampler's empty shard): the model's (0, K), nothing drawn nor counted
             with borrowed(self.model) as net:
                 return _probabilities(logits_of(net, x, "LatentMixupInference"))
-        z = self.codec.encode_flat(x)
+        with values_read():  # read by check_images above
+            z = self.codec.encode_flat(x)
         refs = self.reference_latents
         pick = torch.randint(0, refs.shape[0], (self.num_mixes, x.shape[0]), generator=self._rng.get(x.device), device=x.device)
         probs = 0

@@ -39,7 +39,7 @@ from .pixel_shift import random_shift_flip
 from .progress import progress_bar
 from .torch_defaults import cpu_as_default_device
 from .validation import (POSITIVE_FLOAT, POSITIVE_INT, MissingFileError, WrongTypeError, check_bool, check_count,
-                         check_images, check_number, option, resolve_device, state_mismatch)
+                         check_images, check_number, option, resolve_device, state_mismatch, values_read)
 
 __all__ = ["train_codec", "eval_codec", "default_config", "save_training_state", "load_training_state", "STATE_FORMAT"]
 
@@ -318,20 +318,21 @@ def eval_codec(codec: Codec, x: torch.Tensor, batch_size: int = 256, seed: int =
     maxes: dict[str, float] = {}
     n = x.shape[0]
     try:
-        for start in range(0, n, batch_size):
-            xb = x[start:start + batch_size].to(device, codec.dtype)
-            if recipe is not None:
-                batch_sums, batch_maxes = recipe.batch_metrics(codec, xb, gen)
-            else:  # a codec train_codec does not train: the metrics its loss reports
-                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                    torch.manual_seed(seed + start)
-                    loss, metrics = codec.loss(xb)
-                batch_sums = {key: float(v) * xb.shape[0] for key, v in {"loss": loss, **metrics}.items()}
-                batch_maxes = {}
-            for key, v in batch_sums.items():
-                sums[key] = sums.get(key, 0.0) + v
-            for key, v in batch_maxes.items():
-                maxes[key] = _nan_max(maxes.get(key, 0.0), v)
+        with values_read():  # x's values read above, once: not again batch by batch
+            for start in range(0, n, batch_size):
+                xb = x[start:start + batch_size].to(device, codec.dtype)
+                if recipe is not None:
+                    batch_sums, batch_maxes = recipe.batch_metrics(codec, xb, gen)
+                else:  # a codec train_codec does not train: the metrics its loss reports
+                    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                        torch.manual_seed(seed + start)
+                        loss, metrics = codec.loss(xb)
+                    batch_sums = {key: float(v) * xb.shape[0] for key, v in {"loss": loss, **metrics}.items()}
+                    batch_maxes = {}
+                for key, v in batch_sums.items():
+                    sums[key] = sums.get(key, 0.0) + v
+                for key, v in batch_maxes.items():
+                    maxes[key] = _nan_max(maxes.get(key, 0.0), v)
     finally:
         codec.train(was_training)
     out = {k: v / n for k, v in sums.items()}
@@ -744,7 +745,8 @@ class _TrainingRun:
         """
         for group in self.optimizer.param_groups:
             group["lr"] = lr_now
-        loss, metrics = self.loss_fn(xb)
+        with values_read():  # the data set's, read once before training (shifts and flips keep them in [0, 1])
+            loss, metrics = self.loss_fn(xb)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = self.optimizer.param_groups[0]["params"]

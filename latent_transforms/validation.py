@@ -15,7 +15,8 @@ import itertools
 import math
 import numbers
 import re
-from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar, cast, overload
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterator, TypeVar, cast, overload
 
 import torch
 
@@ -324,6 +325,27 @@ def check_images(x: torch.Tensor, name: str = "x", allow_uint8: bool = False, va
     if _image_form(x, name, allow_uint8, allow_empty=allow_empty) and values:
         with no_autocast(x.device):
             _check_values([(_image_stats(x), lambda v: _judge_images(x, name, *v))])
+
+
+# True while the images a codec is given had their values read by its caller (values_read)
+_VALUES_READ: ContextVar[bool] = ContextVar("latent_transforms_values_read", default=False)
+
+
+@contextlib.contextmanager
+def values_read() -> Iterator[None]:
+    """Inside: a codec's entry points (``encode``, ``loss``, ...) leave the values of their images unread, as their
+    caller read them already (a transform's call, in its one host sync; ``train_codec``, which read its data set once
+    before training); outside, each such call reads them (one host sync), as a transform's call does."""
+    token = _VALUES_READ.set(True)
+    try:
+        yield
+    finally:
+        _VALUES_READ.reset(token)
+
+
+def values_unread() -> bool:
+    """Whether the images a codec is given now are to have their values read (not inside ``values_read``)."""
+    return not _VALUES_READ.get()
 
 
 def _image_form(x: torch.Tensor, name: str, allow_uint8: bool, uint8_hint: str = "", allow_empty: bool = False

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from latent_transforms.codecs import Codec, ConvVAE, Glow, build_codec, exact_math, flatten_latents, unflatten_latents
 from latent_transforms.codecs.vae import ResidualBlock
 from latent_transforms.latent_noise import LatentNoise
+from latent_transforms.validation import values_read
 
 from conftest import OwnCodec, tiny_glow, tiny_vae, trained_like_glow_pair
 
@@ -551,11 +552,14 @@ def test_an_initialised_actnorm_no_longer_reads_its_flag_but_a_loaded_state_is_r
     torch.manual_seed(0)
     glow = Glow((1, 8, 8), levels=2, steps=2, hidden=8).init_actnorm(torch.rand(16, 1, 8, 8))
     x = torch.rand(4, 1, 8, 8)
-    explained = torch._dynamo.explain(lambda xb: glow.bits_per_dim(xb))(x)
-    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    for fn in (glow.bits_per_dim, glow.loss):  # the loss as train_codec compiles it: one graph, its values read once
+        with values_read():  # before training (a direct call reads them: a break)
+            explained = torch._dynamo.explain(fn)(x)
+        assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
     loaded = Glow((1, 8, 8), levels=2, steps=2, hidden=8)
     loaded.load_state_dict(glow.state_dict())  # initialised weights: used as they are, not initialised again
-    explained = torch._dynamo.explain(lambda xb: loaded.bits_per_dim(xb))(x)  # one graph from the first call on
+    with values_read():
+        explained = torch._dynamo.explain(lambda xb: loaded.bits_per_dim(xb))(x)  # one graph from the first call on
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons  # (a resumed run)
     assert torch.allclose(loaded.log_prob(x), glow.log_prob(x))
     glow.load_state_dict(Glow((1, 8, 8), levels=2, steps=2, hidden=8).state_dict())  # a state never initialised
@@ -970,6 +974,33 @@ def test_a_vae_posterior_sample_checks_the_images_as_the_mean_does():
             vae.encode(torch.randint(0, 256, (2, 1, 8, 8), dtype=torch.uint8), sample=sample)
         with pytest.raises(ValueError, match=r"trained on images of shape \(1, 8, 8\)"):
             vae.encode(torch.rand(2, 1, 16, 16), sample=sample)
+
+
+@pytest.mark.parametrize("values,match", [
+    (lambda x: x * 255, r"got range \[.*\]; these look like 0-255 intensities: divide them by 255"),
+    (lambda x: x * 2 - 1, r"these look like images scaled to \[-1, 1\]"),
+    (lambda x: x.index_fill(0, torch.tensor([1]), float("nan")), r"x contains NaN or inf \(in samples \[1\]\)"),
+    (lambda x: x.index_fill(0, torch.tensor([0]), float("inf")), r"x contains NaN or inf \(in samples \[0\]\)"),
+])
+def test_a_codec_called_directly_reads_its_images_values_as_a_transform_does(values, match):
+    """Audit 241: a codec's own entry points checked the images' form, not their values (the transforms read those
+    once per call): images in [0, 255] or [-1, 1] gave a VAE finite latents and a finite loss of nothing (its loss -2340
+    for 0-255 images), a Glow NaN latents and a NaN loss, and NaN images a NaN loss, all without a word."""
+    glow = tiny_glow()
+    trained = Glow((1, 8, 8), levels=2, steps=1, hidden=8)  # not frozen, its ActNorms not initialised: init_actnorm
+    vae = tiny_vae()
+    x = values(torch.rand(2, 1, 8, 8))
+    calls = {"glow.encode": lambda: glow.encode(x), "glow.encode_flat": lambda: glow.encode_flat(x),
+             "glow.reconstruct": lambda: glow.reconstruct(x), "glow.log_prob": lambda: glow.log_prob(x),
+             "glow.bits_per_dim": lambda: glow.bits_per_dim(x), "glow.loss": lambda: glow.loss(x),
+             "glow.init_actnorm": lambda: trained.init_actnorm(x), "vae.encode": lambda: vae.encode(x),
+             "vae.encode(sample=True)": lambda: vae.encode(x, sample=True), "vae.posterior": lambda: vae.posterior(x),
+             "vae.elbo_terms": lambda: vae.elbo_terms(x), "vae.loss": lambda: vae.loss(x)}
+    for call in calls.values():
+        with pytest.raises(ValueError, match=match):
+            call()
+    with values_read():  # its caller read them (a transform's call, train_codec): not read again, no host sync
+        assert vae.encode(x)[0].shape == (2, 4)
 
 
 def test_vae_widths_double_per_down_sampling_up_to_four_times_hidden():

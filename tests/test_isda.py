@@ -2053,6 +2053,23 @@ def test_a_state_of_other_classes_is_refused_naming_them_and_grow(batch, net):
     ISDA(10, covariance="diagonal").load_state_dict(resumed.state_dict())
 
 
+def test_statistics_holding_nan_or_inf_are_refused_when_loaded():
+    """Audit 241: update() keeps the statistics finite, but a state holding a NaN (a damaged file, statistics written
+    by hand) loaded without a word, and every augmented logit and loss was NaN from then on."""
+    fc = FeatureCovariance(3)
+    fc.update(torch.randn(8, 5), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]))
+    for key, bad in (("cov", float("nan")), ("mean", float("inf"))):
+        state = {k: v.clone() for k, v in fc.state_dict().items()}
+        state[key][1, 0] = bad
+        for target in (FeatureCovariance(3), fc, ISDALoss(3)):  # unsized, sized, and under an ISDALoss
+            prefix = "estimator." if isinstance(target, ISDALoss) else ""
+            before = {k: v.clone() for k, v in target.state_dict().items()}
+            with pytest.raises(RuntimeError, match=rf"{prefix}{key} holds NaN or inf .*: every augmented logit and "
+                                                   rf"loss would be NaN"):
+                target.load_state_dict({prefix + k: v for k, v in state.items()}, strict=False)
+            assert all(torch.equal(v, target.state_dict()[k]) for k, v in before.items())  # nothing loaded
+
+
 def test_a_hook_on_one_head_of_several_names_them(batch):
     """Continual-learning audit 199: a model with a head per task (task-incremental learning) runs one of them; ISDA
     hooked the last one, which never ran, and warned "no training forward of the model ran after it" (one had)."""

@@ -948,6 +948,10 @@ def test_levels_assigned_after_construction_act_as_given_to_the_constructor(glow
     # a submodule, num_classes then missing)
     (lambda g: FeatureCovariance(10, 4), "num_classes", nn.Linear(1, 1), "num_classes must be an int >= 1"),
     (lambda g: Compose([]), "num_classes", "10", "num_classes must be an int >= 1, got '10'"),
+    # audit 241: a codec's settings read at each call (a KL warm-up's vae.beta = ...) took anything
+    (lambda g: tiny_vae(), "beta", float("nan"), "beta must be a finite number in \\[0, inf\\), got nan"),
+    (lambda g: tiny_glow(), "alpha", 0.5, "alpha must be a finite number in \\(0, 0.5\\), got 0.5"),
+    (lambda g: tiny_glow(), "num_bins", 1, "num_bins must be an int >= 2, got 1"),
 ])
 def test_settings_assigned_after_construction_are_checked_as_the_constructors(glow, make, name, value, match):
     # a sweep setting t.eps = ... between trials: as plain attributes they took anything, and some ran silently
@@ -1014,6 +1018,9 @@ def test_settings_fixed_at_construction_are_refused_in_one_style(glow, make, nam
     (lambda g: LatentMixupInference(TinyNet(), g, torch.rand(2, 1, 8, 8)), "num_mix", "num_mixes"),
     (lambda g: base.LatentTransform(), "P", "p"),
     (lambda g: ISDA(10), "progres", "progress"),
+    (lambda g: tiny_vae(), "betta", "beta"),  # audit 241: codecs too (a KL warm-up's vae.betta = ... went unread)
+    (lambda g: tiny_glow(), "alpah", "alpha"),
+    (lambda g: tiny_glow(), "num_bin", "num_bins"),
 ])
 def test_a_misspelled_setting_assigned_after_construction_is_refused(glow, make, name, meant):
     """Audit 230: an assignment of a name that misspells a setting (a sweep's t.alpah = 0.4) made a new

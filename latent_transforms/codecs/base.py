@@ -13,8 +13,8 @@ from torch import nn
 from ..casts import without_16_bit_casts
 from ..rng import draw_generator
 from ..torch_defaults import codec_build_defaults
-from ..validation import (WrongTypeError, bad_option, check_bool, check_dense, check_images, check_items,
-                          check_number, check_same_device, describe, is_int, scalar, state_mismatch)
+from ..validation import (Settings, WrongTypeError, bad_option, check_bool, check_dense, check_images, check_items,
+                          check_number, check_same_device, describe, is_int, scalar, state_mismatch, values_unread)
 from .precision import exact_math
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ def check_codec_states(module: nn.Module, state_dict: Mapping[str, Any]) -> None
                 f"config)? Then {fix} and load it there")
 
 
-class Codec(ChecksCodecStates, nn.Module):
+class Codec(Settings, ChecksCodecStates, nn.Module):
     """An invertible (flow) or approximate (VAE) map between images and standardised latents.
 
     ``encode(x: (B, C, H, W) float in [0, 1]) -> list of (B, *shape)`` latents whose prior is N(0, I),
@@ -78,6 +78,8 @@ class Codec(ChecksCodecStates, nn.Module):
     ``precision="bf16-true"``) moves the codec but keeps its dtype; ``.double()`` casts it.
     A frozen codec (``freeze()``, as every hub checkpoint is) stays in eval mode, has no trainable
     parameters and updates no statistics; ``compile_fast_path()`` optionally runs it through ``torch.compile``.
+    Its settings that may change after construction (a VAE's ``beta``, a Glow's ``alpha`` and ``num_bins``) are
+    checked whenever set, and a misspelling of one (``vae.betta = 0.5``) raises naming it (``validation.Settings``).
     A model of one's own becomes a codec by subclassing: ``latent_shapes``, ``_encode`` and ``_decode`` (and ``config``
     for a ``LatentCache`` or to save it); what they return is checked (docs/training.md, "Your own model as a codec").
     """
@@ -193,7 +195,7 @@ class Codec(ChecksCodecStates, nn.Module):
 
     def encode(self, x: torch.Tensor) -> Latents:
         """x: (B, C, H, W) in [0, 1] -> standardised latents (codec dtype). The shape, dtype and device are checked
-        (uint8 images gave NaN latents); the values are not (the transforms check them once per batch)."""
+        (uint8 images gave NaN latents), and the values as ``check_input`` says."""
         self.check_input(x)
         self._refresh_derived()
         with exact_math(x.device.type):
@@ -252,8 +254,10 @@ class Codec(ChecksCodecStates, nn.Module):
         return self.decode(z).clamp(0, 1)
 
     def check_input(self, x: torch.Tensor) -> None:
-        """Raise if x is not a (B, C, H, W) float batch of this codec's image shape on its device (values unchecked)."""
-        self.check_images(x)
+        """Raise if x is not a (B, C, H, W) float batch of this codec's image shape on its device, or (but inside a
+        transform's call or ``validation.values_read``, whose caller read them) not finite in [0, 1]: one host sync,
+        as a transform's call (images in [0, 255] gave a VAE finite latents of nothing, a Glow NaN)."""
+        self.check_images(x, values=values_unread())
         self.check_dtype()
 
     def _refresh_derived(self) -> None:
@@ -293,14 +297,17 @@ class Codec(ChecksCodecStates, nn.Module):
         check_same_device(z[0], self, f"the {self.kind} codec", "z is")
         self.check_dtype()
 
-    def check_images(self, x: torch.Tensor, name: str = "x", allow_empty: bool = False) -> None:
+    def check_images(self, x: torch.Tensor, name: str = "x", allow_empty: bool = False, values: bool = False) -> None:
         """Raise if x (called ``name`` in the message) is not a (B, C, H, W) float batch of this codec's image shape
-        on its device (values unchecked; ``B = 0`` only with ``allow_empty``)."""
+        on its device (``B = 0`` only with ``allow_empty``); with ``values``, also if not finite in [0, 1] (one host
+        sync)."""
         check_images(x, name, values=False, allow_empty=allow_empty)
         if tuple(x.shape[1:]) != self.image_shape:
             raise ValueError(f"this {self.kind} codec was trained on images of shape {self.image_shape} (C, H, W), "
                              f"got {name} of shape {tuple(x.shape)}{self._shape_hint(tuple(x.shape[1:]), name)}")
         check_same_device(x, self, f"the {self.kind} codec")
+        if values:
+            check_images(x, name, allow_empty=allow_empty)
 
     def _shape_hint(self, got: tuple[int, ...], name: str) -> str:
         """What to do about images of per-sample shape ``got``: channels last, or another codec that takes them."""

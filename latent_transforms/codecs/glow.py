@@ -9,7 +9,7 @@ import normflows as nf
 import torch
 import torch.nn.functional as F
 
-from ..validation import check_number, wide_float
+from ..validation import check_count, check_number, setting, wide_float
 from .base import Codec, Latents
 
 GlowT = TypeVar("GlowT", bound="Glow")  # what freeze() and init_actnorm() return: the Glow's own class
@@ -104,6 +104,9 @@ class Glow(Codec):
     """
 
     kind = "glow"
+    # checked whenever set (read at each call); the other arguments shape the flow, fixed at construction
+    alpha = setting("alpha", check_number, high=0.5, low_open=True, high_open=True)
+    num_bins = setting("num_bins", check_count, low=2)
 
     def __init__(self, image_shape: tuple[int, int, int] | list[int] = (3, 32, 32), *, levels: int = 3,
                  steps: int = 8, hidden: int = 128, alpha: float = 0.05, scale_floor: float = 0.05,
@@ -198,6 +201,10 @@ class Glow(Codec):
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Log density (nats) of continuous x in [0, 1]: (B,)."""
         self.check_input(x)
+        return self._log_prob(x)
+
+    def _log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """``log_prob`` of checked images."""
         u, logdet = self._encode_with_logdet(x.to(self.dtype))  # as encode: float64 images into a float32 codec
         log_base = sum(-0.5 * (ui**2).flatten(1).sum(1) for ui in u) - 0.5 * self.latent_dim * math.log(2 * math.pi)
         return log_base + logdet
@@ -216,14 +223,19 @@ class Glow(Codec):
         self.check_input(x)  # before the dequantisation, which failed deep in torch for uint8 images or a list
         levels = torch.round(x * (self.num_bins - 1))
         x_deq = (levels + torch.rand_like(x)) / self.num_bins
-        bpd = self.bits_per_dim(x_deq).mean()
+        bpd = self._bits_per_dim(x_deq).mean()  # x_deq checked as x: in [0, 1)
         return bpd, {"bits/dim": bpd.detach()}
 
     def bits_per_dim(self, x_deq: torch.Tensor) -> torch.Tensor:
         """Per-sample bits/dim ``(B,)`` of dequantised images ``x_deq: (B, C, H, W)`` in [0, 1) (``num_bins`` levels
         plus uniform noise of one level), on the discrete data's scale."""
+        self.check_input(x_deq)
+        return self._bits_per_dim(x_deq)
+
+    def _bits_per_dim(self, x_deq: torch.Tensor) -> torch.Tensor:
+        """``bits_per_dim`` of checked images."""
         d = math.prod(self.image_shape)
-        return -self.log_prob(x_deq) / (d * math.log(2)) + math.log2(self.num_bins)
+        return -self._log_prob(x_deq) / (d * math.log(2)) + math.log2(self.num_bins)
 
     @property
     def use_fast_path(self) -> bool:

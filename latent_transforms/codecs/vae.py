@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..rng import draw_generator
-from ..validation import WrongTypeError, bad_option, check_bool, check_count, check_number, describe, is_int, scalar
+from ..validation import (WrongTypeError, bad_option, check_bool, check_count, check_number, describe, is_int, scalar,
+                          setting)
 from .base import Codec, Latents, exact_math
 
 
@@ -54,6 +55,7 @@ class ConvVAE(Codec):
     """
 
     kind = "vae"
+    beta = setting("beta", check_number)  # checked whenever set: a KL warm-up's vae.beta = ...
 
     def __init__(self, image_shape: tuple[int, int, int] | list[int] = (3, 32, 32), *, latent_dim: int = 64,
                  hidden: int = 64, beta: float = 1.0, latent_side: int | None = None, decoder_blocks: int = 0):
