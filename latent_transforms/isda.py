@@ -705,6 +705,28 @@ class ISDA(_ISDAState, LatentTransform):
                              + (f": the one inside it, layer='{self.layer}.{inner}'" if inner else ""))
         return self.layer, layer
 
+    def _classifier_trains(self, model: nn.Module) -> bool:
+        """For ``model`` in eval mode: whether its classifier is in train mode (fine-tuning with ``model.eval()`` for
+        BatchNorm, then ``model.fc.train()``), which ISDA then augments. Else, once per ISDA, a warning when the
+        classifier still looks trained (a weight that requires grad, gradients on): nothing is augmented."""
+        try:
+            name, layer = self._lookup(model)
+        except ValueError:  # no classifier to augment: the call's checks for a training model say so
+            return False
+        if layer.training:
+            return True
+        if layer.weight.requires_grad and torch.is_grad_enabled() and not self.__dict__.get("_warned_eval_model"):
+            self._warned_eval_model = True
+            train = (f"model.{name}.train()" if all(part.isidentifier() for part in name.split("."))
+                     else f"model.get_submodule({name!r}).train()")
+            warnings.warn(f"ISDA is training but {type(model).__name__} and its classifier {_layer_label(name, layer)}"
+                          f" are in eval mode, with gradients on and the classifier's weight trainable: nothing is "
+                          f"augmented (ISDA augments training forwards of the classifier). Fine-tuning with "
+                          f"model.eval() to keep BatchNorm's statistics? Then call {train} after it (ISDA augments a "
+                          f"classifier in train mode), or put only the BatchNorm layers in eval mode. A validation "
+                          f"step? Call isda.eval() there, or run it under torch.no_grad()", stacklevel=5)
+        return False
+
     def _grown_classifier(self, model: object) -> ValueError | None:
         """``find_layer``'s error for a classifier of ``model`` with more outputs than the statistics' classes (a head
         grown for new classes), else ``None`` (also when no classifier is found: the caller's error stands)."""
@@ -765,7 +787,7 @@ class ISDA(_ISDAState, LatentTransform):
         if isinstance(model, nn.parallel.DistributedDataParallel):
             self._check_ddp_group(model)
         batch = x.shape[0]
-        if not model.training:
+        if not model.training and not self._classifier_trains(model):  # a validation forward
             self._count_untouched(x.device, batch)
             return x, y
         try:

@@ -709,9 +709,60 @@ def test_eval_mode_arms_nothing(batch, net):
     assert isda(x, y, net) == (x, y)
     assert len(net.fc._forward_hooks) == 0
     net.eval()
-    isda.train()(x, y, net)
+    with torch.no_grad():  # a validation step; with gradients on it warns (test_a_model_in_eval_mode_...)
+        isda.train()(x, y, net)
     assert len(net.fc._forward_hooks) == 0
     assert isda.stats == {"seen": len(y), "transformed": 0, "rejected": 0}
+
+
+def test_a_model_in_eval_mode_whose_classifier_trains_is_augmented():
+    """Audit 243: fine-tuning a torchvision ResNet with model.eval() (BatchNorm's statistics kept), then
+    model.fc.train(): ISDA armed nothing (it read the model's own flag, not the classifier's) and the loss stayed
+    plain cross-entropy, stats['transformed'] 0, without a word."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=10)
+    x, y = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 0, 1])
+    isda = ISDA(10, lambda0=1.0)
+    isda.set_progress(1.0)
+    model.eval()
+    model.fc.train()
+    bn = model.bn1.running_mean.clone()
+    plain = model(x).detach()
+    for _ in range(2):  # the first forward gives the statistics the second one's correction uses
+        isda(x, y, model)
+        augmented = model(x)
+    assert isda.stats["transformed"] == 8
+    assert (augmented - plain).abs().max() > 1e-3 and torch.equal(augmented.gather(1, y[:, None]),
+                                                                   plain.gather(1, y[:, None]))
+    assert torch.equal(model.bn1.running_mean, bn)  # the backbone stayed in eval mode
+
+
+def test_a_model_in_eval_mode_with_a_trainable_classifier_warns_once_that_nothing_is_augmented():
+    """Audit 243: model.eval() for the whole model while its head trains (a fine-tuning habit) left ISDA silent:
+    nothing augmented, stats['transformed'] 0. With gradients on and the classifier's weight trainable it warns once,
+    naming the call that puts the classifier in train mode; a validation step (no_grad) and a frozen head do not."""
+    import torchvision
+
+    x, y = torch.rand(2, 3, 32, 32), torch.tensor([0, 1])
+    model = torchvision.models.mobilenet_v3_small(weights=None, num_classes=10).eval()  # classifier: a Sequential
+    isda = ISDA(10)
+    isda.set_progress(0.5)
+    with pytest.warns(UserWarning, match=r"MobileNetV3 and its classifier 'classifier\.3' \(nn.Linear 1024 -> "
+                                         r"10\) are in eval mode.*model\.get_submodule\('classifier\.3'\)\.train\(\)"):
+        isda(x, y, model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        isda(x, y, model)  # once per ISDA
+        with torch.no_grad():
+            ISDA(10)(x, y, model)
+        model.classifier[3].requires_grad_(False)
+        ISDA(10)(x, y, model)
+    assert isda.stats["transformed"] == 0
+    net = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    with pytest.warns(UserWarning, match=r"call model\.fc\.train\(\) after it"):
+        ISDA(10)(x, y, net)
 
 
 @STRENGTH_ZERO_EXPECTED
