@@ -1704,6 +1704,62 @@ def test_isda_memory_times_the_official_term_by_term_loss_against_the_librarys_s
     assert "7 GiB address-space limit (what the process held before the step" in proc.stdout
 
 
+def test_isda_memory_update_alone_reports_the_update_and_its_covariance_sized_temporary(tmp_path):
+    """Audit 240: isda.md's "about 200 MiB, of which 156 MiB is that output" (K = 100, A = 640, N = 128) had no command;
+    --update times one full-covariance FeatureCovariance.update alone and names its K x A x A temporary's size."""
+    proc = _run([str(BENCHMARKS / "isda_memory.py"), "--update", "--classes", "4", "--batch", "8"], tmp_path)
+    assert "FeatureCovariance.update, full covariance, K = 4, A = 640, N = 8, float32" in proc.stdout
+    row = re.search(r"\n\| (\d+) MB \| ([\d.]+) s \| (\d+(?:\.\d)? (?:MiB|GiB)) \| (\d+) MiB \|", proc.stdout)
+    assert row, proc.stdout
+    assert row.group(1) == "7" and row.group(4) == "6"  # 4 x 640 x 640 float32: 6.6 MB, 6 MiB
+    assert "| statistics | correction |" not in proc.stdout  # the update alone, not the loss's steps
+
+
+@pytest.mark.slow
+def test_isda_precision_smoke_sets_the_replaced_merge_against_the_librarys(tmp_path):
+    """Audit 240: benchmarks/isda_precision.py, isda.md's precision figures (float32 drift of the covariance against
+    float64, the merge the library replaced, a bfloat16 running mean), runs; on a class resumed at 1e6 samples the
+    replaced merge drifts further than the library's (its 1 - w rounded to float32's steps)."""
+    proc = _run([str(BENCHMARKS / "isda_precision.py"), "--smoke", "--no-progress"], tmp_path)
+    rows = re.findall(r"\n\| (resumed at 1,000,000 samples|from 0 samples), 50 updates \| 0 \| ([\d.e+-]+) \| "
+                      r"([\d.e+-]+) \| (\d+)x \|", proc.stdout)
+    assert [r[0] for r in rows] == ["resumed at 1,000,000 samples", "from 0 samples"], proc.stdout
+    library, replaced = float(rows[0][1]), float(rows[0][2])
+    assert library < 1e-6 < replaced  # 1.1e-07 and 1.7e-06 on this machine
+    kept, actual = map(float, re.search(r"kept in bfloat16.*: ([\d.]+), where the features' mean is ([\d.]+)\.",
+                                        proc.stdout).groups())
+    assert 2 < kept <= actual < 4
+
+
+@pytest.mark.slow
+def test_compile_speedup_smoke_alternates_eager_and_compiled_calls_per_column(tmp_path):
+    """Audit 240: performance.md's compiled-codec table had no command (timed "in one process; the code that timed it
+    was not recorded"); benchmarks/compile_speedup.py makes it, eager -> compiled with their ratio per cell."""
+    proc = _run([str(BENCHMARKS / "compile_speedup.py"), "--smoke", "--no-progress"], tmp_path)
+    table = proc.stdout[proc.stdout.index("| batch |"):]
+    assert "| batch | Glow encode + noise + decode | LatentNoise | LatentAdversarial, 1 PGD step (ResNet-18 width 4) " \
+           "| decode forward + backward |" in table
+    cells = re.findall(r"([\d.]+) -> ([\d.]+) ms \(([\d.]+)x\)", table)
+    assert len(cells) == 4, table
+    for eager, compiled, ratio in cells:
+        assert float(ratio) == pytest.approx(float(eager) / float(compiled), rel=0.05, abs=0.01)
+    assert "backend='eager'" in proc.stdout and "First compiled call" in proc.stdout
+    assert proc.stderr.count(": done") == 0  # --no-progress
+
+
+@pytest.mark.slow
+def test_fsdp2_attack_smoke_gives_the_unwrapped_models_images_and_leaves_no_grad(tmp_path):
+    """Audit 240: latent_adversarial.md's FSDP2 figures (the attack's images against the unwrapped model's, no .grad
+    left, a training step's gradient after it) had no command; benchmarks/fsdp2_attack.py runs two gloo ranks."""
+    proc = _run([str(BENCHMARKS / "fsdp2_attack.py"), "--smoke"], tmp_path)
+    images, grads, step = (re.search(rf"\| {what} \| ([\d.e+-]+) \|", proc.stdout).group(1)
+                           for what in ("max abs difference of the attack's images, sharded vs unwrapped model",
+                                        r"sharded parameters with a \.grad after the attack",
+                                        "max abs difference of a training step's gradient after the attack, sharded vs "
+                                        "one process on the whole batch"))
+    assert float(images) < 1e-6 and int(grads) == 0 and float(step) < 1e-5, proc.stdout
+
+
 def test_isda_memory_reports_out_of_memory_only_for_a_step_that_ran_out(tmp_path):
     """RLIMIT_AS counts the whole process's address space (torch's libraries and threads: ~3 GiB before any tensor):
     a case out of memory in its step says how much of the limit its step had; one that could not even be set up is an
@@ -2177,7 +2233,8 @@ def test_the_benchmarks_take_device_auto_as_the_cli_and_the_examples_do():
 
 
 @pytest.mark.parametrize("script", ["accuracy", "throughput", "calibrate_eps", "calibrate_digits", "codec_quality",
-                                    "sweep_report", "vae_class_guidance"])
+                                    "sweep_report", "vae_class_guidance", "compile_speedup",
+                                    "isda_precision", "fsdp2_attack"])
 def test_every_benchmarks_help_gives_each_default_in_one_form(script, monkeypatch, capsys):
     """Audit 149: the calibration scripts' --help showed no default (`--epochs EPOCHS` and nothing else), the others
     some, as "default 40" or "(default: 40)": every option with a default now ends its help with "(default: X)"."""
