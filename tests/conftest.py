@@ -134,7 +134,7 @@ def spawn_two_ranks(worker, tmp: Path, grace_s: float = 60) -> list[dict]:
         for path in ranks.error_files:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-    return [torch.load(f) for f in saved]
+    return [torch.load(f, weights_only=True) for f in saved]
 
 
 def _how_each_rank_ended(ranks) -> str:
