@@ -1,6 +1,8 @@
 """The base class every method derives from: validation, per-sample ``p``, generators, labels, stats."""
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import warnings
 from contextvars import ContextVar
@@ -57,6 +59,20 @@ def keep_plausible(decoded: torch.Tensor, fallback: torch.Tensor) -> tuple[torch
 LEFT_IN_EVAL = r".* is in eval\(\) mode, where it returns its inputs unchanged"
 
 
+# The frames a warning about a transform's call passes by: this library's (a Compose's step call among them) and
+# nn.Module's __call__
+_PAST_TO_THE_CALL = (os.path.dirname(__file__) + os.sep, os.path.dirname(nn.modules.module.__file__) + os.sep)
+
+
+def warn_at_call(message: str) -> None:
+    """``warnings.warn(message)`` at the line that called the transform: the first frame outside this library and
+    nn.Module's call (a fixed ``stacklevel`` named compose.py's line for a step in a ``Compose``)."""
+    frame, level = sys._getframe(1), 2  # level 2: warn_at_call's caller
+    while frame is not None and frame.f_code.co_filename.startswith(_PAST_TO_THE_CALL):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, stacklevel=level)
+
+
 def warn_if_left_in_eval(owner: nn.Module, model: nn.Module | None) -> None:
     """Once per ``owner``, called in its ``eval()`` mode: warn when ``model`` is training, which an augmentation
     switched off by ``augment.eval()`` and never switched back (it is no submodule of the model, so ``model.train()``
@@ -65,10 +81,10 @@ def warn_if_left_in_eval(owner: nn.Module, model: nn.Module | None) -> None:
         owner._warned_left_in_eval = True  # once per instance
         name = type(owner).__name__
         counts = "its stats['seen']" if isinstance(owner, SampleStats) else "its steps' stats['seen']"
-        warnings.warn(f"{name} is in eval() mode, where it returns its inputs unchanged, but the model it was given is "
-                      f"training: nothing is augmented. Call .train() on the {name} when training resumes "
-                      f"(model.train() misses it unless it is a submodule of the model); {counts} counts only "
-                      f"training-mode calls", stacklevel=5)  # the line of the call, past nn.Module
+        warn_at_call(f"{name} is in eval() mode, where it returns its inputs unchanged, but the model it was given is "
+                     f"training: nothing is augmented. Call .train() on the {name} when training resumes "
+                     f"(model.train() misses it unless it is a submodule of the model); {counts} counts only "
+                     f"training-mode calls")
 
 
 def saturated(x2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -277,13 +293,12 @@ class LatentTransform(Settings, SampleStats, nn.Module):
     def _warn_destroyed(self) -> None:
         (destroyed, transformed), self._destroyed_found = self._destroyed_found, None
         self._destroyed_warned = True  # once per instance
-        warnings.warn(f"{type(self).__name__}: {destroyed} of {transformed} transformed samples came out destroyed, "
-                      f"over half of their values clipped to 0 or 1 (noise, not a variation of the image), with "
-                      f"{self!r}: the perturbation is too large for the codec; lower eps (at the default eps: "
-                      f"images unlike the codec's training images, which it decodes poorly). They are not counted as "
-                      f"rejected in stats (only a decode outside [0, 1] by over 0.5 is, and the shipped codecs decode "
-                      f"into [0, 1]); look at a few outputs with latent_transforms.visualize.save_rows",
-                      stacklevel=5)  # the line of the call, past nn.Module
+        warn_at_call(f"{type(self).__name__}: {destroyed} of {transformed} transformed samples came out destroyed, "
+                     f"over half of their values clipped to 0 or 1 (noise, not a variation of the image), with "
+                     f"{self!r}: the perturbation is too large for the codec; lower eps (at the default eps: "
+                     f"images unlike the codec's training images, which it decodes poorly). They are not counted as "
+                     f"rejected in stats (only a decode outside [0, 1] by over 0.5 is, and the shipped codecs decode "
+                     f"into [0, 1]); look at a few outputs with latent_transforms.visualize.save_rows")
 
     def _classes(self, y: torch.Tensor) -> int | None:
         """The labels' classes: soft labels' K, else this transform's ``num_classes`` or, in a Compose, the Compose's

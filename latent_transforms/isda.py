@@ -36,7 +36,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LatentTransform, not_about_the_batch, one_line_repr, warn_if_left_in_eval
+from .base import LatentTransform, not_about_the_batch, one_line_repr, warn_at_call, warn_if_left_in_eval
 from .casts import without_16_bit_casts
 from .codecs import Codec
 from .feature_covariance import COVARIANCES, FeatureCovariance, check_sync, check_unchanged
@@ -245,14 +245,13 @@ class _ISDAState(Settings):
         self.schedule_progress.fill_(self._progress)
         self._scheduled = True
 
-    def _warn_if_unscheduled(self, stacklevel: int) -> None:
+    def _warn_if_unscheduled(self) -> None:
         """Once: a training call before any set_epoch/set_progress runs at lam = 0, which changes no loss."""
         if not self._scheduled:
             self._scheduled = True  # warned: once per instance
-            warnings.warn(f"{type(self).__name__}'s strength lam = lambda0 * progress is 0 until you call "
-                          f"set_epoch(epoch, total_epochs) at the start of every epoch (or set_progress(p) for a ramp "
-                          f"of your own): until then it only gathers statistics and leaves the loss unchanged",
-                          stacklevel=stacklevel + 1)
+            warn_at_call(f"{type(self).__name__}'s strength lam = lambda0 * progress is 0 until you call "
+                         f"set_epoch(epoch, total_epochs) at the start of every epoch (or set_progress(p) for a ramp "
+                         f"of your own): until then it only gathers statistics and leaves the loss unchanged")
 
     def set_epoch(self, epoch: int, total_epochs: int) -> None:
         """The official schedule: ``lam = lambda0 * epoch / total_epochs`` with a 0-based ``epoch``.
@@ -363,18 +362,20 @@ def _other_trained_heads(model: nn.Module, layer: nn.Linear) -> list[str]:
 
 
 def _check_layer_trains(model: nn.Module, name: str, layer: nn.Linear, by_default: bool) -> None:
-    """``ValueError`` when the layer ISDA would hook, while ``model`` trains, is not the classifier being trained: one
-    in eval mode never fires the hook, and a frozen one found by default (``by_default``) beside a trainable
-    ``nn.Linear`` of as many outputs is a frozen teacher's the model holds, most likely (distillation: the teacher
-    registered after the student). A frozen classifier with no such neighbour (a fixed head) is hooked as usual."""
+    """``ValueError`` when the layer ISDA would hook, while ``model`` or its classifier trains, is not the classifier
+    being trained: one in eval mode never fires the hook, and a frozen one found by default (``by_default``) beside a
+    trainable ``nn.Linear`` of as many outputs is a frozen teacher's the model holds, most likely (distillation: the
+    teacher registered after the student). A frozen classifier with no such neighbour (a fixed head) is hooked as
+    usual."""
     if layer.training and (layer.weight.requires_grad or not by_default):
         return
     trained = _other_trained_heads(model, layer)
     if layer.training and not trained:
         return
     state = "in eval mode" if not layer.training else "frozen (its weight does not require grad)"
-    raise ValueError(f"ISDA's layer {_layer_label(name, layer)} is {state} while {type(model).__name__} trains, so it "
-                     f"is not the classifier being trained" + (" (the hook fires on training forwards only)"
+    trains = "trains" if model.training else "is in eval mode with a classifier in train mode"
+    raise ValueError(f"ISDA's layer {_layer_label(name, layer)} is {state} while {type(model).__name__} {trains}, so "
+                     f"it is not the classifier being trained" + (" (the hook fires on training forwards only)"
                                                                if not layer.training else "")
                      + (f": a frozen teacher the model holds (distillation)? pass ISDA(..., layer={trained[-1]!r})"
                         if trained else ": put it in train mode or pass ISDA(..., layer='...') naming the classifier"))
@@ -713,18 +714,18 @@ class ISDA(_ISDAState, LatentTransform):
             name, layer = self._lookup(model)
         except ValueError:  # no classifier to augment: the call's checks for a training model say so
             return False
-        if layer.training:
-            return True
+        if layer.training or (self.layer is None and _other_trained_heads(model, layer)):
+            return True  # the latter a frozen teacher's head found by default: _check_layer_trains names the student's
         if layer.weight.requires_grad and torch.is_grad_enabled() and not self.__dict__.get("_warned_eval_model"):
             self._warned_eval_model = True
             train = (f"model.{name}.train()" if all(part.isidentifier() for part in name.split("."))
                      else f"model.get_submodule({name!r}).train()")
-            warnings.warn(f"ISDA is training but {type(model).__name__} and its classifier {_layer_label(name, layer)}"
-                          f" are in eval mode, with gradients on and the classifier's weight trainable: nothing is "
-                          f"augmented (ISDA augments training forwards of the classifier). Fine-tuning with "
-                          f"model.eval() to keep BatchNorm's statistics? Then call {train} after it (ISDA augments a "
-                          f"classifier in train mode), or put only the BatchNorm layers in eval mode. A validation "
-                          f"step? Call isda.eval() there, or run it under torch.no_grad()", stacklevel=5)
+            warn_at_call(f"ISDA is training but {type(model).__name__} and its classifier {_layer_label(name, layer)}"
+                         f" are in eval mode, with gradients on and the classifier's weight trainable: nothing is "
+                         f"augmented (ISDA augments training forwards of the classifier). Fine-tuning with "
+                         f"model.eval() to keep BatchNorm's statistics? Then call {train} after it (ISDA augments a "
+                         f"classifier in train mode), or put only the BatchNorm layers in eval mode. A validation "
+                         f"step? Call isda.eval() there, or run it under torch.no_grad()")
         return False
 
     def _grown_classifier(self, model: object) -> ValueError | None:
@@ -802,7 +803,7 @@ class ISDA(_ISDAState, LatentTransform):
                 f"compiled with torch.compile(..., fullgraph=True) refuses (torch's 'Unsupported: Attempted to "
                 f"represent unregistered RemovableHandle' at model(x)): compile it without fullgraph=True, or compile "
                 f"the backbone alone and use ISDALoss(features, fc, y) (docs/methods/isda.md)"))
-        self._warn_if_unscheduled(stacklevel=4)  # the line of the call, past nn.Module
+        self._warn_if_unscheduled()
         lam: float | torch.Tensor = self.lam
         chosen = torch.full((), batch, dtype=torch.int64, device=x.device)  # torch.tensor(...) would be a sync
         if self.p < 1.0:
@@ -816,7 +817,7 @@ class ISDA(_ISDAState, LatentTransform):
                                    "one rank (a smaller last batch there) would make the hook fire on that rank alone, "
                                    "whose statistics gather would then wait for the others until the process "
                                    "group's timeout")
-            warnings.warn(_never_fired(label, model, layer), stacklevel=4)  # the call's line
+            warn_at_call(_never_fired(label, model, layer))
         hook = _ArmedHook(self, label, y, lam, chosen.to(torch.int64))
         # before FSDP2's post-forward hook on a layer that is fully_shard'ed itself, which reshards its weight into this
         # rank's rows (a DTensor) as the forward ends
@@ -893,7 +894,7 @@ class ISDALoss(_ISDAState, nn.Module):
             name_dtype_clash(e, fc, features, "ISDALoss", "features", "fc")
             raise
         if self.training:
-            self._warn_if_unscheduled(stacklevel=4)
+            self._warn_if_unscheduled()
             logits = self.augment(features, logits, fc.weight, y, check_y=False)
         if not len(y):  # a DDP rank's empty batch, which joined the statistics' gather all the same: 0, connected
             return F.cross_entropy(logits, y, reduction="sum")  # to the graph, not the NaN of a mean over nothing

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import re
 import sys
 import threading
 from typing import Iterator
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from .base import not_about_the_batch
 from .validation import check_model, name_dtype_clash
 
 
@@ -78,11 +80,13 @@ def borrowed(model: nn.Module) -> Iterator[nn.Module]:
 def logits_of(net: nn.Module, x: torch.Tensor, who: str) -> torch.Tensor:
     """``net(x)``, which must be ``(B, K)`` logits for ``x: (B, ...)``, ``K >= 2``; a tuple, a dict or another shape
     (one output too: a binary logit or a regression; or none) is refused with the fix (``who`` names the caller in the
-    message), and so is torch's error for a model in another dtype than ``x`` (outside autocast)."""
+    message), and so is torch's error for a model in another dtype than ``x`` (outside autocast) or for one whose
+    ``nn.Linear`` gets ``x`` as it is (a classifier head, not the whole classifier)."""
     try:
         out = net(x)
     except RuntimeError as e:
         name_dtype_clash(e, net, x, who)
+        _name_head_given(e, x, who)
         raise
     if isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[0] == x.shape[0]:
         if out.shape[1] == 0:  # a head of no classes: torch's argmax error, or predict_proba's (B, 0) probabilities
@@ -101,6 +105,24 @@ def logits_of(net: nn.Module, x: torch.Tensor, who: str) -> torch.Tensor:
                          f"(docs/composition.md#segmentation-masks-and-boxes)")
     raise ValueError(f"{who} needs model(x) to return (B, K) logits, got {got}; pass a wrapper nn.Module whose "
                      f"forward returns the logits (for example model(x)[0] or model(x)['logits'])")
+
+
+def _name_head_given(error: RuntimeError, x: torch.Tensor, who: str) -> None:
+    """Raise a ``ValueError`` naming the fix from ``error`` (torch's RuntimeError of ``model(x)``) when it is an
+    ``nn.Linear``'s refusal of ``x: (B, C, H, W)`` as it is, its last dimension taken for the features ("mat1 and mat2
+    shapes cannot be multiplied (384x32 and 512x5)"): a classifier head passed where the whole classifier goes (a
+    user who computes the features separately); else return. Called once the call has failed: no cost otherwise."""
+    found = re.search(r"mat1 and mat2 shapes cannot be multiplied \((\d+)x(\d+) and (\d+)x(\d+)\)", str(error))
+    if found is None or x.ndim < 3:
+        return
+    rows, cols, features, _ = (int(g) for g in found.groups())
+    if cols != x.shape[-1] or rows * cols != x.numel():  # a later layer's input, not x
+        return
+    raise not_about_the_batch(ValueError(
+        f"{who} needs model(x) to map x {tuple(x.shape)} to (B, K) logits, but an nn.Linear of the model, taking "
+        f"{features} features, got x as it is (torch: {str(error).splitlines()[0]}): a classifier head on features "
+        f"computed separately? pass the whole classifier, nn.Sequential(backbone, head), which maps images to "
+        f"logits (linear layers on flat images: put nn.Flatten() first)")) from error
 
 
 def describe_device(device: torch.device) -> str:

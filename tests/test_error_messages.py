@@ -159,6 +159,42 @@ def test_a_model_in_another_dtype_than_x_is_named_with_the_fix(batch, method, mo
     assert torch.isfinite(out[0] if isinstance(out, tuple) else out).all()
 
 
+@pytest.mark.parametrize("method", ["LatentAdversarial", "LatentAdversarial(target='true')", "LatentMixupInference",
+                                    "predict_proba", "Compose step 1"])
+def test_a_classifier_head_given_as_the_model_is_named_with_the_fix(batch, method):
+    """A user who computes the features separately passed the head, nn.Linear(A, K), where the classifier of images
+    goes: torch's "mat1 and mat2 shapes cannot be multiplied (96x8 and 32x10)" came from inside the attack (audit
+    243's (b'), audit 247). A Linear deeper in the model that gets features of another size keeps torch's error."""
+    from conftest import TinyNet
+    from latent_transforms import Compose, LatentAdversarial, LatentMixupInference, LatentNoise
+    from latent_transforms.evaluation import predict_proba
+
+    torch.manual_seed(0)
+    glow, (x, y), body = tiny_glow(), batch, TinyNet()
+
+    def call(model):
+        if method == "LatentMixupInference":
+            return LatentMixupInference(model, glow, x, num_mixes=2, generator=0)(x)
+        if method == "predict_proba":
+            return predict_proba(model, x)
+        attack = LatentAdversarial(glow, target="true" if "true" in method else "pred", generator=0)
+        composed = method.startswith("Compose")
+        return (Compose([LatentNoise(glow, generator=0), attack]) if composed else attack)(x, y, model)
+
+    who = {"LatentMixupInference": method, "predict_proba": method}.get(method, "LatentAdversarial")
+    with pytest.raises(ValueError, match=rf"^{who} needs model\(x\) to map x \(12, 1, 8, 8\) to \(B, K\) logits, "
+                                         rf"but an nn.Linear of the model, taking 32 features, got x as it is \(torch: "
+                                         rf"mat1 and mat2 shapes cannot be multiplied \(96x8 and 32x10\)\): a "
+                                         rf"classifier head on features computed separately\? pass the whole "
+                                         rf"classifier, nn.Sequential\(backbone, head\)") as e:
+        call(body.fc)  # the step that made x (a Compose's LatentNoise) is not blamed: the message starts with who
+    assert isinstance(e.value.__cause__, RuntimeError)
+    out = call(nn.Sequential(body.features, body.fc))  # the fix named
+    assert torch.isfinite(out[0] if isinstance(out, tuple) else out).all()
+    with pytest.raises(RuntimeError, match=r"^mat1 and mat2 shapes cannot be multiplied \(12x32 and 31x10\)$"):
+        call(nn.Sequential(body.features, nn.Linear(31, 10)))  # not x as it is: torch's own error, unchanged
+
+
 @pytest.mark.parametrize("model", ["casting", "float64 buffer", "bf16 under autocast"])
 def test_models_that_take_x_in_its_dtype_are_attacked(batch, model):
     """What a check of the model's dtype before the call would refuse: a model that casts its input, a float64

@@ -1,5 +1,6 @@
 import contextlib
 import copy
+import re
 import warnings
 from collections import OrderedDict
 
@@ -765,6 +766,36 @@ def test_a_model_in_eval_mode_with_a_trainable_classifier_warns_once_that_nothin
         ISDA(10)(x, y, net)
 
 
+@pytest.mark.parametrize("wrapped", ["alone", "Compose", "nested Compose"])
+def test_isda_warnings_point_at_the_users_call_through_a_compose_too(batch, wrapped):
+    """Audit 247: ISDA's warnings (no schedule; model and classifier in eval mode; an arm never applied; ISDA left in
+    eval() mode) named a fixed stacklevel: inside a Compose they pointed at compose.py's step call, not the user's
+    line. Each now names the line of ``t(x, y, model)``, alone or composed."""
+    from torchvision.transforms import v2
+    from latent_transforms import Compose
+
+    x, y = batch
+    net = TinyNet()
+
+    def wrap(isda):
+        return {"alone": isda, "Compose": Compose([v2.RandomHorizontalFlip(), isda]),
+                "nested Compose": Compose([Compose([v2.RandomHorizontalFlip(), isda])])}[wrapped]
+
+    def call(t):
+        return t(x, y, net)
+    where = [(__file__, call.__code__.co_firstlineno + 1)]  # the line of t(x, y, net)
+    isda = ISDA(10)
+    for warning, set_up in [("strength lam = lambda0", lambda: None),  # no set_epoch
+                            ("never applied", lambda: None),  # the previous call's arm: no model(x) after it
+                            ("classifier 'fc' .* are in eval mode", lambda: (isda.disarm(net), net.eval())),
+                            ("in eval\\(\\) mode, where it returns its inputs unchanged",
+                             lambda: (net.train(), isda.eval()))]:  # isda.eval() after the Compose's train()
+        set_up()
+        with pytest.warns(UserWarning, match=warning) as record:
+            call(wrap(isda))
+        assert [(w.filename, w.lineno) for w in record if re.search(warning, str(w.message))] == where, warning
+
+
 @STRENGTH_ZERO_EXPECTED
 def test_hook_waits_for_a_training_forward_and_checks_the_batch(batch, net):
     x, y = batch
@@ -863,6 +894,28 @@ class _Distillation(nn.Module):
 
     def forward(self, x):
         return self.student(x)
+
+
+def test_a_frozen_teacher_is_named_when_the_model_is_in_eval_mode_and_the_students_head_trains(batch):
+    """Audit 247: kd.eval(); kd.student.fc.train() (fine-tuning with BatchNorm's statistics kept): ISDA looked at the
+    model's last nn.Linear, the teacher's, in eval mode, and augmented nothing, with no warning (its weight is frozen).
+    It now refuses it naming the student's head, as in train mode; with that head named, the student is augmented."""
+    x, y = batch
+    kd = _Distillation().eval()
+    kd.student.fc.train()
+    with pytest.raises(ValueError, match=r"'teacher.fc' .*is in eval mode while _Distillation is in eval mode with a "
+                                         r"classifier in train mode, .*distillation\)\? pass ISDA\(..., "
+                                         r"layer='student.fc'\)"):
+        ISDA(10)(x, y, kd)
+    isda = ISDA(10, layer="student.fc")
+    isda.set_epoch(1, 2)
+    isda(x, y, kd)
+    kd(x)
+    assert isda.stats["transformed"] == len(y)
+    with torch.no_grad():  # a validation step: the whole model in eval mode, nothing refused or armed
+        kd.eval()
+        ISDA(10)(x, y, kd)
+    assert not kd.teacher.fc._forward_hooks and not kd.student.fc._forward_hooks
 
 
 @pytest.mark.parametrize("teacher_mode", ["eval", "train"])
