@@ -353,6 +353,33 @@ def test_the_api_reference_shows_every_public_name_of_the_package_and_its_codecs
     assert not missing, f"docs/api.md leaves out: {missing}"
 
 
+def test_what_the_pages_name_by_its_module_path_the_api_reference_renders():
+    """A class or function a page names as ``latent_transforms.MODULE.NAME`` or imports from a module of the package is
+    rendered in docs/api.md (audit 246: reliability.md told code of one's own to use
+    ``latent_transforms.validation.values_read()``, which no page documented, and its 16-bit snippet imported
+    ``unflatten_latents`` from ``latent_transforms.codecs.base`` rather than ``latent_transforms.codecs``)."""
+    import importlib
+
+    rendered = _rendered_api()
+    named = set()
+    for page in PAGES:
+        text = (DOCS / page).read_text(encoding="utf-8")
+        named |= set(re.findall(r"`(latent_transforms(?:\.\w+)+)", text))
+        for module, names in re.findall(r"^\s*from (latent_transforms(?:\.\w+)*) import ([\w, ]+)$", text, re.M):
+            named |= {f"{module}.{name.strip()}" for name in names.split(",")}
+    missing = []
+    for dotted in sorted(named):
+        module, _, name = dotted.rpartition(".")
+        try:
+            obj = getattr(importlib.import_module(module), name, None)
+        except ImportError:  # a member of a class (latent_transforms.codecs.Codec.encode): its class is rendered
+            continue
+        top_level = module == "latent_transforms" and any(obj is o for o in rendered.values())
+        if (inspect.isclass(obj) or inspect.isfunction(obj)) and dotted not in rendered and not top_level:
+            missing.append(dotted)
+    assert not missing, f"pages name these, which docs/api.md does not render: {missing}"
+
+
 def test_training_page_gives_the_users_codec_its_own_name():
     """A shipped checkpoint's name is refused by `latent-transforms register` and hub.register(persist=True), and a
     file under its file name loads the shipped one."""
