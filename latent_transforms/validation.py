@@ -202,12 +202,15 @@ if TYPE_CHECKING:
 
 
 def setting(name: str, check: Callable[..., SettingT], *args: Any, module: bool = False,
-            **kwargs: Any) -> Setting[SettingT]:
+            fixed: Callable[[Any, Any], tuple[str, str]] | None = None, **kwargs: Any) -> Setting[SettingT]:
     """A transform's setting ``name``, kept as ``_name`` and checked by ``check(name, value, *args, **kwargs)`` (which
     returns the value kept) whenever it is set: in the constructor, and after it (a sweep's ``t.eps = 0.5``), where a
     plain attribute took anything (``eps=nan`` rejected every sample, ``target="x"`` attacked the labels, silently).
     ``module=True``: a submodule (or ``None``), kept as ``nn.Module`` keeps one, under ``name`` (it moves with ``.to``
-    and its state is in ``state_dict``); its class mixes in ``Settings``, which routes the assignment here."""
+    and its state is in ``state_dict``); its class mixes in ``Settings``, which routes the assignment here.
+    ``fixed(held, value)``: a setting fixed once set (one that shapes a codec's weights): assigned after that, the
+    value held passes (kept as it is) and another, once checked, raises ``fixed_at_construction`` with the ``(why,
+    remedy)`` that ``fixed`` returns."""
     key = "_" + name
 
     def get(self):
@@ -218,12 +221,19 @@ def setting(name: str, check: Callable[..., SettingT], *args: Any, module: bool 
 
     def set_(self, value) -> None:
         value = check(name, value, *args, **kwargs)
+        if fixed is not None and key in self.__dict__:
+            held = self.__dict__[key]
+            if value != held:
+                raise fixed_at_construction(self, name, *fixed(held, value))
+            return
         if module:
             self.__dict__["_modules"][name] = value
         else:
             self.__dict__[key] = value
 
-    kept = property(get, set_, doc=f"``{name}``, checked as the constructor's whenever it is set.")
+    doc = "fixed: another value assigned raises naming the way" if fixed else \
+        "checked as the constructor's whenever it is set"
+    kept = property(get, set_, doc=f"``{name}``, {doc}.")
     return cast("Setting[SettingT]", kept)
 
 

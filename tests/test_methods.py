@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from latent_transforms import ISDA, Compose, ISDALoss, LatentCache, base
-from latent_transforms.codecs import ConvVAE, flatten_latents
+from latent_transforms.codecs import Codec, ConvVAE, Glow, flatten_latents
 from latent_transforms.feature_covariance import FeatureCovariance
 from latent_transforms.latent_adversarial import LatentAdversarial
 from latent_transforms.latent_noise import LatentNoise
@@ -987,6 +987,26 @@ def test_settings_assigned_after_construction_take_effect(glow, vae, batch, net)
     (lambda g: Compose([]), "num_classes", 10, r"build a new one, Compose\(list\(t\), num_classes=10\)"),
     (lambda g: Compose([]), "steps", None, r"build a new one, e\.g\. Compose\(\[\*t, step\]"),
     (lambda g: Compose([]), "steps", nn.ModuleList([nn.Identity()]), r"build a new one"),
+    # audit 248: a codec's config that its weights were built with, its kind and frozen were plain attributes: the
+    # config (saved, a LatentCache's fingerprint) went out of step with the weights (a checkpoint saved after
+    # glow.levels = 1 could not be loaded; after glow.scale_floor = 0.5 it loaded, decoding up to 0.083 apart), a
+    # 28x28 VAE's padding moved the image inside the network, and frozen = True skipped what freeze() does
+    (lambda g: tiny_glow(), "levels", 1,
+     r"build a new codec with it, build_codec\(\{\*\*codec\.config, 'levels': 1\}\), and train it or load"),
+    (lambda g: tiny_glow(), "steps", 3, r"build a new codec with it, build_codec\(\{\*\*codec\.config, 'steps': 3\}\)"),
+    (lambda g: tiny_glow(), "hidden", 8, r"build a new codec with it, .*'hidden': 8\}\), and train it or load"),
+    (lambda g: tiny_glow(), "scale_floor", 0.5, r"build a new codec with it, .*'scale_floor': 0\.5\}\)"),
+    (lambda g: tiny_glow(), "image_shape", (1, 16, 16), r"build a new codec with it, .*'image_shape': \(1, 16, 16\)"),
+    (lambda g: tiny_glow(), "kind", "vae", r"build a codec of the kind meant, build_codec"),
+    (lambda g: tiny_glow(), "frozen", False, r"for a trainable codec, take codec\.unfrozen_copy\(\)"),
+    (lambda g: Glow((1, 8, 8), levels=2, steps=1, hidden=4), "frozen", True, r"call codec\.freeze\(\)"),
+    (lambda g: tiny_vae(), "latent_dim_", 8, r"build a new codec with it, .*'latent_dim': 8\}\)"),
+    (lambda g: tiny_vae(), "hidden", 16, r"build a new codec with it, .*'hidden': 16\}\)"),
+    (lambda g: tiny_vae(), "latent_side", 2, r"build a new codec with it, .*'latent_side': 2\}\)"),
+    (lambda g: tiny_vae(), "decoder_blocks", 1, r"build a new codec with it, .*'decoder_blocks': 1\}\)"),
+    (lambda g: tiny_vae(shape=(1, 28, 28)), "padding", (0, 4, 0, 4), r"for images of another shape, a new codec"),
+    (lambda g: tiny_vae(), "image_shape", [1, 16, 16], r"build a new codec with it, .*'image_shape': \(1, 16, 16\)"),
+    (lambda g: tiny_vae(), "kind", "glow", r"build a codec of the kind meant"),
 ])
 def test_settings_fixed_at_construction_are_refused_in_one_style(glow, make, name, value, remedy):
     """Audit 219: FeatureCovariance's covariance and num_classes were plain attributes (covariance="diagonal" left the
@@ -994,6 +1014,7 @@ def test_settings_fixed_at_construction_are_refused_in_one_style(glow, make, nam
     steps took None (its next call failed in len(None)); the three refusals made already were worded three ways."""
     t = make(glow)
     before = getattr(t, name)
+    config = t.config if isinstance(t, Codec) else None
     with pytest.raises(AttributeError, match=f"^{type(t).__name__}'s {name} is fixed at construction \\(.+\\): "
                                              f"{remedy}"):
         setattr(t, name, value)
@@ -1003,6 +1024,8 @@ def test_settings_fixed_at_construction_are_refused_in_one_style(glow, make, nam
         assert t.diagonal == (t.covariance == "diagonal") and t.cov.shape == (4, 3, 3) and t.count.shape == (4,)
         t.update(torch.randn(5, 3), torch.tensor([0, 1, 2, 3, 3]))
         assert t.count.tolist() == [1, 1, 1, 2]
+    if isinstance(t, Codec):  # its config and what it computes as they were
+        assert t.config == config and t.reconstruct(torch.rand(2, *t.image_shape)).shape == (2, *t.image_shape)
 
 
 @pytest.mark.parametrize("make,name,meant", [
@@ -1021,6 +1044,9 @@ def test_settings_fixed_at_construction_are_refused_in_one_style(glow, make, nam
     (lambda g: tiny_vae(), "betta", "beta"),  # audit 241: codecs too (a KL warm-up's vae.betta = ... went unread)
     (lambda g: tiny_glow(), "alpah", "alpha"),
     (lambda g: tiny_glow(), "num_bin", "num_bins"),
+    (lambda g: tiny_glow(), "level", "levels"),  # audit 248: and the codecs' settings fixed at construction
+    (lambda g: tiny_vae(), "latent_sides", "latent_side"),
+    (lambda g: tiny_vae(), "image_shap", "image_shape"),
 ])
 def test_a_misspelled_setting_assigned_after_construction_is_refused(glow, make, name, meant):
     """Audit 230: an assignment of a name that misspells a setting (a sweep's t.alpah = 0.4) made a new

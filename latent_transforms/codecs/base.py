@@ -13,16 +13,58 @@ from torch import nn
 from ..casts import without_16_bit_casts
 from ..rng import draw_generator
 from ..torch_defaults import codec_build_defaults
-from ..validation import (Settings, WrongTypeError, bad_option, check_bool, check_dense, check_images, check_items,
-                          check_number, check_same_device, describe, is_int, scalar, state_mismatch, values_unread)
+from ..validation import (Settings, SettingT, WrongTypeError, bad_option, check_bool, check_dense, check_images,
+                          check_items, check_number, check_same_device, describe, fixed_at_construction, is_int, scalar,
+                          setting, state_mismatch, values_unread)
 from .precision import exact_math
 
 if TYPE_CHECKING:
     from torch.nn.modules.module import _IncompatibleKeys
 
+    from ..validation import Setting
+
 Latents = list[torch.Tensor]  # per-level latents, each (B, *shape); coarsest first for multi-scale flows
 CodecT = TypeVar("CodecT", bound="Codec")  # what freeze() & co. return: the codec's own class
 OWN_CODEC_DOCS = "docs/training.md#your-own-model-as-a-codec"
+
+
+def shapes_weights(name: str, check: Callable[..., SettingT], *args: Any, why: str = "it shapes the weights",
+                   config_key: str | None = None, remedy: str | None = None, **kwargs: Any) -> Setting[SettingT]:
+    """A codec's setting ``name`` (``config_key`` in its config) that its weights were built with: checked by
+    ``check`` when the constructor sets it, then fixed (``validation.setting``'s ``fixed``): assigned, it took any
+    value and put the config, which ``hub.save_checkpoint``, ``LatentCache`` and ``fingerprint`` read, out of step with
+    the weights. ``why`` and ``remedy`` (by default, a new codec built with the value) end the refusal."""
+    key = config_key or name
+
+    def reasons(held: object, value: object) -> tuple[str, str]:
+        return (f"{why}, now {held!r}", remedy or f"build a new codec with it, build_codec({{**codec.config, {key!r}: "
+                                                  f"{value!r}}}), and train it or load its weights")
+    return setting(name, check, *args, fixed=reasons, **kwargs)
+
+
+def as_checked(name: str, value: SettingT) -> SettingT:
+    """``value`` as given, for a ``shapes_weights`` setting that its constructor checks with the others."""
+    return value
+
+
+def check_image_shape_option(name: str, value: object) -> tuple[int, int, int]:
+    """``value``, a codec's ``(C, H, W)`` of positive ints (any sequence of Python or NumPy ints), as an int tuple."""
+    ints = hasattr(value, "__len__") and not isinstance(value, (str, bytes)) and all(is_int(s) for s in value)
+    if not ints or len(value) != 3 or min(value) < 1:  # 32 or "abc": a WrongTypeError, not len()'s
+        hint = f"; vectors of {value[0]} numbers? (1, 1, {value[0]}), given as x.view(len(x), 1, 1, -1) scaled to " \
+            f"[0, 1]" if ints and len(value) == 1 and min(value) >= 1 else ""
+        raise bad_option(f"{name} must be (C, H, W) positive ints, got {value!r}{hint}", right_type=ints)
+    c, h, w = (int(s) for s in value)
+    return c, h, w
+
+
+def _frozen_reasons(held: bool, value: bool) -> tuple[str, str]:
+    """Why a codec's ``frozen`` is refused, and the way: ``freeze()``, or ``unfrozen_copy()``."""
+    return ("False until freeze(), which sets it for good with eval mode, no parameter gradients and no statistic "
+            f"updates (and a Glow's folded fast path): assigned, a codec was frozen by half; now {held!r}",
+            "call codec.freeze()" if value else "for a trainable codec, take codec.unfrozen_copy()")
+
+
 def flatten_latents(z: Latents) -> torch.Tensor:
     """Per-level latents -> (B, D)."""
     return torch.cat([t.flatten(1) for t in z], dim=1)
@@ -79,23 +121,20 @@ class Codec(Settings, ChecksCodecStates, nn.Module):
     A frozen codec (``freeze()``, as every hub checkpoint is) stays in eval mode, has no trainable
     parameters and updates no statistics; ``compile_fast_path()`` optionally runs it through ``torch.compile``.
     Its settings that may change after construction (a VAE's ``beta``, a Glow's ``alpha`` and ``num_bins``) are
-    checked whenever set, and a misspelling of one (``vae.betta = 0.5``) raises naming it (``validation.Settings``).
+    checked whenever set, and a misspelling of one (``vae.betta = 0.5``) raises naming it (``validation.Settings``);
+    the rest of its config, which its weights were built with (``image_shape``, a Glow's ``levels``, ...), its
+    ``kind`` and ``frozen`` (set by ``freeze()``) are fixed: another value raises ``AttributeError`` naming the way.
     A model of one's own becomes a codec by subclassing: ``latent_shapes``, ``_encode`` and ``_decode`` (and ``config``
     for a ``LatentCache`` or to save it); what they return is checked (docs/training.md, "Your own model as a codec").
     """
 
     kind: str = ""
+    image_shape = shapes_weights("image_shape", check_image_shape_option)
+    frozen = setting("frozen", check_bool, fixed=_frozen_reasons)  # freeze() sets it
 
     def __init__(self, image_shape: tuple[int, int, int] | list[int]):
         super().__init__()
-        ints = hasattr(image_shape, "__len__") and not isinstance(image_shape, (str, bytes)) and \
-            all(is_int(s) for s in image_shape)
-        if not ints or len(image_shape) != 3 or min(image_shape) < 1:  # 32 or "abc": a WrongTypeError, not len()'s
-            hint = f"; vectors of {image_shape[0]} numbers? (1, 1, {image_shape[0]}), given as x.view(len(x), 1, 1, " \
-                f"-1) scaled to [0, 1]" if ints and len(image_shape) == 1 and min(image_shape) >= 1 else ""
-            raise bad_option(f"image_shape must be (C, H, W) positive ints, got {image_shape!r}{hint}",
-                             right_type=ints)
-        self.image_shape = tuple(int(s) for s in image_shape)
+        self.image_shape = image_shape
         self.frozen = False
         self._compiled: tuple[Callable, Callable] | None = None  # torch.compile'd (_encode, _decode), unbound
         self._compile_args: tuple[bool | None, dict] | None = None  # (dynamic, compile_kwargs) when compiled
@@ -333,7 +372,7 @@ class Codec(Settings, ChecksCodecStates, nn.Module):
 
     def freeze(self: CodecT) -> CodecT:
         """Eval mode for good, no parameter gradients, no statistic updates."""
-        self.frozen = True
+        self._frozen = True
         self.requires_grad_(False)
         return self.train(False)
 
@@ -391,6 +430,13 @@ class Codec(Settings, ChecksCodecStates, nn.Module):
         if state.get("_compile_args") is not None:
             dynamic, kwargs = state["_compile_args"]
             self.compile_fast_path(dynamic=dynamic, **kwargs)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name == "kind" and value != type(self).kind:  # its class's, as a plain attribute took any
+            raise fixed_at_construction(self, "kind", f"it names its class, {type(self).kind!r}, which build_codec "
+                                        f"builds from its config", "build a codec of the kind meant, "
+                                        "build_codec({'kind': ..., ...}) with that kind's arguments")
+        super().__setattr__(name, value)
 
     def extra_repr(self) -> str:
         """The config (``build_codec(codec.config)`` rebuilds it) and whether it is frozen, above the modules."""

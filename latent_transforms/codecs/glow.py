@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..validation import check_count, check_number, setting, wide_float
-from .base import Codec, Latents
+from .base import Codec, Latents, shapes_weights
 
 GlowT = TypeVar("GlowT", bound="Glow")  # what freeze() and init_actnorm() return: the Glow's own class
 
@@ -107,6 +107,11 @@ class Glow(Codec):
     # checked whenever set (read at each call); the other arguments shape the flow, fixed at construction
     alpha = setting("alpha", check_number, high=0.5, low_open=True, high_open=True)
     num_bins = setting("num_bins", check_count, low=2)
+    levels = shapes_weights("levels", check_count, low=1, why="it shapes the flow and its weights")
+    steps = shapes_weights("steps", check_count, low=1, why="it shapes the flow and its weights")
+    hidden = shapes_weights("hidden", check_count, low=1, why="it shapes the flow and its weights")
+    scale_floor = shapes_weights("scale_floor", check_number, low_open=True, high=1, high_open=True,
+                                 why="the couplings were built with it")
 
     def __init__(self, image_shape: tuple[int, int, int] | list[int] = (3, 32, 32), *, levels: int = 3,
                  steps: int = 8, hidden: int = 128, alpha: float = 0.05, scale_floor: float = 0.05,

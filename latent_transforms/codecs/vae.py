@@ -11,7 +11,7 @@ from torch import nn
 from ..rng import draw_generator
 from ..validation import (WrongTypeError, bad_option, check_bool, check_count, check_number, describe, is_int, scalar,
                           setting)
-from .base import Codec, Latents, exact_math
+from .base import Codec, Latents, as_checked, exact_math, shapes_weights
 
 
 class ResidualBlock(nn.Module):
@@ -56,6 +56,15 @@ class ConvVAE(Codec):
 
     kind = "vae"
     beta = setting("beta", check_number)  # checked whenever set: a KL warm-up's vae.beta = ...
+    # the others shape the networks, fixed at construction
+    latent_dim_ = shapes_weights("latent_dim_", check_count, low=1, config_key="latent_dim",
+                                 why="it shapes the networks and their weights")
+    hidden = shapes_weights("hidden", check_count, low=1, why="it shapes the networks and their weights")
+    latent_side = shapes_weights("latent_side", as_checked, why="it shapes the networks and their weights")
+    decoder_blocks = shapes_weights("decoder_blocks", check_count, why="it shapes the decoder and its weights")
+    padding = shapes_weights("padding", as_checked, why="it follows image_shape",
+                             remedy="for images of another shape, a new codec, build_codec({**codec.config, "
+                                    "'image_shape': [C, H, W]}), trained on them")
 
     def __init__(self, image_shape: tuple[int, int, int] | list[int] = (3, 32, 32), *, latent_dim: int = 64,
                  hidden: int = 64, beta: float = 1.0, latent_side: int | None = None, decoder_blocks: int = 0):
@@ -75,7 +84,7 @@ class ConvVAE(Codec):
                                  right_type=right_type)
             latent_side = int(side)
         self.latent_dim_, self.hidden, self.beta, self.latent_side = latent_dim, hidden, beta, latent_side
-        self.decoder_blocks = check_count("decoder_blocks", decoder_blocks)
+        self.decoder_blocks = decoder_blocks
         side = latent_side or 4
         downs = int(math.log2(padded // side))
         widths = [min(hidden * 2**i, hidden * 4) for i in range(downs + 1)]
