@@ -64,8 +64,9 @@ class LatentMixupInference(Settings, ChecksCodecStates, SampleStats, nn.Module):
         self._modules["codec"] = resolve_codec(codec)
         self.codec.check_images(references, "references")
         self._rng = GeneratorSource(generator)
-        # not an inference tensor, which load_state_dict could not write (inference_mode(False) enables grad: first)
-        with torch.inference_mode(False), torch.no_grad():
+        # not an inference tensor, which load_state_dict could not write (inference_mode(False) enables grad: first);
+        # the references' values read above, once
+        with torch.inference_mode(False), torch.no_grad(), values_read():
             self.register_buffer("reference_latents", self.codec.encode_flat(references))
 
     @property

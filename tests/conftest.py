@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from latent_transforms import hub
+from latent_transforms import hub, validation
 from latent_transforms.base import LEFT_IN_EVAL
 from latent_transforms.codecs import Codec, ConvVAE, Glow
 from latent_transforms.modelutils import torch_threads
@@ -159,6 +159,13 @@ def _run_then_exit(rank: int, worker, *args) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def counting_value_reads(monkeypatch) -> list[int]:
+    """The batch size of each read of images' values (``validation.check_images``'s one host sync), in order."""
+    reads, image_stats = [], validation._image_stats
+    monkeypatch.setattr(validation, "_image_stats", lambda x: reads.append(x.shape[0]) or image_stats(x))
+    return reads
 
 
 def tiny_glow(seed: int = 0, shape=(1, 8, 8), levels: int = 2) -> Glow:

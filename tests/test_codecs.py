@@ -12,12 +12,14 @@ from torch import nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from latent_transforms import LatentCache, LatentMixupInference
 from latent_transforms.codecs import Codec, ConvVAE, Glow, build_codec, exact_math, flatten_latents, unflatten_latents
 from latent_transforms.codecs.vae import ResidualBlock
 from latent_transforms.latent_noise import LatentNoise
-from latent_transforms.validation import values_read
+from latent_transforms.train import eval_codec
+from latent_transforms.validation import values_read, values_unread
 
-from conftest import OwnCodec, tiny_glow, tiny_vae, trained_like_glow_pair
+from conftest import OwnCodec, TinyNet, counting_value_reads, tiny_glow, tiny_vae, trained_like_glow_pair
 
 
 @settings(max_examples=25, deadline=None)
@@ -1001,6 +1003,41 @@ def test_a_codec_called_directly_reads_its_images_values_as_a_transform_does(val
             call()
     with values_read():  # its caller read them (a transform's call, train_codec): not read again, no host sync
         assert vae.encode(x)[0].shape == (2, 4)
+
+
+def test_callers_that_read_the_images_values_have_the_codec_leave_them_unread(monkeypatch):
+    """Mutation round 34: each of these reads its images' values once; without ``values_read`` around its codec calls
+    the codec read them again, batch by batch (a host sync each on a GPU), unseen by the pinned host-sync counts, which
+    cover none of them. LatentMixupInference's construction read its references twice."""
+    glow, vae, x = tiny_glow(), tiny_vae(), torch.rand(8, 1, 8, 8)
+    reads = counting_value_reads(monkeypatch)
+    mixup = LatentMixupInference(TinyNet(), glow, x, num_mixes=2)
+    assert reads == [8]
+    calls = {"LatentMixupInference": lambda: mixup(x), "LatentCache": lambda: LatentCache(glow, x, batch_size=2,
+                                                                                         progress=False),
+             "eval_codec(glow)": lambda: eval_codec(glow, x, batch_size=2),
+             "eval_codec(vae)": lambda: eval_codec(vae, x, batch_size=2),
+             "LatentNoise": lambda: LatentNoise(glow, generator=0)(x)}
+    for name, call in calls.items():
+        reads.clear()
+        call()
+        assert reads == [8], name
+
+
+def test_a_transform_call_that_raises_leaves_the_values_read_by_the_next_direct_call(glow, monkeypatch):
+    """Mutation round 34: a transform's call marks its codec calls as read (``values_read``); a call that raised inside
+    it (a model's or codec's error) must not leave the mark set, or every later direct call took 0-255 images."""
+    x = torch.rand(4, 1, 8, 8)
+
+    def failing(z):
+        raise RuntimeError("decode failed")
+
+    monkeypatch.setattr(glow, "decode_flat", failing)
+    with pytest.raises(RuntimeError, match="decode failed"):
+        LatentNoise(glow, generator=0)(x)
+    assert values_unread()
+    with pytest.raises(ValueError, match="0-255 intensities"):
+        glow.encode(x * 255)
 
 
 def test_vae_widths_double_per_down_sampling_up_to_four_times_hidden():

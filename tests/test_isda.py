@@ -751,8 +751,13 @@ def test_a_model_in_eval_mode_with_a_trainable_classifier_warns_once_that_nothin
     isda = ISDA(10)
     isda.set_progress(0.5)
     with pytest.warns(UserWarning, match=r"MobileNetV3 and its classifier 'classifier\.3' \(nn.Linear 1024 -> "
-                                         r"10\) are in eval mode.*model\.get_submodule\('classifier\.3'\)\.train\(\)"):
+                                         r"10\) are in eval mode.*model\.get_submodule\('classifier\.3'\)\.train\(\)"
+                      ) as caught:
         isda(x, y, model)
+    # mutation round 34: it points at the user's call, and says what to do in a validation step
+    warned = next(w for w in caught if "are in eval mode" in str(w.message))
+    assert warned.filename == __file__
+    assert str(warned.message).endswith("A validation step? Call isda.eval() there, or run it under torch.no_grad()")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         isda(x, y, model)  # once per ISDA
@@ -794,6 +799,18 @@ def test_isda_warnings_point_at_the_users_call_through_a_compose_too(batch, wrap
         with pytest.warns(UserWarning, match=warning) as record:
             call(wrap(isda))
         assert [(w.filename, w.lineno) for w in record if re.search(warning, str(w.message))] == where, warning
+
+
+def test_a_model_in_eval_mode_without_a_linear_classifier_is_passed_through_as_before():
+    """Mutation round 34: for a model in eval mode ISDA now looks up its classifier's mode; a model with no nn.Linear
+    (a convolutional head, refused in training) is still passed through untouched in eval mode, not refused."""
+    model = nn.Sequential(nn.Conv2d(1, 10, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    x, y = torch.rand(2, 1, 8, 8), torch.tensor([0, 1])
+    isda = ISDA(10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert isda(x, y, model) == (x, y)
+    assert isda.stats == {"seen": 2, "transformed": 0, "rejected": 0}
 
 
 @STRENGTH_ZERO_EXPECTED
@@ -2172,6 +2189,17 @@ def test_statistics_holding_nan_or_inf_are_refused_when_loaded():
                                                    rf"loss would be NaN"):
                 target.load_state_dict({prefix + k: v for k, v in state.items()}, strict=False)
             assert all(torch.equal(v, target.state_dict()[k]) for k, v in before.items())  # nothing loaded
+
+
+def test_a_state_on_the_meta_device_is_loaded_without_reading_its_values():
+    """Mutation round 34: the NaN/inf check at load reads the statistics' values; a deferred initialisation's state on
+    the meta device has none to read (bool() of it raised), and loads as before, with assign=True."""
+    fc = FeatureCovariance(3)
+    fc.update(torch.randn(8, 5), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]))
+    meta = {k: v.to("meta") if v.is_floating_point() else v for k, v in fc.state_dict().items()}
+    target = FeatureCovariance(3)
+    target.load_state_dict(meta, assign=True)
+    assert target.mean.is_meta and target.cov.is_meta and target.mean.shape == (3, 5)
 
 
 def test_a_hook_on_one_head_of_several_names_them(batch):

@@ -265,6 +265,14 @@ def test_median_seconds_synchronises_each_call_and_leaves_the_warm_up_out(monkey
     assert events == ["call"] * 3  # nothing to wait for on the CPU
 
 
+def test_smoke_defaults_help_lists_them_as_typed_on_the_command_line():
+    """Mutation round 34: the five scripts' --smoke help lists its defaults through benchmarks/models.py's helper: an
+    option as spelled on the command line (dashes), a list as its values one by one."""
+    models = sys.modules[tp.timed.__module__]
+    assert models.smoke_defaults_help({"batch_size": 8, "seeds": [0, 1], "backend": "eager"}) == \
+        "--batch-size 8, --seeds 0 1, --backend eager"
+
+
 def test_targets_are_not_judged_at_another_batch_size():
     result = _result("cuda", ROWS)
     result["config"]["batch_size"] = 64

@@ -29,6 +29,8 @@ from latent_transforms.data import describe_spec, load_images, low_data_split
 from latent_transforms.train import (WeightEMA, eval_codec, load_training_state, register_cli, save_training_state,
                                     train_codec)
 
+from conftest import counting_value_reads
+
 pytest.importorskip("sklearn")
 
 FLOW = dict(levels=2, steps=2, hidden=16, num_bins=17)
@@ -263,6 +265,20 @@ def test_eval_codec_reports_a_nan_round_trip(digits, monkeypatch, nan_batch):
     monkeypatch.setattr(codec, "decode", decode_nan_in_one_batch)
     metrics = eval_codec(codec, digits[2][:64], batch_size=32)
     assert len(calls) == 2 and math.isnan(metrics["roundtrip_max_err"])  # was 0.0 or the other batch's error
+
+
+@pytest.mark.parametrize("kind", ["vae", "flow"])
+def test_a_training_step_leaves_its_batch_values_unread(tmp_path, digits, monkeypatch, kind):
+    """Mutation round 34: train_codec reads its data set's values once before training (shifts and flips keep them in
+    [0, 1]); a step's loss reading its batch again cost a host sync per step on a GPU, unseen by the pinned counts."""
+    reads = counting_value_reads(monkeypatch)
+    seen = {}
+    for steps in (1, 3):  # in one epoch of 4 batches
+        reads.clear()
+        train_codec(kind, digits[0][:32], tmp_path / str(steps), **(VAE if kind == "vae" else FLOW), max_steps=steps,
+                    batch_size=8, progress=False)
+        seen[steps] = list(reads)
+    assert seen[1] == seen[3], seen  # the data set's, the metrics', the picture's: none per step
 
 
 def test_flow_trains_writes_files_and_loads(tmp_path, digits):

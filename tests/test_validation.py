@@ -261,6 +261,21 @@ def test_check_choice_takes_equal_values_of_the_choices_type():
             check_choice("norm", bad, ("l2", "linf"))
 
 
+def test_values_read_nests_and_is_left_after_an_exception():
+    """Mutation round 34: ``values_read`` marks a caller's codec calls as read; an inner block leaves the outer one's
+    mark standing, and an exception inside leaves none behind (every later direct call would skip its check)."""
+    from latent_transforms.validation import values_read, values_unread
+
+    assert values_unread()
+    with values_read():
+        with values_read():
+            assert not values_unread()
+        assert not values_unread()
+    with pytest.raises(RuntimeError, match="inside"), values_read():
+        raise RuntimeError("inside")
+    assert values_unread()
+
+
 # -- entry points besides a transform's call (found by an audit that threw bad input at every public function) --
 def test_codec_encode_and_decode_check_what_they_are_given():
     # uint8 images gave all-NaN latents silently; other shapes failed deep inside normflows or torch
