@@ -333,6 +333,13 @@ def check_images(x: torch.Tensor, name: str = "x", allow_uint8: bool = False, va
     """Check ``x: (B, C, H, W)`` float in [0, 1], finite, non-empty unless ``allow_empty`` (or any ``uint8`` if
     ``allow_uint8``); ``values=False`` checks all but the values (no host sync)."""
     if _image_form(x, name, allow_uint8, allow_empty=allow_empty) and values:
+        check_image_values(x, name)
+
+
+def check_image_values(x: torch.Tensor, name: str = "x") -> None:
+    """The values part of ``check_images`` for float images ``x: (B, C, H, W)`` whose form was checked: finite, in
+    [0, 1] (one host sync; none for no images)."""
+    if x.shape[0]:
         with no_autocast(x.device):
             _check_values([(_image_stats(x), lambda v: _judge_images(x, name, *v))])
 

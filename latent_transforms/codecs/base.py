@@ -13,9 +13,9 @@ from torch import nn
 from ..casts import without_16_bit_casts
 from ..rng import draw_generator
 from ..torch_defaults import codec_build_defaults
-from ..validation import (Settings, SettingT, WrongTypeError, bad_option, check_bool, check_dense, check_images,
-                          check_items, check_number, check_same_device, describe, fixed_at_construction, is_int, scalar,
-                          setting, state_mismatch, values_unread)
+from ..validation import (Settings, SettingT, WrongTypeError, bad_option, check_bool, check_dense, check_image_values,
+                          check_images, check_items, check_number, check_same_device, describe, fixed_at_construction,
+                          is_int, scalar, setting, state_mismatch, values_unread)
 from .precision import exact_math
 
 if TYPE_CHECKING:
@@ -346,7 +346,7 @@ class Codec(Settings, ChecksCodecStates, nn.Module):
                              f"got {name} of shape {tuple(x.shape)}{self._shape_hint(tuple(x.shape[1:]), name)}")
         check_same_device(x, self, f"the {self.kind} codec")
         if values:
-            check_images(x, name, allow_empty=allow_empty)
+            check_image_values(x, name)
 
     def _shape_hint(self, got: tuple[int, ...], name: str) -> str:
         """What to do about images of per-sample shape ``got``: channels last, or another codec that takes them."""
