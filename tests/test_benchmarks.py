@@ -1640,7 +1640,10 @@ def test_quickstart_figures_smoke_prints_every_figure_of_its_table(tmp_path):
                          for what in ("one call on 64 images", "64 calls on one image each"))
     ratio = float(re.search(r"\| LatentNoise, 64 calls on one image each against one call on 64 images \| ([\d.]+)x \|",
                             table).group(1))
-    assert ratio == pytest.approx(one_by_one / batch, rel=0.2, abs=0.1)  # the times are rounded to 0.01 s
+    # the times are printed to 0.01 s: the ratio of the unrounded ones lies within their rounding (0.02 s against
+    # 0.11 s read 5.5x where the run's own ratio was 6.7x, and a fixed tolerance failed), the ratio itself to 0.1x
+    low, high = (one_by_one - 0.005) / (batch + 0.005), (one_by_one + 0.005) / max(batch - 0.005, 1e-9)
+    assert low - 0.05 <= ratio <= high + 0.05, (ratio, batch, one_by_one)
 
 
 def test_quickstart_figures_reads_cifar10_through_torchvision_by_default_and_the_shared_copy_by_flag(monkeypatch):
