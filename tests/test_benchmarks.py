@@ -1763,6 +1763,20 @@ def test_fsdp2_attack_smoke_gives_the_unwrapped_models_images_and_leaves_no_grad
     assert float(images) < 1e-6 and int(grads) == 0 and float(step) < 1e-5, proc.stdout
 
 
+@pytest.mark.slow
+def test_fsdp2_attack_no_sync_smoke_tells_the_attacks_buffers_from_rounding(tmp_path):
+    """Audit 252: reliability.md's gradient accumulation figures (DDP's no_sync with BatchNorm buffers broadcast and
+    not, FSDP2's reduce-scatter in the last micro-batch's attack) had no command; fsdp2_attack.py --no-sync measures
+    them: only the broadcast buffers, read by the attack, move the accumulated gradients past rounding."""
+    proc = _run([str(BENCHMARKS / "fsdp2_attack.py"), "--smoke", "--no-sync", "--batch", "8", "--steps", "1"],
+                tmp_path)
+    header, rows = _markdown_table(proc.stdout)
+    assert header == ["figure", "largest over the ranks and steps"] and len(rows) == 5, proc.stdout
+    broadcast, own, no_attack, fsdp2 = (float(value) for _, value in rows[:4])
+    assert broadcast > 1e-4 and max(own, no_attack, fsdp2) < 1e-6, proc.stdout
+    assert rows[4][1] == "6 / 0", proc.stdout  # every sharded parameter's .grad, written early; none the other way
+
+
 def test_isda_memory_reports_out_of_memory_only_for_a_step_that_ran_out(tmp_path):
     """RLIMIT_AS counts the whole process's address space (torch's libraries and threads: ~3 GiB before any tensor):
     a case out of memory in its step says how much of the limit its step had; one that could not even be set up is an

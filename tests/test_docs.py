@@ -139,6 +139,13 @@ class _UnboundNames(ast.NodeVisitor):
                 self._bind(item.optional_vars)
         self._visit_all(node.body)
 
+    def visit_ExceptHandler(self, node: ast.ExceptHandler) -> None:
+        if node.type is not None:
+            self.visit(node.type)
+        if node.name:  # `except RuntimeError as e`
+            self.known.add(node.name)
+        self._visit_all(node.body)
+
     def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
         self.known.add(node.name)
         self.known.update(a.arg for a in ast.walk(node.args) if isinstance(a, ast.arg))
