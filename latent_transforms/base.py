@@ -14,7 +14,7 @@ from torch.utils.data import get_worker_info
 
 from .labels import num_classes_of, to_soft
 from .rng import GeneratorSource, generator_repr
-from .validation import (Settings, WrongTypeError, check_batch, check_count, check_model, check_model_slot,
+from .validation import (Settings, WrongTypeError, check_batch, check_classes, check_model, check_model_slot,
                          check_number, describe, setting, values_read)
 
 # A decoded sample further than this outside [0, 1] (before clipping) is implausible and is rejected.
@@ -187,7 +187,7 @@ class LatentTransform(Settings, SampleStats, nn.Module):
     _destroyed: torch.Tensor | None = None  # (2,) int64 on the data's device: destroyed and transformed samples
     _destroyed_found: tuple[int, int] | None = None  # a window judged destroyed, warned of at the next forward
     _destroyed_warned = False
-    num_classes = setting("num_classes", lambda name, k: None if k is None else check_count(name, k, low=1))
+    num_classes = setting("num_classes", check_classes)
 
     def __init__(self, *, p: float = 1.0, generator: torch.Generator | int | None = None, num_classes: int | None = None):
         super().__init__()

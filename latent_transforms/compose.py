@@ -13,7 +13,8 @@ from .base import (CALLER_NUM_CLASSES, NOT_ABOUT_THE_BATCH, LabelsT, LatentTrans
 from .codecs.base import ChecksCodecStates
 from .isda import ISDA, check_class_indices, grown_classifier_named
 from .labels import blend, to_soft
-from .validation import Settings, WrongTypeError, check_batch, check_count, check_model_slot, fixed_at_construction
+from .validation import (Settings, WrongTypeError, check_batch, check_classes, check_model_slot, fixed_at_construction,
+                         setting)
 
 
 def _is_kornia_mix(t: object) -> bool:
@@ -370,7 +371,7 @@ class Compose(Settings, ChecksCodecStates, nn.Module):
         if isda and mixing:
             raise ValueError(f"ISDA (step {isda[0]}) needs class-index labels and cannot be combined with label-mixing "
                              f"steps ({', '.join(f'{_name(steps[i])} at step {i}' for i in mixing)})")
-        num_classes = None if num_classes is None else check_count("num_classes", num_classes, low=1)
+        num_classes = check_classes("num_classes", num_classes)
         # a step with other classes would fail only at the first label it cannot hold; without num_classes, the
         # steps' own is checked on every call (out-of-range labels reached torchvision MixUp's RuntimeError)
         declared = []  # (num_classes, where, the step or part)
@@ -410,21 +411,12 @@ class Compose(Settings, ChecksCodecStates, nn.Module):
             f"; in a Compose, put v2.ToDtype(torch.float32, scale=True) first: step 0 ({_name(steps[0])}) takes float "
             f"images only")
 
-    @property
-    def num_classes(self) -> int | None:
-        """The labels' classes, fixed at construction: the steps were checked against them, and which label mixes get
-        labels made soft with them was decided then (assigned as a plain attribute, the labels were checked against
-        the new value while the rest kept the old one: ``None`` -> 10 still refused class indices before a MixUp)."""
-        return self._num_classes
-
-    @num_classes.setter
-    def num_classes(self, num_classes: int | None) -> None:
-        num_classes = None if num_classes is None else check_count("num_classes", num_classes, low=1)
-        if "_num_classes" in self.__dict__ and num_classes != self._num_classes:
-            raise fixed_at_construction(self, "num_classes", f"its steps were checked against it, now "
-                                        f"{self._num_classes!r}", f"build a new one, Compose(list(t), "
-                                        f"num_classes={num_classes!r})")
-        self._num_classes = num_classes
+    # the labels' classes, fixed at construction: the steps were checked against them, and which label mixes get labels
+    # made soft with them was decided then (assigned as a plain attribute, the labels were checked against the new
+    # value while the rest kept the old one: None -> 10 still refused class indices before a MixUp)
+    num_classes = setting("num_classes", check_classes, fixed=lambda held, value: (
+        f"its steps were checked against it, now {held!r}",
+        f"build a new one, Compose(list(t), num_classes={value!r})"))
 
     @property
     def steps(self) -> nn.ModuleList:

@@ -73,10 +73,8 @@ def fit_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, augment: 
                 logits = logits_of(model, xb, "fit_classifier")  # a tuple, or one output, is refused by name
                 if epoch == i == 0:  # once (a host sync): labels beyond the model's outputs were torch's IndexError
                     check_labels_fit(y, logits.shape[1], "fit_classifier")
-                if yb.ndim == 2 and yb.shape[1] != logits.shape[1]:  # torch's "0D or 1D target tensor expected"
-                    raise ValueError(f"fit_classifier: augment returned soft labels of {yb.shape[1]} classes for the "
-                                     f"model's {logits.shape[1]} outputs: build it with "
-                                     f"num_classes={logits.shape[1]}")
+                # soft labels of another width met torch's "0D or 1D target tensor expected"
+                check_labels_fit(yb, logits.shape[1], "fit_classifier", made_by="augment")
                 loss = F.cross_entropy(logits, yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -141,6 +141,11 @@ def check_count(name: str, value: object, low: int = 0, high: int | None = None)
     return int(v)
 
 
+def check_classes(name: str, value: object) -> int | None:
+    """``value``, a number of classes: ``None`` (not known) or ``check_count``'s int >= 1."""
+    return None if value is None else check_count(name, value, low=1)
+
+
 def check_items(name: str, value: object, *shapes: tuple[int, ...], dtype: torch.dtype, low: int = 1) -> int:
     """``check_count(name, value, low)``, and a count ``n`` small enough for tensors ``(n, *shape)`` of ``dtype``, for
     each of ``shapes``, to have a size in bytes that torch can represent (an int64): an absurd count (``2**70``) is

@@ -952,6 +952,12 @@ def test_levels_assigned_after_construction_act_as_given_to_the_constructor(glow
     (lambda g: tiny_vae(), "beta", float("nan"), "beta must be a finite number in \\[0, inf\\), got nan"),
     (lambda g: tiny_glow(), "alpha", 0.5, "alpha must be a finite number in \\(0, 0.5\\), got 0.5"),
     (lambda g: tiny_glow(), "num_bins", 1, "num_bins must be an int >= 2, got 1"),
+    # audit 250: a VAE's latent_side and padding, fixed, were not checked at all after construction (an identity
+    # check): latent_side = 3 was refused with the way "build_codec({**codec.config, 'latent_side': 3})"
+    (lambda g: tiny_vae(), "latent_side", 3, "^latent_side must be None or a power of two, got 3$"),
+    (lambda g: tiny_vae(), "latent_side", "4", "^latent_side must be None or a power of two, got '4'$"),
+    (lambda g: tiny_vae(shape=(1, 28, 28)), "padding", (2, -2, 2, 2),
+     r"^padding must be \(left, right, top, bottom\) ints >= 0, got \(2, -2, 2, 2\)$"),
 ])
 def test_settings_assigned_after_construction_are_checked_as_the_constructors(glow, make, name, value, match):
     # a sweep setting t.eps = ... between trials: as plain attributes they took anything, and some ran silently

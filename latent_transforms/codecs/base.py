@@ -42,11 +42,6 @@ def shapes_weights(name: str, check: Callable[..., SettingT], *args: Any, why: s
     return setting(name, check, *args, fixed=reasons, **kwargs)
 
 
-def as_checked(name: str, value: SettingT) -> SettingT:
-    """``value`` as given, for a ``shapes_weights`` setting that its constructor checks with the others."""
-    return value
-
-
 def check_image_shape_option(name: str, value: object) -> tuple[int, int, int]:
     """``value``, a codec's ``(C, H, W)`` of positive ints (any sequence of Python or NumPy ints), as an int tuple."""
     ints = hasattr(value, "__len__") and not isinstance(value, (str, bytes)) and all(is_int(s) for s in value)

@@ -11,7 +11,7 @@ from torch import nn
 from ..rng import draw_generator
 from ..validation import (WrongTypeError, bad_option, check_bool, check_count, check_number, describe, is_int, scalar,
                           setting)
-from .base import Codec, Latents, as_checked, exact_math, shapes_weights
+from .base import Codec, Latents, exact_math, shapes_weights
 
 
 class ResidualBlock(nn.Module):
@@ -27,6 +27,28 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv2(F.silu(self.conv1(x)))
+
+
+def check_latent_side(name: str, value: object, padded: int | None = None, where: str = "") -> int | None:
+    """``value``, a VAE's latent side: ``None`` or a power of two, as an int; ``<= padded`` where given (the network's
+    side, named by ``where``)."""
+    if value is None:
+        return None
+    side = scalar(value)
+    right_type = is_int(side)
+    if not right_type or side < 1 or (padded is not None and side > padded) or side & (side - 1):
+        bound = "" if padded is None else f" <= {where}"
+        raise bad_option(f"{name} must be None or a power of two{bound}, got {value!r}", right_type=right_type)
+    return int(side)
+
+
+def check_padding(name: str, value: object) -> tuple[int, int, int, int]:
+    """``value``, a VAE's padding in ``F.pad``'s order ``(left, right, top, bottom)``: four ints >= 0, as a tuple."""
+    ints = isinstance(value, (tuple, list)) and len(value) == 4 and all(is_int(v) for v in value)
+    if not ints or min(value) < 0:
+        raise bad_option(f"{name} must be (left, right, top, bottom) ints >= 0, got {value!r}", right_type=ints)
+    left, right, top, bottom = (int(v) for v in value)
+    return left, right, top, bottom
 
 
 class ConvVAE(Codec):
@@ -60,9 +82,10 @@ class ConvVAE(Codec):
     latent_dim_ = shapes_weights("latent_dim_", check_count, low=1, config_key="latent_dim",
                                  why="it shapes the networks and their weights")
     hidden = shapes_weights("hidden", check_count, low=1, why="it shapes the networks and their weights")
-    latent_side = shapes_weights("latent_side", as_checked, why="it shapes the networks and their weights")
+    # checked for its form when set; the constructor checks that it fits the padded image side
+    latent_side = shapes_weights("latent_side", check_latent_side, why="it shapes the networks and their weights")
     decoder_blocks = shapes_weights("decoder_blocks", check_count, why="it shapes the decoder and its weights")
-    padding = shapes_weights("padding", as_checked, why="it follows image_shape",
+    padding = shapes_weights("padding", check_padding, why="it follows image_shape",
                              remedy="for images of another shape, a new codec, build_codec({**codec.config, "
                                     "'image_shape': [C, H, W]}), trained on them")
 
@@ -75,14 +98,8 @@ class ConvVAE(Codec):
         padded = max(4, 1 << (max(h, w) - 1).bit_length())  # the smallest power of two >= 4 that holds them
         top, left = (padded - h) // 2, (padded - w) // 2
         self.padding = (left, padded - w - left, top, padded - h - top)  # F.pad's order: left, right, top, bottom
-        if latent_side is not None:
-            side = scalar(latent_side)
-            right_type = is_int(side)
-            if not right_type or side < 1 or side > padded or side & (side - 1):
-                where = f"the image side {h}" if (h, w) == (padded, padded) else f"the padded side {padded} of {h}x{w}"
-                raise bad_option(f"latent_side must be None or a power of two <= {where}, got {latent_side!r}",
-                                 right_type=right_type)
-            latent_side = int(side)
+        where = f"the image side {h}" if (h, w) == (padded, padded) else f"the padded side {padded} of {h}x{w}"
+        latent_side = check_latent_side("latent_side", latent_side, padded, where)  # with the side it must fit
         self.latent_dim_, self.hidden, self.beta, self.latent_side = latent_dim, hidden, beta, latent_side
         self.decoder_blocks = decoder_blocks
         side = latent_side or 4
