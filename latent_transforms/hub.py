@@ -398,8 +398,8 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
     except SafetensorError as e:
         if _is_run_json(path):  # train prints both paths: an easy mix-up
             raise ValueError(f"{path} is the JSON report of a `latent-transforms train` run, not a checkpoint; load "
-                             f"{path.with_suffix('.safetensors')} beside it, or `latent-transforms register {path}` "
-                             f"and load it by name") from None
+                             f"{path.with_suffix('.safetensors')} beside it, or "
+                             f"`latent-transforms register {shlex.quote(str(path))}` and load it by name") from None
         raise ValueError(
             f"{path} is not a safetensors file ({e}); latent-transforms only loads .safetensors checkpoints "
             f"and never unpickles .pt/.pth files"
@@ -1098,8 +1098,8 @@ def fetch(name: str) -> Path:
         source = "" if os.environ.get(HUB_URL) else f" and {HUB_URL} set to the URL that serves {file}"
         raise HubError(f"checkpoint {name!r} is not available offline (LATENT_TRANSFORMS_OFFLINE is set); {looked}; "
                        f"fetch it beforehand where the network is reachable (on a cluster, the login node): "
-                       f"`latent-transforms fetch {shlex.quote(name)}` with LATENT_TRANSFORMS_HOME={cache_dir()}"
-                       f"{source}")
+                       f"`latent-transforms fetch {shlex.quote(name)}` with "
+                       f"LATENT_TRANSFORMS_HOME={shlex.quote(str(cache_dir()))}{source}")
     url = _remote_url(file)
     if url is None:
         raise HubError(

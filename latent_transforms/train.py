@@ -2,7 +2,8 @@
 
 ``train_codec(kind, x_train, out_dir, ...)`` trains, checkpoints its full training state (model, optimizer, RNG,
 step count) to ``out_dir/<name>.state.safetensors`` every ``checkpoint_every`` steps, on a time budget, on
-Ctrl-C or SIGTERM (at a step boundary) and at the end, resumes from that file when it is there, and finally writes
+Ctrl-C, SIGTERM or SIGUSR1 (at a step boundary) and at the end, resumes from that file when it is there, and finally
+writes
 
 * ``out_dir/<name>.safetensors``: the codec (``hub.save_checkpoint``; load with ``hub.load(path)``),
 * ``out_dir/<name>.json``: config, training data and settings, steps, wall time, device, metrics (on the test
@@ -51,6 +52,9 @@ ROUNDTRIP_TOL = 1e-3  # max |decode(encode(x)) - x| a stored flow may have (else
 VAE_FP16_TOL = 1e-2  # max |reconstruction(fp16 copy) - reconstruction(fp32)| for a VAE
 MIN_VAE_KL = 1.0  # nats per image: a VAE whose latent carries less has collapsed (vae-digits carries 3.7)
 MAX_NONFINITE_IN_A_ROW = 20
+# what stops a run at the next step boundary, saved: Ctrl-C, the usual termination, and SLURM's warning before the
+# time limit (`#SBATCH --signal=USR1@120`); no SIGUSR1 on Windows
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
 
 
 # -- what differs per codec kind -----------------------------------------------------------------------
@@ -601,7 +605,7 @@ class _TrainingRun:
     checkpoint_every: int
     loss_fn: Callable[[torch.Tensor], tuple[torch.Tensor, dict]]  # codec.loss, or a torch.compile of it
     nonfinite_in_a_row: int = field(default=0, init=False)
-    stop_signal: int | None = field(default=None, init=False)  # SIGINT or SIGTERM received while training
+    stop_signal: int | None = field(default=None, init=False)  # one of STOP_SIGNALS, received while training
 
     def checkpoint(self) -> None:
         """Save codec, optimizer, RNG state, weight average and ``info`` to ``state_path``."""
@@ -637,8 +641,8 @@ class _TrainingRun:
         at least one step: a limit shorter than the call's set-up would otherwise train nothing on every call.
 
         Checkpoints every ``checkpoint_every`` steps and at the end; shows a tqdm bar titled ``bar_desc`` unless it
-        is None. A SIGINT or SIGTERM (see ``_defer_signals``) ends the loop at the next step boundary, like the time
-        limit, and is left in ``stop_signal``. Returns whether the run is complete.
+        is None. One of ``STOP_SIGNALS`` (see ``_defer_signals``) ends the loop at the next step boundary, like the
+        time limit, and is left in ``stop_signal``. Returns whether the run is complete.
         """
         step = self.info["step"]
         self.codec.train()
@@ -703,14 +707,14 @@ class _TrainingRun:
         return self.info["complete"]
 
     def _defer_signals(self, say) -> dict:
-        """In the main thread, make SIGINT and SIGTERM (unless ignored) set ``stop_signal`` for the loop to stop at
+        """In the main thread, make ``STOP_SIGNALS`` (unless ignored) set ``stop_signal`` for the loop to stop at
         the next step boundary; the first one puts their handlers back, so that a second one acts at once.
 
         Returns the handlers replaced (none in another thread: only the main thread gets signals and may set them).
         """
         if threading.current_thread() is not threading.main_thread():
             return {}
-        replaced = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        replaced = {s: signal.getsignal(s) for s in STOP_SIGNALS}
         replaced = {s: h for s, h in replaced.items() if h not in (signal.SIG_IGN, None)}  # None: set outside Python
 
         def stop(signum, frame):
@@ -909,8 +913,9 @@ def _say_written(say, report: dict, ckpt: Path, js: Path, png: Path, metrics: di
 def _only_run_writing(out: Path, name: str) -> Iterator[None]:
     """Hold ``out/.<name>.lock`` (``fcntl.flock``, where it exists) for the run: a second run with the same folder
     and name, which would write the same state and final files, is refused at once. The lock file is removed at the
-    end (a lock taken on a file removed meanwhile is taken again on the new one). Where the file system refuses
-    ``flock`` (some NFS, FUSE or Lustre mounts), the run goes on without a lock, as it did before there was one."""
+    end (a lock taken on a file removed meanwhile is taken again on the new one); a process killed meanwhile leaves
+    it, and the next run takes it. Where the file system refuses ``flock`` (some NFS, FUSE or Lustre mounts), the run
+    goes on without a lock, as it did before there was one."""
     try:
         import fcntl
     except ImportError:  # not POSIX: no lock
@@ -1032,11 +1037,11 @@ def train_codec(
         data_description: what the data was, for the JSON (e.g. ``"digits (train split)"``); the JSON keeps that of
             the last call that trained a step (as it keeps its device), not of a finished run run again.
 
-    Ctrl-C (SIGINT) or SIGTERM while training, in the main thread, stops the run at the end of the current step and
-    saves the training state; then the signal is handled as it would have been without this call: Ctrl-C raises
-    ``KeyboardInterrupt``, SIGTERM ends the process (unless you set handlers of your own; if yours returns, so does
-    this call, not complete). A second one acts at once. Signals outside the training loop act as usual; a JSON
-    never sits beside a checkpoint it does not describe.
+    Ctrl-C (SIGINT), SIGTERM or SIGUSR1 while training, in the main thread, stops the run at the end of the current
+    step and saves the training state; then (the lock file removed) the signal is handled as it would have been
+    without this call: Ctrl-C raises ``KeyboardInterrupt``, SIGTERM and SIGUSR1 end the process (unless you set
+    handlers of your own; if yours returns, so does this call, not complete). A second one acts at once. Signals
+    outside the training loop act as usual; a JSON never sits beside a checkpoint it does not describe.
 
     Returns a dict: ``complete`` (False when stopped by ``max_minutes`` or a signal before the end of the run; then
     only the state file was written), ``step``, ``total_steps``, ``epochs_done``, ``wall_time_s`` (this call),
@@ -1063,7 +1068,8 @@ def train_codec(
     if out.exists() and not out.is_dir():
         raise ValueError(f"the output folder {str(out)!r} is a file; give a folder (it is created if missing)")
     out.mkdir(parents=True, exist_ok=True)
-    with _only_run_writing(out, name):
+    with contextlib.ExitStack() as lock:
+        lock.enter_context(_only_run_writing(out, name))
         state_path = out / f"{name}.state.safetensors"
 
         n = x_train.shape[0]
@@ -1121,6 +1127,7 @@ def train_codec(
             say(f"stopped at step {step}{of} {why}; the training state is in {state_path}: run the same command "
                 f"again to continue", flush=True)
             if run.stop_signal is not None:  # now handled as it would have been: KeyboardInterrupt, exit, the caller's
+                lock.close()  # first: an exit by the signal would leave the lock file
                 signal.raise_signal(run.stop_signal)
             return result
 

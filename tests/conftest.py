@@ -88,6 +88,9 @@ def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, augment: nn.
 # a rank left waiting in a collective call (its peer stuck, or in another call) fails in a minute, not in gloo's
 # default 30 (a rank that raised is noticed at once): every wait here ended within 10 s on 2 cores at a load of 9
 GLOO_TIMEOUT_S = 60
+# a rank stuck outside any collective call (gloo's timeout never fires) fails its spawn after this long, rather than
+# hang the suite: the longest spawn here took 9.1 s in CI (2 cores, bad3b1f's --durations)
+SPAWN_DEADLINE_S = 120
 
 
 def rank_file(out_dir, rank: int) -> Path:
@@ -109,9 +112,11 @@ def gloo_group(rank: int, init_method: str, out_dir):
     dist.destroy_process_group()
 
 
-def spawn_two_ranks(worker, tmp: Path, grace_s: float = 60) -> list[dict]:
+def spawn_two_ranks(worker, tmp: Path, grace_s: float = 60, deadline_s: float = SPAWN_DEADLINE_S) -> list[dict]:
     """Run ``worker(rank, init_method, out_dir)`` in two spawned processes, joined (a rank that fails fails the
-    call); what each saved as ``rank_file(tmp, r)``. The ranks meet in a ``file://`` store: no port to lose."""
+    call, and so does one still running ``deadline_s`` after the spawn without both having saved); what each saved
+    as ``rank_file(tmp, r)``. The ranks meet in a ``file://`` store: no port to lose."""
+    started = time.monotonic()
     ranks = mp.spawn(_run_then_exit, args=(worker, f"file://{tmp / 'store'}", str(tmp)), nprocs=2, join=False)
     saved = [rank_file(tmp, r) for r in range(2)]
     # torch 2.4's gloo deadlocked in 1 spawn of 16 here, after both ranks had saved: a DDP module freed as the
@@ -123,10 +128,13 @@ def spawn_two_ranks(worker, tmp: Path, grace_s: float = 60) -> list[dict]:
             if both_saved_at is None and all(f.exists() for f in saved):
                 both_saved_at = time.monotonic()
             if both_saved_at is not None and time.monotonic() - both_saved_at > grace_s:
-                for process in ranks.processes:
-                    process.kill()
-                    process.join()
+                _stop(ranks)
                 break
+            if both_saved_at is None and time.monotonic() - started > deadline_s:  # no collective call to time out
+                hung = [str(r) for r, process in enumerate(ranks.processes) if process.is_alive()]
+                _stop(ranks)
+                raise RuntimeError(f"rank{'s' * (len(hung) > 1)} {' and '.join(hung)} still running {deadline_s:g} s "
+                                   f"after the spawn, without both ranks having saved: stopped")
     except (mp.ProcessRaisedException, mp.ProcessExitedException):  # spawn's error names the first rank to exit:
         # a rank's error makes its peer fail in its next collective call ("Connection reset by peer"), often first
         raise RuntimeError("a rank failed:\n" + _how_each_rank_ended(ranks)) from None
@@ -135,6 +143,13 @@ def spawn_two_ranks(worker, tmp: Path, grace_s: float = 60) -> list[dict]:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
     return [torch.load(f, weights_only=True) for f in saved]
+
+
+def _stop(ranks) -> None:
+    """Kill and reap every rank of a ``mp.spawn(..., join=False)`` context."""
+    for process in ranks.processes:
+        process.kill()
+        process.join()
 
 
 def _how_each_rank_ended(ranks) -> str:

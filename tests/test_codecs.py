@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from latent_transforms import LatentCache, LatentMixupInference
 from latent_transforms.codecs import Codec, ConvVAE, Glow, build_codec, exact_math, flatten_latents, unflatten_latents
+from latent_transforms.codecs.base import MAX_TEMPERATURE
 from latent_transforms.codecs.vae import ResidualBlock
 from latent_transforms.latent_noise import LatentNoise
 from latent_transforms.train import eval_codec
@@ -887,6 +888,14 @@ def test_a_flows_samples_are_clipped_to_the_image_range(glow):
     assert raw.min() < 0 and raw.max() > 1  # what there is to clip
     out = glow.sample(8, temperature=2.0, generator=3)
     assert out.min() >= 0 and out.max() <= 1 and torch.equal(out, raw.clamp(0, 1))
+
+
+def test_sample_refuses_a_temperature_beyond_its_bound_by_name(glow):
+    """temperature=1e38 gave NaN images (latents overflowed, then the decode), and far less did for a trained flow
+    (glow-digits from 1e30): past MAX_TEMPERATURE the samples are noise anyway."""
+    assert torch.isfinite(glow.sample(2, temperature=MAX_TEMPERATURE, generator=0)).all()
+    with pytest.raises(ValueError, match=r"^temperature must be a finite number in \[0, 100\], got 1e\+38$"):
+        glow.sample(2, temperature=1e38, generator=0)
 
 
 @pytest.mark.parametrize("make", [

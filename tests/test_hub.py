@@ -11,6 +11,7 @@ import os
 import pickle
 import random
 import re
+import shlex
 import socket
 import stat
 import subprocess
@@ -2029,11 +2030,15 @@ def test_a_codec_class_of_ones_own_that_makes_float64_weights_loads_in_float32(t
 
 def test_loading_a_runs_json_says_which_file_to_load(tmp_path):
     # "is not a safetensors file (Error while deserializing header: header too large)" for the JSON beside it
-    run = tmp_path / "my-flow.json"
+    (tmp_path / "my runs").mkdir()
+    run = tmp_path / "my runs" / "my-flow.json"
     run.write_text(json.dumps({"name": "my-flow", "registry_entry": {"file": "my-flow.safetensors"}}))
+    beside = re.escape(str(run.with_suffix(".safetensors")))
     with pytest.raises(ValueError, match=rf"^{re.escape(str(run))} is the JSON report of a `latent-transforms train` "
-                                         rf"run, not a checkpoint; load {re.escape(str(tmp_path / 'my-flow.safetensors'))}"):
+                                         rf"run, not a checkpoint; load {beside} beside it, or `([^`]+)`") as e:
         hub.load(str(run))
+    command = re.search(r"beside it, or `([^`]+)`", str(e.value))[1]
+    assert shlex.split(command) == ["latent-transforms", "register", str(run)]  # the space quoted for the shell
     other = tmp_path / "other.json"
     for text in ("[1, 2]", "[" * 100_000 + "]" * 100_000):  # nested 100,000 deep: a RecursionError (audit 167)
         other.write_text(text)
@@ -2106,16 +2111,19 @@ def test_the_offline_error_says_how_to_fetch_the_checkpoint_beforehand(env, serv
 def test_the_offline_errors_command_is_quoted_for_the_shell_and_names_no_unusable_url(env, monkeypatch):
     """Mutation round 32 (audit 238): a name may hold any printable character; the command the offline error gives is
     quoted as a shell reads it (``repr`` would leave ``$`` to the shell's expansion), and offline, the hub URL is not
-    read: a stale one left in the environment does not turn the offline error into one about the URL."""
-    import shlex
-
+    read: a stale one left in the environment does not turn the offline error into one about the URL. The cache dir
+    is quoted too: with a space in it, the command that was copied set LATENT_TRANSFORMS_HOME to its first word."""
     name = "bob's $VAE"
+    home = env.parent / "my cache"
+    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(home))
     _register(name, "good.safetensors")
     monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
     monkeypatch.setenv("LATENT_TRANSFORMS_HUB_URL", "ftp://old-mirror/ckpts")  # a scheme the hub does not serve
-    with pytest.raises(hub.HubError, match=r"not available offline .*: `latent-transforms fetch "
-                                           rf"{re.escape(shlex.quote(name))}` with LATENT_TRANSFORMS_HOME="):
+    with pytest.raises(hub.HubError, match=r"not available offline .*: `latent-transforms fetch ") as e:
         hub.fetch(name)
+    command, setting = re.search(r"`(latent-transforms fetch .*)` with (LATENT_TRANSFORMS_HOME=.*)$",
+                                 str(e.value)).groups()
+    assert shlex.split(f"{setting} {command}") == [f"LATENT_TRANSFORMS_HOME={home}", "latent-transforms", "fetch", name]
 
 
 def test_a_shared_cache_and_ones_own_together_as_the_hub_page_says(env, tmp_path, monkeypatch):

@@ -264,6 +264,23 @@ def test_a_rank_stuck_after_saving_its_results_does_not_hang_the_suite(tmp_path)
     assert time.monotonic() - start < 120
 
 
+def _rank_1_sleeps(rank: int, init_method: str, out_dir: str) -> None:
+    if rank == 1:  # stuck outside any collective call, where gloo's timeout never fires
+        time.sleep(600)
+    torch.save({"rank": rank}, rank_file(out_dir, rank))
+
+
+@pytest.mark.slow
+def test_a_rank_stuck_before_saving_fails_the_call_by_its_deadline_naming_it(tmp_path):
+    """Rank 1 stuck while rank 0 had exited cleanly: spawn_two_ranks waited for it forever, and the suite with it.
+    (Rank 0 is named too when it had not finished by then: spawning took 10 s and more at a load of 10.)"""
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"^ranks? (0 and )?1 still running 10 s after the spawn, without both ranks "
+                                           r"having saved: stopped$"):
+        spawn_two_ranks(_rank_1_sleeps, tmp_path, deadline_s=10)
+    assert time.monotonic() - start < 60 and not rank_file(tmp_path, 1).exists()
+
+
 def _raises_on_rank_1(rank: int, init_method: str, out_dir: str) -> None:
     with gloo_group(rank, init_method, out_dir):
         if rank == 1:

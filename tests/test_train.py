@@ -513,6 +513,28 @@ def test_ctrl_c_saves_at_a_step_boundary_and_resumes_exactly(tmp_path, digits, m
     assert signal.getsignal(signal.SIGINT) is handler
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="no SIGUSR1 here (Windows)")
+def test_sigusr1_saves_like_sigterm_then_calls_ones_own_handler_with_the_lock_file_gone(tmp_path, digits, monkeypatch):
+    """SLURM's warning before the time limit (``#SBATCH --signal=USR1@120``) took its default action: the process
+    ended mid-run, nothing saved. A handler of one's own is called after the save, the lock file already removed
+    (the signal's default action, called with the lock held, ended the process and left the file)."""
+    seen = []
+
+    def own(signum, frame):
+        seen.append((signum, (tmp_path / ".glow.lock").exists()))
+
+    previous = signal.signal(signal.SIGUSR1, own)
+    try:
+        _signal_after_update(monkeypatch, 2, signal.SIGUSR1)
+        r = train_codec("flow", digits[0][:32], tmp_path, **FLOW, max_steps=4, batch_size=16, checkpoint_every=1000,
+                        progress=False)
+        assert signal.getsignal(signal.SIGUSR1) is own
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert seen == [(signal.SIGUSR1, False)] and not r["complete"] and r["step"] == 2
+    assert load_training_state(tmp_path / "glow.state.safetensors")[2]["step"] == 2
+
+
 @pytest.mark.parametrize("kind, settings", [("flow", FLOW), ("vae", VAE)])
 def test_train_codec_leaves_the_global_rng_as_it_was_also_when_interrupted(tmp_path, digits, monkeypatch, kind,
                                                                           settings):
@@ -1066,6 +1088,7 @@ def test_cli_saves_on_sigterm_and_ctrl_c_then_resumes_exactly(tmp_path, monkeypa
     assert "SIGTERM: saving the training state after this step (another SIGTERM to stop at once" in proc.stderr
     assert "Ctrl-C" not in proc.stderr  # it told a SIGTERM'd run to press Ctrl-C again
     assert load_training_state(tmp_path / "int" / "f.state.safetensors")[2]["step"] == 2
+    assert not (tmp_path / "int" / ".f.lock").exists()  # was left: the signal ended the process holding the lock
     _signal_after_update(monkeypatch, 2, signal.SIGINT)  # Ctrl-C in the run's 4th step
     with pytest.raises(SystemExit) as e:
         main(argv("int"))
