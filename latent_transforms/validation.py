@@ -226,15 +226,13 @@ def setting(name: str, check: Callable[..., SettingT], *args: Any, module: bool 
 
     def set_(self, value) -> None:
         value = check(name, value, *args, **kwargs)
-        if fixed is not None and key in self.__dict__:
-            held = self.__dict__[key]
+        kept, at = (self.__dict__["_modules"], name) if module else (self.__dict__, key)
+        if fixed is not None and at in kept:
+            held = kept[at]
             if value != held:
                 raise fixed_at_construction(self, name, *fixed(held, value))
             return
-        if module:
-            self.__dict__["_modules"][name] = value
-        else:
-            self.__dict__[key] = value
+        kept[at] = value
 
     doc = "fixed: another value assigned raises naming the way" if fixed else \
         "checked as the constructor's whenever it is set"

@@ -364,6 +364,23 @@ def test_a_setting_is_missing_until_set():
     assert h.eps == 0.5 and type(h.eps) is float
 
 
+def test_a_fixed_submodule_setting_refuses_another_module_and_keeps_the_one_held():
+    # fixed= looked for the value held under "_name", where a module=True setting does not keep it: another module
+    # assigned replaced the one held, unrefused
+    from latent_transforms.validation import Settings
+
+    class Holder(Settings, torch.nn.Module):
+        part = setting("part", lambda name, value: value, module=True,
+                       fixed=lambda held, value: ("it was built in", "build a new Holder"))
+
+    h, first = Holder(), torch.nn.Linear(2, 2)
+    h.part = first
+    h.part = first  # the module held passes
+    with pytest.raises(AttributeError, match="it was built in"):
+        h.part = torch.nn.Linear(2, 2)
+    assert h.part is first and dict(h.named_children()) == {"part": first}
+
+
 def test_numpy_level_indices_are_taken_like_ints():
     assert LatentNoise(GLOW, levels=[np.int64(0), -1]).levels == [0, 1]
 
