@@ -13,8 +13,7 @@ from .base import (CALLER_NUM_CLASSES, NOT_ABOUT_THE_BATCH, LabelsT, LatentTrans
 from .codecs.base import ChecksCodecStates
 from .isda import ISDA, check_class_indices, grown_classifier_named
 from .labels import blend, to_soft
-from .validation import (Settings, WrongTypeError, check_batch, check_classes, check_model_slot, fixed_at_construction,
-                         setting)
+from .validation import Settings, WrongTypeError, check_batch, check_classes, check_model_slot, setting
 
 
 def _is_kornia_mix(t: object) -> bool:
@@ -418,20 +417,11 @@ class Compose(Settings, ChecksCodecStates, nn.Module):
         f"its steps were checked against it, now {held!r}",
         f"build a new one, Compose(list(t), num_classes={value!r})"))
 
-    @property
-    def steps(self) -> nn.ModuleList:
-        """The steps, fixed at construction: they were checked together then (assigned, ``t.steps = None`` passed and
-        the next call failed in ``len(None)``); changed in place (``t.steps.append(step)``), the next call refuses
-        them."""
-        return self._modules["steps"]
-
-    @steps.setter
-    def steps(self, steps: nn.ModuleList) -> None:
-        if "steps" in self._modules and steps is not self._modules["steps"]:
-            raise fixed_at_construction(self, "steps", "they were checked together when it was built: label mixes, "
-                                        "ISDA, num_classes, dtype conversions", "build a new one, e.g. "
-                                        "Compose([*t, step], num_classes=t.num_classes)")
-        self._modules["steps"] = steps
+    # the steps, fixed at construction: they were checked together then (assigned, t.steps = None passed and the next
+    # call failed in len(None)); changed in place (t.steps.append(step)), the next call refuses them
+    steps = setting("steps", lambda name, steps: steps, module=True, fixed=lambda held, value: (
+        "they were checked together when it was built: label mixes, ISDA, num_classes, dtype conversions",
+        "build a new one, e.g. Compose([*t, step], num_classes=t.num_classes)"))
 
     def __len__(self) -> int:
         return len(self.steps)
