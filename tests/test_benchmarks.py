@@ -43,7 +43,7 @@ def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_accuracy_smoke(tmp_path):
+def test_accuracy_smoke(tmp_path, offline_hub):
     out = tmp_path / "acc"
     proc = _run([str(BENCHMARKS / "accuracy.py"), "--smoke", "--no-progress", "--out", str(out)], tmp_path)
 
@@ -242,8 +242,11 @@ def test_gpu_session_script_killed_midway_returns_the_runs_finished_before(tmp_p
 
 
 def _check_codec_records_and_merge(results: dict, out: Path, tmp_path: Path) -> None:
-    """Every codec arm records the checkpoint it used; --merge recombines split files; mixed checkpoints are refused."""
-    glow, vae = _load_accuracy_module().tiny_codecs()  # what --smoke used: recorded by Codec.fingerprint()
+    """Every codec arm records the checkpoint it used; --merge recombines split files; mixed checkpoints are refused.
+    The merges run accuracy.py's main() here (a process each imported torch again; scripts/gpu_session.sh's tests run
+    --merge as a command)."""
+    acc = _load_accuracy_module()
+    glow, vae = acc.tiny_codecs()  # what --smoke used: recorded by Codec.fingerprint()
     for arm in ARMS:
         used = results["runs"][arm]["0"].get("codec")
         if arm in ("baseline", "randaugment", "mixup", "isda"):
@@ -257,17 +260,17 @@ def _check_codec_records_and_merge(results: dict, out: Path, tmp_path: Path) -> 
         return str(tmp_path / name)
 
     a, b = write("a.json", ARMS[:4]), write("b.json", ARMS[4:])
-    _run([str(BENCHMARKS / "accuracy.py"), "--merge", a, b, "--out", str(tmp_path / "merged")], tmp_path)
+    acc.main(["--merge", a, b, "--out", str(tmp_path / "merged")])
     merged = json.loads((tmp_path / "merged" / "results.json").read_text())
     assert merged["summary"] == results["summary"] and merged["targets"] == results["targets"]
     assert merged["config"]["merged_from"] == [a, b]
 
     def refused(args: list[str], match: str) -> None:
-        proc = subprocess.run([sys.executable, str(BENCHMARKS / "accuracy.py"), *args], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=TIMEOUT_S,
-                              env={**os.environ, "LATENT_TRANSFORMS_HOME": str(tmp_path / "hub"),
-                                   "LATENT_TRANSFORMS_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
-        assert proc.returncode != 0 and match in proc.stderr, proc.stderr[-2000:]
+        """main(args) ends with ``match``: a SystemExit with its message, or an error run_script makes one line."""
+        with pytest.raises((SystemExit, ValueError, LookupError, OSError)) as e:
+            acc.main(args)
+        assert not isinstance(e.value, SystemExit) or e.value.code not in (0, None), e.value
+        assert match in str(e.value), str(e.value)[-2000:]
 
     dup = write("dup.json", ARMS[3:5])
     refused(["--merge", a, dup, "--out", str(tmp_path / "m2")], "--merge: latent-noise seed 0 is in more than one file")
@@ -279,9 +282,8 @@ def _check_codec_records_and_merge(results: dict, out: Path, tmp_path: Path) -> 
     refused(["--merge", a, b, redo, "--out", str(tmp_path / "m5")], f"the varmixup runs of {redo} were made with "
             f"varmixup_p=0.75, those of {b} with 0.25")
     others = [arm for arm in ARMS if arm != "varmixup"]
-    _run([str(BENCHMARKS / "accuracy.py"), "--merge", a, b, "--arms", *others, "--out", str(tmp_path / "m6")], tmp_path)
-    _run([str(BENCHMARKS / "accuracy.py"), "--merge", str(tmp_path / "m6" / "results.json"), redo,
-          "--out", str(tmp_path / "m7")], tmp_path)
+    acc.main(["--merge", a, b, "--arms", *others, "--out", str(tmp_path / "m6")])
+    acc.main(["--merge", str(tmp_path / "m6" / "results.json"), redo, "--out", str(tmp_path / "m7")])
     merged = json.loads((tmp_path / "m7" / "results.json").read_text())
     assert merged["fingerprint"]["varmixup_p"] == merged["config"]["varmixup_p"] == 0.75
     assert merged["runs"] == results["runs"] and merged["fingerprint"]["epochs"] == results["fingerprint"]["epochs"]
@@ -346,7 +348,28 @@ def _fake_results(path: Path, arm: str, seed: int, accuracy: float, codec: dict 
     return path / "results.json"
 
 
-def test_sweep_report_names_rows_by_their_settings(tmp_path):
+def _main_here(module, argv: list[str], capsys) -> SimpleNamespace:
+    """A benchmark's ``run_script(main)`` on ``argv`` in this process, as its command ends (its own process would
+    import torch again): ``returncode``, ``stdout`` and ``stderr``, as ``subprocess.run`` gives them."""
+    capsys.readouterr()
+    try:
+        module.run_script(lambda: module.main(argv))
+        code = 0
+    except SystemExit as e:  # as Python's exit: a message goes to stderr and exits 1
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+        code = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
+    out, err = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+
+def _sweep_report(argv: list[str], monkeypatch, capsys) -> SimpleNamespace:
+    """``sweep_report.py ARGV`` run here (``_main_here``)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    return _main_here(_load_benchmark("sweep_report"), argv, capsys)
+
+
+def test_sweep_report_names_rows_by_their_settings(tmp_path, monkeypatch, capsys):
     files = [_fake_results(tmp_path / "b0", "baseline", 0, 0.60), _fake_results(tmp_path / "b1", "baseline", 1, 0.62),
              _fake_results(tmp_path / "n0", "latent-noise", 0, 0.55, noise_eps=10.0),
              _fake_results(tmp_path / "n1", "latent-noise", 1, 0.58, noise_eps=10.0),
@@ -364,51 +387,46 @@ def test_sweep_report_names_rows_by_their_settings(tmp_path):
     assert "| latent-noise (noise_eps=10, latent_p=1, latent_levels=[0]) | 63.0% | - | 63.0% | +3.0 (seed 0) | 10.00 |" \
         in r.stdout
     assert out.read_text().strip() == r.stdout.strip()
-    r = subprocess.run([sys.executable, str(BENCHMARKS / "sweep_report.py"), str(files[0]), str(tmp_path)],
-                       capture_output=True, text=True, timeout=60)
+    # the refusals, run here (the command above ran the script end to end)
+    r = _sweep_report([str(files[0]), str(tmp_path)], monkeypatch, capsys)
     assert r.returncode == 2 and f"argument results: no results.json at {tmp_path / 'results.json'}" in r.stderr
     other = _fake_results(tmp_path / "e", "baseline", 2, 0.6, epochs=30)
-    r = subprocess.run([sys.executable, str(BENCHMARKS / "sweep_report.py"), str(files[0]), str(other)],
-                       capture_output=True, text=True, timeout=60)
+    r = _sweep_report([str(files[0]), str(other)], monkeypatch, capsys)
     assert r.returncode != 0 and "not the same data/schedule" in r.stderr and "epochs" in r.stderr
     # other images under the same file name, or another seeding/scoring protocol: refused too (were merged)
     for i, key in enumerate(("data_sha256", "protocol")):
         other = _fake_results(tmp_path / f"d{i}", "baseline", 2, 0.6, **{key: "other"})
-        r = subprocess.run([sys.executable, str(BENCHMARKS / "sweep_report.py"), str(files[0]), str(other)],
-                           capture_output=True, text=True, timeout=60)
+        r = _sweep_report([str(files[0]), str(other)], monkeypatch, capsys)
         assert r.returncode != 0 and "not the same data/schedule" in r.stderr and key in r.stderr
     # the same setting and seed twice: refused (the second silently replaced the first)
     again = _fake_results(tmp_path / "b0-again", "baseline", 0, 0.09)
-    r = subprocess.run([sys.executable, str(BENCHMARKS / "sweep_report.py"), str(files[0]), str(again)],
-                       capture_output=True, text=True, timeout=60)
+    r = _sweep_report([str(files[0]), str(again)], monkeypatch, capsys)
     assert r.returncode != 0 and f"baseline seed 0 is in both {files[0]} and {again}" in r.stderr
 
 
-def test_sweep_report_puts_folders_with_and_without_a_codec_flag_in_one_table(tmp_path):
+def test_sweep_report_puts_folders_with_and_without_a_codec_flag_in_one_table(tmp_path, monkeypatch, capsys):
     """A baseline folder made without --vae beside a VarMixup folder made with --vae PATH: one table (it was refused,
     the flags differing, though the baseline uses no codec; the checkpoints are checked run by run)."""
     codec = {"name": "/ckpt/vae-new.safetensors", "sha256": "a" * 64}
     base = _fake_results(tmp_path / "b0", "baseline", 0, 0.60)
     mix = _fake_results(tmp_path / "v0", "varmixup", 0, 0.62, codec=codec, vae=codec["name"], varmixup_alpha=1.0,
                         varmixup_p=0.25)
-    r = subprocess.run([sys.executable, str(BENCHMARKS / "sweep_report.py"), str(base), str(mix)],
-                       capture_output=True, text=True, timeout=60)
+    r = _sweep_report([str(base), str(mix)], monkeypatch, capsys)
     assert r.returncode == 0, r.stderr
     assert "| baseline | 60.0% | 60.0% | +0.0 | 10.00 |" in r.stdout
     assert "| varmixup (varmixup_alpha=1, varmixup_p=0.25, varmixup_keep_detail=False) | 62.0% | 62.0% | +2.0 | " \
            "10.00 |" in r.stdout
 
 
-def test_sweep_report_refuses_runs_made_with_different_checkpoints(tmp_path):
+def test_sweep_report_refuses_runs_made_with_different_checkpoints(tmp_path, monkeypatch, capsys):
     vae = {"varmixup_alpha": 1.0, "varmixup_p": 0.5}
     old = _fake_results(tmp_path / "v0", "varmixup", 0, 0.5, codec={"name": "vae-cifar10", "sha256": "a" * 64}, **vae)
     new = _fake_results(tmp_path / "v1", "varmixup", 1, 0.5, codec={"name": "vae-cifar10", "sha256": "b" * 64},
                         varmixup_keep_detail=True, **vae)
     same = _fake_results(tmp_path / "v2", "varmixup", 2, 0.5, codec={"name": "vae-cifar10", "sha256": "a" * 64}, **vae)
-    report = [sys.executable, str(BENCHMARKS / "sweep_report.py")]
-    r = subprocess.run([*report, str(old), str(new)], capture_output=True, text=True, timeout=60)
+    r = _sweep_report([str(old), str(new)], monkeypatch, capsys)
     assert r.returncode != 0 and "varmixup seed 1 (in " in r.stderr and "sha256 aaaaaaaaaaaa" in r.stderr
-    r = subprocess.run([*report, str(old), str(same)], capture_output=True, text=True, timeout=60)
+    r = _sweep_report([str(old), str(same)], monkeypatch, capsys)
     # a file written before keep_detail existed is named with the value it implies
     assert r.returncode == 0 and "varmixup (varmixup_alpha=1, varmixup_p=0.5, varmixup_keep_detail=False) | 50.0% | 50.0% |" \
         in r.stdout, r.stderr
@@ -1484,7 +1502,8 @@ def test_calibrate_digits_trains_each_seed_on_a_low_data_split_without_its_valid
     assert json.loads((tmp_path / "calibration.json").read_text()) == {"baseline": [1.0, 1.0], "noise": [1.0, 1.0]}
 
 
-def test_calibrate_digits_refuses_a_bad_out_or_val_before_training_and_ends_in_one_line(tmp_path, monkeypatch):
+def test_calibrate_digits_refuses_a_bad_out_or_val_before_training_and_ends_in_one_line(tmp_path, monkeypatch,
+                                                                                         refused_commands):
     """Audit 145: an --out that is a file failed after every setting had trained; --val as large as the training split
     ended in low_data_split's traceback ("y must be (N,) class indices with N > 0")."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))
@@ -1501,10 +1520,8 @@ def test_calibrate_digits_refuses_a_bad_out_or_val_before_training_and_ends_in_o
     monkeypatch.setattr(sys, "argv", ["calibrate_digits.py", "--val", "60", "--out", str(tmp_path / "out")])
     with pytest.raises(ValueError, match="^--val 60 leaves no training images: the digits training split has 60$"):
         cal.main()
-    proc = subprocess.run([sys.executable, str(BENCHMARKS / "calibrate_digits.py"), "--val", "100000", "--out",
-                           str(tmp_path / "out")], cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT_S,
-                          env={**os.environ, "LATENT_TRANSFORMS_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+    code, stderr = refused_commands[1]["calibrate_digits.py val"]  # --val 100000, as a command
+    assert code == 2 and stderr.splitlines() == [
         "calibrate_digits.py: error: --val 100000 leaves no training images: the digits training split has 1257"]
 
 
@@ -2282,7 +2299,7 @@ def test_scripts_check_their_output_folder_and_data_before_any_work(tmp_path):
     (tmp_path / "afile").write_text("")
     env = {**os.environ, "LATENT_TRANSFORMS_HOME": str(tmp_path / "hub"), "LATENT_TRANSFORMS_OFFLINE": "1",
            "OMP_NUM_THREADS": "1"}
-    for script, args, message in [
+    cases = [
         ("accuracy.py", ["--smoke", "--out", "afile/sub"], "accuracy.py: error: --out afile/sub: afile is a file"),
         ("accuracy.py", ["--smoke", "--train", "npz:missing.npz", "--out", "o"],
          "accuracy.py: error: npz data file 'missing.npz' does not exist"),
@@ -2291,37 +2308,87 @@ def test_scripts_check_their_output_folder_and_data_before_any_work(tmp_path):
          "codec_quality.py: error: --out afile: afile is a file, not a folder"),
         ("vae_class_guidance.py", ["--codec", "vae-digits", "--train", "digits", "--out", "afile/v.safetensors"],
          "vae_class_guidance.py: error: --out's folder afile: afile is a file, not a folder"),
-    ]:
-        proc = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=TIMEOUT_S)
-        assert proc.returncode == 2 and proc.stderr.startswith(message), (script, proc.stderr[-2000:])
-        assert proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+    ]
+    ended = _commands_in_one_process([c[:2] for c in cases], tmp_path, env)
+    for (script, _, message), (code, stderr) in zip(cases, ended):
+        assert code == 2 and stderr.startswith(message), (script, code, stderr[-2000:])
+        assert stderr.count("\n") == 1, stderr[-2000:]
 
 
-def test_accuracy_refuses_to_replace_earlier_runs_without_resume(tmp_path):
+# argv: the benchmarks' folder, a JSON list of [script, args], the JSON file to write [exit status, stderr] of each to
+_RUN_SCRIPTS = """
+import contextlib, io, json, runpy, sys, traceback
+folder, commands, ended_path, ended = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], []
+sys.path.insert(0, folder)  # as `python SCRIPT` puts the script's folder first
+for script, args in commands:
+    sys.argv, err, code = [f"{folder}/{script}", *args], io.StringIO(), 0
+    with contextlib.redirect_stderr(err):
+        try:
+            runpy.run_path(sys.argv[0], run_name="__main__")
+        except SystemExit as e:  # as Python ends: a message is printed, exit status 1
+            code = 0 if e.code is None else e.code if isinstance(e.code, int) else print(e.code, file=sys.stderr) or 1
+        except Exception:  # as Python ends: the traceback, exit status 1
+            traceback.print_exc()
+            code = 1
+    ended.append([code, err.getvalue()])
+with open(ended_path, "w") as fh:
+    json.dump(ended, fh)
+"""
+
+
+def _commands_in_one_process(commands: list[tuple[str, list[str]]], cwd: Path, env: dict) -> list[tuple[int, str]]:
+    """``python benchmarks/SCRIPT ARGS`` of each ``(SCRIPT, ARGS)`` in turn, all in one process started in ``cwd`` with
+    ``env`` (a process each imported torch again): the exit status of each and what it wrote to stderr."""
+    proc = subprocess.run([sys.executable, "-c", _RUN_SCRIPTS, str(BENCHMARKS), json.dumps(commands),
+                           str(cwd / "ended.json")], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=2 * TIMEOUT_S)  # several commands
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-3000:]  # nothing written past the redirects
+    ended = [tuple(e) for e in json.loads((cwd / "ended.json").read_text())]
+    assert len(ended) == len(commands)
+    return ended
+
+
+# the refusals of several tests below, run by the refused_commands fixture: name -> (script, args); each --out, a
+# folder of its own in the fixture's folder
+REFUSED = {
+    "accuracy.py glow": ("accuracy.py", ["--smoke", "--arms", "latent-noise", "--glow", "vae-digits", "--out", "o1"]),
+    "throughput.py glow": ("throughput.py", ["--smoke", "--device", "cpu", "--glow", "vae-digits", "--out", "o2"]),
+    "codec_quality.py images": ("codec_quality.py", ["--codec", "glow-cifar10", "--train", "digits", "--test", "digits",
+                                                     "--out", "o3"]),
+    "calibrate_eps.py images": ("calibrate_eps.py", ["--codec", "glow-cifar10", "--data", "digits", "--out", "o4"]),
+    "accuracy.py replace": ("accuracy.py", ["--smoke", "--arms", "mixup", "--out", "earlier"]),
+    "calibrate_digits.py val": ("calibrate_digits.py", ["--val", "100000", "--out", "o5"]),
+}
+
+
+@pytest.fixture(scope="module")
+def refused_commands(tmp_path_factory) -> tuple[Path, dict[str, tuple[int, str]]]:
+    """Every command of REFUSED run in one process (``_commands_in_one_process``), in a folder of its own where
+    ``earlier/results.json`` holds ``{}``: (that folder, name -> (exit status, stderr))."""
+    cwd = tmp_path_factory.mktemp("refused")
+    (cwd / "earlier").mkdir()
+    (cwd / "earlier" / "results.json").write_text("{}")
+    env = {**os.environ, "LATENT_TRANSFORMS_HOME": str(cwd / "hub"), "LATENT_TRANSFORMS_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1"}
+    return cwd, dict(zip(REFUSED, _commands_in_one_process(list(REFUSED.values()), cwd, env)))
+
+
+def test_accuracy_refuses_to_replace_earlier_runs_without_resume(refused_commands):
     # a second call into the same --out replaced results.json with its own runs after its first one: earlier runs lost
-    out = tmp_path / "o"
-    out.mkdir()
-    (out / "results.json").write_text("{}")
-    proc = subprocess.run([sys.executable, str(BENCHMARKS / "accuracy.py"), "--smoke", "--arms", "mixup", "--out",
-                           str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT_S,
-                          env={**os.environ, "LATENT_TRANSFORMS_HOME": str(tmp_path / "hub"), "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 2 and proc.stderr == (f"accuracy.py: error: {out / 'results.json'} holds earlier runs; "
-                                                    f"pass --resume to keep them and add these, or give another --out\n")
-    assert (out / "results.json").read_text() == "{}"
+    cwd, ended = refused_commands
+    code, stderr = ended["accuracy.py replace"]
+    assert code == 2 and stderr == ("accuracy.py: error: earlier/results.json holds earlier runs; "
+                                    "pass --resume to keep them and add these, or give another --out\n")
+    assert (cwd / "earlier" / "results.json").read_text() == "{}"
 
 
-@pytest.mark.parametrize("script, args", [("accuracy.py", ["--arms", "latent-noise"]),
-                                          ("throughput.py", ["--device", "cpu"])])
-def test_a_codec_of_the_other_kind_is_refused(tmp_path, script, args):
+@pytest.mark.parametrize("script", ["accuracy.py", "throughput.py"])
+def test_a_codec_of_the_other_kind_is_refused(refused_commands, script):
     # accuracy.py --glow vae-cifar10 trained LatentNoise on the VAE without a word; throughput.py raised AttributeError
-    proc = subprocess.run([sys.executable, str(BENCHMARKS / script), "--smoke", *args, "--glow", "vae-digits",
-                           "--out", str(tmp_path / "o")], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=TIMEOUT_S, env={**os.environ, "LATENT_TRANSFORMS_HOME": str(tmp_path / "hub"),
-                                                  "LATENT_TRANSFORMS_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
-    assert proc.returncode != 0 and "cannot load the glow codec 'vae-digits' (ValueError: it is a vae codec; " \
-                                    "--glow takes a glow)" in proc.stderr, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
+    code, stderr = refused_commands[1][f"{script} glow"]  # --glow vae-digits
+    assert code != 0 and "cannot load the glow codec 'vae-digits' (ValueError: it is a vae codec; " \
+                         "--glow takes a glow)" in stderr, stderr[-2000:]
+    assert "Traceback" not in stderr
 
 
 @pytest.mark.parametrize("args, message", [
@@ -2335,17 +2402,12 @@ def test_accuracy_refuses_settings_that_would_silently_change_the_run(args, mess
     assert e.value.code == 2 and capsys.readouterr().err.endswith(f"error: {message}\n")
 
 
-@pytest.mark.parametrize("script, args", [
-    ("codec_quality.py", ["--codec", "glow-cifar10", "--train", "digits", "--test", "digits"]),
-    ("calibrate_eps.py", ["--codec", "glow-cifar10", "--data", "digits"]),
-])
-def test_a_codec_for_other_images_is_refused_before_the_classifier_trains(tmp_path, script, args):
+@pytest.mark.parametrize("script", ["codec_quality.py", "calibrate_eps.py"])
+def test_a_codec_for_other_images_is_refused_before_the_classifier_trains(refused_commands, script):
     # the classifier trained fully (minutes at the CIFAR defaults), then the codec refused the images
-    proc = subprocess.run([sys.executable, str(BENCHMARKS / script), *args, "--out", str(tmp_path / "o")],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 2 and "trained on images of shape (3, 32, 32)" in proc.stderr, proc.stderr[-2000:]
-    assert "epoch" not in proc.stderr  # no training bar ran
+    code, stderr = refused_commands[1][f"{script} images"]  # --codec glow-cifar10 on digits
+    assert code == 2 and "trained on images of shape (3, 32, 32)" in stderr, stderr[-2000:]
+    assert "epoch" not in stderr  # no training bar ran
 
 
 @pytest.mark.parametrize("argv, ignored", [
