@@ -708,14 +708,15 @@ class ISDA(_ISDAState, LatentTransform):
 
     def _classifier_trains(self, model: nn.Module) -> bool:
         """For ``model`` in eval mode: whether its classifier is in train mode (fine-tuning with ``model.eval()`` for
-        BatchNorm, then ``model.fc.train()``), which ISDA then augments. Else, once per ISDA, a warning when the
+        BatchNorm, then ``model.fc.train()``), which ISDA then augments, or another ``nn.Linear`` of its outputs is
+        (a student's, the layer a frozen teacher's: refused, naming it). Else, once per ISDA, a warning when the
         classifier still looks trained (a weight that requires grad, gradients on): nothing is augmented."""
         try:
             name, layer = self._lookup(model)
         except ValueError:  # no classifier to augment: the call's checks for a training model say so
             return False
-        if layer.training or (self.layer is None and _other_trained_heads(model, layer)):
-            return True  # the latter a frozen teacher's head found by default: _check_layer_trains names the student's
+        if layer.training or _other_trained_heads(model, layer):
+            return True  # the latter a head that never fires beside one that trains: _check_layer_trains names it
         if layer.weight.requires_grad and torch.is_grad_enabled() and not self.__dict__.get("_warned_eval_model"):
             self._warned_eval_model = True
             train = (f"model.{name}.train()" if all(part.isidentifier() for part in name.split("."))

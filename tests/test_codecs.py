@@ -1033,6 +1033,27 @@ def test_callers_that_read_the_images_values_have_the_codec_leave_them_unread(mo
         assert reads == [8], name
 
 
+def test_callers_that_mark_the_values_read_read_them_themselves():
+    """Mutation round 35: inside ``values_read`` a codec leaves its images' values to its caller, so each caller that
+    marks them read refuses 0-255 images itself (without its own read, they were encoded without a word)."""
+    glow, x = tiny_glow(), torch.rand(4, 1, 8, 8) * 255
+    for call in (lambda: LatentMixupInference(TinyNet(), glow, x),
+                 lambda: LatentMixupInference(TinyNet(), glow, x / 255)(x),
+                 lambda: LatentCache(glow, x, progress=False), lambda: eval_codec(glow, x)):
+        with pytest.raises(ValueError, match="these look like 0-255 intensities"):
+            call()
+
+
+def test_a_codecs_check_images_reads_the_values_when_asked_naming_them():
+    """Mutation round 35: ``Codec.check_images(..., values=True)`` names the images as told, and reads no values of
+    an empty batch it allows (torch's aminmax refuses one)."""
+    glow = tiny_glow()
+    with pytest.raises(ValueError, match=r"^references .*0-255 intensities"):
+        glow.check_images(torch.rand(2, 1, 8, 8) * 255, "references", values=True)
+    glow.check_images(torch.rand(2, 1, 8, 8) * 255, "references")  # the form only
+    glow.check_images(torch.rand(0, 1, 8, 8), allow_empty=True, values=True)
+
+
 def test_a_transform_call_that_raises_leaves_the_values_read_by_the_next_direct_call(glow, monkeypatch):
     """Mutation round 34: a transform's call marks its codec calls as read (``values_read``); a call that raised inside
     it (a model's or codec's error) must not leave the mark set, or every later direct call took 0-255 images."""
@@ -1135,7 +1156,7 @@ def test_codec_type_errors_are_type_errors_and_value_errors():
     and decode of a list or a number: a plain ValueError; compile_fast_path("no") compiled)."""
     from latent_transforms.validation import WrongTypeError
 
-    for shape in (32, "abc", (3.0, 32, 32)):
+    for shape in (32, "abc", (3.0, 32, 32), b"\x01\x08\x08"):  # bytes: ints, one by one (mutation round 35)
         with pytest.raises(WrongTypeError, match=r"image_shape must be \(C, H, W\) positive ints"):
             Glow(shape)
     with pytest.raises(ValueError, match=r"image_shape must be \(C, H, W\) positive ints") as e:

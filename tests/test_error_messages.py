@@ -193,6 +193,15 @@ def test_a_classifier_head_given_as_the_model_is_named_with_the_fix(batch, metho
     assert torch.isfinite(out[0] if isinstance(out, tuple) else out).all()
     with pytest.raises(RuntimeError, match=r"^mat1 and mat2 shapes cannot be multiplied \(12x32 and 31x10\)$"):
         call(nn.Sequential(body.features, nn.Linear(31, 10)))  # not x as it is: torch's own error, unchanged
+    # mutation round 35: x as it is is told by both the width and the count, each alone matched a later layer's input
+    pooled = nn.Sequential(nn.AdaptiveAvgPool2d((1, 8)), nn.Flatten(), nn.Linear(7, 10))  # as many as x's width
+    for later, shapes in ((nn.Sequential(nn.Flatten(), nn.Linear(63, 10)), "12x64 and 63x10"),  # all of x, flat
+                          (pooled, "12x8 and 7x10")):
+        with pytest.raises(RuntimeError, match=rf"^mat1 and mat2 shapes cannot be multiplied \({shapes}\)$"):
+            call(later)
+    if method == "predict_proba":  # vectors, not images: a head of the wrong size keeps torch's error
+        with pytest.raises(RuntimeError, match=r"^mat1 and mat2 shapes cannot be multiplied \(4x32 and 31x10\)$"):
+            predict_proba(nn.Linear(31, 10), torch.rand(4, 32))
 
 
 @pytest.mark.parametrize("model", ["casting", "float64 buffer", "bf16 under autocast"])

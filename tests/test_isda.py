@@ -924,6 +924,9 @@ def test_a_frozen_teacher_is_named_when_the_model_is_in_eval_mode_and_the_studen
                                          r"classifier in train mode, .*distillation\)\? pass ISDA\(..., "
                                          r"layer='student.fc'\)"):
         ISDA(10)(x, y, kd)
+    with pytest.raises(ValueError, match=r"'teacher.fc' .*is in eval mode while _Distillation is in eval mode with a "
+                                         r"classifier in train mode, .*layer='student.fc'\)"):
+        ISDA(10, layer="teacher.fc")(x, y, kd)  # named, it never fires either (mutation round 35: nothing, silently)
     isda = ISDA(10, layer="student.fc")
     isda.set_epoch(1, 2)
     isda(x, y, kd)

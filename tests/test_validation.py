@@ -276,6 +276,21 @@ def test_values_read_nests_and_is_left_after_an_exception():
     assert values_unread()
 
 
+def test_values_read_marks_the_calls_of_its_own_thread_only():
+    """Mutation round 35: the mark is a ContextVar: a codec called in another thread (a server's worker) while one
+    thread's transform runs reads its images' values."""
+    import threading
+
+    from latent_transforms.validation import values_read, values_unread
+
+    seen = []
+    with values_read():
+        thread = threading.Thread(target=lambda: seen.append(values_unread()))
+        thread.start()
+        thread.join()
+    assert seen == [True]
+
+
 # -- entry points besides a transform's call (found by an audit that threw bad input at every public function) --
 def test_codec_encode_and_decode_check_what_they_are_given():
     # uint8 images gave all-NaN latents silently; other shapes failed deep inside normflows or torch
