@@ -373,7 +373,7 @@ def _image_form(x: torch.Tensor, name: str, allow_uint8: bool, uint8_hint: str =
     """Everything but the values of ``check_images``; whether the values are to be checked (not for ``uint8``, nor
     for no images). ``uint8_hint`` ends the message refusing ``uint8`` images; ``allow_empty`` passes ``B = 0``."""
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}{_not_a_tensor_hint(x, name)}")
     check_dense(x, name)
     check_image_shape(x, name, allow_empty)
     if allow_uint8 and x.dtype == torch.uint8:
@@ -384,6 +384,17 @@ def _image_form(x: torch.Tensor, name: str, allow_uint8: bool, uint8_hint: str =
             f"{x.dtype}; {_conversion_hint(x, name)}{uint8_hint if x.dtype == torch.uint8 else ''}"
         )
     return x.shape[0] > 0
+
+
+def _not_a_tensor_hint(x: object, name: str) -> str:
+    """How to make a batch of images of ``x``, a PIL image (a Dataset without a transform) or a numpy array."""
+    if type(x).__module__.startswith("PIL."):
+        return ("; the transforms take batches (B, C, H, W): convert each image in the Dataset, "
+                "transform=v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]), and augment the "
+                "DataLoader's batches")
+    if type(x).__name__ == "ndarray":
+        return f"; torch.from_numpy({name}), then .permute(0, 3, 1, 2) if its images are (B, H, W, C)"
+    return ""
 
 
 def check_image_shape(x: torch.Tensor, name: str = "x", allow_empty: bool = False) -> None:

@@ -191,6 +191,16 @@ def test_build_codec_round_trips_config_and_names_errors():
         Glow((1, 8, 4), levels=3)
 
 
+@pytest.mark.parametrize("shape, levels, fix", [((1, 28, 28), 3, "at most 2 levels fit 28x28"),
+                                                ((3, 24, 20), 3, "at most 2 levels fit 24x20"),
+                                                ((1, 6, 10), 2, "at most 1 level fits 6x10"),
+                                                ((1, 15, 16), 1, "an odd side takes no level")])
+def test_a_flow_too_deep_for_its_images_names_the_levels_that_fit(shape, levels, fix):
+    """Found walking a new user's path: 28x28 images with 3 levels were told "use fewer levels", not how many."""
+    with pytest.raises(ValueError, match=f"got {shape[1]}x{shape[2]}: {fix}; or resize or crop the images$"):
+        Glow(shape, levels=levels, steps=1, hidden=8)
+
+
 @pytest.mark.parametrize("shape, padding", [((1, 28, 28), (2, 2, 2, 2)), ((1, 28, 20), (6, 6, 2, 2)),
                                             ((3, 24, 24), (4, 4, 4, 4)), ((1, 32, 16), (8, 8, 0, 0)),
                                             ((1, 2, 2), (1, 1, 1, 1)), ((1, 8, 8), (0, 0, 0, 0))])

@@ -10,10 +10,12 @@ import re
 import sys
 import textwrap
 import types
+import warnings
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
 import latent_transforms.data
@@ -88,7 +90,9 @@ def _shrink_what_the_snippets_run(monkeypatch) -> None:
         return x[:IMAGES], None if y is None else y[:IMAGES], num_bins
 
     def short_training(*args, max_minutes=None, **kwargs):
-        return train_codec(*args, **kwargs, max_minutes=None if max_minutes is None else TRAINING_MINUTES)
+        with warnings.catch_warnings():  # a second of training on random images: a codec too weak to use, and told so
+            warnings.filterwarnings("ignore", "(.*not worth perturbing|.*latent carries almost nothing)", UserWarning)
+            return train_codec(*args, **kwargs, max_minutes=None if max_minutes is None else TRAINING_MINUTES)
 
     def without_inductor(self, enabled=True, **kwargs):
         if enabled:
@@ -103,7 +107,8 @@ def _shrink_what_the_snippets_run(monkeypatch) -> None:
 @pytest.fixture
 def reader(tmp_path, monkeypatch):
     """A CPU-only reader, offline, with an empty cache dir, in a fresh folder whose ../shared/data/cifar10/test.npz
-    (the repository's neighbour some pages read) holds 8 random images."""
+    (the repository's neighbour some pages read) holds 8 random images, and whose my_images/train (training.md's
+    ImageFolder) holds two class folders of 4 grey 8x8 PNGs each."""
     monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
     monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("LATENT_TRANSFORMS_HUB_URL", raising=False)
@@ -116,6 +121,10 @@ def reader(tmp_path, monkeypatch):
     np.savez(data / "test.npz", x=rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
              y=rng.integers(0, 10, 8, dtype=np.int64))
     (tmp_path / "repo").mkdir()
+    for i, image in enumerate(rng.integers(0, 256, (8, 8, 8), dtype=np.uint8)):
+        folder = tmp_path / "repo" / "my_images" / "train" / "ab"[i % 2]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{i}.png")
     monkeypatch.chdir(tmp_path / "repo")
     yield
     torch._dynamo.reset()  # a snippet's compile_fast_path compiles for this test only

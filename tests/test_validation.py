@@ -249,6 +249,24 @@ def test_codec_loss_and_posterior_check_their_images():
     assert mu.dtype == logvar.dtype == torch.float32 and torch.equal(mu, VAE.encode_flat(x))
 
 
+def test_a_pil_image_or_numpy_array_is_told_how_to_become_a_batch():
+    """Found walking a new user's path: an ImageFolder without a transform gives PIL images, and a transform (or a
+    Compose starting with v2.ToImage) called on one said only "x must be a torch.Tensor, got Image"."""
+    from PIL import Image
+
+    image = Image.fromarray(np.zeros((8, 8), np.uint8))
+    for call in (lambda x: LatentNoise(GLOW)(x, GOOD_Y[:1]),
+                 lambda x: Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), LatentNoise(GLOW)])(x)):
+        with pytest.raises(TypeError, match=r"x must be a torch.Tensor, got Image; the transforms take batches "
+                                            r"\(B, C, H, W\): convert each image in the Dataset, transform=v2.Compose"):
+            call(image)
+    with pytest.raises(TypeError, match=r"got ndarray; torch.from_numpy\(x\), then .permute\(0, 3, 1, 2\) if its "
+                                        r"images are \(B, H, W, C\)$"):
+        LatentNoise(GLOW)(GOOD_X.numpy(), GOOD_Y)
+    with pytest.raises(TypeError, match=r"x must be a torch.Tensor, got list$"):  # nothing said of other types
+        LatentNoise(GLOW)(GOOD_X.tolist(), GOOD_Y)
+
+
 def test_check_choice_takes_equal_values_of_the_choices_type():
     import numpy as np
 

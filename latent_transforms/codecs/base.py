@@ -363,6 +363,8 @@ class Codec(Settings, ChecksCodecStates, nn.Module):
                   f"to {self.image_shape}"
         if got[0] != c:  # resizing or cropping keeps the channels
             convert = f"{name}.expand(-1, {c}, -1, -1)" if got[0] == 1 else \
+                f"{name}.mean(1, keepdim=True); torchvision's ImageFolder opens grey files as RGB: put v2.Grayscale() " \
+                f"first in its transform" if c == 1 and got[0] == 3 else \
                 f"{name}.mean(1, keepdim=True)" if c == 1 else f"to {c} channels"
             fix = f", and this one takes {c}-channel images: convert them ({convert})" + \
                 ("" if got[1:] == (h, w) else f" and resize or crop them to {(h, w)}")
