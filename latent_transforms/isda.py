@@ -364,9 +364,10 @@ def _other_trained_heads(model: nn.Module, layer: nn.Linear) -> list[str]:
 def _check_layer_trains(model: nn.Module, name: str, layer: nn.Linear, by_default: bool) -> None:
     """``ValueError`` when the layer ISDA would hook, while ``model`` or its classifier trains, is not the classifier
     being trained: one in eval mode never fires the hook, and a frozen one found by default (``by_default``) beside a
-    trainable ``nn.Linear`` of as many outputs is a frozen teacher's the model holds, most likely (distillation: the
-    teacher registered after the student). A frozen classifier with no such neighbour (a fixed head) is hooked as
-    usual."""
+    trainable ``nn.Linear`` of as many outputs is a frozen teacher's the model holds (distillation: the teacher
+    registered after the student) or another task's head (a head per task), most likely; the message names the last
+    such ``nn.Linear`` that trains (a student's classifier), then the others that do (which head runs is the
+    forward's choice). A frozen classifier with no such neighbour (a fixed head) is hooked as usual."""
     if layer.training and (layer.weight.requires_grad or not by_default):
         return
     trained = _other_trained_heads(model, layer)
@@ -374,11 +375,14 @@ def _check_layer_trains(model: nn.Module, name: str, layer: nn.Linear, by_defaul
         return
     state = "in eval mode" if not layer.training else "frozen (its weight does not require grad)"
     trains = "trains" if model.training else "is in eval mode with a classifier in train mode"
+    hint = ": put it in train mode or pass ISDA(..., layer='...') naming the classifier"
+    if trained:  # a student's classifier is its last nn.Linear; of a head per task, the caller knows which one runs
+        others = f" (or another that trains: {', '.join(map(repr, trained[:-1]))})" if len(trained) > 1 else ""
+        hint = (f": a frozen teacher's the model holds (distillation), or another task's head (a head per task)? "
+                f"pass ISDA(..., layer={trained[-1]!r}){others}")
     raise ValueError(f"ISDA's layer {_layer_label(name, layer)} is {state} while {type(model).__name__} {trains}, so "
                      f"it is not the classifier being trained" + (" (the hook fires on training forwards only)"
-                                                               if not layer.training else "")
-                     + (f": a frozen teacher the model holds (distillation)? pass ISDA(..., layer={trained[-1]!r})"
-                        if trained else ": put it in train mode or pass ISDA(..., layer='...') naming the classifier"))
+                                                               if not layer.training else "") + hint)
 
 
 def _is_compiled(model: nn.Module) -> bool:
@@ -607,7 +611,9 @@ class ISDA(_ISDAState, LatentTransform):
             of timm/torchvision models), outside codecs (a transform the model holds as a submodule, as a
             LightningModule does, holds a codec, never the classifier). Names are looked up in DDP/DataParallel
             wrappers' ``module`` too. While the model trains, a layer in eval mode is refused, and so is a frozen one
-            found by default beside a trainable ``nn.Linear`` of as many outputs (a distillation module's teacher).
+            found by default beside a trainable ``nn.Linear`` of as many outputs (a distillation module's teacher,
+            another task's head); in a model in eval mode, a layer in eval mode beside such an ``nn.Linear`` in train
+            mode (``model.eval()``, then ``model.heads[task].train()``, ISDA naming another head) is refused too.
         feature_dim: A. Default: sized from the layer on the first training call, on its device.
         sync_stats: under ``torch.distributed``, gather all ranks' features before each update so every rank holds
             the statistics of the global batch (the official code keeps per-GPU statistics). A
@@ -709,8 +715,9 @@ class ISDA(_ISDAState, LatentTransform):
     def _classifier_trains(self, model: nn.Module) -> bool:
         """For ``model`` in eval mode: whether its classifier is in train mode (fine-tuning with ``model.eval()`` for
         BatchNorm, then ``model.fc.train()``), which ISDA then augments, or another ``nn.Linear`` of its outputs is
-        (a student's, the layer a frozen teacher's: refused, naming it). Else, once per ISDA, a warning when the
-        classifier still looks trained (a weight that requires grad, gradients on): nothing is augmented."""
+        (a student's beside a frozen teacher's, another task's head: refused, naming it). Else, once per ISDA, a
+        warning when the classifier still looks trained (a weight that requires grad, gradients on): nothing is
+        augmented."""
         try:
             name, layer = self._lookup(model)
         except ValueError:  # no classifier to augment: the call's checks for a training model say so

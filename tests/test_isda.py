@@ -921,8 +921,8 @@ def test_a_frozen_teacher_is_named_when_the_model_is_in_eval_mode_and_the_studen
     kd = _Distillation().eval()
     kd.student.fc.train()
     with pytest.raises(ValueError, match=r"'teacher.fc' .*is in eval mode while _Distillation is in eval mode with a "
-                                         r"classifier in train mode, .*distillation\)\? pass ISDA\(..., "
-                                         r"layer='student.fc'\)"):
+                                         r"classifier in train mode, .*distillation\), or another task's head "
+                                         r"\(a head per task\)\? pass ISDA\(..., layer='student.fc'\)"):
         ISDA(10)(x, y, kd)
     with pytest.raises(ValueError, match=r"'teacher.fc' .*is in eval mode while _Distillation is in eval mode with a "
                                          r"classifier in train mode, .*layer='student.fc'\)"):
@@ -1013,7 +1013,8 @@ def test_the_refusal_of_a_frozen_teacher_names_the_students_last_linear(batch):
     x, y = batch
     kd = _Distillation()
     kd.student = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.ReLU(), nn.Linear(10, 10))  # keeps its place
-    with pytest.raises(ValueError, match=r"'teacher.fc' .*distillation\)\? pass ISDA\(..., layer='student.3'\)"):
+    with pytest.raises(ValueError, match=r"'teacher.fc' .*distillation\), or another task's head \(a head per task\)\? "
+                                         r"pass ISDA\(..., layer='student.3'\) \(or another that trains: 'student.1'\)$"):
         ISDA(10)(x, y, kd)
 
 
@@ -2231,6 +2232,27 @@ def test_a_hook_on_one_head_of_several_names_them(batch):
     first(x, y % 2, model)
     model(x)
     assert first.stats["transformed"] == len(y)
+
+
+def test_a_head_per_task_is_refused_naming_the_head_that_trains(batch):
+    """Audit 259: with model.eval() and the current task's head in train mode (BatchNorm's statistics kept), ISDA
+    naming another head, or finding the last one by default, is refused as a distillation teacher's is, the message
+    naming either case and the head that trains (it spoke of a frozen teacher only); the head that trains is augmented."""
+    x, y = batch
+    model = nn.ModuleDict({"body": TinyNet().features, "heads": nn.ModuleList(nn.Linear(32, 2) for _ in range(3))})
+    model.eval()
+    model["heads"][1].train()
+    for layer, found in (("heads.0", "heads.0"), (None, "heads.2")):
+        with pytest.raises(ValueError, match=rf"^ISDA's layer '{found}' .*is in eval mode while ModuleDict is in eval "
+                                             r"mode with a classifier in train mode, .*: a frozen teacher's the model "
+                                             r"holds \(distillation\), or another task's head \(a head per task\)\? "
+                                             r"pass ISDA\(..., layer='heads.1'\)$"):
+            ISDA(2, layer=layer)(x, y % 2, model)
+    isda = ISDA(2, layer="heads.1")
+    isda.set_progress(1.0)
+    isda(x, y % 2, model)
+    model["heads"][1](model["body"](x))
+    assert isda.stats["transformed"] == len(y)
 
 
 def test_a_grow_refused_for_memory_keeps_the_classes_and_statistics(monkeypatch):
