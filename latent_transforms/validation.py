@@ -15,7 +15,7 @@ import itertools
 import math
 import numbers
 import re
-from contextvars import ContextVar
+import threading
 from typing import TYPE_CHECKING, Any, Callable, Generic, Iterator, TypeVar, cast, overload
 
 import torch
@@ -347,25 +347,29 @@ def check_image_values(x: torch.Tensor, name: str = "x") -> None:
             _check_values([(_image_stats(x), lambda v: _judge_images(x, name, *v))])
 
 
-# True while the images a codec is given had their values read by its caller (values_read)
-_VALUES_READ: ContextVar[bool] = ContextVar("latent_transforms_values_read", default=False)
+# per thread, as torch.no_grad: its "flag" is True while the images a codec is given had their values read by their
+# caller (values_read). Not a ContextVar, at whose get() torch 2.4's torch.compile breaks the graph; a plain
+# threading.local read with getattr's default, which torch.compile traces and guards on from 2.4 on (a subclass's
+# class-level default it reads wrong)
+_VALUES_READ = threading.local()
 
 
 @contextlib.contextmanager
 def values_read() -> Iterator[None]:
-    """Inside: a codec's entry points (``encode``, ``loss``, ...) leave the values of their images unread, as their
-    caller read them already (a transform's call, in its one host sync; ``train_codec``, which read its data set once
-    before training); outside, each such call reads them (one host sync), as a transform's call does."""
-    token = _VALUES_READ.set(True)
+    """Inside (in this thread, as ``torch.no_grad``): a codec's entry points (``encode``, ``loss``, ...) leave the
+    values of their images unread, as their caller read them already (a transform's call, in its one host sync;
+    ``train_codec``, which read its data set once before training); outside, each such call reads them (one host
+    sync), as a transform's call does."""
+    outer, _VALUES_READ.flag = getattr(_VALUES_READ, "flag", False), True
     try:
         yield
     finally:
-        _VALUES_READ.reset(token)
+        _VALUES_READ.flag = outer
 
 
 def values_unread() -> bool:
     """Whether the images a codec is given now are to have their values read (not inside ``values_read``)."""
-    return not _VALUES_READ.get()
+    return not getattr(_VALUES_READ, "flag", False)
 
 
 def _image_form(x: torch.Tensor, name: str, allow_uint8: bool, uint8_hint: str = "", allow_empty: bool = False

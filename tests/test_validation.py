@@ -294,19 +294,25 @@ def test_values_read_nests_and_is_left_after_an_exception():
     assert values_unread()
 
 
-def test_values_read_marks_the_calls_of_its_own_thread_only():
-    """Mutation round 35: the mark is a ContextVar: a codec called in another thread (a server's worker) while one
-    thread's transform runs reads its images' values."""
+def test_values_read_marks_this_thread_only_and_compiled_code_sees_it():
+    """``values_read`` holds per thread, as ``torch.no_grad``: another thread's codec calls still read their values;
+    compiled code follows the mark in and out of the block (a threading.local torch.compile guards on: a ContextVar
+    broke torch 2.4's graph there, and a threading.local subclass's class-level default compiled as a constant)."""
     import threading
 
     from latent_transforms.validation import values_read, values_unread
 
-    seen = []
+    f = torch.compile(lambda x: x + 1 if values_unread() else x - 1, backend="eager")
+    x = torch.zeros(1)
+    assert f(x).item() == 1
     with values_read():
-        thread = threading.Thread(target=lambda: seen.append(values_unread()))
+        assert f(x).item() == -1
+        other = []
+        thread = threading.Thread(target=lambda: other.append((values_unread(), f(x).item())))
         thread.start()
         thread.join()
-    assert seen == [True]
+        assert other == [(True, 1)]
+    assert f(x).item() == 1
 
 
 # -- entry points besides a transform's call (found by an audit that threw bad input at every public function) --
