@@ -1,12 +1,16 @@
 import contextlib
 import datetime
+import json
 import math
 import os
 import pickle
+import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -74,6 +78,47 @@ def _torch_threads_restored():
     count, which depended on the order the tests ran in."""
     with torch_threads(torch.get_num_threads()):
         yield
+
+
+# argv: a JSON list of [script, args, cwd], the JSON file to write [exit status, stdout, stderr] of each to
+_RUN_SCRIPTS = """
+import contextlib, io, json, os, runpy, sys, traceback
+commands, ended_path, ended = json.loads(sys.argv[1]), sys.argv[2], []
+environ, path = dict(os.environ), list(sys.path)
+for script, args, cwd in commands:
+    os.chdir(cwd)
+    sys.path[:] = [os.path.dirname(script), *path]  # as `python SCRIPT` puts the script's folder first
+    sys.argv, out, err, code = [script, *args], io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            runpy.run_path(script, run_name="__main__")
+        except SystemExit as e:  # as Python ends: a message is printed, exit status 1
+            code = 0 if e.code is None else e.code if isinstance(e.code, int) else print(e.code, file=sys.stderr) or 1
+        except Exception:  # as Python ends: the traceback, exit status 1
+            traceback.print_exc()
+            code = 1
+    os.environ.clear()  # what a script set (a world of one's RANK) ends with it, as with its process
+    os.environ.update(environ)
+    ended.append([code, out.getvalue(), err.getvalue()])
+with open(ended_path, "w") as fh:
+    json.dump(ended, fh)
+"""
+
+
+def scripts_in_one_process(commands: list[tuple[Path, list[str], Path]], env: dict,
+                           timeout_s: float) -> list[SimpleNamespace]:
+    """``python SCRIPT ARGS`` run in ``CWD`` for each ``(SCRIPT, ARGS, CWD)`` in turn, all in one process with ``env``
+    (a process each imported torch again, 2-2.5 s on 2 cores): the ``returncode``, ``stdout`` and ``stderr`` of each,
+    as ``subprocess.run`` gives them."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ended_path = Path(tmp) / "ended.json"
+        proc = subprocess.run([sys.executable, "-c", _RUN_SCRIPTS,
+                               json.dumps([[str(Path(s).resolve()), a, str(c)] for s, a, c in commands]),
+                               str(ended_path)], env=env, capture_output=True, text=True, timeout=timeout_s)
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-3000:]  # nothing written past the redirects
+        ended = json.loads(ended_path.read_text())
+    assert len(ended) == len(commands)
+    return [SimpleNamespace(returncode=code, stdout=out, stderr=err) for code, out, err in ended]
 
 
 def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, augment: nn.Module, batches) -> None:

@@ -172,13 +172,14 @@ def test_used_transforms_go_to_spawned_workers():
         t(*_batch((2, 1, 3, 3), False, 0))  # used once in the main process
     ref = AddNoise(generator=torch.Generator())
     ref._rng.spec.set_state(given._rng.spec.get_state())
-    for t in (given, default):
-        loader = torch.utils.data.DataLoader(_AugmentInGetitem(t), batch_size=1, num_workers=1,
-                                             multiprocessing_context="spawn")
-        out = torch.cat(list(loader))
-        assert out.shape == (4, 1, 3, 3) and len({tuple(r.flatten().tolist()) for r in out}) == 4
+    both = torch.utils.data.ConcatDataset([_AugmentInGetitem(given), _AugmentInGetitem(default)])  # one spawn: 2 s
+    loader = torch.utils.data.DataLoader(both, batch_size=1, num_workers=1, multiprocessing_context="spawn")
+    out = torch.cat(list(loader))
+    assert out.shape == (8, 1, 3, 3)
+    for t, drawn in zip((given, default), out.split(4)):
+        assert len({tuple(r.flatten().tolist()) for r in drawn}) == 4
         if t is given:  # the worker's copy continues the given generator's stream
-            assert torch.equal(out[0], _AugmentInGetitem(ref)[0])
+            assert torch.equal(drawn[0], _AugmentInGetitem(ref)[0])
 
 
 def _draw(t) -> list:

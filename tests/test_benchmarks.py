@@ -20,6 +20,8 @@ from torch import nn
 import latent_transforms
 from latent_transforms import ISDALoss
 
+from conftest import scripts_in_one_process
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
 TIMEOUT_S = 170
@@ -2315,37 +2317,12 @@ def test_scripts_check_their_output_folder_and_data_before_any_work(tmp_path):
         assert stderr.count("\n") == 1, stderr[-2000:]
 
 
-# argv: the benchmarks' folder, a JSON list of [script, args], the JSON file to write [exit status, stderr] of each to
-_RUN_SCRIPTS = """
-import contextlib, io, json, runpy, sys, traceback
-folder, commands, ended_path, ended = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], []
-sys.path.insert(0, folder)  # as `python SCRIPT` puts the script's folder first
-for script, args in commands:
-    sys.argv, err, code = [f"{folder}/{script}", *args], io.StringIO(), 0
-    with contextlib.redirect_stderr(err):
-        try:
-            runpy.run_path(sys.argv[0], run_name="__main__")
-        except SystemExit as e:  # as Python ends: a message is printed, exit status 1
-            code = 0 if e.code is None else e.code if isinstance(e.code, int) else print(e.code, file=sys.stderr) or 1
-        except Exception:  # as Python ends: the traceback, exit status 1
-            traceback.print_exc()
-            code = 1
-    ended.append([code, err.getvalue()])
-with open(ended_path, "w") as fh:
-    json.dump(ended, fh)
-"""
-
-
 def _commands_in_one_process(commands: list[tuple[str, list[str]]], cwd: Path, env: dict) -> list[tuple[int, str]]:
-    """``python benchmarks/SCRIPT ARGS`` of each ``(SCRIPT, ARGS)`` in turn, all in one process started in ``cwd`` with
-    ``env`` (a process each imported torch again): the exit status of each and what it wrote to stderr."""
-    proc = subprocess.run([sys.executable, "-c", _RUN_SCRIPTS, str(BENCHMARKS), json.dumps(commands),
-                           str(cwd / "ended.json")], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=2 * TIMEOUT_S)  # several commands
-    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-3000:]  # nothing written past the redirects
-    ended = [tuple(e) for e in json.loads((cwd / "ended.json").read_text())]
-    assert len(ended) == len(commands)
-    return ended
+    """``python benchmarks/SCRIPT ARGS`` of each ``(SCRIPT, ARGS)`` in turn, all in one process in ``cwd`` with ``env``
+    (``scripts_in_one_process``): the exit status of each and what it wrote to stderr."""
+    ended = scripts_in_one_process([(BENCHMARKS / script, args, cwd) for script, args in commands], env,
+                                   timeout_s=2 * TIMEOUT_S)  # several commands
+    return [(e.returncode, e.stderr) for e in ended]
 
 
 # the refusals of several tests below, run by the refused_commands fixture: name -> (script, args); each --out, a

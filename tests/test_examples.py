@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import scripts_in_one_process
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 TIMEOUT_S = 300
@@ -20,15 +22,25 @@ TIMEOUT_S = 300
 SCRIPTS = ["one_line.py", "compose_randaugment.py", "isda_hook.py", "train_your_own_flow.py"]
 
 
-def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+def _env(tmp_path: Path) -> dict:
+    """The examples' environment: offline, a hub of their own in ``tmp_path``."""
     env = {**os.environ, "LATENT_TRANSFORMS_HOME": str(tmp_path / "hub"), "LATENT_TRANSFORMS_OFFLINE": "1",
            "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg",
            "TMPDIR": str(tmp_path)}  # torchrun leaves a torchelastic_* folder in the temp dir
     env.pop("LATENT_TRANSFORMS_HUB_URL", None)
-    proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    return env
+
+
+def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    proc = subprocess.run(args, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=TIMEOUT_S)
+    _check_ran(args, proc)
+    return proc
+
+
+def _check_ran(args: list[str], proc) -> None:
+    """``args`` ended with exit status 0 (``proc``: its ``returncode``, ``stdout``, ``stderr``)."""
     assert proc.returncode == 0, (f"{' '.join(args)} exited with {proc.returncode}\n"
                                   f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
 
 
 def _npz(path: Path, n: int, labels: bool = True, seed: int = 0) -> str:
@@ -54,6 +66,48 @@ def test_every_example_is_tested():
     assert scripts == set(SCRIPTS) | {"ddp_torchrun.py"}
 
 
+# the example commands of the slow tests below (all but torchrun's), run by the example_runs fixture: name -> (script, args);
+# each runs in a folder of its own, that name, where the npz files of NPZ are written first
+COMMANDS = {
+    **{script: (script, ["--smoke"]) for script in SCRIPTS},
+    "one_line.py adversarial": ("one_line.py", ["--smoke", "--method", "adversarial"]),
+    "one_line.py tiny": ("one_line.py", ["--train", "npz:tiny.npz", "--test", "none", "--method", "none", "--epochs",
+                                         "1", "--width", "4", "--device", "cpu"]),
+    "compose npz": ("compose_randaugment.py", ["--train", "npz:train.npz", "--test", "npz:test.npz", "--steps", "1",
+                                               "--batch-size", "4", "--width", "4", "--device", "cpu"]),
+    "isda npz": ("isda_hook.py", ["--train", "npz:train.npz", "--epochs", "1", "--batch-size", "8", "--width", "4",
+                                  "--device", "cpu", "--covariance", "diagonal"]),
+    "ddp npz": ("ddp_torchrun.py", ["--train", "npz:train.npz", "--test", "npz:test.npz", "--batch-size", "4",
+                                    "--width", "4"]),
+    "ddp few steps": ("ddp_torchrun.py", ["--train", "npz:train.npz", "--batch-size", "4", "--width", "4"]),
+}
+# name -> the npz files written to its folder first: file -> (images, seed)
+NPZ = {"one_line.py tiny": {"tiny.npz": (20, 0)}, "compose npz": {"train.npz": (20, 0), "test.npz": (6, 1)},
+       "isda npz": {"train.npz": (20, 0)}, "ddp npz": {"train.npz": (20, 0), "test.npz": (6, 1)},
+       "ddp few steps": {"train.npz": (8, 0)}}
+
+
+@pytest.fixture(scope="module")
+def example_runs(tmp_path_factory) -> dict:
+    """Every command of COMMANDS run in one process (``scripts_in_one_process``: a process each imported torch
+    again), offline: name -> its ``returncode``, ``stdout`` and ``stderr``."""
+    root = tmp_path_factory.mktemp("examples")
+    for name in COMMANDS:
+        (root / name).mkdir()
+        for file, (n, seed) in NPZ.get(name, {}).items():
+            _npz(root / name / file, n, seed=seed)
+    ended = scripts_in_one_process([(EXAMPLES / script, args, root / name) for name, (script, args) in COMMANDS.items()],
+                                   _env(root), timeout_s=2 * TIMEOUT_S)  # several commands
+    return dict(zip(COMMANDS, ended))
+
+
+def _ran(example_runs: dict, name: str):
+    """The run of COMMANDS[name], checked to have ended with exit status 0."""
+    (script, args), proc = COMMANDS[name], example_runs[name]
+    _check_ran([script, *args], proc)
+    return proc
+
+
 # what each --smoke run prints when its method was applied (a transform that saw no image, or ISDA left at strength
 # 0 or without statistics, still ran to the end); the loss is the mean per image, near ln 10 untrained
 SMOKE_OUTPUT = {
@@ -76,26 +130,23 @@ SMOKE_BAR = {"one_line.py": "epoch 1/1:   0%|", "isda_hook.py": "epoch 2/2:   0%
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_example_smoke(script, tmp_path):
-    proc = _run([sys.executable, str(EXAMPLES / script), "--smoke"], tmp_path)
+def test_example_smoke(script, example_runs):
+    proc = _ran(example_runs, script)
     assert all(re.search(pattern, proc.stdout) for pattern in SMOKE_OUTPUT[script]), proc.stdout[-3000:]
     assert SMOKE_BAR.get(script, "") in proc.stderr, proc.stderr[-3000:]
 
 
 @pytest.mark.slow
-def test_one_line_smoke_with_the_adversarial_method(tmp_path):
+def test_one_line_smoke_with_the_adversarial_method(example_runs):
     """--method adversarial, the README's other one-line augmentation, attacks the model being trained."""
-    proc = _run([sys.executable, str(EXAMPLES / "one_line.py"), "--smoke", "--method", "adversarial"], tmp_path)
+    proc = _ran(example_runs, "one_line.py adversarial")
     assert re.search(r"(?m)^augmentation: LatentAdversarial\(eps=1\.0, steps=1, ", proc.stdout), proc.stdout[-3000:]
     assert all(re.search(pattern, proc.stdout) for pattern in SMOKE_OUTPUT["one_line.py"][1:]), proc.stdout[-3000:]
 
 
 @pytest.mark.slow
-def test_one_line_on_a_set_smaller_than_a_batch_without_test_set(tmp_path):
-    rng = np.random.default_rng(0)
-    np.savez(tmp_path / "tiny.npz", x=rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8), y=np.arange(20) % 2)
-    proc = _run([sys.executable, str(EXAMPLES / "one_line.py"), "--train", "npz:tiny.npz", "--test", "none",
-                 "--method", "none", "--epochs", "1", "--width", "4", "--device", "cpu"], tmp_path)
+def test_one_line_on_a_set_smaller_than_a_batch_without_test_set(example_runs):
+    proc = _ran(example_runs, "one_line.py tiny")  # 20 images
     assert "epoch 1/1: loss" in proc.stdout and "test accuracy" not in proc.stdout
 
 
@@ -110,40 +161,33 @@ def test_ddp_example_smoke(tmp_path):
 
 
 @pytest.mark.slow
-def test_compose_example_on_npz_data(tmp_path):
-    train, test = _npz(tmp_path / "train.npz", 20), _npz(tmp_path / "test.npz", 6, seed=1)
-    proc = _run([sys.executable, str(EXAMPLES / "compose_randaugment.py"), "--train", train, "--test", test,
-                 "--steps", "1", "--batch-size", "4", "--width", "4", "--device", "cpu"], tmp_path)
+def test_compose_example_on_npz_data(example_runs):
+    proc = _ran(example_runs, "compose npz")  # 20 training images, 6 test images
     assert proc.stdout.count("test accuracy: ") == 3 and "on 6 images" in proc.stdout
     assert "y (4, 2) torch.float32" in proc.stdout     # mixed labels over the npz's two classes
 
 
 @pytest.mark.slow
-def test_isda_example_on_npz_data_without_test_set(tmp_path):
-    proc = _run([sys.executable, str(EXAMPLES / "isda_hook.py"), "--train", _npz(tmp_path / "train.npz", 20),
-                 "--epochs", "1", "--batch-size", "8", "--width", "4", "--device", "cpu", "--covariance", "diagonal"],
-                tmp_path)
+def test_isda_example_on_npz_data_without_test_set(example_runs):
+    proc = _ran(example_runs, "isda npz")  # 20 training images
     assert "epoch 1/1: lambda 0.000" in proc.stdout and "test accuracy" not in proc.stdout   # --test: none by default
     assert "saved and reloaded the ISDA statistics: cov (2, 32)" in proc.stdout  # diagonal: a variance per feature
 
 
 @pytest.mark.slow
-def test_ddp_example_on_npz_data_in_one_process(tmp_path):
+def test_ddp_example_on_npz_data_in_one_process(example_runs):
     """Without torchrun the script is a world of one (test_ddp_example_smoke runs two ranks)."""
-    train, test = _npz(tmp_path / "train.npz", 20), _npz(tmp_path / "test.npz", 6, seed=1)
-    proc = _run([sys.executable, str(EXAMPLES / "ddp_torchrun.py"), "--train", train, "--test", test,
-                 "--batch-size", "4", "--width", "4"], tmp_path)
+    proc = _ran(example_runs, "ddp npz")  # 20 training images, 6 test images
     assert "ISDA statistics identical on all 1 ranks" in proc.stdout
     assert "test accuracy:" in proc.stdout and "on 6 images" in proc.stdout
     assert "LatentMixupInference: probabilities (8, 2)" in proc.stdout
 
 
 @pytest.mark.slow
-def test_ddp_example_with_fewer_steps_than_transforms(tmp_path):
+def test_ddp_example_with_fewer_steps_than_transforms(example_runs):
     """A small data set (a user's own) gives fewer steps than the 5 transforms that take turns: ISDA never runs,
     and the checks say so instead of crashing on statistics it never gathered."""
-    proc = _run([sys.executable, str(EXAMPLES / "ddp_torchrun.py"), "--train", _npz(tmp_path / "train.npz", 8),
-                 "--batch-size", "4", "--width", "4"], tmp_path)
+    proc = _ran(example_runs, "ddp few steps")  # 8 training images
     assert "ISDA never ran: 2 steps in all, fewer than 5" in proc.stdout
     assert "LatentMixupInference: probabilities (8, 2)" in proc.stdout
 
