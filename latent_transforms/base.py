@@ -17,8 +17,10 @@ from .rng import GeneratorSource, generator_repr
 from .validation import (Settings, WrongTypeError, check_batch, check_classes, check_model, check_model_slot,
                          check_number, describe, setting, values_read)
 
+__all__ = ["LatentTransform"]
+
 # A decoded sample further than this outside [0, 1] (before clipping) is implausible and is rejected.
-MAX_OVERSHOOT = 0.5
+_MAX_OVERSHOOT = 0.5
 # A transformed sample with more than SATURATED of its values at 0 or 1 after clipping, GAIN more than its input had,
 # is destroyed though kept: a flow's latent pushed far out (eps too large) decodes into saturated noise inside [0, 1]
 # (the shipped codecs decode into [0, 1]: keep_plausible rejects none). Over a window of at least WINDOW transformed
@@ -44,14 +46,14 @@ def not_about_the_batch(e: ValueError) -> ValueError:
 
 
 def keep_plausible(decoded: torch.Tensor, fallback: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``decoded: (N, C, H, W)`` clipped to [0, 1], each sample that is non-finite or more than ``MAX_OVERSHOOT``
+    """``decoded: (N, C, H, W)`` clipped to [0, 1], each sample that is non-finite or more than ``_MAX_OVERSHOOT``
     outside [0, 1] replaced by its row of ``fallback`` (same shape). Returns ``(images, ok)``, ``ok: (N,)`` bool
     marking the samples kept."""
     clipped = decoded.clamp(0, 1)
     # a NaN pixel's overshoot is NaN and an infinite one's inf, and amax propagates NaN (as the extremes of the input
     # check do): the comparison rejects non-finite samples too, without a pass of its own
     overshoot = (decoded - clipped).flatten(1).abs().amax(1)
-    ok = overshoot <= MAX_OVERSHOOT
+    ok = overshoot <= _MAX_OVERSHOOT
     return torch.where(ok.view(-1, 1, 1, 1), clipped, fallback), ok
 
 
@@ -170,19 +172,18 @@ class LatentTransform(Settings, SampleStats, nn.Module):
           tensor or an int). ISDA, which changes neither x nor y, has neither.
 
     Subclasses set ``needs_model``/``mixes_labels`` (``needs_labels`` follows ``mixes_labels``; override it with a
-    class attribute or a property; ``takes_images = False`` for a method with a forward of its own that never reads
-    ``x``, which is then any ``(B, ...)`` tensor, as ISDA's) and implement ``make_params(n, generator, device)``,
+    class attribute or a property) and implement ``make_params(n, generator, device)``,
     every random draw for ``n`` selected samples, and ``transform(x, y, model, params) -> (x2, y2)`` on the selected
     samples only; ``check_inputs(x, model, index)`` may add checks of their own (run on every call, also in eval
-    mode, by ``check_call``); ``index_size`` bounds ``index=`` (a latent cache's length).
+    mode, by ``check_call``).
     """
 
     needs_model: bool = False
-    takes_images: bool = True  # False: x is any (B, ...) tensor, never read (ISDA, which has its own forward)
+    _takes_images: bool = True  # False: x is any (B, ...) tensor, never read (ISDA, which has its own forward)
     mixes_labels: bool = False
     index_params: tuple[str, ...] = ()  # draws that are indices among the selected samples
     weight_params: tuple[str, ...] = ()  # draws that are weights in [0, 1] (VarMixup's lam: past them, negative labels)
-    accepted_labels: str = "(B,) int64 class indices or (B, K) soft labels"  # named when y=None is refused
+    _accepted_labels: str = "(B,) int64 class indices or (B, K) soft labels"  # named when y=None is refused
     p = setting("p", check_number, high=1.0)
     _destroyed: torch.Tensor | None = None  # (2,) int64 on the data's device: destroyed and transformed samples
     _destroyed_found: tuple[int, int] | None = None  # a window judged destroyed, warned of at the next forward
@@ -211,7 +212,7 @@ class LatentTransform(Settings, SampleStats, nn.Module):
         self._rng = GeneratorSource(generator)
 
     # -- hooks for subclasses -------------------------------------------------------------------
-    def value_checks(self, x: torch.Tensor, index: torch.Tensor | None) -> list:
+    def _value_checks(self, x: torch.Tensor, index: torch.Tensor | None) -> list:
         """A subclass's checks of values, as ``(statistics tensor, judge)`` pairs read in the call's one host sync
         (``validation.check_batch``; ``x`` and ``index`` have passed its form checks)."""
         return []
@@ -238,7 +239,7 @@ class LatentTransform(Settings, SampleStats, nn.Module):
                                   f"-> (x2, y2), the method itself (LatentTransform is its base)")
 
     @property
-    def index_size(self) -> int | None:
+    def _index_size(self) -> int | None:
         """How many dataset positions ``index=`` may address (``None``: not bounded by this transform)."""
         return None
 
@@ -250,15 +251,15 @@ class LatentTransform(Settings, SampleStats, nn.Module):
     def check_call(self, x: torch.Tensor, y: torch.Tensor | None = None, model: nn.Module | None = None,
                    index: torch.Tensor | None = None, *, model_optional: bool = False) -> None:
         """Every check of a call ``t(x, y, model, index=...)``, in either mode, without running it: the batch
-        (``check_batch``, with ``value_checks``: one host sync), labels if needed (and their classes, for a label
-        mix), the model if needed, then ``check_inputs``. ``model_optional``: ``model=None`` passes (a ``Compose`` in
-        ``eval()`` mode runs its first step's checks, and uses no model)."""
-        check_batch(x, y, self.num_classes or CALLER_NUM_CLASSES.get(), index, self.index_size,
-                    more_checks=lambda: self.value_checks(x, index) + self._destroyed_checks(x.device),
-                    images=self.takes_images)
+        (``check_batch``, with the method's checks of values: one host sync), labels if needed (and their classes, for
+        a label mix), the model if needed, then ``check_inputs``. ``model_optional``: ``model=None`` passes (a
+        ``Compose`` in ``eval()`` mode runs its first step's checks, and uses no model)."""
+        check_batch(x, y, self.num_classes or CALLER_NUM_CLASSES.get(), index, self._index_size,
+                    more_checks=lambda: self._value_checks(x, index) + self._destroyed_checks(x.device),
+                    images=self._takes_images)
         if y is None and self.needs_labels:
             forms = ("(B, K) soft labels, or (B,) class indices with num_classes=... given to the constructor"
-                     if self.mixes_labels and self.num_classes is None else self.accepted_labels)
+                     if self.mixes_labels and self.num_classes is None else self._accepted_labels)
             raise ValueError(f"{type(self).__name__} needs labels: call t(x, y, ...) with y {forms}, not y=None")
         if not self.needs_model:
             check_model_slot(model)  # t(x, y, idx) would have its dataset positions ignored

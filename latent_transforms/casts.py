@@ -6,6 +6,8 @@ import torch
 
 from .validation import wide_float
 
+__all__: list[str] = []  # the package's own machinery: none of it is API (docs/api.md)
+
 
 def without_16_bit_casts(fn):
     """``fn``, the tensor function of ``nn.Module._apply`` (``.to(...)``, ``.half()``, ``.cuda()``, ...), with its casts

@@ -14,6 +14,8 @@ import warnings
 from . import __version__, demo, hub, train
 from .validation import is_out_of_memory
 
+__all__: list[str] = []  # the package's own machinery: none of it is API (docs/api.md)
+
 PROG = "latent-transforms"
 
 

@@ -14,6 +14,8 @@ from .codecs.base import ChecksCodecStates
 from .latent_cache import LatentCache
 from .validation import WrongTypeError, bad_option, check_device, is_int, is_sequence
 
+__all__ = ["CodecTransform"]
+
 
 class CodecTransform(ChecksCodecStates, LatentTransform):
     """A ``LatentTransform`` that encodes to a codec's standardised latent space and decodes back.
@@ -110,16 +112,16 @@ class CodecTransform(ChecksCodecStates, LatentTransform):
         self._levels, self._level_size = levels, sum(sizes) if levels is None else sum(sizes[i] for i in levels)
 
     @property
-    def index_size(self) -> int | None:
+    def _index_size(self) -> int | None:
         return None if self.cache is None else len(self.cache)
 
-    def value_checks(self, x: torch.Tensor, index: torch.Tensor | None) -> list:
-        """With ``index``: whether ``x`` holds the cached images at those positions (``LatentCache.image_checks``);
+    def _value_checks(self, x: torch.Tensor, index: torch.Tensor | None) -> list:
+        """With ``index``: whether ``x`` holds the cached images at those positions (``LatentCache._image_checks``);
         left to ``check_inputs`` to refuse when the cache, the images' shape or device do not fit."""
         cache = self.cache
         if index is None or cache is None or x.shape[1:] != self.codec.image_shape or x.device != cache.latents.device:
             return []
-        return cache.image_checks(x, index)
+        return cache._image_checks(x, index)
 
     def check_inputs(self, x: torch.Tensor, model: nn.Module | None, index: torch.Tensor | None) -> None:
         self.codec.check_images(x, allow_empty=True)  # an empty batch passes through (base class)
@@ -145,7 +147,7 @@ class CodecTransform(ChecksCodecStates, LatentTransform):
         key = self._codec_key()
         if key != self._fingerprint_key:  # the fingerprint hashes every weight: again only when they may have changed
             self._codec_fingerprint, self._fingerprint_key = self.codec.fingerprint(), key
-        if self.cache.codec_fingerprint != self._codec_fingerprint:
+        if self.cache._codec_fingerprint != self._codec_fingerprint:
             self.codec.check_dtype()  # weights loaded in 16 bits are rounded: say so, not "another codec"
             raise ValueError("the latent cache was encoded with another codec than this transform's (other config "
                              "or weights)")

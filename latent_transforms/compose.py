@@ -15,6 +15,8 @@ from .isda import ISDA, check_class_indices, grown_classifier_named
 from .labels import blend, to_soft
 from .validation import Settings, WrongTypeError, check_batch, check_classes, check_model_slot, setting
 
+__all__ = ["Compose"]
+
 
 def _is_kornia_mix(t: object) -> bool:
     """kornia's label mixes, the ones Compose turns into soft labels."""
@@ -68,7 +70,7 @@ def _is_kornia(t: object) -> bool:
 
 def _takes_floats_only(t: object) -> bool:
     """Whether a step refuses uint8 images (a torchvision v2 transform but MixUp, a callable, or ISDA may take them)."""
-    return (isinstance(t, LatentTransform) and t.takes_images) or _is_kornia(t) or _has_mixup(t)
+    return (isinstance(t, LatentTransform) and t._takes_images) or _is_kornia(t) or _has_mixup(t)
 
 
 def _takes_any_tensor(steps: list) -> bool:
@@ -78,7 +80,7 @@ def _takes_any_tensor(steps: list) -> bool:
     Compose that takes images would refuse anything else when the chain runs)."""
     parts = [p for t in steps for p in _parts(t)]
     return any(isinstance(p, LatentTransform) for p in parts) and not any(
-        (isinstance(p, LatentTransform) and p.takes_images) or (isinstance(p, Compose) and p._takes_images)
+        (isinstance(p, LatentTransform) and p._takes_images) or (isinstance(p, Compose) and p._takes_images)
         or _is_torchvision_v2(p) or _is_kornia(p) for p in parts)
 
 
@@ -465,10 +467,10 @@ class Compose(Settings, ChecksCodecStates, nn.Module):
         leaf = None if self.training else _first_latent(first)
         reader = first if self.training and isinstance(first, LatentTransform) else leaf
         # ... unless that step takes any tensor (ISDA) and a later step takes images: their values are read here
-        values = reader is None or (self._takes_images and not reader.takes_images)
+        values = reader is None or (self._takes_images and not reader._takes_images)
         # labels of new classes refused: an ISDA step's classifier grown past its statistics is why
         with grown_classifier_named((p for _, _, p in self._declared if isinstance(p, ISDA)), model):
-            check_batch(x, y, self.num_classes, index, first.index_size if isinstance(first, LatentTransform) else
+            check_batch(x, y, self.num_classes, index, first._index_size if isinstance(first, LatentTransform) else
                         None, allow_uint8=self._takes_uint8, values=values, uint8_hint=self._uint8_hint,
                         images=self._takes_images)
         check_model_slot(model)

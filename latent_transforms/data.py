@@ -129,7 +129,7 @@ def _cifar10(split: str, data_root) -> tuple[torch.Tensor, torch.Tensor, int]:
 
 
 # what images of more than 8 bits are told besides making them 8-bit: how to train on every level they hold
-KEEP_LEVELS = ("; or keep every level: scale them into [0, 1] yourself and train in Python, train_codec(kind, x, ..., "
+_KEEP_LEVELS = ("; or keep every level: scale them into [0, 1] yourself and train in Python, train_codec(kind, x, ..., "
                "num_bins=N) with N their number of levels, 4096 for 12-bit data, 65536 for 16-bit "
                "(docs/training.md#python)")
 
@@ -147,9 +147,9 @@ def _dtype_hint(lo: float, hi: float, floats: bool) -> str:
         return "; 8-bit values in another dtype? store x.round().astype(np.uint8)"
     if lo >= 0:
         return ("; 12- or 16-bit images? store (x / M * 255).round().astype(np.uint8) with M the maximum of their bit "
-                "depth, 4095 for 12-bit data, 65535 for 16-bit" + KEEP_LEVELS)
+                "depth, 4095 for 12-bit data, 65535 for 16-bit" + _KEEP_LEVELS)
     return ("; signed values (CT in Hounsfield units, say)? store a window [lo, hi] of them, fixed for the data set, "
-            "as (np.clip((x - lo) / (hi - lo), 0, 1) * 255).round().astype(np.uint8)" + KEEP_LEVELS)
+            "as (np.clip((x - lo) / (hi - lo), 0, 1) * 255).round().astype(np.uint8)" + _KEEP_LEVELS)
 
 
 def _uint8_to_tensor(x: np.ndarray, where: str) -> torch.Tensor:
@@ -294,7 +294,7 @@ def _folder(root: Path) -> tuple[torch.Tensor, torch.Tensor | None, int]:
                 mode = im.mode
                 if mode in ("I", "I;16", "I;16B", "I;16L", "F"):
                     raise ValueError(f"{f}: {mode} (16-bit or float) images are not supported; convert to 8-bit"
-                                     f"{KEEP_LEVELS}")
+                                     f"{_KEEP_LEVELS}")
                 colour = colour or _is_colour(im)
                 if _has_transparency(im):
                     raise ValueError(f"{f}: has transparent pixels, which would be dropped; flatten it onto a "

@@ -26,15 +26,17 @@ from .validation import POSITIVE_INT, check_count
 from .varmixup import VarMixup
 from .visualize import save_rows
 
+__all__: list[str] = []  # the package's own machinery: none of it is API (docs/api.md)
+
 # Settings for the 64-dim digits codecs, chosen on a validation split of the training images, never the test set
 # (benchmarks/calibrate_digits.py; docs/calibration.md).
 NOISE_EPS = 1.0
 ADV_EPS, ADV_STEPS, ADV_STEP_SIZE = 0.5, 1, 0.5
 # VarMixup: the library's default p (0.25) is also the best share on the digits validation split.
-SMOKE_EPOCHS = 15  # 9 steps (3 epochs) left every arm at 10%, which looked broken; 15 reach ~58% in ~7 s on 2 cores
+_SMOKE_EPOCHS = 15  # 9 steps (3 epochs) left every arm at 10%, which looked broken; 15 reach ~58% in ~7 s on 2 cores
 
 
-def make_arms(glow, vae, seed: int) -> dict[str, Callable[[], nn.Module | None]]:
+def _make_arms(glow, vae, seed: int) -> dict[str, Callable[[], nn.Module | None]]:
     """Each arm: a factory of the augmentation used in the training loop (None = baseline)."""
     return {
         "baseline": lambda: None,
@@ -63,7 +65,7 @@ def run_demo(out_dir: str | Path = "latent-transforms-demo", per_class: int = 10
         raise ValueError(f"seeds must hold at least one seed, got {seeds!r}")
     for seed in seeds:
         check_count("seed", seed)
-    known = list(make_arms(None, None, 0))
+    known = list(_make_arms(None, None, 0))
     if arms is not None and not arms:
         raise ValueError(f"arms must name at least one arm (None: all of {known}), got {arms!r}")
     names = known if arms is None else arms
@@ -82,7 +84,7 @@ def run_demo(out_dir: str | Path = "latent-transforms-demo", per_class: int = 10
         for seed in seeds:
             x, y = x_train[splits[seed]], y_train[splits[seed]]
             for name in names:
-                augment = make_arms(glow, vae, seed)[name]()
+                augment = _make_arms(glow, vae, seed)[name]()
                 torch.manual_seed(seed)
                 model = digits_cnn()
                 seconds = fit_classifier(model, x, y, augment, epochs=epochs, batch_size=32, lr=0.05, seed=seed,
@@ -147,20 +149,21 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                     "CPU.")
     p.add_argument("--out", default="latent-transforms-demo", help="folder for demo.png (default: %(default)s)")
     p.add_argument("--per-class", type=POSITIVE_INT, default=10, help="training images per digit (default: %(default)s)")
-    p.add_argument("--epochs", type=POSITIVE_INT, help=f"training epochs per run (default: 40; --smoke: {SMOKE_EPOCHS})")
+    p.add_argument("--epochs", type=POSITIVE_INT,
+                   help=f"training epochs per run (default: 40; --smoke: {_SMOKE_EPOCHS})")
     p.add_argument("--seeds", type=POSITIVE_INT, help="number of seeds (default: 3; --smoke: 1)")
     p.add_argument("--threads", type=POSITIVE_INT,
                    help="CPU threads for torch (default: torch's, at most 4; 1 where other jobs keep the CPU busy, "
                         "which is faster then)")
     p.add_argument("--smoke", action="store_true",
-                   help=f"one seed, {SMOKE_EPOCHS} epochs unless --seeds/--epochs say otherwise: checks the pipeline "
+                   help=f"one seed, {_SMOKE_EPOCHS} epochs unless --seeds/--epochs say otherwise: checks the pipeline "
                         f"in seconds")
     p.set_defaults(func=_cmd_demo)
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
     start = time.perf_counter()
-    epochs = args.epochs or (SMOKE_EPOCHS if args.smoke else 40)
+    epochs = args.epochs or (_SMOKE_EPOCHS if args.smoke else 40)
     seeds = args.seeds or (1 if args.smoke else 3)
     run_demo(args.out, per_class=args.per_class, epochs=epochs, seeds=tuple(range(seeds)), threads=args.threads)
     print(f"Done in {time.perf_counter() - start:.0f} s.")

@@ -16,6 +16,8 @@ from .casts import without_16_bit_casts
 from .validation import (Settings, WrongTypeError, check_choice, check_count, check_labels, fixed_at_construction,
                          is_out_of_memory, no_autocast, wide_float)
 
+__all__ = ["FeatureCovariance"]
+
 COVARIANCES = ("full", "diagonal")
 
 
@@ -69,7 +71,7 @@ class FeatureCovariance(Settings, nn.Module):
             statistics. A module holding a group cannot be pickled (groups cannot); its copies share the group.
 
     Buffers (in ``state_dict``, moved by ``.to``; ``None`` until sized):
-        mean: (K, A); cov: (K, A, A), or (K, A) if ``"diagonal"``; count: (K,) int64.
+        ``mean``: (K, A); ``cov``: (K, A, A), or (K, A) if ``"diagonal"``; ``count``: (K,) int64.
 
     Convention:
         The buffers are float32 by default (float64 when lazily sized by float64 features, or after ``.double()``,
@@ -111,7 +113,7 @@ class FeatureCovariance(Settings, nn.Module):
                                                'construction.')
 
     @property
-    def diagonal(self) -> bool:
+    def _diagonal(self) -> bool:
         """Whether the covariance is ``"diagonal"``."""
         return self.covariance == "diagonal"
 
@@ -119,11 +121,11 @@ class FeatureCovariance(Settings, nn.Module):
     def sync_stats(self) -> "bool | dist.ProcessGroup":
         """``True``, ``False`` or the process group, as given; assigned, checked as the constructor's and used from the
         next ``update()`` (assigned as a name it did not read, it changed nothing)."""
-        return self.sync if self.group is None else self.group
+        return self._sync if self._group is None else self._group
 
     @sync_stats.setter
     def sync_stats(self, sync_stats: "bool | dist.ProcessGroup") -> None:
-        self.sync, self.group = check_sync("sync_stats", sync_stats)
+        self._sync, self._group = check_sync("sync_stats", sync_stats)
         if self.gathers():  # made now, outside any compiled code that calls update; without a process group of more
             _untraced_gather()  # than one rank, at the first gather (torch._dynamo takes 1.3-1.8 s to import)
 
@@ -138,7 +140,7 @@ class FeatureCovariance(Settings, nn.Module):
         # later in-place update outside it ("Inplace update to inference tensor outside InferenceMode")
         with torch.inference_mode(False), self._within_memory(feature_dim, device, dtype, batch=0):
             mean = torch.zeros(k, a, device=device, dtype=dtype)
-            cov = torch.zeros((k, a) if self.diagonal else (k, a, a), device=device, dtype=dtype)
+            cov = torch.zeros((k, a) if self._diagonal else (k, a, a), device=device, dtype=dtype)
             # assigned together: a failed allocation leaves the estimator unsized, not half sized
             self.mean, self.cov = mean, cov
             self.count = torch.zeros(k, device=device, dtype=torch.int64)
@@ -149,7 +151,7 @@ class FeatureCovariance(Settings, nn.Module):
         need more than the device's memory, and report an allocation failure in the block; both as
         ``torch.OutOfMemoryError`` naming the figures and the fix (torch's "can't allocate memory: you tried to
         allocate 16777216000 bytes" named neither; a CPU update beyond the RAM could be ended by the OOM killer)."""
-        if self.diagonal or torch.compiler.is_compiling():  # traced, the sizes are symbolic: no figures to give
+        if self._diagonal or torch.compiler.is_compiling():  # traced, the sizes are symbolic: no figures to give
             yield
             return
         k, a, size = self.num_classes, feature_dim, torch.finfo(dtype).bits // 8
@@ -249,7 +251,8 @@ class FeatureCovariance(Settings, nn.Module):
     @torch.no_grad()
     def gathers(self) -> bool:
         """Whether ``update`` gathers other ranks' features now (synced, in a process group of more than one rank)."""
-        return bool(self.sync and dist.is_available() and dist.is_initialized() and dist.get_world_size(self.group) > 1)
+        return bool(self._sync and dist.is_available() and dist.is_initialized()
+                    and dist.get_world_size(self._group) > 1)
 
     def update(self, features: torch.Tensor, y: torch.Tensor, check_y: bool = True) -> None:
         """Merge a batch: ``features: (N, A)`` float, ``y: (N,)`` int64 class indices in ``[0, K)``.
@@ -286,7 +289,7 @@ class FeatureCovariance(Settings, nn.Module):
         with no_autocast(features.device):
             a = features.detach().to(dtype)
             if self.gathers():
-                a, y = _untraced_gather()(a, y, self.group)
+                a, y = _untraced_gather()(a, y, self._group)
             if self.mean is None:
                 self._allocate(a.shape[1], a.device, dtype)
             with self._within_memory(a.shape[1], a.device, dtype, batch=a.shape[0]):
@@ -305,7 +308,7 @@ class FeatureCovariance(Settings, nn.Module):
         m_safe = counts.to(a.dtype).clamp(min=1).unsqueeze(1)
         batch_mean = a.new_zeros(k + 1, dim).index_add_(0, y, a) / m_safe     # (K + 1, A); the dummy row is 0
         centred = a - batch_mean[y]                                           # (N, A); 0 for the dummy rows
-        if self.diagonal:
+        if self._diagonal:
             batch_cov = (a.new_zeros(k + 1, dim).index_add_(0, y, centred * centred) / m_safe)[:k]  # (K, A)
         else:
             # sum over the samples of each class of c c^T, as one matmul: (K A, N) @ (N, A) -> (K, A, A)
@@ -317,10 +320,10 @@ class FeatureCovariance(Settings, nn.Module):
         w = (count.to(wide) / (self.count + count).clamp(min=1).to(wide)).to(a.dtype)  # m / (n + m); 0 if absent
         mean, cov = self.mean, self.cov                                        # a.dtype: updated in place
         delta = batch_mean - mean
-        shape = (k, 1) if self.diagonal else (k, 1, 1)
+        shape = (k, 1) if self._diagonal else (k, 1, 1)
         wv = w.view(shape)
         kept_delta = (1 - w).unsqueeze(1) * delta                             # (K, A): (1-w) d
-        left, right = (kept_delta, delta) if self.diagonal else (kept_delta.unsqueeze(2), delta.unsqueeze(1))
+        left, right = (kept_delta, delta) if self._diagonal else (kept_delta.unsqueeze(2), delta.unsqueeze(1))
         # (n S + m S')/(n+m) + n m d d^T/(n+m)^2  ==  S + w (S' - S + (1-w) d d^T): one increment added in place (no
         # more K A A), as the mean's. Not as (1-w) S + w S' + ...: 1-w rounds to float32's steps of 6e-8 near 1, a
         # decay off by up to 3e-8 per update whatever w is, which drifted the covariance of a class seen 1e5-1e7
@@ -329,14 +332,24 @@ class FeatureCovariance(Settings, nn.Module):
         mean.add_(w.unsqueeze(1) * delta)
         self.count.add_(count)
 
+    def __setstate__(self, state: dict) -> None:
+        """A pickle of before 2026-12-06 holds the gather settings as ``sync`` and ``group`` (now ``_sync``,
+        ``_group``: set only through ``sync_stats``), one of before 2026-12-05 ``diagonal`` too (read from
+        ``covariance`` since)."""
+        state = dict(state)
+        if "sync" in state:
+            state["_sync"], state["_group"] = state.pop("sync"), state.pop("group", None)
+        state.pop("diagonal", None)
+        super().__setstate__(state)
+
     # copies are made from the attributes, not through __reduce_ex__, which refuses a process group for pickling
     def __copy__(self) -> "FeatureCovariance":
         return self._copy_with(lambda attributes: attributes)
 
     def __deepcopy__(self, memo: dict) -> "FeatureCovariance":
         """A copy gathering over the same process group (a group is a handle on the ranks, not data to copy)."""
-        if self.group is not None:
-            memo[id(self.group)] = self.group
+        if self._group is not None:
+            memo[id(self._group)] = self._group
         return self._copy_with(lambda attributes: copy.deepcopy(attributes, memo), memo)
 
     def _copy_with(self, copy_attributes, memo: dict | None = None) -> "FeatureCovariance":
@@ -347,7 +360,7 @@ class FeatureCovariance(Settings, nn.Module):
         return new
 
     def __reduce_ex__(self, protocol: SupportsIndex):
-        if self.group is not None:  # torch's own error names neither the module nor the way out
+        if self._group is not None:  # torch's own error names neither the module nor the way out
             raise TypeError("statistics shared over a process group (ISDA/FeatureCovariance(sync_stats=group)) cannot "
                             "be pickled, as process groups cannot: save and load its state_dict() instead, or build "
                             "the copy with sync_stats=True/False")
@@ -355,7 +368,7 @@ class FeatureCovariance(Settings, nn.Module):
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, feature_dim={self.feature_dim}, covariance={self.covariance!r}, "
-                f"sync_stats={self.sync}" + ("" if self.group is None else " (a process group)"))
+                f"sync_stats={self._sync}" + ("" if self._group is None else " (a process group)"))
 
 
 def check_unchanged(owner: nn.Module, name: str, value: object) -> object:

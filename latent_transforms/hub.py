@@ -61,14 +61,14 @@ if TYPE_CHECKING:
 
 FORMAT = "latent-transforms/1"
 SHIPPED_DIR = Path(__file__).resolve().parent / "checkpoints"
-URL_SCHEMES = ("http", "https", "file")
-DEFAULT_TIMEOUT = 60.0
-STORAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_URL_SCHEMES = ("http", "https", "file")
+_DEFAULT_TIMEOUT = 60.0
+_STORAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _CHUNK = 1 << 20
-MAX_FILENAME_BYTES = 240  # a download's temp name, ".<file>.XXXXXXXX.part" (15 more), must stay within 255 bytes
+_MAX_FILENAME_BYTES = 240  # a download's temp name, ".<file>.XXXXXXXX.part" (15 more), must stay within 255 bytes
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-HUB_URL = "LATENT_TRANSFORMS_HUB_URL"  # the environment variable naming the base URL checkpoints are fetched from
-MAX_NAME_CHARS = 200  # a registry name's length
+_HUB_URL = "LATENT_TRANSFORMS_HUB_URL"  # the environment variable naming the base URL checkpoints are fetched from
+_MAX_NAME_CHARS = 200  # a registry name's length
 _SEPARATORS = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
 
 _registered: dict[str, dict] = {}  # runtime entries from register(), shadowing the shipped registry
@@ -172,9 +172,9 @@ def _check_filename(file: object) -> str:
         )
     if not file.endswith(".safetensors"):
         raise ValueError(f"checkpoint file name {file!r} must end in .safetensors")
-    if len(file.encode("utf-8", "surrogatepass")) > MAX_FILENAME_BYTES:
+    if len(file.encode("utf-8", "surrogatepass")) > _MAX_FILENAME_BYTES:
         raise ValueError(f"checkpoint file name {file[:40]!r}... is {len(file.encode('utf-8', 'surrogatepass'))} "
-                         f"bytes long; at most {MAX_FILENAME_BYTES} (file systems allow 255, and a download's "
+                         f"bytes long; at most {_MAX_FILENAME_BYTES} (file systems allow 255, and a download's "
                          f"temporary name adds to it)")
     return file
 
@@ -198,7 +198,7 @@ def check_file_stem(name: object, what: str = "name") -> str:
     try:
         _check_filename(f"{name}.safetensors")
     except ValueError as e:
-        if len(f"{name}.safetensors".encode("utf-8", "surrogatepass")) > MAX_FILENAME_BYTES:
+        if len(f"{name}.safetensors".encode("utf-8", "surrogatepass")) > _MAX_FILENAME_BYTES:
             raise ValueError(f"{what} {name[:40]!r}... cannot be a file name (it is too long: {e})") from None
         raise ValueError(f"{what} {name!r} cannot be a file name (no path separators, ':', '..' or leading '.')"
                          ) from None
@@ -299,8 +299,8 @@ def save_checkpoint(codec: "Codec", path: str | os.PathLike[str], dtype: torch.d
     Float tensors are stored as ``dtype`` (float32, float16 or bfloat16) and cast back to the codec's
     float32 on load. ``extra_metadata`` adds str -> str entries (other values are stored as JSON).
     """
-    if dtype not in STORAGE_DTYPES:
-        raise bad_option(f"dtype must be one of {[str(d) for d in STORAGE_DTYPES]}, got {dtype!r}",
+    if dtype not in _STORAGE_DTYPES:
+        raise bad_option(f"dtype must be one of {[str(d) for d in _STORAGE_DTYPES]}, got {dtype!r}",
                          right_type=isinstance(dtype, torch.dtype))
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -452,10 +452,10 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
 
 # -- registry ---------------------------------------------------------------------------------------
 def _check_entry(name: object, entry: object, where: str) -> dict:
-    if not isinstance(name, str) or not name or not _is_plain_text(name) or len(name) > MAX_NAME_CHARS:
+    if not isinstance(name, str) or not name or not _is_plain_text(name) or len(name) > _MAX_NAME_CHARS:
         # ' x', a newline or 5,000 characters were accepted
         raise ValueError(f"{where}: checkpoint names must be non-empty str of printable characters, without leading "
-                         f"or trailing space, at most {MAX_NAME_CHARS} characters, got {name!r:.60}")
+                         f"or trailing space, at most {_MAX_NAME_CHARS} characters, got {name!r:.60}")
     if not isinstance(entry, dict):
         raise ValueError(f"{where}: entry {name!r} must be a dict, got {type(entry).__name__}")
     for key in ("file", "sha256", "config"):
@@ -664,8 +664,8 @@ def register(name: str, *, file: str, sha256: str, config: dict[str, Any], train
     _add_entry(name, file=file, sha256=sha256, config=config, trained_on=trained_on, quality=quality, notes=notes,
                size=size, overwrite=overwrite, persist=persist)
     if not (cache_dir() / file).is_file() and not (SHIPPED_DIR / file).is_file() \
-            and (not os.environ.get(HUB_URL) or _offline()):
-        why = "LATENT_TRANSFORMS_OFFLINE is set" if os.environ.get(HUB_URL) else f"{HUB_URL} is not set"
+            and (not os.environ.get(_HUB_URL) or _offline()):
+        why = "LATENT_TRANSFORMS_OFFLINE is set" if os.environ.get(_HUB_URL) else f"{_HUB_URL} is not set"
         warnings.warn(f"registered {name!r}, but its file {file} is not in {cache_dir()} (nor shipped, and {why}): "
                       f"copy it there before hub.load({name!r})", stacklevel=2)
 
@@ -864,7 +864,7 @@ def list_checkpoints() -> list[dict[str, Any]]:
     for name, entry in sorted(_registry(warn_if_broken=True).items()):
         size = entry.get("size")
         rows.append({"name": name, **entry, "cached": present(cache_dir() / entry["file"], size),
-                     "shipped": present(SHIPPED_DIR / entry["file"], size), "remote": bool(os.environ.get(HUB_URL))})
+                     "shipped": present(SHIPPED_DIR / entry["file"], size), "remote": bool(os.environ.get(_HUB_URL))})
     return rows
 
 
@@ -888,7 +888,7 @@ def _offline() -> bool:
 def _timeout() -> float:
     raw = os.environ.get("LATENT_TRANSFORMS_HUB_TIMEOUT")
     if not raw:
-        return DEFAULT_TIMEOUT
+        return _DEFAULT_TIMEOUT
     try:
         value = float(raw)
     except ValueError:
@@ -899,7 +899,7 @@ def _timeout() -> float:
 
 
 def _remote_url(file: str) -> str | None:
-    base = os.environ.get(HUB_URL)
+    base = os.environ.get(_HUB_URL)
     if not base:
         return None
     try:
@@ -909,11 +909,11 @@ def _remote_url(file: str) -> str | None:
     if any(not c.isprintable() for c in base):  # a space is printable: file:///my checkpoints works
         raise ValueError(f"LATENT_TRANSFORMS_HUB_URL={base!r} holds a control character (a stray newline?)")
     scheme = parts.scheme.lower()
-    if scheme not in URL_SCHEMES:
+    if scheme not in _URL_SCHEMES:
         windows = PureWindowsPath(base)  # C:\ckpts: its drive letter reads as a scheme
         local = windows.as_uri() if len(scheme) == 1 and windows.is_absolute() else "file:///absolute/path"
         raise ValueError(f"LATENT_TRANSFORMS_HUB_URL={base!r} has unsupported scheme {scheme!r}; use one of "
-                         f"{list(URL_SCHEMES)} (a local directory: {local})")
+                         f"{list(_URL_SCHEMES)} (a local directory: {local})")
     if scheme == "file" and parts.netloc not in ("", "localhost"):
         raise ValueError(f"LATENT_TRANSFORMS_HUB_URL={base!r} reads {parts.netloc!r} as a host name; a local directory "
                          f"is file:///absolute/path (three slashes), a Windows network share "
@@ -939,7 +939,7 @@ def _why(error: BaseException) -> str:
 def _status_hint(status: int, file: str) -> str:
     """What to do about an HTTP error status, or ""."""
     if status in (404, 410):
-        return f"; the server has no {file}: is {HUB_URL} the address of the folder that holds it?"
+        return f"; the server has no {file}: is {_HUB_URL} the address of the folder that holds it?"
     if status == 429 or status >= 500:
         return "; an error on the server's side, often passing: try again later"
     return ""
@@ -1045,7 +1045,7 @@ def _download(url: str, dest: Path, sha256: str, size: int | None = None) -> Non
     except HubError as e:
         if not page:
             raise
-        raise HubError(f"{e}; the server sent a web page (Content-Type: text/html), not the file: is {HUB_URL} the "
+        raise HubError(f"{e}; the server sent a web page (Content-Type: text/html), not the file: is {_HUB_URL} the "
                        f"address the files themselves are downloaded from (a raw download URL, not a page about them)?"
                        ) from None
     finally:
@@ -1095,7 +1095,7 @@ def fetch(name: str) -> Path:
     if cached.is_dir():  # a download could not take its place
         raise HubError(f"checkpoint {name!r} cannot be fetched: {looked}; remove that directory")
     if _offline():  # a cluster's compute node: the login node has the network, and the cache dir is shared
-        source = "" if os.environ.get(HUB_URL) else f" and {HUB_URL} set to the URL that serves {file}"
+        source = "" if os.environ.get(_HUB_URL) else f" and {_HUB_URL} set to the URL that serves {file}"
         raise HubError(f"checkpoint {name!r} is not available offline (LATENT_TRANSFORMS_OFFLINE is set); {looked}; "
                        f"fetch it beforehand where the network is reachable (on a cluster, the login node): "
                        f"`latent-transforms fetch {shlex.quote(name)}` with "

@@ -43,8 +43,10 @@ from .feature_covariance import COVARIANCES, FeatureCovariance, check_sync, chec
 from .modelutils import unwrap
 from .rng import generator_repr
 from .validation import (ClassCountError, Settings, WrongTypeError, bad_option, check_choice, check_count,
-                         check_device, check_labels, check_number, check_same_device, describe, name_dtype_clash,
-                         no_autocast, setting, wide_float)
+                         check_device, check_labels, check_number, check_same_device, describe, fixed_at_construction,
+                         name_dtype_clash, no_autocast, setting, wide_float)
+
+__all__ = ["ISDA", "ISDALoss", "isda_logits"]
 
 
 _HARD_LABELS_ONLY = (
@@ -159,7 +161,6 @@ def isda_logits(logits: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, cov
 class _ISDAState(Settings):
     """The estimator, the strength schedule ``lam = lambda0 * progress`` and the augmentation step."""
 
-    estimator: FeatureCovariance
     schedule_progress: torch.Tensor  # a buffer
     lambda0 = setting("lambda0", check_number)
 
@@ -175,6 +176,20 @@ class _ISDAState(Settings):
         self.register_buffer("schedule_progress", torch.zeros((), dtype=wide_float(torch.empty(0).device)))
         check_sync("sync_stats", sync_stats)  # named as the caller knows it
         self.estimator = FeatureCovariance(num_classes, feature_dim, covariance=covariance, sync_stats=sync_stats)
+
+    @property
+    def estimator(self) -> FeatureCovariance:
+        """The class statistics (``mean``, ``cov``, ``count``; in ``state_dict`` as ``estimator.*``), fixed at
+        construction (assigned, another was kept unchecked: its classes, form and gather unlike this one's)."""
+        return self._modules["estimator"]
+
+    @estimator.setter
+    def estimator(self, estimator: FeatureCovariance) -> None:
+        if "estimator" in self._modules and estimator is not self._modules["estimator"]:
+            raise fixed_at_construction(self, "estimator", "num_classes, covariance, feature_dim and sync_stats "
+                                        "describe its statistics", "load statistics with load_state_dict(...), add "
+                                        "classes with grow(n), or build a new " + type(self).__name__)
+        self._modules["estimator"] = estimator
 
     @property
     def num_classes(self) -> int:
@@ -298,7 +313,7 @@ class _ISDAState(Settings):
                 f"progress={self.progress}")
 
     def _estimator_repr(self) -> str:
-        sync = self.estimator.sync if self.estimator.group is None else "<process group>"
+        sync = self.sync_stats if isinstance(self.sync_stats, bool) else "<process group>"
         return f", feature_dim={self.estimator.feature_dim}, sync_stats={sync}"
 
 
@@ -648,9 +663,9 @@ class ISDA(_ISDAState, LatentTransform):
     """
 
     needs_model = True
-    takes_images = False  # it reads the classifier's features, never x: vectors, sequences, token ids pass
+    _takes_images = False  # it reads the classifier's features, never x: vectors, sequences, token ids pass
     needs_labels = True
-    accepted_labels = "(B,) int64 class indices"
+    _accepted_labels = "(B,) int64 class indices"
     layer = setting("layer", _check_layer_name)
 
     def __init__(self, num_classes: int, lambda0: float = 0.5, *, covariance: str = "full", layer: str | None = None,
@@ -753,7 +768,7 @@ class ISDA(_ISDAState, LatentTransform):
     def _check_ddp_group(self, ddp: nn.parallel.DistributedDataParallel) -> None:
         """``ValueError`` if ``ddp`` has a process group of its own while the statistics are shared over all ranks
         (they would be pooled over every rank, not the model's group)."""
-        if self.estimator.sync and self.estimator.group is None and ddp.process_group is not dist.group.WORLD:
+        if self.sync_stats is True and ddp.process_group is not dist.group.WORLD:
             raise not_about_the_batch(ValueError(
                 "the model's DistributedDataParallel has a process group of its own, but ISDA shares its statistics "
                 "over all ranks (sync_stats=True): give ISDA(..., sync_stats=<the model's process group>)"))

@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+__all__ = ["mix_labels", "to_soft"]
+
 
 def num_classes_of(y: torch.Tensor, num_classes: int | None) -> int | None:
     """The number of classes implied by soft labels, else ``num_classes``."""

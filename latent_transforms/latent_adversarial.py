@@ -15,6 +15,8 @@ from .modelutils import borrowed, logits_of
 from .perturbation import NORMS, ascent_direction, project, random_start, scaled_to_unit_max
 from .validation import check_bool, check_choice, check_count, check_number, setting
 
+__all__ = ["LatentAdversarial"]
+
 
 class LatentAdversarial(CodecTransform):
     """Projected gradient ascent on the classifier's cross-entropy in the standardised latent, within an eps-ball.

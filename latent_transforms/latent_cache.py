@@ -16,6 +16,8 @@ from .progress import progress_bar
 from .validation import (MissingFileError, Settings, check_bool, check_count, check_images, check_index,
                          resolve_device, setting, values_read)
 
+__all__ = ["LatentCache"]
+
 FORMAT = "latent-transforms-latent-cache/1"
 
 
@@ -64,8 +66,8 @@ class LatentCache(Settings, nn.Module):
     """
 
     latents: torch.Tensor  # buffers
-    signatures: torch.Tensor | None
-    projection: torch.Tensor
+    _image_signatures: torch.Tensor | None
+    _image_projection: torch.Tensor
     verify_images = setting("verify_images", check_bool)  # "no" read as true: the check stayed on
 
     @torch.inference_mode(False)  # built inside inference_mode, the latents refused load_state_dict for good
@@ -90,7 +92,7 @@ class LatentCache(Settings, nn.Module):
                 chunk = images[i:i + batch_size].to(codec_device)
                 latents[i:i + batch_size] = codec.encode_flat(chunk)
                 signatures[i:i + batch_size] = _signatures(chunk, projection)
-        self.codec_fingerprint = codec.fingerprint()  # after: an untrained Glow initialised its ActNorm on chunk one
+        self._codec_fingerprint = codec.fingerprint()  # after: an untrained Glow initialised its ActNorm on chunk one
         self.register_buffer("latents", latents)
         self._set_signatures(signatures, projection)
 
@@ -98,9 +100,9 @@ class LatentCache(Settings, nn.Module):
         """Buffers (they follow ``.to``) out of ``state_dict``'s tensors: the signatures (float32, whatever a file held)
         travel in its extra state."""
         device = self.latents.device
-        self.register_buffer("signatures", None if signatures is None else signatures.to(device, torch.float32),
+        self.register_buffer("_image_signatures", None if signatures is None else signatures.to(device, torch.float32),
                              persistent=False)
-        self.register_buffer("projection", projection.to(device), persistent=False)
+        self.register_buffer("_image_projection", projection.to(device), persistent=False)
 
     def _apply(self, fn, recurse: bool = True):
         """``.to(device)`` moves the latents and the image signatures. A cast to 16 bits moves the latents but keeps
@@ -108,7 +110,7 @@ class LatentCache(Settings, nn.Module):
         float32 under any cast (``.double()`` too): rounded to 16 bits they refused the cached images themselves,
         also after a cast back."""
         fn = without_16_bit_casts(fn)
-        kept = {k: getattr(self, k) for k in ("signatures", "projection") if getattr(self, k) is not None}
+        kept = {k: getattr(self, k) for k in ("_image_signatures", "_image_projection") if getattr(self, k) is not None}
         super()._apply(fn, recurse)
         for key, before in kept.items():
             after = getattr(self, key)
@@ -116,14 +118,15 @@ class LatentCache(Settings, nn.Module):
                 setattr(self, key, before.to(after.device))
         return self
 
-    def image_checks(self, x: torch.Tensor, index: torch.Tensor) -> list:
+    def _image_checks(self, x: torch.Tensor, index: torch.Tensor) -> list:
         """Whether ``x: (B, C, H, W)`` holds the cached images at ``index`` (on the cache's device, in range: judged
         before), as a ``(statistics, judge)`` pair for ``validation.check_batch``; none if ``verify_images`` is off or
         the cache was saved without signatures."""
-        if not self.verify_images or self.signatures is None:
+        if not self.verify_images or self._image_signatures is None:
             return []
         position = index.clamp(0, len(self) - 1)  # a position out of range is reported by the index check first
-        diff = (_signatures(x, self.projection) - self.signatures[position].to(self.projection.dtype)).abs().amax(1)
+        projection = self._image_projection
+        diff = (_signatures(x, projection) - self._image_signatures[position].to(projection.dtype)).abs().amax(1)
         worst, row = diff.max(0)  # indexing with a 0-d tensor would read it on the host: 1-d indices below
         tolerance = max(1e-4, 4 * torch.finfo(x.dtype).eps)  # float32 rounding; the rounding of a bf16 batch
         stats = torch.cat([worst.view(1), row.view(1).to(diff.dtype), position[row.view(1)].to(diff.dtype)])
@@ -177,7 +180,7 @@ class LatentCache(Settings, nn.Module):
                              f"LatentCache.save writes float32), got {signatures.dtype}")
         cache = cls.__new__(cls)
         nn.Module.__init__(cache)
-        cache.codec_fingerprint, cache.verify_images = meta["codec_fingerprint"], verify_images
+        cache._codec_fingerprint, cache.verify_images = meta["codec_fingerprint"], verify_images
         cache.register_buffer("latents", latents.to(device or codec.device, codec.dtype))  # as the constructor
         cache._set_signatures(signatures, _projection(math.prod(codec.image_shape)))
         return cache
@@ -186,24 +189,24 @@ class LatentCache(Settings, nn.Module):
         """Write the latents, the images' signatures, their sha256 and the codec's fingerprint to a ``.safetensors``
         file, atomically; returns the file's sha256."""
         tensors = {"latents": self.latents.detach().cpu().contiguous()}
-        if self.signatures is not None:
-            tensors["signatures"] = self.signatures.detach().cpu().float().contiguous()
+        if self._image_signatures is not None:
+            tensors["signatures"] = self._image_signatures.detach().cpu().float().contiguous()
         return hub.write_safetensors(path, tensors, {
-            "format": FORMAT, **hub.checksum_metadata(tensors), "codec_fingerprint": self.codec_fingerprint})
+            "format": FORMAT, **hub.checksum_metadata(tensors), "codec_fingerprint": self._codec_fingerprint})
 
     def get_extra_state(self) -> dict:
-        return {"codec_fingerprint": self.codec_fingerprint, "signatures": self.signatures}
+        return {"codec_fingerprint": self._codec_fingerprint, "signatures": self._image_signatures}
 
     def set_extra_state(self, state: dict) -> None:
         """The fingerprint (a transform then checks it against its own codec) and the loaded latents' image
         signatures: the old ones would refuse the images of the loaded latents and accept those they replaced. A
         state without them (saved before 2026-12-03) turns the image check off, as an old cache file does."""
-        self.codec_fingerprint = state["codec_fingerprint"]
+        self._codec_fingerprint = state["codec_fingerprint"]
         signatures = state.get("signatures")
         if signatures is not None and tuple(signatures.shape) != (len(self), 2):
             raise ValueError(f"signatures must be ({len(self)}, 2) for {len(self)} latents, got shape "
                              f"{tuple(signatures.shape)}")
-        self.signatures = None if signatures is None else signatures.to(self.latents.device, torch.float32)
+        self._image_signatures = None if signatures is None else signatures.to(self.latents.device, torch.float32)
 
     def extra_repr(self) -> str:
         """``N`` (as a transform's repr names its cache: ``cache=LatentCache(N)``), D, and the image check."""

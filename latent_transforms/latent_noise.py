@@ -13,15 +13,17 @@ from .codecs import Codec
 from .perturbation import NORMS, random_perturbation
 from .validation import check_choice, check_number, setting
 
+__all__ = ["LatentNoise"]
+
 
 # the eps 10 calibrated with glow-cifar10 (L2, over its 3,072 coordinates), per coordinate: the default for any codec
-DEFAULT_EPS_PER_COORDINATE = 10.0 / math.sqrt(3 * 32 * 32)
+_DEFAULT_EPS_PER_COORDINATE = 10.0 / math.sqrt(3 * 32 * 32)
 
 
 def default_eps(norm: str | None, coordinates: int) -> float:
-    """The default noise size: ``DEFAULT_EPS_PER_COORDINATE`` per coordinate, so an L2 norm of
-    ``DEFAULT_EPS_PER_COORDINATE * sqrt(coordinates)`` (10 for 3x32x32, 1.443 for 1x8x8); 4 significant digits."""
-    eps = DEFAULT_EPS_PER_COORDINATE * (math.sqrt(coordinates) if norm == "l2" else 1.0)
+    """The default noise size: ``_DEFAULT_EPS_PER_COORDINATE`` per coordinate, so an L2 norm of
+    ``_DEFAULT_EPS_PER_COORDINATE * sqrt(coordinates)`` (10 for 3x32x32, 1.443 for 1x8x8); 4 significant digits."""
+    eps = _DEFAULT_EPS_PER_COORDINATE * (math.sqrt(coordinates) if norm == "l2" else 1.0)
     return float(f"{eps:.4g}")
 
 

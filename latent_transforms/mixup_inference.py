@@ -15,6 +15,8 @@ from .rng import GeneratorSource, generator_repr
 from .validation import (Settings, check_count, check_images, check_model, check_number, fixed_at_construction,
                          setting, values_read)
 
+__all__ = ["LatentMixupInference"]
+
 
 def _checked_model(name: str, model: object) -> nn.Module:
     """``model`` if it is an ``nn.Module`` (``check_model``'s message), as ``setting`` checks it."""
@@ -49,6 +51,8 @@ class LatentMixupInference(Settings, ChecksCodecStates, SampleStats, nn.Module):
         before clipping is replaced by the input itself (the model sees ``x`` for that mix), as the transforms
         reject implausible decodes; the others are clipped to [0, 1]. ``stats`` counts decoded mixes, in both
         modes: ``seen`` (``num_mixes`` per input), ``transformed`` (kept), ``rejected`` (replaced by the input).
+        ``reference_latents``, ``(N, D)`` in the codec's dtype, the references encoded once: a buffer, in
+        ``state_dict``.
     """
 
     reference_latents: torch.Tensor  # a buffer

@@ -12,7 +12,7 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
 # -- the classifier -----------------------------------------------------------------------------------
-class BasicBlock(nn.Module):
+class _BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
@@ -51,7 +51,7 @@ class CifarResNet18(nn.Module):
         blocks, cin = [], width
         for i, stride in enumerate((1, 2, 2, 2)):
             cout = width * 2**i
-            blocks += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
+            blocks += [_BasicBlock(cin, cout, stride), _BasicBlock(cout, cout, 1)]
             cin = cout
         self.layers = nn.Sequential(*blocks)
         self.fc = nn.Linear(cin, num_classes)

@@ -17,6 +17,8 @@ from torch.nn.parallel import DistributedDataParallel
 from .base import not_about_the_batch
 from .validation import check_model, name_dtype_clash
 
+__all__ = ["borrowed"]
+
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The local module of a DDP/DataParallel wrapper, also one under ``torch.compile`` (an attack needs no gradient

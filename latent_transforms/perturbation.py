@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+__all__: list[str] = []  # the package's own machinery: none of it is API (docs/api.md)
+
 NORMS = ("l2", "linf")
 
 

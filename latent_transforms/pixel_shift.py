@@ -12,7 +12,9 @@ import torch.nn.functional as F
 from .rng import draw_generator
 from .validation import check_bool, check_choice, check_count, check_image_shape
 
-PADDING_MODES = ("zeros", "reflect")
+__all__: list[str] = []  # the package's own machinery: none of it is API (docs/api.md)
+
+_PADDING_MODES = ("zeros", "reflect")
 
 
 def random_shift_flip(x: torch.Tensor, max_shift: int, flips: bool, padding: str = "zeros",
@@ -29,7 +31,7 @@ def random_shift_flip(x: torch.Tensor, max_shift: int, flips: bool, padding: str
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     check_image_shape(x, allow_empty=True)  # C = 0: reflection padding raised torch's own error
-    check_choice("padding", padding, PADDING_MODES)
+    check_choice("padding", padding, _PADDING_MODES)
     check_bool("flips", flips)
     b, _, h, w = x.shape
     max_shift = check_count("max_shift", max_shift)

@@ -7,6 +7,8 @@ import sys
 from tqdm.auto import tqdm
 from tqdm.asyncio import tqdm as text_tqdm  # what tqdm.auto gives outside notebooks
 
+__all__: list[str] = []  # the package's own machinery: none of it is API (docs/api.md)
+
 LOG_INTERVAL = 30.0  # seconds between the updates of a bar written to a file (tqdm's 0.1 s: 36,000 lines an hour)
 
 

@@ -15,6 +15,8 @@ from torch.utils.data import get_worker_info
 
 from .validation import WrongTypeError, text_hint
 
+__all__ = ["random_partners", "sample_beta"]
+
 _RANK_STRIDE = 1_000_003  # a prime, so rank streams do not collide for nearby seeds
 _CHILD_STRIDE = 999_983  # another: the offset of a process multiprocessing started
 _SEED_LOCK = threading.Lock()  # module-wide: a generator source with a lock of its own would not pickle
@@ -47,7 +49,7 @@ def _child_number() -> int:
     return number
 
 
-def check_generator(spec: object) -> torch.Generator | int | None:
+def _check_generator(spec: object) -> torch.Generator | int | None:
     """``spec`` if it is ``None``, an ``int`` seed in ``torch.Generator.manual_seed``'s range (as an ``int``) or a
     ``torch.Generator``."""
     if isinstance(spec, bool) or not (spec is None or isinstance(spec, (numbers.Integral, torch.Generator))):
@@ -80,7 +82,7 @@ def draw_generator(spec: object, device: torch.device) -> torch.Generator | None
     """The generator of a codec's own draws (``sample``, a VAE's posterior sample): ``None``, torch's global RNG, as
     torch's functions; an ``int``, a new generator on ``device`` seeded with it (the same seed, the same draws); a
     ``torch.Generator`` as given, if it is on ``device`` (``ValueError`` otherwise)."""
-    spec = check_generator(spec)
+    spec = _check_generator(spec)
     if isinstance(spec, torch.Generator):
         return check_generator_device(spec, torch.device(device))
     return torch.Generator(device).manual_seed(spec) if isinstance(spec, int) else spec
@@ -103,7 +105,7 @@ class GeneratorSource:
     _parent_rank = 0  # the rank of the process a copy came from (see __getstate__)
 
     def __init__(self, spec: torch.Generator | int | None = None):
-        self.spec = check_generator(spec)
+        self.spec = _check_generator(spec)
         self._per_device: dict[str, torch.Generator] = {}
         self._process = _process()
 

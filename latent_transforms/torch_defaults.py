@@ -8,6 +8,8 @@ from typing import Iterator
 
 import torch
 
+__all__: list[str] = []  # the package's own machinery: none of it is API (docs/api.md)
+
 _DEFAULT_DTYPE_LOCK = threading.RLock()  # torch's default dtype is process-wide: one codec build sets it at a time
 
 

@@ -46,20 +46,22 @@ __all__ = ["train_codec", "eval_codec", "default_config", "save_training_state",
 
 STATE_FORMAT = "latent-transforms-train-state/1"
 ACTNORM_INIT_BATCH = 512
-MAX_SEED = 2**32 - 1  # seeds in [0, 2**32), as NumPy's: the batch order seeds a generator with seed * 1_000_003 + epoch
-MAX_LR = 1.0  # Adam and Adamax move each weight by up to about lr a step: beyond 1, only overflow (lr 1e38: a traceback)
+# seeds in [0, 2**32), as NumPy's: the batch order seeds a generator with seed * 1_000_003 + epoch
+_MAX_SEED = 2**32 - 1
+# Adam and Adamax move each weight by up to about lr a step: beyond 1, only overflow (lr 1e38: a traceback)
+_MAX_LR = 1.0
 ROUNDTRIP_TOL = 1e-3  # max |decode(encode(x)) - x| a stored flow may have (else fp16 falls back to fp32)
 VAE_FP16_TOL = 1e-2  # max |reconstruction(fp16 copy) - reconstruction(fp32)| for a VAE
 MIN_VAE_KL = 1.0  # nats per image: a VAE whose latent carries less has collapsed (vae-digits carries 3.7)
-MAX_NONFINITE_IN_A_ROW = 20
+_MAX_NONFINITE_IN_A_ROW = 20
 # what stops a run at the next step boundary, saved: Ctrl-C, the usual termination, and SLURM's warning before the
 # time limit (`#SBATCH --signal=USR1@120`); no SIGUSR1 on Windows
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
+_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
 
 
 # -- what differs per codec kind -----------------------------------------------------------------------
 @dataclass(frozen=True)
-class TrainingRecipe:
+class _TrainingRecipe:
     """How ``train_codec`` builds, trains, evaluates and reports one codec kind: an entry of ``RECIPES``."""
 
     name: str  # the kind as train_codec and the CLI take it
@@ -154,13 +156,13 @@ def _vae_fp16_error(codec: Codec, stored: Codec, probe: torch.Tensor) -> tuple[f
 
 # by codec kind (``codec.kind``)
 RECIPES = {
-    "glow": TrainingRecipe(
+    "glow": _TrainingRecipe(
         name="flow", label="flow (Glow)", settings=("levels", "steps", "hidden"),
         settings_note="; a flow's latent has the size of the image", base_config=_glow_config,
         optimizer=torch.optim.Adamax, grad_clip=50.0, actnorm=True, sample_temperature=0.7,
         bar_metrics={"bits/dim": ".3f"}, batch_metrics=_glow_batch_metrics, quality={"bits_per_dim": 4},
         fp16_error=_glow_fp16_error, weakness=_glow_weakness),
-    "vae": TrainingRecipe(
+    "vae": _TrainingRecipe(
         name="vae", label="VAE", settings=("latent_dim", "hidden", "beta", "latent_side", "decoder_blocks"),
         settings_note="", base_config=lambda h, w, num_bins: {"latent_dim": 64, "hidden": 64, "beta": 1.0},
         optimizer=torch.optim.Adam, grad_clip=None, actnorm=False, sample_temperature=1.0,
@@ -457,7 +459,7 @@ def _check_train_args(x_train: torch.Tensor, x_test: torch.Tensor | None, name: 
         check_count("max_steps", max_steps, low=1)
     if max_minutes is not None:
         check_number("max_minutes", max_minutes, low_open=True)
-    check_number("lr", lr, high=MAX_LR, low_open=True)
+    check_number("lr", lr, high=_MAX_LR, low_open=True)
     check_count("warmup_steps", warmup_steps)
     if grad_clip is not None:
         check_number("grad_clip", grad_clip, low_open=True)
@@ -465,7 +467,7 @@ def _check_train_args(x_train: torch.Tensor, x_test: torch.Tensor | None, name: 
     check_count("checkpoint_every", checkpoint_every, low=1)
     if ema_decay is not None:
         check_number("ema_decay", ema_decay, high=1.0, low_open=True, high_open=True)
-    check_count("seed", seed, high=MAX_SEED)
+    check_count("seed", seed, high=_MAX_SEED)
     for flag, value in flags.items():
         check_bool(flag, value)
     if check_count("translate", translate) >= min(x_train.shape[2:]):
@@ -483,7 +485,7 @@ def _check_train_args(x_train: torch.Tensor, x_test: torch.Tensor | None, name: 
                                  f"the training state), got {shown}") from None
 
 
-def refuse_other_kind_settings(codec_kind: str, settings: dict, spell=str) -> None:
+def _refuse_other_kind_settings(codec_kind: str, settings: dict, spell=str) -> None:
     """``ValueError`` naming (as ``spell(name)``) each setting of another codec kind that is not None."""
     own = RECIPES[codec_kind]
     for other in RECIPES.values():
@@ -498,7 +500,7 @@ def _codec_config(codec_kind: str, image_shape: tuple[int, int, int], num_bins: 
                   settings: dict) -> dict:
     """``default_config()`` with the codec ``settings`` (by name) of ``codec_kind`` (another kind's must be None),
     then ``config``."""
-    refuse_other_kind_settings(codec_kind, settings)
+    _refuse_other_kind_settings(codec_kind, settings)
     overrides = {n: settings[n] for n in RECIPES[codec_kind].settings}
     return default_config(codec_kind, image_shape, num_bins, **{**overrides, **(config or {})})
 
@@ -591,7 +593,7 @@ class _TrainingRun:
     state_path: Path
     x: torch.Tensor  # (N, C, H, W) float32 training images on ``device``
     device: torch.device
-    recipe: TrainingRecipe
+    recipe: _TrainingRecipe
     batch_size: int
     steps_per_epoch: int
     seed: int
@@ -605,7 +607,7 @@ class _TrainingRun:
     checkpoint_every: int
     loss_fn: Callable[[torch.Tensor], tuple[torch.Tensor, dict]]  # codec.loss, or a torch.compile of it
     nonfinite_in_a_row: int = field(default=0, init=False)
-    stop_signal: int | None = field(default=None, init=False)  # one of STOP_SIGNALS, received while training
+    stop_signal: int | None = field(default=None, init=False)  # one of _STOP_SIGNALS, received while training
 
     def checkpoint(self) -> None:
         """Save codec, optimizer, RNG state, weight average and ``info`` to ``state_path``."""
@@ -641,7 +643,7 @@ class _TrainingRun:
         at least one step: a limit shorter than the call's set-up would otherwise train nothing on every call.
 
         Checkpoints every ``checkpoint_every`` steps and at the end; shows a tqdm bar titled ``bar_desc`` unless it
-        is None. One of ``STOP_SIGNALS`` (see ``_defer_signals``) ends the loop at the next step boundary, like the
+        is None. One of ``_STOP_SIGNALS`` (see ``_defer_signals``) ends the loop at the next step boundary, like the
         time limit, and is left in ``stop_signal``. Returns whether the run is complete.
         """
         step = self.info["step"]
@@ -707,14 +709,14 @@ class _TrainingRun:
         return self.info["complete"]
 
     def _defer_signals(self, say) -> dict:
-        """In the main thread, make ``STOP_SIGNALS`` (unless ignored) set ``stop_signal`` for the loop to stop at
+        """In the main thread, make ``_STOP_SIGNALS`` (unless ignored) set ``stop_signal`` for the loop to stop at
         the next step boundary; the first one puts their handlers back, so that a second one acts at once.
 
         Returns the handlers replaced (none in another thread: only the main thread gets signals and may set them).
         """
         if threading.current_thread() is not threading.main_thread():
             return {}
-        replaced = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+        replaced = {s: signal.getsignal(s) for s in _STOP_SIGNALS}
         replaced = {s: h for s, h in replaced.items() if h not in (signal.SIG_IGN, None)}  # None: set outside Python
 
         def stop(signum, frame):
@@ -745,7 +747,7 @@ class _TrainingRun:
         """One optimizer step at ``lr_now`` on the loss of ``xb`` (B, C, H, W); returns ``codec.loss(xb)``.
 
         A non-finite loss or gradient skips the update (the schedule goes on; a NaN gradient would have made every
-        weight NaN, clipped or not); ``MAX_NONFINITE_IN_A_ROW`` of them in a row raise ``FloatingPointError``.
+        weight NaN, clipped or not); ``_MAX_NONFINITE_IN_A_ROW`` of them in a row raise ``FloatingPointError``.
         """
         for group in self.optimizer.param_groups:
             group["lr"] = lr_now
@@ -765,7 +767,7 @@ class _TrainingRun:
         else:
             self.info["nonfinite_steps"] += 1
             self.nonfinite_in_a_row += 1
-            if self.nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW:
+            if self.nonfinite_in_a_row >= _MAX_NONFINITE_IN_A_ROW:
                 raise FloatingPointError(
                     f"{self.nonfinite_in_a_row} non-finite losses or gradients in a row at step {step}; lower the "
                     f"learning rate (lr={self.lr}) or grad_clip and start afresh (--no-resume), or check the data"
@@ -773,7 +775,7 @@ class _TrainingRun:
         return loss, metrics
 
 
-def _store(codec: Codec, recipe: TrainingRecipe, ckpt: Path, fp16: bool, probe: torch.Tensor, name: str,
+def _store(codec: Codec, recipe: _TrainingRecipe, ckpt: Path, fp16: bool, probe: torch.Tensor, name: str,
            dev: torch.device, say) -> tuple[Codec, str, torch.dtype, str | None]:
     """Save ``codec`` to ``ckpt`` and load it back: as float16 if ``fp16`` and that copy stays accurate on the
     images ``probe`` (B, C, H, W), else as float32.
@@ -797,7 +799,7 @@ def _store(codec: Codec, recipe: TrainingRecipe, ckpt: Path, fp16: bool, probe: 
     return hub.load_checkpoint(ckpt, dev), sha, torch.float32, fallback
 
 
-def _fp16_inaccuracy(codec: Codec, stored: Codec, recipe: TrainingRecipe, probe: torch.Tensor) -> str | None:
+def _fp16_inaccuracy(codec: Codec, stored: Codec, recipe: _TrainingRecipe, probe: torch.Tensor) -> str | None:
     """Why ``stored``, the float16 copy of ``codec``, is not accurate enough on ``probe`` (B, C, H, W), or None."""
     err, tol, what = recipe.fp16_error(codec, stored, probe)
     return None if err <= tol else f"{what} {err:.2e} > {tol}"
@@ -1198,12 +1200,12 @@ def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
     g.add_argument("--max-minutes", type=POSITIVE_FLOAT,
                    help="with --epochs/--max-steps: this call's time limit (then resume); alone: the run's length")
     g.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="(default 64)")
-    g.add_argument("--lr", type=option(check_number, float, high=MAX_LR, low_open=True), default=1e-3,
-                   help=f"peak learning rate, at most {MAX_LR:g} (default 1e-3)")
+    g.add_argument("--lr", type=option(check_number, float, high=_MAX_LR, low_open=True), default=1e-3,
+                   help=f"peak learning rate, at most {_MAX_LR:g} (default 1e-3)")
     g.add_argument("--grad-clip", type=POSITIVE_FLOAT, help="max gradient norm (default 50 for flows, none for VAEs)")
     g.add_argument("--ema", type=option(check_number, float, high=1.0, low_open=True, high_open=True), metavar="DECAY",
                    help="save an exponential moving average of the weights with this decay, e.g. 0.999")
-    g.add_argument("--seed", type=option(check_count, high=MAX_SEED), default=0,
+    g.add_argument("--seed", type=option(check_count, high=_MAX_SEED), default=0,
                    help="seeds weights, batches, noise, flips and shifts: an int in [0, 2**32) (default 0)")
     g.add_argument("--flips", action="store_true", help="random horizontal flips (not for digits or text)")
     g.add_argument("--translate", type=option(check_count), default=0, metavar="PIXELS",
@@ -1251,7 +1253,7 @@ def _cmd_train(args: argparse.Namespace) -> dict:
     if test_spec is not None:
         description += f"; tested on {test_spec}{' (test split)' if test_spec in SPLIT_SPECS else ''}"
     kwargs = {setting: getattr(args, setting) for setting in RECIPES[codec_kind].settings}
-    refuse_other_kind_settings(codec_kind, vars(args), spell=lambda name: "--" + name.replace("_", "-"))
+    _refuse_other_kind_settings(codec_kind, vars(args), spell=lambda name: "--" + name.replace("_", "-"))
     options = dict(**kwargs, epochs=args.epochs, max_steps=args.max_steps, max_minutes=args.max_minutes,
                    batch_size=args.batch_size, lr=args.lr, grad_clip=args.grad_clip, ema_decay=args.ema, seed=args.seed,
                    flips=args.flips, translate=args.translate, compile=args.compile, device=args.device, fp16=args.fp16,

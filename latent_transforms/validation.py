@@ -20,22 +20,24 @@ from typing import TYPE_CHECKING, Any, Callable, Generic, Iterator, TypeVar, cas
 
 import torch
 
-IMAGE_RANGE_TOL = 1e-3
-SOFT_LABEL_TOL = 1e-3
+__all__ = ["WrongTypeError", "MissingFileError", "check_number", "check_count", "check_choice", "values_read"]
+
+_IMAGE_RANGE_TOL = 1e-3
+_SOFT_LABEL_TOL = 1e-3
 # what a batch of vectors (tabular data, 1-D signals) is told where images are due
-VECTORS_HINT = ("; (B, D) vectors? ISDA takes any (B, ...) tensor; the latent methods take images: a codec of your "
+_VECTORS_HINT = ("; (B, D) vectors? ISDA takes any (B, ...) tensor; the latent methods take images: a codec of your "
                 "own (docs/training.md#your-own-model-as-a-codec) with image_shape (1, 1, D) takes vectors scaled to "
                 "[0, 1] as {name}.view(len({name}), 1, 1, -1)")
 # what a 5-d batch is told: the frames of video clips, or the slices of 3-D volumes, are a batch of images
-VIDEO_HINT = ("; video clips (B, T, C, H, W)? {name}.flatten(0, 1) makes their frames a (B*T, C, H, W) batch, each "
+_VIDEO_HINT = ("; video clips (B, T, C, H, W)? {name}.flatten(0, 1) makes their frames a (B*T, C, H, W) batch, each "
               "frame transformed on its own (unlike its neighbours; the same draws for a clip's frames: "
               "docs/composition.md#video-clips), with the labels repeated per frame, y.repeat_interleave(T) "
               "(x2.unflatten(0, (B, T)) gives the clips back)")
-VOLUME_HINT = ("; 3-D volumes (B, C, D, H, W)? {name}.movedim(2, 1).flatten(0, 1) makes their slices a (B*D, C, H, W) "
+_VOLUME_HINT = ("; 3-D volumes (B, C, D, H, W)? {name}.movedim(2, 1).flatten(0, 1) makes their slices a (B*D, C, H, W) "
                "batch, each slice transformed on its own (differently from its neighbours), with the labels repeated "
                "per slice, y.repeat_interleave(D) (x2.unflatten(0, (B, D)).movedim(1, 2) gives the volumes back)")
 # what a transform's call is told for labels that look like other targets (multi-label, regression, several of them)
-TARGETS_HINT = ("; targets that are not class labels (multi-hot, regression, a dict of them)? a method that reads no "
+_TARGETS_HINT = ("; targets that are not class labels (multi-hot, regression, a dict of them)? a method that reads no "
                 "labels (LatentNoise, LatentAdversarial(target='pred')) takes y=None; a label mix (VarMixup, MixUp) "
                 "given y=torch.eye(len(x), device=x.device) returns the (B, B) weights w it mixed the samples with, "
                 "and w @ targets mixes yours alike (docs/composition.md#multi-label-and-regression-targets); ISDA and "
@@ -178,10 +180,10 @@ POSITIVE_INT = option(check_count, low=1)  # argparse types of the common option
 POSITIVE_FLOAT = option(check_number, float, low_open=True)
 
 
-ChoiceT = TypeVar("ChoiceT")
+_ChoiceT = TypeVar("_ChoiceT")
 
 
-def check_choice(name: str, value: object, choices: tuple[ChoiceT, ...]) -> ChoiceT:
+def check_choice(name: str, value: object, choices: tuple[_ChoiceT, ...]) -> _ChoiceT:
     """``value`` if it is one of ``choices`` (``WrongTypeError`` if it is of none of their types)."""
     if not any(value is c or (c is not None and isinstance(value, type(c)) and not isinstance(value, bool)
                               and value == c) for c in choices):
@@ -189,7 +191,7 @@ def check_choice(name: str, value: object, choices: tuple[ChoiceT, ...]) -> Choi
                                             and not isinstance(value, bool)) for c in choices)
         hint = text_hint(value, none_allowed=None in choices)
         raise bad_option(f"{name} must be one of {choices}, got {value!r}{hint}", right_type=not wrong_type)
-    return cast(ChoiceT, value)  # equal to one of them
+    return cast(_ChoiceT, value)  # equal to one of them
 
 
 SettingT = TypeVar("SettingT")
@@ -258,14 +260,14 @@ class Settings:
             object.__setattr__(self, name, value)
             return
         if held is _ABSENT and name[:1] != "_" and not hasattr(self, name) and _is_library_class(type(self)):
-            meant = close_names(name, settings_of(type(self)), 3, cutoff=MISSPELLING)
+            meant = close_names(name, _settings_of(type(self)), 3, cutoff=_MISSPELLING)
             if meant:
-                raise misspelled_setting(self, name, meant)
+                raise _misspelled_setting(self, name, meant)
         super().__setattr__(name, value)
 
 
 _ABSENT = object()
-MISSPELLING = 0.8  # difflib's ratio from which a new name is read as a setting misspelled: 'alpah' is 0.8 of 'alpha'
+_MISSPELLING = 0.8  # difflib's ratio from which a new name is read as a setting misspelled: 'alpah' is 0.8 of 'alpha'
 
 
 def _is_library_class(cls: type) -> bool:
@@ -274,7 +276,7 @@ def _is_library_class(cls: type) -> bool:
 
 
 @functools.cache
-def settings_of(cls: type) -> tuple[str, ...]:
+def _settings_of(cls: type) -> tuple[str, ...]:
     """The public settings of ``cls``: its properties that take an assignment, sorted."""
     return tuple(k for k in dir(cls) if k[:1] != "_" and isinstance(getattr(cls, k), property) and getattr(cls, k).fset)
 
@@ -286,13 +288,13 @@ def close_names(name: str, names: collections.abc.Iterable[str], n: int = 1, cut
     return [lowered[k] for k in difflib.get_close_matches(name.lower(), list(lowered), n=n, cutoff=cutoff)]
 
 
-def misspelled_setting(owner: object, name: str, meant: list[str]) -> AttributeError:
+def _misspelled_setting(owner: object, name: str, meant: list[str]) -> AttributeError:
     """The error for a new public ``name`` assigned to ``owner`` that misspells its settings ``meant``."""
     cls = type(owner).__name__
     return AttributeError(
         f"{cls} has no setting {name!r} (did you mean {' or '.join(map(repr, meant))}?): assigned, it would be a new "
         f"attribute that {cls} never reads, and the setting meant would keep its value. Its settings: "
-        f"{', '.join(settings_of(type(owner)))}. For an attribute of your own, use a name starting with '_' or a "
+        f"{', '.join(_settings_of(type(owner)))}. For an attribute of your own, use a name starting with '_' or a "
         f"subclass of {cls}")
 
 
@@ -408,7 +410,7 @@ def check_image_shape(x: torch.Tensor, name: str = "x", allow_empty: bool = Fals
         one, grey = (f"; one image? {name}.unsqueeze(0) makes it a batch of one",
                      f"; a batch of grey (B, H, W) images? {name}.unsqueeze(1) adds the channel")
         # (1, H, W): either gives (1, 1, H, W); (3, H, W): a colour image or 3 grey ones
-        hint = {1: one, 3: one + grey}.get(x.shape[0], grey) if x.ndim == 3 else VECTORS_HINT.format(name=name) \
+        hint = {1: one, 3: one + grey}.get(x.shape[0], grey) if x.ndim == 3 else _VECTORS_HINT.format(name=name) \
             if x.ndim == 2 else _five_dims_hint(x, name) if x.ndim == 5 else ""
         raise ValueError(f"{name} must have shape (B, C, H, W), got {x.ndim} dims with shape {tuple(x.shape)}{hint}")
     if x.shape[0] == 0 and not allow_empty:
@@ -422,7 +424,7 @@ def _five_dims_hint(x: torch.Tensor, name: str) -> str:
     """How to make a 5-d ``x`` a batch of images: the frames of video clips ``(B, T, C, H, W)``, the slices of 3-D
     volumes ``(B, C, D, H, W)``; the reading whose channels are 1 or 3 where only one's are, else both."""
     video, volume = x.shape[2] in (1, 3), x.shape[1] in (1, 3)
-    hints = [h for h, fits in ((VIDEO_HINT, video or not volume), (VOLUME_HINT, volume or not video)) if fits]
+    hints = [h for h, fits in ((_VIDEO_HINT, video or not volume), (_VOLUME_HINT, volume or not video)) if fits]
     return "".join(h.format(name=name) for h in hints) + "; ISDA takes any (B, ...) tensor"
 
 
@@ -450,8 +452,8 @@ def _conversion_hint(x: torch.Tensor, name: str) -> str:
 def _deep_hint(value: str, hi: float | None = None) -> str:
     """What intensities of more than 8 bits (``value``, an expression of them in float) are told: divide them by
     their bit depth's maximum (``hi``: the largest value found, if known, whose least bit depth is named; within
-    ``IMAGE_RANGE_TOL`` of a depth's maximum counts as it)."""
-    bits = 0 if hi is None else math.ceil(math.log2(hi - IMAGE_RANGE_TOL + 1))  # an integer's bit_length()
+    ``_IMAGE_RANGE_TOL`` of a depth's maximum counts as it)."""
+    bits = 0 if hi is None else math.ceil(math.log2(hi - _IMAGE_RANGE_TOL + 1))  # an integer's bit_length()
     found = f"; {2 ** bits - 1} if they are {bits}-bit" if bits and bits not in (12, 16) else ""
     return (f"divide them by the maximum of the data's bit depth, the same for every batch: {value} / 4095 for 12-bit "
             f"data, {value} / 65535 for 16-bit{found}")
@@ -502,20 +504,20 @@ def _judge_finite(x: torch.Tensor, name: str, lo: float, hi: float) -> None:
 
 def _judge_images(x: torch.Tensor, name: str, lo: float, hi: float) -> None:
     _judge_finite(x, name, lo, hi)
-    if lo < -IMAGE_RANGE_TOL or hi > 1 + IMAGE_RANGE_TOL:
+    if lo < -_IMAGE_RANGE_TOL or hi > 1 + _IMAGE_RANGE_TOL:
         if lo >= -0.1 and hi <= 1.1:
             hint = "a resampling (bicubic, antialiased) or noise step overshoots: clamp its output with x.clamp(0, 1)"
-        elif lo >= -IMAGE_RANGE_TOL and 2 < hi <= 255 + IMAGE_RANGE_TOL:  # 8-bit intensities made float, not scaled
+        elif lo >= -_IMAGE_RANGE_TOL and 2 < hi <= 255 + _IMAGE_RANGE_TOL:  # 8-bit intensities made float, not scaled
             hint = "these look like 0-255 intensities: divide them by 255"
         elif lo >= -0.1 and hi <= 2:
             hint = "a step scales or shifts them past 1 (brightness, contrast, a gain): clamp its output with x.clamp(0, 1)"
-        elif lo >= -0.5 and 1 + IMAGE_RANGE_TOL < hi <= 2:  # both ways past [0, 1], not far: added noise
+        elif lo >= -0.5 and 1 + _IMAGE_RANGE_TOL < hi <= 2:  # both ways past [0, 1], not far: added noise
             hint = "a step adds noise or shifts them past [0, 1] (Gaussian noise, contrast): clamp its output with " \
                    "x.clamp(0, 1)"
-        elif lo >= -1 - IMAGE_RANGE_TOL and hi <= 1 + IMAGE_RANGE_TOL:
+        elif lo >= -1 - _IMAGE_RANGE_TOL and hi <= 1 + _IMAGE_RANGE_TOL:
             hint = "these look like images scaled to [-1, 1] (Normalize(0.5, 0.5)): give (x + 1) / 2, and normalise " \
                    "inside the model, after augmentation"
-        elif lo >= -IMAGE_RANGE_TOL and hi <= 65535 + IMAGE_RANGE_TOL:  # 12- or 16-bit intensities made float
+        elif lo >= -_IMAGE_RANGE_TOL and hi <= 65535 + _IMAGE_RANGE_TOL:  # 12- or 16-bit intensities made float
             hint = "these look like intensities of more than 8 bits: " + _deep_hint(name, hi)
         elif max(-lo, hi) > 255:  # far past what mean/std normalisation gives: raw values, CT's Hounsfield units
             hint = "these look like values in physical units: " + _raw_hint(name)
@@ -551,7 +553,7 @@ def check_labels(y: torch.Tensor, batch_size: int, num_classes: int | None = Non
 def _label_form(y: torch.Tensor, batch_size: int, num_classes: int | None, name: str, batch_name: str = "x",
                 targets_hint: str = "") -> bool:
     """Everything but the values of ``check_labels``; whether there are values to check. ``targets_hint`` ends the
-    messages refusing what may be targets other than class labels (a transform's call: ``TARGETS_HINT``)."""
+    messages refusing what may be targets other than class labels (a transform's call: ``_TARGETS_HINT``)."""
     if not isinstance(y, torch.Tensor):  # a dict of targets; a list of them (detection's, a dict per image) or tensors
         targets = isinstance(y, collections.abc.Mapping) or is_sequence(y) and any(
             isinstance(t, collections.abc.Mapping) or isinstance(t, torch.Tensor) and t.ndim > 0 for t in y)
@@ -629,7 +631,7 @@ def _judge_labels(y: torch.Tensor, name: str, num_classes: int | None, stats: li
     if not finite:
         raise ValueError(f"{name} soft labels contain NaN or inf")
     off = abs(worst_sum - 1) > row_sum_tolerance(y.dtype)
-    if low < -SOFT_LABEL_TOL:  # with rows off 1 too: a model's logits, not its probabilities
+    if low < -_SOFT_LABEL_TOL:  # with rows off 1 too: a model's logits, not its probabilities
         raise ValueError(f"{name} soft labels have a negative entry {low:.4g}"
                          + (f"; logits? pass probabilities, {name}.softmax(1)" if off else "") + targets_hint)
     if off:  # a row of zeros: pseudo-labels multiplied by a confidence mask, or a multi-hot row of no class
@@ -643,7 +645,7 @@ def row_sum_tolerance(dtype: torch.dtype, mixes: bool = True) -> float:
     (bf16: 0.0078); soft labels (``mixes``) 4 steps of it (fp16: 0.0039, bf16: 0.031), as each mix in a 16-bit
     dtype rounds a row's sum by up to about one step: one-hot labels mixed 3 times in fp16 summed to 1.0012 (bf16:
     1.0104); 5 times, up to 1.0015 (bf16: 1.0133)."""
-    return max(SOFT_LABEL_TOL, (4 if mixes else 1) * torch.finfo(dtype).eps)
+    return max(_SOFT_LABEL_TOL, (4 if mixes else 1) * torch.finfo(dtype).eps)
 
 
 def check_device(what: str, device: torch.device, x: torch.Tensor, x_is: str = "x is") -> None:
@@ -723,7 +725,7 @@ def _judge_index(size: int | None, lo: float, hi: float) -> None:
         raise ValueError(f"index has positions outside [0, {size}): min {lo}, max {hi}")
 
 
-def check_samples(x: torch.Tensor, name: str = "x") -> None:
+def _check_samples(x: torch.Tensor, name: str = "x") -> None:
     """Check ``x``: a tensor with the samples along its first dimension, ``(B, ...)`` of any dtype (vectors,
     sequences, spectrograms, token ids, images), none of its other dimensions empty, for a caller that never reads
     its values (ISDA)."""
@@ -744,7 +746,7 @@ def check_batch(x: torch.Tensor, y: torch.Tensor | None, num_classes: int | None
     """The checks of every ``t(x, y, model, index=...)`` call: images, labels (``None``: an unlabelled batch) and
     index agree on the batch (``index`` in ``[0, index_size)`` when the size is known). ``allow_uint8``: ``uint8``
     images pass too (for a ``Compose`` whose first step is a torchvision v2 transform or a
-    callable). ``images=False``: ``x`` is any ``(B, ...)`` tensor (``check_samples``; finite if floating), for a
+    callable). ``images=False``: ``x`` is any ``(B, ...)`` tensor (``_check_samples``; finite if floating), for a
     caller that never reads it. The shapes, dtypes and devices are checked first, then every value at once: one host
     sync per call (none with ``values=False``). ``more_checks()``: a caller's own ``(statistics, judge)`` pairs, made once the forms
     passed, judged last in the same read. ``uint8_hint`` ends the message refusing ``uint8`` images. A batch of none
@@ -752,7 +754,7 @@ def check_batch(x: torch.Tensor, y: torch.Tensor | None, num_classes: int | None
     if images:
         image_values, finite_values = _image_form(x, "x", allow_uint8, uint8_hint, allow_empty=True), False
     else:  # any tensor: float values must be finite (NaN would reach the model's features), in any range
-        check_samples(x)
+        _check_samples(x)
         image_values, finite_values = False, x.is_floating_point()
     for name, t in (("y", y), ("index", index)):
         if isinstance(t, torch.Tensor):
@@ -760,7 +762,7 @@ def check_batch(x: torch.Tensor, y: torch.Tensor | None, num_classes: int | None
     if isinstance(y, torch.nn.Module):  # t(x, model): an unlabelled batch's model given in y's place
         raise TypeError(f"y must be labels or None, got the model ({type(y).__name__}); for an unlabelled batch call "
                         f"t(x, model=model)")
-    label_values = y is not None and _label_form(y, x.shape[0], num_classes, "y", targets_hint=TARGETS_HINT)
+    label_values = y is not None and _label_form(y, x.shape[0], num_classes, "y", targets_hint=_TARGETS_HINT)
     index_values = index is not None and _index_form(index, x.shape[0])
     if not values or not len(x):  # an empty batch has no value to read, nor a caller's more_checks
         return
@@ -771,7 +773,7 @@ def check_batch(x: torch.Tensor, y: torch.Tensor | None, num_classes: int | None
         elif finite_values:
             checks.append((_image_stats(x), lambda v: _judge_finite(x, "x", *v)))
         if label_values:
-            checks.append((_label_stats(y), lambda v: _judge_labels(y, "y", num_classes, v, TARGETS_HINT)))
+            checks.append((_label_stats(y), lambda v: _judge_labels(y, "y", num_classes, v, _TARGETS_HINT)))
         if index_values:
             checks.append((_extremes(index), lambda v: _judge_index(index_size, *v)))
         if more_checks is not None:

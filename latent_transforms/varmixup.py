@@ -13,9 +13,11 @@ from .labels import mix_labels
 from .rng import random_partners, sample_beta
 from .validation import check_bool, check_choice, check_number, setting
 
+__all__ = ["VarMixup"]
 
-MIN_ALPHA = 1e-3  # Beta(0.001, 0.001) weights are already almost all within 1e-6 of 0 or 1: no mixing left
-POSTERIORS = ("mean", "sample")
+
+_MIN_ALPHA = 1e-3  # Beta(0.001, 0.001) weights are already almost all within 1e-6 of 0 or 1: no mixing left
+_POSTERIORS = ("mean", "sample")
 
 
 class VarMixup(CodecTransform):
@@ -68,7 +70,7 @@ class VarMixup(CodecTransform):
     mixes_labels = True
     index_params = ("partner",)
     weight_params = ("lam",)
-    alpha = setting("alpha", check_number, low=MIN_ALPHA)  # below, float32 Beta draws overflow to NaN weights
+    alpha = setting("alpha", check_number, low=_MIN_ALPHA)  # below, float32 Beta draws overflow to NaN weights
     per_sample, keep_detail = setting("per_sample", check_bool), setting("keep_detail", check_bool)
 
     def __init__(self, codec: Codec | str = "vae-cifar10", alpha: float = 1.0, *, num_classes: int | None = None,
@@ -77,7 +79,7 @@ class VarMixup(CodecTransform):
                  cache: LatentCache | None = None,
                  p: float = 0.25, generator: torch.Generator | int | None = None):
         self.alpha = alpha  # settings: checked whenever set, these before the codec is loaded
-        check_choice("posterior", posterior, POSTERIORS)
+        check_choice("posterior", posterior, _POSTERIORS)
         super().__init__(codec, levels=levels, cache=cache, p=p, generator=generator, num_classes=num_classes)
         self.posterior, self.per_sample, self.keep_detail = posterior, per_sample, keep_detail
 
@@ -88,7 +90,7 @@ class VarMixup(CodecTransform):
 
     @posterior.setter
     def posterior(self, posterior: str) -> None:
-        check_choice("posterior", posterior, POSTERIORS)
+        check_choice("posterior", posterior, _POSTERIORS)
         if posterior == "sample" and not isinstance(self.codec, ConvVAE):
             raise ValueError(f"posterior='sample' needs a VAE codec, got a {self.codec.kind} codec")
         if posterior == "sample" and self.cache is not None:

@@ -180,7 +180,7 @@ def test_hydra_instantiates_every_transform_from_yaml_with_its_default_convert()
     assert isinstance(config.noise.levels, ListConfig)
     built = {name: instantiate(config[name]) for name in config}
     assert built["noise"].levels == [0] and built["adversarial"].levels == [1] and built["varmixup"].levels == [0]
-    assert built["isda"].covariance == "diagonal" and not built["isda"].estimator.sync
+    assert built["isda"].covariance == "diagonal" and not built["isda"].sync_stats
     assert built["codec"].image_shape == (1, 8, 8)
     compose = built["compose"]
     x, y = (torch.rand(4, 1, 8, 8) * 255).to(torch.uint8), torch.tensor([0, 1, 2, 3])
@@ -221,5 +221,5 @@ def test_jsonargparse_builds_the_transforms_from_their_type_hints():
     built = getattr(parser, "instantiate", None) or parser.instantiate_classes  # jsonargparse < 4.49: the latter
     built = built(config)
     assert built.noise.levels == [0] and built.noise.eps == 1.0 and built.noise._rng.spec == 0
-    assert not built.isda.estimator.sync
+    assert not built.isda.sync_stats
     assert isinstance(built.compose[0], VarMixup)

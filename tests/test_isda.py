@@ -1982,7 +1982,7 @@ def test_isdaloss_and_feature_covariance_print_their_settings_and_a_shallow_copy
     stats = FeatureCovariance(4, 3, covariance="diagonal", sync_stats=False)
     stats.update(torch.rand(4, 3), torch.arange(4))
     shallow, deep = copy.copy(stats), copy.deepcopy(stats)
-    assert type(shallow) is FeatureCovariance and shallow.count is stats.count and shallow.group is None
+    assert type(shallow) is FeatureCovariance and shallow.count is stats.count and shallow.sync_stats is False
     assert deep.count is not stats.count and torch.equal(deep.count, stats.count)
 
 

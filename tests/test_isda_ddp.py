@@ -130,7 +130,7 @@ def _worker(rank: int, init_method: str, out_dir: str) -> None:
         except TypeError as e:
             result["pickle"] = str(e)
         twin, shallow = copy.deepcopy(in_group), copy.copy(in_group.estimator)  # copies share the group
-        result["copies_share_the_group"] = twin.estimator.group is shallow.group is solos[rank]
+        result["copies_share_the_group"] = twin.sync_stats is shallow.sync_stats is solos[rank]
         twin.load_state_dict(in_group.state_dict())
         result["twin_count"] = twin.estimator.count.clone()
         # the same, armed with the local module: the hook fires inside the DDP forward, whose group it checks there

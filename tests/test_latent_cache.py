@@ -222,7 +222,7 @@ def test_cache_saves_loads_and_keeps_its_codec_identity(data, tmp_path):
     path = tmp_path / "cache.safetensors"
     cache.save(path)
     loaded = LatentCache.load(path, glow)
-    assert torch.equal(loaded.latents, cache.latents) and loaded.codec_fingerprint == cache.codec_fingerprint
+    assert torch.equal(loaded.latents, cache.latents) and loaded._codec_fingerprint == cache._codec_fingerprint
     x, y, idx = images[:4], labels[:4], torch.arange(4)
     assert torch.equal(LatentNoise(glow, cache=loaded, generator=0)(x, y, index=idx)[0],
                        LatentNoise(glow, cache=cache, generator=0)(x, y, index=idx)[0])
@@ -289,10 +289,10 @@ def test_a_cast_to_16_bits_keeps_the_latents_and_the_image_signatures_whole(data
     for batch in (x, x.to(dtype)):
         assert torch.equal(cast(batch, y, index=idx)[0], uncast(batch, y, index=idx)[0])
     cache = LatentCache(tiny_glow(), images, progress=False).half().float()
-    assert cache.signatures.dtype == cache.projection.dtype == torch.float32
+    assert cache._image_signatures.dtype == cache._image_projection.dtype == torch.float32
     doubled = LatentCache(tiny_glow(), images, progress=False).double()  # they stay float32 there too (round 27)
     assert doubled.latents.dtype == torch.float64
-    assert doubled.signatures.dtype == doubled.projection.dtype == torch.float32
+    assert doubled._image_signatures.dtype == doubled._image_projection.dtype == torch.float32
     LatentNoise(tiny_glow(), cache=cache, generator=0)(x, y, index=idx)  # its own images: accepted
     with pytest.raises(ValueError, match="x is not the images"):
         LatentNoise(tiny_glow(), cache=cache, generator=0)(x.flip(3), y, index=idx)
@@ -411,7 +411,7 @@ def test_a_cache_of_an_untrained_glow_matches_the_glow_it_initialised(data):
     torch.manual_seed(0)
     glow = Glow((1, 8, 8), levels=2, steps=2, hidden=16, num_bins=17)
     cache = LatentCache(glow, images, batch_size=8, progress=False)
-    assert cache.codec_fingerprint == glow.fingerprint()
+    assert cache._codec_fingerprint == glow.fingerprint()
     LatentNoise(glow, eps=1.0, cache=cache, generator=0)(images[:4], labels[:4], index=torch.arange(4))
 
 
@@ -462,7 +462,8 @@ def test_a_damaged_cache_file_is_loaded_whole_or_refused_by_name(tmp_path_factor
     except ValueError as e:
         assert str(e).startswith(str(path)), e
         return
-    assert torch.equal(loaded.latents, _SAVED_CACHE.latents) and torch.equal(loaded.signatures, _SAVED_CACHE.signatures)
+    assert torch.equal(loaded.latents, _SAVED_CACHE.latents)
+    assert torch.equal(loaded._image_signatures, _SAVED_CACHE._image_signatures)
 
 
 def test_a_loaded_state_dict_brings_its_images_signatures():
@@ -479,16 +480,16 @@ def test_a_loaded_state_dict_brings_its_images_signatures():
     with pytest.raises(ValueError, match="not the images this latent cache holds at index"):
         t(b[:4], y, index=idx)
     old = {k: v for k, v in cache_a.state_dict().items()}  # a state from before signatures were in it: not checked
-    old["_extra_state"] = {"codec_fingerprint": cache_a.codec_fingerprint}
+    old["_extra_state"] = {"codec_fingerprint": cache_a._codec_fingerprint}
     cache_b.load_state_dict(old)
-    assert cache_b.signatures is None
+    assert cache_b._image_signatures is None
     with pytest.raises(ValueError, match=r"signatures must be \(12, 2\) for 12 latents, got shape \(3, 2\)"):
         cache_b.load_state_dict({**old, "_extra_state": {**old["_extra_state"], "signatures": torch.zeros(3, 2)}})
     # the loaded latents' codec comes with them (mutation round 27: the old fingerprint stayed, and a transform took
     # the loaded latents of another codec's as its own)
     other = LatentCache(tiny_glow(seed=1), b, progress=False)
     other.load_state_dict(cache_a.state_dict())
-    assert other.codec_fingerprint == glow.fingerprint() != tiny_glow(seed=1).fingerprint()
+    assert other._codec_fingerprint == glow.fingerprint() != tiny_glow(seed=1).fingerprint()
     LatentNoise(glow, cache=other)
 
 
@@ -504,12 +505,12 @@ def test_a_cache_file_saved_without_image_signatures_is_used_unchecked_and_saved
     hub.write_safetensors(tmp_path / "old.safetensors", {"latents": cache.latents.contiguous()},
                           {"format": FORMAT, "codec_fingerprint": glow.fingerprint()})
     old = LatentCache.load(tmp_path / "old.safetensors", glow)
-    assert old.signatures is None
+    assert old._image_signatures is None
     x2, _ = LatentNoise(glow, eps=0.0, cache=old, generator=0)(1 - images[:4], labels[:4], index=torch.arange(4))
     assert (x2 - images[:4]).abs().max() < 1e-4  # the cached images' latents, whatever x holds
     old.save(tmp_path / "again.safetensors")
     again = LatentCache.load(tmp_path / "again.safetensors", glow)
-    assert again.signatures is None and torch.equal(again.latents, cache.latents)
+    assert again._image_signatures is None and torch.equal(again.latents, cache.latents)
 
 
 def test_nan_image_signatures_are_refused_when_a_cache_is_loaded(data, tmp_path):
@@ -526,7 +527,8 @@ def test_nan_image_signatures_are_refused_when_a_cache_is_loaded(data, tmp_path)
                                                                 "codec_fingerprint": glow.fingerprint()})
     with pytest.raises(ValueError, match="c.safetensors: the image signatures must be finite floats"):
         LatentCache.load(tmp_path / "c.safetensors", glow)
-    cache.signatures = torch.full_like(cache.signatures, float("nan"))  # in memory: the check refuses, never passes
+    # in memory: the check refuses, never passes
+    cache._image_signatures = torch.full_like(cache._image_signatures, float("nan"))
     with pytest.raises(ValueError, match="x is not the images this latent cache holds"):
         LatentNoise(glow, eps=2.0, cache=cache)(images[:4], index=torch.arange(4))
 
@@ -541,12 +543,13 @@ def test_a_loaded_caches_image_signatures_are_float32_as_a_built_ones(data, tmp_
     glow = tiny_glow()
     cache = LatentCache(glow, images, progress=False)
     for dtype in (torch.float64, torch.float16, torch.bfloat16):
-        tensors = {"latents": cache.latents.contiguous(), "signatures": cache.signatures.to(dtype)}
+        tensors = {"latents": cache.latents.contiguous(), "signatures": cache._image_signatures.to(dtype)}
         hub.write_safetensors(tmp_path / "c.safetensors", tensors, {
             "format": FORMAT, **hub.checksum_metadata(tensors), "codec_fingerprint": glow.fingerprint()})
         if dtype == torch.float64:
             loaded = LatentCache.load(tmp_path / "c.safetensors", glow)
-            assert loaded.signatures.dtype == torch.float32 and torch.equal(loaded.signatures, cache.signatures)
+            assert loaded._image_signatures.dtype == torch.float32
+            assert torch.equal(loaded._image_signatures, cache._image_signatures)
             LatentNoise(glow, eps=0.0, cache=loaded, generator=0)(images, index=torch.arange(len(images)))
         else:
             with pytest.raises(ValueError, match=f"c.safetensors: the image signatures must be finite floats of 32 "
@@ -643,7 +646,7 @@ def test_a_cache_file_whose_signatures_do_not_fit_its_latents_is_refused(data, t
     images, _ = data
     glow = tiny_glow()
     cache = LatentCache(glow, images, progress=False)
-    tensors = {"latents": cache.latents.contiguous(), "signatures": cache.signatures[:3].contiguous()}
+    tensors = {"latents": cache.latents.contiguous(), "signatures": cache._image_signatures[:3].contiguous()}
     hub.write_safetensors(tmp_path / "c.safetensors", tensors, {"format": FORMAT, **hub.checksum_metadata(tensors),
                                                                 "codec_fingerprint": glow.fingerprint()})
     n = len(images)

@@ -1033,7 +1033,7 @@ def test_settings_fixed_at_construction_are_refused_in_one_style(glow, make, nam
         assert f" now {before!r}): " in str(e.value), str(e.value)
     setattr(t, name, before)  # as it is: nothing to refuse
     if isinstance(t, FeatureCovariance):
-        assert t.diagonal == (t.covariance == "diagonal") and t.cov.shape == (4, 3, 3) and t.count.shape == (4,)
+        assert t._diagonal == (t.covariance == "diagonal") and t.cov.shape == (4, 3, 3) and t.count.shape == (4,)
         t.update(torch.randn(5, 3), torch.tensor([0, 1, 2, 3, 3]))
         assert t.count.tolist() == [1, 1, 1, 2]
     if isinstance(t, Codec):  # its config and what it computes as they were
@@ -1140,7 +1140,7 @@ def test_sync_stats_assigned_after_construction_takes_effect():
     # gathered every rank's features
     for t in (ISDA(4), ISDALoss(4)):
         t.sync_stats = False
-        assert t.sync_stats is False and t.estimator.sync is False and "sync_stats=False" in repr(t)
+        assert t.sync_stats is False and t.estimator.sync_stats is False and "sync_stats=False" in repr(t)
     stats = FeatureCovariance(4)
     stats.sync_stats = False
     assert stats.sync_stats is False and not stats.gathers()
@@ -1152,7 +1152,7 @@ def test_sync_stats_assigned_to_gather_makes_the_gather_then(monkeypatch):
     from latent_transforms import feature_covariance
 
     monkeypatch.setattr(feature_covariance, "_UNTRACED_GATHER", [])
-    monkeypatch.setattr(FeatureCovariance, "gathers", lambda self: self.sync)  # as in a process group of 2 ranks
+    monkeypatch.setattr(FeatureCovariance, "gathers", lambda self: self._sync)  # as in a process group of 2 ranks
     stats = FeatureCovariance(4, sync_stats=False)
     assert not feature_covariance._UNTRACED_GATHER
     stats.sync_stats = True
@@ -1170,13 +1170,15 @@ def test_isda_reads_the_feature_dim_of_its_statistics():
 
 
 def test_an_estimator_pickled_with_its_diagonal_flag_loads():
-    """FeatureCovariance kept ``diagonal`` as a plain attribute until 2026-12-05 (now read from ``covariance``): its
-    pickles hold it, and load with their settings as they were."""
+    """FeatureCovariance kept ``diagonal`` as a plain attribute until 2026-12-05 (now read from ``covariance``), and
+    the gather settings as ``sync`` and ``group`` until 2026-12-06 (public, assignable past ``sync_stats``'s check):
+    its pickles hold them, and load with their settings as they were."""
     old = FeatureCovariance(4, 3, covariance="diagonal", sync_stats=False)
-    state = old.__getstate__()
+    state = {k: v for k, v in old.__getstate__().items() if k not in ("_sync", "_group")}
     loaded = FeatureCovariance.__new__(FeatureCovariance)
-    loaded.__setstate__({**state, "diagonal": True})
-    assert (loaded.num_classes, loaded.covariance, loaded.diagonal, loaded.sync_stats) == (4, "diagonal", True, False)
+    loaded.__setstate__({**state, "diagonal": True, "sync": False, "group": None})
+    assert (loaded.num_classes, loaded.covariance, loaded._diagonal, loaded.sync_stats) == (4, "diagonal", True, False)
+    assert not {"diagonal", "sync", "group"} & set(loaded.__dict__)
     loaded.update(torch.randn(5, 3), torch.tensor([0, 1, 2, 3, 3]))
     assert loaded.cov.shape == (4, 3) and loaded.count.sum() == 5
     with pytest.raises(AttributeError, match="covariance is fixed at construction"):

@@ -75,7 +75,7 @@ def test_a_latent_cache_built_under_a_16_bit_default_dtype_takes_its_own_images(
     with default_dtype(torch.bfloat16):
         cache = LatentCache(glow, x, progress=False)
         x2, _ = LatentNoise(glow, cache=cache, generator=0)(x, y, index=torch.arange(12))
-    assert cache.signatures.dtype == torch.float32 and x2.dtype == torch.float32
+    assert cache._image_signatures.dtype == torch.float32 and x2.dtype == torch.float32
 
 
 @UNTRAINED_CODEC_EXPECTED
@@ -99,7 +99,7 @@ def test_nothing_is_made_on_the_default_device(monkeypatch, tmp_path):
         cache = LatentCache.load(tmp_path / "cache.safetensors", glow)
         index = torch.arange(12, device="cpu")
         split = low_data_split(y, 1)  # a meta permutation indexed the labels with garbage, silently
-        outputs += [LatentNoise(glow, cache=cache)(x, y, index=index)[0], cache.latents, cache.signatures, split]
+        outputs += [LatentNoise(glow, cache=cache)(x, y, index=index)[0], cache.latents, cache._image_signatures, split]
         fit_classifier(net, x, y, epochs=1, batch_size=6, progress=False)
         outputs.append(predict_proba(net, x))
         result = train_codec("vae", x, tmp_path / "run", name="v", config={"latent_dim": 2}, max_steps=2,

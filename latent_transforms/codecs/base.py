@@ -23,8 +23,10 @@ if TYPE_CHECKING:
 
     from ..validation import Setting
 
+__all__ = ["Codec", "Latents", "flatten_latents", "unflatten_latents"]
+
 Latents = list[torch.Tensor]  # per-level latents, each (B, *shape); coarsest first for multi-scale flows
-CodecT = TypeVar("CodecT", bound="Codec")  # what freeze() & co. return: the codec's own class
+_CodecT = TypeVar("_CodecT", bound="Codec")  # what freeze() & co. return: the codec's own class
 OWN_CODEC_DOCS = "docs/training.md#your-own-model-as-a-codec"
 # sample()'s latents' standard deviation, at most: from 10 every pixel of the shipped flows' samples is clipped to 0 or
 # 1, at 100 70-77% of the shipped VAEs' are; beyond, only noise, then NaN (glow-digits from 1e30, all four at 1e38)
@@ -45,7 +47,7 @@ def shapes_weights(name: str, check: Callable[..., SettingT], *args: Any, why: s
     return setting(name, check, *args, fixed=reasons, **kwargs)
 
 
-def check_image_shape_option(name: str, value: object) -> tuple[int, int, int]:
+def _check_image_shape_option(name: str, value: object) -> tuple[int, int, int]:
     """``value``, a codec's ``(C, H, W)`` of positive ints (any sequence of Python or NumPy ints), as an int tuple."""
     ints = hasattr(value, "__len__") and not isinstance(value, (str, bytes)) and all(is_int(s) for s in value)
     if not ints or len(value) != 3 or min(value) < 1:  # 32 or "abc": a WrongTypeError, not len()'s
@@ -81,11 +83,11 @@ class ChecksCodecStates:
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True,
                         assign: bool = False) -> _IncompatibleKeys:
         if strict:
-            check_codec_states(self, state_dict)
+            _check_codec_states(self, state_dict)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
-def check_codec_states(module: nn.Module, state_dict: Mapping[str, Any]) -> None:
+def _check_codec_states(module: nn.Module, state_dict: Mapping[str, Any]) -> None:
     """Raise ``RuntimeError`` (torch's, for a state that does not fit) naming what differs when the keys of
     ``state_dict`` under a codec of ``module`` are not that codec's, or not of its shapes."""
     for prefix, codec in module.named_modules(remove_duplicate=False):
@@ -127,8 +129,10 @@ class Codec(Settings, ChecksCodecStates, nn.Module):
     """
 
     kind: str = ""
-    image_shape = shapes_weights("image_shape", check_image_shape_option)
+    """The ``kind`` of ``config``, the key of ``CODECS`` that builds this class (``"glow"``, ``"vae"``): fixed."""
+    image_shape = shapes_weights("image_shape", _check_image_shape_option)
     frozen = setting("frozen", check_bool, fixed=_frozen_reasons)  # freeze() sets it
+    """Whether ``freeze()`` was called (``True`` once it was): fixed, but by ``freeze()``."""
 
     def __init__(self, image_shape: tuple[int, int, int] | list[int]):
         super().__init__()
@@ -138,7 +142,7 @@ class Codec(Settings, ChecksCodecStates, nn.Module):
         self._compile_args: tuple[bool | None, dict] | None = None  # (dynamic, compile_kwargs) when compiled
 
     @staticmethod
-    def check_positive(**values: object) -> list[int]:
+    def _check_positive(**values: object) -> list[int]:
         """The values as Python ints (NumPy ints and 0-d tensors too: a config must stay JSON-able), raising
         ValueError naming any that is not a positive int."""
         ints = []
@@ -371,13 +375,13 @@ class Codec(Settings, ChecksCodecStates, nn.Module):
         return (f"; no registered codec takes images of shape {got}{fix}, or train a codec on your images "
                 f"(latent-transforms train flow|vae --data ..., docs/training.md)")
 
-    def freeze(self: CodecT) -> CodecT:
+    def freeze(self: _CodecT) -> _CodecT:
         """Eval mode for good, no parameter gradients, no statistic updates."""
         self._frozen = True
         self.requires_grad_(False)
         return self.train(False)
 
-    def unfrozen_copy(self: CodecT) -> CodecT:
+    def unfrozen_copy(self: _CodecT) -> _CodecT:
         """A new codec of this class, config and weights (copied, not shared), on this device and in this dtype, not
         frozen: eval mode, no parameter gradients, not compiled. For a Glow that is the plain normflows path, the
         reference its folded fast path is tested against; ``.freeze()`` the copy for a frozen twin. Leaves torch's
@@ -394,8 +398,8 @@ class Codec(Settings, ChecksCodecStates, nn.Module):
         """Whether ``encode``/``decode`` run ``torch.compile``d code (see ``compile_fast_path``)."""
         return self._compiled is not None
 
-    def compile_fast_path(self: CodecT, enabled: bool = True, *, dynamic: bool | None = None,
-                          **compile_kwargs: Any) -> CodecT:
+    def compile_fast_path(self: _CodecT, enabled: bool = True, *, dynamic: bool | None = None,
+                          **compile_kwargs: Any) -> _CodecT:
         """Optionally run ``encode``/``decode`` through ``torch.compile``d ``_encode``/``_decode`` (frozen codecs).
 
         Same contract (fp32, TF32 off, x: (B, C, H, W) <-> latents [(B, *shape), ...]) and the same outputs to
@@ -453,5 +457,5 @@ class Codec(Settings, ChecksCodecStates, nn.Module):
         skip = ("kind",) if image_shape else ("kind", "image_shape")
         return ", ".join(f"{k}={tuple(v) if k == 'image_shape' else v}" for k, v in config.items() if k not in skip)
 
-    def train(self: CodecT, mode: bool = True) -> CodecT:
+    def train(self: _CodecT, mode: bool = True) -> _CodecT:
         return super().train(mode and not self.frozen)

@@ -12,7 +12,9 @@ import torch.nn.functional as F
 from ..validation import check_count, check_number, setting, wide_float
 from .base import Codec, Latents, shapes_weights
 
-GlowT = TypeVar("GlowT", bound="Glow")  # what freeze() and init_actnorm() return: the Glow's own class
+__all__ = ["Glow"]
+
+_GlowT = TypeVar("_GlowT", bound="Glow")  # what freeze() and init_actnorm() return: the Glow's own class
 
 
 class BoundedAffineCoupling(nf.flows.AffineCoupling):
@@ -117,7 +119,7 @@ class Glow(Codec):
                  steps: int = 8, hidden: int = 128, alpha: float = 0.05, scale_floor: float = 0.05,
                  num_bins: int = 256):
         super().__init__(image_shape)
-        levels, steps, hidden, num_bins = self.check_positive(levels=levels, steps=steps, hidden=hidden,
+        levels, steps, hidden, num_bins = self._check_positive(levels=levels, steps=steps, hidden=hidden,
                                                               num_bins=num_bins)
         if num_bins < 2:
             raise ValueError(f"num_bins must be >= 2 (intensity levels of the data), got {num_bins}")
@@ -217,7 +219,7 @@ class Glow(Codec):
         log_base = sum(-0.5 * (ui**2).flatten(1).sum(1) for ui in u) - 0.5 * self.latent_dim * math.log(2 * math.pi)
         return log_base + logdet
 
-    def init_actnorm(self: GlowT, x: torch.Tensor) -> GlowT:
+    def init_actnorm(self: _GlowT, x: torch.Tensor) -> _GlowT:
         """Initialise every ActNorm from a batch ``x: (B, C, H, W)`` in [0, 1] (normflows' ActNorm takes its scale and
         shift from the first batch it sees: make it a representative one) by one forward of ``loss``, without
         gradient. Returns ``self``; do it before training or, for a random-init codec, before ``freeze()``."""
@@ -252,7 +254,7 @@ class Glow(Codec):
         ``freeze()``. It matches the plain normflows path to float32 rounding (tested) and has no host syncs."""
         return self.frozen and self._folded
 
-    def freeze(self: GlowT) -> GlowT:
+    def freeze(self: _GlowT) -> _GlowT:
         for m in self.modules():
             if isinstance(m, nf.flows.ActNorm):
                 m.data_dep_init_done.fill_(1.0)

@@ -19,6 +19,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+__all__ = ["exact_math"]
+
 _LOCK = threading.Lock()
 _depth = 0                         # codec calls in progress, all threads
 _saved: tuple[list, list] = ([], [])  # (legacy setter, value), (fp32_precision holder, stored value)

@@ -13,6 +13,8 @@ from ..validation import (WrongTypeError, bad_option, check_bool, check_count, c
                           setting)
 from .base import Codec, Latents, exact_math, shapes_weights
 
+__all__ = ["ConvVAE"]
+
 
 class ResidualBlock(nn.Module):
     """``x + conv(silu(conv(x)))`` with 3x3 convolutions keeping (B, C, H, W); the second starts at zero, so a new
@@ -29,7 +31,7 @@ class ResidualBlock(nn.Module):
         return x + self.conv2(F.silu(self.conv1(x)))
 
 
-def check_latent_side(name: str, value: object, padded: int | None = None, where: str = "") -> int | None:
+def _check_latent_side(name: str, value: object, padded: int | None = None, where: str = "") -> int | None:
     """``value``, a VAE's latent side: ``None`` or a power of two, as an int; ``<= padded`` where given (the network's
     side, named by ``where``)."""
     if value is None:
@@ -42,7 +44,7 @@ def check_latent_side(name: str, value: object, padded: int | None = None, where
     return int(side)
 
 
-def check_padding(name: str, value: object) -> tuple[int, int, int, int]:
+def _check_padding(name: str, value: object) -> tuple[int, int, int, int]:
     """``value``, a VAE's padding in ``F.pad``'s order ``(left, right, top, bottom)``: four ints >= 0, as a tuple."""
     ints = isinstance(value, (tuple, list)) and len(value) == 4 and all(is_int(v) for v in value)
     if not ints or min(value) < 0:
@@ -81,25 +83,29 @@ class ConvVAE(Codec):
     # the others shape the networks, fixed at construction
     latent_dim_ = shapes_weights("latent_dim_", check_count, low=1, config_key="latent_dim",
                                  why="it shapes the networks and their weights")
+    """The constructor's ``latent_dim``, channels per latent position (``config["latent_dim"]``; ``latent_dim`` is
+    the numbers per image, ``latent_dim_ * latent_side ** 2`` for a spatial latent): fixed."""
     hidden = shapes_weights("hidden", check_count, low=1, why="it shapes the networks and their weights")
     # checked for its form when set; the constructor checks that it fits the padded image side
-    latent_side = shapes_weights("latent_side", check_latent_side, why="it shapes the networks and their weights")
+    latent_side = shapes_weights("latent_side", _check_latent_side, why="it shapes the networks and their weights")
     decoder_blocks = shapes_weights("decoder_blocks", check_count, why="it shapes the decoder and its weights")
-    padding = shapes_weights("padding", check_padding, why="it follows image_shape",
+    padding = shapes_weights("padding", _check_padding, why="it follows image_shape",
                              remedy="for images of another shape, a new codec, build_codec({**codec.config, "
                                     "'image_shape': [C, H, W]}), trained on them")
+    """``(left, right, top, bottom)``, ints >= 0 (``F.pad``'s order): the zeros around an image that make its side the
+    smallest power of two >= 4 the networks take; follows ``image_shape``, fixed."""
 
     def __init__(self, image_shape: tuple[int, int, int] | list[int] = (3, 32, 32), *, latent_dim: int = 64,
                  hidden: int = 64, beta: float = 1.0, latent_side: int | None = None, decoder_blocks: int = 0):
         super().__init__(image_shape)
-        latent_dim, hidden = self.check_positive(latent_dim=latent_dim, hidden=hidden)
+        latent_dim, hidden = self._check_positive(latent_dim=latent_dim, hidden=hidden)
         beta = check_number("beta", beta)
         c, h, w = self.image_shape
         padded = max(4, 1 << (max(h, w) - 1).bit_length())  # the smallest power of two >= 4 that holds them
         top, left = (padded - h) // 2, (padded - w) // 2
         self.padding = (left, padded - w - left, top, padded - h - top)  # F.pad's order: left, right, top, bottom
         where = f"the image side {h}" if (h, w) == (padded, padded) else f"the padded side {padded} of {h}x{w}"
-        latent_side = check_latent_side("latent_side", latent_side, padded, where)  # with the side it must fit
+        latent_side = _check_latent_side("latent_side", latent_side, padded, where)  # with the side it must fit
         self.latent_dim_, self.hidden, self.beta, self.latent_side = latent_dim, hidden, beta, latent_side
         self.decoder_blocks = decoder_blocks
         side = latent_side or 4
@@ -211,9 +217,9 @@ class ConvVAE(Codec):
             noise = noise.to(mu.device, mu.dtype)
         logits = self._logits(mu + torch.exp(0.5 * logvar) * noise)
         rec = F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
-        return {"mu": mu, "logits": logits, "rec": rec, "kl": self.kl_divergence(mu, logvar)}
+        return {"mu": mu, "logits": logits, "rec": rec, "kl": self._kl_divergence(mu, logvar)}
 
     @staticmethod
-    def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    def _kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
         """KL(N(mu, exp(logvar)) || N(0, I)) in nats per image: (B, ...) -> (B,)."""
         return 0.5 * (mu**2 + logvar.exp() - 1 - logvar).flatten(1).sum(1)
