@@ -412,18 +412,19 @@ class Compose(Settings, ChecksCodecStates, nn.Module):
             f"; in a Compose, put v2.ToDtype(torch.float32, scale=True) first: step 0 ({_name(steps[0])}) takes float "
             f"images only")
 
-    # the labels' classes, fixed at construction: the steps were checked against them, and which label mixes get labels
-    # made soft with them was decided then (assigned as a plain attribute, the labels were checked against the new
-    # value while the rest kept the old one: None -> 10 still refused class indices before a MixUp)
     num_classes = setting("num_classes", check_classes, fixed=lambda held, value: (
         f"its steps were checked against it, now {held!r}",
-        f"build a new one, Compose(list(t), num_classes={value!r})"))
+        f"build a new one, Compose(list(t), num_classes={value!r})"), doc=(
+        "The labels' classes, fixed at construction: the steps were checked against them, and which label mixes get "
+        "labels made soft with them was decided then (assigned as a plain attribute, the labels were checked against "
+        "the new value while the rest kept the old one: ``None`` -> 10 still refused class indices before a MixUp)."))
 
-    # the steps, fixed at construction: they were checked together then (assigned, t.steps = None passed and the next
-    # call failed in len(None)); changed in place (t.steps.append(step)), the next call refuses them
     steps = setting("steps", lambda name, steps: steps, module=True, fixed=lambda held, value: (
         "they were checked together when it was built: label mixes, ISDA, num_classes, dtype conversions",
-        "build a new one, e.g. Compose([*t, step], num_classes=t.num_classes)"))
+        "build a new one, e.g. Compose([*t, step], num_classes=t.num_classes)"), doc=(
+        "The steps (an ``nn.ModuleList``), fixed at construction: they were checked together then (assigned, "
+        "``t.steps = None`` passed and the next call failed in ``len(None)``); changed in place "
+        "(``t.steps.append(step)``), the next call refuses them."))
 
     def __len__(self) -> int:
         return len(self.steps)

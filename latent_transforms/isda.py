@@ -43,8 +43,8 @@ from .feature_covariance import COVARIANCES, FeatureCovariance, check_sync, chec
 from .modelutils import unwrap
 from .rng import generator_repr
 from .validation import (ClassCountError, Settings, WrongTypeError, bad_option, check_choice, check_count,
-                         check_device, check_labels, check_number, check_same_device, describe, fixed_at_construction,
-                         name_dtype_clash, no_autocast, setting, wide_float)
+                         check_device, check_labels, check_number, check_same_device, describe, name_dtype_clash,
+                         no_autocast, setting, wide_float)
 
 __all__ = ["ISDA", "ISDALoss", "isda_logits"]
 
@@ -177,19 +177,12 @@ class _ISDAState(Settings):
         check_sync("sync_stats", sync_stats)  # named as the caller knows it
         self.estimator = FeatureCovariance(num_classes, feature_dim, covariance=covariance, sync_stats=sync_stats)
 
-    @property
-    def estimator(self) -> FeatureCovariance:
-        """The class statistics (``mean``, ``cov``, ``count``; in ``state_dict`` as ``estimator.*``), fixed at
-        construction (assigned, another was kept unchecked: its classes, form and gather unlike this one's)."""
-        return self._modules["estimator"]
-
-    @estimator.setter
-    def estimator(self, estimator: FeatureCovariance) -> None:
-        if "estimator" in self._modules and estimator is not self._modules["estimator"]:
-            raise fixed_at_construction(self, "estimator", "num_classes, covariance, feature_dim and sync_stats "
-                                        "describe its statistics", "load statistics with load_state_dict(...), add "
-                                        "classes with grow(n), or build a new " + type(self).__name__)
-        self._modules["estimator"] = estimator
+    estimator = setting("estimator", lambda name, estimator: estimator, module=True, fixed=lambda held, value: (
+        "num_classes, covariance, feature_dim and sync_stats describe its statistics",
+        "load statistics with load_state_dict(...), add classes with grow(n), or build a new one"), doc=(
+        "The class statistics, a ``FeatureCovariance`` (``mean``, ``cov``, ``count``; in ``state_dict`` as "
+        "``estimator.*``), fixed at construction (assigned, another was kept unchecked: its classes, form and gather "
+        "unlike this one's)."))
 
     @property
     def num_classes(self) -> int:

@@ -209,7 +209,8 @@ if TYPE_CHECKING:
 
 
 def setting(name: str, check: Callable[..., SettingT], *args: Any, module: bool = False,
-            fixed: Callable[[Any, Any], tuple[str, str]] | None = None, **kwargs: Any) -> Setting[SettingT]:
+            fixed: Callable[[Any, Any], tuple[str, str]] | None = None, doc: str | None = None,
+            **kwargs: Any) -> Setting[SettingT]:
     """A transform's setting ``name``, kept as ``_name`` and checked by ``check(name, value, *args, **kwargs)`` (which
     returns the value kept) whenever it is set: in the constructor, and after it (a sweep's ``t.eps = 0.5``), where a
     plain attribute took anything (``eps=nan`` rejected every sample, ``target="x"`` attacked the labels, silently).
@@ -217,7 +218,8 @@ def setting(name: str, check: Callable[..., SettingT], *args: Any, module: bool 
     and its state is in ``state_dict``); its class mixes in ``Settings``, which routes the assignment here.
     ``fixed(held, value)``: a setting fixed once set (one that shapes a codec's weights): assigned after that, the
     value held passes (kept as it is) and another, once checked, raises ``fixed_at_construction`` with the ``(why,
-    remedy)`` that ``fixed`` returns."""
+    remedy)`` that ``fixed`` returns. ``doc``: the property's docstring (what ``help()`` and the API reference show),
+    a line naming the check by default."""
     key = "_" + name
 
     def get(self):
@@ -236,9 +238,10 @@ def setting(name: str, check: Callable[..., SettingT], *args: Any, module: bool 
             return
         kept[at] = value
 
-    doc = "fixed: another value assigned raises naming the way" if fixed else \
-        "checked as the constructor's whenever it is set"
-    kept = property(get, set_, doc=f"``{name}``, {doc}.")
+    if doc is None:
+        doc = f"``{name}``, " + ("fixed: another value assigned raises naming the way." if fixed else
+                                 "checked as the constructor's whenever it is set.")
+    kept = property(get, set_, doc=doc)
     return cast("Setting[SettingT]", kept)
 
 

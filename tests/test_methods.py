@@ -992,6 +992,10 @@ def test_settings_assigned_after_construction_take_effect(glow, vae, batch, net)
     (lambda g: FeatureCovariance(4, 3), "num_classes", 2, r"build a new FeatureCovariance\(\.\.\., num_classes=2\)"),
     (lambda g: ISDA(4, covariance="diagonal"), "covariance", "full", r"build a new ISDA\(\.\.\., covariance='full'\)"),
     (lambda g: ISDALoss(4), "num_classes", 6, r"\.grow\(6\) adds classes"),
+    # audit 256: a FeatureCovariance assigned was kept unchecked, its classes and form unlike the ISDA's
+    (lambda g: ISDA(4), "estimator", FeatureCovariance(7),
+     r"load statistics with load_state_dict\(\.\.\.\), add classes with grow\(n\), or build a new one$"),
+    (lambda g: ISDALoss(4), "estimator", None, r"load statistics with load_state_dict"),
     (lambda g: LatentMixupInference(TinyNet(), g, torch.rand(2, 1, 8, 8)), "codec", tiny_glow(seed=1),
      r"build a new LatentMixupInference\(model, codec, references\)"),
     (lambda g: Compose([]), "num_classes", 10, r"build a new one, Compose\(list\(t\), num_classes=10\)"),
