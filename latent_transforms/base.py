@@ -6,7 +6,8 @@ import sys
 import threading
 import warnings
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from types import FrameType
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 import torch
 from torch import nn
@@ -69,6 +70,7 @@ _PAST_TO_THE_CALL = (os.path.dirname(__file__) + os.sep, os.path.dirname(nn.modu
 def warn_at_call(message: str) -> None:
     """``warnings.warn(message)`` at the line that called the transform: the first frame outside this library and
     nn.Module's call (a fixed ``stacklevel`` named compose.py's line for a step in a ``Compose``)."""
+    frame: FrameType | None
     frame, level = sys._getframe(1), 2  # level 2: warn_at_call's caller
     while frame is not None and frame.f_code.co_filename.startswith(_PAST_TO_THE_CALL):
         frame, level = frame.f_back, level + 1
@@ -80,7 +82,7 @@ def warn_if_left_in_eval(owner: nn.Module, model: nn.Module | None) -> None:
     switched off by ``augment.eval()`` and never switched back (it is no submodule of the model, so ``model.train()``
     misses it) would silently leave unaugmented."""
     if isinstance(model, nn.Module) and model.training and not owner.__dict__.get("_warned_left_in_eval", False):
-        owner._warned_left_in_eval = True  # once per instance
+        setattr(owner, "_warned_left_in_eval", True)  # once per instance (nn.Module's stubs take tensors, modules)
         name = type(owner).__name__
         counts = "its stats['seen']" if isinstance(owner, SampleStats) else "its steps' stats['seen']"
         warn_at_call(f"{name} is in eval() mode, where it returns its inputs unchanged, but the model it was given is "
@@ -292,7 +294,9 @@ class LatentTransform(Settings, SampleStats, nn.Module):
         return [(counts, judge)]
 
     def _warn_destroyed(self) -> None:
-        (destroyed, transformed), self._destroyed_found = self._destroyed_found, None
+        found, self._destroyed_found = self._destroyed_found, None
+        assert found is not None  # forward calls this only then
+        destroyed, transformed = found
         self._destroyed_warned = True  # once per instance
         warn_at_call(f"{type(self).__name__}: {destroyed} of {transformed} transformed samples came out destroyed, "
                      f"over half of their values clipped to 0 or 1 (noise, not a variation of the image), with "
@@ -433,7 +437,10 @@ class LatentTransform(Settings, SampleStats, nn.Module):
             params = _checked_draws(self, self.make_params(n, generator, x.device), n) if n else {}
         else:
             params = self._given_draws(params, n, x.device)
-        y_out = to_soft(y, k) if self.mixes_labels else y
+        y_out = y
+        if self.mixes_labels:
+            assert y is not None  # check_call refused y=None (needs_labels follows mixes_labels)
+            y_out = to_soft(y, k)
         if n == 0:  # a copy, as when some samples are selected: x2 never shares x's memory in training
             self._keep_params(batch, selected, x.device, params)
             self._count_untouched(x.device, batch)
@@ -450,6 +457,7 @@ class LatentTransform(Settings, SampleStats, nn.Module):
         x2, ok = keep_plausible(x2, xs)
         x2 = x2.to(x.dtype)
         if self.mixes_labels:
+            assert y2 is not None and ys is not None  # _checked_output: (N, k) soft labels
             y2 = torch.where(ok.view(-1, 1), y2, to_soft(ys, k, y2.dtype))
         kept = ok.sum()
         self._count(x.device, batch, kept, ok.numel() - kept)
@@ -462,6 +470,7 @@ class LatentTransform(Settings, SampleStats, nn.Module):
             return _like(x, x2), y2
         x_out = x.index_copy(0, selected, x2)
         if self.mixes_labels:
+            assert y_out is not None and y2 is not None  # soft labels, as above
             y_out = y_out.index_copy(0, selected, y2.to(y_out.dtype))
         return _like(x, x_out), y_out
 
@@ -475,7 +484,7 @@ def _checked_draws(t: LatentTransform, params: object, n: int) -> dict[str, torc
         raise not_about_the_batch(WrongTypeError(
             f"{type(t).__name__}.make_params must return a dict of tensors with one row per selected sample ({n}), "
             f"got {', '.join(bad) if bad else describe(params)}"))
-    return params
+    return cast(dict[str, torch.Tensor], params)  # checked above
 
 
 def _checked_output(t: LatentTransform, out: object, x: torch.Tensor, y: torch.Tensor | None,
@@ -490,11 +499,11 @@ def _checked_output(t: LatentTransform, out: object, x: torch.Tensor, y: torch.T
     want = (x.shape[0], k) if t.mixes_labels else None if y is None else y.shape  # y2's shape; None: y2 is None
     if x2.shape != x.shape or (y2.shape != want if isinstance(y2, torch.Tensor) else y2 is not None or
                                want is not None):
-        want = "None" if want is None else f"of shape {tuple(want)}"  # the message's words, made only for it
+        wanted = "None" if want is None else f"of shape {tuple(want)}"  # the message's words, made only for it
         got = f"of shape {tuple(y2.shape)}" if isinstance(y2, torch.Tensor) else "None" if y2 is None else describe(y2)
         raise not_about_the_batch(ValueError(
             f"{type(t).__name__}.transform returned x2 of shape {tuple(x2.shape)} and y2 {got} for the selected samples' x of shape "
-            f"{tuple(x.shape)}: it must return images of x's shape and y2 {want}"
+            f"{tuple(x.shape)}: it must return images of x's shape and y2 {wanted}"
             + (" (soft labels: mixes_labels is set)" if t.mixes_labels else " (y as given)")))
     return x2, y2
 

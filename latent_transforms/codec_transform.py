@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -45,7 +45,7 @@ class CodecTransform(ChecksCodecStates, LatentTransform):
         """The codec. Assigned (a hub name, a path or a ``Codec``, as the constructor's), the levels and the cache are
         checked against it as the constructor's, and the draws resized (as a plain submodule it took anything, and
         kept the draws sized for the codec before); ``eps`` keeps its value."""
-        return self._modules["codec"]
+        return cast(Codec, self._modules["codec"])
 
     @codec.setter
     def codec(self, codec: Codec | str) -> None:
@@ -56,7 +56,8 @@ class CodecTransform(ChecksCodecStates, LatentTransform):
         """The ``LatentCache`` looked up with ``index=`` (``None``: none). Assigned, it is checked as the constructor's
         (against the codec, and the method's other settings: VarMixup's ``posterior``); a plain attribute took
         anything, and a cache of another codec was refused only at a call with ``index=``."""
-        return self._modules.get("cache")  # a transform pickled before 2026-12-05 kept None as a plain attribute
+        # a transform pickled before 2026-12-05 kept None as a plain attribute
+        return cast("LatentCache | None", self._modules.get("cache"))
 
     @cache.setter
     def cache(self, cache: LatentCache | None) -> None:
@@ -192,7 +193,8 @@ class CodecTransform(ChecksCodecStates, LatentTransform):
         """x: (B, C, H, W) -> (B, D) standardised latents, without gradient (looked up in the cache by index,
         checked on entry against the cache size)."""
         if index is not None:
-            return self.cache(index, check=False)  # checked on entry
+            # a transform's call refused index= without a cache on entry
+            return cast(LatentCache, self.cache)(index, check=False)  # checked on entry
         with torch.no_grad():
             return self.codec.encode_flat(x)
 

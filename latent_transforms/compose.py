@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence, overload
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence, cast, overload
 
 import torch
 from torch import nn
@@ -234,7 +234,7 @@ def _checked(step: nn.Module, i: int, out: object, pair: bool, batch: int):
         e = WrongTypeError(f"{_name(step)} at step {i} returned {got}, not {'(images, labels)' if pair else 'images'}: a "
                            f"latent transform inside a container of one's own? make it a step of this Compose")
         raise not_about_the_batch(e)  # the step's own output, not the previous step's: no 'on the output of'
-    for what, t in zip(("images", "labels"), out if pair else (out,)):
+    for what, t in zip(("images", "labels"), cast("Sequence[object]", out) if pair else (out,)):
         if isinstance(t, torch.Tensor) and (t.ndim == 0 or t.shape[0] != batch):
             got = "a 0-d tensor" if t.ndim == 0 else f"{t.shape[0]} {what}"
             raise not_about_the_batch(ValueError(
@@ -540,6 +540,7 @@ class Compose(Settings, ChecksCodecStates, nn.Module):
         if _is_kornia(step) and not x.is_floating_point():  # kornia's own TypeError names neither the step nor the fix
             raise ValueError(f"x must be a float tensor for a kornia augmentation, got dtype {x.dtype}")
         if _is_kornia_mix(step):
+            assert y is not None  # check_call refused y=None for a label-mixing step
             if y.ndim != 1:
                 raise ValueError(
                     f"{type(step).__name__} (kornia) takes class-index labels, got soft (B, K) labels (given, or made "

@@ -74,6 +74,7 @@ def run_demo(out_dir: str | Path = "latent-transforms-demo", per_class: int = 10
         raise ValueError(f"unknown arms {unknown}; choose from {known}")
     x_train, y_train, _ = load_images("digits", "train")
     x_test, y_test, _ = load_images("digits", "test")
+    assert y_train is not None and y_test is not None  # the digits have labels
     splits = {seed: low_data_split(y_train, per_class, seed=seed) for seed in seeds}  # refuses too large per_class
     # the run's threads (1 on a busy CPU) and random stream: a notebook's later cells are left as they were
     with torch_threads(threads), torch.random.fork_rng(devices=[]):
@@ -133,6 +134,7 @@ def overview_picture(glow, vae, path: Path, test: tuple[torch.Tensor, torch.Tens
     first 12 digits test images, LatentAdversarial attacking a weak classifier trained on them. ``test``: the
     digits test split ``(x, y)`` when the caller has it (else it is loaded)."""
     x, y = test if test is not None else load_images("digits", "test")[:2]
+    assert y is not None  # the digits have labels
     x, y = x[:12], y[:12]
     torch.manual_seed(0)
     model = digits_cnn()

@@ -179,6 +179,7 @@ class FeatureCovariance(Settings, nn.Module):
     def reset(self) -> None:
         """Forget every feature seen (keeps the size, device and dtype)."""
         if self.mean is not None:
+            assert self.cov is not None and self.count is not None  # sized together
             self.mean.zero_()
             self.cov.zero_()
             self.count.zero_()
@@ -208,6 +209,7 @@ class FeatureCovariance(Settings, nn.Module):
             raise
         with torch.no_grad():
             for new, kept in zip((self.mean, self.cov, self.count), old):
+                assert new is not None and kept is not None  # sized together
                 new[:k] = kept
 
     def _apply(self, fn, recurse=True):
@@ -298,6 +300,7 @@ class FeatureCovariance(Settings, nn.Module):
     def _merge(self, a: torch.Tensor, y: torch.Tensor) -> None:
         """Merge ``a: (N, A)`` in the compute dtype with ``y: (N,)``; rows with a NaN, an inf or an entry too large
         to square safely go to a dummy class ``K``."""
+        assert self.mean is not None and self.cov is not None and self.count is not None  # update sized them
         k, dim = self.mean.shape
         bound = torch.finfo(a.dtype).max ** 0.5 / 2**20  # 1.8e13 in float32: sums of squares stay finite
         finite = (a.abs() <= bound).all(1, keepdim=True)                      # (N, 1), False for NaN; no host sync
@@ -438,9 +441,9 @@ def _all_gather_rows(a: torch.Tensor, y: torch.Tensor,
     """
     world = dist.get_world_size(group)
     n = torch.full((1,), a.shape[0], device=a.device, dtype=torch.int64)  # torch.tensor(..., device=) would block
-    sizes = [torch.zeros_like(n) for _ in range(world)]
-    dist.all_gather(sizes, n, group=group)
-    sizes = torch.cat(sizes).tolist()
+    gathered = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(gathered, n, group=group)
+    sizes: list[int] = torch.cat(gathered).tolist()
     out = []
     for t in (a, y):                                               # labels stay int64: exact for any K
         padded = t.new_zeros((max(sizes),) + t.shape[1:])

@@ -43,7 +43,8 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
-from typing import TYPE_CHECKING, Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -135,7 +136,7 @@ def sha256_tensors(*tensors: torch.Tensor) -> str:
 
 def _bytes_of(t: torch.Tensor) -> memoryview:
     """The bytes of a contiguous CPU tensor of any dtype (bfloat16 included), as a view: no copy."""
-    return memoryview(t.reshape(-1).view(torch.uint8).numpy())
+    return memoryview(cast(Any, t.reshape(-1).view(torch.uint8).numpy()))  # numpy's stubs: a buffer from 3.12 on
 
 
 def checksum_metadata(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
@@ -272,6 +273,7 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
     # safetensors' order of the tensors (by dtype, then name) and its dtype names, from a file of empty tensors
     probe = safetensors_bytes({k: torch.empty(0, dtype=t.dtype, device="cpu") for k, t in tensors.items()})
     probe_header = json.loads(probe[8:8 + int.from_bytes(probe[:8], "little")])
+    header: dict[str, dict[str, Any]]
     header, offset = {"__metadata__": dict(sorted(metadata.items()))}, 0
     for name, entry in probe_header.items():
         size = tensors[name].numel() * tensors[name].element_size()
@@ -283,7 +285,9 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
     h = hashlib.sha256()
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            for part in (len(head).to_bytes(8, "little"), head, *(_bytes_of(tensors[k]) for k in probe_header)):
+            parts: tuple[bytes | memoryview, ...] = (len(head).to_bytes(8, "little"), head,
+                                                     *(_bytes_of(tensors[k]) for k in probe_header))
+            for part in parts:
                 f.write(part)
                 h.update(part)
     except OSError as e:  # full disk, read-only directory: named as the file asked for, not the hidden temp file
@@ -515,7 +519,9 @@ def _shipped_registry() -> dict[str, dict]:
     path = SHIPPED_DIR / "registry.json"
     if not path.is_file():
         return {}
-    return dict(_read_registry_file(path)["checkpoints"])
+    registry = _read_registry_file(path)
+    assert registry is not None  # the file is there
+    return dict(registry["checkpoints"])
 
 
 def user_registry_path() -> Path:
@@ -587,6 +593,7 @@ def _cache_dir_lock(directory: Path) -> Iterator[None]:
     if directory in held:
         yield
         return
+    fcntl: ModuleType | None
     try:
         import fcntl
     except ImportError:  # not POSIX: atomic replacement only (a concurrent writer may drop an entry)

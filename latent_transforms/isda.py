@@ -29,7 +29,7 @@ import sys
 import warnings
 import weakref
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.distributed as dist
@@ -42,7 +42,7 @@ from .codecs import Codec
 from .feature_covariance import COVARIANCES, FeatureCovariance, check_sync, check_unchanged
 from .modelutils import unwrap
 from .rng import generator_repr
-from .validation import (ClassCountError, Settings, WrongTypeError, bad_option, check_choice, check_count,
+from .validation import (ClassCountError, ModuleMixin, Settings, WrongTypeError, bad_option, check_choice, check_count,
                          check_device, check_labels, check_number, check_same_device, describe, name_dtype_clash,
                          no_autocast, setting, wide_float)
 
@@ -158,7 +158,7 @@ def isda_logits(logits: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, cov
 
 
 # -- what ISDA and ISDALoss share -----------------------------------------------------------------------------------
-class _ISDAState(Settings):
+class _ISDAState(Settings, ModuleMixin):
     """The estimator, the strength schedule ``lam = lambda0 * progress`` and the augmentation step."""
 
     schedule_progress: torch.Tensor  # a buffer
@@ -282,7 +282,9 @@ class _ISDAState(Settings):
         if check_y:
             check_labels(y, features.shape[0], logits.shape[1], batch_name="features")
         self.estimator.update(features, y, check_y=False)
-        return isda_logits(logits, weight, y, self.estimator.cov, self.lam if lam is None else lam, check_y=False)
+        cov = self.estimator.cov
+        assert cov is not None  # sized by the update
+        return isda_logits(logits, weight, y, cov, self.lam if lam is None else lam, check_y=False)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
@@ -521,9 +523,10 @@ class _ArmedHook:
         if self.y.device != a.device:
             raise ValueError(f"y is on {self.y.device} but the features are on {a.device}")
         if _is_imported_instance(module.weight, "DTensor", ("torch.distributed.tensor", "torch.distributed._tensor")):
+            dtensor: Any = module.weight  # a DTensor's placements
             raise ValueError(
                 f"ISDA needs the whole weight of the layer {self.label}, but in its forward it is a DTensor "
-                f"({module.weight.placements}; a tensor-parallel plan of parallelize_module on it?): keep the "
+                f"({dtensor.placements}; a tensor-parallel plan of parallelize_module on it?): keep the "
                 f"classifier out of the tensor-parallel plan (FSDP's fully_shard is supported)")
         # armed with model.module, the layer runs inside a DDP forward all the same: its group is checked here
         # (torch records the DDP whose forward runs, for dynamo; getattr: a private attribute)
@@ -554,7 +557,7 @@ def _saved_as_they_are() -> contextlib.AbstractContextManager:
     if top is not None:
         needed = top(False) is not None  # as torch 2.14's torch.utils.checkpoint asks
     else:
-        needed = torch._C._autograd._saved_tensors_hooks_is_enabled()
+        needed = cast(Any, torch._C._autograd)._saved_tensors_hooks_is_enabled()  # older torch's, not in its stubs
     return torch.autograd.graph.saved_tensors_hooks(_with_version, _checked) if needed else contextlib.nullcontext()
 
 
@@ -583,7 +586,8 @@ def _remove_hook(layer: nn.Module, hook: _ArmedHook) -> None:
         del layer._forward_hooks[key]
 
 
-class ISDA(_ISDAState, LatentTransform):
+# num_classes: the statistics' classes, fixed (grow() adds), where LatentTransform's is a setting
+class ISDA(_ISDAState, LatentTransform):  # type: ignore[misc]
     """Implicit semantic data augmentation as a one-line drop-in: ``x, y = isda(x, y, model)``.
 
     The call leaves ``x`` and ``y`` unchanged and arms a one-shot forward hook on the model's final linear layer.
@@ -784,16 +788,18 @@ class ISDA(_ISDAState, LatentTransform):
         would fail once training): its statistics on ``x``'s device, class-index labels."""
         with grown_classifier_named((self,), model):
             super().check_call(x, y, model, index, model_optional=model_optional)
+        assert y is not None  # refused: needs_labels
         check_same_device(x, self.estimator, "ISDA's class statistics")
         check_class_indices(y)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, model: nn.Module | None = None,
-                index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None,  # type: ignore[override]  # as __call__
+                model: nn.Module | None = None, index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Validate (``y=None`` is refused: ISDA needs class indices), arm the hook when both ISDA and the model
         train, and return ``(x, y)`` unchanged.
 
         ``index`` is checked like every transform's and unused (ISDA encodes nothing)."""
         self.check_call(x, y, model, index)
+        assert y is not None and model is not None  # refused by check_call: needs_labels, needs_model
         if not self.training:
             warn_if_left_in_eval(self, model)
             return x, y

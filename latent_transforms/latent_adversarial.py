@@ -100,9 +100,11 @@ class LatentAdversarial(CodecTransform):
             raise RuntimeError("LatentAdversarial differentiates the classifier, which torch.inference_mode() forbids; "
                                "call it outside inference_mode (torch.no_grad() is fine) or put it in eval() mode")
         z = self.encode_flat(x, index)
+        assert model is not None  # forward refused model=None (needs_model)
         with borrowed(model) as net:
             with torch.no_grad():
                 target = logits_of(net, x, "LatentAdversarial").argmax(1) if self.target == "pred" else y
+            assert target is not None  # forward refused y=None for target="true" (needs_labels)
             delta = params["start"].clone()  # the loop flags it for gradients: not the caller's tensor
             for i in range(self.steps):
                 delta.requires_grad_(True)

@@ -1,7 +1,7 @@
 """Latent mixup inference: predict by averaging over mixes of the input with clean references in latent space."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
@@ -21,7 +21,7 @@ __all__ = ["LatentMixupInference"]
 def _checked_model(name: str, model: object) -> nn.Module:
     """``model`` if it is an ``nn.Module`` (``check_model``'s message), as ``setting`` checks it."""
     check_model(model)
-    return model
+    return cast(nn.Module, model)  # check_model refused anything else
 
 
 class LatentMixupInference(Settings, ChecksCodecStates, SampleStats, nn.Module):
@@ -77,7 +77,7 @@ class LatentMixupInference(Settings, ChecksCodecStates, SampleStats, nn.Module):
     def codec(self) -> Codec:
         """The codec, fixed at construction: it encoded the references (assigned as a plain submodule, the new codec's
         latents were mixed with the old one's)."""
-        return self._modules["codec"]
+        return cast(Codec, self._modules["codec"])
 
     @codec.setter
     def codec(self, codec: object) -> None:
@@ -115,7 +115,7 @@ class LatentMixupInference(Settings, ChecksCodecStates, SampleStats, nn.Module):
             z = self.codec.encode_flat(x)
         refs = self.reference_latents
         pick = torch.randint(0, refs.shape[0], (self.num_mixes, x.shape[0]), generator=self._rng.get(x.device), device=x.device)
-        probs = 0
+        probs: torch.Tensor | int = 0
         with borrowed(self.model) as net:
             for k in range(self.num_mixes):
                 mixed = self.lam * z + (1 - self.lam) * refs[pick[k]]
@@ -123,7 +123,7 @@ class LatentMixupInference(Settings, ChecksCodecStates, SampleStats, nn.Module):
                 logits = logits_of(net, xk.to(x.dtype), "LatentMixupInference")
                 self._count(x.device, x.shape[0], ok.sum(), (~ok).sum())  # once the model took it
                 probs = probs + _probabilities(logits)
-        return probs / self.num_mixes
+        return cast(torch.Tensor, probs) / self.num_mixes  # num_mixes >= 1: a tensor
 
 
 def _probabilities(logits: torch.Tensor) -> torch.Tensor:

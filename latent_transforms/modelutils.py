@@ -28,8 +28,8 @@ def unwrap(model: nn.Module) -> nn.Module:
     while True:
         if isinstance(model, wrappers):
             model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), wrappers):  # torch.compile(DDP(model))
-            model = model._orig_mod.module
+        elif isinstance(compiled := getattr(model, "_orig_mod", None), wrappers):  # torch.compile(DDP(model))
+            model = compiled.module
         else:
             return model
 

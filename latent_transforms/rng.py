@@ -55,7 +55,7 @@ def _check_generator(spec: object) -> torch.Generator | int | None:
     if isinstance(spec, bool) or not (spec is None or isinstance(spec, (numbers.Integral, torch.Generator))):
         raise WrongTypeError(f"generator must be None, an int seed or a torch.Generator, got {type(spec).__name__}"
                              f"{text_hint(spec, int, none_allowed=True)}")
-    if isinstance(spec, numbers.Integral) and not -2**63 <= spec < 2**64:
+    if isinstance(spec, numbers.Integral) and not -2**63 <= int(spec) < 2**64:
         raise ValueError(f"a generator seed must be in [-2**63, 2**64) (torch.Generator.manual_seed's range), "
                          f"got {spec}")
     return int(spec) if isinstance(spec, numbers.Integral) else spec

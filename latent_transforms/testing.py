@@ -9,6 +9,7 @@ import pickle
 import re
 import warnings
 from collections.abc import Callable, Iterator
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -69,7 +70,7 @@ def _raises(kind: type[BaseException], match: str) -> Iterator[None]:
     try:
         yield
     except kind as e:
-        expect(re.search(match, str(e)), f"{type(e).__name__} {str(e)!r} does not match {match!r}")
+        expect(re.search(match, str(e)) is not None, f"{type(e).__name__} {str(e)!r} does not match {match!r}")
     else:
         raise AssertionError(f"no {kind.__name__} raised (expected one matching {match!r})")
 
@@ -95,7 +96,7 @@ def _form(t: object) -> str:
 def _called(t: nn.Module, x: torch.Tensor, *args, **kwargs) -> tuple:
     """``t(x, *args, **kwargs)`` (``args[0]``: the labels, if given), checked to return ``(x2, y2)`` and to leave the
     caller's ``x`` and labels as they were."""
-    given = {"x": x, "y": args[0] if args else None}
+    given: dict[str, Any] = {"x": x, "y": args[0] if args else None}
     before = {k: v.clone() for k, v in given.items() if isinstance(v, torch.Tensor)}
     out = t(x, *args, **kwargs)
     expect(isinstance(out, tuple) and len(out) == 2, f"the call returned {describe(out)}, not (x2, y2)")
@@ -117,6 +118,7 @@ def _check_arguments(make: object, x: object, y: object, model: object, num_clas
                          "check makes its own y=None calls (an unlabelled dataset: pass any labels, "
                          "torch.zeros(B, dtype=torch.long))")
     k = y.shape[1] if isinstance(y, torch.Tensor) and y.ndim == 2 else check_count("num_classes", num_classes, low=1)
+    x, y = cast(torch.Tensor, x), cast(torch.Tensor, y)  # as check_batch refuses anything else
     check_batch(x, y)  # x: (B, C, H, W) float in [0, 1]; y: B labels on x's device (k: checked for a mixing method)
     if len(x) < 2:
         raise ValueError(f"x must hold 2 samples or more (a label-mixing method needs partners; the check makes its "
@@ -277,7 +279,7 @@ def check_transform_contract(make: Callable[..., LatentTransform], x: torch.Tens
         expect(xe is x and ye is None, "eval() mode did not return x and None for y=None")
     if model is not None:  # the model given in y's place
         with _raises(TypeError, re.escape("t(x, model=model)")):
-            make(generator=0)(x, model)
+            make(generator=0)(x, model)  # type: ignore[call-overload]  # on purpose: refused at run time too
 
     # picklable / deep-copyable like any module; torch 2.4 unpickles a tensor through torch.load with a FutureWarning
     # (weights_only=False) that a suite run with warnings as errors took for a breach of the transform's

@@ -28,12 +28,12 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from . import hub
-from .codecs import Codec, build_codec, exact_math
+from .codecs import Codec, ConvVAE, Glow, build_codec, exact_math
 from .data import DEFAULT_DATA_ROOT, SPLIT_SPECS
 from .modelutils import describe_device, threads_for_this_cpu
 from .pixel_shift import random_shift_flip
@@ -101,27 +101,29 @@ def _roundtrip_err(codec: Codec, x: torch.Tensor) -> float:
 def _glow_batch_metrics(codec: Codec, xb: torch.Tensor, gen: torch.Generator) -> tuple[dict, dict]:
     """``bits_per_dim`` summed over ``xb`` (B, C, H, W) (uniform dequantisation noise from ``gen``), and the
     batch's ``roundtrip_max_err``, as ``(sums, maxes)``."""
+    glow = cast(Glow, codec)  # RECIPES["glow"]'s
     device = codec.device
     noise = torch.rand(xb.shape, generator=gen, device="cpu", dtype=torch.float32).to(device, codec.dtype)
-    x_deq = (torch.round(xb * (codec.num_bins - 1)) + noise) / codec.num_bins
+    x_deq = (torch.round(xb * (glow.num_bins - 1)) + noise) / glow.num_bins
     with exact_math(device.type):
-        bpd = codec.bits_per_dim(x_deq)
+        bpd = glow.bits_per_dim(x_deq)
     return {"bits_per_dim": float(bpd.sum())}, {"roundtrip_max_err": _roundtrip_err(codec, xb)}
 
 
 def _vae_batch_metrics(codec: Codec, xb: torch.Tensor, gen: torch.Generator) -> tuple[dict, dict]:
     """``mse``, ``kl``, ``rec`` and ``nelbo`` summed over ``xb`` (B, C, H, W) (one posterior sample from ``gen``), as
     ``(sums, {})``."""
-    terms = codec.elbo_terms(xb, generator=gen)
+    vae = cast(ConvVAE, codec)  # RECIPES["vae"]'s
+    terms = vae.elbo_terms(xb, generator=gen)
     rec, kl = terms["rec"], terms["kl"]
     mse = (codec.decode([terms["mu"]]) - xb).pow(2).flatten(1).mean(1)
-    per_image = {"mse": mse, "kl": kl, "rec": rec, "nelbo": rec + codec.beta * kl}
+    per_image = {"mse": mse, "kl": kl, "rec": rec, "nelbo": rec + vae.beta * kl}
     return {key: float(v.sum()) for key, v in per_image.items()}, {}
 
 
 def _glow_weakness(codec: Codec, metrics: dict[str, float]) -> str | None:
     """A flow no better than uniform noise over its ``num_bins`` levels (log2(num_bins) bits/dim) learnt nothing."""
-    uniform = math.log2(codec.num_bins)
+    uniform = math.log2(cast(Glow, codec).num_bins)  # RECIPES["glow"]'s
     if not metrics["bits_per_dim"] < uniform:
         return (f"the flow models its images no better than uniform noise ({metrics['bits_per_dim']:.4g} bits/dim; "
                 f"uniform over {codec.num_bins} levels: {uniform:.4g}): its latent is not worth perturbing; train "
@@ -553,7 +555,8 @@ def _build(codec_kind: str, cfg: dict, dev: torch.device, lr: float, seed: int, 
     recipe = RECIPES[codec_kind]
     if saved is None and recipe.actnorm:  # ActNorm initialises from the first batch it sees: a big one
         g = torch.Generator().manual_seed(seed)
-        codec.init_actnorm(x[torch.randperm(x.shape[0], generator=g, device="cpu")[:ACTNORM_INIT_BATCH].to(dev)])
+        glow = cast(Glow, codec)  # the recipe with ActNorm
+        glow.init_actnorm(x[torch.randperm(x.shape[0], generator=g, device="cpu")[:ACTNORM_INIT_BATCH].to(dev)])
     with cpu_as_default_device():  # torch 2.6 to 2.8 import torch._dynamo at a first optimizer: not under "meta"
         optimizer = recipe.optimizer(params, lr=lr)
     if saved is not None:
@@ -665,6 +668,7 @@ class _TrainingRun:
                 epoch, pos = divmod(step, self.steps_per_epoch)
                 if epoch != perm_epoch:
                     perm, perm_epoch = self._epoch_order(epoch), epoch
+                assert perm is not None  # drawn at the first step (perm_epoch -1)
                 xb = self._batch(perm, pos)
                 progress = step / self.total_steps if self.total_steps is not None else \
                     self.info["train_time_s"] / self.budget_s
@@ -924,6 +928,7 @@ def _only_run_writing(out: Path, name: str) -> Iterator[None]:
         yield
         return
     path = out / f".{name}.lock"
+    fd: int | None
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
@@ -1062,7 +1067,7 @@ def train_codec(
     dev = resolve_device(device, auto=True)
     if dev.type == "meta":
         raise ValueError("device 'meta' holds shapes, not values: train on cpu or cuda")
-    cfg = _codec_config(codec_kind, tuple(x_train.shape[1:]), num_bins, config, dict(
+    cfg = _codec_config(codec_kind, cast(tuple[int, int, int], tuple(x_train.shape[1:])), num_bins, config, dict(
         levels=levels, steps=steps, hidden=hidden, latent_dim=latent_dim, beta=beta, latent_side=latent_side,
         decoder_blocks=decoder_blocks))
     recipe = RECIPES[codec_kind]
@@ -1079,7 +1084,8 @@ def train_codec(
         steps_per_epoch = n // bs  # the last incomplete batch of each epoch is dropped
         total_steps = max_steps if max_steps is not None else (
             max(1, round(epochs * steps_per_epoch)) if epochs is not None else None)
-        budget_s = max_minutes * 60 if (total_steps is None) else None  # time-defined run
+        # time-defined run (max_minutes is then given: _check_train_args)
+        budget_s = max_minutes * 60 if (total_steps is None and max_minutes is not None) else None
         call_limit_s = max_minutes * 60 if (max_minutes is not None and total_steps is not None) else None
         clip = grad_clip if grad_clip is not None else recipe.grad_clip
         say = print if progress else (lambda *a, **k: None)

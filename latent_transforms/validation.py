@@ -121,7 +121,7 @@ def check_number(name: str, value: object, low: float = 0.0, high: float = math.
     try:
         f = float(v)
     except OverflowError:  # an int beyond float's range
-        f = math.inf if v > 0 else -math.inf
+        f = -math.inf if v < 0 else math.inf
     if not math.isfinite(f) or f < low or (low_open and f == low) or f > high or (high_open and f == high):
         raise ValueError(f"{name} must be a finite number in {interval}, got {value!r}")
     return f
@@ -138,9 +138,10 @@ def check_count(name: str, value: object, low: int = 0, high: int | None = None)
     bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
     if not is_int(v):
         raise WrongTypeError(f"{name} must be an int {bounds}, got {value!r}{text_hint(value, int)}")
-    if v < low or (high is not None and v > high):
+    n = int(cast(numbers.Integral, v))  # exact, as is_int passed
+    if n < low or (high is not None and n > high):
         raise ValueError(f"{name} must be an int {bounds}, got {value!r}")
-    return int(v)
+    return n
 
 
 def check_classes(name: str, value: object) -> int | None:
@@ -245,6 +246,12 @@ def setting(name: str, check: Callable[..., SettingT], *args: Any, module: bool 
     return cast("Setting[SettingT]", kept)
 
 
+if TYPE_CHECKING:  # a mixin's base to the type checker: the nn.Module it is mixed into (at run time, object)
+    ModuleMixin = torch.nn.Module
+else:
+    ModuleMixin = object
+
+
 class Settings:
     """Mixed into an ``nn.Module`` with settings (properties such as ``setting``'s): an assignment to one reaches its
     setter whatever the value, where ``nn.Module.__setattr__`` registered a module value as a submodule of that name
@@ -263,7 +270,8 @@ class Settings:
             object.__setattr__(self, name, value)
             return
         if held is _ABSENT and name[:1] != "_" and not hasattr(self, name) and _is_library_class(type(self)):
-            meant = close_names(name, _settings_of(type(self)), 3, cutoff=_MISSPELLING)
+            # mypy checks type(x)'s unbound __hash__ against functools.cache's Hashable: a class is hashable
+            meant = close_names(name, _settings_of(type(self)), 3, cutoff=_MISSPELLING)  # type: ignore[arg-type]
             if meant:
                 raise _misspelled_setting(self, name, meant)
         super().__setattr__(name, value)
@@ -294,10 +302,11 @@ def close_names(name: str, names: collections.abc.Iterable[str], n: int = 1, cut
 def _misspelled_setting(owner: object, name: str, meant: list[str]) -> AttributeError:
     """The error for a new public ``name`` assigned to ``owner`` that misspells its settings ``meant``."""
     cls = type(owner).__name__
+    settings = _settings_of(type(owner))  # type: ignore[arg-type]  # as in Settings.__setattr__
     return AttributeError(
         f"{cls} has no setting {name!r} (did you mean {' or '.join(map(repr, meant))}?): assigned, it would be a new "
         f"attribute that {cls} never reads, and the setting meant would keep its value. Its settings: "
-        f"{', '.join(_settings_of(type(owner)))}. For an attribute of your own, use a name starting with '_' or a "
+        f"{', '.join(settings)}. For an attribute of your own, use a name starting with '_' or a "
         f"subclass of {cls}")
 
 
@@ -328,7 +337,7 @@ def resolve_device(device: object, *, auto: bool = False) -> torch.device:
         raise ValueError(f"device must be {choices}, got {str(device)!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {str(device)!r} asked for, but CUDA is not available here; use 'cpu'")
-    backend = getattr(torch, device.type, None)  # torch.mps, torch.xpu, ...
+    backend: Any = getattr(torch, device.type, None)  # torch.mps, torch.xpu, ...
     if device.type not in ("cpu", "cuda", "meta") and not (hasattr(backend, "is_available") and backend.is_available()):
         raise ValueError(f"device {str(device)!r} asked for, but it is not available here; use 'cpu'")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
@@ -775,9 +784,9 @@ def check_batch(x: torch.Tensor, y: torch.Tensor | None, num_classes: int | None
             checks.append((_image_stats(x), lambda v: _judge_images(x, "x", *v)))
         elif finite_values:
             checks.append((_image_stats(x), lambda v: _judge_finite(x, "x", *v)))
-        if label_values:
+        if label_values and y is not None:  # label_values implies y
             checks.append((_label_stats(y), lambda v: _judge_labels(y, "y", num_classes, v, _TARGETS_HINT)))
-        if index_values:
+        if index_values and index is not None:  # index_values implies index
             checks.append((_extremes(index), lambda v: _judge_index(index_size, *v)))
         if more_checks is not None:
             checks += more_checks()
@@ -801,8 +810,8 @@ def state_mismatch(expected: dict[str, torch.Tensor], given: collections.abc.Map
     hundreds, which torch's own error lists one by one)."""
     missing = [k for k in expected if k not in given]
     unexpected = [k for k in given if k not in expected]
-    reshaped = [f"{k}: {tuple(given[k].shape)} given, {tuple(v.shape)} expected" for k, v in expected.items()
-                if isinstance(given.get(k), torch.Tensor) and given[k].shape != v.shape]
+    reshaped = [f"{k}: {tuple(g.shape)} given, {tuple(v.shape)} expected" for k, v in expected.items()
+                if isinstance(g := given.get(k), torch.Tensor) and g.shape != v.shape]
     parts = []
     for what, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped)):
         if keys:

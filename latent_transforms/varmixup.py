@@ -143,4 +143,5 @@ class VarMixup(CodecTransform):
                 x2 = x2 + w * residual + (1 - w) * residual[partner]
             else:
                 x2 = self.decode_flat(mixed)
+        assert y is not None  # forward refused y=None (mixes_labels)
         return x2, mix_labels(y, partner, lam, self.num_classes)

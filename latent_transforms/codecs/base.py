@@ -5,7 +5,8 @@ import hashlib
 import itertools
 import json
 import math
-from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar
+import numbers
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar, cast
 
 import torch
 from torch import nn
@@ -13,9 +14,9 @@ from torch import nn
 from ..casts import without_16_bit_casts
 from ..rng import draw_generator
 from ..torch_defaults import codec_build_defaults
-from ..validation import (Settings, SettingT, WrongTypeError, bad_option, check_bool, check_dense, check_image_values,
-                          check_images, check_items, check_number, check_same_device, describe, fixed_at_construction,
-                          is_int, scalar, setting, state_mismatch, values_unread)
+from ..validation import (ModuleMixin, Settings, SettingT, WrongTypeError, bad_option, check_bool, check_dense,
+                          check_image_values, check_images, check_items, check_number, check_same_device, describe,
+                          fixed_at_construction, is_int, scalar, setting, state_mismatch, values_unread)
 from .precision import exact_math
 
 if TYPE_CHECKING:
@@ -49,12 +50,13 @@ def shapes_weights(name: str, check: Callable[..., SettingT], *args: Any, why: s
 
 def _check_image_shape_option(name: str, value: object) -> tuple[int, int, int]:
     """``value``, a codec's ``(C, H, W)`` of positive ints (any sequence of Python or NumPy ints), as an int tuple."""
-    ints = hasattr(value, "__len__") and not isinstance(value, (str, bytes)) and all(is_int(s) for s in value)
-    if not ints or len(value) != 3 or min(value) < 1:  # 32 or "abc": a WrongTypeError, not len()'s
-        hint = f"; vectors of {value[0]} numbers? (1, 1, {value[0]}), given as x.view(len(x), 1, 1, -1) scaled to " \
-            f"[0, 1]" if ints and len(value) == 1 and min(value) >= 1 else ""
+    seq = cast("Sequence[Any]", value)  # read as one only where it has a length
+    ints = hasattr(value, "__len__") and not isinstance(value, (str, bytes)) and all(is_int(s) for s in seq)
+    if not ints or len(seq) != 3 or min(seq) < 1:  # 32 or "abc": a WrongTypeError, not len()'s
+        hint = f"; vectors of {seq[0]} numbers? (1, 1, {seq[0]}), given as x.view(len(x), 1, 1, -1) scaled to " \
+            f"[0, 1]" if ints and len(seq) == 1 and min(seq) >= 1 else ""
         raise bad_option(f"{name} must be (C, H, W) positive ints, got {value!r}{hint}", right_type=ints)
-    c, h, w = (int(s) for s in value)
+    c, h, w = (int(s) for s in seq)
     return c, h, w
 
 
@@ -76,7 +78,7 @@ def unflatten_latents(flat: torch.Tensor, shapes: list[tuple[int, ...]]) -> Late
     return [t.reshape(flat.shape[0], *s) for t, s in zip(flat.split(sizes, dim=1), shapes)]
 
 
-class ChecksCodecStates:
+class ChecksCodecStates(ModuleMixin):
     """Mixin for a module that is or holds codecs: a strict ``load_state_dict`` first checks each codec's part of the
     state (another codec's state used to get torch's error listing hundreds of keys, after loading what fitted)."""
 
@@ -136,7 +138,7 @@ class Codec(Settings, ChecksCodecStates, nn.Module):
 
     def __init__(self, image_shape: tuple[int, int, int] | list[int]):
         super().__init__()
-        self.image_shape = image_shape
+        self.image_shape = cast(tuple[int, int, int], image_shape)  # its check takes any sequence, keeps a tuple
         self.frozen = False
         self._compiled: tuple[Callable, Callable] | None = None  # torch.compile'd (_encode, _decode), unbound
         self._compile_args: tuple[bool | None, dict] | None = None  # (dynamic, compile_kwargs) when compiled
@@ -150,9 +152,10 @@ class Codec(Settings, ChecksCodecStates, nn.Module):
             n = scalar(v)
             if not is_int(n):
                 raise WrongTypeError(f"{name} must be a positive int, got {v!r}")
-            if not n > 0:
+            k = int(cast(numbers.Integral, n))  # exact, as is_int passed
+            if not k > 0:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
-            ints.append(int(n))
+            ints.append(k)
         return ints
 
     # -- to implement ---------------------------------------------------------------------------
@@ -247,7 +250,7 @@ class Codec(Settings, ChecksCodecStates, nn.Module):
         if not isinstance(z, (list, tuple)) or [t.shape if isinstance(t, torch.Tensor) else None for t in z] != shapes:
             raise ValueError(f"{type(self).__name__}._encode must return a list of one tensor per latent level, of "
                              f"shapes {shapes} here (latent_shapes {levels}); it returned {describe(z)}")
-        return z
+        return cast(Latents, z)  # a list (or tuple) of them, as checked
 
     def decode(self, z: Latents) -> torch.Tensor:
         """Standardised latents -> (B, C, H, W), approximately in [0, 1] (codec dtype, not clipped)."""

@@ -68,7 +68,7 @@ class SyncFreeActNorm(nf.flows.ActNorm):
         flag = self.data_dep_init_done
         out = getattr(nf.flows.ActNorm, direction)(self, z)
         if self.data_dep_init_done is not flag:  # normflows' torch.tensor(1.0): torch's default dtype and device
-            self.data_dep_init_done = flag.fill_(1.0)
+            self.data_dep_init_done: torch.Tensor = flag.fill_(1.0)
         self.checked = True
         return out
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, cast
 
 import torch
 
@@ -39,8 +39,9 @@ def _precision_settings() -> tuple[list[Any], list[Any]]:
     b = torch.backends
     if not hasattr(b.cuda.matmul, "fp32_precision"):
         return [], []
-    exact = [b.cuda.matmul, b.cudnn.conv, b.mkldnn.matmul, b.mkldnn.conv]
-    return exact + [b.cudnn.rnn, b.mkldnn.rnn], exact
+    cudnn, mkldnn = cast(Any, b.cudnn), cast(Any, b.mkldnn)  # their holders are set at import: not in the stubs
+    exact = [b.cuda.matmul, cudnn.conv, mkldnn.matmul, mkldnn.conv]
+    return exact + [cudnn.rnn, mkldnn.rnn], exact
 
 
 def _full_precision() -> tuple[list, list]:

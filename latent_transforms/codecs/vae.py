@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+import numbers
+from typing import Any, Sequence, cast
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,7 @@ class ResidualBlock(nn.Module):
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)
+        assert self.conv2.bias is not None  # nn.Conv2d's bias=True
         nn.init.zeros_(self.conv2.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -38,18 +40,20 @@ def _check_latent_side(name: str, value: object, padded: int | None = None, wher
         return None
     side = scalar(value)
     right_type = is_int(side)
-    if not right_type or side < 1 or (padded is not None and side > padded) or side & (side - 1):
+    n = int(cast(numbers.Integral, side)) if right_type else 0  # exact, as is_int passed
+    if not right_type or n < 1 or (padded is not None and n > padded) or n & (n - 1):
         bound = "" if padded is None else f" <= {where}"
         raise bad_option(f"{name} must be None or a power of two{bound}, got {value!r}", right_type=right_type)
-    return int(side)
+    return n
 
 
 def _check_padding(name: str, value: object) -> tuple[int, int, int, int]:
     """``value``, a VAE's padding in ``F.pad``'s order ``(left, right, top, bottom)``: four ints >= 0, as a tuple."""
-    ints = isinstance(value, (tuple, list)) and len(value) == 4 and all(is_int(v) for v in value)
-    if not ints or min(value) < 0:
+    seq = cast("Sequence[Any]", value)  # read as one only where it is a tuple or list
+    ints = isinstance(value, (tuple, list)) and len(seq) == 4 and all(is_int(v) for v in seq)
+    if not ints or min(seq) < 0:
         raise bad_option(f"{name} must be (left, right, top, bottom) ints >= 0, got {value!r}", right_type=ints)
-    left, right, top, bottom = (int(v) for v in value)
+    left, right, top, bottom = (int(v) for v in seq)
     return left, right, top, bottom
 
 
