@@ -130,8 +130,8 @@ def _cifar10(split: str, data_root) -> tuple[torch.Tensor, torch.Tensor, int]:
 
 # what images of more than 8 bits are told besides making them 8-bit: how to train on every level they hold
 _KEEP_LEVELS = ("; or keep every level: scale them into [0, 1] yourself and train in Python, train_codec(kind, x, ..., "
-               "num_bins=N) with N their number of levels, 4096 for 12-bit data, 65536 for 16-bit "
-               "(docs/training.md#python)")
+                "num_bins=N) with N their number of levels, 4096 for 12-bit data, 65536 for 16-bit "
+                "(docs/training.md#python)")
 
 
 def _dtype_hint(lo: float, hi: float, floats: bool) -> str:

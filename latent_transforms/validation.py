@@ -26,23 +26,23 @@ _IMAGE_RANGE_TOL = 1e-3
 _SOFT_LABEL_TOL = 1e-3
 # what a batch of vectors (tabular data, 1-D signals) is told where images are due
 _VECTORS_HINT = ("; (B, D) vectors? ISDA takes any (B, ...) tensor; the latent methods take images: a codec of your "
-                "own (docs/training.md#your-own-model-as-a-codec) with image_shape (1, 1, D) takes vectors scaled to "
-                "[0, 1] as {name}.view(len({name}), 1, 1, -1)")
+                 "own (docs/training.md#your-own-model-as-a-codec) with image_shape (1, 1, D) takes vectors scaled to "
+                 "[0, 1] as {name}.view(len({name}), 1, 1, -1)")
 # what a 5-d batch is told: the frames of video clips, or the slices of 3-D volumes, are a batch of images
 _VIDEO_HINT = ("; video clips (B, T, C, H, W)? {name}.flatten(0, 1) makes their frames a (B*T, C, H, W) batch, each "
-              "frame transformed on its own (unlike its neighbours; the same draws for a clip's frames: "
-              "docs/composition.md#video-clips), with the labels repeated per frame, y.repeat_interleave(T) "
-              "(x2.unflatten(0, (B, T)) gives the clips back)")
+               "frame transformed on its own (unlike its neighbours; the same draws for a clip's frames: "
+               "docs/composition.md#video-clips), with the labels repeated per frame, y.repeat_interleave(T) "
+               "(x2.unflatten(0, (B, T)) gives the clips back)")
 _VOLUME_HINT = ("; 3-D volumes (B, C, D, H, W)? {name}.movedim(2, 1).flatten(0, 1) makes their slices a (B*D, C, H, W) "
-               "batch, each slice transformed on its own (differently from its neighbours), with the labels repeated "
-               "per slice, y.repeat_interleave(D) (x2.unflatten(0, (B, D)).movedim(1, 2) gives the volumes back)")
+                "batch, each slice transformed on its own (differently from its neighbours), with the labels repeated "
+                "per slice, y.repeat_interleave(D) (x2.unflatten(0, (B, D)).movedim(1, 2) gives the volumes back)")
 # what a transform's call is told for labels that look like other targets (multi-label, regression, several of them)
 _TARGETS_HINT = ("; targets that are not class labels (multi-hot, regression, a dict of them)? a method that reads no "
-                "labels (LatentNoise, LatentAdversarial(target='pred')) takes y=None; a label mix (VarMixup, MixUp) "
-                "given y=torch.eye(len(x), device=x.device) returns the (B, B) weights w it mixed the samples with, "
-                "and w @ targets mixes yours alike (docs/composition.md#multi-label-and-regression-targets); ISDA and "
-                "LatentAdversarial(target='true') need class labels; segmentation masks and boxes, which move with the "
-                "pixels: docs/composition.md#segmentation-masks-and-boxes")
+                 "labels (LatentNoise, LatentAdversarial(target='pred')) takes y=None; a label mix (VarMixup, MixUp) "
+                 "given y=torch.eye(len(x), device=x.device) returns the (B, B) weights w it mixed the samples with, "
+                 "and w @ targets mixes yours alike (docs/composition.md#multi-label-and-regression-targets); ISDA and "
+                 "LatentAdversarial(target='true') need class labels; segmentation masks and boxes, which move with "
+                 "the pixels: docs/composition.md#segmentation-masks-and-boxes")
 
 
 class WrongTypeError(TypeError, ValueError):
