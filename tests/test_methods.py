@@ -958,6 +958,11 @@ def test_levels_assigned_after_construction_act_as_given_to_the_constructor(glow
     (lambda g: tiny_vae(), "latent_side", "4", "^latent_side must be None or a power of two, got '4'$"),
     (lambda g: tiny_vae(shape=(1, 28, 28)), "padding", (2, -2, 2, 2),
      r"^padding must be \(left, right, top, bottom\) ints >= 0, got \(2, -2, 2, 2\)$"),
+    # mutation round 36: three numbers, or a float that int() makes the padding held
+    (lambda g: tiny_vae(shape=(1, 28, 28)), "padding", (2, 2, 2),
+     r"^padding must be \(left, right, top, bottom\) ints >= 0, got \(2, 2, 2\)$"),
+    (lambda g: tiny_vae(shape=(1, 28, 28)), "padding", (2.5, 2, 2, 2),
+     r"^padding must be \(left, right, top, bottom\) ints >= 0, got \(2.5, 2, 2, 2\)$"),
     # mutation round 35: a setting fixed at construction checks another value first, as the constructor did
     (lambda g: tiny_glow(), "levels", 0, "levels must be an int >= 1, got 0"),
     (lambda g: tiny_glow(), "scale_floor", 1.0, "scale_floor must be a finite number in \\(0, 1\\), got 1.0"),
@@ -1187,6 +1192,11 @@ def test_an_estimator_pickled_with_its_diagonal_flag_loads():
     assert loaded.cov.shape == (4, 3) and loaded.count.sum() == 5
     with pytest.raises(AttributeError, match="covariance is fixed at construction"):
         loaded.covariance = "full"
+    # the default, sync_stats=True, loads as it was (a pickle of it read as False gathered nothing under DDP)
+    default = {k: v for k, v in FeatureCovariance(4, 3).__getstate__().items() if k not in ("_sync", "_group")}
+    loaded = FeatureCovariance.__new__(FeatureCovariance)
+    loaded.__setstate__({**default, "sync": True, "group": None})
+    assert loaded.sync_stats is True
 
 
 def _glow_cache(glow, vae, x):

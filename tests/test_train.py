@@ -514,7 +514,8 @@ def test_ctrl_c_saves_at_a_step_boundary_and_resumes_exactly(tmp_path, digits, m
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="no SIGUSR1 here (Windows)")
-def test_sigusr1_saves_like_sigterm_then_calls_ones_own_handler_with_the_lock_file_gone(tmp_path, digits, monkeypatch):
+def test_sigusr1_saves_like_sigterm_then_calls_ones_own_handler_with_the_lock_file_gone(tmp_path, digits, monkeypatch,
+                                                                                       capsys):
     """SLURM's warning before the time limit (``#SBATCH --signal=USR1@120``) took its default action: the process
     ended mid-run, nothing saved. A handler of one's own is called after the save, the lock file already removed
     (the signal's default action, called with the lock held, ended the process and left the file)."""
@@ -527,12 +528,24 @@ def test_sigusr1_saves_like_sigterm_then_calls_ones_own_handler_with_the_lock_fi
     try:
         _signal_after_update(monkeypatch, 2, signal.SIGUSR1)
         r = train_codec("flow", digits[0][:32], tmp_path, **FLOW, max_steps=4, batch_size=16, checkpoint_every=1000,
-                        progress=False)
+                        progress=True)  # for the message said
         assert signal.getsignal(signal.SIGUSR1) is own
     finally:
         signal.signal(signal.SIGUSR1, previous)
     assert seen == [(signal.SIGUSR1, False)] and not r["complete"] and r["step"] == 2
     assert load_training_state(tmp_path / "glow.state.safetensors")[2]["step"] == 2
+    assert "SIGUSR1: saving the training state after this step (another SIGUSR1 to stop at once" in \
+        capsys.readouterr().err
+
+
+def test_a_signal_in_the_last_step_is_still_handled_after_the_save(tmp_path, digits, monkeypatch):
+    """The run is finished at the step boundary the Ctrl-C came in, but the Ctrl-C is not swallowed: the state is
+    saved, the final files are not written and KeyboardInterrupt is raised, as at any other step."""
+    _signal_after_update(monkeypatch, 2, signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        train_codec("flow", digits[0][:32], tmp_path, **FLOW, max_steps=2, batch_size=16, progress=False)
+    assert load_training_state(tmp_path / "glow.state.safetensors")[2]["step"] == 2
+    assert not (tmp_path / "glow.safetensors").exists()
 
 
 @pytest.mark.parametrize("kind, settings", [("flow", FLOW), ("vae", VAE)])

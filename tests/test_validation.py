@@ -1,4 +1,6 @@
 """Bad inputs get a ValueError/TypeError naming the problem, from every public transform; nothing else escapes."""
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -260,9 +262,16 @@ def test_a_pil_image_or_numpy_array_is_told_how_to_become_a_batch():
         with pytest.raises(TypeError, match=r"x must be a torch.Tensor, got Image; the transforms take batches "
                                             r"\(B, C, H, W\): convert each image in the Dataset, transform=v2.Compose"):
             call(image)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    opened = Image.open(buffer)  # what a Dataset of one's own opening files gives: a PngImageFile (PIL.PngImagePlugin)
+    with pytest.raises(TypeError, match=r"got PngImageFile; the transforms take batches \(B, C, H, W\)"):
+        LatentNoise(GLOW)(opened, GOOD_Y[:1])
     with pytest.raises(TypeError, match=r"got ndarray; torch.from_numpy\(x\), then .permute\(0, 3, 1, 2\) if its "
                                         r"images are \(B, H, W, C\)$"):
         LatentNoise(GLOW)(GOOD_X.numpy(), GOOD_Y)
+    with pytest.raises(TypeError, match=r"^images must be a torch.Tensor, got ndarray; torch.from_numpy\(images\)"):
+        check_images(GOOD_X.numpy(), "images")  # the hint names the argument refused
     with pytest.raises(TypeError, match=r"x must be a torch.Tensor, got list$"):  # nothing said of other types
         LatentNoise(GLOW)(GOOD_X.tolist(), GOOD_Y)
 
@@ -418,6 +427,18 @@ def test_a_fixed_submodule_setting_refuses_another_module_and_keeps_the_one_held
     with pytest.raises(AttributeError, match="it was built in"):
         h.part = torch.nn.Linear(2, 2)
     assert h.part is first and dict(h.named_children()) == {"part": first}
+
+
+def test_a_settings_docstring_is_its_doc_or_names_its_check():
+    # what help() and the API reference show of a setting: Compose.num_classes/steps and ISDA.estimator pass doc=
+    from latent_transforms import Compose
+
+    assert setting("eps", check_number, doc="The radius.").__doc__ == "The radius."
+    assert setting("eps", check_number).__doc__ == "``eps``, checked as the constructor's whenever it is set."
+    assert setting("eps", check_number, fixed=lambda held, value: ("", "")).__doc__ == \
+        "``eps``, fixed: another value assigned raises naming the way."
+    assert Compose.num_classes.__doc__.startswith("The labels' classes, fixed at construction")
+    assert ISDA.estimator.__doc__.startswith("The class statistics, a ``FeatureCovariance``")
 
 
 def test_numpy_level_indices_are_taken_like_ints():
