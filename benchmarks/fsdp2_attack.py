@@ -127,7 +127,8 @@ def accumulation(rank: int, glow, x: torch.Tensor, y: torch.Tensor, args) -> lis
             (lambda xm, ym, model: (xm, ym))
         return accumulate(model, transform, x[mine], y[mine], sync)
 
-    # torch 2.14 renamed DDP's broadcast_buffers forward_sync_buffers (and warns at the old name)
+    # torch 2.13 deprecated DDP's broadcast_buffers for forward_sync_buffers, which still broadcasts the buffers when
+    # DDP wraps the model: the same here, as a fresh BatchNorm's buffers are equal on both ranks
     sync_buffers = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters else \
         "broadcast_buffers"
 
