@@ -94,17 +94,18 @@ def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int | None = No
 
     ``batch_size``: images per forward pass; by default 1024 on an accelerator and 128 on the CPU, where smaller
     batches stay in cache (a width-16 CIFAR ResNet-18 on one thread: 2.4x faster than at 1024).
+    N may be 0 (a rank's empty shard): the model's ``(0, K)``, as ``LatentMixupInference`` gives.
     """
-    if not isinstance(x, torch.Tensor) or not x.ndim or not len(x):  # 0-d: torch's "len() of a 0-d tensor"
+    if not isinstance(x, torch.Tensor) or not x.ndim:  # 0-d: torch's "len() of a 0-d tensor"
         tensor = isinstance(x, torch.Tensor)
-        raise bad_option(f"x must be a non-empty batch (B, ...), got {describe(x) if tensor else type(x).__name__}",
+        raise bad_option(f"x must be a batch (B, ...), got {describe(x) if tensor else type(x).__name__}",
                          right_type=tensor)
     if batch_size is None:
         batch_size = 128 if x.device.type == "cpu" else 1024
     check_count("batch_size", batch_size, low=1)
-    with borrowed(model) as net:
+    with borrowed(model) as net:  # N = 0: one forward of the empty batch, for K (torch.cat of no batches raised)
         return torch.cat([logits_of(net, x[i:i + batch_size], "predict_proba").float().softmax(1)
-                          for i in range(0, len(x), batch_size)])
+                          for i in range(0, len(x) or 1, batch_size)])
 
 
 def _check_predictions(probs: torch.Tensor, y: torch.Tensor, allow_empty: bool = False) -> None:

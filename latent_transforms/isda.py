@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import warnings
 import weakref
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, cast
@@ -488,10 +487,11 @@ class _ArmedHook:
         if owner is None:
             _remove_hook(module, self)
             if self.owner is not None and module.training:  # dropped (a copy's hook has no owner at all)
-                warnings.warn(f"ISDA: the ISDA that armed the augmentation on {self.label} was garbage-collected "
-                              f"before this training forward, which is therefore not augmented; create the ISDA "
-                              f"once, outside the training loop, and keep it (isda = ISDA(...); "
-                              f"x, y = isda(x, y, model))", stacklevel=2)
+                # at the forward's line, not nn.Module's call of this hook (stacklevel=2 named torch's module.py)
+                warn_at_call(f"ISDA: the ISDA that armed the augmentation on {self.label} was garbage-collected "
+                             f"before this training forward, which is therefore not augmented; create the ISDA "
+                             f"once, outside the training loop, and keep it (isda = ISDA(...); "
+                             f"x, y = isda(x, y, model))")
             return None
         if self.fired or not module.training or not torch.is_grad_enabled():
             return None  # waits for the next training forward (a no_grad one, pseudo-labelling say, trains nothing)

@@ -453,7 +453,9 @@ def _conversion_hint(x: torch.Tensor, name: str) -> str:
         return f"complex values are not images; their magnitudes, {name}.abs(), scaled into [0, 1]?"
     if dtype == torch.uint16:  # read by dtype alone: torch 2.4 has no min() of uint16
         return "16-bit intensities? " + _deep_hint(f"{name}.float()")
-    lo, hi = int(x.min()), int(x.max())  # an error's message: the values read once
+    # an error's message: the values read once (as int64 for uint32 and uint64, which torch has no min() of)
+    wide = x.long() if dtype in (torch.uint32, torch.uint64) else x
+    lo, hi = int(wide.min()), int(wide.max())
     if lo >= 0 and hi <= 255:
         return f"8-bit values held as {dtype}? convert with {name}.float() / 255"
     if lo >= 0:
@@ -689,9 +691,11 @@ def name_dtype_clash(error: RuntimeError, module: torch.nn.Module, x: torch.Tens
         return
     hint = "; torch.autocast leaves float64 as it is" if torch.float64 in (dtype, x.dtype) else \
         ", or run it under torch.autocast, which computes float32, float16 and bfloat16 inputs in one dtype"
+    fix = f"cast one to the other's dtype ({x_name}.to({dtype}) or {module_name}.to({x.dtype})){hint}"
+    if x.ndim == 4 and not x.is_floating_point():  # integer images: a cast alone left uint8's at 0 to 255
+        fix = f"a float {module_name} takes float images: {_conversion_hint(x, x_name)}"
     raise ValueError(f"{who} got {x_name} in {x.dtype} for its {module_name} in {dtype}, which torch refused "
-                     f"({str(error).splitlines()[0]}): cast one to the other's dtype ({x_name}.to({dtype}) or "
-                     f"{module_name}.to({x.dtype})){hint}") from error
+                     f"({str(error).splitlines()[0]}): {fix}") from error
 
 
 def check_model(model: object, x: torch.Tensor | None = None, who: str = "the model") -> None:

@@ -104,6 +104,29 @@ def test_predict_proba_of_a_16_bit_model_is_the_float32_softmax_of_its_logits():
     torch.testing.assert_close(probs, expected, rtol=0, atol=0)
 
 
+def test_predict_proba_of_an_empty_batch_is_the_models_0_by_k_that_pools_as_no_rows():
+    """A rank's empty shard (``x[rank::world]`` of fewer samples than ranks) raised "x must be a non-empty batch" while
+    the other ranks waited in their all_reduce of reliability_bins' sums; LatentMixupInference gives (0, K)."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 5)).bfloat16()
+    probs = predict_proba(model, torch.rand(0, 3, 2, 2).bfloat16())
+    assert probs.shape == (0, 5) and probs.dtype == torch.float32  # float32, as for a batch of rows
+    empty = reliability_bins(probs, torch.zeros(0, dtype=torch.int64))
+    assert all(v.shape == (15,) and not v.any() for v in empty.values())
+
+
+def test_predict_proba_tells_integer_images_their_scaling_not_a_cast():
+    """uint8 images given to a float model were told to cast, "x.to(torch.float32) or model.to(torch.uint8)": the
+    cast leaves them at 0 to 255, where the model was trained on [0, 1]."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 5))
+    with pytest.raises(ValueError, match=r"predict_proba got x in torch.uint8 for its model in torch.float32, which "
+                                         r"torch refused \(.*\): a float model takes float images: convert with "
+                                         r"x.float\(\) / 255 for uint8 images$"):
+        predict_proba(model, torch.zeros(2, 3, 2, 2, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"got x in torch.float64 .*: cast one to the other's dtype "
+                                         r"\(x.to\(torch.float32\) or model.to\(torch.float64\)\)"):  # floats: a cast
+        predict_proba(model, torch.zeros(2, 3, 2, 2, dtype=torch.float64))
+
+
 def test_predict_proba_names_a_model_that_returns_a_tuple():
     class WithFeatures(nn.Module):
         def forward(self, x):

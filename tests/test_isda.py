@@ -1664,6 +1664,24 @@ def test_an_isda_made_afresh_each_step_warns_that_it_augments_nothing(batch, net
         net.train()(x)  # the hook removed itself at the eval forward
 
 
+def test_the_warning_of_a_collected_isda_names_the_users_line_not_torchs(batch):
+    """Its stacklevel=2 named nn.Module's call of the hook, in torch's module.py: it points at the first line outside
+    the library and nn.Module's calls, here this file's model(x) (a model's forward of your own: its line)."""
+    import gc
+    import linecache
+
+    x, y = batch
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))  # its forward is torch's too: the line is model(x)'s
+    isda = ISDA(10)
+    isda.set_progress(1.0)
+    isda(x, y, model)
+    del isda
+    gc.collect()
+    with pytest.warns(UserWarning, match="was garbage-collected") as record:
+        model(x)
+    assert record[0].filename == __file__ and linecache.getline(__file__, record[0].lineno).strip() == "model(x)"
+
+
 def test_the_loss_form_and_the_functional_name_what_they_were_given():
     """ISDALoss said "x has 6 samples" (it has no x); isda_logits on 1-D or 3-D logits said "not enough values to
     unpack", on a list "'list' object has no attribute 'shape'"; FeatureCovariance.update on a list the same."""
