@@ -15,6 +15,9 @@ from .isda import ISDA, check_class_indices, grown_classifier_named
 from .labels import blend, to_soft
 from .validation import Settings, WrongTypeError, check_batch, check_classes, check_model_slot, setting
 
+if TYPE_CHECKING:
+    from .validation import Setting
+
 __all__ = ["Compose"]
 
 
@@ -419,7 +422,7 @@ class Compose(Settings, ChecksCodecStates, nn.Module):
         "labels made soft with them was decided then (assigned as a plain attribute, the labels were checked against "
         "the new value while the rest kept the old one: ``None`` -> 10 still refused class indices before a MixUp)."))
 
-    steps = setting("steps", lambda name, steps: steps, module=True, fixed=lambda held, value: (
+    steps: Setting[nn.ModuleList] = setting("steps", module=True, fixed=lambda held, value: (
         "they were checked together when it was built: label mixes, ISDA, num_classes, dtype conversions",
         "build a new one, e.g. Compose([*t, step], num_classes=t.num_classes)"), doc=(
         "The steps (an ``nn.ModuleList``), fixed at construction: they were checked together then (assigned, "

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .isda import ISDA
-from .labels import check_labels_fit
+from .labels import check_labels_fit, check_returned_labels_fit
 from .modelutils import borrowed, logits_of
 from .progress import progress_bar
 from .torch_defaults import cpu_as_default_device
@@ -74,7 +74,7 @@ def fit_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, augment: 
                 if epoch == i == 0:  # once (a host sync): labels beyond the model's outputs were torch's IndexError
                     check_labels_fit(y, logits.shape[1], "fit_classifier")
                 # soft labels of another width met torch's "0D or 1D target tensor expected"
-                check_labels_fit(yb, logits.shape[1], "fit_classifier", made_by="augment")
+                check_returned_labels_fit(yb, logits.shape[1], "fit_classifier", "augment")
                 loss = F.cross_entropy(logits, yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -45,6 +45,9 @@ from .validation import (ClassCountError, ModuleMixin, Settings, WrongTypeError,
                          check_device, check_labels, check_number, check_same_device, describe, name_dtype_clash,
                          no_autocast, setting, wide_float)
 
+if TYPE_CHECKING:
+    from .validation import Setting
+
 __all__ = ["ISDA", "ISDALoss", "isda_logits"]
 
 
@@ -176,7 +179,7 @@ class _ISDAState(Settings, ModuleMixin):
         check_sync("sync_stats", sync_stats)  # named as the caller knows it
         self.estimator = FeatureCovariance(num_classes, feature_dim, covariance=covariance, sync_stats=sync_stats)
 
-    estimator = setting("estimator", lambda name, estimator: estimator, module=True, fixed=lambda held, value: (
+    estimator: Setting[FeatureCovariance] = setting("estimator", module=True, fixed=lambda held, value: (
         "num_classes, covariance, feature_dim and sync_stats describe its statistics",
         "load statistics with load_state_dict(...), add classes with grow(n), or build a new one"), doc=(
         "The class statistics, a ``FeatureCovariance`` (``mean``, ``cov``, ``count``; in ``state_dict`` as "

@@ -16,18 +16,23 @@ def num_classes_of(y: torch.Tensor, num_classes: int | None) -> int | None:
     return y.shape[1] if y.ndim == 2 else num_classes
 
 
-def check_labels_fit(y: torch.Tensor, k: int, who: str, made_by: str | None = None) -> None:
+def check_labels_fit(y: torch.Tensor, k: int, who: str) -> None:
     """Raise unless labels ``y`` (checked already: ``(B,)`` int64 or ``(B, K)``) address a model's ``k`` outputs, which
-    ``who`` (the caller, named in the message) gives them to; reads ``y``'s maximum (a host sync). ``made_by``: the
-    step that returned ``y`` from labels checked so (fit_classifier's ``augment``), named with the way out; then only
-    the width of soft labels is checked, with no host sync."""
+    ``who`` (the caller, named in the message) gives them to; reads ``y``'s maximum (a host sync)."""
     if y.ndim == 2 and y.shape[1] != k:
-        raise ValueError(f"{who}: soft labels y have {y.shape[1]} columns but the model has {k} outputs"
-                         if made_by is None else f"{who}: {made_by} returned soft labels of {y.shape[1]} classes for "
-                         f"the model's {k} outputs: build it with num_classes={k}")
-    if made_by is None and y.ndim == 1 and len(y) and int(y.max()) >= k:
+        raise ValueError(f"{who}: soft labels y have {y.shape[1]} columns but the model has {k} outputs")
+    if y.ndim == 1 and len(y) and int(y.max()) >= k:
         raise ValueError(f"{who}: labels y must be class indices in [0, {k}) for the model's {k} outputs, got "
                          f"{int(y.max())}")
+
+
+def check_returned_labels_fit(y: torch.Tensor, k: int, who: str, step: str) -> None:
+    """Raise unless labels ``y`` that ``step`` (fit_classifier's ``augment``) returned from labels that passed
+    ``check_labels_fit`` fit a model's ``k`` outputs: soft labels of another width, named with the way out; no host
+    sync (class indices are not read), so it can run every batch."""
+    if y.ndim == 2 and y.shape[1] != k:
+        raise ValueError(f"{who}: {step} returned soft labels of {y.shape[1]} classes for the model's {k} outputs: "
+                         f"build it with num_classes={k}")
 
 
 def to_soft(y: torch.Tensor, num_classes: int | None, dtype: torch.dtype = torch.float32) -> torch.Tensor:

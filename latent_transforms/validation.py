@@ -209,12 +209,14 @@ if TYPE_CHECKING:
         def __set__(self, instance: object, value: SettingT) -> None: ...
 
 
-def setting(name: str, check: Callable[..., SettingT], *args: Any, module: bool = False,
+def setting(name: str, check: Callable[..., SettingT] | None = None, *args: Any, module: bool = False,
             fixed: Callable[[Any, Any], tuple[str, str]] | None = None, doc: str | None = None,
             **kwargs: Any) -> Setting[SettingT]:
     """A transform's setting ``name``, kept as ``_name`` and checked by ``check(name, value, *args, **kwargs)`` (which
     returns the value kept) whenever it is set: in the constructor, and after it (a sweep's ``t.eps = 0.5``), where a
     plain attribute took anything (``eps=nan`` rejected every sample, ``target="x"`` attacked the labels, silently).
+    No ``check``: the value is kept as given (a submodule that the constructor builds and ``fixed`` holds; its type
+    then declared where the setting is, ``steps: Setting[nn.ModuleList] = setting("steps", module=True, ...)``).
     ``module=True``: a submodule (or ``None``), kept as ``nn.Module`` keeps one, under ``name`` (it moves with ``.to``
     and its state is in ``state_dict``); its class mixes in ``Settings``, which routes the assignment here.
     ``fixed(held, value)``: a setting fixed once set (one that shapes a codec's weights): assigned after that, the
@@ -230,7 +232,8 @@ def setting(name: str, check: Callable[..., SettingT], *args: Any, module: bool 
             raise AttributeError(name) from None
 
     def set_(self, value) -> None:
-        value = check(name, value, *args, **kwargs)
+        if check is not None:
+            value = check(name, value, *args, **kwargs)
         kept, at = (self.__dict__["_modules"], name) if module else (self.__dict__, key)
         if fixed is not None and at in kept:
             held = kept[at]
@@ -241,7 +244,7 @@ def setting(name: str, check: Callable[..., SettingT], *args: Any, module: bool 
 
     if doc is None:
         doc = f"``{name}``, " + ("fixed: another value assigned raises naming the way." if fixed else
-                                 "checked as the constructor's whenever it is set.")
+                                 "checked as the constructor's whenever it is set." if check else "kept as given.")
     kept = property(get, set_, doc=doc)
     return cast("Setting[SettingT]", kept)
 

@@ -276,3 +276,17 @@ def test_a_process_group_this_rank_is_not_in_is_named():
 
     with pytest.raises(ValueError, match="a process group this rank is not a member of"):
         ISDA(10, sync_stats=dist.GroupMember.NON_GROUP_MEMBER)
+
+
+def test_the_label_fit_checks_read_the_host_once_and_never_per_batch():
+    # check_labels_fit reads y's maximum (fit_classifier's first step, LatentAdversarial's first); the check of an
+    # augment's labels that fit_classifier runs every batch reads nothing: once check_labels_fit's made_by= mode
+    from latent_transforms.labels import check_labels_fit, check_returned_labels_fit
+
+    y, soft = torch.randint(0, 5, (8,)), torch.full((8, 5), 0.2)
+    for check, labels, syncs in ((check_labels_fit, y, 1), (check_labels_fit, soft, 0),
+                                 (partial(check_returned_labels_fit, step="augment"), y, 0),
+                                 (partial(check_returned_labels_fit, step="augment"), soft, 0)):
+        with HostSyncs() as s:
+            check(labels, 5, "fit_classifier")
+        assert s.total() == syncs, (check, labels.shape, dict(s.sites))

@@ -418,8 +418,7 @@ def test_a_fixed_submodule_setting_refuses_another_module_and_keeps_the_one_held
     from latent_transforms.validation import Settings
 
     class Holder(Settings, torch.nn.Module):
-        part = setting("part", lambda name, value: value, module=True,
-                       fixed=lambda held, value: ("it was built in", "build a new Holder"))
+        part = setting("part", module=True, fixed=lambda held, value: ("it was built in", "build a new Holder"))
 
     h, first = Holder(), torch.nn.Linear(2, 2)
     h.part = first
@@ -427,6 +426,16 @@ def test_a_fixed_submodule_setting_refuses_another_module_and_keeps_the_one_held
     with pytest.raises(AttributeError, match="it was built in"):
         h.part = torch.nn.Linear(2, 2)
     assert h.part is first and dict(h.named_children()) == {"part": first}
+
+
+def test_a_setting_with_no_check_keeps_the_value_as_given():
+    # check=None (Compose.steps, ISDA.estimator): no conversion, where an identity lambda stood in for a check
+    class Holder(torch.nn.Module):
+        eps = setting("eps")
+
+    h, value = Holder(), np.float32(0.5)
+    h.eps = value
+    assert h.eps is value
 
 
 def test_a_settings_docstring_is_its_doc_or_names_its_check():
@@ -437,6 +446,7 @@ def test_a_settings_docstring_is_its_doc_or_names_its_check():
     assert setting("eps", check_number).__doc__ == "``eps``, checked as the constructor's whenever it is set."
     assert setting("eps", check_number, fixed=lambda held, value: ("", "")).__doc__ == \
         "``eps``, fixed: another value assigned raises naming the way."
+    assert setting("eps").__doc__ == "``eps``, kept as given."
     assert Compose.num_classes.__doc__.startswith("The labels' classes, fixed at construction")
     assert ISDA.estimator.__doc__.startswith("The class statistics, a ``FeatureCovariance``")
 
