@@ -646,8 +646,8 @@ class _TrainingRun:
         at least one step: a limit shorter than the call's set-up would otherwise train nothing on every call.
 
         Checkpoints every ``checkpoint_every`` steps and at the end; shows a tqdm bar titled ``bar_desc`` unless it
-        is None. One of ``_STOP_SIGNALS`` (see ``_defer_signals``) ends the loop at the next step boundary, like the
-        time limit, and is left in ``stop_signal``. Returns whether the run is complete.
+        is None. The first of ``_STOP_SIGNALS`` (see ``_stop_signals_deferred``) ends the loop at the next step
+        boundary, like the time limit, and is left in ``stop_signal``. Returns whether the run is complete.
         """
         step = self.info["step"]
         self.codec.train()
@@ -662,8 +662,8 @@ class _TrainingRun:
         window_n = open_window["n"]
         perm, perm_epoch = None, -1
         t_last = time.perf_counter()
-        replaced = self._defer_signals(say)
-        try:
+        # the caller's signal handlers back and the bar closed also on an exception
+        with self._stop_signals_deferred(say), (bar if bar is not None else contextlib.nullcontext()):
             while not self.finished() and self.stop_signal is None:
                 epoch, pos = divmod(step, self.steps_per_epoch)
                 if epoch != perm_epoch:
@@ -704,36 +704,46 @@ class _TrainingRun:
                 if limit_s is not None and time.perf_counter() - started >= limit_s:
                     break
             self.info["complete"] = self.finished()
-            self.checkpoint()
-        finally:  # a KeyboardInterrupt raised mid-step saves nothing: the state would mix two steps
-            for signum, handler in replaced.items():
-                signal.signal(signum, handler)
-            if bar is not None:
-                bar.close()
+            self.checkpoint()  # a KeyboardInterrupt raised mid-step saves nothing: the state would mix two steps
         return self.info["complete"]
 
-    def _defer_signals(self, say) -> dict:
-        """In the main thread, make ``_STOP_SIGNALS`` (unless ignored) set ``stop_signal`` for the loop to stop at
-        the next step boundary; the first one puts their handlers back, so that a second one acts at once.
-
-        Returns the handlers replaced (none in another thread: only the main thread gets signals and may set them).
+    @contextlib.contextmanager
+    def _stop_signals_deferred(self, say) -> Iterator[None]:
+        """While open, in the main thread, the first of ``_STOP_SIGNALS`` (those not ignored) sets ``stop_signal``
+        for the loop to stop at the next step boundary; a later SIGINT is handled at once by the caller's handler
+        (Python's raises ``KeyboardInterrupt``), a later SIGTERM or SIGUSR1 is only reported. On leaving, also on an
+        exception, every handler is the caller's again. Another thread changes nothing: only the main thread gets
+        signals and may set their handlers.
         """
         if threading.current_thread() is not threading.main_thread():
-            return {}
-        replaced = {s: signal.getsignal(s) for s in _STOP_SIGNALS}
-        replaced = {s: h for s, h in replaced.items() if h not in (signal.SIG_IGN, None)}  # None: set outside Python
+            yield
+            return
+        callers = {s: signal.getsignal(s) for s in _STOP_SIGNALS}
+        callers = {s: h for s, h in callers.items() if h not in (signal.SIG_IGN, None)}  # None: set outside Python
 
         def stop(signum, frame):
-            self.stop_signal = signum
-            for s, handler in replaced.items():
-                signal.signal(s, handler)
-            again = "Ctrl-C again" if signum == signal.SIGINT else f"another {signal.Signals(signum).name}"
-            say(f"\n{signal.Signals(signum).name}: saving the training state after this step "
-                f"({again} to stop at once, losing the steps since the last save)", file=sys.stderr, flush=True)
+            name = signal.Signals(signum).name
+            if self.stop_signal is None:
+                self.stop_signal = signum
+                again = "Ctrl-C again" if signum == signal.SIGINT else "Ctrl-C or SIGINT"
+                now = f" ({again} to stop at once, losing the steps since the last save)" if signal.SIGINT in callers \
+                    else ""  # Ctrl-C ignored, as in a shell's background job
+                say(f"\n{name}: saving the training state after this step{now}", file=sys.stderr, flush=True)
+            elif signum == signal.SIGINT:  # Ctrl-C after a stop signal: stop now, as without this run
+                signal.signal(signum, callers[signum])
+                signal.raise_signal(signum)
+            else:  # from a supervisor, whose next word is SIGKILL: the save it waits for goes on
+                say(f"\n{name}: already stopping by {signal.Signals(self.stop_signal).name} after this step; "
+                    f"ignored", file=sys.stderr, flush=True)
 
-        for s in replaced:
+        # all set for the whole run: a handler that put the others back raced a signal at the same instant
+        for s in callers:
             signal.signal(s, stop)
-        return replaced
+        try:
+            yield
+        finally:
+            for s, handler in callers.items():
+                signal.signal(s, handler)
 
     def _epoch_order(self, epoch: int) -> torch.Tensor:
         """(N,) the seeded order of the training images in ``epoch``, on ``device``."""
@@ -1047,8 +1057,9 @@ def train_codec(
     Ctrl-C (SIGINT), SIGTERM or SIGUSR1 while training, in the main thread, stops the run at the end of the current
     step and saves the training state; then (the lock file removed) the signal is handled as it would have been
     without this call: Ctrl-C raises ``KeyboardInterrupt``, SIGTERM and SIGUSR1 end the process (unless you set
-    handlers of your own; if yours returns, so does this call, not complete). A second one acts at once. Signals
-    outside the training loop act as usual; a JSON never sits beside a checkpoint it does not describe.
+    handlers of your own; if yours returns, so does this call, not complete). The first one stands: a Ctrl-C after
+    it acts at once, a SIGTERM or SIGUSR1 after it changes nothing (the save goes on). Signals outside the training
+    loop act as usual; a JSON never sits beside a checkpoint it does not describe.
 
     Returns a dict: ``complete`` (False when stopped by ``max_minutes`` or a signal before the end of the run; then
     only the state file was written), ``step``, ``total_steps``, ``epochs_done``, ``wall_time_s`` (this call),
