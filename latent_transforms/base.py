@@ -174,10 +174,11 @@ class LatentTransform(Settings, SampleStats, nn.Module):
           tensor or an int). ISDA, which changes neither x nor y, has neither.
 
     Subclasses set ``needs_model``/``mixes_labels`` (``needs_labels`` follows ``mixes_labels``; override it with a
-    class attribute or a property) and implement ``make_params(n, generator, device)``,
-    every random draw for ``n`` selected samples, and ``transform(x, y, model, params) -> (x2, y2)`` on the selected
-    samples only; ``check_inputs(x, model, index)`` may add checks of their own (run on every call, also in eval
-    mode, by ``check_call``).
+    class attribute or a property, for a method that reads labels without mixing them: a label mix needs labels
+    whatever it says) and implement ``make_params(n, generator, device)``, every random draw for ``n`` selected
+    samples, and ``transform(x, y, model, params) -> (x2, y2)`` on the selected samples only;
+    ``check_inputs(x, model, index)`` may add checks of their own (run on every call, also in eval mode, by
+    ``check_call``).
     """
 
     needs_model: bool = False
@@ -259,14 +260,12 @@ class LatentTransform(Settings, SampleStats, nn.Module):
         check_batch(x, y, self.num_classes or CALLER_NUM_CLASSES.get(), index, self._index_size,
                     more_checks=lambda: self._value_checks(x, index) + self._destroyed_checks(x.device),
                     images=self._takes_images)
-        if y is None and self.needs_labels:
-            forms = ("(B, K) soft labels, or (B,) class indices with num_classes=... given to the constructor"
-                     if self.mixes_labels and self.num_classes is None else self._accepted_labels)
-            raise ValueError(f"{type(self).__name__} needs labels: call t(x, y, ...) with y {forms}, not y=None")
+        if y is None and (self.needs_labels or self.mixes_labels):  # a label mix needs them whatever needs_labels says
+            raise self._labels_needed()
         if not self.needs_model:
             check_model_slot(model)  # t(x, y, idx) would have its dataset positions ignored
         elif model is None and not model_optional:
-            raise TypeError(f"{type(self).__name__} needs the classifier being trained: call t(x, y, model)")
+            raise self._model_needed()
         elif model is not None:
             check_model(model, x, f"{type(self).__name__}'s model")
             if get_worker_info() is not None:  # the worker's model is a stale copy, its hooks and gradients go nowhere
@@ -277,6 +276,20 @@ class LatentTransform(Settings, SampleStats, nn.Module):
             raise not_about_the_batch(ValueError(f"{type(self).__name__} mixes labels: pass num_classes=... or (B, K) "
                                                  f"soft labels"))
         self.check_inputs(x, model, index)
+
+    def _labels_needed(self) -> ValueError:
+        """The error for ``y=None`` where labels are needed: a call's (``check_call``), or a ``transform`` called
+        directly."""
+        forms = ("(B, K) soft labels, or (B,) class indices with num_classes=... given to the constructor"
+                 if self.mixes_labels and self.num_classes is None else self._accepted_labels)
+        lifted = " (it sets mixes_labels = True: a label mix needs labels, whatever its needs_labels says)" \
+            if self.mixes_labels and not self.needs_labels else ""
+        return ValueError(f"{type(self).__name__} needs labels: call t(x, y, ...) with y {forms}, not y=None{lifted}")
+
+    def _model_needed(self) -> TypeError:
+        """The error for ``model=None`` where the model is needed: a call's (``check_call``), or a ``transform``
+        called directly."""
+        return TypeError(f"{type(self).__name__} needs the classifier being trained: call t(x, y, model)")
 
     def _destroyed_checks(self, device: torch.device) -> list:
         """The earlier calls' count of destroyed samples (``saturated``), read in this call's one host sync: once
@@ -295,7 +308,8 @@ class LatentTransform(Settings, SampleStats, nn.Module):
 
     def _warn_destroyed(self) -> None:
         found, self._destroyed_found = self._destroyed_found, None
-        assert found is not None  # forward calls this only then
+        if found is None:  # another thread sharing the transform took it between forward's test and here
+            return
         destroyed, transformed = found
         self._destroyed_warned = True  # once per instance
         warn_at_call(f"{type(self).__name__}: {destroyed} of {transformed} transformed samples came out destroyed, "
@@ -439,7 +453,7 @@ class LatentTransform(Settings, SampleStats, nn.Module):
             params = self._given_draws(params, n, x.device)
         y_out = y
         if self.mixes_labels:
-            assert y is not None  # check_call refused y=None (needs_labels follows mixes_labels)
+            assert y is not None  # check_call refused y=None (a label mix needs labels)
             y_out = to_soft(y, k)
         if n == 0:  # a copy, as when some samples are selected: x2 never shares x's memory in training
             self._keep_params(batch, selected, x.device, params)

@@ -543,7 +543,9 @@ class Compose(Settings, ChecksCodecStates, nn.Module):
         if _is_kornia(step) and not x.is_floating_point():  # kornia's own TypeError names neither the step nor the fix
             raise ValueError(f"x must be a float tensor for a kornia augmentation, got dtype {x.dtype}")
         if _is_kornia_mix(step):
-            assert y is not None  # check_call refused y=None for a label-mixing step
+            if y is None:  # the Compose refused y=None: a step of one's own before it returned no labels
+                raise ValueError(f"{type(step).__name__} (kornia) mixes labels, but got y=None: that step must "
+                                 f"return the labels it is given")
             if y.ndim != 1:
                 raise ValueError(
                     f"{type(step).__name__} (kornia) takes class-index labels, got soft (B, K) labels (given, or made "

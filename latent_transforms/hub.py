@@ -517,11 +517,8 @@ def _read_registry_file(path: Path) -> dict | None:
 
 def _shipped_registry() -> dict[str, dict]:
     path = SHIPPED_DIR / "registry.json"
-    if not path.is_file():
-        return {}
-    registry = _read_registry_file(path)
-    assert registry is not None  # the file is there
-    return dict(registry["checkpoints"])
+    registry = _read_registry_file(path) if path.is_file() else None  # None: no file (also one gone since)
+    return {} if registry is None else dict(registry["checkpoints"])
 
 
 def user_registry_path() -> Path:

@@ -791,7 +791,10 @@ class ISDA(_ISDAState, LatentTransform):  # type: ignore[misc]
         would fail once training): its statistics on ``x``'s device, class-index labels."""
         with grown_classifier_named((self,), model):
             super().check_call(x, y, model, index, model_optional=model_optional)
-        assert y is not None  # refused: needs_labels
+        if y is None:  # a subclass's needs_labels = False passes it: ISDA reads labels whatever that says
+            raise self._labels_needed()
+        if model is None and not model_optional:  # likewise for a subclass's needs_model = False
+            raise self._model_needed()
         check_same_device(x, self.estimator, "ISDA's class statistics")
         check_class_indices(y)
 

@@ -99,12 +99,14 @@ class LatentAdversarial(CodecTransform):
         if torch.is_inference_mode_enabled():
             raise RuntimeError("LatentAdversarial differentiates the classifier, which torch.inference_mode() forbids; "
                                "call it outside inference_mode (torch.no_grad() is fine) or put it in eval() mode")
+        if model is None:  # forward refuses it first: transform called directly
+            raise self._model_needed()
+        if y is None and self.target == "true":  # as above
+            raise self._labels_needed()
         z = self.encode_flat(x, index)
-        assert model is not None  # forward refused model=None (needs_model)
         with borrowed(model) as net:
-            with torch.no_grad():
-                target = logits_of(net, x, "LatentAdversarial").argmax(1) if self.target == "pred" else y
-            assert target is not None  # forward refused y=None for target="true" (needs_labels)
+            with torch.no_grad():  # y is None only for target="pred" (refused above)
+                target = logits_of(net, x, "LatentAdversarial").argmax(1) if y is None or self.target == "pred" else y
             delta = params["start"].clone()  # the loop flags it for gradients: not the caller's tensor
             for i in range(self.steps):
                 delta.requires_grad_(True)

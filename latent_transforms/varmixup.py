@@ -126,6 +126,8 @@ class VarMixup(CodecTransform):
     def transform(self, x: torch.Tensor, y: torch.Tensor | None, model: nn.Module | None,
                   params: dict[str, torch.Tensor], index: torch.Tensor | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if y is None:  # forward refuses it first: transform called directly
+            raise self._labels_needed()
         if self.posterior == "sample":
             with torch.no_grad():
                 z = self.codec.encode_flat(x, sample=True, noise=params["posterior_noise"])
@@ -143,5 +145,4 @@ class VarMixup(CodecTransform):
                 x2 = x2 + w * residual + (1 - w) * residual[partner]
             else:
                 x2 = self.decode_flat(mixed)
-        assert y is not None  # forward refused y=None (mixes_labels)
         return x2, mix_labels(y, partner, lam, self.num_classes)

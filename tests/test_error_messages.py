@@ -13,11 +13,13 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from latent_transforms import demo, hub
+from latent_transforms import LatentTransform, demo, hub
 from latent_transforms.cli import PROG, main
 from latent_transforms.codecs import Codec, build_codec, resolve_codec
 from latent_transforms.data import load_images
 from latent_transforms.isda import ISDA, ISDALoss
+from latent_transforms.labels import mix_labels
+from latent_transforms.latent_adversarial import LatentAdversarial
 from latent_transforms.latent_cache import FORMAT as CACHE_FORMAT
 from latent_transforms.latent_cache import LatentCache
 from latent_transforms.latent_noise import LatentNoise
@@ -603,6 +605,66 @@ def test_decode_and_check_latents_refuse_latents_of_the_wrong_form(codec, z, mes
 def test_varmixup_posterior_sample_needs_a_vae():
     with pytest.raises(ValueError, match="posterior='sample' needs a VAE codec, got a glow codec"):
         VarMixup(GLOW, posterior="sample")
+
+
+# -- y=None, model=None past the call's checks ----------------------------------------------------------------------
+@pytest.mark.parametrize("make, labelled, with_model, error, message", [
+    (lambda: LatentAdversarial(GLOW), True, False, TypeError,
+     r"^LatentAdversarial needs the classifier being trained: call t\(x, y, model\)$"),
+    (lambda: LatentAdversarial(GLOW, target="true"), False, True, ValueError,
+     r"^LatentAdversarial needs labels: call t\(x, y, \.\.\.\) with y \(B,\) int64 class indices or \(B, K\) soft "
+     r"labels, not y=None$"),
+    (lambda: VarMixup(VAE), False, False, ValueError,
+     r"^VarMixup needs labels: call t\(x, y, \.\.\.\) with y \(B, K\) soft labels, or \(B,\) class indices with "
+     r"num_classes=\.\.\. given to the constructor, not y=None$"),
+], ids=["LatentAdversarial, model=None", "LatentAdversarial(target='true'), y=None", "VarMixup, y=None"])
+def test_transform_called_directly_without_what_it_needs_says_what(batch, net, make, labelled, with_model, error,
+                                                                   message):
+    """Audit 263: the call refuses these before transform; transform called directly met a bare assert (an
+    AssertionError without a message; under python -O an AttributeError from inside). The call's own error now."""
+    x, y = batch
+    t = make()
+    params = t.make_params(len(x), torch.Generator().manual_seed(0), x.device)
+    with pytest.raises(error, match=message):
+        t.transform(x, y if labelled else None, net if with_model else None, params)
+
+
+class MixSaidUnlabelled(LatentTransform):
+    """A label mix of one's own that declares it needs no labels."""
+
+    mixes_labels, needs_labels = True, False
+
+    def transform(self, x, y, model, params, index=None):
+        partner = torch.arange(len(x)).roll(1)
+        return x, mix_labels(y, partner, torch.full((len(x),), 0.5), self.num_classes)
+
+
+class ISDASaidUnlabelled(ISDA):
+    needs_labels = False
+
+
+class ISDASaidModelless(ISDA):
+    needs_model = False
+
+
+@pytest.mark.parametrize("make, give, error, message", [
+    (lambda: MixSaidUnlabelled(num_classes=10), "model", ValueError,
+     r"^MixSaidUnlabelled needs labels: call t\(x, y, \.\.\.\) with y \(B,\) int64 class indices or \(B, K\) soft "
+     r"labels, not y=None \(it sets mixes_labels = True: a label mix needs labels, whatever its needs_labels says\)$"),
+    (lambda: ISDASaidUnlabelled(10), "model", ValueError,
+     r"^ISDASaidUnlabelled needs labels: call t\(x, y, \.\.\.\) with y \(B,\) int64 class indices, not y=None$"),
+    (lambda: ISDASaidModelless(10), "labels", TypeError,
+     r"^ISDASaidModelless needs the classifier being trained: call t\(x, y, model\)$"),
+], ids=["label mix, needs_labels = False", "ISDA, needs_labels = False", "ISDA, needs_model = False"])
+@pytest.mark.parametrize("training", [True, False])
+def test_a_subclass_that_says_it_needs_less_than_it_does_is_told(batch, net, make, give, error, message, training):
+    """Audit 263: y=None (or model=None) passed the call's checks and met a bare assert in forward (an AssertionError
+    without a message; the label mix returned x, y unchanged in eval() mode). Refused as the call's own error, in
+    either mode (a pipeline checked in eval() mode would fail once training)."""
+    x, y = batch
+    t = make().train(training)
+    with pytest.raises(error, match=message):
+        t(x, model=net) if give == "model" else t(x, y)
 
 
 # -- data, demo ------------------------------------------------------------------------------------------------------

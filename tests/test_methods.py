@@ -1789,6 +1789,19 @@ def test_a_window_judged_destroyed_at_an_eval_call_warns_at_that_call(monkeypatc
         assert t(x, y)[0] is x
 
 
+def test_a_destroyed_window_taken_by_another_thread_is_warned_of_once():
+    """Audit 263: two threads sharing a transform both found a window judged destroyed in forward; the second to
+    take it found it gone, a bare assert in its training loop (an AssertionError without a message; under python -O
+    a TypeError). It has nothing left to warn of."""
+    t = LatentNoise(tiny_glow(), eps=0.1, generator=0)
+    t._destroyed_found = (32, 32)
+    with pytest.warns(UserWarning, match="LatentNoise: 32 of 32 transformed samples came out destroyed"):
+        t._warn_destroyed()  # the first thread's
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t._warn_destroyed()  # the second's, after forward's test of t._destroyed_found
+
+
 def test_a_num_classes_given_is_in_the_repr():
     vae = tiny_vae()
     assert repr(VarMixup(vae, num_classes=10)).endswith(", p=0.25, num_classes=10)")
