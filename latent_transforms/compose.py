@@ -543,9 +543,7 @@ class Compose(Settings, ChecksCodecStates, nn.Module):
         if _is_kornia(step) and not x.is_floating_point():  # kornia's own TypeError names neither the step nor the fix
             raise ValueError(f"x must be a float tensor for a kornia augmentation, got dtype {x.dtype}")
         if _is_kornia_mix(step):
-            if y is None:  # the Compose refused y=None: a step of one's own before it returned no labels
-                raise ValueError(f"{type(step).__name__} (kornia) mixes labels, but got y=None: that step must "
-                                 f"return the labels it is given")
+            assert y is not None  # the Compose refused y=None, and every step given labels returns labels
             if y.ndim != 1:
                 raise ValueError(
                     f"{type(step).__name__} (kornia) takes class-index labels, got soft (B, K) labels (given, or made "
@@ -566,7 +564,12 @@ class Compose(Settings, ChecksCodecStates, nn.Module):
             raise ValueError(f"x must be a float tensor for MixUp (it blends pixel values), got dtype {x.dtype}")
         n = len(x)
         if _is_torchvision_v2(step) and y is not None:
-            return _checked(step, i, step(x, y), pair=True, batch=n)
+            x2, y2 = _checked(step, i, step(x, y), pair=True, batch=n)
+            if not isinstance(y2, torch.Tensor):  # a v2.Transform of one's own: a later mix, or the caller, got none
+                raise not_about_the_batch(ValueError(
+                    f"{_name(step)} at step {i} returned labels {type(y2).__name__} for the labels it was given: a "
+                    f"step must return the labels (or, for a label mix, their mix), or the batch loses them"))
+            return x2, y2
         if _is_torchvision_v2(step) and any(isinstance(p, LatentTransform) for p in _parts(step)):
             return _checked(step, i, step(x, None), pair=True, batch=n)[0], None  # it hands the latent step's (x, None) on
         return _checked(step, i, step(x), pair=False, batch=n), y  # given only the images, torchvision's v2.Lambda never sees None
