@@ -538,6 +538,13 @@ def _load_resume(state_path: Path, settings: dict) -> tuple[dict, tuple[dict, di
     missing = [k for k in ("step", "train_time_s", "nonfinite_steps", "history", "calls", "schedule") if k not in info]
     if missing:
         raise _bad_state(state_path, f"its info lacks {', '.join(missing)}")
+    time_s = info["train_time_s"]
+    wrong = [k for k in ("step", "nonfinite_steps", "calls") if type(info[k]) is not int or info[k] < 0] + \
+        (["train_time_s"] if type(time_s) not in (int, float) or not 0 <= time_s < math.inf else []) + \
+        [k for k in ("history", "schedule") if not isinstance(info[k], list)]
+    if wrong:  # a hand-edited info: a negative step trained from it
+        raise _bad_state(state_path, f"its info has {', '.join(f'{k} {info[k]!r}' for k in wrong)} (counts are ints "
+                                     f">= 0, train_time_s a number >= 0, history and schedule lists)")
     return info, (model_state, optim_state, extra)
 
 

@@ -926,13 +926,14 @@ def test_compiled_loss_trains_like_the_eager_one(tmp_path, digits, monkeypatch):
     assert [r["compiled"] for r in reports] == [False, True]
 
 
-def _drop_from_saved_info(state: Path, *keys: str) -> None:
-    """Remove ``keys`` from a training state's info, as a state written before they existed (or a damaged one)."""
+def _edit_saved_info(state: Path, *drop: str, **values) -> None:
+    """Remove ``drop`` from a training state's info, as a state written before they existed (or a damaged one), and
+    set ``values`` in it (a hand-edited one)."""
     metadata, tensors = hub.read_safetensors(state)
     info = json.loads(metadata["info"])
-    for key in keys:
+    for key in drop:
         del info[key]
-    hub.write_safetensors(state, tensors, {**metadata, "info": json.dumps(info)})
+    hub.write_safetensors(state, tensors, {**metadata, "info": json.dumps({**info, **values})})
 
 
 def test_a_state_saved_before_a_setting_existed_resumes_with_its_old_value(tmp_path, digits):
@@ -940,7 +941,7 @@ def test_a_state_saved_before_a_setting_existed_resumes_with_its_old_value(tmp_p
     x = digits[0][:32]
     kw = dict(**FLOW, batch_size=16, progress=False)
     train_codec("flow", x, tmp_path, **kw, max_steps=2)
-    _drop_from_saved_info(tmp_path / "glow.state.safetensors", "translate", "data_sha256")
+    _edit_saved_info(tmp_path / "glow.state.safetensors", "translate", "data_sha256")
     with pytest.raises(ValueError, match="translate: not saved \\(the state predates it: 0\\), now 1"):
         train_codec("flow", x, tmp_path, **kw, max_steps=3, translate=1)
     assert train_codec("flow", x, tmp_path, **kw, max_steps=3)["step"] == 3
@@ -1638,9 +1639,27 @@ def test_a_state_whose_info_lacks_a_field_of_the_run_is_a_clear_error(tmp_path, 
     x = digits[0][:32]
     kw = dict(**FLOW, batch_size=16, progress=False)
     train_codec("flow", x, tmp_path, **kw, max_steps=2)
-    _drop_from_saved_info(tmp_path / "glow.state.safetensors", "history", "schedule")
+    _edit_saved_info(tmp_path / "glow.state.safetensors", "history", "schedule")
     with pytest.raises(ValueError, match="glow.state.safetensors is not a valid training state: its info lacks "
                                          "history, schedule; delete it"):
+        train_codec("flow", x, tmp_path, **kw, max_steps=3)
+
+
+@pytest.mark.parametrize("values, named", [
+    ({"step": -1}, "step -1"), ({"step": 2.0}, "step 2.0"), ({"calls": "1"}, "calls '1'"),
+    ({"nonfinite_steps": True}, "nonfinite_steps True"), ({"train_time_s": -0.5}, "train_time_s -0.5"),
+    ({"train_time_s": "NaN"}, "train_time_s 'NaN'"), ({"history": {}}, "history {}"), ({"schedule": None}, "schedule None"),
+], ids=["negative", "float", "text", "bool", "negative-time", "text-time", "history", "schedule"])
+def test_a_state_whose_info_has_a_field_of_another_kind_is_a_clear_error(tmp_path, digits, values, named):
+    """A hand-edited (or another tool's) info: was an AssertionError (a negative step), a TypeError or a run that
+    trained from an impossible step."""
+    x = digits[0][:32]
+    kw = dict(**FLOW, batch_size=16, progress=False)
+    train_codec("flow", x, tmp_path, **kw, max_steps=2)
+    _edit_saved_info(tmp_path / "glow.state.safetensors", **values)
+    with pytest.raises(ValueError, match=f"glow.state.safetensors is not a valid training state: its info has "
+                                         f"{re.escape(named)} \\(counts are ints >= 0, train_time_s a number >= 0, "
+                                         f"history and schedule lists\\); delete it"):
         train_codec("flow", x, tmp_path, **kw, max_steps=3)
 
 
@@ -1736,7 +1755,7 @@ def test_a_state_missing_a_setting_that_every_state_saves_is_refused(tmp_path, d
     x = digits[0][:32]
     kw = dict(**FLOW, batch_size=16, progress=False)
     train_codec("flow", x, tmp_path, **kw, max_steps=2)
-    _drop_from_saved_info(tmp_path / "glow.state.safetensors", "lr")  # not one of SETTINGS_ADDED_LATER
+    _edit_saved_info(tmp_path / "glow.state.safetensors", "lr")  # not one of SETTINGS_ADDED_LATER
     with pytest.raises(ValueError, match=r"a run with other settings \(lr: not saved, now 0\.001\)"):
         train_codec("flow", x, tmp_path, **kw, max_steps=3)
 
