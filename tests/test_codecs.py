@@ -339,6 +339,9 @@ def test_fast_decode_of_perturbed_latents_and_its_gradient_match_float64():
     ({"kind": "glow", "num_bins": 1}, "num_bins must be >= 2"),
     ({"kind": "vae", "image_shape": [1.9, 8.7, 8.2]}, "image_shape must be \\(C, H, W\\) positive ints"),
     ({"kind": "glow", "image_shape": [1, 0, 8]}, "image_shape must be \\(C, H, W\\) positive ints"),  # 0 % 8 == 0
+    # mutation round 37: four sides (or more) were unpacked as (C, H, W), "too many values to unpack"
+    ({"kind": "glow", "image_shape": [1, 8, 8, 1]},
+     "image_shape must be \\(C, H, W\\) positive ints, got \\[1, 8, 8, 1\\]$"),
     ({"kind": "glow", "image_shape": [1, 8, 6], "levels": 2}, "divisible by 2\\*\\*levels = 4, got 8x6"),  # width
     # found by fuzzing (audit 167): Python's "Exceeds the limit (4300 digits) for integer string conversion" (and
     # levels=2**31 hung, computing 2**levels)

@@ -760,6 +760,10 @@ def test_vectors_where_images_are_due_are_told_isda_and_the_codec_of_one_s_own_t
                                          r"numbers\? \(1, 1, 6\), given as x.view\(len\(x\), 1, 1, -1\) scaled to "
                                          r"\[0, 1\]$"):
         OwnCodec((6,))
+    for shape in ((0,), (8, 8)):  # no vectors of 0 numbers, nor of 8 for two sides (mutation round 37)
+        with pytest.raises(ValueError, match=rf"image_shape must be \(C, H, W\) positive ints, got "
+                                             rf"{re.escape(str(shape))}$"):
+            OwnCodec(shape)
     torch.manual_seed(0)
     codec = OwnCodec((1, 1, 6)).freeze()
     x, y = torch.rand(4, 6), torch.arange(4)

@@ -87,6 +87,41 @@ NPZ = {"one_line.py tiny": {"tiny.npz": (20, 0)}, "compose npz": {"train.npz": (
        "ddp few steps": {"train.npz": (8, 0)}}
 
 
+# a script for the runner's own test: prints where and how it runs, sets a variable, then ends as argv[1] says
+_ENDS = """import os, sys
+print(os.getcwd(), sys.argv[1:], os.environ.get("GIVEN"), os.environ.get("SET"), sys.path.count(sys.path[0]))
+print("to stderr", file=sys.stderr)
+os.environ["SET"] = "by an earlier script"
+how = sys.argv[1]
+if how == "raise":
+    raise ValueError("raised")
+if how == "fd":
+    os.write(2, b"past the redirect")
+sys.exit(None if how == "none" else int(how) if how.isdigit() else how)
+"""
+
+
+def test_scripts_run_in_one_process_end_as_each_in_its_own_would(tmp_path):
+    """``scripts_in_one_process``, which runs the examples and the benchmarks' refusals (mutation round 37: a runner
+    that reported a traceback as exit status 0, or left a script's os.environ to the next, passed every test of
+    them): each script in its folder, with its arguments, the environment given and its folder first on sys.path,
+    ends with its own process's exit status, stdout and stderr; a write past the redirects fails the run."""
+    script, here = tmp_path / "ends.py", tmp_path / "here"
+    script.write_text(_ENDS)
+    here.mkdir()
+    env = {**os.environ, "GIVEN": "yes"}
+    hows, cwds = ["0", "raise", "3", "a message", "none"], [here] + [tmp_path] * 4
+    ended = scripts_in_one_process([(script, [how], cwd) for how, cwd in zip(hows, cwds)], env, timeout_s=60)
+    assert [e.returncode for e in ended] == [0, 1, 3, 1, 0]
+    assert [e.stdout for e in ended] == [f"{cwd} {[how]} yes None 1\n" for how, cwd in zip(hows, cwds)]
+    stderr = [e.stderr for e in ended]
+    assert stderr[0] == stderr[2] == stderr[4] == "to stderr\n" and stderr[3] == "to stderr\na message\n"
+    assert stderr[1].startswith("to stderr\nTraceback (most recent call last):\n"), stderr[1]
+    assert stderr[1].endswith("\nValueError: raised\n"), stderr[1]
+    with pytest.raises(AssertionError, match="past the redirect"):
+        scripts_in_one_process([(script, ["fd"], tmp_path)], env, timeout_s=60)
+
+
 @pytest.fixture(scope="module")
 def example_runs(tmp_path_factory) -> dict:
     """Every command of COMMANDS run in one process (``scripts_in_one_process``: a process each imported torch

@@ -965,6 +965,8 @@ def test_levels_assigned_after_construction_act_as_given_to_the_constructor(glow
      r"^padding must be \(left, right, top, bottom\) ints >= 0, got \(2.5, 2, 2, 2\)$"),
     # mutation round 35: a setting fixed at construction checks another value first, as the constructor did
     (lambda g: tiny_glow(), "levels", 0, "levels must be an int >= 1, got 0"),
+    (lambda g: tiny_glow(), "steps", 0, "steps must be an int >= 1, got 0"),  # mutation round 37, as levels
+    (lambda g: tiny_glow(), "hidden", 0, "hidden must be an int >= 1, got 0"),
     (lambda g: tiny_glow(), "scale_floor", 1.0, "scale_floor must be a finite number in \\(0, 1\\), got 1.0"),
     (lambda g: tiny_vae(), "image_shape", (1, 0, 8), "image_shape must be \\(C, H, W\\) positive ints, got \\(1, 0, 8"),
 ])
@@ -988,6 +990,15 @@ def test_settings_assigned_after_construction_take_effect(glow, vae, batch, net)
     m = VarMixup(vae, num_classes=10, p=1.0, generator=0)
     m.posterior, m.alpha = "sample", 0.5
     assert "posterior_noise" in m.make_params(2, torch.Generator(), torch.device("cpu"))
+
+
+# why a codec's setting is fixed (shapes_weights' why=), but for image_shape's default
+_FLOW, _NETWORKS = "it shapes the flow and its weights", "it shapes the networks and their weights"
+CODEC_WHY = {("glow", "levels"): _FLOW, ("glow", "steps"): _FLOW, ("glow", "hidden"): _FLOW,
+             ("glow", "scale_floor"): "the couplings were built with it", ("vae", "latent_dim_"): _NETWORKS,
+             ("vae", "hidden"): _NETWORKS, ("vae", "latent_side"): _NETWORKS,
+             ("vae", "decoder_blocks"): "it shapes the decoder and its weights",
+             ("vae", "padding"): "it follows image_shape"}
 
 
 @pytest.mark.parametrize("make,name,value,remedy", [
@@ -1038,8 +1049,9 @@ def test_settings_fixed_at_construction_are_refused_in_one_style(glow, make, nam
                                              f"{remedy}") as e:
         setattr(t, name, value)
     assert getattr(t, name) is before
-    if isinstance(t, Codec) and name != "kind":  # why, with the value held (mutation round 35)
-        assert f" now {before!r}): " in str(e.value), str(e.value)
+    if isinstance(t, Codec) and name != "kind":  # why (mutation round 37), with the value held (round 35)
+        why = "frozen by half;" if name == "frozen" else f"({CODEC_WHY.get((t.kind, name), 'it shapes the weights')},"
+        assert f"{why} now {before!r}): " in str(e.value), str(e.value)
     setattr(t, name, before)  # as it is: nothing to refuse
     if isinstance(t, FeatureCovariance):
         assert t._diagonal == (t.covariance == "diagonal") and t.cov.shape == (4, 3, 3) and t.count.shape == (4,)

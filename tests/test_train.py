@@ -979,6 +979,10 @@ def test_a_run_of_max_minutes_shows_the_time_left_on_its_bar(tmp_path, digits, c
     train_codec("vae", digits[0][:32], tmp_path, **VAE, max_minutes=0.01, batch_size=16)
     bar = capsys.readouterr().err
     assert re.search(r"left=0\.\d min", bar), bar[-300:]
+    # a run of steps counts them down, whatever limit max_minutes puts on its call (mutation round 37)
+    train_codec("vae", digits[0][:32], tmp_path / "steps", **VAE, max_steps=5, max_minutes=5, batch_size=16)
+    bar = capsys.readouterr().err
+    assert " 5/5 " in bar and "left=" not in bar, bar[-300:]
 
 
 def _write_state(path, tensors, **metadata):
@@ -1322,6 +1326,10 @@ def test_max_minutes_limits_the_call_in_minutes_and_the_set_up_is_not_training_t
                     progress=False)
     assert not r["complete"] and 10 < r["step"] < 300  # 300 s from the call's start (was: 5 s, one step)
     assert r["train_time_s"] < 300 - 100  # the set-up is not training time
+    # alone, max_minutes is the run's length in training time, not a limit on the call (mutation round 37: the set-up
+    # counted, the run stopped after one step, incomplete)
+    r = train_codec("vae", digits[0][:32], tmp_path / "timed", **VAE, max_minutes=0.5, batch_size=16, progress=False)
+    assert r["complete"] and r["train_time_s"] >= 30
 
 
 def test_vae_fp16_falls_back_to_fp32_when_its_reconstructions_differ(tmp_path, digits, monkeypatch):
