@@ -1769,7 +1769,13 @@ def test_compile_speedup_smoke_alternates_eager_and_compiled_calls_per_column(tm
     assert proc.stderr.count(": done") == 0  # --no-progress
 
 
+# fully_shard is in torch.distributed.fsdp from torch 2.6 on; torch 2.4's (torch.distributed._composable.fsdp) makes
+# CUDA streams in its first forward
+_NEEDS_CPU_FSDP2 = pytest.mark.skipif(torch.__version__ < "2.6", reason="torch < 2.6: no FSDP2 on the CPU")
+
+
 @pytest.mark.slow
+@_NEEDS_CPU_FSDP2
 def test_fsdp2_attack_smoke_gives_the_unwrapped_models_images_and_leaves_no_grad(tmp_path):
     """Audit 240: latent_adversarial.md's FSDP2 figures (the attack's images against the unwrapped model's, no .grad
     left, a training step's gradient after it) had no command; benchmarks/fsdp2_attack.py runs two gloo ranks."""
@@ -1783,6 +1789,7 @@ def test_fsdp2_attack_smoke_gives_the_unwrapped_models_images_and_leaves_no_grad
 
 
 @pytest.mark.slow
+@_NEEDS_CPU_FSDP2
 def test_fsdp2_attack_no_sync_smoke_tells_the_attacks_buffers_from_rounding(tmp_path):
     """Audit 252: reliability.md's gradient accumulation figures (DDP's no_sync with BatchNorm buffers broadcast and
     not, FSDP2's reduce-scatter in the last micro-batch's attack) had no command; fsdp2_attack.py --no-sync measures
