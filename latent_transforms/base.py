@@ -351,7 +351,7 @@ class LatentTransform(Settings, SampleStats, nn.Module):
             if size != batch:
                 raise ValueError(f"params are of a batch of {size}, this one has {batch} samples: replay "
                                  f"t.last_params on a batch of the same size")
-        selected = params["selected"]
+        selected: torch.Tensor = params["selected"]
         if selected.ndim != 1 or selected.dtype != torch.int64 or selected.device != device:
             raise ValueError(f"params['selected'] must be (N,) int64 batch rows on {device}, got {describe(selected)} "
                              f"on {selected.device}")

@@ -2,14 +2,18 @@
 statistics (``.half()``, ``.to(torch.bfloat16)``, Lightning's ``precision="bf16-true"``) only moves those."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from .validation import wide_float
 
 __all__: list[str] = []  # the package's own machinery: none of it is API (docs/api.md)
 
+TensorFn = Callable[[torch.Tensor], torch.Tensor]  # what nn.Module._apply applies to each tensor
 
-def without_16_bit_casts(fn):
+
+def without_16_bit_casts(fn: TensorFn) -> TensorFn:
     """``fn``, the tensor function of ``nn.Module._apply`` (``.to(...)``, ``.half()``, ``.cuda()``, ...), with its casts
     to float16 or bfloat16 left out (such tensors are only moved to its device): for weights and statistics that
     must stay in their dtype when a module holding them is cast to 16 bits (``.half()``, Lightning's

@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 import warnings
+from typing import TextIO
 
 from . import __version__, demo, hub, train
 from .validation import is_out_of_memory
@@ -127,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: TextIO | None = None, line: str | None = None) -> None:
     print(f"{PROG}: warning: {message}", file=sys.stderr if file is None else file)
 
 

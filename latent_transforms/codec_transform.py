@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -13,6 +13,9 @@ from .codecs import Codec, resolve_codec
 from .codecs.base import ChecksCodecStates
 from .latent_cache import LatentCache
 from .validation import WrongTypeError, bad_option, check_device, is_int, is_sequence
+
+if TYPE_CHECKING:
+    from torch.nn.modules.module import _IncompatibleKeys
 
 __all__ = ["CodecTransform"]
 
@@ -203,5 +206,5 @@ class CodecTransform(ChecksCodecStates, LatentTransform):
         return self.codec.decode_flat(z)
 
 
-def _refresh_after_load(transform: CodecTransform, incompatible_keys) -> None:
+def _refresh_after_load(transform: CodecTransform, incompatible_keys: _IncompatibleKeys) -> None:
     transform._refresh_fingerprint()  # a module-level function: transforms stay picklable

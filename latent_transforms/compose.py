@@ -225,7 +225,7 @@ def _check_kornia_mix_step(steps: list, i: int, mixing: list[int], num_classes: 
                          f"torchvision.transforms.v2.MixUp/CutMix")
 
 
-def _checked(step: nn.Module, i: int, out: object, pair: bool, batch: int):
+def _checked(step: nn.Module, i: int, out: object, pair: bool, batch: int) -> Any:  # out: a pair if pair, else images
     """``out`` as a step called as ``t(x, y)`` (``pair``) or ``t(x)`` must return it: a ``WrongTypeError`` (a
     ``TypeError`` and a ``ValueError``) naming the step otherwise (a latent transform held by a container of one's
     own makes an ``(x, y)`` pair where images belong); a ``ValueError`` naming it if its images (or labels) are not
@@ -534,7 +534,7 @@ class Compose(Settings, ChecksCodecStates, nn.Module):
             CALLER_NUM_CLASSES.reset(token)
 
     def _run_step(self, step: nn.Module, i: int, x: torch.Tensor, y: torch.Tensor | None, model: nn.Module | None,
-                  index: torch.Tensor | None = None):
+                  index: torch.Tensor | None = None) -> Any:  # (images, labels): a step's, as its __call__'s Any
         if isinstance(step, LatentTransform):
             with self._giving_classes():
                 return step(x, y, model, index=index)

@@ -28,12 +28,16 @@ import os
 import zipfile
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
 
 from .hub import _offline, cache_dir
 from .validation import MissingFileError, bad_option, check_choice, check_count
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = ["load_images", "low_data_split", "cifar10_5k_index", "describe_spec", "IMAGE_SUFFIXES", "SPLIT_SPECS",
            "CIFAR10_SPECS"]
@@ -106,7 +110,7 @@ def _digits(split: str) -> tuple[torch.Tensor, torch.Tensor, int]:
     return x, y, 17
 
 
-def _cifar10(split: str, data_root) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _cifar10(split: str, data_root: str | os.PathLike[str] | None) -> tuple[torch.Tensor, torch.Tensor, int]:
     from torchvision.datasets import CIFAR10
 
     root = Path(data_root).expanduser() if data_root is not None else cache_dir() / "data"
@@ -237,16 +241,16 @@ def _names(paths: list[Path], root: Path) -> str:
     return ", ".join(names) + (f", ... ({len(paths)} in all)" if len(paths) > 5 else "")
 
 
-def _has_transparency(im) -> bool:
+def _has_transparency(im: Image.Image) -> bool:
     """Whether a PIL image has an alpha channel (or transparency info) that is not fully opaque."""
     if "transparency" in im.info:  # palette transparency, or a colour key (PNG tRNS) in a grey or RGB image
         im = im.convert("RGBA")
     if "A" not in im.getbands():
         return False
-    return im.getchannel("A").getextrema()[0] < 255
+    return cast(int, im.getchannel("A").getextrema()[0]) < 255  # one band's (min, max)
 
 
-def _is_colour(im) -> bool:
+def _is_colour(im: Image.Image) -> bool:
     """Whether a PIL image holds colour: a colour mode, or a palette image with a pixel that is not grey (a grey
     palette, as in GIFs and size-optimised PNGs, holds a grey image)."""
     if im.mode in ("1", "L", "LA"):

@@ -9,12 +9,13 @@ import argparse
 import statistics
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from . import hub
+from .codecs import Codec
 from .data import load_images, low_data_split
 from .evaluation import accuracy, fit_classifier, predict_proba
 from .isda import ISDA
@@ -36,7 +37,7 @@ ADV_EPS, ADV_STEPS, ADV_STEP_SIZE = 0.5, 1, 0.5
 _SMOKE_EPOCHS = 15  # 9 steps (3 epochs) left every arm at 10%, which looked broken; 15 reach ~58% in ~7 s on 2 cores
 
 
-def _make_arms(glow, vae, seed: int) -> dict[str, Callable[[], nn.Module | None]]:
+def _make_arms(glow: Any, vae: Any, seed: int) -> dict[str, Callable[[], nn.Module | None]]:  # codecs, or None
     """Each arm: a factory of the augmentation used in the training loop (None = baseline)."""
     return {
         "baseline": lambda: None,
@@ -115,7 +116,8 @@ def format_table(results: dict, per_class: int, epochs: int, n_test: int) -> str
     return "\n".join(lines)
 
 
-def picture_rows(glow, vae, x: torch.Tensor, y: torch.Tensor, model: nn.Module) -> dict[str, torch.Tensor]:
+def picture_rows(glow: Codec, vae: Codec, x: torch.Tensor, y: torch.Tensor, model: nn.Module
+                 ) -> dict[str, torch.Tensor]:
     """The rows of ``demo.png`` (also the docs' overview picture): the originals ``x: (B, 1, 8, 8)``, each method's
     output with the demo's settings (VarMixup on every image; LatentAdversarial attacks ``model``) and the VAE's
     reconstructions."""
@@ -129,7 +131,8 @@ def picture_rows(glow, vae, x: torch.Tensor, y: torch.Tensor, model: nn.Module) 
     return rows
 
 
-def overview_picture(glow, vae, path: Path, test: tuple[torch.Tensor, torch.Tensor] | None = None) -> Path:
+def overview_picture(glow: Codec, vae: Codec, path: Path, test: tuple[torch.Tensor, torch.Tensor] | None = None
+                     ) -> Path:
     """``demo.png``, also the docs' overview picture (``scripts/make_doc_pictures.py``): ``picture_rows`` of the
     first 12 digits test images, LatentAdversarial attacking a weak classifier trained on them. ``test``: the
     digits test split ``(x, y)`` when the caller has it (else it is loaded)."""

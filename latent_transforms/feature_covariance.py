@@ -5,16 +5,19 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-from typing import Any, Callable, Iterator, SupportsIndex
+from typing import TYPE_CHECKING, Any, Callable, Iterator, SupportsIndex, cast
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .casts import without_16_bit_casts
+from .casts import TensorFn, without_16_bit_casts
 from .validation import (Settings, WrongTypeError, check_choice, check_count, check_labels, fixed_at_construction,
                          is_out_of_memory, no_autocast, wide_float)
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["FeatureCovariance"]
 
@@ -25,13 +28,13 @@ def _sizing_setting(name: str, doc: str) -> property:
     """FeatureCovariance's setting ``name`` (``num_classes``, ``covariance``), which sizes its statistics: checked by
     ``check_unchanged`` whenever set, kept in ``__dict__`` under its own name, as the plain attribute it was (a pickle
     of before 2026-12-05 holds it so)."""
-    def get(self):
+    def get(self: FeatureCovariance) -> object:
         try:
             return self.__dict__[name]
         except KeyError:  # not set yet: missing, as a plain attribute was
             raise AttributeError(name) from None
 
-    def set_(self, value) -> None:
+    def set_(self: FeatureCovariance, value: object) -> None:
         self.__dict__[name] = check_unchanged(self, name, value)
 
     return property(get, set_, doc=doc)
@@ -115,7 +118,7 @@ class FeatureCovariance(Settings, nn.Module):
     @property
     def _diagonal(self) -> bool:
         """Whether the covariance is ``"diagonal"``."""
-        return self.covariance == "diagonal"
+        return cast(str, self.covariance) == "diagonal"
 
     @property
     def sync_stats(self) -> "bool | dist.ProcessGroup":
@@ -212,7 +215,7 @@ class FeatureCovariance(Settings, nn.Module):
                 assert new is not None and kept is not None  # sized together
                 new[:k] = kept
 
-    def _apply(self, fn, recurse=True):
+    def _apply(self, fn: TensorFn, recurse: bool = True) -> Self:
         fn = without_16_bit_casts(fn)
         # .to(device)/.double() of an unsized estimator moves no tensor: remember it, for the statistics loaded later
         probe = torch.empty(0, device=self._device or "cpu", dtype=self._dtype or torch.float32)
@@ -221,10 +224,11 @@ class FeatureCovariance(Settings, nn.Module):
             self._device = moved.device
         if moved.dtype != probe.dtype:
             self._dtype = moved.dtype
-        return super()._apply(fn, recurse)
+        return cast("Self", super()._apply(fn, recurse))
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any],
+                              strict: bool, missing_keys: list[str], unexpected_keys: list[str],
+                              error_msgs: list[str]) -> None:
         saved = state_dict.get(prefix + "mean")
         if isinstance(saved, torch.Tensor) and saved.ndim == 2 and saved.shape[0] != self.num_classes:
             # torch's three "size mismatch" lines named neither the classes nor the way out
@@ -355,14 +359,15 @@ class FeatureCovariance(Settings, nn.Module):
             memo[id(self._group)] = self._group
         return self._copy_with(lambda attributes: copy.deepcopy(attributes, memo), memo)
 
-    def _copy_with(self, copy_attributes, memo: dict | None = None) -> "FeatureCovariance":
+    def _copy_with(self, copy_attributes: Callable[[dict[str, Any]], dict[str, Any]], memo: dict | None = None
+                   ) -> "FeatureCovariance":
         new = self.__class__.__new__(self.__class__)
         if memo is not None:  # a reference back to this module inside its attributes gets the copy
             memo[id(self)] = new
         new.__dict__.update(copy_attributes(self.__dict__))
         return new
 
-    def __reduce_ex__(self, protocol: SupportsIndex):
+    def __reduce_ex__(self, protocol: SupportsIndex) -> str | tuple[Any, ...]:
         if self._group is not None:  # torch's own error names neither the module nor the way out
             raise TypeError("statistics shared over a process group (ISDA/FeatureCovariance(sync_stats=group)) cannot "
                             "be pickled, as process groups cannot: save and load its state_dict() instead, or build "
@@ -402,7 +407,7 @@ def device_memory(device: torch.device) -> int | None:
     return None
 
 
-def check_sync(name: str, sync) -> "tuple[bool, dist.ProcessGroup | None]":
+def check_sync(name: str, sync: object) -> "tuple[bool, dist.ProcessGroup | None]":
     """``(gather?, group)`` from a ``sync`` argument: ``True`` (the default group), ``False`` or a process group."""
     if isinstance(sync, bool):
         return sync, None
@@ -418,7 +423,7 @@ def check_sync(name: str, sync) -> "tuple[bool, dist.ProcessGroup | None]":
 _UNTRACED_GATHER: list[Callable[..., Any]] = []  # _all_gather_rows under torch.compiler.disable, made at first need
 
 
-def _untraced_gather():
+def _untraced_gather() -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
     """``_all_gather_rows`` under ``torch.compiler.disable`` (traced, the collectives landed in per-rank graphs: a
     shape change on one rank mismatched them), made at first need: the decorator imports ``torch._dynamo``, which as
     a decorator at import took 1.8 s of ``import latent_transforms`` (3.9 s in all), and 1.3-1.8 s of every ``ISDA()``

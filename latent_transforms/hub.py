@@ -40,7 +40,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
 from types import ModuleType
@@ -82,7 +82,7 @@ _cache_dir_thread_lock = threading.RLock()  # with a file lock: one registry edi
 class _HeldDirs(threading.local):
     """The cache dirs this thread holds ``_cache_dir_lock`` on (``dirs``)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.dirs: set[Path] = set()
 
 
@@ -337,7 +337,8 @@ class _AllocationBudget(TorchFunctionMode):
         super().__init__()
         self.limit, self.used = limit, 0
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(self, func: Callable[..., Any], types: tuple[type, ...], args: tuple[Any, ...] = (),
+                           kwargs: dict[str, Any] | None = None) -> Any:
         kwargs = kwargs or {}
         if func in self.FACTORIES and "out" not in kwargs:
             try:  # the size the call asks for, from the same call on the meta device (no memory)
@@ -830,7 +831,7 @@ def unregister(name: str, *, persist: bool = False) -> dict[str, Any]:
     return removed[0]
 
 
-def _closest(name: str, names) -> str | None:
+def _closest(name: str, names: Iterable[str]) -> str | None:
     """The name of ``names`` nearest to ``name`` ("Glow-CIFAR10" is near "glow-cifar10"), or None."""
     return next(iter(close_names(name, names)), None)
 
@@ -1063,6 +1064,7 @@ def fetch(name: str) -> Path:
             f"fetch takes a registered checkpoint name, got the path {name!r}; load a file with hub.load(path), or "
             f"register the run that wrote it (latent-transforms register RUN.json) to fetch it by name")
     entry = _entry(name)
+    file: str
     file, sha256 = entry["file"], entry["sha256"]
     cached, shipped = cache_dir() / file, SHIPPED_DIR / file
     notes = []

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import LatentTransform, not_about_the_batch, one_line_repr, warn_at_call, warn_if_left_in_eval
-from .casts import without_16_bit_casts
+from .casts import TensorFn, without_16_bit_casts
 from .codecs import Codec
 from .feature_covariance import COVARIANCES, FeatureCovariance, check_sync, check_unchanged
 from .modelutils import unwrap
@@ -46,6 +46,8 @@ from .validation import (ClassCountError, ModuleMixin, Settings, WrongTypeError,
                          no_autocast, setting, wide_float)
 
 if TYPE_CHECKING:
+    from typing_extensions import Self
+
     from .validation import Setting
 
 __all__ = ["ISDA", "ISDALoss", "isda_logits"]
@@ -189,7 +191,7 @@ class _ISDAState(Settings, ModuleMixin):
     @property
     def num_classes(self) -> int:
         """C, the classes of the statistics (``grow()`` adds classes)."""
-        return self.estimator.num_classes
+        return cast(int, self.estimator.num_classes)
 
     @num_classes.setter
     def num_classes(self, value: int) -> None:  # LatentTransform.__init__ sets it; the estimator, made next, holds it
@@ -233,7 +235,7 @@ class _ISDAState(Settings, ModuleMixin):
     def covariance(self) -> str:
         """``"full"`` or ``"diagonal"``, the statistics' form: fixed at construction (assigned as a plain attribute,
         the repr said one form while the statistics kept the other)."""
-        return self.estimator.covariance
+        return cast(str, self.estimator.covariance)
 
     @covariance.setter
     def covariance(self, covariance: object) -> None:
@@ -288,8 +290,9 @@ class _ISDAState(Settings, ModuleMixin):
         assert cov is not None  # sized by the update
         return isda_logits(logits, weight, y, cov, self.lam if lam is None else lam, check_y=False)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any],
+                              strict: bool, missing_keys: list[str], unexpected_keys: list[str],
+                              error_msgs: list[str]) -> None:
         key = prefix + "schedule_progress"
         if key not in state_dict:  # a state saved before 2026-12-03 has no progress: it stays as it is
             state_dict[key] = self.schedule_progress.clone()
@@ -299,11 +302,11 @@ class _ISDAState(Settings, ModuleMixin):
         self.set_progress(float(self.schedule_progress))  # checked, and mirrored as the float ``lam`` reads
         self._scheduled = scheduled or self.progress > 0  # a state that never left 0 still warns if unscheduled
 
-    def _apply(self, fn, recurse=True):
+    def _apply(self, fn: TensorFn, recurse: bool = True) -> Self:
         # a 16-bit cast of a module holding it (Lightning's precision="bf16-true") keeps the progress float64, as the
         # estimator keeps its statistics: a progress saved in bf16 resumed another lam (on MPS: float32, as it has no
         # float64)
-        return super()._apply(without_16_bit_casts(fn), recurse)
+        return cast("Self", super()._apply(without_16_bit_casts(fn), recurse))
 
     def _isda_repr(self) -> str:
         return (f"num_classes={self.estimator.num_classes}, lambda0={self.lambda0}, covariance={self.covariance!r}, "
@@ -485,7 +488,7 @@ class _ArmedHook:
                              f"torch.jit.script cannot compile it: call isda.disarm(model) first (a copy's, or one "
                              f"whose ISDA was dropped, also goes at the model's next forward)")
 
-    def __call__(self, module: nn.Linear, args: tuple, output: torch.Tensor):
+    def __call__(self, module: nn.Linear, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
         owner = None if self.owner is None else self.owner()
         if owner is None:
             _remove_hook(module, self)

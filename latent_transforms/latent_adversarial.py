@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -79,7 +80,7 @@ class LatentAdversarial(CodecTransform):
     @property
     def needs_labels(self) -> bool:
         """``target="true"`` attacks the given labels; ``"pred"`` takes unlabelled batches too."""
-        return self.target == "true"
+        return cast(str, self.target) == "true"
 
     def extra_repr(self) -> str:
         return (f"eps={self.eps}, steps={self.steps}, step_size={self.step_size}, norm={self.norm!r}, "

@@ -10,11 +10,14 @@ import torch
 from torch import nn
 
 from . import hub
-from .casts import without_16_bit_casts
+from .casts import TensorFn, without_16_bit_casts
 from .codecs import Codec, resolve_codec
 from .progress import progress_bar
 from .validation import (MissingFileError, Settings, check_bool, check_count, check_images, check_index,
                          resolve_device, setting, values_read)
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["LatentCache"]
 
@@ -104,7 +107,7 @@ class LatentCache(Settings, nn.Module):
                              persistent=False)
         self.register_buffer("_image_projection", projection.to(device), persistent=False)
 
-    def _apply(self, fn, recurse: bool = True):
+    def _apply(self, fn: TensorFn, recurse: bool = True) -> Self:
         """``.to(device)`` moves the latents and the image signatures. A cast to 16 bits moves the latents but keeps
         their dtype, the codec's, as the codec keeps its own (``.double()`` casts both alike). The signatures stay
         float32 under any cast (``.double()`` too): rounded to 16 bits they refused the cached images themselves,

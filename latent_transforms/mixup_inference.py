@@ -7,13 +7,16 @@ import torch
 from torch import nn
 
 from .base import SampleStats, keep_plausible, one_line_repr
-from .casts import without_16_bit_casts
+from .casts import TensorFn, without_16_bit_casts
 from .codecs import Codec, resolve_codec
 from .codecs.base import ChecksCodecStates
 from .modelutils import borrowed, logits_of
 from .rng import GeneratorSource, generator_repr
 from .validation import (Settings, check_count, check_images, check_model, check_number, fixed_at_construction,
                          setting, values_read)
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["LatentMixupInference"]
 
@@ -85,13 +88,13 @@ class LatentMixupInference(Settings, ChecksCodecStates, SampleStats, nn.Module):
             raise fixed_at_construction(self, "codec", "it encoded the references' latents",
                                         "build a new LatentMixupInference(model, codec, references)")
 
-    def _apply(self, fn, recurse=True):
+    def _apply(self, fn: TensorFn, recurse: bool = True) -> Self:
         # a 16-bit cast (.half(), Lightning's precision="bf16-true") casts the model, but the reference latents, as
         # the codec, keep their dtype: only they are this module's own tensors
         if recurse:
             for module in self.children():
                 module._apply(fn)
-        return super()._apply(without_16_bit_casts(fn), recurse=False)
+        return cast("Self", super()._apply(without_16_bit_casts(fn), recurse=False))
 
     def extra_repr(self) -> str:
         return (f"lam={self.lam}, num_mixes={self.num_mixes}, references={self.reference_latents.shape[0]}, "

@@ -1,6 +1,8 @@
 """Reference classifiers used by the demo, the examples and the benchmarks."""
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -61,7 +63,7 @@ class CifarResNet18(nn.Module):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.layers(self.stem(x))
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+        return cast(torch.Tensor, self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)))
 
 
 def digits_cnn(num_classes: int = 10) -> nn.Module:

@@ -1,6 +1,8 @@
 """Lp-ball geometry for latent perturbations (per sample, over flattened coordinates)."""
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
 __all__: list[str] = []  # the package's own machinery: none of it is API (docs/api.md)
@@ -9,7 +11,7 @@ NORMS = ("l2", "linf")
 
 
 def _l2(d: torch.Tensor) -> torch.Tensor:
-    return d.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return cast(torch.Tensor, d.norm(dim=1, keepdim=True)).clamp_min(1e-12)
 
 
 def project(d: torch.Tensor, eps: float, norm: str | None) -> torch.Tensor:
@@ -40,13 +42,15 @@ def ascent_direction(g: torch.Tensor, norm: str) -> torch.Tensor:
     return torch.where(length >= 1e-12, g / length.clamp_min(1e-12), small)
 
 
-def random_start(shape: torch.Size, eps: float, norm: str, generator: torch.Generator, device, dtype) -> torch.Tensor:
+def random_start(shape: torch.Size, eps: float, norm: str, generator: torch.Generator, device: torch.device,
+                 dtype: torch.dtype) -> torch.Tensor:
     """U(-eps, eps)^D projected onto the ball, as the official LA-adv random start."""
     d = (torch.rand(shape, generator=generator, device=device, dtype=dtype) * 2 - 1) * eps
     return project(d, eps, norm)
 
 
-def random_perturbation(shape: torch.Size, eps: float, norm: str | None, generator: torch.Generator, device, dtype) -> torch.Tensor:
+def random_perturbation(shape: torch.Size, eps: float, norm: str | None, generator: torch.Generator,
+                        device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """Noise of size eps: a uniformly random direction of L2 norm exactly eps (``l2``), N(0, eps^2) clipped
     to [-eps, eps] (``linf``), or plain N(0, eps^2) per coordinate (None)."""
     d = torch.randn(shape, generator=generator, device=device, dtype=dtype) * eps

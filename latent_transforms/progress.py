@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterable
+from typing import Any
 
 from tqdm.auto import tqdm
 from tqdm.asyncio import tqdm as text_tqdm  # what tqdm.auto gives outside notebooks
@@ -12,7 +14,7 @@ __all__: list[str] = []  # the package's own machinery: none of it is API (docs/
 LOG_INTERVAL = 30.0  # seconds between the updates of a bar written to a file (tqdm's 0.1 s: 36,000 lines an hour)
 
 
-def progress_bar(iterable=None, **kwargs) -> tqdm:
+def progress_bar(iterable: Iterable[Any] | None = None, **kwargs: Any) -> tqdm:
     """``tqdm(iterable, **kwargs)`` (tqdm.auto: a widget in notebooks). A text bar whose stream (``file``, default
     stderr) is not a terminal updates at most every ``LOG_INTERVAL`` seconds, as each update becomes a line of the
     log, unless ``mininterval=`` or the environment's ``TQDM_MININTERVAL`` says otherwise; it still writes its last

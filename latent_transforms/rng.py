@@ -8,6 +8,7 @@ import numbers
 import os
 import threading
 import weakref
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -144,7 +145,7 @@ class _PicklableGenerator:
     def __init__(self, generator: torch.Generator):
         self.generator = generator  # held only while the box lives (one pickle or deepcopy): _BOXES holds it weakly
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Callable[[str, bytes], torch.Generator], tuple[str, bytes]]:
         g = self.generator
         return _generator_from_bytes, (str(g.device), g.get_state().numpy().tobytes())
 

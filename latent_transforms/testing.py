@@ -21,8 +21,11 @@ from .validation import check_batch, check_bool, check_count, check_model_slot, 
 
 __all__ = ["check_transform_contract"]
 
+# model_state's: the state dict, the modules' train flags, the gradients, the parameters' requires_grad
+_ModelState = tuple[dict[str, torch.Tensor], list[bool], list["torch.Tensor | None"], list[bool]]
 
-def model_state(model: nn.Module | None):
+
+def model_state(model: nn.Module | None) -> _ModelState | None:
     """A copy of what a transform must leave alone, for ``assert_model_unchanged``: ``model``'s state dict, train/eval
     flags, gradients and parameters' ``requires_grad``."""
     if model is None:
@@ -39,11 +42,11 @@ def expect(ok: bool | torch.Tensor, message: str) -> None:
         raise AssertionError(message)
 
 
-def assert_model_unchanged(model: nn.Module | None, before) -> None:
+def assert_model_unchanged(model: nn.Module | None, before: _ModelState | None) -> None:
     """``AssertionError`` naming what changed in ``model`` since ``before = model_state(model)``."""
     if model is None:
         return
-    after = model_state(model)
+    before, after = cast(_ModelState, before), cast(_ModelState, model_state(model))  # model is not None
     for k, v in before[0].items():
         expect(torch.equal(v, after[0][k]), f"model state {k} changed")
     expect(before[1] == after[1], "train/eval flags changed")
@@ -75,7 +78,7 @@ def _raises(kind: type[BaseException], match: str) -> Iterator[None]:
         raise AssertionError(f"no {kind.__name__} raised (expected one matching {match!r})")
 
 
-def _called_on_purpose(t: nn.Module, x: torch.Tensor, *args, **kwargs) -> tuple:
+def _called_on_purpose(t: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
     """``_called``, for a transform put in ``eval()`` mode on purpose beside a training model: without the warning that
     it augments nothing (a suite run with ``-W error`` would fail on it)."""
     with warnings.catch_warnings():
@@ -93,7 +96,7 @@ def _form(t: object) -> str:
     return f"{tuple(t.shape)} {t.dtype} on {t.device}" if isinstance(t, torch.Tensor) else describe(t)
 
 
-def _called(t: nn.Module, x: torch.Tensor, *args, **kwargs) -> tuple:
+def _called(t: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
     """``t(x, *args, **kwargs)`` (``args[0]``: the labels, if given), checked to return ``(x2, y2)`` and to leave the
     caller's ``x`` and labels as they were."""
     given: dict[str, Any] = {"x": x, "y": args[0] if args else None}
@@ -103,7 +106,7 @@ def _called(t: nn.Module, x: torch.Tensor, *args, **kwargs) -> tuple:
     for name, v in before.items():
         expect(torch.equal(given[name], v), f"the call changed the caller's {name} in place: work on a copy "
                                             f"({name}.clone()) or out of place")
-    return out
+    return cast("tuple[Any, ...]", out)  # checked above
 
 
 def _check_arguments(make: object, x: object, y: object, model: object, num_classes: object,

@@ -28,6 +28,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any, cast
 
 import torch
@@ -382,7 +383,7 @@ class WeightEMA:
 def total_norm(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
     """The L2 norm of all ``tensors`` together (as ``clip_grad_norm_`` measures gradients), a 0-d tensor: no host
     sync."""
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))
+    return cast(torch.Tensor, torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors])))
 
 
 def _lr_factor(step: int, warmup: int, progress: float) -> float:
@@ -487,7 +488,7 @@ def _check_train_args(x_train: torch.Tensor, x_test: torch.Tensor | None, name: 
                                  f"the training state), got {shown}") from None
 
 
-def _refuse_other_kind_settings(codec_kind: str, settings: dict, spell=str) -> None:
+def _refuse_other_kind_settings(codec_kind: str, settings: dict, spell: Callable[[str], str] = str) -> None:
     """``ValueError`` naming (as ``spell(name)``) each setting of another codec kind that is not None."""
     own = RECIPES[codec_kind]
     for other in RECIPES.values():
@@ -632,10 +633,10 @@ class _TrainingRun:
     def finished(self) -> bool:
         """Whether the whole run, over every call, has reached its length."""
         if self.total_steps is not None:
-            return self.info["step"] >= self.total_steps
-        return self.info["train_time_s"] >= self.budget_s
+            return cast(int, self.info["step"]) >= self.total_steps
+        return cast(float, self.info["train_time_s"]) >= cast(float, self.budget_s)  # one of the two is set
 
-    def follow_length(self, say) -> None:
+    def follow_length(self, say: Callable[..., None]) -> None:
         """Make the LR schedule follow this call's run length: record it in ``info["schedule"]`` from this step."""
         length = {"total_steps": self.total_steps, "budget_s": self.budget_s, "warmup": self.warmup}
         schedule, step = self.info["schedule"], self.info["step"]
@@ -648,7 +649,7 @@ class _TrainingRun:
                                    "the learning-rate schedule follows the new length from here"))
             schedule.append({"from_step": step, **length})
 
-    def run(self, started: float, limit_s: float | None, bar_desc: str | None, say) -> bool:
+    def run(self, started: float, limit_s: float | None, bar_desc: str | None, say: Callable[..., None]) -> bool:
         """Train to the end of the run, or until ``limit_s`` seconds after ``started`` (``time.perf_counter()``), but
         at least one step: a limit shorter than the call's set-up would otherwise train nothing on every call.
 
@@ -712,10 +713,10 @@ class _TrainingRun:
                     break
             self.info["complete"] = self.finished()
             self.checkpoint()  # a KeyboardInterrupt raised mid-step saves nothing: the state would mix two steps
-        return self.info["complete"]
+        return cast(bool, self.info["complete"])
 
     @contextlib.contextmanager
-    def _stop_signals_deferred(self, say) -> Iterator[None]:
+    def _stop_signals_deferred(self, say: Callable[..., None]) -> Iterator[None]:
         """While open, in the main thread, the first of ``_STOP_SIGNALS`` (those not ignored) sets ``stop_signal``
         for the loop to stop at the next step boundary; a later SIGINT is handled at once by the caller's handler
         (Python's raises ``KeyboardInterrupt``), a later SIGTERM or SIGUSR1 is only reported. On leaving, also on an
@@ -728,7 +729,7 @@ class _TrainingRun:
         callers = {s: signal.getsignal(s) for s in _STOP_SIGNALS}
         callers = {s: h for s, h in callers.items() if h not in (signal.SIG_IGN, None)}  # None: set outside Python
 
-        def stop(signum, frame):
+        def stop(signum: int, frame: FrameType | None) -> None:
             name = signal.Signals(signum).name
             if self.stop_signal is None:
                 self.stop_signal = signum
@@ -797,7 +798,7 @@ class _TrainingRun:
 
 
 def _store(codec: Codec, recipe: _TrainingRecipe, ckpt: Path, fp16: bool, probe: torch.Tensor, name: str,
-           dev: torch.device, say) -> tuple[Codec, str, torch.dtype, str | None]:
+           dev: torch.device, say: Callable[..., None]) -> tuple[Codec, str, torch.dtype, str | None]:
     """Save ``codec`` to ``ckpt`` and load it back: as float16 if ``fp16`` and that copy stays accurate on the
     images ``probe`` (B, C, H, W), else as float32.
 
@@ -899,7 +900,8 @@ def _report(run: _TrainingRun, stored: Codec, *, name: str, ckpt: Path, sha: str
     }
 
 
-def _say_written(say, report: dict, ckpt: Path, js: Path, png: Path, metrics: dict[str, float]) -> None:
+def _say_written(say: Callable[..., None], report: dict, ckpt: Path, js: Path, png: Path,
+                 metrics: dict[str, float]) -> None:
     """Tell where the final files went, the metrics (on the test set, or on training images without one), and how to
     load the codec and register it by name."""
     import shlex
@@ -1194,7 +1196,7 @@ def train_codec(
 # -- command line -----------------------------------------------------------------------------------------------
 def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``train`` to an argparse subparsers object (``args.func(args)`` runs it); returns its parser."""
-    p = subparsers.add_parser(
+    p: argparse.ArgumentParser = subparsers.add_parser(
         "train", help="train your own codec (Glow flow or VAE) on images",
         description="Train a codec; resumable (run the same command again), writes OUT/NAME.{safetensors,json,png}.",
     )

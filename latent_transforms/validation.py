@@ -163,7 +163,7 @@ def check_items(name: str, value: object, *shapes: tuple[int, ...], dtype: torch
     return n
 
 
-def option(check: Callable, parse: type = int, **bounds) -> Callable[[str], object]:
+def option(check: Callable[..., object], parse: type = int, **bounds: Any) -> Callable[[str], object]:
     """An argparse ``type=`` that parses an option's text with ``parse`` and checks it with ``check`` (e.g.
     ``option(check_count, low=1)``): a command line gets the library's rules, and argparse's message names the option
     (``argument --batch-size: must be an int >= 1, got 0``), not a Python parameter."""
@@ -225,13 +225,13 @@ def setting(name: str, check: Callable[..., SettingT] | None = None, *args: Any,
     a line naming the check by default."""
     key = "_" + name
 
-    def get(self):
+    def get(self: object) -> object:
         try:
             return self.__dict__["_modules"][name] if module else self.__dict__[key]
         except KeyError:  # not set yet: nn.Module's __getattr__ says so
             raise AttributeError(name) from None
 
-    def set_(self, value) -> None:
+    def set_(self: object, value: object) -> None:
         if check is not None:
             value = check(name, value, *args, **kwargs)
         kept, at = (self.__dict__["_modules"], name) if module else (self.__dict__, key)
@@ -498,7 +498,7 @@ def check_dense(t: torch.Tensor, name: str) -> None:
                          f"torch.set_default_device('meta') or torch.device('meta')?): make it on cpu or cuda")
 
 
-def no_autocast(device: torch.device):
+def no_autocast(device: torch.device) -> contextlib.AbstractContextManager[None]:
     """Autocast off on ``device``, for math in the tensors' own dtypes: a training loop's ``torch.autocast`` would
     cast the ops (a latent cache's image signatures to 16 bits), or refuse them (fp16 images under CPU bf16 autocast:
     torch's "Unexpected floating ScalarType in at::autocast::prioritize"). Nothing where torch has no autocast for

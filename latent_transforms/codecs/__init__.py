@@ -9,8 +9,9 @@ from torch import nn
 
 from ..validation import WrongTypeError
 from ..torch_defaults import codec_build_defaults
-from .base import OWN_CODEC_DOCS, Codec, Latents, exact_math, flatten_latents, unflatten_latents
+from .base import OWN_CODEC_DOCS, Codec, Latents, flatten_latents, unflatten_latents
 from .glow import Glow
+from .precision import exact_math
 from .vae import ConvVAE
 
 CODECS: dict[str, type[Codec]] = {"glow": Glow, "vae": ConvVAE}

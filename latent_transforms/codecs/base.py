@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar, cas
 import torch
 from torch import nn
 
-from ..casts import without_16_bit_casts
+from ..casts import TensorFn, without_16_bit_casts
 from ..rng import draw_generator
 from ..torch_defaults import codec_build_defaults
 from ..validation import (ModuleMixin, Settings, SettingT, WrongTypeError, bad_option, check_bool, check_dense,
@@ -86,7 +86,7 @@ class ChecksCodecStates(ModuleMixin):
                         assign: bool = False) -> _IncompatibleKeys:
         if strict:
             _check_codec_states(self, state_dict)
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        return cast("_IncompatibleKeys", super().load_state_dict(state_dict, strict=strict, assign=assign))
 
 
 def _check_codec_states(module: nn.Module, state_dict: Mapping[str, Any]) -> None:
@@ -319,11 +319,11 @@ class Codec(Settings, ChecksCodecStates, nn.Module):
                              f"with .float(), which keeps the 16-bit rounding, or load the float32 weights again "
                              f"(hub.load, load_state_dict without assign=True)")
 
-    def _apply(self, fn, recurse=True):
+    def _apply(self: _CodecT, fn: TensorFn, recurse: bool = True) -> _CodecT:
         # a 16-bit cast of a module holding the codec (.half(), Lightning's precision="bf16-true") moves it but keeps
         # its dtype: in 16 bits a flow loses its exact round trip and its decodes overflow, and .float() would not
         # undo the rounding of the weights
-        return super()._apply(without_16_bit_casts(fn), recurse)
+        return cast(_CodecT, super()._apply(without_16_bit_casts(fn), recurse))
 
     def check_latents(self, z: Latents) -> None:
         """Raise if ``z`` is not one float tensor per level, ``(B, *latent_shapes[i])``, on this codec's device."""

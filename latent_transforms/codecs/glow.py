@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import normflows as nf
 import torch
 import torch.nn.functional as F
 
+from ..casts import TensorFn
 from ..validation import check_count, check_number, setting, wide_float
 from .base import Codec, Latents, shapes_weights
+
+if TYPE_CHECKING:
+    from torch.nn.modules.module import _IncompatibleKeys
 
 __all__ = ["Glow"]
 
@@ -33,12 +37,12 @@ class BoundedAffineCoupling(nf.flows.AffineCoupling):
         param = self.param_map(z1)
         return param[:, 0::2], self.floor + (1 - self.floor) * torch.sigmoid(param[:, 1::2] + 2)
 
-    def forward(self, z):  # latent -> image direction
+    def forward(self, z: Latents) -> tuple[Latents, torch.Tensor]:  # latent -> image direction
         z1, z2 = z
         shift, scale = self._shift_scale(z1)
         return [z1, z2 / scale + shift], -torch.log(scale).flatten(1).sum(1)
 
-    def inverse(self, z):  # image -> latent direction
+    def inverse(self, z: Latents) -> tuple[Latents, torch.Tensor]:  # image -> latent direction
         z1, z2 = z
         shift, scale = self._shift_scale(z1)
         return [z1, (z2 - shift) * scale], torch.log(scale).flatten(1).sum(1)
@@ -56,24 +60,24 @@ class SyncFreeActNorm(nf.flows.ActNorm):
         self.checked = False
         self.register_load_state_dict_post_hook(_recheck_after_load)
 
-    def forward(self, z):
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self._affine("forward", z)
 
-    def inverse(self, z):
+    def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self._affine("inverse", z)
 
-    def _affine(self, direction: str, z):
+    def _affine(self, direction: str, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.checked:  # the plain affine map, no buffer read
-            return getattr(nf.flows.AffineConstFlow, direction)(self, z)
+            return cast("tuple[torch.Tensor, torch.Tensor]", getattr(nf.flows.AffineConstFlow, direction)(self, z))
         flag = self.data_dep_init_done
-        out = getattr(nf.flows.ActNorm, direction)(self, z)
+        out: tuple[torch.Tensor, torch.Tensor] = getattr(nf.flows.ActNorm, direction)(self, z)
         if self.data_dep_init_done is not flag:  # normflows' torch.tensor(1.0): torch's default dtype and device
             self.data_dep_init_done: torch.Tensor = flag.fill_(1.0)
         self.checked = True
         return out
 
 
-def _recheck_after_load(actnorm: SyncFreeActNorm, incompatible_keys) -> None:
+def _recheck_after_load(actnorm: SyncFreeActNorm, incompatible_keys: _IncompatibleKeys) -> None:
     flag = actnorm.data_dep_init_done
     actnorm.checked = not flag.is_meta and bool(flag > 0)  # a meta tensor has no value: read at the next call
 
@@ -262,7 +266,7 @@ class Glow(Codec):
         self._fold_weights()
         return self
 
-    def _apply(self, fn, recurse=True):
+    def _apply(self: _GlowT, fn: TensorFn, recurse: bool = True) -> _GlowT:
         # .double() and the like: fold again from the cast weights (the folded ones were rounded to the old dtype)
         dtype = self.dtype
         super()._apply(fn, recurse)
@@ -305,7 +309,7 @@ class Glow(Codec):
             self._record_fold_sources()
 
 
-def _refold_after_load(glow: Glow, incompatible_keys) -> None:
+def _refold_after_load(glow: Glow, incompatible_keys: _IncompatibleKeys) -> None:
     """New weights loaded into a frozen Glow must not leave the folded fast path on the old ones, nor let a state saved
     before its ActNorms were initialised make them initialise themselves from the next batch (a frozen codec updates
     no statistics)."""

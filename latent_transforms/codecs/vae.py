@@ -12,7 +12,8 @@ from torch import nn
 from ..rng import draw_generator
 from ..validation import (WrongTypeError, bad_option, check_bool, check_count, check_number, describe, is_int, scalar,
                           setting)
-from .base import Codec, Latents, exact_math, shapes_weights
+from .base import Codec, Latents, shapes_weights
+from .precision import exact_math
 
 __all__ = ["ConvVAE"]
 
@@ -30,7 +31,7 @@ class ResidualBlock(nn.Module):
         nn.init.zeros_(self.conv2.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv2(F.silu(self.conv1(x)))
+        return x + cast(torch.Tensor, self.conv2(F.silu(self.conv1(x))))
 
 
 def _check_latent_side(name: str, value: object, padded: int | None = None, where: str = "") -> int | None:
@@ -161,7 +162,7 @@ class ConvVAE(Codec):
         """z: (B, *latent_shapes[0]) -> the decoder's logits (B, C, H, W), cropped from the padded side."""
         left, _, top, _ = self.padding
         _, h, w = self.image_shape
-        return self.decoder(z)[..., top:top + h, left:left + w]
+        return cast(torch.Tensor, self.decoder(z))[..., top:top + h, left:left + w]
 
     def encode(self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | int | None = None,
                noise: torch.Tensor | None = None) -> Latents:
