@@ -106,8 +106,8 @@ def own_method(mode: object) -> None:
 @pytest.mark.slow
 def test_a_typed_user_project_gets_the_documented_types(tmp_path):
     """mypy --strict on a user's code: ``x2, y2 = t(x, y, model)`` gives tensors (labels in, labels out; ``None`` in,
-    ``None`` out), and so on. Where mypy is not installed (the ``test`` extra installs it; the package does not need it) this is skipped; the marker test above
-    runs everywhere."""
+    ``None`` out), and so on. Where mypy is not installed (the ``test`` extra installs it; the package does not need
+    it) this is skipped; the marker test above runs everywhere."""
     if importlib.util.find_spec("mypy") is None:
         pytest.skip("mypy is not installed")
     # the imported package's sources, found through MYPYPATH: also under an editable install, whose import hook
