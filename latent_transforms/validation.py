@@ -408,13 +408,16 @@ def _image_form(x: torch.Tensor, name: str, allow_uint8: bool, uint8_hint: str =
 
 
 def _not_a_tensor_hint(x: object, name: str) -> str:
-    """How to make a batch of images of ``x``, a PIL image (a Dataset without a transform) or a numpy array."""
+    """How to make a batch of images of ``x``, a PIL image (a Dataset without a transform), a numpy array or a list
+    of ``(C, H, W)`` images."""
     if type(x).__module__.startswith("PIL."):
         return ("; the transforms take batches (B, C, H, W): convert each image in the Dataset, "
                 "transform=v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]), and augment the "
                 "DataLoader's batches")
     if type(x).__name__ == "ndarray":
         return f"; torch.from_numpy({name}), then .permute(0, 3, 1, 2) if its images are (B, H, W, C)"
+    if is_sequence(x) and len(x) and all(isinstance(t, torch.Tensor) and t.ndim == 3 for t in x):
+        return f"; torch.stack({name}) makes a batch of a list of (C, H, W) images"
     return ""
 
 
@@ -574,7 +577,11 @@ def _label_form(y: torch.Tensor, batch_size: int, num_classes: int | None, name:
     if not isinstance(y, torch.Tensor):  # a dict of targets; a list of them (detection's, a dict per image) or tensors
         targets = isinstance(y, collections.abc.Mapping) or is_sequence(y) and any(
             isinstance(t, collections.abc.Mapping) or isinstance(t, torch.Tensor) and t.ndim > 0 for t in y)
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(y).__name__}{targets_hint if targets else ''}")
+        indices = is_sequence(y) and len(y) > 0 and all(  # ints, or 0-d integer tensors (list(y), gathered one by one)
+            is_int(t) or isinstance(t, torch.Tensor) and t.ndim == 0 and t.dtype != torch.bool
+            and not (t.is_floating_point() or t.is_complex()) for t in y)
+        hint = targets_hint if targets else f"; torch.tensor({name}) makes (B,) class indices of it" if indices else ""
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(y).__name__}{hint}")
     if type(y).__module__.startswith("torchvision.tv_tensors"):  # a Mask (B, H, W), BoundingBoxes (B, 4), ...
         raise ValueError(f"{name} is a torchvision {type(y).__name__} of shape {tuple(y.shape)}, not class labels: "
                          f"(B,) class indices or (B, K) soft labels, one row per image{targets_hint}")

@@ -274,6 +274,12 @@ def test_a_pil_image_or_numpy_array_is_told_how_to_become_a_batch():
         check_images(GOOD_X.numpy(), "images")  # the hint names the argument refused
     with pytest.raises(TypeError, match=r"x must be a torch.Tensor, got list$"):  # nothing said of other types
         LatentNoise(GLOW)(GOOD_X.tolist(), GOOD_Y)
+    # audit 268 (a new user's path): a list of (C, H, W) images, a Dataset's gathered by hand, is told to stack them
+    with pytest.raises(TypeError, match=r"^x must be a torch.Tensor, got list; torch.stack\(x\) makes a batch of a "
+                                        r"list of \(C, H, W\) images$"):
+        LatentNoise(GLOW)(list(GOOD_X), GOOD_Y)
+    with pytest.raises(TypeError, match=r"got tuple$"):  # a batch of images in a list is not a list of images
+        LatentNoise(GLOW)((GOOD_X,), GOOD_Y)
 
 
 def test_check_choice_takes_equal_values_of_the_choices_type():
@@ -1115,11 +1121,16 @@ def test_an_output_that_is_no_per_pixel_map_is_not_called_one(shape):
 def test_class_labels_in_a_form_with_a_plain_fix_are_not_told_about_other_targets():
     """The targets hint ends the refusals of what may be other targets (a dict, (B,) floats, ...); class indices as a
     list or as int32 are class labels: their message ends with their fix."""
-    for y, message in (([0, 1, 2, 3], r"y must be a torch.Tensor, got list$"),
+    tensor_it = r"y must be a torch.Tensor, got (list|tuple); torch.tensor\(y\) makes \(B,\) class indices of it$"
+    for y, message in (([0, 1, 2, 3], tensor_it), ((0, 1, 2, 3), tensor_it),  # audit 268: told how to make a tensor
                        # mutation round 26 (audit 215): a list of 0-d tensors (list(y), labels gathered one by one) is
                        # class labels too; only a list holding dicts or tensors of a dimension is targets
-                       (list(GOOD_Y), r"y must be a torch.Tensor, got list$"),
+                       (list(GOOD_Y), tensor_it),
                        ([], r"y must be a torch.Tensor, got list$"),
+                       ([0.0, 1.0, 0.5, 1.0], r"y must be a torch.Tensor, got list$"),  # floats: maybe regression
+                       (list(GOOD_Y.float()), r"y must be a torch.Tensor, got list$"),
+                       ([True, False, True, True], r"y must be a torch.Tensor, got list$"),
+                       (list(GOOD_Y > 1), r"y must be a torch.Tensor, got list$"),
                        (GOOD_Y.int(), r"must be int64, got dtype torch.int32; convert with y.long\(\)$")):
         with pytest.raises((TypeError, ValueError), match=message):
             LatentNoise(GLOW, eps=1.0)(GOOD_X, y, TinyNet())
