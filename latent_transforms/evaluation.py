@@ -1,6 +1,7 @@
 """A small, honest training loop and metrics, shared by the demo, the examples and the benchmarks."""
 from __future__ import annotations
 
+import collections.abc
 import math
 import time
 from typing import Callable
@@ -19,6 +20,8 @@ from .validation import (bad_option, check_count, check_images, check_items, che
 
 __all__ = ["fit_classifier", "predict_proba", "accuracy", "expected_calibration_error", "reliability_bins",
            "ece_of_bins"]
+
+_BIN_SUMS = ("count", "confidence_sum", "correct_sum")  # reliability_bins' keys, each (bins,)
 
 Augment = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
@@ -151,7 +154,7 @@ def _bin_sums(probs: torch.Tensor, y: torch.Tensor, bins: int, allow_empty: bool
     sums[0].index_add_(0, idx, torch.ones_like(conf, dtype=dtype))
     sums[1].index_add_(0, idx, conf.to(dtype))
     sums[2].index_add_(0, idx, (pred == y).to(dtype))
-    return dict(zip(("count", "confidence_sum", "correct_sum"), sums))
+    return dict(zip(_BIN_SUMS, sums))
 
 
 def expected_calibration_error(probs: torch.Tensor, y: torch.Tensor, bins: int = 15) -> float:
@@ -165,6 +168,14 @@ def expected_calibration_error(probs: torch.Tensor, y: torch.Tensor, bins: int =
 def ece_of_bins(bins: dict[str, torch.Tensor]) -> float:
     """The ECE of ``reliability_bins``' sums: one run's, or several runs' or ranks' summed key by key (pooled with
     ``all_reduce``), ``sum |confidence_sum - correct_sum| / sum count``."""
+    mapping = isinstance(bins, collections.abc.Mapping)
+    if not mapping or not all(k in bins for k in _BIN_SUMS):
+        raise bad_option(f"bins must be reliability_bins' dict of {', '.join(_BIN_SUMS)}, got "
+                         f"{list(bins) if mapping else type(bins).__name__}", right_type=mapping)
+    shapes = [tuple(bins[k].shape) if isinstance(bins[k], torch.Tensor) else type(bins[k]).__name__ for k in _BIN_SUMS]
+    if len(set(shapes)) > 1 or not isinstance(shapes[0], tuple) or len(shapes[0]) != 1:
+        raise ValueError(f"bins' {', '.join(_BIN_SUMS)} must be (bins,) tensors of one length (reliability_bins' "
+                         f"sums, pooled key by key over runs with the same bins), got {', '.join(map(str, shapes))}")
     n = bins["count"].sum()
     if not n:
         raise ValueError("the bins hold no samples: the ECE of none is undefined")

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .casts import TensorFn, without_16_bit_casts
-from .validation import (Settings, WrongTypeError, check_choice, check_count, check_labels, fixed_at_construction,
-                         is_out_of_memory, no_autocast, wide_float)
+from .validation import (Settings, WrongTypeError, check_bool, check_choice, check_count, check_labels,
+                         fixed_at_construction, is_out_of_memory, no_autocast, wide_float)
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -263,7 +263,8 @@ class FeatureCovariance(Settings, nn.Module):
     def update(self, features: torch.Tensor, y: torch.Tensor, check_y: bool = True) -> None:
         """Merge a batch: ``features: (N, A)`` float, ``y: (N,)`` int64 class indices in ``[0, K)``.
 
-        ``check_y=False`` skips checking ``y``'s values (one host sync), for callers that have checked them.
+        ``check_y=False`` skips checking ``y``'s values (one host sync; its form is checked), for callers that have
+        checked them.
         """
         for name, t in (("features", features), ("y", y)):
             if not isinstance(t, torch.Tensor):
@@ -276,8 +277,10 @@ class FeatureCovariance(Settings, nn.Module):
             raise ValueError(f"y must be (N,) with N={features.shape[0]} (the features' batch), got {tuple(y.shape)}")
         if y.device != features.device:
             raise ValueError(f"y is on {y.device} but the features on {features.device} (nothing is moved silently)")
-        if check_y:
+        if check_bool("check_y", check_y):  # None skipped the check
             check_labels(y, features.shape[0], self.num_classes, batch_name="features")
+        elif y.dtype != torch.int64:  # its form all the same: float or int32 y met scatter()'s "Expected dtype int64"
+            raise ValueError(f"y class indices must be int64, got dtype {y.dtype}; convert with y.long()")
         if self.mean is not None:
             if self.mean.dtype in (torch.float16, torch.bfloat16):
                 raise ValueError(f"the class statistics are {self.mean.dtype}: their running means would stop moving "

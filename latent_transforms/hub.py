@@ -303,6 +303,11 @@ def save_checkpoint(codec: "Codec", path: str | os.PathLike[str], dtype: torch.d
     Float tensors are stored as ``dtype`` (float32, float16 or bfloat16) and cast back to the codec's
     float32 on load. ``extra_metadata`` adds str -> str entries (other values are stored as JSON).
     """
+    from .codecs import Codec
+
+    if not isinstance(codec, Codec):  # an nn.Module had no config to save: "'Linear' object has no attribute 'config'"
+        raise WrongTypeError(f"codec must be a Codec (a Glow, a ConvVAE or a codec of your own), got "
+                             f"{type(codec).__name__}")
     if dtype not in _STORAGE_DTYPES:
         raise bad_option(f"dtype must be one of {[str(d) for d in _STORAGE_DTYPES]}, got {dtype!r}",
                          right_type=isinstance(dtype, torch.dtype))
@@ -392,6 +397,11 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
     """
     from .codecs import build_codec
 
+    if not isinstance(path, (str, os.PathLike)):
+        raise WrongTypeError(f"path must be a .safetensors checkpoint's path, got {type(path).__name__}")
+    if sha256 is not None and not (isinstance(sha256, str) and _SHA256.fullmatch(sha256)):
+        raise bad_option(f"sha256 must be 64 lowercase hex digits (hashlib's hexdigest(), sha256sum's) or None, got "
+                         f"{sha256!r}", right_type=isinstance(sha256, str))
     device = _load_device(device)
     path = Path(path).expanduser()
     if path.is_dir():

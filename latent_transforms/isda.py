@@ -41,9 +41,9 @@ from .codecs import Codec
 from .feature_covariance import COVARIANCES, FeatureCovariance, check_sync, check_unchanged
 from .modelutils import unwrap
 from .rng import generator_repr
-from .validation import (ClassCountError, ModuleMixin, Settings, WrongTypeError, bad_option, check_choice, check_count,
-                         check_device, check_labels, check_number, check_same_device, describe, name_dtype_clash,
-                         no_autocast, setting, wide_float)
+from .validation import (ClassCountError, ModuleMixin, Settings, WrongTypeError, bad_option, check_bool, check_choice,
+                         check_count, check_device, check_labels, check_number, check_same_device, describe,
+                         name_dtype_clash, no_autocast, setting, wide_float)
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -117,6 +117,7 @@ def isda_logits(logits: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, cov
         check_device(name, t.device, logits, "logits are")
     if logits.ndim != 2:
         raise ValueError(f"logits must be (N, C), got shape {tuple(logits.shape)}")
+    check_y = check_bool("check_y", check_y)  # None skipped the checks
     if isinstance(lam, torch.Tensor):  # values checked only with check_y: reading them is a host sync
         if lam.shape not in ((), (len(logits),)) or (check_y and not bool(((lam >= 0) & torch.isfinite(lam)).all())):
             raise ValueError(f"lam must be a float >= 0 or ({len(logits)},) finite strengths >= 0, got "

@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .validation import bad_option, check_count, check_label_form, describe
+
 __all__ = ["mix_labels", "to_soft"]
 
 
@@ -41,6 +43,7 @@ def to_soft(y: torch.Tensor, num_classes: int | None, dtype: torch.dtype = torch
         return y
     if num_classes is None:
         raise ValueError("integer labels must be made soft for mixing, which needs num_classes=...")
+    num_classes = check_count("num_classes", num_classes, low=1)  # one_hot's -1 infers it from y's values
     if y.dtype != torch.int64:  # torch's one_hot said "only applicable to index tensor of type LongTensor"
         raise ValueError(f"y class indices must be int64 to be made soft labels, got {y.dtype}")
     return F.one_hot(y, num_classes).to(dtype)
@@ -58,5 +61,11 @@ def mix_labels(y: torch.Tensor, partner: torch.Tensor, lam: torch.Tensor, num_cl
     y: (B,) or (B, K); partner: (B,) int64 indices into the batch; lam: (B,) weights in [0, 1].
     Returns (B, K) float.
     """
+    tensors = isinstance(partner, torch.Tensor) and isinstance(lam, torch.Tensor)
+    n = partner.shape[0] if tensors and partner.ndim == 1 else -1
+    if n < 0 or partner.dtype != torch.int64 or lam.shape != (n,):  # shapes only: no value is read (no host sync)
+        raise bad_option(f"partner must be (B,) int64 indices into the batch and lam (B,) weights in [0, 1], got "
+                         f"partner {describe(partner)} and lam {describe(lam)}", right_type=tensors)
+    check_label_form(y, n, num_classes, batch_name="partner")
     soft = to_soft(y, num_classes)
     return blend(soft, soft[partner], lam)

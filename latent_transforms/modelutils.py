@@ -114,15 +114,19 @@ def _name_head_given(error: RuntimeError, x: torch.Tensor, who: str) -> None:
     ``nn.Linear``'s refusal of ``x: (B, C, H, W)`` as it is, its last dimension taken for the features ("mat1 and mat2
     shapes cannot be multiplied (384x32 and 512x5)"): a classifier head passed where the whole classifier goes (a
     user who computes the features separately); else return. Called once the call has failed: no cost otherwise."""
-    found = re.search(r"mat1 and mat2 shapes cannot be multiplied \((\d+)x(\d+) and (\d+)x(\d+)\)", str(error))
+    text = str(error)
+    found, per_row = re.search(r"mat1 and mat2 shapes cannot be multiplied \((\d+)x(\d+) and (\d+)x\d+\)", text), 1
+    if found is None and x.ndim >= 3:  # a strided x (channels-last, expanded) without autograd: bmm, a matrix per
+        # (B, C) plane ("Expected size for first two dimensions of batch2 tensor to be: [15, 8] but got: [15, 64]")
+        found, per_row = re.search(r"batch2 tensor to be: \[(\d+), (\d+)\] but got: \[\d+, (\d+)\]", text), x.shape[-2]
     if found is None or x.ndim < 3:
         return
-    rows, cols, features, _ = (int(g) for g in found.groups())
-    if cols != x.shape[-1] or rows * cols != x.numel():  # a later layer's input, not x
+    rows, cols, features = (int(g) for g in found.groups())
+    if cols != x.shape[-1] or rows * per_row * cols != x.numel():  # a later layer's input, not x
         return
     raise not_about_the_batch(ValueError(
         f"{who} needs model(x) to map x {tuple(x.shape)} to (B, K) logits, but an nn.Linear of the model, taking "
-        f"{features} features, got x as it is (torch: {str(error).splitlines()[0]}): a classifier head on features "
+        f"{features} features, got x as it is (torch: {text.splitlines()[0]}): a classifier head on features "
         f"computed separately? pass the whole classifier, nn.Sequential(backbone, head), which maps images to "
         f"logits (linear layers on flat images: put nn.Flatten() first)")) from error
 

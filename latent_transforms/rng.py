@@ -14,12 +14,13 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import get_worker_info
 
-from .validation import WrongTypeError, text_hint
+from .validation import WrongTypeError, check_count, check_number, text_hint
 
 __all__ = ["random_partners", "sample_beta"]
 
 _RANK_STRIDE = 1_000_003  # a prime, so rank streams do not collide for nearby seeds
 _CHILD_STRIDE = 999_983  # another: the offset of a process multiprocessing started
+MIN_ALPHA = 1e-3  # Beta(0.001, 0.001) weights are already almost all within 1e-6 of 0 or 1: no mixing left
 _SEED_LOCK = threading.Lock()  # module-wide: a generator source with a lock of its own would not pickle
 
 
@@ -201,13 +202,16 @@ def sample_log_gamma(shape: float, n: int, generator: torch.Generator, device: t
 
 def sample_beta(alpha: float, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
     """(n,) float32 draws in [0, 1] from Beta(alpha, alpha) using only ``generator``: ``G1 / (G1 + G2)`` computed from
-    the logs."""
+    the logs. ``alpha`` at least ``MIN_ALPHA`` (below, float32 draws overflow to NaN weights)."""
+    alpha = check_number("alpha", alpha, low=MIN_ALPHA)
+    n = check_count("n", n)
     return torch.sigmoid(sample_log_gamma(alpha, n, generator, device) - sample_log_gamma(alpha, n, generator, device))
 
 
 def random_partners(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
     """(n,) int64 partners for mixing ``n`` samples: one random cycle through them (mixup's shuffled batch rolled by
     one), so that no sample is its own partner when ``n >= 2`` (``[0]`` for ``n = 1``)."""
+    n = check_count("n", n)
     order = torch.randperm(n, generator=generator, device=device)
     partner = torch.empty_like(order)
     partner[order] = order.roll(1)

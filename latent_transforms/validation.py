@@ -16,7 +16,7 @@ import math
 import numbers
 import re
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Generic, Iterator, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterator, Sequence, TypeGuard, TypeVar, cast, overload
 
 import torch
 
@@ -70,7 +70,7 @@ def is_out_of_memory(e: BaseException) -> bool:
     return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)
 
 
-def is_sequence(value: object) -> bool:
+def is_sequence(value: object) -> TypeGuard[Sequence[Any]]:
     """Whether ``value`` is a list of items: a ``list``, a ``tuple`` or any other non-string sequence, such as the
     ``ListConfig`` that Hydra's ``instantiate`` passes for a YAML list (``levels: [0]``)."""
     return isinstance(value, collections.abc.Sequence) and not isinstance(value, (str, bytes, bytearray))
@@ -459,6 +459,8 @@ def _conversion_hint(x: torch.Tensor, name: str) -> str:
         return f"complex values are not images; their magnitudes, {name}.abs(), scaled into [0, 1]?"
     if dtype == torch.uint16:  # read by dtype alone: torch 2.4 has no min() of uint16
         return "16-bit intensities? " + _deep_hint(f"{name}.float()")
+    if not x.numel():  # an empty batch: no values to tell the range by (torch has no min() of none)
+        return f"convert with {name}.float() scaled into [0, 1] as your other batches are (/ 255 for 8-bit values)"
     # an error's message: the values read once (as int64 for uint32 and uint64, which torch has no min() of)
     wide = x.long() if dtype in (torch.uint32, torch.uint64) else x
     lo, hi = int(wide.min()), int(wide.max())
@@ -568,6 +570,12 @@ def check_labels(y: torch.Tensor, batch_size: int, num_classes: int | None = Non
     if _label_form(y, batch_size, num_classes, name, batch_name):
         with no_autocast(y.device):
             _check_values([(_label_stats(y), lambda v: _judge_labels(y, name, num_classes, v))])
+
+
+def check_label_form(y: torch.Tensor, batch_size: int, num_classes: int | None = None, name: str = "y",
+                     batch_name: str = "x") -> None:
+    """``check_labels`` but for the values: no host sync, for a helper that may be given labels no call checked."""
+    _label_form(y, batch_size, num_classes, name, batch_name)
 
 
 def _label_form(y: torch.Tensor, batch_size: int, num_classes: int | None, name: str, batch_name: str = "x",

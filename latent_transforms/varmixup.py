@@ -10,13 +10,12 @@ from .codec_transform import CodecTransform
 from .latent_cache import LatentCache
 from .codecs import Codec, ConvVAE
 from .labels import mix_labels
-from .rng import random_partners, sample_beta
+from .rng import MIN_ALPHA, random_partners, sample_beta
 from .validation import check_bool, check_choice, check_number, setting
 
 __all__ = ["VarMixup"]
 
 
-_MIN_ALPHA = 1e-3  # Beta(0.001, 0.001) weights are already almost all within 1e-6 of 0 or 1: no mixing left
 _POSTERIORS = ("mean", "sample")
 
 
@@ -70,7 +69,7 @@ class VarMixup(CodecTransform):
     mixes_labels = True
     index_params = ("partner",)
     weight_params = ("lam",)
-    alpha = setting("alpha", check_number, low=_MIN_ALPHA)  # below, float32 Beta draws overflow to NaN weights
+    alpha = setting("alpha", check_number, low=MIN_ALPHA)  # below, float32 Beta draws overflow to NaN weights
     per_sample, keep_detail = setting("per_sample", check_bool), setting("keep_detail", check_bool)
 
     def __init__(self, codec: Codec | str = "vae-cifar10", alpha: float = 1.0, *, num_classes: int | None = None,

@@ -474,6 +474,33 @@ def test_sample_beta_matches_torch_beta_also_for_tiny_alpha(alpha):
     assert abs(float(lam.var()) - float(ref.var())) < 0.01  # var 1 / (4 (2 alpha + 1))
 
 
+def test_the_mixing_helpers_refuse_what_they_cannot_draw_or_mix():
+    """Audit 271's fuzzing of the helpers for a method of one's own (docs/extending.md): sample_beta(0) gave NaN
+    weights, alpha < 0 torch's '"gt_cpu" not implemented for 'ComplexFloat'', n = -1 "negative dimension"; mix_labels
+    given float partners met an IndexError, a 0.5 lam an AttributeError, (B, 1) labels a broadcasting error."""
+    from latent_transforms.labels import to_soft
+    from latent_transforms.rng import random_partners, sample_beta
+
+    g, cpu = torch.Generator().manual_seed(0), torch.device("cpu")
+    for alpha in (0.0, -1.0, float("nan"), float("inf"), 1e-300):
+        with pytest.raises(ValueError, match=r"^alpha must be a finite number in \[0.001, inf\), got"):
+            sample_beta(alpha, 4, g, cpu)
+    for draw in (lambda n: sample_beta(1.0, n, g, cpu), lambda n: random_partners(n, g, cpu)):
+        with pytest.raises(ValueError, match=r"^n must be an int >= 0, got -1$"):
+            draw(-1)
+        with pytest.raises(TypeError, match=r"^n must be an int >= 0, got 2.0$"):
+            draw(2.0)
+    y, partner, lam = torch.tensor([0, 1, 2]), torch.tensor([1, 2, 0]), torch.full((3,), 0.5)
+    for p, w in ((partner.float(), lam), (partner, 0.5), (partner, lam[:1]), (partner[:2], lam)):
+        with pytest.raises(ValueError, match=r"^partner must be \(B,\) int64 indices into the batch and lam \(B,\) "
+                                             r"weights in \[0, 1\], got partner"):
+            mix_labels(y, p, w, 3)
+    with pytest.raises(ValueError, match=r"class indices must be \(B,\) \(y.squeeze\(1\)\)"):
+        mix_labels(y[:, None], partner, lam, 3)
+    with pytest.raises(ValueError, match=r"^num_classes must be an int >= 1, got -1$"):  # one_hot's -1 infers it
+        to_soft(y, -1)
+
+
 def test_to_soft_keeps_the_dtype_of_soft_labels():
     from latent_transforms.labels import to_soft
 

@@ -201,6 +201,15 @@ def test_a_classifier_head_given_as_the_model_is_named_with_the_fix(batch, metho
                           (pooled, "12x8 and 7x10")):
         with pytest.raises(RuntimeError, match=rf"^mat1 and mat2 shapes cannot be multiplied \({shapes}\)$"):
             call(later)
+    if method == "predict_proba":  # audit 271's fuzzing: strided images (channels-last, expanded) reach an nn.Linear
+        # without autograd through bmm, whose error is another ("Expected size for first two dimensions of batch2
+        # tensor to be: [12, 8] but got: [12, 32]"); the methods' models get images they made, contiguous
+        x = x.transpose(2, 3).contiguous().transpose(2, 3)
+        with pytest.raises(ValueError, match=r"^predict_proba needs model\(x\) .* an nn.Linear of the model, taking 32 "
+                                             r"features, got x as it is \(torch: Expected size for first two dim"):
+            call(body.fc)
+        with pytest.raises(RuntimeError, match=r"^mat1 and mat2 shapes cannot be multiplied \(12x64 and 63x10\)$"):
+            call(nn.Sequential(nn.Flatten(), nn.Linear(63, 10)))  # flat x: not x as it is, torch's own error
     if method == "predict_proba":  # vectors, not images: a head of the wrong size keeps torch's error
         with pytest.raises(RuntimeError, match=r"^mat1 and mat2 shapes cannot be multiplied \(4x32 and 31x10\)$"):
             predict_proba(nn.Linear(31, 10), torch.rand(4, 32))

@@ -377,6 +377,18 @@ def test_the_ece_of_pooled_bins_is_the_ece_of_all_their_rows():
     assert ece_of_bins(pooled) == expected_calibration_error(probs, y) > 0
     with pytest.raises(ValueError, match="the bins hold no samples"):
         ece_of_bins(reliability_bins(probs[:0], y[:0]))
+    # audit 271's fuzzing: a key missing was a KeyError ('count'), sums of other bins torch's "The size of tensor a (3)
+    # must match the size of tensor b (4)"
+    with pytest.raises(TypeError, match=r"bins must be reliability_bins' dict of count, confidence_sum, correct_sum, "
+                                        r"got list$"):
+        ece_of_bins([])
+    with pytest.raises(ValueError, match=r"dict of count, confidence_sum, correct_sum, got \['count', "
+                                         r"'correct_sum'\]$"):
+        ece_of_bins({k: v for k, v in pooled.items() if k != "confidence_sum"})
+    with pytest.raises(ValueError, match=r"must be \(bins,\) tensors of one length .* got \(15,\), \(14,\), \(15,\)$"):
+        ece_of_bins({**pooled, "confidence_sum": pooled["confidence_sum"][:-1]})
+    with pytest.raises(ValueError, match=r"got \(1, 15\), \(1, 15\), \(1, 15\)$"):
+        ece_of_bins({k: v[None] for k, v in pooled.items()})
 
 
 def test_ece_and_reliability_bins_default_to_15_bins():

@@ -234,6 +234,23 @@ def test_the_same_weights_give_the_same_file_and_sha256(tmp_path):
     assert set(tensors) == set(codec.state_dict()) and all(torch.equal(tensors[k], v) for k, v in codec.state_dict().items())
 
 
+def test_checkpoint_functions_refuse_a_codec_path_or_sha256_they_cannot_use(tmp_path):
+    """Audit 271's fuzzing: save_checkpoint(nn.Linear) was "'Linear' object has no attribute 'config'", a path of 3
+    pathlib's TypeError, and a sha256 that is no hash ("", upper case) "does not have the expected sha256 ... (replaced
+    while it was read ...)"."""
+    path = tmp_path / "c.safetensors"
+    sha = hub.save_checkpoint(_codec(), path)
+    with pytest.raises(TypeError, match=r"^codec must be a Codec \(a Glow, a ConvVAE or a codec of your own\), got "
+                                        r"Linear$"):
+        hub.save_checkpoint(torch.nn.Linear(2, 2), tmp_path / "d.safetensors")
+    with pytest.raises(TypeError, match=r"^path must be a .safetensors checkpoint's path, got int$"):
+        hub.load_checkpoint(3)
+    for bad in ("", sha.upper(), sha[:-1], 0):
+        with pytest.raises(ValueError, match=rf"^sha256 must be 64 lowercase hex digits .* or None, got {bad!r}$"):
+            hub.load_checkpoint(path, sha256=bad)
+    hub.load_checkpoint(path, sha256=sha)
+
+
 def test_writing_a_large_file_copies_none_of_its_bytes(tmp_path):
     """A 50,000-image latent cache is ~600 MB: the tensors' bytes go to the file from views of their memory (the
     header rewrite once concatenated the file anew, three copies at once; then safetensors' save() held two)."""

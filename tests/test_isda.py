@@ -179,6 +179,15 @@ def test_isda_logits_validates_the_labels():
         isda_logits(logits, w, [0, 1, 2, 2], cov, 1.0)
     with pytest.raises(ValueError, match=r"y must be \(N,\) = \(4,\) int64 class indices, got .*int32"):
         isda_logits(logits, w, torch.tensor([0, 1, 2, 2], dtype=torch.int32), cov, 1.0, check_y=False)
+    # audit 271's fuzzing: check_y=None skipped the checks (FeatureCovariance's met scatter()'s "index -1 is out of
+    # bounds for dimension 0 with size 3")
+    for check in (lambda: isda_logits(logits, w, torch.tensor([0, 1, 2, -1]), cov, 1.0, check_y=None),
+                  lambda: FeatureCovariance(3, 2).update(torch.zeros(4, 2), torch.tensor([0, 1, 2, -1]), check_y=None)):
+        with pytest.raises(TypeError, match=r"^check_y must be True or False, got None$"):
+            check()
+    for y in (torch.tensor([0.0, 1.0, 2.0, 1.0]), torch.tensor([0, 1, 2, 1], dtype=torch.int32)):  # scatter()'s errors
+        with pytest.raises(ValueError, match=rf"^y class indices must be int64, got dtype {y.dtype}"):
+            FeatureCovariance(3, 2).update(torch.zeros(4, 2), y, check_y=False)  # the values unread, not the form
 
 
 def test_isda_logits_compute_in_the_wider_dtype_treat_cov_as_a_constant_and_refuse_non_finite_strengths():

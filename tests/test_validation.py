@@ -1251,6 +1251,19 @@ def test_8_bit_values_held_in_a_wider_integer_dtype_are_told_to_divide_by_255(dt
         check_images(torch.tensor([-1, 256], dtype=wide).repeat(8).view(1, 1, 4, 4))
 
 
+def test_an_empty_batch_of_integer_images_is_told_to_convert_them():
+    """Audit 271's fuzzing: the hint read an empty batch's values, torch's "min(): Expected reduction dim to be
+    specified for input.numel() == 0" escaped from a transform's call and predict_proba."""
+    from latent_transforms.evaluation import predict_proba
+
+    for dtype in (torch.int64, torch.int32, torch.uint32):
+        with pytest.raises(ValueError, match=rf"got dtype {dtype}; convert with x.float\(\) scaled into \[0, 1\] as "
+                                             r"your other batches are \(/ 255 for 8-bit values\)$"):
+            check_images(torch.zeros(0, 1, 8, 8, dtype=dtype), allow_empty=True)  # as a transform's call checks
+    with pytest.raises(ValueError, match=r"a float model takes float images: convert with x.float\(\) scaled"):
+        predict_proba(torch.nn.Conv2d(1, 2, 1), torch.zeros(0, 1, 8, 8, dtype=torch.int64))
+
+
 def test_uint16_images_are_told_both_depths_and_none_found():
     """uint16 is read by its dtype alone (torch 2.4 has no min() of uint16): no depth of its own is named (mutation
     round 31: '; 0 if they are 0-bit' passed)."""

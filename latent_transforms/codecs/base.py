@@ -16,7 +16,7 @@ from ..rng import draw_generator
 from ..torch_defaults import codec_build_defaults
 from ..validation import (ModuleMixin, Settings, SettingT, WrongTypeError, bad_option, check_bool, check_dense,
                           check_image_values, check_images, check_items, check_number, check_same_device, describe,
-                          fixed_at_construction, is_int, scalar, setting, state_mismatch, values_unread)
+                          fixed_at_construction, is_int, is_sequence, scalar, setting, state_mismatch, values_unread)
 from .precision import exact_math
 
 if TYPE_CHECKING:
@@ -67,14 +67,33 @@ def _frozen_reasons(held: bool, value: bool) -> tuple[str, str]:
             "call codec.freeze()" if value else "for a trainable codec, take codec.unfrozen_copy()")
 
 
+def _level_shapes(shapes: object) -> tuple[bool, bool]:
+    """Whether ``shapes`` is a list of int tuples (the right type), and a non-empty one of positive ints (fine)."""
+    levels = cast("Sequence[Any]", shapes)  # read as one only where it is a list
+    right_type = isinstance(shapes, (list, tuple)) and all(isinstance(s, (tuple, list)) and all(map(is_int, s))
+                                                           for s in levels)
+    return right_type, right_type and bool(levels) and all(s and min(s) >= 1 for s in levels)
+
+
 def flatten_latents(z: Latents) -> torch.Tensor:
     """Per-level latents -> (B, D)."""
+    tensors = is_sequence(z) and all(isinstance(t, torch.Tensor) for t in z)
+    if not tensors or not z or min(t.ndim for t in z) < 2 or len({t.shape[0] for t in z}) != 1:
+        raise bad_option(f"z must be a non-empty list of latents (B, *shape), one per level, of one batch size B, got "
+                         f"{describe(z)}", right_type=tensors)
     return torch.cat([t.flatten(1) for t in z], dim=1)
 
 
 def unflatten_latents(flat: torch.Tensor, shapes: list[tuple[int, ...]]) -> Latents:
     """(B, D) -> per-level latents of the given per-sample shapes."""
+    right_type, fine = _level_shapes(shapes)
+    if not fine:
+        raise bad_option(f"shapes must be a non-empty list of per-sample shapes, one tuple of positive ints per latent "
+                         f"level, such as [(8,)], got {shapes!r}", right_type=right_type)
     sizes = [math.prod(s) for s in shapes]
+    if not isinstance(flat, torch.Tensor) or flat.ndim != 2 or flat.shape[1] != sum(sizes):
+        raise bad_option(f"flat must be (B, D) latents with D = {sum(sizes)} (the shapes' sizes {sizes} together), "
+                         f"got {describe(flat)}", right_type=isinstance(flat, torch.Tensor))
     return [t.reshape(flat.shape[0], *s) for t, s in zip(flat.split(sizes, dim=1), shapes)]
 
 
@@ -186,9 +205,9 @@ class Codec(Settings, ChecksCodecStates, nn.Module):
         """``latent_shapes`` as a list of int tuples, raising if a codec of one's own gives anything else (an int per
         level, such as ``[8]``, failed later in torch's unpacking: "Value after * must be an iterable")."""
         shapes = self.latent_shapes
-        listed = isinstance(shapes, (list, tuple))
-        right_type = listed and all(isinstance(s, (tuple, list)) and all(map(is_int, s)) for s in shapes)
-        if not right_type or not shapes or not all(s and min(s) >= 1 for s in shapes):
+        right_type, fine = _level_shapes(shapes)
+        if not fine:
+            listed = isinstance(shapes, (list, tuple))
             hint = f" (one level of shape {tuple(shapes)}? write [{tuple(shapes)}])" if listed and shapes and all(
                 map(is_int, shapes)) else ""
             raise bad_option(f"{type(self).__name__}.latent_shapes must be a non-empty list of per-sample shapes, one "
