@@ -64,7 +64,7 @@ from latent_transforms.latent_adversarial import LatentAdversarial  # noqa: E402
 from latent_transforms.latent_noise import LatentNoise  # noqa: E402
 from latent_transforms.modelutils import describe_device  # noqa: E402
 from latent_transforms.progress import progress_bar  # noqa: E402
-from latent_transforms.validation import POSITIVE_FLOAT, POSITIVE_INT, check_count, check_number, option  # noqa: E402
+from latent_transforms.validation import POSITIVE_FLOAT, POSITIVE_INT, THREADS, check_count, check_number, option  # noqa: E402
 from latent_transforms.varmixup import VarMixup  # noqa: E402
 
 NUM_CLASSES = 10
@@ -830,7 +830,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="pipeline check on the CPU in < 2 min: 200 random images for cifar10 and cifar10-5k (the "
                         "first 200 of an npz: or folder: spec), tiny random-init codecs unless --glow/--vae, and "
                         "these defaults instead of the others: " + smoke_defaults_help(SMOKE_DEFAULTS))
-    o.add_argument("--threads", type=POSITIVE_INT, help="CPU threads for torch (default: torch's; smoke: 1)")
+    o.add_argument("--threads", type=THREADS, help="CPU threads for torch (default: torch's; smoke: 1)")
     o.add_argument("--smoke-images", type=POSITIVE_INT, default=200, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.merge:  # it trains nothing: --seeds, --shard, --resume, --epochs... given with it were silently ignored

@@ -21,7 +21,7 @@ import torch
 
 from latent_transforms import LatentAdversarial, LatentNoise, hub
 from latent_transforms.data import load_images
-from latent_transforms.validation import POSITIVE_INT, check_number, option
+from latent_transforms.validation import POSITIVE_INT, THREADS, check_number, option
 from latent_transforms.evaluation import accuracy, fit_classifier, predict_proba
 from latent_transforms.visualize import save_rows
 
@@ -65,7 +65,7 @@ def main() -> None:
                     help="LatentAdversarial L2 radii (one PGD step of that size)")
     ap.add_argument("--epochs", type=POSITIVE_INT, default=20, help="the clean classifier's training epochs")
     ap.add_argument("--width", type=POSITIVE_INT, default=16, help="ResNet-18 width for RGB data")
-    ap.add_argument("--threads", type=POSITIVE_INT, default=1, help="CPU threads for torch")
+    ap.add_argument("--threads", type=THREADS, default=1, help="CPU threads for torch")
     ap.add_argument("--out", default="runs/calibrate-eps", help="output folder")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar (the clean classifier's training)")
     ap.add_argument("--smoke", action="store_true", help=f"checks the script in seconds: the first {SMOKE_IMAGES} "

@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from latent_transforms import LatentNoise, hub
 from latent_transforms.data import load_images
 from latent_transforms.pixel_shift import random_shift_flip
-from latent_transforms.validation import POSITIVE_INT, check_number, option
+from latent_transforms.validation import POSITIVE_INT, THREADS, check_number, option
 from latent_transforms.evaluation import accuracy, fit_classifier, predict_proba
 from latent_transforms.train import eval_codec
 from latent_transforms.visualize import save_rows
@@ -129,7 +129,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/codec-quality", help="output folder")
     ap.add_argument("--classifier", metavar="FILE", help="the clean classifier's .safetensors: loaded if it exists "
                     "(trained with the same --train, --width and --epochs), else trained and written there")
-    ap.add_argument("--threads", type=POSITIVE_INT, help="CPU threads for torch (default: torch's)")
+    ap.add_argument("--threads", type=THREADS, help="CPU threads for torch (default: torch's)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar (the clean classifier's training)")
     ap.add_argument("--smoke", action="store_true", help=f"checks the script in seconds: the first {SMOKE_IMAGES} "
                     f"--train images, a tiny random-init Glow and VAE unless --codec is given, and these defaults "

@@ -17,7 +17,7 @@ import torch
 
 from latent_transforms import LatentAdversarial, LatentNoise
 from latent_transforms.models import CifarResNet18
-from latent_transforms.validation import POSITIVE_INT
+from latent_transforms.validation import POSITIVE_INT, THREADS
 
 from models import (CIFAR_NOISE_EPS, argument_parser, load_codec, parse_args_with_smoke, run_script,
                     smoke_defaults_help, timed, tiny_codecs)
@@ -54,7 +54,7 @@ def main(argv=None) -> dict:
                     help="torch.compile's dynamic: auto (None: the first batch size as is, then a symbolic one), true, "
                          "false")
     ap.add_argument("--backend", default="inductor", help="torch.compile's backend (eager: Dynamo alone, no code made)")
-    ap.add_argument("--threads", type=POSITIVE_INT, default=1, help="CPU threads for torch")
+    ap.add_argument("--threads", type=THREADS, default=1, help="CPU threads for torch")
     ap.add_argument("--no-progress", action="store_true", help="no line on stderr as each cell is done")
     ap.add_argument("--smoke", action="store_true", help="checks the script in seconds: a tiny random-init Glow and "
                     "these defaults instead of the others: " + smoke_defaults_help(SMOKE_DEFAULTS))

@@ -22,7 +22,7 @@ from torch import nn
 
 from latent_transforms import ISDALoss
 from latent_transforms.feature_covariance import FeatureCovariance
-from latent_transforms.validation import POSITIVE_INT
+from latent_transforms.validation import POSITIVE_INT, THREADS
 
 from models import argument_parser, run_script, timed
 
@@ -83,7 +83,7 @@ def main() -> None:
     ap.add_argument("--classes", type=POSITIVE_INT, default=1000, help="C, also ISDA's K")
     ap.add_argument("--batch", type=POSITIVE_INT, default=256, help="N")
     ap.add_argument("--memory-limit", type=float, default=7.0, help="each case's address-space limit, GiB")
-    ap.add_argument("--threads", type=POSITIVE_INT, default=1, help="CPU threads for torch")
+    ap.add_argument("--threads", type=THREADS, default=1, help="CPU threads for torch")
     ap.add_argument("--update", action="store_true",
                     help="time one full-covariance statistics update alone (A = 640) instead of the loss's steps")
     ap.add_argument("--case", type=int, help=argparse.SUPPRESS)  # internal: the case a child process runs

@@ -93,7 +93,9 @@ def parse_args_with_smoke(parser: argparse.ArgumentParser, smoke_defaults: dict,
 
 def check_output_folder(path, option: str = "--out") -> Path:
     """``path`` as a folder to write into, checked before any work: ``ValueError`` if it or a parent is a file
-    (it failed after the training it was to hold)."""
+    (it failed after the training it was to hold), or if it is ``""`` (``Path("")`` is the current folder)."""
+    if isinstance(path, str) and not path:
+        raise ValueError(f"{option} must be a folder, got ''")
     path = Path(path)
     for p in (path, *path.parents):
         if p.exists() and not p.is_dir():

@@ -23,7 +23,7 @@ from latent_transforms.data import DEFAULT_DATA_ROOT, load_images
 from latent_transforms.evaluation import accuracy, fit_classifier, predict_proba
 from latent_transforms.feature_covariance import FeatureCovariance
 from latent_transforms.models import CifarResNet18, digits_cnn
-from latent_transforms.validation import POSITIVE_INT
+from latent_transforms.validation import POSITIVE_INT, THREADS
 
 from models import argument_parser, median_seconds, run_script, tiny_codecs
 
@@ -113,7 +113,7 @@ def main() -> None:
     ap.add_argument("--digits-glow", default="glow-digits", help="the flow of the digits warning rows")
     ap.add_argument("--digits-vae", default="vae-digits", help="the VAE of the LatentMixupInference rows")
     ap.add_argument("--repeats", type=POSITIVE_INT, default=5, help="timed calls per timing row (median)")
-    ap.add_argument("--threads", type=POSITIVE_INT, default=1, help="CPU threads for torch")
+    ap.add_argument("--threads", type=THREADS, default=1, help="CPU threads for torch")
     ap.add_argument("--smoke", action="store_true", help="tiny random-init codecs and random images: checks the script")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -53,7 +53,7 @@ from models import (CIFAR_NOISE_EPS, PerSampleRandAugment, add_device_argument, 
                     run_script, setup_device, smoke_defaults_help, timed, tiny_codecs, write_json, write_text)
 
 from latent_transforms.codecs import flatten_latents, unflatten_latents  # noqa: E402
-from latent_transforms.validation import POSITIVE_INT, check_count, option  # noqa: E402
+from latent_transforms.validation import POSITIVE_INT, THREADS, check_count, option  # noqa: E402
 from latent_transforms.isda import ISDA  # noqa: E402
 from latent_transforms.latent_adversarial import LatentAdversarial  # noqa: E402
 from latent_transforms.latent_noise import LatentNoise  # noqa: E402
@@ -480,7 +480,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="LatentNoise L2 radius (default: the library's for a codec of 3x32x32 images, %(default)s)")
     p.add_argument("--isda-covariance", choices=("full", "diagonal"), default="full",
                    help="the class-conditional feature covariance ISDA estimates")
-    p.add_argument("--threads", type=POSITIVE_INT, help="CPU threads for torch (default: torch's; smoke: 1)")
+    p.add_argument("--threads", type=THREADS, help="CPU threads for torch (default: torch's; smoke: 1)")
     p.add_argument("--out", default="runs/throughput", help="output folder")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction,
                    help="add rows with codec.compile_fast_path() (default: on CUDA; on a CPU compiling takes minutes)")

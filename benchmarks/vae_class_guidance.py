@@ -32,7 +32,7 @@ from latent_transforms.models import CifarResNet18
 from latent_transforms.pixel_shift import random_shift_flip
 from latent_transforms.progress import progress_bar
 from latent_transforms.train import total_norm
-from latent_transforms.validation import POSITIVE_FLOAT, POSITIVE_INT, check_number, option
+from latent_transforms.validation import POSITIVE_FLOAT, POSITIVE_INT, THREADS, check_number, option
 
 from codec_quality import clean_classifier
 from models import DIGITS_SHAPE, argument_parser, check_output_folder, run_script, write_json
@@ -86,7 +86,7 @@ def main() -> None:
                     "same --train, --guide-width, --guide-epochs and --flips), else trained and written there")
     ap.add_argument("--guide-width", type=POSITIVE_INT, default=16, help="ResNet-18 width for RGB data")
     ap.add_argument("--guide-epochs", type=POSITIVE_INT, default=10, help="the guide's training epochs")
-    ap.add_argument("--threads", type=POSITIVE_INT, help="CPU threads (default: torch's)")
+    ap.add_argument("--threads", type=THREADS, help="CPU threads (default: torch's)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars (the guide's and the fine-tune's)")
     args = ap.parse_args()
     check_output_folder(Path(args.out).parent, "--out's folder")

@@ -23,7 +23,7 @@ from .latent_adversarial import LatentAdversarial
 from .latent_noise import LatentNoise
 from .models import digits_cnn
 from .modelutils import threads_for_this_cpu, torch_threads
-from .validation import POSITIVE_INT, check_count
+from .validation import POSITIVE_INT, THREADS, check_count, output_folder
 from .varmixup import VarMixup
 from .visualize import save_rows
 
@@ -73,6 +73,7 @@ def run_demo(out_dir: str | Path = "latent-transforms-demo", per_class: int = 10
     unknown = [a for a in names if a not in known]
     if unknown:
         raise ValueError(f"unknown arms {unknown}; choose from {known}")
+    out = output_folder(out_dir)  # refused here, not after the digits and codecs are loaded
     x_train, y_train, _ = load_images("digits", "train")
     x_test, y_test, _ = load_images("digits", "test")
     assert y_train is not None and y_test is not None  # the digits have labels
@@ -81,7 +82,7 @@ def run_demo(out_dir: str | Path = "latent-transforms-demo", per_class: int = 10
     with torch_threads(threads), torch.random.fork_rng(devices=[]):
         glow, vae = hub.load("glow-digits"), hub.load("vae-digits")
 
-        picture = overview_picture(glow, vae, Path(out_dir) / "demo.png", test=(x_test, y_test))
+        picture = overview_picture(glow, vae, out / "demo.png", test=(x_test, y_test))
         results: dict[str, dict[str, list[float]]] = {}
         for seed in seeds:
             x, y = x_train[splits[seed]], y_train[splits[seed]]
@@ -157,7 +158,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=POSITIVE_INT,
                    help=f"training epochs per run (default: 40; --smoke: {_SMOKE_EPOCHS})")
     p.add_argument("--seeds", type=POSITIVE_INT, help="number of seeds (default: 3; --smoke: 1)")
-    p.add_argument("--threads", type=POSITIVE_INT,
+    p.add_argument("--threads", type=THREADS,
                    help="CPU threads for torch (default: torch's, at most 4; 1 where other jobs keep the CPU busy, "
                         "which is faster then)")
     p.add_argument("--smoke", action="store_true",

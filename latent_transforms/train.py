@@ -40,8 +40,9 @@ from .modelutils import describe_device, threads_for_this_cpu
 from .pixel_shift import random_shift_flip
 from .progress import progress_bar
 from .torch_defaults import cpu_as_default_device
-from .validation import (POSITIVE_FLOAT, POSITIVE_INT, MissingFileError, WrongTypeError, check_bool, check_count,
-                         check_images, check_number, option, resolve_device, state_mismatch, values_read)
+from .validation import (POSITIVE_FLOAT, POSITIVE_INT, THREADS, MissingFileError, WrongTypeError, check_bool,
+                         check_count, check_images, check_number, is_int, option, output_folder, resolve_device,
+                         state_mismatch, values_read)
 
 __all__ = ["train_codec", "eval_codec", "default_config", "save_training_state", "load_training_state", "STATE_FORMAT"]
 
@@ -55,6 +56,7 @@ ROUNDTRIP_TOL = 1e-3  # max |decode(encode(x)) - x| a stored flow may have (else
 VAE_FP16_TOL = 1e-2  # max |reconstruction(fp16 copy) - reconstruction(fp32)| for a VAE
 MIN_VAE_KL = 1.0  # nats per image: a VAE whose latent carries less has collapsed (vae-digits carries 3.7)
 _MAX_NONFINITE_IN_A_ROW = 20
+_BUILT_UNCHECKED = 64  # flow steps per level or VAE decoder blocks built without a memory check
 # what stops a run at the next step boundary, saved: Ctrl-C, the usual termination, and SLURM's warning before the
 # time limit (`#SBATCH --signal=USR1@120`); no SIGUSR1 on Windows
 _STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
@@ -187,8 +189,28 @@ def default_config(kind: str, image_shape: tuple[int, int, int], num_bins: int =
     c, h, w = (int(s) for s in image_shape)
     config = {"kind": codec_kind, "image_shape": [c, h, w], **RECIPES[codec_kind].base_config(h, w, num_bins)}
     config.update({k: v for k, v in overrides.items() if v is not None})
+    _refuse_too_big(config)
     with torch.random.fork_rng(devices=[]):  # the codec's random init drew from the caller's global RNG
         return build_codec(config).config  # validates and fills in every default
+
+
+def _refuse_too_big(config: dict) -> None:
+    """Refuse a codec whose float32 weights alone exceed this machine's memory (in all, not free; a codec is built on
+    the CPU, then moved): a flow's steps and a VAE's decoder blocks are built one by one, so 10**20 steps built for
+    hours, until the system killed the process, before any allocation failed. The parameter count is linear in them:
+    two small codecs on the meta device give it. Up to ``_BUILT_UNCHECKED`` of them are built unchecked (the check
+    costs a tenth of a default flow's build): so few outgrow the memory only by huge tensors, which fail at once."""
+    setting, low = ("steps", 1) if config["kind"] == "glow" else ("decoder_blocks", 0)
+    count = config.get(setting, low)
+    if not is_int(count) or count <= _BUILT_UNCHECKED or not hasattr(os, "sysconf"):  # a wrong count: build_codec
+        return  # names it
+    with torch.device("meta"):
+        sizes = [sum(p.numel() for p in build_codec({**config, setting: n}).parameters()) for n in (low, low + 1)]
+    n = sizes[0] + (int(count) - low) * (sizes[1] - sizes[0])
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if 4 * n > memory:
+        raise ValueError(f"{setting} {count} makes a codec of {n:.3g} parameters, {4 * n / 1e9:.3g} GB of float32 "
+                         f"weights alone, more than this machine's {memory / 1e9:.3g} GB of memory")
 
 
 def _codec_kind(kind: str) -> str:
@@ -1091,9 +1113,7 @@ def train_codec(
         levels=levels, steps=steps, hidden=hidden, latent_dim=latent_dim, beta=beta, latent_side=latent_side,
         decoder_blocks=decoder_blocks))
     recipe = RECIPES[codec_kind]
-    out = Path(out_dir).expanduser()  # as hub.load expands a path; created once every setting is known to be good
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"the output folder {str(out)!r} is a file; give a folder (it is created if missing)")
+    out = output_folder(out_dir)  # ~ expanded, as hub.load does; created once every setting is known to be good
     out.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as lock:
         lock.enter_context(_only_run_writing(out, name))
@@ -1238,7 +1258,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
                    help="random shifts of up to PIXELS along each axis, reflection padding (default 0: none)")
     g.add_argument("--compile", action="store_true", help="torch.compile the training loss (forward and backward)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    g.add_argument("--threads", type=POSITIVE_INT,
+    g.add_argument("--threads", type=THREADS,
                    help="CPU threads for torch (torch.set_num_threads; default: torch's, 1 where other jobs keep the "
                         "CPU busy, which is faster then)")
     g.add_argument("--checkpoint-every", type=POSITIVE_INT, default=500, metavar="STEPS",

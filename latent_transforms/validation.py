@@ -14,8 +14,10 @@ import functools
 import itertools
 import math
 import numbers
+import os
 import re
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Generic, Iterator, Sequence, TypeGuard, TypeVar, cast, overload
 
 import torch
@@ -840,3 +842,19 @@ def state_mismatch(expected: dict[str, torch.Tensor], given: collections.abc.Map
             more = f"; {len(keys) - shown} more" if len(keys) > shown else ""
             parts.append(f"{len(keys)} {'key' if len(keys) == 1 else 'keys'} {what} ({'; '.join(keys[:shown])}{more})")
     return ", ".join(parts)
+
+
+def output_folder(out_dir: str | os.PathLike[str]) -> Path:
+    """The output folder ``out_dir`` as a ``Path`` (``~`` expanded), not created here: refused if it is an empty
+    string (``Path("")`` is the current folder), an existing file or inside one."""
+    if isinstance(out_dir, str) and not out_dir:
+        raise ValueError("the output folder must be a path, got ''; give a folder (it is created if missing)")
+    out = Path(out_dir).expanduser()
+    file = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if file is not None:
+        inside = "" if file == out else f" is inside {str(file)!r}, which"
+        raise ValueError(f"the output folder {str(out)!r}{inside} is a file; give a folder (it is created if missing)")
+    return out
+
+
+THREADS = option(check_count, low=1, high=2**31 - 1)  # argparse type of --threads: torch.set_num_threads takes a C int

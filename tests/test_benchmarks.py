@@ -2302,6 +2302,28 @@ def test_every_benchmarks_help_gives_each_default_in_one_form(script, monkeypatc
         assert "(default: " in text and all(str(v) in text for v in values), text
 
 
+@pytest.mark.parametrize("script", ["accuracy", "throughput", "calibrate_eps", "codec_quality", "vae_class_guidance",
+                                    "compile_speedup", "isda_memory", "quickstart_figures"])
+def test_every_benchmarks_threads_must_fit_torchs_int(script, monkeypatch, capsys):
+    """Audit 272: --threads 2**31 passed the parser and torch.set_num_threads ended the run with "Overflow when
+    unpacking long", naming no option."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    module = _load_benchmark(script)
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", "--threads", str(2**31)])
+    with pytest.raises(SystemExit) as e:
+        module.main()
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (f"{script}.py: error: argument --threads: must be an int in "
+                                                        f"[1, 2147483647], got 2147483648")
+
+
+def test_an_empty_output_folder_is_refused(monkeypatch):
+    """Audit 272: --out '' was Path(''), the current folder, which the run filled."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    with pytest.raises(ValueError, match=r"^--out must be a folder, got ''$"):
+        _load_benchmark("models").check_output_folder("")
+
+
 def test_scripts_check_their_output_folder_and_data_before_any_work(tmp_path):
     # an --out that was a file failed after the training it was to hold (accuracy.py after its first run,
     # vae_class_guidance.py after the whole fine-tune), and a missing data file was a traceback

@@ -441,13 +441,15 @@ def test_train_bad_option_is_a_clear_error(tmp_path, capsys, option, message):
     (["--lr", "nan"], "argument --lr: must be a finite number in (0, 1], got nan"),
     (["--checkpoint-every", "0"], "argument --checkpoint-every: must be an int >= 1, got 0"),
     (["--translate", "-1"], "argument --translate: must be an int >= 0, got -1"),
-    (["--threads", "0"], "argument --threads: must be an int >= 1, got 0"),
+    (["--threads", "0"], "argument --threads: must be an int in [1, 2147483647], got 0"),
     (["--hidden", "0"], "argument --hidden: must be an int >= 1, got 0"),
     (["--beta", "-1"], "argument --beta: must be a finite number in [0, inf), got -1.0"),
     (["--ema", "1.5"], "argument --ema: must be a finite number in (0, 1), got 1.5"),  # was after the data loaded
     (["--ema", "1"], "argument --ema: must be a finite number in (0, 1), got 1.0"),
     (["--seed", "99999999999999999999"], "argument --seed: must be an int in [0, 4294967295], got "
                                          "99999999999999999999"),  # was "Overflow when unpacking long long"
+    (["--threads", "2147483648"], "argument --threads: must be an int in [1, 2147483647], got 2147483648"),  # was
+    # torch.set_num_threads' "Overflow when unpacking long", naming no option
 ])
 def test_train_bad_number_names_the_option(tmp_path, capsys, option, message):
     """A number the library would refuse is refused by argparse, naming the option, not the Python parameter."""
@@ -455,6 +457,37 @@ def test_train_bad_number_names_the_option(tmp_path, capsys, option, message):
                                  "--quiet", *option], capsys)
     assert code == 2 and out == "" and err.splitlines()[-1] == f"{PROG} train: error: {message}"
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("kind, option", [("flow", "--steps"), ("vae", "--decoder-blocks")])
+def test_train_codec_too_big_for_the_memory_is_refused_before_it_is_built(tmp_path, capsys, kind, option):
+    """Audit 272: --steps 10**20 built Glow steps one by one for hours (10 GB in 10 minutes) until the system killed
+    the process; --decoder-blocks 10**12 likewise."""
+    pytest.importorskip("sklearn")
+    code, out, err = _exit_code(["train", kind, "--data", "digits", "--out", str(tmp_path / "o"), "--max-steps", "1",
+                                 "--quiet", option, str(10**20)], capsys)
+    assert code == 2 and out == "" and len(err.splitlines()) == 1
+    assert re.fullmatch(rf"{PROG}: error: {option} {10**20} makes a codec of \S+ parameters, \S+ GB of float32 weights "
+                        rf"alone, more than this machine's \S+ GB of memory\n", err), err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("command", [["train", "flow", "--data", "digits", "--max-steps", "1", "--quiet"],
+                                     ["demo", "--smoke"]])
+@pytest.mark.parametrize("out, message", [
+    ("", "the output folder must be a path, got ''"),  # was: Path('') trained into (or demo wrote to) the cwd
+    ("afile", "the output folder 'afile' is a file"),  # demo's was "[Errno 17] File exists" after its work
+    ("afile/sub", "the output folder 'afile/sub' is inside 'afile', which is a file"),  # was "[Errno 20] Not a ..."
+])
+def test_an_out_that_is_empty_or_a_file_is_refused_before_training(tmp_path, capsys, monkeypatch, command, out,
+                                                                   message):
+    pytest.importorskip("sklearn")
+    monkeypatch.chdir(tmp_path)
+    Path("afile").write_text("x")
+    monkeypatch.setattr(demo, "load_images", None)  # the demo's work (loading the digits) would be a TypeError
+    code, stdout, err = _exit_code([*command, "--out", out], capsys)
+    assert code == 2 and stdout == "" and err.startswith(f"{PROG}: error: {message}; give a folder")
+    assert len(err.splitlines()) == 1 and sorted(os.listdir()) == ["afile"]
 
 
 def test_train_test_data_of_another_shape_names_the_options(tmp_path, capsys):
@@ -532,7 +565,8 @@ def test_demo_help(capsys):
     (["--epochs", "0"], "argument --epochs: must be an int >= 1, got 0"),
     (["--seeds", "0"], "argument --seeds: must be an int >= 1, got 0"),
     (["--smoke", "--seeds", "-1"], "argument --seeds: must be an int >= 1, got -1"),
-    (["--threads", "0"], "argument --threads: must be an int >= 1, got 0"),
+    (["--threads", "0"], "argument --threads: must be an int in [1, 2147483647], got 0"),
+    (["--threads", "99999999999999999999"], "argument --threads: must be an int in [1, 2147483647], got 9999"),
 ])
 def test_demo_bad_option_fails_before_any_work(tmp_path, capsys, option, message):
     pytest.importorskip("sklearn")

@@ -253,6 +253,23 @@ def test_low_data_split():
 
 
 # -- training -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind, setting, settings", [("flow", "steps", {**FLOW, "levels": 1}),
+                                                   ("vae", "decoder_blocks", VAE)])
+def test_a_codec_whose_weights_outgrow_the_memory_is_refused_before_it_is_built(monkeypatch, kind, setting, settings):
+    """Audit 272: steps=10**20 built Glow steps one by one until the system killed the process. The parameter count
+    is exact (linear in the steps or blocks): a memory of 4 bytes a parameter passes, one byte less is refused."""
+    settings = {**settings, setting: train._BUILT_UNCHECKED + 1}  # the fewest that are checked
+    n = sum(p.numel() for p in build_codec(train.default_config(kind, (1, 8, 8), **settings)).parameters())
+    monkeypatch.setattr(train.os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4, "SC_PHYS_PAGES": n}[name])
+    train.default_config(kind, (1, 8, 8), **settings)
+    monkeypatch.setattr(train.os, "sysconf", lambda name: {"SC_PAGE_SIZE": 1, "SC_PHYS_PAGES": 4 * n - 1}[name])
+    with pytest.raises(ValueError, match=rf"^{setting} {settings[setting]} makes a codec of "):
+        train.default_config(kind, (1, 8, 8), **settings)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match=rf"^{setting} {10**20} makes a codec of .* GB of memory$"):
+        train.default_config(kind, (1, 8, 8), **{**settings, setting: 10**20})
+
+
 @pytest.mark.parametrize("nan_batch", [0, 1])
 def test_eval_codec_reports_a_nan_round_trip(digits, monkeypatch, nan_batch):
     codec = build_codec(train.default_config("flow", (1, 8, 8), **FLOW))
