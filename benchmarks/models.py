@@ -21,7 +21,7 @@ from latent_transforms import hub
 from latent_transforms.latent_noise import default_eps
 from latent_transforms.models import CifarResNet18, digits_cnn
 from latent_transforms.pixel_shift import random_shift_flip
-from latent_transforms.validation import resolve_device
+from latent_transforms.validation import file_in_the_way, resolve_device
 
 
 def run_script(main) -> None:
@@ -97,9 +97,9 @@ def check_output_folder(path, option: str = "--out") -> Path:
     if isinstance(path, str) and not path:
         raise ValueError(f"{option} must be a folder, got ''")
     path = Path(path)
-    for p in (path, *path.parents):
-        if p.exists() and not p.is_dir():
-            raise ValueError(f"{option} {path}: {p} is a file, not a folder")
+    file = file_in_the_way(path)
+    if file is not None:
+        raise ValueError(f"{option} {path}: {file} is a file, not a folder")
     return path
 
 

@@ -844,13 +844,18 @@ def state_mismatch(expected: dict[str, torch.Tensor], given: collections.abc.Map
     return ", ".join(parts)
 
 
+def file_in_the_way(folder: Path) -> Path | None:
+    """``folder`` itself or the nearest of its parents that exists as a file (so ``folder`` cannot be made), or None."""
+    return next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+
+
 def output_folder(out_dir: str | os.PathLike[str]) -> Path:
     """The output folder ``out_dir`` as a ``Path`` (``~`` expanded), not created here: refused if it is an empty
     string (``Path("")`` is the current folder), an existing file or inside one."""
     if isinstance(out_dir, str) and not out_dir:
         raise ValueError("the output folder must be a path, got ''; give a folder (it is created if missing)")
     out = Path(out_dir).expanduser()
-    file = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    file = file_in_the_way(out)
     if file is not None:
         inside = "" if file == out else f" is inside {str(file)!r}, which"
         raise ValueError(f"the output folder {str(out)!r}{inside} is a file; give a folder (it is created if missing)")
