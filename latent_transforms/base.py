@@ -221,7 +221,8 @@ class LatentTransform(Settings, SampleStats, nn.Module):
         return []
 
     def check_inputs(self, x: torch.Tensor, model: nn.Module | None, index: torch.Tensor | None) -> None:
-        """Extra checks of a subclass (codec shape, device, index range, ...)."""
+        """Extra checks of a subclass (codec shape, device, index range, ...) of a call's ``x`` (``(B, C, H, W)``
+        images for a method that takes them), ``model`` and ``index: (B,)`` int64 or ``None``."""
 
     def make_params(self, n: int, generator: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
         """Every random draw of a call on ``n`` selected samples, from ``generator`` (on ``device``): tensors with one
@@ -423,7 +424,8 @@ class LatentTransform(Settings, SampleStats, nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, model: nn.Module | None = None,
                 index: torch.Tensor | None = None, *, params: dict[str, torch.Tensor] | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x2, y2 = t(x, y, model); ``y=None`` for an unlabelled batch (y2 is then ``None``); ``index: (B,)`` int64
+        """x2, y2 = t(x, y, model) for ``x: (B, C, H, W)`` float in [0, 1] and ``y: (B,)`` int64 or ``(B, K)`` float
+        (see Shape); ``y=None`` for an unlabelled batch (y2 is then ``None``); ``index: (B,)`` int64
         dataset positions, for transforms with a latent cache; ``params``: an earlier call's ``last_params`` on a
         batch of the same size, applied again instead of drawing (training mode; ignored in eval mode)."""
         self.check_call(x, y, model, index)

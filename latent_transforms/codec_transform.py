@@ -193,8 +193,8 @@ class CodecTransform(ChecksCodecStates, LatentTransform):
         return new if mask is None else torch.where(mask, new, old)
 
     def encode_flat(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, C, H, W) -> (B, D) standardised latents, without gradient (looked up in the cache by index,
-        checked on entry against the cache size)."""
+        """x: (B, C, H, W) -> (B, D) standardised latents, without gradient (looked up in the cache by ``index: (B,)``
+        int64 dataset positions, checked on entry against the cache size)."""
         if index is not None:
             # a transform's call refused index= without a cache on entry
             return cast(LatentCache, self.cache)(index, check=False)  # checked on entry

@@ -804,8 +804,8 @@ class ISDA(_ISDAState, LatentTransform):  # type: ignore[misc]
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None,  # type: ignore[override]  # as __call__
                 model: nn.Module | None = None, index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Validate (``y=None`` is refused: ISDA needs class indices), arm the hook when both ISDA and the model
-        train, and return ``(x, y)`` unchanged.
+        """Validate ``x``, any ``(B, ...)`` tensor, and ``y: (B,)`` int64 class indices (``y=None`` is refused), arm the
+        hook when both ISDA and the model train, and return ``(x, y)`` unchanged.
 
         ``index`` is checked like every transform's and unused (ISDA encodes nothing)."""
         self.check_call(x, y, model, index)

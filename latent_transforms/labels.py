@@ -38,7 +38,8 @@ def check_returned_labels_fit(y: torch.Tensor, k: int, who: str, step: str) -> N
 
 
 def to_soft(y: torch.Tensor, num_classes: int | None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``y: (B,)`` int64 or ``(B, K)`` -> ``(B, K)`` float probabilities."""
+    """``y: (B,)`` int64 -> ``(B, K)`` one-hot probabilities in ``dtype`` (float32 by default); ``(B, K)`` soft labels
+    are returned as given (their own dtype)."""
     if y.ndim == 2:
         return y
     if num_classes is None:

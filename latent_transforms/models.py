@@ -34,7 +34,8 @@ class _BasicBlock(nn.Module):
 class CifarResNet18(nn.Module):
     """ResNet-18 for 32x32 images: 3x3 stride-1 stem, no max-pool, 4 stages of 2 BasicBlocks, global pool, ``fc``.
 
-    Takes x: (B, 3, H, W) float in [0, 1] and standardises it inside (CIFAR-10 mean/std), after any augmentation.
+    Takes x: (B, 3, H, W) float in [0, 1] and standardises it inside (``mean``/``std``, CIFAR-10's by default), after
+    any augmentation; returns ``(B, num_classes)`` logits.
     ``width`` is the first stage's channel count (64 for the real ResNet-18; smaller for smoke runs).
     ``channels_last`` converts the input to channels-last memory format (call ``.to(memory_format=...)`` too).
     The final layer is the ``nn.Linear`` named ``fc`` (what ISDA hooks).
@@ -67,7 +68,8 @@ class CifarResNet18(nn.Module):
 
 
 def digits_cnn(num_classes: int = 10) -> nn.Module:
-    """A small CNN for 1x8x8 digits."""
+    """A small CNN for 1x8x8 digits: ``x: (B, 1, 8, 8)`` float in [0, 1] -> ``(B, num_classes)`` logits; its last
+    layer is the ``nn.Linear`` ISDA hooks."""
     return nn.Sequential(
         nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
         nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),

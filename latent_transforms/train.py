@@ -1076,7 +1076,8 @@ def train_codec(
             ``flips`` and ``translate`` required; the run's
             length may change: the LR schedule follows the new length from the current step on, and the JSON's
             ``schedule`` says which steps followed which length); ``False`` starts afresh and overwrites it.
-        x_test: images for the final metrics and the PNG; default: up to 1,000 training images.
+        x_test: (M, C, H, W) float in [0, 1], images for the final metrics and the PNG; default: up to 1,000
+            training images.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
         progress: show a tqdm bar and print where the files went and how to load them.
         fp16: store the final weights as float16 (half the file), kept only if the fp16 copy still

@@ -213,7 +213,7 @@ class Glow(Codec):
         return (torch.sigmoid(xl) - self.alpha) / (1 - 2 * self.alpha)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """Log density (nats) of continuous x in [0, 1]: (B,)."""
+        """Log density (nats) of continuous ``x: (B, C, H, W)`` in [0, 1]: (B,)."""
         self.check_input(x)
         return self._log_prob(x)
 
