@@ -50,7 +50,7 @@ from torch import nn
 warnings.filterwarnings("ignore", message="torch.lu is deprecated")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import (CIFAR_NOISE_EPS, PerSampleRandAugment, RandomCropFlip, add_device_argument,  # noqa: E402
-                    argument_parser, build_classifier, check_output_folder, library_default, load_codec, run_script,
+                    argument_parser, build_classifier, library_default, load_codec, run_script,
                     setup_device, smoke_defaults_help, tiny_codecs, write_json, write_text)
 
 from latent_transforms import Compose, hub  # noqa: E402
@@ -64,7 +64,8 @@ from latent_transforms.latent_adversarial import LatentAdversarial  # noqa: E402
 from latent_transforms.latent_noise import LatentNoise  # noqa: E402
 from latent_transforms.modelutils import describe_device  # noqa: E402
 from latent_transforms.progress import progress_bar  # noqa: E402
-from latent_transforms.validation import POSITIVE_FLOAT, POSITIVE_INT, THREADS, check_count, check_number, option  # noqa: E402
+from latent_transforms.validation import (POSITIVE_FLOAT, POSITIVE_INT, THREADS, check_count,  # noqa: E402
+                                          check_number, option, output_folder)
 from latent_transforms.varmixup import VarMixup  # noqa: E402
 
 NUM_CLASSES = 10
@@ -1076,7 +1077,7 @@ def load_runs(path: Path, fingerprint: dict, flag: str, remedy: str) -> dict:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     start = time.perf_counter()
-    out = check_output_folder(args.out)
+    out = output_folder(args.out, "--out")
     if args.merge:
         target = out / "results.json"
         if any(Path(p).resolve() == target.resolve() for p in args.merge):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import statistics
-from pathlib import Path
 
 import torch
 
@@ -18,10 +17,10 @@ from latent_transforms import ISDA, LatentAdversarial, LatentNoise, VarMixup, hu
 from latent_transforms.data import load_images, low_data_split
 from latent_transforms.models import digits_cnn
 from latent_transforms.progress import progress_bar
-from latent_transforms.validation import POSITIVE_INT
+from latent_transforms.validation import POSITIVE_INT, output_folder
 from latent_transforms.evaluation import accuracy, fit_classifier, predict_proba
 
-from models import (DIGITS_SHAPE, argument_parser, check_output_folder, parse_args_with_smoke, run_script,
+from models import (DIGITS_SHAPE, argument_parser, parse_args_with_smoke, run_script,
                     smoke_defaults_help, tiny_codecs)
 
 SMOKE_DEFAULTS = {"per_class": 2, "val": 100, "epochs": 1, "seeds": [0]}
@@ -54,7 +53,7 @@ def main() -> None:
                     "instead of glow-digits and vae-digits, and these defaults instead of the others: "
                     + smoke_defaults_help(SMOKE_DEFAULTS))
     args = parse_args_with_smoke(ap, SMOKE_DEFAULTS)
-    check_output_folder(args.out)  # now, not after every setting has trained
+    out = output_folder(args.out, "--out")  # now, not after every setting has trained
     torch.set_num_threads(1)
     x, y, _ = load_images("digits", "train")
     if args.val >= len(x):  # else: "y must be (N,) class indices with N > 0, got shape (0,)"
@@ -73,7 +72,6 @@ def main() -> None:
                        progress=False)
         results.setdefault(name, []).append(accuracy(predict_proba(model, x[val]), y[val]))
         print(f"seed {seed} {name}: {100 * results[name][-1]:.1f}%", flush=True)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "calibration.json").write_text(json.dumps(results, indent=2))
     print(f"\nvalidation accuracy ({args.val} held-out training images), {args.per_class}/class, "

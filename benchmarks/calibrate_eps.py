@@ -15,17 +15,15 @@ is the point, and the rejection rate must stay near zero.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from latent_transforms import LatentAdversarial, LatentNoise, hub
 from latent_transforms.data import load_images
-from latent_transforms.validation import POSITIVE_INT, THREADS, check_number, option
+from latent_transforms.validation import POSITIVE_INT, THREADS, check_number, option, output_folder
 from latent_transforms.evaluation import accuracy, fit_classifier, predict_proba
 from latent_transforms.visualize import save_rows
 
-from models import (SMOKE_IMAGES, argument_parser, check_output_folder, clean_classifier_model, output_stem,
+from models import (SMOKE_IMAGES, argument_parser, clean_classifier_model, output_stem,
                     parse_args_with_smoke, run_script, smoke_defaults_help, tiny_codecs, write_json)
 
 EPS = option(check_number, float)  # eps >= 0, the transforms' rule, checked before the classifier trains
@@ -72,7 +70,7 @@ def main() -> None:
                     f"images of --data, a tiny random-init Glow unless --codec is given, and these defaults instead of "
                     f"the others: " + smoke_defaults_help(SMOKE_DEFAULTS))
     args = parse_args_with_smoke(ap, SMOKE_DEFAULTS, required=("--codec", "--data"))
-    check_output_folder(args.out)
+    dest = output_folder(args.out, "--out")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     codec = hub.load(args.codec) if args.codec else None  # an unknown name fails now
@@ -114,7 +112,6 @@ def main() -> None:
     # (how often an unrelated image "moves" a patch: the measure's floor for a change that is not a move)
     for_scale = [{"method": method, **change(out)} for method, out in (
         ("for scale: moved by one pixel", torch.roll(xv, 1, 3)), ("for scale: another image", xv.roll(1, 0)))]
-    dest = Path(args.out)
     dest.mkdir(parents=True, exist_ok=True)
     name = output_stem(args.codec) if args.codec else "tiny-glow"
     save_rows(pictures, dest / f"{name}-eps.png")

@@ -23,12 +23,12 @@ from safetensors import SafetensorError
 from latent_transforms import LatentNoise, hub
 from latent_transforms.data import load_images
 from latent_transforms.pixel_shift import random_shift_flip
-from latent_transforms.validation import POSITIVE_INT, THREADS, check_number, option
+from latent_transforms.validation import POSITIVE_INT, THREADS, check_number, option, output_folder
 from latent_transforms.evaluation import accuracy, fit_classifier, predict_proba
 from latent_transforms.train import eval_codec
 from latent_transforms.visualize import save_rows
 
-from models import (SMOKE_IMAGES, argument_parser, check_output_folder, clean_classifier_model, output_stem,
+from models import (SMOKE_IMAGES, argument_parser, clean_classifier_model, output_stem,
                     parse_args_with_smoke, run_script, smoke_defaults_help, tiny_codecs, write_json)
 
 
@@ -135,7 +135,7 @@ def main() -> None:
                     f"--train images, a tiny random-init Glow and VAE unless --codec is given, and these defaults "
                     f"instead of the others: " + smoke_defaults_help(SMOKE_DEFAULTS))
     args = parse_args_with_smoke(ap, SMOKE_DEFAULTS, required=("--codec", "--train", "--test"))
-    check_output_folder(args.out)
+    out = output_folder(args.out, "--out")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -157,7 +157,6 @@ def main() -> None:
     settings = {"train": args.train, "test": args.test, "test_images": len(x_test),
                 "epochs": args.epochs, "width": args.width, "classifier": args.classifier}
     clean = accuracy(predict_proba(model, x_test), y_test)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     # flows only are scored on LatentNoise outputs: without a flow, those columns would hold only "-"
     noise_columns = args.noise_eps if any(codec.kind == "glow" for codec in codecs.values()) else []

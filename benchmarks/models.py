@@ -1,8 +1,8 @@
 """What the benchmark scripts share: the bf16 wrapper around the library's CIFAR ResNet-18, per-sample crop+flip on the device,
 per-sample RandAugment, tiny random-init codecs for smoke runs, atomic JSON and text writes, the parser whose ``--help``
 gives every default (``argument_parser``), ``--smoke``'s defaults (``parse_args_with_smoke``), how a script ends on
-a user's mistake (``run_script``, ``check_output_folder``), and how a figure times a call (``timed``,
-``median_seconds``)."""
+a user's mistake (``run_script``; an output folder is checked by ``latent_transforms.validation.output_folder``), and
+how a figure times a call (``timed``, ``median_seconds``)."""
 from __future__ import annotations
 
 import argparse
@@ -21,7 +21,7 @@ from latent_transforms import hub
 from latent_transforms.latent_noise import default_eps
 from latent_transforms.models import CifarResNet18, digits_cnn
 from latent_transforms.pixel_shift import random_shift_flip
-from latent_transforms.validation import file_in_the_way, resolve_device
+from latent_transforms.validation import resolve_device
 
 
 def run_script(main) -> None:
@@ -89,18 +89,6 @@ def parse_args_with_smoke(parser: argparse.ArgumentParser, smoke_defaults: dict,
     if missing and not args.smoke:
         parser.error(f"the following arguments are required (unless --smoke): {', '.join(missing)}")
     return args
-
-
-def check_output_folder(path, option: str = "--out") -> Path:
-    """``path`` as a folder to write into, checked before any work: ``ValueError`` if it or a parent is a file
-    (it failed after the training it was to hold), or if it is ``""`` (``Path("")`` is the current folder)."""
-    if isinstance(path, str) and not path:
-        raise ValueError(f"{option} must be a folder, got ''")
-    path = Path(path)
-    file = file_in_the_way(path)
-    if file is not None:
-        raise ValueError(f"{option} {path}: {file} is a file, not a folder")
-    return path
 
 
 def load_codec(kind: str, name: str, device: torch.device):

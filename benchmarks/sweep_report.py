@@ -16,8 +16,10 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from latent_transforms.validation import output_folder
+
 from accuracy import arm_settings, common_codecs, delta_vs_baseline, read_results, setting
-from models import argument_parser, check_output_folder, run_script, write_text
+from models import argument_parser, run_script, write_text
 
 # what every folder must share (data and its sha256, schedule, seeding and scoring protocol); the arm settings
 # (accuracy.ARM_SETTINGS) name the rows. Not the --glow/--vae flags, which a folder of arms without a codec need not
@@ -88,12 +90,11 @@ def main(argv=None) -> str:
                    help="accuracy.py output folders, or their results.json files")
     p.add_argument("--out", type=Path, help="also write the table here")
     args = p.parse_args(argv)
-    if args.out:
-        check_output_folder(args.out.parent, "--out")
+    out = None if args.out is None else output_folder(args.out.parent, "--out's folder") / args.out.name
     table = format_table(*collect(args.results))
     print(table)
-    if args.out:
-        write_text(args.out, table + "\n")
+    if out:
+        write_text(out, table + "\n")
     return table
 
 

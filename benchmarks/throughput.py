@@ -49,11 +49,11 @@ import torch.nn.functional as F
 warnings.filterwarnings("ignore", message="torch.lu is deprecated")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import (CIFAR_NOISE_EPS, PerSampleRandAugment, add_device_argument, argument_parser,  # noqa: E402
-                    build_classifier, check_output_folder, load_codec, parse_args_with_smoke, random_init_codec,
+                    build_classifier, load_codec, parse_args_with_smoke, random_init_codec,
                     run_script, setup_device, smoke_defaults_help, timed, tiny_codecs, write_json, write_text)
 
 from latent_transforms.codecs import flatten_latents, unflatten_latents  # noqa: E402
-from latent_transforms.validation import POSITIVE_INT, THREADS, check_count, option  # noqa: E402
+from latent_transforms.validation import POSITIVE_INT, THREADS, check_count, option, output_folder  # noqa: E402
 from latent_transforms.isda import ISDA  # noqa: E402
 from latent_transforms.latent_adversarial import LatentAdversarial  # noqa: E402
 from latent_transforms.latent_noise import LatentNoise  # noqa: E402
@@ -538,7 +538,7 @@ def write_report(out: Path, args, device: torch.device, notes: dict, glow, rows:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     start = time.perf_counter()
-    check_output_folder(args.out)
+    out = output_folder(args.out, "--out")
     device = setup_device(args.device, args.threads)
     codecs, notes = resolve_codecs(args, device)
     if args.compile:
@@ -552,7 +552,6 @@ def main(argv=None) -> dict:
     agreement = float((naive - fast).abs().max())
     roundtrip_errors = {"max_abs_roundtrip_error_codec": float((fast - probe).abs().max()),
                         "max_abs_roundtrip_error_normflows": float((naive - probe).abs().max())}
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = dict(out=out, args=args, device=device, notes=notes, glow=codecs["glow"], rows=rows,
                   agreement=agreement, roundtrip_errors=roundtrip_errors, start=start)

@@ -32,10 +32,10 @@ from latent_transforms.models import CifarResNet18
 from latent_transforms.pixel_shift import random_shift_flip
 from latent_transforms.progress import progress_bar
 from latent_transforms.train import total_norm
-from latent_transforms.validation import POSITIVE_FLOAT, POSITIVE_INT, THREADS, check_number, option
+from latent_transforms.validation import POSITIVE_FLOAT, POSITIVE_INT, THREADS, check_number, option, output_folder
 
 from codec_quality import clean_classifier
-from models import DIGITS_SHAPE, argument_parser, check_output_folder, run_script, write_json
+from models import DIGITS_SHAPE, argument_parser, run_script, write_json
 
 GUIDE_SEED = 1  # codec_quality.py's scorer is seed 0
 
@@ -89,10 +89,10 @@ def main() -> None:
     ap.add_argument("--threads", type=THREADS, help="CPU threads (default: torch's)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars (the guide's and the fine-tune's)")
     args = ap.parse_args()
-    check_output_folder(Path(args.out).parent, "--out's folder")
-    if Path(args.out).is_dir():
+    out = output_folder(Path(args.out).parent, "--out's folder") / Path(args.out).name
+    if out.is_dir():
         raise ValueError(f"--out {args.out} is a folder; give the checkpoint's file name, e.g. {args.out}/vae.safetensors")
-    if Path(args.out).suffix != ".safetensors":  # hub.save_checkpoint's rule, checked now, not after the fine-tune
+    if out.suffix != ".safetensors":  # hub.save_checkpoint's rule, checked now, not after the fine-tune
         raise ValueError(f"--out {args.out}: the checkpoint's file name must end in .safetensors")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -149,7 +149,6 @@ def main() -> None:
             bar.set_postfix(elbo=f"{last['elbo']:.1f}", guide=f"{last['guide_term']:.3f}", mse=f"{mse:.4f}",
                             refresh=False)
     vae.eval().requires_grad_(False)
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     sha = hub.save_checkpoint(vae, out, dtype=torch.float16)
     minutes = (time.perf_counter() - start) / 60

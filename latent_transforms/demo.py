@@ -23,7 +23,7 @@ from .latent_adversarial import LatentAdversarial
 from .latent_noise import LatentNoise
 from .models import digits_cnn
 from .modelutils import threads_for_this_cpu, torch_threads
-from .validation import POSITIVE_INT, THREADS, check_count, output_folder
+from .validation import MAX_THREADS, POSITIVE_INT, THREADS, check_count, output_folder
 from .varmixup import VarMixup
 from .visualize import save_rows
 
@@ -54,13 +54,14 @@ def run_demo(out_dir: str | Path = "latent-transforms-demo", per_class: int = 10
              threads: int | None = None) -> dict:
     """Run the demo; returns ``{arm: {"accuracy": [...], "seconds": [...]}}`` and writes ``out_dir/demo.png``.
 
-    ``threads``: CPU threads for torch (default: torch's, at most 4; 1 on a CPU other jobs keep busy), for the run:
-    torch's thread count and global RNG are as they were when it returns or is interrupted."""
+    ``threads``: CPU threads for torch (default: torch's, at most 4; 1 on a CPU other jobs keep busy; given, at most
+    ``validation.MAX_THREADS``), for the run: torch's thread count and global RNG are as they were when it returns or
+    is interrupted."""
     check_count("per_class", per_class, 1)
     if threads is None:
         threads = threads_for_this_cpu(min(4, torch.get_num_threads()))
     else:
-        threads = check_count("threads", threads, 1)
+        threads = check_count("threads", threads, 1, MAX_THREADS)
     check_count("epochs", epochs, 1)
     if not seeds:
         raise ValueError(f"seeds must hold at least one seed, got {seeds!r}")

@@ -204,13 +204,13 @@ class _ISDAState(Settings, ModuleMixin):
         new classes (class-incremental learning; ``FeatureCovariance.grow``)."""
         self.estimator.grow(num_classes)
 
-    def _grown_hint(self, outputs: int) -> str:
-        """What to do about a classifier of ``outputs`` > C (a head grown for new classes); ``""`` for fewer."""
-        if outputs <= self.num_classes:
-            return ""
-        return (f" (or num_classes={outputs}); a classifier grown for new classes (class-incremental learning)? call "
-                f".grow({outputs}) on this {type(self).__name__} first: it adds their statistics, empty, and keeps those "
-                f"of the classes seen")
+    def _miscount_hint(self, outputs: int, not_it: str) -> str:
+        """What to do about a classifier of ``outputs`` != C: ``num_classes`` miscounted, or ``not_it`` (the layer is
+        not the classifier, and how to name it); for ``outputs`` > C, a head grown for new classes too."""
+        grown = "" if outputs < self.num_classes else (
+            f"; a classifier grown for new classes (class-incremental learning)? call .grow({outputs}) on this "
+            f"{type(self).__name__} first: it adds their statistics, empty, and keeps those of the classes seen")
+        return f": either num_classes is miscounted (num_classes={outputs} for this classifier) or {not_it}" + grown
 
     @property
     def lam(self) -> float:
@@ -693,7 +693,8 @@ class ISDA(_ISDAState, LatentTransform):  # type: ignore[misc]
             raise ValueError(
                 f"the layer {name!r} of {type(model).__name__} ({layer.in_features} -> {layer.out_features}) has "
                 f"{layer.out_features} outputs but num_classes={self.num_classes}"
-                + (hint or "; pass layer='...' naming the classifier" + self._grown_hint(layer.out_features))
+                + (hint or self._miscount_hint(layer.out_features,
+                                               f"{name!r} is not the classifier (pass layer='...' naming it)"))
             )
         dim = self.estimator.feature_dim
         if dim is not None and layer.in_features != dim:
@@ -913,8 +914,10 @@ class ISDALoss(_ISDAState, nn.Module):
             raise bad_option(f"features must be a (N, {fc.in_features}) float tensor for {fc}, got "
                              f"{describe(features)}", right_type=isinstance(features, torch.Tensor))
         if fc.out_features != self.num_classes:
+            not_it = "fc is not the classifier (pass its nn.Linear)"
             raise ValueError(f"fc has {fc.out_features} outputs but num_classes={self.num_classes}"
-                             + (_official_order_hint(self.num_classes, fc, "ISDALoss") or self._grown_hint(fc.out_features)))
+                             + (_official_order_hint(self.num_classes, fc, "ISDALoss")
+                                or self._miscount_hint(fc.out_features, not_it)))
         check_same_device(features, fc, "fc", "the features are")
         if isinstance(y, torch.Tensor):  # before check_labels reads its values
             check_device("y", y.device, features, "the features are")

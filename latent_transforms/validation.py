@@ -263,11 +263,12 @@ class Settings:
     without it (``t.cache = LatentCache(...)`` went unchecked, ``t.eps = nn.Linear(...)`` was kept and never read).
 
     On the library's own classes, a new public name that misspells a setting (``t.alpah = 0.4``, ``t.Eps``,
-    ``setattr(t, "lamda0", ...)`` in a sweep: a new attribute nothing read, the run went on with the old value) raises
-    ``AttributeError`` naming the setting meant. Any other new name is kept, as ``nn.Module`` keeps it (what torch or
-    another package adds to every module, ``qconfig``; a hook's ``m.out``), and so is any name on a subclass defined
-    outside the library (``docs/extending.md``'s). Only an assignment of a new public name costs more than the dict
-    lookups of a known one."""
+    ``setattr(t, "lamda0", ...)`` in a sweep: a new attribute nothing read, the run went on with the old value), or
+    names one as other libraries do (``t.epsilon``, ``t.seed``: ``_SYNONYMS``), raises ``AttributeError`` naming the
+    setting meant. Any other new name is kept, as ``nn.Module`` keeps it (what torch or another package adds to every
+    module, ``qconfig``; a hook's ``m.out``), and so is any name on a subclass defined outside the library
+    (``docs/extending.md``'s). Only an assignment of a new public name costs more than the dict lookups of a known
+    one."""
 
     def __setattr__(self, name: str, value: object) -> None:
         held = getattr(type(self), name, _ABSENT)
@@ -275,8 +276,7 @@ class Settings:
             object.__setattr__(self, name, value)
             return
         if held is _ABSENT and name[:1] != "_" and not hasattr(self, name) and _is_library_class(type(self)):
-            # mypy checks type(x)'s unbound __hash__ against functools.cache's Hashable: a class is hashable
-            meant = close_names(name, _settings_of(type(self)), 3, cutoff=_MISSPELLING)  # type: ignore[arg-type]
+            meant = _settings_meant(type(self), name)
             if meant:
                 raise _misspelled_setting(self, name, meant)
         super().__setattr__(name, value)
@@ -284,6 +284,12 @@ class Settings:
 
 _ABSENT = object()
 _MISSPELLING = 0.8  # difflib's ratio from which a new name is read as a setting misspelled: 'alpah' is 0.8 of 'alpha'
+# a setting's name elsewhere (torchattacks' PGD alpha, cleverhans' eps_iter and nb_iter, ART's eps_step and max_iter,
+# a seed, a noise's sigma) and this library's for it, where a class has it: 'epsilon' is only 0.6 of 'eps'
+_SYNONYMS = {"epsilon": "eps", "sigma": "eps", "std": "eps", "alpha": "step_size", "eps_iter": "step_size",
+             "eps_step": "step_size", "num_steps": "steps", "nb_iter": "steps", "max_iter": "steps",
+             "rand_init": "random_start", "ord": "norm", "prob": "p", "probability": "p", "seed": "generator",
+             "classes": "num_classes", "feature_layer": "layer"}
 
 
 def _is_library_class(cls: type) -> bool:
@@ -297,6 +303,15 @@ def _settings_of(cls: type) -> tuple[str, ...]:
     return tuple(k for k in dir(cls) if k[:1] != "_" and isinstance(getattr(cls, k), property) and getattr(cls, k).fset)
 
 
+def _settings_meant(cls: type, name: str) -> list[str]:
+    """The settings of ``cls`` that a new ``name`` is read as meant for: its synonym's first (``_SYNONYMS``), then
+    up to three misspelled (difflib's ratio ``_MISSPELLING`` or more), nearest first."""
+    settings = _settings_of(cls)
+    synonym = _SYNONYMS.get(name.lower())
+    meant = [synonym] if synonym in settings else []
+    return meant + [k for k in close_names(name, settings, 3, cutoff=_MISSPELLING) if k not in meant]
+
+
 def close_names(name: str, names: collections.abc.Iterable[str], n: int = 1, cutoff: float = 0.6) -> list[str]:
     """Up to ``n`` of ``names`` nearest to ``name`` whatever their case ("Glow-CIFAR10" is near "glow-cifar10"),
     nearest first, of difflib's ratio ``cutoff`` or more."""
@@ -305,9 +320,11 @@ def close_names(name: str, names: collections.abc.Iterable[str], n: int = 1, cut
 
 
 def _misspelled_setting(owner: object, name: str, meant: list[str]) -> AttributeError:
-    """The error for a new public ``name`` assigned to ``owner`` that misspells its settings ``meant``."""
+    """The error for a new public ``name`` assigned to ``owner`` that misspells (or is a synonym of) its settings
+    ``meant``."""
     cls = type(owner).__name__
-    settings = _settings_of(type(owner))  # type: ignore[arg-type]  # as in Settings.__setattr__
+    # mypy checks type(x)'s unbound __hash__ against functools.cache's Hashable: a class is hashable
+    settings = _settings_of(type(owner))  # type: ignore[arg-type]
     return AttributeError(
         f"{cls} has no setting {name!r} (did you mean {' or '.join(map(repr, meant))}?): assigned, it would be a new "
         f"attribute that {cls} never reads, and the setting meant would keep its value. Its settings: "
@@ -849,17 +866,23 @@ def file_in_the_way(folder: Path) -> Path | None:
     return next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
 
 
-def output_folder(out_dir: str | os.PathLike[str]) -> Path:
+def output_folder(out_dir: str | os.PathLike[str], name: str = "the output folder") -> Path:
     """The output folder ``out_dir`` as a ``Path`` (``~`` expanded), not created here: refused if it is an empty
-    string (``Path("")`` is the current folder), an existing file or inside one."""
+    string (``Path("")`` is the current folder), an existing file or inside one. ``name``: what the message calls it
+    (a script's option, ``"--out"``)."""
     if isinstance(out_dir, str) and not out_dir:
-        raise ValueError("the output folder must be a path, got ''; give a folder (it is created if missing)")
+        raise ValueError(f"{name} must be a path, got ''; give a folder (it is created if missing)")
     out = Path(out_dir).expanduser()
     file = file_in_the_way(out)
     if file is not None:
         inside = "" if file == out else f" is inside {str(file)!r}, which"
-        raise ValueError(f"the output folder {str(out)!r}{inside} is a file; give a folder (it is created if missing)")
+        raise ValueError(f"{name} {str(out)!r}{inside} is a file; give a folder (it is created if missing)")
     return out
 
 
-THREADS = option(check_count, low=1, high=2**31 - 1)  # argparse type of --threads: torch.set_num_threads takes a C int
+# the most CPU threads a run may ask for: torch.set_num_threads(n) takes any C int but starts about 2n OS threads, and
+# a count the system cannot start (100000: the 2-core development machine holds 193,107 threads in all) ended the
+# process at its first parallel op ("libgomp: Thread creation failed", a segfault). 1024 (or the CPUs of a machine of
+# more) still lets a run repeat another machine's thread count, which changes torch's rounding, on fewer CPUs
+MAX_THREADS = max(1024, os.cpu_count() or 1)
+THREADS = option(check_count, low=1, high=MAX_THREADS)  # argparse type of --threads

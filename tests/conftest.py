@@ -80,6 +80,20 @@ def _torch_threads_restored():
         yield
 
 
+@pytest.fixture
+def few_threads_only(monkeypatch):
+    """``torch.set_num_threads`` of more than 4096 threads raises ``AssertionError`` in the test: a test of the bound
+    on ``--threads`` (100000) run on code that let it through started about 2 OS threads each on the machine running
+    the suite, until a segfault ended the run."""
+    set_num_threads = torch.set_num_threads
+
+    def guarded(n):
+        if n > 4096:
+            raise AssertionError(f"torch.set_num_threads({n}) was called")
+        set_num_threads(n)
+    monkeypatch.setattr(torch, "set_num_threads", guarded)
+
+
 # argv: a JSON list of [script, args, cwd], the JSON file to write [exit status, stdout, stderr] of each to
 _RUN_SCRIPTS = """
 import contextlib, io, json, os, runpy, sys, traceback

@@ -19,6 +19,7 @@ from torch import nn
 
 import latent_transforms
 from latent_transforms import ISDALoss
+from latent_transforms.validation import MAX_THREADS
 
 from conftest import scripts_in_one_process
 
@@ -1517,7 +1518,7 @@ def test_calibrate_digits_refuses_a_bad_out_or_val_before_training_and_ends_in_o
     monkeypatch.setattr(cal.torch, "set_num_threads", lambda n: None)
     (tmp_path / "file").write_text("")
     monkeypatch.setattr(sys, "argv", ["calibrate_digits.py", "--out", str(tmp_path / "file")])
-    with pytest.raises(ValueError, match="is a file, not a folder"):
+    with pytest.raises(ValueError, match=r"^--out '.*file' is a file; give a folder \(it is created if missing\)$"):
         cal.main()
     monkeypatch.setattr(sys, "argv", ["calibrate_digits.py", "--val", "60", "--out", str(tmp_path / "out")])
     with pytest.raises(ValueError, match="^--val 60 leaves no training images: the digits training split has 60$"):
@@ -2118,7 +2119,8 @@ def test_sweep_report_checks_its_out_folder_before_printing_anything(tmp_path, m
     sweep = _load_benchmark("sweep_report")
     results = _fake_results(tmp_path / "b0", "baseline", 0, 0.6)
     (tmp_path / "taken").write_text("a file")
-    with pytest.raises(ValueError, match=r"^--out .*taken: .*taken is a file, not a folder"):
+    with pytest.raises(ValueError, match=r"^--out's folder '.*taken' is a file; give a folder \(it is created if "
+                                         r"missing\)$"):
         sweep.main([str(results), "--out", str(tmp_path / "taken" / "sweep.md")])
     assert capsys.readouterr().out == ""
 
@@ -2304,24 +2306,26 @@ def test_every_benchmarks_help_gives_each_default_in_one_form(script, monkeypatc
 
 @pytest.mark.parametrize("script", ["accuracy", "throughput", "calibrate_eps", "codec_quality", "vae_class_guidance",
                                     "compile_speedup", "isda_memory", "quickstart_figures"])
-def test_every_benchmarks_threads_must_fit_torchs_int(script, monkeypatch, capsys):
+def test_every_benchmarks_threads_must_be_a_count_a_run_can_start(script, monkeypatch, capsys, few_threads_only):
     """Audit 272: --threads 2**31 passed the parser and torch.set_num_threads ended the run with "Overflow when
-    unpacking long", naming no option."""
+    unpacking long", naming no option. Audit 275: 100000, a C int, ended it in a segfault at the first parallel op
+    once the system could start no more threads ("libgomp: Thread creation failed")."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     module = _load_benchmark(script)
-    monkeypatch.setattr(sys, "argv", [f"{script}.py", "--threads", str(2**31)])
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", "--threads", "100000"])
     with pytest.raises(SystemExit) as e:
         module.main()
     assert e.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == (f"{script}.py: error: argument --threads: must be an int in "
-                                                        f"[1, 2147483647], got 2147483648")
+                                                        f"[1, {MAX_THREADS}], got 100000")
 
 
 def test_an_empty_output_folder_is_refused(monkeypatch):
-    """Audit 272: --out '' was Path(''), the current folder, which the run filled."""
+    """Audit 272: --out '' was Path(''), the current folder, which the run filled. Audit 275: in the words of the
+    library's CLI and demo (one function, validation.output_folder, for all)."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))
-    with pytest.raises(ValueError, match=r"^--out must be a folder, got ''$"):
-        _load_benchmark("models").check_output_folder("")
+    with pytest.raises(ValueError, match=r"^--out must be a path, got ''; give a folder \(it is created if missing\)$"):
+        _load_benchmark("accuracy").main(["--smoke", "--out", ""])
 
 
 def test_scripts_check_their_output_folder_and_data_before_any_work(tmp_path):
@@ -2331,14 +2335,16 @@ def test_scripts_check_their_output_folder_and_data_before_any_work(tmp_path):
     env = {**os.environ, "LATENT_TRANSFORMS_HOME": str(tmp_path / "hub"), "LATENT_TRANSFORMS_OFFLINE": "1",
            "OMP_NUM_THREADS": "1"}
     cases = [
-        ("accuracy.py", ["--smoke", "--out", "afile/sub"], "accuracy.py: error: --out afile/sub: afile is a file"),
+        ("accuracy.py", ["--smoke", "--out", "afile/sub"],
+         "accuracy.py: error: --out 'afile/sub' is inside 'afile', which is a file; give a folder"),
         ("accuracy.py", ["--smoke", "--train", "npz:missing.npz", "--out", "o"],
          "accuracy.py: error: npz data file 'missing.npz' does not exist"),
-        ("throughput.py", ["--smoke", "--device", "cpu", "--out", "afile"], "throughput.py: error: --out afile: afile"),
+        ("throughput.py", ["--smoke", "--device", "cpu", "--out", "afile"],
+         "throughput.py: error: --out 'afile' is a file; give a folder (it is created if missing)\n"),
         ("codec_quality.py", ["--codec", "vae-digits", "--train", "digits", "--test", "digits", "--out", "afile"],
-         "codec_quality.py: error: --out afile: afile is a file, not a folder"),
+         "codec_quality.py: error: --out 'afile' is a file; give a folder (it is created if missing)\n"),
         ("vae_class_guidance.py", ["--codec", "vae-digits", "--train", "digits", "--out", "afile/v.safetensors"],
-         "vae_class_guidance.py: error: --out's folder afile: afile is a file, not a folder"),
+         "vae_class_guidance.py: error: --out's folder 'afile' is a file; give a folder (it is created if missing)\n"),
     ]
     ended = _commands_in_one_process([c[:2] for c in cases], tmp_path, env)
     for (script, _, message), (code, stderr) in zip(cases, ended):

@@ -19,6 +19,7 @@ import torch
 from latent_transforms import __version__, demo, hub, modelutils, train
 from latent_transforms.cli import PROG, main
 from latent_transforms.codecs import build_codec
+from latent_transforms.validation import MAX_THREADS
 
 # The real registry, but an empty private cache dir and no downloads (conftest's offline_hub); entries registered
 # here on purpose without their file (register warns a user about that; tested in test_hub.py)
@@ -441,17 +442,19 @@ def test_train_bad_option_is_a_clear_error(tmp_path, capsys, option, message):
     (["--lr", "nan"], "argument --lr: must be a finite number in (0, 1], got nan"),
     (["--checkpoint-every", "0"], "argument --checkpoint-every: must be an int >= 1, got 0"),
     (["--translate", "-1"], "argument --translate: must be an int >= 0, got -1"),
-    (["--threads", "0"], "argument --threads: must be an int in [1, 2147483647], got 0"),
+    (["--threads", "0"], f"argument --threads: must be an int in [1, {MAX_THREADS}], got 0"),
     (["--hidden", "0"], "argument --hidden: must be an int >= 1, got 0"),
     (["--beta", "-1"], "argument --beta: must be a finite number in [0, inf), got -1.0"),
     (["--ema", "1.5"], "argument --ema: must be a finite number in (0, 1), got 1.5"),  # was after the data loaded
     (["--ema", "1"], "argument --ema: must be a finite number in (0, 1), got 1.0"),
     (["--seed", "99999999999999999999"], "argument --seed: must be an int in [0, 4294967295], got "
                                          "99999999999999999999"),  # was "Overflow when unpacking long long"
-    (["--threads", "2147483648"], "argument --threads: must be an int in [1, 2147483647], got 2147483648"),  # was
+    (["--threads", "2147483648"], f"argument --threads: must be an int in [1, {MAX_THREADS}], got 2147483648"),  # was
     # torch.set_num_threads' "Overflow when unpacking long", naming no option
+    (["--threads", "100000"], f"argument --threads: must be an int in [1, {MAX_THREADS}], got 100000"),  # audit 275:
+    # was a segfault at the first parallel op, once the system could start no more threads ("libgomp: Thread creation")
 ])
-def test_train_bad_number_names_the_option(tmp_path, capsys, option, message):
+def test_train_bad_number_names_the_option(tmp_path, capsys, option, message, few_threads_only):
     """A number the library would refuse is refused by argparse, naming the option, not the Python parameter."""
     code, out, err = _exit_code(["train", "flow", "--data", "digits", "--out", str(tmp_path / "o"), "--max-steps", "1",
                                  "--quiet", *option], capsys)
@@ -565,10 +568,11 @@ def test_demo_help(capsys):
     (["--epochs", "0"], "argument --epochs: must be an int >= 1, got 0"),
     (["--seeds", "0"], "argument --seeds: must be an int >= 1, got 0"),
     (["--smoke", "--seeds", "-1"], "argument --seeds: must be an int >= 1, got -1"),
-    (["--threads", "0"], "argument --threads: must be an int in [1, 2147483647], got 0"),
-    (["--threads", "99999999999999999999"], "argument --threads: must be an int in [1, 2147483647], got 9999"),
+    (["--threads", "0"], f"argument --threads: must be an int in [1, {MAX_THREADS}], got 0"),
+    (["--threads", "99999999999999999999"], f"argument --threads: must be an int in [1, {MAX_THREADS}], got 9999"),
+    (["--threads", "100000"], f"argument --threads: must be an int in [1, {MAX_THREADS}], got 100000"),
 ])
-def test_demo_bad_option_fails_before_any_work(tmp_path, capsys, option, message):
+def test_demo_bad_option_fails_before_any_work(tmp_path, capsys, option, message, few_threads_only):
     pytest.importorskip("sklearn")
     code, out, err = _exit_code(["demo", "--out", str(tmp_path / "o"), *option], capsys)
     assert code == 2 and message in err.splitlines()[-1] and out == ""

@@ -499,6 +499,29 @@ def test_flat_latents_and_reconstruct_are_encode_and_decode():
         assert torch.equal(rec, codec.decode(codec.encode(x)).clamp(0, 1).detach())
 
 
+@pytest.mark.parametrize("make", [lambda: GLOW, tiny_vae, OwnCodec,
+                                  lambda: ConvVAE((1, 8, 8), latent_dim=4, hidden=8, latent_side=2),
+                                  lambda: Glow((1, 8, 8), levels=2, steps=1, hidden=8)])  # ActNorm not initialised
+def test_an_empty_batch_is_encoded_and_decoded_as_the_transforms_pass_it(make):
+    """Audit 275: ``encode`` refused a batch of B = 0 ("x is an empty batch") that ``decode`` took, where the
+    transforms pass one through; both give empty outputs now, without a run of the codec (a Glow's ActNorm not yet
+    initialised took NaN from an empty decode). What trains or evaluates on a batch still refuses one."""
+    codec = make()
+    state = copy.deepcopy(codec.state_dict())
+    empty = torch.rand(0, *codec.image_shape, dtype=torch.float64)
+    z = codec.encode(empty)
+    assert [(t.shape, t.dtype) for t in z] == [((0, *s), torch.float32) for s in codec.latent_shapes]
+    assert codec.encode_flat(empty).shape == (0, codec.latent_dim)
+    for x in (codec.decode(z), codec.decode_flat(torch.zeros(0, codec.latent_dim)), codec.reconstruct(empty)):
+        assert (x.shape, x.dtype) == ((0, *codec.image_shape), torch.float32)
+    if isinstance(codec, ConvVAE):
+        assert codec.encode(empty, sample=True, generator=0)[0].shape == (0, *codec.latent_shapes[0])
+    if not isinstance(codec, OwnCodec):
+        with pytest.raises(ValueError, match=r"^x is an empty batch"):
+            codec.loss(empty)
+    assert all(torch.equal(t, state[k]) for k, t in codec.state_dict().items())
+
+
 def test_shipped_glow_digits_bits_per_dim_matches_its_registry_entry():
     """Golden value: the shipped flow's test bits/dim as recorded in the registry (eval_codec: seeded dequantisation)."""
     import json

@@ -24,7 +24,7 @@ from latent_transforms.latent_cache import FORMAT as CACHE_FORMAT
 from latent_transforms.latent_cache import LatentCache
 from latent_transforms.latent_noise import LatentNoise
 from latent_transforms.train import train_codec
-from latent_transforms.validation import WrongTypeError
+from latent_transforms.validation import MAX_THREADS, WrongTypeError
 from latent_transforms.varmixup import VarMixup
 
 from conftest import STRENGTH_ZERO_EXPECTED, OwnCodec, tiny_glow, tiny_vae
@@ -699,10 +699,13 @@ def test_folder_data_names_an_image_it_cannot_read(tmp_path, content):
     ({"seeds": (0, 1.5)}, TypeError, "seed must be an int"),
     ({"arms": ["baseline", "Mixup"]}, ValueError, r"unknown arms \['Mixup'\]; choose from \['baseline', "),
     ({"arms": []}, ValueError, r"arms must name at least one arm"),  # was: every arm
-    ({"threads": 0}, ValueError, "threads must be an int >= 1, got 0"),
+    ({"threads": 0}, ValueError, rf"threads must be an int in \[1, {MAX_THREADS}\], got 0"),
+    ({"threads": 100000}, ValueError, rf"^threads must be an int in \[1, {MAX_THREADS}\], got 100000$"),  # audit 275:
+    # about 2 OS threads each until the system could start no more; the first parallel op then ended it in a segfault
     ({"per_class": 0}, ValueError, "per_class must be an int >= 1, got 0"),  # not only at the split, data loaded
 ])
-def test_run_demo_checks_its_api_only_arguments_before_any_work(tmp_path, monkeypatch, kwargs, error, message):
+def test_run_demo_checks_its_api_only_arguments_before_any_work(tmp_path, monkeypatch, kwargs, error, message,
+                                                                few_threads_only):
     def load_images(*args):
         raise AssertionError("run_demo loaded the data before it checked its arguments")
 

@@ -1733,10 +1733,13 @@ def test_the_official_argument_order_is_named_as_the_cause(batch, net):
         ISDA(32, 10)(x, y, net)
     assert "layer=" not in str(info.value)
     # another mismatch: no word of the official order (a head of more outputs is named as perhaps grown)
-    with pytest.raises(ValueError, match=r"num_classes=5; pass layer='\.\.\.' naming the classifier \(or "
-                                         r"num_classes=10\); a classifier grown") as info:
+    with pytest.raises(ValueError, match=r"num_classes=5: either num_classes is miscounted \(num_classes=10 for this "
+                                         r"classifier\) or 'fc' is not the classifier \(pass layer='\.\.\.' naming "
+                                         r"it\); a classifier grown") as info:
         ISDA(5)(x, y % 5, net)
-    with pytest.raises(ValueError, match=r"num_classes=5 \(or num_classes=10\); a classifier grown") as loss_info:
+    with pytest.raises(ValueError, match=r"num_classes=5: either num_classes is miscounted \(num_classes=10 for this "
+                                         r"classifier\) or fc is not the classifier \(pass its nn.Linear\); a "
+                                         r"classifier grown") as loss_info:
         ISDALoss(5)(net.features(x), net.fc, y % 5)
     assert "official" not in str(info.value) + str(loss_info.value)
 
@@ -2320,14 +2323,17 @@ def test_fewer_num_classes_is_refused_too(make):
 
 @STRENGTH_ZERO_EXPECTED
 def test_a_classifier_of_fewer_outputs_is_not_named_as_grown(batch, net):
-    """Mutation round 23 (audit 204): the grown-classifier hint (grow(n), num_classes=n) is for a classifier of more
+    """Mutation round 23 (audit 204): the grown-classifier hint (grow(n)) is for a classifier of more
     outputs than the statistics' classes; one of fewer, or the official argument order with more outputs than
     features, gets its own hint only."""
     x, y = batch
-    with pytest.raises(ValueError, match=r"10 outputs but num_classes=12; pass layer='\.\.\.' naming the "
-                                         r"classifier$"):
+    with pytest.raises(ValueError, match=r"10 outputs but num_classes=12: either num_classes is miscounted "
+                                         r"\(num_classes=10 for this classifier\) or 'fc' is not the classifier "
+                                         r"\(pass layer='\.\.\.' naming it\)$"):  # audit 275: both causes named
         ISDA(12)(x, y, net)
-    with pytest.raises(ValueError, match=r"fc has 10 outputs but num_classes=12$"):
+    with pytest.raises(ValueError, match=r"^fc has 10 outputs but num_classes=12: either num_classes is miscounted "
+                                         r"\(num_classes=10 for this classifier\) or fc is not the classifier \(pass "
+                                         r"its nn.Linear\)$"):
         ISDALoss(12)(net.features(x), net.fc, y)
     fc = nn.Linear(8, 10)  # ISDALoss(feature_num=8, class_num=10), the official order
     for t, call in ((ISDALoss(8, 10), lambda t: t(torch.randn(len(y), 8), fc, y)),

@@ -1080,6 +1080,14 @@ def test_settings_fixed_at_construction_are_refused_in_one_style(glow, make, nam
     (lambda g: tiny_glow(), "level", "levels"),  # audit 248: and the codecs' settings fixed at construction
     (lambda g: tiny_vae(), "latent_sides", "latent_side"),
     (lambda g: tiny_vae(), "image_shap", "image_shape"),
+    (lambda g: LatentNoise(g), "epsilon", "eps"),  # audit 275: and a synonym, as other libraries name the setting
+    (lambda g: LatentNoise(g), "Sigma", "eps"),
+    (lambda g: LatentAdversarial(g), "alpha", "step_size"),
+    (lambda g: LatentAdversarial(g), "nb_iter", "steps"),
+    (lambda g: base.LatentTransform(), "prob", "p"),
+    (lambda g: VarMixup(g, num_classes=10), "seed", "generator"),
+    (lambda g: ISDALoss(10), "classes", "num_classes"),
+    (lambda g: ISDA(10), "feature_layer", "layer"),
 ])
 def test_a_misspelled_setting_assigned_after_construction_is_refused(glow, make, name, meant):
     """Audit 230: an assignment of a name that misspells a setting (a sweep's t.alpah = 0.4) made a new
@@ -1106,8 +1114,8 @@ def test_what_torch_packages_and_subclasses_add_to_a_transform_is_not_refused(gl
     t.train().apply(lambda m: None).to(torch.float64).compile()  # sets _compiled_call_impl; compiles nothing yet
     torch.ao.quantization.propagate_qconfig_(t, {"": torch.ao.quantization.default_dynamic_qconfig})
     assert t.qconfig is not None and t.codec.qconfig is not None
-    t.out, t.label, t.epsilon = torch.ones(1), "mine", 0.1  # no setting near ('epsilon' is 0.6 of 'eps')
-    assert (t.label, t.epsilon, t.eps) == ("mine", 0.1, 0.3)
+    t.out, t.label, t.alpha = torch.ones(1), "mine", 0.1  # no setting near, nor one it names (PGD's step_size)
+    assert (t.label, t.alpha, t.eps) == ("mine", 0.1, 0.3)
     copied = copy.deepcopy(t)
     copied.load_state_dict(t.state_dict(), assign=True)
     assert copied.eps == 0.3 and copied.qconfig is not None

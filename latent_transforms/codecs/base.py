@@ -258,12 +258,15 @@ class Codec(Settings, ChecksCodecStates, nn.Module):
 
     def encode(self, x: torch.Tensor) -> Latents:
         """x: (B, C, H, W) in [0, 1] -> standardised latents (codec dtype). The shape, dtype and device are checked
-        (uint8 images gave NaN latents), and the values as ``check_input`` says."""
-        self.check_input(x)
+        (uint8 images gave NaN latents), and the values as ``check_input`` says. An empty batch (``B = 0``) gives empty
+        latents, as ``decode`` gives empty images, without a run of the codec."""
+        self.check_input(x, allow_empty=True)
+        levels = self.checked_latent_shapes()
+        if not len(x):
+            return [x.new_empty((0, *s), dtype=self.dtype) for s in levels]
         self._refresh_derived()
         with exact_math(x.device.type):
             z = self._encode(x.to(self.dtype)) if self._compiled is None else self._compiled[0](self, x.to(self.dtype))
-        levels = self.checked_latent_shapes()
         shapes = [(x.shape[0], *s) for s in levels]
         # not the item itself for a non-tensor: a NumPy array compared with a shape raised numpy's broadcast error
         if not isinstance(z, (list, tuple)) or [t.shape if isinstance(t, torch.Tensor) else None for t in z] != shapes:
@@ -272,8 +275,11 @@ class Codec(Settings, ChecksCodecStates, nn.Module):
         return cast(Latents, z)  # a list (or tuple) of them, as checked
 
     def decode(self, z: Latents) -> torch.Tensor:
-        """Standardised latents -> (B, C, H, W), approximately in [0, 1] (codec dtype, not clipped)."""
+        """Standardised latents -> (B, C, H, W), approximately in [0, 1] (codec dtype, not clipped); ``B = 0`` gives
+        empty images without a run of the codec (a Glow's ActNorm, not yet initialised, took NaN from them)."""
         self.check_latents(z)
+        if not len(z[0]):
+            return z[0].new_empty((0, *self.image_shape), dtype=self.dtype)
         self._refresh_derived()
         z = [t.to(self.dtype) for t in z]
         with exact_math(z[0].device.type):
@@ -317,11 +323,12 @@ class Codec(Settings, ChecksCodecStates, nn.Module):
         z = [temperature * torch.randn((n, *s), generator=generator, device=device, dtype=self.dtype) for s in shapes]
         return self.decode(z).clamp(0, 1)
 
-    def check_input(self, x: torch.Tensor) -> None:
-        """Raise if x is not a (B, C, H, W) float batch of this codec's image shape on its device, or (but inside a
-        transform's call or ``validation.values_read``, whose caller read them) not finite in [0, 1]: one host sync,
-        as a transform's call (images in [0, 255] gave a VAE finite latents of nothing, a Glow NaN)."""
-        self.check_images(x, values=values_unread())
+    def check_input(self, x: torch.Tensor, allow_empty: bool = False) -> None:
+        """Raise if x is not a (B, C, H, W) float batch of this codec's image shape on its device (``B = 0`` only with
+        ``allow_empty``: ``encode``'s), or (but inside a transform's call or ``validation.values_read``, whose caller
+        read them) not finite in [0, 1]: one host sync, as a transform's call (images in [0, 255] gave a VAE finite
+        latents of nothing, a Glow NaN)."""
+        self.check_images(x, allow_empty=allow_empty, values=values_unread())
         self.check_dtype()
 
     def _refresh_derived(self) -> None:

@@ -175,7 +175,7 @@ class ConvVAE(Codec):
             return super().encode(x)
         if noise is not None and generator is not None:
             raise ValueError("give noise= (the draws themselves) or generator= (to draw them), not both")
-        self.check_input(x)
+        self.check_input(x, allow_empty=True)  # as encode's mean
         generator = draw_generator(generator, x.device)
         with exact_math(x.device.type):
             mu, logvar = self._posterior(x.to(self.dtype))
