@@ -15,8 +15,8 @@ from torch.utils.data import get_worker_info
 
 from .labels import num_classes_of, to_soft
 from .rng import GeneratorSource, generator_repr
-from .validation import (Settings, WrongTypeError, check_batch, check_classes, check_model, check_model_slot,
-                         check_number, describe, setting, values_read)
+from .validation import (Settings, ValueCheck, WrongTypeError, check_batch, check_classes, check_model,
+                         check_model_slot, check_number, describe, setting, values_read)
 
 __all__ = ["LatentTransform"]
 
@@ -215,7 +215,7 @@ class LatentTransform(Settings, SampleStats, nn.Module):
         self._rng = GeneratorSource(generator)
 
     # -- hooks for subclasses -------------------------------------------------------------------
-    def _value_checks(self, x: torch.Tensor, index: torch.Tensor | None) -> list:
+    def _value_checks(self, x: torch.Tensor, index: torch.Tensor | None) -> list[ValueCheck]:
         """A subclass's checks of values, as ``(statistics tensor, judge)`` pairs read in the call's one host sync
         (``validation.check_batch``; ``x`` and ``index`` have passed its form checks)."""
         return []
@@ -292,7 +292,7 @@ class LatentTransform(Settings, SampleStats, nn.Module):
         called directly."""
         return TypeError(f"{type(self).__name__} needs the classifier being trained: call t(x, y, model)")
 
-    def _destroyed_checks(self, device: torch.device) -> list:
+    def _destroyed_checks(self, device: torch.device) -> list[ValueCheck]:
         """The earlier calls' count of destroyed samples (``saturated``), read in this call's one host sync: once
         ``WINDOW`` transformed samples are counted, more than ``WARN`` of them destroyed warns (``forward``), once."""
         counts = self._destroyed
@@ -325,7 +325,8 @@ class LatentTransform(Settings, SampleStats, nn.Module):
         (a label mix makes class indices soft with them, once ``check_call`` has checked the indices against them)."""
         return num_classes_of(y, self.num_classes or CALLER_NUM_CLASSES.get())
 
-    def _keep_params(self, batch: int, selected: torch.Tensor | None, device: torch.device, params: dict) -> None:
+    def _keep_params(self, batch: int, selected: torch.Tensor | None, device: torch.device,
+                     params: dict[str, torch.Tensor]) -> None:
         """Set ``last_params`` to this call's, in one assignment (a thread sharing the transform sees one call's),
         detached: kept until the next call, a tensor with autograd history would hold its whole graph alive
         (LatentAdversarial's ``target``, the caller's labels: a teacher's soft labels hold the teacher's activations),
@@ -366,7 +367,7 @@ class LatentTransform(Settings, SampleStats, nn.Module):
                                  f"{lo}..{hi}{', some twice' if most > 1 else ''} (from a call on another batch?)")
         return selected
 
-    def _given_draws(self, params: dict, n: int, device: torch.device) -> dict[str, torch.Tensor]:
+    def _given_draws(self, params: dict[str, torch.Tensor], n: int, device: torch.device) -> dict[str, torch.Tensor]:
         """The draws of ``params`` that ``make_params`` would make, checked against a draw for no sample: n rows
         each, the same trailing shape and dtype, on ``device``; those of ``index_params`` indices in ``[0, n)``, those
         of ``weight_params`` weights in ``[0, 1]``."""

@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 import warnings
-from typing import TextIO
+from typing import Any, TextIO
 
 from . import __version__, demo, hub, train
 from .validation import is_out_of_memory
@@ -30,11 +30,11 @@ def _size(n: float | None) -> str:
     return f"{n:.1f} GB"
 
 
-def _quality(q: dict) -> str:
+def _quality(q: dict[str, object]) -> str:
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in q.items()) or "-"
 
 
-def _where(row: dict) -> str:
+def _where(row: dict[str, Any]) -> str:
     """Where a listed checkpoint is available: cached, shipped, only remote, or nowhere (no hub URL set)."""
     return ", ".join(w for w in ("cached", "shipped") if row[w]) or ("remote" if row["remote"] else "missing")
 

@@ -12,7 +12,7 @@ from .base import LatentTransform
 from .codecs import Codec, resolve_codec
 from .codecs.base import ChecksCodecStates
 from .latent_cache import LatentCache
-from .validation import WrongTypeError, bad_option, check_device, is_int, is_sequence
+from .validation import ValueCheck, WrongTypeError, bad_option, check_device, is_int, is_sequence
 
 if TYPE_CHECKING:
     from torch.nn.modules.module import _IncompatibleKeys
@@ -34,7 +34,7 @@ class CodecTransform(ChecksCodecStates, LatentTransform):
     """
 
     _codec_fingerprint: str | None  # the codec's fingerprint, taken when its _codec_key() was _fingerprint_key
-    _fingerprint_key: tuple | None
+    _fingerprint_key: tuple[int, ...] | None
 
     def __init__(self, codec: Codec | str, *, levels: Sequence[int] | None = None, cache: LatentCache | None = None,
                  **kwargs: Any):
@@ -119,7 +119,7 @@ class CodecTransform(ChecksCodecStates, LatentTransform):
     def _index_size(self) -> int | None:
         return None if self.cache is None else len(self.cache)
 
-    def _value_checks(self, x: torch.Tensor, index: torch.Tensor | None) -> list:
+    def _value_checks(self, x: torch.Tensor, index: torch.Tensor | None) -> list[ValueCheck]:
         """With ``index``: whether ``x`` holds the cached images at those positions (``LatentCache._image_checks``);
         left to ``check_inputs`` to refuse when the cache, the images' shape or device do not fit."""
         cache = self.cache
@@ -141,7 +141,7 @@ class CodecTransform(ChecksCodecStates, LatentTransform):
         self._codec_fingerprint, self._fingerprint_key = None, None
         self._check_cache()
 
-    def _codec_key(self) -> tuple:
+    def _codec_key(self) -> tuple[int, ...]:
         """Changes when the codec is replaced or its weights are written in place (``load_state_dict``, ``copy_``)."""
         return (id(self.codec), *(t._version for t in itertools.chain(self.codec.parameters(), self.codec.buffers())))
 

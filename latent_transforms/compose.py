@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence, cast, overload
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeGuard, cast, overload
 
 import torch
 from torch import nn
@@ -76,7 +76,7 @@ def _takes_floats_only(t: object) -> bool:
     return (isinstance(t, LatentTransform) and t._takes_images) or _is_kornia(t) or _has_mixup(t)
 
 
-def _takes_any_tensor(steps: list) -> bool:
+def _takes_any_tensor(steps: list[nn.Module]) -> bool:
     """Whether steps of a Compose take any ``(B, ...)`` tensor (vectors, sequences, token ids): they hold a latent
     step and every latent step never reads ``x`` (ISDA), the others being plain callables (no torchvision or kornia
     step: they take images). A Compose of callables alone takes images, as ever, and so does one holding it (a nested
@@ -93,14 +93,14 @@ def _is_torchvision_v2(t: object) -> bool:
     return isinstance(t, Transform)
 
 
-def _is_conversion(t: object) -> bool:
+def _is_conversion(t: object) -> TypeGuard[nn.Module]:
     """A torchvision v2 dtype conversion (``ToDtype``, ``ConvertImageDtype``, ``ToPureTensor``): run in eval() mode."""
     from torchvision.transforms.v2 import ConvertImageDtype, ToDtype, ToPureTensor
 
     return isinstance(t, (ToDtype, ConvertImageDtype, ToPureTensor))
 
 
-def _conversions_in(t: object) -> list:
+def _conversions_in(t: object) -> list[nn.Module]:
     """The dtype conversions that always run when step ``t`` runs: ``t`` itself, or those inside a torchvision
     ``v2.Compose`` or this ``Compose`` (not inside RandomApply/RandomChoice/RandomOrder: they may not run)."""
     from torchvision.transforms.v2 import Compose as TorchvisionCompose
@@ -125,7 +125,7 @@ def _is_kornia_container(t: object) -> bool:
     return isinstance(t, BasicSequentialBase)
 
 
-def _parts(t: object) -> list:
+def _parts(t: object) -> list[object]:
     """A step and, for containers (this Compose, torchvision's Compose/RandomChoice/RandomApply/..., nn.Sequential
     and kornia's AugmentationSequential/ImageSequential/..., which are nn.Sequential), what they hold."""
     inner = (t.steps if isinstance(t, Compose) else getattr(t, "transforms", None) if _is_torchvision_v2(t)
@@ -157,13 +157,13 @@ def _first_latent(t: object) -> LatentTransform | None:
     return t if isinstance(t, LatentTransform) else None
 
 
-def _needing_labels(t: object) -> list:
+def _needing_labels(t: object) -> list[object]:
     """The parts of a step (itself, or what a container holds) that cannot run on an unlabelled batch: label mixes
     and latent steps that need labels (ISDA, LatentAdversarial(target="true"))."""
     return [p for p in _parts(t) if _is_label_mix(p) or (isinstance(p, LatentTransform) and p.needs_labels)]
 
 
-def _needing_model(t: object) -> list:
+def _needing_model(t: object) -> list[LatentTransform]:
     """The latent steps that a training call of step ``t`` hands ``model`` to, all of which refuse ``model=None``:
     ``t`` itself, or those of a nested Compose in training mode (in ``eval()`` mode it runs none)."""
     if isinstance(t, Compose):
@@ -171,7 +171,7 @@ def _needing_model(t: object) -> list:
     return [t] if isinstance(t, LatentTransform) and t.needs_model else []
 
 
-def _classless_mix(steps: list, mixing: list[int]) -> tuple[str, str] | None:
+def _classless_mix(steps: list[nn.Module], mixing: list[int]) -> tuple[str, str] | None:
     """``(name, where)`` of the first label mix (steps ``mixing``) of a Compose that knows no classes, when it gets
     the labels as given (no torchvision v2 transform of one's own before it, which might make them soft): it refuses
     class indices, in training after the steps before it ran."""
@@ -211,7 +211,7 @@ def _refuse_held_by_container(t: object, i: int) -> None:
 _CUTMIX_NUM_MIX = "{name} with num_mix={num_mix}: overlapping boxes make its labels ambiguous; Compose supports num_mix=1"
 
 
-def _check_kornia_mix_step(steps: list, i: int, mixing: list[int], num_classes: int | None) -> None:
+def _check_kornia_mix_step(steps: list[nn.Module], i: int, mixing: list[int], num_classes: int | None) -> None:
     """A kornia mix at step ``i`` takes class indices and makes them soft: it needs ``num_classes`` and must come
     before every other label-mixing step (``mixing``: their positions)."""
     num_mix = getattr(getattr(steps[i], "_param_generator", None), "num_mix", 1)  # kornia's RandomCutMixV2
@@ -378,7 +378,7 @@ class Compose(Settings, ChecksCodecStates, nn.Module):
         num_classes = check_classes("num_classes", num_classes)
         # a step with other classes would fail only at the first label it cannot hold; without num_classes, the
         # steps' own is checked on every call (out-of-range labels reached torchvision MixUp's RuntimeError)
-        declared = []  # (num_classes, where, the step or part)
+        declared: list[tuple[int, str, Any]] = []  # (num_classes, where, the step or part: any with a num_classes)
         for i, t in enumerate(steps):
             for part in _parts(t):
                 k = getattr(part, "num_classes", None) if isinstance(part, (LatentTransform, Compose)) \

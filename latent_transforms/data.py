@@ -28,9 +28,10 @@ import os
 import zipfile
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+from numpy.typing import NDArray
 import torch
 
 from .hub import _offline, cache_dir
@@ -156,7 +157,7 @@ def _dtype_hint(lo: float, hi: float, floats: bool) -> str:
             "as (np.clip((x - lo) / (hi - lo), 0, 1) * 255).round().astype(np.uint8)" + _KEEP_LEVELS)
 
 
-def _uint8_to_tensor(x: np.ndarray, where: str) -> torch.Tensor:
+def _uint8_to_tensor(x: NDArray[Any], where: str) -> torch.Tensor:
     if x.dtype != np.uint8:
         hint = _dtype_hint(float(x.min()), float(x.max()), x.dtype.kind == "f") if x.dtype.kind in "iuf" and x.size \
             else ""
@@ -172,7 +173,7 @@ def _uint8_to_tensor(x: np.ndarray, where: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float().div_(255).contiguous()
 
 
-def _as_int64(y: np.ndarray, name: str) -> np.ndarray:
+def _as_int64(y: NDArray[Any], name: str) -> NDArray[np.int64]:
     """``y`` as int64; refuses non-integer dtypes and values beyond int64 (uint64 would wrap)."""
     if not np.issubdtype(y.dtype, np.integer):
         raise ValueError(f"{name} must be integers, got dtype {y.dtype}")
@@ -181,7 +182,7 @@ def _as_int64(y: np.ndarray, name: str) -> np.ndarray:
     return y.astype(np.int64)
 
 
-def _labels(y: np.ndarray, n: int, where: str) -> torch.Tensor:
+def _labels(y: NDArray[Any], n: int, where: str) -> torch.Tensor:
     if y.ndim != 1 or y.shape[0] != n:
         raise ValueError(f"{where}: labels y must have shape ({n},), got {y.shape}")
     y = _as_int64(y, f"{where}: labels y")
@@ -323,7 +324,7 @@ def _folder(root: Path) -> tuple[torch.Tensor, torch.Tensor | None, int]:
 
 
 # -- splits -------------------------------------------------------------------------------------------
-def cifar10_5k_index(y: np.ndarray) -> np.ndarray:
+def cifar10_5k_index(y: NDArray[Any]) -> NDArray[np.intp]:
     """The sorted positions of ``cifar10-5k`` in CIFAR-10's training set, from its labels ``y: (50000,)`` int in
     torchvision's order: for each class 0..9 in turn, 500 of the class's positions drawn without replacement by
     ``rng.choice``, with one ``rng = numpy.random.default_rng(0)`` (the rule of the project's ``train-5k.npz``)."""
@@ -335,7 +336,7 @@ def cifar10_5k_index(y: np.ndarray) -> np.ndarray:
     return np.sort(np.concatenate([rng.choice(np.flatnonzero(y == c), 500, replace=False) for c in range(10)]))
 
 
-def low_data_split(y: torch.Tensor | np.ndarray, per_class: int, seed: int = 0) -> torch.Tensor:
+def low_data_split(y: torch.Tensor | NDArray[Any], per_class: int, seed: int = 0) -> torch.Tensor:
     """Sorted (M,) int64 indices of ``per_class`` random samples of every class in ``y: (N,)`` integer class indices
     (a fixed low-data training subset, the same for the same ``seed``)."""
     check_count("per_class", per_class, 1)

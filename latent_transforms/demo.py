@@ -51,7 +51,7 @@ def _make_arms(glow: Any, vae: Any, seed: int) -> dict[str, Callable[[], nn.Modu
 
 def run_demo(out_dir: str | Path = "latent-transforms-demo", per_class: int = 10, epochs: int = 40,
              seeds: tuple[int, ...] = (0, 1, 2), arms: list[str] | None = None, progress: bool = True,
-             threads: int | None = None) -> dict:
+             threads: int | None = None) -> dict[str, dict[str, list[float]]]:
     """Run the demo; returns ``{arm: {"accuracy": [...], "seconds": [...]}}`` and writes ``out_dir/demo.png``.
 
     ``threads``: CPU threads for torch (default: torch's, at most 4; 1 on a CPU other jobs keep busy; given, at most
@@ -102,7 +102,7 @@ def run_demo(out_dir: str | Path = "latent-transforms-demo", per_class: int = 10
     return results
 
 
-def format_table(results: dict, per_class: int, epochs: int, n_test: int) -> str:
+def format_table(results: dict[str, dict[str, list[float]]], per_class: int, epochs: int, n_test: int) -> str:
     base = statistics.mean(results["baseline"]["seconds"]) if "baseline" in results else None
     lines = [f"digits, {per_class} training images per class, {epochs} epochs, test on {n_test} images",
              "", "| method | test accuracy (mean ± std over seeds) | train time per run | time vs baseline |",
@@ -147,7 +147,7 @@ def overview_picture(glow: Codec, vae: Codec, path: Path, test: tuple[torch.Tens
     return save_rows(picture_rows(glow, vae, x, y, model), path)
 
 
-def register_cli(subparsers: argparse._SubParsersAction) -> None:
+def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "demo", help="offline CPU demo on scikit-learn digits: a picture and an accuracy table",
         description="Train a small CNN on a few images per digit of scikit-learn's digits, without and with each "

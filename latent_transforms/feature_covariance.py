@@ -342,7 +342,7 @@ class FeatureCovariance(Settings, nn.Module):
         mean.add_(w.unsqueeze(1) * delta)
         self.count.add_(count)
 
-    def __setstate__(self, state: dict) -> None:
+    def __setstate__(self, state: dict[str, Any]) -> None:
         """A pickle of before 2026-12-06 holds the gather settings as ``sync`` and ``group`` (now ``_sync``,
         ``_group``: set only through ``sync_stats``), one of before 2026-12-05 ``diagonal`` too (read from
         ``covariance`` since)."""
@@ -356,13 +356,13 @@ class FeatureCovariance(Settings, nn.Module):
     def __copy__(self) -> "FeatureCovariance":
         return self._copy_with(lambda attributes: attributes)
 
-    def __deepcopy__(self, memo: dict) -> "FeatureCovariance":
+    def __deepcopy__(self, memo: dict[int, Any]) -> "FeatureCovariance":
         """A copy gathering over the same process group (a group is a handle on the ranks, not data to copy)."""
         if self._group is not None:
             memo[id(self._group)] = self._group
         return self._copy_with(lambda attributes: copy.deepcopy(attributes, memo), memo)
 
-    def _copy_with(self, copy_attributes: Callable[[dict[str, Any]], dict[str, Any]], memo: dict | None = None
+    def _copy_with(self, copy_attributes: Callable[[dict[str, Any]], dict[str, Any]], memo: dict[int, Any] | None = None
                    ) -> "FeatureCovariance":
         new = self.__class__.__new__(self.__class__)
         if memo is not None:  # a reference back to this module inside its attributes gets the copy

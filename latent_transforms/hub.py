@@ -72,7 +72,7 @@ _HUB_URL = "LATENT_TRANSFORMS_HUB_URL"  # the environment variable naming the ba
 _MAX_NAME_CHARS = 200  # a registry name's length
 _SEPARATORS = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
 
-_registered: dict[str, dict] = {}  # runtime entries from register(), shadowing the shipped registry
+_registered: dict[str, dict[str, Any]] = {}  # runtime entries from register(), shadowing the shipped registry
 _loaded: dict[tuple[str, str, str], "Codec"] = {}  # (name, device, sha256) -> frozen codec
 _lock = threading.Lock()  # guards _registered, _loaded and _load_locks
 _load_locks: dict[tuple[str, str, str], threading.Lock] = {}
@@ -215,13 +215,13 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
-def chmod_default(path: str | os.PathLike) -> None:
+def chmod_default(path: str | os.PathLike[str]) -> None:
     """Give a file from ``mkstemp`` (mode 0600) the usual permissions (0666 minus the process's umask)."""
     with contextlib.suppress(OSError):
         os.chmod(path, 0o666 & ~_UMASK)
 
 
-def _remove(path: str | os.PathLike) -> None:
+def _remove(path: str | os.PathLike[str]) -> None:
     try:
         os.unlink(path)
     except FileNotFoundError:
@@ -229,7 +229,7 @@ def _remove(path: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
     """Yield a temporary path beside ``path`` to write to; when the block ends without error it is flushed to disk,
     gets the usual permissions and is renamed over ``path``, else it is removed: ``path`` never holds half a file,
     also after a crash or power loss (without the flush, the rename could reach the disk before the data)."""
@@ -246,14 +246,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         _remove(tmp)
 
 
-def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     """``(metadata, tensors)`` of a safetensors file, on the CPU; raises ``SafetensorError`` if it is not one."""
     # with torch 2.4 and safetensors 0.4, get_tensor made the tensors on torch's default device
     with cpu_as_default_device(), safe_open(str(path), framework="pt", device="cpu") as f:
         return f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
 
 
-def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+def write_safetensors(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
     """Write ``tensors`` (CPU, contiguous) and ``metadata`` to a safetensors file at ``path``, atomically; returns
     the file's sha256 (hex).
 
@@ -466,7 +466,7 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
 
 
 # -- registry ---------------------------------------------------------------------------------------
-def _check_entry(name: object, entry: object, where: str) -> dict:
+def _check_entry(name: object, entry: object, where: str) -> dict[str, Any]:
     if not isinstance(name, str) or not name or not _is_plain_text(name) or len(name) > _MAX_NAME_CHARS:
         # ' x', a newline or 5,000 characters were accepted
         raise ValueError(f"{where}: checkpoint names must be non-empty str of printable characters, without leading "
@@ -504,7 +504,7 @@ def _is_int_at_least(value: object, low: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
-def _read_registry_file(path: Path) -> dict | None:
+def _read_registry_file(path: Path) -> dict[str, Any] | None:
     """The object in a registry file, its entries validated (messages name the file); None if there is no file."""
     try:
         text = path.read_text(encoding="utf-8-sig")  # a byte order mark, as some Windows editors write, is skipped
@@ -526,7 +526,7 @@ def _read_registry_file(path: Path) -> dict | None:
     return data
 
 
-def _shipped_registry() -> dict[str, dict]:
+def _shipped_registry() -> dict[str, dict[str, Any]]:
     path = SHIPPED_DIR / "registry.json"
     registry = _read_registry_file(path) if path.is_file() else None  # None: no file (also one gone since)
     return {} if registry is None else dict(registry["checkpoints"])
@@ -537,7 +537,7 @@ def user_registry_path() -> Path:
     return cache_dir() / "registry.json"
 
 
-def _user_registry_data(path: Path, shipped: dict[str, dict]) -> dict:
+def _user_registry_data(path: Path, shipped: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The user registry file's object (``{"checkpoints": {}}`` if there is none), checked against ``shipped``."""
     try:
         data = _read_registry_file(path)
@@ -552,7 +552,7 @@ def _user_registry_data(path: Path, shipped: dict[str, dict]) -> dict:
     return data
 
 
-def _registry(warn_if_broken: bool = False) -> dict[str, dict]:
+def _registry(warn_if_broken: bool = False) -> dict[str, dict[str, Any]]:
     """Every registered name. ``warn_if_broken``: a user registry file that cannot be used is reported as a warning
     and its entries left out, instead of raising."""
     shipped, path = _shipped_registry(), user_registry_path()  # a bad LATENT_TRANSFORMS_HOME raises, never warns
@@ -626,7 +626,7 @@ def _cache_dir_lock(directory: Path) -> Iterator[None]:
             held.discard(directory)
 
 
-def _edit_user_registry(edit: Callable[[dict[str, dict]], bool]) -> None:
+def _edit_user_registry(edit: Callable[[dict[str, dict[str, Any]]], bool]) -> None:
     """Apply ``edit`` (returns whether it changed anything) to the user registry file's entries under a lock and
     replace the file atomically, keeping the other entries (a broken file is reported before anything is touched)."""
     path = user_registry_path()
@@ -642,11 +642,11 @@ def _edit_user_registry(edit: Callable[[dict[str, dict]], bool]) -> None:
             Path(tmp).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
-def _persist(name: str, entry: dict, overwrite: bool) -> None:
+def _persist(name: str, entry: dict[str, Any], overwrite: bool) -> None:
     """Add ``entry`` (in its JSON form) to the user registry file."""
     path = user_registry_path()
 
-    def add(entries: dict[str, dict]) -> bool:
+    def add(entries: dict[str, dict[str, Any]]) -> bool:
         if name in entries and not overwrite:
             raise ValueError(f"checkpoint {name!r} is already registered in {path}; pass overwrite=True to replace it")
         entries[name] = entry
@@ -685,8 +685,8 @@ def register(name: str, *, file: str, sha256: str, config: dict[str, Any], train
                       f"copy it there before hub.load({name!r})", stacklevel=2)
 
 
-def _add_entry(name: str, *, file: str, sha256: str, config: dict, trained_on: str, quality: dict | None, notes: str,
-               size: int | None, overwrite: bool, persist: bool) -> None:
+def _add_entry(name: str, *, file: str, sha256: str, config: dict[str, Any], trained_on: str,
+               quality: dict[str, Any] | None, notes: str, size: int | None, overwrite: bool, persist: bool) -> None:
     """``register`` without the warning about the file (``register_run`` puts the file in place afterwards)."""
     check_bool("overwrite", overwrite)
     check_bool("persist", persist)
@@ -723,7 +723,7 @@ class RegisteredRun:
     changed: bool
 
 
-def _read_run(path: Path) -> dict:
+def _read_run(path: Path) -> dict[str, Any]:
     """The ``registry_entry`` of a run's JSON (``latent-transforms train`` writes it beside the checkpoint), checked,
     with the run's ``name``."""
     if not path.is_file():
@@ -817,9 +817,9 @@ def unregister(name: str, *, persist: bool = False) -> dict[str, Any]:
     (``latent-transforms unregister NAME`` also deletes the copy ``register`` put in the cache dir)."""
     if name in _shipped_registry() and name not in _registered:  # register(overwrite=True) of it is undone
         raise ValueError(f"{name!r} is a shipped checkpoint; only names you registered can be removed")
-    removed: list[dict] = []
+    removed: list[dict[str, Any]] = []
 
-    def remove(entries: dict[str, dict]) -> bool:
+    def remove(entries: dict[str, dict[str, Any]]) -> bool:
         if name in entries:
             removed.append(entries.pop(name))
         return bool(removed)
@@ -846,7 +846,7 @@ def _closest(name: str, names: Iterable[str]) -> str | None:
     return next(iter(close_names(name, names)), None)
 
 
-def _entry(name: str) -> dict:
+def _entry(name: str) -> dict[str, Any]:
     with _lock:
         if name in _registered:
             return _registered[name]

@@ -477,7 +477,7 @@ class _ArmedHook:
         self.owner, self.label, self.fired = weakref.ref(owner), label, False
         self.y, self.lam, self.chosen = y, lam, chosen
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, object]:
         return {"owner": None, "label": self.label, "fired": True}  # a copy carries no ISDA, labels or statistics
 
     @property
@@ -489,7 +489,7 @@ class _ArmedHook:
                              f"torch.jit.script cannot compile it: call isda.disarm(model) first (a copy's, or one "
                              f"whose ISDA was dropped, also goes at the model's next forward)")
 
-    def __call__(self, module: nn.Linear, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+    def __call__(self, module: nn.Linear, args: tuple[object, ...], output: torch.Tensor) -> torch.Tensor | None:
         owner = None if self.owner is None else self.owner()
         if owner is None:
             _remove_hook(module, self)
@@ -552,7 +552,7 @@ def _in_backward() -> bool:
     return task_id is not None and task_id() != -1
 
 
-def _saved_as_they_are() -> contextlib.AbstractContextManager:
+def _saved_as_they_are() -> contextlib.AbstractContextManager[None]:
     """Around the correction: its tensors saved for backward are kept as they are, not by the saved-tensor hooks of
     the forward around it. A non-reentrant activation checkpoint's (``torch.utils.checkpoint(...,
     use_reentrant=False)`` around the classifier) would expect them again when it recomputes the forward in the

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -13,7 +13,7 @@ from . import hub
 from .casts import TensorFn, without_16_bit_casts
 from .codecs import Codec, resolve_codec
 from .progress import progress_bar
-from .validation import (MissingFileError, Settings, check_bool, check_count, check_images, check_index,
+from .validation import (MissingFileError, Settings, ValueCheck, check_bool, check_count, check_images, check_index,
                          resolve_device, setting, values_read)
 
 if TYPE_CHECKING:
@@ -121,7 +121,7 @@ class LatentCache(Settings, nn.Module):
                 setattr(self, key, before.to(after.device))
         return self
 
-    def _image_checks(self, x: torch.Tensor, index: torch.Tensor) -> list:
+    def _image_checks(self, x: torch.Tensor, index: torch.Tensor) -> list[ValueCheck]:
         """Whether ``x: (B, C, H, W)`` holds the cached images at ``index`` (on the cache's device, in range: judged
         before), as a ``(statistics, judge)`` pair for ``validation.check_batch``; none if ``verify_images`` is off or
         the cache was saved without signatures."""
@@ -197,10 +197,10 @@ class LatentCache(Settings, nn.Module):
         return hub.write_safetensors(path, tensors, {
             "format": FORMAT, **hub.checksum_metadata(tensors), "codec_fingerprint": self._codec_fingerprint})
 
-    def get_extra_state(self) -> dict:
+    def get_extra_state(self) -> dict[str, str | torch.Tensor | None]:
         return {"codec_fingerprint": self._codec_fingerprint, "signatures": self._image_signatures}
 
-    def set_extra_state(self, state: dict) -> None:
+    def set_extra_state(self, state: dict[str, Any]) -> None:
         """The fingerprint (a transform then checks it against its own codec) and the loaded latents' image
         signatures: the old ones would refuse the images of the loaded latents and accept those they replaced. A
         state without them (saved before 2026-12-03) turns the image check off, as an old cache file does."""

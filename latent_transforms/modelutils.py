@@ -8,7 +8,7 @@ import platform
 import re
 import sys
 import threading
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -35,10 +35,10 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 _BORROW_LOCK = threading.Lock()
-_borrows: dict[int, list] = {}  # id(model) -> [calls borrowing it, its modules' modes, its parameters' flags, it]
+_borrows: dict[int, list[Any]] = {}  # id(model) -> [calls borrowing it, its modules' modes, its parameters' flags, it]
 
 
-def _give_back(modes: list, flags: list) -> None:
+def _give_back(modes: list[tuple[nn.Module, bool]], flags: list[tuple[nn.Parameter, bool]]) -> None:
     for m, mode in modes:
         m.training = mode
     for p, flag in flags:

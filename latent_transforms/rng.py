@@ -9,6 +9,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -114,7 +115,7 @@ class GeneratorSource:
     # A torch.Generator pickles its state as a tensor, which Linux's default "file_descriptor" sharing cannot send to
     # spawned DataLoader workers ("unable to resize file"); pickled as bytes, a transform travels to any process.
     # One box per generator: a generator shared by several transforms stays shared in the copy.
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["spec"] = _box(self.spec)
         state["_per_device"] = {key: _box(g) for key, g in self._per_device.items()}
@@ -150,7 +151,8 @@ class _PicklableGenerator:
         g = self.generator
         return _generator_from_bytes, (str(g.device), g.get_state().numpy().tobytes())
 
-    def __deepcopy__(self, memo: dict) -> torch.Generator:  # the copy a deepcopy makes of the generator elsewhere too
+    # the copy a deepcopy makes of the generator elsewhere too
+    def __deepcopy__(self, memo: dict[int, Any]) -> torch.Generator:
         return copy.deepcopy(self.generator, memo)
 
 

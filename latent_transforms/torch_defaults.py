@@ -13,7 +13,7 @@ __all__: list[str] = []  # the package's own machinery: none of it is API (docs/
 _DEFAULT_DTYPE_LOCK = threading.RLock()  # torch's default dtype is process-wide: one codec build sets it at a time
 
 
-def cpu_as_default_device() -> contextlib.AbstractContextManager:
+def cpu_as_default_device() -> contextlib.AbstractContextManager[torch.device | None]:
     """The CPU as torch's default device for the block, where another is set (``torch.set_default_device``); nothing
     where it is the CPU already, as the device mode would intercept every op of the block."""
     # torch.empty's device, not torch.get_default_device(): torch 2.4's raised AttributeError once a default device

@@ -71,7 +71,7 @@ class _TrainingRecipe:
     label: str  # the kind as messages name it ("... is a VAE setting")
     settings: tuple[str, ...]  # train_codec's codec settings of this kind (another kind's must be None)
     settings_note: str  # ends the message refusing another kind's setting for this one
-    base_config: Callable[[int, int, int], dict]  # (height, width, num_bins) -> config entries before overrides
+    base_config: Callable[[int, int, int], dict[str, Any]]  # (height, width, num_bins) -> config before overrides
     optimizer: Callable[..., torch.optim.Optimizer]  # called as (params, lr=...)
     grad_clip: float | None  # the default max gradient norm
     actnorm: bool  # a fresh codec initialises its ActNorm layers from ACTNORM_INIT_BATCH training images
@@ -87,7 +87,7 @@ class _TrainingRecipe:
     weakness: Callable[[Codec, dict[str, float]], str | None]
 
 
-def _glow_config(h: int, w: int, num_bins: int) -> dict:
+def _glow_config(h: int, w: int, num_bins: int) -> dict[str, int]:
     """Up to 3 levels, as many as halve the image (H, W) to a side of 2 or more (at least 1)."""
     levels = 0
     while levels < 3 and h % 2 ** (levels + 1) == 0 and w % 2 ** (levels + 1) == 0 and min(h, w) // 2 ** (levels + 1) >= 2:
@@ -101,7 +101,8 @@ def _roundtrip_err(codec: Codec, x: torch.Tensor) -> float:
         return float((codec.decode(codec.encode(xb)) - xb).abs().max())
 
 
-def _glow_batch_metrics(codec: Codec, xb: torch.Tensor, gen: torch.Generator) -> tuple[dict, dict]:
+def _glow_batch_metrics(codec: Codec, xb: torch.Tensor, gen: torch.Generator
+                        ) -> tuple[dict[str, float], dict[str, float]]:
     """``bits_per_dim`` summed over ``xb`` (B, C, H, W) (uniform dequantisation noise from ``gen``), and the
     batch's ``roundtrip_max_err``, as ``(sums, maxes)``."""
     glow = cast(Glow, codec)  # RECIPES["glow"]'s
@@ -113,7 +114,8 @@ def _glow_batch_metrics(codec: Codec, xb: torch.Tensor, gen: torch.Generator) ->
     return {"bits_per_dim": float(bpd.sum())}, {"roundtrip_max_err": _roundtrip_err(codec, xb)}
 
 
-def _vae_batch_metrics(codec: Codec, xb: torch.Tensor, gen: torch.Generator) -> tuple[dict, dict]:
+def _vae_batch_metrics(codec: Codec, xb: torch.Tensor, gen: torch.Generator
+                       ) -> tuple[dict[str, float], dict[str, float]]:
     """``mse``, ``kl``, ``rec`` and ``nelbo`` summed over ``xb`` (B, C, H, W) (one posterior sample from ``gen``), as
     ``(sums, {})``."""
     vae = cast(ConvVAE, codec)  # RECIPES["vae"]'s
@@ -194,7 +196,7 @@ def default_config(kind: str, image_shape: tuple[int, int, int], num_bins: int =
         return build_codec(config).config  # validates and fills in every default
 
 
-def _refuse_too_big(config: dict) -> None:
+def _refuse_too_big(config: dict[str, Any]) -> None:
     """Refuse a codec whose float32 weights alone exceed this machine's memory (in all, not free; a codec is built on
     the CPU, then moved): a flow's steps and a VAE's decoder blocks are built one by one, so 10**20 steps built for
     hours, until the system killed the process, before any allocation failed. The parameter count is linear in them:
@@ -233,7 +235,7 @@ def save_training_state(path: str | os.PathLike[str], model: torch.nn.Module, op
 
     tensors = {f"model/{k}": cpu(v) for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
-    scalars: dict[str, dict] = {}
+    scalars: dict[str, dict[str, Any]] = {}
     for idx, state in opt["state"].items():
         for key, value in state.items():
             if isinstance(value, torch.Tensor):
@@ -318,7 +320,7 @@ def load_training_state(path: str | os.PathLike[str]
     return model_state, optim, fields["info"], extra
 
 
-def _bad_state(path: str | os.PathLike, why: str) -> ValueError:
+def _bad_state(path: str | os.PathLike[str], why: str) -> ValueError:
     return ValueError(f"{path} is not a valid training state: {why}; delete it, or start afresh with resume=False "
                       f"(--no-resume) or another name/out dir")
 
@@ -417,15 +419,15 @@ def _lr_factor(step: int, warmup: int, progress: float) -> float:
     return warm * 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
 
 
-def _run_length(length: dict) -> str:
+def _run_length(length: dict[str, Any]) -> str:
     return f"{length['total_steps']} steps" if length["total_steps"] is not None else f"{length['budget_s'] / 60:g} min"
 
 
-def _warm_up(length: dict) -> str:
+def _warm_up(length: dict[str, Any]) -> str:
     return f"{length['warmup']} steps" + ("" if length["total_steps"] is not None else " (at most a fifth of the time)")
 
 
-def _describe_schedule(schedule: list[dict], step: int) -> str:
+def _describe_schedule(schedule: list[dict[str, Any]], step: int) -> str:
     """The LR schedule the run's ``step`` steps followed; one part per run length that trained steps."""
     ends = [s["from_step"] for s in schedule[1:]] + [step]
     parts = [(s, end) for s, end in zip(schedule, ends) if end > s["from_step"]]
@@ -510,7 +512,7 @@ def _check_train_args(x_train: torch.Tensor, x_test: torch.Tensor | None, name: 
                                  f"the training state), got {shown}") from None
 
 
-def _refuse_other_kind_settings(codec_kind: str, settings: dict, spell: Callable[[str], str] = str) -> None:
+def _refuse_other_kind_settings(codec_kind: str, settings: dict[str, Any], spell: Callable[[str], str] = str) -> None:
     """``ValueError`` naming (as ``spell(name)``) each setting of another codec kind that is not None."""
     own = RECIPES[codec_kind]
     for other in RECIPES.values():
@@ -521,8 +523,8 @@ def _refuse_other_kind_settings(codec_kind: str, settings: dict, spell: Callable
             raise ValueError(f"{', '.join(given[:-1])} and {given[-1]} are {other.label} settings{own.settings_note}")
 
 
-def _codec_config(codec_kind: str, image_shape: tuple[int, int, int], num_bins: int, config: dict | None,
-                  settings: dict) -> dict:
+def _codec_config(codec_kind: str, image_shape: tuple[int, int, int], num_bins: int, config: dict[str, Any] | None,
+                  settings: dict[str, Any]) -> dict[str, Any]:
     """``default_config()`` with the codec ``settings`` (by name) of ``codec_kind`` (another kind's must be None),
     then ``config``."""
     _refuse_other_kind_settings(codec_kind, settings)
@@ -535,14 +537,17 @@ def _codec_config(codec_kind: str, image_shape: tuple[int, int, int], num_bins: 
 SETTINGS_ADDED_LATER = {"data_sha256": None, "translate": 0}
 
 
-def _new_info(codec_kind: str, settings: dict, steps_per_epoch: int) -> dict:
+def _new_info(codec_kind: str, settings: dict[str, Any], steps_per_epoch: int) -> dict[str, Any]:
     """The ``info`` (JSON-able, saved with the training state) of a run that starts at step 0."""
     return {"kind": codec_kind, **settings, "optimizer": RECIPES[codec_kind].optimizer.__name__,
             "steps_per_epoch": steps_per_epoch, "step": 0, "train_time_s": 0.0, "nonfinite_steps": 0,
             "history": [], "calls": 0, "schedule": []}
 
 
-def _load_resume(state_path: Path, settings: dict) -> tuple[dict, tuple[dict, dict, dict]]:
+_SavedState = tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, torch.Tensor]]  # (model, optimizer, extra) states
+
+
+def _load_resume(state_path: Path, settings: dict[str, Any]) -> tuple[dict[str, Any], _SavedState]:
     """``(info, (model_state, optimizer_state, extra_tensors))`` of the training state to resume.
 
     Raises ``ValueError`` if it was saved with other ``settings`` or its ``info`` lacks a field.
@@ -571,8 +576,8 @@ def _load_resume(state_path: Path, settings: dict) -> tuple[dict, tuple[dict, di
     return info, (model_state, optim_state, extra)
 
 
-def _build(codec_kind: str, cfg: dict, dev: torch.device, lr: float, seed: int, x: torch.Tensor,
-           saved: tuple | None, state_path: Path) -> tuple[Codec, torch.optim.Optimizer]:
+def _build(codec_kind: str, cfg: dict[str, Any], dev: torch.device, lr: float, seed: int, x: torch.Tensor,
+           saved: _SavedState | None, state_path: Path) -> tuple[Codec, torch.optim.Optimizer]:
     """The seeded codec and its kind's optimizer (``RECIPES``), fresh or restored from ``saved``.
 
     A fresh codec with ActNorm (a flow) initialises it from up to ``ACTNORM_INIT_BATCH`` random images of ``x``
@@ -602,7 +607,8 @@ def _build(codec_kind: str, cfg: dict, dev: torch.device, lr: float, seed: int, 
     return codec, optimizer
 
 
-def _weight_ema(codec: Codec, decay: float, saved: tuple | None, num_updates: int, dev: torch.device) -> WeightEMA:
+def _weight_ema(codec: Codec, decay: float, saved: _SavedState | None, num_updates: int, dev: torch.device
+                ) -> WeightEMA:
     """A ``WeightEMA`` of ``codec``, continuing the average saved as ``ema/<key>`` extra tensors if any."""
     extra = saved[2] if saved else {}
     shadow = {k[len("ema/"):]: v.to(dev) for k, v in extra.items() if k.startswith("ema/")}
@@ -622,7 +628,7 @@ class _TrainingRun:
     codec: Codec
     optimizer: torch.optim.Optimizer
     ema: WeightEMA | None
-    info: dict
+    info: dict[str, Any]
     state_path: Path
     x: torch.Tensor  # (N, C, H, W) float32 training images on ``device``
     device: torch.device
@@ -638,7 +644,7 @@ class _TrainingRun:
     total_steps: int | None
     budget_s: float | None
     checkpoint_every: int
-    loss_fn: Callable[[torch.Tensor], tuple[torch.Tensor, dict]]  # codec.loss, or a torch.compile of it
+    loss_fn: Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]  # codec.loss, or its torch.compile
     nonfinite_in_a_row: int = field(default=0, init=False)
     stop_signal: int | None = field(default=None, init=False)  # one of _STOP_SIGNALS, received while training
 
@@ -787,7 +793,7 @@ class _TrainingRun:
         xb = self.x[perm[pos * bs:(pos + 1) * bs]]
         return random_shift_flip(xb, self.translate, self.flips, padding="reflect")
 
-    def _update(self, xb: torch.Tensor, lr_now: float, step: int) -> tuple[torch.Tensor, dict]:
+    def _update(self, xb: torch.Tensor, lr_now: float, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One optimizer step at ``lr_now`` on the loss of ``xb`` (B, C, H, W); returns ``codec.loss(xb)``.
 
         A non-finite loss or gradient skips the update (the schedule goes on; a NaN gradient would have made every
@@ -867,8 +873,8 @@ def _diverged(run: _TrainingRun, ckpt: Path, what: str) -> None:
 
 
 def _report(run: _TrainingRun, stored: Codec, *, name: str, ckpt: Path, sha: str, dtype: torch.dtype,
-            fallback: str | None, x_train: torch.Tensor, trained_by: dict, ema_decay: float | None,
-            metrics: dict[str, float], eval_on: str, test_set: bool, notes: str) -> dict:
+            fallback: str | None, x_train: torch.Tensor, trained_by: dict[str, Any], ema_decay: float | None,
+            metrics: dict[str, float], eval_on: str, test_set: bool, notes: str) -> dict[str, Any]:
     """The JSON report of a finished run: file, config, training settings and history, metrics (``evaluated_on``
     says on what), and a ready-made registry entry (quality ``test_*`` with a test set, ``train_*`` without).
     ``trained_by``: the ``device``, ``data`` description and ``compiled`` (the loss) of the last call that trained.
@@ -922,7 +928,7 @@ def _report(run: _TrainingRun, stored: Codec, *, name: str, ckpt: Path, sha: str
     }
 
 
-def _say_written(say: Callable[..., None], report: dict, ckpt: Path, js: Path, png: Path,
+def _say_written(say: Callable[..., None], report: dict[str, Any], ckpt: Path, js: Path, png: Path,
                  metrics: dict[str, float]) -> None:
     """Tell where the final files went, the metrics (on the test set, or on training images without one), and how to
     load the codec and register it by name."""
@@ -1215,7 +1221,7 @@ def train_codec(
 
 
 # -- command line -----------------------------------------------------------------------------------------------
-def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Add ``train`` to an argparse subparsers object (``args.func(args)`` runs it); returns its parser."""
     p: argparse.ArgumentParser = subparsers.add_parser(
         "train", help="train your own codec (Glow flow or VAE) on images",
@@ -1271,7 +1277,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
     return p
 
 
-def _cmd_train(args: argparse.Namespace) -> dict:
+def _cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     from .data import describe_spec, load_images
 
     if args.epochs is None and args.max_steps is None and args.max_minutes is None:

@@ -572,7 +572,10 @@ def wide_float(device: torch.device | str) -> torch.dtype:
     return torch.float32 if torch.device(device).type == "mps" else torch.float64
 
 
-def _check_values(checks: list[tuple[torch.Tensor, Callable[[list[float]], None]]]) -> None:
+ValueCheck = tuple[torch.Tensor, Callable[[list[float]], None]]  # (statistics, judge of their values read on the host)
+
+
+def _check_values(checks: list[ValueCheck]) -> None:
     """Read every check's statistics (small tensors on one device) on the host at once, one host sync, then judge
     them in order. In ``wide_float`` (int64 class indices and positions stay exact below 2**53 in float64)."""
     wide = wide_float(checks[0][0].device)
@@ -794,7 +797,7 @@ def _check_samples(x: torch.Tensor, name: str = "x") -> None:
 
 def check_batch(x: torch.Tensor, y: torch.Tensor | None, num_classes: int | None = None,
                 index: torch.Tensor | None = None, index_size: int | None = None, allow_uint8: bool = False,
-                values: bool = True, more_checks: Callable[[], list] | None = None, uint8_hint: str = "",
+                values: bool = True, more_checks: Callable[[], list[ValueCheck]] | None = None, uint8_hint: str = "",
                 images: bool = True) -> None:
     """The checks of every ``t(x, y, model, index=...)`` call: images, labels (``None``: an unlabelled batch) and
     index agree on the batch (``index`` in ``[0, index_size)`` when the size is known). ``allow_uint8``: ``uint8``
@@ -820,7 +823,7 @@ def check_batch(x: torch.Tensor, y: torch.Tensor | None, num_classes: int | None
     if not values or not len(x):  # an empty batch has no value to read, nor a caller's more_checks
         return
     with no_autocast(x.device):
-        checks = []  # judged in this order: images, labels, index
+        checks: list[ValueCheck] = []  # judged in this order: images, labels, index
         if image_values:
             checks.append((_image_stats(x), lambda v: _judge_images(x, "x", *v)))
         elif finite_values:

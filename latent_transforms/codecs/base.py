@@ -159,8 +159,10 @@ class Codec(Settings, ChecksCodecStates, nn.Module):
         super().__init__()
         self.image_shape = cast(tuple[int, int, int], image_shape)  # its check takes any sequence, keeps a tuple
         self.frozen = False
-        self._compiled: tuple[Callable, Callable] | None = None  # torch.compile'd (_encode, _decode), unbound
-        self._compile_args: tuple[bool | None, dict] | None = None  # (dynamic, compile_kwargs) when compiled
+        # torch.compile'd (_encode, _decode), unbound
+        self._compiled: tuple[Callable[[Codec, torch.Tensor], Latents],
+                              Callable[[Codec, Latents], torch.Tensor]] | None = None
+        self._compile_args: tuple[bool | None, dict[str, Any]] | None = None  # (dynamic, compile_kwargs) when compiled
 
     @staticmethod
     def _check_positive(**values: object) -> list[int]:
@@ -272,7 +274,7 @@ class Codec(Settings, ChecksCodecStates, nn.Module):
         if not isinstance(z, (list, tuple)) or [t.shape if isinstance(t, torch.Tensor) else None for t in z] != shapes:
             raise ValueError(f"{type(self).__name__}._encode must return a list of one tensor per latent level, of "
                              f"shapes {shapes} here (latent_shapes {levels}); it returned {describe(z)}")
-        return cast(Latents, z)  # a list (or tuple) of them, as checked
+        return z  # a list (or tuple) of them, as checked
 
     def decode(self, z: Latents) -> torch.Tensor:
         """Standardised latents -> (B, C, H, W), approximately in [0, 1] (codec dtype, not clipped); ``B = 0`` gives
@@ -454,12 +456,12 @@ class Codec(Settings, ChecksCodecStates, nn.Module):
         self._compile_args = dynamic, compile_kwargs
         return self
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, Any]:
         # compiled functions do not pickle (DataLoader workers started with "spawn", torch.save): keep their
         # arguments and compile again, lazily, in the copy
         return {**super().__getstate__(), "_compiled": None}
 
-    def __setstate__(self, state: dict) -> None:
+    def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         if state.get("_compile_args") is not None:
             dynamic, kwargs = state["_compile_args"]

@@ -301,7 +301,7 @@ class Glow(Codec):
         if self._folded and self._fold_source_versions() != self._folded_versions:  # weights written in place
             self._fold_weights()
 
-    def __setstate__(self, state: dict) -> None:
+    def __setstate__(self, state: dict[str, Any]) -> None:
         # a deep copy or an unpickled Glow: its tensors are new, their counters start afresh (and could equal the
         # recorded ones), and its folded weights are copies of the original's, which match them: record them anew
         super().__setstate__(state)

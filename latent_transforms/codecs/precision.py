@@ -23,7 +23,9 @@ __all__ = ["exact_math"]
 
 _LOCK = threading.Lock()
 _depth = 0                         # codec calls in progress, all threads
-_saved: tuple[list, list] = ([], [])  # (legacy setter, value), (fp32_precision holder, stored value)
+_Legacy = tuple[Callable[[], Any], Callable[[Any], Any], Any, Any]  # (getter, setter, value before, value inside)
+_Stored = tuple[Any, str, str | None]  # (fp32_precision holder, stored before, stored inside; None: a failed switch)
+_saved: tuple[list[_Legacy], list[_Stored]] = ([], [])  # what _full_precision() returned, for _restore()
 
 
 def _legacy_settings() -> list[tuple[Callable[[], Any], Callable[[Any], Any], Any]]:
@@ -44,7 +46,7 @@ def _precision_settings() -> tuple[list[Any], list[Any]]:
     return exact + [cudnn.rnn, mkldnn.rnn], exact
 
 
-def _full_precision() -> tuple[list, list]:
+def _full_precision() -> tuple[list[_Legacy], list[_Stored]]:
     """Switch to full precision; returns what ``_restore()`` needs to undo it (undone already if it fails):
     ``(getter, setter, value before, value inside)`` per legacy setting, ``(holder, stored before, stored inside)``
     per ``fp32_precision`` holder."""
@@ -76,7 +78,7 @@ def _read(get: Callable[[], Any]) -> Any:
         return RuntimeError
 
 
-def _restore(legacy: list, stored: list) -> None:
+def _restore(legacy: list[_Legacy], stored: list[_Stored]) -> None:
     """Restore every setting as it was before the switch, then make again the changes another thread made while a
     codec call was running (a value that differs from the one read inside; none on a failed switch, where the value
     inside is None), so that they end as if made outside it."""
