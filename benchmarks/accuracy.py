@@ -534,10 +534,7 @@ def format_report(results: dict) -> str:
     # the runs' own devices: a --resume or --merge may gather runs made on several
     devices = sorted({r.get("device_name") or cfg["device_name"] for rs in results["runs"].values()
                       for r in rs.values()} or {cfg["device_name"]})
-    lines = []
-    if cfg["smoke"]:
-        lines += ["**SMOKE RUN**: tiny model, tiny data, a few epochs, random-init codecs unless given. It checks the "
-                  "pipeline end to end; the numbers mean nothing.", ""]
+    lines = [SMOKE_BANNER, ""] if cfg["smoke"] else []
     lines += [f"CIFAR ResNet-18 (width {cfg['width']}), {cfg['epochs']} epoch{'s' if cfg['epochs'] != 1 else ''}, batch {cfg['batch_size']}, "
               f"one-cycle SGD lr {cfg['lr']}, {cfg['precision']} on {' / '.join(devices)}; "
               f"trained on {cfg['n_train']} images of {cfg['source_train']}"
@@ -737,6 +734,9 @@ def shard_spec(text: str) -> tuple[int, int]:
     return index, count
 
 
+# what heads a report of --smoke runs (sweep_report.py's too)
+SMOKE_BANNER = ("**SMOKE RUN**: tiny model, tiny data, a few epochs, random-init codecs unless given. It checks the "
+                "pipeline end to end; the numbers mean nothing.")
 # --smoke's defaults; one thread: predictable on a busy shared CPU (more threads thrash there)
 # 2 epochs: ISDA's strength grows as lambda0 * epoch / epochs from 0, so in a 1-epoch smoke it never acted
 SMOKE_DEFAULTS = {"epochs": 2, "seeds": [0], "width": 4, "batch_size": 32, "threads": 1}
@@ -747,9 +747,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     d = p.add_argument_group("data")
     d.add_argument("--train", default="cifar10",
                    help="cifar10 (torchvision download), cifar10-5k (its 5,000-image subset that the docs' figures "
-                        "use) or npz:PATH")
+                        "use), npz:PATH or folder:PATH")
     d.add_argument("--test", default="cifar10",
-                   help="cifar10 (also cifar10-5k's test set) or npz:PATH; not read with --eval-on val")
+                   help="cifar10 (also cifar10-5k's test set), npz:PATH or folder:PATH; not read with --eval-on val")
     d.add_argument("--data-root", help=f"download folder for cifar10 (default: {DEFAULT_DATA_ROOT})")
     d.add_argument("--train-size", type=POSITIVE_INT, help="class-balanced subset of the training images (before the val split)")
     d.add_argument("--val-fraction", type=float, default=0.1,

@@ -198,12 +198,13 @@ def main() -> None:
         mp.spawn(worker, args=(f"file://{tmp}/store", args), nprocs=RANKS)
         result = torch.load(Path(tmp) / "result.pt").tolist()
     glow_name = "tiny random-init Glow (smoke)" if args.smoke else args.glow
-    (print_accumulation if args.no_sync else print_against_unwrapped)(result, glow_name, args)
+    data = "random 8x8 images (smoke)" if args.smoke else "digits"
+    (print_accumulation if args.no_sync else print_against_unwrapped)(result, glow_name, data, args)
 
 
-def print_against_unwrapped(result: list[float], glow_name: str, args) -> None:
+def print_against_unwrapped(result: list[float], glow_name: str, data: str, args) -> None:
     images, grads_left, step = result
-    print(f"\nLatentAdversarial({glow_name}, eps={args.eps:g}, steps={args.steps}) on {args.batch} digits, "
+    print(f"\nLatentAdversarial({glow_name}, eps={args.eps:g}, steps={args.steps}) on {args.batch} {data}, "
           f"{args.batch // RANKS} per rank, {RANKS} gloo ranks of the CPU, fully_shard (classifier sharded too) "
           f"against the unwrapped model; torch {torch.__version__}\n")
     print("| figure | largest over the ranks |")
@@ -214,10 +215,10 @@ def print_against_unwrapped(result: list[float], glow_name: str, args) -> None:
           f"batch | {step:.1e} |")
 
 
-def print_accumulation(result: list[float], glow_name: str, args) -> None:
+def print_accumulation(result: list[float], glow_name: str, data: str, args) -> None:
     ddp_broadcast, ddp_own, no_attack, fsdp2, written_early, written_late = result
     print(f"\nGradient accumulation, {OPTIMIZER_STEPS} SGD steps of {MICRO_BATCHES} micro-batches on {args.batch} "
-          f"digits each, {args.batch // RANKS} per rank, {RANKS} gloo ranks of the CPU; every micro-batch attacked "
+          f"{data} each, {args.batch // RANKS} per rank, {RANKS} gloo ranks of the CPU; every micro-batch attacked "
           f"by LatentAdversarial({glow_name}, eps={args.eps:g}, steps={args.steps}) before its forward; torch "
           f"{torch.__version__}\n")
     print("| figure | largest over the ranks and steps |")

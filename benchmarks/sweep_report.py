@@ -18,7 +18,7 @@ from pathlib import Path
 
 from latent_transforms.validation import output_folder
 
-from accuracy import arm_settings, common_codecs, delta_vs_baseline, read_results, setting
+from accuracy import SMOKE_BANNER, arm_settings, common_codecs, delta_vs_baseline, read_results, setting
 from models import argument_parser, run_script, write_text
 
 # what every folder must share (data and its sha256, schedule, seeding and scoring protocol); the arm settings
@@ -61,10 +61,11 @@ def collect(paths: list[Path]) -> tuple[dict, dict]:
 
 def format_table(rows: dict, shared: dict) -> str:
     seeds = sorted({int(s) for r in rows.values() for s in r})
-    lines = [f"{shared['eval_on']} accuracy; width-{shared['width']} ResNet-18, {shared['epochs']} epochs, "
-             f"{shared['n_train']} training images, {shared['n_eval']} evaluated, {shared['precision']}.", "",
-             "| setting | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | Δ vs baseline (paired ± std) | s / epoch |",
-             "|---|" + "---|" * (len(seeds) + 3)]
+    lines = [SMOKE_BANNER, ""] if shared.get("smoke") else []  # accuracy.py --smoke runs, as their own report says
+    lines += [f"{shared['eval_on']} accuracy; width-{shared['width']} ResNet-18, {shared['epochs']} epochs, "
+              f"{shared['n_train']} training images, {shared['n_eval']} evaluated, {shared['precision']}.", "",
+              "| setting | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | Δ vs baseline (paired ± std) | s / epoch |",
+              "|---|" + "---|" * (len(seeds) + 3)]
     for name, by_seed in sorted(rows.items(), key=lambda kv: (kv[0] != "baseline", kv[0])):
         mean = statistics.mean(run["accuracy"] for run in by_seed.values())
         delta = delta_vs_baseline(rows, name, seeds)  # on the seeds shared with the baseline; "-" without one

@@ -450,7 +450,9 @@ def format_table(result: dict) -> str:
     if len(steps) == 3:
         one, per = steps[1] - steps[0], (steps[3] - steps[1]) / 2
         lines.append(f"LatentAdversarial cost in PGD steps: fixed {1000 * steps[0]:.2f} ms, first step "
-                     f"{1000 * one:.2f} ms, each of steps 2-3 {1000 * per:.2f} ms (linear when these two agree).")
+                     f"{1000 * one:.2f} ms, each of steps 2-3 {1000 * per:.2f} ms (linear when these two agree)"
+                     + ("; below 0, the three rows' times are noise (a busy machine, or too few --iters), not a "
+                        "step's cost." if min(one, per) < 0 else "."))
     compiled = [r for r in result["rows"] if r["key"].endswith("_compiled") and "seconds" in r]  # those that ran
     if compiled:
         firsts = ", ".join(f"{r['method']} {r['first_call_seconds']:.1f} s" for r in compiled)
@@ -484,8 +486,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/throughput", help="output folder")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction,
                    help="add rows with codec.compile_fast_path() (default: on CUDA; on a CPU compiling takes minutes)")
-    p.add_argument("--compile-mode", help="torch.compile's mode for those rows, e.g. reduce-overhead (CUDA graphs) "
-                                          "(default: torch's)")
+    p.add_argument("--compile-mode", help="torch.compile's mode for those rows, e.g. reduce-overhead (CUDA graphs); "
+                                          "turns --compile on (default: torch's)")
     p.add_argument("--smoke", action="store_true",
                    help=f"tiny codecs, and these defaults instead of the others: {smoke_defaults_help(SMOKE_DEFAULTS)}")
     args = parse_args_with_smoke(p, SMOKE_DEFAULTS, argv=argv)  # an option given beside --smoke wins

@@ -341,6 +341,25 @@ def test_throughput_table_reports_isdas_own_memory():
     assert "max |decode(encode(x)) - x|: library codec 2.0e-06, normflows path 3.0e-06" in md
 
 
+def test_throughput_table_says_a_negative_pgd_step_cost_is_noise():
+    """Audit 277: on a loaded CPU, `throughput.py --device cpu --iters 2` timed the 3-step attack faster than the
+    1-step one and printed "each of steps 2-3 -297.77 ms (linear when these two agree)" without a word on it."""
+    tp = _load_benchmark("throughput")
+    cfg = {"smoke": False, "batch_size": 8, "device_name": "cpu", "torch": "2", "iters": 2, "warmup": 5,
+           "codecs": {"glow": "g", "vae": "v"}, "width": 64, "compile": False,
+           "max_abs_diff_normflows_vs_codec_roundtrip": 1e-6, "max_abs_roundtrip_error_codec": 2e-6,
+           "max_abs_roundtrip_error_normflows": 3e-6}
+    noted = {}
+    for three_steps in (9.0, 3.0):  # linear (2 s a step after a first of 2 s), then the 3-step row timed faster
+        rows = [dict(key=f"latent_adversarial_{k}", method=f"{k} steps", timed="t", seconds=s, images_per_second=1.0,
+                     vs_train_step=1.0, peak_extra_bytes=None)
+                for k, s in ((0, 3.0), (1, 5.0), (3, three_steps))]
+        md = tp.format_table({"config": cfg, "rows": rows})
+        assert "LatentAdversarial cost in PGD steps: fixed 3000.00 ms, first step 2000.00 ms" in md, md
+        noted[three_steps] = "below 0, the three rows' times are noise" in md
+    assert noted == {9.0: False, 3.0: True}
+
+
 def _fake_results(path: Path, arm: str, seed: int, accuracy: float, codec: dict | None = None, **settings) -> Path:
     config = {"train": "npz:t.npz", "eval_on": "val", "epochs": 12, "batch_size": 128, "lr": 0.1,
               "weight_decay": 5e-4, "width": 16, "precision": "fp32", "val_fraction": 0.1, "n_train": 4500,
@@ -1787,6 +1806,7 @@ def test_fsdp2_attack_smoke_gives_the_unwrapped_models_images_and_leaves_no_grad
                                         "max abs difference of a training step's gradient after the attack, sharded vs "
                                         "one process on the whole batch"))
     assert float(images) < 1e-6 and int(grads) == 0 and float(step) < 1e-5, proc.stdout
+    assert "on 32 random 8x8 images (smoke), 16 per rank" in proc.stdout  # audit 277: it said "32 digits"
 
 
 @pytest.mark.slow
@@ -1802,6 +1822,7 @@ def test_fsdp2_attack_no_sync_smoke_tells_the_attacks_buffers_from_rounding(tmp_
     broadcast, own, no_attack, fsdp2 = (float(value) for _, value in rows[:4])
     assert broadcast > 1e-4 and max(own, no_attack, fsdp2) < 1e-6, proc.stdout
     assert rows[4][1] == "6 / 0", proc.stdout  # every sharded parameter's .grad, written early; none the other way
+    assert "on 8 random 8x8 images (smoke) each" in proc.stdout  # audit 277: it said "8 digits each"
 
 
 def test_isda_memory_reports_out_of_memory_only_for_a_step_that_ran_out(tmp_path):
@@ -2114,6 +2135,19 @@ def test_sweep_report_table_orders_seeds_as_numbers_and_means_every_seed(monkeyp
     assert "| latent-noise | 50.0% | 50.0% | 95.0% | 65.0% | +5.0 ± 26.0 | 10.00 |" in table
 
 
+def test_sweep_report_of_smoke_runs_says_so_as_their_own_reports_do(monkeypatch):
+    """Audit 277: `sweep_report.py` over `accuracy.py --smoke` runs (calibration.md's sweep commands with --smoke, a
+    check of the commands in seconds) printed a table like a real sweep's; each run's results.md said SMOKE RUN."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sweep = _load_benchmark("sweep_report")
+    rows = {"baseline": {"0": {"accuracy": 0.1, "seconds_per_epoch": 2.0}}}
+    shared = {"eval_on": "val", "width": 16, "epochs": 12, "n_train": 180, "n_eval": 20, "precision": "fp32"}
+    for smoke in (True, False):
+        table = sweep.format_table(rows, {**shared, "smoke": smoke})
+        assert table.startswith("**SMOKE RUN**: ") is smoke, table
+        assert "val accuracy; width-16 ResNet-18, 12 epochs, 180 training images, 20 evaluated, fp32." in table
+
+
 def test_sweep_report_checks_its_out_folder_before_printing_anything(tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     sweep = _load_benchmark("sweep_report")
@@ -2302,6 +2336,19 @@ def test_every_benchmarks_help_gives_each_default_in_one_form(script, monkeypatc
         values = action.default if isinstance(action.default, list) else [action.default]
         text = options[action.option_strings[0]]
         assert "(default: " in text and all(str(v) in text for v in values), text
+
+
+def test_accuracy_data_and_throughput_compile_mode_help_say_what_the_code_does(monkeypatch, capsys):
+    """Audit 277: accuracy.py's --train/--test help named cifar10 and npz:PATH only, though folder:PATH is read (as
+    benchmarks/README.md says), and throughput.py's --compile-mode did not say that it turns --compile on."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    helps = {}
+    for script in ("accuracy", "throughput"):
+        with pytest.raises(SystemExit):
+            _load_benchmark(script).parse_args(["--help"])
+        helps[script] = " ".join(capsys.readouterr().out.split())
+    assert helps["accuracy"].count("npz:PATH or folder:PATH") == 2, helps["accuracy"]
+    assert "turns --compile on" in helps["throughput"], helps["throughput"]
 
 
 @pytest.mark.parametrize("script", ["accuracy", "throughput", "calibrate_eps", "codec_quality", "vae_class_guidance",
