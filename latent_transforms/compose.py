@@ -13,6 +13,7 @@ from .base import (CALLER_NUM_CLASSES, NOT_ABOUT_THE_BATCH, LabelsT, LatentTrans
 from .codecs.base import ChecksCodecStates
 from .isda import ISDA, check_class_indices, grown_classifier_named
 from .labels import blend, to_soft
+from .mixup_inference import LatentMixupInference
 from .validation import Settings, WrongTypeError, check_batch, check_classes, check_model_slot, setting
 
 if TYPE_CHECKING:
@@ -72,8 +73,9 @@ def _is_kornia(t: object) -> bool:
 
 
 def _takes_floats_only(t: object) -> bool:
-    """Whether a step refuses uint8 images (a torchvision v2 transform but MixUp, a callable, or ISDA may take them)."""
-    return (isinstance(t, LatentTransform) and t._takes_images) or _is_kornia(t) or _has_mixup(t)
+    """Whether a step refuses uint8 images (a torchvision v2 transform but MixUp and Normalize, a callable, or ISDA
+    may take them)."""
+    return (isinstance(t, LatentTransform) and t._takes_images) or _is_kornia(t) or bool(_float_only_torchvision(t))
 
 
 def _takes_any_tensor(steps: list[nn.Module]) -> bool:
@@ -111,11 +113,18 @@ def _conversions_in(t: object) -> list[nn.Module]:
     return [c for s in inner for c in _conversions_in(s)]
 
 
-def _has_mixup(t: object) -> bool:
-    """Whether a step is, or holds, torchvision's MixUp (it takes float images only; CutMix takes uint8 too)."""
-    from torchvision.transforms.v2 import MixUp
+def _float_only_torchvision(t: object) -> str | None:
+    """Why a step, or what it holds, takes float images only: torchvision's MixUp (it blends pixel values; CutMix takes
+    uint8 too) or Normalize (torchvision's TypeError "Input tensor should be a float tensor" named no step and no
+    fix); ``None`` for neither."""
+    from torchvision.transforms.v2 import MixUp, Normalize
 
-    return any(isinstance(p, MixUp) for p in _parts(t))
+    for p in _parts(t):
+        if isinstance(p, MixUp):
+            return "MixUp (it blends pixel values)"
+        if isinstance(p, Normalize):
+            return "Normalize (torchvision normalises float images only)"
+    return None
 
 
 def _is_kornia_container(t: object) -> bool:
@@ -171,10 +180,11 @@ def _needing_model(t: object) -> list[LatentTransform]:
     return [t] if isinstance(t, LatentTransform) and t.needs_model else []
 
 
-def _classless_mix(steps: list[nn.Module], mixing: list[int]) -> tuple[str, str] | None:
-    """``(name, where)`` of the first label mix (steps ``mixing``) of a Compose that knows no classes, when it gets
-    the labels as given (no torchvision v2 transform of one's own before it, which might make them soft): it refuses
-    class indices, in training after the steps before it ran."""
+def _first_mix_of_given_labels(steps: list[nn.Module], mixing: list[int]) -> tuple[object, str, str] | None:
+    """``(mix, name, where)`` of the first label mix (steps ``mixing``), when it gets the labels as given (no
+    torchvision v2 transform of one's own before it, which might change their form): what it refuses (class indices
+    for a mix that knows no classes, soft labels for a kornia mix) is refused before any step runs, in either mode
+    (refused at the mix, the steps before it had drawn and run; ``eval()`` mode, which runs no mix, passed them)."""
     if not mixing:
         return None
     i = mixing[0]
@@ -182,7 +192,7 @@ def _classless_mix(steps: list[nn.Module], mixing: list[int]) -> tuple[str, str]
            for s in steps[:i] for p in _parts(s)):
         return None
     mix = next(p for p in _parts(steps[i]) if _is_label_mix(p))
-    return (_name(mix) if mix is steps[i] else type(mix).__name__), _where(mix, steps[i], i)
+    return mix, (_name(mix) if mix is steps[i] else type(mix).__name__), _where(mix, steps[i], i)
 
 
 def _refuse_held_by_container(t: object, i: int) -> None:
@@ -307,8 +317,9 @@ class Compose(Settings, ChecksCodecStates, nn.Module):
     checked as its first latent step (also a nested Compose's first) checks it alone in ``eval()`` mode, ``model``
     aside.
 
-    ``x: (B, C, H, W)`` float in [0, 1], or ``uint8`` when the first step is a torchvision v2 transform or a callable
-    (``v2.ToDtype(torch.float32, scale=True)`` before the first latent, kornia or MixUp step converts it; ``uint8``
+    ``x: (B, C, H, W)`` float in [0, 1], or ``uint8`` when the first step is a torchvision v2 transform (but MixUp and
+    Normalize) or a callable (``v2.ToDtype(torch.float32, scale=True)`` before the first latent, kornia, MixUp or
+    Normalize step converts it; ``uint8``
     that no conversion step converts is refused in ``eval()`` mode). Any ``(B, ...)`` tensor (vectors, sequences,
     token ids) when the latent steps are ISDA, which never reads ``x``, and the others plain callables.
     ``index: (B,)`` dataset positions (for a ``LatentCache``) go to the first step only,
@@ -353,6 +364,10 @@ class Compose(Settings, ChecksCodecStates, nn.Module):
             steps.append(t if isinstance(t, nn.Module) else _Callable(t))
         for i, t in enumerate(steps):
             for p in _parts(t):
+                if isinstance(p, LatentMixupInference):  # called as t(x): its (B, K) probabilities came out as images
+                    raise WrongTypeError(f"{_where(p, t, i)} predicts, returning (B, K) probabilities, not images: it "
+                                         f"is no augmentation step; call it on the test images, probs = t(x), outside "
+                                         f"the Compose (docs/methods/mixup_inference.md)")
                 if _is_unsupported_kornia_mix(p):
                     raise ValueError(f"{_where(p, t, i)}: a kornia mix whose labels Compose cannot follow (it gives "
                                      f"no class-mixing weights); use kornia's RandomMixUpV2/RandomCutMixV2 or "
@@ -408,7 +423,9 @@ class Compose(Settings, ChecksCodecStates, nn.Module):
         # what runs in eval() mode: the dtype conversions (a validation loader's uint8 images come out as in training)
         self._conversions = [c for t in steps for c in _conversions_in(t)]
         self._isda_at = [_where(p, s, i) for i, s in enumerate(steps) for p in _parts(s) if isinstance(p, ISDA)]
-        self._classless_mix = _classless_mix(steps, mixing) if num_classes is None else None
+        first_mix = _first_mix_of_given_labels(steps, mixing)
+        self._classless_mix = first_mix[1:] if first_mix and num_classes is None else None
+        self._kornia_mix_at = first_mix[2] if first_mix and _is_kornia_mix(first_mix[0]) else None
         self._takes_uint8 = not _takes_floats_only(steps[0] if steps else None)  # once: it walks the step's parts
         self._takes_images = not _takes_any_tensor(steps)
         self._uint8_hint = "" if self._takes_uint8 else (  # where the conversion goes
@@ -485,6 +502,10 @@ class Compose(Settings, ChecksCodecStates, nn.Module):
         elif y.ndim == 2:  # no step makes soft labels before ISDA (refused when built): given ones, in eval() mode too
             for where in self._isda_at:
                 check_class_indices(y, where)
+            if self._kornia_mix_at is not None:  # in eval() mode too: training would refuse them at the mix
+                raise ValueError(f"{self._kornia_mix_at} is a kornia mix, which takes class-index labels, but y holds "
+                                 f"soft (B, K) labels; pass class indices, or use torchvision.transforms.v2.MixUp/"
+                                 f"CutMix, which take either")
         elif self._classless_mix is not None:  # in eval() mode too: training would refuse these class indices
             name, where = self._classless_mix
             raise ValueError(f"{name} mixes labels: pass num_classes=... or (B, K) soft labels ({where} gets these "
@@ -560,8 +581,8 @@ class Compose(Settings, ChecksCodecStates, nn.Module):
             if not getattr(step, "use_correct_lambda", False):  # CutMix's paper convention: lam weighs the own label
                 lam = 1 - lam
             return x2, blend(to_soft(own, k), to_soft(other, k), lam)
-        if not x.is_floating_point() and _has_mixup(step):  # torchvision's own error named no step and no fix
-            raise ValueError(f"x must be a float tensor for MixUp (it blends pixel values), got dtype {x.dtype}")
+        if not x.is_floating_point() and (why := _float_only_torchvision(step)):  # torchvision's errors named no step
+            raise ValueError(f"x must be a float tensor for {why}, got dtype {x.dtype}")  # and no fix
         n = len(x)
         if _is_torchvision_v2(step) and y is not None:
             x2, y2 = _checked(step, i, step(x, y), pair=True, batch=n)

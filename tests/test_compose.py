@@ -8,7 +8,7 @@ import torchvision.transforms.v2 as T
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from latent_transforms import ISDA, Compose, LatentCache
+from latent_transforms import ISDA, Compose, LatentCache, LatentMixupInference
 from latent_transforms.latent_adversarial import LatentAdversarial
 from latent_transforms.latent_noise import LatentNoise
 from latent_transforms.varmixup import VarMixup
@@ -45,6 +45,62 @@ def test_randaugment_before_and_after_latent_then_mixup(rgb, rgb_glow):
     ):
         x2, y2 = Compose(pipeline)(x, y, net)
         _check(x2, y2, x, soft=True)
+
+
+@pytest.fixture(scope="module")
+def rgb_codecs():
+    """A frozen (3, 16, 16) Glow and VAE, shared by the tests of a module (``rgb_glow`` builds one per test)."""
+    return tiny_glow(shape=(3, 16, 16)), tiny_vae(shape=(3, 16, 16))
+
+
+_MATRIX_METHODS = {
+    "LatentNoise": lambda glow, vae: LatentNoise(glow, eps=1.0, p=0.5, generator=1),
+    "LatentAdversarial": lambda glow, vae: LatentAdversarial(glow, target="true", p=0.5, generator=1),
+    "VarMixup": lambda glow, vae: VarMixup(vae, p=0.5, generator=1),  # with the Compose's num_classes
+}
+_MATRIX_STEPS = {
+    "v2 RandAugment": T.RandAugment,  # given uint8 images, a ToDtype right after it (first, after a first latent step)
+    "v2 CutMix": lambda: T.CutMix(num_classes=10),
+    "kornia AugmentationSequential": lambda: K.AugmentationSequential(K.RandomHorizontalFlip(),
+                                                                      K.ColorJitter(0.2, 0.2, p=1.0)),
+    "kornia RandomMixUpV2": K.RandomMixUpV2,
+}
+
+
+@pytest.mark.parametrize("latent_first", [False, True])
+@pytest.mark.parametrize("step", sorted(_MATRIX_STEPS))
+@pytest.mark.parametrize("method", sorted(_MATRIX_METHODS))
+def test_each_method_composes_with_torchvision_and_kornia_steps_in_either_order(rgb, rgb_codecs, method, step,
+                                                                                latent_first):
+    """Audit 279's composition matrix, kept small: a latent step before or after a torchvision or kornia step gives
+    the images' shape in float32, labels soft (rows summing to 1) after a mix and as given otherwise, the same output
+    from the same seeds, and in eval() mode the batch as given (its uint8 images converted)."""
+    x, y = rgb
+    uint8 = step == "v2 RandAugment"
+    x_in = (x * 255).round().to(torch.uint8) if uint8 else x
+    to_float = [T.ToDtype(torch.float32, scale=True)] if uint8 else []
+
+    def build():
+        latent, pixel = _MATRIX_METHODS[method](*rgb_codecs), _MATRIX_STEPS[step]()
+        return Compose([*to_float, latent, pixel] if latent_first else [pixel, *to_float, latent], num_classes=10)
+
+    if method == "VarMixup" and step == "kornia RandomMixUpV2" and latent_first:
+        with pytest.raises(ValueError, match=r"RandomMixUpV2 \(kornia\) at step 1 takes class-index labels, but "
+                                             r"VarMixup at step 0 makes them soft"):
+            build()
+        return
+    net = TinyNet(channels=3)
+    outputs = []
+    for _ in range(2):
+        torch.manual_seed(0)  # torchvision's and kornia's steps draw from the global RNG, the latent ones from theirs
+        outputs.append(build()(x_in, y, net))
+    (x2, y2), (x3, y3) = outputs
+    _check(x2, y2, x, soft=method == "VarMixup" or "Mix" in step)
+    assert torch.equal(x2, x3) and torch.equal(y2, y3)
+    if y2.ndim == 1:
+        assert torch.equal(y2, y)
+    x4, y4 = build().eval()(x_in, y)  # evaluation needs no model
+    assert y4 is y and (torch.equal(x4, to_float[0](x_in)) if uint8 else x4 is x_in)
 
 
 def test_pixel_only_keeps_index_labels(rgb, rgb_glow):
@@ -99,11 +155,32 @@ def test_a_kornia_mix_inside_a_torchvision_container_is_refused():
         Compose([T.RandomApply([K.RandomMixUpV2()])], num_classes=10)
 
 
-def test_kornia_mixup_of_given_soft_labels_says_so(rgb):
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("mix", [K.RandomMixUpV2, K.RandomCutMixV2])
+@pytest.mark.filterwarnings("ignore:RandomCutMixV2 currently uses the old")
+def test_a_kornia_mix_given_soft_labels_is_refused_before_any_step_runs_in_either_mode(rgb, rgb_glow, mix, mode):
+    """Audit 279: training refused them at the mix, after the steps before it had drawn and run, blaming the previous
+    step ("Compose step 1 (RandomMixUpV2), on the output of step 0 (LatentNoise)"); eval() mode passed them."""
+    x, y = rgb
+    noise = LatentNoise(rgb_glow, eps=1.0, generator=0)
+    c = getattr(Compose([noise, mix()], num_classes=10), mode)()
+    with pytest.raises(ValueError, match=rf"^{mix.__name__} at step 1 is a kornia mix, which takes class-index labels, "
+                                         rf"but y holds soft \(B, K\) labels; pass class indices, or use "
+                                         rf"torchvision.transforms.v2.MixUp/CutMix"):
+        c(x, torch.nn.functional.one_hot(y, 10).float())
+    assert noise.last_params == {}  # nothing drawn
+    _check(*c(x, y), x, soft=mode == "train")  # class indices: as ever
+
+
+def test_kornia_mixup_of_soft_labels_a_step_of_ones_own_made_says_so(rgb):
+    class OneHot(T.Transform):
+        def forward(self, x, y):
+            return x, torch.nn.functional.one_hot(y, 10).float()
+
     x, y = rgb
     with pytest.raises(ValueError, match=r"RandomMixUpV2 \(kornia\) takes class-index labels, got soft \(B, K\) labels "
                                          r"\(given, or made by an earlier"):  # said "an earlier step made them soft"
-        Compose([K.RandomMixUpV2()], num_classes=10)(x, torch.nn.functional.one_hot(y, 10).float())
+        Compose([OneHot(), K.RandomMixUpV2()], num_classes=10)(x, y)
 
 
 @pytest.mark.parametrize("mixer", [lambda: T.MixUp(num_classes=10), lambda: T.CutMix(num_classes=10),
@@ -425,6 +502,15 @@ def test_a_compiled_latent_step_is_refused_when_built(rgb_glow, make):
     # of one's own", and a compiled ISDA slipped past the check against label-mixing steps
     with pytest.raises(TypeError, match=r"step 1 is torch.compile\((LatentNoise|ISDA|Compose)\).*itself"):
         Compose([T.RandomHorizontalFlip(), torch.compile(make(rgb_glow), backend="eager")])
+
+
+@pytest.mark.parametrize("where", [lambda t: [t], lambda t: [T.RandomHorizontalFlip(), T.RandomApply([t])]])
+def test_latent_mixup_inference_is_refused_as_a_step_when_built(rgb_glow, where):
+    """Audit 279: called as t(x), its (B, K) probabilities came out as the images, with the labels, silently."""
+    predict = LatentMixupInference(TinyNet(channels=3), rgb_glow, torch.rand(4, 3, 16, 16), generator=0)
+    with pytest.raises(TypeError, match=r"^LatentMixupInference (in RandomApply )?at step \d predicts, returning "
+                                        r"\(B, K\) probabilities, not images: .* call it on the test images"):
+        Compose(where(predict))
 
 
 def test_compose_moves_and_casts_like_any_module(rgb_glow):
@@ -831,15 +917,20 @@ def test_a_label_mix_without_num_classes_gets_labels_made_soft_with_the_composes
     assert torch.equal(Compose([mixer()], num_classes=10)(x, soft)[1].sum(1), soft.sum(1))  # soft labels: as given
 
 
-def test_torchvision_mixup_refuses_uint8_naming_the_step_and_the_conversion(rgb):
+@pytest.mark.parametrize("floats_only, name", [(lambda: T.MixUp(num_classes=10), "MixUp"),
+                                               (lambda: T.Normalize([0.5] * 3, [0.25] * 3), "Normalize")])
+def test_torchvision_steps_taking_floats_only_refuse_uint8_naming_the_step_and_the_conversion(rgb, floats_only, name):
+    # MixUp: was torch's "result type Float can't be cast to ... Byte"; Normalize (audit 279): torchvision's
+    # TypeError "Input tensor should be a float tensor. Got torch.uint8.", first step or not
     x, y = rgb
-    x8 = (x * 255).round().to(torch.uint8)  # was torch's "result type Float can't be cast to ... Byte"
-    with pytest.raises(ValueError, match=r"^Compose step 1 \(MixUp\), on the output of step 0 \(RandomHorizontalFlip\): "
-                                         r"x must be a float tensor for MixUp .*uint8; in a Compose, put "
-                                         r"v2.ToDtype\(torch.float32, scale=True\) before this step$"):
-        Compose([T.RandomHorizontalFlip(), T.MixUp(num_classes=10)])(x8, y)
-    with pytest.raises(ValueError, match=r"^x must be a float tensor .* uint8"):  # a first MixUp: at entry
-        Compose([T.MixUp(num_classes=10), T.ToDtype(torch.float32, scale=True)])(x8, y)
+    x8 = (x * 255).round().to(torch.uint8)
+    with pytest.raises(ValueError, match=rf"^Compose step 1 \({name}\), on the output of step 0 "
+                                         rf"\(RandomHorizontalFlip\): x must be a float tensor for {name} .*uint8; in a "
+                                         rf"Compose, put v2.ToDtype\(torch.float32, scale=True\) before this step$"):
+        Compose([T.RandomHorizontalFlip(), floats_only()])(x8, y)
+    for mode in ("train", "eval"):  # a first one: at entry
+        with pytest.raises(ValueError, match=rf"^x must be a float tensor .* uint8.*step 0 \({name}\) takes float"):
+            getattr(Compose([floats_only(), T.ToDtype(torch.float32, scale=True)]), mode)()(x8, y)
     x2, y2 = Compose([T.CutMix(num_classes=10), T.ToDtype(torch.float32, scale=True)])(x8, y)  # CutMix takes uint8
     assert x2.dtype == torch.float32 and y2.shape == (6, 10)
 
