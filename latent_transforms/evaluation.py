@@ -12,7 +12,7 @@ from torch import nn
 
 from .isda import ISDA
 from .labels import check_labels_fit, check_returned_labels_fit
-from .modelutils import borrowed, logits_of
+from .modelutils import borrowed, logits_of, probabilities
 from .progress import progress_bar
 from .torch_defaults import cpu_as_default_device
 from .validation import (bad_option, check_count, check_images, check_items, check_labels, check_model, check_number,
@@ -92,8 +92,9 @@ def fit_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, augment: 
 
 @torch.no_grad()
 def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
-    """(N, K) softmax probabilities, float32 (of 16-bit logits too), of the model's outputs on ``x`` (whatever the
-    model takes), in eval mode (every module's mode is restored, a frozen BatchNorm stays frozen).
+    """(N, K) softmax probabilities, at least float32 (float32 of 16-bit logits too, float64 of a float64 model's, as
+    ``LatentMixupInference``'s), of the model's outputs on ``x`` (whatever the model takes), in eval mode (every
+    module's mode is restored, a frozen BatchNorm stays frozen).
 
     ``batch_size``: images per forward pass; by default 1024 on an accelerator and 128 on the CPU, where smaller
     batches stay in cache (a width-16 CIFAR ResNet-18 on one thread: 2.4x faster than at 1024).
@@ -107,7 +108,7 @@ def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int | None = No
         batch_size = 128 if x.device.type == "cpu" else 1024
     check_count("batch_size", batch_size, low=1)
     with borrowed(model) as net:  # N = 0: one forward of the empty batch, for K (torch.cat of no batches raised)
-        return torch.cat([logits_of(net, x[i:i + batch_size], "predict_proba").float().softmax(1)
+        return torch.cat([probabilities(logits_of(net, x[i:i + batch_size], "predict_proba"))
                           for i in range(0, len(x) or 1, batch_size)])
 
 
@@ -116,8 +117,9 @@ def _check_predictions(probs: torch.Tensor, y: torch.Tensor, allow_empty: bool =
     N may be 0 where ``allow_empty``."""
     if (not isinstance(probs, torch.Tensor) or probs.ndim != 2 or not probs.is_floating_point()
             or not probs.shape[1] or not (len(probs) or allow_empty)):  # K = 0: no class to predict
-        raise ValueError(f"probs must be a {'' if allow_empty else 'non-empty '}(N, K) float tensor, got "
-                         f"{tuple(probs.shape) if isinstance(probs, torch.Tensor) else type(probs).__name__}")
+        raise bad_option(f"probs must be a {'' if allow_empty else 'non-empty '}(N, K) float tensor, got "
+                         f"{tuple(probs.shape) if isinstance(probs, torch.Tensor) else type(probs).__name__}",
+                         right_type=isinstance(probs, torch.Tensor))
     lo, hi, worst = (torch.stack([probs.min(), probs.max(), (probs.float().sum(1) - 1).abs().max()]).float().tolist()
                      if len(probs) else (0.0, 0.0, 0.0))  # no rows (a rank's shard all padding): nothing to check
     if not (lo >= 0 and hi <= 1 and worst <= row_sum_tolerance(probs.dtype, mixes=False)):  # NaN fails; bf16 rows pass

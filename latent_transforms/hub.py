@@ -93,9 +93,10 @@ class HubError(RuntimeError):
     """A checkpoint could not be found, downloaded or verified."""
 
 
-class UnknownCheckpointError(HubError, KeyError):
-    """A name that is neither a registered checkpoint nor an existing file (a ``HubError``, and a ``KeyError`` as a
-    failed lookup by name)."""
+class UnknownCheckpointError(HubError, KeyError, ValueError):
+    """A name that is neither a registered checkpoint nor an existing file: a ``ValueError``, as every unknown name the
+    package is given (a codec kind, a data spec; torchvision's ``get_model``), and still a ``HubError`` and a
+    ``KeyError``, as it was, so that code catching any of them keeps working."""
 
     def __str__(self) -> str:
         return str(self.args[0])
@@ -188,9 +189,10 @@ def _is_plain_text(name: str) -> bool:
 def check_file_stem(name: object, what: str = "name") -> str:
     """``name`` as the stem of ``<name>.safetensors`` (a trained or registered checkpoint's file, a registry name): a
     non-empty str of printable characters, no leading or trailing space, with no path separators, ``:``, ``..`` or
-    leading ``.``, not itself ending in ``.safetensors``; ``ValueError`` naming ``what`` otherwise."""
+    leading ``.``, not itself ending in ``.safetensors``; ``ValueError`` naming ``what`` otherwise (a
+    ``WrongTypeError`` for what is not a str)."""
     if not isinstance(name, str) or not name:
-        raise ValueError(f"{what} must be a non-empty file stem, got {name!r}")
+        raise bad_option(f"{what} must be a non-empty file stem, got {name!r}", right_type=isinstance(name, str))
     if not _is_plain_text(name):
         raise ValueError(f"{what} {name[:40]!r} must be printable characters without leading or trailing space")
     if name.endswith(".safetensors"):
@@ -317,7 +319,8 @@ def save_checkpoint(codec: "Codec", path: str | os.PathLike[str], dtype: torch.d
     metadata = {"config": json.dumps(codec.config, sort_keys=True), "format": FORMAT}
     for key, value in (extra_metadata or {}).items():
         if not isinstance(key, str) or key in metadata:
-            raise ValueError(f"extra_metadata keys must be str other than 'config' and 'format', got {key!r}")
+            raise bad_option(f"extra_metadata keys must be str other than 'config' and 'format', got {key!r}",
+                             right_type=isinstance(key, str))
         metadata[key] = value if isinstance(value, str) else json.dumps(value)
     # clone: independent storages (safetensors refuses shared tensors), on the CPU
     tensors = {
@@ -796,7 +799,7 @@ def register_run(run: str | os.PathLike[str], *, name: str | None = None, overwr
             raise ValueError(f"{file} is the file of checkpoint {users[0]!r}; give another --name (Python: name=)")
         source = run.parent / entry["file"]
         if not source.is_file():
-            raise ValueError(f"no checkpoint file {source} beside {run}")
+            raise MissingFileError(f"no checkpoint file {source} beside {run}")
         sha = sha256_file(source)
         if sha != entry["sha256"]:
             raise ValueError(f"{source} does not match {run}: its sha256 is {sha}, the run's is {entry['sha256']} "

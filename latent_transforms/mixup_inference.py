@@ -10,7 +10,7 @@ from .base import SampleStats, keep_plausible, one_line_repr
 from .casts import TensorFn, without_16_bit_casts
 from .codecs import Codec, resolve_codec
 from .codecs.base import ChecksCodecStates
-from .modelutils import borrowed, logits_of
+from .modelutils import borrowed, logits_of, probabilities
 from .rng import GeneratorSource, generator_repr
 from .validation import (Settings, check_count, check_images, check_model, check_number, fixed_at_construction,
                          setting, values_read)
@@ -113,7 +113,7 @@ class LatentMixupInference(Settings, ChecksCodecStates, SampleStats, nn.Module):
         check_model(self.model, x)
         if x.shape[0] == 0:  # B = 0 (a sampler's empty shard): the model's (0, K), nothing drawn nor counted
             with borrowed(self.model) as net:
-                return _probabilities(logits_of(net, x, "LatentMixupInference"))
+                return probabilities(logits_of(net, x, "LatentMixupInference"))
         with values_read():  # read by check_images above
             z = self.codec.encode_flat(x)
         refs = self.reference_latents
@@ -125,10 +125,5 @@ class LatentMixupInference(Settings, ChecksCodecStates, SampleStats, nn.Module):
                 xk, ok = keep_plausible(self.codec.decode_flat(mixed), x)
                 logits = logits_of(net, xk.to(x.dtype), "LatentMixupInference")
                 self._count(x.device, x.shape[0], ok.sum(), (~ok).sum())  # once the model took it
-                probs = probs + _probabilities(logits)
+                probs = probs + probabilities(logits)
         return cast(torch.Tensor, probs) / self.num_mixes  # num_mixes >= 1: a tensor
-
-
-def _probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """(B, K) logits -> softmax probabilities, at least float32."""
-    return logits.to(torch.promote_types(logits.dtype, torch.float32)).softmax(1)

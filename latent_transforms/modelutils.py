@@ -109,6 +109,12 @@ def logits_of(net: nn.Module, x: torch.Tensor, who: str) -> torch.Tensor:
                      f"forward returns the logits (for example model(x)[0] or model(x)['logits'])")
 
 
+def probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """(B, K) logits -> softmax probabilities in the logits' dtype, at least float32 (16-bit logits give float32, a
+    float64 model's float64): ``predict_proba``'s and ``LatentMixupInference``'s."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32)).softmax(1)
+
+
 def _name_head_given(error: RuntimeError, x: torch.Tensor, who: str) -> None:
     """Raise a ``ValueError`` naming the fix from ``error`` (torch's RuntimeError of ``model(x)``) when it is an
     ``nn.Linear``'s refusal of ``x: (B, C, H, W)`` as it is, its last dimension taken for the features ("mat1 and mat2

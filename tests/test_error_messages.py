@@ -284,6 +284,12 @@ def test_train_name_must_be_a_plain_file_stem(tmp_path, name, message):
     assert not (tmp_path / "o").exists()
 
 
+def test_train_name_of_the_wrong_type_is_a_wrong_type_error(tmp_path):
+    # a plain ValueError, where every other option of the wrong type is a WrongTypeError (TypeError and ValueError)
+    with pytest.raises(WrongTypeError, match="name must be a non-empty file stem, got 5$"):
+        train_codec("vae", X, tmp_path / "o", name=5, max_steps=1, progress=False)
+
+
 @pytest.mark.parametrize("lr, shown", [(2.0, "2.0"), (1e38, "1e+38")])  # 1e38: Adam raised "... without overflow"
 def test_train_refuses_a_learning_rate_beyond_one(tmp_path, capsys, lr, shown):
     with pytest.raises(ValueError, match=r"lr must be a finite number in \(0, 1\]"):

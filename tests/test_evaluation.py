@@ -10,6 +10,7 @@ from latent_transforms.evaluation import (accuracy, expected_calibration_error, 
                                           reliability_bins)
 from latent_transforms.models import CIFAR10_MEAN, CIFAR10_STD, CifarResNet18
 from latent_transforms.modelutils import borrowed, describe_device, logits_of
+from latent_transforms.validation import WrongTypeError
 
 
 def _probs(confidences: list[float], predicted: list[int], k: int = 3) -> torch.Tensor:
@@ -104,6 +105,20 @@ def test_predict_proba_of_a_16_bit_model_is_the_float32_softmax_of_its_logits():
     torch.testing.assert_close(probs, expected, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_predict_proba_keeps_a_float32_or_float64_models_dtype_as_latent_mixup_inference(dtype):
+    """predict_proba cast every model's logits to float32, where LatentMixupInference gives a float64 model float64
+    probabilities: both give the logits' dtype, at least float32 (16 bits: the test above)."""
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Flatten(), nn.Linear(12, 5)).to(dtype), torch.rand(16, 3, 2, 2, dtype=dtype)
+    probs = predict_proba(model, x, batch_size=8)
+    with torch.no_grad():
+        expected = model(x).softmax(1)
+    assert probs.dtype == dtype
+    torch.testing.assert_close(probs, expected, rtol=0, atol=0)
+    assert predict_proba(model, x[:0]).dtype == dtype  # the empty batch's (0, K) alike
+
+
 def test_predict_proba_of_an_empty_batch_is_the_models_0_by_k_that_pools_as_no_rows():
     """A rank's empty shard (``x[rank::world]`` of fewer samples than ranks) raised "x must be a non-empty batch" while
     the other ranks waited in their all_reduce of reliability_bins' sums; LatentMixupInference gives (0, K)."""
@@ -153,6 +168,14 @@ def test_metrics_refuse_what_is_not_a_prediction(probs, y, match):
     for metric in (accuracy, expected_calibration_error):
         with pytest.raises(ValueError, match=match):
             metric(probs, y)
+
+
+def test_metrics_refuse_probs_that_are_not_a_tensor_as_a_wrong_type():
+    """A list of rows was a plain ValueError, where the package gives a wrong type a TypeError: a WrongTypeError, both,
+    keeps `except ValueError` working."""
+    for metric in (accuracy, expected_calibration_error, reliability_bins):
+        with pytest.raises(WrongTypeError, match=r"probs must be a .*\(N, K\) float tensor, got list"):
+            metric([[0.5, 0.5]], torch.zeros(1, dtype=torch.int64))
 
 
 

@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from safetensors.torch import save as safetensors_bytes
 from safetensors.torch import save_file
 
-from latent_transforms import hub
+from latent_transforms import LatentNoise, hub
 from latent_transforms.cli import main
 from latent_transforms.codecs import build_codec
 
@@ -203,8 +203,9 @@ def _outputs(codec) -> torch.Tensor:
 def test_extra_metadata_may_not_replace_the_config_or_format_nor_use_a_key_other_than_str(tmp_path, key):
     path = tmp_path / "vae.safetensors"
     with pytest.raises(ValueError, match=f"extra_metadata keys must be str other than 'config' and 'format', got "
-                                         f"{key!r}$"):
+                                         f"{key!r}$") as e:
         hub.save_checkpoint(_codec(), path, extra_metadata={key: "mine"})
+    assert isinstance(e.value, TypeError) == (key == 1)  # a key of the wrong type: a WrongTypeError, as an option's
     assert not path.exists()
 
 
@@ -579,6 +580,20 @@ def test_unknown_name_lists_known_ones(env):
     assert isinstance(e.value, hub.HubError)  # `except hub.HubError` catches every checkpoint that cannot be had
     with pytest.raises(KeyError, match="unknown checkpoint"):  # too long for a path: still a name
         hub.load("x" * 300)
+
+
+def test_an_unknown_checkpoint_name_is_a_value_error_as_every_unknown_name(env):
+    """It was a HubError (a RuntimeError) and a KeyError only, where api.md and the package's other unknown names (a
+    codec kind, a data spec) give a ValueError, as torchvision's get_model does: a constructor's codec="typo" was
+    missed by `except ValueError`. It stays both of the old types, so that callers catching them keep working."""
+    _register("digits-a", "good.safetensors")
+    calls = [lambda: hub.load("digits-b"), lambda: hub.fetch("digits-b"), lambda: hub.unregister("digits-b"),
+             lambda: hub.fetch("runs/a.safetensors"), lambda: LatentNoise(codec="digits-b")]
+    for call in calls:
+        with pytest.raises(ValueError) as e:
+            call()
+        assert type(e.value) is hub.UnknownCheckpointError
+    assert issubclass(hub.UnknownCheckpointError, hub.HubError) and issubclass(hub.UnknownCheckpointError, KeyError)
 
 
 def test_load_expands_home_and_reports_a_missing_path_as_a_file(env, tmp_path, monkeypatch):
@@ -1561,6 +1576,17 @@ def _register_runs_in_child(run, names, barrier, results) -> None:
             results.put(hub.register_run(run, name=name).changed)
         except Exception as e:  # reported to the parent's assertion
             results.put(f"error: {e}")
+
+
+def test_a_run_whose_checkpoint_is_gone_is_a_missing_file(env, tmp_path):
+    """The run's JSON without its .safetensors beside it was a plain ValueError, where every other file that is not
+    there is a MissingFileError (a FileNotFoundError, and still a ValueError)."""
+    run = tmp_path / "zz-run.json"
+    run.write_text(json.dumps({"name": "zz-run", "registry_entry": {"file": "zz-run.safetensors", "sha256": SHA_GOOD,
+                                                                    "config": CONFIG}}))
+    with pytest.raises(FileNotFoundError, match="no checkpoint file .*zz-run.safetensors beside") as e:
+        hub.register_run(run)
+    assert isinstance(e.value, ValueError)
 
 
 def test_concurrent_processes_register_one_run(env, tmp_path):
