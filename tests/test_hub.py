@@ -238,7 +238,7 @@ def test_the_same_weights_give_the_same_file_and_sha256(tmp_path):
 def test_checkpoint_functions_refuse_a_codec_path_or_sha256_they_cannot_use(tmp_path):
     """Audit 271's fuzzing: save_checkpoint(nn.Linear) was "'Linear' object has no attribute 'config'", a path of 3
     pathlib's TypeError, and a sha256 that is no hash ("", upper case) "does not have the expected sha256 ... (replaced
-    while it was read ...)"."""
+    while it was read ...)"; a well-formed hash of another file now names that cause first."""
     path = tmp_path / "c.safetensors"
     sha = hub.save_checkpoint(_codec(), path)
     with pytest.raises(TypeError, match=r"^codec must be a Codec \(a Glow, a ConvVAE or a codec of your own\), got "
@@ -249,6 +249,10 @@ def test_checkpoint_functions_refuse_a_codec_path_or_sha256_they_cannot_use(tmp_
     for bad in ("", sha.upper(), sha[:-1], 0):
         with pytest.raises(ValueError, match=rf"^sha256 must be 64 lowercase hex digits .* or None, got {bad!r}$"):
             hub.load_checkpoint(path, sha256=bad)
+    other = "0" * 64  # a well-formed hash of another file: the message said only "replaced while it was read"
+    with pytest.raises(hub.HubError, match=rf"expected sha256 {other}, got {sha}: the sha256 given is another file's, "
+                                           r"or the file was replaced while it was read"):
+        hub.load_checkpoint(path, sha256=other)
     hub.load_checkpoint(path, sha256=sha)
 
 
