@@ -572,6 +572,10 @@ def _registry(warn_if_broken: bool = False) -> dict[str, dict[str, Any]]:
     return {**shipped, **user, **runtime}
 
 
+class _CacheDirError(HubError):
+    """The cache dir cannot be created or written (read-only, full, a file): ``_writing_cache_dir``'s error."""
+
+
 @contextlib.contextmanager
 def _writing_cache_dir(directory: Path) -> Iterator[None]:
     """Report an ``OSError`` from the block, which creates or writes files in the cache dir, as a ``HubError`` that
@@ -579,7 +583,7 @@ def _writing_cache_dir(directory: Path) -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        raise HubError(
+        raise _CacheDirError(
             f"cannot write to the cache dir {directory} ({e.strerror or e}); "
             f"set LATENT_TRANSFORMS_HOME to a writable directory"
         ) from None
@@ -1047,6 +1051,11 @@ def _download(url: str, dest: Path, sha256: str, size: int | None = None) -> Non
                                        f"after {received + len(e.partial)} bytes") from None
                     except (OSError, http.client.HTTPException) as e:
                         raise HubError(f"downloading {url} failed after {received} bytes: {_why(e)}") from None
+            # on disk before the rename (else a power loss could leave an empty file under dest's name); a full disk
+            # or quota may show only now, on NFS at the close
+            with _writing_cache_dir(dest.parent):
+                os.fsync(out.fileno())
+                out.close()
         for source, want in (("Content-Length", expected), ("the registry's size", size)):
             if want is not None and received != want:
                 raise HubError(f"download of {dest.name} from {url} is truncated or too long: {source} is {want} "
@@ -1133,6 +1142,8 @@ def fetch(name: str) -> Path:
                 return cached
             _download(url, cached, sha256, entry.get("size"))
     except HubError as e:  # a failed download is why a bad cached or shipped copy could not be replaced: say both
+        if isinstance(e, _CacheDirError):  # the hints say to copy the file into it, which cannot be written
+            hints = []
         if not notes and not hints:
             raise
         raise HubError("; ".join([str(e), *([f"and {'; '.join(notes)}"] if notes else []), *hints])) from None
