@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200, help="training steps per pipeline")
     parser.add_argument("--batch-size", type=int, default=128)
     add_width_arg(parser)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if there is one)")
     parser.add_argument("--smoke", action="store_true", help="synthetic data, tiny random Glow, 2 steps each")
     args = parser.parse_args()
     if args.smoke:
@@ -97,7 +97,7 @@ def main() -> None:
             x, y = x_all[idx].to(device), y_all[idx].to(device)
             x, y = pipeline(x, y, model)                    # labels come back (B, 10) soft after a mix
             loss = F.cross_entropy(model(x), y)             # soft labels are taken as probabilities
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             if step == 0 or (step + 1) % 50 == 0 or step + 1 == args.steps:
@@ -106,12 +106,12 @@ def main() -> None:
         for step_module in pipeline.steps:
             if hasattr(step_module, "stats"):
                 print(f"{type(step_module).__name__}: {step_module.stats}")
+        model.eval()
         pipeline.eval()                                     # eval mode: the whole chain is the identity
         x, y = x_all[:4].to(device), y_all[:4].to(device)
         x2, y2 = pipeline(x, y, model)
         assert x2 is x and y2 is y
         if x_test is not None:
-            model.eval()
             correct = count_correct(model, x_test, y_test, device)
             print(f"test accuracy: {100 * correct / len(x_test):.2f}% on {len(x_test)} images")
 

@@ -130,7 +130,7 @@ def main() -> None:
             x, y = x.to(device), y.to(device)
             x, y = transforms[name](x, y, model)        # <- the one line, whatever the transform
             loss = F.cross_entropy(model(x), y)         # DDP forward (ISDA's hook fires inside it)
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             loss.backward()                             # DDP all-reduces the gradients
             optimizer.step()
             if name == "ISDA":

@@ -34,12 +34,12 @@ from latent_transforms.models import CifarResNet18
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_data_args(parser)                        # --train, --test, --data-root
-    parser.add_argument("--epochs", type=int, default=160)
+    parser.add_argument("--epochs", type=int, default=160, help="default: 160, the official CIFAR schedule")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lambda0", type=float, default=0.5, help="official CIFAR default: 0.5 (or 0.25)")
     parser.add_argument("--covariance", choices=["full", "diagonal"], default="full")
     add_width_arg(parser)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if there is one)")
     parser.add_argument("--smoke", action="store_true", help="synthetic data, narrow ResNet, 2 epochs")
     args = parser.parse_args()
     if args.smoke:
@@ -54,10 +54,11 @@ def main() -> None:
                         drop_last=len(x_train) >= args.batch_size)   # a set smaller than a batch is one batch
 
     # The optimiser and LR schedule of the official ISDA CIFAR recipe (which trains ResNet-32/110, not ResNet-18):
-    # SGD 0.1, Nesterov, wd 1e-4, steps at 50% and 75% of training.
+    # SGD 0.1, Nesterov, wd 1e-4, steps at 50% and 75% of training (never before epoch 1).
     model = CifarResNet18(num_classes, width=args.width).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [args.epochs // 2, args.epochs * 3 // 4], gamma=0.1)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, [max(1, args.epochs // 2), max(1, args.epochs * 3 // 4)], gamma=0.1)
     isda = ISDA(num_classes=num_classes, lambda0=args.lambda0, covariance=args.covariance).to(device)
     print(isda)
 
@@ -70,19 +71,20 @@ def main() -> None:
             x = torch.where(torch.rand(len(x), 1, 1, 1, device=device) < 0.5, x.flip(-1), x)   # flips
             x, y = isda(x, y, model)                    # <- the one line (x, y unchanged; arms the next forward)
             loss = F.cross_entropy(model(x), y)         # the ISDA loss
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             total, seen = total + loss.item() * len(x), seen + len(x)
-        scheduler.step()
 
         accuracy = ""
         if x_test is not None:
             model.eval()                                # validation: no hook is armed, plain logits
             accuracy = f"test accuracy {100 * count_correct(model, x_test, y_test, device) / len(x_test):.1f}%, "
         counts = isda.estimator.count
-        print(f"epoch {epoch + 1}/{args.epochs}: lambda {isda.lam:.3f}, loss {total / seen:.3f}, {accuracy}"
-              f"features seen per class {int(counts.min())}..{int(counts.max())}, {time.perf_counter() - start:.1f} s")
+        print(f"epoch {epoch + 1}/{args.epochs}: lr {scheduler.get_last_lr()[0]:g}, lambda {isda.lam:.3f}, "
+              f"loss {total / seen:.3f}, {accuracy}features seen per class {int(counts.min())}..{int(counts.max())}, "
+              f"{time.perf_counter() - start:.1f} s")
+        scheduler.step()
 
     # The class statistics are ordinary buffers: checkpoint them (safetensors, no pickle) to resume later.
     with tempfile.TemporaryDirectory() as tmp:

@@ -45,12 +45,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_data_args(parser)                        # --train, --test, --data-root
     parser.add_argument("--codec", default="glow-cifar10", help="hub name or .safetensors path of a Glow")
-    parser.add_argument("--method", choices=["noise", "adversarial", "none"], default="noise")
-    parser.add_argument("--epochs", type=int, default=200)
+    parser.add_argument("--method", choices=["noise", "adversarial", "none"], default="noise", help="default: noise")
+    parser.add_argument("--epochs", type=int, default=200, help="default: 200, the flow paper's CIFAR schedule")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.1)
     add_width_arg(parser)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if there is one)")
     parser.add_argument("--smoke", action="store_true", help="synthetic data, tiny random Glow, 1 epoch")
     args = parser.parse_args()
     if args.smoke:
@@ -69,8 +69,8 @@ def main() -> None:
     # -- model, optimiser: the CIFAR recipe of the flow paper (SGD, Nesterov, wd 5e-4) ----------------------
     model = CifarResNet18(num_classes, width=args.width).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(
-        optimizer, [int(args.epochs * f) for f in (0.3, 0.6, 0.8)], gamma=0.2)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(   # at 30%, 60% and 80% of training, never before epoch 1
+        optimizer, [max(1, int(args.epochs * f)) for f in (0.3, 0.6, 0.8)], gamma=0.2)
 
     # -- the augmentation ---------------------------------------------------------------------------------
     if args.method != "none":
@@ -91,16 +91,17 @@ def main() -> None:
             if augment is not None:
                 x, y = augment(x, y, model)                     # <- the one line
             loss = F.cross_entropy(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             total, seen = total + loss.item() * len(x), seen + len(x)
-        scheduler.step()
         stats = f", augmentation {augment.stats}" if augment is not None else ""
-        print(f"epoch {epoch + 1}/{args.epochs}: loss {total / seen:.3f}, {time.perf_counter() - start:.1f} s{stats}")
+        print(f"epoch {epoch + 1}/{args.epochs}: lr {scheduler.get_last_lr()[0]:g}, loss {total / seen:.3f}, "
+              f"{time.perf_counter() - start:.1f} s{stats}")
+        scheduler.step()
 
     if x_test is not None:
-        model.eval()   # eval mode: the augmentation would be the identity here too
+        model.eval()   # the augmentation is not called here (in eval() mode it would be the identity anyway)
         correct = count_correct(model, x_test, y_test, device)
         print(f"test accuracy: {100 * correct / len(x_test):.2f}% on {len(x_test)} images")
 

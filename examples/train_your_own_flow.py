@@ -79,8 +79,8 @@ def main() -> None:
         # 2. load it like any checkpoint (safetensors: loading never runs code) and augment with it
         codec = hub.load(result["checkpoint"])
         augment = LatentNoise(codec, eps=args.eps, generator=0)
-        batch = x[:8]
-        x2, _ = augment(batch, torch.zeros(len(batch), dtype=torch.int64))
+        batch = x[::max(1, len(x) // 8)][:8]                    # 8 images spread over the folder (sorted by class)
+        x2, _ = augment(batch, None)                             # no labels needed: y=None gives None back
         picture = save_rows({"original": batch, f"LatentNoise eps={args.eps:g}": x2}, out / f"{args.name}-noise.png")
         print(f"mean |change| {float((x2 - batch).abs().mean()):.4f}; augmentation stats {augment.stats}; "
               f"picture {picture}")

@@ -144,16 +144,20 @@ def _ran(example_runs: dict, name: str):
 
 
 # what each --smoke run prints when its method was applied (a transform that saw no image, or ISDA left at strength
-# 0 or without statistics, still ran to the end); the loss is the mean per image, near ln 10 untrained
+# 0 or without statistics, still ran to the end); the loss is the mean per image, near ln 10 untrained;
+# and the first epoch trains at the --lr given (a decay step fell on epoch 0 with --epochs 1 to 3: one_line.py --smoke
+# trained at lr 0.0008, isda_hook.py --epochs 1 at 0.001)
 SMOKE_OUTPUT = {
-    "one_line.py": [r"augmentation: LatentNoise\(eps=10\.0, ", r"epoch 1/1: loss [1-9]\.\d{3}, [\d.]+ s, "
+    "one_line.py": [r"augmentation: LatentNoise\(eps=10\.0, ", r"epoch 1/1: lr 0\.1, loss [1-9]\.\d{3}, [\d.]+ s, "
                     r"augmentation \{'seen': 64, 'transformed': 64, 'rejected': 0\}",
                     r"\ntest accuracy: [\d.]+% on 32 images"],
     "compose_randaugment.py": [r"\nISDA: \{'seen': 32, 'transformed': 32, 'rejected': 0\}",
                                r"y \(16,\) torch\.int64",  # ISDA last: class indices, armed for the next forward
                                r"\n== torchvision v2 \+ ISDA: RandomCrop -> RandomHorizontalFlip -> LatentNoise -> "
                                r"RandAugment -> ISDA\n"],
-    "isda_hook.py": [r"\nepoch 2/2: lambda 0\.250, loss [\d.]+, test accuracy [\d.]+%, features seen per class [1-9]",
+    "isda_hook.py": [r"\nepoch 1/2: lr 0\.1, lambda 0\.000, ",
+                     r"\nepoch 2/2: lr 0\.001, lambda 0\.250, loss [\d.]+, test accuracy [\d.]+%, "
+                     r"features seen per class [1-9]",
                      r"saved and reloaded the ISDA statistics: cov \(10, 64, 64\)"],  # full covariances
     "train_your_own_flow.py": [r"^64 images of shape \(3, 16, 16\) from ",
                                r"augmentation stats \{'seen': 8, 'transformed': 8, 'rejected': 0\}"],
@@ -169,6 +173,7 @@ def test_example_smoke(script, example_runs):
     proc = _ran(example_runs, script)
     assert all(re.search(pattern, proc.stdout) for pattern in SMOKE_OUTPUT[script]), proc.stdout[-3000:]
     assert SMOKE_BAR.get(script, "") in proc.stderr, proc.stderr[-3000:]
+    assert "Warning" not in proc.stderr, proc.stderr[-3000:]  # compose_randaugment.py warned that its own model trained
 
 
 @pytest.mark.slow
@@ -182,7 +187,7 @@ def test_one_line_smoke_with_the_adversarial_method(example_runs):
 @pytest.mark.slow
 def test_one_line_on_a_set_smaller_than_a_batch_without_test_set(example_runs):
     proc = _ran(example_runs, "one_line.py tiny")  # 20 images
-    assert "epoch 1/1: loss" in proc.stdout and "test accuracy" not in proc.stdout
+    assert "epoch 1/1: lr 0.1, loss" in proc.stdout and "test accuracy" not in proc.stdout
 
 
 @pytest.mark.slow
@@ -205,7 +210,7 @@ def test_compose_example_on_npz_data(example_runs):
 @pytest.mark.slow
 def test_isda_example_on_npz_data_without_test_set(example_runs):
     proc = _ran(example_runs, "isda npz")  # 20 training images
-    assert "epoch 1/1: lambda 0.000" in proc.stdout and "test accuracy" not in proc.stdout   # --test: none by default
+    assert "epoch 1/1: lr 0.1, lambda 0.000" in proc.stdout and "test accuracy" not in proc.stdout   # --test: none
     assert "saved and reloaded the ISDA statistics: cov (2, 32)" in proc.stdout  # diagonal: a variance per feature
 
 
