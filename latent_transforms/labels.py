@@ -19,11 +19,11 @@ def num_classes_of(y: torch.Tensor, num_classes: int | None) -> int | None:
 
 
 def check_labels_fit(y: torch.Tensor, k: int, who: str) -> None:
-    """Raise unless labels ``y`` (checked already: ``(B,)`` int64 or ``(B, K)``) address a model's ``k`` outputs, which
-    ``who`` (the caller, named in the message) gives them to; reads ``y``'s maximum (a host sync)."""
+    """Raise unless labels ``y`` (checked already: ``(B,)`` int64 or ``(B, K)``, ``B >= 1``) address a model's ``k``
+    outputs, which ``who`` (the caller, named in the message) gives them to; reads ``y``'s maximum (a host sync)."""
     if y.ndim == 2 and y.shape[1] != k:
         raise ValueError(f"{who}: soft labels y have {y.shape[1]} columns but the model has {k} outputs")
-    if y.ndim == 1 and len(y) and int(y.max()) >= k:
+    if y.ndim == 1 and int(y.max()) >= k:
         raise ValueError(f"{who}: labels y must be class indices in [0, {k}) for the model's {k} outputs, got "
                          f"{int(y.max())}")
 

@@ -191,8 +191,8 @@ def default_config(kind: str, image_shape: tuple[int, int, int], num_bins: int =
     c, h, w = (int(s) for s in image_shape)
     config = {"kind": codec_kind, "image_shape": [c, h, w], **RECIPES[codec_kind].base_config(h, w, num_bins)}
     config.update({k: v for k, v in overrides.items() if v is not None})
-    _refuse_too_big(config)
-    with torch.random.fork_rng(devices=[]):  # the codec's random init drew from the caller's global RNG
+    with torch.random.fork_rng(devices=[]):  # the codecs' random init drew from the caller's global RNG
+        _refuse_too_big(config)  # its codecs on the meta device too
         return build_codec(config).config  # validates and fills in every default
 
 

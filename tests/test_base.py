@@ -491,12 +491,19 @@ def test_the_mixing_helpers_refuse_what_they_cannot_draw_or_mix():
         with pytest.raises(TypeError, match=r"^n must be an int >= 0, got 2.0$"):
             draw(2.0)
     y, partner, lam = torch.tensor([0, 1, 2]), torch.tensor([1, 2, 0]), torch.full((3,), 0.5)
-    for p, w in ((partner.float(), lam), (partner, 0.5), (partner, lam[:1]), (partner[:2], lam)):
+    for p, w in ((partner.float(), lam), (partner, 0.5), (partner, lam[:1]), (partner[:2], lam),
+                 (partner[:, None], lam)):  # (B, 1) partners: (B, B, K) labels by broadcasting (mutation round 38)
         with pytest.raises(ValueError, match=r"^partner must be \(B,\) int64 indices into the batch and lam \(B,\) "
                                              r"weights in \[0, 1\], got partner"):
             mix_labels(y, p, w, 3)
     with pytest.raises(ValueError, match=r"class indices must be \(B,\) \(y.squeeze\(1\)\)"):
         mix_labels(y[:, None], partner, lam, 3)
+    # mutation round 38: soft labels of another width than num_classes came back as they were, and the batch is
+    # named as the partners' (mix_labels has no x)
+    with pytest.raises(ValueError, match=r"^y soft labels have 5 classes, expected num_classes=3$"):
+        mix_labels(torch.full((3, 5), 0.2), partner, lam, 3)
+    with pytest.raises(ValueError, match=r"^batch sizes differ: partner has 3 samples, y has 2$"):
+        mix_labels(y[:2], partner, lam, 3)
     with pytest.raises(ValueError, match=r"^num_classes must be an int >= 1, got -1$"):  # one_hot's -1 infers it
         to_soft(y, -1)
 

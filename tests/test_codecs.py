@@ -52,17 +52,27 @@ def test_latent_shapes_and_flattening():
     flat = flatten_latents(z)
     assert flat.shape == (3, 64)
     assert all(torch.equal(a, b) for a, b in zip(unflatten_latents(flat, GLOW.latent_shapes), z))
-    # audit 271's fuzzing: torch's IndexError ("Dimension out of range"), split_with_sizes' and cat's errors
-    for bad in (flat, [], [z[0], z[1][:2]]):  # a tensor, no level, two batch sizes
-        with pytest.raises(ValueError, match=r"^z must be a non-empty list of latents \(B, \*shape\), one per level"):
+    # audit 271's fuzzing: torch's IndexError ("Dimension out of range"), split_with_sizes' and cat's errors; a wrong
+    # type is a WrongTypeError, a TypeError too (mutation round 38, as a level without its batch dimension and a
+    # (B, D, 1) flat, which came back reshaped without a word)
+    for bad, wrong_type in ((flat, True), (flat.tolist(), True), ([], False), ([z[0], z[1][:2]], False),
+                            ([z[0].flatten()], False)):
+        with pytest.raises(ValueError, match=r"^z must be a non-empty list of latents \(B, \*shape\), one per level") \
+                as e:
             flatten_latents(bad)
+        assert isinstance(e.value, TypeError) == wrong_type
     with pytest.raises(ValueError, match=r"^flat must be \(B, D\) latents with D = 64 \(the shapes' sizes \[32, 32\] "
                                          r"together\), got torch.float32 of shape \(3, 60\)$"):
         unflatten_latents(flat[:, :60], GLOW.latent_shapes)
-    for shapes in ([], [(-1,)], [(4.0,)], "x"):
+    for bad, wrong_type in ((flat[..., None], False), (flat.tolist(), True)):
+        with pytest.raises(ValueError, match=r"^flat must be \(B, D\) latents with D = 64") as e:
+            unflatten_latents(bad, GLOW.latent_shapes)
+        assert isinstance(e.value, TypeError) == wrong_type
+    for shapes, wrong_type in (([], False), ([(-1,)], False), ([(4.0,)], True), ("x", True)):
         with pytest.raises(ValueError, match=r"^shapes must be a non-empty list of per-sample shapes, one tuple of "
-                                             r"positive ints per latent level"):
+                                             r"positive ints per latent level") as e:
             unflatten_latents(flat, shapes)
+        assert isinstance(e.value, TypeError) == wrong_type
 
 
 def test_log_det_matches_autograd_jacobian():

@@ -747,6 +747,16 @@ def test_a_step_of_ones_own_that_drops_the_labels_is_named(rgb, mix):
         Compose([DropLabels(), *([mix] if mix is not None else [])], num_classes=10)(*rgb)
 
 
+def test_a_step_of_ones_own_that_returns_labels_of_another_type_is_named(rgb):
+    """Mutation round 38: not only None: labels as a list came back as they were, no tensor."""
+    class ListLabels(T.Transform):
+        def forward(self, x, y):
+            return x, y.tolist()
+
+    with pytest.raises(ValueError, match=r"^ListLabels at step 0 returned labels list for the labels it was given"):
+        Compose([ListLabels()], num_classes=10)(*rgb)
+
+
 def test_a_step_that_changes_the_batch_size_is_named(rgb):
     """Found by fuzzing (audit 167): a last plain step returning x[:1] came back as (1 image, 4 labels) without a
     word, and a batch doubled before a kornia mix gave kornia's IndexError ("index out of range in self")."""

@@ -246,9 +246,10 @@ def test_checkpoint_functions_refuse_a_codec_path_or_sha256_they_cannot_use(tmp_
         hub.save_checkpoint(torch.nn.Linear(2, 2), tmp_path / "d.safetensors")
     with pytest.raises(TypeError, match=r"^path must be a .safetensors checkpoint's path, got int$"):
         hub.load_checkpoint(3)
-    for bad in ("", sha.upper(), sha[:-1], 0):
-        with pytest.raises(ValueError, match=rf"^sha256 must be 64 lowercase hex digits .* or None, got {bad!r}$"):
+    for bad in ("", sha.upper(), sha[:-1], sha + "0", 0):  # one digit more: mutation round 38
+        with pytest.raises(ValueError, match=rf"^sha256 must be 64 lowercase hex digits .* or None, got {bad!r}$") as e:
             hub.load_checkpoint(path, sha256=bad)
+        assert isinstance(e.value, TypeError) == (bad == 0)  # a WrongTypeError for a wrong type (mutation round 38)
     other = "0" * 64  # a well-formed hash of another file: the message said only "replaced while it was read"
     with pytest.raises(hub.HubError, match=rf"expected sha256 {other}, got {sha}: the sha256 given is another file's, "
                                            r"or the file was replaced while it was read"):

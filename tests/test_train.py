@@ -268,6 +268,16 @@ def test_a_codec_whose_weights_outgrow_the_memory_is_refused_before_it_is_built(
     monkeypatch.undo()
     with pytest.raises(ValueError, match=rf"^{setting} {10**20} makes a codec of .* GB of memory$"):
         train.default_config(kind, (1, 8, 8), **{**settings, setting: 10**20})
+    # mutation round 38: the two codecs measured are built on the meta device, drawing nothing from the caller's
+    # global RNG; a count that is not an int is left for build_codec to name (was: "'<=' not supported between
+    # instances of 'str' and 'int'"); without os.sysconf (Windows) nothing is checked
+    state = torch.get_rng_state()
+    train.default_config(kind, (1, 8, 8), **settings)
+    assert torch.equal(torch.get_rng_state(), state)
+    with pytest.raises(ValueError, match=rf"^bad config for a \w+ codec: {setting} must be .*, got '65'"):
+        train.default_config(kind, (1, 8, 8), **{**settings, setting: "65"})
+    monkeypatch.delattr(train.os, "sysconf")
+    train.default_config(kind, (1, 8, 8), **settings)
 
 
 @pytest.mark.parametrize("nan_batch", [0, 1])
@@ -612,6 +622,40 @@ def test_ctrl_c_after_another_stop_signal_acts_at_once_and_leaves_the_callers_ha
         signal.signal(signal.SIGUSR1, previous)
     assert handlers == callers and not seen
     assert not (tmp_path / "glow.state.safetensors").exists()
+
+
+def test_a_second_ctrl_c_is_handled_by_the_callers_own_handler(tmp_path, digits, monkeypatch, capsys):
+    """Mutation round 38: a handler of one's own for SIGINT (a notebook's, a framework's) acts on the second Ctrl-C,
+    not Python's default one, and is the caller's again after it; the first Ctrl-C's message offers it."""
+    class Stopped(Exception):
+        pass
+
+    def own(signum, frame):
+        raise Stopped
+
+    previous = signal.signal(signal.SIGINT, own)
+    try:
+        _signal_after_update(monkeypatch, 2, signal.SIGINT, signal.SIGINT)
+        with pytest.raises(Stopped):
+            train_codec("flow", digits[0][:32], tmp_path, **FLOW, max_steps=4, batch_size=16, checkpoint_every=1000,
+                        progress=True)  # for the message said
+        handler = signal.getsignal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert handler is own and not (tmp_path / "glow.state.safetensors").exists()
+    assert "SIGINT: saving the training state after this step (Ctrl-C again to stop at once, losing the steps since " \
+           "the last save)" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="no SIGUSR1 here (Windows)")
+def test_a_stop_signal_whose_handler_python_did_not_set_is_left_alone(tmp_path, digits, monkeypatch):
+    """Mutation round 38: a handler set outside Python (by a C library before Python started) is None to
+    signal.getsignal and cannot be set back; taken over, every run ended in signal.signal's TypeError."""
+    getsignal = signal.getsignal
+    monkeypatch.setattr(signal, "getsignal", lambda signum: None if signum == signal.SIGUSR1 else getsignal(signum))
+    before = getsignal(signal.SIGUSR1)
+    r = train_codec("flow", digits[0][:32], tmp_path, **FLOW, max_steps=2, batch_size=16, progress=False)
+    assert r["complete"] and getsignal(signal.SIGUSR1) is before
 
 
 def test_a_signal_in_the_last_step_is_still_handled_after_the_save(tmp_path, digits, monkeypatch):
@@ -1674,7 +1718,9 @@ def test_a_state_whose_info_lacks_a_field_of_the_run_is_a_clear_error(tmp_path, 
     ({"step": -1}, "step -1"), ({"step": 2.0}, "step 2.0"), ({"calls": "1"}, "calls '1'"),
     ({"nonfinite_steps": True}, "nonfinite_steps True"), ({"train_time_s": -0.5}, "train_time_s -0.5"),
     ({"train_time_s": "NaN"}, "train_time_s 'NaN'"), ({"history": {}}, "history {}"), ({"schedule": None}, "schedule None"),
-], ids=["negative", "float", "text", "bool", "negative-time", "text-time", "history", "schedule"])
+    ({"train_time_s": math.inf}, "train_time_s inf"), ({"train_time_s": True}, "train_time_s True"),  # round 38
+], ids=["negative", "float", "text", "bool", "negative-time", "text-time", "history", "schedule", "inf-time",
+        "bool-time"])
 def test_a_state_whose_info_has_a_field_of_another_kind_is_a_clear_error(tmp_path, digits, values, named):
     """A hand-edited (or another tool's) info: was an AssertionError (a negative step), a TypeError or a run that
     trained from an impossible step."""
@@ -1686,6 +1732,16 @@ def test_a_state_whose_info_has_a_field_of_another_kind_is_a_clear_error(tmp_pat
                                          f"{re.escape(named)} \\(counts are ints >= 0, train_time_s a number >= 0, "
                                          f"history and schedule lists\\); delete it"):
         train_codec("flow", x, tmp_path, **kw, max_steps=3)
+
+
+def test_a_state_whose_info_has_counts_and_a_time_of_zero_resumes(tmp_path, digits):
+    """Mutation round 38: 0 is a count and a time (as an int too: whole seconds) that the check above takes."""
+    x = digits[0][:32]
+    kw = dict(**FLOW, batch_size=16, progress=False)
+    train_codec("flow", x, tmp_path, **kw, max_steps=2)
+    _edit_saved_info(tmp_path / "glow.state.safetensors", train_time_s=0, nonfinite_steps=0, calls=0)
+    r = train_codec("flow", x, tmp_path, **kw, max_steps=3)
+    assert r["complete"] and r["step"] == 3
 
 
 def test_an_fp16_copy_exactly_at_its_tolerance_is_kept():

@@ -1,5 +1,6 @@
 """Bad inputs get a ValueError/TypeError naming the problem, from every public transform; nothing else escapes."""
 import io
+import os
 
 import numpy as np
 import pytest
@@ -1354,3 +1355,16 @@ def test_a_5d_batch_is_told_the_readings_its_channels_fit(shape, video, volume):
     assert ("video clips (B, T, C, H, W)?" in message) == video
     assert ("3-D volumes (B, C, D, H, W)?" in message) == volume
     assert message.count("ISDA") == 1
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/null"), reason="no /dev/null here (Windows)")
+def test_an_output_folder_where_a_device_is_is_refused_as_a_file():
+    """Mutation round 38: not only a regular file is in the way of a folder: a device such as /dev/null (a FIFO, a
+    socket) passed an is_file() test and met mkdir's "File exists" or "Not a directory" after the checks."""
+    from pathlib import Path
+
+    from latent_transforms.validation import file_in_the_way, output_folder
+
+    assert file_in_the_way(Path("/dev/null/runs")) == Path("/dev/null") and file_in_the_way(Path("/dev")) is None
+    with pytest.raises(ValueError, match=r"^the output folder '/dev/null' is a file; give a folder"):
+        output_folder("/dev/null")
