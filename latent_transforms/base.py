@@ -5,11 +5,13 @@ import os
 import sys
 import threading
 import warnings
+import weakref
 from contextvars import ContextVar
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.utils.data import get_worker_info
 
@@ -30,6 +32,34 @@ SATURATED, GAIN, WINDOW, WARN = 0.5, 0.25, 32, 0.25
 # Set on a ValueError that is not about the batch a transform was given (its model's or codec's own error, raised in
 # ``transform``, or a setting the transform lacks): a Compose passes it on without naming the previous step.
 NOT_ABOUT_THE_BATCH = "_latent_transforms_not_about_the_batch"
+
+
+# DDP -> the modules of ours it was checked for (weakly: this keeps neither alive)
+_OUT_OF_BROADCAST: weakref.WeakKeyDictionary[nn.Module, weakref.WeakSet[nn.Module]] = weakref.WeakKeyDictionary()
+
+
+def keep_out_of_ddp_broadcast(owner: nn.Module, model: object) -> None:
+    """Leave ``owner``'s buffers (a codec's constants, a cache's latents, ISDA's statistics) out of the copy of rank 0's
+    buffers that ``DistributedDataParallel`` broadcasts in every forward, when ``owner`` is inside its module: the DDP
+    ``model`` given (or ``torch.compile``'s of one), or the one whose forward runs (a LightningModule's
+    ``training_step``). They are alike on every rank or, ``ISDA(sync_stats=False)``'s, per rank on purpose: rank 0's
+    statistics overwrote the other ranks' own, and a cache or covariance was sent over the network every step."""
+    if not (dist.is_available() and dist.is_initialized()) or torch.compiler.is_compiling():
+        return
+    ddp_class = nn.parallel.DistributedDataParallel
+    # torch records the DDP whose forward runs, for dynamo (getattr: a private attribute)
+    for ddp in {getattr(ddp_class, "_active_ddp_module", None), getattr(model, "_orig_mod", model)}:
+        ignored = getattr(ddp, "parameters_to_ignore", None)  # DDP reads it in every forward's buffer broadcast
+        if not isinstance(ddp, ddp_class) or not isinstance(ignored, set):
+            continue
+        checked = _OUT_OF_BROADCAST.setdefault(ddp, weakref.WeakSet())
+        if owner in checked:
+            continue
+        checked.add(owner)
+        prefix = next((name for name, m in ddp.module.named_modules() if m is owner), None)
+        if prefix is not None:  # every buffer slot, also those still None (statistics sized by their first update)
+            ignored.update(".".join(filter(None, (prefix, sub, b)))
+                           for sub, m in owner.named_modules() for b in m._buffers)
 
 
 # The labels' type in the call's hint: y2 is labels when y is, None when y is None (LatentTransform, Compose)
@@ -430,6 +460,7 @@ class LatentTransform(Settings, SampleStats, nn.Module):
         dataset positions, for transforms with a latent cache; ``params``: an earlier call's ``last_params`` on a
         batch of the same size, applied again instead of drawing (training mode; ignored in eval mode)."""
         self.check_call(x, y, model, index)
+        keep_out_of_ddp_broadcast(self, model)
         if self._destroyed_found is not None:
             self._warn_destroyed()
         if not self.training:

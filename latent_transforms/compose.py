@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Se
 import torch
 from torch import nn
 
-from .base import (CALLER_NUM_CLASSES, NOT_ABOUT_THE_BATCH, LabelsT, LatentTransform, not_about_the_batch,
-                   warn_if_left_in_eval)
+from .base import (CALLER_NUM_CLASSES, NOT_ABOUT_THE_BATCH, LabelsT, LatentTransform, keep_out_of_ddp_broadcast,
+                   not_about_the_batch, warn_if_left_in_eval)
 from .codecs.base import ChecksCodecStates
 from .isda import ISDA, check_class_indices, grown_classifier_named
 from .labels import blend, to_soft
@@ -495,6 +495,7 @@ class Compose(Settings, ChecksCodecStates, nn.Module):
                         None, allow_uint8=self._takes_uint8, values=values, uint8_hint=self._uint8_hint,
                         images=self._takes_images)
         check_model_slot(model)
+        keep_out_of_ddp_broadcast(self, model)  # its steps' buffers with it, also those called without the model
         if y is None:
             needing = [_where(p, s, i) for i, s in enumerate(self.steps) for p in _needing_labels(s)]
             if needing:

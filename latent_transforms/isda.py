@@ -35,7 +35,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LatentTransform, not_about_the_batch, one_line_repr, warn_at_call, warn_if_left_in_eval
+from .base import (LatentTransform, keep_out_of_ddp_broadcast, not_about_the_batch, one_line_repr, warn_at_call,
+                   warn_if_left_in_eval)
 from .casts import TensorFn, without_16_bit_casts
 from .codecs import Codec
 from .feature_covariance import COVARIANCES, FeatureCovariance, check_sync, check_unchanged
@@ -540,6 +541,7 @@ class _ArmedHook:
         active = getattr(nn.parallel.DistributedDataParallel, "_active_ddp_module", None)
         if active is not None:
             owner._check_ddp_group(active)
+            keep_out_of_ddp_broadcast(owner, None)  # armed with model.module: from the next forward
         owner._count(a.device, 0, self.chosen, torch.zeros_like(self.chosen))
         with _saved_as_they_are():
             return owner.augment(a, output, module.weight, self.y, self.lam, check_y=False)  # checked when armed
@@ -811,6 +813,7 @@ class ISDA(_ISDAState, LatentTransform):  # type: ignore[misc]
         ``index`` is checked like every transform's and unused (ISDA encodes nothing)."""
         self.check_call(x, y, model, index)
         assert y is not None and model is not None  # refused by check_call: needs_labels, needs_model
+        keep_out_of_ddp_broadcast(self, model)
         if not self.training:
             warn_if_left_in_eval(self, model)
             return x, y
@@ -923,6 +926,7 @@ class ISDALoss(_ISDAState, nn.Module):
             check_device("y", y.device, features, "the features are")
         check_labels(y, features.shape[0], self.num_classes, batch_name="features")
         check_class_indices(y, "ISDALoss")
+        keep_out_of_ddp_broadcast(self, None)  # a LightningModule's loss, inside the DDP forward of training_step
         try:
             logits = fc(features)
         except RuntimeError as e:

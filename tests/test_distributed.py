@@ -8,6 +8,7 @@
 5. Gradient accumulation with ``no_sync()``: the transforms leave the accumulated gradients as they are.
 6. Evaluation as docs/reliability.md says (a DistributedSampler's padding left out, the bin sums all-reduced) scores
    a test set on two ranks as one process does.
+7. Transforms inside the DDP-wrapped module (a LightningModule's shape) keep their buffers out of its broadcast.
 
 Each rank writes what it saw to ``tmp_path/rank{r}.pt``; the parent process compares.
 """
@@ -23,6 +24,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from latent_transforms import ISDA, Compose, LatentAdversarial, LatentNoise, VarMixup
+from latent_transforms.isda import ISDALoss
 
 from conftest import gloo_group, spawn_two_ranks
 from doc_pages import DOCS, SNIPPET
@@ -118,6 +120,35 @@ def _worker(rank: int, init_method: str, out_dir: str) -> None:
                 F.cross_entropy(model(x2), y2).backward()
         out["accumulated_grad"] = torch.cat([p.grad.flatten() for p in model.parameters()]).clone()
         out["accumulated_isda_count"] = accumulated_isda.estimator.count.sum()
+
+        # 7. the transforms inside the DDP-wrapped module: a LightningModule holds them, its training_step runs inside
+        # DDP's forward; per-rank statistics (sync_stats=False) stay each rank's own
+        from conftest import ClassifierWithItsAugmentation
+
+        torch.manual_seed(0)
+        held_isda, in_forward_loss = ISDA(10, lambda0=1.0, sync_stats=False), ISDALoss(10, sync_stats=False)
+        held_isda.set_progress(1.0)
+        held = torch.nn.parallel.DistributedDataParallel(
+            ClassifierWithItsAugmentation(TinyNet(), Compose([LatentNoise(glow, eps=1.0), held_isda])))
+        in_forward = torch.nn.parallel.DistributedDataParallel(_LossInForward(TinyNet(), in_forward_loss))
+        for _ in range(2):
+            x2, y2 = held.module.augment(xb, yb, held)
+            F.cross_entropy(held(x2), y2).backward()
+            in_forward(xb, yb).backward()
+        out["held_count"] = held_isda.estimator.count.clone()
+        out["in_forward_count"] = in_forward_loss.estimator.count.clone()
+        out["broadcast"] = sorted(held.named_module_buffers) + sorted(in_forward.named_module_buffers)
+
+
+class _LossInForward(torch.nn.Module):
+    """A LightningModule's shape under DDP: its forward (Lightning's training_step) gives ISDALoss's loss."""
+
+    def __init__(self, net: torch.nn.Module, loss: ISDALoss):
+        super().__init__()
+        self.net, self.loss = net, loss
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.loss(self.net.features(x), self.net.fc, y)
 
 
 def _compiled_ddp_worker(rank: int, init_method: str, out_dir: str) -> None:
@@ -319,6 +350,17 @@ def test_accumulated_gradients_under_no_sync_are_kept(ranks):
         assert int(r["accumulated_isda_count"]) == 2 * B
     assert torch.isfinite(r0["accumulated_grad"]).all() and r0["accumulated_grad"].abs().sum() > 0
     assert torch.equal(r0["accumulated_grad"], r1["accumulated_grad"])
+
+
+def test_transforms_inside_the_ddp_module_keep_their_buffers_out_of_its_broadcast(ranks):
+    """DDP broadcasts rank 0's buffers of its module in every forward: ISDA's and ISDALoss's per-rank statistics
+    (sync_stats=False) held inside it, as a LightningModule holds them, were rank 0's on rank 1 after each step, and
+    the codec's constants went over the network every step."""
+    for rank, r in enumerate(ranks):
+        counts = 2 * torch.bincount(_rank_batch(rank)[1], minlength=10)
+        assert torch.equal(r["held_count"], counts) and torch.equal(r["in_forward_count"], counts), rank
+    for r in ranks:
+        assert r["broadcast"] and all(name.startswith("net.features.1.") for name in r["broadcast"])  # BatchNorm's
 
 
 def test_a_ddp_run_resumed_as_the_docs_say_ends_with_the_weights_of_the_uninterrupted_one(tmp_path):
