@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable, Iterator, SupportsIndex, cast
 
 import torch
@@ -226,27 +227,42 @@ class FeatureCovariance(Settings, nn.Module):
             self._dtype = moved.dtype
         return cast("Self", super()._apply(fn, recurse))
 
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any],
-                              strict: bool, missing_keys: list[str], unexpected_keys: list[str],
-                              error_msgs: list[str]) -> None:
-        saved = state_dict.get(prefix + "mean")
+    def _refusal(self, state_dict: Mapping[str, Any], prefix: str = "") -> str | None:
+        """Why the statistics under ``prefix`` in ``state_dict`` cannot be loaded here (another class count, feature
+        dimension or covariance form, NaN or inf), or ``None``: ``load_state_dict`` then refuses them whole."""
+        saved, cov = state_dict.get(prefix + "mean"), state_dict.get(prefix + "cov")
         if isinstance(saved, torch.Tensor) and saved.ndim == 2 and saved.shape[0] != self.num_classes:
             # torch's three "size mismatch" lines named neither the classes nor the way out
             k = saved.shape[0]
-            error_msgs.append(
-                f"{prefix}mean holds the statistics of {k} classes, this estimator has {self.num_classes}: "
-                + (f"load them into an ISDA/ISDALoss/FeatureCovariance of {k} classes, then call its "
-                   f"grow({self.num_classes}), which adds the new classes and keeps these"
-                   if k < self.num_classes else f"build it with num_classes={k}"))
-            return
-        for key in ("mean", "cov"):  # read once, here: update() keeps them finite, a NaN loaded made every loss NaN
+            return (f"{prefix}mean holds the statistics of {k} classes, this estimator has {self.num_classes}: "
+                    + (f"load them into an ISDA/ISDALoss/FeatureCovariance of {k} classes, then call its "
+                       f"grow({self.num_classes}), which adds the new classes and keeps these"
+                       if k < self.num_classes else f"build it with num_classes={k}"))
+        dim = self.feature_dim
+        if isinstance(saved, torch.Tensor) and saved.ndim == 2 and dim is not None and saved.shape[1] != dim:
+            return (f"{prefix}mean holds statistics of {saved.shape[1]} features, this estimator's are of {dim} (of "
+                    f"another model, or feature_dim=...): build it with feature_dim={saved.shape[1]} or without one")
+        if isinstance(cov, torch.Tensor) and cov.ndim in (2, 3) and (cov.ndim == 2) != self._diagonal:
+            form = "diagonal" if cov.ndim == 2 else "full"
+            return (f"{prefix}cov holds a {form} covariance, this estimator's is {self.covariance!r}: build it with "
+                    f"covariance={form!r}")
+        for key in ("mean", "cov"):  # read at loading (update() keeps them finite), a NaN loaded made every loss NaN
             held = state_dict.get(prefix + key)
             if isinstance(held, torch.Tensor) and held.is_floating_point() and not held.is_meta and \
                     not bool(torch.isfinite(held).all()):
-                error_msgs.append(f"{prefix}{key} holds NaN or inf (a damaged file, or statistics written by hand): "
-                                  f"every augmented logit and loss would be NaN; load other statistics, or none and "
-                                  f"let them be gathered again")
-                return
+                return (f"{prefix}{key} holds NaN or inf (a damaged file, or statistics written by hand): every "
+                        f"augmented logit and loss would be NaN; load other statistics, or none and let them be "
+                        f"gathered again")
+        return None
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any],
+                              strict: bool, missing_keys: list[str], unexpected_keys: list[str],
+                              error_msgs: list[str]) -> None:
+        refusal = self._refusal(state_dict, prefix)
+        if refusal is not None:  # nothing loaded: torch's size mismatches loaded the count of other statistics
+            error_msgs.append(refusal)
+            return
+        saved = state_dict.get(prefix + "mean")
         if self.mean is None and isinstance(saved, torch.Tensor) and saved.ndim == 2:
             # lazily sized: the checkpoint's size, on the device and in the dtype of an earlier .to(...) (safetensors'
             # load_file gives CPU tensors: the statistics of an ISDA moved to CUDA stayed on the CPU)

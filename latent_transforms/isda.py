@@ -295,6 +295,8 @@ class _ISDAState(Settings, ModuleMixin):
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any],
                               strict: bool, missing_keys: list[str], unexpected_keys: list[str],
                               error_msgs: list[str]) -> None:
+        if self.estimator._refusal(state_dict, prefix + "estimator.") is not None:
+            return  # the estimator refuses this state by name: the schedule is not loaded alone, without it
         key = prefix + "schedule_progress"
         if key not in state_dict:  # a state saved before 2026-12-03 has no progress: it stays as it is
             state_dict[key] = self.schedule_progress.clone()

@@ -200,6 +200,19 @@ class LatentCache(Settings, nn.Module):
     def get_extra_state(self) -> dict[str, str | torch.Tensor | None]:
         return {"codec_fingerprint": self._codec_fingerprint, "signatures": self._image_signatures}
 
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any],
+                              strict: bool, missing_keys: list[str], unexpected_keys: list[str],
+                              error_msgs: list[str]) -> None:
+        saved = state_dict.get(prefix + "latents")
+        if isinstance(saved, torch.Tensor) and saved.shape != self.latents.shape:
+            # torch's size mismatch was hidden by set_extra_state's, on the signatures, which named neither
+            error_msgs.append(f"{prefix}latents: this state holds {tuple(saved.shape)} (N images, D latent values), "
+                              f"this cache {tuple(self.latents.shape)}: build the cache over the images and codec it "
+                              f"was saved with, then load")
+            return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
     def set_extra_state(self, state: dict[str, Any]) -> None:
         """The fingerprint (a transform then checks it against its own codec) and the loaded latents' image
         signatures: the old ones would refuse the images of the loaded latents and accept those they replaced. A

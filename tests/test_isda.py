@@ -2208,6 +2208,42 @@ def test_a_state_of_other_classes_is_refused_naming_them_and_grow(batch, net):
     ISDA(10, covariance="diagonal").load_state_dict(resumed.state_dict())
 
 
+@STRENGTH_ZERO_EXPECTED
+def test_a_state_of_another_feature_size_or_covariance_form_is_refused_whole_by_name(batch, net):
+    """Checkpoint audit 287: statistics of another feature size or covariance form got torch's "size mismatch" lines,
+    after the schedule and the sample counts were loaded: the ISDA that refused them went on with the other run's
+    lam and counts over its own statistics."""
+    x, y = batch
+    saved = ISDA(10)
+    saved.set_epoch(5, 10)
+    saved(x, y, net)
+    net(x)
+    state = saved.state_dict()  # 32 features, full covariance, 12 samples, lam 0.25
+    sized, flat = ISDA(10), nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    sized(x[:2], y[:2], flat)
+    flat(x[:2])  # sized by the forward, 64 features
+    for target, match in (
+            (ISDA(10, feature_dim=16), r"estimator\.mean holds statistics of 32 features, this estimator's are of 16 "
+                                       r"\(of another model, or feature_dim=\.\.\.\): build it with feature_dim=32"),
+            (sized, r"estimator\.mean holds statistics of 32 features, this estimator's are of 64"),
+            (ISDA(10, covariance="diagonal"), r"estimator\.cov holds a full covariance, this estimator's is "
+                                              r"'diagonal': build it with covariance='full'$")):
+        before = {k: v.clone() for k, v in target.state_dict().items()}
+        for strict in (True, False):
+            with pytest.raises(RuntimeError, match=match):
+                target.load_state_dict(state, strict=strict)
+        assert all(torch.equal(v, target.state_dict()[k]) for k, v in before.items())  # nothing loaded
+        assert target.lam == 0
+    for other in (ISDA(12), ISDALoss(12)):  # other classes: refused before the schedule is loaded too
+        with pytest.raises(RuntimeError, match=r"statistics of 10 classes, this estimator has 12"):
+            other.load_state_dict(state)
+        assert other.progress == 0 and other.estimator.mean is None
+    diagonal = FeatureCovariance(10, feature_dim=32, covariance="diagonal")
+    with pytest.raises(RuntimeError, match=r"^Error\(s\) in loading state_dict for FeatureCovariance:\n\tcov holds a "
+                                           r"diagonal covariance, this estimator's is 'full'"):
+        FeatureCovariance(10).load_state_dict(diagonal.state_dict())
+
+
 def test_statistics_holding_nan_or_inf_are_refused_when_loaded():
     """Audit 241: update() keeps the statistics finite, but a state holding a NaN (a damaged file, statistics written
     by hand) loaded without a word, and every augmented logit and loss was NaN from then on."""

@@ -493,6 +493,21 @@ def test_a_loaded_state_dict_brings_its_images_signatures():
     LatentNoise(glow, cache=other)
 
 
+def test_a_state_dict_of_other_images_is_refused_naming_both_shapes():
+    """Checkpoint audit 287: the state of a cache of 12 images loaded into one of 5 raised "signatures must be (5, 2)
+    for 5 latents, got shape (12, 2)", from the extra state, which hid torch's size mismatch on the latents."""
+    glow, x = tiny_glow(), torch.rand(12, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    twelve, five = LatentCache(glow, x, progress=False), LatentCache(glow, x[:5], progress=False)
+    before = five.latents.clone(), five._image_signatures.clone()
+    for load, prefix in ((five.load_state_dict, ""),
+                         (LatentNoise(glow, cache=five).load_state_dict, "cache.")):  # in a transform too
+        state = LatentNoise(glow, cache=twelve).state_dict() if prefix else twelve.state_dict()
+        with pytest.raises(RuntimeError, match=rf"\t{prefix}latents: this state holds \(12, 64\) \(N images, D latent "
+                                               rf"values\), this cache \(5, 64\): build the cache over the images"):
+            load(state, strict=False)
+    assert torch.equal(five.latents, before[0]) and torch.equal(five._image_signatures, before[1])
+
+
 def test_a_cache_file_saved_without_image_signatures_is_used_unchecked_and_saved_again_without_them(data, tmp_path):
     # a file written before 2026-12-02 holds the latents only: its images are not checked, and saved again it
     # holds the latents only (no branch of the suite loaded such a file for a call, nor saved one)
