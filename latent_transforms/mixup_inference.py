@@ -116,14 +116,14 @@ class LatentMixupInference(Settings, ChecksCodecStates, SampleStats, nn.Module):
                 return probabilities(logits_of(net, x, "LatentMixupInference"))
         with values_read():  # read by check_images above
             z = self.codec.encode_flat(x)
-        refs = self.reference_latents
-        pick = torch.randint(0, refs.shape[0], (self.num_mixes, x.shape[0]), generator=self._rng.get(x.device), device=x.device)
+        refs, codec, lam, num_mixes = self.reference_latents, self.codec, self.lam, self.num_mixes  # read once
+        pick = torch.randint(0, refs.shape[0], (num_mixes, x.shape[0]), generator=self._rng.get(x.device), device=x.device)
         probs: torch.Tensor | int = 0
         with borrowed(self.model) as net:
-            for k in range(self.num_mixes):
-                mixed = self.lam * z + (1 - self.lam) * refs[pick[k]]
-                xk, ok = keep_plausible(self.codec.decode_flat(mixed), x)
+            for k in range(num_mixes):
+                mixed = lam * z + (1 - lam) * refs[pick[k]]
+                xk, ok = keep_plausible(codec.decode_flat(mixed), x)
                 logits = logits_of(net, xk.to(x.dtype), "LatentMixupInference")
                 self._count(x.device, x.shape[0], ok.sum(), (~ok).sum())  # once the model took it
                 probs = probs + probabilities(logits)
-        return cast(torch.Tensor, probs) / self.num_mixes  # num_mixes >= 1: a tensor
+        return cast(torch.Tensor, probs) / num_mixes  # num_mixes >= 1: a tensor

@@ -283,7 +283,8 @@ class Codec(Settings, ChecksCodecStates, nn.Module):
         if not len(z[0]):
             return z[0].new_empty((0, *self.image_shape), dtype=self.dtype)
         self._refresh_derived()
-        z = [t.to(self.dtype) for t in z]
+        dtype = self.dtype  # read once: each read walks the modules to the first parameter
+        z = [t.to(dtype) for t in z]
         with exact_math(z[0].device.type):
             x = self._decode(z) if self._compiled is None else self._compiled[1](self, z)
         shape = (z[0].shape[0], *self.image_shape)
