@@ -2157,6 +2157,11 @@ def test_sweep_report_checks_its_out_folder_before_printing_anything(tmp_path, m
                                          r"missing\)$"):
         sweep.main([str(results), "--out", str(tmp_path / "taken" / "sweep.md")])
     assert capsys.readouterr().out == ""
+    # mutation round 39 (audit 282): the table goes where the folder checked is, '~' expanded, not into ./~
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    table = sweep.main([str(results), "--out", "~/sweep.md"])
+    assert (tmp_path / "home" / "sweep.md").read_text() == table + "\n" and not (tmp_path / "~").exists()
 
 
 def test_accuracy_merge_refuses_a_seed_twice_and_an_arm_made_with_two_settings(tmp_path):
@@ -2178,7 +2183,7 @@ def test_accuracy_merge_refuses_a_seed_twice_and_an_arm_made_with_two_settings(t
         acc.merge_results([a, c], list(acc.ARMS))
 
 
-def test_accuracy_merge_never_replaces_runs_made_in_its_out_folder_and_names_unreadable_files(tmp_path):
+def test_accuracy_merge_never_replaces_runs_made_in_its_out_folder_and_names_unreadable_files(tmp_path, monkeypatch):
     # --merge overwrote an existing report, also one of its own inputs; an empty JSON gave "error: fingerprint", a
     # garbage one a JSONDecodeError naming no file
     acc = _load_accuracy_module()
@@ -2191,6 +2196,11 @@ def test_accuracy_merge_never_replaces_runs_made_in_its_out_folder_and_names_unr
     for inputs in ([str(own / "results.json")], [str(tmp_path / "other.json")]):
         with pytest.raises(ValueError, match="overwrite .* one of the files merged|holds runs made there"):
             acc.main(["--merge", *inputs, "--out", str(own)])
+    monkeypatch.setenv("HOME", str(tmp_path))  # mutation round 39 (audit 282): --out's '~' expanded as checked
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="overwrite .* one of the files merged"):
+        acc.main(["--merge", str(own / "results.json"), "--out", "~/own"])
+    assert not (tmp_path / "~").exists()
     assert (own / "results.json").read_text() == before
     (tmp_path / "empty.json").write_text("{}")
     (tmp_path / "garbage.json").write_text("not json")

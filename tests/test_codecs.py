@@ -522,10 +522,15 @@ def test_an_empty_batch_is_encoded_and_decoded_as_the_transforms_pass_it(make):
     z = codec.encode(empty)
     assert [(t.shape, t.dtype) for t in z] == [((0, *s), torch.float32) for s in codec.latent_shapes]
     assert codec.encode_flat(empty).shape == (0, codec.latent_dim)
-    for x in (codec.decode(z), codec.decode_flat(torch.zeros(0, codec.latent_dim)), codec.reconstruct(empty)):
+    for x in (codec.decode(z), codec.decode_flat(torch.zeros(0, codec.latent_dim)), codec.reconstruct(empty),
+              codec.decode([t.double() for t in z])):  # mutation round 39 (audit 282): the codec's dtype, not z's
         assert (x.shape, x.dtype) == ((0, *codec.image_shape), torch.float32)
+    with torch.device("meta"):  # on the input's device, not torch's default one (round 39)
+        assert {t.device.type for t in [*codec.encode(empty), codec.decode(z)]} == {"cpu"}
     if isinstance(codec, ConvVAE):
-        assert codec.encode(empty, sample=True, generator=0)[0].shape == (0, *codec.latent_shapes[0])
+        for kwargs in ({"generator": 0}, {"noise": torch.zeros(0)}):  # as the posterior mean (round 39: noise=)
+            sample = codec.encode(empty, sample=True, **kwargs)[0]
+            assert (sample.shape, sample.dtype) == ((0, *codec.latent_shapes[0]), torch.float32)
     if not isinstance(codec, OwnCodec):
         with pytest.raises(ValueError, match=r"^x is an empty batch"):
             codec.loss(empty)

@@ -18,6 +18,7 @@ from latent_transforms.feature_covariance import FeatureCovariance
 from latent_transforms.latent_adversarial import LatentAdversarial
 from latent_transforms.latent_noise import LatentNoise
 from latent_transforms.mixup_inference import LatentMixupInference
+from latent_transforms.validation import Settings
 from latent_transforms.varmixup import VarMixup
 
 from contract import assert_model_unchanged, check_transform_contract, model_state
@@ -1088,6 +1089,14 @@ def test_settings_fixed_at_construction_are_refused_in_one_style(glow, make, nam
     (lambda g: VarMixup(g, num_classes=10), "seed", "generator"),
     (lambda g: ISDALoss(10), "classes", "num_classes"),
     (lambda g: ISDA(10), "feature_layer", "layer"),
+    (lambda g: LatentNoise(g), "std", "eps"),  # mutation round 39 (audit 282): every synonym of the table, one each
+    (lambda g: LatentAdversarial(g), "eps_iter", "step_size"),
+    (lambda g: LatentAdversarial(g), "eps_step", "step_size"),
+    (lambda g: LatentAdversarial(g), "num_steps", "steps"),
+    (lambda g: LatentAdversarial(g), "MAX_ITER", "steps"),
+    (lambda g: LatentAdversarial(g), "rand_init", "random_start"),
+    (lambda g: LatentNoise(g), "ord", "norm"),
+    (lambda g: LatentNoise(g), "probability", "p"),
 ])
 def test_a_misspelled_setting_assigned_after_construction_is_refused(glow, make, name, meant):
     """Audit 230: an assignment of a name that misspells a setting (a sweep's t.alpah = 0.4) made a new
@@ -1099,6 +1108,18 @@ def test_a_misspelled_setting_assigned_after_construction_is_refused(glow, make,
                                              f"use a name starting with '_' or a subclass of {type(t).__name__}$"):
         setattr(t, name, 0.5)
     assert name not in t.__dict__ and not hasattr(t, name)
+
+
+def test_the_setting_a_synonym_names_comes_before_those_it_misspells():
+    """Mutation round 39 (audit 282): a synonym (``_SYNONYMS``) names its setting first, then the settings the name
+    misspells; no class of the library has both for one name today, so one made for the test."""
+    class Two(Settings):
+        __module__ = "latent_transforms.made_for_the_test"  # the library's: its new names are checked
+        eps = property(lambda self: 0.1, lambda self, value: None)
+        epsilons = property(lambda self: (0.1,), lambda self, value: None)  # 'epsilon' misspells it
+
+    with pytest.raises(AttributeError, match=r"^Two has no setting 'Epsilon' \(did you mean 'eps' or 'epsilons'\?\)"):
+        Two().Epsilon = 0.2
 
 
 def test_what_torch_packages_and_subclasses_add_to_a_transform_is_not_refused(glow, batch):

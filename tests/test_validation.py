@@ -15,7 +15,8 @@ from torchvision.transforms import v2
 from latent_transforms import ISDA, Compose
 from latent_transforms.latent_adversarial import LatentAdversarial
 from latent_transforms.latent_noise import LatentNoise
-from latent_transforms.validation import check_batch, check_count, check_images, check_labels, check_number, setting
+from latent_transforms.validation import (MAX_THREADS, THREADS, check_batch, check_count, check_images, check_labels,
+                                          check_number, setting)
 from latent_transforms.varmixup import VarMixup
 
 from contract import assert_model_unchanged, model_state
@@ -792,6 +793,12 @@ def test_a_count_equal_to_its_upper_bound_is_taken():
     """``high`` is inclusive: the largest seed, 2**32 - 1, is a seed."""
     assert check_count("seed", 9, high=9) == 9
     assert check_count("seed", 2**32 - 1, high=2**32 - 1) == 2**32 - 1
+
+
+def test_threads_of_another_machine_up_to_1024_are_taken_on_any_cpu():
+    """Mutation round 39 (audit 282): --threads' bound (``MAX_THREADS``) lets a run repeat another machine's thread
+    count, which changes torch's rounding, on fewer CPUs: 1024 whatever this machine's count, not its CPUs."""
+    assert MAX_THREADS >= 1024 and THREADS("1024") == 1024
 
 
 def test_a_count_of_items_at_its_bound_is_taken_and_sized_by_the_largest_tensor():
