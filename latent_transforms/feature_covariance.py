@@ -28,10 +28,12 @@ COVARIANCES = ("full", "diagonal")
 def _sizing_setting(name: str, doc: str) -> property:
     """FeatureCovariance's setting ``name`` (``num_classes``, ``covariance``), which sizes its statistics: checked by
     ``check_unchanged`` whenever set, kept in ``__dict__`` under its own name, as the plain attribute it was (a pickle
-    of before 2026-12-05 holds it so)."""
+    of before 2026-12-05 holds it so). Read through ``vars(self)``: torch 2.6 to 2.8's Dynamo took
+    ``self.__dict__[name]`` for the attribute ``name``, this property again, and a compiled ISDALoss failed on
+    RecursionError."""
     def get(self: FeatureCovariance) -> object:
         try:
-            return self.__dict__[name]
+            return vars(self)[name]
         except KeyError:  # not set yet: missing, as a plain attribute was
             raise AttributeError(name) from None
 

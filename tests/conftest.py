@@ -1,5 +1,6 @@
 import contextlib
 import datetime
+import gc
 import json
 import math
 import os
@@ -160,15 +161,15 @@ def rank_file(out_dir, rank: int) -> Path:
 @contextlib.contextmanager
 def gloo_group(rank: int, init_method: str, out_dir):
     """A spawned worker's block as rank ``rank`` of a 2-rank gloo process group, on one thread: yields a dict,
-    saved to ``rank_file(out_dir, rank)`` when the block ends. A block that raises leaves the group to the process's
-    exit, once spawn has kept its traceback (destroyed before, the peer could fail first, "Connection reset")."""
+    saved to ``rank_file(out_dir, rank)`` when the block ends. The group is destroyed once the worker has returned
+    (``_run_then_exit``); a block that raises leaves it to the process's exit, once spawn has kept its traceback
+    (destroyed before, the peer could fail first, "Connection reset")."""
     dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=2,
                             timeout=datetime.timedelta(seconds=GLOO_TIMEOUT_S))
     torch.set_num_threads(1)
     out: dict = {}
     yield out
     torch.save(out, rank_file(out_dir, rank))
-    dist.destroy_process_group()
 
 
 def spawn_two_ranks(worker, tmp: Path, grace_s: float = 60, deadline_s: float = SPAWN_DEADLINE_S) -> list[dict]:
@@ -230,6 +231,12 @@ def _run_then_exit(rank: int, worker, *args) -> None:
     # a gc.collect() first (a DDP module sits in a reference cycle) still left 2 aborts in 76 runs, ending here 0 in
     # 80. A rank that has done its work skips that shutdown; one that raised goes the usual way, its traceback reported.
     worker(rank, *args)
+    # the worker's DDP models, freed as it returns or (in reference cycles) collected here, go before the process
+    # group they hold, as in benchmarks/fsdp2_attack.py: destroyed at the block's end, it left 1 or 2 DDP objects of
+    # each worker here alive, held by the worker's frame, to be freed after the group
+    gc.collect()
+    if dist.is_initialized():
+        dist.destroy_process_group()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

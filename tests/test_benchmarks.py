@@ -1789,9 +1789,24 @@ def test_compile_speedup_smoke_alternates_eager_and_compiled_calls_per_column(tm
     assert proc.stderr.count(": done") == 0  # --no-progress
 
 
-# fully_shard is in torch.distributed.fsdp from torch 2.6 on; torch 2.4's (torch.distributed._composable.fsdp) makes
-# CUDA streams in its first forward
-_NEEDS_CPU_FSDP2 = pytest.mark.skipif(torch.__version__ < "2.6", reason="torch < 2.6: no FSDP2 on the CPU")
+# fsdp2_attack.py refuses torch < 2.9 (test_fsdp2_attack_refuses_a_torch_without_a_cpu_fsdp2_naming_why)
+_NEEDS_CPU_FSDP2 = pytest.mark.skipif(torch.__version__ < "2.9", reason="torch < 2.9: no FSDP2 on the CPU")
+
+
+def test_fsdp2_attack_refuses_a_torch_without_a_cpu_fsdp2_naming_why(monkeypatch, capsys):
+    """Audit 276: the script refused torch < 2.6 only; on 2.6 each rank died in fully_shard's first forward
+    ('Stream' object has no attribute 'record_event'), on 2.7 and 2.8 the training step's gradient was 3.8e-2 from
+    one process's on the whole batch (torch's FSDP2 on gloo, with no attack too)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    module = _load_benchmark("fsdp2_attack")
+    monkeypatch.setattr(torch, "__version__", torch.torch_version.TorchVersion("2.8.0"))
+    monkeypatch.setattr(sys, "argv", ["fsdp2_attack.py", "--smoke"])
+    with pytest.raises(SystemExit) as e:
+        module.main()
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith(
+        "fsdp2_attack.py: error: FSDP2 on the CPU (torch.distributed.fsdp.fully_shard) needs torch >= 2.9, this is "
+        "2.8.0: torch 2.6's fails")
 
 
 @pytest.mark.slow
