@@ -10,6 +10,9 @@
 Everything except the line marked ``<- the one line`` is a plain PyTorch loop: a DataLoader with random crop and
 flip, SGD, cross-entropy. The model standardises its input itself (first layer), so the augmentation sees images
 in [0, 1]. In ``eval()`` mode the augmentation is the identity, so evaluation needs no change either.
+
+Real CIFAR-10 runs are GPU jobs: through glow-cifar10 a batch of 128 (``--width 8``) took about 20 s on a 2-core
+CPU (Intel Xeon, shared with other jobs, 2026-12-06); ``--smoke`` runs anywhere.
 """
 from __future__ import annotations
 
