@@ -120,6 +120,7 @@ def _worker(rank: int, init_method: str, out_dir: str) -> None:
                 F.cross_entropy(model(x2), y2).backward()
         out["accumulated_grad"] = torch.cat([p.grad.flatten() for p in model.parameters()]).clone()
         out["accumulated_isda_count"] = accumulated_isda.estimator.count.sum()
+        out["outside_ignored"] = sorted(model.parameters_to_ignore)  # the Compose is not DDP's: nothing to leave out
 
         # 7. the transforms inside the DDP-wrapped module: a LightningModule holds them, its training_step runs inside
         # DDP's forward; per-rank statistics (sync_stats=False) stay each rank's own
@@ -138,6 +139,20 @@ def _worker(rank: int, init_method: str, out_dir: str) -> None:
         out["held_count"] = held_isda.estimator.count.clone()
         out["in_forward_count"] = in_forward_loss.estimator.count.clone()
         out["broadcast"] = sorted(held.named_module_buffers) + sorted(in_forward.named_module_buffers)
+        out["ignored"] = sorted(held.parameters_to_ignore) + sorted(in_forward.parameters_to_ignore)
+        out["transform_buffers"] = sorted(n for n, _ in held.module.augment.named_buffers(prefix="augment")) + sorted(
+            n for n, _ in in_forward.module.loss.named_buffers(prefix="loss"))  # the statistics' too, sized later
+        for tag, given in (("isda_given_ddp", lambda ddp: ddp), ("isda_given_its_module", lambda ddp: ddp.module)):
+            alone = torch.nn.parallel.DistributedDataParallel(  # found by ISDA's forward, or by its hook in DDP's
+                ClassifierWithItsAugmentation(TinyNet(), ISDA(10, sync_stats=False)))
+            if tag == "isda_given_ddp":  # per-rank statistics before DDP's first forward (a resumed rank's own)
+                alone.module.augment(xb, yb, alone.module.net)
+                alone.module.net(xb)
+            x2, y2 = alone.module.augment(xb, yb, given(alone))
+            F.cross_entropy(alone(x2), y2).backward()
+            out[tag] = (sorted(alone.parameters_to_ignore),
+                        sorted(n for n, _ in alone.module.augment.named_buffers(prefix="augment")),
+                        alone.module.augment.estimator.count.clone())
 
 
 class _LossInForward(torch.nn.Module):
@@ -155,18 +170,19 @@ def _compiled_ddp_worker(rank: int, init_method: str, out_dir: str) -> None:
     """torch.compile(DDP(model)), the order PyTorch recommends, attacked on rank 0 only: the other rank hung (the
     attack went through DDP's forward, whose buffer broadcast is a collective call)."""
     with gloo_group(rank, init_method, out_dir) as out:
-        from conftest import TinyNet, tiny_glow
+        from conftest import ClassifierWithItsAugmentation, TinyNet, tiny_glow
 
         torch.manual_seed(0)
-        ddp = torch.nn.parallel.DistributedDataParallel(TinyNet())
-        compiled = torch.compile(ddp, backend="eager")
         adv = LatentAdversarial(tiny_glow(), eps=1.0, steps=1, step_size=0.5, p=1.0 if rank == 0 else 0.0)
+        ddp = torch.nn.parallel.DistributedDataParallel(ClassifierWithItsAugmentation(TinyNet(), adv))  # held in it
+        compiled = torch.compile(ddp, backend="eager")
         xb, yb = _rank_batch(rank)
         for _ in range(2):
             compiled.zero_grad(set_to_none=True)
             x2, y2 = adv(xb, yb, compiled)
             F.cross_entropy(compiled(x2), y2).backward()
-        out["grad"] = torch.cat([p.grad.flatten() for p in ddp.module.parameters()])
+        out["grad"] = torch.cat([p.grad.flatten() for p in ddp.module.net.parameters()])
+        out["ignored"] = sorted(ddp.parameters_to_ignore)  # found through the compiled module given as the model
         out["transformed"] = torch.tensor(adv.stats["transformed"])
 
 
@@ -328,6 +344,7 @@ def test_an_attack_on_a_compiled_ddp_model_makes_no_collective_call(tmp_path):
     r0, r1 = spawn_two_ranks(_compiled_ddp_worker, tmp_path)  # timed out (60 s) when it did
     assert int(r0["transformed"]) == 2 * B and int(r1["transformed"]) == 0
     assert torch.equal(r0["grad"], r1["grad"])
+    assert r0["ignored"] and all(name.startswith("augment.") for name in r0["ignored"])
 
 
 def test_isda_statistics_are_equal_on_both_ranks(ranks):
@@ -359,8 +376,12 @@ def test_transforms_inside_the_ddp_module_keep_their_buffers_out_of_its_broadcas
     for rank, r in enumerate(ranks):
         counts = 2 * torch.bincount(_rank_batch(rank)[1], minlength=10)
         assert torch.equal(r["held_count"], counts) and torch.equal(r["in_forward_count"], counts), rank
-    for r in ranks:
+    for rank, r in enumerate(ranks):
         assert r["broadcast"] and all(name.startswith("net.features.1.") for name in r["broadcast"])  # BatchNorm's
+        assert r["ignored"] == r["transform_buffers"] and r["outside_ignored"] == []
+        for tag, steps in (("isda_given_ddp", 2), ("isda_given_its_module", 1)):
+            assert r[tag][0] == r[tag][1], tag
+            assert torch.equal(r[tag][2], steps * torch.bincount(_rank_batch(rank)[1], minlength=10)), (tag, rank)
 
 
 def test_a_ddp_run_resumed_as_the_docs_say_ends_with_the_weights_of_the_uninterrupted_one(tmp_path):

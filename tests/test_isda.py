@@ -2238,7 +2238,15 @@ def test_a_state_of_another_feature_size_or_covariance_form_is_refused_whole_by_
         with pytest.raises(RuntimeError, match=r"statistics of 10 classes, this estimator has 12"):
             other.load_state_dict(state)
         assert other.progress == 0 and other.estimator.mean is None
+    held = nn.ModuleDict({"isda": ISDA(10, feature_dim=16)})  # inside a model: the estimator's keys under its prefix
+    with pytest.raises(RuntimeError, match=r"isda\.estimator\.mean holds statistics of 32 features"):
+        held.load_state_dict({f"isda.{k}": v for k, v in state.items()})
+    assert held.isda.progress == 0 and held.isda.estimator.count.sum() == 0
     diagonal = FeatureCovariance(10, feature_dim=32, covariance="diagonal")
+    for key in ("mean", "cov"):  # (D,) where (K, D) belongs: torch's size mismatch, not a feature size or form named
+        with pytest.raises(RuntimeError, match=rf"\tsize mismatch for {key}: copying a param with shape "
+                                               rf"torch\.Size\(\[32\]\)"):
+            copy.deepcopy(diagonal).load_state_dict({**diagonal.state_dict(), key: diagonal.state_dict()[key][0]})
     with pytest.raises(RuntimeError, match=r"^Error\(s\) in loading state_dict for FeatureCovariance:\n\tcov holds a "
                                            r"diagonal covariance, this estimator's is 'full'"):
         FeatureCovariance(10).load_state_dict(diagonal.state_dict())

@@ -532,9 +532,11 @@ def test_mixup_inference_of_an_empty_batch_is_the_models_empty_probabilities(glo
 
 def test_mixup_inference_probabilities_keep_a_float64_models_precision(glow, batch, net):
     x = batch[0].double()
-    probs = LatentMixupInference(net.double(), glow, references=x, num_mixes=2, generator=0)(x)
+    mi = LatentMixupInference(net.double(), glow, references=x, num_mixes=2, generator=0)
+    probs = mi(x)
     assert probs.dtype == torch.float64 and torch.allclose(probs.sum(1), torch.ones(len(x), dtype=torch.float64),
                                                            atol=1e-12, rtol=0)  # was float32: sums off by ~1e-7
+    assert mi(x[:0]).dtype == torch.float64  # the empty batch's (0, K) alike
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
