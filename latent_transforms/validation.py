@@ -276,7 +276,7 @@ class Settings:
             object.__setattr__(self, name, value)
             return
         if held is _ABSENT and name[:1] != "_" and not hasattr(self, name) and _is_library_class(type(self)):
-            meant = _settings_meant(type(self), name)
+            meant = _settings_meant(self, name)
             if meant:
                 raise _misspelled_setting(self, name, meant)
         super().__setattr__(name, value)
@@ -303,12 +303,14 @@ def _settings_of(cls: type) -> tuple[str, ...]:
     return tuple(k for k in dir(cls) if k[:1] != "_" and isinstance(getattr(cls, k), property) and getattr(cls, k).fset)
 
 
-def _settings_meant(cls: type, name: str) -> list[str]:
-    """The settings of ``cls`` that a new ``name`` is read as meant for: its synonym's first (``_SYNONYMS``), then
-    up to three misspelled (difflib's ratio ``_MISSPELLING`` or more), nearest first."""
-    settings = _settings_of(cls)
+def _settings_meant(owner: object, name: str) -> list[str]:
+    """The settings of ``owner`` that a new ``name`` is read as meant for: its synonym's first (``_SYNONYMS``; not a
+    setting that holds submodules, a Compose's ``steps`` for PGD's ``nb_iter``), then up to three misspelled
+    (difflib's ratio ``_MISSPELLING`` or more), nearest first."""
+    # mypy checks type(x)'s unbound __hash__ against functools.cache's Hashable: a class is hashable
+    settings = _settings_of(type(owner))  # type: ignore[arg-type]
     synonym = _SYNONYMS.get(name.lower())
-    meant = [synonym] if synonym in settings else []
+    meant = [synonym] if synonym in settings and not isinstance(getattr(owner, synonym, None), torch.nn.Module) else []
     return meant + [k for k in close_names(name, settings, 3, cutoff=_MISSPELLING) if k not in meant]
 
 

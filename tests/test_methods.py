@@ -1139,6 +1139,9 @@ def test_what_torch_packages_and_subclasses_add_to_a_transform_is_not_refused(gl
     assert t.qconfig is not None and t.codec.qconfig is not None
     t.out, t.label, t.alpha = torch.ones(1), "mine", 0.1  # no setting near, nor one it names (PGD's step_size)
     assert (t.label, t.alpha, t.eps) == ("mine", 0.1, 0.3)
+    pipeline = Compose([t])  # PGD's nb_iter names no Compose setting: its steps are transforms ("did you mean 'steps'?")
+    pipeline.nb_iter = 10
+    assert pipeline.nb_iter == 10 and len(pipeline.steps) == 1
     copied = copy.deepcopy(t)
     copied.load_state_dict(t.state_dict(), assign=True)
     assert copied.eps == 0.3 and copied.qconfig is not None
