@@ -968,6 +968,19 @@ def _status_hint(status: int, file: str) -> str:
     return ""
 
 
+class _NotServed(HubError):
+    """No answer from the hub URL (no network, an unreachable host, a missing ``file://`` file) or the server has no
+    such file (404, 410): the file is not to be had from there, so copying it into the cache dir is a way out."""
+
+
+def _malformed_chunk(error: http.client.IncompleteRead) -> bool:
+    """Whether http.client raised ``error`` for a chunk-size line that is not a hexadecimal number (it turns the
+    ``ValueError`` of ``int(line, 16)`` into an ``IncompleteRead``), not for a connection closed where that line
+    should be (the line is then ``b''``)."""
+    cause = error.__context__
+    return isinstance(cause, ValueError) and not str(cause).endswith("b''")
+
+
 class _Copy(enum.Enum):
     """What a copy of a checkpoint file is, against its registered sha256."""
     VERIFIED = enum.auto()
@@ -1016,10 +1029,13 @@ def _download(url: str, dest: Path, sha256: str, size: int | None = None) -> Non
                 # closed here: the error holds the server's answer, open; left to the garbage collector, its
                 # "unclosed socket" ResourceWarning came at a moment of the collector's choosing, anywhere later
                 e.close()
-                raise HubError(f"downloading {url} failed: HTTP {e.code} {_one_line(e.reason)}"
-                               f"{_status_hint(e.code, dest.name)}") from None
-            except (OSError, http.client.HTTPException) as e:  # URLError, a timeout, a malformed status line or header
+                error = _NotServed if e.code in (404, 410) else HubError
+                raise error(f"downloading {url} failed: HTTP {e.code} {_one_line(e.reason)}"
+                            f"{_status_hint(e.code, dest.name)}") from None
+            except http.client.HTTPException as e:  # a malformed status line or header: the server answered
                 raise HubError(f"cannot download {url}: {_why(e)}") from None
+            except OSError as e:  # URLError (refused, no such host, no file), a timeout: no answer
+                raise _NotServed(f"cannot download {url}: {_why(e)}") from None
             with response:
                 page = response.headers.get_content_type() == "text/html"
                 encoding = (response.headers.get("Content-Encoding") or "identity").strip().lower()
@@ -1047,6 +1063,10 @@ def _download(url: str, dest: Path, sha256: str, size: int | None = None) -> Non
                             digest.update(chunk)
                             bar.update(len(chunk))
                     except http.client.IncompleteRead as e:
+                        if _malformed_chunk(e):
+                            raise HubError(f"download of {dest.name} from {url} failed after {received} bytes: the "
+                                           f"server sent a malformed response (a chunk size in its chunked transfer "
+                                           f"encoding is not a hexadecimal number)") from None
                         raise HubError(f"download of {dest.name} from {url} is truncated: the connection closed "
                                        f"after {received + len(e.partial)} bytes") from None
                     except (OSError, http.client.HTTPException) as e:
@@ -1144,6 +1164,8 @@ def fetch(name: str) -> Path:
     except HubError as e:  # a failed download is why a bad cached or shipped copy could not be replaced: say both
         if isinstance(e, _CacheDirError):  # the hints say to copy the file into it, which cannot be written
             hints = []
+        elif cached_state is _Copy.MISSING and not isinstance(e, _NotServed):  # the server answered, and the
+            hints = []  # download failed (a 5xx, a cut, wrong or malformed body): the failure is the news, not a copy
         if not notes and not hints:
             raise
         raise HubError("; ".join([str(e), *([f"and {'; '.join(notes)}"] if notes else []), *hints])) from None

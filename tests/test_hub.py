@@ -47,9 +47,10 @@ STALL_SECONDS = 10.0  # longer than the tests' hub timeout (5 s): a client that 
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """Serves /good, /bad-hash, /truncated, /chunked-cut, /no-length, /slow (sleeps before the body), /error (500), /gzip (GOOD
-    compressed, whatever was asked), /identity (GOOD with "Content-Encoding: Identity"), /page (an HTML page), the
-    ``stalled`` files (the first part of the body, then nothing until ``release`` is set); 404 otherwise."""
+    """Serves /good, /bad-hash, /truncated, /chunked-cut (inside a chunk), /chunked-cut-between (before a chunk-size
+    line), /bad-chunk (a chunk-size line that is not hex), /no-length, /slow (sleeps before the body), /error (500),
+    /gzip (GOOD compressed, whatever was asked), /identity (GOOD with "Content-Encoding: Identity"), /page (an HTML
+    page), the ``stalled`` files (the first part of the body, then nothing until ``release`` is set); 404 otherwise."""
 
     counts: dict[str, int] = {}
     accept_encoding: dict[str, str | None] = {}  # name -> the Accept-Encoding header of its last request
@@ -91,6 +92,12 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
                 self.wfile.write(b"3e8\r\n" + GOOD[:500])
+                self.close_connection = True
+            elif name in ("chunked-cut-between.safetensors", "bad-chunk.safetensors"):  # one chunk of 1000 bytes, then
+                self.send_response(200)  # the close, or a chunk-size line that is not hex
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                self.wfile.write(b"3e8\r\n" + GOOD[:1000] + (b"\r\n" if "between" in name else b"\r\nzz\r\n"))
                 self.close_connection = True
             elif name == "no-length.safetensors":  # a short body without Content-Length (HTTP/1.0: until close)
                 self.send_response(200)
@@ -653,6 +660,32 @@ def test_a_file_registered_from_python_loads_from_the_cache_dir_and_elsewhere_is
         hub.load("elsewhere")
 
 
+@pytest.mark.parametrize("file", ["error.safetensors", "truncated.safetensors", "bad-hash.safetensors",
+                                  "bad-chunk.safetensors"])
+def test_a_download_the_server_answered_but_that_failed_gets_no_copy_hint(env, file):
+    """The server was reached and answered (a 500, a cut, wrong or malformed body): "registered with hub.register? ...
+    copy FILE into <cache dir>" after the failure was noise (audit 283); the error is the failure alone."""
+    _register("mine", file)
+    with pytest.raises(hub.HubError, match=re.escape(file)) as info:
+        hub.fetch("mine")
+    assert "register" not in str(info.value)
+
+
+@pytest.mark.parametrize("where", ["a closed port", "a missing folder"])
+def test_a_hub_url_that_does_not_answer_keeps_the_copy_hint(env, tmp_path, monkeypatch, where):
+    """No answer (a machine without network, a host that is down, a file:// folder without the file): copying the
+    file into the cache dir is how it gets there."""
+    with socket.socket() as s:  # bound, never listening: a connection to it is refused at once
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}" if where == "a closed port" else (tmp_path / "nowhere").as_uri()
+        monkeypatch.setenv("LATENT_TRANSFORMS_HUB_URL", url)
+        _register("mine", "mine.safetensors")
+        with pytest.raises(hub.HubError, match=rf"^cannot download {re.escape(url)}/mine.safetensors: .*; registered "
+                                               rf"with hub.register\? it does not copy the file: copy mine.safetensors "
+                                               rf"into {re.escape(str(env))};"):
+            hub.fetch("mine")
+
+
 def test_register_warns_when_its_file_is_nowhere_load_looks(env, tmp_path, monkeypatch, server):
     """register() does not copy the file: said at once, not only at the first hub.load."""
     monkeypatch.delenv("LATENT_TRANSFORMS_HUB_URL")
@@ -999,11 +1032,23 @@ def test_truncated_download_is_refused(env):
     assert list(env.iterdir()) == []
 
 
-def test_a_chunked_download_cut_inside_a_chunk_is_refused_as_truncated(env):
-    _register("cut", "chunked-cut.safetensors")
-    with pytest.raises(hub.HubError, match=r"^download of chunked-cut.safetensors from .* is truncated: the connection "
-                                           r"closed after 500 bytes"):
+@pytest.mark.parametrize("file, received", [("chunked-cut.safetensors", 500),
+                                            ("chunked-cut-between.safetensors", 1000)])
+def test_a_chunked_download_cut_inside_or_between_chunks_is_refused_as_truncated(env, file, received):
+    _register("cut", file)
+    with pytest.raises(hub.HubError, match=rf"^download of {file} from .* is truncated: the connection "
+                                           rf"closed after {received} bytes$"):
         hub.fetch("cut")
+    assert list(env.iterdir()) == []
+
+
+def test_a_garbled_chunk_size_line_is_a_malformed_response_not_a_closed_connection(env, server):
+    """http.client reports a chunk-size line that is not hex as an IncompleteRead, as if the connection had closed."""
+    _register("garbled", "bad-chunk.safetensors")
+    with pytest.raises(hub.HubError, match=rf"^download of bad-chunk.safetensors from {server}/bad-chunk.safetensors "
+                                           rf"failed after 1000 bytes: the server sent a malformed response \(a chunk "
+                                           rf"size in its chunked transfer encoding is not a hexadecimal number\)$"):
+        hub.fetch("garbled")
     assert list(env.iterdir()) == []
 
 
