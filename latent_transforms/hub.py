@@ -373,9 +373,9 @@ def _read_verified(path: Path, sha256: str) -> tuple[dict[str, str], dict[str, t
     data = path.read_bytes()
     got = hashlib.sha256(data).hexdigest()
     if got != sha256:
-        raise HubError(f"{path} does not have the expected sha256 {sha256}, got {got}: the sha256 given is another file's, or the "
-                       f"file was replaced while it was read (perhaps by a process whose registry gives another "
-                       f"version: load it again)")
+        raise HubError(f"{path} does not have the expected sha256 {sha256}, got {got}: the sha256 given is another "
+                       f"file's, or the file was replaced while it was read (perhaps by a process whose registry gives "
+                       f"another version: load it again)")
     tensors = safetensors_load(data)  # SafetensorError if it is not a safetensors file
     header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
     return header.get("__metadata__") or {}, tensors
