@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -231,21 +231,36 @@ def _remove(path: str | os.PathLike[str]) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
-    """Yield a temporary path beside ``path`` to write to; when the block ends without error it is flushed to disk,
-    gets the usual permissions and is renamed over ``path``, else it is removed: ``path`` never holds half a file,
-    also after a crash or power loss (without the flush, the rename could reach the disk before the data)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
+def _atomic_file(path: Path, errors: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext
+                 ) -> Iterator[tuple[BinaryIO, str]]:
+    """``atomic_path``'s machinery: yield its temp file, open for binary writing (the block may close it and write
+    it by name), and its name, ``.<name>.XXXXXXXX.part`` (what ``_remove_abandoned_parts`` matches, 15 bytes over
+    ``path``'s: ``_MAX_FILENAME_BYTES``). ``errors`` wraps the steps that create and write the file (an ``OSError``
+    there: the folder cannot be written, a full disk, on NFS seen only at the close), not the rename."""
+    with errors():
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        with os.fdopen(fd, "wb") as f:
+            yield f, tmp
+            with errors():
+                f.close()
+        with errors(), open(tmp, "rb+") as written:  # by name: the block may have written it through another file
+            os.fsync(written.fileno())
         chmod_default(tmp)
         os.replace(tmp, path)
     finally:
         _remove(tmp)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
+    """Yield a temporary path beside ``path`` to write to; when the block ends without error it is flushed to disk,
+    gets the usual permissions and is renamed over ``path``, else (any exception, ``KeyboardInterrupt`` too) it is
+    removed: ``path`` never holds half a file, also after a crash or power loss (without the flush, the rename could
+    reach the disk before the data)."""
+    with _atomic_file(Path(path)) as (f, tmp):
+        f.close()  # written by name
+        yield tmp
 
 
 def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
@@ -286,7 +301,7 @@ def write_safetensors(path: str | os.PathLike[str], tensors: dict[str, torch.Ten
     head += b" " * (-len(head) % 8)  # the data stays 8-byte aligned, as safetensors pads it
     h = hashlib.sha256()
     try:
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        with _atomic_file(Path(path)) as (f, _):
             parts: tuple[bytes | memoryview, ...] = (len(head).to_bytes(8, "little"), head,
                                                      *(_bytes_of(tensors[k]) for k in probe_header))
             for part in parts:
@@ -1018,10 +1033,9 @@ def _download(url: str, dest: Path, sha256: str, size: int | None = None) -> Non
     folder exists: ``fetch`` holds its lock)."""
     with _writing_cache_dir(dest.parent):
         _remove_abandoned_parts(dest)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     page = False  # the server answered with a web page (a login page, a page about the file)
     try:
-        with os.fdopen(fd, "wb") as out:
+        with _atomic_file(dest, lambda: _writing_cache_dir(dest.parent)) as (out, _):
             try:  # without Accept-Encoding a server may compress the file, and the sha256 is of the file as is
                 response = urllib.request.urlopen(urllib.request.Request(url, headers={"Accept-Encoding": "identity"}),
                                                   timeout=_timeout())
@@ -1071,33 +1085,22 @@ def _download(url: str, dest: Path, sha256: str, size: int | None = None) -> Non
                                        f"after {received + len(e.partial)} bytes") from None
                     except (OSError, http.client.HTTPException) as e:
                         raise HubError(f"downloading {url} failed after {received} bytes: {_why(e)}") from None
-            # on disk before the rename (else a power loss could leave an empty file under dest's name); a full disk
-            # or quota may show only now, on NFS at the close
-            with _writing_cache_dir(dest.parent):
-                os.fsync(out.fileno())
-                out.close()
-        for source, want in (("Content-Length", expected), ("the registry's size", size)):
-            if want is not None and received != want:
-                raise HubError(f"download of {dest.name} from {url} is truncated or too long: {source} is {want} "
-                               f"bytes, got {received}")
-        if digest.hexdigest() != sha256:
-            raise HubError(
-                f"download of {dest.name} from {url} has the wrong sha256: expected {sha256}, got {digest.hexdigest()}"
-            )
-        chmod_default(tmp)
-        try:
-            os.replace(tmp, dest)
-        except PermissionError:  # Windows, where no lock keeps processes apart: another one put the file there
-            if _check_copy(dest, sha256)[0] is not _Copy.VERIFIED:  # first and has it open, reading it
-                raise
+            for source, want in (("Content-Length", expected), ("the registry's size", size)):
+                if want is not None and received != want:
+                    raise HubError(f"download of {dest.name} from {url} is truncated or too long: {source} is {want} "
+                                   f"bytes, got {received}")
+            if digest.hexdigest() != sha256:
+                raise HubError(f"download of {dest.name} from {url} has the wrong sha256: expected {sha256}, got "
+                               f"{digest.hexdigest()}")
+    except PermissionError:  # the rename's (the file's other OSErrors are _CacheDirError), on Windows, where no lock
+        if _check_copy(dest, sha256)[0] is not _Copy.VERIFIED:  # keeps processes apart: another one put the file
+            raise  # there first and has it open, reading it
     except HubError as e:
         if not page:
             raise
         raise HubError(f"{e}; the server sent a web page (Content-Type: text/html), not the file: is {_HUB_URL} the "
                        f"address the files themselves are downloaded from (a raw download URL, not a page about them)?"
                        ) from None
-    finally:
-        _remove(tmp)
 
 
 def fetch(name: str) -> Path:

@@ -1960,6 +1960,21 @@ def test_a_failed_atomic_write_leaves_neither_the_file_nor_a_part(tmp_path, monk
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_temp_file_of_an_atomic_write_is_what_the_sweep_of_abandoned_parts_removes(tmp_path):
+    """A process killed mid-write (SIGKILL, an unhandled SIGTERM) leaves its temp file: downloads and the registry's
+    writes share atomic_path's, whose name the sweep must match, within 15 bytes more than the file's name."""
+    dest = tmp_path / "good.safetensors"
+    with pytest.raises(FileNotFoundError):  # the rename of the removed temp file
+        with hub.atomic_path(dest) as tmp:
+            assert len(Path(tmp).name.encode()) == len(dest.name.encode()) + 15  # _MAX_FILENAME_BYTES counts on it
+            hub._remove_abandoned_parts(dest)
+            assert Path(tmp).exists()  # a write in progress
+            os.utime(tmp, (time.time() - 7200, time.time() - 7200))  # as one abandoned two hours ago
+            hub._remove_abandoned_parts(dest)
+            assert not Path(tmp).exists()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_part_younger_than_twice_a_long_timeout_is_kept(tmp_path, monkeypatch):
     # with a 2-hour read timeout a live download may be silent for 2 hours: its 2-hour-old .part must stay
     monkeypatch.setenv("LATENT_TRANSFORMS_HUB_TIMEOUT", "7200")
