@@ -35,13 +35,35 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 _BORROW_LOCK = threading.Lock()
-_borrows: dict[int, list[Any]] = {}  # id(model) -> [calls borrowing it, its modules' modes, its parameters' flags, it]
+# id(module or parameter) -> [borrows holding it, its train flag or requires_grad before the first of them, it] (the
+# object kept alive while its id is a key)
+_lent: dict[int, list[Any]] = {}
 
 
-def _give_back(modes: list[tuple[nn.Module, bool]], flags: list[tuple[nn.Parameter, bool]]) -> None:
-    for m, mode in modes:
+def _lend(objects: list[Any], flag: str) -> None:
+    """Count a borrow of each of ``objects`` (modules or parameters), keeping its ``flag`` attribute as the first
+    borrow found it."""
+    for obj in objects:
+        entry = _lent.get(id(obj))
+        if entry is None:
+            entry = _lent[id(obj)] = [0, getattr(obj, flag), obj]
+        entry[0] += 1
+
+
+def _released(objects: list[Any]) -> Iterator[tuple[Any, bool]]:
+    """End a borrow of each of ``objects``; yields those no other borrow holds, with their flag as it was before."""
+    for obj in objects:
+        entry = _lent[id(obj)]
+        entry[0] -= 1
+        if entry[0] == 0:
+            del _lent[id(obj)]
+            yield obj, entry[1]
+
+
+def _give_back(modules: list[nn.Module], parameters: list[nn.Parameter]) -> None:
+    for m, mode in _released(modules):
         m.training = mode
-    for p, flag in flags:
+    for p, flag in _released(parameters):
         p.requires_grad_(flag)
 
 
@@ -50,33 +72,29 @@ def borrowed(model: nn.Module) -> Iterator[nn.Module]:
     """Use ``model`` in eval mode (no BatchNorm statistic updates) with parameter gradients off.
 
     Every module's train/eval flag and every parameter's ``requires_grad`` are restored on exit, also when
-    an exception is raised inside. Existing ``.grad`` tensors are never touched. Overlapping borrows of one model
-    (threads sharing a predictor, nested calls) switch it once and give it back when the last one ends.
+    an exception is raised inside. Existing ``.grad`` tensors are never touched. Overlapping borrows (threads sharing
+    a predictor, nested calls), also of models that share modules (a wrapper and the model inside it, a
+    ``torch.compile``d model and the model itself), switch each module and parameter once and give it back when the
+    last borrow holding it ends.
     """
     check_model(model)
     model = unwrap(model)
     with _BORROW_LOCK:
-        entry = _borrows.get(id(model))
-        if entry is None:
-            modes = [(m, m.training) for m in model.modules()]
-            flags = [(p, p.requires_grad) for p in model.parameters()]
-            try:
-                model.eval()
-                for p, _ in flags:
-                    p.requires_grad_(False)
-            except BaseException:
-                _give_back(modes, flags)
-                raise
-            entry = _borrows[id(model)] = [0, modes, flags, model]  # the model kept alive while its id is a key
-        entry[0] += 1
+        modules, parameters = list(model.modules()), list(model.parameters())
+        _lend(modules, "training")
+        _lend(parameters, "requires_grad")
+        try:
+            model.eval()
+            for p in parameters:
+                p.requires_grad_(False)
+        except BaseException:
+            _give_back(modules, parameters)
+            raise
     try:
         yield model
     finally:
         with _BORROW_LOCK:
-            entry[0] -= 1
-            if entry[0] == 0:
-                del _borrows[id(model)]
-                _give_back(entry[1], entry[2])
+            _give_back(modules, parameters)
 
 
 def logits_of(net: nn.Module, x: torch.Tensor, who: str) -> torch.Tensor:

@@ -735,6 +735,24 @@ def test_encode_and_decode_run_without_tf32_and_autocast_and_restore_the_flags(t
     assert seen == [(False, False, False)] * 4
 
 
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_a_codec_call_that_raises_restores_the_flags_and_leaves_the_codec_as_it_was(tf32_on, monkeypatch, error):
+    vae = tiny_vae()
+    state = {k: v.clone() for k, v in vae.state_dict().items()}
+
+    def fail(z):
+        raise error("interrupted")
+
+    monkeypatch.setattr(vae, "_decode", fail)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.raises(error):
+            LatentNoise(vae, generator=0)(torch.rand(2, 1, 8, 8))  # encodes, then fails to decode
+        assert torch.is_autocast_enabled("cpu")
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    assert vae.frozen and not vae.training and not any(p.requires_grad for p in vae.parameters())
+    assert all(torch.equal(v, vae.state_dict()[k]) for k, v in state.items())
+
+
 def test_exact_math_turns_off_the_given_devices_autocast_and_restores_tf32(tf32_on):
     was = torch.is_autocast_enabled("cuda")
     torch.set_autocast_enabled("cuda", True)  # a thread-local flag: settable without a GPU

@@ -484,6 +484,24 @@ def test_borrowed_turns_gradients_and_training_off_until_the_last_of_nested_borr
     assert [p.requires_grad for p in model.parameters()] == [True, True, True, True, False, True]
 
 
+@pytest.mark.parametrize("other", ["wrapper", "compiled"])
+def test_borrows_of_models_sharing_modules_give_them_back_whichever_ends_first(other):
+    # borrows were counted per model: a thread borrowing nn.Sequential(normalize, net) (or torch.compile(net)) while
+    # another borrowed net took net's modules as they were then, in eval mode with gradients off, and, ending last,
+    # left them so: net trained no more
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    net[2].weight.requires_grad_(False)
+    shared = nn.Sequential(nn.Identity(), net) if other == "wrapper" else torch.compile(net)  # compiles nothing yet
+    first, second = borrowed(net), borrowed(shared)
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)  # the first to start ends first (threads): net stays lent to the second
+    assert not any(m.training for m in shared.modules()) and not any(p.requires_grad for p in net.parameters())
+    second.__exit__(None, None, None)
+    assert all(m.training for m in shared.modules())
+    assert [p.requires_grad for p in net.parameters()] == [True, True, True, True, False, True]
+
+
 def test_cifar_resnet_standardises_its_input():
     torch.manual_seed(0)
     net = CifarResNet18(width=4).eval()

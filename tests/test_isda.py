@@ -647,6 +647,22 @@ def test_latest_arm_wins_with_a_warning_and_transformed_counts_fired_hooks(batch
 
 
 @STRENGTH_ZERO_EXPECTED
+def test_a_forward_that_raises_before_the_classifier_leaves_the_hook_pending_until_disarmed(batch, net):
+    # as docs/reliability.md says: nothing tells the hook that the forward failed before reaching it
+    x, y = batch
+    isda = ISDA(10)
+    net.features.register_forward_hook(lambda m, args, out: 1 / 0)  # the backbone fails
+    isda(x, y, net)
+    with pytest.raises(ZeroDivisionError):
+        net(x)
+    assert len(net.fc._forward_hooks) == 1
+    with pytest.warns(UserWarning, match="never applied"):
+        isda(x, y, net)  # replaced, with a warning
+    isda.disarm(net)
+    assert len(net.fc._forward_hooks) == 0 and isda.estimator.count is None
+
+
+@STRENGTH_ZERO_EXPECTED
 def test_a_compiled_model_that_skips_the_hook_is_reported(batch, net):
     """torch.compile (hook guards skipped, torch's default) ignores a hook added after the model was compiled:
     ISDA then never runs; the next arm says so, and stats show nothing transformed."""

@@ -268,26 +268,65 @@ def test_overlapping_calls_on_one_model_leave_its_flags_as_they_were():
     assert all(p.requires_grad for p in net.parameters())
 
 
-def test_adversarial_restores_model_on_error(glow, batch, net):
-    class Boom(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inner = net
-            self.calls = 0
+class _FailsOnSecondCall(torch.nn.Module):
+    """``net`` whose second and later forwards fail as ``failure`` says: raise a RuntimeError or a KeyboardInterrupt,
+    or return one logit (which the library refuses); ``"none"``: never."""
 
-        def forward(self, x):
-            self.calls += 1
-            if self.calls > 1:
-                raise RuntimeError("boom")
-            return self.inner(x)
+    def __init__(self, net, failure):
+        super().__init__()
+        self.net, self.failure, self.calls = net, failure, 0
 
-    boom = Boom()
-    before = model_state(boom)
-    flags = [p.requires_grad for p in boom.parameters()]
-    with pytest.raises(RuntimeError, match="boom"):
-        LatentAdversarial(glow, generator=0)(*batch, boom)
-    assert_model_unchanged(boom, before)
-    assert flags == [p.requires_grad for p in boom.parameters()]
+    def forward(self, x):
+        self.calls += 1
+        if self.calls > 1 and self.failure in ("raise", "interrupt"):
+            raise RuntimeError("boom") if self.failure == "raise" else KeyboardInterrupt
+        logits = self.net(x)
+        return logits[:, :1] if self.calls > 1 and self.failure == "one logit" else logits
+
+
+def _torch_globals():
+    """Torch's process-wide settings a call must leave as they were (and the classes a Compose sets for its steps)."""
+    return (torch.is_grad_enabled(), torch.is_inference_mode_enabled(), torch.is_autocast_enabled("cpu"),
+            torch.get_default_dtype(), torch.are_deterministic_algorithms_enabled(),
+            torch.get_float32_matmul_precision(), torch.get_rng_state(), base.CALLER_NUM_CLASSES.get())
+
+
+def _hooks(model):
+    return [(len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks), len(m._backward_pre_hooks))
+            for m in model.modules()]
+
+
+@pytest.mark.parametrize("failure, error", [("none", None), ("raise", RuntimeError), ("interrupt", KeyboardInterrupt),
+                                            ("one logit", ValueError)])
+@pytest.mark.parametrize("user", ["LatentAdversarial", "LatentMixupInference", "Compose"])
+def test_a_call_leaves_the_model_and_torch_as_they_were_also_when_the_model_fails(glow, batch, net, user, failure,
+                                                                                  error):
+    # the model's modes, requires_grad, accumulated gradients (None stays None), BatchNorm statistics and hooks, and
+    # torch's grad mode, autocast, default dtype, precision and global RNG (a generator is given), under a no_grad and
+    # a bf16 autocast of the caller's, whether the model's second forward succeeds, raises or is refused
+    x, y = batch
+    F.cross_entropy(net(x), y).backward()
+    net.fc.bias.grad = None
+    net.features[0].eval()  # a module put in eval mode stays there; the BatchNorm trains (its statistics must not move)
+    net.fc.weight.requires_grad_(False)
+    model = _FailsOnSecondCall(net, failure)
+    model.register_forward_hook(lambda m, args, out: None)
+    call = {"LatentAdversarial": lambda: LatentAdversarial(glow, steps=2, generator=0)(x, y, model),
+            "LatentMixupInference": lambda: LatentMixupInference(model, glow, x, num_mixes=2, generator=0)(x),
+            "Compose": lambda: Compose([LatentNoise(glow, generator=0), LatentAdversarial(glow, generator=0)],
+                                       num_classes=10)(x, y, model)}[user]
+    before, hooks = model_state(model), _hooks(model)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        settings = _torch_globals()
+        if error is None:
+            call()
+        else:
+            with pytest.raises(error):
+                call()
+        assert all(torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+                   for a, b in zip(settings, _torch_globals()))
+    assert_model_unchanged(model, before)
+    assert _hooks(model) == hooks and model.calls >= 2  # the second forward ran (or failed)
 
 
 class _Outputs(torch.nn.Module):
