@@ -67,8 +67,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_data_args(parser)                        # --train, --test, --data-root
     parser.add_argument("--codec", default="glow-cifar10", help="hub name or .safetensors path of a Glow")
-    parser.add_argument("--steps", type=int, default=200, help="training steps per pipeline")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=200, help="training steps per pipeline (default: 200)")
+    parser.add_argument("--batch-size", type=int, default=128, help="default: 128")
     add_width_arg(parser)
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if there is one)")
     parser.add_argument("--smoke", action="store_true", help="synthetic data, tiny random Glow, 2 steps each")

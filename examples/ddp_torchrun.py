@@ -63,10 +63,10 @@ def gather(t: torch.Tensor) -> list[torch.Tensor]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_data_args(parser)                        # --train, --test, --data-root
-    parser.add_argument("--glow", default="glow-cifar10")
-    parser.add_argument("--vae", default="vae-cifar10")
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=64, help="per rank")
+    parser.add_argument("--glow", default="glow-cifar10", help="hub name or .safetensors path (default: glow-cifar10)")
+    parser.add_argument("--vae", default="vae-cifar10", help="hub name or .safetensors path (default: vae-cifar10)")
+    parser.add_argument("--epochs", type=int, default=1, help="default: 1")
+    parser.add_argument("--batch-size", type=int, default=64, help="per rank (default: 64)")
     add_width_arg(parser)
     parser.add_argument("--smoke", action="store_true", help="synthetic data, tiny random codecs, a few steps")
     args = parser.parse_args()

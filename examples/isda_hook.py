@@ -35,9 +35,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_data_args(parser)                        # --train, --test, --data-root
     parser.add_argument("--epochs", type=int, default=160, help="default: 160, the official CIFAR schedule")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=128, help="default: 128")
     parser.add_argument("--lambda0", type=float, default=0.5, help="official CIFAR default: 0.5 (or 0.25)")
-    parser.add_argument("--covariance", choices=["full", "diagonal"], default="full")
+    parser.add_argument("--covariance", choices=["full", "diagonal"], default="full", help="default: full")
     add_width_arg(parser)
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if there is one)")
     parser.add_argument("--smoke", action="store_true", help="synthetic data, narrow ResNet, 2 epochs")

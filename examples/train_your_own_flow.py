@@ -47,10 +47,10 @@ def main() -> None:
     parser.add_argument("--images", help="a folder of same-sized images (flat or one subfolder per class)")
     parser.add_argument("--out", help="output folder: the training state to resume from and the codec (default: "
                                       "runs/my-flow; with --smoke, a temp folder deleted at the end)")
-    parser.add_argument("--name", default="my-flow")
-    parser.add_argument("--epochs", type=float, default=50)
-    parser.add_argument("--eps", type=float, default=5.0, help="LatentNoise size for the final picture")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--name", default="my-flow", help="file stem of the codec (default: my-flow)")
+    parser.add_argument("--epochs", type=float, default=50, help="training epochs (default: 50)")
+    parser.add_argument("--eps", type=float, default=5.0, help="LatentNoise size for the final picture (default: 5)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument("--smoke", action="store_true", help="random PNGs, a tiny flow, 10 training steps")
     args = parser.parse_args()
     if not args.smoke and not args.images:

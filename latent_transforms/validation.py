@@ -797,6 +797,17 @@ def _check_samples(x: torch.Tensor, name: str = "x") -> None:
         raise ValueError(f"{name} has an empty dimension besides the batch's (shape {tuple(x.shape)})")
 
 
+def _call_order_hint(x: object) -> str:
+    """What to call instead when a transform's ``x`` is not a batch but the model (``t(model, x, y)``) or a
+    DataLoader's whole ``[x, y]`` batch; ``""`` for anything else."""
+    if isinstance(x, torch.nn.Module):
+        return "the call is t(x, y, model): the batch first, the model last"
+    if (is_sequence(x) and len(x) == 2 and all(isinstance(t, torch.Tensor) and t.ndim for t in x)
+            and len(x[0]) == len(x[1]) and x[0].ndim > x[1].ndim):
+        return "a DataLoader's [x, y] batch? unpack it: x, y = batch, then t(x, y, model)"
+    return ""
+
+
 def check_batch(x: torch.Tensor, y: torch.Tensor | None, num_classes: int | None = None,
                 index: torch.Tensor | None = None, index_size: int | None = None, allow_uint8: bool = False,
                 values: bool = True, more_checks: Callable[[], list[ValueCheck]] | None = None, uint8_hint: str = "",
@@ -809,6 +820,8 @@ def check_batch(x: torch.Tensor, y: torch.Tensor | None, num_classes: int | None
     sync per call (none with ``values=False``). ``more_checks()``: a caller's own ``(statistics, judge)`` pairs, made once the forms
     passed, judged last in the same read. ``uint8_hint`` ends the message refusing ``uint8`` images. A batch of none
     (``B = 0``) passes, as torchvision's and kornia's transforms take it."""
+    if not isinstance(x, torch.Tensor) and (misplaced := _call_order_hint(x)):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}; {misplaced}")
     if images:
         image_values, finite_values = _image_form(x, "x", allow_uint8, uint8_hint, allow_empty=True), False
     else:  # any tensor: float values must be finite (NaN would reach the model's features), in any range

@@ -284,6 +284,21 @@ def test_a_pil_image_or_numpy_array_is_told_how_to_become_a_batch():
         LatentNoise(GLOW)((GOOD_X,), GOOD_Y)
 
 
+def test_the_model_or_a_whole_loader_batch_in_xs_place_is_told_the_call():
+    """Audit 293 (a new user's path): t(model, x, y) said only "x must be a torch.Tensor, got TinyNet", and a
+    DataLoader's [x, y] batch given whole, t(batch, model=model), "got list"; from every kind of transform."""
+    model = TinyNet()
+    for t in (LatentNoise(GLOW), LatentAdversarial(GLOW), ISDA(10), Compose([v2.RandomHorizontalFlip(), ISDA(10)])):
+        with pytest.raises(TypeError, match=r"^x must be a torch.Tensor, got TinyNet; the call is t\(x, y, model\): "
+                                            r"the batch first, the model last$"):
+            t(model, GOOD_X, GOOD_Y)
+        with pytest.raises(TypeError, match=r"^x must be a torch.Tensor, got list; a DataLoader's \[x, y\] batch\? "
+                                            r"unpack it: x, y = batch, then t\(x, y, model\)$"):
+            t([GOOD_X, GOOD_Y], model=model)
+    with pytest.raises(TypeError, match=r"got list$"):  # two images of another batch size: no such hint
+        LatentNoise(GLOW)([GOOD_X, GOOD_Y[:3]])
+
+
 def test_check_choice_takes_equal_values_of_the_choices_type():
     import numpy as np
 
