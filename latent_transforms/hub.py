@@ -278,8 +278,10 @@ def write_safetensors(path: str | os.PathLike[str], tensors: dict[str, torch.Ten
     per-process hash order), so the same tensors and metadata give the same file in every process. The tensors'
     bytes go to the file from views of their memory: a 600 MB latent cache is written without a copy of it.
     """
+    if not Path(path).parent.exists():
+        raise MissingFileError(f"cannot save {path}: the directory {Path(path).parent} does not exist")
     if not Path(path).parent.is_dir():
-        raise ValueError(f"cannot save {path}: the directory {Path(path).parent} does not exist")
+        raise ValueError(f"cannot save {path}: {Path(path).parent} is a file, not a directory")
     for name, t in tensors.items():
         if t.device.type != "cpu" or t.layout != torch.strided or not t.is_contiguous():
             raise ValueError(f"cannot save tensor {name!r}: it must be a dense, contiguous CPU tensor, got "
@@ -488,8 +490,9 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
 def _check_entry(name: object, entry: object, where: str) -> dict[str, Any]:
     if not isinstance(name, str) or not name or not _is_plain_text(name) or len(name) > _MAX_NAME_CHARS:
         # ' x', a newline or 5,000 characters were accepted
-        raise ValueError(f"{where}: checkpoint names must be non-empty str of printable characters, without leading "
-                         f"or trailing space, at most {_MAX_NAME_CHARS} characters, got {name!r:.60}")
+        raise bad_option(f"{where}: checkpoint names must be non-empty str of printable characters, without leading "
+                         f"or trailing space, at most {_MAX_NAME_CHARS} characters, got {name!r:.60}",
+                         right_type=isinstance(name, str))
     if not isinstance(entry, dict):
         raise ValueError(f"{where}: entry {name!r} must be a dict, got {type(entry).__name__}")
     for key in ("file", "sha256", "config"):

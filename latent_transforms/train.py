@@ -8,7 +8,7 @@ writes
 * ``out_dir/<name>.safetensors``: the codec (``hub.save_checkpoint``; load with ``hub.load(path)``),
 * ``out_dir/<name>.json``: config, training data and settings, steps, wall time, device, metrics (on the test
   set, or on 1,000 training images spread over the set without one) and a ready-made registry entry,
-* ``out_dir/<name>.png``: rows of test originals, their reconstructions and samples.
+* ``out_dir/<name>.png``: labelled rows of test originals, their reconstructions and samples.
 
 ``eval_codec(codec, x)`` computes those metrics (bits/dim for flows, MSE/KL for VAEs); ``register_cli``
 adds the ``latent-transforms train`` subcommand.
@@ -437,11 +437,6 @@ def _describe_schedule(schedule: list[dict[str, Any]], step: int) -> str:
     return "; ".join(f"steps {s['from_step']}-{end}: {t}" for (s, end), t in zip(parts, texts))
 
 
-def _upscale(x: torch.Tensor, min_side: int = 32) -> torch.Tensor:
-    factor = max(1, math.ceil(min_side / max(1, min(x.shape[-2:]))))
-    return torch.nn.functional.interpolate(x, scale_factor=factor, mode="nearest") if factor > 1 else x
-
-
 def _spread(n: int, k: int) -> torch.Tensor:
     """``min(n, k)`` positions spread evenly over ``range(n)``, first and last included."""
     return torch.linspace(0, n - 1, min(n, k), dtype=torch.float64, device="cpu").round().long()
@@ -449,16 +444,22 @@ def _spread(n: int, k: int) -> torch.Tensor:
 
 @torch.no_grad()
 def _save_grid(codec: Codec, x: torch.Tensor, path: Path, n: int, temperature: float, seed: int) -> None:
-    from torchvision.utils import save_image
+    """Write the run's picture to ``path`` (PNG): ``n`` of the images ``x`` (N, C, H, W) spread over them, their
+    reconstructions and ``n`` samples, a labelled row each (``visualize.draw_rows``), upscaled to 32 pixels or more."""
+    from .visualize import draw_rows
 
     device = codec.device
     orig = x[_spread(x.shape[0], n)].to(device, codec.dtype)
     rec = codec.reconstruct(orig)
     gen = torch.Generator(device=device).manual_seed(seed)
     samples = codec.sample(orig.shape[0], temperature=temperature, generator=gen)
-    grid = _upscale(torch.cat([orig, rec, samples]).float().cpu())
+    rows = {"originals": orig, "reconstructions": rec, f"samples, temperature {temperature:g}": samples}
+    # a NaN pixel (a weak codec's sample) drawn black, not an error of draw_rows ending the run at its picture
+    rows = {label: images.float().cpu().nan_to_num(0.0).clamp(0, 1) for label, images in rows.items()}
+    h, w = orig.shape[-2:]
+    picture = draw_rows(rows, cell=h * max(1, math.ceil(32 / min(h, w))))
     with hub.atomic_path(path) as tmp:
-        save_image(grid, tmp, format="png", nrow=orig.shape[0], padding=2, pad_value=1.0)
+        picture.save(tmp, format="png")
 
 
 def _check_train_args(x_train: torch.Tensor, x_test: torch.Tensor | None, name: str, *, epochs: float | None,

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any, Callable, Generic, Iterator, Sequence, Ty
 
 import torch
 
-__all__ = ["WrongTypeError", "MissingFileError", "check_number", "check_count", "check_choice", "values_read"]
+__all__ = ["WrongTypeError", "MissingFileError", "WrongStateError", "check_number", "check_count", "check_choice",
+           "values_read"]
 
 _IMAGE_RANGE_TOL = 1e-3
 _SOFT_LABEL_TOL = 1e-3
@@ -60,6 +61,11 @@ class ClassCountError(ValueError):
 class MissingFileError(FileNotFoundError, ValueError):
     """A data, checkpoint or cache file that is not there: a ``FileNotFoundError``, and a ``ValueError`` as the other
     unusable files are."""
+
+
+class WrongStateError(RuntimeError, ValueError):
+    """A call the object's state forbids (``compile_fast_path()`` of a codec not frozen): a ``RuntimeError``, as such
+    calls are, and a ``ValueError``, what it was before 2026-12-06, so that code catching either keeps working."""
 
 
 def bad_option(message: str, *, right_type: bool) -> ValueError:

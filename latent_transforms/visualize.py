@@ -26,7 +26,7 @@ def save_rows(rows: dict[str, torch.Tensor], path: str | Path, cell: int = 48, l
 
 def draw_rows(rows: dict[str, torch.Tensor], cell: int = 48, label_width: int = 150) -> Image.Image:
     """A labelled grid as a PIL image: one row per entry, images (N, C, H, W) in [0, 1], C 1 or 3, upscaled to
-    ``cell`` pixels. A notebook cell ending in it shows the grid inline."""
+    ``cell`` pixels high (and ``cell * W / H`` wide). A notebook cell ending in it shows the grid inline."""
     if not rows:
         raise ValueError("rows is empty: give at least one {label: images} entry")
     for label, images in rows.items():
@@ -35,19 +35,20 @@ def draw_rows(rows: dict[str, torch.Tensor], cell: int = 48, label_width: int = 
             raise ValueError(f"rows[{label!r}] must have 1 or 3 channels, got shape {tuple(images.shape)}")
     check_count("cell", cell, 1)
     check_count("label_width", label_width, 0)
-    n = max(len(v) for v in rows.values())
     pad = 2
-    width, height = label_width + n * (cell + pad), len(rows) * (cell + pad)
-    canvas = Image.new("RGB", (width, height), "white")
+    # each row's image width: a non-square image keeps its shape (it was drawn square)
+    widths = [max(1, round(cell * v.shape[-1] / v.shape[-2])) for v in rows.values()]
+    width = label_width + max(len(v) * (w + pad) for v, w in zip(rows.values(), widths))
+    canvas = Image.new("RGB", (width, len(rows) * (cell + pad)), "white")
     draw = ImageDraw.Draw(canvas)
-    for r, (label, images) in enumerate(rows.items()):
+    for r, ((label, images), w) in enumerate(zip(rows.items(), widths)):
         top = r * (cell + pad)
         draw.text((4, top + cell // 2 - 6), label, fill="black")
         images = images.detach().float().cpu().clamp(0, 1)
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
-        big = F.interpolate(images, size=(cell, cell), mode="nearest")
+        big = F.interpolate(images, size=(cell, w), mode="nearest")
         for i, img in enumerate(big):
             array = (img.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
-            canvas.paste(Image.fromarray(array), (label_width + i * (cell + pad), top))
+            canvas.paste(Image.fromarray(array), (label_width + i * (w + pad), top))
     return canvas

@@ -35,13 +35,17 @@ THROUGHPUT_ROWS = ["train_step", "tv_randaugment_batch", "tv_randaugment_sample"
                    "varmixup", "varmixup_all", "train_step_isda"]
 
 
-def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+def _run(args: list[str], tmp_path: Path, home: bool = False) -> subprocess.CompletedProcess:
+    """``python ARGS`` in ``tmp_path``, which must end with exit status 0. ``home``: ``~`` is ``tmp_path`` (HOME and
+    USERPROFILE), so an ``--out ~/name`` lands in ``tmp_path / name``, and no ``./~`` folder may be left (mutation
+    round 39, audit 282: a script writing to its ``args.out`` instead of the checked folder, ``~`` expanded)."""
     env = {**os.environ, "LATENT_TRANSFORMS_HOME": str(tmp_path / "hub"), "LATENT_TRANSFORMS_OFFLINE": "1",
-           "OMP_NUM_THREADS": "1"}
+           "OMP_NUM_THREADS": "1", **({"HOME": str(tmp_path), "USERPROFILE": str(tmp_path)} if home else {})}
     env.pop("LATENT_TRANSFORMS_HUB_URL", None)
     proc = subprocess.run([sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=TIMEOUT_S)
     assert proc.returncode == 0, f"{' '.join(args)} exited with {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    assert not (home and (tmp_path / "~").exists()), sorted(map(str, (tmp_path / "~").rglob("*")))
     return proc
 
 
@@ -304,7 +308,8 @@ def _check_codec_records_and_merge(results: dict, out: Path, tmp_path: Path) -> 
 @pytest.mark.slow
 def test_throughput_smoke(tmp_path):
     out = tmp_path / "tp"
-    proc = _run([str(BENCHMARKS / "throughput.py"), "--smoke", "--device", "cpu", "--out", str(out)], tmp_path)
+    proc = _run([str(BENCHMARKS / "throughput.py"), "--smoke", "--device", "cpu", "--out", "~/tp"], tmp_path,
+                home=True)
 
     result = json.loads((out / "throughput.json").read_text())
     rows = {r["key"]: r for r in result["rows"]}
@@ -485,7 +490,8 @@ def test_codec_quality_smoke_scores_a_tiny_glow_and_vae_without_a_progress_bar(t
     """Audit 236: codec_quality.py had no --smoke (it was tested with stub codecs or trained checkpoints only) and
     its classifier's progress bar could not be turned off but by TQDM_DISABLE=1."""
     out = tmp_path / "cq"
-    proc = _run([str(BENCHMARKS / "codec_quality.py"), "--smoke", "--no-progress", "--out", str(out)], tmp_path)
+    proc = _run([str(BENCHMARKS / "codec_quality.py"), "--smoke", "--no-progress", "--out", "~/cq"], tmp_path,
+                home=True)
     header, rows = _markdown_table(proc.stdout)
     assert header == ["codec", "test MSE or bits/dim", "classifier on reconstructions", "on 50/50 mixes: either class",
                       "on LatentNoise eps=5", "on LatentNoise eps=10", "on LatentNoise eps=20"]
@@ -1427,7 +1433,8 @@ def test_calibrate_eps_smoke_prints_a_row_per_eps_and_for_scale_without_a_progre
     """Audit 236: calibrate_eps.py had no --smoke (tested with stubs only) and its classifier's progress bar could not
     be turned off but by TQDM_DISABLE=1."""
     out = tmp_path / "eps"
-    proc = _run([str(BENCHMARKS / "calibrate_eps.py"), "--smoke", "--no-progress", "--out", str(out)], tmp_path)
+    proc = _run([str(BENCHMARKS / "calibrate_eps.py"), "--smoke", "--no-progress", "--out", "~/eps"], tmp_path,
+                home=True)
     header, rows = _markdown_table(proc.stdout)
     assert header == ["method", "eps", "rejected", "mean abs pixel change", "pixels changed > 0.1",
                       "textured patches moved", "clean classifier's accuracy on perturbed"]
@@ -1471,7 +1478,7 @@ def test_calibrate_digits_smoke_prints_a_row_per_setting_under_a_progress_bar(tm
     """Audit 236: calibrate_digits.py had no --smoke (tested with stubs only) and printed a line per setting of its
     hour-long run with no progress bar; --no-progress turns the bar off."""
     out = tmp_path / "digits"
-    proc = _run([str(BENCHMARKS / "calibrate_digits.py"), "--smoke", "--out", str(out)], tmp_path)
+    proc = _run([str(BENCHMARKS / "calibrate_digits.py"), "--smoke", "--out", "~/digits"], tmp_path, home=True)
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     cal = _load_benchmark("calibrate_digits")
     names = [name for name, _ in cal.settings(*cal.tiny_codecs(shape=cal.DIGITS_SHAPE), 0)]
@@ -2112,7 +2119,8 @@ def test_vae_class_guidance_fine_tunes_a_vae_and_its_control_runs_without_a_guid
     assert tuned.config == shipped.config and hub.read_safetensors(out)[1]["decoder.0.weight"].dtype == torch.float16
     assert any(not torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), shipped.state_dict().values()))
     control = tmp_path / "control.safetensors"
-    _run([str(BENCHMARKS / "vae_class_guidance.py"), *common, "--balance", "0", "--out", str(control)], tmp_path)
+    _run([str(BENCHMARKS / "vae_class_guidance.py"), *common, "--balance", "0", "--out", "~/control.safetensors"],
+         tmp_path, home=True)
     assert json.loads(control.with_suffix(".json").read_text())["weight"] == 0.0
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".safetensors") == ["control.safetensors",
                                                                                        "guide.safetensors"]

@@ -280,8 +280,10 @@ def test_sparse_and_meta_images_and_latents_are_named():
 
 def test_compile_fast_path_needs_a_frozen_codec_and_takes_no_compile_arguments_to_turn_it_off():
     codec = ConvVAE((1, 8, 8), latent_dim=4, hidden=8)
-    with pytest.raises(ValueError, match=r"compile_fast_path\(\) needs a frozen codec: call ConvVAE.freeze\(\) first"):
+    with pytest.raises(ValueError, match=r"compile_fast_path\(\) needs a frozen codec: call ConvVAE.freeze\(\) first"
+                       ) as e:
         codec.compile_fast_path()
+    assert isinstance(e.value, RuntimeError)  # a call its state forbids (api.md, Errors), and still a ValueError
     assert not codec.compiled
     with pytest.raises(ValueError, match=r"compile_fast_path\(enabled=False\) takes no torch.compile arguments"):
         codec.freeze().compile_fast_path(False, mode="max-autotune")  # turning it off compiles nothing

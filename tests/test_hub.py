@@ -365,8 +365,13 @@ def test_weights_that_do_not_fit_float16_are_refused_not_stored_as_inf(tmp_path)
     with pytest.raises(ValueError, match=rf"weights \['{name}'\] do not fit in torch.float16"):
         hub.save_checkpoint(codec, tmp_path / "half.safetensors", dtype=torch.float16)
     assert list(tmp_path.iterdir()) == []
-    with pytest.raises(ValueError, match="the directory .*no-such-dir does not exist"):
+    with pytest.raises(FileNotFoundError, match="the directory .*no-such-dir does not exist") as e:
         hub.save_checkpoint(codec, tmp_path / "no-such-dir" / "x.safetensors")
+    assert isinstance(e.value, ValueError)  # a MissingFileError, a ValueError as it was
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ValueError, match="a-file is a file, not a directory") as e:  # was "does not exist"
+        hub.save_checkpoint(codec, tmp_path / "a-file" / "x.safetensors")
+    assert not isinstance(e.value, FileNotFoundError)
 
 
 def test_beyond_range_finds_one_finite_value_the_dtype_stores_as_inf_and_not_nan_or_inf():
@@ -744,11 +749,12 @@ def test_a_registered_file_saved_again_is_named_to_register_again_not_to_copy(en
     assert "copy mine.safetensors into" not in str(info.value)  # it is there
 
 
-@pytest.mark.parametrize("name", ["", " vae", "vae ", "va\ne", "\ud800", "x" * 201])
+@pytest.mark.parametrize("name", ["", " vae", "vae ", "va\ne", "\ud800", "x" * 201, 5, None])
 def test_register_refuses_names_that_could_not_be_typed_back(env, name):
     with pytest.raises(ValueError, match="checkpoint names must be non-empty str of printable characters, without "
-                                         "leading or trailing space, at most 200 characters"):
+                                         "leading or trailing space, at most 200 characters") as e:
         _register(name, "vae.safetensors")
+    assert isinstance(e.value, TypeError) == (not isinstance(name, str))  # a WrongTypeError for a name not a str
 
 
 def test_a_file_whose_config_differs_from_the_registry_is_refused(env, tmp_path):

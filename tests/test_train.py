@@ -406,6 +406,24 @@ def test_the_picture_and_the_metrics_without_a_test_set_take_images_spread_over_
         "40 training images spread over the set (no test set given)"
 
 
+def test_the_picture_labels_its_rows(tmp_path, digits, monkeypatch):
+    # NAME.png (my-flow.png of examples/train_your_own_flow.py) was three rows without a word on which was which
+    from latent_transforms import visualize
+
+    drawn, draw_rows = [], visualize.draw_rows
+    monkeypatch.setattr(visualize, "draw_rows", lambda rows, **kw: drawn.append(list(rows)) or draw_rows(rows, **kw))
+    codec = hub.load("vae-digits")
+    train._save_grid(codec, digits[0][:40], tmp_path / "grid.png", n=4, temperature=0.7, seed=0)
+    assert drawn == [["originals", "reconstructions", "samples, temperature 0.7"]]
+    im = np.asarray(Image.open(tmp_path / "grid.png"))
+    assert im.shape == (3 * (32 + 2), 150 + 4 * (32 + 2), 3)  # 8x8 digits drawn 4x, right of a column of labels
+    assert all((im[r * 34:r * 34 + 32, :150] < 128).any() for r in range(3))  # each row's label, in black
+    # a weak codec's NaN pixels are drawn black (draw_rows refuses NaN): the run still gets its picture
+    monkeypatch.setattr(codec, "sample", lambda n, **kw: torch.full((n, 1, 8, 8), float("nan")))
+    train._save_grid(codec, digits[0][:40], tmp_path / "nan.png", n=4, temperature=0.7, seed=0)
+    assert (np.asarray(Image.open(tmp_path / "nan.png"))[2 * 34:2 * 34 + 32, 150:150 + 32] == 0).all()
+
+
 def test_history_records_training_seconds_summed_over_resumed_calls(tmp_path, digits):
     x = digits[0][:64]
     train_codec("flow", x, tmp_path, **FLOW, max_steps=3, batch_size=16, progress=False)
@@ -1405,10 +1423,10 @@ def test_png_rows_are_originals_reconstructions_samples(tmp_path, digits):
     x, _, xt, _, _ = digits
     r = train_codec("flow", x[:32], tmp_path, **FLOW, max_steps=2, batch_size=16, x_test=xt[:16], progress=False)
     im = torch.from_numpy(np.asarray(Image.open(tmp_path / "glow.png").convert("L"), dtype=np.float32) / 255)
-    cell = 32 + 2  # 8x8 images upscaled to 32 px, padding 2
+    cell, left = 32 + 2, 150  # 8x8 images upscaled to 32 px, padding 2, right of the labels' column
 
     def row(i):
-        return torch.stack([im[2 + i * cell:2 + i * cell + 32:4, 2 + j * cell:2 + j * cell + 32:4] for j in range(16)])
+        return torch.stack([im[i * cell:i * cell + 32:4, left + j * cell:left + j * cell + 32:4] for j in range(16)])
 
     with torch.no_grad():
         rec = r["codec"].reconstruct(xt[:16])[:, 0]

@@ -35,6 +35,15 @@ def test_the_grid_is_as_wide_as_its_longest_row_wherever_that_row_is(tmp_path):
     assert (im[0:8, 30:38] == 255).all()   # the short row's second cell stays white
 
 
+def test_a_non_square_image_keeps_its_shape(tmp_path):
+    # a codec of 4x8 images had its training picture (train_codec's NAME.png, drawn by draw_rows) squeezed square
+    rows = {"w": torch.zeros(2, 1, 4, 8), "s": torch.full((1, 1, 4, 4), 0.5)}  # labels within label_width
+    im = np.asarray(Image.open(save_rows(rows, tmp_path / "g.png", cell=8, label_width=20)))
+    assert im.shape == (2 * (8 + 2), 20 + 2 * (16 + 2), 3)              # the widest row: two images 16 wide
+    assert (im[0:8, 20:36] == 0).all() and (im[0:8, 38:54] == 0).all()  # each 8 high, 16 wide
+    assert (im[10:18, 20:28] == 128).all() and (im[10:18, 28:36] == 255).all()  # a square one stays 8 wide
+
+
 @pytest.mark.parametrize("rows, match", [
     ({}, "rows is empty"),
     ({"a": torch.rand(2, 3, 4)}, r"rows\['a'\] must have shape \(B, C, H, W\)"),

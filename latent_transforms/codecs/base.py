@@ -14,9 +14,10 @@ from torch import nn
 from ..casts import TensorFn, without_16_bit_casts
 from ..rng import draw_generator
 from ..torch_defaults import codec_build_defaults
-from ..validation import (ModuleMixin, Settings, SettingT, WrongTypeError, bad_option, check_bool, check_dense,
-                          check_image_values, check_images, check_items, check_number, check_same_device, describe,
-                          fixed_at_construction, is_int, is_sequence, scalar, setting, state_mismatch, values_unread)
+from ..validation import (ModuleMixin, Settings, SettingT, WrongStateError, WrongTypeError, bad_option, check_bool,
+                          check_dense, check_image_values, check_images, check_items, check_number, check_same_device,
+                          describe, fixed_at_construction, is_int, is_sequence, scalar, setting, state_mismatch,
+                          values_unread)
 from .precision import exact_math
 
 if TYPE_CHECKING:
@@ -449,8 +450,8 @@ class Codec(Settings, ChecksCodecStates, nn.Module):
             self._compiled = self._compile_args = None
             return self
         if not self.frozen:
-            raise ValueError(f"compile_fast_path() needs a frozen codec: call {type(self).__name__}.freeze() first "
-                             f"(hub checkpoints are frozen already)")
+            raise WrongStateError(f"compile_fast_path() needs a frozen codec: call {type(self).__name__}.freeze() "
+                                  f"first (hub checkpoints are frozen already)")
         cls = type(self)
         self._compiled = (torch.compile(cls._encode, dynamic=dynamic, **compile_kwargs),
                           torch.compile(cls._decode, dynamic=dynamic, **compile_kwargs))
