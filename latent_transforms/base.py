@@ -24,11 +24,11 @@ __all__ = ["LatentTransform"]
 
 # A decoded sample further than this outside [0, 1] (before clipping) is implausible and is rejected.
 _MAX_OVERSHOOT = 0.5
-# A transformed sample with more than SATURATED of its values at 0 or 1 after clipping, GAIN more than its input had,
+# A transformed sample with more than _SATURATED of its values at 0 or 1 after clipping, _GAIN more than its input had,
 # is destroyed though kept: a flow's latent pushed far out (eps too large) decodes into saturated noise inside [0, 1]
-# (the shipped codecs decode into [0, 1]: keep_plausible rejects none). Over a window of at least WINDOW transformed
-# samples, more than WARN of them destroyed makes a one-time warning.
-SATURATED, GAIN, WINDOW, WARN = 0.5, 0.25, 32, 0.25
+# (the shipped codecs decode into [0, 1]: keep_plausible rejects none). Over a window of at least _WINDOW transformed
+# samples, more than _WARN of them destroyed makes a one-time warning.
+_SATURATED, _GAIN, _WINDOW, _WARN = 0.5, 0.25, 32, 0.25
 # Set on a ValueError that is not about the batch a transform was given (its model's or codec's own error, raised in
 # ``transform``, or a setting the transform lacks): a Compose passes it on without naming the previous step.
 NOT_ABOUT_THE_BATCH = "_latent_transforms_not_about_the_batch"
@@ -122,12 +122,12 @@ def warn_if_left_in_eval(owner: nn.Module, model: nn.Module | None) -> None:
 
 
 def saturated(x2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``(N,)`` bool: which outputs ``x2: (N, C, H, W)`` in [0, 1] of the inputs ``x`` have more than ``SATURATED`` of
-    their values at 0 or 1, ``GAIN`` more than their input."""
+    """``(N,)`` bool: which outputs ``x2: (N, C, H, W)`` in [0, 1] of the inputs ``x`` have more than ``_SATURATED`` of
+    their values at 0 or 1, ``_GAIN`` more than their input."""
     def share(t: torch.Tensor) -> torch.Tensor:
         return ((t <= 0) | (t >= 1)).flatten(1).float().mean(1)
     out = share(x2)
-    return (out > SATURATED) & (out > share(x) + GAIN)
+    return (out > _SATURATED) & (out > share(x) + _GAIN)
 
 
 def one_line_repr(module: nn.Module) -> str:
@@ -324,16 +324,16 @@ class LatentTransform(Settings, SampleStats, nn.Module):
 
     def _destroyed_checks(self, device: torch.device) -> list[ValueCheck]:
         """The earlier calls' count of destroyed samples (``saturated``), read in this call's one host sync: once
-        ``WINDOW`` transformed samples are counted, more than ``WARN`` of them destroyed warns (``forward``), once."""
+        ``_WINDOW`` transformed samples are counted, more than ``_WARN`` of them destroyed warns (``forward``), once."""
         counts = self._destroyed
         if counts is None or self._destroyed_warned or counts.device != device:
             return []
 
         def judge(values: list[float]) -> None:
             destroyed, transformed = (int(v) for v in values)
-            if transformed >= WINDOW:
+            if transformed >= _WINDOW:
                 self._destroyed = None  # a new window
-                if destroyed > WARN * transformed:
+                if destroyed > _WARN * transformed:
                     self._destroyed_found = (destroyed, transformed)  # forward warns, at the caller's line
         return [(counts, judge)]
 

@@ -1,7 +1,7 @@
 """The ``latent-transforms`` command line: ``list`` and ``fetch`` codec checkpoints, ``train`` a codec and
 ``register`` it by name (``unregister`` removes it), run the ``demo``.
 
-Each subcommand is a ``_cmd_*(args)`` function registered in ``build_parser`` with ``set_defaults(func=...)``.
+Each subcommand is a ``_cmd_*(args)`` function registered in ``_build_parser`` with ``set_defaults(func=...)``.
 Errors print one line to stderr (after argparse's usage for a malformed option) and exit with status 2.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from .validation import is_out_of_memory
 
 __all__: list[str] = []  # the package's own machinery: none of it is API (docs/api.md)
 
-PROG = "latent-transforms"
+_PROG = "latent-transforms"
 
 
 def _size(n: float | None) -> str:
@@ -59,7 +59,7 @@ def _cmd_list(args: argparse.Namespace) -> None:
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-    print(f"\n(`{PROG} list -v`: every quality figure, training data, notes and sha256)")
+    print(f"\n(`{_PROG} list -v`: every quality figure, training data, notes and sha256)")
 
 
 def _cmd_fetch(args: argparse.Namespace) -> None:
@@ -89,10 +89,10 @@ def _cmd_unregister(args: argparse.Namespace) -> None:
     print(f"deleted {copy}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _build_parser() -> argparse.ArgumentParser:
     """The argument parser; add a subcommand with ``subparsers.add_parser(...).set_defaults(func=...)``."""
-    parser = argparse.ArgumentParser(prog=PROG, description="Semantic data augmentation with pretrained codecs.")
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser = argparse.ArgumentParser(prog=_PROG, description="Semantic data augmentation with pretrained codecs.")
+    parser.add_argument("--version", action="version", version=f"{_PROG} {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = subparsers.add_parser("list", help="list the registered codec checkpoints and where they are available")
@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                   file: TextIO | None = None, line: str | None = None) -> None:
-    print(f"{PROG}: warning: {message}", file=sys.stderr if file is None else file)
+    print(f"{_PROG}: warning: {message}", file=sys.stderr if file is None else file)
 
 
 def _stdout_is_closed() -> bool:
@@ -149,7 +149,7 @@ def _stdout_is_closed() -> bool:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns 0, or exits with status 2 after a one-line error on stderr (130 on Ctrl-C, 141 when
     the reader of stdout went away, as a shell reports SIGPIPE)."""
-    args = build_parser().parse_args(argv)
+    args = _build_parser().parse_args(argv)
     try:
         with warnings.catch_warnings():  # one line each, as the errors: not Python's "file:line: UserWarning" + source
             warnings.showwarning = _show_warning
@@ -157,22 +157,22 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.flush()  # here, where a closed pipe is caught below, not at exit
     except BrokenPipeError as e:
         if not _stdout_is_closed():  # another pipe broke: an error like any other
-            print(f"{PROG}: error: {e}", file=sys.stderr)
+            print(f"{_PROG}: error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
         # `latent-transforms list | head`: the reader has what it wanted; nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not fail again
         raise SystemExit(141) from None  # as a shell reports a command ended by SIGPIPE
     except (hub.HubError, LookupError, ValueError, OSError, ImportError, ArithmeticError) as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        print(f"{_PROG}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     except RuntimeError as e:  # only out of memory: any other is a bug, and its traceback is wanted
         if not is_out_of_memory(e):
             raise
-        print(f"{PROG}: error: out of memory ({' '.join(str(e).split())}); with `train`, try a smaller --batch-size "
+        print(f"{_PROG}: error: out of memory ({' '.join(str(e).split())}); with `train`, try a smaller --batch-size "
               f"or --hidden", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+        print(f"{_PROG}: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
     return 0
 

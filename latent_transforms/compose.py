@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import textwrap
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeGuard, cast, overload
 
 import torch
@@ -457,6 +458,13 @@ class Compose(Settings, ChecksCodecStates, nn.Module):
 
     def extra_repr(self) -> str:
         return "" if self.num_classes is None else f"num_classes={self.num_classes}"
+
+    def __repr__(self) -> str:
+        """``Compose([step, ...], num_classes=K)`` as it was built, one step a line (a nested Compose indented, a plain
+        callable as itself), as torchvision's Compose prints its steps: not nn.Module's ``(steps): ModuleList(...)``."""
+        steps = "".join(textwrap.indent(repr(t.fn if isinstance(t, _Callable) else t), "  ") + ",\n" for t in self)
+        options = self.extra_repr()
+        return f"{type(self).__name__}([{steps and chr(10) + steps}]{options and ', ' + options})"
 
     if TYPE_CHECKING:  # the call's types (nn.Module's __call__ returns Any), as a LatentTransform's
         @overload

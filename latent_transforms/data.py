@@ -44,7 +44,7 @@ __all__ = ["load_images", "low_data_split", "cifar10_5k_index", "describe_spec",
            "CIFAR10_SPECS"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-SPLITS = ("train", "test")
+_SPLITS = ("train", "test")
 CIFAR10_SPECS = ("cifar10", "cifar10-5k")  # torchvision's download, whole or the 5,000-image subset
 SPLIT_SPECS = ("digits", *CIFAR10_SPECS)  # the specs with a train and a test split
 DEFAULT_DATA_ROOT = ("data/ in the cache dir: $LATENT_TRANSFORMS_HOME, else $XDG_CACHE_HOME/latent-transforms or "
@@ -52,7 +52,7 @@ DEFAULT_DATA_ROOT = ("data/ in the cache dir: $LATENT_TRANSFORMS_HOME, else $XDG
 
 
 def _check_split(split: str) -> None:
-    check_choice("split", split, SPLITS)
+    check_choice("split", split, _SPLITS)
 
 
 def load_images(spec: str, split: str = "train", data_root: str | os.PathLike[str] | None = None

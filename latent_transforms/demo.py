@@ -118,7 +118,7 @@ def format_table(results: dict[str, dict[str, list[float]]], per_class: int, epo
     return "\n".join(lines)
 
 
-def picture_rows(glow: Codec, vae: Codec, x: torch.Tensor, y: torch.Tensor, model: nn.Module
+def _picture_rows(glow: Codec, vae: Codec, x: torch.Tensor, y: torch.Tensor, model: nn.Module
                  ) -> dict[str, torch.Tensor]:
     """The rows of ``demo.png`` (also the docs' overview picture): the originals ``x: (B, 1, 8, 8)``, each method's
     output with the demo's settings (VarMixup on every image; LatentAdversarial attacks ``model``) and the VAE's
@@ -135,7 +135,7 @@ def picture_rows(glow: Codec, vae: Codec, x: torch.Tensor, y: torch.Tensor, mode
 
 def overview_picture(glow: Codec, vae: Codec, path: Path, test: tuple[torch.Tensor, torch.Tensor] | None = None
                      ) -> Path:
-    """``demo.png``, also the docs' overview picture (``scripts/make_doc_pictures.py``): ``picture_rows`` of the
+    """``demo.png``, also the docs' overview picture (``scripts/make_doc_pictures.py``): ``_picture_rows`` of the
     first 12 digits test images, LatentAdversarial attacking a weak classifier trained on them. ``test``: the
     digits test split ``(x, y)`` when the caller has it (else it is loaded)."""
     x, y = test if test is not None else load_images("digits", "test")[:2]
@@ -144,7 +144,7 @@ def overview_picture(glow: Codec, vae: Codec, path: Path, test: tuple[torch.Tens
     torch.manual_seed(0)
     model = digits_cnn()
     fit_classifier(model, x, y, epochs=5, progress=False)  # a weak classifier to attack, just for the picture
-    return save_rows(picture_rows(glow, vae, x, y, model), path)
+    return save_rows(_picture_rows(glow, vae, x, y, model), path)
 
 
 def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -99,7 +99,7 @@ class FeatureCovariance(Settings, nn.Module):
     _dtype: torch.dtype | None = None
 
     def __init__(self, num_classes: int, feature_dim: int | None = None, *, covariance: str = "full",
-                 sync_stats: "bool | dist.ProcessGroup" = True):
+                 sync_stats: bool | dist.ProcessGroup = True):
         super().__init__()
         num_classes = check_count("num_classes", num_classes, low=1)
         feature_dim = None if feature_dim is None else check_count("feature_dim", feature_dim, low=1)
@@ -172,7 +172,7 @@ class FeatureCovariance(Settings, nn.Module):
 
         # the statistics, the batch's covariance (K A A each) and the spread of its centred features (N K A)
         need = (2 * k * a * a + batch * k * a) * size
-        total = device_memory(device)
+        total = _device_memory(device)
         if total is not None and need > total:
             raise refusal(f"That is {need / 1e9:.1f} GB in all, more than the {total / 1e9:.1f} GB of {device}")
         try:
@@ -416,7 +416,7 @@ def check_unchanged(owner: nn.Module, name: str, value: object) -> object:
         if grows else f"build a new {type(owner).__name__}(..., {name}={value!r})")
 
 
-def device_memory(device: torch.device) -> int | None:
+def _device_memory(device: torch.device) -> int | None:
     """The total memory of ``device`` in bytes (the machine's RAM for the CPU), ``None`` where it is not known."""
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).total_memory

@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from .codecs import Codec
 
 FORMAT = "latent-transforms/1"
-SHIPPED_DIR = Path(__file__).resolve().parent / "checkpoints"
+_SHIPPED_DIR = Path(__file__).resolve().parent / "checkpoints"
 _URL_SCHEMES = ("http", "https", "file")
 _DEFAULT_TIMEOUT = 60.0
 _STORAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -217,7 +217,7 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
-def chmod_default(path: str | os.PathLike[str]) -> None:
+def _chmod_default(path: str | os.PathLike[str]) -> None:
     """Give a file from ``mkstemp`` (mode 0600) the usual permissions (0666 minus the process's umask)."""
     with contextlib.suppress(OSError):
         os.chmod(path, 0o666 & ~_UMASK)
@@ -246,7 +246,7 @@ def _atomic_file(path: Path, errors: Callable[[], contextlib.AbstractContextMana
                 f.close()
         with errors(), open(tmp, "rb+") as written:  # by name: the block may have written it through another file
             os.fsync(written.fileno())
-        chmod_default(tmp)
+        _chmod_default(tmp)
         os.replace(tmp, path)
     finally:
         _remove(tmp)
@@ -549,7 +549,7 @@ def _read_registry_file(path: Path) -> dict[str, Any] | None:
 
 
 def _shipped_registry() -> dict[str, dict[str, Any]]:
-    path = SHIPPED_DIR / "registry.json"
+    path = _SHIPPED_DIR / "registry.json"
     registry = _read_registry_file(path) if path.is_file() else None  # None: no file (also one gone since)
     return {} if registry is None else dict(registry["checkpoints"])
 
@@ -704,7 +704,7 @@ def register(name: str, *, file: str, sha256: str, config: dict[str, Any], train
     """
     _add_entry(name, file=file, sha256=sha256, config=config, trained_on=trained_on, quality=quality, notes=notes,
                size=size, overwrite=overwrite, persist=persist)
-    if not (cache_dir() / file).is_file() and not (SHIPPED_DIR / file).is_file() \
+    if not (cache_dir() / file).is_file() and not (_SHIPPED_DIR / file).is_file() \
             and (not os.environ.get(_HUB_URL) or _offline()):
         why = "LATENT_TRANSFORMS_OFFLINE is set" if os.environ.get(_HUB_URL) else f"{_HUB_URL} is not set"
         warnings.warn(f"registered {name!r}, but its file {file} is not in {cache_dir()} (nor shipped, and {why}): "
@@ -905,7 +905,7 @@ def list_checkpoints() -> list[dict[str, Any]]:
     for name, entry in sorted(_registry(warn_if_broken=True).items()):
         size = entry.get("size")
         rows.append({"name": name, **entry, "cached": present(cache_dir() / entry["file"], size),
-                     "shipped": present(SHIPPED_DIR / entry["file"], size), "remote": bool(os.environ.get(_HUB_URL))})
+                     "shipped": present(_SHIPPED_DIR / entry["file"], size), "remote": bool(os.environ.get(_HUB_URL))})
     return rows
 
 
@@ -1115,7 +1115,7 @@ def fetch(name: str) -> Path:
     entry = _entry(name)
     file: str
     file, sha256 = entry["file"], entry["sha256"]
-    cached, shipped = cache_dir() / file, SHIPPED_DIR / file
+    cached, shipped = cache_dir() / file, _SHIPPED_DIR / file
     notes = []
     cached_state, reason = _check_copy(cached, sha256)
     if cached_state is _Copy.VERIFIED:

@@ -28,7 +28,8 @@ def _checked_model(name: str, model: object) -> nn.Module:
 
 
 class LatentMixupInference(Settings, ChecksCodecStates, SampleStats, nn.Module):
-    """``probs = mean_k softmax(model(decode(lam * z + (1 - lam) * z_ref_k)))`` over ``num_mixes`` references.
+    """Mixup inference in a codec's latent space: ``probs = mean_k softmax(model(decode(lam * z + (1 - lam) *
+    z_ref_k)))`` over ``num_mixes`` references.
 
     Mixup Inference (Pang et al., ICLR 2020) moved to a codec's latent space, as VarMixup suggests for robust
     inference: mixing shrinks a perturbation of the input by ``lam`` while the clean reference keeps the image on

@@ -72,7 +72,7 @@ def generator_repr(spec: torch.Generator | int | None) -> str:
     return f", generator={spec}" if isinstance(spec, int) else f", generator=torch.Generator({str(spec.device)!r})"
 
 
-def check_generator_device(generator: torch.Generator, device: torch.device) -> torch.Generator:
+def _check_generator_device(generator: torch.Generator, device: torch.device) -> torch.Generator:
     """``generator`` if it can draw for data on ``device``, else ``ValueError`` naming both (not torch's own error)."""
     on = torch.device(generator.device)  # cuda:0's generator does not draw for cuda:1 data
     if on.type != device.type or None not in (on.index, device.index) and on.index != device.index:
@@ -87,7 +87,7 @@ def draw_generator(spec: object, device: torch.device) -> torch.Generator | None
     ``torch.Generator`` as given, if it is on ``device`` (``ValueError`` otherwise)."""
     spec = _check_generator(spec)
     if isinstance(spec, torch.Generator):
-        return check_generator_device(spec, torch.device(device))
+        return _check_generator_device(spec, torch.device(device))
     return torch.Generator(device).manual_seed(spec) if isinstance(spec, int) else spec
 
 
@@ -125,7 +125,7 @@ class GeneratorSource:
 
     def get(self, device: torch.device) -> torch.Generator:
         if isinstance(self.spec, torch.Generator):
-            return check_generator_device(self.spec, device)
+            return _check_generator_device(self.spec, device)
         with _SEED_LOCK:  # two threads' first calls would each make a generator (with an int seed: the same draws)
             if self.spec is None and self._process != _process():
                 self._per_device, self._process = {}, _process()
@@ -177,21 +177,21 @@ def _generator_from_bytes(device: str, state: bytes) -> torch.Generator:
     return out
 
 
-GAMMA_ROUNDS = 16  # Marsaglia-Tsang accepts >= 95% of proposals for shape >= 1: all 16 reject with p < 1e-20
+_GAMMA_ROUNDS = 16  # Marsaglia-Tsang accepts >= 95% of proposals for shape >= 1: all 16 reject with p < 1e-20
 
 
-def sample_log_gamma(shape: float, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+def _sample_log_gamma(shape: float, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
     """n draws of log X, X ~ Gamma(shape, 1), using only ``generator`` (Marsaglia & Tsang, 2000), in float32 whatever
     torch's default dtype (in bfloat16 a Beta(0.2, 0.2) weight took 938 values, some NaN). In logs because for
     a small shape X underflows float32 (a third of Gamma(0.01) draws would be 0). Each draw takes the first accepted
-    of ``GAMMA_ROUNDS`` proposals made at once: no host sync (a rejection loop read the acceptances on the host,
+    of ``_GAMMA_ROUNDS`` proposals made at once: no host sync (a rejection loop read the acceptances on the host,
     3 syncs per round), and the generator advances by the same amount every call."""
     boost = shape < 1  # Gamma(a) = Gamma(a + 1) * U^(1/a)
     a = shape + 1 if boost else shape
     d = a - 1 / 3
     c = 1 / (9 * d) ** 0.5
-    x = torch.randn(n, GAMMA_ROUNDS, generator=generator, device=device, dtype=torch.float32)
-    u = torch.rand(n, GAMMA_ROUNDS, generator=generator, device=device, dtype=torch.float32)
+    x = torch.randn(n, _GAMMA_ROUNDS, generator=generator, device=device, dtype=torch.float32)
+    u = torch.rand(n, _GAMMA_ROUNDS, generator=generator, device=device, dtype=torch.float32)
     v = (1 + c * x) ** 3
     ok = (v > 0) & (torch.log(u) < 0.5 * x**2 + d - d * v + d * torch.log(v.clamp_min(1e-30)))
     first = ok.int().argmax(1, keepdim=True)  # the first accepted proposal
@@ -207,7 +207,8 @@ def sample_beta(alpha: float, n: int, generator: torch.Generator, device: torch.
     the logs. ``alpha`` at least ``MIN_ALPHA`` (below, float32 draws overflow to NaN weights)."""
     alpha = check_number("alpha", alpha, low=MIN_ALPHA)
     n = check_count("n", n)
-    return torch.sigmoid(sample_log_gamma(alpha, n, generator, device) - sample_log_gamma(alpha, n, generator, device))
+    return torch.sigmoid(_sample_log_gamma(alpha, n, generator, device)
+                         - _sample_log_gamma(alpha, n, generator, device))
 
 
 def random_partners(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:

@@ -26,7 +26,7 @@ _ModelState = tuple[dict[str, torch.Tensor], list[bool], list["torch.Tensor | No
 
 
 def model_state(model: nn.Module | None) -> _ModelState | None:
-    """A copy of what a transform must leave alone, for ``assert_model_unchanged``: ``model``'s state dict, train/eval
+    """A copy of what a transform must leave alone, for ``_assert_model_unchanged``: ``model``'s state dict, train/eval
     flags, gradients and parameters' ``requires_grad``."""
     if model is None:
         return None
@@ -42,7 +42,7 @@ def expect(ok: bool | torch.Tensor, message: str) -> None:
         raise AssertionError(message)
 
 
-def assert_model_unchanged(model: nn.Module | None, before: _ModelState | None) -> None:
+def _assert_model_unchanged(model: nn.Module | None, before: _ModelState | None) -> None:
     """``AssertionError`` naming what changed in ``model`` since ``before = model_state(model)``."""
     if model is None:
         return
@@ -167,7 +167,7 @@ def check_transform_contract(make: Callable[..., LatentTransform], x: torch.Tens
                          f"as check_transform_contract(..., num_classes=...)")
     before = model_state(model)
     x2, y2 = _called(t, x, y, model)
-    assert_model_unchanged(model, before)
+    _assert_model_unchanged(model, before)
     expect(isinstance(x2, torch.Tensor) and x2.shape == x.shape and x2.dtype == x.dtype and x2.device == x.device,
            f"x2 is {_form(x2)}, x {_form(x)}")
     expect(torch.isfinite(x2).all() and x2.min() >= 0 and x2.max() <= 1, "x2 is not finite and in [0, 1]")
@@ -226,7 +226,7 @@ def check_transform_contract(make: Callable[..., LatentTransform], x: torch.Tens
     te = make(generator=0).eval()
     xe, ye = _called_on_purpose(te, x, y, model)
     expect(xe is x and ye is y, "eval() mode did not return x and y themselves")
-    assert_model_unchanged(model, before)
+    _assert_model_unchanged(model, before)
 
     # new outputs carry no autograd history, even from an x that requires grad (samples passed through too);
     # a transform that leaves images alone (ISDA) may return x itself

@@ -47,14 +47,14 @@ from .validation import (POSITIVE_FLOAT, POSITIVE_INT, THREADS, MissingFileError
 __all__ = ["train_codec", "eval_codec", "default_config", "save_training_state", "load_training_state", "STATE_FORMAT"]
 
 STATE_FORMAT = "latent-transforms-train-state/1"
-ACTNORM_INIT_BATCH = 512
+_ACTNORM_INIT_BATCH = 512
 # seeds in [0, 2**32), as NumPy's: the batch order seeds a generator with seed * 1_000_003 + epoch
 _MAX_SEED = 2**32 - 1
 # Adam and Adamax move each weight by up to about lr a step: beyond 1, only overflow (lr 1e38: a traceback)
 _MAX_LR = 1.0
-ROUNDTRIP_TOL = 1e-3  # max |decode(encode(x)) - x| a stored flow may have (else fp16 falls back to fp32)
-VAE_FP16_TOL = 1e-2  # max |reconstruction(fp16 copy) - reconstruction(fp32)| for a VAE
-MIN_VAE_KL = 1.0  # nats per image: a VAE whose latent carries less has collapsed (vae-digits carries 3.7)
+_ROUNDTRIP_TOL = 1e-3  # max |decode(encode(x)) - x| a stored flow may have (else fp16 falls back to fp32)
+_VAE_FP16_TOL = 1e-2  # max |reconstruction(fp16 copy) - reconstruction(fp32)| for a VAE
+_MIN_VAE_KL = 1.0  # nats per image: a VAE whose latent carries less has collapsed (vae-digits carries 3.7)
 _MAX_NONFINITE_IN_A_ROW = 20
 _BUILT_UNCHECKED = 64  # flow steps per level or VAE decoder blocks built without a memory check
 # what stops a run at the next step boundary, saved: Ctrl-C, the usual termination, and SLURM's warning before the
@@ -65,7 +65,7 @@ _STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "S
 # -- what differs per codec kind -----------------------------------------------------------------------
 @dataclass(frozen=True)
 class _TrainingRecipe:
-    """How ``train_codec`` builds, trains, evaluates and reports one codec kind: an entry of ``RECIPES``."""
+    """How ``train_codec`` builds, trains, evaluates and reports one codec kind: an entry of ``_RECIPES``."""
 
     name: str  # the kind as train_codec and the CLI take it
     label: str  # the kind as messages name it ("... is a VAE setting")
@@ -74,14 +74,14 @@ class _TrainingRecipe:
     base_config: Callable[[int, int, int], dict[str, Any]]  # (height, width, num_bins) -> config before overrides
     optimizer: Callable[..., torch.optim.Optimizer]  # called as (params, lr=...)
     grad_clip: float | None  # the default max gradient norm
-    actnorm: bool  # a fresh codec initialises its ActNorm layers from ACTNORM_INIT_BATCH training images
+    actnorm: bool  # a fresh codec initialises its ActNorm layers from _ACTNORM_INIT_BATCH training images
     sample_temperature: float  # of the samples in the PNG
     bar_metrics: dict[str, str]  # the progress bar's smoothed training metrics, each with its format
     # eval_codec on one batch: (codec, xb, generator) -> (metrics summed over xb, metrics maximal over xb)
     batch_metrics: Callable[[Codec, torch.Tensor, torch.Generator], tuple[dict[str, float], dict[str, float]]]
     quality: dict[str, int]  # the registry entry's quality metrics (of eval_codec), each with the decimals it keeps
     # (codec, its float16 copy, probe images) -> (the copy's error, the most allowed, what the error is); the
-    # tolerance is a module constant read at each call (ROUNDTRIP_TOL, VAE_FP16_TOL), so that it can be set
+    # tolerance is a module constant read at each call (_ROUNDTRIP_TOL, _VAE_FP16_TOL), so that it can be set
     fp16_error: Callable[[Codec, Codec, torch.Tensor], tuple[float, float, str]]
     # (trained codec, its eval_codec metrics) -> why its latent is not worth using (a warning), or None
     weakness: Callable[[Codec, dict[str, float]], str | None]
@@ -105,7 +105,7 @@ def _glow_batch_metrics(codec: Codec, xb: torch.Tensor, gen: torch.Generator
                         ) -> tuple[dict[str, float], dict[str, float]]:
     """``bits_per_dim`` summed over ``xb`` (B, C, H, W) (uniform dequantisation noise from ``gen``), and the
     batch's ``roundtrip_max_err``, as ``(sums, maxes)``."""
-    glow = cast(Glow, codec)  # RECIPES["glow"]'s
+    glow = cast(Glow, codec)  # _RECIPES["glow"]'s
     device = codec.device
     noise = torch.rand(xb.shape, generator=gen, device="cpu", dtype=torch.float32).to(device, codec.dtype)
     x_deq = (torch.round(xb * (glow.num_bins - 1)) + noise) / glow.num_bins
@@ -118,7 +118,7 @@ def _vae_batch_metrics(codec: Codec, xb: torch.Tensor, gen: torch.Generator
                        ) -> tuple[dict[str, float], dict[str, float]]:
     """``mse``, ``kl``, ``rec`` and ``nelbo`` summed over ``xb`` (B, C, H, W) (one posterior sample from ``gen``), as
     ``(sums, {})``."""
-    vae = cast(ConvVAE, codec)  # RECIPES["vae"]'s
+    vae = cast(ConvVAE, codec)  # _RECIPES["vae"]'s
     terms = vae.elbo_terms(xb, generator=gen)
     rec, kl = terms["rec"], terms["kl"]
     mse = (codec.decode([terms["mu"]]) - xb).pow(2).flatten(1).mean(1)
@@ -128,7 +128,7 @@ def _vae_batch_metrics(codec: Codec, xb: torch.Tensor, gen: torch.Generator
 
 def _glow_weakness(codec: Codec, metrics: dict[str, float]) -> str | None:
     """A flow no better than uniform noise over its ``num_bins`` levels (log2(num_bins) bits/dim) learnt nothing."""
-    uniform = math.log2(cast(Glow, codec).num_bins)  # RECIPES["glow"]'s
+    uniform = math.log2(cast(Glow, codec).num_bins)  # _RECIPES["glow"]'s
     if not metrics["bits_per_dim"] < uniform:
         return (f"the flow models its images no better than uniform noise ({metrics['bits_per_dim']:.4g} bits/dim; "
                 f"uniform over {codec.num_bins} levels: {uniform:.4g}): its latent is not worth perturbing; train "
@@ -137,11 +137,11 @@ def _glow_weakness(codec: Codec, metrics: dict[str, float]) -> str | None:
 
 
 def _vae_weakness(codec: Codec, metrics: dict[str, float]) -> str | None:
-    """A VAE whose latent carries less than ``MIN_VAE_KL`` nats per image has collapsed: its decodes barely depend on
+    """A VAE whose latent carries less than ``_MIN_VAE_KL`` nats per image has collapsed: its decodes barely depend on
     the image."""
-    if not metrics["kl"] >= MIN_VAE_KL:
+    if not metrics["kl"] >= _MIN_VAE_KL:
         return (f"the VAE's latent carries almost nothing about its images (KL {metrics['kl']:.3g} nats per image, "
-                f"under {MIN_VAE_KL:g}: posterior collapse): its decodes barely depend on the input, so VarMixup "
+                f"under {_MIN_VAE_KL:g}: posterior collapse): its decodes barely depend on the input, so VarMixup "
                 f"would mix near-copies of one image; train longer or lower the KL weight (beta, now {codec.beta:g})")
     return None
 
@@ -149,7 +149,7 @@ def _vae_weakness(codec: Codec, metrics: dict[str, float]) -> str | None:
 def _glow_fp16_error(codec: Codec, stored: Codec, probe: torch.Tensor) -> tuple[float, float, str]:
     """``(error, tolerance, what the error is)`` of ``stored``, a float16 copy of ``codec``, on ``probe``
     (B, C, H, W): its own round trip."""
-    return _roundtrip_err(stored, probe), ROUNDTRIP_TOL, "decode(encode(x)) errs by"
+    return _roundtrip_err(stored, probe), _ROUNDTRIP_TOL, "decode(encode(x)) errs by"
 
 
 def _vae_fp16_error(codec: Codec, stored: Codec, probe: torch.Tensor) -> tuple[float, float, str]:
@@ -158,11 +158,11 @@ def _vae_fp16_error(codec: Codec, stored: Codec, probe: torch.Tensor) -> tuple[f
     with torch.no_grad():
         p = probe.to(stored.device)
         err = float((stored.decode(stored.encode(p)) - codec.decode(codec.encode(p))).abs().max())
-    return err, VAE_FP16_TOL, "its reconstructions differ from fp32 by"
+    return err, _VAE_FP16_TOL, "its reconstructions differ from fp32 by"
 
 
 # by codec kind (``codec.kind``)
-RECIPES = {
+_RECIPES = {
     "glow": _TrainingRecipe(
         name="flow", label="flow (Glow)", settings=("levels", "steps", "hidden"),
         settings_note="; a flow's latent has the size of the image", base_config=_glow_config,
@@ -177,7 +177,7 @@ RECIPES = {
         quality={"mse": 5, "kl": 3}, fp16_error=_vae_fp16_error, weakness=_vae_weakness),
 }
 # train_codec's kind, or the codec kind itself -> the codec kind
-KINDS = {**{recipe.name: kind for kind, recipe in RECIPES.items()}, **{kind: kind for kind in RECIPES}}
+_KINDS = {**{recipe.name: kind for kind, recipe in _RECIPES.items()}, **{kind: kind for kind in _RECIPES}}
 
 
 # -- configs ------------------------------------------------------------------------------------------
@@ -189,7 +189,7 @@ def default_config(kind: str, image_shape: tuple[int, int, int], num_bins: int =
     """
     codec_kind = _codec_kind(kind)
     c, h, w = (int(s) for s in image_shape)
-    config = {"kind": codec_kind, "image_shape": [c, h, w], **RECIPES[codec_kind].base_config(h, w, num_bins)}
+    config = {"kind": codec_kind, "image_shape": [c, h, w], **_RECIPES[codec_kind].base_config(h, w, num_bins)}
     config.update({k: v for k, v in overrides.items() if v is not None})
     with torch.random.fork_rng(devices=[]):  # the codecs' random init drew from the caller's global RNG
         _refuse_too_big(config)  # its codecs on the meta device too
@@ -216,9 +216,9 @@ def _refuse_too_big(config: dict[str, Any]) -> None:
 
 
 def _codec_kind(kind: str) -> str:
-    if kind not in KINDS:
-        raise ValueError(f"kind must be {' or '.join(repr(r.name) for r in RECIPES.values())}, got {kind!r}")
-    return KINDS[kind]
+    if kind not in _KINDS:
+        raise ValueError(f"kind must be {' or '.join(repr(r.name) for r in _RECIPES.values())}, got {kind!r}")
+    return _KINDS[kind]
 
 
 # -- training state as safetensors ----------------------------------------------------------------------
@@ -344,7 +344,7 @@ def eval_codec(codec: Codec, x: torch.Tensor, batch_size: int = 256, seed: int =
     device = codec.device
     codec.check_images(x[:1].to(device))
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    recipe = RECIPES.get(codec.kind)
+    recipe = _RECIPES.get(codec.kind)
     was_training = codec.training
     codec.eval()
     sums: dict[str, float] = {}
@@ -515,8 +515,8 @@ def _check_train_args(x_train: torch.Tensor, x_test: torch.Tensor | None, name: 
 
 def _refuse_other_kind_settings(codec_kind: str, settings: dict[str, Any], spell: Callable[[str], str] = str) -> None:
     """``ValueError`` naming (as ``spell(name)``) each setting of another codec kind that is not None."""
-    own = RECIPES[codec_kind]
-    for other in RECIPES.values():
+    own = _RECIPES[codec_kind]
+    for other in _RECIPES.values():
         given = [spell(n) for n in other.settings if n not in own.settings and settings.get(n) is not None]
         if len(given) == 1:
             raise ValueError(f"{given[0]} is a {other.label} setting{own.settings_note}")
@@ -529,18 +529,18 @@ def _codec_config(codec_kind: str, image_shape: tuple[int, int, int], num_bins: 
     """``default_config()`` with the codec ``settings`` (by name) of ``codec_kind`` (another kind's must be None),
     then ``config``."""
     _refuse_other_kind_settings(codec_kind, settings)
-    overrides = {n: settings[n] for n in RECIPES[codec_kind].settings}
+    overrides = {n: settings[n] for n in _RECIPES[codec_kind].settings}
     return default_config(codec_kind, image_shape, num_bins, **{**overrides, **(config or {})})
 
 
 # settings that training states saved before they existed lack, with the value such a state had (None: unknown, so
 # the state resumes without their check)
-SETTINGS_ADDED_LATER = {"data_sha256": None, "translate": 0}
+_SETTINGS_ADDED_LATER = {"data_sha256": None, "translate": 0}
 
 
 def _new_info(codec_kind: str, settings: dict[str, Any], steps_per_epoch: int) -> dict[str, Any]:
     """The ``info`` (JSON-able, saved with the training state) of a run that starts at step 0."""
-    return {"kind": codec_kind, **settings, "optimizer": RECIPES[codec_kind].optimizer.__name__,
+    return {"kind": codec_kind, **settings, "optimizer": _RECIPES[codec_kind].optimizer.__name__,
             "steps_per_epoch": steps_per_epoch, "step": 0, "train_time_s": 0.0, "nonfinite_steps": 0,
             "history": [], "calls": 0, "schedule": []}
 
@@ -554,11 +554,11 @@ def _load_resume(state_path: Path, settings: dict[str, Any]) -> tuple[dict[str, 
     Raises ``ValueError`` if it was saved with other ``settings`` or its ``info`` lacks a field.
     """
     model_state, optim_state, info, extra = load_training_state(state_path)
-    implied = {k: v for k, v in SETTINGS_ADDED_LATER.items() if v is not None and k not in info}
+    implied = {k: v for k, v in _SETTINGS_ADDED_LATER.items() if v is not None and k not in info}
     info = {**implied, **info}
     mismatch = [f"{k}: not saved (the state predates it: {info[k]!r}), now {v!r}" if k in implied else
                 _difference(k, info[k], v) if k in info else f"{k}: not saved, now {v!r}"
-                for k, v in settings.items() if info.get(k) != v and (k in info or k not in SETTINGS_ADDED_LATER)]
+                for k, v in settings.items() if info.get(k) != v and (k in info or k not in _SETTINGS_ADDED_LATER)]
     if mismatch:
         raise ValueError(
             f"{state_path} is a run with other settings ({'; '.join(mismatch)}); resume with the same settings, "
@@ -579,20 +579,20 @@ def _load_resume(state_path: Path, settings: dict[str, Any]) -> tuple[dict[str, 
 
 def _build(codec_kind: str, cfg: dict[str, Any], dev: torch.device, lr: float, seed: int, x: torch.Tensor,
            saved: _SavedState | None, state_path: Path) -> tuple[Codec, torch.optim.Optimizer]:
-    """The seeded codec and its kind's optimizer (``RECIPES``), fresh or restored from ``saved``.
+    """The seeded codec and its kind's optimizer (``_RECIPES``), fresh or restored from ``saved``.
 
-    A fresh codec with ActNorm (a flow) initialises it from up to ``ACTNORM_INIT_BATCH`` random images of ``x``
+    A fresh codec with ActNorm (a flow) initialises it from up to ``_ACTNORM_INIT_BATCH`` random images of ``x``
     (N, C, H, W); a resumed run (``saved``: model state, optimizer state, extra tensors) gets back its weights,
     optimizer state and RNG state. Call it inside the run's ``torch.random.fork_rng``.
     """
     torch.manual_seed(seed)
     codec = build_codec(cfg).to(dev)
     params = [p for p in codec.parameters() if p.requires_grad]
-    recipe = RECIPES[codec_kind]
+    recipe = _RECIPES[codec_kind]
     if saved is None and recipe.actnorm:  # ActNorm initialises from the first batch it sees: a big one
         g = torch.Generator().manual_seed(seed)
         glow = cast(Glow, codec)  # the recipe with ActNorm
-        glow.init_actnorm(x[torch.randperm(x.shape[0], generator=g, device="cpu")[:ACTNORM_INIT_BATCH].to(dev)])
+        glow.init_actnorm(x[torch.randperm(x.shape[0], generator=g, device="cpu")[:_ACTNORM_INIT_BATCH].to(dev)])
     with cpu_as_default_device():  # torch 2.6 to 2.8 import torch._dynamo at a first optimizer: not under "meta"
         optimizer = recipe.optimizer(params, lr=lr)
     if saved is not None:
@@ -913,7 +913,7 @@ def _report(run: _TrainingRun, stored: Codec, *, name: str, ckpt: Path, sha: str
             "translate": run.translate,
             "compiled": trained_by["compiled"],
             "seed": run.seed,
-            "actnorm_init_batch": min(ACTNORM_INIT_BATCH, n) if run.recipe.actnorm else None,
+            "actnorm_init_batch": min(_ACTNORM_INIT_BATCH, n) if run.recipe.actnorm else None,
             "nonfinite_steps": info["nonfinite_steps"],
             "train_time_s": round(info["train_time_s"], 1),
             "calls": info["calls"],
@@ -1120,7 +1120,7 @@ def train_codec(
     cfg = _codec_config(codec_kind, cast(tuple[int, int, int], tuple(x_train.shape[1:])), num_bins, config, dict(
         levels=levels, steps=steps, hidden=hidden, latent_dim=latent_dim, beta=beta, latent_side=latent_side,
         decoder_blocks=decoder_blocks))
-    recipe = RECIPES[codec_kind]
+    recipe = _RECIPES[codec_kind]
     out = output_folder(out_dir)  # ~ expanded, as hub.load does; created once every setting is known to be good
     out.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as lock:
@@ -1228,7 +1228,7 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "train", help="train your own codec (Glow flow or VAE) on images",
         description="Train a codec; resumable (run the same command again), writes OUT/NAME.{safetensors,json,png}.",
     )
-    p.add_argument("kind", choices=[r.name for r in RECIPES.values()],
+    p.add_argument("kind", choices=[r.name for r in _RECIPES.values()],
                    help="flow: Glow (exact round trip); vae: ConvVAE")
     p.add_argument("--data", required=True, metavar="SPEC",
                    help="digits | cifar10 | cifar10-5k | npz:PATH | folder:PATH")
@@ -1300,13 +1300,13 @@ def _cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         if x_test.shape[1:] != x.shape[1:]:  # e.g. a folder: of grey images, one of them colour, is RGB
             raise ValueError(f"--test-data images are {tuple(x_test.shape[1:])}, --data images {tuple(x.shape[1:])} "
                              f"(channels, height, width)")
-    codec_kind = KINDS[args.kind]
+    codec_kind = _KINDS[args.kind]
     name = f"{codec_kind}-{describe_spec(args.data)}" if args.name is None else args.name  # "" refused, not replaced
     split = " (train split)" if builtin else ""
     description = f"{args.data}{split}: {x.shape[0]} images {tuple(x.shape[1:])}"
     if test_spec is not None:
         description += f"; tested on {test_spec}{' (test split)' if test_spec in SPLIT_SPECS else ''}"
-    kwargs = {setting: getattr(args, setting) for setting in RECIPES[codec_kind].settings}
+    kwargs = {setting: getattr(args, setting) for setting in _RECIPES[codec_kind].settings}
     _refuse_other_kind_settings(codec_kind, vars(args), spell=lambda name: "--" + name.replace("_", "-"))
     options = dict(**kwargs, epochs=args.epochs, max_steps=args.max_steps, max_minutes=args.max_minutes,
                    batch_size=args.batch_size, lr=args.lr, grad_clip=args.grad_clip, ema_decay=args.ema, seed=args.seed,

@@ -885,7 +885,7 @@ def state_mismatch(expected: dict[str, torch.Tensor], given: collections.abc.Map
     return ", ".join(parts)
 
 
-def file_in_the_way(folder: Path) -> Path | None:
+def _file_in_the_way(folder: Path) -> Path | None:
     """``folder`` itself or the nearest of its parents that exists as a file (so ``folder`` cannot be made), or None."""
     return next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
 
@@ -897,7 +897,7 @@ def output_folder(out_dir: str | os.PathLike[str], name: str = "the output folde
     if isinstance(out_dir, str) and not out_dir:
         raise ValueError(f"{name} must be a path, got ''; give a folder (it is created if missing)")
     out = Path(out_dir).expanduser()
-    file = file_in_the_way(out)
+    file = _file_in_the_way(out)
     if file is not None:
         inside = "" if file == out else f" is inside {str(file)!r}, which"
         raise ValueError(f"{name} {str(out)!r}{inside} is a file; give a folder (it is created if missing)")

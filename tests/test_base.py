@@ -121,16 +121,16 @@ def test_a_generator_of_another_gpu_is_refused_and_one_of_the_same_or_an_unnumbe
     index ("cuda") matches either. Stand-ins carry the devices: this runs without two GPUs."""
     from types import SimpleNamespace
 
-    from latent_transforms.rng import check_generator_device
+    from latent_transforms.rng import _check_generator_device
 
     on_gpu1 = SimpleNamespace(device=torch.device("cuda", 1))
     with pytest.raises(ValueError, match=r"^the generator is on cuda:1 but the data is on cuda:0; pass "
                                          r"torch.Generator\(device='cuda:0'\) or an int seed$"):
-        check_generator_device(on_gpu1, torch.device("cuda", 0))
-    assert check_generator_device(on_gpu1, torch.device("cuda", 1)) is on_gpu1
-    assert check_generator_device(on_gpu1, torch.device("cuda")) is on_gpu1
+        _check_generator_device(on_gpu1, torch.device("cuda", 0))
+    assert _check_generator_device(on_gpu1, torch.device("cuda", 1)) is on_gpu1
+    assert _check_generator_device(on_gpu1, torch.device("cuda")) is on_gpu1
     unnumbered = SimpleNamespace(device=torch.device("cuda"))
-    assert check_generator_device(unnumbered, torch.device("cuda", 0)) is unnumbered
+    assert _check_generator_device(unnumbered, torch.device("cuda", 0)) is unnumbered
 
 
 def test_default_generator_follows_torch_manual_seed():
@@ -408,33 +408,33 @@ def test_transformed_samples_go_back_to_their_own_rows():
 
 
 def test_sample_beta_below_one_draws_only_from_the_given_generator():
-    from latent_transforms.rng import sample_beta, sample_log_gamma
+    from latent_transforms.rng import _sample_log_gamma, sample_beta
 
     state = torch.get_rng_state()
     for alpha in (0.4, 0.2):  # alpha < 1: Gamma(alpha) boosted from Gamma(alpha + 1) by a uniform
         a = sample_beta(alpha, 500, torch.Generator().manual_seed(7), torch.device("cpu"))
         b = sample_beta(alpha, 500, torch.Generator().manual_seed(7), torch.device("cpu"))
         assert torch.equal(a, b) and 0 <= a.min() and a.max() <= 1
-        g1 = sample_log_gamma(alpha, 500, torch.Generator().manual_seed(3), torch.device("cpu"))
-        g2 = sample_log_gamma(alpha, 500, torch.Generator().manual_seed(3), torch.device("cpu"))
+        g1 = _sample_log_gamma(alpha, 500, torch.Generator().manual_seed(3), torch.device("cpu"))
+        g2 = _sample_log_gamma(alpha, 500, torch.Generator().manual_seed(3), torch.device("cpu"))
         assert torch.equal(g1, g2)
     assert torch.equal(state, torch.get_rng_state())  # torch's global RNG untouched
 
 
 @pytest.mark.parametrize("shape", [0.3, 1.0, 4.0])
 def test_sample_log_gamma_has_gammas_mean_and_variance_and_a_fixed_draw_count(shape):
-    # the proposals are made GAMMA_ROUNDS at a time and the first accepted one is kept (no rejection loop on the host)
-    from latent_transforms.rng import GAMMA_ROUNDS, sample_log_gamma
+    # the proposals are made _GAMMA_ROUNDS at a time and the first accepted one is kept (no rejection loop on the host)
+    from latent_transforms.rng import _GAMMA_ROUNDS, _sample_log_gamma
 
     g = torch.Generator().manual_seed(0)
-    draws = sample_log_gamma(shape, 40_000, g, torch.device("cpu")).double().exp()
+    draws = _sample_log_gamma(shape, 40_000, g, torch.device("cpu")).double().exp()
     assert abs(float(draws.mean()) - shape) < 4 * (shape / 40_000) ** 0.5  # Gamma(a, 1): mean a, variance a
     assert abs(float(draws.var()) / shape - 1) < 0.06
     for seed in range(5):  # the generator advances by the same draws whatever was accepted
         g, reference = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
-        sample_log_gamma(shape, 64, g, torch.device("cpu"))
-        torch.randn(64, GAMMA_ROUNDS, generator=reference)
-        torch.rand(64, GAMMA_ROUNDS, generator=reference)
+        _sample_log_gamma(shape, 64, g, torch.device("cpu"))
+        torch.randn(64, _GAMMA_ROUNDS, generator=reference)
+        torch.rand(64, _GAMMA_ROUNDS, generator=reference)
         if shape < 1:
             torch.rand(64, generator=reference)
         assert torch.equal(g.get_state(), reference.get_state())

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from latent_transforms import __version__, demo, hub, modelutils, train
-from latent_transforms.cli import PROG, main
+from latent_transforms.cli import _PROG, main
 from latent_transforms.codecs import build_codec
 from latent_transforms.validation import MAX_THREADS
 
@@ -50,7 +50,7 @@ def test_list_shows_every_registered_checkpoint(capsys):
         return
     lines = out.splitlines()
     assert lines[0].split() == ["NAME", "KIND", "SIZE", "AVAILABLE", "QUALITY"]
-    assert len(lines) == 1 + len(names) + 2 and f"`{PROG} list -v`: every quality figure" in lines[-1]
+    assert len(lines) == 1 + len(names) + 2 and f"`{_PROG} list -v`: every quality figure" in lines[-1]
     for name, line in zip(names, lines[1:]):
         assert line.split()[0] == name
     assert max(map(len, lines)) <= 100  # it was ~350 columns: training data and every quality figure on one line
@@ -99,7 +99,7 @@ def test_list_table_with_a_runtime_entry(capsys, monkeypatch):
 def test_fetch_unknown_name_is_one_line_listing_known_names(capsys):
     code, out, err = _exit_code(["fetch", "nosuch"], capsys)
     assert code == 2 and out == ""
-    assert err.count("\n") == 1 and err.startswith(f"{PROG}: error: ")
+    assert err.count("\n") == 1 and err.startswith(f"{_PROG}: error: ")
     assert "unknown checkpoint 'nosuch'" in err and "known checkpoints:" in err
     assert "Traceback" not in err
     for r in hub.list_checkpoints():
@@ -112,8 +112,8 @@ def test_fetch_of_a_file_path_says_fetch_takes_names(tmp_path, capsys):
     for given in (str(ckpt), str(tmp_path / "missing.safetensors")):
         code, out, err = _exit_code(["fetch", given], capsys)
         assert code == 2 and out == ""
-        assert err == (f"{PROG}: error: fetch takes a registered checkpoint name, got the path {given!r}; load a file "
-                       f"with hub.load(path), or register the run that wrote it ({PROG} register RUN.json) to fetch "
+        assert err == (f"{_PROG}: error: fetch takes a registered checkpoint name, got the path {given!r}; load a file "
+                       f"with hub.load(path), or register the run that wrote it ({_PROG} register RUN.json) to fetch "
                        f"it by name\n")
 
 
@@ -345,7 +345,7 @@ def test_register_that_fails_while_writing_the_registry_leaves_no_checkpoint(tmp
 
     monkeypatch.setattr(hub, "_persist", full_disk)
     code, _, err = _exit_code(["register", str(js)], capsys)
-    assert code == 2 and err == (f"{PROG}: error: cannot write to the cache dir {hub.cache_dir()} (No space left on "
+    assert code == 2 and err == (f"{_PROG}: error: cannot write to the cache dir {hub.cache_dir()} (No space left on "
                                  f"device); set LATENT_TRANSFORMS_HOME to a writable directory\n")
     assert _cache_files() == []  # the copy is only renamed into place once registered: no file, no .part
     assert "zz-run" not in hub._registry()
@@ -380,7 +380,7 @@ def test_register_refuses_what_train_did_not_write(tmp_path, capsys, content, me
 
 def test_version(capsys):
     code, out, _ = _exit_code(["--version"], capsys)
-    assert code == 0 and out.strip() == f"{PROG} {__version__}"
+    assert code == 0 and out.strip() == f"{_PROG} {__version__}"
 
 
 def test_no_command_exits_2(capsys):
@@ -410,7 +410,7 @@ def test_train_bad_data_spec_is_a_clear_error(tmp_path, capsys, monkeypatch):
             m.setitem(sys.modules, module, None)
         code, _, err = _exit_code(["train", "flow", "--data", "digits", "--out", str(tmp_path / "o"),
                                    "--max-steps", "1", "--quiet"], capsys)
-    assert code == 2 and err == f"{PROG}: error: the 'digits' data set needs scikit-learn: pip install " \
+    assert code == 2 and err == f"{_PROG}: error: the 'digits' data set needs scikit-learn: pip install " \
                                 "latent-transforms[demo]\n", err
 
 
@@ -429,7 +429,7 @@ def test_train_bad_option_is_a_clear_error(tmp_path, capsys, option, message):
     pytest.importorskip("sklearn")
     code, _, err = _exit_code(["train", "flow", "--data", "digits", "--out", str(tmp_path / "o"), "--max-steps", "1",
                                "--quiet", *option], capsys)
-    assert code == 2 and err == f"{PROG}: error: {message}\n"
+    assert code == 2 and err == f"{_PROG}: error: {message}\n"
     assert not (tmp_path / "o").exists()
 
 
@@ -458,7 +458,7 @@ def test_train_bad_number_names_the_option(tmp_path, capsys, option, message, fe
     """A number the library would refuse is refused by argparse, naming the option, not the Python parameter."""
     code, out, err = _exit_code(["train", "flow", "--data", "digits", "--out", str(tmp_path / "o"), "--max-steps", "1",
                                  "--quiet", *option], capsys)
-    assert code == 2 and out == "" and err.splitlines()[-1] == f"{PROG} train: error: {message}"
+    assert code == 2 and out == "" and err.splitlines()[-1] == f"{_PROG} train: error: {message}"
     assert not (tmp_path / "o").exists()
 
 
@@ -470,8 +470,8 @@ def test_train_codec_too_big_for_the_memory_is_refused_before_it_is_built(tmp_pa
     code, out, err = _exit_code(["train", kind, "--data", "digits", "--out", str(tmp_path / "o"), "--max-steps", "1",
                                  "--quiet", option, str(10**20)], capsys)
     assert code == 2 and out == "" and len(err.splitlines()) == 1
-    assert re.fullmatch(rf"{PROG}: error: {option} {10**20} makes a codec of \S+ parameters, \S+ GB of float32 weights "
-                        rf"alone, more than this machine's \S+ GB of memory\n", err), err
+    assert re.fullmatch(rf"{_PROG}: error: {option} {10**20} makes a codec of \S+ parameters, \S+ GB of float32 "
+                        rf"weights alone, more than this machine's \S+ GB of memory\n", err), err
     assert not (tmp_path / "o").exists()
 
 
@@ -489,7 +489,7 @@ def test_an_out_that_is_empty_or_a_file_is_refused_before_training(tmp_path, cap
     Path("afile").write_text("x")
     monkeypatch.setattr(demo, "load_images", None)  # the demo's work (loading the digits) would be a TypeError
     code, stdout, err = _exit_code([*command, "--out", out], capsys)
-    assert code == 2 and stdout == "" and err.startswith(f"{PROG}: error: {message}; give a folder")
+    assert code == 2 and stdout == "" and err.startswith(f"{_PROG}: error: {message}; give a folder")
     assert len(err.splitlines()) == 1 and sorted(os.listdir()) == ["afile"]
 
 
@@ -500,7 +500,7 @@ def test_train_test_data_of_another_shape_names_the_options(tmp_path, capsys):
     code, _, err = _exit_code(["train", "flow", "--data", f"npz:{grey}", "--test-data", f"npz:{colour}", "--out",
                                str(tmp_path / "o"), "--max-steps", "1", "--quiet"], capsys)
     # was: x_test images are (3, 8, 8), x_train images (1, 8, 8)
-    assert code == 2 and err == f"{PROG}: error: --test-data images are (3, 8, 8), --data images (1, 8, 8) " \
+    assert code == 2 and err == f"{_PROG}: error: --test-data images are (3, 8, 8), --data images (1, 8, 8) " \
                                 "(channels, height, width)\n"
 
 
@@ -520,7 +520,7 @@ def test_train_out_of_memory_is_a_clear_error(tmp_path, capsys, monkeypatch, err
     monkeypatch.setattr(train, "train_codec", fail)
     argv = ["train", "flow", "--data", "digits", "--out", str(tmp_path), "--max-steps", "1", "--quiet"]
     code, _, err = _exit_code(argv, capsys)  # was a traceback
-    assert code == 2 and err == f"{PROG}: error: out of memory ({error}); with `train`, try a smaller --batch-size " \
+    assert code == 2 and err == f"{_PROG}: error: out of memory ({error}); with `train`, try a smaller --batch-size " \
                                 "or --hidden\n"
     with pytest.raises(RuntimeError, match="another RuntimeError"):
         main(argv)
@@ -537,7 +537,7 @@ def test_train_diverged_run_is_a_clear_error(tmp_path, capsys, monkeypatch):
     # was: exit 0, test bits_per_dim NaN in g.json (non-standard JSON) and "register it: ..."
     last = err.splitlines()[-1]
     assert code == 2 and "Traceback" not in err and "register it" not in out and "wrote" not in out
-    assert last.startswith(f"{PROG}: error: the run diverged: test bits_per_dim, roundtrip_max_err not finite")
+    assert last.startswith(f"{_PROG}: error: the run diverged: test bits_per_dim, roundtrip_max_err not finite")
     assert f"the training state stays in {tmp_path / 'o' / 'g.state.safetensors'}" in last
     assert "--lr" in last and "--grad-clip" in last and "--no-resume" in last
     assert [p.name for p in (tmp_path / "o").iterdir()] == ["g.state.safetensors"]
@@ -604,7 +604,7 @@ def test_train_tiny_flow_writes_a_loadable_checkpoint(tmp_path, capsys):
 def test_module_entry_point_runs(module):
     r = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == f"{PROG} {__version__}"
+    assert r.stdout.strip() == f"{_PROG} {__version__}"
 
 
 def test_register_refuses_a_name_whose_file_another_checkpoint_uses(tmp_path, capsys, monkeypatch):
@@ -650,7 +650,7 @@ def test_demo_picture_shows_a_varmixup_of_every_image(monkeypatch):
     monkeypatch.setattr(demo, "LatentNoise", lambda codec, **settings: lambda x, y, model: (x, y))  # the Glow's rows:
     monkeypatch.setattr(demo, "LatentAdversarial", demo.LatentNoise)  # not this test's, and seconds on a busy CPU
     x, y = torch.rand(12, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.arange(12) % 10
-    rows = demo.picture_rows(None, tiny_vae(), x, y, None)
+    rows = demo._picture_rows(None, tiny_vae(), x, y, None)
     assert list(rows) == ["original", "LatentNoise", "LatentAdversarial", "VarMixup", "VAE reconstruction"]
     unchanged = (rows["VarMixup"] == x).flatten(1).all(1)
     assert not unchanged.any(), f"VarMixup left images {unchanged.nonzero().flatten().tolist()} of 12 as they were"
@@ -841,7 +841,7 @@ def test_list_says_which_checkpoints_are_shipped_and_pads_no_line(capsys, monkey
     assert all(line == line.rstrip() for line in lines)  # the last column was padded to its width
     entry = next(r for r in hub.list_checkpoints() if r["name"] == shipped[0])
     hub.cache_dir().mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(hub.SHIPPED_DIR / entry["file"], hub.cache_dir() / entry["file"])  # as a fetch would leave it
+    shutil.copyfile(hub._SHIPPED_DIR / entry["file"], hub.cache_dir() / entry["file"])  # as a fetch would leave it
     assert main(["list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     row = next(line for line in lines if line.startswith(shipped[0] + " "))
@@ -865,4 +865,4 @@ def test_a_broken_pipe_that_is_not_stdout_is_an_error_while_stdout_is_a_live_pip
             "def broken():\n    raise BrokenPipeError(32, 'Broken pipe')\n"
             "hub.list_checkpoints = broken\nsys.exit(cli.main(['list']))\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert p.returncode == 2 and p.stderr == f"{PROG}: error: [Errno 32] Broken pipe\n", p.stderr
+    assert p.returncode == 2 and p.stderr == f"{_PROG}: error: [Errno 32] Broken pipe\n", p.stderr

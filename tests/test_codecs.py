@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from latent_transforms import LatentCache, LatentMixupInference
 from latent_transforms.codecs import Codec, ConvVAE, Glow, build_codec, exact_math, flatten_latents, unflatten_latents
-from latent_transforms.codecs.base import MAX_TEMPERATURE
+from latent_transforms.codecs.base import _MAX_TEMPERATURE
 from latent_transforms.codecs.vae import ResidualBlock
 from latent_transforms.latent_noise import LatentNoise
 from latent_transforms.train import eval_codec
@@ -546,7 +546,7 @@ def test_shipped_glow_digits_bits_per_dim_matches_its_registry_entry():
     from latent_transforms import hub
     from latent_transforms.data import load_images
 
-    recorded = json.loads((hub.SHIPPED_DIR / "registry.json").read_text())["checkpoints"]["glow-digits"]["quality"]
+    recorded = json.loads((hub._SHIPPED_DIR / "registry.json").read_text())["checkpoints"]["glow-digits"]["quality"]
     glow = hub.load("glow-digits")
     x, _, num_bins = load_images("digits", split="test")
     noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(0))  # as eval_codec draws it (seed 0)
@@ -974,8 +974,8 @@ def test_a_flows_samples_are_clipped_to_the_image_range(glow):
 
 def test_sample_refuses_a_temperature_beyond_its_bound_by_name(glow):
     """temperature=1e38 gave NaN images (latents overflowed, then the decode), and far less did for a trained flow
-    (glow-digits from 1e30): past MAX_TEMPERATURE the samples are noise anyway."""
-    assert torch.isfinite(glow.sample(2, temperature=MAX_TEMPERATURE, generator=0)).all()
+    (glow-digits from 1e30): past _MAX_TEMPERATURE the samples are noise anyway."""
+    assert torch.isfinite(glow.sample(2, temperature=_MAX_TEMPERATURE, generator=0)).all()
     with pytest.raises(ValueError, match=r"^temperature must be a finite number in \[0, 100\], got 1e\+38$"):
         glow.sample(2, temperature=1e38, generator=0)
 

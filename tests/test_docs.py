@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import functools
 import inspect
 import os
 import re
@@ -443,6 +444,48 @@ def test_every_module_declares_what_the_api_reference_documents():
     assert not wrong, "\n".join(wrong)
 
 
+
+# Names a module defines without a leading underscore that its own code alone uses, each shown to users otherwise
+MACHINERY_SHOWN = {
+    "codecs.glow.BoundedAffineCoupling": "a codec network's layer, printed in its repr and pickled with a whole codec",
+    "codecs.glow.SyncFreeActNorm": "a codec network's layer, printed in its repr and pickled with a whole codec",
+    "codecs.vae.ResidualBlock": "a codec network's layer, printed in its repr and pickled with a whole codec",
+    "demo.run_demo": "docs/results.md reproduces a figure with it",
+    "evaluation.Augment": "fit_classifier's signature, rendered in docs/api.md, names it",
+    "models.CIFAR10_MEAN": "CifarResNet18's signature, rendered in docs/api.md, shows it as mean's default",
+    "models.CIFAR10_STD": "CifarResNet18's signature, rendered in docs/api.md, shows it as std's default",
+    "train.WeightEMA": "train_codec's docstring, rendered in docs/api.md, names it",
+}
+
+
+def test_a_name_outside_a_modules_all_is_private_unless_other_code_of_the_project_uses_it():
+    """A module's functions, classes and constants outside its ``__all__`` are the package's shared machinery: used by
+    another module of it, or by the benchmarks, examples and scripts; those that only their own module (and the tests)
+    use have a leading underscore, so that ``latent_transforms.MODULE.<Tab>`` offers no internal name as public (audit
+    298: 25 did, such as ``train.RECIPES``, ``hub.SHIPPED_DIR``, ``cli.build_parser``, ``base.WINDOW``)."""
+    package = ROOT / "latent_transforms"
+    users = sorted(package.rglob("*.py")) + [path for folder in ("benchmarks", "examples", "scripts")
+                                             for path in (ROOT / folder).rglob("*") if path.is_file()]
+    texts = {path: path.read_text(encoding="utf-8", errors="replace") for path in users + [ROOT / "pyproject.toml"]}
+    words = {path: set(re.findall(r"\w+", text)) for path, text in texts.items()}
+    alone = []
+    for path in sorted(package.rglob("*.py")):
+        public, defined = [], []
+        for node in ast.parse(texts[path]).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                defined.append(node.name)
+            for target in node.targets if isinstance(node, ast.Assign) else [node.target] \
+                    if isinstance(node, ast.AnnAssign) else []:
+                names = [n.id for n in ast.walk(target) if isinstance(n, ast.Name)]
+                public += ast.literal_eval(node.value) if names == ["__all__"] else []
+                defined += names
+        module = ".".join(path.relative_to(package).with_suffix("").parts)
+        alone += [f"{module}.{name}" for name in defined if not name.startswith("_") and name not in public
+                  and not any(name in used for other, used in words.items() if other != path)]
+    assert len(texts) > 50, len(texts)  # the package's modules and the project's scripts were read
+    assert sorted(alone) == sorted(MACHINERY_SHOWN), "used by their own module alone: rename them with a leading _"
+
+
 def test_what_the_api_reference_shows_of_a_package_or_by_its_path_is_in_that_modules_all():
     """The other way round (mutation round 37: ``isda_logits`` left out of ``latent_transforms.__all__``,
     ``exact_math`` or ``CODECS`` out of ``latent_transforms.codecs.__all__``, ``FORMAT`` out of ``hub.__all__`` passed,
@@ -474,14 +517,14 @@ def test_training_page_gives_the_users_codec_its_own_name():
     file under its file name loads the shipped one."""
     from latent_transforms import hub
     from latent_transforms.data import describe_spec
-    from latent_transforms.train import KINDS
+    from latent_transforms.train import _KINDS
 
     shipped = set(hub._shipped_registry())
     text = (DOCS / "training.md").read_text(encoding="utf-8")
     names = []
     for command in re.findall(r"^latent-transforms train .*$", text.replace("\\\n", " "), re.M):
         args = shlex.split(command, comments=True)
-        default = f"{KINDS[args[2]]}-{describe_spec(args[args.index('--data') + 1])}"
+        default = f"{_KINDS[args[2]]}-{describe_spec(args[args.index('--data') + 1])}"
         names.append(args[args.index("--name") + 1] if "--name" in args else default)
     for code in SNIPPET.findall(text):
         names += re.findall(r"""\bname=["']([^"']+)["']""", code)
@@ -507,6 +550,136 @@ def test_every_option_after_the_leading_arguments_is_keyword_only():
             found[name] = [p.name for p in inspect.signature(obj).parameters.values()
                            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     assert found == leading
+
+
+
+# --- the public names as a REPL shows them: repr in the constructor's spelling, signatures, help's first line ---
+
+def _public_callables() -> dict[str, object]:
+    """``{name: class or function}`` of ``latent_transforms.__all__`` and ``latent_transforms.codecs.__all__``."""
+    import latent_transforms
+    import latent_transforms.codecs as codecs
+
+    return {name: getattr(module, name) for module in (latent_transforms, codecs) for name in module.__all__
+            if inspect.isclass(getattr(module, name)) or inspect.isfunction(getattr(module, name))}
+
+
+@functools.cache
+def _small_codecs():
+    """A tiny Glow and a tiny VAE, for (1, 8, 8) images, built once: what a repr test builds its objects from."""
+    from conftest import tiny_glow, tiny_vae
+
+    return tiny_glow(), tiny_vae()
+
+
+def _settings_of(name: str) -> dict:
+    """Every option of the class ``name`` of ``latent_transforms.__all__`` set otherwise than by default (the objects it
+    is built from: a tiny codec, a model, images)."""
+    import torch
+    from torch import nn
+
+    from latent_transforms import LatentCache, LatentNoise
+
+    (glow, vae), images = _small_codecs(), torch.rand(4, 1, 8, 8)
+    codec = {"codec": glow, "levels": [1], "p": 0.5, "generator": 3}
+    isda = {"num_classes": 10, "lambda0": 0.25, "covariance": "diagonal", "feature_dim": 16, "sync_stats": False}
+    return {
+        "LatentTransform": lambda: {"p": 0.5, "generator": 3, "num_classes": 10},
+        "CodecTransform": lambda: {**codec, "num_classes": 10},
+        "LatentNoise": lambda: {**codec, "eps": 3.0, "norm": "linf",
+                                "cache": LatentCache(glow, images, progress=False)},
+        "LatentAdversarial": lambda: {**codec, "eps": 2.0, "steps": 3, "step_size": 0.5, "norm": "linf",
+                                      "random_start": False, "target": "true"},
+        "VarMixup": lambda: {**codec, "codec": vae, "levels": [0], "alpha": 0.4, "num_classes": 10,
+                             "posterior": "sample", "per_sample": False, "keep_detail": False},
+        "ISDA": lambda: {**isda, "layer": "fc", "p": 0.5, "generator": 3},
+        "ISDALoss": lambda: isda,
+        "FeatureCovariance": lambda: {"num_classes": 10, "feature_dim": 16, "covariance": "diagonal",
+                                      "sync_stats": False},
+        "LatentMixupInference": lambda: {"model": nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), "codec": glow,
+                                         "references": images, "lam": 0.3, "num_mixes": 2, "generator": 3},
+        "LatentCache": lambda: {"codec": glow, "images": images, "batch_size": 2, "progress": False,
+                                "verify_images": False},
+        "Compose": lambda: {"transforms": [LatentNoise(glow, p=0.5)], "num_classes": 10},
+        "Glow": lambda: {"image_shape": (1, 8, 8), "levels": 2, "steps": 1, "hidden": 8, "alpha": 0.1,
+                         "scale_floor": 0.1, "num_bins": 32},
+        "ConvVAE": lambda: {"image_shape": (1, 8, 8), "latent_dim": 4, "hidden": 8, "beta": 0.5, "latent_side": 2,
+                            "decoder_blocks": 1},
+    }[name]()
+
+
+# What a repr shows besides the constructor's options, by design: the object's state (the schedule's progress, that
+# sets lam; whether a codec is frozen) and a cache's content (N latents, positional, of latent_dim numbers) ...
+REPR_STATE = {"ISDA": {"progress"}, "ISDALoss": {"progress"}, "Glow": {"frozen"}, "ConvVAE": {"frozen"},
+              "LatentCache": {"latent_dim"}}
+# ... and the options an object does not keep: a cache holds latents, not the codec and images they came from
+NOT_KEPT = {"LatentCache": {"codec", "images", "batch_size", "progress"}}
+
+
+@pytest.mark.parametrize("name", sorted(n for n, o in _public_callables().items()  # Codec: abstract
+                                         if inspect.isclass(o) and n != "Codec"))
+@pytest.mark.parametrize("options", ["required", "all"])
+def test_a_public_class_repr_is_its_constructor_call(name, options):
+    """``repr(obj)``, as torchvision's and kornia's, is the constructor's call that built it, in its spelling: every
+    option set (values as given; the objects it is built from by their class, a tensor by its length) and no keyword
+    the constructor would refuse, one line but a container's steps (a codec's networks below it, as nn.Module prints
+    them). Audit 298: Compose printed nn.Module's ``(steps): ModuleList(...)``, not the steps as given."""
+    import torch
+    from torch import nn
+
+    from latent_transforms import LatentTransform
+
+    cls = _public_callables()[name]
+    params = dict(inspect.signature(cls).parameters)
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):  # CodecTransform's: LatentTransform's options
+        params |= inspect.signature(LatentTransform).parameters
+    given = _settings_of(name)
+    if options == "required":
+        given = {k: v for k, v in given.items()
+                 if params[k].default is params[k].empty or k in ("codec", "image_shape")}  # the leading ones
+    obj = cls(**given)
+    text = repr(obj)
+    if "\n  (" in text:  # nn.Module's: the settings on the first line, the submodules below
+        text = f"{name}({obj.extra_repr()})"
+    call = ast.parse(text, mode="eval").body
+    assert isinstance(call, ast.Call) and ast.unparse(call.func) == name, text
+    shown = {k.arg: k.value for k in call.keywords}
+    assert not set(shown) - set(params) - REPR_STATE.get(name, set()), f"keywords {name}() does not take: {text}"
+    shown |= {p: a for p, a in zip(params, call.args) if name != "LatentCache"}  # its positional N is its size
+    for option, value in given.items():
+        if option in NOT_KEPT.get(name, ()):
+            continue
+        assert option in shown, f"{name}'s repr leaves out {option}: {text}"
+        if isinstance(value, list) and isinstance(value[0], nn.Module):  # Compose's steps, each by its own repr
+            assert [ast.unparse(s) for s in shown[option].elts] == [repr(s) for s in value], text
+        elif isinstance(value, (bool, int, float, str, list, tuple)):
+            stated = ast.literal_eval(shown[option])
+            assert (list(stated) == list(value)) if isinstance(value, (list, tuple)) else stated == value, text
+        elif isinstance(value, torch.Tensor):  # references: their count
+            assert ast.literal_eval(shown[option]) == len(value), text
+        else:  # a codec, a model, a cache: by their class
+            assert ast.unparse(shown[option]).startswith(type(value).__name__), text
+
+
+@pytest.mark.parametrize("name", sorted(_public_callables()))
+def test_a_public_name_reads_well_in_help_and_its_signature(name):
+    """``help(latent_transforms.X)``: the docstring's first line says what X is in words (audit 298:
+    LatentMixupInference's was a formula), its signature shows the annotations as written (FeatureCovariance's
+    ``sync_stats`` showed ``"'bool | dist.ProcessGroup'"``, quoted twice), and the docstring names each parameter, in
+    an Args section or in a shapes line ``x: (B, C, H, W) ...`` (flatten_latents' ``z`` and unflatten_latents'
+    ``flat`` were in none)."""
+    obj = _public_callables()[name]
+    doc = inspect.getdoc(obj) or ""
+    assert re.match(r"[A-Za-z]", doc), f"{name}'s docstring starts {doc[:40]!r}"
+    for function in [obj, *(m for k, m in vars(obj).items() if not k.startswith("_") and inspect.isfunction(m))] \
+            if inspect.isclass(obj) else [obj]:
+        signature = inspect.signature(function)
+        annotations = [p.annotation for p in signature.parameters.values()] + [signature.return_annotation]
+        quoted = [a for a in annotations if isinstance(a, str) and a[:1] in "'\""]
+        assert not quoted, f"{name}.{function.__name__}{signature}: an annotation quoted twice"
+    unnamed = [p for p, v in inspect.signature(obj).parameters.items()
+               if v.kind not in (v.VAR_POSITIONAL, v.VAR_KEYWORD) and not re.search(rf"\b{p}\b", doc)]
+    assert not unnamed, f"{name}'s docstring names none of {unnamed}"
 
 
 # --- the commands the docs give: every --flag must exist, and every literal value of an option with choices ---
@@ -577,9 +750,9 @@ def _doc_commands():
     """(where, program, argv) of every command of the CLI or of a script in the repository that the pages give."""
     import argparse
 
-    from latent_transforms.cli import build_parser
+    from latent_transforms.cli import _build_parser
 
-    subcommands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    subcommands = next(a for a in _build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
     for page, line, chunk in _doc_command_chunks():
         starts = [m.start() for m in COMMAND_START.finditer(chunk)]
         for begin, end in zip(starts, starts[1:] + [len(chunk)]):

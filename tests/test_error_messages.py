@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from latent_transforms import LatentTransform, demo, hub
-from latent_transforms.cli import PROG, main
+from latent_transforms.cli import _PROG, main
 from latent_transforms.codecs import Codec, build_codec, resolve_codec
 from latent_transforms.data import load_images
 from latent_transforms.isda import ISDA, ISDALoss
@@ -344,7 +344,7 @@ def test_train_cli_refuses_options_of_the_other_codec_kind_and_bad_names(tmp_pat
     np.savez(data, x=np.zeros((4, 8, 8), dtype=np.uint8))
     code, out, err = _exit_code(["train", kind, "--data", f"npz:{data}", "--out", str(tmp_path / "o"),
                                  "--max-steps", "1", "--quiet", *option], capsys)
-    assert code == 2 and out == "" and err == f"{PROG}: error: {message}\n"
+    assert code == 2 and out == "" and err == f"{_PROG}: error: {message}\n"
     assert not (tmp_path / "o").exists()
 
 
@@ -372,7 +372,7 @@ def test_register_a_run_without_a_name_asks_for_one(tmp_path, capsys, run_name, 
     _, js = _run_files(tmp_path / "runs", run_name)
     code, out, err = _exit_code(["register", str(js)], capsys)
     assert code == 2 and out == "" and \
-        err == f"{PROG}: error: {js} has {what} 'name'; give one with --name (Python: name=)\n"
+        err == f"{_PROG}: error: {js} has {what} 'name'; give one with --name (Python: name=)\n"
     assert _cache_files() == []
     assert main(["register", str(js), "--name", "zz-named"]) == 0  # --name is the fix
     assert "zz-named.safetensors" in _cache_files()
@@ -387,14 +387,14 @@ def test_register_a_run_without_a_name_asks_for_one(tmp_path, capsys, run_name, 
 def test_register_refuses_a_name_that_is_not_a_file_name(tmp_path, capsys, name, message):
     _, js = _run_files(tmp_path / "runs", "zz-run")
     code, out, err = _exit_code(["register", str(js), "--name", name], capsys)
-    assert code == 2 and out == "" and err == f"{PROG}: error: {message}; give another with --name (Python: name=)\n"
+    assert code == 2 and out == "" and err == f"{_PROG}: error: {message}; give another with --name (Python: name=)\n"
     assert _cache_files() == []
 
 
 def test_register_refuses_a_run_whose_config_has_no_kind(tmp_path, capsys):
     _, js = _run_files(tmp_path / "runs", "zz-run", config={"image_shape": [1, 8, 8]})
     code, _, err = _exit_code(["register", str(js)], capsys)
-    assert code == 2 and err == f"{PROG}: error: {js}: entry 'registry_entry' config must be a dict with a 'kind'\n"
+    assert code == 2 and err == f"{_PROG}: error: {js}: entry 'registry_entry' config must be a dict with a 'kind'\n"
     assert _cache_files() == []
 
 
@@ -410,7 +410,8 @@ def test_register_refuses_a_checkpoint_that_changes_while_it_is_copied(tmp_path,
 
     monkeypatch.setattr(shutil, "copyfile", copy_then_change)
     code, out, err = _exit_code(["register", str(js)], capsys)
-    assert code == 2 and out == "" and err == f"{PROG}: error: {ckpt} changed while it was copied; nothing registered\n"
+    assert code == 2 and out == "" and \
+        err == f"{_PROG}: error: {ckpt} changed while it was copied; nothing registered\n"
     assert "zz-run" not in hub._registry()
     assert not (hub.cache_dir() / "zz-run.safetensors").exists()
     assert not [f for f in _cache_files() if f.endswith(".part") or f.startswith(".")]
@@ -728,8 +729,8 @@ def test_list_with_a_broken_user_registry_warns_in_one_line(capsys):
     registry.write_text("{broken")
     assert main(["list"]) == 0
     out, err = capsys.readouterr()
-    assert err == (f"{PROG}: warning: {registry} is not valid JSON (Expecting property name enclosed in double quotes: "
-                   f"line 1 column 2 (char 1)); fix or delete it (`latent-transforms register` writes it "
+    assert err == (f"{_PROG}: warning: {registry} is not valid JSON (Expecting property name enclosed in double "
+                   f"quotes: line 1 column 2 (char 1)); fix or delete it (`latent-transforms register` writes it "
                    f"again); until then its checkpoints are left out\n")
     assert "glow-digits" in out
 

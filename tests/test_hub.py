@@ -173,7 +173,7 @@ def env(tmp_path, monkeypatch, server):
     monkeypatch.delenv("LATENT_TRANSFORMS_OFFLINE", raising=False)
     monkeypatch.setattr(hub, "_registered", {})
     monkeypatch.setattr(hub, "_loaded", {})
-    monkeypatch.setattr(hub, "SHIPPED_DIR", tmp_path / "shipped")
+    monkeypatch.setattr(hub, "_SHIPPED_DIR", tmp_path / "shipped")
     _Handler.counts.clear()
     return cache
 
@@ -538,19 +538,19 @@ def test_shipped_registry_is_valid():
     for row in hub.list_checkpoints():
         assert row["file"].endswith(".safetensors")
         if row["shipped"]:
-            assert hub.sha256_file(hub.SHIPPED_DIR / row["file"]) == row["sha256"]
+            assert hub.sha256_file(hub._SHIPPED_DIR / row["file"]) == row["sha256"]
 
 
 def test_shipped_sidecars_match_the_registry_and_load_by_name():
     """Each shipped NAME.json (the training record beside NAME.safetensors) describes the registered file, says to
     load it by name, and names no absolute path (it said /tmp/study/... and /work/shared/...)."""
-    registry = json.loads((hub.SHIPPED_DIR / "registry.json").read_text())["checkpoints"]
-    sidecars = sorted(p for p in hub.SHIPPED_DIR.glob("*.json") if p.name != "registry.json")
+    registry = json.loads((hub._SHIPPED_DIR / "registry.json").read_text())["checkpoints"]
+    sidecars = sorted(p for p in hub._SHIPPED_DIR.glob("*.json") if p.name != "registry.json")
     assert [p.stem for p in sidecars] == sorted(registry)
     for path in sidecars:
         text, entry = path.read_text(), registry[path.stem]
         record = json.loads(text)
-        assert (hub.SHIPPED_DIR / entry["file"]).stat().st_size == entry["size"]
+        assert (hub._SHIPPED_DIR / entry["file"]).stat().st_size == entry["size"]
         for described in (record, record["registry_entry"]):
             assert {k: described[k] for k in ("file", "sha256", "size", "config")} == \
                 {k: entry[k] for k in ("file", "sha256", "size", "config")}, path.name
@@ -878,9 +878,9 @@ def test_a_persisted_registration_waits_for_the_cache_dir_lock(env):
 def test_a_shipped_name_whose_download_fails_gets_the_download_error_as_raised(env):
     """No note on a copy and no hint for a name of one's own: the download's error itself, its traceback ending where
     the download failed (coverage audit 188: this re-raise never ran)."""
-    hub.SHIPPED_DIR.mkdir()
+    hub._SHIPPED_DIR.mkdir()
     entry = {"file": "absent.safetensors", "sha256": SHA_GOOD, "size": len(GOOD), "config": CONFIG}
-    (hub.SHIPPED_DIR / "registry.json").write_text(json.dumps({"checkpoints": {"shipped": entry}}))
+    (hub._SHIPPED_DIR / "registry.json").write_text(json.dumps({"checkpoints": {"shipped": entry}}))
     with pytest.raises(hub.HubError, match=r"^downloading http://.*/absent.safetensors failed: HTTP 404 Not Found; the "
                                            r"server has no absent.safetensors") as e:
         hub.fetch("shipped")
@@ -888,9 +888,9 @@ def test_a_shipped_name_whose_download_fails_gets_the_download_error_as_raised(e
 
 
 def test_user_registry_may_not_redefine_a_shipped_name(env, tmp_path):
-    hub.SHIPPED_DIR.mkdir()
+    hub._SHIPPED_DIR.mkdir()
     entry = {"file": "shipped.safetensors", "sha256": SHA_GOOD, "size": len(GOOD), "config": CONFIG}
-    (hub.SHIPPED_DIR / "registry.json").write_text(json.dumps({"checkpoints": {"shipped": entry}}))
+    (hub._SHIPPED_DIR / "registry.json").write_text(json.dumps({"checkpoints": {"shipped": entry}}))
     with pytest.raises(ValueError, match=f"{env / 'registry.json'}.*'shipped'.*shipped checkpoint"):
         _register("shipped", "mine.safetensors", persist=True, overwrite=True)
     assert not (env / "registry.json").exists()
@@ -933,14 +933,14 @@ def test_a_corrupt_user_registry_is_named_in_the_error(env, text, message):
 
 def test_a_broken_user_registry_does_not_block_shipped_or_runtime_names(env, tmp_path):
     # it did: any lookup by name read the user registry first, so one bad edit there broke hub.load("glow-cifar10")
-    hub.SHIPPED_DIR.mkdir()
-    (hub.SHIPPED_DIR / "shipped.safetensors").write_bytes(GOOD)
-    (hub.SHIPPED_DIR / "registry.json").write_text(json.dumps({"checkpoints": {
+    hub._SHIPPED_DIR.mkdir()
+    (hub._SHIPPED_DIR / "shipped.safetensors").write_bytes(GOOD)
+    (hub._SHIPPED_DIR / "registry.json").write_text(json.dumps({"checkpoints": {
         "shipped": {"file": "shipped.safetensors", "sha256": SHA_GOOD, "size": len(GOOD), "config": CONFIG}}}))
     _register("runtime", "good.safetensors")
     env.mkdir()
     (env / "registry.json").write_text("{not json")
-    assert hub.fetch("shipped") == hub.SHIPPED_DIR / "shipped.safetensors"
+    assert hub.fetch("shipped") == hub._SHIPPED_DIR / "shipped.safetensors"
     assert hub.fetch("runtime") == env / "good.safetensors"
     with pytest.raises(ValueError, match="is not valid JSON"):
         hub.fetch("mine")  # a name only the user registry could hold: the broken file is named
@@ -979,8 +979,8 @@ def test_unregister_removes_a_name_from_the_process_and_the_user_registry(env, m
 
 
 def test_unregister_refuses_shipped_names_and_drops_the_loaded_codec(env):
-    hub.SHIPPED_DIR.mkdir()
-    (hub.SHIPPED_DIR / "registry.json").write_text(json.dumps({"checkpoints": {
+    hub._SHIPPED_DIR.mkdir()
+    (hub._SHIPPED_DIR / "registry.json").write_text(json.dumps({"checkpoints": {
         "shipped": {"file": "shipped.safetensors", "sha256": SHA_GOOD, "config": CONFIG}}}))
     with pytest.raises(ValueError, match="'shipped' is a shipped checkpoint"):
         hub.unregister("shipped", persist=True)
@@ -1836,7 +1836,7 @@ def test_cli_list_empty(env, capsys):
 
 
 def test_saved_files_get_the_umask_permissions_without_touching_the_umask(tmp_path, monkeypatch):
-    # chmod_default once set the umask to 0 to read it: files other threads created meanwhile came out world-writable
+    # _chmod_default once set the umask to 0 to read it: files other threads created meanwhile came out world-writable
     def no_umask(mask):
         raise AssertionError("os.umask called after import")
 
@@ -1874,7 +1874,7 @@ def test_every_load_by_name_is_a_distinct_copy_with_equal_weights(env):
 
 
 def test_a_corrupted_shipped_file_is_not_used(env, monkeypatch):
-    shipped = hub.SHIPPED_DIR
+    shipped = hub._SHIPPED_DIR
     shipped.mkdir()
     (shipped / "good.safetensors").write_bytes(GOOD[:-1] + bytes([GOOD[-1] ^ 1]))  # one bit flipped
     _register("good", "good.safetensors")
@@ -1890,7 +1890,7 @@ def test_a_corrupted_shipped_file_is_not_used(env, monkeypatch):
 def test_an_unusable_shipped_copy_is_named_in_the_error(env, monkeypatch):
     """A directory where the shipped file should be is said, as for the cached copy (the message said only where
     it had looked)."""
-    (hub.SHIPPED_DIR / "good.safetensors").mkdir(parents=True)
+    (hub._SHIPPED_DIR / "good.safetensors").mkdir(parents=True)
     _register("good", "good.safetensors")
     monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
     with pytest.raises(hub.HubError, match=r"; shipped \S+good.safetensors is a directory, not the file"):
@@ -1898,11 +1898,11 @@ def test_an_unusable_shipped_copy_is_named_in_the_error(env, monkeypatch):
 
 
 def test_a_shipped_name_registered_again_with_another_sha256_is_not_called_a_corrupted_shipped_file(env, monkeypatch):
-    hub.SHIPPED_DIR.mkdir()
-    (hub.SHIPPED_DIR / "good.safetensors").write_bytes(GOOD)  # intact
+    hub._SHIPPED_DIR.mkdir()
+    (hub._SHIPPED_DIR / "good.safetensors").write_bytes(GOOD)  # intact
     entry = {"file": "good.safetensors", "sha256": SHA_GOOD, "size": len(GOOD), "config": CONFIG}
-    (hub.SHIPPED_DIR / "registry.json").write_text(json.dumps({"checkpoints": {"good": entry}}))
-    assert hub.fetch("good") == hub.SHIPPED_DIR / "good.safetensors"
+    (hub._SHIPPED_DIR / "registry.json").write_text(json.dumps({"checkpoints": {"good": entry}}))
+    assert hub.fetch("good") == hub._SHIPPED_DIR / "good.safetensors"
     _register("good", "good.safetensors", sha256="0" * 64, overwrite=True)  # in-process: allowed
     monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
     with pytest.raises(hub.HubError, match=r"shipped .*good.safetensors is another file than 'good''s entry names "
@@ -1910,7 +1910,7 @@ def test_a_shipped_name_registered_again_with_another_sha256_is_not_called_a_cor
                                            r"again, with overwrite=True\?\); "):  # was "is corrupted"
         hub.fetch("good")
     assert hub.unregister("good")["sha256"] == "0" * 64  # undone (was refused: "a shipped checkpoint")
-    assert hub.fetch("good") == hub.SHIPPED_DIR / "good.safetensors"
+    assert hub.fetch("good") == hub._SHIPPED_DIR / "good.safetensors"
     with pytest.raises(ValueError, match="'good' is a shipped checkpoint; only names you registered can be removed"):
         hub.unregister("good")
     assert set(hub.__all__) >= {"register", "unregister", "fetch", "load"}
@@ -2032,7 +2032,7 @@ def test_a_weight_stored_as_integers_is_refused(tmp_path):
 def test_list_checkpoints_does_not_call_a_file_of_the_wrong_size_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(hub, "_registered", {})
-    monkeypatch.setattr(hub, "SHIPPED_DIR", tmp_path / "shipped")
+    monkeypatch.setattr(hub, "_SHIPPED_DIR", tmp_path / "shipped")
     hub.register("sized", file="sized.safetensors", sha256="0" * 64, config=CONFIG, size=3000)
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / "sized.safetensors").write_bytes(b"x" * 1000)  # an interrupted copy
@@ -2345,8 +2345,8 @@ def test_an_unknown_name_lists_the_known_ones_sorted(env):
 
 
 def test_names_for_images_quietly_leave_out_an_unusable_user_registry(env, monkeypatch):
-    hub.SHIPPED_DIR.mkdir()
-    (hub.SHIPPED_DIR / "registry.json").write_text(json.dumps({"checkpoints": {
+    hub._SHIPPED_DIR.mkdir()
+    (hub._SHIPPED_DIR / "registry.json").write_text(json.dumps({"checkpoints": {
         "shipped": {"file": "shipped.safetensors", "sha256": SHA_GOOD, "config": CONFIG}}}))
     env.mkdir()
     (env / "registry.json").write_text("{not json")

@@ -389,7 +389,7 @@ def test_a_full_covariance_beyond_the_devices_memory_is_refused_before_allocatin
     again: torch's "can't allocate memory: you tried to allocate 16777216000 bytes" named neither ISDA nor the fix,
     and a CPU update that fit the RAM once but not twice could be ended by the OOM killer. Checked on the sizes
     alone (a 20 GB device here), nothing allocated."""
-    monkeypatch.setattr(feature_covariance, "device_memory", lambda device: 20 * 10**9)
+    monkeypatch.setattr(feature_covariance, "_device_memory", lambda device: 20 * 10**9)
     figures = (r"1000 classes and 2048 features holds 1000 x 2048 x 2048 float32 numbers, 16\.8 GB, and each update "
                r"needs as much again.*covariance=\"diagonal\" \(1000 x 2048 numbers, 8\.2 MB.*33\.6 GB in all, more "
                r"than the 20\.0 GB of cpu")
@@ -408,7 +408,7 @@ def test_a_full_covariance_beyond_the_devices_memory_is_refused_before_allocatin
 def test_a_full_covariance_update_beyond_the_devices_memory_is_refused_before_merging(monkeypatch):
     """Statistics that fit but an update that does not (its batch covariance, K A A, and the spread of the batch's
     centred features, N K A): refused before merging, naming the batch; the statistics are left as they were."""
-    monkeypatch.setattr(feature_covariance, "device_memory", lambda device: 10**6)
+    monkeypatch.setattr(feature_covariance, "_device_memory", lambda device: 10**6)
     est = FeatureCovariance(10, 64)  # 2 x 10 x 64 x 64 float32 numbers: 0.33 MB
     est.update(torch.randn(5, 64), torch.arange(5))
     before = {name: b.clone() for name, b in est.named_buffers()}
@@ -420,7 +420,7 @@ def test_a_full_covariance_update_beyond_the_devices_memory_is_refused_before_me
 def test_a_failed_full_covariance_allocation_names_the_figures_and_leaves_the_estimator_unsized(monkeypatch):
     """Where the device's memory is unknown (or taken by the model), torch's allocation failure is reported with the
     figures and the fix; the means allocated before the failed covariance used to stay, a half-sized estimator."""
-    monkeypatch.setattr(feature_covariance, "device_memory", lambda device: None)
+    monkeypatch.setattr(feature_covariance, "_device_memory", lambda device: None)
     est = FeatureCovariance(10)
     # 10 x 2**22 x 2**22 float32 numbers: 7e14 bytes, beyond any address space, so torch fails at once
     with pytest.raises(torch.OutOfMemoryError, match=r"703687\.4 GB.*diagonal.*Out of memory on cpu: .*can't allocate"):
@@ -2351,7 +2351,7 @@ def test_a_grow_refused_for_memory_keeps_the_classes_and_statistics(monkeypatch)
     est = FeatureCovariance(2, feature_dim=3)
     est.update(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))
     kept = {n: b.clone() for n, b in est.named_buffers()}
-    monkeypatch.setattr(feature_covariance, "device_memory", lambda device: 10**4)
+    monkeypatch.setattr(feature_covariance, "_device_memory", lambda device: 10**4)
     with pytest.raises(torch.OutOfMemoryError, match=r"full covariance for 1000 classes and 3 features"):
         est.grow(1000)
     assert est.num_classes == 2 and all(torch.equal(b, kept[n]) for n, b in est.named_buffers())

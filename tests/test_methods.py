@@ -1811,7 +1811,7 @@ def test_a_perturbation_that_destroys_the_images_warns_once(glow, net, batch):
 
 
 def test_saturated_counts_values_at_0_or_1_beyond_the_inputs_own():
-    """Mutation round 26 (audit 215): over SATURATED (0.5) of the values at 0 or 1, and GAIN (0.25) more than the
+    """Mutation round 26 (audit 215): over _SATURATED (0.5) of the values at 0 or 1, and _GAIN (0.25) more than the
     input had: a digit's black background, kept, is not a destroyed image."""
     def image(at_0: int, at_1: int = 0) -> torch.Tensor:  # 100 values: at_0 at 0, at_1 at 1, the rest 0.5
         values = torch.cat([torch.zeros(at_0), torch.ones(at_1), torch.full((100 - at_0 - at_1,), 0.5)])
@@ -1823,15 +1823,15 @@ def test_saturated_counts_values_at_0_or_1_beyond_the_inputs_own():
 
 
 @pytest.mark.parametrize("batch_size, destroyed, kept, warnings_at", [
-    (16, 16, 16, {2: "32 of 32"}),  # judged once WINDOW (32) are counted, at the next call; then never again
-    (32, 8, 32, {}),  # WARN (0.25) of them: not more
+    (16, 16, 16, {2: "32 of 32"}),  # judged once _WINDOW (32) are counted, at the next call; then never again
+    (32, 8, 32, {}),  # _WARN (0.25) of them: not more
     (32, 9, 32, {1: "9 of 32"}),
     (32, 32, 16, {2: "32 of 32"}),  # the rejected samples are counted neither as transformed nor as destroyed
 ])
 def test_destroyed_samples_are_judged_over_a_window_and_warned_of_once(monkeypatch, batch_size, destroyed, kept,
                                                                        warnings_at):
     """Mutation round 26 (audit 215): which samples are destroyed (saturated) and kept (keep_plausible) set by hand,
-    the count is judged once WINDOW samples are in, more than WARN of them warns once, at the call after."""
+    the count is judged once _WINDOW samples are in, more than _WARN of them warns once, at the call after."""
     def plausible(x2, fallback):
         ok = torch.arange(len(x2)) < kept
         return torch.where(ok.view(-1, 1, 1, 1), x2.clamp(0, 1), fallback), ok

@@ -6,7 +6,7 @@ import io
 import pytest
 import tqdm.std
 
-from latent_transforms.progress import LOG_INTERVAL, progress_bar
+from latent_transforms.progress import _LOG_INTERVAL, progress_bar
 
 
 class Terminal(io.StringIO):
@@ -31,14 +31,14 @@ def _no_tqdm_env(monkeypatch):
 def test_a_bar_in_a_log_file_writes_a_state_every_log_interval_and_its_last(monkeypatch):
     # a 45-minute training run wrote 27,000 states into its log (tqdm's 0.1 s), as one line of carriage returns
     states = _updates(io.StringIO(), monkeypatch)
-    assert LOG_INTERVAL == 30 and 300 / LOG_INTERVAL <= len(states) <= 300 / LOG_INTERVAL + 3
+    assert _LOG_INTERVAL == 30 and 300 / _LOG_INTERVAL <= len(states) <= 300 / _LOG_INTERVAL + 3
     assert "300/300" in states[-1]
 
 
 def test_a_bar_in_a_log_file_is_throttled_by_time_not_by_items(monkeypatch):
     # items of 2 s: a state every 30 s is one every 15 items (every 30 items would be a state a minute)
     states = _updates(io.StringIO(), monkeypatch, seconds=2.0)
-    assert 600 / LOG_INTERVAL <= len(states) <= 600 / LOG_INTERVAL + 3
+    assert 600 / _LOG_INTERVAL <= len(states) <= 600 / _LOG_INTERVAL + 3
 
 
 def test_tqdms_monitor_thread_keeps_a_log_bars_interval(monkeypatch):
@@ -56,7 +56,7 @@ def test_tqdms_monitor_thread_keeps_a_log_bars_interval(monkeypatch):
             bar.miniters = 1
             bar.refresh()
     states = [s for s in stream.getvalue().split("\r") if s.strip()]
-    assert 300 / LOG_INTERVAL <= len(states) <= 300 / LOG_INTERVAL + 3
+    assert 300 / _LOG_INTERVAL <= len(states) <= 300 / _LOG_INTERVAL + 3
 
 
 def test_a_bar_on_a_terminal_keeps_tqdms_pace(monkeypatch):
@@ -74,7 +74,7 @@ def test_a_chosen_item_count_wins_in_a_log_file(monkeypatch):
 
 
 def test_a_log_bar_of_slow_items_writes_each(monkeypatch):
-    # mutation round 23 (audit 204): items of 40 s (an evaluation epoch), each past LOG_INTERVAL, write a state each:
+    # mutation round 23 (audit 204): items of 40 s (an evaluation epoch), each past _LOG_INTERVAL, write a state each:
     # the time is checked at every item (miniters=1), not every other one
     assert len(_updates(io.StringIO(), monkeypatch, seconds=40.0)) >= 300
 
@@ -104,7 +104,7 @@ class LogWithoutIsatty:
 
 def test_a_stream_without_isatty_counts_as_a_log(monkeypatch):
     states = _updates(LogWithoutIsatty(), monkeypatch)
-    assert 300 / LOG_INTERVAL <= len(states) <= 300 / LOG_INTERVAL + 3
+    assert 300 / _LOG_INTERVAL <= len(states) <= 300 / _LOG_INTERVAL + 3
 
 
 def test_a_notebook_bar_is_left_to_tqdm(monkeypatch):

@@ -862,7 +862,7 @@ def test_printed_load_and_register_lines_run_as_printed(tmp_path, digits, capsys
 
 
 def test_fp16_flow_falls_back_to_fp32_when_inexact(tmp_path, digits, monkeypatch):
-    monkeypatch.setattr(train, "ROUNDTRIP_TOL", 0.0)  # nothing passes: must store fp32
+    monkeypatch.setattr(train, "_ROUNDTRIP_TOL", 0.0)  # nothing passes: must store fp32
     r = train_codec("flow", digits[0][:32], tmp_path, **FLOW, max_steps=2, fp16=True, progress=False)
     assert r["dtype"] == torch.float32
     report = json.loads((tmp_path / "glow.json").read_text())
@@ -1412,7 +1412,7 @@ def test_max_minutes_limits_the_call_in_minutes_and_the_set_up_is_not_training_t
 
 
 def test_vae_fp16_falls_back_to_fp32_when_its_reconstructions_differ(tmp_path, digits, monkeypatch):
-    monkeypatch.setattr(train, "VAE_FP16_TOL", 0.0)  # any difference from fp32 rejects the fp16 copy
+    monkeypatch.setattr(train, "_VAE_FP16_TOL", 0.0)  # any difference from fp32 rejects the fp16 copy
     r = train_codec("vae", digits[0][:32], tmp_path, **VAE, max_steps=2, batch_size=16, fp16=True, progress=False)
     report = json.loads((tmp_path / "vae.json").read_text())
     assert r["dtype"] == torch.float32 and report["fp16_fallback"].startswith(
@@ -1767,7 +1767,8 @@ def test_an_fp16_copy_exactly_at_its_tolerance_is_kept():
     import dataclasses
 
     def recipe(err):
-        return dataclasses.replace(train.RECIPES["glow"], fp16_error=lambda codec, stored, probe: (err, 1e-3, "errs by"))
+        return dataclasses.replace(train._RECIPES["glow"],
+                                   fp16_error=lambda codec, stored, probe: (err, 1e-3, "errs by"))
 
     assert train._fp16_inaccuracy(None, None, recipe(1e-3), None) is None
     assert train._fp16_inaccuracy(None, None, recipe(1.5e-3), None) == "errs by 1.50e-03 > 0.001"
@@ -1786,17 +1787,17 @@ def test_a_run_whose_test_metrics_are_not_finite_leaves_no_checkpoint(tmp_path, 
 
 
 def test_a_codec_that_learnt_nothing_is_named_in_a_warning(tmp_path, digits, monkeypatch):
-    """A collapsed VAE (KL under MIN_VAE_KL nats) and a flow no better than uniform noise are written, with a warning
+    """A collapsed VAE (KL under _MIN_VAE_KL nats) and a flow no better than uniform noise are written, with a warning
     saying why their latent is not worth using."""
     x = digits[0][:32]
     with pytest.warns(UserWarning, match=r"^vae.safetensors: the VAE's latent carries almost nothing about its images "
                                          r"\(KL [0-9.e-]+ nats per image, under 1: posterior collapse\).*lower the KL "
                                          r"weight \(beta, now 1\)$"):
         r = train_codec("vae", x, tmp_path, **VAE, max_steps=1, progress=False)
-    assert r["metrics"]["kl"] < train.MIN_VAE_KL and Path(r["checkpoint"]).is_file()
+    assert r["metrics"]["kl"] < train._MIN_VAE_KL and Path(r["checkpoint"]).is_file()
     notes = json.loads(Path(r["json"]).read_text())["registry_entry"]["notes"]  # `list -v` shows it once registered
     assert notes.startswith("the VAE's latent carries almost nothing about its images (KL ")
-    monkeypatch.setattr(train, "MIN_VAE_KL", r["metrics"]["kl"])  # at the bound: not collapsed
+    monkeypatch.setattr(train, "_MIN_VAE_KL", r["metrics"]["kl"])  # at the bound: not collapsed
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         r = train_codec("vae", x, tmp_path / "at", **VAE, max_steps=1, progress=False)
@@ -1829,12 +1830,12 @@ def test_the_default_flow_has_as_many_levels_as_halve_the_image_to_a_side_of_two
 
 
 def test_a_new_flow_initialises_its_actnorm_from_images_drawn_over_the_whole_set(tmp_path, monkeypatch):
-    """A folder of class folders is read class by class: the first ACTNORM_INIT_BATCH images would all be of the first
+    """A folder of class folders is read class by class: the first _ACTNORM_INIT_BATCH images would all be of the first
     classes. The ActNorm scales and shifts come from that many images drawn at random from the whole set."""
     seen = []
     init = Glow.init_actnorm
     monkeypatch.setattr(Glow, "init_actnorm", lambda self, x: seen.append(x.clone()) or init(self, x))
-    monkeypatch.setattr(train, "ACTNORM_INIT_BATCH", 8)
+    monkeypatch.setattr(train, "_ACTNORM_INIT_BATCH", 8)
     x = (torch.arange(32) / 31).view(32, 1, 1, 1).expand(32, 1, 8, 8).contiguous()  # image i: the constant i / 31
     train_codec("flow", x, tmp_path, **FLOW, max_steps=1, batch_size=16, progress=False)
     (batch,) = seen
@@ -1854,7 +1855,7 @@ def test_a_state_missing_a_setting_that_every_state_saves_is_refused(tmp_path, d
     x = digits[0][:32]
     kw = dict(**FLOW, batch_size=16, progress=False)
     train_codec("flow", x, tmp_path, **kw, max_steps=2)
-    _edit_saved_info(tmp_path / "glow.state.safetensors", "lr")  # not one of SETTINGS_ADDED_LATER
+    _edit_saved_info(tmp_path / "glow.state.safetensors", "lr")  # not one of _SETTINGS_ADDED_LATER
     with pytest.raises(ValueError, match=r"a run with other settings \(lr: not saved, now 0\.001\)"):
         train_codec("flow", x, tmp_path, **kw, max_steps=3)
 

@@ -1385,8 +1385,8 @@ def test_an_output_folder_where_a_device_is_is_refused_as_a_file():
     socket) passed an is_file() test and met mkdir's "File exists" or "Not a directory" after the checks."""
     from pathlib import Path
 
-    from latent_transforms.validation import file_in_the_way, output_folder
+    from latent_transforms.validation import _file_in_the_way, output_folder
 
-    assert file_in_the_way(Path("/dev/null/runs")) == Path("/dev/null") and file_in_the_way(Path("/dev")) is None
+    assert _file_in_the_way(Path("/dev/null/runs")) == Path("/dev/null") and _file_in_the_way(Path("/dev")) is None
     with pytest.raises(ValueError, match=r"^the output folder '/dev/null' is a file; give a folder"):
         output_folder("/dev/null")

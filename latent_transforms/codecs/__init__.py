@@ -20,7 +20,7 @@ CODECS: dict[str, type[Codec]] = {"glow": Glow, "vae": ConvVAE}
 def build_codec(config: Mapping[str, Any]) -> Codec:
     """An untrained codec from its config (``{"kind": "glow" | "vae", ...}``, as ``codec.config`` returns; any
     mapping, such as the ``DictConfig`` Hydra's ``instantiate`` passes): float32, on the CPU, whatever torch's
-    default dtype and device (``codec_build_defaults``)."""
+    default dtype and device."""
     if not isinstance(config, Mapping):
         raise WrongTypeError(f"a codec config is a dict such as codec.config, got {type(config).__name__}")
     config = dict(config)

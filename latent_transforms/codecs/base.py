@@ -32,7 +32,7 @@ _CodecT = TypeVar("_CodecT", bound="Codec")  # what freeze() & co. return: the c
 OWN_CODEC_DOCS = "docs/training.md#your-own-model-as-a-codec"
 # sample()'s latents' standard deviation, at most: from 10 every pixel of the shipped flows' samples is clipped to 0 or
 # 1, at 100 70-77% of the shipped VAEs' are; beyond, only noise, then NaN (glow-digits from 1e30, all four at 1e38)
-MAX_TEMPERATURE = 100.0
+_MAX_TEMPERATURE = 100.0
 
 
 def shapes_weights(name: str, check: Callable[..., SettingT], *args: Any, why: str = "it shapes the weights",
@@ -77,7 +77,7 @@ def _level_shapes(shapes: object) -> tuple[bool, bool]:
 
 
 def flatten_latents(z: Latents) -> torch.Tensor:
-    """Per-level latents -> (B, D)."""
+    """z: per-level latents, each (B, *shape) -> (B, D), the levels' values one after the other."""
     tensors = is_sequence(z) and all(isinstance(t, torch.Tensor) for t in z)
     if not tensors or not z or min(t.ndim for t in z) < 2 or len({t.shape[0] for t in z}) != 1:
         raise bad_option(f"z must be a non-empty list of latents (B, *shape), one per level, of one batch size B, got "
@@ -86,7 +86,7 @@ def flatten_latents(z: Latents) -> torch.Tensor:
 
 
 def unflatten_latents(flat: torch.Tensor, shapes: list[tuple[int, ...]]) -> Latents:
-    """(B, D) -> per-level latents of the given per-sample shapes."""
+    """flat: (B, D) -> per-level latents, each (B, *shape) for the per-sample ``shapes`` in order."""
     right_type, fine = _level_shapes(shapes)
     if not fine:
         raise bad_option(f"shapes must be a non-empty list of per-sample shapes, one tuple of positive ints per latent "
@@ -317,11 +317,11 @@ class Codec(Settings, ChecksCodecStates, nn.Module):
 
     def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | int | None = None) -> torch.Tensor:
         """n images decoded from N(0, temperature^2 I) latents, clipped to [0, 1]: (n, C, H, W); ``temperature`` in
-        [0, ``MAX_TEMPERATURE`` = 100]. ``generator``: ``None`` (torch's global RNG), an ``int`` seed or a
+        [0, 100]. ``generator``: ``None`` (torch's global RNG), an ``int`` seed or a
         ``torch.Generator`` on the codec's device."""
         shapes = self.checked_latent_shapes()
         n = check_items("n", n, self.image_shape, *shapes, dtype=self.dtype)
-        temperature = check_number("temperature", temperature, high=MAX_TEMPERATURE)
+        temperature = check_number("temperature", temperature, high=_MAX_TEMPERATURE)
         device = self.device
         generator = draw_generator(generator, device)
         z = [temperature * torch.randn((n, *s), generator=generator, device=device, dtype=self.dtype) for s in shapes]
