@@ -191,7 +191,7 @@ def main() -> None:
                          f"steps of {MICRO_BATCHES} micro-batches, each step on --batch images")
     ap.add_argument("--smoke", action="store_true", help="a tiny random-init Glow and random images: checks the script")
     args = ap.parse_args()
-    if torch.__version__ < "2.9":  # torch 2.4, 2.5: a private FSDP2 that makes CUDA streams (each rank died)
+    if torch.__version__ < "2.9":  # 2.4, 2.5: a private FSDP2 that makes CUDA streams; 2.6-2.8: below
         ap.error(f"FSDP2 on the CPU (torch.distributed.fsdp.fully_shard) needs torch >= 2.9, this is "
                  f"{torch.__version__}: torch 2.6's fails (\"'Stream' object has no attribute 'record_event'\"), "
                  f"torch 2.7 and 2.8 give other gradients than one process on the whole batch")

@@ -1803,7 +1803,8 @@ _NEEDS_CPU_FSDP2 = pytest.mark.skipif(torch.__version__ < "2.9", reason="torch <
 def test_fsdp2_attack_refuses_a_torch_without_a_cpu_fsdp2_naming_why(monkeypatch, capsys):
     """Audit 276: the script refused torch < 2.6 only; on 2.6 each rank died in fully_shard's first forward
     ('Stream' object has no attribute 'record_event'), on 2.7 and 2.8 the training step's gradient was 3.8e-2 from
-    one process's on the whole batch (torch's FSDP2 on gloo, with no attack too)."""
+    one process's on the whole batch (torch's FSDP2 on gloo, with no attack too). Mutation round 41 (audit 292): the
+    whole message, and 2.9.0 taken (``<= "2.9"`` refused it)."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     module = _load_benchmark("fsdp2_attack")
     monkeypatch.setattr(torch, "__version__", torch.torch_version.TorchVersion("2.8.0"))
@@ -1811,9 +1812,21 @@ def test_fsdp2_attack_refuses_a_torch_without_a_cpu_fsdp2_naming_why(monkeypatch
     with pytest.raises(SystemExit) as e:
         module.main()
     assert e.value.code == 2
-    assert capsys.readouterr().err.splitlines()[-1].startswith(
+    assert capsys.readouterr().err.splitlines()[-1] == (
         "fsdp2_attack.py: error: FSDP2 on the CPU (torch.distributed.fsdp.fully_shard) needs torch >= 2.9, this is "
-        "2.8.0: torch 2.6's fails")
+        "2.8.0: torch 2.6's fails (\"'Stream' object has no attribute 'record_event'\"), torch 2.7 and 2.8 give other "
+        "gradients than one process on the whole batch")
+
+    class Spawned(Exception):
+        pass
+
+    def spawn(*args, **kwargs):
+        raise Spawned
+
+    monkeypatch.setattr(module, "mp", SimpleNamespace(spawn=spawn))
+    monkeypatch.setattr(torch, "__version__", torch.torch_version.TorchVersion("2.9.0"))
+    with pytest.raises(Spawned):  # the first torch it takes: on to the two ranks
+        module.main()
 
 
 @pytest.mark.slow

@@ -72,7 +72,7 @@ COMMANDS = {
     **{script: (script, ["--smoke"]) for script in SCRIPTS},
     "one_line.py adversarial": ("one_line.py", ["--smoke", "--method", "adversarial"]),
     "one_line.py tiny": ("one_line.py", ["--train", "npz:tiny.npz", "--test", "none", "--method", "none", "--epochs",
-                                         "1", "--width", "4", "--device", "cpu"]),
+                                         "2", "--width", "4", "--device", "cpu"]),
     "compose npz": ("compose_randaugment.py", ["--train", "npz:train.npz", "--test", "npz:test.npz", "--steps", "1",
                                                "--batch-size", "4", "--width", "4", "--device", "cpu"]),
     "isda npz": ("isda_hook.py", ["--train", "npz:train.npz", "--epochs", "1", "--batch-size", "8", "--width", "4",
@@ -187,7 +187,10 @@ def test_one_line_smoke_with_the_adversarial_method(example_runs):
 @pytest.mark.slow
 def test_one_line_on_a_set_smaller_than_a_batch_without_test_set(example_runs):
     proc = _ran(example_runs, "one_line.py tiny")  # 20 images
-    assert "epoch 1/1: lr 0.1, loss" in proc.stdout and "test accuracy" not in proc.stdout
+    assert "epoch 1/2: lr 0.1, loss" in proc.stdout and "test accuracy" not in proc.stdout
+    # the LR each epoch trains at, decayed (x 0.2 at each of its 3 milestones, all at epoch 1 of 2): mutation round 41
+    # (audit 292) printed --lr every epoch, unseen with --epochs 1
+    assert "epoch 2/2: lr 0.0008, loss" in proc.stdout
 
 
 @pytest.mark.slow

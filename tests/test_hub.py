@@ -48,9 +48,10 @@ STALL_SECONDS = 10.0  # longer than the tests' hub timeout (5 s): a client that 
 
 class _Handler(BaseHTTPRequestHandler):
     """Serves /good, /bad-hash, /truncated, /chunked-cut (inside a chunk), /chunked-cut-between (before a chunk-size
-    line), /bad-chunk (a chunk-size line that is not hex), /no-length, /slow (sleeps before the body), /error (500),
-    /gzip (GOOD compressed, whatever was asked), /identity (GOOD with "Content-Encoding: Identity"), /page (an HTML
-    page), the ``stalled`` files (the first part of the body, then nothing until ``release`` is set); 404 otherwise."""
+    line), /bad-chunk (a chunk-size line that is not hex), /bad-status (a status line that is not HTTP's), /closed (the
+    connection closed, no status line), /no-length, /slow (sleeps before the body), /error (500), /gone (410), /gzip
+    (GOOD compressed, whatever was asked), /identity (GOOD with "Content-Encoding: Identity"), /page (an HTML page),
+    the ``stalled`` files (the first part of the body, then nothing until ``release`` is set); 404 otherwise."""
 
     counts: dict[str, int] = {}
     accept_encoding: dict[str, str | None] = {}  # name -> the Accept-Encoding header of its last request
@@ -72,8 +73,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.counts[name] = self.counts.get(name, 0) + 1
         self.accept_encoding[name] = self.headers.get("Accept-Encoding")
         try:
-            if name == "error.safetensors":
-                self.send_error(500)
+            if name in ("error.safetensors", "gone.safetensors"):
+                self.send_error(500 if name == "error.safetensors" else 410)
+            elif name == "bad-status.safetensors":
+                self.wfile.write(b"garbled\r\n")
+                self.close_connection = True
+            elif name == "closed.safetensors":
+                self.close_connection = True
             elif name in ("gzip.safetensors", "page.safetensors"):
                 body = gzip.compress(GOOD) if name == "gzip.safetensors" else b"<!DOCTYPE html><html>Sign in</html>"
                 self.send_response(200)
@@ -663,13 +669,19 @@ def test_a_file_registered_from_python_loads_from_the_cache_dir_and_elsewhere_is
     with pytest.raises(hub.HubError, match="elsewhere.safetensors failed: HTTP 404.*; registered with hub.register\\? "
                                            "it does not copy the file: copy elsewhere.safetensors into"):
         hub.load("elsewhere")
+    _register("gone", "gone.safetensors")  # its 410 too (mutation round 41: the hint was tested after a 404 only)
+    with pytest.raises(hub.HubError, match="gone.safetensors failed: HTTP 410.*; registered with hub.register\\? "
+                                           "it does not copy the file: copy gone.safetensors into"):
+        hub.load("gone")
 
 
 @pytest.mark.parametrize("file", ["error.safetensors", "truncated.safetensors", "bad-hash.safetensors",
-                                  "bad-chunk.safetensors"])
+                                  "bad-chunk.safetensors", "bad-status.safetensors", "closed.safetensors"])
 def test_a_download_the_server_answered_but_that_failed_gets_no_copy_hint(env, file):
-    """The server was reached and answered (a 500, a cut, wrong or malformed body): "registered with hub.register? ...
-    copy FILE into <cache dir>" after the failure was noise (audit 283); the error is the failure alone."""
+    """The server was reached and answered (a 500, a cut, wrong or malformed body; mutation round 41: a garbled status
+    line, or none, the connection closed: http.client's RemoteDisconnected, an HTTPException and an OSError):
+    "registered with hub.register? ... copy FILE into <cache dir>" after the failure was noise (audit 283); the error
+    is the failure alone."""
     _register("mine", file)
     with pytest.raises(hub.HubError, match=re.escape(file)) as info:
         hub.fetch("mine")
@@ -2201,13 +2213,16 @@ def test_loading_a_runs_json_says_which_file_to_load(tmp_path):
             hub.load_checkpoint(other)
 
 
-def test_a_failed_download_still_names_the_bad_cached_copy(env, server):
-    # the 404 of the re-download was reported alone: the corrupted cached copy that made it necessary went unsaid
-    _register("x", "missing.safetensors")
+@pytest.mark.parametrize("file, status", [("missing.safetensors", 404), ("error.safetensors", 500)])
+def test_a_failed_download_still_names_the_bad_cached_copy(env, server, file, status):
+    """The 404 of the re-download was reported alone: the corrupted cached copy that made it necessary went unsaid.
+    Mutation round 41 (audit 292): after a 500 too, and its "register it again" hint stays (only the copy hint goes
+    when the server answered)."""
+    _register("x", file)
     env.mkdir()
-    (env / "missing.safetensors").write_bytes(BAD)
-    with pytest.raises(hub.HubError, match=r"missing.safetensors failed: HTTP 404.*; and cached .*missing.safetensors "
-                                           r"does not match the registry"):
+    (env / file).write_bytes(BAD)
+    with pytest.raises(hub.HubError, match=rf"{file} failed: HTTP {status}.*; and cached .*{file} does not match the "
+                                           rf"registry .*; saved again after it was registered\? register it again"):
         hub.fetch("x")
 
 

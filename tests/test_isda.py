@@ -1363,6 +1363,15 @@ def test_a_covariance_form_assigned_is_not_told_to_grow(make):
     assert t.covariance == "diagonal"
 
 
+def test_the_sizing_settings_are_missing_until_set_as_plain_attributes_were():
+    """Mutation round 41 (audit 292): read through ``vars(self)``, an unset num_classes or covariance is missing
+    (``AttributeError``, as the plain attribute was), not ``None``."""
+    unset = FeatureCovariance.__new__(FeatureCovariance)
+    for name in ("num_classes", "covariance"):
+        with pytest.raises(AttributeError, match=name):
+            getattr(unset, name)
+
+
 def test_torchvision_resnet18_auto_detects_fc():
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)
