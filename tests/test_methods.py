@@ -820,6 +820,56 @@ def test_last_params_keep_neither_the_callers_labels_nor_their_graph(glow, batch
     assert labels() is None and graph() is None
 
 
+def test_a_training_loop_leaves_the_same_hooks_memos_and_live_tensors_at_every_step(vae, batch, net):
+    # the long-run audit (audit 296) ran each transform 2,000 training steps and found nothing that grows per call;
+    # this keeps what it counted exact over a few steps: hooks on every module, the library's memos keyed by module
+    # or id, and the live tensors (a latent, statistic or graph kept per call is one more each step)
+    from latent_transforms import isda as isda_module, modelutils
+
+    x, y = batch[0][:4], batch[1][:4]
+    isda = ISDA(10)
+    isda.set_epoch(1, 2)
+    # p=1: a call that selects no sample keeps fewer draws in last_params, one tensor less
+    augment = Compose([LatentNoise(vae, 0.5, generator=0), LatentAdversarial(vae, 0.5, generator=1), isda])
+    mix = VarMixup(vae, num_classes=10, p=1.0, generator=2)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
+
+    def step():
+        for t in (augment, mix):
+            x2, y2 = t(x, y, net)
+            optimizer.zero_grad()
+            F.cross_entropy(net(x2), y2).backward()
+            optimizer.step()
+        net.eval()  # a validation step
+        mix.eval()
+        with torch.no_grad():
+            net(mix(x, y, net)[0])
+        net.train()
+        mix.train()
+
+    def counts():
+        gc.collect()
+        hooks = {f"{owner}.{name}.{kind}": len(getattr(m, kind))
+                 for owner, root in (("net", net), ("augment", augment), ("mix", mix))
+                 for name, m in root.named_modules()
+                 for kind in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+                 if getattr(m, kind)}
+        return {"hooks": hooks, "isda._ARMED": len(isda_module._ARMED), "modelutils._lent": len(modelutils._lent),
+                "live tensors": sum(issubclass(type(o), torch.Tensor) for o in gc.get_objects())}
+
+    step()
+    gc.freeze()  # the objects alive now are neither scanned nor counted: only what the steps leave is, quickly
+    try:
+        step()
+        before = counts()
+        for _ in range(3):
+            step()
+        after = counts()
+    finally:
+        gc.unfreeze()
+    assert after == before
+
+
 def test_distillation_with_a_teachers_probabilities_as_labels(glow, vae, batch, net):
     # the knowledge-distillation paragraph of docs/composition.md (audit 184): a teacher's probabilities (with a
     # temperature, in 16 bits) pass as labels, its logits are refused by name, mixed probabilities keep the teacher's
