@@ -209,7 +209,8 @@ def _npz(path: Path) -> tuple[torch.Tensor, torch.Tensor | None, int]:
             d = np.load(f, allow_pickle=False)
             with d:
                 if "x" not in d.files:
-                    raise ValueError(f"{path}: no array 'x' (found {sorted(d.files)})")
+                    raise ValueError(f"{path}: no array 'x' (found {sorted(d.files)}); images are read from 'x' "
+                                     f"(np.savez(path, x=images, y=labels))")
                 x_np = d["x"]
                 y_np = d["y"] if "y" in d.files else None
                 if y_np is None:  # labels under another name would silently make an unlabelled set

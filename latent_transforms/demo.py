@@ -23,7 +23,7 @@ from .latent_adversarial import LatentAdversarial
 from .latent_noise import LatentNoise
 from .models import digits_cnn
 from .modelutils import threads_for_this_cpu, torch_threads
-from .validation import MAX_THREADS, POSITIVE_INT, THREADS, check_count, output_folder
+from .validation import MAX_THREADS, POSITIVE_INT, THREADS, check_count, make_folder, output_folder
 from .varmixup import VarMixup
 from .visualize import save_rows
 
@@ -83,7 +83,7 @@ def run_demo(out_dir: str | Path = "latent-transforms-demo", per_class: int = 10
     with torch_threads(threads), torch.random.fork_rng(devices=[]):
         glow, vae = hub.load("glow-digits"), hub.load("vae-digits")
 
-        picture = overview_picture(glow, vae, out / "demo.png", test=(x_test, y_test))
+        picture = overview_picture(glow, vae, make_folder(out) / "demo.png", test=(x_test, y_test))
         results: dict[str, dict[str, list[float]]] = {}
         for seed in seeds:
             x, y = x_train[splits[seed]], y_train[splits[seed]]

@@ -858,12 +858,18 @@ def unregister(name: str, *, persist: bool = False) -> dict[str, Any]:
         for key in [k for k in _loaded if k[0] == name]:
             del _loaded[key]
     if not removed:
-        where = "this process's registry" + (f" nor the user registry file {user_registry_path()}" if persist else "")
         registry = _registry(warn_if_broken=True)
-        close = _closest(name, [n for n in registry if n not in _shipped_registry()])
-        hint = "; it is in the user registry file: pass persist=True" if not persist and name in registry else \
-            f"; did you mean {close!r}?" if close else ""
-        raise UnknownCheckpointError(f"checkpoint {name!r} is not in {where}{hint}")
+        yours = sorted(n for n in registry if n not in _shipped_registry())
+        close = _closest(name, yours)
+        if not persist:
+            hint = "; it is in the user registry file: pass persist=True" if name in registry else \
+                f"; did you mean {close!r}?" if close else ""
+            raise UnknownCheckpointError(f"checkpoint {name!r} is not in this process's registry{hint}")
+        path = user_registry_path()  # the CLI's case: the message is read in a shell
+        hint = f"did you mean {close!r}?" if close else f"the names you registered: {', '.join(yours)}" if yours else \
+            "you have registered none (`latent-transforms list` shows the checkpoints there are)"
+        raise UnknownCheckpointError(f"checkpoint {name!r} is not a name you registered (the user registry file "
+                                     f"{path} {'does not hold it' if path.is_file() else 'does not exist'}); {hint}")
     return removed[0]
 
 

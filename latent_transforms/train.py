@@ -41,8 +41,8 @@ from .pixel_shift import random_shift_flip
 from .progress import progress_bar
 from .torch_defaults import cpu_as_default_device
 from .validation import (POSITIVE_FLOAT, POSITIVE_INT, THREADS, MissingFileError, WrongTypeError, check_bool,
-                         check_count, check_images, check_number, is_int, option, output_folder, resolve_device,
-                         state_mismatch, values_read)
+                         check_count, check_images, check_number, is_int, make_folder, option, output_folder,
+                         resolve_device, state_mismatch, values_read)
 
 __all__ = ["train_codec", "eval_codec", "default_config", "save_training_state", "load_training_state", "STATE_FORMAT"]
 
@@ -1121,8 +1121,7 @@ def train_codec(
         levels=levels, steps=steps, hidden=hidden, latent_dim=latent_dim, beta=beta, latent_side=latent_side,
         decoder_blocks=decoder_blocks))
     recipe = _RECIPES[codec_kind]
-    out = output_folder(out_dir)  # ~ expanded, as hub.load does; created once every setting is known to be good
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(output_folder(out_dir))  # ~ expanded, as hub.load does; made once every setting is known good
     with contextlib.ExitStack() as lock:
         lock.enter_context(_only_run_writing(out, name))
         state_path = out / f"{name}.state.safetensors"
@@ -1330,10 +1329,11 @@ def _runs_on_cpu(device: str) -> bool:
 
 def _spelled_as_flags(e: ValueError, parameters: list[str]) -> ValueError:
     """``e`` (of its own type) with the ``train_codec`` parameter that begins its message spelled as the CLI's flag
-    (``ema_decay`` is ``--ema``); ``e`` itself if none does."""
+    (``ema_decay`` is ``--ema``) and no "must be None or" (a shell's None is the option left out); ``e`` itself if
+    none does."""
     text = str(e)
     for parameter in sorted(parameters, key=len, reverse=True):  # max_steps before steps
         if text.startswith(f"{parameter} "):
             flag = "--ema" if parameter == "ema_decay" else "--" + parameter.replace("_", "-")
-            return type(e)(flag + text[len(parameter):])
+            return type(e)(flag + text[len(parameter):].replace(" must be None or ", " must be ", 1))
     return e

@@ -10,6 +10,7 @@ import argparse
 import collections.abc
 import contextlib
 import difflib
+import errno
 import functools
 import itertools
 import math
@@ -687,7 +688,12 @@ def _judge_labels(y: torch.Tensor, name: str, num_classes: int | None, stats: li
                              f"LatentAdversarial(target='pred')) takes the whole batch with y=None and keeps each image "
                              f"in its row, so {name} still fits its output")
         if num_classes is not None and hi >= num_classes:
-            raise ClassCountError(f"{name} has class index {hi}, out of range for num_classes={num_classes}")
+            one_based = f"labels numbered from 1? subtract 1 ({name} - 1); " if lo >= 1 and hi == num_classes else ""
+            raise ClassCountError(f"{name} has class index {hi}, out of range for num_classes={num_classes} (indices "
+                                  f"0 to {num_classes - 1}); {one_based}num_classes too small? set it to the number "
+                                  f"of classes the model outputs ({hi + 1} or more); a mark for ignored samples (such as "
+                                  f"255)? pass only the labelled samples: keep = {name} < {num_classes}, then x[keep] "
+                                  f"and {name}[keep]")
         return
     finite, low, worst, worst_sum = stats
     if not finite:
@@ -901,6 +907,19 @@ def output_folder(out_dir: str | os.PathLike[str], name: str = "the output folde
     if file is not None:
         inside = "" if file == out else f" is inside {str(file)!r}, which"
         raise ValueError(f"{name} {str(out)!r}{inside} is a file; give a folder (it is created if missing)")
+    return out
+
+
+def make_folder(out: Path, name: str = "the output folder") -> Path:
+    """Create ``out`` (an ``output_folder``) and its parents unless there; refused, naming it, where it cannot be made
+    or written into (a read-only or missing mount): the ``OSError``'s own type, not its bare ``[Errno 13] ...``."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+    except OSError as e:
+        raise type(e)(f"cannot write into {name} {str(out)!r} ({e.strerror or e}); give a folder you can write to"
+                      ) from e
     return out
 
 

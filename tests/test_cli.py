@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -289,6 +290,8 @@ def test_unregister_removes_the_name_and_its_cached_copy(tmp_path, capsys, monke
     monkeypatch.setattr(hub, "_registered", {})
     monkeypatch.setattr(hub, "_loaded", {})
     _, js = _run_files(tmp_path / "runs", "zz-run")
+    code, _, err = _exit_code(["unregister", "zz-run"], capsys)  # nothing registered yet: no user registry file
+    assert code == 2 and f"file {hub.user_registry_path()} does not exist); you have registered none" in err
     for name in ("zz-run", "zz-kept"):
         assert main(["register", str(js), "--name", name]) == 0
     monkeypatch.setattr(hub, "_registered", {})  # another process
@@ -300,8 +303,15 @@ def test_unregister_removes_the_name_and_its_cached_copy(tmp_path, capsys, monke
     assert main(["unregister", "zz-kept", "--keep-file"]) == 0
     assert _cache_files() == ["registry.json", "zz-kept.safetensors"]
     assert json.loads((hub.cache_dir() / "registry.json").read_text())["checkpoints"] == {}
-    code, _, err = _exit_code(["unregister", "zz-kept"], capsys)
-    assert code == 2 and err.count("\n") == 1 and "'zz-kept' is not in this process's registry nor the user" in err
+    code, _, err = _exit_code(["unregister", "zz-kept"], capsys)  # was "... is not in this process's registry nor
+    # the user registry file ...": no process of the shell user's holds a registry, and nothing said what to do
+    assert code == 2 and err == (f"{_PROG}: error: checkpoint 'zz-kept' is not a name you registered (the user registry "
+                                 f"file {hub.user_registry_path()} does not hold it); you have registered none "
+                                 f"(`{_PROG} list` shows the checkpoints there are)\n")
+    assert main(["register", str(js), "--name", "zz-other"]) == 0
+    for name, hint in (("zz-kept", "the names you registered: zz-other"), ("zz-Other", "did you mean 'zz-other'?")):
+        code, _, err = _exit_code(["unregister", name], capsys)
+        assert code == 2 and err.endswith(f"does not hold it); {hint}\n") and err.count("\n") == 1
     shipped = sorted(hub._shipped_registry())
     if shipped:
         code, _, err = _exit_code(["unregister", shipped[0]], capsys)
@@ -491,6 +501,35 @@ def test_an_out_that_is_empty_or_a_file_is_refused_before_training(tmp_path, cap
     code, stdout, err = _exit_code([*command, "--out", out], capsys)
     assert code == 2 and stdout == "" and err.startswith(f"{_PROG}: error: {message}; give a folder")
     assert len(err.splitlines()) == 1 and sorted(os.listdir()) == ["afile"]
+
+
+@pytest.mark.parametrize("command", ["train", "demo"])
+@pytest.mark.parametrize("failure", ["read-only", "not made"])
+def test_an_out_that_cannot_be_written_is_named(tmp_path, capsys, monkeypatch, command, failure):
+    """It was the OSError alone ("[Errno 2] No such file or directory: '/proc/o'", or the hidden lock file's
+    "[Errno 13] Permission denied"), after the demo's work too (saving demo.png)."""
+    from conftest import tiny_glow, tiny_vae
+    from latent_transforms import validation
+
+    np.savez(tmp_path / "x.npz", x=np.zeros((4, 8, 8), dtype=np.uint8))
+    if command == "demo":
+        pytest.importorskip("sklearn")
+        monkeypatch.setattr(demo.hub, "load", {"glow-digits": tiny_glow(), "vae-digits": tiny_vae()}.__getitem__)
+    out = tmp_path / "o"
+    if failure == "read-only":  # as root (no permission is refused) or on a read-only mount
+        out.mkdir()
+        monkeypatch.setattr(validation.os, "access", lambda path, mode: Path(path) != out)
+    else:
+        def refused(self, *args, **kwargs):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+
+        monkeypatch.setattr(Path, "mkdir", refused)
+    argv = ["train", "flow", "--data", f"npz:{tmp_path / 'x.npz'}", "--max-steps", "1", "--quiet", "--levels", "1",
+            "--steps", "1"] if command == "train" else ["demo", "--smoke"]
+    code, stdout, err = _exit_code([*argv, "--out", str(out)], capsys)
+    why = os.strerror(errno.EACCES if failure == "read-only" else errno.EROFS)
+    assert code == 2 and stdout == "" and err == (f"{_PROG}: error: cannot write into the output folder {str(out)!r} "
+                                                  f"({why}); give a folder you can write to\n")
 
 
 def test_train_test_data_of_another_shape_names_the_options(tmp_path, capsys):

@@ -331,7 +331,8 @@ def test_npz_of_no_images_or_of_empty_images_is_refused(tmp_path, shape):
 
 def test_an_npz_without_x_is_named_as_such_not_as_unreadable(tmp_path):
     np.savez(tmp_path / "nox.npz", images=np.zeros((2, 4, 4), np.uint8))
-    with pytest.raises(ValueError, match=rf"^{tmp_path / 'nox.npz'}: no array 'x' \(found \['images'\]\)$"):
+    with pytest.raises(ValueError, match=rf"^{tmp_path / 'nox.npz'}: no array 'x' \(found \['images'\]\); images are "
+                                         r"read from 'x' \(np.savez\(path, x=images, y=labels\)\)$"):  # said no more
         load_images(f"npz:{tmp_path / 'nox.npz'}")
 
 

@@ -337,7 +337,8 @@ def test_train_refuses_settings_of_the_other_codec_kind(tmp_path, kind, setting,
     ("vae", ["--name", "a/b"], "--name 'a/b' cannot be a file name (no path separators, ':', '..' or leading '.')"),
     ("vae", ["--name", ""], "--name must be a non-empty file stem, got ''"),  # the CLI trained 'vae-x' instead
     ("flow", ["--translate", "8"], "--translate must be < 8 (the image side), got 8"),  # said 'translate must'
-    ("vae", ["--latent-side", "16"], "--latent-side must be None or a power of two <= the image side 8, got 16"),
+    ("vae", ["--latent-side", "16"], "--latent-side must be a power of two <= the image side 8, got 16"),  # was "must
+    # be None or a power of two": a shell has no None (an option left out is)
 ])
 def test_train_cli_refuses_options_of_the_other_codec_kind_and_bad_names(tmp_path, capsys, kind, option, message):
     data = tmp_path / "x.npz"

@@ -846,6 +846,21 @@ def test_an_index_longer_than_the_batch_or_with_a_trailing_dimension_is_refused(
         check_batch(GOOD_X, GOOD_Y, index=torch.arange(4).unsqueeze(1))
 
 
+@pytest.mark.parametrize("y, advice", [
+    ([1, 2, 3, 4], "labels numbered from 1? subtract 1 (y - 1); num_classes too small? set it to the number of classes "
+                   "the model outputs (5 or more); "),
+    ([0, 2, 3, 4], "num_classes too small? set it to the number of classes the model outputs (5 or more); "),
+    ([0, 1, 255, 3], "num_classes too small? set it to the number of classes the model outputs (256 or more); "),
+])
+def test_a_class_index_out_of_range_says_what_to_do(y, advice):
+    """It said only "y has class index 4, out of range for num_classes=4": the likely causes and their fixes named."""
+    with pytest.raises(ValueError) as info:
+        check_labels(torch.tensor(y), 4, num_classes=4)
+    assert str(info.value) == (f"y has class index {max(y)}, out of range for num_classes=4 (indices 0 to 3); {advice}"
+                               "a mark for ignored samples (such as 255)? pass only the labelled samples: keep = y < 4, "
+                               "then x[keep] and y[keep]")
+
+
 def test_class_indices_and_positions_past_2_to_the_24_are_checked_exactly():
     """Statistics are read in float64: in float32, 2**24 + 1 rounds to 2**24 and passed a bound of 2**24 + 1."""
     from latent_transforms.validation import check_index
