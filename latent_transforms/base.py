@@ -264,11 +264,12 @@ class LatentTransform(Settings, SampleStats, nn.Module):
                   params: dict[str, torch.Tensor], index: torch.Tensor | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Transform the selected samples ``x: (N, C, H, W)`` in [0, 1], ``y: (N,)``, ``(N, K)`` or ``None`` (only
-        when not ``needs_labels``), with ``params`` (``make_params``'s, or given to the call); ``index: (N,)`` (their
-        dataset positions) is given when the caller passed one. Returns ``(x2, y2)`` of the same shapes (``y2`` soft
-        ``(N, K)`` when ``mixes_labels``); ``forward`` clips, rejects and counts. What it computes and is worth
-        inspecting may be added to ``params`` (``params.update(...)``), one row per selected sample: the call's
-        ``last_params`` holds it once the call succeeds."""
+        when not ``needs_labels``), with the call's ``model`` (``None`` only when not ``needs_model``) and ``params``
+        (``make_params``'s, or given to the call); ``index: (N,)`` (their dataset positions) is given when the caller
+        passed one. Returns ``(x2, y2)`` of the same shapes (``y2`` soft ``(N, K)`` when ``mixes_labels``); ``forward``
+        clips, rejects and counts. What it computes and is worth inspecting may be added to ``params``
+        (``params.update(...)``), one row per selected sample: the call's ``last_params`` holds it once the call
+        succeeds."""
         raise NotImplementedError(f"{type(self).__name__} must implement transform(x, y, model, params, index=None) "
                                   f"-> (x2, y2), the method itself (LatentTransform is its base)")
 

@@ -166,7 +166,7 @@ class CodecTransform(ChecksCodecStates, LatentTransform):
                 + super().extra_repr())
 
     def level_mask(self, device: torch.device) -> torch.Tensor | None:
-        """(D,) bool mask of the flattened coordinates in ``levels`` (None = all)."""
+        """(D,) bool mask on ``device`` of the flattened coordinates in ``levels`` (None = all)."""
         if self._levels is None:
             return None
         parts = [torch.full((int(torch.Size(s).numel()),), i in self._levels, device=device)
@@ -202,7 +202,7 @@ class CodecTransform(ChecksCodecStates, LatentTransform):
             return self.codec.encode_flat(x)
 
     def decode_flat(self, z: torch.Tensor) -> torch.Tensor:
-        """(B, D) -> (B, C, H, W), not clipped (the base clips and rejects implausible samples)."""
+        """z: (B, D) -> (B, C, H, W), not clipped (the base clips and rejects implausible samples)."""
         return self.codec.decode_flat(z)
 
 

@@ -57,7 +57,9 @@ def _check_split(split: str) -> None:
 
 def load_images(spec: str, split: str = "train", data_root: str | os.PathLike[str] | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-    """Load images by spec (see the module doc): ``(x (N, C, H, W) float32 in [0, 1], y (N,) int64 | None, num_bins)``."""
+    """Load images by spec (see the module doc): ``(x (N, C, H, W) float32 in [0, 1], y (N,) int64 | None, num_bins)``.
+    ``split``: ``"train"`` or ``"test"`` (ignored by ``npz:`` and ``folder:``); ``data_root``: where CIFAR-10 is
+    downloaded (``None``: ``data/`` in the cache dir)."""
     if not isinstance(spec, str) or not spec:
         raise bad_option(f"data spec must be a non-empty str, got {spec!r}", right_type=isinstance(spec, str))
     if spec == "digits":

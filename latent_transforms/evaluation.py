@@ -33,11 +33,12 @@ def fit_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, augment: 
                    desc: str = "train", progress: bool = True) -> float:
     """Train ``model`` on (x, y) with SGD + one-cycle LR; ``augment(x, y, model)`` runs on every batch.
 
-    x: (N, C, H, W) float in [0, 1] on the model's device; y: (N,) int64. ``pixel_augment`` (e.g. a flip/crop)
-    runs before ``augment``. Every ``ISDA`` in ``augment`` (also inside a ``Compose``) follows the official
-    schedule: ``set_epoch(epoch, epochs)`` at the start of each epoch.
-    ``autocast_dtype`` (e.g. torch.bfloat16 on a GPU) runs the classifier's forward under autocast.
-    Returns the wall time in seconds.
+    x: (N, C, H, W) float in [0, 1] on the model's device; y: (N,) int64. ``epochs`` passes in batches of
+    ``batch_size``, shuffled by ``seed``; Nesterov SGD with ``weight_decay``, its LR peaking at ``lr``.
+    ``pixel_augment`` (e.g. a flip/crop) runs before ``augment``. Every ``ISDA`` in ``augment`` (also inside a
+    ``Compose``) follows the official schedule: ``set_epoch(epoch, epochs)`` at the start of each epoch.
+    ``autocast_dtype`` (e.g. torch.bfloat16 on a GPU) runs the classifier's forward under autocast. ``desc`` labels
+    the per-epoch progress bar, shown if ``progress``. Returns the wall time in seconds.
     """
     check_images(x)
     check_model(model, x, "fit_classifier's model")  # None or a function: torch's AttributeError at .parameters()
@@ -168,8 +169,8 @@ def expected_calibration_error(probs: torch.Tensor, y: torch.Tensor, bins: int =
 
 
 def ece_of_bins(bins: dict[str, torch.Tensor]) -> float:
-    """The ECE of ``reliability_bins``' sums: one run's, or several runs' or ranks' summed key by key (pooled with
-    ``all_reduce``), ``sum |confidence_sum - correct_sum| / sum count``."""
+    """The ECE of ``bins``, ``reliability_bins``' sums: one run's, or several runs' or ranks' summed key by key
+    (pooled with ``all_reduce``), ``sum |confidence_sum - correct_sum| / sum count``."""
     mapping = isinstance(bins, collections.abc.Mapping)
     if not mapping or not all(k in bins for k in _BIN_SUMS):
         raise bad_option(f"bins must be reliability_bins' dict of {', '.join(_BIN_SUMS)}, got "

@@ -153,7 +153,7 @@ def matches_checksum(metadata: dict[str, str], tensors: dict[str, torch.Tensor])
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in chunks."""
+    """Hex sha256 of the file at ``path``, read in chunks."""
     if not Path(path).is_file():
         raise MissingFileError(f"no file at {path}")
     digest = hashlib.sha256()
@@ -317,7 +317,8 @@ def write_safetensors(path: str | os.PathLike[str], tensors: dict[str, torch.Ten
 # -- checkpoint format ------------------------------------------------------------------------------
 def save_checkpoint(codec: "Codec", path: str | os.PathLike[str], dtype: torch.dtype = torch.float32,
                     extra_metadata: dict[str, Any] | None = None) -> str:
-    """Write ``codec`` to one ``.safetensors`` file atomically; returns its sha256 (hex).
+    """Write ``codec`` to the ``.safetensors`` file ``path`` (another suffix is refused) atomically; returns its
+    sha256 (hex).
 
     Float tensors are stored as ``dtype`` (float32, float16 or bfloat16) and cast back to the codec's
     float32 on load. ``extra_metadata`` adds str -> str entries (other values are stored as JSON).
@@ -410,8 +411,8 @@ def _load_device(device: object) -> torch.device:
 @torch.inference_mode(False)  # inside inference_mode its weights would be inference tensors, a Glow's unusable
 def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "cpu",
                     sha256: str | None = None) -> "Codec":
-    """Build the codec described by a ``.safetensors`` checkpoint, load its weights onto ``device`` (default
-    ``"cpu"``), freeze it: float32 whatever torch's default dtype, device or inference mode.
+    """Build the codec described by the ``.safetensors`` checkpoint at ``path`` (``~`` expanded), load its weights
+    onto ``device`` (default ``"cpu"``), freeze it: float32 whatever torch's default dtype, device or inference mode.
 
     ``sha256`` (hex): the file's bytes must have this hash (``HubError`` otherwise); they are read once, so the
     bytes checked are the bytes loaded.
@@ -688,8 +689,10 @@ def register(name: str, *, file: str, sha256: str, config: dict[str, Any], train
 
     ``file`` is a plain file name looked up in the cache dir, the shipped checkpoints and under
     ``$LATENT_TRANSFORMS_HUB_URL``; ``sha256`` and ``size`` are what ``save_checkpoint`` returned and the
-    file's size in bytes. An existing name is only replaced with ``overwrite=True``. ``quality`` holds the figures
-    shown by ``latent-transforms list``, as in the shipped registry: test metrics (``test_bits_per_dim`` or
+    file's size in bytes. ``config`` is the codec's (with its ``kind``; ``load`` refuses a file whose config differs in
+    a key it gives); ``trained_on`` (the training data) and ``notes`` are free text that ``latent-transforms list -v``
+    shows. An existing name is only replaced with ``overwrite=True``. ``quality`` holds the figures shown by
+    ``latent-transforms list``, as in the shipped registry: test metrics (``test_bits_per_dim`` or
     ``test_mse``/``test_kl``; ``train_...`` for figures measured on training images, as ``latent-transforms train``
     writes without a test set), ``train_device_minutes`` with the ``train_device`` they were spent on, and classifier
     accuracies with ``classifier_eval_images``, the number of test images they were measured on.
@@ -1201,9 +1204,9 @@ def _is_path(name_or_path: str) -> bool:
 
 @torch.inference_mode(False)  # the in-process cache's copy too: made inside inference_mode it was an inference one
 def load(name_or_path: str | os.PathLike[str], device: str | torch.device = "cpu") -> "Codec":
-    """A frozen codec from a checkpoint file path or a registry name (``fetch``-ed, then cached in-process), on
-    ``device`` (default ``"cpu"``: a transform given a name loads it there too; move it, or the transform, with
-    ``.to(device)``).
+    """A frozen codec from ``name_or_path``, a checkpoint file path or a registry name (``fetch``-ed, then cached
+    in-process), on ``device`` (default ``"cpu"``: a transform given a name loads it there too; move it, or the
+    transform, with ``.to(device)``).
 
     An existing file is read as safetensors whatever its suffix (a pickled ``.pt`` is refused, never run); ``~`` is
     expanded, and a path (with a separator or the ``.safetensors`` suffix) that is neither a file nor a registered

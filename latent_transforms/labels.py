@@ -38,8 +38,8 @@ def check_returned_labels_fit(y: torch.Tensor, k: int, who: str, step: str) -> N
 
 
 def to_soft(y: torch.Tensor, num_classes: int | None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``y: (B,)`` int64 -> ``(B, K)`` one-hot probabilities in ``dtype`` (float32 by default); ``(B, K)`` soft labels
-    are returned as given (their own dtype)."""
+    """``y: (B,)`` int64 -> ``(B, K)`` one-hot probabilities in ``dtype`` (float32 by default), ``K = num_classes``
+    (``None`` refused for them); ``(B, K)`` soft labels are returned as given (their own dtype)."""
     if y.ndim == 2:
         return y
     if num_classes is None:
@@ -59,8 +59,8 @@ def blend(a: torch.Tensor, b: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
 def mix_labels(y: torch.Tensor, partner: torch.Tensor, lam: torch.Tensor, num_classes: int | None) -> torch.Tensor:
     """Soft labels ``lam * y + (1 - lam) * y[partner]``.
 
-    y: (B,) or (B, K); partner: (B,) int64 indices into the batch; lam: (B,) weights in [0, 1].
-    Returns (B, K) float.
+    y: (B,) or (B, K); partner: (B,) int64 indices into the batch; lam: (B,) weights in [0, 1]; num_classes: K,
+    needed for (B,) labels (a soft ``y`` must have that K if it is given). Returns (B, K) float.
     """
     tensors = isinstance(partner, torch.Tensor) and isinstance(lam, torch.Tensor)
     n = partner.shape[0] if tensors and partner.ndim == 1 else -1

@@ -189,8 +189,8 @@ class LatentCache(Settings, nn.Module):
         return cache
 
     def save(self, path: str | os.PathLike[str]) -> str:
-        """Write the latents, the images' signatures, their sha256 and the codec's fingerprint to a ``.safetensors``
-        file, atomically; returns the file's sha256."""
+        """Write the latents, the images' signatures, their sha256 and the codec's fingerprint to the ``.safetensors``
+        file ``path``, atomically; returns the file's sha256."""
         tensors = {"latents": self.latents.detach().cpu().contiguous()}
         if self._image_signatures is not None:
             tensors["signatures"] = self._image_signatures.detach().cpu().float().contiguous()

@@ -203,8 +203,8 @@ def _sample_log_gamma(shape: float, n: int, generator: torch.Generator, device: 
 
 
 def sample_beta(alpha: float, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """(n,) float32 draws in [0, 1] from Beta(alpha, alpha) using only ``generator``: ``G1 / (G1 + G2)`` computed from
-    the logs. ``alpha`` at least ``MIN_ALPHA`` (below, float32 draws overflow to NaN weights)."""
+    """(n,) float32 draws in [0, 1] on ``device`` from Beta(alpha, alpha) using only ``generator``: ``G1 / (G1 + G2)``
+    computed from the logs. ``alpha`` at least ``MIN_ALPHA`` (below, float32 draws overflow to NaN weights)."""
     alpha = check_number("alpha", alpha, low=MIN_ALPHA)
     n = check_count("n", n)
     return torch.sigmoid(_sample_log_gamma(alpha, n, generator, device)
@@ -213,7 +213,8 @@ def sample_beta(alpha: float, n: int, generator: torch.Generator, device: torch.
 
 def random_partners(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
     """(n,) int64 partners for mixing ``n`` samples: one random cycle through them (mixup's shuffled batch rolled by
-    one), so that no sample is its own partner when ``n >= 2`` (``[0]`` for ``n = 1``)."""
+    one), so that no sample is its own partner when ``n >= 2`` (``[0]`` for ``n = 1``); drawn by ``generator`` on
+    ``device``."""
     n = check_count("n", n)
     order = torch.randperm(n, generator=generator, device=device)
     partner = torch.empty_like(order)

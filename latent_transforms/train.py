@@ -185,7 +185,8 @@ def default_config(kind: str, image_shape: tuple[int, int, int], num_bins: int =
                    **overrides: Any) -> dict[str, Any]:
     """The codec config ``train_codec`` builds: library defaults, a level count that fits the image, overrides.
 
-    ``kind``: ``"flow"`` (or ``"glow"``) or ``"vae"``. ``overrides`` with value ``None`` are ignored.
+    ``kind``: ``"flow"`` (or ``"glow"``) or ``"vae"``; ``image_shape``: (C, H, W); ``num_bins``: the images' intensity
+    levels (a flow's dequantisation and bits/dim; unused by a VAE). ``overrides`` with value ``None`` are ignored.
     """
     codec_kind = _codec_kind(kind)
     c, h, w = (int(s) for s in image_shape)
@@ -224,11 +225,11 @@ def _codec_kind(kind: str) -> str:
 # -- training state as safetensors ----------------------------------------------------------------------
 def save_training_state(path: str | os.PathLike[str], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                         info: dict[str, Any], extra_tensors: dict[str, torch.Tensor] | None = None) -> None:
-    """Write model + optimizer state + ``info`` (JSON-able) to one safetensors file, atomically.
+    """Write model + optimizer state + ``info`` (JSON-able) to one safetensors file at ``path``, atomically.
 
-    Tensors go in as ``model/<key>``, ``optim/<param index>/<key>`` and ``extra/<key>``; the optimizer's
-    non-tensor state and ``param_groups`` and ``info`` go in the metadata as JSON, with the sha256 of the tensors
-    (safetensors has no checksum: a flipped bit would load silently). No pickle.
+    Tensors go in as ``model/<key>``, ``optim/<param index>/<key>`` and ``extra/<key>`` (of ``extra_tensors``); the
+    optimizer's non-tensor state and ``param_groups`` and ``info`` go in the metadata as JSON, with the sha256 of the
+    tensors (safetensors has no checksum: a flipped bit would load silently). No pickle.
     """
     def cpu(t: torch.Tensor) -> torch.Tensor:
         return t.detach().to("cpu", copy=True).contiguous()
@@ -271,7 +272,8 @@ def _difference(key: str, saved: object, now: object) -> str:
 
 def load_training_state(path: str | os.PathLike[str]
                         ) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any], dict[str, torch.Tensor]]:
-    """Read a file written by ``save_training_state``: ``(model_state, optimizer_state_dict, info, extra_tensors)``.
+    """Read the file at ``path`` written by ``save_training_state``: ``(model_state, optimizer_state_dict, info,
+    extra_tensors)``.
 
     Raises ``ValueError`` naming the file if it is not a complete, well-formed training state.
     """
@@ -333,7 +335,8 @@ def _nan_max(a: float, b: float) -> float:
 
 @torch.no_grad()
 def eval_codec(codec: Codec, x: torch.Tensor, batch_size: int = 256, seed: int = 0) -> dict[str, float]:
-    """Test metrics of a codec on images ``x`` (N, C, H, W) in [0, 1] (moved to the codec's device batch by batch).
+    """Test metrics of a codec on images ``x`` (N, C, H, W) in [0, 1] (moved to the codec's device ``batch_size`` at a
+    time); ``seed`` seeds the random draws (noise, posterior samples), so a call repeats its figures.
 
     Flows: ``bits_per_dim`` (uniform dequantisation noise, one seeded draw per image, averaged over the set) and
     ``roundtrip_max_err`` (max |decode(encode(x)) - x|). VAEs: ``mse`` (per pixel, decoding the posterior mean),

@@ -119,8 +119,8 @@ def scalar(value: object) -> object:
 
 def check_number(name: str, value: object, low: float = 0.0, high: float = math.inf, low_open: bool = False,
                  high_open: bool = False) -> float:
-    """A finite real number (Python, NumPy or a 0-d tensor; not a bool) in ``[low, high]`` (open at ``low`` if
-    ``low_open``, at ``high`` if ``high_open``), returned as a float."""
+    """``value``, a finite real number (Python, NumPy or a 0-d tensor; not a bool) in ``[low, high]`` (open at ``low``
+    if ``low_open``, at ``high`` if ``high_open``), returned as a float; the error otherwise calls it ``name``."""
     interval = (f"{'(' if low_open else '['}{low:g}, {high:g}"
                 f"{')' if high_open or not math.isfinite(high) else ']'}")
     v = scalar(value)
@@ -142,7 +142,8 @@ def is_int(value: object) -> bool:
 
 
 def check_count(name: str, value: object, low: int = 0, high: int | None = None) -> int:
-    """An integer (Python, NumPy or a 0-d tensor; not a bool) >= ``low`` (and <= ``high``), returned as an int."""
+    """``value``, an integer (Python, NumPy or a 0-d tensor; not a bool) >= ``low`` (and <= ``high``), returned as an
+    int; the error otherwise calls it ``name``."""
     v = scalar(value)
     bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
     if not is_int(v):
@@ -194,7 +195,8 @@ _ChoiceT = TypeVar("_ChoiceT")
 
 
 def check_choice(name: str, value: object, choices: tuple[_ChoiceT, ...]) -> _ChoiceT:
-    """``value`` if it is one of ``choices`` (``WrongTypeError`` if it is of none of their types)."""
+    """``value`` if it is one of ``choices``, else an error calling it ``name`` (``WrongTypeError`` if it is of none
+    of their types)."""
     if not any(value is c or (c is not None and isinstance(value, type(c)) and not isinstance(value, bool)
                               and value == c) for c in choices):
         wrong_type = not any(value is c or (c is not None and isinstance(value, type(c))

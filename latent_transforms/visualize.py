@@ -25,8 +25,9 @@ def save_rows(rows: dict[str, torch.Tensor], path: str | Path, cell: int = 48, l
 
 
 def draw_rows(rows: dict[str, torch.Tensor], cell: int = 48, label_width: int = 150) -> Image.Image:
-    """A labelled grid as a PIL image: one row per entry, images (N, C, H, W) in [0, 1], C 1 or 3, upscaled to
-    ``cell`` pixels high (and ``cell * W / H`` wide). A notebook cell ending in it shows the grid inline."""
+    """A labelled grid as a PIL image: one row per entry of ``rows``, ``{label: images}`` with images (N, C, H, W) in
+    [0, 1], C 1 or 3, upscaled to ``cell`` pixels high (and ``cell * W / H`` wide), after ``label_width`` pixels for
+    the label. A notebook cell ending in it shows the grid inline."""
     if not rows:
         raise ValueError("rows is empty: give at least one {label: images} entry")
     for label, images in rows.items():

@@ -278,8 +278,9 @@ class Codec(Settings, ChecksCodecStates, nn.Module):
         return z  # a list (or tuple) of them, as checked
 
     def decode(self, z: Latents) -> torch.Tensor:
-        """Standardised latents -> (B, C, H, W), approximately in [0, 1] (codec dtype, not clipped); ``B = 0`` gives
-        empty images without a run of the codec (a Glow's ActNorm, not yet initialised, took NaN from them)."""
+        """z: standardised per-level latents, each (B, *shape) -> (B, C, H, W), approximately in [0, 1] (codec dtype,
+        not clipped); ``B = 0`` gives empty images without a run of the codec (a Glow's ActNorm, not yet initialised,
+        took NaN from them)."""
         self.check_latents(z)
         if not len(z[0]):
             return z[0].new_empty((0, *self.image_shape), dtype=self.dtype)
