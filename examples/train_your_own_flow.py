@@ -6,7 +6,7 @@
 The folder holds same-sized PNG/JPEG images, flat or one subfolder per class (as torchvision's ImageFolder).
 ``train_codec`` checkpoints as it goes (run the same command again to resume) and writes
 ``OUT/NAME.safetensors`` (the codec), ``OUT/NAME.json`` (settings, metrics, a ready-made registry entry) and
-``OUT/NAME.png`` (test originals, reconstructions, samples). The same is available from the shell:
+``OUT/NAME.png`` (labelled rows: training images, their reconstructions, samples). The same is available from the shell:
 
     latent-transforms train flow --data folder:path/to/images --out runs/my-flow --epochs 50
 

@@ -8,7 +8,7 @@ writes
 * ``out_dir/<name>.safetensors``: the codec (``hub.save_checkpoint``; load with ``hub.load(path)``),
 * ``out_dir/<name>.json``: config, training data and settings, steps, wall time, device, metrics (on the test
   set, or on 1,000 training images spread over the set without one) and a ready-made registry entry,
-* ``out_dir/<name>.png``: labelled rows of test originals, their reconstructions and samples.
+* ``out_dir/<name>.png``: labelled rows of up to 16 of those images, their reconstructions and samples.
 
 ``eval_codec(codec, x)`` computes those metrics (bits/dim for flows, MSE/KL for VAEs); ``register_cli``
 adds the ``latent-transforms train`` subcommand.

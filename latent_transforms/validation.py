@@ -60,8 +60,8 @@ class ClassCountError(ValueError):
 
 
 class MissingFileError(FileNotFoundError, ValueError):
-    """A data, checkpoint or cache file that is not there: a ``FileNotFoundError``, and a ``ValueError`` as the other
-    unusable files are."""
+    """A data, checkpoint or cache file that is not there, or the folder to save one in: a ``FileNotFoundError``, and
+    a ``ValueError`` as the other unusable files are."""
 
 
 class WrongStateError(RuntimeError, ValueError):
@@ -693,9 +693,9 @@ def _judge_labels(y: torch.Tensor, name: str, num_classes: int | None, stats: li
             one_based = f"labels numbered from 1? subtract 1 ({name} - 1); " if lo >= 1 and hi == num_classes else ""
             raise ClassCountError(f"{name} has class index {hi}, out of range for num_classes={num_classes} (indices "
                                   f"0 to {num_classes - 1}); {one_based}num_classes too small? set it to the number "
-                                  f"of classes the model outputs ({hi + 1} or more); a mark for ignored samples (such as "
-                                  f"255)? pass only the labelled samples: keep = {name} < {num_classes}, then x[keep] "
-                                  f"and {name}[keep]")
+                                  f"of classes the model outputs ({hi + 1} or more); a mark for ignored samples "
+                                  f"(such as 255)? pass only the labelled samples: keep = {name} < {num_classes}, then "
+                                  f"x[keep] and {name}[keep]")
         return
     finite, low, worst, worst_sum = stats
     if not finite:

@@ -37,7 +37,7 @@ def draw_rows(rows: dict[str, torch.Tensor], cell: int = 48, label_width: int = 
     check_count("cell", cell, 1)
     check_count("label_width", label_width, 0)
     pad = 2
-    # each row's image width: a non-square image keeps its shape (it was drawn square)
+    # each row's image width: a non-square image keeps its shape, not stretched to a square
     widths = [max(1, round(cell * v.shape[-1] / v.shape[-2])) for v in rows.values()]
     width = label_width + max(len(v) * (w + pad) for v, w in zip(rows.values(), widths))
     canvas = Image.new("RGB", (width, len(rows) * (cell + pad)), "white")
