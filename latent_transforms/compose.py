@@ -461,7 +461,7 @@ class Compose(Settings, ChecksCodecStates, nn.Module):
 
     def __repr__(self) -> str:
         """``Compose([step, ...], num_classes=K)`` as it was built, one step a line (a nested Compose indented, a plain
-        callable as itself), as torchvision's Compose prints its steps: not nn.Module's ``(steps): ModuleList(...)``."""
+        callable as itself), as torchvision's Compose lists its steps, not nn.Module's ``(steps): ModuleList(...)``."""
         steps = "".join(textwrap.indent(repr(t.fn if isinstance(t, _Callable) else t), "  ") + ",\n" for t in self)
         options = self.extra_repr()
         return f"{type(self).__name__}([{steps and chr(10) + steps}]{options and ', ' + options})"
