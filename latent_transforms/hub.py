@@ -66,6 +66,7 @@ _URL_SCHEMES = ("http", "https", "file")
 _DEFAULT_TIMEOUT = 60.0
 _STORAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _CHUNK = 1 << 20
+_MAX_HEADER_BYTES = 100_000_000  # safetensors refuses a longer header
 _MAX_FILENAME_BYTES = 240  # a download's temp name, ".<file>.XXXXXXXX.part" (15 more), must stay within 255 bytes
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _HUB_URL = "LATENT_TRANSFORMS_HUB_URL"  # the environment variable naming the base URL checkpoints are fetched from
@@ -154,13 +155,30 @@ def matches_checksum(metadata: dict[str, str], tensors: dict[str, torch.Tensor])
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """Hex sha256 of the file at ``path``, read in chunks."""
+    return _sha256_and_metadata(path, metadata=False)[0]
+
+
+def _sha256_and_metadata(path: str | os.PathLike[str], metadata: bool = True) -> tuple[str, dict[str, Any] | None]:
+    """Hex sha256 of a file and, with ``metadata``, its safetensors metadata, read in the same pass from the header at
+    the file's start (None: no safetensors header there, or ``metadata=False``)."""
     if not Path(path).is_file():
         raise MissingFileError(f"no file at {path}")
-    digest = hashlib.sha256()
+    digest, found = hashlib.sha256(), None
     with open(path, "rb") as f:
+        if metadata:
+            head = f.read(8)
+            digest.update(head)
+            length = int.from_bytes(head, "little") if len(head) == 8 else 0
+            if 0 < length <= _MAX_HEADER_BYTES:
+                header = f.read(length)
+                digest.update(header)
+                with contextlib.suppress(ValueError, RecursionError):  # not JSON: not a safetensors file
+                    parsed = json.loads(header)
+                    if isinstance(parsed, dict) and isinstance(parsed.get("__metadata__", {}), dict):
+                        found = parsed.get("__metadata__") or {}
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
-    return digest.hexdigest()
+    return digest.hexdigest(), found
 
 
 def _check_filename(file: object) -> str:
@@ -523,6 +541,41 @@ def _check_entry(name: object, entry: object, where: str) -> dict[str, Any]:
     return entry
 
 
+def _config_differences(registered: dict[str, Any], held: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{key: (registered value, file's value)}`` for each key of a registry entry's config that the checkpoint
+    file's config does not hold with the same value (empty: they agree)."""
+    return {k: (v, held.get(k)) for k, v in registered.items() if held.get(k) != v}
+
+
+def _file_config(metadata: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The codec config a checkpoint's safetensors ``metadata`` holds; None if it holds none (not a latent-transforms
+    checkpoint: ``load_checkpoint`` says why)."""
+    try:
+        config = json.loads(metadata["config"]) if metadata is not None and metadata.get("format") == FORMAT else None
+    except (KeyError, TypeError, ValueError, RecursionError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def _check_local_file(name: str, entry: dict[str, Any]) -> None:
+    """Refuse an entry whose config is not the one its file holds, where that file is at hand (in the cache dir or
+    shipped) and has the entry's sha256 (an older copy there is not the registered file); only its header is read,
+    and the whole file only to confirm a difference. A file that is only at the hub URL is not read."""
+    for path in (cache_dir() / entry["file"], _SHIPPED_DIR / entry["file"]):
+        if not path.is_file():
+            continue
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:  # the header alone
+                held = _file_config(f.metadata())
+        except (SafetensorError, OSError):  # not a safetensors file: load_checkpoint says so
+            continue
+        differ = {} if held is None else _config_differences(entry["config"], held)
+        if differ and sha256_file(path) == entry["sha256"]:
+            raise ValueError(f"register(): {name!r}'s config differs from the one its file {path} holds (key: (given, "
+                             f"file)): {differ}; hub.load would refuse it: pass the file's config "
+                             f"(hub.load_checkpoint(path).config), or save the codec you mean there first")
+
+
 def _is_int_at_least(value: object, low: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
@@ -703,10 +756,11 @@ def register(name: str, *, file: str, sha256: str, config: dict[str, Any], train
     it in ``cache_dir()`` (``register_run(RUN.json)`` does both for a trained run). The entry is kept in
     its JSON form, as a registry file holds it (a tuple becomes a list); values JSON cannot hold are refused. A
     warning says when ``file`` is nowhere ``load`` looks (not in the cache dir nor shipped, and no download: no hub
-    URL set, or offline).
+    URL set, or offline). A ``config`` other than the one ``file`` holds, where that file is at hand (cache dir or
+    shipped) with this ``sha256``, is refused.
     """
     _add_entry(name, file=file, sha256=sha256, config=config, trained_on=trained_on, quality=quality, notes=notes,
-               size=size, overwrite=overwrite, persist=persist)
+               size=size, overwrite=overwrite, persist=persist, check_file=True)
     if not (cache_dir() / file).is_file() and not (_SHIPPED_DIR / file).is_file() \
             and (not os.environ.get(_HUB_URL) or _offline()):
         why = "LATENT_TRANSFORMS_OFFLINE is set" if os.environ.get(_HUB_URL) else f"{_HUB_URL} is not set"
@@ -715,8 +769,10 @@ def register(name: str, *, file: str, sha256: str, config: dict[str, Any], train
 
 
 def _add_entry(name: str, *, file: str, sha256: str, config: dict[str, Any], trained_on: str,
-               quality: dict[str, Any] | None, notes: str, size: int | None, overwrite: bool, persist: bool) -> None:
-    """``register`` without the warning about the file (``register_run`` puts the file in place afterwards)."""
+               quality: dict[str, Any] | None, notes: str, size: int | None, overwrite: bool, persist: bool,
+               check_file: bool = False) -> None:
+    """``register`` without the warning about the file (``register_run`` puts the file in place afterwards);
+    ``check_file``: ``_check_local_file`` (``register_run`` checks the config in its own read of the file)."""
     check_bool("overwrite", overwrite)
     check_bool("persist", persist)
     if not isinstance(config, dict) or (quality is not None and not isinstance(quality, dict)):
@@ -729,6 +785,8 @@ def _add_entry(name: str, *, file: str, sha256: str, config: dict[str, Any], tra
     except (TypeError, ValueError) as e:
         raise ValueError(f"register(): entry {name!r} is not JSON data ({e})") from None
     _check_entry(name, entry, "register()")
+    if check_file:
+        _check_local_file(name, entry)
     if persist and name in _shipped_registry():
         raise ValueError(f"{user_registry_path()}: {name!r} is a shipped checkpoint's name, which the user registry "
                          f"may not redefine; register yours under another name")
@@ -773,13 +831,13 @@ def register_run(run: str | os.PathLike[str], *, name: str | None = None, overwr
     """Register a trained codec by name for every process, as ``latent-transforms register RUN.json`` does.
 
     ``run`` is the ``NAME.json`` that ``train_codec`` / ``latent-transforms train`` wrote beside ``NAME.safetensors``.
-    The checkpoint's sha256 is checked against the run's, the file is copied into ``cache_dir()`` as
-    ``<name>.safetensors`` (``name``: the run's name unless given) and the name is added to the user registry, so
-    ``load(name)`` works in any process using that cache dir. A shipped checkpoint's name is refused, and so is a
-    name registered with another checkpoint or other details unless ``overwrite=True``; the same run registered
-    again under the same name changes nothing (``changed`` is False; also for all but one of several processes
-    registering it at once, such as DDP ranks), or, if its cached copy was deleted or damaged since, copies it back.
-    Nothing is copied or registered when it refuses.
+    The checkpoint's sha256 and codec config (its safetensors metadata's) are checked against the run's, the file is
+    copied into ``cache_dir()`` as ``<name>.safetensors`` (``name``: the run's name unless given) and the name is
+    added to the user registry, so ``load(name)`` works in any process using that cache dir. A shipped checkpoint's
+    name is refused, and so is a name registered with another checkpoint or other details unless ``overwrite=True``;
+    the same run registered again under the same name changes nothing (``changed`` is False; also for all but one of
+    several processes registering it at once, such as DDP ranks), or, if its cached copy was deleted or damaged
+    since, copies it back. Nothing is copied or registered when it refuses.
     """
     check_bool("overwrite", overwrite)
     run = Path(run).expanduser()
@@ -826,10 +884,11 @@ def register_run(run: str | os.PathLike[str], *, name: str | None = None, overwr
         source = run.parent / entry["file"]
         if not source.is_file():
             raise MissingFileError(f"no checkpoint file {source} beside {run}")
-        sha = sha256_file(source)
+        sha, metadata = _sha256_and_metadata(source)
         if sha != entry["sha256"]:
             raise ValueError(f"{source} does not match {run}: its sha256 is {sha}, the run's is {entry['sha256']} "
                              f"(changed after training?); nothing registered")
+        _check_run_config(run, source, entry["config"], metadata)
         with _writing_cache_dir(dest.parent), atomic_path(dest) as tmp:  # the file appears once it is registered
             shutil.copyfile(source, tmp)
             if sha256_file(tmp) != entry["sha256"]:
@@ -837,6 +896,22 @@ def register_run(run: str | os.PathLike[str], *, name: str | None = None, overwr
             if not restore:
                 _add_entry(name, **new, overwrite=overwrite or this_process_only, persist=True)
     return RegisteredRun(name, dest, changed=True)
+
+
+def _check_run_config(run: Path, source: Path, config: dict[str, Any], metadata: dict[str, Any] | None) -> None:
+    """Refuse a run whose recorded codec ``config`` is not the one its checkpoint ``source`` holds in its safetensors
+    ``metadata`` (``_sha256_and_metadata``'s): registered, ``list`` would show the run's and ``load`` refuse it."""
+    held = _file_config(metadata)
+    if held is None:
+        raise ValueError(f"{source} is not a latent-transforms checkpoint (no {FORMAT!r} codec config in its "
+                         f"safetensors metadata); give the NAME.json that `latent-transforms train` wrote beside its "
+                         f"NAME.safetensors; nothing registered")
+    differ = _config_differences(config, held)
+    if differ:
+        raise ValueError(f"{run} does not describe {source}: its registry_entry config differs from the file's "
+                         f"(key: (run JSON, file)): {differ}; the JSON was edited or belongs to another checkpoint: "
+                         f"set its config to the file's, or register the JSON written with this file; nothing "
+                         f"registered")
 
 
 def unregister(name: str, *, persist: bool = False) -> dict[str, Any]:
@@ -881,7 +956,9 @@ def _closest(name: str, names: Iterable[str]) -> str | None:
     return next(iter(close_names(name, names)), None)
 
 
-def _entry(name: str) -> dict[str, Any]:
+def _entry(name: str, paths: bool = True) -> dict[str, Any]:
+    """The registry entry of ``name``; ``UnknownCheckpointError`` listing the known names otherwise (``paths``: the
+    caller also takes a file path, as ``load`` does and ``fetch`` does not, and the message says so)."""
     with _lock:
         if name in _registered:
             return _registered[name]
@@ -893,7 +970,8 @@ def _entry(name: str) -> dict[str, Any]:
         known = ", ".join(sorted(registry)) or "none"
         close = _closest(name, registry)
         raise UnknownCheckpointError(
-            f"unknown checkpoint {name!r} (not a registered name nor an existing .safetensors file)"
+            f"unknown checkpoint {name!r} ("
+            + ("not a registered name nor an existing .safetensors file)" if paths else "not a registered name)")
             + (f"; did you mean {close!r}? Known checkpoints: " if close else "; known checkpoints: ") + known
         )
     return registry[name]
@@ -1117,11 +1195,14 @@ def _download(url: str, dest: Path, sha256: str, size: int | None = None) -> Non
 
 def fetch(name: str) -> Path:
     """Path of a verified copy of checkpoint ``name`` (cache dir or shipped), downloading it if needed."""
+    if name == "":  # not the path '' (the current directory, to _is_path)
+        raise ValueError("the checkpoint name is empty: give a registered checkpoint name (`latent-transforms list` or "
+                         "hub.list_checkpoints() lists them)")
     if isinstance(name, str) and _is_path(name):  # a file has no registry entry to verify it against
         raise UnknownCheckpointError(
             f"fetch takes a registered checkpoint name, got the path {name!r}; load a file with hub.load(path), or "
             f"register the run that wrote it (latent-transforms register RUN.json) to fetch it by name")
-    entry = _entry(name)
+    entry = _entry(name, paths=False)
     file: str
     file, sha256 = entry["file"], entry["sha256"]
     cached, shipped = cache_dir() / file, _SHIPPED_DIR / file
@@ -1152,9 +1233,9 @@ def fetch(name: str) -> Path:
         hints.append("saved again after it was registered? register it again with the new file's sha256 "
                      "(hub.register(..., overwrite=True), or `latent-transforms register RUN.json --overwrite`)"
                      if cached_state is _Copy.MISMATCH else  # there, but not the registered bytes
-                     f"registered with hub.register? it does not copy the file: copy {file} into {cache_dir()}; "
-                     f"registered from a training run? `latent-transforms register RUN.json` copies "
-                     f"its file back")
+                     f"registered from a training run? `latent-transforms register RUN.json` copies its file back; "
+                     f"registered from Python (hub.register)? it does not copy the file: copy {file} into "
+                     f"{cache_dir()}")
     looked = "; ".join([f"looked in {cached} and {shipped}", *notes, *hints])
     if cached.is_dir():  # a download could not take its place
         raise HubError(f"checkpoint {name!r} cannot be fetched: {looked}; remove that directory")
@@ -1235,8 +1316,7 @@ def load(name_or_path: str | os.PathLike[str], device: str | torch.device = "cpu
             if key in _loaded:
                 return copy.deepcopy(_loaded[key])
         codec = load_checkpoint(fetch(name), device, sha256=entry["sha256"])
-        registered = entry["config"]
-        differ = {k: (v, codec.config.get(k)) for k, v in registered.items() if codec.config.get(k) != v}
+        differ = _config_differences(entry["config"], codec.config)
         if differ:
             raise HubError(f"checkpoint {name!r}: the file's config differs from the registry's "
                            f"(key: (registry, file)): {differ}")

@@ -101,10 +101,20 @@ def test_fetch_unknown_name_is_one_line_listing_known_names(capsys):
     code, out, err = _exit_code(["fetch", "nosuch"], capsys)
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith(f"{_PROG}: error: ")
-    assert "unknown checkpoint 'nosuch'" in err and "known checkpoints:" in err
-    assert "Traceback" not in err
+    assert "unknown checkpoint 'nosuch' (not a registered name)" in err and "known checkpoints:" in err
+    assert "Traceback" not in err and ".safetensors file" not in err  # fetch takes no path: no path suggested
     for r in hub.list_checkpoints():
         assert r["name"] in err
+    with pytest.raises(hub.UnknownCheckpointError, match=r"not a registered name nor an existing \.safetensors file"):
+        hub.load("nosuch")  # which does
+
+
+def test_fetch_of_an_empty_name_says_it_is_empty(capsys):
+    """It said "fetch takes a registered checkpoint name, got the path ''" (audit 302)."""
+    code, out, err = _exit_code(["fetch", ""], capsys)
+    assert code == 2 and out == ""
+    assert err == (f"{_PROG}: error: the checkpoint name is empty: give a registered checkpoint name (`{_PROG} list` "
+                   f"or hub.list_checkpoints() lists them)\n")
 
 
 def test_fetch_of_a_file_path_says_fetch_takes_names(tmp_path, capsys):
@@ -188,6 +198,7 @@ def test_register_a_run_then_list_fetch_and_load_it_by_name(tmp_path, capsys, mo
         "missing"
     code, _, err = _exit_code(["fetch", "zz-run"], capsys)
     assert code == 2 and "`latent-transforms register RUN.json` copies its file back" in err
+    assert err.index("latent-transforms register") < err.index("hub.register")  # the shell's way first (audit 302)
     assert main(["register", str(js2)]) == 0 and hub.fetch("zz-run") == hub.cache_dir() / "zz-run.safetensors"
 
 
@@ -344,6 +355,28 @@ def test_register_refuses_a_checkpoint_that_does_not_match_its_run(tmp_path, cap
     ckpt.unlink()
     code, _, err = _exit_code(["register", str(js)], capsys)
     assert code == 2 and err.count("\n") == 1 and f"no checkpoint file {ckpt}" in err
+    assert _cache_files() == []
+
+
+def test_register_refuses_a_run_whose_config_is_not_its_checkpoints(tmp_path, capsys):
+    """A run JSON saying "glow" for a VAE's file was registered, listed as a glow, and refused only by hub.load
+    (audit 302); the file's own config, read in the hash pass, is checked, and a file with none is refused."""
+    ckpt, js = _run_files(tmp_path / "runs", "zz-run")
+    report = json.loads(js.read_text())
+    report["registry_entry"]["config"]["kind"] = "glow"
+    js.write_text(json.dumps(report))
+    code, out, err = _exit_code(["register", str(js)], capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert err == (f"{_PROG}: error: {js} does not describe {ckpt}: its registry_entry config differs from the file's "
+                   f"(key: (run JSON, file)): {{'kind': ('glow', 'vae')}}; the JSON was edited or belongs to another "
+                   f"checkpoint: set its config to the file's, or register the JSON written with this file; nothing "
+                   f"registered\n")
+    assert _cache_files() == [] and "zz-run" not in hub._registry()
+    ckpt.write_bytes(b"not a checkpoint")  # the run's sha256 made to match: the file has no config at all
+    report["registry_entry"]["sha256"] = hub.sha256_file(ckpt)
+    js.write_text(json.dumps(report))
+    code, _, err = _exit_code(["register", str(js)], capsys)
+    assert code == 2 and err.count("\n") == 1 and f"{ckpt} is not a latent-transforms checkpoint" in err
     assert _cache_files() == []
 
 

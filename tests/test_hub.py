@@ -192,8 +192,8 @@ def release():
     _Handler.release.set()
 
 
-def _register(name: str, file: str, sha256: str = SHA_GOOD, **kw) -> None:
-    hub.register(name, file=file, sha256=sha256, config=CONFIG, trained_on="test", quality={"mse": 0.01}, **kw)
+def _register(name: str, file: str, sha256: str = SHA_GOOD, config=CONFIG, **kw) -> None:
+    hub.register(name, file=file, sha256=sha256, config=config, trained_on="test", quality={"mse": 0.01}, **kw)
 
 
 def _leftovers(directory: Path) -> list[str]:
@@ -246,6 +246,19 @@ def test_the_same_weights_give_the_same_file_and_sha256(tmp_path):
     metadata, tensors = hub.read_safetensors(tmp_path / "c0.safetensors")
     assert metadata == {**meta, "config": json.dumps(codec.config, sort_keys=True), "format": hub.FORMAT}
     assert set(tensors) == set(codec.state_dict()) and all(torch.equal(tensors[k], v) for k, v in codec.state_dict().items())
+
+
+def test_hashing_a_file_with_its_metadata_hashes_every_byte_once(tmp_path):
+    """register_run reads a checkpoint's header in its hash pass (audit 302): the header read apart from the chunks
+    must still be hashed, in order, whatever the file's start (too short, a header longer than the file, not JSON)."""
+    path = tmp_path / "c.safetensors"
+    sha = hub.save_checkpoint(_codec(), path, extra_metadata={"epochs": 3})
+    assert hub._sha256_and_metadata(path) == (sha, hub.read_safetensors(path)[0])
+    for data in (b"", b"abc", (2**40).to_bytes(8, "little") + b"x", (64).to_bytes(8, "little") + b"{no json",
+                 (2).to_bytes(8, "little") + b"[]" + bytes(5000)):
+        path.write_bytes(data)
+        assert hub._sha256_and_metadata(path) == (hashlib.sha256(data).hexdigest(), None)
+        assert hub.sha256_file(path) == hashlib.sha256(data).hexdigest()
 
 
 def test_checkpoint_functions_refuse_a_codec_path_or_sha256_they_cannot_use(tmp_path):
@@ -662,16 +675,18 @@ def test_a_file_registered_from_python_loads_from_the_cache_dir_and_elsewhere_is
     assert hub.load("mine").config == _codec().config
     sha = hub.save_checkpoint(_codec(), tmp_path / "elsewhere.safetensors")
     _register("elsewhere", "elsewhere.safetensors", sha256=sha)
-    with pytest.raises(hub.HubError, match=f"registered with hub.register\\? it does not copy the file: copy "
-                                           f"elsewhere.safetensors into {re.escape(str(env))}"):
+    with pytest.raises(hub.HubError, match=f"registered from Python \\(hub.register\\)\\? it does not copy the "
+                                           f"file: copy elsewhere.safetensors into {re.escape(str(env))}"):
         hub.load("elsewhere")
     monkeypatch.delenv("LATENT_TRANSFORMS_OFFLINE")  # the hub URL's server has no such file: its 404, and the hint
-    with pytest.raises(hub.HubError, match="elsewhere.safetensors failed: HTTP 404.*; registered with hub.register\\? "
-                                           "it does not copy the file: copy elsewhere.safetensors into"):
+    with pytest.raises(hub.HubError, match="elsewhere.safetensors failed: HTTP 404.*; registered from Python "
+                                           "\\(hub.register\\)\\? it does not copy the file: copy "
+                                           "elsewhere.safetensors into"):
         hub.load("elsewhere")
     _register("gone", "gone.safetensors")  # its 410 too (mutation round 41: the hint was tested after a 404 only)
-    with pytest.raises(hub.HubError, match="gone.safetensors failed: HTTP 410.*; registered with hub.register\\? "
-                                           "it does not copy the file: copy gone.safetensors into"):
+    with pytest.raises(hub.HubError, match="gone.safetensors failed: HTTP 410.*; registered from Python "
+                                           "\\(hub.register\\)\\? it does not copy the file: copy gone.safetensors "
+                                           "into"):
         hub.load("gone")
 
 
@@ -698,9 +713,31 @@ def test_a_hub_url_that_does_not_answer_keeps_the_copy_hint(env, tmp_path, monke
         monkeypatch.setenv("LATENT_TRANSFORMS_HUB_URL", url)
         _register("mine", "mine.safetensors")
         with pytest.raises(hub.HubError, match=rf"^cannot download {re.escape(url)}/mine.safetensors: .*; registered "
-                                               rf"with hub.register\? it does not copy the file: copy mine.safetensors "
-                                               rf"into {re.escape(str(env))};"):
+                                               rf"from Python \(hub.register\)\? it does not copy the file: copy "
+                                               rf"mine.safetensors into {re.escape(str(env))}$"):
             hub.fetch("mine")
+
+
+@pytest.mark.parametrize("where", ["cache", "shipped"])
+def test_register_refuses_a_config_its_file_at_hand_does_not_hold(env, tmp_path, where):
+    """A config saying "glow" for a VAE's file was registered (persisted too), listed as a glow, and refused only by
+    hub.load (audit 302); a file that is not the registered one (an older copy) or is only remote is not held
+    against it."""
+    folder = env if where == "cache" else tmp_path / "shipped"
+    folder.mkdir()
+    sha = hub.save_checkpoint(_codec(), folder / "mine.safetensors")
+    glow = {**CONFIG, "kind": "glow"}
+    path = re.escape(str(folder / "mine.safetensors"))
+    with pytest.raises(ValueError, match=rf"^register\(\): 'mine'\'s config differs from the one its file {path} "
+                                         rf"holds \(key: \(given, file\)\): {{'kind': \('glow', 'vae'\)}}; hub.load "
+                                         rf"would refuse it"):
+        _register("mine", "mine.safetensors", sha256=sha, config=glow, persist=True)
+    assert "mine" not in hub._registry() and not (env / "registry.json").exists()
+    _register("mine", "mine.safetensors", sha256=sha, persist=True)  # the file's own config
+    _register("older", "mine.safetensors", sha256=SHA_GOOD, config=glow)  # another version than the file at hand
+    _register("remote", "good.safetensors", config=glow)  # only at the hub URL: not read
+    assert {n: e["config"]["kind"] for n, e in hub._registry().items() if n in ("mine", "older", "remote")} == \
+        {"mine": "vae", "older": "glow", "remote": "glow"}
 
 
 def test_register_warns_when_its_file_is_nowhere_load_looks(env, tmp_path, monkeypatch, server):
