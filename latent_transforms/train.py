@@ -460,7 +460,7 @@ def _save_grid(codec: Codec, x: torch.Tensor, path: Path, n: int, temperature: f
     # a NaN pixel (a weak codec's sample) drawn black, not an error of draw_rows ending the run at its picture
     rows = {label: images.float().cpu().nan_to_num(0.0).clamp(0, 1) for label, images in rows.items()}
     h, w = orig.shape[-2:]
-    picture = draw_rows(rows, cell=h * max(1, math.ceil(32 / min(h, w))))
+    picture = draw_rows(rows, cell=h * math.ceil(32 / min(h, w)))
     with hub.atomic_path(path) as tmp:
         picture.save(tmp, format="png")
 

@@ -502,6 +502,41 @@ def test_borrows_of_models_sharing_modules_give_them_back_whichever_ends_first(o
     assert [p.requires_grad for p in net.parameters()] == [True, True, True, True, False, True]
 
 
+def test_a_wrapper_borrowed_inside_a_borrow_of_its_model_leaves_the_model_lent_when_it_ends():
+    # mutation round 42: giving a wrapper its mode back with train(mode) switched the model inside it back too
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    wrapper = nn.Sequential(nn.Identity(), net)
+    with borrowed(net):
+        with borrowed(wrapper):
+            pass
+        assert not any(m.training for m in net.modules()) and not any(p.requires_grad for p in net.parameters())
+    assert all(m.training for m in wrapper.modules()) and all(p.requires_grad for p in net.parameters())
+
+
+def test_a_borrow_gives_back_the_modes_set_since_the_last_borrow_ended():
+    # mutation round 42: a module's record kept after its last borrow ended gave the next borrow's end stale flags
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    with borrowed(model):
+        pass
+    model.eval(), model[0].weight.requires_grad_(False)
+    with borrowed(model):
+        pass
+    assert not any(m.training for m in model.modules())
+    assert [p.requires_grad for p in model.parameters()] == [False, True, True, True]
+
+
+def test_borrows_are_counted_and_given_back_under_the_lock(monkeypatch):
+    # two threads ending unlocked could lose a decrement (a read, then a write) and neither give the model back
+    import latent_transforms.modelutils as modelutils
+
+    locked, released = [], modelutils._released
+    monkeypatch.setattr(modelutils, "_released",
+                        lambda objects: locked.append(modelutils._BORROW_LOCK.locked()) or released(objects))
+    with borrowed(nn.Linear(2, 2)):
+        pass
+    assert locked == [True, True]  # the modules', then the parameters'
+
+
 def test_cifar_resnet_standardises_its_input():
     torch.manual_seed(0)
     net = CifarResNet18(width=4).eval()

@@ -1254,11 +1254,16 @@ def test_a_malformed_hub_url_is_named(env, monkeypatch, url, why):
         hub.fetch("x")
 
 
-@pytest.mark.parametrize("fails_at", ["write", "close"])
+@pytest.mark.parametrize("fails_at", ["write", "close", "fsync"])
 def test_a_full_disk_while_downloading_is_not_reported_as_a_network_failure(env, monkeypatch, fails_at):
-    # NFS or a quota may report the full disk only at the close: that was a raw OSError naming nothing; and the
-    # error told to copy the file into that full cache dir (the hint for a name registered without its file)
-    real_fdopen = os.fdopen
+    # NFS or a quota may report the full disk only at the close (or the fsync): that was a raw OSError naming nothing;
+    # and the error told to copy the file into that full cache dir (the hint for a name registered without its file)
+    real_fdopen, real_fsync = os.fdopen, os.fsync
+
+    def fsync(fd):
+        if fails_at == "fsync":
+            raise OSError(28, "No space left on device")
+        return real_fsync(fd)
 
     class FullDisk:
         def __init__(self, f):
@@ -1284,12 +1289,14 @@ def test_a_full_disk_while_downloading_is_not_reported_as_a_network_failure(env,
             self.close()
 
     monkeypatch.setattr(os, "fdopen", lambda *a, **k: FullDisk(real_fdopen(*a, **k)))
+    monkeypatch.setattr(os, "fsync", fsync)
     _register("good", "good.safetensors")
     with pytest.raises(hub.HubError, match=rf"^cannot write to the cache dir {re.escape(str(env))} \(No space left on "
                                            rf"device\); set LATENT_TRANSFORMS_HOME to a writable directory$"):
         hub.fetch("good")
     assert _leftovers(env) == [] and not (env / "good.safetensors").exists()
     monkeypatch.setattr(os, "fdopen", real_fdopen)  # the disk has room again: a retry downloads
+    monkeypatch.setattr(os, "fsync", real_fsync)
     assert hub.fetch("good").read_bytes() == GOOD and _leftovers(env) == []
 
 

@@ -29,7 +29,7 @@ from latent_transforms.data import describe_spec, load_images, low_data_split
 from latent_transforms.train import (WeightEMA, eval_codec, load_training_state, register_cli, save_training_state,
                                     train_codec)
 
-from conftest import counting_value_reads
+from conftest import counting_value_reads, tiny_vae
 
 pytest.importorskip("sklearn")
 
@@ -418,10 +418,22 @@ def test_the_picture_labels_its_rows(tmp_path, digits, monkeypatch):
     im = np.asarray(Image.open(tmp_path / "grid.png"))
     assert im.shape == (3 * (32 + 2), 150 + 4 * (32 + 2), 3)  # 8x8 digits drawn 4x, right of a column of labels
     assert all((im[r * 34:r * 34 + 32, :150] < 128).any() for r in range(3))  # each row's label, in black
-    # a weak codec's NaN pixels are drawn black (draw_rows refuses NaN): the run still gets its picture
-    monkeypatch.setattr(codec, "sample", lambda n, **kw: torch.full((n, 1, 8, 8), float("nan")))
-    train._save_grid(codec, digits[0][:40], tmp_path / "nan.png", n=4, temperature=0.7, seed=0)
-    assert (np.asarray(Image.open(tmp_path / "nan.png"))[2 * 34:2 * 34 + 32, 150:150 + 32] == 0).all()
+    # a weak codec's NaN pixels are drawn black and its values past 1 white (draw_rows refuses both): the run still
+    # gets its picture; each row shows what its label says (an all-black reconstruction here, unlike its original)
+    monkeypatch.setattr(codec, "sample",
+                        lambda n, **kw: torch.full((n, 1, 8, 8), float("nan")).index_fill(0, torch.tensor([1]), 2.0))
+    monkeypatch.setattr(codec, "reconstruct", torch.zeros_like)
+    train._save_grid(codec, digits[0][:40], tmp_path / "nan.png", n=4, temperature=1.0, seed=0)
+    im = np.asarray(Image.open(tmp_path / "nan.png"))
+    assert drawn[-1][2] == "samples, temperature 1"  # as --temperature 1 is typed
+    assert (im[2 * 34:2 * 34 + 32, 150:150 + 32] == 0).all() and (im[2 * 34:2 * 34 + 32, 184:184 + 32] == 255).all()
+    assert (im[34:34 + 32, 150:150 + 32] == 0).all() and im[:32, 150:150 + 32].any()
+
+
+def test_the_picture_of_non_square_images_is_32_pixels_or_more_on_their_shorter_side(tmp_path):
+    train._save_grid(tiny_vae(shape=(1, 4, 8)), torch.rand(6, 1, 4, 8), tmp_path / "g.png", n=3, temperature=1.0,
+                     seed=0)
+    assert Image.open(tmp_path / "g.png").size == (150 + 3 * (64 + 2), 3 * (32 + 2))  # 4x8 images drawn 8x
 
 
 def test_history_records_training_seconds_summed_over_resumed_calls(tmp_path, digits):

@@ -295,8 +295,10 @@ def test_the_model_or_a_whole_loader_batch_in_xs_place_is_told_the_call():
         with pytest.raises(TypeError, match=r"^x must be a torch.Tensor, got list; a DataLoader's \[x, y\] batch\? "
                                             r"unpack it: x, y = batch, then t\(x, y, model\)$"):
             t([GOOD_X, GOOD_Y], model=model)
-    with pytest.raises(TypeError, match=r"got list$"):  # two images of another batch size: no such hint
-        LatentNoise(GLOW)([GOOD_X, GOOD_Y[:3]])
+    # no such hint for two images of another batch size, three items, a 0-d label or two label tensors
+    for batch in ([GOOD_X, GOOD_Y[:3]], [GOOD_X, GOOD_Y, GOOD_Y], [GOOD_X, GOOD_Y[0]], [GOOD_Y, GOOD_Y]):
+        with pytest.raises(TypeError, match=r"^x must be a torch.Tensor, got list$"):
+            LatentNoise(GLOW)(batch)
 
 
 def test_check_choice_takes_equal_values_of_the_choices_type():

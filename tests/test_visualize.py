@@ -44,6 +44,12 @@ def test_a_non_square_image_keeps_its_shape(tmp_path):
     assert (im[10:18, 20:28] == 128).all() and (im[10:18, 28:36] == 255).all()  # a square one stays 8 wide
 
 
+def test_a_non_square_image_is_drawn_to_the_nearest_pixel_and_at_least_one_wide():
+    # mutation round 42: widths truncated (10 for 8 * 4 / 3) or a thin image at a small cell drawn 0 wide (an error)
+    assert draw_rows({"a": torch.zeros(2, 1, 3, 4)}, cell=8, label_width=0).size == (2 * (11 + 2), 8 + 2)
+    assert draw_rows({"a": torch.zeros(1, 1, 4, 1)}, cell=1, label_width=0).size == (1 + 2, 1 + 2)
+
+
 @pytest.mark.parametrize("rows, match", [
     ({}, "rows is empty"),
     ({"a": torch.rand(2, 3, 4)}, r"rows\['a'\] must have shape \(B, C, H, W\)"),
