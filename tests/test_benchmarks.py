@@ -49,10 +49,46 @@ def _run(args: list[str], tmp_path: Path, home: bool = False) -> subprocess.Comp
     return proc
 
 
+# the end-to-end runs of several tests below, run by the smoke_runs fixture: name -> (script, args); each in a folder
+# of its own (compile_speedup.py last: the process's Dynamo state is then left to no other script)
+SMOKES = {
+    "quickstart_figures.py": ("quickstart_figures.py", ["--smoke", "--repeats", "1"]),
+    "isda_precision.py": ("isda_precision.py", ["--smoke", "--no-progress"]),
+    "isda_memory.py": ("isda_memory.py", ["--classes", "20", "--batch", "8"]),
+    "isda_memory.py --update": ("isda_memory.py", ["--update", "--classes", "4", "--batch", "8"]),
+    "compile_speedup.py": ("compile_speedup.py", ["--smoke", "--no-progress"]),
+}
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory) -> dict:
+    """Every command of SMOKES run in one process (``scripts_in_one_process``: a process each imported torch again),
+    as ``_run`` runs one: name -> its ``returncode``, ``stdout`` and ``stderr``."""
+    root = tmp_path_factory.mktemp("smokes")
+    env = {**os.environ, "LATENT_TRANSFORMS_HOME": str(root / "hub"), "LATENT_TRANSFORMS_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1"}
+    env.pop("LATENT_TRANSFORMS_HUB_URL", None)
+    for name in SMOKES:
+        (root / name).mkdir()
+    ended = scripts_in_one_process([(BENCHMARKS / script, args, root / name) for name, (script, args) in SMOKES.items()],
+                                   env, timeout_s=2 * TIMEOUT_S)  # several commands
+    return dict(zip(SMOKES, ended))
+
+
+def _smoke(smoke_runs: dict, name: str):
+    """The run of SMOKES[name], checked to have ended with exit status 0, as ``_run`` checks its own."""
+    (script, args), proc = SMOKES[name], smoke_runs[name]
+    assert proc.returncode == 0, f"{script} {' '.join(args)} exited with {proc.returncode}\n{proc.stdout[-3000:]}\n" \
+                                 f"{proc.stderr[-5000:]}"
+    return proc
+
+
 @pytest.mark.slow
 def test_accuracy_smoke(tmp_path, offline_hub):
     out = tmp_path / "acc"
-    proc = _run([str(BENCHMARKS / "accuracy.py"), "--smoke", "--no-progress", "--out", str(out)], tmp_path)
+    # 64 random training images (32 scored), not --smoke's 200: the same arms, epochs, corruptions and report
+    proc = _run([str(BENCHMARKS / "accuracy.py"), "--smoke", "--smoke-images", "64", "--no-progress", "--out", str(out)],
+                tmp_path)
 
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["smoke"] is True
@@ -301,7 +337,7 @@ def _check_codec_records_and_merge(results: dict, out: Path, tmp_path: Path) -> 
     refused(["--merge", seed1, stale, "--out", str(tmp_path / "m4")], "varmixup seed 0 was trained with the vae")
     # --resume refuses a folder whose runs used another checkpoint than the one loaded now
     (out / "results.json").write_text(json.dumps({**results, "runs": {**results["runs"], "varmixup": runs["varmixup"]}}))
-    refused(["--smoke", "--no-progress", "--resume", "--arms", "baseline", "--out", str(out)],
+    refused(["--smoke", "--smoke-images", "64", "--no-progress", "--resume", "--arms", "baseline", "--out", str(out)],
             "--resume: " + str(out / "results.json") + ": varmixup seed 0 was trained with the vae")
 
 
@@ -1670,9 +1706,9 @@ def test_calibrate_eps_reports_for_scale_a_one_pixel_move_and_an_unrelated_image
 
 
 @pytest.mark.slow
-def test_quickstart_figures_smoke_prints_every_figure_of_its_table(tmp_path):
+def test_quickstart_figures_smoke_prints_every_figure_of_its_table(smoke_runs):
     """benchmarks/quickstart_figures.py, the command docs/quickstart.md gives for its figures, runs end to end."""
-    proc = _run([str(BENCHMARKS / "quickstart_figures.py"), "--smoke", "--repeats", "1"], tmp_path)
+    proc = _smoke(smoke_runs, "quickstart_figures.py")
     table = proc.stdout[proc.stdout.index("| figure | measured |"):]
     for figure in ("one call on 64 images", "64 calls on one image each", "state_dict (the glow codec's weights)",
                    "torch.export of a width-4 CIFAR ResNet-18 alone", "merged from 8 micro-batches of 8",
@@ -1724,7 +1760,7 @@ def test_quickstart_figures_reads_cifar10_through_torchvision_by_default_and_the
         assert calls[:2] == expected, flags
 
 
-def test_isda_memory_times_the_official_term_by_term_loss_against_the_librarys_same_loss(tmp_path, monkeypatch):
+def test_isda_memory_times_the_official_term_by_term_loss_against_the_librarys_same_loss(smoke_runs, monkeypatch):
     """benchmarks/isda_memory.py (docs/methods/isda.md's memory figures) compares two forms of one loss: its term-by-term
     correction gives ISDALoss's value and gradients; each case runs in its own process and fills its table row."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))
@@ -1741,7 +1777,7 @@ def test_isda_memory_times_the_official_term_by_term_loss_against_the_librarys_s
         losses.append(value)
         grads.append(torch.autograd.grad(value, features)[0])
     assert torch.allclose(losses[0], losses[1], atol=1e-6) and torch.allclose(grads[0], grads[1], atol=1e-6)
-    proc = _run([str(BENCHMARKS / "isda_memory.py"), "--classes", "20", "--batch", "8"], tmp_path)
+    proc = _smoke(smoke_runs, "isda_memory.py")
     table = proc.stdout[proc.stdout.index("| statistics | correction |"):]
     rows = re.findall(r"\n\| (diagonal|full), A = (\d+) \| (matrix products|term by term) \| [\d.e-]+ GB \| "
                       r"[\d.]+ s \| \d+(?:\.\d)? (?:MiB|GiB) \| ([^|]+) \|", table)
@@ -1753,10 +1789,10 @@ def test_isda_memory_times_the_official_term_by_term_loss_against_the_librarys_s
     assert "7 GiB address-space limit (what the process held before the step" in proc.stdout
 
 
-def test_isda_memory_update_alone_reports_the_update_and_its_covariance_sized_temporary(tmp_path):
+def test_isda_memory_update_alone_reports_the_update_and_its_covariance_sized_temporary(smoke_runs):
     """Audit 240: isda.md's "about 200 MiB, of which 156 MiB is that output" (K = 100, A = 640, N = 128) had no command;
     --update times one full-covariance FeatureCovariance.update alone and names its K x A x A temporary's size."""
-    proc = _run([str(BENCHMARKS / "isda_memory.py"), "--update", "--classes", "4", "--batch", "8"], tmp_path)
+    proc = _smoke(smoke_runs, "isda_memory.py --update")
     assert "FeatureCovariance.update, full covariance, K = 4, A = 640, N = 8, float32" in proc.stdout
     row = re.search(r"\n\| (\d+) MB \| ([\d.]+) s \| (\d+(?:\.\d)? (?:MiB|GiB)) \| (\d+) MiB \|", proc.stdout)
     assert row, proc.stdout
@@ -1765,11 +1801,11 @@ def test_isda_memory_update_alone_reports_the_update_and_its_covariance_sized_te
 
 
 @pytest.mark.slow
-def test_isda_precision_smoke_sets_the_replaced_merge_against_the_librarys(tmp_path):
+def test_isda_precision_smoke_sets_the_replaced_merge_against_the_librarys(smoke_runs):
     """Audit 240: benchmarks/isda_precision.py, isda.md's precision figures (float32 drift of the covariance against
     float64, the merge the library replaced, a bfloat16 running mean), runs; on a class resumed at 1e6 samples the
     replaced merge drifts further than the library's (its 1 - w rounded to float32's steps)."""
-    proc = _run([str(BENCHMARKS / "isda_precision.py"), "--smoke", "--no-progress"], tmp_path)
+    proc = _smoke(smoke_runs, "isda_precision.py")
     rows = re.findall(r"\n\| (resumed at 1,000,000 samples|from 0 samples), 50 updates \| 0 \| ([\d.e+-]+) \| "
                       r"([\d.e+-]+) \| (\d+)x \|", proc.stdout)
     assert [r[0] for r in rows] == ["resumed at 1,000,000 samples", "from 0 samples"], proc.stdout
@@ -1781,10 +1817,10 @@ def test_isda_precision_smoke_sets_the_replaced_merge_against_the_librarys(tmp_p
 
 
 @pytest.mark.slow
-def test_compile_speedup_smoke_alternates_eager_and_compiled_calls_per_column(tmp_path):
+def test_compile_speedup_smoke_alternates_eager_and_compiled_calls_per_column(smoke_runs):
     """Audit 240: performance.md's compiled-codec table had no command (timed "in one process; the code that timed it
     was not recorded"); benchmarks/compile_speedup.py makes it, eager -> compiled with their ratio per cell."""
-    proc = _run([str(BENCHMARKS / "compile_speedup.py"), "--smoke", "--no-progress"], tmp_path)
+    proc = _smoke(smoke_runs, "compile_speedup.py")
     table = proc.stdout[proc.stdout.index("| batch |"):]
     assert "| batch | Glow encode + noise + decode | LatentNoise | LatentAdversarial, 1 PGD step (ResNet-18 width 4) " \
            "| decode forward + backward |" in table
@@ -1867,12 +1903,14 @@ def test_isda_memory_reports_out_of_memory_only_for_a_step_that_ran_out(tmp_path
     held = int(subprocess.run([sys.executable, "-c", "import torch; torch.set_num_threads(1); "
                                "print(open('/proc/self/status').read().split('VmSize:')[1].split()[0])"],
                               capture_output=True, text=True, check=True).stdout) * 1024
-    limit = f"{(held + 2**29) / 2**30:.2f}"  # torch and half a GiB: the full covariance (1,000 x 512 x 512) cannot fit
-    proc = subprocess.run([sys.executable, str(BENCHMARKS / "isda_memory.py"), "--batch", "8", "--memory-limit", limit],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT_S,
+    # torch and half a GiB: with 10^6 classes the first case's classifier and diagonal statistics (10^6 x 512, 2 GB
+    # each) cannot fit, so the run ends at its first case (at 1,000 classes the fifth, after four fresh processes)
+    limit = f"{(held + 2**29) / 2**30:.2f}"
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "isda_memory.py"), "--batch", "8", "--classes", "1000000",
+                           "--memory-limit", limit], cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT_S,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode != 0 and "| full, A = 512 |" not in proc.stdout
-    assert f"case 5 of 5 failed before its step under a {limit} GiB address-space limit" in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode != 0 and "| diagonal, A = 512 |" not in proc.stdout and "out of memory" not in proc.stdout
+    assert f"case 1 of 5 failed before its step under a {limit} GiB address-space limit" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_codec_quality_scores_reconstructions_and_counts_either_source_class_of_a_mix(tmp_path, monkeypatch, capsys):
