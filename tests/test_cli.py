@@ -551,7 +551,8 @@ def test_an_out_that_cannot_be_written_is_named(tmp_path, capsys, monkeypatch, c
     out = tmp_path / "o"
     if failure == "read-only":  # as root (no permission is refused) or on a read-only mount
         out.mkdir()
-        monkeypatch.setattr(validation.os, "access", lambda path, mode: Path(path) != out)
+        # writable but not searchable (a folder of mode 0o600): it cannot be written into either
+        monkeypatch.setattr(validation.os, "access", lambda path, mode: Path(path) != out or not mode & os.X_OK)
     else:
         def refused(self, *args, **kwargs):
             raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
@@ -563,6 +564,9 @@ def test_an_out_that_cannot_be_written_is_named(tmp_path, capsys, monkeypatch, c
     why = os.strerror(errno.EACCES if failure == "read-only" else errno.EROFS)
     assert code == 2 and stdout == "" and err == (f"{_PROG}: error: cannot write into the output folder {str(out)!r} "
                                                   f"({why}); give a folder you can write to\n")
+    if failure == "read-only":  # from Python, the OSError's own type
+        with pytest.raises(PermissionError, match="^cannot write into the output folder"):
+            validation.make_folder(out)
 
 
 def test_train_test_data_of_another_shape_names_the_options(tmp_path, capsys):

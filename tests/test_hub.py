@@ -254,8 +254,10 @@ def test_hashing_a_file_with_its_metadata_hashes_every_byte_once(tmp_path):
     path = tmp_path / "c.safetensors"
     sha = hub.save_checkpoint(_codec(), path, extra_metadata={"epochs": 3})
     assert hub._sha256_and_metadata(path) == (sha, hub.read_safetensors(path)[0])
+    save_file({"w": torch.zeros(2)}, path)  # a safetensors header without "__metadata__": no metadata, not None
+    assert hub._sha256_and_metadata(path) == (hub.sha256_file(path), {})
     for data in (b"", b"abc", (2**40).to_bytes(8, "little") + b"x", (64).to_bytes(8, "little") + b"{no json",
-                 (2).to_bytes(8, "little") + b"[]" + bytes(5000)):
+                 (2).to_bytes(8, "little") + b"[]" + bytes(5000), (10**5).to_bytes(8, "little") + b"[" * 10**5):
         path.write_bytes(data)
         assert hub._sha256_and_metadata(path) == (hashlib.sha256(data).hexdigest(), None)
         assert hub.sha256_file(path) == hashlib.sha256(data).hexdigest()
@@ -738,6 +740,22 @@ def test_register_refuses_a_config_its_file_at_hand_does_not_hold(env, tmp_path,
     _register("remote", "good.safetensors", config=glow)  # only at the hub URL: not read
     assert {n: e["config"]["kind"] for n, e in hub._registry().items() if n in ("mine", "older", "remote")} == \
         {"mine": "vae", "older": "glow", "remote": "glow"}
+    if where == "shipped":  # a cached copy that is no safetensors file does not hide the shipped file's config
+        (env / "mine.safetensors").write_bytes(b"damaged")  # env holds the registry file by now
+        with pytest.raises(ValueError, match=rf"file {path} holds"):
+            _register("mine", "mine.safetensors", sha256=sha, config=glow, overwrite=True)
+    save_file({"w": torch.zeros(2)}, folder / "plain.safetensors")  # no codec config: load_checkpoint says why
+    _register("plain", "plain.safetensors", sha256=hub.sha256_file(folder / "plain.safetensors"))
+
+
+def test_a_codec_config_is_read_only_from_a_checkpoints_metadata():
+    """_file_config: None for metadata of another format, a config that is not JSON or not an object; a key of the
+    registered config the file lacks is a difference (as hub.load reads it)."""
+    assert hub._file_config({"format": hub.FORMAT, "config": '{"kind": "vae"}'}) == {"kind": "vae"}
+    for metadata in (None, {}, {"format": "other", "config": "{}"}, {"format": hub.FORMAT, "config": "{no json"},
+                     {"format": hub.FORMAT, "config": "[1]"}, {"format": hub.FORMAT}):
+        assert hub._file_config(metadata) is None, metadata
+    assert hub._config_differences({"kind": "vae", "hidden": 8}, {"kind": "vae", "extra": 1}) == {"hidden": (8, None)}
 
 
 def test_register_warns_when_its_file_is_nowhere_load_looks(env, tmp_path, monkeypatch, server):
@@ -1020,8 +1038,9 @@ def test_unregister_removes_a_name_from_the_process_and_the_user_registry(env, m
     assert hub.unregister("a", persist=True)["sha256"] == SHA_GOOD
     assert list(json.loads((env / "registry.json").read_text())["checkpoints"]) == ["b"]
     assert "a" not in hub._registry() and "b" in hub._registry()
+    _register("0-process", "good.safetensors")  # registered after "b": listed in name order, every one
     mine = rf"'a' is not a name you registered \(the user registry file {re.escape(str(env))}.* does not hold it\); "
-    with pytest.raises(hub.UnknownCheckpointError, match=mine + "the names you registered: b$"):  # was "not in this
+    with pytest.raises(hub.UnknownCheckpointError, match=mine + "the names you registered: 0-process, b$"):  # was "not in this
         # process's registry nor the user registry file": meaningless from the shell (latent-transforms unregister)
         hub.unregister("a", persist=True)
     with pytest.raises(hub.UnknownCheckpointError, match=r"'B' is not a name you registered .*; did you mean 'b'\?$"):  # no hint before
@@ -1035,6 +1054,9 @@ def test_unregister_refuses_shipped_names_and_drops_the_loaded_codec(env):
         "shipped": {"file": "shipped.safetensors", "sha256": SHA_GOOD, "config": CONFIG}}}))
     with pytest.raises(ValueError, match="'shipped' is a shipped checkpoint"):
         hub.unregister("shipped", persist=True)
+    with pytest.raises(hub.UnknownCheckpointError, match="'shippd' is not a name you registered .*; you have "
+                                                         "registered none"):  # no shipped name offered
+        hub.unregister("shippd", persist=True)
     env.mkdir()
     sha = hub.save_checkpoint(_codec(3), env / "mine.safetensors")
     _register("mine", "mine.safetensors", sha256=sha)

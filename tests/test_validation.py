@@ -853,6 +853,7 @@ def test_an_index_longer_than_the_batch_or_with_a_trailing_dimension_is_refused(
                    "the model outputs (5 or more); "),
     ([0, 2, 3, 4], "num_classes too small? set it to the number of classes the model outputs (5 or more); "),
     ([0, 1, 255, 3], "num_classes too small? set it to the number of classes the model outputs (256 or more); "),
+    ([1, 2, 255, 3], "num_classes too small? set it to the number of classes the model outputs (256 or more); "),
 ])
 def test_a_class_index_out_of_range_says_what_to_do(y, advice):
     """It said only "y has class index 4, out of range for num_classes=4": the likely causes and their fixes named."""
@@ -1407,3 +1408,11 @@ def test_an_output_folder_where_a_device_is_is_refused_as_a_file():
     assert _file_in_the_way(Path("/dev/null/runs")) == Path("/dev/null") and _file_in_the_way(Path("/dev")) is None
     with pytest.raises(ValueError, match=r"^the output folder '/dev/null' is a file; give a folder"):
         output_folder("/dev/null")
+
+
+def test_make_folder_makes_its_parents_and_takes_a_folder_already_there(tmp_path):
+    """Mutation round 43: train_codec and the demo make their output folder here (a nested --out too)."""
+    from latent_transforms.validation import make_folder
+
+    out = tmp_path / "runs" / "new"
+    assert make_folder(out) == out and out.is_dir() and make_folder(out) == out
