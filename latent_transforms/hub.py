@@ -66,7 +66,6 @@ _URL_SCHEMES = ("http", "https", "file")
 _DEFAULT_TIMEOUT = 60.0
 _STORAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _CHUNK = 1 << 20
-_MAX_HEADER_BYTES = 100_000_000  # safetensors refuses a longer header
 _MAX_FILENAME_BYTES = 240  # a download's temp name, ".<file>.XXXXXXXX.part" (15 more), must stay within 255 bytes
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _HUB_URL = "LATENT_TRANSFORMS_HUB_URL"  # the environment variable naming the base URL checkpoints are fetched from
@@ -155,30 +154,13 @@ def matches_checksum(metadata: dict[str, str], tensors: dict[str, torch.Tensor])
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """Hex sha256 of the file at ``path``, read in chunks."""
-    return _sha256_and_metadata(path, metadata=False)[0]
-
-
-def _sha256_and_metadata(path: str | os.PathLike[str], metadata: bool = True) -> tuple[str, dict[str, Any] | None]:
-    """Hex sha256 of a file and, with ``metadata``, its safetensors metadata, read in the same pass from the header at
-    the file's start (None: no safetensors header there, or ``metadata=False``)."""
     if not Path(path).is_file():
         raise MissingFileError(f"no file at {path}")
-    digest, found = hashlib.sha256(), None
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        if metadata:
-            head = f.read(8)
-            digest.update(head)
-            length = int.from_bytes(head, "little") if len(head) == 8 else 0
-            if 0 < length <= _MAX_HEADER_BYTES:
-                header = f.read(length)
-                digest.update(header)
-                with contextlib.suppress(ValueError, RecursionError):  # not JSON: not a safetensors file
-                    parsed = json.loads(header)
-                    if isinstance(parsed, dict) and isinstance(parsed.get("__metadata__", {}), dict):
-                        found = parsed.get("__metadata__") or {}
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
-    return digest.hexdigest(), found
+    return digest.hexdigest()
 
 
 def _check_filename(file: object) -> str:
@@ -557,6 +539,16 @@ def _file_config(metadata: dict[str, Any] | None) -> dict[str, Any] | None:
     return config if isinstance(config, dict) else None
 
 
+def _held_config(path: Path) -> dict[str, Any] | None:
+    """The codec config the checkpoint file at ``path`` holds (``_file_config``; its header alone is read); None where
+    it holds none or is not a safetensors file."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return _file_config(f.metadata())
+    except (SafetensorError, OSError):  # not a safetensors file: load_checkpoint says so
+        return None
+
+
 def _check_local_file(name: str, entry: dict[str, Any]) -> None:
     """Refuse an entry whose config is not the one its file holds, where that file is at hand (in the cache dir or
     shipped) and has the entry's sha256 (an older copy there is not the registered file); only its header is read,
@@ -564,11 +556,7 @@ def _check_local_file(name: str, entry: dict[str, Any]) -> None:
     for path in (cache_dir() / entry["file"], _SHIPPED_DIR / entry["file"]):
         if not path.is_file():
             continue
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:  # the header alone
-                held = _file_config(f.metadata())
-        except (SafetensorError, OSError):  # not a safetensors file: load_checkpoint says so
-            continue
+        held = _held_config(path)
         differ = {} if held is None else _config_differences(entry["config"], held)
         if differ and sha256_file(path) == entry["sha256"]:
             raise ValueError(f"register(): {name!r}'s config differs from the one its file {path} holds (key: (given, "
@@ -884,11 +872,11 @@ def register_run(run: str | os.PathLike[str], *, name: str | None = None, overwr
         source = run.parent / entry["file"]
         if not source.is_file():
             raise MissingFileError(f"no checkpoint file {source} beside {run}")
-        sha, metadata = _sha256_and_metadata(source)
+        sha = sha256_file(source)
         if sha != entry["sha256"]:
             raise ValueError(f"{source} does not match {run}: its sha256 is {sha}, the run's is {entry['sha256']} "
                              f"(changed after training?); nothing registered")
-        _check_run_config(run, source, entry["config"], metadata)
+        _check_run_config(run, source, entry["config"])
         with _writing_cache_dir(dest.parent), atomic_path(dest) as tmp:  # the file appears once it is registered
             shutil.copyfile(source, tmp)
             if sha256_file(tmp) != entry["sha256"]:
@@ -898,10 +886,10 @@ def register_run(run: str | os.PathLike[str], *, name: str | None = None, overwr
     return RegisteredRun(name, dest, changed=True)
 
 
-def _check_run_config(run: Path, source: Path, config: dict[str, Any], metadata: dict[str, Any] | None) -> None:
+def _check_run_config(run: Path, source: Path, config: dict[str, Any]) -> None:
     """Refuse a run whose recorded codec ``config`` is not the one its checkpoint ``source`` holds in its safetensors
-    ``metadata`` (``_sha256_and_metadata``'s): registered, ``list`` would show the run's and ``load`` refuse it."""
-    held = _file_config(metadata)
+    metadata (``_held_config``): registered, ``list`` would show the run's and ``load`` refuse it."""
+    held = _held_config(source)
     if held is None:
         raise ValueError(f"{source} is not a latent-transforms checkpoint (no {FORMAT!r} codec config in its "
                          f"safetensors metadata); give the NAME.json that `latent-transforms train` wrote beside its "

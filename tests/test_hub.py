@@ -248,18 +248,20 @@ def test_the_same_weights_give_the_same_file_and_sha256(tmp_path):
     assert set(tensors) == set(codec.state_dict()) and all(torch.equal(tensors[k], v) for k, v in codec.state_dict().items())
 
 
-def test_hashing_a_file_with_its_metadata_hashes_every_byte_once(tmp_path):
-    """register_run reads a checkpoint's header in its hash pass (audit 302): the header read apart from the chunks
-    must still be hashed, in order, whatever the file's start (too short, a header longer than the file, not JSON)."""
+def test_the_config_a_file_holds_is_read_from_its_header_and_none_for_other_files(tmp_path):
+    """register_run and register read a checkpoint's codec config (audit 302) from its safetensors header: a
+    checkpoint's config; None for a safetensors file without one and for any other bytes (too short, a header longer
+    than the file, not JSON, JSON too deep), whose sha256 is still every byte's."""
     path = tmp_path / "c.safetensors"
-    sha = hub.save_checkpoint(_codec(), path, extra_metadata={"epochs": 3})
-    assert hub._sha256_and_metadata(path) == (sha, hub.read_safetensors(path)[0])
-    save_file({"w": torch.zeros(2)}, path)  # a safetensors header without "__metadata__": no metadata, not None
-    assert hub._sha256_and_metadata(path) == (hub.sha256_file(path), {})
+    codec = _codec()
+    hub.save_checkpoint(codec, path, extra_metadata={"epochs": 3})
+    assert hub._held_config(path) == json.loads(json.dumps(codec.config))
+    save_file({"w": torch.zeros(2)}, path)  # a safetensors header without "__metadata__"
+    assert hub._held_config(path) is None
     for data in (b"", b"abc", (2**40).to_bytes(8, "little") + b"x", (64).to_bytes(8, "little") + b"{no json",
                  (2).to_bytes(8, "little") + b"[]" + bytes(5000), (10**5).to_bytes(8, "little") + b"[" * 10**5):
         path.write_bytes(data)
-        assert hub._sha256_and_metadata(path) == (hashlib.sha256(data).hexdigest(), None)
+        assert hub._held_config(path) is None
         assert hub.sha256_file(path) == hashlib.sha256(data).hexdigest()
 
 
