@@ -35,8 +35,8 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 _BORROW_LOCK = threading.Lock()
-# id(module or parameter) -> [borrows holding it, its train flag or requires_grad before the first of them, it] (the
-# object kept alive while its id is a key)
+# id(module or parameter) -> [borrows holding it, its train flag or requires_grad before the first of them] (each
+# borrow's own lists keep the objects alive, so an id stays theirs while it is a key)
 _lent: dict[int, list[Any]] = {}
 
 
@@ -46,7 +46,7 @@ def _lend(objects: list[Any], flag: str) -> None:
     for obj in objects:
         entry = _lent.get(id(obj))
         if entry is None:
-            entry = _lent[id(obj)] = [0, getattr(obj, flag), obj]
+            entry = _lent[id(obj)] = [0, getattr(obj, flag)]
         entry[0] += 1
 
 
