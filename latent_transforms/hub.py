@@ -54,8 +54,8 @@ from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
 
 from .torch_defaults import cpu_as_default_device
-from .validation import (MissingFileError, WrongTypeError, bad_option, check_bool, close_names, resolve_device,
-                         state_mismatch)
+from .validation import (MissingFileError, WrongTypeError, bad_option, check_bool, close_names, file_in_the_way,
+                         resolve_device, state_mismatch)
 
 if TYPE_CHECKING:
     from .codecs import Codec
@@ -278,10 +278,11 @@ def write_safetensors(path: str | os.PathLike[str], tensors: dict[str, torch.Ten
     per-process hash order), so the same tensors and metadata give the same file in every process. The tensors'
     bytes go to the file from views of their memory: a 600 MB latent cache is written without a copy of it.
     """
+    file = file_in_the_way(Path(path).parent)  # also a file further up: the folder could not be made there
+    if file is not None:
+        raise ValueError(f"cannot save {path}: {file} is a file, not a directory")
     if not Path(path).parent.exists():
         raise MissingFileError(f"cannot save {path}: the directory {Path(path).parent} does not exist")
-    if not Path(path).parent.is_dir():
-        raise ValueError(f"cannot save {path}: {Path(path).parent} is a file, not a directory")
     for name, t in tensors.items():
         if t.device.type != "cpu" or t.layout != torch.strided or not t.is_contiguous():
             raise ValueError(f"cannot save tensor {name!r}: it must be a dense, contiguous CPU tensor, got "

@@ -893,7 +893,7 @@ def state_mismatch(expected: dict[str, torch.Tensor], given: collections.abc.Map
     return ", ".join(parts)
 
 
-def _file_in_the_way(folder: Path) -> Path | None:
+def file_in_the_way(folder: Path) -> Path | None:
     """``folder`` itself or the nearest of its parents that exists as a file (so ``folder`` cannot be made), or None."""
     return next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
 
@@ -905,7 +905,7 @@ def output_folder(out_dir: str | os.PathLike[str], name: str = "the output folde
     if isinstance(out_dir, str) and not out_dir:
         raise ValueError(f"{name} must be a path, got ''; give a folder (it is created if missing)")
     out = Path(out_dir).expanduser()
-    file = _file_in_the_way(out)
+    file = file_in_the_way(out)
     if file is not None:
         inside = "" if file == out else f" is inside {str(file)!r}, which"
         raise ValueError(f"{name} {str(out)!r}{inside} is a file; give a folder (it is created if missing)")
@@ -914,14 +914,18 @@ def output_folder(out_dir: str | os.PathLike[str], name: str = "the output folde
 
 def make_folder(out: Path, name: str = "the output folder") -> Path:
     """Create ``out`` (an ``output_folder``) and its parents unless there; refused, naming it, where it cannot be made
-    or written into (a read-only or missing mount): the ``OSError``'s own type, not its bare ``[Errno 13] ...``."""
+    or written into (a read-only or missing mount): the ``OSError``'s own type and ``errno`` (``EROFS`` for a folder
+    already there on a read-only mount, as for one made there), not its bare ``[Errno 13] ...``."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         if not os.access(out, os.W_OK | os.X_OK):
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+            read_only = hasattr(os, "statvfs") and os.statvfs(out).f_flag & os.ST_RDONLY  # no statvfs on Windows
+            code = errno.EROFS if read_only else errno.EACCES
+            raise OSError(code, os.strerror(code))  # PermissionError for EACCES
     except OSError as e:
-        raise type(e)(f"cannot write into {name} {str(out)!r} ({e.strerror or e}); give a folder you can write to"
-                      ) from e
+        refused = type(e)(f"cannot write into {name} {str(out)!r} ({e.strerror or e}); give a folder you can write to")
+        refused.errno = e.errno
+        raise refused from e
     return out
 
 

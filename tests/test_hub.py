@@ -392,9 +392,10 @@ def test_weights_that_do_not_fit_float16_are_refused_not_stored_as_inf(tmp_path)
         hub.save_checkpoint(codec, tmp_path / "no-such-dir" / "x.safetensors")
     assert isinstance(e.value, ValueError)  # a MissingFileError, a ValueError as it was
     (tmp_path / "a-file").write_text("")
-    with pytest.raises(ValueError, match="a-file is a file, not a directory") as e:  # was "does not exist"
-        hub.save_checkpoint(codec, tmp_path / "a-file" / "x.safetensors")
-    assert not isinstance(e.value, FileNotFoundError)
+    for inside in ("", "d/"):  # a file further up: audit 305 found "the directory .../a-file/d does not exist"
+        with pytest.raises(ValueError, match=r"a-file is a file, not a directory$") as e:  # was "does not exist"
+            hub.save_checkpoint(codec, tmp_path / "a-file" / f"{inside}x.safetensors")
+        assert not isinstance(e.value, FileNotFoundError)
 
 
 def test_beyond_range_finds_one_finite_value_the_dtype_stores_as_inf_and_not_nan_or_inf():

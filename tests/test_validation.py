@@ -1403,9 +1403,9 @@ def test_an_output_folder_where_a_device_is_is_refused_as_a_file():
     socket) passed an is_file() test and met mkdir's "File exists" or "Not a directory" after the checks."""
     from pathlib import Path
 
-    from latent_transforms.validation import _file_in_the_way, output_folder
+    from latent_transforms.validation import file_in_the_way, output_folder
 
-    assert _file_in_the_way(Path("/dev/null/runs")) == Path("/dev/null") and _file_in_the_way(Path("/dev")) is None
+    assert file_in_the_way(Path("/dev/null/runs")) == Path("/dev/null") and file_in_the_way(Path("/dev")) is None
     with pytest.raises(ValueError, match=r"^the output folder '/dev/null' is a file; give a folder"):
         output_folder("/dev/null")
 
@@ -1416,3 +1416,22 @@ def test_make_folder_makes_its_parents_and_takes_a_folder_already_there(tmp_path
 
     out = tmp_path / "runs" / "new"
     assert make_folder(out) == out and out.is_dir() and make_folder(out) == out
+
+
+@pytest.mark.parametrize("read_only", [True, False])
+def test_make_folder_names_a_read_only_mount_as_such_with_the_errno(tmp_path, monkeypatch, read_only):
+    """Audit 305: a folder already there on a read-only mount was refused as "Permission denied" (a folder made there:
+    "Read-only file system"), and the refusal's errno was None."""
+    import errno
+    import types
+
+    from latent_transforms import validation
+
+    monkeypatch.setattr(validation.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(validation.os, "statvfs", lambda path: types.SimpleNamespace(
+        f_flag=validation.os.ST_RDONLY if read_only else 0), raising=False)
+    code = errno.EROFS if read_only else errno.EACCES
+    with pytest.raises(PermissionError if code == errno.EACCES else OSError,
+                       match=rf"^cannot write into the output folder .*\({os.strerror(code)}\); give a folder") as e:
+        validation.make_folder(tmp_path)
+    assert e.value.errno == code and isinstance(e.value, PermissionError) == (not read_only)
