@@ -442,19 +442,7 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
             f"{path} is not a safetensors file ({e}); latent-transforms only loads .safetensors checkpoints "
             f"and never unpickles .pt/.pth files"
         ) from None
-    if metadata.get("format") != FORMAT:
-        raise ValueError(
-            f"{path} is not a latent-transforms checkpoint: metadata 'format' is {metadata.get('format')!r}, "
-            f"expected {FORMAT!r}"
-        )
-    try:
-        config = json.loads(metadata["config"])
-    # ValueError: also an int of over 4,300 digits; RecursionError: arrays nested thousands deep
-    except (KeyError, ValueError, RecursionError) as e:
-        raise ValueError(f"{path} has no valid JSON 'config' in its metadata ({e})") from None
-    if not isinstance(config, dict):
-        kind = {type(None): "null", list: "an array", str: "a string", bool: "a boolean"}.get(type(config), "a number")
-        raise ValueError(f"{path}: metadata 'config' must be a JSON object, got {kind}")
+    config = _checkpoint_config(metadata, path)
     stored = sum(t.numel() for t in tensors.values())
     limit = 2 * stored + (1 << 16)  # building a codec allocates about as many elements as its state dict holds
     # the random init, overwritten below, must not move torch's global RNG
@@ -530,14 +518,31 @@ def _config_differences(registered: dict[str, Any], held: dict[str, Any]) -> dic
     return {k: (v, held.get(k)) for k, v in registered.items() if held.get(k) != v}
 
 
-def _file_config(metadata: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The codec config a checkpoint's safetensors ``metadata`` holds; None if it holds none (not a latent-transforms
-    checkpoint: ``load_checkpoint`` says why)."""
+def _checkpoint_config(metadata: dict[str, str], path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The codec config a checkpoint's safetensors ``metadata`` holds; ``ValueError`` naming ``path`` and why where it
+    holds none (another format, no JSON object under 'config')."""
+    if metadata.get("format") != FORMAT:
+        raise ValueError(
+            f"{path} is not a latent-transforms checkpoint: metadata 'format' is {metadata.get('format')!r}, "
+            f"expected {FORMAT!r}"
+        )
     try:
-        config = json.loads(metadata["config"]) if metadata is not None and metadata.get("format") == FORMAT else None
-    except (KeyError, TypeError, ValueError, RecursionError):
+        config = json.loads(metadata["config"])
+    # ValueError: also an int of over 4,300 digits; RecursionError: arrays nested thousands deep
+    except (KeyError, ValueError, RecursionError) as e:
+        raise ValueError(f"{path} has no valid JSON 'config' in its metadata ({e})") from None
+    if not isinstance(config, dict):
+        kind = {type(None): "null", list: "an array", str: "a string", bool: "a boolean"}.get(type(config), "a number")
+        raise ValueError(f"{path}: metadata 'config' must be a JSON object, got {kind}")
+    return config
+
+
+def _file_config(metadata: dict[str, str] | None) -> dict[str, Any] | None:
+    """``_checkpoint_config``'s config, None where ``metadata`` holds none (``load_checkpoint`` says why)."""
+    try:
+        return _checkpoint_config(metadata or {}, "the file")
+    except (TypeError, ValueError):
         return None
-    return config if isinstance(config, dict) else None
 
 
 def _held_config(path: Path) -> dict[str, Any] | None:
