@@ -350,13 +350,28 @@ def test_a_copy_in_a_process_without_rank_keeps_the_rank_it_came_from(monkeypatc
         blob = pickle.dumps(GeneratorSource(None))  # made and sent by the rank's main process
         monkeypatch.delenv("RANK")
         monkeypatch.setattr(rng, "_process", lambda: (-1, 0))  # unpickled in another process (the worker)
-        copy = pickle.loads(blob)
+        copy = pickle.loads(pickle.dumps(pickle.loads(blob)))  # copied again there (mutation round 44): still the rank
         monkeypatch.undo()
         monkeypatch.setattr(rng, "_process", lambda: (-1, 0))
         torch.manual_seed(0)  # DataLoader seeds the workers of every rank alike when the main seeds are equal
         draws[rank] = copy.get(torch.device("cpu")).initial_seed()
         monkeypatch.undo()
     assert draws["1"] - draws["0"] == rng._RANK_STRIDE
+
+
+def test_a_copy_of_an_int_seeded_source_in_another_process_goes_on_from_where_it_was_copied(monkeypatch):
+    """Mutation round 44: only a source without a seed seeds afresh in another process; an int-seeded one's generator
+    travels with its state, as in a deepcopy, and is not restarted from the seed there."""
+    import pickle
+
+    from latent_transforms import rng
+
+    source, cpu = GeneratorSource(5), torch.device("cpu")
+    torch.rand(3, generator=source.get(cpu))
+    blob = pickle.dumps(source)
+    expected = torch.rand(3, generator=source.get(cpu))
+    monkeypatch.setattr(rng, "_process", lambda: (-1, 0))
+    assert torch.equal(torch.rand(3, generator=pickle.loads(blob).get(cpu)), expected)
 
 
 class MixThenExplode(LatentTransform):
@@ -440,6 +455,18 @@ def test_sample_log_gamma_has_gammas_mean_and_variance_and_a_fixed_draw_count(sh
         assert torch.equal(g.get_state(), reference.get_state())
 
 
+def test_a_gamma_draw_whose_proposals_are_all_refused_is_their_centre(monkeypatch):
+    """None of _GAMMA_ROUNDS proposals accepted (p < 1e-20): log d, not 0 nor a refused proposal's (mutation round
+    44). Forced by normals of -100, each a negative v = (1 + c x)^3."""
+    import math
+
+    from latent_transforms.rng import _sample_log_gamma
+
+    monkeypatch.setattr(torch, "randn", lambda *size, **kw: torch.full(size, -100.0, dtype=kw["dtype"]))
+    out = _sample_log_gamma(4.0, 3, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert torch.equal(out, torch.full((3,), math.log(4.0 - 1 / 3)))
+
+
 @pytest.mark.parametrize("n", [1, 2, 5, 64])
 def test_random_partners_is_one_cycle_through_the_samples_drawn_from_the_generator(n):
     # public for a mixing method of one's own (docs/extending.md): VarMixup's partners, none its own for n >= 2
@@ -506,6 +533,9 @@ def test_the_mixing_helpers_refuse_what_they_cannot_draw_or_mix():
         mix_labels(y[:2], partner, lam, 3)
     with pytest.raises(ValueError, match=r"^num_classes must be an int >= 1, got -1$"):  # one_hot's -1 infers it
         to_soft(y, -1)
+    # torch's one_hot said "only applicable to index tensor of type LongTensor" (mutation round 44: untested)
+    with pytest.raises(ValueError, match=r"^y class indices must be int64 to be made soft labels, got torch.int32$"):
+        to_soft(y.int(), 3)
 
 
 def test_to_soft_keeps_the_dtype_of_soft_labels():

@@ -245,7 +245,10 @@ def test_save_checkpoint_refuses_other_storage_dtypes(tmp_path, dtype, error):
     ({"format": hub.FORMAT, "config": "{kind: vae"}, "has no valid JSON 'config' in its metadata"),
     ({"format": hub.FORMAT, "config": json.dumps([VAE_CONFIG])}, "metadata 'config' must be a JSON object, got an array"),
     ({"format": hub.FORMAT, "config": "null"}, "metadata 'config' must be a JSON object, got null"),
-], ids=["missing", "not-json", "list", "null"])
+    ({"format": hub.FORMAT, "config": '"vae"'}, "metadata 'config' must be a JSON object, got a string$"),
+    ({"format": hub.FORMAT, "config": "true"}, "metadata 'config' must be a JSON object, got a boolean$"),
+    ({"format": hub.FORMAT, "config": "1.5"}, "metadata 'config' must be a JSON object, got a number$"),
+], ids=["missing", "not-json", "list", "null", "string", "boolean", "number"])
 def test_load_checkpoint_needs_a_json_object_config(tmp_path, metadata, message):
     path = tmp_path / "c.safetensors"
     save_file({k: v.contiguous() for k, v in tiny_vae().state_dict().items()}, str(path), metadata=metadata)

@@ -263,6 +263,18 @@ def test_the_config_a_file_holds_is_read_from_its_header_and_none_for_other_file
         path.write_bytes(data)
         assert hub._held_config(path) is None
         assert hub.sha256_file(path) == hashlib.sha256(data).hexdigest()
+    path.unlink()  # gone after register's is_file() (another process), or a folder: None, not safe_open's OSError
+    assert hub._held_config(path) is None and hub._held_config(tmp_path) is None
+
+
+def test_a_run_whose_checkpoint_holds_an_empty_config_is_told_each_key_that_differs(tmp_path):
+    """Mutation round 44: a checkpoint's config of no keys is a config the run's differs from (each key named), not
+    a file that holds none."""
+    source = tmp_path / "c.safetensors"
+    save_file({"w": torch.zeros(2)}, source, metadata={"format": hub.FORMAT, "config": "{}"})
+    with pytest.raises(ValueError, match=r"c.json does not describe .*c.safetensors: .* \(key: \(run JSON, file\)\): "
+                                         r"\{'kind': \('vae', None\)\}"):
+        hub._check_run_config(tmp_path / "c.json", source, {"kind": "vae"})
 
 
 def test_checkpoint_functions_refuse_a_codec_path_or_sha256_they_cannot_use(tmp_path):

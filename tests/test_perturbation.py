@@ -14,6 +14,8 @@ def test_project_l2_keeps_points_inside_the_ball_and_scales_the_others_onto_the_
     assert torch.equal(p[2], d[2])
     assert torch.allclose(p[1], d[1] / 5.0) and torch.isclose(p[1].norm(), torch.tensor(1.0))
     assert torch.equal(project(d, 0.0, "l2"), torch.zeros_like(d))
+    # an eps of 0 is the origin alone, for an infinite row too (mutation round 44: d / inf there gave NaN)
+    assert torch.equal(project(torch.tensor([[float("inf"), 1.0]]), 0.0, "l2"), torch.zeros(1, 2))
 
 
 def test_project_linf_clamps_each_coordinate_and_none_is_the_identity():
@@ -30,6 +32,8 @@ def test_an_linf_ball_wider_than_the_dtype_can_hold_bounds_nothing():
     assert torch.equal(project(d, 1e300, "linf"), d)
     wide = torch.tensor([[0.3, -2.0, float("inf")]], dtype=torch.float64)  # in float64's range: clamped to it
     assert torch.equal(project(wide, 1e300, "linf"), torch.tensor([[0.3, -2.0, 1e300]], dtype=torch.float64))
+    top = torch.finfo(torch.float32).max  # the largest eps float32 holds still bounds (mutation round 44)
+    assert torch.equal(project(d, top, "linf"), torch.tensor([[0.3, -2.0, top]]))
     x, y = torch.rand(4, 1, 8, 8), torch.arange(4)
     for t, args in ((LatentNoise(tiny_glow(), eps=1e300, norm="linf", generator=0), ()),
                     (LatentAdversarial(tiny_glow(), eps=1e300, norm="linf", generator=0), (TinyNet(),))):
@@ -57,7 +61,8 @@ def test_random_start_is_symmetric_uniform_inside_the_ball(norm):
     assert (d < 0).float().mean() > 0.4 and (d > 0).float().mean() > 0.4  # both signs, about equally often
     assert d.mean().abs() < 0.02 and d.mean(0).abs().max() < 0.05
     if norm == "linf":
-        assert d.abs().max() <= eps and d.abs().max() > 0.95 * eps  # U(-eps, eps): fills the cube
+        # U(-eps, eps): fills the cube (16,000 draws come within 1e-3 of its faces; mutation round 44: 0.99 eps passed)
+        assert d.abs().max() <= eps and d.abs().max() > 0.999 * eps
         assert abs(d.var() - eps ** 2 / 3) < 0.01
     else:
         assert d.norm(dim=1).max() <= eps + 1e-6

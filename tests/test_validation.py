@@ -1421,7 +1421,8 @@ def test_make_folder_makes_its_parents_and_takes_a_folder_already_there(tmp_path
 @pytest.mark.parametrize("read_only", [True, False])
 def test_make_folder_names_a_read_only_mount_as_such_with_the_errno(tmp_path, monkeypatch, read_only):
     """Audit 305: a folder already there on a read-only mount was refused as "Permission denied" (a folder made there:
-    "Read-only file system"), and the refusal's errno was None."""
+    "Read-only file system"), and the refusal's errno was None. The mount asked about is the folder's own (mutation
+    round 44: its parent's passed, but a read-only mount point's parent is on another, writable mount)."""
     import errno
     import types
 
@@ -1429,7 +1430,7 @@ def test_make_folder_names_a_read_only_mount_as_such_with_the_errno(tmp_path, mo
 
     monkeypatch.setattr(validation.os, "access", lambda path, mode: False)
     monkeypatch.setattr(validation.os, "statvfs", lambda path: types.SimpleNamespace(
-        f_flag=validation.os.ST_RDONLY if read_only else 0), raising=False)
+        f_flag=validation.os.ST_RDONLY if read_only and path == tmp_path else 0), raising=False)
     code = errno.EROFS if read_only else errno.EACCES
     with pytest.raises(PermissionError if code == errno.EACCES else OSError,
                        match=rf"^cannot write into the output folder .*\({os.strerror(code)}\); give a folder") as e:
