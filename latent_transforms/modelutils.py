@@ -80,7 +80,10 @@ def borrowed(model: nn.Module) -> Iterator[nn.Module]:
     check_model(model)
     model = unwrap(model)
     with _BORROW_LOCK:
-        modules, parameters = list(model.modules()), list(model.parameters())
+        # not torch.compile's wrapper (its modules are its model's): its train flag is its model's, and torch 2.4's,
+        # a stale flag of its own (True), set the model's when given back, while another borrow could hold the model
+        modules = [m for m in model.modules() if not hasattr(m, "_orig_mod")]
+        parameters = list(model.parameters())
         _lend(modules, "training")
         _lend(parameters, "requires_grad")
         try:

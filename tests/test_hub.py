@@ -2168,8 +2168,9 @@ def test_a_checkpoint_whose_config_holds_a_5000_digit_int_is_named(tmp_path):
     without the file's name."""
     path = _write_raw(tmp_path / "digits.safetensors", {k: v.clone() for k, v in _codec().state_dict().items()},
                       {"format": hub.FORMAT, "config": '{"kind": "vae", "hidden": ' + "9" * 5000 + "}"})
+    # Python 3.10 says "the limit (4300) for", 3.11 on "the limit (4300 digits) for"
     with pytest.raises(ValueError, match=r"digits.safetensors has no valid JSON 'config' in its metadata \(Exceeds "
-                                         r"the limit \(4300 digits\)"):
+                                         r"the limit \(4300[ )]"):
         hub.load_checkpoint(path)
 
 
