@@ -693,19 +693,24 @@ class ISDA(_ISDAState, LatentTransform):  # type: ignore[misc]
         """``(name, layer)``: the final linear classifier of ``model`` that ISDA hooks."""
         name, layer = self._lookup(model)
         if layer.out_features != self.num_classes:
-            hint = _official_order_hint(self.num_classes, layer, "ISDA")
-            raise ValueError(
-                f"the layer {name!r} of {type(model).__name__} ({layer.in_features} -> {layer.out_features}) has "
-                f"{layer.out_features} outputs but num_classes={self.num_classes}"
-                + (hint or self._miscount_hint(layer.out_features,
-                                               f"{name!r} is not the classifier (pass layer='...' naming it)"))
-            )
+            raise self._miscounted_layer(model, name, layer)
         dim = self.estimator.feature_dim
         if dim is not None and layer.in_features != dim:
             raise ValueError(f"the layer {name!r} takes {layer.in_features} features, the statistics have {dim} (of "
                              f"another model, or feature_dim=...): use a new ISDA for this model, or pass layer='...' "
                              f"naming its classifier")
         return name, layer
+
+    def _miscounted_layer(self, model: nn.Module, name: str, layer: nn.Linear) -> ValueError:
+        """``find_layer``'s error for a classifier ``layer`` (called ``name``) of ``model`` whose outputs are not
+        ``num_classes``."""
+        hint = _official_order_hint(self.num_classes, layer, "ISDA")
+        return ValueError(
+            f"the layer {name!r} of {type(model).__name__} ({layer.in_features} -> {layer.out_features}) has "
+            f"{layer.out_features} outputs but num_classes={self.num_classes}"
+            + (hint or self._miscount_hint(layer.out_features,
+                                           f"{name!r} is not the classifier (pass layer='...' naming it)"))
+        )
 
     def _lookup(self, model: nn.Module) -> tuple[str, nn.Linear]:
         """``(name, layer)``: the ``nn.Linear`` named by ``layer=``, else the last one (``ValueError`` if none); its
@@ -763,16 +768,13 @@ class ISDA(_ISDAState, LatentTransform):  # type: ignore[misc]
     def _grown_classifier(self, model: object) -> ValueError | None:
         """``find_layer``'s error for a classifier of ``model`` with more outputs than the statistics' classes (a head
         grown for new classes), else ``None`` (also when no classifier is found: the caller's error stands)."""
-        try:
-            if not isinstance(model, nn.Module) or self._lookup(model)[1].out_features <= self.num_classes:
-                return None
-        except ValueError:
+        if not isinstance(model, nn.Module):
             return None
         try:
-            self.find_layer(model)
-        except ValueError as e:  # always: its outputs are not num_classes
-            return e
-        return None
+            name, layer = self._lookup(model)
+        except ValueError:
+            return None
+        return self._miscounted_layer(model, name, layer) if layer.out_features > self.num_classes else None
 
     def _check_ddp_group(self, ddp: nn.parallel.DistributedDataParallel) -> None:
         """``ValueError`` if ``ddp`` has a process group of its own while the statistics are shared over all ranks

@@ -845,6 +845,7 @@ def test_steps_are_reached_by_index_and_iteration_and_num_classes_is_printed(rgb
     assert len(t) == 2 and t[0] is noise and t[-1] is flip and list(t) == [noise, flip]
     assert repr(t) == f"Compose([\n  {noise!r},\n  {flip!r},\n], num_classes=10)"  # as built (audit 298)
     assert repr(Compose([torch.fliplr])) == f"Compose([\n  {torch.fliplr!r},\n])"  # a plain callable step, by its repr
+    assert repr(Compose([torch.fliplr])[0]) == f"_Callable({torch.fliplr!r})"  # the step itself (its ModuleList's)
     assert repr(Compose([])) == "Compose([])"  # mutation round 42: as built, no empty line
     # a nested Compose's lines one level further in, its closing bracket too
     assert repr(Compose([Compose([torch.fliplr])])) == f"Compose([\n  Compose([\n    {torch.fliplr!r},\n  ]),\n])"

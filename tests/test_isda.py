@@ -253,6 +253,22 @@ def test_isda_loss_names_the_tensor_on_another_device():
     with pytest.raises(ValueError, match=r"^y is on meta but the features are on cpu; move it with .to\('cpu'\)"):
         loss(f, nn.Linear(5, 3), y.to("meta"))
     assert loss.estimator.feature_dim is None  # refused before any statistics
+    with pytest.raises(TypeError, match=r"^y must be a torch.Tensor, got list; torch.tensor\(y\) makes \(B,\) class "
+                                        r"indices of it$"):  # no device of its own to compare (coverage audit 309)
+        loss(f, nn.Linear(5, 3), [0, 1])
+
+
+def test_isda_reads_and_assigns_its_statistics_settings_through_the_estimator():
+    """Coverage audit 309: ISDA.feature_dim and the sync_stats setter had run in no test."""
+    from latent_transforms.validation import WrongTypeError
+    isda = ISDA(10, feature_dim=32)
+    assert isda.feature_dim == isda.estimator.feature_dim == 32 and isda.sync_stats is True
+    isda.sync_stats = False
+    assert isda.estimator.sync_stats is False and isda.sync_stats is False
+    with pytest.raises(WrongTypeError, match=r"^sync_stats must be True, False or a torch.distributed ProcessGroup, got "
+                                             r"'yes'$"):  # checked as the constructor's
+        isda.sync_stats = "yes"
+    assert isda.estimator.sync_stats is False
 
 
 @pytest.mark.parametrize("features_dtype, fc_dtype", [(torch.bfloat16, torch.float32), (torch.float16, torch.float32),

@@ -873,6 +873,20 @@ def test_printed_load_and_register_lines_run_as_printed(tmp_path, digits, capsys
         assert f"{name!r} is a registered checkpoint's name" in lines[i + 1]
 
 
+def test_the_final_lines_of_a_run_with_a_broken_user_registry_still_say_how_to_register_it(offline_hub, tmp_path):
+    """Coverage audit 309: a user registry that is not JSON met at a run's end (its files written) gives the lines the
+    shipped registry alone gives, `register` naming the file later; no test had reached that path."""
+    offline_hub.mkdir()
+    (offline_hub / "registry.json").write_text("{not json")
+    js, lines = tmp_path / "glow-digits.json", []
+    report = {"name": "glow-digits", "size": 1000, "dtype": "float32", "sha256": "0" * 64,
+              "metrics": {"evaluated_on": "the test set"}}
+    train._say_written(lines.append, report, tmp_path / "glow-digits.safetensors", js, tmp_path / "glow-digits.png",
+                       {"bpd": 1.0})
+    assert lines[3] == f"register it:  latent-transforms register {shlex.quote(str(js))} --name my-glow-digits"
+    assert lines[4] == "              ('glow-digits' is a registered checkpoint's name), then, in any process:"
+
+
 def test_fp16_flow_falls_back_to_fp32_when_inexact(tmp_path, digits, monkeypatch):
     monkeypatch.setattr(train, "_ROUNDTRIP_TOL", 0.0)  # nothing passes: must store fp32
     r = train_codec("flow", digits[0][:32], tmp_path, **FLOW, max_steps=2, fp16=True, progress=False)
