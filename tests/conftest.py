@@ -26,7 +26,13 @@ from latent_transforms.codecs import Codec, ConvVAE, Glow
 from latent_transforms.modelutils import torch_threads
 
 warnings.filterwarnings("ignore", message="torch.lu is deprecated")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+# at most 2 torch threads; 1 a process where `pytest -n` runs as many as there are CPUs (more threads than CPUs wait on
+# each other: the tests' tensors are small)
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", 1))  # pytest -n's processes (this one among them)
+torch.set_num_threads(max(1, min(2, torch.get_num_threads(), CPUS // WORKERS)))
 # for tests that call ISDA without set_epoch on purpose: its warning that the strength is 0 is expected there
 STRENGTH_ZERO_EXPECTED = pytest.mark.filterwarnings("ignore:ISDA's strength lam:UserWarning")
 # A test that calls a transform in eval() mode beside a training model on purpose (the identity, its checks)
@@ -36,6 +42,12 @@ EVAL_BESIDE_TRAINING = pytest.mark.filterwarnings(f"ignore:{LEFT_IN_EVAL}")
 def pytest_addoption(parser):
     parser.addoption("--device", default="cpu",
                      help="the device of tests/test_device.py and tests/test_host_syncs.py (default cpu; e.g. cuda, cuda:1)")
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``pytest -n auto``: a process per CPU, at most 8 (each imports torch and some start two more); xdist's own
+    choice where ``PYTEST_XDIST_AUTO_NUM_WORKERS`` is set."""
+    return None if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS") else min(8, CPUS)
 
 
 def pytest_configure(config):
