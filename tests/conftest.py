@@ -42,6 +42,7 @@ def pytest_addoption(parser):
                      help="the device of tests/test_device.py and tests/test_host_syncs.py (default cpu; e.g. cuda, cuda:1)")
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest without pytest-xdist (the GPU session's) would refuse an unknown hook
 def pytest_xdist_auto_num_workers(config):
     """``pytest -n auto``: a process per CPU, at most 8 (each imports torch and some start two more); xdist's own
     choice where ``PYTEST_XDIST_AUTO_NUM_WORKERS`` is set."""

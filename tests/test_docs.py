@@ -62,6 +62,15 @@ def test_every_referenced_picture_exists():
     assert not outside, "pictures must live in docs/images/:\n" + "\n".join(outside)
 
 
+def test_the_suite_runs_without_pytest_xdist():
+    """README's `pytest -q -n auto` needs pytest-xdist; the GPU session's pytest has none, and conftest's xdist hook
+    then made pytest refuse to start ("unknown hook")."""
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+                           "tests/test_visualize.py", "-k", "test_grid_layout_and_pixels"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
 def test_readme_pictures_exist():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     for match in IMAGE.finditer(readme):
