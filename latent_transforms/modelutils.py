@@ -82,7 +82,8 @@ def borrowed(model: nn.Module) -> Iterator[nn.Module]:
     with _BORROW_LOCK:
         # not torch.compile's wrapper (its modules are its model's): its train flag is its model's, and torch 2.4's,
         # a stale flag of its own (True), set the model's when given back, while another borrow could hold the model
-        modules = [m for m in model.modules() if not hasattr(m, "_orig_mod")]
+        # (its own submodule, not an attribute: a wrapper that reads unknown ones from the model inside it is lent)
+        modules = [m for m in model.modules() if "_orig_mod" not in m._modules]
         parameters = list(model.parameters())
         _lend(modules, "training")
         _lend(parameters, "requires_grad")

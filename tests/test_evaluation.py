@@ -517,6 +517,29 @@ def test_a_wrapper_borrowed_inside_a_borrow_of_its_model_leaves_the_model_lent_w
     assert all(m.training for m in wrapper.modules()) and all(p.requires_grad for p in net.parameters())
 
 
+class _ReadsThroughToItsModel(nn.Module):
+    """A wrapper that reads an attribute it lacks from the model inside it (as PEFT's PeftModel does)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.model, name)
+
+
+def test_a_wrapper_reading_through_to_a_compiled_model_gets_its_mode_back():
+    # audit 312: torch.compile's wrapper, told by its _orig_mod, was told by hasattr(m, "_orig_mod"), which such a
+    # wrapper of a compiled model answers through the model: never lent, it stayed in eval mode after every borrow
+    wrapper = _ReadsThroughToItsModel(torch.compile(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))))
+    with borrowed(wrapper):
+        assert not any(m.training for m in wrapper.model._orig_mod.modules()) and not wrapper.training
+    assert wrapper.training and all(m.training for m in wrapper.model._orig_mod.modules())
+
+
 def test_a_borrow_gives_back_the_modes_set_since_the_last_borrow_ended():
     # mutation round 42: a module's record kept after its last borrow ended gave the next borrow's end stale flags
     model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
