@@ -461,6 +461,8 @@ def test_estimator_checks_and_lazy_state_dict():
     est.update(torch.randn(6, 2), torch.tensor([0, 0, 1, 1, 2, 2]))
     lazy = FeatureCovariance(3)
     assert lazy.feature_dim is None and dict(lazy.state_dict()) == {}
+    lazy.reset()  # nothing seen yet: nothing to forget, still unsized
+    assert lazy.feature_dim is None and dict(lazy.state_dict()) == {}
     lazy.load_state_dict(est.state_dict())  # sized from the checkpoint
     for name, b in est.named_buffers():
         assert torch.equal(b, getattr(lazy, name))
