@@ -391,6 +391,9 @@ def test_a_16_bit_cast_keeps_the_codec_in_its_dtype(make, dtype):
     assert all(torch.equal(a, b) for a, b in zip(z, reference.encode(x)))
     assert torch.equal(codec.decode(z), reference.decode(z))
     assert codec.double().half().dtype == torch.float64
+    moved = make().to("meta", dtype)  # a cast with a device: moved there, in float32 (mutation round 45)
+    assert {(w.device.type, w.dtype) for w in moved.state_dict().values() if w.is_floating_point()} == {
+        ("meta", torch.float32)}
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -562,8 +562,11 @@ def test_mixup_inference_of_an_empty_batch_is_the_models_empty_probabilities(glo
     gen = torch.Generator().manual_seed(0)
     mi = LatentMixupInference(net, glow, references=x, num_mixes=2, generator=gen)
     state = gen.get_state()
+    calls = []
+    net.register_forward_hook(lambda *_: calls.append(1))
     probs = mi(x[:0])
     assert probs.shape == (0, 10) and probs.dtype == torch.float32 and mi.stats["seen"] == 0
+    assert len(calls) == 1  # the model once, not once per mix (mutation round 45)
     assert torch.equal(gen.get_state(), state) and net.training
     with pytest.raises(ValueError, match=r"trained on images of shape .*, got x of shape \(0, "):  # as a batch of some
         mi(torch.rand(0, x.shape[1], x.shape[2] * 2, x.shape[3] * 2))  # the model is not given what the codec refuses

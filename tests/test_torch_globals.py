@@ -224,6 +224,16 @@ def test_a_codec_built_inside_a_codec_build_is_built():
     assert len(built) == 1 and built[0].config == config
 
 
+def test_the_cpu_is_made_the_default_device_only_where_another_is():
+    # mutation round 45: torch's device mode, entered where the CPU is the default already, intercepts every op of
+    # the block for nothing
+    from latent_transforms.torch_defaults import cpu_as_default_device
+
+    assert isinstance(cpu_as_default_device(), contextlib.nullcontext)
+    with default_device("meta"):
+        assert cpu_as_default_device() == torch.device("cpu")
+
+
 _FIRST_OPTIMIZER_UNDER_META = """
 import sys, torch
 from latent_transforms.evaluation import fit_classifier
