@@ -710,3 +710,23 @@ def test_images_that_only_one_of_the_two_projections_tells_apart_are_refused():
         assert ((x[2] - images[2]).flatten() @ p[:, 0]).abs() < 1e-5 < ((x[2] - images[2]).flatten() @ p[:, 1]).abs()
         with pytest.raises(ValueError, match=r"not the images this latent cache holds at index \(row 2, position 2"):
             LatentNoise(glow, cache=cache, generator=0)(x, index=torch.arange(4))
+
+
+def test_a_codec_put_in_with_add_module_is_checked_against_the_cache():
+    # mutation round 46 (audit 315): add_module bypasses the codec's setter; a codec of the same architecture has the
+    # same weight versions, so only the codec's id in the key tells it is another (its latents were decoded silently)
+    glow, x = tiny_glow(), torch.rand(4, 1, 8, 8)
+    t = LatentNoise(glow, cache=LatentCache(glow, x, progress=False), generator=0)
+    t.add_module("codec", tiny_glow(seed=1))
+    with pytest.raises(ValueError, match="the latent cache was encoded with another codec"):
+        t(x, None, None, index=torch.arange(4))
+
+
+def test_16_bit_codec_weights_loaded_beside_a_cache_are_named_as_16_bit():
+    # mutation round 46 (audit 315): the rounded weights no longer match the cache's fingerprint, but the cause is
+    # their dtype, not another codec
+    glow = tiny_glow()
+    t = LatentNoise(glow, cache=LatentCache(glow, torch.rand(4, 1, 8, 8), progress=False))
+    state = {k: v.half() if k.startswith("codec.") and v.is_floating_point() else v for k, v in t.state_dict().items()}
+    with pytest.raises(ValueError, match="codec's weights are torch.float16, but codecs compute in float32"):
+        t.load_state_dict(state, assign=True)

@@ -521,6 +521,16 @@ def test_varmixup_posterior_sample_needs_vae(glow):
         VarMixup(glow, posterior="sample")
 
 
+@pytest.mark.parametrize("bad, match", [({"posterior": "median"}, "posterior must be one of"),
+                                        ({"alpha": 0.0}, "alpha must be a finite number")])
+def test_varmixup_refuses_a_bad_setting_before_it_loads_the_codec(monkeypatch, bad, match):
+    # mutation round 46 (audit 315): the posterior was checked only after the codec was resolved (a hub download)
+    monkeypatch.setattr("latent_transforms.codec_transform.resolve_codec",
+                        lambda codec: pytest.fail("the codec was loaded before the settings were checked"))
+    with pytest.raises(ValueError, match=match):
+        VarMixup("vae-cifar10", **bad)
+
+
 def test_varmixup_beta_lambda_distribution(vae):
     x = torch.rand(2000, 1, 8, 8)
     y = torch.zeros(2000, dtype=torch.long)
@@ -1944,3 +1954,13 @@ def test_a_num_classes_given_is_in_the_repr():
     vae = tiny_vae()
     assert repr(VarMixup(vae, num_classes=10)).endswith(", p=0.25, num_classes=10)")
     assert "num_classes" not in repr(VarMixup(vae))
+
+
+def test_varmixup_repr_names_every_setting_and_the_cache():
+    # mutation round 46 (audit 315): keep_detail, the levels or the cache left out of the repr went unnoticed
+    vae = tiny_vae()
+    assert repr(VarMixup(vae, alpha=0.5, posterior="sample", per_sample=False, keep_detail=False, levels=[0])) == (
+        "VarMixup(alpha=0.5, posterior='sample', per_sample=False, keep_detail=False, levels=[0], "
+        "codec=ConvVAE(latent_dim=4, hidden=8, beta=1.0, latent_side=None), p=0.25)")
+    cached = VarMixup(vae, cache=LatentCache(vae, torch.rand(3, 1, 8, 8), progress=False))
+    assert repr(cached).endswith(", cache=LatentCache(3), p=0.25)")
