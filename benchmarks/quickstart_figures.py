@@ -2,7 +2,8 @@
 one ``LatentNoise`` call on a batch against one call per image, the size a latent transform adds to a state_dict
 and to an exported module, a ``LatentCache``'s size, ``ISDA``'s statistics merged over micro-batches, what
 ``LatentNoise`` does to the pixels per eps and when the latent transforms warn of destroyed outputs, and
-``LatentMixupInference``'s accuracy on one process and on two ranks' shards. Prints a Markdown table.
+``LatentMixupInference``'s accuracy on one process and on two ranks' shards, and what a SIGTERM during
+``torch.save`` leaves of a checkpoint saved in place or to another name and renamed. Prints a Markdown table.
 
     python benchmarks/quickstart_figures.py   # CIFAR-10 through torchvision's download
     python benchmarks/quickstart_figures.py --data npz:../shared/data/cifar10/test.npz \
@@ -11,7 +12,12 @@ and to an exported module, a ``LatentCache``'s size, ``ISDA``'s statistics merge
 from __future__ import annotations
 
 import io
+import os
 import re
+import subprocess
+import sys
+import tempfile
+import time
 import warnings
 
 import torch
@@ -33,6 +39,18 @@ WARNING_CALLS = 4  # calls on batches of IMAGES training images for the rows tha
 # training images, TESTED test digits with the quickstart's corruption (+ 0.1 N(0, 1), clipped), seeds 0, 1, 2
 TRAINED, REFERENCES, TESTED, SEEDS, RANKS = 500, 300, 400, (0, 1, 2), 2
 CIFAR10_TRAIN = 50_000  # the images a full CIFAR-10 cache holds
+CHECKPOINT_MB = 256  # the checkpoint a SIGTERM interrupts halfway through its save (--smoke: 64)
+# a process that saves a checkpoint of MB megabytes to PATH in place (MODE "in place") or to PATH.part and then
+# os.replace-s it onto PATH (the quickstart's way); prints "saving" once it starts
+SAVER = """
+import os, sys, torch
+path, mb, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+state = {"weights": torch.zeros(mb * 10**6 // 4)}
+print("saving", flush=True)
+torch.save(state, path if mode == "in place" else path + ".part")
+if mode != "in place":
+    os.replace(path + ".part", path)
+"""
 
 
 def megabytes(tensors) -> float:
@@ -88,6 +106,34 @@ def mixup_inference_rows(vae, x: torch.Tensor, y: torch.Tensor, test: tuple[torc
                          (f"{RANKS} ranks, seed + rank", own)):
         rows.append((f"LatentMixupInference (vae, {len(references)} references) on them, seeds "
                      f"{', '.join(map(str, SEEDS))}: {name}", " / ".join(f"{100 * v:.1f}%" for v in values)))
+    return rows
+
+
+def interrupted_save_rows(mb: int) -> list[tuple[str, str]]:
+    """A process saving a checkpoint of ``mb`` megabytes over the last one is sent SIGTERM (``terminate()``) once half
+    of it is written: what is left at the checkpoint's path, saved in place and saved to another name then
+    ``os.replace``-d onto it."""
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "checkpoint.pt")
+        for mode, written in (("in place", path), ("to checkpoint.pt.part, then os.replace", path + ".part")):
+            torch.save({"weights": torch.ones(4)}, path)  # the last checkpoint
+            proc = subprocess.Popen([sys.executable, "-c", SAVER, path, str(mb), mode], stdout=subprocess.PIPE,
+                                    text=True)
+            if proc.stdout.readline().strip() != "saving":
+                raise RuntimeError(f"the saving process ended before its save (exit status {proc.wait()})")
+            while proc.poll() is None and not (os.path.exists(written) and os.path.getsize(written) >= mb * 10**6 / 2):
+                time.sleep(0.001)
+            proc.terminate()
+            finished = proc.wait() == 0
+            try:
+                loaded = torch.load(path, weights_only=True)["weights"].numel() * 4 / 1e6
+                left = f"torch.load reads the {'new' if loaded > 1e-3 else 'last'} checkpoint"
+            except Exception as e:  # a truncated zip: EOFError, RuntimeError, ... whatever torch.load raises
+                left = f"torch.load refuses it ({type(e).__name__})"
+            rows.append((f"a {mb} MB checkpoint saved {mode}, SIGTERM once half of it is written: the checkpoint",
+                         f"{os.path.getsize(path):,} bytes, {left}"
+                         + (" (the save ended before the signal)" if finished else "")))
     return rows
 
 
@@ -197,6 +243,8 @@ def main() -> None:
         row(f"{name}, {WARNING_CALLS} calls on {IMAGES} training images", destroyed_warning(t, images, model))
 
     for figure, value in mixup_inference_rows(digits_vae, digits, digits_y, digits_test, epochs=1 if args.smoke else 10):
+        row(figure, value)
+    for figure, value in interrupted_save_rows(64 if args.smoke else CHECKPOINT_MB):
         row(figure, value)
 
     print(f"\n{'smoke: tiny random-init codecs, random images' if args.smoke else f'{args.data}, {args.train}'}, "

@@ -222,8 +222,8 @@ def test_snippets_load_checkpoints_without_pickle():
 
 def test_snippets_save_checkpoints_atomically():
     """torch.save writes its file in place: a job stopped while it writes (SLURM's SIGTERM before the time limit, a
-    preemption) left a truncated checkpoint.pt instead of the last good one (a 256 MB one: 4.7 MB left, which
-    torch.load refused). A snippet saves to another path and os.replace-s it onto the checkpoint after."""
+    preemption) left a truncated checkpoint.pt instead of the last good one (a 256 MB one, SIGTERM once half of it
+    was written: 132 MB left, which torch.load refused; benchmarks/quickstart_figures.py). A snippet saves to another path and os.replace-s it onto the checkpoint after."""
     unsafe = []
     for page in PAGES:
         text = (DOCS / page).read_text(encoding="utf-8")
