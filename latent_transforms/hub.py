@@ -231,23 +231,39 @@ def _remove(path: str | os.PathLike[str]) -> None:
 
 
 @contextlib.contextmanager
+def _naming(filename: Path) -> Iterator[None]:
+    """An ``OSError`` from the block names ``filename`` (the folder a temp file could not be made in, the file it
+    was to become), not the hidden temp file it was about."""
+    try:
+        yield
+    except OSError as e:
+        e.filename = str(filename)
+        del e.filename2  # unset, not None: str(e) would end in "-> None"
+        raise
+
+
+@contextlib.contextmanager
 def _atomic_file(path: Path, errors: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext
                  ) -> Iterator[tuple[BinaryIO, str]]:
     """``atomic_path``'s machinery: yield its temp file, open for binary writing (the block may close it and write
     it by name), and its name, ``.<name>.XXXXXXXX.part`` (what ``_remove_abandoned_parts`` matches, 15 bytes over
-    ``path``'s: ``_MAX_FILENAME_BYTES``). ``errors`` wraps the steps that create and write the file (an ``OSError``
-    there: the folder cannot be written, a full disk, on NFS seen only at the close), not the rename."""
-    with errors():
+    ``path``'s: ``_MAX_FILENAME_BYTES``). ``errors`` wraps the steps that create, close, flush and rename the file (an
+    ``OSError`` there: the folder cannot be written, a full disk, on NFS seen only at the close, a read-only file
+    system seen only at the rename), not the block; such an error names ``path``'s folder (creating) or ``path``
+    (flushing, renaming), never the temp file."""
+    with errors(), _naming(path.parent):
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             yield f, tmp
             with errors():
                 f.close()
-        with errors(), open(tmp, "rb+") as written:  # by name: the block may have written it through another file
+        # by name: the block may have written it through another file
+        with errors(), _naming(path), open(tmp, "rb+") as written:
             os.fsync(written.fileno())
         _chmod_default(tmp)
-        os.replace(tmp, path)
+        with errors(), _naming(path):
+            os.replace(tmp, path)
     finally:
         _remove(tmp)
 
@@ -257,7 +273,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
     """Yield a temporary path beside ``path`` to write to; when the block ends without error it is flushed to disk,
     gets the usual permissions and is renamed over ``path``, else (any exception, ``KeyboardInterrupt`` too) it is
     removed: ``path`` never holds half a file, also after a crash or power loss (without the flush, the rename could
-    reach the disk before the data)."""
+    reach the disk before the data). An ``OSError`` in making, flushing or renaming the temp file names ``path`` (its
+    folder, where the temp file could not be made), not the temp file."""
     with _atomic_file(Path(path)) as (f, tmp):
         f.close()  # written by name
         yield tmp
@@ -643,16 +660,19 @@ class _CacheDirError(HubError):
 
 
 @contextlib.contextmanager
-def _writing_cache_dir(directory: Path) -> Iterator[None]:
-    """Report an ``OSError`` from the block, which creates or writes files in the cache dir, as a ``HubError`` that
-    says what to do (the error itself may name a hidden temp file)."""
+def _writing_cache_dir(directory: Path, file: str = "", size: int | None = None) -> Iterator[None]:
+    """Report an ``OSError`` from the block, which creates, writes or renames files in the cache dir, as a ``HubError``
+    that says what to do (the error itself may name a hidden temp file); a full disk (or quota) says how many bytes
+    ``file`` needs, where its ``size`` is known."""
     try:
         yield
     except OSError as e:
-        raise _CacheDirError(
-            f"cannot write to the cache dir {directory} ({e.strerror or e}); "
-            f"set LATENT_TRANSFORMS_HOME to a writable directory"
-        ) from None
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise _CacheDirError(f"cannot write to the cache dir {directory} ({e.strerror or e}); "
+                                 f"set LATENT_TRANSFORMS_HOME to a writable directory") from None
+        needs = f": {file} needs {size} bytes" if file and size is not None else ""
+        raise _CacheDirError(f"cannot write to the cache dir {directory} ({e.strerror or e}){needs}; free space there "
+                             f"or set LATENT_TRANSFORMS_HOME to a directory with room") from None
 
 
 def _make_cache_dir(directory: Path) -> None:
@@ -1118,8 +1138,13 @@ def _download(url: str, dest: Path, sha256: str, size: int | None = None) -> Non
     with _writing_cache_dir(dest.parent):
         _remove_abandoned_parts(dest)
     page = False  # the server answered with a web page (a login page, a page about the file)
+    needs = size  # the file's size, once known (the registry's, else Content-Length): what a full disk is told
+
+    def writing() -> contextlib.AbstractContextManager[None]:
+        return _writing_cache_dir(dest.parent, dest.name, needs)
+
     try:
-        with _atomic_file(dest, lambda: _writing_cache_dir(dest.parent)) as (out, _):
+        with _atomic_file(dest, writing) as (out, _):
             try:  # without Accept-Encoding a server may compress the file, and the sha256 is of the file as is
                 response = urllib.request.urlopen(urllib.request.Request(url, headers={"Accept-Encoding": "identity"}),
                                                   timeout=_timeout())
@@ -1130,10 +1155,12 @@ def _download(url: str, dest: Path, sha256: str, size: int | None = None) -> Non
                 error = _NotServed if e.code in (404, 410) else HubError
                 raise error(f"downloading {url} failed: HTTP {e.code} {_one_line(e.reason)}"
                             f"{_status_hint(e.code, dest.name)}") from None
+            # URLError (refused, no such host, no file), a timeout, the connection closed before any status line
+            # (RemoteDisconnected, an HTTPException too): no answer
+            except OSError as e:
+                raise _NotServed(f"cannot download {url}: {_why(e)}") from None
             except http.client.HTTPException as e:  # a malformed status line or header: the server answered
                 raise HubError(f"cannot download {url}: {_why(e)}") from None
-            except OSError as e:  # URLError (refused, no such host, no file), a timeout: no answer
-                raise _NotServed(f"cannot download {url}: {_why(e)}") from None
             with response:
                 page = response.headers.get_content_type() == "text/html"
                 encoding = (response.headers.get("Content-Encoding") or "identity").strip().lower()
@@ -1147,6 +1174,7 @@ def _download(url: str, dest: Path, sha256: str, size: int | None = None) -> Non
                 if None not in (expected, size) and expected != size:
                     raise HubError(f"download of {dest.name} from {url} has the wrong length: Content-Length is "
                                    f"{expected} bytes, the registry's size is {size} (not the registered file)")
+                needs = expected if size is None else size
                 digest, received = hashlib.sha256(), 0
                 with tqdm(total=expected, unit="B", unit_scale=True, desc=dest.name, disable=None) as bar:
                     try:
@@ -1155,7 +1183,7 @@ def _download(url: str, dest: Path, sha256: str, size: int | None = None) -> Non
                             if size is not None and received > size:  # an endless body must not fill the disk
                                 raise HubError(f"download of {dest.name} from {url} is too long: the registry's size "
                                                f"is {size} bytes, got at least {received}")
-                            with _writing_cache_dir(dest.parent):  # a full disk is not a network failure
+                            with writing():  # a full disk is not a network failure
                                 out.write(chunk)
                                 out.flush()  # the .part file grows (and its mtime moves) as the data arrives
                             digest.update(chunk)
@@ -1176,9 +1204,10 @@ def _download(url: str, dest: Path, sha256: str, size: int | None = None) -> Non
             if digest.hexdigest() != sha256:
                 raise HubError(f"download of {dest.name} from {url} has the wrong sha256: expected {sha256}, got "
                                f"{digest.hexdigest()}")
-    except PermissionError:  # the rename's (the file's other OSErrors are _CacheDirError), on Windows, where no lock
-        if _check_copy(dest, sha256)[0] is not _Copy.VERIFIED:  # keeps processes apart: another one put the file
-            raise  # there first and has it open, reading it
+    except _CacheDirError as e:  # a PermissionError at the rename, on Windows, where no lock keeps processes apart:
+        # another one put the file there first and has it open, reading it
+        if not (isinstance(e.__context__, PermissionError) and _check_copy(dest, sha256)[0] is _Copy.VERIFIED):
+            raise
     except HubError as e:
         if not page:
             raise

@@ -389,7 +389,7 @@ def test_register_that_fails_while_writing_the_registry_leaves_no_checkpoint(tmp
     monkeypatch.setattr(hub, "_persist", full_disk)
     code, _, err = _exit_code(["register", str(js)], capsys)
     assert code == 2 and err == (f"{_PROG}: error: cannot write to the cache dir {hub.cache_dir()} (No space left on "
-                                 f"device); set LATENT_TRANSFORMS_HOME to a writable directory\n")
+                                 f"device); free space there or set LATENT_TRANSFORMS_HOME to a directory with room\n")
     assert _cache_files() == []  # the copy is only renamed into place once registered: no file, no .part
     assert "zz-run" not in hub._registry()
 

@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -708,30 +709,32 @@ def test_a_file_registered_from_python_loads_from_the_cache_dir_and_elsewhere_is
 
 
 @pytest.mark.parametrize("file", ["error.safetensors", "truncated.safetensors", "bad-hash.safetensors",
-                                  "bad-chunk.safetensors", "bad-status.safetensors", "closed.safetensors"])
+                                  "bad-chunk.safetensors", "bad-status.safetensors"])
 def test_a_download_the_server_answered_but_that_failed_gets_no_copy_hint(env, file):
     """The server was reached and answered (a 500, a cut, wrong or malformed body; mutation round 41: a garbled status
-    line, or none, the connection closed: http.client's RemoteDisconnected, an HTTPException and an OSError):
-    "registered with hub.register? ... copy FILE into <cache dir>" after the failure was noise (audit 283); the error
-    is the failure alone."""
+    line): "registered with hub.register? ... copy FILE into <cache dir>" after the failure was noise (audit 283); the
+    error is the failure alone."""
     _register("mine", file)
     with pytest.raises(hub.HubError, match=re.escape(file)) as info:
         hub.fetch("mine")
     assert "register" not in str(info.value)
 
 
-@pytest.mark.parametrize("where", ["a closed port", "a missing folder"])
-def test_a_hub_url_that_does_not_answer_keeps_the_copy_hint(env, tmp_path, monkeypatch, where):
-    """No answer (a machine without network, a host that is down, a file:// folder without the file): copying the
-    file into the cache dir is how it gets there."""
+@pytest.mark.parametrize("where", ["a closed port", "a missing folder", "a connection closed unanswered"])
+def test_a_hub_url_that_does_not_answer_keeps_the_copy_hint(env, tmp_path, monkeypatch, server, where):
+    """No answer (a machine without network, a host that is down, a file:// folder without the file, a connection
+    closed before any status line: http.client's RemoteDisconnected, an HTTPException and an OSError, was taken for the
+    server's answer): copying the file into the cache dir is how it gets there."""
+    file = "closed.safetensors" if where == "a connection closed unanswered" else "mine.safetensors"
+    urls = {"a missing folder": (tmp_path / "nowhere").as_uri(), "a connection closed unanswered": server}
     with socket.socket() as s:  # bound, never listening: a connection to it is refused at once
         s.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{s.getsockname()[1]}" if where == "a closed port" else (tmp_path / "nowhere").as_uri()
+        url = urls.get(where, f"http://127.0.0.1:{s.getsockname()[1]}")
         monkeypatch.setenv("LATENT_TRANSFORMS_HUB_URL", url)
-        _register("mine", "mine.safetensors")
-        with pytest.raises(hub.HubError, match=rf"^cannot download {re.escape(url)}/mine.safetensors: .*; registered "
+        _register("mine", file)
+        with pytest.raises(hub.HubError, match=rf"^cannot download {re.escape(url)}/{file}: .*; registered "
                                                rf"from Python \(hub.register\)\? it does not copy the file: copy "
-                                               rf"mine.safetensors into {re.escape(str(env))}$"):
+                                               rf"{file} into {re.escape(str(env))}$"):
             hub.fetch("mine")
 
 
@@ -1291,30 +1294,29 @@ def test_a_malformed_hub_url_is_named(env, monkeypatch, url, why):
         hub.fetch("x")
 
 
-@pytest.mark.parametrize("fails_at", ["write", "close", "fsync"])
-def test_a_full_disk_while_downloading_is_not_reported_as_a_network_failure(env, monkeypatch, fails_at):
-    # NFS or a quota may report the full disk only at the close (or the fsync): that was a raw OSError naming nothing;
-    # and the error told to copy the file into that full cache dir (the hint for a name registered without its file)
-    real_fdopen, real_fsync = os.fdopen, os.fsync
+def _full_disk(monkeypatch, fails_at: str, code: int = errno.ENOSPC) -> Callable[[], None]:
+    """Make the disk refuse a download's file at ``fails_at`` ("write", "close", "fsync" or "replace") with ``code``;
+    returns what gives it room again."""
+    real_fdopen, real_fsync, real_replace = os.fdopen, os.fsync, os.replace
 
-    def fsync(fd):
-        if fails_at == "fsync":
-            raise OSError(28, "No space left on device")
-        return real_fsync(fd)
+    def fails(step: str, real):
+        def call(*args):
+            if fails_at == step:
+                raise OSError(code, os.strerror(code))
+            return real(*args)
+        return call
 
     class FullDisk:
         def __init__(self, f):
             self.f = f
 
         def write(self, data):
-            if fails_at == "write":
-                raise OSError(28, "No space left on device")
-            return self.f.write(data)
+            return fails("write", self.f.write)(data)
 
         def close(self):
             closed, _ = self.f.closed, self.f.close()
             if fails_at == "close" and not closed:
-                raise OSError(28, "No space left on device")
+                raise OSError(code, os.strerror(code))
 
         def __getattr__(self, name):
             return getattr(self.f, name)
@@ -1326,15 +1328,61 @@ def test_a_full_disk_while_downloading_is_not_reported_as_a_network_failure(env,
             self.close()
 
     monkeypatch.setattr(os, "fdopen", lambda *a, **k: FullDisk(real_fdopen(*a, **k)))
-    monkeypatch.setattr(os, "fsync", fsync)
-    _register("good", "good.safetensors")
+    monkeypatch.setattr(os, "fsync", fails("fsync", real_fsync))
+    monkeypatch.setattr(os, "replace", fails("replace", real_replace))
+
+    def room() -> None:
+        for name, real in (("fdopen", real_fdopen), ("fsync", real_fsync), ("replace", real_replace)):
+            monkeypatch.setattr(os, name, real)
+    return room
+
+
+@pytest.mark.parametrize("fails_at", ["write", "close", "fsync", "replace"])
+def test_a_full_disk_while_downloading_is_not_reported_as_a_network_failure(env, monkeypatch, fails_at):
+    # NFS or a quota may report the full disk only at the close (or the fsync): that was a raw OSError naming nothing;
+    # and the error told to copy the file into that full cache dir (the hint for a name registered without its file);
+    # at the rename it was a raw OSError naming the hidden temp file; none said how much room the file needs
+    room = _full_disk(monkeypatch, fails_at)
+    _register("good", "good.safetensors")  # no size: Content-Length gives it
     with pytest.raises(hub.HubError, match=rf"^cannot write to the cache dir {re.escape(str(env))} \(No space left on "
-                                           rf"device\); set LATENT_TRANSFORMS_HOME to a writable directory$"):
+                                           rf"device\): good.safetensors needs {len(GOOD)} bytes; free space there or "
+                                           rf"set LATENT_TRANSFORMS_HOME to a directory with room$"):
         hub.fetch("good")
     assert _leftovers(env) == [] and not (env / "good.safetensors").exists()
-    monkeypatch.setattr(os, "fdopen", real_fdopen)  # the disk has room again: a retry downloads
-    monkeypatch.setattr(os, "fsync", real_fsync)
+    room()  # a retry downloads
     assert hub.fetch("good").read_bytes() == GOOD and _leftovers(env) == []
+
+
+@pytest.mark.parametrize("size, needs", [(len(GOOD), f": no-length.safetensors needs {len(GOOD)} bytes"), (None, "")])
+def test_a_full_disk_says_what_the_file_needs_where_the_registry_gives_its_size(env, monkeypatch, size, needs):
+    """Without Content-Length the registry's size is the file's; without either, the message says no size."""
+    _full_disk(monkeypatch, "write", errno.EDQUOT)
+    _register("quota", "no-length.safetensors", size=size)
+    with pytest.raises(hub.HubError, match=rf"^cannot write to the cache dir {re.escape(str(env))} "
+                                           rf"\({os.strerror(errno.EDQUOT)}\){re.escape(needs)}; free space there or "
+                                           rf"set LATENT_TRANSFORMS_HOME to a directory with room$"):
+        hub.fetch("quota")
+    assert list(env.iterdir()) == []
+
+
+def _rename_refused(code: int) -> Callable[[str, str], None]:
+    """An ``os.replace`` that refuses with ``code``, naming both files as the real one does."""
+    def refused(src, dst):
+        raise OSError(code, os.strerror(code), src, None, dst)
+    return refused
+
+
+@pytest.mark.parametrize("code", [errno.EACCES, errno.EROFS])
+def test_a_download_whose_rename_is_refused_names_the_cache_dir_and_what_to_do(env, monkeypatch, code):
+    """A read-only mount, or a folder whose files may be written but not replaced, refuses the rename at the end (as
+    root chmod does not bite: simulated): that was the raw PermissionError or OSError naming the hidden temp file."""
+    monkeypatch.setattr(hub.os, "replace", _rename_refused(code))
+    _register("good", "good.safetensors")
+    with pytest.raises(hub.HubError, match=rf"^cannot write to the cache dir {re.escape(str(env))} "
+                                           rf"\({os.strerror(code)}\); set LATENT_TRANSFORMS_HOME to a writable "
+                                           rf"directory$"):
+        hub.fetch("good")
+    assert list(env.iterdir()) == []
 
 
 def test_ctrl_c_during_a_download_leaves_nothing_and_the_next_call_downloads_afresh(env, monkeypatch):
@@ -2061,6 +2109,33 @@ def test_a_failed_atomic_write_leaves_neither_the_file_nor_a_part(tmp_path, monk
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_atomic_write_that_fails_names_the_folder_or_the_file_not_its_temp_file(tmp_path, monkeypatch):
+    # the temp file could not be made (its folder is a file; as root a read-only folder would not refuse it): the
+    # error named the random ".run.json.XXXXXXXX.part" in it, as did a refused rename
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(NotADirectoryError) as e:
+        with hub.atomic_path(blocker / "run.json"):
+            pass
+    assert str(e.value) == f"[Errno {errno.ENOTDIR}] {os.strerror(errno.ENOTDIR)}: {str(blocker)!r}"
+    monkeypatch.setattr(hub.os, "replace", _rename_refused(errno.EROFS))
+    with pytest.raises(OSError) as e:
+        with hub.atomic_path(tmp_path / "run.json") as tmp:
+            Path(tmp).write_text("{}")
+    assert str(e.value) == f"[Errno {errno.EROFS}] {os.strerror(errno.EROFS)}: {str(tmp_path / 'run.json')!r}"
+    assert list(tmp_path.iterdir()) == [blocker]
+
+
+def test_an_atomic_write_on_a_full_disk_names_its_file(tmp_path, monkeypatch):
+    # NFS may report the full disk only at the flush, whose OSError names no file: "[Errno 28] No space left on device"
+    _full_disk(monkeypatch, "fsync")
+    with pytest.raises(OSError) as e:
+        with hub.atomic_path(tmp_path / "run.json") as tmp:
+            Path(tmp).write_text("{}")
+    assert str(e.value) == f"[Errno {errno.ENOSPC}] {os.strerror(errno.ENOSPC)}: {str(tmp_path / 'run.json')!r}"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_temp_file_of_an_atomic_write_is_what_the_sweep_of_abandoned_parts_removes(tmp_path):
     """A process killed mid-write (SIGKILL, an unhandled SIGTERM) leaves its temp file: downloads and the registry's
     writes share atomic_path's, whose name the sweep must match, within 15 bytes more than the file's name."""
@@ -2501,8 +2576,9 @@ def test_a_download_whose_file_another_process_put_in_place_and_holds_open_uses_
     try:
         assert hub.fetch("good").read_bytes() == GOOD
         (env / "good.safetensors").unlink()
-        there[0] = BAD  # not the registered file: the failure stands
-        with pytest.raises(PermissionError, match="Access is denied"):
+        there[0] = BAD  # not the registered file: the failure stands, named as the cache dir's (not a raw error)
+        with pytest.raises(hub.HubError, match=rf"^cannot write to the cache dir {re.escape(str(env))} \(Access is "
+                                               rf"denied\); set LATENT_TRANSFORMS_HOME to a writable directory$"):
             hub.fetch("good")
     finally:
         for f in held:
