@@ -477,9 +477,8 @@ def _check_train_args(x_train: torch.Tensor, x_test: torch.Tensor | None, name: 
         if images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):  # no codec takes images 1 or 3 pixels wide
             raise ValueError(f"{label} of shape {tuple(images.shape)} looks channels-last (N, H, W, C); images are "
                              f"(N, C, H, W): pass {label}.permute(0, 3, 1, 2)")
-    if x_test is not None:
-        if x_test.shape[1:] != x_train.shape[1:]:
-            raise ValueError(f"x_test images are {tuple(x_test.shape[1:])}, x_train images {tuple(x_train.shape[1:])}")
+    if x_test is not None and x_test.shape[1:] != x_train.shape[1:]:
+        raise ValueError(f"x_test images are {tuple(x_test.shape[1:])}, x_train images {tuple(x_train.shape[1:])}")
     if epochs is not None and max_steps is not None:
         raise ValueError("give epochs or max_steps, not both")
     if epochs is None and max_steps is None and max_minutes is None:
@@ -1134,9 +1133,9 @@ def train_codec(
         steps_per_epoch = n // bs  # the last incomplete batch of each epoch is dropped
         total_steps = max_steps if max_steps is not None else (
             max(1, round(epochs * steps_per_epoch)) if epochs is not None else None)
-        # time-defined run (max_minutes is then given: _check_train_args)
-        budget_s = max_minutes * 60 if (total_steps is None and max_minutes is not None) else None
-        call_limit_s = max_minutes * 60 if (max_minutes is not None and total_steps is not None) else None
+        # max_minutes: the run's length if no step count gives it (then given: _check_train_args), else the call's limit
+        minutes_s = None if max_minutes is None else max_minutes * 60
+        budget_s, call_limit_s = (minutes_s, None) if total_steps is None else (None, minutes_s)
         clip = grad_clip if grad_clip is not None else recipe.grad_clip
         say = print if progress else (lambda *a, **k: None)
         warmup = min(warmup_steps, total_steps // 5) if total_steps is not None else warmup_steps
