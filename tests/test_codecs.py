@@ -23,7 +23,7 @@ from latent_transforms.validation import values_read, values_unread
 from conftest import OwnCodec, TinyNet, counting_value_reads, tiny_glow, tiny_vae, trained_like_glow_pair
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25)
 @given(batch=st.integers(1, 9), seed=st.integers(0, 10_000), binary=st.booleans())
 def test_glow_round_trip(batch, seed, binary):
     glow = GLOW

@@ -1069,7 +1069,7 @@ _FUZZ_BREAKING = {  # steps that return something else than the batch's images
 }
 
 
-@settings(max_examples=25, deadline=None, derandomize=True)
+@settings(max_examples=25)
 @given(names=st.lists(st.sampled_from(sorted(_FUZZ_STEPS)), min_size=1, max_size=4), soft=st.booleans(),
        breaking=st.none() | st.tuples(st.sampled_from(sorted(_FUZZ_BREAKING)), st.integers(0, 4)))
 def test_any_chain_of_steps_keeps_the_batch_or_names_the_step_that_broke_it(names, soft, breaking):
@@ -1294,7 +1294,7 @@ def _same(a, b):
 
 
 @STRENGTH_ZERO_EXPECTED
-@settings(max_examples=25, deadline=None, derandomize=True)
+@settings(max_examples=25)
 @example(names=["LatentAdversarial", "VarMixup()"], num_classes=None, defect="none")  # what 400 examples found
 @example(names=["ISDA", []], num_classes=None, defect="ndim")
 @example(names=["LatentNoise", ["v2 flip", "LatentAdversarial"]], num_classes=10, defect="model=None")

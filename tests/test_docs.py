@@ -4,6 +4,7 @@ from __future__ import annotations
 import ast
 import builtins
 import functools
+import importlib
 import inspect
 import os
 import re
@@ -62,13 +63,69 @@ def test_every_referenced_picture_exists():
     assert not outside, "pictures must live in docs/images/:\n" + "\n".join(outside)
 
 
-def test_the_suite_runs_without_pytest_xdist():
+def test_the_suite_runs_without_pytest_xdist_or_hypothesis(tmp_path):
     """README's `pytest -q -n auto` needs pytest-xdist; the GPU session's pytest has none, and conftest's xdist hook
-    then made pytest refuse to start ("unknown hook")."""
+    then made pytest refuse to start ("unknown hook"). Nor has it hypothesis, which conftest sets up where it is."""
+    (tmp_path / "hypothesis.py").write_text("raise ModuleNotFoundError(\"No module named 'hypothesis'\")\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
-                           "tests/test_visualize.py", "-k", "test_grid_layout_and_pixels"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+                           "-p", "no:hypothesispytest", "tests/test_visualize.py", "-k", "test_grid_layout_and_pixels"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_pytest_n_auto_runs_a_process_per_cpu_at_most_8(monkeypatch):
+    """conftest's cap; a PYTEST_XDIST_AUTO_NUM_WORKERS that is not a number was ignored by xdist (with a warning that
+    does not name it) and by the cap alike: a process per CPU, however many."""
+    import conftest
+
+    monkeypatch.setattr(conftest, "CPUS", 32)
+    monkeypatch.delenv("PYTEST_XDIST_AUTO_NUM_WORKERS", raising=False)
+    assert conftest.pytest_xdist_auto_num_workers(None) == 8
+    monkeypatch.setenv("PYTEST_XDIST_AUTO_NUM_WORKERS", "12")
+    assert conftest.pytest_xdist_auto_num_workers(None) == 12  # the number asked for, as xdist reads it
+    monkeypatch.setenv("PYTEST_XDIST_AUTO_NUM_WORKERS", "all")  # xdist warned, then took all 32 CPUs
+    with pytest.warns(UserWarning, match=r"AUTO_NUM_WORKERS is not a number: 'all'; ignored \(8 processes"):
+        assert conftest.pytest_xdist_auto_num_workers(None) == 8
+
+
+def test_a_hypothesis_test_draws_the_same_examples_whatever_ran_before_it(tmp_path, monkeypatch):
+    """conftest's profile: test_safety's examples were drawn afresh each run (its cost varied, a failure could not be
+    replayed), and derandomized ones still took in numbers from the source of the modules imported so far."""
+    from hypothesis import given, settings, strategies as st
+    try:
+        from hypothesis.internal.conjecture import providers
+    except ImportError:  # a hypothesis before local constants: derandomize alone fixes the examples
+        providers = None
+    if providers is not None and not hasattr(providers, "_get_local_constants"):  # a private name of hypothesis's
+        pytest.skip("this hypothesis has no providers._get_local_constants: conftest cannot keep the numbers of the "
+                    "modules imported so far out of the examples (see how this version collects them)")
+
+    runs: list[list] = []
+
+    @settings(max_examples=10)  # as the suite's tests set theirs: the rest from the profile
+    @given(st.lists(st.floats(0, 1) | st.integers(0, 10**6), min_size=10, max_size=10))  # 100 numbers a run
+    def draw(numbers):
+        runs[-1].append(numbers)
+
+    runs.append([])
+    draw()
+    (tmp_path / "other_numbers.py").write_text("NUMBERS = [0.123456789, 0.987654321, 0.31415926, 7777, 654321]\n")
+    monkeypatch.syspath_prepend(tmp_path)
+    importlib.import_module("other_numbers")  # as a module an earlier test imported, numbers in its source
+    try:
+        runs.append([])
+        draw()
+    finally:
+        del sys.modules["other_numbers"]
+    assert runs[0] == runs[1] and len(runs[0]) == 10
+    assert settings().database is None  # no .hypothesis/examples: nothing for xdist's processes to share
+    # and no test's @settings undoes the profile
+    undone = [(path.name, text.count("\n", 0, match.start()) + 1)
+              for path in sorted((ROOT / "tests").glob("test_*.py")) for text in [path.read_text(encoding="utf-8")]
+              for match in re.finditer(r"\b(derandomize|database)\s*=|\b(load|get)_profile\(", text)]
+    assert not undone, "hypothesis settings of a test's own (conftest's profile sets them): " + ", ".join(
+        f"{name}:{line}" for name, line in undone)
 
 
 def test_readme_pictures_exist():

@@ -334,7 +334,7 @@ def _safetensors_reference(tensors: dict[str, torch.Tensor], metadata: dict[str,
     return len(head).to_bytes(8, "little") + head + data[8 + n:]
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40)
 @given(st.dictionaries(st.text(min_size=1, max_size=6), st.tuples(st.sampled_from(_DTYPES),
        st.lists(st.integers(0, 3), max_size=3)), min_size=1, max_size=5),
        st.dictionaries(st.text(max_size=4), st.text(max_size=4), max_size=4))

@@ -169,6 +169,23 @@ def test_the_cached_images_in_16_bits_pass_the_image_check_also_at_cifar_size():
         t(images.to(dtype), index=idx)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_16_bit_copy_whose_rounding_all_goes_one_way_is_still_the_cached_images(dtype):
+    """A 16-bit batch's signatures may differ by 4 of its eps: each pixel in [0.5, 1) rounds by up to eps / 4, so an
+    8x8 image whose roundings all follow a projection's signs moves it by up to sqrt(64) x eps / 4 = 2 eps (here by
+    1.6 eps, which a tolerance of 1 eps refused as other images)."""
+    from latent_transforms.latent_cache import _projection
+
+    eps, signs = torch.finfo(dtype).eps, _projection(64)[:, 0].sign().view(1, 1, 8, 8)
+    images = 0.75 + 0.2 * eps * torch.cat([signs, -signs])  # 0.75 in 16 bits: the nearest to each pixel
+    x = images.to(dtype)
+    assert (x == 0.75).all()
+    moved = ((images - x.float()).flatten(1) @ _projection(64)).abs().amax(1)
+    assert torch.allclose(moved, torch.tensor(1.6 * eps), rtol=1e-3)  # between eps and 4 eps
+    glow = tiny_glow()
+    LatentNoise(glow, cache=LatentCache(glow, images, progress=False), generator=0)(x, index=torch.arange(2))
+
+
 def test_a_cache_of_an_unfrozen_codec_holds_latents_without_autograd_history(data):
     """A codec of one's own that was not frozen has parameters that require gradients: encoding the whole set with
     them recorded would keep every chunk's graph alive with the cache."""
@@ -442,7 +459,7 @@ _SAVED_CACHE = LatentCache(_SAVED_GLOW, torch.rand(3, 1, 8, 8, generator=torch.G
                            progress=False)
 
 
-@settings(max_examples=40, deadline=None, derandomize=True)
+@settings(max_examples=40)
 @given(cut=st.none() | st.floats(0, 1, exclude_max=True), flip=st.tuples(st.floats(0, 1, exclude_max=True),
                                                                           st.integers(0, 7)))
 def test_a_damaged_cache_file_is_loaded_whole_or_refused_by_name(tmp_path_factory, cut, flip):

@@ -603,6 +603,16 @@ def test_mixup_inference_cast_to_16_bits_casts_its_model_but_keeps_its_codec_and
     assert probs.dtype == torch.float32 and torch.equal(probs, uncast(x.to(dtype)))  # softmax of 16-bit logits in fp32
 
 
+def test_mixup_inference_to_empty_without_recursing_replaces_its_reference_latents_alone(glow, batch, net):
+    # to_empty(recurse=False), nn.Module's call of _apply that does not recurse: the module's own tensors only, not
+    # its model's nor its codec's (its _apply casts those apart, and must not do so unasked)
+    mi = LatentMixupInference(net, glow, references=batch[0], num_mixes=2, generator=0)
+    kept = {k: v.clone() for k, v in mi.state_dict().items() if k != "reference_latents"}
+    mi.to_empty(device="meta", recurse=False)
+    assert mi.reference_latents.is_meta
+    assert all(not v.is_meta and torch.equal(v, kept[k]) for k, v in mi.state_dict().items() if k in kept)
+
+
 @pytest.mark.parametrize("make,match", [
     (lambda g: LatentNoise(g, eps=float("inf")), "eps must be a finite number"),
     (lambda g: LatentNoise(g, eps="1"), "eps must be a finite number"),

@@ -47,7 +47,7 @@ def _model(name, x):
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-@settings(max_examples=4, deadline=None, derandomize=True)
+@settings(max_examples=4)
 @example(b=4, dtype=torch.float64, soft=True, channels_last=True, p=1.0, strength=1.0, seed=0)  # always tried
 @example(b=0, dtype=torch.float32, soft=False, channels_last=False, p=1.0, strength=1.0, seed=0)
 @given(b=st.integers(0, 6), dtype=st.sampled_from([torch.float32, torch.float64]),
@@ -96,7 +96,7 @@ def test_a_transform_keeps_the_batch_form_and_replays_its_draws(name, b, dtype, 
 
 
 @pytest.mark.parametrize("name", ["LatentNoise", "LatentAdversarial", "VarMixup"])
-@settings(max_examples=3, deadline=None, derandomize=True)
+@settings(max_examples=3)
 @given(b=st.integers(2, 6),
        seed=st.integers(0, 2**31))
 def test_another_seed_gives_another_output(name, b, seed):
@@ -111,7 +111,7 @@ def test_another_seed_gives_another_output(name, b, seed):
     assert not torch.equal(*outs)
 
 
-@settings(max_examples=10, deadline=None, derandomize=True)
+@settings(max_examples=10)
 @given(b=st.integers(0, 6), p=st.floats(0, 1), seed=st.integers(0, 2**31))
 @STRENGTH_ZERO_EXPECTED
 @pytest.mark.filterwarnings("ignore:ISDA. the augmentation armed on:UserWarning")  # no model forward between calls
@@ -131,7 +131,7 @@ soft_labels = st.builds(lambda b, k, dtype, seed: torch.softmax(
     seed=st.integers(0, 2**16))
 
 
-@settings(max_examples=40, deadline=None, derandomize=True)
+@settings(max_examples=40)
 @given(y=soft_labels, indices=st.booleans(), seed=st.integers(0, 2**16))
 def test_mixed_labels_are_soft_labels(y, indices, seed):
     """mix_labels of class indices or soft labels, with any partners and weights in [0, 1] (0 and 1 included):
@@ -154,7 +154,7 @@ def test_mixed_labels_are_soft_labels(y, indices, seed):
     assert torch.equal(blend(soft, soft[partner], torch.zeros(b)), soft[partner])
 
 
-@settings(max_examples=20, deadline=None, derandomize=True)
+@settings(max_examples=20)
 @given(alpha=st.floats(MIN_ALPHA, 1e3), n=st.integers(0, 64), seed=st.integers(0, 2**31))
 def test_beta_draws_are_weights_made_from_the_generator_alone(alpha, n, seed):
     lam = sample_beta(alpha, n, torch.Generator().manual_seed(seed), CPU)
@@ -164,7 +164,7 @@ def test_beta_draws_are_weights_made_from_the_generator_alone(alpha, n, seed):
         assert not torch.equal(lam, sample_beta(alpha, n, torch.Generator().manual_seed(seed + 1), CPU))
 
 
-@settings(max_examples=40, deadline=None, derandomize=True)
+@settings(max_examples=40)
 @given(b=st.integers(0, 4), shapes=st.lists(st.lists(st.integers(1, 4), min_size=1, max_size=3).map(tuple),
                                             min_size=1, max_size=3),
        dtype=st.sampled_from([torch.float32, torch.float64]))

@@ -54,7 +54,7 @@ def test_the_defaults_are_among_the_checked_checkpoints():
 
 
 @pytest.mark.parametrize("codec", FLOWS + VAES)
-@settings(max_examples=6, deadline=None, derandomize=True)
+@settings(max_examples=6)
 @given(eps=st.floats(0, 50), norm=st.sampled_from(["l2", "linf", None]), seed=st.integers(0, 2**31),
        kind=st.sampled_from(sorted(IMAGE_KINDS)))
 def test_noise_output_is_always_finite_and_in_range(codec, eps, norm, seed, kind):
@@ -67,7 +67,7 @@ def test_noise_output_is_always_finite_and_in_range(codec, eps, norm, seed, kind
 
 
 @pytest.mark.parametrize("codec", FLOWS + VAES)
-@settings(max_examples=5, deadline=None, derandomize=True)
+@settings(max_examples=5)
 @given(eps=st.floats(0, 50), steps=st.integers(0, 10), step_size=st.floats(0, 50),
        norm=st.sampled_from(["l2", "linf"]), seed=st.integers(0, 2**31), kind=st.sampled_from(sorted(IMAGE_KINDS)))
 def test_adversarial_output_is_always_finite_and_in_range(codec, eps, steps, step_size, norm, seed, kind):
@@ -81,7 +81,7 @@ def test_adversarial_output_is_always_finite_and_in_range(codec, eps, steps, ste
     assert t.stats["transformed"] + t.stats["rejected"] == 4
 
 
-@settings(max_examples=12, deadline=None, derandomize=True)
+@settings(max_examples=12)
 @given(codec=st.sampled_from(VAES + FLOWS), alpha=st.floats(0.01, 100), keep_detail=st.booleans(),
        seed=st.integers(0, 2**31), kind=st.sampled_from(sorted(IMAGE_KINDS)))
 def test_varmixup_output_is_always_finite_in_range_with_valid_labels(codec, alpha, keep_detail, seed, kind):
@@ -117,7 +117,7 @@ def test_mixup_inference_replaces_implausible_decodes_by_the_input_and_counts_th
     assert mi.stats == {"seen": 0, "transformed": 0, "rejected": 0}
 
 
-@settings(max_examples=8, deadline=None, derandomize=True)
+@settings(max_examples=8)
 @given(codec=st.sampled_from(FLOWS + VAES), lam=st.floats(0.01, 1), seed=st.integers(0, 2**31),
        kind=st.sampled_from(sorted(IMAGE_KINDS)))
 def test_mixup_inference_feeds_the_model_finite_images_in_range(codec, lam, seed, kind):

@@ -529,7 +529,7 @@ batches = st.builds(any_batch, b=st.integers(2, 5), c=st.sampled_from([1, 3]), h
                     soft=st.booleans(), seed=st.integers(0, 2**16))
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40)
 @given(batch=batches, mixes=st.booleans())
 def test_a_correct_method_passes_on_any_batch(batch, mixes):
     """Images of any size in float32, float64 or bfloat16, class indices or soft labels: no false breach."""
@@ -537,7 +537,7 @@ def test_a_correct_method_passes_on_any_batch(batch, mixes):
 
 
 @pytest.mark.parametrize("rule, mixes, unlabelled", FAMILY)
-@settings(max_examples=3, deadline=None)
+@settings(max_examples=3)
 @given(batch=batches)
 def test_one_rule_broken_is_caught_and_named_on_any_batch(rule, mixes, unlabelled, batch):
     """Each rule broken alone, by a method that mixes labels or not, in its labelled calls or its unlabelled ones,
