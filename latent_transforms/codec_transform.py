@@ -34,7 +34,7 @@ class CodecTransform(ChecksCodecStates, LatentTransform):
     """
 
     _codec_fingerprint: str | None  # the codec's fingerprint, taken when its _codec_key() was _fingerprint_key
-    _fingerprint_key: tuple[int, ...] | None
+    _fingerprint_key: tuple[object, ...] | None
 
     def __init__(self, codec: Codec | str, *, levels: Sequence[int] | None = None, cache: LatentCache | None = None,
                  **kwargs: Any):
@@ -141,9 +141,15 @@ class CodecTransform(ChecksCodecStates, LatentTransform):
         self._codec_fingerprint, self._fingerprint_key = None, None
         self._check_cache()
 
-    def _codec_key(self) -> tuple[int, ...]:
-        """Changes when the codec is replaced or its weights are written in place (``load_state_dict``, ``copy_``)."""
-        return (id(self.codec), *(t._version for t in itertools.chain(self.codec.parameters(), self.codec.buffers())))
+    def _codec_key(self) -> tuple[object, ...]:
+        """Changes when the codec is replaced, its config is (a Glow's ``alpha`` assigned), or its weights are written
+        in place (``load_state_dict``, ``copy_``, an optimiser's step: their version counters) or given other storage
+        (``p.data = ...``, ``vector_to_parameters``, ``swap_tensors``: their data addresses). A write through ``.data``
+        (``p.data.copy_(...)``) and a fused optimiser's step move neither (docs/composition.md)."""
+        codec = self.codec  # each module's own tensors: the key over parameters() and buffers() took 1.7x as long
+        tensors = (t for m in codec.modules() for t in itertools.chain(m._parameters.values(), m._buffers.values())
+                   if t is not None)
+        return (id(codec), codec.config, *itertools.chain.from_iterable((t._version, t.data_ptr()) for t in tensors))
 
     def _check_cache(self) -> None:
         if self.cache is None:

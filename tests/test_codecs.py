@@ -1054,6 +1054,29 @@ def test_a_frozen_glow_follows_weights_written_in_place():
     assert torch.allclose(glow.encode_flat(x), glow.unfrozen_copy().encode_flat(x), atol=1e-5), "ActNorm not refolded"
 
 
+@pytest.mark.parametrize("how", ["vector_to_parameters", "p.data =", "swap_tensors"])
+def test_a_frozen_glow_follows_weights_given_other_storage(how):
+    # version counters alone: vector_to_parameters (p.data = ... in torch 2.14), p.data = ... and swap_tensors left
+    # them where they were, and encode kept the old folded weights (latents off by 12; audit 316)
+    glow = Glow((1, 8, 8), levels=2, steps=2, hidden=16).init_actnorm(torch.rand(16, 1, 8, 8)).freeze()
+    other = glow.unfrozen_copy()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    other.freeze()
+    x = torch.rand(4, 1, 8, 8)
+    glow.encode_flat(x)  # folded and its sources' state read
+    with torch.no_grad():
+        if how == "vector_to_parameters":
+            nn.utils.vector_to_parameters(nn.utils.parameters_to_vector(other.parameters()), glow.parameters())
+        for a, b in zip(glow.parameters(), other.parameters()):
+            if how == "p.data =":
+                a.data = b.detach().clone()
+            elif how == "swap_tensors":
+                torch.utils.swap_tensors(a, nn.Parameter(b.detach().clone(), requires_grad=False))
+    assert torch.allclose(glow.encode_flat(x), other.encode_flat(x), atol=1e-5)
+
+
 def test_a_frozen_glow_given_an_uninitialised_state_updates_no_statistics():
     # its ActNorms, marked as not initialised by the loaded state, took their scale from the next log_prob batch
     glow = Glow((1, 8, 8), levels=2, steps=1, hidden=8).init_actnorm(torch.rand(16, 1, 8, 8)).freeze()

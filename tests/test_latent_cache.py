@@ -419,6 +419,37 @@ def test_a_codec_changed_after_the_transform_was_built_is_noticed(data):
     assert (late(x, y, index=idx)[0] - x).abs().max() < 1e-4
 
 
+def _new_data(glow):
+    vector = torch.nn.utils.parameters_to_vector(glow.parameters())
+    torch.nn.utils.vector_to_parameters(vector + 0.1, glow.parameters())  # p.data = ...: new storage, same counters
+
+
+def _swapped(glow):
+    for p, q in zip(glow.parameters(), tiny_glow(seed=1).parameters()):  # a twin's: its counters are the same
+        torch.utils.swap_tensors(p, q)
+
+
+def _actnorm_reset(glow):
+    for name, flag in glow.named_buffers():
+        if name.endswith("data_dep_init_done"):
+            flag.zero_()  # the next batch would initialise the ActNorms anew
+
+
+@pytest.mark.parametrize("change", [_new_data, _swapped, lambda glow: setattr(glow, "alpha", 0.01), _actnorm_reset],
+                         ids=["vector_to_parameters", "swap_tensors", "alpha", "buffer"])
+def test_a_codec_changed_under_a_live_cache_is_noticed(data, change):
+    """When to fingerprint the codec again was told by its weights' version counters only: weights given new storage
+    (``p.data = ...``, as ``vector_to_parameters`` does; ``swap_tensors``) or a setting that changes the encoding (a
+    Glow's ``alpha``) moved none, and the old latents were decoded by the changed codec (latents off by 12 with a
+    twin's weights). A buffer's counter is read too."""
+    images, labels = data
+    glow = tiny_glow()
+    t = LatentNoise(glow, eps=0.0, cache=LatentCache(glow, images[:4], progress=False), generator=0)
+    change(glow)
+    with pytest.raises(ValueError, match="encoded with another codec than this transform's"):
+        t(images[:4], labels[:4], index=torch.arange(4))
+
+
 def test_a_cache_of_an_untrained_glow_matches_the_glow_it_initialised(data):
     """The fingerprint was taken before encoding, whose first chunk initialises an untrained Glow's ActNorm layers:
     every transform then refused the cache."""
