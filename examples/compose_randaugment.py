@@ -10,7 +10,8 @@ transforms get the images, mixes get the labels. The rules (docs/composition.md)
 
 * order is the list order; labels are class indices until a step mixes them, soft (B, K) from then on;
 * torchvision v2 draws one set of parameters per call (the whole batch gets the same RandAugment ops); kornia
-  draws per sample (kornia's RandAugment picks its ops per batch, then gates and sizes them per sample);
+  draws per sample (but for its RandAugment: its ops once per batch, at magnitude m for every image, only the
+  direction of a rotation, shear or translation drawn per image);
 * kornia's mixes (RandomMixUpV2, RandomCutMixV2) need class indices, so they come before any label-mixing
   step and need ``Compose(..., num_classes=K)``; torchvision's MixUp/CutMix accept either form;
 * ISDA, if you use it, is the last step (it needs class indices and arms the next forward).
