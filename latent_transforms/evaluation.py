@@ -108,7 +108,8 @@ def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int | None = No
     if batch_size is None:
         batch_size = 128 if x.device.type == "cpu" else 1024
     check_count("batch_size", batch_size, low=1)
-    with borrowed(model) as net:  # N = 0: one forward of the empty batch, for K (torch.cat of no batches raised)
+    # N = 0: one forward of the empty batch, for K (torch.cat of no batches raised)
+    with borrowed(model, "predict_proba's model") as net:
         return torch.cat([probabilities(logits_of(net, x[i:i + batch_size], "predict_proba"))
                           for i in range(0, len(x) or 1, batch_size)])
 

@@ -105,7 +105,7 @@ class LatentAdversarial(CodecTransform):
         if y is None and self.target == "true":  # as above
             raise self._labels_needed()
         z = self.encode_flat(x, index)
-        with borrowed(model) as net:
+        with borrowed(model, "LatentAdversarial's model") as net:
             with torch.no_grad():  # y is None only for target="pred" (refused above)
                 target = logits_of(net, x, "LatentAdversarial").argmax(1) if y is None or self.target == "pred" else y
             delta = params["start"].clone()  # the loop flags it for gradients: not the caller's tensor

@@ -113,14 +113,14 @@ class LatentMixupInference(Settings, ChecksCodecStates, SampleStats, nn.Module):
         self.codec.check_images(x, allow_empty=True)
         check_model(self.model, x)
         if x.shape[0] == 0:  # B = 0 (a sampler's empty shard): the model's (0, K), nothing drawn nor counted
-            with borrowed(self.model) as net:
+            with borrowed(self.model, "LatentMixupInference's model") as net:
                 return probabilities(logits_of(net, x, "LatentMixupInference"))
         with values_read():  # read by check_images above
             z = self.codec.encode_flat(x)
         refs, codec, lam, num_mixes = self.reference_latents, self.codec, self.lam, self.num_mixes  # read once
         pick = torch.randint(0, refs.shape[0], (num_mixes, x.shape[0]), generator=self._rng.get(x.device), device=x.device)
         probs: torch.Tensor | int = 0
-        with borrowed(self.model) as net:
+        with borrowed(self.model, "LatentMixupInference's model") as net:
             for k in range(num_mixes):
                 mixed = lam * z + (1 - lam) * refs[pick[k]]
                 xk, ok = keep_plausible(codec.decode_flat(mixed), x)

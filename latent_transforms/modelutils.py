@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .base import not_about_the_batch
-from .validation import check_model, name_dtype_clash
+from .validation import check_initialised, check_model, name_dtype_clash
 
 __all__ = ["borrowed"]
 
@@ -68,8 +68,9 @@ def _give_back(modules: list[nn.Module], parameters: list[nn.Parameter]) -> None
 
 
 @contextlib.contextmanager
-def borrowed(model: nn.Module) -> Iterator[nn.Module]:
-    """Use ``model`` in eval mode (no BatchNorm statistic updates) with parameter gradients off.
+def borrowed(model: nn.Module, who: str = "the model") -> Iterator[nn.Module]:
+    """Use ``model`` in eval mode (no BatchNorm statistic updates) with parameter gradients off; ``who`` names it in
+    the error for a model whose lazy modules are not initialised yet (``validation.check_initialised``).
 
     Every module's train/eval flag and every parameter's ``requires_grad`` are restored on exit, also when
     an exception is raised inside. Existing ``.grad`` tensors are never touched. Overlapping borrows (threads sharing
@@ -77,7 +78,7 @@ def borrowed(model: nn.Module) -> Iterator[nn.Module]:
     ``torch.compile``d model and the model itself), switch each module and parameter once and give it back when the
     last borrow holding it ends.
     """
-    check_model(model)
+    check_model(model, who=who)
     model = unwrap(model)
     with _BORROW_LOCK:
         # not torch.compile's wrapper (its modules are its model's): its train flag is its model's, and torch 2.4's,
@@ -85,6 +86,7 @@ def borrowed(model: nn.Module) -> Iterator[nn.Module]:
         # (its own submodule, not an attribute: a wrapper that reads unknown ones from the model inside it is lent)
         modules = [m for m in model.modules() if "_orig_mod" not in m._modules]
         parameters = list(model.parameters())
+        check_initialised(model, parameters, who)  # before anything is lent
         _lend(modules, "training")
         _lend(parameters, "requires_grad")
         try:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .rng import draw_generator
-from .validation import check_bool, check_choice, check_count, check_image_shape
+from .validation import check_bool, check_choice, check_count, check_image_shape, image_side
 
 __all__: list[str] = []  # the package's own machinery: none of it is API (docs/api.md)
 
@@ -36,7 +36,8 @@ def random_shift_flip(x: torch.Tensor, max_shift: int, flips: bool, padding: str
     b, _, h, w = x.shape
     max_shift = check_count("max_shift", max_shift)
     if padding == "reflect" and max_shift >= min(h, w):
-        raise ValueError(f"max_shift must be < {min(h, w)} (the image side) with reflection padding, got {max_shift}")
+        raise ValueError(f"max_shift must be < {min(h, w)} ({image_side(h, w)}) with reflection padding, got "
+                         f"{max_shift}")
     generator = draw_generator(generator, x.device)  # checked before the shortcut, as the other arguments
     if max_shift == 0 and not flips:
         return x

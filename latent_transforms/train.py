@@ -41,8 +41,8 @@ from .pixel_shift import random_shift_flip
 from .progress import progress_bar
 from .torch_defaults import cpu_as_default_device
 from .validation import (POSITIVE_FLOAT, POSITIVE_INT, THREADS, MissingFileError, WrongTypeError, check_bool,
-                         check_count, check_images, check_number, is_int, make_folder, option, output_folder,
-                         resolve_device, state_mismatch, values_read)
+                         check_count, check_images, check_number, image_side, is_int, make_folder, option,
+                         output_folder, resolve_device, state_mismatch, values_read)
 
 __all__ = ["train_codec", "eval_codec", "default_config", "save_training_state", "load_training_state", "STATE_FORMAT"]
 
@@ -55,6 +55,9 @@ _MAX_LR = 1.0
 _ROUNDTRIP_TOL = 1e-3  # max |decode(encode(x)) - x| a stored flow may have (else fp16 falls back to fp32)
 _VAE_FP16_TOL = 1e-2  # max |reconstruction(fp16 copy) - reconstruction(fp32)| for a VAE
 _MIN_VAE_KL = 1.0  # nats per image: a VAE whose latent carries less has collapsed (vae-digits carries 3.7)
+# a VAE padded to this many times its images' pixels or more is warned of (8x256 images: 32 times, 256x256); a square
+# side just past a power of two stays under it (33x33 padded to 64x64: 3.8 times)
+_MAX_VAE_PADDING = 4
 _MAX_NONFINITE_IN_A_ROW = 20
 _BUILT_UNCHECKED = 64  # flow steps per level or VAE decoder blocks built without a memory check
 # what stops a run at the next step boundary, saved: Ctrl-C, the usual termination, and SLURM's warning before the
@@ -85,6 +88,9 @@ class _TrainingRecipe:
     fp16_error: Callable[[Codec, Codec, torch.Tensor], tuple[float, float, str]]
     # (trained codec, its eval_codec metrics) -> why its latent is not worth using (a warning), or None
     weakness: Callable[[Codec, dict[str, float]], str | None]
+    # (height, width) of the images -> why this kind costs far more on them than their pixels (a warning before the
+    # training), or None
+    size_cost: Callable[[int, int], str | None]
 
 
 def _glow_config(h: int, w: int, num_bins: int) -> dict[str, int]:
@@ -146,6 +152,19 @@ def _vae_weakness(codec: Codec, metrics: dict[str, float]) -> str | None:
     return None
 
 
+def _vae_size_cost(h: int, w: int) -> str | None:
+    """A VAE's networks work at a square power-of-two side (``ConvVAE.padded_side``): an image of other proportions
+    (8x256, or vectors as 1xD) costs the padded square's pixels, ``_MAX_VAE_PADDING`` times its own or more."""
+    side = ConvVAE.padded_side(h, w)
+    if side * side < _MAX_VAE_PADDING * h * w:
+        return None
+    other = "a flow (kind 'flow') takes them as they are" if h % 2 == 0 and w % 2 == 0 else \
+        "a flow takes even sides; a codec of your own takes them at their size " \
+        "(docs/training.md#your-own-model-as-a-codec)"
+    return (f"a VAE pads {h}x{w} images to {side}x{side}, {side * side / (h * w):.3g} times their pixels, and costs "
+            f"as much per image (the augmentation too, on every call): {other}")
+
+
 def _glow_fp16_error(codec: Codec, stored: Codec, probe: torch.Tensor) -> tuple[float, float, str]:
     """``(error, tolerance, what the error is)`` of ``stored``, a float16 copy of ``codec``, on ``probe``
     (B, C, H, W): its own round trip."""
@@ -168,13 +187,13 @@ _RECIPES = {
         settings_note="; a flow's latent has the size of the image", base_config=_glow_config,
         optimizer=torch.optim.Adamax, grad_clip=50.0, actnorm=True, sample_temperature=0.7,
         bar_metrics={"bits/dim": ".3f"}, batch_metrics=_glow_batch_metrics, quality={"bits_per_dim": 4},
-        fp16_error=_glow_fp16_error, weakness=_glow_weakness),
+        fp16_error=_glow_fp16_error, weakness=_glow_weakness, size_cost=lambda h, w: None),
     "vae": _TrainingRecipe(
         name="vae", label="VAE", settings=("latent_dim", "hidden", "beta", "latent_side", "decoder_blocks"),
         settings_note="", base_config=lambda h, w, num_bins: {"latent_dim": 64, "hidden": 64, "beta": 1.0},
         optimizer=torch.optim.Adam, grad_clip=None, actnorm=False, sample_temperature=1.0,
         bar_metrics={"loss": ".2f", "mse": ".4f", "kl": ".2f"}, batch_metrics=_vae_batch_metrics,
-        quality={"mse": 5, "kl": 3}, fp16_error=_vae_fp16_error, weakness=_vae_weakness),
+        quality={"mse": 5, "kl": 3}, fp16_error=_vae_fp16_error, weakness=_vae_weakness, size_cost=_vae_size_cost),
 }
 # train_codec's kind, or the codec kind itself -> the codec kind
 _KINDS = {**{recipe.name: kind for kind, recipe in _RECIPES.items()}, **{kind: kind for kind in _RECIPES}}
@@ -459,7 +478,10 @@ def _save_grid(codec: Codec, x: torch.Tensor, path: Path, n: int, temperature: f
     rows = {"originals": orig, "reconstructions": rec, f"samples, temperature {temperature:g}": samples}
     # a NaN pixel (a weak codec's sample) drawn black, not an error of draw_rows ending the run at its picture
     rows = {label: images.float().cpu().nan_to_num(0.0).clamp(0, 1) for label, images in rows.items()}
-    h, w = orig.shape[-2:]
+    c, h, w = orig.shape[1:]
+    if c not in (1, 3):  # draw_rows draws grey or RGB: the channels of each image in grey side by side, (N, 1, H, C*W)
+        rows = {(f"{label}, {c} channels" if label == "originals" else label):
+                images.transpose(1, 2).reshape(len(images), 1, h, c * w) for label, images in rows.items()}
     picture = draw_rows(rows, cell=h * math.ceil(32 / min(h, w)))
     with hub.atomic_path(path) as tmp:
         picture.save(tmp, format="png")
@@ -500,8 +522,9 @@ def _check_train_args(x_train: torch.Tensor, x_test: torch.Tensor | None, name: 
     check_count("seed", seed, high=_MAX_SEED)
     for flag, value in flags.items():
         check_bool(flag, value)
-    if check_count("translate", translate) >= min(x_train.shape[2:]):
-        raise ValueError(f"translate must be < {min(x_train.shape[2:])} (the image side), got {translate}")
+    h, w = x_train.shape[2:]
+    if check_count("translate", translate) >= min(h, w):
+        raise ValueError(f"translate must be < {min(h, w)} ({image_side(h, w)}), got {translate}")
     hub.check_file_stem(name)
     if data_description is not None:  # saved with the training state: a bad one lost the steps of the call
         try:
@@ -1123,6 +1146,9 @@ def train_codec(
         levels=levels, steps=steps, hidden=hidden, latent_dim=latent_dim, beta=beta, latent_side=latent_side,
         decoder_blocks=decoder_blocks))
     recipe = _RECIPES[codec_kind]
+    cost = recipe.size_cost(*x_train.shape[2:])
+    if cost is not None:
+        warnings.warn(cost, stacklevel=2)
     out = make_folder(output_folder(out_dir))  # ~ expanded, as hub.load does; made once every setting is known good
     with contextlib.ExitStack() as lock:
         lock.enter_context(_only_run_writing(out, name))

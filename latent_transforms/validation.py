@@ -764,6 +764,26 @@ def check_model(model: object, x: torch.Tensor | None = None, who: str = "the mo
         check_same_device(x, model, who)
 
 
+def image_side(h: int, w: int) -> str:
+    """What a message calls ``min(h, w)``, the bound of a shift: "the image side", or for images that are not square
+    "the shorter side of HxW images" (an 8x256 image's "< 8 (the image side)" read as a mistake)."""
+    return "the image side" if h == w else f"the shorter side of {h}x{w} images"
+
+
+def check_initialised(model: torch.nn.Module, parameters: collections.abc.Iterable[torch.nn.Parameter],
+                      who: str = "the model") -> None:
+    """Raise, naming them, if ``parameters`` (``model``'s, which the caller has already) hold one a lazy module
+    (``nn.LazyLinear``, ``nn.LazyConv2d``) has not initialised yet: a caller that uses the model without changing it
+    (its parameters' ``requires_grad`` switched off and back) met torch's "Attempted to use an uninitialized parameter
+    in requires_grad_". ``who`` names the model."""
+    if any(map(torch.nn.parameter.is_lazy, parameters)):
+        lazy = [name for name, p in model.named_parameters() if torch.nn.parameter.is_lazy(p)]
+        more = f" and {len(lazy) - 2} more" if len(lazy) > 2 else ""
+        raise ValueError(f"{who} has parameters its lazy modules have not initialised yet ({', '.join(lazy[:2])}"
+                         f"{more}; torch initialises them at the model's first forward): run the model once on a "
+                         f"batch, model(x), before this call, which uses the model without changing it")
+
+
 def check_model_slot(model: object) -> None:
     """Raise unless ``model`` is None or an ``nn.Module``: ``t(x, y, idx)`` puts dataset positions in its place (by
     a method that does not use the model, they would be ignored, and its cache with them)."""

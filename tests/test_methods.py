@@ -352,6 +352,25 @@ def test_models_that_do_not_return_logits_are_named(glow, batch, net, form, got)
         LatentMixupInference(model, glow, references=batch[0], num_mixes=1, generator=0)(batch[0])
 
 
+@pytest.mark.parametrize("user", ["LatentAdversarial", "LatentMixupInference", "predict_proba"])
+def test_a_model_with_lazy_modules_not_initialised_yet_is_named_and_left_so(glow, batch, user):
+    # a model built for any image size with nn.LazyLinear met torch's "Attempted to use an uninitialized parameter in
+    # requires_grad_" from inside the borrow, at the first batch (before the training loop's first model(x))
+    from latent_transforms.evaluation import predict_proba
+
+    x, y = batch
+    model = nn.Sequential(nn.Flatten(), nn.LazyLinear(10))
+    call = {"LatentAdversarial": lambda: LatentAdversarial(glow, generator=0)(x, y, model),
+            "LatentMixupInference": lambda: LatentMixupInference(model, glow, x, num_mixes=1, generator=0)(x),
+            "predict_proba": lambda: predict_proba(model, x)}[user]
+    with pytest.raises(ValueError, match=rf"{user}'s model has parameters its lazy modules have not initialised yet "
+                                         rf"\(1\.weight, 1\.bias; .*run the model once on a batch, model\(x\)"):
+        call()
+    assert all(nn.parameter.is_lazy(p) and p.requires_grad for p in model.parameters())  # as it was
+    model(x)  # initialised: the same call runs
+    call()
+
+
 def test_adversarial_without_a_model_says_how_to_pass_it(glow, batch):
     with pytest.raises(TypeError, match=r"LatentAdversarial needs the classifier being trained: call t\(x, y, model\)"):
         LatentAdversarial(glow, generator=0)(*batch)

@@ -129,10 +129,11 @@ def test_x_and_generator_of_the_wrong_kind_are_named():
 
 def test_reflection_padding_is_bounded_by_the_shorter_side():
     """A 4 x 8 image mirrors at most 3 pixels: max_shift 5 is named (torch's reflect pad failed on it); an 8 x 4 one
-    too (mutation round 27: the bound taken from the height alone passed it)."""
+    too (mutation round 27: the bound taken from the height alone passed it); named the shorter side (audit 320: "4
+    (the image side)" of a 4 x 8 image read as a mistake)."""
     for x in (torch.rand(2, 1, 4, 8), torch.rand(2, 1, 8, 4)):
-        with pytest.raises(ValueError, match=r"max_shift must be < 4 \(the image side\) with reflection padding, "
-                                             r"got 5"):
+        with pytest.raises(ValueError, match=rf"max_shift must be < 4 \(the shorter side of {x.shape[2]}x{x.shape[3]} "
+                                             rf"images\) with reflection padding, got 5"):
             random_shift_flip(x, 5, True, padding="reflect")
         assert random_shift_flip(x, 3, True, padding="reflect", generator=0).shape == x.shape
 

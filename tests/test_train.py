@@ -1003,6 +1003,8 @@ def test_translate_shifts_each_batch_and_must_match_on_resume(tmp_path, digits, 
                      (8, "translate must be < 8 \\(the image side\\), got 8")):
         with pytest.raises(ValueError, match=why):
             train_codec("flow", x, tmp_path / "bad", **kw, max_steps=1, translate=bad)
+    with pytest.raises(ValueError, match="translate must be < 4 \\(the shorter side of 4x16 images\\), got 4$"):
+        train_codec("flow", x[:, :, :4].repeat(1, 1, 1, 2), tmp_path / "bad", **kw, max_steps=1, translate=4)
     assert not (tmp_path / "bad").exists()
 
 
@@ -1835,6 +1837,35 @@ def test_a_codec_that_learnt_nothing_is_named_in_a_warning(tmp_path, digits, mon
     assert train._glow_weakness(codec, {"bits_per_dim": math.log2(17)}) == (
         "the flow models its images no better than uniform noise (4.087 bits/dim; uniform over 17 levels: 4.087): its "
         "latent is not worth perturbing; train longer")
+
+
+def test_a_vae_padding_its_images_to_many_times_their_pixels_is_warned_of_before_training(tmp_path):
+    """(audit 320) 1x8x256 images trained a VAE at 256x256 without a word: 32 times the pixels, and a VarMixup call
+    on 64 of them took 22 times that on 1x32x64 images of as many pixels (docs/training.md)."""
+    with pytest.warns(UserWarning, match=r"^a VAE pads 2x32 images to 32x32, 16 times their pixels, and costs as much "
+                                         r"per image \(the augmentation too, on every call\): a flow \(kind 'flow'\) "
+                                         r"takes them as they are$"):
+        with pytest.raises(ValueError, match="must be a path, got ''"):  # warned before anything is made or trained
+            train_codec("vae", torch.rand(2, 1, 2, 32), "", **VAE, max_steps=1, progress=False)
+    assert "a codec of your own takes them at their size" in train._vae_size_cost(1, 64)  # vectors: no flow
+    # sides that only round up to a power of two (33x33 to 64x64: 3.8 times), and flows, are not warned of
+    assert train._vae_size_cost(33, 33) is None and train._vae_size_cost(28, 28) is None
+    assert train._vae_size_cost(16, 64) is not None  # 4 times: at the bound
+    assert train._RECIPES["glow"].size_cost(2, 32) is None
+
+
+@pytest.mark.parametrize("channels", [2, 4])
+def test_images_of_other_channel_counts_than_1_or_3_train_to_the_end_with_their_channels_drawn_side_by_side(
+        tmp_path, channels):
+    """(audit 320) 2- or 4-channel images (RGB and depth, multispectral) trained, wrote the checkpoint, then failed at
+    the picture ("rows['originals'] must have 1 or 3 channels"): no JSON, and a run again failed alike."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # learnt nothing in one step
+        r = train_codec("flow", torch.rand(4, channels, 4, 6), tmp_path, levels=1, steps=1, hidden=4, max_steps=1,
+                        progress=False)
+    assert r["complete"] and Path(r["json"]).is_file()
+    # 4 images a row, each its channels side by side: 32 pixels high (4 x 8), 6 * channels * 8 wide, 2 apart
+    assert Image.open(r["png"]).size == (150 + 4 * (6 * channels * 8 + 2), 3 * (32 + 2))
 
 
 def test_x_train_none_is_refused_as_not_a_tensor(tmp_path):

@@ -135,11 +135,11 @@ class Glow(Codec):
         # Python's "Exceeds the limit (4300 digits) for integer string conversion"
         if levels >= min(h, w).bit_length() or h % 2**levels or w % 2**levels:
             fit = ((h | w) & -(h | w)).bit_length() - 1  # the most halvings of both sides: 2 for 28x28, 0 for 15
-            fewer = f"at most {fit} level{'s fit' if fit > 1 else ' fits'} {h}x{w}" if fit else \
-                "an odd side takes no level"
+            fewer = f"at most {fit} level{'s fit' if fit > 1 else ' fits'} {h}x{w}; or resize or crop the images" \
+                if fit else "an odd side takes no level: resize or crop the images to even sides, or train a VAE " \
+                            "(latent-transforms train vae), which takes images of any size"
             raise ValueError(f"image height and width must be divisible by 2**levels = "
-                             f"{2**levels if levels <= 64 else f'2**{levels}'}, got {h}x{w}: {fewer}; or resize or "
-                             f"crop the images")
+                             f"{2**levels if levels <= 64 else f'2**{levels}'}, got {h}x{w}: {fewer}")
         self.levels, self.steps, self.hidden = levels, steps, hidden
         self.alpha, self.scale_floor, self.num_bins = alpha, scale_floor, num_bins
         q0, merges, flows = [], [], []

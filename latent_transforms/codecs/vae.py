@@ -67,7 +67,8 @@ class ConvVAE(Codec):
     their layouts.
 
     Images whose sides are not one power of two (28x28, 28x20) are zero-padded, centred, to the square power-of-two
-    side that holds them (32x32) on the way in, and decodes are cropped back: the codec takes and gives (C, H, W).
+    side that holds them (32x32, ``padded_side(h, w)``) on the way in, and decodes are cropped back: the codec takes
+    and gives (C, H, W).
 
     ``encode`` returns the posterior mean (the prior is N(0, I), so latents are already standardised);
     ``encode(x, sample=True, generator=g)`` draws from the posterior instead. The decoder ends in a sigmoid
@@ -106,7 +107,7 @@ class ConvVAE(Codec):
         latent_dim, hidden = self._check_positive(latent_dim=latent_dim, hidden=hidden)
         beta = check_number("beta", beta)
         c, h, w = self.image_shape
-        padded = max(4, 1 << (max(h, w) - 1).bit_length())  # the smallest power of two >= 4 that holds them
+        padded = self.padded_side(h, w)
         top, left = (padded - h) // 2, (padded - w) // 2
         self.padding = (left, padded - w - left, top, padded - h - top)  # F.pad's order: left, right, top, bottom
         where = f"the image side {h}" if (h, w) == (padded, padded) else f"the padded side {padded} of {h}x{w}"
@@ -130,6 +131,11 @@ class ConvVAE(Codec):
             dec += [nn.ConvTranspose2d(a, b, 4, stride=2, padding=1), nn.SiLU()]
             dec += [ResidualBlock(b) for _ in range(self.decoder_blocks)]
         self.decoder = nn.Sequential(*dec, nn.Conv2d(widths[0], c, 3, padding=1))
+
+    @staticmethod
+    def padded_side(h: int, w: int) -> int:
+        """The side the networks work at for (H, W) images: the smallest power of two >= 4 that holds both."""
+        return max(4, 1 << (max(h, w) - 1).bit_length())
 
     @property
     def config(self) -> dict[str, Any]:
