@@ -3,6 +3,7 @@ reading its logits, naming the device a run used, and choosing the CPU threads o
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import platform
 import re
@@ -106,11 +107,12 @@ def borrowed(model: nn.Module, who: str = "the model") -> Iterator[nn.Module]:
 def logits_of(net: nn.Module, x: torch.Tensor, who: str) -> torch.Tensor:
     """``net(x)``, which must be ``(B, K)`` logits for ``x: (B, ...)``, ``K >= 2``; a tuple, a dict or another shape
     (one output too: a binary logit or a regression; or none) is refused with the fix (``who`` names the caller in the
-    message), and so is torch's error for a model in another dtype than ``x`` (outside autocast) or for one whose
-    ``nn.Linear`` gets ``x`` as it is (a classifier head, not the whole classifier)."""
+    message), and so is torch's error for a model on another device or in another dtype than ``x`` (outside
+    autocast) or for one whose ``nn.Linear`` gets ``x`` as it is (a classifier head, not the whole classifier)."""
     try:
         out = net(x)
     except RuntimeError as e:
+        _name_device_clash(e, net, x, who)
         name_dtype_clash(e, net, x, who)
         _name_head_given(e, x, who)
         raise
@@ -137,6 +139,20 @@ def probabilities(logits: torch.Tensor) -> torch.Tensor:
     """(B, K) logits -> softmax probabilities in the logits' dtype, at least float32 (16-bit logits give float32, a
     float64 model's float64): ``predict_proba``'s and ``LatentMixupInference``'s."""
     return logits.to(torch.promote_types(logits.dtype, torch.float32)).softmax(1)
+
+
+def _name_device_clash(error: RuntimeError, net: nn.Module, x: torch.Tensor, who: str) -> None:
+    """Raise a ``ValueError`` naming both devices and the fix from ``error`` (torch's RuntimeError of ``net(x)``: "Input
+    type (torch.FloatTensor) and weight type (torch.cuda.FloatTensor) should be the same") when ``net``'s first
+    parameter (else buffer) is on another device than ``x`` and the error is about devices; else return. Called once
+    the call has failed: a model that moves its input itself is never refused."""
+    device = next((t.device for t in itertools.chain(net.parameters(), net.buffers())), None)
+    text = str(error)
+    if device is None or device == x.device or not any(word in text for word in ("device", device.type, x.device.type)):
+        return  # "torch.cuda.FloatTensor" names cuda, "torch.FloatTensor" not the CPU
+    raise ValueError(f"{who} got x on {x.device} for its model on {device}, which torch refused "
+                     f"({text.splitlines()[0]}): move one to the other's device (x.to({str(device)!r}) or "
+                     f"model.to({str(x.device)!r})); latent-transforms never moves data between devices") from error
 
 
 def _name_head_given(error: RuntimeError, x: torch.Tensor, who: str) -> None:

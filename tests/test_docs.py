@@ -836,6 +836,7 @@ def _doc_commands():
 
     subcommands = next(a for a in _build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
     for page, line, chunk in _doc_command_chunks():
+        written = set(re.findall(r"\bcat > *(\S+) *<<", chunk))  # a script the block itself writes: the reader's
         starts = [m.start() for m in COMMAND_START.finditer(chunk)]
         for begin, end in zip(starts, starts[1:] + [len(chunk)]):
             command = re.split(r"\s#|;|&&|\||&|\"|\n", chunk[begin:end])[0].replace("\v", " ")
@@ -852,6 +853,8 @@ def _doc_commands():
             if not scripts:
                 continue
             name = words[scripts[0]]
+            if name in written:
+                continue
             path = next((p for p in (ROOT / name, ROOT / "benchmarks" / name, ROOT / "examples" / name) if p.is_file()),
                         None)
             yield where, name, path, words[scripts[0] + 1:]

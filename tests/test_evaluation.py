@@ -145,6 +145,24 @@ def test_predict_proba_tells_integer_images_their_scaling_not_a_cast():
         predict_proba(model, torch.zeros(2, 12, dtype=torch.int64))  # (mutation round 37: told "/ 255")
 
 
+def test_predict_proba_names_a_model_on_another_device_than_x():
+    """torch's own error named neither device ("Input type (torch.FloatTensor) and weight type
+    (torch.cuda.FloatTensor) should be the same"); a model that moves its input itself still runs. The meta device
+    stands in for a GPU."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 5)).to("meta")
+    with pytest.raises(ValueError, match=r"predict_proba got x on cpu for its model on meta, which torch refused "
+                                         r"\(.*\): move one to the other's device \(x.to\('meta'\) or "
+                                         r"model.to\('cpu'\)\)"):
+        predict_proba(model, torch.rand(2, 3, 2, 2))
+    moving = nn.Sequential(nn.Flatten(), nn.Linear(12, 5))
+    moving.register_forward_pre_hook(lambda m, args: (args[0].to("meta"),))
+    moving.to("meta")
+    assert predict_proba(moving, torch.rand(2, 3, 2, 2)).shape == (2, 5)
+    moving.register_forward_hook(lambda m, args, out: (_ for _ in ()).throw(RuntimeError("a bug of its own")))
+    with pytest.raises(RuntimeError, match="^a bug of its own$"):  # not about devices: torch's error as it is
+        predict_proba(moving, torch.rand(2, 3, 2, 2))
+
+
 def test_predict_proba_names_a_model_that_returns_a_tuple():
     class WithFeatures(nn.Module):
         def forward(self, x):
