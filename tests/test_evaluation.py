@@ -163,6 +163,12 @@ def test_predict_proba_names_a_model_on_another_device_than_x():
         predict_proba(moving, torch.rand(2, 3, 2, 2))
 
 
+def test_predict_proba_names_its_model_when_it_is_not_an_nn_module():
+    # mutation round 48: borrowed's check_model without its who said "the model must be the classifier"
+    with pytest.raises(TypeError, match=r"^predict_proba's model must be the classifier, an nn.Module"):
+        predict_proba(lambda x: x, torch.rand(2, 3))
+
+
 def test_predict_proba_names_a_model_that_returns_a_tuple():
     class WithFeatures(nn.Module):
         def forward(self, x):

@@ -1365,6 +1365,18 @@ def test_a_full_disk_says_what_the_file_needs_where_the_registry_gives_its_size(
     assert list(env.iterdir()) == []
 
 
+def test_a_full_disk_before_the_download_starts_says_what_the_registry_size_needs(env, monkeypatch):
+    """Mutation round 48: the temp file cannot be made (no inodes left: ENOSPC) before any answer; the registry's
+    size is known then and was not checked to be said."""
+    def no_room(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(hub.tempfile, "mkstemp", no_room)
+    _register("good", "good.safetensors", size=len(GOOD))
+    with pytest.raises(hub.HubError, match=rf"\): good.safetensors needs {len(GOOD)} bytes; free space there"):
+        hub.fetch("good")
+
+
 def _rename_refused(code: int) -> Callable[[str, str], None]:
     """An ``os.replace`` that refuses with ``code``, naming both files as the real one does."""
     def refused(src, dst):

@@ -1707,6 +1707,8 @@ def test_bad_settings_are_refused_before_the_output_folder_is_made(tmp_path):
                             ({"ema_decay": 1.0}, r"ema_decay must be a finite number in \(0, 1\)"),
                             ({"x_test": torch.rand(4, 1, 4, 4)},
                              r"x_test images are \(1, 4, 4\), x_train images \(1, 8, 8\)"),
+                            ({"x_test": torch.rand(4, 3, 8, 8)},  # the channels too (mutation round 48)
+                             r"x_test images are \(3, 8, 8\), x_train images \(1, 8, 8\)"),
                             # saved with the training state, it lost the steps of the call (before: the final JSON)
                             ({"data_description": {"root": Path("/data")}}, "data_description must be a str or a dict "
                              r"of JSON values .*, got \{'root': \w*Path\("),
@@ -1848,10 +1850,17 @@ def test_a_vae_padding_its_images_to_many_times_their_pixels_is_warned_of_before
         with pytest.raises(ValueError, match="must be a path, got ''"):  # warned before anything is made or trained
             train_codec("vae", torch.rand(2, 1, 2, 32), "", **VAE, max_steps=1, progress=False)
     assert "a codec of your own takes them at their size" in train._vae_size_cost(1, 64)  # vectors: no flow
+    # mutation round 48: an odd width alone rules out a flow; the ratio is of the pixels, not of a side (8x200: 256x256)
+    assert "a codec of your own takes them at their size" in train._vae_size_cost(2, 33)
+    assert "to 256x256, 41 times their pixels" in train._vae_size_cost(8, 200)
     # sides that only round up to a power of two (33x33 to 64x64: 3.8 times), and flows, are not warned of
     assert train._vae_size_cost(33, 33) is None and train._vae_size_cost(28, 28) is None
     assert train._vae_size_cost(16, 64) is not None  # 4 times: at the bound
     assert train._RECIPES["glow"].size_cost(2, 32) is None
+    with warnings.catch_warnings():  # and train_codec asks the kind's recipe (mutation round 48: a flow was warned)
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="must be a path, got ''"):
+            train_codec("flow", torch.rand(2, 1, 2, 32), "", levels=1, steps=1, hidden=4, max_steps=1, progress=False)
 
 
 @pytest.mark.parametrize("channels", [2, 4])
@@ -1866,6 +1875,19 @@ def test_images_of_other_channel_counts_than_1_or_3_train_to_the_end_with_their_
     assert r["complete"] and Path(r["json"]).is_file()
     # 4 images a row, each its channels side by side: 32 pixels high (4 x 8), 6 * channels * 8 wide, 2 apart
     assert Image.open(r["png"]).size == (150 + 4 * (6 * channels * 8 + 2), 3 * (32 + 2))
+
+
+def test_the_picture_of_2_channel_images_draws_each_image_its_channels_side_by_side(tmp_path, monkeypatch):
+    """Mutation round 48: the picture's size alone was checked; a reshape without the transpose interleaved the
+    channels' rows, and the originals' label did not say how many channels."""
+    from latent_transforms import visualize
+
+    drawn, draw_rows = [], visualize.draw_rows
+    monkeypatch.setattr(visualize, "draw_rows", lambda rows, **kw: drawn.append(rows) or draw_rows(rows, **kw))
+    x = torch.rand(3, 2, 4, 6)
+    train._save_grid(tiny_vae(shape=(2, 4, 6)), x, tmp_path / "g.png", n=3, temperature=1.0, seed=0)
+    assert list(drawn[0]) == ["originals, 2 channels", "reconstructions", "samples, temperature 1"]
+    assert torch.equal(drawn[0]["originals, 2 channels"], torch.cat([x[:, :1], x[:, 1:]], dim=3))
 
 
 def test_x_train_none_is_refused_as_not_a_tensor(tmp_path):

@@ -15,8 +15,8 @@ from torchvision.transforms import v2
 from latent_transforms import ISDA, Compose
 from latent_transforms.latent_adversarial import LatentAdversarial
 from latent_transforms.latent_noise import LatentNoise
-from latent_transforms.validation import (MAX_THREADS, THREADS, check_batch, check_count, check_images, check_labels,
-                                          check_number, setting)
+from latent_transforms.validation import (MAX_THREADS, THREADS, check_batch, check_count, check_images,
+                                          check_initialised, check_labels, check_number, setting)
 from latent_transforms.varmixup import VarMixup
 
 from contract import assert_model_unchanged, model_state
@@ -1436,3 +1436,14 @@ def test_make_folder_names_a_read_only_mount_as_such_with_the_errno(tmp_path, mo
                        match=rf"^cannot write into the output folder .*\({os.strerror(code)}\); give a folder") as e:
         validation.make_folder(tmp_path)
     assert e.value.errno == code and isinstance(e.value, PermissionError) == (not read_only)
+
+
+def test_a_model_with_lazy_modules_is_named_by_its_lazy_parameters_alone_two_of_them_and_a_count():
+    """Mutation round 48: the named list was not filtered to the lazy parameters, and the count of the rest was not
+    checked (methods' models had two lazy parameters alone)."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.LazyLinear(4), torch.nn.LazyLinear(2))
+    with pytest.raises(ValueError, match=r"^the model has parameters its lazy modules have not initialised yet "
+                                         r"\(1\.weight, 1\.bias and 2 more; "):
+        check_initialised(model, model.parameters())
+    model(torch.rand(1, 3))
+    check_initialised(model, model.parameters())
