@@ -61,9 +61,10 @@ def test_latent_shapes_and_flattening():
                 as e:
             flatten_latents(bad)
         assert isinstance(e.value, TypeError) == wrong_type
-    with pytest.raises(ValueError, match=r"^flat must be \(B, D\) latents with D = 64 \(the shapes' sizes \[32, 32\] "
-                                         r"together\), got torch.float32 of shape \(3, 60\)$"):
-        unflatten_latents(flat[:, :60], GLOW.latent_shapes)
+    for d in (60, 68):  # fewer values than the shapes hold, and more (mutation round 47)
+        with pytest.raises(ValueError, match=rf"^flat must be \(B, D\) latents with D = 64 \(the shapes' sizes "
+                                             rf"\[32, 32\] together\), got torch.float32 of shape \(3, {d}\)$"):
+            unflatten_latents(torch.cat([flat, flat], 1)[:, :d], GLOW.latent_shapes)
     for bad, wrong_type in ((flat[..., None], False), (flat.tolist(), True)):
         with pytest.raises(ValueError, match=r"^flat must be \(B, D\) latents with D = 64") as e:
             unflatten_latents(bad, GLOW.latent_shapes)
@@ -288,8 +289,9 @@ def test_compile_fast_path_needs_a_frozen_codec_and_takes_no_compile_arguments_t
         codec.compile_fast_path()
     assert isinstance(e.value, RuntimeError)  # a call its state forbids (api.md, Errors), and still a ValueError
     assert not codec.compiled
-    with pytest.raises(ValueError, match=r"compile_fast_path\(enabled=False\) takes no torch.compile arguments"):
-        codec.freeze().compile_fast_path(False, mode="max-autotune")  # turning it off compiles nothing
+    for kwargs in ({"mode": "max-autotune"}, {"dynamic": True}):  # turning it off compiles nothing
+        with pytest.raises(ValueError, match=r"compile_fast_path\(enabled=False\) takes no torch.compile arguments"):
+            codec.freeze().compile_fast_path(False, **kwargs)
 
 
 def test_latents_of_another_device_or_of_two_batch_sizes_are_refused_by_decode():
@@ -426,6 +428,13 @@ def test_the_fingerprint_tells_apart_codecs_of_the_same_weights_and_another_conf
     assert not torch.allclose(other.encode_flat(x), glow.encode_flat(x))
     assert other.fingerprint() != glow.fingerprint()
 
+
+
+def test_the_fingerprint_tells_apart_float64_weights_that_round_to_the_same_float32_ones():
+    """Weights held in float64 are hashed as float32 only where float32 holds them exactly (mutation round 47)."""
+    other = tiny_glow().double()
+    other.load_state_dict({k: v * (1 + 1e-12) if v.is_floating_point() else v for k, v in other.state_dict().items()})
+    assert other.fingerprint() != tiny_glow().double().fingerprint() == tiny_glow().fingerprint()
 
 def test_loading_weights_into_a_frozen_glow_refolds_the_fast_path():
     trained, _ = trained_like_glow_pair()

@@ -609,11 +609,13 @@ GLOW, VAE = tiny_glow(), tiny_vae()
     (GLOW, lambda: [t.long() for t in GLOW.encode(torch.rand(4, 1, 8, 8))], "z must be a list of 2 float tensors"),
     (VAE, lambda: torch.randn(4, 4), "z must be a list of 1 float tensors"),
     (VAE, lambda: [[0.0] * 4], "z must be a list of 1 float tensors"),
+    (GLOW, lambda: GLOW.encode(torch.rand(4, 1, 8, 8))[:1], "z must be a list of 2 float tensors"),  # a level short
     (GLOW, lambda: GLOW.encode(torch.rand(4, 1, 8, 8))[::-1], "latents have per-sample shapes"),  # levels swapped
     (VAE, lambda: [torch.randn(4, 5)], r"latents have per-sample shapes \[\(4,\)\] and one batch size, got shapes "
                                        r"\[\(4, 5\)\]"),
     (VAE, lambda: [torch.randn(4, 4, 1)], "latents have per-sample shapes"),
-], ids=["glow-flat", "glow-int", "vae-flat", "vae-nested-list", "glow-levels-swapped", "vae-wider", "vae-extra-axis"])
+], ids=["glow-flat", "glow-int", "vae-flat", "vae-nested-list", "glow-one-level", "glow-levels-swapped", "vae-wider",
+        "vae-extra-axis"])
 def test_decode_and_check_latents_refuse_latents_of_the_wrong_form(codec, z, message):
     latents = z()
     with pytest.raises(ValueError, match=message):
@@ -822,6 +824,19 @@ def test_a_codec_of_neither_one_nor_three_channels_is_not_told_to_average_the_ch
     with pytest.raises(ValueError, match=r"this one takes 2-channel images: convert them \(to 2 channels\), or train"):
         vae.check_images(torch.rand(2, 3, 8, 8))
 
+
+
+def test_an_rgb_codec_given_grey_images_is_told_to_expand_them():
+    """Fewer channels than the codec's, as more (mutation round 47): the expand, then the resize where due."""
+    from conftest import tiny_vae
+
+    vae = tiny_vae(shape=(3, 4, 4))
+    with pytest.raises(ValueError, match=r"this one takes 3-channel images: convert them \(x.expand\(-1, 3, -1, -1\)\), "
+                                         r"or train"):
+        vae.check_images(torch.rand(2, 1, 4, 4))
+    with pytest.raises(ValueError, match=r"convert them \(x.expand\(-1, 3, -1, -1\)\) and resize or crop them to "
+                                         r"\(4, 4\), or train"):
+        vae.check_images(torch.rand(2, 1, 6, 6))
 
 def test_a_grey_codec_given_rgb_images_names_imagefolders_conversion():
     """Found walking a new user's path: a codec trained on a folder of grey PNGs (``folder:``, one channel) refused

@@ -364,6 +364,14 @@ def test_float32_statistics_of_a_class_seen_millions_of_times_keep_tracking_its_
     assert error.max() < 3e-5, error
 
 
+
+def test_the_weight_of_a_batch_is_exact_for_counts_float32_cannot_hold():
+    # w = m / (n + m) in float64 (mutation round 47): n + m = 2**24 + 1 is 2**24 in float32, and w came out 2**-24
+    est = FeatureCovariance(1, 1, sync_stats=False)
+    est.count.fill_(2**24)
+    est.update(torch.ones(1, 1), torch.zeros(1, dtype=torch.int64))
+    assert est.mean.item() == torch.tensor(1 / (2**24 + 1)).item() != 2**-24
+
 def test_statistics_cast_to_float64_before_sizing_stay_float64_for_float32_features():
     # for long runs (docs/methods/isda.md, Precision): .double() of an unsized estimator used to be forgotten at
     # the first update, which sized float32 statistics from float32 features
@@ -622,6 +630,12 @@ def test_rows_whose_squares_fit_but_whose_sum_of_squares_overflows_are_ignored()
     torch.testing.assert_close(est.cov, clean.cov)
     torch.testing.assert_close(est.mean, clean.mean)
 
+
+
+def test_rows_are_ignored_from_the_documented_bound_of_1_8e13_in_float32():
+    est = FeatureCovariance(1, sync_stats=False)  # mutation round 47: a bound 1000 times higher passed the tests above
+    est.update(torch.tensor([[1.7e13], [2e13], [0.0]]), torch.zeros(3, dtype=torch.int64))
+    assert est.count.tolist() == [2] and est.mean.item() == pytest.approx(0.85e13)
 
 def test_labels_on_another_device_are_refused():
     with pytest.raises(ValueError, match="y is on meta but the features on cpu"):

@@ -15,7 +15,8 @@ def test_grid_layout_and_pixels(tmp_path):
     grey[1] = 1.0                                    # white second image
     colour = torch.zeros(2, 3, 4, 4)
     colour[0, 0] = 1.0                               # red first image
-    path = save_rows({"grey": grey, "colour": colour}, tmp_path / "sub" / "grid.png", cell=8, label_width=20)
+    path = save_rows({"grey": grey, "colour": colour}, tmp_path / "sub" / "dir" / "grid.png", cell=8,
+                     label_width=20)  # the folders made, parents too
     im = np.asarray(Image.open(path))
     assert im.shape == (2 * (8 + 2), 20 + 3 * (8 + 2), 3)  # rows x (label + widest row)
     assert (im[0:8, 30:38] == 255).all()                   # grey row, image 1: white in all channels
@@ -122,3 +123,11 @@ def test_draw_rows_is_the_saved_grid_as_an_image_a_notebook_shows_inline(tmp_pat
     assert image._repr_png_()[:8] == b"\x89PNG\r\n\x1a\n"  # what Jupyter displays
     with pytest.raises(ValueError, match="rows is empty"):
         draw_rows({})
+
+
+def test_each_label_is_drawn_centred_beside_its_own_row():
+    cell = 48
+    im = np.asarray(draw_rows({"Ag": torch.rand(1, 3, 4, 4), "bp": torch.rand(1, 3, 4, 4)}, cell=cell, label_width=60))
+    for r in range(2):  # the label's dark pixels, in its row's band of the label column
+        ink = np.nonzero((im[r * (cell + 2):(r + 1) * (cell + 2), :60] < 128).all(2).any(1))[0]
+        assert abs((ink.min() + ink.max()) / 2 - cell / 2) <= 3
