@@ -968,8 +968,10 @@ def _say_written(say: Callable[..., None], report: dict[str, Any], ckpt: Path, j
         registry = hub._registry()
     except (ValueError, OSError):  # a broken user registry: `register` will name it; the run is written all the same
         registry = hub._shipped_registry()
-    if registry.get(name, {}).get("sha256") == report["sha256"]:  # a finished run run again, registered before
-        say(f"registered:   as {name!r}, this checkpoint: codec = latent_transforms.hub.load({name!r})")
+    # a finished run run again, registered before: under its own name, or another (`register --name`)
+    known = sorted((n != name, n) for n, e in registry.items() if e.get("sha256") == report["sha256"])
+    if known:
+        say(f"registered:   as {known[0][1]!r}, this checkpoint: codec = latent_transforms.hub.load({known[0][1]!r})")
         return
     taken = set(registry) | {Path(e["file"]).stem for e in registry.values()}
     reg_name = name

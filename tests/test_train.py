@@ -1970,6 +1970,19 @@ def test_a_finished_run_run_again_after_registering_it_says_it_is_registered(tmp
     assert "registered:   as 'zz-r', this checkpoint: codec = latent_transforms.hub.load('zz-r')" in out
 
 
+def test_a_finished_run_registered_under_another_name_says_that_name(tmp_path, digits, capsys, monkeypatch):
+    # a run named glow-digits, registered as my-glow-digits as it suggests, told to register it again as my-my-...
+    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(hub, "_registered", {})
+    kw = dict(name="zz-n", **FLOW, max_steps=1, batch_size=16)
+    r = train_codec("flow", digits[0][:32], tmp_path / "run", **kw)
+    hub.register_run(r["json"], name="my-zz-n")
+    capsys.readouterr()
+    train_codec("flow", digits[0][:32], tmp_path / "run", **kw)  # rewrites the final files, trains nothing
+    out = capsys.readouterr().out
+    assert "register it:" not in out and "registered:   as 'my-zz-n', this checkpoint" in out
+
+
 def test_without_a_test_set_the_metrics_take_a_thousand_training_images(tmp_path, digits):
     x = digits[0][:1100]
     r = train_codec("flow", x, tmp_path, **FLOW, max_steps=1, batch_size=16, progress=False)
