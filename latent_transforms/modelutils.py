@@ -3,7 +3,6 @@ reading its logits, naming the device a run used, and choosing the CPU threads o
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import platform
 import re
@@ -16,7 +15,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .base import not_about_the_batch
-from .validation import check_initialised, check_model, name_dtype_clash
+from .validation import check_initialised, check_model, name_device_clash, name_dtype_clash
 
 __all__ = ["borrowed"]
 
@@ -112,7 +111,7 @@ def logits_of(net: nn.Module, x: torch.Tensor, who: str) -> torch.Tensor:
     try:
         out = net(x)
     except RuntimeError as e:
-        _name_device_clash(e, net, x, who)
+        name_device_clash(e, net, x, who)
         name_dtype_clash(e, net, x, who)
         _name_head_given(e, x, who)
         raise
@@ -139,20 +138,6 @@ def probabilities(logits: torch.Tensor) -> torch.Tensor:
     """(B, K) logits -> softmax probabilities in the logits' dtype, at least float32 (16-bit logits give float32, a
     float64 model's float64): ``predict_proba``'s and ``LatentMixupInference``'s."""
     return logits.to(torch.promote_types(logits.dtype, torch.float32)).softmax(1)
-
-
-def _name_device_clash(error: RuntimeError, net: nn.Module, x: torch.Tensor, who: str) -> None:
-    """Raise a ``ValueError`` naming both devices and the fix from ``error`` (torch's RuntimeError of ``net(x)``: "Input
-    type (torch.FloatTensor) and weight type (torch.cuda.FloatTensor) should be the same") when ``net``'s first
-    parameter (else buffer) is on another device than ``x`` and the error is about devices; else return. Called once
-    the call has failed: a model that moves its input itself is never refused."""
-    device = next((t.device for t in itertools.chain(net.parameters(), net.buffers())), None)
-    text = str(error)
-    if device is None or device == x.device or not any(word in text for word in ("device", device.type, x.device.type)):
-        return  # "torch.cuda.FloatTensor" names cuda, "torch.FloatTensor" not the CPU
-    raise ValueError(f"{who} got x on {x.device} for its model on {device}, which torch refused "
-                     f"({text.splitlines()[0]}): move one to the other's device (x.to({str(device)!r}) or "
-                     f"model.to({str(x.device)!r})); latent-transforms never moves data between devices") from error
 
 
 def _name_head_given(error: RuntimeError, x: torch.Tensor, who: str) -> None:

@@ -734,6 +734,19 @@ def check_same_device(x: torch.Tensor, module: torch.nn.Module, what: str, x_is:
         return
 
 
+def name_device_clash(error: RuntimeError, module: torch.nn.Module, x: torch.Tensor, who: str) -> None:
+    """Raise ``check_device``'s ``ValueError`` for ``who``'s model from ``error`` (torch's RuntimeError of
+    ``module(x)``, which names no fix: "Input type (torch.FloatTensor) and weight type (torch.cuda.FloatTensor) should
+    be the same") when ``module``'s first parameter (else buffer) is on another device than ``x`` and the error names a
+    device; else return. Called once the call has failed, as ``name_dtype_clash``: a model that moves its input itself
+    is never refused."""
+    text = str(error)
+    for p in itertools.chain(module.parameters(), module.buffers()):  # the first: as check_same_device
+        if any(word in text for word in ("device", p.device.type, x.device.type)):  # "torch.FloatTensor": no "cpu"
+            check_device(f"{who}'s model", p.device, x)
+        return
+
+
 def name_dtype_clash(error: RuntimeError, module: torch.nn.Module, x: torch.Tensor, who: str, x_name: str = "x",
                      module_name: str = "model") -> None:
     """Raise a ``ValueError`` naming both dtypes and the fix, from ``error`` (torch's RuntimeError of ``module(x)``,
