@@ -204,7 +204,7 @@ def _sample_log_gamma(shape: float, n: int, generator: torch.Generator, device: 
 
 def sample_beta(alpha: float, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
     """(n,) float32 draws in [0, 1] on ``device`` from Beta(alpha, alpha) using only ``generator``: ``G1 / (G1 + G2)``
-    computed from the logs. ``alpha`` at least ``MIN_ALPHA`` (below, float32 draws overflow to NaN weights)."""
+    computed from the logs. ``alpha`` at least ``MIN_ALPHA`` (below, the weights are all but 0 or 1: no mixing)."""
     alpha = check_number("alpha", alpha, low=MIN_ALPHA)
     n = check_count("n", n)
     return torch.sigmoid(_sample_log_gamma(alpha, n, generator, device)

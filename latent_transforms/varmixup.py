@@ -69,7 +69,7 @@ class VarMixup(CodecTransform):
     mixes_labels = True
     index_params = ("partner",)
     weight_params = ("lam",)
-    alpha = setting("alpha", check_number, low=MIN_ALPHA)  # below, float32 Beta draws overflow to NaN weights
+    alpha = setting("alpha", check_number, low=MIN_ALPHA)  # below, the weights are all but 0 or 1: no mixing
     per_sample, keep_detail = setting("per_sample", check_bool), setting("keep_detail", check_bool)
 
     def __init__(self, codec: Codec | str = "vae-cifar10", alpha: float = 1.0, *, num_classes: int | None = None,
