@@ -1040,17 +1040,22 @@ def test_training_and_sampling_methods_check_their_arguments():
         glow.sample(2, generator="3")
 
 
+def _moved_twin(glow: Glow, scale: float) -> Glow:
+    """A frozen copy of ``glow`` whose every weight is moved by ``scale`` * N(0, 1): other weights to write into it."""
+    other = glow.unfrozen_copy()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(scale * torch.randn_like(p))
+    return other.freeze()
+
+
 def test_a_frozen_glow_follows_weights_written_in_place():
     # the folded fast path was computed at freeze() and refolded only by load_state_dict or a dtype change: after
     # p.copy_(...) the fingerprint followed the new weights but encode/decode kept the old ones (latents off by 1.3)
     from latent_transforms import hub
 
     glow = hub.load("glow-digits")
-    other = glow.unfrozen_copy()
-    with torch.no_grad():
-        for p in other.parameters():
-            p.add_(0.01 * torch.randn_like(p))
-    other.freeze()
+    other = _moved_twin(glow, 0.01)
     x = torch.rand(4, 1, 8, 8)
     with torch.no_grad():
         for a, b in zip(glow.parameters(), other.parameters()):
@@ -1071,11 +1076,7 @@ def test_a_frozen_glow_follows_weights_given_other_storage(how):
     # version counters alone: vector_to_parameters (p.data = ... in torch 2.14), p.data = ... and swap_tensors left
     # them where they were, and encode kept the old folded weights (latents off by 12; audit 316)
     glow = Glow((1, 8, 8), levels=2, steps=2, hidden=16).init_actnorm(torch.rand(16, 1, 8, 8)).freeze()
-    other = glow.unfrozen_copy()
-    with torch.no_grad():
-        for p in other.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    other.freeze()
+    other = _moved_twin(glow, 0.05)
     x = torch.rand(4, 1, 8, 8)
     glow.encode_flat(x)  # folded and its sources' state read
     with torch.no_grad():
