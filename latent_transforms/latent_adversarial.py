@@ -32,7 +32,8 @@ class LatentAdversarial(CodecTransform):
         steps: PGD steps (default 1); the cost grows linearly with them. The official CIFAR-10 setting is 3 steps
             of 0.5; on a validation split with ``glow-cifar10`` one step of 1.0 did as well (+3.6 points over
             crop+flip with the shipped flow, +4.1 with the first release, mean of 2 seeds; 3 steps: +1.5 with the
-            first release) at about half the cost.
+            first release) at about half the cost. ``0`` keeps the start: a random point of the ball, or with
+            ``random_start=False`` the codec's round trip.
         step_size: size of each step (default 1.0).
         norm: ``"l2"`` (default) or ``"linf"``: the ball, the step direction and the random start.
         random_start: start (default ``True``) from U(-eps, eps) per coordinate projected onto the ball, as the

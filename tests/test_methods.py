@@ -182,6 +182,17 @@ def test_adversarial_eps_zero_is_identity(glow, batch, net):
     assert (x2 - x).abs().max() <= 1e-4
 
 
+def test_adversarial_with_no_steps_is_its_start(glow, batch, net):
+    """steps=0: the random start alone (a random point of the ball), or the codec's round trip without it."""
+    x, y = batch
+    t = LatentAdversarial(glow, eps=0.5, steps=0, generator=0)
+    x2, _ = t(x, y, net)
+    start = t.last_params["start"]
+    assert torch.equal(t.last_params["delta"], start) and (start.norm(dim=1) - 0.5).abs().max() <= 1e-5
+    x3, _ = LatentAdversarial(glow, steps=0, random_start=False)(x, y, net)
+    assert (x3 - x).abs().max() <= 1e-4 and (x2 - x).abs().max() > 1e-3
+
+
 def test_adversarial_targets_prediction_by_default(glow, batch, net):
     x, y = batch
     t = LatentAdversarial(glow, steps=1, generator=0)
