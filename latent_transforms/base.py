@@ -26,8 +26,8 @@ __all__ = ["LatentTransform"]
 _MAX_OVERSHOOT = 0.5
 # A transformed sample with more than _SATURATED of its values at 0 or 1 after clipping, _GAIN more than its input had,
 # is destroyed though kept: a flow's latent pushed far out (eps too large) decodes into saturated noise inside [0, 1]
-# (the shipped codecs decode into [0, 1]: keep_plausible rejects none). Over a window of at least _WINDOW transformed
-# samples, more than _WARN of them destroyed makes a one-time warning.
+# (the shipped VAEs decode into [0, 1], the flows' logit transform within 0.06 of it: keep_plausible rejects none).
+# Over a window of at least _WINDOW transformed samples, more than _WARN of them destroyed makes a one-time warning.
 _SATURATED, _GAIN, _WINDOW, _WARN = 0.5, 0.25, 32, 0.25
 # Set on a ValueError that is not about the batch a transform was given (its model's or codec's own error, raised in
 # ``transform``, or a setting the transform lacks): a Compose passes it on without naming the previous step.

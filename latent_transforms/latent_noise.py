@@ -35,7 +35,8 @@ class LatentNoise(CodecTransform):
         eps: noise size in standardised latent units. ``norm="l2"``: a uniformly random direction of L2 norm exactly
             ``eps`` over the perturbed coordinates; ``"linf"``: N(0, eps^2) clipped to [-eps, eps]; ``None``:
             N(0, eps^2). Default: 0.18 per perturbed coordinate (``default_eps()``): with L2, 10 for a 32x32 RGB
-            codec such as ``glow-cifar10``, 1.443 for the 64 coordinates of ``glow-digits``. 10 was chosen on a
+            flow such as ``glow-cifar10`` (3,072 coordinates), 1.443 for the 64 of ``glow-digits``, 2.041 for the
+            128 of ``vae-cifar10``. 10 was chosen on a
             validation split with the first ``glow-cifar10`` and kept for the current one, where the official
             CIFAR-10 setting ``eps=20`` (about 0.36 per coordinate of 3,072) cost 5 to 6 points of accuracy; no eps
             measurably helped with either (docs/calibration.md). The same L2 eps is a larger change in fewer
