@@ -206,7 +206,7 @@ class LatentTransform(Settings, SampleStats, nn.Module):
     Subclasses set ``needs_model``/``mixes_labels`` (``needs_labels`` follows ``mixes_labels``; override it with a
     class attribute or a property, for a method that reads labels without mixing them: a label mix needs labels
     whatever it says) and implement ``make_params(n, generator, device)``, every random draw for ``n`` selected
-    samples, and ``transform(x, y, model, params) -> (x2, y2)`` on the selected samples only;
+    samples, and ``transform(x, y, model, params, index=None) -> (x2, y2)`` on the selected samples only;
     ``check_inputs(x, model, index)`` may add checks of their own (run on every call, also in eval mode, by
     ``check_call``).
     """

@@ -626,6 +626,19 @@ def test_every_option_after_the_leading_arguments_is_keyword_only():
     assert found == leading
 
 
+def test_the_base_class_docstring_names_the_hooks_with_the_parameters_they_are_called_with():
+    """LatentTransform's docstring, rendered in docs/api.md, names ``make_params(...)``, ``transform(...)`` and
+    ``check_inputs(...)`` with their parameters (audit 335: it gave ``transform(x, y, model, params)``, and a subclass
+    written from it failed with a TypeError: the call passes ``index`` too)."""
+    from latent_transforms import LatentTransform
+
+    for hook in ("make_params", "transform", "check_inputs"):
+        named = re.findall(rf"``{hook}\(([^)]*)\)", LatentTransform.__doc__ or "")
+        wanted = list(inspect.signature(getattr(LatentTransform, hook)).parameters)[1:]  # without self
+        assert named, f"the docstring no longer names {hook}(...)"
+        assert all([a.split("=")[0].strip() for a in args.split(",")] == wanted for args in named), (hook, named)
+
+
 
 # --- the public names as a REPL shows them: repr in the constructor's spelling, signatures, help's first line ---
 
