@@ -10,8 +10,8 @@ writes
   set, or on 1,000 training images spread over the set without one) and a ready-made registry entry,
 * ``out_dir/<name>.png``: labelled rows of up to 16 of those images, their reconstructions and samples.
 
-``eval_codec(codec, x)`` computes those metrics (bits/dim for flows, MSE/KL for VAEs); ``register_cli``
-adds the ``latent-transforms train`` subcommand.
+``eval_codec(codec, x)`` computes those metrics (bits/dim for flows, MSE/KL for VAEs). The command line
+``latent-transforms train`` (docs/training.md) runs it on an image folder, an ``.npz`` file or a named dataset.
 """
 from __future__ import annotations
 
