@@ -65,8 +65,9 @@ def keep_out_of_ddp_broadcast(owner: nn.Module, model: object) -> None:
 # The labels' type in the call's hint: y2 is labels when y is, None when y is None (LatentTransform, Compose)
 LabelsT = TypeVar("LabelsT", bound="torch.Tensor | None")
 
-# The classes a Compose knows (its own or a later step's), set around its first step's call: that step reads the
-# batch's values for both (one host sync per call) and checks the labels against them when it has no num_classes.
+# The classes a Compose knows (its own or a later step's), set around each latent step's call: its first step reads
+# the batch's values for both (one host sync per call); a step checks the labels against them when it has no
+# num_classes (a label mix makes class indices soft with them).
 CALLER_NUM_CLASSES: ContextVar[int | None] = ContextVar("latent_transforms_caller_num_classes", default=None)
 
 
@@ -147,8 +148,8 @@ class SampleStats:
 
     @property
     def stats(self) -> dict[str, int]:
-        """Running counts: samples ``seen`` (by a transform: in training mode), ``transformed``, ``rejected``
-        (replaced by the input)."""
+        """Running counts: samples ``seen`` (by a transform: in training mode), ``transformed`` (and kept),
+        ``rejected`` (transformed, then replaced by the input)."""
         seen, transformed, rejected = (0, 0, 0) if self._counts is None else self._counts.tolist()
         return {"seen": int(seen), "transformed": int(transformed), "rejected": int(rejected)}
 
@@ -192,8 +193,8 @@ class LatentTransform(Settings, SampleStats, nn.Module):
         - Outputs are clipped to [0, 1] and carry no autograd history (training mode).
         - Parameters are drawn apart from their application (as kornia's and torchvision v2's transforms):
           ``last_params`` holds the last successful training call's: ``"batch_size"``, a 0-dim int64 CPU tensor,
-          ``"selected"``, ``(N,)`` int64, the batch rows transformed (all B when ``p=1``; none: only these two
-          keys), the method's draws (``make_params``), one row per selected
+          ``"selected"``, ``(N,)`` int64, the batch rows chosen by ``p`` (all B when ``p=1``; rejected ones
+          included; none: only these two keys), the method's draws (``make_params``), one row per selected
           sample in that order (indices such as VarMixup's ``partner`` count among the selected samples: batch row
           ``selected[partner]``), and what the method computed from them (LatentAdversarial's ``delta``), all
           detached (no autograd history, not the caller's tensor objects).

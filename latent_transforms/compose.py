@@ -105,12 +105,14 @@ def _is_conversion(t: object) -> TypeGuard[nn.Module]:
 
 def _conversions_in(t: object) -> list[nn.Module]:
     """The dtype conversions that always run when step ``t`` runs: ``t`` itself, or those inside a torchvision
-    ``v2.Compose`` or this ``Compose`` (not inside RandomApply/RandomChoice/RandomOrder: they may not run)."""
-    from torchvision.transforms.v2 import Compose as TorchvisionCompose
+    ``v2.Compose``, a ``RandomOrder`` (it runs all, in some order) or this ``Compose`` (not inside
+    RandomApply/RandomChoice: they may not run)."""
+    from torchvision.transforms.v2 import Compose as TorchvisionCompose, RandomOrder
 
     if _is_conversion(t):
         return [t]
-    inner = t.steps if isinstance(t, Compose) else t.transforms if isinstance(t, TorchvisionCompose) else []
+    inner = t.steps if isinstance(t, Compose) else t.transforms if isinstance(t, (TorchvisionCompose, RandomOrder)) \
+        else []
     return [c for s in inner for c in _conversions_in(s)]
 
 
@@ -302,8 +304,8 @@ class Compose(Settings, ChecksCodecStates, nn.Module):
       (the whole batch gets the same RandAugment ops);
     - a kornia augmentation: pixel ones are called as ``t(x)`` and sample per sample; kornia mixes
       (``RandomMixUpV2``, ``RandomCutMixV2`` with ``num_mix=1``, either lambda convention) take class indices and
-      their ``(B, 3)`` label output is turned into ``(B, K)`` soft labels, so they must come before any step that
-      makes labels soft;
+      their ``(B, 3)`` label output (CutMix's ``(1, B, 3)``) is turned into ``(B, K)`` soft labels, so they must
+      come before any step that makes labels soft;
     - another ``Compose``: called as ``t(x, y, model)``;
     - any callable ``x -> x``.
 
@@ -313,10 +315,10 @@ class Compose(Settings, ChecksCodecStates, nn.Module):
     labels (``x2, _ = Compose([...])(x)``); in training, ``model=None`` is refused before any step runs when one
     needs it.
     In ``eval()`` mode the chain is the identity but for its dtype conversions (``v2.ToDtype``,
-    ``v2.ConvertImageDtype``, ``v2.ToPureTensor``; also inside a ``v2.Compose`` step, not inside ``RandomApply`` or
-    ``RandomChoice``), which run, so a validation loader's ``uint8`` images come out as in training; the batch is
-    checked as its first latent step (also a nested Compose's first) checks it alone in ``eval()`` mode, ``model``
-    aside.
+    ``v2.ConvertImageDtype``, ``v2.ToPureTensor``; also inside a ``v2.Compose`` or ``RandomOrder`` step, not inside
+    ``RandomApply`` or ``RandomChoice``), which run, so a validation loader's ``uint8`` images come out as in
+    training; the batch is checked as its first step, when a latent one (also a nested Compose's first), checks it
+    alone in ``eval()`` mode, ``model`` aside (a later latent step's own checks, its codec's image shape, do not run).
 
     ``x: (B, C, H, W)`` float in [0, 1], or ``uint8`` when the first step is a torchvision v2 transform (but MixUp and
     Normalize) or a callable (``v2.ToDtype(torch.float32, scale=True)`` before the first latent, kornia, MixUp or

@@ -400,7 +400,9 @@ def test_eval_mode_runs_the_conversions_inside_a_torchvision_or_nested_compose(r
     x8 = (x * 255).round().to(torch.uint8)
     to_float = T.ToDtype(torch.float32, scale=True)
     for c in (Compose([T.Compose([T.RandomHorizontalFlip(), to_float]), LatentNoise(rgb_glow, generator=0)]),
-              Compose([Compose([T.Compose([to_float])]), LatentNoise(rgb_glow, generator=0)])):
+              Compose([Compose([T.Compose([to_float])]), LatentNoise(rgb_glow, generator=0)]),
+              # RandomOrder runs every step it holds, in some order: the conversion too
+              Compose([T.RandomOrder([T.RandomHorizontalFlip(), to_float]), LatentNoise(rgb_glow, generator=0)])):
         x2, y2 = c.eval()(x8, y)  # was refused: "has none that converts these uint8 images"
         assert torch.equal(x2, to_float(x8)) and y2 is y
 
