@@ -8,14 +8,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import warnings
 
 import torch
 
 from latent_transforms.data import CIFAR10_SPECS, DEFAULT_DATA_ROOT
-
-# normflows' invertible 1x1 convolutions call torch.lu, which is deprecated; harmless here.
-warnings.filterwarnings("ignore", message="torch.lu is deprecated")
 
 
 def tiny_glow(image_shape=(3, 32, 32), seed: int = 0):

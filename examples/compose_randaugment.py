@@ -67,7 +67,8 @@ def isda_pipeline(glow, num_classes: int) -> Compose:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_data_args(parser)                        # --train, --test, --data-root
-    parser.add_argument("--codec", default="glow-cifar10", help="hub name or .safetensors path of a Glow")
+    parser.add_argument("--codec", default="glow-cifar10",
+                        help="hub name or .safetensors path of a Glow (default: glow-cifar10)")
     parser.add_argument("--steps", type=int, default=200, help="training steps per pipeline (default: 200)")
     parser.add_argument("--batch-size", type=int, default=128, help="default: 128")
     add_width_arg(parser)

@@ -47,9 +47,11 @@ class Images(Dataset):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_data_args(parser)                        # --train, --test, --data-root
-    parser.add_argument("--codec", default="glow-cifar10", help="hub name or .safetensors path of a Glow")
+    parser.add_argument("--codec", default="glow-cifar10",
+                        help="hub name or .safetensors path of a Glow (default: glow-cifar10)")
     parser.add_argument("--method", choices=["noise", "adversarial", "none"], default="noise", help="default: noise")
-    parser.add_argument("--epochs", type=int, default=200, help="default: 200, the flow paper's CIFAR schedule")
+    parser.add_argument("--epochs", type=int, default=200,
+                        help="default: 200, the CIFAR schedule of the flow paper's code")
     parser.add_argument("--batch-size", type=int, default=128, help="default: 128")
     parser.add_argument("--lr", type=float, default=0.1, help="initial learning rate (default: 0.1)")
     add_width_arg(parser)
@@ -69,7 +71,7 @@ def main() -> None:
     loader = DataLoader(Images(x_train, y_train, crop_flip), batch_size=args.batch_size, shuffle=True,
                         drop_last=len(x_train) >= args.batch_size)   # a set smaller than a batch is one batch
 
-    # -- model, optimiser: the CIFAR recipe of the flow paper (SGD, Nesterov, wd 5e-4) ----------------------
+    # -- model, optimiser: the CIFAR recipe of the flow paper's code, okyksl/flow-lp (SGD, Nesterov, wd 5e-4) ---
     model = CifarResNet18(num_classes, width=args.width).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(   # at 30%, 60% and 80% of training, never before epoch 1

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from common import one_line_errors, pick_device  # (importing common also silences normflows' torch.lu warning)
+from common import one_line_errors, pick_device
 from latent_transforms import LatentNoise, hub
 from latent_transforms.data import load_images
 from latent_transforms.train import train_codec
