@@ -66,10 +66,11 @@ class FeatureCovariance(Settings, nn.Module):
             buffers, else the checkpoint's). Given: allocated now, on the CPU in float32; move it with ``.to(device)``.
         covariance: ``"full"``, ``cov: (K, A, A)`` (the official CIFAR variant), or ``"diagonal"``, only the
             per-dimension variances, ``cov: (K, A)`` (memory ``O(K A)``; the official ImageNet/segmentation variant).
-            The full form takes ``K A^2`` numbers, and each update as many again: for ImageNet's 1000 classes and 2048
-            ResNet-50 features, 16.8 GB in float32, 33.6 GB during an update. Where that exceeds the device's memory
-            (the RAM for the CPU) it is refused before allocating, and an allocation that fails is reported, both as
-            ``torch.OutOfMemoryError`` with the figures and ``covariance="diagonal"`` as the fix.
+            The full form takes ``K A^2`` numbers, and each update as many again plus ``N K A`` for a batch of ``N``:
+            for ImageNet's 1000 classes and 2048 ResNet-50 features, 16.8 GB in float32, 33.6 GB during an update.
+            Where that exceeds the device's memory (the RAM for the CPU) it is refused before allocating, and an
+            allocation that fails is reported, both as ``torch.OutOfMemoryError`` with the figures and
+            ``covariance="diagonal"`` as the fix.
         sync_stats: under ``torch.distributed`` (initialised, world size > 1), gather every rank's batch before the merge
             so that all ranks hold the statistics one process would compute on the concatenated batch. ``True``:
             the default process group; a ``torch.distributed.ProcessGroup``: the ranks of that group only (the
@@ -354,8 +355,8 @@ class FeatureCovariance(Settings, nn.Module):
         left, right = (kept_delta, delta) if self._diagonal else (kept_delta.unsqueeze(2), delta.unsqueeze(1))
         # (n S + m S')/(n+m) + n m d d^T/(n+m)^2  ==  S + w (S' - S + (1-w) d d^T): one increment added in place (no
         # more K A A), as the mean's. Not as (1-w) S + w S' + ...: 1-w rounds to float32's steps of 6e-8 near 1, a
-        # decay off by up to 3e-8 per update whatever w is, which drifted the covariance of a class seen 1e5-1e7
-        # times 10-20x more (docs/methods/isda.md, Precision)
+        # decay off by up to 3e-8 per update whatever w is, which drifted the covariance of a class seen 1e5-1e6
+        # times 12-100x more (docs/methods/isda.md, Precision)
         cov.add_(batch_cov.sub_(cov).addcmul_(left, right).mul_(wv))
         mean.add_(w.unsqueeze(1) * delta)
         self.count.add_(count)
@@ -447,10 +448,10 @@ _UNTRACED_GATHER: list[Callable[..., Any]] = []  # _all_gather_rows under torch.
 def _untraced_gather() -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
     """``_all_gather_rows`` under ``torch.compiler.disable`` (traced, the collectives landed in per-rank graphs: a
     shape change on one rank mismatched them), made at first need: the decorator imports ``torch._dynamo``, which as
-    a decorator at import took 1.8 s of ``import latent_transforms`` (3.9 s in all), and 1.3-1.8 s of every ``ISDA()``
-    built without a process group. First made inside code being compiled (an estimator built before the process
-    group, as in a LightningModule), the ``torch.compiler.disable`` call breaks the graph there, once: the gather
-    still runs outside it."""
+    a decorator at import took 1.8 s of ``import latent_transforms`` (3.9 s in all), and 1.3-1.8 s of the first
+    ``ISDA()`` of a process built without a process group. First made inside code being compiled (an estimator built
+    before the process group, as in a LightningModule), the ``torch.compiler.disable`` call breaks the graph there,
+    once: the gather still runs outside it."""
     if not _UNTRACED_GATHER:
         _UNTRACED_GATHER.append(torch.compiler.disable(_all_gather_rows))
     return _UNTRACED_GATHER[0]
@@ -462,8 +463,8 @@ def _all_gather_rows(a: torch.Tensor, y: torch.Tensor,
     batch sizes may differ between ranks).
 
     Gathering the features (world x N x A numbers) costs less communication than all-reducing per-class sums of
-    outer products (K x A x A), and makes every rank run the same merge on the same data. One host sync: the sizes,
-    read at once.
+    outer products (K x A x A) where world x N < K x A, and makes every rank run the same merge on the same data. One
+    host sync: the sizes, read at once.
     """
     world = dist.get_world_size(group)
     n = torch.full((1,), a.shape[0], device=a.device, dtype=torch.int64)  # torch.tensor(..., device=) would block

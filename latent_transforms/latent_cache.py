@@ -48,9 +48,10 @@ class LatentCache(Settings, nn.Module):
     """Standardised latents of a fixed set of images, ``(N, D)``, as a buffer (moves with ``.to``).
 
     ``cache = LatentCache(codec, images)``; then ``LatentNoise(codec, cache=cache)(x, y, index=idx)`` with ``idx``
-    the positions of ``x`` in ``images`` skips the encoder. Memory: N x D floats (50,000 CIFAR-10 images: 0.6 GB
-    in fp32). The latents belong to the images as given: pass ``index`` only for unmodified images (each call checks
-    two random projections of ``x`` against the cached images', N x 2 numbers, in the call's one host sync).
+    the positions of ``x`` in ``images`` skips the encoder. Memory: N x D floats (50,000 CIFAR-10 images through
+    glow-cifar10, D = 3072: 0.6 GB in fp32). The latents belong to the images as given: pass ``index`` only for
+    unmodified images (each call checks two random projections of ``x`` against the cached images', N x 2 numbers,
+    in the call's one host sync).
     ``cache.save(path)`` / ``LatentCache.load(path, codec)`` keep them across runs (safetensors, with the codec's
     fingerprint, checked on load); ``state_dict`` carries the fingerprint too.
 
@@ -236,7 +237,7 @@ class LatentCache(Settings, nn.Module):
 
     def forward(self, index: torch.Tensor, *, check: bool = True) -> torch.Tensor:
         """index: (B,) int64 positions in ``[0, len(cache))``, on the cache's device -> (B, D) latents (``check=False``
-        skips the index range check, one host sync, for callers that made it)."""
+        skips the index's checks, its form and its range, one host sync, for callers that made them)."""
         if isinstance(index, torch.Tensor) and index.device != self.latents.device:
             raise ValueError(f"index is on {index.device} but the cache on {self.latents.device}; move it with "
                              f".to({str(self.latents.device)!r}) (latent-transforms never moves data between devices)")

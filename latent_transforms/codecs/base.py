@@ -31,7 +31,8 @@ Latents = list[torch.Tensor]  # per-level latents, each (B, *shape); coarsest fi
 _CodecT = TypeVar("_CodecT", bound="Codec")  # what freeze() & co. return: the codec's own class
 OWN_CODEC_DOCS = "docs/training.md#your-own-model-as-a-codec"
 # sample()'s latents' standard deviation, at most: from 10 every pixel of the shipped flows' samples is clipped to 0 or
-# 1, at 100 70-77% of the shipped VAEs' are; beyond, only noise, then NaN (glow-digits from 1e30, all four at 1e38)
+# 1, at 100 70-77% of the shipped VAEs' are; beyond, only noise, then NaN (glow-digits from 3e27, glow-cifar10 from
+# 3e30, all four at 1e38)
 _MAX_TEMPERATURE = 100.0
 
 
@@ -438,8 +439,8 @@ class Codec(Settings, ChecksCodecStates, nn.Module):
 
         Same contract (fp32, TF32 off, x: (B, C, H, W) <-> latents [(B, *shape), ...]) and the same outputs to
         float32 rounding (tested against the eager and, for Glow, the plain normflows path). Compiling is lazy: the
-        first call per input shape, device and grad mode compiles (tens of seconds on a CPU), later calls reuse it.
-        ``dynamic`` and ``compile_kwargs`` (``mode``, ``backend``, ...) go to ``torch.compile``; the default
+        first call per input shape, device and grad mode compiles (tens of seconds to minutes on a CPU), later calls
+        reuse it. ``dynamic`` and ``compile_kwargs`` (``mode``, ``backend``, ...) go to ``torch.compile``; the default
         ``dynamic=None`` (torch's automatic mode) compiles the first batch size as is and, at the first other batch
         size, once more with a symbolic batch dimension that then serves every size (transforms with ``p < 1``).
         ``enabled=False`` returns to the eager path. Returns self. Measured speed: docs/performance.md (CPU only so
