@@ -79,6 +79,18 @@ def _takes_floats_only(t: object) -> bool:
     return (isinstance(t, LatentTransform) and t._takes_images) or _is_kornia(t) or bool(_float_only_torchvision(t))
 
 
+def _to_float_hint(step: nn.Module, i: int, x: torch.Tensor) -> str:
+    """Where ``v2.ToDtype`` goes, for a ``ValueError`` of step ``i`` given integer images ``x``: before the step, when
+    it takes float images only or is a torchvision container holding such a step and no conversion (a nested Compose
+    gives its own hint); else ``""``."""
+    parts = _parts(step)
+    part = next((p for p in parts if _takes_floats_only(p)), None)
+    if x.is_floating_point() or part is None or isinstance(step, Compose) or any(_is_conversion(p) for p in parts):
+        return ""
+    held = "" if part is step else f": {_where(part, step, i)} takes float images only"
+    return f"; in a Compose, put v2.ToDtype(torch.float32, scale=True) {'before this step' if i else 'first'}{held}"
+
+
 def _takes_any_tensor(steps: list[nn.Module]) -> bool:
     """Whether steps of a Compose take any ``(B, ...)`` tensor (vectors, sequences, token ids): they hold a latent
     step and every latent step never reads ``x`` (ISDA), the others being plain callables (no torchvision or kornia
@@ -547,11 +559,12 @@ class Compose(Settings, ChecksCodecStates, nn.Module):
                     y = to_soft(y, self.num_classes)
                 x, y = self._run_step(step, i, x, y, model, index if i == 0 else None)
             except ValueError as e:  # a step refused what the previous step made: say which step
-                if i > 0 and e.args and not getattr(e, NOT_ABOUT_THE_BATCH, False):  # e.g. a model's own error
-                    hint = "" if x.is_floating_point() or not _takes_floats_only(step) else \
-                        "; in a Compose, put v2.ToDtype(torch.float32, scale=True) before this step"
-                    e.args = (f"Compose step {i} ({_name(step)}), on the output of step {i - 1} "
-                              f"({_name(self.steps[i - 1])}): {e.args[0]}{hint}",) + e.args[1:]
+                if e.args and not getattr(e, NOT_ABOUT_THE_BATCH, False):  # e.g. a model's own error
+                    where = "" if i == 0 else \
+                        f"Compose step {i} ({_name(step)}), on the output of step {i - 1} ({_name(self.steps[i - 1])}): "
+                    hint = _to_float_hint(step, i, x)
+                    if where or hint:
+                        e.args = (f"{where}{e.args[0]}{hint}",) + e.args[1:]
                 raise
         return x, y
 

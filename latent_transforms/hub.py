@@ -230,15 +230,27 @@ def _remove(path: str | os.PathLike[str]) -> None:
         pass
 
 
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT)  # a full disk, a quota reached
+
+
+def _room_needed(e: OSError, file: str, size: int | None) -> str:
+    """``": FILE needs SIZE bytes"`` where ``e`` is a full disk (or quota) and ``file``'s ``size`` is known, else
+    ``""``: what an error writing ``file`` ends its reason with."""
+    return f": {file} needs {size} bytes" if e.errno in _NO_ROOM and file and size is not None else ""
+
+
 @contextlib.contextmanager
-def _naming(filename: Path) -> Iterator[None]:
+def _naming(filename: Path, temp: str | None = None) -> Iterator[None]:
     """An ``OSError`` from the block names ``filename`` (the folder a temp file could not be made in, the file it
-    was to become), not the hidden temp file it was about."""
+    was to become), not the hidden temp file it was about. With ``temp``, the block writes that temp file and only
+    an error naming it, or a full disk naming no file, is renamed."""
     try:
         yield
     except OSError as e:
-        e.filename = str(filename)
-        del e.filename2  # unset, not None: str(e) would end in "-> None"
+        if temp is None or (e.filename is None and e.errno in _NO_ROOM) or \
+                (isinstance(e.filename, str) and Path(e.filename) == Path(temp)):
+            e.filename = str(filename)
+            del e.filename2  # unset, not None: str(e) would end in "-> None"
         raise
 
 
@@ -274,10 +286,12 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
     gets the usual permissions and is renamed over ``path``, else (any exception, ``KeyboardInterrupt`` too) it is
     removed: ``path`` never holds half a file, also after a crash or power loss (without the flush, the rename could
     reach the disk before the data). An ``OSError`` in making, flushing or renaming the temp file names ``path`` (its
-    folder, where the temp file could not be made), not the temp file."""
+    folder, where the temp file could not be made), not the temp file; so does one of the block's that names the temp
+    file, or a full disk (or quota) that names none."""
     with _atomic_file(Path(path)) as (f, tmp):
         f.close()  # written by name
-        yield tmp
+        with _naming(Path(path), tmp):
+            yield tmp
 
 
 def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
@@ -328,7 +342,8 @@ def write_safetensors(path: str | os.PathLike[str], tensors: dict[str, torch.Ten
                 f.write(part)
                 h.update(part)
     except OSError as e:  # full disk, read-only directory: named as the file asked for, not the hidden temp file
-        raise OSError(e.errno, f"cannot write {path} ({e.strerror or e})") from None
+        needs = _room_needed(e, Path(path).name, 8 + len(head) + offset)
+        raise OSError(e.errno, f"cannot write {path} ({e.strerror or e}){needs}") from None
     return h.hexdigest()
 
 
@@ -667,12 +682,12 @@ def _writing_cache_dir(directory: Path, file: str = "", size: int | None = None)
     try:
         yield
     except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if e.errno not in _NO_ROOM:
             raise _CacheDirError(f"cannot write to the cache dir {directory} ({e.strerror or e}); "
                                  f"set LATENT_TRANSFORMS_HOME to a writable directory") from None
-        needs = f": {file} needs {size} bytes" if file and size is not None else ""
-        raise _CacheDirError(f"cannot write to the cache dir {directory} ({e.strerror or e}){needs}; free space there "
-                             f"or set LATENT_TRANSFORMS_HOME to a directory with room") from None
+        raise _CacheDirError(f"cannot write to the cache dir {directory} ({e.strerror or e})"
+                             f"{_room_needed(e, file, size)}; free space there or set LATENT_TRANSFORMS_HOME to a "
+                             f"directory with room") from None
 
 
 def _make_cache_dir(directory: Path) -> None:
@@ -903,7 +918,8 @@ def register_run(run: str | os.PathLike[str], *, name: str | None = None, overwr
             raise ValueError(f"{source} does not match {run}: its sha256 is {sha}, the run's is {entry['sha256']} "
                              f"(changed after training?); nothing registered")
         _check_run_config(run, source, entry["config"])
-        with _writing_cache_dir(dest.parent), atomic_path(dest) as tmp:  # the file appears once it is registered
+        # the file appears once it is registered
+        with _writing_cache_dir(dest.parent, file, source.stat().st_size), atomic_path(dest) as tmp:
             shutil.copyfile(source, tmp)
             if sha256_file(tmp) != entry["sha256"]:
                 raise ValueError(f"{source} changed while it was copied; nothing registered")
@@ -1010,16 +1026,25 @@ def list_checkpoints() -> list[dict[str, Any]]:
     return rows
 
 
+def registry_for_messages(shipped_only: bool = False) -> dict[str, dict[str, Any]]:
+    """Every registered name's registry entry (``file``, ``sha256``, ``config``, ...), or the shipped ones alone
+    (``shipped_only``); for messages and suggestions, so an unusable user registry (or ``LATENT_TRANSFORMS_HOME``) is
+    left out without a warning: ``register`` and ``load`` name it."""
+    if not shipped_only:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return _registry(warn_if_broken=True)
+        except (ValueError, OSError):  # a bad LATENT_TRANSFORMS_HOME: the shipped checkpoints are still there
+            pass
+    return _shipped_registry()
+
+
 def names_for_images(image_shape: tuple[int, ...]) -> list[str]:
-    """The registered checkpoints whose codec takes images of ``image_shape`` (C, H, W); for error messages, so an
-    unusable user registry is left out without a warning."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            registry = _registry(warn_if_broken=True)
-    except (ValueError, OSError):  # a bad LATENT_TRANSFORMS_HOME: the shipped checkpoints still take images
-        registry = _shipped_registry()
-    return sorted(n for n, e in registry.items() if tuple(e["config"].get("image_shape") or ()) == tuple(image_shape))
+    """The registered checkpoints whose codec takes images of ``image_shape`` (C, H, W); for error messages
+    (``registry_for_messages``)."""
+    return sorted(n for n, e in registry_for_messages().items()
+                  if tuple(e["config"].get("image_shape") or ()) == tuple(image_shape))
 
 
 # -- resolution and download ------------------------------------------------------------------------

@@ -280,13 +280,32 @@ def save_training_state(path: str | os.PathLike[str], model: torch.nn.Module, op
     hub.write_safetensors(path, tensors, metadata)
 
 
-def _difference(key: str, saved: object, now: object) -> str:
-    """``"key: saved A, now B"``; for two dicts (a codec config), only the entries that differ: ``"hidden: saved 16,
-    now 32"`` rather than both dicts whole."""
+def _difference(key: str, saved: object, now: object) -> list[tuple[str, str]]:
+    """``[(key, "saved A, now B")]``; for two dicts (a codec config), only the entries that differ: ``("hidden",
+    "saved 16, now 32")`` rather than both dicts whole."""
     if isinstance(saved, dict) and isinstance(now, dict):
-        return "; ".join(f"{k}: saved {saved.get(k, '(none)')!r}, now {now.get(k, '(none)')!r}"
-                         for k in sorted(set(saved) | set(now), key=str) if saved.get(k) != now.get(k))
-    return f"{key}: saved {saved!r}, now {now!r}"
+        return [(str(k), f"saved {saved.get(k, '(none)')!r}, now {now.get(k, '(none)')!r}")
+                for k in sorted(set(saved) | set(now), key=str) if saved.get(k) != now.get(k)]
+    return [(key, f"saved {saved!r}, now {now!r}")]
+
+
+class _OtherSettings(ValueError):
+    """A training state at ``state_path`` saved with other settings: ``differences`` are ``(setting, how)`` pairs,
+    ``("lr", "saved 0.001, now 0.002")``; the message names the settings as ``train_codec``'s parameters (and codec
+    config keys), ``spelled`` as the command line's flags."""
+
+    def __init__(self, state_path: Path, differences: list[tuple[str, str]]) -> None:
+        self.state_path, self.differences = state_path, differences
+        super().__init__(self.spelled(str, "--no-resume (resume=False in Python)"))
+
+    def __reduce__(self) -> tuple[type, tuple[Path, list[tuple[str, str]]]]:  # pickled (a worker's error): rebuilt
+        return type(self), (self.state_path, self.differences)
+
+    def spelled(self, spell: Callable[[str], str], no_resume: str = "--no-resume") -> str:
+        """The message, each setting named as ``spell(setting)``."""
+        listed = "; ".join(f"{spell(setting)}: {how}" for setting, how in self.differences)
+        return (f"{self.state_path} is a run with other settings ({listed}); resume with the same settings, "
+                f"or start afresh with {no_resume} or another --name or --out")
 
 
 def load_training_state(path: str | os.PathLike[str]
@@ -581,14 +600,11 @@ def _load_resume(state_path: Path, settings: dict[str, Any]) -> tuple[dict[str, 
     model_state, optim_state, info, extra = load_training_state(state_path)
     implied = {k: v for k, v in _SETTINGS_ADDED_LATER.items() if v is not None and k not in info}
     info = {**implied, **info}
-    mismatch = [f"{k}: not saved (the state predates it: {info[k]!r}), now {v!r}" if k in implied else
-                _difference(k, info[k], v) if k in info else f"{k}: not saved, now {v!r}"
-                for k, v in settings.items() if info.get(k) != v and (k in info or k not in _SETTINGS_ADDED_LATER)]
+    mismatch = [d for k, v in settings.items() if info.get(k) != v and (k in info or k not in _SETTINGS_ADDED_LATER)
+                for d in ([(k, f"not saved (the state predates it: {info[k]!r}), now {v!r}")] if k in implied else
+                          _difference(k, info[k], v) if k in info else [(k, f"not saved, now {v!r}")])]
     if mismatch:
-        raise ValueError(
-            f"{state_path} is a run with other settings ({'; '.join(mismatch)}); resume with the same settings, "
-            f"or start afresh with --no-resume (resume=False in Python) or another --name or --out"
-        )
+        raise _OtherSettings(state_path, mismatch)
     missing = [k for k in ("step", "train_time_s", "nonfinite_steps", "history", "calls", "schedule") if k not in info]
     if missing:
         raise _bad_state(state_path, f"its info lacks {', '.join(missing)}")
@@ -964,10 +980,7 @@ def _say_written(say: Callable[..., None], report: dict[str, Any], ckpt: Path, j
     say(f"wrote {ckpt} ({size / 1e6:.2f} MB, {report['dtype']}), {js} and {png}")
     say(f"metrics on {report['metrics']['evaluated_on']}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     say(f"load it:      codec = latent_transforms.hub.load({str(ckpt)!r})")
-    try:
-        registry = hub._registry()
-    except (ValueError, OSError):  # a broken user registry: `register` will name it; the run is written all the same
-        registry = hub._shipped_registry()
+    registry = hub.registry_for_messages()  # a broken user registry: `register` will name it
     # a finished run run again, registered before: under its own name, or another (`register --name`)
     known = sorted((n != name, n) for n, e in registry.items() if e.get("sha256") == report["sha256"])
     if known:
@@ -982,7 +995,7 @@ def _say_written(say: Callable[..., None], report: dict[str, Any], ckpt: Path, j
         say(f"register it:  {command}")
         say(f"              then, in any process: codec = latent_transforms.hub.load({reg_name!r})")
     else:
-        yours = name in registry and name not in hub._shipped_registry() and \
+        yours = name in registry and name not in hub.registry_for_messages(shipped_only=True) and \
             all(Path(e["file"]).stem != name for n, e in registry.items() if n != name)
         or_replace = "; or replace yours: --overwrite instead of --name" if yours else ""
         say(f"register it:  {command} --name {shlex.quote(reg_name)}")
@@ -1357,13 +1370,21 @@ def _runs_on_cpu(device: str) -> bool:
         return False
 
 
+# the settings of a training state that the command line gives by --data, by their name in the state
+_DATA_SETTINGS = {"num_images": "number of --data images", "data_sha256": "--data images' sha256"}
+
+
 def _spelled_as_flags(e: ValueError, parameters: list[str]) -> ValueError:
     """``e`` (of its own type) with the ``train_codec`` parameter that begins its message spelled as the CLI's flag
     (``ema_decay`` is ``--ema``) and no "must be None or" (a shell's None is the option left out); ``e`` itself if
-    none does."""
+    none does. A resume refused for other settings names each setting that is one of ``parameters`` as its flag."""
+    def flag(parameter: str) -> str:
+        return "--ema" if parameter == "ema_decay" else "--" + parameter.replace("_", "-")
+
+    if isinstance(e, _OtherSettings):  # a setting the command line has no flag for (warmup_steps) keeps its name
+        return ValueError(e.spelled(lambda s: flag(s) if s in parameters else _DATA_SETTINGS.get(s, s)))
     text = str(e)
     for parameter in sorted(parameters, key=len, reverse=True):  # max_steps before steps
         if text.startswith(f"{parameter} "):
-            flag = "--ema" if parameter == "ema_decay" else "--" + parameter.replace("_", "-")
-            return type(e)(flag + text[len(parameter):].replace(" must be None or ", " must be ", 1))
+            return type(e)(flag(parameter) + text[len(parameter):].replace(" must be None or ", " must be ", 1))
     return e

@@ -380,16 +380,19 @@ def test_register_refuses_a_run_whose_config_is_not_its_checkpoints(tmp_path, ca
     assert _cache_files() == []
 
 
-def test_register_that_fails_while_writing_the_registry_leaves_no_checkpoint(tmp_path, capsys, monkeypatch):
-    _, js = _run_files(tmp_path / "runs", "zz-run")
+@pytest.mark.parametrize("failing", ["registry", "copy"])
+def test_register_on_a_full_disk_leaves_no_checkpoint_and_says_what_it_needs(tmp_path, capsys, monkeypatch, failing):
+    # the copy's error did not say how many bytes the checkpoint needs, where a download's does
+    ckpt, js = _run_files(tmp_path / "runs", "zz-run")
 
     def full_disk(*args, **kwargs):
-        raise OSError(28, "No space left on device")
+        raise OSError(28, "No space left on device")  # as a write to a full disk: no file named
 
-    monkeypatch.setattr(hub, "_persist", full_disk)
+    monkeypatch.setattr(*(hub, "_persist") if failing == "registry" else (hub.shutil, "copyfile"), full_disk)
     code, _, err = _exit_code(["register", str(js)], capsys)
     assert code == 2 and err == (f"{_PROG}: error: cannot write to the cache dir {hub.cache_dir()} (No space left on "
-                                 f"device); free space there or set LATENT_TRANSFORMS_HOME to a directory with room\n")
+                                 f"device): zz-run.safetensors needs {ckpt.stat().st_size} bytes; free space there or "
+                                 f"set LATENT_TRANSFORMS_HOME to a directory with room\n")
     assert _cache_files() == []  # the copy is only renamed into place once registered: no file, no .part
     assert "zz-run" not in hub._registry()
 

@@ -583,6 +583,25 @@ def test_uint8_reaching_a_kornia_step_names_the_step_and_the_conversion(rgb, rgb
             Compose([kornia_step, LatentNoise(rgb_glow, generator=0)], num_classes=10)(x8, y)
 
 
+def test_uint8_reaching_a_latent_step_inside_a_torchvision_container_names_the_conversion(rgb, rgb_glow):
+    # it had the bare transform's hint alone ("convert with x.float() / 255"), not where v2.ToDtype goes in a Compose
+    x, y = rgb
+    x8 = (x * 255).round().to(torch.uint8)
+    noise = LatentNoise(rgb_glow, generator=0)
+    with pytest.raises(ValueError, match=r"^x must be a float tensor.*uint8 images; in a Compose, put v2.ToDtype\("
+                                         r"torch.float32, scale=True\) first: LatentNoise in Compose at step 0 takes "
+                                         r"float images only$"):
+        Compose([T.Compose([T.RandomHorizontalFlip(), noise])])(x8, y)
+    with pytest.raises(ValueError, match=r"^Compose step 1 \(RandomApply\), on the output of step 0 "
+                                         r"\(RandomHorizontalFlip\): x must be a float tensor.*uint8 images; in a "
+                                         r"Compose, put v2.ToDtype\(torch.float32, scale=True\) before this step: "
+                                         r"LatentNoise in RandomApply at step 1 takes float images only$"):
+        Compose([T.RandomHorizontalFlip(), T.RandomApply([noise], p=1.0)])(x8, y)
+    # a container that converts them itself: its latent step's error about the size has no hint
+    with pytest.raises(ValueError, match=r"got x of shape \(6, 3, 12, 12\).*docs/training.md\)$"):
+        Compose([T.Compose([T.ToDtype(torch.float32, scale=True), T.Resize(12), noise])])(x8, y)
+
+
 def test_every_value_error_on_an_earlier_steps_output_names_the_step(rgb, rgb_glow):
     x, y = rgb
     with pytest.raises(ValueError, match=r"^Compose step 1 \(LatentNoise\), on the output of step 0 "

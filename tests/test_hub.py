@@ -2148,6 +2148,41 @@ def test_an_atomic_write_on_a_full_disk_names_its_file(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("code, names_temp", [(errno.ENOSPC, False), (errno.EDQUOT, False), (errno.EACCES, True)])
+def test_an_atomic_write_whose_block_fails_names_its_file_not_the_temp_file(tmp_path, code, names_temp):
+    # the caller's own write: a full disk named no file ("[Errno 28] No space left on device"), a refused open of
+    # the temp file (a PNG saved to it by name) named the hidden ".run.json.XXXXXXXX.part"
+    dest = tmp_path / "run.json"
+    with pytest.raises(OSError) as e:
+        with hub.atomic_path(dest) as tmp:
+            Path(tmp).write_text("{")
+            raise OSError(code, os.strerror(code), *([tmp] if names_temp else []))
+    assert str(e.value) == f"[Errno {code}] {os.strerror(code)}: {str(dest)!r}" and list(tmp_path.iterdir()) == []
+    # an error about another file, or naming none and not about room, is the block's as it was raised
+    for other in (OSError(errno.ENOENT, os.strerror(errno.ENOENT), str(tmp_path / "source")),
+                  OSError(errno.EIO, os.strerror(errno.EIO))):
+        before = str(other)
+        with pytest.raises(OSError) as e:
+            with hub.atomic_path(dest):
+                raise other
+        assert e.value is other and str(other) == before
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_safetensors_write_on_a_full_disk_says_how_many_bytes_it_needs(tmp_path, monkeypatch):
+    # a training state or latent cache on a full disk said "cannot write PATH (No space left on device)" alone, where
+    # a download into the cache dir says what the file needs
+    tensors, metadata = {"w": torch.zeros(3, 5), "b": torch.ones(7, dtype=torch.int64)}, {"format": "x"}
+    hub.write_safetensors(tmp_path / "room.safetensors", tensors, metadata)
+    size = (tmp_path / "room.safetensors").stat().st_size
+    _full_disk(monkeypatch, "write", errno.EDQUOT)
+    with pytest.raises(OSError) as e:
+        hub.write_safetensors(tmp_path / "full.safetensors", tensors, metadata)
+    assert str(e.value) == (f"[Errno {errno.EDQUOT}] cannot write {tmp_path / 'full.safetensors'} "
+                            f"({os.strerror(errno.EDQUOT)}): full.safetensors needs {size} bytes")
+    assert [p.name for p in tmp_path.iterdir()] == ["room.safetensors"]
+
+
 def test_the_temp_file_of_an_atomic_write_is_what_the_sweep_of_abandoned_parts_removes(tmp_path):
     """A process killed mid-write (SIGKILL, an unhandled SIGTERM) leaves its temp file: downloads and the registry's
     writes share atomic_path's, whose name the sweep must match, within 15 bytes more than the file's name."""
@@ -2531,16 +2566,21 @@ def test_an_unknown_name_lists_the_known_ones_sorted(env):
 
 
 def test_names_for_images_quietly_leave_out_an_unusable_user_registry(env, monkeypatch):
+    """So does ``registry_for_messages``, which train's closing lines read (they read hub's private ``_registry``)."""
     hub._SHIPPED_DIR.mkdir()
-    (hub._SHIPPED_DIR / "registry.json").write_text(json.dumps({"checkpoints": {
-        "shipped": {"file": "shipped.safetensors", "sha256": SHA_GOOD, "config": CONFIG}}}))
+    shipped = {"shipped": {"file": "shipped.safetensors", "sha256": SHA_GOOD, "config": CONFIG}}
+    (hub._SHIPPED_DIR / "registry.json").write_text(json.dumps({"checkpoints": shipped}))
+    _register("mine", "good.safetensors")  # this process's own: kept beside the shipped ones
     env.mkdir()
     (env / "registry.json").write_text("{not json")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # for an error message: no warning of its own
-        assert hub.names_for_images((1, 8, 8)) == ["shipped"]
+        assert hub.names_for_images((1, 8, 8)) == ["mine", "shipped"]
+        assert sorted(hub.registry_for_messages()) == ["mine", "shipped"]
+    assert hub.registry_for_messages(shipped_only=True) == shipped
     monkeypatch.setenv("LATENT_TRANSFORMS_HOME", "relative/cache")  # cache_dir() raises: the shipped ones still fit
     assert hub.names_for_images((1, 8, 8)) == ["shipped"] and hub.names_for_images((3, 8, 8)) == []
+    assert hub.registry_for_messages() == shipped
 
 
 def test_an_empty_timeout_setting_is_the_default(env, monkeypatch):

@@ -5,6 +5,7 @@ import argparse
 import json
 import math
 import os
+import pickle
 import re
 import shlex
 import signal
@@ -1470,6 +1471,27 @@ def test_cli_no_resume_starts_afresh_with_other_settings(tmp_path):
     args = _parser().parse_args([*base, "--lr", "2e-3", "--no-resume"])
     r = args.func(args)  # was: ValueError "... a run with other settings (lr: saved 0.001, now 0.002)"
     assert r["complete"] and load_training_state(tmp_path / "glow-digits.state.safetensors")[2]["calls"] == 1
+
+
+def test_cli_resume_with_other_settings_names_the_flags_typed(tmp_path):
+    # it named train_codec's parameters: "batch_size: saved 64, now 32; ema_decay: ...", which the command line has not
+    base = ["train", "flow", "--data", "digits", "--out", str(tmp_path), "--levels", "1", "--steps", "1",
+            "--hidden", "8", "--max-steps", "2", "--device", "cpu", "--quiet"]
+    args = _parser().parse_args(base)
+    args.func(args)
+    args = _parser().parse_args([*base[:7], "2", *base[8:], "--batch-size", "32", "--ema", "0.9"])
+    with pytest.raises(ValueError) as e:
+        args.func(args)
+    assert str(e.value) == (f"{tmp_path / 'glow-digits.state.safetensors'} is a run with other settings (--levels: "
+                            f"saved 1, now 2; --batch-size: saved 64, now 32; --ema: saved None, now 0.9); resume "
+                            f"with the same settings, or start afresh with --no-resume or another --name or --out")
+    # other images, and a setting without a flag (a state of train_codec's with warmup_steps=10): named in words
+    refused = train._OtherSettings(Path("s"), [("num_images", "saved 1257, now 32"),
+                                               ("data_sha256", "saved 'a', now 'b'"), ("warmup_steps", "saved 10, now 200")])
+    assert str(pickle.loads(pickle.dumps(refused))) == str(refused)  # from a worker process, say
+    assert str(train._spelled_as_flags(refused, ["name", "batch_size"])).startswith(
+        "s is a run with other settings (number of --data images: saved 1257, now 32; --data images' sha256: saved "
+        "'a', now 'b'; warmup_steps: saved 10, now 200); ")
 
 
 def test_report_counts_epochs_in_batches_per_epoch(tmp_path, digits):
