@@ -1,7 +1,8 @@
 """The ``latent-transforms`` command line: ``list`` and ``fetch`` codec checkpoints, ``train`` a codec and
 ``register`` it by name (``unregister`` removes it), run the ``demo``.
 
-Each subcommand is a ``_cmd_*(args)`` function registered in ``_build_parser`` with ``set_defaults(func=...)``.
+Each subcommand is a ``_cmd_*(args)`` function registered in ``_build_parser`` with ``set_defaults(func=...)``
+(``train``'s and ``demo``'s by their modules' ``register_cli``, which it calls).
 Errors print one line to stderr (after argparse's usage for a malformed option) and exit with status 2.
 """
 from __future__ import annotations

@@ -10,8 +10,9 @@ Specs:
 * ``cifar10-5k``: the same download; its ``train`` split is the class-balanced 5,000-image subset the shipped CIFAR-10
   codecs were trained on and the docs' CIFAR-10 figures use (``cifar10_5k_index()``), its ``test`` split the full
   10,000-image test set.
-* ``npz:PATH``: a NumPy archive with ``x`` (N, H, W, C) or (N, H, W) uint8 and optionally ``y`` (N,) integer labels
-  (read from ``y`` only: another 1-D integer array of length N without ``y`` is refused as misplaced labels).
+* ``npz:PATH``: a NumPy archive with ``x`` (N, H, W, C), C 1 or 3, or (N, H, W) uint8 and optionally ``y`` (N,)
+  integer labels (read from ``y`` only: another 1-D integer array of length N without ``y`` is refused as misplaced
+  labels).
 * ``folder:PATH``: a folder of same-sized PNG/JPEG/BMP/WebP images, either flat (no labels) or one subfolder per
   class as in torchvision's ``ImageFolder`` (labels = index of the subfolder name in sorted order). Every
   subfolder is a class and must hold images only; other files are refused; hidden names (``.x``) are skipped.

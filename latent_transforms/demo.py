@@ -1,7 +1,8 @@
-"""The offline demo: every method on scikit-learn's digits with the shipped digits codecs, on the CPU.
+"""The offline demo: every augmentation (not ``LatentMixupInference``, a predictor) on scikit-learn's digits with the
+shipped digits codecs, on the CPU.
 
-Writes a PNG of what each method does and prints test accuracy with and without each method when a small
-CNN is trained on a low-data split (``per_class`` images of each digit).
+Writes a PNG of what each latent method does (ISDA changes no image) and prints test accuracy with and without
+each method when a small CNN is trained on a low-data split (``per_class`` images of each digit).
 """
 from __future__ import annotations
 
@@ -29,12 +30,12 @@ from .visualize import save_rows
 
 __all__: list[str] = []  # the package's own machinery: none of it is API (docs/api.md)
 
-# Settings for the 64-dim digits codecs, chosen on a validation split of the training images, never the test set
-# (benchmarks/calibrate_digits.py; docs/calibration.md).
+# Settings for the digits codecs (glow-digits' 64-dim latent, vae-digits' 16-dim one), chosen on a validation split
+# of the training images, never the test set (benchmarks/calibrate_digits.py; docs/calibration.md).
 NOISE_EPS = 1.0
 ADV_EPS, ADV_STEPS, ADV_STEP_SIZE = 0.5, 1, 0.5
 # VarMixup: the library's default p (0.25) is also the best share on the digits validation split.
-_SMOKE_EPOCHS = 15  # 9 steps (3 epochs) left every arm at 10%, which looked broken; 15 reach ~58% in ~7 s on 2 cores
+_SMOKE_EPOCHS = 15  # 12 steps (3 epochs) left every arm at 10%, which looked broken; 15 reach ~58% in ~7 s on 2 cores
 
 
 def _make_arms(glow: Any, vae: Any, seed: int) -> dict[str, Callable[[], nn.Module | None]]:  # codecs, or None

@@ -1,4 +1,4 @@
-"""A small, honest training loop and metrics, shared by the demo, the examples and the benchmarks."""
+"""A small, honest training loop and metrics, shared by the demo and the benchmarks."""
 from __future__ import annotations
 
 import collections.abc

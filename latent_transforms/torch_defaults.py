@@ -30,7 +30,7 @@ def codec_build_defaults() -> Iterator[None]:
     Under ``torch.set_default_device("meta")`` the weights were made on the meta device, where a checkpoint's values
     are lost (under "cuda", on the GPU, then copied to the CPU). Inside ``torch.inference_mode()`` they were
     inference tensors, whose version a Glow's folded fast path cannot read. The default dtype is process-wide: it
-    is float32 for every thread while a codec is being built (milliseconds), then set back."""
+    is float32 for every thread while a codec is being built (up to about a second for a Glow), then set back."""
     with _DEFAULT_DTYPE_LOCK, cpu_as_default_device(), torch.inference_mode(False):
         dtype = torch.get_default_dtype()
         if dtype == torch.float32:  # the usual case: nothing process-wide to switch

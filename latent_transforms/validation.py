@@ -487,7 +487,7 @@ def _conversion_hint(x: torch.Tensor, name: str) -> str:
         return f"convert with {name}.float() (False 0, True 1)"
     if dtype.is_complex:
         return f"complex values are not images; their magnitudes, {name}.abs(), scaled into [0, 1]?"
-    if dtype == torch.uint16:  # read by dtype alone: torch 2.4 has no min() of uint16
+    if dtype == torch.uint16:  # read by dtype alone: torch has no min() of uint16 (2.4 to 2.14)
         return "16-bit intensities? " + _deep_hint(f"{name}.float()")
     if not x.numel():  # an empty batch: no values to tell the range by (torch has no min() of none)
         return f"convert with {name}.float() scaled into [0, 1] as your other batches are (/ 255 for 8-bit values)"
@@ -750,8 +750,9 @@ def name_device_clash(error: RuntimeError, module: torch.nn.Module, x: torch.Ten
 def name_dtype_clash(error: RuntimeError, module: torch.nn.Module, x: torch.Tensor, who: str, x_name: str = "x",
                      module_name: str = "model") -> None:
     """Raise a ``ValueError`` naming both dtypes and the fix, from ``error`` (torch's RuntimeError of ``module(x)``,
-    which names neither: "mat1 and mat2 must have the same dtype") when ``x``'s dtype is not that of ``module``'s
-    first float parameter and the error is about types; else return, for the caller to re-raise ``error``.
+    which says neither which dtype is the model's nor the fix: "mat1 and mat2 must have the same dtype, but got Double
+    and Float") when ``x``'s dtype is not that of ``module``'s first float parameter and the error is about types; else
+    return, for the caller to re-raise ``error``.
 
     Called once the call has failed, not as a check before it, which would refuse calls that work (under
     ``torch.autocast``, of a model that casts its input itself); a call that works costs nothing more."""

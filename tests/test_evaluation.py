@@ -1,4 +1,4 @@
-"""The metrics and training loop shared by the demo, the examples and the benchmarks (latent_transforms.evaluation)."""
+"""The metrics and training loop shared by the demo and the benchmarks (latent_transforms.evaluation)."""
 from __future__ import annotations
 
 import pytest
