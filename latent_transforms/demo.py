@@ -153,7 +153,7 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "demo", help="offline CPU demo on scikit-learn digits: a picture and an accuracy table",
         description="Train a small CNN on a few images per digit of scikit-learn's digits, without and with each "
                     "method (shipped glow-digits and vae-digits codecs), over several seeds; print test accuracy and "
-                    "time per method and write demo.png, what each method makes of 12 test digits. Offline, on the "
+                    "time per method and write demo.png, what each latent method makes of 12 test digits. Offline, on the "
                     "CPU.")
     p.add_argument("--out", default="latent-transforms-demo", help="folder for demo.png (default: %(default)s)")
     p.add_argument("--per-class", type=POSITIVE_INT, default=10, help="training images per digit (default: %(default)s)")

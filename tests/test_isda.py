@@ -275,7 +275,8 @@ def test_isda_reads_and_assigns_its_statistics_settings_through_the_estimator():
                                                       (torch.float64, torch.float32), (torch.float32, torch.float64)])
 def test_isda_loss_names_the_dtypes_torch_refused_to_mix(features_dtype, fc_dtype):
     """Features in another dtype than fc (bf16 features of a bf16 backbone, a float32 fc) gave torch's "mat1 and
-    mat2 must have the same dtype, but got BFloat16 and Float", which names neither; under autocast they mix."""
+    mat2 must have the same dtype, but got BFloat16 and Float", which says neither which is fc's nor the fix; under
+    autocast they mix."""
     loss, y = ISDALoss(3), torch.tensor([0, 1, 2, 0])
     loss.set_progress(1.0)
     f, fc = torch.randn(4, 5, dtype=features_dtype), nn.Linear(5, 3).to(fc_dtype)
