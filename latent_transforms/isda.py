@@ -648,12 +648,13 @@ class ISDA(_ISDAState, LatentTransform):  # type: ignore[misc]
 
     Shape:
         x: any (B, ...) tensor the model takes (images, normalised or not; (B, D) vectors, (B, T, D) sequences,
-        (B, T) int64 token ids), returned as is and never read. y: (B,) int64, returned as is. The layer must see
-        ``(B, A)`` features for the same ``B``.
+        (B, T) int64 token ids), returned as is and never used (only checked: batch size, device, finite if
+        floating). y: (B,) int64, returned as is. The layer must see ``(B, A)`` features for the same ``B``.
 
     Convention:
-        - Identity in ``eval()`` mode, and no hook is armed when the model is in eval mode: validation forwards
-          are untouched. The call never changes the model's parameters, buffers, modes or gradients.
+        - Identity in ``eval()`` mode, and no hook is armed when the model and its classifier are in eval mode:
+          validation forwards are untouched. The call never changes the model's parameters, buffers, modes or
+          gradients.
         - Needs ``model`` (``TypeError`` without). Class-index labels only: soft labels raise ``ValueError``.
         - An empty batch (``B = 0``, a DistributedDataParallel rank's) passes, as in every transform, and arms the
           hook: its forward's statistics update still joins the other ranks' gather (``sync_stats``), which would
@@ -812,7 +813,8 @@ class ISDA(_ISDAState, LatentTransform):  # type: ignore[misc]
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None,  # type: ignore[override]  # as __call__
                 model: nn.Module | None = None, index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Validate ``x``, any ``(B, ...)`` tensor, and ``y: (B,)`` int64 class indices (``y=None`` is refused), arm the
-        hook when both ISDA and the model train, and return ``(x, y)`` unchanged.
+        hook when both ISDA and the model (or, in a model in eval mode, its classifier) train, and return ``(x, y)``
+        unchanged.
 
         ``index`` is checked like every transform's and unused (ISDA encodes nothing)."""
         self.check_call(x, y, model, index)

@@ -17,7 +17,8 @@ def _l2(d: torch.Tensor) -> torch.Tensor:
 def project(d: torch.Tensor, eps: float, norm: str | None) -> torch.Tensor:
     """d: (B, D) -> its projection onto the eps-ball of ``norm`` (None: no projection)."""
     if norm == "l2":
-        return d / (_l2(d) / eps).clamp_min(1.0) if eps > 0 else torch.zeros_like(d)
+        # the norm itself, not _l2's: under the 1e-12 floor a point outside a 1e-14 ball was shrunk past its radius
+        return d / (d.norm(dim=1, keepdim=True) / eps).clamp_min(1.0) if eps > 0 else torch.zeros_like(d)
     if norm == "linf":  # an eps past the dtype's range (1e300 for float32) bounds nothing: torch refuses to clamp to it
         return d.clamp(-eps, eps) if eps <= torch.finfo(d.dtype).max else d
     return d
@@ -53,7 +54,7 @@ def random_perturbation(shape: torch.Size, eps: float, norm: str | None, generat
                         device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """Noise of size eps: a uniformly random direction of L2 norm exactly eps (``l2``), N(0, eps^2) clipped
     to [-eps, eps] (``linf``), or plain N(0, eps^2) per coordinate (None)."""
-    d = torch.randn(shape, generator=generator, device=device, dtype=dtype) * eps
-    if norm == "l2":
+    d = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    if norm == "l2":  # normalised before scaling: the norm of d * eps fell under _l2's floor for an eps below 1e-13
         return d / _l2(d) * eps
-    return project(d, eps, norm)
+    return project(d * eps, eps, norm)

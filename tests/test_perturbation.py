@@ -100,3 +100,15 @@ def test_a_tiny_l2_ball_still_has_its_radius():
     d = torch.tensor([[3e-8, 4e-8], [3e-9, 4e-9]], dtype=torch.float64)
     assert torch.allclose(project(d, eps, "l2"), torch.tensor([[0.6e-8, 0.8e-8], [3e-9, 4e-9]], dtype=torch.float64),
                           rtol=1e-9, atol=0)
+
+
+def test_an_l2_radius_below_the_norm_floor_is_kept():
+    # a radius whose points have norms below the 1e-12 floor: the floor took them for 1e-12, and 1e-14 noise came out
+    # 0.06 to 0.1 of its size, a point outside the 1e-14 ball was projected to half its radius
+    eps = 1e-14
+    noise = random_perturbation(torch.Size((200, 64)), eps, "l2", torch.Generator().manual_seed(0), "cpu",
+                                torch.float64)
+    assert torch.allclose(noise.norm(dim=1), torch.full((200,), eps, dtype=torch.float64), rtol=1e-9, atol=0)
+    d = torch.tensor([[3e-13, 4e-13]], dtype=torch.float64)
+    assert torch.allclose(project(d, eps, "l2"), torch.tensor([[0.6e-14, 0.8e-14]], dtype=torch.float64),
+                          rtol=1e-9, atol=0)
