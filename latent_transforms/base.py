@@ -213,7 +213,7 @@ class LatentTransform(Settings, SampleStats, nn.Module):
     """
 
     needs_model: bool = False
-    _takes_images: bool = True  # False: x is any (B, ...) tensor, never read (ISDA, which has its own forward)
+    _takes_images: bool = True  # False: x is any (B, ...) tensor, only checked, never used (ISDA: own forward)
     mixes_labels: bool = False
     index_params: tuple[str, ...] = ()  # draws that are indices among the selected samples
     weight_params: tuple[str, ...] = ()  # draws that are weights in [0, 1] (VarMixup's lam: past them, negative labels)

@@ -93,7 +93,7 @@ def _to_float_hint(step: nn.Module, i: int, x: torch.Tensor) -> str:
 
 def _takes_any_tensor(steps: list[nn.Module]) -> bool:
     """Whether steps of a Compose take any ``(B, ...)`` tensor (vectors, sequences, token ids): they hold a latent
-    step and every latent step never reads ``x`` (ISDA), the others being plain callables (no torchvision or kornia
+    step and every latent step only checks ``x`` (ISDA), the others being plain callables (no torchvision or kornia
     step: they take images). A Compose of callables alone takes images, as ever, and so does one holding it (a nested
     Compose that takes images would refuse anything else when the chain runs)."""
     parts = [p for t in steps for p in _parts(t)]
@@ -336,7 +336,7 @@ class Compose(Settings, ChecksCodecStates, nn.Module):
     Normalize) or a callable (``v2.ToDtype(torch.float32, scale=True)`` before the first latent, kornia, MixUp or
     Normalize step converts it; ``uint8``
     that no conversion step converts is refused in ``eval()`` mode). Any ``(B, ...)`` tensor (vectors, sequences,
-    token ids) when the latent steps are ISDA, which never reads ``x``, and the others plain callables.
+    token ids) when the latent steps are ISDA, which never uses ``x``, and the others plain callables.
     ``index: (B,)`` dataset positions (for a ``LatentCache``) go to the first step only,
     which must then be a ``LatentTransform``: later steps see images the cache does not hold.
 
