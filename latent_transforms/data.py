@@ -35,7 +35,7 @@ import numpy as np
 from numpy.typing import NDArray
 import torch
 
-from .hub import _offline, cache_dir
+from .hub import cache_dir, offline
 from .validation import MissingFileError, bad_option, check_choice, check_count
 
 if TYPE_CHECKING:
@@ -119,9 +119,9 @@ def _cifar10(split: str, data_root: str | os.PathLike[str] | None) -> tuple[torc
 
     root = Path(data_root).expanduser() if data_root is not None else cache_dir() / "data"
     try:
-        ds = CIFAR10(root=str(root), train=split == "train", download=not _offline())
+        ds = CIFAR10(root=str(root), train=split == "train", download=not offline())
     except RuntimeError as e:  # offline, not downloaded: torchvision's "Dataset not found or corrupted"
-        if not _offline():  # a download whose MD5 is not CIFAR-10's ("File not found or corrupted."): not used
+        if not offline():  # a download whose MD5 is not CIFAR-10's ("File not found or corrupted."): not used
             raise ValueError(f"the CIFAR-10 download into {root} failed torchvision's MD5 check ({e}): corrupted or "
                              f"tampered with on the way, it was neither extracted nor read; try again (it is "
                              f"downloaded anew), or use npz:PATH or folder:PATH data") from None

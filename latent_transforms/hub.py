@@ -791,7 +791,7 @@ def register(name: str, *, file: str, sha256: str, config: dict[str, Any], train
     _add_entry(name, file=file, sha256=sha256, config=config, trained_on=trained_on, quality=quality, notes=notes,
                size=size, overwrite=overwrite, persist=persist, check_file=True)
     if not (cache_dir() / file).is_file() and not (_SHIPPED_DIR / file).is_file() \
-            and (not os.environ.get(_HUB_URL) or _offline()):
+            and (not os.environ.get(_HUB_URL) or offline()):
         why = "LATENT_TRANSFORMS_OFFLINE is set" if os.environ.get(_HUB_URL) else f"{_HUB_URL} is not set"
         warnings.warn(f"registered {name!r}, but its file {file} is not in {cache_dir()} (nor shipped, and {why}): "
                       f"copy it there before hub.load({name!r})", stacklevel=2)
@@ -1012,8 +1012,8 @@ def list_checkpoints() -> list[dict[str, Any]]:
 
     ``cached``/``shipped``: a file of that name (and of the registered size, when known) is in the
     cache dir / the package; its sha256 is checked when it is used. ``remote``: ``$LATENT_TRANSFORMS_HUB_URL`` is set,
-    so a missing file can be downloaded. A user registry file that cannot be read is named in a warning and its
-    entries are left out.
+    so a missing file can be downloaded (unless ``LATENT_TRANSFORMS_OFFLINE`` is set). A user registry file that
+    cannot be read is named in a warning and its entries are left out.
     """
     def present(path: Path, size: int | None) -> bool:
         return path.is_file() and (size is None or path.stat().st_size == size)
@@ -1048,7 +1048,9 @@ def names_for_images(image_shape: tuple[int, ...]) -> list[str]:
 
 
 # -- resolution and download ------------------------------------------------------------------------
-def _offline() -> bool:
+def offline() -> bool:
+    """Whether ``LATENT_TRANSFORMS_OFFLINE`` forbids downloads (``1``, ``true``, ``yes`` or ``on``, any case): of
+    checkpoints here, of CIFAR-10 in ``data``."""
     return os.environ.get("LATENT_TRANSFORMS_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
@@ -1287,7 +1289,7 @@ def fetch(name: str) -> Path:
     looked = "; ".join([f"looked in {cached} and {shipped}", *notes, *hints])
     if cached.is_dir():  # a download could not take its place
         raise HubError(f"checkpoint {name!r} cannot be fetched: {looked}; remove that directory")
-    if _offline():  # a cluster's compute node: the login node has the network, and the cache dir is shared
+    if offline():  # a cluster's compute node: the login node has the network, and the cache dir is shared
         source = "" if os.environ.get(_HUB_URL) else f" and {_HUB_URL} set to the URL that serves {file}"
         raise HubError(f"checkpoint {name!r} is not available offline (LATENT_TRANSFORMS_OFFLINE is set); {looked}; "
                        f"fetch it beforehand where the network is reachable (on a cluster, the login node): "
@@ -1338,11 +1340,11 @@ def load(name_or_path: str | os.PathLike[str], device: str | torch.device = "cpu
     transform, with ``.to(device)``).
 
     An existing file is read as safetensors whatever its suffix (a pickled ``.pt`` is refused, never run); ``~`` is
-    expanded, and a path (with a separator or the ``.safetensors`` suffix) that is neither a file nor a registered
-    name is a ``FileNotFoundError``. A name is read and verified once per process, device and registered sha256 (a
-    name registered again by another process, ``latent-transforms register --overwrite``, is read again); every call
-    returns its own copy, so moving or casting one codec (``.to``, ``.double()``, a transform's ``.cuda()``) leaves
-    the others alone.
+    expanded, and a path (with a separator or the ``.safetensors`` suffix) that is neither on disk nor a registered
+    name is a ``FileNotFoundError`` (a directory: ``IsADirectoryError``). A name is read and verified once per
+    process, device and registered sha256 (a name registered again by another process, ``latent-transforms register
+    --overwrite``, is read again); every call returns its own copy, so moving or casting one codec (``.to``,
+    ``.double()``, a transform's ``.cuda()``) leaves the others alone.
     """
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise WrongTypeError(f"name_or_path must be a checkpoint name or a .safetensors path, got "

@@ -212,7 +212,7 @@ def default_config(kind: str, image_shape: tuple[int, int, int], num_bins: int =
     config = {"kind": codec_kind, "image_shape": [c, h, w], **_RECIPES[codec_kind].base_config(h, w, num_bins)}
     config.update({k: v for k, v in overrides.items() if v is not None})
     with torch.random.fork_rng(devices=[]):  # the codecs' random init drew from the caller's global RNG
-        _refuse_too_big(config)  # its codecs on the meta device too
+        _refuse_too_big(config)  # its codecs too
         return build_codec(config).config  # validates and fills in every default
 
 
@@ -220,14 +220,14 @@ def _refuse_too_big(config: dict[str, Any]) -> None:
     """Refuse a codec whose float32 weights alone exceed this machine's memory (in all, not free; a codec is built on
     the CPU, then moved): a flow's steps and a VAE's decoder blocks are built one by one, so 10**20 steps built for
     hours, until the system killed the process, before any allocation failed. The parameter count is linear in them:
-    two small codecs on the meta device give it. Up to ``_BUILT_UNCHECKED`` of them are built unchecked (the check
-    costs a tenth of a default flow's build): so few outgrow the memory only by huge tensors, which fail at once."""
+    two small codecs give it (built on the CPU, as ``build_codec`` builds every codec, whatever the default device).
+    Up to ``_BUILT_UNCHECKED`` of them are built unchecked (the check costs about half a default flow's build): so
+    few outgrow the memory only by huge tensors, which fail at once."""
     setting, low = ("steps", 1) if config["kind"] == "glow" else ("decoder_blocks", 0)
     count = config.get(setting, low)
     if not is_int(count) or count <= _BUILT_UNCHECKED or not hasattr(os, "sysconf"):  # a wrong count: build_codec
         return  # names it
-    with torch.device("meta"):
-        sizes = [sum(p.numel() for p in build_codec({**config, setting: n}).parameters()) for n in (low, low + 1)]
+    sizes = [sum(p.numel() for p in build_codec({**config, setting: n}).parameters()) for n in (low, low + 1)]
     n = sizes[0] + (int(count) - low) * (sizes[1] - sizes[0])
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if 4 * n > memory:
@@ -280,30 +280,48 @@ def save_training_state(path: str | os.PathLike[str], model: torch.nn.Module, op
     hub.write_safetensors(path, tensors, metadata)
 
 
-def _difference(key: str, saved: object, now: object) -> list[tuple[str, str]]:
-    """``[(key, "saved A, now B")]``; for two dicts (a codec config), only the entries that differ: ``("hidden",
-    "saved 16, now 32")`` rather than both dicts whole."""
+@dataclass(frozen=True)
+class _NotSaved:
+    """The saved side of a setting a training state lacks; ``implied``: the value a state of its age had
+    (``_SETTINGS_ADDED_LATER``), or None."""
+    implied: object = None
+
+
+_Differences = list[tuple[str, object, object]]  # (setting, saved value, value now)
+
+
+def _difference(key: str, saved: object, now: object) -> _Differences:
+    """``[(key, A, B)]`` (saved A, now B); for two dicts (a codec config), only the entries that differ: ``("hidden",
+    16, 32)`` rather than both dicts whole."""
     if isinstance(saved, dict) and isinstance(now, dict):
-        return [(str(k), f"saved {saved.get(k, '(none)')!r}, now {now.get(k, '(none)')!r}")
+        return [(str(k), saved.get(k, "(none)"), now.get(k, "(none)"))
                 for k in sorted(set(saved) | set(now), key=str) if saved.get(k) != now.get(k)]
-    return [(key, f"saved {saved!r}, now {now!r}")]
+    return [(key, saved, now)]
 
 
 class _OtherSettings(ValueError):
-    """A training state at ``state_path`` saved with other settings: ``differences`` are ``(setting, how)`` pairs,
-    ``("lr", "saved 0.001, now 0.002")``; the message names the settings as ``train_codec``'s parameters (and codec
-    config keys), ``spelled`` as the command line's flags."""
+    """A training state at ``state_path`` saved with other settings: ``differences`` are ``(setting, saved, now)``,
+    ``("lr", 0.001, 0.002)`` (``saved`` a ``_NotSaved`` where the state lacks it); the message names the settings as
+    ``train_codec``'s parameters (and codec config keys), ``spelled`` as the command line's flags."""
 
-    def __init__(self, state_path: Path, differences: list[tuple[str, str]]) -> None:
+    def __init__(self, state_path: Path, differences: _Differences) -> None:
         self.state_path, self.differences = state_path, differences
         super().__init__(self.spelled(str, "--no-resume (resume=False in Python)"))
 
-    def __reduce__(self) -> tuple[type, tuple[Path, list[tuple[str, str]]]]:  # pickled (a worker's error): rebuilt
+    def __reduce__(self) -> tuple[type, tuple[Path, _Differences]]:  # pickled (a worker's error): rebuilt
         return type(self), (self.state_path, self.differences)
 
-    def spelled(self, spell: Callable[[str], str], no_resume: str = "--no-resume") -> str:
-        """The message, each setting named as ``spell(setting)``."""
-        listed = "; ".join(f"{spell(setting)}: {how}" for setting, how in self.differences)
+    def spelled(self, spell: Callable[[str], str], no_resume: str = "--no-resume",
+                value: Callable[[object], str] = repr) -> str:
+        """The message, each setting named as ``spell(setting)`` and each value written as ``value(v)``:
+        ``"lr: saved 0.001, now 0.002"``."""
+        def how(saved: object, now: object) -> str:
+            if not isinstance(saved, _NotSaved):
+                return f"saved {value(saved)}, now {value(now)}"
+            predates = "" if saved.implied is None else f" (the state predates it: {value(saved.implied)})"
+            return f"not saved{predates}, now {value(now)}"
+
+        listed = "; ".join(f"{spell(setting)}: {how(saved, now)}" for setting, saved, now in self.differences)
         return (f"{self.state_path} is a run with other settings ({listed}); resume with the same settings, "
                 f"or start afresh with {no_resume} or another --name or --out")
 
@@ -601,8 +619,8 @@ def _load_resume(state_path: Path, settings: dict[str, Any]) -> tuple[dict[str, 
     implied = {k: v for k, v in _SETTINGS_ADDED_LATER.items() if v is not None and k not in info}
     info = {**implied, **info}
     mismatch = [d for k, v in settings.items() if info.get(k) != v and (k in info or k not in _SETTINGS_ADDED_LATER)
-                for d in ([(k, f"not saved (the state predates it: {info[k]!r}), now {v!r}")] if k in implied else
-                          _difference(k, info[k], v) if k in info else [(k, f"not saved, now {v!r}")])]
+                for d in ([(k, _NotSaved(info[k]), v)] if k in implied else
+                          _difference(k, info[k], v) if k in info else [(k, _NotSaved(), v)])]
     if mismatch:
         raise _OtherSettings(state_path, mismatch)
     missing = [k for k in ("step", "train_time_s", "nonfinite_steps", "history", "calls", "schedule") if k not in info]
@@ -1377,12 +1395,14 @@ _DATA_SETTINGS = {"num_images": "number of --data images", "data_sha256": "--dat
 def _spelled_as_flags(e: ValueError, parameters: list[str]) -> ValueError:
     """``e`` (of its own type) with the ``train_codec`` parameter that begins its message spelled as the CLI's flag
     (``ema_decay`` is ``--ema``) and no "must be None or" (a shell's None is the option left out); ``e`` itself if
-    none does. A resume refused for other settings names each setting that is one of ``parameters`` as its flag."""
+    none does. A resume refused for other settings names each setting that is one of ``parameters`` as its flag, and
+    a value None as "(left out)"."""
     def flag(parameter: str) -> str:
         return "--ema" if parameter == "ema_decay" else "--" + parameter.replace("_", "-")
 
     if isinstance(e, _OtherSettings):  # a setting the command line has no flag for (warmup_steps) keeps its name
-        return ValueError(e.spelled(lambda s: flag(s) if s in parameters else _DATA_SETTINGS.get(s, s)))
+        return ValueError(e.spelled(lambda s: flag(s) if s in parameters else _DATA_SETTINGS.get(s, s),
+                                    value=lambda v: "(left out)" if v is None else repr(v)))
     text = str(e)
     for parameter in sorted(parameters, key=len, reverse=True):  # max_steps before steps
         if text.startswith(f"{parameter} "):

@@ -269,9 +269,10 @@ def test_a_codec_whose_weights_outgrow_the_memory_is_refused_before_it_is_built(
     monkeypatch.undo()
     with pytest.raises(ValueError, match=rf"^{setting} {10**20} makes a codec of .* GB of memory$"):
         train.default_config(kind, (1, 8, 8), **{**settings, setting: 10**20})
-    # mutation round 38: the two codecs measured are built on the meta device, drawing nothing from the caller's
-    # global RNG; a count that is not an int is left for build_codec to name (was: "'<=' not supported between
-    # instances of 'str' and 'int'"); without os.sysconf (Windows) nothing is checked
+    # mutation round 38: the two codecs measured (built on the CPU, as build_codec builds every codec) draw nothing
+    # from the caller's global RNG (default_config's fork_rng); a count that is not an int is left for build_codec
+    # to name (was: "'<=' not supported between instances of 'str' and 'int'"); without os.sysconf (Windows)
+    # nothing is checked
     state = torch.get_rng_state()
     train.default_config(kind, (1, 8, 8), **settings)
     assert torch.equal(torch.get_rng_state(), state)
@@ -1482,12 +1483,15 @@ def test_cli_resume_with_other_settings_names_the_flags_typed(tmp_path):
     args = _parser().parse_args([*base[:7], "2", *base[8:], "--batch-size", "32", "--ema", "0.9"])
     with pytest.raises(ValueError) as e:
         args.func(args)
+    # a shell's None is the option left out: "--ema: saved None" read as a value the flag was given
     assert str(e.value) == (f"{tmp_path / 'glow-digits.state.safetensors'} is a run with other settings (--levels: "
-                            f"saved 1, now 2; --batch-size: saved 64, now 32; --ema: saved None, now 0.9); resume "
-                            f"with the same settings, or start afresh with --no-resume or another --name or --out")
+                            f"saved 1, now 2; --batch-size: saved 64, now 32; --ema: saved (left out), now 0.9); "
+                            f"resume with the same settings, or start afresh with --no-resume or another --name or "
+                            f"--out")
+    assert "(ema_decay: saved None, now 0.9)" in str(train._OtherSettings(Path("s"), [("ema_decay", None, 0.9)]))
     # other images, and a setting without a flag (a state of train_codec's with warmup_steps=10): named in words
-    refused = train._OtherSettings(Path("s"), [("num_images", "saved 1257, now 32"),
-                                               ("data_sha256", "saved 'a', now 'b'"), ("warmup_steps", "saved 10, now 200")])
+    refused = train._OtherSettings(Path("s"), [("num_images", 1257, 32), ("data_sha256", "a", "b"),
+                                               ("warmup_steps", 10, 200)])
     assert str(pickle.loads(pickle.dumps(refused))) == str(refused)  # from a worker process, say
     assert str(train._spelled_as_flags(refused, ["name", "batch_size"])).startswith(
         "s is a run with other settings (number of --data images: saved 1257, now 32; --data images' sha256: saved "
