@@ -40,14 +40,12 @@ import statistics
 import subprocess
 import sys
 import time
-import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 from torch import nn
 
-warnings.filterwarnings("ignore", message="torch.lu is deprecated")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import (CIFAR_NOISE_EPS, PerSampleRandAugment, RandomCropFlip, add_device_argument,  # noqa: E402
                     argument_parser, build_classifier, library_default, load_codec, run_script,
@@ -811,7 +809,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="train nothing: combine the runs of --arms (default all) of several results.json files "
                         "(e.g. one per seed or per machine) into one report in OUT; data and schedule must match, "
                         "and each arm's settings and checkpoint among its merged runs; takes no other option but "
-                        "--out and --no-progress")
+                        "--arms, --out and --no-progress")
     o.add_argument("--done", nargs="*", default=[], metavar="RESULTS_JSON",
                    help="runs in these results.json files (same settings) count as finished: neither run nor shared "
                         "out by --shard (give every shard all shards' files, as they were before the call)")
@@ -826,7 +824,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     o.add_argument("--no-corruptions", action="store_true",
                    help="skip the corruption accuracy (a setting: --resume, --done and --merge keep runs made the same "
                         "way)")
-    o.add_argument("--no-progress", action="store_true")
+    o.add_argument("--no-progress", action="store_true", help="no progress bars (the runs', each run's training)")
     o.add_argument("--smoke", action="store_true",
                    help="pipeline check on the CPU in < 2 min: 200 random images for cifar10 and cifar10-5k (the "
                         "first 200 of an npz: or folder: spec), tiny random-init codecs unless --glow/--vae, and "

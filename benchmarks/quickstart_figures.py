@@ -118,14 +118,15 @@ def interrupted_save_rows(mb: int) -> list[tuple[str, str]]:
         path = os.path.join(folder, "checkpoint.pt")
         for mode, written in (("in place", path), ("to checkpoint.pt.part, then os.replace", path + ".part")):
             torch.save({"weights": torch.ones(4)}, path)  # the last checkpoint
-            proc = subprocess.Popen([sys.executable, "-c", SAVER, path, str(mb), mode], stdout=subprocess.PIPE,
-                                    text=True)
-            if proc.stdout.readline().strip() != "saving":
-                raise RuntimeError(f"the saving process ended before its save (exit status {proc.wait()})")
-            while proc.poll() is None and not (os.path.exists(written) and os.path.getsize(written) >= mb * 10**6 / 2):
-                time.sleep(0.001)
-            proc.terminate()
-            finished = proc.wait() == 0
+            with subprocess.Popen([sys.executable, "-c", SAVER, path, str(mb), mode], stdout=subprocess.PIPE,
+                                  text=True) as proc:  # its pipe closed on leaving
+                if proc.stdout.readline().strip() != "saving":
+                    raise RuntimeError(f"the saving process ended before its save (exit status {proc.wait()})")
+                while proc.poll() is None and not (os.path.exists(written)
+                                                   and os.path.getsize(written) >= mb * 10**6 / 2):
+                    time.sleep(0.001)
+                proc.terminate()
+                finished = proc.wait() == 0
             try:
                 loaded = torch.load(path, weights_only=True)["weights"].numel() * 4 / 1e6
                 left = f"torch.load reads the {'new' if loaded > 1e-3 else 'last'} checkpoint"

@@ -2,10 +2,10 @@
 """One table from several ``accuracy.py`` output folders: a settings sweep (issue 9's calibration on a val split).
 
 ``accuracy.py`` refuses to mix settings in one folder, so a sweep runs one folder per setting (and, to use both
-cores of a small machine, per seed). This script reads every ``results.json`` given, names each row by the method
-settings that differ between folders, and prints accuracy per seed, the mean and the difference from the baseline
-on the seeds both have (as ``accuracy.py``'s table). It refuses folders whose latent arms were trained with different
-checkpoints (their ``codec`` records)::
+cores of a small machine, per seed). This script reads every ``results.json`` given, names each row by its arm and
+the arm's method settings (folders that differ in them give rows of their own), and prints accuracy per seed, the
+mean and the difference from the baseline on the seeds both have (as ``accuracy.py``'s table). It refuses folders
+whose latent arms were trained with different checkpoints (their ``codec`` records)::
 
     python benchmarks/sweep_report.py runs/sweep/*/results.json --out runs/sweep/sweep.md
 """

@@ -39,14 +39,12 @@ import copy
 import statistics
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-warnings.filterwarnings("ignore", message="torch.lu is deprecated")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import (CIFAR_NOISE_EPS, PerSampleRandAugment, add_device_argument, argument_parser,  # noqa: E402
                     build_classifier, load_codec, parse_args_with_smoke, random_init_codec,

@@ -8,7 +8,7 @@ images (``--guide-width``, ``--guide-epochs``; weights and batch order from seed
 ``--flips``), so it is not the scorer of ``codec_quality.py`` (seed 0, no crops); ``--guide FILE`` keeps it. w is
 set once, on the first batch, so that the term's gradient on the decoder is ``--balance`` times the ELBO's;
 ``--balance 0`` runs the same fine-tune without the term (the control). Adam with a cosine decay to 0, no warm-up.
-Writes the fine-tuned checkpoint (float16, like the shipped VAEs) and a JSON of the same stem beside it
+Writes the fine-tuned checkpoint (float16, like the shipped vae-cifar10) and a JSON of the same stem beside it
 (``--out cg/b1.safetensors``: ``cg/b1.json``; settings, w, loss history).
 Score it beside the original with ``codec_quality.py``:
 

@@ -17,7 +17,6 @@ checkpoints give the same pictures.
 from __future__ import annotations
 
 import argparse
-import warnings
 from pathlib import Path
 
 import torch
@@ -29,8 +28,6 @@ from latent_transforms.demo import ADV_EPS, ADV_STEP_SIZE, ADV_STEPS, NOISE_EPS,
 from latent_transforms.evaluation import fit_classifier
 from latent_transforms.models import digits_cnn
 from latent_transforms.visualize import save_rows
-
-warnings.filterwarnings("ignore", message="torch.lu is deprecated")
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 10  # images per row

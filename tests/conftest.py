@@ -43,7 +43,6 @@ else:
         if hasattr(hypothesis_providers, "_get_local_constants"):
             hypothesis_providers._get_local_constants = hypothesis_providers.Constants
 
-warnings.filterwarnings("ignore", message="torch.lu is deprecated")
 CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 # at most 2 torch threads; 1 a process where `pytest -n` runs as many as there are CPUs (more threads than CPUs wait on
 # each other: the tests' tensors are small)

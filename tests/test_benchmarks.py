@@ -1735,6 +1735,22 @@ def test_quickstart_figures_smoke_prints_every_figure_of_its_table(smoke_runs):
     assert low - 0.05 <= ratio <= high + 0.05, (ratio, batch, one_by_one)
 
 
+def test_quickstart_figures_interrupted_save_closes_its_pipe_to_the_saver(monkeypatch):
+    """Audit 344: the saving process's stdout pipe was never closed (a ResourceWarning per row under -W always). A saver
+    without torch here: it says "saving" and ends, so the last checkpoint is left whole."""
+    import warnings
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    qf = _load_benchmark("quickstart_figures")
+    monkeypatch.setattr(qf, "SAVER", 'print("saving", flush=True)')
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rows = qf.interrupted_save_rows(1)
+    assert [value.endswith("torch.load reads the last checkpoint (the save ended before the signal)")
+            for _, value in rows] == [True, True], rows
+    assert not [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+
+
 def test_quickstart_figures_reads_cifar10_through_torchvision_by_default_and_the_shared_copy_by_flag(monkeypatch):
     """On a user's machine the script's defaults download CIFAR-10 (they named ../shared/data/cifar10/*.npz, which only
     the project's machines have: `python benchmarks/quickstart_figures.py` failed there); --data-root is the download
