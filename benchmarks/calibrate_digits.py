@@ -8,7 +8,6 @@ validation set, and report validation accuracy (mean over seeds). Prints a Markd
 """
 from __future__ import annotations
 
-import json
 import statistics
 
 import torch
@@ -21,7 +20,7 @@ from latent_transforms.validation import POSITIVE_INT, output_folder
 from latent_transforms.evaluation import accuracy, fit_classifier, predict_proba
 
 from models import (DIGITS_SHAPE, argument_parser, parse_args_with_smoke, run_script,
-                    smoke_defaults_help, tiny_codecs)
+                    smoke_defaults_help, tiny_codecs, write_json)
 
 SMOKE_DEFAULTS = {"per_class": 2, "val": 100, "epochs": 1, "seeds": [0]}
 
@@ -72,10 +71,9 @@ def main() -> None:
                        progress=False)
         results.setdefault(name, []).append(accuracy(predict_proba(model, x[val]), y[val]))
         print(f"seed {seed} {name}: {100 * results[name][-1]:.1f}%", flush=True)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "calibration.json").write_text(json.dumps(results, indent=2))
+    write_json(out / "calibration.json", results)  # whole or not at all
     print(f"\nvalidation accuracy ({args.val} held-out training images), {args.per_class}/class, "
-          f"{args.epochs} epochs, seeds {args.seeds}\n\n| setting | val accuracy |\n|---|---|")
+          f"{args.epochs} epoch{'s' if args.epochs != 1 else ''}, seeds {args.seeds}\n\n| setting | val accuracy |\n|---|---|")
     for name, accs in results.items():
         print(f"| {name} | {100 * statistics.mean(accs):.1f}% |")
 

@@ -95,7 +95,7 @@ def mixup_inference_rows(vae, x: torch.Tensor, y: torch.Tensor, test: tuple[torc
         probs = torch.cat([robust(seed_of_rank(r))(noisy[r::RANKS]) for r in range(RANKS)])
         return accuracy(probs, torch.cat([yt[r::RANKS] for r in range(RANKS)]))
 
-    rows = [(f"a digits_cnn ({epochs} epochs on {TRAINED} digits) on {len(xt)} corrupted test digits",
+    rows = [(f"a digits_cnn ({epochs} epoch{'s' if epochs != 1 else ''} on {TRAINED} digits) on {len(xt)} corrupted test digits",
              f"{100 * accuracy(predict_proba(model, noisy), yt):.1f}%")]
     one, same, own = [], [], []
     for seed in SEEDS:

@@ -1522,7 +1522,7 @@ def test_calibrate_digits_smoke_prints_a_row_per_setting_under_a_progress_bar(tm
     assert header == ["setting", "val accuracy"] and [row[0] for row in rows] == names and len(names) == 18
     assert all(len(row) == 2 for row in rows)
     assert all(re.fullmatch(r"\d+\.\d%", row[1]) for row in rows)
-    assert "(100 held-out training images), 2/class, 1 epochs, seeds [0]" in proc.stdout
+    assert "(100 held-out training images), 2/class, 1 epoch, seeds [0]" in proc.stdout
     results = json.loads((out / "calibration.json").read_text())
     assert list(results) == [row[0] for row in rows] and all(len(v) == 1 for v in results.values())
     assert re.search(r"settings: 100%\|.*\| 18/18 ", proc.stderr), proc.stderr  # one step per setting and seed
