@@ -131,8 +131,9 @@ def test_a_hypothesis_test_draws_the_same_examples_whatever_ran_before_it(tmp_pa
 
 def test_readme_pictures_exist():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    for match in IMAGE.finditer(readme):
-        ref = match.group(1) or match.group(2)
+    refs = [match.group(1) or match.group(2) for match in IMAGE.finditer(readme)]
+    assert refs, "README.md shows no .png picture that this check reads (another format or syntax?)"
+    for ref in refs:
         if "://" not in ref:
             assert (ROOT / ref).is_file(), f"README.md references a missing picture: {ref}"
 

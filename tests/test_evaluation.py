@@ -389,8 +389,11 @@ def test_fit_classifier_puts_the_augmentation_in_training_mode():
 def test_fit_classifier_runs_very_short_schedules(n, batch_size, epochs):
     # 4 steps in all made torch's OneCycleLR divide by zero (warm-up of 0.25 * 4 - 1 = 0 steps)
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    before = [p.detach().clone() for p in model.parameters()]
     fit_classifier(model, torch.rand(n, 3, 2, 2), torch.arange(n) % 3, epochs=epochs, batch_size=batch_size,
                    progress=False)
+    for old, new in zip(before, model.parameters()):  # and trained: every weight moved, none made NaN
+        assert torch.isfinite(new).all() and not torch.equal(old, new)
 
 
 def test_reliability_bins_of_no_rows_are_zeros_that_pool_with_the_other_ranks():

@@ -475,8 +475,8 @@ def test_estimator_checks_and_lazy_state_dict():
     lazy.load_state_dict(est.state_dict())  # sized from the checkpoint
     for name, b in est.named_buffers():
         assert torch.equal(b, getattr(lazy, name))
-    with pytest.raises(RuntimeError, match="cov"):
-        FeatureCovariance(3, covariance="diagonal").load_state_dict(est.state_dict())
+    with pytest.raises(RuntimeError, match="cov holds a full covariance, this estimator's is 'diagonal'"):
+        FeatureCovariance(3, covariance="diagonal").load_state_dict(est.state_dict())  # "cov" matched torch's own error
     lazy.reset()
     assert int(lazy.count.sum()) == 0 and lazy.feature_dim == 2
 
@@ -1162,9 +1162,9 @@ def test_schedule():
     assert isda.lam == 0.25
     isda.set_progress(1.0)
     assert isda.lam == 0.5
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"progress must be a finite number in \[0, 1\], got 1.5"):
         isda.set_progress(1.5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"epoch must be an int in \[0, total_epochs=160\] \(0-based\), got 161"):
         isda.set_epoch(161, 160)
     with pytest.raises(ValueError, match="epoch must be an int >= 0, got True"):  # a bool was taken as epoch 1
         isda.set_epoch(True, 3)

@@ -163,10 +163,11 @@ def test_the_cached_images_in_16_bits_pass_the_image_check_also_at_cifar_size():
     size: a 16-bit copy of a cached 3x32x32 batch (its rounding summed over 3,072 pixels) is still the cached images."""
     images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     glow = tiny_glow(shape=(3, 32, 32), levels=1)
-    t = LatentNoise(glow, eps=0.5, cache=LatentCache(glow, images, progress=False), generator=0)
-    idx = torch.arange(4)
-    for dtype in (torch.bfloat16, torch.float16):
-        t(images.to(dtype), index=idx)
+    cache, idx = LatentCache(glow, images, progress=False), torch.arange(4)
+    x2 = LatentNoise(glow, eps=0.5, cache=cache, generator=0)(images, index=idx)[0]
+    for dtype in (torch.bfloat16, torch.float16):  # and transformed from the cached latents, as the images themselves
+        assert torch.equal(LatentNoise(glow, eps=0.5, cache=cache, generator=0)(images.to(dtype), index=idx)[0],
+                           x2.to(dtype))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -1729,7 +1729,8 @@ def test_replayed_mixing_weights_outside_zero_one_are_refused():
         with pytest.raises(ValueError, match=rf"params\['lam'\] must be weights in \[0, 1\], got {shown}$"):
             t(x, y, params={**good, "lam": torch.full((4,), lam)})
     edges = {**good, "lam": torch.tensor([0.0, 1.0, 0.5, 1.0])}  # the ends are weights too
-    assert t(x, y, params=edges)[1].min() >= 0
+    lam, onehot = edges["lam"][:, None], torch.eye(10)[y]
+    assert torch.equal(t(x, y, params=edges)[1], lam * onehot + (1 - lam) * onehot[good["partner"]])
 
 
 def test_a_thread_sharing_the_transform_never_mixes_its_params_with_anothers():

@@ -120,10 +120,10 @@ def test_npz_spec(tmp_path):
     with pytest.raises(ValueError, match=r"N > 0; got shape \(0, 3, 6, 4\)$"):
         load_images(f"npz:{tmp_path / 'empty.npz'}")
     np.savez(tmp_path / "shape.npz", x=x[..., :2])
-    with pytest.raises(ValueError, match="shape"):
-        load_images(f"npz:{tmp_path / 'shape.npz'}")
+    with pytest.raises(ValueError, match=r"images must be \(N, H, W, C\) with C 1 or 3.*got shape \(5, 6, 4, 2\)$"):
+        load_images(f"npz:{tmp_path / 'shape.npz'}")  # "shape", "labels", "npz" alone matched the file's name
     np.savez(tmp_path / "labels.npz", x=x, y=np.arange(4))
-    with pytest.raises(ValueError, match="labels"):
+    with pytest.raises(ValueError, match=r"labels y must have shape \(5,\), got \(4,\)$"):
         load_images(f"npz:{tmp_path / 'labels.npz'}")
     np.savez(tmp_path / "nox.npz", images=x)
     with pytest.raises(ValueError, match="'x'"):
@@ -134,7 +134,7 @@ def test_npz_spec(tmp_path):
     with pytest.raises(ValueError, match="no array 'y', but 'Y' looks like labels"):
         load_images(f"npz:{tmp_path / 'capital.npz'}")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    with pytest.raises(ValueError, match="npz"):
+    with pytest.raises(ValueError, match=r"junk.npz is not a zip file, not an .npz archive"):
         load_images(f"npz:{tmp_path / 'junk.npz'}")
     np.save(tmp_path / "array.npy", x)
     with pytest.raises(ValueError, match=r"array.npy is a .npy array, not an .npz archive"):
