@@ -306,8 +306,10 @@ class LatentTransform(Settings, SampleStats, nn.Module):
                                    f"DataLoader worker, on the worker's copy of the model: call it in the training "
                                    f"loop, on the batch, right before model(x)")
         if self.mixes_labels and y is not None and self._classes(y) is None:
-            raise not_about_the_batch(ValueError(f"{type(self).__name__} mixes labels: pass num_classes=... or (B, K) "
-                                                 f"soft labels"))
+            name = type(self).__name__
+            raise not_about_the_batch(ValueError(f"{name} mixes labels: pass num_classes=... or (B, K) soft labels "
+                                                 f"(num_classes to the constructor: {name}(..., num_classes=K) for a "
+                                                 f"K-class model)"))
         self.check_inputs(x, model, index)
 
     def _labels_needed(self) -> ValueError:

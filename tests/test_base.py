@@ -335,7 +335,9 @@ def test_mixing_needs_classes():
     x, y = _batch((4, 1, 3, 3), False, 0)
     t = Mix(generator=0)
     for mode in (t.train, t.eval):
-        with pytest.raises(ValueError, match=r"^Mix mixes labels: pass num_classes=\.\.\. or \(B, K\) soft labels$"):
+        with pytest.raises(ValueError, match=r"^Mix mixes labels: pass num_classes=\.\.\. or \(B, K\) soft labels "
+                                             r"\(num_classes to the constructor: Mix\(\.\.\., num_classes=K\) for a "
+                                             r"K-class model\)$"):
             mode()(x, y)
 
 
