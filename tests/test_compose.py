@@ -116,6 +116,9 @@ def test_kornia_mixup_labels_become_soft(rgb, rgb_glow):
     x, y = rgb
     x2, y2 = Compose([K.RandomMixUpV2(), LatentNoise(rgb_glow, eps=0.5, generator=0)], num_classes=10)(x, y)
     _check(x2, y2, x, soft=True)
+    torch.manual_seed(0)  # kornia draws from the global generator
+    x2, y2 = Compose([K.RandomMixUpV2(p=1.0)], num_classes=6)(x, torch.arange(6))  # each image a class of its own
+    torch.testing.assert_close(x2.flatten(1), y2 @ x.flatten(1))  # the labels mixed as the pixels (audit 337)
     with pytest.raises(ValueError, match=r"Compose\(\.\.\., num_classes=\.\.\.\) is needed to turn "
                                          r"RandomMixUpV2's labels \(step 0\) soft"):
         Compose([K.RandomMixUpV2()])  # when built (was at the first call)
@@ -193,6 +196,19 @@ def test_isda_with_a_label_mixing_step_is_refused(mixer):
                                              f"{type(m).__name__} at step {steps.index(m)}"):
             Compose(steps)
     Compose([ISDA(10), T.RandomHorizontalFlip()])  # pixel steps are fine
+
+
+@STRENGTH_ZERO_EXPECTED
+def test_a_first_isda_lets_uint8_images_through_to_the_torchvision_step_after_it(rgb):
+    """Mutation round 49 (audit 337): ISDA never reads x, so a Compose led by it takes the uint8 images its later
+    torchvision step takes, as one led by that step does (not "x must be a float tensor")."""
+    x, y = rgb
+    x8 = (x * 255).round().to(torch.uint8)
+    c, net = Compose([ISDA(10), T.RandomHorizontalFlip(p=1.0)]), TinyNet(channels=3)
+    x2, y2 = c(x8, y, net)
+    assert x2.dtype == torch.uint8 and torch.equal(x2, x8.flip(-1)) and torch.equal(y2, y)
+    with pytest.raises(ValueError, match=r"^x values must lie in \[0, 1\]"):  # ISDA reads none: the Compose does
+        c(x * 3, y, net)
 
 
 def test_a_latent_step_names_the_step_whose_output_it_refuses(rgb, rgb_glow):
@@ -1154,6 +1170,8 @@ def test_a_nested_compose_that_takes_images_makes_the_chain_take_images_in_eithe
     c = Compose([ISDA(10), Compose([ISDA(10)]), lambda v: v * 1])  # a nested Compose taking any tensor: as before
     for mode in (c.train, c.eval):
         assert mode()(x, y, net)[0].shape == x.shape
+    tokens = torch.randint(0, 255, (4, 5), dtype=torch.uint8)  # any tensor: uint8 token ids too, in eval() mode
+    assert c.eval()(tokens, y, net)[0] is tokens
 
 
 def test_a_missing_model_is_refused_before_any_step_runs(rgb, rgb_glow):

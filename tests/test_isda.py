@@ -524,6 +524,8 @@ def test_lazy_statistics_load_where_the_module_was_moved():
     plain = FeatureCovariance(3)  # never moved: the checkpoint's dtype, as before
     plain.load_state_dict({k: v.double() if v.is_floating_point() else v for k, v in saved.items()})
     assert plain.cov.dtype == torch.float64
+    plain.load_state_dict(saved)  # sized: loaded into its statistics, which keep their dtype (as any buffer does)
+    assert plain.cov.dtype == torch.float64 and torch.equal(plain.cov, saved["cov"].double())
 
 
 @pytest.mark.parametrize("diagonal", [False, True])
@@ -677,6 +679,23 @@ def test_latest_arm_wins_with_a_warning_and_transformed_counts_fired_hooks(batch
     net(x)
     assert int(a.estimator.count.sum()) == len(y) and b.estimator.count is None
     assert a.stats["transformed"] == len(y) and b.stats == {"seen": len(y), "transformed": 0, "rejected": 0}
+
+
+@STRENGTH_ZERO_EXPECTED
+def test_a_fired_hook_left_armed_is_replaced_without_a_warning(batch, net):
+    """Mutation round 49 (audit 337): torch 2.4's compiled code ran the hook but dropped its ``_disarm``, leaving a
+    fired hook on the layer; the next arm replaces it silently (it was applied), with one hook on the layer."""
+    from latent_transforms.isda import _ARMED
+
+    x, y = batch
+    isda = ISDA(10)
+    isda(x, y, net)
+    _ARMED[net.fc][1].fired = True  # as torch 2.4's compiled forward left it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        isda(x, y, net)
+    assert len(net.fc._forward_hooks) == 1 and not _ARMED[net.fc][1].fired
+    isda.disarm(net)
 
 
 @STRENGTH_ZERO_EXPECTED
@@ -1799,7 +1818,9 @@ def test_the_official_argument_order_is_named_as_the_cause(batch, net):
                                          r"classifier\) or fc is not the classifier \(pass its nn.Linear\); a "
                                          r"classifier grown") as loss_info:
         ISDALoss(5)(net.features(x), net.fc, y % 5)
-    assert "official" not in str(info.value) + str(loss_info.value)
+    with pytest.raises(ValueError, match=r"10 outputs but num_classes=50: either num_classes is miscounted") as wide:
+        ISDA(50)(x, y, net)  # more classes than the layer's 32 inputs: not its input width either
+    assert "official" not in str(info.value) + str(loss_info.value) + str(wide.value)
 
 
 def test_the_official_full_layer_given_as_fc_names_the_linear_inside_it(batch, net):

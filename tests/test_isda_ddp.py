@@ -61,6 +61,7 @@ def _worker(rank: int, init_method: str, out_dir: str) -> None:
                 part = slice(0, n0) if rank == 0 else slice(n0, None)
                 est.update(f[part], y[part])
             result[key] = est.count.clone()
+            result[key + "_gathers"] = est.gathers()  # a group of one rank has no other rows to gather
         # bf16 features, labels above 256 and a non-finite row on rank 1 (its class 5 must stay empty)
         big = FeatureCovariance(BIG_K, feature_dim=A, covariance="diagonal")
         f = torch.ones(len(BIG_LABELS[rank]), A, dtype=torch.bfloat16)
@@ -167,6 +168,7 @@ def test_two_gloo_ranks_hold_the_statistics_of_the_concatenated_batch(tmp_path):
         own = torch.cat([y[:n0] if rank == 0 else y[n0:] for _, y, n0 in stream()])
         assert torch.equal(res["solo"], torch.bincount(own, minlength=K))
         assert torch.equal(res["both"], results[0][False]["count"])
+        assert (res["solo_gathers"], res["both_gathers"]) == (False, True)
     big_count = torch.bincount(torch.tensor(BIG_LABELS[0] + BIG_LABELS[1][:1]), minlength=BIG_K)
     for res in results:
         assert torch.equal(res["big_count"], big_count)
