@@ -1,11 +1,11 @@
 """LatentAdversarial: PGD in a flow's latent space against the classifier (Yuksel et al., ICCV 2021, "LA-adv")."""
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import cast
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .codec_transform import CodecTransform
@@ -60,7 +60,8 @@ class LatentAdversarial(CodecTransform):
         (a direction, not an image: the output's invertibility does not depend on it). It backpropagates each
         sample's loss gradient scaled to a largest entry of 1 (the step is normalised per sample, so this changes no
         step), so that under float16 autocast, where no GradScaler reaches it, a confident sample's gradient is not
-        flushed to 0.
+        flushed to 0; that gradient is computed without rounding to 0, so a sample whose logits are far apart (its
+        float32 softmax one-hot) still gets its step, in its direction.
     """
 
     needs_model = True
@@ -129,14 +130,42 @@ class LatentAdversarial(CodecTransform):
 
 
 def _unit_loss_grad(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The gradient of the cross-entropy on ``target`` with respect to ``logits: (B, K)``, computed in float32 and
-    each row scaled to a largest entry of 1, in ``logits``' dtype: what the attack backpropagates to ``delta``.
+    """The gradient of the cross-entropy on ``target`` ((B,) class indices or (B, K) soft labels) with respect to
+    ``logits: (B, K)``, each row scaled to a largest entry of 1, in ``logits``' dtype: what the attack backpropagates
+    to ``delta``.
 
     The samples are attacked independently (the model is in eval mode) and each row's step is normalised
     (``ascent_direction``), so the scale changes no step. Unscaled, a batch mean's ``(softmax - target) / B`` of a
     confident sample is below float16's smallest number, and a backward under ``torch.autocast(dtype=float16)``
-    flushed it to 0: that sample got no step at all (no GradScaler reaches this inner backward)."""
-    with torch.enable_grad():
-        z = logits.detach().float().requires_grad_(True)
-        (g,) = torch.autograd.grad(F.cross_entropy(z, target, reduction="sum"), z)
-    return scaled_to_unit_max(g).to(logits.dtype)
+    flushed it to 0: that sample got no step at all (no GradScaler reaches this inner backward).
+
+    The row is computed in float32 without rounding to 0 at any gap between the logits: ``softmax - onehot(t)`` is
+    ``(1 - p_t)`` times the softmax of the classes but ``t`` less ``onehot(t)``, whose largest entry is that -1;
+    soft labels ``y`` summing to ``s`` add ``s onehot(t) - y`` (``t`` their largest class), the two terms scaled
+    through their logarithms. Computed as ``softmax - onehot``, the target's entry rounded to 0 once the logits were
+    about 17 apart (a step in another direction) and the whole row once about 104 apart (no step). A row is 0 where
+    the target's probability is 1 exactly: no other class, or all the others at -inf."""
+    z = logits.detach().float()
+    y = target.detach().float() if target.ndim == 2 else None
+    t = (target if y is None else y.argmax(1))[:, None]
+    others = z.scatter(1, t, float("-inf"))
+    has_others = others.amax(1, keepdim=True) != float("-inf")  # NaN logits stay NaN
+    # softmax's exp, unlike exp(), has no slow path on the CPU for results below float32's range (exp(-90): 400x)
+    row = others.softmax(1).scatter(1, t, -1.0).where(has_others, 0.0)
+    if y is not None:  # s softmax - y = s (1 - p_t) row + rest, each scaled by the larger of the two terms
+        total = y.sum(1, keepdim=True)
+        rest = (-y).scatter(1, t, y.scatter(1, t, 0.0).sum(1, keepdim=True))  # s onehot(t) - y: t's as a sum
+        log_sum_others = others.logsumexp(1, keepdim=True)
+        size, log_norm = rest.abs().amax(1, keepdim=True), torch.logaddexp(log_sum_others, z.gather(1, t))
+        log_own = total.abs().log() + log_sum_others - log_norm  # log |s (1 - p_t)|
+        log_scale = torch.maximum(log_own, size.log())
+        log_scale = log_scale.masked_fill(log_scale == float("-inf"), 0.0)
+        own = total.sign() * (log_own - log_scale).exp()
+        # not exp(-log_scale): past float32's range where rest is 0 and 1 - p_t tiny
+        scale_rest = (size.log() - log_scale).exp() / size.clamp_min(torch.finfo(torch.float32).tiny)
+        row = own * row + scale_rest * rest
+        # t's entry, s p_t - y_t, is there rest_t - s (1 - p_t): two terms near s that cancel where p_t is below 1/2
+        log_p_t = z.gather(1, t) - log_norm
+        direct = (total * log_p_t.exp() - y.gather(1, t)) / log_scale.exp()
+        row = row.scatter(1, t, torch.where(log_p_t > math.log(0.5), row.gather(1, t), direct))
+    return scaled_to_unit_max(row).to(logits.dtype)

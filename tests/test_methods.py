@@ -15,7 +15,7 @@ from torch import nn
 from latent_transforms import ISDA, Compose, ISDALoss, LatentCache, base
 from latent_transforms.codecs import Codec, ConvVAE, Glow, flatten_latents
 from latent_transforms.feature_covariance import FeatureCovariance
-from latent_transforms.latent_adversarial import LatentAdversarial
+from latent_transforms.latent_adversarial import LatentAdversarial, _unit_loss_grad
 from latent_transforms.latent_noise import LatentNoise
 from latent_transforms.mixup_inference import LatentMixupInference
 from latent_transforms.validation import Settings
@@ -800,6 +800,60 @@ def test_adversarial_steps_confident_samples_under_float16_autocast(glow, batch,
         with torch.autocast("cpu", dtype=torch.float16, enabled=autocast):
             t(x, y, net)
         assert torch.allclose(t.last_params["delta"].norm(dim=1), torch.ones(len(x)), atol=1e-4), autocast
+
+
+class _OffsetLogits(nn.Module):
+    """``net(x) + offset``, ``offset: (B, K)`` fixed per row: an unnormalised head whose logits are far apart."""
+
+    def __init__(self, net: nn.Module, offset: torch.Tensor):
+        super().__init__()
+        self.net, self.offset = net, offset
+
+    def forward(self, x):
+        return self.net(x) + self.offset
+
+
+def _exact_loss_grad_rows(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """softmax - onehot(target) of (B, K) logits, scaled to a largest entry of 1, from the differences to the
+    target's logit in float64: r_j = exp(l_j - l_t), the row being (r_j, -sum r_j) / (1 + sum r_j)."""
+    t = target[:, None]
+    r = (logits.double() - logits.double().gather(1, t)).exp().scatter(1, t, 0.0)
+    row = r.scatter(1, t, -r.sum(1, keepdim=True))
+    return row / row.abs().amax(1, keepdim=True)
+
+
+def test_adversarial_steps_samples_whose_float32_softmax_is_one_hot(glow, batch, net):
+    """Logits 120 apart give an exactly one-hot float32 softmax: softmax - onehot was a zero row and those samples
+    kept their start; 30 apart, the target's entry of it rounded to 0 and the step went elsewhere. Every step now
+    has the direction of the float64 gradient backpropagated through the same graph."""
+    x, y = batch
+    gap = torch.tensor([120.0] * 4 + [30.0] * 4 + [0.0] * 4)
+    model = _OffsetLogits(net, F.one_hot(torch.full((12,), 3), 10) * gap[:, None])
+    t = LatentAdversarial(glow, eps=1.0, step_size=0.5, random_start=False, generator=0)
+    t(x, y, model)
+    step, target = t.last_params["delta"], t.last_params["target"]
+    assert (target[:8] == 3).all()
+    delta = torch.zeros_like(step, requires_grad=True)
+    logits = model.eval()(glow.decode_flat(glow.encode_flat(x) + delta))
+    (g,) = torch.autograd.grad(logits, delta, _exact_loss_grad_rows(logits.detach(), target).float())
+    assert torch.allclose(step.norm(dim=1), torch.full((12,), 0.5)), step.norm(dim=1)
+    assert (F.cosine_similarity(step, g) > 1 - 1e-5).all(), F.cosine_similarity(step, g)
+
+
+def test_adversarial_loss_gradient_rows_at_any_gap():
+    """The attack's loss-gradient rows where softmax - onehot underflows or holds -inf logits: finite and exact."""
+    inf = float("-inf")
+    logits = torch.tensor([[0.0, 150.0, 1.0], [0.0, 1.0, 2.0], [inf, 1.0, 2.0], [5.0, inf, inf], [1e3, 0.0, inf]])
+    target = torch.tensor([1, 0, 0, 0, 0])  # a gap of 149; none; a masked target; all of the softmax; 1000
+    rows = _unit_loss_grad(logits, target)
+    a, b = torch.tensor([1.0, 2.0]).softmax(0).tolist()  # exp(1) / (exp(1) + exp(2)) and exp(2) / (...)
+    expected = torch.tensor([[a, -1.0, b], [-1.0, a, b], [-1.0, a, b], [0.0, 0.0, 0.0], [-1.0, 1.0, 0.0]])
+    assert torch.allclose(rows, expected, atol=1e-6), rows
+    assert torch.allclose(_unit_loss_grad(logits, F.one_hot(target, 3).float()), rows, atol=1e-7)  # one-hot soft
+    assert torch.equal(_unit_loss_grad(torch.tensor([[200.0, 0.0]]), torch.tensor([[1.0, 1e-9]])),  # s = 1.0
+                       torch.tensor([[1.0, -1.0]]))  # softmax * s - y, exactly (1e-9, -1e-9): float32 gave (0, -1)
+    assert torch.equal(_unit_loss_grad(torch.tensor([[7.0]]), torch.tensor([0])), torch.zeros(1, 1))  # K = 1
+    assert _unit_loss_grad(logits.half(), target).dtype == torch.float16
 
 
 def test_adversarial_random_start_leaves_unchosen_levels_alone(glow, batch, net):
