@@ -1713,7 +1713,8 @@ def test_quickstart_figures_smoke_prints_every_figure_of_its_table(smoke_runs):
     for figure in ("one call on 64 images", "64 calls on one image each", "state_dict (the glow codec's weights)",
                    "torch.export of a width-4 CIFAR ResNet-18 alone", "merged from 8 micro-batches of 8",
                    "LatentNoise(glow, eps=100)", "LatentNoise(glow, eps=50), 4 calls on 64 training images",
-                   "LatentMixupInference (vae, 300 references) on them, seeds 0, 1, 2: 2 ranks, seed + rank"):
+                   "LatentMixupInference (vae, 300 references) on them, seeds 0, 1, 2: 2 ranks, seed + rank",
+                   "| a digits_cnn (1 epoch on "):  # --smoke trains it 1 epoch
         assert figure in table, figure
     assert "| a LatentCache of the glow: floats per image, and a cache of 50,000 images | 3,072, 614 MB |" in table
     # a SIGTERM once half of a checkpoint is written: saved in place, half a file torch.load refuses; saved to

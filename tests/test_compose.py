@@ -613,6 +613,11 @@ def test_uint8_reaching_a_latent_step_inside_a_torchvision_container_names_the_c
                                          r"Compose, put v2.ToDtype\(torch.float32, scale=True\) before this step: "
                                          r"LatentNoise in RandomApply at step 1 takes float images only$"):
         Compose([T.RandomHorizontalFlip(), T.RandomApply([noise], p=1.0)])(x8, y)
+    # a nested Compose gives its own hint, once: the outer one adds where it ran
+    with pytest.raises(ValueError, match=r"^Compose step 1 \(Compose\), on the output of step 0 "
+                                         r"\(RandomHorizontalFlip\): Compose step 1 \(LatentNoise\), .*uint8 images; "
+                                         r"in a Compose, put v2.ToDtype\(torch.float32, scale=True\) before this step$"):
+        Compose([T.RandomHorizontalFlip(), Compose([T.RandomHorizontalFlip(), noise])])(x8, y)
     # a container that converts them itself: its latent step's error about the size has no hint
     with pytest.raises(ValueError, match=r"got x of shape \(6, 3, 12, 12\).*docs/training.md\)$"):
         Compose([T.Compose([T.ToDtype(torch.float32, scale=True), T.Resize(12), noise])])(x8, y)

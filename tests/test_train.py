@@ -1056,6 +1056,11 @@ def test_a_state_saved_before_a_setting_existed_resumes_with_its_old_value(tmp_p
     assert train_codec("flow", x, tmp_path, **kw, max_steps=3)["step"] == 3
 
 
+def test_a_codec_config_entry_on_one_side_only_reads_none():
+    assert train._difference("config", {"hidden": 16, "levels": 2}, {"hidden": 16, "steps": 2}) == \
+        [("levels", 2, "(none)"), ("steps", "(none)", 2)]
+
+
 def test_report_states_the_schedule_each_step_followed(tmp_path, digits):
     x = digits[0][:64]
     kw = dict(**FLOW, batch_size=16, progress=False)
@@ -1980,6 +1985,7 @@ def test_the_suggested_registry_name_is_free_even_when_my_name_is_taken(tmp_path
     train_codec("flow", digits[0][:32], tmp_path / "run", name="zz-t", **FLOW, max_steps=1, batch_size=16)
     out = capsys.readouterr().out
     assert "--name my-my-zz-t" in out and "hub.load('my-my-zz-t')" in out
+    assert "('zz-t' is a registered checkpoint's name; or replace yours: --overwrite instead of --name)" in out
 
 
 def test_a_finished_run_run_again_after_registering_it_says_it_is_registered(tmp_path, digits, capsys, monkeypatch):
