@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -27,6 +28,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from types import FrameType
 from typing import Any, cast
@@ -59,7 +61,9 @@ _MIN_VAE_KL = 1.0  # nats per image: a VAE whose latent carries less has collaps
 # side just past a power of two stays under it (33x33 padded to 64x64: 3.8 times)
 _MAX_VAE_PADDING = 4
 _MAX_NONFINITE_IN_A_ROW = 20
-_BUILT_UNCHECKED = 64  # flow steps per level or VAE decoder blocks built without a memory check
+# the integer settings a codec's parameter count is a polynomial in: (lowest value, degree, largest built unchecked)
+_SIZE_SETTINGS = {"glow": {"steps": (1, 1, 64), "hidden": (1, 2, 1024)},
+                  "vae": {"decoder_blocks": (0, 1, 64), "hidden": (1, 2, 1024), "latent_dim": (1, 1, 4096)}}
 # what stops a run at the next step boundary, saved: Ctrl-C, the usual termination, and SLURM's warning before the
 # time limit (`#SBATCH --signal=USR1@120`); no SIGUSR1 on Windows
 _STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
@@ -212,27 +216,48 @@ def default_config(kind: str, image_shape: tuple[int, int, int], num_bins: int =
     config = {"kind": codec_kind, "image_shape": [c, h, w], **_RECIPES[codec_kind].base_config(h, w, num_bins)}
     config.update({k: v for k, v in overrides.items() if v is not None})
     with torch.random.fork_rng(devices=[]):  # the codecs' random init drew from the caller's global RNG
-        _refuse_too_big(config)  # its codecs too
+        _refuse_too_big(config)  # its tiny codecs too
         return build_codec(config).config  # validates and fills in every default
 
 
 def _refuse_too_big(config: dict[str, Any]) -> None:
     """Refuse a codec whose float32 weights alone exceed this machine's memory (in all, not free; a codec is built on
     the CPU, then moved): a flow's steps and a VAE's decoder blocks are built one by one, so 10**20 steps built for
-    hours, until the system killed the process, before any allocation failed. The parameter count is linear in them:
-    two small codecs give it (built on the CPU, as ``build_codec`` builds every codec, whatever the default device).
-    Up to ``_BUILT_UNCHECKED`` of them are built unchecked (the check costs about half a default flow's build): so
-    few outgrow the memory only by huge tensors, which fail at once."""
-    setting, low = ("steps", 1) if config["kind"] == "glow" else ("decoder_blocks", 0)
-    count = config.get(setting, low)
-    if not is_int(count) or count <= _BUILT_UNCHECKED or not hasattr(os, "sysconf"):  # a wrong count: build_codec
-        return  # names it
-    sizes = [sum(p.numel() for p in build_codec({**config, setting: n}).parameters()) for n in (low, low + 1)]
-    n = sizes[0] + (int(count) - low) * (sizes[1] - sizes[0])
+    hours, and a width of 30,000 allocated until the system killed the process, before any allocation failed. The
+    parameter count is a polynomial in those settings (``_SIZE_SETTINGS``: linear in steps, blocks and the latent's
+    size, quadratic in the width): tiny codecs, a few thousand parameters each, give it exactly. Settings up to their
+    unchecked bound skip the check (a few milliseconds a build); a setting that is not an int is left for
+    ``build_codec`` to name."""
+    sizes = _SIZE_SETTINGS[config["kind"]]
+    values = {k: config.get(k, low) for k, (low, _, _) in sizes.items()}
+    large = [k for k, v in values.items() if is_int(v) and v > sizes[k][2]]
+    if not large or not all(is_int(v) and v >= sizes[k][0] for k, v in values.items()) or not hasattr(os, "sysconf"):
+        return
+    n = _parameter_count(config, {k: (sizes[k][0], sizes[k][1], int(v)) for k, v in values.items()})
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if 4 * n > memory:
-        raise ValueError(f"{setting} {count} makes a codec of {n:.3g} parameters, {4 * n / 1e9:.3g} GB of float32 "
-                         f"weights alone, more than this machine's {memory / 1e9:.3g} GB of memory")
+        named = " and ".join(f"{k} {values[k]}" for k in large)
+        raise ValueError(f"{named} make{'s' if len(large) == 1 else ''} a codec of {n:.3g} parameters, "
+                         f"{4 * n / 1e9:.3g} GB of float32 weights alone, more than this machine's "
+                         f"{memory / 1e9:.3g} GB of memory")
+
+
+def _parameter_count(config: dict[str, Any], polynomial: dict[str, tuple[int, int, int]]) -> int:
+    """The parameter count of the codec of ``config`` with each setting ``k`` of ``polynomial`` at its value, the
+    count being a polynomial of the given degree in each (``k: (lowest, degree, value)``): interpolated (Lagrange,
+    exact in integers) from the codecs built at the lowest values, ``degree + 1`` of them per setting."""
+    names = list(polynomial)
+    total = Fraction(0)
+    for point in itertools.product(*(range(low, low + degree + 1) for low, degree, _ in polynomial.values())):
+        weight = Fraction(1)
+        for k, node in zip(names, point):
+            low, degree, value = polynomial[k]
+            for other in range(low, low + degree + 1):
+                if other != node:
+                    weight *= Fraction(value - other, node - other)
+        built = build_codec({**config, **dict(zip(names, point))})
+        total += weight * sum(p.numel() for p in built.parameters())
+    return int(total)
 
 
 def _codec_kind(kind: str) -> str:

@@ -254,12 +254,34 @@ def test_low_data_split():
 
 
 # -- training -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind, settings", [("flow", {**FLOW, "hidden": 10**6}),
+                                            ("vae", {**VAE, "hidden": 10**6}),
+                                            ("vae", {**VAE, "latent_dim": 10**12}),
+                                            ("flow", {**FLOW, "steps": 100, "hidden": 10**5})])
+def test_a_width_that_outgrows_the_memory_is_refused_before_it_is_built(kind, settings):
+    """Audit 345: a width of 30,000 (quadratic in the parameter count) built two codecs of that width to measure them,
+    and the system killed the process; now tiny codecs give the count, exact for any setting."""
+    bounds = train._SIZE_SETTINGS["glow" if kind == "flow" else "vae"]
+    large = " and ".join(f"{k} {v}" for k, v in settings.items() if k in bounds and v > bounds[k][2])
+    with pytest.raises(ValueError, match=rf"^{large} makes? a codec of .* GB of float32 weights alone"):
+        train.default_config(kind, (1, 8, 8), **settings)
+
+
+def test_the_parameter_count_interpolated_from_tiny_codecs_is_exact():
+    for config in ({**FLOW, "kind": "glow", "image_shape": [1, 8, 8], "steps": 5, "hidden": 37},
+                   {**VAE, "kind": "vae", "image_shape": [1, 8, 8], "hidden": 20, "latent_dim": 16, "decoder_blocks": 3}):
+        polynomial = {k: (low, degree, config.get(k, low))
+                      for k, (low, degree, _) in train._SIZE_SETTINGS[config["kind"]].items()}
+        assert train._parameter_count(config, polynomial) == sum(p.numel() for p in build_codec(config).parameters())
+
+
 @pytest.mark.parametrize("kind, setting, settings", [("flow", "steps", {**FLOW, "levels": 1}),
                                                    ("vae", "decoder_blocks", VAE)])
 def test_a_codec_whose_weights_outgrow_the_memory_is_refused_before_it_is_built(monkeypatch, kind, setting, settings):
     """Audit 272: steps=10**20 built Glow steps one by one until the system killed the process. The parameter count
     is exact (linear in the steps or blocks): a memory of 4 bytes a parameter passes, one byte less is refused."""
-    settings = {**settings, setting: train._BUILT_UNCHECKED + 1}  # the fewest that are checked
+    kind_of_codec = "glow" if kind == "flow" else "vae"
+    settings = {**settings, setting: train._SIZE_SETTINGS[kind_of_codec][setting][2] + 1}  # the fewest checked
     n = sum(p.numel() for p in build_codec(train.default_config(kind, (1, 8, 8), **settings)).parameters())
     monkeypatch.setattr(train.os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4, "SC_PHYS_PAGES": n}[name])
     train.default_config(kind, (1, 8, 8), **settings)
