@@ -233,7 +233,7 @@ def _refuse_too_big(config: dict[str, Any]) -> None:
     large = [k for k, v in values.items() if is_int(v) and v > sizes[k][2]]
     if not large or not all(is_int(v) and v >= sizes[k][0] for k, v in values.items()) or not hasattr(os, "sysconf"):
         return
-    n = _parameter_count(config, {k: (sizes[k][0], sizes[k][1], int(v)) for k, v in values.items()})
+    n = _parameter_count({**config, **values})
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if 4 * n > memory:
         named = " and ".join(f"{k} {values[k]}" for k in large)
@@ -242,20 +242,19 @@ def _refuse_too_big(config: dict[str, Any]) -> None:
                          f"{memory / 1e9:.3g} GB of memory")
 
 
-def _parameter_count(config: dict[str, Any], polynomial: dict[str, tuple[int, int, int]]) -> int:
-    """The parameter count of the codec of ``config`` with each setting ``k`` of ``polynomial`` at its value, the
-    count being a polynomial of the given degree in each (``k: (lowest, degree, value)``): interpolated (Lagrange,
-    exact in integers) from the codecs built at the lowest values, ``degree + 1`` of them per setting."""
-    names = list(polynomial)
+def _parameter_count(config: dict[str, Any]) -> int:
+    """The parameter count of the codec of ``config``, which gives every setting of ``_SIZE_SETTINGS`` as an int: a
+    polynomial of the given degree in each, interpolated (Lagrange, exact in integers) from the codecs built at the
+    lowest values, ``degree + 1`` of them per setting."""
+    sizes = _SIZE_SETTINGS[config["kind"]]
     total = Fraction(0)
-    for point in itertools.product(*(range(low, low + degree + 1) for low, degree, _ in polynomial.values())):
+    for point in itertools.product(*(range(low, low + degree + 1) for low, degree, _ in sizes.values())):
         weight = Fraction(1)
-        for k, node in zip(names, point):
-            low, degree, value = polynomial[k]
-            for other in range(low, low + degree + 1):
-                if other != node:
-                    weight *= Fraction(value - other, node - other)
-        built = build_codec({**config, **dict(zip(names, point))})
+        for k, node in zip(sizes, point):
+            low, degree, _ = sizes[k]
+            weight *= math.prod(Fraction(int(config[k]) - other, node - other)
+                                for other in range(low, low + degree + 1) if other != node)
+        built = build_codec({**config, **dict(zip(sizes, point))})
         total += weight * sum(p.numel() for p in built.parameters())
     return int(total)
 
