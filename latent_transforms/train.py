@@ -61,9 +61,18 @@ _MIN_VAE_KL = 1.0  # nats per image: a VAE whose latent carries less has collaps
 # side just past a power of two stays under it (33x33 padded to 64x64: 3.8 times)
 _MAX_VAE_PADDING = 4
 _MAX_NONFINITE_IN_A_ROW = 20
-# the integer settings a codec's parameter count is a polynomial in: (lowest value, degree, largest built unchecked)
-_SIZE_SETTINGS = {"glow": {"steps": (1, 1, 64), "hidden": (1, 2, 1024)},
-                  "vae": {"decoder_blocks": (0, 1, 64), "hidden": (1, 2, 1024), "latent_dim": (1, 1, 4096)}}
+# the integer settings a codec's parameter count is a polynomial in: (lowest value, degree)
+_SIZE_SETTINGS = {"glow": {"steps": (1, 1), "hidden": (1, 2)},
+                  "vae": {"decoder_blocks": (0, 1), "hidden": (1, 2), "latent_dim": (1, 1)}}
+# a flow's parameter count f in its levels L: f(L) = 8 f(L-1) - 21 f(L-2) + 22 f(L-3) - 8 f(L-4), these coefficients
+# of f(L-4) to f(L-1) (_parameter_count)
+_LEVELS_RECURRENCE = (-8, 22, -21, 8)
+# the size settings a refusal names when past these; a flow within all of them is built unchecked (1.7 GB of weights
+# at most for RGB images, besides its priors' 2 numbers a pixel value; the check builds 6 tiny flows, 24 past 4 levels:
+# 0.9 s and 2 to 7 s on a busy 2-core CPU), a VAE always checked (12 tiny VAEs, 0.07 s there): at a width of 1024 one
+# has 3.5 GB of weights for 32x32 images and 19 GB for 4096x4096 ones, 105 GB with 64 decoder blocks
+_USUAL_SIZES = {"glow": {"levels": 4, "steps": 64, "hidden": 1024},
+                "vae": {"decoder_blocks": 64, "hidden": 1024, "latent_dim": 4096}}
 # what stops a run at the next step boundary, saved: Ctrl-C, the usual termination, and SLURM's warning before the
 # time limit (`#SBATCH --signal=USR1@120`); no SIGUSR1 on Windows
 _STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
@@ -223,35 +232,46 @@ def default_config(kind: str, image_shape: tuple[int, int, int], num_bins: int =
 def _refuse_too_big(config: dict[str, Any]) -> None:
     """Refuse a codec whose float32 weights alone exceed this machine's memory (in all, not free; a codec is built on
     the CPU, then moved): a flow's steps and a VAE's decoder blocks are built one by one, so 10**20 steps built for
-    hours, and a width of 30,000 allocated until the system killed the process, before any allocation failed. The
-    parameter count is a polynomial in those settings (``_SIZE_SETTINGS``: linear in steps, blocks and the latent's
-    size, quadratic in the width): tiny codecs, a few thousand parameters each, give it exactly. Settings up to their
-    unchecked bound skip the check (a few milliseconds a build); a setting that is not an int is left for
-    ``build_codec`` to name."""
-    sizes = _SIZE_SETTINGS[config["kind"]]
-    values = {k: config.get(k, low) for k, (low, _, _) in sizes.items()}
-    large = [k for k, v in values.items() if is_int(v) and v > sizes[k][2]]
-    if not large or not all(is_int(v) and v >= sizes[k][0] for k, v in values.items()) or not hasattr(os, "sysconf"):
+    hours, and a width of 30,000 allocated until the system killed the process, before any allocation failed; so did
+    a VAE of a width of 1024 with 64 decoder blocks (105 GB), and a flow's levels double the channels of its largest
+    1x1 convolutions each (12 levels for 4096x4096 images: 55 GB). Tiny codecs, a few thousand parameters each
+    besides a flow's priors, give the count exactly (``_parameter_count``). A flow within ``_USUAL_SIZES`` skips the
+    check; a setting that is not an int, or levels the images do not take, is left for ``build_codec`` to name."""
+    kind, (c, h, w) = config["kind"], config["image_shape"]
+    usual = _USUAL_SIZES[kind]
+    lowest = {"levels": 1, **{k: low for k, (low, _) in _SIZE_SETTINGS[kind].items()}}
+    values = {k: config.get(k, lowest[k]) for k in usual}
+    if not all(is_int(v) and v >= lowest[k] for k, v in values.items()) or not hasattr(os, "sysconf"):
+        return
+    if kind == "glow" and (all(v <= usual[k] for k, v in values.items()) or values["levels"] > Glow.most_levels(h, w)):
         return
     n = _parameter_count({**config, **values})
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if 4 * n > memory:
-        named = " and ".join(f"{k} {values[k]}" for k in large)
-        raise ValueError(f"{named} make{'s' if len(large) == 1 else ''} a codec of {n:.3g} parameters, "
-                         f"{4 * n / 1e9:.3g} GB of float32 weights alone, more than this machine's "
+        named = [f"{k} {v}" for k, v in values.items() if v > usual[k]] or [f"{k} {v}" for k, v in values.items()]
+        listed = " and ".join(filter(None, [", ".join(named[:-1]), named[-1]]))
+        raise ValueError(f"{listed} make{'s' if len(named) == 1 else ''} a codec of {n:.3g} parameters for {c}x{h}x{w} "
+                         f"images, {4 * n / 1e9:.3g} GB of float32 weights alone, more than this machine's "
                          f"{memory / 1e9:.3g} GB of memory")
 
 
 def _parameter_count(config: dict[str, Any]) -> int:
     """The parameter count of the codec of ``config``, which gives every setting of ``_SIZE_SETTINGS`` as an int: a
     polynomial of the given degree in each, interpolated (Lagrange, exact in integers) from the codecs built at the
-    lowest values, ``degree + 1`` of them per setting."""
+    lowest values, ``degree + 1`` of them per setting. A flow's is a 4**L + b 2**L + c L + d in its levels L (each
+    level's steps act on twice the channels of the next, their weights quadratic in the channels; its priors hold 2
+    numbers a pixel value at any L): past 4 levels, it follows from the counts at 1 to 4 (``_LEVELS_RECURRENCE``)."""
+    if config["kind"] == "glow" and config["levels"] > len(_LEVELS_RECURRENCE):
+        counts = [_parameter_count({**config, "levels": levels}) for levels in range(1, len(_LEVELS_RECURRENCE) + 1)]
+        for _ in range(config["levels"] - len(_LEVELS_RECURRENCE)):
+            counts = counts[1:] + [sum(a * f for a, f in zip(_LEVELS_RECURRENCE, counts))]
+        return counts[-1]
     sizes = _SIZE_SETTINGS[config["kind"]]
     total = Fraction(0)
-    for point in itertools.product(*(range(low, low + degree + 1) for low, degree, _ in sizes.values())):
+    for point in itertools.product(*(range(low, low + degree + 1) for low, degree in sizes.values())):
         weight = Fraction(1)
         for k, node in zip(sizes, point):
-            low, degree, _ = sizes[k]
+            low, degree = sizes[k]
             weight *= math.prod(Fraction(int(config[k]) - other, node - other)
                                 for other in range(low, low + degree + 1) if other != node)
         built = build_codec({**config, **dict(zip(sizes, point))})

@@ -516,8 +516,8 @@ def test_train_codec_too_big_for_the_memory_is_refused_before_it_is_built(tmp_pa
     code, out, err = _exit_code(["train", kind, "--data", "digits", "--out", str(tmp_path / "o"), "--max-steps", "1",
                                  "--quiet", option, str(10**20)], capsys)
     assert code == 2 and out == "" and len(err.splitlines()) == 1
-    assert re.fullmatch(rf"{_PROG}: error: {option} {10**20} makes a codec of \S+ parameters, \S+ GB of float32 "
-                        rf"weights alone, more than this machine's \S+ GB of memory\n", err), err
+    assert re.fullmatch(rf"{_PROG}: error: {option} {10**20} makes a codec of \S+ parameters for \S+ images, \S+ GB "
+                        rf"of float32 weights alone, more than this machine's \S+ GB of memory\n", err), err
     assert not (tmp_path / "o").exists()
 
 

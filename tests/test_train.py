@@ -261,8 +261,8 @@ def test_low_data_split():
 def test_a_width_that_outgrows_the_memory_is_refused_before_it_is_built(kind, settings):
     """Audit 345: a width of 30,000 (quadratic in the parameter count) built two codecs of that width to measure them,
     and the system killed the process; now tiny codecs give the count, exact for any setting."""
-    bounds = train._SIZE_SETTINGS["glow" if kind == "flow" else "vae"]
-    large = " and ".join(f"{k} {v}" for k, v in settings.items() if k in bounds and v > bounds[k][2])
+    bounds = train._USUAL_SIZES["glow" if kind == "flow" else "vae"]
+    large = " and ".join(f"{k} {v}" for k, v in settings.items() if k in bounds and v > bounds[k])
     with pytest.raises(ValueError, match=rf"^{large} makes? a codec of .* GB of float32 weights alone"):
         train.default_config(kind, (1, 8, 8), **settings)
 
@@ -274,13 +274,40 @@ def test_the_parameter_count_interpolated_from_tiny_codecs_is_exact():
         assert train._parameter_count(config) == sum(p.numel() for p in build_codec(config).parameters())
 
 
+def test_a_flow_s_parameter_count_past_4_levels_follows_from_levels_1_to_4_exactly():
+    """Each level doubles the channels of the largest 1x1 convolutions: the count in the levels is no polynomial."""
+    for shape, levels in (([1, 32, 64], 5), ([2, 128, 128], 7)):
+        config = build_codec({**FLOW, "kind": "glow", "image_shape": shape, "levels": levels, "steps": 2,
+                              "hidden": 3}).config
+        assert train._parameter_count(config) == sum(p.numel() for p in build_codec(config).parameters())
+
+
+@pytest.mark.parametrize("kind, settings, named", [
+    ("flow", {**FLOW, "levels": 5, "steps": 1, "hidden": 1}, "levels 5 makes"),
+    ("vae", {**VAE, "decoder_blocks": 2}, "decoder_blocks 2, hidden 16 and latent_dim 4 make")])
+def test_a_codec_within_the_usual_sizes_is_refused_by_its_whole_size(monkeypatch, kind, settings, named):
+    """Audit 355: only a setting past its bound (steps 64, a width of 1024, ...) was checked, so a VAE of a width of
+    1024 with 64 decoder blocks (105 GB of weights) was built until the system killed the process, as was a flow of
+    12 levels for 4096x4096 images (55 GB); a VAE is now always checked, a flow past 4 levels too, and the refusal
+    names the images' shape."""
+    n = sum(p.numel() for p in build_codec(train.default_config(kind, (1, 32, 32), **settings)).parameters())
+    monkeypatch.setattr(train.os, "sysconf", lambda name: {"SC_PAGE_SIZE": 1, "SC_PHYS_PAGES": 4 * n - 1}[name])
+    with pytest.raises(ValueError, match=rf"^{named} a codec of {re.escape(f'{n:.3g}')} parameters for 1x32x32 images, "):
+        train.default_config(kind, (1, 32, 32), **settings)
+    monkeypatch.setattr(train.os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4, "SC_PHYS_PAGES": n}[name])
+    train.default_config(kind, (1, 32, 32), **settings)
+    if kind == "flow":  # levels the images do not take: Glow's own error, not a count extrapolated to 40 levels
+        with pytest.raises(ValueError, match=r"^image height and width must be divisible by 2\*\*levels"):
+            train.default_config(kind, (1, 32, 32), **{**settings, "levels": 40})
+
+
 @pytest.mark.parametrize("kind, setting, settings", [("flow", "steps", {**FLOW, "levels": 1}),
                                                    ("vae", "decoder_blocks", VAE)])
 def test_a_codec_whose_weights_outgrow_the_memory_is_refused_before_it_is_built(monkeypatch, kind, setting, settings):
     """Audit 272: steps=10**20 built Glow steps one by one until the system killed the process. The parameter count
     is exact (linear in the steps or blocks): a memory of 4 bytes a parameter passes, one byte less is refused."""
     kind_of_codec = "glow" if kind == "flow" else "vae"
-    settings = {**settings, setting: train._SIZE_SETTINGS[kind_of_codec][setting][2] + 1}  # the fewest checked
+    settings = {**settings, setting: train._USUAL_SIZES[kind_of_codec][setting] + 1}  # the fewest checked
     n = sum(p.numel() for p in build_codec(train.default_config(kind, (1, 8, 8), **settings)).parameters())
     monkeypatch.setattr(train.os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4, "SC_PHYS_PAGES": n}[name])
     train.default_config(kind, (1, 8, 8), **settings)

@@ -100,7 +100,7 @@ class Glow(Codec):
     learned diagonal Gaussian prior; ``encode`` returns latents standardised by it, coarsest level first.
 
     Args:
-        image_shape: (C, H, W); H and W divisible by 2**levels.
+        image_shape: (C, H, W); H and W divisible by 2**levels (``most_levels(H, W)`` levels at most).
         levels: L, the number of scales.
         steps: K, the flow steps per level.
         hidden: the coupling networks' width.
@@ -131,10 +131,10 @@ class Glow(Codec):
         if not (0 < alpha < 0.5 and 0 < scale_floor < 1):
             raise ValueError(f"alpha must be in (0, 0.5) and scale_floor in (0, 1), got {alpha!r}, {scale_floor!r}")
         c, h, w = self.image_shape
-        # levels past the sides' bits divide neither, and 2**levels is not computed: levels=2**31 hung, 20000 gave
-        # Python's "Exceeds the limit (4300 digits) for integer string conversion"
-        if levels >= min(h, w).bit_length() or h % 2**levels or w % 2**levels:
-            fit = ((h | w) & -(h | w)).bit_length() - 1  # the most halvings of both sides: 2 for 28x28, 0 for 15
+        # compared, 2**levels is not computed: levels=2**31 hung, 20000 gave Python's "Exceeds the limit (4300 digits)
+        # for integer string conversion"
+        fit = self.most_levels(h, w)
+        if levels > fit:
             fewer = f"at most {fit} level{'s fit' if fit > 1 else ' fits'} {h}x{w}; or resize or crop the images" \
                 if fit else "an odd side takes no level: resize or crop the images to even sides, or train a VAE " \
                             "(latent-transforms train vae), which takes images of any size"
@@ -158,6 +158,11 @@ class Glow(Codec):
         self.flow = nf.MultiscaleFlow(q0, flows, merges, class_cond=False)
         self._folded = False
         self.register_load_state_dict_post_hook(_refold_after_load)
+
+    @staticmethod
+    def most_levels(h: int, w: int) -> int:
+        """The most levels a Glow takes for (H, W) images: the halvings of both sides (2 for 28x28, 0 for 15x16)."""
+        return ((h | w) & -(h | w)).bit_length() - 1
 
     @property
     def config(self) -> dict[str, Any]:
