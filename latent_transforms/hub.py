@@ -108,13 +108,26 @@ def cache_dir() -> Path:
     ``XDG_CACHE_HOME`` is ignored, as the XDG spec says), else ``~/.cache/latent-transforms``."""
     home = os.environ.get("LATENT_TRANSFORMS_HOME")
     if home:
-        path = Path(home).expanduser()
+        path = _expanded(home, f"LATENT_TRANSFORMS_HOME={home!r}")
         if not path.is_absolute():
             raise ValueError(f"LATENT_TRANSFORMS_HOME={home!r} is a relative path, which would depend on the current "
                              f"directory; give an absolute path (~ is expanded)")
         return path
-    xdg = Path(os.environ.get("XDG_CACHE_HOME", "")).expanduser()
-    return (xdg if xdg.is_absolute() else Path("~/.cache").expanduser()) / "latent-transforms"
+    xdg_home = os.environ.get("XDG_CACHE_HOME", "")
+    xdg = _expanded(xdg_home, f"XDG_CACHE_HOME={xdg_home!r}")
+    if not xdg.is_absolute():  # unset, empty or relative
+        xdg = _expanded("~/.cache", "the default cache dir ~/.cache/latent-transforms")
+    return xdg / "latent-transforms"
+
+
+def _expanded(path: str, what: str) -> Path:
+    """``path`` with a leading ``~`` or ``~user`` expanded; a ``ValueError`` naming ``what`` where it cannot be (no
+    such user; no ``HOME`` and no password entry), not pathlib's ``RuntimeError`` that names nothing."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        raise ValueError(f"{what}: its ~ names no home directory (no such user, or no HOME and no password "
+                         f"entry); set LATENT_TRANSFORMS_HOME to an absolute path") from None
 
 
 def beyond_range(t: torch.Tensor, dtype: torch.dtype) -> bool:
@@ -1035,7 +1048,7 @@ def registry_for_messages(shipped_only: bool = False) -> dict[str, dict[str, Any
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 return _registry(warn_if_broken=True)
-        except (ValueError, OSError):  # a bad LATENT_TRANSFORMS_HOME: the shipped checkpoints are still there
+        except ValueError:  # a bad LATENT_TRANSFORMS_HOME: the shipped checkpoints are still there
             pass
     return _shipped_registry()
 

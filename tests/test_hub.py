@@ -34,7 +34,7 @@ from safetensors.torch import save_file
 
 from latent_transforms import LatentNoise, hub
 from latent_transforms.cli import main
-from latent_transforms.codecs import build_codec
+from latent_transforms.codecs import Codec, build_codec
 
 # entries registered here on purpose without their file (register warns a user about that; tested below)
 pytestmark = pytest.mark.filterwarnings("ignore:registered .*, but its file")
@@ -1763,6 +1763,32 @@ def test_a_relative_cache_dir_is_refused_and_a_relative_xdg_cache_home_ignored(e
     assert hub.cache_dir() == tmp_path / "xdg" / "latent-transforms"
 
 
+def test_a_tilde_that_names_no_home_is_refused_by_the_variable_that_holds_it(env, monkeypatch, capsys):
+    # was pathlib's RuntimeError "Could not determine home directory.", naming no variable (the CLI: a traceback);
+    # registry_for_messages, which leaves a bad LATENT_TRANSFORMS_HOME out of a message, let it through
+    import pwd
+    hub._SHIPPED_DIR.mkdir()
+    shipped = {"shipped": {"file": "shipped.safetensors", "sha256": SHA_GOOD, "config": CONFIG}}
+    (hub._SHIPPED_DIR / "registry.json").write_text(json.dumps({"checkpoints": shipped}))
+    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", "~no-such-user-h354/lt")
+    with pytest.raises(ValueError, match=r"^LATENT_TRANSFORMS_HOME='~no-such-user-h354/lt': its ~ names no home "
+                                         r"directory .*; set LATENT_TRANSFORMS_HOME to an absolute path$"):
+        hub.cache_dir()
+    with pytest.raises(SystemExit) as e:
+        main(["list"])
+    assert e.value.code == 2 and "LATENT_TRANSFORMS_HOME='~no-such-user-h354/lt': its ~" in capsys.readouterr().err
+    assert hub.registry_for_messages() == shipped
+    monkeypatch.delenv("LATENT_TRANSFORMS_HOME")
+    monkeypatch.setenv("XDG_CACHE_HOME", "~no-such-user-h354")
+    with pytest.raises(ValueError, match=r"^XDG_CACHE_HOME='~no-such-user-h354': its ~ names no home directory"):
+        hub.cache_dir()
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.delenv("HOME", raising=False)
+    monkeypatch.setattr(pwd, "getpwuid", lambda uid: {}[uid])  # no password entry either: KeyError
+    with pytest.raises(ValueError, match=r"^the default cache dir ~/\.cache/latent-transforms: its ~ names no home"):
+        hub.cache_dir()
+
+
 def test_concurrent_threads_fetch_one_good_file(env):
     _register("good", "good.safetensors")
     barrier = threading.Barrier(4)
@@ -2379,27 +2405,56 @@ def test_a_codec_loaded_under_another_default_dtype_is_float32(monkeypatch, name
         assert torch.equal(first.decode(first.encode(x)), ref.decode(ref.encode(x)))
 
 
-def test_a_codec_class_of_ones_own_that_makes_float64_weights_loads_in_float32(tmp_path, monkeypatch):
-    # build_codec builds its own kinds in float32; a class added to CODECS may make float64 weights whatever the
-    # default dtype: load_checkpoint casts them to float32, the dtype a checkpoint's weights are loaded in
+def _own_kind(monkeypatch, kind: str, init: Callable[[Codec], object]) -> type[Codec]:
+    """A codec class of one's own, added to ``CODECS`` as ``kind`` for the test: conftest's ``OwnCodec``, then
+    ``init(codec)``, with the config ``{"kind": kind}``."""
     from conftest import OwnCodec
     from latent_transforms import codecs
 
-    class Float64Codec(OwnCodec):
+    class Own(OwnCodec):
         def __init__(self):
             super().__init__()
-            self.double()
+            init(self)
 
         @property
         def config(self):
-            return {"kind": "float64-own"}
+            return {"kind": kind}
 
-    monkeypatch.setitem(codecs.CODECS, "float64-own", Float64Codec)
+    monkeypatch.setitem(codecs.CODECS, kind, Own)
+    return Own
+
+
+def test_a_codec_class_of_ones_own_that_makes_float64_weights_loads_in_float32(tmp_path, monkeypatch):
+    # build_codec builds its own kinds in float32; a class added to CODECS may make float64 weights whatever the
+    # default dtype: load_checkpoint casts them to float32, the dtype a checkpoint's weights are loaded in
+    Float64Codec = _own_kind(monkeypatch, "float64-own", lambda codec: codec.double())
     saved = Float64Codec()
     hub.save_checkpoint(saved, tmp_path / "own.safetensors")
     loaded = hub.load_checkpoint(tmp_path / "own.safetensors")
     assert loaded.dtype == torch.float32 and not any(t.dtype == torch.float64 for t in loaded.state_dict().values())
     assert torch.equal(loaded.enc.weight, saved.enc.weight.float())
+
+
+def test_a_codec_class_of_ones_own_with_an_integer_buffer_loads_it_as_saved(tmp_path, monkeypatch):
+    # the shipped kinds hold float tensors only: an int64 buffer (a step counter) of the dtype the codec expects loads
+    CountingCodec = _own_kind(monkeypatch, "counting-own",
+                              lambda codec: codec.register_buffer("steps", torch.zeros((), dtype=torch.int64)))
+    saved = CountingCodec()
+    saved.steps.fill_(1234)
+    hub.save_checkpoint(saved, tmp_path / "own.safetensors")
+    loaded = hub.load_checkpoint(tmp_path / "own.safetensors")
+    assert loaded.steps.dtype == torch.int64 and int(loaded.steps) == 1234
+    assert torch.equal(loaded.enc.weight, saved.enc.weight)
+
+
+def test_a_codec_class_of_ones_own_built_with_a_factory_the_meta_device_refuses_loads(tmp_path, monkeypatch):
+    # load_checkpoint sizes each factory call of the build on the meta device first; torch.normal(mean_tensor, std)
+    # takes no device there (a TypeError): that call is made as it is, not refused
+    NormalInitCodec = _own_kind(monkeypatch, "normal-init-own", lambda codec: setattr(
+        codec, "shift", torch.nn.Parameter(torch.normal(torch.zeros(4), 0.02))))
+    saved = NormalInitCodec()
+    hub.save_checkpoint(saved, tmp_path / "own.safetensors")
+    assert torch.equal(hub.load_checkpoint(tmp_path / "own.safetensors").shift, saved.shift)
 
 
 def test_loading_a_runs_json_says_which_file_to_load(tmp_path):
@@ -2557,6 +2612,27 @@ def test_list_shows_the_entry_this_process_registered_over_a_persisted_one(env):
     hub.register("a", file="good.safetensors", sha256="1" * 64, config=CONFIG, overwrite=True)  # this process only
     (row,) = hub.list_checkpoints()
     assert row["sha256"] == "1" * 64 == hub._entry("a")["sha256"]  # what load would verify, as list shows
+
+
+def test_a_name_another_process_persisted_meanwhile_keeps_its_entry(env, monkeypatch):
+    """register checks the name, then takes the cache dir's lock to write the user registry: a process that persisted
+    the same name in between keeps its entry (the check made again under the lock), unless overwrite=True."""
+    _register("theirs", "good.safetensors", persist=True)
+    path = hub.user_registry_path()
+    theirs = json.loads(path.read_text())["checkpoints"]["theirs"]
+    make_cache_dir = hub._make_cache_dir
+
+    def another_process_meanwhile(directory):
+        make_cache_dir(directory)
+        path.write_text(json.dumps({"checkpoints": {"theirs": theirs, "zz-both": theirs}}))
+
+    monkeypatch.setattr(hub, "_make_cache_dir", another_process_meanwhile)
+    with pytest.raises(ValueError, match=rf"^checkpoint 'zz-both' is already registered in {re.escape(str(path))}; "
+                                         rf"pass overwrite=True to replace it$"):
+        _register("zz-both", "good.safetensors", sha256="2" * 64, persist=True)
+    assert json.loads(path.read_text())["checkpoints"]["zz-both"] == theirs and "zz-both" not in hub._registered
+    _register("zz-both", "good.safetensors", sha256="2" * 64, persist=True, overwrite=True)
+    assert json.loads(path.read_text())["checkpoints"]["zz-both"]["sha256"] == "2" * 64
 
 
 def test_an_unknown_name_lists_the_known_ones_sorted(env):

@@ -461,6 +461,30 @@ def test_a_failed_full_covariance_allocation_names_the_figures_and_leaves_the_es
         est.update(torch.zeros(2, 4), torch.tensor([0, 1]))
 
 
+def test_a_machine_whose_memory_is_not_known_sizes_the_full_covariance_without_the_check(monkeypatch):
+    """No os.sysconf (Windows), or no SC_PHYS_PAGES there: the RAM is not known, the statistics are allocated."""
+    for missing in (AttributeError("module 'os' has no attribute 'sysconf'"), ValueError("unrecognized name")):
+        def sysconf(name, missing=missing):
+            raise missing
+
+        monkeypatch.setattr(feature_covariance.os, "sysconf", sysconf)
+        assert feature_covariance._device_memory(torch.device("cpu")) is None
+        assert FeatureCovariance(3, 4).cov.shape == (3, 4, 4)
+
+
+def test_an_error_in_a_full_covariance_update_that_is_not_out_of_memory_passes_unchanged(monkeypatch):
+    """Only an allocation failure is reported as the covariance's memory; any other error of the update is torch's."""
+    est = FeatureCovariance(10, 4)
+
+    def not_memory(*args, **kwargs):
+        raise RuntimeError("a kernel's own error")
+
+    monkeypatch.setattr(feature_covariance.F, "one_hot", not_memory)  # in the update's merge
+    with pytest.raises(RuntimeError, match=r"^a kernel's own error$") as e:
+        est.update(torch.zeros(2, 4), torch.tensor([0, 1]))
+    assert type(e.value) is RuntimeError
+
+
 def test_estimator_checks_and_lazy_state_dict():
     est = FeatureCovariance(3, feature_dim=2)
     with pytest.raises(ValueError, match="dimension"):
@@ -1545,6 +1569,10 @@ def test_data_that_are_not_images_are_still_checked_and_image_steps_still_get_im
         Compose([ISDA(10)])(x, y[:3], net)
     with pytest.raises(ValueError, match="y class indices must be int64"):
         ISDA(10)(x.long(), y.int(), net)
+    for t, needs in ((ISDA(10), r"ISDA needs labels: call t\(x, y, \.\.\.\) with y"),
+                     (Compose([ISDA(10)]), r"y=None \(an unlabelled batch\), but a step needs labels: ISDA at step 0")):
+        with pytest.raises(ValueError, match=f"^{needs}"):  # token ids without labels: no value to check in the batch
+            t(x.long(), None, net)
     bad = x.clone()
     bad[1, 2] = float("nan")
     for t in (ISDA(10), ISDA(10).eval(), Compose([ISDA(10)]), Compose([lambda v: v, ISDA(10)]).eval()):

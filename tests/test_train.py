@@ -440,6 +440,30 @@ def test_a_file_system_without_flock_trains_without_the_lock(tmp_path, digits, m
         assert len(os.listdir("/proc/self/fd")) <= open_before  # the lock file's descriptor was closed
 
 
+def test_a_lock_file_the_run_before_removed_meanwhile_is_taken_again_on_the_new_one(tmp_path, monkeypatch):
+    # the run before ends between this one's open and flock, removing the file: the lock is on a file no other run
+    # can see; it is taken again on a new file, which a third run then finds held
+    fcntl = pytest.importorskip("fcntl")
+    flock, locked = fcntl.flock, []
+
+    def the_run_before_ends_meanwhile(fd, operation):
+        flock(fd, operation)
+        locked.append(fd)
+        if len(locked) == 1:
+            (tmp_path / ".zz.lock").unlink()
+
+    monkeypatch.setattr(fcntl, "flock", the_run_before_ends_meanwhile)
+    open_before = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    with train._only_run_writing(tmp_path, "zz"):
+        assert len(locked) == 2 and (tmp_path / ".zz.lock").exists()
+        with pytest.raises(ValueError, match=r"another train run is writing .*zz\.\* \(it holds .*\.zz\.lock\)"):
+            with train._only_run_writing(tmp_path, "zz"):
+                pass
+    assert not (tmp_path / ".zz.lock").exists()
+    if open_before is not None:
+        assert len(os.listdir("/proc/self/fd")) <= open_before  # the first, orphaned file's descriptor was closed
+
+
 def test_the_picture_and_the_metrics_without_a_test_set_take_images_spread_over_the_set(tmp_path, digits):
     # a folder of class folders is read class by class: the first 16 (or 1,000) images were all of the first class
     from latent_transforms import train
