@@ -143,14 +143,28 @@ def _gpu_session_env(tmp_path: Path, **settings: str) -> dict:
     return {**env, **settings}
 
 
+def _run_gpu_session(args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    """``subprocess.run(args, capture_output=True, text=True)`` of the GPU-session script in a session of its own: on
+    a timeout every process it started is killed too (``subprocess.run`` kills bash alone: its packer, a loop of
+    ``sleep 1``, ran on for 44 minutes after a timeout under load)."""
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_session(proc.pid)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
+
+
 def test_gpu_session_script_exits_1_when_a_step_failed(tmp_path):
     # every shard and the merge failing still ended in "results in ..." and exit status 0
     bad = tmp_path / "acc" / "shard-0"
     bad.mkdir(parents=True)
     (bad / "results.json").write_text("not json")  # an earlier shard every new shard reads (--done): it fails
     env = _gpu_session_env(tmp_path, ARMS="baseline", JOBS="1", SKIP_THROUGHPUT="1")
-    proc = subprocess.run(["bash", "-c", f"umask 022 && exec bash {GPU_SESSION}"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=TIMEOUT_S)
+    proc = _run_gpu_session(["bash", "-c", f"umask 022 && exec bash {GPU_SESSION}"], env, TIMEOUT_S)
     assert proc.returncode == 1 and "accuracy.py shard 0/1 exit" in proc.stdout, proc.stdout[-3000:]
     assert "a step failed (above)" in proc.stdout
     import tarfile
@@ -166,8 +180,7 @@ def test_gpu_session_script_exits_1_when_only_the_merge_failed(tmp_path):
     bad.mkdir(parents=True)
     (bad / "results.json").write_text("not json")
     env = _gpu_session_env(tmp_path, BUDGET="30", SKIP_THROUGHPUT="1")
-    proc = subprocess.run(["bash", str(GPU_SESSION)], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=TIMEOUT_S)
+    proc = _run_gpu_session(["bash", str(GPU_SESSION)], env, TIMEOUT_S)
     assert "accuracy.py shard" not in proc.stdout, proc.stdout[-3000:]  # no shard ran
     assert "accuracy.py --merge exit 1" in proc.stdout and "a step failed (above)" in proc.stdout, proc.stdout[-3000:]
     assert proc.returncode == 1
@@ -178,7 +191,7 @@ def test_gpu_session_script_exits_1_when_only_the_merge_failed(tmp_path):
 def test_gpu_session_script_refuses_a_setting_that_is_not_a_whole_number(tmp_path, setting, value):
     # BUDGET=9m read as 0 in the shell's arithmetic (no shard ran, nothing said why); JOBS=0 ran no shard
     env = _gpu_session_env(tmp_path, SKIP_THROUGHPUT="1", **{setting: value})
-    proc = subprocess.run(["bash", str(GPU_SESSION)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    proc = _run_gpu_session(["bash", str(GPU_SESSION)], env, 60)
     assert proc.returncode == 2 and f"{setting} must be a whole number" in proc.stderr and f"got '{value}'" in proc.stderr
     assert not (tmp_path / "out").exists()  # refused before anything was made
 
@@ -195,8 +208,7 @@ def test_gpu_session_script_runs_its_steps_and_resumes(tmp_path):
 
     def call() -> tuple[str, dict, dict]:
         """-> (stdout, the merged results, shard name -> its runs)."""
-        proc = subprocess.run(["bash", str(GPU_SESSION)], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=TIMEOUT_S)
+        proc = _run_gpu_session(["bash", str(GPU_SESSION)], env, TIMEOUT_S)
         assert proc.returncode == 0 and "exit" not in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
         back = [p.relative_to(out) for p in out.rglob("*") if p.is_file()]  # what the device would return
         assert len(back) <= 8 and all(len(p.parts) <= 3 and re.fullmatch(r"[\w.-]+", p.name) for p in back), back
