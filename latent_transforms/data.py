@@ -116,21 +116,28 @@ def _digits(split: str) -> tuple[torch.Tensor, torch.Tensor, int]:
 
 def _cifar10(split: str, data_root: str | os.PathLike[str] | None) -> tuple[torch.Tensor, torch.Tensor, int]:
     from torchvision.datasets import CIFAR10
+    from torchvision.datasets.utils import check_integrity
 
     root = Path(data_root).expanduser() if data_root is not None else cache_dir() / "data"
     try:
         ds = CIFAR10(root=str(root), train=split == "train", download=not offline())
+    except (OSError, RecursionError) as e:  # offline (URLError), disk full, a redirect loop (a RuntimeError), ...:
+        # torchvision's message names neither the folder nor a way out
+        raise ValueError(f"could not download CIFAR-10 into {root} ({e}); put torchvision's cifar-10-python files "
+                         f"there (or pass another data root), or use npz:PATH or folder:PATH data") from None
     except RuntimeError as e:  # offline, not downloaded: torchvision's "Dataset not found or corrupted"
-        if not offline():  # a download whose MD5 is not CIFAR-10's ("File not found or corrupted."): not used
+        archive = root / CIFAR10.filename
+        if not offline() and archive.is_file() and not check_integrity(str(archive), CIFAR10.tgz_md5):
+            # a download whose MD5 is not CIFAR-10's ("File not found or corrupted."): not used
             raise ValueError(f"the CIFAR-10 download into {root} failed torchvision's MD5 check ({e}): corrupted or "
                              f"tampered with on the way, it was neither extracted nor read; try again (it is "
                              f"downloaded anew), or use npz:PATH or folder:PATH data") from None
+        if not offline():  # no download failed: files there are damaged or missing (batches.meta, say)
+            raise ValueError(f"CIFAR-10 in {root} could not be read ({e}); remove {root / CIFAR10.base_folder} to "
+                             f"have it extracted or downloaded anew, or use npz:PATH or folder:PATH data") from None
         raise ValueError(f"CIFAR-10 is not in {root}, and LATENT_TRANSFORMS_OFFLINE is set, which forbids downloads; "
                          f"put torchvision's cifar-10-python files there (or pass another data root), unset it, or "
                          f"use npz:PATH or folder:PATH data") from None
-    except OSError as e:  # offline (URLError), disk full, ...: torchvision's message names neither the folder nor a way out
-        raise ValueError(f"could not download CIFAR-10 into {root} ({e}); put torchvision's cifar-10-python files "
-                         f"there (or pass another data root), or use npz:PATH or folder:PATH data") from None
     x = torch.from_numpy(np.asarray(ds.data)).permute(0, 3, 1, 2).float().div_(255).contiguous()
     y = torch.as_tensor(ds.targets, dtype=torch.int64, device="cpu")
     return x, y, 256

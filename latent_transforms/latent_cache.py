@@ -44,6 +44,24 @@ def _judge_images(tolerance: float, worst: float, row: float, position: float) -
             f"it before any pixel augmentation (LatentCache(..., verify_images=False) turns this check off)")
 
 
+def _unusable_latents(latents: torch.Tensor, dtype: torch.dtype) -> str | None:
+    """Why ``latents`` (N, D) from a file or a state cannot be a cache's in ``dtype``, the codec's (``None``: they
+    can): NaN ones reject every sample; 1e300 in float64 is inf in float32; a 16-bit copy holds values past its
+    largest (65504 in float16) as inf."""
+    if not latents.is_floating_point():
+        why = ""
+    elif not torch.isfinite(latents).all():
+        why = " with NaN or inf entries"
+        if latents.dtype in (torch.float16, torch.bfloat16) and torch.isinf(latents).any():
+            why += (f" (a copy in {latents.dtype} stores latents beyond {torch.finfo(latents.dtype).max:.6g} as inf: "
+                    f"keep them in the codec's dtype)")
+    elif hub.beyond_range(latents, dtype):
+        why = f" with entries beyond the range of {dtype}, the codec's dtype"
+    else:
+        return None
+    return f"the latents must be finite floats, got {latents.dtype}{why}"
+
+
 class LatentCache(Settings, nn.Module):
     """Standardised latents of a fixed set of images, ``(N, D)``, as a buffer (moves with ``.to``).
 
@@ -165,15 +183,9 @@ class LatentCache(Settings, nn.Module):
         if latents.ndim != 2 or latents.shape[1] != codec.latent_dim:
             raise ValueError(f"{path}: latents must be (N, {codec.latent_dim}) for this codec's {codec.latent_dim} "
                              f"latent dimensions, got shape {tuple(latents.shape)}")
-        why = None  # NaN ones: every sample rejected; 1e300 in float64 is inf in a float32 codec's dtype
-        if not latents.is_floating_point():
-            why = ""
-        elif not torch.isfinite(latents).all():
-            why = " with NaN or inf entries"
-        elif hub.beyond_range(latents, codec.dtype):
-            why = f" with entries beyond the range of {codec.dtype}, the codec's dtype"
-        if why is not None:
-            raise ValueError(f"{path}: the latents must be finite floats, got {latents.dtype}{why}")
+        problem = _unusable_latents(latents, codec.dtype)
+        if problem:
+            raise ValueError(f"{path}: {problem}")
         signatures = tensors.get("signatures")
         if signatures is not None and signatures.shape != (len(latents), 2):
             raise ValueError(f"{path}: signatures must be ({len(latents)}, 2), got shape {tuple(signatures.shape)}")
@@ -210,6 +222,10 @@ class LatentCache(Settings, nn.Module):
             error_msgs.append(f"{prefix}latents: this state holds {tuple(saved.shape)} (N images, D latent values), "
                               f"this cache {tuple(self.latents.shape)}: build the cache over the images and codec it "
                               f"was saved with, then load")
+            return
+        problem = _unusable_latents(saved, self.latents.dtype) if isinstance(saved, torch.Tensor) else None
+        if problem:  # copied in, inf latents were taken silently (LatentCache.load refuses them)
+            error_msgs.append(f"{prefix}latents: {problem}; nothing of this cache was loaded")
             return
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)

@@ -74,6 +74,13 @@ def test_a_file_that_is_no_npz_archive_says_what_it_is(tmp_path, content, what):
     assert "pickle" not in str(e.value)
 
 
+def test_uint64_labels_up_to_int64s_largest_value_are_taken(tmp_path):
+    # the bound of "must fit int64" is int64's largest value itself (mutation round 352: refusing it passed every test)
+    path = tmp_path / "top.npz"
+    np.savez(path, x=np.zeros((2, 4, 4), np.uint8), y=np.array([0, 2**63 - 1], dtype=np.uint64))
+    assert load_images(f"npz:{path}")[1].tolist() == [0, 2**63 - 1]
+
+
 def test_cifar10_that_cannot_be_downloaded_says_where_and_what_else(tmp_path, monkeypatch):
     import torchvision.datasets
 
@@ -134,6 +141,57 @@ def test_cifar10_files_that_fail_the_md5_check_are_neither_unpickled_nor_extract
         load_images("cifar10", "train", root)
     assert (root / "cifar-10-python.tar.gz").is_file()  # it was downloaded, and refused
     assert not (tmp_path / "unpickled").exists() and not (tmp_path / "escaped").exists()
+
+
+@pytest.mark.parametrize("archive", [True, False])  # kept from the download, or the extracted files alone
+def test_cifar10_whose_metadata_file_is_missing_is_not_blamed_on_a_download(tmp_path, monkeypatch, archive):
+    # torchvision checks the data batches' MD5 before downloading, batches.meta only after reading them: with the
+    # batches whole and batches.meta gone, its RuntimeError was reported as a download that failed the MD5 check,
+    # "try again (it is downloaded anew)", where nothing was downloaded and trying again fails the same way
+    import pickle
+
+    import torchvision.datasets.cifar
+    import torchvision.datasets.utils
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:  # tiny stand-ins, taken as whole
+        (folder / name).write_bytes(pickle.dumps({"data": np.zeros((1, 3072), np.uint8), "labels": [0]}))
+    if archive:
+        (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"the archive, whole")
+
+    def whole(path, md5=None):  # the batches and the archive pass their MD5 check
+        return Path(path).is_file() and Path(path).parent in (folder, tmp_path)
+
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", whole)
+    monkeypatch.setattr(torchvision.datasets.utils, "check_integrity", whole)
+    monkeypatch.setattr(torchvision.datasets.cifar, "download_and_extract_archive",
+                        lambda *args, **kwargs: pytest.fail("a download was attempted"))
+    with pytest.raises(ValueError, match=rf"^CIFAR-10 in {tmp_path} could not be read \(Dataset metadata file not "
+                                         rf"found or corrupted.*\); remove {folder} to have it extracted or downloaded "
+                                         rf"anew, or use npz:PATH or folder:PATH data$"):
+        load_images("cifar10", "test", tmp_path)
+
+
+def test_cifar10_whose_download_loops_through_redirects_is_a_failed_download(tmp_path, monkeypatch):
+    # torchvision raises RecursionError, a RuntimeError, past 3 redirects: it was reported as an MD5 check failure
+    import torchvision.datasets.utils
+
+    class Redirect:  # every request is sent one address further
+        def __init__(self, request):
+            self.url = request.full_url + "/next"
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(torchvision.datasets.utils.urllib.request, "urlopen", Redirect)
+    with pytest.raises(ValueError, match=rf"^could not download CIFAR-10 into {tmp_path} \(Request to https://\S+ "
+                                         rf"exceeded 3 redirects.*\); put torchvision's cifar-10-python files there"):
+        load_images("cifar10", "train", tmp_path)
+    assert not (tmp_path / "cifar-10-python.tar.gz").exists()
 
 
 @pytest.mark.parametrize("mode, key", [("RGB", (0, 0, 0)), ("L", 0)])

@@ -244,8 +244,9 @@ def test_cache_saves_loads_and_keeps_its_codec_identity(data, tmp_path):
     x, y, idx = images[:4], labels[:4], torch.arange(4)
     assert torch.equal(LatentNoise(glow, cache=loaded, generator=0)(x, y, index=idx)[0],
                        LatentNoise(glow, cache=cache, generator=0)(x, y, index=idx)[0])
-    with pytest.raises(ValueError, match="was encoded with another codec than the one given"):
-        LatentCache.load(path, other)
+    with pytest.raises(ValueError, match=rf"was encoded with another codec than the one given \(fingerprint "
+                                         rf"{glow.fingerprint()[:12]}, the codec's {other.fingerprint()[:12]}\)$"):
+        LatentCache.load(path, other)  # both named (mutation round 352: the given codec's went unchecked)
     with pytest.raises(ValueError, match="verify_images must be True or False"):  # "no" would read as true
         LatentCache.load(path, glow, verify_images="no")
     path.with_name("cut.safetensors").write_bytes(path.read_bytes()[:100])
@@ -562,6 +563,52 @@ def test_a_state_dict_of_other_images_is_refused_naming_both_shapes():
     assert torch.equal(five.latents, before[0]) and torch.equal(five._image_signatures, before[1])
 
 
+def test_latents_beyond_float16s_largest_value_are_kept_whole_or_refused_never_taken_as_inf(data, tmp_path):
+    """A cache stores its latents in the codec's dtype: 1e5, past float16's largest value (65504), survives a .half()
+    and a save/load. A 16-bit copy of them (a checkpoint halved to save space) holds inf: LatentCache.load refused
+    such a file, but load_state_dict copied the inf latents in silently, as it did NaN ones and float64 ones past
+    float32's range; now it refuses them by name and loads nothing of the cache."""
+    from safetensors.torch import save_file
+
+    from latent_transforms.latent_cache import FORMAT
+
+    glow, images = tiny_glow(), data[0][:6]
+    cache = LatentCache(glow, images, progress=False)
+    with torch.no_grad():
+        cache.latents[0, 0] = 1e5
+    assert cache.half().latents.dtype == torch.float32 and cache.latents[0, 0] == 1e5
+    cache.save(tmp_path / "c.safetensors")
+    assert LatentCache.load(tmp_path / "c.safetensors", glow).latents[0, 0] == 1e5
+    state = cache.state_dict()
+    half = state["latents"].half()
+    assert half[0, 0] == float("inf")
+    target = LatentCache(glow, data[0][6:12], progress=False)  # other images: nothing of the state may arrive
+    before = target.latents.clone(), target._image_signatures.clone(), target._codec_fingerprint
+    transform = LatentNoise(glow, cache=target)
+    for latents, what in (
+            (half, r"torch.float16 with NaN or inf entries \(a copy in torch.float16 stores latents beyond 65504 as "
+                   r"inf: keep them in the codec's dtype\)"),
+            (torch.full_like(state["latents"], float("nan"), dtype=torch.float16),  # NaN: no word of 65504
+             r"torch.float16 with NaN or inf entries"),
+            (torch.full_like(state["latents"], 1e300, dtype=torch.float64),
+             r"torch.float64 with entries beyond the range of torch.float32, the codec's dtype")):
+        for load, prefix in ((target.load_state_dict, ""), (transform.load_state_dict, "cache.")):
+            with pytest.raises(RuntimeError, match=rf"\t{prefix}latents: the latents must be finite floats, got "
+                                                   rf"{what}; nothing of this cache was loaded"):
+                load({f"{prefix}latents": latents, f"{prefix}_extra_state": state["_extra_state"]}, strict=False)
+            assert torch.equal(target.latents, before[0]) and torch.equal(target._image_signatures, before[1])
+            assert target._codec_fingerprint == before[2]
+    path = tmp_path / "half.safetensors"  # the same copy in a file: refused as before, now saying why it holds inf
+    save_file({"latents": half}, str(path), metadata={"format": FORMAT, "codec_fingerprint": glow.fingerprint()})
+    with pytest.raises(ValueError, match=r"half.safetensors: the latents must be finite floats, got torch.float16 with "
+                                         r"NaN or inf entries \(a copy in torch.float16 stores latents beyond 65504"):
+        LatentCache.load(path, glow)
+    finite = state["latents"].clone()
+    finite[0, 0] = 1.0
+    target.load_state_dict({**state, "latents": finite.half()})  # finite 16-bit latents load, in the codec's dtype
+    assert target.latents.dtype == torch.float32 and torch.equal(target.latents, finite.half().float())
+
+
 def test_a_cache_file_saved_without_image_signatures_is_used_unchecked_and_saved_again_without_them(data, tmp_path):
     # a file written before 2026-12-02 holds the latents only: its images are not checked, and saved again it
     # holds the latents only (no branch of the suite loaded such a file for a call, nor saved one)
@@ -620,6 +667,10 @@ def test_a_loaded_caches_image_signatures_are_float32_as_a_built_ones(data, tmp_
             assert loaded._image_signatures.dtype == torch.float32
             assert torch.equal(loaded._image_signatures, cache._image_signatures)
             LatentNoise(glow, eps=0.0, cache=loaded, generator=0)(images, index=torch.arange(len(images)))
+            state = cache.state_dict()  # float64 in a state too (one saved when .double() cast the signatures)
+            state["_extra_state"] = {**state["_extra_state"], "signatures": tensors["signatures"]}
+            loaded.load_state_dict(state)
+            assert loaded._image_signatures.dtype == torch.float32  # mutation round 352: it stayed float64
         else:
             with pytest.raises(ValueError, match=f"c.safetensors: the image signatures must be finite floats of 32 "
                                                  f"or 64 bits .* refuse the cached images themselves.*{dtype}"):
