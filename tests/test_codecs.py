@@ -172,6 +172,13 @@ def test_vae_config_without_latent_side_is_a_vector_vae():
     assert vae.latent_shapes == [(4,)] and vae.config["latent_side"] is None
 
 
+def test_a_vae_built_from_its_kind_alone_is_the_one_train_builds_by_default():
+    """The constructor's defaults are those docs/training.md gives for ``train vae`` (mutation round 353)."""
+    from latent_transforms.train import default_config
+
+    assert build_codec({"kind": "vae"}).config == default_config("vae", (3, 32, 32))
+
+
 def test_vae_decoder_blocks_start_as_the_identity_and_round_trip():
     """A residual block's second convolution starts at zero, so a new deeper decoder decodes as the same decoder
     without its blocks; its config lists the blocks, a plain VAE's does not (older fingerprints unchanged)."""
@@ -418,6 +425,22 @@ def test_a_codec_with_16_bit_weights_is_refused(glow, dtype):
             codec.decode([torch.zeros(2, *s, dtype=dtype) for s in codec.latent_shapes])
 
 
+def test_a_float64_codec_given_16_bit_weights_is_told_the_way_back_to_float64(glow):
+    """Audit 353: the refusal said codecs compute in float32 and a 16-bit cast keeps them in float32, to a .double()
+    codec, and to load the weights again with load_state_dict, which, into the 16-bit weights, kept them 16-bit."""
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    state = glow.double().state_dict()
+    z = glow.encode_flat(x)
+    glow.load_state_dict({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, assign=True)
+    with pytest.raises(ValueError, match=r"float16, but codecs compute in float32 or float64 \(a cast to 16 bits keeps "
+                                         r"a codec in its dtype.*\.float\(\) \(\.double\(\) for float64\), then load"):
+        glow.encode(x)
+    glow.load_state_dict(state)
+    assert glow.dtype == torch.float16  # loaded before the cast: still 16-bit, as the message says
+    glow.double().load_state_dict(state)
+    assert glow.dtype == torch.float64 and torch.equal(glow.encode_flat(x), z)
+
+
 def test_the_fingerprint_tells_apart_codecs_of_the_same_weights_and_another_config(glow):
     """A latent cache is checked by the codec's fingerprint: a Glow of another logit margin alpha (no weight of its
     own) encodes the same images to other latents, so it must not pass for the codec the cache was encoded with."""
@@ -435,6 +458,20 @@ def test_the_fingerprint_tells_apart_float64_weights_that_round_to_the_same_floa
     other = tiny_glow().double()
     other.load_state_dict({k: v * (1 + 1e-12) if v.is_floating_point() else v for k, v in other.state_dict().items()})
     assert other.fingerprint() != tiny_glow().double().fingerprint() == tiny_glow().fingerprint()
+
+def test_the_fingerprint_hashes_each_tensors_name_dtype_and_shape_with_its_values(glow, monkeypatch):
+    """Mutation round 353: the values alone, one tensor after the other, hashed alike states split otherwise or held
+    in another shape or dtype of the same bytes."""
+    values = torch.tensor([1.0, 2.0])
+    three = torch.tensor([3.0])
+    states = [{"a": values, "b": three}, {"a": values[:1], "b": torch.tensor([2.0, 3.0])},
+              {"a": values.view(2, 1), "b": three}, {"a": values.view(torch.int32), "b": three}]
+    prints = set()
+    for state in states:
+        monkeypatch.setattr(glow, "state_dict", lambda state=state: state)
+        prints.add(glow.fingerprint())
+    assert len(prints) == len(states)
+
 
 def test_loading_weights_into_a_frozen_glow_refolds_the_fast_path():
     trained, _ = trained_like_glow_pair()
@@ -712,7 +749,8 @@ def test_vae_elbo_terms_are_the_closed_form_kl_and_the_summed_bernoulli_nats():
     with torch.no_grad():
         vae.encoder[-1].bias[:4] += torch.tensor([1.0, -0.5, 0.3, 2.0])
         vae.encoder[-1].bias[4:] += torch.tensor([-2.0, 0.7, -0.4, 1.2])
-    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(1)).double()
+    # 16 draws or more: torch draws a float64 batch of them otherwise than a float32 one (mutation round 353)
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(1)).double()
     vae = vae.double()
     terms = vae.elbo_terms(x, generator=torch.Generator().manual_seed(2))
     mu, logvar = vae.encoder(x).chunk(2, dim=1)
@@ -841,6 +879,8 @@ USER_PRECISION_SETTINGS = [  # what users write to get TF32 or bf16 matmuls: the
     "torch.set_float32_matmul_precision('high')",
     "torch.backends.cuda.matmul.allow_tf32 = True; torch.backends.cudnn.allow_tf32 = True",
     "torch.backends.fp32_precision = 'tf32'; torch.set_float32_matmul_precision('high')",
+    # RNNs kept in full precision, which a legacy setter's write (allow_tf32) overwrites (mutation round 353)
+    "torch.backends.cudnn.allow_tf32 = False; torch.backends.cudnn.rnn.fp32_precision = 'ieee'",
 ]
 
 
@@ -1091,6 +1131,19 @@ def test_a_frozen_glow_follows_weights_given_other_storage(how):
     assert torch.allclose(glow.encode_flat(x), other.encode_flat(x), atol=1e-5)
 
 
+@pytest.mark.parametrize("how", ["share_memory", "pickle"])
+def test_a_frozen_glow_moved_or_unpickled_keeps_its_folded_weights_without_folding_again(glow, monkeypatch, how):
+    """Storage moved by a cast or move (``share_memory``, as torch.multiprocessing shares a module) or an unpickled
+    copy reads its fold sources anew: its next call does not fold every step again (float64 inverses; mutation round
+    353)."""
+    x = torch.rand(2, 1, 8, 8)
+    z = glow.encode_flat(x)
+    moved = glow.share_memory() if how == "share_memory" else pickle.loads(pickle.dumps(glow))
+    refolds = []
+    monkeypatch.setattr(Glow, "_fold_weights", lambda self, fold=Glow._fold_weights: (refolds.append(self), fold(self)))
+    assert torch.equal(moved.encode_flat(x), z) and not refolds
+
+
 def test_a_frozen_glow_given_an_uninitialised_state_updates_no_statistics():
     # its ActNorms, marked as not initialised by the loaded state, took their scale from the next log_prob batch
     glow = Glow((1, 8, 8), levels=2, steps=1, hidden=8).init_actnorm(torch.rand(16, 1, 8, 8)).freeze()
@@ -1249,9 +1302,13 @@ def test_vae_encode_names_noise_of_the_wrong_size_and_takes_any_shape_of_the_rig
             vae.encode(x, sample=True, noise=wrong)
     noise = torch.randn(8)
     assert torch.equal(vae.encode(x, sample=True, noise=noise)[0], vae.encode(x, sample=True, noise=noise.view(2, 4))[0])
+    # float64 draws give the codec's float32 latents (mutation round 353: float64 ones)
+    assert torch.equal(vae.encode(x, sample=True, noise=noise.double())[0], vae.encode(x, sample=True, noise=noise)[0])
 
 
-def test_a_switch_to_full_precision_that_fails_midway_leaves_every_setting_as_it_was(precision_settings, monkeypatch):
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])  # Ctrl-C too (mutation round 353)
+def test_a_switch_to_full_precision_that_fails_midway_leaves_every_setting_as_it_was(precision_settings, monkeypatch,
+                                                                                     error):
     from latent_transforms.codecs import precision
 
     torch.set_float32_matmul_precision("medium")
@@ -1259,11 +1316,11 @@ def test_a_switch_to_full_precision_that_fails_midway_leaves_every_setting_as_it
     legacy = precision._legacy_settings()
 
     def refuse(value):
-        raise RuntimeError("cannot set allow_tf32 here")
+        raise error("cannot set allow_tf32 here")
 
     # the matmul precision is switched to "highest", then the second setting fails
     monkeypatch.setattr(precision, "_legacy_settings", lambda: [legacy[0], (legacy[1][0], refuse, legacy[1][2])])
-    with pytest.raises(RuntimeError, match="cannot set allow_tf32 here"):
+    with pytest.raises(error, match="cannot set allow_tf32 here"):
         with exact_math():
             pass
     assert _precision_snapshot() == before  # not left at "highest" for the rest of the process

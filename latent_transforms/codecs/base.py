@@ -346,10 +346,12 @@ class Codec(Settings, ChecksCodecStates, nn.Module):
         cast keeps them in their dtype (``_apply``): such weights came otherwise, from a 16-bit state loaded with
         ``load_state_dict(..., assign=True)`` or a codec built in 16 bits."""
         if self.dtype in (torch.float16, torch.bfloat16):
-            raise ValueError(f"this {self.kind} codec's weights are {self.dtype}, but codecs compute in float32 (a "
-                             f"cast to 16 bits keeps them in float32: these were loaded or built in 16 bits): cast it "
-                             f"with .float(), which keeps the 16-bit rounding, or load the float32 weights again "
-                             f"(hub.load, load_state_dict without assign=True)")
+            raise ValueError(f"this {self.kind} codec's weights are {self.dtype}, but codecs compute in float32 or "
+                             f"float64 (a cast to 16 bits keeps a codec in its dtype: these were loaded or built in 16 "
+                             f"bits): cast it with .float() (.double() for float64), then load its full-precision "
+                             f"weights again with load_state_dict (without assign=True; before the cast they would "
+                             f"stay 16-bit, and a cast alone keeps the 16-bit rounding), or take a new codec from "
+                             f"hub.load")
 
     def _apply(self: _CodecT, fn: TensorFn, recurse: bool = True) -> _CodecT:
         # a 16-bit cast of a module holding the codec (.half(), Lightning's precision="bf16-true") moves it but keeps
