@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import itertools
 import json
 import math
@@ -49,7 +50,7 @@ from .validation import (POSITIVE_FLOAT, POSITIVE_INT, THREADS, MissingFileError
 __all__ = ["train_codec", "eval_codec", "default_config", "save_training_state", "load_training_state", "STATE_FORMAT"]
 
 STATE_FORMAT = "latent-transforms-train-state/1"
-_ACTNORM_INIT_BATCH = 512
+_ACTNORM_INIT_BATCH = 512  # at most: on a CPU, no more than the largest training batch that fits (_batch_that_fits)
 # seeds in [0, 2**32), as NumPy's: the batch order seeds a generator with seed * 1_000_003 + epoch
 _MAX_SEED = 2**32 - 1
 # Adam and Adamax move each weight by up to about lr a step: beyond 1, only overflow (lr 1e38: a traceback)
@@ -253,6 +254,51 @@ def _refuse_too_big(config: dict[str, Any]) -> None:
         raise ValueError(f"{listed} make{'s' if len(named) == 1 else ''} a codec of {n:.3g} parameters for {c}x{h}x{w} "
                          f"images, {4 * n / 1e9:.3g} GB of float32 weights alone, more than this machine's "
                          f"{memory / 1e9:.3g} GB of memory")
+
+
+def _batch_that_fits(config: dict[str, Any], batch_size: int, num_images: int) -> int:
+    """The largest batch whose CPU training step fits this machine's memory (in all, as ``_refuse_too_big``), by the
+    estimate of ``_step_bytes``, or ``num_images`` without ``os.sysconf``; ``ValueError`` if ``batch_size`` (or all the
+    ``num_images`` when fewer) does not fit: the system would kill the process in its first step, not torch."""
+    if not hasattr(os, "sysconf"):
+        return num_images
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    per_image, fixed = _step_bytes(json.dumps(config, sort_keys=True))
+    fits = max(0, (memory - fixed) // per_image)
+    need = fixed + min(batch_size, num_images) * per_image
+    if need > memory:
+        c, h, w = config["image_shape"]
+        fix = f"a batch of at most {fits} fits by this estimate" if fits else \
+            "not even one image fits: use smaller images or codec"
+        raise ValueError(f"batch_size {batch_size} needs about {need / 1e9:.3g} GB for a training step "
+                         f"({per_image / 1e6:.3g} MB for each {c}x{h}x{w} image, kept for the backward pass, and "
+                         f"{fixed / 1e9:.3g} GB of weights, gradients and optimizer state), more than this machine's "
+                         f"{memory / 1e9:.3g} GB of memory; {fix}")
+    return min(fits, num_images)
+
+
+@functools.lru_cache(maxsize=64)
+def _step_bytes(config_json: str) -> tuple[int, int]:
+    """(bytes an image, bytes besides) that a training step of the codec of ``config_json`` (JSON, keys sorted: the
+    cache's key) needs at least: what its loss's forward keeps for the backward pass, measured on one random image
+    (``saved_tensors_hooks``; the weights it keeps not counted there), and its state with the gradients and an
+    optimizer's two moments (Adam, Adamax). The backward pass's transient gradients and the data come on top."""
+    config = json.loads(config_json)
+    with torch.random.fork_rng(devices=[]):
+        codec = build_codec(config)
+        weights = {p.untyped_storage().data_ptr() for p in codec.parameters()}
+        kept: dict[int, int] = {}
+
+        def keep(t: torch.Tensor) -> torch.Tensor:
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in weights:
+                kept[storage.data_ptr()] = storage.nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t), values_read():  # random, in [0, 1)
+            codec.loss(torch.rand(1, *config["image_shape"], device="cpu"))
+    state = sum(t.numel() * t.element_size() for t in codec.state_dict().values())
+    return sum(kept.values()), state + 3 * sum(p.numel() * p.element_size() for p in codec.parameters())
 
 
 def _parameter_count(config: dict[str, Any]) -> int:
@@ -681,12 +727,12 @@ def _load_resume(state_path: Path, settings: dict[str, Any]) -> tuple[dict[str, 
 
 
 def _build(codec_kind: str, cfg: dict[str, Any], dev: torch.device, lr: float, seed: int, x: torch.Tensor,
-           saved: _SavedState | None, state_path: Path) -> tuple[Codec, torch.optim.Optimizer]:
+           saved: _SavedState | None, state_path: Path, init_batch: int) -> tuple[Codec, torch.optim.Optimizer]:
     """The seeded codec and its kind's optimizer (``_RECIPES``), fresh or restored from ``saved``.
 
-    A fresh codec with ActNorm (a flow) initialises it from up to ``_ACTNORM_INIT_BATCH`` random images of ``x``
-    (N, C, H, W); a resumed run (``saved``: model state, optimizer state, extra tensors) gets back its weights,
-    optimizer state and RNG state. Call it inside the run's ``torch.random.fork_rng``.
+    A fresh codec with ActNorm (a flow) initialises it from ``init_batch`` random images of ``x`` (N, C, H, W); a
+    resumed run (``saved``: model state, optimizer state, extra tensors) gets back its weights, optimizer state and
+    RNG state. Call it inside the run's ``torch.random.fork_rng``.
     """
     torch.manual_seed(seed)
     codec = build_codec(cfg).to(dev)
@@ -695,7 +741,7 @@ def _build(codec_kind: str, cfg: dict[str, Any], dev: torch.device, lr: float, s
     if saved is None and recipe.actnorm:  # ActNorm initialises from the first batch it sees: a big one
         g = torch.Generator().manual_seed(seed)
         glow = cast(Glow, codec)  # the recipe with ActNorm
-        glow.init_actnorm(x[torch.randperm(x.shape[0], generator=g, device="cpu")[:_ACTNORM_INIT_BATCH].to(dev)])
+        glow.init_actnorm(x[torch.randperm(x.shape[0], generator=g, device="cpu")[:init_batch].to(dev)])
     with cpu_as_default_device():  # torch 2.6 to 2.8 import torch._dynamo at a first optimizer: not under "meta"
         optimizer = recipe.optimizer(params, lr=lr)
     if saved is not None:
@@ -1016,7 +1062,9 @@ def _report(run: _TrainingRun, stored: Codec, *, name: str, ckpt: Path, sha: str
             "translate": run.translate,
             "compiled": trained_by["compiled"],
             "seed": run.seed,
-            "actnorm_init_batch": min(_ACTNORM_INIT_BATCH, n) if run.recipe.actnorm else None,
+            # a state saved before the init batch was capped (_batch_that_fits) was initialised from up to 512
+            "actnorm_init_batch": info.get("actnorm_init_batch", min(_ACTNORM_INIT_BATCH, n)) if run.recipe.actnorm
+            else None,
             "nonfinite_steps": info["nonfinite_steps"],
             "train_time_s": round(info["train_time_s"], 1),
             "calls": info["calls"],
@@ -1226,12 +1274,14 @@ def train_codec(
     cost = recipe.size_cost(*x_train.shape[2:])
     if cost is not None:
         warnings.warn(cost, stacklevel=2)
+    n = x_train.shape[0]
+    # on a CPU a step past the memory is killed by the system, silently (on a GPU torch raises its out-of-memory error)
+    init_batch = min(_ACTNORM_INIT_BATCH, _batch_that_fits(cfg, batch_size, n) if dev.type == "cpu" else n)
     out = make_folder(output_folder(out_dir))  # ~ expanded, as hub.load does; made once every setting is known good
     with contextlib.ExitStack() as lock:
         lock.enter_context(_only_run_writing(out, name))
         state_path = out / f"{name}.state.safetensors"
 
-        n = x_train.shape[0]
         bs = min(batch_size, n)
         steps_per_epoch = n // bs  # the last incomplete batch of each epoch is dropped
         total_steps = max_steps if max_steps is not None else (
@@ -1249,10 +1299,12 @@ def train_codec(
             info, saved = _load_resume(state_path, settings)
         else:
             info, saved = _new_info(codec_kind, settings, steps_per_epoch), None
+            if recipe.actnorm:
+                info["actnorm_init_batch"] = init_batch
 
         x_dev = x_train.to(dev, torch.float32)
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-            codec, optimizer = _build(codec_kind, cfg, dev, lr, seed, x_dev, saved, state_path)
+            codec, optimizer = _build(codec_kind, cfg, dev, lr, seed, x_dev, saved, state_path, init_batch)
             ema = None if ema_decay is None else _weight_ema(codec, ema_decay, saved, info.get("ema_updates", 0), dev)
             info["calls"] += 1
             run = _TrainingRun(codec, optimizer, ema, info, state_path, x=x_dev, device=dev, recipe=recipe,

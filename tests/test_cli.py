@@ -521,6 +521,22 @@ def test_train_codec_too_big_for_the_memory_is_refused_before_it_is_built(tmp_pa
     assert not (tmp_path / "o").exists()
 
 
+def test_train_batch_past_the_memory_of_a_cpu_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    """Helper 356: a CPU step past the memory was killed by the system, silently; it is refused, naming the fix."""
+    pytest.importorskip("sklearn")
+    config = train.default_config("flow", (1, 8, 8), num_bins=17)
+    per_image, fixed = train._step_bytes(json.dumps(config, sort_keys=True))
+    monkeypatch.setattr(train.os, "sysconf", lambda name: {"SC_PAGE_SIZE": 1,
+                                                           "SC_PHYS_PAGES": fixed + 10 * per_image}[name])
+    code, out, err = _exit_code(["train", "flow", "--data", "digits", "--out", str(tmp_path / "o"), "--max-steps", "1",
+                                 "--device", "cpu", "--quiet"], capsys)
+    assert code == 2 and out == "" and len(err.splitlines()) == 1
+    assert re.fullmatch(rf"{_PROG}: error: --batch-size 64 needs about \S+ GB for a training step \(\S+ MB for each "
+                        rf"1x8x8 image, .*\), more than this machine's \S+ GB of memory; a batch of at most 10 fits by "
+                        rf"this estimate\n", err), err
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("command", [["train", "flow", "--data", "digits", "--max-steps", "1", "--quiet"],
                                      ["demo", "--smoke"]])
 @pytest.mark.parametrize("out, message", [

@@ -2048,6 +2048,45 @@ def test_the_report_counts_the_actnorm_images_a_small_set_had(tmp_path, digits):
     assert json.loads(Path(r["json"]).read_text())["training"]["actnorm_init_batch"] == 40
 
 
+def _memory_for_images(monkeypatch, kind, settings, images):
+    """Make this machine's memory (os.sysconf) exactly what a CPU training step of ``images`` 1x8x8 images needs by
+    train's estimate; returns (bytes an image, bytes besides)."""
+    config = train.default_config(kind, (1, 8, 8), **settings)
+    per_image, fixed = train._step_bytes(json.dumps(config, sort_keys=True))
+    monkeypatch.setattr(train.os, "sysconf", lambda name: {"SC_PAGE_SIZE": 1,
+                                                           "SC_PHYS_PAGES": fixed + images * per_image}[name])
+    return per_image, fixed
+
+
+@pytest.mark.parametrize("kind, settings", [("flow", FLOW), ("vae", VAE)])
+def test_a_cpu_batch_past_the_memory_is_refused_before_the_output_folder_is_made(tmp_path, monkeypatch, digits, kind,
+                                                                                 settings):
+    """Helper 356: on a CPU a step past the memory was killed by the system with no message (a flow on 256x256 images
+    at batch 64: about 26 GB); it is refused, naming the batch size that fits."""
+    per_image, fixed = _memory_for_images(monkeypatch, kind, settings, 15)
+    with pytest.raises(ValueError, match=rf"^batch_size 16 needs about {fixed / 1e9 + 16 * per_image / 1e9:.3g} GB "
+                                         rf"for a training step \({per_image / 1e6:.3g} MB for each 1x8x8 image, .*; "
+                                         rf"a batch of at most 15 fits by this estimate$"):
+        train_codec(kind, digits[0][:32], tmp_path / "out", **settings, max_steps=1, batch_size=16, progress=False)
+    assert not (tmp_path / "out").exists()
+    assert train._batch_that_fits(train.default_config(kind, (1, 8, 8), **settings), 15, 32) == 15
+    _memory_for_images(monkeypatch, kind, settings, 0)
+    with pytest.raises(ValueError, match=r"more than this machine's .*; not even one image fits: use smaller images or "
+                                         r"codec$"):
+        train._batch_that_fits(train.default_config(kind, (1, 8, 8), **settings), 1, 32)
+
+
+def test_a_cpu_flow_initialises_its_actnorm_from_no_more_images_than_a_step_that_fits(tmp_path, monkeypatch, digits):
+    """The ActNorm initialisation's forward of _ACTNORM_INIT_BATCH (512) images needed 17 GB for 256x256 ones: it
+    takes no more images than the largest training batch that fits the memory (its forward keeps less)."""
+    seen = []
+    init = Glow.init_actnorm
+    monkeypatch.setattr(Glow, "init_actnorm", lambda self, x: seen.append(x.shape[0]) or init(self, x))
+    _memory_for_images(monkeypatch, "flow", FLOW, 10)
+    r = train_codec("flow", digits[0][:40], tmp_path, **FLOW, max_steps=1, batch_size=8, progress=False)
+    assert seen == [10] and json.loads(Path(r["json"]).read_text())["training"]["actnorm_init_batch"] == 10
+
+
 def test_the_suggested_registry_name_is_free_even_when_my_name_is_taken(tmp_path, digits, capsys, monkeypatch):
     monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(tmp_path / "home"))
     monkeypatch.setattr(hub, "_registered", {})
