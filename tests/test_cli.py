@@ -152,7 +152,9 @@ def test_register_a_run_then_list_fetch_and_load_it_by_name(tmp_path, capsys, mo
     ckpt, js = _run_files(tmp_path / "runs", "zz-run")
     assert main(["register", str(js)]) == 0
     out = capsys.readouterr().out
-    assert "'zz-run'" in out and "latent_transforms.hub.load('zz-run')" in out
+    assert out == (f"registered 'zz-run' in {hub.user_registry_path()} (checkpoint: "
+                   f"{hub.cache_dir() / 'zz-run.safetensors'})\n"
+                   f"load it:  codec = latent_transforms.hub.load('zz-run')\n")
     assert _cache_files() == ["registry.json", "zz-run.safetensors"]
     assert hub.sha256_file(hub.cache_dir() / "zz-run.safetensors") == hub.sha256_file(ckpt)
     assert main(["register", str(js), "--name", "zz-other"]) == 0  # file name follows the name
@@ -599,12 +601,21 @@ def test_train_test_data_of_another_shape_names_the_options(tmp_path, capsys):
                                 "(channels, height, width)\n"
 
 
-@pytest.mark.parametrize("error", [
-    torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB."),
-    RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried "
-                 "to allocate 4000000000000 bytes. Error code 12 (Cannot allocate memory)"),
+@pytest.mark.parametrize("error, shown", [
+    (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB."),
+     "CUDA out of memory. Tried to allocate 2.00 GiB."),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried "
+                  "to allocate 4000000000000 bytes. Error code 12 (Cannot allocate memory)"),
+     "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to allocate "
+     "4000000000000 bytes. Error code 12 (Cannot allocate memory)"),
+    # mutation round (audit 351): torch's message over two lines, with double spaces, is shown on the error's one line
+    (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.\nIf reserved but unallocated memory "
+                                 "is large try setting PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True.  See "
+                                 "documentation for Memory Management"),
+     "CUDA out of memory. Tried to allocate 2.00 GiB. If reserved but unallocated memory is large try setting "
+     "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True. See documentation for Memory Management"),
 ])
-def test_train_out_of_memory_is_a_clear_error(tmp_path, capsys, monkeypatch, error):
+def test_train_out_of_memory_is_a_clear_error(tmp_path, capsys, monkeypatch, error, shown):
     pytest.importorskip("sklearn")
 
     errors = [error, RuntimeError("another RuntimeError: a bug, shown with its traceback")]
@@ -615,7 +626,7 @@ def test_train_out_of_memory_is_a_clear_error(tmp_path, capsys, monkeypatch, err
     monkeypatch.setattr(train, "train_codec", fail)
     argv = ["train", "flow", "--data", "digits", "--out", str(tmp_path), "--max-steps", "1", "--quiet"]
     code, _, err = _exit_code(argv, capsys)  # was a traceback
-    assert code == 2 and err == f"{_PROG}: error: out of memory ({error}); with `train`, try a smaller --batch-size " \
+    assert code == 2 and err == f"{_PROG}: error: out of memory ({shown}); with `train`, try a smaller --batch-size " \
                                 "or --hidden\n"
     with pytest.raises(RuntimeError, match="another RuntimeError"):
         main(argv)
@@ -713,6 +724,15 @@ def test_register_refuses_a_name_whose_file_another_checkpoint_uses(tmp_path, ca
     assert "zz-b" not in hub._registry()
 
 
+def test_unregister_of_a_name_whose_file_is_not_in_the_cache_dir_only_removes_the_name(capsys, monkeypatch):
+    # mutation round (audit 351): hub.register(persist=True) copies no file; with none there, nothing is deleted
+    monkeypatch.setattr(hub, "_registered", {})
+    hub.register("zz-bare", file="zz-bare.safetensors", sha256="0" * 64, config={"kind": "vae"}, persist=True)
+    assert main(["unregister", "zz-bare"]) == 0
+    assert capsys.readouterr().out == f"unregistered 'zz-bare' from {hub.user_registry_path()}\n"
+    assert "zz-bare" not in hub._registry()
+
+
 def test_unregister_keeps_a_file_another_name_uses(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(hub, "_registered", {})
     _, js = _run_files(tmp_path / "runs", "zz-run")
@@ -766,11 +786,12 @@ def test_run_demo_trains_every_arm_from_one_init_per_seed_and_scores_the_test_sp
     codecs = {"glow-digits": tiny_glow(), "vae-digits": tiny_vae()}  # the shipped ones take seconds to load
     monkeypatch.setattr(demo.hub, "load", codecs.__getitem__)
     monkeypatch.setattr(demo, "ISDA", lambda **settings: settings)  # its settings, not a module: ISDA's first build is slow
-    fits, scored, threads = [], [], []
+    fits, scored, threads, fit_kwargs = [], [], [], []
     monkeypatch.setattr(demo, "overview_picture", lambda glow, vae, path, test=None: Path(path))
 
     def fit(model, x, y, augment, **kwargs):
         fits.append((kwargs["seed"], augment, [p.detach().clone() for p in model.parameters()], x, y))
+        fit_kwargs.append(kwargs)
         return 1.0
 
     def predict(model, x):
@@ -793,12 +814,21 @@ def test_run_demo_trains_every_arm_from_one_init_per_seed_and_scores_the_test_sp
     assert not all(torch.equal(a, b) for a, b in zip(fits[0][2], fits[3][2]))  # another seed, another init
     baseline, isda, noise = (augment for _, augment, *_ in fits[:3])
     assert baseline is None and isda == {"num_classes": 10, "lambda0": 0.5} and noise.eps == demo.NOISE_EPS
-    assert "| ISDA | 100.0% ± 0.0 |" in capsys.readouterr().out
-    # threads not given: torch's, at most 4
+    assert [augment.generator for _, augment, *_ in (fits[2], fits[5])] == [0, 3]  # each seed's own draws
+    assert all(kwargs["epochs"] == 1 for kwargs in fit_kwargs)  # as given
+    out = capsys.readouterr().out
+    assert "| ISDA | 100.0% ± 0.0 |" in out and "2 training images per class, 1 epochs, test on 30 images" in out
+    assert f"Picture of the augmentations: {(tmp_path / 'demo.png').resolve()}" in out
+    # threads not given: torch's, at most 4; arms not given: every arm, with the demo's settings
     monkeypatch.setattr(demo.torch, "get_num_threads", lambda: 8)
     monkeypatch.setattr(modelutils.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
-    demo.run_demo(tmp_path, per_class=1, epochs=1, seeds=(0,), arms=["baseline"], progress=False)
+    results = demo.run_demo(tmp_path, per_class=1, epochs=1, seeds=(0,), progress=False)
     assert threads[::2] == [1, 4]
+    assert list(results) == ["baseline", "LatentNoise", "LatentAdversarial", "VarMixup", "ISDA"]
+    adversarial, varmixup = fits[8][1], fits[9][1]  # this run's arms: fits[6:11]
+    assert (adversarial.eps, adversarial.steps, adversarial.step_size, adversarial.generator) == \
+        (demo.ADV_EPS, demo.ADV_STEPS, demo.ADV_STEP_SIZE, 0)
+    assert (varmixup.num_classes, varmixup.generator) == (10, 0)
     monkeypatch.setattr(modelutils.os, "getloadavg", lambda: (9.0, 9.0, 9.0))  # a busy CPU: one thread
     demo.run_demo(tmp_path, per_class=1, epochs=1, seeds=(0,), arms=["baseline"], progress=False)
     assert threads[::2] == [1, 4, 1] and threads[3::2] == [8, 8]

@@ -56,7 +56,7 @@ def test_a_non_square_image_is_drawn_to_the_nearest_pixel_and_at_least_one_wide(
     ({"a": torch.rand(2, 3, 4)}, r"rows\['a'\] must have shape \(B, C, H, W\)"),
     ({"a": torch.full((1, 3, 4, 4), float("nan"))}, r"rows\['a'\] contains NaN"),
     ({"a": torch.full((1, 3, 4, 4), 2.0)}, r"rows\['a'\].*\[0, 1\]"),
-    ({"a": torch.rand(1, 2, 4, 4)}, r"rows\['a'\] must have 1 or 3 channels"),
+    ({"a": torch.rand(1, 2, 4, 4)}, r"rows\['a'\] must have 1 or 3 channels, got shape \(1, 2, 4, 4\)"),
     ({"a": torch.randint(0, 255, (1, 3, 4, 4), dtype=torch.uint8)}, "float"),
 ])
 def test_bad_rows_are_named_and_nothing_is_written(tmp_path, rows, match):
