@@ -105,7 +105,8 @@ def run_demo(out_dir: str | Path = "latent-transforms-demo", per_class: int = 10
 
 def format_table(results: dict[str, dict[str, list[float]]], per_class: int, epochs: int, n_test: int) -> str:
     base = statistics.mean(results["baseline"]["seconds"]) if "baseline" in results else None
-    lines = [f"digits, {per_class} training images per class, {epochs} epochs, test on {n_test} images",
+    lines = [f"digits, {per_class} training images per class, {epochs} epoch{'s' if epochs != 1 else ''}, "
+             f"test on {n_test} images",
              "", "| method | test accuracy (mean ± std over seeds) | train time per run | time vs baseline |",
              "|---|---|---|---|"]
     for name, r in results.items():

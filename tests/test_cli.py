@@ -817,7 +817,7 @@ def test_run_demo_trains_every_arm_from_one_init_per_seed_and_scores_the_test_sp
     assert [augment.generator for _, augment, *_ in (fits[2], fits[5])] == [0, 3]  # each seed's own draws
     assert all(kwargs["epochs"] == 1 for kwargs in fit_kwargs)  # as given
     out = capsys.readouterr().out
-    assert "| ISDA | 100.0% ± 0.0 |" in out and "2 training images per class, 1 epochs, test on 30 images" in out
+    assert "| ISDA | 100.0% ± 0.0 |" in out and "2 training images per class, 1 epoch, test on 30 images" in out
     assert f"Picture of the augmentations: {(tmp_path / 'demo.png').resolve()}" in out
     # threads not given: torch's, at most 4; arms not given: every arm, with the demo's settings
     monkeypatch.setattr(demo.torch, "get_num_threads", lambda: 8)
