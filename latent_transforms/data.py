@@ -36,7 +36,7 @@ from numpy.typing import NDArray
 import torch
 
 from .hub import cache_dir, offline
-from .validation import MissingFileError, bad_option, check_choice, check_count
+from .validation import MissingFileError, bad_option, check_choice, check_count, expanded_path
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -77,7 +77,7 @@ def load_images(spec: str, split: str = "train", data_root: str | os.PathLike[st
         if spec.startswith(kind + ":"):
             if not spec[len(kind) + 1:]:
                 raise ValueError(f"data spec {spec!r} has no path: use {kind}:PATH")
-            return load(Path(spec[len(kind) + 1:]).expanduser())
+            return load(expanded_path(spec[len(kind) + 1:], f"data spec {spec!r}"))
     try:
         guess = f"npz:{spec}" if spec.endswith(".npz") else f"folder:{spec}" if Path(spec).expanduser().is_dir() \
             else None
@@ -118,7 +118,7 @@ def _cifar10(split: str, data_root: str | os.PathLike[str] | None) -> tuple[torc
     from torchvision.datasets import CIFAR10
     from torchvision.datasets.utils import check_integrity
 
-    root = Path(data_root).expanduser() if data_root is not None else cache_dir() / "data"
+    root = expanded_path(data_root, f"data root {str(data_root)!r}") if data_root is not None else cache_dir() / "data"
     try:
         ds = CIFAR10(root=str(root), train=split == "train", download=not offline())
     except (OSError, RecursionError) as e:  # offline (URLError), disk full, a redirect loop (a RuntimeError), ...:

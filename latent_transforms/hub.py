@@ -54,8 +54,8 @@ from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
 
 from .torch_defaults import cpu_as_default_device
-from .validation import (MissingFileError, WrongTypeError, bad_option, check_bool, close_names, file_in_the_way,
-                         resolve_device, state_mismatch)
+from .validation import (MissingFileError, WrongTypeError, bad_option, check_bool, close_names, expanded_path,
+                         file_in_the_way, resolve_device, state_mismatch)
 
 if TYPE_CHECKING:
     from .codecs import Codec
@@ -103,31 +103,24 @@ class UnknownCheckpointError(HubError, KeyError, ValueError):
 
 
 # -- files ----------------------------------------------------------------------------------------
+_SET_HOME = "set LATENT_TRANSFORMS_HOME to an absolute path"  # where cache_dir cannot expand a ~
+
+
 def cache_dir() -> Path:
     """The user cache dir: ``$LATENT_TRANSFORMS_HOME``, else ``$XDG_CACHE_HOME/latent-transforms`` (a relative
     ``XDG_CACHE_HOME`` is ignored, as the XDG spec says), else ``~/.cache/latent-transforms``."""
     home = os.environ.get("LATENT_TRANSFORMS_HOME")
     if home:
-        path = _expanded(home, f"LATENT_TRANSFORMS_HOME={home!r}")
+        path = expanded_path(home, f"LATENT_TRANSFORMS_HOME={home!r}", _SET_HOME)
         if not path.is_absolute():
             raise ValueError(f"LATENT_TRANSFORMS_HOME={home!r} is a relative path, which would depend on the current "
                              f"directory; give an absolute path (~ is expanded)")
         return path
     xdg_home = os.environ.get("XDG_CACHE_HOME", "")
-    xdg = _expanded(xdg_home, f"XDG_CACHE_HOME={xdg_home!r}")
+    xdg = expanded_path(xdg_home, f"XDG_CACHE_HOME={xdg_home!r}", _SET_HOME)
     if not xdg.is_absolute():  # unset, empty or relative
-        xdg = _expanded("~/.cache", "the default cache dir ~/.cache/latent-transforms")
+        xdg = expanded_path("~/.cache", "the default cache dir ~/.cache/latent-transforms", _SET_HOME)
     return xdg / "latent-transforms"
-
-
-def _expanded(path: str, what: str) -> Path:
-    """``path`` with a leading ``~`` or ``~user`` expanded; a ``ValueError`` naming ``what`` where it cannot be (no
-    such user; no ``HOME`` and no password entry), not pathlib's ``RuntimeError`` that names nothing."""
-    try:
-        return Path(path).expanduser()
-    except RuntimeError:
-        raise ValueError(f"{what}: its ~ names no home directory (no such user, or no HOME and no password "
-                         f"entry); set LATENT_TRANSFORMS_HOME to an absolute path") from None
 
 
 def beyond_range(t: torch.Tensor, dtype: torch.dtype) -> bool:
@@ -471,7 +464,7 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
         raise bad_option(f"sha256 must be 64 lowercase hex digits (hashlib's hexdigest(), sha256sum's) or None, got "
                          f"{sha256!r}", right_type=isinstance(sha256, str))
     device = _load_device(device)
-    path = Path(path).expanduser()
+    path = expanded_path(path, f"checkpoint path {str(path)!r}")
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a directory; give a checkpoint's .safetensors file in it")
     if not path.is_file():
@@ -882,7 +875,7 @@ def register_run(run: str | os.PathLike[str], *, name: str | None = None, overwr
     since, copies it back. Nothing is copied or registered when it refuses.
     """
     check_bool("overwrite", overwrite)
-    run = Path(run).expanduser()
+    run = expanded_path(run, f"run JSON {str(run)!r}")
     entry = _read_run(run)
     run_name = entry.pop("name")
     if name is None and (not isinstance(run_name, str) or not run_name):
@@ -1336,13 +1329,16 @@ def _is_path(name_or_path: str) -> bool:
     like a file path (a path separator or the ``.safetensors`` suffix, so that a missing file is reported as one, not
     as an unknown name), unless it is a registered name (a file in the cwd called ``glow-digits`` does not replace
     the verified checkpoint: ``./glow-digits`` reads it; a name may look like a path: ``team/vae``)."""
+    looks_like_a_path = name_or_path.endswith(".safetensors") or any(s in name_or_path for s in _SEPARATORS)
     try:
         path = Path(name_or_path).expanduser()
-        if not (path.is_file() or path.is_dir() or name_or_path.endswith(".safetensors")
-                or any(s in name_or_path for s in _SEPARATORS)):
+        if not (path.is_file() or path.is_dir() or looks_like_a_path):
             return False
     except OSError:  # e.g. a name too long for a path: not a file, so a registry name
         return False
+    except RuntimeError:  # a ~ that names no home directory: a path if it looks like one (load_checkpoint names it)
+        if not looks_like_a_path:
+            return False
     return name_or_path not in _registry(warn_if_broken=True)
 
 

@@ -927,6 +927,17 @@ def state_mismatch(expected: dict[str, torch.Tensor], given: collections.abc.Map
     return ", ".join(parts)
 
 
+def expanded_path(path: str | os.PathLike[str], what: str, fix: str = "give the full path instead") -> Path:
+    """``path`` as a ``Path`` with a leading ``~`` or ``~user`` expanded; a ``ValueError`` naming ``what`` (the
+    argument and its value) and saying ``fix`` where it cannot be (no such user; no ``HOME`` and no password entry),
+    not pathlib's bare ``RuntimeError: Could not determine home directory.``"""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        raise ValueError(f"{what}: its ~ names no home directory (no such user, or no HOME and no password entry); "
+                         f"{fix}") from None
+
+
 def file_in_the_way(folder: Path) -> Path | None:
     """``folder`` itself or the nearest of its parents that exists as a file (so ``folder`` cannot be made), or None."""
     return next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
@@ -934,11 +945,11 @@ def file_in_the_way(folder: Path) -> Path | None:
 
 def output_folder(out_dir: str | os.PathLike[str], name: str = "the output folder") -> Path:
     """The output folder ``out_dir`` as a ``Path`` (``~`` expanded), not created here: refused if it is an empty
-    string (``Path("")`` is the current folder), an existing file or inside one. ``name``: what the message calls it
-    (a script's option, ``"--out"``)."""
+    string (``Path("")`` is the current folder), an existing file or inside one, or if its ``~`` names no home
+    directory. ``name``: what the message calls it (a script's option, ``"--out"``)."""
     if isinstance(out_dir, str) and not out_dir:
         raise ValueError(f"{name} must be a path, got ''; give a folder (it is created if missing)")
-    out = Path(out_dir).expanduser()
+    out = expanded_path(out_dir, f"{name} {str(out_dir)!r}")
     file = file_in_the_way(out)
     if file is not None:
         inside = "" if file == out else f" is inside {str(file)!r}, which"

@@ -2512,6 +2512,11 @@ def test_scripts_check_their_output_folder_and_data_before_any_work(tmp_path):
          "codec_quality.py: error: --out 'afile' is a file; give a folder (it is created if missing)\n"),
         ("vae_class_guidance.py", ["--codec", "vae-digits", "--train", "digits", "--out", "afile/v.safetensors"],
          "vae_class_guidance.py: error: --out's folder 'afile' is a file; give a folder (it is created if missing)\n"),
+        # a ~user that names no home directory was pathlib's bare RuntimeError, a traceback (validation.expanded_path)
+        ("throughput.py", ["--smoke", "--device", "cpu", "--out", "~no-such-user-h357/o"],
+         "throughput.py: error: --out '~no-such-user-h357/o': its ~ names no home directory"),
+        ("calibrate_eps.py", ["--codec", "~no-such-user-h357/c.safetensors", "--data", "digits", "--out", "o"],
+         "calibrate_eps.py: error: checkpoint path '~no-such-user-h357/c.safetensors': its ~ names no home directory"),
     ]
     ended = _commands_in_one_process([c[:2] for c in cases], tmp_path, env)
     for (script, _, message), (code, stderr) in zip(cases, ended):

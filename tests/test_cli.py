@@ -20,6 +20,7 @@ import torch
 from latent_transforms import __version__, demo, hub, modelutils, train
 from latent_transforms.cli import _PROG, main
 from latent_transforms.codecs import build_codec
+from latent_transforms.data import load_images
 from latent_transforms.validation import MAX_THREADS
 
 # The real registry, but an empty private cache dir and no downloads (conftest's offline_hub); entries registered
@@ -588,6 +589,48 @@ def test_an_out_that_cannot_be_written_is_named(tmp_path, capsys, monkeypatch, c
     if failure == "read-only":  # from Python, the OSError's own type
         with pytest.raises(PermissionError, match="^cannot write into the output folder"):
             validation.make_folder(out)
+
+
+NO_HOME = "~no-such-user-h357"  # a ~user that names no home directory
+
+
+@pytest.mark.parametrize("entry, what", [
+    (lambda: hub.load(f"{NO_HOME}/c.safetensors"), f"checkpoint path '{NO_HOME}/c.safetensors'"),
+    (lambda: hub.load_checkpoint(Path(NO_HOME, "c.safetensors")), f"checkpoint path '{NO_HOME}/c.safetensors'"),
+    (lambda: hub.register_run(f"{NO_HOME}/r.json"), f"run JSON '{NO_HOME}/r.json'"),
+    (lambda: load_images(f"folder:{NO_HOME}/imgs"), f"data spec 'folder:{NO_HOME}/imgs'"),
+    (lambda: load_images(f"npz:{NO_HOME}/x.npz"), f"data spec 'npz:{NO_HOME}/x.npz'"),
+    (lambda: load_images("cifar10", data_root=Path(NO_HOME, "data")), f"data root '{NO_HOME}/data'"),
+    (lambda: train.train_codec("flow", torch.zeros(4, 1, 8, 8), f"{NO_HOME}/o", max_steps=1, progress=False),
+     f"the output folder '{NO_HOME}/o'"),
+    (lambda: demo.run_demo(f"{NO_HOME}/o"), f"the output folder '{NO_HOME}/o'"),
+    (["register", f"{NO_HOME}/r.json"], f"run JSON '{NO_HOME}/r.json'"),
+    (["train", "flow", "--data", f"folder:{NO_HOME}/imgs", "--out", "o"], f"data spec 'folder:{NO_HOME}/imgs'"),
+    (["train", "flow", "--data", "npz:x.npz", "--test-data", f"npz:{NO_HOME}/t.npz", "--out", "o"],
+     f"data spec 'npz:{NO_HOME}/t.npz'"),
+    (["train", "flow", "--data", "cifar10", "--data-root", f"{NO_HOME}/data", "--out", "o"],
+     f"data root '{NO_HOME}/data'"),
+    (["train", "flow", "--data", "npz:x.npz", "--out", f"{NO_HOME}/o"], f"the output folder '{NO_HOME}/o'"),
+    (["demo", "--out", f"{NO_HOME}/o"], f"the output folder '{NO_HOME}/o'"),
+], ids=lambda v: v if isinstance(v, str) else "cli" if isinstance(v, list) else "api")
+def test_a_tilde_that_names_no_home_directory_is_refused_naming_the_argument(tmp_path, capsys, monkeypatch, entry,
+                                                                             what):
+    """Was pathlib's bare "RuntimeError: Could not determine home directory." (the CLI: a traceback, exit 1) for every
+    path a user gives (ddeb082 named LATENT_TRANSFORMS_HOME and XDG_CACHE_HOME only): one helper,
+    validation.expanded_path, for all, naming the argument and its value; nothing is made or read."""
+    monkeypatch.chdir(tmp_path)
+    np.savez("x.npz", x=np.zeros((4, 8, 8), dtype=np.uint8))
+    monkeypatch.setattr(demo, "load_images", None)  # the demo's work (loading the digits) would be a TypeError
+    message = f"{what}: its ~ names no home directory (no such user, or no HOME and no password entry); give the " \
+              f"full path instead"
+    if callable(entry):
+        with pytest.raises(ValueError) as e:
+            entry()
+        assert str(e.value) == message
+    else:
+        code, out, err = _exit_code([*entry, "--max-steps", "1", "--quiet"] if entry[0] == "train" else entry, capsys)
+        assert code == 2 and out == "" and err == f"{_PROG}: error: {message}\n"
+    assert os.listdir() == ["x.npz"]
 
 
 def test_train_test_data_of_another_shape_names_the_options(tmp_path, capsys):

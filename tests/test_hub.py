@@ -1789,6 +1789,16 @@ def test_a_tilde_that_names_no_home_is_refused_by_the_variable_that_holds_it(env
         hub.cache_dir()
 
 
+def test_a_tilde_that_names_no_home_in_a_name_or_path_is_read_as_one(env):
+    # was pathlib's RuntimeError from _is_path; without a separator it is a name, with one a path (load names it:
+    # test_cli's test_a_tilde_that_names_no_home_directory_is_refused_naming_the_argument)
+    with pytest.raises(hub.UnknownCheckpointError, match=r"^unknown checkpoint '~no-such-user-h357' \(not a "):
+        hub.load("~no-such-user-h357")
+    with pytest.raises(hub.UnknownCheckpointError, match=r"^fetch takes a registered checkpoint name, got the path "
+                                                         r"'~no-such-user-h357/c\.safetensors'; "):
+        hub.fetch("~no-such-user-h357/c.safetensors")
+
+
 def test_concurrent_threads_fetch_one_good_file(env):
     _register("good", "good.safetensors")
     barrier = threading.Barrier(4)
