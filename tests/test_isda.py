@@ -1153,6 +1153,12 @@ def test_named_layer_and_ddp_style_wrapper(batch, net):
     assert int(isda.estimator.count.sum()) == len(y)
 
 
+def test_a_layer_named_inside_a_data_parallel_wrapper_is_found_by_its_name_in_the_model(net):
+    """Mutation round 360: ``layer="fc"`` names the classifier of the model a DDP/DataParallel wrapper holds (the
+    wrapper's own path is ``module.fc``); without the wrapper's ``module`` looked up it was "has no submodule 'fc'"."""
+    assert ISDA(10, layer="fc").find_layer(nn.DataParallel(net)) == ("fc", net.fc)
+
+
 @pytest.mark.parametrize("compiled", ["wrapped", "in place"])
 def test_a_hook_that_never_fired_on_a_compiled_model_names_the_compile(batch, net, compiled):
     # under DDP the compiled model is the wrapper's .module, and nn.Module.compile() compiles in place (no
@@ -2448,6 +2454,27 @@ def test_a_grow_refused_for_memory_keeps_the_classes_and_statistics(monkeypatch)
     assert est.num_classes == 2 and all(torch.equal(b, kept[n]) for n, b in est.named_buffers())
     est.update(torch.randn(2, 3), torch.tensor([1, 1]))
     assert est.count.tolist() == [2, 4]
+
+
+def test_a_grow_whose_count_fails_to_allocate_puts_back_the_statistics_already_replaced(monkeypatch):
+    """Mutation round 360: the means and covariances of the new size are assigned before the count is allocated; an
+    allocation failure there puts all three back (the classes restored alone left 5-class statistics with a 2-class
+    count)."""
+    est = FeatureCovariance(2, feature_dim=3)
+    est.update(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))
+    kept = {n: b.clone() for n, b in est.named_buffers()}
+    zeros = torch.zeros
+
+    def count_fails(*args, dtype=None, **kwargs):
+        if dtype == torch.int64:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 40 bytes")
+        return zeros(*args, dtype=dtype, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(feature_covariance.torch, "zeros", count_fails)
+        with pytest.raises(torch.OutOfMemoryError, match=r"Out of memory on cpu: .*40 bytes"):
+            est.grow(5)
+    assert est.num_classes == 2 and all(torch.equal(b, kept[n]) for n, b in est.named_buffers())
 
 
 def test_grow_keeps_the_statistics_device():
