@@ -492,6 +492,9 @@ def test_borrowed_lends_the_module_inside_data_parallel_wrappers():
     with borrowed(nn.DataParallel(nn.DataParallel(net))) as inner:
         assert inner is net and not net.training
     assert net.training
+    with borrowed(torch.compile(nn.DataParallel(net))) as inner:  # torch.compile(DDP(model)), PyTorch's order
+        assert inner is net and not net.training
+    assert net.training
 
 
 def test_borrowed_turns_gradients_and_training_off_until_the_last_of_nested_borrows_ends():
