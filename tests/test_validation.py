@@ -173,6 +173,7 @@ def test_half_precision_input_is_supported_by_codec_methods(dtype, p):
 
 def test_range_tolerance_is_small():
     check_images(GOOD_X.clamp(0, 1) + 5e-4)
+    check_images(torch.linspace(-5e-4, 1, 64).reshape(1, 1, 8, 8))  # a little below 0 too (mutation round, audit 358)
     with pytest.raises(ValueError, match=r"x values must lie in \[0, 1\], got range \[[0-9.e-]+, 1.002"):
         check_images(GOOD_X.clamp(0, 1) + 2e-3 + (1 - GOOD_X.max()))
 
@@ -884,6 +885,21 @@ def test_a_bool_is_not_an_int_choice():
         check_choice("steps", True, (1, 2))
 
 
+def test_a_flag_given_as_an_int_is_refused_as_a_string_is():
+    """Mutation round (audit 358): check_bool taking any int (1 from a config file) went unnoticed."""
+    from latent_transforms.validation import WrongTypeError, check_bool
+
+    assert check_bool("random_start", False) is False
+    with pytest.raises(WrongTypeError, match=r"^random_start must be True or False, got 1$"):
+        check_bool("random_start", 1)
+
+
+def test_only_a_row_of_zeros_is_told_of_a_confidence_mask():
+    """Mutation round (audit 358): the hint for a row summing to 0 was not checked to stay off a row summing to 0.3."""
+    with pytest.raises(ValueError, match=r"^y soft label rows must sum to 1, row 0 sums to 0.3$"):
+        check_labels(torch.tensor([[0.3, 0.0]]), 1, 2)
+
+
 def test_uint8_images_are_told_to_divide_by_255_when_made_float():
     """x.float() alone would give 0-255 values, refused next: the hint names the scaling too."""
     with pytest.raises(ValueError, match=r"got dtype torch.uint8; convert with x.float\(\) / 255 for uint8 images"):
@@ -1024,6 +1040,9 @@ def test_name_dtype_clash_names_only_a_type_error_between_a_float_parameter_and_
     assert name_dtype_clash(clash, Counted(), x.double(), "Who") is None  # the same dtype: not the clash
     assert name_dtype_clash(RuntimeError("mat1 and mat2 shapes cannot be multiplied"), Counted(), x, "Who") is None
     assert name_dtype_clash(clash, torch.nn.ReLU(), x, "Who") is None  # no float parameter to name
+    with pytest.raises(ValueError, match=r"\): cast one to the other's dtype \(x.to\(torch.float32\)") as e:
+        name_dtype_clash(clash, torch.nn.Linear(2, 2), x.long(), "Who")  # integer vectors, not images (audit 358)
+    assert "images" not in str(e.value)
 
 
 def test_state_mismatch_counts_each_kind_and_names_its_first_two():
@@ -1445,5 +1464,8 @@ def test_a_model_with_lazy_modules_is_named_by_its_lazy_parameters_alone_two_of_
     with pytest.raises(ValueError, match=r"^the model has parameters its lazy modules have not initialised yet "
                                          r"\(1\.weight, 1\.bias and 2 more; "):
         check_initialised(model, model.parameters())
+    three = torch.nn.Sequential(torch.nn.LazyLinear(4, bias=False), torch.nn.LazyLinear(2))  # mutation round (audit 358)
+    with pytest.raises(ValueError, match=r"\(0\.weight, 1\.weight and 1 more; "):
+        check_initialised(three, three.parameters())
     model(torch.rand(1, 3))
     check_initialised(model, model.parameters())
