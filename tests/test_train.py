@@ -1441,7 +1441,15 @@ def test_gradients_are_clipped_at_grad_clip(tmp_path, digits, monkeypatch, kind,
     assert seen == ([] if want is None else [want] * 2)
 
 
-def test_non_finite_losses_are_skipped_and_twenty_in_a_row_refused(tmp_path, digits, monkeypatch):
+@pytest.fixture
+def training_steps_only(monkeypatch):
+    """Leave out the CPU memory check's forward of one image (``_step_bytes``, once per codec config and process): a
+    spy on a codec's loss then sees the training steps alone, whichever test ran before in the process."""
+    monkeypatch.setattr(train, "_batch_that_fits", lambda config, batch_size, num_images: num_images)
+
+
+def test_non_finite_losses_are_skipped_and_twenty_in_a_row_refused(tmp_path, digits, monkeypatch,
+                                                                   training_steps_only):
     loss, calls = Glow.loss, [0]
 
     def every_other_nan(self, x):
@@ -1460,7 +1468,7 @@ def test_non_finite_losses_are_skipped_and_twenty_in_a_row_refused(tmp_path, dig
 
 
 @pytest.mark.parametrize("kind, clip", [("flow", 50.0), ("vae", None), ("vae", 1.5)])
-def test_a_nan_gradient_of_a_finite_loss_is_skipped(tmp_path, digits, kind, clip, monkeypatch):
+def test_a_nan_gradient_of_a_finite_loss_is_skipped(tmp_path, digits, kind, clip, monkeypatch, training_steps_only):
     """Only the loss was checked: clipping (or Adam) spread one NaN gradient into every weight, and the checkpoints."""
     codec_type = Glow if kind == "flow" else ConvVAE
     loss, calls = codec_type.loss, [0]
@@ -1479,7 +1487,8 @@ def test_a_nan_gradient_of_a_finite_loss_is_skipped(tmp_path, digits, kind, clip
     assert all(torch.isfinite(t).all() for t in r["codec"].state_dict().values() if t.is_floating_point())
 
 
-def test_a_vae_whose_first_step_is_non_finite_shows_nan_in_the_progress_bar(tmp_path, digits, monkeypatch):
+def test_a_vae_whose_first_step_is_non_finite_shows_nan_in_the_progress_bar(tmp_path, digits, monkeypatch,
+                                                                            training_steps_only):
     """The bar's figures at step 1 had nothing to show: a VAE's raised KeyError 'loss' (a flow's showed nan)."""
     loss, calls = ConvVAE.loss, [0]
 
@@ -1735,7 +1744,8 @@ def test_resume_refuses_another_seed_or_batch_size(tmp_path, digits):
             train_codec("flow", x, tmp_path, **kw, **change)
 
 
-def test_history_has_a_hundred_records_each_the_mean_since_the_last(tmp_path, digits, monkeypatch):
+def test_history_has_a_hundred_records_each_the_mean_since_the_last(tmp_path, digits, monkeypatch,
+                                                                    training_steps_only):
     from latent_transforms.codecs.vae import ConvVAE
 
     losses, real = [], ConvVAE.loss
