@@ -764,6 +764,8 @@ def name_dtype_clash(error: RuntimeError, module: torch.nn.Module, x: torch.Tens
     fix = f"cast one to the other's dtype ({x_name}.to({dtype}) or {module_name}.to({x.dtype})){hint}"
     if x.ndim == 4 and not x.is_floating_point():  # integer images: a cast alone left uint8's at 0 to 255
         fix = f"a float {module_name} takes float images: {_conversion_hint(x, x_name)}"
+    elif not x.is_floating_point():  # Module.to takes no integer dtype, and autocast leaves integers as they are
+        fix = f"cast it to the {module_name}'s dtype ({x_name}.to({dtype}))"
     raise ValueError(f"{who} got {x_name} in {x.dtype} for its {module_name} in {dtype}, which torch refused "
                      f"({str(error).splitlines()[0]}): {fix}") from error
 
