@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable, Iterator, SupportsIndex, cast
 
@@ -14,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .casts import TensorFn, without_16_bit_casts
+from .modelutils import device_memory
 from .validation import (Settings, WrongTypeError, check_bool, check_choice, check_count, check_labels,
                          fixed_at_construction, is_out_of_memory, no_autocast, wide_float)
 
@@ -173,7 +173,7 @@ class FeatureCovariance(Settings, nn.Module):
 
         # the statistics, the batch's covariance (K A A each) and the spread of its centred features (N K A)
         need = (2 * k * a * a + batch * k * a) * size
-        total = _device_memory(device)
+        total = device_memory(device)
         if total is not None and need > total:
             raise refusal(f"That is {need / 1e9:.1f} GB in all, more than the {total / 1e9:.1f} GB of {device}")
         try:
@@ -415,18 +415,6 @@ def check_unchanged(owner: nn.Module, name: str, value: object) -> object:
         owner, name, f"it sizes the class statistics, now {held!r}",
         f".grow({value}) adds classes to them, empty, and keeps those seen (a classifier grown for new classes)"
         if grows else f"build a new {type(owner).__name__}(..., {name}={value!r})")
-
-
-def _device_memory(device: torch.device) -> int | None:
-    """The total memory of ``device`` in bytes (the machine's RAM for the CPU), ``None`` where it is not known."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory
-    if device.type == "cpu":
-        try:
-            return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (AttributeError, ValueError, OSError):  # no sysconf (Windows), or no such name
-            return None
-    return None
 
 
 def check_sync(name: str, sync: object) -> "tuple[bool, dist.ProcessGroup | None]":

@@ -162,6 +162,18 @@ def _name_head_given(error: RuntimeError, x: torch.Tensor, who: str) -> None:
         f"logits (linear layers on flat images: put nn.Flatten() first)")) from error
 
 
+def device_memory(device: torch.device) -> int | None:
+    """The total memory of ``device`` in bytes (the machine's RAM for the CPU), ``None`` where it is not known."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    if device.type == "cpu":
+        try:
+            return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, ValueError, OSError):  # no sysconf (Windows), or no such name
+            return None
+    return None
+
+
 def describe_device(device: torch.device) -> str:
     """The device as reports record it: the GPU's name, or ``cpu (x86_64, 2 threads)``."""
     if device.type == "cuda":

@@ -39,7 +39,7 @@ import torch
 from . import hub
 from .codecs import Codec, ConvVAE, Glow, build_codec, exact_math
 from .data import DEFAULT_DATA_ROOT, SPLIT_SPECS
-from .modelutils import describe_device, threads_for_this_cpu
+from .modelutils import describe_device, device_memory, threads_for_this_cpu
 from .pixel_shift import random_shift_flip
 from .progress import progress_bar
 from .torch_defaults import cpu_as_default_device
@@ -242,12 +242,12 @@ def _refuse_too_big(config: dict[str, Any]) -> None:
     usual = _USUAL_SIZES[kind]
     lowest = {"levels": 1, **{k: low for k, (low, _) in _SIZE_SETTINGS[kind].items()}}
     values = {k: config.get(k, lowest[k]) for k in usual}
-    if not all(is_int(v) and v >= lowest[k] for k, v in values.items()) or not hasattr(os, "sysconf"):
+    memory = device_memory(torch.device("cpu"))
+    if not all(is_int(v) and v >= lowest[k] for k, v in values.items()) or memory is None:
         return
     if kind == "glow" and (all(v <= usual[k] for k, v in values.items()) or values["levels"] > Glow.most_levels(h, w)):
         return
     n = _parameter_count({**config, **values})
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if 4 * n > memory:
         named = [f"{k} {v}" for k, v in values.items() if v > usual[k]] or [f"{k} {v}" for k, v in values.items()]
         listed = " and ".join(filter(None, [", ".join(named[:-1]), named[-1]]))
@@ -258,11 +258,11 @@ def _refuse_too_big(config: dict[str, Any]) -> None:
 
 def _batch_that_fits(config: dict[str, Any], batch_size: int, num_images: int) -> int:
     """The largest batch whose CPU training step fits this machine's memory (in all, as ``_refuse_too_big``), by the
-    estimate of ``_step_bytes``, or ``num_images`` without ``os.sysconf``; ``ValueError`` if ``batch_size`` (or all the
+    estimate of ``_step_bytes``, or ``num_images`` where the memory is not known; ``ValueError`` if ``batch_size`` (or all the
     ``num_images`` when fewer) does not fit: the system would kill the process in its first step, not torch."""
-    if not hasattr(os, "sysconf"):
+    memory = device_memory(torch.device("cpu"))
+    if memory is None:
         return num_images
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     per_image, fixed = _step_bytes(json.dumps(config, sort_keys=True))
     fits = max(0, (memory - fixed) // per_image)
     need = fixed + min(batch_size, num_images) * per_image

@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from latent_transforms import LatentNoise, feature_covariance
+from latent_transforms import LatentNoise, feature_covariance, modelutils
 from latent_transforms.feature_covariance import FeatureCovariance
 from latent_transforms.isda import ISDA, ISDALoss, isda_logits
 
@@ -414,7 +414,7 @@ def test_a_full_covariance_beyond_the_devices_memory_is_refused_before_allocatin
     again: torch's "can't allocate memory: you tried to allocate 16777216000 bytes" named neither ISDA nor the fix,
     and a CPU update that fit the RAM once but not twice could be ended by the OOM killer. Checked on the sizes
     alone (a 20 GB device here), nothing allocated."""
-    monkeypatch.setattr(feature_covariance, "_device_memory", lambda device: 20 * 10**9)
+    monkeypatch.setattr(feature_covariance, "device_memory", lambda device: 20 * 10**9)
     figures = (r"1000 classes and 2048 features holds 1000 x 2048 x 2048 float32 numbers, 16\.8 GB, and each update "
                r"needs as much again.*covariance=\"diagonal\" \(1000 x 2048 numbers, 8\.2 MB.*33\.6 GB in all, more "
                r"than the 20\.0 GB of cpu")
@@ -433,7 +433,7 @@ def test_a_full_covariance_beyond_the_devices_memory_is_refused_before_allocatin
 def test_a_full_covariance_update_beyond_the_devices_memory_is_refused_before_merging(monkeypatch):
     """Statistics that fit but an update that does not (its batch covariance, K A A, and the spread of the batch's
     centred features, N K A): refused before merging, naming the batch; the statistics are left as they were."""
-    monkeypatch.setattr(feature_covariance, "_device_memory", lambda device: 10**6)
+    monkeypatch.setattr(feature_covariance, "device_memory", lambda device: 10**6)
     est = FeatureCovariance(10, 64)  # 2 x 10 x 64 x 64 float32 numbers: 0.33 MB
     est.update(torch.randn(5, 64), torch.arange(5))
     before = {name: b.clone() for name, b in est.named_buffers()}
@@ -445,7 +445,7 @@ def test_a_full_covariance_update_beyond_the_devices_memory_is_refused_before_me
 def test_a_failed_full_covariance_allocation_names_the_figures_and_leaves_the_estimator_unsized(monkeypatch):
     """Where the device's memory is unknown (or taken by the model), torch's allocation failure is reported with the
     figures and the fix; the means allocated before the failed covariance used to stay, a half-sized estimator."""
-    monkeypatch.setattr(feature_covariance, "_device_memory", lambda device: None)
+    monkeypatch.setattr(feature_covariance, "device_memory", lambda device: None)
     est = FeatureCovariance(10)
     # 10 x 2**22 x 2**22 float32 numbers: 7e14 bytes, beyond any address space, so torch fails at once
     with pytest.raises(torch.OutOfMemoryError, match=r"703687\.4 GB.*diagonal.*Out of memory on cpu: .*can't allocate"):
@@ -467,8 +467,8 @@ def test_a_machine_whose_memory_is_not_known_sizes_the_full_covariance_without_t
         def sysconf(name, missing=missing):
             raise missing
 
-        monkeypatch.setattr(feature_covariance.os, "sysconf", sysconf)
-        assert feature_covariance._device_memory(torch.device("cpu")) is None
+        monkeypatch.setattr(modelutils.os, "sysconf", sysconf)
+        assert feature_covariance.device_memory(torch.device("cpu")) is None
         assert FeatureCovariance(3, 4).cov.shape == (3, 4, 4)
 
 
@@ -2448,7 +2448,7 @@ def test_a_grow_refused_for_memory_keeps_the_classes_and_statistics(monkeypatch)
     est = FeatureCovariance(2, feature_dim=3)
     est.update(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))
     kept = {n: b.clone() for n, b in est.named_buffers()}
-    monkeypatch.setattr(feature_covariance, "_device_memory", lambda device: 10**4)
+    monkeypatch.setattr(feature_covariance, "device_memory", lambda device: 10**4)
     with pytest.raises(torch.OutOfMemoryError, match=r"full covariance for 1000 classes and 3 features"):
         est.grow(1000)
     assert est.num_classes == 2 and all(torch.equal(b, kept[n]) for n, b in est.named_buffers())
