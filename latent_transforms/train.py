@@ -258,8 +258,8 @@ def _refuse_too_big(config: dict[str, Any]) -> None:
 
 def _batch_that_fits(config: dict[str, Any], batch_size: int, num_images: int) -> int:
     """The largest batch whose CPU training step fits this machine's memory (in all, as ``_refuse_too_big``), by the
-    estimate of ``_step_bytes``, or ``num_images`` where the memory is not known; ``ValueError`` if ``batch_size`` (or all the
-    ``num_images`` when fewer) does not fit: the system would kill the process in its first step, not torch."""
+    estimate of ``_step_bytes``, or ``num_images`` where the memory is not known; ``ValueError`` if ``batch_size``
+    (or all the ``num_images`` when fewer) does not fit: the system would kill the process in its first step."""
     memory = device_memory(torch.device("cpu"))
     if memory is None:
         return num_images
