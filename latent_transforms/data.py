@@ -39,6 +39,8 @@ from .hub import cache_dir, offline
 from .validation import MissingFileError, bad_option, check_choice, check_count, expanded_path
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from PIL import Image
 
 __all__ = ["load_images", "low_data_split", "cifar10_5k_index", "describe_spec", "IMAGE_SUFFIXES", "SPLIT_SPECS",
@@ -135,12 +137,29 @@ def _cifar10(split: str, data_root: str | os.PathLike[str] | None) -> tuple[torc
         if not offline():  # no download failed: files there are damaged or missing (batches.meta, say)
             raise ValueError(f"CIFAR-10 in {root} could not be read ({e}); remove {root / CIFAR10.base_folder} to "
                              f"have it extracted or downloaded anew, or use npz:PATH or folder:PATH data") from None
-        raise ValueError(f"CIFAR-10 is not in {root}, and LATENT_TRANSFORMS_OFFLINE is set, which forbids downloads; "
-                         f"put torchvision's cifar-10-python files there (or pass another data root), unset it, or "
-                         f"use npz:PATH or folder:PATH data") from None
+        folder = root / CIFAR10.base_folder
+        found = (f"CIFAR-10 in {root} is incomplete or damaged ({_cifar10_damage(folder, check_integrity, e)})"
+                 if folder.is_dir() and any(folder.iterdir()) else f"CIFAR-10 is not in {root}")
+        raise ValueError(f"{found}, and LATENT_TRANSFORMS_OFFLINE is set, which forbids downloads; put torchvision's "
+                         f"cifar-10-python files there (or pass another data root), unset it, or use npz:PATH or "
+                         f"folder:PATH data") from None
     x = torch.from_numpy(np.asarray(ds.data)).permute(0, 3, 1, 2).float().div_(255).contiguous()
     y = torch.as_tensor(ds.targets, dtype=torch.int64, device="cpu")
     return x, y, 256
+
+
+def _cifar10_damage(folder: Path, check_integrity: Callable[[str, str], bool], error: Exception) -> str:
+    """What is wrong with the extracted CIFAR-10 files in ``folder``: those missing, else those whose MD5 is not
+    torchvision's, else torchvision's ``error`` (its "Dataset not found or corrupted. You can use download=True"
+    names no file, and offline advises what is forbidden)."""
+    from torchvision.datasets import CIFAR10
+
+    files = [*CIFAR10.train_list, *CIFAR10.test_list, [CIFAR10.meta["filename"], CIFAR10.meta["md5"]]]
+    missing = [name for name, _ in files if not (folder / name).is_file()]
+    if missing:
+        return f"{', '.join(missing)} missing from {folder}"
+    altered = [name for name, md5 in files if not check_integrity(str(folder / name), md5)]
+    return f"{', '.join(altered)} in {folder} not as torchvision's MD5 sums say" if altered else str(error)
 
 
 # what images of more than 8 bits are told besides making them 8-bit: how to train on every level they hold

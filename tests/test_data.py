@@ -133,7 +133,9 @@ def test_cifar10_files_that_fail_the_md5_check_are_neither_unpickled_nor_extract
     monkeypatch.setattr(torchvision.datasets.utils, "_get_redirect_url", lambda url, max_hops=3: url)
     monkeypatch.setattr(torchvision.datasets.utils, "_urlretrieve", tampered)
     monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
-    with pytest.raises(ValueError, match="CIFAR-10 is not in .* LATENT_TRANSFORMS_OFFLINE is set"):
+    with pytest.raises(ValueError, match=f"^CIFAR-10 in {root} is incomplete or damaged \\(data_batch_1, .*, "
+                                         f"test_batch, batches.meta in .* not as torchvision's MD5 sums say\\), and "
+                                         f"LATENT_TRANSFORMS_OFFLINE is set"):
         load_images("cifar10", "train", root)
     monkeypatch.delenv("LATENT_TRANSFORMS_OFFLINE")
     with pytest.raises(ValueError, match=f"the CIFAR-10 download into {root} failed torchvision's MD5 check "
@@ -170,6 +172,35 @@ def test_cifar10_whose_metadata_file_is_missing_is_not_blamed_on_a_download(tmp_
     with pytest.raises(ValueError, match=rf"^CIFAR-10 in {tmp_path} could not be read \(Dataset metadata file not "
                                          rf"found or corrupted.*\); remove {folder} to have it extracted or downloaded "
                                          rf"anew, or use npz:PATH or folder:PATH data$"):
+        load_images("cifar10", "test", tmp_path)
+    # offline, the same folder was reported as "CIFAR-10 is not in ..." where five batches of it were
+    monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
+    with pytest.raises(ValueError, match=rf"^CIFAR-10 in {tmp_path} is incomplete or damaged \(batches.meta missing "
+                                         rf"from {folder}\), and LATENT_TRANSFORMS_OFFLINE is set, which forbids "
+                                         rf"downloads; .*npz:PATH or folder:PATH data$"):
+        load_images("cifar10", "test", tmp_path)
+
+
+def test_cifar10_offline_whose_files_all_check_out_reports_torchvisions_error(tmp_path, monkeypatch):
+    # every file there and as its MD5 says, yet torchvision raised: its own words, not an empty list of files
+    import torchvision.datasets
+    import torchvision.datasets.utils
+    from torchvision.datasets import CIFAR10
+
+    folder = tmp_path / CIFAR10.base_folder
+    folder.mkdir()
+    for name, _ in [*CIFAR10.train_list, *CIFAR10.test_list, [CIFAR10.meta["filename"], None]]:
+        (folder / name).write_bytes(b"whole")
+
+    class Unreadable(CIFAR10):
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError("the reason torchvision gave")
+
+    monkeypatch.setattr(torchvision.datasets.utils, "check_integrity", lambda path, md5=None: True)
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", Unreadable)
+    monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
+    with pytest.raises(ValueError, match=rf"^CIFAR-10 in {tmp_path} is incomplete or damaged \(the reason torchvision "
+                                         rf"gave\), and LATENT_TRANSFORMS_OFFLINE is set"):
         load_images("cifar10", "test", tmp_path)
 
 
