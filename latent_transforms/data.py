@@ -134,10 +134,11 @@ def _cifar10(split: str, data_root: str | os.PathLike[str] | None) -> tuple[torc
             raise ValueError(f"the CIFAR-10 download into {root} failed torchvision's MD5 check ({e}): corrupted or "
                              f"tampered with on the way, it was neither extracted nor read; try again (it is "
                              f"downloaded anew), or use npz:PATH or folder:PATH data") from None
-        if not offline():  # no download failed: files there are damaged or missing (batches.meta, say)
-            raise ValueError(f"CIFAR-10 in {root} could not be read ({e}); remove {root / CIFAR10.base_folder} to "
-                             f"have it extracted or downloaded anew, or use npz:PATH or folder:PATH data") from None
         folder = root / CIFAR10.base_folder
+        if not offline():  # no download failed: files there are damaged or missing (batches.meta, say)
+            raise ValueError(f"CIFAR-10 in {root} could not be read ({_cifar10_damage(folder, check_integrity, e)}); "
+                             f"remove {folder} to have it extracted or downloaded anew, or use npz:PATH or "
+                             f"folder:PATH data") from None
         found = (f"CIFAR-10 in {root} is incomplete or damaged ({_cifar10_damage(folder, check_integrity, e)})"
                  if folder.is_dir() and any(folder.iterdir()) else f"CIFAR-10 is not in {root}")
         raise ValueError(f"{found}, and LATENT_TRANSFORMS_OFFLINE is set, which forbids downloads; put torchvision's "

@@ -169,9 +169,9 @@ def test_cifar10_whose_metadata_file_is_missing_is_not_blamed_on_a_download(tmp_
     monkeypatch.setattr(torchvision.datasets.utils, "check_integrity", whole)
     monkeypatch.setattr(torchvision.datasets.cifar, "download_and_extract_archive",
                         lambda *args, **kwargs: pytest.fail("a download was attempted"))
-    with pytest.raises(ValueError, match=rf"^CIFAR-10 in {tmp_path} could not be read \(Dataset metadata file not "
-                                         rf"found or corrupted.*\); remove {folder} to have it extracted or downloaded "
-                                         rf"anew, or use npz:PATH or folder:PATH data$"):
+    with pytest.raises(ValueError, match=rf"^CIFAR-10 in {tmp_path} could not be read \(batches.meta missing from "
+                                         rf"{folder}\); remove {folder} to have it extracted or downloaded anew, "
+                                         rf"or use npz:PATH or folder:PATH data$"):
         load_images("cifar10", "test", tmp_path)
     # offline, the same folder was reported as "CIFAR-10 is not in ..." where five batches of it were
     monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
