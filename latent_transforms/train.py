@@ -22,6 +22,7 @@ import itertools
 import json
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -247,7 +248,10 @@ def _refuse_too_big(config: dict[str, Any]) -> None:
         return
     if kind == "glow" and (all(v <= usual[k] for k, v in values.items()) or values["levels"] > Glow.most_levels(h, w)):
         return
-    n = _parameter_count({**config, **values})
+    try:
+        n = _parameter_count({**config, **values})
+    except ValueError:  # a setting the tiny codecs refuse as the codec itself would (decoder blocks without
+        return          # up-samplings): build_codec names it with the value given
     if 4 * n > memory:
         named = [f"{k} {v}" for k, v in values.items() if v > usual[k]] or [f"{k} {v}" for k, v in values.items()]
         listed = " and ".join(filter(None, [", ".join(named[:-1]), named[-1]]))
@@ -320,6 +324,8 @@ def _parameter_count(config: dict[str, Any]) -> int:
             low, degree = sizes[k]
             weight *= math.prod(Fraction(int(config[k]) - other, node - other)
                                 for other in range(low, low + degree + 1) if other != node)
+        if not weight:  # a setting at one of its nodes: the codecs at the others are not needed (nor built: a
+            continue    # VAE without up-samplings takes no decoder blocks)
         built = build_codec({**config, **dict(zip(sizes, point))})
         total += weight * sum(p.numel() for p in built.parameters())
     return int(total)
@@ -1489,10 +1495,10 @@ _DATA_SETTINGS = {"num_images": "number of --data images", "data_sha256": "--dat
 
 
 def _spelled_as_flags(e: ValueError, parameters: list[str]) -> ValueError:
-    """``e`` (of its own type) with the ``train_codec`` parameter that begins its message spelled as the CLI's flag
-    (``ema_decay`` is ``--ema``) and no "must be None or" (a shell's None is the option left out); ``e`` itself if
-    none does. A resume refused for other settings names each setting that is one of ``parameters`` as its flag, and
-    a value None as "(left out)"."""
+    """``e`` (of its own type) with the ``train_codec`` parameter that begins its message, and each one followed by a
+    number, spelled as the CLI's flag (``ema_decay`` is ``--ema``), and no "must be None or" (a shell's None is the
+    option left out); ``e`` itself if none is there. A resume refused for other settings names each setting that is
+    one of ``parameters`` as its flag, and a value None as "(left out)"."""
     def flag(parameter: str) -> str:
         return "--ema" if parameter == "ema_decay" else "--" + parameter.replace("_", "-")
 
@@ -1500,7 +1506,12 @@ def _spelled_as_flags(e: ValueError, parameters: list[str]) -> ValueError:
         return ValueError(e.spelled(lambda s: flag(s) if s in parameters else _DATA_SETTINGS.get(s, s),
                                     value=lambda v: "(left out)" if v is None else repr(v)))
     text = str(e)
-    for parameter in sorted(parameters, key=len, reverse=True):  # max_steps before steps
+    by_length = sorted(parameters, key=len, reverse=True)  # max_steps before steps
+    for parameter in by_length:
         if text.startswith(f"{parameter} "):
-            return type(e)(flag(parameter) + text[len(parameter):].replace(" must be None or ", " must be ", 1))
-    return e
+            text = flag(parameter) + text[len(parameter):].replace(" must be None or ", " must be ", 1)
+            break
+    # every other parameter named with its value: "hidden 2000 and decoder_blocks 100 make", "with latent_side 32"
+    names = "|".join(map(re.escape, by_length))
+    text = re.sub(rf"(?<![\w-])({names}) (?=-?\d)", lambda m: f"{flag(m[1])} ", text)
+    return e if text == str(e) else type(e)(text)

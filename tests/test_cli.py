@@ -524,6 +524,20 @@ def test_train_codec_too_big_for_the_memory_is_refused_before_it_is_built(tmp_pa
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("options, message", [
+    (["--hidden", "100000", "--decoder-blocks", "2000"],
+     r"--decoder-blocks 2000 and --hidden 100000 make a codec of \S+ parameters for 1x8x8 images, .*"),
+    (["--latent-side", "8", "--decoder-blocks", "2"],
+     r"--decoder-blocks must be 0 with --latent-side 8 at the image side 8: .*; got 2 \(.*\)")])
+def test_train_refusal_naming_several_settings_spells_each_as_its_flag(tmp_path, capsys, options, message):
+    """Only the setting a message began with was spelled as its flag: "--decoder-blocks 2000 and hidden 100000"."""
+    pytest.importorskip("sklearn")
+    code, out, err = _exit_code(["train", "vae", "--data", "digits", "--out", str(tmp_path / "o"), "--max-steps", "1",
+                                 "--quiet", *options], capsys)
+    assert code == 2 and out == "" and re.fullmatch(rf"{_PROG}: error: {message}\n", err), err
+    assert not (tmp_path / "o").exists()
+
+
 def test_train_batch_past_the_memory_of_a_cpu_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
     """Helper 356: a CPU step past the memory was killed by the system, silently; it is refused, naming the fix."""
     pytest.importorskip("sklearn")

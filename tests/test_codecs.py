@@ -197,6 +197,20 @@ def test_vae_decoder_blocks_start_as_the_identity_and_round_trip():
     assert all(p.grad.abs().sum() > 0 for n, p in deep.named_parameters() if "conv2" in n)  # the zero start trains
 
 
+@pytest.mark.parametrize("shape, latent_side, where, hint", [
+    ((1, 4, 4), None, "the image side 4", ""),
+    ((3, 28, 28), 32, "latent_side 32 at the padded side 32 of 28x28",
+     r" \(a smaller latent side gives it up-samplings\)")])
+def test_vae_decoder_blocks_without_up_samplings_are_refused(shape, latent_side, where, hint):
+    """Its blocks follow the decoder's up-samplings: with none, decoder_blocks=2 built no block, and the config (and
+    the fingerprint) said 2. A bad value is still named by its form first."""
+    with pytest.raises(ValueError, match=rf"^decoder_blocks must be 0 with {where}: .*; got 2{hint}$"):
+        ConvVAE(shape, latent_dim=4, hidden=8, latent_side=latent_side, decoder_blocks=2)
+    assert "decoder_blocks" not in ConvVAE(shape, latent_dim=4, hidden=8, latent_side=latent_side).config
+    with pytest.raises(ValueError, match=r"^decoder_blocks must be an int >= 0, got -1$"):
+        ConvVAE(shape, latent_dim=4, hidden=8, latent_side=latent_side, decoder_blocks=-1)
+
+
 def test_build_codec_leaves_the_callers_config_as_it_was():
     config = GLOW.config
     build_codec(config)

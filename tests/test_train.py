@@ -274,6 +274,20 @@ def test_the_parameter_count_interpolated_from_tiny_codecs_is_exact():
         assert train._parameter_count(config) == sum(p.numel() for p in build_codec(config).parameters())
 
 
+def test_a_vae_without_up_samplings_is_counted_and_checked_and_its_decoder_blocks_named_by_their_value(monkeypatch):
+    """A VAE's count was interpolated from tiny VAEs with 0 and 1 decoder blocks, and one without up-samplings takes
+    none (ConvVAE refuses them): the codecs at nodes of weight 0 are not built, so its count stays exact and checked;
+    decoder blocks given to it are refused by ConvVAE, naming the value given, not the tiny codecs' 1."""
+    config = train.default_config("vae", (1, 4, 4), **VAE)
+    n = sum(p.numel() for p in build_codec(config).parameters())
+    assert train._parameter_count({**config, "decoder_blocks": 0}) == n
+    monkeypatch.setattr(train.os, "sysconf", lambda name: {"SC_PAGE_SIZE": 1, "SC_PHYS_PAGES": 4 * n - 1}[name])
+    with pytest.raises(ValueError, match=r"^decoder_blocks 0, hidden 16 and latent_dim 4 make a codec of "):
+        train.default_config("vae", (1, 4, 4), **VAE)
+    with pytest.raises(ValueError, match=r"^decoder_blocks must be 0 with the image side 4: .* got 3$"):
+        train.default_config("vae", (1, 4, 4), **VAE, decoder_blocks=3)
+
+
 def test_a_flow_s_parameter_count_past_4_levels_follows_from_levels_1_to_4_exactly():
     """Each level doubles the channels of the largest 1x1 convolutions: the count in the levels is no polynomial."""
     for shape, levels in (([1, 32, 64], 5), ([2, 128, 128], 7)):
@@ -1863,6 +1877,9 @@ def test_an_error_about_a_parameter_is_spelled_as_its_command_line_flag():
     assert type(typed) is WrongTypeError and str(typed) == "--translate must be an int >= 0, got 'x'"
     other = ValueError("stepsize is not a parameter")
     assert train._spelled_as_flags(other, params) is other
+    # each parameter given with its value is spelled too, not only the first (--steps 2 and steps 3 read as two)
+    both = train._spelled_as_flags(ValueError("max_steps 5 and steps 3 make it; name x, with translate -2"), params)
+    assert str(both) == "--max-steps 5 and --steps 3 make it; name x, with --translate -2"
 
 
 def test_a_state_whose_info_lacks_a_field_of_the_run_is_a_clear_error(tmp_path, digits):

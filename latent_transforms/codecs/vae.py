@@ -113,9 +113,15 @@ class ConvVAE(Codec):
         where = f"the image side {h}" if (h, w) == (padded, padded) else f"the padded side {padded} of {h}x{w}"
         latent_side = _check_latent_side("latent_side", latent_side, padded, where)  # with the side it must fit
         self.latent_dim_, self.hidden, self.beta, self.latent_side = latent_dim, hidden, beta, latent_side
-        self.decoder_blocks = decoder_blocks
         side = latent_side or 4
         downs = int(math.log2(padded // side))
+        decoder_blocks = check_count("decoder_blocks", decoder_blocks)  # its form first
+        if decoder_blocks and not downs:  # its blocks follow the up-samplings: there would be none, silently
+            given = "" if latent_side is None else f"latent_side {latent_side} at "
+            raise ValueError(f"decoder_blocks must be 0 with {given}{where}: its blocks follow the decoder's "
+                             f"up-samplings, and it has none; got {decoder_blocks}"
+                             f"{'' if padded == 4 else ' (a smaller latent side gives it up-samplings)'}")
+        self.decoder_blocks = decoder_blocks
         widths = [min(hidden * 2**i, hidden * 4) for i in range(downs + 1)]
         enc: list[nn.Module] = [nn.Conv2d(c, widths[0], 3, padding=1), nn.SiLU()]
         for a, b in zip(widths, widths[1:]):
