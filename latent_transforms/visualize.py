@@ -8,14 +8,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from .validation import check_count, check_images
+from .validation import check_count, check_images, expanded_path
 
 __all__ = ["save_rows", "draw_rows"]
 
 
 def save_rows(rows: dict[str, torch.Tensor], path: str | Path, cell: int = 48, label_width: int = 150) -> Path:
-    """Write ``draw_rows(rows, cell, label_width)`` to ``path`` (its extension names the format); returns ``path``."""
-    path = Path(path)
+    """Write ``draw_rows(rows, cell, label_width)`` to ``path`` (its extension names the format; a leading ``~``
+    expanded); returns the path written."""
+    path = expanded_path(path, f"path {str(path)!r}")
     if path.suffix.lower() not in Image.registered_extensions():  # else PIL's "unknown file extension: " at the end
         raise ValueError(f"path must end in an image format's extension, such as .png: got {str(path)!r}")
     canvas = draw_rows(rows, cell, label_width)

@@ -88,6 +88,16 @@ def test_each_row_is_labelled_in_the_label_column_and_the_path_is_returned(tmp_p
     assert (unlabelled == 255).all()      # an empty label: nothing drawn
 
 
+def test_a_path_in_the_home_folder_is_written_there(tmp_path, monkeypatch):
+    # "~/pics/grid.png" was taken literally: a folder named "~" made in the current one, the picture in it
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    path = save_rows({"a": torch.rand(1, 3, 4, 4)}, "~/pics/grid.png", cell=8)
+    assert path == tmp_path / "home" / "pics" / "grid.png" and path.is_file() and not (tmp_path / "~").exists()
+    with pytest.raises(ValueError, match=r"^path '~nosuchuser-xyz/g.png': its ~ names no home directory"):
+        save_rows({"a": torch.rand(1, 3, 4, 4)}, "~nosuchuser-xyz/g.png")
+
+
 def test_a_negative_label_width_is_refused(tmp_path):
     with pytest.raises(ValueError, match="label_width must be an int >= 0"):
         save_rows({"a": torch.rand(1, 3, 4, 4)}, tmp_path / "g.png", label_width=-1)
