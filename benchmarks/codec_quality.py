@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
@@ -23,7 +22,7 @@ from safetensors import SafetensorError
 from latent_transforms import LatentNoise, hub
 from latent_transforms.data import load_images
 from latent_transforms.pixel_shift import random_shift_flip
-from latent_transforms.validation import POSITIVE_INT, THREADS, check_number, option, output_folder
+from latent_transforms.validation import POSITIVE_INT, THREADS, check_number, expanded_path, option, output_folder
 from latent_transforms.evaluation import accuracy, fit_classifier, predict_proba
 from latent_transforms.train import eval_codec
 from latent_transforms.visualize import save_rows
@@ -49,7 +48,7 @@ def clean_classifier(args: argparse.Namespace, x_train: torch.Tensor, y_train: t
     settings = {"train": args.train, "width": str(args.width), "epochs": str(args.epochs)}  # stored with it
     if seed or crop_flip:
         settings.update(seed=str(seed), crop_flip=str(crop_flip))
-    path = args.classifier and Path(args.classifier)
+    path = args.classifier and expanded_path(args.classifier, f"{flag} {args.classifier!r}")
     if path and path.exists():
         try:
             saved, tensors = hub.read_safetensors(path)

@@ -2066,6 +2066,11 @@ def test_codec_quality_classifier_file_records_a_seed_and_crops_and_its_folder_i
     args.classifier = None
     cq.clean_classifier(args, x, y, seed=1, crop_flip=True)
     assert seen[-1][0] == 1 and seen[-1][1](x).shape == x.shape
+    # "~/clf.safetensors" made a folder named "~" in the current one (and read no file of the home folder)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    cq.clean_classifier(argparse.Namespace(**{**vars(args), "classifier": "~/c/clf.safetensors"}), x, y)
+    assert (tmp_path / "home" / "c" / "clf.safetensors").is_file() and not (tmp_path / "~").exists()
 
 
 def test_codec_quality_crops_are_recorded_alone_and_shift_and_its_latent_noise_is_seeded(tmp_path, monkeypatch):
