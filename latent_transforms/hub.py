@@ -1221,13 +1221,14 @@ def _download(url: str, dest: Path, sha256: str, size: int | None = None) -> Non
                                 out.flush()  # the .part file grows (and its mtime moves) as the data arrives
                             digest.update(chunk)
                             bar.update(len(chunk))
-                    except http.client.IncompleteRead as e:
+                    except http.client.IncompleteRead as e:  # e.partial is never the file's: read1 raises it with
+                        # b"" (no data), _get_chunk_left with the part of a chunk's closing CRLF that came
                         if _malformed_chunk(e):
                             raise HubError(f"download of {dest.name} from {url} failed after {received} bytes: the "
                                            f"server sent a malformed response (a chunk size in its chunked transfer "
                                            f"encoding is not a hexadecimal number)") from None
                         raise HubError(f"download of {dest.name} from {url} is truncated: the connection closed "
-                                       f"after {received + len(e.partial)} bytes") from None
+                                       f"after {received} bytes") from None
                     except (OSError, http.client.HTTPException) as e:
                         raise HubError(f"downloading {url} failed after {received} bytes: {_why(e)}") from None
             for source, want in (("Content-Length", expected), ("the registry's size", size)):

@@ -43,16 +43,20 @@ CONFIG = {"kind": "vae", "image_shape": [1, 8, 8], "latent_dim": 4, "hidden": 8}
 GOOD = random.Random(0).randbytes(3000)  # the same in spawned child processes
 BAD = random.Random(1).randbytes(3000)
 SHA_GOOD = hashlib.sha256(GOOD).hexdigest()
+# what follows the one chunk of 1000 bytes of these files before the server closes the connection
+_CHUNK_ENDS = {"chunked-cut-between.safetensors": b"\r\n", "chunked-cut-in-crlf.safetensors": b"\r",
+               "bad-chunk.safetensors": b"\r\nzz\r\n"}
 SLOW_SECONDS = 5.0  # far beyond the 0.2 s timeout: the elapsed-time check holds on a loaded machine
 STALL_SECONDS = 10.0  # longer than the tests' hub timeout (5 s): a client that waits for the body's end times out
 
 
 class _Handler(BaseHTTPRequestHandler):
     """Serves /good, /bad-hash, /truncated, /chunked-cut (inside a chunk), /chunked-cut-between (before a chunk-size
-    line), /bad-chunk (a chunk-size line that is not hex), /bad-status (a status line that is not HTTP's), /closed (the
-    connection closed, no status line), /no-length, /slow (sleeps before the body), /error (500), /gone (410), /gzip
-    (GOOD compressed, whatever was asked), /identity (GOOD with "Content-Encoding: Identity"), /page (an HTML page),
-    the ``stalled`` files (the first part of the body, then nothing until ``release`` is set); 404 otherwise."""
+    line), /chunked-cut-in-crlf (inside the CRLF that ends a chunk), /bad-chunk (a chunk-size line that is not hex),
+    /bad-status (a status line that is not HTTP's), /closed (the connection closed, no status line), /no-length, /slow
+    (sleeps before the body), /error (500), /gone (410), /gzip (GOOD compressed, whatever was asked), /identity (GOOD
+    with "Content-Encoding: Identity"), /page (an HTML page), the ``stalled`` files (the first part of the body, then
+    nothing until ``release`` is set); 404 otherwise."""
 
     counts: dict[str, int] = {}
     accept_encoding: dict[str, str | None] = {}  # name -> the Accept-Encoding header of its last request
@@ -100,11 +104,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self.end_headers()
                 self.wfile.write(b"3e8\r\n" + GOOD[:500])
                 self.close_connection = True
-            elif name in ("chunked-cut-between.safetensors", "bad-chunk.safetensors"):  # one chunk of 1000 bytes, then
-                self.send_response(200)  # the close, or a chunk-size line that is not hex
+            elif name in _CHUNK_ENDS:  # one chunk of 1000 bytes, then the close (after its CRLF, or half of it),
+                self.send_response(200)  # or a chunk-size line that is not hex
                 self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
-                self.wfile.write(b"3e8\r\n" + GOOD[:1000] + (b"\r\n" if "between" in name else b"\r\nzz\r\n"))
+                self.wfile.write(b"3e8\r\n" + GOOD[:1000] + _CHUNK_ENDS[name])
                 self.close_connection = True
             elif name == "no-length.safetensors":  # a short body without Content-Length (HTTP/1.0: until close)
                 self.send_response(200)
@@ -1130,7 +1134,8 @@ def test_truncated_download_is_refused(env):
 
 
 @pytest.mark.parametrize("file, received", [("chunked-cut.safetensors", 500),
-                                            ("chunked-cut-between.safetensors", 1000)])
+                                            ("chunked-cut-between.safetensors", 1000),
+                                            ("chunked-cut-in-crlf.safetensors", 1000)])
 def test_a_chunked_download_cut_inside_or_between_chunks_is_refused_as_truncated(env, file, received):
     _register("cut", file)
     with pytest.raises(hub.HubError, match=rf"^download of {file} from .* is truncated: the connection "
@@ -1716,6 +1721,14 @@ def test_cache_dir_that_cannot_be_created(env, tmp_path, monkeypatch):
         hub.fetch("good")
 
 
+def test_a_cache_dir_whose_parents_are_missing_is_made_with_them(env, tmp_path, monkeypatch):
+    """A fresh machine has no ~/.cache: the default cache dir's parent is missing too (mutation round, audit 364)."""
+    cache = tmp_path / "home" / ".cache" / "latent-transforms"
+    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(cache))
+    _register("good", "good.safetensors")
+    assert hub.fetch("good") == cache / "good.safetensors" and _leftovers(cache) == []
+
+
 def test_registering_into_a_cache_dir_that_cannot_be_written_says_so(env, tmp_path, monkeypatch):
     # it gave the raw OSError, which named a hidden temp file: "Permission denied: '.../.registry.json.x1y2.part'"
     blocker = tmp_path / "a-file"
@@ -2069,6 +2082,9 @@ def test_a_corrupted_shipped_file_is_not_used(env, monkeypatch):
     shipped = hub._SHIPPED_DIR
     shipped.mkdir()
     (shipped / "good.safetensors").write_bytes(GOOD[:-1] + bytes([GOOD[-1] ^ 1]))  # one bit flipped
+    # the shipped registry's other entries (other files, other sha256s) do not make it "another file than ...'s"
+    other = {"file": "other.safetensors", "sha256": "1" * 64, "size": len(GOOD), "config": CONFIG}
+    (shipped / "registry.json").write_text(json.dumps({"checkpoints": {"other": other}}))
     _register("good", "good.safetensors")
     monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
     with pytest.raises(hub.HubError, match=r"shipped .*good.safetensors is corrupted \(sha256 mismatch\)"):
