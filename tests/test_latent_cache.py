@@ -207,10 +207,16 @@ def test_a_cached_transform_given_images_of_another_shape_and_an_index_names_the
         t(torch.rand(4, 1, 16, 16), labels[:4], index=torch.arange(4))
 
 
-def test_cache_latents_live_on_the_requested_device(data):
+def test_cache_latents_live_on_the_requested_device(data, tmp_path):
     images, _ = data
     cache = LatentCache(tiny_glow(), images[:5], batch_size=2, device="meta", progress=False)
     assert cache.latents.device.type == "meta" and cache.latents.shape == (5, tiny_glow().latent_dim)
+    # LatentCache.load's device= too, the image signatures with the latents (mutation round 366: load went untested)
+    path = tmp_path / "cache.safetensors"
+    LatentCache(tiny_glow(), images[:5], progress=False).save(path)
+    loaded = LatentCache.load(path, tiny_glow(), device="meta")
+    assert loaded.latents.device.type == loaded._image_signatures.device.type == "meta"
+    assert loaded.latents.shape == (5, tiny_glow().latent_dim)
 
 
 def test_a_cache_of_a_float64_codec_holds_float64_latents_and_looks_up_checked_positions(data):

@@ -14,7 +14,7 @@ from latent_transforms import CodecTransform, Compose, LatentNoise, LatentTransf
 from latent_transforms.labels import mix_labels
 from latent_transforms.modelutils import borrowed
 from latent_transforms.rng import random_partners, sample_beta
-from latent_transforms.testing import check_transform_contract
+from latent_transforms.testing import check_transform_contract, replayed
 
 
 class Brighten(LatentTransform):
@@ -80,9 +80,34 @@ def test_a_draw_made_outside_make_params_is_caught_by_the_replay(batch):
         check_transform_contract(lambda **kw: DrawsInTransform(**kw), *batch)
 
 
+def test_a_replay_that_is_not_a_tensor_is_not_the_same_output():
+    """``replayed`` answers False for labels that came back None on one call and a tensor on the other (the check's
+    AssertionError), not an AttributeError from reading None's dtype (mutation round 366)."""
+    y = torch.tensor([0, 1])
+    assert replayed(y, y.clone()) and not replayed(y, None) and not replayed(None, y)
+    assert not replayed(y, y.double()) and not replayed(y.float(), y.double())  # equal values, another dtype
+
+
 def test_a_model_run_in_training_mode_is_caught(batch, net):
     with pytest.raises(AssertionError, match=r"model state features\.1\.running_mean changed"):
         check_transform_contract(lambda **kw: RunsTheModelInTrainingMode(**kw), *batch, model=net)
+
+
+def clear_the_gradients(t, x, y, model, x2, y2):
+    if isinstance(model, torch.nn.Module):
+        model.zero_grad()  # sets them to None
+    return x2, y2
+
+
+def test_a_model_holding_gradients_passes_a_method_that_leaves_them_and_catches_one_that_clears_them(batch, net):
+    """A model checked between a step's backward and its optimizer step holds gradients: kept as they were, they pass;
+    cleared (``model.zero_grad()`` sets them to None), they are named (mutation round 366: every model checked before
+    had none, so gradients kept were never compared)."""
+    net(batch[0]).sum().backward()
+    check_transform_contract(lambda **kw: ScoresWithTheModel(**kw), *batch, model=net)
+    clears = breaching(ScoresWithTheModel, clear_the_gradients)
+    with pytest.raises(AssertionError, match="parameter gradients changed"):
+        check_transform_contract(lambda **kw: clears(**kw), *batch, model=net)
 
 
 def test_a_module_that_is_not_a_latent_transform_is_named(batch):
@@ -354,6 +379,13 @@ class LeavesTheImages(Brighten):
 
 def test_a_label_mixing_method_written_as_the_docs_say_passes(batch):
     check_transform_contract(lambda **kw: PixelMixup(num_classes=10, **kw), *batch)
+
+
+def test_soft_labels_give_their_own_classes_whatever_num_classes_says(batch):
+    """(B, K) soft labels set the width K of the mixed labels; num_classes (10 by default) is for class indices
+    (mutation round 366: every soft batch checked had K = 10)."""
+    y = torch.softmax(torch.randn(len(batch[1]), 4, generator=torch.Generator().manual_seed(0)), 1)
+    check_transform_contract(lambda **kw: PixelMixup(num_classes=4, **kw), batch[0], y)
 
 
 def test_a_method_returning_x_itself_passes_with_returns_x(batch):
@@ -634,6 +666,10 @@ def test_a_bad_argument_is_named_not_an_internal_error(case, batch, net):
 def test_class_indices_past_num_classes_pass_a_method_that_keeps_them(batch):
     """num_classes is the width of mixed labels: a method that keeps the labels needs none."""
     check_transform_contract(lambda **kw: Brighten(**kw), batch[0], batch[1] + 10)
+    # an unlabelled dataset's stand-in labels, as the check's error for y=None suggests, with their one class
+    # (mutation round 366: num_classes=1 went unchecked)
+    check_transform_contract(lambda **kw: PixelMixup(num_classes=1, **kw), batch[0], torch.zeros_like(batch[1]),
+                             num_classes=1)
 
 
 def test_the_check_names_a_compose_and_what_to_check_instead(glow, batch):
