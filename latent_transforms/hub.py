@@ -370,7 +370,7 @@ def save_checkpoint(codec: "Codec", path: str | os.PathLike[str], dtype: torch.d
     if dtype not in _STORAGE_DTYPES:
         raise bad_option(f"dtype must be one of {[str(d) for d in _STORAGE_DTYPES]}, got {dtype!r}",
                          right_type=isinstance(dtype, torch.dtype))
-    path = Path(path)
+    path = expanded_path(path, f"checkpoint path {str(path)!r}")
     if path.suffix != ".safetensors":
         raise ValueError(f"checkpoint path must end in .safetensors, got {str(path)!r}")
     metadata = {"config": json.dumps(codec.config, sort_keys=True), "format": FORMAT}

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -14,7 +13,7 @@ from .casts import TensorFn, without_16_bit_casts
 from .codecs import Codec, resolve_codec
 from .progress import progress_bar
 from .validation import (MissingFileError, Settings, ValueCheck, check_bool, check_count, check_images, check_index,
-                         resolve_device, setting, values_read)
+                         expanded_path, resolve_device, setting, values_read)
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -165,7 +164,8 @@ class LatentCache(Settings, nn.Module):
         codec = resolve_codec(codec)
         check_bool("verify_images", verify_images)
         device = None if device is None else resolve_device(device)
-        if not Path(path).is_file():
+        path = expanded_path(path, f"path {str(path)!r}")
+        if not path.is_file():
             raise MissingFileError(f"no latent cache file at {path}")
         try:
             meta, tensors = hub.read_safetensors(path)
@@ -203,7 +203,8 @@ class LatentCache(Settings, nn.Module):
 
     def save(self, path: str | os.PathLike[str]) -> str:
         """Write the latents, the images' signatures, their sha256 and the codec's fingerprint to the ``.safetensors``
-        file ``path``, atomically; returns the file's sha256."""
+        file ``path`` (a leading ``~`` expanded), atomically; returns the file's sha256."""
+        path = expanded_path(path, f"path {str(path)!r}")
         tensors = {"latents": self.latents.detach().cpu().contiguous()}
         if self._image_signatures is not None:
             tensors["signatures"] = self._image_signatures.detach().cpu().float().contiguous()

@@ -45,8 +45,8 @@ from .pixel_shift import random_shift_flip
 from .progress import progress_bar
 from .torch_defaults import cpu_as_default_device
 from .validation import (POSITIVE_FLOAT, POSITIVE_INT, THREADS, MissingFileError, WrongTypeError, check_bool,
-                         check_count, check_images, check_number, image_side, is_int, make_folder, option,
-                         output_folder, resolve_device, state_mismatch, values_read)
+                         check_count, check_images, check_number, expanded_path, image_side, is_int, make_folder,
+                         option, output_folder, resolve_device, state_mismatch, values_read)
 
 __all__ = ["train_codec", "eval_codec", "default_config", "save_training_state", "load_training_state", "STATE_FORMAT"]
 
@@ -344,8 +344,11 @@ def save_training_state(path: str | os.PathLike[str], model: torch.nn.Module, op
 
     Tensors go in as ``model/<key>``, ``optim/<param index>/<key>`` and ``extra/<key>`` (of ``extra_tensors``); the
     optimizer's non-tensor state and ``param_groups`` and ``info`` go in the metadata as JSON, with the sha256 of the
-    tensors (safetensors has no checksum: a flipped bit would load silently). No pickle.
+    tensors (safetensors has no checksum: a flipped bit would load silently). No pickle. A leading ``~`` of ``path`` is
+    expanded.
     """
+    path = expanded_path(path, f"path {str(path)!r}")
+
     def cpu(t: torch.Tensor) -> torch.Tensor:
         return t.detach().to("cpu", copy=True).contiguous()
 
@@ -431,7 +434,8 @@ def load_training_state(path: str | os.PathLike[str]
     """
     from safetensors import SafetensorError
 
-    if not Path(path).is_file():
+    path = expanded_path(path, f"path {str(path)!r}")
+    if not path.is_file():
         raise MissingFileError(f"no training state file at {path}")
     try:
         metadata, tensors = hub.read_safetensors(path)

@@ -658,8 +658,8 @@ def test_load_expands_home_and_reports_a_missing_path_as_a_file(env, tmp_path, m
     # "~/x.safetensors" was not expanded, and a missing path was "unknown checkpoint '...'", as if it were a name
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path))
-    hub.save_checkpoint(_codec(), tmp_path / "vae.safetensors")
-    assert hub.load("~/vae.safetensors").config == _codec().config
+    hub.save_checkpoint(_codec(), "~/vae.safetensors")  # written there, not into a folder named "~" (it refused)
+    assert hub.load("~/vae.safetensors").config == _codec().config and not (tmp_path / "~").exists()
     for missing, path in [("~/gone.safetensors", tmp_path / "gone.safetensors"), ("runs/gone", "runs/gone"),
                           ("gone.safetensors", "gone.safetensors")]:
         with pytest.raises(FileNotFoundError, match=f"no checkpoint file at {re.escape(str(path))}$"):

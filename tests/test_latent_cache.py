@@ -239,6 +239,16 @@ def test_cache_encodes_every_image_whatever_the_batch_size(data, n):
         assert torch.allclose(cache.latents, glow.encode_flat(images[:n]), atol=1e-5)
 
 
+def test_a_cache_saved_and_loaded_at_a_path_in_the_home_folder_is_there(data, tmp_path, monkeypatch):
+    # "~/cache.safetensors" was taken literally: "the directory ~ does not exist", and load found no file
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    cache = LatentCache(tiny_glow(), data[0][:4], progress=False)
+    cache.save("~/cache.safetensors")
+    assert torch.equal(LatentCache.load("~/cache.safetensors", tiny_glow()).latents, cache.latents)
+    assert (tmp_path / "cache.safetensors").is_file() and not (tmp_path / "~").exists()
+
+
 def test_cache_saves_loads_and_keeps_its_codec_identity(data, tmp_path):
     images, labels = data
     glow, other = tiny_glow(), tiny_glow(seed=1)

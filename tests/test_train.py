@@ -1207,6 +1207,16 @@ class _CountingSGD(torch.optim.SGD):
         return super().step(closure)
 
 
+def test_a_training_state_at_a_path_in_the_home_folder_is_written_and_read_there(tmp_path, monkeypatch):
+    # "~/run.state.safetensors" was taken literally: "the directory ~ does not exist", and load found no file
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    model = torch.nn.Linear(2, 1)
+    save_training_state("~/run.state.safetensors", model, torch.optim.SGD(model.parameters(), lr=0.1), {"epoch": 3})
+    assert load_training_state("~/run.state.safetensors")[2] == {"epoch": 3}
+    assert (tmp_path / "run.state.safetensors").is_file() and not (tmp_path / "~").exists()
+
+
 def test_an_optimizers_json_state_is_saved_and_one_it_cannot_hold_is_named(tmp_path):
     """Coverage audit 188: no test saved an optimizer with non-tensor state; LBFGS's lists of tensors failed in
     json.dumps ("Object of type Tensor is not JSON serializable", naming neither the optimizer nor the entry)."""
