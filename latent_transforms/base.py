@@ -382,7 +382,8 @@ class LatentTransform(Settings, SampleStats, nn.Module):
         given = params.get("batch_size")
         if given is not None:
             whole = isinstance(given, int) and not isinstance(given, bool) or \
-                isinstance(given, torch.Tensor) and given.numel() == 1 and not given.is_floating_point()
+                isinstance(given, torch.Tensor) and given.numel() == 1 and given.dtype != torch.bool and \
+                not (given.is_floating_point() or given.is_complex())  # a count: neither a flag nor a measure
             size = int(given) if whole else describe(given)
             if size != batch:
                 raise ValueError(f"params are of a batch of {size}, this one has {batch} samples: replay "
@@ -393,8 +394,9 @@ class LatentTransform(Settings, SampleStats, nn.Module):
                              f"on {selected.device}")
         if len(selected):  # one host read: in range, each row once
             inside = (selected >= 0) & (selected < batch)  # rows out of range are not counted as repeats of the last
-            uses = torch.zeros(batch, dtype=torch.int64, device=device).index_add_(
-                0, selected.clamp(0, batch - 1), inside.long())
+            # one slot past the last row, where rows out of range add their 0 (a batch of 0 has no row to clamp to)
+            uses = torch.zeros(batch + 1, dtype=torch.int64, device=device).index_add_(
+                0, selected.clamp(0, batch), inside.long())
             lo, hi, most = torch.stack([selected.min(), selected.max(), uses.max()]).tolist()
             if lo < 0 or hi >= batch or most > 1:
                 raise ValueError(f"params['selected'] must be distinct rows of this batch of {batch}, got rows "
@@ -408,7 +410,7 @@ class LatentTransform(Settings, SampleStats, nn.Module):
         if n == 0:
             return {}
         templates = self._param_templates()
-        missing = [k for k in templates if not isinstance(params.get(k), torch.Tensor) or len(params[k]) != n]
+        missing = [k for k in templates if not _has_rows(params.get(k), n)]
         if missing:
             raise ValueError(f"params lacks {missing} for {n} selected samples ({type(self).__name__} draws "
                              f"{list(templates)}): pass an earlier call's t.last_params")
@@ -527,11 +529,16 @@ class LatentTransform(Settings, SampleStats, nn.Module):
         return _like(x, x_out), y_out
 
 
+def _has_rows(v: object, n: int) -> bool:
+    """Whether ``v`` is a tensor of ``n`` rows (a 0-dim tensor has none: ``len`` raised on it)."""
+    return isinstance(v, torch.Tensor) and v.ndim > 0 and len(v) == n
+
+
 def _checked_draws(t: LatentTransform, params: object, n: int) -> dict[str, torch.Tensor]:
     """``make_params``' draws for ``n`` samples: a dict of tensors of ``n`` rows (a replay checks them against that:
     a float or a scalar tensor would pass the call and fail its replay)."""
-    bad = [f"{k!r}: {describe(v)}" for k, v in params.items()
-           if not isinstance(v, torch.Tensor) or v.ndim == 0 or len(v) != n] if isinstance(params, dict) else None
+    bad = [f"{k!r}: {describe(v)}" for k, v in params.items() if not _has_rows(v, n)] \
+        if isinstance(params, dict) else None
     if bad is None or bad:
         raise not_about_the_batch(WrongTypeError(
             f"{type(t).__name__}.make_params must return a dict of tensors with one row per selected sample ({n}), "

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from latent_transforms import LatentTransform
+from latent_transforms import Compose, LatentTransform
 from latent_transforms.base import keep_plausible
 from latent_transforms.labels import mix_labels
 from latent_transforms.rng import GeneratorSource, draw_generator
@@ -299,6 +299,7 @@ def test_channels_last_in_channels_last_out(make, p):
     assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()  # came back NCHW
     ref, y_ref = make(p)(x, y)
     assert torch.equal(out, ref) and torch.equal(y_out, y_ref) and ref.is_contiguous()
+    assert make(p)(x[..., ::2], y)[0].is_contiguous()  # a strided view of NCHW images is no channels_last batch
 
 
 @pytest.mark.parametrize("make", [lambda p: AddNoise(p=p, generator=0), lambda p: Mix(p=p, generator=0, num_classes=5)])
@@ -618,6 +619,21 @@ def test_soft_labels_a_transform_returns_in_another_dtype_join_the_batchs_in_its
     assert y2.dtype == torch.float32 and torch.allclose(y2.sum(1), torch.ones(8))
 
 
+class DecodesInFloat64(AddNoise):
+    """Returns its images in float64 (a codec kept in double precision) for float32 images."""
+
+    def transform(self, x, y, model, params, index=None):
+        x2, y2 = super().transform(x, y, model, params, index)
+        return x2.double(), y2
+
+
+@pytest.mark.parametrize("p", [1.0, 0.5])
+def test_images_a_transform_returns_in_another_dtype_come_back_in_the_batchs_dtype(p):
+    x, y = _batch((8, 1, 3, 3), False, 0)
+    x2, _ = DecodesInFloat64(p=p, generator=0)(x, y)
+    assert x2.dtype == torch.float32 and torch.equal(x2, AddNoise(p=p, generator=0)(x, y)[0])
+
+
 def test_an_empty_batch_passes_a_transform_of_ones_own_without_drawing_or_counting():
     """B = 0 passes every transform (a DDP rank's batch; torchvision's and kornia's take it too): make_params and
     transform are not called, the generator is not advanced, nothing is counted, and the outputs keep their form."""
@@ -778,6 +794,26 @@ def test_replayed_draws_on_another_device_are_refused_naming_the_device():
         t(x, y, params={**t.last_params, "selected": t.last_params["selected"].to("meta")})
 
 
+def test_replayed_params_of_another_form_are_named_not_left_to_torch_or_taken():
+    """A draw replaced by a 0-dim tensor raised "len() of a 0-d tensor" (audit 174 named it where make_params returns
+    one, not in a replay), rows given for an empty batch raised torch's "index out of range in self", and a bool
+    batch_size passed as the count 1 (a bool int is refused)."""
+    x, y = _batch((4, 1, 3, 3), False, 0)
+    t = AddNoise(generator=0)
+    t(x, y)
+    with pytest.raises(ValueError, match=r"params lacks \['noise'\] for 4 selected samples"):
+        t(x, y, params={**t.last_params, "noise": torch.tensor(0.5)})
+    with pytest.raises(ValueError, match=r"params\['selected'\] must be distinct rows of this batch of 0, got rows "
+                                         r"0\.\.3 \(from a call"):
+        t(x[:0], y[:0], params={"selected": t.last_params["selected"]})
+    one = {"selected": torch.tensor([0]), "noise": torch.zeros(1)}
+    for flag in (True, torch.tensor(True)):
+        with pytest.raises(ValueError, match=r"params are of a batch of (bool|torch.bool of shape \(\)), this one "
+                                             r"has 1 samples"):
+            t(x[:1], y[:1], params={**one, "batch_size": flag})
+    assert torch.equal(t(x[:1], y[:1], params={**one, "batch_size": torch.tensor(1, dtype=torch.int32)})[0], x[:1])
+
+
 def test_dataset_positions_in_the_model_slot_are_refused_by_a_transform_without_a_model():
     """t(x, y, idx) would ignore the positions (and the latent cache with them): told index=idx."""
     x, y = _batch((4, 1, 3, 3), False, 0)
@@ -808,6 +844,8 @@ class Returning(LatentTransform):
                                      r"samples' x of shape \(\d, 1, 3, 3\): it must return images of x's shape"),
     (lambda x, y: (x[:, :, :1], y), False, r"returned x2 of shape \(\d, 1, 1, 3\) and y2 of shape \(\d,\)"),
     (lambda x, y: (x, y[:1]), False, r"returned .* y2 of shape \(1,\) .* and y2 of shape \(\d,\) \(y as given\)$"),
+    (lambda x, y: (x, None), False, r"returned .* and y2 None for the selected .* and y2 of shape \(\d,\) \(y as "
+                                    r"given\)$"),  # the labels dropped
     (lambda x, y: (x, y), True, r"returned .* y2 of shape \(\d,\) .* and y2 of shape \(\d, 4\) \(soft labels: "
                                 r"mixes_labels is set\)$"),
 ])
@@ -822,6 +860,22 @@ def test_a_transform_returning_another_form_than_its_input_is_named(out, mixes, 
     with pytest.raises(ValueError, match=r"Returning\.transform " + message):
         t(x, y % 4)
     assert t.stats["seen"] == 0 and not t.last_params  # nothing counted or kept
+
+
+class Refusing(AddNoise):
+    """A method whose own model or codec refuses the selected samples: a ValueError raised in ``transform``."""
+
+    def transform(self, x, y, model, params, index=None):
+        raise ValueError("the codec refuses these latents")
+
+
+def test_an_error_raised_in_transform_reaches_the_caller_as_raised_blaming_no_previous_step():
+    """A Compose names the previous step when a step refuses that step's output; the method's own error (raised in
+    ``transform``, after the call's checks passed) is no such refusal, and comes through as it was raised."""
+    x, y = _batch((4, 1, 3, 3), False, 0)
+    for t in (Refusing(generator=0), Compose([AddNoise(generator=0), Refusing(generator=0)])):
+        with pytest.raises(ValueError, match=r"^the codec refuses these latents$"):
+            t(x, y)
 
 
 @pytest.mark.parametrize("draws, message", [
@@ -856,10 +910,25 @@ def test_check_call_raises_what_the_call_would_and_draws_and_counts_nothing(mode
                 run(getattr(Mix(generator=0, num_classes=4), mode)())
     t = getattr(Mix(generator=0, num_classes=4), mode)()
     assert t.check_call(x, y) is None
-    assert t.stats["seen"] == 0 and not t.last_params  # nothing counted or kept
+    assert t.stats == {"seen": 0, "transformed": 0, "rejected": 0} and not t.last_params  # nothing counted or kept
     x2, y2 = t(x, y)
     x3, y3 = getattr(Mix(generator=0, num_classes=4), mode)()(x, y)
     assert torch.equal(x2, x3) and torch.equal(y2, y3)  # nothing drawn
+
+
+class NeedsModel(AddNoise):
+    needs_model = True
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_model_none_for_a_method_that_needs_the_model_is_refused_by_the_calls_checks_in_either_mode(mode):
+    """check_call's model_optional is for a Compose's eval-mode checks alone: a call without the model is refused
+    before anything is drawn, also in eval() mode (where the identity would hide the missing model)."""
+    x, y = _batch((4, 1, 3, 3), False, 0)
+    t = getattr(NeedsModel(generator=0), mode)()
+    with pytest.raises(TypeError, match=r"^NeedsModel needs the classifier being trained: call t\(x, y, model\)$"):
+        t(x, y)
+    assert torch.equal(t._rng.get(x.device).get_state(), NeedsModel(generator=0)._rng.get(x.device).get_state())
 
 
 class KeepsItsTarget(AddNoise):
@@ -881,6 +950,14 @@ def test_last_params_hold_no_autograd_history_and_not_the_callers_tensors(p):
     kept = t.last_params
     assert all(not v.requires_grad and v.grad_fn is None for v in kept.values())
     assert kept["target"] is not y and torch.equal(kept["target"], y.detach()[kept["selected"]])
+
+
+@pytest.mark.parametrize("p", [1.0, 0.5])
+def test_images_that_require_grad_come_back_without_autograd_history(p):
+    """docs' Convention: the augmentation is data, not part of a graph (images a generator network made, say)."""
+    x, y = _batch((4, 1, 3, 3), False, 0)
+    x2, _ = AddNoise(p=p, generator=0)(x.clone().requires_grad_(), y)
+    assert x2.grad_fn is None and not x2.requires_grad
 
 
 def test_a_subclass_without_a_transform_is_told_to_implement_it():
