@@ -663,7 +663,7 @@ def test_accuracy_verdicts_compare_arms_on_the_seeds_they_share():
     assert t2["status"] == "MISSED" and t2["seeds"] == [0, 1]  # VarMixup 56% vs 56%: corruption not higher
     assert t2["detail"].endswith("(+0.00 points, not higher); on seeds 0, 1"), t2
     assert t1["status"] == "MET" and t1["best_latent_arm"] == "latent-adversarial" and t1["seeds"] == [0, 1, 2]
-    assert "baseline 58.0% (+3.33 points, needs +3.00)" in t1["detail"]
+    assert "baseline 58.0% (+3.33 points, needs +3.00); RandAugment 55.0% (+6.33 points, needs >= 0)" in t1["detail"]
     assert t1["detail"].endswith("; not ranked, with fewer seeds: varmixup (2), isda (2)"), t1
     assert "provisional" not in t1 and t3["provisional"] == "2 seeds; the issue asks for at least 3"
     # the best latent arm is the one with the largest margin over the baseline on its shared seeds, not the
@@ -671,7 +671,13 @@ def test_accuracy_verdicts_compare_arms_on_the_seeds_they_share():
     runs = runs_of(baseline=[0.50, 0.60], randaugment=[0.50, 0.50], isda=[0.54, None], latent_noise=[0.56, None])
     t1, _, _ = verdicts(runs)
     assert t1["best_latent_arm"] == "latent-noise" and t1["seeds"] == [0] and t1["status"] == "MET", t1
+    # ... also when the arms' seeds differ: ISDA's +7 on seed 0 over latent-noise's +2 (higher mean) on seed 1
+    runs = runs_of(baseline=[0.50, 0.60], randaugment=[0.50, 0.50], isda=[0.57, None], latent_noise=[None, 0.62])
+    assert verdicts(runs)[0]["best_latent_arm"] == "isda"
     assert t1["detail"].endswith("; on seed 0"), t1  # one seed: no spread to report
+    assert t1["provisional"] == "1 seed; the issue asks for at least 3"
+    t3 = verdicts(runs_of(baseline=[0.5, 0.7], isda=[0.6, 0.6]))[2]  # several: each arm's sample std, in points
+    assert t3["detail"].endswith("; on seeds 0, 1; std over those seeds baseline 14.1, isda 0.0"), t3
     # an arm's margin over more seeds is not outranked by a larger one on fewer (the verdict read MISSED here,
     # ranking latent-noise's +5.5 on seed 0, which is below RandAugment, over latent-adversarial's +4.3 on 0-2)
     runs = runs_of(baseline=[0.50, 0.50, 0.50], randaugment=[0.57, 0.52, 0.52], latent_noise=[0.555, None, None],
@@ -732,7 +738,8 @@ def test_accuracy_runs_seed_by_seed_within_a_time_budget():
                                                                                     "device_name": "CPU"}},
                "isda": {"0": {}}}  # written before run times were recorded
     assert acc.run_times(earlier, "H200") == {"baseline": [9.0]}
-    assert acc.fits_budget("isda", {}, elapsed=99.0, budget=100.0)  # nothing finished yet: only the time spent
+    assert acc.expected_seconds("isda", {}) == 0.0  # nothing finished yet: only the time spent
+    assert acc.fits_budget("isda", {}, elapsed=99.0, budget=100.0)
     assert not acc.fits_budget("isda", {}, elapsed=100.5, budget=100.0)
 
 
@@ -1129,6 +1136,8 @@ def test_accuracy_verdicts_need_the_full_margin_both_comparators_and_a_strict_wi
                               (0.10, 0.42, "MISSED"), (0.08, 0.40, "MISSED")):
         t2 = verdicts({"baseline": base2, "varmixup": {"0": _scores(0.5, ece=ece, corr=corr)}})[1]
         assert t2["status"] == status, (ece, corr, t2)
+    assert t2["detail"] == ("ECE 8.00 vs baseline 10.00 (-2.000, lower); corruption accuracy 40.0% vs 40.0% "
+                            "(+0.00 points, not higher); on seed 0"), t2  # the last of the loop
     assert verdicts({"baseline": base, "isda": {"0": _scores(0.50)}})[2]["status"] == "MISSED"
     assert verdicts({"baseline": base, "isda": {"0": _scores(0.501)}})[2]["status"] == "MET"
 
@@ -2357,6 +2366,14 @@ def test_accuracy_smoke_settings_are_defaults_that_given_options_override(argv, 
     assert {k: getattr(args, k) for k in expected} == expected
 
 
+def test_accuracy_precision_defaults_to_bf16_on_cuda_only_and_ten_images_are_a_class_balanced_subset():
+    acc = _load_accuracy_module()
+    assert acc.parse_args(["--device", "cpu"]).precision == "fp32"  # it is recorded in the fingerprint: never None
+    assert acc.parse_args(["--device", "cuda:1"]).precision == "bf16"
+    assert acc.parse_args(["--device", "cuda", "--precision", "fp32"]).precision == "fp32"  # given: it wins
+    assert acc.parse_args(["--train-size", "10"]).train_size == 10  # one image of every class
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--train-size", "0"], "argument --train-size: must be an int >= 1, got 0"),  # was: the whole training set
     (["--time-budget", "-5"], "argument --time-budget: must be a finite number in (0, inf), got -5.0"),
@@ -2461,6 +2478,9 @@ def test_every_benchmarks_help_gives_each_default_in_one_form(script, monkeypatc
         values = action.default if isinstance(action.default, list) else [action.default]
         text = options[action.option_strings[0]]
         assert "(default: " in text and all(str(v) in text for v in values), text
+        assert text.count("(default:") == 1, text  # not appended again to a help that gives it (%(default)s, words)
+    unset = [t for t in options.values() if "(default: None)" in t or "(default: False)" in t]
+    assert not unset, unset  # a flag off or an option not given: its help says in words what that means
 
 
 def test_accuracy_data_and_throughput_compile_mode_help_say_what_the_code_does(monkeypatch, capsys):
@@ -2584,6 +2604,8 @@ def test_a_codec_of_the_other_kind_is_refused(refused_commands, script):
     (["--train-size", "155"], "--train-size must be a multiple of the 10 classes (a class-balanced subset), got 155"),
     (["--varmixup-p", "0"], "--varmixup-p must be in (0, 1], got 0"),  # ran the baseline as "varmixup"
     (["--latent-p", "1.5"], "--latent-p must be in (0, 1], got 1.5"),
+    (["--val-fraction", "-0.1"], "--val-fraction must be in [0, 1)"),  # held out nothing, without a word
+    (["--val-fraction", "1"], "--val-fraction must be in [0, 1)"),
 ])
 def test_accuracy_refuses_settings_that_would_silently_change_the_run(args, message, capsys):
     with pytest.raises(SystemExit) as e:

@@ -553,6 +553,11 @@ def test_index_goes_to_the_first_step_only_later_steps_encode_what_they_get():
     step1, _ = LatentNoise(glow, eps=2.0, cache=cache, generator=0)(x, y, index=index)
     assert (step1 - x).abs().max() > 0.05
     torch.testing.assert_close(out, step1, atol=1e-3, rtol=0)  # eps=0 after step 1: step 1's images, re-encoded
+    # a first step without a latent cache would drop the dataset positions: refused, in either mode (audit 362)
+    for c in (Compose([T.RandomHorizontalFlip(), first]), Compose([T.RandomHorizontalFlip(), first]).eval()):
+        with pytest.raises(ValueError, match=r"^index= goes to the first step, which must be a LatentTransform with a "
+                                             r"latent cache; the first step is RandomHorizontalFlip$"):
+            c(x, y, index=index)
 
 
 def test_isda_inside_containers_with_label_mixing_is_refused():

@@ -18,6 +18,7 @@ import contextlib
 import multiprocessing
 import os
 
+import kornia.augmentation
 import pytest
 import torch
 import torch.distributed as dist
@@ -129,8 +130,11 @@ def _worker(rank: int, init_method: str, out_dir: str) -> None:
         torch.manual_seed(0)
         held_isda, in_forward_loss = ISDA(10, lambda0=1.0, sync_stats=False), ISDALoss(10, sync_stats=False)
         held_isda.set_progress(1.0)
+        # a pixel step's buffer too (a kornia blur's tensor sigma): the Compose leaves its steps' out, not only the
+        # latent steps', which get the model (mutation audit 362)
+        blur = kornia.augmentation.RandomGaussianBlur((3, 3), torch.tensor([0.1, 2.0]), p=1.0)
         held = torch.nn.parallel.DistributedDataParallel(
-            ClassifierWithItsAugmentation(TinyNet(), Compose([LatentNoise(glow, eps=1.0), held_isda])))
+            ClassifierWithItsAugmentation(TinyNet(), Compose([blur, LatentNoise(glow, eps=1.0), held_isda])))
         in_forward = torch.nn.parallel.DistributedDataParallel(_LossInForward(TinyNet(), in_forward_loss))
         for _ in range(2):
             x2, y2 = held.module.augment(xb, yb, held)
