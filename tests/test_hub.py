@@ -35,6 +35,7 @@ from safetensors.torch import save_file
 from latent_transforms import LatentNoise, hub
 from latent_transforms.cli import main
 from latent_transforms.codecs import Codec, build_codec
+from latent_transforms.validation import MissingFileError
 
 # entries registered here on purpose without their file (register warns a user about that; tested below)
 pytestmark = pytest.mark.filterwarnings("ignore:registered .*, but its file")
@@ -225,6 +226,14 @@ def test_extra_metadata_may_not_replace_the_config_or_format_nor_use_a_key_other
         hub.save_checkpoint(_codec(), path, extra_metadata={key: "mine"})
     assert isinstance(e.value, TypeError) == (key == 1)  # a key of the wrong type: a WrongTypeError, as an option's
     assert not path.exists()
+
+
+@pytest.mark.parametrize("what", ["missing", "directory"])
+def test_sha256_file_of_a_missing_file_or_a_directory_is_a_missing_file_named_by_its_path(tmp_path, what):
+    # mutation round, audit 368: without the check, open() raised a plain FileNotFoundError or IsADirectoryError
+    path = tmp_path / "none.safetensors" if what == "missing" else tmp_path
+    with pytest.raises(MissingFileError, match=rf"^no file at {re.escape(str(path))}$"):
+        hub.sha256_file(path)
 
 
 def test_save_load_round_trip_gives_identical_outputs(tmp_path):
@@ -861,6 +870,15 @@ def test_a_file_whose_config_differs_from_the_registry_is_refused(env, tmp_path)
 @pytest.mark.parametrize("file", ["../escape.safetensors", "sub/x.safetensors", "..\\x.safetensors", "x.pt", ".hidden.safetensors"])
 def test_file_names_that_escape_the_cache_are_refused(env, file):
     with pytest.raises(ValueError, match="file name"):
+        _register("bad", file)
+
+
+@pytest.mark.parametrize("file", ["", 123, None])
+def test_a_registry_file_name_that_is_not_a_non_empty_str_is_named(env, file):
+    # mutation round, audit 368: without the check, 123 was "argument of type 'int' is not iterable", "" the
+    # misleading "must end in .safetensors"
+    with pytest.raises(ValueError, match=rf"^register\(\): entry 'bad': checkpoint file name must be a non-empty str, "
+                                         rf"got {re.escape(repr(file))}$"):
         _register("bad", file)
 
 
