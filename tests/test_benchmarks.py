@@ -1243,6 +1243,10 @@ def test_accuracy_report_names_each_arms_settings_and_checkpoint():
     assert "- latent-noise: noise_eps=7.5, latent_p=0.5; glow glow-cifar10 (fingerprint abababababab)\n" in md, md
     assert "- baseline" not in md  # no settings, no codec
     assert md.index("- latent-noise:") < md.index("- isda:")  # the table's order, not the runs' (json, merge) order
+    for seed, named in (("10", "seed 10"), ("1", "seeds 1, 10"), ("2", "seeds 1, 2, 10")):  # older runs (--merge)
+        results["runs"]["latent-noise"][seed] = {k: v for k, v in noise.items() if k != "codec"}  # of no codec record
+        results["summary"] = acc.summarise(results["runs"])
+        assert f"glow glow-cifar10 (fingerprint abababababab), not recorded for {named}\n" in acc.format_report(results)
 
 
 def test_accuracy_merged_report_names_each_arms_own_settings_and_an_unrecorded_checkpoint(tmp_path):
@@ -1282,6 +1286,36 @@ def test_accuracy_reliability_diagram_pools_the_bins_of_every_seed():
     expected = reliability_bins(torch.cat(probs), torch.cat(y))
     for k, v in expected.items():
         assert pooled[k] == pytest.approx(v.tolist()), k
+
+
+def test_accuracy_provenance_of_an_older_merge_names_no_commit_for_its_files():
+    """A merge made before merged_commits was recorded still names each file merged, its commit not recorded."""
+    acc = _load_accuracy_module()
+    cfg = {"date": "d", "command": "c", "commit": None, "merged_from": ["a.json", "b.json"]}
+    assert acc._provenance(cfg) == "Made d by `c` at commit not recorded; merged from a.json (commit not recorded), " \
+                                   "b.json (commit not recorded)."
+
+
+def test_accuracy_reliability_diagram_has_a_panel_per_arm_three_a_row_and_a_bar_per_filled_bin(tmp_path):
+    """draw_reliability: panels 260x270, at most 3 a row; a bin's bar (blue) rises to its accuracy, an empty bin has
+    none."""
+    acc = _load_accuracy_module()
+    from PIL import Image
+
+    bins = {"count": [0, 4], "correct_sum": [0, 4], "confidence_sum": [0, 3]}  # bin 1: accuracy 1, confidence 0.75
+    for n_arms, size in ((1, (260, 270)), (4, (780, 540))):
+        arms = [f"arm{i}" for i in range(n_arms)]
+        path = acc.draw_reliability({a: bins for a in arms}, {a: 0.1 for a in arms}, tmp_path / f"{n_arms}.png")
+        image = Image.open(path).convert("RGB")
+        assert image.size == size
+    side = 260 - 36 - 14  # a panel's plot area: from (36, 28) within the panel
+    for ox, oy in ((0, 0), (260, 0), (520, 0), (0, 270)):
+        x0, y0 = ox + 36, oy + 28
+        assert image.getpixel((x0 + 2 * side // 3, y0 + 5)) == (70, 110, 200)  # bin 1's bar reaches the top (acc. 1)
+        assert image.getpixel((x0 + 2 * side // 3, y0 - 3)) != (70, 110, 200)  # and stops there
+        assert image.getpixel((x0 + 2 * side // 3, y0 + side + 3)) != (70, 110, 200)  # it stands on the axis
+        assert image.getpixel((x0 + side // 4, y0 + side - 5)) == (255, 255, 255)  # bin 0 is empty: no bar
+    assert image.getpixel((260 + 36 + side // 2, 270 + 28 + side // 2)) == (255, 255, 255)  # no 5th panel
 
 
 # flag -> fingerprint key, each flag's value other than its default
@@ -1426,6 +1460,23 @@ def test_accuracy_eval_on_val_never_reads_the_test_set(monkeypatch):
     assert read == ["train"] and val["source_test"] is None and len(val["y_eval"]) == val["n_val"] == 10
     test = acc.load_data(acc.parse_args(["--train", "npz:t.npz", "--test", "npz:t.npz"]))
     assert read == ["train", "train", "test"] and test["source_test"] == "npz:t.npz" and len(test["y_eval"]) == 100
+
+
+def test_accuracy_refuses_unlabeled_data_or_images_other_than_3x32x32_naming_the_set(monkeypatch):
+    """read_images: a set without labels, or of other-sized images, is refused by name before any training."""
+    acc = _load_accuracy_module()
+    shapes = {"train": (20, 3, 32, 32), "test": (20, 3, 32, 32)}
+    labelled = {"train": True, "test": True}
+    monkeypatch.setattr(acc, "load_images", lambda spec, split, root: (
+        torch.rand(shapes[split]), torch.arange(20) % 10 if labelled[split] else None, None))
+    args = acc.parse_args(["--train", "npz:t.npz", "--test", "npz:e.npz"])
+    assert len(acc.load_data(args)["y_eval"]) == 20
+    labelled["test"] = False
+    with pytest.raises(SystemExit, match=r"^the test data has no labels$"):
+        acc.load_data(args)
+    labelled["test"], shapes["train"] = True, (20, 1, 32, 32)
+    with pytest.raises(SystemExit, match=r"^the training images must be 3x32x32 \(CIFAR-10\), got \(1, 32, 32\)$"):
+        acc.load_data(args)
 
 
 def test_sweep_report_refuses_folders_scored_on_other_images_or_schedules(tmp_path, monkeypatch):
