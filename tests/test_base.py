@@ -931,6 +931,15 @@ def test_model_none_for_a_method_that_needs_the_model_is_refused_by_the_calls_ch
     assert torch.equal(t._rng.get(x.device).get_state(), NeedsModel(generator=0)._rng.get(x.device).get_state())
 
 
+def test_a_model_that_is_no_module_is_refused_by_the_calls_checks_naming_the_transform():
+    """Mutation round (audit 369): check_call's check_model removed, a function given as the model of a method that
+    needs one passed unnoticed (NeedsModel's transform does not call it; a method's call would have met torch's
+    error at the model's parameters)."""
+    x, y = _batch((4, 1, 3, 3), False, 0)
+    with pytest.raises(TypeError, match=r"^NeedsModel's model must be the classifier, an nn.Module .*, got function$"):
+        NeedsModel(generator=0)(x, y, lambda v: v)
+
+
 class KeepsItsTarget(AddNoise):
     """Adds the labels it got to its params, as LatentAdversarial(target="true") keeps its target."""
 

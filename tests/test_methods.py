@@ -1698,7 +1698,8 @@ def test_given_params_are_checked():
     t = LatentNoise(glow, eps=2.0, generator=0)
     x = torch.rand(4, 1, 8, 8)
     t(x)
-    with pytest.raises(TypeError, match="params must be a dict like t.last_params, with 'selected'"):
+    with pytest.raises(TypeError, match=r"params must be a dict like t.last_params, with 'selected' \(the batch rows\), "
+                                        r"got dict$"):  # a dict lacking 'selected' is no "empty dict"
         t(x, params={"delta": t.last_params["delta"]})
     with pytest.raises(ValueError, match=r"params are of a batch of 4, this one has 3 samples"):
         t(x[:3], params=t.last_params)
