@@ -940,6 +940,28 @@ def test_a_model_that_is_no_module_is_refused_by_the_calls_checks_naming_the_tra
         NeedsModel(generator=0)(x, y, lambda v: v)
 
 
+class TakesThreeChannels(AddNoise):
+    """A subclass's own check of a call's inputs (a codec's image shape, say): ``check_inputs``."""
+
+    def check_inputs(self, x, model, index):
+        if x.shape[1] != 3:
+            raise ValueError(f"TakesThreeChannels takes RGB images, got {x.shape[1]} channels")
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_a_subclass_s_check_inputs_runs_in_every_call_s_checks_before_anything_is_drawn(mode):
+    """check_inputs is the subclass's hook in ``check_call``: run on every call, in eval() mode too (a Compose's
+    checks), before the draws (mutation round, audit 369: the call to it removed, no test noticed)."""
+    x, y = _batch((4, 1, 3, 3), False, 0)
+    t = getattr(TakesThreeChannels(generator=0), mode)()
+    for call in (lambda: t(x, y), lambda: t.check_call(x, y)):
+        with pytest.raises(ValueError, match=r"^TakesThreeChannels takes RGB images, got 1 channels$"):
+            call()
+    assert t.stats["seen"] == 0 and not t.last_params
+    assert torch.equal(t._rng.get(x.device).get_state(), TakesThreeChannels(generator=0)._rng.get(x.device).get_state())
+    t(torch.rand(4, 3, 3, 3), y)
+
+
 class KeepsItsTarget(AddNoise):
     """Adds the labels it got to its params, as LatentAdversarial(target="true") keeps its target."""
 
