@@ -316,6 +316,9 @@ BREACHES = {  # (make, model?, returns_x, the AssertionError's message)
                                 "train/eval flags changed"),
     "model gradients": (breaching(ScoresWithTheModel, backward_through_the_model), True, False,
                         "parameter gradients changed"),
+    # named at the first call, before the model it left in eval mode changes the same seed's output (unborrowed)
+    "model changed by the first call": (breaching(RunsTheModelInTrainingMode, leave_the_model_in_eval_mode), True,
+                                        False, r"model state features\.1\.running_mean changed"),
     "autograd history": (breaching(Brighten, lambda t, x, y, m, x2, y2: (x2 + 0 * x if x.requires_grad else x2, y2)),
                          False, False, "the output at p=1.0 carries autograd history"),
     "autograd history at p=0.5": (breaching(Brighten, lambda t, x, y, m, x2, y2: (
@@ -390,6 +393,14 @@ def test_soft_labels_give_their_own_classes_whatever_num_classes_says(batch):
 
 def test_a_method_returning_x_itself_passes_with_returns_x(batch):
     check_transform_contract(lambda **kw: LeavesTheImages(**kw), *batch, returns_x=True)
+
+
+def test_images_at_the_ends_of_0_1_pass(batch):
+    """Black-and-white images (thresholded MNIST) give outputs of exactly 0 and 1: inside [0, 1] (mutation round 372:
+    no batch checked held a 0)."""
+    x, y = (batch[0] > 0.5).float(), batch[1]
+    check_transform_contract(lambda **kw: LeavesTheImages(**kw), x, y, returns_x=True)
+    check_transform_contract(lambda **kw: PixelMixup(num_classes=10, **kw), x, y)
 
 
 def test_an_unpicklable_method_is_caught(batch):
