@@ -39,8 +39,6 @@ from .hub import cache_dir, offline
 from .validation import MissingFileError, bad_option, check_choice, check_count, expanded_path
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from PIL import Image
 
 __all__ = ["load_images", "low_data_split", "cifar10_5k_index", "describe_spec", "IMAGE_SUFFIXES", "SPLIT_SPECS",
@@ -136,10 +134,10 @@ def _cifar10(split: str, data_root: str | os.PathLike[str] | None) -> tuple[torc
                              f"downloaded anew), or use npz:PATH or folder:PATH data") from None
         folder = root / CIFAR10.base_folder
         if not offline():  # no download failed: files there are damaged or missing (batches.meta, say)
-            raise ValueError(f"CIFAR-10 in {root} could not be read ({_cifar10_damage(folder, check_integrity, e)}); "
+            raise ValueError(f"CIFAR-10 in {root} could not be read ({_cifar10_damage(folder, e)}); "
                              f"remove {folder} to have it extracted or downloaded anew, or use npz:PATH or "
                              f"folder:PATH data") from None
-        found = (f"CIFAR-10 in {root} is incomplete or damaged ({_cifar10_damage(folder, check_integrity, e)})"
+        found = (f"CIFAR-10 in {root} is incomplete or damaged ({_cifar10_damage(folder, e)})"
                  if folder.is_dir() and any(folder.iterdir()) else f"CIFAR-10 is not in {root}")
         raise ValueError(f"{found}, and LATENT_TRANSFORMS_OFFLINE is set, which forbids downloads; put torchvision's "
                          f"cifar-10-python files there (or pass another data root), unset it, or use npz:PATH or "
@@ -149,11 +147,12 @@ def _cifar10(split: str, data_root: str | os.PathLike[str] | None) -> tuple[torc
     return x, y, 256
 
 
-def _cifar10_damage(folder: Path, check_integrity: Callable[[str, str], bool], error: Exception) -> str:
+def _cifar10_damage(folder: Path, error: Exception) -> str:
     """What is wrong with the extracted CIFAR-10 files in ``folder``: those missing, else those whose MD5 is not
     torchvision's, else torchvision's ``error`` (its "Dataset not found or corrupted. You can use download=True"
     names no file, and offline advises what is forbidden)."""
     from torchvision.datasets import CIFAR10
+    from torchvision.datasets.utils import check_integrity
 
     files = [*CIFAR10.train_list, *CIFAR10.test_list, [CIFAR10.meta["filename"], CIFAR10.meta["md5"]]]
     missing = [name for name, _ in files if not (folder / name).is_file()]
