@@ -1227,6 +1227,39 @@ def test_accuracy_report_targets_are_a_markdown_list():
         assert lines[first - 1] == "", lines[first - 2:first + 1]
 
 
+def test_accuracy_report_header_notes_and_per_corruption_table():
+    """The header names what the runs were scored on and the epochs' count; the notes on several devices, code
+    versions and shards appear from two on, not for one; the per-corruption table appears where a run scored
+    corruptions, not otherwise (audit 371's survivors, format_report's lines 536-578)."""
+    acc = _load_accuracy_module()
+    md = acc.format_report(_results(acc, eval_on="val"))
+    assert "CIFAR ResNet-18 (width 64), 40 epochs, batch 128, one-cycle SGD lr 0.1, fp32 on cpu; trained on 4500 " \
+           "images of npz:t.npz (500 held out for validation); evaluated on 500 held-out validation images; " \
+           "seeds 0, 1, 2.\n" in md, md
+    results = _results(acc)
+    results["config"]["epochs"] = 1
+    md = acc.format_report(results)
+    assert ", 1 epoch, batch 128," in md and "evaluated on 500 test images;" in md, md
+    assert "The runs were made on" not in md  # one device: times compare
+    assert "versions of the benchmark" not in md and "shards" not in md  # one code version, no --shard
+    assert "Corruption accuracy, per corruption (mean over severities 1, 3, 5 and seeds):\n\n| arm | " + \
+           " | ".join(acc.CORRUPTIONS) + " |\n" in md, md
+    assert "\n| baseline | " + " | ".join("50.0%" if k == "contrast" else "-" for k in acc.CORRUPTIONS) + " |\n" in md
+    results["runs"]["isda"]["0"]["device_name"] = "GPU A"
+    results["summary"] = acc.summarise(results["runs"])
+    results["runs"]["isda"]["0"].update(code_sha256="ab" * 32, shard=[1, 2])
+    md = acc.format_report(results)
+    assert "The runs were made on 2 devices (GPU A; cpu)" in md
+    assert "made by 2 versions of the benchmark and library code (each run's code_sha256 in results.json; older runs " \
+           "recorded none)" in md and "These runs were made in 2 shards (--shard)" in md, md
+    for by_seed in results["runs"].values():
+        for r in by_seed.values():
+            r.update(corruption_accuracy=None, corruptions={})
+    results["summary"] = acc.summarise(results["runs"])
+    md = acc.format_report(results)
+    assert "per corruption" not in md and "| - |" in md  # no corruption scored: the table's cell is "-", no table
+
+
 def test_accuracy_report_names_each_arms_settings_and_checkpoint():
     """The table names arms only: the settings their runs were made with (eps, steps, ...) and the checkpoint follow
     it, so a table read alone says what was compared."""
