@@ -30,8 +30,7 @@ def run_script(main) -> None:
     try:
         main()
     except (ValueError, LookupError, OSError) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e  # a KeyError's str() is its repr
-        print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
+        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)  # an unknown checkpoint's str() unquoted
         raise SystemExit(2) from None
     except KeyboardInterrupt:  # one line, not a traceback; what was written stays (accuracy.py: --resume goes on)
         print(f"{Path(sys.argv[0]).name}: interrupted", file=sys.stderr)
