@@ -63,15 +63,23 @@ def test_every_referenced_picture_exists():
     assert not outside, "pictures must live in docs/images/:\n" + "\n".join(outside)
 
 
-def test_the_suite_runs_without_pytest_xdist_or_hypothesis(tmp_path):
+def test_the_suite_runs_without_pytest_xdist_hypothesis_or_pytest_timeout(tmp_path):
     """README's `pytest -q -n auto` needs pytest-xdist; the GPU session's pytest has none, and conftest's xdist hook
-    then made pytest refuse to start ("unknown hook"). Nor has it hypothesis, which conftest sets up where it is."""
+    then made pytest refuse to start ("unknown hook"). Nor has it hypothesis, which conftest sets up where it is, nor
+    pytest-timeout, whose limit pyproject sets: no warning about an unknown option."""
     (tmp_path / "hypothesis.py").write_text("raise ModuleNotFoundError(\"No module named 'hypothesis'\")\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
-                           "-p", "no:hypothesispytest", "tests/test_visualize.py", "-k", "test_grid_layout_and_pixels"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+                           "-p", "no:hypothesispytest", "-p", "no:timeout", "tests/test_visualize.py", "-k",
+                           "test_grid_layout_and_pixels"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "warning" not in proc.stdout, proc.stdout[-3000:]
+
+
+def test_a_test_still_running_after_15_minutes_fails(pytestconfig):
+    """pytest-timeout (the test extra's) with pyproject's limit: a hung test (a lock never released, a rank waiting
+    for another) fails, naming where it waits, instead of holding the suite until CI stops it unread."""
+    assert pytestconfig.pluginmanager.hasplugin("timeout") and pytestconfig.getini("timeout") == "900"
 
 
 def test_pytest_n_auto_runs_a_process_per_cpu_at_most_8(monkeypatch):
