@@ -430,10 +430,12 @@ class Compose(Settings, ChecksCodecStates, nn.Module):
         # label mixes that do not know the classes (v2.MixUp() without num_classes, a Compose holding VarMixup()) get
         # class-index labels made soft with this Compose's; a kornia mix takes class indices (Compose turns its labels
         # soft); a latent step (VarMixup()) checks them against this Compose's classes and makes them soft itself
-        # (made soft before it, out-of-range labels would reach torch's one_hot unchecked)
+        # (made soft before it, out-of-range labels would reach torch's one_hot unchecked); a nested Compose with
+        # classes makes its labels soft itself (a kornia mix in it takes class indices)
         self._soften_before = frozenset(
             i for i in mixing if num_classes is not None and not _is_kornia_mix(steps[i])
             and not isinstance(steps[i], LatentTransform)
+            and not (isinstance(steps[i], Compose) and steps[i].num_classes is not None)
             and any(_is_label_mix(p) and getattr(p, "num_classes", None) is None for p in _parts(steps[i])))
         # what runs in eval() mode: the dtype conversions (a validation loader's uint8 images come out as in training)
         self._conversions = [c for t in steps for c in _conversions_in(t)]

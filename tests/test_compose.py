@@ -124,6 +124,16 @@ def test_kornia_mixup_labels_become_soft(rgb, rgb_glow):
         Compose([K.RandomMixUpV2()])  # when built (was at the first call)
 
 
+def test_a_nested_compose_with_a_kornia_mix_gets_the_class_indices_it_takes(rgb):
+    """The outer Compose made the labels soft before a nested Compose holding a label mix (its declared classes
+    became the outer's), and the nested Compose's kornia mix then refused them ("y holds soft (B, K) labels"), though
+    the class indices given took it alone: a nested Compose with classes makes its labels soft itself."""
+    x, y = rgb
+    inner = Compose([K.RandomMixUpV2(p=1.0)], num_classes=10)
+    for num_classes in (None, 10):
+        _check(*Compose([T.RandomHorizontalFlip(), inner], num_classes=num_classes)(x, y), x, soft=True)
+
+
 @pytest.mark.parametrize("correct_lambda", [False, True])
 @pytest.mark.filterwarnings("ignore:RandomCutMixV2 currently uses the old")
 def test_kornia_cutmix_soft_labels_are_the_pasted_areas(correct_lambda):
@@ -533,8 +543,10 @@ def test_latent_mixup_inference_is_refused_as_a_step_when_built(rgb_glow, where)
 
 def test_compose_moves_and_casts_like_any_module(rgb_glow):
     c = Compose([LatentNoise(rgb_glow, eps=1.0), T.RandomHorizontalFlip()])
-    assert c.to("cpu") is c and c.double() is c and c.float() is c  # nn.Module._apply is not shadowed
-    assert c.steps[0].codec.dtype == torch.float32
+    assert c.to("cpu") is c and c.double() is c  # nn.Module._apply is not shadowed
+    assert c.steps[0].codec.dtype == torch.float64  # and reaches the steps: its submodules, as eval() and state_dict
+    assert c.float() is c and c.steps[0].codec.dtype == torch.float32
+    assert not c.eval().steps[0].training and any(k.startswith("steps.0.") for k in c.state_dict())
 
 
 def test_index_goes_to_the_first_step_only_later_steps_encode_what_they_get():
