@@ -431,12 +431,15 @@ class Compose(Settings, ChecksCodecStates, nn.Module):
         # class-index labels made soft with this Compose's; a kornia mix takes class indices (Compose turns its labels
         # soft); a latent step (VarMixup()) checks them against this Compose's classes and makes them soft itself
         # (made soft before it, out-of-range labels would reach torch's one_hot unchecked); a nested Compose with
-        # classes makes its labels soft itself (a kornia mix in it takes class indices)
+        # classes makes its labels soft itself (a kornia mix in it takes class indices); a torchvision container
+        # (RandomApply, RandomChoice) gets them soft whatever its mix's classes: on a batch it skips the mix, its labels
+        # came out class indices, soft on the others
         self._soften_before = frozenset(
             i for i in mixing if num_classes is not None and not _is_kornia_mix(steps[i])
             and not isinstance(steps[i], LatentTransform)
             and not (isinstance(steps[i], Compose) and steps[i].num_classes is not None)
-            and any(_is_label_mix(p) and getattr(p, "num_classes", None) is None for p in _parts(steps[i])))
+            and any(_is_label_mix(p) and (p is not steps[i] or getattr(p, "num_classes", None) is None)
+                    for p in _parts(steps[i])))
         # what runs in eval() mode: the dtype conversions (a validation loader's uint8 images come out as in training)
         self._conversions = [c for t in steps for c in _conversions_in(t)]
         self._isda_at = [_where(p, s, i) for i, s in enumerate(steps) for p in _parts(s) if isinstance(p, ISDA)]

@@ -134,6 +134,20 @@ def test_a_nested_compose_with_a_kornia_mix_gets_the_class_indices_it_takes(rgb)
         _check(*Compose([T.RandomHorizontalFlip(), inner], num_classes=num_classes)(x, y), x, soft=True)
 
 
+@pytest.mark.parametrize("num_classes", [None, 10])
+def test_labels_are_soft_after_a_torchvision_container_that_may_skip_its_mix(rgb, num_classes):
+    """Rule 2 (docs/composition.md): soft from a label-mixing step on. RandomApply([MixUp(num_classes=10)]) left
+    the batches it skipped with class indices, soft the others; the classes are the Compose's or the mix's own."""
+    x, y = rgb
+    for p in (0.0, 1.0):
+        for container in (T.RandomApply([T.MixUp(num_classes=10)], p=p),
+                          T.RandomChoice([T.MixUp(num_classes=10), T.RandomHorizontalFlip()], p=[p, 1 - p])):
+            x2, y2 = Compose([container], num_classes=num_classes)(x, y)
+            _check(x2, y2, x, soft=True)
+            if p == 0.0:  # skipped: the labels, made soft
+                assert torch.equal(y2, torch.nn.functional.one_hot(y, 10).to(y2.dtype))
+
+
 @pytest.mark.parametrize("correct_lambda", [False, True])
 @pytest.mark.filterwarnings("ignore:RandomCutMixV2 currently uses the old")
 def test_kornia_cutmix_soft_labels_are_the_pasted_areas(correct_lambda):
