@@ -869,9 +869,10 @@ def check_codecs(runs: dict, codec_ids: dict[str, dict], where: str) -> None:
         for seed, r in by_seed.items():
             used, want = r.get("codec"), codec_ids.get(kind)
             if used is None or want is None or used["sha256"] != want["sha256"]:
-                was = "an unrecorded checkpoint" if used is None else f"{used['name']} (sha256 {used['sha256'][:12]})"
+                was = (f"an unrecorded {kind} checkpoint" if used is None
+                       else f"the {kind} {used['name']} (sha256 {used['sha256'][:12]})")
                 now = "another checkpoint" if want is None else f"{want['name']} (sha256 {want['sha256'][:12]})"
-                raise SystemExit(f"{where}: {arm} seed {seed} was trained with the {kind} {was}, not {now}; "
+                raise SystemExit(f"{where}: {arm} seed {seed} was trained with {was}, not {now}; "
                                  f"use another --out, or leave that arm out")
 
 

@@ -992,9 +992,25 @@ def test_accuracy_resume_done_and_merge_refuse_mixing_runs_with_and_without_corr
     new = write("new.json", unscored, 1)
     with pytest.raises(SystemExit, match=r"^--done: .* other settings \(no_corruptions True there, False now\)"):
         acc.load_runs(new, scored, "--done", "d")
-    with pytest.raises(SystemExit,
-                       match=r"other data or schedule than .* \(no_corruptions True there, False in the first\)"):
+    with pytest.raises(SystemExit, match=rf"^--merge: {re.escape(str(new))} was made with other data or schedule than "
+                                         rf"{re.escape(str(old))} \(no_corruptions True there, False in the first\)"):
         acc.merge_results([str(old), str(new)], ["baseline"])
+
+
+def test_accuracy_results_written_before_a_setting_existed_read_as_the_value_the_older_code_ran_with(tmp_path):
+    """FINGERPRINT_DEFAULTS: a results.json written before a setting was recorded resumes into a call with the value
+    the older code ran with (varmixup kept no detail then: not today's default) and is refused by another value."""
+    acc = _load_accuracy_module()
+    results = tmp_path / "results.json"
+    for key, same, other in (("varmixup_keep_detail", ["--no-varmixup-keep-detail"], []),
+                             ("latent_levels", [], ["--latent-levels", "1"]),
+                             ("no_corruptions", [], ["--no-corruptions"])):
+        then, now = (acc.make_fingerprint(acc.parse_args(flags), "0" * 64) for flags in (same, other))
+        old = {k: v for k, v in then.items() if k != key}
+        results.write_text(json.dumps({"fingerprint": old, "runs": {"baseline": {"0": {"accuracy": 0.5}}}}))
+        assert acc.load_runs(results, then, "--resume", "r") == {"baseline": {"0": {"accuracy": 0.5}}}
+        with pytest.raises(SystemExit, match=rf"other settings \({key} "):
+            acc.load_runs(results, now, "--resume", "r")
 
 
 def test_accuracy_fingerprint_reads_the_default_checkpoint_named_or_not(tmp_path):
@@ -1038,6 +1054,22 @@ def test_accuracy_done_runs_made_with_another_checkpoint_are_refused(tmp_path, o
     # nor is it resumed: the runs already in --out are checked too
     with pytest.raises(SystemExit, match=f"--resume: {re.escape(str(other))}: latent-noise seed 0 was trained with"):
         acc.main([*argv, "--out", str(tmp_path / "shard-0"), "--resume"])
+
+
+def test_accuracy_check_codecs_names_the_checkpoint_a_run_used_and_the_one_asked_for():
+    """The refusal names both checkpoints by name and fingerprint (the sha256's first 12 digits), or says that the
+    run recorded none (an older --resume folder); runs of arms without a codec are not checked."""
+    acc = _load_accuracy_module()
+    old, new = {"name": "glow-cifar10", "sha256": "ab" * 32}, {"name": "my-glow", "sha256": "cd" * 32}
+    runs = {"baseline": {"0": {}}, "latent-noise": {"0": {"codec": new}, "1": {"codec": old}}}
+    acc.check_codecs({"baseline": runs["baseline"]}, {}, "--resume: r.json")
+    with pytest.raises(SystemExit) as e:
+        acc.check_codecs(runs, {"glow": new}, "--resume: r.json")
+    assert str(e.value) == "--resume: r.json: latent-noise seed 1 was trained with the glow glow-cifar10 (sha256 " \
+                           "abababababab), not my-glow (sha256 cdcdcdcdcdcd); use another --out, or leave that arm out"
+    with pytest.raises(SystemExit, match=r"^--done: d.json: latent-noise seed 2 was trained with an unrecorded glow "
+                                         r"checkpoint, not my-glow \(sha256 cdcdcdcdcdcd\); use another --out"):
+        acc.check_codecs({"latent-noise": {"2": {}}}, {"glow": new}, "--done: d.json")
 
 
 def test_accuracy_a_diverged_run_is_scored_as_chance_and_a_killed_call_leaves_a_partial_report(tmp_path, monkeypatch, offline_hub):
@@ -1260,6 +1292,26 @@ def test_accuracy_report_header_notes_and_per_corruption_table():
     assert "per corruption" not in md and "| - |" in md  # no corruption scored: the table's cell is "-", no table
 
 
+def test_accuracy_report_lists_diverged_runs_and_heads_the_targets_with_the_smoke_note():
+    """Above the targets: the runs that diverged (none: no note), the targets' heading and, for a --smoke run, that
+    its verdicts only show that they are computed (in place of the validation split's note)."""
+    acc = _load_accuracy_module()
+    results = _results(acc, eval_on="val")
+    results["runs"]["baseline"]["0"]["nonfinite_predictions"] = 0
+    md = acc.format_report(results)
+    assert "DIVERGED" not in md and "(smoke run:" not in md, md
+    assert "\n\nTargets of the issue (each compared on the seeds its arms share; latent arms: " + \
+           ", ".join(acc.LATENT_ARMS) + "):\n(scored on the held-out validation split" in md, md
+    results["runs"]["baseline"]["1"]["nonfinite_predictions"] = 7
+    results["runs"]["isda"]["0"]["nonfinite_predictions"] = 3
+    results["config"]["smoke"] = True
+    md = acc.format_report(results)
+    assert "\n\nDIVERGED (non-finite outputs, scored as uniform guesses): baseline seed 1 (7 of its predictions); " \
+           "isda seed 0 (3 of its predictions).\n\nTargets of the issue " in md, md
+    assert "):\n(smoke run: the verdicts below only show that they are computed)\n\n- Target 1 (" in md, md
+    assert "held-out validation split, for tuning" not in md
+
+
 def test_accuracy_report_names_each_arms_settings_and_checkpoint():
     """The table names arms only: the settings their runs were made with (eps, steps, ...) and the checkpoint follow
     it, so a table read alone says what was compared."""
@@ -1330,15 +1382,16 @@ def test_accuracy_provenance_of_an_older_merge_names_no_commit_for_its_files():
 
 
 def test_accuracy_reliability_diagram_has_a_panel_per_arm_three_a_row_and_a_bar_per_filled_bin(tmp_path):
-    """draw_reliability: panels 260x270, at most 3 a row; a bin's bar (blue) rises to its accuracy, an empty bin has
-    none."""
+    """draw_reliability: panels 260x270, at most 3 a row; a bin's bar (blue) rises to its accuracy, a red box spans
+    its gap to its confidence, an empty bin has none; the diagonal is grey."""
     acc = _load_accuracy_module()
     from PIL import Image
 
     bins = {"count": [0, 4], "correct_sum": [0, 4], "confidence_sum": [0, 3]}  # bin 1: accuracy 1, confidence 0.75
     for n_arms, size in ((1, (260, 270)), (4, (780, 540))):
         arms = [f"arm{i}" for i in range(n_arms)]
-        path = acc.draw_reliability({a: bins for a in arms}, {a: 0.1 for a in arms}, tmp_path / f"{n_arms}.png")
+        path = acc.draw_reliability({a: bins for a in arms}, {a: 0.1 for a in arms},
+                                    tmp_path / "new" / "sub" / f"{n_arms}.png")  # its folders made, then reused
         image = Image.open(path).convert("RGB")
         assert image.size == size
     side = 260 - 36 - 14  # a panel's plot area: from (36, 28) within the panel
@@ -1348,6 +1401,12 @@ def test_accuracy_reliability_diagram_has_a_panel_per_arm_three_a_row_and_a_bar_
         assert image.getpixel((x0 + 2 * side // 3, y0 - 3)) != (70, 110, 200)  # and stops there
         assert image.getpixel((x0 + 2 * side // 3, y0 + side + 3)) != (70, 110, 200)  # it stands on the axis
         assert image.getpixel((x0 + side // 4, y0 + side - 5)) == (255, 255, 255)  # bin 0 is empty: no bar
+        # bin 1's gap to its confidence (red): from the bar's top down to 0.75
+        assert image.getpixel((x0 + 2 * side // 3, y0)) == image.getpixel((x0 + 2 * side // 3, y0 + side // 4)) == \
+            (220, 60, 60)
+        assert image.getpixel((x0 + 2 * side // 3, y0 + side // 4 + 1)) == (70, 110, 200)
+        for k in (20, 80):  # the diagonal (grey), from (0, 0) up to (1, 1)
+            assert image.getpixel((x0 + k, y0 + side - k)) == (120, 120, 120), k
     assert image.getpixel((260 + 36 + side // 2, 270 + 28 + side // 2)) == (255, 255, 255)  # no 5th panel
 
 
@@ -1382,6 +1441,42 @@ def test_accuracy_protocol_records_the_corruptions_and_severities(monkeypatch):
     monkeypatch.setattr(acc, "SEVERITIES", (1, 3, 5))
     monkeypatch.setattr(acc, "CORRUPTIONS", {**acc.CORRUPTIONS, "contrast": (0.5, 0.3, 0.1)})
     assert acc.protocol() != before
+
+
+def test_accuracy_code_sha256_hashes_the_benchmarks_then_the_librarys_sources(tmp_path, monkeypatch):
+    """code_sha256: sha256 of benchmarks/*.py, then of the library's *.py at any depth, each sorted by path; a source
+    changed anywhere in them is another code version (the report's note on code versions reads it)."""
+    import hashlib
+
+    acc = _load_accuracy_module()
+    bench, library = tmp_path / "benchmarks", tmp_path / "library"
+    (library / "sub").mkdir(parents=True)
+    bench.mkdir()
+    for path, text in ((bench / "b.py", "B"), (bench / "a.py", "A"), (bench / "notes.md", "N"),
+                       (library / "sub" / "z.py", "Z"), (library / "hub.py", "H")):
+        path.write_text(text)
+    monkeypatch.setattr(acc, "__file__", str(bench / "accuracy.py"))
+    monkeypatch.setattr(acc, "hub", SimpleNamespace(__file__=str(library / "hub.py")))
+    assert acc.code_sha256() == hashlib.sha256(b"ABHZ").hexdigest()
+    (library / "sub" / "z.py").write_text("Z2")
+    assert acc.code_sha256() == hashlib.sha256(b"ABHZ2").hexdigest()
+
+
+def test_accuracy_git_commit_of_a_copy_without_git_is_the_git_commit_variable(tmp_path, monkeypatch):
+    """Where git is installed but the tree is a copy without .git (the device machine's), git fails: the commit is
+    $GIT_COMMIT, else None, not git's empty output."""
+    import shutil
+
+    if shutil.which("git") is None:
+        pytest.skip("no git")
+    acc = _load_accuracy_module()
+    monkeypatch.setattr(acc, "__file__", str(tmp_path / "accuracy.py"))
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    monkeypatch.delenv("GIT_DIR", raising=False)
+    monkeypatch.setenv("GIT_COMMIT", "abc123")
+    assert acc.git_commit() == "abc123"
+    monkeypatch.delenv("GIT_COMMIT")
+    assert acc.git_commit() is None
 
 
 def test_accuracy_corruptions_grow_with_severity_and_follow_cifar10c():
@@ -2389,6 +2484,16 @@ def test_accuracy_merge_refuses_a_seed_twice_and_an_arm_made_with_two_settings(t
     c = write("c.json", {"isda": {"1": {"accuracy": 0.7}}}, "--isda-lambda0", "0.1")
     with pytest.raises(SystemExit, match=f"the isda runs of {re.escape(c)} were made with isda_lambda0=0.1"):
         acc.merge_results([a, c], list(acc.ARMS))
+    with pytest.raises(SystemExit, match="^--merge: none of the files has runs of mixup, varmixup$"):
+        acc.merge_results([a, b], ["mixup", "varmixup"])
+    # a codec arm's runs made with two checkpoints (a run of no codec record, older, is taken as it is)
+    glow, other = ({"name": "glow-cifar10", "sha256": h * 32} for h in ("ab", "cd"))
+    d = write("d.json", {"latent-noise": {"0": {"accuracy": 0.5, "codec": glow}, "1": {"accuracy": 0.5}}})
+    e = write("e.json", {"latent-noise": {"2": {"accuracy": 0.5, "codec": other}}})
+    assert acc.merge_results([d], list(acc.ARMS))[1]["codecs"] == {"glow": glow}  # recorded in the merged config
+    with pytest.raises(SystemExit, match=r"^--merge: latent-noise seed 2 was trained with the glow glow-cifar10 "
+                                         r"\(sha256 cdcdcdcdcdcd\), not glow-cifar10 \(sha256 abababababab\)"):
+        acc.merge_results([d, e], list(acc.ARMS))
 
 
 def test_accuracy_merge_never_replaces_runs_made_in_its_out_folder_and_names_unreadable_files(tmp_path, monkeypatch):
