@@ -242,6 +242,19 @@ def test_processes_started_by_other_parents_get_other_child_numbers(monkeypatch)
     assert numbers[0] == 0 and len(set(numbers)) == 4
 
 
+def test_a_process_deep_in_a_tree_of_pools_still_seeds_its_default_generator(monkeypatch):
+    # mutation round (audit 377): a worker three pools down, (5, 5, 5), has an offset past 2**64, the largest seed
+    # torch.Generator.manual_seed takes; no test reached the seed's reduction modulo 2**63
+    import multiprocessing
+
+    from latent_transforms import rng
+
+    monkeypatch.setattr(multiprocessing.current_process(), "_identity", (5, 5, 5))
+    assert rng._child_number() * rng._CHILD_STRIDE >= 2**64
+    torch.manual_seed(0)
+    assert 0 <= GeneratorSource(None).get(torch.device("cpu")).initial_seed() < 2**63
+
+
 def test_dataloader_workers_draw_the_same_under_the_same_torch_manual_seed_whatever_ran_before():
     # the offset for processes multiprocessing started counted every worker ever started: a second run in one process
     # (a notebook, a sweep, a validation loader with workers before) drew other augmentations

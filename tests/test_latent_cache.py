@@ -239,6 +239,16 @@ def test_cache_encodes_every_image_whatever_the_batch_size(data, n):
         assert torch.allclose(cache.latents, glow.encode_flat(images[:n]), atol=1e-5)
 
 
+def test_a_cache_shows_its_encoding_bar_only_when_asked(data, capsys):
+    # mutation round (audit 377): no test read the bar, so progress=False could have shown it (and True hidden it)
+    images, _ = data
+    glow = tiny_glow()
+    LatentCache(glow, images, batch_size=16, progress=False)
+    assert capsys.readouterr().err == ""
+    LatentCache(glow, images, batch_size=16)
+    assert "encoding" in capsys.readouterr().err
+
+
 def test_a_cache_saved_and_loaded_at_a_path_in_the_home_folder_is_there(data, tmp_path, monkeypatch):
     # "~/cache.safetensors" was taken literally: "the directory ~ does not exist", and load found no file
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -577,6 +587,19 @@ def test_a_state_dict_of_other_images_is_refused_naming_both_shapes():
                                            r"this cache \(5, 64\)"):
         five.load_state_dict(state, strict=False)
     assert torch.equal(five.latents, before[0]) and torch.equal(five._image_signatures, before[1])
+
+
+def test_a_state_without_the_caches_entries_names_them_missing_and_leaves_the_cache_as_it_was():
+    """Mutation round (audit 377): a transform's state saved without a cache, loaded into one with a cache, must name
+    the cache's missing keys, as torch does for any module (the latents' checks read the absent entry's shape)."""
+    glow, x = tiny_glow(), torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    cache = LatentCache(glow, x, progress=False)
+    t, before = LatentNoise(glow, cache=cache), cache.latents.clone()
+    with pytest.raises(RuntimeError, match=r'Missing key\(s\) in state_dict: "cache.latents", "cache._extra_state"'):
+        t.load_state_dict(LatentNoise(glow).state_dict())
+    assert t.load_state_dict(LatentNoise(glow).state_dict(), strict=False).missing_keys == ["cache.latents",
+                                                                                           "cache._extra_state"]
+    assert torch.equal(cache.latents, before)
 
 
 def test_latents_beyond_float16s_largest_value_are_kept_whole_or_refused_never_taken_as_inf(data, tmp_path):
