@@ -630,6 +630,8 @@ def test_register_checks_the_training_device_and_the_classifier_images(env, qual
         hub.register("q", file="q.safetensors", sha256=SHA_GOOD, config=CONFIG, quality=quality)
     hub.register("q", file="q.safetensors", sha256=SHA_GOOD, config=CONFIG, quality={
         "train_device_minutes": 4.0, "train_device": "cpu (x86_64, 1 thread)", "classifier_eval_images": 540})
+    # one image is a positive int (mutation round, audit 373: a bound of 2 went unnoticed)
+    hub.register("one", file="one.safetensors", sha256=SHA_GOOD, config=CONFIG, quality={"classifier_eval_images": 1})
 
 
 @pytest.mark.parametrize("quality", [[], "", 0, None])
@@ -855,6 +857,12 @@ def test_register_refuses_names_that_could_not_be_typed_back(env, name):
     assert isinstance(e.value, TypeError) == (not isinstance(name, str))  # a WrongTypeError for a name not a str
 
 
+def test_register_takes_a_name_of_as_many_characters_as_it_allows(env):
+    # mutation round, audit 373: the refusal says "at most 200 characters"; nothing showed that 200 are taken
+    _register("x" * 200, "vae.safetensors")
+    assert hub._entry("x" * 200)["file"] == "vae.safetensors"
+
+
 def test_a_file_whose_config_differs_from_the_registry_is_refused(env, tmp_path):
     sha = hub.save_checkpoint(_codec(), tmp_path / "vae.safetensors")
     _Handler.files["vae.safetensors"] = (tmp_path / "vae.safetensors").read_bytes()
@@ -1020,6 +1028,9 @@ def test_user_registry_may_not_redefine_a_shipped_name(env, tmp_path):
     ('{"checkpoints": {"x": {"file": "x.safetensors", "sha256": "%s", "config": {"kind": "vae"}, "quality": [1]}}}'
      % SHA_GOOD, "quality must be a dict"),
     ('{"checkpoints": {"x": ["x.safetensors"]}}', "entry 'x' must be a dict, got list"),
+    ('{"checkpoints": {"x": {"file": "x.safetensors", "config": {"kind": "vae"}}}}', "entry 'x' has no 'sha256'"),
+    ('{"checkpoints": {"x": {"file": "x.safetensors", "sha256": "%s", "config": {"hidden": 8}}}}' % SHA_GOOD,
+     "entry 'x' config must be a dict with a 'kind'"),
     ('{"checkpoints": {"x": {"file": 5, "sha256": "%s", "config": {"kind": "vae"}}}}' % SHA_GOOD,
      "entry 'x': checkpoint file name must be a non-empty str, got 5"),
 ])
@@ -1491,6 +1502,9 @@ def test_a_file_name_too_long_for_the_cache_dir_is_refused_when_registered(env):
         hub.check_file_stem("y" * 230)
     with pytest.raises(ValueError, match=r"name 'a{50}/x' cannot be a file name \(no path separators"):
         hub.check_file_stem("a" * 50 + "/x")  # not cut short: the separator shows
+    # a 240-byte file name is not too long: its ':' is what is wrong (mutation round, audit 373: it was "too long")
+    with pytest.raises(ValueError, match=r"name 'a{226}:x' cannot be a file name \(no path separators, ':'"):
+        hub.check_file_stem("a" * 226 + ":x")
 
 
 @pytest.mark.parametrize("make", ["directory", "deep", "digits"])
@@ -2067,6 +2081,17 @@ def test_saved_files_get_the_umask_permissions_without_touching_the_umask(tmp_pa
     path = tmp_path / "glow.safetensors"
     hub.save_checkpoint(_codec(), path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~hub._UMASK
+
+
+def test_reading_the_umask_leaves_it_as_it_was():
+    # mutation round, audit 373: without the second os.umask, importing hub left the process's umask at 0, so every
+    # file the user's program created afterwards came out world-writable
+    before = os.umask(0o027)
+    try:
+        assert hub._read_umask() == 0o027
+        assert os.umask(0o027) == 0o027
+    finally:
+        os.umask(before)
 
 
 def test_register_overwrite_drops_the_loaded_codec_of_that_name(env):
