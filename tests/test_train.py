@@ -290,12 +290,19 @@ def test_a_vae_without_up_samplings_is_counted_and_checked_and_its_decoder_block
         train.default_config("vae", (1, 4, 4), **VAE, decoder_blocks=3)
 
 
-def test_a_flow_s_parameter_count_past_4_levels_follows_from_levels_1_to_4_exactly():
+def test_a_flow_s_parameter_count_past_4_levels_follows_from_levels_1_to_4_exactly(monkeypatch):
     """Each level doubles the channels of the largest 1x1 convolutions: the count in the levels is no polynomial."""
     for shape, levels in (([1, 32, 64], 5), ([2, 128, 128], 7)):
         config = build_codec({**FLOW, "kind": "glow", "image_shape": shape, "levels": levels, "steps": 2,
                               "hidden": 3}).config
         assert train._parameter_count(config) == sum(p.numel() for p in build_codec(config).parameters())
+    # and the tiny flows counted have 4 levels at most (mutation round, audit 375: counted at the levels asked for,
+    # the same count came from tiny flows whose 1x1 convolutions are as wide as the codec's: 12 levels for 4096x4096
+    # images, over 2 GB each, the size the count is there to refuse before building it)
+    built, build = [], train.build_codec
+    monkeypatch.setattr(train, "build_codec", lambda config: built.append(config["levels"]) or build(config))
+    assert train._parameter_count(config) == sum(p.numel() for p in build(config).parameters())
+    assert built and max(built) == 4
 
 
 @pytest.mark.parametrize("kind, settings, named", [
@@ -1152,9 +1159,11 @@ def test_a_state_saved_before_a_setting_existed_resumes_with_its_old_value(tmp_p
 def test_a_codec_config_entry_on_one_side_only_reads_none():
     assert train._difference("config", {"hidden": 16, "levels": 2}, {"hidden": 16, "steps": 2}) == \
         [("levels", 2, "(none)"), ("steps", "(none)", 2)]
+    # a dict on one side only (a hand-edited state's config of null): both values whole, not None's AttributeError
+    assert train._difference("config", None, {"hidden": 16}) == [("config", None, {"hidden": 16})]
 
 
-def test_report_states_the_schedule_each_step_followed(tmp_path, digits):
+def test_report_states_the_schedule_each_step_followed(tmp_path, digits, capsys):
     x = digits[0][:64]
     kw = dict(**FLOW, batch_size=16, progress=False)
 
@@ -1163,13 +1172,17 @@ def test_report_states_the_schedule_each_step_followed(tmp_path, digits):
 
     train_codec("flow", x, tmp_path, **kw, max_steps=3)
     assert schedule() == "linear warm-up 0 steps, cosine decay to 0 over 3 steps"
-    r = train_codec("flow", x, tmp_path, **kw, max_steps=8)  # extended: the cosine follows 8 steps from step 3
-    assert r["step"] == 8
+    capsys.readouterr()
+    r = train_codec("flow", x, tmp_path, **{**kw, "progress": True}, max_steps=8)  # extended: the cosine follows 8
+    assert r["step"] == 8                                                           # steps from step 3, and says so
+    assert ("the run's length changed from 3 steps to 8 steps at step 3: the learning-rate schedule follows the new "
+            "length from here\n") in capsys.readouterr().out  # (audit 375: said by no test)
     extended = ("steps 0-3: linear warm-up 0 steps, cosine decay to 0 over 3 steps; "
                 "steps 3-8: linear warm-up 1 steps, cosine decay to 0 over 8 steps")  # capped at a fifth of 8 steps
     assert schedule() == extended
-    r = train_codec("flow", x, tmp_path, **kw, max_steps=2)  # shorter than done: nothing trained, same schedule
-    assert r["step"] == 8 and schedule() == extended
+    r = train_codec("flow", x, tmp_path, **{**kw, "progress": True}, max_steps=2)  # shorter than done: nothing
+    assert r["step"] == 8 and schedule() == extended                               # trained, same schedule
+    assert "from 8 steps to 2 steps at step 8: already reached, nothing to train\n" in capsys.readouterr().out
     train_codec("flow", x, tmp_path, **kw, max_steps=8)  # a length that trained no step leaves the saved schedule
     assert len(load_training_state(tmp_path / "glow.state.safetensors")[2]["schedule"]) == 2
     # a run defined by time, resumed with a step count it has already passed
@@ -1538,20 +1551,52 @@ def test_a_vae_whose_first_step_is_non_finite_shows_nan_in_the_progress_bar(tmp_
     assert r["complete"] and r["nonfinite_steps"] == 1
 
 
-def test_max_minutes_limits_the_call_in_minutes_and_the_set_up_is_not_training_time(tmp_path, digits, monkeypatch):
-    clock = [0.0]
+def _recorded_vae_losses(monkeypatch):
+    """The list each ``ConvVAE.loss`` call from now on appends its loss to, as a float."""
+    losses, real = [], ConvVAE.loss
 
-    def tick():  # every reading of the clock: one second later
+    def recorded(self, x):
+        out = real(self, x)
+        losses.append(float(out[0].detach()))
+        return out
+
+    monkeypatch.setattr(ConvVAE, "loss", recorded)
+    return losses
+
+
+def test_the_progress_bar_shows_the_loss_smoothed_over_the_steps(tmp_path, digits, monkeypatch, capsys,
+                                                                 training_steps_only):
+    """The bar's figures are each metric's moving average, 0.95 of the last one and 0.05 of the step's (audit 375's
+    mutation round: no test read them, any other average passed)."""
+    losses = _recorded_vae_losses(monkeypatch)
+    train_codec("vae", digits[0][:32], tmp_path, **VAE, max_steps=5, batch_size=16)
+    smoothed = losses[0]
+    for v in losses[1:]:
+        smoothed = 0.95 * smoothed + 0.05 * v
+    assert len(losses) == 5 and re.findall(r"loss=([\d.]+)", capsys.readouterr().err)[-1] == f"{smoothed:.2f}"
+
+
+def _clock_a_second_a_reading(monkeypatch):
+    """Make ``train``'s clock one second later at every reading; returns its ``[seconds]`` (to move it on). It starts
+    at 1000 s, as a clock's zero is anywhere (audit 375: from 0, ``now + started`` for ``now - started`` passed)."""
+    clock = [1000.0]
+
+    def tick():
         clock[0] += 1.0
         return clock[0]
 
+    monkeypatch.setattr(train, "time", types.SimpleNamespace(perf_counter=tick))
+    return clock
+
+
+def test_max_minutes_limits_the_call_in_minutes_and_the_set_up_is_not_training_time(tmp_path, digits, monkeypatch):
+    clock = _clock_a_second_a_reading(monkeypatch)
     build = train._build
 
     def slow_build(*args, **kwargs):  # a set-up of 100 s
         clock[0] += 100.0
         return build(*args, **kwargs)
 
-    monkeypatch.setattr(train, "time", types.SimpleNamespace(perf_counter=tick))
     monkeypatch.setattr(train, "_build", slow_build)
     r = train_codec("vae", digits[0][:32], tmp_path, **VAE, max_steps=1000, batch_size=16, max_minutes=5,
                     progress=False)
@@ -1561,6 +1606,33 @@ def test_max_minutes_limits_the_call_in_minutes_and_the_set_up_is_not_training_t
     # counted, the run stopped after one step, incomplete)
     r = train_codec("vae", digits[0][:32], tmp_path / "timed", **VAE, max_minutes=0.5, batch_size=16, progress=False)
     assert r["complete"] and r["train_time_s"] >= 30
+
+
+def test_training_time_starts_at_0_and_leaves_out_the_saves_of_the_training_state(tmp_path, digits, monkeypatch):
+    """A run's training time starts at 0 and the clock restarts after each save of the training state: neither was
+    tested (audit 375's mutation round), and a slow disk's 100 s a save would count as training time (the time
+    budget, the cosine schedule of a run of max_minutes, the history's elapsed_s)."""
+    clock, save = _clock_a_second_a_reading(monkeypatch), train.save_training_state
+
+    def slow_save(*args, **kwargs):  # a save of 100 s
+        clock[0] += 100.0
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(train, "save_training_state", slow_save)
+    r = train_codec("vae", digits[0][:32], tmp_path, **VAE, max_steps=4, batch_size=16, checkpoint_every=1,
+                    progress=False)
+    assert r["complete"] and r["train_time_s"] == 4  # a second a step (the clock read once a step), from 0
+
+
+def test_a_run_of_max_minutes_decays_its_learning_rate_by_the_share_of_its_time_trained(tmp_path, digits,
+                                                                                        monkeypatch):
+    """Audit 375's mutation round: only ``_lr_factor`` was tested, not the share of the time the loop gives it."""
+    _clock_a_second_a_reading(monkeypatch)  # a second a step
+    r = train_codec("vae", digits[0][:32], tmp_path, **VAE, max_minutes=1, batch_size=16, lr=1e-3, warmup_steps=10,
+                    progress=False)
+    history = json.loads((tmp_path / "vae.json").read_text())["training"]["history"]  # every 5000 // 100 steps
+    assert r["step"] == 60 and [(h["step"], h["elapsed_s"]) for h in history] == [(50, 50.0)]
+    assert history[0]["lr"] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 49 / 60)))  # 49 s before step 50
 
 
 def test_vae_fp16_falls_back_to_fp32_when_its_reconstructions_differ(tmp_path, digits, monkeypatch):
@@ -1782,16 +1854,7 @@ def test_resume_refuses_another_seed_or_batch_size(tmp_path, digits):
 
 def test_history_has_a_hundred_records_each_the_mean_since_the_last(tmp_path, digits, monkeypatch,
                                                                     training_steps_only):
-    from latent_transforms.codecs.vae import ConvVAE
-
-    losses, real = [], ConvVAE.loss
-
-    def recorded(self, x):
-        out = real(self, x)
-        losses.append(float(out[0].detach()))
-        return out
-
-    monkeypatch.setattr(ConvVAE, "loss", recorded)
+    losses = _recorded_vae_losses(monkeypatch)
     train_codec("vae", digits[0][:32], tmp_path, **VAE, max_steps=200, batch_size=16, progress=False)
     hist = json.loads((tmp_path / "vae.json").read_text())["training"]["history"]
     assert len(losses) == 200 and [h["step"] for h in hist] == list(range(2, 201, 2))  # every 200 // 100 steps
