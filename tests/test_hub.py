@@ -47,6 +47,8 @@ SHA_GOOD = hashlib.sha256(GOOD).hexdigest()
 # what follows the one chunk of 1000 bytes of these files before the server closes the connection
 _CHUNK_ENDS = {"chunked-cut-between.safetensors": b"\r\n", "chunked-cut-in-crlf.safetensors": b"\r",
                "bad-chunk.safetensors": b"\r\nzz\r\n"}
+_ERROR_STATUS = {"error.safetensors": 500, "gone.safetensors": 410, "busy.safetensors": 429,
+                 "forbidden.safetensors": 403}
 SLOW_SECONDS = 5.0  # far beyond the 0.2 s timeout: the elapsed-time check holds on a loaded machine
 STALL_SECONDS = 10.0  # longer than the tests' hub timeout (5 s): a client that waits for the body's end times out
 
@@ -55,9 +57,9 @@ class _Handler(BaseHTTPRequestHandler):
     """Serves /good, /bad-hash, /truncated, /chunked-cut (inside a chunk), /chunked-cut-between (before a chunk-size
     line), /chunked-cut-in-crlf (inside the CRLF that ends a chunk), /bad-chunk (a chunk-size line that is not hex),
     /bad-status (a status line that is not HTTP's), /closed (the connection closed, no status line), /no-length, /slow
-    (sleeps before the body), /error (500), /gone (410), /gzip (GOOD compressed, whatever was asked), /identity (GOOD
-    with "Content-Encoding: Identity"), /page (an HTML page), the ``stalled`` files (the first part of the body, then
-    nothing until ``release`` is set); 404 otherwise."""
+    (sleeps before the body), /error (500), /gone (410), /busy (429), /forbidden (403), /gzip (GOOD compressed,
+    whatever was asked), /identity (GOOD with "Content-Encoding: Identity"), /page (an HTML page), the ``stalled``
+    files (the first part of the body, then nothing until ``release`` is set); 404 otherwise."""
 
     counts: dict[str, int] = {}
     accept_encoding: dict[str, str | None] = {}  # name -> the Accept-Encoding header of its last request
@@ -79,8 +81,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.counts[name] = self.counts.get(name, 0) + 1
         self.accept_encoding[name] = self.headers.get("Accept-Encoding")
         try:
-            if name in ("error.safetensors", "gone.safetensors"):
-                self.send_error(500 if name == "error.safetensors" else 410)
+            if name in _ERROR_STATUS:
+                self.send_error(_ERROR_STATUS[name])
             elif name == "bad-status.safetensors":
                 self.wfile.write(b"garbled\r\n")
                 self.close_connection = True
@@ -739,17 +741,20 @@ def test_a_download_the_server_answered_but_that_failed_gets_no_copy_hint(env, f
 def test_a_hub_url_that_does_not_answer_keeps_the_copy_hint(env, tmp_path, monkeypatch, server, where):
     """No answer (a machine without network, a host that is down, a file:// folder without the file, a connection
     closed before any status line: http.client's RemoteDisconnected, an HTTPException and an OSError, was taken for the
-    server's answer): copying the file into the cache dir is how it gets there."""
+    server's answer): copying the file into the cache dir is how it gets there. The error says why (mutation round,
+    audit 374: every reason could be called a timeout, or "None")."""
     file = "closed.safetensors" if where == "a connection closed unanswered" else "mine.safetensors"
     urls = {"a missing folder": (tmp_path / "nowhere").as_uri(), "a connection closed unanswered": server}
+    why = {"a closed port": os.strerror(errno.ECONNREFUSED), "a missing folder": os.strerror(errno.ENOENT),
+           "a connection closed unanswered": "Remote end closed connection without response"}[where]
     with socket.socket() as s:  # bound, never listening: a connection to it is refused at once
         s.bind(("127.0.0.1", 0))
         url = urls.get(where, f"http://127.0.0.1:{s.getsockname()[1]}")
         monkeypatch.setenv("LATENT_TRANSFORMS_HUB_URL", url)
         _register("mine", file)
-        with pytest.raises(hub.HubError, match=rf"^cannot download {re.escape(url)}/{file}: .*; registered "
-                                               rf"from Python \(hub.register\)\? it does not copy the file: copy "
-                                               rf"{file} into {re.escape(str(env))}$"):
+        with pytest.raises(hub.HubError, match=rf"^cannot download {re.escape(url)}/{file}: [^;]*{why}[^;]*; .*"
+                                               rf"registered from Python \(hub.register\)\? it does not copy the "
+                                               rf"file: copy {file} into {re.escape(str(env))}$"):
             hub.fetch("mine")
 
 
@@ -816,14 +821,15 @@ def test_register_warns_when_its_file_is_nowhere_load_looks(env, tmp_path, monke
 
 def test_register_warning_without_a_hub_url_names_the_url_even_offline(env, tmp_path, monkeypatch):
     """No hub URL: setting one is the fix, whether or not LATENT_TRANSFORMS_OFFLINE is also set; the warning points
-    at the caller's line."""
+    at the caller's line (mutation round, audit 374: the file alone held with stacklevel=3, through _register)."""
     monkeypatch.delenv("LATENT_TRANSFORMS_HUB_URL")
     monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
     sha = hub.save_checkpoint(_codec(), tmp_path / "elsewhere.safetensors")
     with pytest.warns(UserWarning, match=r"^registered 'elsewhere', .*\(nor shipped, and LATENT_TRANSFORMS_HUB_URL is "
                                          r"not set\): copy it there") as caught:
-        _register("elsewhere", "elsewhere.safetensors", sha256=sha)
-    assert [Path(w.filename) for w in caught] == [Path(__file__)]
+        line = sys._getframe().f_lineno + 1
+        hub.register("elsewhere", file="elsewhere.safetensors", sha256=sha, config=CONFIG)
+    assert [(Path(w.filename), w.lineno) for w in caught] == [(Path(__file__), line)]
 
 
 def test_hub_md_python_registration_runs_on_a_machine_without_a_cache_dir(env, monkeypatch):
@@ -1524,13 +1530,21 @@ def test_an_unusable_user_registry_is_a_warning_in_list(env, make):
 
 
 @pytest.mark.parametrize("file, status, hint", [
-    ("missing.safetensors", 404, "the server has no missing.safetensors: is LATENT_TRANSFORMS_HUB_URL the address of "
+    ("missing.safetensors", 404, "; the server has no missing.safetensors: is LATENT_TRANSFORMS_HUB_URL the address of "
                                  "the folder that holds it?"),
-    ("error.safetensors", 500, "an error on the server's side, often passing: try again later"),
+    ("gone.safetensors", 410, "; the server has no gone.safetensors: is LATENT_TRANSFORMS_HUB_URL the address of the "
+                              "folder that holds it?"),
+    ("error.safetensors", 500, "; an error on the server's side, often passing: try again later"),
+    ("busy.safetensors", 429, "; an error on the server's side, often passing: try again later"),
+    ("forbidden.safetensors", 403, ""),  # nothing to suggest
 ])
 def test_http_errors_name_url_and_status_and_what_to_do(env, server, file, status, hint):
+    """Each status its hint and no other (mutation round, audit 374: 410's, 429's and none were untested); a 404 or
+    410 (nothing there to have) is followed by where else the file may come from."""
     _register("x", file)
-    with pytest.raises(hub.HubError, match=rf"{server}/{file} failed: HTTP {status} [^;]*; {re.escape(hint)}"):
+    reason = _Handler.responses[status][0]
+    with pytest.raises(hub.HubError, match=rf"{server}/{file} failed: HTTP {status} {reason}{re.escape(hint)}"
+                                           rf"(; registered .*)?$"):
         hub.fetch("x")
     assert list(env.iterdir()) == []
 
@@ -1891,6 +1905,17 @@ def test_concurrent_processes_fetch_one_good_file(env):
     assert _Handler.counts["good.safetensors"] == 1  # DDP ranks loading one name download it once
 
 
+def _run_json(folder: Path, sha256: str | None = None) -> Path:
+    """The run JSON ``folder/zz-run.json`` as ``latent-transforms train`` writes it, of a codec saved beside it as
+    zz-run.safetensors (``sha256`` None), or of a checkpoint of that sha256 not there."""
+    if sha256 is None:
+        sha256 = hub.save_checkpoint(_codec(), folder / "zz-run.safetensors")
+    run = folder / "zz-run.json"
+    run.write_text(json.dumps({"name": "zz-run", "registry_entry": {"file": "zz-run.safetensors", "sha256": sha256,
+                                                                    "config": CONFIG}}))
+    return run
+
+
 def _register_runs_in_child(run, names, barrier, results) -> None:
     for name in names:
         barrier.wait()
@@ -1903,21 +1928,34 @@ def _register_runs_in_child(run, names, barrier, results) -> None:
 def test_a_run_whose_checkpoint_is_gone_is_a_missing_file(env, tmp_path):
     """The run's JSON without its .safetensors beside it was a plain ValueError, where every other file that is not
     there is a MissingFileError (a FileNotFoundError, and still a ValueError)."""
-    run = tmp_path / "zz-run.json"
-    run.write_text(json.dumps({"name": "zz-run", "registry_entry": {"file": "zz-run.safetensors", "sha256": SHA_GOOD,
-                                                                    "config": CONFIG}}))
+    run = _run_json(tmp_path, SHA_GOOD)
     with pytest.raises(FileNotFoundError, match="no checkpoint file .*zz-run.safetensors beside") as e:
         hub.register_run(run)
     assert isinstance(e.value, ValueError)
 
 
+def test_a_checkpoint_that_changes_while_it_is_copied_is_not_registered(env, tmp_path, monkeypatch):
+    """The copy is hashed again (mutation round, audit 374: that check was untested): a file rewritten between its
+    check and its copy (training still saving) is refused, leaving neither the entry nor the copy."""
+    run = _run_json(tmp_path)
+    real_copy = hub.shutil.copyfile
+
+    def copy_of_a_changing_file(source, dest):
+        real_copy(source, dest)
+        with open(dest, "ab") as f:
+            f.write(b"more")
+
+    monkeypatch.setattr(hub.shutil, "copyfile", copy_of_a_changing_file)
+    with pytest.raises(ValueError, match=r"zz-run.safetensors changed while it was copied; nothing registered$"):
+        hub.register_run(run)
+    assert "zz-run" not in hub._registry() and list(env.iterdir()) == []
+
+
 def test_concurrent_processes_register_one_run(env, tmp_path):
     """DDP ranks each registering the run at start: the rank that persisted second raised "already registered;
     pass overwrite=True" (the check that the run is already there ran before either rank had written it)."""
-    sha = hub.save_checkpoint(_codec(), tmp_path / "zz-run.safetensors")
-    run = tmp_path / "zz-run.json"
-    run.write_text(json.dumps({"name": "zz-run", "registry_entry": {"file": "zz-run.safetensors", "sha256": sha,
-                                                                    "config": CONFIG}}))
+    run = _run_json(tmp_path)
+    sha = hub.sha256_file(tmp_path / "zz-run.safetensors")
     names = [f"zz-run-{i}" for i in range(4)]  # four rounds: the race was lost in most of them
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(2), ctx.Queue()
@@ -1939,10 +1977,8 @@ def test_concurrent_processes_register_one_run(env, tmp_path):
 def test_a_run_registered_between_its_entry_and_its_file_is_waited_for(env, tmp_path, monkeypatch):
     """A process checking while another had written the registry entry but not yet put the file in place saw a
     registered name without its copy and asked for --overwrite: the check, the copy and the entry are one step."""
-    sha = hub.save_checkpoint(_codec(), tmp_path / "zz-run.safetensors")
-    run = tmp_path / "zz-run.json"
-    run.write_text(json.dumps({"name": "zz-run", "registry_entry": {"file": "zz-run.safetensors", "sha256": sha,
-                                                                    "config": CONFIG}}))
+    run = _run_json(tmp_path)
+    sha = hub.sha256_file(tmp_path / "zz-run.safetensors")
     entry_written, real_add = threading.Event(), hub._add_entry
 
     def add_then_pause(*args, **kwargs):  # the first registrant, between its registry edit and the file's rename
@@ -2099,8 +2135,13 @@ def test_register_overwrite_drops_the_loaded_codec_of_that_name(env):
     sha_a = hub.save_checkpoint(_codec(0), env / "a.safetensors")
     sha_b = hub.save_checkpoint(_codec(1), env / "b.safetensors")
     _register("vae", "a.safetensors", sha256=sha_a)
+    _register("other", "b.safetensors", sha256=sha_b)
     assert torch.equal(_outputs(hub.load("vae")), _outputs(_codec(0).eval()))
+    hub.load("other")
     _register("vae", "b.safetensors", sha256=sha_b, overwrite=True)
+    # its old codec no longer held, the other name's kept (mutation round, audit 374: the outputs alone held with the
+    # old codec kept and the other one dropped: the cache key holds the sha256)
+    assert [key[0] for key in hub._loaded] == ["other"]
     assert torch.equal(_outputs(hub.load("vae")), _outputs(_codec(1).eval()))  # the new file, not the loaded old one
 
 
@@ -2308,11 +2349,12 @@ def test_a_part_younger_than_twice_a_long_timeout_is_kept(tmp_path, monkeypatch)
 
 def test_a_part_younger_than_an_hour_is_kept_under_the_default_timeout(tmp_path, monkeypatch):
     """A download may stall for a while and go on: an abandoned part is one untouched for an hour at least, even
-    with a read timeout of a minute."""
+    with a read timeout of a minute, and not much longer (mutation round, audit 374: 2 hours held with a 2-hour-old
+    part)."""
     monkeypatch.delenv("LATENT_TRANSFORMS_HUB_TIMEOUT", raising=False)
     dest = tmp_path / "good.safetensors"
     recent, old = tmp_path / ".good.safetensors.r3c3nt.part", tmp_path / ".good.safetensors.k1ll3d.part"
-    for part, age in ((recent, 1800), (old, 7200)):
+    for part, age in ((recent, 1800), (old, 5400)):
         part.write_bytes(b"partial")
         os.utime(part, (time.time() - age, time.time() - age))
     hub._remove_abandoned_parts(dest)
@@ -2447,14 +2489,17 @@ def test_a_user_registry_with_a_byte_order_mark_is_read(env):
     assert hub.fetch("mine").read_bytes() == GOOD
 
 
-def test_register_refuses_flags_that_are_not_bools(env):
+def test_register_refuses_flags_that_are_not_bools(env, tmp_path):
     """persist="no" wrote the user registry (any value was taken as true)."""
     for flag in ("persist", "overwrite"):
         with pytest.raises(TypeError, match=f"{flag} must be True or False"):
             _register("x", "x.safetensors", **{flag: "no"})
     with pytest.raises(TypeError, match="config and quality must be dicts"):
         hub.register("x", file="x.safetensors", sha256=SHA_GOOD, config=None)
-    assert not (env / "registry.json").exists()
+    # register_run's too (mutation round, audit 374: 0 was taken as False, "no" failed only after the copy)
+    with pytest.raises(TypeError, match="overwrite must be True or False, got 0"):
+        hub.register_run(_run_json(tmp_path), overwrite=0)
+    assert not env.exists()
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
