@@ -2635,6 +2635,24 @@ def test_an_unknown_device_ends_the_benchmark_in_one_line(tmp_path):
         _load_benchmark("throughput").main(["--device", "bogus", "--out", str(tmp_path / "tp")])
 
 
+def test_setup_device_sets_the_threads_given_and_turns_cudnn_autotuning_and_tf32_on_for_cuda_only(monkeypatch):
+    """Mutation audit 379: no test read what setup_device sets (a CPU run never reaches the CUDA branch)."""
+    models = _load_benchmark("models")
+    threads = []
+    monkeypatch.setattr(models.torch, "set_num_threads", threads.append)
+    monkeypatch.setattr(models, "resolve_device", lambda name, auto: torch.device(name))  # cuda:1 without a GPU
+    before = torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32  # monkeypatch.undo fails on these
+    try:
+        torch.backends.cudnn.benchmark = torch.backends.cuda.matmul.allow_tf32 = False
+        assert models.setup_device("cpu", None) == torch.device("cpu") and threads == []
+        assert models.setup_device("cpu", 3) == torch.device("cpu") and threads == [3]
+        assert not torch.backends.cudnn.benchmark and not torch.backends.cuda.matmul.allow_tf32
+        assert models.setup_device("cuda:1", None) == torch.device("cuda:1")
+        assert torch.backends.cudnn.benchmark and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32 = before
+
+
 def test_the_benchmarks_take_device_auto_as_the_cli_and_the_examples_do():
     """API audit 126: `latent-transforms train --device auto` and the examples' --device auto worked, the benchmarks'
     ended in "device must be cpu, cuda, cuda:N, got 'auto'"."""
@@ -2793,6 +2811,14 @@ def test_a_codec_of_the_other_kind_is_refused(refused_commands, script):
     assert "Traceback" not in stderr
 
 
+def test_a_codec_of_the_kind_asked_for_is_loaded(offline_hub):
+    """Mutation audit 379: the tests above gave load_codec only codecs of the other kind, so a load_codec that refused
+    every codec passed them."""
+    load_codec = _load_benchmark("models").load_codec
+    assert load_codec("glow", "glow-digits", torch.device("cpu")).kind == "glow"
+    assert load_codec("vae", "vae-digits", torch.device("cpu")).kind == "vae"
+
+
 @pytest.mark.parametrize("args, message", [
     (["--train-size", "155"], "--train-size must be a multiple of the 10 classes (a class-balanced subset), got 155"),
     (["--varmixup-p", "0"], "--varmixup-p must be in (0, 1], got 0"),  # ran the baseline as "varmixup"
@@ -2891,3 +2917,12 @@ def test_reports_are_written_in_utf8_whatever_the_locale(tmp_path):
                           capture_output=True, text=True, timeout=TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "results.md").read_text(encoding="utf-8") == "| arm | Δ vs baseline (paired ± std) |"
+
+
+def test_write_json_and_write_text_make_the_folder_they_write_into(tmp_path):
+    """Mutation audit 379: no test wrote into a folder not made yet, as a script's first write into its --out does."""
+    models = _load_benchmark("models")
+    models.write_json(tmp_path / "new" / "shard-0" / "results.json", {"runs": {}})
+    models.write_text(tmp_path / "other" / "deeper" / "results.md", "| Δ |")
+    assert json.loads((tmp_path / "new" / "shard-0" / "results.json").read_text()) == {"runs": {}}
+    assert (tmp_path / "other" / "deeper" / "results.md").read_text(encoding="utf-8") == "| Δ |"
