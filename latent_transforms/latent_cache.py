@@ -102,7 +102,7 @@ class LatentCache(Settings, nn.Module):
         device = None if device is None else resolve_device(device)
         check_images(images, "images")
         codec_device = codec.device
-        codec.check_images(images[:1].to(codec_device))
+        codec.check_image_shape(images, "images")  # on any device: named before the latents' memory is taken
         # filled chunk by chunk: a list of chunks and their torch.cat would need the cache's memory twice
         latents = torch.empty(len(images), codec.latent_dim, dtype=codec.dtype, device=device or codec_device)
         projection = _projection(images[0].numel()).to(codec_device)

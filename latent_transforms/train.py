@@ -501,7 +501,7 @@ def eval_codec(codec: Codec, x: torch.Tensor, batch_size: int = 256, seed: int =
     """
     check_images(x)
     device = codec.device
-    codec.check_images(x[:1].to(device))
+    codec.check_image_shape(x)  # on any device: x moves to the codec's a batch at a time
     gen = torch.Generator(device="cpu").manual_seed(seed)
     recipe = _RECIPES.get(codec.kind)
     was_training = codec.training

@@ -68,8 +68,11 @@ def test_cache_errors_are_named(data):
     elsewhere = LatentNoise(glow, cache=LatentCache(glow, images, progress=False).to("meta"), generator=0)
     with pytest.raises(ValueError, match="the latent cache is on meta but x is on cpu"):  # named before the lookup
         elsewhere(x, y, index=torch.arange(4))
-    with pytest.raises(ValueError, match="trained on images of shape"):
+    with pytest.raises(ValueError, match=r"trained on images of shape \(1, 8, 8\) \(C, H, W\), got images of shape "
+                                         r"\(4, 3, 8, 8\);"):  # said "got x of shape (1, 3, 8, 8)", its first image
         LatentCache(glow, torch.rand(4, 3, 8, 8), progress=False)
+    with pytest.raises(ValueError, match=r"got images of shape \(4, 8, 8, 1\); .* pass images.permute\(0, 3, 1, 2\)"):
+        LatentCache(glow, torch.rand(4, 8, 8, 1), progress=False)
     with pytest.raises(ValueError, match=r"images must be a float tensor .* convert with images.float\(\) / 255"):
         LatentCache(glow, (images * 255).byte(), progress=False)  # said x.float(), naming no x
     with pytest.raises(ValueError, match=r"images must be a dense tensor, got layout torch.sparse_coo"):
@@ -228,7 +231,7 @@ def test_a_cache_of_a_float64_codec_holds_float64_latents_and_looks_up_checked_p
         cache(torch.tensor([0, 6]))  # called directly, the cache checks the positions itself
 
 
-@pytest.mark.parametrize("n", [17, 33, 16])
+@pytest.mark.parametrize("n", [17, 33, 16, 1])
 def test_cache_encodes_every_image_whatever_the_batch_size(data, n):
     images, _ = data
     glow = tiny_glow()

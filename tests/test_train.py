@@ -356,6 +356,14 @@ def test_a_codec_whose_weights_outgrow_the_memory_is_refused_before_it_is_built(
     train.default_config(kind, (1, 8, 8), **settings)
 
 
+def test_eval_codec_names_the_shape_of_the_images_given(digits):
+    """It said "got x of shape (1, 3, 8, 8)", its first image's, for 64 images of another shape."""
+    codec = build_codec({**FLOW, "kind": "glow", "image_shape": [1, 8, 8]})
+    with pytest.raises(ValueError, match=r"trained on images of shape \(1, 8, 8\) \(C, H, W\), got x of shape "
+                                         r"\(64, 3, 8, 8\)"):
+        eval_codec(codec, digits[2][:64].expand(-1, 3, -1, -1))
+
+
 @pytest.mark.parametrize("nan_batch", [0, 1])
 def test_eval_codec_reports_a_nan_round_trip(digits, monkeypatch, nan_batch):
     codec = build_codec(train.default_config("flow", (1, 8, 8), **FLOW))

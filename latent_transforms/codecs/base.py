@@ -381,12 +381,17 @@ class Codec(Settings, ChecksCodecStates, nn.Module):
         on its device (``B = 0`` only with ``allow_empty``); with ``values``, also if not finite in [0, 1] (one host
         sync)."""
         check_images(x, name, values=False, allow_empty=allow_empty)
-        if tuple(x.shape[1:]) != self.image_shape:
-            raise ValueError(f"this {self.kind} codec was trained on images of shape {self.image_shape} (C, H, W), "
-                             f"got {name} of shape {tuple(x.shape)}{self._shape_hint(tuple(x.shape[1:]), name)}")
+        self.check_image_shape(x, name)
         check_same_device(x, self, f"the {self.kind} codec")
         if values:
             check_image_values(x, name)
+
+    def check_image_shape(self, x: torch.Tensor, name: str = "x") -> None:
+        """Raise if ``x: (B, C, H, W)`` (its form checked, on any device) does not hold images of this codec's shape,
+        naming it ``name`` in the message."""
+        if tuple(x.shape[1:]) != self.image_shape:
+            raise ValueError(f"this {self.kind} codec was trained on images of shape {self.image_shape} (C, H, W), "
+                             f"got {name} of shape {tuple(x.shape)}{self._shape_hint(tuple(x.shape[1:]), name)}")
 
     def _shape_hint(self, got: tuple[int, ...], name: str) -> str:
         """What to do about images of per-sample shape ``got``: channels last, or another codec that takes them."""
