@@ -864,6 +864,29 @@ def test_accuracy_smoke_in_bf16(tmp_path, monkeypatch, offline_hub):
     assert ", bf16 on cpu (" in (tmp_path / "acc" / "results.md").read_text()
 
 
+def test_the_classifier_is_channels_last_on_cuda_only(monkeypatch):
+    """Channels-last (the input converted in forward, the weights by ``.to``) is for CUDA's convolutions: on the CPU
+    the ResNet-18 keeps its default memory format. A stand-in records the calls, so no GPU is needed."""
+    models = _load_benchmark("models")
+    built, moves = [], []
+
+    class Recorded(nn.Module):
+        def __init__(self, num_classes, width, channels_last):
+            super().__init__()
+            built.append(channels_last)
+
+        def to(self, *args, **kwargs):
+            moves.append((args, kwargs))
+            return self
+
+    monkeypatch.setattr(models, "CifarResNet18", Recorded)
+    for device, channels_last in (("cpu", False), ("cuda", True)):
+        del built[:], moves[:]
+        models.build_classifier(10, 8, torch.device(device), "fp32")
+        layout = [((), {"memory_format": torch.channels_last})] if channels_last else []
+        assert built == [channels_last] and moves == [((torch.device(device),), {})] + layout, device
+
+
 def test_accuracy_latent_levels_reach_the_latent_arms():
     from latent_transforms.codecs import Glow
 
@@ -1119,14 +1142,15 @@ def test_accuracy_gpu_warm_up_runs_every_part_it_tunes(monkeypatch):
 
     monkeypatch.setattr(acc, "make_augment", spy)
     fits = []
-    monkeypatch.setattr(acc, "fit_classifier", lambda model, x, y, **k: fits.append((len(x), k["batch_size"])))
-    x, y = torch.rand(20, 3, 32, 32), torch.arange(20) % 10
+    monkeypatch.setattr(acc, "fit_classifier",
+                        lambda model, x, y, **k: fits.append((len(x), k["batch_size"], k["epochs"], k["progress"])))
+    x, y = torch.rand(30, 3, 32, 32), torch.arange(30) % 10  # more than it needs (mutation round, audit 383)
     acc.warm_up(args, {"glow": glow, "vae": vae}, x, y, torch.device("cpu"), {"latent-adversarial", "varmixup"})
-    assert fits == [(20, 8)]  # the classifier on two full batches and the last, partial one
+    assert fits == [(22, 8, 1, False)]  # one quiet epoch on two full batches and the last, partial one (30 % 8)
     attack, mix = calls
-    assert type(attack).__name__ == "LatentAdversarial" and attack.stats["seen"] == 8 + 4, attack.stats  # 2 sizes
-    # VarMixup at every likely count of selected images: 1..8 of a batch of 8 and 1..4 of the last 4 at p 0.25
-    counts = sorted(set(acc.likely_counts(8, args.varmixup_p)) | set(acc.likely_counts(4, args.varmixup_p)))
+    assert type(attack).__name__ == "LatentAdversarial" and attack.stats["seen"] == 8 + 6, attack.stats  # 2 sizes
+    # VarMixup at every likely count of selected images: 1..8 of a batch of 8 and 1..6 of the last 6 at p 0.25
+    counts = sorted(set(acc.likely_counts(8, args.varmixup_p)) | set(acc.likely_counts(6, args.varmixup_p)))
     assert type(mix).__name__ == "VarMixup" and mix.stats["seen"] == sum(counts) and counts[0] == 1
     assert list(acc.likely_counts(128, 0.25)) == list(range(12, 53))  # mean 32 +- 4 x 4.9
 
@@ -1145,6 +1169,25 @@ def test_random_crop_flip_draws_per_sample_offsets_then_flips_from_its_seed():
         expected = torch.stack([padded[i, :, oy[i]:oy[i] + 10, ox[i]:ox[i] + 10] for i in range(12)])
         expected = torch.where(flip.view(12, 1, 1, 1), expected.flip(-1), expected)
         assert torch.equal(aug(x), expected), batch
+
+
+def test_per_sample_randaugment_draws_its_ops_for_each_image_and_refuses_a_magnitude_out_of_range():
+    """Per image (a batched v2 call applies one draw to the whole batch), with torchvision's defaults (what the
+    throughput rows time); magnitudes 0..30 accepted, others refused when built, not when an op is drawn."""
+    from torchvision.transforms import v2
+
+    per_sample = _load_accuracy_module().PerSampleRandAugment
+    ra, default = per_sample(), v2.RandAugment()
+    assert (ra.ra.num_ops, ra.ra.magnitude) == (default.num_ops, default.magnitude)
+    x = torch.rand(1, 3, 16, 16).expand(16, -1, -1, -1)  # one image 16 times
+    torch.manual_seed(0)
+    out = ra(x)
+    assert out.shape == x.shape and out.dtype == x.dtype and len(torch.unique(out.flatten(1), dim=0)) > 1
+    for magnitude in (0, 30):
+        assert per_sample(magnitude=magnitude).ra.magnitude == magnitude
+    for magnitude in (-1, 31):
+        with pytest.raises(ValueError, match=re.escape(f"magnitude must be in [0, 30], got {magnitude}")):
+            per_sample(magnitude=magnitude)
 
 
 def _scores(a: float, ece: float = 0.1, corr: float | None = 0.5) -> dict:
@@ -1310,6 +1353,32 @@ def test_accuracy_report_lists_diverged_runs_and_heads_the_targets_with_the_smok
            "isda seed 0 (3 of its predictions).\n\nTargets of the issue " in md, md
     assert "):\n(smoke run: the verdicts below only show that they are computed)\n\n- Target 1 (" in md, md
     assert "held-out validation split, for tuning" not in md
+
+
+def test_accuracy_write_report_writes_its_three_files_and_prints_the_report_unless_echo_is_false(tmp_path, capsys):
+    """write_report: results.json (wall_seconds since ``start``), results.md (the header, a blank line, the report),
+    reliability.png, and the report printed with the files' names; echo=False prints nothing (mutation round,
+    audit 383: wall_seconds added ``start`` and the printing was unchecked)."""
+    from PIL import Image
+
+    acc = _load_accuracy_module()
+    results = _results(acc)
+    for run in (r for seeds in results["runs"].values() for r in seeds.values()):
+        run["reliability"] = {"count": [2, 0], "correct_sum": [1, 0], "confidence_sum": [1.5, 0.0]}
+    start = time.perf_counter()
+    written = acc.write_report(tmp_path, {"seeds": [0]}, results["config"], results["runs"], start, header="# H")
+    assert 0 <= written["wall_seconds"] <= time.perf_counter() - start, written["wall_seconds"]
+    assert json.loads((tmp_path / "results.json").read_text()) == written
+    md = acc.format_report(written)
+    assert (tmp_path / "results.md").read_text() == f"# H\n\n{md}\n"
+    with Image.open(tmp_path / "reliability.png") as im:
+        assert im.format == "PNG"
+    names = f"{tmp_path / 'results.json'}, {tmp_path / 'results.md'}, {tmp_path / 'reliability.png'}"
+    printed = re.fullmatch(re.escape(f"# H\n\n{md}\n\nWrote {names} in ") + r"(\d+) s\.\n", capsys.readouterr().out)
+    assert printed and int(printed[1]) <= time.perf_counter() - start + 1, printed
+    written = acc.write_report(tmp_path, {"seeds": [0]}, results["config"], results["runs"], start, echo=False)
+    assert capsys.readouterr().out == ""
+    assert (tmp_path / "results.md").read_text() == f"{acc.format_report(written)}\n"
 
 
 def test_accuracy_report_names_each_arms_settings_and_checkpoint():
@@ -2201,6 +2270,17 @@ def test_codec_quality_mixes_interpolates_and_reports_a_flow_in_its_table_and_pi
     assert torch.equal(pictures["original"], x[:10]) and torch.equal(pictures["reconstruction"], torch.zeros(10, 1, 8, 8))
     # the classifier names every original right and every (black) reconstruction wrong: 100% clean, 0% on those
     assert "| flow | 3.250 bits/dim | 0.0% | 100.0% | 100.0% |" in capsys.readouterr().out
+
+
+def test_the_clean_classifier_is_the_digits_cnn_for_digits_and_a_resnet_18_of_the_width_given_else():
+    """A CIFAR ResNet-18 also runs on 1x8x8 digits (its 3-channel normalisation broadcasts), so the wrong model would
+    go unnoticed by the scripts."""
+    from latent_transforms.models import CifarResNet18
+
+    models = _load_benchmark("models")
+    assert not isinstance(models.clean_classifier_model((1, 8, 8), 8), CifarResNet18)
+    resnet = models.clean_classifier_model((3, 32, 32), 8)
+    assert isinstance(resnet, CifarResNet18) and resnet.stem[0].out_channels == 8
 
 
 def test_codec_quality_keeps_its_clean_classifier_for_later_runs(tmp_path, monkeypatch):

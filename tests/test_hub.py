@@ -1068,6 +1068,9 @@ def test_a_broken_user_registry_does_not_block_shipped_or_runtime_names(env, tmp
     assert hub.fetch("runtime") == env / "good.safetensors"
     with pytest.raises(ValueError, match="is not valid JSON"):
         hub.fetch("mine")  # a name only the user registry could hold: the broken file is named
+    hub.save_checkpoint(_codec(), tmp_path / "mine.safetensors")  # nor a file by its path (mutation round, audit 383)
+    with pytest.warns(UserWarning, match="is not valid JSON"):
+        assert torch.equal(_outputs(hub.load(str(tmp_path / "mine.safetensors"))), _outputs(_codec()))
     # registering a new name in this process works too (it raised the file's error), with a warning naming it
     with pytest.warns(UserWarning, match="is not valid JSON"):
         _register("new", "good.safetensors")
@@ -2053,14 +2056,24 @@ def test_threads_loading_one_name_build_it_once(env, tmp_path, monkeypatch):
     codec = _codec()
     sha = hub.save_checkpoint(codec, tmp_path / "vae.safetensors")
     _Handler.files["vae.safetensors"] = (tmp_path / "vae.safetensors").read_bytes()
-    load_checkpoint, builds, barrier = hub.load_checkpoint, [], threading.Barrier(2)
+    load_checkpoint, builds, barrier, both_past = hub.load_checkpoint, [], threading.Barrier(2), threading.Event()
+
+    class Locks(dict):  # the per-name locks, noting when both threads have passed the first cache check
+        def setdefault(self, key, default):
+            self.calls = getattr(self, "calls", 0) + 1
+            if self.calls == 2:
+                both_past.set()
+            return super().setdefault(key, default)
 
     def slow_load_checkpoint(path, device, **kwargs):
         builds.append(path)
-        time.sleep(0.5)  # long enough for the other thread to pass the first cache check and queue on the lock
+        # the other thread queues on the lock (a fixed sleep was too short on a loaded machine: mutation round, audit
+        # 383, the second cache check removed survived once)
+        assert both_past.wait(30)
         return load_checkpoint(path, device, **kwargs)
 
     monkeypatch.setattr(hub, "load_checkpoint", slow_load_checkpoint)
+    monkeypatch.setattr(hub, "_load_locks", Locks())
     results = []
 
     def worker():

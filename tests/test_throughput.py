@@ -341,6 +341,15 @@ def test_report_gives_each_row_its_cost_in_training_steps_and_counts_the_rows_st
 
 
 
+def test_a_random_init_codec_has_the_librarys_default_size():
+    """Timed in place of a missing hub codec: its speed stands for the default's only at the default's size."""
+    from latent_transforms.codecs import ConvVAE, Glow
+
+    for kind, default in (("glow", Glow()), ("vae", ConvVAE())):
+        shapes = {name: t.shape for name, t in tp.random_init_codec(kind).state_dict().items()}
+        assert shapes == {name: t.shape for name, t in default.state_dict().items()}, kind
+
+
 def test_the_codec_round_trip_adds_noise_of_l2_norm_eps_per_image():
     from types import SimpleNamespace
 

@@ -443,6 +443,18 @@ def test_resume_continues_step_count_and_optimizer(tmp_path, digits):
     assert_no_pickle(tmp_path)
 
 
+def test_a_flow_s_actnorm_starts_from_init_batch_distinct_images_of_the_set(tmp_path, digits, monkeypatch):
+    """ActNorm's data-dependent init sees ``actnorm_init_batch`` distinct training images (audit 380: a permutation
+    of ``x.shape[1]``, the channels, gave it one image and passed)."""
+    seen, init = [], train.Glow.init_actnorm
+    monkeypatch.setattr(train.Glow, "init_actnorm", lambda self, x: seen.append(x) or init(self, x))
+    x = digits[0][:32]
+    train_codec("flow", x, tmp_path, **FLOW, max_steps=1, batch_size=16, progress=False)
+    want = load_training_state(tmp_path / "glow.state.safetensors")[2]["actnorm_init_batch"]
+    assert len(seen) == 1 and want == min(train._ACTNORM_INIT_BATCH, 32) and seen[0].shape == (want, 1, 8, 8)
+    assert len({i for b in seen[0] for i in range(32) if torch.equal(b, x[i])}) == want
+
+
 def test_a_second_run_writing_the_same_files_is_refused(tmp_path, digits):
     # two runs with one --out and --name wrote the same state and final files, each resuming the other's steps
     fcntl = pytest.importorskip("fcntl")
@@ -830,6 +842,17 @@ def test_train_codec_leaves_the_global_rng_as_it_was_also_when_interrupted(tmp_p
     assert train.default_config(kind, (1, 8, 8)) and torch.equal(torch.get_rng_state(), state)
 
 
+def test_a_run_s_weights_follow_its_seed_not_the_callers_global_rng(tmp_path, digits):
+    """The codec's random init is drawn from ``seed``: without ``_build``'s own ``torch.manual_seed`` it drew from
+    the caller's global RNG, so one seed trained other weights after a notebook cell drew a number (audit 380)."""
+    kw = dict(**VAE, max_steps=1, batch_size=16, progress=False)
+    shas = []
+    for i, (global_seed, seed) in enumerate(((0, 0), (1, 0), (1, 1))):
+        torch.manual_seed(global_seed)
+        shas.append(train_codec("vae", digits[0][:32], tmp_path / str(i), **kw, seed=seed)["sha256"])
+    assert shas[0] == shas[1] != shas[2]
+
+
 def test_train_codec_runs_in_a_thread(tmp_path, digits):
     results = []  # signal handlers can only be set in the main thread: a thread trains without them
     worker = threading.Thread(target=lambda: results.append(
@@ -1044,8 +1067,9 @@ def test_bad_arguments(tmp_path, digits):
             train_codec("flow", x, tmp_path, **FLOW, max_steps=1, max_minutes=bad)
     with pytest.raises(ValueError, match="max_steps must be an int >= 1"):
         train_codec("flow", x, tmp_path, **FLOW, max_steps=1.5)
-    with pytest.raises(ValueError, match="lr must be a finite number"):
-        train_codec("flow", x, tmp_path, **FLOW, max_steps=1, lr=-1e-3)
+    for bad in (-1e-3, 0):  # 0: a run that changes no weight (audit 380: 0 passed with low_open dropped)
+        with pytest.raises(ValueError, match=r"lr must be a finite number in \(0, 1\], got"):
+            train_codec("flow", x, tmp_path, **FLOW, max_steps=1, lr=bad)
     with pytest.raises(ValueError, match="warmup_steps must be an int >= 0"):
         train_codec("flow", x, tmp_path, **FLOW, max_steps=1, warmup_steps=-1)
     with pytest.raises(ValueError, match=r"seed must be an int in \[0, 4294967295\], got 4294967296"):  # NumPy's
