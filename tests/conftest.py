@@ -57,9 +57,10 @@ EVAL_BESIDE_TRAINING = pytest.mark.filterwarnings(f"ignore:{LEFT_IN_EVAL}")
 def pytest_addoption(parser, pluginmanager):
     parser.addoption("--device", default="cpu",
                      help="the device of tests/test_device.py and tests/test_host_syncs.py (default cpu; e.g. cuda, cuda:1)")
-    if not pluginmanager.hasplugin("timeout"):  # pyproject's limit without pytest-timeout (the GPU session's pytest):
-        parser.addini("timeout", "pytest-timeout's limit per test, in seconds (not installed here: no limit)")  # no
-        # "unknown config option" warning
+    # pyproject's `timeout` where pytest-timeout is not installed (the GPU session's pytest): declared here, it means
+    # nothing and raises no "unknown config option" warning
+    if not pluginmanager.hasplugin("timeout"):
+        parser.addini("timeout", "pytest-timeout's limit per test, in seconds (not installed here: no limit)")
 
 
 @pytest.hookimpl(optionalhook=True)  # pytest without pytest-xdist (the GPU session's) would refuse an unknown hook
