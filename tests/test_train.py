@@ -1621,15 +1621,19 @@ def _clock_a_second_a_reading(monkeypatch):
     return clock
 
 
-def test_max_minutes_limits_the_call_in_minutes_and_the_set_up_is_not_training_time(tmp_path, digits, monkeypatch):
-    clock = _clock_a_second_a_reading(monkeypatch)
-    build = train._build
+def _taking_100_s(monkeypatch, clock, name):
+    """Make ``train.<name>`` move the fake ``clock`` on by 100 s at each call, then do its work."""
+    real = getattr(train, name)
 
-    def slow_build(*args, **kwargs):  # a set-up of 100 s
+    def slow(*args, **kwargs):
         clock[0] += 100.0
-        return build(*args, **kwargs)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(train, "_build", slow_build)
+    monkeypatch.setattr(train, name, slow)
+
+
+def test_max_minutes_limits_the_call_in_minutes_and_the_set_up_is_not_training_time(tmp_path, digits, monkeypatch):
+    _taking_100_s(monkeypatch, _clock_a_second_a_reading(monkeypatch), "_build")  # a set-up of 100 s
     r = train_codec("vae", digits[0][:32], tmp_path, **VAE, max_steps=1000, batch_size=16, max_minutes=5,
                     progress=False)
     assert not r["complete"] and 10 < r["step"] < 300  # 300 s from the call's start (was: 5 s, one step)
@@ -1644,13 +1648,7 @@ def test_training_time_starts_at_0_and_leaves_out_the_saves_of_the_training_stat
     """A run's training time starts at 0 and the clock restarts after each save of the training state: neither was
     tested (audit 375's mutation round), and a slow disk's 100 s a save would count as training time (the time
     budget, the cosine schedule of a run of max_minutes, the history's elapsed_s)."""
-    clock, save = _clock_a_second_a_reading(monkeypatch), train.save_training_state
-
-    def slow_save(*args, **kwargs):  # a save of 100 s
-        clock[0] += 100.0
-        return save(*args, **kwargs)
-
-    monkeypatch.setattr(train, "save_training_state", slow_save)
+    _taking_100_s(monkeypatch, _clock_a_second_a_reading(monkeypatch), "save_training_state")  # a save of 100 s
     r = train_codec("vae", digits[0][:32], tmp_path, **VAE, max_steps=4, batch_size=16, checkpoint_every=1,
                     progress=False)
     assert r["complete"] and r["train_time_s"] == 4  # a second a step (the clock read once a step), from 0
