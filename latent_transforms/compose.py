@@ -244,10 +244,15 @@ def _check_kornia_mix_step(steps: list[nn.Module], i: int, mixing: list[int], nu
         raise ValueError(_CUTMIX_NUM_MIX.format(name=_name(steps[i]), num_mix=num_mix))
     if num_classes is None:
         raise ValueError(f"Compose(..., num_classes=...) is needed to turn {_name(steps[i])}'s labels (step {i}) soft")
+    _refuse_soft_labels_into_kornia_mix(steps, i, mixing, f"{_name(steps[i])} (kornia) at step {i}")
+
+
+def _refuse_soft_labels_into_kornia_mix(steps: list[nn.Module], i: int, mixing: list[int], mix: str) -> None:
+    """Step ``i`` hands the labels as it gets them to a kornia mix (``mix`` says which), which takes class indices:
+    ``ValueError`` when an earlier label-mixing step (``mixing``: their positions) makes them soft."""
     if mixing[0] < i:
-        raise ValueError(f"{_name(steps[i])} (kornia) at step {i} takes class-index labels, but "
-                         f"{_name(steps[mixing[0]])} at step {mixing[0]} makes them soft; put it first or use "
-                         f"torchvision.transforms.v2.MixUp/CutMix")
+        raise ValueError(f"{mix} takes class-index labels, but {_name(steps[mixing[0]])} at step {mixing[0]} makes "
+                         f"them soft; put it first or use torchvision.transforms.v2.MixUp/CutMix")
 
 
 def _checked(step: nn.Module, i: int, out: object, pair: bool, batch: int) -> Any:  # out: a pair if pair, else images
@@ -421,8 +426,12 @@ class Compose(Settings, ChecksCodecStates, nn.Module):
                     f"this Compose num_classes={num_classes}" if num_classes else
                     f"{declared[0][1]} has num_classes={declared[0][0]}: the steps must agree"))
         num_classes = num_classes or (declared[0][0] if declared else None)
-        for i in (i for i in mixing if _is_kornia_mix(steps[i])):
-            _check_kornia_mix_step(steps, i, mixing, num_classes)
+        for i in mixing:
+            if _is_kornia_mix(steps[i]):
+                _check_kornia_mix_step(steps, i, mixing, num_classes)
+            elif isinstance(steps[i], Compose) and steps[i]._kornia_mix_at is not None:  # refused at the call before
+                _refuse_soft_labels_into_kornia_mix(steps, i, mixing, f"{steps[i]._kornia_mix_at} of step {i} "
+                                                                      f"(Compose), a kornia mix,")
         self.steps = nn.ModuleList(steps)
         self._built_from = tuple(steps)  # what the checks above and the lists below hold for
         self._declared = declared  # and the classes its steps had (ISDA.grow() changes them; so does setting them)

@@ -21,7 +21,7 @@ import latent_transforms
 from latent_transforms import ISDALoss
 from latent_transforms.validation import MAX_THREADS
 
-from conftest import scripts_in_one_process
+from conftest import cifar_size_glow, scripts_in_one_process
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
@@ -3006,3 +3006,10 @@ def test_write_json_and_write_text_make_the_folder_they_write_into(tmp_path):
     models.write_text(tmp_path / "other" / "deeper" / "results.md", "| Δ |")
     assert json.loads((tmp_path / "new" / "shard-0" / "results.json").read_text()) == {"runs": {}}
     assert (tmp_path / "other" / "deeper" / "results.md").read_text(encoding="utf-8") == "| Δ |"
+
+
+def test_the_benchmarks_noise_eps_is_latent_noise_default_for_a_cifar_size_codec():
+    """The benchmarks' --noise-eps default measures what users get: LatentNoise's own default eps for a codec of
+    CIFAR-10's 3x32x32 images (session 61's unreached CIFAR_NOISE_EPS mutants)."""
+    eps = _load_benchmark("models").CIFAR_NOISE_EPS
+    assert eps == latent_transforms.LatentNoise(cifar_size_glow()).eps == 10.0

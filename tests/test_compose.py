@@ -173,6 +173,11 @@ def test_kornia_mixup_after_soft_labels_is_refused_when_built(mixer):
                                          rf"{type(m).__name__} at step 0 makes them soft; put it first"):
         Compose([m, T.RandomHorizontalFlip(), K.RandomMixUpV2()], num_classes=10)
     Compose([K.RandomMixUpV2(), T.RandomHorizontalFlip(), m], num_classes=10)  # the other way round is fine
+    inner = Compose([T.RandomHorizontalFlip(), K.RandomMixUpV2()], num_classes=10)  # nested: was refused at a call
+    with pytest.raises(ValueError, match=rf"^RandomMixUpV2 at step 1 of step 2 \(Compose\), a kornia mix, takes "
+                                         rf"class-index labels, but {type(m).__name__} at step 0 makes them soft"):
+        Compose([m, T.RandomHorizontalFlip(), inner], num_classes=10)
+    Compose([inner, m], num_classes=10)
 
 
 def test_a_kornia_mix_inside_a_torchvision_container_is_refused():
