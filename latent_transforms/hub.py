@@ -794,10 +794,11 @@ def register(name: str, *, file: str, sha256: str, config: dict[str, Any], train
     URL set, or offline). A ``config`` other than the one ``file`` holds, where that file is at hand (cache dir or
     shipped) with this ``sha256``, is refused.
     """
+    no_download = offline()  # before the entry is added: a LATENT_TRANSFORMS_OFFLINE it refuses registers nothing
     _add_entry(name, file=file, sha256=sha256, config=config, trained_on=trained_on, quality=quality, notes=notes,
                size=size, overwrite=overwrite, persist=persist, check_file=True)
     if not (cache_dir() / file).is_file() and not (_SHIPPED_DIR / file).is_file() \
-            and (not os.environ.get(_HUB_URL) or offline()):
+            and (not os.environ.get(_HUB_URL) or no_download):
         why = "LATENT_TRANSFORMS_OFFLINE is set" if os.environ.get(_HUB_URL) else f"{_HUB_URL} is not set"
         warnings.warn(f"registered {name!r}, but its file {file} is not in {cache_dir()} (nor shipped, and {why}): "
                       f"copy it there before hub.load({name!r})", stacklevel=2)
@@ -1055,9 +1056,15 @@ def names_for_images(image_shape: tuple[int, ...]) -> list[str]:
 
 # -- resolution and download ------------------------------------------------------------------------
 def offline() -> bool:
-    """Whether ``LATENT_TRANSFORMS_OFFLINE`` forbids downloads (``1``, ``true``, ``yes`` or ``on``, any case): of
-    checkpoints here, of CIFAR-10 in ``data``."""
-    return os.environ.get("LATENT_TRANSFORMS_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    """Whether ``LATENT_TRANSFORMS_OFFLINE`` forbids downloads (``1``, ``true``, ``yes`` or ``on``, any case; ``0``,
+    ``false``, ``no``, ``off`` or empty allow them; another value is a ``ValueError``): of checkpoints here, of
+    CIFAR-10 in ``data``."""
+    raw = os.environ.get("LATENT_TRANSFORMS_OFFLINE", "")
+    value = raw.strip().lower()
+    if value not in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):  # "y" read as online: downloads
+        raise ValueError(f"LATENT_TRANSFORMS_OFFLINE must be 1, true, yes or on (offline) or 0, false, no, off or "
+                         f"empty (online), got {raw!r}")
+    return value in ("1", "true", "yes", "on")
 
 
 def _timeout() -> float:

@@ -2,13 +2,14 @@
 that a notebook shows inline."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from .validation import check_count, check_images, expanded_path
+from .validation import WrongTypeError, check_count, check_images, expanded_path
 
 __all__ = ["save_rows", "draw_rows"]
 
@@ -29,9 +30,14 @@ def draw_rows(rows: dict[str, torch.Tensor], cell: int = 48, label_width: int = 
     """A labelled grid as a PIL image: one row per entry of ``rows``, ``{label: images}`` with images (N, C, H, W) in
     [0, 1], C 1 or 3, upscaled to ``cell`` pixels high (and ``cell * W / H`` wide), after ``label_width`` pixels for
     the label. A notebook cell ending in it shows the grid inline."""
+    if not isinstance(rows, Mapping):  # a list gave "'list' object has no attribute 'items'"
+        raise WrongTypeError(f"rows must be a dict {{label: images}}, got {type(rows).__name__}: one entry per row, "
+                             f"such as {{'input': x, 'augmented': x2}}")
     if not rows:
         raise ValueError("rows is empty: give at least one {label: images} entry")
     for label, images in rows.items():
+        if not isinstance(label, str):  # PIL's "'int' object has no attribute 'split'" when it drew the label
+            raise WrongTypeError(f"rows' labels must be str, got {type(label).__name__} {label!r}")
         check_images(images, f"rows[{label!r}]")
         if images.shape[1] not in (1, 3):
             raise ValueError(f"rows[{label!r}] must have 1 or 3 channels, got shape {tuple(images.shape)}")

@@ -2643,8 +2643,27 @@ def test_every_documented_spelling_of_offline_forbids_downloads(env, monkeypatch
     with pytest.raises(hub.HubError, match=r"not available offline \(LATENT_TRANSFORMS_OFFLINE is set\)"):
         hub.fetch("good")
     assert "good.safetensors" not in _Handler.counts
-    monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "0")  # any other value: downloads allowed
+    monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "0")  # 0, false, no, off or empty: downloads allowed
     assert hub.fetch("good").read_bytes() == GOOD
+
+
+@pytest.mark.parametrize("value", ["y", "2", "enabled", "offline"])
+def test_a_value_of_offline_that_is_neither_spelling_is_refused_not_read_as_online(env, monkeypatch, value):
+    """docs/hub.md: ``1`` (or true, yes, on) forbids downloads. Any other value read as "online" (audit 388:
+    LATENT_TRANSFORMS_OFFLINE=y downloaded on a compute node meant to stay offline); it is refused as
+    LATENT_TRANSFORMS_HUB_TIMEOUT's is, and the "online" spellings still download."""
+    _register("good", "good.safetensors")
+    monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", value)
+    with pytest.raises(ValueError, match=rf"^LATENT_TRANSFORMS_OFFLINE must be 1, true, yes or on \(offline\) or 0, "
+                                         rf"false, no, off or empty \(online\), got '{value}'$"):
+        hub.fetch("good")
+    assert "good.safetensors" not in _Handler.counts
+    with pytest.raises(ValueError, match="^LATENT_TRANSFORMS_OFFLINE must be "):  # before anything is registered
+        _register("other", "other.safetensors", persist=True)
+    assert "other" not in {e["name"] for e in hub.list_checkpoints()} and not hub.user_registry_path().exists()
+    for online in ("", "false", " Off ", "NO"):
+        monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", online)
+        assert hub.fetch("good").read_bytes() == GOOD
 
 
 def test_the_offline_error_says_how_to_fetch_the_checkpoint_beforehand(env, server, monkeypatch):

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from latent_transforms import visualize
+from latent_transforms.validation import WrongTypeError
 from latent_transforms.visualize import draw_rows, save_rows
 
 
@@ -61,6 +62,20 @@ def test_a_non_square_image_is_drawn_to_the_nearest_pixel_and_at_least_one_wide(
 ])
 def test_bad_rows_are_named_and_nothing_is_written(tmp_path, rows, match):
     with pytest.raises(ValueError, match=match):
+        save_rows(rows, tmp_path / "grid.png")
+    assert not (tmp_path / "grid.png").exists()
+
+
+@pytest.mark.parametrize("rows, match", [
+    ([torch.rand(1, 3, 4, 4)], r"rows must be a dict \{label: images\}, got list"),
+    (torch.rand(1, 3, 4, 4), r"rows must be a dict \{label: images\}, got Tensor"),
+    ({0: torch.rand(1, 3, 4, 4)}, r"rows' labels must be str, got int 0"),
+])
+def test_rows_not_a_dict_of_labelled_images_is_a_wrong_type_named(tmp_path, rows, match):
+    """docs/api.md: bad input is a ValueError, an option of the wrong type a WrongTypeError (audit 388: a list of
+    rows was AttributeError "'list' object has no attribute 'items'", a tensor torch's "Boolean value of Tensor ...
+    is ambiguous", an int label PIL's "'int' object has no attribute 'split'")."""
+    with pytest.raises(WrongTypeError, match=match):
         save_rows(rows, tmp_path / "grid.png")
     assert not (tmp_path / "grid.png").exists()
 
