@@ -8,7 +8,7 @@ import warnings
 import weakref
 from contextvars import ContextVar
 from types import FrameType
-from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Callable, TypeVar, cast, overload
 
 import torch
 import torch.distributed as dist
@@ -36,6 +36,9 @@ NOT_ABOUT_THE_BATCH = "_latent_transforms_not_about_the_batch"
 
 # DDP -> the modules of ours it was checked for (weakly: this keeps neither alive)
 _OUT_OF_BROADCAST: weakref.WeakKeyDictionary[nn.Module, weakref.WeakSet[nn.Module]] = weakref.WeakKeyDictionary()
+# keep_out_of_ddp_broadcast under torch.compiler.disable, made at first need in compiled code (as a decorator, the
+# import of torch._dynamo it makes would slow down ``import latent_transforms``)
+_UNTRACED_KEEP_OUT: list[Callable[[nn.Module, object], None]] = []
 
 
 def keep_out_of_ddp_broadcast(owner: nn.Module, model: object) -> None:
@@ -44,7 +47,12 @@ def keep_out_of_ddp_broadcast(owner: nn.Module, model: object) -> None:
     ``model`` given (or ``torch.compile``'s of one), or the one whose forward runs (a LightningModule's
     ``training_step``). They are alike on every rank or, ``ISDA(sync_stats=False)``'s, per rank on purpose: rank 0's
     statistics overwrote the other ranks' own, and a cache or covariance was sent over the network every step."""
-    if not (dist.is_available() and dist.is_initialized()) or torch.compiler.is_compiling():
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if torch.compiler.is_compiling():  # ISDA's hook, ISDALoss in torch.compile(DDP(model))'s forward: run untraced,
+        if not _UNTRACED_KEEP_OUT:  # a graph break (skipped, their statistics were left to the broadcast)
+            _UNTRACED_KEEP_OUT.append(torch.compiler.disable(keep_out_of_ddp_broadcast))
+        _UNTRACED_KEEP_OUT[0](owner, model)
         return
     ddp_class = nn.parallel.DistributedDataParallel
     # torch records the DDP whose forward runs, for dynamo (getattr: a private attribute)

@@ -388,6 +388,43 @@ def test_transforms_inside_the_ddp_module_keep_their_buffers_out_of_its_broadcas
             assert torch.equal(r[tag][2], steps * torch.bincount(_rank_batch(rank)[1], minlength=10)), (tag, rank)
 
 
+@pytest.fixture
+def one_rank_group(tmp_path):
+    """A gloo process group of this process alone (a DDP to build in a second, no spawn), destroyed after the test."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.filterwarnings("ignore:Dynamo does not know how to trace the builtin")  # torch's own, tracing the DDP
+def test_isda_and_isda_loss_in_a_ddp_forward_keep_their_buffers_out_of_its_broadcast(one_rank_group, compiled):
+    """What the two ranks check above, in this process: ISDA armed with ``model.module`` (its hook runs in DDP's
+    forward) and ISDALoss in the forward leave their buffers, and only theirs, out of the broadcast; a transform
+    outside the DDP module leaves nothing out. Under ``torch.compile(DDP(model))`` the hook and the loss run in
+    compiled code, where this was skipped: ISDA(sync_stats=False)'s statistics became rank 0's in every forward."""
+    from conftest import ClassifierWithItsAugmentation, TinyNet
+
+    xb, yb = _rank_batch(0)
+    isda, loss = ISDA(10, lambda0=1.0, sync_stats=False), ISDALoss(10, lambda0=1.0, sync_stats=False)
+    isda.set_progress(1.0)
+    loss.set_progress(1.0)
+    held = torch.nn.parallel.DistributedDataParallel(ClassifierWithItsAugmentation(TinyNet(), isda))
+    in_forward = torch.nn.parallel.DistributedDataParallel(_LossInForward(TinyNet(), loss))
+    Compose([kornia.augmentation.RandomGaussianBlur((3, 3), torch.tensor([0.1, 2.0]), p=1.0)])(xb, yb, held)
+    assert held.parameters_to_ignore == set()  # its blur is not in the DDP module
+    run_held, run_in_forward = (torch.compile(m, backend="eager") if compiled else m for m in (held, in_forward))
+    for _ in range(2):  # the second forward broadcasts without them
+        x2, y2 = held.module.augment(xb, yb, held.module)
+        F.cross_entropy(run_held(x2), y2).backward()
+        run_in_forward(xb, yb).backward()
+    for ddp, name in ((held, "augment"), (in_forward, "loss")):
+        buffers = {n for n, _ in getattr(ddp.module, name).named_buffers(prefix=name)}
+        assert buffers and ddp.parameters_to_ignore == buffers, name  # the statistics' too, sized by the first step
+        assert set(ddp.named_module_buffers) == {f"net.features.1.{n}" for n, _ in
+                                                 ddp.module.net.features[1].named_buffers()}, name  # BatchNorm's
+
+
 def test_a_ddp_run_resumed_as_the_docs_say_ends_with_the_weights_of_the_uninterrupted_one(tmp_path):
     """docs/reliability.md (Checkpoints and resuming under DDP): each rank's generator and torch RNG states gathered
     into rank 0's checkpoint, each rank restoring its own, resume bit for bit; LatentAdversarial on a model with
