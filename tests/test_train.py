@@ -23,7 +23,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from latent_transforms import hub, modelutils, train
+from latent_transforms import hub, modelutils, progress, train
 from latent_transforms.cli import main
 from latent_transforms.codecs import ConvVAE, Glow, build_codec
 from latent_transforms.data import describe_spec, load_images, low_data_split
@@ -1608,6 +1608,27 @@ def test_the_progress_bar_shows_the_loss_smoothed_over_the_steps(tmp_path, digit
     assert len(losses) == 5 and re.findall(r"loss=([\d.]+)", capsys.readouterr().err)[-1] == f"{smoothed:.2f}"
 
 
+def test_a_bar_in_a_log_shows_the_figures_and_lr_of_step_1_in_its_last_state_and_writes_no_other(tmp_path, digits,
+                                                                                                monkeypatch, capsys):
+    """Mutation round (audit 384): the bar's lr, its figures set at step 1 (not only every 5 steps: a run of slow
+    steps showed none) and their ``refresh=False`` were read by no test; refreshed, the figures wrote a state every 5
+    steps into a training log, past its throttle (``progress._LOG_INTERVAL``, here longer than the run)."""
+    monkeypatch.delenv("TQDM_MININTERVAL", raising=False)
+    monkeypatch.setattr(progress, "_LOG_INTERVAL", 1e9)
+    train_codec("vae", digits[0][:32], tmp_path, **VAE, max_steps=1, batch_size=16, lr=2e-3, warmup_steps=0)
+    states = [s for s in capsys.readouterr().err.split("\r") if s.strip()]  # capsys's stderr: no terminal
+    assert len(states) == 2 and re.search(r" 1/1 .*loss=[\d.]+, mse=[\d.]+, kl=[\d.]+, lr=2\.0e-03\]", states[-1]), \
+        states
+
+
+def test_a_run_without_progress_shows_no_bar_and_prints_nothing(tmp_path, digits, capsys):
+    """Mutation round (audit 384): a bar made whatever ``progress`` said passed every test; ``progress=False`` (the
+    command line's ``--quiet``) writes nothing to stdout or stderr."""
+    train_codec("vae", digits[0][:32], tmp_path, **VAE, max_steps=1, batch_size=16, progress=False)
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", "")
+
+
 def _clock_a_second_a_reading(monkeypatch):
     """Make ``train``'s clock one second later at every reading; returns its ``[seconds]`` (to move it on). It starts
     at 1000 s, as a clock's zero is anywhere (audit 375: from 0, ``now + started`` for ``now - started`` passed)."""
@@ -1663,6 +1684,17 @@ def test_a_run_of_max_minutes_decays_its_learning_rate_by_the_share_of_its_time_
     history = json.loads((tmp_path / "vae.json").read_text())["training"]["history"]  # every 5000 // 100 steps
     assert r["step"] == 60 and [(h["step"], h["elapsed_s"]) for h in history] == [(50, 50.0)]
     assert history[0]["lr"] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 49 / 60)))  # 49 s before step 50
+
+
+def test_the_time_left_on_the_bar_of_a_run_of_max_minutes_is_its_budget_less_its_training_time(tmp_path, digits,
+                                                                                              monkeypatch, capsys):
+    """Mutation round (audit 384): only "left=0.x min" was read (a run of 0.6 s), so the budget plus the training
+    time, or another unit, passed. Steps of 101 s (a second a reading and 100 s a learning rate) in a budget of 805 s:
+    8 steps, the figures set last at step 5, 300 s before the budget's end."""
+    _taking_100_s(monkeypatch, _clock_a_second_a_reading(monkeypatch), "_lr_factor")
+    r = train_codec("vae", digits[0][:32], tmp_path, **VAE, max_minutes=805 / 60, batch_size=16)
+    assert r["complete"] and r["step"] == 8 and r["train_time_s"] == 808
+    assert re.findall(r"left=([\d.]+) min", capsys.readouterr().err)[-1] == "5.0"
 
 
 def test_vae_fp16_falls_back_to_fp32_when_its_reconstructions_differ(tmp_path, digits, monkeypatch):
