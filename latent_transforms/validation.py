@@ -880,9 +880,9 @@ def check_batch(x: torch.Tensor, y: torch.Tensor | None, num_classes: int | None
     for name, t in (("y", y), ("index", index)):
         if isinstance(t, torch.Tensor):
             check_device(name, t.device, x)
-    if isinstance(y, torch.nn.Module):  # t(x, model): an unlabelled batch's model given in y's place
-        raise TypeError(f"y must be labels or None, got the model ({type(y).__name__}); for an unlabelled batch call "
-                        f"t(x, model=model)")
+    if isinstance(y, torch.nn.Module):  # t(x, model): the labels left out, or an unlabelled batch's model in y's place
+        raise TypeError(f"y must be labels or None, got the model ({type(y).__name__}); the call is t(x, y, model), or "
+                        f"t(x, model=model) for an unlabelled batch")
     label_values = y is not None and _label_form(y, x.shape[0], num_classes, "y", targets_hint=_TARGETS_HINT)
     index_values = index is not None and _index_form(index, x.shape[0])
     if not values or not len(x):  # an empty batch has no value to read, nor a caller's more_checks

@@ -595,6 +595,28 @@ def test_what_the_api_reference_shows_of_a_package_or_by_its_path_is_in_that_mod
     assert not left_out, f"docs/api.md shows these, which the __all__ of their module leaves out: {left_out}"
 
 
+def _pyproject_list(pyproject: str, key: str) -> list[str]:
+    """The distribution names of pyproject's ``key = [...]`` list (``dependencies`` or an extra), lower case."""
+    entry = re.search(rf"^{key}\s*=\s*\[(.*?)\]$", pyproject, re.M | re.S)
+    assert entry is not None, f"pyproject.toml has no {key} list"
+    return [re.match(r"[A-Za-z0-9_.-]+", spec).group(0).lower() for spec in re.findall(r'"([^"]+)"', entry.group(1))]
+
+
+def test_the_quickstarts_install_lines_name_what_each_installs():
+    """Each ``pip install`` line of the quickstart names what it adds: the dependencies, the demo extra, then the
+    test extra less the demo's (mkdocs's plugins go by "mkdocs")."""
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    page = (DOCS / "quickstart.md").read_text(encoding="utf-8")
+    install = re.compile(r'^pip install "(\.(?:\[[a-z,]+\])?)"\s+#(.*)$', re.M)
+    lines = {m.group(1): m.group(2).lower() for m in install.finditer(page)}
+    demo = _pyproject_list(pyproject, "demo")
+    adds = {".": _pyproject_list(pyproject, "dependencies"), ".[demo]": demo,
+            ".[demo,test]": [d for d in _pyproject_list(pyproject, "test") if d not in demo]}
+    unnamed = {line: [d for d in names if ("mkdocs" if d.startswith("mkdocs") else d) not in
+                      re.findall(r"[a-z0-9_.-]+", lines.get(line, ""))] for line, names in adds.items()}
+    assert not any(unnamed.values()), f"docs/quickstart.md's install lines leave out: {unnamed}"
+
+
 def test_training_page_gives_the_users_codec_its_own_name():
     """A shipped checkpoint's name is refused by `latent-transforms register` and hub.register(persist=True), and a
     file under its file name loads the shipped one."""

@@ -302,6 +302,17 @@ def test_the_model_or_a_whole_loader_batch_in_xs_place_is_told_the_call():
             LatentNoise(GLOW)(batch)
 
 
+def test_the_model_in_ys_place_is_told_the_labelled_call_too():
+    """Audit 390 (docs vs code): t(x, model) said only "for an unlabelled batch call t(x, model=model)", which the
+    methods that need labels (ISDA, VarMixup) then refuse: the labels left out is named first."""
+    model = TinyNet()
+    for t in (ISDA(10), VarMixup(VAE, num_classes=10), LatentNoise(GLOW),
+              Compose([v2.RandomHorizontalFlip(), ISDA(10)])):
+        with pytest.raises(TypeError, match=r"^y must be labels or None, got the model \(TinyNet\); the call is "
+                                            r"t\(x, y, model\), or t\(x, model=model\) for an unlabelled batch$"):
+            t(GOOD_X, model)
+
+
 def test_check_choice_takes_equal_values_of_the_choices_type():
     import numpy as np
 
