@@ -145,6 +145,9 @@ def read_images(args, split: str) -> tuple[torch.Tensor, torch.Tensor, str]:
         raise SystemExit(f"the {name} data has no labels")
     if tuple(x.shape[1:]) != (3, 32, 32):
         raise SystemExit(f"the {name} images must be 3x32x32 (CIFAR-10), got {tuple(x.shape[1:])}")
+    if len(y) and int(y.max()) >= NUM_CLASSES:  # test labels of 12 classes: a run trained, then failed
+        raise SystemExit(f"the {name} labels must be class indices 0 to {NUM_CLASSES - 1} (CIFAR-10), got "
+                         f"{int(y.max())}")
     if args.smoke:
         x, y = x[:args.smoke_images], y[:args.smoke_images]
     return x, y, spec

@@ -1565,6 +1565,42 @@ def test_accuracy_corruptions_grow_with_severity_and_follow_cifar10c():
     assert torch.allclose(acc.corrupt(grey, "gaussian_blur", 1.0, torch.Generator()), grey)
 
 
+def test_accuracy_corruptions_stay_in_range_and_follow_make_cifar_c_where_it_is_exact():
+    """Mutation audit 386: the blur's kernel (skimage's truncate 4 sigma, 'nearest' borders), the noise's std, the
+    clipping of the HSV value and of every image to [0, 1], and the uint8 store could each change unnoticed."""
+    ndimage = pytest.importorskip("scipy.ndimage")  # skimage.filters.gaussian, which make_cifar_c.py calls, calls it
+    acc = _load_accuracy_module()
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    x[:, :, :8], x[:, :, 8:16] = 1.0, 0.0  # white and black rows: a corruption pushes them out of [0, 1] unclipped
+    for kind, levels in acc.CORRUPTIONS.items():
+        for c in levels:
+            out = acc.corrupt(x, kind, c, torch.Generator().manual_seed(0))
+            assert out.shape == x.shape and out.dtype == x.dtype and 0 <= out.min() and out.max() <= 1, (kind, c)
+    impulse = torch.zeros(1, 3, 32, 32)  # its blur is the kernel itself: its size, centre and tails
+    impulse[..., 16, 16] = 1.0
+    for sigma in acc.CORRUPTIONS["gaussian_blur"]:
+        for image, atol in ((impulse, 1e-9), (x, 1e-6)):
+            reference = ndimage.gaussian_filter(image.double().numpy(), (0, 0, sigma, sigma), mode="nearest",
+                                                truncate=4.0)
+            assert torch.allclose(acc.corrupt(image, "gaussian_blur", sigma, torch.Generator()),
+                                  torch.from_numpy(reference).float(), rtol=1e-4, atol=atol), (sigma, atol)
+    grey = torch.full((4, 3, 32, 32), 0.5)  # no pixel clipped: the change is the noise, of std c
+    for c in acc.CORRUPTIONS["gaussian_noise"]:
+        change = acc.corrupt(grey, "gaussian_noise", c, torch.Generator().manual_seed(0)) - grey
+        assert change.std().item() == pytest.approx(c, rel=0.05) and abs(change.mean().item()) < c / 10, c
+    orange = torch.tensor([0.9, 0.45, 0.0]).view(1, 3, 1, 1)  # HSV value 0.9 + 0.3 clipped to 1 keeps the hue
+    assert torch.allclose(acc.corrupt(orange, "brightness", 0.3, torch.Generator()),
+                          torch.tensor([1.0, 0.5, 0.0]).view(1, 3, 1, 1))
+    with pytest.raises(ValueError, match=r"^unknown corruption 'fog'$"):
+        acc.corrupt(x, "fog", 0.5, torch.Generator())
+    sets = acc.corrupted_sets(x)  # stored as CIFAR-10-C is: uint8, 255 x the image (white stays 255)
+    for kind in ("gaussian_blur", "contrast", "brightness", "jpeg"):  # the ones that draw no noise
+        for severity, c in zip(acc.SEVERITIES, acc.CORRUPTIONS[kind]):
+            stored = sets[kind][severity]
+            diff = acc.corrupt(x, kind, c, torch.Generator()) * 255 - stored.float()
+            assert stored.dtype == torch.uint8 and float(diff.abs().max()) <= 1, (kind, severity)
+
+
 def test_accuracy_run_scores_corruptions_on_the_corrupted_images_and_ece_in_15_bins(monkeypatch):
     """run_one with training stubbed out: the clean images are called class 0 (right for 2 in 3), the corrupted ones
     (all black) class 2 (never right)."""
@@ -1635,6 +1671,8 @@ def test_accuracy_validation_split_is_held_out_of_training_and_scored_with_eval_
     assert sorted(val["y_eval"].tolist()) == sorted(list(range(10)) * 2)
     test_scored = acc.load_data(acc.parse_args(flags))
     assert float(test_scored["x_eval"].min()) >= 0.5 and torch.equal(test_scored["x_train"], val["x_train"])
+    none_held = acc.load_data(acc.parse_args([*flags[:4], "--val-fraction", "0"]))
+    assert none_held["n_val"] == 0 and len(none_held["y_train"]) == 170
     with pytest.raises(SystemExit, match=r"^--eval-on val needs --val-fraction > 0$"):  # nothing held out to score
         acc.load_data(acc.parse_args([*flags[:4], "--val-fraction", "0", "--eval-on", "val"]))
     with pytest.raises(SystemExit, match=r"^--eval-on val: --val-fraction 0.02 holds out no image"):  # 0.34 a class:
@@ -1673,6 +1711,20 @@ def test_accuracy_refuses_unlabeled_data_or_images_other_than_3x32x32_naming_the
         acc.load_data(args)
     labelled["test"], shapes["train"] = True, (20, 1, 32, 32)
     with pytest.raises(SystemExit, match=r"^the training images must be 3x32x32 \(CIFAR-10\), got \(1, 32, 32\)$"):
+        acc.load_data(args)
+
+
+def test_accuracy_refuses_labels_beyond_the_ten_classes_naming_the_set(monkeypatch):
+    """Audit 386: test labels of 12 classes (a training set of 10) trained the first run in full, then failed scoring
+    the corrupted test images with "y has class index 11, out of range for num_classes=10", naming no --test."""
+    acc = _load_accuracy_module()
+    classes = {"train": 10, "test": 10}
+    monkeypatch.setattr(acc, "load_images", lambda spec, split, root: (
+        torch.rand(24, 3, 32, 32), torch.arange(24) % classes[split], None))
+    args = acc.parse_args(["--train", "npz:t.npz", "--test", "npz:e.npz"])
+    assert int(acc.load_data(args)["y_eval"].max()) == 9
+    classes["test"] = 11  # label 10: one past the last class
+    with pytest.raises(SystemExit, match=r"^the test labels must be class indices 0 to 9 \(CIFAR-10\), got 10$"):
         acc.load_data(args)
 
 
@@ -2957,6 +3009,19 @@ def test_accuracy_smoke_replaces_only_the_downloads_by_random_images(tmp_path):
     assert acc.load_data(acc.parse_args(["--smoke", "--train", "cifar10-5k"]))["source_train"] == "random (200 images)"
     with pytest.raises(ValueError, match="unknown data spec 'bogus'"):
         acc.load_data(acc.parse_args(["--smoke", "--train", "bogus"]))
+
+
+def test_accuracy_smoke_random_sets_are_cifar_shaped_of_every_class_and_not_each_other():
+    """Mutation audit 386: --smoke's random stand-ins for the downloads could change shape or size, lose class 0, or
+    draw the test images with the training images' seed (the test set the training set's first half) unnoticed."""
+    acc = _load_accuracy_module()
+    args = acc.parse_args(["--smoke"])
+    (x_tr, y_tr, source_tr), (x_te, y_te, source_te) = acc.read_images(args, "train"), acc.read_images(args, "test")
+    assert x_tr.shape == (200, 3, 32, 32) and x_te.shape == (100, 3, 32, 32)  # the test set half as many
+    assert (source_tr, source_te) == ("random (200 images)", "random (100 images)")
+    assert set(y_tr.tolist()) == set(y_te.tolist()) == set(range(10))
+    assert not torch.equal(x_te, x_tr[:100])
+    assert torch.equal(acc.read_images(args, "test")[0], x_te)  # every arm and seed is scored on the same images
 
 
 def test_accuracy_train_size_larger_than_the_data_names_the_flag():
