@@ -36,7 +36,8 @@ class LatentNoise(CodecTransform):
             ``eps`` over the perturbed coordinates; ``"linf"``: N(0, eps^2) clipped to [-eps, eps]; ``None``:
             N(0, eps^2). Default: 0.18 per perturbed coordinate (``default_eps()``): with L2, 10 for a 32x32 RGB
             flow such as ``glow-cifar10`` (3,072 coordinates), 1.443 for the 64 of ``glow-digits``, 2.041 for the
-            128 of ``vae-cifar10``. 10 was chosen on a
+            128 of ``vae-cifar10``; computed here, once: a ``norm``, ``levels`` or ``codec`` assigned later keeps
+            it (``t.norm = None`` then draws N(0, eps^2), eps the L2 default, per coordinate). 10 was chosen on a
             validation split with the first ``glow-cifar10`` and kept for the current one, where the official
             CIFAR-10 setting ``eps=20`` (about 0.36 per coordinate of 3,072) cost 5 to 6 points of accuracy; no eps
             measurably helped with either (docs/calibration.md). The same L2 eps is a larger change in fewer
