@@ -130,8 +130,10 @@ def logits_of(net: nn.Module, x: torch.Tensor, who: str) -> torch.Tensor:
         raise ValueError(f"{who} needs model(x) to return (B, K) logits, got {got}; per-pixel logits (B, K, H, W) of "
                          f"a segmentation model? {who} reads one class per image, which such a model has not "
                          f"(docs/composition.md#segmentation-masks-and-boxes)")
+    example = "one row of K class logits per image" if isinstance(out, torch.Tensor) else \
+        "the logits (for example model(x)[0] or model(x)['logits'])"  # a tensor's own [0] is one image's
     raise ValueError(f"{who} needs model(x) to return (B, K) logits, got {got}; pass a wrapper nn.Module whose "
-                     f"forward returns the logits (for example model(x)[0] or model(x)['logits'])")
+                     f"forward returns {example}")
 
 
 def probabilities(logits: torch.Tensor) -> torch.Tensor:

@@ -173,7 +173,9 @@ def test_predict_proba_names_a_model_that_returns_a_tuple():
         def forward(self, x):
             return x.flatten(1)[:, :3], x
 
-    with pytest.raises(ValueError, match=r"predict_proba needs model\(x\) to return \(B, K\) logits, got a tuple"):
+    with pytest.raises(ValueError, match=r"predict_proba needs model\(x\) to return \(B, K\) logits, got a tuple; "
+                                         r"pass a wrapper nn.Module whose forward returns the logits \(for example "
+                                         r"model\(x\)\[0\] or model\(x\)\['logits'\]\)$"):
         predict_proba(WithFeatures(), torch.rand(4, 3, 2, 2))
 
 

@@ -1183,9 +1183,10 @@ class _Returns(torch.nn.Module):
 @pytest.mark.parametrize("shape", [(4, 5, 3), (1, 4, 5, 8)])
 def test_an_output_that_is_no_per_pixel_map_is_not_called_one(shape):
     """Mutation round 26 (audit 215): only a 4-d output with one row per image reads as a segmentation model's; a
-    (B, K, L) sequence's logits, or (1, B, K, N) with the batch second, are told to pass a wrapper."""
+    (B, K, L) sequence's logits, or (1, B, K, N) with the batch second, are told to pass a wrapper; one that returns
+    a row per image, not model(x)[0] (audit 392: one image's, the fix for a tuple or dict output)."""
     with pytest.raises(ValueError, match=r"got a tensor of shape .*; pass a wrapper nn.Module whose forward "
-                                         r"returns the logits") as e:
+                                         r"returns one row of K class logits per image$") as e:
         LatentAdversarial(GLOW, steps=1, target="pred", generator=0)(GOOD_X, None, _Returns(shape))
     assert "segmentation" not in str(e.value)
 
