@@ -120,9 +120,15 @@ def isda_logits(logits: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, cov
         raise ValueError(f"logits must be (N, C), got shape {tuple(logits.shape)}")
     check_y = check_bool("check_y", check_y)  # None skipped the checks
     if isinstance(lam, torch.Tensor):  # values checked only with check_y: reading them is a host sync
-        if lam.shape not in ((), (len(logits),)) or (check_y and not bool(((lam >= 0) & torch.isfinite(lam)).all())):
+        shaped, bad = lam.shape in ((), (len(logits),)), ""
+        if shaped and check_y:  # the first strength refused, named: its shape alone was right
+            refused = (~((lam >= 0) & torch.isfinite(lam))).reshape(-1).nonzero()
+            if len(refused):
+                i = int(refused[0, 0])
+                bad = f": {lam.reshape(-1)[i].item()} at index {i}"
+        if not shaped or bad:
             raise ValueError(f"lam must be a float >= 0 or ({len(logits)},) finite strengths >= 0, got "
-                             f"{describe(lam)}")
+                             f"{describe(lam)}{bad}")
     else:
         lam = check_number("lam", lam)
     n, c = logits.shape

@@ -43,7 +43,7 @@ class LatentMixupInference(Settings, ChecksCodecStates, SampleStats, nn.Module):
             it unchanged (eval mode, no gradients, its mode restored after).
         codec: hub name, path or Codec.
         references: (N, C, H, W) float in [0, 1] clean images to mix with (e.g. a few hundred training images).
-        lam: weight of the input (0.6 by default: the input dominates).
+        lam: weight of the input, in (0, 1] (0.6 by default: the input dominates).
         num_mixes: references per input (8 by default).
         generator: ``None``, an ``int`` seed or a ``torch.Generator`` for drawing the references.
 

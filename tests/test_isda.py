@@ -203,9 +203,12 @@ def test_isda_logits_compute_in_the_wider_dtype_treat_cov_as_a_constant_and_refu
     assert torch.allclose(got, expected, atol=1e-9, rtol=0)  # computed in float32: off by ~1e-4
     got.sum().backward()
     assert cov.grad is None and weight.grad is not None  # the covariance is a constant: no gradient reaches it
-    for bad in (float("nan"), float("inf")):
-        with pytest.raises(ValueError, match="lam must be a float >= 0 or \\(5,\\) finite strengths >= 0"):
+    for bad in (float("nan"), float("inf"), -0.5):  # the value refused named, not only the shape that was right
+        with pytest.raises(ValueError, match=f"lam must be a float >= 0 or \\(5,\\) finite strengths >= 0, got "
+                                             f"torch.float32 of shape \\(5,\\): {bad} at index 1$"):
             isda_logits(logits, weight.detach(), y, cov.detach(), torch.tensor([0.1, bad, 0.0, 0.2, 0.3]))
+    with pytest.raises(ValueError, match=r"got torch.float32 of shape \(\): nan at index 0$"):
+        isda_logits(logits, weight.detach(), y, cov.detach(), torch.tensor(float("nan")))
 
 
 def test_the_correction_is_computed_in_the_weights_dtype_for_16_bit_logits_and_under_autocast():
