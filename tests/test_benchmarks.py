@@ -1065,7 +1065,8 @@ def test_accuracy_done_runs_made_with_another_checkpoint_are_refused(tmp_path, o
     np.savez(data, x=x, y=np.arange(40) % 10)
     argv = ["--smoke", "--no-progress", "--no-corruptions", "--arms", "latent-noise", "--seeds", "0", "--train",
             f"npz:{data}", "--test", f"npz:{data}"]
-    acc.main([*argv, "--out", str(tmp_path / "shard-0")])
+    codecs = acc.main([*argv, "--out", str(tmp_path / "shard-0")])["config"]["codecs"]
+    assert list(codecs) == ["glow"]  # not also the VAE, which none of its arms uses (mutation round, audit 385)
     other = tmp_path / "shard-0" / "results.json"
     # the same codec: nothing to do (a report of no run, audit 149)
     assert acc.main([*argv, "--out", str(tmp_path / "shard-1"), "--done", str(other)])["runs"] == {}
@@ -1077,6 +1078,23 @@ def test_accuracy_done_runs_made_with_another_checkpoint_are_refused(tmp_path, o
     # nor is it resumed: the runs already in --out are checked too
     with pytest.raises(SystemExit, match=f"--resume: {re.escape(str(other))}: latent-noise seed 0 was trained with"):
         acc.main([*argv, "--out", str(tmp_path / "shard-0"), "--resume"])
+
+
+def test_accuracy_runs_record_the_codecs_they_ran_on_tiny_in_smoke_unless_one_is_named(tmp_path, offline_hub):
+    """Mutation round (audit 385): no test looked at the codecs a --smoke main() ran on, nor ran main() on one it
+    loads: a smoke run on glow-cifar10 or on the tiny VAE for the Glow, or a loaded codec recorded nowhere, passed."""
+    from latent_transforms import hub
+
+    acc = _load_accuracy_module()
+    glow, vae = acc.tiny_codecs()
+    ckpt = tmp_path / "vae.safetensors"
+    hub.save_checkpoint(vae, ckpt)
+    results = acc.main(["--smoke", "--no-progress", "--no-corruptions", "--arms", "latent-noise", "varmixup",
+                        "--vae", str(ckpt), "--out", str(tmp_path / "acc")])
+    codecs = {"glow": {"name": "tiny random-init glow (smoke)", "sha256": glow.fingerprint()},
+              "vae": {"name": str(ckpt), "sha256": hub.load(str(ckpt)).fingerprint()}}
+    assert results["config"]["codecs"] == codecs
+    assert [results["runs"][arm]["0"]["codec"] for arm in ("latent-noise", "varmixup")] == list(codecs.values())
 
 
 def test_accuracy_check_codecs_names_the_checkpoint_a_run_used_and_the_one_asked_for():
@@ -1124,6 +1142,44 @@ def test_accuracy_a_diverged_run_is_scored_as_chance_and_a_killed_call_leaves_a_
     acc.main([*argv, "--resume", "--arms", "varmixup", "--time-budget", "0.001"])  # stops before its only run
     assert (out / "results.md").read_text().startswith(
         "**INCOMPLETE**: --time-budget 0.001 s stopped the call; not run: varmixup seed 0.")
+
+
+def test_accuracy_time_budget_that_stops_before_the_first_run_writes_nothing(tmp_path, capsys):
+    """Mutation round (audit 385): no test reached the call that finished no run, so one that wrote a report of no
+    run (**NO RUNS**, as if every run were another shard's: a --merge would take it) passed."""
+    acc = _load_accuracy_module()
+    out = tmp_path / "acc"
+    argv = ["--smoke", "--no-progress", "--no-corruptions", "--arms", "baseline", "--time-budget", "0.001"]
+    assert acc.main([*argv, "--out", str(out)]) == {}
+    assert capsys.readouterr().out.endswith(f"not run: baseline seed 0\nNo run finished: nothing written to {out}.\n")
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_accuracy_time_budget_counts_the_seconds_spent_and_names_the_runs_left(tmp_path, monkeypatch, capsys):
+    """Mutation round (audit 385): the tests' budgets stopped the call before its first run whatever the seconds
+    spent were, so a main() that passed fits_budget another clock, timed its runs by one, left out this call's
+    run times or miscounted the runs done passed them."""
+    acc = _load_accuracy_module()
+    out, asked = tmp_path / "acc", []
+
+    def fits(arm, took, elapsed, budget):
+        asked.append((arm, {a: list(ts) for a, ts in took.items()}, elapsed, budget))
+        return arm == "baseline"  # the budget runs out after the first run
+
+    monkeypatch.setattr(acc, "fits_budget", fits)
+    start = time.perf_counter()
+    results = acc.main(["--smoke", "--no-progress", "--no-corruptions", "--arms", "baseline", "isda", "mixup",
+                        "--time-budget", "3600", "--out", str(out)])
+    spent = time.perf_counter() - start
+    assert [(arm, budget) for arm, _, _, budget in asked] == [("baseline", 3600.0), ("isda", 3600.0)]
+    assert all(0 < elapsed < spent for _, _, elapsed, _ in asked), (asked, spent)
+    assert list(results["runs"]) == ["baseline"]
+    wall = results["runs"]["baseline"]["0"]["wall_seconds"]
+    assert 0 < wall < spent and [took for _, took, _, _ in asked] == [{}, {"baseline": [wall]}]
+    assert results["runs"]["baseline"]["0"]["corruptions"] == {}  # --no-corruptions: none made, none scored
+    assert (out / "results.md").read_text().startswith(
+        "**INCOMPLETE**: --time-budget 3600 s stopped the call; not run: isda seed 0, mixup seed 0.\n")
+    assert "**PARTIAL**" not in capsys.readouterr().out  # the report rewritten after each run is not printed
 
 
 def test_accuracy_gpu_warm_up_runs_every_part_it_tunes(monkeypatch):
