@@ -730,6 +730,8 @@ def shard_spec(text: str) -> tuple[int, int]:
         index, count = map(int, text.split("/"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected I/N, e.g. 0/6, got {text!r}") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"shard {text}: N must be >= 1 (the number of shards)")
     if not 0 <= index < count:
         raise argparse.ArgumentTypeError(f"shard {text}: I must be in 0..N-1")
     return index, count

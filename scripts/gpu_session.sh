@@ -41,7 +41,8 @@ case $BUDGET in ''|*[!0-9]*|0) echo "BUDGET must be a whole number of seconds >=
 case ${JOBS:-1} in ''|*[!0-9]*|0) echo "JOBS must be a whole number >= 1, got '${JOBS:-}'" >&2; exit 2;; esac
 case ${DEVICE_TESTS_BUDGET:-1} in ''|*[!0-9]*|0) echo "DEVICE_TESTS_BUDGET must be a whole number of seconds >= 1, got '${DEVICE_TESTS_BUDGET:-}'" >&2; exit 2;; esac
 failed=0  # a step that failed makes the exit status 1, after everything that could be kept was packed
-TP_BUDGET=${TP_BUDGET:-$((BUDGET / 3))}
+TP_BUDGET=${TP_BUDGET:-$((BUDGET >= 3 ? BUDGET / 3 : 1))}  # never 0: `timeout 0` is no limit at all
+case $TP_BUDGET in ''|*[!0-9]*|0) echo "TP_BUDGET must be a whole number of seconds >= 1, got '$TP_BUDGET'" >&2; exit 2;; esac
 OUT=${OUT:-runs/gpu-session}
 ACC_DIR=${ACC_DIR:-runs/accuracy}
 ARMS=${ARMS:-baseline latent-adversarial randaugment isda varmixup latent-noise mixup randaugment+latent-adversarial isda+latent-noise}

@@ -187,9 +187,11 @@ def test_gpu_session_script_exits_1_when_only_the_merge_failed(tmp_path):
 
 
 @pytest.mark.parametrize("setting, value", [("BUDGET", "9m"), ("BUDGET", "0"), ("PACK_EVERY", "0.5"), ("JOBS", "0"),
-                                            ("JOBS", "two"), ("DEVICE_TESTS_BUDGET", "2m")])
+                                            ("JOBS", "two"), ("DEVICE_TESTS_BUDGET", "2m"), ("TP_BUDGET", "0"),
+                                            ("TP_BUDGET", "5m")])
 def test_gpu_session_script_refuses_a_setting_that_is_not_a_whole_number(tmp_path, setting, value):
-    # BUDGET=9m read as 0 in the shell's arithmetic (no shard ran, nothing said why); JOBS=0 ran no shard
+    # BUDGET=9m read as 0 in the shell's arithmetic (no shard ran, nothing said why); JOBS=0 ran no shard;
+    # TP_BUDGET=0 gave `timeout 0`, which is no time limit at all; 5m, which timeout reads as minutes, went through
     env = _gpu_session_env(tmp_path, SKIP_THROUGHPUT="1", **{setting: value})
     proc = _run_gpu_session(["bash", str(GPU_SESSION)], env, 60)
     assert proc.returncode == 2 and f"{setting} must be a whole number" in proc.stderr and f"got '{value}'" in proc.stderr
@@ -743,7 +745,7 @@ def test_accuracy_runs_seed_by_seed_within_a_time_budget():
     assert not acc.fits_budget("isda", {}, elapsed=100.5, budget=100.0)
 
 
-def test_accuracy_shards_split_the_runs_to_do_by_expected_cost(tmp_path):
+def test_accuracy_shards_split_the_runs_to_do_by_expected_cost(tmp_path, capsys):
     """--shard I/N: N shards of about equal expected time, together every run to do once, each seed by seed."""
     acc = _load_accuracy_module()
     arms, seeds = list(acc.ARMS), [0, 1, 2]
@@ -762,9 +764,11 @@ def test_accuracy_shards_split_the_runs_to_do_by_expected_cost(tmp_path):
     assert acc.all_runs({"isda": {"0": {}}}, {"isda": {"1": {}}}, {}) == {"isda": {"0": {}, "1": {}}}
     assert len(left) == len(todo) - 4 and ("baseline", 2) in left and ("isda", 2) not in left
     assert sorted(r for i in range(3) for r in acc.shard_runs(left, i, 3)) == sorted(left)
-    for bad in ("6/6", "-1/2", "1", "a/b"):
+    for bad, why in (("6/6", "I must be in 0..N-1"), ("-1/2", "I must be in 0..N-1"), ("1", "expected I/N"),
+                     ("a/b", "expected I/N"), ("0/0", "N must be >= 1"), ("0/-2", "N must be >= 1")):
         with pytest.raises(SystemExit):
-            acc.parse_args(["--shard", bad])
+            acc.parse_args([f"--shard={bad}"])  # "--shard -1/2" would read -1/2 as an option, not this check
+        assert why in capsys.readouterr().err, bad
     # a --done file made with other settings is refused, before any training
     other = {"fingerprint": {"epochs": 99}, "runs": {"baseline": {"0": {}}}}
     (tmp_path / "other.json").write_text(json.dumps(other))
