@@ -24,7 +24,7 @@ from .latent_adversarial import LatentAdversarial
 from .latent_noise import LatentNoise
 from .models import digits_cnn
 from .modelutils import threads_for_this_cpu, torch_threads
-from .validation import MAX_THREADS, POSITIVE_INT, THREADS, check_count, make_folder, output_folder
+from .validation import MAX_THREADS, POSITIVE_INT, THREADS, check_count, make_folder, option, output_folder
 from .varmixup import VarMixup
 from .visualize import save_rows
 
@@ -36,6 +36,7 @@ NOISE_EPS = 1.0
 ADV_EPS, ADV_STEPS, ADV_STEP_SIZE = 0.5, 1, 0.5
 # VarMixup: the library's default p (0.25) is also the best share on the digits validation split.
 _SMOKE_EPOCHS = 15  # 12 steps (3 epochs) left every arm at 10%, which looked broken; 15 reach ~58% in ~7 s on 2 cores
+_MAX_SEEDS = 1000  # --seeds: each seed trains every arm (1,000 is hours); 10**9 built gigabytes of seeds at once
 
 
 def _make_arms(glow: Any, vae: Any, seed: int) -> dict[str, Callable[[], nn.Module | None]]:  # codecs, or None
@@ -79,7 +80,12 @@ def run_demo(out_dir: str | Path = "latent-transforms-demo", per_class: int = 10
     x_train, y_train, _ = load_images("digits", "train")
     x_test, y_test, _ = load_images("digits", "test")
     assert y_train is not None and y_test is not None  # the digits have labels
-    splits = {seed: low_data_split(y_train, per_class, seed=seed) for seed in seeds}  # refuses too large per_class
+    counts = torch.bincount(y_train)
+    if per_class > counts.min():  # before low_data_split, which calls it "class 0 has only ... samples"
+        digit = int(counts.argmin())
+        raise ValueError(f"per_class {per_class} is more than the {int(counts[digit])} training images of digit "
+                         f"{digit}")
+    splits = {seed: low_data_split(y_train, per_class, seed=seed) for seed in seeds}
     # the run's threads (1 on a busy CPU) and random stream: a notebook's later cells are left as they were
     with torch_threads(threads), torch.random.fork_rng(devices=[]):
         glow, vae = hub.load("glow-digits"), hub.load("vae-digits")
@@ -160,7 +166,8 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--per-class", type=POSITIVE_INT, default=10, help="training images per digit (default: %(default)s)")
     p.add_argument("--epochs", type=POSITIVE_INT,
                    help=f"training epochs per run (default: 40; --smoke: {_SMOKE_EPOCHS})")
-    p.add_argument("--seeds", type=POSITIVE_INT, help="number of seeds (default: 3; --smoke: 1)")
+    p.add_argument("--seeds", type=option(check_count, low=1, high=_MAX_SEEDS),
+                   help=f"number of seeds, at most {_MAX_SEEDS} (default: 3; --smoke: 1)")
     p.add_argument("--threads", type=THREADS,
                    help="CPU threads for torch (default: torch's, at most 4; 1 where other jobs keep the CPU busy, "
                         "which is faster then)")
@@ -174,5 +181,10 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     epochs = args.epochs or (_SMOKE_EPOCHS if args.smoke else 40)
     seeds = args.seeds or (1 if args.smoke else 3)
-    run_demo(args.out, per_class=args.per_class, epochs=epochs, seeds=tuple(range(seeds)), threads=args.threads)
+    try:
+        run_demo(args.out, per_class=args.per_class, epochs=epochs, seeds=tuple(range(seeds)), threads=args.threads)
+    except ValueError as e:  # "per_class 500 is more than ...": the command line has --per-class
+        from .train import _spelled_as_flags
+
+        raise _spelled_as_flags(e, ["per_class"]) from None
     print(f"Done in {time.perf_counter() - start:.0f} s.")

@@ -39,7 +39,7 @@ import torch
 
 from . import hub
 from .codecs import Codec, ConvVAE, Glow, build_codec, exact_math
-from .data import DEFAULT_DATA_ROOT, SPLIT_SPECS
+from .data import CIFAR10_SPECS, DEFAULT_DATA_ROOT, SPLIT_SPECS
 from .modelutils import describe_device, device_memory, threads_for_this_cpu
 from .pixel_shift import random_shift_flip
 from .progress import progress_bar
@@ -1401,7 +1401,8 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--test-data", metavar="SPEC",
                    help="test images (default: the test split of digits/cifar10/cifar10-5k, else 1,000 training images "
                         "spread over the set)")
-    p.add_argument("--data-root", metavar="DIR", help=f"download dir for cifar10 (default: {DEFAULT_DATA_ROOT})")
+    p.add_argument("--data-root", metavar="DIR",
+                   help=f"download dir for cifar10 and cifar10-5k, only with them (default: {DEFAULT_DATA_ROOT})")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--name", help="file stem (default: glow-DATA or vae-DATA)")
     g = p.add_argument_group("codec")
@@ -1410,7 +1411,8 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     g.add_argument("--hidden", type=POSITIVE_INT, help="coupling width (flow, default 128) or first conv width (vae, default 64)")
     g.add_argument("--latent-dim", type=POSITIVE_INT, help="vae: latent size (default 64)")
     g.add_argument("--beta", type=option(check_number, float), help="vae: KL weight (default 1)")
-    g.add_argument("--latent-side", type=POSITIVE_INT, help="vae: side of a spatial latent (default: a vector latent)")
+    g.add_argument("--latent-side", type=POSITIVE_INT,
+                   help="vae: side of a spatial latent, a power of two <= the image side (default: a vector latent)")
     g.add_argument("--decoder-blocks", type=option(check_count), metavar="N",
                    help="vae: residual blocks after each up-sampling of the decoder (default 0)")
     g = p.add_argument_group("training")
@@ -1419,17 +1421,20 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     length.add_argument("--max-steps", type=POSITIVE_INT, help="length of the whole run in optimizer steps")
     g.add_argument("--max-minutes", type=POSITIVE_FLOAT,
                    help="with --epochs/--max-steps: this call's time limit (then resume); alone: the run's length")
-    g.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="(default 64)")
+    g.add_argument("--batch-size", type=POSITIVE_INT, default=64,
+                   help="training images per step (default 64; all of them where there are fewer)")
     g.add_argument("--lr", type=option(check_number, float, high=_MAX_LR, low_open=True), default=1e-3,
                    help=f"peak learning rate, at most {_MAX_LR:g} (default 1e-3)")
     g.add_argument("--grad-clip", type=POSITIVE_FLOAT, help="max gradient norm (default 50 for flows, none for VAEs)")
     g.add_argument("--ema", type=option(check_number, float, high=1.0, low_open=True, high_open=True), metavar="DECAY",
-                   help="save an exponential moving average of the weights with this decay, e.g. 0.999")
+                   help="save an exponential moving average of the weights with this decay in (0, 1), e.g. "
+                        "0.999 (default: none, the last weights)")
     g.add_argument("--seed", type=option(check_count, high=_MAX_SEED), default=0,
                    help="seeds weights, batches, noise, flips and shifts: an int in [0, 2**32) (default 0)")
     g.add_argument("--flips", action="store_true", help="random horizontal flips (not for digits or text)")
     g.add_argument("--translate", type=option(check_count), default=0, metavar="PIXELS",
-                   help="random shifts of up to PIXELS along each axis, reflection padding (default 0: none)")
+                   help="random shifts of up to PIXELS (< the image side) along each axis, reflection padding "
+                        "(default 0: none)")
     g.add_argument("--compile", action="store_true", help="torch.compile the training loss (forward and backward)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     g.add_argument("--threads", type=THREADS,
@@ -1449,6 +1454,9 @@ def _cmd_train(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.epochs is None and args.max_steps is None and args.max_minutes is None:
         raise ValueError("give the length of the run: --epochs, --max-steps or --max-minutes")
+    if args.data_root is not None and not {args.data, args.test_data} & set(CIFAR10_SPECS):  # not ignored in silence
+        raise ValueError(f"--data-root is where {' and '.join(CIFAR10_SPECS)} are downloaded, and neither --data nor "
+                         f"--test-data is one of them: leave --data-root out")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     elif _runs_on_cpu(args.device):

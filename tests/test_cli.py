@@ -482,6 +482,18 @@ def test_train_bad_option_is_a_clear_error(tmp_path, capsys, option, message):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("data", [["--data", "digits"], ["--data", "npz:nonexistent.npz"],
+                                  ["--data", "digits", "--test-data", "npz:nonexistent.npz"]])
+def test_train_data_root_without_cifar10_is_refused(tmp_path, capsys, data):
+    """Audit 394: --data-root (where cifar10 is downloaded) with data that is not cifar10 was ignored in silence, even
+    a --data-root that is a file: the run went on, as if the user's folder held something it used."""
+    code, out, err = _exit_code(["train", "flow", *data, "--data-root", str(tmp_path / "root"), "--out",
+                                 str(tmp_path / "o"), "--max-steps", "1", "--quiet"], capsys)
+    assert code == 2 and out == "" and err == f"{_PROG}: error: --data-root is where cifar10 and cifar10-5k are " \
+        f"downloaded, and neither --data nor --test-data is one of them: leave --data-root out\n"
+    assert not (tmp_path / "o").exists() and not (tmp_path / "root").exists()
+
+
 @pytest.mark.parametrize("option, message", [
     (["--batch-size", "0"], "argument --batch-size: must be an int >= 1, got 0"),  # was: batch_size must be ...
     (["--batch-size", "two"], "argument --batch-size: invalid int value: 'two'"),
@@ -727,10 +739,14 @@ def test_demo_help(capsys):
 
 @pytest.mark.parametrize("option, message", [
     (["--per-class", "0"], "argument --per-class: must be an int >= 1, got 0"),
-    (["--per-class", "500"], "fewer than per_class=500"),
+    (["--per-class", "500"], "--per-class 500 is more than the 122 training images of digit 8"),  # audit 394: was
+    # "class 0 has only 124 samples, fewer than per_class=500", naming the Python parameter
     (["--epochs", "0"], "argument --epochs: must be an int >= 1, got 0"),
-    (["--seeds", "0"], "argument --seeds: must be an int >= 1, got 0"),
-    (["--smoke", "--seeds", "-1"], "argument --seeds: must be an int >= 1, got -1"),
+    (["--seeds", "0"], "argument --seeds: must be an int in [1, 1000], got 0"),
+    (["--smoke", "--seeds", "-1"], "argument --seeds: must be an int in [1, 1000], got -1"),
+    (["--seeds", "99999999999999999999"], "argument --seeds: must be an int in [1, 1000], got 9999"),  # audit 394: was
+    # "Python int too large to convert to C ssize_t", naming no option; and --seeds 1000000000 built a tuple of 10**9
+    # seeds (gigabytes) before any check
     (["--threads", "0"], f"argument --threads: must be an int in [1, {MAX_THREADS}], got 0"),
     (["--threads", "99999999999999999999"], f"argument --threads: must be an int in [1, {MAX_THREADS}], got 9999"),
     (["--threads", "100000"], f"argument --threads: must be an int in [1, {MAX_THREADS}], got 100000"),
