@@ -1055,16 +1055,19 @@ def names_for_images(image_shape: tuple[int, ...]) -> list[str]:
 
 
 # -- resolution and download ------------------------------------------------------------------------
+_OFFLINE, _ONLINE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")  # LATENT_TRANSFORMS_OFFLINE's values
+
+
 def offline() -> bool:
     """Whether ``LATENT_TRANSFORMS_OFFLINE`` forbids downloads (``1``, ``true``, ``yes`` or ``on``, any case; ``0``,
     ``false``, ``no``, ``off`` or empty allow them; another value is a ``ValueError``): of checkpoints here, of
     CIFAR-10 in ``data``."""
     raw = os.environ.get("LATENT_TRANSFORMS_OFFLINE", "")
     value = raw.strip().lower()
-    if value not in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):  # "y" read as online: downloads
+    if value not in (*_OFFLINE, *_ONLINE):  # "y" read as online: downloads
         raise ValueError(f"LATENT_TRANSFORMS_OFFLINE must be 1, true, yes or on (offline) or 0, false, no, off or "
                          f"empty (online), got {raw!r}")
-    return value in ("1", "true", "yes", "on")
+    return value in _OFFLINE
 
 
 def _timeout() -> float:
