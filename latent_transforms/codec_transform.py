@@ -12,7 +12,8 @@ from .base import LatentTransform
 from .codecs import Codec, resolve_codec
 from .codecs.base import ChecksCodecStates
 from .latent_cache import LatentCache
-from .validation import ValueCheck, WrongTypeError, bad_option, check_device, is_int, is_sequence
+from .validation import (ValueCheck, WrongTypeError, bad_option, check_batch, check_device, is_int, is_sequence,
+                         values_unread)
 
 if TYPE_CHECKING:
     from torch.nn.modules.module import _IncompatibleKeys
@@ -200,10 +201,15 @@ class CodecTransform(ChecksCodecStates, LatentTransform):
 
     def encode_flat(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, C, H, W) -> (B, D) standardised latents, without gradient (looked up in the cache by ``index: (B,)``
-        int64 dataset positions, checked on entry against the cache size)."""
+        int64 dataset positions, checked against the cache size and ``x`` as a call's: on entry to the call, or here
+        when called outside one)."""
         if index is not None:
-            # a transform's call refused index= without a cache on entry
-            return cast(LatentCache, self.cache)(index, check=False)  # checked on entry
+            # called directly, not in a transform's call, which checked them on entry (unchecked, -1 gave the last
+            # latent, a missing cache "'NoneType' object is not callable", x of other images their latents)
+            if values_unread():
+                check_batch(x, None, None, index, self._index_size, more_checks=lambda: self._value_checks(x, index))
+                self.check_inputs(x, None, index)
+            return cast(LatentCache, self.cache)(index, check=False)  # checked
         with torch.no_grad():
             return self.codec.encode_flat(x)
 

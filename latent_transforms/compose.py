@@ -505,6 +505,10 @@ class Compose(Settings, ChecksCodecStates, nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, model: nn.Module | None = None,
                 index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x2, y2 = t(x, y, model) for ``x: (B, C, H, W)`` (float in [0, 1], or ``uint8`` as the class docstring says)
+        and ``y: (B,)`` int64 or ``(B, K)`` float (``None``: an unlabelled batch, ``None`` back); ``index: (B,)``
+        int64 dataset positions, for a first step with a latent cache. The steps run in order (in ``eval()`` mode
+        only the dtype conversions); y2 is ``(B, K)`` soft labels once a step mixes them."""
         if len(self.steps) != len(self._built_from) or any(a is not b for a, b in zip(self.steps, self._built_from)):
             raise RuntimeError(
                 "this Compose's steps were changed after it was built (t.steps[i] = ..., append, insert, del): the "

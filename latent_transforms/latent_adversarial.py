@@ -55,7 +55,9 @@ class LatentAdversarial(CodecTransform):
         Needs ``model``. The model is borrowed unchanged: it runs in eval mode during the attack (the official code
         lets the attack update BatchNorm statistics), no parameter gradient is computed or left behind, and every
         module's train/eval flag is restored, also on error. A DDP-wrapped model is attacked through its local
-        module. Identity in ``eval()`` mode. Encode and decode run in fp32 with TF32 off, as every codec call does;
+        module. Identity in ``eval()`` mode. ``last_params`` holds, for the ``N`` selected samples, ``start`` (N, D),
+        ``delta`` (N, D), the final perturbation, and ``target``, the labels attacked ((N,) predictions, or ``y``'s
+        rows with ``target="true"``). Encode and decode run in fp32 with TF32 off, as every codec call does;
         the backward pass that gives the step's direction runs under the caller's TF32 and autocast settings
         (a direction, not an image: the output's invertibility does not depend on it). It backpropagates each
         sample's loss gradient scaled to a largest entry of 1 (the step is normalised per sample, so this changes no

@@ -212,6 +212,8 @@ class LatentCache(Settings, nn.Module):
             "format": FORMAT, **hub.checksum_metadata(tensors), "codec_fingerprint": self._codec_fingerprint})
 
     def get_extra_state(self) -> dict[str, str | torch.Tensor | None]:
+        """``state_dict``'s ``_extra_state``: the codec's fingerprint and the image signatures, ``(N, 2)`` float32
+        (``None`` for a cache loaded from a file saved without them)."""
         return {"codec_fingerprint": self._codec_fingerprint, "signatures": self._image_signatures}
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any],
@@ -247,6 +249,7 @@ class LatentCache(Settings, nn.Module):
         return f"{len(self)}, latent_dim={self.latents.shape[1]}, verify_images={self.verify_images}"
 
     def __len__(self) -> int:
+        """N, the number of cached images (``index`` addresses ``[0, N)``)."""
         return self.latents.shape[0]
 
     if TYPE_CHECKING:  # nn.Module's __call__ returns Any

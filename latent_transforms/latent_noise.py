@@ -53,9 +53,11 @@ class LatentNoise(CodecTransform):
 
     Convention:
         ``eps=0`` returns x to the codec's round-trip accuracy, which depends on the images: glow-cifar10 gives
-        CIFAR-10 test images back within 1.5e-5 (1.7e-5 on an AVX-512 host, docs/checkpoints.md) but uniform noise
-        only within ~0.04-0.75 (an image's largest pixel error; 0.06-0.34 for 90% of 768 ``torch.rand`` images),
-        images far from what it was trained on (the official code returns ``0.05 + 0.9 x``).
+        CIFAR-10 test images back within 1.5e-5 (1.7e-5 on an AVX-512 host, docs/checkpoints.md; 3.5e-5 for one of
+        the first 2,048 on an AMD EPYC host without AVX-512) but uniform noise only within ~0.04-0.9 (an image's
+        largest pixel error; 0.06-0.34 for 90% of 768 ``torch.rand`` images on one host, 0.08-0.40 on the EPYC: the
+        flow amplifies rounding on such images), images far from what it was trained on (the official code returns
+        ``0.05 + 0.9 x``).
         Samples whose decode is non-finite or more than 0.5 outside [0, 1] before clipping are returned unchanged
         and counted in ``stats``.
         Identity in ``eval()`` mode. ``last_params["delta"]`` holds the last (N, D) perturbation of the ``N`` selected

@@ -109,6 +109,9 @@ class LatentMixupInference(Settings, ChecksCodecStates, SampleStats, nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """probs = t(x) for ``x: (B, C, H, W)`` float in [0, 1] of the codec's image shape (``B = 0`` too): ``(B, K)``
+        probabilities (float32; float64 for a float64 model), the mean over ``num_mixes`` mixes, in train and eval
+        mode alike, without gradient."""
         check_images(x, allow_empty=True)
         self.codec.check_images(x, allow_empty=True)
         check_model(self.model, x)

@@ -63,7 +63,8 @@ class VarMixup(CodecTransform):
 
     Convention:
         Identity in ``eval()`` mode (labels returned as given). ``last_params`` holds ``lam`` and ``partner`` (an index
-        among the selected samples, ``last_params["selected"]``).
+        among the selected samples, ``last_params["selected"]``), and with ``posterior="sample"`` ``posterior_noise``
+        (N, D).
     """
 
     mixes_labels = True

@@ -872,3 +872,24 @@ def test_16_bit_codec_weights_loaded_beside_a_cache_are_named_as_16_bit():
     state = {k: v.half() if k.startswith("codec.") and v.is_floating_point() else v for k, v in t.state_dict().items()}
     with pytest.raises(ValueError, match="codec's weights are torch.float16, but codecs compute in float32"):
         t.load_state_dict(state, assign=True)
+
+
+def test_encode_flat_called_directly_with_an_index_checks_it_as_a_call_does(data):
+    # audit 397: its docstring said the index is checked on entry, which only a transform's call did: called directly
+    # (a subclass's own code, a user's), -1 gave the last latent, 40 torch's IndexError, no cache "'NoneType' object
+    # is not callable" and x of other images the cached images' latents
+    images, _ = data
+    glow = tiny_glow()
+    t = LatentNoise(glow, cache=LatentCache(glow, images, progress=False))
+    x, idx = images[:2], torch.tensor([0, 1])
+    assert torch.equal(t.encode_flat(x, idx), t.cache.latents[:2])
+    with pytest.raises(ValueError, match=re.escape("outside [0, 40)")):
+        t.encode_flat(images[-1:], torch.tensor([-1]))
+    with pytest.raises(ValueError, match=re.escape("outside [0, 40)")):
+        t.encode_flat(x, torch.tensor([0, 40]))
+    with pytest.raises(ValueError, match="batch sizes differ"):
+        t.encode_flat(images[:3], idx)
+    with pytest.raises(ValueError, match="not the images this latent cache holds"):
+        t.encode_flat(images[2:4], idx)
+    with pytest.raises(ValueError, match="needs a latent cache"):
+        LatentNoise(glow).encode_flat(x, idx)

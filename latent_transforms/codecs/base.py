@@ -318,8 +318,8 @@ class Codec(Settings, ChecksCodecStates, nn.Module):
         return self.decode(self.encode(x)).clamp(0, 1)
 
     def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | int | None = None) -> torch.Tensor:
-        """n images decoded from N(0, temperature^2 I) latents, clipped to [0, 1]: (n, C, H, W); ``temperature`` in
-        [0, 100]. ``generator``: ``None`` (torch's global RNG), an ``int`` seed or a
+        """n (>= 1) images decoded from N(0, temperature^2 I) latents, clipped to [0, 1]: (n, C, H, W); ``temperature``
+        in [0, 100]. ``generator``: ``None`` (torch's global RNG), an ``int`` seed or a
         ``torch.Generator`` on the codec's device."""
         shapes = self.checked_latent_shapes()
         n = check_items("n", n, self.image_shape, *shapes, dtype=self.dtype)
@@ -500,4 +500,6 @@ class Codec(Settings, ChecksCodecStates, nn.Module):
         return ", ".join(f"{k}={tuple(v) if k == 'image_shape' else v}" for k, v in config.items() if k not in skip)
 
     def train(self: _CodecT, mode: bool = True) -> _CodecT:
+        """``nn.Module.train``, but a frozen codec stays in eval mode (``train()`` of it, or of a module holding it,
+        changes nothing). Returns self."""
         return super().train(mode and not self.frozen)

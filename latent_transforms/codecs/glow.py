@@ -104,9 +104,9 @@ class Glow(Codec):
         levels: L, the number of scales.
         steps: K, the flow steps per level.
         hidden: the coupling networks' width.
-        alpha: logit margin.
-        scale_floor: lower bound of every coupling scale (numerically safe decoding).
-        num_bins: intensity levels of the data (256 for 8-bit images), for dequantisation and bits/dim.
+        alpha: logit margin, in (0, 0.5).
+        scale_floor: lower bound of every coupling scale (numerically safe decoding), in (0, 1).
+        num_bins: intensity levels of the data (256 for 8-bit images), for dequantisation and bits/dim; at least 2.
     """
 
     kind = "glow"
@@ -264,6 +264,8 @@ class Glow(Codec):
         return self.frozen and self._folded
 
     def freeze(self: _GlowT) -> _GlowT:
+        """``Codec.freeze``, and its ActNorm layers marked initialised (no later batch re-initialises them) and the
+        fast path folded (``use_fast_path``). Returns self."""
         for m in self.modules():
             if isinstance(m, nf.flows.ActNorm):
                 m.data_dep_init_done.fill_(1.0)
