@@ -11,7 +11,8 @@ import contextlib
 
 import torch
 
-from latent_transforms.data import CIFAR10_SPECS, DEFAULT_DATA_ROOT
+from latent_transforms.data import CIFAR10_SPECS, DEFAULT_DATA_ROOT, check_data_root_used
+from latent_transforms.validation import POSITIVE_INT
 
 
 def tiny_glow(image_shape=(3, 32, 32), seed: int = 0):
@@ -96,6 +97,10 @@ def example_data(parser: argparse.ArgumentParser, args: argparse.Namespace):
     if args.smoke:
         return (*synthetic_images(64), *synthetic_images(32, seed=1))
     test = None if args.test == "none" else args.test or ("cifar10" if args.train in CIFAR10_SPECS else None)
+    try:
+        check_data_root_used(args.data_root, {"--train": args.train, "--test": test})
+    except ValueError as e:
+        parser.error(str(e))
     x_train, y_train = _labelled_images(parser, "--train", args.train, "train", args.data_root)
     x_test, y_test = _labelled_images(parser, "--test", test, "test", args.data_root) if test else (None, None)
     return x_train, y_train, x_test, y_test
@@ -117,7 +122,35 @@ def _labelled_images(parser, option: str, spec: str, split: str, data_root):
 
 def add_width_arg(parser: argparse.ArgumentParser) -> None:
     """Add ``--width``, the base width of the examples' ResNet-18."""
-    parser.add_argument("--width", type=int, default=64, help="ResNet-18 base width (64: the usual 11 M parameters)")
+    parser.add_argument("--width", type=POSITIVE_INT, default=64,
+                        help="ResNet-18 base width (default: 64, the usual 11 M parameters)")
+
+
+# -- --smoke: its sizes are defaults (an option given beside it wins); the data and codecs it makes replace options --
+def add_smoke_arg(parser: argparse.ArgumentParser, what: str, defaults: dict) -> None:
+    """Add ``--smoke`` (``what`` it runs on) to ``parser``; its help lists ``defaults`` (dest -> value)."""
+    sizes = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in defaults.items())
+    parser.add_argument("--smoke", action="store_true", help=f"{what}; {sizes} unless given (CPU, seconds)")
+
+
+def parse_args(parser: argparse.ArgumentParser, smoke_defaults: dict, replaced: tuple[str, ...],
+               argv: list[str] | None = None) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, where ``--smoke`` makes ``smoke_defaults`` (dest -> value) the defaults and the
+    options ``replaced`` (``"--train"``: what --smoke makes itself) must be left out: given, they end the script with
+    a one-line error (they were ignored in silence; ``--smoke --images DIR`` wrote its random PNGs into DIR)."""
+    args = parser.parse_args(argv)
+    if not args.smoke:
+        return args
+    unset = object()
+    dests = {option: option[2:].replace("-", "_") for option in replaced}
+    parser.set_defaults(**smoke_defaults, **dict.fromkeys(dests.values(), unset))
+    args = parser.parse_args(argv)
+    given = [option for option, dest in dests.items() if getattr(args, dest) is not unset]
+    if given:
+        parser.error(f"--smoke makes its own data and codecs: leave out {', '.join(given)}")
+    for dest in dests.values():
+        setattr(args, dest, None)
+    return args
 
 
 def count_correct(model, x: torch.Tensor, y: torch.Tensor, device, batch_size: int = 500) -> int:

@@ -25,14 +25,18 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from common import add_data_args, add_width_arg, count_correct, example_data, load_codec, pick_device, tiny_glow
+from common import (add_data_args, add_smoke_arg, add_width_arg, count_correct, example_data, load_codec, parse_args,
+                    pick_device, tiny_glow)
 from latent_transforms import Compose, ISDA, LatentAdversarial, LatentNoise
 from latent_transforms.models import CifarResNet18
+from latent_transforms.validation import POSITIVE_INT
+
+SMOKE = {"steps": 2, "batch_size": 16, "width": 8}  # --smoke's sizes (an option given beside it wins)
 
 
-def torchvision_pipeline(glow, num_classes: int) -> Compose:
+def torchvision_pipeline(glow, num_classes: int, size: tuple[int, int]) -> Compose:
     return Compose([
-        v2.RandomCrop(32, padding=4, padding_mode="reflect"),   # one crop for the whole batch (v2: per call)
+        v2.RandomCrop(size, padding=4, padding_mode="reflect"),  # one crop for the whole batch (v2: per call)
         v2.RandomHorizontalFlip(),
         LatentNoise(glow, p=0.5),                                # latent step BEFORE RandAugment
         v2.RandAugment(),                                        # same ops for the whole batch
@@ -41,9 +45,9 @@ def torchvision_pipeline(glow, num_classes: int) -> Compose:
     ])
 
 
-def kornia_pipeline(glow, num_classes: int) -> Compose:
+def kornia_pipeline(glow, num_classes: int, size: tuple[int, int]) -> Compose:
     return Compose([
-        K.RandomCrop((32, 32), padding=4, padding_mode="reflect"),   # per-sample crops
+        K.RandomCrop(size, padding=4, padding_mode="reflect"),       # per-sample crops
         K.RandomHorizontalFlip(),
         LatentNoise(glow, p=0.5),
         K.auto.RandAugment(n=2, m=10),
@@ -52,11 +56,11 @@ def kornia_pipeline(glow, num_classes: int) -> Compose:
     ], num_classes=num_classes)      # needed to turn kornia's (B, 3) mix output into (B, K) soft labels
 
 
-def isda_pipeline(glow, num_classes: int) -> Compose:
+def isda_pipeline(glow, num_classes: int, size: tuple[int, int]) -> Compose:
     isda = ISDA(num_classes, lambda0=0.5)
     isda.set_progress(1.0)    # full strength for this demo; in training call isda.set_epoch(epoch, epochs)
     return Compose([
-        v2.RandomCrop(32, padding=4, padding_mode="reflect"),
+        v2.RandomCrop(size, padding=4, padding_mode="reflect"),
         v2.RandomHorizontalFlip(),
         LatentNoise(glow, p=0.5),
         v2.RandAugment(),
@@ -69,15 +73,14 @@ def main() -> None:
     add_data_args(parser)                        # --train, --test, --data-root
     parser.add_argument("--codec", default="glow-cifar10",
                         help="hub name or .safetensors path of a Glow (default: glow-cifar10)")
-    parser.add_argument("--steps", type=int, default=200, help="training steps per pipeline (default: 200)")
-    parser.add_argument("--batch-size", type=int, default=128, help="default: 128")
+    parser.add_argument("--steps", type=POSITIVE_INT, default=200, help="training steps per pipeline (default: 200)")
+    parser.add_argument("--batch-size", type=POSITIVE_INT, default=128, help="default: 128")
     add_width_arg(parser)
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if there is one)")
-    parser.add_argument("--smoke", action="store_true", help="synthetic data, tiny random Glow, 2 steps each")
-    args = parser.parse_args()
+    add_smoke_arg(parser, "64 synthetic images, a tiny random Glow", SMOKE)
+    args = parse_args(parser, SMOKE, ("--train", "--test", "--data-root", "--codec"))
     if args.smoke:
         torch.set_num_threads(min(2, torch.get_num_threads()))
-        args.steps, args.batch_size, args.width = 2, 16, 8
     device = pick_device(parser, args.device)
     torch.manual_seed(0)
 
@@ -85,9 +88,10 @@ def main() -> None:
     num_classes = int(y_all.max()) + 1
     glow = (tiny_glow() if args.smoke else load_codec(parser, "--codec", args.codec, device)).to(device)
 
-    pipelines = [("torchvision v2", torchvision_pipeline(glow, num_classes)),
-                 ("kornia", kornia_pipeline(glow, num_classes)),
-                 ("torchvision v2 + ISDA", isda_pipeline(glow, num_classes))]
+    size = tuple(x_all.shape[-2:])  # (H, W): the crops keep the images' size
+    pipelines = [("torchvision v2", torchvision_pipeline(glow, num_classes, size)),
+                 ("kornia", kornia_pipeline(glow, num_classes, size)),
+                 ("torchvision v2 + ISDA", isda_pipeline(glow, num_classes, size))]
     for name, pipeline in pipelines:
         print(f"\n== {name}: {' -> '.join(type(step).__name__ for step in pipeline.steps)}")
         model = CifarResNet18(num_classes, width=args.width).to(device)

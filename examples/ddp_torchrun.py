@@ -33,9 +33,13 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from torchvision.transforms import v2
 
-from common import add_data_args, add_width_arg, count_correct, example_data, load_codec, tiny_glow, tiny_vae
+from common import (add_data_args, add_smoke_arg, add_width_arg, count_correct, example_data, load_codec, parse_args,
+                    tiny_glow, tiny_vae)
 from latent_transforms import Compose, ISDA, LatentAdversarial, LatentMixupInference, LatentNoise, VarMixup
 from latent_transforms.models import CifarResNet18
+from latent_transforms.validation import POSITIVE_INT
+
+SMOKE = {"epochs": 2, "batch_size": 8, "width": 8}  # 64 images / 2 ranks / 8 = 4 steps per epoch
 
 
 def setup() -> tuple[int, int, torch.device]:
@@ -65,16 +69,15 @@ def main() -> None:
     add_data_args(parser)                        # --train, --test, --data-root
     parser.add_argument("--glow", default="glow-cifar10", help="hub name or .safetensors path (default: glow-cifar10)")
     parser.add_argument("--vae", default="vae-cifar10", help="hub name or .safetensors path (default: vae-cifar10)")
-    parser.add_argument("--epochs", type=int, default=1, help="default: 1")
-    parser.add_argument("--batch-size", type=int, default=64, help="per rank (default: 64)")
+    parser.add_argument("--epochs", type=POSITIVE_INT, default=1, help="default: 1")
+    parser.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="per rank (default: 64)")
     add_width_arg(parser)
-    parser.add_argument("--smoke", action="store_true", help="synthetic data, tiny random codecs, a few steps")
-    args = parser.parse_args()
+    add_smoke_arg(parser, "64 synthetic images, tiny random codecs", SMOKE)
+    args = parse_args(parser, SMOKE, ("--train", "--test", "--data-root", "--glow", "--vae"))
     rank, world, device = setup()
     say = print if rank == 0 else (lambda *a, **k: None)
     if args.smoke:
         torch.set_num_threads(1)
-        args.batch_size, args.width, args.epochs = 8, 8, 2     # 64 images / 2 ranks / 8 = 4 steps per epoch
     torch.manual_seed(0)  # the SAME seed on every rank: the same initial weights; the library's transforms still
     #                       draw differently per rank (torchvision/kornia steps do not: see the reseed below)
 

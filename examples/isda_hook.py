@@ -26,25 +26,28 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
-from common import add_data_args, add_width_arg, count_correct, example_data, pick_device
+from common import add_data_args, add_smoke_arg, add_width_arg, count_correct, example_data, parse_args, pick_device
 from latent_transforms import ISDA
 from latent_transforms.models import CifarResNet18
+from latent_transforms.validation import POSITIVE_INT, check_number, option
+
+SMOKE = {"epochs": 2, "batch_size": 16, "width": 8}  # --smoke's sizes (an option given beside it wins)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_data_args(parser)                        # --train, --test, --data-root
-    parser.add_argument("--epochs", type=int, default=160, help="default: 160, the official CIFAR schedule")
-    parser.add_argument("--batch-size", type=int, default=128, help="default: 128")
-    parser.add_argument("--lambda0", type=float, default=0.5, help="official CIFAR default: 0.5 (or 0.25)")
+    parser.add_argument("--epochs", type=POSITIVE_INT, default=160, help="default: 160, the official CIFAR schedule")
+    parser.add_argument("--batch-size", type=POSITIVE_INT, default=128, help="default: 128")
+    parser.add_argument("--lambda0", type=option(check_number, float), default=0.5,
+                        help="ISDA's lambda0 (>= 0), where its ramp heads (default: 0.5, official CIFAR; or 0.25)")
     parser.add_argument("--covariance", choices=["full", "diagonal"], default="full", help="default: full")
     add_width_arg(parser)
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if there is one)")
-    parser.add_argument("--smoke", action="store_true", help="synthetic data, narrow ResNet, 2 epochs")
-    args = parser.parse_args()
+    add_smoke_arg(parser, "64 synthetic images", SMOKE)
+    args = parse_args(parser, SMOKE, ("--train", "--test", "--data-root"))
     if args.smoke:
         torch.set_num_threads(min(2, torch.get_num_threads()))
-        args.epochs, args.batch_size, args.width = 2, 16, 8
     device = pick_device(parser, args.device)
     torch.manual_seed(0)
 

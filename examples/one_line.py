@@ -25,9 +25,13 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from common import add_data_args, add_width_arg, count_correct, example_data, load_codec, pick_device, tiny_glow
+from common import (add_data_args, add_smoke_arg, add_width_arg, count_correct, example_data, load_codec, parse_args,
+                    pick_device, tiny_glow)
 from latent_transforms import LatentAdversarial, LatentNoise
 from latent_transforms.models import CifarResNet18
+from latent_transforms.validation import POSITIVE_FLOAT, POSITIVE_INT
+
+SMOKE = {"epochs": 1, "batch_size": 16, "width": 8}  # --smoke's sizes (an option given beside it wins)
 
 
 class Images(Dataset):
@@ -50,24 +54,24 @@ def main() -> None:
     parser.add_argument("--codec", default="glow-cifar10",
                         help="hub name or .safetensors path of a Glow (default: glow-cifar10)")
     parser.add_argument("--method", choices=["noise", "adversarial", "none"], default="noise", help="default: noise")
-    parser.add_argument("--epochs", type=int, default=200,
+    parser.add_argument("--epochs", type=POSITIVE_INT, default=200,
                         help="default: 200, the CIFAR schedule of the flow paper's code")
-    parser.add_argument("--batch-size", type=int, default=128, help="default: 128")
-    parser.add_argument("--lr", type=float, default=0.1, help="initial learning rate (default: 0.1)")
+    parser.add_argument("--batch-size", type=POSITIVE_INT, default=128, help="default: 128")
+    parser.add_argument("--lr", type=POSITIVE_FLOAT, default=0.1, help="initial learning rate (default: 0.1)")
     add_width_arg(parser)
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if there is one)")
-    parser.add_argument("--smoke", action="store_true", help="synthetic data, tiny random Glow, 1 epoch")
-    args = parser.parse_args()
+    add_smoke_arg(parser, "64 synthetic images, a tiny random Glow", SMOKE)
+    args = parse_args(parser, SMOKE, ("--train", "--test", "--data-root", "--codec"))
     if args.smoke:
         torch.set_num_threads(min(2, torch.get_num_threads()))
-        args.epochs, args.batch_size, args.width = 1, 16, 8
     device = pick_device(parser, args.device)
     torch.manual_seed(0)
 
     # -- data --------------------------------------------------------------------------------------------
     x_train, y_train, x_test, y_test = example_data(parser, args)     # (N, 3, 32, 32) in [0, 1], (N,) labels
     num_classes = int(y_train.max()) + 1
-    crop_flip = v2.Compose([v2.RandomCrop(32, padding=4, padding_mode="reflect"), v2.RandomHorizontalFlip()])
+    crop_flip = v2.Compose([v2.RandomCrop(x_train.shape[-2:], padding=4, padding_mode="reflect"),  # images' own size
+                            v2.RandomHorizontalFlip()])
     loader = DataLoader(Images(x_train, y_train, crop_flip), batch_size=args.batch_size, shuffle=True,
                         drop_last=len(x_train) >= args.batch_size)   # a set smaller than a batch is one batch
 

@@ -4,7 +4,7 @@
     python examples/train_your_own_flow.py --smoke      # 64 random 16x16 PNGs in a temp folder, a tiny flow, 10 steps
 
 The folder holds same-sized PNG/JPEG images, flat or one subfolder per class (as torchvision's ImageFolder).
-``train_codec`` checkpoints as it goes (run the same command again to resume) and writes
+``train_codec`` checkpoints as it goes (run the same command again to resume; ``--no-resume`` starts afresh) and writes
 ``OUT/NAME.safetensors`` (the codec), ``OUT/NAME.json`` (settings, metrics, a ready-made registry entry) and
 ``OUT/NAME.png`` (labelled rows: training images, their reconstructions, samples). The same is available from the shell:
 
@@ -22,10 +22,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from common import one_line_errors, pick_device
+from common import one_line_errors, parse_args, pick_device
 from latent_transforms import LatentNoise, hub
 from latent_transforms.data import load_images
 from latent_transforms.train import train_codec
+from latent_transforms.validation import POSITIVE_FLOAT, check_number, option
 from latent_transforms.visualize import save_rows
 
 
@@ -48,11 +49,16 @@ def main() -> None:
     parser.add_argument("--out", help="output folder: the training state to resume from and the codec (default: "
                                       "runs/my-flow; with --smoke, a temp folder deleted at the end)")
     parser.add_argument("--name", default="my-flow", help="file stem of the codec (default: my-flow)")
-    parser.add_argument("--epochs", type=float, default=50, help="training epochs (default: 50)")
-    parser.add_argument("--eps", type=float, default=5.0, help="LatentNoise size for the final picture (default: 5)")
+    parser.add_argument("--epochs", type=POSITIVE_FLOAT, default=50,
+                        help="training epochs (default: 50; --smoke: 10 steps, 2.5 epochs)")
+    parser.add_argument("--eps", type=option(check_number, float), default=5.0,
+                        help="LatentNoise size (>= 0) for the final picture (default: 5)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    parser.add_argument("--smoke", action="store_true", help="random PNGs, a tiny flow, 10 training steps")
-    args = parser.parse_args()
+    parser.add_argument("--no-resume", action="store_true",
+                        help="start afresh even if OUT holds a training state (default: resume it)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="64 random PNGs in a temp folder, a tiny flow, 10 training steps (CPU, seconds)")
+    args = parse_args(parser, {"epochs": None}, ("--images",))
     if not args.smoke and not args.images:
         parser.error("--images is required (or --smoke)")
     device = pick_device(parser, args.device)
@@ -68,11 +74,12 @@ def main() -> None:
         print(f"{len(x)} images of shape {tuple(x.shape[1:])} from {images}")
 
         # 1. train (resumable: the training state is saved to OUT/NAME.state.safetensors as it goes)
-        size = dict(levels=2, steps=2, hidden=16, max_steps=10, batch_size=16) if args.smoke else \
-            dict(epochs=args.epochs)
+        length = dict(epochs=args.epochs) if args.epochs else dict(max_steps=10)   # --smoke: 10 steps unless --epochs
+        size = dict(levels=2, steps=2, hidden=16, batch_size=16, **length) if args.smoke else length
         with one_line_errors(parser, "training"):  # e.g. images of a size the flow cannot take, or --out holding
             result = train_codec("flow", x, out, name=args.name, num_bins=num_bins, device=device,  # another run
-                                 progress=not args.smoke, data_description=f"folder:{images}", **size)
+                                 progress=not args.smoke, data_description=f"folder:{images}",
+                                 resume=not args.no_resume, **size)  # its errors name --no-resume
         print(f"trained {result['step']} steps in {result['train_time_s']:.1f} s; metrics {result['metrics']}")
         print(f"codec: {result['checkpoint']}  picture: {result['png']}")
 

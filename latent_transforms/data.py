@@ -52,6 +52,14 @@ DEFAULT_DATA_ROOT = ("data/ in the cache dir: $LATENT_TRANSFORMS_HOME, else $XDG
                      "~/.cache/latent-transforms")  # for --data-root's help
 
 
+def check_data_root_used(data_root: object, specs: dict[str, str | None]) -> None:
+    """Refuse a command line's ``--data-root`` when none of ``specs`` (its flag -> the spec given) downloads CIFAR-10:
+    it would be ignored in silence."""
+    if data_root is not None and not set(specs.values()) & set(CIFAR10_SPECS):
+        raise ValueError(f"--data-root is where {' and '.join(CIFAR10_SPECS)} are downloaded, and neither "
+                         f"{' nor '.join(specs)} is one of them: leave --data-root out")
+
+
 def _check_split(split: str) -> None:
     check_choice("split", split, _SPLITS)
 

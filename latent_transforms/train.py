@@ -39,7 +39,7 @@ import torch
 
 from . import hub
 from .codecs import Codec, ConvVAE, Glow, build_codec, exact_math
-from .data import CIFAR10_SPECS, DEFAULT_DATA_ROOT, SPLIT_SPECS
+from .data import DEFAULT_DATA_ROOT, SPLIT_SPECS
 from .modelutils import describe_device, device_memory, threads_for_this_cpu
 from .pixel_shift import random_shift_flip
 from .progress import progress_bar
@@ -1450,13 +1450,11 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _cmd_train(args: argparse.Namespace) -> dict[str, Any]:
-    from .data import describe_spec, load_images
+    from .data import check_data_root_used, describe_spec, load_images
 
     if args.epochs is None and args.max_steps is None and args.max_minutes is None:
         raise ValueError("give the length of the run: --epochs, --max-steps or --max-minutes")
-    if args.data_root is not None and not {args.data, args.test_data} & set(CIFAR10_SPECS):  # not ignored in silence
-        raise ValueError(f"--data-root is where {' and '.join(CIFAR10_SPECS)} are downloaded, and neither --data nor "
-                         f"--test-data is one of them: leave --data-root out")
+    check_data_root_used(args.data_root, {"--data": args.data, "--test-data": args.test_data})
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     elif _runs_on_cpu(args.device):

@@ -43,10 +43,11 @@ def _check_ran(args: list[str], proc) -> None:
                                   f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
 
 
-def _npz(path: Path, n: int, labels: bool = True, seed: int = 0) -> str:
-    """Write ``n`` random 32x32 RGB uint8 images (labels 0, 1, 0, ...: two classes) to ``path``; its ``npz:`` spec."""
+def _npz(path: Path, n: int, labels: bool = True, seed: int = 0, side: int = 32) -> str:
+    """Write ``n`` random ``side``x``side`` RGB uint8 images (labels 0, 1, 0, ...: two classes) to ``path``; its
+    ``npz:`` spec."""
     rng = np.random.default_rng(seed)
-    arrays = {"x": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)}
+    arrays = {"x": rng.integers(0, 256, (n, side, side, 3), dtype=np.uint8)}
     if labels:
         arrays["y"] = np.arange(n) % 2
     np.savez(path, **arrays)
@@ -80,9 +81,12 @@ COMMANDS = {
     "ddp npz": ("ddp_torchrun.py", ["--train", "npz:train.npz", "--test", "npz:test.npz", "--batch-size", "4",
                                     "--width", "4"]),
     "ddp few steps": ("ddp_torchrun.py", ["--train", "npz:train.npz", "--batch-size", "4", "--width", "4"]),
+    "isda_hook.py smoke, 1 epoch": ("isda_hook.py", ["--smoke", "--epochs", "1", "--covariance", "diagonal"]),
+    "compose digits": ("compose_randaugment.py", ["--train", "digits", "--codec", "glow-digits", "--steps", "1",
+                                                  "--batch-size", "4", "--width", "4", "--device", "cpu"]),
 }
-# name -> the npz files written to its folder first: file -> (images, seed)
-NPZ = {"one_line.py tiny": {"tiny.npz": (20, 0)}, "compose npz": {"train.npz": (20, 0), "test.npz": (6, 1)},
+# name -> the npz files written to its folder first: file -> (images, seed[, side: 32 unless given])
+NPZ = {"one_line.py tiny": {"tiny.npz": (20, 0, 16)}, "compose npz": {"train.npz": (20, 0), "test.npz": (6, 1)},
        "isda npz": {"train.npz": (20, 0)}, "ddp npz": {"train.npz": (20, 0), "test.npz": (6, 1)},
        "ddp few steps": {"train.npz": (8, 0)}}
 
@@ -129,8 +133,8 @@ def example_runs(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("examples")
     for name in COMMANDS:
         (root / name).mkdir()
-        for file, (n, seed) in NPZ.get(name, {}).items():
-            _npz(root / name / file, n, seed=seed)
+        for file, (n, seed, *side) in NPZ.get(name, {}).items():
+            _npz(root / name / file, n, seed=seed, side=side[0] if side else 32)
     ended = scripts_in_one_process([(EXAMPLES / script, args, root / name) for name, (script, args) in COMMANDS.items()],
                                    _env(root), timeout_s=2 * TIMEOUT_S)  # several commands
     return dict(zip(COMMANDS, ended))
@@ -191,6 +195,8 @@ def test_one_line_smoke_with_the_adversarial_method(example_runs):
 
 @pytest.mark.slow
 def test_one_line_on_a_set_smaller_than_a_batch_without_test_set(example_runs):
+    """... of 16x16 images: the crops keep the images' size (a crop of 32 ended in torchvision's traceback, and cut
+    larger images down to 32x32 without a word: audit 395)."""
     proc = _ran(example_runs, "one_line.py tiny")  # 20 images
     assert "epoch 1/2: lr 0.1, loss" in proc.stdout and "test accuracy" not in proc.stdout
     # the LR each epoch trains at, decayed (x 0.2 at each of its 3 milestones, all at epoch 1 of 2): mutation round 41
@@ -209,10 +215,26 @@ def test_ddp_example_smoke(tmp_path):
 
 
 @pytest.mark.slow
+def test_an_option_given_beside_smoke_wins(example_runs):
+    """--smoke's sizes are defaults: `isda_hook.py --smoke --epochs 1` trained its 2 epochs all the same (audit 395)."""
+    proc = _ran(example_runs, "isda_hook.py smoke, 1 epoch")
+    assert "\nepoch 1/1: lr 0.1, lambda 0.000, " in proc.stdout and "epoch 2/" not in proc.stdout, proc.stdout[-3000:]
+    assert "cov (10, 64)" in proc.stdout  # the other options are taken too
+
+
+@pytest.mark.slow
 def test_compose_example_on_npz_data(example_runs):
     proc = _ran(example_runs, "compose npz")  # 20 training images, 6 test images
     assert proc.stdout.count("test accuracy: ") == 3 and "on 6 images" in proc.stdout
     assert "y (4, 2) torch.float32" in proc.stdout     # mixed labels over the npz's two classes
+
+
+@pytest.mark.slow
+def test_compose_example_on_images_of_another_size(example_runs):
+    """8x8 greyscale digits, with the digits Glow: the crops keep the images' size (a crop of 32 ended in
+    torchvision's traceback: audit 395)."""
+    proc = _ran(example_runs, "compose digits")
+    assert proc.stdout.count("step 1: x (4, 1, 8, 8) in ") == 3, proc.stdout[-3000:]
 
 
 @pytest.mark.slow
@@ -262,6 +284,18 @@ def test_example_data_reads_npz_specs(tmp_path):
     assert x_train.shape == (5, 3, 32, 32) and y_train.tolist() == [0, 1, 0, 1, 0]
     assert x_test.shape == (3, 3, 32, 32) and y_test.tolist() == [0, 1, 0]
     assert _example_data(["--train", train])[2:] == (None, None)      # no test set unless training on cifar10
+
+
+def test_example_data_refuses_a_data_root_it_would_not_use(tmp_path, capsys):
+    """--data-root is for CIFAR-10's download: beside npz data alone it was ignored in silence (audit 395; the CLI's
+    `train` refuses it so since audit 394)."""
+    train = _npz(tmp_path / "train.npz", 5)
+    with pytest.raises(SystemExit) as exit_info:
+        _example_data(["--train", train, "--data-root", str(tmp_path / "cifar")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.endswith("example.py: error: --data-root is where cifar10 and cifar10-5k "
+                                                      "are downloaded, and neither --train nor --test is one of them: "
+                                                      "leave --data-root out\n"), err
 
 
 def test_example_smoke_data_and_codecs_are_seeded_and_images_are_counted_batch_by_batch():
@@ -354,10 +388,7 @@ def _run_in(common, parser):
 
 def test_train_your_own_flow_needs_images_or_smoke(monkeypatch, capsys):
     """Without --images (and without --smoke) it says so, before looking for any folder."""
-    monkeypatch.setitem(sys.modules, "common", _common())  # the examples import it as ``common``
-    spec = importlib.util.spec_from_file_location("example_train_your_own_flow", EXAMPLES / "train_your_own_flow.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _example("train_your_own_flow.py", monkeypatch)
     monkeypatch.setattr(sys, "argv", ["train_your_own_flow.py", "--device", "cpu"])
     with pytest.raises(SystemExit) as exit_info:
         module.main()
@@ -379,3 +410,99 @@ def test_train_your_own_flow_ends_a_training_error_in_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.startswith("train_your_own_flow.py: error: training: image height and width must be "
                                   "divisible by 2**levels") and proc.stderr.count("\n") == 1, proc.stderr[-3000:]
+
+
+def _example(script: str, monkeypatch):
+    """examples/``script`` as a module, its main() not run."""
+    monkeypatch.setitem(sys.modules, "common", _common())  # the examples import it as ``common``
+    spec = importlib.util.spec_from_file_location(f"example_{script[:-3]}", EXAMPLES / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _main(script: str, argv: list[str], monkeypatch) -> None:
+    """Run ``script``'s main() here with ``argv``, which must end it with exit status 2 (ddp_torchrun.py's process
+    group is never started: a bad option is refused as the arguments are parsed)."""
+    module = _example(script, monkeypatch)
+
+    def setup():
+        raise AssertionError("parsed past the options")
+
+    monkeypatch.setattr(module, "setup", setup, raising=False)
+    monkeypatch.setattr(sys, "argv", [script, *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        module.main()
+    assert exit_info.value.code == 2, exit_info.value.code
+
+
+# (script, options, the error's last line): each took the value (--epochs 0 trained nothing, --lr nan trained to nan,
+# isda_hook.py --epochs 0 ended in an AttributeError, --lambda0 -1 in a traceback, train_your_own_flow.py --eps -1
+# only after training, its files left behind; --batch-size 0 and --width 0 in torch's tracebacks): audit 395
+OUT_OF_RANGE = [
+    ("one_line.py", ["--epochs", "0"], "argument --epochs: must be an int >= 1, got 0"),
+    ("one_line.py", ["--lr", "nan"], "argument --lr: must be a finite number in (0, inf), got nan"),
+    ("one_line.py", ["--width", "0"], "argument --width: must be an int >= 1, got 0"),
+    ("compose_randaugment.py", ["--steps", "0"], "argument --steps: must be an int >= 1, got 0"),
+    ("compose_randaugment.py", ["--batch-size", "-1"], "argument --batch-size: must be an int >= 1, got -1"),
+    ("isda_hook.py", ["--epochs", "0"], "argument --epochs: must be an int >= 1, got 0"),
+    ("isda_hook.py", ["--lambda0", "-1"], "argument --lambda0: must be a finite number in [0, inf), got -1.0"),
+    ("ddp_torchrun.py", ["--batch-size", "0"], "argument --batch-size: must be an int >= 1, got 0"),
+    ("train_your_own_flow.py", ["--eps", "-1"], "argument --eps: must be a finite number in [0, inf), got -1.0"),
+    ("train_your_own_flow.py", ["--epochs", "0"], "argument --epochs: must be a finite number in (0, inf), got 0.0"),
+]
+
+
+@pytest.mark.parametrize("script, options, expected", OUT_OF_RANGE, ids=[f"{s} {o[0]}" for s, o, _ in OUT_OF_RANGE])
+def test_an_out_of_range_option_ends_the_example_in_one_line(script, options, expected, tmp_path, monkeypatch, capsys):
+    data = ["--images", str(tmp_path / "missing")] if script == "train_your_own_flow.py" else \
+        ["--train", f"npz:{tmp_path / 'missing.npz'}"]  # were the option taken, this error would end it
+    _main(script, [*data, *options, "--device", "cpu"] if script != "ddp_torchrun.py" else [*data, *options],
+          monkeypatch)
+    assert capsys.readouterr().err.endswith(f"{script}: error: {expected}\n")
+
+
+# (script, options given beside --smoke, the ones named): --smoke ran on its own data and codecs and ignored them,
+# and train_your_own_flow.py --smoke --images DIR wrote its 64 random PNGs into DIR (over 000.png...): audit 395
+SMOKE_REPLACES = [
+    ("one_line.py", ["--train", "npz:x.npz", "--codec", "glow-digits"], "--train, --codec"),
+    ("compose_randaugment.py", ["--data-root", "cifar"], "--data-root"),
+    ("isda_hook.py", ["--test", "none"], "--test"),
+    ("ddp_torchrun.py", ["--glow", "glow-digits", "--vae", "vae-digits"], "--glow, --vae"),
+    ("train_your_own_flow.py", ["--images", "IMAGES"], "--images"),
+]
+
+
+@pytest.mark.parametrize("script, options, named", SMOKE_REPLACES, ids=[s for s, _, _ in SMOKE_REPLACES])
+def test_smoke_refuses_the_options_its_own_data_and_codecs_replace(script, options, named, tmp_path, monkeypatch,
+                                                                    capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    monkeypatch.chdir(tmp_path)
+    _main(script, ["--smoke", *[str(images) if o == "IMAGES" else o for o in options]], monkeypatch)
+    expected = f"{script}: error: --smoke makes its own data and codecs: leave out {named}\n"
+    assert capsys.readouterr().err.endswith(expected)
+    assert not any(images.iterdir()) and sorted(p.name for p in tmp_path.iterdir()) == ["images"]  # nothing written
+
+
+def test_train_your_own_flow_takes_the_no_resume_its_errors_name(tmp_path, monkeypatch):
+    """train_codec's errors for an OUT holding another run, or a bad or diverged state, say "start afresh with
+    --no-resume", which the script did not take (audit 395): it is passed on as resume=False."""
+    from PIL import Image
+
+    module = _example("train_your_own_flow.py", monkeypatch)
+    resumed = []
+
+    def train_codec(*args, resume=True, **kwargs):  # stops the script before it trains
+        resumed.append(resume)
+        raise ValueError("stopped")
+
+    monkeypatch.setattr(module, "train_codec", train_codec)
+    (tmp_path / "images").mkdir()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "images" / "0.png")
+    for extra in ([], ["--no-resume"]):
+        monkeypatch.setattr(sys, "argv", ["train_your_own_flow.py", "--images", str(tmp_path / "images"), "--out",
+                                          str(tmp_path / "out"), "--device", "cpu", *extra])
+        with pytest.raises(SystemExit):
+            module.main()
+    assert resumed == [True, False]
