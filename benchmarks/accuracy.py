@@ -47,9 +47,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from models import (CIFAR_NOISE_EPS, PerSampleRandAugment, RandomCropFlip, add_device_argument,  # noqa: E402
-                    argument_parser, build_classifier, library_default, load_codec, run_script,
-                    setup_device, smoke_defaults_help, tiny_codecs, write_json, write_text)
+from models import (CIFAR_NOISE_EPS, SEED, PerSampleRandAugment, RandomCropFlip, add_device_argument,  # noqa: E402
+                    argument_parser, build_classifier, library_default, load_codec, refuse_repeats,
+                    run_script, setup_device, smoke_defaults_help, tiny_codecs, write_json, write_text)
 
 from latent_transforms import Compose, hub  # noqa: E402
 from latent_transforms.base import LatentTransform  # noqa: E402
@@ -62,7 +62,7 @@ from latent_transforms.latent_adversarial import LatentAdversarial  # noqa: E402
 from latent_transforms.latent_noise import LatentNoise  # noqa: E402
 from latent_transforms.modelutils import describe_device  # noqa: E402
 from latent_transforms.progress import progress_bar  # noqa: E402
-from latent_transforms.validation import (POSITIVE_FLOAT, POSITIVE_INT, THREADS, check_count,  # noqa: E402
+from latent_transforms.validation import (POSITIVE_FLOAT, POSITIVE_INT, THREADS,  # noqa: E402
                                           check_number, option, output_folder)
 from latent_transforms.varmixup import VarMixup  # noqa: E402
 
@@ -762,7 +762,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     t = p.add_argument_group("training")
     t.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS), metavar="ARM",
                    help="subset of: " + " ".join(ARMS) + " (default: all)")
-    t.add_argument("--seeds", type=option(check_count), nargs="+", default=[0, 1, 2], metavar="SEED",
+    t.add_argument("--seeds", type=SEED, nargs="+", default=[0, 1, 2], metavar="SEED",
                    help="the seed values, not their number: --seeds 0 1 2 runs three seeds, --seeds 3 one, seed 3 "
                         "(`latent-transforms demo --seeds N` is a number)")
     t.add_argument("--epochs", type=POSITIVE_INT, default=40,
@@ -858,10 +858,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         if not 0 < value <= 1:  # p=0 made the arm the baseline under another name
             p.error(f"{flag} must be in (0, 1], got {value:g}")
     for flag, values in (("--arms", args.arms), ("--seeds", args.seeds), ("--latent-levels", args.latent_levels or [])):
-        twice = sorted({str(v) for v in values if values.count(v) > 1})
-        if twice:  # each would run twice, one result kept; under --shard the final --merge refused them (a level
-            # twice is the level once to the library, another setting to --resume and --merge)
-            p.error(f"{flag} names {', '.join(twice)} more than once")
+        # each would run twice, one result kept; under --shard the final --merge refused them (a level twice is the
+        # level once to the library, another setting to --resume and --merge)
+        refuse_repeats(p, flag, values)
     return args
 
 

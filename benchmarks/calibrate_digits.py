@@ -19,7 +19,7 @@ from latent_transforms.progress import progress_bar
 from latent_transforms.validation import POSITIVE_INT, output_folder
 from latent_transforms.evaluation import accuracy, fit_classifier, predict_proba
 
-from models import (DIGITS_SHAPE, argument_parser, parse_args_with_smoke, run_script,
+from models import (DIGITS_SHAPE, SEED, argument_parser, parse_args_with_smoke, refuse_repeats, run_script,
                     smoke_defaults_help, tiny_codecs, write_json)
 
 SMOKE_DEFAULTS = {"per_class": 2, "val": 100, "epochs": 1, "seeds": [0]}
@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--per-class", type=POSITIVE_INT, default=10, help="training images per class (low data)")
     ap.add_argument("--val", type=POSITIVE_INT, default=400, help="validation images held out of the training split")
     ap.add_argument("--epochs", type=POSITIVE_INT, default=40, help="training epochs of each setting")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], metavar="SEED",
+    ap.add_argument("--seeds", type=SEED, nargs="+", default=[0, 1], metavar="SEED",
                     help="the seed values, not their number")
     ap.add_argument("--out", default="runs/calibrate-digits", help="output folder")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar (one step per setting and seed)")
@@ -52,6 +52,7 @@ def main() -> None:
                     "instead of glow-digits and vae-digits, and these defaults instead of the others: "
                     + smoke_defaults_help(SMOKE_DEFAULTS))
     args = parse_args_with_smoke(ap, SMOKE_DEFAULTS)
+    refuse_repeats(ap, "--seeds", args.seeds)
     out = output_folder(args.out, "--out")  # now, not after every setting has trained
     torch.set_num_threads(1)
     x, y, _ = load_images("digits", "train")
@@ -59,6 +60,11 @@ def main() -> None:
         raise ValueError(f"--val {args.val} leaves no training images: the digits training split has {len(x)}")
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(1234))
     val, rest = perm[: args.val], perm[args.val:]
+    counts = torch.bincount(y[rest], minlength=10)
+    if args.per_class > counts.min():  # else low_data_split's "class 0 has only ... samples, fewer than per_class=..."
+        digit = int(counts.argmin())
+        raise ValueError(f"--per-class {args.per_class} is more than the {int(counts[digit])} training images of digit "
+                         f"{digit} left beside the --val {args.val} validation images")
     glow, vae = tiny_codecs(shape=DIGITS_SHAPE) if args.smoke else (hub.load("glow-digits"), hub.load("vae-digits"))
     results: dict[str, list[float]] = {}
     split = {seed: rest[low_data_split(y[rest], args.per_class, seed=seed)] for seed in args.seeds}

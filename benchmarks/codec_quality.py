@@ -41,13 +41,15 @@ def clean_classifier(args: argparse.Namespace, x_train: torch.Tensor, y_train: t
 
     Weights are drawn from torch's global RNG as it stands; ``seed`` seeds the batch order, ``crop_flip`` adds
     random crops (4-pixel shifts) and flips (also drawn from the global RNG). Both are stored with the file when
-    not the defaults (which are this script's). ``flag`` names the file's option in messages; ``progress`` shows the
-    training's progress bar.
+    not the defaults (which are this script's), and so is ``args.smoke`` (``--smoke``'s first images). ``flag`` names
+    the file's option in messages; ``progress`` shows the training's progress bar.
     """
     model = clean_classifier_model(x_train.shape[1:], args.width)
     settings = {"train": args.train, "width": str(args.width), "epochs": str(args.epochs)}  # stored with it
     if seed or crop_flip:
         settings.update(seed=str(seed), crop_flip=str(crop_flip))
+    if getattr(args, "smoke", False):  # trained on the first images only: a later full run must not load it
+        settings.update(smoke="True")
     path = args.classifier and expanded_path(args.classifier, f"{flag} {args.classifier!r}")
     if path and path.exists():
         try:
@@ -142,6 +144,9 @@ def main() -> None:
     codecs = {spec: hub.load(spec) for spec in args.codec} if args.codec else None
     x_train, y_train, _ = load_images(args.train, "train")
     x_test, y_test, _ = load_images(args.test, "test")
+    if x_train.shape[1:] != x_test.shape[1:]:  # else the classifier trained on one was scored on the other, broadcast
+        raise ValueError(f"--train images are {tuple(x_train.shape[1:])} and --test images {tuple(x_test.shape[1:])}; "
+                         f"give two sets of one image shape")
     x_test, y_test = x_test[: args.limit_test], y_test[: args.limit_test]
     if args.smoke:
         x_train, y_train = x_train[:SMOKE_IMAGES], y_train[:SMOKE_IMAGES]

@@ -9,7 +9,6 @@ compiled: above 1x the compiled codec is faster) and each column's first compile
 """
 from __future__ import annotations
 
-import copy
 import statistics
 import sys
 
@@ -19,7 +18,7 @@ from latent_transforms import LatentAdversarial, LatentNoise
 from latent_transforms.models import CifarResNet18
 from latent_transforms.validation import POSITIVE_INT, THREADS
 
-from models import (CIFAR_NOISE_EPS, argument_parser, load_codec, parse_args_with_smoke, run_script,
+from models import (CIFAR_NOISE_EPS, argument_parser, compiled_copy, load_codec, parse_args_with_smoke, run_script,
                     smoke_defaults_help, timed, tiny_codecs)
 from throughput import codec_roundtrip
 
@@ -46,7 +45,8 @@ def columns(glow, model: torch.nn.Module, width: int, x: torch.Tensor, y: torch.
 
 def main(argv=None) -> dict:
     ap = argument_parser(__doc__)
-    ap.add_argument("--glow", default="glow-cifar10", help="the flow (hub name or .safetensors path)")
+    ap.add_argument("--glow", help="the flow (hub name or .safetensors path; default: glow-cifar10; smoke: a tiny "
+                                   "random-init Glow)")
     ap.add_argument("--batch-sizes", type=POSITIVE_INT, nargs="+", default=[8, 32], help="a table row each")
     ap.add_argument("--iters", type=POSITIVE_INT, default=8, help="timed calls of each path per cell (median)")
     ap.add_argument("--width", type=POSITIVE_INT, default=16, help="the attacked ResNet-18's width")
@@ -56,12 +56,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--backend", default="inductor", help="torch.compile's backend (eager: Dynamo alone, no code made)")
     ap.add_argument("--threads", type=THREADS, default=1, help="CPU threads for torch")
     ap.add_argument("--no-progress", action="store_true", help="no line on stderr as each cell is done")
-    ap.add_argument("--smoke", action="store_true", help="checks the script in seconds: a tiny random-init Glow and "
-                    "these defaults instead of the others: " + smoke_defaults_help(SMOKE_DEFAULTS))
+    ap.add_argument("--smoke", action="store_true", help="checks the script in seconds: a tiny random-init Glow "
+                    "(unless --glow is given) and these defaults instead of the others: "
+                    + smoke_defaults_help(SMOKE_DEFAULTS))
     args = parse_args_with_smoke(ap, SMOKE_DEFAULTS, argv=argv)
     torch.set_num_threads(args.threads)
-    eager = tiny_codecs()[0] if args.smoke else load_codec("glow", args.glow, CPU)
-    compiled = copy.deepcopy(eager).compile_fast_path(dynamic=DYNAMIC[args.dynamic], backend=args.backend)
+    if not args.smoke:
+        args.glow = args.glow or "glow-cifar10"
+    eager = tiny_codecs()[0] if args.glow is None else load_codec("glow", args.glow, CPU)  # smoke: unless given
+    compiled = compiled_copy(eager, f"--backend {args.backend}", dynamic=DYNAMIC[args.dynamic], backend=args.backend)
     model = CifarResNet18(10, args.width)
     cells, firsts = {}, {}  # (batch, column) -> (eager s, compiled s); column -> first compiled call at each batch
     for batch in args.batch_sizes:
@@ -80,7 +83,7 @@ def main(argv=None) -> dict:
             if not args.no_progress:
                 print(f"batch {batch}, {column}: done", file=sys.stderr, flush=True)
     names = list(paths[0])
-    glow_name = "tiny random-init Glow (smoke)" if args.smoke else args.glow
+    glow_name = "tiny random-init Glow (smoke)" if args.glow is None else args.glow
     print(f"\n{glow_name}, compile_fast_path(dynamic={DYNAMIC[args.dynamic]}, backend={args.backend!r}), eager -> "
           f"compiled, median of "
           f"{args.iters} calls each, alternated in one process; cpu, {args.threads} thread(s), torch "

@@ -32,9 +32,9 @@ from torch import nn
 
 from latent_transforms import LatentAdversarial
 from latent_transforms.data import load_images
-from latent_transforms.validation import POSITIVE_INT
+from latent_transforms.validation import POSITIVE_INT, check_number, option
 
-from models import argument_parser, load_codec, run_script, tiny_codecs
+from models import DIGITS_SHAPE, argument_parser, load_codec, run_script, tiny_codecs
 
 RANKS = 2
 OPTIMIZER_STEPS, MICRO_BATCHES = 3, 2  # --no-sync: per run, and per optimizer step
@@ -160,11 +160,12 @@ def worker(rank: int, store: str, args) -> None:
     dist.init_process_group("gloo", init_method=store, rank=rank, world_size=RANKS,
                             timeout=datetime.timedelta(seconds=120))
     torch.set_num_threads(1)
-    glow = tiny_codecs(shape=(1, 8, 8))[0] if args.smoke else load_codec("glow", args.glow, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    glow = tiny_codecs(shape=DIGITS_SHAPE)[0] if args.glow is None else load_codec("glow", args.glow, cpu)
     n = args.batch * (OPTIMIZER_STEPS if args.no_sync else 1)
     if args.smoke:
         g = torch.Generator().manual_seed(0)
-        x, y = torch.rand(n, 1, 8, 8, generator=g), torch.arange(n) % 10
+        x, y = torch.rand(n, *DIGITS_SHAPE, generator=g), torch.arange(n) % 10
     else:
         x, y, _ = load_images("digits", "test")
         x, y = x[:n], y[:n]
@@ -182,23 +183,43 @@ def worker(rank: int, store: str, args) -> None:
 
 def main() -> None:
     ap = argument_parser(__doc__)
-    ap.add_argument("--glow", default="glow-digits", help="the flow (hub name or .safetensors path)")
-    ap.add_argument("--batch", type=POSITIVE_INT, default=32, help="images, split between the two ranks")
-    ap.add_argument("--eps", type=float, default=1.0, help="LatentAdversarial's eps")
+    ap.add_argument("--glow", help="the flow of 1x8x8 images (hub name or .safetensors path; default: glow-digits; "
+                                   "smoke: a tiny random-init Glow)")
+    ap.add_argument("--batch", type=POSITIVE_INT, default=32,
+                    help=f"images, split between the {RANKS} ranks: a multiple of {RANKS} (--no-sync: at least "
+                         f"{RANKS * MICRO_BATCHES}, {MICRO_BATCHES} micro-batches on each rank)")
+    ap.add_argument("--eps", type=option(check_number, float), default=1.0, help="LatentAdversarial's eps")
     ap.add_argument("--steps", type=POSITIVE_INT, default=3, help="LatentAdversarial's PGD steps")
     ap.add_argument("--no-sync", action="store_true",
                     help=f"gradient accumulation under DDP's no_sync() and FSDP2 instead: {OPTIMIZER_STEPS} optimizer "
                          f"steps of {MICRO_BATCHES} micro-batches, each step on --batch images")
-    ap.add_argument("--smoke", action="store_true", help="a tiny random-init Glow and random images: checks the script")
+    ap.add_argument("--smoke", action="store_true",
+                    help="a tiny random-init Glow (unless --glow is given) and random images: checks the script")
     args = ap.parse_args()
     if torch.__version__ < "2.9":  # 2.4, 2.5: a private FSDP2 that makes CUDA streams; 2.6-2.8: below
         ap.error(f"FSDP2 on the CPU (torch.distributed.fsdp.fully_shard) needs torch >= 2.9, this is "
                  f"{torch.__version__}: torch 2.6's fails (\"'Stream' object has no attribute 'record_event'\"), "
                  f"torch 2.7 and 2.8 give other gradients than one process on the whole batch")
+    # checked here: a rank's error was a traceback of each rank (an odd batch: ranks of unequal halves; --no-sync's
+    # micro-batches of a rank's image or none: no micro-batch under no_sync())
+    if args.batch % RANKS or args.no_sync and args.batch < RANKS * MICRO_BATCHES:
+        ap.error(f"--batch must be a multiple of {RANKS}" + (f" and at least {RANKS * MICRO_BATCHES} with --no-sync"
+                                                             if args.no_sync else "") + f", got {args.batch}")
+    if not args.smoke:
+        args.glow = args.glow or "glow-digits"
+        digits = len(load_images("digits", "test")[0])  # x[:n] took fewer images than the table said
+        if args.batch * (OPTIMIZER_STEPS if args.no_sync else 1) > digits:
+            ap.error(f"--batch {args.batch}" + (f" x {OPTIMIZER_STEPS} optimizer steps" if args.no_sync else "")
+                     + f" is more than the {digits} digits of the test split")
+    if args.glow is not None:  # an unknown name, a VAE or a flow of other images: now, not in each rank
+        shape = load_codec("glow", args.glow, torch.device("cpu")).image_shape
+        if shape != DIGITS_SHAPE:
+            raise ValueError(f"--glow {args.glow} codes images of shape {shape}; this benchmark attacks digits of "
+                             f"shape {DIGITS_SHAPE}: give a flow of them (glow-digits)")
     with tempfile.TemporaryDirectory() as tmp:
         mp.spawn(worker, args=(f"file://{tmp}/store", args), nprocs=RANKS)
         result = torch.load(Path(tmp) / "result.pt").tolist()
-    glow_name = "tiny random-init Glow (smoke)" if args.smoke else args.glow
+    glow_name = "tiny random-init Glow (smoke)" if args.glow is None else args.glow
     data = "random 8x8 images (smoke)" if args.smoke else "digits"
     (print_accumulation if args.no_sync else print_against_unwrapped)(result, glow_name, data, args)
 

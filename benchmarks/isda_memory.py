@@ -22,7 +22,7 @@ from torch import nn
 
 from latent_transforms import ISDALoss
 from latent_transforms.feature_covariance import FeatureCovariance
-from latent_transforms.validation import POSITIVE_INT, THREADS
+from latent_transforms.validation import POSITIVE_FLOAT, POSITIVE_INT, THREADS
 
 from models import argument_parser, run_script, timed
 
@@ -82,7 +82,7 @@ def main() -> None:
     ap = argument_parser(__doc__)
     ap.add_argument("--classes", type=POSITIVE_INT, default=1000, help="C, also ISDA's K")
     ap.add_argument("--batch", type=POSITIVE_INT, default=256, help="N")
-    ap.add_argument("--memory-limit", type=float, default=7.0, help="each case's address-space limit, GiB")
+    ap.add_argument("--memory-limit", type=POSITIVE_FLOAT, default=7.0, help="each case's address-space limit, GiB")
     ap.add_argument("--threads", type=THREADS, default=1, help="CPU threads for torch")
     ap.add_argument("--update", action="store_true",
                     help="time one full-covariance statistics update alone (A = 640) instead of the loss's steps")
@@ -105,6 +105,10 @@ def main() -> None:
             results[i] = float(lines[-2]), int(lines[-1])
         elif started and "memory" in proc.stderr.lower():
             results[i] = None
+        elif "memory" in proc.stderr.lower():  # the limit is the user's: one line, not the child's traceback
+            raise ValueError(f"--memory-limit {args.memory_limit:g}: case {i + 1} of {len(cases)} ({covariance}, A = "
+                             f"{a}) ran out of memory before its step, allocating its inputs and statistics; give a "
+                             f"larger limit (what the process holds before the step counts against it)")
         else:
             raise RuntimeError(f"case {i + 1} of {len(cases)} failed{'' if started else ' before its step'} under a "
                                f"{args.memory_limit:g} GiB address-space limit:\n{proc.stderr[-3000:]}")

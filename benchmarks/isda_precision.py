@@ -17,7 +17,7 @@ import torch
 from latent_transforms.feature_covariance import FeatureCovariance
 from latent_transforms.validation import POSITIVE_INT
 
-from models import argument_parser, parse_args_with_smoke, run_script, smoke_defaults_help
+from models import SEED, argument_parser, parse_args_with_smoke, refuse_repeats, run_script, smoke_defaults_help
 
 FEATURES = 8
 SMOKE_DEFAULTS = {"resumed_steps": 50, "from_zero_steps": 50, "seeds": [0]}
@@ -82,13 +82,14 @@ def main(argv=None) -> None:
     ap.add_argument("--resumed-steps", type=POSITIVE_INT, default=5000, help="the first stream's updates")
     ap.add_argument("--from-zero-steps", type=POSITIVE_INT, default=115_000,
                     help="the second stream's updates from no sample (ImageNet's 90 epochs of one class)")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="a row each")
+    ap.add_argument("--seeds", type=SEED, nargs="+", default=[0], help="a row each")
     ap.add_argument("--bf16-steps", type=POSITIVE_INT, default=200, help="the bfloat16 mean's updates")
     ap.add_argument("--bf16-per-step", type=POSITIVE_INT, default=4, help="features per bfloat16 update")
     ap.add_argument("--no-progress", action="store_true", help="no line on stderr as each stream is done")
     ap.add_argument("--smoke", action="store_true", help="checks the script in seconds, with these defaults instead of "
                     "the others: " + smoke_defaults_help(SMOKE_DEFAULTS))
     args = parse_args_with_smoke(ap, SMOKE_DEFAULTS, argv=argv)
+    refuse_repeats(ap, "--seeds", args.seeds)
     torch.set_num_threads(1)
     print(f"\nFeatureCovariance, diagonal, {FEATURES} features, one sample per update, float32 against float64; "
           f"torch {torch.__version__}\n")

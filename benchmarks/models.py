@@ -6,6 +6,7 @@ how a figure times a call (``timed``, ``median_seconds``)."""
 from __future__ import annotations
 
 import argparse
+import copy
 import inspect
 import json
 import statistics
@@ -21,7 +22,7 @@ from latent_transforms import hub
 from latent_transforms.latent_noise import default_eps
 from latent_transforms.models import CifarResNet18, digits_cnn
 from latent_transforms.pixel_shift import random_shift_flip
-from latent_transforms.validation import resolve_device
+from latent_transforms.validation import check_count, option, resolve_device
 
 
 def run_script(main) -> None:
@@ -70,6 +71,18 @@ def smoke_defaults_help(defaults: dict) -> str:
 def argument_parser(doc: str) -> argparse.ArgumentParser:
     """A script's parser: its docstring's first paragraph as the description, every default in ``--help``."""
     return argparse.ArgumentParser(description=first_paragraph(doc), formatter_class=DefaultsHelpFormatter)
+
+
+SEED = option(check_count, high=2**64 - 1)  # --seeds' type: torch.manual_seed's range ("Overflow when unpacking
+# long long" past it, naming no option, after the codecs had loaded)
+
+
+def refuse_repeats(parser: argparse.ArgumentParser, flag: str, values: list) -> None:
+    """``parser.error`` if ``values`` (``flag``'s) names one more than once: each copy would run again, to the same
+    result (a seed's row twice, counted twice in a mean)."""
+    twice = sorted({str(v) for v in values if values.count(v) > 1})
+    if twice:
+        parser.error(f"{flag} names {', '.join(twice)} more than once")
 
 
 SMOKE_IMAGES = 200  # --smoke's images: the first of the data set (calibrate_eps.py, codec_quality.py)
@@ -263,6 +276,16 @@ def random_init_codec(kind: str, shape=(3, 32, 32), seed: int = 0):
     else:
         codec = ConvVAE(shape, latent_dim=64, hidden=64)
     return codec.freeze()
+
+
+def compiled_copy(codec, setting: str, **compile_kwargs):
+    """A copy of ``codec`` with ``compile_fast_path(**compile_kwargs)``. torch.compile checks its mode and backend when
+    called: its refusal (a ``RuntimeError``, a traceback) becomes a ``ValueError`` that names ``setting``, the option as
+    given (``"--backend nosuch"``)."""
+    try:
+        return copy.deepcopy(codec).compile_fast_path(**compile_kwargs)
+    except RuntimeError as e:
+        raise ValueError(f"{setting}: {' '.join(str(e).split())}") from None
 
 
 def library_default(cls: type, name: str):

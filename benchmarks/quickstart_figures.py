@@ -25,7 +25,7 @@ from torch import nn
 
 from latent_transforms import LatentAdversarial, LatentCache, LatentMixupInference, LatentNoise, hub
 from latent_transforms.base import saturated
-from latent_transforms.data import DEFAULT_DATA_ROOT, load_images
+from latent_transforms.data import DEFAULT_DATA_ROOT, check_data_root_used, load_images
 from latent_transforms.evaluation import accuracy, fit_classifier, predict_proba
 from latent_transforms.feature_covariance import FeatureCovariance
 from latent_transforms.models import CifarResNet18, digits_cnn
@@ -154,15 +154,25 @@ def main() -> None:
     ap.add_argument("--data", default="cifar10", help="images (data spec; its test split): their first 64 are used")
     ap.add_argument("--train", default="cifar10-5k",
                     help="training images for the warning rows (data spec): their first 256 are used")
-    ap.add_argument("--data-root", help=f"download folder for cifar10 (default: {DEFAULT_DATA_ROOT})")
+    ap.add_argument("--data-root", help=f"download folder for cifar10 and cifar10-5k, only with them (default: "
+                                        f"{DEFAULT_DATA_ROOT})")
     ap.add_argument("--glow", default="glow-cifar10", help="the flow (hub name or .safetensors path)")
     ap.add_argument("--vae", default="vae-cifar10", help="the VAE (hub name or .safetensors path)")
     ap.add_argument("--digits-glow", default="glow-digits", help="the flow of the digits warning rows")
     ap.add_argument("--digits-vae", default="vae-digits", help="the VAE of the LatentMixupInference rows")
     ap.add_argument("--repeats", type=POSITIVE_INT, default=5, help="timed calls per timing row (median)")
     ap.add_argument("--threads", type=THREADS, default=1, help="CPU threads for torch")
-    ap.add_argument("--smoke", action="store_true", help="tiny random-init codecs and random images: checks the script")
+    ap.add_argument("--smoke", action="store_true", help="tiny random-init codecs and random images (no data or codec "
+                    "option): checks the script")
     args = ap.parse_args()
+    replaced = [f"--{dest.replace('_', '-')}" for dest in ("data", "train", "data_root", "glow", "vae", "digits_glow",
+                                                           "digits_vae") if getattr(args, dest) != ap.get_default(dest)]
+    if args.smoke and replaced:  # they were left unread without a word
+        ap.error(f"--smoke runs on tiny random-init codecs and random images: drop {', '.join(replaced)}")
+    try:  # as `latent-transforms train`
+        check_data_root_used(args.data_root, {"--data": args.data, "--train": args.train})
+    except ValueError as e:
+        ap.error(str(e))
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     n_train = WARNING_CALLS * IMAGES

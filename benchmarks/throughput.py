@@ -35,7 +35,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import sys
 import time
@@ -47,11 +46,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import (CIFAR_NOISE_EPS, PerSampleRandAugment, add_device_argument, argument_parser,  # noqa: E402
-                    build_classifier, load_codec, parse_args_with_smoke, random_init_codec,
+                    build_classifier, compiled_copy, load_codec, parse_args_with_smoke, random_init_codec,
                     run_script, setup_device, smoke_defaults_help, timed, tiny_codecs, write_json, write_text)
 
 from latent_transforms.codecs import flatten_latents, unflatten_latents  # noqa: E402
-from latent_transforms.validation import POSITIVE_INT, THREADS, check_count, option, output_folder  # noqa: E402
+from latent_transforms.validation import (POSITIVE_INT, THREADS, check_count, check_number, option,  # noqa: E402
+                                          output_folder)
 from latent_transforms.isda import ISDA  # noqa: E402
 from latent_transforms.latent_adversarial import LatentAdversarial  # noqa: E402
 from latent_transforms.latent_noise import LatentNoise  # noqa: E402
@@ -476,7 +476,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--precision", choices=("bf16", "fp32"), help="classifier precision (default: bf16 on CUDA)")
     p.add_argument("--glow", help="hub name or path (default: glow-cifar10, else a random-init Glow of default size)")
     p.add_argument("--vae", help="hub name or path (default: vae-cifar10, else a random-init VAE of default size)")
-    p.add_argument("--noise-eps", type=float, default=CIFAR_NOISE_EPS,
+    p.add_argument("--noise-eps", type=option(check_number, float), default=CIFAR_NOISE_EPS,
                    help="LatentNoise L2 radius (default: the library's for a codec of 3x32x32 images, %(default)s)")
     p.add_argument("--isda-covariance", choices=("full", "diagonal"), default="full",
                    help="the class-conditional feature covariance ISDA estimates")
@@ -541,11 +541,9 @@ def main(argv=None) -> dict:
     out = output_folder(args.out, "--out")
     device = setup_device(args.device, args.threads)
     codecs, notes = resolve_codecs(args, device)
-    if args.compile:
-        try:  # torch.compile checks its mode when called: a misspelt one ended the run in torch's traceback
-            codecs["glow_compiled"] = copy.deepcopy(codecs["glow"]).compile_fast_path(mode=args.compile_mode)
-        except RuntimeError as e:
-            raise ValueError(f"--compile-mode {args.compile_mode}: {e}") from None
+    if args.compile:  # a misspelt mode ended the run in torch's traceback
+        codecs["glow_compiled"] = compiled_copy(codecs["glow"], f"--compile-mode {args.compile_mode}",
+                                                mode=args.compile_mode)
     rows = build_rows(args, device, codecs)
     probe = probe_images(codecs["glow"], min(args.batch_size, 16), device)
     naive, fast = normflows_roundtrip(codecs["glow"], probe, 0.0, None), codec_roundtrip(codecs["glow"], probe, 0.0, None)

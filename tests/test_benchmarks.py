@@ -2314,8 +2314,12 @@ def test_isda_memory_reports_out_of_memory_only_for_a_step_that_ran_out(tmp_path
     proc = subprocess.run([sys.executable, str(BENCHMARKS / "isda_memory.py"), "--batch", "8", "--classes", "1000000",
                            "--memory-limit", limit], cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT_S,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode != 0 and "| diagonal, A = 512 |" not in proc.stdout and "out of memory" not in proc.stdout
-    assert f"case 1 of 5 failed before its step under a {limit} GiB address-space limit" in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 2 and "| diagonal, A = 512 |" not in proc.stdout and "out of memory" not in proc.stdout
+    # audit 396: the limit named in one line (it was a RuntimeError's traceback holding the case's own traceback)
+    assert proc.stderr.splitlines()[-1] == (
+        f"isda_memory.py: error: --memory-limit {float(limit):g}: case 1 of 5 (diagonal, A = 512) ran out of memory "
+        f"before its step, allocating its inputs and statistics; give a larger limit (what the process holds before "
+        f"the step counts against it)") and "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 
 def test_codec_quality_scores_reconstructions_and_counts_either_source_class_of_a_mix(tmp_path, monkeypatch, capsys):
@@ -2758,7 +2762,7 @@ def test_accuracy_precision_defaults_to_bf16_on_cuda_only_and_ten_images_are_a_c
 @pytest.mark.parametrize("argv, message", [
     (["--train-size", "0"], "argument --train-size: must be an int >= 1, got 0"),  # was: the whole training set
     (["--time-budget", "-5"], "argument --time-budget: must be a finite number in (0, inf), got -5.0"),
-    (["--seeds", "0", "-1"], "argument --seeds: must be an int >= 0, got -1"),
+    (["--seeds", "0", "-1"], "argument --seeds: must be an int in [0, 18446744073709551615], got -1"),
     (["--smoke", "--batch-size", "0"], "argument --batch-size: must be an int >= 1, got 0"),
 ])
 def test_accuracy_bad_numbers_name_the_option(argv, message, capsys):
@@ -2970,6 +2974,7 @@ REFUSED = {
     "calibrate_eps.py images": ("calibrate_eps.py", ["--codec", "glow-cifar10", "--data", "digits", "--out", "o4"]),
     "accuracy.py replace": ("accuracy.py", ["--smoke", "--arms", "mixup", "--out", "earlier"]),
     "calibrate_digits.py val": ("calibrate_digits.py", ["--val", "100000", "--out", "o5"]),
+    "compile_speedup.py backend": ("compile_speedup.py", ["--smoke", "--backend", "no-such-backend"]),
 }
 
 
@@ -3138,3 +3143,173 @@ def test_the_benchmarks_noise_eps_is_latent_noise_default_for_a_cifar_size_codec
     CIFAR-10's 3x32x32 images (session 61's unreached CIFAR_NOISE_EPS mutants)."""
     eps = _load_benchmark("models").CIFAR_NOISE_EPS
     assert eps == latent_transforms.LatentNoise(cifar_size_glow()).eps == 10.0
+
+
+# -- audit 396 (the benchmark scripts as a new user meets them): bad input ends in one line naming the option --------
+def test_a_torch_compile_backend_that_does_not_exist_is_named_in_one_line(refused_commands):
+    # compile_speedup.py --backend nosuch ended in Dynamo's InvalidBackend traceback, exit status 1
+    code, stderr = refused_commands[1]["compile_speedup.py backend"]
+    assert code == 2 and stderr.startswith("compile_speedup.py: error: --backend no-such-backend: Invalid backend: "
+                                           "'no-such-backend'") and stderr.count("\n") == 1, stderr[-2000:]
+
+
+def test_codec_quality_refuses_train_and_test_images_of_two_shapes_before_training(tmp_path, monkeypatch):
+    """``--smoke --train npz:cifar10`` trained a CIFAR ResNet-18 and scored it on the 1x8x8 digits of --test (its
+    standardisation broadcast one channel to three), exit status 0."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    cq = _load_benchmark("codec_quality")
+    shapes = {"train": (3, 32, 32), "test": (1, 8, 8)}
+    monkeypatch.setattr(cq, "load_images", lambda spec, split: (torch.rand(20, *shapes[split]), torch.arange(20) % 10,
+                                                                None))
+    monkeypatch.setattr(cq, "fit_classifier", lambda *a, **k: pytest.fail("the classifier trained"))
+    monkeypatch.setattr(sys, "argv", ["codec_quality.py", "--smoke", "--out", str(tmp_path / "out")])
+    with pytest.raises(ValueError, match=r"^--train images are \(3, 32, 32\) and --test images \(1, 8, 8\); give two "
+                                         r"sets of one image shape$"):
+        cq.main()
+    assert not (tmp_path / "out").exists()
+
+
+def test_codec_quality_classifier_of_a_smoke_run_is_not_loaded_by_a_full_one(tmp_path, monkeypatch):
+    """``--smoke`` trains on the first 200 images; its --classifier file recorded the same settings as a full run's
+    (train, width, epochs), which then loaded it as its own."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    cq = _load_benchmark("codec_quality")
+    monkeypatch.setattr(cq, "fit_classifier", lambda *a, **k: None)
+    x, y = torch.rand(8, 1, 8, 8), torch.arange(8)
+    args = argparse.Namespace(train="digits", width=4, epochs=1, classifier=str(tmp_path / "clf.safetensors"),
+                              smoke=True)
+    cq.clean_classifier(args, x, y)
+    cq.clean_classifier(args, x, y)  # a smoke run loads a smoke run's
+    with pytest.raises(SystemExit, match=r"was trained with .*'smoke': 'True'"):
+        cq.clean_classifier(argparse.Namespace(**{**vars(args), "smoke": False}), x, y)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--memory-limit", "-1"], "argument --memory-limit: must be a finite number in (0, inf), got -1.0"),  # no limit
+    (["--memory-limit", "nan"], "argument --memory-limit: must be a finite number in (0, inf), got nan"),  # traceback
+    (["--memory-limit", "0"], "argument --memory-limit: must be a finite number in (0, inf), got 0.0"),
+])
+def test_isda_memory_refuses_a_memory_limit_that_is_no_limit_before_any_case(argv, message, monkeypatch, capsys):
+    """-1 set RLIMIT_AS to a negative number, which the cases ran under as no limit (9.8 GiB peaks), the table headed
+    "under a -1 GiB address-space limit"; nan ended in a traceback of each case ("cannot convert float NaN")."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    module = _load_benchmark("isda_memory")
+    monkeypatch.setattr(module.subprocess, "run", lambda *a, **k: pytest.fail("a case ran"))
+    monkeypatch.setattr(sys, "argv", ["isda_memory.py", *argv])
+    with pytest.raises(SystemExit) as e:
+        module.main()
+    assert e.value.code == 2 and capsys.readouterr().err.splitlines()[-1] == f"isda_memory.py: error: {message}"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--smoke", "--eps", "-1"], "argument --eps: must be a finite number in [0, inf), got -1.0"),
+    (["--smoke", "--batch", "3"], "--batch must be a multiple of 2, got 3"),  # ranks of 2 and 1 images, "1 per rank"
+    (["--smoke", "--no-sync", "--batch", "2"], "--batch must be a multiple of 2 and at least 4 with --no-sync, got 2"),
+    (["--batch", "542"], "--batch 542 is more than the 540 digits of the test split"),  # took 540, said 542
+    (["--no-sync", "--batch", "182"], "--batch 182 x 3 optimizer steps is more than the 540 digits of the test split"),
+    (["--glow", "vae-digits"], "it is a vae codec; --glow takes a glow"),
+    (["--smoke", "--glow", "glow-cifar10"], "--glow glow-cifar10 codes images of shape (3, 32, 32); this benchmark "
+                                            "attacks digits of shape (1, 8, 8): give a flow of them (glow-digits)"),
+])
+def test_fsdp2_attack_refuses_bad_settings_before_the_ranks_start(argv, message, monkeypatch, capsys, offline_hub):
+    """Each was found in both ranks (two tracebacks, exit status 1), or not at all (an odd --batch, a --batch past
+    the test digits)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    module = _load_benchmark("fsdp2_attack")
+    monkeypatch.setattr(module, "mp", SimpleNamespace(spawn=lambda *a, **k: pytest.fail("the ranks started")))
+    monkeypatch.setattr(torch, "__version__", torch.torch_version.TorchVersion("2.9.0"))
+    monkeypatch.setattr(sys, "argv", ["fsdp2_attack.py", *argv])
+    with pytest.raises(SystemExit) as e:
+        module.run_script(module.main)
+    assert e.value.code == 2 and capsys.readouterr().err.splitlines()[-1] == f"fsdp2_attack.py: error: {message}"
+
+
+@pytest.mark.parametrize("script, argv", [("fsdp2_attack", ["--smoke", "--glow", "glow-digits"]),
+                                          ("compile_speedup", ["--smoke", "--glow", "glow-digits"])])
+def test_smoke_takes_the_glow_given_beside_it(script, argv, monkeypatch, offline_hub):
+    """--smoke ran on a tiny random-init Glow whatever --glow said, without a word (calibrate_eps.py, codec_quality.py
+    and throughput.py take the codec given)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    module = _load_benchmark(script)
+    loaded = []
+
+    class Started(Exception):
+        pass
+
+    def stop(*a, **k):
+        raise Started
+
+    monkeypatch.setattr(module, "load_codec",
+                        lambda kind, name, device: loaded.append(name) or module.tiny_codecs(shape=(1, 8, 8))[0])
+    if script == "fsdp2_attack":
+        monkeypatch.setattr(module, "mp", SimpleNamespace(spawn=lambda fn, args, nprocs: loaded.append(args[1].glow)
+                                                          or stop()))
+        monkeypatch.setattr(torch, "__version__", torch.torch_version.TorchVersion("2.9.0"))
+        monkeypatch.setattr(sys, "argv", [f"{script}.py", *argv])
+        with pytest.raises(Started):
+            module.main()
+        assert loaded == ["glow-digits", "glow-digits"]  # checked here, and the name the ranks load
+    else:
+        monkeypatch.setattr(module, "compiled_copy", stop)
+        with pytest.raises(Started):
+            module.main(argv)
+        assert loaded == ["glow-digits"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--smoke", "--glow", "glow-digits", "--data", "npz:test.npz"],
+     "--smoke runs on tiny random-init codecs and random images: drop --data, --glow"),
+    (["--data", "npz:test.npz", "--train", "digits", "--data-root", "d"],
+     "--data-root is where cifar10 and cifar10-5k are downloaded, and neither --data nor --train is one of them: "
+     "leave --data-root out"),
+])
+def test_quickstart_figures_refuses_the_data_and_codecs_it_would_not_read(argv, message, monkeypatch, capsys):
+    # each was left unread without a word (--smoke: tiny random-init codecs and random images)
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    module = _load_benchmark("quickstart_figures")
+    monkeypatch.setattr(module, "tiny_codecs", lambda *a, **k: pytest.fail("the smoke run started"))
+    monkeypatch.setattr(module, "hub", SimpleNamespace(load=lambda *a, **k: pytest.fail("a codec loaded")))
+    monkeypatch.setattr(sys, "argv", ["quickstart_figures.py", *argv])
+    with pytest.raises(SystemExit) as e:
+        module.main()
+    assert e.value.code == 2 and capsys.readouterr().err.splitlines()[-1] == f"quickstart_figures.py: error: {message}"
+
+
+@pytest.mark.parametrize("script", ["calibrate_digits", "isda_precision", "accuracy"])
+def test_seeds_past_torchs_range_or_named_twice_are_refused_by_name(script, monkeypatch, capsys):
+    """calibrate_digits.py and isda_precision.py (and accuracy.py) --seeds 10**20 ended in torch's "Overflow when
+    unpacking long long" after the codecs had loaded (isda_precision.py: under its table's header); calibrate_digits.py
+    --seeds 0 0 trained every setting twice and averaged the copies, isda_precision.py printed each row twice."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    module = _load_benchmark(script)
+    for seeds, message in ((["1", str(2**64)], f"argument --seeds: must be an int in [0, {2**64 - 1}], got {2**64}"),
+                           (["1", "0", "1"], "--seeds names 1 more than once")):
+        argv = ["--smoke", "--seeds", *seeds, "--out", "unused"] if script != "isda_precision" else \
+            ["--smoke", "--seeds", *seeds]
+        monkeypatch.setattr(sys, "argv", [f"{script}.py", *argv])
+        with pytest.raises(SystemExit) as e:
+            module.parse_args(argv) if script == "accuracy" else module.main()
+        assert e.value.code == 2 and capsys.readouterr().err.splitlines()[-1] == f"{script}.py: error: {message}"
+
+
+def test_calibrate_digits_names_per_class_past_the_smallest_digit_before_loading_codecs(tmp_path, monkeypatch):
+    # it was low_data_split's "class 0 has only 118 samples, fewer than per_class=1000", after the codecs loaded
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    cal = _load_benchmark("calibrate_digits")
+    x, y = torch.rand(70, 1, 8, 8), torch.cat([torch.arange(60) % 10, torch.zeros(10, dtype=torch.long)])
+    monkeypatch.setattr(cal, "load_images", lambda spec, split: (x, y, None))
+    monkeypatch.setattr(cal, "hub", SimpleNamespace(load=lambda name: pytest.fail("a codec loaded")))
+    monkeypatch.setattr(cal.torch, "set_num_threads", lambda n: None)
+    monkeypatch.setattr(sys, "argv", ["calibrate_digits.py", "--val", "1", "--per-class", "6", "--out",
+                                      str(tmp_path / "out")])
+    with pytest.raises(ValueError, match=r"^--per-class 6 is more than the [56] training images of digit \d left "
+                                         r"beside the --val 1 validation images$"):
+        cal.main()
+
+
+def test_throughput_noise_eps_is_checked_as_its_option(capsys):
+    # a negative --noise-eps was refused by LatentNoise as "eps must be ...", naming no option
+    with pytest.raises(SystemExit) as e:
+        _load_benchmark("throughput").parse_args(["--noise-eps", "-1"])
+    assert e.value.code == 2 and capsys.readouterr().err.splitlines()[-1].endswith(
+        "error: argument --noise-eps: must be a finite number in [0, inf), got -1.0")
