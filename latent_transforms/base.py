@@ -34,11 +34,21 @@ _SATURATED, _GAIN, _WINDOW, _WARN = 0.5, 0.25, 32, 0.25
 NOT_ABOUT_THE_BATCH = "_latent_transforms_not_about_the_batch"
 
 
-# DDP -> the modules of ours it was checked for (weakly: this keeps neither alive)
-_OUT_OF_BROADCAST: weakref.WeakKeyDictionary[nn.Module, weakref.WeakSet[nn.Module]] = weakref.WeakKeyDictionary()
+# DDP -> the modules of ours it was checked for, each with the count of submodules_changed() then (weakly: this keeps
+# neither alive)
+_OUT_OF_BROADCAST: weakref.WeakKeyDictionary[nn.Module, weakref.WeakKeyDictionary[nn.Module, int]] = \
+    weakref.WeakKeyDictionary()
+_SUBMODULES_CHANGED = 0
 # keep_out_of_ddp_broadcast under torch.compiler.disable, made at first need in compiled code (as a decorator, the
 # import of torch._dynamo it makes would slow down ``import latent_transforms``)
 _UNTRACED_KEEP_OUT: list[Callable[[nn.Module, object], None]] = []
+
+
+def submodules_changed() -> None:
+    """Count a codec or cache assigned to a transform after construction: its buffers are others, which
+    ``keep_out_of_ddp_broadcast`` leaves out at the next call (checked once, a cache assigned later was broadcast)."""
+    global _SUBMODULES_CHANGED
+    _SUBMODULES_CHANGED += 1
 
 
 def keep_out_of_ddp_broadcast(owner: nn.Module, model: object) -> None:
@@ -60,10 +70,10 @@ def keep_out_of_ddp_broadcast(owner: nn.Module, model: object) -> None:
         ignored = getattr(ddp, "parameters_to_ignore", None)  # DDP reads it in every forward's buffer broadcast
         if not isinstance(ddp, ddp_class) or not isinstance(ignored, set):
             continue
-        checked = _OUT_OF_BROADCAST.setdefault(ddp, weakref.WeakSet())
-        if owner in checked:
+        checked = _OUT_OF_BROADCAST.setdefault(ddp, weakref.WeakKeyDictionary())
+        if checked.get(owner) == _SUBMODULES_CHANGED:
             continue
-        checked.add(owner)
+        checked[owner] = _SUBMODULES_CHANGED
         prefix = next((name for name, m in ddp.module.named_modules() if m is owner), None)
         if prefix is not None:  # every buffer slot, also those still None (statistics sized by their first update)
             ignored.update(".".join(filter(None, (prefix, sub, b)))

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import nn
 
-from .base import LatentTransform
+from .base import LatentTransform, submodules_changed
 from .codecs import Codec, resolve_codec
 from .codecs.base import ChecksCodecStates
 from .latent_cache import LatentCache
@@ -81,6 +81,7 @@ class CodecTransform(ChecksCodecStates, LatentTransform):
             self._modules[name] = before
             self._check_settings()  # back to the draws' sizes of before
             raise
+        submodules_changed()  # its buffers left out of a DDP model's broadcast again
 
     def _check_settings(self) -> None:
         """The checks of settings together, as the constructor makes them (once each is set): the levels against the

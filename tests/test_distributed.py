@@ -9,6 +9,8 @@
 6. Evaluation as docs/reliability.md says (a DistributedSampler's padding left out, the bin sums all-reduced) scores
    a test set on two ranks as one process does.
 7. Transforms inside the DDP-wrapped module (a LightningModule's shape) keep their buffers out of its broadcast.
+8. LatentMixupInference draws per rank by default, alike with an int seed.
+9. Uneven numbers of batches under DDP's join() with ISDA(sync_stats=False); a bad batch refused on its own rank.
 
 Each rank writes what it saw to ``tmp_path/rank{r}.pt``; the parent process compares.
 """
@@ -24,7 +26,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from latent_transforms import ISDA, Compose, LatentAdversarial, LatentNoise, VarMixup
+from latent_transforms import (ISDA, Compose, LatentAdversarial, LatentCache, LatentMixupInference, LatentNoise,
+                               VarMixup)
 from latent_transforms.isda import ISDALoss
 
 from conftest import gloo_group, spawn_two_ranks
@@ -32,6 +35,7 @@ from doc_pages import DOCS, SNIPPET
 
 B = 8
 METHODS = ("LatentNoise", "LatentAdversarial", "VarMixup", "ISDA", "Compose")
+JOINED_SIZES = ((B, B, B), (B, 1))  # per rank: its batches' sizes under join()
 
 
 def _same_x() -> torch.Tensor:
@@ -157,6 +161,42 @@ def _worker(rank: int, init_method: str, out_dir: str) -> None:
             out[tag] = (sorted(alone.parameters_to_ignore),
                         sorted(n for n, _ in alone.module.augment.named_buffers(prefix="augment")),
                         alone.module.augment.estimator.count.clone())
+
+        # 8. LatentMixupInference given the DDP model (its local module): its references drawn per rank by default,
+        # alike with an int seed (docs/reliability.md, Evaluating on several processes)
+        evaluated = torch.nn.parallel.DistributedDataParallel(TinyNet()).eval()
+        for tag, gen in (("default", None), ("seeded", 7)):
+            torch.manual_seed(0)
+            out[f"mixup_inference_{tag}"] = LatentMixupInference(evaluated, vae, references=x, num_mixes=2,
+                                                                 generator=gen)(x[:3])
+
+        # 9. uneven numbers of batches under DDP's join(), rank 1's last of one sample: ISDA with sync_stats=False
+        # makes no collective call there (docs/reliability.md, ISDA statistics are global)
+        torch.manual_seed(0)
+        joined = torch.nn.parallel.DistributedDataParallel(TinyNet())
+        own_isda = ISDA(10, lambda0=1.0, sync_stats=False)
+        own_isda.set_progress(1.0)
+        augment = Compose([LatentAdversarial(glow, eps=1.0, steps=1, step_size=0.5, p=0.5), own_isda])
+        opt = torch.optim.SGD(joined.parameters(), lr=0.1)
+        with joined.join():
+            for n in JOINED_SIZES[rank]:
+                opt.zero_grad(set_to_none=True)
+                x2, y2 = augment(xb[:n], yb[:n], joined)
+                F.cross_entropy(joined(x2), y2).backward()
+                opt.step()
+        out["joined_params"] = _flat_params(joined)  # the last joiner's, which join() gives every rank at its end
+        out["joined_count"] = own_isda.estimator.count.clone()
+
+        # 10. a bad batch is refused on its own rank before any collective call: a gather's size exchange made
+        # before the check would pair with the other rank's all_reduce below (docs/reliability.md)
+        if rank == 1:
+            try:
+                ISDALoss(10)(torch.randn(B, 32), joined.module.fc, torch.full((B,), 10))
+            except ValueError as e:
+                out["refused"] = str(e)
+        total = torch.full((3,), rank + 1.0)
+        dist.all_reduce(total)
+        out["sum_after_refusal"] = total
 
 
 class _LossInForward(torch.nn.Module):
@@ -388,6 +428,26 @@ def test_transforms_inside_the_ddp_module_keep_their_buffers_out_of_its_broadcas
             assert torch.equal(r[tag][2], steps * torch.bincount(_rank_batch(rank)[1], minlength=10)), (tag, rank)
 
 
+def test_mixup_inference_draws_per_rank_by_default_and_alike_with_a_seed(ranks):
+    r0, r1 = ranks
+    assert not torch.equal(r0["mixup_inference_default"], r1["mixup_inference_default"])  # an untrained net's
+    assert torch.equal(r0["mixup_inference_seeded"], r1["mixup_inference_seeded"])
+
+
+def test_uneven_batches_under_join_and_a_bad_batch_refused_on_its_own_rank(ranks):
+    """docs/reliability.md: ``sync_stats=False`` inside ``model.join()`` (rank 0 runs 3 batches, rank 1 two, its
+    last of one sample): each rank's statistics of its own batches, the replicas alike at the end; rank 1's labels
+    out of range refused before any collective call, so the next all_reduce pairs with the other rank's."""
+    r0, r1 = ranks
+    for rank, r in enumerate(ranks):
+        y = _rank_batch(rank)[1]
+        counts = sum(torch.bincount(y[:n], minlength=10) for n in JOINED_SIZES[rank])
+        assert torch.equal(r["joined_count"], counts), rank
+        assert torch.equal(r["sum_after_refusal"], torch.full((3,), 3.0)), rank
+    assert torch.isfinite(r0["joined_params"]).all() and torch.equal(r0["joined_params"], r1["joined_params"])
+    assert "refused" not in r0 and r1["refused"].startswith("y has class index 10, out of range for num_classes=10")
+
+
 @pytest.fixture
 def one_rank_group(tmp_path):
     """A gloo process group of this process alone (a DDP to build in a second, no spawn), destroyed after the test."""
@@ -423,6 +483,24 @@ def test_isda_and_isda_loss_in_a_ddp_forward_keep_their_buffers_out_of_its_broad
         assert buffers and ddp.parameters_to_ignore == buffers, name  # the statistics' too, sized by the first step
         assert set(ddp.named_module_buffers) == {f"net.features.1.{n}" for n, _ in
                                                  ddp.module.net.features[1].named_buffers()}, name  # BatchNorm's
+
+
+def test_a_codec_or_cache_assigned_after_the_first_call_stays_out_of_the_broadcast_too(one_rank_group):
+    """A transform inside the DDP module was checked once: a cache assigned to it later (``t.cache = ...``), or
+    another codec, was broadcast from rank 0 in every forward (a CIFAR-10 cache: 586 MiB a step)."""
+    from conftest import ClassifierWithItsAugmentation, TinyNet, tiny_glow
+
+    xb, yb = _rank_batch(0)
+    noise = LatentNoise(tiny_glow(), eps=1.0)
+    held = torch.nn.parallel.DistributedDataParallel(ClassifierWithItsAugmentation(TinyNet(), Compose([noise])))
+    for assigned in (None, "codec", "cache"):
+        if assigned == "codec":
+            noise.codec = tiny_glow(seed=1, levels=3)  # buffers of a third level besides
+        elif assigned == "cache":
+            noise.cache = LatentCache(noise.codec, xb, progress=False)
+        x2, y2 = held.module.augment(xb, yb, held, index=torch.arange(B) if noise.cache is not None else None)
+        F.cross_entropy(held(x2), y2).backward()
+        assert all(name.startswith("net.") for name in held.named_module_buffers), assigned  # BatchNorm's alone
 
 
 def test_a_ddp_run_resumed_as_the_docs_say_ends_with_the_weights_of_the_uninterrupted_one(tmp_path):
