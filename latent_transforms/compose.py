@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .base import (CALLER_NUM_CLASSES, NOT_ABOUT_THE_BATCH, LabelsT, LatentTransform, keep_out_of_ddp_broadcast,
-                   not_about_the_batch, warn_if_left_in_eval)
+                   not_about_the_batch, warn_at_call, warn_if_left_in_eval)
 from .codecs.base import ChecksCodecStates
 from .isda import ISDA, check_class_indices, grown_classifier_named
 from .labels import blend, to_soft
@@ -179,6 +179,33 @@ def _first_latent(t: object) -> LatentTransform | None:
     while isinstance(t, Compose):
         t = t.steps[0] if len(t.steps) else None
     return t if isinstance(t, LatentTransform) else None
+
+
+def _switched_by_mode(t: object) -> list[nn.Module]:
+    """What ``eval()`` turns into the identity in a step ``t``: ``t`` itself when it is a latent transform or a Compose
+    (which minds its own steps), else the latent transforms a torchvision container holds."""
+    if isinstance(t, (LatentTransform, Compose)):
+        return [t]
+    return [p for p in _parts(t)[1:] if isinstance(p, LatentTransform)]
+
+
+def _warn_of_shared_seeds(steps: list[nn.Module]) -> None:
+    """Warn of latent steps (distinct ones, also inside containers) given the same ``int`` seed: each starts its own
+    generator from it, so they draw the same stream (with ``p=0.5`` each, the same rows selected by both and the
+    others by neither), not the independent draws a seed per step, or one ``torch.Generator``, gives."""
+    seeded: dict[int, dict[int, str]] = {}  # seed -> {id(step): where}, one step held twice counted once
+    for i, s in enumerate(steps):
+        for p in _parts(s):
+            if not isinstance(p, LatentTransform) or not isinstance(p.generator, int):
+                continue
+            if p.p < 1 or type(p).make_params is not LatentTransform.make_params:  # it draws (ISDA at p=1 does not)
+                seeded.setdefault(p.generator, {}).setdefault(id(p), _where(p, s, i))
+    for seed, held in seeded.items():
+        if len(held) > 1:
+            *first, last = held.values()
+            warn_at_call(f"{', '.join(first)} and {last} are seeded with the same int, generator={seed}: they draw "
+                         f"the same stream (the same rows selected by p, the same draws), not independent ones; give "
+                         f"each step a seed of its own, or all of them one torch.Generator")
 
 
 def _needing_labels(t: object) -> list[object]:
@@ -452,6 +479,8 @@ class Compose(Settings, ChecksCodecStates, nn.Module):
         # what runs in eval() mode: the dtype conversions (a validation loader's uint8 images come out as in training)
         self._conversions = [c for t in steps for c in _conversions_in(t)]
         self._isda_at = [_where(p, s, i) for i, s in enumerate(steps) for p in _parts(s) if isinstance(p, ISDA)]
+        self._switched = [(_where(p, s, i), p, p is s) for i, s in enumerate(steps) for p in _switched_by_mode(s)]
+        _warn_of_shared_seeds(steps)
         first_mix = _first_mix_of_given_labels(steps, mixing)
         self._classless_mix = first_mix[1:] if first_mix and num_classes is None else None
         self._kornia_mix_at = first_mix[2] if first_mix and _is_kornia_mix(first_mix[0]) else None
@@ -571,6 +600,7 @@ class Compose(Settings, ChecksCodecStates, nn.Module):
             if needing:
                 raise TypeError(f"model=None, but a step needs the classifier being trained: {', '.join(needing)}; "
                                 f"call t(x, y, model)")
+        self._warn_of_steps_left_in_eval(model)
         for i, step in enumerate(self.steps):
             try:
                 if i in self._soften_before and y is not None and y.ndim == 1:
@@ -585,6 +615,19 @@ class Compose(Settings, ChecksCodecStates, nn.Module):
                         e.args = (f"{where}{e.args[0]}{hint}",) + e.args[1:]
                 raise
         return x, y
+
+    def _warn_of_steps_left_in_eval(self, model: nn.Module | None) -> None:
+        """Once per Compose, called in training mode: warn of its steps in ``eval()`` mode (left there, or made so
+        before it was built), which return their inputs unchanged: nothing augmented, a label mix's labels left class
+        indices. A step given a training ``model`` (not one a torchvision container holds) warns of it itself."""
+        told = isinstance(model, nn.Module) and model.training
+        left = [where for where, p, own in self._switched if not p.training and not (own and told)]
+        if left and not self.__dict__.get("_warned_steps_in_eval", False):
+            setattr(self, "_warned_steps_in_eval", True)  # once per instance, as warn_if_left_in_eval
+            also = f" (as {'is' if len(left) == 2 else 'are'} {', '.join(left[1:])})" if len(left) > 1 else ""
+            warn_at_call(f"{left[0]}{also} is in eval() mode, where it returns its inputs unchanged, but the Compose "
+                         f"holding it is training: it augments nothing (a label mix leaves class indices unmixed); "
+                         f"call .train() on the Compose, which sets its steps too, or leave the step out")
 
     @contextlib.contextmanager
     def _giving_classes(self) -> Iterator[None]:
@@ -613,6 +656,8 @@ class Compose(Settings, ChecksCodecStates, nn.Module):
                     f"by an earlier label-mixing step); put it first or use torchvision.transforms.v2.MixUp/CutMix"
                 )
             k = self.num_classes  # given: checked when built
+            if not len(x):  # nothing to mix (kornia's RandomCutMixV2 raised its KeyError 'image_shape' on no images)
+                return x, to_soft(y, k)
             x2, out = step(x, y, data_keys=["input", "class"])
             if out.ndim == 3:  # RandomCutMixV2: (num_mix, B, 3)
                 if out.shape[0] != 1:  # num_mix changed since the Compose was built

@@ -1,5 +1,7 @@
 """Composition with real kornia and torchvision transforms, in either order; labels flow through."""
 import copy
+import re
+import warnings
 
 import kornia.augmentation as K
 import pytest
@@ -9,6 +11,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from latent_transforms import ISDA, Compose, LatentCache, LatentMixupInference
+from latent_transforms.base import LEFT_IN_EVAL
 from latent_transforms.latent_adversarial import LatentAdversarial
 from latent_transforms.latent_noise import LatentNoise
 from latent_transforms.varmixup import VarMixup
@@ -1049,7 +1052,7 @@ def test_out_of_range_labels_are_refused_by_a_first_latent_step_with_the_compose
         Compose([noise, T.MixUp(num_classes=10)])(x, bad)
     # a later VarMixup's: its check at step 1 blamed step 0 ("on the output of step 0 (LatentNoise)")
     with pytest.raises(ValueError, match=r"^y has class index 12, out of range for num_classes=10"):
-        Compose([noise, VarMixup(tiny_vae(shape=(3, 16, 16)), num_classes=10, generator=0)])(x, bad)
+        Compose([noise, VarMixup(tiny_vae(shape=(3, 16, 16)), num_classes=10, generator=1)])(x, bad)
     with pytest.raises(ValueError, match=r"^y has class index 12, out of range for num_classes=10"):
         Compose([noise, T.RandomHorizontalFlip()], num_classes=10)(x, bad)
     x2, y2 = Compose([noise, T.RandomHorizontalFlip()], num_classes=13)(x, bad)  # in range: through, as given
@@ -1132,6 +1135,68 @@ def test_an_empty_batch_passes_through_every_kind_of_step(rgb, rgb_glow):
         assert ym.shape == ((0, 10) if mode.training else (0,))
 
 
+
+@pytest.mark.parametrize("mix", [K.RandomMixUpV2, K.RandomCutMixV2])
+@pytest.mark.filterwarnings("ignore:RandomCutMixV2 currently uses the old")
+def test_an_empty_batch_passes_through_a_kornia_mix(rgb, mix):
+    # kornia's RandomCutMixV2 raised its own KeyError 'image_shape' on an empty batch, which its MixUp passes
+    x, y = rgb
+    x0, y0 = Compose([K.RandomHorizontalFlip(), mix()], num_classes=10)(x[:0], y[:0])
+    assert x0.shape == (0, *x.shape[1:]) and y0.shape == (0, 10) and y0.dtype == torch.float32
+
+
+@pytest.mark.parametrize("make, where", [
+    (lambda glow, vae: [T.RandomHorizontalFlip(), VarMixup(vae, num_classes=10).eval()], "VarMixup at step 1"),
+    (lambda glow, vae: [LatentNoise(glow).eval(), K.RandomHorizontalFlip()], "LatentNoise at step 0"),
+    (lambda glow, vae: [T.RandomApply([LatentNoise(glow).eval()])], "LatentNoise in RandomApply at step 0"),
+    (lambda glow, vae: [Compose([LatentNoise(glow)]).eval()], "Compose at step 0"),
+])
+def test_a_training_compose_warns_once_of_a_step_left_in_eval_mode(rgb, rgb_codecs, make, where):
+    # a step in eval() mode is the identity: in a training Compose it augmented nothing, a label mix left the labels
+    # class indices (rule 2 says soft from there on), and no warning came without a training model
+    x, y = rgb
+    augment = Compose(make(*rgb_codecs), num_classes=10)
+    with pytest.warns(UserWarning, match=rf"^{where} is in eval\(\) mode, where it returns its inputs unchanged, "
+                                         rf"but the Compose holding it is training") as record:
+        augment(x, y)
+    assert record[0].filename == __file__  # the caller's line
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        augment(x, y)  # once per Compose
+        augment.train()(x, y)  # train() sets the steps too
+    assert augment.train()(x, y)[1].ndim == (2 if "VarMixup" in where else 1)
+    with pytest.warns(UserWarning, match=LEFT_IN_EVAL) as record:  # a training model: one warning, not two
+        Compose(make(*rgb_codecs), num_classes=10)(x, y, TinyNet(3))
+    assert len([w for w in record if re.match(LEFT_IN_EVAL, str(w.message))]) == 1
+
+
+
+def test_latent_steps_seeded_with_the_same_int_warn_when_built(rgb, rgb_codecs):
+    # two steps of one Compose given the same int seed drew the same stream: with p=0.5 each, the same rows were
+    # selected by both and the others by neither, silently
+    (x, y), (glow, vae) = rgb, rgb_codecs
+    with pytest.warns(UserWarning, match=r"^LatentNoise at step 0, LatentNoise in RandomApply at step 2 and VarMixup "
+                                         r"at step 3 are seeded with the same int, generator=0: they draw the same "
+                                         r"stream") as record:
+        Compose([LatentNoise(glow, p=0.5, generator=0), T.RandomHorizontalFlip(),
+                 T.RandomApply([LatentNoise(glow, generator=1), LatentNoise(glow, generator=0)], p=0.0),
+                 VarMixup(vae, p=0.5, generator=0)], num_classes=10)
+    assert len(record) == 1 and record[0].filename == __file__
+    with pytest.warns(UserWarning, match=r"^LatentNoise at step 0 and LatentNoise at step 1 are seeded with the same"):
+        augment = Compose([LatentNoise(glow, p=0.5, generator=0), LatentNoise(glow, p=0.5, generator=0)])
+    augment(x, y)
+    assert torch.equal(augment[0].last_params["selected"], augment[1].last_params["selected"])  # why it warns
+    with pytest.warns(UserWarning, match=r"^LatentNoise at step 0 and ISDA at step 1 are seeded with the same int"):
+        Compose([LatentNoise(glow, generator=0), ISDA(10, p=0.5, generator=0)])  # ISDA draws its p selection
+    shared, noise = torch.Generator().manual_seed(0), LatentNoise(glow, p=0.5, generator=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for steps in ([LatentNoise(glow, generator=0), LatentNoise(glow, generator=1), LatentNoise(glow)],
+                      [LatentNoise(glow, generator=shared), LatentNoise(glow, generator=shared)], [noise, noise],
+                      [LatentNoise(glow, generator=0), ISDA(10, generator=0)]):  # ISDA at p=1 draws nothing
+            Compose(steps)  # seeds of their own, one torch.Generator, one step twice: a stream each draw continues
+
+
 _FUZZ_GLOW, _FUZZ_VAE = tiny_glow(), tiny_vae()
 _FUZZ_STEPS = {
     "LatentNoise": lambda: LatentNoise(_FUZZ_GLOW, eps=1.0, p=0.5, generator=0),
@@ -1147,6 +1212,7 @@ _FUZZ_BREAKING = {  # steps that return something else than the batch's images
 }
 
 
+@pytest.mark.filterwarnings("ignore:.* seeded with the same int:UserWarning")  # the factories seed every step 0
 @settings(max_examples=25)
 @given(names=st.lists(st.sampled_from(sorted(_FUZZ_STEPS)), min_size=1, max_size=4), soft=st.booleans(),
        breaking=st.none() | st.tuples(st.sampled_from(sorted(_FUZZ_BREAKING)), st.integers(0, 4)))
@@ -1231,8 +1297,9 @@ def test_a_missing_model_is_refused_before_any_step_runs(rgb, rgb_glow):
         assert torch.equal(noise._rng.get(x.device).get_state(), state)
         assert c.eval()(x, y) == (x, y)  # evaluation takes no model, as ever
     c.train()
-    c[1].eval()  # a nested Compose in eval() mode runs none of its steps: it needs no model
-    assert c(x, y)[0].shape == x.shape
+    c[1].eval()  # a nested Compose in eval() mode runs none of its steps: it needs no model (and is warned of)
+    with pytest.warns(UserWarning, match=r"^Compose at step 1 is in eval\(\) mode"):
+        assert c(x, y)[0].shape == x.shape
 
 
 def test_class_indices_for_a_label_mix_without_classes_are_refused_in_either_mode_before_any_step_runs(rgb,
@@ -1244,7 +1311,7 @@ def test_class_indices_for_a_label_mix_without_classes_are_refused_in_either_mod
     vae = tiny_vae(shape=(3, 16, 16))
     noise = LatentNoise(rgb_glow, generator=0)
     for c, where in ((Compose([T.RandomHorizontalFlip(), T.MixUp()]), "MixUp at step 1"),
-                     (Compose([noise, VarMixup(vae, generator=0)]), "VarMixup at step 1"),
+                     (Compose([noise, VarMixup(vae, generator=1)]), "VarMixup at step 1"),
                      (Compose([noise, T.RandomApply([T.CutMix()])]), "CutMix in RandomApply at step 1")):
         kept = noise.last_params  # a call replaces the dict
         for mode in (c.train, c.eval):
@@ -1374,6 +1441,7 @@ def _same(a, b):
 
 
 @STRENGTH_ZERO_EXPECTED
+@pytest.mark.filterwarnings("ignore:.* seeded with the same int:UserWarning")  # the factories seed every step 0
 @settings(max_examples=25)
 @example(names=["LatentAdversarial", "VarMixup()"], num_classes=None, defect="none")  # what 400 examples found
 @example(names=["ISDA", []], num_classes=None, defect="ndim")

@@ -25,9 +25,14 @@ METHODS = {  # name: make(c, strength, p, generator) -> transform for c channels
     "LatentNoise": lambda c, s, **kw: LatentNoise(GLOW[c], eps=s, **kw),
     "LatentAdversarial": lambda c, s, **kw: LatentAdversarial(GLOW[c], eps=s, steps=1, **kw),
     "VarMixup": lambda c, s, **kw: VarMixup(VAE[c], alpha=s, num_classes=10, **kw),
-    "Compose": lambda c, s, **kw: Compose([LatentNoise(GLOW[c], eps=s, **kw), VarMixup(VAE[c], num_classes=10, **kw)],
-                                          num_classes=10),
+    "Compose": lambda c, s, **kw: Compose([LatentNoise(GLOW[c], eps=s, **kw),
+                                           VarMixup(VAE[c], num_classes=10, **_another_seed(kw))], num_classes=10),
 }
+
+
+def _another_seed(kw: dict) -> dict:
+    """``kw`` with an int ``generator`` seed one higher: two steps of one Compose seeded alike draw alike (it warns)."""
+    return {**kw, "generator": kw["generator"] + 1} if isinstance(kw.get("generator"), int) else kw
 
 
 def labelled_batch(b, dtype, soft, channels_last, seed):
