@@ -935,6 +935,24 @@ def test_run_demo_leaves_torchs_threads_and_global_rng_as_they_were(tmp_path, mo
     assert torch.equal(torch.get_rng_state(), rng)
 
 
+def test_run_demo_takes_per_class_up_to_the_images_of_its_rarest_digit(tmp_path, monkeypatch):
+    """Audit 394's check before the split: per_class up to the rarest digit's training images is taken (mutation
+    round, audit 398: only 500, far past it, was tested); one more is refused naming that digit, not the first."""
+    from conftest import tiny_glow, tiny_vae
+
+    y = torch.tensor([d for d in range(10) for _ in range(4 if d == 7 else 5)])
+    data = {split: (torch.rand(len(y), 1, 8, 8), y, 17) for split in ("train", "test")}
+    monkeypatch.setattr(demo, "load_images", lambda spec, split: data[split])
+    monkeypatch.setattr(demo.hub, "load", {"glow-digits": tiny_glow(), "vae-digits": tiny_vae()}.__getitem__)
+    monkeypatch.setattr(demo, "overview_picture", lambda glow, vae, path, test=None: Path(path))
+    monkeypatch.setattr(demo, "fit_classifier", lambda model, x, y, augment, **kwargs: 1.0)
+    monkeypatch.setattr(demo, "predict_proba", lambda model, x: torch.eye(10)[y])
+    with pytest.raises(ValueError, match=r"^per_class 5 is more than the 4 training images of digit 7$"):
+        demo.run_demo(tmp_path, per_class=5, epochs=1, seeds=(0,), arms=["baseline"], progress=False)
+    results = demo.run_demo(tmp_path, per_class=4, epochs=1, seeds=(0,), arms=["baseline"], progress=False)
+    assert results["baseline"]["accuracy"] == [1.0]
+
+
 @pytest.mark.parametrize("argv, epochs, seeds", [
     (["--smoke"], 15, (0,)),  # was 3 epochs: every arm at chance, 10.0% ± 0.0, which looked broken
     ([], 40, (0, 1, 2)),

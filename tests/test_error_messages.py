@@ -716,6 +716,8 @@ def test_folder_data_names_an_image_it_cannot_read(tmp_path, content):
     ({"threads": 100000}, ValueError, rf"^threads must be an int in \[1, {MAX_THREADS}\], got 100000$"),  # audit 275:
     # about 2 OS threads each until the system could start no more; the first parallel op then ended it in a segfault
     ({"per_class": 0}, ValueError, "per_class must be an int >= 1, got 0"),  # not only at the split, data loaded
+    ({"epochs": 0}, ValueError, "epochs must be an int >= 1, got 0"),  # mutation round, audit 398: fit_classifier's
+    # refusal came all the same, after the digits, both codecs and demo.png
 ])
 def test_run_demo_checks_its_api_only_arguments_before_any_work(tmp_path, monkeypatch, kwargs, error, message,
                                                                 few_threads_only):

@@ -2188,6 +2188,8 @@ def test_isda_logits_take_a_0_dim_cpu_lam_with_logits_elsewhere_but_no_other_lam
                                    torch.tensor([0, 1, 2, 0]), torch.rand(3, 2, generator=g))]
     out = isda_logits(*meta, torch.tensor(0.5), check_y=False)  # values on meta cannot be read: check_y=False
     assert out.device.type == "meta" and out.shape == (4, 3)
+    # a per-sample lam's values unread too (mutation round, audit 398: read whenever its shape was right)
+    assert isda_logits(*meta, torch.full((4,), 0.5, device="meta"), check_y=False).shape == (4, 3)
     with pytest.raises(ValueError, match=r"^lam is on cpu but logits are on meta; move it with .to\('meta'\)"):
         isda_logits(*meta, torch.full((4,), 0.5), check_y=False)
     cpu = [torch.zeros(4, 3), torch.zeros(3, 2), torch.tensor([0, 1, 2, 0]), torch.zeros(3, 2)]

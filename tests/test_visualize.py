@@ -93,6 +93,12 @@ def test_pixels_are_rounded_and_upscaled_without_blur(tmp_path):
     assert (im[0:4, 4:8] == 0).all() and (im[4:8, 0:4] == 0).all()
 
 
+def test_a_bf16_image_is_drawn_at_its_values_level():
+    # mutation round (audit 398): scaled in bf16, not float32, 0.39453125 (100.6 levels) became 100.5, rounded to 100
+    x = torch.full((1, 1, 2, 2), 0.39453125, dtype=torch.bfloat16)  # an autocast step's output
+    assert (np.asarray(draw_rows({"a": x}, cell=2, label_width=0))[0:2, 0:2] == 101).all()
+
+
 def test_each_row_is_labelled_in_the_label_column_and_the_path_is_returned(tmp_path):
     target = tmp_path / "g.png"
     path = save_rows({"first": torch.ones(1, 1, 2, 2), "": torch.ones(1, 1, 2, 2)}, target, cell=20, label_width=60)
