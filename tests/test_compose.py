@@ -1170,6 +1170,18 @@ def test_a_training_compose_warns_once_of_a_step_left_in_eval_mode(rgb, rgb_code
     assert len([w for w in record if re.match(LEFT_IN_EVAL, str(w.message))]) == 1
 
 
+def test_a_training_compose_names_every_step_left_in_eval_mode_in_its_one_warning(rgb, rgb_codecs):
+    # the first step left in eval() mode is the subject, the others follow in brackets: "as is" one, "as are" several
+    (x, y), (glow, vae) = rgb, rgb_codecs
+    for steps, others in (
+            ([LatentNoise(glow).eval(), VarMixup(vae).eval()], "as is VarMixup at step 1"),
+            ([LatentNoise(glow).eval(), T.RandomApply([LatentNoise(glow).eval()]), VarMixup(vae).eval()],
+             "as are LatentNoise in RandomApply at step 1, VarMixup at step 2")):
+        with pytest.warns(UserWarning, match=rf"^LatentNoise at step 0 \({others}\) is in eval\(\) mode, where it "
+                                             rf"returns its inputs unchanged") as record:
+            Compose(steps, num_classes=10)(x, y)
+        assert len(record) == 1
+
 
 def test_latent_steps_seeded_with_the_same_int_warn_when_built(rgb, rgb_codecs):
     # two steps of one Compose given the same int seed drew the same stream: with p=0.5 each, the same rows were
