@@ -1135,7 +1135,6 @@ def test_an_empty_batch_passes_through_every_kind_of_step(rgb, rgb_glow):
         assert ym.shape == ((0, 10) if mode.training else (0,))
 
 
-
 @pytest.mark.parametrize("mix", [K.RandomMixUpV2, K.RandomCutMixV2])
 @pytest.mark.filterwarnings("ignore:RandomCutMixV2 currently uses the old")
 def test_an_empty_batch_passes_through_a_kornia_mix(rgb, mix):
