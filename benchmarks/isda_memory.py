@@ -101,11 +101,13 @@ def main() -> None:
         lines = proc.stdout.split()
         started = bool(lines) and lines[0].isdigit()  # it printed its address space: the step began
         held[i] = int(lines[0]) if started else 0
+        # the error's own line: a traceback's source lines name memory_limit (a failed setrlimit was out of memory)
+        ran_out = "memory" in (proc.stderr.strip().splitlines() or [""])[-1].lower()
         if proc.returncode == 0:
             results[i] = float(lines[-2]), int(lines[-1])
-        elif started and "memory" in proc.stderr.lower():
+        elif started and ran_out:
             results[i] = None
-        elif "memory" in proc.stderr.lower():  # the limit is the user's: one line, not the child's traceback
+        elif ran_out:  # the limit is the user's: one line, not the child's traceback
             raise ValueError(f"--memory-limit {args.memory_limit:g}: case {i + 1} of {len(cases)} ({covariance}, A = "
                              f"{a}) ran out of memory before its step, allocating its inputs and statistics; give a "
                              f"larger limit (what the process holds before the step counts against it)")

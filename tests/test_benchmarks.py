@@ -2420,6 +2420,11 @@ def test_codec_quality_keeps_its_clean_classifier_for_later_runs(tmp_path, monke
     assert len(fits) == 1 and (tmp_path / "clf.safetensors").is_file()
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
     assert all(torch.all(p == 0.25) for p in second.parameters())  # loaded, not a fresh init
+    # the digits CNN for the digits' shape, and the file holds the settings asked for, the defaults left out (mutation
+    # round, audit 401: a ResNet-18 of the shape's last two sizes, and seed and crops recorded always, passed)
+    assert type(first) is type(_load_benchmark("models").clean_classifier_model((1, 8, 8), 32))
+    assert latent_transforms.hub.read_safetensors(tmp_path / "clf.safetensors")[0] == {"train": "digits", "width": "32",
+                                                                                      "epochs": "3"}
     with pytest.raises(SystemExit, match="was trained with .*'epochs': '3'.* this run asks for .*'epochs': '4'"):
         cq.clean_classifier(argparse.Namespace(**{**vars(args), "epochs": 4}), x, y)
     cq.clean_classifier(argparse.Namespace(**{**vars(args), "classifier": None}), x, y)
@@ -3182,6 +3187,11 @@ def test_codec_quality_classifier_of_a_smoke_run_is_not_loaded_by_a_full_one(tmp
     cq.clean_classifier(args, x, y)  # a smoke run loads a smoke run's
     with pytest.raises(SystemExit, match=r"was trained with .*'smoke': 'True'"):
         cq.clean_classifier(argparse.Namespace(**{**vars(args), "smoke": False}), x, y)
+    # a caller without --smoke (vae_class_guidance.py's guide) is a full run: it loads a full run's file (mutation
+    # round, audit 401: taken for a smoke run, unseen)
+    full = argparse.Namespace(**{**vars(args), "smoke": False, "classifier": str(tmp_path / "full.safetensors")})
+    cq.clean_classifier(full, x, y)
+    cq.clean_classifier(argparse.Namespace(**{k: v for k, v in vars(full).items() if k != "smoke"}), x, y)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -3199,6 +3209,28 @@ def test_isda_memory_refuses_a_memory_limit_that_is_no_limit_before_any_case(arg
     with pytest.raises(SystemExit) as e:
         module.main()
     assert e.value.code == 2 and capsys.readouterr().err.splitlines()[-1] == f"isda_memory.py: error: {message}"
+
+
+def test_isda_memory_takes_only_an_error_about_memory_for_out_of_memory(monkeypatch, capsys):
+    """A case whose setrlimit failed (a lower hard limit: ``ulimit -v``) was reported as out of memory, "give a larger
+    limit": the traceback's source line names ``args.memory_limit`` (mutation round, audit 401). A step that ran out
+    is its row's "out of memory" (that branch left out: the error for a case that never began its step, unseen)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    module = _load_benchmark("isda_memory")
+    stderr = ('Traceback (most recent call last):\n  File "isda_memory.py", line 94, in main\n    '
+              'resource.setrlimit(resource.RLIMIT_AS, (int(args.memory_limit * GIB),) * 2)\n'
+              'ValueError: not allowed to raise maximum limit\n')
+    monkeypatch.setattr(module.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 1, "", stderr))
+    monkeypatch.setattr(module.torch, "set_num_threads", lambda n: None)  # this process's threads left as they are
+    monkeypatch.setattr(sys, "argv", ["isda_memory.py"])
+    with pytest.raises(RuntimeError, match=r"(?s)^case 1 of 5 failed before its step under a 7 GiB address-space "
+                                           r"limit:\n.*ValueError: not allowed to raise maximum limit\n$"):
+        module.main()
+    ran_out = "RuntimeError: DefaultCPUAllocator: not enough memory: you tried to allocate 8 bytes\n"
+    monkeypatch.setattr(module.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 1, "3000\n", ran_out))
+    monkeypatch.setattr(sys, "argv", ["isda_memory.py", "--update"])
+    module.main()
+    assert "| out of memory | - |" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -3222,6 +3254,36 @@ def test_fsdp2_attack_refuses_bad_settings_before_the_ranks_start(argv, message,
     with pytest.raises(SystemExit) as e:
         module.run_script(module.main)
     assert e.value.code == 2 and capsys.readouterr().err.splitlines()[-1] == f"fsdp2_attack.py: error: {message}"
+
+
+@pytest.mark.parametrize("argv", [["--smoke", "--batch", "2"], ["--smoke", "--no-sync", "--batch", "4"],
+                                  ["--batch", "540"], ["--no-sync", "--batch", "180"]])
+def test_fsdp2_attack_takes_the_batches_at_the_limits_it_names(argv, monkeypatch, offline_hub):
+    """The least --batch (--no-sync: a micro-batch of one image on each rank) and the most the 540 test digits hold
+    start the ranks, which load glow-digits, or with --smoke alone a tiny random-init Glow, no codec loaded here
+    (mutation round, audit 401: ``<=`` for ``<`` and ``>=`` for ``>`` refused them; a full run's ranks left to the
+    tiny Glow, and --smoke loading glow-digits, unseen)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    module = _load_benchmark("fsdp2_attack")
+    smoke = "--smoke" in argv
+    started = []
+
+    class Started(Exception):
+        pass
+
+    def spawn(fn, args, nprocs):
+        started.append(args[1].glow)
+        raise Started
+
+    monkeypatch.setattr(module, "mp", SimpleNamespace(spawn=spawn))
+    if smoke:
+        monkeypatch.setattr(module, "load_codec", lambda *a: pytest.fail("--smoke loaded a codec"))
+        monkeypatch.setattr(module, "load_images", lambda *a: pytest.fail("--smoke loaded the digits"))
+    monkeypatch.setattr(torch, "__version__", torch.torch_version.TorchVersion("2.9.0"))
+    monkeypatch.setattr(sys, "argv", ["fsdp2_attack.py", *argv])
+    with pytest.raises(Started):
+        module.run_script(module.main)
+    assert started == [None if smoke else "glow-digits"]
 
 
 @pytest.mark.parametrize("script, argv", [("fsdp2_attack", ["--smoke", "--glow", "glow-digits"]),

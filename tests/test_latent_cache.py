@@ -874,7 +874,7 @@ def test_16_bit_codec_weights_loaded_beside_a_cache_are_named_as_16_bit():
         t.load_state_dict(state, assign=True)
 
 
-def test_encode_flat_called_directly_with_an_index_checks_it_as_a_call_does(data):
+def test_encode_flat_called_directly_with_an_index_checks_it_as_a_call_does(data, monkeypatch):
     # audit 397: its docstring said the index is checked on entry, which only a transform's call did: called directly
     # (a subclass's own code, a user's), -1 gave the last latent, 40 torch's IndexError, no cache "'NoneType' object
     # is not callable" and x of other images the cached images' latents
@@ -882,7 +882,9 @@ def test_encode_flat_called_directly_with_an_index_checks_it_as_a_call_does(data
     glow = tiny_glow()
     t = LatentNoise(glow, cache=LatentCache(glow, images, progress=False))
     x, idx = images[:2], torch.tensor([0, 1])
-    assert torch.equal(t.encode_flat(x, idx), t.cache.latents[:2])
+    with monkeypatch.context() as m:  # looked up, not encoded again (mutation round, audit 401: the same latents)
+        m.setattr(glow, "encode_flat", lambda images: pytest.fail("encoded the images it has cached"))
+        assert torch.equal(t.encode_flat(x, idx), t.cache.latents[:2])
     with pytest.raises(ValueError, match=re.escape("outside [0, 40)")):
         t.encode_flat(images[-1:], torch.tensor([-1]))
     with pytest.raises(ValueError, match=re.escape("outside [0, 40)")):
