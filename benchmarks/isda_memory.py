@@ -93,6 +93,10 @@ def main() -> None:
     if args.case is not None:
         resource.setrlimit(resource.RLIMIT_AS, (int(args.memory_limit * GIB),) * 2)
         return one_case(cases, args.case, args.classes, args.batch)
+    hard = resource.getrlimit(resource.RLIMIT_AS)[1]  # a case cannot raise its limit past the shell's (ulimit -v)
+    if hard != resource.RLIM_INFINITY and int(args.memory_limit * GIB) > hard:
+        ap.error(f"--memory-limit {args.memory_limit:g} is above this shell's address-space limit, {hard / GIB:g} GiB "
+                 f"(ulimit -v): give at most that")
     results, held = {}, {}  # case -> (seconds, peak bytes) or None (out of memory); case -> address space before
     for i, (correction, covariance, a) in enumerate(cases):
         proc = subprocess.run([sys.executable, __file__, "--case", str(i), "--classes", str(args.classes), "--batch",

@@ -3211,6 +3211,21 @@ def test_isda_memory_refuses_a_memory_limit_that_is_no_limit_before_any_case(arg
     assert e.value.code == 2 and capsys.readouterr().err.splitlines()[-1] == f"isda_memory.py: error: {message}"
 
 
+def test_isda_memory_refuses_a_memory_limit_above_the_shells_before_any_case(monkeypatch, capsys):
+    # a case cannot raise its hard limit: each ended in "not allowed to raise maximum limit", a traceback (audit 401)
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    module = _load_benchmark("isda_memory")
+    monkeypatch.setattr(module.subprocess, "run", lambda *a, **k: pytest.fail("a case ran"))
+    monkeypatch.setattr(module.resource, "getrlimit", lambda which: (4 * module.GIB, 4 * module.GIB))
+    monkeypatch.setattr(module.torch, "set_num_threads", lambda n: None)
+    monkeypatch.setattr(sys, "argv", ["isda_memory.py", "--memory-limit", "4.5"])
+    with pytest.raises(SystemExit) as e:
+        module.main()
+    assert e.value.code == 2 and capsys.readouterr().err.splitlines()[-1] == (
+        "isda_memory.py: error: --memory-limit 4.5 is above this shell's address-space limit, 4 GiB (ulimit -v): give "
+        "at most that")
+
+
 def test_isda_memory_takes_only_an_error_about_memory_for_out_of_memory(monkeypatch, capsys):
     """A case whose setrlimit failed (a lower hard limit: ``ulimit -v``) was reported as out of memory, "give a larger
     limit": the traceback's source line names ``args.memory_limit`` (mutation round, audit 401). A step that ran out
