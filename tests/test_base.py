@@ -886,7 +886,7 @@ def test_an_error_raised_in_transform_reaches_the_caller_as_raised_blaming_no_pr
     """A Compose names the previous step when a step refuses that step's output; the method's own error (raised in
     ``transform``, after the call's checks passed) is no such refusal, and comes through as it was raised."""
     x, y = _batch((4, 1, 3, 3), False, 0)
-    for t in (Refusing(generator=0), Compose([AddNoise(generator=0), Refusing(generator=0)])):
+    for t in (Refusing(generator=0), Compose([AddNoise(generator=1), Refusing(generator=0)])):
         with pytest.raises(ValueError, match=r"^the codec refuses these latents$"):
             t(x, y)
 

@@ -181,7 +181,7 @@ def test_a_classifier_head_given_as_the_model_is_named_with_the_fix(batch, metho
             return predict_proba(model, x)
         attack = LatentAdversarial(glow, target="true" if "true" in method else "pred", generator=0)
         composed = method.startswith("Compose")
-        return (Compose([LatentNoise(glow, generator=0), attack]) if composed else attack)(x, y, model)
+        return (Compose([LatentNoise(glow, generator=1), attack]) if composed else attack)(x, y, model)
 
     who = {"LatentMixupInference": method, "predict_proba": method}.get(method, "LatentAdversarial")
     with pytest.raises(ValueError, match=rf"^{who} needs model\(x\) to map x \(12, 1, 8, 8\) to \(B, K\) logits, "

@@ -324,7 +324,7 @@ def test_a_call_leaves_the_model_and_torch_as_they_were_also_when_the_model_fail
     model.register_forward_hook(lambda m, args, out: None)
     call = {"LatentAdversarial": lambda: LatentAdversarial(glow, steps=2, generator=0)(x, y, model),
             "LatentMixupInference": lambda: LatentMixupInference(model, glow, x, num_mixes=2, generator=0)(x),
-            "Compose": lambda: Compose([LatentNoise(glow, generator=0), LatentAdversarial(glow, generator=0)],
+            "Compose": lambda: Compose([LatentNoise(glow, generator=1), LatentAdversarial(glow, generator=0)],
                                        num_classes=10)(x, y, model)}[user]
     before, hooks = model_state(model), _hooks(model)
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
