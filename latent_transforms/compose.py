@@ -620,9 +620,11 @@ class Compose(Settings, ChecksCodecStates, nn.Module):
         """Once per Compose, called in training mode: warn of its steps in ``eval()`` mode (left there, or made so
         before it was built), which return their inputs unchanged: nothing augmented, a label mix's labels left class
         indices. A step given a training ``model`` (not one a torchvision container holds) warns of it itself."""
+        if self.__dict__.get("_warned_steps_in_eval", False):  # told once: nothing to look at in later calls
+            return
         told = isinstance(model, nn.Module) and model.training
         left = [where for where, p, own in self._switched if not p.training and not (own and told)]
-        if left and not self.__dict__.get("_warned_steps_in_eval", False):
+        if left:
             setattr(self, "_warned_steps_in_eval", True)  # once per instance, as warn_if_left_in_eval
             also = f" (as {'is' if len(left) == 2 else 'are'} {', '.join(left[1:])})" if len(left) > 1 else ""
             warn_at_call(f"{left[0]}{also} is in eval() mode, where it returns its inputs unchanged, but the Compose "
