@@ -704,6 +704,11 @@ def _make_cache_dir(directory: Path) -> None:
         except FileExistsError:  # exist_ok passes a directory, not a file or a link to nothing ("File exists")
             what = "a symbolic link to a path that does not exist" if directory.is_symlink() else "a file"
             raise OSError(errno.EEXIST, f"it is {what}, not a directory") from None
+        except NotADirectoryError:  # a file further up: "Not a directory" named no file
+            file = file_in_the_way(directory)
+            if file is None:
+                raise
+            raise OSError(errno.ENOTDIR, f"{file} is a file, not a directory") from None
 
 
 @contextlib.contextmanager
@@ -1130,6 +1135,15 @@ def _status_hint(status: int, file: str) -> str:
     return ""
 
 
+def _as_fetched(url: str, final: str) -> str:
+    """``url`` as a message names it: with the URL an http(s) server redirected it to, ``final``, where that differs
+    (a release page to its CDN), without its query, which may hold a signature. A ``file://`` URL is never redirected
+    (urllib may give it back rewritten: ``file://localhost/x`` as ``file:///x``)."""
+    if final == url or urllib.parse.urlsplit(url).scheme.lower() not in ("http", "https"):
+        return url
+    return f"{url} (redirected to {urllib.parse.urlsplit(final)._replace(query='', fragment='').geturl()})"
+
+
 class _NotServed(HubError):
     """No answer from the hub URL (no network, an unreachable host, a missing ``file://`` file) or the server has no
     such file (404, 410): the file is not to be had from there, so copying it into the cache dir is a way out."""
@@ -1196,7 +1210,7 @@ def _download(url: str, dest: Path, sha256: str, size: int | None = None) -> Non
                 # "unclosed socket" ResourceWarning came at a moment of the collector's choosing, anywhere later
                 e.close()
                 error = _NotServed if e.code in (404, 410) else HubError
-                raise error(f"downloading {url} failed: HTTP {e.code} {_one_line(e.reason)}"
+                raise error(f"downloading {_as_fetched(url, e.filename)} failed: HTTP {e.code} {_one_line(e.reason)}"
                             f"{_status_hint(e.code, dest.name)}") from None
             # URLError (refused, no such host, no file), a timeout, the connection closed before any status line
             # (RemoteDisconnected, an HTTPException too): no answer
@@ -1204,6 +1218,7 @@ def _download(url: str, dest: Path, sha256: str, size: int | None = None) -> Non
                 raise _NotServed(f"cannot download {url}: {_why(e)}") from None
             except http.client.HTTPException as e:  # a malformed status line or header: the server answered
                 raise HubError(f"cannot download {url}: {_why(e)}") from None
+            url = _as_fetched(url, response.geturl())  # what the messages below name
             with response:
                 page = response.headers.get_content_type() == "text/html"
                 encoding = (response.headers.get("Content-Encoding") or "identity").strip().lower()

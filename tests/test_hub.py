@@ -59,7 +59,8 @@ class _Handler(BaseHTTPRequestHandler):
     /bad-status (a status line that is not HTTP's), /closed (the connection closed, no status line), /no-length, /slow
     (sleeps before the body), /error (500), /gone (410), /busy (429), /forbidden (403), /gzip (GOOD compressed,
     whatever was asked), /identity (GOOD with "Content-Encoding: Identity"), /page (an HTML page), the ``stalled``
-    files (the first part of the body, then nothing until ``release`` is set); 404 otherwise."""
+    files (the first part of the body, then nothing until ``release`` is set), /moved-<file> (a redirect to
+    /cdn/<file>?X-Signature=..., which serves <file>); 404 otherwise."""
 
     counts: dict[str, int] = {}
     accept_encoding: dict[str, str | None] = {}  # name -> the Accept-Encoding header of its last request
@@ -78,6 +79,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         name = self.path.lstrip("/")
+        if name.startswith("cdn/"):  # where /moved-<file> redirects, with a query after the file name
+            name = name[len("cdn/"):].split("?")[0]
         self.counts[name] = self.counts.get(name, 0) + 1
         self.accept_encoding[name] = self.headers.get("Accept-Encoding")
         try:
@@ -145,6 +148,10 @@ class _Handler(BaseHTTPRequestHandler):
             elif name == "loop.safetensors":  # redirects to itself: urllib gives up after 10 with a 3-line reason
                 self.send_response(302)
                 self.send_header("Location", "/loop.safetensors")
+                self.end_headers()
+            elif name.startswith("moved-"):  # redirects to /cdn/<the rest>, as a release page to its CDN, signed
+                self.send_response(302)
+                self.send_header("Location", f"/cdn/{name[len('moved-'):]}?X-Signature=s3cr3t")
                 self.end_headers()
             elif name.startswith("length-"):  # Content-Length "²" or 5,000 digits: int() refuses both
                 self.send_response(200)
@@ -1309,6 +1316,29 @@ def test_a_redirect_loop_is_reported_on_one_line(env, server):
     assert _leftovers(env) == []
 
 
+@pytest.mark.parametrize("file, message", [
+    ("moved-missing.safetensors", "failed: HTTP 404 Not Found"),
+    ("moved-truncated.safetensors", f"is truncated or too long: Content-Length is {len(GOOD)} bytes, got 1000"),
+])
+def test_a_download_that_fails_after_a_redirect_names_where_it_was_redirected(env, server, file, message):
+    """A hub URL that redirects (a release page to its CDN): an error there named the hub URL alone (a 404 at the
+    CDN read as the hub's), never the redirect. Its target is named without its query, which may hold a signature;
+    a redirect to the file itself is followed."""
+    _register("moved", file)
+    target = f"{server}/cdn/{file.removeprefix('moved-')}"
+    with pytest.raises(hub.HubError, match=rf"{server}/{file} \(redirected to {target}\) {message}") as e:
+        hub.fetch("moved")
+    assert "s3cr3t" not in str(e.value) and list(env.iterdir()) == []
+    _register("good", "moved-good.safetensors")
+    assert hub.fetch("good").read_bytes() == GOOD
+    assert sorted(p.name for p in env.iterdir()) == ["moved-good.safetensors"]
+
+
+def test_a_file_url_given_back_rewritten_is_not_called_redirected():
+    assert hub._as_fetched("file://localhost/c/x.safetensors", "file:///c/x.safetensors") == \
+        "file://localhost/c/x.safetensors"
+
+
 @pytest.mark.parametrize("file", ["loop.safetensors", "missing.safetensors", "error.safetensors"])
 def test_an_http_error_leaves_no_connection_open(env, file):
     # the HTTPError's response was left open for the garbage collector, whose "unclosed socket" ResourceWarning came
@@ -1764,9 +1794,13 @@ def test_a_cache_dir_that_cannot_be_opened_for_its_lock_says_what_to_do(env, mon
 def test_cache_dir_that_cannot_be_created(env, tmp_path, monkeypatch):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(blocker / "cache"))
+    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(blocker / "cache" / "sub"))
     _register("good", "good.safetensors")
-    with pytest.raises(hub.HubError, match="cannot write to the cache dir.*LATENT_TRANSFORMS_HOME"):
+    # the file further up is named: "(Not a directory)" was all it said (audit 404)
+    cache = re.escape(str(blocker / "cache" / "sub"))
+    with pytest.raises(hub.HubError, match=rf"^cannot write to the cache dir {cache} "
+                                           rf"\({re.escape(str(blocker))} is a file, not a directory\); set "
+                                           rf"LATENT_TRANSFORMS_HOME to a writable directory$"):
         hub.fetch("good")
 
 
