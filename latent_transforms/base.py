@@ -45,8 +45,9 @@ _UNTRACED_KEEP_OUT: list[Callable[[nn.Module, object], None]] = []
 
 
 def submodules_changed() -> None:
-    """Count a codec or cache assigned to a transform after construction: its buffers are others, which
-    ``keep_out_of_ddp_broadcast`` leaves out at the next call (checked once, a cache assigned later was broadcast)."""
+    """Count a codec or cache assigned to a transform after construction, or buffers a codec registers later (a
+    Glow's folded weights, at its first ``freeze()``): its buffers are others, which ``keep_out_of_ddp_broadcast``
+    leaves out at the next call (checked once, a cache assigned later was broadcast)."""
     global _SUBMODULES_CHANGED
     _SUBMODULES_CHANGED += 1
 
@@ -220,7 +221,8 @@ class LatentTransform(Settings, SampleStats, nn.Module):
           say) without drawing: the same output for a method whose result depends on its draws and inputs alone.
           Replayed draws are checked (rows, trailing shape, dtype, device; those of ``index_params`` as indices in
           ``[0, N)``, those of ``weight_params`` as weights in ``[0, 1]``), and so is ``batch_size`` where given (a
-          tensor or an int). ISDA, which changes neither x nor y, has neither.
+          tensor or an int); a key that is none of these nor what the method computes (a misspelt one) is refused.
+          ISDA, which changes neither x nor y, has neither.
 
     Subclasses set ``needs_model``/``mixes_labels`` (``needs_labels`` follows ``mixes_labels``; override it with a
     class attribute or a property, for a method that reads labels without mixing them: a label mix needs labels
@@ -446,6 +448,14 @@ class LatentTransform(Settings, SampleStats, nn.Module):
                     raise ValueError(f"params[{k!r}] must be weights in [0, 1], got {lo:.4g}..{hi:.4g}")
         return {k: params[k] for k in templates}
 
+    def _refuse_unused(self, given: dict[str, torch.Tensor], used: dict[str, torch.Tensor]) -> None:
+        """Refuse a replay's keys that are neither ``selected``, ``batch_size``, a draw nor what ``transform`` computed
+        (``used``, the call's params after it): a misspelt key was dropped without a word."""
+        unused = sorted(str(k) for k in given if k not in used and k not in ("selected", "batch_size"))
+        if unused:
+            raise ValueError(f"params has {unused}, which {type(self).__name__} neither draws nor computes (it draws "
+                             f"{list(self._param_templates())}): a misspelt key? pass an earlier call's t.last_params")
+
     def _param_templates(self) -> dict[str, torch.Tensor]:
         """``make_params``' draws for no sample: their keys, trailing shapes and dtypes (nothing drawn from the
         transform's own generator)."""
@@ -505,6 +515,7 @@ class LatentTransform(Settings, SampleStats, nn.Module):
         xs, ys, idx = (x, y, index) if selected is None else (
             x[selected], None if y is None else y[selected], None if index is None else index[selected])
         n = xs.shape[0]
+        given = params  # a replay's, checked for keys left unused once transform has added what it computes
         if params is None:
             params = _checked_draws(self, self.make_params(n, generator, x.device), n) if n else {}
         else:
@@ -525,6 +536,8 @@ class LatentTransform(Settings, SampleStats, nn.Module):
             not_about_the_batch(e)
             raise
         x2, y2 = _checked_output(self, out, xs, ys, k)
+        if given is not None:
+            self._refuse_unused(given, params)
         self._keep_params(batch, selected, x.device, params)  # only now: a failed call leaves the last good call's
         x2, ok = keep_plausible(x2, xs)
         x2 = x2.to(x.dtype)

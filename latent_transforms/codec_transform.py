@@ -1,6 +1,7 @@
 """Shared machinery of the methods that work in a codec's latent space: codec resolution, checks, encode/decode."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
@@ -79,7 +80,10 @@ class CodecTransform(ChecksCodecStates, LatentTransform):
             self._check_settings()
         except BaseException:
             self._modules[name] = before
-            self._check_settings()  # back to the draws' sizes of before
+            # back to the draws' sizes of before; the codec before may fail the cache check too (t.codec = t.codec
+            # after a write through .data): the error above says so, not the same one again, chained to it
+            with contextlib.suppress(ValueError):
+                self._check_settings()
             raise
         submodules_changed()  # its buffers left out of a DDP model's broadcast again
 

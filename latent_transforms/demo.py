@@ -24,7 +24,8 @@ from .latent_adversarial import LatentAdversarial
 from .latent_noise import LatentNoise
 from .models import digits_cnn
 from .modelutils import threads_for_this_cpu, torch_threads
-from .validation import MAX_THREADS, POSITIVE_INT, THREADS, check_count, make_folder, option, output_folder
+from .validation import (MAX_THREADS, POSITIVE_INT, THREADS, check_count, make_folder, option, output_folder,
+                         spelled_as_flags)
 from .varmixup import VarMixup
 from .visualize import save_rows
 
@@ -184,7 +185,5 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     try:
         run_demo(args.out, per_class=args.per_class, epochs=epochs, seeds=tuple(range(seeds)), threads=args.threads)
     except ValueError as e:  # "per_class 500 is more than ...": the command line has --per-class
-        from .train import _spelled_as_flags
-
-        raise _spelled_as_flags(e, ["per_class"]) from None
+        raise spelled_as_flags(e, ["per_class"]) from None
     print(f"Done in {time.perf_counter() - start:.0f} s.")

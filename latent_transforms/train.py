@@ -22,7 +22,6 @@ import itertools
 import json
 import math
 import os
-import re
 import signal
 import sys
 import threading
@@ -45,8 +44,9 @@ from .pixel_shift import random_shift_flip
 from .progress import progress_bar
 from .torch_defaults import cpu_as_default_device
 from .validation import (POSITIVE_FLOAT, POSITIVE_INT, THREADS, MissingFileError, WrongTypeError, check_bool,
-                         check_count, check_images, check_number, expanded_path, image_side, is_int, make_folder,
-                         option, output_folder, resolve_device, state_mismatch, values_read)
+                         check_count, check_images, check_number, expanded_path, flag_of, image_side, is_int,
+                         make_folder, option, output_folder, resolve_device, spelled_as_flags, state_mismatch,
+                         values_read)
 
 __all__ = ["train_codec", "eval_codec", "default_config", "save_training_state", "load_training_state", "STATE_FORMAT"]
 
@@ -1479,7 +1479,7 @@ def _cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     if test_spec is not None:
         description += f"; tested on {test_spec}{' (test split)' if test_spec in SPLIT_SPECS else ''}"
     kwargs = {setting: getattr(args, setting) for setting in _RECIPES[codec_kind].settings}
-    _refuse_other_kind_settings(codec_kind, vars(args), spell=lambda name: "--" + name.replace("_", "-"))
+    _refuse_other_kind_settings(codec_kind, vars(args), spell=flag_of)
     options = dict(**kwargs, epochs=args.epochs, max_steps=args.max_steps, max_minutes=args.max_minutes,
                    batch_size=args.batch_size, lr=args.lr, grad_clip=args.grad_clip, ema_decay=args.ema, seed=args.seed,
                    flips=args.flips, translate=args.translate, compile=args.compile, device=args.device, fp16=args.fp16,
@@ -1505,23 +1505,13 @@ _DATA_SETTINGS = {"num_images": "number of --data images", "data_sha256": "--dat
 
 
 def _spelled_as_flags(e: ValueError, parameters: list[str]) -> ValueError:
-    """``e`` (of its own type) with the ``train_codec`` parameter that begins its message, and each one followed by a
-    number, spelled as the CLI's flag (``ema_decay`` is ``--ema``), and no "must be None or" (a shell's None is the
-    option left out); ``e`` itself if none is there. A resume refused for other settings names each setting that is
-    one of ``parameters`` as its flag, and a value None as "(left out)"."""
-    def flag(parameter: str) -> str:
-        return "--ema" if parameter == "ema_decay" else "--" + parameter.replace("_", "-")
-
+    """``validation.spelled_as_flags`` with ``train``'s flags (``ema_decay`` is ``--ema``). A resume refused for other
+    settings names each setting that is one of ``parameters`` as its flag, and a value None as "(left out)"."""
     if isinstance(e, _OtherSettings):  # a setting the command line has no flag for (warmup_steps) keeps its name
-        return ValueError(e.spelled(lambda s: flag(s) if s in parameters else _DATA_SETTINGS.get(s, s),
+        return ValueError(e.spelled(lambda s: _flag(s) if s in parameters else _DATA_SETTINGS.get(s, s),
                                     value=lambda v: "(left out)" if v is None else repr(v)))
-    text = str(e)
-    by_length = sorted(parameters, key=len, reverse=True)  # max_steps before steps
-    for parameter in by_length:
-        if text.startswith(f"{parameter} "):
-            text = flag(parameter) + text[len(parameter):].replace(" must be None or ", " must be ", 1)
-            break
-    # every other parameter named with its value: "hidden 2000 and decoder_blocks 100 make", "with latent_side 32"
-    names = "|".join(map(re.escape, by_length))
-    text = re.sub(rf"(?<![\w-])({names}) (?=-?\d)", lambda m: f"{flag(m[1])} ", text)
-    return e if text == str(e) else type(e)(text)
+    return spelled_as_flags(e, parameters, _flag)
+
+
+def _flag(parameter: str) -> str:
+    return "--ema" if parameter == "ema_decay" else flag_of(parameter)

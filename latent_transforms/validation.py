@@ -191,6 +191,28 @@ POSITIVE_INT = option(check_count, low=1)  # argparse types of the common option
 POSITIVE_FLOAT = option(check_number, float, low_open=True)
 
 
+def flag_of(parameter: str) -> str:
+    """The command line's flag of a Python parameter: ``--per-class`` for ``per_class``."""
+    return "--" + parameter.replace("_", "-")
+
+
+def spelled_as_flags(e: ValueError, parameters: Sequence[str], flag: Callable[[str], str] = flag_of) -> ValueError:
+    """``e`` (of its own type) with the one of ``parameters`` that begins its message, and each one followed by a
+    number, spelled as the command line's flag (``flag(parameter)``), and no "must be None or" (a shell's None is the
+    option left out): a command's error about a function's parameter names the option; ``e`` itself if none is
+    there."""
+    text = str(e)
+    by_length = sorted(parameters, key=len, reverse=True)  # max_steps before steps
+    for parameter in by_length:
+        if text.startswith(f"{parameter} "):
+            text = flag(parameter) + text[len(parameter):].replace(" must be None or ", " must be ", 1)
+            break
+    # every other parameter named with its value: "hidden 2000 and decoder_blocks 100 make", "with latent_side 32"
+    names = "|".join(map(re.escape, by_length))
+    text = re.sub(rf"(?<![\w-])({names}) (?=-?\d)", lambda m: f"{flag(m[1])} ", text)
+    return e if text == str(e) else type(e)(text)
+
+
 _ChoiceT = TypeVar("_ChoiceT")
 
 

@@ -827,6 +827,28 @@ def test_replayed_params_of_another_form_are_named_not_left_to_torch_or_taken():
     assert torch.equal(t(x[:1], y[:1], params={**one, "batch_size": torch.tensor(1, dtype=torch.int32)})[0], x[:1])
 
 
+def test_a_replayed_key_the_method_neither_draws_nor_computes_is_refused_naming_it():
+    """A misspelt key beside the draws was dropped without a word (audit 406): ``{**t.last_params, "nosie": ...}``
+    replayed the old noise as if the new one had been taken. Keys ``transform`` computes (``params.update``) are in
+    ``last_params`` and replay as before; a refused replay leaves ``last_params`` as it was."""
+    class Shifted(AddNoise):
+        def transform(self, x, y, model, params, index=None):
+            params.update(shift=0.1 * params["noise"])
+            return x + params["shift"].view(-1, 1, 1, 1).to(x.dtype), y
+
+    x, y = _batch((4, 1, 3, 3), False, 0)
+    for t in (AddNoise(generator=0), Shifted(generator=0)):
+        x2, _ = t(x, y)
+        kept = t.last_params
+        name = type(t).__name__
+        with pytest.raises(ValueError, match=rf"^params has \['nosie'\], which {name} neither draws nor computes "
+                                             rf"\(it draws \['noise'\]\): a misspelt key\?"):
+            t(x, y, params={**kept, "nosie": torch.zeros(4)})
+        assert t.last_params is kept
+        assert torch.equal(t(x, y, params=kept)[0], x2)  # its own last_params, computed keys too, replay
+    assert set(kept) == {"batch_size", "selected", "noise", "shift"}
+
+
 def test_dataset_positions_in_the_model_slot_are_refused_by_a_transform_without_a_model():
     """t(x, y, idx) would ignore the positions (and the latent cache with them): told index=idx."""
     x, y = _batch((4, 1, 3, 3), False, 0)

@@ -26,8 +26,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from latent_transforms import (ISDA, Compose, LatentAdversarial, LatentCache, LatentMixupInference, LatentNoise,
-                               VarMixup)
+from latent_transforms import (ISDA, Compose, Glow, LatentAdversarial, LatentCache, LatentMixupInference,
+                               LatentNoise, VarMixup)
 from latent_transforms.isda import ISDALoss
 
 from conftest import gloo_group, spawn_two_ranks
@@ -501,6 +501,25 @@ def test_a_codec_or_cache_assigned_after_the_first_call_stays_out_of_the_broadca
         x2, y2 = held.module.augment(xb, yb, held, index=torch.arange(B) if noise.cache is not None else None)
         F.cross_entropy(held(x2), y2).backward()
         assert all(name.startswith("net.") for name in held.named_module_buffers), assigned  # BatchNorm's alone
+
+
+def test_a_glow_frozen_after_the_first_call_keeps_its_folded_weights_out_of_the_broadcast(one_rank_group):
+    """``freeze()`` registers a Glow's folded weights as buffers: frozen after the transform's first call in the DDP
+    module (checked once), they were broadcast from rank 0 in every forward (audit 406)."""
+    from conftest import ClassifierWithItsAugmentation, TinyNet
+
+    xb, yb = _rank_batch(0)
+    torch.manual_seed(0)
+    glow = Glow((1, 8, 8), levels=2, steps=2, hidden=16).init_actnorm(torch.rand(32, 1, 8, 8)).requires_grad_(False)
+    noise = LatentNoise(glow, eps=1.0)
+    held = torch.nn.parallel.DistributedDataParallel(ClassifierWithItsAugmentation(TinyNet(), noise))
+    for step in range(2):
+        if step:
+            glow.freeze()
+        x2, y2 = held.module.augment(xb, yb, held)
+        F.cross_entropy(held(x2), y2).backward()
+    assert glow.use_fast_path and any(name.endswith("enc_weight") for name, _ in glow.named_buffers())
+    assert all(name.startswith("net.") for name in held.named_module_buffers)  # BatchNorm's alone
 
 
 def test_a_ddp_run_resumed_as_the_docs_say_ends_with_the_weights_of_the_uninterrupted_one(tmp_path):

@@ -481,6 +481,24 @@ def test_a_codec_changed_under_a_live_cache_is_noticed(data, change):
         t(images[:4], labels[:4], index=torch.arange(4))
 
 
+def test_assigning_the_codec_again_after_a_write_through_data_refuses_the_cache_in_one_error(data):
+    """docs/composition.md: after a write through ``.data`` (which moves no version counter), ``t.codec = t.codec``
+    fingerprints the codec now. The refusal came twice, chained ("During handling of the above exception, another
+    exception occurred"): putting the codec before back ran into the same refusal (audit 406). One error now; the
+    codec stays, and the transform refuses the stale cache from then on."""
+    images, labels = data
+    glow = tiny_glow()
+    t = LatentNoise(glow, eps=0.0, cache=LatentCache(glow, images[:4], progress=False), generator=0)
+    with torch.no_grad():
+        next(glow.parameters()).data.add_(0.1)
+    with pytest.raises(ValueError, match="encoded with another codec than this transform's") as refused:
+        t.codec = t.codec
+    assert refused.value.__context__ is None and refused.value.__cause__ is None
+    assert t.codec is glow
+    with pytest.raises(ValueError, match="encoded with another codec than this transform's"):
+        t(images[:4], labels[:4], index=torch.arange(4))
+
+
 def test_a_cache_of_an_untrained_glow_matches_the_glow_it_initialised(data):
     """The fingerprint was taken before encoding, whose first chunk initialises an untrained Glow's ActNorm layers:
     every transform then refused the cache."""

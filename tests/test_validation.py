@@ -593,6 +593,21 @@ def test_option_parses_and_checks_with_the_librarys_rule_and_names_the_option(ca
         assert capsys.readouterr().err.splitlines()[-1] == f"prog: error: {message}"
 
 
+def test_an_error_about_a_parameter_is_spelled_as_a_commands_flag_by_the_shared_helper():
+    """The demo spelled ``per_class`` as ``--per-class`` with train.py's private helper, whose rules are train's
+    (``ema_decay`` is ``--ema``, its resume refusals): the shared part is ``validation.spelled_as_flags`` (audit 406)."""
+    from latent_transforms.validation import WrongTypeError, spelled_as_flags
+
+    e = spelled_as_flags(ValueError("per_class 500 is more than the 122 training images of digit 8"), ["per_class"])
+    assert str(e) == "--per-class 500 is more than the 122 training images of digit 8"
+    typed = spelled_as_flags(WrongTypeError("max_steps must be None or an int >= 1, got 'x'"), ["steps", "max_steps"])
+    assert type(typed) is WrongTypeError and str(typed) == "--max-steps must be an int >= 1, got 'x'"
+    both = spelled_as_flags(ValueError("steps 3 with max_steps 5"), ["steps", "max_steps"], lambda p: f"-{p[0]}")
+    assert str(both) == "-s 3 with -m 5"
+    other = ValueError("per_classes is not a parameter")
+    assert spelled_as_flags(other, ["per_class"]) is other
+
+
 def test_images_in_0_255_are_told_to_divide_by_255():
     x = torch.rand(4, 1, 8, 8) * 255  # decode_image(...).float(), without the scaling
     with pytest.raises(ValueError, match=r"0-255 intensities: divide them by 255") as e:

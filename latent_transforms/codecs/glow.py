@@ -9,6 +9,7 @@ import normflows as nf
 import torch
 import torch.nn.functional as F
 
+from ..base import submodules_changed
 from ..casts import TensorFn
 from ..validation import check_count, check_number, setting, wide_float
 from .base import Codec, Latents, shapes_weights
@@ -284,6 +285,7 @@ class Glow(Codec):
         return self
 
     def _fold_weights(self) -> None:
+        first = not self._folded  # new buffers, which a DDP model holding the codec's transform still broadcasts
         with torch.no_grad():
             for level in self.flow.flows:
                 for block in level[:-1]:
@@ -291,6 +293,8 @@ class Glow(Codec):
                         block.register_buffer(name, value.to(self.dtype).to(self.device), persistent=False)
         self._folded = True
         self._record_fold_sources()
+        if first:
+            submodules_changed()  # left out of the broadcast at the next call, as a codec assigned later is
 
     def _record_fold_sources(self) -> None:
         """Keep the tensors the folded weights come from, their version counters, which an in-place write (``copy_``,
