@@ -79,7 +79,8 @@ def main() -> None:
         print(f"seed {seed} {name}: {100 * results[name][-1]:.1f}%", flush=True)
     write_json(out / "calibration.json", results)  # whole or not at all
     print(f"\nvalidation accuracy ({args.val} held-out training images), {args.per_class}/class, "
-          f"{args.epochs} epoch{'s' if args.epochs != 1 else ''}, seeds {args.seeds}\n\n| setting | val accuracy |\n|---|---|")
+          f"{args.epochs} epoch{'s' if args.epochs != 1 else ''}, seed{'s' if len(args.seeds) != 1 else ''} "
+          f"{', '.join(map(str, args.seeds))}\n\n| setting | val accuracy |\n|---|---|")
     for name, accs in results.items():
         print(f"| {name} | {100 * statistics.mean(accs):.1f}% |")
 

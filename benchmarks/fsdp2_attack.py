@@ -156,12 +156,11 @@ def accumulation(rank: int, glow, x: torch.Tensor, y: torch.Tensor, args) -> lis
     return [*figures, largest_difference(early, late), written_early / OPTIMIZER_STEPS, written_late / OPTIMIZER_STEPS]
 
 
-def worker(rank: int, store: str, args) -> None:
+def worker(rank: int, store: str, args, glow) -> None:
+    """One rank: the figure of ``measure`` on the Glow ``main`` loaded (each rank gets a copy)."""
     dist.init_process_group("gloo", init_method=store, rank=rank, world_size=RANKS,
                             timeout=datetime.timedelta(seconds=120))
     torch.set_num_threads(1)
-    cpu = torch.device("cpu")
-    glow = tiny_codecs(shape=DIGITS_SHAPE)[0] if args.glow is None else load_codec("glow", args.glow, cpu)
     n = args.batch * (OPTIMIZER_STEPS if args.no_sync else 1)
     if args.smoke:
         g = torch.Generator().manual_seed(0)
@@ -211,13 +210,14 @@ def main() -> None:
         if args.batch * (OPTIMIZER_STEPS if args.no_sync else 1) > digits:
             ap.error(f"--batch {args.batch}" + (f" x {OPTIMIZER_STEPS} optimizer steps" if args.no_sync else "")
                      + f" is more than the {digits} digits of the test split")
-    if args.glow is not None:  # an unknown name, a VAE or a flow of other images: now, not in each rank
-        shape = load_codec("glow", args.glow, torch.device("cpu")).image_shape
-        if shape != DIGITS_SHAPE:
-            raise ValueError(f"--glow {args.glow} codes images of shape {shape}; this benchmark attacks digits of "
-                             f"shape {DIGITS_SHAPE}: give a flow of them (glow-digits)")
+    # an unknown name, a VAE or a flow of other images: now, not in each rank; loaded once, the ranks get it
+    cpu = torch.device("cpu")
+    glow = tiny_codecs(shape=DIGITS_SHAPE)[0] if args.glow is None else load_codec("glow", args.glow, cpu)
+    if glow.image_shape != DIGITS_SHAPE:
+        raise ValueError(f"--glow {args.glow} codes images of shape {glow.image_shape}; this benchmark attacks digits "
+                         f"of shape {DIGITS_SHAPE}: give a flow of them (glow-digits)")
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(worker, args=(f"file://{tmp}/store", args), nprocs=RANKS)
+        mp.spawn(worker, args=(f"file://{tmp}/store", args, glow), nprocs=RANKS)
         result = torch.load(Path(tmp) / "result.pt").tolist()
     glow_name = "tiny random-init Glow (smoke)" if args.glow is None else args.glow
     data = "random 8x8 images (smoke)" if args.smoke else "digits"

@@ -27,11 +27,17 @@ from latent_transforms.validation import check_count, option, resolve_device
 
 def run_script(main) -> None:
     """Run a script's ``main()``: a user's mistake that surfaces as ``ValueError``, ``LookupError`` or ``OSError`` (data
-    that cannot be read, an unknown checkpoint, an output path that is a file) ends it with one line, exit 2."""
+    that cannot be read, an unknown checkpoint, an output path that is a file), or a script's own refusal
+    ``SystemExit("message")``, ends it with one line, ``SCRIPT: error: message``, exit 2 (as argparse's errors)."""
     try:
         main()
     except (ValueError, LookupError, OSError) as e:
         print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)  # an unknown checkpoint's str() unquoted
+        raise SystemExit(2) from None
+    except SystemExit as e:
+        if not isinstance(e.code, str):  # argparse's exits, an exit status: as they are
+            raise
+        print(f"{Path(sys.argv[0]).name}: error: {e.code}", file=sys.stderr)  # was the bare message, exit 1
         raise SystemExit(2) from None
     except KeyboardInterrupt:  # one line, not a traceback; what was written stays (accuracy.py: --resume goes on)
         print(f"{Path(sys.argv[0]).name}: interrupted", file=sys.stderr)

@@ -154,7 +154,8 @@ def main() -> None:
     minutes = (time.perf_counter() - start) / 60
     write_json(out.with_suffix(".json"), {"settings": vars(args), "guide_seed": GUIDE_SEED, "weight": weight,
                                           "sha256": sha, "minutes": round(minutes, 2), "history": history})
-    print(f"wrote {out} (sha256 {sha[:12]}) and {out.with_suffix('.json')}: {args.steps} steps in {minutes:.1f} min; "
+    steps = f"{args.steps} step{'s' if args.steps != 1 else ''}"
+    print(f"wrote {out} (sha256 {sha[:12]}) and {out.with_suffix('.json')}: {steps} in {minutes:.1f} min; "
           f"score it with codec_quality.py --codec {args.codec} {out}", file=sys.stderr)
 
 

@@ -68,6 +68,13 @@ def pick_device(parser: argparse.ArgumentParser, name: str) -> torch.device:
         return resolve_device(name, auto=True)
 
 
+def add_codec_arg(parser: argparse.ArgumentParser) -> None:
+    """Add ``--codec`` (for :func:`load_codec`), a Glow or a VAE: the latent transforms of the examples take either."""
+    parser.add_argument("--codec", default="glow-cifar10",
+                        help="hub name or .safetensors path of a codec, a Glow or a VAE (default: glow-cifar10; "
+                             "glow-digits or vae-digits for --train digits)")
+
+
 def load_codec(parser: argparse.ArgumentParser, option: str, name: str, device: torch.device):
     """``hub.load(name, device)``: a checkpoint name or ``.safetensors`` path given as ``option``."""
     from latent_transforms import hub
@@ -80,10 +87,11 @@ def load_codec(parser: argparse.ArgumentParser, option: str, name: str, device: 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
     """Add ``--train``, ``--test`` and ``--data-root`` (data specs, see ``latent_transforms.data``) to ``parser``."""
     parser.add_argument("--train", default="cifar10",
-                        help="cifar10 (default), cifar10-5k (its 5,000-image subset), npz:PATH or folder:PATH "
-                             "(one subfolder per class)")
-    parser.add_argument("--test", help="test images: npz:PATH, folder:PATH, cifar10 or none (no test set); default: "
-                                       "the cifar10 test split when training on cifar10 or cifar10-5k, else none")
+                        help="cifar10 (default), cifar10-5k (its 5,000-image subset), digits (scikit-learn's 8x8 "
+                             "greyscale digits), npz:PATH or folder:PATH (one subfolder per class)")
+    parser.add_argument("--test", help="test images: npz:PATH, folder:PATH, cifar10, digits or none (no test set); "
+                                       "default: the cifar10 test split when training on cifar10 or cifar10-5k, else "
+                                       "none")
     parser.add_argument("--data-root", help=f"download dir for CIFAR-10 (default: {DEFAULT_DATA_ROOT})")
 
 

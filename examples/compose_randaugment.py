@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from common import (add_data_args, add_smoke_arg, add_width_arg, count_correct, example_data, load_codec, parse_args,
-                    pick_device, tiny_glow)
+from common import (add_codec_arg, add_data_args, add_smoke_arg, add_width_arg, count_correct, example_data, load_codec,
+                    parse_args, pick_device, tiny_glow)
 from latent_transforms import Compose, ISDA, LatentAdversarial, LatentNoise
 from latent_transforms.models import CifarResNet18
 from latent_transforms.validation import POSITIVE_INT
@@ -71,8 +71,7 @@ def isda_pipeline(glow, num_classes: int, size: tuple[int, int]) -> Compose:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_data_args(parser)                        # --train, --test, --data-root
-    parser.add_argument("--codec", default="glow-cifar10",
-                        help="hub name or .safetensors path of a Glow (default: glow-cifar10)")
+    add_codec_arg(parser)
     parser.add_argument("--steps", type=POSITIVE_INT, default=200, help="training steps per pipeline (default: 200)")
     parser.add_argument("--batch-size", type=POSITIVE_INT, default=128, help="default: 128")
     add_width_arg(parser)

@@ -58,6 +58,23 @@ def setup() -> tuple[int, int, torch.device]:
     return dist.get_rank(), dist.get_world_size(), device
 
 
+def rank_0_first(rank: int, load):
+    """``load()`` on rank 0, then on the other ranks (rank 0 downloads CIFAR-10 if it is not there yet). Where it
+    ends rank 0 (data that cannot be loaded: a one-line error) every rank ends with that exit status: the ranks that
+    waited for rank 0 were a traceback each ("Connection closed by peer") below its line."""
+    code = [None]
+    if rank == 0:
+        try:
+            result = load()
+        except SystemExit as e:
+            code = [e.code if e.code is not None else 0]
+    dist.broadcast_object_list(code, src=0)     # the other ranks wait here for rank 0
+    if code[0] is not None:
+        dist.destroy_process_group()
+        raise SystemExit(code[0])               # rank 0 said why (its message printed, or this one, a str)
+    return result if rank == 0 else load()
+
+
 def gather(t: torch.Tensor) -> list[torch.Tensor]:
     parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, t.contiguous())
@@ -82,11 +99,8 @@ def main() -> None:
     #                       draw differently per rank (torchvision/kornia steps do not: see the reseed below)
 
     # -- data, codecs, model ---------------------------------------------------------------------------
-    if rank != 0:
-        dist.barrier()                           # rank 0 loads first: it downloads CIFAR-10 if it is not there yet
-    x_train, y_train, x_test, y_test = example_data(parser, args)     # every rank holds all; the sampler shards
-    if rank == 0:
-        dist.barrier()
+    # every rank holds all; the sampler shards
+    x_train, y_train, x_test, y_test = rank_0_first(rank, lambda: example_data(parser, args))
     num_classes = int(y_train.max()) + 1
     if args.smoke:
         glow, vae = tiny_glow(), tiny_vae()

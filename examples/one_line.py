@@ -25,8 +25,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from common import (add_data_args, add_smoke_arg, add_width_arg, count_correct, example_data, load_codec, parse_args,
-                    pick_device, tiny_glow)
+from common import (add_codec_arg, add_data_args, add_smoke_arg, add_width_arg, count_correct, example_data, load_codec,
+                    parse_args, pick_device, tiny_glow)
 from latent_transforms import LatentAdversarial, LatentNoise
 from latent_transforms.models import CifarResNet18
 from latent_transforms.validation import POSITIVE_FLOAT, POSITIVE_INT
@@ -51,8 +51,7 @@ class Images(Dataset):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_data_args(parser)                        # --train, --test, --data-root
-    parser.add_argument("--codec", default="glow-cifar10",
-                        help="hub name or .safetensors path of a Glow (default: glow-cifar10)")
+    add_codec_arg(parser)
     parser.add_argument("--method", choices=["noise", "adversarial", "none"], default="noise", help="default: noise")
     parser.add_argument("--epochs", type=POSITIVE_INT, default=200,
                         help="default: 200, the CIFAR schedule of the flow paper's code")

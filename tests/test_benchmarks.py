@@ -158,6 +158,24 @@ def _run_gpu_session(args: list[str], env: dict[str, str], timeout: float) -> su
     return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
 
 
+def test_results_page_fetches_every_wheel_pytest_needs_for_the_gpu_session():
+    """docs/results.md's ``pip download --no-deps`` of pytest for the GPU image (installed ``--no-deps`` by
+    scripts/gpu_session.sh) names every wheel pytest requires on Python 3.12, Linux (audit 407: ``packaging``
+    was left out)."""
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+
+    line = next(line for line in (ROOT / "docs" / "results.md").read_text().splitlines() if "pip download" in line)
+    words = line.split()
+    assert "--no-deps" in words and "--python-version" in words and words[words.index("--python-version") + 1] == "3.12"
+    fetched = set(words[words.index(".whl") + 1:])
+    gpu_image = {"python_version": "3.12", "python_full_version": "3.12.0", "sys_platform": "linux", "extra": ""}
+    needed = {r.name for r in map(Requirement, requires("pytest")) if r.marker is None or r.marker.evaluate(gpu_image)}
+    assert needed and needed <= fetched, f"not fetched: {sorted(needed - fetched)}"
+    assert "--no-deps" in GPU_SESSION.read_text()  # the script installs the wheels as they are: none fetched there
+
+
 def test_gpu_session_script_exits_1_when_a_step_failed(tmp_path):
     # every shard and the merge failing still ended in "results in ..." and exit status 0
     bad = tmp_path / "acc" / "shard-0"
@@ -182,7 +200,7 @@ def test_gpu_session_script_exits_1_when_only_the_merge_failed(tmp_path):
     env = _gpu_session_env(tmp_path, BUDGET="30", SKIP_THROUGHPUT="1")
     proc = _run_gpu_session(["bash", str(GPU_SESSION)], env, TIMEOUT_S)
     assert "accuracy.py shard" not in proc.stdout, proc.stdout[-3000:]  # no shard ran
-    assert "accuracy.py --merge exit 1" in proc.stdout and "a step failed (above)" in proc.stdout, proc.stdout[-3000:]
+    assert "accuracy.py --merge exit 2" in proc.stdout and "a step failed (above)" in proc.stdout, proc.stdout[-3000:]
     assert proc.returncode == 1
 
 
@@ -1903,7 +1921,7 @@ def test_calibrate_digits_smoke_prints_a_row_per_setting_under_a_progress_bar(tm
     assert header == ["setting", "val accuracy"] and [row[0] for row in rows] == names and len(names) == 18
     assert all(len(row) == 2 for row in rows)
     assert all(re.fullmatch(r"\d+\.\d%", row[1]) for row in rows)
-    assert "(100 held-out training images), 2/class, 1 epoch, seeds [0]" in proc.stdout
+    assert "(100 held-out training images), 2/class, 1 epoch, seed 0\n" in proc.stdout  # was "seeds [0]"
     results = json.loads((out / "calibration.json").read_text())
     assert list(results) == [row[0] for row in rows] and all(len(v) == 1 for v in results.values())
     assert re.search(r"settings: 100%\|.*\| 18/18 ", proc.stderr), proc.stderr  # one step per setting and seed
@@ -1914,7 +1932,8 @@ def test_calibrate_digits_smoke_prints_a_row_per_setting_under_a_progress_bar(tm
     assert "settings" not in capsys.readouterr().err
 
 
-def test_calibrate_digits_trains_each_seed_on_a_low_data_split_without_its_validation_images(tmp_path, monkeypatch):
+def test_calibrate_digits_trains_each_seed_on_a_low_data_split_without_its_validation_images(tmp_path, monkeypatch,
+                                                                                            capsys):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     cal = _load_benchmark("calibrate_digits")
     x = (torch.arange(60, dtype=torch.float32) / 60).view(60, 1, 1, 1).expand(60, 1, 8, 8)  # image i: all i / 60
@@ -1946,6 +1965,7 @@ def test_calibrate_digits_trains_each_seed_on_a_low_data_split_without_its_valid
         assert torch.equal(yt, y[trained]) and torch.bincount(yt, minlength=10).tolist() == [2] * 10
     assert not torch.equal(fits[0][2], fits[2][2]), "both seeds trained on the same low-data split"
     assert json.loads((tmp_path / "calibration.json").read_text()) == {"baseline": [1.0, 1.0], "noise": [1.0, 1.0]}
+    assert "2/class, 1 epoch, seeds 0, 3\n" in capsys.readouterr().out  # audit 407: was "seeds [0, 3]", a list
 
 
 def test_calibrate_digits_refuses_a_bad_out_or_val_before_training_and_ends_in_one_line(tmp_path, monkeypatch,
@@ -2600,9 +2620,10 @@ def test_vae_class_guidance_fine_tunes_a_vae_and_its_control_runs_without_a_guid
     assert tuned.config == shipped.config and hub.read_safetensors(out)[1]["decoder.0.weight"].dtype == torch.float16
     assert any(not torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), shipped.state_dict().values()))
     control = tmp_path / "control.safetensors"
-    _run([str(BENCHMARKS / "vae_class_guidance.py"), *common, "--balance", "0", "--out", "~/control.safetensors"],
-         tmp_path, home=True)
+    proc = _run([str(BENCHMARKS / "vae_class_guidance.py"), *common, "--balance", "0", "--steps", "1", "--out",
+                 "~/control.safetensors"], tmp_path, home=True)
     assert json.loads(control.with_suffix(".json").read_text())["weight"] == 0.0
+    assert ": 1 step in " in proc.stderr, proc.stderr[-2000:]  # audit 407: "1 steps"
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".safetensors") == ["control.safetensors",
                                                                                        "guide.safetensors"]
 
@@ -2980,6 +3001,8 @@ REFUSED = {
     "accuracy.py replace": ("accuracy.py", ["--smoke", "--arms", "mixup", "--out", "earlier"]),
     "calibrate_digits.py val": ("calibrate_digits.py", ["--val", "100000", "--out", "o5"]),
     "compile_speedup.py backend": ("compile_speedup.py", ["--smoke", "--backend", "no-such-backend"]),
+    "vae_class_guidance.py glow": ("vae_class_guidance.py", ["--codec", "glow-digits", "--train", "digits", "--out",
+                                                             "o6/v.safetensors"]),
 }
 
 
@@ -3008,9 +3031,19 @@ def test_accuracy_refuses_to_replace_earlier_runs_without_resume(refused_command
 def test_a_codec_of_the_other_kind_is_refused(refused_commands, script):
     # accuracy.py --glow vae-cifar10 trained LatentNoise on the VAE without a word; throughput.py raised AttributeError
     code, stderr = refused_commands[1][f"{script} glow"]  # --glow vae-digits
-    assert code != 0 and "cannot load the glow codec 'vae-digits' (ValueError: it is a vae codec; " \
-                         "--glow takes a glow)" in stderr, stderr[-2000:]
-    assert "Traceback" not in stderr
+    # audit 407: the bare message, exit 1 (run_script now names the script, exit 2, as argparse's errors)
+    assert code == 2 and stderr.startswith(f"{script}: error: cannot load the glow codec 'vae-digits' (ValueError: "
+                                           "it is a vae codec; --glow takes a glow)"), stderr[-2000:]
+    assert stderr.count("\n") == 1, stderr[-2000:]
+
+
+def test_a_scripts_own_refusal_names_the_script_in_one_line_exit_2(refused_commands):
+    """Audit 407: a ``raise SystemExit("message")`` of a script (vae_class_guidance.py's checks of its codec,
+    accuracy.py's of its data) printed the bare message and exited 1; argparse's errors and run_script's say
+    ``SCRIPT: error: message``, exit 2."""
+    code, stderr = refused_commands[1]["vae_class_guidance.py glow"]  # --codec glow-digits
+    assert (code, stderr) == (2, "vae_class_guidance.py: error: --codec glow-digits is a glow; this study fine-tunes "
+                                 "VAEs\n")
 
 
 def test_a_codec_of_the_kind_asked_for_is_loaded(offline_hub):
@@ -3316,16 +3349,20 @@ def test_smoke_takes_the_glow_given_beside_it(script, argv, monkeypatch, offline
     def stop(*a, **k):
         raise Started
 
-    monkeypatch.setattr(module, "load_codec",
-                        lambda kind, name, device: loaded.append(name) or module.tiny_codecs(shape=(1, 8, 8))[0])
+    codecs = {}
+    monkeypatch.setattr(module, "load_codec", lambda kind, name, device: loaded.append(name) or codecs.setdefault(
+        name, module.tiny_codecs(shape=(1, 8, 8))[0]))
     if script == "fsdp2_attack":
-        monkeypatch.setattr(module, "mp", SimpleNamespace(spawn=lambda fn, args, nprocs: loaded.append(args[1].glow)
-                                                          or stop()))
+        measured = []
+        monkeypatch.setattr(module, "against_unwrapped", lambda rank, glow, *a: measured.append(glow) or stop())
+        monkeypatch.setattr(module.dist, "init_process_group", lambda *a, **k: None)
+        monkeypatch.setattr(module, "mp", SimpleNamespace(spawn=lambda fn, args, nprocs: fn(0, *args)))  # rank 0, here
         monkeypatch.setattr(torch, "__version__", torch.torch_version.TorchVersion("2.9.0"))
         monkeypatch.setattr(sys, "argv", [f"{script}.py", *argv])
         with pytest.raises(Started):
             module.main()
-        assert loaded == ["glow-digits", "glow-digits"]  # checked here, and the name the ranks load
+        # checked here, and the ranks attack with it (audit 407: each rank loaded it again, 3 loads in all)
+        assert loaded == ["glow-digits"] and measured == [codecs["glow-digits"]]
     else:
         monkeypatch.setattr(module, "compiled_copy", stop)
         with pytest.raises(Started):

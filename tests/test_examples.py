@@ -215,6 +215,21 @@ def test_ddp_example_smoke(tmp_path):
 
 
 @pytest.mark.slow
+def test_ddp_example_ends_every_rank_in_one_line_on_data_it_cannot_read(tmp_path):
+    """Audit 407: rank 0's one line was followed by rank 1's traceback ("[rank1]: Traceback ... Connection closed by
+    peer"): it waited for rank 0 at a barrier. Now every rank ends with rank 0's exit status, and the line is said
+    once."""
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            str(EXAMPLES / "ddp_torchrun.py"), "--train", "npz:missing.npz"]
+    proc = subprocess.run(args, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert proc.returncode != 0
+    said = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert said == ["ddp_torchrun.py: error: --train npz:missing.npz: npz data file 'missing.npz' does not exist"], \
+        proc.stderr[-5000:]
+    assert "[rank" not in proc.stderr and "Connection closed" not in proc.stderr, proc.stderr[-5000:]
+
+
+@pytest.mark.slow
 def test_an_option_given_beside_smoke_wins(example_runs):
     """--smoke's sizes are defaults: `isda_hook.py --smoke --epochs 1` trained its 2 epochs all the same (audit 395)."""
     proc = _ran(example_runs, "isda_hook.py smoke, 1 epoch")
@@ -272,10 +287,25 @@ def _example_data(argv: list[str]):
 
 
 def test_example_data_help_names_every_spec_it_reads():
-    """--train folder:PATH works (load_images reads it), so the help says so: it named cifar10 and npz:PATH only."""
+    """--train folder:PATH works (load_images reads it), so the help says so: it named cifar10 and npz:PATH only.
+    Audit 407: ``digits`` (``compose digits`` above) was read by --train and --test but named by neither."""
     parser = argparse.ArgumentParser(prog="example.py")
     _common().add_data_args(parser)
     assert parser.format_help().count("folder:PATH") == 2
+    text = " ".join(parser.format_help().split())
+    assert "subset), digits (scikit-learn's" in text and "cifar10, digits or none" in text
+
+
+@pytest.mark.parametrize("script", ["one_line.py", "compose_randaugment.py"])
+def test_codec_help_names_both_kinds_it_takes(script, monkeypatch, capsys):
+    """Audit 407: --codec's help said "of a Glow", but a VAE works as well (LatentNoise and LatentAdversarial take
+    either): ``one_line.py --train digits --codec vae-digits`` trains."""
+    module = _example(script, monkeypatch)
+    monkeypatch.setattr(sys, "argv", [script, "--help"])
+    with pytest.raises(SystemExit) as e:
+        module.main()
+    assert e.value.code == 0
+    assert "of a codec, a Glow or a VAE (default: glow-cifar10;" in " ".join(capsys.readouterr().out.split())
 
 
 def test_example_data_reads_npz_specs(tmp_path):
