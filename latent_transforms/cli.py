@@ -8,7 +8,9 @@ Errors print one line to stderr (after argparse's usage for a malformed option) 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 import warnings
 from typing import Any, TextIO
@@ -147,9 +149,23 @@ def _stdout_is_closed() -> bool:
         return False
 
 
+def _end_by_sigint() -> None:
+    """End this process by SIGINT, as Python does after an uncaught ``KeyboardInterrupt`` (status 130 in a shell): bash
+    takes a command that exited 130 itself as having handled the Ctrl-C, and a script's loop goes on to its next
+    command. Returns where SIGINT does not end a process so (not POSIX)."""
+    if os.name != "posix":
+        return
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe or stream: nothing more to tell it
+            stream.flush()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.raise_signal(signal.SIGINT)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns 0, or exits with status 2 after a one-line error on stderr (130 on Ctrl-C, 141 when
-    the reader of stdout went away, as a shell reports SIGPIPE)."""
+    the reader of stdout went away, as a shell reports SIGPIPE). As the command (``argv`` None), a Ctrl-C ends the
+    process by SIGINT (``_end_by_sigint``) rather than by ``SystemExit(130)``."""
     args = _build_parser().parse_args(argv)
     try:
         with warnings.catch_warnings():  # one line each, as the errors: not Python's "file:line: UserWarning" + source
@@ -174,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         print(f"{_PROG}: interrupted", file=sys.stderr)
+        if argv is None:  # the command itself, not main([...]) called in a process of one's own
+            _end_by_sigint()
         raise SystemExit(130) from None
     return 0
 

@@ -264,7 +264,7 @@ def _naming(filename: Path, temp: str | None = None) -> Iterator[None]:
 def _atomic_file(path: Path, errors: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext
                  ) -> Iterator[tuple[BinaryIO, str]]:
     """``atomic_path``'s machinery: yield its temp file, open for binary writing (the block may close it and write
-    it by name), and its name, ``.<name>.XXXXXXXX.part`` (what ``_remove_abandoned_parts`` matches, 15 bytes over
+    it by name), and its name, ``.<name>.XXXXXXXX.part`` (what ``remove_abandoned_parts`` matches, 15 bytes over
     ``path``'s: ``_MAX_FILENAME_BYTES``). ``errors`` wraps the steps that create, close, flush and rename the file (an
     ``OSError`` there: the folder cannot be written, a full disk, on NFS seen only at the close, a read-only file
     system seen only at the rename), not the block; such an error names ``path``'s folder (creating) or ``path``
@@ -755,7 +755,7 @@ def _edit_user_registry(edit: Callable[[dict[str, dict[str, Any]]], bool]) -> No
     _make_cache_dir(path.parent)
     with _cache_dir_lock(path.parent):
         data = _user_registry_data(path, shipped)  # again, under the lock: another process may have just changed it
-        _remove_abandoned_parts(path)  # of a writer killed before its rename
+        remove_abandoned_parts(path)  # of a writer killed before its rename
         if not edit(data["checkpoints"]):
             return
         with _writing_cache_dir(path.parent), atomic_path(path) as tmp:
@@ -1178,13 +1178,14 @@ def _check_copy(path: Path, sha256: str) -> tuple[_Copy, str]:
         return _Copy.UNUSABLE, f"cannot be read ({e.strerror or e})"
 
 
-def _remove_abandoned_parts(dest: Path) -> None:
-    """Delete temp files of downloads of ``dest`` that a killed process left (untouched for an hour and for twice
-    the read timeout: a live download writes what arrives, so at least once per timeout)."""
-    cutoff = time.time() - max(3600.0, 2 * _timeout())
+def remove_abandoned_parts(dest: Path, min_age_s: float | None = None) -> None:
+    """Delete temp files of writes of ``dest`` that a killed process left: those untouched for ``min_age_s`` seconds,
+    by default an hour and twice the read timeout (a live download writes what arrives, so at least once per
+    timeout); 0 where no writer of ``dest`` can be alive (a train run holding its lock)."""
+    cutoff = time.time() - (max(3600.0, 2 * _timeout()) if min_age_s is None else min_age_s)
     for part in dest.parent.glob(f".{glob.escape(dest.name)}.*.part"):
         with contextlib.suppress(OSError):
-            if part.stat().st_mtime < cutoff:
+            if part.stat().st_mtime <= cutoff:
                 part.unlink()
 
 
@@ -1193,7 +1194,7 @@ def _download(url: str, dest: Path, sha256: str, size: int | None = None) -> Non
     registry's ``size``, which also stops a body that runs past it) and sha256, then rename into place (``dest``'s
     folder exists: ``fetch`` holds its lock)."""
     with _writing_cache_dir(dest.parent):
-        _remove_abandoned_parts(dest)
+        remove_abandoned_parts(dest)
     page = False  # the server answered with a web page (a login page, a page about the file)
     needs = size  # the file's size, once known (the registry's, else Content-Length): what a full disk is told
 
@@ -1291,7 +1292,7 @@ def fetch(name: str) -> Path:
     notes = []
     cached_state, reason = _check_copy(cached, sha256)
     if cached_state is _Copy.VERIFIED:
-        _remove_abandoned_parts(cached)  # of a download killed before another one finished
+        remove_abandoned_parts(cached)  # of a download killed before another one finished
         return cached
     if cached_state is _Copy.MISMATCH:
         # not deleted here: another process may have just put a good copy there; a verified download replaces it

@@ -1124,16 +1124,16 @@ def _say_written(say: Callable[..., None], report: dict[str, Any], ckpt: Path, j
 
 
 @contextlib.contextmanager
-def _only_run_writing(out: Path, name: str) -> Iterator[None]:
+def _only_run_writing(out: Path, name: str) -> Iterator[bool]:
     """Hold ``out/.<name>.lock`` (``fcntl.flock``, where it exists) for the run: a second run with the same folder
     and name, which would write the same state and final files, is refused at once. The lock file is removed at the
     end (a lock taken on a file removed meanwhile is taken again on the new one); a process killed meanwhile leaves
     it, and the next run takes it. Where the file system refuses ``flock`` (some NFS, FUSE or Lustre mounts), the run
-    goes on without a lock, as it did before there was one."""
+    goes on without a lock, as it did before there was one. Yields whether the lock is held."""
     try:
         import fcntl
     except ImportError:  # not POSIX: no lock
-        yield
+        yield False
         return
     path = out / f".{name}.lock"
     fd: int | None
@@ -1157,7 +1157,7 @@ def _only_run_writing(out: Path, name: str) -> Iterator[None]:
             break
         os.close(fd)
     try:
-        yield
+        yield fd is not None
     finally:
         if fd is not None:
             path.unlink(missing_ok=True)
@@ -1289,8 +1289,11 @@ def train_codec(
     init_batch = min(_ACTNORM_INIT_BATCH, _batch_that_fits(cfg, batch_size, n) if dev.type == "cpu" else n)
     out = make_folder(output_folder(out_dir))  # ~ expanded, as hub.load does; made once every setting is known good
     with contextlib.ExitStack() as lock:
-        lock.enter_context(_only_run_writing(out, name))
+        locked = lock.enter_context(_only_run_writing(out, name))
         state_path = out / f"{name}.state.safetensors"
+        for written in (state_path, *(out / f"{name}.{ext}" for ext in ("safetensors", "json", "png"))):
+            # the temp files of a run killed while it saved (its previous file is whole); any age under the lock
+            hub.remove_abandoned_parts(written, min_age_s=0 if locked else None)
 
         bs = min(batch_size, n)
         steps_per_epoch = n // bs  # the last incomplete batch of each epoch is dropped

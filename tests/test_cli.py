@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import warnings
@@ -1073,6 +1074,19 @@ def test_a_reader_that_stops_before_a_short_listing_is_no_error():
         proc.stdout.close()
         err = proc.stderr.read().decode()
         assert proc.wait(timeout=120) == 141 and err == "", err
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGINT ends a process by the signal on POSIX only")
+def test_the_command_interrupted_ends_by_sigint_so_that_a_calling_shell_loop_stops_too():
+    """Audit 405 (real signals): the command exited 130 itself on Ctrl-C, and bash takes a command that did not die of
+    SIGINT as having handled it: a script's `until [ -e runs/NAME.json ]; do latent-transforms train ...; done` went
+    on to its next call, resuming the run. It ends by SIGINT after its line, as Python does (status 130 in a shell);
+    main(argv) in a process of one's own raises SystemExit(130) (test_train's SIGTERM and Ctrl-C test)."""
+    code = ("import sys; from latent_transforms import cli, hub\n"
+            "def ctrl_c():\n    raise KeyboardInterrupt\n"
+            "hub.list_checkpoints = ctrl_c\nsys.argv = ['latent-transforms', 'list']\nsys.exit(cli.main())\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == -signal.SIGINT and p.stderr == f"{_PROG}: interrupted\n", (p.returncode, p.stderr)
 
 
 def test_a_broken_pipe_that_is_not_stdout_is_an_error_while_stdout_is_a_live_pipe():

@@ -2374,10 +2374,10 @@ def test_the_temp_file_of_an_atomic_write_is_what_the_sweep_of_abandoned_parts_r
     with pytest.raises(FileNotFoundError):  # the rename of the removed temp file
         with hub.atomic_path(dest) as tmp:
             assert len(Path(tmp).name.encode()) == len(dest.name.encode()) + 15  # _MAX_FILENAME_BYTES counts on it
-            hub._remove_abandoned_parts(dest)
+            hub.remove_abandoned_parts(dest)
             assert Path(tmp).exists()  # a write in progress
             os.utime(tmp, (time.time() - 7200, time.time() - 7200))  # as one abandoned two hours ago
-            hub._remove_abandoned_parts(dest)
+            hub.remove_abandoned_parts(dest)
             assert not Path(tmp).exists()
     assert list(tmp_path.iterdir()) == []
 
@@ -2390,7 +2390,7 @@ def test_a_part_younger_than_twice_a_long_timeout_is_kept(tmp_path, monkeypatch)
     for part, age in ((live, 7200), (old, 5 * 3600)):
         part.write_bytes(b"partial")
         os.utime(part, (time.time() - age, time.time() - age))
-    hub._remove_abandoned_parts(dest)
+    hub.remove_abandoned_parts(dest)
     assert live.exists() and not old.exists()
 
 
@@ -2404,7 +2404,7 @@ def test_a_part_younger_than_an_hour_is_kept_under_the_default_timeout(tmp_path,
     for part, age in ((recent, 1800), (old, 5400)):
         part.write_bytes(b"partial")
         os.utime(part, (time.time() - age, time.time() - age))
-    hub._remove_abandoned_parts(dest)
+    hub.remove_abandoned_parts(dest)
     assert recent.exists() and not old.exists()
 
 
@@ -2416,7 +2416,7 @@ def test_an_abandoned_part_of_a_file_whose_name_has_glob_characters_is_removed(t
     for part in (old, other):
         part.write_bytes(b"partial")
         os.utime(part, (time.time() - 7200, time.time() - 7200))
-    hub._remove_abandoned_parts(dest)
+    hub.remove_abandoned_parts(dest)
     assert not old.exists() and other.exists()
 
 

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import types
 import warnings
 from pathlib import Path
@@ -484,6 +485,35 @@ def test_a_file_system_without_flock_trains_without_the_lock(tmp_path, digits, m
     assert not (tmp_path / ".glow.lock").exists()
     if open_before is not None:
         assert len(os.listdir("/proc/self/fd")) <= open_before  # the lock file's descriptor was closed
+
+
+def test_a_run_deletes_the_temp_files_a_run_killed_while_saving_left(tmp_path, digits, monkeypatch):
+    """A run killed (SIGKILL) while it saved its state or final files leaves the hidden temp file beside the intact
+    previous one (seen with real signals, audit 405); was: kept for good, one more, as large as the state, per kill.
+    The next run, holding the lock, deletes those of its own name; without a lock, only those untouched for an hour."""
+    import errno
+
+    fcntl = pytest.importorskip("fcntl")
+    x = digits[0][:32]
+    kw = dict(**FLOW, batch_size=16, progress=False)
+    train_codec("flow", x, tmp_path, **kw, max_steps=2, max_minutes=1e-9)
+    left = [tmp_path / f".glow.{ext}.k1ll3d.part" for ext in ("state.safetensors", "safetensors", "json", "png")]
+    other = tmp_path / ".other.state.safetensors.l1v3.part"  # another run's, which may be writing it
+    for part in (*left, other):
+        part.write_bytes(b"half")
+    r = train_codec("flow", x, tmp_path, **kw, max_steps=2)
+    assert r["complete"] and r["step"] == 2 and not any(part.exists() for part in left) and other.exists()
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)  # no lock: a run writing them may be alive
+    old, recent = tmp_path / ".glow.state.safetensors.k1ll3d.part", tmp_path / ".glow.state.safetensors.l1v3.part"
+    for part in (old, recent):
+        part.write_bytes(b"half")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    train_codec("flow", x, tmp_path, **kw, max_steps=2)
+    assert not old.exists() and recent.exists()
 
 
 def test_a_lock_file_the_run_before_removed_meanwhile_is_taken_again_on_the_new_one(tmp_path, monkeypatch):
