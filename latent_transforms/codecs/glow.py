@@ -271,7 +271,10 @@ class Glow(Codec):
             if isinstance(m, nf.flows.ActNorm):
                 m.data_dep_init_done.fill_(1.0)
         super().freeze()
+        first = not self._folded  # new buffers, which a DDP model holding the codec's transform still broadcasts
         self._fold_weights()
+        if first:
+            submodules_changed()  # left out of the broadcast at the next call, as a codec assigned later is
         return self
 
     def _apply(self: _GlowT, fn: TensorFn, recurse: bool = True) -> _GlowT:
@@ -285,7 +288,6 @@ class Glow(Codec):
         return self
 
     def _fold_weights(self) -> None:
-        first = not self._folded  # new buffers, which a DDP model holding the codec's transform still broadcasts
         with torch.no_grad():
             for level in self.flow.flows:
                 for block in level[:-1]:
@@ -293,8 +295,6 @@ class Glow(Codec):
                         block.register_buffer(name, value.to(self.dtype).to(self.device), persistent=False)
         self._folded = True
         self._record_fold_sources()
-        if first:
-            submodules_changed()  # left out of the broadcast at the next call, as a codec assigned later is
 
     def _record_fold_sources(self) -> None:
         """Keep the tensors the folded weights come from, their version counters, which an in-place write (``copy_``,
