@@ -153,8 +153,12 @@ def _bin_sums(probs: torch.Tensor, y: torch.Tensor, bins: int, allow_empty: bool
     dtype = wide_float(probs.device)  # float32 (MPS) counts stop at 2^24 samples
     bins = check_items("bins", bins, (3,), dtype=dtype)  # three sums per bin
     conf, pred = probs.max(1)
-    conf = conf.float()  # binned in float32: bf16's conf * bins lands in the wrong bin
-    idx = (conf * bins).ceil().long().clamp(1, bins) - 1
+    # binned in float32 at least (bf16's conf * bins landed in the wrong bin), float64 ones in float64 (rounded to
+    # float32, a confidence just above an edge fell to the bin below); against the edges k / bins in that dtype, so
+    # that one on an edge goes to the bin below, (lo, hi], and 0 to the first
+    conf = conf.to(torch.promote_types(conf.dtype, torch.float32))
+    edges = (torch.arange(1, bins, device=probs.device, dtype=dtype) / bins).to(conf.dtype)  # (bins - 1,)
+    idx = torch.bucketize(conf, edges)
     sums = torch.zeros(3, bins, dtype=dtype, device=probs.device)
     sums[0].index_add_(0, idx, torch.ones_like(conf, dtype=dtype))
     sums[1].index_add_(0, idx, conf.to(dtype))

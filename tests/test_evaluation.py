@@ -50,6 +50,21 @@ def test_bin_sums_stay_exact_past_float32_integers():
     assert expected_calibration_error(probs, y, bins=2) == 0.0
 
 
+def test_float64_confidences_are_binned_and_summed_in_float64():
+    # audit 408: float64 confidences were rounded to float32 first; 0.7 + 1 ulp (in (0.7, 0.8]) became 0.69999999 and
+    # went to the bin below, 0.6 + 1 ulp too (0.6000000238 * 10 rounds to 6 in float32), and the sums held the rounded
+    # values
+    for c, right in ((0.7, 7), (0.9, 9), (0.6, 6)):
+        above = torch.nextafter(torch.tensor(c, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64))
+        probs = torch.stack([above, 1 - above]).unsqueeze(0)
+        bins = reliability_bins(probs, torch.tensor([0]), bins=10)
+        assert bins["count"].tolist() == [float(i == right) for i in range(10)], c
+        assert bins["confidence_sum"][right].item() == above.item()
+        # on the edge itself (k / bins as a float64): the lower bin, (lo, hi]
+        edge = torch.tensor([[c, 1 - c]], dtype=torch.float64)
+        assert reliability_bins(edge, torch.tensor([0]), bins=10)["count"][right - 1].item() == 1, c
+
+
 def test_bfloat16_probabilities_are_accepted_and_binned_as_their_float32_values():
     # bf16 softmax rows sum to 1 only to bf16's precision (they were refused as "not probabilities"), and
     # conf * bins computed in bf16 put samples in the bin below (0.9336 * 15 = 14.004 rounds to 14.0)
