@@ -14,8 +14,8 @@ from torch import nn
 
 from .casts import TensorFn, without_16_bit_casts
 from .modelutils import device_memory
-from .validation import (Settings, WrongTypeError, check_bool, check_choice, check_count, check_labels,
-                         fixed_at_construction, is_out_of_memory, no_autocast, wide_float)
+from .validation import (Settings, WrongTypeError, check_bool, check_choice, check_class_count, check_items,
+                         check_labels, fixed_at_construction, is_out_of_memory, no_autocast, wide_float)
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -102,8 +102,10 @@ class FeatureCovariance(Settings, nn.Module):
     def __init__(self, num_classes: int, feature_dim: int | None = None, *, covariance: str = "full",
                  sync_stats: bool | dist.ProcessGroup = True):
         super().__init__()
-        num_classes = check_count("num_classes", num_classes, low=1)
-        feature_dim = None if feature_dim is None else check_count("feature_dim", feature_dim, low=1)
+        num_classes = check_class_count("num_classes", num_classes)
+        # few enough for the (K, A) statistics (an absurd one met an OverflowError sizing the full covariance's memory)
+        feature_dim = None if feature_dim is None else check_items("feature_dim", feature_dim, (num_classes,),
+                                                                   dtype=torch.float64)
         self.num_classes, self.covariance = num_classes, covariance  # fixed at construction (but for grow())
         self.sync_stats = sync_stats  # a setting: checked whenever set
         self.register_buffer("mean", None)
@@ -198,7 +200,7 @@ class FeatureCovariance(Settings, nn.Module):
         ``num_classes`` below ``K`` raises ``ValueError`` (statistics are not dropped); equal to it changes nothing.
         Under ``torch.distributed`` call it on every rank alike, as the classifier is grown on every rank.
         """
-        num_classes = check_count("num_classes", num_classes, low=1)
+        num_classes = check_class_count("num_classes", num_classes)
         k = self.num_classes
         if num_classes < k:
             raise ValueError(f"grow(num_classes) adds classes: got {num_classes}, fewer than the {k} the statistics "
@@ -405,7 +407,7 @@ def check_unchanged(owner: nn.Module, name: str, value: object) -> object:
     """``value`` of ``num_classes`` or ``covariance``, which size the class statistics, checked as the constructor
     checks it; assigned after construction (``owner``: an estimator, or an ISDA holding one), ``AttributeError``
     naming the way unless it is the value held (``grow()`` adds classes)."""
-    value = check_count(name, value, low=1) if name == "num_classes" else check_choice(name, value, COVARIANCES)
+    value = check_class_count(name, value) if name == "num_classes" else check_choice(name, value, COVARIANCES)
     estimator = owner if isinstance(owner, FeatureCovariance) else owner._modules.get("estimator")
     held = None if estimator is None else estimator.__dict__.get(name)
     if held is None or value == held:  # the constructor's assignment, or the value as it is

@@ -43,8 +43,8 @@ from .feature_covariance import COVARIANCES, FeatureCovariance, check_sync, chec
 from .modelutils import unwrap
 from .rng import generator_repr
 from .validation import (ClassCountError, ModuleMixin, Settings, WrongTypeError, bad_option, check_bool, check_choice,
-                         check_count, check_device, check_labels, check_number, check_same_device, describe,
-                         name_dtype_clash, no_autocast, setting, wide_float)
+                         check_class_count, check_count, check_device, check_labels, check_number, check_same_device,
+                         describe, name_dtype_clash, no_autocast, setting, wide_float)
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -686,7 +686,7 @@ class ISDA(_ISDAState, LatentTransform):  # type: ignore[misc]
     def __init__(self, num_classes: int, lambda0: float = 0.5, *, covariance: str = "full", layer: str | None = None,
                  feature_dim: int | None = None, sync_stats: bool | dist.ProcessGroup = True, p: float = 1.0,
                  generator: torch.Generator | int | None = None):
-        num_classes = check_count("num_classes", num_classes, low=1)
+        num_classes = check_class_count("num_classes", num_classes)
         self.layer = layer  # a setting: checked whenever set
         super().__init__(p=p, generator=generator, num_classes=num_classes)
         self._init_isda(num_classes, lambda0, covariance, feature_dim, sync_stats)

@@ -12,7 +12,7 @@ from .codecs import Codec, resolve_codec
 from .codecs.base import ChecksCodecStates
 from .modelutils import borrowed, logits_of, probabilities
 from .rng import GeneratorSource, generator_repr
-from .validation import (Settings, check_count, check_images, check_model, check_number, fixed_at_construction,
+from .validation import (Settings, check_images, check_items, check_model, check_number, fixed_at_construction,
                          setting, values_read)
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ class LatentMixupInference(Settings, ChecksCodecStates, SampleStats, nn.Module):
 
     reference_latents: torch.Tensor  # a buffer
     lam = setting("lam", check_number, high=1.0, low_open=True)  # 0: a prediction from the references alone
-    num_mixes = setting("num_mixes", check_count, low=1)
+    num_mixes = setting("num_mixes", check_items, (), dtype=torch.int64)  # its draws: (num_mixes, B) int64
     model = setting("model", _checked_model, module=True)
 
     def __init__(self, model: nn.Module, codec: Codec | str, references: torch.Tensor, *, lam: float = 0.6,

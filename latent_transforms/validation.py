@@ -113,8 +113,9 @@ def text_hint(value: object, parse: type | None = None, none_allowed: bool = Fal
 
 
 def scalar(value: object) -> object:
-    """A 0-d tensor's Python number; anything else as given."""
-    return value.item() if isinstance(value, torch.Tensor) and value.ndim == 0 else value
+    """A 0-d tensor's Python number; anything else as given (a meta tensor too: it holds no value to read, and
+    torch's "Tensor.item() cannot be called on meta tensors" named no setting)."""
+    return value.item() if isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_meta else value
 
 
 def check_number(name: str, value: object, low: float = 0.0, high: float = math.inf, low_open: bool = False,
@@ -154,9 +155,16 @@ def check_count(name: str, value: object, low: int = 0, high: int | None = None)
     return n
 
 
+def check_class_count(name: str, value: object) -> int:
+    """``value``, a number of classes: ``check_items``'s int >= 1, few enough for a ``(K,)`` float64 row of soft labels
+    or statistics (``num_classes=10**400`` met torch's "Overflow when unpacking long long" at the first mix, an
+    ``OverflowError`` sizing ISDA's statistics)."""
+    return check_items(name, value, (), dtype=torch.float64)
+
+
 def check_classes(name: str, value: object) -> int | None:
-    """``value``, a number of classes: ``None`` (not known) or ``check_count``'s int >= 1."""
-    return None if value is None else check_count(name, value, low=1)
+    """``value``, a number of classes: ``None`` (not known) or ``check_class_count``'s int."""
+    return None if value is None else check_class_count(name, value)
 
 
 def check_items(name: str, value: object, *shapes: tuple[int, ...], dtype: torch.dtype, low: int = 1) -> int:

@@ -427,6 +427,9 @@ def test_the_model_must_be_a_module_on_the_data_device():
     (lambda: Compose([], num_classes="10"), "num_classes must be an int >= 1"),
     (lambda: Compose([], num_classes=0), "num_classes must be an int >= 1"),
     (lambda: LatentNoise(GLOW, generator=2**70), "seed must be in \\[-2\\*\\*63, 2\\*\\*64\\)"),
+    # a meta tensor's value cannot be read: torch's "Tensor.item() cannot be called on meta tensors" named no setting
+    (lambda: LatentNoise(GLOW, eps=torch.tensor(0.5, device="meta")), "^eps must be a finite number .*device='meta'"),
+    (lambda: LatentAdversarial(GLOW, steps=torch.tensor(1, device="meta")), "^steps must be an int .*device='meta'"),
     (lambda: LatentNoise(GLOW, levels=[5]), "from -2, counted from the finest"),
     (lambda: VarMixup(VAE, alpha=1e-45), r"alpha must be a finite number in \[0.001, inf\)"),  # NaN weights
     (lambda: __import__("latent_transforms.codecs", fromlist=["Glow"]).Glow((1, 8, 8), alpha="0.05"),
@@ -854,6 +857,25 @@ def test_a_count_of_items_at_its_bound_is_taken_and_sized_by_the_largest_tensor(
     assert check_items("n", most, (2,), (3, 8, 8), dtype=torch.float64) == most
     with pytest.raises(ValueError, match=rf"^n must be an int in \[1, {most}\] \(1536 bytes each; "):
         check_items("n", most + 1, (2,), (3, 8, 8), dtype=torch.float64)
+
+
+ABSURD_COUNTS = {  # a count no tensor can hold: refused by name at construction (torch's overflow error, raised at
+    # the first call or deep inside, named no argument: "Overflow when unpacking long long", OverflowError, audit 410)
+    "num_classes": lambda n: VarMixup(VAE, num_classes=n),
+    "Compose num_classes": lambda n: Compose([], num_classes=n),
+    "ISDA num_classes": lambda n: ISDA(n),
+    "grow num_classes": lambda n: ISDA(10, feature_dim=4, covariance="diagonal").grow(n),
+    "feature_dim": lambda n: ISDA(10, feature_dim=n, covariance="diagonal"),
+    "num_mixes": lambda n: __import__("latent_transforms").LatentMixupInference(TinyNet(), VAE, GOOD_X, num_mixes=n),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ABSURD_COUNTS))
+@settings(max_examples=5)
+@given(n=st.integers(2**62, 2**70) | st.just(10**400))
+def test_an_absurd_count_is_refused_by_name(name, n):
+    with pytest.raises(ValueError, match=rf"^{name.split()[-1]} must be an int in \[1, \d+\] \(\d+ bytes each; "):
+        ABSURD_COUNTS[name](n)
 
 
 def test_an_index_of_another_batch_size_is_refused():
