@@ -27,7 +27,8 @@ _MAX_OVERSHOOT = 0.5
 # A transformed sample with more than _SATURATED of its values at 0 or 1 after clipping, _GAIN more than its input had,
 # is destroyed though kept: a flow's latent pushed far out (eps too large) decodes into saturated noise inside [0, 1]
 # (the shipped VAEs decode into [0, 1], the flows' logit transform within 0.06 of it: keep_plausible rejects none).
-# Over a window of at least _WINDOW transformed samples, more than _WARN of them destroyed makes a one-time warning.
+# Over a window of at least _WINDOW transformed samples, more than _WARN of them destroyed or rejected (keep_plausible:
+# returned as they were) makes a one-time warning.
 _SATURATED, _GAIN, _WINDOW, _WARN = 0.5, 0.25, 32, 0.25
 # Set on a ValueError that is not about the batch a transform was given (its model's or codec's own error, raised in
 # ``transform``, or a setting the transform lacks): a Compose passes it on without naming the previous step.
@@ -239,8 +240,8 @@ class LatentTransform(Settings, SampleStats, nn.Module):
     weight_params: tuple[str, ...] = ()  # draws that are weights in [0, 1] (VarMixup's lam: past them, negative labels)
     _accepted_labels: str = "(B,) int64 class indices or (B, K) soft labels"  # named when y=None is refused
     p = setting("p", check_number, high=1.0)
-    _destroyed: torch.Tensor | None = None  # (2,) int64 on the data's device: destroyed and transformed samples
-    _destroyed_found: tuple[int, int] | None = None  # a window judged destroyed, warned of at the next forward
+    _destroyed: torch.Tensor | None = None  # (3,) int64 on the data's device: destroyed, rejected, transformed samples
+    _destroyed_found: tuple[int, int, int] | None = None  # a window judged destroyed, warned of at the next forward
     _destroyed_warned = False
     num_classes = setting("num_classes", check_classes)
 
@@ -348,31 +349,40 @@ class LatentTransform(Settings, SampleStats, nn.Module):
 
     def _destroyed_checks(self, device: torch.device) -> list[ValueCheck]:
         """The earlier calls' count of destroyed samples (``saturated``), read in this call's one host sync: once
-        ``_WINDOW`` transformed samples are counted, more than ``_WARN`` of them destroyed warns (``forward``), once."""
+        ``_WINDOW`` transformed samples are counted, more than ``_WARN`` of them destroyed or rejected warns
+        (``forward``), once."""
         counts = self._destroyed
         if counts is None or self._destroyed_warned or counts.device != device:
             return []
 
         def judge(values: list[float]) -> None:
-            destroyed, transformed = (int(v) for v in values)
+            destroyed, rejected, transformed = (int(v) for v in values)
             if transformed >= _WINDOW:
                 self._destroyed = None  # a new window
-                if destroyed > _WARN * transformed:
-                    self._destroyed_found = (destroyed, transformed)  # forward warns, at the caller's line
+                if destroyed + rejected > _WARN * transformed:
+                    self._destroyed_found = (destroyed, rejected, transformed)  # forward warns, at the caller's line
         return [(counts, judge)]
 
     def _warn_destroyed(self) -> None:
         found, self._destroyed_found = self._destroyed_found, None
         if found is None:  # another thread sharing the transform took it between forward's test and here
             return
-        destroyed, transformed = found
+        destroyed, rejected, transformed = found
         self._destroyed_warned = True  # once per instance
-        warn_at_call(f"{type(self).__name__}: {destroyed} of {transformed} transformed samples came out destroyed, "
-                     f"over half of their values clipped to 0 or 1 (noise, not a variation of the image), with "
-                     f"{self!r}: the perturbation is too large for the codec; lower eps (at the default eps: "
-                     f"images unlike the codec's training images, which it decodes poorly). They are not counted as "
-                     f"rejected in stats (only a decode outside [0, 1] by over 0.5 is, and the shipped codecs decode "
-                     f"into [0, 1]); look at a few outputs with latent_transforms.visualize.save_rows")
+        what = []
+        if destroyed:
+            what.append(f"{destroyed} of {transformed} transformed samples came out destroyed, over half of their "
+                        f"values clipped to 0 or 1 (noise, not a variation of the image)")
+        if rejected:  # a non-finite decode (a NaN model's gradient, a flow pushed too far), silent but for stats
+            what.append(f"{rejected} of {transformed} transformed samples were rejected, decoded non-finite (a latent "
+                        f"pushed too far, or a non-finite gradient of the model) or over 0.5 outside [0, 1], and "
+                        f"returned unchanged (counted in stats)")
+        destroyed_note = " The destroyed ones are not counted as rejected in stats (only a decode outside [0, 1] by " \
+            "over 0.5 is, and the shipped codecs decode into [0, 1])." if destroyed else ""
+        warn_at_call(f"{type(self).__name__}: {'; '.join(what)}, with {self!r}: the perturbation is too large for "
+                     f"the codec; lower eps (at the default eps: images unlike the codec's training images, which it "
+                     f"decodes poorly).{destroyed_note} Look at a few outputs with "
+                     f"latent_transforms.visualize.save_rows")
 
     def _classes(self, y: torch.Tensor) -> int | None:
         """The labels' classes: soft labels' K, else this transform's ``num_classes`` or, in a Compose, the Compose's
@@ -547,7 +557,7 @@ class LatentTransform(Settings, SampleStats, nn.Module):
         kept = ok.sum()
         self._count(x.device, batch, kept, ok.numel() - kept)
         if not self._destroyed_warned:  # counted here, read in a later call's host sync
-            row = torch.stack([(saturated(x2, xs) & ok).sum(), kept])
+            row = torch.stack([(saturated(x2, xs) & ok).sum(), ok.numel() - kept, torch.full_like(kept, ok.numel())])
             counts = self._destroyed  # on another device (the transform moved to the GPU): a new window, no copy
             self._destroyed = row if counts is None or counts.device != x.device else counts + row
 

@@ -1985,7 +1985,8 @@ def test_saturated_counts_values_at_0_or_1_beyond_the_inputs_own():
     (16, 16, 16, {2: "32 of 32"}),  # judged once _WINDOW (32) are counted, at the next call; then never again
     (32, 8, 32, {}),  # _WARN (0.25) of them: not more
     (32, 9, 32, {1: "9 of 32"}),
-    (32, 32, 16, {2: "32 of 32"}),  # the rejected samples are counted neither as transformed nor as destroyed
+    (32, 32, 16, {1: "16 of 32"}),  # 16 rejected, 16 destroyed of the kept: rejected ones count towards the warning
+    (32, 0, 0, {1: "32 of 32"}),  # all rejected, none destroyed: "were rejected", not silent (audit 410)
 ])
 def test_destroyed_samples_are_judged_over_a_window_and_warned_of_once(monkeypatch, batch_size, destroyed, kept,
                                                                        warnings_at):
@@ -2033,12 +2034,30 @@ def test_a_window_judged_destroyed_at_an_eval_call_warns_at_that_call(monkeypatc
         assert t(x, y)[0] is x
 
 
+def test_a_model_of_non_finite_outputs_warns_that_the_samples_were_rejected():
+    """Audit 410: a model whose logits are NaN made every LatentAdversarial sample decode non-finite: each was
+    returned unchanged and counted as rejected in stats, without a word (the warning counted kept samples only)."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    with torch.no_grad():
+        model[1].weight.fill_(float("nan"))
+    x, y = torch.rand(32, 1, 8, 8), torch.zeros(32, dtype=torch.long)
+    t = LatentAdversarial(tiny_glow(), eps=0.1, generator=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(t(x, y, model)[0], x)  # counted, judged at the next call
+    with pytest.warns(UserWarning, match="LatentAdversarial: 32 of 32 transformed samples were rejected, decoded "
+                                         "non-finite") as record:
+        t(x, y, model)
+    assert "destroyed" not in str(record[0].message)
+    assert t.stats["rejected"] == 64
+
+
 def test_a_destroyed_window_taken_by_another_thread_is_warned_of_once():
     """Audit 263: two threads sharing a transform both found a window judged destroyed in forward; the second to
     take it found it gone, a bare assert in its training loop (an AssertionError without a message; under python -O
     a TypeError). It has nothing left to warn of."""
     t = LatentNoise(tiny_glow(), eps=0.1, generator=0)
-    t._destroyed_found = (32, 32)
+    t._destroyed_found = (32, 0, 32)
     with pytest.warns(UserWarning, match="LatentNoise: 32 of 32 transformed samples came out destroyed"):
         t._warn_destroyed()  # the first thread's
     with warnings.catch_warnings():
