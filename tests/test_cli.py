@@ -1081,12 +1081,15 @@ def test_the_command_interrupted_ends_by_sigint_so_that_a_calling_shell_loop_sto
     """Audit 405 (real signals): the command exited 130 itself on Ctrl-C, and bash takes a command that did not die of
     SIGINT as having handled it: a script's `until [ -e runs/NAME.json ]; do latent-transforms train ...; done` went
     on to its next call, resuming the run. It ends by SIGINT after its line, as Python does (status 130 in a shell);
-    main(argv) in a process of one's own raises SystemExit(130) (test_train's SIGTERM and Ctrl-C test)."""
+    main(argv) in a process of one's own raises SystemExit(130) (test_train's SIGTERM and Ctrl-C test). What it wrote
+    to stdout before, a pipe's buffer, is written out first (mutation round, audit 409: a signal's end drops it)."""
     code = ("import sys; from latent_transforms import cli, hub\n"
-            "def ctrl_c():\n    raise KeyboardInterrupt\n"
+            "def ctrl_c():\n    print('said before')\n    raise KeyboardInterrupt\n"
             "hub.list_checkpoints = ctrl_c\nsys.argv = ['latent-transforms', 'list']\nsys.exit(cli.main())\n")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # else each print writes at once
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert p.returncode == -signal.SIGINT and p.stderr == f"{_PROG}: interrupted\n", (p.returncode, p.stderr)
+    assert p.stdout == "said before\n"
 
 
 def test_a_broken_pipe_that_is_not_stdout_is_an_error_while_stdout_is_a_live_pipe():

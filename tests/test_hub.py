@@ -1802,6 +1802,11 @@ def test_cache_dir_that_cannot_be_created(env, tmp_path, monkeypatch):
                                            rf"\({re.escape(str(blocker))} is a file, not a directory\); set "
                                            rf"LATENT_TRANSFORMS_HOME to a writable directory$"):
         hub.fetch("good")
+    # the file gone by the time it is looked for (another process removed it): the system's words, not "None is a
+    # file" (mutation round, audit 409)
+    monkeypatch.setattr(hub, "file_in_the_way", lambda folder: None)
+    with pytest.raises(hub.HubError, match=rf"^cannot write to the cache dir {cache} \(Not a directory\); set "):
+        hub.fetch("good")
 
 
 def test_a_cache_dir_whose_parents_are_missing_is_made_with_them(env, tmp_path, monkeypatch):
@@ -2406,6 +2411,20 @@ def test_a_part_younger_than_an_hour_is_kept_under_the_default_timeout(tmp_path,
         os.utime(part, (time.time() - age, time.time() - age))
     hub.remove_abandoned_parts(dest)
     assert recent.exists() and not old.exists()
+
+
+def test_a_part_of_any_age_is_removed_where_no_writer_can_be_alive(tmp_path, monkeypatch):
+    """``min_age_s=0`` (a train run holding its lock): a part written this very moment is abandoned too, on a file
+    system whose clock ticks in whole seconds (mutation round, audit 409: one as old as the cutoff was kept)."""
+    dest = tmp_path / "glow.state.safetensors"
+    part = tmp_path / ".glow.state.safetensors.k1ll3d.part"
+    part.write_bytes(b"half")
+    os.utime(part, (1e9, 1e9))
+    monkeypatch.setattr(time, "time", lambda: 1e9)  # now, to the second
+    hub.remove_abandoned_parts(dest, min_age_s=3600)
+    assert part.exists()
+    hub.remove_abandoned_parts(dest, min_age_s=0)
+    assert not part.exists()
 
 
 def test_an_abandoned_part_of_a_file_whose_name_has_glob_characters_is_removed(tmp_path):

@@ -540,6 +540,14 @@ def test_a_lock_file_the_run_before_removed_meanwhile_is_taken_again_on_the_new_
         assert len(os.listdir("/proc/self/fd")) <= open_before  # the first, orphaned file's descriptor was closed
 
 
+def test_a_run_without_fcntl_holds_no_lock_and_says_so(tmp_path, monkeypatch):
+    """Not POSIX (Windows: no ``fcntl``): no lock file, and the run is told it holds none, so that it deletes only
+    the temp files untouched for an hour, not a live run's (mutation round, audit 409: untested)."""
+    monkeypatch.setitem(sys.modules, "fcntl", None)  # import fcntl raises ImportError
+    with train._only_run_writing(tmp_path, "zz") as locked:
+        assert locked is False and not (tmp_path / ".zz.lock").exists()
+
+
 def test_the_picture_and_the_metrics_without_a_test_set_take_images_spread_over_the_set(tmp_path, digits):
     # a folder of class folders is read class by class: the first 16 (or 1,000) images were all of the first class
     from latent_transforms import train
