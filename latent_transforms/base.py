@@ -379,9 +379,11 @@ class LatentTransform(Settings, SampleStats, nn.Module):
                         f"returned unchanged (counted in stats)")
         destroyed_note = " The destroyed ones are not counted as rejected in stats (only a decode outside [0, 1] by " \
             "over 0.5 is, and the shipped codecs decode into [0, 1])." if destroyed else ""
+        # no eps helps a model of non-finite outputs (a method that takes one)
+        model_note = ", or the model's outputs are not finite: check them" if rejected and self.needs_model else ""
         warn_at_call(f"{type(self).__name__}: {'; '.join(what)}, with {self!r}: the perturbation is too large for "
                      f"the codec; lower eps (at the default eps: images unlike the codec's training images, which it "
-                     f"decodes poorly).{destroyed_note} Look at a few outputs with "
+                     f"decodes poorly){model_note}.{destroyed_note} Look at a few outputs with "
                      f"latent_transforms.visualize.save_rows")
 
     def _classes(self, y: torch.Tensor) -> int | None:
@@ -390,11 +392,13 @@ class LatentTransform(Settings, SampleStats, nn.Module):
         return num_classes_of(y, self.num_classes or CALLER_NUM_CLASSES.get())
 
     def _keep_params(self, batch: int, selected: torch.Tensor | None, device: torch.device,
-                     params: dict[str, torch.Tensor]) -> None:
+                     params: dict[str, torch.Tensor], given: dict[str, torch.Tensor] | None) -> None:
         """Set ``last_params`` to this call's, in one assignment (a thread sharing the transform sees one call's),
         detached: kept until the next call, a tensor with autograd history would hold its whole graph alive
         (LatentAdversarial's ``target``, the caller's labels: a teacher's soft labels hold the teacher's activations),
-        and the caller's tensor itself."""
+        and the caller's tensor itself. A replay's ``given`` params with a key left unused are refused first."""
+        if given is not None:
+            self._refuse_unused(given, params)
         # batch_size on the CPU, not torch's default device (by torch.full: tests/test_host_syncs.py takes any
         # torch.tensor(data, device=...) for a blocking copy to the device)
         kept = {"batch_size": torch.full((), batch, dtype=torch.int64, device="cpu"),
@@ -460,11 +464,14 @@ class LatentTransform(Settings, SampleStats, nn.Module):
 
     def _refuse_unused(self, given: dict[str, torch.Tensor], used: dict[str, torch.Tensor]) -> None:
         """Refuse a replay's keys that are neither ``selected``, ``batch_size``, a draw nor what ``transform`` computed
-        (``used``, the call's params after it): a misspelt key was dropped without a word."""
-        unused = sorted(str(k) for k in given if k not in used and k not in ("selected", "batch_size"))
+        (``used``, the call's params after it; none for a call that selected no sample): a misspelt key was dropped
+        without a word."""
+        unused = [k for k in given if k not in used and k not in ("selected", "batch_size")]
+        draws = list(self._param_templates()) if unused else []  # read only here: no draw for a call that has all
+        unused = sorted(str(k) for k in unused if k not in draws)
         if unused:
             raise ValueError(f"params has {unused}, which {type(self).__name__} neither draws nor computes (it draws "
-                             f"{list(self._param_templates())}): a misspelt key? pass an earlier call's t.last_params")
+                             f"{draws}): a misspelt key? pass an earlier call's t.last_params")
 
     def _param_templates(self) -> dict[str, torch.Tensor]:
         """``make_params``' draws for no sample: their keys, trailing shapes and dtypes (nothing drawn from the
@@ -535,7 +542,7 @@ class LatentTransform(Settings, SampleStats, nn.Module):
             assert y is not None  # check_call refused y=None (a label mix needs labels)
             y_out = to_soft(y, k)
         if n == 0:  # a copy, as when some samples are selected: x2 never shares x's memory in training
-            self._keep_params(batch, selected, x.device, params)
+            self._keep_params(batch, selected, x.device, params, given)
             self._count_untouched(x.device, batch)
             return x.clone(), y_out
 
@@ -546,9 +553,8 @@ class LatentTransform(Settings, SampleStats, nn.Module):
             not_about_the_batch(e)
             raise
         x2, y2 = _checked_output(self, out, xs, ys, k)
-        if given is not None:
-            self._refuse_unused(given, params)
-        self._keep_params(batch, selected, x.device, params)  # only now: a failed call leaves the last good call's
+        # only now: a failed call (a replay's key left unused too) leaves the last good call's
+        self._keep_params(batch, selected, x.device, params, given)
         x2, ok = keep_plausible(x2, xs)
         x2 = x2.to(x.dtype)
         if self.mixes_labels:

@@ -701,14 +701,17 @@ def _make_cache_dir(directory: Path) -> None:
     with _writing_cache_dir(directory):
         try:
             directory.mkdir(parents=True, exist_ok=True)
-        except FileExistsError:  # exist_ok passes a directory, not a file or a link to nothing ("File exists")
+        except (FileExistsError, NotADirectoryError) as e:
+            # a file further up: "Not a directory" named no file (on Windows "File exists", at that file: mkdir makes
+            # the parents first once the cache dir's path is not found)
+            file = file_in_the_way(directory)
+            if file is not None and file != directory:
+                raise OSError(errno.ENOTDIR, f"{file} is a file, not a directory") from None
+            if isinstance(e, NotADirectoryError):  # the file gone meanwhile: the system's words
+                raise
+            # exist_ok passes a directory, not a file or a link to nothing ("File exists")
             what = "a symbolic link to a path that does not exist" if directory.is_symlink() else "a file"
             raise OSError(errno.EEXIST, f"it is {what}, not a directory") from None
-        except NotADirectoryError:  # a file further up: "Not a directory" named no file
-            file = file_in_the_way(directory)
-            if file is None:
-                raise
-            raise OSError(errno.ENOTDIR, f"{file} is a file, not a directory") from None
 
 
 @contextlib.contextmanager

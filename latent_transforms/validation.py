@@ -209,6 +209,8 @@ def spelled_as_flags(e: ValueError, parameters: Sequence[str], flag: Callable[[s
     number, spelled as the command line's flag (``flag(parameter)``), and no "must be None or" (a shell's None is the
     option left out): a command's error about a function's parameter names the option; ``e`` itself if none is
     there."""
+    if not parameters:  # an empty alternation below would match a space after any non-word character
+        return e
     text = str(e)
     by_length = sorted(parameters, key=len, reverse=True)  # max_steps before steps
     for parameter in by_length:

@@ -849,6 +849,19 @@ def test_a_replayed_key_the_method_neither_draws_nor_computes_is_refused_naming_
     assert set(kept) == {"batch_size", "selected", "noise", "shift"}
 
 
+def test_a_replayed_misspelt_key_is_refused_when_no_sample_is_selected_too():
+    """Audit 412: at p < 1 a replay selecting no row returned before the check of its keys: ``{"nosie": ...}`` was
+    taken without a word there, refused on any other batch."""
+    x, y = _batch((4, 1, 3, 3), False, 0)
+    t = AddNoise(p=0.5, generator=0)
+    empty = {"batch_size": 4, "selected": torch.zeros(0, dtype=torch.int64), "noise": torch.zeros(0)}
+    assert torch.equal(t(x, y, params=empty)[0], x)
+    kept = t.last_params
+    with pytest.raises(ValueError, match=r"^params has \['nosie'\], which AddNoise neither draws nor computes"):
+        t(x, y, params={**empty, "nosie": torch.zeros(0)})
+    assert t.last_params is kept
+
+
 def test_dataset_positions_in_the_model_slot_are_refused_by_a_transform_without_a_model():
     """t(x, y, idx) would ignore the positions (and the latent cache with them): told index=idx."""
     x, y = _batch((4, 1, 3, 3), False, 0)

@@ -1809,6 +1809,27 @@ def test_cache_dir_that_cannot_be_created(env, tmp_path, monkeypatch):
         hub.fetch("good")
 
 
+def test_a_file_further_up_the_cache_dir_is_named_on_windows_too(env, tmp_path, monkeypatch):
+    """Windows' mkdir of ``a-file/cache`` fails "path not found", so ``Path.mkdir(parents=True)`` makes the parents
+    first and ends at ``a-file``'s "File exists": that was told as the cache dir itself being a file (audit 412)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    real_mkdir = os.mkdir
+
+    def windows_mkdir(path, *args, **kwargs):  # ERROR_PATH_NOT_FOUND below a file, as Windows answers
+        if any(p.is_file() for p in Path(path).parents):
+            raise FileNotFoundError(errno.ENOENT, "The system cannot find the path specified", str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", windows_mkdir)
+    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(blocker / "cache" / "sub"))
+    _register("good", "good.safetensors")
+    cache = re.escape(str(blocker / "cache" / "sub"))
+    with pytest.raises(hub.HubError, match=rf"^cannot write to the cache dir {cache} "
+                                           rf"\({re.escape(str(blocker))} is a file, not a directory\); set "):
+        hub.fetch("good")
+
+
 def test_a_cache_dir_whose_parents_are_missing_is_made_with_them(env, tmp_path, monkeypatch):
     """A fresh machine has no ~/.cache: the default cache dir's parent is missing too (mutation round, audit 364)."""
     cache = tmp_path / "home" / ".cache" / "latent-transforms"

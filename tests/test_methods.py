@@ -2004,6 +2004,8 @@ def test_destroyed_samples_are_judged_over_a_window_and_warned_of_once(monkeypat
             warnings.simplefilter("always")
             t(x, y)
         got.update({call: re.search(r"\d+ of \d+", str(w.message))[0] for w in record})
+        # a method that takes no model: its rejected samples are not put down to one (audit 412)
+        assert not any("model's outputs" in str(w.message) for w in record)
     assert got == warnings_at
 
 
@@ -2049,6 +2051,8 @@ def test_a_model_of_non_finite_outputs_warns_that_the_samples_were_rejected():
                                          "non-finite") as record:
         t(x, y, model)
     assert "destroyed" not in str(record[0].message)
+    # not only "lower eps", which cannot help here: the model is named as a cause to check (audit 412)
+    assert "or the model's outputs are not finite: check them" in str(record[0].message)
     assert t.stats["rejected"] == 64
 
 

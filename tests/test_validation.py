@@ -609,6 +609,9 @@ def test_an_error_about_a_parameter_is_spelled_as_a_commands_flag_by_the_shared_
     assert str(both) == "-s 3 with -m 5"
     other = ValueError("per_classes is not a parameter")
     assert spelled_as_flags(other, ["per_class"]) is other
+    # no parameters: nothing to spell (the empty alternation matched any space after a colon: "got:-- 5", audit 412)
+    colon = ValueError("got: 5 (after a colon)")
+    assert spelled_as_flags(colon, []) is colon
 
 
 def test_images_in_0_255_are_told_to_divide_by_255():
