@@ -75,6 +75,8 @@ _LEVELS_RECURRENCE = (-8, 22, -21, 8)
 # has 3.5 GB of weights for 32x32 images and 19 GB for 4096x4096 ones, 105 GB with 64 decoder blocks
 _USUAL_SIZES = {"glow": {"levels": 4, "steps": 64, "hidden": 1024},
                 "vae": {"decoder_blocks": 64, "hidden": 1024, "latent_dim": 4096}}
+# the training state's file is out_dir/<name>.state.safetensors: a run name may not end so (its checkpoint would be it)
+_STATE_SUFFIX = ".state"
 # what stops a run at the next step boundary, saved: Ctrl-C, the usual termination, and SLURM's warning before the
 # time limit (`#SBATCH --signal=USR1@120`); no SIGUSR1 on Windows
 _STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
@@ -663,6 +665,9 @@ def _check_train_args(x_train: torch.Tensor, x_test: torch.Tensor | None, name: 
     if check_count("translate", translate) >= min(h, w):
         raise ValueError(f"translate must be < {min(h, w)} ({image_side(h, w)}), got {translate}")
     hub.check_file_stem(name)
+    if name.lower().endswith(_STATE_SUFFIX):  # NAME.state.safetensors is the state file of the run NAME
+        raise ValueError(f"name {name!r} ends in {_STATE_SUFFIX!r}: its checkpoint, {name}.safetensors, would be the "
+                         f"training state file of a run named {name[:-len(_STATE_SUFFIX)]!r}; pick another name")
     if data_description is not None:  # saved with the training state: a bad one lost the steps of the call
         try:
             json.dumps(data_description, allow_nan=False)
@@ -1290,7 +1295,7 @@ def train_codec(
     out = make_folder(output_folder(out_dir))  # ~ expanded, as hub.load does; made once every setting is known good
     with contextlib.ExitStack() as lock:
         locked = lock.enter_context(_only_run_writing(out, name))
-        state_path = out / f"{name}.state.safetensors"
+        state_path = out / f"{name}{_STATE_SUFFIX}.safetensors"
         for written in (state_path, *(out / f"{name}.{ext}" for ext in ("safetensors", "json", "png"))):
             # the temp files of a run killed while it saved (its previous file is whole); any age under the lock
             hub.remove_abandoned_parts(written, min_age_s=0 if locked else None)

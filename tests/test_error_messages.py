@@ -280,6 +280,10 @@ def test_train_refuses_both_epochs_and_max_steps(tmp_path):
     ("e.safetensors", r"name 'e.safetensors' is a file name; give the stem, 'e' \(.safetensors is added\)"),
     (" glow", "name ' glow' must be printable characters without leading or trailing space"),  # a name that could
     ("glow\t", "must be printable characters"),  # not be registered, or typed back, was trained
+    # its checkpoint is run 'glow''s state file (and its temp files are that run's, which it deletes under its lock)
+    ("glow.state", r"name 'glow.state' ends in '.state': its checkpoint, glow.state.safetensors, would be the "
+                   r"training state file of a run named 'glow'; pick another name"),
+    ("glow.STATE", "ends in '.state'"),  # one file on a case-insensitive file system (macOS, Windows)
 ])
 def test_train_name_must_be_a_plain_file_stem(tmp_path, name, message):
     with pytest.raises(ValueError, match=message):
