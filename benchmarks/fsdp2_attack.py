@@ -157,7 +157,8 @@ def accumulation(rank: int, glow, x: torch.Tensor, y: torch.Tensor, args) -> lis
 
 
 def worker(rank: int, store: str, args, glow) -> None:
-    """One rank: the figure of ``measure`` on the Glow ``main`` loaded (each rank gets a copy)."""
+    """One rank: the figure of ``measure`` on the Glow ``main`` loaded (its tensors shared with the ranks by
+    ``mp.spawn``, not copied)."""
     dist.init_process_group("gloo", init_method=store, rank=rank, world_size=RANKS,
                             timeout=datetime.timedelta(seconds=120))
     torch.set_num_threads(1)
