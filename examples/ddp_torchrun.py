@@ -60,18 +60,23 @@ def setup() -> tuple[int, int, torch.device]:
 
 def rank_0_first(rank: int, load):
     """``load()`` on rank 0, then on the other ranks (rank 0 downloads CIFAR-10 if it is not there yet). Where it
-    ends rank 0 (data that cannot be loaded: a one-line error) every rank ends with that exit status: the ranks that
-    waited for rank 0 were a traceback each ("Connection closed by peer") below its line."""
+    ends rank 0 (data that cannot be loaded: a one-line error) every rank ends with that exit status, and where it
+    raises another exception, with status 1, rank 0 alone saying why: the ranks that waited for rank 0 were a
+    traceback each ("Connection closed by peer") below its line."""
     code = [None]
     if rank == 0:
         try:
             result = load()
         except SystemExit as e:
             code = [e.code if e.code is not None else 0]
+        except BaseException:
+            dist.broadcast_object_list([1], src=0)  # the others end with status 1; this rank's traceback says why
+            raise
     dist.broadcast_object_list(code, src=0)     # the other ranks wait here for rank 0
     if code[0] is not None:
         dist.destroy_process_group()
-        raise SystemExit(code[0])               # rank 0 said why (its message printed, or this one, a str)
+        # rank 0 said why (its message printed, or this one, a str: printed by rank 0 alone, status 1 as Python's)
+        raise SystemExit(1 if rank != 0 and isinstance(code[0], str) else code[0])
     return result if rank == 0 else load()
 
 

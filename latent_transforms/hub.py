@@ -68,6 +68,7 @@ _STORAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _CHUNK = 1 << 20
 _MAX_FILENAME_BYTES = 240  # a download's temp name, ".<file>.XXXXXXXX.part" (15 more), must stay within 255 bytes
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_NETLOC = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*:)?//([^/?#]*)")  # a URL's scheme and host part (RFC 3986)
 _HUB_URL = "LATENT_TRANSFORMS_HUB_URL"  # the environment variable naming the base URL checkpoints are fetched from
 _MAX_NAME_CHARS = 200  # a registry name's length
 _SEPARATORS = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
@@ -1091,25 +1092,39 @@ def _timeout() -> float:
     return value
 
 
+def _without_userinfo(url: str) -> str:
+    """``url`` with the ``user:password@`` (or ``token@``) of its host replaced by ``***@``: what a message may name of
+    it (a message ends up in a log)."""
+    found = _NETLOC.match(url)
+    if found is None or "@" not in found[2]:
+        return url
+    return f"{found[1] or ''}//***@{found[2].rpartition('@')[2]}{url[found.end():]}"
+
+
 def _remote_url(file: str) -> str | None:
     base = os.environ.get(_HUB_URL)
     if not base:
         return None
+    shown = _without_userinfo(base)
     try:
         parts = urllib.parse.urlsplit(base)
     except ValueError as e:  # e.g. "http://[::1" (an unclosed IPv6 bracket)
-        raise ValueError(f"LATENT_TRANSFORMS_HUB_URL={base!r} is not a valid URL ({e})") from None
+        raise ValueError(f"LATENT_TRANSFORMS_HUB_URL={shown!r} is not a valid URL ({e})") from None
     if any(not c.isprintable() for c in base):  # a space is printable: file:///my checkpoints works
-        raise ValueError(f"LATENT_TRANSFORMS_HUB_URL={base!r} holds a control character (a stray newline?)")
+        raise ValueError(f"LATENT_TRANSFORMS_HUB_URL={shown!r} holds a control character (a stray newline?)")
     scheme = parts.scheme.lower()
     if scheme not in _URL_SCHEMES:
         windows = PureWindowsPath(base)  # C:\ckpts: its drive letter reads as a scheme
         local = windows.as_uri() if len(scheme) == 1 and windows.is_absolute() else "file:///absolute/path"
-        raise ValueError(f"LATENT_TRANSFORMS_HUB_URL={base!r} has unsupported scheme {scheme!r}; use one of "
+        raise ValueError(f"LATENT_TRANSFORMS_HUB_URL={shown!r} has unsupported scheme {scheme!r}; use one of "
                          f"{list(_URL_SCHEMES)} (a local directory: {local})")
+    if shown != base:  # urllib sends no credentials from a URL: it looked up "user:password@host" as the host name
+        raise ValueError(f"LATENT_TRANSFORMS_HUB_URL={shown!r} holds a user name or password before its host, which "
+                         f"downloads do not send; serve the files where they can be downloaded without them (a signed "
+                         f"URL's query is sent), or copy them into the cache dir")
     if scheme == "file" and parts.netloc not in ("", "localhost"):
-        raise ValueError(f"LATENT_TRANSFORMS_HUB_URL={base!r} reads {parts.netloc!r} as a host name; a local directory "
-                         f"is file:///absolute/path (three slashes), a Windows network share "
+        raise ValueError(f"LATENT_TRANSFORMS_HUB_URL={shown!r} reads {parts.netloc!r} as a host name; a local "
+                         f"directory is file:///absolute/path (three slashes), a Windows network share "
                          f"file:////{parts.netloc}{parts.path} (four; Path.as_uri() writes two)")
     if scheme != "file":  # http sends the path as ASCII: a space or an "é" in it is percent-encoded, as a browser does
         base = urllib.parse.urlunsplit(parts._replace(path=urllib.parse.quote(parts.path, safe="/%:@!$&'()*+,;=~")))
@@ -1121,12 +1136,13 @@ def _one_line(reason: object) -> str:
 
 
 def _why(error: BaseException) -> str:
-    """A network error's reason on one line; a timeout's says which setting to raise."""
+    """A network error's reason on one line, without a user name or password it quotes (http.client's for a redirect
+    to ``http://user:password@host/``: "nonnumeric port: 'password@host'"); a timeout's says which setting to raise."""
     reason = error.reason if isinstance(error, urllib.error.URLError) else error
     if isinstance(reason, TimeoutError):
         return (f"timed out (no answer within LATENT_TRANSFORMS_HUB_TIMEOUT={_timeout():g} seconds; raise it for a "
                 f"slow server or connection)")
-    return _one_line(reason)
+    return re.sub(r"[^\s'\"/]*@", "***@", _one_line(reason))
 
 
 def _status_hint(status: int, file: str) -> str:
@@ -1140,11 +1156,12 @@ def _status_hint(status: int, file: str) -> str:
 
 def _as_fetched(url: str, final: str) -> str:
     """``url`` as a message names it: with the URL an http(s) server redirected it to, ``final``, where that differs
-    (a release page to its CDN), without its query, which may hold a signature. A ``file://`` URL is never redirected
-    (urllib may give it back rewritten: ``file://localhost/x`` as ``file:///x``)."""
+    (a release page to its CDN), without its query, which may hold a signature, nor its user name and password. A
+    ``file://`` URL is never redirected (urllib may give it back rewritten: ``file://localhost/x`` as ``file:///x``)."""
     if final == url or urllib.parse.urlsplit(url).scheme.lower() not in ("http", "https"):
         return url
-    return f"{url} (redirected to {urllib.parse.urlsplit(final)._replace(query='', fragment='').geturl()})"
+    final = urllib.parse.urlsplit(final)._replace(query="", fragment="").geturl()
+    return f"{url} (redirected to {_without_userinfo(final)})"
 
 
 class _NotServed(HubError):

@@ -229,6 +229,36 @@ def test_ddp_example_ends_every_rank_in_one_line_on_data_it_cannot_read(tmp_path
     assert "[rank" not in proc.stderr and "Connection closed" not in proc.stderr, proc.stderr[-5000:]
 
 
+_RANK_0_FAILS = """import sys
+sys.path.insert(0, sys.argv[2])
+from ddp_torchrun import rank_0_first, setup
+
+
+def load():
+    if sys.argv[1] == "raises":
+        raise RuntimeError("no data here")
+    sys.exit("r0: error: no data here")
+
+
+rank_0_first(setup()[0], load)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how, line", [("raises", "RuntimeError: no data here"), ("exits", "r0: error: no data here")])
+def test_ddp_example_says_once_why_rank_0_could_not_load(tmp_path, how, line):
+    """An exception on rank 0 other than SystemExit left rank 1 waiting for it, to end a second later in a traceback
+    of its own ("Connection closed by peer"); a SystemExit with a message had it printed by every rank."""
+    (tmp_path / "r0.py").write_text(_RANK_0_FAILS)
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "r0.py", how,
+            str(EXAMPLES)]
+    proc = subprocess.run(args, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert proc.returncode == 1
+    assert [s for s in proc.stderr.splitlines() if s.endswith(line)] != [] and proc.stderr.count(line) == 1, \
+        proc.stderr[-5000:]
+    assert "Connection closed" not in proc.stderr and "[rank1]" not in proc.stderr, proc.stderr[-5000:]
+
+
 @pytest.mark.slow
 def test_an_option_given_beside_smoke_wins(example_runs):
     """--smoke's sizes are defaults: `isda_hook.py --smoke --epochs 1` trained its 2 epochs all the same (audit 395)."""

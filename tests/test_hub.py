@@ -60,7 +60,8 @@ class _Handler(BaseHTTPRequestHandler):
     (sleeps before the body), /error (500), /gone (410), /busy (429), /forbidden (403), /gzip (GOOD compressed,
     whatever was asked), /identity (GOOD with "Content-Encoding: Identity"), /page (an HTML page), the ``stalled``
     files (the first part of the body, then nothing until ``release`` is set), /moved-<file> (a redirect to
-    /cdn/<file>?X-Signature=..., which serves <file>); 404 otherwise."""
+    /cdn/<file>?X-Signature=..., which serves <file>), /signed-in (a redirect to a URL with a password); 404
+    otherwise."""
 
     counts: dict[str, int] = {}
     accept_encoding: dict[str, str | None] = {}  # name -> the Accept-Encoding header of its last request
@@ -152,6 +153,10 @@ class _Handler(BaseHTTPRequestHandler):
             elif name.startswith("moved-"):  # redirects to /cdn/<the rest>, as a release page to its CDN, signed
                 self.send_response(302)
                 self.send_header("Location", f"/cdn/{name[len('moved-'):]}?X-Signature=s3cr3t")
+                self.end_headers()
+            elif name == "signed-in.safetensors":  # redirects to a URL with a password, urllib reads as a port
+                self.send_response(302)
+                self.send_header("Location", "http://bob:s3cr3t@localhost/cdn/good.safetensors")
                 self.end_headers()
             elif name.startswith("length-"):  # Content-Length "²" or 5,000 digits: int() refuses both
                 self.send_response(200)
@@ -1332,6 +1337,34 @@ def test_a_download_that_fails_after_a_redirect_names_where_it_was_redirected(en
     _register("good", "moved-good.safetensors")
     assert hub.fetch("good").read_bytes() == GOOD
     assert sorted(p.name for p in env.iterdir()) == ["moved-good.safetensors"]
+
+
+@pytest.mark.parametrize("userinfo", ["alice:s3cr3t@", "ghp_s3cr3t@", "a:b@s3cr3t@"])
+@pytest.mark.parametrize("base", ["http://{}127.0.0.1:9/ckpt", "ftp://{}host/x", "http://{}[::1", "http://{}h/\n",
+                                  "file://{}host/x"])
+def test_a_hub_url_with_credentials_is_refused_without_naming_them(env, monkeypatch, base, userinfo):
+    """urllib sends no user name or password from a URL: it looked "alice:s3cr3t@127.0.0.1" up as a host name, and the
+    error ("Name or service not known") printed the password; no message names it."""
+    monkeypatch.setenv("LATENT_TRANSFORMS_HUB_URL", base.format(userinfo))
+    _register("x", "good.safetensors")
+    with pytest.raises(ValueError, match=r"LATENT_TRANSFORMS_HUB_URL='[a-z]+://\*\*\*@") as e:
+        hub.fetch("x")
+    assert "s3cr3t" not in str(e.value)
+    if base.startswith("http://{}127"):
+        assert "holds a user name or password" in str(e.value)
+
+
+def test_a_redirect_is_named_without_its_user_name_and_password():
+    assert hub._as_fetched("https://hub/x.safetensors", "https://bob:s3cr3t@cdn:8/x.safetensors?sig=s3cr3t#f") == \
+        "https://hub/x.safetensors (redirected to https://***@cdn:8/x.safetensors)"
+
+
+def test_a_redirect_to_a_url_with_a_password_is_refused_without_naming_it(env, server):
+    _register("x", "signed-in.safetensors")
+    with pytest.raises(hub.HubError, match=rf"{server}/signed-in.safetensors: nonnumeric port: '\*\*\*@localhost'$"
+                       ) as e:
+        hub.fetch("x")
+    assert "s3cr3t" not in str(e.value) and list(env.iterdir()) == []
 
 
 def test_a_file_url_given_back_rewritten_is_not_called_redirected():
