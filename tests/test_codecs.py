@@ -315,6 +315,16 @@ def test_compile_fast_path_needs_a_frozen_codec_and_takes_no_compile_arguments_t
             codec.freeze().compile_fast_path(False, **kwargs)
 
 
+def test_compile_fast_path_refuses_a_dynamic_that_is_not_a_bool_or_none_naming_it():
+    # torch.compile's own check raised "AssertionError: Expected enable to be a bool, got <class 'str'>", naming
+    # neither the argument nor the values it takes; the codec was left as it was, as now
+    codec = tiny_vae().compile_fast_path(backend="eager")
+    for bad in ("false", 0, "auto"):
+        with pytest.raises(TypeError, match=r"dynamic must be True, False or None \(torch's automatic mode\), got "):
+            codec.compile_fast_path(dynamic=bad, backend="aot_eager")
+    assert codec.compiled and codec._compile_args == (None, {"backend": "eager"})  # compiles nothing: no call made
+
+
 def test_latents_of_another_device_or_of_two_batch_sizes_are_refused_by_decode():
     z = [torch.zeros(2, *s) for s in GLOW.latent_shapes]
     with pytest.raises(ValueError, match="codec is on meta but z is on cpu"):  # latents on meta hold no values

@@ -449,7 +449,9 @@ class Codec(Settings, ChecksCodecStates, nn.Module):
         first call per input shape, device and grad mode compiles (tens of seconds to minutes on a CPU), later calls
         reuse it. ``dynamic`` and ``compile_kwargs`` (``mode``, ``backend``, ...) go to ``torch.compile``; the default
         ``dynamic=None`` (torch's automatic mode) compiles the first batch size as is and, at the first other batch
-        size, once more with a symbolic batch dimension that then serves every size (transforms with ``p < 1``).
+        size, once more with a symbolic batch dimension that then serves the other sizes (transforms with ``p < 1``),
+        but a batch of 1 and, on the CPU, batches of 16 and more get a graph each (torch keeps 8 per function, then
+        runs eager: docs/performance.md).
         ``enabled=False`` returns to the eager path. Returns self. Measured speed: docs/performance.md (CPU only so
         far: no-gradient calls 1.1-1.6x faster, decode with gradients slower).
         """
@@ -458,6 +460,8 @@ class Codec(Settings, ChecksCodecStates, nn.Module):
                 raise ValueError("compile_fast_path(enabled=False) takes no torch.compile arguments")
             self._compiled = self._compile_args = None
             return self
+        if dynamic is not None and not isinstance(dynamic, bool):  # torch's check named neither it nor its values
+            raise WrongTypeError(f"dynamic must be True, False or None (torch's automatic mode), got {dynamic!r}")
         if not self.frozen:
             raise WrongStateError(f"compile_fast_path() needs a frozen codec: call {type(self).__name__}.freeze() "
                                   f"first (hub checkpoints are frozen already)")
