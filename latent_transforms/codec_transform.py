@@ -117,7 +117,13 @@ class CodecTransform(ChecksCodecStates, LatentTransform):
                 raise bad_option(f"levels must be a non-empty list of level indices in [0, {n}) (or from -{n}, "
                                  f"counted from the finest, as a list index), got {levels!r}",
                                  right_type=not wrong_type)
-            levels = tuple(sorted({int(i) % n for i in levels}))
+            # a level named twice ([0, 0], or [1, -1] of 2): a typo for another level, merged without a word before
+            chosen = [int(i) % n for i in levels]
+            twice = next((i for i in chosen if chosen.count(i) > 1), None)
+            if twice is not None:
+                raise ValueError(f"levels names level {twice} twice, got {levels!r}: each level once (a negative "
+                                 f"index counts from the finest, -1 being level {n - 1})")
+            levels = tuple(sorted(chosen))
         sizes = [int(torch.Size(s).numel()) for s in self.codec.latent_shapes]
         self._levels, self._level_size = levels, sum(sizes) if levels is None else sum(sizes[i] for i in levels)
 

@@ -282,11 +282,15 @@ def _refuse_soft_labels_into_kornia_mix(steps: list[nn.Module], i: int, mixing: 
                          f"them soft; put it first or use torchvision.transforms.v2.MixUp/CutMix")
 
 
-def _checked(step: nn.Module, i: int, out: object, pair: bool, batch: int) -> Any:  # out: a pair if pair, else images
+def _checked(step: nn.Module, i: int, out: object, pair: bool, batch: int,
+             given: torch.Tensor | None = None) -> Any:  # out: a pair if pair, else images
     """``out`` as a step called as ``t(x, y)`` (``pair``) or ``t(x)`` must return it: a ``WrongTypeError`` (a
     ``TypeError`` and a ``ValueError``) naming the step otherwise (a latent transform held by a container of one's
     own makes an ``(x, y)`` pair where images belong); a ``ValueError`` naming it if its images (or labels) are not
-    the ``batch`` samples it was given: images and labels would no longer match."""
+    the ``batch`` samples it was given: images and labels would no longer match. ``given``: the ``(B, C, H, W)``
+    images it was given, where a step must return images: a ``ValueError`` if it returned a tensor of other
+    dimensions that its own trainable parameters computed (autograd history ``given`` has not), a network's output
+    (the classifier's ``(B, K)`` logits came out as the batch's images); ``x.flatten(1)`` passes, as any reshape."""
     ok = (isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[0], torch.Tensor)) if pair \
         else isinstance(out, torch.Tensor)
     if not ok:
@@ -300,6 +304,12 @@ def _checked(step: nn.Module, i: int, out: object, pair: bool, batch: int) -> An
             raise not_about_the_batch(ValueError(
                 f"{_name(step)} at step {i} returned {got} for a batch of {batch}: a step must keep the batch's "
                 f"samples, or images and labels no longer match"))
+    images = cast("Sequence[torch.Tensor]", out)[0] if pair else cast(torch.Tensor, out)
+    if given is not None and images.ndim != given.ndim and images.requires_grad and not given.requires_grad:
+        raise not_about_the_batch(ValueError(
+            f"{_name(step)} at step {i} returned a {tuple(images.shape)} tensor that its trainable parameters "
+            f"computed, not (B, C, H, W) images: the classifier as a step? a Compose augments the batch; call the "
+            f"model on its output: x2, y2 = t(x, y, model), then model(x2)"))
     return out
 
 
@@ -682,4 +692,7 @@ class Compose(Settings, ChecksCodecStates, nn.Module):
             return x2, y2
         if _is_torchvision_v2(step) and any(isinstance(p, LatentTransform) for p in _parts(step)):
             return _checked(step, i, step(x, None), pair=True, batch=n)[0], None  # it hands the latent step's (x, None) on
-        return _checked(step, i, step(x), pair=False, batch=n), y  # given only the images, torchvision's v2.Lambda never sees None
+        # given only the images, torchvision's v2.Lambda never sees None; images in, images out (but where the chain
+        # takes any tensor: ISDA's x, never read)
+        given = x if self._takes_images else None
+        return _checked(step, i, step(x), pair=False, batch=n, given=given), y

@@ -81,6 +81,21 @@ def _official_order_hint(num_classes: int, layer: nn.Linear, cls: str) -> str:
 
 
 # -- the augmented logits -------------------------------------------------------------------------------------------
+def _check_variances(cov: torch.Tensor) -> None:
+    """Raise, naming the first, if ``cov: (C, A, A)`` or ``(C, A)`` has a variance (its diagonal) below 0 or a
+    non-finite entry (a user's own statistics; one host sync). A full covariance is not checked further: its diagonal
+    is what a bad estimate gets wrong first, and an eigendecomposition per class costs C A^3."""
+    variances = cov if cov.ndim == 2 else cov.diagonal(dim1=1, dim2=2)   # (C, A)
+    finite = cov.isfinite() if cov.ndim == 2 else cov.isfinite().all(-1)  # (C, A): each row of a full one
+    refused = (~(variances >= 0) | ~finite).nonzero()  # NaN is not >= 0
+    if len(refused):
+        k, j = refused[0].tolist()
+        v = variances[k, j].item()
+        got = f"variance {v}" if not 0 <= v < float("inf") else "a non-finite covariance"
+        raise ValueError(f"cov must hold finite variances >= 0 (its diagonal: a covariance matrix is positive "
+                         f"semi-definite), got {got} for class {k}, feature {j}")
+
+
 def isda_logits(logits: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, cov: torch.Tensor,
                 lam: float | torch.Tensor, check_y: bool = True) -> torch.Tensor:
     """ISDA's augmented logits ``z_j + (lam / 2) (w_j - w_y)^T Sigma_y (w_j - w_y)``.
@@ -91,8 +106,9 @@ def isda_logits(logits: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, cov
         y: (N,) int64 class indices in ``[0, C)`` (``ValueError`` otherwise).
         cov: (C, A, A) per-class covariances, or (C, A) per-class variances (diagonal form). Used as a constant.
         lam: float >= 0, or (N,) per-sample strengths.
-        check_y: check ``y``'s values and a per-sample ``lam``'s (one host sync each); ``False`` for callers that
-            have checked them.
+        check_y: check ``y``'s values, a per-sample ``lam``'s and ``cov``'s variances (finite, ``>= 0``: a
+            negative one turned the correction's sign or was clamped to 0, silently; one host sync each); ``False``
+            for callers that have checked them.
 
     The tensors must be on ``logits``' device (``ValueError`` naming the one that is not; a 0-d CPU ``lam`` is a
     number to torch, and passes).
@@ -141,6 +157,7 @@ def isda_logits(logits: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, cov
         raise ValueError(f"y must be (N,) = ({n},) int64 class indices, got {describe(y)}")
     if check_y:
         check_labels(y, n, c, batch_name="logits")
+        _check_variances(cov)
     if isinstance(lam, float) and lam == 0:  # checked all the same: a wrong call fails at once, not when lam ramps up
         return logits
     dtype = torch.promote_types(weight.dtype, cov.dtype)

@@ -49,7 +49,10 @@ class LatentNoise(CodecTransform):
         generator: ``None``, an ``int`` seed or a ``torch.Generator`` (see ``LatentTransform``).
 
     Shape:
-        x: (B, C, H, W) float in [0, 1] matching the codec; y: (B,) or (B, K), returned as given.
+        x: (B, C, H, W) float in [0, 1] matching the codec; y: (B,) or (B, K), returned as given: its form is
+        checked (and a negative index refused), not its classes, which this method does not know (it takes no model):
+        an index beyond the classifier's passes through, unless a ``Compose(..., num_classes=K)`` holds it
+        (docs/reliability.md#labels).
 
     Convention:
         ``eps=0`` returns x to the codec's round-trip accuracy, which depends on the images: glow-cifar10 gives

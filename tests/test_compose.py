@@ -859,6 +859,28 @@ def test_a_step_that_changes_the_batch_size_is_named(rgb):
     assert x2.shape == (6, 3 * 16 * 16)
 
 
+def test_the_classifier_as_a_step_is_named(rgb):
+    """Audit 416: Compose([classifier])(x, y) returned the classifier's (B, K) logits as the batch's images, without a
+    word (only the batch size was checked); a reshape (no trainable parameters) and a learned step that keeps images
+    pass."""
+    x, y = rgb
+    torch.manual_seed(0)
+    classifier = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 10))
+    for steps, at in (([classifier], 0), ([T.RandomHorizontalFlip(), classifier], 1)):
+        with pytest.raises(ValueError, match=rf"^Sequential at step {at} returned a \(6, 10\) tensor that its "
+                                             r"trainable parameters computed, not \(B, C, H, W\) images: the "
+                                             r"classifier as a step\? .* then model\(x2\)$"):
+            Compose(steps)(x, y)
+    assert Compose([torch.nn.Flatten()])(x, y)[0].shape == (6, 3 * 16 * 16)
+    assert Compose([torch.nn.Flatten()])(x.clone().requires_grad_(), y)[0].shape == (6, 3 * 16 * 16)  # x's history
+    # a chain that takes any tensor (its latent steps ISDA, which never reads x) may make it another: ids embedded
+    tokens, model = torch.randint(0, 20, (6, 5)), torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(5 * 4, 10))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ISDA's strength still 0: no set_epoch
+        assert Compose([torch.nn.Embedding(20, 4), ISDA(10)])(tokens, y, model)[0].shape == (6, 5, 4)
+    assert Compose([torch.nn.Conv2d(3, 3, 1)])(x, y)[0].shape == x.shape
+
+
 def test_an_unlabelled_torchvision_container_of_a_latent_step_that_changes_the_batch_size_is_named(rgb, rgb_glow):
     # (mutation audit 177) the container given (x, None) is checked as the other steps are
     class Halves(T.Transform):

@@ -190,6 +190,30 @@ def test_isda_logits_validates_the_labels():
             FeatureCovariance(3, 2).update(torch.zeros(4, 2), y, check_y=False)  # the values unread, not the form
 
 
+@pytest.mark.parametrize("full", [False, True])
+def test_isda_logits_refuses_negative_or_non_finite_variances(full):
+    """Audit 416: a user's own statistics with a variance below 0 were taken: the diagonal form's correction was
+    clamped to 0 (no augmentation), the full form's turned negative (the loss made easier), without a word; a NaN made
+    every logit NaN. check_y=False (ISDA's own statistics) reads none of them."""
+    logits, w, y = torch.randn(4, 3), torch.randn(3, 5), torch.tensor([0, 1, 2, 0])
+    variances = torch.rand(3, 5) + 0.1
+    for value, got in ((-0.5, "variance -0.5"), (float("nan"), "variance nan"), (float("inf"), "variance inf")):
+        bad = variances.clone()
+        bad[2, 3] = value
+        cov = torch.diag_embed(bad) if full else bad
+        with pytest.raises(ValueError, match=rf"^cov must hold finite variances >= 0 .*, got {got} for class 2, "
+                                             r"feature 3$"):
+            isda_logits(logits, w, y, cov, 1.0)
+        isda_logits(logits, w, y, cov, 1.0, check_y=False)  # unread
+    if full:  # an entry off the diagonal: named by its row
+        cov = torch.diag_embed(variances)
+        cov[1, 4, 0] = float("nan")
+        with pytest.raises(ValueError, match=r"got a non-finite covariance for class 1, feature 4$"):
+            isda_logits(logits, w, y, cov, 1.0)
+    cov = torch.diag_embed(variances) if full else variances
+    assert (isda_logits(logits, w, y, cov, 1.0) >= logits).all()  # the correction of variances >= 0: never below
+
+
 def test_isda_logits_compute_in_the_wider_dtype_treat_cov_as_a_constant_and_refuse_non_finite_strengths():
     g = torch.Generator().manual_seed(2)
     n, c, a = 5, 3, 4

@@ -655,6 +655,10 @@ def test_mixup_inference_to_empty_without_recursing_replaces_its_reference_laten
     (lambda g: LatentNoise(g, p=True), "p must be a finite number in \\[0, 1\\]"),
     (lambda g: LatentNoise(g, levels=[True]), "levels"),
     (lambda g: LatentNoise(g, levels=0), "levels must be a list of level indices in .*, such as \\[0\\], got 0"),
+    # audit 416: a level named twice (a typo for another level) was merged without a word
+    (lambda g: LatentNoise(g, levels=[0, 0, 1]), "levels names level 0 twice, got \\[0, 0, 1\\]: each level once"),
+    (lambda g: LatentAdversarial(g, levels=[1, -1]), "levels names level 1 twice, got \\[1, -1\\].*-1 being level 1"),
+    (lambda g: VarMixup(g, levels=(0, -2)), "levels names level 0 twice"),
 ])
 def test_bad_settings_are_named(glow, make, match):
     with pytest.raises(ValueError, match=match):
@@ -1075,7 +1079,7 @@ def test_levels_are_normalised_and_checked(glow, batch):
     assert neg.levels == pos.levels == [n - 1]
     assert torch.equal(neg(*batch)[0], pos(*batch)[0])
     assert torch.equal(neg.last_params["delta"], pos.last_params["delta"])
-    assert LatentNoise(glow, levels=[1, -1, 0]).levels == [0, 1]
+    assert LatentNoise(glow, levels=[-1, 0]).levels == [0, 1]  # sorted ([1, -1, 0], level 1 twice: refused, audit 416)
     assert LatentNoise(glow, levels=(1, 0)).levels == [0, 1]  # a tuple is a list of levels too
     with pytest.raises(ValueError, match="non-empty"):
         LatentNoise(glow, levels=[])
@@ -1150,7 +1154,9 @@ def test_levels_assigned_after_construction_act_as_given_to_the_constructor(glow
     # audit 241: a codec's settings read at each call (a KL warm-up's vae.beta = ...) took anything
     (lambda g: tiny_vae(), "beta", float("nan"), "beta must be a finite number in \\[0, inf\\), got nan"),
     (lambda g: tiny_glow(), "alpha", 0.5, "alpha must be a finite number in \\(0, 0.5\\), got 0.5"),
-    (lambda g: tiny_glow(), "num_bins", 1, "num_bins must be an int >= 2, got 1"),
+    (lambda g: tiny_glow(), "num_bins", 1, "num_bins must be an int in \\[2, 9223372036854775807\\], got 1"),
+    # audit 416: past torch's int64 the first loss() met "OverflowError: int too big to convert", naming nothing
+    (lambda g: tiny_glow(), "num_bins", 2**63, "num_bins must be an int in \\[2, 9223372036854775807\\], got 9223"),
     # audit 250: a VAE's latent_side and padding, fixed, were not checked at all after construction (an identity
     # check): latent_side = 3 was refused with the way "build_codec({**codec.config, 'latent_side': 3})"
     (lambda g: tiny_vae(), "latent_side", 3, "^latent_side must be None or a power of two, got 3$"),

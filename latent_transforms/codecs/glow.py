@@ -113,7 +113,9 @@ class Glow(Codec):
     kind = "glow"
     # checked whenever set (read at each call); the other arguments shape the flow, fixed at construction
     alpha = setting("alpha", check_number, high=0.5, low_open=True, high_open=True)
-    num_bins = setting("num_bins", check_count, low=2)
+    # at most what torch takes as a number: num_bins=10**400 was built, then the first loss() (init_actnorm's, a
+    # training step's) met "OverflowError: int too big to convert", naming nothing
+    num_bins = setting("num_bins", check_count, low=2, high=torch.iinfo(torch.int64).max)
     levels = shapes_weights("levels", check_count, low=1, why="it shapes the flow and its weights")
     steps = shapes_weights("steps", check_count, low=1, why="it shapes the flow and its weights")
     hidden = shapes_weights("hidden", check_count, low=1, why="it shapes the flow and its weights")
