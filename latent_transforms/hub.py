@@ -69,6 +69,9 @@ _CHUNK = 1 << 20
 _MAX_FILENAME_BYTES = 240  # a download's temp name, ".<file>.XXXXXXXX.part" (15 more), must stay within 255 bytes
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _NETLOC = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*:)?//([^/?#]*)")  # a URL's scheme and host part (RFC 3986)
+# a user name or password a network error's reason quotes: a URL's (urllib's refusal of a redirect names the URL) and
+# http.client's port of "user:password@host" ("nonnumeric port: 'password@host'"); not any "@" (a path's, an address)
+_QUOTED_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://|nonnumeric port: ')[^\s/?#'\"]*@")
 _HUB_URL = "LATENT_TRANSFORMS_HUB_URL"  # the environment variable naming the base URL checkpoints are fetched from
 _MAX_NAME_CHARS = 200  # a registry name's length
 _SEPARATORS = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
@@ -1137,12 +1140,13 @@ def _one_line(reason: object) -> str:
 
 def _why(error: BaseException) -> str:
     """A network error's reason on one line, without a user name or password it quotes (http.client's for a redirect
-    to ``http://user:password@host/``: "nonnumeric port: 'password@host'"); a timeout's says which setting to raise."""
+    to ``http://user:password@host/``: "nonnumeric port: 'password@host'"; urllib's refusal of a redirect to
+    ``gopher://user:password@host/``, the URL); a timeout's says which setting to raise."""
     reason = error.reason if isinstance(error, urllib.error.URLError) else error
     if isinstance(reason, TimeoutError):
         return (f"timed out (no answer within LATENT_TRANSFORMS_HUB_TIMEOUT={_timeout():g} seconds; raise it for a "
                 f"slow server or connection)")
-    return re.sub(r"[^\s'\"/]*@", "***@", _one_line(reason))
+    return _QUOTED_USERINFO.sub(r"\1***@", _one_line(reason))
 
 
 def _status_hint(status: int, file: str) -> str:
@@ -1231,7 +1235,7 @@ def _download(url: str, dest: Path, sha256: str, size: int | None = None) -> Non
                 # "unclosed socket" ResourceWarning came at a moment of the collector's choosing, anywhere later
                 e.close()
                 error = _NotServed if e.code in (404, 410) else HubError
-                raise error(f"downloading {_as_fetched(url, e.filename)} failed: HTTP {e.code} {_one_line(e.reason)}"
+                raise error(f"downloading {_as_fetched(url, e.filename)} failed: HTTP {e.code} {_why(e)}"
                             f"{_status_hint(e.code, dest.name)}") from None
             # URLError (refused, no such host, no file), a timeout, the connection closed before any status line
             # (RemoteDisconnected, an HTTPException too): no answer

@@ -60,8 +60,8 @@ class _Handler(BaseHTTPRequestHandler):
     (sleeps before the body), /error (500), /gone (410), /busy (429), /forbidden (403), /gzip (GOOD compressed,
     whatever was asked), /identity (GOOD with "Content-Encoding: Identity"), /page (an HTML page), the ``stalled``
     files (the first part of the body, then nothing until ``release`` is set), /moved-<file> (a redirect to
-    /cdn/<file>?X-Signature=..., which serves <file>), /signed-in (a redirect to a URL with a password); 404
-    otherwise."""
+    /cdn/<file>?X-Signature=..., which serves <file>), /signed-in-<scheme> (a redirect to a <scheme> URL with a
+    password); 404 otherwise."""
 
     counts: dict[str, int] = {}
     accept_encoding: dict[str, str | None] = {}  # name -> the Accept-Encoding header of its last request
@@ -154,9 +154,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_response(302)
                 self.send_header("Location", f"/cdn/{name[len('moved-'):]}?X-Signature=s3cr3t")
                 self.end_headers()
-            elif name == "signed-in.safetensors":  # redirects to a URL with a password, urllib reads as a port
-                self.send_response(302)
-                self.send_header("Location", "http://bob:s3cr3t@localhost/cdn/good.safetensors")
+            elif name.startswith("signed-in-"):  # redirects to a URL with a password: http's, urllib reads as a
+                self.send_response(302)         # port; gopher's, urllib refuses, quoting it
+                scheme = name[len("signed-in-"):-len(".safetensors")]
+                self.send_header("Location", f"{scheme}://bob:s3cr3t@localhost/cdn/good.safetensors")
                 self.end_headers()
             elif name.startswith("length-"):  # Content-Length "²" or 5,000 digits: int() refuses both
                 self.send_response(200)
@@ -1359,12 +1360,29 @@ def test_a_redirect_is_named_without_its_user_name_and_password():
         "https://hub/x.safetensors (redirected to https://***@cdn:8/x.safetensors)"
 
 
-def test_a_redirect_to_a_url_with_a_password_is_refused_without_naming_it(env, server):
-    _register("x", "signed-in.safetensors")
-    with pytest.raises(hub.HubError, match=rf"{server}/signed-in.safetensors: nonnumeric port: '\*\*\*@localhost'$"
-                       ) as e:
+@pytest.mark.parametrize("scheme, why", [
+    ("http", ": nonnumeric port: '***@localhost'"),
+    # (audit 419) urllib's refusal quotes the URL: its password was in the message, only the redirect's URL masked
+    ("gopher", " (redirected to gopher://***@localhost/cdn/good.safetensors) failed: HTTP 302 Found - Redirection to "
+               "url 'gopher://***@localhost/cdn/good.safetensors' is not allowed"),
+])
+def test_a_redirect_to_a_url_with_a_password_is_refused_without_naming_it(env, server, scheme, why):
+    _register("x", f"signed-in-{scheme}.safetensors")
+    with pytest.raises(hub.HubError, match=re.escape(f"{server}/signed-in-{scheme}.safetensors{why}") + "$") as e:
         hub.fetch("x")
     assert "s3cr3t" not in str(e.value) and list(env.iterdir()) == []
+
+
+def test_a_file_url_folder_with_an_at_sign_is_named_as_it_is(env, tmp_path, monkeypatch):
+    """(audit 419) An "@" in a network error's reason was taken for a password's end: a missing file under
+    .../GoogleDrive-me@example.com/ (macOS's Google Drive folder) was named .../***@example.com/."""
+    folder = tmp_path / "GoogleDrive-me@example.com" / "ckpts"
+    monkeypatch.setenv("LATENT_TRANSFORMS_HUB_URL", folder.as_uri())
+    _register("x", "good.safetensors")
+    with pytest.raises(hub.HubError, match=re.escape(f"{os.strerror(errno.ENOENT)}: '{folder / 'good.safetensors'}'")
+                       ) as e:
+        hub.fetch("x")
+    assert "***" not in str(e.value)
 
 
 def test_a_file_url_given_back_rewritten_is_not_called_redirected():

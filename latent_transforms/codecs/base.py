@@ -450,8 +450,8 @@ class Codec(Settings, ChecksCodecStates, nn.Module):
         reuse it. ``dynamic`` and ``compile_kwargs`` (``mode``, ``backend``, ...) go to ``torch.compile``; the default
         ``dynamic=None`` (torch's automatic mode) compiles the first batch size as is and, at the first other batch
         size, once more with a symbolic batch dimension that then serves the other sizes (transforms with ``p < 1``),
-        but a batch of 1 and, on the CPU, batches of 16 and more get a graph each (torch keeps 8 per function, then
-        runs eager: docs/performance.md).
+        but a batch of 1 gets a graph of its own and, on the CPU, batches of 16 and more another, shared (torch keeps 8
+        per function, then runs eager: docs/performance.md).
         ``enabled=False`` returns to the eager path. Returns self. Measured speed: docs/performance.md (CPU only so
         far: no-gradient calls 1.1-1.6x faster, decode with gradients slower).
         """
