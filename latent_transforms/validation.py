@@ -118,6 +118,15 @@ def scalar(value: object) -> object:
     return value.item() if isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_meta else value
 
 
+def shown(value: object) -> str:
+    """``repr(value)`` for a message, but an int of 2**128 or more (39 digits) as its order of magnitude ("an int near
+    10**400"): Python refuses to print one of more than 4,300 ("Exceeds the limit (4300 digits) for integer string
+    conversion", naming no argument), and hundreds of digits bury the message."""
+    if type(value) is int and value.bit_length() > 128:
+        return f"an int near {'-' if value < 0 else ''}10**{round(math.log10(abs(value)))}"
+    return repr(value)
+
+
 def check_number(name: str, value: object, low: float = 0.0, high: float = math.inf, low_open: bool = False,
                  high_open: bool = False) -> float:
     """``value``, a finite real number (Python, NumPy or a 0-d tensor; not a bool) in ``[low, high]`` (open at ``low``
@@ -133,7 +142,7 @@ def check_number(name: str, value: object, low: float = 0.0, high: float = math.
     except OverflowError:  # an int beyond float's range
         f = -math.inf if v < 0 else math.inf
     if not math.isfinite(f) or f < low or (low_open and f == low) or f > high or (high_open and f == high):
-        raise ValueError(f"{name} must be a finite number in {interval}, got {value!r}")
+        raise ValueError(f"{name} must be a finite number in {interval}, got {shown(value)}")
     return f
 
 
@@ -151,7 +160,7 @@ def check_count(name: str, value: object, low: int = 0, high: int | None = None)
         raise WrongTypeError(f"{name} must be an int {bounds}, got {value!r}{text_hint(value, int)}")
     n = int(cast(numbers.Integral, v))  # exact, as is_int passed
     if n < low or (high is not None and n > high):
-        raise ValueError(f"{name} must be an int {bounds}, got {value!r}")
+        raise ValueError(f"{name} must be an int {bounds}, got {shown(value)}")
     return n
 
 
@@ -177,7 +186,7 @@ def check_items(name: str, value: object, *shapes: tuple[int, ...], dtype: torch
     most = torch.iinfo(torch.int64).max // max(each, 1)
     if n > most:
         raise ValueError(f"{name} must be an int in [{low}, {most}] ({each} bytes each; a torch tensor holds at most "
-                         f"2**63 - 1 bytes), got {value!r}")
+                         f"2**63 - 1 bytes), got {shown(value)}")
     return n
 
 

@@ -397,7 +397,8 @@ def test_fast_decode_of_perturbed_latents_and_its_gradient_match_float64():
     ({"kind": "glow", "num_bins": 17.5}, "num_bins must be a positive int"),
     ({"kind": "glow", "num_bins": 1}, "num_bins must be >= 2"),
     # audit 416: built, then the first loss() met "OverflowError: int too big to convert", naming nothing
-    ({"kind": "glow", "num_bins": 10**400}, "num_bins must be an int in \\[2, 9223372036854775807\\], got 1000"),
+    ({"kind": "glow", "num_bins": 10**400},
+     "num_bins must be an int in \\[2, 9223372036854775807\\], got an int near 10\\*\\*400$"),
     ({"kind": "vae", "image_shape": [1.9, 8.7, 8.2]}, "image_shape must be \\(C, H, W\\) positive ints"),
     ({"kind": "glow", "image_shape": [1, 0, 8]}, "image_shape must be \\(C, H, W\\) positive ints"),  # 0 % 8 == 0
     # mutation round 37: four sides (or more) were unpacked as (C, H, W), "too many values to unpack"

@@ -659,6 +659,14 @@ def test_an_option_of_the_wrong_type_is_a_type_error_and_a_value_error(make):
 def test_numbers_out_of_floats_range_and_open_upper_bounds():
     with pytest.raises(ValueError, match="p must be a finite number in"):  # was OverflowError from math.isfinite
         check_number("p", 10**400)
+    # an int of more than 4,300 digits: its repr raised "Exceeds the limit (4300 digits) for integer string
+    # conversion", naming nothing; 401 digits buried the message
+    for check, n, shown in ((check_number, -10**5000, "-10\\*\\*5000"), (check_count, 10**400, "10\\*\\*400"),
+                            (check_count, 2**129, "10\\*\\*39")):
+        with pytest.raises(ValueError, match=rf"^steps must be .*, got an int near {shown}$"):
+            check("steps", n, high=9)
+    with pytest.raises(ValueError, match=rf", got {2**128 - 1}$"):  # 39 digits: as they are
+        check_count("steps", 2**128 - 1, high=9)
     with pytest.raises(ValueError, match=r"decay must be a finite number in \(0, 1\), got 1"):
         check_number("decay", 1, high=1.0, low_open=True, high_open=True)
     assert check_number("decay", 0.999, high=1.0, low_open=True, high_open=True) == 0.999
