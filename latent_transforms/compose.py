@@ -74,8 +74,8 @@ def _is_kornia(t: object) -> bool:
 
 
 def _takes_floats_only(t: object) -> bool:
-    """Whether a step refuses uint8 images (a torchvision v2 transform but MixUp and Normalize, a callable, or ISDA
-    may take them)."""
+    """Whether a step refuses uint8 images (a torchvision v2 transform but MixUp, a callable, or ISDA may take
+    them)."""
     return (isinstance(t, LatentTransform) and t._takes_images) or _is_kornia(t) or bool(_float_only_torchvision(t))
 
 
@@ -130,16 +130,24 @@ def _conversions_in(t: object) -> list[nn.Module]:
 
 def _float_only_torchvision(t: object) -> str | None:
     """Why a step, or what it holds, takes float images only: torchvision's MixUp (it blends pixel values; CutMix takes
-    uint8 too) or Normalize (torchvision's TypeError "Input tensor should be a float tensor" named no step and no
-    fix); ``None`` for neither."""
-    from torchvision.transforms.v2 import MixUp, Normalize
+    uint8 too; Normalize is no step: refused when built); ``None`` for neither."""
+    from torchvision.transforms.v2 import MixUp
 
     for p in _parts(t):
         if isinstance(p, MixUp):
             return "MixUp (it blends pixel values)"
-        if isinstance(p, Normalize):
-            return "Normalize (torchvision normalises float images only)"
     return None
+
+
+def _is_normalization(t: object) -> bool:
+    """A mean/std normalisation: torchvision's ``Normalize`` (v2 or v1) or kornia's (an augmentation, or
+    ``kornia.enhance``'s module)."""
+    from kornia.augmentation import Normalize as KorniaNormalize
+    from kornia.enhance import Normalize as EnhanceNormalize
+    from torchvision.transforms import Normalize as V1Normalize
+    from torchvision.transforms.v2 import Normalize
+
+    return isinstance(t, (Normalize, V1Normalize, KorniaNormalize, EnhanceNormalize))
 
 
 def _is_kornia_container(t: object) -> bool:
@@ -374,11 +382,11 @@ class Compose(Settings, ChecksCodecStates, nn.Module):
     training; the batch is checked as its first step, when a latent one (also a nested Compose's first), checks it
     alone in ``eval()`` mode, ``model`` aside (a later latent step's own checks, its codec's image shape, do not run).
 
-    ``x: (B, C, H, W)`` float in [0, 1], or ``uint8`` when the first step is a torchvision v2 transform (but MixUp and
-    Normalize) or a callable (``v2.ToDtype(torch.float32, scale=True)`` before the first latent, kornia, MixUp or
-    Normalize step converts it; ``uint8``
-    that no conversion step converts is refused in ``eval()`` mode). Any ``(B, ...)`` tensor (vectors, sequences,
-    token ids) when the latent steps are ISDA, which never uses ``x``, and the others plain callables.
+    ``x: (B, C, H, W)`` float in [0, 1], or ``uint8`` when the first step is a torchvision v2 transform (but MixUp)
+    or a callable (``v2.ToDtype(torch.float32, scale=True)`` before the first latent, kornia or MixUp step converts
+    it; ``uint8`` that no conversion step converts is refused in ``eval()`` mode). Normalisation (mean/std) is no
+    step (refused: ``eval()`` mode would skip it): it goes inside the model. Any ``(B, ...)`` tensor (vectors,
+    sequences, token ids) when the latent steps are ISDA, which never uses ``x``, and the others plain callables.
     ``index: (B,)`` dataset positions (for a ``LatentCache``) go to the first step only,
     which must then be a ``LatentTransform``: later steps see images the cache does not hold.
 
@@ -435,6 +443,12 @@ class Compose(Settings, ChecksCodecStates, nn.Module):
                                      f"yourself on the clips, before the Compose, which takes their frames: "
                                      f"vs(clips).flatten(0, 1) for data_format='BTCHW' "
                                      f"(docs/composition.md#video-clips)")
+                if _is_normalization(p):  # trained on normalised images, validated (eval(): skipped) on others
+                    raise ValueError(f"{_where(p, t, i)} normalises with mean/std, but a Compose in eval() mode runs "
+                                     f"none of its steps but the dtype conversions, so validation batches would reach "
+                                     f"the model unnormalised; normalise inside the model, after the augmentation: "
+                                     f"model = nn.Sequential(v2.Normalize(mean, std), model) "
+                                     f"(docs/composition.md#the-rules)")
                 if inputs := _kornia_inputs_besides_images(p):
                     raise ValueError(f"{_where(p, t, i)} has {inputs}, but Compose calls it as t(x), with the "
                                      f"images alone; to move a mask or boxes with them, call it yourself before the "

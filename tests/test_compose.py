@@ -4,8 +4,10 @@ import re
 import warnings
 
 import kornia.augmentation as K
+import kornia.enhance
 import pytest
 import torch
+import torchvision.transforms
 import torchvision.transforms.v2 as T
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -1034,11 +1036,10 @@ def test_a_label_mix_without_num_classes_gets_labels_made_soft_with_the_composes
     assert torch.equal(Compose([mixer()], num_classes=10)(x, soft)[1].sum(1), soft.sum(1))  # soft labels: as given
 
 
-@pytest.mark.parametrize("floats_only, name", [(lambda: T.MixUp(num_classes=10), "MixUp"),
-                                               (lambda: T.Normalize([0.5] * 3, [0.25] * 3), "Normalize")])
+@pytest.mark.parametrize("floats_only, name", [(lambda: T.MixUp(num_classes=10), "MixUp")])
 def test_torchvision_steps_taking_floats_only_refuse_uint8_naming_the_step_and_the_conversion(rgb, floats_only, name):
-    # MixUp: was torch's "result type Float can't be cast to ... Byte"; Normalize (audit 279): torchvision's
-    # TypeError "Input tensor should be a float tensor. Got torch.uint8.", first step or not
+    # MixUp: was torch's "result type Float can't be cast to ... Byte", first step or not (Normalize, audit 279, is
+    # refused as a step since audit 417)
     x, y = rgb
     x8 = (x * 255).round().to(torch.uint8)
     with pytest.raises(ValueError, match=rf"^Compose step 1 \({name}\), on the output of step 0 "
@@ -1616,3 +1617,22 @@ def test_kornia_video_sequential_is_refused_when_built_with_the_way_to_the_frame
     assert torch.equal(frames, frames[:, :1].expand_as(frames))  # a clip's frames flipped alike
     x2, _ = Compose([LatentNoise(rgb_glow)])(frames.flatten(0, 1))
     assert x2.shape == (8, 3, 16, 16)
+
+
+@pytest.mark.parametrize("normalize, where", [
+    (lambda: T.Normalize([0.5] * 3, [0.25] * 3), "Normalize at step 1"),
+    (lambda: K.Normalize(torch.tensor([0.5] * 3), torch.tensor([0.25] * 3)), "Normalize at step 1"),
+    (lambda: kornia.enhance.Normalize(torch.tensor([0.5] * 3), torch.tensor([0.25] * 3)), "Normalize at step 1"),
+    (lambda: torchvision.transforms.Normalize([0.5] * 3, [0.25] * 3), "Normalize at step 1"),
+    (lambda: T.Compose([T.RandomHorizontalFlip(), T.Normalize([0.5] * 3, [0.25] * 3)]),
+     "Normalize in Compose at step 1"),
+    (lambda: K.AugmentationSequential(K.RandomHorizontalFlip(), K.Normalize(torch.tensor([0.5] * 3),
+                                                                            torch.tensor([0.25] * 3))),
+     "Normalize in AugmentationSequential at step 1")])
+def test_a_normalize_step_is_refused_when_built_as_eval_mode_would_skip_it(rgb, rgb_glow, normalize, where):
+    # a torchvision habit, Normalize last: it trained on normalised images, and the same Compose in eval() mode (the
+    # quickstart's validation loop) skipped it, giving the model images in [0, 1], silently
+    x, y = rgb
+    with pytest.raises(ValueError, match=rf"^{where} normalises with mean/std, .* eval\(\) mode .* unnormalised; "
+                                         r"normalise inside the model.*nn.Sequential\(v2.Normalize\(mean, std\), "):
+        Compose([LatentNoise(rgb_glow, eps=1.0, generator=0), normalize()])

@@ -285,6 +285,22 @@ def test_a_pil_image_or_numpy_array_is_told_how_to_become_a_batch():
         LatentNoise(GLOW)((GOOD_X,), GOOD_Y)
 
 
+def test_numpy_labels_or_one_samples_int_label_are_told_what_to_pass():
+    """Audit 417 (a new user's path): numpy labels said only "y must be a torch.Tensor, got ndarray" (numpy images get
+    a hint), and ISDA, which reads no images, called per sample in a Dataset's __getitem__ with the sample's int
+    label, only "got int"."""
+    with pytest.raises(TypeError, match=r"^y must be a torch.Tensor, got ndarray; torch.from_numpy\(y\)$"):
+        LatentNoise(GLOW)(GOOD_X, GOOD_Y.numpy())
+    for label in (3, np.int64(3)):
+        with pytest.raises(TypeError, match=rf"^y must be a torch.Tensor, got {type(label).__name__}; one sample's "
+                                            r"label\? the transforms take batches: call it on the DataLoader's "
+                                            r"batches, y \(B,\) int64 \(or torch.tensor\(\[y\]\), with "
+                                            r"x.unsqueeze\(0\)\)$"):
+            ISDA(10)(GOOD_X[0], label, TinyNet())
+    with pytest.raises(TypeError, match=r"^y must be a torch.Tensor, got float$"):  # a regression target: no hint
+        ISDA(10)(GOOD_X[0], 3.0, TinyNet())
+
+
 def test_the_model_or_a_whole_loader_batch_in_xs_place_is_told_the_call():
     """Audit 293 (a new user's path): t(model, x, y) said only "x must be a torch.Tensor, got TinyNet", and a
     DataLoader's [x, y] batch given whole, t(batch, model=model), "got list"; from every kind of transform."""
