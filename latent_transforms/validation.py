@@ -760,19 +760,22 @@ def row_sum_tolerance(dtype: torch.dtype, mixes: bool = True) -> float:
     return max(_SOFT_LABEL_TOL, (4 if mixes else 1) * torch.finfo(dtype).eps)
 
 
-def check_device(what: str, device: torch.device, x: torch.Tensor, x_is: str = "x is") -> None:
+def check_device(what: str, device: torch.device, x: torch.Tensor, x_is: str = "x is", holder: str = "") -> None:
     """Raise if ``what`` lives on ``device``, another device than ``x`` (data is never moved silently); ``x_is``
-    names ``x`` in the message ("logits are")."""
+    names ``x`` in the message ("logits are"); ``holder``: what else moves it ("the transform that holds it")."""
     if device != x.device:
-        raise ValueError(f"{what} is on {device} but {x_is} on {x.device}; move it with .to({str(x.device)!r}) "
+        to = f".to({str(x.device)!r})"
+        raise ValueError(f"{what} is on {device} but {x_is} on {x.device}; move it with {to}"
+                         f"{f', or {holder}: augment{to}' if holder else ''} "
                          f"(latent-transforms never moves data between devices)")
 
 
-def check_same_device(x: torch.Tensor, module: torch.nn.Module, what: str, x_is: str = "x is") -> None:
-    """Raise if ``module``'s parameters (else buffers) live on another device than ``x``."""
+def check_same_device(x: torch.Tensor, module: torch.nn.Module, what: str, x_is: str = "x is", holder: str = ""
+                      ) -> None:
+    """Raise if ``module``'s parameters (else buffers) live on another device than ``x`` (``check_device``)."""
     # the first parameter, else buffer (a loop: torch 2.4's compile broke the graph at next(it, None))
     for p in itertools.chain(module.parameters(), module.buffers()):
-        check_device(what, p.device, x, x_is)
+        check_device(what, p.device, x, x_is, holder)
         return
 
 

@@ -273,6 +273,10 @@ def test_codec_device_mismatch_is_named():
     x = torch.rand(2, 1, 8, 8)  # a codec on meta for another device (images on meta are refused as holding no values)
     with pytest.raises(ValueError, match="codec is on meta but x is on cpu"):
         copy.deepcopy(GLOW).to("meta").check_images(x)
+    # audit 417: "move it with .to('cpu')" named the codec only, which a user of LatentNoise("glow-cifar10") never made
+    with pytest.raises(ValueError, match=r"^the glow codec is on meta but x is on cpu; move it with \.to\('cpu'\), or "
+                                         r"the transform that holds it: augment\.to\('cpu'\) \(latent-transforms never"):
+        LatentNoise(copy.deepcopy(GLOW).to("meta"))(x, torch.tensor([0, 1]))
 
 
 def test_decode_flat_refuses_flat_latents_of_another_width_or_rank():

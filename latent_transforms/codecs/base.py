@@ -34,6 +34,7 @@ OWN_CODEC_DOCS = "docs/training.md#your-own-model-as-a-codec"
 # 1, at 100 70-77% of the shipped VAEs' are; beyond, only noise, then NaN (glow-digits from 3e27, glow-cifar10 from
 # 3e30, all four at 1e38)
 _MAX_TEMPERATURE = 100.0
+_HOLDER = "the transform that holds it"  # a device clash's other fix: users of LatentNoise("glow-cifar10") hold no codec
 
 
 def shapes_weights(name: str, check: Callable[..., SettingT], *args: Any, why: str = "it shapes the weights",
@@ -373,7 +374,7 @@ class Codec(Settings, ChecksCodecStates, nn.Module):
         if got != shapes or len({t.shape[0] for t in z}) != 1:
             raise ValueError(f"this {self.kind} codec's latents have per-sample shapes {shapes} and one batch size, "
                              f"got shapes {[tuple(t.shape) for t in z]}")
-        check_same_device(z[0], self, f"the {self.kind} codec", "z is")
+        check_same_device(z[0], self, f"the {self.kind} codec", "z is", _HOLDER)
         self.check_dtype()
 
     def check_images(self, x: torch.Tensor, name: str = "x", allow_empty: bool = False, values: bool = False) -> None:
@@ -382,7 +383,7 @@ class Codec(Settings, ChecksCodecStates, nn.Module):
         sync)."""
         check_images(x, name, values=False, allow_empty=allow_empty)
         self.check_image_shape(x, name)
-        check_same_device(x, self, f"the {self.kind} codec")
+        check_same_device(x, self, f"the {self.kind} codec", holder=_HOLDER)
         if values:
             check_image_values(x, name)
 
