@@ -3,6 +3,7 @@ reading its logits, naming the device a run used, and choosing the CPU threads o
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import platform
 import re
@@ -174,6 +175,21 @@ def device_memory(device: torch.device) -> int | None:
         except (AttributeError, ValueError, OSError):  # no sysconf (Windows), or no such name
             return None
     return None
+
+
+def process_memory() -> int | None:
+    """The resident memory of this process in bytes (Linux's ``/proc/self/statm``; elsewhere its peak so far, from
+    ``getrusage``), ``None`` where neither is known (Windows)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * mmap.PAGESIZE
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import resource
+    except ImportError:
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
 def describe_device(device: torch.device) -> str:

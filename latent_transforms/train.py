@@ -39,7 +39,7 @@ import torch
 from . import hub
 from .codecs import Codec, ConvVAE, Glow, build_codec, exact_math
 from .data import DEFAULT_DATA_ROOT, SPLIT_SPECS
-from .modelutils import describe_device, device_memory, threads_for_this_cpu
+from .modelutils import describe_device, device_memory, process_memory, threads_for_this_cpu
 from .pixel_shift import random_shift_flip
 from .progress import progress_bar
 from .torch_defaults import cpu_as_default_device
@@ -51,7 +51,15 @@ from .validation import (POSITIVE_FLOAT, POSITIVE_INT, THREADS, MissingFileError
 __all__ = ["train_codec", "eval_codec", "default_config", "save_training_state", "load_training_state", "STATE_FORMAT"]
 
 STATE_FORMAT = "latent-transforms-train-state/1"
-_ACTNORM_INIT_BATCH = 512  # at most: on a CPU, no more than the largest training batch that fits (_batch_that_fits)
+_ACTNORM_INIT_BATCH = 512  # at most: on a CPU, no more than _STEP_PEAK_FACTOR times the largest batch that fits
+_EVAL_BATCH = 256  # eval_codec's; train_codec's final metrics on a CPU: no more than the largest batch that fits
+# a CPU training step's peak memory (VmHWM of 2-step train_codec runs on 1x8x8 to 3x64x64 images at batches of 8 to 256,
+# torch 2.14, glibc; audit 418, benchmarks/train_memory.py): what its forward keeps for the backward pass (_step_bytes)
+# times up to 1.79, as the backward's transient gradients come on top and the second step's forward finds only part of
+# the first's memory free (1.11 at a batch of 256 3x32x32 images, whose tensors are past glibc's 32 MB mmap threshold:
+# given back when freed), and up to 22 MB of working memory besides the libraries, weights, gradients, optimizer state
+_STEP_PEAK_FACTOR = 2
+_STEP_WORKING_BYTES = 64 * 2**20
 # seeds in [0, 2**32), as NumPy's: the batch order seeds a generator with seed * 1_000_003 + epoch
 _MAX_SEED = 2**32 - 1
 # Adam and Adamax move each weight by up to about lr a step: beyond 1, only overflow (lr 1e38: a traceback)
@@ -264,12 +272,13 @@ def _refuse_too_big(config: dict[str, Any]) -> None:
 
 def _batch_that_fits(config: dict[str, Any], batch_size: int, num_images: int) -> int:
     """The largest batch whose CPU training step fits this machine's memory (in all, as ``_refuse_too_big``), by the
-    estimate of ``_step_bytes``, or ``num_images`` where the memory is not known; ``ValueError`` if ``batch_size``
-    (or all the ``num_images`` when fewer) does not fit: the system would kill the process in its first step."""
+    estimate of ``_step_memory``, or ``num_images`` where the memory is not known; ``ValueError`` if ``batch_size``
+    (or all the ``num_images`` when fewer) does not fit: the system would kill the process in its first steps."""
     memory = device_memory(torch.device("cpu"))
     if memory is None:
         return num_images
-    per_image, fixed = _step_bytes(json.dumps(config, sort_keys=True))
+    per_image, (state, held) = _step_memory(config)
+    fixed = state + held
     fits = max(0, (memory - fixed) // per_image)
     need = fixed + min(batch_size, num_images) * per_image
     if need > memory:
@@ -277,10 +286,20 @@ def _batch_that_fits(config: dict[str, Any], batch_size: int, num_images: int) -
         fix = f"a batch of at most {fits} fits by this estimate" if fits else \
             "not even one image fits: use smaller images or codec"
         raise ValueError(f"batch_size {batch_size} needs about {need / 1e9:.3g} GB for a training step "
-                         f"({per_image / 1e6:.3g} MB for each {c}x{h}x{w} image, kept for the backward pass, and "
-                         f"{fixed / 1e9:.3g} GB of weights, gradients and optimizer state), more than this machine's "
-                         f"{memory / 1e9:.3g} GB of memory; {fix}")
+                         f"({per_image / 1e6:.3g} MB for each {c}x{h}x{w} image, {_STEP_PEAK_FACTOR} times what its "
+                         f"forward keeps for the backward pass; {state / 1e9:.3g} GB of weights, gradients and "
+                         f"optimizer state; {held / 1e9:.3g} GB that this process holds and the step's working "
+                         f"memory), more than this machine's {memory / 1e9:.3g} GB of memory; {fix}")
     return min(fits, num_images)
+
+
+def _step_memory(config: dict[str, Any]) -> tuple[int, tuple[int, int]]:
+    """(bytes an image, (bytes of the codec's state, bytes besides)) of the peak memory of a CPU training step of the
+    codec of ``config``: ``_STEP_PEAK_FACTOR`` times what its forward keeps of an image (``_step_bytes``), its weights
+    with their gradients and optimizer state, and what this process holds already (the libraries, its codec and
+    optimizer loaded by ``_step_bytes``, and the training images) with ``_STEP_WORKING_BYTES``."""
+    kept, state = _step_bytes(json.dumps(config, sort_keys=True))
+    return _STEP_PEAK_FACTOR * kept, (state, (process_memory() or 0) + _STEP_WORKING_BYTES)
 
 
 @functools.lru_cache(maxsize=64)
@@ -288,7 +307,8 @@ def _step_bytes(config_json: str) -> tuple[int, int]:
     """(bytes an image, bytes besides) that a training step of the codec of ``config_json`` (JSON, keys sorted: the
     cache's key) needs at least: what its loss's forward keeps for the backward pass, measured on one random image
     (``saved_tensors_hooks``; the weights it keeps not counted there), and its state with the gradients and an
-    optimizer's two moments (Adam, Adamax). The backward pass's transient gradients and the data come on top."""
+    optimizer's two moments (Adam, Adamax), whose libraries its building loads (torch._dynamo: 0.15 GB). The backward
+    pass's transient gradients and the data come on top (``_step_memory``)."""
     config = json.loads(config_json)
     with torch.random.fork_rng(devices=[]):
         codec = build_codec(config)
@@ -303,6 +323,8 @@ def _step_bytes(config_json: str) -> tuple[int, int]:
 
         with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t), values_read():  # random, in [0, 1)
             codec.loss(torch.rand(1, *config["image_shape"], device="cpu"))
+        with cpu_as_default_device():  # as _build does
+            _RECIPES[config["kind"]].optimizer(codec.parameters(), lr=1e-3)
     state = sum(t.numel() * t.element_size() for t in codec.state_dict().values())
     return sum(kept.values()), state + 3 * sum(p.numel() * p.element_size() for p in codec.parameters())
 
@@ -492,7 +514,7 @@ def _nan_max(a: float, b: float) -> float:
 
 
 @torch.no_grad()
-def eval_codec(codec: Codec, x: torch.Tensor, batch_size: int = 256, seed: int = 0) -> dict[str, float]:
+def eval_codec(codec: Codec, x: torch.Tensor, batch_size: int = _EVAL_BATCH, seed: int = 0) -> dict[str, float]:
     """Test metrics of a codec on images ``x`` (N, C, H, W) in [0, 1] (moved to the codec's device ``batch_size`` at a
     time); ``seed`` seeds the random draws (noise, posterior samples), so a call repeats its figures.
 
@@ -1291,7 +1313,10 @@ def train_codec(
         warnings.warn(cost, stacklevel=2)
     n = x_train.shape[0]
     # on a CPU a step past the memory is killed by the system, silently (on a GPU torch raises its out-of-memory error)
-    init_batch = min(_ACTNORM_INIT_BATCH, _batch_that_fits(cfg, batch_size, n) if dev.type == "cpu" else n)
+    fits = _batch_that_fits(cfg, batch_size, n) if dev.type == "cpu" else n
+    # the ActNorm init's forward, without gradient, keeps less than the kept bytes of its images, which the step's
+    # estimate counts _STEP_PEAK_FACTOR times: the defaults' 512 images wherever they did before that factor
+    init_batch = min(_ACTNORM_INIT_BATCH, n, fits * _STEP_PEAK_FACTOR)
     out = make_folder(output_folder(out_dir))  # ~ expanded, as hub.load does; made once every setting is known good
     with contextlib.ExitStack() as lock:
         locked = lock.enter_context(_only_run_writing(out, name))
@@ -1377,7 +1402,9 @@ def train_codec(
             stored, sha, dtype, fallback = _store(codec, recipe, ckpt, fp16, x_eval[:256], name, dev, say)
         except torch.linalg.LinAlgError as e:  # weights so far gone that a 1x1 convolution cannot be inverted
             _diverged(run, ckpt, f"a weight the codec inverts is singular ({e})")
-        metrics = eval_codec(stored, x_eval, seed=seed)
+        # no bigger a batch than a training step that fits, where the memory allows fewer than all the training images
+        # (eval of 256 3x64x64 images by a VAE: 1.0 GB more, against 0.4 GB for its step of 8 images)
+        metrics = eval_codec(stored, x_eval, batch_size=min(_EVAL_BATCH, fits) if fits < n else _EVAL_BATCH, seed=seed)
         _refuse_diverged(metrics, run, ckpt)
         _save_grid(stored, x_eval, png, n=min(16, x_eval.shape[0]), temperature=recipe.sample_temperature, seed=seed)
         weakness = recipe.weakness(stored, metrics)

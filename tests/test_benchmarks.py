@@ -2321,6 +2321,16 @@ def test_fsdp2_attack_no_sync_smoke_tells_the_attacks_buffers_from_rounding(tmp_
     assert "on 8 random 8x8 images (smoke) each" in proc.stdout  # audit 277: it said "8 digits each"
 
 
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux's per-phase peak memory")
+def test_train_memory_measures_each_phase_of_a_run_on_a_machine_of_the_check_s_estimate(tmp_path):
+    """benchmarks/train_memory.py (docs/training.md's memory-check figures), one case: the machine's memory set to the
+    check's estimate for the batch (which counts what the process holds, above the old estimate), each phase's peak."""
+    proc = _run([str(BENCHMARKS / "train_memory.py"), "--case", "flow", "1", "8", "8", "16"], tmp_path)
+    r = json.loads(proc.stdout.splitlines()[-1])
+    assert {"check, build", "ActNorm init", "step 1", "step 2", "state save", "final files"} <= set(r["peaks"])
+    assert r["need"] > r["before"] + r["old_estimate"]
+
+
 def test_isda_memory_reports_out_of_memory_only_for_a_step_that_ran_out(tmp_path):
     """RLIMIT_AS counts the whole process's address space (torch's libraries and threads: ~3 GiB before any tensor):
     a case out of memory in its step says how much of the limit its step had; one that could not even be set up is an

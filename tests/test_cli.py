@@ -554,10 +554,10 @@ def test_train_refusal_naming_several_settings_spells_each_as_its_flag(tmp_path,
 def test_train_batch_past_the_memory_of_a_cpu_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
     """Helper 356: a CPU step past the memory was killed by the system, silently; it is refused, naming the fix."""
     pytest.importorskip("sklearn")
-    config = train.default_config("flow", (1, 8, 8), num_bins=17)
-    per_image, fixed = train._step_bytes(json.dumps(config, sort_keys=True))
+    per_image, (state, held) = train._step_memory(train.default_config("flow", (1, 8, 8), num_bins=17))
+    monkeypatch.setattr(train, "process_memory", lambda: held - train._STEP_WORKING_BYTES)  # as now, whatever it loads
     monkeypatch.setattr(train.os, "sysconf", lambda name: {"SC_PAGE_SIZE": 1,
-                                                           "SC_PHYS_PAGES": fixed + 10 * per_image}[name])
+                                                           "SC_PHYS_PAGES": state + held + 10 * per_image}[name])
     code, out, err = _exit_code(["train", "flow", "--data", "digits", "--out", str(tmp_path / "o"), "--max-steps", "1",
                                  "--device", "cpu", "--quiet"], capsys)
     assert code == 2 and out == "" and len(err.splitlines()) == 1
