@@ -40,6 +40,7 @@ from .validation import MissingFileError, bad_option, check_choice, check_count,
 
 if TYPE_CHECKING:
     from PIL import Image
+    from PIL.ImageFile import ImageFile
 
 __all__ = ["load_images", "low_data_split", "cifar10_5k_index", "describe_spec", "IMAGE_SUFFIXES", "SPLIT_SPECS",
            "CIFAR10_SPECS"]
@@ -290,14 +291,24 @@ def _has_transparency(im: Image.Image) -> bool:
 
 
 def _is_colour(im: Image.Image) -> bool:
-    """Whether a PIL image holds colour: a colour mode, or a palette image with a pixel that is not grey (a grey
-    palette, as in GIFs and size-optimised PNGs, holds a grey image)."""
+    """Whether a PIL image holds colour: a pixel that is not grey. A grey image stored in a colour mode (a grey palette,
+    as in GIFs and size-optimised PNGs, or RGB or RGBA from an editor) holds a grey image."""
     if im.mode in ("1", "L", "LA"):
         return False
-    if im.mode in ("P", "PA"):
-        rgb = np.asarray(im.convert("RGB"))
-        return not (rgb == rgb[..., :1]).all()
-    return True
+    rgb = np.asarray(im.convert("RGB"))
+    return not (rgb == rgb[..., :1]).all()
+
+
+def _deep_mode(im: ImageFile) -> str | None:
+    """The mode of a PIL image opened but not yet loaded, if it holds more than 8 bits per channel (``I;16``, ``F``;
+    ``RGB;16B`` for a 16-bit RGB PNG, which PIL opens as 8-bit ``RGB``, dropping the low byte), else ``None``."""
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        return im.mode
+    for tile in im.tile:  # (decoder, box, offset, args): args the raw mode, or a tuple that starts with it
+        raw = tile[3][0] if isinstance(tile[3], tuple) and tile[3] else tile[3]
+        if isinstance(raw, str) and raw.rsplit(";", 1)[-1] in ("16B", "16L"):  # not a 16-bit BMP's BGR;16 (5-6-5)
+            return raw
+    return None
 
 
 def _folder(root: Path) -> tuple[torch.Tensor, torch.Tensor | None, int]:
@@ -333,10 +344,10 @@ def _folder(root: Path) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     for f, _ in files:
         try:
             with Image.open(f) as im:
+                deep = _deep_mode(im)
                 im.load()
-                mode = im.mode
-                if mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-                    raise ValueError(f"{f}: {mode} (16-bit or float) images are not supported; convert to 8-bit"
+                if deep:
+                    raise ValueError(f"{f}: {deep} (16-bit or float) images are not supported; convert to 8-bit"
                                      f"{_KEEP_LEVELS}")
                 colour = colour or _is_colour(im)
                 if _has_transparency(im):

@@ -931,7 +931,11 @@ def register_run(run: str | os.PathLike[str], *, name: str | None = None, overwr
             raise ValueError(f"{file} is the file of checkpoint {users[0]!r}; give another --name (Python: name=)")
         source = run.parent / entry["file"]
         if not source.is_file():
-            raise MissingFileError(f"no checkpoint file {source} beside {run}")
+            beside = run.with_suffix(".safetensors")  # renamed with the JSON, which still names the file it was
+            hint = (f"; {beside.name} is there: {run.name} names its checkpoint {entry['file']}, give it that name "
+                    f"again (to register it as {beside.stem}: --name {beside.stem}, Python: name={beside.stem!r})"
+                    if beside.is_file() else "")  # not source, which is not there
+            raise MissingFileError(f"no checkpoint file {source} beside {run}{hint}")
         sha = sha256_file(source)
         if sha != entry["sha256"]:
             raise ValueError(f"{source} does not match {run}: its sha256 is {sha}, the run's is {entry['sha256']} "

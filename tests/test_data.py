@@ -6,6 +6,7 @@ import io
 import re
 import urllib.error
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -282,6 +283,21 @@ def test_a_folder_of_grey_palette_images_stays_one_channel(tmp_path):
     assert load_images(f"folder:{root}")[0].shape == (3, 3, 6, 4)  # a colour palette makes all RGB, as a colour mode
 
 
+@pytest.mark.parametrize("mode", ["RGB", "RGBA"])
+def test_a_grey_image_stored_in_a_colour_mode_keeps_a_grey_folder_one_channel(tmp_path, mode):
+    """Audit 421: one grey image saved as RGB or opaque RGBA (by an editor, a screenshot tool) among grey ones made the
+    whole set RGB without a word, and a codec trained on it took 3-channel images at 3 times the cost."""
+    from PIL import Image
+
+    root = tmp_path / mode
+    root.mkdir()
+    grey = np.random.default_rng(0).integers(0, 256, (3, 6, 4), dtype=np.uint8)
+    for i, image in enumerate(grey):
+        Image.fromarray(image).convert(mode if i == 1 else "L").save(root / f"{i}.png")
+    x, _, _ = load_images(f"folder:{root}")
+    assert torch.equal(x, torch.from_numpy(grey).unsqueeze(1) / 255)
+
+
 def test_a_folder_is_rgb_if_any_image_is_colour_and_grey_if_none_is(tmp_path):
     """Whichever image comes first: one colour image (RGB or a colour palette) among grey ones makes the set RGB; grey
     images with an opaque alpha channel (LA) and black-and-white ones (1) stay one channel."""
@@ -316,6 +332,52 @@ def test_folder_spec_refuses_16_bit_images(tmp_path):
     with pytest.raises(ValueError, match="deep.png: I.* \\(16-bit or float\\) images are not supported; convert to "
                                          "8-bit" + KEEPS_LEVELS):
         load_images(f"folder:{root}")
+
+
+def _png(path, image: np.ndarray, colour_type: int) -> None:
+    """Write ``image`` (H, W, C) uint16 as a 16-bit-per-channel PNG of ``colour_type`` (2 RGB, 4 grey and alpha, 6
+    RGBA), which PIL cannot write."""
+    import struct
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in image)
+    header = struct.pack(">IIBBBBB", image.shape[1], image.shape[0], 16, colour_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+                     + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("channels, colour_type", [(3, 2), (4, 6), (2, 4)])
+def test_folder_spec_refuses_16_bit_colour_images(tmp_path, channels, colour_type):
+    """Audit 421: PIL opens a 16-bit-per-channel RGB, RGBA or grey-and-alpha PNG as an 8-bit mode, keeping the high
+    byte, so where a 16-bit grey PNG is refused these lost their low byte without a word."""
+    root = tmp_path / "deep"
+    root.mkdir()
+    image = np.random.default_rng(0).integers(0, 65536, (6, 4, channels), dtype=np.uint16)
+    if channels != 3:
+        image[..., -1] = 65535  # an opaque alpha
+    _png(root / "deep.png", image, colour_type)
+    with pytest.raises(ValueError, match="deep.png: .*;16B \\(16-bit or float\\) images are not supported; convert "
+                                         "to 8-bit" + KEEPS_LEVELS):
+        load_images(f"folder:{root}")
+
+
+def test_folder_spec_reads_a_16_bit_bmp_of_fewer_bits_per_channel(tmp_path):
+    """A 16-bit BMP packs 5, 6 and 5 bits per channel (PIL's raw mode BGR;16): not refused as 16 bits per channel."""
+    import struct
+
+    from PIL import Image
+
+    root = tmp_path / "packed"
+    root.mkdir()
+    pixels = struct.pack("<8H", *(i << 11 | (7 - i) << 5 | i for i in range(8)))  # 4x2: rows a multiple of 4 bytes
+    info = struct.pack("<IiiHHIIiiII3I", 40, 4, 2, 1, 16, 3, len(pixels), 2835, 2835, 0, 0, 0xF800, 0x07E0, 0x001F)
+    offset = 14 + len(info)
+    (root / "packed.bmp").write_bytes(b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset) + info + pixels)
+    x, _, _ = load_images(f"folder:{root}")
+    with Image.open(root / "packed.bmp") as im:
+        assert torch.equal(x[0], torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1) / 255)
 
 
 def test_a_bare_npz_path_or_folder_is_answered_with_the_spec_to_use(tmp_path):

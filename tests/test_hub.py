@@ -2048,6 +2048,19 @@ def test_a_run_whose_checkpoint_is_gone_is_a_missing_file(env, tmp_path):
     assert isinstance(e.value, ValueError)
 
 
+def test_a_run_renamed_with_its_checkpoint_is_told_the_name_its_json_gives(env, tmp_path):
+    """Audit 421: a run whose JSON and checkpoint were both renamed (zz-run.* to mine.*) was refused as "no checkpoint
+    file zz-run.safetensors", with mine.safetensors beside it and no word of why: the JSON names its checkpoint."""
+    run = _run_json(tmp_path)
+    renamed = run.rename(tmp_path / "mine.json")
+    (tmp_path / "zz-run.safetensors").rename(tmp_path / "mine.safetensors")
+    with pytest.raises(FileNotFoundError, match=r"zz-run\.safetensors beside .*mine\.json; mine\.safetensors is there: "
+                                                r"mine\.json names its checkpoint zz-run\.safetensors, give it that name "
+                                                r"again \(to register it as mine: --name mine, Python: name='mine'\)$"):
+        hub.register_run(renamed)
+    assert not (hub.cache_dir() / "zz-run.safetensors").exists()
+
+
 def test_a_checkpoint_that_changes_while_it_is_copied_is_not_registered(env, tmp_path, monkeypatch):
     """The copy is hashed again (mutation round, audit 374: that check was untested): a file rewritten between its
     check and its copy (training still saving) is refused, leaving neither the entry nor the copy."""
