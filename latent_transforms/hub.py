@@ -1125,10 +1125,15 @@ def _remote_url(file: str) -> str | None:
         local = windows.as_uri() if len(scheme) == 1 and windows.is_absolute() else "file:///absolute/path"
         raise ValueError(f"LATENT_TRANSFORMS_HUB_URL={shown!r} has unsupported scheme {scheme!r}; use one of "
                          f"{list(_URL_SCHEMES)} (a local directory: {local})")
+    if scheme != "file" and ("?" in base or "#" in base):  # the file name went after it: ...?token=x/a.safetensors
+        cut = len(shown) - len(re.split(r"[?#]", shown, maxsplit=1)[1])  # up to the "?" or "#": no token shown
+        raise ValueError(f"LATENT_TRANSFORMS_HUB_URL={shown[:cut] + '...'!r} has a query or "
+                         f"fragment ('?' or '#'), which the file name would follow; it is the folder that holds the "
+                         f"files (a '?' or '#' in a folder name is %3F or %23)")
     if shown != base:  # urllib sends no credentials from a URL: it looked up "user:password@host" as the host name
         raise ValueError(f"LATENT_TRANSFORMS_HUB_URL={shown!r} holds a user name or password before its host, which "
-                         f"downloads do not send; serve the files where they can be downloaded without them (a signed "
-                         f"URL's query is sent), or copy them into the cache dir")
+                         f"downloads do not send; serve the files where they can be downloaded without them, or copy "
+                         f"them into the cache dir")
     if scheme == "file" and parts.netloc not in ("", "localhost"):
         raise ValueError(f"LATENT_TRANSFORMS_HUB_URL={shown!r} reads {parts.netloc!r} as a host name; a local "
                          f"directory is file:///absolute/path (three slashes), a Windows network share "

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -1342,13 +1343,13 @@ def test_a_download_that_fails_after_a_redirect_names_where_it_was_redirected(en
 
 @pytest.mark.parametrize("userinfo", ["alice:s3cr3t@", "ghp_s3cr3t@", "a:b@s3cr3t@"])
 @pytest.mark.parametrize("base", ["http://{}127.0.0.1:9/ckpt", "ftp://{}host/x", "http://{}[::1", "http://{}h/\n",
-                                  "file://{}host/x"])
+                                  "file://{}host/x", "//{}host/x"])  # (audit 420) no scheme: None//*** had it one
 def test_a_hub_url_with_credentials_is_refused_without_naming_them(env, monkeypatch, base, userinfo):
     """urllib sends no user name or password from a URL: it looked "alice:s3cr3t@127.0.0.1" up as a host name, and the
     error ("Name or service not known") printed the password; no message names it."""
     monkeypatch.setenv("LATENT_TRANSFORMS_HUB_URL", base.format(userinfo))
     _register("x", "good.safetensors")
-    with pytest.raises(ValueError, match=r"LATENT_TRANSFORMS_HUB_URL='[a-z]+://\*\*\*@") as e:
+    with pytest.raises(ValueError, match=r"LATENT_TRANSFORMS_HUB_URL='([a-z]+:)?//\*\*\*@") as e:
         hub.fetch("x")
     assert "s3cr3t" not in str(e.value)
     if base.startswith("http://{}127"):
@@ -1383,6 +1384,28 @@ def test_a_file_url_folder_with_an_at_sign_is_named_as_it_is(env, tmp_path, monk
                        ) as e:
         hub.fetch("x")
     assert "***" not in str(e.value)
+
+
+def test_an_at_sign_a_network_error_quotes_outside_a_urls_user_name_is_kept():
+    """(audit 420) Only a URL's "user:password@" is masked: an "@" in its path, query or fragment, or after it (an
+    address in the message), is the reason's own."""
+    reason = ("Redirection to url 'https://h/me@x/y', 'https://h?to=me@x', 'https://h#me@x' or https://h from "
+              "admin@example.com")
+    assert hub._why(urllib.error.URLError(reason)) == reason
+    assert hub._why(urllib.error.URLError("to url 'gopher://u:s3cr3t@h?to=me@x'")) == "to url 'gopher://***@h?to=me@x'"
+
+
+@pytest.mark.parametrize("url", ["https://h/ckpts?token=abc", "http://h/ckpts#x", "https://h?token=me@x", "http://h/?"])
+def test_an_http_hub_url_with_a_query_or_fragment_is_refused(env, monkeypatch, url):
+    """(audit 420) The file's name was appended after the query: https://h/ckpts?token=abc/good.safetensors asked the
+    folder for a query naming the file (a fragment: the folder itself); the refusal names neither (a token)."""
+    monkeypatch.setenv("LATENT_TRANSFORMS_HUB_URL", url)
+    _register("x", "good.safetensors")
+    cut = re.match(r"[^?#]*[?#]", url)[0]  # https://h/ckpts? (the host's part only: "me@" is no password)
+    with pytest.raises(ValueError, match=rf"^LATENT_TRANSFORMS_HUB_URL='{re.escape(cut)}\.\.\.' has a query or "
+                                         r"fragment \('\?' or '#'\)") as e:
+        hub.fetch("x")
+    assert "abc" not in str(e.value) and "me@" not in str(e.value)
 
 
 def test_a_file_url_given_back_rewritten_is_not_called_redirected():
@@ -1566,6 +1589,7 @@ def test_load_uses_the_bytes_it_verified(env, monkeypatch):
 @pytest.mark.parametrize("folder, file, host", [
     ("my checkpoints", "good.safetensors", ""),  # a space in the folder
     ("remote", "a#1.safetensors", "localhost"),  # a "#" in the file name (unquoted: a fragment), file://localhost/
+    ("a?b", "good.safetensors", ""),  # (audit 420) a "?" in the folder: a file URL has no query, http's is refused
 ])
 def test_a_file_url_with_a_space_a_hash_or_localhost_works(env, tmp_path, monkeypatch, folder, file, host):
     folder = tmp_path / folder
