@@ -150,6 +150,19 @@ def _is_normalization(t: object) -> bool:
     return isinstance(t, (Normalize, V1Normalize, KorniaNormalize, EnhanceNormalize))
 
 
+def _normalization_in(t: object) -> object | None:
+    """The mean/std normalisation (``_is_normalization``) that a part ``t`` is, or that torchvision v1's ``Compose``,
+    ``RandomApply``, ``RandomChoice`` or ``RandomOrder`` holds (``_parts`` sees v2 containers only: v1's are no
+    modules, or hold a list, and a Compose calls them as plain callables); ``None`` for none."""
+    from torchvision.transforms import transforms as v1
+
+    t = t.fn if isinstance(t, _Callable) else t
+    if _is_normalization(t):
+        return t
+    held = t.transforms if isinstance(t, (v1.Compose, v1.RandomApply, v1.RandomTransforms)) else []
+    return next((n for s in held for q in _parts(s) if (n := _normalization_in(q)) is not None), None)
+
+
 def _is_kornia_container(t: object) -> bool:
     """kornia's AugmentationSequential, ImageSequential, auto policies, ...: called as ``t(x)`` by Compose."""
     from kornia.augmentation.container.base import BasicSequentialBase
@@ -443,8 +456,8 @@ class Compose(Settings, ChecksCodecStates, nn.Module):
                                      f"yourself on the clips, before the Compose, which takes their frames: "
                                      f"vs(clips).flatten(0, 1) for data_format='BTCHW' "
                                      f"(docs/composition.md#video-clips)")
-                if _is_normalization(p):  # trained on normalised images, validated (eval(): skipped) on others
-                    raise ValueError(f"{_where(p, t, i)} normalises with mean/std, but a Compose in eval() mode runs "
+                if (n := _normalization_in(p)) is not None:  # trained on normalised images, validated on others
+                    raise ValueError(f"{_where(n, t, i)} normalises with mean/std, but a Compose in eval() mode runs "
                                      f"none of its steps but the dtype conversions, so validation batches would reach "
                                      f"the model unnormalised; normalise inside the model, after the augmentation: "
                                      f"model = nn.Sequential(v2.Normalize(mean, std), model) "

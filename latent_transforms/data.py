@@ -36,7 +36,7 @@ from numpy.typing import NDArray
 import torch
 
 from .hub import cache_dir, offline
-from .validation import MissingFileError, bad_option, check_choice, check_count, expanded_path
+from .validation import MissingFileError, bad_option, check_choice, check_count, expanded_path, shown
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -403,6 +403,6 @@ def low_data_split(y: torch.Tensor | NDArray[Any], per_class: int, seed: int = 0
     for c in torch.unique(y).tolist():
         members = (y == c).nonzero().flatten()
         if len(members) < per_class:
-            raise ValueError(f"class {c} has only {len(members)} samples, fewer than per_class={per_class}")
+            raise ValueError(f"class {c} has only {len(members)} samples, fewer than per_class={shown(per_class)}")
         picked.append(members[torch.randperm(len(members), generator=g, device="cpu")[:per_class]])
     return torch.cat(picked).sort().values

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import get_worker_info
 
-from .validation import WrongTypeError, check_count, check_number, text_hint
+from .validation import WrongTypeError, check_count, check_number, shown, text_hint
 
 __all__ = ["random_partners", "sample_beta"]
 
@@ -60,7 +60,7 @@ def _check_generator(spec: object) -> torch.Generator | int | None:
                              f"{text_hint(spec, int, none_allowed=True)}")
     if isinstance(spec, numbers.Integral) and not -2**63 <= int(spec) < 2**64:
         raise ValueError(f"a generator seed must be in [-2**63, 2**64) (torch.Generator.manual_seed's range), "
-                         f"got {spec}")
+                         f"got {shown(spec)}")
     return int(spec) if isinstance(spec, numbers.Integral) else spec
 
 

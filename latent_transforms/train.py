@@ -270,14 +270,17 @@ def _refuse_too_big(config: dict[str, Any]) -> None:
                          f"{memory / 1e9:.3g} GB of memory")
 
 
-def _batch_that_fits(config: dict[str, Any], batch_size: int, num_images: int) -> int:
+def _batch_that_fits(config: dict[str, Any], batch_size: int, num_images: int, copy: int = 0) -> int:
     """The largest batch whose CPU training step fits this machine's memory (in all, as ``_refuse_too_big``), by the
     estimate of ``_step_memory``, or ``num_images`` where the memory is not known; ``ValueError`` if ``batch_size``
-    (or all the ``num_images`` when fewer) does not fit: the system would kill the process in its first steps."""
+    (or all the ``num_images`` when fewer) does not fit: the system would kill the process in its first steps.
+    ``copy``: the bytes of the float32 copy of the training images the run makes (of another dtype or device), which
+    the process does not hold yet."""
     memory = device_memory(torch.device("cpu"))
     if memory is None:
         return num_images
     per_image, (state, held) = _step_memory(config)
+    held += copy
     fixed = state + held
     fits = max(0, (memory - fixed) // per_image)
     need = fixed + min(batch_size, num_images) * per_image
@@ -288,7 +291,8 @@ def _batch_that_fits(config: dict[str, Any], batch_size: int, num_images: int) -
         raise ValueError(f"batch_size {batch_size} needs about {need / 1e9:.3g} GB for a training step "
                          f"({per_image / 1e6:.3g} MB for each {c}x{h}x{w} image, {_STEP_PEAK_FACTOR} times what its "
                          f"forward keeps for the backward pass; {state / 1e9:.3g} GB of weights, gradients and "
-                         f"optimizer state; {held / 1e9:.3g} GB that this process holds and the step's working "
+                         f"optimizer state; {held / 1e9:.3g} GB that this process holds"
+                         f"{', the float32 copy of the training images' if copy else ''} and the step's working "
                          f"memory), more than this machine's {memory / 1e9:.3g} GB of memory; {fix}")
     return min(fits, num_images)
 
@@ -1313,7 +1317,9 @@ def train_codec(
         warnings.warn(cost, stacklevel=2)
     n = x_train.shape[0]
     # on a CPU a step past the memory is killed by the system, silently (on a GPU torch raises its out-of-memory error)
-    fits = _batch_that_fits(cfg, batch_size, n) if dev.type == "cpu" else n
+    # x_dev below: a float32 copy of the images, unless they are float32 on the CPU (held by the process already)
+    copy = 0 if x_train.device.type == "cpu" and x_train.dtype == torch.float32 else x_train.numel() * 4
+    fits = _batch_that_fits(cfg, batch_size, n, copy) if dev.type == "cpu" else n
     # the ActNorm init's forward, without gradient, keeps less than the kept bytes of its images, which the step's
     # estimate counts _STEP_PEAK_FACTOR times: the defaults' 512 images wherever they did before that factor
     init_batch = min(_ACTNORM_INIT_BATCH, n, fits * _STEP_PEAK_FACTOR)

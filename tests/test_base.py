@@ -789,6 +789,10 @@ def test_a_seed_outside_manual_seeds_range_is_refused_when_given():
     for seed in (2**64, -2**63 - 1):
         with pytest.raises(ValueError, match=r"seed must be in \[-2\*\*63, 2\*\*64\)"):
             AddNoise(generator=seed)
+    # audit 422: an int of more than 4,300 digits raised Python's "Exceeds the limit (4300 digits) for integer string
+    # conversion", naming nothing (validation.shown)
+    with pytest.raises(ValueError, match=r"seed must be in \[-2\*\*63, 2\*\*64\) .*, got an int near -10\*\*5000$"):
+        AddNoise(generator=-10**5000)
     for seed in (2**64 - 1, -2**63):
         GeneratorSource(seed).get(torch.device("cpu"))
 

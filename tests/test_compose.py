@@ -1628,7 +1628,17 @@ def test_kornia_video_sequential_is_refused_when_built_with_the_way_to_the_frame
      "Normalize in Compose at step 1"),
     (lambda: K.AugmentationSequential(K.RandomHorizontalFlip(), K.Normalize(torch.tensor([0.5] * 3),
                                                                             torch.tensor([0.25] * 3))),
-     "Normalize in AugmentationSequential at step 1")])
+     "Normalize in AugmentationSequential at step 1"),
+    # torchvision v1's containers (the classic T.Compose([..., T.Normalize(mean, std)])): v1's Compose, RandomChoice
+    # and RandomOrder are no modules, v1's RandomApply holds a list; audit 422: all passed, as Compose ignored v1
+    (lambda: torchvision.transforms.Compose([torchvision.transforms.Normalize([0.5] * 3, [0.25] * 3)]),
+     "Normalize in Compose at step 1"),
+    (lambda: torchvision.transforms.RandomApply([torchvision.transforms.Normalize([0.5] * 3, [0.25] * 3)]),
+     "Normalize in RandomApply at step 1"),
+    (lambda: torchvision.transforms.RandomChoice([T.Compose([T.Normalize([0.5] * 3, [0.25] * 3)])]),
+     "Normalize in RandomChoice at step 1"),
+    (lambda: torchvision.transforms.RandomOrder([torchvision.transforms.Compose([
+        torchvision.transforms.Normalize([0.5] * 3, [0.25] * 3)])]), "Normalize in RandomOrder at step 1")])
 def test_a_normalize_step_is_refused_when_built_as_eval_mode_would_skip_it(rgb, rgb_glow, normalize, where):
     # a torchvision habit, Normalize last: it trained on normalised images, and the same Compose in eval() mode (the
     # quickstart's validation loop) skipped it, giving the model images in [0, 1], silently

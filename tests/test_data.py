@@ -396,6 +396,10 @@ def test_a_class_with_exactly_per_class_samples_gives_them_all():
     assert torch.equal(low_data_split(y, 10), torch.arange(30))  # was refused as "fewer than per_class" if off by one
     with pytest.raises(ValueError, match="class 0 has only 10 samples, fewer than per_class=11"):
         low_data_split(y, 11)
+    # audit 422: an int of more than 4,300 digits raised Python's "Exceeds the limit (4300 digits) for integer string
+    # conversion", naming nothing (validation.shown)
+    with pytest.raises(ValueError, match=r"^class 0 has only 10 samples, fewer than per_class=an int near 10\*\*5000$"):
+        low_data_split(y, 10**5000)
 
 
 def test_cifar10_refuses_an_unknown_split_before_touching_torchvision(tmp_path, monkeypatch):

@@ -1564,7 +1564,7 @@ def test_gradients_are_clipped_at_grad_clip(tmp_path, digits, monkeypatch, kind,
 def training_steps_only(monkeypatch):
     """Leave out the CPU memory check's forward of one image (``_step_bytes``, once per codec config and process): a
     spy on a codec's loss then sees the training steps alone, whichever test ran before in the process."""
-    monkeypatch.setattr(train, "_batch_that_fits", lambda config, batch_size, num_images: num_images)
+    monkeypatch.setattr(train, "_batch_that_fits", lambda config, batch_size, num_images, copy=0: num_images)
 
 
 def test_non_finite_losses_are_skipped_and_twenty_in_a_row_refused(tmp_path, digits, monkeypatch,
@@ -2336,7 +2336,7 @@ def test_the_memory_check_counts_what_a_real_step_holds_and_what_each_image_adds
 @pytest.mark.parametrize("kind, settings", [("flow", FLOW), ("vae", VAE)])
 def test_the_memory_check_counts_the_step_s_peak_and_what_the_process_holds(monkeypatch, kind, settings):
     """Audit 418: the estimate was what a step's forward keeps for the backward pass and the codec's state; the peak
-    (VmHWM) of real 2-step train_codec calls rose 1.2 to 2.7 times that past the memory held before the call (flows and
+    (VmHWM) of real 2-step train_codec calls rose 1.2 to 2.9 times that past the memory held before the call (flows and
     VAEs on 3x32x32 and 3x64x64 images, benchmarks/train_memory.py), which itself held the libraries (0.55 GB) and the
     data; the second step's forward and backward were the peak (up to 1.79 times the kept bytes), and the first
     optimizer loaded torch._dynamo (0.15 GB). A machine of just the old estimate for 16 images besides what the process
@@ -2349,6 +2349,23 @@ def test_the_memory_check_counts_the_step_s_peak_and_what_the_process_holds(monk
         train._batch_that_fits(config, 16, 32)
     per_image, (_, held) = train._step_memory(config)
     assert per_image == 2 * kept and held == 500 * 10**6 + 64 * 2**20
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
+def test_the_memory_check_counts_the_float32_copy_of_training_images_of_another_dtype(tmp_path, monkeypatch, digits,
+                                                                                      dtype):
+    """Audit 422: the run trains on a float32 copy of images of another dtype (or on another device), which the
+    process's resident memory at the check does not hold yet: a machine of just the estimate for 16 float32 images
+    was let train 16 float16 ones, whose copy came on top."""
+    x = digits[0][:32]
+    per_image, (state, held) = _memory_for_images(monkeypatch, "flow", FLOW, 16)
+    copy = x.numel() * 4
+    gb = re.escape(f"{(held + copy) / 1e9:.3g}")
+    with pytest.raises(ValueError, match=rf"^batch_size 16 needs about .*; {gb} GB that this process holds, the "
+                                         rf"float32 copy of the training images and the step's working memory\)"):
+        train_codec("flow", x.to(dtype), tmp_path / "out", **FLOW, max_steps=1, batch_size=16, progress=False)
+    assert not (tmp_path / "out").exists()
+    assert train._batch_that_fits(train.default_config("flow", (1, 8, 8), **FLOW), 16, 32) == 16  # float32 on the CPU
 
 
 def test_process_memory_is_this_process_s_resident_memory():
