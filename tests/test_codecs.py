@@ -331,7 +331,8 @@ def test_compile_fast_path_refuses_a_dynamic_that_is_not_a_bool_or_none_naming_i
 
 def test_latents_of_another_device_or_of_two_batch_sizes_are_refused_by_decode():
     z = [torch.zeros(2, *s) for s in GLOW.latent_shapes]
-    with pytest.raises(ValueError, match="codec is on meta but z is on cpu"):  # latents on meta hold no values
+    with pytest.raises(ValueError, match=r"codec is on meta but z is on cpu; move it with \.to\('cpu'\), or the "
+                                         r"transform that holds it: augment\.to\('cpu'\) "):  # meta latents: no values
         copy.deepcopy(GLOW).to("meta").decode(z)
     with pytest.raises(ValueError, match=r"one batch size, got shapes \[\(2, 8, 2, 2\), \(3, 2, 4, 4\)\]"):
         GLOW.decode([z[0], torch.zeros(3, *GLOW.latent_shapes[1])])

@@ -2349,6 +2349,18 @@ def test_the_memory_check_counts_the_step_s_peak_and_what_the_process_holds(monk
         train._batch_that_fits(config, 16, 32)
     per_image, (_, held) = train._step_memory(config)
     assert per_image == 2 * kept and held == 500 * 10**6 + 64 * 2**20
+    monkeypatch.setattr(train, "process_memory", lambda: None)  # not known (Windows): the working memory alone
+    assert train._step_memory(config) == (2 * kept, (state, 64 * 2**20))
+
+
+def test_the_memory_check_loads_what_the_first_step_s_optimizer_loads(tmp_path):
+    """Audit 418: a run's first optimizer loaded torch._dynamo (0.15 GB) past the process memory the check counts;
+    ``_step_bytes`` builds one so that it is counted (mutation round, audit 423: its removal passed every test)."""
+    code = ("import json, sys; from latent_transforms import train; "
+            f"train._step_bytes(json.dumps(train.default_config('vae', (1, 8, 8), **{VAE!r}), sort_keys=True)); "
+            "print('torch._dynamo' in sys.modules)")
+    proc = _run_python(code, tmp_path)
+    assert proc.returncode == 0 and proc.stdout.strip() == "True", proc.stderr[-2000:]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
@@ -2373,10 +2385,33 @@ def test_process_memory_is_this_process_s_resident_memory():
     status = Path("/proc/self/status")
     if not status.exists():
         pytest.skip("no /proc")
+    # 256 MB held and given back (past glibc's mmap threshold): the peak (getrusage, VmHWM) is no longer the resident
+    # memory (mutation round, audit 423: the peak passed)
+    torch.ones(2**26)
     before = int(re.search(r"VmRSS:\s+(\d+) kB", status.read_text())[1]) * 1024
     held = modelutils.process_memory()
     after = int(re.search(r"VmRSS:\s+(\d+) kB", status.read_text())[1]) * 1024
     assert min(before, after) - 2**20 <= held <= max(before, after) + 2**20 and held > 10**8
+
+
+def test_process_memory_without_proc_is_the_peak_so_far_or_none(monkeypatch):
+    """Elsewhere (no /proc/self/statm, mutation round, audit 423: untested): getrusage's peak, in kB (Linux, BSD) or
+    bytes (macOS); ``None`` where there is no ``resource`` module (Windows)."""
+    resource = pytest.importorskip("resource")
+
+    def no_proc(path, *args, **kwargs):
+        raise FileNotFoundError(path)
+
+    def peak():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    monkeypatch.setattr(modelutils, "open", no_proc, raising=False)
+    for platform, unit in (("linux", 1024), ("darwin", 1)):
+        monkeypatch.setattr(modelutils.sys, "platform", platform)
+        before = peak()
+        assert before * unit <= modelutils.process_memory() <= peak() * unit
+    monkeypatch.setitem(sys.modules, "resource", None)  # import resource raises ImportError
+    assert modelutils.process_memory() is None
 
 
 def test_a_cpu_run_s_final_metrics_take_no_bigger_a_batch_than_a_step_that_fits(tmp_path, monkeypatch, digits):
