@@ -663,7 +663,10 @@ def _label_form(y: torch.Tensor, batch_size: int, num_classes: int | None, name:
             is_int(t) or isinstance(t, torch.Tensor) and t.ndim == 0 and t.dtype != torch.bool
             and not (t.is_floating_point() or t.is_complex()) for t in y)
         hint = (targets_hint if targets else f"; torch.tensor({name}) makes (B,) class indices of it" if indices
-                else f"; torch.from_numpy({name})" if type(y).__name__ == "ndarray" else "")
+                else f"; torch.from_numpy({name})" if type(y).__name__ == "ndarray"
+                # one sample's, in a Dataset's __getitem__ (ISDA reads no images: y is the first thing refused)
+                else f"; one sample's label? the transforms take batches: call it on the DataLoader's batches, {name} "
+                     f"(B,) int64 (or torch.tensor([{name}]), with {batch_name}.unsqueeze(0))" if is_int(y) else "")
         raise TypeError(f"{name} must be a torch.Tensor, got {type(y).__name__}{hint}")
     if type(y).__module__.startswith("torchvision.tv_tensors"):  # a Mask (B, H, W), BoundingBoxes (B, 4), ...
         raise ValueError(f"{name} is a torchvision {type(y).__name__} of shape {tuple(y.shape)}, not class labels: "
@@ -928,10 +931,6 @@ def check_batch(x: torch.Tensor, y: torch.Tensor | None, num_classes: int | None
     if isinstance(y, torch.nn.Module):  # t(x, model): the labels left out, or an unlabelled batch's model in y's place
         raise TypeError(f"y must be labels or None, got the model ({type(y).__name__}); the call is t(x, y, model), or "
                         f"t(x, model=model) for an unlabelled batch")
-    if is_int(y):  # one sample's, in a Dataset's __getitem__ (ISDA reads no images: y is the first thing refused)
-        raise TypeError(f"y must be a torch.Tensor, got {type(y).__name__}; one sample's label? the transforms take "
-                        f"batches: call it on the DataLoader's batches, y (B,) int64 (or torch.tensor([y]), with "
-                        f"x.unsqueeze(0))")
     label_values = y is not None and _label_form(y, x.shape[0], num_classes, "y", targets_hint=_TARGETS_HINT)
     index_values = index is not None and _index_form(index, x.shape[0])
     if not values or not len(x):  # an empty batch has no value to read, nor a caller's more_checks
