@@ -308,8 +308,8 @@ def _checked(step: nn.Module, i: int, out: object, pair: bool, batch: int,
     """``out`` as a step called as ``t(x, y)`` (``pair``) or ``t(x)`` must return it: a ``WrongTypeError`` (a
     ``TypeError`` and a ``ValueError``) naming the step otherwise (a latent transform held by a container of one's
     own makes an ``(x, y)`` pair where images belong); a ``ValueError`` naming it if its images (or labels) are not
-    the ``batch`` samples it was given: images and labels would no longer match. ``given``: the ``(B, C, H, W)``
-    images it was given, where a step must return images: a ``ValueError`` if it returned a tensor of other
+    the ``batch`` samples it was given: images and labels would no longer match. ``given`` (with ``pair`` False):
+    the ``(B, C, H, W)`` images it was given, where a step must return images: a ``ValueError`` if it returned a tensor of other
     dimensions that its own trainable parameters computed (autograd history ``given`` has not), a network's output
     (the classifier's ``(B, K)`` logits came out as the batch's images); ``x.flatten(1)`` passes, as any reshape."""
     ok = (isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[0], torch.Tensor)) if pair \
@@ -325,7 +325,7 @@ def _checked(step: nn.Module, i: int, out: object, pair: bool, batch: int,
             raise not_about_the_batch(ValueError(
                 f"{_name(step)} at step {i} returned {got} for a batch of {batch}: a step must keep the batch's "
                 f"samples, or images and labels no longer match"))
-    images = cast("Sequence[torch.Tensor]", out)[0] if pair else cast(torch.Tensor, out)
+    images = cast(torch.Tensor, out)  # read where given: a step called as t(x), which returns the images
     if given is not None and images.ndim != given.ndim and images.requires_grad and not given.requires_grad:
         raise not_about_the_batch(ValueError(
             f"{_name(step)} at step {i} returned a {tuple(images.shape)} tensor that its trainable parameters "

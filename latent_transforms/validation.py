@@ -662,11 +662,17 @@ def _label_form(y: torch.Tensor, batch_size: int, num_classes: int | None, name:
         indices = is_sequence(y) and len(y) > 0 and all(  # ints, or 0-d integer tensors (list(y), gathered one by one)
             is_int(t) or isinstance(t, torch.Tensor) and t.ndim == 0 and t.dtype != torch.bool
             and not (t.is_floating_point() or t.is_complex()) for t in y)
-        hint = (targets_hint if targets else f"; torch.tensor({name}) makes (B,) class indices of it" if indices
-                else f"; torch.from_numpy({name})" if type(y).__name__ == "ndarray"
-                # one sample's, in a Dataset's __getitem__ (ISDA reads no images: y is the first thing refused)
-                else f"; one sample's label? the transforms take batches: call it on the DataLoader's batches, {name} "
-                     f"(B,) int64 (or torch.tensor([{name}]), with {batch_name}.unsqueeze(0))" if is_int(y) else "")
+        if targets:
+            hint = targets_hint
+        elif indices:
+            hint = f"; torch.tensor({name}) makes (B,) class indices of it"
+        elif type(y).__name__ == "ndarray":
+            hint = f"; torch.from_numpy({name})"
+        elif is_int(y):  # one sample's, in a Dataset's __getitem__ (ISDA reads no images: y is the first refused)
+            hint = (f"; one sample's label? the transforms take batches: call it on the DataLoader's batches, {name} "
+                    f"(B,) int64 (or torch.tensor([{name}]), with {batch_name}.unsqueeze(0))")
+        else:
+            hint = ""
         raise TypeError(f"{name} must be a torch.Tensor, got {type(y).__name__}{hint}")
     if type(y).__module__.startswith("torchvision.tv_tensors"):  # a Mask (B, H, W), BoundingBoxes (B, 4), ...
         raise ValueError(f"{name} is a torchvision {type(y).__name__} of shape {tuple(y.shape)}, not class labels: "
