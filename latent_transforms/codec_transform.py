@@ -14,7 +14,7 @@ from .codecs import Codec, resolve_codec
 from .codecs.base import ChecksCodecStates
 from .latent_cache import LatentCache
 from .validation import (ValueCheck, WrongTypeError, bad_option, check_batch, check_device, is_int, is_sequence,
-                         values_unread)
+                         shown, values_unread)
 
 if TYPE_CHECKING:
     from torch.nn.modules.module import _IncompatibleKeys
@@ -110,18 +110,19 @@ class CodecTransform(ChecksCodecStates, LatentTransform):
         n = len(self.codec.latent_shapes)
         if levels is not None:
             if not is_sequence(levels):  # a list, a tuple, Hydra's ListConfig
-                raise WrongTypeError(f"levels must be a list of level indices in [0, {n}), such as [0], got {levels!r}")
+                raise WrongTypeError(f"levels must be a list of level indices in [0, {n}), such as [0], got "
+                                     f"{shown(levels)}")
             bad = [i for i in levels if not is_int(i) or not -n <= i < n]
             if bad or not levels:
                 wrong_type = not all(is_int(i) for i in bad)
                 raise bad_option(f"levels must be a non-empty list of level indices in [0, {n}) (or from -{n}, "
-                                 f"counted from the finest, as a list index), got {levels!r}",
+                                 f"counted from the finest, as a list index), got {shown(levels)}",
                                  right_type=not wrong_type)
             # a level named twice ([0, 0], or [1, -1] of 2): a typo for another level, merged without a word before
             chosen = [int(i) % n for i in levels]
             twice = next((i for i in chosen if chosen.count(i) > 1), None)
             if twice is not None:
-                raise ValueError(f"levels names level {twice} twice, got {levels!r}: each level once (a negative "
+                raise ValueError(f"levels names level {twice} twice, got {shown(levels)}: each level once (a negative "
                                  f"index counts from the finest, -1 being level {n - 1})")
             levels = tuple(sorted(chosen))
         sizes = [int(torch.Size(s).numel()) for s in self.codec.latent_shapes]

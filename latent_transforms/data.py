@@ -71,7 +71,7 @@ def load_images(spec: str, split: str = "train", data_root: str | os.PathLike[st
     ``split``: ``"train"`` or ``"test"`` (ignored by ``npz:`` and ``folder:``); ``data_root``: where CIFAR-10 is
     downloaded (``None``: ``data/`` in the cache dir)."""
     if not isinstance(spec, str) or not spec:
-        raise bad_option(f"data spec must be a non-empty str, got {spec!r}", right_type=isinstance(spec, str))
+        raise bad_option(f"data spec must be a non-empty str, got {shown(spec)}", right_type=isinstance(spec, str))
     if spec == "digits":
         _check_split(split)
         return _digits(split)

@@ -24,8 +24,8 @@ from .latent_adversarial import LatentAdversarial
 from .latent_noise import LatentNoise
 from .models import digits_cnn
 from .modelutils import threads_for_this_cpu, torch_threads
-from .validation import (MAX_THREADS, POSITIVE_INT, THREADS, check_count, make_folder, option, output_folder,
-                         spelled_as_flags)
+from .validation import (MAX_THREADS, POSITIVE_INT, THREADS, WrongTypeError, check_count, is_sequence, make_folder,
+                         option, output_folder, shown, spelled_as_flags)
 from .varmixup import VarMixup
 from .visualize import save_rows
 
@@ -60,17 +60,22 @@ def run_demo(out_dir: str | Path = "latent-transforms-demo", per_class: int = 10
     ``threads``: CPU threads for torch (default: torch's, at most 4; 1 on a CPU other jobs keep busy; given, at most
     ``validation.MAX_THREADS``), for the run: torch's thread count and global RNG are as they were when it returns or
     is interrupted."""
-    check_count("per_class", per_class, 1)
+    per_class = check_count("per_class", per_class, 1)
     if threads is None:
         threads = threads_for_this_cpu(min(4, torch.get_num_threads()))
     else:
         threads = check_count("threads", threads, 1, MAX_THREADS)
     check_count("epochs", epochs, 1)
+    if not is_sequence(seeds):  # an int: "'int' object is not iterable", naming nothing
+        raise WrongTypeError(f"seeds must be a list of int seeds, such as (0, 1, 2), got {shown(seeds)}")
     if not seeds:
         raise ValueError(f"seeds must hold at least one seed, got {seeds!r}")
     for seed in seeds:
         check_count("seed", seed)
     known = list(_make_arms(None, None, 0))
+    if arms is not None and not is_sequence(arms):  # a str: its letters were the arms ("unknown arms ['I', 'S', ...]")
+        one = f"; one arm? arms=[{arms!r}]" if isinstance(arms, str) else ""
+        raise WrongTypeError(f"arms must be a list of arm names from {known} (None: all), got {shown(arms)}{one}")
     if arms is not None and not arms:
         raise ValueError(f"arms must name at least one arm (None: all of {known}), got {arms!r}")
     names = known if arms is None else arms
@@ -82,9 +87,11 @@ def run_demo(out_dir: str | Path = "latent-transforms-demo", per_class: int = 10
     x_test, y_test, _ = load_images("digits", "test")
     assert y_train is not None and y_test is not None  # the digits have labels
     counts = torch.bincount(y_train)
-    if per_class > counts.min():  # before low_data_split, which calls it "class 0 has only ... samples"
+    # before low_data_split, which calls it "class 0 has only ... samples"; as Python ints (per_class=2**64 against
+    # the tensor met "OverflowError: int too big to convert")
+    if per_class > int(counts.min()):
         digit = int(counts.argmin())
-        raise ValueError(f"per_class {per_class} is more than the {int(counts[digit])} training images of digit "
+        raise ValueError(f"per_class {shown(per_class)} is more than the {int(counts[digit])} training images of digit "
                          f"{digit}")
     splits = {seed: low_data_split(y_train, per_class, seed=seed) for seed in seeds}
     # the run's threads (1 on a busy CPU) and random stream: a notebook's later cells are left as they were

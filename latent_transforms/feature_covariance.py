@@ -15,7 +15,8 @@ from torch import nn
 from .casts import TensorFn, without_16_bit_casts
 from .modelutils import device_memory
 from .validation import (Settings, WrongTypeError, check_bool, check_choice, check_class_count, check_items,
-                         check_labels, fixed_at_construction, is_out_of_memory, no_autocast, wide_float)
+                         check_labels, fixed_at_construction, is_out_of_memory, no_autocast, shown,
+                         wide_float)
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -429,7 +430,7 @@ def check_sync(name: str, sync: object) -> "tuple[bool, dist.ProcessGroup | None
                          f"GroupMember.NON_GROUP_MEMBER here): give it only on the ranks in the group, False on others")
     if dist.is_available() and isinstance(sync, dist.ProcessGroup):
         return True, sync
-    raise WrongTypeError(f"{name} must be True, False or a torch.distributed ProcessGroup, got {sync!r}")
+    raise WrongTypeError(f"{name} must be True, False or a torch.distributed ProcessGroup, got {shown(sync)}")
 
 
 _UNTRACED_GATHER: list[Callable[..., Any]] = []  # _all_gather_rows under torch.compiler.disable, made at first need

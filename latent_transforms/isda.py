@@ -44,7 +44,7 @@ from .modelutils import unwrap
 from .rng import generator_repr
 from .validation import (ClassCountError, ModuleMixin, Settings, WrongTypeError, bad_option, check_bool, check_choice,
                          check_class_count, check_count, check_device, check_labels, check_number, check_same_device,
-                         describe, name_dtype_clash, no_autocast, setting, wide_float)
+                         describe, name_dtype_clash, no_autocast, setting, shown, wide_float)
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -298,7 +298,7 @@ class _ISDAState(Settings, ModuleMixin):
         total_epochs = check_count("total_epochs", total_epochs, low=1)
         epoch = check_count("epoch", epoch)
         if epoch > total_epochs:
-            raise ValueError(f"epoch must be an int in [0, total_epochs={total_epochs}] (0-based), got {epoch!r}")
+            raise ValueError(f"epoch must be an int in [0, total_epochs={total_epochs}] (0-based), got {shown(epoch)}")
         self.set_progress(epoch / total_epochs)
 
     def augment(self, features: torch.Tensor, logits: torch.Tensor, weight: torch.Tensor, y: torch.Tensor,
@@ -361,7 +361,7 @@ def _disarm(layer: nn.Module) -> "_ArmedHook | None":
 def _check_layer_name(name: str, layer: object) -> str | None:
     """``layer`` if it is ``None`` or a dotted name (a non-empty string)."""
     if layer is not None and (not isinstance(layer, str) or not layer):
-        raise bad_option(f"{name} must be the dotted name of an nn.Linear in the model, got {layer!r}",
+        raise bad_option(f"{name} must be the dotted name of an nn.Linear in the model, got {shown(layer)}",
                          right_type=isinstance(layer, str))
     return layer
 
@@ -538,7 +538,9 @@ class _ArmedHook:
                 f"and the recomputation would give gradients of other logits. Pass use_reentrant=False, or keep the "
                 f"classifier out of the checkpointed region")
         if len(args) != 1 or not isinstance(args[0], torch.Tensor):
-            raise ValueError(f"ISDA expected the layer {self.label} to be called with one tensor argument")
+            got = describe(list(args)) if args else "none (a keyword call, layer(input=f)?)"
+            raise ValueError(f"ISDA expected the layer {self.label} to be called with one positional tensor argument, "
+                             f"the features, got {got}: call it as layer(f)")
         a = args[0]
         if a.ndim != 2:
             raise ValueError(

@@ -46,7 +46,7 @@ from .torch_defaults import cpu_as_default_device
 from .validation import (POSITIVE_FLOAT, POSITIVE_INT, THREADS, MissingFileError, WrongTypeError, check_bool,
                          check_count, check_images, check_number, expanded_path, flag_of, image_side, is_int,
                          make_folder, option, output_folder, resolve_device, spelled_as_flags, state_mismatch,
-                         values_read)
+                         shown, values_read)
 
 __all__ = ["train_codec", "eval_codec", "default_config", "save_training_state", "load_training_state", "STATE_FORMAT"]
 
@@ -361,7 +361,7 @@ def _parameter_count(config: dict[str, Any]) -> int:
 
 def _codec_kind(kind: str) -> str:
     if kind not in _KINDS:
-        raise ValueError(f"kind must be {' or '.join(repr(r.name) for r in _RECIPES.values())}, got {kind!r}")
+        raise ValueError(f"kind must be {' or '.join(repr(r.name) for r in _RECIPES.values())}, got {shown(kind)}")
     return _KINDS[kind]
 
 

@@ -118,13 +118,30 @@ def scalar(value: object) -> object:
     return value.item() if isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_meta else value
 
 
+_SHOWN_CHARS = 200  # the longest repr a message shows whole; a longer one is cut to its first half
+
+
 def shown(value: object) -> str:
     """``repr(value)`` for a message, but an int of 2**128 or more (39 digits) as its order of magnitude ("an int near
-    10**400"): Python refuses to print one of more than 4,300 ("Exceeds the limit (4300 digits) for integer string
-    conversion", naming no argument), and hundreds of digits bury the message."""
+    10**400"), in a list or tuple too: Python refuses to print one of more than 4,300 ("Exceeds the limit (4300
+    digits) for integer string conversion", naming no argument), and hundreds of digits bury the message. A tensor
+    whose repr takes more than a line as ``describe``'s dtype and shape; any other repr of more than ``_SHOWN_CHARS``
+    characters (``covariance="x" * 10**5``) cut, with its length."""
     if type(value) is int and value.bit_length() > 128:
         return f"an int near {'-' if value < 0 else ''}10**{round(math.log10(abs(value)))}"
-    return repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # a list, tuple or dict holding such an int
+        if type(value) not in (list, tuple):
+            return f"a {type(value).__name__} holding an int of more than 4,300 digits"
+        seq = cast("Sequence[object]", value)
+        items = ", ".join(map(shown, seq))
+        text = f"[{items}]" if type(value) is list else f"({items}{',' if len(seq) == 1 else ''})"
+    except RecursionError:  # lists nested thousands deep
+        return f"a {type(value).__name__} nested too deep to show"
+    if isinstance(value, torch.Tensor) and ("\n" in text or len(text) > 80):
+        return describe(value)
+    return text if len(text) <= _SHOWN_CHARS else f"{text[:_SHOWN_CHARS // 2]}... ({len(text):,} characters)"
 
 
 def check_number(name: str, value: object, low: float = 0.0, high: float = math.inf, low_open: bool = False,
@@ -136,7 +153,7 @@ def check_number(name: str, value: object, low: float = 0.0, high: float = math.
     v = scalar(value)
     if not isinstance(v, numbers.Real) or isinstance(v, bool):
         hint = text_hint(value, float)
-        raise WrongTypeError(f"{name} must be a finite number in {interval}, got {value!r}{hint}")
+        raise WrongTypeError(f"{name} must be a finite number in {interval}, got {shown(value)}{hint}")
     try:
         f = float(v)
     except OverflowError:  # an int beyond float's range
@@ -157,7 +174,7 @@ def check_count(name: str, value: object, low: int = 0, high: int | None = None)
     v = scalar(value)
     bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
     if not is_int(v):
-        raise WrongTypeError(f"{name} must be an int {bounds}, got {value!r}{text_hint(value, int)}")
+        raise WrongTypeError(f"{name} must be an int {bounds}, got {shown(value)}{text_hint(value, int)}")
     n = int(cast(numbers.Integral, v))  # exact, as is_int passed
     if n < low or (high is not None and n > high):
         raise ValueError(f"{name} must be an int {bounds}, got {shown(value)}")
@@ -243,7 +260,7 @@ def check_choice(name: str, value: object, choices: tuple[_ChoiceT, ...]) -> _Ch
         wrong_type = not any(value is c or (c is not None and isinstance(value, type(c))
                                             and not isinstance(value, bool)) for c in choices)
         hint = text_hint(value, none_allowed=None in choices)
-        raise bad_option(f"{name} must be one of {choices}, got {value!r}{hint}", right_type=not wrong_type)
+        raise bad_option(f"{name} must be one of {choices}, got {shown(value)}{hint}", right_type=not wrong_type)
     return cast(_ChoiceT, value)  # equal to one of them
 
 
@@ -393,7 +410,7 @@ def fixed_at_construction(owner: object, name: str, why: str, remedy: str) -> At
 def check_bool(name: str, value: object) -> bool:
     """``value`` if it is ``True`` or ``False`` (a string such as ``"no"`` would read as true)."""
     if not isinstance(value, bool):
-        raise WrongTypeError(f"{name} must be True or False, got {value!r}")
+        raise WrongTypeError(f"{name} must be True or False, got {shown(value)}")
     return value
 
 

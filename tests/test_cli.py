@@ -950,6 +950,10 @@ def test_run_demo_takes_per_class_up_to_the_images_of_its_rarest_digit(tmp_path,
     monkeypatch.setattr(demo, "predict_proba", lambda model, x: torch.eye(10)[y])
     with pytest.raises(ValueError, match=r"^per_class 5 is more than the 4 training images of digit 7$"):
         demo.run_demo(tmp_path, per_class=5, epochs=1, seeds=(0,), arms=["baseline"], progress=False)
+    # audit 425: a per_class past int64 met the tensor comparison's "OverflowError: int too big to convert"
+    for huge, shown in ((2**64, str(2**64)), (10**5000, r"an int near 10\*\*5000")):
+        with pytest.raises(ValueError, match=rf"^per_class {shown} is more than the 4 training images of digit 7$"):
+            demo.run_demo(tmp_path, per_class=huge, epochs=1, seeds=(0,), arms=["baseline"], progress=False)
     results = demo.run_demo(tmp_path, per_class=4, epochs=1, seeds=(0,), arms=["baseline"], progress=False)
     assert results["baseline"]["accuracy"] == [1.0]
 

@@ -397,10 +397,21 @@ def test_fast_decode_of_perturbed_latents_and_its_gradient_match_float64():
     ({"kind": "vae", "decoder_blocks": 1.5}, "decoder_blocks must be an int >= 0, got 1.5"),
     ({"kind": "glow", "hidden": 0}, "hidden must be a positive int"),
     ({"kind": "glow", "steps": 0}, "steps must be a positive int"),
-    ({"kind": "glow", "alpha": 0.7}, "alpha must be in"),
+    ({"kind": "glow", "alpha": 0.7}, r"^alpha must be a finite number in \(0, 0.5\), got 0.7$"),
+    # audit 425: the constructor's own messages, not the settings': alpha=-1 was told "[0, inf)", and scale_floor=2
+    # "alpha must be in (0, 0.5) and scale_floor in (0, 1), got 0.05, 2.0"; num_bins=0 "a positive int", then 1 ">= 2"
+    ({"kind": "glow", "alpha": -1}, r"^alpha must be a finite number in \(0, 0.5\), got -1$"),
+    ({"kind": "glow", "scale_floor": 2}, r"^scale_floor must be a finite number in \(0, 1\), got 2$"),
+    ({"kind": "glow", "num_bins": 0}, r"^num_bins must be an int in \[2, 9223372036854775807\], got 0$"),
+    # audit 425: Python's "Exceeds the limit (4300 digits) for integer string conversion", naming nothing
+    ({"kind": "glow", "image_shape": [1, -10**5000, 8]},
+     r"^image_shape must be \(C, H, W\) positive ints, got \[1, an int near -10\*\*5000, 8\]$"),
+    ({"kind": "vae", "latent_dim": -10**5000}, r"^latent_dim must be a positive int, got an int near -10\*\*5000$"),
+    ({"kind": "vae", "latent_side": -10**5000}, r"^latent_side must be None or a power of two <= the image side 32, "
+                                                r"got an int near -10\*\*5000$"),
     ({"kind": "vae", "hidden": 32.0}, "hidden must be a positive int, got 32.0"),  # not truncated, not torch's error
-    ({"kind": "glow", "num_bins": 17.5}, "num_bins must be a positive int"),
-    ({"kind": "glow", "num_bins": 1}, "num_bins must be >= 2"),
+    ({"kind": "glow", "num_bins": 17.5}, r"num_bins must be an int in \[2, 9223372036854775807\], got 17.5"),
+    ({"kind": "glow", "num_bins": 1}, r"^num_bins must be an int in \[2, 9223372036854775807\], got 1$"),
     # audit 416: built, then the first loss() met "OverflowError: int too big to convert", naming nothing
     ({"kind": "glow", "num_bins": 10**400},
      "num_bins must be an int in \\[2, 9223372036854775807\\], got an int near 10\\*\\*400$"),
@@ -1013,7 +1024,7 @@ def test_a_frozen_glow_cast_to_float64_folds_its_fast_path_again():
 @pytest.mark.parametrize("floor", [0.0, 1.0])
 def test_glow_scale_floor_on_the_boundary_is_refused(floor):
     # 0 removes the bound that keeps decoding finite (a coupling could magnify without limit); 1 freezes every scale
-    with pytest.raises(ValueError, match=rf"scale_floor in \(0, 1\), got 0.05, {floor}"):
+    with pytest.raises(ValueError, match=rf"^scale_floor must be a finite number in \(0, 1\), got {floor}$"):
         build_codec({"kind": "glow", "image_shape": [1, 8, 8], "levels": 1, "steps": 1, "hidden": 4,
                      "scale_floor": floor})
 
@@ -1330,7 +1341,9 @@ def test_vae_encode_names_noise_of_the_wrong_size_and_takes_any_shape_of_the_rig
     vae = ConvVAE((1, 8, 8), latent_dim=4, hidden=8).freeze()
     x = torch.rand(2, 1, 8, 8)
     for wrong in (torch.randn(2, 3), torch.randn(3, 4), torch.randn(8, device="meta")):  # was torch's RuntimeError
-        with pytest.raises(ValueError, match=r"noise must hold 8 values \(B x D\) on cpu"):
+        # audit 425: where the noise is, named (the meta one read "got torch.float32 of shape (8,)", as if right)
+        with pytest.raises(ValueError, match=rf"^noise must hold 8 values \(B x D\) on cpu, got torch.float32 of shape "
+                                             rf"\({', '.join(map(str, wrong.shape))},?\) on {wrong.device}$"):
             vae.encode(x, sample=True, noise=wrong)
     noise = torch.randn(8)
     assert torch.equal(vae.encode(x, sample=True, noise=noise)[0], vae.encode(x, sample=True, noise=noise.view(2, 4))[0])

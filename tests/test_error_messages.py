@@ -73,7 +73,10 @@ def test_isda_refuses_a_classifier_called_without_one_positional_tensor(batch):
     x, y = batch
     model, isda = KeywordHead(), ISDA(10)  # kept: the hook holds its ISDA weakly
     isda(x, y, model)
-    with pytest.raises(ValueError, match=r"ISDA expected the layer 'fc' \(nn.Linear \d+ -> 10\) to be called with one tensor argument"):
+    # audit 425: what it got, and the fix (it read "to be called with one tensor argument", which fc(input=x) is)
+    with pytest.raises(ValueError, match=r"^ISDA expected the layer 'fc' \(nn.Linear \d+ -> 10\) to be called with one "
+                                         r"positional tensor argument, the features, got none \(a keyword call, "
+                                         r"layer\(input=f\)\?\): call it as layer\(f\)$"):
         model(x)
 
 
@@ -716,6 +719,10 @@ def test_folder_data_names_an_image_it_cannot_read(tmp_path, content):
     ({"seeds": (0, 1.5)}, TypeError, "seed must be an int"),
     ({"arms": ["baseline", "Mixup"]}, ValueError, r"unknown arms \['Mixup'\]; choose from \['baseline', "),
     ({"arms": []}, ValueError, r"arms must name at least one arm"),  # was: every arm
+    # audit 425: an int was "'int' object is not iterable"; a str's letters were the arms, "unknown arms ['I', 'S', ..."
+    ({"seeds": 5}, WrongTypeError, r"^seeds must be a list of int seeds, such as \(0, 1, 2\), got 5$"),
+    ({"arms": "ISDA"}, WrongTypeError, r"^arms must be a list of arm names from \['baseline', .*\] \(None: all\), got "
+                                       r"'ISDA'; one arm\? arms=\['ISDA'\]$"),
     ({"threads": 0}, ValueError, rf"threads must be an int in \[1, {MAX_THREADS}\], got 0"),
     ({"threads": 100000}, ValueError, rf"^threads must be an int in \[1, {MAX_THREADS}\], got 100000$"),  # audit 275:
     # about 2 OS threads each until the system could start no more; the first parallel op then ended it in a segfault

@@ -690,6 +690,39 @@ def test_numbers_out_of_floats_range_and_open_upper_bounds():
         check_count("seed", 10, high=9)
 
 
+def test_a_value_shown_in_a_message_is_short_and_printable():
+    """Audit 425: the checks echoed a wrong value with repr: an int of over 4,300 digits in a list, tuple or dict raised
+    Python's "Exceeds the limit (4300 digits) for integer string conversion", naming nothing (Glow((3, -10**5000, 8)),
+    check_choice's and check_bool's values too, not only check_number's ints); a tensor printed its rows; a string of
+    100,000 characters was printed whole. ``shown`` gives them in a line."""
+    from latent_transforms.validation import WrongTypeError, check_bool, check_choice, shown
+
+    assert shown((3, -10**5000, 8)) == "(3, an int near -10**5000, 8)"
+    assert shown([10**5000]) == "[an int near 10**5000]" and shown((10**5000,)) == "(an int near 10**5000,)"
+    assert shown({"a": 10**5000}) == "a dict holding an int of more than 4,300 digits"
+    assert shown(torch.zeros(100, 100)) == "torch.float32 of shape (100, 100)"
+    assert shown(torch.tensor([0.5])) == "tensor([0.5000])" and shown(torch.tensor(2.0)) == "tensor(2.)"  # the value
+    assert shown("x" * 100_000) == "'" + "x" * 99 + "... (100,002 characters)"
+    assert shown("full") == "'full'" and shown([1, "a"]) == "[1, 'a']" and shown((1,)) == "(1,)"  # repr as it was
+    nested: list = []
+    for _ in range(100_000):
+        nested = [nested]
+    assert shown(nested) == "a list nested too deep to show"
+    with pytest.raises(WrongTypeError, match=r"^covariance must be one of \('full', 'diagonal'\), got an int near "
+                                             r"10\*\*5000$"):
+        check_choice("covariance", 10**5000, ("full", "diagonal"))
+    with pytest.raises(ValueError, match=r"^covariance must be one of \('full', 'diagonal'\), got 'x{99}\.\.\. "
+                                         r"\(100,002 characters\)$"):
+        check_choice("covariance", "x" * 100_000, ("full", "diagonal"))
+    with pytest.raises(WrongTypeError, match=r"^check_y must be True or False, got torch.float32 of shape \(50, 50\)$"):
+        check_bool("check_y", torch.ones(50, 50))
+    with pytest.raises(WrongTypeError, match=r"^eps must be a finite number in \[0, inf\), got torch.float32 of shape "
+                                             r"\(50, 50\)$"):
+        check_number("eps", torch.ones(50, 50))
+    with pytest.raises(WrongTypeError, match=r"^steps must be an int >= 1, got \[an int near 10\*\*5000\]$"):
+        check_count("steps", [10**5000], 1)
+
+
 @pytest.mark.parametrize("call", [
     lambda: __import__("latent_transforms").ISDA(10, sync_stats="yes"),  # was a plain TypeError
     lambda: __import__("latent_transforms").Glow((1, 8, 8), steps=2.0),  # was a plain ValueError

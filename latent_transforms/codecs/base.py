@@ -16,8 +16,8 @@ from ..rng import draw_generator
 from ..torch_defaults import codec_build_defaults
 from ..validation import (ModuleMixin, Settings, SettingT, WrongStateError, WrongTypeError, bad_option, check_bool,
                           check_dense, check_image_values, check_images, check_items, check_number, check_same_device,
-                          describe, fixed_at_construction, is_int, is_sequence, scalar, setting, state_mismatch,
-                          values_unread)
+                          describe, fixed_at_construction, is_int, is_sequence, scalar, setting, shown,
+                          state_mismatch, values_unread)
 from .precision import exact_math
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ def _check_image_shape_option(name: str, value: object) -> tuple[int, int, int]:
     if not ints or len(seq) != 3 or min(seq) < 1:  # 32 or "abc": a WrongTypeError, not len()'s
         hint = f"; vectors of {seq[0]} numbers? (1, 1, {seq[0]}), given as x.view(len(x), 1, 1, -1) scaled to " \
             f"[0, 1]" if ints and len(seq) == 1 and min(seq) >= 1 else ""
-        raise bad_option(f"{name} must be (C, H, W) positive ints, got {value!r}{hint}", right_type=ints)
+        raise bad_option(f"{name} must be (C, H, W) positive ints, got {shown(value)}{hint}", right_type=ints)
     c, h, w = (int(s) for s in seq)
     return c, h, w
 
@@ -92,7 +92,7 @@ def unflatten_latents(flat: torch.Tensor, shapes: list[tuple[int, ...]]) -> Late
     right_type, fine = _level_shapes(shapes)
     if not fine:
         raise bad_option(f"shapes must be a non-empty list of per-sample shapes, one tuple of positive ints per latent "
-                         f"level, such as [(8,)], got {shapes!r}", right_type=right_type)
+                         f"level, such as [(8,)], got {shown(shapes)}", right_type=right_type)
     sizes = [math.prod(s) for s in shapes]
     if not isinstance(flat, torch.Tensor) or flat.ndim != 2 or flat.shape[1] != sum(sizes):
         raise bad_option(f"flat must be (B, D) latents with D = {sum(sizes)} (the shapes' sizes {sizes} together), "
@@ -175,10 +175,10 @@ class Codec(Settings, ChecksCodecStates, nn.Module):
         for name, v in values.items():
             n = scalar(v)
             if not is_int(n):
-                raise WrongTypeError(f"{name} must be a positive int, got {v!r}")
+                raise WrongTypeError(f"{name} must be a positive int, got {shown(v)}")
             k = int(cast(numbers.Integral, n))  # exact, as is_int passed
             if not k > 0:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+                raise ValueError(f"{name} must be a positive int, got {shown(v)}")
             ints.append(k)
         return ints
 
@@ -216,7 +216,7 @@ class Codec(Settings, ChecksCodecStates, nn.Module):
             hint = f" (one level of shape {tuple(shapes)}? write [{tuple(shapes)}])" if listed and shapes and all(
                 map(is_int, shapes)) else ""
             raise bad_option(f"{type(self).__name__}.latent_shapes must be a non-empty list of per-sample shapes, one "
-                             f"tuple of positive ints per latent level, such as [(8,)], got {shapes!r}{hint}; see "
+                             f"tuple of positive ints per latent level, such as [(8,)], got {shown(shapes)}{hint}; see "
                              f"{OWN_CODEC_DOCS}", right_type=right_type)
         return [tuple(int(d) for d in s) for s in shapes]
 
@@ -462,7 +462,7 @@ class Codec(Settings, ChecksCodecStates, nn.Module):
             self._compiled = self._compile_args = None
             return self
         if dynamic is not None and not isinstance(dynamic, bool):  # torch's check named neither it nor its values
-            raise WrongTypeError(f"dynamic must be True, False or None (torch's automatic mode), got {dynamic!r}")
+            raise WrongTypeError(f"dynamic must be True, False or None (torch's automatic mode), got {shown(dynamic)}")
         if not self.frozen:
             raise WrongStateError(f"compile_fast_path() needs a frozen codec: call {type(self).__name__}.freeze() "
                                   f"first (hub checkpoints are frozen already)")

@@ -126,13 +126,9 @@ class Glow(Codec):
                  steps: int = 8, hidden: int = 128, alpha: float = 0.05, scale_floor: float = 0.05,
                  num_bins: int = 256):
         super().__init__(image_shape)
-        levels, steps, hidden, num_bins = self._check_positive(levels=levels, steps=steps, hidden=hidden,
-                                                              num_bins=num_bins)
-        if num_bins < 2:
-            raise ValueError(f"num_bins must be >= 2 (intensity levels of the data), got {num_bins}")
-        alpha, scale_floor = check_number("alpha", alpha), check_number("scale_floor", scale_floor)  # numbers first
-        if not (0 < alpha < 0.5 and 0 < scale_floor < 1):
-            raise ValueError(f"alpha must be in (0, 0.5) and scale_floor in (0, 1), got {alpha!r}, {scale_floor!r}")
+        levels, steps, hidden = self._check_positive(levels=levels, steps=steps, hidden=hidden)
+        # checked as the settings are whenever set (one message for each, here and after): before the levels' fit
+        self.alpha, self.scale_floor, self.num_bins = alpha, scale_floor, num_bins
         c, h, w = self.image_shape
         # compared, 2**levels is not computed: levels=2**31 hung, 20000 gave Python's "Exceeds the limit (4300 digits)
         # for integer string conversion"
@@ -144,10 +140,9 @@ class Glow(Codec):
             raise ValueError(f"image height and width must be divisible by 2**levels = "
                              f"{2**levels if levels <= 64 else f'2**{levels}'}, got {h}x{w}: {fewer}")
         self.levels, self.steps, self.hidden = levels, steps, hidden
-        self.alpha, self.scale_floor, self.num_bins = alpha, scale_floor, num_bins
         q0, merges, flows = [], [], []
         for i in range(levels):
-            level = [_glow_step(c * 2 ** (levels + 1 - i), hidden, scale_floor) for _ in range(steps)]
+            level = [_glow_step(c * 2 ** (levels + 1 - i), hidden, self.scale_floor) for _ in range(steps)]
             flows.append(level + [nf.flows.Squeeze()])
             if i > 0:
                 merges.append(nf.flows.Merge())

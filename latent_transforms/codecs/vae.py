@@ -11,7 +11,7 @@ from torch import nn
 
 from ..rng import draw_generator
 from ..validation import (WrongTypeError, bad_option, check_bool, check_count, check_number, describe, is_int, scalar,
-                          setting)
+                          setting, shown)
 from .base import Codec, Latents, shapes_weights
 from .precision import exact_math
 
@@ -44,7 +44,7 @@ def _check_latent_side(name: str, value: object, padded: int | None = None, wher
     n = int(cast(numbers.Integral, side)) if right_type else 0  # exact, as is_int passed
     if not right_type or n < 1 or (padded is not None and n > padded) or n & (n - 1):
         bound = "" if padded is None else f" <= {where}"
-        raise bad_option(f"{name} must be None or a power of two{bound}, got {value!r}", right_type=right_type)
+        raise bad_option(f"{name} must be None or a power of two{bound}, got {shown(value)}", right_type=right_type)
     return n
 
 
@@ -53,7 +53,7 @@ def _check_padding(name: str, value: object) -> tuple[int, int, int, int]:
     seq = cast("Sequence[Any]", value)  # read as one only where it is a tuple or list
     ints = isinstance(value, (tuple, list)) and len(seq) == 4 and all(is_int(v) for v in seq)
     if not ints or min(seq) < 0:
-        raise bad_option(f"{name} must be (left, right, top, bottom) ints >= 0, got {value!r}", right_type=ints)
+        raise bad_option(f"{name} must be (left, right, top, bottom) ints >= 0, got {shown(value)}", right_type=ints)
     left, right, top, bottom = (int(v) for v in seq)
     return left, right, top, bottom
 
@@ -196,7 +196,8 @@ class ConvVAE(Codec):
         elif not isinstance(noise, torch.Tensor) or not noise.is_floating_point():
             raise WrongTypeError(f"noise must be a float tensor of standard normal draws, got {describe(noise)}")
         elif noise.numel() != mu.numel() or noise.device != mu.device:
-            raise ValueError(f"noise must hold {mu.numel()} values (B x D) on {mu.device}, got {describe(noise)}")
+            raise ValueError(f"noise must hold {mu.numel()} values (B x D) on {mu.device}, got {describe(noise)} on "
+                             f"{noise.device}")
         else:
             eps = noise.reshape(mu.shape).to(mu.dtype)
         return [mu + torch.exp(0.5 * logvar) * eps]
