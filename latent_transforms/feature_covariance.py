@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable, Iterator, SupportsIndex, cast
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["FeatureCovariance"]
 
 COVARIANCES = ("full", "diagonal")
+_UPDATE_LOCK = threading.Lock()  # module-wide: an estimator with a lock of its own would not pickle or deepcopy
 
 
 def _sizing_setting(name: str, doc: str) -> property:
@@ -321,10 +323,11 @@ class FeatureCovariance(Settings, nn.Module):
             a = features.detach().to(dtype)
             if self.gathers():
                 a, y = _untraced_gather()(a, y, self._group)
-            if self.mean is None:
-                self._allocate(a.shape[1], a.device, dtype)
-            with self._within_memory(a.shape[1], a.device, dtype, batch=a.shape[0]):
-                self._merge(a, y)
+            with _one_update_at_a_time():
+                if self.mean is None:
+                    self._allocate(a.shape[1], a.device, dtype)
+                with self._within_memory(a.shape[1], a.device, dtype, batch=a.shape[0]):
+                    self._merge(a, y)
 
     def _merge(self, a: torch.Tensor, y: torch.Tensor) -> None:
         """Merge ``a: (N, A)`` in the compute dtype with ``y: (N,)``; rows with a NaN, an inf or an entry too large
@@ -434,6 +437,13 @@ def check_sync(name: str, sync: object) -> "tuple[bool, dist.ProcessGroup | None
 
 
 _UNTRACED_GATHER: list[Callable[..., Any]] = []  # _all_gather_rows under torch.compiler.disable, made at first need
+
+
+def _one_update_at_a_time() -> contextlib.AbstractContextManager[object]:
+    """The lock an update holds while it sizes and merges the statistics: threads sharing an estimator each read them
+    and wrote them in place, losing each other's batches or mixing one's count with another's mean. None in code that
+    torch.compile traces (Dynamo cannot enter a lock: a graph break, an error under ``fullgraph=True``)."""
+    return contextlib.nullcontext() if torch.compiler.is_compiling() else _UPDATE_LOCK
 
 
 def _untraced_gather() -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
