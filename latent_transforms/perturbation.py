@@ -17,8 +17,19 @@ def _l2(d: torch.Tensor) -> torch.Tensor:
 def project(d: torch.Tensor, eps: float, norm: str | None) -> torch.Tensor:
     """d: (B, D) -> its projection onto the eps-ball of ``norm`` (None: no projection)."""
     if norm == "l2":
+        if not eps > 0:
+            return torch.zeros_like(d)
+        if eps > torch.finfo(d.dtype).max:  # a ball wider than the dtype holds bounds nothing, as for linf
+            return d
         # the norm itself, not _l2's: under the 1e-12 floor a point outside a 1e-14 ball was shrunk past its radius
-        return d / (d.norm(dim=1, keepdim=True) / eps).clamp_min(1.0) if eps > 0 else torch.zeros_like(d)
+        length = d.norm(dim=1, keepdim=True)
+        # a norm past the dtype's range (float32 entries past 1.8e19: their squares overflow) read from the row scaled
+        # by its largest entry, top: the point is top * unit, of norm top * ||unit|| (divided by the inf norm, it went
+        # to 0)
+        top = d.abs().amax(dim=1, keepdim=True)
+        unit = d / top.clamp_min(torch.finfo(d.dtype).tiny)
+        scaled = unit * torch.minimum(top, eps / unit.norm(dim=1, keepdim=True))
+        return torch.where(length.isinf(), scaled, d / (length / eps).clamp_min(1.0))
     if norm == "linf":  # an eps past the dtype's range (1e300 for float32) bounds nothing: torch refuses to clamp to it
         return d.clamp(-eps, eps) if eps <= torch.finfo(d.dtype).max else d
     return d

@@ -112,3 +112,15 @@ def test_an_l2_radius_below_the_norm_floor_is_kept():
     d = torch.tensor([[3e-13, 4e-13]], dtype=torch.float64)
     assert torch.allclose(project(d, eps, "l2"), torch.tensor([[0.6e-14, 0.8e-14]], dtype=torch.float64),
                           rtol=1e-9, atol=0)
+
+
+def test_an_l2_projection_whose_norm_overflows_the_dtype_keeps_the_point_on_the_sphere():
+    # audit 426: float32 rows with entries past 1.8e19 have a norm float32 cannot hold (its square overflows): divided
+    # by that inf norm, a point outside the ball was projected to 0, so LatentAdversarial(eps=1e30)'s random start
+    # (U(-eps, eps) entries) was the origin and its attack started unperturbed
+    d = torch.tensor([[3e19, 4e19], [3e37, -4e37], [0.3, 0.4]])
+    assert torch.allclose(project(d, 1.0, "l2"), torch.tensor([[0.6, 0.8], [0.6, -0.8], [0.3, 0.4]]))
+    assert torch.allclose(project(d, 2.5e37, "l2"), torch.tensor([[3e19, 4e19], [1.5e37, -2e37], [0.3, 0.4]]))
+    start = random_start(torch.Size((50, 64)), 1e30, "l2", torch.Generator().manual_seed(0), "cpu", torch.float32)
+    assert torch.allclose(start.double().norm(dim=1), torch.full((50,), 1e30, dtype=torch.float64), rtol=1e-5)
+    assert torch.equal(project(d, 1e300, "l2"), d)  # a ball wider than the dtype holds bounds nothing, as for linf
