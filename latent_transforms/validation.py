@@ -12,7 +12,6 @@ import contextlib
 import difflib
 import errno
 import functools
-import itertools
 import math
 import numbers
 import os
@@ -796,13 +795,29 @@ def check_device(what: str, device: torch.device, x: torch.Tensor, x_is: str = "
                          f"(latent-transforms never moves data between devices)")
 
 
+def first_tensor(module: torch.nn.Module, float_buffer: bool = False) -> torch.Tensor | None:
+    """The first of ``module.parameters()``, else of ``module.buffers()`` (``float_buffer``: of its floating-point
+    ones), ``None`` for none: the same tensor, found without the generators' walk (``parameters()`` took about 13 us a
+    read, 16 reads in a LatentNoise call)."""
+    def first(m: torch.nn.Module, buffers: bool) -> torch.Tensor | None:  # preorder, as named_modules()
+        for t in (m._buffers if buffers else m._parameters).values():
+            if t is not None and not (buffers and float_buffer and not t.is_floating_point()):
+                return t
+        for child in m._modules.values():
+            found = None if child is None else first(child, buffers)
+            if found is not None:
+                return found
+        return None
+    found = first(module, False)
+    return found if found is not None else first(module, True)
+
+
 def check_same_device(x: torch.Tensor, module: torch.nn.Module, what: str, x_is: str = "x is", holder: str = ""
                       ) -> None:
     """Raise if ``module``'s parameters (else buffers) live on another device than ``x`` (``check_device``)."""
-    # the first parameter, else buffer (a loop: torch 2.4's compile broke the graph at next(it, None))
-    for p in itertools.chain(module.parameters(), module.buffers()):
+    p = first_tensor(module)
+    if p is not None:
         check_device(what, p.device, x, x_is, holder)
-        return
 
 
 def name_device_clash(error: RuntimeError, module: torch.nn.Module, x: torch.Tensor, who: str) -> None:
@@ -812,10 +827,9 @@ def name_device_clash(error: RuntimeError, module: torch.nn.Module, x: torch.Ten
     device; else return. Called once the call has failed, as ``name_dtype_clash``: a model that moves its input itself
     is never refused."""
     text = str(error)
-    for p in itertools.chain(module.parameters(), module.buffers()):  # the first: as check_same_device
-        if any(word in text for word in ("device", p.device.type, x.device.type)):  # "torch.FloatTensor": no "cpu"
-            check_device(f"{who}'s model", p.device, x)
-        return
+    p = first_tensor(module)  # as check_same_device; "torch.FloatTensor" names no "cpu"
+    if p is not None and any(word in text for word in ("device", p.device.type, x.device.type)):
+        check_device(f"{who}'s model", p.device, x)
 
 
 def name_dtype_clash(error: RuntimeError, module: torch.nn.Module, x: torch.Tensor, who: str, x_name: str = "x",

@@ -1,5 +1,6 @@
 """Bad inputs get a ValueError/TypeError naming the problem, from every public transform; nothing else escapes."""
 import io
+import itertools
 import os
 
 import numpy as np
@@ -16,7 +17,7 @@ from latent_transforms import ISDA, Compose
 from latent_transforms.latent_adversarial import LatentAdversarial
 from latent_transforms.latent_noise import LatentNoise
 from latent_transforms.validation import (MAX_THREADS, THREADS, check_batch, check_count, check_images,
-                                          check_initialised, check_labels, check_number, setting)
+                                          check_initialised, check_labels, check_number, first_tensor, setting)
 from latent_transforms.varmixup import VarMixup
 
 from contract import assert_model_unchanged, model_state
@@ -1579,3 +1580,33 @@ def test_a_model_with_lazy_modules_is_named_by_its_lazy_parameters_alone_two_of_
         check_initialised(three, three.parameters())
     model(torch.rand(1, 3))
     check_initialised(model, model.parameters())
+
+
+def _first_by_walk(module: torch.nn.Module, float_buffer: bool = False) -> torch.Tensor | None:
+    """What first_tensor replaced: the first of parameters(), else of buffers() (float ones with float_buffer)."""
+    buffers = (b for b in module.buffers() if b.is_floating_point() or not float_buffer)
+    return next(itertools.chain(module.parameters(), buffers), None)
+
+
+def _odd_trees() -> list[torch.nn.Module]:
+    """Module trees where the first parameter or buffer is easy to get wrong: an empty slot first, buffers before a
+    later child's parameters, an int buffer before a float one, a module shared twice, nothing at all."""
+    empty_slot = torch.nn.Module()
+    empty_slot.register_parameter("gone", None)
+    empty_slot.later = torch.nn.Linear(2, 3)
+    buffers_first = torch.nn.Sequential(torch.nn.BatchNorm1d(2, affine=False), torch.nn.Linear(2, 2))
+    counts = torch.nn.Module()
+    counts.register_buffer("count", torch.zeros((), dtype=torch.int64))
+    counts.inner = torch.nn.Module()
+    counts.inner.register_buffer("scale", torch.ones(3, dtype=torch.float64))
+    shared = torch.nn.Linear(2, 2, bias=False)
+    return [torch.nn.Linear(2, 3), torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Conv2d(1, 2, 3)), empty_slot,
+            buffers_first, counts, torch.nn.Sequential(shared, torch.nn.ReLU(), shared), torch.nn.Sequential(),
+            torch.nn.BatchNorm2d(3, affine=False), tiny_glow(), tiny_vae(), TinyNet()]
+
+
+@pytest.mark.parametrize("float_buffer", [False, True])
+def test_first_tensor_is_the_walks_first_parameter_else_buffer_in_every_submodule(float_buffer):
+    for tree in _odd_trees():
+        for m in tree.modules():
+            assert first_tensor(m, float_buffer) is _first_by_walk(m, float_buffer), m

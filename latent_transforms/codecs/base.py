@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import math
 import numbers
@@ -16,7 +15,7 @@ from ..rng import draw_generator
 from ..torch_defaults import codec_build_defaults
 from ..validation import (ModuleMixin, Settings, SettingT, WrongStateError, WrongTypeError, bad_option, check_bool,
                           check_dense, check_image_values, check_images, check_items, check_number, check_same_device,
-                          describe, fixed_at_construction, is_int, is_sequence, scalar, setting, shown,
+                          describe, first_tensor, fixed_at_construction, is_int, is_sequence, scalar, setting, shown,
                           state_mismatch, values_unread)
 from .precision import exact_math
 
@@ -237,8 +236,8 @@ class Codec(Settings, ChecksCodecStates, nn.Module):
 
     def _first_tensor(self) -> torch.Tensor:
         """The first parameter, else the first float buffer: what ``dtype`` and ``device`` read."""
-        # a loop, not next(it, None): torch 2.4's compile broke the graph there
-        for first in itertools.chain(self.parameters(), (b for b in self.buffers() if b.is_floating_point())):
+        first = first_tensor(self, float_buffer=True)
+        if first is not None:
             return first
         raise ValueError(f"{type(self).__name__} holds no parameters or float buffers, which give a codec its dtype "
                          f"and device: keep its tensors as nn.Parameter or self.register_buffer(...)")
