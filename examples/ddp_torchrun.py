@@ -62,7 +62,8 @@ def rank_0_first(rank: int, load):
     """``load()`` on rank 0, then on the other ranks (rank 0 downloads CIFAR-10 if it is not there yet). Where it
     ends rank 0 (data that cannot be loaded: a one-line error) every rank ends with that exit status, and where it
     raises another exception, with status 1, rank 0 alone saying why: the ranks that waited for rank 0 were a
-    traceback each ("Connection closed by peer") below its line."""
+    traceback each ("Connection closed by peer") below its line. Every rank destroys the process group as it ends
+    (left to exit, NCCL's warns: "destroy_process_group() was not called before program exit")."""
     code = [None]
     if rank == 0:
         try:
@@ -71,6 +72,7 @@ def rank_0_first(rank: int, load):
             code = [e.code if e.code is not None else 0]
         except BaseException:
             dist.broadcast_object_list([1], src=0)  # the others end with status 1; this rank's traceback says why
+            dist.destroy_process_group()
             raise
     dist.broadcast_object_list(code, src=0)     # the other ranks wait here for rank 0
     if code[0] is not None:

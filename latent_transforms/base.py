@@ -330,8 +330,13 @@ class LatentTransform(Settings, SampleStats, nn.Module):
             name = type(self).__name__
             raise not_about_the_batch(ValueError(f"{name} mixes labels: pass num_classes=... or (B, K) soft labels "
                                                  f"(num_classes to the constructor: {name}(..., num_classes=K) for a "
-                                                 f"K-class model)"))
+                                                 f"K-class model){self._num_classes_hint()}"))
         self.check_inputs(x, model, index)
+
+    def _num_classes_hint(self) -> str:
+        """What the error of class indices without ``num_classes`` adds (VarMixup: the class count its second
+        positional argument may have been meant as), or ""."""
+        return ""
 
     def _labels_needed(self) -> ValueError:
         """The error for ``y=None`` where labels are needed: a call's (``check_call``), or a ``transform`` called

@@ -1150,12 +1150,16 @@ def _one_line(reason: object) -> str:
 def _why(error: BaseException) -> str:
     """A network error's reason on one line, without a user name or password it quotes (http.client's for a redirect
     to ``http://user:password@host/``: "nonnumeric port: 'password@host'"; urllib's refusal of a redirect to
-    ``gopher://user:password@host/``, the URL); a timeout's says which setting to raise."""
+    ``gopher://user:password@host/?signature``, the URL, named as ``_shown_url`` names it); a timeout's says which
+    setting to raise."""
     reason = error.reason if isinstance(error, urllib.error.URLError) else error
     if isinstance(reason, TimeoutError):
         return (f"timed out (no answer within LATENT_TRANSFORMS_HUB_TIMEOUT={_timeout():g} seconds; raise it for a "
                 f"slow server or connection)")
-    return _QUOTED_USERINFO.sub(r"\1***@", _one_line(reason))
+    why = _one_line(reason)
+    if isinstance(error, urllib.error.HTTPError) and error.filename:  # the URL of the answer, or of a refused redirect
+        why = why.replace(error.filename, _shown_url(error.filename))
+    return _QUOTED_USERINFO.sub(r"\1***@", why)
 
 
 def _status_hint(status: int, file: str) -> str:
@@ -1167,14 +1171,19 @@ def _status_hint(status: int, file: str) -> str:
     return ""
 
 
+def _shown_url(url: str) -> str:
+    """A URL a server redirected to, as a message names it: without its query, which may hold a signature
+    (``?X-Amz-Signature=...``), nor its user name and password."""
+    return _without_userinfo(urllib.parse.urlsplit(url)._replace(query="", fragment="").geturl())
+
+
 def _as_fetched(url: str, final: str) -> str:
     """``url`` as a message names it: with the URL an http(s) server redirected it to, ``final``, where that differs
-    (a release page to its CDN), without its query, which may hold a signature, nor its user name and password. A
-    ``file://`` URL is never redirected (urllib may give it back rewritten: ``file://localhost/x`` as ``file:///x``)."""
+    (a release page to its CDN), as ``_shown_url`` names it. A ``file://`` URL is never redirected (urllib may give it
+    back rewritten: ``file://localhost/x`` as ``file:///x``)."""
     if final == url or urllib.parse.urlsplit(url).scheme.lower() not in ("http", "https"):
         return url
-    final = urllib.parse.urlsplit(final)._replace(query="", fragment="").geturl()
-    return f"{url} (redirected to {_without_userinfo(final)})"
+    return f"{url} (redirected to {_shown_url(final)})"
 
 
 class _NotServed(HubError):

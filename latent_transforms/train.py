@@ -62,6 +62,9 @@ _STEP_PEAK_FACTOR = 2
 _STEP_WORKING_BYTES = 64 * 2**20
 # seeds in [0, 2**32), as NumPy's: the batch order seeds a generator with seed * 1_000_003 + epoch
 _MAX_SEED = 2**32 - 1
+# a run's length in steps: int64's largest, no run's end; past a float's range (10**400), the progress bar ended the
+# run in an OverflowError that named no setting ("int too large to convert to float"), or, without it, trained on
+_MAX_STEPS = 2**63 - 1
 # Adam and Adamax move each weight by up to about lr a step: beyond 1, only overflow (lr 1e38: a traceback)
 _MAX_LR = 1.0
 _ROUNDTRIP_TOL = 1e-3  # max |decode(encode(x)) - x| a stored flow may have (else fp16 falls back to fp32)
@@ -265,9 +268,19 @@ def _refuse_too_big(config: dict[str, Any]) -> None:
     if 4 * n > memory:
         named = [f"{k} {v}" for k, v in values.items() if v > usual[k]] or [f"{k} {v}" for k, v in values.items()]
         listed = " and ".join(filter(None, [", ".join(named[:-1]), named[-1]]))
-        raise ValueError(f"{listed} make{'s' if len(named) == 1 else ''} a codec of {n:.3g} parameters for {c}x{h}x{w} "
-                         f"images, {4 * n / 1e9:.3g} GB of float32 weights alone, more than this machine's "
-                         f"{memory / 1e9:.3g} GB of memory")
+        raise ValueError(f"{listed} make{'s' if len(named) == 1 else ''} a codec of {_three_digits(n)} parameters for "
+                         f"{c}x{h}x{w} images, {_three_digits(4 * n, 10**9)} GB of float32 weights alone, more than "
+                         f"this machine's {memory / 1e9:.3g} GB of memory")
+
+
+def _three_digits(count: int, per: int = 1) -> str:
+    """``count / per`` as ``f"{x:.3g}"`` writes it, also past a float's range (a flow of 10**400 steps: the refusal
+    ended in an OverflowError, "int too large to convert to float")."""
+    try:
+        return f"{count / per:.3g}"
+    except OverflowError:
+        exponent = math.floor(math.log10(count) - math.log10(per))
+        return f"{count / (per * 10**exponent):.3g}e+{exponent}"
 
 
 def _batch_that_fits(config: dict[str, Any], batch_size: int, num_images: int, copy: int = 0) -> int:
@@ -673,7 +686,7 @@ def _check_train_args(x_train: torch.Tensor, x_test: torch.Tensor | None, name: 
     if epochs is not None:
         check_number("epochs", epochs, low_open=True)
     if max_steps is not None:
-        check_count("max_steps", max_steps, low=1)
+        check_count("max_steps", max_steps, low=1, high=_MAX_STEPS)
     if max_minutes is not None:
         check_number("max_minutes", max_minutes, low_open=True)
     check_number("lr", lr, high=_MAX_LR, low_open=True)
@@ -1323,6 +1336,11 @@ def train_codec(
     # the ActNorm init's forward, without gradient, keeps less than the kept bytes of its images, which the step's
     # estimate counts _STEP_PEAK_FACTOR times: the defaults' 512 images wherever they did before that factor
     init_batch = min(_ACTNORM_INIT_BATCH, n, fits * _STEP_PEAK_FACTOR)
+    bs = min(batch_size, n)
+    steps_per_epoch = n // bs  # the last incomplete batch of each epoch is dropped
+    if epochs is not None and epochs * steps_per_epoch > _MAX_STEPS:  # round() refused inf; a finite count trained on
+        raise ValueError(f"epochs {epochs:g} make more than {_MAX_STEPS} steps ({steps_per_epoch} an epoch, of "
+                         f"batches of {bs}), a run's most")
     out = make_folder(output_folder(out_dir))  # ~ expanded, as hub.load does; made once every setting is known good
     with contextlib.ExitStack() as lock:
         locked = lock.enter_context(_only_run_writing(out, name))
@@ -1331,8 +1349,6 @@ def train_codec(
             # the temp files of a run killed while it saved (its previous file is whole); any age under the lock
             hub.remove_abandoned_parts(written, min_age_s=0 if locked else None)
 
-        bs = min(batch_size, n)
-        steps_per_epoch = n // bs  # the last incomplete batch of each epoch is dropped
         total_steps = max_steps if max_steps is not None else (
             max(1, round(epochs * steps_per_epoch)) if epochs is not None else None)
         # max_minutes: the run's length if no step count gives it (then given: _check_train_args), else the call's limit
@@ -1459,7 +1475,8 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     g = p.add_argument_group("training")
     length = g.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=POSITIVE_FLOAT, help="length of the whole run in epochs")
-    length.add_argument("--max-steps", type=POSITIVE_INT, help="length of the whole run in optimizer steps")
+    length.add_argument("--max-steps", type=option(check_count, low=1, high=_MAX_STEPS),
+                        help="length of the whole run in optimizer steps")
     g.add_argument("--max-minutes", type=POSITIVE_FLOAT,
                    help="with --epochs/--max-steps: this call's time limit (then resume); alone: the run's length")
     g.add_argument("--batch-size", type=POSITIVE_INT, default=64,

@@ -45,7 +45,8 @@ class VarMixup(CodecTransform):
 
     Args:
         codec: hub name, path or Codec (default ``"vae-cifar10"``; any codec works, a flow too).
-        alpha: Beta parameter (1.0, mixup's usual CIFAR default), at least 0.001.
+        alpha: Beta parameter (1.0, mixup's usual CIFAR default), at least 0.001; the second positional argument
+            (``VarMixup(codec, 10)`` is ``alpha=10``: ``num_classes`` is keyword-only).
         posterior: ``"mean"`` (default) or ``"sample"``, see above.
         per_sample: one lambda per sample (default) or one per batch.
         keep_detail: add back the mixed reconstruction residuals, see above (default True).
@@ -102,6 +103,12 @@ class VarMixup(CodecTransform):
         super()._check_settings()
         if "_posterior" in self.__dict__:  # a codec or a cache assigned later: posterior='sample' refuses them too
             self.posterior = self.posterior
+
+    def _num_classes_hint(self) -> str:
+        if self.alpha < 2 or self.alpha != int(self.alpha):  # not a class count: no hint
+            return ""
+        return (f"; alpha={self.alpha:g} is the Beta parameter, the second positional argument: VarMixup(codec, "
+                f"{self.alpha:g}) gives no num_classes")
 
     def extra_repr(self) -> str:
         return (f"alpha={self.alpha}, posterior={self.posterior!r}, per_sample={self.per_sample}, "

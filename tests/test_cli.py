@@ -515,6 +515,9 @@ def test_train_data_root_without_cifar10_is_refused(tmp_path, capsys, data):
     # torch.set_num_threads' "Overflow when unpacking long", naming no option
     (["--threads", "100000"], f"argument --threads: must be an int in [1, {MAX_THREADS}], got 100000"),  # audit 275:
     # was a segfault at the first parallel op, once the system could start no more threads ("libgomp: Thread creation")
+    (["--max-steps", str(10**400)], f"argument --max-steps: must be an int in [1, {2**63 - 1}], got an int near "
+                                    f"10**400"),  # audit 424: was the progress bar's "int too large to convert to
+    # float" once the data had loaded, naming no option; with --quiet, a run that trained on
 ])
 def test_train_bad_number_names_the_option(tmp_path, capsys, option, message, few_threads_only):
     """A number the library would refuse is refused by argparse, naming the option, not the Python parameter."""
@@ -524,15 +527,17 @@ def test_train_bad_number_names_the_option(tmp_path, capsys, option, message, fe
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("kind, option", [("flow", "--steps"), ("vae", "--decoder-blocks")])
-def test_train_codec_too_big_for_the_memory_is_refused_before_it_is_built(tmp_path, capsys, kind, option):
+@pytest.mark.parametrize("kind, option, value", [("flow", "--steps", 10**20), ("vae", "--decoder-blocks", 10**20),
+                                                  pytest.param("flow", "--steps", 10**320, id="flow---steps-10**320")])
+def test_train_codec_too_big_for_the_memory_is_refused_before_it_is_built(tmp_path, capsys, kind, option, value):
     """Audit 272: --steps 10**20 built Glow steps one by one for hours (10 GB in 10 minutes) until the system killed
-    the process; --decoder-blocks 10**12 likewise."""
+    the process; --decoder-blocks 10**12 likewise. Audit 424: --steps 10**320, a codec of more parameters than a float
+    holds, ended in the refusal's own "int too large to convert to float", naming no option."""
     pytest.importorskip("sklearn")
     code, out, err = _exit_code(["train", kind, "--data", "digits", "--out", str(tmp_path / "o"), "--max-steps", "1",
-                                 "--quiet", option, str(10**20)], capsys)
+                                 "--quiet", option, str(value)], capsys)
     assert code == 2 and out == "" and len(err.splitlines()) == 1
-    assert re.fullmatch(rf"{_PROG}: error: {option} {10**20} makes a codec of \S+ parameters for \S+ images, \S+ GB "
+    assert re.fullmatch(rf"{_PROG}: error: {option} {value} makes a codec of \S+ parameters for \S+ images, \S+ GB "
                         rf"of float32 weights alone, more than this machine's \S+ GB of memory\n", err), err
     assert not (tmp_path / "o").exists()
 

@@ -259,6 +259,26 @@ def test_ddp_example_says_once_why_rank_0_could_not_load(tmp_path, how, line):
     assert "Connection closed" not in proc.stderr and "[rank1]" not in proc.stderr, proc.stderr[-5000:]
 
 
+def test_ddp_example_destroys_the_process_group_where_rank_0_raises(tmp_path, monkeypatch):
+    """(audit 424) Every other way out of rank_0_first destroyed the group; rank 0's exception left it to the exit,
+    where NCCL's warns ("destroy_process_group() was not called before program exit") below the traceback."""
+    import torch.distributed as dist
+
+    rank_0_first = _example("ddp_torchrun.py", monkeypatch).rank_0_first
+
+    def load():
+        raise RuntimeError("no data here")
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        with pytest.raises(RuntimeError, match="no data here"):
+            rank_0_first(0, load)
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 @pytest.mark.slow
 def test_an_option_given_beside_smoke_wins(example_runs):
     """--smoke's sizes are defaults: `isda_hook.py --smoke --epochs 1` trained its 2 epochs all the same (audit 395)."""

@@ -62,7 +62,7 @@ class _Handler(BaseHTTPRequestHandler):
     whatever was asked), /identity (GOOD with "Content-Encoding: Identity"), /page (an HTML page), the ``stalled``
     files (the first part of the body, then nothing until ``release`` is set), /moved-<file> (a redirect to
     /cdn/<file>?X-Signature=..., which serves <file>), /signed-in-<scheme> (a redirect to a <scheme> URL with a
-    password); 404 otherwise."""
+    password and a signed query); 404 otherwise."""
 
     counts: dict[str, int] = {}
     accept_encoding: dict[str, str | None] = {}  # name -> the Accept-Encoding header of its last request
@@ -158,7 +158,8 @@ class _Handler(BaseHTTPRequestHandler):
             elif name.startswith("signed-in-"):  # redirects to a URL with a password: http's, urllib reads as a
                 self.send_response(302)         # port; gopher's, urllib refuses, quoting it
                 scheme = name[len("signed-in-"):-len(".safetensors")]
-                self.send_header("Location", f"{scheme}://bob:s3cr3t@localhost/cdn/good.safetensors")
+                signed = "cdn/good.safetensors?X-Amz-Signature=s3cr3t"
+                self.send_header("Location", f"{scheme}://bob:s3cr3t@localhost/{signed}")
                 self.end_headers()
             elif name.startswith("length-"):  # Content-Length "²" or 5,000 digits: int() refuses both
                 self.send_response(200)
@@ -1363,7 +1364,8 @@ def test_a_redirect_is_named_without_its_user_name_and_password():
 
 @pytest.mark.parametrize("scheme, why", [
     ("http", ": nonnumeric port: '***@localhost'"),
-    # (audit 419) urllib's refusal quotes the URL: its password was in the message, only the redirect's URL masked
+    # (audit 419) urllib's refusal quotes the URL: its password was in the message, only the redirect's URL masked;
+    # (audit 424) and its signed query (?X-Amz-Signature=...), which the redirect's URL drops
     ("gopher", " (redirected to gopher://***@localhost/cdn/good.safetensors) failed: HTTP 302 Found - Redirection to "
                "url 'gopher://***@localhost/cdn/good.safetensors' is not allowed"),
 ])

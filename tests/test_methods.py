@@ -539,6 +539,16 @@ def test_varmixup_needs_num_classes_for_index_labels(vae, batch):
         VarMixup(vae, generator=0)(*batch)
 
 
+@pytest.mark.parametrize("alpha, hint", [(10, True), (2.0, True), (1.0, False), (0.4, False), (2.5, False)])
+def test_varmixup_without_num_classes_says_a_class_count_went_to_alpha(vae, batch, alpha, hint):
+    """(audit 424) ``VarMixup(vae, 10)`` meant for 10 classes is alpha=10: told only to pass num_classes, the fix was
+    ``VarMixup(vae, 10, num_classes=10)``, which kept the 10 as alpha."""
+    with pytest.raises(ValueError, match=r"K-class model\)") as e:
+        VarMixup(vae, alpha, generator=0)(*batch)
+    said = f"; alpha={alpha:g} is the Beta parameter, the second positional argument: VarMixup(codec, {alpha:g}) gives"
+    assert (said in str(e.value)) == hint, str(e.value)
+
+
 def test_varmixup_posterior_sample_refuses_a_cache_of_means(vae, batch):
     from latent_transforms import LatentCache
 

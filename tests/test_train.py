@@ -1103,8 +1103,15 @@ def test_bad_arguments(tmp_path, digits):
     for bad in (0, float("inf")):  # 0 minutes: a run of no time at all (helper 365: 0 passed with low_open dropped)
         with pytest.raises(ValueError, match=r"max_minutes must be a finite number in \(0, inf\), got"):
             train_codec("flow", x, tmp_path, **FLOW, max_steps=1, max_minutes=bad)
-    with pytest.raises(ValueError, match="max_steps must be an int >= 1"):
+    with pytest.raises(ValueError, match="max_steps must be an int in \\[1, "):
         train_codec("flow", x, tmp_path, **FLOW, max_steps=1.5)
+    with pytest.raises(ValueError,
+                       match=rf"^max_steps must be an int in \[1, {2**63 - 1}\], got an int near 10\*\*400"):
+        train_codec("flow", x, tmp_path, **FLOW, max_steps=10**400)  # audit 424: trained on, the bar's OverflowError
+    for bad in (1e308, 2.0**63):  # audit 424: round(inf)'s "cannot convert float infinity to integer"; trained on
+        said = rf"^epochs {re.escape(f'{bad:g}')} make more than {2**63 - 1} steps \(\d+ an epoch, of batches of "
+        with pytest.raises(ValueError, match=said):
+            train_codec("flow", x, tmp_path, **FLOW, epochs=bad)
     for bad in (-1e-3, 0):  # 0: a run that changes no weight (audit 380: 0 passed with low_open dropped)
         with pytest.raises(ValueError, match=r"lr must be a finite number in \(0, 1\], got"):
             train_codec("flow", x, tmp_path, **FLOW, max_steps=1, lr=bad)

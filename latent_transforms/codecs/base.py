@@ -437,7 +437,8 @@ class Codec(Settings, ChecksCodecStates, nn.Module):
 
     @property
     def compiled(self) -> bool:
-        """Whether ``encode``/``decode`` run ``torch.compile``d code (see ``compile_fast_path``)."""
+        """Whether ``encode``/``decode`` run ``torch.compile``d code (see ``compile_fast_path``); still True past torch's
+        recompile limit, where new shapes run eager (docs/performance.md says how to tell)."""
         return self._compiled is not None
 
     def compile_fast_path(self: _CodecT, enabled: bool = True, *, dynamic: bool | None = None,
