@@ -25,10 +25,10 @@ def project(d: torch.Tensor, eps: float, norm: str | None) -> torch.Tensor:
         length = d.norm(dim=1, keepdim=True)
         # a norm past the dtype's range (float32 entries past 1.8e19: their squares overflow) read from the row scaled
         # by its largest entry, top: the point is top * unit, of norm top * ||unit|| (divided by the inf norm, it went
-        # to 0)
+        # to 0). ||unit|| >= 1 but for a zero row (ascent_direction's clamp): there eps / 0 made the gradient NaN
         top = d.abs().amax(dim=1, keepdim=True)
         unit = d / top.clamp_min(torch.finfo(d.dtype).tiny)
-        scaled = unit * torch.minimum(top, eps / unit.norm(dim=1, keepdim=True))
+        scaled = unit * torch.minimum(top, eps / unit.norm(dim=1, keepdim=True).clamp_min(1.0))
         return torch.where(length.isinf(), scaled, d / (length / eps).clamp_min(1.0))
     if norm == "linf":  # an eps past the dtype's range (1e300 for float32) bounds nothing: torch refuses to clamp to it
         return d.clamp(-eps, eps) if eps <= torch.finfo(d.dtype).max else d

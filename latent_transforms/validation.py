@@ -125,19 +125,22 @@ def shown(value: object) -> str:
     10**400"), in a list or tuple too: Python refuses to print one of more than 4,300 ("Exceeds the limit (4300
     digits) for integer string conversion", naming no argument), and hundreds of digits bury the message. A tensor
     whose repr takes more than a line as ``describe``'s dtype and shape; any other repr of more than ``_SHOWN_CHARS``
-    characters (``covariance="x" * 10**5``) cut, with its length."""
+    characters (``covariance="x" * 10**5``) cut, with its length; a value whose repr fails by its type."""
     if type(value) is int and value.bit_length() > 128:
         return f"an int near {'-' if value < 0 else ''}10**{round(math.log10(abs(value)))}"
     try:
         text = repr(value)
-    except ValueError:  # a list, tuple or dict holding such an int
+    except RecursionError:  # lists nested thousands deep
+        return f"a {type(value).__name__} nested too deep to show"
+    except Exception as e:  # a list, tuple or dict holding such an int; an object whose repr fails (half built)
         if type(value) not in (list, tuple):
-            return f"a {type(value).__name__} holding an int of more than 4,300 digits"
+            # another ValueError was named as such an int, another error ended the message the value was shown in
+            if isinstance(e, ValueError) and "integer string conversion" in str(e):
+                return f"a {type(value).__name__} holding an int of more than 4,300 digits"
+            return f"a {type(value).__name__} whose repr raised {type(e).__name__}"
         seq = cast("Sequence[object]", value)
         items = ", ".join(map(shown, seq))
         text = f"[{items}]" if type(value) is list else f"({items}{',' if len(seq) == 1 else ''})"
-    except RecursionError:  # lists nested thousands deep
-        return f"a {type(value).__name__} nested too deep to show"
     if isinstance(value, torch.Tensor) and ("\n" in text or len(text) > 80):
         return describe(value)
     return text if len(text) <= _SHOWN_CHARS else f"{text[:_SHOWN_CHARS // 2]}... ({len(text):,} characters)"

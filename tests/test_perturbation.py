@@ -124,3 +124,15 @@ def test_an_l2_projection_whose_norm_overflows_the_dtype_keeps_the_point_on_the_
     start = random_start(torch.Size((50, 64)), 1e30, "l2", torch.Generator().manual_seed(0), "cpu", torch.float32)
     assert torch.allclose(start.double().norm(dim=1), torch.full((50,), 1e30, dtype=torch.float64), rtol=1e-5)
     assert torch.equal(project(d, 1e300, "l2"), d)  # a ball wider than the dtype holds bounds nothing, as for linf
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_an_l2_projection_of_a_zero_row_has_the_identitys_gradient(dtype):
+    # audit 431: the overflow branch divided eps by the norm of the zero row scaled by its largest entry, 0: masked by
+    # torch.where all the same, its inf met the mask's 0 in the backward and every entry's gradient was NaN
+    d = torch.tensor([[0.0, 0.0], [0.3, 0.4], [3.0, 4.0]], dtype=dtype, requires_grad=True)
+    out = project(d, 1.0, "l2")
+    (grad,) = torch.autograd.grad(out.sum(), d)
+    assert torch.equal(out[0], d[0].detach()) and torch.equal(grad[:2], torch.ones(2, 2, dtype=dtype))
+    # (3, 4) / 5 outside: the gradient of the sum, (I - u u^T) 1 / 5 = (0.032, -0.024); bf16 rounds it to 2e-3
+    assert torch.isfinite(grad).all() and torch.allclose(grad[2].float(), torch.tensor([0.032, -0.024]), atol=2e-3)

@@ -724,6 +724,24 @@ def test_a_value_shown_in_a_message_is_short_and_printable():
         check_count("steps", [10**5000], 1)
 
 
+def test_a_value_whose_repr_fails_is_shown_by_its_type():
+    """Audit 431: ``shown`` named any value whose repr raised a ValueError "a ... holding an int of more than 4,300
+    digits", and let any other error out in place of the check's own (a half-built module's repr raises
+    AttributeError: check_bool then raised that, naming neither the argument nor what it must be)."""
+    from latent_transforms.validation import WrongTypeError, check_bool, shown
+
+    class Unprintable:
+        def __repr__(self) -> str:
+            raise ValueError("not ready")
+
+    half_built = torch.nn.Linear.__new__(torch.nn.Linear)  # no in_features for its extra_repr
+    assert shown(Unprintable()) == "a Unprintable whose repr raised ValueError"
+    assert shown((1, half_built)) == "(1, a Linear whose repr raised AttributeError)"
+    with pytest.raises(WrongTypeError, match=r"^check_y must be True or False, got a Linear whose repr raised "
+                                             r"AttributeError$"):
+        check_bool("check_y", half_built)
+
+
 @pytest.mark.parametrize("call", [
     lambda: __import__("latent_transforms").ISDA(10, sync_stats="yes"),  # was a plain TypeError
     lambda: __import__("latent_transforms").Glow((1, 8, 8), steps=2.0),  # was a plain ValueError
