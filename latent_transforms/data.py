@@ -26,6 +26,7 @@ from __future__ import annotations
 import lzma
 import math
 import os
+import stat
 import zipfile
 import zlib
 from pathlib import Path
@@ -275,6 +276,20 @@ def _entries(folder: Path) -> tuple[list[Path], list[Path]]:
     return [p for p in entries if p.is_dir()], [p for p in entries if not p.is_dir()]
 
 
+def _special_file(path: Path) -> str | None:
+    """What ``path`` is where it is no regular file once links are followed ("a FIFO", "a device", "a socket", "a link
+    to nothing"; opening a FIFO waits for a writer, for ever), else ``None``."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "a link to nothing"
+    except OSError:  # a loop of links, no permission: opening it says why
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    return "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+
+
 def _names(paths: list[Path], root: Path) -> str:
     """Up to 5 paths relative to ``root`` (``a/1.png``), for messages."""
     names = [p.relative_to(root).as_posix() for p in paths[:5]]
@@ -340,6 +355,10 @@ def _folder(root: Path) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     if others:
         raise ValueError(f"{root} holds files that are not images ({', '.join(IMAGE_SUFFIXES)}): "
                          f"{_names(others, root)}; remove or convert them")
+    special = {f: what for f, _ in files if (what := _special_file(f)) is not None}
+    if special:  # before any is opened: a FIFO would hang the load
+        raise ValueError(f"{root} holds entries that are not regular files ({', '.join(sorted(set(special.values())))})"
+                         f": {_names(list(special), root)}; remove them")
     arrays, size, colour = [], None, False
     for f, _ in files:
         try:
@@ -365,6 +384,9 @@ def _folder(root: Path) -> tuple[torch.Tensor, torch.Tensor | None, int]:
             raise
         except OSError as e:
             raise ValueError(f"cannot read image {f} ({e})") from None
+        except Image.DecompressionBombError as e:  # PIL's, naming no file: past twice Image.MAX_IMAGE_PIXELS
+            raise ValueError(f"cannot read image {f} ({e}); if you trust the file, raise PIL.Image.MAX_IMAGE_PIXELS"
+                             ) from None
     mode = "RGB" if colour else "L"
     x_np = np.stack([np.asarray(im.convert(mode), dtype=np.uint8) for im in arrays])
     x = _uint8_to_tensor(x_np, str(root))

@@ -178,10 +178,10 @@ def _check_filename(file: object) -> str:
     if not isinstance(file, str) or not file:
         raise ValueError(f"checkpoint file name must be a non-empty str, got {file!r}")
     # ':' too: on Windows "D:x.safetensors" is a file in drive D:'s current folder, outside the cache dir
-    if any(s in file for s in (*_SEPARATORS, ":", "..", "\0")) or file.startswith("."):
-        raise ValueError(
-            f"checkpoint file name {file!r} is not a plain file name (no path separators, ':', '..' or leading '.')"
-        )
+    # unprintable: a newline or a terminal escape, printed by `list -v` and in messages (NUL: open() refuses it)
+    if any(s in file for s in (*_SEPARATORS, ":", "..")) or file.startswith(".") or not file.isprintable():
+        raise ValueError(f"checkpoint file name {file!r} is not a plain file name (no path separators, ':', '..' or "
+                         f"leading '.'; printable characters only)")
     if not file.endswith(".safetensors"):
         raise ValueError(f"checkpoint file name {file!r} must end in .safetensors")
     if len(file.encode("utf-8", "surrogatepass")) > _MAX_FILENAME_BYTES:
@@ -227,10 +227,20 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
-def _chmod_default(path: str | os.PathLike[str]) -> None:
-    """Give a file from ``mkstemp`` (mode 0600) the usual permissions (0666 minus the process's umask)."""
+def _chmod_default(path: str | os.PathLike[str], fd: int) -> None:
+    """Give a file from ``mkstemp`` (mode 0600), ``path`` open as ``fd``, the usual permissions (0666 minus the
+    process's umask): through ``fd`` where the system can (by name a link put in its place would be followed)."""
     with contextlib.suppress(OSError):
-        os.chmod(path, 0o666 & ~_UMASK)
+        os.chmod(fd if os.chmod in os.supports_fd else path, 0o666 & ~_UMASK)
+
+
+def _check_made(tmp: str, made: int) -> None:
+    """``OSError`` unless the name ``tmp`` is still the file ``mkstemp`` made, open as ``made`` (held open, so its
+    inode cannot be reused): not a link (not followed) nor another file that whoever can write its folder swapped in,
+    which a chmod or rename by name would then serve."""
+    if not os.path.samestat(os.stat(tmp, follow_symlinks=False), os.fstat(made)):
+        raise OSError(errno.EEXIST, f"its temporary file was replaced by another file or a link (can others write to "
+                                    f"{Path(tmp).parent}?)")
 
 
 def _remove(path: str | os.PathLike[str]) -> None:
@@ -276,14 +286,18 @@ def _atomic_file(path: Path, errors: Callable[[], contextlib.AbstractContextMana
     with errors(), _naming(path.parent):
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            yield f, tmp
-            with errors():
-                f.close()
-        # by name: the block may have written it through another file
-        with errors(), _naming(path), open(tmp, "rb+") as written:
-            os.fsync(written.fileno())
-        _chmod_default(tmp)
+        made = os.dup(fd)  # the block may close f and write the file by name: flushed and chmod-ed through this
+        try:
+            with os.fdopen(fd, "wb") as f:
+                yield f, tmp
+                with errors():
+                    f.close()
+            with errors(), _naming(path):
+                _check_made(tmp, made)
+                os.fsync(made)
+                _chmod_default(tmp, made)
+        finally:
+            os.close(made)  # before the rename: Windows renames no file open without FILE_SHARE_DELETE
         with errors(), _naming(path):
             os.replace(tmp, path)
     finally:
@@ -1156,7 +1170,8 @@ def _why(error: BaseException) -> str:
     if isinstance(reason, TimeoutError):
         return (f"timed out (no answer within LATENT_TRANSFORMS_HUB_TIMEOUT={_timeout():g} seconds; raise it for a "
                 f"slow server or connection)")
-    why = _one_line(reason)
+    # EOFError() has no words (an ftp:// server a redirect led to that closed at once): its type says what happened
+    why = _one_line(reason) or type(reason).__name__
     if isinstance(error, urllib.error.HTTPError) and error.filename:  # the URL of the answer, or of a refused redirect
         why = why.replace(error.filename, _shown_url(error.filename))
     return _QUOTED_USERINFO.sub(r"\1***@", why)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import functools
 import itertools
 import json
@@ -1182,7 +1183,13 @@ def _only_run_writing(out: Path, name: str) -> Iterator[bool]:
     path = out / f".{name}.lock"
     fd: int | None
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:  # not through a link: one who can write a shared output folder would choose what the run creates
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+            raise ValueError(f"{path} is a symbolic link, never a train run's lock file: remove it (can others write "
+                             f"to {out}?)") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             locked = os.stat(path).st_ino == os.fstat(fd).st_ino  # else the run before removed it meanwhile

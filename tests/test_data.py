@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gc
 import io
+import os
 import re
 import urllib.error
 import warnings
@@ -607,3 +608,41 @@ def test_cifar10_5k_index_takes_a_list_and_refuses_labels_that_are_not_class_ind
         with pytest.raises(ValueError, match=f"cifar10-5k is drawn from CIFAR-10's 50,000 training images, 5,000 of "
                                              f"each of 10 classes; got labels of {what}: is the download complete"):
             cifar10_5k_index(bad)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs (Windows)")
+@pytest.mark.parametrize("special", ["fifo", "device", "dangling link"])
+def test_a_folder_entry_that_is_no_regular_file_is_refused_before_it_is_opened(tmp_path, special):
+    """Audit 429: a FIFO named like an image (or a link to one) hung the load for ever in PIL's open, waiting for a
+    writer; a link to /dev/zero or to nothing was opened as an image. Named, with what it is, before any is read."""
+    from PIL import Image
+
+    root = tmp_path / "images" / "cats"
+    root.mkdir(parents=True)
+    Image.new("L", (4, 6)).save(root / "a.png")
+    odd = root / "b.png"
+    if special == "fifo":
+        os.mkfifo(odd)
+    else:
+        odd.symlink_to("/dev/zero" if special == "device" else tmp_path / "gone.png")
+    what = {"fifo": "a FIFO", "device": "a device", "dangling link": "a link to nothing"}[special]
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(tmp_path / 'images'))} holds entries that are not regular "
+                                         rf"files \({what}\): cats/b\.png; remove them$"):
+        load_images(f"folder:{tmp_path / 'images'}")
+
+
+def test_an_image_past_pils_decompression_bomb_limit_is_named(tmp_path, monkeypatch):
+    """Audit 429: PIL refuses an image of more than twice Image.MAX_IMAGE_PIXELS pixels (a 48 KB PNG of 20000x20000
+    pixels would take 400 MB), but its DecompressionBombError named no file of the folder. A ValueError naming it."""
+    from PIL import Image
+
+    root = tmp_path / "images"
+    root.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.new("L", (8, 8) if name == "a.png" else (8, 9)).save(root / name)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 35)  # 64 pixels pass (warned of), 72 are past twice the limit
+    with pytest.warns(Image.DecompressionBombWarning), \
+            pytest.raises(ValueError, match=rf"^cannot read image {re.escape(str(root / 'b.png'))} \(Image size \(72 "
+                                            r"pixels\) exceeds limit of 70 pixels, .*\); if you trust the file, raise "
+                                            r"PIL\.Image\.MAX_IMAGE_PIXELS$"):
+        load_images(f"folder:{root}")

@@ -541,6 +541,22 @@ def test_a_registry_file_name_with_a_nul_is_refused_as_not_plain(env):
         _register("nul", "a\0b.safetensors")
 
 
+@pytest.mark.parametrize("file", ["a\nb.safetensors", "a\rb.safetensors", "\x1b[2Jx.safetensors", "a\tb.safetensors",
+                                  "a\u200bb.safetensors"])
+def test_a_registry_file_name_with_a_control_character_is_refused(env, file, tmp_path):
+    """Audit 429: a newline, a carriage return or a terminal escape in an entry's file name was accepted (names were
+    refused them, files not), in hub.register and in a run JSON's or the user registry's entries, and printed as is
+    by `latent-transforms list -v` and in messages (an escape sequence clears or rewrites the terminal)."""
+    with pytest.raises(ValueError, match=r"is not a plain file name \(no path separators, ':', '\.\.' or leading '\.'; "
+                                         r"printable characters only\)$"):
+        _register("ctl", file)
+    registry = tmp_path / "cache" / "registry.json"
+    registry.parent.mkdir()
+    registry.write_text(json.dumps({"checkpoints": {"ctl": {"file": file, "sha256": SHA_GOOD, "config": CONFIG}}}))
+    with pytest.raises(ValueError, match=r"entry 'ctl': checkpoint file name .* is not a plain file name"):
+        hub.load("ctl")
+
+
 def test_wrong_shape_is_named(tmp_path):
     sd = dict(_codec().state_dict())
     first = next(iter(sd))
@@ -1322,6 +1338,18 @@ def test_a_redirect_loop_is_reported_on_one_line(env, server):
         hub.fetch("x")
     assert "\n" not in str(e.value)
     assert _leftovers(env) == []
+
+
+def test_a_network_error_without_words_is_named_by_its_type(env, server, monkeypatch):
+    """Audit 429: a redirect to an ftp:// server (urllib follows those) that closed the connection at once failed
+    with URLError(EOFError()), whose text is empty: the message ended in "cannot download URL: " and said nothing."""
+    def closed_at_once(request, timeout):
+        raise urllib.error.URLError(EOFError())
+
+    monkeypatch.setattr(hub.urllib.request, "urlopen", closed_at_once)
+    _register("x", "good.safetensors")
+    with pytest.raises(hub.HubError, match=rf"^cannot download {server}/good\.safetensors: EOFError; "):
+        hub.fetch("x")
 
 
 @pytest.mark.parametrize("file, message", [
@@ -2394,6 +2422,44 @@ def test_an_atomic_write_is_on_disk_before_its_rename(tmp_path, monkeypatch):
     with hub.atomic_path(tmp_path / "a.json") as tmp:
         Path(tmp).write_text("{}")
     assert events == [("fsync", 2), ("replace", "a.json")] and (tmp_path / "a.json").read_text() == "{}"
+
+
+@pytest.mark.skipif(os.name == "nt", reason="a symbolic link takes a privilege on Windows")
+@pytest.mark.parametrize("when", ["in the block", "in the block, by a file", "during the flush"])
+def test_a_temp_file_swapped_for_a_link_does_not_chmod_the_links_target(tmp_path, monkeypatch, when):
+    """Audit 429: the temp file was flushed and given its permissions by name, after its descriptor was closed. Someone
+    who can write the folder (a shared output folder, a cache dir they made) could swap it for a link to a file of
+    yours meanwhile (inotify tells them when the .part appears): its target was made 0666 minus the umask (a private
+    key, 0600, readable by all) and the link renamed into place. The file made is now held open to the end, so its
+    name must still be it (not a link, nor another file: its inode cannot be reused meanwhile), and it is flushed and
+    given its permissions through that descriptor."""
+    secret = tmp_path / "id_rsa"
+    secret.write_text("KEY")
+    secret.chmod(0o400)
+    dest = tmp_path / "run.json"
+
+    def swap() -> None:
+        (part,) = tmp_path.glob(".run.json.*.part")
+        part.unlink()
+        if when.endswith("by a file"):  # theirs, renamed into place as yours
+            part.write_text("theirs")
+        else:
+            part.symlink_to(secret)
+
+    if when == "during the flush":  # the race after the temp file is opened again: too late to refuse
+        real_fsync = os.fsync
+        monkeypatch.setattr(hub.os, "fsync", lambda fd: swap() or real_fsync(fd))
+        with hub.atomic_path(dest) as tmp:
+            Path(tmp).write_text("{}")
+    else:
+        with pytest.raises(OSError, match=rf"^\[Errno \d+\] its temporary file was replaced by another file or a "
+                                          rf"link \(can others write to {re.escape(str(tmp_path))}\?\): "
+                                          rf"{re.escape(repr(str(dest)))}$"):
+            with hub.atomic_path(dest) as tmp:
+                Path(tmp).write_text("{}")
+                swap()
+        assert not dest.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["id_rsa"]  # the swapped one too
+    assert secret.stat().st_mode & 0o777 == 0o400 and secret.read_text() == "KEY"
 
 
 def test_a_download_is_on_disk_before_its_rename(env, monkeypatch):

@@ -540,6 +540,29 @@ def test_a_lock_file_the_run_before_removed_meanwhile_is_taken_again_on_the_new_
         assert len(os.listdir("/proc/self/fd")) <= open_before  # the first, orphaned file's descriptor was closed
 
 
+@pytest.mark.skipif(not hasattr(os, "O_NOFOLLOW"), reason="no O_NOFOLLOW (Windows)")
+@pytest.mark.parametrize("target", ["missing", "existing"])
+def test_a_lock_file_that_is_a_symbolic_link_is_refused_not_followed(tmp_path, target):
+    """Audit 429: the lock file was opened with O_CREAT, following a link: one who can write a shared output folder
+    (--out /tmp, or a project folder) could put .NAME.lock there as a link, and the run created the file it names (as
+    you, anywhere you can write) or locked a file of yours. Refused, naming the link, and nothing made or touched."""
+    pytest.importorskip("fcntl")
+    aim = tmp_path / "home" / "made-by-the-run"
+    aim.parent.mkdir()
+    if target == "existing":
+        aim.write_text("yours")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".zz.lock").symlink_to(aim)
+    link = re.escape(str(out / ".zz.lock"))
+    with pytest.raises(ValueError, match=rf"^{link} is a symbolic link, never a train run's lock file: remove it "
+                                         rf"\(can others write to {re.escape(str(out))}\?\)$"):
+        with train._only_run_writing(out, "zz"):
+            pass
+    assert sorted(p.name for p in aim.parent.iterdir()) == ([] if target == "missing" else ["made-by-the-run"])
+    assert (out / ".zz.lock").is_symlink() and (target == "missing" or aim.read_text() == "yours")
+
+
 def test_a_run_without_fcntl_holds_no_lock_and_says_so(tmp_path, monkeypatch):
     """Not POSIX (Windows: no ``fcntl``): no lock file, and the run is told it holds none, so that it deletes only
     the temp files untouched for an hour, not a live run's (mutation round, audit 409: untested)."""
