@@ -68,15 +68,34 @@ class TokenHead(nn.Module):
         return self.fc(tokens).mean(1)
 
 
+class TemperedHead(nn.Module):
+    """Calls its classifier (a Linear taking a temperature) with a second positional argument."""
+
+    class Tempered(nn.Linear):
+        def forward(self, x, temperature=1.0):
+            return super().forward(x) / temperature
+
+    def __init__(self):
+        super().__init__()
+        self.fc = self.Tempered(64, 10)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1), 2.0)
+
+
 @STRENGTH_ZERO_EXPECTED
-def test_isda_refuses_a_classifier_called_without_one_positional_tensor(batch):
+@pytest.mark.parametrize("head, got", [
+    (KeywordHead, r"none \(a keyword call, layer\(input=f\)\?\)"),
+    # mutation round (audit 430): only the keyword call was tested; a positional call could be told "a keyword call"
+    (TemperedHead, r"\[torch.float32 of shape \(\d+, 64\), float\]")])
+def test_isda_refuses_a_classifier_called_without_one_positional_tensor(batch, head, got):
     x, y = batch
-    model, isda = KeywordHead(), ISDA(10)  # kept: the hook holds its ISDA weakly
+    model, isda = head(), ISDA(10)  # kept: the hook holds its ISDA weakly
     isda(x, y, model)
     # audit 425: what it got, and the fix (it read "to be called with one tensor argument", which fc(input=x) is)
     with pytest.raises(ValueError, match=r"^ISDA expected the layer 'fc' \(nn.Linear \d+ -> 10\) to be called with one "
-                                         r"positional tensor argument, the features, got none \(a keyword call, "
-                                         r"layer\(input=f\)\?\): call it as layer\(f\)$"):
+                                         rf"positional tensor argument, the features, got {got}: "
+                                         r"call it as layer\(f\)$"):
         model(x)
 
 

@@ -124,6 +124,9 @@ def test_an_l2_projection_whose_norm_overflows_the_dtype_keeps_the_point_on_the_
     start = random_start(torch.Size((50, 64)), 1e30, "l2", torch.Generator().manual_seed(0), "cpu", torch.float32)
     assert torch.allclose(start.double().norm(dim=1), torch.full((50,), 1e30, dtype=torch.float64), rtol=1e-5)
     assert torch.equal(project(d, 1e300, "l2"), d)  # a ball wider than the dtype holds bounds nothing, as for linf
+    top = torch.finfo(torch.float32).max  # a ball as wide as the dtype holds still bounds (mutation round, audit 430)
+    on_sphere = project(torch.tensor([[top, -top]]), top, "l2").double().norm(dim=1)
+    assert torch.allclose(on_sphere, torch.tensor([top], dtype=torch.float64), rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])

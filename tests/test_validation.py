@@ -702,8 +702,10 @@ def test_a_value_shown_in_a_message_is_short_and_printable():
     assert shown([10**5000]) == "[an int near 10**5000]" and shown((10**5000,)) == "(an int near 10**5000,)"
     assert shown({"a": 10**5000}) == "a dict holding an int of more than 4,300 digits"
     assert shown(torch.zeros(100, 100)) == "torch.float32 of shape (100, 100)"
+    assert shown(torch.zeros(2, 2)) == "torch.float32 of shape (2, 2)"  # short but two lines (mutation round, 430)
     assert shown(torch.tensor([0.5])) == "tensor([0.5000])" and shown(torch.tensor(2.0)) == "tensor(2.)"  # the value
     assert shown("x" * 100_000) == "'" + "x" * 99 + "... (100,002 characters)"
+    assert shown("x" * 198) == repr("x" * 198) and shown("x" * 199).endswith("... (201 characters)")  # 200 shown whole
     assert shown("full") == "'full'" and shown([1, "a"]) == "[1, 'a']" and shown((1,)) == "(1,)"  # repr as it was
     nested: list = []
     for _ in range(100_000):
@@ -1627,4 +1629,5 @@ def _odd_trees() -> list[torch.nn.Module]:
 def test_first_tensor_is_the_walks_first_parameter_else_buffer_in_every_submodule(float_buffer):
     for tree in _odd_trees():
         for m in tree.modules():
-            assert first_tensor(m, float_buffer) is _first_by_walk(m, float_buffer), m
+            found = first_tensor(m, float_buffer) if float_buffer else first_tensor(m)  # the default: any buffer
+            assert found is _first_by_walk(m, float_buffer), m
