@@ -237,9 +237,13 @@ def _chmod_default(path: str | os.PathLike[str], fd: int) -> None:
 def _check_made(tmp: str, made: int) -> None:
     """``OSError`` unless the name ``tmp`` is still the file ``mkstemp`` made, open as ``made`` (held open, so its
     inode cannot be reused): not a link (not followed) nor another file that whoever can write its folder swapped in,
-    which a chmod or rename by name would then serve."""
+    which a chmod or rename by name would then serve; nor a file the block renamed over it (safetensors' ``save_file``
+    writes a file of its own beside it and renames it: refused as a swap would be, its file told from theirs by
+    nothing safe)."""
     if not os.path.samestat(os.stat(tmp, follow_symlinks=False), os.fstat(made)):
-        raise OSError(errno.EEXIST, f"its temporary file was replaced by another file or a link (can others write to "
+        raise OSError(errno.EEXIST, f"its temporary file was replaced by another file or a link: by the block (write "
+                                    f"it in place; a writer that renames a file of its own over it, as safetensors' "
+                                    f"save_file does, is refused) or by someone else (can others write to "
                                     f"{Path(tmp).parent}?)")
 
 
@@ -306,12 +310,13 @@ def _atomic_file(path: Path, errors: Callable[[], contextlib.AbstractContextMana
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
-    """Yield a temporary path beside ``path`` to write to; when the block ends without error it is flushed to disk,
-    gets the usual permissions and is renamed over ``path``, else (any exception, ``KeyboardInterrupt`` too) it is
-    removed: ``path`` never holds half a file, also after a crash or power loss (without the flush, the rename could
-    reach the disk before the data). An ``OSError`` in making, flushing or renaming the temp file names ``path`` (its
-    folder, where the temp file could not be made), not the temp file; so does one of the block's that names the temp
-    file, or a full disk (or quota) that names none."""
+    """Yield a temporary path beside ``path`` to write to, in place (``open(tmp, "wb")``, PIL's or torch's save; not
+    safetensors' ``save_file``, which renames a file of its own over it: an ``OSError``); when the block ends without
+    error it is flushed to disk, gets the usual permissions and is renamed over ``path``, else (any exception,
+    ``KeyboardInterrupt`` too) it is removed: ``path`` never holds half a file, also after a crash or power loss
+    (without the flush, the rename could reach the disk before the data). An ``OSError`` in making, flushing or
+    renaming the temp file names ``path`` (its folder, where the temp file could not be made), not the temp file; so
+    does one of the block's that names the temp file, or a full disk (or quota) that names none."""
     with _atomic_file(Path(path)) as (f, tmp):
         f.close()  # written by name
         with _naming(Path(path), tmp):

@@ -281,7 +281,10 @@ def _three_digits(count: int, per: int = 1) -> str:
         return f"{count / per:.3g}"
     except OverflowError:
         exponent = math.floor(math.log10(count) - math.log10(per))
-        return f"{count / (per * 10**exponent):.3g}e+{exponent}"
+        digits = f"{count / (per * 10**exponent):.3g}"
+        if digits == "10":  # 9.995 and up (or an exponent one short, log10 rounded down): the next power of ten
+            digits, exponent = "1", exponent + 1
+        return f"{digits}e+{exponent}"
 
 
 def _batch_that_fits(config: dict[str, Any], batch_size: int, num_images: int, copy: int = 0) -> int:

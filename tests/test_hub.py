@@ -2453,13 +2453,60 @@ def test_a_temp_file_swapped_for_a_link_does_not_chmod_the_links_target(tmp_path
             Path(tmp).write_text("{}")
     else:
         with pytest.raises(OSError, match=rf"^\[Errno \d+\] its temporary file was replaced by another file or a "
-                                          rf"link \(can others write to {re.escape(str(tmp_path))}\?\): "
-                                          rf"{re.escape(repr(str(dest)))}$"):
+                                          rf"link: by the block \(.*\) or by someone else \(can others write to "
+                                          rf"{re.escape(str(tmp_path))}\?\): {re.escape(repr(str(dest)))}$"):
             with hub.atomic_path(dest) as tmp:
                 Path(tmp).write_text("{}")
                 swap()
         assert not dest.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["id_rsa"]  # the swapped one too
     assert secret.stat().st_mode & 0o777 == 0o400 and secret.read_text() == "KEY"
+
+
+@pytest.mark.skipif(os.name == "nt", reason="a symbolic link takes a privilege on Windows")
+def test_a_temp_file_swapped_for_a_link_to_itself_is_refused(tmp_path):
+    """Mutation round (audit 433): the name is checked without following a link. Followed, a link to the file made
+    itself (through another name of it, or /proc/PID/fd/N, which is the file in the process that reads the link) was
+    found to be the file made, and the link was renamed into place: ``path`` a link of theirs."""
+    dest = tmp_path / "run.json"
+    with pytest.raises(OSError, match=r"^\[Errno \d+\] its temporary file was replaced by another file or a link: "):
+        with hub.atomic_path(dest) as tmp:
+            Path(tmp).write_text("{}")
+            os.link(tmp, tmp_path / "other")
+            os.unlink(tmp)
+            os.symlink(tmp_path / "other", tmp)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other"]  # neither run.json nor the link
+
+
+def test_a_block_that_renames_a_file_over_the_temp_file_is_refused_naming_that(tmp_path):
+    """Audit 433: safetensors' save_file (0.8) writes a file of its own beside the path it is given and renames it
+    over it, as do other atomic writers: the temp file replaced, the error said only that others may write the folder.
+    It names the block's writer too."""
+    def renaming_writer(path: str) -> None:  # as save_file writes
+        Path(f"{path}.new").write_text("{}")
+        os.replace(f"{path}.new", path)
+
+    dest = tmp_path / "w.json"
+    with pytest.raises(OSError, match=r"replaced by another file or a link: by the block \(write it in place; a writer "
+                                      r"that renames a file of its own over it, as safetensors' save_file does, is "
+                                      r"refused\) or by someone else"):
+        with hub.atomic_path(dest) as tmp:
+            renaming_writer(tmp)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="no /proc/self/fd to count open descriptors")
+def test_an_atomic_write_closes_the_descriptors_it_opened(tmp_path):
+    """Mutation round (audit 433): the temp file is held open to the end (audit 429); that second descriptor was not
+    checked to be closed, written or refused (a process writing its registry or checkpoints for long would run out)."""
+    open_before = len(os.listdir("/proc/self/fd"))
+    with hub.atomic_path(tmp_path / "a.json") as tmp:
+        Path(tmp).write_text("{}")
+    with pytest.raises(OSError, match="replaced by another file"):
+        with hub.atomic_path(tmp_path / "b.json") as tmp:
+            os.unlink(tmp)
+            Path(tmp).write_text("{}")
+    assert len(os.listdir("/proc/self/fd")) == open_before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
 
 
 def test_a_download_is_on_disk_before_its_rename(env, monkeypatch):

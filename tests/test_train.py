@@ -306,6 +306,16 @@ def test_a_flow_s_parameter_count_past_4_levels_follows_from_levels_1_to_4_exact
     assert built and max(built) == 4
 
 
+@pytest.mark.parametrize("count, per, said", [(12345, 1, "1.23e+04"), (4 * 10**9, 10**9, "4"),
+                                             (123 * 10**398, 1, "1.23e+400"), (4 * 10**400, 10**9, "4e+391"),
+                                             (9999 * 10**396, 1, "1e+400"), (10**400 - 1, 1, "1e+400")],
+                         ids=["12345", "4e9/1e9", "123e398", "4e400/1e9", "9999e396", "1e400-1"])
+def test_a_count_past_a_floats_range_is_written_as_three_digits(count, per, said):
+    """Audit 424's refusal of a codec too big formats its counts past a float's range (a flow of 10**320 steps).
+    Mutation round (audit 433): only a count's having some digits was checked, and 9.999e399 was written "10e+399"."""
+    assert train._three_digits(count, per) == said
+
+
 @pytest.mark.parametrize("kind, settings, named", [
     ("flow", {**FLOW, "levels": 5, "steps": 1, "hidden": 1}, "levels 5 makes"),
     ("vae", {**VAE, "decoder_blocks": 2}, "decoder_blocks 2, hidden 16 and latent_dim 4 make")])
@@ -561,6 +571,15 @@ def test_a_lock_file_that_is_a_symbolic_link_is_refused_not_followed(tmp_path, t
             pass
     assert sorted(p.name for p in aim.parent.iterdir()) == ([] if target == "missing" else ["made-by-the-run"])
     assert (out / ".zz.lock").is_symlink() and (target == "missing" or aim.read_text() == "yours")
+
+
+def test_a_lock_file_that_cannot_be_opened_for_another_reason_says_why(tmp_path):
+    """Mutation round (audit 433): only a link (ELOOP) is refused as one; another error (here a missing folder, or
+    one not writable) is the system's own, not called a symbolic link."""
+    pytest.importorskip("fcntl")
+    with pytest.raises(FileNotFoundError, match=r"\.zz\.lock'$"):
+        with train._only_run_writing(tmp_path / "gone", "zz"):
+            pass
 
 
 def test_a_run_without_fcntl_holds_no_lock_and_says_so(tmp_path, monkeypatch):
@@ -1135,6 +1154,9 @@ def test_bad_arguments(tmp_path, digits):
         said = rf"^epochs {re.escape(f'{bad:g}')} make more than {2**63 - 1} steps \(\d+ an epoch, of batches of "
         with pytest.raises(ValueError, match=said):
             train_codec("flow", x, tmp_path, **FLOW, epochs=bad)
+    said = rf"^epochs {re.escape(f'{2.0**62:g}')} make more than {2**63 - 1} steps \(4 an epoch, of batches of 4\)"
+    with pytest.raises(ValueError, match=said):  # audit 433: fewer epochs than steps, all counted
+        train_codec("flow", x, tmp_path, **FLOW, epochs=2.0**62, batch_size=4, max_minutes=1e-9)
     for bad in (-1e-3, 0):  # 0: a run that changes no weight (audit 380: 0 passed with low_open dropped)
         with pytest.raises(ValueError, match=r"lr must be a finite number in \(0, 1\], got"):
             train_codec("flow", x, tmp_path, **FLOW, max_steps=1, lr=bad)
