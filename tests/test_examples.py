@@ -259,19 +259,21 @@ def test_ddp_example_says_once_why_rank_0_could_not_load(tmp_path, how, line):
     assert "Connection closed" not in proc.stderr and "[rank1]" not in proc.stderr, proc.stderr[-5000:]
 
 
-def test_ddp_example_destroys_the_process_group_where_rank_0_raises(tmp_path, monkeypatch):
+@pytest.mark.parametrize("error", [RuntimeError, SystemExit])
+def test_ddp_example_destroys_the_process_group_where_rank_0_raises(tmp_path, monkeypatch, error):
     """(audit 424) Every other way out of rank_0_first destroyed the group; rank 0's exception left it to the exit,
-    where NCCL's warns ("destroy_process_group() was not called before program exit") below the traceback."""
+    where NCCL's warns ("destroy_process_group() was not called before program exit") below the traceback. A
+    SystemExit (data that cannot be loaded: a one-line error) ends every rank with its status, the group destroyed."""
     import torch.distributed as dist
 
     rank_0_first = _example("ddp_torchrun.py", monkeypatch).rank_0_first
 
     def load():
-        raise RuntimeError("no data here")
+        raise error("no data here")
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
-        with pytest.raises(RuntimeError, match="no data here"):
+        with pytest.raises(error, match="no data here"):
             rank_0_first(0, load)
         assert not dist.is_initialized()
     finally:
