@@ -48,8 +48,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import (CIFAR_NOISE_EPS, SEED, PerSampleRandAugment, RandomCropFlip, add_device_argument,  # noqa: E402
-                    argument_parser, build_classifier, library_default, load_codec, refuse_repeats,
-                    run_script, setup_device, smoke_defaults_help, tiny_codecs, write_json, write_text)
+                    argument_parser, build_classifier, library_default, load_codec, parse_args_with_smoke,
+                    refuse_repeats, run_script, setup_device, smoke_defaults_help, tiny_codecs, write_json, write_text)
 
 from latent_transforms import Compose, hub  # noqa: E402
 from latent_transforms.base import LatentTransform  # noqa: E402
@@ -836,7 +836,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "these defaults instead of the others: " + smoke_defaults_help(SMOKE_DEFAULTS))
     o.add_argument("--threads", type=THREADS, help="CPU threads for torch (default: torch's; smoke: 1)")
     o.add_argument("--smoke-images", type=POSITIVE_INT, default=200, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    args = parse_args_with_smoke(p, SMOKE_DEFAULTS, argv=argv)  # its settings are defaults: an option given wins
     if args.merge:  # it trains nothing: --seeds, --shard, --resume, --epochs... given with it were silently ignored
         kept = {"merge": args.merge, "arms": args.arms, "out": args.out, "no_progress": args.no_progress}
         base = vars(p.parse_args(["--merge", *args.merge]))
@@ -844,9 +844,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         if ignored:
             p.error(f"--merge trains nothing and takes only --arms, --out and --no-progress: leave out {', '.join(ignored)} (the "
                     f"settings are those of the files merged)")
-    if args.smoke:  # its settings are defaults: an option given beside --smoke wins
-        p.set_defaults(**SMOKE_DEFAULTS)
-        args = p.parse_args(argv)
     if args.precision is None:
         args.precision = "bf16" if args.device.startswith("cuda") else "fp32"
     if not 0 <= args.val_fraction < 1:

@@ -60,6 +60,11 @@ def one_line_errors(parser: argparse.ArgumentParser, option: str):
         parser.exit(2, f"{parser.prog}: error: {option}: {message}\n")
 
 
+def add_device_arg(parser: argparse.ArgumentParser) -> None:
+    """Add ``--device`` (for :func:`pick_device`)."""
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if there is one)")
+
+
 def pick_device(parser: argparse.ArgumentParser, name: str) -> torch.device:
     """``--device`` (cpu, cuda, cuda:N or auto) as a device that exists here."""
     from latent_transforms.validation import resolve_device

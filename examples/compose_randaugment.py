@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from common import (add_codec_arg, add_data_args, add_smoke_arg, add_width_arg, count_correct, example_data, load_codec,
-                    parse_args, pick_device, tiny_glow)
+from common import (add_codec_arg, add_data_args, add_device_arg, add_smoke_arg, add_width_arg, count_correct,
+                    example_data, load_codec, parse_args, pick_device, tiny_glow)
 from latent_transforms import Compose, ISDA, LatentAdversarial, LatentNoise
 from latent_transforms.models import CifarResNet18
 from latent_transforms.validation import POSITIVE_INT
@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--steps", type=POSITIVE_INT, default=200, help="training steps per pipeline (default: 200)")
     parser.add_argument("--batch-size", type=POSITIVE_INT, default=128, help="default: 128")
     add_width_arg(parser)
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if there is one)")
+    add_device_arg(parser)
     add_smoke_arg(parser, "64 synthetic images, a tiny random Glow", SMOKE)
     args = parse_args(parser, SMOKE, ("--train", "--test", "--data-root", "--codec"))
     if args.smoke:

@@ -26,7 +26,8 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
-from common import add_data_args, add_smoke_arg, add_width_arg, count_correct, example_data, parse_args, pick_device
+from common import (add_data_args, add_device_arg, add_smoke_arg, add_width_arg, count_correct, example_data,
+                    parse_args, pick_device)
 from latent_transforms import ISDA
 from latent_transforms.models import CifarResNet18
 from latent_transforms.validation import POSITIVE_INT, check_number, option
@@ -43,7 +44,7 @@ def main() -> None:
                         help="ISDA's lambda0 (>= 0), where its ramp heads (default: 0.5, official CIFAR; or 0.25)")
     parser.add_argument("--covariance", choices=["full", "diagonal"], default="full", help="default: full")
     add_width_arg(parser)
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if there is one)")
+    add_device_arg(parser)
     add_smoke_arg(parser, "64 synthetic images", SMOKE)
     args = parse_args(parser, SMOKE, ("--train", "--test", "--data-root"))
     if args.smoke:

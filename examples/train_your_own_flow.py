@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from common import one_line_errors, parse_args, pick_device
+from common import add_device_arg, one_line_errors, parse_args, pick_device
 from latent_transforms import LatentNoise, hub
 from latent_transforms.data import load_images
 from latent_transforms.train import train_codec
@@ -53,7 +53,7 @@ def main() -> None:
                         help="training epochs (default: 50; --smoke: 10 steps, 2.5 epochs)")
     parser.add_argument("--eps", type=option(check_number, float), default=5.0,
                         help="LatentNoise size (>= 0) for the final picture (default: 5)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    add_device_arg(parser)
     parser.add_argument("--no-resume", action="store_true",
                         help="start afresh even if OUT holds a training state (default: resume it)")
     parser.add_argument("--smoke", action="store_true",

@@ -2493,9 +2493,7 @@ def test_a_cpu_flow_initialises_its_actnorm_from_no_more_images_than_a_step_that
     assert seen == [20] and json.loads(Path(r["json"]).read_text())["training"]["actnorm_init_batch"] == 20
 
 
-def test_the_suggested_registry_name_is_free_even_when_my_name_is_taken(tmp_path, digits, capsys, monkeypatch):
-    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(hub, "_registered", {})
+def test_the_suggested_registry_name_is_free_even_when_my_name_is_taken(tmp_path, digits, capsys, offline_hub):
     for taken in ("zz-t", "my-zz-t"):
         with pytest.warns(UserWarning, match="but its file"):  # not copied to the cache dir: no matter here
             hub.register(taken, file=f"{taken}.safetensors", sha256="0" * 64, config={"kind": "glow"})
@@ -2505,10 +2503,8 @@ def test_the_suggested_registry_name_is_free_even_when_my_name_is_taken(tmp_path
     assert "('zz-t' is a registered checkpoint's name; or replace yours: --overwrite instead of --name)" in out
 
 
-def test_a_finished_run_run_again_after_registering_it_says_it_is_registered(tmp_path, digits, capsys, monkeypatch):
+def test_a_finished_run_run_again_after_registering_it_says_it_is_registered(tmp_path, digits, capsys, offline_hub):
     # it told to register the same checkpoint again as 'my-zz-r', its name being taken (by itself)
-    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(hub, "_registered", {})
     kw = dict(name="zz-r", **FLOW, max_steps=1, batch_size=16)
     r = train_codec("flow", digits[0][:32], tmp_path / "run", **kw)
     hub.register_run(r["json"])
@@ -2519,10 +2515,8 @@ def test_a_finished_run_run_again_after_registering_it_says_it_is_registered(tmp
     assert "registered:   as 'zz-r', this checkpoint: codec = latent_transforms.hub.load('zz-r')" in out
 
 
-def test_a_finished_run_registered_under_another_name_says_that_name(tmp_path, digits, capsys, monkeypatch):
+def test_a_finished_run_registered_under_another_name_says_that_name(tmp_path, digits, capsys, offline_hub):
     # a run named glow-digits, registered as my-glow-digits as it suggests, told to register it again as my-my-...
-    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(hub, "_registered", {})
     kw = dict(name="zz-n", **FLOW, max_steps=1, batch_size=16)
     r = train_codec("flow", digits[0][:32], tmp_path / "run", **kw)
     hub.register_run(r["json"], name="my-zz-n")
@@ -2539,11 +2533,9 @@ def test_without_a_test_set_the_metrics_take_a_thousand_training_images(tmp_path
     assert report["metrics"]["evaluated_on"] == "1000 training images spread over the set (no test set given)"
 
 
-def test_a_finished_run_run_again_keeps_what_its_json_says_of_the_training(tmp_path, digits, capsys, monkeypatch):
+def test_a_finished_run_run_again_keeps_what_its_json_says_of_the_training(tmp_path, digits, capsys, offline_hub):
     # the CLI's run, registered, then training.md's Python snippet on it: 0 steps, the same checkpoint, but the JSON
     # took that call's thread count and (default) data description, and `register` refused it as other details
-    monkeypatch.setenv("LATENT_TRANSFORMS_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(hub, "_registered", {})
     x, _, xt, _, bins = digits
     kw = dict(name="zz-f", **FLOW, max_steps=1, batch_size=16, x_test=xt[:32])
     r = train_codec("flow", x[:32], tmp_path, **kw, data_description="digits (train split): 32 images")
