@@ -310,8 +310,9 @@ def _checked(step: nn.Module, i: int, out: object, pair: bool, batch: int,
     own makes an ``(x, y)`` pair where images belong); a ``ValueError`` naming it if its images (or labels) are not
     the ``batch`` samples it was given: images and labels would no longer match. ``given`` (with ``pair`` False):
     the ``(B, C, H, W)`` images it was given, where a step must return images: a ``ValueError`` if it returned a tensor of other
-    dimensions that its own trainable parameters computed (autograd history ``given`` has not), a network's output
-    (the classifier's ``(B, K)`` logits came out as the batch's images); ``x.flatten(1)`` passes, as any reshape."""
+    dimensions that its own trainable parameters computed (autograd history ``given`` has not; with gradients off, where
+    no output has any: a module step with trainable parameters), a network's output (the classifier's ``(B, K)`` logits
+    came out as the batch's images); ``x.flatten(1)`` passes, as any reshape."""
     ok = (isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[0], torch.Tensor)) if pair \
         else isinstance(out, torch.Tensor)
     if not ok:
@@ -326,7 +327,11 @@ def _checked(step: nn.Module, i: int, out: object, pair: bool, batch: int,
                 f"{_name(step)} at step {i} returned {got} for a batch of {batch}: a step must keep the batch's "
                 f"samples, or images and labels no longer match"))
     images = cast(torch.Tensor, out)  # read where given: a step called as t(x), which returns the images
-    if given is not None and images.ndim != given.ndim and images.requires_grad and not given.requires_grad:
+    # under torch.no_grad() or inference_mode the logits have no history: the step's parameters tell (audit 436: the
+    # classifier's logits came out as the images there, without a word)
+    if given is not None and images.ndim != given.ndim and not given.requires_grad and (images.requires_grad or (
+            not torch.is_grad_enabled() and isinstance(step, nn.Module)
+            and any(p.requires_grad for p in step.parameters()))):
         raise not_about_the_batch(ValueError(
             f"{_name(step)} at step {i} returned a {tuple(images.shape)} tensor that its trainable parameters "
             f"computed, not (B, C, H, W) images: the classifier as a step? a Compose augments the batch; call the "

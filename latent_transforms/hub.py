@@ -54,8 +54,8 @@ from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
 
 from .torch_defaults import cpu_as_default_device
-from .validation import (MissingFileError, WrongTypeError, bad_option, check_bool, close_names, expanded_path,
-                         file_in_the_way, resolve_device, state_mismatch)
+from .validation import (MissingFileError, NotAFileError, WrongTypeError, bad_option, check_bool, close_names,
+                         expanded_path, file_in_the_way, resolve_device, state_mismatch)
 
 if TYPE_CHECKING:
     from .codecs import Codec
@@ -489,7 +489,7 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
     device = _load_device(device)
     path = expanded_path(path, f"checkpoint path {str(path)!r}")
     if path.is_dir():
-        raise IsADirectoryError(f"{path} is a directory; give a checkpoint's .safetensors file in it")
+        raise NotAFileError(f"{path} is a directory; give a checkpoint's .safetensors file in it")
     if not path.is_file():
         raise MissingFileError(f"no checkpoint file at {path}")
     try:
@@ -1439,10 +1439,10 @@ def load(name_or_path: str | os.PathLike[str], device: str | torch.device = "cpu
 
     An existing file is read as safetensors whatever its suffix (a pickled ``.pt`` is refused, never run); ``~`` is
     expanded, and a path (with a separator or the ``.safetensors`` suffix) that is neither on disk nor a registered
-    name is a ``FileNotFoundError`` (a directory: ``IsADirectoryError``). A name is read and verified once per
-    process, device and registered sha256 (a name registered again by another process, ``latent-transforms register
-    --overwrite``, is read again); every call returns its own copy, so moving or casting one codec (``.to``,
-    ``.double()``, a transform's ``.cuda()``) leaves the others alone.
+    name is a ``MissingFileError`` (a directory: ``NotAFileError``, also an ``IsADirectoryError``). A name is read
+    and verified once per process, device and registered sha256 (a name registered again by another process,
+    ``latent-transforms register --overwrite``, is read again); every call returns its own copy, so moving or casting
+    one codec (``.to``, ``.double()``, a transform's ``.cuda()``) leaves the others alone.
     """
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise WrongTypeError(f"name_or_path must be a checkpoint name or a .safetensors path, got "

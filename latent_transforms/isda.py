@@ -539,8 +539,9 @@ class _ArmedHook:
                 f"classifier out of the checkpointed region")
         if len(args) != 1 or not isinstance(args[0], torch.Tensor):
             got = describe(list(args)) if args else "none (a keyword call, layer(input=f)?)"
-            raise ValueError(f"ISDA expected the layer {self.label} to be called with one positional tensor argument, "
-                             f"the features, got {got}: call it as layer(f)")
+            # the call's arguments, as Python's TypeError for a wrong call: a WrongTypeError, a ValueError as before
+            raise WrongTypeError(f"ISDA expected the layer {self.label} to be called with one positional tensor "
+                                 f"argument, the features, got {got}: call it as layer(f)")
         a = args[0]
         if a.ndim != 2:
             raise ValueError(

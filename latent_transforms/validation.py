@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, Callable, Generic, Iterator, Sequence, Ty
 
 import torch
 
-__all__ = ["WrongTypeError", "MissingFileError", "WrongStateError", "check_number", "check_count", "check_choice",
-           "values_read"]
+__all__ = ["WrongTypeError", "MissingFileError", "NotAFileError", "WrongStateError", "check_number", "check_count",
+           "check_choice", "values_read"]
 
 _IMAGE_RANGE_TOL = 1e-3
 _SOFT_LABEL_TOL = 1e-3
@@ -61,6 +61,12 @@ class ClassCountError(ValueError):
 class MissingFileError(FileNotFoundError, ValueError):
     """A data, checkpoint or cache file that is not there, or the folder to save one in: a ``FileNotFoundError``, and
     a ``ValueError`` as the other unusable files are."""
+
+
+class NotAFileError(MissingFileError, IsADirectoryError):
+    """A directory given where a checkpoint file belongs: a ``MissingFileError`` (no such file there: a
+    ``FileNotFoundError`` and a ``ValueError``, as the other unusable files are) and an ``IsADirectoryError``, what
+    versions before 2026-12-07 raised."""
 
 
 class WrongStateError(RuntimeError, ValueError):

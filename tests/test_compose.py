@@ -873,7 +873,14 @@ def test_the_classifier_as_a_step_is_named(rgb):
                                              r"trainable parameters computed, not \(B, C, H, W\) images: the "
                                              r"classifier as a step\? .* then model\(x2\)$"):
             Compose(steps)(x, y)
+        for no_grad in (torch.no_grad, torch.inference_mode):  # audit 436: the logits have no history there
+            with no_grad(), pytest.raises(ValueError, match=rf"^Sequential at step {at} returned a \(6, 10\) tensor"):
+                Compose(steps)(x, y)
     assert Compose([torch.nn.Flatten()])(x, y)[0].shape == (6, 3 * 16 * 16)
+    with torch.no_grad():  # a reshape, and a frozen step of others' parameters, pass there too
+        assert Compose([torch.nn.Flatten()])(x, y)[0].shape == (6, 3 * 16 * 16)
+        frozen = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 10)).requires_grad_(False)
+        assert Compose([frozen])(x, y)[0].shape == (6, 10)
     assert Compose([torch.nn.Flatten()])(x.clone().requires_grad_(), y)[0].shape == (6, 3 * 16 * 16)  # x's history
     # a chain that takes any tensor (its latent steps ISDA, which never reads x) may make it another: ids embedded
     tokens, model = torch.randint(0, 20, (6, 5)), torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(5 * 4, 10))

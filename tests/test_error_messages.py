@@ -95,8 +95,9 @@ def test_isda_refuses_a_classifier_called_without_one_positional_tensor(batch, h
     # audit 425: what it got, and the fix (it read "to be called with one tensor argument", which fc(input=x) is)
     with pytest.raises(ValueError, match=r"^ISDA expected the layer 'fc' \(nn.Linear \d+ -> 10\) to be called with one "
                                          rf"positional tensor argument, the features, got {got}: "
-                                         r"call it as layer\(f\)$"):
+                                         r"call it as layer\(f\)$") as e:
         model(x)
+    assert isinstance(e.value, TypeError)  # audit 436: a wrong call, as Python's (a WrongTypeError: still a ValueError)
 
 
 @STRENGTH_ZERO_EXPECTED

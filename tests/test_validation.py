@@ -16,8 +16,9 @@ from torchvision.transforms import v2
 from latent_transforms import ISDA, Compose
 from latent_transforms.latent_adversarial import LatentAdversarial
 from latent_transforms.latent_noise import LatentNoise
-from latent_transforms.validation import (MAX_THREADS, THREADS, check_batch, check_count, check_images,
-                                          check_initialised, check_labels, check_number, first_tensor, setting)
+from latent_transforms.validation import (MAX_THREADS, THREADS, MissingFileError, NotAFileError, check_batch,
+                                          check_count, check_images, check_initialised, check_labels, check_number,
+                                          first_tensor, setting)
 from latent_transforms.varmixup import VarMixup
 
 from contract import assert_model_unchanged, model_state
@@ -566,9 +567,14 @@ def test_predict_proba_refuses_a_0d_tensor_by_name():
 def test_loading_a_directory_says_so(tmp_path):
     from latent_transforms import hub
 
-    for arg in (str(tmp_path), tmp_path):
-        with pytest.raises(IsADirectoryError, match=f"{tmp_path} is a directory"):
-            hub.load(arg)
+    for load in (hub.load, hub.load_checkpoint):
+        for arg in (str(tmp_path), tmp_path):
+            with pytest.raises(IsADirectoryError, match=f"^{tmp_path} is a directory; give a checkpoint's .safetensors "
+                                                        f"file in it$") as e:
+                load(arg)
+            # audit 436: a ValueError and a MissingFileError, as every other unusable or missing checkpoint file (it
+            # was a bare IsADirectoryError, which `except ValueError` let through)
+            assert isinstance(e.value, MissingFileError) and isinstance(e.value, NotAFileError)
 
 
 def test_soft_labels_with_nan_are_refused():
