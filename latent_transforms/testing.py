@@ -131,6 +131,21 @@ def _check_arguments(make: object, x: object, y: object, model: object, num_clas
     return k
 
 
+def _check_draws_from_generator(t: LatentTransform, n: int, device: torch.device) -> None:
+    """``AssertionError`` unless ``t.make_params(n, generator, device)`` draws from ``generator`` or returns constants
+    (the same for any generator, and call after call)."""
+    g = torch.Generator(device=device).manual_seed(0)
+    start = g.get_state()
+    draws = t.make_params(n, g, device)
+    if not draws or not torch.equal(g.get_state(), start):
+        return
+    other = t.make_params(n, torch.Generator(device=device).manual_seed(1), device)  # another seed, a later call
+    expect(all(torch.equal(v, other[k]) for k, v in draws.items()),
+           f"{type(t).__name__}.make_params drew nothing from its generator, yet its draws ({', '.join(draws)}) change "
+           f"from call to call or seed to seed: draw from the generator it is given (torch.rand(..., "
+           f"generator=generator, device=device)), not torch's global RNG or a generator of its own")
+
+
 def check_transform_contract(make: Callable[..., LatentTransform], x: torch.Tensor, y: torch.Tensor,
                              model: nn.Module | None = None, num_classes: int = 10, returns_x: bool = False) -> None:
     """Check the contract of docs/reliability.md on one transform; ``AssertionError`` at the first breach (an error
@@ -151,9 +166,11 @@ def check_transform_contract(make: Callable[..., LatentTransform], x: torch.Tens
     Checked: outputs of x's shape, dtype and device, finite, in [0, 1], without autograd history; the caller's x and
     y not changed in place; labels kept (soft, of ``labels.to_soft``'s dtype and summing to 1 for ``mixes_labels``);
     ``stats``; the same seed (an int or a ``torch.Generator``) gives the same output and ``params=t.last_params``
-    replays it (every draw made in ``make_params``); ``p=0`` and ``eval()`` are the identity; a batch of one and an
-    empty batch pass; float64 stays float64 (checked without a model); ``y=None`` gives the labelled call's images
-    and ``None``; a missing model or labels is refused as documented; pickling.
+    replays it (every draw made in ``make_params``, from the generator it is given, and kept as drawn: not changed by
+    ``transform``); ``p=0`` and ``eval()`` are the identity; a batch of one and an empty batch pass; float64 stays
+    float64 (checked without a model); ``y=None`` gives the labelled call's images and ``None``; a missing model or
+    labels is refused as documented; pickling. Devices: only ``x``'s (a CPU batch cannot show a ``.cpu()`` in
+    ``transform``): run the check on the device you train on too.
     """
     k = _check_arguments(make, x, y, model, num_classes, returns_x)
     batch = x.shape[0]
@@ -190,6 +207,16 @@ def check_transform_contract(make: Callable[..., LatentTransform], x: torch.Tens
     # same seed, same output
     x3, y3 = _called(make(generator=0), x, y, model)
     expect(replayed(x2, x3) and replayed(y2, y3), "the same seed gave another output (a draw not from the generator?)")
+
+    # make_params draws from the generator it is given: one that draws nothing from it makes draws that no seed sets
+    # (torch's global RNG, a generator of its own, one seeded by generator.initial_seed()) or none at all (constants)
+    _check_draws_from_generator(t, batch, x.device)
+    if t.p >= 1.0:  # the call's draws are those of torch.Generator().manual_seed(0), as the int seed's (checked below)
+        draws = t.make_params(batch, torch.Generator(device=x.device).manual_seed(0), x.device)
+        changed = [k for k, v in draws.items() if not torch.equal(v, t.last_params[k])]
+        expect(not changed, f"last_params holds other {', '.join(changed)} than make_params drew: transform changed "
+                            f"its params in place or under their keys (a replay would change them again); compute "
+                            f"out of place, and add what it computes under keys of its own")
 
     # the call's draws replayed give the same output: every random draw is made in make_params (ISDA keeps none)
     if t.last_params:

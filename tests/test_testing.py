@@ -380,6 +380,28 @@ class LeavesTheImages(Brighten):
         return x, super().forward(x, y, model, index, params=params)[1]
 
 
+class FixedShift(Brighten):
+    """Draws nothing: its one "draw" is a constant (as LatentAdversarial(random_start=False)'s start)."""
+
+    def make_params(self, n, generator, device):
+        return {"shift": torch.full((n,), 0.1, device=device)}
+
+
+class OftenBrighten(Brighten):
+    """Transforms half the samples by default, as torchvision's random flips."""
+
+    def __init__(self, *, p=0.5, generator=None):
+        super().__init__(p=p, generator=generator)
+
+
+def test_draws_that_are_constants_and_a_default_p_below_1_pass(batch):
+    """The checks that make_params draws from its generator and that transform keeps the draws pass a method whose
+    "draws" are constants and one that selects half its samples by default (its call's draws are not the seed's
+    first)."""
+    check_transform_contract(lambda **kw: FixedShift(**kw), *batch)
+    check_transform_contract(lambda **kw: OftenBrighten(**kw), *batch)
+
+
 def test_a_label_mixing_method_written_as_the_docs_say_passes(batch):
     check_transform_contract(lambda **kw: PixelMixup(num_classes=10, **kw), *batch)
 
@@ -429,6 +451,33 @@ class SeededByIntsOnly(Brighten):
         super().__init__(p=p, generator=generator if isinstance(generator, int) else None)
 
 
+class DrawsFromItsOwnGenerator(Brighten):
+    """Draws from a generator of its own, seeded once: every seed makes the same draws (the same seed too, so the
+    same output), and the draws are kept in make_params (so replayed)."""
+
+    def __init__(self, *, p=1.0, generator=None):
+        super().__init__(p=p, generator=generator)
+        self.own = torch.Generator().manual_seed(1234)
+
+    def make_params(self, n, generator, device):
+        return super().make_params(n, self.own, device)
+
+
+class SeededByInitialSeed(Brighten):
+    """Draws from a generator seeded by ``generator.initial_seed()`` on each call: every call the same draws."""
+
+    def make_params(self, n, generator, device):
+        return super().make_params(n, torch.Generator(device=device).manual_seed(generator.initial_seed()), device)
+
+
+class HalvesItsDraws(Brighten):
+    """Changes its draws in place in transform: a replay of ``last_params`` halves them again."""
+
+    def transform(self, x, y, model, params, index=None):
+        params["shift"].mul_(0.5)
+        return super().transform(x, y, model, params)
+
+
 def leave_the_parameters_frozen(t, x, y, model, x2, y2):
     if isinstance(model, torch.nn.Module):
         model.requires_grad_(False)  # by hand, not borrowed(model): not given back
@@ -455,6 +504,12 @@ MORE_BREACHES = {  # as BREACHES; each passed the check before it named them
                                "parameters' requires_grad changed"),
     "a torch.Generator dropped": (SeededByIntsOnly, False, False,
                                   r"generator=torch.Generator\(\).manual_seed\(0\) gave another output than"),
+    "a generator of its own": (DrawsFromItsOwnGenerator, False, False,
+                               "make_params drew nothing from its generator, yet its draws \\(shift\\) change"),
+    "seeded by generator.initial_seed()": (SeededByInitialSeed, False, False,
+                                           "make_params drew nothing from its generator"),
+    # caught before by the replay, as a draw made outside make_params
+    "draws changed in place": (HalvesItsDraws, False, False, "transform changed its params in place"),
     "y=None gives float64": (breaching(Brighten, lambda t, x, y, m, x2, y2: (x2.double() if y is None else x2, y2)),
                              False, False, "y=None at p=1.0 did not give the labelled call's images"),
     "eval with y=None copies x": (breaching(Brighten, lambda t, x, y, m, x2, y2: (
