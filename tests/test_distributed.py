@@ -458,6 +458,8 @@ def one_rank_group(tmp_path):
 
 @pytest.mark.parametrize("compiled", [False, True])
 @pytest.mark.filterwarnings("ignore:Dynamo does not know how to trace the builtin")  # torch's own, tracing the DDP
+# torch's own too: Dynamo hides it (hasattr(t, "grad") on a non-leaf input) but `pytest -W error` raises it
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf:UserWarning")
 def test_isda_and_isda_loss_in_a_ddp_forward_keep_their_buffers_out_of_its_broadcast(one_rank_group, compiled):
     """What the two ranks check above, in this process: ISDA armed with ``model.module`` (its hook runs in DDP's
     forward) and ISDALoss in the forward leave their buffers, and only theirs, out of the broadcast; a transform
