@@ -492,6 +492,14 @@ class LatentTransform(Settings, SampleStats, nn.Module):
         torch's default dtype: the same seed selects the same samples)."""
         return torch.rand(batch, generator=generator, device=device, dtype=torch.float32) < self.p
 
+    def _draw(self, batch: int, generator: torch.Generator,
+              device: torch.device) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        """A call's draws from ``generator``: the (n,) indices of the rows it transforms (``None``: all ``batch`` of
+        them, at ``p >= 1``), then ``make_params``' draws for those ``n`` (none when ``n`` is 0)."""
+        selected = None if self.p >= 1.0 else self._draw_selection(batch, generator, device).nonzero().flatten()
+        n = batch if selected is None else selected.numel()
+        return selected, (_checked_draws(self, self.make_params(n, generator, device), n) if n else {})
+
     def extra_repr(self) -> str:
         return (f"p={self.p}" + (f", num_classes={self.num_classes}" if self.num_classes else "")
                 + generator_repr(self._rng.spec))
@@ -528,20 +536,16 @@ class LatentTransform(Settings, SampleStats, nn.Module):
             y = to_soft(y, k)  # a Compose's classes (the labels checked against them): transform gets soft labels
 
         batch = x.shape[0]
+        given = params  # a replay's, checked for keys left unused once transform has added what it computes
         selected: torch.Tensor | None  # the rows transformed; None: all of them
-        if params is not None:
-            selected = self._given_selection(params, batch, x.device)
+        if given is not None:
+            selected = self._given_selection(given, batch, x.device)
+            params = self._given_draws(given, selected.numel(), x.device)
         else:
-            generator = self._rng.get(x.device)
-            selected = None if self.p >= 1.0 else self._draw_selection(batch, generator, x.device).nonzero().flatten()
+            selected, params = self._draw(batch, self._rng.get(x.device), x.device)
         xs, ys, idx = (x, y, index) if selected is None else (
             x[selected], None if y is None else y[selected], None if index is None else index[selected])
         n = xs.shape[0]
-        given = params  # a replay's, checked for keys left unused once transform has added what it computes
-        if params is None:
-            params = _checked_draws(self, self.make_params(n, generator, x.device), n) if n else {}
-        else:
-            params = self._given_draws(params, n, x.device)
         y_out = y
         if self.mixes_labels:
             assert y is not None  # check_call refused y=None (a label mix needs labels)

@@ -327,9 +327,10 @@ def _checked(step: nn.Module, i: int, out: object, pair: bool, batch: int,
                 f"{_name(step)} at step {i} returned {got} for a batch of {batch}: a step must keep the batch's "
                 f"samples, or images and labels no longer match"))
     images = cast(torch.Tensor, out)  # read where given: a step called as t(x), which returns the images
-    # under torch.no_grad() or inference_mode the logits have no history: the step's parameters tell (audit 436: the
-    # classifier's logits came out as the images there, without a word)
-    if given is not None and images.ndim != given.ndim and not given.requires_grad and (images.requires_grad or (
+    # under torch.no_grad() or inference_mode the logits have no history: the step's parameters tell, whatever x's
+    # (audit 436: the classifier's logits came out as the images there, without a word; audit 439: from an x that
+    # requires grad too)
+    if given is not None and images.ndim != given.ndim and ((images.requires_grad and not given.requires_grad) or (
             not torch.is_grad_enabled() and isinstance(step, nn.Module)
             and any(p.requires_grad for p in step.parameters()))):
         raise not_about_the_batch(ValueError(

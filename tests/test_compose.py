@@ -876,6 +876,8 @@ def test_the_classifier_as_a_step_is_named(rgb):
         for no_grad in (torch.no_grad, torch.inference_mode):  # audit 436: the logits have no history there
             with no_grad(), pytest.raises(ValueError, match=rf"^Sequential at step {at} returned a \(6, 10\) tensor"):
                 Compose(steps)(x, y)
+        with torch.no_grad(), pytest.raises(ValueError, match=rf"^Sequential at step {at} returned a \(6, 10\) "):
+            Compose(steps)(x.clone().requires_grad_(), y)  # audit 439: passed (x's history, which no_grad drops)
     assert Compose([torch.nn.Flatten()])(x, y)[0].shape == (6, 3 * 16 * 16)
     with torch.no_grad():  # a reshape, and a frozen step of others' parameters, pass there too
         assert Compose([torch.nn.Flatten()])(x, y)[0].shape == (6, 3 * 16 * 16)

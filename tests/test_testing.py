@@ -400,6 +400,34 @@ def test_draws_that_are_constants_and_a_default_p_below_1_pass(batch):
     first)."""
     check_transform_contract(lambda **kw: FixedShift(**kw), *batch)
     check_transform_contract(lambda **kw: OftenBrighten(**kw), *batch)
+    # audit 439: one whose call selects none of the batch (so draws and keeps none)
+    check_transform_contract(lambda p=0.01, **kw: Brighten(p=p, **kw), *batch)
+
+
+class MarksUnshiftedByNaN(Brighten):
+    """Marks the samples it leaves as they are by a NaN shift: a draw the library takes and replays as drawn."""
+
+    def make_params(self, n, generator, device):
+        shift = super().make_params(n, generator, device)["shift"]
+        return {"shift": shift.masked_fill(shift < 0.1, float("nan"))}
+
+    def transform(self, x, y, model, params, index=None):
+        return super().transform(x, y, model, {"shift": params["shift"].nan_to_num(0.0)})
+
+
+class ShiftsNone(MarksUnshiftedByNaN):
+    """Its one "draw" a constant NaN (no shift for any sample)."""
+
+    def make_params(self, n, generator, device):
+        return {"shift": torch.full((n,), float("nan"), device=device)}
+
+
+def test_draws_holding_nan_pass(batch):
+    """Audit 439: NaN != NaN, so the same draws holding a NaN were told apart: a NaN drawn from the generator read as
+    "transform changed its params in place", a constant NaN as "drew nothing from its generator, yet its draws
+    change"."""
+    check_transform_contract(lambda **kw: MarksUnshiftedByNaN(**kw), *batch)
+    check_transform_contract(lambda **kw: ShiftsNone(**kw), *batch)
 
 
 def test_a_label_mixing_method_written_as_the_docs_say_passes(batch):
@@ -478,6 +506,10 @@ class HalvesItsDraws(Brighten):
         return super().transform(x, y, model, params)
 
 
+class OftenHalvesItsDraws(HalvesItsDraws, OftenBrighten):
+    """HalvesItsDraws transforming half the samples by default."""
+
+
 def leave_the_parameters_frozen(t, x, y, model, x2, y2):
     if isinstance(model, torch.nn.Module):
         model.requires_grad_(False)  # by hand, not borrowed(model): not given back
@@ -510,6 +542,8 @@ MORE_BREACHES = {  # as BREACHES; each passed the check before it named them
                                            "make_params drew nothing from its generator"),
     # caught before by the replay, as a draw made outside make_params
     "draws changed in place": (HalvesItsDraws, False, False, "transform changed its params in place"),
+    # audit 439: checked at p=1 only; at p=0.5 blamed on a draw outside make_params
+    "draws changed in place at p=0.5": (OftenHalvesItsDraws, False, False, "transform changed its params in place"),
     "y=None gives float64": (breaching(Brighten, lambda t, x, y, m, x2, y2: (x2.double() if y is None else x2, y2)),
                              False, False, "y=None at p=1.0 did not give the labelled call's images"),
     "eval with y=None copies x": (breaching(Brighten, lambda t, x, y, m, x2, y2: (
