@@ -795,10 +795,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     c.add_argument("--varmixup-p", type=float, default=library_default(VarMixup, "p"),
                    help="share of samples VarMixup replaces (default: the library's, %(default)s, chosen on the val "
                         "split)")
+    # the help set after: Python 3.10's BooleanOptionalAction appended a second "(default: True)" to it
     c.add_argument("--varmixup-keep-detail", action=argparse.BooleanOptionalAction,
-                   default=library_default(VarMixup, "keep_detail"),
-                   help="VarMixup(keep_detail=...): add back the mixed reconstruction residuals (default: the "
-                        "library's, %(default)s)")
+                   default=library_default(VarMixup, "keep_detail")).help = (
+        "VarMixup(keep_detail=...): add back the mixed reconstruction residuals (default: the library's, %(default)s)")
     c.add_argument("--isda-lambda0", type=float, default=0.5, help="ISDA's strength at the end of training "
                                                                    "(official CIFAR: 0.5)")
     c.add_argument("--isda-covariance", choices=("full", "diagonal"), default="full",

@@ -362,7 +362,8 @@ def _folder(root: Path) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     arrays, size, colour = [], None, False
     for f, _ in files:
         try:
-            with Image.open(f) as im:
+            # a str: Pillow 10.1 resolved a Path first, where a loop of links raised RuntimeError, not OSError
+            with Image.open(os.fspath(f)) as im:
                 deep = _deep_mode(im)
                 im.load()
                 if deep:

@@ -157,15 +157,22 @@ class FeatureCovariance(Settings, nn.Module):
             self.mean, self.cov = mean, cov
             self.count = torch.zeros(k, device=device, dtype=torch.int64)
 
-    @contextlib.contextmanager
-    def _within_memory(self, feature_dim: int, device: torch.device, dtype: torch.dtype, batch: int) -> Iterator[None]:
+    def _within_memory(self, feature_dim: int, device: torch.device, dtype: torch.dtype,
+                       batch: int) -> contextlib.AbstractContextManager[None]:
         """For the full covariance: refuse, before allocating, statistics and an update of ``batch`` features that
         need more than the device's memory, and report an allocation failure in the block; both as
         ``torch.OutOfMemoryError`` naming the figures and the fix (torch's "can't allocate memory: you tried to
         allocate 16777216000 bytes" named neither; a CPU update beyond the RAM could be ended by the OOM killer)."""
-        if self._diagonal or torch.compiler.is_compiling():  # traced, the sizes are symbolic: no figures to give
-            yield
-            return
+        # traced, the sizes are symbolic: no figures to give (and torch 2.4's Dynamo could not enter a generator's
+        # context manager: fullgraph=True refused the update)
+        if self._diagonal or torch.compiler.is_compiling():
+            return contextlib.nullcontext()
+        return self._full_within_memory(feature_dim, device, dtype, batch)
+
+    @contextlib.contextmanager
+    def _full_within_memory(self, feature_dim: int, device: torch.device, dtype: torch.dtype,
+                            batch: int) -> Iterator[None]:
+        """``_within_memory`` for the full covariance, outside traced code."""
         k, a, size = self.num_classes, feature_dim, torch.finfo(dtype).bits // 8
 
         def refusal(reason: str) -> torch.OutOfMemoryError:  # the message is only formatted when it is raised

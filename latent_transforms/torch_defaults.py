@@ -10,6 +10,19 @@ import torch
 
 __all__: list[str] = []  # the package's own machinery: none of it is API (docs/api.md)
 
+# the device types torch has no autocast for (MPS before torch 2.5, meta), asked once here for torch.compile's sake
+_NO_AUTOCAST = frozenset(t for t in ("mps", "meta") if not torch.amp.is_autocast_available(t))
+
+
+def autocast_available(device_type: str) -> bool:
+    """Whether torch has an autocast for ``device_type``. Traced by ``torch.compile``, the answer asked at import:
+    torch 2.4's could not trace ``torch.amp.is_autocast_available`` (``fullgraph=True`` refused it; else a graph
+    break there, then an InternalTorchDynamoError resuming after it, in ``torch.compile(DDP(model))``)."""
+    if torch.compiler.is_compiling():
+        return device_type not in _NO_AUTOCAST
+    return torch.amp.is_autocast_available(device_type)
+
+
 _DEFAULT_DTYPE_LOCK = threading.RLock()  # torch's default dtype is process-wide: one codec build sets it at a time
 
 

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, Callable, Generic, Iterator, Sequence, Ty
 
 import torch
 
+from .torch_defaults import autocast_available
+
 __all__ = ["WrongTypeError", "MissingFileError", "NotAFileError", "WrongStateError", "check_number", "check_count",
            "check_choice", "values_read"]
 
@@ -605,7 +607,7 @@ def no_autocast(device: torch.device) -> contextlib.AbstractContextManager[None]
     torch's "Unexpected floating ScalarType in at::autocast::prioritize"). Nothing where torch has no autocast for
     the device, so none can be on (MPS before torch 2.5, where ``torch.autocast("mps", enabled=False)`` raises
     "unsupported scalarType")."""
-    if torch.amp.is_autocast_available(device.type):
+    if autocast_available(device.type):
         return torch.autocast(device.type, enabled=False)
     return contextlib.nullcontext()
 

@@ -158,6 +158,9 @@ def _run_gpu_session(args: list[str], env: dict[str, str], timeout: float) -> su
     return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
 
 
+@pytest.mark.skipif(int(pytest.__version__.split(".")[0]) < 8,
+                    reason="the page fetches the newest pytest: an older one installed here (7.0 needs attrs, py, "
+                           "tomli) says nothing of what that one needs")
 def test_results_page_fetches_every_wheel_pytest_needs_for_the_gpu_session():
     """docs/results.md's ``pip download --no-deps`` of pytest for the GPU image (installed ``--no-deps`` by
     scripts/gpu_session.sh) names every wheel pytest requires on Python 3.12, Linux (audit 407: ``packaging``

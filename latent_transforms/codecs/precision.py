@@ -19,6 +19,8 @@ from typing import Any, Callable, Iterator, cast
 
 import torch
 
+from ..torch_defaults import autocast_available
+
 __all__ = ["exact_math"]
 
 _LOCK = threading.Lock()
@@ -125,7 +127,7 @@ def exact_math(device_type: str | None = None) -> Iterator[None]:
             for kind in [device_type] if device_type else ["cpu", "cuda"]:
                 # entering a disabled one costs ~15 us of host time per call; a device torch has no autocast for
                 # (MPS before torch 2.5) can have none on, and asking raises "unknown device type for autocast"
-                if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):
+                if autocast_available(kind) and torch.is_autocast_enabled(kind):
                     no_autocast.enter_context(torch.autocast(kind, enabled=False))
             yield
     finally:
