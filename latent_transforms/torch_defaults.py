@@ -10,8 +10,22 @@ import torch
 
 __all__: list[str] = []  # the package's own machinery: none of it is API (docs/api.md)
 
-# the device types torch has no autocast for (MPS before torch 2.5, meta), asked once here for torch.compile's sake
-_NO_AUTOCAST = frozenset(t for t in ("mps", "meta") if not torch.amp.is_autocast_available(t))
+
+def _no_autocast(device_type: str) -> bool:
+    """Whether torch knows ``device_type`` and has no autocast for it."""
+    try:
+        return not torch.amp.is_autocast_available(device_type)
+    except RuntimeError:  # a name this torch does not know ("Expected one of cpu, cuda, ..."): no tensor is there
+        return False
+
+
+# the device types torch has no autocast for (of c10's: MPS before torch 2.5, meta, lazy, vulkan, ...), asked once
+# here for torch.compile's sake (audit 441: of mps and meta alone, traced on a lazy tensor no_autocast entered
+# torch.autocast("lazy", enabled=False), which raises "unsupported scalarType"); mkldnn left out: no tensor is on it,
+# and asking warns that the name is deprecated
+_NO_AUTOCAST = frozenset(filter(_no_autocast, (
+    "cpu", "cuda", "ipu", "xpu", "opengl", "opencl", "ideep", "hip", "ve", "fpga", "maia", "xla", "lazy", "vulkan",
+    "mps", "meta", "hpu", "mtia", "privateuseone")))
 
 
 def autocast_available(device_type: str) -> bool:

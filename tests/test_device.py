@@ -373,3 +373,19 @@ def test_autocast_is_left_alone_on_a_device_torch_has_no_autocast_for(monkeypatc
         isda = ISDA(3, feature_dim=4).to("mps")
         isda.estimator.update(torch.randn(5, 4, device="mps"), torch.randint(0, 3, (5,), device="mps"), check_y=False)
         assert isda.estimator.cov.device.type == "mps"
+
+
+def test_autocast_available_answers_while_compiling_as_torch_does_outside(monkeypatch):
+    # audit 441: traced, only mps and meta were asked at import: a lazy or vulkan tensor was said to have an autocast,
+    # and no_autocast entered torch.autocast("lazy", enabled=False), which raises "unsupported scalarType"
+    from latent_transforms.torch_defaults import _no_autocast, autocast_available
+
+    kinds = ("cpu", "cuda", "ipu", "xpu", "opengl", "opencl", "ideep", "hip", "ve", "fpga", "maia", "xla", "lazy",
+             "vulkan", "mps", "meta", "hpu", "mtia", "privateuseone")  # c10's device types but mkldnn (deprecated)
+    outside = {kind: torch.amp.is_autocast_available(kind) for kind in kinds}
+    assert outside["cpu"] and not outside["meta"] and not outside["lazy"]
+    assert {kind: autocast_available(kind) for kind in kinds} == outside
+    assert _no_autocast("nowhere") is False  # a name torch does not know (a later torch's dropped one): no tensor there
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    monkeypatch.setattr(torch.amp, "is_autocast_available", lambda kind: pytest.fail("asked while compiling"))
+    assert {kind: autocast_available(kind) for kind in kinds} == outside
