@@ -25,6 +25,8 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import sys
+import traceback
 
 import torch
 import torch.distributed as dist
@@ -62,23 +64,27 @@ def rank_0_first(rank: int, load):
     """``load()`` on rank 0, then on the other ranks (rank 0 downloads CIFAR-10 if it is not there yet). Where it
     ends rank 0 (data that cannot be loaded: a one-line error) every rank ends with that exit status, and where it
     raises another exception, with status 1, rank 0 alone saying why: the ranks that waited for rank 0 were a
-    traceback each ("Connection closed by peer") below its line. Every rank destroys the process group as it ends
-    (left to exit, NCCL's warns: "destroy_process_group() was not called before program exit")."""
+    traceback each ("Connection closed by peer") below its line. Rank 0 says why before it tells the others (told
+    first, they ended, and torchrun could stop rank 0 before its exit printed it). Every rank destroys the process
+    group as it ends (left to exit, NCCL's warns: "destroy_process_group() was not called before program exit")."""
     code = [None]
     if rank == 0:
         try:
             result = load()
         except SystemExit as e:
             code = [e.code if e.code is not None else 0]
-        except BaseException:
-            dist.broadcast_object_list([1], src=0)  # the others end with status 1; this rank's traceback says why
+            if isinstance(code[0], str):  # Python prints such a message at exit, with status 1: printed now
+                print(code[0], file=sys.stderr, flush=True)
+                code = [1]
+        except Exception:
+            traceback.print_exc()  # now, as the exit would (stderr: unbuffered)
+            dist.broadcast_object_list([1], src=0)  # the others end with status 1
             dist.destroy_process_group()
-            raise
+            raise SystemExit(1) from None
     dist.broadcast_object_list(code, src=0)     # the other ranks wait here for rank 0
     if code[0] is not None:
         dist.destroy_process_group()
-        # rank 0 said why (its message printed, or this one, a str: printed by rank 0 alone, status 1 as Python's)
-        raise SystemExit(1 if rank != 0 and isinstance(code[0], str) else code[0])
+        raise SystemExit(code[0])  # rank 0 said why
     return result if rank == 0 else load()
 
 

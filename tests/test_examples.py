@@ -260,22 +260,34 @@ def test_ddp_example_says_once_why_rank_0_could_not_load(tmp_path, how, line):
 
 
 @pytest.mark.parametrize("error", [RuntimeError, SystemExit])
-def test_ddp_example_destroys_the_process_group_where_rank_0_raises(tmp_path, monkeypatch, error):
+def test_ddp_example_destroys_the_process_group_where_rank_0_raises(tmp_path, monkeypatch, capsys, error):
     """(audit 424) Every other way out of rank_0_first destroyed the group; rank 0's exception left it to the exit,
     where NCCL's warns ("destroy_process_group() was not called before program exit") below the traceback. A
-    SystemExit (data that cannot be loaded: a one-line error) ends every rank with its status, the group destroyed."""
+    SystemExit (data that cannot be loaded: a one-line error) ends every rank with its status, the group destroyed.
+    (audit 440) Rank 0 says why before it tells the others: told first, they ended, and torchrun stopped rank 0
+    before its exit printed the reason (1 failure of the DDP example's test in a loaded run)."""
     import torch.distributed as dist
 
-    rank_0_first = _example("ddp_torchrun.py", monkeypatch).rank_0_first
+    module = _example("ddp_torchrun.py", monkeypatch)
+    told = []
+
+    def tell(objects, src):
+        told.append((list(objects), capsys.readouterr().err))  # what rank 0 had printed when it told the others
+        return broadcast(objects, src=src)
 
     def load():
         raise error("no data here")
 
+    broadcast = dist.broadcast_object_list
+    monkeypatch.setattr(dist, "broadcast_object_list", tell)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
-        with pytest.raises(error, match="no data here"):
-            rank_0_first(0, load)
-        assert not dist.is_initialized()
+        with pytest.raises(SystemExit) as e:
+            module.rank_0_first(0, load)
+        assert e.value.code == 1 and not dist.is_initialized()
+        assert len(told) == 1 and told[0][0] == [1], told
+        said = told[0][1]
+        assert said.endswith("RuntimeError: no data here\n" if error is RuntimeError else "no data here\n"), said
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
