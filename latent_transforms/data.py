@@ -4,7 +4,7 @@ Specs:
 
 * ``digits``: scikit-learn's bundled 8x8 digits (1,797 images, intensities 0..16, so ``num_bins`` 17), with a
   fixed stratified 70/30 train/test split (``train_test_split(..., test_size=0.3, random_state=0)``).
-  Needs scikit-learn (``pip install latent-transforms[demo]``).
+  Needs scikit-learn (``pip install scikit-learn``; the ``demo`` extra installs it).
 * ``cifar10``: torchvision's CIFAR-10, downloaded into ``data_root`` (default: ``data/`` in
   ``latent_transforms.hub.cache_dir()``).
 * ``cifar10-5k``: the same download; its ``train`` split is the class-balanced 5,000-image subset the shipped CIFAR-10
@@ -113,7 +113,9 @@ def _digits(split: str) -> tuple[torch.Tensor, torch.Tensor, int]:
         from sklearn.model_selection import train_test_split
     except ImportError:
         raise ImportError(
-            "the 'digits' data set needs scikit-learn: pip install latent-transforms[demo]"
+            # not `pip install latent-transforms[demo]`: the package is not on PyPI, and zsh (macOS's shell) takes
+            # the unquoted brackets for a file pattern ("no matches found")
+            "the 'digits' data set needs scikit-learn (the package's 'demo' extra): pip install scikit-learn"
         ) from None
     d = load_digits()
     images, target = d.images, d.target

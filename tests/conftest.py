@@ -43,6 +43,23 @@ else:
         if hasattr(hypothesis_providers, "_get_local_constants"):
             hypothesis_providers._get_local_constants = hypothesis_providers.Constants
 
+# The tests run in a checkout (CI) or in the unpacked sdist (MANIFEST.in ships what they read), and also from a copy
+# of tests/ elsewhere against an installed wheel (a packager's check): there the checkout's docs/, benchmarks/,
+# examples/, scripts/ and pyproject.toml are absent, and the tests that read them skip, saying so. In a source tree
+# nothing skips: a file missing there fails its test.
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE_TREE = (ROOT / "pyproject.toml").is_file()
+OUTSIDE_THE_SOURCE_TREE = ("reads the source tree's docs/, benchmarks/, examples/, scripts/ or pyproject.toml, and "
+                           f"the tests run outside one ({ROOT} has no pyproject.toml)")
+needs_source_tree = pytest.mark.skipif(not SOURCE_TREE, reason=OUTSIDE_THE_SOURCE_TREE)
+
+
+def skip_module_outside_the_source_tree() -> None:
+    """``needs_source_tree`` for a whole module that reads the source tree as it is imported."""
+    if not SOURCE_TREE:
+        pytest.skip(OUTSIDE_THE_SOURCE_TREE, allow_module_level=True)
+
+
 CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 # at most 2 torch threads; 1 a process where `pytest -n` runs as many as there are CPUs (more threads than CPUs wait on
 # each other: the tests' tensors are small)
@@ -77,7 +94,10 @@ def pytest_xdist_auto_num_workers(config):
 
 
 def pytest_configure(config):
-    """A ``--device`` this machine lacks stops the run at once, as a usage error (not a skip, nor an error per test)."""
+    """A ``--device`` this machine lacks stops the run at once, as a usage error (not a skip, nor an error per test).
+    The ``slow`` marker is declared here too, for a copy of tests/ run without pyproject.toml's ``markers``."""
+    if not any(line.split(":")[0].strip() == "slow" for line in config.getini("markers")):
+        config.addinivalue_line("markers", "slow: takes more than a few seconds")
     name = config.getoption("device")
     try:
         torch.empty(0, device=torch.device(name))

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
+
 DOCS = ROOT / "docs"
 SNIPPET = re.compile(r"```python\n(.*?)```", re.S)
 # What a page's text asks the reader to bring (a batch, a model, a loader ...). Every other name its snippets use

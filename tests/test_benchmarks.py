@@ -21,9 +21,9 @@ import latent_transforms
 from latent_transforms import ISDALoss
 from latent_transforms.validation import MAX_THREADS
 
-from conftest import cifar_size_glow, scripts_in_one_process
+from conftest import ROOT, cifar_size_glow, scripts_in_one_process, skip_module_outside_the_source_tree
 
-ROOT = Path(__file__).resolve().parents[1]
+skip_module_outside_the_source_tree()  # the scripts of benchmarks/ and scripts/
 BENCHMARKS = ROOT / "benchmarks"
 TIMEOUT_S = 170
 

@@ -24,6 +24,8 @@ from latent_transforms.codecs import build_codec
 from latent_transforms.data import load_images
 from latent_transforms.validation import MAX_THREADS
 
+from conftest import ROOT, needs_source_tree
+
 # The real registry, but an empty private cache dir and no downloads (conftest's offline_hub); entries registered
 # here on purpose without their file (register warns a user about that; tested in test_hub.py)
 pytestmark = [pytest.mark.usefixtures("offline_hub"), pytest.mark.filterwarnings("ignore:registered .*, but its file")]
@@ -206,12 +208,13 @@ def test_register_a_run_then_list_fetch_and_load_it_by_name(tmp_path, capsys, mo
     assert main(["register", str(js2)]) == 0 and hub.fetch("zz-run") == hub.cache_dir() / "zz-run.safetensors"
 
 
+@needs_source_tree
 def test_register_run_from_python_is_the_command_and_the_training_page_snippet_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(hub, "_registered", {})
     monkeypatch.setattr(hub, "_loaded", {})
     monkeypatch.chdir(tmp_path)
     ckpt, js = _run_files(tmp_path / "runs", "my-glow-digits")
-    page = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text(encoding="utf-8")
+    page = (ROOT / "docs" / "training.md").read_text(encoding="utf-8")
     snippet = next(s for s in re.findall(r"```python\n(.*?)```", page, re.S) if "register_run" in s)
     scope = {"hub": hub}
     with warnings.catch_warnings():  # the file is copied once registered: no "not in the cache dir" warning
@@ -460,8 +463,8 @@ def test_train_bad_data_spec_is_a_clear_error(tmp_path, capsys, monkeypatch):
             m.setitem(sys.modules, module, None)
         code, _, err = _exit_code(["train", "flow", "--data", "digits", "--out", str(tmp_path / "o"),
                                    "--max-steps", "1", "--quiet"], capsys)
-    assert code == 2 and err == f"{_PROG}: error: the 'digits' data set needs scikit-learn: pip install " \
-                                "latent-transforms[demo]\n", err
+    assert code == 2 and err == f"{_PROG}: error: the 'digits' data set needs scikit-learn (the package's 'demo' " \
+                                "extra): pip install scikit-learn\n", err
 
 
 def test_train_without_length_is_a_clear_error(tmp_path, capsys):

@@ -30,7 +30,7 @@ from latent_transforms import (ISDA, Compose, Glow, LatentAdversarial, LatentCac
                                LatentNoise, VarMixup)
 from latent_transforms.isda import ISDALoss
 
-from conftest import gloo_group, spawn_two_ranks
+from conftest import gloo_group, needs_source_tree, spawn_two_ranks
 from doc_pages import DOCS, SNIPPET
 
 B = 8
@@ -333,6 +333,7 @@ def _evaluation_worker(rank: int, init_method: str, out_dir: str) -> None:
         out.update((key, namespace[key]) for key in ("test_accuracy", "test_ece", "n"))
 
 
+@needs_source_tree
 def test_the_documented_evaluation_on_two_ranks_scores_the_test_set_as_one_process(tmp_path):
     """The padded repeat falls in a batch of its own on rank 1: reliability_bins of no rows raised there (it gives
     zeros now), and rank 0 waited in its all_reduce."""

@@ -23,8 +23,10 @@ import latent_transforms.train
 from latent_transforms import LatentNoise, hub
 from latent_transforms.codecs import Codec
 
-from conftest import TinyNet
+from conftest import TinyNet, skip_module_outside_the_source_tree
 from doc_pages import DOCS, PAGES, READER_CONTEXT, ROOT, SNIPPET
+
+skip_module_outside_the_source_tree()  # the pages of docs/ and the README
 
 IMAGE_SHAPE = (3, 32, 32)  # the pages' x, y, model: CIFAR-10's
 # shrunk for this test, the snippets unchanged: load_images gives the first images of a split, train_codec

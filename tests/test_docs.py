@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import needs_source_tree
 from doc_pages import DOCS, PAGES, READER_CONTEXT, ROOT, SNIPPET
 
 IMAGE = re.compile(r"!\[[^\]]*\]\(([^)\s]+\.png)[^)]*\)|<img[^>]*\bsrc=\"([^\"]+\.png)\"")
@@ -53,6 +54,7 @@ def _referenced_pictures() -> list[tuple[Path, str, Path]]:
     return found
 
 
+@needs_source_tree
 def test_every_referenced_picture_exists():
     refs = _referenced_pictures()
     assert refs, "the docs reference no pictures at all (expected docs/images/demo.png at least)"
@@ -76,6 +78,7 @@ def test_the_suite_runs_without_pytest_xdist_hypothesis_or_pytest_timeout(tmp_pa
     assert "warning" not in proc.stdout, proc.stdout[-3000:]
 
 
+@needs_source_tree
 def test_a_test_still_running_after_15_minutes_fails(pytestconfig):
     """pytest-timeout (the test extra's) with pyproject's limit: a hung test (a lock never released, a rank waiting
     for another) fails, naming where it waits, instead of holding the suite until CI stops it unread."""
@@ -137,6 +140,7 @@ def test_a_hypothesis_test_draws_the_same_examples_whatever_ran_before_it(tmp_pa
         f"{name}:{line}" for name, line in undone)
 
 
+@needs_source_tree
 def test_readme_pictures_exist():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     refs = [match.group(1) or match.group(2) for match in IMAGE.finditer(readme)]
@@ -146,6 +150,7 @@ def test_readme_pictures_exist():
             assert (ROOT / ref).is_file(), f"README.md references a missing picture: {ref}"
 
 
+@needs_source_tree
 def test_the_readme_picture_is_the_one_the_demo_writes(tmp_path):
     # the docs' overview was drawn from 10 other digits with another classifier than the demo's 12: a user comparing
     # README's picture with their demo.png saw different images
@@ -161,6 +166,7 @@ def test_the_readme_picture_is_the_one_the_demo_writes(tmp_path):
 
 
 @pytest.mark.slow
+@needs_source_tree
 def test_mkdocs_build_strict(tmp_path):
     cmd = _mkdocs()
     if cmd is None:
@@ -261,6 +267,7 @@ class _UnboundNames(ast.NodeVisitor):
 
 
 @pytest.mark.parametrize("page", PAGES)
+@needs_source_tree
 def test_page_snippets_define_what_they_use(page):
     text = (DOCS / page).read_text(encoding="utf-8")
     visitor = _UnboundNames(READER_CONTEXT.get(page, set()))
@@ -274,6 +281,7 @@ def test_page_snippets_define_what_they_use(page):
     assert not missing, "names used before the page imports or defines them:\n" + "\n".join(missing)
 
 
+@needs_source_tree
 def test_snippets_load_checkpoints_without_pickle():
     """torch.load unpickles any object (and says so in a FutureWarning) unless given weights_only=True, its default
     only from torch 2.6 on: a snippet that leaves it out runs arbitrary pickle at the torch 2.4 floor."""
@@ -287,6 +295,7 @@ def test_snippets_load_checkpoints_without_pickle():
     assert not unsafe, f"torch.load without weights_only=True: {unsafe}"
 
 
+@needs_source_tree
 def test_snippets_save_checkpoints_atomically():
     """torch.save writes its file in place: a job stopped while it writes (SLURM's SIGTERM before the time limit, a
     preemption) left a truncated checkpoint.pt instead of the last good one (a 256 MB one, SIGTERM once half of it
@@ -307,6 +316,7 @@ def test_snippets_save_checkpoints_atomically():
 
 
 @pytest.mark.parametrize("readme", ["README.md", "benchmarks/README.md"])
+@needs_source_tree
 def test_readme_links_lead_to_files_that_exist(readme):
     """mkdocs --strict checks the links of docs/ only."""
     page = ROOT / readme
@@ -317,6 +327,7 @@ def test_readme_links_lead_to_files_that_exist(readme):
     assert not missing, f"{readme} links files that do not exist: {missing}"
 
 
+@needs_source_tree
 def test_readme_links_every_page_of_the_docs():
     """The docs site is not published: on the repository's front page README's links are the only way to the pages
     (its documentation section named them without a link)."""
@@ -342,6 +353,7 @@ def _anchors(page: Path) -> set[str]:
     return ids
 
 
+@needs_source_tree
 def test_links_to_a_section_lead_to_a_heading():
     """A `page.md#section` link or reference names a heading of that page: mkdocs --strict checks docs/'s links only,
     in its slow test and only where mkdocs is installed, and nothing checked README's, benchmarks/README's or those
@@ -371,6 +383,7 @@ def test_links_to_a_section_lead_to_a_heading():
     assert not broken, "links to a section that the page does not have:\n" + "\n".join(broken)
 
 
+@needs_source_tree
 def test_the_api_reference_members_exist():
     """Every name of docs/api.md's ``members:``/``inherited_members:`` lists is an attribute of its object:
     ``mkdocs build --strict`` leaves a misspelt or removed member out of the page without a warning."""
@@ -389,6 +402,7 @@ def test_the_api_reference_members_exist():
     assert re.search(r"^::: latent_transforms\.base\.LatentTransform\n    options:\n      members: \[", text, re.M)
     assert not missing, f"docs/api.md lists members that do not exist: {missing}"
 
+@needs_source_tree
 def test_the_api_reference_shows_every_public_name_of_the_package_and_its_codecs():
     """docs/api.md renders every name of latent_transforms.__all__ and every class and function of
     latent_transforms.codecs.__all__, and names the others (CODECS, Latents): a new public name must be added there."""
@@ -408,6 +422,7 @@ def test_the_api_reference_shows_every_public_name_of_the_package_and_its_codecs
     assert not missing, f"docs/api.md leaves out: {missing}"
 
 
+@needs_source_tree
 def test_what_the_pages_name_by_its_module_path_the_api_reference_renders():
     """A class or function a page names as ``latent_transforms.MODULE.NAME`` or imports from a module of the package is
     rendered in docs/api.md (audit 246: reliability.md told code of one's own to use
@@ -454,6 +469,7 @@ def _public_names_of(cls: type) -> set[str]:
     return {n for n in names if not n.startswith("_")} - set(dir(nn.Module)) - set(dir(OSError))
 
 
+@needs_source_tree
 def test_every_public_name_of_a_rendered_class_is_documented():
     """Each class docs/api.md renders (and each of ``latent_transforms.__all__``) has no public name that the page
     leaves out: a name is shown by a ``members:`` list of the class or of a rendered base, is a constructor option of
@@ -494,6 +510,7 @@ def test_every_public_name_of_a_rendered_class_is_documented():
                          f"with a leading underscore): {missing}")
 
 
+@needs_source_tree
 def test_every_module_declares_what_the_api_reference_documents():
     """Every module of the package has an ``__all__``: the classes and functions of it that docs/api.md renders (by
     whatever path), and constants the page names (``hub.FORMAT``, ``data.SPLIT_SPECS``); the rest, shared machinery
@@ -541,6 +558,7 @@ MACHINERY_SHOWN = {
 }
 
 
+@needs_source_tree
 def test_a_name_outside_a_modules_all_is_private_unless_other_code_of_the_project_uses_it():
     """A module's functions, classes and constants outside its ``__all__`` are the package's shared machinery: used by
     another module of it, or by the benchmarks, examples and scripts; those that only their own module (and the tests)
@@ -569,6 +587,7 @@ def test_a_name_outside_a_modules_all_is_private_unless_other_code_of_the_projec
     assert sorted(alone) == sorted(MACHINERY_SHOWN), "used by their own module alone: rename them with a leading _"
 
 
+@needs_source_tree
 def test_what_the_api_reference_shows_of_a_package_or_by_its_path_is_in_that_modules_all():
     """The other way round (mutation round 37: ``isda_logits`` left out of ``latent_transforms.__all__``,
     ``exact_math`` or ``CODECS`` out of ``latent_transforms.codecs.__all__``, ``FORMAT`` out of ``hub.__all__`` passed,
@@ -602,6 +621,7 @@ def _pyproject_list(pyproject: str, key: str) -> list[str]:
     return [re.match(r"[A-Za-z0-9_.-]+", spec).group(0).lower() for spec in re.findall(r'"([^"]+)"', entry.group(1))]
 
 
+@needs_source_tree
 def test_the_quickstarts_install_lines_name_what_each_installs():
     """Each ``pip install`` line of the quickstart names what it adds: the dependencies, the demo extra, then the
     test extra less the demo's (mkdocs's plugins go by "mkdocs")."""
@@ -617,6 +637,7 @@ def test_the_quickstarts_install_lines_name_what_each_installs():
     assert not any(unnamed.values()), f"docs/quickstart.md's install lines leave out: {unnamed}"
 
 
+@needs_source_tree
 def test_training_page_gives_the_users_codec_its_own_name():
     """A shipped checkpoint's name is refused by `latent-transforms register` and hub.register(persist=True), and a
     file under its file name loads the shipped one."""
@@ -905,6 +926,7 @@ def _doc_commands():
             yield where, name, path, words[scripts[0] + 1:]
 
 
+@needs_source_tree
 def test_doc_commands_use_options_that_exist():
     """Every `--flag` in a command the docs give exists in that script's (or CLI subcommand's) argparse, and every
     literal value given to an option with choices (`--arms`, `--eval-on`, ...) is one of them."""
@@ -964,6 +986,7 @@ def _stated_value(cell: str):
         return _NOT_STATED
 
 
+@needs_source_tree
 def test_stated_defaults_are_the_code_defaults():
     """A method page's parameter table (`| `eps` | `1.0` | ...`) and a quoted signature of a public class or function
     (`ISDA(num_classes, lambda0=0.5, *, covariance="full", ...)`) state the defaults the code has."""
@@ -1039,6 +1062,7 @@ def _rendered_api() -> dict[str, object]:
     return {k: v for k, v in found.items() if inspect.isclass(v) or inspect.isfunction(v)}
 
 
+@needs_source_tree
 def test_rendered_docstrings_name_every_parameter_and_args_state_the_defaults():
     """Where a rendered docstring has an ``Args:`` section (Google style, as mkdocstrings reads it), it names every
     parameter of the signature and no other, and a literal default it states (``(default 1.0)``, ``Default:

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import scripts_in_one_process
+from conftest import ROOT, scripts_in_one_process, skip_module_outside_the_source_tree
 
-ROOT = Path(__file__).resolve().parents[1]
+skip_module_outside_the_source_tree()  # the scripts of examples/
 EXAMPLES = ROOT / "examples"
 TIMEOUT_S = 300
 

@@ -38,6 +38,8 @@ from latent_transforms.cli import main
 from latent_transforms.codecs import Codec, build_codec
 from latent_transforms.validation import MissingFileError
 
+from conftest import ROOT, needs_source_tree
+
 # entries registered here on purpose without their file (register warns a user about that; tested below)
 pytestmark = pytest.mark.filterwarnings("ignore:registered .*, but its file")
 
@@ -863,11 +865,12 @@ def test_register_warning_without_a_hub_url_names_the_url_even_offline(env, tmp_
     assert [(Path(w.filename), w.lineno) for w in caught] == [(Path(__file__), line)]
 
 
+@needs_source_tree
 def test_hub_md_python_registration_runs_on_a_machine_without_a_cache_dir(env, monkeypatch):
     """docs/hub.md's snippet, as a reader runs it: the cache dir does not exist before the first download."""
     monkeypatch.setenv("LATENT_TRANSFORMS_OFFLINE", "1")
     assert not env.exists()
-    text = (Path(__file__).resolve().parents[1] / "docs" / "hub.md").read_text()
+    text = (ROOT / "docs" / "hub.md").read_text()
     snippet = next(s for s in re.findall(r"```python\n(.*?)```", text, re.S) if "hub.register(" in s)
     codec = _codec()
     exec(snippet, {"codec": codec})
@@ -2984,6 +2987,7 @@ def test_the_offline_errors_command_is_quoted_for_the_shell_and_names_no_unusabl
     assert shlex.split(f"{setting} {command}") == [f"LATENT_TRANSFORMS_HOME={home}", "latent-transforms", "fetch", name]
 
 
+@needs_source_tree
 def test_a_shared_cache_and_ones_own_together_as_the_hub_page_says(env, tmp_path, monkeypatch):
     """docs/hub.md (On a cluster): the admin's read-only cache dir as the hub URL, its names copied into one's own
     user registry by the page's script (run twice: the admin added a name since), one's own names kept; every name
@@ -2997,7 +3001,7 @@ def test_a_shared_cache_and_ones_own_together_as_the_hub_page_says(env, tmp_path
     monkeypatch.setattr(hub, "_registered", {})
     _register("mine", "good.safetensors", persist=True)
     monkeypatch.setenv("LATENT_TRANSFORMS_HUB_URL", shared.as_uri())
-    page = (Path(__file__).resolve().parents[1] / "docs" / "hub.md").read_text(encoding="utf-8")
+    page = (ROOT / "docs" / "hub.md").read_text(encoding="utf-8")
     script = re.search(r"python - <<'EOF'\n(.*?)^EOF$", page, re.S | re.M).group(1)
     script = script.replace("/shared/latent-transforms", str(shared))
     exec(script, {})

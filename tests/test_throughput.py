@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import ROOT, skip_module_outside_the_source_tree
 
-SPEC = importlib.util.spec_from_file_location("throughput_benchmark",
-                                              Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py")
+skip_module_outside_the_source_tree()  # benchmarks/throughput.py
+SPEC = importlib.util.spec_from_file_location("throughput_benchmark", ROOT / "benchmarks" / "throughput.py")
 tp = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(tp)
 

@@ -31,7 +31,7 @@ from latent_transforms.data import describe_spec, load_images, low_data_split
 from latent_transforms.train import (WeightEMA, eval_codec, load_training_state, register_cli, save_training_state,
                                     train_codec)
 
-from conftest import counting_value_reads, tiny_vae
+from conftest import ROOT, counting_value_reads, needs_source_tree, tiny_vae
 
 pytest.importorskip("sklearn")
 
@@ -963,8 +963,9 @@ def test_interrupted_final_files_leave_no_stale_json(tmp_path, digits, monkeypat
                                                           "glow.state.safetensors"]
 
 
+@needs_source_tree
 def test_training_page_quotes_the_lines_calls_print(tmp_path, digits, monkeypatch, capsys):
-    text = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text(encoding="utf-8")
+    text = (ROOT / "docs" / "training.md").read_text(encoding="utf-8")
     section = text[text.index("## Resuming and time limits"):text.index("## The output files")]
     quoted = [" ".join(q.split()) for q in re.findall(r"prints\s+`([^`]+)`", section)]
     assert len(quoted) >= 4, quoted  # the time limit's, the signal's, the finished run's and the one run again

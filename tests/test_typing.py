@@ -16,15 +16,19 @@ import pytest
 
 import latent_transforms
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, needs_source_tree
 
 
 def test_the_package_ships_its_py_typed_marker():
     """Without ``py.typed`` in the installed package, mypy and pyright treat latent_transforms as untyped (mypy:
-    "module is installed, but missing library stubs or py.typed marker"). CI tests the installed wheel, so the first
-    check fails there if the wheel leaves the marker out; the second fails wherever the package data stops naming it."""
+    "module is installed, but missing library stubs or py.typed marker"). CI tests the installed wheel, so this fails
+    there if the wheel leaves the marker out; the next test fails wherever the package data stops naming it."""
     package = Path(latent_transforms.__file__).parent
     assert (package / "py.typed").is_file(), f"no py.typed in {package}"
+
+
+@needs_source_tree
+def test_the_package_data_names_the_py_typed_marker():
     pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     section = re.search(r"^\[tool\.setuptools\.package-data\]\n(.*?)(?=^\[|\Z)", pyproject, re.M | re.S)
     assert section is not None, "pyproject.toml has no [tool.setuptools.package-data]"
@@ -123,6 +127,7 @@ def test_a_typed_user_project_gets_the_documented_types(tmp_path):
 
 
 @pytest.mark.slow
+@needs_source_tree  # pyproject.toml's [tool.mypy]
 def test_the_package_itself_type_checks(tmp_path):
     """mypy on the package's own code, with pyproject.toml's ``[tool.mypy]`` (``check_untyped_defs``,
     ``disallow_any_generics`` and more), finds nothing: a ``Tensor | None`` passed where a tensor is needed, a bare
