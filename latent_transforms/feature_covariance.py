@@ -261,6 +261,19 @@ class FeatureCovariance(Settings, nn.Module):
             form = "diagonal" if cov.ndim == 2 else "full"
             return (f"{prefix}cov holds a {form} covariance, this estimator's is {self.covariance!r}: build it with "
                     f"covariance={form!r}")
+        count = state_dict.get(prefix + "count")
+        if isinstance(count, torch.Tensor) and isinstance(saved, torch.Tensor) and saved.ndim == 2 and \
+                count.shape != saved.shape[:1]:
+            # torch's size mismatch came after the mean and covariance were loaded, over the other counts
+            return (f"{prefix}count has shape {tuple(count.shape)}, the statistics' {saved.shape[0]} classes need "
+                    f"({saved.shape[0]},) (a damaged file, or a state written by hand): load a whole state, or none "
+                    f"and let the statistics be gathered again")
+        if isinstance(count, torch.Tensor) and not count.is_meta and count.numel() and (
+                bool((count < 0).any()) or count.is_floating_point() and not bool((count == count.round()).all())):
+            # loaded, a negative count made the merge weight m / (n + m) above 1 or negative: statistics of nothing
+            return (f"{prefix}count holds negative or fractional sample counts (a damaged file, or a state written "
+                    f"by hand): the next update's merge weights would be wrong; load other statistics, or none and "
+                    f"let them be gathered again")
         for key in ("mean", "cov"):  # read at loading (update() keeps them finite), a NaN loaded made every loss NaN
             held = state_dict.get(prefix + key)
             if isinstance(held, torch.Tensor) and held.is_floating_point() and not held.is_meta and \

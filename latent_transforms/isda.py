@@ -318,9 +318,17 @@ class _ISDAState(Settings, ModuleMixin):
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any],
                               strict: bool, missing_keys: list[str], unexpected_keys: list[str],
                               error_msgs: list[str]) -> None:
+        key = prefix + "schedule_progress"
+        held = state_dict.get(key)
+        if isinstance(held, torch.Tensor) and held.numel() == 1 and not held.is_meta:
+            try:  # checked before loading: set_progress after it raised with the buffer holding 2.0 or NaN, saved next
+                check_number(key, float(held), high=1.0)
+            except ValueError as e:
+                raise ValueError(f"{e} (a damaged file, or a state written by hand): nothing of this "
+                                 f"{type(self).__name__} was loaded; load another state, or set the progress with "
+                                 f"set_epoch(epoch, total_epochs)") from None
         if self.estimator._refusal(state_dict, prefix + "estimator.") is not None:
             return  # the estimator refuses this state by name: the schedule is not loaded alone, without it
-        key = prefix + "schedule_progress"
         if key not in state_dict:  # a state saved before 2026-12-03 has no progress: it stays as it is
             state_dict[key] = self.schedule_progress.clone()
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,

@@ -75,6 +75,11 @@ _MIN_VAE_KL = 1.0  # nats per image: a VAE whose latent carries less has collaps
 # side just past a power of two stays under it (33x33 padded to 64x64: 3.8 times)
 _MAX_VAE_PADDING = 4
 _MAX_NONFINITE_IN_A_ROW = 20
+# A run of known length logs about 100 history entries; one of training minutes alone (no step count) logs every 50
+# steps and, once it holds twice this many, merges them in pairs and logs half as often: its history, in every
+# training state's metadata and the final JSON, grew without bound (a state past safetensors' 100 MB header, about
+# 40 million steps, could not be read back to resume, and each save took longer as it grew)
+_HISTORY_ENTRIES, _MINUTES_LOG_EVERY = 100, 50
 # the integer settings a codec's parameter count is a polynomial in: (lowest value, degree)
 _SIZE_SETTINGS = {"glow": {"steps": (1, 1), "hidden": (1, 2)},
                   "vae": {"decoder_blocks": (0, 1), "hidden": (1, 2), "latent_dim": (1, 1)}}
@@ -641,6 +646,21 @@ def _describe_schedule(schedule: list[dict[str, Any]], step: int) -> str:
     return "; ".join(f"steps {s['from_step']}-{end}: {t}" for (s, end), t in zip(parts, texts))
 
 
+def _merged_in_pairs(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``history`` with each two entries in a row made one: the second's step, ``elapsed_s`` and lr, and each other
+    value the mean of the two weighted by their steps (an entry holds the mean since the one before); an odd last
+    entry is kept as it is."""
+    merged: list[dict[str, Any]] = []
+    before = 0
+    for first, second in zip(history[0::2], history[1::2]):
+        n1, n2 = max(first["step"] - before, 0), max(second["step"] - first["step"], 0)
+        means = {k: (v * n1 + second[k] * n2) / (n1 + n2) if n1 + n2 else second[k] for k, v in first.items()
+                 if k not in ("step", "elapsed_s", "lr") and k in second}
+        merged.append({**second, **means})
+        before = second["step"]
+    return merged + history[len(merged) * 2:]
+
+
 def _spread(n: int, k: int) -> torch.Tensor:
     """``min(n, k)`` positions spread evenly over ``range(n)``, first and last included."""
     return torch.linspace(0, n - 1, min(n, k), dtype=torch.float64, device="cpu").round().long()
@@ -900,7 +920,8 @@ class _TrainingRun:
             bar = progress_bar(total=self.total_steps, initial=min(step, self.total_steps or step), unit="step",
                                dynamic_ncols=True, desc=bar_desc, file=sys.stderr)
         smoothed: dict[str, float] = {}
-        log_every = max(1, (self.total_steps or 5000) // 100)
+        log_every = max(1, self.total_steps // 100) if self.total_steps is not None else \
+            self.info.get("history_every", _MINUTES_LOG_EVERY)  # as the history's merges left it
         open_window = self.info.get("history_window", {"n": 0, "sums": {}})  # since the last entry, as saved
         window: dict[str, float] = dict(open_window["sums"])
         window_n = open_window["n"]
@@ -933,6 +954,9 @@ class _TrainingRun:
                     self.info["history"].append({"step": step, "elapsed_s": round(self.info["train_time_s"], 3),
                                                  "lr": lr_now, **{k: v / window_n for k, v in window.items()}})
                     window, window_n = {}, 0
+                    if self.total_steps is None and len(self.info["history"]) >= 2 * _HISTORY_ENTRIES:
+                        self.info["history"] = _merged_in_pairs(self.info["history"])
+                        log_every = self.info["history_every"] = 2 * log_every
                 self.info["history_window"] = {"n": window_n, "sums": dict(window)}  # a resume completes it
                 if bar is not None:
                     bar.update(1)

@@ -1144,6 +1144,53 @@ def test_a_run_resumed_as_the_quickstart_says_ends_with_the_weights_of_the_unint
     assert isda.estimator.count.sum() == 32  # the statistics carried the first two batches over the stop
 
 
+@pytest.mark.parametrize("kind", ["noise", "adversarial", "varmixup", "isda", "varmixup+adversarial"])
+def test_each_method_resumed_from_its_saved_state_ends_with_the_uninterrupted_weights(tmp_path, kind):
+    """Audit 445 (long runs): every method alone, and a Compose of two sharing one generator, stopped half-way and
+    resumed in new objects from what the quickstart saves (model, optimizer, the transform's state_dict, the
+    generator's state) trains to the weights of the run never stopped, bit for bit; ISDA with set_epoch each epoch."""
+    data = torch.Generator().manual_seed(5)
+    batches = [(torch.rand(8, 1, 8, 8, generator=data), torch.randint(0, 4, (8,), generator=data)) for _ in range(4)]
+    glow, vae = tiny_glow(), tiny_vae()
+
+    def build():
+        torch.manual_seed(0)
+        model, g = TinyNet(num_classes=4), torch.Generator().manual_seed(0)
+        isda = ISDA(num_classes=4, generator=g)
+        augment = {"noise": LatentNoise(glow, eps=0.5, p=0.5, generator=g),
+                   "adversarial": LatentAdversarial(glow, steps=2, step_size=0.5, p=0.7, generator=g),
+                   "varmixup": VarMixup(vae, num_classes=4, p=0.5, generator=g), "isda": isda,
+                   "varmixup+adversarial": Compose([VarMixup(vae, p=0.5, generator=g),
+                                                    LatentAdversarial(glow, steps=1, generator=g)], num_classes=4),
+                   }[kind]
+        return model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), isda, augment, g
+
+    def train(model, optimizer, isda, augment, steps):
+        for step in steps:
+            isda.set_epoch(step // 2, 2)  # two batches an epoch
+            train_steps(model, optimizer, augment, batches[step:step + 1])
+
+    model, optimizer, isda, augment, g = build()
+    train(model, optimizer, isda, augment, range(4))
+    uninterrupted = [t.clone() for t in model.state_dict().values()]  # BatchNorm's statistics too
+
+    model, optimizer, isda, augment, g = build()
+    train(model, optimizer, isda, augment, range(2))
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "augment": augment.state_dict(),
+                "augment_rng": g.get_state()}, tmp_path / "checkpoint.pt")
+    model, optimizer, isda, augment, g = build()  # a new process
+    torch.manual_seed(1)  # whose global stream is elsewhere: nothing here draws from it
+    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    augment.load_state_dict(checkpoint["augment"])
+    g.set_state(checkpoint["augment_rng"])
+    train(model, optimizer, isda, augment, range(2, 4))
+    assert all(torch.equal(a, b) for a, b in zip(uninterrupted, model.state_dict().values()))
+    if kind == "isda":
+        assert isda.estimator.count.sum() == 32 and isda.lam == isda.lambda0 / 2
+
+
 def test_an_empty_batch_passes_through_every_kind_of_step(rgb, rgb_glow):
     # refused ("x is an empty batch") where torchvision's and kornia's steps pass it: under DDP a rank's empty batch
     # before ISDA left the other ranks waiting in its statistics' gather

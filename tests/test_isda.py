@@ -2463,6 +2463,45 @@ def test_statistics_holding_nan_or_inf_are_refused_when_loaded():
             assert all(torch.equal(v, target.state_dict()[k]) for k, v in before.items())  # nothing loaded
 
 
+@pytest.mark.parametrize("make", [lambda: ISDA(3, lambda0=0.5), lambda: ISDALoss(3, lambda0=0.5)])
+def test_a_schedule_progress_out_of_range_is_refused_before_anything_is_loaded(make):
+    """Audit 445: a state whose schedule_progress is 2.0 or NaN (a damaged file) raised set_progress's error only after
+    loading it into the buffer: the module then held progress 0.1 for lam but 2.0 in its buffer, which its next
+    state_dict() saved, and the error named neither the key nor the file."""
+    saved = make()
+    saved.estimator.update(torch.randn(8, 5), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]))
+    target = make()
+    target.set_progress(0.1)
+    for bad in (2.0, -0.5, float("nan")):
+        state = {**saved.state_dict(), "schedule_progress": torch.tensor(bad, dtype=torch.float64)}
+        with pytest.raises(ValueError, match=r"^schedule_progress must be a finite number in \[0, 1\], got .*: "
+                                             r"nothing of this ISDA(Loss)? was loaded"):
+            target.load_state_dict(state)
+        assert target.progress == float(target.schedule_progress) == 0.1 and target.estimator.mean is None
+    held = nn.ModuleDict({"isda": make()})  # named under its prefix
+    with pytest.raises(ValueError, match=r"^isda\.schedule_progress must be"):
+        held.load_state_dict({f"isda.{k}": v for k, v in state.items()})
+
+
+def test_sample_counts_negative_fractional_or_of_another_shape_are_refused_whole():
+    """Audit 445: counts are what the merge weights m / (n + m) of every later update come from; a damaged state's
+    negative counts loaded without a word (a weight above 1: statistics of nothing), and counts of another shape got
+    torch's size mismatch after the mean and covariance had been loaded over the old counts."""
+    fc = FeatureCovariance(3)
+    fc.update(torch.randn(8, 5), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]))
+    count = fc.state_dict()["count"]
+    for bad, match in ((-count, "holds negative or fractional"), (count.double() + 0.5, "holds negative or fractional"),
+                       (count[:2], r"has shape \(2,\), the statistics' 3 classes need \(3,\)")):
+        for target in (FeatureCovariance(3), fc, ISDALoss(3)):  # unsized, sized, and under an ISDALoss
+            prefix = "estimator." if isinstance(target, ISDALoss) else ""
+            before = {k: v.clone() for k, v in target.state_dict().items()}
+            with pytest.raises(RuntimeError, match=rf"{prefix}count {match}"):
+                target.load_state_dict({prefix + k: v for k, v in {**fc.state_dict(), "count": bad}.items()},
+                                       strict=False)
+            assert all(torch.equal(v, target.state_dict()[k]) for k, v in before.items())  # nothing loaded
+    FeatureCovariance(3).load_state_dict({**fc.state_dict(), "count": count.double()})  # whole float counts: as before
+
+
 def test_a_state_on_the_meta_device_is_loaded_without_reading_its_values():
     """Mutation round 34: the NaN/inf check at load reads the statistics' values; a deferred initialisation's state on
     the meta device has none to read (bool() of it raised), and loads as before, with assign=True."""

@@ -723,6 +723,39 @@ def test_ema_weights_are_saved_resumed_and_shipped(tmp_path, digits):
     assert r["metrics"]["bits_per_dim"] != plain["metrics"]["bits_per_dim"]
 
 
+def test_a_run_of_minutes_alone_keeps_its_history_bounded_over_resumed_calls(tmp_path, digits, monkeypatch):
+    """Audit 445: a run of training minutes alone (no step count) logged an entry every 50 steps for ever; its history,
+    saved in every training state, passed safetensors' 100 MB header after about 40 million steps (days on a GPU),
+    and the state could then not be read back to resume. Past twice ``_HISTORY_ENTRIES`` entries they are merged in
+    pairs and logged half as often, over resumed calls too."""
+    monkeypatch.setattr(train, "_HISTORY_ENTRIES", 2)
+    monkeypatch.setattr(train, "_MINUTES_LOG_EVERY", 5)  # 50 steps: the same, ten times the steps
+    x = digits[0][:64]
+    kw = dict(**FLOW, max_minutes=60, batch_size=16, checkpoint_every=1000, progress=False)
+    _signal_after_update(monkeypatch, 26, signal.SIGINT)  # a run of an hour stopped after 26 steps: saved
+    with pytest.raises(KeyboardInterrupt):
+        train_codec("flow", x, tmp_path, **kw)
+    info = load_training_state(tmp_path / "glow.state.safetensors")[2]
+    # entries at 5, 10, 15, 20 merged into two at 20 steps; then one every 10 steps (none yet at 26)
+    assert [h["step"] for h in info["history"]] == [10, 20] and info["history_every"] == 10
+    assert info["history"][-1]["elapsed_s"] <= info["train_time_s"]
+    _signal_after_update(monkeypatch, 20, signal.SIGINT)  # resumed: stopped at step 46
+    with pytest.raises(KeyboardInterrupt):
+        train_codec("flow", x, tmp_path, **kw)
+    info = load_training_state(tmp_path / "glow.state.safetensors")[2]
+    assert info["step"] == 46
+    assert [h["step"] for h in info["history"]] == [20, 40] and info["history_every"] == 20
+    assert all(math.isfinite(h["loss"]) for h in info["history"])
+
+
+def test_history_entries_merged_in_pairs_average_their_steps():
+    history = [{"step": 10, "elapsed_s": 1.0, "lr": 0.1, "loss": 4.0},
+               {"step": 40, "elapsed_s": 2.0, "lr": 0.2, "loss": 2.0},
+               {"step": 50, "elapsed_s": 3.0, "lr": 0.3, "loss": 1.0}]  # each loss the mean since the entry before
+    assert train._merged_in_pairs(history) == [
+        {"step": 40, "elapsed_s": 2.0, "lr": 0.2, "loss": (4.0 * 10 + 2.0 * 30) / 40}, history[2]]
+
+
 def test_time_budget_stops_cleanly_then_resumes(tmp_path, digits):
     x = digits[0][:64]
     for step in (1, 2):  # a limit shorter than the set-up: one step per call (was 0 on every call, forever)
