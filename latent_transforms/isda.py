@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
@@ -353,6 +353,8 @@ class _ISDAState(Settings, ModuleMixin):
 
 
 # -- the drop-in transform ------------------------------------------------------------------------------------------
+# the hook's work under torch.compiler.disable, made at the first compiled forward that runs it
+_UNTRACED_FIRE: list[Callable[..., Any]] = []
 # layer -> (handle, hook) of the ISDA hook armed on it. One pending augmentation per layer: the latest arm wins.
 _ARMED: "weakref.WeakKeyDictionary[nn.Module, tuple[torch.utils.hooks.RemovableHandle, _ArmedHook]]" = \
     weakref.WeakKeyDictionary()
@@ -524,6 +526,15 @@ class _ArmedHook:
                              f"whose ISDA was dropped, also goes at the model's next forward)")
 
     def __call__(self, module: nn.Linear, args: tuple[object, ...], output: torch.Tensor) -> torch.Tensor | None:
+        if torch.compiler.is_compiling():  # in a compiled model's forward: run untraced, a graph break at the layer
+            # (what lets each call's labels and strength through); traced, torch warned at every compile of the
+            # model, "Dynamo does not know how to trace the builtin ..._top_saved_tensors_default_hooks"
+            if not _UNTRACED_FIRE:  # made here, not at import: torch.compiler.disable imports torch._dynamo
+                _UNTRACED_FIRE.append(torch.compiler.disable(_ArmedHook._fire))
+            return cast("torch.Tensor | None", _UNTRACED_FIRE[0](self, module, args, output))
+        return self._fire(module, args, output)
+
+    def _fire(self, module: nn.Linear, args: tuple[object, ...], output: torch.Tensor) -> torch.Tensor | None:
         owner = None if self.owner is None else self.owner()
         if owner is None:
             _remove_hook(module, self)
@@ -701,7 +712,8 @@ class ISDA(_ISDAState, LatentTransform):  # type: ignore[misc]
         - ``stats['seen']`` counts the samples of training-mode calls; ``stats['transformed']`` those whose logits
           got the correction, counted when the hook fires (so ``transformed`` stays 0 if it never does), at any
           strength: while ``lam`` is 0 (no schedule set yet, the official schedule's first epoch) too.
-        - Not supported: ``nn.DataParallel`` (replicas would see part of the batch; use DDP), heads that are not an
+        - Not supported: ``nn.DataParallel`` over several devices (replicas would see part of the batch; use DDP; on
+          one device, or the CPU, it runs the model it holds, which is augmented), heads that are not an
           ``nn.Linear`` on ``(B, A)`` features, label-mixing steps in the same pipeline.
     """
 
@@ -739,7 +751,7 @@ class ISDA(_ISDAState, LatentTransform):  # type: ignore[misc]
     def _miscounted_layer(self, model: nn.Module, name: str, layer: nn.Linear) -> ValueError:
         """``find_layer``'s error for a classifier ``layer`` (called ``name``) of ``model`` whose outputs are not
         ``num_classes``."""
-        hint = _official_order_hint(self.num_classes, layer, "ISDA")
+        hint = _official_order_hint(self.num_classes, layer, "ISDA") or self._classifier_before_hint(model, layer)
         return ValueError(
             f"the layer {name!r} of {type(model).__name__} ({layer.in_features} -> {layer.out_features}) has "
             f"{layer.out_features} outputs but num_classes={self.num_classes}"
@@ -747,9 +759,31 @@ class ISDA(_ISDAState, LatentTransform):  # type: ignore[misc]
                                            f"{name!r} is not the classifier (pass layer='...' naming it)"))
         )
 
+    def _classifier_before_hint(self, model: nn.Module, layer: nn.Linear) -> str:
+        """For ``layer``, the last ``nn.Linear`` of ``model``, found by default, of other than ``num_classes``
+        outputs: a hint naming the model's ``nn.Linear`` layers of ``num_classes`` outputs, which come before it in
+        ``model.modules()`` order (a backbone or a projection head assigned after the classifier: a timm or
+        torchvision ViT's, Swin's or ConvNeXt's blocks hold ``nn.Linear`` layers), "" if it has none or ``layer=``
+        was given."""
+        heads = [] if self.layer is not None else \
+            [n for n, m in _linear_layers(model) if m is not layer and m.out_features == self.num_classes]
+        if not heads:
+            return ""
+        layers = f"nn.Linear of {self.num_classes} outputs, {', '.join(map(repr, heads))}, come" + \
+            ("s" if len(heads) == 1 else "")
+        return (f": it is the last nn.Linear in model.modules() order, which ISDA takes by default, not the "
+                f"classifier; the model's {layers} before it (a backbone or projection head assigned after the "
+                f"classifier)? pass ISDA(..., layer={heads[-1]!r})")
+
     def _lookup(self, model: nn.Module) -> tuple[str, nn.Linear]:
         """``(name, layer)``: the ``nn.Linear`` named by ``layer=``, else the last one (``ValueError`` if none); its
         size unchecked."""
+        if isinstance(unwrap(model), torch.jit.ScriptModule):  # its layers are RecursiveScriptModules, not nn.Linear
+            raise ValueError(
+                f"ISDA cannot hook the classifier of a torch.jit.script'ed or traced model ({type(model).__name__}): "
+                f"its layers are TorchScript modules, not nn.Linear, and take no hook added after scripting. Train "
+                f"the eager model with ISDA (script it after training, for deployment), or compute the features "
+                f"and use ISDALoss(features, fc, y) (docs/methods/isda.md)")
         if self.layer is None:
             found = _linear_layers(model)
             if not found:
@@ -809,7 +843,10 @@ class ISDA(_ISDAState, LatentTransform):  # type: ignore[misc]
             name, layer = self._lookup(model)
         except ValueError:
             return None
-        return self._miscounted_layer(model, name, layer) if layer.out_features > self.num_classes else None
+        if layer.out_features <= self.num_classes or (not _official_order_hint(self.num_classes, layer, "ISDA")
+                                                      and self._classifier_before_hint(model, layer)):
+            return None  # not grown: the classifier is another layer (the labels' own error stands)
+        return self._miscounted_layer(model, name, layer)
 
     def _check_ddp_group(self, ddp: nn.parallel.DistributedDataParallel) -> None:
         """``ValueError`` if ``ddp`` has a process group of its own while the statistics are shared over all ranks
@@ -857,10 +894,12 @@ class ISDA(_ISDAState, LatentTransform):  # type: ignore[misc]
         if not self.training:
             warn_if_left_in_eval(self, model)
             return x, y
-        if isinstance(model, nn.DataParallel):
+        if isinstance(model, nn.DataParallel) and len(model.device_ids) > 1:  # on one device (or the CPU's none) it
+            # calls its module on the whole batch: the official code's DataParallel(model) on one GPU
             raise not_about_the_batch(ValueError(
-                "ISDA does not support nn.DataParallel (its replicas would each see part of the batch that the labels "
-                "were given for): use DistributedDataParallel"))
+                f"ISDA does not support nn.DataParallel over several devices (device_ids={model.device_ids}: its "
+                f"replicas would each see part of the batch that the labels were given for): use "
+                f"DistributedDataParallel, or DataParallel on one device"))
         if isinstance(model, nn.parallel.DistributedDataParallel):
             self._check_ddp_group(model)
         batch = x.shape[0]

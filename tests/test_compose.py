@@ -1066,8 +1066,10 @@ def test_a_steps_own_setting_or_model_error_does_not_blame_the_previous_step(rgb
     x, y = rgb
     net = TinyNet(channels=3)
     flip = T.RandomHorizontalFlip()
+    over_two_gpus = torch.nn.DataParallel(net)
+    over_two_gpus.device_ids = [0, 1]  # as built on a machine with two GPUs: refused by ISDA
     with pytest.raises(ValueError, match="^ISDA does not support nn.DataParallel"):  # "on the output of step 0" was
-        Compose([flip, ISDA(net.fc.in_features, 10)])(x, y, torch.nn.DataParallel(net))  # in front of it
+        Compose([flip, ISDA(net.fc.in_features, 10)])(x, y, over_two_gpus)  # in front of it
     with pytest.raises(ValueError, match="^TinyNet has no submodule 'head'"):
         Compose([flip, ISDA(net.fc.in_features, 10, layer="head")])(x, y, net)
     with pytest.raises(ValueError, match="^VarMixup mixes labels: pass num_classes"):

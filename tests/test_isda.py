@@ -879,8 +879,41 @@ def test_model_transforms_refuse_data_loader_workers_and_data_parallel(batch, ne
                 next(batches)
         finally:  # the raised error's traceback keeps the iterator alive: left to the GC, its shutdown waited 5 s
             batches._shutdown_workers()  # for its worker in whichever later test the collection ran
-    with pytest.raises(ValueError, match="ISDA does not support nn.DataParallel"):
-        ISDA(10)(x, y, nn.DataParallel(net))
+    with pytest.raises(ValueError, match=r"ISDA does not support nn.DataParallel over several devices \(device_ids="
+                                         r"\[0, 1\]: its replicas"):
+        ISDA(10)(x, y, data_parallel(net, [0, 1]))
+
+
+def data_parallel(net: nn.Module, device_ids: list[int]) -> nn.DataParallel:
+    """``nn.DataParallel(net)`` as built on a machine with ``device_ids`` GPUs (built on the CPU, it has none, and then
+    calls ``net`` itself: only ISDA's reading of ``device_ids`` is stood in for)."""
+    wrapper = nn.DataParallel(net)
+    wrapper.device_ids = device_ids
+    return wrapper
+
+
+@pytest.mark.parametrize("device_ids", [None, [0]])
+def test_data_parallel_on_one_device_is_augmented_as_its_model(batch, net, device_ids):
+    """Audit 443: the official ISDA code wraps its model in nn.DataParallel, which on one GPU (or the CPU, no device)
+    calls the model it holds on the whole batch, with no replicas; ISDA refused it all the same ("its replicas would
+    each see part of the batch"). Its logits and statistics are now those of the model itself."""
+    x, y = batch
+    twin = copy.deepcopy(net)
+    wrapper = nn.DataParallel(net) if device_ids is None else data_parallel(net, device_ids)
+    if device_ids is not None:  # no GPU here: the wrapper's forward would scatter to cuda:0; its module runs instead
+        wrapper.forward = lambda x: wrapper.module(x)
+    logits = []
+    for model in (wrapper, twin):
+        isda = ISDA(10, lambda0=1.0)
+        isda.set_progress(1.0)
+        isda(x, y, model)
+        logits.append(model(x))
+        assert isda.stats["transformed"] == len(y) and isda.find_layer(model)[1] is model.get_submodule(
+            "module.fc" if model is wrapper else "fc")
+        if model is wrapper:
+            stats = isda.estimator.state_dict()
+    assert torch.equal(logits[0], logits[1])
+    assert all(torch.equal(v, isda.estimator.state_dict()[k]) for k, v in stats.items())
 
 
 @EVAL_BESIDE_TRAINING
@@ -1279,6 +1312,34 @@ def test_a_model_compiled_with_fullgraph_is_refused_by_name(batch, net):
     isda(x, y, torch.compile(net, backend="eager"))  # without fullgraph: armed as ever
     assert net.fc._forward_hooks
     isda.disarm(net)
+
+
+def test_a_compiled_model_is_augmented_as_the_eager_one_without_a_torch_warning(batch, net):
+    """Audit 443: the hook form on a model compiled after ISDA armed its first hook (the documented way) gave the eager
+    model's logits and gradients, but dynamo traced into the hook and warned at every compile of the model ("Dynamo
+    does not know how to trace the builtin ..._top_saved_tensors_default_hooks"). The hook now runs untraced, the
+    graph break it makes anyway."""
+    x, y = batch
+    twin = copy.deepcopy(net)
+    compiled = torch.compile(net, backend="eager")
+    results = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # not "error": torch's own that Dynamo hides (a non-leaf's .grad) would raise
+        for model, params in ((compiled, net), (twin, twin)):
+            isda = ISDA(10, lambda0=1.0)
+            isda.set_progress(1.0)
+            for step in range(2):  # the second forward runs the code compiled with the first's hook
+                isda(x[step::2], y[step::2], model)
+                loss = F.cross_entropy(model(x[step::2]), y[step::2])
+            loss.backward()
+            results.append((loss.detach(), [p.grad for p in params.parameters()], isda.estimator.cov.clone()))
+            assert isda.stats["transformed"] == len(y)
+    assert not [str(w.message) for w in caught if "Dynamo" in str(w.message)]
+    (loss, grads, cov), (loss_eager, grads_eager, cov_eager) = results
+    torch.testing.assert_close(loss, loss_eager)
+    torch.testing.assert_close(cov, cov_eager)
+    for g, ge in zip(grads, grads_eager):
+        torch.testing.assert_close(g, ge)
 
 
 def test_schedule():
@@ -1782,6 +1843,84 @@ def test_torch_jit_script_of_a_model_with_a_pending_hook_names_disarm(batch, net
         torch.jit.script(net)
     isda.disarm(net)
     assert torch.equal(torch.jit.script(net)(x), net(x))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # torch 2.14 warns
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated:FutureWarning")
+@pytest.mark.parametrize("layer", [None, "fc"])
+def test_a_scripted_model_is_named_as_what_isda_cannot_hook(batch, net, layer):
+    """Audit 443: a model given as torch.jit.script(model) (or traced) was refused with "ISDA found no nn.Linear in
+    RecursiveScriptModule ...; convolutional heads are not supported", and layer='fc' with "is a
+    RecursiveScriptModule, ISDA needs the final nn.Linear": its layers are TorchScript modules, which run no hook added
+    after scripting (a submodule takes one and never runs it). The error now says so and what to do."""
+    x, y = batch
+    scripted = torch.jit.script(net)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(net, x)
+    for model in (scripted, traced):
+        model.train()
+        with pytest.raises(ValueError, match=r"^ISDA cannot hook the classifier of a torch.jit.script'ed or traced "
+                                             r"model .*Train the eager model with ISDA .*ISDALoss"):
+            ISDA(10, layer=layer)(x, y, model)
+        assert not any(m._forward_hooks for m in model.modules())
+
+
+def _head_first(backbone: nn.Module, features: int, num_classes: int) -> nn.Module:
+    """A classifier whose head is assigned before its backbone: its last nn.Linear is the backbone's."""
+
+    class HeadFirst(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(features, num_classes)
+            self.backbone = backbone
+
+        def forward(self, x):
+            return self.fc(self.backbone(x))
+
+    return HeadFirst()
+
+
+def test_a_classifier_before_a_backbone_with_linear_layers_is_named(batch):
+    """Audit 443: a head assigned before a transformer backbone (timm's or torchvision's ViT, Swin or ConvNeXt with
+    num_classes=0: their blocks hold nn.Linear layers), or before a projection head, is not the last nn.Linear. The
+    error named the block's MLP layer and said "either num_classes is miscounted (num_classes=8 for this classifier)
+    ... call .grow(8)", which hooked the block; labels out of range were blamed on a grown classifier too. It now
+    names the layer of num_classes outputs to pass."""
+    x, y = batch
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.GELU(), nn.Linear(16, 8))  # a block's MLP: the last Linear
+    model = _head_first(mlp, 8, 10)
+    with pytest.raises(ValueError, match=r"^the layer 'backbone\.3' of HeadFirst \(16 -> 8\) has 8 outputs but "
+                                         r"num_classes=10: it is the last nn.Linear .*the model's nn.Linear of 10 "
+                                         r"outputs, 'fc', comes before it .*pass ISDA\(\.\.\., layer='fc'\)$") as info:
+        ISDA(10)(x, y, model)
+    assert "grow" not in str(info.value) and "miscounted" not in str(info.value)
+    isda = ISDA(10, layer="fc")
+    isda.set_progress(1.0)
+    isda(x, y, model)
+    model(x)
+    assert isda.stats["transformed"] == len(y)
+    # labels past num_classes: the labels' own error, not "a classifier grown for new classes? call .grow(8)"
+    with pytest.raises(ValueError, match=r"^y has class index 9, out of range for num_classes=6") as info:
+        ISDA(6)(x, y, _head_first(mlp, 8, 6))
+    assert "grow" not in str(info.value)
+    with pytest.raises(ValueError, match=r"pass layer='\.\.\.' naming it\); a classifier grown"):  # layer= given
+        ISDA(6, layer="backbone.3")(x, y % 6, model)
+
+
+def test_a_torchvision_vit_backbone_after_its_head_names_the_head():
+    """Audit 443, with torchvision's VisionTransformer as the backbone (heads removed), as users build one."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    vit = torchvision.models.VisionTransformer(image_size=8, patch_size=4, num_layers=1, num_heads=2, hidden_dim=8,
+                                               mlp_dim=16, num_classes=10)
+    vit.heads = nn.Identity()
+    model = _head_first(vit, 8, 10)
+    x, y = torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+    with pytest.raises(ValueError, match=r"the layer 'backbone\.encoder\.layers\.encoder_layer_0\.mlp\.3' .*"
+                                         r"pass ISDA\(\.\.\., layer='fc'\)$"):
+        ISDA(10)(x, y, model)
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # torch 2.14 warns
