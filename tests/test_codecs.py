@@ -1174,6 +1174,28 @@ def test_a_frozen_glow_follows_weights_given_other_storage(how):
     assert torch.allclose(glow.encode_flat(x), other.encode_flat(x), atol=1e-5)
 
 
+def test_a_write_through_data_that_a_frozen_glow_cannot_see_is_refolded_by_freezing_it_again(monkeypatch):
+    """``p.data.copy_(...)`` moves neither version counter nor data address: the docs' way out is ``freeze()`` again,
+    which refolds (audit 442: a second freeze() ran in no test), and counts no new buffers (its buffers are the ones
+    the first freeze registered)."""
+    from latent_transforms import base
+
+    glow = Glow((1, 8, 8), levels=2, steps=2, hidden=16).init_actnorm(torch.rand(16, 1, 8, 8)).freeze()
+    other = _moved_twin(glow, 0.05)
+    x = torch.rand(4, 1, 8, 8)
+    glow.encode_flat(x)  # folded and its sources' state read
+    with torch.no_grad():
+        for a, b in zip(glow.parameters(), other.parameters()):
+            a.data.copy_(b)
+    assert not torch.allclose(glow.encode_flat(x), other.encode_flat(x), atol=1e-3)  # the fold unseen, as documented
+    changed = base._SUBMODULES_CHANGED
+    assert glow.freeze() is glow and glow.frozen
+    assert base._SUBMODULES_CHANGED == changed  # refolded into the same buffers: no new ones to keep out of DDP's
+    assert torch.allclose(glow.encode_flat(x), other.encode_flat(x), atol=1e-5)
+    z = other.encode(x)
+    assert torch.allclose(glow.decode(z), other.decode(z), atol=1e-5)
+
+
 @pytest.mark.parametrize("how", ["share_memory", "pickle"])
 def test_a_frozen_glow_moved_or_unpickled_keeps_its_folded_weights_without_folding_again(glow, monkeypatch, how):
     """Storage moved by a cast or move (``share_memory``, as torch.multiprocessing shares a module) or an unpickled
