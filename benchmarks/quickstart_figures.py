@@ -17,7 +17,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 import warnings
 
 import torch
@@ -41,17 +40,40 @@ TRAINED, REFERENCES, TESTED, SEEDS, RANKS = 500, 300, 400, (0, 1, 2), 2
 CIFAR10_TRAIN = 50_000  # the images a full CIFAR-10 cache holds
 CHECKPOINT_MB = 256  # the checkpoint a SIGTERM interrupts halfway through its save (--smoke: 64)
 # a process that saves a checkpoint of MB megabytes to PATH in place (MODE "in place") or to PATH.part and then
-# os.replace-s it onto PATH (the quickstart's way); prints "saving" once it starts
+# os.replace-s it onto PATH (the quickstart's way); prints "saving" as it starts and "half" once half of it is on disk,
+# where it waits to be signalled (it took the signal at a point of the parent's polling: a save of 64 MB that ended
+# before a busy machine's parent looked again had no half-written file to show)
 SAVER = """
-import os, sys, torch
+import os, sys, time, torch
 path, mb, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 state = {"weights": torch.zeros(mb * 10**6 // 4)}
+
+
+class HalfThenWait:
+    def __init__(self, file):
+        self.file, self.told = file, False
+
+    def write(self, data):
+        first = len(data) if self.told else max(0, mb * 10**6 // 2 - self.file.tell())
+        if first >= len(data):
+            return self.file.write(data)
+        self.file.write(memoryview(data)[:first])
+        self.file.flush()
+        self.told = True
+        print("half", flush=True)
+        time.sleep(600)
+        return first + self.file.write(memoryview(data)[first:])
+
+    def flush(self):
+        self.file.flush()
+
+
 print("saving", flush=True)
-torch.save(state, path if mode == "in place" else path + ".part")
+with open(path if mode == "in place" else path + ".part", "wb") as file:
+    torch.save(state, HalfThenWait(file))
 if mode != "in place":
     os.replace(path + ".part", path)
 """
-
 
 def megabytes(tensors) -> float:
     return sum(t.numel() * t.element_size() for t in tensors) / 1e6
@@ -116,15 +138,13 @@ def interrupted_save_rows(mb: int) -> list[tuple[str, str]]:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "checkpoint.pt")
-        for mode, written in (("in place", path), ("to checkpoint.pt.part, then os.replace", path + ".part")):
+        for mode in ("in place", "to checkpoint.pt.part, then os.replace"):
             torch.save({"weights": torch.ones(4)}, path)  # the last checkpoint
             with subprocess.Popen([sys.executable, "-c", SAVER, path, str(mb), mode], stdout=subprocess.PIPE,
                                   text=True) as proc:  # its pipe closed on leaving
                 if proc.stdout.readline().strip() != "saving":
                     raise RuntimeError(f"the saving process ended before its save (exit status {proc.wait()})")
-                while proc.poll() is None and not (os.path.exists(written)
-                                                   and os.path.getsize(written) >= mb * 10**6 / 2):
-                    time.sleep(0.001)
+                proc.stdout.readline()  # "half": it waits there; "" if it ended first
                 proc.terminate()
                 finished = proc.wait() == 0
             try:
