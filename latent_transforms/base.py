@@ -17,6 +17,7 @@ from torch.utils.data import get_worker_info
 
 from .labels import num_classes_of, to_soft
 from .rng import GeneratorSource, generator_repr
+from .torch_defaults import untraced
 from .validation import (Settings, ValueCheck, WrongTypeError, check_batch, check_classes, check_model,
                          check_model_slot, check_number, describe, setting, values_read)
 
@@ -40,8 +41,7 @@ NOT_ABOUT_THE_BATCH = "_latent_transforms_not_about_the_batch"
 _OUT_OF_BROADCAST: weakref.WeakKeyDictionary[nn.Module, weakref.WeakKeyDictionary[nn.Module, int]] = \
     weakref.WeakKeyDictionary()
 _SUBMODULES_CHANGED = 0
-# keep_out_of_ddp_broadcast under torch.compiler.disable, made at first need in compiled code (as a decorator, the
-# import of torch._dynamo it makes would slow down ``import latent_transforms``)
+# keep_out_of_ddp_broadcast under torch.compiler.disable (torch_defaults.untraced)
 _UNTRACED_KEEP_OUT: list[Callable[[nn.Module, object], None]] = []
 
 
@@ -62,9 +62,8 @@ def keep_out_of_ddp_broadcast(owner: nn.Module, model: object) -> None:
     if not (dist.is_available() and dist.is_initialized()):
         return
     if torch.compiler.is_compiling():  # ISDA's hook, ISDALoss in torch.compile(DDP(model))'s forward: run untraced,
-        if not _UNTRACED_KEEP_OUT:  # a graph break (skipped, their statistics were left to the broadcast)
-            _UNTRACED_KEEP_OUT.append(torch.compiler.disable(keep_out_of_ddp_broadcast))
-        _UNTRACED_KEEP_OUT[0](owner, model)
+        # a graph break (skipped, their statistics were left to the broadcast)
+        untraced(keep_out_of_ddp_broadcast, _UNTRACED_KEEP_OUT)(owner, model)
         return
     ddp_class = nn.parallel.DistributedDataParallel
     # torch records the DDP whose forward runs, for dynamo (getattr: a private attribute)

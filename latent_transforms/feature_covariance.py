@@ -15,6 +15,7 @@ from torch import nn
 
 from .casts import TensorFn, without_16_bit_casts
 from .modelutils import device_memory
+from .torch_defaults import untraced
 from .validation import (Settings, WrongTypeError, check_bool, check_choice, check_class_count, check_items,
                          check_labels, fixed_at_construction, is_out_of_memory, no_autocast, shown,
                          wide_float)
@@ -467,15 +468,12 @@ def _one_update_at_a_time() -> contextlib.AbstractContextManager[object]:
 
 
 def _untraced_gather() -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
-    """``_all_gather_rows`` under ``torch.compiler.disable`` (traced, the collectives landed in per-rank graphs: a
-    shape change on one rank mismatched them), made at first need: the decorator imports ``torch._dynamo``, which as
-    a decorator at import took 1.8 s of ``import latent_transforms`` (3.9 s in all), and 1.3-1.8 s of the first
-    ``ISDA()`` of a process built without a process group. First made inside code being compiled (an estimator built
-    before the process group, as in a LightningModule), the ``torch.compiler.disable`` call breaks the graph there,
-    once: the gather still runs outside it."""
-    if not _UNTRACED_GATHER:
-        _UNTRACED_GATHER.append(torch.compiler.disable(_all_gather_rows))
-    return _UNTRACED_GATHER[0]
+    """``_all_gather_rows`` untraced (``torch_defaults.untraced``; traced, the collectives landed in per-rank graphs:
+    a shape change on one rank mismatched them), made at first need: made at import it took 1.8 s of ``import
+    latent_transforms``, and 1.3-1.8 s of the first ``ISDA()`` of a process built without a process group. First made
+    inside code being compiled (an estimator built before the process group, as in a LightningModule), the
+    ``torch.compiler.disable`` call breaks the graph there, once: the gather still runs outside it."""
+    return untraced(_all_gather_rows, _UNTRACED_GATHER)
 
 
 def _all_gather_rows(a: torch.Tensor, y: torch.Tensor,

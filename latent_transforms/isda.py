@@ -42,6 +42,7 @@ from .codecs import Codec
 from .feature_covariance import COVARIANCES, FeatureCovariance, check_sync, check_unchanged
 from .modelutils import unwrap
 from .rng import generator_repr
+from .torch_defaults import untraced
 from .validation import (ClassCountError, ModuleMixin, Settings, WrongTypeError, bad_option, check_bool, check_choice,
                          check_class_count, check_count, check_device, check_labels, check_number, check_same_device,
                          describe, name_dtype_clash, no_autocast, setting, shown, wide_float)
@@ -529,9 +530,7 @@ class _ArmedHook:
         if torch.compiler.is_compiling():  # in a compiled model's forward: run untraced, a graph break at the layer
             # (what lets each call's labels and strength through); traced, torch warned at every compile of the
             # model, "Dynamo does not know how to trace the builtin ..._top_saved_tensors_default_hooks"
-            if not _UNTRACED_FIRE:  # made here, not at import: torch.compiler.disable imports torch._dynamo
-                _UNTRACED_FIRE.append(torch.compiler.disable(_ArmedHook._fire))
-            return cast("torch.Tensor | None", _UNTRACED_FIRE[0](self, module, args, output))
+            return untraced(_ArmedHook._fire, _UNTRACED_FIRE)(self, module, args, output)
         return self._fire(module, args, output)
 
     def _fire(self, module: nn.Linear, args: tuple[object, ...], output: torch.Tensor) -> torch.Tensor | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar, cast
 
 import torch
 
@@ -35,6 +35,19 @@ def autocast_available(device_type: str) -> bool:
     if torch.compiler.is_compiling():
         return device_type not in _NO_AUTOCAST
     return torch.amp.is_autocast_available(device_type)
+
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def untraced(fn: F, made: list[F]) -> F:
+    """``fn`` under ``torch.compiler.disable`` (compiled code that calls it breaks its graph there and runs ``fn``
+    eagerly), made at its first need and kept in ``made``, a module's own list (one per function: Dynamo traces a
+    list's check and append, at every version the package supports). Made at import, as a decorator, it imported
+    ``torch._dynamo``: 1.8 s of ``import latent_transforms`` (3.9 s in all)."""
+    if not made:
+        made.append(cast(F, torch.compiler.disable(fn)))
+    return made[0]
 
 
 _DEFAULT_DTYPE_LOCK = threading.RLock()  # torch's default dtype is process-wide: one codec build sets it at a time
