@@ -270,11 +270,13 @@ class FeatureCovariance(Settings, nn.Module):
                     f"({saved.shape[0]},) (a damaged file, or a state written by hand): load a whole state, or none "
                     f"and let the statistics be gathered again")
         if isinstance(count, torch.Tensor) and not count.is_meta and count.numel() and (
-                bool((count < 0).any()) or count.is_floating_point() and not bool((count == count.round()).all())):
-            # loaded, a negative count made the merge weight m / (n + m) above 1 or negative: statistics of nothing
-            return (f"{prefix}count holds negative or fractional sample counts (a damaged file, or a state written "
-                    f"by hand): the next update's merge weights would be wrong; load other statistics, or none and "
-                    f"let them be gathered again")
+                bool((count < 0).any()) or count.is_floating_point() and not bool(
+                    ((count == count.round()) & (count < 2.0 ** 63)).all())):
+            # loaded, a negative count made the merge weight m / (n + m) above 1 or negative: statistics of nothing;
+            # a float one of inf, or past int64's range, was loaded into the int64 counts as -2**63
+            return (f"{prefix}count holds negative or fractional sample counts, or ones past int64's range (a damaged "
+                    f"file, or a state written by hand): the next update's merge weights would be wrong; load other "
+                    f"statistics, or none and let them be gathered again")
         for key in ("mean", "cov"):  # read at loading (update() keeps them finite), a NaN loaded made every loss NaN
             held = state_dict.get(prefix + key)
             if isinstance(held, torch.Tensor) and held.is_floating_point() and not held.is_meta and \

@@ -447,14 +447,25 @@ def _is_compiled(model: nn.Module) -> bool:
 
 def _compiled_fullgraph(model: nn.Module) -> bool:
     """Whether ``model`` (or a DDP/DataParallel wrapper's module) is ``torch.compile(..., fullgraph=True)``'s
-    OptimizedModule: the hook's Python (taking itself off the layer, counting under a lock) breaks the graph there,
-    which fullgraph=True turns into torch's "Unsupported: Attempted to represent unregistered RemovableHandle" in
-    the user's forward. Those breaks are what runs each call's own hook, labels and strength: traced into the graph,
-    a later call's would not be seen."""
-    contexts = [getattr(m, "dynamo_ctx", None) for m in _and_wrapped(model)]
+    OptimizedModule, or was compiled so in place (``model.compile(fullgraph=True)``): the hook breaks the graph there
+    (it runs under torch.compiler.disable), which fullgraph=True turns into torch's "Unsupported" error in the user's
+    forward. Those breaks are what runs each call's own hook, labels and strength: traced into the graph, a later
+    call's would not be seen."""
+    contexts = [c if (c := getattr(m, "dynamo_ctx", None)) is not None else _in_place_dynamo_context(m)
+                for m in _and_wrapped(model)]
     # newer torch keeps fullgraph on the context; torch 2.4 only as its frame converter's _one_graph
     return any(getattr(c, "fullgraph", False) is True
                or getattr(getattr(c, "callback", None), "_one_graph", False) is True for c in contexts)
+
+
+def _in_place_dynamo_context(module: nn.Module | None) -> object:
+    """The compile context of ``module.compile(...)``, the ``self`` that torch's compiled wrapper of ``_call_impl``
+    closes over (as torch 2.14 builds it), else ``None``: a torch that keeps it otherwise leaves the module
+    unrecognised, and refuses fullgraph=True itself at ``model(x)``."""
+    impl = getattr(module, "_compiled_call_impl", None)
+    code, cells = getattr(impl, "__code__", None), getattr(impl, "__closure__", None) or ()
+    names = code.co_freevars if code is not None else ()
+    return next((c.cell_contents for n, c in zip(names, cells) if n == "self"), None)
 
 
 def _fully_sharded(layer: nn.Module) -> bool:
@@ -914,9 +925,9 @@ class ISDA(_ISDAState, LatentTransform):  # type: ignore[misc]
         if _compiled_fullgraph(model):
             raise not_about_the_batch(ValueError(
                 f"ISDA's hook on {_layer_label(name, layer)} runs Python in the model's forward, which a model "
-                f"compiled with torch.compile(..., fullgraph=True) refuses (torch's 'Unsupported: Attempted to "
-                f"represent unregistered RemovableHandle' at model(x)): compile it without fullgraph=True, or compile "
-                f"the backbone alone and use ISDALoss(features, fc, y) (docs/methods/isda.md)"))
+                f"compiled with torch.compile(..., fullgraph=True) or model.compile(fullgraph=True) refuses (torch's "
+                f"'Unsupported' error at model(x), the graph break at the hook): compile it without fullgraph=True, or "
+                f"compile the backbone alone and use ISDALoss(features, fc, y) (docs/methods/isda.md)"))
         self._warn_if_unscheduled()
         lam: float | torch.Tensor = self.lam
         chosen = torch.full((), batch, dtype=torch.int64, device=x.device)  # torch.tensor(...) would be a sync

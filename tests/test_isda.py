@@ -1314,6 +1314,25 @@ def test_a_model_compiled_with_fullgraph_is_refused_by_name(batch, net):
     isda.disarm(net)
 
 
+def test_a_model_compiled_in_place_with_fullgraph_is_refused_by_name(batch, net):
+    """Audit 446: model.compile(fullgraph=True) was not recognised; torch refused it at model(x), since audit 443 with
+    "Unsupported: Call to `torch.compiler.disable()` ... Move the torch.compiler.disable() call outside the compiled
+    function", a call the user never made. Refused when arming, as torch.compile(model, fullgraph=True) is."""
+    x, y = batch
+    isda = ISDA(10)
+    isda.set_progress(0.5)
+    net.compile(backend="eager", fullgraph=True)
+    with pytest.raises(ValueError, match=r"model.compile\(fullgraph=True\) refuses .*ISDALoss"):
+        isda(x, y, net)
+    with pytest.raises(ValueError, match=r"fullgraph=True"):
+        isda(x, y, _Wrapper(net))  # DDP's .module
+    assert not net.fc._forward_hooks
+    net.compile(backend="eager")  # without fullgraph: armed as ever
+    isda(x, y, net)
+    assert net.fc._forward_hooks
+    isda.disarm(net)
+
+
 def test_a_compiled_model_is_augmented_as_the_eager_one_without_a_torch_warning(batch, net):
     """Audit 443: the hook form on a model compiled after ISDA armed its first hook (the documented way) gave the eager
     model's logits and gradients, but dynamo traced into the hook and warned at every compile of the model ("Dynamo
@@ -1858,7 +1877,7 @@ def test_a_scripted_model_is_named_as_what_isda_cannot_hook(batch, net, layer):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(net, x)
-    for model in (scripted, traced):
+    for model in (scripted, traced, nn.DataParallel(scripted)):  # Audit 446: also as the module of a wrapper
         model.train()
         with pytest.raises(ValueError, match=r"^ISDA cannot hook the classifier of a torch.jit.script'ed or traced "
                                              r"model .*Train the eager model with ISDA .*ISDALoss"):
@@ -1907,6 +1926,27 @@ def test_a_classifier_before_a_backbone_with_linear_layers_is_named(batch):
     assert "grow" not in str(info.value)
     with pytest.raises(ValueError, match=r"pass layer='\.\.\.' naming it\); a classifier grown"):  # layer= given
         ISDA(6, layer="backbone.3")(x, y % 6, model)
+
+
+def test_two_heads_before_a_backbone_with_linear_layers_are_named_and_the_last_is_suggested(batch):
+    """Audit 446: with several nn.Linear layers of num_classes outputs before the backbone's last one (a distilled
+    model's two heads), the error names them all, in model.modules() order, and suggests the last, as the default
+    lookup takes the last."""
+    x, y = batch
+
+    class TwoHeadsFirst(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head, self.head_dist = nn.Linear(8, 10), nn.Linear(8, 10)
+            self.backbone = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.GELU(), nn.Linear(16, 8))
+
+        def forward(self, x):
+            features = self.backbone(x)
+            return (self.head(features) + self.head_dist(features)) / 2
+
+    with pytest.raises(ValueError, match=r"the model's nn.Linear of 10 outputs, 'head', 'head_dist', come before it "
+                                         r".*pass ISDA\(\.\.\., layer='head_dist'\)$"):
+        ISDA(10)(x, y, TwoHeadsFirst())
 
 
 def test_a_torchvision_vit_backbone_after_its_head_names_the_head():
@@ -2629,7 +2669,11 @@ def test_sample_counts_negative_fractional_or_of_another_shape_are_refused_whole
     fc = FeatureCovariance(3)
     fc.update(torch.randn(8, 5), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]))
     count = fc.state_dict()["count"]
+    inf, past_int64 = count.double(), count.double()  # Audit 446: both were loaded as -2**63, a negative count
+    inf[0], past_int64[1] = float("inf"), 2.0 ** 63
     for bad, match in ((-count, "holds negative or fractional"), (count.double() + 0.5, "holds negative or fractional"),
+                       (inf, "holds negative or fractional sample counts, or ones past int64's range"),
+                       (past_int64, "holds negative or fractional"),
                        (count[:2], r"has shape \(2,\), the statistics' 3 classes need \(3,\)")):
         for target in (FeatureCovariance(3), fc, ISDALoss(3)):  # unsized, sized, and under an ISDALoss
             prefix = "estimator." if isinstance(target, ISDALoss) else ""
@@ -2639,6 +2683,7 @@ def test_sample_counts_negative_fractional_or_of_another_shape_are_refused_whole
                                        strict=False)
             assert all(torch.equal(v, target.state_dict()[k]) for k, v in before.items())  # nothing loaded
     FeatureCovariance(3).load_state_dict({**fc.state_dict(), "count": count.double()})  # whole float counts: as before
+    FeatureCovariance(3).load_state_dict({**fc.state_dict(), "count": count.double() + 2.0 ** 62})  # within int64
 
 
 def test_a_state_on_the_meta_device_is_loaded_without_reading_its_values():

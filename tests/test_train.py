@@ -756,6 +756,34 @@ def test_history_entries_merged_in_pairs_average_their_steps():
         {"step": 40, "elapsed_s": 2.0, "lr": 0.2, "loss": (4.0 * 10 + 2.0 * 30) / 40}, history[2]]
 
 
+def test_history_merged_in_pairs_weighs_each_pair_by_the_steps_since_the_pair_before():
+    """Audit 446: a second pair's first entry holds the mean since the first pair's last step, not since step 0."""
+    history = [{"step": 10, "elapsed_s": 1.0, "lr": 0.1, "loss": 4.0},
+               {"step": 20, "elapsed_s": 2.0, "lr": 0.2, "loss": 2.0},
+               {"step": 50, "elapsed_s": 3.0, "lr": 0.3, "loss": 1.0},
+               {"step": 60, "elapsed_s": 4.0, "lr": 0.4, "loss": 3.0}]
+    assert train._merged_in_pairs(history) == [
+        {"step": 20, "elapsed_s": 2.0, "lr": 0.2, "loss": (4.0 * 10 + 2.0 * 10) / 20},
+        {"step": 60, "elapsed_s": 4.0, "lr": 0.4, "loss": (1.0 * 30 + 3.0 * 10) / 40}]
+
+
+def test_a_run_of_known_length_keeps_every_entry_of_its_history(tmp_path, digits, monkeypatch):
+    """Audit 446: only a run of minutes alone merges its history; one of a step count logs every total // 100 steps
+    (about 100 entries), each kept, however many there are past twice ``_HISTORY_ENTRIES``."""
+    monkeypatch.setattr(train, "_HISTORY_ENTRIES", 2)
+    train_codec("flow", digits[0][:32], tmp_path, **FLOW, max_steps=6, batch_size=16, progress=False)
+    training = json.loads((tmp_path / "glow.json").read_text())["training"]
+    assert [h["step"] for h in training["history"]] == [1, 2, 3, 4, 5, 6]
+
+
+def test_history_entries_of_other_metrics_merge_the_metrics_both_hold():
+    """Audit 446: a state resumed by a version that logs other metrics: the second entry's own are kept, a metric the
+    first alone holds is dropped (not a KeyError)."""
+    history = [{"step": 10, "elapsed_s": 1.0, "lr": 0.1, "loss": 4.0, "old": 1.0},
+               {"step": 20, "elapsed_s": 2.0, "lr": 0.2, "loss": 2.0, "new": 5.0}]
+    assert train._merged_in_pairs(history) == [{"step": 20, "elapsed_s": 2.0, "lr": 0.2, "loss": 3.0, "new": 5.0}]
+
+
 def test_time_budget_stops_cleanly_then_resumes(tmp_path, digits):
     x = digits[0][:64]
     for step in (1, 2):  # a limit shorter than the set-up: one step per call (was 0 on every call, forever)
