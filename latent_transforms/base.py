@@ -8,7 +8,7 @@ import warnings
 import weakref
 from contextvars import ContextVar
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Callable, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 import torch
 import torch.distributed as dist
@@ -41,8 +41,6 @@ NOT_ABOUT_THE_BATCH = "_latent_transforms_not_about_the_batch"
 _OUT_OF_BROADCAST: weakref.WeakKeyDictionary[nn.Module, weakref.WeakKeyDictionary[nn.Module, int]] = \
     weakref.WeakKeyDictionary()
 _SUBMODULES_CHANGED = 0
-# keep_out_of_ddp_broadcast under torch.compiler.disable (torch_defaults.untraced)
-_UNTRACED_KEEP_OUT: list[Callable[[nn.Module, object], None]] = []
 
 
 def submodules_changed() -> None:
@@ -62,9 +60,8 @@ def keep_out_of_ddp_broadcast(owner: nn.Module, model: object) -> None:
     if not (dist.is_available() and dist.is_initialized()):
         return
     if torch.compiler.is_compiling():  # ISDA's hook, ISDALoss in torch.compile(DDP(model))'s forward: run untraced,
-        # a graph break (skipped, their statistics were left to the broadcast)
-        untraced(keep_out_of_ddp_broadcast, _UNTRACED_KEEP_OUT)(owner, model)
-        return
+        untraced(keep_out_of_ddp_broadcast)(owner, model)  # a graph break (skipped, their statistics were left to the
+        return  # broadcast)
     ddp_class = nn.parallel.DistributedDataParallel
     # torch records the DDP whose forward runs, for dynamo (getattr: a private attribute)
     for ddp in {getattr(ddp_class, "_active_ddp_module", None), getattr(model, "_orig_mod", model)}:

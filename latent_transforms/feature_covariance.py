@@ -459,9 +459,6 @@ def check_sync(name: str, sync: object) -> "tuple[bool, dist.ProcessGroup | None
     raise WrongTypeError(f"{name} must be True, False or a torch.distributed ProcessGroup, got {shown(sync)}")
 
 
-_UNTRACED_GATHER: list[Callable[..., Any]] = []  # _all_gather_rows under torch.compiler.disable, made at first need
-
-
 def _one_update_at_a_time() -> contextlib.AbstractContextManager[object]:
     """The lock an update holds while it sizes and merges the statistics: threads sharing an estimator each read them
     and wrote them in place, losing each other's batches or mixing one's count with another's mean. None in code that
@@ -470,12 +467,13 @@ def _one_update_at_a_time() -> contextlib.AbstractContextManager[object]:
 
 
 def _untraced_gather() -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
-    """``_all_gather_rows`` untraced (``torch_defaults.untraced``; traced, the collectives landed in per-rank graphs:
-    a shape change on one rank mismatched them), made at first need: made at import it took 1.8 s of ``import
-    latent_transforms``, and 1.3-1.8 s of the first ``ISDA()`` of a process built without a process group. First made
-    inside code being compiled (an estimator built before the process group, as in a LightningModule), the
-    ``torch.compiler.disable`` call breaks the graph there, once: the gather still runs outside it."""
-    return untraced(_all_gather_rows, _UNTRACED_GATHER)
+    """``_all_gather_rows`` under ``torch.compiler.disable`` (traced, the collectives landed in per-rank graphs: a
+    shape change on one rank mismatched them), made at first need: the decorator imports ``torch._dynamo``, which as
+    a decorator at import took 1.8 s of ``import latent_transforms`` (3.9 s in all), and 1.3-1.8 s of the first
+    ``ISDA()`` of a process built without a process group. First made inside code being compiled (an estimator built
+    before the process group, as in a LightningModule), the ``torch.compiler.disable`` call breaks the graph there,
+    once: the gather still runs outside it."""
+    return untraced(_all_gather_rows)
 
 
 def _all_gather_rows(a: torch.Tensor, y: torch.Tensor,

@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
@@ -354,8 +354,6 @@ class _ISDAState(Settings, ModuleMixin):
 
 
 # -- the drop-in transform ------------------------------------------------------------------------------------------
-# the hook's work under torch.compiler.disable, made at the first compiled forward that runs it
-_UNTRACED_FIRE: list[Callable[..., Any]] = []
 # layer -> (handle, hook) of the ISDA hook armed on it. One pending augmentation per layer: the latest arm wins.
 _ARMED: "weakref.WeakKeyDictionary[nn.Module, tuple[torch.utils.hooks.RemovableHandle, _ArmedHook]]" = \
     weakref.WeakKeyDictionary()
@@ -541,7 +539,7 @@ class _ArmedHook:
         if torch.compiler.is_compiling():  # in a compiled model's forward: run untraced, a graph break at the layer
             # (what lets each call's labels and strength through); traced, torch warned at every compile of the
             # model, "Dynamo does not know how to trace the builtin ..._top_saved_tensors_default_hooks"
-            return untraced(_ArmedHook._fire, _UNTRACED_FIRE)(self, module, args, output)
+            return untraced(_ArmedHook._fire)(self, module, args, output)
         return self._fire(module, args, output)
 
     def _fire(self, module: nn.Linear, args: tuple[object, ...], output: torch.Tensor) -> torch.Tensor | None:

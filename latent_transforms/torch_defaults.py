@@ -1,10 +1,11 @@
 """Torch's process-wide defaults (default device and dtype, inference mode) that the library's own tensors must not
-follow: a training script may have set them for its own code (docs/reliability.md, "Torch's global settings")."""
+follow: a training script may have set them for its own code (docs/reliability.md, "Torch's global settings"); and
+what ``torch.compile`` must not trace of the library's code."""
 from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Callable, Iterator, TypeVar, cast
+from typing import Any, Callable, Iterator, TypeVar, cast
 
 import torch
 
@@ -37,17 +38,21 @@ def autocast_available(device_type: str) -> bool:
     return torch.amp.is_autocast_available(device_type)
 
 
-F = TypeVar("F", bound=Callable[..., object])
+_Fn = TypeVar("_Fn", bound=Callable[..., Any])
+# function -> it under torch.compiler.disable, made at first need: as a decorator, the import of torch._dynamo it makes
+# took 1-2 s of ``import latent_transforms``
+_UNTRACED: dict[Callable[..., Any], Callable[..., Any]] = {}
 
 
-def untraced(fn: F, made: list[F]) -> F:
-    """``fn`` under ``torch.compiler.disable`` (compiled code that calls it breaks its graph there and runs ``fn``
-    eagerly), made at its first need and kept in ``made``, a module's own list (one per function: Dynamo traces a
-    list's check and append, at every version the package supports). Made at import, as a decorator, it imported
-    ``torch._dynamo``: 1.8 s of ``import latent_transforms`` (3.9 s in all)."""
-    if not made:
-        made.append(cast(F, torch.compiler.disable(fn)))
-    return made[0]
+def untraced(fn: _Fn) -> _Fn:
+    """``fn`` under ``torch.compiler.disable``, made once: code being compiled calls it untraced, a graph break there.
+    Made inside code being compiled (its first need is there), it is kept in a dict: torch 2.4's Dynamo could not
+    trace ``list.append`` of it and warned "Graph break due to unsupported builtin None.list.append" at the user's
+    first compile (ISDA's hook in a compiled model, the statistics' gather and the broadcast exclusion under DDP)."""
+    wrapped = _UNTRACED.get(fn)
+    if wrapped is None:
+        wrapped = _UNTRACED[fn] = torch.compiler.disable(fn)
+    return cast(_Fn, wrapped)
 
 
 _DEFAULT_DTYPE_LOCK = threading.RLock()  # torch's default dtype is process-wide: one codec build sets it at a time

@@ -1333,6 +1333,10 @@ def test_a_model_compiled_in_place_with_fullgraph_is_refused_by_name(batch, net)
     isda.disarm(net)
 
 
+# Dynamo's warnings: torch 2.14's "Dynamo does not know how to trace ...", torch 2.4's "Graph break due to ..."
+TORCH_COMPILE_WARNING = re.compile(r"Dynamo|[Gg]raph break")
+
+
 def test_a_compiled_model_is_augmented_as_the_eager_one_without_a_torch_warning(batch, net):
     """Audit 443: the hook form on a model compiled after ISDA armed its first hook (the documented way) gave the eager
     model's logits and gradients, but dynamo traced into the hook and warned at every compile of the model ("Dynamo
@@ -1353,12 +1357,35 @@ def test_a_compiled_model_is_augmented_as_the_eager_one_without_a_torch_warning(
             loss.backward()
             results.append((loss.detach(), [p.grad for p in params.parameters()], isda.estimator.cov.clone()))
             assert isda.stats["transformed"] == len(y)
-    assert not [str(w.message) for w in caught if "Dynamo" in str(w.message)]
+    assert not [str(w.message) for w in caught if TORCH_COMPILE_WARNING.search(str(w.message))]
     (loss, grads, cov), (loss_eager, grads_eager, cov_eager) = results
     torch.testing.assert_close(loss, loss_eager)
     torch.testing.assert_close(cov, cov_eager)
     for g, ge in zip(grads, grads_eager):
         torch.testing.assert_close(g, ge)
+
+
+def test_what_runs_untraced_in_compiled_code_is_made_there_without_a_torch_warning():
+    """Audit 447: ISDA's hook in a compiled model (and, under DDP, the statistics' gather and the broadcast exclusion)
+    made its ``torch.compiler.disable`` form at its first need, in the code being compiled, and kept it in a list:
+    torch 2.4's Dynamo could not trace the ``list.append`` and warned "Graph break due to unsupported builtin
+    None.list.append" at the user's first compile. ``untraced`` keeps it in a dict, which Dynamo traces; the function
+    runs eagerly, made once."""
+    from latent_transforms.torch_defaults import untraced
+
+    ran = []
+
+    def work(x):  # a new function: its untraced form is made inside the compiled code
+        ran.append(torch.compiler.is_compiling())
+        return x * 2
+
+    compiled = torch.compile(lambda x: untraced(work)(x + 1) - 1, backend="eager")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        outs = [compiled(torch.ones(2)) for _ in range(2)]
+    assert not [str(w.message) for w in caught if TORCH_COMPILE_WARNING.search(str(w.message))]
+    assert [o.tolist() for o in outs] == [[3.0, 3.0]] * 2 and ran == [False, False]
+    assert untraced(work) is untraced(work)
 
 
 def test_schedule():

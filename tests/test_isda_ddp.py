@@ -94,18 +94,18 @@ def _worker(rank: int, init_method: str, out_dir: str) -> None:
         # into per-rank graphs and gloo aborted ("Received data size doesn't match expected size")
         # the gather first made inside the compiled step, as for an ISDALoss built before the process group (in a
         # LightningModule's __init__): the torch.compiler.disable call breaks the graph, the gather runs outside it
-        from latent_transforms import feature_covariance
+        from latent_transforms import feature_covariance, torch_defaults
         from latent_transforms.isda import ISDALoss
 
         fc, loss_fn = torch.nn.Linear(A, K), ISDALoss(K, lambda0=1.0)
-        feature_covariance._UNTRACED_GATHER.clear()
+        torch_defaults._UNTRACED.pop(feature_covariance._all_gather_rows, None)
         loss_fn.set_progress(1.0)
         step = torch.compile(lambda f, y: loss_fn(f, fc, y), backend="eager")
         for sizes in ((6, 3), (6, 4), (6, 5)):
             n = sizes[rank]
             step(torch.randn(n, A, generator=g), torch.randint(0, K, (n,), generator=g)).backward()
         result["compiled_count"] = loss_fn.estimator.count.clone()
-        result["gather_made_in_the_step"] = len(feature_covariance._UNTRACED_GATHER) == 1
+        result["gather_made_in_the_step"] = feature_covariance._all_gather_rows in torch_defaults._UNTRACED
         try:  # the group of the other rank, which this one is not in
             ISDA(10, sync_stats=solos[1 - rank])
         except ValueError as e:

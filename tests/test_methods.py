@@ -1416,14 +1416,14 @@ def test_sync_stats_assigned_after_construction_takes_effect():
 def test_sync_stats_assigned_to_gather_makes_the_gather_then(monkeypatch):
     """Mutation round 29 (audit 224): as the constructor does, assigning a sync_stats that gathers makes the untraced
     gather at once, outside any compiled code that calls update."""
-    from latent_transforms import feature_covariance
+    from latent_transforms import feature_covariance, torch_defaults
 
-    monkeypatch.setattr(feature_covariance, "_UNTRACED_GATHER", [])
+    monkeypatch.setattr(torch_defaults, "_UNTRACED", {})
     monkeypatch.setattr(FeatureCovariance, "gathers", lambda self: self._sync)  # as in a process group of 2 ranks
     stats = FeatureCovariance(4, sync_stats=False)
-    assert not feature_covariance._UNTRACED_GATHER
+    assert feature_covariance._all_gather_rows not in torch_defaults._UNTRACED
     stats.sync_stats = True
-    assert len(feature_covariance._UNTRACED_GATHER) == 1
+    assert list(torch_defaults._UNTRACED) == [feature_covariance._all_gather_rows]
 
 
 def test_isda_reads_the_feature_dim_of_its_statistics():
