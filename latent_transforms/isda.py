@@ -507,9 +507,11 @@ def _never_fired(label: str, model: nn.Module, layer: nn.Linear) -> str:
         text += (f". The model has other nn.Linear layers of {layer.out_features} outputs ({', '.join(heads)}): a head "
                  f"per task? pass ISDA(..., layer='...') naming the one its forward runs")
     if _is_compiled(model):
-        text += (". The model is torch.compile'd: compiled code ignores hooks added after it was compiled while "
-                 "torch._dynamo.config.skip_nnmodule_hook_guards is True (the default); set it to False before "
-                 "compiling, or use ISDALoss")
+        text += (". The model is torch.compile'd: compiled code ignores hooks added after it was compiled, and torch "
+                 "reuses code compiled earlier in this process for another instance of the model's class (a run "
+                 "before this one), while torch._dynamo.config.skip_nnmodule_hook_guards is True (the default); set "
+                 "it to False before compiling, or call torch._dynamo.reset() before compiling this model, or use "
+                 "ISDALoss")
     return text
 
 

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,7 +23,7 @@ from latent_transforms.evaluation import fit_classifier, predict_proba
 from latent_transforms.rng import sample_beta
 from latent_transforms.train import train_codec
 
-from conftest import TinyNet, default_device, default_dtype, tiny_glow
+from conftest import ROOT, TinyNet, default_device, default_dtype, tiny_glow
 
 # a few training steps make a codec that train_codec warns about (posterior collapse, no better than noise)
 UNTRAINED_CODEC_EXPECTED = pytest.mark.filterwarnings("ignore:.*safetensors. the (VAE|flow):UserWarning")
@@ -258,7 +257,7 @@ def test_the_first_optimizer_of_a_process_is_made_under_a_meta_default_device(tm
     device that import failed (torch's "Tensor.item() cannot be called on meta tensors", then "partially initialized
     module 'torch._dynamo'"), leaving it half-imported for every later optimizer and torch.compile of the process.
     A fresh process: torch._dynamo is imported once."""
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(ROOT)
     env = {**os.environ, "LATENT_TRANSFORMS_HOME": str(tmp_path / "hub"), "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run([sys.executable, "-c", _FIRST_OPTIMIZER_UNDER_META, trainer, str(tmp_path / "run")],
