@@ -60,8 +60,9 @@ def keep_out_of_ddp_broadcast(owner: nn.Module, model: object) -> None:
     if not (dist.is_available() and dist.is_initialized()):
         return
     if torch.compiler.is_compiling():  # ISDA's hook, ISDALoss in torch.compile(DDP(model))'s forward: run untraced,
-        untraced(keep_out_of_ddp_broadcast)(owner, model)  # a graph break (skipped, their statistics were left to the
-        return  # broadcast)
+        # a graph break (skipped, their statistics were left to the broadcast)
+        untraced(keep_out_of_ddp_broadcast)(owner, model)
+        return
     ddp_class = nn.parallel.DistributedDataParallel
     # torch records the DDP whose forward runs, for dynamo (getattr: a private attribute)
     for ddp in {getattr(ddp_class, "_active_ddp_module", None), getattr(model, "_orig_mod", model)}:
