@@ -45,10 +45,14 @@ _UNTRACED: dict[Callable[..., Any], Callable[..., Any]] = {}
 
 
 def untraced(fn: _Fn) -> _Fn:
-    """``fn`` under ``torch.compiler.disable``, made once: code being compiled calls it untraced, a graph break there.
-    Made inside code being compiled (its first need is there), it is kept in a dict: torch 2.4's Dynamo could not
-    trace ``list.append`` of it and warned "Graph break due to unsupported builtin None.list.append" at the user's
-    first compile (ISDA's hook in a compiled model, the statistics' gather and the broadcast exclusion under DDP)."""
+    """``fn`` under ``torch.compiler.disable``: code being compiled calls it untraced, a graph break there. Made
+    afresh in code being compiled (the ``disable`` call is where the graph breaks): one kept from before a
+    ``torch._dynamo.reset()`` was traced into from ISDA's hook, and torch warned "Dynamo does not know how to trace
+    the builtin ..._top_saved_tensors_default_hooks" (audit 448); and a list keeping it there was worse on torch 2.4,
+    whose Dynamo warned "Graph break due to unsupported builtin None.list.append" (audit 447). Made once elsewhere,
+    kept in a dict (the statistics' gather, called eagerly at every update)."""
+    if torch.compiler.is_compiling():
+        return cast(_Fn, torch.compiler.disable(fn))
     wrapped = _UNTRACED.get(fn)
     if wrapped is None:
         wrapped = _UNTRACED[fn] = torch.compiler.disable(fn)

@@ -1390,12 +1390,34 @@ def test_a_compiled_model_is_augmented_as_the_eager_one_without_a_torch_warning(
         torch.testing.assert_close(g, ge)
 
 
+def test_compiled_models_augmented_across_dynamo_resets_without_a_torch_warning(batch, net):
+    """Audit 448: the hook's untraced form, kept from a compile before ``torch._dynamo.reset()`` (what the
+    never-applied warning advises; a notebook's sweep), was traced into at a later compile: torch warned "Dynamo does
+    not know how to trace the builtin ..._top_saved_tensors_default_hooks". It is made afresh in compiled code."""
+    x, y = batch
+    for _ in range(3):
+        model = copy.deepcopy(net)
+        isda = ISDA(10, lambda0=1.0)
+        isda.set_progress(1.0)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            isda(x, y, model)  # armed before the compile, the documented way
+            compiled = torch.compile(model, backend="eager")
+            compiled(x)
+            isda(x, y, compiled)
+            compiled(x)
+        assert not [str(w.message) for w in caught if TORCH_COMPILE_WARNING.search(str(w.message))]
+        assert isda.stats["transformed"] == 2 * len(y)
+        isda.disarm(compiled)
+        torch._dynamo.reset()
+
+
 def test_what_runs_untraced_in_compiled_code_is_made_there_without_a_torch_warning():
     """Audit 447: ISDA's hook in a compiled model (and, under DDP, the statistics' gather and the broadcast exclusion)
     made its ``torch.compiler.disable`` form at its first need, in the code being compiled, and kept it in a list:
     torch 2.4's Dynamo could not trace the ``list.append`` and warned "Graph break due to unsupported builtin
-    None.list.append" at the user's first compile. ``untraced`` keeps it in a dict, which Dynamo traces; the function
-    runs eagerly, made once."""
+    None.list.append" at the user's first compile. ``untraced`` keeps none in compiled code (and those it makes
+    eagerly in a dict); the function runs eagerly, made once where called eagerly."""
     from latent_transforms.torch_defaults import untraced
 
     ran = []

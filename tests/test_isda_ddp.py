@@ -105,7 +105,8 @@ def _worker(rank: int, init_method: str, out_dir: str) -> None:
             n = sizes[rank]
             step(torch.randn(n, A, generator=g), torch.randint(0, K, (n,), generator=g)).backward()
         result["compiled_count"] = loss_fn.estimator.count.clone()
-        result["gather_made_in_the_step"] = feature_covariance._all_gather_rows in torch_defaults._UNTRACED
+        # made afresh in the compiled step, not kept (one kept from before a torch._dynamo.reset() went stale)
+        result["gather_made_in_the_step"] = feature_covariance._all_gather_rows not in torch_defaults._UNTRACED
         try:  # the group of the other rank, which this one is not in
             ISDA(10, sync_stats=solos[1 - rank])
         except ValueError as e:
