@@ -470,9 +470,9 @@ def _untraced_gather() -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
     """``_all_gather_rows`` under ``torch.compiler.disable`` (traced, the collectives landed in per-rank graphs: a
     shape change on one rank mismatched them), made at first need: the decorator imports ``torch._dynamo``, which as
     a decorator at import took 1.8 s of ``import latent_transforms`` (3.9 s in all), and 1.3-1.8 s of the first
-    ``ISDA()`` of a process built without a process group. First made inside code being compiled (an estimator built
-    before the process group, as in a LightningModule), the ``torch.compiler.disable`` call breaks the graph there,
-    once: the gather still runs outside it."""
+    ``ISDA()`` of a process built without a process group. In code being compiled (an estimator built before the
+    process group, as in a LightningModule) it is made afresh (``untraced``): the ``torch.compiler.disable`` call
+    breaks the graph there, and the gather runs outside it."""
     return untraced(_all_gather_rows)
 
 
